@@ -1,0 +1,73 @@
+"""``audit_logs``: YouWorker's ``audit_logs``, Persona Platform's ``audit_events`` and
+seed 004's ``audit_logs`` in one table.
+
+``user_id``, ``persona_id`` and ``run_id`` carry no foreign keys on purpose: an audit
+record must outlive what it describes, and an ``ON DELETE SET NULL`` would be an UPDATE
+of an append-only, hash-chained row.  ``seq``, ``prev_hash`` and ``row_hash`` are set by
+the insert trigger (migration 0001) under an advisory lock, so the chain is the commit
+order of the records whatever process wrote them.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    FetchedValue,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from roost.db.base import Base, CreatedAt, UUIDPrimaryKey
+
+EVENT_CATEGORIES = ("action", "access", "error", "system")
+
+
+class AuditLog(UUIDPrimaryKey, CreatedAt, Base):
+    __tablename__ = "audit_logs"
+
+    seq: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue(), unique=True)
+    user_id: Mapped[uuid.UUID | None]
+    persona_id: Mapped[uuid.UUID | None]
+    run_id: Mapped[uuid.UUID | None]
+    action: Mapped[str] = mapped_column(String(128))
+    event_category: Mapped[str] = mapped_column(String(50), server_default=text("'action'"))
+    resource_type: Mapped[str | None] = mapped_column(String(64))
+    resource_id: Mapped[str | None] = mapped_column(String(128))
+    changes: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # "metadata" is reserved on declarative classes; the column keeps the seeds' name.
+    event_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+    description: Mapped[str | None] = mapped_column(Text)
+    ip_address: Mapped[str | None] = mapped_column(String(45))
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    correlation_id: Mapped[str | None] = mapped_column(String(64))
+    trace_id: Mapped[str | None] = mapped_column(String(255))
+    success: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary, server_default=FetchedValue())
+    row_hash: Mapped[bytes] = mapped_column(LargeBinary, server_default=FetchedValue())
+
+    __table_args__ = (
+        CheckConstraint(
+            "event_category IN ('action', 'access', 'error', 'system')", name="event_category"
+        ),
+        Index("ix_audit_logs_user_created", "user_id", "created_at"),
+        Index("ix_audit_logs_action_created", "action", "created_at"),
+        Index("ix_audit_logs_resource", "resource_type", "resource_id"),
+        Index("ix_audit_logs_persona_created", "persona_id", "created_at"),
+        Index("ix_audit_logs_run_id", "run_id"),
+        Index("ix_audit_logs_correlation_id", "correlation_id"),
+        Index("ix_audit_logs_trace_id", "trace_id"),
+        Index("ix_audit_logs_created_at", "created_at"),
+    )
+

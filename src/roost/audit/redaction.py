@@ -1,0 +1,39 @@
+"""Keeps secrets out of audit ``changes`` and ``metadata``."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+REDACTED = "[redacted]"
+
+# A key is secret when one of its words is a credential word ("new_password",
+# "refreshToken", "X-Api-Key"), so counters such as "tokens_in" stay visible.
+_SECRET_WORDS = frozenset(
+    {"password", "passwd", "passphrase", "secret", "token", "apikey", "authorization",
+     "credential", "credentials", "cookie", "otp", "totp", "signature", "pin"}
+)
+_SECRET_PAIRS = ("api_key", "private_key", "backup_code", "session_key", "recovery_code")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def is_secret_key(key: str) -> bool:
+    norm = _CAMEL.sub("_", key).lower().replace("-", "_")
+    words = norm.split("_")
+    if norm == "key" or any(word in _SECRET_WORDS for word in words):
+        return True
+    return any(pair in norm for pair in _SECRET_PAIRS)
+
+
+def redact(value: Any, _depth: int = 0) -> Any:
+    """A copy of ``value`` with every value under a secret-looking key replaced."""
+    if _depth > 32:  # hostile nesting: stop descending, keep nothing below
+        return REDACTED
+    if isinstance(value, dict):
+        return {
+            str(k): REDACTED if is_secret_key(str(k)) else redact(v, _depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v, _depth + 1) for v in value]
+    return value

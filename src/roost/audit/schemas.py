@@ -1,0 +1,41 @@
+"""Audit API shapes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AuditRecordOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    seq: int
+    created_at: datetime
+    user_id: uuid.UUID | None
+    persona_id: uuid.UUID | None
+    run_id: uuid.UUID | None
+    action: str
+    event_category: str
+    resource_type: str | None
+    resource_id: str | None
+    changes: dict[str, Any] | None
+    metadata: dict[str, Any] | None = Field(validation_alias="event_metadata")
+    description: str | None
+    ip_address: str | None
+    user_agent: str | None
+    correlation_id: str | None
+    trace_id: str | None
+    success: bool
+    error_message: str | None
+
+
+class ChainReportOut(BaseModel):
+    ok: bool
+    rows_checked: int
+    broken_seq: int | None = None
+    broken_id: uuid.UUID | None = None
+    reason: str | None = None

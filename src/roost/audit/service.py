@@ -1,0 +1,220 @@
+"""Recording, querying, verifying and pruning the audit log.
+
+``record`` joins the caller's transaction: the audit row commits or rolls back with the
+change it describes.  Call it last in a transaction: the chain's advisory lock is held
+from the audit insert until commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit.models import EVENT_CATEGORIES, AuditLog
+from roost.audit.redaction import redact
+from roost.context import current_context
+from roost.errors import BadRequest
+from roost.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+
+GENESIS_HASH = bytes(32)
+RETENTION_ACTION = "audit.retention"
+
+
+async def record(
+    session: AsyncSession,
+    action: str,
+    *,
+    user_id: uuid.UUID | None = None,
+    persona_id: uuid.UUID | None = None,
+    run_id: uuid.UUID | None = None,
+    category: str = "action",
+    resource_type: str | None = None,
+    resource_id: str | uuid.UUID | None = None,
+    changes: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    description: str | None = None,
+    success: bool = True,
+    error_message: str | None = None,
+    trace_id: str | None = None,
+) -> AuditLog:
+    """Append one audit record in the caller's transaction (secrets redacted)."""
+    if category not in EVENT_CATEGORIES:
+        raise ValueError(f"audit category must be one of {EVENT_CATEGORIES}, got {category!r}")
+    ctx = current_context()
+    entry = AuditLog(
+        action=action,
+        user_id=user_id,
+        persona_id=persona_id,
+        run_id=run_id,
+        event_category=category,
+        resource_type=resource_type,
+        resource_id=str(resource_id) if resource_id is not None else None,
+        changes=redact(changes) if changes is not None else None,
+        event_metadata=redact(metadata) if metadata is not None else None,
+        description=description,
+        ip_address=ctx.ip_address,
+        user_agent=ctx.user_agent[:1000] if ctx.user_agent else None,
+        correlation_id=ctx.request_id,
+        trace_id=trace_id,
+        success=success,
+        error_message=error_message,
+    )
+    session.add(entry)
+    await session.flush()
+    return entry
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    user_id: uuid.UUID | None = None
+    persona_id: uuid.UUID | None = None
+    run_id: uuid.UUID | None = None
+    action: str | None = None
+    category: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    correlation_id: str | None = None
+    trace_id: str | None = None
+    success: bool | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+async def query(
+    session: AsyncSession, filters: AuditFilter, *, limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> tuple[list[AuditLog], str | None]:
+    """Newest first, keyset-paginated on ``seq``."""
+    stmt = select(AuditLog)
+    for column, value in (
+        (AuditLog.user_id, filters.user_id),
+        (AuditLog.persona_id, filters.persona_id),
+        (AuditLog.run_id, filters.run_id),
+        (AuditLog.action, filters.action),
+        (AuditLog.event_category, filters.category),
+        (AuditLog.resource_type, filters.resource_type),
+        (AuditLog.resource_id, filters.resource_id),
+        (AuditLog.correlation_id, filters.correlation_id),
+        (AuditLog.trace_id, filters.trace_id),
+        (AuditLog.success, filters.success),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if filters.since is not None:
+        stmt = stmt.where(AuditLog.created_at >= filters.since)
+    if filters.until is not None:
+        stmt = stmt.where(AuditLog.created_at < filters.until)
+    if cursor is not None:
+        after = decode_cursor(cursor).get("seq")
+        if not isinstance(after, int):
+            raise BadRequest("cursor is malformed: pass the next_cursor of a previous page")
+        stmt = stmt.where(AuditLog.seq < after)
+    rows = list((await session.scalars(stmt.order_by(AuditLog.seq.desc()).limit(limit + 1))).all())
+    next_cursor = encode_cursor({"seq": rows[limit - 1].seq}) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    ok: bool
+    rows_checked: int
+    broken_seq: int | None = None
+    broken_id: uuid.UUID | None = None
+    reason: str | None = None
+
+
+_FIRST_BROKEN = text(
+    """
+    WITH chain AS (
+      SELECT a.seq, a.id, a.prev_hash, a.row_hash,
+             roost_audit_hash(a.prev_hash, a) AS computed,
+             lag(a.row_hash) OVER (ORDER BY a.seq) AS predecessor,
+             row_number() OVER (ORDER BY a.seq) AS n
+      FROM audit_logs a
+    )
+    SELECT seq, id, prev_hash, row_hash, computed, predecessor, n
+    FROM chain
+    WHERE computed <> row_hash OR n = 1 OR prev_hash IS DISTINCT FROM predecessor AND n > 1
+    ORDER BY seq
+    """
+)
+
+
+async def verify_chain(session: AsyncSession) -> ChainReport:
+    """Recompute every row's hash and link; report the first broken one.
+
+    The first remaining row must link to the genesis hash or to an anchor that a
+    retention run recorded when it pruned the rows before it.
+    """
+    total = (await session.execute(text("SELECT count(*) FROM audit_logs"))).scalar_one()
+    anchors = {
+        bytes.fromhex(a)
+        for a in (
+            await session.scalars(
+                select(AuditLog.changes["anchor_hash"].astext).where(
+                    AuditLog.action == RETENTION_ACTION
+                )
+            )
+        ).all()
+        if a
+    }
+    for row in (await session.execute(_FIRST_BROKEN)).all():
+        seq, row_id, prev_hash, row_hash, computed, predecessor, n = row
+        if computed != row_hash:
+            return ChainReport(False, total, seq, row_id, "row content does not match its hash")
+        if n == 1:
+            if prev_hash != GENESIS_HASH and bytes(prev_hash) not in anchors:
+                return ChainReport(False, total, seq, row_id,
+                                   "first row does not link to genesis or a retention anchor")
+            continue
+        return ChainReport(False, total, seq, row_id, "row does not link to the row before it")
+    return ChainReport(True, total)
+
+
+async def apply_retention(session: AsyncSession, older_than: timedelta) -> int:
+    """Delete the oldest records created before now - ``older_than``; audited itself.
+
+    Only a prefix of the chain is removed (every row before the first row that is still
+    young enough), so the rest stays verifiable from the recorded anchor.
+    """
+    if older_than < timedelta(days=1):
+        raise BadRequest("audit retention must keep at least one day of records")
+    cutoff = datetime.now(UTC) - older_than
+    # Serialise with writers so the anchor is the hash of the last row deleted.
+    await session.execute(text("SELECT pg_advisory_xact_lock(7263117, 1)"))
+    boundary = (
+        await session.execute(
+            text("SELECT min(seq) FROM audit_logs WHERE created_at >= :cutoff"), {"cutoff": cutoff}
+        )
+    ).scalar_one()
+    await session.execute(
+        text("SELECT set_config('roost.audit_retention_cutoff', :c, true)"),
+        {"c": cutoff.isoformat()},
+    )
+    condition = "created_at < :cutoff" + (" AND seq < :boundary" if boundary is not None else "")
+    params: dict[str, Any] = {"cutoff": cutoff, "boundary": boundary}
+    last = (
+        await session.execute(
+            text(f"SELECT row_hash FROM audit_logs WHERE {condition} ORDER BY seq DESC LIMIT 1"),  # noqa: S608
+            params,
+        )
+    ).scalar_one_or_none()
+    if last is None:
+        return 0
+    deleted = (
+        await session.execute(text(f"DELETE FROM audit_logs WHERE {condition}"), params)  # noqa: S608
+    ).rowcount  # type: ignore[attr-defined]
+    await session.execute(text("SELECT set_config('roost.audit_retention_cutoff', '', true)"))
+    await record(
+        session,
+        RETENTION_ACTION,
+        category="system",
+        changes={"deleted": deleted, "cutoff": cutoff.isoformat(), "anchor_hash": bytes(last).hex()},
+        description=f"pruned {deleted} audit records older than {cutoff.isoformat()}",
+    )
+    return int(deleted)

@@ -1,0 +1,260 @@
+"""The ``roost`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import roost
+from roost.config import Settings, get_settings
+from roost.db.engine import Database, create_database
+
+T = TypeVar("T")
+
+app = typer.Typer(help="Roost: a self-hosted backend for AI agents.", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
+schema_app = typer.Typer(help="The schema and the seed designs it implements.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
+app.add_typer(schema_app, name="schema")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def with_database(fn: Callable[[Database], Awaitable[T]], settings: Settings | None = None) -> T:
+    """Open the configured database (starting the embedded one if needed), run ``fn``."""
+
+    async def run() -> T:
+        db = create_database(settings or get_settings())
+        try:
+            return await fn(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"roost {roost.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Roost: a self-hosted backend for AI agents."""
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (ROOST_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (ROOST_PORT).")] = None,
+    migrate: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Apply pending migrations first.")
+    ] = True,
+) -> None:
+    """Run the HTTP server (on the embedded PostgreSQL unless ROOST_DATABASE_URL is set)."""
+    import uvicorn
+
+    from roost.app import create_app
+    from roost.db.migrate import upgrade
+    from roost.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+    async def run() -> None:
+        db = create_database(settings)
+        try:
+            if migrate:
+                await upgrade(db.engine)
+            application = create_app(settings, database=db, configure_logs=False)
+            config = uvicorn.Config(
+                application, host=host or settings.host, port=port or settings.port,
+                log_config=None, proxy_headers=False, lifespan="on",
+            )
+            await uvicorn.Server(config).serve()
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+# --- db ---------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "heads") -> None:
+    """Apply migrations up to REVISION (default: the latest)."""
+    from roost.db.migrate import current_revisions, upgrade
+
+    async def run(db: Database) -> tuple[str, ...]:
+        await upgrade(db.engine, revision)
+        return await current_revisions(db.engine)
+
+    console.print(f"database at: {', '.join(with_database(run)) or 'base'}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1 or base.")]) -> None:
+    """Revert migrations down to REVISION."""
+    from roost.db.migrate import current_revisions, downgrade
+
+    async def run(db: Database) -> tuple[str, ...]:
+        await downgrade(db.engine, revision)
+        return await current_revisions(db.engine)
+
+    console.print(f"database at: {', '.join(with_database(run)) or 'base'}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's revision and whether it is at head."""
+    from roost.db.migrate import migration_state
+
+    state = with_database(lambda db: migration_state(db.engine))
+    status = "head" if state.at_head else f"behind (head is {', '.join(state.heads)})"
+    console.print(f"{', '.join(state.current) or 'base'} — {status}")
+
+
+@db_app.command("history")
+def db_history() -> None:
+    """List migrations, newest first."""
+    from roost.db.migrate import history_lines
+
+    for line in history_lines():
+        console.print(line, markup=False)
+
+
+# --- audit ------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the audit hash chain and report the first broken link."""
+    from roost.audit.service import verify_chain
+
+    async def run(db: Database) -> object:
+        async with db.transaction() as session:
+            return await verify_chain(session)
+
+    with console.status("verifying the audit chain..."):
+        report = with_database(run)
+    if report.ok:  # type: ignore[attr-defined]
+        console.print(f"[green]audit chain intact[/green]: {report.rows_checked} records")  # type: ignore[attr-defined]
+        return
+    err.print(
+        f"[red]audit chain broken[/red] at seq {report.broken_seq} (id {report.broken_id}): "  # type: ignore[attr-defined]
+        f"{report.reason}; {report.rows_checked} records checked"  # type: ignore[attr-defined]
+    )
+    raise typer.Exit(1)
+
+
+@audit_app.command("prune")
+def audit_prune(
+    older_than_days: Annotated[int, typer.Option(min=1, help="Delete records older than this.")],
+) -> None:
+    """Apply audit retention: delete the oldest records (the pruning itself is audited)."""
+    from roost.audit.service import apply_retention
+
+    async def run(db: Database) -> int:
+        async with db.transaction() as session:
+            return await apply_retention(session, timedelta(days=older_than_days))
+
+    console.print(f"pruned {with_database(run)} audit records")
+
+
+# --- doctor -----------------------------------------------------------------------------
+
+
+@app.command()
+def doctor() -> None:
+    """Check configuration, database reachability, pgvector and migrations."""
+    from sqlalchemy import text
+
+    from roost.db.migrate import migration_state
+    from roost.keyfiles import load_keys
+
+    settings = get_settings()
+    table = Table("check", "result", "detail")
+    failures = 0
+
+    def row(name: str, ok: bool, detail: str) -> None:
+        nonlocal failures
+        failures += 0 if ok else 1
+        table.add_row(name, "[green]ok[/green]" if ok else "[red]FAIL[/red]", detail)
+
+    row("data dir", True, str(settings.data_dir))
+    try:
+        load_keys(settings)
+        row("keys", True, "present (values never shown)")
+    except (OSError, ValueError) as exc:
+        row("keys", False, str(exc))
+
+    async def probe(db: Database) -> None:
+        source = "embedded" if db.embedded else "external"
+        async with db.engine.connect() as conn:
+            version = (await conn.execute(text("SHOW server_version"))).scalar_one()
+            row("database", True, f"{source} PostgreSQL {version}")
+            vector = (
+                await conn.execute(
+                    text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+                )
+            ).scalar_one_or_none()
+            if vector is None:
+                available = (
+                    await conn.execute(
+                        text("SELECT default_version FROM pg_available_extensions "
+                             "WHERE name = 'vector'")
+                    )
+                ).scalar_one_or_none()
+                row("pgvector", available is not None,
+                    f"available {available}, not yet created (run 'roost db upgrade')"
+                    if available else "not installed on this server")
+            else:
+                row("pgvector", True, f"version {vector}")
+        state = await migration_state(db.engine)
+        row("migrations", state.at_head,
+            "at head" if state.at_head else
+            f"at {', '.join(state.current) or 'base'}, head is {', '.join(state.heads)}: "
+            "run 'roost db upgrade'")
+
+    try:
+        with_database(probe, settings)
+    except Exception as exc:  # report, never crash: that is the point of doctor
+        row("database", False, f"unreachable: {type(exc).__name__}: {exc}")
+    console.print(table)
+    if failures:
+        raise typer.Exit(1)
+
+
+# --- schema -----------------------------------------------------------------------------
+
+
+@schema_app.command("coverage")
+def schema_coverage() -> None:
+    """Per seed design: how many of its columns Roost maps (or omits with a reason)."""
+    from roost.seedmap import coverage, load_seed_map
+
+    rows = coverage(load_seed_map())
+    table = Table("seed", "tables", "mapped", "omitted", "missing", "columns", "covered")
+    for r in rows:
+        table.add_row(r.seed, str(r.tables), str(r.mapped), str(r.omitted), str(r.missing),
+                      str(r.total), f"{r.covered_pct:.1f}%")
+    console.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,78 @@
+"""Settings: environment variables with the ``ROOST_`` prefix, or an optional ``.env`` file.
+
+Secrets (signing key, encryption keys) are never printed: they are ``SecretStr`` and,
+when not given by the environment, generated once into ``ROOST_DATA_DIR`` (0600).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("roost", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ROOST_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- database -------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL. Unset: an embedded PostgreSQL in DATA_DIR/pg is used.",
+    )
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # PgBouncer in transaction pooling mode cannot keep server-side prepared statements
+    # across transactions: this turns off asyncpg's statement cache.
+    pgbouncer: bool = False
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    db_connect_timeout_s: float = Field(default=5.0, gt=0)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+
+    # --- http -----------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    log_level: str = "info"
+    log_json: bool = True
+
+    # --- keys (generated into data_dir when unset) ----------------------------------
+    secret_key: SecretStr | None = Field(default=None, description="JWT signing key")
+    message_keys: SecretStr | None = Field(
+        default=None, description="Comma-separated Fernet keys; first encrypts, all decrypt"
+    )
+    secrets_key: SecretStr | None = Field(
+        default=None, description="Base64 32-byte AES-256-GCM key for secrets at rest"
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bootstrap operator token with admin rights"
+    )
+
+    # --- audit ----------------------------------------------------------------------
+    audit_retention_days: int | None = Field(default=None, ge=1)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.data_dir / "pg"
+
+    @property
+    def uses_embedded_db(self) -> bool:
+        return self.database_url is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

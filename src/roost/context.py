@@ -1,0 +1,32 @@
+"""Per-request context (correlation id, client address) carried in contextvars.
+
+The HTTP middleware sets it; services read it (the audit log records it) without ever
+seeing the ``Request`` object.  Background jobs set their own.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    request_id: str | None = None
+    ip_address: str | None = None
+    user_agent: str | None = None
+
+
+_current: ContextVar[RequestContext] = ContextVar("roost_request_context", default=RequestContext())
+
+
+def current_context() -> RequestContext:
+    return _current.get()
+
+
+def set_context(ctx: RequestContext) -> object:
+    return _current.set(ctx)
+
+
+def reset_context(token: object) -> None:
+    _current.reset(token)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Database layer: engine, sessions, the declarative base, the embedded server, migrations."""

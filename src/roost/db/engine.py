@@ -1,0 +1,96 @@
+"""Engine and session factory, for an external PostgreSQL URL or the embedded server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from roost.config import Settings
+from roost.db.embedded import EmbeddedServer, start_embedded
+
+EMBEDDED_DATABASE = "roost"
+
+
+def to_async_url(raw: str) -> URL:
+    """Accept ``postgres://``, ``postgresql://`` or ``postgresql+asyncpg://`` URLs."""
+    url = make_url(raw.replace("postgres://", "postgresql://", 1))
+    if url.get_backend_name() != "postgresql":
+        raise ValueError(f"ROOST_DATABASE_URL must be a PostgreSQL URL, got {url.drivername!r}")
+    return url.set(drivername="postgresql+asyncpg")
+
+
+def engine_options(settings: Settings) -> dict[str, Any]:
+    connect_args: dict[str, Any] = {
+        "timeout": settings.db_connect_timeout_s,
+        "server_settings": {
+            "application_name": "roost",
+            "statement_timeout": str(settings.db_statement_timeout_ms),
+        },
+    }
+    if settings.pgbouncer:
+        # Transaction pooling hands each transaction to any server connection, so named
+        # prepared statements from an earlier transaction may not exist there.
+        connect_args["statement_cache_size"] = 0
+        connect_args["prepared_statement_cache_size"] = 0
+        # PgBouncer rejects unknown startup parameters unless told to ignore them.
+        connect_args["server_settings"] = {"application_name": "roost"}
+    return {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        "pool_pre_ping": True,
+        "connect_args": connect_args,
+    }
+
+
+@dataclass
+class Database:
+    """The process's one engine and session factory."""
+
+    url: URL
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    embedded: EmbeddedServer | None = field(default=None)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, rolled back on error."""
+        async with self.sessionmaker() as session, session.begin():
+            yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def resolve_database_url(settings: Settings) -> tuple[URL, EmbeddedServer | None]:
+    """The URL to use, starting the embedded server (and its database) when none is set."""
+    if settings.database_url is not None:
+        return to_async_url(settings.database_url.get_secret_value()), None
+    server = start_embedded(settings.pg_dir)
+    ensure_database_exists(server, EMBEDDED_DATABASE)
+    return make_url(server.url(EMBEDDED_DATABASE)), server
+
+
+def ensure_database_exists(server: EmbeddedServer, name: str) -> None:
+    """Create ``name`` on the embedded server if missing (psql, synchronously, at start-up)."""
+    out = server.handle.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';")
+    if "(1 row)" not in out:
+        server.handle.psql(f'CREATE DATABASE "{name}";')
+
+
+def create_database(settings: Settings, url: URL | None = None) -> Database:
+    embedded = None
+    if url is None:
+        url, embedded = resolve_database_url(settings)
+    engine = create_async_engine(url, **engine_options(settings))
+    return Database(
+        url=url,
+        engine=engine,
+        sessionmaker=async_sessionmaker(engine, expire_on_commit=False),
+        embedded=embedded,
+    )

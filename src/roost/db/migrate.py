@@ -1,0 +1,87 @@
+"""Alembic, driven from Python on an async connection (CLI, ``roost serve``, tests)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+SCRIPT_LOCATION = Path(__file__).parent / "alembic"
+
+
+def alembic_config(url: URL | None = None, output: io.StringIO | None = None) -> Config:
+    cfg = Config(stdout=output) if output is not None else Config()
+    cfg.set_main_option("script_location", str(SCRIPT_LOCATION))
+    if url is not None:
+        cfg.set_main_option(
+            "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
+        )
+    return cfg
+
+
+def script_directory() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revisions() -> tuple[str, ...]:
+    return tuple(script_directory().get_heads())
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "heads") -> None:
+    await _run(engine, lambda cfg: command.upgrade(cfg, revision))
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    await _run(engine, lambda cfg: command.downgrade(cfg, revision))
+
+
+async def _run(engine: AsyncEngine, action: object) -> None:
+    def run(sync_conn: Connection) -> None:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = sync_conn
+        action(cfg)  # type: ignore[operator]
+
+    async with engine.begin() as conn:
+        await conn.run_sync(run)
+
+
+async def current_revisions(engine: AsyncEngine) -> tuple[str, ...]:
+    def read(sync_conn: Connection) -> tuple[str, ...]:
+        return tuple(MigrationContext.configure(sync_conn).get_current_heads())
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(read)
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    current: tuple[str, ...]
+    heads: tuple[str, ...]
+
+    @property
+    def at_head(self) -> bool:
+        return set(self.current) == set(self.heads)
+
+    @property
+    def pending(self) -> bool:
+        return not self.at_head
+
+
+async def migration_state(engine: AsyncEngine) -> MigrationState:
+    return MigrationState(current=await current_revisions(engine), heads=head_revisions())
+
+
+def history_lines() -> list[str]:
+    """Newest first: ``rev (head) <- down_rev: message``."""
+    lines = []
+    for script in script_directory().walk_revisions():
+        head = " (head)" if script.is_head else ""
+        lines.append(f"{script.revision}{head} <- {script.down_revision}: {script.doc}")
+    return lines

@@ -1,0 +1,11 @@
+"""Imports every domain's models so ``Base.metadata`` is complete for Alembic and tests.
+
+A new domain adds one import line here.
+"""
+
+from __future__ import annotations
+
+from roost.audit import models as _audit  # noqa: F401
+from roost.db.base import Base
+
+target_metadata = Base.metadata

@@ -1,0 +1,43 @@
+"""FastAPI dependencies shared by every domain: database session, settings, keys."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.config import Settings
+from roost.db.engine import Database
+from roost.keyfiles import KeyMaterial
+
+
+def get_database(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_keys(request: Request) -> KeyMaterial:
+    keys: KeyMaterial = request.app.state.keys
+    return keys
+
+
+async def get_session(db: Annotated[Database, Depends(get_database)]) -> AsyncIterator[AsyncSession]:
+    """One transaction per request, committed when the route returns without error.
+
+    Used with ``scope="function"`` so the commit happens before the response is sent: a
+    failed commit becomes an error answer, never a 200 for data that was not stored.
+    """
+    async with db.sessionmaker() as session, session.begin():
+        yield session
+
+
+DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+KeysDep = Annotated[KeyMaterial, Depends(get_keys)]

@@ -1,0 +1,56 @@
+"""``GET /health`` and ``GET /metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from roost.db.engine import Database
+from roost.db.migrate import migration_state
+from roost.http.deps import get_database
+
+router = APIRouter(tags=["operations"])
+
+HEALTH_TIMEOUT_S = 3.0
+
+
+async def _check(db: Database) -> tuple[str, str]:
+    async with db.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    state = await migration_state(db.engine)
+    return "ok", "head" if state.at_head else "behind"
+
+
+@router.get("/health", summary="Liveness and readiness: database reachable, schema at head")
+async def health(request: Request) -> JSONResponse:
+    db = get_database(request)
+    try:
+        database, migrations = await asyncio.wait_for(_check(db), HEALTH_TIMEOUT_S)
+    except TimeoutError:
+        return JSONResponse(
+            {"status": "unavailable", "database": "timeout", "migrations": "unknown",
+             "reason": f"database did not answer within {HEALTH_TIMEOUT_S:.0f} s"},
+            status_code=503,
+        )
+    except Exception as exc:  # any failure to reach the database is a 503, never a 500
+        return JSONResponse(
+            {"status": "unavailable", "database": "unreachable", "migrations": "unknown",
+             "reason": f"database unreachable: {type(exc).__name__}"},
+            status_code=503,
+        )
+    if migrations != "head":
+        return JSONResponse(
+            {"status": "unavailable", "database": database, "migrations": migrations,
+             "reason": "database schema is behind: run 'roost db upgrade'"},
+            status_code=503,
+        )
+    return JSONResponse({"status": "ok", "database": database, "migrations": migrations})
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

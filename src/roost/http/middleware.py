@@ -1,0 +1,122 @@
+"""Pure-ASGI middleware: request id, request context, access log, metrics, body limit.
+
+Written against raw ASGI rather than ``BaseHTTPMiddleware`` so streamed responses (SSE)
+pass through untouched and the per-request cost stays small.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from roost.context import RequestContext, reset_context, set_context
+from roost.http.problems import BodyTooLarge
+
+log = structlog.get_logger("roost.http")
+
+REQUESTS = Counter(
+    "roost_http_requests_total", "HTTP requests by route template", ["method", "route", "status"]
+)
+LATENCY = Histogram(
+    "roost_http_request_duration_seconds", "HTTP request latency by route template",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class RequestContextMiddleware:
+    """Accepts or makes an ``X-Request-ID``, binds it to logs, times and counts the request."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        supplied = _header(scope, b"x-request-id")
+        request_id = supplied if supplied and _VALID_REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        client = scope.get("client")
+        token = set_context(
+            RequestContext(
+                request_id=request_id,
+                ip_address=client[0][:45] if client else None,
+                user_agent=_header(scope, b"user-agent"),
+            )
+        )
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            declared = _header(scope, b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                await self._reject_too_large(scope, send_with_id)
+                return
+            await self.app(scope, self._limited(receive), send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route_template(scope)
+            REQUESTS.labels(scope["method"], route, str(status)).inc()
+            LATENCY.labels(scope["method"], route).observe(elapsed)
+            log.info("request", method=scope["method"], path=scope["path"], route=route,
+                     status=status, duration_ms=round(elapsed * 1000, 2))
+            structlog.contextvars.unbind_contextvars("request_id")
+            reset_context(token)
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        return wrapped
+
+    async def _reject_too_large(self, scope: Scope, send: Send) -> None:
+        from roost.http.problems import problem
+
+        response = problem(413, f"request body is larger than the limit of {self.max_body_bytes} bytes")
+        await response(scope, _empty_receive, send)
+
+
+async def _empty_receive() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template, so metrics do not explode per id."""
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"

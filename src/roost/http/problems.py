@@ -1,0 +1,143 @@
+"""RFC 9457 problem details for every error answer, with no stack traces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from roost.context import current_context
+from roost.errors import RoostError
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "https://roost.dev/problems/"
+
+_HTTP_TITLES = {
+    400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+    405: "Method not allowed", 406: "Not acceptable", 409: "Conflict",
+    413: "Payload too large", 415: "Unsupported media type", 422: "Unprocessable content",
+    429: "Too many requests", 500: "Internal server error", 502: "Bad gateway",
+    503: "Service unavailable", 504: "Gateway timeout",
+}
+
+
+class BodyTooLarge(Exception):
+    """Raised by the size-limit middleware while the body is being read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds {limit} bytes")
+        self.limit = limit
+
+
+def problem(
+    status: int, detail: str, *, title: str | None = None, type_slug: str | None = None,
+    headers: dict[str, str] | None = None, **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + (type_slug or _slug(status)),
+        "title": title or _HTTP_TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    request_id = current_context().request_id
+    if request_id:
+        body["request_id"] = request_id
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def _slug(status: int) -> str:
+    return _HTTP_TITLES.get(status, "error").lower().replace(" ", "-")
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Never echo "input": it may be a password or a token.
+    return [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+
+
+async def _roost_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RoostError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return problem(exc.status, exc.detail, title=exc.title, type_slug=exc.type_slug,
+                   headers=headers, **exc.extra)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _validation_errors(exc)
+    if any(e["type"] == "json_invalid" for e in errors):
+        return problem(400, "request body is not valid JSON", type_slug="malformed-json",
+                       errors=errors)
+    return problem(422, "request has invalid or missing fields; see errors",
+                   type_slug="validation-error", errors=errors)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else _HTTP_TITLES.get(exc.status_code, "")
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route for {request.method} {request.url.path}"
+    return problem(exc.status_code, detail, headers=dict(exc.headers or {}) or None)
+
+
+async def _too_large(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BodyTooLarge)
+    return problem(413, f"request body is larger than the limit of {exc.limit} bytes")
+
+
+async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("integrity_error", error=type(exc.__cause__ or exc).__name__)
+    return problem(409, "the change conflicts with data already stored")
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    # Connection failures and timeouts: the database is unreachable or overloaded.
+    log.error("database_unavailable", error=type(exc.__cause__ or exc).__name__)
+    return problem(503, "the database is unavailable; try again shortly",
+                   headers={"Retry-After": "5"})
+
+
+async def _dbapi_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DBAPIError)
+    if exc.connection_invalidated:
+        return await _database_error(request, exc)
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or ""
+    if sqlstate.startswith("22"):  # data exception: out of range, bad text representation
+        return problem(400, "a value is out of range or malformed for its field")
+    if sqlstate == "57014":  # statement timeout
+        return problem(503, "the database took too long to answer; try again shortly")
+    return await _unexpected(request, exc)
+
+
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return await _database_error(request, exc)
+    return await _unexpected(request, exc)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled_error", error=type(exc).__name__)
+    return problem(500, "an unexpected error occurred; quote the request id when reporting it")
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RoostError, _roost_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(BodyTooLarge, _too_large)
+    app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(OperationalError, _database_error)
+    app.add_exception_handler(InterfaceError, _database_error)
+    app.add_exception_handler(DBAPIError, _dbapi_error)
+    app.add_exception_handler(OSError, _os_error)
+    app.add_exception_handler(Exception, _unexpected)

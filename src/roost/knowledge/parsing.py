@@ -1,0 +1,796 @@
+"""Turn uploaded or fetched bytes into plain-text sections ready for chunking.
+
+Supported: plain text, Markdown, HTML and PDF.  Everything else is refused with
+:class:`UnsupportedDocument`; damaged input with :class:`CorruptDocument`.  Both are
+:class:`ParseError` (a :class:`roost.errors.RoostError`), so the HTTP layer turns them
+into a 4xx problem instead of a 500, and no other exception type escapes
+:func:`parse_document` for bad input.
+
+Parsing is CPU-bound (PDFs especially): async callers run it in ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import logging
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import PurePosixPath
+from typing import Any, Final
+
+from roost.errors import RoostError
+
+__all__ = [
+    "MIME_HTML",
+    "MIME_MARKDOWN",
+    "MIME_PDF",
+    "MIME_TEXT",
+    "SECTION_SEPARATOR",
+    "CorruptDocument",
+    "ParseError",
+    "ParsedDocument",
+    "Section",
+    "UnsupportedDocument",
+    "decode_text",
+    "detect_mime",
+    "parse_document",
+]
+
+log = logging.getLogger(__name__)
+
+MIME_TEXT: Final = "text/plain"
+MIME_MARKDOWN: Final = "text/markdown"
+MIME_HTML: Final = "text/html"
+MIME_PDF: Final = "application/pdf"
+
+#: How section texts are joined into :attr:`ParsedDocument.text`; chunk offsets refer to it.
+SECTION_SEPARATOR: Final = "\n\n"
+
+# Heading paths are shown to people and stored in chunk metadata: "Guide > Install > Linux".
+HEADING_PATH_SEPARATOR: Final = " > "
+_MAX_TITLE_CHARS: Final = 200
+
+
+class ParseError(RoostError):
+    """The bytes could not be turned into text."""
+
+    status, title, type_slug = 422, "Document could not be parsed", "document-parse-error"
+
+
+class UnsupportedDocument(ParseError):
+    """The document type is not one Roost can extract text from."""
+
+    status, title, type_slug = 415, "Unsupported document type", "unsupported-document"
+
+
+class CorruptDocument(ParseError):
+    """The document claims a supported type but its content is damaged."""
+
+    status, title, type_slug = 422, "Corrupt document", "corrupt-document"
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A run of text that shares one page and one heading path."""
+
+    text: str
+    page: int | None = None  # 1-based, PDFs only
+    heading: str | None = None  # "H1 > H2 > H3" path, None before the first heading
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedDocument:
+    mime: str
+    title: str | None
+    sections: list[Section]
+    # Non-fatal findings worth reporting in an ingestion run (e.g. "no extractable text").
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        """All section texts joined by :data:`SECTION_SEPARATOR` (what chunk offsets index)."""
+        return SECTION_SEPARATOR.join(s.text for s in self.sections)
+
+
+# --------------------------------------------------------------------------- detection
+
+_MARKDOWN_MIMES: Final = frozenset({"text/markdown", "text/x-markdown", "text/x-gfm"})
+_HTML_MIMES: Final = frozenset({"text/html", "application/xhtml+xml"})
+_PDF_MIMES: Final = frozenset({"application/pdf", "application/x-pdf"})
+# Structured text that reads fine as plain text.
+_TEXTUAL_APPLICATION_MIMES: Final = frozenset(
+    {
+        "application/json",
+        "application/ld+json",
+        "application/xml",
+        "application/x-yaml",
+        "application/yaml",
+        "application/toml",
+        "application/x-sh",
+        "application/javascript",
+        "application/x-javascript",
+        "application/sql",
+        "application/x-ndjson",
+    }
+)
+# Mimes that say nothing specific: the extension or the content decides instead.
+_GENERIC_MIMES: Final = frozenset(
+    {"", "application/octet-stream", "binary/octet-stream", "application/unknown", "text/plain"}
+)
+
+_MARKDOWN_EXTS: Final = frozenset({".md", ".markdown", ".mdown", ".mkd", ".mdx"})
+_HTML_EXTS: Final = frozenset({".html", ".htm", ".xhtml"})
+_TEXT_EXTS: Final = frozenset(
+    {
+        ".txt", ".text", ".log", ".rst", ".adoc", ".org", ".tex", ".csv", ".tsv", ".json",
+        ".jsonl", ".ndjson", ".yaml", ".yml", ".toml", ".ini", ".cfg", ".conf", ".xml", ".py",
+        ".pyi", ".js", ".mjs", ".ts", ".tsx", ".jsx", ".java", ".kt", ".go", ".rs", ".c", ".h",
+        ".cc", ".cpp", ".hpp", ".cs", ".rb", ".php", ".swift", ".scala", ".sh", ".bash", ".zsh",
+        ".sql", ".r", ".lua", ".pl", ".css", ".scss", ".vue", ".svelte", ".env", ".properties",
+    }
+)  # fmt: skip
+# Well-known binary formats get a precise refusal instead of a "binary content" guess.
+_BINARY_MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG image"),
+    (b"\xff\xd8\xff", "JPEG image"),
+    (b"GIF87a", "GIF image"),
+    (b"GIF89a", "GIF image"),
+    (b"PK\x03\x04", "ZIP archive (also DOCX/XLSX/PPTX/EPUB)"),
+    (b"\x1f\x8b", "gzip archive"),
+    (b"BZh", "bzip2 archive"),
+    (b"7z\xbc\xaf\x27\x1c", "7-Zip archive"),
+    (b"\xfd7zXZ\x00", "xz archive"),
+    (b"Rar!\x1a\x07", "RAR archive"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "legacy Office document (DOC/XLS/PPT)"),
+    (b"\x7fELF", "ELF executable"),
+    (b"MZ", "Windows executable"),
+    (b"OggS", "Ogg media"),
+    (b"ID3", "MP3 audio"),
+    (b"fLaC", "FLAC audio"),
+    (b"SQLite format 3\x00", "SQLite database"),
+)
+_PDF_MAGIC: Final = b"%PDF-"
+# The PDF spec lets readers find the header within the first 1024 bytes.
+_PDF_MAGIC_WINDOW: Final = 1024
+_HTML_SNIFF_RE: Final = re.compile(rb"^\s*(?:<!doctype\s+html|<html[\s>]|<head[\s>])", re.I)
+
+
+def _split_mime(mime: str | None) -> tuple[str, dict[str, str]]:
+    if not mime:
+        return "", {}
+    base, _, rest = mime.partition(";")
+    params: dict[str, str] = {}
+    for part in rest.split(";"):
+        key, sep, value = part.partition("=")
+        if sep:
+            params[key.strip().lower()] = value.strip().strip('"').strip("'")
+    return base.strip().lower(), params
+
+
+def _extension(filename: str | None) -> str:
+    if not filename:
+        return ""
+    # Filenames may come from URLs or Windows clients: only the last segment matters.
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    return PurePosixPath(name).suffix.lower()
+
+
+def _binary_kind(data: bytes) -> str | None:
+    head = data[:16]
+    for magic, kind in _BINARY_MAGIC:
+        if head.startswith(magic):
+            return kind
+    return None
+
+
+def detect_mime(data: bytes, *, filename: str | None = None, mime: str | None = None) -> str:
+    """Pick one of the supported mimes, or raise :class:`UnsupportedDocument`.
+
+    Order of trust: PDF magic bytes; other well-known binary magic; a specific declared
+    mime; the file extension; finally a look at the content.  ``text/plain`` and
+    ``application/octet-stream`` count as "not specific" because browsers and servers
+    send them for Markdown and unknown files alike.
+    """
+    if _PDF_MAGIC in data[:_PDF_MAGIC_WINDOW]:
+        return MIME_PDF
+    declared, _ = _split_mime(mime)
+    ext = _extension(filename)
+    kind = _binary_kind(data)
+    if kind is not None:
+        raise UnsupportedDocument(
+            f"{kind} is not a supported document type; "
+            "upload text, Markdown, HTML or PDF instead"
+        )
+    if declared and declared not in _GENERIC_MIMES:
+        if declared in _PDF_MIMES:
+            return MIME_PDF  # no magic: the PDF parser reports it as corrupt
+        if declared in _MARKDOWN_MIMES:
+            return MIME_MARKDOWN
+        if declared in _HTML_MIMES:
+            return MIME_HTML
+        if declared.startswith("text/") or declared in _TEXTUAL_APPLICATION_MIMES:
+            return MIME_TEXT
+        if declared.endswith(("+json", "+xml")):
+            return MIME_TEXT
+        raise UnsupportedDocument(
+            f"documents of type {declared!r} are not supported; "
+            "upload text, Markdown, HTML or PDF instead"
+        )
+    if ext in _MARKDOWN_EXTS:
+        return MIME_MARKDOWN
+    if ext in _HTML_EXTS:
+        return MIME_HTML
+    if ext == ".pdf":
+        return MIME_PDF
+    if ext in _TEXT_EXTS or declared == "text/plain":
+        return MIME_TEXT
+    if _HTML_SNIFF_RE.match(data[:1024]):
+        return MIME_HTML
+    # Unknown extension: accept it if it is text, otherwise refuse it as binary.
+    if _looks_binary(data):
+        what = f"files with extension {ext!r}" if ext else "this binary content"
+        raise UnsupportedDocument(
+            f"{what} cannot be read as a document; upload text, Markdown, HTML or PDF instead"
+        )
+    return MIME_TEXT
+
+
+# --------------------------------------------------------------------------- text decoding
+
+_BOMS: Final[tuple[tuple[bytes, str], ...]] = (
+    (codecs.BOM_UTF32_LE, "utf-32"),  # before UTF-16 LE: it starts with the same bytes
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_ALLOWED_CONTROL: Final = frozenset("\t\n\r\f\v\x1b\x08")
+_SNIFF_BYTES: Final = 8192
+
+
+def _utf16_without_bom(sample: bytes) -> str | None:
+    """Windows tools write UTF-16 without a BOM: ASCII text then has NULs in every other byte."""
+    if len(sample) < 4:
+        return None
+    even, odd = sample[0::2], sample[1::2]
+    even_nuls, odd_nuls = even.count(0) / len(even), odd.count(0) / len(odd)
+    if odd_nuls > 0.4 and even_nuls < 0.05:
+        return "utf-16-le"
+    if even_nuls > 0.4 and odd_nuls < 0.05:
+        return "utf-16-be"
+    return None
+
+
+def _looks_binary(data: bytes) -> bool:
+    sample = data[:_SNIFF_BYTES]
+    if not sample:
+        return False
+    if any(sample.startswith(bom) for bom, _ in _BOMS) or _utf16_without_bom(sample):
+        return False
+    if b"\x00" in sample:
+        return True
+    controls = sum(1 for b in sample if b < 32 and chr(b) not in _ALLOWED_CONTROL)
+    return controls / len(sample) > 0.05
+
+
+def _control_ratio(text: str) -> float:
+    sample = text[:_SNIFF_BYTES]
+    if not sample:
+        return 0.0
+    bad = sum(
+        1
+        for ch in sample
+        if ch not in _ALLOWED_CONTROL and unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn")
+    )
+    return bad / len(sample)
+
+
+def decode_text(data: bytes, *, charset: str | None = None) -> str:
+    """Decode text bytes: BOM, then the declared charset, then UTF-8, then cp1252/latin-1.
+
+    Raises :class:`UnsupportedDocument` for content that is binary rather than text.
+    Newlines are normalised to ``\\n``.
+    """
+    text: str | None = None
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                text = data.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise CorruptDocument(f"text starts with a {encoding} BOM but is not valid "
+                                      f"{encoding}: {exc.reason}") from None
+            break
+    if text is None and (enc16 := _utf16_without_bom(data[:_SNIFF_BYTES])):
+        text = data.decode(enc16, errors="replace")
+    if text is None:
+        if _looks_binary(data):
+            raise UnsupportedDocument(
+                "the content is binary, not text; upload text, Markdown, HTML or PDF instead"
+            )
+        candidates: list[str] = []
+        if charset:
+            try:
+                candidates.append(codecs.lookup(charset).name)
+            except LookupError:
+                log.debug("ignoring unknown declared charset %r", charset)
+        # UTF-8 is strict enough that a successful decode is almost always right; cp1252
+        # is the usual culprit otherwise, and latin-1 can decode anything as a last resort.
+        candidates += ["utf-8", "cp1252", "latin-1"]
+        for encoding in candidates:
+            try:
+                text = data.decode(encoding)
+                break
+            except UnicodeDecodeError:
+                continue
+        assert text is not None  # latin-1 never fails
+    if _control_ratio(text) > 0.05:
+        raise UnsupportedDocument(
+            "the content is binary, not text; upload text, Markdown, HTML or PDF instead"
+        )
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+
+
+# --------------------------------------------------------------------------- helpers
+
+_BLANK_LINES_RE: Final = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
+
+
+def _tidy(text: str) -> str:
+    """Strip trailing spaces per line and squeeze runs of blank lines to one."""
+    lines = [line.rstrip() for line in text.split("\n")]
+    return _BLANK_LINES_RE.sub("\n\n", "\n".join(lines)).strip()
+
+
+def _short_title(text: str | None) -> str | None:
+    if not text:
+        return None
+    title = " ".join(text.split())
+    if not title:
+        return None
+    if len(title) > _MAX_TITLE_CHARS:
+        title = title[: _MAX_TITLE_CHARS - 1].rstrip() + "…"
+    return title
+
+
+def _title_from_filename(filename: str | None) -> str | None:
+    if not filename:
+        return None
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    return _short_title(name)
+
+
+def _first_line(sections: Iterable[Section]) -> str | None:
+    for section in sections:
+        for line in section.text.split("\n"):
+            if line.strip():
+                return _short_title(line)
+    return None
+
+
+def _heading_path(stack: list[tuple[int, str]]) -> str | None:
+    return HEADING_PATH_SEPARATOR.join(text for _, text in stack) or None
+
+
+def _push_heading(stack: list[tuple[int, str]], level: int, text: str) -> None:
+    while stack and stack[-1][0] >= level:
+        stack.pop()
+    stack.append((level, text))
+
+
+# --------------------------------------------------------------------------- plain text
+
+
+def _parse_text(text: str, filename: str | None) -> ParsedDocument:
+    body = _tidy(text)
+    sections = [Section(body)] if body else []
+    return ParsedDocument(
+        MIME_TEXT, _title_from_filename(filename) or _first_line(sections), sections
+    )
+
+
+# --------------------------------------------------------------------------- markdown
+
+_ATX_RE: Final = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_SETEXT_RE: Final = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+_FENCE_RE: Final = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_FRONT_MATTER_TITLE_RE: Final = re.compile(r"^title:\s*(.+?)\s*$", re.M)
+
+
+def _strip_front_matter(text: str) -> tuple[str, str | None]:
+    if not text.startswith("---\n"):
+        return text, None
+    end = text.find("\n---", 4)
+    if end == -1 or end > 10_000:
+        return text, None
+    after = text.find("\n", end + 4)
+    block = text[4:end]
+    match = _FRONT_MATTER_TITLE_RE.search(block)
+    title = match.group(1).strip("'\"") if match else None
+    return (text[after + 1 :] if after != -1 else ""), title
+
+
+def _parse_markdown(text: str, filename: str | None) -> ParsedDocument:
+    text, fm_title = _strip_front_matter(text)
+    lines = text.split("\n")
+    stack: list[tuple[int, str]] = []
+    sections: list[Section] = []
+    body: list[str] = []
+    heading: str | None = None
+    first_h1: str | None = None
+    fence: str | None = None
+
+    def flush() -> None:
+        chunk = _tidy("\n".join(body))
+        if chunk:
+            sections.append(Section(chunk, heading=heading))
+        body.clear()
+
+    def start_section(level: int, title: str) -> None:
+        nonlocal heading, first_h1
+        flush()
+        if level == 1 and first_h1 is None:
+            first_h1 = title
+        _push_heading(stack, level, title)
+        heading = _heading_path(stack)
+
+    for line in lines:
+        fence_match = _FENCE_RE.match(line)
+        if fence is not None:
+            # Inside a code block "# comment" is code, not a heading.
+            if fence_match and fence_match.group(1)[0] == fence[0] and len(
+                fence_match.group(1)
+            ) >= len(fence):
+                fence = None
+            body.append(line)
+            continue
+        if fence_match:
+            fence = fence_match.group(1)
+            body.append(line)
+            continue
+        atx = _ATX_RE.match(line)
+        if atx:
+            title = (atx.group(2) or "").strip()
+            if title:
+                start_section(len(atx.group(1)), title)
+            continue
+        setext = _SETEXT_RE.match(line)
+        # Setext heading: a paragraph line underlined with === (h1) or --- (h2).  A lone
+        # "---" after a blank line is a thematic break and stays text.
+        if setext and body and body[-1].strip() and not _ATX_RE.match(body[-1]):
+            previous = body[-2] if len(body) >= 2 else ""
+            if not previous.strip():
+                title = body.pop().strip()
+                start_section(1 if setext.group(1)[0] == "=" else 2, title)
+                continue
+        body.append(line)
+    flush()
+
+    title = _short_title(fm_title) or _short_title(first_h1) or _title_from_filename(filename)
+    return ParsedDocument(MIME_MARKDOWN, title or _first_line(sections), sections)
+
+
+# --------------------------------------------------------------------------- html
+
+_HTML_META_CHARSET_RE: Final = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([A-Za-z0-9_.:-]+)", re.I)
+# Boilerplate and non-content elements whose text never belongs in a chunk.
+_HTML_SKIP: Final = frozenset(
+    {
+        "script", "style", "noscript", "template", "nav", "header", "footer", "aside", "svg",
+        "iframe", "object", "embed", "canvas", "button", "select", "head", "math", "dialog",
+    }
+)  # fmt: skip
+_HTML_SKIP_ROLES: Final = frozenset(
+    {"navigation", "banner", "contentinfo", "complementary", "search", "dialog", "menu"}
+)
+_HTML_BLOCK: Final = frozenset(
+    {
+        "p", "div", "br", "li", "ul", "ol", "dl", "dt", "dd", "tr", "table", "thead", "tbody",
+        "section", "article", "main", "blockquote", "pre", "hr", "h4", "h5", "h6", "figure",
+        "figcaption", "details", "summary", "address", "fieldset", "form", "caption", "body",
+    }
+)  # fmt: skip
+_HTML_CELL: Final = frozenset({"td", "th"})
+_HTML_HEADINGS: Final = {"h1": 1, "h2": 2, "h3": 3}
+_HTML_MAIN: Final = frozenset({"main", "article"})
+_HTML_VOID: Final = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
+     "source", "track", "wbr"}
+)  # fmt: skip
+_WS_RE: Final = re.compile(r"[ \t\r\f\v\n]+")
+
+
+@dataclass(slots=True)
+class _HtmlBlock:
+    heading: str | None
+    in_main: bool
+    parts: list[str] = field(default_factory=list)
+
+
+class _HtmlExtractor(HTMLParser):
+    """Collects visible text per heading section, remembering what sat inside <main>/<article>."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.title_parts: list[str] = []
+        self.first_h1: str | None = None
+        self.blocks: list[_HtmlBlock] = []
+        self._skip: list[str] = []  # open elements whose content is dropped
+        self._in_title = False
+        self._pre = 0
+        self._main = 0
+        self._heading_tag: str | None = None
+        self._heading_parts: list[str] = []
+        self._stack: list[tuple[int, str]] = []
+        self._block = _HtmlBlock(None, False)
+        self.blocks.append(self._block)
+
+    # The block that text goes into changes when a heading ends or <main> opens/closes.
+    def _new_block(self) -> None:
+        heading = _heading_path(self._stack)
+        block = self._block
+        if block.parts and (block.heading != heading or block.in_main != (self._main > 0)):
+            self._block = _HtmlBlock(heading, self._main > 0)
+            self.blocks.append(self._block)
+        else:
+            block.heading, block.in_main = heading, self._main > 0
+
+    def _emit(self, text: str) -> None:
+        if self._heading_tag is not None:
+            self._heading_parts.append(text)
+        else:
+            self._block.parts.append(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self._skip:
+            if tag not in _HTML_VOID:
+                self._skip.append(tag)
+            return
+        attr = dict(attrs)
+        hidden = (
+            tag in _HTML_SKIP
+            or (attr.get("role") or "").lower() in _HTML_SKIP_ROLES
+            or "hidden" in attr
+            or (attr.get("aria-hidden") or "").lower() == "true"
+        )
+        if tag == "title" and not self.blocks_have_text_in_title_context():
+            self._in_title = True
+            return
+        if hidden:
+            if tag not in _HTML_VOID:
+                self._skip.append(tag)
+            return
+        if tag in _HTML_MAIN:
+            self._main += 1
+            self._new_block()
+        if tag in _HTML_HEADINGS and self._heading_tag is None:
+            self._heading_tag = tag
+            self._heading_parts = []
+            return
+        if tag == "pre":
+            self._pre += 1
+        if tag in _HTML_BLOCK:
+            self._emit("\n")
+        elif tag in _HTML_CELL:
+            self._emit(" | ")
+        elif tag == "img" and attr.get("alt"):
+            self._emit(f" {attr['alt']} ")
+
+    def blocks_have_text_in_title_context(self) -> bool:
+        # <title> inside <svg> or <body> text is not the document title; the skip stack
+        # already hides svg, so only the first <title> counts.
+        return bool(self.title_parts)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._skip:
+            if tag in self._skip:
+                # Pop up to the matching open tag: tolerates unclosed children.
+                while self._skip and self._skip.pop() != tag:
+                    pass
+            return
+        if tag == "title":
+            self._in_title = False
+            return
+        if tag == self._heading_tag:
+            text = " ".join("".join(self._heading_parts).split())
+            self._heading_tag = None
+            if text:
+                level = _HTML_HEADINGS[tag]
+                if level == 1 and self.first_h1 is None:
+                    self.first_h1 = text
+                _push_heading(self._stack, level, text)
+                self._new_block()
+            return
+        if tag in _HTML_MAIN and self._main:
+            self._main -= 1
+            self._new_block()
+        if tag == "pre" and self._pre:
+            self._pre -= 1
+        if tag in _HTML_BLOCK:
+            self._emit("\n")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        # <br/> and friends: same as an unclosed start tag, never pushed on the skip stack.
+        if tag in _HTML_VOID or tag not in _HTML_SKIP:
+            self.handle_starttag(tag, attrs)
+            if tag not in _HTML_VOID and not self._skip:
+                self.handle_endtag(tag)
+
+    def handle_data(self, data: str) -> None:
+        if self._skip:
+            return
+        if self._in_title:
+            self.title_parts.append(data)
+            return
+        if self._pre:
+            self._emit(data)
+        else:
+            self._emit(_WS_RE.sub(" ", data))
+
+
+def _html_charset(data: bytes) -> str | None:
+    match = _HTML_META_CHARSET_RE.search(data[:2048])
+    return match.group(1).decode("ascii", "replace") if match else None
+
+
+def _clean_html_text(parts: list[str]) -> str:
+    text = "".join(parts)
+    lines = [" ".join(line.split()) if "\t" not in line else line.strip() for line in text.split("\n")]
+    return _tidy("\n".join(lines))
+
+
+def _parse_html(text: str, filename: str | None) -> ParsedDocument:
+    parser = _HtmlExtractor()
+    try:
+        parser.feed(text)
+        parser.close()
+    except Exception as exc:  # html.parser is lenient; anything raised means garbage input
+        raise CorruptDocument(f"the HTML could not be parsed: {exc}") from None
+    blocks = parser.blocks
+    # Pages that mark their content with <main>/<article> lose everything around it
+    # (cookie banners, sidebars without <aside>, related links).
+    if any(b.in_main and _clean_html_text(b.parts) for b in blocks):
+        blocks = [b for b in blocks if b.in_main]
+    sections: list[Section] = []
+    for block in blocks:
+        body = _clean_html_text(block.parts)
+        if not body:
+            continue
+        if sections and sections[-1].heading == block.heading:
+            # Same heading split by a <main> boundary: keep it as one section.
+            prev = sections.pop()
+            body = f"{prev.text}\n\n{body}"
+        sections.append(Section(body, heading=block.heading))
+    title = (
+        _short_title("".join(parser.title_parts))
+        or _short_title(parser.first_h1)
+        or _title_from_filename(filename)
+        or _first_line(sections)
+    )
+    return ParsedDocument(MIME_HTML, title, sections)
+
+
+# --------------------------------------------------------------------------- pdf
+
+
+def _pdf_outline_headings(reader: Any) -> dict[int, str]:
+    """Map 0-based page index -> heading path of the last bookmark starting on or before it."""
+    starts: list[tuple[int, int, str]] = []  # (page, order, path)
+
+    def walk(items: list[Any], path: list[str]) -> None:
+        current: list[str] = path
+        for item in items:
+            if isinstance(item, list):
+                walk(item, current)
+                continue
+            title = _short_title(str(getattr(item, "title", "") or ""))
+            if not title:
+                continue
+            current = [*path, title]
+            try:
+                page = reader.get_destination_page_number(item)
+            except Exception:  # broken bookmark: ignore it, the text still counts
+                continue
+            if page is not None and page >= 0:
+                starts.append((page, len(starts), HEADING_PATH_SEPARATOR.join(current)))
+
+    try:
+        walk(list(reader.outline), [])
+    except Exception:  # outlines are optional and often malformed
+        return {}
+    starts.sort()
+    mapping: dict[int, str] = {}
+    for page, _, path in starts:
+        mapping[page] = path  # the last bookmark on a page wins
+    return mapping
+
+
+def _parse_pdf(data: bytes, filename: str | None) -> ParsedDocument:
+    if _PDF_MAGIC not in data[:_PDF_MAGIC_WINDOW]:
+        raise CorruptDocument("the file is declared as PDF but has no %PDF- header")
+    try:
+        from pypdf import PdfReader
+    except ImportError:
+        raise UnsupportedDocument(
+            "PDF support needs the 'pypdf' package on the server; ask the operator to install it"
+        ) from None
+    warnings: list[str] = []
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            # Many PDFs are "encrypted" with an empty user password just to set permissions.
+            try:
+                ok = reader.decrypt("")
+            except Exception:
+                ok = 0
+            if not ok:
+                raise UnsupportedDocument(
+                    "the PDF is password-protected; remove the password and upload it again"
+                )
+        page_count = len(reader.pages)
+        outline = _pdf_outline_headings(reader)
+        sections: list[Section] = []
+        heading: str | None = None
+        empty_pages = 0
+        for index in range(page_count):
+            heading = outline.get(index, heading)
+            try:
+                raw = reader.pages[index].extract_text() or ""
+            except Exception as exc:
+                # One broken page should not cost the rest of the document.
+                warnings.append(f"page {index + 1}: text could not be extracted ({exc})")
+                continue
+            body = _tidy(raw.replace("\x00", ""))
+            if body:
+                sections.append(Section(body, page=index + 1, heading=heading))
+            else:
+                empty_pages += 1
+        meta_title: str | None = None
+        try:
+            meta = reader.metadata
+            if meta is not None and meta.title:
+                meta_title = str(meta.title)
+        except Exception:
+            meta_title = None
+    except ParseError:
+        raise
+    except Exception as exc:
+        # pypdf signals damage with many exception types (PdfReadError, ValueError,
+        # KeyError, RecursionError...): all of them mean "this PDF is broken".
+        raise CorruptDocument(f"the PDF could not be read: {type(exc).__name__}: {exc}") from None
+    if page_count and not sections:
+        warnings.append(
+            "the PDF has no extractable text (scanned pages need OCR, which Roost does not do)"
+        )
+    elif empty_pages:
+        warnings.append(f"{empty_pages} of {page_count} pages had no extractable text")
+    title = _short_title(meta_title) or _first_line(sections) or _title_from_filename(filename)
+    return ParsedDocument(MIME_PDF, title, sections, warnings)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def parse_document(
+    data: bytes, *, filename: str | None = None, mime: str | None = None
+) -> ParsedDocument:
+    """Detect the type of ``data`` and extract its text as sections.
+
+    ``mime`` may carry parameters (``text/html; charset=iso-8859-1``): the charset is
+    honoured for text types.  Raises :class:`UnsupportedDocument` or
+    :class:`CorruptDocument`; never another exception type for bad input.
+    """
+    kind = detect_mime(data, filename=filename, mime=mime)
+    _, params = _split_mime(mime)
+    charset = params.get("charset")
+    if kind == MIME_PDF:
+        return _parse_pdf(data, filename)
+    if kind == MIME_HTML:
+        return _parse_html(decode_text(data, charset=charset or _html_charset(data)), filename)
+    text = decode_text(data, charset=charset)
+    if kind == MIME_MARKDOWN:
+        return _parse_markdown(text, filename)
+    return _parse_text(text, filename)

@@ -1,0 +1,318 @@
+"""Provider for Anthropic's Messages API (``POST /v1/messages``).
+
+Requests and answers are translated to and from the OpenAI-shaped types in
+``roost.llm.types``: system messages become the top-level ``system`` prompt,
+``tool`` messages become ``tool_result`` blocks in a user turn, assistant
+``tool_calls`` become ``tool_use`` blocks, and consecutive turns of the same
+role are merged (the API wants user and assistant turns to alternate).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+
+from roost.llm.base import HTTPProvider, decode_json_event
+from roost.llm.errors import ProviderNotSupported, ProviderUnavailable
+from roost.llm.types import (
+    ChatChunk,
+    ChatMessage,
+    ChatRequest,
+    ChatResult,
+    EmbeddingResult,
+    HealthResult,
+    ToolCall,
+    ToolCallDelta,
+    parse_tool_arguments,
+)
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+
+# Anthropic's stop reasons in OpenAI's vocabulary, so callers see one set.
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+    "pause_turn": "stop",
+}
+
+# ChatRequest.extra keys the Messages API accepts; anything else (OpenAI-only
+# knobs such as logprobs or seed) is dropped rather than sent to a 400.
+# ``extra["anthropic"]`` is merged verbatim as an escape hatch.
+PASSTHROUGH = frozenset({"top_k", "metadata", "thinking", "service_tier"})
+
+# Error event types on a stream that mean "try again / elsewhere".
+RETRYABLE_STREAM_ERRORS = frozenset({"overloaded_error", "api_error", "rate_limit_error"})
+
+
+def _content_blocks(content: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "text":
+            blocks.append({"type": "text", "text": str(part.get("text", ""))})
+        elif kind == "image_url":
+            url = str((part.get("image_url") or {}).get("url", ""))
+            if url.startswith("data:") and ";base64," in url:
+                media, _, data = url[5:].partition(";base64,")
+                source = {"type": "base64", "media_type": media, "data": data}
+                blocks.append({"type": "image", "source": source})
+            else:
+                blocks.append({"type": "image", "source": {"type": "url", "url": url}})
+        else:
+            blocks.append(part)  # already an Anthropic block (image, document, ...)
+    return blocks
+
+
+def to_anthropic_messages(
+    messages: list[ChatMessage],
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """Split OpenAI-style messages into Anthropic's (system prompt, alternating turns)."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for msg in messages:
+        if msg.role in ("system", "developer"):
+            system.append(msg.text())
+            continue
+        if msg.role == "tool":
+            role = "user"
+            blocks: list[dict[str, Any]] = [
+                {"type": "tool_result", "tool_use_id": msg.tool_call_id or "", "content": msg.text()}
+            ]
+        elif msg.role == "assistant":
+            role = "assistant"
+            blocks = _content_blocks(msg.content) + [
+                {
+                    "type": "tool_use",
+                    "id": tc.id,
+                    "name": tc.name,
+                    "input": parse_tool_arguments(tc.arguments),
+                }
+                for tc in msg.tool_calls or []
+            ]
+        else:
+            role = "user"
+            blocks = _content_blocks(msg.content)
+        if not blocks:
+            continue  # the API rejects empty turns
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    return ("\n\n".join(s for s in system if s) or None), turns
+
+
+def to_anthropic_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for tool in tools:
+        fn = tool.get("function")
+        if tool.get("type") == "function" and isinstance(fn, dict):
+            mapped: dict[str, Any] = {
+                "name": fn["name"],
+                "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
+            }
+            if fn.get("description"):
+                mapped["description"] = fn["description"]
+            out.append(mapped)
+        else:
+            out.append(tool)  # already Anthropic-shaped
+    return out
+
+
+def to_anthropic_tool_choice(choice: str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        if isinstance(fn, dict) and "name" in fn:
+            return {"type": "tool", "name": fn["name"]}
+        return choice
+    return {"auto": {"type": "auto"}, "none": {"type": "none"}, "required": {"type": "any"}}.get(
+        choice, {"type": "auto"}
+    )
+
+
+def _message_start(obj: dict[str, Any]) -> tuple[str | None, int]:
+    message = obj["message"]
+    return message.get("model"), int((message.get("usage") or {}).get("input_tokens") or 0)
+
+
+class AnthropicProvider(HTTPProvider):
+    provider_type = "anthropic"
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        api_key: str | None = None,
+        default_model: str | None = None,
+        timeout: float = 60.0,
+        connect_timeout: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        name: str | None = None,
+        retry_bad_response: bool = True,
+        anthropic_version: str = ANTHROPIC_VERSION,
+        default_max_tokens: int = 1024,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        # Accept the base with or without /v1 (the SDK uses it without).
+        base = base_url.rstrip("/").removesuffix("/v1")
+        super().__init__(
+            base,
+            api_key=api_key,
+            default_model=default_model,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            extra_headers=extra_headers,
+            name=name,
+            retry_bad_response=retry_bad_response,
+            client=client,
+        )
+        self.anthropic_version = anthropic_version
+        # The Messages API requires max_tokens; OpenAI's does not.
+        self.default_max_tokens = default_max_tokens
+
+    def _auth_headers(self) -> dict[str, str]:
+        headers = {"anthropic-version": self.anthropic_version}
+        if self._api_key:
+            headers["x-api-key"] = self._api_key
+        return headers
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        system, turns = to_anthropic_messages(request.messages)
+        body: dict[str, Any] = {
+            "model": self._model(request.model),
+            "messages": turns,
+            "max_tokens": request.max_tokens or self.default_max_tokens,
+        }
+        if system:
+            body["system"] = system
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop_sequences"] = request.stop
+        if request.tools:
+            body["tools"] = to_anthropic_tools(request.tools)
+        if request.tool_choice is not None:
+            body["tool_choice"] = to_anthropic_tool_choice(request.tool_choice)
+        body.update({k: v for k, v in request.extra.items() if k in PASSTHROUGH})
+        escape = request.extra.get("anthropic")
+        if isinstance(escape, dict):
+            body.update(escape)
+        return body
+
+    def _parse_message(self, data: Any, latency_ms: int) -> ChatResult:
+        if data.get("type") != "message":
+            raise ValueError(f"type is {data.get('type')!r}, expected 'message'")
+        text: list[str] = []
+        tool_calls: list[ToolCall] = []
+        for block in data["content"]:
+            if block["type"] == "text":
+                text.append(block["text"])
+            elif block["type"] == "tool_use":
+                tool_calls.append(
+                    ToolCall(id=block["id"], name=block["name"], arguments=json.dumps(block["input"]))
+                )
+        usage = data.get("usage") or {}
+        stop = data.get("stop_reason")
+        return ChatResult(
+            content="".join(text),
+            finish_reason=STOP_REASONS.get(stop, stop),
+            tokens_in=int(usage.get("input_tokens") or 0),
+            tokens_out=int(usage.get("output_tokens") or 0),
+            model=data.get("model"),
+            tool_calls=tool_calls,
+            latency_ms=latency_ms,
+            raw=data,
+        )
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        data, latency = await self._request_json("POST", "/v1/messages", self._body(request))
+        return self._parse(data, lambda d: self._parse_message(d, latency))
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        body = self._body(request)
+        body["stream"] = True
+        model: str | None = None
+        tokens_in = 0
+        tool_index: dict[int, int] = {}  # content block index -> tool call index
+        finished = False
+        async with self._open_stream("/v1/messages", body) as resp:
+            async for _event, data in self._sse_events(resp):
+                obj = decode_json_event(self, data)
+                kind = obj.get("type")
+                if kind == "message_stop":
+                    finished = True
+                    break
+                if kind == "error":
+                    err = obj.get("error") or {}
+                    message = self._safe(str(err.get("message", "")))
+                    detail = f"provider {self.name!r} failed mid-stream: {message}"
+                    if err.get("type") in RETRYABLE_STREAM_ERRORS:
+                        raise ProviderUnavailable(detail, provider=self.name)
+                    raise self._bad_response(detail)
+                if kind == "message_start":
+                    model, tokens_in = self._parse(obj, _message_start)
+                    continue
+                chunk = self._parse(obj, lambda o: self._stream_event(o, tool_index))
+                if chunk is None:
+                    continue
+                chunk.model = model
+                if kind == "message_delta":
+                    chunk.tokens_in = chunk.tokens_in or tokens_in
+                yield chunk
+        if not finished:
+            raise self._bad_response("stream ended before message_stop")
+
+    def _stream_event(self, obj: dict[str, Any], tool_index: dict[int, int]) -> ChatChunk | None:
+        kind = obj.get("type")
+        if kind == "content_block_start":
+            block = obj["content_block"]
+            if block["type"] == "tool_use":
+                idx = tool_index.setdefault(int(obj["index"]), len(tool_index))
+                delta = ToolCallDelta(index=idx, id=block["id"], name=block["name"])
+                return ChatChunk(tool_calls=[delta], raw=obj)
+            if block["type"] == "text" and block.get("text"):
+                return ChatChunk(delta=block["text"], raw=obj)
+            return None
+        if kind == "content_block_delta":
+            delta = obj["delta"]
+            if delta["type"] == "text_delta":
+                return ChatChunk(delta=delta["text"], raw=obj)
+            if delta["type"] == "input_json_delta":
+                idx = tool_index[int(obj["index"])]
+                part = ToolCallDelta(index=idx, arguments=delta["partial_json"])
+                return ChatChunk(tool_calls=[part], raw=obj)
+            return None  # thinking / signature deltas are not part of the answer
+        if kind == "message_delta":
+            stop = obj["delta"].get("stop_reason")
+            usage = obj.get("usage") or {}
+            return ChatChunk(
+                finish_reason=STOP_REASONS.get(stop, stop),
+                tokens_in=int(usage["input_tokens"]) if usage.get("input_tokens") else None,
+                tokens_out=int(usage.get("output_tokens") or 0),
+                raw=obj,
+            )
+        return None  # message_start (handled by caller), ping, content_block_stop
+
+    async def embed(self, texts: list[str], model: str | None = None) -> EmbeddingResult:
+        raise ProviderNotSupported(
+            f"provider {self.name!r} (anthropic) has no embeddings API", provider=self.name
+        )
+
+    async def list_models(self) -> list[str]:
+        data, _ = await self._request_json("GET", "/v1/models")
+        return self._parse(data, lambda d: [str(m["id"]) for m in d["data"]])
+
+    async def health(self) -> HealthResult:
+        return await self._timed_health(self.list_models)

@@ -1,0 +1,95 @@
+"""Errors raised by LLM providers and the gateway.
+
+They subclass Roost's domain errors so the HTTP layer can turn them into
+problem JSON without knowing about providers: an upstream failure is a 502
+(504 for timeouts) from Roost's point of view, whatever the upstream said.
+
+``retryable`` tells the gateway whether trying another provider can help.
+``upstream_status`` is the status the provider answered with, if any (kept
+apart from ``status``, which is the status Roost itself answers with).
+Messages never include API keys: providers build them from fixed text plus
+the upstream's own (scrubbed, truncated) error message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from roost.errors import BadGateway
+
+if TYPE_CHECKING:
+    from roost.llm.gateway_core import Attempt
+
+
+class ProviderError(BadGateway):
+    kind: str = "provider_error"
+    default_retryable: bool = False
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        provider: str | None = None,
+        upstream_status: int | None = None,
+        retryable: bool | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail, extra=extra)
+        self.provider = provider
+        self.upstream_status = upstream_status
+        self.retryable = self.default_retryable if retryable is None else retryable
+        # Filled by the gateway when the error ends a fallback chain or an
+        # ensemble, so callers can persist one llm_responses row per attempt.
+        self.attempts: list[Attempt] = []
+
+
+class ProviderUnavailable(ProviderError):
+    """Connection refused/reset, 5xx, 408/429: another provider (or a retry) may succeed."""
+
+    kind = "unavailable"
+    default_retryable = True
+
+
+class ProviderTimeout(ProviderUnavailable):
+    status, title, type_slug = 504, "Gateway timeout", "gateway-timeout"
+    kind = "timeout"
+
+
+class ProviderRequestError(ProviderError):
+    """The provider rejected the request (4xx): the same request will fail elsewhere too."""
+
+    kind = "request_error"
+    default_retryable = False
+
+
+class ProviderBadResponse(ProviderError):
+    """The provider answered, but not with something we can parse (junk, wrong shape)."""
+
+    kind = "bad_response"
+    default_retryable = True
+
+
+class ProviderNotSupported(ProviderError):
+    """The provider type cannot do this operation at all (e.g. embeddings on Anthropic)."""
+
+    kind = "unsupported"
+    default_retryable = True
+
+
+class AllProvidersFailed(ProviderUnavailable):
+    """Every provider in a fallback chain or ensemble failed; ``errors`` holds each cause."""
+
+    kind = "all_failed"
+
+    def __init__(self, detail: str, *, errors: list[ProviderError]) -> None:
+        super().__init__(detail, retryable=any(e.retryable for e in errors))
+        self.errors = errors
+
+
+def scrub(text: str, *secrets: str | None, limit: int = 300) -> str:
+    """Remove secrets from upstream text and cap its length before it goes into an error."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

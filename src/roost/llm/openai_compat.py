@@ -1,0 +1,215 @@
+"""Provider for any server speaking OpenAI's HTTP API.
+
+One implementation covers OpenAI itself, vLLM, Ollama (``/v1``), llama.cpp's
+``llama-server``, LM Studio and most hosted gateways: ``base_url`` is the URL
+that ends in ``/v1`` (as with the official SDK) and the paths appended are
+``/chat/completions``, ``/embeddings`` and ``/models``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+
+from roost.llm.base import HTTPProvider, decode_json_event
+from roost.llm.errors import ProviderUnavailable
+from roost.llm.types import (
+    ChatChunk,
+    ChatRequest,
+    ChatResult,
+    EmbeddingResult,
+    HealthResult,
+    ToolCall,
+    ToolCallDelta,
+)
+
+
+def _text_of(content: Any) -> str:
+    """Message content as text; some servers return a list of parts instead of a string."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    raise TypeError(f"content is {type(content).__name__}")
+
+
+def _logprobs_of(choice: Mapping[str, Any]) -> list[float] | None:
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict) or not isinstance(lp.get("content"), list):
+        return None
+    return [float(t["logprob"]) for t in lp["content"]]
+
+
+class OpenAICompatibleProvider(HTTPProvider):
+    provider_type = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        default_model: str | None = None,
+        timeout: float = 60.0,
+        connect_timeout: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        name: str | None = None,
+        retry_bad_response: bool = True,
+        stream_usage: bool = True,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            default_model=default_model,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            extra_headers=extra_headers,
+            name=name,
+            retry_bad_response=retry_bad_response,
+            client=client,
+        )
+        # OpenAI only reports usage on streams when asked; a few older
+        # servers reject the unknown field, hence the switch.
+        self.stream_usage = stream_usage
+
+    def _auth_headers(self) -> dict[str, str]:
+        # Local servers (Ollama, llama.cpp) need no key; sending none keeps them happy.
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self._model(request.model),
+            "messages": [m.to_openai() for m in request.messages],
+        }
+        for key in ("temperature", "max_tokens", "top_p", "stop", "tools", "tool_choice"):
+            value = getattr(request, key)
+            if value is not None:
+                body[key] = value
+        body.update(request.extra)
+        return body
+
+    # --- chat ------------------------------------------------------------------------
+
+    def _parse_chat(self, data: Any, latency_ms: int) -> ChatResult:
+        choice = data["choices"][0]
+        message = choice["message"]
+        usage = data.get("usage") or {}
+        return ChatResult(
+            content=_text_of(message.get("content")),
+            finish_reason=choice.get("finish_reason"),
+            tokens_in=int(usage.get("prompt_tokens") or 0),
+            tokens_out=int(usage.get("completion_tokens") or 0),
+            model=data.get("model"),
+            tool_calls=[
+                ToolCall(
+                    id=str(tc.get("id") or f"call_{i}"),
+                    name=tc["function"]["name"],
+                    arguments=tc["function"].get("arguments") or "{}",
+                )
+                for i, tc in enumerate(message.get("tool_calls") or [])
+            ],
+            logprobs=_logprobs_of(choice),
+            latency_ms=latency_ms,
+            raw=data,
+        )
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        data, latency = await self._request_json("POST", "/chat/completions", self._body(request))
+        return self._parse(data, lambda d: self._parse_chat(d, latency))
+
+    def _parse_chunk(self, obj: dict[str, Any]) -> ChatChunk:
+        choices = obj.get("choices") or []
+        usage = obj.get("usage") or None
+        chunk = ChatChunk(model=obj.get("model"), raw=obj)
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+            chunk.delta = _text_of(delta.get("content"))
+            chunk.finish_reason = choice.get("finish_reason")
+            chunk.logprobs = _logprobs_of(choice)
+            chunk.tool_calls = [
+                ToolCallDelta(
+                    index=int(tc.get("index", 0)),
+                    id=tc.get("id"),
+                    name=(tc.get("function") or {}).get("name"),
+                    arguments=(tc.get("function") or {}).get("arguments") or "",
+                )
+                for tc in delta.get("tool_calls") or []
+            ]
+        if isinstance(usage, dict):
+            chunk.tokens_in = int(usage.get("prompt_tokens") or 0)
+            chunk.tokens_out = int(usage.get("completion_tokens") or 0)
+        return chunk
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        body = self._body(request)
+        body["stream"] = True
+        if self.stream_usage:
+            body.setdefault("stream_options", {"include_usage": True})
+        finished = False
+        async with self._open_stream("/chat/completions", body) as resp:
+            async for _event, data in self._sse_events(resp):
+                if data.strip() == "[DONE]":
+                    finished = True
+                    break
+                obj = decode_json_event(self, data)
+                if "error" in obj:
+                    # Servers report mid-stream failures (overload, OOM) as an
+                    # error event on a 200 response.
+                    raise ProviderUnavailable(
+                        f"provider {self.name!r} failed mid-stream: "
+                        f"{self._safe(self._upstream_message(data))}",
+                        provider=self.name,
+                    )
+                chunk = self._parse(obj, self._parse_chunk)
+                if chunk.finish_reason is not None:
+                    finished = True
+                if (
+                    chunk.delta
+                    or chunk.tool_calls
+                    or chunk.finish_reason
+                    or chunk.tokens_in is not None
+                ):
+                    yield chunk
+        if not finished:
+            raise self._bad_response("stream ended before the model finished")
+
+    # --- embeddings, models, health --------------------------------------------------
+
+    def _parse_embeddings(self, data: Any, count: int, latency_ms: int) -> EmbeddingResult:
+        items = sorted(data["data"], key=lambda item: int(item.get("index", 0)))
+        vectors = [[float(x) for x in item["embedding"]] for item in items]
+        if len(vectors) != count:
+            raise ValueError(f"{len(vectors)} vectors for {count} inputs")
+        usage = data.get("usage") or {}
+        return EmbeddingResult(
+            vectors=vectors,
+            model=data.get("model"),
+            tokens_in=int(usage.get("prompt_tokens") or 0),
+            latency_ms=latency_ms,
+        )
+
+    async def embed(
+        self, texts: list[str], model: str | None = None, *, dimensions: int | None = None
+    ) -> EmbeddingResult:
+        if not texts:
+            return EmbeddingResult(vectors=[], model=model or self.default_model)
+        body: dict[str, Any] = {"model": self._model(model), "input": texts}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        data, latency = await self._request_json("POST", "/embeddings", body)
+        return self._parse(data, lambda d: self._parse_embeddings(d, len(texts), latency))
+
+    async def list_models(self) -> list[str]:
+        data, _ = await self._request_json("GET", "/models")
+        return self._parse(data, lambda d: [str(m["id"]) for m in d["data"]])
+
+    async def health(self) -> HealthResult:
+        return await self._timed_health(self.list_models)
+
+
+__all__ = ["OpenAICompatibleProvider"]

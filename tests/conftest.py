@@ -1,0 +1,100 @@
+"""Shared fixtures: the run's PostgreSQL, a fresh migrated database per test, the app."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from cryptography.fernet import Fernet
+from fastapi import FastAPI
+
+from roost.app import create_app
+from roost.config import Settings
+from roost.db.embedded import start_embedded
+from roost.db.engine import Database, create_database
+from roost.db.migrate import upgrade
+from roost.keyfiles import KeyMaterial
+from tests.support.pg import TEMPLATE_DB, TestServer, external_url, make_url, unique_db_name
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[TestServer]:
+    url = external_url()
+    if url is not None:
+        yield TestServer(admin_url=url)
+        return
+    with tempfile.TemporaryDirectory(prefix="roost-test-pg-") as tmp:
+        server = start_embedded(Path(tmp) / "pg", delete_on_exit=True)
+        try:
+            yield TestServer(admin_url=make_url(server.url("postgres")))
+        finally:
+            server.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def template_db(pg_server: TestServer) -> AsyncIterator[str]:
+    """A database migrated to head once per run; every test clones it."""
+    await pg_server.drop_database(TEMPLATE_DB)
+    await pg_server.create_database(TEMPLATE_DB)
+    db = create_database(Settings(), url=pg_server.url_for(TEMPLATE_DB))
+    try:
+        await upgrade(db.engine)
+    finally:
+        await db.dispose()
+    yield TEMPLATE_DB
+    await pg_server.drop_database(TEMPLATE_DB)
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", log_json=True, max_request_bytes=64 * 1024)
+
+
+@pytest.fixture(scope="session")
+def test_keys() -> KeyMaterial:
+    return KeyMaterial(
+        secret_key=secrets.token_urlsafe(48),
+        message_keys=(Fernet.generate_key().decode(),),
+        secrets_key=base64.b64decode(base64.b64encode(secrets.token_bytes(32))),
+        admin_token="rst_admin_" + secrets.token_urlsafe(24),
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db_name(pg_server: TestServer, template_db: str) -> AsyncIterator[str]:
+    name = unique_db_name()
+    await pg_server.create_database(name, template=template_db)
+    yield name
+    await pg_server.drop_database(name)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def database(
+    pg_server: TestServer, db_name: str, test_settings: Settings
+) -> AsyncIterator[Database]:
+    db = create_database(test_settings, url=pg_server.url_for(db_name))
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture
+def app(test_settings: Settings, database: Database, test_keys: KeyMaterial) -> FastAPI:
+    return create_app(test_settings, database=database, keys=test_keys, configure_logs=False)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://roost.test") as c:
+        yield c
+
+
+@pytest.fixture
+def admin_headers(test_keys: KeyMaterial) -> dict[str, str]:
+    return {"Authorization": f"Bearer {test_keys.admin_token}"}
