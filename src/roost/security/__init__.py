@@ -6,6 +6,7 @@
   imported accounts, password policy.
 * :mod:`roost.security.tokens` -- API keys, refresh tokens, JWT access tokens.
 * :mod:`roost.security.totp` -- TOTP verification with replay protection, backup codes.
+* :mod:`roost.security.webauthn_helpers` -- passkey ceremonies mapped to Roost errors.
 
 Import from the submodules; this package deliberately re-exports nothing so that
 importing one primitive does not load the others' dependencies.

@@ -324,7 +324,9 @@ class SecretBox:
         if not _KEY_ID_RE.fullmatch(key_id.decode("ascii", errors="replace")):
             raise DecryptionError("secret ciphertext has a malformed key id")
         try:
-            payload = base64.b64decode(body + b"=" * (-len(body) % 4), altchars=b"-_", validate=True)
+            payload = base64.b64decode(
+                body + b"=" * (-len(body) % 4), altchars=b"-_", validate=True
+            )
         except (binascii.Error, ValueError):
             raise DecryptionError("secret ciphertext is not valid base64") from None
         # Decoders ignore the unused low bits of the last character; insisting on the

@@ -138,8 +138,22 @@ _SEQUENCES = (
 _TRAILING_NOISE = re.compile(r"[\d\W_]+$")
 # Undo the substitutions people think are clever ("p@ssw0rd"); applied after the
 # end-noise is stripped so trailing digits are not turned into letters.
-_LEET = str.maketrans({"@": "a", "4": "a", "0": "o", "1": "i", "!": "i", "3": "e",
-                       "$": "s", "5": "s", "7": "t", "+": "t", "8": "b", "9": "g"})
+_LEET = str.maketrans(
+    {
+        "@": "a",
+        "4": "a",
+        "0": "o",
+        "1": "i",
+        "!": "i",
+        "3": "e",
+        "$": "s",
+        "5": "s",
+        "7": "t",
+        "+": "t",
+        "8": "b",
+        "9": "g",
+    }
+)
 _LEADING_NOISE = re.compile(r"^[\d\W_]+")
 
 
@@ -177,9 +191,7 @@ def check_password_policy(
             "min_length",
         )
     if len(password) > max_length:
-        raise _violation(
-            f"Password must be at most {max_length} characters long.", "max_length"
-        )
+        raise _violation(f"Password must be at most {max_length} characters long.", "max_length")
     lowered = password.casefold()
     compact = "".join(lowered.split())  # "pass word 123" is still "password123"
 

@@ -61,7 +61,7 @@ _API_KEY_RE = re.compile(r"^rst_([a-z0-9]{8})_([A-Za-z0-9_-]{32,128})$")
 
 JWT_ALGORITHM = "HS256"
 JWT_ISSUER = "roost"
-ACCESS_TOKEN_TYPE = "access"
+ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a claim value, not a credential
 # RFC 7518 section 3.2: an HS256 key must be at least as long as the hash output.
 MIN_JWT_SECRET_BYTES = 32
 _RESERVED_CLAIMS = frozenset({"iss", "sub", "sid", "jti", "typ", "iat", "nbf", "exp"})
@@ -146,9 +146,7 @@ def _key_bytes(secret: str | bytes) -> bytes:
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
     if len(key) < MIN_JWT_SECRET_BYTES:
         # A configuration error, not the caller's: say what is wrong, not the value.
-        raise ValueError(
-            f"JWT signing secret must be at least {MIN_JWT_SECRET_BYTES} bytes long"
-        )
+        raise ValueError(f"JWT signing secret must be at least {MIN_JWT_SECRET_BYTES} bytes long")
     return key
 
 

@@ -149,6 +149,9 @@ def match_backup_code(code: str, hashes: Sequence[str | None]) -> int | None:
     for index, stored in enumerate(hashes):
         if stored is None:
             continue
-        if hmac.compare_digest(digest, stored.lower().encode("ascii", errors="replace")) and found is None:
+        if (
+            hmac.compare_digest(digest, stored.lower().encode("ascii", errors="replace"))
+            and found is None
+        ):
             found = index
     return found
