@@ -20,25 +20,25 @@ from roost.db.embedded import start_embedded
 from roost.db.engine import Database, create_database
 from roost.db.migrate import upgrade
 from roost.keyfiles import KeyMaterial
-from tests.support.pg import TEMPLATE_DB, TestServer, external_url, make_url, unique_db_name
+from tests.support.pg import TEMPLATE_DB, PgTestServer, external_url, make_url, unique_db_name
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[TestServer]:
+def pg_server() -> Iterator[PgTestServer]:
     url = external_url()
     if url is not None:
-        yield TestServer(admin_url=url)
+        yield PgTestServer(admin_url=url)
         return
     with tempfile.TemporaryDirectory(prefix="roost-test-pg-") as tmp:
         server = start_embedded(Path(tmp) / "pg", delete_on_exit=True)
         try:
-            yield TestServer(admin_url=make_url(server.url("postgres")))
+            yield PgTestServer(admin_url=make_url(server.url("postgres")))
         finally:
             server.stop()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def template_db(pg_server: TestServer) -> AsyncIterator[str]:
+async def template_db(pg_server: PgTestServer) -> AsyncIterator[str]:
     """A database migrated to head once per run; every test clones it."""
     await pg_server.drop_database(TEMPLATE_DB)
     await pg_server.create_database(TEMPLATE_DB)
@@ -67,7 +67,7 @@ def test_keys() -> KeyMaterial:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def db_name(pg_server: TestServer, template_db: str) -> AsyncIterator[str]:
+async def db_name(pg_server: PgTestServer, template_db: str) -> AsyncIterator[str]:
     name = unique_db_name()
     await pg_server.create_database(name, template=template_db)
     yield name
@@ -76,7 +76,7 @@ async def db_name(pg_server: TestServer, template_db: str) -> AsyncIterator[str]
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def database(
-    pg_server: TestServer, db_name: str, test_settings: Settings
+    pg_server: PgTestServer, db_name: str, test_settings: Settings
 ) -> AsyncIterator[Database]:
     db = create_database(test_settings, url=pg_server.url_for(db_name))
     yield db

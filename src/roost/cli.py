@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from typing import Annotated, TypeVar
 
@@ -57,6 +59,28 @@ def main_callback(
     """Roost: a self-hosted backend for AI agents."""
 
 
+def _graceful_server_class() -> type:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """Uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which kills the
+        process before ``atexit`` runs and leaves the embedded PostgreSQL running.  Here the
+        signal only asks for shutdown, so ``roost serve`` exits 0 and stops PostgreSQL."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+            for sig in previous:
+                signal.signal(sig, self.handle_exit)
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (ROOST_HOST).")] = None,
@@ -85,7 +109,7 @@ def serve(
                 application, host=host or settings.host, port=port or settings.port,
                 log_config=None, proxy_headers=False, lifespan="on",
             )
-            await uvicorn.Server(config).serve()
+            await _graceful_server_class()(config).serve()
         finally:
             await db.dispose()
 

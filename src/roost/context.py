@@ -17,7 +17,10 @@ class RequestContext:
     user_agent: str | None = None
 
 
-_current: ContextVar[RequestContext] = ContextVar("roost_request_context", default=RequestContext())
+# RequestContext is a frozen dataclass: sharing the default instance is safe.
+_current: ContextVar[RequestContext] = ContextVar(
+    "roost_request_context", default=RequestContext()  # noqa: B039
+)
 
 
 def current_context() -> RequestContext:

@@ -24,7 +24,7 @@ def configure_logging(level: str = "info", json: bool = True) -> None:
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,
     )
     # Route stdlib loggers (uvicorn, sqlalchemy, alembic) through structlog's renderer so
     # every line has the same shape and carries the bound request id.
@@ -43,3 +43,5 @@ def configure_logging(level: str = "info", json: bool = True) -> None:
         logging.getLogger(name).propagate = True
     # Roost logs each request itself, with the request id; uvicorn's access log would not.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Alembic announces its context on every connection it inspects (/health does).
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)

@@ -21,7 +21,7 @@ TEMPLATE_DB = "roost_test_template"
 
 
 @dataclass
-class TestServer:
+class PgTestServer:
     admin_url: URL  # asyncpg-flavoured SQLAlchemy URL to the maintenance database
 
     def url_for(self, database: str) -> URL:
@@ -61,4 +61,4 @@ def unique_db_name(prefix: str = "t") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:16]}"
 
 
-__all__ = ["TEMPLATE_DB", "TestServer", "external_url", "make_url", "unique_db_name"]
+__all__ = ["TEMPLATE_DB", "PgTestServer", "external_url", "make_url", "unique_db_name"]

@@ -11,7 +11,6 @@ order of the records whatever process wrote them.
 from __future__ import annotations
 
 import uuid
-
 from typing import Any
 
 from sqlalchemy import (

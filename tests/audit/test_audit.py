@@ -1,0 +1,210 @@
+"""The audit log: joins the caller's transaction, append-only, chained, queryable."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
+from tests.support.cli import run_roost
+from tests.support.pg import PgTestServer
+
+from roost.audit import service
+from roost.audit.models import AuditLog
+from roost.context import RequestContext, reset_context, set_context
+from roost.db.engine import Database
+
+
+async def _count(db: Database) -> int:
+    async with db.transaction() as s:
+        return int((await s.execute(select(func.count()).select_from(AuditLog))).scalar_one())
+
+
+async def test_record_commits_and_rolls_back_with_the_caller(database: Database) -> None:
+    async with database.transaction() as s:
+        await service.record(s, "thing.create", resource_type="thing", resource_id="1")
+    with pytest.raises(RuntimeError):
+        async with database.transaction() as s:
+            await service.record(s, "thing.update", resource_type="thing", resource_id="1")
+            raise RuntimeError("the change failed")
+    async with database.transaction() as s:
+        actions = (await s.scalars(select(AuditLog.action))).all()
+    assert actions == ["thing.create"]
+
+
+async def test_request_context_and_redaction(database: Database) -> None:
+    token = set_context(RequestContext(request_id="req-1", ip_address="10.0.0.7", user_agent="ua/1"))
+    try:
+        async with database.transaction() as s:
+            row = await service.record(
+                s, "user.update", user_id=uuid.uuid4(),
+                changes={"email": {"old": "a@x", "new": "b@x"}, "password": "hunter2hunter2",
+                         "nested": {"refreshToken": "rt", "api_key": "k", "tokens_in": 12}},
+                metadata={"X-Api-Key": "secret"},
+            )
+    finally:
+        reset_context(token)
+    assert row.correlation_id == "req-1" and row.ip_address == "10.0.0.7"
+    assert row.changes == {
+        "email": {"old": "a@x", "new": "b@x"}, "password": "[redacted]",
+        "nested": {"refreshToken": "[redacted]", "api_key": "[redacted]", "tokens_in": 12},
+    }
+    assert row.event_metadata == {"X-Api-Key": "[redacted]"}
+
+
+async def test_update_delete_and_truncate_are_rejected(database: Database) -> None:
+    async with database.transaction() as s:
+        await service.record(s, "thing.create")
+    for statement in (
+        "UPDATE audit_logs SET action = 'forged'",
+        "DELETE FROM audit_logs",
+        "TRUNCATE audit_logs",
+    ):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with database.transaction() as s:
+                await s.execute(text(statement))
+    async with database.transaction() as s:
+        assert (await s.scalars(select(AuditLog.action))).all() == ["thing.create"]
+
+
+async def test_chain_verifies_under_concurrent_writers(database: Database) -> None:
+    async def writer(n: int) -> None:
+        for i in range(10):
+            async with database.transaction() as s:
+                await service.record(s, "concurrent.write", metadata={"writer": n, "i": i})
+
+    await asyncio.gather(*(writer(n) for n in range(5)))
+    async with database.transaction() as s:
+        report = await service.verify_chain(s)
+    assert report.ok and report.rows_checked == 50
+
+
+async def _tamper(database: Database, sql: str) -> None:
+    # What an attacker with superuser access would do: bypass the triggers.
+    async with database.transaction() as s:
+        await s.execute(text("SET LOCAL session_replication_role = replica"))
+        await s.execute(text(sql))
+
+
+async def test_hand_edited_row_is_detected(database: Database) -> None:
+    async with database.transaction() as s:
+        for i in range(5):
+            await service.record(s, "thing.step", metadata={"i": i})
+    async with database.transaction() as s:
+        target = (await s.scalars(select(AuditLog).order_by(AuditLog.seq).offset(2))).first()
+    assert target is not None
+    await _tamper(database, f"UPDATE audit_logs SET metadata = '{{\"i\": 99}}' WHERE id = '{target.id}'")
+    async with database.transaction() as s:
+        report = await service.verify_chain(s)
+    assert not report.ok
+    assert report.broken_seq == target.seq and report.broken_id == target.id
+    assert "content" in (report.reason or "")
+
+
+async def test_deleted_row_is_detected(database: Database) -> None:
+    async with database.transaction() as s:
+        for i in range(4):
+            await service.record(s, "thing.step", metadata={"i": i})
+    async with database.transaction() as s:
+        seqs = (await s.scalars(select(AuditLog.seq).order_by(AuditLog.seq))).all()
+    await _tamper(database, f"DELETE FROM audit_logs WHERE seq = {seqs[1]}")
+    async with database.transaction() as s:
+        report = await service.verify_chain(s)
+    assert not report.ok and report.broken_seq == seqs[2]
+    assert "link" in (report.reason or "")
+
+
+async def test_retention_prunes_the_oldest_prefix_and_stays_verifiable(database: Database) -> None:
+    old = datetime.now(UTC) - timedelta(days=40)
+    async with database.transaction() as s:
+        for i in range(3):
+            s.add(AuditLog(action="old.event", created_at=old + timedelta(minutes=i)))
+            await s.flush()
+    async with database.transaction() as s:
+        await service.record(s, "recent.event")
+    async with database.transaction() as s:
+        deleted = await service.apply_retention(s, timedelta(days=30))
+    assert deleted == 3
+    async with database.transaction() as s:
+        actions = (await s.scalars(select(AuditLog.action).order_by(AuditLog.seq))).all()
+        report = await service.verify_chain(s)
+    assert actions == ["recent.event", service.RETENTION_ACTION]
+    assert report.ok, report
+    with pytest.raises(Exception, match="at least one day"):
+        async with database.transaction() as s:
+            await service.apply_retention(s, timedelta(hours=1))
+
+
+async def test_admin_query_filters_and_paginates(
+    database: Database, client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    async with database.transaction() as s:
+        for i in range(7):
+            await service.record(s, "doc.read", user_id=alice, resource_type="document",
+                                 resource_id=str(i), trace_id="run-1")
+        await service.record(s, "doc.delete", user_id=bob, resource_type="document",
+                             resource_id="9", success=False, error_message="denied")
+
+    seen: list[str] = []
+    cursor = None
+    for _ in range(5):
+        params = {"user_id": str(alice), "limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/api/v1/audit/logs", params=params, headers=admin_headers)).json()
+        seen += [item["resource_id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [str(i) for i in reversed(range(7))], "newest first, every row once"
+
+    failed = await client.get("/api/v1/audit/logs", params={"success": "false"}, headers=admin_headers)
+    assert [i["action"] for i in failed.json()["items"]] == ["doc.delete"]
+    by_trace = await client.get("/api/v1/audit/logs", params={"trace_id": "run-1", "limit": 100},
+                                headers=admin_headers)
+    assert len(by_trace.json()["items"]) == 7
+    window = await client.get(
+        "/api/v1/audit/logs",
+        params={"since": (datetime.now(UTC) + timedelta(hours=1)).isoformat()},
+        headers=admin_headers,
+    )
+    assert window.json()["items"] == []
+
+
+async def test_audit_api_refuses_anonymous_and_bad_input(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    assert (await client.get("/api/v1/audit/logs")).status_code == 401
+    wrong = await client.get("/api/v1/audit/logs", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert (await client.get("/api/v1/audit/logs", params={"limit": "abc"},
+                             headers=admin_headers)).status_code == 422
+    assert (await client.get("/api/v1/audit/logs", params={"user_id": "not-a-uuid"},
+                             headers=admin_headers)).status_code == 422
+    bad_cursor = await client.get("/api/v1/audit/logs", params={"cursor": "%%%"},
+                                  headers=admin_headers)
+    assert bad_cursor.status_code == 400 and "cursor" in bad_cursor.json()["detail"]
+    verify = await client.get("/api/v1/audit/verify", headers=admin_headers)
+    assert verify.status_code == 200 and verify.json()["ok"] is True
+
+
+async def test_cli_verify_reports_the_first_broken_link(
+    database: Database, pg_server: PgTestServer, db_name: str, tmp_path: object
+) -> None:
+    async with database.transaction() as s:
+        for i in range(3):
+            await service.record(s, "thing.step", metadata={"i": i})
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path)}
+    intact = await asyncio.to_thread(run_roost, "audit", "verify", env=env)
+    assert intact.returncode == 0 and "intact" in intact.stdout and "3 records" in intact.stdout
+
+    async with database.transaction() as s:
+        second = (await s.scalars(select(AuditLog).order_by(AuditLog.seq).offset(1))).first()
+    assert second is not None
+    await _tamper(database, f"UPDATE audit_logs SET action = 'forged' WHERE id = '{second.id}'")
+    broken = await asyncio.to_thread(run_roost, "audit", "verify", env=env)
+    assert broken.returncode == 1
+    assert f"seq {second.seq}" in broken.stderr

@@ -1,0 +1,111 @@
+"""The embedded server as a user meets it: first start, reuse across restarts, clean stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+from tests.support.cli import ROOST, run_roost
+from tests.support.pg import PgTestServer, unique_db_name
+
+
+def _postgres_running_on(pgdata: Path) -> bool:
+    for proc in psutil.process_iter(attrs=["name", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if proc.info.get("name") == "postgres" and any(str(pgdata) in part for part in cmdline):
+            return True
+    return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_on_an_empty_data_dir_then_reuse_it(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "ROOST_DATA_DIR": str(data_dir), "ROOST_LOG_JSON": "true"}
+    port = _free_port()
+    started = time.monotonic()
+    server = subprocess.Popen(
+        [ROOST, "serve", "--port", str(port)], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        body = None
+        while time.monotonic() - started < 60 and server.poll() is None:
+            try:
+                reply = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                if reply.status_code == 200:
+                    body = reply.json()
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        assert body == {"status": "ok", "database": "ok", "migrations": "head"}
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=30)
+    assert server.returncode == 0, output
+    pgdata = data_dir / "pg"
+    assert (pgdata / "PG_VERSION").read_text().strip() == "18"
+    assert not _postgres_running_on(pgdata), "the embedded server outlived roost serve"
+
+    # keys were generated on first run, private to the owner, and never printed
+    keys = sorted(p.name for p in (data_dir / "keys").iterdir())
+    assert keys == ["admin_token", "message_keys", "secret_key", "secrets_key"]
+    for key_file in (data_dir / "keys").iterdir():
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert key_file.read_text().strip() not in output
+
+    # a second start reuses the data dir: same cluster, schema already at head
+    initialised_at = (pgdata / "PG_VERSION").stat().st_mtime_ns
+    again = run_roost("db", "current", env={"ROOST_DATA_DIR": str(data_dir)})
+    assert again.returncode == 0, again.stderr
+    assert "head" in again.stdout and "behind" not in again.stdout
+    assert (pgdata / "PG_VERSION").stat().st_mtime_ns == initialised_at, "data dir was re-created"
+    assert not _postgres_running_on(pgdata)
+
+
+def test_external_database_url_is_used_instead_of_the_embedded_server(
+    tmp_path: Path, pg_server: PgTestServer
+) -> None:
+    import asyncio
+
+    name = unique_db_name("ext")
+    asyncio.run(pg_server.create_database(name))
+    try:
+        env = {"ROOST_DATA_DIR": str(tmp_path / "data"),
+               "ROOST_DATABASE_URL": pg_server.libpq_url(name)}
+        upgraded = run_roost("db", "upgrade", env=env)
+        assert upgraded.returncode == 0, upgraded.stderr
+        doctor = run_roost("doctor", env=env)
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        assert "external PostgreSQL 18" in doctor.stdout
+        assert "at head" in doctor.stdout
+        assert not (tmp_path / "data" / "pg").exists(), "an embedded server was started anyway"
+    finally:
+        asyncio.run(pg_server.drop_database(name))
+
+
+def test_doctor_reports_an_unreachable_database(tmp_path: Path) -> None:
+    env = {"ROOST_DATA_DIR": str(tmp_path / "data"),
+           "ROOST_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",
+           "ROOST_DB_CONNECT_TIMEOUT_S": "2"}
+    doctor = run_roost("doctor", env=env, timeout=60)
+    assert doctor.returncode == 1
+    assert "unreachable" in doctor.stdout
+
+
+def test_version() -> None:
+    import roost
+
+    out = run_roost("--version", env={})
+    assert out.returncode == 0 and out.stdout.strip() == f"roost {roost.__version__}"

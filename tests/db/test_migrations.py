@@ -1,0 +1,81 @@
+"""Migrations: a full round trip, and no drift between the models and the migrations."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, inspect, text
+from tests.support.pg import PgTestServer, unique_db_name
+
+from roost.config import Settings
+from roost.db.engine import Database, create_database
+from roost.db.migrate import current_revisions, downgrade, head_revisions, migration_state, upgrade
+from roost.db.registry import target_metadata
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def empty_db(pg_server: PgTestServer) -> AsyncIterator[Database]:
+    name = unique_db_name("empty")
+    await pg_server.create_database(name)
+    db = create_database(Settings(), url=pg_server.url_for(name))
+    yield db
+    await db.dispose()
+    await pg_server.drop_database(name)
+
+
+async def _tables(db: Database) -> set[str]:
+    async with db.engine.connect() as conn:
+        return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+
+
+async def test_base_head_base_head(empty_db: Database) -> None:
+    assert await current_revisions(empty_db.engine) == ()
+    await upgrade(empty_db.engine)
+    assert set(await current_revisions(empty_db.engine)) == set(head_revisions())
+    model_tables = set(target_metadata.tables)
+    assert model_tables <= await _tables(empty_db)
+
+    await downgrade(empty_db.engine, "base")
+    assert await current_revisions(empty_db.engine) == ()
+    assert not (model_tables & await _tables(empty_db))
+
+    await upgrade(empty_db.engine)
+    state = await migration_state(empty_db.engine)
+    assert state.at_head
+    assert model_tables <= await _tables(empty_db)
+
+
+async def test_models_and_migrations_do_not_drift(database: Database) -> None:
+    def diff(conn: Connection) -> list[object]:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(ctx, target_metadata))
+
+    async with database.engine.connect() as conn:
+        changes = await conn.run_sync(diff)
+    assert changes == [], f"models and migrations differ; write a migration for: {changes}"
+
+
+async def test_pgvector_is_installed_by_the_first_migration(database: Database) -> None:
+    async with database.engine.connect() as conn:
+        version = (
+            await conn.execute(text("SELECT extversion FROM pg_extension WHERE extname='vector'"))
+        ).scalar_one_or_none()
+    assert version is not None and version.startswith("0.")
+
+
+def test_every_relationship_refuses_implicit_lazy_loading() -> None:
+    from sqlalchemy.orm import configure_mappers
+
+    from roost.db.base import Base
+
+    configure_mappers()
+    lazy_loading = [
+        f"{mapper.class_.__name__}.{rel.key} (lazy={rel.lazy!r})"
+        for mapper in Base.registry.mappers
+        for rel in mapper.relationships
+        if rel.lazy not in ("raise", "raise_on_sql", "selectin", "joined", "noload", "write_only")
+    ]
+    assert lazy_loading == [], "implicit lazy loads are N+1 queries: " + ", ".join(lazy_loading)

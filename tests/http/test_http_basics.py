@@ -1,0 +1,181 @@
+"""Health, problem JSON, request ids, body limits and metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import structlog
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+
+from roost.app import create_app
+from roost.config import Settings
+from roost.db.engine import Database, create_database
+from roost.db.migrate import downgrade
+from roost.keyfiles import KeyMaterial
+from roost.logging import configure_logging
+
+PROBLEM = "application/problem+json"
+
+
+class Echo(BaseModel):
+    name: str = Field(max_length=20)
+    count: int
+
+
+@pytest.fixture
+def echo_app(app: FastAPI) -> FastAPI:
+    """The app plus one JSON-body route, to exercise body parsing and validation."""
+
+    @app.post("/_test/echo")
+    async def echo(body: Echo) -> Echo:
+        return body
+
+    return app
+
+
+async def test_health_ok(client: httpx.AsyncClient) -> None:
+    reply = await client.get("/health")
+    assert reply.status_code == 200
+    assert reply.json() == {"status": "ok", "database": "ok", "migrations": "head"}
+
+
+async def test_health_503_when_schema_is_behind(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    await downgrade(database.engine, "base")
+    reply = await client.get("/health")
+    assert reply.status_code == 503
+    body = reply.json()
+    assert body["migrations"] == "behind" and "roost db upgrade" in body["reason"]
+
+
+@pytest.fixture
+async def down_client(
+    test_settings: Settings, test_keys: KeyMaterial
+) -> AsyncIterator[httpx.AsyncClient]:
+    # Nothing listens on port 9 (discard): connections are refused at once.
+    settings = test_settings.model_copy(update={"db_connect_timeout_s": 2.0})
+    db = create_database(settings, url=Database_url_unreachable())
+    application = create_app(settings, database=db, keys=test_keys, configure_logs=False)
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://roost.test") as c:
+        yield c
+    await db.dispose()
+
+
+def Database_url_unreachable():
+    from sqlalchemy import make_url
+
+    return make_url("postgresql+asyncpg://nobody@127.0.0.1:9/none")
+
+
+async def test_database_down_gives_503_not_a_hang(
+    down_client: httpx.AsyncClient, test_keys: KeyMaterial
+) -> None:
+    health = await down_client.get("/health")
+    assert health.status_code == 503
+    assert health.json()["database"] in ("unreachable", "timeout")
+
+    reply = await down_client.get(
+        "/api/v1/audit/logs", headers={"Authorization": f"Bearer {test_keys.admin_token}"}
+    )
+    assert reply.status_code == 503
+    assert reply.headers["content-type"] == PROBLEM
+    assert "database" in reply.json()["detail"]
+
+
+async def test_unknown_route_is_a_problem(client: httpx.AsyncClient) -> None:
+    reply = await client.get("/no/such/route")
+    assert reply.status_code == 404
+    assert reply.headers["content-type"] == PROBLEM
+    body = reply.json()
+    assert body["status"] == 404 and body["title"] == "Not found"
+    assert "/no/such/route" in body["detail"]
+    assert body["type"].startswith("https://")
+
+
+async def test_wrong_method_is_a_problem(client: httpx.AsyncClient) -> None:
+    reply = await client.delete("/health")
+    assert reply.status_code == 405
+    assert reply.headers["content-type"] == PROBLEM
+
+
+async def test_malformed_json_is_400(echo_app: FastAPI, client: httpx.AsyncClient) -> None:
+    reply = await client.post(
+        "/_test/echo", content=b'{"name": "x", "count": ', headers={"content-type": "application/json"}
+    )
+    assert reply.status_code == 400
+    assert reply.headers["content-type"] == PROBLEM
+    assert "not valid JSON" in reply.json()["detail"]
+
+
+async def test_wrong_types_are_422_without_echoing_input(
+    echo_app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    reply = await client.post("/_test/echo", json={"name": "s3cr3t-value-too-long-xx", "count": "x"})
+    assert reply.status_code == 422
+    body = reply.json()
+    assert {tuple(e["loc"]) for e in body["errors"]} == {("body", "name"), ("body", "count")}
+    assert "s3cr3t" not in reply.text, "validation errors must not echo the input"
+    assert "Traceback" not in reply.text
+
+
+async def test_oversized_body_is_413(echo_app: FastAPI, client: httpx.AsyncClient) -> None:
+    big = json.dumps({"name": "x", "count": 1, "pad": "y" * 100_000}).encode()
+    reply = await client.post("/_test/echo", content=big, headers={"content-type": "application/json"})
+    assert reply.status_code == 413
+    assert reply.headers["content-type"] == PROBLEM
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
+        for _ in range(10):
+            yield b" " * 10_000
+
+    streamed = await client.post(
+        "/_test/echo", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert streamed.status_code == 413
+
+
+async def test_request_id_is_echoed_generated_and_logged(
+    echo_app: FastAPI, client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("info", json=True)
+    try:
+        given = await client.get("/health", headers={"X-Request-ID": "trace-abc.123"})
+        assert given.headers["x-request-id"] == "trace-abc.123"
+
+        made = await client.get("/health")
+        assert len(made.headers["x-request-id"]) == 32
+
+        hostile = await client.get("/health", headers={"X-Request-ID": "x" * 500})
+        assert hostile.headers["x-request-id"] != "x" * 500
+
+        problem = await client.get("/missing", headers={"X-Request-ID": "req-for-problem"})
+        assert problem.json()["request_id"] == "req-for-problem"
+    finally:
+        structlog.reset_defaults()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("request_id") == "trace-abc.123"]
+    assert mine and mine[-1]["event"] == "request" and mine[-1]["status"] == 200
+
+
+async def test_metrics_count_requests_by_route_template(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    await client.get("/health")
+    await client.get("/api/v1/audit/logs", headers=admin_headers)
+    text = (await client.get("/metrics")).text
+    assert 'roost_http_requests_total{method="GET",route="/health",status="200"}' in text
+    assert 'route="/api/v1/audit/logs"' in text
+    assert "roost_http_request_duration_seconds_bucket" in text
+
+
+async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert spec["info"]["title"] == "Roost"
+    assert "/health" in spec["paths"] and "/api/v1/audit/logs" in spec["paths"]
+    assert (await client.get("/docs")).status_code == 200
