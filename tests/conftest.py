@@ -52,6 +52,14 @@ async def template_db(pg_server: PgTestServer) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A temp dir outside pytest's 0700 tree, for data dirs that the embedded server's
+    own system user must reach (pytest re-locks its tree when another session starts)."""
+    with tempfile.TemporaryDirectory(prefix="roost-test-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture
 def test_settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", log_json=True, max_request_bytes=64 * 1024)
 

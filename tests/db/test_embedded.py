@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import psutil
-from tests.support.cli import ROOST, run_roost
+from tests.support.cli import run_roost
 from tests.support.pg import PgTestServer, unique_db_name
+from tests.support.server import roost_server
 
 
 def _postgres_running_on(pgdata: Path) -> bool:
@@ -23,37 +19,13 @@ def _postgres_running_on(pgdata: Path) -> bool:
     return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_serve_on_an_empty_data_dir_then_reuse_it(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    env = {**os.environ, "ROOST_DATA_DIR": str(data_dir), "ROOST_LOG_JSON": "true"}
-    port = _free_port()
-    started = time.monotonic()
-    server = subprocess.Popen(
-        [ROOST, "serve", "--port", str(port)], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        body = None
-        while time.monotonic() - started < 60 and server.poll() is None:
-            try:
-                reply = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                if reply.status_code == 200:
-                    body = reply.json()
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+def test_serve_on_an_empty_data_dir_then_reuse_it(open_tmp: Path) -> None:
+    data_dir = open_tmp / "data"
+    with roost_server({"ROOST_DATA_DIR": str(data_dir), "ROOST_LOG_JSON": "true"}) as server:
+        body = httpx.get(f"{server.base_url}/health", timeout=5).json()
         assert body == {"status": "ok", "database": "ok", "migrations": "head"}
-    finally:
-        server.send_signal(signal.SIGTERM)
-        output, _ = server.communicate(timeout=30)
-    assert server.returncode == 0, output
+    output = server.output
+    assert server.process.returncode == 0, output
     pgdata = data_dir / "pg"
     assert (pgdata / "PG_VERSION").read_text().strip() == "18"
     assert not _postgres_running_on(pgdata), "the embedded server outlived roost serve"

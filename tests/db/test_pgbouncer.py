@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import make_url
+from tests.support.pg import PgTestServer, unique_db_name
 
 from roost.app import create_app
 from roost.audit import service as audit
@@ -22,7 +23,6 @@ from roost.config import Settings
 from roost.db.engine import create_database
 from roost.db.migrate import migration_state, upgrade
 from roost.keyfiles import KeyMaterial
-from tests.support.pg import PgTestServer, unique_db_name
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 

@@ -1,0 +1,67 @@
+"""A real ``roost serve`` child process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from tests.support.cli import ROOST
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    process: subprocess.Popen[str]
+    output: str = ""
+
+
+@contextmanager
+def roost_server(env: dict[str, str], *, args: tuple[str, ...] = (), timeout_s: float = 60) -> Iterator[RunningServer]:
+    """Start ``roost serve``, wait until /health answers 200, SIGTERM it on exit.
+
+    ``output`` holds everything the server printed once the block has exited.
+    """
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
+    full_env.update(env)
+    proc = subprocess.Popen(
+        [ROOST, "serve", "--port", str(port), *args], env=full_env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    server = RunningServer(base_url=f"http://127.0.0.1:{port}", process=proc)
+    try:
+        started = time.monotonic()
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"roost serve exited early:\n{proc.stdout.read() if proc.stdout else ''}")
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"roost serve was not healthy within {timeout_s} s")
+            try:
+                if httpx.get(f"{server.base_url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            server.output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            server.output, _ = proc.communicate()
