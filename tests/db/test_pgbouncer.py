@@ -66,7 +66,7 @@ logfile = {workdir}/pgbouncer.log
 pidfile = {workdir}/pgbouncer.pid
 """
     )
-    os.chmod(workdir, 0o777)
+    os.chmod(workdir, 0o777)  # noqa: S103 - a throwaway dir the pgbouncer user writes to
     for path in workdir.iterdir():
         path.chmod(0o644)
     # PgBouncer refuses to run as root; the embedded server's own user is always there.
@@ -80,7 +80,8 @@ pidfile = {workdir}/pgbouncer.pid
             break
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"pgbouncer exited: {proc.stdout.read() if proc.stdout else ''!r}")
+                output = proc.stdout.read() if proc.stdout else b""
+                raise RuntimeError(f"pgbouncer exited: {output!r}") from None
             time.sleep(0.1)
     try:
         yield listen

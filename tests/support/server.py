@@ -30,7 +30,9 @@ class RunningServer:
 
 
 @contextmanager
-def roost_server(env: dict[str, str], *, args: tuple[str, ...] = (), timeout_s: float = 60) -> Iterator[RunningServer]:
+def roost_server(
+    env: dict[str, str], *, args: tuple[str, ...] = (), timeout_s: float = 60
+) -> Iterator[RunningServer]:
     """Start ``roost serve``, wait until /health answers 200, SIGTERM it on exit.
 
     ``output`` holds everything the server printed once the block has exited.
