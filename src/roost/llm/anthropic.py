@@ -86,9 +86,8 @@ def to_anthropic_messages(
             continue
         if msg.role == "tool":
             role = "user"
-            blocks: list[dict[str, Any]] = [
-                {"type": "tool_result", "tool_use_id": msg.tool_call_id or "", "content": msg.text()}
-            ]
+            result = {"type": "tool_result", "tool_use_id": msg.tool_call_id or ""}
+            blocks: list[dict[str, Any]] = [{**result, "content": msg.text()}]
         elif msg.role == "assistant":
             role = "assistant"
             blocks = _content_blocks(msg.content) + [
@@ -220,9 +219,8 @@ class AnthropicProvider(HTTPProvider):
             if block["type"] == "text":
                 text.append(block["text"])
             elif block["type"] == "tool_use":
-                tool_calls.append(
-                    ToolCall(id=block["id"], name=block["name"], arguments=json.dumps(block["input"]))
-                )
+                arguments = json.dumps(block["input"])
+                tool_calls.append(ToolCall(id=block["id"], name=block["name"], arguments=arguments))
         usage = data.get("usage") or {}
         stop = data.get("stop_reason")
         return ChatResult(

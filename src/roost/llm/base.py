@@ -132,7 +132,7 @@ class HTTPProvider:
         if isinstance(data, dict):
             err = data.get("error")
             if isinstance(err, dict) and isinstance(err.get("message"), str):
-                return err["message"]
+                return str(err["message"])
             if isinstance(err, str):
                 return err
             if isinstance(data.get("detail"), str):

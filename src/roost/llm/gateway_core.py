@@ -277,8 +277,7 @@ class FallbackStream:
                 return await anext(it)
         except TimeoutError:
             raise ProviderTimeout(
-                f"provider {attempt.ref.name!r} sent nothing within "
-                f"{self.first_chunk_timeout_s}s",
+                f"provider {attempt.ref.name!r} sent nothing within {self.first_chunk_timeout_s}s",
                 provider=attempt.ref.name,
             ) from None
         except StopAsyncIteration:
@@ -341,9 +340,7 @@ def stream_with_fallback(
     first_chunk_timeout_s: float | None = None,
 ) -> FallbackStream:
     """Stream from the first provider that produces a chunk (see FallbackStream)."""
-    return FallbackStream(
-        providers, request, retry_on=retry_on, first_chunk_timeout_s=first_chunk_timeout_s
-    )
+    return FallbackStream(providers, request, retry_on=retry_on, first_chunk_timeout_s=first_chunk_timeout_s)
 
 
 # --- ensemble ---------------------------------------------------------------------------
@@ -409,9 +406,7 @@ class EnsembleOutcome:
 
 def _pick_highest_confidence(ok: list[tuple[int, Attempt]]) -> Attempt:
     # Highest confidence; ties to the heavier provider, then the faster, then member order.
-    return min(
-        ok, key=lambda p: (-(p[1].confidence or 0.0), -p[1].ref.weight, p[1].latency_ms, p[0])
-    )[1]
+    return min(ok, key=lambda p: (-(p[1].confidence or 0.0), -p[1].ref.weight, p[1].latency_ms, p[0]))[1]
 
 
 def _pick_weighted_vote(ok: list[tuple[int, Attempt]]) -> tuple[Attempt, dict[str, float]]:
@@ -427,10 +422,11 @@ def _pick_weighted_vote(ok: list[tuple[int, Attempt]]) -> tuple[Attempt, dict[st
         return min(members, key=lambda p: (p[1].latency_ms, p[0]))
 
     # Max weight; ties go to the group whose fastest member answered first.
-    best_key = min(
-        groups,
-        key=lambda k: (-round(votes[k], 9), fastest(groups[k])[1].latency_ms, fastest(groups[k])[0]),
-    )
+    def rank(key: str) -> tuple[float, int, int]:
+        index, first = fastest(groups[key])
+        return (-round(votes[key], 9), first.latency_ms, index)
+
+    best_key = min(groups, key=rank)
     return fastest(groups[best_key])[1], votes
 
 
@@ -461,7 +457,7 @@ async def ensemble(
         raise ValueError(f"unknown ensemble strategy {strategy!r}; use one of {STRATEGIES}")
     attempts = [Attempt(ref=ref, started_at=_now()) for ref, _ in members]
     tasks = [
-        asyncio.create_task(_run_attempt(a, p, request, timeout_s), name=f"llm-ensemble-{a.ref.name}")
+        asyncio.create_task(_run_attempt(a, p, request, timeout_s), name=f"llm-{a.ref.name}")
         for a, (_, p) in zip(attempts, members, strict=True)
     ]
     try:

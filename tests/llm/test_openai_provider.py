@@ -1,0 +1,306 @@
+"""OpenAICompatibleProvider against the stub server running as a real process."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from roost.errors import BadGateway, GatewayTimeout
+from roost.llm import (
+    ChatMessage,
+    ChatRequest,
+    OpenAICompatibleProvider,
+    ProviderBadResponse,
+    ProviderRequestError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    StreamAccumulator,
+    create_provider,
+)
+from tests.support.openai_stub import StubServer, embedding_for
+
+
+def req(text: str = "hello world", **kw: object) -> ChatRequest:
+    return ChatRequest.model_validate(
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]} | kw
+    )
+
+
+@pytest.fixture
+async def provider(stub: StubServer) -> AsyncIterator[OpenAICompatibleProvider]:
+    async with OpenAICompatibleProvider(
+        stub.base_url, api_key="sk-test", default_model="m-main", timeout=5
+    ) as p:
+        yield p
+
+
+async def test_chat_echoes_and_counts_tokens(provider: OpenAICompatibleProvider) -> None:
+    result = await provider.chat(req("what is up"))
+    assert result.content == "echo: what is up (model m-main)"
+    assert result.finish_reason == "stop"
+    assert result.model == "m-main"
+    assert result.tokens_in == 5  # "be brief" + "what is up"
+    assert result.tokens_out == 6
+    assert result.tokens_total == 11
+    assert result.latency_ms >= 0
+    assert result.raw["object"] == "chat.completion"
+
+
+async def test_request_model_overrides_default(provider: OpenAICompatibleProvider, stub: StubServer) -> None:
+    stub.set_model("other", reply="from other")
+    result = await provider.chat(req(model="other"))
+    assert result.content == "from other"
+    sent = stub.stats()["recent"][-1]
+    assert sent["model"] == "other"
+    assert sent["has_api_key"] is True
+    assert sent["body"]["messages"][0] == {"role": "system", "content": "be brief"}
+
+
+async def test_sampling_params_and_extra_are_sent(
+    provider: OpenAICompatibleProvider, stub: StubServer
+) -> None:
+    await provider.chat(req(temperature=0.2, max_tokens=7, top_p=0.9, stop=["\n"], extra={"seed": 3}))
+    body = stub.stats()["recent"][-1]["body"]
+    assert body["temperature"] == 0.2
+    assert body["max_tokens"] == 7
+    assert body["top_p"] == 0.9
+    assert body["stop"] == ["\n"]
+    assert body["seed"] == 3
+    assert "tools" not in body
+
+
+async def test_stream_reassembles_to_the_plain_answer(
+    provider: OpenAICompatibleProvider,
+) -> None:
+    plain = await provider.chat(req("one two three four"))
+    chunks = [c async for c in provider.stream_chat(req("one two three four"))]
+    assert len(chunks) > 3  # really streamed, piece by piece
+    acc = StreamAccumulator().extend(chunks)
+    assert acc.content == plain.content
+    assert acc.finish_reason == "stop"
+    assert (acc.tokens_in, acc.tokens_out) == (plain.tokens_in, plain.tokens_out)
+    assert acc.result().model == "m-main"
+
+
+async def test_stream_without_usage_option(stub: StubServer) -> None:
+    async with OpenAICompatibleProvider(stub.base_url, default_model="m", stream_usage=False) as p:
+        chunks = [c async for c in p.stream_chat(req("a b"))]
+    assert "stream_options" not in stub.stats()["recent"][-1]["body"]
+    assert StreamAccumulator().extend(chunks).content == "echo: a b (model m)"
+    assert all(c.tokens_in is None for c in chunks)
+
+
+async def test_tool_calls_plain_and_streamed(provider: OpenAICompatibleProvider, stub: StubServer) -> None:
+    stub.set_model("m-main", tool_call={"name": "get_weather", "arguments": {"city": "Oslo"}})
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    result = await provider.chat(req(tools=tools))
+    assert result.finish_reason == "tool_calls"
+    assert [(t.name, t.arguments) for t in result.tool_calls] == [("get_weather", '{"city": "Oslo"}')]
+    acc = StreamAccumulator().extend([c async for c in provider.stream_chat(req(tools=tools))])
+    streamed = acc.result()
+    assert streamed.finish_reason == "tool_calls"
+    assert streamed.tool_calls == result.tool_calls
+
+
+async def test_logprobs_are_parsed(provider: OpenAICompatibleProvider, stub: StubServer) -> None:
+    stub.set_model("m-main", logprob=-0.5)
+    result = await provider.chat(req("x", extra={"logprobs": True}))
+    assert result.logprobs is not None
+    assert set(result.logprobs) == {-0.5}
+    assert len(result.logprobs) == result.tokens_out
+
+
+async def test_embeddings_are_deterministic(provider: OpenAICompatibleProvider) -> None:
+    texts = ["alpha", "beta gamma", "alpha"]
+    out = await provider.embed(texts, model="embed-small")
+    assert out.dimensions == 8
+    assert out.vectors[0] == pytest.approx(embedding_for("alpha", 8))
+    assert out.vectors[0] == out.vectors[2]
+    assert out.vectors[0] != out.vectors[1]
+    assert out.tokens_in == 4
+    assert out.model == "embed-small"
+    wide = await provider.embed(["alpha"], model="embed-small", dimensions=32)
+    assert wide.dimensions == 32
+    assert (await provider.embed([])).vectors == []
+
+
+async def test_list_models_and_health(provider: OpenAICompatibleProvider, stub: StubServer) -> None:
+    stub.set_model("extra-model", reply="x")
+    assert await provider.list_models() == ["stub-model", "extra-model"]
+    health = await provider.health()
+    assert health.ok and health.error is None and health.status == "healthy"
+    stub.control(fail_status=503)
+    health = await provider.health()
+    assert not health.ok and health.status == "unhealthy"
+    assert health.error is not None and "503" in health.error
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429, 408])
+async def test_server_errors_are_retryable(
+    provider: OpenAICompatibleProvider, stub: StubServer, status: int
+) -> None:
+    stub.set_model("m-main", fail_status=status, fail_times=1)
+    with pytest.raises(ProviderUnavailable) as info:
+        await provider.chat(req())
+    assert info.value.retryable and info.value.upstream_status == status
+    assert isinstance(info.value, BadGateway)
+    assert "stub injected failure" in info.value.detail
+    # fail_times=1: the next request succeeds again
+    assert (await provider.chat(req())).content.startswith("echo:")
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+async def test_client_errors_are_not_retryable(
+    provider: OpenAICompatibleProvider, stub: StubServer, status: int
+) -> None:
+    stub.set_model("m-main", fail_status=status)
+    with pytest.raises(ProviderRequestError) as info:
+        await provider.chat(req())
+    assert not info.value.retryable and info.value.upstream_status == status
+
+
+async def test_stream_status_errors_are_mapped(provider: OpenAICompatibleProvider, stub: StubServer) -> None:
+    stub.set_model("m-main", fail_status=503)
+    with pytest.raises(ProviderUnavailable):
+        [c async for c in provider.stream_chat(req())]
+
+
+@pytest.mark.parametrize("junk", ["text", "shape"])
+async def test_junk_answers_are_bad_responses(
+    provider: OpenAICompatibleProvider, stub: StubServer, junk: str
+) -> None:
+    stub.control(junk=junk)
+    with pytest.raises(ProviderBadResponse) as info:
+        await provider.chat(req())
+    assert info.value.retryable
+    with pytest.raises(ProviderBadResponse):
+        await provider.list_models()
+    with pytest.raises(ProviderBadResponse):
+        await provider.embed(["x"])
+
+
+async def test_junk_stream_is_a_bad_response(provider: OpenAICompatibleProvider, stub: StubServer) -> None:
+    stub.control(junk="stream")
+    with pytest.raises(ProviderBadResponse):
+        [c async for c in provider.stream_chat(req())]
+
+
+async def test_bad_response_retryability_is_configurable(stub: StubServer) -> None:
+    stub.control(junk="shape")
+    async with OpenAICompatibleProvider(stub.base_url, default_model="m", retry_bad_response=False) as p:
+        with pytest.raises(ProviderBadResponse) as info:
+            await p.chat(req())
+    assert info.value.retryable is False
+
+
+async def test_stream_dropped_midway_is_unavailable(
+    provider: OpenAICompatibleProvider, stub: StubServer
+) -> None:
+    stub.set_model("m-main", fail_after_chunks=2)
+    got: list[str] = []
+    with pytest.raises(ProviderUnavailable):
+        async for chunk in provider.stream_chat(req("a b c d e f")):
+            got.append(chunk.delta)
+    assert "".join(got) == "echo: a "
+
+
+async def test_hang_times_out(stub: StubServer) -> None:
+    stub.control(hang=True)
+    async with OpenAICompatibleProvider(stub.base_url, default_model="m", timeout=0.3) as p:
+        with pytest.raises(ProviderTimeout) as info:
+            await p.chat(req())
+        assert info.value.retryable
+        assert isinstance(info.value, GatewayTimeout | BadGateway)
+        assert info.value.status == 504
+        health = await p.health()
+        assert not health.ok
+
+
+async def test_connection_refused_is_unavailable() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with OpenAICompatibleProvider(f"http://127.0.0.1:{port}/v1", default_model="m") as p:
+        with pytest.raises(ProviderUnavailable) as info:
+            await p.chat(req())
+    assert info.value.retryable and info.value.upstream_status is None
+
+
+async def test_api_key_never_leaks(stub: StubServer) -> None:
+    secret = "sk-very-secret-key-0123456789"
+    stub.control(require_api_key="sk-the-right-one")
+    async with OpenAICompatibleProvider(stub.base_url, api_key=secret, default_model="m") as p:
+        assert secret not in repr(p)
+        with pytest.raises(ProviderRequestError) as info:
+            await p.chat(req())
+        assert info.value.upstream_status == 401
+        assert secret not in str(info.value) and secret not in info.value.detail
+        health = await p.health()
+        assert health.error is not None and secret not in health.error
+
+
+async def test_no_model_anywhere_is_a_request_error(stub: StubServer) -> None:
+    async with OpenAICompatibleProvider(stub.base_url) as p:
+        with pytest.raises(ProviderRequestError):
+            await p.chat(req())
+
+
+async def test_multimodal_and_tool_messages_pass_through(
+    provider: OpenAICompatibleProvider, stub: StubServer
+) -> None:
+    request = ChatRequest(
+        messages=[
+            ChatMessage(role="user", content=[{"type": "text", "text": "look"}]),
+            ChatMessage(
+                role="assistant",
+                tool_calls=[{"id": "c1", "name": "f", "arguments": "{}"}],
+            ),
+            ChatMessage(role="tool", tool_call_id="c1", content="42"),
+            ChatMessage(role="user", content="and now?"),
+        ]
+    )
+    result = await provider.chat(request)
+    assert result.content == "echo: and now? (model m-main)"
+    sent = stub.stats()["recent"][-1]["body"]["messages"]
+    assert sent[1]["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
+    assert sent[2] == {"role": "tool", "content": "42", "tool_call_id": "c1"}
+
+
+async def test_factory_builds_openai_compatible(stub: StubServer) -> None:
+    p = create_provider("vllm", name="gpu-box", base_url=stub.base_url, model="m-f")
+    assert isinstance(p, OpenAICompatibleProvider) and p.name == "gpu-box"
+    try:
+        assert (await p.chat(req("z"))).content == "echo: z (model m-f)"
+    finally:
+        await p.aclose()
+    with pytest.raises(ProviderRequestError):
+        create_provider("carrier-pigeon")
+
+
+async def test_stub_speaks_what_the_official_sdk_expects(stub: StubServer) -> None:
+    """Keeps the stub honest: the official client must parse its answers."""
+    openai = pytest.importorskip("openai")
+    client = openai.AsyncOpenAI(base_url=stub.base_url, api_key="sk-x", max_retries=0)
+    try:
+        done = await client.chat.completions.create(model="sdk", messages=[{"role": "user", "content": "hi"}])
+        assert done.choices[0].message.content == "echo: hi (model sdk)"
+        assert done.usage is not None and done.usage.completion_tokens == 4
+        parts = []
+        stream = await client.chat.completions.create(
+            model="sdk",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        async for event in stream:
+            if event.choices and event.choices[0].delta.content:
+                parts.append(event.choices[0].delta.content)
+        assert "".join(parts) == "echo: hi (model sdk)"
+        emb = await client.embeddings.create(model="e", input=["alpha"])
+        assert emb.data[0].embedding == pytest.approx(embedding_for("alpha", 8), abs=1e-6)
+        models = await client.models.list()
+        assert [m.id for m in models.data] == ["stub-model"]
+    finally:
+        await client.close()
