@@ -1,0 +1,1 @@
+"""Tasks: the durable job queue in PostgreSQL, its workers, dead letters and schedules."""
