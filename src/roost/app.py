@@ -14,11 +14,12 @@ from roost.db.engine import Database, create_database
 from roost.http import health
 from roost.http.middleware import RequestContextMiddleware
 from roost.http.problems import install_problem_handlers
+from roost.identity.routes import router as identity_router
 from roost.keyfiles import KeyMaterial, load_keys
 from roost.logging import configure_logging
 
 # Every domain's router; a new domain adds its router here.
-ROUTERS: list[APIRouter] = [health.router, audit_router]
+ROUTERS: list[APIRouter] = [health.router, audit_router, identity_router]
 
 
 def create_app(

@@ -56,6 +56,27 @@ class Settings(BaseSettings):
         default=None, description="Bootstrap operator token with admin rights"
     )
 
+    # --- identity -------------------------------------------------------------------
+    access_token_ttl_s: int = Field(default=900, ge=30, le=86_400,
+                                    description="Lifetime of JWT access tokens")
+    refresh_token_ttl_s: int = Field(default=30 * 86_400, ge=300,
+                                     description="Lifetime of a login session (refresh token)")
+    open_registration: bool = Field(
+        default=False, description="New self-registered accounts start active, not pending"
+    )
+    login_max_failures_per_account: int = Field(default=5, ge=1)
+    login_max_failures_per_ip: int = Field(default=20, ge=1)
+    login_failure_window_s: int = Field(default=900, ge=1)
+    login_lockout_s: int = Field(default=900, ge=1)
+    webauthn_rp_id: str = Field(default="localhost", description="Passkey relying party id")
+    webauthn_rp_name: str = "Roost"
+    webauthn_origins: str = Field(
+        default="http://localhost:8000", description="Comma-separated allowed page origins"
+    )
+    # Per-principal transactions run as this role (SET LOCAL ROLE) so row-level security
+    # applies; "" when the connecting role itself is the non-owner application role.
+    db_app_role: str = Field(default="roost_app", pattern=r"^([a-z_][a-z0-9_]{0,62})?$")
+
     # --- audit ----------------------------------------------------------------------
     audit_retention_days: int | None = Field(default=None, ge=1)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from roost.audit import models as _audit  # noqa: F401
 from roost.db.base import Base
+from roost.identity import models as _identity  # noqa: F401
 from roost.tasks import models as _tasks  # noqa: F401
 
 target_metadata = Base.metadata

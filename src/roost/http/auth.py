@@ -17,7 +17,8 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.errors import Forbidden, Unauthorized
-from roost.http.deps import DbSession, get_keys
+from roost.http.deps import DbSession, get_keys, get_settings_dep
+from roost.identity.tenancy import apply_principal
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,19 @@ async def current_principal(request: Request, session: DbSession) -> Principal:
     if token is None:
         raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
     admin_token = get_keys(request).admin_token
+    principal: Principal | None = None
     if hmac.compare_digest(token.encode(), admin_token.encode()):
-        return OPERATOR
+        principal = OPERATOR
     for resolve in _resolvers:
-        principal = await resolve(session, token, request)
         if principal is not None:
-            return principal
-    raise Unauthorized("invalid or expired credentials")
+            break
+        principal = await resolve(session, token, request)
+    if principal is None:
+        raise Unauthorized("invalid or expired credentials")
+    # Row-level security: the rest of this request's transaction acts for the principal
+    # (SET LOCAL role and settings; see roost.identity.tenancy).
+    await apply_principal(session, principal, app_role=get_settings_dep(request).db_app_role)
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

@@ -1,0 +1,223 @@
+"""Accounts: registration, admin creation, approval, roles, suspension.
+
+Status flow (AIWE): ``pending_approval -> active -> suspended`` (and back to active).
+The first account ever created is the root: ``is_root``, ``is_superuser``, role
+``admin``, active.  Later self-registrations start ``pending_approval`` unless
+``open_registration`` is on; accounts an administrator creates start active.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import exists, func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit.service import record
+from roost.errors import BadRequest, Conflict, Forbidden, NotFound
+from roost.http.auth import Principal
+from roost.identity.common import (
+    is_admin_user,
+    load_user,
+    normalize_email,
+    normalize_username,
+)
+from roost.identity.models import ROLES, STATUSES, TIERS, Session, User
+from roost.security.passwords import check_password_policy, hash_password
+
+# Serialises "is this the first account?" so two simultaneous first registrations
+# cannot both become root (the partial unique index would also refuse the second).
+_FIRST_USER_LOCK = text("SELECT pg_advisory_xact_lock(7263117, 200)")
+
+
+async def _check_unique(session: AsyncSession, username: str, email: str) -> None:
+    taken = (
+        await session.execute(
+            select(User.username, User.email).where(
+                or_(User.username == username, User.email == email)
+            )
+        )
+    ).all()
+    for row in taken:
+        if row.username == username:
+            raise Conflict("that username is already taken", extra={"field": "username"})
+        raise Conflict("an account with that email already exists", extra={"field": "email"})
+
+
+async def create_user(
+    session: AsyncSession,
+    actor: Principal | None,
+    *,
+    username: str,
+    email: str,
+    password: str | None,
+    full_name: str | None = None,
+    role: str = "user",
+    tier: str = "free",
+    status: str | None = None,
+    open_registration: bool = False,
+    first_becomes_root: bool = True,
+) -> User:
+    """Create an account.  ``actor`` is an administrator (admin creation) or ``None``
+    (self-registration).  Raises 422 for weak passwords or bad names, 409 for taken ones.
+
+    ``first_becomes_root=False`` (test fixtures) keeps the first account ordinary."""
+    username = normalize_username(username)
+    email = normalize_email(email)
+    admin_created = actor is not None and actor.is_admin
+    if actor is not None and not actor.is_admin:
+        raise Forbidden("only an administrator can create accounts for others")
+    if role not in ROLES:
+        raise BadRequest(f"role must be one of {', '.join(ROLES)}")
+    if tier not in TIERS:
+        raise BadRequest(f"tier must be one of {', '.join(TIERS)}")
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
+    if (role != "user" or tier != "free" or status is not None) and not admin_created:
+        raise Forbidden("only an administrator can choose a role, tier or status")
+    hashed = None
+    if password is not None:
+        check_password_policy(password, username=username, email=email)
+        hashed = hash_password(password)  # before the lock: hashing takes ~50 ms
+
+    await session.execute(_FIRST_USER_LOCK)
+    await _check_unique(session, username, email)
+    first = first_becomes_root and not (await session.scalar(select(exists().select_from(User))))
+    user = User(
+        username=username, email=email, hashed_password=hashed, full_name=full_name,
+        role=role, tier=tier,
+    )
+    if first:
+        user.is_root = user.is_superuser = True
+        user.role = "admin"
+        user.status = "active"
+    elif status is not None:
+        user.status = status
+    elif admin_created or open_registration:
+        user.status = "active"
+    else:
+        user.status = "pending_approval"
+    session.add(user)
+    await session.flush()
+    await record(
+        session, "user.created" if admin_created else "user.registered",
+        user_id=actor.user_id if actor is not None and actor.user_id else user.id,
+        resource_type="user", resource_id=user.id,
+        changes={"username": username, "role": user.role, "status": user.status,
+                 "is_root": user.is_root, "tier": user.tier},
+    )
+    return user
+
+
+async def get_user(session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> User:
+    if user_id != principal.user_id and not principal.is_admin:
+        raise NotFound("no such user")
+    return await load_user(session, user_id)
+
+
+async def list_users(
+    session: AsyncSession, principal: Principal, *, status: str | None = None,
+    limit: int = 50, after: uuid.UUID | None = None,
+) -> list[User]:
+    if not principal.is_admin:
+        raise Forbidden("listing accounts needs an administrator")
+    stmt = select(User).order_by(User.id).limit(limit)
+    if status is not None:
+        stmt = stmt.where(User.status == status)
+    if after is not None:
+        stmt = stmt.where(User.id > after)
+    return list((await session.scalars(stmt)).all())
+
+
+async def find_user(session: AsyncSession, login: str) -> User | None:
+    """By username or email (case-insensitive)."""
+    value = login.strip().lower()
+    return await session.scalar(
+        select(User).where(or_(User.username == value, User.email == value))
+    )
+
+
+async def _revoke_all_sessions(session: AsyncSession, user_id: uuid.UUID) -> None:
+    await session.execute(
+        update(Session)
+        .where(Session.user_id == user_id, Session.revoked_at.is_(None))
+        .values(revoked_at=func.now())
+    )
+
+
+async def admin_update(
+    session: AsyncSession, principal: Principal, user_id: uuid.UUID, changes: dict[str, Any],
+) -> User:
+    """Role, status, tier and flags: administrators only, and never on the root account
+    by anyone but the root (it cannot be demoted or suspended at all)."""
+    if not principal.is_admin:
+        raise NotFound("no such user") if user_id != principal.user_id else Forbidden(
+            "changing role, status or tier needs an administrator"
+        )
+    user = await load_user(session, user_id)
+    allowed = {"role", "status", "tier", "is_verified", "is_active", "is_superuser"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise BadRequest(f"cannot change {', '.join(sorted(unknown))} here")
+    if user.is_root and any(
+        changes.get(k) is not None and changes[k] != getattr(user, k)
+        for k in ("role", "status", "is_active", "is_superuser")
+    ):
+        raise Forbidden("the root account cannot be demoted, suspended or deactivated")
+    for field, enum in (("role", ROLES), ("status", STATUSES), ("tier", TIERS)):
+        value = changes.get(field)
+        if value is not None and value not in enum:
+            raise BadRequest(f"{field} must be one of {', '.join(enum)}")
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    for field, value in changes.items():
+        if value is None or getattr(user, field) == value:
+            continue
+        before[field] = getattr(user, field)
+        after[field] = value
+        setattr(user, field, value)
+    if not after:
+        return user
+    await session.flush()
+    # Losing access takes effect on the next request: end every login session (API keys
+    # are refused by the resolver while the account is not active).
+    if after.get("status") in ("suspended", "pending_approval") or after.get("is_active") is False:
+        await _revoke_all_sessions(session, user.id)
+    action = "user.approved" if (
+        before.get("status") == "pending_approval" and after.get("status") == "active"
+    ) else "user.role_changed" if "role" in after or "is_superuser" in after else "user.updated"
+    await record(
+        session, action, user_id=principal.user_id, resource_type="user", resource_id=user.id,
+        changes={"before": before, "after": after},
+    )
+    return user
+
+
+async def approve(session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> User:
+    user = await load_user(session, user_id) if principal.is_admin else None
+    if user is None:
+        raise Forbidden("approving accounts needs an administrator")
+    if user.status == "active":
+        return user
+    return await admin_update(session, principal, user_id, {"status": "active"})
+
+
+async def delete_user(session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> None:
+    if not principal.is_admin:
+        raise NotFound("no such user") if user_id != principal.user_id else Forbidden(
+            "deleting an account needs an administrator"
+        )
+    user = await load_user(session, user_id)
+    if user.is_root:
+        raise Forbidden("the root account cannot be deleted")
+    await session.delete(user)
+    await session.flush()
+    await record(
+        session, "user.deleted", user_id=principal.user_id, resource_type="user",
+        resource_id=user_id, changes={"username": user.username},
+    )
+
+
+def describe(user: User) -> dict[str, Any]:
+    return {"id": str(user.id), "username": user.username, "admin": is_admin_user(user)}

@@ -1,0 +1,89 @@
+"""API keys (YouWorker): shown once, stored as SHA-256, listed by prefix, revocable."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit.service import record
+from roost.errors import BadRequest, NotFound, Unprocessable
+from roost.http.auth import Principal
+from roost.identity.common import load_user, target_user_id, utcnow
+from roost.identity.models import ApiKey
+from roost.security.tokens import generate_api_key
+
+MAX_KEYS_PER_USER = 100
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    key: str  # the full key: returned once, never stored
+    row: ApiKey
+
+
+async def create_api_key(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    name: str,
+    expires_at: datetime | None = None,
+    user_id: uuid.UUID | None = None,
+) -> CreatedKey:
+    owner = target_user_id(principal, user_id)
+    await load_user(session, owner)
+    name = name.strip()
+    if not 1 <= len(name) <= 100:
+        raise Unprocessable("key name must be 1-100 characters", extra={"field": "name"})
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            raise Unprocessable("expires_at needs a time zone (e.g. 'Z')",
+                                extra={"field": "expires_at"})
+        if expires_at <= utcnow():
+            raise Unprocessable("expires_at must be in the future", extra={"field": "expires_at"})
+    count = len((await session.scalars(
+        select(ApiKey.id).where(ApiKey.user_id == owner, ApiKey.revoked_at.is_(None))
+    )).all())
+    if count >= MAX_KEYS_PER_USER:
+        raise BadRequest(f"an account may hold at most {MAX_KEYS_PER_USER} active keys; "
+                         "revoke unused ones first")
+    full_key, prefix, digest = generate_api_key()
+    row = ApiKey(user_id=owner, name=name, prefix=prefix, key_hash=digest, expires_at=expires_at)
+    session.add(row)
+    await session.flush()
+    await record(
+        session, "api_key.created", user_id=principal.user_id or owner, resource_type="api_key",
+        resource_id=row.id, changes={"owner": str(owner), "name": name, "prefix": prefix,
+                                     "expires_at": expires_at.isoformat() if expires_at else None},
+    )
+    return CreatedKey(key=full_key, row=row)
+
+
+async def list_api_keys(
+    session: AsyncSession, principal: Principal, *, user_id: uuid.UUID | None = None,
+    include_revoked: bool = False,
+) -> list[ApiKey]:
+    owner = target_user_id(principal, user_id)
+    stmt = select(ApiKey).where(ApiKey.user_id == owner).order_by(ApiKey.created_at.desc())
+    if not include_revoked:
+        stmt = stmt.where(ApiKey.revoked_at.is_(None))
+    return list((await session.scalars(stmt)).all())
+
+
+async def revoke_api_key(session: AsyncSession, principal: Principal, key_id: uuid.UUID) -> ApiKey:
+    row = await session.get(ApiKey, key_id)
+    # Another user's key is "not found", exactly like a key that does not exist.
+    if row is None or (row.user_id != principal.user_id and not principal.is_admin):
+        raise NotFound("no such API key")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        await session.flush()
+        await record(
+            session, "api_key.revoked", user_id=principal.user_id or row.user_id,
+            resource_type="api_key", resource_id=row.id,
+            changes={"owner": str(row.user_id), "prefix": row.prefix},
+        )
+    return row

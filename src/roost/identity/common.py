@@ -1,0 +1,108 @@
+"""Small shared pieces of the identity domain: the system principal, input rules,
+the key box for secrets at rest, and principal checks."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.errors import NotFound, Unauthorized, Unprocessable
+from roost.http.auth import Principal
+from roost.identity.models import User, UserGroupMembership
+from roost.security.crypto import SecretBox
+
+# Acting for nobody in particular: CLI commands, test helpers, background jobs.
+SYSTEM = Principal(user_id=None, is_admin=True, kind="system")
+
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
+MAX_EMAIL_LENGTH = 255
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def normalize_username(raw: str) -> str:
+    username = raw.strip().lower()
+    if not USERNAME_RE.fullmatch(username):
+        raise Unprocessable(
+            "username must be 3-64 characters: letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            extra={"field": "username"},
+        )
+    return username
+
+
+def normalize_email(raw: str) -> str:
+    """Syntax check (no DNS lookups: servers may be offline) and lower-casing."""
+    if len(raw) > MAX_EMAIL_LENGTH:
+        raise Unprocessable(
+            f"email must be at most {MAX_EMAIL_LENGTH} characters", extra={"field": "email"}
+        )
+    try:
+        # Self-hosted: single-label and test domains are fine, DNS is not consulted.
+        checked = validate_email(
+            raw.strip(), check_deliverability=False, globally_deliverable=False,
+            test_environment=True,
+        )
+    except EmailNotValidError as exc:
+        raise Unprocessable(f"email is not valid: {exc}", extra={"field": "email"}) from None
+    return checked.normalized.lower()
+
+
+def is_admin_user(user: User) -> bool:
+    return user.role == "admin" or user.is_superuser or user.is_root
+
+
+def principal_for(
+    user: User,
+    *,
+    kind: str = "system",
+    group_ids: frozenset[uuid.UUID] = frozenset(),
+    session_id: uuid.UUID | None = None,
+    api_key_id: uuid.UUID | None = None,
+) -> Principal:
+    return Principal(
+        user_id=user.id, is_admin=is_admin_user(user), kind=kind, session_id=session_id,
+        api_key_id=api_key_id, group_ids=group_ids,
+    )
+
+
+def require_user(principal: Principal) -> uuid.UUID:
+    """The principal's user id; the operator token is not a user account."""
+    if principal.user_id is None:
+        raise Unauthorized("this action needs a user account, not the operator token")
+    return principal.user_id
+
+
+def target_user_id(principal: Principal, user_id: uuid.UUID | None) -> uuid.UUID:
+    """``user_id`` when given (others' only for admins; 404 otherwise), else the caller."""
+    if user_id is None or user_id == principal.user_id:
+        return require_user(principal)
+    if not principal.is_admin:
+        # Never confirm that another user's id exists.
+        raise NotFound("no such user")
+    return user_id
+
+
+async def load_user(session: AsyncSession, user_id: uuid.UUID) -> User:
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound("no such user")
+    return user
+
+
+async def group_ids_of(session: AsyncSession, user_id: uuid.UUID) -> frozenset[uuid.UUID]:
+    rows = await session.scalars(
+        select(UserGroupMembership.group_id).where(UserGroupMembership.user_id == user_id)
+    )
+    return frozenset(rows.all())
+
+
+def secret_box(secrets_key: bytes) -> SecretBox:
+    return SecretBox.from_keys(secrets_key)
