@@ -17,9 +17,11 @@ from roost.http.problems import install_problem_handlers
 from roost.identity.routes import router as identity_router
 from roost.keyfiles import KeyMaterial, load_keys
 from roost.logging import configure_logging
+from roost.tasks.routes import router as tasks_router
 
 # Every domain's router; a new domain adds its router here.
 ROUTERS: list[APIRouter] = [health.router, audit_router, identity_router]
+ROUTERS.append(tasks_router)
 
 
 def create_app(

@@ -16,6 +16,7 @@ from rich.table import Table
 import roost
 from roost.config import Settings, get_settings
 from roost.db.engine import Database, create_database
+from roost.tasks.cli import tasks_app, worker_command
 
 T = TypeVar("T")
 
@@ -26,6 +27,8 @@ schema_app = typer.Typer(help="The schema and the seed designs it implements.", 
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 app.add_typer(schema_app, name="schema")
+app.add_typer(tasks_app, name="tasks")
+app.command("worker")(worker_command)
 
 console = Console()
 err = Console(stderr=True)

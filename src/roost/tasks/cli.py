@@ -1,0 +1,289 @@
+"""``roost worker`` and ``roost tasks ls|show|retry|cancel|pause|resume|stats|dead-letters``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+T = TypeVar("T")
+
+tasks_app = typer.Typer(help="The background task queue.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+
+def _run(fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``fn(session)`` in one transaction on the configured database, as the operator;
+    domain errors become a one-line message and exit code 1."""
+    from roost.cli import with_database
+    from roost.context import RequestContext, set_context
+    from roost.errors import RoostError
+
+    async def in_tx(db: Any) -> T:
+        set_context(RequestContext(request_id=f"cli-{uuid.uuid4().hex[:12]}",
+                                   user_agent="roost-cli"))
+        async with db.transaction() as session:
+            return await fn(session)
+
+    try:
+        return with_database(in_tx)
+    except RoostError as exc:
+        err.print(f"[red]{exc.title}[/red]: {exc.detail}")
+        raise typer.Exit(1) from exc
+
+
+def _fmt_time(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+@tasks_app.command("ls")
+def tasks_ls(
+    status: Annotated[str | None, typer.Option(help="pending, running, failed, ...")] = None,
+    priority: Annotated[str | None, typer.Option(help="critical, high, normal, ...")] = None,
+    task_type: Annotated[str | None, typer.Option("--type", help="Task type.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Queue name.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List jobs, newest first."""
+    from roost.http.auth import OPERATOR
+    from roost.tasks import service
+    from roost.tasks.models import TaskPriority, TaskStatus
+    from roost.tasks.schemas import TaskOut
+
+    try:
+        filters = service.TaskFilter(
+            status=TaskStatus(status) if status else None,
+            priority=TaskPriority(priority) if priority else None,
+            task_type=task_type, queue=queue,
+        )
+    except ValueError as exc:
+        err.print(f"[red]invalid filter[/red]: {exc}")
+        raise typer.Exit(2) from exc
+
+    async def run(session: Any) -> list[TaskOut]:
+        rows, _ = await service.list_tasks(session, OPERATOR, filters, limit=limit)
+        return [TaskOut.model_validate(r) for r in rows]
+
+    rows = _run(run)
+    if as_json:
+        for row in rows:
+            console.print_json(row.model_dump_json())
+        return
+    table = Table("id", "type", "queue", "status", "priority", "tries", "scheduled", "error")
+    for r in rows:
+        table.add_row(str(r.id), r.task_type, r.queue, r.status.value, r.priority.value,
+                      f"{r.retry_count}/{r.max_retries}", _fmt_time(r.scheduled_at),
+                      (r.error_message or "")[:60])
+    console.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(task_id: Annotated[uuid.UUID, typer.Argument(help="Job id.")]) -> None:
+    """One job with its payload, result and retry history (JSON)."""
+    from roost.http.auth import OPERATOR
+    from roost.tasks import service
+    from roost.tasks.schemas import TaskDetailOut
+
+    async def run(session: Any) -> TaskDetailOut:
+        return TaskDetailOut.model_validate(await service.get_task(session, OPERATOR, task_id))
+
+    console.print_json(_run(run).model_dump_json())
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(task_id: Annotated[uuid.UUID, typer.Argument(help="Job id.")]) -> None:
+    """Cancel a waiting, paused or running job."""
+    _change("cancel_task", task_id)
+
+
+@tasks_app.command("pause")
+def tasks_pause(task_id: Annotated[uuid.UUID, typer.Argument(help="Job id.")]) -> None:
+    """Hold a waiting job until it is resumed."""
+    _change("pause_task", task_id)
+
+
+@tasks_app.command("resume")
+def tasks_resume(task_id: Annotated[uuid.UUID, typer.Argument(help="Job id.")]) -> None:
+    """Put a paused job back in the queue."""
+    _change("resume_task", task_id)
+
+
+def _change(action: str, task_id: uuid.UUID) -> None:
+    from roost.http.auth import OPERATOR
+    from roost.tasks import service
+
+    async def run(session: Any) -> str:
+        task = await getattr(service, action)(session, OPERATOR, task_id)
+        return str(task.status.value)
+
+    console.print(f"task {task_id}: {_run(run)}")
+
+
+@tasks_app.command("retry")
+def tasks_retry(
+    ident: Annotated[uuid.UUID, typer.Argument(help="Dead letter id, or the dead job's id.")],
+) -> None:
+    """Run a dead letter again with a fresh set of retries."""
+    from sqlalchemy import select
+
+    from roost.http.auth import OPERATOR
+    from roost.tasks import service
+    from roost.tasks.models import DeadLetter
+
+    async def run(session: Any) -> uuid.UUID:
+        letter_id = ident
+        if await session.get(DeadLetter, ident) is None:
+            # Accept the original job's id too: that is what `tasks ls` shows.
+            found = (await session.scalars(
+                select(DeadLetter.id).where(DeadLetter.original_task_id == ident,
+                                            DeadLetter.retried_at.is_(None))
+                .order_by(DeadLetter.moved_at.desc()).limit(1))).first()
+            letter_id = found or ident
+        task = await service.retry_dead_letter(session, OPERATOR, letter_id)
+        return uuid.UUID(str(task.id))
+
+    console.print(f"requeued as task {_run(run)}")
+
+
+@tasks_app.command("dead-letters")
+def tasks_dead_letters(
+    task_type: Annotated[str | None, typer.Option("--type", help="Task type.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Include retried ones.")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+) -> None:
+    """List dead letters waiting for a decision (newest first)."""
+    from roost.http.auth import OPERATOR
+    from roost.tasks import service
+    from roost.tasks.schemas import DeadLetterOut
+
+    async def run(session: Any) -> list[DeadLetterOut]:
+        rows, _ = await service.list_dead_letters(
+            session, OPERATOR,
+            service.DeadLetterFilter(task_type=task_type, retried=None if all_ else False),
+            limit=limit)
+        return [DeadLetterOut.model_validate(r) for r in rows]
+
+    table = Table("id", "task", "type", "moved", "retried", "error")
+    for r in _run(run):
+        table.add_row(str(r.id), str(r.original_task_id or "-"), r.task_type,
+                      _fmt_time(r.moved_at), _fmt_time(r.retried_at), r.error_message[:70])
+    console.print(table)
+
+
+@tasks_app.command("stats")
+def tasks_stats(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Counts by status and priority, recent throughput, the oldest waiting job."""
+    from dataclasses import asdict
+
+    from roost.http.auth import OPERATOR
+    from roost.tasks import service
+
+    async def run(session: Any) -> service.QueueStats:
+        return await service.stats(session, OPERATOR)
+
+    s = _run(run)
+    if as_json:
+        data = asdict(s)
+        for t, raw in zip(s.throughput, data["throughput"], strict=True):
+            raw["per_second"] = round(t.per_second, 3)
+        console.print_json(json.dumps(data, default=str))
+        return
+    from roost.tasks.models import TaskPriority, TaskStatus
+
+    table = Table("status", *[p.value for p in TaskPriority], "total")
+    for st in TaskStatus:
+        row = s.by_status_and_priority.get(st.value, {})
+        table.add_row(st.value, *[str(row.get(p.value, 0)) for p in TaskPriority],
+                      str(s.by_status[st.value]))
+    console.print(table)
+    for t in s.throughput:
+        console.print(f"last {t.minutes:>2} min: {t.completed} completed "
+                      f"({t.per_second:.2f}/s), {t.dead_lettered} dead-lettered")
+    age = "none waiting" if s.oldest_ready_age_s is None else (
+        f"{s.oldest_ready_age_s:.1f} s (task {s.oldest_ready_task_id})")
+    console.print(f"oldest runnable job: {age}")
+    console.print(f"dead letters waiting: {s.dead_letters_waiting}")
+
+
+def worker_command(
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", "-c", min=1, max=1000,
+        help="Jobs run at once (ROOST_WORKER_CONCURRENCY, default 8).")] = None,
+    queues: Annotated[list[str] | None, typer.Option(
+        "--queues", "-q", help="Queues to take jobs from, comma-separated or repeated "
+        "(default: every queue).")] = None,
+    imports: Annotated[list[str] | None, typer.Option(
+        "--import", "-i", help="Import this module first (it registers handlers); "
+        "repeatable.")] = None,
+    lease: Annotated[float | None, typer.Option(
+        "--lease", min=0.5, help="Lease in seconds (ROOST_WORKER_LEASE_S, default 30).")] = None,
+    poll_interval: Annotated[float | None, typer.Option(
+        "--poll-interval", min=0.01, help="Polling fallback in seconds (default 1).")] = None,
+    shutdown_timeout: Annotated[float | None, typer.Option(
+        "--shutdown-timeout", min=0, help="On SIGTERM, seconds in-flight jobs may finish "
+        "before they are released (default 30).")] = None,
+    schedules: Annotated[bool | None, typer.Option(
+        "--schedules/--no-schedules", help="Fire periodic jobs from this worker.")] = None,
+) -> None:
+    """Run a queue worker until SIGTERM or Ctrl-C (a second one stops at once)."""
+    from roost.config import get_settings
+    from roost.db.engine import create_database
+    from roost.logging import configure_logging
+    from roost.tasks.config import WorkerSettings
+    from roost.tasks.registry import discover, import_modules
+    from roost.tasks.worker import Worker, WorkerConfig, parse_queues
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    ws = WorkerSettings()
+    discover()
+    try:
+        import_modules(list(imports or []))
+    except ImportError as exc:
+        err.print(f"[red]cannot import[/red]: {exc}")
+        raise typer.Exit(2) from exc
+    config = WorkerConfig(
+        concurrency=concurrency or ws.concurrency,
+        queues=parse_queues(queues) if queues else parse_queues(ws.queues),
+        lease_s=lease or ws.lease_s,
+        poll_interval_s=poll_interval or ws.poll_interval_s,
+        shutdown_timeout_s=ws.shutdown_timeout_s if shutdown_timeout is None else shutdown_timeout,
+        schedules=ws.schedules if schedules is None else schedules,
+        listen=not settings.pgbouncer,
+        statement_cache=not settings.pgbouncer,
+    )
+
+    async def run() -> None:
+        db = create_database(settings)
+        worker = Worker(db, config, statement_timeout_ms=settings.db_statement_timeout_ms)
+        loop = asyncio.get_running_loop()
+        signals_seen = 0
+
+        def on_signal() -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            worker.stop(force=signals_seen > 1)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            await worker.run()
+        finally:
+            await db.dispose()
+
+    try:
+        asyncio.run(run())
+    except RuntimeError as exc:
+        err.print(f"[red]worker stopped[/red]: {exc}")
+        raise typer.Exit(1) from exc

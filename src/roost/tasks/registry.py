@@ -1,0 +1,173 @@
+"""Task types: the handler for each ``task_type`` and its defaults, registered by decorator.
+
+Registration happens at import.  A domain keeps its handlers (and schedules) in
+``roost/<domain>/jobs.py``; :func:`discover` imports every such module, so the worker and
+the API know every task type without a shared list that each domain must edit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pkgutil
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel
+
+from roost.tasks.models import DEFAULT_QUEUE, TaskPriority
+
+if TYPE_CHECKING:
+    from roost.db.engine import Database
+
+DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_RESULT_BYTES = 64 * 1024
+MAX_RETRIES_LIMIT = 100
+_TASK_TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-:")
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a handler knows about the job it runs.
+
+    ``database`` lets the handler open its own transactions (``database.transaction()``);
+    the job's completion is written separately, so a handler must be idempotent: a job
+    whose worker dies after the handler's commit runs again (at-least-once).
+    """
+
+    task_id: uuid.UUID
+    task_type: str
+    queue: str
+    priority: str
+    attempt: int  # 1 for the first claim, counts releases and lease expiries too
+    retry_count: int  # failed attempts so far
+    max_retries: int
+    scheduled_at: datetime
+    worker_id: str
+    database: Database
+
+
+Handler = Callable[[TaskContext, Any], Awaitable[Any]] | Callable[[TaskContext, Any], Any]
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class TaskType:
+    name: str
+    handler: Callable[..., Any]
+    is_async: bool
+    queue: str = DEFAULT_QUEUE
+    priority: TaskPriority = TaskPriority.NORMAL
+    max_retries: int = 3
+    timeout_s: float | None = None
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 3600.0
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    payload_model: type[BaseModel] | None = None
+
+
+class PermanentError(Exception):
+    """Raise from a handler when retrying cannot help: the job goes to the dead letters
+    at once, whatever retries it has left."""
+
+
+_task_types: dict[str, TaskType] = {}
+
+
+def validate_task_type_name(name: str) -> None:
+    if not name or len(name) > 100 or not set(name) <= _TASK_TYPE_CHARS:
+        raise ValueError(
+            f"task type {name!r} must be 1-100 characters of a-z, 0-9, '.', '_', '-', ':'"
+        )
+
+
+def task(
+    name: str,
+    *,
+    queue: str = DEFAULT_QUEUE,
+    priority: TaskPriority | str = TaskPriority.NORMAL,
+    max_retries: int = 3,
+    timeout_s: float | None = None,
+    backoff_base_s: float = 2.0,
+    backoff_max_s: float = 3600.0,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    payload_model: type[BaseModel] | None = None,
+) -> Callable[[H], H]:
+    """Register the decorated function as the handler of ``name``.
+
+    The handler is ``async def handler(ctx: TaskContext, payload) -> dict | None``
+    (plain ``def`` runs in a thread).  ``payload`` is the JSON object given at enqueue,
+    or an instance of ``payload_model`` when one is given (validated at enqueue too).
+    """
+    validate_task_type_name(name)
+    if not 0 <= max_retries <= MAX_RETRIES_LIMIT:
+        raise ValueError(f"max_retries must be within 0..{MAX_RETRIES_LIMIT}")
+    if queue != queue.strip() or not 0 < len(queue) <= 64:
+        raise ValueError("queue must be 1-64 characters without surrounding spaces")
+
+    def register(fn: H) -> H:
+        existing = _task_types.get(name)
+        if existing is not None and _qualname(existing.handler) != _qualname(fn):
+            raise ValueError(
+                f"task type {name!r} is already handled by {_qualname(existing.handler)}"
+            )
+        _task_types[name] = TaskType(
+            name=name, handler=fn, is_async=inspect.iscoroutinefunction(fn), queue=queue,
+            priority=TaskPriority(priority), max_retries=max_retries, timeout_s=timeout_s,
+            backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s,
+            max_payload_bytes=max_payload_bytes, payload_model=payload_model,
+        )
+        return fn
+
+    return register
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def get_task_type(name: str) -> TaskType | None:
+    return _task_types.get(name)
+
+
+def task_types() -> dict[str, TaskType]:
+    return dict(_task_types)
+
+
+def unregister(name: str) -> None:
+    """For tests: forget a task type."""
+    _task_types.pop(name, None)
+
+
+_discovered = False
+
+
+def discover() -> None:
+    """Import ``roost.<domain>.jobs`` for every domain that has one (once per process)."""
+    global _discovered
+    if _discovered:
+        return
+    import roost
+
+    for module in pkgutil.iter_modules(roost.__path__):
+        if not module.ispkg:
+            continue
+        name = f"roost.{module.name}.jobs"
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+    _discovered = True
+
+
+def import_modules(names: list[str]) -> None:
+    """Import the modules named by ``roost worker --import`` (from the current directory
+    too, as uvicorn does for its app)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    for name in names:
+        importlib.import_module(name)

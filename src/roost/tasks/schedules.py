@@ -1,0 +1,233 @@
+"""Periodic jobs that any domain registers, fired once per period by whichever worker
+gets there first.
+
+A schedule enqueues a job of its ``task_type`` at the start of each period: every
+``every`` (periods aligned on the Unix epoch, so every worker computes the same ones) or
+at each time of a 5-field ``cron`` expression (UTC).  Exactly-once firing per period,
+whatever the number of workers, comes from two walls:
+
+1. the schedule's row is locked ``FOR UPDATE SKIP LOCKED`` and its ``next_run_at`` moved
+   past the period in the same transaction as the enqueue, so one worker fires a period;
+2. the job's idempotency key is ``schedule:<name>:<period start>``, so even a worker with
+   a stale view cannot add a second job for the same period.
+
+Missed periods (no worker running) are not replayed: the first tick afterwards fires the
+current period once.  An interval schedule fires its current period as soon as it is
+first registered; a cron schedule waits for its next time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import structlog
+from croniter import croniter
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from roost.db.engine import Database
+from roost.tasks.models import DEFAULT_QUEUE, TaskPriority, TaskSchedule
+from roost.tasks.registry import get_task_type, task, validate_task_type_name
+
+log = structlog.get_logger("roost.tasks.schedules")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    task_type: str
+    every: timedelta | None = None
+    cron: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    queue: str | None = None  # None: the task type's queue
+    priority: TaskPriority | None = None  # None: the task type's priority
+
+    @property
+    def interval_seconds(self) -> int | None:
+        return int(self.every.total_seconds()) if self.every is not None else None
+
+    def period_start(self, now: datetime) -> datetime:
+        """The start of the period that contains ``now``."""
+        if self.every is not None:
+            step = self.every.total_seconds()
+            periods = int((now - EPOCH).total_seconds() // step)
+            return EPOCH + timedelta(seconds=periods * step)
+        assert self.cron is not None
+        # croniter's get_prev is strictly before; step a microsecond past to include now.
+        it = croniter(self.cron, now + timedelta(microseconds=1))
+        return it.get_prev(datetime).astimezone(UTC)  # type: ignore[no-any-return]
+
+    def next_after(self, moment: datetime) -> datetime:
+        """The first period start strictly after ``moment``."""
+        if self.every is not None:
+            return self.period_start(moment) + self.every
+        assert self.cron is not None
+        return croniter(self.cron, moment).get_next(datetime).astimezone(UTC)  # type: ignore[no-any-return]
+
+    def first_run(self, now: datetime) -> datetime:
+        return self.period_start(now) if self.every is not None else self.next_after(now)
+
+
+_schedules: dict[str, Schedule] = {}
+
+
+def register_schedule(
+    name: str,
+    task_type: str,
+    *,
+    every: timedelta | None = None,
+    cron: str | None = None,
+    payload: dict[str, Any] | None = None,
+    queue: str | None = None,
+    priority: TaskPriority | str | None = None,
+) -> Schedule:
+    """Fire a ``task_type`` job once per period (give ``every`` or ``cron``, not both).
+
+    Call at import time of a module the worker imports (``roost/<domain>/jobs.py``, or one
+    given to ``roost worker --import``).  Workers write the schedule to ``task_schedules``
+    when they start; changing ``every``/``cron`` there restarts its timing.
+    """
+    validate_task_type_name(task_type)
+    if (every is None) == (cron is None):
+        raise ValueError(f"schedule {name!r}: give exactly one of every= or cron=")
+    if every is not None and (every.total_seconds() < 1 or every.total_seconds() % 1):
+        raise ValueError(f"schedule {name!r}: every= must be a whole number of seconds >= 1")
+    if cron is not None and not croniter.is_valid(cron):
+        raise ValueError(f"schedule {name!r}: {cron!r} is not a valid cron expression")
+    if not name or len(name) > 200:
+        raise ValueError("schedule names are 1-200 characters")
+    schedule = Schedule(
+        name=name, task_type=task_type, every=every, cron=cron, payload=dict(payload or {}),
+        queue=queue, priority=TaskPriority(priority) if priority is not None else None,
+    )
+    existing = _schedules.get(name)
+    if existing is not None and existing != schedule:
+        raise ValueError(f"schedule {name!r} is already registered differently")
+    _schedules[name] = schedule
+    return schedule
+
+
+def periodic(
+    name: str,
+    *,
+    every: timedelta | None = None,
+    cron: str | None = None,
+    payload: dict[str, Any] | None = None,
+    **task_options: Any,
+) -> Callable[[H], H]:
+    """Register a handler as task type ``name`` and a schedule of the same name for it."""
+
+    def decorate(fn: H) -> H:
+        registered = task(name, **task_options)(fn)
+        register_schedule(name, name, every=every, cron=cron, payload=payload)
+        return registered
+
+    return decorate
+
+
+def schedules() -> dict[str, Schedule]:
+    return dict(_schedules)
+
+
+def unregister_schedule(name: str) -> None:
+    """For tests: forget a schedule."""
+    _schedules.pop(name, None)
+
+
+async def sync_schedules(database: Database) -> None:
+    """Write the registered schedules to ``task_schedules`` (workers call it at start)."""
+    async with database.transaction() as session:
+        now = (await session.execute(text("SELECT now()"))).scalar_one()
+        for s in sorted(_schedules.values(), key=lambda x: x.name):  # one lock order
+            tt = get_task_type(s.task_type)
+            if tt is None:
+                log.warning("schedule_without_handler", schedule=s.name, task_type=s.task_type)
+                continue
+            values = {
+                "name": s.name, "task_type": s.task_type,
+                "queue": s.queue or tt.queue or DEFAULT_QUEUE,
+                "priority": s.priority or tt.priority, "payload": s.payload,
+                "interval_seconds": s.interval_seconds, "cron": s.cron,
+                "next_run_at": s.first_run(now),
+            }
+            stmt = pg_insert(TaskSchedule).values(**values)
+            excluded = stmt.excluded
+            timing_changed = (
+                TaskSchedule.interval_seconds.is_distinct_from(excluded.interval_seconds)
+                | TaskSchedule.cron.is_distinct_from(excluded.cron)
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["name"],
+                set_={
+                    "task_type": excluded.task_type, "queue": excluded.queue,
+                    "priority": excluded.priority, "payload": excluded.payload,
+                    "interval_seconds": excluded.interval_seconds, "cron": excluded.cron,
+                    # Keep the timing unless the period itself changed.
+                    "next_run_at": text(
+                        "CASE WHEN task_schedules.interval_seconds IS DISTINCT FROM "
+                        "excluded.interval_seconds OR task_schedules.cron IS DISTINCT FROM "
+                        "excluded.cron THEN excluded.next_run_at "
+                        "ELSE task_schedules.next_run_at END"
+                    ),
+                    "updated_at": now,
+                },
+                # Rewrite the row only when something differs: N workers starting at once
+                # would otherwise queue on the same row locks for nothing.
+                where=(
+                    timing_changed
+                    | TaskSchedule.task_type.is_distinct_from(excluded.task_type)
+                    | TaskSchedule.queue.is_distinct_from(excluded.queue)
+                    | TaskSchedule.priority.is_distinct_from(excluded.priority)
+                    | TaskSchedule.payload.is_distinct_from(excluded.payload)
+                ),
+            )
+            await session.execute(stmt)
+
+
+async def fire_due(database: Database) -> float:
+    """Fire every registered schedule whose period has come; returns the seconds until
+    the next one is due (for the caller's sleep)."""
+    from roost.tasks.service import enqueue_ex
+
+    names = [n for n, s in _schedules.items() if get_task_type(s.task_type) is not None]
+    if not names:
+        return 30.0
+    async with database.transaction() as session:
+        now = (await session.execute(text("SELECT now()"))).scalar_one()
+        due = (
+            await session.scalars(
+                select(TaskSchedule)
+                .where(TaskSchedule.name.in_(names), TaskSchedule.enabled.is_(True),
+                       TaskSchedule.next_run_at <= now)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        for row in due:
+            spec = _schedules[row.name]
+            period = spec.period_start(now)
+            job, created = await enqueue_ex(
+                session, row.task_type, dict(row.payload), priority=row.priority,
+                queue=row.queue, idempotency_key=f"schedule:{row.name}:{period.isoformat()}",
+            )
+            row.last_run_at = now
+            row.next_run_at = spec.next_after(now)
+            row.updated_at = now
+            if created:
+                row.last_task_id = job.id
+                log.info("schedule_fired", schedule=row.name, period=period.isoformat(),
+                         task_id=str(job.id))
+    async with database.transaction() as session:
+        upcoming = (
+            await session.execute(
+                text("SELECT extract(epoch FROM min(next_run_at) - now()) FROM task_schedules "
+                     "WHERE enabled AND name = ANY(:names)"),
+                {"names": names},
+            )
+        ).scalar_one_or_none()
+    return 30.0 if upcoming is None else float(upcoming)
