@@ -147,7 +147,7 @@ _BINARY_MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
     (b"Rar!\x1a\x07", "RAR archive"),
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "legacy Office document (DOC/XLS/PPT)"),
     (b"\x7fELF", "ELF executable"),
-    (b"MZ", "Windows executable"),
+    (b"MZ\x90\x00", "Windows executable"),
     (b"OggS", "Ogg media"),
     (b"ID3", "MP3 audio"),
     (b"fLaC", "FLAC audio"),
@@ -183,6 +183,9 @@ def _binary_kind(data: bytes) -> str | None:
     head = data[:16]
     for magic, kind in _BINARY_MAGIC:
         if head.startswith(magic):
+            # A printable signature ("GIF89a", "OggS") could begin a real text file.
+            if magic.isascii() and magic.decode("ascii").isprintable() and not _looks_binary(data):
+                continue
             return kind
     return None
 
@@ -202,8 +205,7 @@ def detect_mime(data: bytes, *, filename: str | None = None, mime: str | None = 
     kind = _binary_kind(data)
     if kind is not None:
         raise UnsupportedDocument(
-            f"{kind} is not a supported document type; "
-            "upload text, Markdown, HTML or PDF instead"
+            f"{kind} is not a supported document type; upload text, Markdown, HTML or PDF instead"
         )
     if declared and declared not in _GENERIC_MIMES:
         if declared in _PDF_MIMES:
@@ -217,8 +219,7 @@ def detect_mime(data: bytes, *, filename: str | None = None, mime: str | None = 
         if declared.endswith(("+json", "+xml")):
             return MIME_TEXT
         raise UnsupportedDocument(
-            f"documents of type {declared!r} are not supported; "
-            "upload text, Markdown, HTML or PDF instead"
+            f"documents of type {declared!r} are not supported; upload text, Markdown, HTML or PDF instead"
         )
     if ext in _MARKDOWN_EXTS:
         return MIME_MARKDOWN
@@ -232,9 +233,10 @@ def detect_mime(data: bytes, *, filename: str | None = None, mime: str | None = 
         return MIME_HTML
     # Unknown extension: accept it if it is text, otherwise refuse it as binary.
     if _looks_binary(data):
-        what = f"files with extension {ext!r}" if ext else "this binary content"
+        what = f"the {ext} file" if ext else "the content"
         raise UnsupportedDocument(
-            f"{what} cannot be read as a document; upload text, Markdown, HTML or PDF instead"
+            f"{what} is binary, not text, and not a supported format; "
+            "upload text, Markdown, HTML or PDF instead"
         )
     return MIME_TEXT
 
@@ -301,8 +303,9 @@ def decode_text(data: bytes, *, charset: str | None = None) -> str:
             try:
                 text = data.decode(encoding)
             except UnicodeDecodeError as exc:
-                raise CorruptDocument(f"text starts with a {encoding} BOM but is not valid "
-                                      f"{encoding}: {exc.reason}") from None
+                raise CorruptDocument(
+                    f"text starts with a {encoding} BOM but is not valid {encoding}: {exc.reason}"
+                ) from None
             break
     if text is None and (enc16 := _utf16_without_bom(data[:_SNIFF_BYTES])):
         text = data.decode(enc16, errors="replace")
@@ -387,9 +390,7 @@ def _push_heading(stack: list[tuple[int, str]], level: int, text: str) -> None:
 def _parse_text(text: str, filename: str | None) -> ParsedDocument:
     body = _tidy(text)
     sections = [Section(body)] if body else []
-    return ParsedDocument(
-        MIME_TEXT, _title_from_filename(filename) or _first_line(sections), sections
-    )
+    return ParsedDocument(MIME_TEXT, _title_from_filename(filename) or _first_line(sections), sections)
 
 
 # --------------------------------------------------------------------------- markdown
@@ -397,6 +398,8 @@ def _parse_text(text: str, filename: str | None) -> ParsedDocument:
 _ATX_RE: Final = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SETEXT_RE: Final = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE_RE: Final = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_BLOCK_END_RE: Final = re.compile(r"^ {0,3}(?:`{3,}|~{3,}|(?:([-*_])[ \t]*)(?:\1[ \t]*){2,}$)")
+_NOT_SETEXT_RE: Final = re.compile(r"^\s*(?:[-*+>|]|\d+[.)]|#{1,6}(?:\s|$))")
 _FRONT_MATTER_TITLE_RE: Final = re.compile(r"^title:\s*(.+?)\s*$", re.M)
 
 
@@ -437,35 +440,44 @@ def _parse_markdown(text: str, filename: str | None) -> ParsedDocument:
         _push_heading(stack, level, title)
         heading = _heading_path(stack)
 
+    # Whether body[-1] opened a paragraph: only a one-line paragraph becomes a setext
+    # heading here (multi-line ones are rare and stay text rather than being misread).
+    opened_paragraph = False
     for line in lines:
         fence_match = _FENCE_RE.match(line)
         if fence is not None:
             # Inside a code block "# comment" is code, not a heading.
-            if fence_match and fence_match.group(1)[0] == fence[0] and len(
-                fence_match.group(1)
-            ) >= len(fence):
+            if (
+                fence_match
+                and fence_match.group(1)[0] == fence[0]
+                and len(fence_match.group(1)) >= len(fence)
+            ):
                 fence = None
             body.append(line)
+            opened_paragraph = False
             continue
         if fence_match:
             fence = fence_match.group(1)
             body.append(line)
+            opened_paragraph = False
             continue
         atx = _ATX_RE.match(line)
         if atx:
             title = (atx.group(2) or "").strip()
             if title:
                 start_section(len(atx.group(1)), title)
+            opened_paragraph = False
             continue
         setext = _SETEXT_RE.match(line)
         # Setext heading: a paragraph line underlined with === (h1) or --- (h2).  A lone
         # "---" after a blank line is a thematic break and stays text.
-        if setext and body and body[-1].strip() and not _ATX_RE.match(body[-1]):
-            previous = body[-2] if len(body) >= 2 else ""
-            if not previous.strip():
-                title = body.pop().strip()
-                start_section(1 if setext.group(1)[0] == "=" else 2, title)
-                continue
+        if setext and opened_paragraph and body and not _NOT_SETEXT_RE.match(body[-1]):
+            start_section(1 if setext.group(1)[0] == "=" else 2, body.pop().strip())
+            opened_paragraph = False
+            continue
+        # A paragraph opens after a blank line, a code fence or a thematic break.
+        after_block = not body or not body[-1].strip() or bool(_BLOCK_END_RE.match(body[-1]))
+        opened_paragraph = bool(line.strip()) and after_block
         body.append(line)
     flush()
 
@@ -480,19 +492,22 @@ _HTML_META_CHARSET_RE: Final = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([
 _HTML_SKIP: Final = frozenset(
     {
         "script", "style", "noscript", "template", "nav", "header", "footer", "aside", "svg",
-        "iframe", "object", "embed", "canvas", "button", "select", "head", "math", "dialog",
+        "iframe", "object", "embed", "canvas", "button", "select", "math", "dialog",
     }
 )  # fmt: skip
 _HTML_SKIP_ROLES: Final = frozenset(
     {"navigation", "banner", "contentinfo", "complementary", "search", "dialog", "menu"}
 )
+# Paragraph-level elements are separated by a blank line; line-level ones (list items,
+# table rows) start a new line only, so a list stays one paragraph.
 _HTML_BLOCK: Final = frozenset(
     {
-        "p", "div", "br", "li", "ul", "ol", "dl", "dt", "dd", "tr", "table", "thead", "tbody",
-        "section", "article", "main", "blockquote", "pre", "hr", "h4", "h5", "h6", "figure",
-        "figcaption", "details", "summary", "address", "fieldset", "form", "caption", "body",
+        "p", "div", "ul", "ol", "dl", "table", "section", "article", "main", "blockquote",
+        "pre", "hr", "h4", "h5", "h6", "figure", "figcaption", "details", "summary",
+        "address", "fieldset", "form", "caption", "body",
     }
 )  # fmt: skip
+_HTML_LINE: Final = frozenset({"br", "li", "dt", "dd", "tr"})
 _HTML_CELL: Final = frozenset({"td", "th"})
 _HTML_HEADINGS: Final = {"h1": 1, "h2": 2, "h3": 3}
 _HTML_MAIN: Final = frozenset({"main", "article"})
@@ -500,7 +515,12 @@ _HTML_VOID: Final = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
      "source", "track", "wbr"}
 )  # fmt: skip
-_WS_RE: Final = re.compile(r"[ \t\r\f\v\n]+")
+_INLINE_WS_RE: Final = re.compile(r"[ \t\r\f\v]+")
+_SPACE_AROUND_NL_RE: Final = re.compile(r" *\n *")
+_PRE_OPEN: Final = "\x02"
+_PRE_CLOSE: Final = "\x03"
+_PRE_MARKS_DROP: Final = str.maketrans("", "", _PRE_OPEN + _PRE_CLOSE)
+_PRE_SPLIT_RE: Final = re.compile(f"{_PRE_OPEN}(.*?){_PRE_CLOSE}", re.S)
 
 
 @dataclass(slots=True)
@@ -545,9 +565,14 @@ class _HtmlExtractor(HTMLParser):
             self._block.parts.append(text)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        # <title> holds only text, so any tag means an unclosed title ended before it.
+        self._in_title = False
         if self._skip:
             if tag not in _HTML_VOID:
                 self._skip.append(tag)
+            return
+        if tag == "title":
+            self._in_title = not self.title_parts  # only the first <title> names the page
             return
         attr = dict(attrs)
         hidden = (
@@ -556,9 +581,6 @@ class _HtmlExtractor(HTMLParser):
             or "hidden" in attr
             or (attr.get("aria-hidden") or "").lower() == "true"
         )
-        if tag == "title" and not self.blocks_have_text_in_title_context():
-            self._in_title = True
-            return
         if hidden:
             if tag not in _HTML_VOID:
                 self._skip.append(tag)
@@ -566,23 +588,22 @@ class _HtmlExtractor(HTMLParser):
         if tag in _HTML_MAIN:
             self._main += 1
             self._new_block()
-        if tag in _HTML_HEADINGS and self._heading_tag is None:
+        if tag in _HTML_HEADINGS:
+            if self._heading_tag is not None:
+                self.handle_endtag(self._heading_tag)  # unclosed heading: end it here
             self._heading_tag = tag
             self._heading_parts = []
             return
         if tag == "pre":
             self._pre += 1
         if tag in _HTML_BLOCK:
+            self._emit("\n\n")
+        elif tag in _HTML_LINE:
             self._emit("\n")
         elif tag in _HTML_CELL:
             self._emit(" | ")
         elif tag == "img" and attr.get("alt"):
             self._emit(f" {attr['alt']} ")
-
-    def blocks_have_text_in_title_context(self) -> bool:
-        # <title> inside <svg> or <body> text is not the document title; the skip stack
-        # already hides svg, so only the first <title> counts.
-        return bool(self.title_parts)
 
     def handle_endtag(self, tag: str) -> None:
         if self._skip:
@@ -610,25 +631,27 @@ class _HtmlExtractor(HTMLParser):
         if tag == "pre" and self._pre:
             self._pre -= 1
         if tag in _HTML_BLOCK:
-            self._emit("\n")
+            self._emit("\n\n")
 
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        # <br/> and friends: same as an unclosed start tag, never pushed on the skip stack.
-        if tag in _HTML_VOID or tag not in _HTML_SKIP:
-            self.handle_starttag(tag, attrs)
-            if tag not in _HTML_VOID and not self._skip:
-                self.handle_endtag(tag)
+    def finish(self) -> None:
+        """Flush state left open by truncated markup."""
+        if self._heading_tag is not None:
+            # A heading that never closed swallowed the text after it: keep it as text.
+            self._block.parts.extend(["\n\n", *self._heading_parts, "\n\n"])
+            self._heading_tag = None
 
     def handle_data(self, data: str) -> None:
         if self._skip:
             return
+        data = data.translate(_PRE_MARKS_DROP)
         if self._in_title:
             self.title_parts.append(data)
-            return
-        if self._pre:
-            self._emit(data)
+        elif self._pre and self._heading_tag is None:
+            # Preformatted text keeps its layout; the marks tell the cleaner to leave it be.
+            self._emit(f"{_PRE_OPEN}{data}{_PRE_CLOSE}")
         else:
-            self._emit(_WS_RE.sub(" ", data))
+            # Source line breaks are formatting; real breaks come from block tags.
+            self._emit(data.replace("\n", " "))
 
 
 def _html_charset(data: bytes) -> str | None:
@@ -637,9 +660,15 @@ def _html_charset(data: bytes) -> str | None:
 
 
 def _clean_html_text(parts: list[str]) -> str:
-    text = "".join(parts)
-    lines = [" ".join(line.split()) if "\t" not in line else line.strip() for line in text.split("\n")]
-    return _tidy("\n".join(lines))
+    out: list[str] = []
+    for index, segment in enumerate(_PRE_SPLIT_RE.split("".join(parts))):
+        if index % 2:  # preformatted
+            out.append(segment)
+        else:
+            # Collapse source formatting whitespace; newlines here come from block tags.
+            segment = _INLINE_WS_RE.sub(" ", segment)
+            out.append(_SPACE_AROUND_NL_RE.sub("\n", segment))
+    return _tidy("".join(out))
 
 
 def _parse_html(text: str, filename: str | None) -> ParsedDocument:
@@ -647,6 +676,7 @@ def _parse_html(text: str, filename: str | None) -> ParsedDocument:
     try:
         parser.feed(text)
         parser.close()
+        parser.finish()
     except Exception as exc:  # html.parser is lenient; anything raised means garbage input
         raise CorruptDocument(f"the HTML could not be parsed: {exc}") from None
     blocks = parser.blocks
@@ -693,7 +723,7 @@ def _pdf_outline_headings(reader: Any) -> dict[int, str]:
             try:
                 page = reader.get_destination_page_number(item)
             except Exception:  # broken bookmark: ignore it, the text still counts
-                continue
+                page = None
             if page is not None and page >= 0:
                 starts.append((page, len(starts), HEADING_PATH_SEPARATOR.join(current)))
 
@@ -723,9 +753,9 @@ def _parse_pdf(data: bytes, filename: str | None) -> ParsedDocument:
         if reader.is_encrypted:
             # Many PDFs are "encrypted" with an empty user password just to set permissions.
             try:
-                ok = reader.decrypt("")
+                ok = bool(reader.decrypt(""))
             except Exception:
-                ok = 0
+                ok = False
             if not ok:
                 raise UnsupportedDocument(
                     "the PDF is password-protected; remove the password and upload it again"
@@ -762,9 +792,7 @@ def _parse_pdf(data: bytes, filename: str | None) -> ParsedDocument:
         # KeyError, RecursionError...): all of them mean "this PDF is broken".
         raise CorruptDocument(f"the PDF could not be read: {type(exc).__name__}: {exc}") from None
     if page_count and not sections:
-        warnings.append(
-            "the PDF has no extractable text (scanned pages need OCR, which Roost does not do)"
-        )
+        warnings.append("the PDF has no extractable text (scanned pages need OCR, which Roost does not do)")
     elif empty_pages:
         warnings.append(f"{empty_pages} of {page_count} pages had no extractable text")
     title = _short_title(meta_title) or _first_line(sections) or _title_from_filename(filename)
@@ -774,9 +802,7 @@ def _parse_pdf(data: bytes, filename: str | None) -> ParsedDocument:
 # --------------------------------------------------------------------------- entry point
 
 
-def parse_document(
-    data: bytes, *, filename: str | None = None, mime: str | None = None
-) -> ParsedDocument:
+def parse_document(data: bytes, *, filename: str | None = None, mime: str | None = None) -> ParsedDocument:
     """Detect the type of ``data`` and extract its text as sections.
 
     ``mime`` may carry parameters (``text/html; charset=iso-8859-1``): the charset is

@@ -1,0 +1,355 @@
+from __future__ import annotations
+
+import io
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from roost.errors import RoostError
+from roost.knowledge.parsing import (
+    MIME_HTML,
+    MIME_MARKDOWN,
+    MIME_PDF,
+    MIME_TEXT,
+    CorruptDocument,
+    ParseError,
+    UnsupportedDocument,
+    detect_mime,
+    parse_document,
+)
+from tests.knowledge.helpers import make_pdf
+
+# --------------------------------------------------------------------------- text
+
+
+def test_plain_utf8_text() -> None:
+    doc = parse_document("Grüße aus Köln.\r\nZweite Zeile.".encode(), filename="notes.txt")
+    assert doc.mime == MIME_TEXT
+    assert doc.title == "notes.txt"
+    assert [s.text for s in doc.sections] == ["Grüße aus Köln.\nZweite Zeile."]
+
+
+def test_text_encodings_fall_back_sensibly() -> None:
+    assert parse_document("café crème".encode("cp1252"), filename="a.txt").text == "café crème"
+    assert parse_document("naïve".encode("utf-16"), filename="a.txt").text == "naïve"
+    assert parse_document("no bom here".encode("utf-16-le"), filename=None).text == "no bom here"
+    # A declared charset wins over guessing.
+    koi8 = "Привет".encode("koi8_r")
+    assert parse_document(koi8, filename=None, mime="text/plain; charset=koi8-r").text == "Привет"
+
+
+def test_title_falls_back_to_first_line_without_filename() -> None:
+    doc = parse_document(b"\n\n  First line here  \nbody", filename=None, mime="text/plain")
+    assert doc.title == "First line here"
+
+
+def test_binary_content_is_rejected() -> None:
+    with pytest.raises(UnsupportedDocument, match="binary"):
+        parse_document(b"\x00\x01\x02\x03\x04 not text \x00\xff", filename="data.bin")
+    with pytest.raises(UnsupportedDocument, match="PNG"):
+        parse_document(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, filename="notes.txt")
+    with pytest.raises(UnsupportedDocument, match="ZIP"):
+        parse_document(b"PK\x03\x04" + b"\x00" * 20, filename="report.docx")
+
+
+def test_unsupported_declared_mime_is_rejected_with_actionable_message() -> None:
+    with pytest.raises(UnsupportedDocument) as info:
+        parse_document(b"hello", filename="x", mime="image/png")
+    assert "image/png" in info.value.detail
+    assert "Markdown, HTML or PDF" in info.value.detail
+    assert info.value.status == 415
+    assert isinstance(info.value, ParseError) and isinstance(info.value, RoostError)
+
+
+def test_text_that_starts_like_a_magic_number_is_still_text() -> None:
+    doc = parse_document(b"GIF89a was a popular image format.", filename="history.txt")
+    assert doc.text.startswith("GIF89a")
+
+
+def test_empty_text_gives_no_sections() -> None:
+    doc = parse_document(b"   \n\n  ", filename="empty.txt")
+    assert doc.sections == []
+
+
+@pytest.mark.parametrize(
+    ("filename", "mime", "expected"),
+    [
+        ("a.md", None, MIME_MARKDOWN),
+        ("a.md", "text/plain", MIME_MARKDOWN),  # browsers send text/plain for .md
+        ("a.md", "application/octet-stream", MIME_MARKDOWN),
+        ("page", "text/html; charset=utf-8", MIME_HTML),
+        ("index.php", "text/html", MIME_HTML),
+        ("a.htm", None, MIME_HTML),
+        ("script.py", None, MIME_TEXT),
+        ("data.json", "application/json", MIME_TEXT),
+        ("README", None, MIME_TEXT),
+        (None, None, MIME_TEXT),
+    ],
+)
+def test_detect_mime_by_mime_and_extension(filename: str | None, mime: str | None, expected: str) -> None:
+    assert detect_mime(b"# Title\n\nbody", filename=filename, mime=mime) == expected
+
+
+def test_detect_mime_by_magic_and_sniffing() -> None:
+    pdf = make_pdf(["x"])
+    # Magic bytes beat a misleading name and mime.
+    assert detect_mime(pdf, filename="notes.txt", mime="text/plain") == MIME_PDF
+    assert detect_mime(b"<!DOCTYPE html><html><body>x</body></html>", filename=None) == MIME_HTML
+
+
+# --------------------------------------------------------------------------- markdown
+
+MARKDOWN = b"""---
+title: Operator Guide
+tags: [a, b]
+---
+Preamble before any heading.
+
+# Guide
+
+Welcome text.
+
+## Install
+
+```bash
+# this is a shell comment, not a heading
+pip install roost
+```
+
+### Linux
+
+Use apt.
+
+Setext Heading
+--------------
+
+Under setext.
+
+# Appendix
+
+- item one
+---
+"""
+
+
+def test_markdown_sections_keep_heading_paths() -> None:
+    doc = parse_document(MARKDOWN, filename="guide.md")
+    assert doc.mime == MIME_MARKDOWN
+    assert doc.title == "Operator Guide"  # front matter beats the first H1
+    headings = [s.heading for s in doc.sections]
+    assert headings == [
+        None,
+        "Guide",
+        "Guide > Install",
+        "Guide > Install > Linux",
+        "Guide > Setext Heading",
+        "Appendix",
+    ]
+    texts = {s.heading: s.text for s in doc.sections}
+    assert texts[None] == "Preamble before any heading."
+    assert "# this is a shell comment, not a heading" in texts["Guide > Install"]
+    assert "tags:" not in doc.text  # front matter is metadata, not content
+    assert texts["Appendix"] == "- item one\n---"  # "---" after a list item is a rule
+
+
+def test_markdown_title_from_first_h1_without_front_matter() -> None:
+    doc = parse_document(b"intro\n\n# The Title\n\ntext\n\n# Second\n", filename="x.md")
+    assert doc.title == "The Title"
+
+
+# --------------------------------------------------------------------------- html
+
+HTML = """<!DOCTYPE html>
+<html><head>
+  <meta charset="utf-8"><title>Roost &amp; Friends</title>
+  <style>body { color: red; }</style>
+  <script>var secret = "do not index";</script>
+</head>
+<body>
+  <header><h1>Site Banner</h1><nav><a href="/">Home</a> <a href="/about">About</a></nav></header>
+  <div role="navigation">Breadcrumbs</div>
+  <main>
+    <h1>Vector Search</h1>
+    <p>PostgreSQL   stores
+       embeddings with <b>pgvector</b>.</p>
+    <h2>Indexes</h2>
+    <p>HNSW uses m=16 &amp; ef_construction=64.</p>
+    <pre>CREATE INDEX ON chunks
+    USING hnsw (embedding vector_cosine_ops);</pre>
+    <h3>Tuning</h3>
+    <ul><li>Raise ef_search</li><li>Watch recall</li></ul>
+    <h4>Minor note</h4><p>Small heading stays text.</p>
+    <div hidden>Hidden text</div>
+    <noscript>Enable JS</noscript>
+  </main>
+  <aside>Related articles</aside>
+  <footer>Copyright 2026</footer>
+  <script>trackUser();</script>
+</body></html>
+"""
+
+
+def test_html_boilerplate_dropped_and_headings_kept() -> None:
+    doc = parse_document(HTML.encode(), filename=None, mime="text/html")
+    assert doc.mime == MIME_HTML
+    assert doc.title == "Roost & Friends"
+    text = doc.text
+    for boilerplate in (
+        "Site Banner", "Home", "About", "Breadcrumbs", "Related articles", "Copyright",
+        "secret", "trackUser", "color: red", "Hidden text", "Enable JS",
+    ):  # fmt: skip
+        assert boilerplate not in text, boilerplate
+    by_heading = {s.heading: s.text for s in doc.sections}
+    assert by_heading["Vector Search"] == "PostgreSQL stores embeddings with pgvector."
+    assert "HNSW uses m=16 & ef_construction=64." in by_heading["Vector Search > Indexes"]
+    # <pre> keeps its line breaks and indentation.
+    assert "CREATE INDEX ON chunks\n    USING hnsw" in by_heading["Vector Search > Indexes"]
+    tuning = by_heading["Vector Search > Indexes > Tuning"]
+    assert "Raise ef_search\nWatch recall" in tuning
+    assert "Minor note\n\nSmall heading stays text." in tuning
+
+
+def test_html_without_main_keeps_all_non_boilerplate_text() -> None:
+    page = b"<html><body><nav>menu</nav><h2>Part</h2><p>One.</p><p>Two.</p></body></html>"
+    doc = parse_document(page, filename="p.html")
+    assert [(s.heading, s.text) for s in doc.sections] == [("Part", "One.\n\nTwo.")]
+    assert doc.title == "p.html"
+
+
+def test_html_meta_charset_is_honoured() -> None:
+    page = '<html><head><meta charset="iso-8859-1"></head><body><p>déjà vu</p></body></html>'
+    doc = parse_document(page.encode("latin-1"), filename="p.html")
+    assert doc.text == "déjà vu"
+
+
+def test_html_with_unclosed_boilerplate_does_not_crash() -> None:
+    doc = parse_document(b"<p>before</p><nav><ul><li>x", filename="p.html")
+    assert doc.text == "before"
+
+
+def test_html_with_unclosed_title_and_headings_keeps_the_text() -> None:
+    doc = parse_document(b"<title>T<body><h1>Head<p>para text</p>", filename="p.html")
+    assert doc.title == "T"
+    assert "para text" in doc.text
+    doc = parse_document(b"<h1>One</h1>a<h2>Two<h2>Three</h2>b", filename="p.html")
+    assert [(s.heading, s.text) for s in doc.sections] == [("One", "a"), ("One > Three", "b")]
+
+
+# --------------------------------------------------------------------------- pdf
+
+
+def test_pdf_pages_and_title() -> None:
+    data = make_pdf(["Chapter one\nThe quick brown fox.", "", "Chapter two is here."], title="Fox Book")
+    doc = parse_document(data, filename="fox.pdf", mime="application/pdf")
+    assert doc.mime == MIME_PDF
+    assert doc.title == "Fox Book"
+    assert [(s.page, s.text) for s in doc.sections] == [
+        (1, "Chapter one\nThe quick brown fox."),
+        (3, "Chapter two is here."),
+    ]
+    assert doc.warnings == ["1 of 3 pages had no extractable text"]
+
+
+def test_pdf_outline_becomes_section_headings() -> None:
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(make_pdf(["a", "b", "c"]))))
+    writer.add_outline_item(title="Intro", page_number=0)
+    part = writer.add_outline_item(title="Part B", page_number=1)
+    writer.add_outline_item(title="Details", page_number=2, parent=part)
+    out = io.BytesIO()
+    writer.write(out)
+    doc = parse_document(out.getvalue(), filename="x.pdf")
+    assert [(s.page, s.heading) for s in doc.sections] == [
+        (1, "Intro"),
+        (2, "Part B"),
+        (3, "Part B > Details"),
+    ]
+
+
+def test_pdf_without_text_warns_instead_of_failing() -> None:
+    doc = parse_document(make_pdf(["", ""]), filename="scan.pdf")
+    assert doc.sections == []
+    assert "OCR" in doc.warnings[0]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        make_pdf(["hello world"])[:200],  # truncated mid-file
+        b"%PDF-1.7\n" + b"\x00garbage" * 50,
+        b"%PDF-",
+    ],
+)
+def test_corrupt_pdf_raises_corrupt_document(data: bytes) -> None:
+    with pytest.raises(CorruptDocument) as info:
+        parse_document(data, filename="broken.pdf")
+    assert "PDF" in info.value.detail
+    assert info.value.status == 422
+
+
+def test_pdf_named_file_without_pdf_content_is_corrupt() -> None:
+    with pytest.raises(CorruptDocument, match="no %PDF- header"):
+        parse_document(b"just some text", filename="fake.pdf")
+    with pytest.raises(CorruptDocument):
+        parse_document(b"just some text", filename=None, mime="application/pdf")
+
+
+def test_password_protected_pdf_is_unsupported() -> None:
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(make_pdf(["secret"]))))
+    writer.encrypt(user_password="pw", owner_password="owner", algorithm="AES-256")
+    out = io.BytesIO()
+    writer.write(out)
+    with pytest.raises(UnsupportedDocument, match="password"):
+        parse_document(out.getvalue(), filename="locked.pdf")
+
+
+def test_pdf_encrypted_with_empty_password_is_read() -> None:
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(make_pdf(["open secret"]))))
+    writer.encrypt(user_password="", owner_password="owner", algorithm="AES-128")
+    out = io.BytesIO()
+    writer.write(out)
+    assert parse_document(out.getvalue(), filename="perm.pdf").text == "open secret"
+
+
+# --------------------------------------------------------------------------- robustness
+
+_VALID_PDF = make_pdf(["Robust parsing\nsecond line", "page two"], title="T")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.binary(max_size=400),
+    filename=st.sampled_from([None, "x.pdf", "x.html", "x.md", "x.txt", "x.bin"]),
+    mime=st.sampled_from([None, "application/pdf", "text/html", "text/plain", "image/png"]),
+)
+def test_arbitrary_bytes_only_ever_raise_parse_errors(
+    data: bytes, filename: str | None, mime: str | None
+) -> None:
+    try:
+        parse_document(data, filename=filename, mime=mime)
+    except ParseError:
+        pass
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(_VALID_PDF) - 1), st.integers(0, 255)),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_damaged_pdfs_only_ever_raise_parse_errors(flips: list[tuple[int, int]]) -> None:
+    data = bytearray(_VALID_PDF)
+    for position, value in flips:
+        data[position] = value
+    try:
+        parse_document(bytes(data), filename="x.pdf")
+    except ParseError:
+        pass
