@@ -276,11 +276,18 @@ def schema_coverage() -> None:
     from roost.seedmap import coverage, load_seed_map
 
     rows = coverage(load_seed_map())
-    table = Table("seed", "tables", "mapped", "omitted", "missing", "columns", "covered")
+    # Plain aligned text: seed file names must never be truncated, whatever the width.
+    console.print(
+        f"{'seed':<26} {'tables':>6} {'mapped':>7} {'omitted':>8} {'missing':>8} "
+        f"{'columns':>8} {'covered':>8}",
+        markup=False,
+    )
     for r in rows:
-        table.add_row(r.seed, str(r.tables), str(r.mapped), str(r.omitted), str(r.missing),
-                      str(r.total), f"{r.covered_pct:.1f}%")
-    console.print(table)
+        console.print(
+            f"{r.seed:<26} {r.tables:>6} {r.mapped:>7} {r.omitted:>8} {r.missing:>8} {r.total:>8} "
+            f"{r.covered_pct:>7.1f}%",
+            markup=False,
+        )
 
 
 def main() -> None:
