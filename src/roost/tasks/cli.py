@@ -144,8 +144,7 @@ def tasks_retry(
         if await session.get(DeadLetter, ident) is None:
             # Accept the original job's id too: that is what `tasks ls` shows.
             found = (await session.scalars(
-                select(DeadLetter.id).where(DeadLetter.original_task_id == ident,
-                                            DeadLetter.retried_at.is_(None))
+                select(DeadLetter.id).where(DeadLetter.original_task_id == ident)
                 .order_by(DeadLetter.moved_at.desc()).limit(1))).first()
             letter_id = found or ident
         task = await service.retry_dead_letter(session, OPERATOR, letter_id)

@@ -1,0 +1,99 @@
+"""``roost tasks ...`` and ``roost worker`` argument handling, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from roost.db.engine import Database
+from roost.tasks import service
+from roost.tasks.worker import reap_expired
+from tests.tasks import handlers  # noqa: F401  (registers the test task types)
+from tests.tasks.support import REPO, ROOST, scalar
+
+
+def _roost(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
+    full.update(env)
+    full["COLUMNS"] = "250"
+    return subprocess.run([ROOST, *args], env=full, cwd=REPO, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def _env(pg_server: Any, db_name: str, tmp_path: Path) -> dict[str, str]:
+    return {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+            "ROOST_DATA_DIR": str(tmp_path / "data"), "ROOST_LOG_LEVEL": "warning"}
+
+
+async def test_tasks_commands(
+    pg_server: Any, db_name: str, database: Database, tmp_path: Path
+) -> None:
+    env = _env(pg_server, db_name, tmp_path)
+    async with database.transaction() as session:
+        waiting = await service.enqueue(session, "test.noop", {"who": "cli"}, priority="high")
+        doomed = await service.enqueue(session, "test.record", {"label": "d"}, max_retries=0)
+        await session.execute(text(
+            "UPDATE background_tasks SET status = 'running', worker_id = 'w', attempts = 1,"
+            " lease_expires_at = now() - interval '1 second' WHERE id = :id"), {"id": doomed.id})
+    await reap_expired(database)
+
+    ls = _roost(env, "tasks", "ls", "--priority", "high")
+    assert ls.returncode == 0, ls.stderr
+    assert str(waiting.id) in ls.stdout and str(doomed.id) not in ls.stdout
+
+    listed = _roost(env, "tasks", "ls", "--status", "dead_letter", "--json")
+    assert json.loads(listed.stdout)["id"] == str(doomed.id)
+
+    show = _roost(env, "tasks", "show", str(waiting.id))
+    assert show.returncode == 0 and json.loads(show.stdout)["payload"] == {"who": "cli"}
+
+    stats = _roost(env, "tasks", "stats", "--json")
+    data = json.loads(stats.stdout)
+    assert data["by_status"]["pending"] == 1 and data["by_status"]["dead_letter"] == 1
+    assert "oldest runnable job" in _roost(env, "tasks", "stats").stdout
+
+    letters = _roost(env, "tasks", "dead-letters")
+    assert str(doomed.id) in letters.stdout
+    # `retry` takes the dead job's id (what `ls` shows) as well as the dead letter's.
+    retry = _roost(env, "tasks", "retry", str(doomed.id))
+    assert retry.returncode == 0 and f"requeued as task {doomed.id}" in retry.stdout
+    again = _roost(env, "tasks", "retry", str(doomed.id))
+    assert again.returncode == 1 and "already retried" in again.stderr
+
+    assert "paused" in _roost(env, "tasks", "pause", str(waiting.id)).stdout
+    assert "queued" in _roost(env, "tasks", "resume", str(waiting.id)).stdout
+    assert "cancelled" in _roost(env, "tasks", "cancel", str(waiting.id)).stdout
+    twice = _roost(env, "tasks", "cancel", str(waiting.id))
+    assert twice.returncode == 1 and "already cancelled" in twice.stderr
+    bad = _roost(env, "tasks", "ls", "--status", "exploded")
+    assert bad.returncode == 2
+    assert await scalar(database, "SELECT count(*) FROM audit_logs WHERE action LIKE 'task.%'"
+                        " AND correlation_id LIKE 'cli-%'") == 4  # retry, pause, resume, cancel
+
+
+async def test_worker_refuses_a_module_it_cannot_import(
+    pg_server: Any, db_name: str, tmp_path: Path
+) -> None:
+    result = _roost(_env(pg_server, db_name, tmp_path), "worker", "--import", "no_such_module_x")
+    assert result.returncode == 2
+    assert "cannot import" in result.stderr
+
+
+async def test_worker_refuses_a_database_without_the_task_tables(
+    pg_server: Any, tmp_path: Path
+) -> None:
+    from tests.support.pg import unique_db_name
+
+    name = unique_db_name("empty")
+    await pg_server.create_database(name)
+    try:
+        result = _roost(_env(pg_server, name, tmp_path), "worker")
+        assert result.returncode == 1
+        assert "roost db upgrade" in result.stderr
+    finally:
+        await pg_server.drop_database(name)

@@ -1,0 +1,161 @@
+"""Schedules: periods, registration rules, and one firing per period under contention."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit.models import AuditLog
+from roost.db.engine import Database
+from roost.tasks import schedules
+from roost.tasks.schedules import Schedule, fire_due, register_schedule, sync_schedules
+from tests.tasks import handlers  # noqa: F401  (registers test.record)
+from tests.tasks.support import fetch
+
+
+def test_interval_periods_are_aligned_on_the_epoch() -> None:
+    s = Schedule(name="s", task_type="t", every=timedelta(minutes=15))
+    now = datetime(2026, 3, 1, 10, 37, 12, tzinfo=UTC)
+    assert s.period_start(now) == datetime(2026, 3, 1, 10, 30, tzinfo=UTC)
+    assert s.next_after(now) == datetime(2026, 3, 1, 10, 45, tzinfo=UTC)
+    assert s.first_run(now) == s.period_start(now)  # intervals fire their current period
+
+
+def test_cron_periods() -> None:
+    s = Schedule(name="s", task_type="t", cron="0 3 * * *")
+    now = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    assert s.period_start(now) == datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
+    assert s.next_after(now) == datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
+    exactly = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
+    assert s.period_start(exactly) == exactly
+    assert s.first_run(now) == datetime(2026, 3, 2, 3, 0, tzinfo=UTC)  # cron waits
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "exactly one"),
+        ({"every": timedelta(seconds=5), "cron": "* * * * *"}, "exactly one"),
+        ({"every": timedelta(milliseconds=500)}, "whole number"),
+        ({"cron": "every tuesday"}, "not a valid cron"),
+    ],
+)
+def test_bad_schedules_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        register_schedule("bad", "test.record", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def fast_schedule() -> Iterator[str]:
+    name = "test.contended"
+    register_schedule(name, "test.record", every=timedelta(seconds=1), payload={"label": "c"})
+    yield name
+    schedules.unregister_schedule(name)
+
+
+async def test_concurrent_ticks_fire_each_period_once(
+    runs_table: Database, fast_schedule: str
+) -> None:
+    await asyncio.gather(*(sync_schedules(runs_table) for _ in range(4)))
+    deadline = asyncio.get_running_loop().time() + 2.6
+    while asyncio.get_running_loop().time() < deadline:
+        # Eight concurrent "workers" tick at once, repeatedly.
+        await asyncio.gather(*(fire_due(runs_table) for _ in range(8)))
+        await asyncio.sleep(0.05)
+    rows = await fetch(runs_table, "SELECT idempotency_key FROM background_tasks"
+                       " WHERE idempotency_key LIKE :k ORDER BY 1", k=f"schedule:{fast_schedule}:%")
+    periods = [datetime.fromisoformat(r[0].split(":", 2)[2]) for r in rows]
+    assert 2 <= len(periods) <= 4
+    assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(periods))
+    state = (await fetch(runs_table, "SELECT last_task_id, next_run_at, last_run_at"
+                         " FROM task_schedules WHERE name = :n", n=fast_schedule))[0]
+    assert state.last_task_id is not None and state.next_run_at > state.last_run_at
+
+
+async def test_changing_the_period_resets_the_timing(runs_table: Database) -> None:
+    name = "test.changing"
+    register_schedule(name, "test.record", cron="0 0 1 1 *")
+    try:
+        await sync_schedules(runs_table)
+        first = (await fetch(runs_table, "SELECT next_run_at FROM task_schedules"
+                             " WHERE name = :n", n=name))[0][0]
+        assert first.month == 1 and first.day == 1
+        await sync_schedules(runs_table)  # same spec: untouched
+        again = (await fetch(runs_table, "SELECT next_run_at FROM task_schedules"
+                             " WHERE name = :n", n=name))[0][0]
+        assert again == first
+        schedules.unregister_schedule(name)
+        register_schedule(name, "test.record", every=timedelta(hours=1))
+        await sync_schedules(runs_table)
+        changed = (await fetch(runs_table, "SELECT next_run_at, interval_seconds, cron"
+                               " FROM task_schedules WHERE name = :n", n=name))[0]
+        assert changed.interval_seconds == 3600 and changed.cron is None
+        assert changed.next_run_at <= datetime.now(UTC)  # fires its current hour at once
+    finally:
+        schedules.unregister_schedule(name)
+
+
+async def test_audit_retention_job(runs_table: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    from roost.config import get_settings
+    from roost.tasks import jobs
+    from roost.tasks.registry import TaskContext
+
+    ctx = TaskContext(task_id=__import__("uuid").uuid4(), task_type="audit.retention",
+                      queue="maintenance", priority="background", attempt=1, retry_count=0,
+                      max_retries=2, scheduled_at=datetime.now(UTC), worker_id="t",
+                      database=runs_table)
+    monkeypatch.delenv("ROOST_AUDIT_RETENTION_DAYS", raising=False)
+    get_settings.cache_clear()
+    try:
+        assert "skipped" in await jobs.audit_retention(ctx, {})
+        async with runs_table.transaction() as session:
+            old = datetime.now(UTC) - timedelta(days=40)
+            await record(session, "test.old", created_at=old)
+        async with runs_table.transaction() as session:
+            await record(session, "test.recent")
+        monkeypatch.setenv("ROOST_AUDIT_RETENTION_DAYS", "30")
+        get_settings.cache_clear()
+        assert await jobs.audit_retention(ctx, {}) == {"deleted": 1, "retention_days": 30}
+        actions = [r[0] for r in await fetch(runs_table, "SELECT action FROM audit_logs"
+                                             " ORDER BY seq")]
+        assert actions == ["test.recent", "audit.retention"]
+    finally:
+        get_settings.cache_clear()
+
+
+async def record(session: AsyncSession, action: str, created_at: datetime | None = None) -> None:
+    """An audit record, backdated when asked (the chain trigger keeps created_at)."""
+    session.add(AuditLog(action=action, **({"created_at": created_at} if created_at else {})))
+    await session.flush()
+
+
+async def test_prune_deletes_old_finished_jobs_only(
+    runs_table: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from roost.tasks import jobs, service
+    from roost.tasks.registry import TaskContext
+
+    async with runs_table.transaction() as session:
+        ids = [(await service.enqueue(session, "test.noop", {"i": i})).id for i in range(4)]
+    async with runs_table.transaction() as session:
+        from sqlalchemy import text
+
+        # old completed, old cancelled, recent completed, old dead letter
+        for task_id, status, age in zip(ids, ("completed", "cancelled", "completed",
+                                              "dead_letter"), (20, 20, 1, 20), strict=True):
+            await session.execute(text(
+                "UPDATE background_tasks SET status = CAST(:s AS task_status),"
+                " completed_at = now() - make_interval(days => :d) WHERE id = :id"),
+                {"s": status, "d": age, "id": task_id})
+    monkeypatch.setenv("ROOST_WORKER_COMPLETED_RETENTION_DAYS", "14")
+    ctx = TaskContext(task_id=ids[0], task_type="tasks.prune", queue="maintenance",
+                      priority="background", attempt=1, retry_count=0, max_retries=2,
+                      scheduled_at=datetime.now(UTC), worker_id="t", database=runs_table)
+    assert await jobs.prune_finished(ctx, {}) == {"deleted": 2, "retention_days": 14}
+    left = {r[0] for r in await fetch(runs_table, "SELECT id FROM background_tasks")}
+    assert left == {ids[2], ids[3]}
