@@ -6,8 +6,10 @@ A new domain adds one import line here.
 from __future__ import annotations
 
 from roost.audit import models as _audit  # noqa: F401
+from roost.chat import models as _chat  # noqa: F401
 from roost.db.base import Base
 from roost.identity import models as _identity  # noqa: F401
+from roost.llm import models as _llm  # noqa: F401
 from roost.tasks import models as _tasks  # noqa: F401
 
 target_metadata = Base.metadata

@@ -1,0 +1,1 @@
+"""Conversations: encrypted chat sessions and messages, state, history and summaries."""
