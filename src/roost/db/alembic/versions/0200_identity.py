@@ -140,7 +140,8 @@ $$;
 CREATE FUNCTION roost_lookup_user_id(p_login text) RETURNS uuid
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
   SELECT id FROM users
-   WHERE (username = p_login OR email = lower(p_login)) AND status = 'active' AND is_active
+   WHERE (username = lower(p_login) OR email = lower(p_login) OR id::text = lower(p_login))
+     AND status = 'active' AND is_active
 $$;
 """,
     r"""

@@ -1,0 +1,236 @@
+"""Passkeys (WebAuthn): registration and sign-in ceremonies, list/rename/delete.
+
+Challenges are kept server-side in ``auth_challenges`` (single use, five minutes) and
+named by id in the second step, so the ceremony works without cookies.  Sign-in is
+username-less (discoverable credentials): the authenticator says which credential it
+used, and we look it up.  A passkey with user verification is a complete sign-in; it
+does not ask for TOTP on top.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit.service import record
+from roost.errors import BadRequest, Conflict, NotFound, Unauthorized, Unprocessable
+from roost.http.auth import Principal
+from roost.identity import throttle
+from roost.identity.common import load_user, require_user, utcnow
+from roost.identity.config import IdentityConfig
+from roost.identity.models import AuthChallenge, PasskeyCredential
+from roost.identity.sessions import (
+    ClientInfo,
+    IssuedTokens,
+    check_standing,
+    record_auth_failure,
+    start_session,
+)
+from roost.security.webauthn_helpers import (
+    begin_authentication,
+    begin_registration,
+    finish_authentication,
+    finish_registration,
+)
+
+CHALLENGE_TTL = timedelta(minutes=5)
+MAX_PASSKEYS_PER_USER = 50
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def user_handle(user_id: uuid.UUID) -> bytes:
+    """Stable per user, not the id itself (the authenticator stores and reveals it)."""
+    return hashlib.sha256(b"roost-webauthn-user:" + user_id.bytes).digest()
+
+
+def _name(raw: str | None, default: str) -> str:
+    name = (raw or "").strip() or default
+    if len(name) > 100:
+        raise Unprocessable("passkey name must be at most 100 characters", extra={"field": "name"})
+    return name
+
+
+async def _take_challenge(
+    session: AsyncSession, challenge_id: uuid.UUID, purpose: str, user_id: uuid.UUID | None
+) -> AuthChallenge | None:
+    """Delete-and-return: a challenge answers exactly one ceremony."""
+    stmt = delete(AuthChallenge).where(
+        AuthChallenge.id == challenge_id, AuthChallenge.purpose == purpose,
+        AuthChallenge.expires_at > func.now(),
+    )
+    if user_id is not None:
+        stmt = stmt.where(AuthChallenge.user_id == user_id)
+    row: AuthChallenge | None = (
+        await session.scalars(stmt.returning(AuthChallenge))
+    ).one_or_none()
+    return row
+
+
+async def begin_register(
+    session: AsyncSession, cfg: IdentityConfig, principal: Principal, name: str | None = None
+) -> tuple[uuid.UUID, dict[str, Any]]:
+    user = await load_user(session, require_user(principal))
+    existing = list((await session.scalars(
+        select(PasskeyCredential.credential_id).where(PasskeyCredential.user_id == user.id)
+    )).all())
+    if len(existing) >= MAX_PASSKEYS_PER_USER:
+        raise BadRequest(f"an account may hold at most {MAX_PASSKEYS_PER_USER} passkeys")
+    options, challenge = begin_registration(
+        cfg.rp, user_handle=user_handle(user.id), user_name=user.username,
+        display_name=user.full_name or user.username,
+        exclude_credential_ids=[_b64url_decode(c) for c in existing],
+    )
+    row = AuthChallenge(user_id=user.id, purpose="passkey_register", challenge=challenge,
+                        payload={"name": _name(name, "Passkey")},
+                        expires_at=utcnow() + CHALLENGE_TTL)
+    session.add(row)
+    await session.flush()
+    return row.id, options
+
+
+async def finish_register(
+    session: AsyncSession, cfg: IdentityConfig, principal: Principal, *,
+    challenge_id: uuid.UUID, credential: dict[str, Any], name: str | None = None,
+) -> PasskeyCredential:
+    user_id = require_user(principal)
+    challenge = await _take_challenge(session, challenge_id, "passkey_register", user_id)
+    if challenge is None or challenge.challenge is None:
+        raise BadRequest("this passkey registration has expired or was already finished; "
+                         "start again")
+    verified = finish_registration(cfg.rp, credential=credential,
+                                   expected_challenge=challenge.challenge)
+    credential_id = b64url(verified.credential_id)
+    taken = await session.scalar(
+        select(PasskeyCredential.id).where(PasskeyCredential.credential_id == credential_id)
+    )
+    if taken is not None:
+        raise Conflict("this passkey is already registered")
+    row = PasskeyCredential(
+        user_id=user_id, credential_id=credential_id, public_key=verified.public_key,
+        sign_count=verified.sign_count, aaguid=verified.aaguid,
+        device_type=verified.device_type, backed_up=verified.backed_up,
+        credential_name=_name(name, str(challenge.payload.get("name") or "Passkey")),
+    )
+    session.add(row)
+    await session.flush()
+    await record(session, "passkey.registered", user_id=user_id, resource_type="passkey",
+                 resource_id=row.id, changes={"name": row.credential_name})
+    return row
+
+
+async def begin_login(session: AsyncSession, cfg: IdentityConfig) -> tuple[uuid.UUID, dict[str, Any]]:
+    options, challenge = begin_authentication(cfg.rp)
+    row = AuthChallenge(user_id=None, purpose="passkey_login", challenge=challenge,
+                        expires_at=utcnow() + CHALLENGE_TTL)
+    session.add(row)
+    await session.flush()
+    return row.id, options
+
+
+def _credential_id_of(credential: dict[str, Any]) -> str | None:
+    value = credential.get("rawId") or credential.get("id")
+    if not isinstance(value, str) or not 1 <= len(value) <= 1400:
+        return None
+    try:
+        return b64url(_b64url_decode(value))  # canonical form, as stored
+    except (binascii.Error, ValueError):
+        return None
+
+
+async def finish_login(
+    session: AsyncSession, cfg: IdentityConfig, *, challenge_id: uuid.UUID,
+    credential: dict[str, Any], client: ClientInfo,
+) -> IssuedTokens:
+    ip = throttle.ip_key(client.ip)
+    if ip:
+        await throttle.check_not_locked(session, [ip])
+
+    async def fail(reason: str, user_id: uuid.UUID | None = None) -> Unauthorized:
+        await record_auth_failure(session, cfg, action="auth.passkey_failed", user_id=user_id,
+                                  login=f"passkey:{user_id or 'unknown'}", client=client,
+                                  reason=reason)
+        return Unauthorized("passkey sign-in failed")
+
+    challenge = await _take_challenge(session, challenge_id, "passkey_login", None)
+    if challenge is None or challenge.challenge is None:
+        raise await fail("expired_challenge")
+    cred_id = _credential_id_of(credential)
+    stored = await session.scalar(
+        select(PasskeyCredential).where(PasskeyCredential.credential_id == cred_id)
+    ) if cred_id else None
+    if stored is None:
+        raise await fail("unknown_credential")
+    handle = (credential.get("response") or {}).get("userHandle")
+    if handle is not None:
+        try:
+            matches = hmac.compare_digest(_b64url_decode(str(handle)), user_handle(stored.user_id))
+        except (binascii.Error, ValueError):
+            matches = False
+        if not matches:
+            raise await fail("user_handle_mismatch", stored.user_id)
+    try:
+        assertion = finish_authentication(
+            cfg.rp, credential=credential, expected_challenge=challenge.challenge,
+            public_key=stored.public_key, current_sign_count=stored.sign_count,
+        )
+    except Unauthorized:
+        raise await fail("bad_assertion", stored.user_id) from None
+    user = await load_user(session, stored.user_id)
+    check_standing(user)
+    stored.sign_count = assertion.new_sign_count
+    stored.backed_up = assertion.backed_up
+    stored.last_used_at = utcnow()
+    await session.flush()
+    return await start_session(session, cfg, user, method="passkey", client=client)
+
+
+async def list_passkeys(session: AsyncSession, principal: Principal) -> list[PasskeyCredential]:
+    owner = require_user(principal)
+    return list((await session.scalars(
+        select(PasskeyCredential).where(PasskeyCredential.user_id == owner)
+        .order_by(PasskeyCredential.created_at)
+    )).all())
+
+
+async def _own(session: AsyncSession, principal: Principal, passkey_id: uuid.UUID) -> PasskeyCredential:
+    row = await session.get(PasskeyCredential, passkey_id)
+    if row is None or (row.user_id != principal.user_id and not principal.is_admin):
+        raise NotFound("no such passkey")
+    return row
+
+
+async def rename_passkey(
+    session: AsyncSession, principal: Principal, passkey_id: uuid.UUID, name: str
+) -> PasskeyCredential:
+    row = await _own(session, principal, passkey_id)
+    before = row.credential_name
+    row.credential_name = _name(name, "Passkey")
+    await session.flush()
+    await record(session, "passkey.renamed", user_id=principal.user_id or row.user_id,
+                 resource_type="passkey", resource_id=row.id,
+                 changes={"before": before, "after": row.credential_name})
+    return row
+
+
+async def delete_passkey(session: AsyncSession, principal: Principal, passkey_id: uuid.UUID) -> None:
+    row = await _own(session, principal, passkey_id)
+    await session.delete(row)
+    await session.flush()
+    await record(session, "passkey.deleted", user_id=principal.user_id or row.user_id,
+                 resource_type="passkey", resource_id=passkey_id,
+                 changes={"name": row.credential_name, "owner": str(row.user_id)})

@@ -1,0 +1,396 @@
+"""Sign-in, sessions and tokens.
+
+A login creates a ``sessions`` row holding the SHA-256 of an opaque refresh token and
+returns a short-lived JWT access token naming the row (``sid``).  The resolver checks
+the row on every request, so logout, logout-everywhere, device revocation, suspension
+and admin revocation take effect on the very next request.  Refresh tokens rotate on
+every use; presenting a replaced one again revokes the session (it was copied).
+
+Failures are written in an independent transaction (the request's rolls back with the
+error) so counters and audit records of failed attempts survive.  Unknown names and
+wrong passwords get the same answer after the same amount of argon2 work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit.service import record
+from roost.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from roost.http.auth import Principal
+from roost.identity import throttle
+from roost.identity.accounts import find_user
+from roost.identity.common import load_user, require_user, target_user_id, utcnow
+from roost.identity.config import IdentityConfig
+from roost.identity.devices import record_login_device
+from roost.identity.models import AuthChallenge, Session, User, UserTwoFactorAuth
+from roost.security.passwords import (
+    MAX_PASSWORD_LENGTH,
+    check_password_policy,
+    dummy_verify,
+    hash_password,
+    needs_rehash,
+    verify_password,
+)
+from roost.security.tokens import (
+    generate_refresh_token,
+    hash_refresh_token,
+    hash_token,
+    issue_access_token,
+)
+
+MFA_CHALLENGE_TTL = timedelta(minutes=5)
+MFA_MAX_ATTEMPTS = 5
+BAD_CREDENTIALS = "incorrect username/email or password"
+# Revoked rows are kept this long so "your sessions" can still show a recent logout.
+REVOKED_RETENTION = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    ip: str | None = None
+    user_agent: str | None = None
+    device_name: str | None = None
+    device_type: str | None = None
+
+
+@dataclass(frozen=True)
+class IssuedTokens:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    refresh_expires_at: datetime
+    session_id: uuid.UUID
+    user: User
+
+
+@dataclass(frozen=True)
+class MfaRequired:
+    mfa_token: str
+    expires_in: int
+    methods: list[str] = field(default_factory=lambda: ["totp", "backup_code"])
+
+
+def _limits(cfg: IdentityConfig) -> throttle.Limits:
+    return throttle.Limits(cfg.max_failures_per_account, cfg.max_failures_per_ip,
+                           cfg.failure_window_s, cfg.lockout_s)
+
+
+async def _verify(stored: str | None, password: str) -> bool:
+    """argon2/bcrypt off the event loop; a dummy hash when there is nothing to compare."""
+    if stored is None:
+        await asyncio.to_thread(dummy_verify)
+        return False
+    return await asyncio.to_thread(verify_password, stored, password)
+
+
+async def record_auth_failure(
+    session: AsyncSession,
+    cfg: IdentityConfig,
+    *,
+    action: str,
+    user_id: uuid.UUID | None,
+    login: str,
+    client: ClientInfo,
+    reason: str,
+    count: bool = True,
+) -> None:
+    """Audit a failed attempt and count it per account and per address, durably."""
+    limits = _limits(cfg)
+    async with throttle.independent_transaction(session) as other:
+        locked: list[str] = []
+        if count:
+            acct = throttle.account_key(user_id, login)
+            if await throttle.record_failure(other, acct, limits.per_account, limits):
+                locked.append("account")
+            ip = throttle.ip_key(client.ip)
+            if ip and await throttle.record_failure(other, ip, limits.per_ip, limits):
+                locked.append("ip")
+        meta = {"login": login.strip().lower()[:255], "reason": reason}
+        await record(other, action, user_id=user_id, category="access", success=False,
+                     resource_type="user", resource_id=user_id, metadata=meta,
+                     error_message=reason)
+        for scope in locked:
+            await record(other, "auth.lockout", user_id=user_id, category="access",
+                         resource_type="user", resource_id=user_id,
+                         metadata={"scope": scope, "login": meta["login"],
+                                   "lockout_s": limits.lockout_s})
+
+
+def check_standing(user: User) -> None:
+    if user.status == "pending_approval":
+        raise Forbidden("this account is awaiting approval by an administrator")
+    if user.status != "active" or not user.is_active:
+        raise Forbidden("this account is suspended; contact an administrator")
+
+
+async def start_session(
+    session: AsyncSession, cfg: IdentityConfig, user: User, *, method: str, client: ClientInfo,
+) -> IssuedTokens:
+    device_id = await record_login_device(
+        session, user.id, user_agent=client.user_agent, ip=client.ip,
+        device_name=client.device_name, device_type=client.device_type,
+    )
+    refresh = generate_refresh_token()
+    expires_at = utcnow() + timedelta(seconds=cfg.refresh_ttl_s)
+    row = Session(
+        user_id=user.id, token_hash=hash_refresh_token(refresh), expires_at=expires_at,
+        auth_method=method, device_id=device_id, ip_address=client.ip,
+        user_agent=client.user_agent[:1000] if client.user_agent else None,
+        last_used_at=utcnow(),
+    )
+    session.add(row)
+    user.last_login_at = utcnow()
+    await session.flush()
+    access = issue_access_token(cfg.jwt_secret, user_id=user.id, session_id=row.id,
+                                ttl_seconds=cfg.access_ttl_s)
+    await record(session, "auth.login", user_id=user.id, category="access",
+                 resource_type="session", resource_id=row.id,
+                 metadata={"method": method, "device_id": str(device_id)})
+    return IssuedTokens(access, refresh, cfg.access_ttl_s, expires_at, row.id, user)
+
+
+async def login(
+    session: AsyncSession, cfg: IdentityConfig, *, login: str, password: str, client: ClientInfo,
+) -> IssuedTokens | MfaRequired:
+    """Password sign-in: tokens, or an MFA challenge when TOTP is enabled."""
+    user = await find_user(session, login) if len(login) <= 255 else None
+    acct = throttle.account_key(user.id if user else None, login)
+    keys = [acct] + ([k] if (k := throttle.ip_key(client.ip)) else [])
+    await throttle.check_not_locked(session, keys)
+    if len(password) > MAX_PASSWORD_LENGTH:
+        ok = False
+        await asyncio.to_thread(dummy_verify)
+    else:
+        ok = await _verify(user.hashed_password if user else None, password)
+    if not ok or user is None:
+        await record_auth_failure(session, cfg, action="auth.login_failed",
+                                  user_id=user.id if user else None, login=login, client=client,
+                                  reason="unknown_user" if user is None else "bad_password")
+        raise Unauthorized(BAD_CREDENTIALS)
+    try:
+        check_standing(user)
+    except Forbidden:
+        await record_auth_failure(session, cfg, action="auth.login_failed", user_id=user.id,
+                                  login=login, client=client, reason=f"status_{user.status}",
+                                  count=False)
+        raise
+    assert user.hashed_password is not None
+    if needs_rehash(user.hashed_password):
+        # Imported bcrypt (or weaker argon2) hashes become argon2id while we hold the password.
+        user.hashed_password = await asyncio.to_thread(hash_password, password)
+        await record(session, "user.password_rehashed", user_id=user.id, category="system",
+                     resource_type="user", resource_id=user.id)
+    await throttle.clear(session, acct)
+    tfa = await session.scalar(
+        select(UserTwoFactorAuth).where(UserTwoFactorAuth.user_id == user.id)
+    )
+    if tfa is not None and tfa.is_enabled:
+        token = generate_refresh_token()
+        session.add(AuthChallenge(
+            user_id=user.id, purpose="mfa_login", token_hash=hash_token(token),
+            expires_at=utcnow() + MFA_CHALLENGE_TTL,
+            payload={"device_name": client.device_name, "device_type": client.device_type},
+        ))
+        await session.flush()
+        await record(session, "auth.mfa_challenge", user_id=user.id, category="access",
+                     resource_type="user", resource_id=user.id)
+        return MfaRequired(token, int(MFA_CHALLENGE_TTL.total_seconds()))
+    return await start_session(session, cfg, user, method="password", client=client)
+
+
+async def complete_mfa(
+    session: AsyncSession, cfg: IdentityConfig, *, mfa_token: str, code: str, client: ClientInfo,
+) -> IssuedTokens:
+    """Second step: a TOTP code or a backup code for the challenge from :func:`login`."""
+    from roost.identity import twofactor  # the 2FA module imports this one
+
+    challenge = await session.scalar(
+        select(AuthChallenge).where(
+            AuthChallenge.token_hash == hash_token(mfa_token),
+            AuthChallenge.purpose == "mfa_login",
+            AuthChallenge.expires_at > func.now(),
+        )
+    )
+    if challenge is None or challenge.user_id is None:
+        raise Unauthorized("this sign-in step has expired or was already used; sign in again")
+    user = await load_user(session, challenge.user_id)
+    keys = [throttle.account_key(user.id, user.username)]
+    if ip := throttle.ip_key(client.ip):
+        keys.append(ip)
+    await throttle.check_not_locked(session, keys)
+    method = await twofactor.consume_code(session, cfg, user.id, code)
+    if method is None:
+        async with throttle.independent_transaction(session) as other:
+            bump = await other.execute(
+                update(AuthChallenge).where(AuthChallenge.id == challenge.id)
+                .values(attempts=AuthChallenge.attempts + 1).returning(AuthChallenge.attempts)
+            )
+            attempts = bump.scalar_one_or_none() or MFA_MAX_ATTEMPTS
+            if attempts >= MFA_MAX_ATTEMPTS:  # guessing: make them start over
+                await other.execute(delete(AuthChallenge).where(AuthChallenge.id == challenge.id))
+        await record_auth_failure(session, cfg, action="auth.mfa_failed", user_id=user.id,
+                                  login=user.username, client=client, reason="bad_code")
+        raise Unauthorized("incorrect authentication code")
+    # Single use: only the request that deletes the challenge goes on.
+    gone = await session.execute(
+        delete(AuthChallenge).where(AuthChallenge.id == challenge.id).returning(AuthChallenge.id)
+    )
+    if gone.scalar_one_or_none() is None:
+        raise Unauthorized("this sign-in step has expired or was already used; sign in again")
+    check_standing(user)
+    payload: dict[str, Any] = challenge.payload or {}
+    client = ClientInfo(client.ip, client.user_agent,
+                        client.device_name or payload.get("device_name"),
+                        client.device_type or payload.get("device_type"))
+    return await start_session(session, cfg, user, method=method, client=client)
+
+
+async def refresh(
+    session: AsyncSession, cfg: IdentityConfig, *, refresh_token: str, client: ClientInfo,
+) -> IssuedTokens:
+    """Rotate the refresh token and issue a new access token (same session, same expiry)."""
+    digest = hash_refresh_token(refresh_token)
+    row = await session.scalar(
+        select(Session).where(Session.token_hash == digest).with_for_update()
+    )
+    if row is None:
+        reused = await session.scalar(
+            select(Session.id).where(Session.previous_token_hash == digest,
+                                     Session.revoked_at.is_(None))
+        )
+        if reused is not None:
+            # The old token was used after it had been replaced: one of the two holders is
+            # not the user.  End the session for both.
+            async with throttle.independent_transaction(session) as other:
+                await other.execute(update(Session).where(Session.id == reused)
+                                    .values(revoked_at=func.now()))
+                await record(other, "session.refresh_reuse", category="access", success=False,
+                             resource_type="session", resource_id=reused,
+                             error_message="replaced refresh token presented again")
+        raise Unauthorized("refresh token is invalid or has been used; sign in again")
+    if row.revoked_at is not None or row.expires_at <= utcnow():
+        raise Unauthorized("session has ended: sign in again")
+    user = await load_user(session, row.user_id)
+    if user.status != "active" or not user.is_active:
+        raise Unauthorized("session has ended: sign in again")
+    new_refresh = generate_refresh_token()
+    row.previous_token_hash, row.token_hash = row.token_hash, hash_refresh_token(new_refresh)
+    row.last_used_at = utcnow()
+    if client.ip:
+        row.ip_address = client.ip
+    await session.flush()
+    access = issue_access_token(cfg.jwt_secret, user_id=user.id, session_id=row.id,
+                                ttl_seconds=cfg.access_ttl_s)
+    await record(session, "session.refreshed", user_id=user.id, category="access",
+                 resource_type="session", resource_id=row.id)
+    return IssuedTokens(access, new_refresh, cfg.access_ttl_s, row.expires_at, row.id, user)
+
+
+async def logout(session: AsyncSession, principal: Principal) -> None:
+    if principal.session_id is None:
+        raise BadRequest("logout ends a sign-in session; API keys are revoked with "
+                         "DELETE /api/v1/api-keys/{id}")
+    await session.execute(update(Session).where(Session.id == principal.session_id)
+                          .values(revoked_at=func.now()))
+    await record(session, "auth.logout", user_id=principal.user_id, category="access",
+                 resource_type="session", resource_id=principal.session_id)
+
+
+async def revoke_all_sessions(
+    session: AsyncSession, principal: Principal, user_id: uuid.UUID | None = None,
+    *, except_current: bool = False,
+) -> int:
+    """Logout everywhere (own sessions) or admin revocation (anyone's)."""
+    owner = target_user_id(principal, user_id)
+    stmt = update(Session).where(Session.user_id == owner, Session.revoked_at.is_(None))
+    if except_current and principal.session_id is not None:
+        stmt = stmt.where(Session.id != principal.session_id)
+    result = await session.execute(stmt.values(revoked_at=func.now()))
+    count = int(result.rowcount)  # type: ignore[attr-defined]
+    action = "auth.logout_all" if owner == principal.user_id else "session.revoked_by_admin"
+    await record(session, action, user_id=principal.user_id, category="access",
+                 resource_type="user", resource_id=owner, metadata={"sessions": count})
+    return count
+
+
+async def list_sessions(
+    session: AsyncSession, principal: Principal, user_id: uuid.UUID | None = None
+) -> list[Session]:
+    owner = target_user_id(principal, user_id)
+    return list((await session.scalars(
+        select(Session).where(Session.user_id == owner, Session.revoked_at.is_(None),
+                              Session.expires_at > func.now())
+        .order_by(Session.created_at.desc())
+    )).all())
+
+
+async def revoke_session(
+    session: AsyncSession, principal: Principal, session_id: uuid.UUID
+) -> None:
+    row = await session.get(Session, session_id)
+    if row is None or (row.user_id != principal.user_id and not principal.is_admin):
+        raise NotFound("no such session")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        await session.flush()
+        await record(session, "session.revoked", user_id=principal.user_id, category="access",
+                     resource_type="session", resource_id=row.id,
+                     metadata={"owner": str(row.user_id)})
+
+
+async def change_password(
+    session: AsyncSession, cfg: IdentityConfig, principal: Principal, *,
+    current_password: str, new_password: str, client: ClientInfo,
+) -> int:
+    """Needs the current password; ends every other session.  Returns how many."""
+    user = await load_user(session, require_user(principal))
+    acct = throttle.account_key(user.id, user.username)
+    await throttle.check_not_locked(session, [acct])
+    if not await _verify(user.hashed_password, current_password):
+        await record_auth_failure(session, cfg, action="user.password_change_failed",
+                                  user_id=user.id, login=user.username, client=client,
+                                  reason="bad_password")
+        raise Forbidden("current password is incorrect")
+    check_password_policy(new_password, username=user.username, email=user.email)
+    user.hashed_password = await asyncio.to_thread(hash_password, new_password)
+    stmt = update(Session).where(Session.user_id == user.id, Session.revoked_at.is_(None))
+    if principal.session_id is not None:
+        stmt = stmt.where(Session.id != principal.session_id)
+    ended = int((await session.execute(stmt.values(revoked_at=func.now()))).rowcount)  # type: ignore[attr-defined]
+    await record(session, "user.password_changed", user_id=user.id, resource_type="user",
+                 resource_id=user.id, metadata={"other_sessions_ended": ended})
+    return ended
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    sessions: int
+    challenges: int
+    throttle_rows: int
+
+
+async def cleanup_expired(session: AsyncSession, *, failure_window_s: int = 900) -> CleanupReport:
+    """Delete expired sessions (and revoked ones after a day), expired sign-in challenges
+    and finished throttle counters.  Run periodically (task queue or CLI)."""
+    cutoff = utcnow() - REVOKED_RETENTION
+    sessions = await session.execute(
+        delete(Session).where(or_(Session.expires_at < func.now(), Session.revoked_at < cutoff))
+    )
+    challenges = await session.execute(
+        delete(AuthChallenge).where(AuthChallenge.expires_at < func.now())
+    )
+    pruned = await throttle.prune(session, failure_window_s)
+    report = CleanupReport(int(sessions.rowcount), int(challenges.rowcount), pruned)  # type: ignore[attr-defined]
+    if report.sessions or report.challenges:
+        await record(session, "identity.cleanup", category="system",
+                     changes={"sessions": report.sessions, "challenges": report.challenges,
+                              "throttle_rows": report.throttle_rows})
+    return report

@@ -1,0 +1,114 @@
+"""Login throttling: temporary lockout after N failures per account and per address.
+
+Counters live in ``auth_throttle`` and are written in their own transaction (the
+caller's rolls back with the 401), so a failed attempt always counts.  A name that
+matches no account gets a counter of its own, keyed by a hash of the name, so
+unknown names lock out exactly like real ones and the answer reveals nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from roost.errors import TooManyRequests
+from roost.identity.common import utcnow
+from roost.identity.models import AuthThrottle
+
+
+@asynccontextmanager
+async def independent_transaction(session: AsyncSession) -> AsyncIterator[AsyncSession]:
+    """A separate transaction on the same engine, committed on exit.
+
+    For records that must survive the caller's rollback (failed-login counters and their
+    audit).  Use it before the caller's transaction has written anything that the
+    independent one could wait for (the audit chain's advisory lock in particular).
+    """
+    bind = session.bind
+    if bind is None:
+        raise RuntimeError("independent_transaction needs a session bound to an engine")
+    engine = bind if isinstance(bind, AsyncEngine) else bind.engine
+    async with AsyncSession(engine, expire_on_commit=False) as other, other.begin():
+        yield other
+
+
+def account_key(user_id: uuid.UUID | None, login: str) -> str:
+    if user_id is not None:
+        return f"user:{user_id}"
+    return "login:" + hashlib.sha256(login.strip().lower().encode()).hexdigest()[:40]
+
+
+def ip_key(ip: str | None) -> str | None:
+    return f"ip:{ip}" if ip else None
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_account: int
+    per_ip: int
+    window_s: int
+    lockout_s: int
+
+
+async def check_not_locked(session: AsyncSession, keys: list[str]) -> None:
+    """429 with Retry-After while any of ``keys`` is locked out."""
+    until = await session.scalar(
+        select(func.max(AuthThrottle.locked_until)).where(
+            AuthThrottle.key.in_(keys), AuthThrottle.locked_until > func.now()
+        )
+    )
+    if until is not None:
+        seconds = max(1, math.ceil((until - utcnow()).total_seconds()))
+        raise TooManyRequests(
+            f"too many failed sign-in attempts; try again in {math.ceil(seconds / 60)} minute(s)",
+            extra={"retry_after_s": seconds},
+        )
+
+
+async def record_failure(session: AsyncSession, key: str, limit: int, limits: Limits) -> bool:
+    """Count one failure for ``key``; True when this failure starts a lockout."""
+    now = utcnow()
+    await session.execute(
+        pg_insert(AuthThrottle)
+        .values(key=key, failures=0, window_started_at=now)
+        .on_conflict_do_nothing(index_elements=["key"])
+    )
+    row = await session.scalar(
+        select(AuthThrottle).where(AuthThrottle.key == key).with_for_update()
+    )
+    assert row is not None
+    window_over = row.window_started_at < now - timedelta(seconds=limits.window_s)
+    lock_over = row.locked_until is not None and row.locked_until <= now
+    if window_over or lock_over:  # a fresh window after the old one (or the lockout) ended
+        row.failures, row.window_started_at, row.locked_until = 0, now, None
+    row.failures += 1
+    newly_locked = row.failures >= limit and row.locked_until is None
+    if newly_locked:
+        row.locked_until = now + timedelta(seconds=limits.lockout_s)
+    await session.flush()
+    return newly_locked
+
+
+async def clear(session: AsyncSession, key: str) -> None:
+    await session.execute(delete(AuthThrottle).where(AuthThrottle.key == key))
+
+
+async def prune(session: AsyncSession, window_s: int) -> int:
+    """Forget counters whose window and lockout are over."""
+    cutoff = utcnow() - timedelta(seconds=window_s)
+    result = await session.execute(
+        delete(AuthThrottle).where(
+            AuthThrottle.window_started_at < cutoff,
+            or_(AuthThrottle.locked_until.is_(None), AuthThrottle.locked_until < func.now()),
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
