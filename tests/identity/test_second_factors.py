@@ -1,0 +1,201 @@
+"""TOTP with backup codes, passkeys with a software authenticator, devices (point 4)."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+from sqlalchemy import select, text
+
+from roost.db.engine import Database
+from roost.identity.models import UserTwoFactorAuth
+from roost.security.totp import current_totp_step, totp_code_at
+from tests.identity.conftest import ORIGIN, bearer, login, password_user, wait_for_fresh_totp_step
+from tests.support.soft_authenticator import SoftAuthenticator
+
+
+async def _actions(database: Database) -> set[str]:
+    async with database.transaction() as session:
+        return set((await session.scalars(text("SELECT action FROM audit_logs"))).all())
+
+
+async def test_totp_enrol_login_backup_codes_disable(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    await password_user(database, "tina")
+    headers = await bearer(client, "tina")
+    setup = await client.post("/api/v1/auth/2fa/setup", headers=headers)
+    assert setup.status_code == 200
+    secret = setup.json()["secret"]
+    uri = urlsplit(setup.json()["otpauth_uri"])
+    assert uri.scheme == "otpauth" and parse_qs(uri.query)["secret"] == [secret]
+    async with database.transaction() as session:
+        stored = await session.scalar(select(UserTwoFactorAuth.secret_key_encrypted))
+    assert stored is not None and secret not in stored  # encrypted at rest
+
+    wait_for_fresh_totp_step()
+    step = current_totp_step()
+    wrong = await client.post("/api/v1/auth/2fa/confirm", headers=headers, json={"code": "000000"})
+    assert wrong.status_code == 400
+    confirmed = await client.post("/api/v1/auth/2fa/confirm", headers=headers,
+                                  json={"code": totp_code_at(secret, step - 1)})
+    assert confirmed.status_code == 200
+    codes = confirmed.json()["backup_codes"]
+    assert len(codes) == 10 and len(set(codes)) == 10
+    status = (await client.get("/api/v1/auth/2fa", headers=headers)).json()
+    assert status == {"enabled": True, "pending": False, "backup_codes_remaining": 10}
+
+    # Password alone now yields a challenge, not tokens.
+    first = (await login(client, "tina")).json()
+    assert first["mfa_required"] and "access_token" not in first
+    bad = await client.post("/api/v1/auth/login/2fa",
+                            json={"mfa_token": first["mfa_token"], "code": "123456"})
+    assert bad.status_code == 401
+    ok = await client.post("/api/v1/auth/login/2fa", json={
+        "mfa_token": first["mfa_token"], "code": totp_code_at(secret, step)})
+    assert ok.status_code == 200 and ok.json()["access_token"]
+    # The challenge is single use, and a used code cannot be replayed.
+    again = await client.post("/api/v1/auth/login/2fa", json={
+        "mfa_token": first["mfa_token"], "code": totp_code_at(secret, step + 1)})
+    assert again.status_code == 401
+    second = (await login(client, "tina")).json()
+    replay = await client.post("/api/v1/auth/login/2fa", json={
+        "mfa_token": second["mfa_token"], "code": totp_code_at(secret, step)})
+    assert replay.status_code == 401
+
+    # A backup code works once.
+    with_backup = await client.post("/api/v1/auth/login/2fa", json={
+        "mfa_token": second["mfa_token"], "code": codes[0].upper()})
+    assert with_backup.status_code == 200
+    third = (await login(client, "tina")).json()
+    reused = await client.post("/api/v1/auth/login/2fa", json={
+        "mfa_token": third["mfa_token"], "code": codes[0]})
+    assert reused.status_code == 401
+    status = (await client.get("/api/v1/auth/2fa", headers=headers)).json()
+    assert status["backup_codes_remaining"] == 9
+
+    # Disabling needs a current code.
+    refused = await client.post("/api/v1/auth/2fa/disable", headers=headers,
+                                json={"code": codes[0]})
+    assert refused.status_code == 403
+    off = await client.post("/api/v1/auth/2fa/disable", headers=headers,
+                            json={"code": totp_code_at(secret, step + 1)})
+    assert off.status_code == 204
+    assert not (await login(client, "tina")).json()["mfa_required"]
+    assert {"2fa.enabled", "2fa.backup_code_used", "2fa.disabled", "auth.mfa_failed",
+            "auth.mfa_challenge"} <= await _actions(database)
+
+
+async def test_mfa_challenge_gives_up_after_repeated_wrong_codes(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    await password_user(database, "uma")
+    headers = await bearer(client, "uma")
+    secret = (await client.post("/api/v1/auth/2fa/setup", headers=headers)).json()["secret"]
+    wait_for_fresh_totp_step()
+    await client.post("/api/v1/auth/2fa/confirm", headers=headers,
+                      json={"code": totp_code_at(secret, current_totp_step())})
+    token = (await login(client, "uma")).json()["mfa_token"]
+    for _ in range(3):  # the account lockout (3 in these tests) trips first
+        await client.post("/api/v1/auth/login/2fa", json={"mfa_token": token, "code": "000000"})
+    blocked = await client.post("/api/v1/auth/login/2fa", json={
+        "mfa_token": token, "code": totp_code_at(secret, current_totp_step() + 1)})
+    assert blocked.status_code == 429
+
+
+async def test_passkey_register_login_rename_delete(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    await password_user(database, "pat")
+    headers = await bearer(client, "pat")
+    authenticator = SoftAuthenticator()
+
+    begin = await client.post("/api/v1/auth/passkeys/register/begin", headers=headers,
+                              json={"name": "Laptop"})
+    assert begin.status_code == 200
+    options = begin.json()["options"]
+    assert options["rp"]["id"] == "roost.test"
+    credential = authenticator.create(options, origin=ORIGIN)
+    finish = await client.post("/api/v1/auth/passkeys/register/finish", headers=headers,
+                               json={"challenge_id": begin.json()["challenge_id"],
+                                     "credential": credential})
+    assert finish.status_code == 201, finish.text
+    passkey = finish.json()
+    assert passkey["credential_name"] == "Laptop"
+    # The challenge was used up.
+    twice = await client.post("/api/v1/auth/passkeys/register/finish", headers=headers,
+                              json={"challenge_id": begin.json()["challenge_id"],
+                                    "credential": credential})
+    assert twice.status_code == 400
+
+    # Username-less sign-in.
+    start = (await client.post("/api/v1/auth/passkeys/login/begin")).json()
+    assertion = authenticator.get(start["options"], origin=ORIGIN)
+    signed_in = await client.post("/api/v1/auth/passkeys/login/finish", json={
+        "challenge_id": start["challenge_id"], "credential": assertion})
+    assert signed_in.status_code == 200, signed_in.text
+    assert signed_in.json()["user"]["username"] == "pat"
+    pk_headers = {"Authorization": f"Bearer {signed_in.json()['access_token']}"}
+    sessions = (await client.get("/api/v1/auth/sessions", headers=pk_headers)).json()
+    assert {s["auth_method"] for s in sessions} == {"password", "passkey"}
+
+    # A phishing page (other origin) and a replayed challenge both fail.
+    start = (await client.post("/api/v1/auth/passkeys/login/begin")).json()
+    phished = authenticator.get(start["options"], origin="https://roost.evil")
+    refused = await client.post("/api/v1/auth/passkeys/login/finish", json={
+        "challenge_id": start["challenge_id"], "credential": phished})
+    assert refused.status_code == 401 and refused.json()["detail"] == "passkey sign-in failed"
+    start = (await client.post("/api/v1/auth/passkeys/login/begin")).json()
+    assertion = authenticator.get(start["options"], origin=ORIGIN)
+    body = {"challenge_id": start["challenge_id"], "credential": assertion}
+    assert (await client.post("/api/v1/auth/passkeys/login/finish", json=body)).status_code == 200
+    assert (await client.post("/api/v1/auth/passkeys/login/finish", json=body)).status_code == 401
+
+    renamed = await client.patch(f"/api/v1/auth/passkeys/{passkey['id']}", headers=headers,
+                                 json={"name": "Work laptop"})
+    assert renamed.json()["credential_name"] == "Work laptop"
+    listed = (await client.get("/api/v1/auth/passkeys", headers=headers)).json()
+    assert [p["credential_name"] for p in listed] == ["Work laptop"]
+    assert listed[0]["last_used_at"] is not None
+    assert (await client.delete(f"/api/v1/auth/passkeys/{passkey['id']}",
+                                headers=headers)).status_code == 204
+    start = (await client.post("/api/v1/auth/passkeys/login/begin")).json()
+    assertion = authenticator.get(start["options"], origin=ORIGIN)
+    after_delete = await client.post("/api/v1/auth/passkeys/login/finish", json={
+        "challenge_id": start["challenge_id"], "credential": assertion})
+    assert after_delete.status_code == 401
+    assert {"passkey.registered", "passkey.renamed", "passkey.deleted",
+            "auth.passkey_failed"} <= await _actions(database)
+
+
+async def test_devices_are_recorded_trusted_and_revoked(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    await password_user(database, "dan")
+    firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+    phone = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 "
+             "(KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1")
+    first = await client.post("/api/v1/auth/login", headers={"user-agent": firefox},
+                              json={"login": "dan", "password": "plum-Quartz-river-7-kettle"})
+    await client.post("/api/v1/auth/login", headers={"user-agent": firefox},
+                      json={"login": "dan", "password": "plum-Quartz-river-7-kettle"})
+    on_phone = await client.post("/api/v1/auth/login", headers={"user-agent": phone}, json={
+        "login": "dan", "password": "plum-Quartz-river-7-kettle", "device_name": "Dan's phone"})
+    desk = {"Authorization": f"Bearer {first.json()['access_token']}"}
+    mobile = {"Authorization": f"Bearer {on_phone.json()['access_token']}"}
+    devices = (await client.get("/api/v1/users/me/devices", headers=desk)).json()
+    assert sorted((d["device_name"], d["device_type"]) for d in devices) == [
+        ("Dan's phone", "mobile"), ("Firefox on Linux", "desktop")]
+    assert all(d["ip_address"] == "127.0.0.1" and d["last_used_at"] for d in devices)
+    phone_id = next(d["id"] for d in devices if d["device_type"] == "mobile")
+
+    trusted = await client.patch(f"/api/v1/users/me/devices/{phone_id}", headers=desk,
+                                 json={"is_trusted": True})
+    assert trusted.json()["is_trusted"] is True
+    assert (await client.delete(f"/api/v1/users/me/devices/{phone_id}",
+                                headers=desk)).status_code == 204
+    assert (await client.get("/api/v1/auth/me", headers=mobile)).status_code == 401
+    assert (await client.get("/api/v1/auth/me", headers=desk)).status_code == 200
+    assert {"device.trusted", "device.revoked"} <= await _actions(database)
+    assert uuid.UUID(phone_id)
