@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 
 import roost
 from roost.audit.routes import router as audit_router
+from roost.chat.routes import router as chat_router
 from roost.config import Settings, get_settings
 from roost.db.engine import Database, create_database
 from roost.http import health
@@ -16,12 +17,15 @@ from roost.http.middleware import RequestContextMiddleware
 from roost.http.problems import install_problem_handlers
 from roost.identity.routes import router as identity_router
 from roost.keyfiles import KeyMaterial, load_keys
+from roost.llm.openai_routes import router as openai_router
+from roost.llm.routes import router as llm_router
 from roost.logging import configure_logging
 from roost.tasks.routes import router as tasks_router
 
 # Every domain's router; a new domain adds its router here.
 ROUTERS: list[APIRouter] = [health.router, audit_router, identity_router]
 ROUTERS.append(tasks_router)
+ROUTERS.extend([chat_router, llm_router, openai_router])
 
 
 def create_app(

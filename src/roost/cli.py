@@ -290,5 +290,11 @@ def schema_coverage() -> None:
         )
 
 
+# `roost keys rotate-messages` (chat): joins a `keys` group if one exists above.
+from roost.chat.cli import register as _register_chat_cli  # noqa: E402
+
+_register_chat_cli(app)
+
+
 def main() -> None:
     app()

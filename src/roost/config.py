@@ -80,6 +80,38 @@ class Settings(BaseSettings):
     # --- audit ----------------------------------------------------------------------
     audit_retention_days: int | None = Field(default=None, ge=1)
 
+    # --- chat and the LLM gateway ---------------------------------------------------
+    chat_max_message_chars: int = Field(
+        default=32_000, ge=1, description="Longest message content accepted (characters)"
+    )
+    chat_context_messages: int = Field(
+        default=20, ge=1, le=1000, description="Earlier messages sent to the model with a new one"
+    )
+    chat_system_prompt: str | None = Field(
+        default=None, description="System message put before every chat session's history"
+    )
+    llm_timeout_s: float = Field(
+        default=120.0, gt=0, description="Per-provider time limit for one LLM call"
+    )
+    llm_fallback_on: str = Field(
+        default="unavailable,timeout",
+        description="Provider error kinds that move on to the next provider: comma-separated "
+        "from unavailable (connection errors, 5xx, 429), timeout, bad_response, unsupported",
+    )
+    llm_max_ensemble: int = Field(default=5, ge=1, le=20)
+    llm_credits_per_1k_tokens: float = Field(
+        default=1.0, ge=0, description="usage_records.credits_used per 1000 tokens (rounded up)"
+    )
+    llm_local_model: bool = Field(
+        default=True,
+        description="On a start with no LLM provider, register the local SmolLM2 model "
+        "(needs the 'local' extra)",
+    )
+    llm_local_threads: int | None = Field(default=None, ge=1, le=256)
+    llm_health_interval_s: int = Field(
+        default=300, ge=10, description="Period of the provider health checks (task queue)"
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:

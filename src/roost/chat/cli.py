@@ -1,0 +1,90 @@
+"""``roost keys rotate-messages``: re-encrypt every stored message under the first key.
+
+``roost.cli`` calls :func:`register`; it adds the command to the ``keys`` group when
+another domain already made one, so there is a single ``roost keys``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+console = Console()
+err = Console(stderr=True)
+
+
+def rotate_messages_command(
+    batch_size: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per transaction.")] = 500,
+) -> None:
+    """Re-encrypt every message (and every other encrypted conversation column) under the
+    first key of ROOST_MESSAGE_KEYS.  Safe to interrupt: run it again to resume."""
+    import asyncio
+
+    from roost.chat.keys import (
+        CHECKPOINT_FILE,
+        RotationReport,
+        count_encrypted_rows,
+        rotate_messages,
+    )
+    from roost.config import get_settings
+    from roost.db.engine import create_database
+    from roost.keyfiles import KEY_DIR_NAME, load_keys
+    from roost.security.crypto import MessageCipher
+
+    settings = get_settings()
+    try:
+        keys = load_keys(settings)
+        cipher = MessageCipher(list(keys.message_keys))
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]message keys are not usable[/red]: {exc}")
+        raise typer.Exit(2) from None
+    checkpoint = settings.data_dir / KEY_DIR_NAME / CHECKPOINT_FILE
+
+    async def run() -> RotationReport:
+        db = create_database(settings)
+        try:
+            counts = await count_encrypted_rows(db)
+            with Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeRemainingColumn(), console=console, transient=False,
+            ) as progress:
+                tasks = {t: progress.add_task(t, total=n) for t, n in counts.items()}
+
+                def advance(table: str, rows: int) -> None:
+                    progress.advance(tasks[table], rows)
+
+                return await rotate_messages(
+                    db, cipher, keys.message_keys, batch_size=batch_size,
+                    checkpoint=checkpoint, on_batch=advance,
+                )
+        finally:
+            await db.dispose()
+
+    report = asyncio.run(run())
+    if report.resumed_from:
+        console.print(f"resumed from {report.resumed_from}")
+    console.print(
+        f"re-encrypted {report.rows_rotated} of {report.rows_seen} rows "
+        f"in {report.batches} batches"
+    )
+    if not report.ok:
+        bad = report.undecryptable
+        err.print(f"[red]{len(bad)} rows could not be decrypted with any configured key and "
+                  f"were left untouched[/red], e.g. {bad[:5]}")
+        raise typer.Exit(1)
+    if keys.message_keys[1:]:
+        console.print("every row is under the first key: the old keys can now be removed")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``keys rotate-messages`` to the ``keys`` group (created if nobody made one)."""
+    for group in app.registered_groups:
+        if group.name == "keys" and group.typer_instance is not None:
+            group.typer_instance.command("rotate-messages")(rotate_messages_command)
+            return
+    keys_app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
+    keys_app.command("rotate-messages")(rotate_messages_command)
+    app.add_typer(keys_app, name="keys")

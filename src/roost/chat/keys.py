@@ -1,0 +1,223 @@
+"""Message keys: the start-up check and ``roost keys rotate-messages``.
+
+Every column that holds conversation text is Fernet ciphertext under the message keys
+(``ROOST_MESSAGE_KEYS``: the first encrypts, all decrypt).  Rotating means: put the new
+key first, keep the old ones after it, re-encrypt every row (this module), then drop the
+old keys.
+
+The rotation walks each table in primary-key order, one batch per transaction
+(``SELECT ... FOR UPDATE``, re-encrypt, ``UPDATE``), so an interruption leaves every row
+either under an old key or under the new one, both readable.  A checkpoint file in the
+data directory records how far it got for the current key; running the command again
+resumes there.  A row no configured key decrypts is never written: it is reported and
+the command exits non-zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from roost.db.engine import Database
+from roost.security.crypto import DecryptionError, MessageCipher
+
+log = structlog.get_logger(__name__)
+
+# (table, encrypted columns).  Every table has a UUID primary key ``id``.
+ENCRYPTED_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("chat_messages", ("content", "tool_calls")),
+    ("chat_history", ("message",)),
+    ("chat_session_summaries", ("summary",)),
+    ("llm_requests", ("prompt", "messages")),
+    ("llm_responses", ("content",)),
+)
+CHECKPOINT_FILE = "rotate-messages.checkpoint.json"
+
+
+class MessageKeysError(RuntimeError):
+    """The configured message keys cannot read what is stored: Roost must not start."""
+
+
+async def verify_message_keys(db: Database, cipher: MessageCipher) -> None:
+    """Decrypt the oldest and the newest stored message; refuse to start if either fails.
+
+    A wrong key (or a lost key file, which makes Roost generate a new one) would otherwise
+    surface as errors on every read, or worse, as a mix of old and new ciphertexts.
+    """
+    sql = text(
+        "(SELECT id, content FROM chat_messages ORDER BY id LIMIT 1) UNION ALL "
+        "(SELECT id, content FROM chat_messages ORDER BY id DESC LIMIT 1)"
+    )
+    try:
+        async with db.transaction() as session:
+            rows = (await session.execute(sql)).all()
+    except DBAPIError as exc:  # no table yet (serve --no-migrate on an empty database)
+        log.warning("chat.keys.check_skipped", error=type(exc.orig).__name__)
+        return
+    for row_id, content in rows:
+        try:
+            cipher.decrypt(bytes(content))
+        except DecryptionError:
+            raise MessageKeysError(
+                f"ROOST_MESSAGE_KEYS cannot decrypt the chat messages already stored (message "
+                f"{row_id}): the message key is wrong, or a key still in use was removed or "
+                "its key file (DATA_DIR/keys/message_keys) was lost. Put the previous key back "
+                "after the new one (ROOST_MESSAGE_KEYS=new,old) and run 'roost keys "
+                "rotate-messages' before removing it."
+            ) from None
+
+
+def key_fingerprint(cipher_keys: tuple[str, ...]) -> str:
+    """Names the current encryption key in the checkpoint without revealing it."""
+    return hashlib.sha256(b"roost-message-key\x00" + cipher_keys[0].encode()).hexdigest()[:16]
+
+
+@dataclass
+class RotationReport:
+    rows_seen: int = 0
+    rows_rotated: int = 0
+    batches: int = 0
+    undecryptable: list[tuple[str, str]] = field(default_factory=list)  # (table, id)
+    resumed_from: dict[str, str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.undecryptable
+
+
+@dataclass
+class _Checkpoint:
+    path: Path | None
+    fingerprint: str
+    table: str | None = None
+    last_id: str | None = None
+    done_tables: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path | None, fingerprint: str) -> _Checkpoint:
+        if path is None or not path.exists():
+            return cls(path, fingerprint)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return cls(path, fingerprint)
+        if data.get("fingerprint") != fingerprint:  # a different rotation: start over
+            return cls(path, fingerprint)
+        return cls(path, fingerprint, data.get("table"), data.get("last_id"),
+                   list(data.get("done_tables", [])))
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"fingerprint": self.fingerprint, "table": self.table,
+                       "last_id": self.last_id, "done_tables": self.done_tables}, handle)
+        tmp.replace(self.path)
+
+    def clear(self) -> None:
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
+
+async def count_encrypted_rows(db: Database) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    async with db.transaction() as session:
+        for table, _ in ENCRYPTED_COLUMNS:
+            # Table names come from the constant above, never from input.
+            counts[table] = int((await session.execute(
+                text(f"SELECT count(*) FROM {table}")  # noqa: S608
+            )).scalar_one())
+    return counts
+
+
+def _rotate_value(cipher: MessageCipher, value: Any) -> bytes | None:
+    """The value under the current key, or None when it already is (raises if unreadable)."""
+    if value is None:
+        return None
+    raw = bytes(value)
+    if not cipher.needs_rotation(raw):
+        return None
+    return cipher.rotate(raw)
+
+
+async def rotate_messages(
+    db: Database, cipher: MessageCipher, cipher_keys: tuple[str, ...], *,
+    batch_size: int = 500, checkpoint: Path | None = None,
+    on_batch: Callable[[str, int], None] | None = None,
+    stop_after_batches: int | None = None,
+) -> RotationReport:
+    """Re-encrypt every encrypted column under the first message key.
+
+    ``on_batch(table, rows)`` reports progress.  ``stop_after_batches`` ends early (as an
+    interruption would), leaving the checkpoint for the next run.
+    """
+    state = _Checkpoint.load(checkpoint, key_fingerprint(cipher_keys))
+    report = RotationReport()
+    if state.table is not None or state.done_tables:
+        report.resumed_from = {"table": state.table or "", "last_id": state.last_id or ""}
+    for table, columns in ENCRYPTED_COLUMNS:
+        if table in state.done_tables:
+            continue
+        last_id = uuid.UUID(state.last_id) if state.table == table and state.last_id else None
+        cols = ", ".join(columns)
+        while True:
+            if stop_after_batches is not None and report.batches >= stop_after_batches:
+                return report
+            async with db.transaction() as session:
+                where = "WHERE id > :last " if last_id is not None else ""
+                rows = (await session.execute(
+                    text(f"SELECT id, {cols} FROM {table} {where}"  # noqa: S608
+                         "ORDER BY id LIMIT :n FOR UPDATE"),
+                    {"last": last_id, "n": batch_size} if last_id else {"n": batch_size},
+                )).all()
+                if not rows:
+                    break
+                updates: list[dict[str, Any]] = []
+                for row in rows:
+                    new: dict[str, Any] = {}
+                    try:
+                        for i, column in enumerate(columns, start=1):
+                            rotated = _rotate_value(cipher, row[i])
+                            if rotated is not None:
+                                new[column] = rotated
+                    except DecryptionError:
+                        report.undecryptable.append((table, str(row[0])))
+                        continue
+                    if new:
+                        updates.append({"id": row[0], **{c: new.get(c) for c in columns},
+                                        **{f"set_{c}": c in new for c in columns}})
+                if updates:
+                    sets = ", ".join(f"{c} = CASE WHEN :set_{c} THEN :{c} ELSE {c} END"
+                                     for c in columns)
+                    await session.execute(
+                        text(f"UPDATE {table} SET {sets} WHERE id = :id"),  # noqa: S608
+                        updates,
+                    )
+                last_id = rows[-1][0]
+            report.rows_seen += len(rows)
+            report.rows_rotated += len(updates)
+            report.batches += 1
+            state.table, state.last_id = table, str(last_id)
+            state.save()
+            if on_batch is not None:
+                on_batch(table, len(rows))
+            if len(rows) < batch_size:
+                break
+        state.done_tables.append(table)
+        state.table, state.last_id = None, None
+        state.save()
+    state.clear()  # every table walked: the next run starts a fresh pass
+    return report

@@ -1,0 +1,64 @@
+"""Queue jobs of the LLM domain: the periodic provider health check."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+
+from roost.config import get_settings
+from roost.db.engine import Database
+from roost.keyfiles import load_keys
+from roost.llm import service
+from roost.llm.local import find_smollm2_gguf, llama_cpp_available
+from roost.llm.models import LLMProviderRow
+from roost.llm.runtime import Runtime
+from roost.tasks.registry import TaskContext
+from roost.tasks.schedules import periodic
+
+log = structlog.get_logger(__name__)
+
+_runtimes: dict[int, Runtime] = {}
+runtime_override: Runtime | None = None  # tests: the runtime (keys) jobs must use
+
+
+def job_runtime(database: Database) -> Runtime:
+    """The runtime of a worker process: its own keys from settings, one per database."""
+    if runtime_override is not None:
+        return runtime_override
+    runtime = _runtimes.get(id(database))
+    if runtime is None:
+        settings = get_settings()
+        runtime = _runtimes[id(database)] = Runtime.build(database, settings, load_keys(settings))
+    return runtime
+
+
+async def check_all(runtime: Runtime) -> dict[str, Any]:
+    """Probe every enabled provider; a local model is checked without loading it."""
+    async with runtime.db.transaction() as session:
+        rows = list((await session.scalars(
+            select(LLMProviderRow).where(LLMProviderRow.enabled).order_by(LLMProviderRow.name)
+        )).all())
+    results: dict[str, Any] = {}
+    for row in rows:
+        if row.type == "local" and not (row.config or {}).get("model_path"):
+            # Loading a model into the worker just to probe it would cost its memory.
+            results[row.name] = "healthy" if llama_cpp_available() and find_smollm2_gguf() else \
+                "unhealthy"
+            continue
+        try:
+            checked = await service.check_health(runtime, None, row.id, always_audit=False)
+            results[row.name] = checked.health_status
+        except Exception as exc:  # one broken provider must not stop the others
+            log.warning("llm.health_check_failed", provider=row.name, error=type(exc).__name__)
+            results[row.name] = f"error: {type(exc).__name__}"
+    return results
+
+
+@periodic("llm.health_check", every=timedelta(seconds=get_settings().llm_health_interval_s),
+          queue="maintenance", priority="background", max_retries=0, timeout_s=300)
+async def health_check(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Update health_status and response_time of every enabled provider."""
+    return {"providers": await check_all(job_runtime(ctx.database))}

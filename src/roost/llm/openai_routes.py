@@ -1,0 +1,308 @@
+"""The OpenAI-compatible gateway: ``POST /v1/chat/completions``, ``GET /v1/models``,
+``POST /v1/embeddings``, authenticated with Roost API keys (``Authorization: Bearer``).
+
+Point any OpenAI client at ``http://<roost>/v1``.  Requests are routed by model name to
+the enabled providers that serve it, falling back down the priority order on
+connection errors, timeouts and 5xx (``ROOST_LLM_FALLBACK_ON``); the Roost extension
+``ensemble`` (in the body, ``extra_body`` in the SDK) asks several providers at once.
+Every call is recorded (``llm_requests``, ``llm_responses``, ``usage_records``).
+
+Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, not the
+problem JSON of the rest of the API, so OpenAI SDKs raise their usual exceptions.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Literal
+
+import structlog
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from roost.errors import BadRequest, PayloadTooLarge, RoostError
+from roost.http.auth import Principal
+from roost.llm import service
+from roost.llm.deps import CallerPrincipal, RuntimeDep
+from roost.llm.errors import ProviderError
+from roost.llm.runtime import Runtime
+from roost.llm.schemas import EnsembleSpec
+from roost.llm.types import ChatMessage, ChatRequest, ChatResult
+
+log = structlog.get_logger(__name__)
+
+# OpenAI request keys passed through to providers unchanged.
+PASSTHROUGH = ("seed", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
+               "response_format", "logit_bias", "parallel_tool_calls")
+MAX_EMBEDDING_INPUTS = 2048
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "invalid_request_error", 409: "invalid_request_error",
+          413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def openai_error(status: int, message: str, *, code: str | None = None,
+                 param: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": _TYPES.get(status, "api_error"),
+                      "param": param, "code": code}}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _code_for(exc: RoostError) -> str | None:
+    slug = exc.type_slug
+    return {
+        "model-not-found": "model_not_found", "no-llm-provider": "no_provider",
+        "unauthorized": "invalid_api_key", "payload-too-large": "content_too_large",
+        "llm-provider-timeout": "provider_timeout", "llm-provider-failed": "provider_error",
+        "llm-request-rejected": "provider_rejected_request",
+    }.get(slug, slug.replace("-", "_"))
+
+
+class OpenAIRoute(APIRoute):
+    """Answers errors (auth, validation, domain, providers) in OpenAI's error shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                errors = exc.errors()
+                first = errors[0] if errors else {}
+                loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+                if first.get("type") == "json_invalid":
+                    return openai_error(400, "the request body is not valid JSON")
+                message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid')}"
+                return openai_error(400, message, param=".".join(loc) or None,
+                                    code="invalid_value")
+            except RoostError as exc:
+                param = "model" if exc.type_slug == "model-not-found" else None
+                return openai_error(exc.status, exc.detail, code=_code_for(exc), param=param)
+
+        return route
+
+
+router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=OpenAIRoute)
+
+
+class ChatCompletionBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=255)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    n: int | None = Field(default=None, ge=1, le=1, description="Only 1 is supported")
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    tool_choice: str | dict[str, Any] | None = None
+    user: str | None = Field(default=None, max_length=256)
+    ensemble: EnsembleSpec | None = Field(
+        default=None, description="Roost extension: ask several providers, keep one answer"
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    def to_request(self) -> ChatRequest:
+        extra = {k: v for k, v in (self.model_extra or {}).items() if k in PASSTHROUGH}
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        return ChatRequest(
+            model=self.model, messages=self.messages, temperature=self.temperature,
+            max_tokens=self.max_completion_tokens or self.max_tokens, top_p=self.top_p,
+            stop=stop, tools=self.tools, tool_choice=self.tool_choice, extra=extra,
+        )
+
+
+class EmbeddingsBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=255)
+    input: str | list[str] = Field(description="Text or list of texts (token arrays unsupported)")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1, le=16_384)
+    user: str | None = None
+
+
+def _check_sizes(runtime: Runtime, texts: list[str], what: str) -> None:
+    limit = runtime.settings.chat_max_message_chars
+    for i, text in enumerate(texts):
+        if len(text) > limit:
+            raise PayloadTooLarge(
+                f"{what}[{i}] is {len(text)} characters; the limit is {limit} "
+                "(ROOST_CHAT_MAX_MESSAGE_CHARS)"
+            )
+
+
+def completion_id(request_id: Any) -> str:
+    return f"chatcmpl-{request_id.hex if hasattr(request_id, 'hex') else request_id}"
+
+
+def _message(result: ChatResult) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": result.content or None}
+    if result.tool_calls:
+        message["tool_calls"] = [tc.to_openai() for tc in result.tool_calls]
+    elif message["content"] is None:
+        message["content"] = ""
+    return message
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionBody, principal: CallerPrincipal, runtime: RuntimeDep
+) -> Response | dict[str, Any]:
+    """OpenAI's chat completions; ``stream: true`` answers server-sent ``chat.completion.chunk``
+    events ending with ``data: [DONE]``."""
+    texts = [m.text() for m in body.messages]
+    _check_sizes(runtime, texts, "messages")
+    chat = body.to_request()
+    if body.stream:
+        return await _stream(runtime, principal, body, chat)
+    outcome = await service.complete(runtime, principal, chat, model=body.model,
+                                     ensemble_spec=body.ensemble)
+    result = outcome.result
+    return {
+        "id": completion_id(outcome.request_id),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": result.model or body.model,
+        "choices": [{"index": 0, "message": _message(result),
+                     "finish_reason": result.finish_reason or "stop", "logprobs": None}],
+        "usage": {"prompt_tokens": result.tokens_in, "completion_tokens": result.tokens_out,
+                  "total_tokens": result.tokens_total},
+        "system_fingerprint": None,
+        "roost": {"request_id": str(outcome.request_id), "provider": outcome.winner.name,
+                  "attempts": len(outcome.attempts)},
+    }
+
+
+async def _stream(
+    runtime: Runtime, principal: Principal, body: ChatCompletionBody, chat: ChatRequest
+) -> Response:
+    route, row = await service.begin_call(runtime, principal, chat, model=body.model,
+                                          ensemble_spec=body.ensemble, request_type="chat_stream")
+    await service.mark_running(runtime, principal, row.id)
+    stream = service.CallStream(runtime, route, chat, row.id)
+    try:
+        await stream.start()
+    except ProviderError as exc:
+        await service.finish_failed(runtime, principal, row.id, exc, exc.attempts,
+                                    request_type="chat_stream", model=body.model,
+                                    latency_ms=stream.latency_ms())
+        raise service.public_error(exc, exc.attempts) from exc
+    include_usage = bool((body.stream_options or {}).get("include_usage"))
+    cid, created = completion_id(row.id), int(time.time())
+
+    def frame(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                 "model": body.model,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                              "logprobs": None}], **extra}
+        return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+
+    async def events() -> AsyncIterator[bytes]:
+        yield frame({"role": "assistant", "content": ""})
+        finish: str | None = None
+        try:
+            async for chunk in stream.chunks():
+                if chunk.delta:
+                    yield frame({"content": chunk.delta})
+                for tc in chunk.tool_calls:
+                    yield frame({"tool_calls": [{
+                        "index": tc.index, **({"id": tc.id, "type": "function"} if tc.id else {}),
+                        "function": {k: v for k, v in (("name", tc.name),
+                                                         ("arguments", tc.arguments)) if v},
+                    }]})
+                finish = chunk.finish_reason or finish
+        except Exception as exc:
+            await service.shielded(service.finish_failed(
+                runtime, principal, row.id, exc, stream.attempts, request_type="chat_stream",
+                model=body.model, latency_ms=stream.latency_ms()))
+            err = service.public_error(exc, stream.attempts)
+            payload = {"error": {"message": err.detail, "type": "api_error", "param": None,
+                                 "code": _code_for(err)}}
+            yield f"data: {json.dumps(payload)}\n\n".encode()
+            return
+        except BaseException as exc:  # the client went away
+            await service.shielded(service.finish_failed(
+                runtime, principal, row.id, exc, stream.attempts, request_type="chat_stream",
+                model=body.model, latency_ms=stream.latency_ms()))
+            raise
+        finally:
+            await stream.aclose()
+        outcome = stream.outcome()
+
+        async def save() -> None:
+            async with runtime.transaction(principal) as session:
+                await service.record_success(session, runtime, principal, outcome,
+                                             request_type="chat_stream",
+                                             audit_action="llm.request.complete")
+
+        await service.shielded(save())
+        yield frame({}, finish or outcome.result.finish_reason or "stop")
+        if include_usage:
+            res = outcome.result
+            usage = {"prompt_tokens": res.tokens_in, "completion_tokens": res.tokens_out,
+                     "total_tokens": res.tokens_total}
+            last = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                    "model": body.model, "choices": [], "usage": usage}
+            yield f"data: {json.dumps(last, separators=(',', ':'))}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/models", response_model=None)
+async def models(principal: CallerPrincipal, runtime: RuntimeDep) -> dict[str, Any]:
+    """The models of the enabled providers (OpenAI's list shape)."""
+    async with runtime.transaction(principal) as session:
+        listed = await service.list_models(session)
+    return {"object": "list", "data": [
+        {"id": name, "object": "model", "created": int(created.timestamp()), "owned_by": owner}
+        for name, owner, created in listed
+    ]}
+
+
+@router.post("/embeddings", response_model=None)
+async def embeddings(
+    body: EmbeddingsBody, principal: CallerPrincipal, runtime: RuntimeDep
+) -> dict[str, Any]:
+    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+    if not texts:
+        raise BadRequest("input must not be empty")
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise BadRequest(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
+    _check_sizes(runtime, texts, "input")
+    request_id, result, ref = await service.embed(runtime, principal, texts, model=body.model,
+                                                  dimensions=body.dimensions)
+
+    def encode(vector: list[float]) -> list[float] | str:
+        if body.encoding_format == "base64":
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        return vector
+
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
+                 for i, v in enumerate(result.vectors)],
+        "model": result.model or body.model,
+        "usage": {"prompt_tokens": result.tokens_in, "total_tokens": result.tokens_in},
+        "roost": {"request_id": str(request_id), "provider": ref.name},
+    }

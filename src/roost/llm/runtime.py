@@ -1,0 +1,64 @@
+"""What the chat and gateway services need besides a database session: the database
+(they manage their own short transactions around provider calls), settings, the message
+cipher, the secrets box and the provider pool.  One per application.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.config import Settings
+from roost.db.engine import Database
+from roost.http.auth import Principal
+from roost.identity.tenancy import apply_principal
+from roost.keyfiles import KeyMaterial
+from roost.llm.registry import ProviderPool
+from roost.security.crypto import MessageCipher, SecretBox
+
+# Provider error kinds (``ProviderError.kind``) an operator may list in LLM_FALLBACK_ON.
+FALLBACK_KINDS = ("unavailable", "timeout", "bad_response", "unsupported")
+
+
+def parse_fallback_kinds(raw: str) -> frozenset[str]:
+    kinds = frozenset(k.strip() for k in raw.split(",") if k.strip())
+    unknown = kinds - set(FALLBACK_KINDS)
+    if unknown:
+        raise ValueError(
+            f"ROOST_LLM_FALLBACK_ON has unknown kinds {sorted(unknown)}; use any of {FALLBACK_KINDS}"
+        )
+    return kinds
+
+
+@dataclass
+class Runtime:
+    db: Database
+    settings: Settings
+    cipher: MessageCipher
+    secret_box: SecretBox
+    pool: ProviderPool
+    fallback_kinds: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def build(cls, db: Database, settings: Settings, keys: KeyMaterial) -> Runtime:
+        return cls(
+            db=db,
+            settings=settings,
+            cipher=MessageCipher(list(keys.message_keys)),
+            secret_box=SecretBox.from_keys(keys.secrets_key),
+            pool=ProviderPool(
+                SecretBox.from_keys(keys.secrets_key), local_threads=settings.llm_local_threads
+            ),
+            fallback_kinds=parse_fallback_kinds(settings.llm_fallback_on),
+        )
+
+    @asynccontextmanager
+    async def transaction(self, principal: Principal | None) -> AsyncIterator[AsyncSession]:
+        """One transaction, acting for ``principal`` (row-level security) when given."""
+        async with self.db.transaction() as session:
+            if principal is not None:
+                await apply_principal(session, principal, app_role=self.settings.db_app_role)
+            yield session

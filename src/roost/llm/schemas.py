@@ -1,0 +1,174 @@
+"""Pydantic shapes of the provider registry and LLM request records (Roost's own API)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+
+from roost.llm.gateway_core import STRATEGIES, Strategy
+
+# Accepted as ``type``: the two protocols plus names of OpenAI-compatible servers (stored
+# as "openai"; they only pick a default base URL) and the in-process local model.
+PROVIDER_TYPE_INPUTS = (
+    "openai", "anthropic", "local", "openai_compatible", "vllm", "ollama", "llamacpp", "lmstudio",
+)
+ProviderTypeInput = Literal[
+    "openai", "anthropic", "local", "openai_compatible", "vllm", "ollama", "llamacpp", "lmstudio"
+]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+MAX_CONFIG_BYTES = 16 * 1024
+
+
+def _check_config(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if len(json.dumps(value)) > MAX_CONFIG_BYTES:
+        raise ValueError(f"config is larger than {MAX_CONFIG_BYTES} bytes")
+    for secret_key in ("api_key", "apikey", "key", "token", "password", "secret"):
+        if secret_key in {k.lower() for k in value}:
+            raise ValueError(
+                f"config must not hold secrets ({secret_key!r}); pass the key as api_key, "
+                "which is stored encrypted"
+            )
+    return value
+
+
+class ProviderCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="Unique name, e.g. 'openai' or 'vllm-a'")
+    type: ProviderTypeInput = Field(
+        description="'openai' for any OpenAI-compatible server (OpenAI, vLLM, Ollama, "
+        "llama.cpp server, LM Studio), 'anthropic', or 'local' (llama.cpp in process)"
+    )
+    base_url: HttpUrl | None = Field(
+        default=None, description="API base, e.g. http://127.0.0.1:11434/v1 (type default if unset)"
+    )
+    api_key: str | None = Field(
+        default=None, min_length=1, max_length=4096,
+        description="Stored AES-256-GCM encrypted; never returned",
+    )
+    model: str | None = Field(default=None, max_length=255, description="Default model")
+    weight: float = Field(default=1.0, ge=0, le=999.99, description="Ensemble voting weight")
+    priority: int = Field(default=100, ge=0, le=1_000_000, description="Fallback order, lower first")
+    enabled: bool = True
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options: timeout, connect_timeout, extra_headers, stream_usage, "
+        "anthropic_version, default_max_tokens; local: model_path, n_ctx, n_threads",
+    )
+    modelsdev_provider_id: str | None = Field(default=None, max_length=255)
+
+    @field_validator("config")
+    @classmethod
+    def _no_secrets_in_config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_config(value) or {}
+
+
+class ProviderUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    base_url: HttpUrl | None = None
+    api_key: str | None = Field(
+        default=None, max_length=4096, description="New key; empty string removes the key"
+    )
+    model: str | None = Field(default=None, max_length=255)
+    weight: float | None = Field(default=None, ge=0, le=999.99)
+    priority: int | None = Field(default=None, ge=0, le=1_000_000)
+    enabled: bool | None = None
+    config: dict[str, Any] | None = None
+    modelsdev_provider_id: str | None = Field(default=None, max_length=255)
+    disabled_models: list[str] | None = Field(
+        default=None, max_length=10_000,
+        description="Model ids (from the last sync) this provider must not be routed for",
+    )
+
+    @field_validator("config")
+    @classmethod
+    def _no_secrets_in_config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _check_config(value)
+
+
+class ProviderOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    type: str
+    base_url: str | None
+    model: str | None
+    weight: float
+    priority: int
+    enabled: bool
+    config: dict[str, Any]
+    has_api_key: bool
+    health_status: str
+    health_error: str | None
+    last_health_check_at: datetime | None
+    response_time: int = Field(description="Last health check's response time in ms")
+    modelsdev_provider_id: str | None
+    models: dict[str, bool] = Field(description="Model id -> enabled, from the last sync")
+    total_models: int
+    enabled_models: int
+    last_models_sync: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class EnsembleSpec(BaseModel):
+    """Ask several providers at once and keep one answer (HelixAgent's ensemble)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Strategy = Field(default="weighted_vote", description=f"One of {STRATEGIES}")
+    providers: list[str] | None = Field(
+        default=None, max_length=20, description="Provider names; default: every enabled one"
+    )
+    n: int | None = Field(default=None, ge=1, le=20, description="At most this many members")
+
+
+class ResponseOut(BaseModel):
+    id: uuid.UUID
+    provider_id: uuid.UUID | None
+    provider_name: str
+    model: str | None
+    content: str
+    tokens_prompt: int
+    tokens_completion: int
+    tokens_total: int
+    confidence: float
+    response_time: int
+    finish_reason: str | None
+    selected: bool
+    outcome: str
+    error_kind: str | None
+    error_message: str | None
+
+
+class RequestOut(BaseModel):
+    id: uuid.UUID
+    session_id: uuid.UUID | None
+    user_id: uuid.UUID | None
+    request_type: str
+    model: str | None
+    status: str
+    error_message: str | None
+    model_params: dict[str, Any]
+    ensemble_config: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    responses: list[ResponseOut]
+
+
+class UsageOut(BaseModel):
+    tokens_input: int
+    tokens_output: int
+    credits_used: int
+    latency_ms: int | None
+    model: str | None

@@ -1,0 +1,259 @@
+"""Posting messages and getting answers: encryption, history, failures, streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+from cryptography.fernet import Fernet
+from sqlalchemy import text
+
+from roost.db.engine import Database
+from roost.keyfiles import KeyMaterial
+from tests.chat.conftest import add_provider, new_session, sse_events
+from tests.support.openai_stub import StubServer
+
+Headers = dict[str, str]
+User = tuple[uuid.UUID, Headers]
+
+
+async def _post(client: httpx.AsyncClient, headers: Headers, session_id: str, **body: Any) -> httpx.Response:
+    return await client.post(f"/api/v1/chat/sessions/{session_id}/messages", json=body,
+                             headers=headers)
+
+
+async def _request_rows(database: Database, session_id: str) -> list[Any]:
+    async with database.transaction() as s:
+        return list((await s.execute(text(
+            "SELECT id, status, started_at, completed_at, error_message, request_type "
+            "FROM llm_requests WHERE session_id = :s ORDER BY created_at"), {"s": session_id})).all())
+
+
+async def test_a_message_is_answered_and_both_are_stored_encrypted(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User,
+    database: Database, test_keys: KeyMaterial,
+) -> None:
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    session = await new_session(client, headers)
+    secret = "my bank PIN is 4421, please remember it"
+    resp = await _post(client, headers, session["id"], content=secret)
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["user_message"]["content"] == secret
+    assert body["user_message"]["seq"] == 1
+    answer = body["assistant_message"]
+    assert answer["content"] == f"echo: {secret} (model stub-model)"
+    assert answer["seq"] == 2 and answer["role"] == "assistant"
+    assert answer["tokens_in"] == len(secret.split())
+    assert answer["tokens_out"] == len(answer["content"].split())
+    assert body["provider"] == "stub" and body["usage"]["tokens_input"] == answer["tokens_in"]
+
+    async with database.transaction() as s:
+        rows = (await s.execute(text(
+            "SELECT role, content, user_id FROM chat_messages WHERE session_id = :s ORDER BY seq"),
+            {"s": session["id"]})).all()
+        request_blobs = (await s.execute(text(
+            "SELECT prompt, messages FROM llm_requests WHERE session_id = :s"), {"s": session["id"]})).one()
+        response_blob = (await s.execute(text(
+            "SELECT content, raw_response::text FROM llm_responses r JOIN llm_requests q "
+            "ON q.id = r.request_id WHERE q.session_id = :s"), {"s": session["id"]})).one()
+    assert [r.role for r in rows] == ["user", "assistant"]
+    assert all(r.user_id == user_id for r in rows)
+    fernet = Fernet(test_keys.message_keys[0].encode())
+    for blob in (rows[0].content, rows[1].content, *request_blobs, response_blob[0]):
+        assert b"4421" not in bytes(blob)
+    assert "4421" not in response_blob[1]  # raw_response keeps no conversation text
+    assert fernet.decrypt(bytes(rows[0].content)).decode() == secret
+    assert fernet.decrypt(bytes(rows[1].content)).decode() == answer["content"]
+
+    [req] = await _request_rows(database, session["id"])
+    assert req.status == "completed" and req.started_at and req.completed_at
+    async with database.transaction() as s:
+        usage = (await s.execute(text(
+            "SELECT tokens_input, tokens_output, credits_used, model, latency_ms, success "
+            "FROM usage_records WHERE llm_request_id = :r"), {"r": req.id})).one()
+        actions = (await s.execute(text(
+            "SELECT action FROM audit_logs WHERE action LIKE 'chat.%' ORDER BY seq"))).scalars().all()
+    assert usage.tokens_input == answer["tokens_in"] and usage.credits_used == 1 and usage.success
+    assert list(actions)[-3:] == ["chat.session.create", "chat.message.create", "chat.message.reply"]
+
+
+async def test_history_is_newest_first_and_stable_under_concurrent_posts(
+    client: httpx.AsyncClient, user: User,
+) -> None:
+    _, headers = user
+    session = await new_session(client, headers)
+    sid = session["id"]
+    for i in range(7):
+        resp = await _post(client, headers, sid, content=f"m{i}", reply=False)
+        assert resp.status_code == 201
+    page1 = (await client.get(f"/api/v1/chat/sessions/{sid}/messages?limit=3", headers=headers)).json()
+    assert [m["content"] for m in page1["items"]] == ["m6", "m5", "m4"]
+    # New messages arrive (concurrently) between page reads.
+    posts = await asyncio.gather(*[_post(client, headers, sid, content=f"new{i}", reply=False)
+                                   for i in range(5)])
+    assert all(p.status_code == 201 for p in posts)
+    seqs = sorted(p.json()["user_message"]["seq"] for p in posts)
+    assert seqs == [8, 9, 10, 11, 12]  # gap-free, unique
+    seen = [m["content"] for m in page1["items"]]
+    cursor = page1["next_cursor"]
+    while cursor:
+        page = (await client.get(f"/api/v1/chat/sessions/{sid}/messages",
+                                 params={"limit": 3, "cursor": cursor}, headers=headers)).json()
+        seen += [m["content"] for m in page["items"]]
+        cursor = page["next_cursor"]
+    assert seen == [f"m{i}" for i in range(6, -1, -1)]
+
+
+async def test_tool_call_fields_and_roles_without_reply(client: httpx.AsyncClient, user: User) -> None:
+    _, headers = user
+    sid = (await new_session(client, headers))["id"]
+    call = {"id": "call_1", "name": "web.search", "arguments": '{"q": "roost"}'}
+    resp = await _post(client, headers, sid, role="assistant", content="", reply=False,
+                       tool_calls=[call])
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["user_message"]["tool_calls"][0]["name"] == "web.search"
+    resp = await _post(client, headers, sid, role="tool", content='{"hits": 3}', reply=False,
+                       tool_call_id="call_1", tool_call_name="web.search")
+    assert resp.status_code == 201, resp.text
+    items = (await client.get(f"/api/v1/chat/sessions/{sid}/messages", headers=headers)).json()["items"]
+    assert items[0]["role"] == "tool" and items[0]["tool_call_id"] == "call_1"
+    assert items[1]["tool_calls"][0]["arguments"] == '{"q": "roost"}'
+    # A tool message needs the call it answers; only user messages are answered.
+    bad = await _post(client, headers, sid, role="tool", content="x", reply=False)
+    assert bad.status_code == 400 and "tool_call_id" in bad.json()["detail"]
+    bad = await _post(client, headers, sid, role="system", content="x")
+    assert bad.status_code == 400 and "reply=false" in bad.json()["detail"]
+
+
+async def test_without_a_provider_chat_answers_409_with_a_hint_and_stores_nothing(
+    client: httpx.AsyncClient, user: User, database: Database,
+) -> None:
+    _, headers = user
+    sid = (await new_session(client, headers))["id"]
+    resp = await _post(client, headers, sid, content="hello?")
+    assert resp.status_code == 409
+    problem = resp.json()
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    assert "POST /api/v1/llm/providers" in problem["detail"] and "roost[local]" in problem["detail"]
+    async with database.transaction() as s:
+        assert (await s.execute(text("SELECT count(*) FROM chat_messages"))).scalar_one() == 0
+
+
+async def test_bad_input(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User,
+    other_user: User,
+) -> None:
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    sid = (await new_session(client, headers))["id"]
+    too_long = await _post(client, headers, sid, content="x" * 2001)
+    assert too_long.status_code == 413 and "2000" in too_long.json()["detail"]
+    assert (await _post(client, headers, sid, content="   ")).status_code == 400
+    malformed = await client.post(f"/api/v1/chat/sessions/{sid}/messages", json={"text": "hi"},
+                                  headers=headers)
+    assert malformed.status_code == 422
+    unknown_model = await _post(client, headers, sid, content="hi", model="no-such-model")
+    assert unknown_model.status_code == 404 and "no-such-model" in unknown_model.json()["detail"]
+    # Another user's session looks like no session at all.
+    _, other_headers = other_user
+    for resp in (
+        await _post(client, other_headers, sid, content="hi"),
+        await client.get(f"/api/v1/chat/sessions/{sid}", headers=other_headers),
+        await client.get(f"/api/v1/chat/sessions/{sid}/messages", headers=other_headers),
+        await client.delete(f"/api/v1/chat/sessions/{sid}", headers=other_headers),
+    ):
+        assert resp.status_code == 404, resp.text
+    assert (await _post(client, headers, str(uuid.uuid4()), content="hi")).status_code == 404
+
+
+async def test_a_failing_provider_keeps_the_message_and_marks_the_request_failed(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User,
+    database: Database,
+) -> None:
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    sid = (await new_session(client, headers))["id"]
+    stub.control(junk="text")
+    resp = await _post(client, headers, sid, content="keep me")
+    assert resp.status_code == 502
+    assert "malformed" in resp.json()["detail"]
+    stub.control(junk=None, fail_status=500)
+    resp = await _post(client, headers, sid, content="keep me too")
+    assert resp.status_code == 502 and "HTTP 500" in resp.json()["detail"]
+    items = (await client.get(f"/api/v1/chat/sessions/{sid}/messages", headers=headers)).json()["items"]
+    assert [m["content"] for m in items] == ["keep me too", "keep me"]
+    reqs = await _request_rows(database, sid)
+    assert [r.status for r in reqs] == ["failed", "failed"]
+    assert all(r.error_message and r.completed_at for r in reqs)
+    async with database.transaction() as s:
+        outcomes = (await s.execute(text(
+            "SELECT outcome, error_kind FROM llm_responses ORDER BY created_at"))).all()
+    assert [tuple(o) for o in outcomes] == [("error", "bad_response"), ("error", "unavailable")]
+
+
+async def test_a_hanging_provider_times_out_and_the_next_one_answers(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, stub_b: StubServer,
+    user: User, database: Database,
+) -> None:
+    _, headers = user
+    await add_provider(client, admin_headers, stub, name="first", priority=1)
+    await add_provider(client, admin_headers, stub_b, name="second", priority=2)
+    stub.control(hang=True)
+    sid = (await new_session(client, headers))["id"]
+    resp = await _post(client, headers, sid, content="anyone there?")
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["provider"] == "second"
+    request_id = resp.json()["request_id"]
+    detail = (await client.get(f"/api/v1/llm/requests/{request_id}", headers=headers)).json()
+    assert [(r["provider_name"], r["outcome"], r["selected"]) for r in detail["responses"]] == [
+        ("first", "timeout", False), ("second", "success", True)]
+    # Both hang: 504, the message is kept.
+    stub_b.control(hang=True)
+    resp = await _post(client, headers, sid, content="still there?")
+    assert resp.status_code == 504
+    assert (await _request_rows(database, sid))[-1].status == "failed"
+
+
+async def test_streamed_answer_as_server_sent_events(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User,
+    database: Database,
+) -> None:
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    sid = (await new_session(client, headers))["id"]
+    resp = await _post(client, headers, sid, content="stream this please", stream=True)
+    assert resp.status_code == 201
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(resp.text)
+    names = [e[0] for e in events]
+    assert names[0] == "start" and names[-1] == "done" and names.count("delta") >= 3
+    text_out = "".join(e[1]["content"] for e in events if e[0] == "delta")
+    assert text_out == "echo: stream this please (model stub-model)"
+    done = events[-1][1]
+    assert done["assistant_message"]["content"] == text_out
+    stored = (await client.get(f"/api/v1/chat/sessions/{sid}/messages", headers=headers)).json()
+    assert [m["content"] for m in stored["items"]] == [text_out, "stream this please"]
+    [req] = await _request_rows(database, sid)
+    assert req.status == "completed" and req.request_type == "chat_stream"
+
+
+async def test_a_stream_that_breaks_midway_fails_the_request_and_keeps_the_message(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User,
+    database: Database,
+) -> None:
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    sid = (await new_session(client, headers))["id"]
+    stub.control(fail_after_chunks=2)
+    resp = await _post(client, headers, sid, content="one two three four five", stream=True)
+    events = sse_events(resp.text)
+    assert [e[0] for e in events][-1] == "error"
+    assert events[-1][1]["status"] == 502
+    [req] = await _request_rows(database, sid)
+    assert req.status == "failed"
+    items = (await client.get(f"/api/v1/chat/sessions/{sid}/messages", headers=headers)).json()["items"]
+    assert [m["role"] for m in items] == ["user"]
