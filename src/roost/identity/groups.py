@@ -176,12 +176,14 @@ async def add_member(
     return Member(user_id, username, full_name, role, membership.joined_at)
 
 
-async def _membership(session: AsyncSession, group_id: uuid.UUID, user_id: uuid.UUID) -> UserGroupMembership:
-    row = await session.scalar(
-        select(UserGroupMembership).where(UserGroupMembership.group_id == group_id,
-                                          UserGroupMembership.user_id == user_id)
-        .with_for_update()
-    )
+async def _membership(
+    session: AsyncSession, group_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool = True
+) -> UserGroupMembership:
+    # FOR UPDATE (against a concurrent "last admin" change) needs the UPDATE policy, which
+    # a plain member leaving does not pass; they are no admin, so there is no race.
+    stmt = select(UserGroupMembership).where(UserGroupMembership.group_id == group_id,
+                                             UserGroupMembership.user_id == user_id)
+    row = await session.scalar(stmt.with_for_update() if lock else stmt)
     if row is None:
         raise NotFound("that user is not a member of the group")
     return row
@@ -219,11 +221,9 @@ async def remove_member(
     session: AsyncSession, principal: Principal, group_id: uuid.UUID, user_id: uuid.UUID
 ) -> None:
     leaving = user_id == principal.user_id
-    if leaving:
-        await _visible(session, principal, group_id)
-    else:
-        await _manageable(session, principal, group_id)
-    membership = await _membership(session, group_id, user_id)
+    view = await (_visible if leaving else _manageable)(session, principal, group_id)
+    lock = view.my_role == "admin" or principal.is_admin
+    membership = await _membership(session, group_id, user_id, lock=lock)
     if await _is_last_admin(session, group_id, membership):
         raise Conflict("the last admin cannot leave while others remain: promote someone first")
     await session.delete(membership)

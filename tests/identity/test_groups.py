@@ -1,0 +1,93 @@
+"""Groups and memberships (point 7)."""
+
+from __future__ import annotations
+
+import httpx
+from sqlalchemy import text
+
+from roost.db.engine import Database
+from tests.support.identity import make_user
+
+
+async def test_group_lifecycle_and_roles(client: httpx.AsyncClient, database: Database) -> None:
+    alice_id, alice = await make_user(database, username="alice")
+    bob_id, bob = await make_user(database, username="bob")
+    carol_id, carol = await make_user(database, username="carol")
+
+    made = await client.post("/api/v1/groups", headers=alice, json={"name": "Research",
+                                                                     "description": "R&D"})
+    assert made.status_code == 201 and made.json()["my_role"] == "admin"
+    gid = made.json()["id"]
+    dup = await client.post("/api/v1/groups", headers=bob, json={"name": "Research"})
+    assert dup.status_code == 409
+
+    # Outsiders cannot see the group at all.
+    assert (await client.get(f"/api/v1/groups/{gid}", headers=bob)).status_code == 404
+    assert (await client.get(f"/api/v1/groups/{gid}/members", headers=bob)).status_code == 404
+
+    added = await client.post(f"/api/v1/groups/{gid}/members", headers=alice,
+                              json={"user": "BOB"})
+    assert added.status_code == 201 and added.json()["username"] == "bob"
+    assert added.json()["role"] == "member"
+    again = await client.post(f"/api/v1/groups/{gid}/members", headers=alice,
+                              json={"user": str(bob_id)})
+    assert again.status_code == 409
+    unknown = await client.post(f"/api/v1/groups/{gid}/members", headers=alice,
+                                json={"user": "nobody"})
+    assert unknown.status_code == 404
+
+    # A member sees the group and its members but cannot manage it.
+    mine = (await client.get("/api/v1/groups", headers=bob)).json()
+    assert [(g["name"], g["my_role"]) for g in mine] == [("Research", "member")]
+    members = (await client.get(f"/api/v1/groups/{gid}/members", headers=bob)).json()
+    assert [(m["username"], m["role"]) for m in members] == [("alice", "admin"), ("bob", "member")]
+    assert (await client.patch(f"/api/v1/groups/{gid}", headers=bob,
+                               json={"name": "Mine"})).status_code == 403
+    assert (await client.post(f"/api/v1/groups/{gid}/members", headers=bob,
+                              json={"user": "carol"})).status_code == 403
+
+    # Promotion makes bob a manager.
+    promoted = await client.patch(f"/api/v1/groups/{gid}/members/{bob_id}", headers=alice,
+                                  json={"role": "admin"})
+    assert promoted.json()["role"] == "admin"
+    assert (await client.post(f"/api/v1/groups/{gid}/members", headers=bob,
+                              json={"user": "carol@example.test"})).status_code == 201
+    renamed = await client.patch(f"/api/v1/groups/{gid}", headers=bob,
+                                 json={"name": "Research Lab"})
+    assert renamed.json()["name"] == "Research Lab" and renamed.json()["description"] == "R&D"
+
+    # The last admin cannot walk away while others remain; members may leave.
+    await client.patch(f"/api/v1/groups/{gid}/members/{bob_id}", headers=alice,
+                       json={"role": "member"})
+    stuck = await client.delete(f"/api/v1/groups/{gid}/members/{alice_id}", headers=alice)
+    assert stuck.status_code == 409
+    demote_last = await client.patch(f"/api/v1/groups/{gid}/members/{alice_id}", headers=alice,
+                                     json={"role": "member"})
+    assert demote_last.status_code == 409
+    assert (await client.delete(f"/api/v1/groups/{gid}/members/{carol_id}",
+                                headers=carol)).status_code == 204
+    assert (await client.get(f"/api/v1/groups/{gid}", headers=carol)).status_code == 404
+
+    assert (await client.delete(f"/api/v1/groups/{gid}", headers=bob)).status_code == 403
+    assert (await client.delete(f"/api/v1/groups/{gid}", headers=alice)).status_code == 204
+    assert (await client.get("/api/v1/groups", headers=bob)).json() == []
+
+    async with database.transaction() as session:
+        actions = set((await session.scalars(text("SELECT action FROM audit_logs"))).all())
+    assert {"group.created", "group.member_added", "group.member_role_changed",
+            "group.updated", "group.member_left", "group.deleted"} <= actions
+
+
+async def test_admins_see_every_group(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str]
+) -> None:
+    _, alice = await make_user(database, username="alice")
+    _, bob = await make_user(database, username="bob")
+    await client.post("/api/v1/groups", headers=alice, json={"name": "A"})
+    await client.post("/api/v1/groups", headers=bob, json={"name": "B"})
+    every = (await client.get("/api/v1/groups?all=true", headers=admin_headers)).json()
+    assert sorted(g["name"] for g in every) == ["A", "B"]
+    assert (await client.get("/api/v1/groups?all=true", headers=alice)).status_code == 403
+    _, admin = await make_user(database, admin=True, username="root2")
+    gid = every[0]["id"]
+    assert (await client.get(f"/api/v1/groups/{gid}/members", headers=admin)).status_code == 200

@@ -1,0 +1,150 @@
+"""Profiles and settings (point 6) and OAuth token storage (point 5)."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+from sqlalchemy import select, text
+
+from roost.db.engine import Database
+from roost.identity.models import User, UserOAuthToken
+from tests.support.identity import make_user
+
+
+async def test_settings_read_write_and_validation(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str]
+) -> None:
+    user_id, headers = await make_user(database, username="sal")
+    base = (await client.get("/api/v1/users/me/settings", headers=headers)).json()
+    assert base["theme"] == "dark" and base["timezone"] == "UTC"
+    assert base["notifications_enabled"] and base["model_preferences"] == {}
+    assert base["web_search_provider"] == "disabled" and not base["web_search_api_key_set"]
+
+    changed = await client.patch("/api/v1/users/me/settings", headers=headers, json={
+        "theme": "light", "timezone": "Europe/Paris", "notifications_enabled": False,
+        "model_preferences": {"selected": "llama3.2:3b", "coding": "qwen2.5-coder:7b"},
+        "agent_settings": {"max_steps": 12}, "personal_goals": ["ship v1"],
+        "web_search_provider": "tavily", "web_search_api_key": "tvly-secret-123456"})
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert body["timezone"] == "Europe/Paris" and body["web_search_api_key_set"]
+    assert body["model_preferences"]["coding"] == "qwen2.5-coder:7b"
+    assert "tvly-secret" not in changed.text
+    async with database.transaction() as session:
+        stored = await session.scalar(select(User.web_search_api_key_encrypted)
+                                      .where(User.id == user_id))
+    assert stored is not None and "tvly-secret" not in stored
+
+    # Only the fields sent change.
+    again = await client.patch("/api/v1/users/me/settings", headers=headers, json={"theme": "x"})
+    assert again.json()["timezone"] == "Europe/Paris" and again.json()["theme"] == "x"
+
+    for bad in ({"timezone": "Mars/Olympus"}, {"model_preferences": {"nonsense_node": "m"}},
+                {"agent_settings": {"blob": "x" * 20_000}}, {"web_search_provider": "bing"},
+                {"is_superuser": True}, {"theme": "Not Valid!"}):
+        answer = await client.patch("/api/v1/users/me/settings", headers=headers, json=bad)
+        assert answer.status_code == 422, bad
+        assert answer.json()["type"].endswith("validation-error")
+    untouched = (await client.get("/api/v1/users/me/settings", headers=headers)).json()
+    assert untouched["timezone"] == "Europe/Paris" and untouched["agent_settings"] == {"max_steps": 12}
+
+    # Administrators read and change anyone's.
+    by_admin = await client.patch(f"/api/v1/users/{user_id}/settings", headers=admin_headers,
+                                  json={"web_search_api_key": ""})
+    assert by_admin.status_code == 200 and not by_admin.json()["web_search_api_key_set"]
+
+
+async def test_profile_read_write(client: httpx.AsyncClient, database: Database) -> None:
+    user_id, headers = await make_user(database, username="pia")
+    empty = (await client.get("/api/v1/users/me/profile", headers=headers)).json()
+    assert empty["user_id"] == str(user_id) and empty["first_name"] is None
+    updated = await client.patch("/api/v1/users/me/profile", headers=headers, json={
+        "first_name": "Pia", "last_name": "Lund", "date_of_birth": "1990-04-01",
+        "phone_number": "+46 70 123 45 67", "personal_address": {"city": "Malmö"},
+        "work_email": "Pia@Work.example", "preferred_contact_method": "email",
+        "bio": "Builds agents.", "website": "https://pia.example", "github": "pialund",
+        "language": "sv-SE", "timezone": "Europe/Stockholm"})
+    assert updated.status_code == 200, updated.text
+    profile = updated.json()
+    assert profile["work_email"] == "pia@work.example" and profile["timezone"] == "Europe/Stockholm"
+    settings = (await client.get("/api/v1/users/me/settings", headers=headers)).json()
+    assert settings["timezone"] == "Europe/Stockholm"  # one time zone per account
+    cleared = await client.patch("/api/v1/users/me/profile", headers=headers, json={"bio": None})
+    assert cleared.json()["bio"] is None and cleared.json()["first_name"] == "Pia"
+    for bad in ({"date_of_birth": "not a date"}, {"website": "javascript:alert(1)"},
+                {"bio": "x" * 6000}, {"emergency_contact": {"n": "x" * 5000}},
+                {"phone_number": "call me maybe"}, {"work_email": "nope"}):
+        answer = await client.patch("/api/v1/users/me/profile", headers=headers, json=bad)
+        assert answer.status_code == 422, bad
+    account = await client.patch("/api/v1/users/me", headers=headers,
+                                 json={"full_name": "Pia Lund", "username": "pia.lund"})
+    assert account.json()["username"] == "pia.lund"
+    _, other = await make_user(database, username="taken")
+    clash = await client.patch("/api/v1/users/me", headers=headers, json={"username": "taken"})
+    assert clash.status_code == 409 and clash.json()["field"] == "username"
+    assert (await client.get("/api/v1/users/me", headers=other)).json()["username"] == "taken"
+
+
+async def test_oauth_tokens_encrypted_and_never_returned(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    _, headers = await make_user(database, username="olga")
+    access, refresh = "ya29.A0ARrdaM-access-token-value", "1//0g-refresh-token-value"
+    stored = await client.put("/api/v1/users/me/oauth/google_calendar", headers=headers, json={
+        "access_token": access, "refresh_token": refresh, "scope": "calendar.readonly",
+        "token_expiry": "2030-01-01T00:00:00Z", "service_email": "olga@gmail.example"})
+    assert stored.status_code == 200, stored.text
+    view = stored.json()
+    assert view["access_token_hint"] == "..." + access[-4:] and view["has_refresh_token"]
+    assert access not in stored.text and refresh not in stored.text and not view["expired"]
+    async with database.transaction() as session:
+        row = await session.scalar(select(UserOAuthToken))
+        raw = (await session.execute(text("SELECT * FROM user_oauth_tokens"))).one()
+    assert row is not None and access not in row.access_token_encrypted
+    assert access not in str(raw) and refresh not in str(raw)
+
+    refreshed = await client.patch("/api/v1/users/me/oauth/google_calendar", headers=headers,
+                                   json={"access_token": "ya29.new-access-token-XYZW",
+                                         "token_expiry": "2020-01-01T00:00:00Z"})
+    assert refreshed.json()["access_token_hint"] == "...XYZW" and refreshed.json()["expired"]
+    listed = (await client.get("/api/v1/users/me/oauth", headers=headers)).json()
+    assert [t["service"] for t in listed] == ["google_calendar"]
+    assert "ya29" not in str(listed)
+    bad_service = await client.put("/api/v1/users/me/oauth/Bad%20Service", headers=headers,
+                                   json={"access_token": "x"})
+    assert bad_service.status_code == 422
+    assert (await client.delete("/api/v1/users/me/oauth/google_calendar",
+                                headers=headers)).status_code == 204
+    assert (await client.get("/api/v1/users/me/oauth/google_calendar",
+                             headers=headers)).status_code == 404
+
+
+async def test_oauth_ciphertext_is_bound_to_its_row(database: Database) -> None:
+    """A ciphertext copied into another user's row does not decrypt (AES-GCM + AAD)."""
+    import base64
+    import secrets
+
+    import pytest
+
+    from roost.http.auth import Principal
+    from roost.identity import oauth
+    from roost.identity.config import IdentityConfig
+    from roost.security.crypto import DecryptionError, SecretBox
+
+    cfg = IdentityConfig(jwt_secret="x" * 48,
+                         box=SecretBox.from_keys(base64.b64decode(base64.b64encode(secrets.token_bytes(32)))))
+    a, _ = await make_user(database, username="ada")
+    b, _ = await make_user(database, username="ben")
+    pa = Principal(user_id=a, is_admin=False, kind="session")
+    pb = Principal(user_id=b, is_admin=False, kind="session")
+    async with database.transaction() as session:
+        row_a = await oauth.store(session, cfg, pa, "github", access_token="gho_secret_of_ada")
+        row_b = await oauth.store(session, cfg, pb, "github", access_token="gho_secret_of_ben")
+        row_b.access_token_encrypted = row_a.access_token_encrypted
+        await session.flush()
+        assert (await oauth.get_credentials(session, cfg, pa, "github")).access_token == \
+            "gho_secret_of_ada"
+        with pytest.raises(DecryptionError):
+            await oauth.get_credentials(session, cfg, pb, "github")
+    assert uuid.UUID(str(a))
