@@ -16,6 +16,7 @@ from rich.table import Table
 import roost
 from roost.config import Settings, get_settings
 from roost.db.engine import Database, create_database
+from roost.identity.cli import keys_app, users_app
 from roost.tasks.cli import tasks_app, worker_command
 
 T = TypeVar("T")
@@ -28,6 +29,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 app.add_typer(schema_app, name="schema")
 app.add_typer(tasks_app, name="tasks")
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
 app.command("worker")(worker_command)
 
 console = Console()

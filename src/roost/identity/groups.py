@@ -170,9 +170,9 @@ async def add_member(
     await _flush_unique(session, "that user is already a member of the group")
     await record(session, "group.member_added", user_id=principal.user_id, resource_type="group",
                  resource_id=group_id, changes={"member": str(user_id), "role": role})
-    username, full_name = (await session.execute(
-        text("SELECT username, full_name FROM users WHERE id = :id"), {"id": user_id}
-    )).one_or_none() or (str(user_id), None)
+    named = (await session.execute(
+        select(User.username, User.full_name).where(User.id == user_id))).one_or_none()
+    username, full_name = (named[0], named[1]) if named is not None else (str(user_id), None)
     return Member(user_id, username, full_name, role, membership.joined_at)
 
 

@@ -1,0 +1,193 @@
+"""``roost users create|approve|list|cleanup-sessions|revoke-sessions`` and
+``roost keys create|list|revoke``.  They act as the operator (administrator rights)."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+T = TypeVar("T")
+
+users_app = typer.Typer(help="User accounts.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+
+def _run(fn: Callable[[Any], Awaitable[T]]) -> T:
+    """``fn(session)`` in one transaction; domain errors become one line and exit 1."""
+    from roost.cli import with_database
+    from roost.context import RequestContext, set_context
+    from roost.errors import RoostError
+
+    async def in_tx(db: Any) -> T:
+        set_context(RequestContext(request_id=f"cli-{uuid.uuid4().hex[:12]}",
+                                   user_agent="roost-cli"))
+        async with db.transaction() as session:
+            return await fn(session)
+
+    try:
+        return with_database(in_tx)
+    except RoostError as exc:
+        err.print(f"[red]{exc.title}[/red]: {exc.detail}")
+        raise typer.Exit(1) from exc
+
+
+async def _user_by_login(session: Any, login: str) -> Any:
+    from roost.errors import NotFound
+    from roost.identity.accounts import find_user
+
+    user = await find_user(session, login)
+    if user is None:
+        raise NotFound(f"no account with username or email {login!r}")
+    return user
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+@users_app.command("create")
+def users_create(
+    username: Annotated[str, typer.Argument(help="3-64 characters: letters, digits, . _ -")],
+    email: Annotated[str, typer.Option(help="The account's email address.")],
+    admin: Annotated[bool, typer.Option("--admin", help="Give the account the admin role.")] = False,
+    full_name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    password_stdin: Annotated[bool, typer.Option(
+        "--password-stdin", help="Read the password from the first line of stdin.")] = False,
+    no_password: Annotated[bool, typer.Option(
+        "--no-password", help="No password: the account signs in with API keys or passkeys.")] = False,
+) -> None:
+    """Create an active account (the first account ever created becomes the root)."""
+    from roost.identity.accounts import create_user
+    from roost.identity.common import SYSTEM
+
+    password = None if no_password else _read_password(password_stdin)
+
+    async def go(session: Any) -> Any:
+        return await create_user(session, SYSTEM, username=username, email=email,
+                                 password=password, full_name=full_name,
+                                 role="admin" if admin else "user")
+
+    user = _run(go)
+    extra = " (root)" if user.is_root else ""
+    console.print(f"created {user.username} <{user.email}> role={user.role}{extra} id={user.id}")
+
+
+@users_app.command("approve")
+def users_approve(login: Annotated[str, typer.Argument(help="Username or email.")]) -> None:
+    """Approve an account that is pending approval."""
+    from roost.identity.accounts import approve
+    from roost.identity.common import SYSTEM
+
+    async def go(session: Any) -> Any:
+        user = await _user_by_login(session, login)
+        return await approve(session, SYSTEM, user.id)
+
+    user = _run(go)
+    console.print(f"{user.username} is {user.status}")
+
+
+@users_app.command("list")
+def users_list(
+    status: Annotated[str | None, typer.Option(help="pending_approval, active or suspended")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 100,
+) -> None:
+    """List accounts."""
+    from roost.identity.accounts import list_users
+    from roost.identity.common import SYSTEM
+
+    rows = _run(lambda session: list_users(session, SYSTEM, status=status, limit=limit))
+    table = Table("username", "email", "role", "status", "tier", "last login", "id")
+    for u in rows:
+        role = u.role + (" (root)" if u.is_root else "")
+        last = u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "-"
+        table.add_row(u.username, u.email, role, u.status, u.tier, last, str(u.id))
+    console.print(table)
+
+
+@users_app.command("revoke-sessions")
+def users_revoke_sessions(login: Annotated[str, typer.Argument(help="Username or email.")]) -> None:
+    """End every sign-in session of an account (takes effect on its next request)."""
+    from roost.identity.common import SYSTEM
+    from roost.identity.sessions import revoke_all_sessions
+
+    async def go(session: Any) -> int:
+        user = await _user_by_login(session, login)
+        return await revoke_all_sessions(session, SYSTEM, user.id)
+
+    console.print(f"ended {_run(go)} session(s)")
+
+
+@users_app.command("cleanup-sessions")
+def users_cleanup_sessions() -> None:
+    """Delete expired sessions, expired sign-in challenges and old lockout counters.
+
+    The task queue runs this hourly as ``identity.cleanup_sessions``."""
+    from roost.config import get_settings
+    from roost.identity.sessions import cleanup_expired
+
+    window = get_settings().login_failure_window_s
+    report = _run(lambda session: cleanup_expired(session, failure_window_s=window))
+    console.print(f"deleted {report.sessions} session(s), {report.challenges} challenge(s), "
+                  f"{report.throttle_rows} lockout counter(s)")
+
+
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option("--user", help="Username or email of the key's owner.")],
+    name: Annotated[str, typer.Option(help="What the key is for.")] = "cli",
+    expires_days: Annotated[int | None, typer.Option(min=1, help="Expire after N days.")] = None,
+) -> None:
+    """Create an API key; it is printed once (stdout), store it now."""
+    from roost.identity.apikeys import create_api_key
+    from roost.identity.common import SYSTEM
+
+    expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
+
+    async def go(session: Any) -> Any:
+        owner = await _user_by_login(session, user)
+        return await create_api_key(session, SYSTEM, name=name, expires_at=expires,
+                                    user_id=owner.id)
+
+    created = _run(go)
+    err.print(f"API key {created.row.prefix} for {user} (shown once):")
+    print(created.key)  # plain stdout so scripts can capture it
+
+
+@keys_app.command("list")
+def keys_list(user: Annotated[str, typer.Option("--user", help="Username or email.")]) -> None:
+    """List a user's active keys (prefix, name, created, last used)."""
+    from roost.identity.apikeys import list_api_keys
+    from roost.identity.common import SYSTEM
+
+    async def go(session: Any) -> Any:
+        owner = await _user_by_login(session, user)
+        return await list_api_keys(session, SYSTEM, user_id=owner.id)
+
+    table = Table("id", "prefix", "name", "created", "last used", "expires")
+    for k in _run(go):
+        table.add_row(str(k.id), k.prefix, k.name, k.created_at.strftime("%Y-%m-%d %H:%M"),
+                      k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "-",
+                      k.expires_at.strftime("%Y-%m-%d") if k.expires_at else "-")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[uuid.UUID, typer.Argument(help="The key's id.")]) -> None:
+    """Revoke an API key (refused from the next request on)."""
+    from roost.identity.apikeys import revoke_api_key
+    from roost.identity.common import SYSTEM
+
+    row = _run(lambda session: revoke_api_key(session, SYSTEM, key_id))
+    console.print(f"revoked {row.prefix} ({row.name})")
