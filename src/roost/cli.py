@@ -236,7 +236,7 @@ def doctor() -> None:
     async def probe(db: Database) -> None:
         source = "embedded" if db.embedded else "external"
         async with db.engine.connect() as conn:
-            version = (await conn.execute(text("SHOW server_version"))).scalar_one()
+            version: str = (await conn.execute(text("SHOW server_version"))).scalar_one()
             row("database", True, f"{source} PostgreSQL {version}")
             vector = (
                 await conn.execute(

@@ -151,20 +151,21 @@ async def verify_chain(session: AsyncSession) -> ChainReport:
     The first remaining row must link to the genesis hash or to an anchor that a
     retention run recorded when it pruned the rows before it.
     """
-    total = (await session.execute(text("SELECT count(*) FROM audit_logs"))).scalar_one()
-    anchors = {
-        bytes.fromhex(a)
-        for a in (
+    total: int = (await session.execute(text("SELECT count(*) FROM audit_logs"))).scalar_one()
+    anchor_hexes: list[str | None] = list(
+        (
             await session.scalars(
                 select(AuditLog.changes["anchor_hash"].astext).where(
                     AuditLog.action == RETENTION_ACTION
                 )
             )
         ).all()
-        if a
-    }
+    )
+    anchors = {bytes.fromhex(a) for a in anchor_hexes if a}
     for row in (await session.execute(_FIRST_BROKEN)).all():
-        seq, row_id, prev_hash, row_hash, computed, _predecessor, n = row
+        seq: int = row.seq
+        row_id: uuid.UUID = row.id
+        prev_hash, row_hash, computed, n = row.prev_hash, row.row_hash, row.computed, row.n
         if computed != row_hash:
             return ChainReport(False, total, seq, row_id, "row content does not match its hash")
         if n == 1:
@@ -187,7 +188,7 @@ async def apply_retention(session: AsyncSession, older_than: timedelta) -> int:
     cutoff = datetime.now(UTC) - older_than
     # Serialise with writers so the anchor is the hash of the last row deleted.
     await session.execute(text("SELECT pg_advisory_xact_lock(7263117, 1)"))
-    boundary = (
+    boundary: int | None = (
         await session.execute(
             text("SELECT min(seq) FROM audit_logs WHERE created_at >= :cutoff"), {"cutoff": cutoff}
         )
