@@ -17,6 +17,7 @@ from roost.http.middleware import RequestContextMiddleware
 from roost.http.problems import install_problem_handlers
 from roost.identity.routes import router as identity_router
 from roost.keyfiles import KeyMaterial, load_keys
+from roost.knowledge.routes import router as knowledge_router
 from roost.llm.openai_routes import router as openai_router
 from roost.llm.routes import router as llm_router
 from roost.logging import configure_logging
@@ -25,6 +26,7 @@ from roost.tasks.routes import router as tasks_router
 # Every domain's router; a new domain adds its router here.
 ROUTERS: list[APIRouter] = [health.router, audit_router, identity_router]
 ROUTERS.append(tasks_router)
+ROUTERS.append(knowledge_router)
 ROUTERS.extend([chat_router, llm_router, openai_router])
 
 

@@ -112,6 +112,46 @@ class Settings(BaseSettings):
         default=300, ge=10, description="Period of the provider health checks (task queue)"
     )
 
+    # --- knowledge (documents, ingestion, embeddings, search) -----------------------
+    knowledge_ingest_roots: str = Field(
+        default="", description="Comma-separated directories users may ingest server files "
+        "from (admins configure; empty disables file and directory ingestion over the API)"
+    )
+    knowledge_allow_private_fetch: bool = Field(
+        default=False, description="Let web ingestion reach private, loopback and link-local "
+        "addresses (cloud metadata addresses stay refused)"
+    )
+    knowledge_fetch_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    knowledge_fetch_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    knowledge_max_upload_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024,
+        description="Largest upload or file ingested (the request limit max_request_bytes "
+        "applies to uploads too)",
+    )
+    knowledge_chunk_tokens: int = Field(default=256, ge=16, le=8192)
+    knowledge_chunk_overlap_tokens: int = Field(default=32, ge=0, le=4096)
+    knowledge_ef_search: int = Field(default=64, ge=1, le=1000,
+                                     description="HNSW ef_search for vector queries")
+    knowledge_embedding_provider: str = Field(
+        default="local", pattern=r"^(local|openai|hash)$",
+        description="local (all-MiniLM-L6-v2, roost[local]), openai (OpenAI-compatible "
+        "server) or hash (deterministic, NOT semantic: tests and offline development)",
+    )
+    knowledge_embedding_model: str | None = Field(
+        default=None, description="Model name; default all-MiniLM-L6-v2 for local"
+    )
+    knowledge_embedding_dimensions: int | None = Field(default=None, ge=8, le=16000)
+    knowledge_embedding_base_url: str | None = None
+    knowledge_embedding_api_key: SecretStr | None = None
+    knowledge_embedding_batch_size: int = Field(default=32, ge=1, le=2048)
+    knowledge_curation_llm_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible server that writes curated summaries; "
+        "unset: no curation"
+    )
+    knowledge_curation_llm_model: str | None = None
+    knowledge_curation_llm_api_key: SecretStr | None = None
+    knowledge_curation_group_size: int = Field(default=4, ge=2, le=32)
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:

@@ -1,0 +1,150 @@
+"""What the knowledge services need from settings, and the process's embedders.
+
+Embedders are built once per process and model (the local model loads its weights
+once, on first use, in a worker thread), so every request, job and CLI command in a
+process shares them.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from roost.config import Settings
+from roost.errors import Unprocessable
+from roost.knowledge.embeddings import (
+    LOCAL_MODEL_DIMENSIONS,
+    LOCAL_MODEL_NAME,
+    DevHashingEmbedder,
+    Embedder,
+    LocalSentenceTransformerEmbedder,
+    OpenAICompatibleEmbedder,
+)
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """One configured embedding model: how to build it and what it produces."""
+
+    provider: str  # "local" | "openai" | "hash"
+    model: str
+    dimensions: int
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class KnowledgeConfig:
+    ingest_roots: tuple[Path, ...] = ()
+    allow_private_fetch: bool = False
+    fetch_timeout_s: float = 30.0
+    fetch_max_bytes: int = 20 * 1024 * 1024
+    max_upload_bytes: int = 10 * 1024 * 1024
+    chunk_tokens: int = 256
+    overlap_tokens: int = 32
+    ef_search: int = 64
+    embedder: EmbedderSpec = field(
+        default_factory=lambda: EmbedderSpec("local", LOCAL_MODEL_NAME, LOCAL_MODEL_DIMENSIONS)
+    )
+    curation_base_url: str | None = None
+    curation_model: str | None = None
+    curation_api_key: str | None = field(default=None, repr=False)
+    curation_group_size: int = 4
+    app_role: str = "roost_app"
+
+    @property
+    def curation_enabled(self) -> bool:
+        return bool(self.curation_base_url)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KnowledgeConfig:
+        roots = tuple(
+            Path(part.strip()) for part in settings.knowledge_ingest_roots.split(",") if part.strip()
+        )
+        provider = settings.knowledge_embedding_provider
+        dims = settings.knowledge_embedding_dimensions
+        if provider == "local":
+            spec = EmbedderSpec(
+                "local", settings.knowledge_embedding_model or LOCAL_MODEL_NAME,
+                dims or LOCAL_MODEL_DIMENSIONS, batch_size=settings.knowledge_embedding_batch_size,
+            )
+        elif provider == "hash":
+            dims = dims or LOCAL_MODEL_DIMENSIONS
+            spec = EmbedderSpec("hash", settings.knowledge_embedding_model or f"dev-hashing-{dims}",
+                                dims)
+        else:
+            if not (settings.knowledge_embedding_model and dims and
+                    settings.knowledge_embedding_base_url):
+                raise ValueError(
+                    "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER=openai needs ROOST_KNOWLEDGE_EMBEDDING_MODEL, "
+                    "ROOST_KNOWLEDGE_EMBEDDING_DIMENSIONS and ROOST_KNOWLEDGE_EMBEDDING_BASE_URL"
+                )
+            key = settings.knowledge_embedding_api_key
+            spec = EmbedderSpec(
+                "openai", settings.knowledge_embedding_model, dims,
+                base_url=settings.knowledge_embedding_base_url,
+                api_key=key.get_secret_value() if key else None,
+                batch_size=settings.knowledge_embedding_batch_size,
+            )
+        curation_key = settings.knowledge_curation_llm_api_key
+        return cls(
+            ingest_roots=roots,
+            allow_private_fetch=settings.knowledge_allow_private_fetch,
+            fetch_timeout_s=settings.knowledge_fetch_timeout_s,
+            fetch_max_bytes=settings.knowledge_fetch_max_bytes,
+            max_upload_bytes=settings.knowledge_max_upload_bytes,
+            chunk_tokens=settings.knowledge_chunk_tokens,
+            overlap_tokens=min(settings.knowledge_chunk_overlap_tokens,
+                               settings.knowledge_chunk_tokens // 2),
+            ef_search=settings.knowledge_ef_search,
+            embedder=spec,
+            curation_base_url=settings.knowledge_curation_llm_base_url,
+            curation_model=settings.knowledge_curation_llm_model,
+            curation_api_key=curation_key.get_secret_value() if curation_key else None,
+            curation_group_size=settings.knowledge_curation_group_size,
+            app_role=settings.db_app_role,
+        )
+
+    def spec_for(self, model: str | None) -> EmbedderSpec:
+        """The configured embedder for ``model`` (None: the default)."""
+        if model is None or model == self.embedder.model:
+            return self.embedder
+        raise Unprocessable(
+            f"embedding model {model!r} is not configured on this server; "
+            f"the configured model is {self.embedder.model!r}"
+        )
+
+
+_embedders: dict[EmbedderSpec, Embedder] = {}
+_lock = threading.Lock()
+
+
+def get_embedder(spec: EmbedderSpec) -> Embedder:
+    """The process's embedder for ``spec`` (built on first use)."""
+    with _lock:
+        existing = _embedders.get(spec)
+        if existing is not None:
+            return existing
+        embedder: Embedder
+        if spec.provider == "local":
+            embedder = LocalSentenceTransformerEmbedder(
+                model_name=spec.model, dimensions=spec.dimensions, batch_size=spec.batch_size
+            )
+        elif spec.provider == "hash":
+            embedder = DevHashingEmbedder(spec.dimensions)
+            embedder.model_name = spec.model
+        else:
+            assert spec.base_url is not None
+            embedder = OpenAICompatibleEmbedder(
+                spec.base_url, spec.api_key, spec.model, spec.dimensions, batch_size=spec.batch_size
+            )
+        _embedders[spec] = embedder
+        return embedder
+
+
+def set_embedder(spec: EmbedderSpec, embedder: Embedder) -> None:
+    """Use ``embedder`` for ``spec`` in this process (tests and benchmarks)."""
+    with _lock:
+        _embedders[spec] = embedder

@@ -1,0 +1,522 @@
+"""Running an ingestion: sources -> bytes -> sections -> chunks -> vectors -> rows.
+
+:func:`run_ingestion` is what the ``knowledge.ingest`` job (and ``roost ingest``) runs.
+It is resumable and idempotent, because the queue runs a job again when its worker
+dies mid-run:
+
+* Each source (an upload, one file, one URL) is committed in **one transaction**: the
+  document row (upserted on ``UNIQUE (user_id, path_hash)``), the replacement of all
+  its chunks, and the run's counters.  A crash before the commit leaves nothing
+  behind; a crash after it leaves the source finished.
+* That transaction first locks the run row and checks whether the source is already
+  done *for this run* (its document carries this run's id and the ingested content
+  hash and is ready, or the run lists an error for it), so a resumed run (or a second
+  worker) neither duplicates chunks nor counts a file twice.
+* Parsing, chunking and embedding happen before that transaction, outside any
+  transaction, off the event loop (threads for CPU work; the embedder's own threads or
+  HTTP calls), so no database transaction waits on a model.
+
+A source that cannot be ingested (unsupported type, corrupt PDF, too large, refused
+URL, unreadable file) becomes an entry in the run's ``errors``; the run goes on.  An
+embedding backend that is down raises, so the queue retries the run later (finished
+sources are skipped); on the last attempt the run is marked failed instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit import service as audit
+from roost.db.base import uuid7
+from roost.db.engine import Database
+from roost.errors import NotFound, RoostError
+from roost.identity.tenancy import apply_principal
+from roost.knowledge.chunking import Chunk, chunk_sections
+from roost.knowledge.config import KnowledgeConfig, get_embedder
+from roost.knowledge.embeddings import EmbedderUnavailable, EmbeddingError
+from roost.knowledge.fetching import fetch_url
+from roost.knowledge.index import ensure_model
+from roost.knowledge.jobs import CURATE_TASK
+from roost.knowledge.models import Document, DocumentChunk, DocumentUpload, IngestionRun
+from roost.knowledge.parsing import ParsedDocument, parse_document
+from roost.knowledge.paths import iter_files, read_ingest_file, resolve_ingest_path
+from roost.knowledge.service import now, sha256_hex, upload_identity
+from roost.tasks.service import enqueue
+
+log = structlog.get_logger("roost.knowledge.ingest")
+
+FINAL_STATUSES = frozenset({"success", "partial", "failed"})
+MAX_ERROR_CHARS = 1000
+MAX_RUN_ERRORS = 10_000
+
+#: ``progress(done, total, source, outcome)``; outcome is "ingested", "unchanged",
+#: "skipped" (already done by this run) or "error".
+Progress = Callable[[int, int, str, str], None]
+
+
+@dataclass(frozen=True)
+class RunPrincipal:
+    """The run's owner, for row-level security inside the job's transactions."""
+
+    user_id: uuid.UUID
+    is_admin: bool = False
+    group_ids: frozenset[uuid.UUID] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "upload" | "file" | "web"
+    identity: str  # hashed into documents.path_hash
+    display: str  # shown in errors and progress
+    name: str
+    path: Path | None = None
+    uri: str | None = None
+    document_id: uuid.UUID | None = None
+
+    @property
+    def path_hash(self) -> str:
+        return sha256_hex(self.identity)
+
+
+@dataclass
+class Loaded:
+    data: bytes
+    filename: str
+    mime: str | None
+    uri: str | None = None
+
+
+@dataclass
+class Prepared:
+    parsed: ParsedDocument
+    chunks: list[Chunk]
+
+
+class _Done(Exception):
+    """The source was finished earlier by this run."""
+
+
+async def _scoped(session: AsyncSession, cfg: KnowledgeConfig, user_id: uuid.UUID) -> None:
+    await apply_principal(session, RunPrincipal(user_id), app_role=cfg.app_role)
+
+
+def _error_entry(source: Source | None, exc: BaseException | str) -> dict[str, Any]:
+    if isinstance(exc, RoostError):
+        message, kind = exc.detail, exc.type_slug
+    elif isinstance(exc, BaseException):
+        message, kind = f"{type(exc).__name__}: {exc}", "error"
+    else:
+        message, kind = exc, "error"
+    return {
+        "path": source.display if source else None,
+        "path_hash": source.path_hash if source else None,
+        "error": message[:MAX_ERROR_CHARS],
+        "type": kind,
+    }
+
+
+# --- the run ----------------------------------------------------------------------------
+
+
+async def run_ingestion(
+    database: Database,
+    run_id: uuid.UUID,
+    cfg: KnowledgeConfig,
+    *,
+    force: bool = False,
+    confine: bool = True,
+    document_id: uuid.UUID | None = None,
+    final_attempt: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Ingest everything the run targets; returns the run's summary.
+
+    ``confine=False`` skips the allowed-roots check (the operator's own CLI).
+    """
+    run = await _begin(database, run_id)
+    if run is None:
+        return {"skipped": "the ingestion run no longer exists"}
+    if run.status in FINAL_STATUSES:
+        return _summary(run)
+    spec = cfg.spec_for(run.embedding_model)
+    try:
+        await ensure_model(database.engine, spec.model, spec.dimensions, spec.provider)
+        sources, listing_errors = await _sources(run, cfg, confine=confine, document_id=document_id)
+    except RoostError as exc:
+        return _summary(await _finish(database, cfg, run, fatal=_error_entry(None, exc)))
+    for source, failure in listing_errors:
+        await _record_error(database, cfg, run, source, failure)
+    total = len(sources)
+    for done, source in enumerate(sources, start=1):
+        try:
+            outcome = await _ingest_source(database, cfg, run, source, force=force)
+        except EmbedderUnavailable as exc:
+            return _summary(await _finish(database, cfg, run, fatal=_error_entry(source, exc)))
+        except EmbeddingError as exc:
+            if not final_attempt:
+                raise  # the queue retries the run; finished sources are skipped then
+            return _summary(await _finish(database, cfg, run, fatal=_error_entry(source, exc)))
+        if progress is not None:
+            progress(done, total, source.display, outcome)
+    return _summary(await _finish(database, cfg, run))
+
+
+def _summary(run: IngestionRun) -> dict[str, Any]:
+    return {
+        "run_id": str(run.id), "status": run.status, "totals_files": run.totals_files,
+        "totals_chunks": run.totals_chunks, "errors": len(run.errors or []),
+    }
+
+
+async def _begin(database: Database, run_id: uuid.UUID) -> IngestionRun | None:
+    async with database.transaction() as s:
+        run = (await s.scalars(
+            select(IngestionRun).where(IngestionRun.id == run_id).with_for_update()
+        )).one_or_none()
+        if run is None:
+            return None
+        if run.status not in FINAL_STATUSES:
+            run.status = "running"
+            run.started_at = run.started_at or now()
+        return run
+
+
+async def _finish(
+    database: Database, cfg: KnowledgeConfig, run: IngestionRun, *,
+    fatal: dict[str, Any] | None = None,
+) -> IngestionRun:
+    async with database.transaction() as s:
+        await _scoped(s, cfg, run.user_id)
+        locked = (await s.scalars(
+            select(IngestionRun).where(IngestionRun.id == run.id).with_for_update()
+        )).one()
+        if locked.status in FINAL_STATUSES:
+            return locked
+        errors = list(locked.errors or [])
+        if fatal is not None:
+            errors.append(fatal)
+            locked.errors = errors
+            locked.status = "failed"  # the run could not go on
+        elif not errors:
+            locked.status = "success"
+        else:
+            locked.status = "partial" if locked.totals_files > 0 else "failed"
+        locked.finished_at = now()
+        await s.flush()
+        await audit.record(
+            s, "knowledge.ingestion_run.finished", user_id=locked.user_id,
+            resource_type="ingestion_run", resource_id=locked.id,
+            changes={"status": locked.status, "totals_files": locked.totals_files,
+                     "totals_chunks": locked.totals_chunks, "errors": len(errors)},
+            success=locked.status != "failed",
+        )
+        return locked
+
+
+# --- sources ----------------------------------------------------------------------------
+
+
+async def _sources(
+    run: IngestionRun, cfg: KnowledgeConfig, *, confine: bool, document_id: uuid.UUID | None
+) -> tuple[list[Source], list[tuple[Source, BaseException]]]:
+    if run.source == "upload":
+        if document_id is None:
+            raise NotFound("the upload's document id is missing from the job")
+        return [Source("upload", upload_identity(run.target), run.target, run.target,
+                       document_id=document_id)], []
+    if run.source == "web":
+        return [Source("web", run.target, run.target, _name_from_url(run.target), uri=run.target)], []
+    def locate() -> Path:
+        if confine:
+            return resolve_ingest_path(run.target, cfg.ingest_roots)
+        path = Path(os.path.realpath(run.target))
+        if not path.exists():
+            raise NotFound(f"the path {run.target!r} does not exist")
+        return path
+
+    root = await asyncio.to_thread(locate)
+    failures: list[tuple[Source, BaseException]] = []
+
+    def on_error(path: Path, exc: OSError) -> None:
+        failures.append((_file_source(path), exc))
+
+    def walk() -> list[Path]:
+        if root.is_dir():
+            return list(iter_files(root, recursive=run.recursive, on_error=on_error))
+        return [root]
+
+    files = await asyncio.to_thread(walk)
+    return [_file_source(path) for path in files], failures
+
+
+def _file_source(path: Path) -> Source:
+    return Source("file", str(path), str(path), path.name[:255], path=path)
+
+
+def _name_from_url(url: str) -> str:
+    tail = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return (tail or url)[:255]
+
+
+async def _load(database: Database, cfg: KnowledgeConfig, run: IngestionRun, source: Source) -> Loaded:
+    if source.kind == "upload":
+        async with database.transaction() as s:
+            await _scoped(s, cfg, run.user_id)
+            upload = await s.get(DocumentUpload, source.document_id)
+            if upload is None:
+                raise _Done()
+            doc = await s.get(Document, source.document_id)
+            if doc is not None and doc.status == "pending":
+                doc.status = "processing"
+            return Loaded(upload.data, upload.filename, upload.content_type)
+    if source.kind == "web":
+        fetched = await fetch_url(
+            source.identity, allow_private=cfg.allow_private_fetch,
+            max_bytes=min(cfg.fetch_max_bytes, cfg.max_upload_bytes), timeout_s=cfg.fetch_timeout_s,
+        )
+        return Loaded(fetched.data, fetched.filename or source.name, fetched.content_type,
+                      uri=fetched.final_url)
+    assert source.path is not None
+    data = await asyncio.to_thread(read_ingest_file, source.path, max_bytes=cfg.max_upload_bytes)
+    return Loaded(data, source.path.name, None)
+
+
+def _prepare(loaded: Loaded, cfg: KnowledgeConfig) -> Prepared:
+    parsed = parse_document(loaded.data, filename=loaded.filename, mime=loaded.mime)
+    chunks = chunk_sections(parsed.sections, chunk_tokens=cfg.chunk_tokens,
+                            overlap_tokens=cfg.overlap_tokens)
+    return Prepared(parsed, chunks)
+
+
+# --- one source -------------------------------------------------------------------------
+
+
+async def _ingest_source(
+    database: Database, cfg: KnowledgeConfig, run: IngestionRun, source: Source, *, force: bool
+) -> str:
+    spec = cfg.spec_for(run.embedding_model)
+    try:
+        if await _finished_before(database, cfg, run, source):
+            return "skipped"
+        loaded = await _load(database, cfg, run, source)
+        content_hash = sha256_hex(loaded.data)
+        if not force and await _mark_unchanged(database, cfg, run, source, content_hash):
+            return "unchanged"
+        prepared = await asyncio.to_thread(_prepare, loaded, cfg)
+    except _Done:
+        return "skipped"
+    except (RoostError, OSError) as exc:
+        await _record_error(database, cfg, run, source, exc)
+        return "error"
+    embedder = get_embedder(spec)
+    vectors = await embedder.embed([c.text for c in prepared.chunks]) if prepared.chunks else []
+    written = await _commit(database, cfg, run, source, loaded, content_hash, prepared, vectors,
+                            spec.model, spec.dimensions)
+    return "ingested" if written else "skipped"
+
+
+async def _lock_run(s: AsyncSession, run_id: uuid.UUID) -> IngestionRun:
+    return (await s.scalars(
+        select(IngestionRun).where(IngestionRun.id == run_id).with_for_update()
+    )).one()
+
+
+async def _existing(s: AsyncSession, user_id: uuid.UUID, source: Source) -> Document | None:
+    if source.document_id is not None:
+        return await s.get(Document, source.document_id)
+    return (await s.scalars(
+        select(Document).where(Document.user_id == user_id, Document.path_hash == source.path_hash)
+    )).one_or_none()
+
+
+def _done_for_run(run: IngestionRun, doc: Document | None, source: Source,
+                  content_hash: str | None) -> bool:
+    if any(e.get("path_hash") == source.path_hash for e in run.errors or []):
+        return True
+    if doc is None or doc.ingestion_run_id != run.id or doc.status != "ready":
+        return False
+    return content_hash is None or doc.content_hash == content_hash
+
+
+async def _finished_before(
+    database: Database, cfg: KnowledgeConfig, run: IngestionRun, source: Source
+) -> bool:
+    """Cheap check before loading: done by this run already (a resumed run)."""
+    async with database.transaction() as s:
+        await _scoped(s, cfg, run.user_id)
+        fresh = await s.get(IngestionRun, run.id)
+        assert fresh is not None
+        return _done_for_run(fresh, await _existing(s, run.user_id, source), source, None)
+
+
+def _scope_values(run: IngestionRun) -> dict[str, Any]:
+    return {
+        "group_id": run.group_id, "is_private": run.is_private, "persona_id": run.persona_id,
+        "project_id": run.project_id, "tags": run.tags or [], "collection": run.collection,
+    }
+
+
+def _chunk_scope(run: IngestionRun) -> dict[str, Any]:
+    return {
+        "user_id": run.user_id, "group_id": None if run.is_private else run.group_id,
+        "persona_id": run.persona_id, "collection": run.collection, "tags": run.tags or [],
+    }
+
+
+async def _mark_unchanged(
+    database: Database, cfg: KnowledgeConfig, run: IngestionRun, source: Source, content_hash: str
+) -> bool:
+    """Same bytes, same model, ready: count it for this run without re-embedding."""
+    async with database.transaction() as s:
+        await _scoped(s, cfg, run.user_id)
+        locked = await _lock_run(s, run.id)
+        doc = await _existing(s, run.user_id, source)
+        if _done_for_run(locked, doc, source, content_hash):
+            return True
+        if (doc is None or doc.status != "ready" or doc.content_hash != content_hash
+                or doc.embedding_model != run.embedding_model):
+            return False
+        for key, value in _scope_values(run).items():
+            setattr(doc, key, value)
+        doc.ingestion_run_id = run.id
+        doc.last_ingested_at = now()
+        doc.updated_at = now()
+        await s.execute(update(DocumentChunk).where(DocumentChunk.document_id == doc.id)
+                        .values(**_chunk_scope(run)))
+        if source.kind == "upload":
+            await s.execute(delete(DocumentUpload).where(DocumentUpload.document_id == doc.id))
+        locked.totals_files += 1
+        await s.flush()
+        await audit.record(
+            s, "knowledge.document.reingested", user_id=run.user_id, resource_type="document",
+            resource_id=doc.id, changes={"unchanged": True},
+            metadata={"ingestion_run_id": str(run.id)},
+        )
+        return True
+
+
+async def _commit(
+    database: Database, cfg: KnowledgeConfig, run: IngestionRun, source: Source, loaded: Loaded,
+    content_hash: str, prepared: Prepared, vectors: list[list[float]], model: str, dims: int,
+) -> bool:
+    """The one transaction per source: document, all its chunks, the run's counters."""
+    chunks = prepared.chunks
+    async with database.transaction() as s:
+        await _scoped(s, cfg, run.user_id)
+        locked = await _lock_run(s, run.id)
+        doc = await _existing(s, run.user_id, source)
+        if _done_for_run(locked, doc, source, content_hash):
+            return False
+        stamp = now()
+        values: dict[str, Any] = {
+            **_scope_values(run),
+            "mime": prepared.parsed.mime, "bytes_size": len(loaded.data), "source": source.kind,
+            "content_hash": content_hash, "status": "ready", "error_message": None,
+            "chunk_count": len(chunks), "embedding_model": model, "ingestion_run_id": run.id,
+            "last_ingested_at": stamp, "updated_at": stamp,
+        }
+        if source.kind == "file":
+            values["path"] = str(source.path)
+        if source.kind == "web":
+            values["uri"] = source.uri
+        created = doc is None
+        if doc is None:
+            stmt = pg_insert(Document).values(
+                id=uuid7(), user_id=run.user_id, path_hash=source.path_hash, name=source.name,
+                **values,
+            ).on_conflict_do_update(index_elements=["user_id", "path_hash"], set_=values)
+            doc_id = (await s.execute(stmt.returning(Document.id))).scalar_one()
+        else:
+            doc_id = doc.id
+            await s.execute(update(Document).where(Document.id == doc_id).values(**values))
+        # Replace every chunk (curated summaries too: their sources are gone).
+        await s.execute(delete(DocumentChunk).where(DocumentChunk.document_id == doc_id))
+        if chunks:
+            scope = _chunk_scope(run)
+            rows = [
+                {
+                    "id": uuid7(), "document_id": doc_id, **scope, "chunk_index": c.index,
+                    "content": c.text, "token_count": c.token_count, "embedding": vector,
+                    "embedding_model": model, "embedding_dim": dims, "is_curated": False,
+                    "chunk_metadata": _chunk_metadata(c, prepared.parsed),
+                }
+                for c, vector in zip(chunks, vectors, strict=True)
+            ]
+            await s.execute(insert(DocumentChunk), rows)
+        if source.kind == "upload":
+            await s.execute(delete(DocumentUpload).where(DocumentUpload.document_id == doc_id))
+        locked.totals_files += 1
+        locked.totals_chunks += len(chunks)
+        if cfg.curation_enabled and len(chunks) >= 2:
+            await enqueue(s, CURATE_TASK, {"document_id": str(doc_id), "user_id": str(run.user_id)},
+                          idempotency_key=f"{CURATE_TASK}:{doc_id}:{content_hash}:{run.id}")
+        await s.flush()
+        await audit.record(
+            s, "knowledge.document.ingested", user_id=run.user_id, resource_type="document",
+            resource_id=doc_id,
+            changes={"created": created, "chunks": len(chunks), "bytes": len(loaded.data),
+                     "mime": prepared.parsed.mime, "embedding_model": model},
+            metadata={"ingestion_run_id": str(run.id),
+                      "warnings": prepared.parsed.warnings[:10]} if prepared.parsed.warnings
+            else {"ingestion_run_id": str(run.id)},
+        )
+        return True
+
+
+def _chunk_metadata(chunk: Chunk, parsed: ParsedDocument) -> dict[str, Any]:
+    meta: dict[str, Any] = {"char_start": chunk.char_start, "char_end": chunk.char_end}
+    if chunk.page is not None:
+        meta["page"] = chunk.page
+    if chunk.heading is not None:
+        meta["section"] = chunk.heading
+    if parsed.title:
+        meta["title"] = parsed.title
+    return meta
+
+
+async def _record_error(
+    database: Database, cfg: KnowledgeConfig, run: IngestionRun, source: Source, exc: BaseException
+) -> None:
+    entry = _error_entry(source, exc)
+    async with database.transaction() as s:
+        await _scoped(s, cfg, run.user_id)
+        locked = await _lock_run(s, run.id)
+        if _done_for_run(locked, None, source, None):
+            return
+        errors = list(locked.errors or [])
+        if len(errors) < MAX_RUN_ERRORS:
+            errors.append(entry)
+        locked.errors = errors
+        doc = await _existing(s, run.user_id, source)
+        if doc is not None:
+            # The chunks of an earlier successful ingestion stay searchable.
+            doc.status = "error"
+            doc.error_message = entry["error"]
+            doc.ingestion_run_id = run.id
+            doc.updated_at = now()
+            if source.kind == "upload":
+                await s.execute(delete(DocumentUpload).where(DocumentUpload.document_id == doc.id))
+        await s.flush()
+        log.info("ingest_source_failed", run_id=str(run.id), source=source.display,
+                 error=entry["error"][:200])
+        await audit.record(
+            s, "knowledge.document.ingest_failed", user_id=run.user_id,
+            resource_type="document", resource_id=doc.id if doc else None,
+            changes={"path": entry["path"], "type": entry["type"]},
+            metadata={"ingestion_run_id": str(run.id)},
+            success=False, error_message=entry["error"],
+        )
+
+
+__all__ = ["Progress", "RunPrincipal", "Source", "run_ingestion"]

@@ -1,0 +1,176 @@
+"""Knowledge API: documents (upload, list, get, update, delete), ingestion runs, search."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+
+from roost.config import Settings
+from roost.errors import PayloadTooLarge
+from roost.http.auth import CurrentPrincipal
+from roost.http.deps import DbSession, SettingsDep
+from roost.knowledge import search as search_mod
+from roost.knowledge import service
+from roost.knowledge.config import KnowledgeConfig
+from roost.knowledge.schemas import (
+    ChunkOut,
+    DocumentOut,
+    DocumentUpdate,
+    IngestionRunCreate,
+    IngestionRunOut,
+    SearchRequest,
+    SearchResponse,
+    UploadAccepted,
+    parse_tags_field,
+)
+from roost.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+
+router = APIRouter(prefix="/api/v1/knowledge", tags=["knowledge"])
+
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Cursor = Annotated[str | None, Query(max_length=512)]
+_configs: dict[int, KnowledgeConfig] = {}
+READ_CHUNK = 1024 * 1024
+
+
+def knowledge_config(settings: Settings) -> KnowledgeConfig:
+    cfg = _configs.get(id(settings))
+    if cfg is None:
+        cfg = KnowledgeConfig.from_settings(settings)
+        _configs[id(settings)] = cfg
+    return cfg
+
+
+async def _read_capped(file: UploadFile, limit: int) -> bytes:
+    data = bytearray()
+    while True:
+        piece = await file.read(READ_CHUNK)
+        if not piece:
+            return bytes(data)
+        data += piece
+        if len(data) > limit:
+            raise PayloadTooLarge(f"the upload is larger than the limit of {limit} bytes")
+
+
+@router.post("/documents", response_model=UploadAccepted, status_code=status.HTTP_202_ACCEPTED,
+             summary="Upload a document; it is parsed, chunked and embedded in the background")
+async def upload_document(
+    session: DbSession,
+    principal: CurrentPrincipal,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="Text, Markdown, HTML or PDF")],
+    collection: Annotated[str | None, Form(max_length=128)] = None,
+    tags: Annotated[str | None, Form(max_length=8192,
+                                     description="JSON array or comma-separated")] = None,
+    group_id: Annotated[uuid.UUID | None, Form()] = None,
+    is_private: Annotated[bool, Form()] = False,
+    persona_id: Annotated[uuid.UUID | None, Form()] = None,
+    project_id: Annotated[uuid.UUID | None, Form()] = None,
+    description: Annotated[str | None, Form(max_length=10_000)] = None,
+) -> UploadAccepted:
+    cfg = knowledge_config(settings)
+    data = await _read_capped(file, cfg.max_upload_bytes)
+    doc, run = await service.create_upload(
+        session, principal, cfg, filename=file.filename, content_type=file.content_type,
+        data=data, collection=collection or None, tags=parse_tags_field(tags), group_id=group_id,
+        is_private=is_private, persona_id=persona_id, project_id=project_id,
+        description=description,
+    )
+    return UploadAccepted(document=DocumentOut.model_validate(doc),
+                          ingestion_run=IngestionRunOut.model_validate(run))
+
+
+@router.get("/documents", response_model=Page[DocumentOut],
+            summary="Documents you own or that are shared with your groups, newest first")
+async def list_documents(
+    session: DbSession,
+    principal: CurrentPrincipal,
+    collection: Annotated[str | None, Query(max_length=128)] = None,
+    status_: Annotated[Literal["pending", "processing", "ready", "error"] | None,
+                       Query(alias="status")] = None,
+    persona_id: uuid.UUID | None = None,
+    tag: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> Page[DocumentOut]:
+    rows, next_cursor = await service.list_documents(
+        session, principal, collection=collection, status=status_, persona_id=persona_id,
+        tag=tag, limit=limit, cursor=cursor,
+    )
+    return Page[DocumentOut](items=[DocumentOut.model_validate(r) for r in rows],
+                             next_cursor=next_cursor)
+
+
+@router.get("/documents/{document_id}", response_model=DocumentOut)
+async def get_document(
+    document_id: uuid.UUID, session: DbSession, principal: CurrentPrincipal
+) -> DocumentOut:
+    return DocumentOut.model_validate(await service.get_document(session, principal, document_id))
+
+
+@router.patch("/documents/{document_id}", response_model=DocumentOut,
+              summary="Rename, re-tag, move to a collection or change sharing")
+async def update_document(
+    document_id: uuid.UUID, body: DocumentUpdate, session: DbSession, principal: CurrentPrincipal
+) -> DocumentOut:
+    doc = await service.update_document(session, principal, document_id, body)
+    return DocumentOut.model_validate(doc)
+
+
+@router.delete("/documents/{document_id}", status_code=status.HTTP_204_NO_CONTENT,
+               summary="Delete a document and all its chunks")
+async def delete_document(
+    document_id: uuid.UUID, session: DbSession, principal: CurrentPrincipal
+) -> Response:
+    await service.delete_document(session, principal, document_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/documents/{document_id}/chunks", response_model=list[ChunkOut],
+            summary="A document's chunks in order (curated summaries last)")
+async def list_chunks(
+    document_id: uuid.UUID, session: DbSession, principal: CurrentPrincipal
+) -> list[ChunkOut]:
+    return [ChunkOut.model_validate(c)
+            for c in await service.list_chunks(session, principal, document_id)]
+
+
+@router.post("/ingestion-runs", response_model=IngestionRunOut,
+             status_code=status.HTTP_202_ACCEPTED,
+             summary="Ingest a server file or directory (under an allowed root) or a web URL")
+async def start_run(
+    body: IngestionRunCreate, session: DbSession, principal: CurrentPrincipal,
+    settings: SettingsDep,
+) -> IngestionRunOut:
+    run = await service.start_run(session, principal, knowledge_config(settings), body)
+    return IngestionRunOut.model_validate(run)
+
+
+@router.get("/ingestion-runs", response_model=Page[IngestionRunOut])
+async def list_runs(
+    session: DbSession,
+    principal: CurrentPrincipal,
+    status_: Annotated[Literal["pending", "running", "success", "partial", "failed"] | None,
+                       Query(alias="status")] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> Page[IngestionRunOut]:
+    rows, next_cursor = await service.list_runs(session, principal, status=status_, limit=limit,
+                                                cursor=cursor)
+    return Page[IngestionRunOut](items=[IngestionRunOut.model_validate(r) for r in rows],
+                                 next_cursor=next_cursor)
+
+
+@router.get("/ingestion-runs/{run_id}", response_model=IngestionRunOut)
+async def get_run(run_id: uuid.UUID, session: DbSession, principal: CurrentPrincipal) -> IngestionRunOut:
+    return IngestionRunOut.model_validate(await service.get_run(session, principal, run_id))
+
+
+@router.post("/search", response_model=SearchResponse,
+             summary="Vector, full-text or hybrid search over the documents you can see")
+async def search(
+    body: SearchRequest, session: DbSession, principal: CurrentPrincipal, settings: SettingsDep
+) -> SearchResponse:
+    return await search_mod.search(session, principal, knowledge_config(settings), body)

@@ -1,0 +1,230 @@
+"""Pydantic models of the knowledge API."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from roost.errors import Unprocessable
+from roost.knowledge.models import MAX_TAGS_BYTES
+
+MAX_TAG_CHARS = 100
+MAX_QUERY_CHARS = 2000
+MAX_DOCUMENT_IDS = 1000
+
+
+def check_tags(tags: list[str] | None) -> list[str]:
+    """Strip, drop empties and duplicates (keeping order); at most 5 KB as JSON."""
+    if not tags:
+        return []
+    out: list[str] = []
+    for raw in tags:
+        if not isinstance(raw, str):
+            raise Unprocessable("tags must be strings")
+        tag = raw.strip()
+        if not tag:
+            continue
+        if len(tag) > MAX_TAG_CHARS:
+            raise Unprocessable(f"a tag may have at most {MAX_TAG_CHARS} characters")
+        if tag not in out:
+            out.append(tag)
+    size = len(json.dumps(out, ensure_ascii=False).encode())
+    if size > MAX_TAGS_BYTES:
+        raise Unprocessable(f"tags take {size} bytes as JSON; at most {MAX_TAGS_BYTES} are allowed")
+    return out
+
+
+def parse_tags_field(raw: str | None) -> list[str]:
+    """A form field: a JSON array of strings, or comma-separated tags."""
+    if raw is None or not raw.strip():
+        return []
+    text = raw.strip()
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise Unprocessable("tags is not a valid JSON array; send [\"a\", \"b\"] or a,b") from None
+        if not isinstance(value, list):
+            raise Unprocessable("tags must be a JSON array of strings or comma-separated")
+        return check_tags(value)
+    return check_tags(text.split(","))
+
+
+class _Scope(BaseModel):
+    collection: str | None = Field(default=None, min_length=1, max_length=128)
+    tags: list[str] = Field(default_factory=list, max_length=200)
+    group_id: uuid.UUID | None = Field(
+        default=None, description="Share with this group (you must be a member)"
+    )
+    is_private: bool = Field(default=False, description="Only you see it, even with a group")
+    persona_id: uuid.UUID | None = None
+    project_id: uuid.UUID | None = None
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        return check_tags(value)
+
+
+class IngestionRunCreate(_Scope):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(min_length=1, max_length=4096,
+                        description="A server path under an allowed ingest root, or an http(s) URL")
+    from_web: bool | None = Field(default=None,
+                                  description="Fetch target as a URL; default: when it starts with http(s)://")
+    recursive: bool = Field(default=False, description="Descend into sub-directories")
+    force: bool = Field(default=False, description="Re-ingest sources whose content is unchanged")
+
+
+class DocumentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    group_id: uuid.UUID | None
+    is_private: bool
+    persona_id: uuid.UUID | None
+    project_id: uuid.UUID | None
+    name: str
+    description: str | None
+    uri: str | None
+    path: str | None
+    mime: str | None
+    bytes_size: int | None
+    source: str
+    tags: list[Any]
+    collection: str | None
+    path_hash: str
+    status: Literal["pending", "processing", "ready", "error"]
+    error_message: str | None
+    chunk_count: int
+    embedding_model: str | None
+    ingestion_run_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+    last_ingested_at: datetime | None
+
+
+class DocumentUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+    description: str | None = Field(default=None, max_length=10_000)
+    collection: str | None = Field(default=None, max_length=128)
+    tags: list[str] | None = Field(default=None, max_length=200)
+    group_id: uuid.UUID | None = None
+    is_private: bool | None = None
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else check_tags(value)
+
+
+class IngestionRunOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    target: str
+    source: str
+    from_web: bool
+    recursive: bool
+    tags: list[Any]
+    collection: str | None
+    group_id: uuid.UUID | None
+    is_private: bool
+    persona_id: uuid.UUID | None
+    project_id: uuid.UUID | None
+    embedding_model: str
+    task_id: uuid.UUID | None
+    totals_files: int
+    totals_chunks: int
+    errors: list[Any]
+    status: Literal["pending", "running", "success", "partial", "failed"]
+    started_at: datetime | None
+    finished_at: datetime | None
+    created_at: datetime
+
+
+class UploadAccepted(BaseModel):
+    document: DocumentOut
+    ingestion_run: IngestionRunOut
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    k: int = Field(default=10, ge=1, le=100)
+    mode: Literal["hybrid", "vector", "text"] = "hybrid"
+    collection: str | None = Field(default=None, max_length=128)
+    tags: list[str] = Field(default_factory=list, max_length=50,
+                            description="Chunks of documents carrying all of these tags")
+    document_ids: list[uuid.UUID] | None = Field(default=None, max_length=MAX_DOCUMENT_IDS)
+    persona_id: uuid.UUID | None = None
+    group_id: uuid.UUID | None = Field(default=None,
+                                       description="Only documents shared with this group")
+    owner_id: uuid.UUID | None = Field(default=None, description="Only documents of this owner")
+    include_curated: bool = True
+    embedding_model: str | None = Field(default=None, max_length=128)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        return check_tags(value)
+
+
+class SearchDocument(BaseModel):
+    id: uuid.UUID
+    name: str
+    source: str
+    uri: str | None
+    path: str | None
+    collection: str | None
+    mime: str | None
+
+
+class SearchHit(BaseModel):
+    chunk_id: uuid.UUID
+    document_id: uuid.UUID
+    chunk_index: int
+    content: str
+    score: float = Field(description="Cosine similarity (vector), ts_rank_cd (text) or RRF (hybrid)")
+    vector_similarity: float | None = None
+    text_rank: float | None = None
+    page: int | None = None
+    section: str | None = None
+    char_start: int | None = None
+    char_end: int | None = None
+    is_curated: bool = False
+    source_chunk_ids: list[uuid.UUID] | None = None
+    document: SearchDocument
+
+
+class SearchResponse(BaseModel):
+    query: str
+    mode: str
+    embedding_model: str
+    results: list[SearchHit]
+
+
+class ChunkOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    document_id: uuid.UUID
+    chunk_index: int
+    content: str
+    token_count: int | None
+    embedding_model: str
+    embedding_dim: int
+    is_curated: bool
+    source_chunk_ids: list[uuid.UUID] | None
+    metadata: dict[str, Any] = Field(validation_alias="chunk_metadata")
+    created_at: datetime

@@ -1,0 +1,239 @@
+"""Vector, full-text and hybrid (reciprocal rank fusion) search over document chunks.
+
+Vector search orders by ``(embedding::vector(<dim>)) <=> query`` with the model's
+predicate written as a literal, which is exactly the expression and predicate of the
+model's partial HNSW index (:mod:`roost.knowledge.index`), so PostgreSQL walks the
+index.  Filters (scope, owner, group, persona, collection, tags, document ids) are
+applied to the rows the index yields; with pgvector >= 0.8 ``hnsw.iterative_scan``
+lets the scan go on past ``ef_search`` candidates until ``k`` rows pass the filters, so a
+selective filter still returns ``k`` results.  ``relaxed_order`` may return rows
+slightly out of order, so the candidates are re-sorted by exact distance.
+
+Full-text search uses the generated ``content_tsv`` column (GIN index), matching any
+of the query's stemmed terms and ranking by ``ts_rank_cd`` (documents with more and
+closer terms first).  Hybrid search fuses the two rankings by reciprocal rank fusion:
+``score = sum(1 / (60 + rank))`` over the lists a chunk appears in.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.http.auth import Principal
+from roost.knowledge.config import KnowledgeConfig, get_embedder
+from roost.knowledge.embeddings import Embedder
+from roost.knowledge.index import model_predicate, vector_expression
+from roost.knowledge.models import TEXT_SEARCH_CONFIG
+from roost.knowledge.schemas import (
+    SearchDocument,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+)
+
+RRF_K: Final = 60
+MIN_CANDIDATES: Final = 40
+_iterative: dict[str, bool] = {}
+
+
+def vector_literal(vector: list[float]) -> str:
+    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+@dataclass
+class Filters:
+    sql: list[str]
+    params: dict[str, Any]
+
+
+def build_filters(actor: Principal | None, req: SearchRequest) -> Filters:
+    """WHERE clauses on chunk alias ``c`` (bind parameters only: no input in the SQL)."""
+    sql: list[str] = []
+    params: dict[str, Any] = {}
+    if actor is not None and actor.user_id is not None:
+        if actor.group_ids:
+            sql.append("(c.user_id = :scope_user OR c.group_id = ANY(:scope_groups))")
+            params["scope_groups"] = list(actor.group_ids)
+        else:
+            sql.append("c.user_id = :scope_user")
+        params["scope_user"] = actor.user_id
+    elif actor is not None and not actor.is_admin:
+        sql.append("false")
+    if req.owner_id is not None:
+        sql.append("c.user_id = :owner_id")
+        params["owner_id"] = req.owner_id
+    if req.group_id is not None:
+        sql.append("c.group_id = :group_id")
+        params["group_id"] = req.group_id
+    if req.persona_id is not None:
+        sql.append("c.persona_id = :persona_id")
+        params["persona_id"] = req.persona_id
+    if req.collection is not None:
+        sql.append("c.collection = :collection")
+        params["collection"] = req.collection
+    if req.tags:
+        sql.append("c.tags @> CAST(:tags AS jsonb)")
+        params["tags"] = json.dumps(req.tags)
+    if req.document_ids is not None:
+        sql.append("c.document_id = ANY(:document_ids)")
+        params["document_ids"] = list(req.document_ids)
+    if not req.include_curated:
+        sql.append("NOT c.is_curated")
+    return Filters(sql, params)
+
+
+def vector_query_sql(model: str, dims: int, filters: list[str]) -> str:
+    """The k-nearest-neighbour query; its ORDER BY and predicate match the HNSW index."""
+    expr = vector_expression(dims, "c")
+    query_vec = f"CAST(CAST(:qvec AS text) AS vector({int(dims)}))"
+    where = " AND ".join([model_predicate(model, "c"), *filters])
+    # Only validated pieces are interpolated: an int, a quoted model name, fixed clauses.
+    return (
+        "WITH candidates AS MATERIALIZED ("  # noqa: S608
+        f" SELECT c.id, {expr} <=> {query_vec} AS distance FROM document_chunks c"
+        f" WHERE {where} ORDER BY {expr} <=> {query_vec} LIMIT :limit"
+        ") SELECT id, distance FROM candidates ORDER BY distance, id"
+    )
+
+
+def text_query_sql(filters: list[str], model: str | None) -> str:
+    # Any of the query's stemmed terms (plainto_tsquery ANDs them; a paraphrased question
+    # rarely contains every word of the passage it asks about).
+    tsq = (f"to_tsquery('{TEXT_SEARCH_CONFIG}', "
+           f"replace(plainto_tsquery('{TEXT_SEARCH_CONFIG}', :qtext)::text, ' & ', ' | '))")
+    where = ["c.content_tsv @@ q.query", *filters]
+    if model is not None:
+        where.insert(0, model_predicate(model, "c"))
+    return (  # only fixed clauses and a quoted model name are interpolated
+        f"SELECT c.id, ts_rank_cd(c.content_tsv, q.query) AS rank FROM document_chunks c, "  # noqa: S608
+        f"(SELECT {tsq} AS query) q WHERE {' AND '.join(where)} "
+        "ORDER BY rank DESC, c.id LIMIT :limit"
+    )
+
+
+async def _supports_iterative_scan(session: AsyncSession) -> bool:
+    bind = session.get_bind()
+    url = bind.engine.url if isinstance(bind, Connection) else bind.url
+    key = url.render_as_string(hide_password=True)
+    known = _iterative.get(key)
+    if known is None:
+        version = (await session.execute(
+            text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        )).scalar_one_or_none()
+        parts = tuple(int(p) for p in str(version or "0").split(".")[:2] if p.isdigit())
+        known = parts >= (0, 8)
+        _iterative[key] = known
+    return known
+
+
+async def configure_session(session: AsyncSession, ef_search: int) -> None:
+    """Transaction-local HNSW settings (SET LOCAL: safe under PgBouncer pooling)."""
+    if await _supports_iterative_scan(session):
+        await session.execute(
+            text("SELECT set_config('hnsw.ef_search', :ef, true), "
+                 "set_config('hnsw.iterative_scan', 'relaxed_order', true)"),
+            {"ef": str(ef_search)},
+        )
+    else:
+        await session.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"),
+                              {"ef": str(ef_search)})
+
+
+async def vector_candidates(
+    session: AsyncSession, cfg: KnowledgeConfig, model: str, dims: int, vector: list[float],
+    filters: Filters, limit: int,
+) -> list[tuple[uuid.UUID, float]]:
+    await configure_session(session, max(cfg.ef_search, limit))
+    rows = (await session.execute(
+        text(vector_query_sql(model, dims, filters.sql)),
+        {**filters.params, "qvec": vector_literal(vector), "limit": limit},
+    )).all()
+    return [(row[0], float(row[1])) for row in rows]
+
+
+async def text_candidates(
+    session: AsyncSession, query: str, filters: Filters, limit: int, model: str | None,
+) -> list[tuple[uuid.UUID, float]]:
+    rows = (await session.execute(
+        text(text_query_sql(filters.sql, model)),
+        {**filters.params, "qtext": query, "limit": limit},
+    )).all()
+    return [(row[0], float(row[1])) for row in rows]
+
+
+def reciprocal_rank_fusion(*rankings: list[uuid.UUID], k: int = RRF_K) -> list[tuple[uuid.UUID, float]]:
+    scores: dict[uuid.UUID, float] = {}
+    for ranking in rankings:
+        for rank, chunk_id in enumerate(ranking, start=1):
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda item: (-item[1], str(item[0])))
+
+
+async def search(
+    session: AsyncSession, actor: Principal, cfg: KnowledgeConfig, req: SearchRequest,
+    *, embedder: Embedder | None = None,
+) -> SearchResponse:
+    spec = cfg.spec_for(req.embedding_model)
+    filters = build_filters(actor, req)
+    pool = max(req.k * 4, MIN_CANDIDATES) if req.mode == "hybrid" else req.k
+    vec: list[tuple[uuid.UUID, float]] = []
+    txt: list[tuple[uuid.UUID, float]] = []
+    if req.mode in ("vector", "hybrid"):
+        emb = embedder or get_embedder(spec)
+        vector = (await emb.embed([req.query]))[0]
+        vec = await vector_candidates(session, cfg, spec.model, spec.dimensions, vector, filters, pool)
+    if req.mode in ("text", "hybrid"):
+        txt = await text_candidates(session, req.query, filters, pool,
+                                    spec.model if req.mode == "hybrid" else None)
+    distance = dict(vec)
+    rank = dict(txt)
+    if req.mode == "vector":
+        ordered = [(cid, 1.0 - d) for cid, d in vec]
+    elif req.mode == "text":
+        ordered = txt
+    else:
+        ordered = reciprocal_rank_fusion([c for c, _ in vec], [c for c, _ in txt])
+    ordered = ordered[: req.k]
+    hits = await _hydrate(session, ordered, distance, rank)
+    return SearchResponse(query=req.query, mode=req.mode, embedding_model=spec.model, results=hits)
+
+
+async def _hydrate(
+    session: AsyncSession, ordered: list[tuple[uuid.UUID, float]],
+    distance: dict[uuid.UUID, float], rank: dict[uuid.UUID, float],
+) -> list[SearchHit]:
+    if not ordered:
+        return []
+    rows = (await session.execute(
+        text("SELECT c.id, c.document_id, c.chunk_index, c.content, c.metadata, c.is_curated, "
+             "c.source_chunk_ids, d.name, d.source, d.uri, d.path, d.collection, d.mime "
+             "FROM document_chunks c JOIN documents d ON d.id = c.document_id "
+             "WHERE c.id = ANY(:ids)"),
+        {"ids": [cid for cid, _ in ordered]},
+    )).mappings().all()
+    by_id = {row["id"]: row for row in rows}
+    hits: list[SearchHit] = []
+    for cid, score in ordered:
+        row = by_id.get(cid)
+        if row is None:  # deleted between the two statements
+            continue
+        meta = row["metadata"] or {}
+        hits.append(SearchHit(
+            chunk_id=cid, document_id=row["document_id"], chunk_index=row["chunk_index"],
+            content=row["content"], score=score,
+            vector_similarity=(1.0 - distance[cid]) if cid in distance else None,
+            text_rank=rank.get(cid), page=meta.get("page"), section=meta.get("section"),
+            char_start=meta.get("char_start"), char_end=meta.get("char_end"),
+            is_curated=row["is_curated"], source_chunk_ids=row["source_chunk_ids"],
+            document=SearchDocument(
+                id=row["document_id"], name=row["name"], source=row["source"], uri=row["uri"],
+                path=row["path"], collection=row["collection"], mime=row["mime"],
+            ),
+        ))
+    return hits

@@ -1,0 +1,373 @@
+"""Documents and ingestion runs for a principal: upload, list, get, update, delete, start.
+
+Who sees what: a document is visible to its owner, to administrators, and, when it has
+a ``group_id`` and is not ``is_private``, to that group's members.  Only the owner (or an
+administrator) changes or deletes it.  Another user's document answers 404, never 403,
+so ids cannot be probed.  Row-level security (migration 0400) enforces the same rules a
+second time.  The work itself (parsing, chunking, embedding) happens in
+:mod:`roost.knowledge.ingest`, run by the task queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit import service as audit
+from roost.db.base import uuid7
+from roost.errors import Forbidden, NotFound, PayloadTooLarge, Unprocessable
+from roost.http.auth import Principal
+from roost.knowledge.config import KnowledgeConfig
+from roost.knowledge.fetching import FetchInvalidURL, FetchRefused, address_refusal
+from roost.knowledge.jobs import INGEST_TASK
+from roost.knowledge.models import Document, DocumentChunk, DocumentUpload, IngestionRun
+from roost.knowledge.paths import resolve_ingest_path
+from roost.knowledge.schemas import DocumentUpdate, IngestionRunCreate
+from roost.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from roost.tasks.service import enqueue
+
+MAX_NAME_CHARS = 255
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def sha256_hex(value: str | bytes) -> str:
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return hashlib.sha256(data).hexdigest()
+
+
+def upload_identity(filename: str) -> str:
+    return f"upload:{filename}"
+
+
+def _require_user(actor: Principal) -> uuid.UUID:
+    if actor.user_id is None:
+        raise Forbidden("documents belong to users: call this with a user's credentials, "
+                        "not the operator token")
+    return actor.user_id
+
+
+def _check_group(actor: Principal, group_id: uuid.UUID | None) -> None:
+    if group_id is not None and not actor.is_admin and group_id not in actor.group_ids:
+        raise Forbidden("you can only share documents with a group you are a member of")
+
+
+def visible_to(actor: Principal) -> Any:
+    """SQL condition: documents ``actor`` may read."""
+    if actor.user_id is None:
+        return Document.id.is_not(None) if actor.is_admin else Document.id.is_(None)
+    shared = Document.group_id.in_(list(actor.group_ids)) & ~Document.is_private
+    return or_(Document.user_id == actor.user_id, shared) if actor.group_ids else (
+        Document.user_id == actor.user_id
+    )
+
+
+def clean_filename(filename: str | None) -> str:
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    name = "".join(ch for ch in name if ch.isprintable())
+    if not name:
+        raise Unprocessable("the uploaded file needs a file name")
+    return name[:MAX_NAME_CHARS]
+
+
+# --- documents --------------------------------------------------------------------------
+
+
+async def create_upload(
+    session: AsyncSession,
+    actor: Principal,
+    cfg: KnowledgeConfig,
+    *,
+    filename: str | None,
+    content_type: str | None,
+    data: bytes,
+    collection: str | None = None,
+    tags: list[str] | None = None,
+    group_id: uuid.UUID | None = None,
+    is_private: bool = False,
+    persona_id: uuid.UUID | None = None,
+    project_id: uuid.UUID | None = None,
+    description: str | None = None,
+) -> tuple[Document, IngestionRun]:
+    """Store an upload and queue its ingestion (one transaction: both or neither).
+
+    Uploading a file with the same name again updates that document: its chunks are
+    replaced when the new ingestion finishes.
+    """
+    user_id = _require_user(actor)
+    _check_group(actor, group_id)
+    if len(data) > cfg.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"the upload is {len(data)} bytes; the limit is {cfg.max_upload_bytes} bytes"
+        )
+    if not data:
+        raise Unprocessable("the uploaded file is empty")
+    name = clean_filename(filename)
+    model = cfg.embedder.model
+    run = IngestionRun(
+        user_id=user_id, target=name, source="upload", tags=tags or [], collection=collection,
+        group_id=group_id, is_private=is_private, persona_id=persona_id, project_id=project_id,
+        embedding_model=model, status="pending",
+    )
+    session.add(run)
+    await session.flush()
+    values: dict[str, Any] = {
+        "user_id": user_id, "group_id": group_id, "is_private": is_private,
+        "persona_id": persona_id, "project_id": project_id, "name": name,
+        "description": description, "mime": (content_type or None) and content_type[:128],
+        "bytes_size": len(data), "source": "upload", "tags": tags or [],
+        "collection": collection, "status": "pending", "error_message": None,
+        "ingestion_run_id": run.id, "updated_at": now(),
+    }
+    path_hash = sha256_hex(upload_identity(name))
+    stmt = pg_insert(Document).values(id=uuid7(), path_hash=path_hash, **values)
+    stmt = stmt.on_conflict_do_update(index_elements=["user_id", "path_hash"], set_=values)
+    doc_id = (await session.execute(stmt.returning(Document.id))).scalar_one()
+    upload = pg_insert(DocumentUpload).values(
+        document_id=doc_id, filename=name, content_type=content_type, data=data
+    )
+    await session.execute(upload.on_conflict_do_update(
+        index_elements=["document_id"],
+        set_={"filename": name, "content_type": content_type, "data": data, "created_at": now()},
+    ))
+    task = await enqueue(session, INGEST_TASK, {"run_id": str(run.id), "document_id": str(doc_id)})
+    run.task_id = task.id
+    doc = (await session.scalars(
+        select(Document).where(Document.id == doc_id).execution_options(populate_existing=True)
+    )).one()
+    await audit.record(
+        session, "knowledge.document.uploaded", user_id=user_id, resource_type="document",
+        resource_id=doc_id,
+        changes={"name": name, "bytes": len(data), "collection": collection, "tags": tags or [],
+                 "group_id": str(group_id) if group_id else None, "is_private": is_private},
+        metadata={"ingestion_run_id": str(run.id)},
+    )
+    return doc, run
+
+
+def _documents_query(actor: Principal) -> Select[Document]:
+    return select(Document).where(visible_to(actor))
+
+
+async def list_documents(
+    session: AsyncSession,
+    actor: Principal,
+    *,
+    collection: str | None = None,
+    status: str | None = None,
+    persona_id: uuid.UUID | None = None,
+    tag: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> tuple[list[Document], str | None]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    stmt = _documents_query(actor)
+    if collection is not None:
+        stmt = stmt.where(Document.collection == collection)
+    if status is not None:
+        stmt = stmt.where(Document.status == status)
+    if persona_id is not None:
+        stmt = stmt.where(Document.persona_id == persona_id)
+    if tag is not None:
+        stmt = stmt.where(Document.tags.contains([tag]))
+    if cursor is not None:
+        after = decode_cursor(cursor)
+        try:
+            at = datetime.fromisoformat(str(after["t"]))
+            last = uuid.UUID(str(after["id"]))
+        except (KeyError, ValueError):
+            raise Unprocessable("cursor is malformed: pass the next_cursor of a previous page") from None
+        stmt = stmt.where((Document.created_at < at) | ((Document.created_at == at) & (Document.id < last)))
+    rows = list((await session.scalars(
+        stmt.order_by(Document.created_at.desc(), Document.id.desc()).limit(limit + 1)
+    )).all())
+    next_cursor = None
+    if len(rows) > limit:
+        last_row = rows[limit - 1]
+        next_cursor = encode_cursor({"t": last_row.created_at.isoformat(), "id": str(last_row.id)})
+    return rows[:limit], next_cursor
+
+
+async def get_document(session: AsyncSession, actor: Principal, document_id: uuid.UUID) -> Document:
+    doc = (await session.scalars(
+        _documents_query(actor).where(Document.id == document_id)
+    )).one_or_none()
+    if doc is None:
+        raise NotFound(f"document {document_id} does not exist")
+    return doc
+
+
+async def _owned_document(
+    session: AsyncSession, actor: Principal, document_id: uuid.UUID
+) -> Document:
+    doc = await get_document(session, actor, document_id)
+    if not actor.is_admin and doc.user_id != actor.user_id:
+        raise Forbidden("only the document's owner may change or delete it")
+    return doc
+
+
+async def delete_document(session: AsyncSession, actor: Principal, document_id: uuid.UUID) -> None:
+    """Delete a document with its chunks (ON DELETE CASCADE) and any pending upload."""
+    doc = await _owned_document(session, actor, document_id)
+    chunks = (await session.execute(
+        select(func.count()).select_from(DocumentChunk).where(DocumentChunk.document_id == doc.id)
+    )).scalar_one()
+    await session.execute(delete(Document).where(Document.id == doc.id))
+    await audit.record(
+        session, "knowledge.document.deleted", user_id=actor.user_id, resource_type="document",
+        resource_id=doc.id, changes={"name": doc.name, "chunks": int(chunks), "owner": str(doc.user_id)},
+    )
+
+
+async def update_document(
+    session: AsyncSession, actor: Principal, document_id: uuid.UUID, body: DocumentUpdate
+) -> Document:
+    """Rename, describe, re-tag, move to a collection, or change sharing.
+
+    The chunks' copies of scope (sharing group, collection, tags) change in the same
+    transaction, so search never sees a half-updated document.
+    """
+    doc = await _owned_document(session, actor, document_id)
+    fields = body.model_fields_set
+    changes: dict[str, Any] = {}
+    if "group_id" in fields:
+        _check_group(actor, body.group_id)
+    for name in ("name", "description", "collection", "tags", "group_id", "is_private"):
+        if name not in fields:
+            continue
+        value = getattr(body, name)
+        if name in ("name", "is_private", "tags") and value is None:
+            raise Unprocessable(f"{name} cannot be null")
+        if getattr(doc, name) != value:
+            changes[name] = str(value) if isinstance(value, uuid.UUID) else value
+            setattr(doc, name, value)
+    if not changes:
+        return doc
+    doc.updated_at = now()
+    await session.flush()
+    await session.execute(
+        update(DocumentChunk).where(DocumentChunk.document_id == doc.id).values(
+            group_id=None if doc.is_private else doc.group_id,
+            collection=doc.collection, tags=doc.tags,
+        )
+    )
+    await audit.record(session, "knowledge.document.updated", user_id=actor.user_id,
+                       resource_type="document", resource_id=doc.id, changes=changes)
+    return doc
+
+
+async def list_chunks(
+    session: AsyncSession, actor: Principal, document_id: uuid.UUID
+) -> list[DocumentChunk]:
+    doc = await get_document(session, actor, document_id)
+    return list((await session.scalars(
+        select(DocumentChunk).where(DocumentChunk.document_id == doc.id)
+        .order_by(DocumentChunk.is_curated, DocumentChunk.chunk_index)
+    )).all())
+
+
+# --- ingestion runs ---------------------------------------------------------------------
+
+
+def is_web_target(target: str) -> bool:
+    return target.strip().lower().startswith(("http://", "https://"))
+
+
+def precheck_url(target: str, cfg: KnowledgeConfig) -> str:
+    """Refuse at once what the fetch would refuse for certain (bad URL, literal private
+    host); names are resolved and checked again at fetch time (DNS may change)."""
+    try:
+        url = httpx.URL(target.strip())
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise FetchInvalidURL(f"{target[:200]!r} is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise FetchInvalidURL("web ingestion needs an http:// or https:// URL with a host")
+    if url.userinfo:
+        raise FetchInvalidURL("URLs with a user name or password are not accepted")
+    host = url.host
+    if host == "localhost" or host.endswith(".localhost"):
+        host = "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return str(url)
+    reason = address_refusal(ip, allow_private=cfg.allow_private_fetch)
+    if reason is not None:
+        raise FetchRefused(f"fetching {url.host} is not allowed: it is {reason}; only public "
+                           "internet addresses can be ingested")
+    return str(url)
+
+
+async def start_run(
+    session: AsyncSession, actor: Principal, cfg: KnowledgeConfig, body: IngestionRunCreate
+) -> IngestionRun:
+    """Check the target now (so a bad one is a 4xx, not a failed run), record the run
+    and queue it; the run's job does the work."""
+    user_id = _require_user(actor)
+    _check_group(actor, body.group_id)
+    from_web = is_web_target(body.target) if body.from_web is None else body.from_web
+    if from_web:
+        target = precheck_url(body.target, cfg)
+        source = "web"
+    else:
+        if is_web_target(body.target):
+            raise Unprocessable("target is a URL: set from_web to true (or leave it out)")
+        target = str(resolve_ingest_path(body.target, cfg.ingest_roots))
+        source = "file"
+    run = IngestionRun(
+        user_id=user_id, target=target, source=source, from_web=from_web,
+        recursive=body.recursive, tags=body.tags, collection=body.collection,
+        group_id=body.group_id, is_private=body.is_private, persona_id=body.persona_id,
+        project_id=body.project_id, embedding_model=cfg.embedder.model, status="pending",
+    )
+    session.add(run)
+    await session.flush()
+    task = await enqueue(session, INGEST_TASK, {"run_id": str(run.id), "force": body.force})
+    run.task_id = task.id
+    await session.flush()
+    await audit.record(
+        session, "knowledge.ingestion_run.started", user_id=user_id,
+        resource_type="ingestion_run", resource_id=run.id,
+        changes={"target": target, "source": source, "recursive": body.recursive,
+                 "collection": body.collection, "tags": body.tags, "force": body.force},
+    )
+    return run
+
+
+async def list_runs(
+    session: AsyncSession, actor: Principal, *, status: str | None = None,
+    limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+) -> tuple[list[IngestionRun], str | None]:
+    stmt = select(IngestionRun)
+    if actor.user_id is not None:
+        stmt = stmt.where(IngestionRun.user_id == actor.user_id)
+    elif not actor.is_admin:
+        return [], None
+    if status is not None:
+        stmt = stmt.where(IngestionRun.status == status)
+    if cursor is not None:
+        raw = decode_cursor(cursor).get("id")
+        try:
+            stmt = stmt.where(IngestionRun.id < uuid.UUID(str(raw)))
+        except ValueError:
+            raise Unprocessable("cursor is malformed: pass the next_cursor of a previous page") from None
+    rows = list((await session.scalars(stmt.order_by(IngestionRun.id.desc()).limit(limit + 1))).all())
+    next_cursor = encode_cursor({"id": str(rows[limit - 1].id)}) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+async def get_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID) -> IngestionRun:
+    run = await session.get(IngestionRun, run_id)
+    if run is None or (not actor.is_admin and run.user_id != actor.user_id):
+        raise NotFound(f"ingestion run {run_id} does not exist")
+    return run

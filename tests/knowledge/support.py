@@ -1,0 +1,85 @@
+"""Helpers for the database-backed knowledge tests."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from roost.db.engine import Database
+from roost.http.auth import Principal
+from roost.knowledge import service
+from roost.knowledge.config import KnowledgeConfig
+from roost.knowledge.ingest import run_ingestion
+from roost.knowledge.schemas import IngestionRunCreate
+from tests.knowledge.helpers import make_pdf
+
+PARAGRAPH = (
+    "Roost keeps every conversation, tool call and document of an agent in PostgreSQL. "
+    "Each document is parsed, split into overlapping chunks and embedded for search. "
+)
+
+
+def principal(user_id: uuid.UUID, *groups: uuid.UUID, admin: bool = False) -> Principal:
+    return Principal(user_id=user_id, is_admin=admin, kind="api_key", group_ids=frozenset(groups))
+
+
+async def rows(database: Database, sql: str, **params: Any) -> list[Any]:
+    async with database.transaction() as s:
+        return list((await s.execute(text(sql), params)).all())
+
+
+async def scalar(database: Database, sql: str, **params: Any) -> Any:
+    async with database.transaction() as s:
+        return (await s.execute(text(sql), params)).scalar()
+
+
+async def start_run(
+    database: Database, who: Principal, cfg: KnowledgeConfig, target: str, **options: Any
+) -> uuid.UUID:
+    async with database.transaction() as s:
+        run = await service.start_run(s, who, cfg, IngestionRunCreate(target=target, **options))
+        return run.id
+
+
+async def ingest(
+    database: Database, who: Principal, cfg: KnowledgeConfig, target: str, **options: Any
+) -> dict[str, Any]:
+    """Start a run and execute its job here (no worker): returns the run's row."""
+    force = bool(options.pop("force", False))
+    run_id = await start_run(database, who, cfg, target, force=force, **options)
+    await run_ingestion(database, run_id, cfg, force=force)
+    found = await rows(database, "SELECT * FROM ingestion_runs WHERE id = :id", id=run_id)
+    return dict(found[0]._mapping)
+
+
+def mixed_directory(root: Path) -> dict[str, Path]:
+    """Text, Markdown, HTML, PDF, a nested file; an image, a corrupt PDF, a hidden file."""
+    files = {
+        "notes.txt": root / "notes.txt",
+        "guide.md": root / "guide.md",
+        "page.html": root / "page.html",
+        "report.pdf": root / "report.pdf",
+        "nested.txt": root / "sub" / "nested.txt",
+        "image.png": root / "image.png",
+        "broken.pdf": root / "broken.pdf",
+    }
+    files["nested.txt"].parent.mkdir()
+    files["notes.txt"].write_text("Plain notes about the garden.\n\n" + PARAGRAPH * 3)
+    files["guide.md"].write_text(
+        "# Install guide\n\nIntro text.\n\n## Linux\n\nRun the installer with apt and then "
+        "start the service. " * 2 + "\n\n## Windows\n\nUse the MSI package from the release page.\n"
+    )
+    files["page.html"].write_text(
+        "<html><head><title>Page</title></head><body><nav>menu</nav><main><h1>Pricing</h1>"
+        "<p>The team plan costs twelve dollars per seat.</p></main></body></html>"
+    )
+    files["report.pdf"].write_bytes(make_pdf(["Quarterly report page one.",
+                                              "Revenue grew by forty percent on page two."]))
+    files["nested.txt"].write_text("A nested file about penguins in Antarctica.")
+    files["image.png"].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    files["broken.pdf"].write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage trailer")
+    (root / ".hidden.txt").write_text("never ingested")
+    return files

@@ -1,0 +1,89 @@
+"""Ingestion runs against the real database: totals, per-file errors, re-ingestion."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from roost.db.engine import Database
+from roost.knowledge.config import KnowledgeConfig
+from tests.knowledge.support import ingest, mixed_directory, principal, rows, scalar
+from tests.support.identity import make_user
+
+
+async def test_a_mixed_directory_is_ingested_with_totals_and_per_file_errors(
+    database: Database, kcfg: KnowledgeConfig, ingest_root: Path, tmp_path: Path
+) -> None:
+    user_id, _ = await make_user(database)
+    mixed_directory(ingest_root)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret outside the root")
+    os.symlink(outside, ingest_root / "link.txt")
+
+    run = await ingest(database, principal(user_id), kcfg, str(ingest_root), recursive=True,
+                       collection="manuals", tags=["docs"])
+
+    assert run["status"] == "partial"
+    assert run["totals_files"] == 5  # txt, md, html, pdf, nested txt
+    by_path = {Path(e["path"]).name: e["type"] for e in run["errors"]}
+    assert by_path == {"image.png": "unsupported-document", "broken.pdf": "corrupt-document"}
+    assert run["finished_at"] is not None and run["started_at"] is not None
+
+    docs = await rows(database, "SELECT name, status, chunk_count, collection, tags, mime "
+                                "FROM documents ORDER BY name")
+    assert [d.name for d in docs] == ["guide.md", "nested.txt", "notes.txt", "page.html",
+                                      "report.pdf"]
+    assert all(d.status == "ready" and d.collection == "manuals" and d.tags == ["docs"]
+               for d in docs)
+    total = await scalar(database, "SELECT count(*) FROM document_chunks")
+    assert total == run["totals_chunks"] == sum(d.chunk_count for d in docs)
+    # Source attribution: pages for PDFs, heading paths for Markdown.
+    pages = await rows(database, "SELECT c.metadata->>'page' AS page, c.content FROM document_chunks c "
+                                 "JOIN documents d ON d.id = c.document_id WHERE d.name = 'report.pdf' "
+                                 "ORDER BY c.chunk_index")
+    assert [(p.page, "forty" in p.content) for p in pages] == [("1", False), ("2", True)]
+    sections = {r[0] for r in await rows(
+        database, "SELECT c.metadata->>'section' FROM document_chunks c JOIN documents d "
+                  "ON d.id = c.document_id WHERE d.name = 'guide.md'")}
+    assert "Install guide > Linux" in sections and "Install guide > Windows" in sections
+    # Nothing from outside the root, nothing hidden.
+    assert await scalar(database, "SELECT count(*) FROM document_chunks "
+                                  "WHERE content LIKE '%secret%' OR content LIKE '%never%'") == 0
+    audited = await scalar(database, "SELECT count(*) FROM audit_logs "
+                                     "WHERE action = 'knowledge.document.ingested'")
+    assert audited == 5
+
+
+async def test_reingesting_a_changed_file_replaces_its_chunks_without_duplicates(
+    database: Database, kcfg: KnowledgeConfig, ingest_root: Path
+) -> None:
+    user_id, _ = await make_user(database)
+    files = mixed_directory(ingest_root)
+    who = principal(user_id)
+    await ingest(database, who, kcfg, str(ingest_root), recursive=True)
+    before = {r.id: r.document_id for r in await rows(database, "SELECT id, document_id FROM document_chunks")}
+    docs_before = await scalar(database, "SELECT count(*) FROM documents")
+
+    # Unchanged: nothing is re-embedded, every file still counts.
+    again = await ingest(database, who, kcfg, str(ingest_root), recursive=True)
+    assert again["totals_files"] == 5 and again["totals_chunks"] == 0
+    assert {r.id for r in await rows(database, "SELECT id FROM document_chunks")} == set(before)
+
+    files["notes.txt"].write_text("Completely new notes about tomatoes and basil.")
+    changed = await ingest(database, who, kcfg, str(ingest_root), recursive=True)
+    assert changed["totals_files"] == 5 and changed["totals_chunks"] == 1
+    assert await scalar(database, "SELECT count(*) FROM documents") == docs_before
+    notes = await rows(database, "SELECT c.id, c.content, c.chunk_index FROM document_chunks c "
+                                 "JOIN documents d ON d.id = c.document_id WHERE d.name = 'notes.txt'")
+    assert [n.content for n in notes] == ["Completely new notes about tomatoes and basil."]
+    assert notes[0].id not in before
+    dupes = await scalar(database, "SELECT count(*) FROM (SELECT document_id, chunk_index FROM "
+                                   "document_chunks GROUP BY 1, 2 HAVING count(*) > 1) x")
+    assert dupes == 0
+    assert await scalar(database, "SELECT chunk_count FROM documents WHERE name = 'notes.txt'") == 1
+
+    # A single file as the target updates the same document (same path hash).
+    files["notes.txt"].write_text("Third version of the notes.")
+    single = await ingest(database, who, kcfg, str(files["notes.txt"]))
+    assert single["status"] == "success" and single["totals_files"] == 1
+    assert await scalar(database, "SELECT count(*) FROM documents") == docs_before
