@@ -1,0 +1,263 @@
+"""The OpenAI-compatible gateway over real stub provider processes: the official openai
+SDK as client (through the ASGI app), routing, fallback, ensemble, errors, records."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from roost.config import Settings
+from roost.db.engine import Database
+from tests.support.identity import make_user
+from tests.support.openai_stub import StubServer, start_stub
+
+Headers = dict[str, str]
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", llm_timeout_s=1.5, llm_local_model=False,
+                    chat_max_message_chars=1000)
+
+
+@pytest.fixture(scope="module")
+def stub_b() -> Iterator[StubServer]:
+    with start_stub() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stub_c() -> Iterator[StubServer]:
+    with start_stub() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _reset_more(request: pytest.FixtureRequest) -> None:
+    for name in ("stub_b", "stub_c"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).reset()
+
+
+@pytest.fixture
+async def user(database: Database) -> tuple[uuid.UUID, Headers]:
+    return await make_user(database)
+
+
+@pytest.fixture
+async def sdk(app: FastAPI, user: tuple[uuid.UUID, Headers]) -> AsyncIterator[openai.AsyncOpenAI]:
+    key = user[1]["Authorization"].removeprefix("Bearer ")
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50001))
+    async with httpx.AsyncClient(transport=transport, base_url="http://roost.test") as http:
+        yield openai.AsyncOpenAI(base_url="http://roost.test/v1", api_key=key, http_client=http,
+                                 max_retries=0)
+
+
+async def _provider(client: httpx.AsyncClient, admin: Headers, stub: StubServer, name: str,
+                    **fields: Any) -> str:
+    body = {"name": name, "type": "openai", "base_url": stub.base_url, "model": "stub-model",
+            **fields}
+    resp = await client.post("/api/v1/llm/providers", json=body, headers=admin)
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
+async def _responses(database: Database, request_id: str) -> list[Any]:
+    async with database.transaction() as s:
+        return list((await s.execute(text(
+            "SELECT provider_name, outcome, error_kind, selected, tokens_total, confidence "
+            "FROM llm_responses WHERE request_id = :r ORDER BY started_at, provider_name"),
+            {"r": request_id})).all())
+
+
+async def test_openai_sdk_plain_streaming_models_and_embeddings(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, sdk: openai.AsyncOpenAI,
+    database: Database, user: tuple[uuid.UUID, Headers],
+) -> None:
+    await _provider(client, admin_headers, stub, "stub")
+    models = await sdk.models.list()
+    assert [m.id for m in models.data] == ["stub-model"]
+
+    done = await sdk.chat.completions.create(
+        model="stub-model", messages=[{"role": "user", "content": "hello gateway"}])
+    assert done.choices[0].message.content == "echo: hello gateway (model stub-model)"
+    assert done.choices[0].finish_reason == "stop"
+    assert done.usage is not None and done.usage.prompt_tokens == 2
+
+    stream = await sdk.chat.completions.create(
+        model="stub-model", messages=[{"role": "user", "content": "stream me"}], stream=True,
+        stream_options={"include_usage": True})
+    pieces, usage, finish = [], None, None
+    async for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == "echo: stream me (model stub-model)"
+    assert finish == "stop" and usage is not None and usage.completion_tokens == 5
+
+    emb = await sdk.embeddings.create(model="stub-model", input=["alpha", "beta"])  # base64
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) == 8
+    as_float = await sdk.embeddings.create(model="stub-model", input="alpha",
+                                           encoding_format="float")
+    assert as_float.data[0].embedding == pytest.approx(emb.data[0].embedding, abs=1e-6)
+
+    user_id, _ = user
+    async with database.transaction() as s:
+        rows = (await s.execute(text(
+            "SELECT q.request_type, q.status, u.tokens_input, u.tokens_output, u.model, u.user_id "
+            "FROM llm_requests q JOIN usage_records u ON u.llm_request_id = q.id "
+            "ORDER BY q.created_at"))).all()
+    assert [(r.request_type, r.status) for r in rows] == [
+        ("chat", "completed"), ("chat_stream", "completed"), ("embedding", "completed"),
+        ("embedding", "completed")]
+    assert all(r.user_id == user_id for r in rows)
+    assert rows[0].tokens_input == 2 and rows[1].tokens_output == 5
+
+
+async def test_errors_use_openais_shape(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, sdk: openai.AsyncOpenAI,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    _, headers = user
+    with pytest.raises(openai.ConflictError) as none:  # no provider configured at all
+        await sdk.chat.completions.create(model="gpt-none", messages=[{"role": "user", "content": "x"}])
+    assert none.value.code == "no_provider" and "POST /api/v1/llm/providers" in none.value.message
+    await _provider(client, admin_headers, stub, "stub")
+    with pytest.raises(openai.NotFoundError) as nf2:
+        await sdk.chat.completions.create(model="gpt-none", messages=[{"role": "user", "content": "x"}])
+    assert nf2.value.code == "model_not_found"
+    body = nf2.value.body
+    assert isinstance(body, dict) and body["param"] == "model" and body["type"] == "invalid_request_error"
+
+    for bad in ({"model": "stub-model", "messages": []},
+                {"model": "stub-model", "messages": [{"role": "wizard", "content": "x"}]},
+                {"model": "stub-model", "messages": "hello"},
+                {"messages": [{"role": "user", "content": "x"}]}):
+        resp = await client.post("/v1/chat/completions", json=bad, headers=headers)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["type"] == "invalid_request_error"
+    not_json = await client.post("/v1/chat/completions", content=b"{", headers={
+        **headers, "content-type": "application/json"})
+    assert not_json.status_code == 400 and "JSON" in not_json.json()["error"]["message"]
+    big = await client.post("/v1/chat/completions", headers=headers, json={
+        "model": "stub-model", "messages": [{"role": "user", "content": "x" * 1001}]})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "content_too_large"
+    anon = await client.post("/v1/chat/completions", json={"model": "stub-model", "messages": []})
+    assert anon.status_code == 401 and anon.json()["error"]["type"] == "authentication_error"
+    with pytest.raises(openai.AuthenticationError):
+        await openai.AsyncOpenAI(base_url="http://roost.test/v1", api_key="rk_bogus",
+                                 http_client=sdk._client, max_retries=0).models.list()
+
+    stub.control(junk="shape")
+    with pytest.raises(openai.APIStatusError) as junk:
+        await sdk.chat.completions.create(model="stub-model",
+                                          messages=[{"role": "user", "content": "x"}])
+    assert junk.value.status_code == 502 and "malformed" in junk.value.message
+
+
+async def test_fallback_on_5xx_and_connection_errors_is_recorded(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, stub_b: StubServer,
+    sdk: openai.AsyncOpenAI, database: Database,
+) -> None:
+    await _provider(client, admin_headers, stub, "down", priority=1,
+                    base_url="http://127.0.0.1:9/v1")  # nothing listens there
+    await _provider(client, admin_headers, stub, "flaky", priority=2)
+    await _provider(client, admin_headers, stub_b, "steady", priority=3)
+    stub.control(fail_status=503)
+    done = await sdk.chat.completions.create(model="stub-model",
+                                             messages=[{"role": "user", "content": "hi"}])
+    assert done.choices[0].message.content == "echo: hi (model stub-model)"
+    extra = done.model_extra or {}
+    rows = await _responses(database, extra["roost"]["request_id"])
+    assert [(r.provider_name, r.outcome, r.error_kind, r.selected) for r in rows] == [
+        ("down", "error", "unavailable", False), ("flaky", "error", "unavailable", False),
+        ("steady", "success", None, True)]
+    assert extra["roost"]["provider"] == "steady" and stub_b.count("total") == 1
+
+    # 400 from the provider is not a reason to fall back: the request itself is wrong.
+    stub.control(fail_status=400)
+    with pytest.raises(openai.BadRequestError):
+        await sdk.chat.completions.create(model="stub-model",
+                                          messages=[{"role": "user", "content": "hi"}])
+    assert stub_b.count("total") == 1
+
+
+async def test_streaming_falls_back_before_the_first_chunk(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, stub_b: StubServer,
+    sdk: openai.AsyncOpenAI,
+) -> None:
+    await _provider(client, admin_headers, stub, "hangs", priority=1)
+    await _provider(client, admin_headers, stub_b, "works", priority=2)
+    stub.control(hang=True)
+    stream = await sdk.chat.completions.create(
+        model="stub-model", messages=[{"role": "user", "content": "after a timeout"}], stream=True)
+    text_out = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text_out == "echo: after a timeout (model stub-model)"
+
+
+async def test_ensemble_strategies(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, stub_b: StubServer,
+    stub_c: StubServer, sdk: openai.AsyncOpenAI, database: Database,
+) -> None:
+    await _provider(client, admin_headers, stub, "a", weight=1.0)
+    await _provider(client, admin_headers, stub_b, "b", weight=1.0)
+    await _provider(client, admin_headers, stub_c, "c", weight=3.0)
+    messages = [{"role": "user", "content": "Capital of France?"}]
+
+    # weighted_vote: two light votes for Paris lose to one heavy vote for Lyon.
+    stub.control(reply="Paris.")
+    stub_b.control(reply="paris")
+    stub_c.control(reply="Lyon")
+    vote = await sdk.chat.completions.create(model="stub-model", messages=messages,
+                                             extra_body={"ensemble": {"strategy": "weighted_vote"}})
+    assert vote.choices[0].message.content == "Lyon"
+    rows = await _responses(database, (vote.model_extra or {})["roost"]["request_id"])
+    assert sorted((r.provider_name, r.outcome, r.selected) for r in rows) == [
+        ("a", "success", False), ("b", "success", False), ("c", "success", True)]
+    async with database.transaction() as s:
+        req = (await s.execute(text(
+            "SELECT request_type, ensemble_config FROM llm_requests WHERE id = :i"),
+            {"i": (vote.model_extra or {})["roost"]["request_id"]})).one()
+    assert req.request_type == "ensemble"
+    assert req.ensemble_config == {"strategy": "weighted_vote", "providers": ["a", "b", "c"]}
+
+    # highest_confidence: the surest model (by logprobs) wins whatever the weights.
+    stub.control(logprob=-0.01)
+    stub_b.control(logprob=-0.5)
+    stub_c.control(logprob=-2.0)
+    sure = await sdk.chat.completions.create(
+        model="stub-model", messages=messages, logprobs=True,
+        extra_body={"ensemble": {"strategy": "highest_confidence"}})
+    assert sure.choices[0].message.content == "Paris."
+    rows = await _responses(database, (sure.model_extra or {})["roost"]["request_id"])
+    best = max(rows, key=lambda r: r.confidence)
+    assert best.provider_name == "a" and best.selected and float(best.confidence) > 0.98
+
+    # first_success: the fast one wins, the slow ones are cancelled (and recorded).
+    stub.control(latency_ms=800)
+    stub_c.control(latency_ms=800)
+    fast = await sdk.chat.completions.create(
+        model="stub-model", messages=messages,
+        extra_body={"ensemble": {"strategy": "first_success", "providers": ["a", "b", "c"]}})
+    assert fast.choices[0].message.content == "paris"
+    rows = await _responses(database, (fast.model_extra or {})["roost"]["request_id"])
+    assert sorted((r.provider_name, r.outcome) for r in rows) == [
+        ("a", "cancelled"), ("b", "success"), ("c", "cancelled")]
+
+    unknown = await client.post("/v1/chat/completions", headers=sdk_headers(sdk), json={
+        "model": "stub-model", "messages": messages, "ensemble": {"providers": ["zzz"]}})
+    assert unknown.status_code == 400 and "zzz" in unknown.json()["error"]["message"]
+
+
+def sdk_headers(sdk: openai.AsyncOpenAI) -> Headers:
+    return {"Authorization": f"Bearer {sdk.api_key}"}

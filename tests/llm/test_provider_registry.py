@@ -1,0 +1,160 @@
+"""The provider registry: admin CRUD, encrypted API keys, health checks, models sync."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from roost.config import Settings
+from roost.db.engine import Database
+from roost.keyfiles import KeyMaterial
+from roost.llm.jobs import check_all
+from roost.llm.registry import api_key_aad
+from roost.security.crypto import DecryptionError, SecretBox
+from tests.support.identity import make_user
+from tests.support.openai_stub import StubServer
+
+Headers = dict[str, str]
+KEY = "sk-test-8c1f0e4b9d2a7f6e5c3b"
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", llm_timeout_s=2.0, llm_local_model=False)
+
+
+async def _create(client: httpx.AsyncClient, headers: Headers, **body: Any) -> httpx.Response:
+    return await client.post("/api/v1/llm/providers", json=body, headers=headers)
+
+
+async def test_crud_keeps_the_api_key_encrypted_and_never_returns_it(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    resp = await _create(client, admin_headers, name="openai-a", type="openai",
+                         base_url=stub.base_url, api_key=KEY, model="stub-model", weight=2.5,
+                         priority=10, config={"timeout": 30})
+    assert resp.status_code == 201, resp.text
+    provider = resp.json()
+    assert KEY not in resp.text and provider["has_api_key"] is True
+    assert provider["type"] == "openai" and provider["weight"] == 2.5
+    assert provider["health_status"] == "unknown" and provider["models"] == {"stub-model": True}
+    pid = provider["id"]
+    listed = await client.get("/api/v1/llm/providers", headers=admin_headers)
+    assert KEY not in listed.text and [p["id"] for p in listed.json()] == [pid]
+
+    async with database.transaction() as s:
+        stored = (await s.execute(text("SELECT api_key_encrypted FROM llm_providers")) ).scalar_one()
+        audit_text = (await s.execute(text(
+            "SELECT string_agg(coalesce(changes::text, ''), ' ') FROM audit_logs "
+            "WHERE resource_type = 'llm_provider'"))).scalar_one()
+    assert KEY not in stored and KEY not in audit_text
+    box = SecretBox.from_keys(test_keys.secrets_key)
+    assert box.decrypt_str(stored, api_key_aad(uuid.UUID(pid))) == KEY
+    with pytest.raises(DecryptionError):  # bound to its row: useless when copied elsewhere
+        box.decrypt_str(stored, api_key_aad(uuid.uuid4()))
+
+    # The key works: the stub only answers requests that carry it.
+    stub.control(require_api_key=KEY)
+    health = await client.post(f"/api/v1/llm/providers/{pid}/health", headers=admin_headers)
+    assert health.status_code == 200 and health.json()["health_status"] == "healthy"
+    patched = await client.patch(f"/api/v1/llm/providers/{pid}",
+                                 json={"api_key": "sk-wrong", "enabled": True}, headers=admin_headers)
+    assert patched.status_code == 200 and "sk-wrong" not in patched.text
+    unhealthy = (await client.post(f"/api/v1/llm/providers/{pid}/health",
+                                   headers=admin_headers)).json()
+    assert unhealthy["health_status"] == "unhealthy" and "401" in unhealthy["health_error"]
+    assert "sk-wrong" not in unhealthy["health_error"]
+    removed = await client.patch(f"/api/v1/llm/providers/{pid}", json={"api_key": ""},
+                                 headers=admin_headers)
+    assert removed.json()["has_api_key"] is False
+
+    assert (await client.delete(f"/api/v1/llm/providers/{pid}", headers=admin_headers)).status_code == 204
+    assert (await client.get(f"/api/v1/llm/providers/{pid}", headers=admin_headers)).status_code == 404
+
+
+async def test_validation_and_admin_only(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+) -> None:
+    _, user_headers = await make_user(database)
+    body = {"name": "p1", "type": "openai", "base_url": stub.base_url, "model": "m"}
+    assert (await _create(client, user_headers, **body)).status_code == 403
+    assert (await client.get("/api/v1/llm/providers", headers=user_headers)).status_code == 403
+    assert (await _create(client, admin_headers, **body)).status_code == 201
+    assert (await _create(client, admin_headers, **{**body, "name": "P1"})).status_code == 409
+    secret_in_config = await _create(client, admin_headers, **{**body, "name": "p2",
+                                                                "config": {"api_key": "x"}})
+    assert secret_in_config.status_code == 422
+    assert (await _create(client, admin_headers, **{**body, "name": "p3", "type": "gemini"})
+            ).status_code == 422
+    assert (await _create(client, admin_headers, **{**body, "name": "bad name!"})).status_code == 422
+    ollama = await _create(client, admin_headers, name="ollama", type="ollama", model="llama3.2")
+    assert ollama.status_code == 201
+    assert ollama.json()["type"] == "openai"
+    assert ollama.json()["base_url"] == "http://127.0.0.1:11434/v1"
+
+
+async def test_models_sync_and_disabled_models_shape_routing(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+) -> None:
+    _, user_headers = await make_user(database)
+    pid = (await _create(client, admin_headers, name="s", type="openai", base_url=stub.base_url,
+                         model="stub-model")).json()["id"]
+    stub.control(model_list=["m-a", "m-b"])
+    synced = await client.post(f"/api/v1/llm/providers/{pid}/sync-models", headers=admin_headers)
+    assert synced.status_code == 200, synced.text
+    data = synced.json()
+    assert set(data["models"]) == {"m-a", "m-b", "stub-model"}
+    assert data["total_models"] == 3 and data["enabled_models"] == 3 and data["last_models_sync"]
+    patched = await client.patch(f"/api/v1/llm/providers/{pid}", json={"disabled_models": ["m-b"]},
+                                 headers=admin_headers)
+    assert patched.json()["enabled_models"] == 2 and patched.json()["models"]["m-b"] is False
+    # A re-sync keeps the operator's choice.
+    again = (await client.post(f"/api/v1/llm/providers/{pid}/sync-models",
+                               headers=admin_headers)).json()
+    assert again["models"]["m-b"] is False and again["enabled_models"] == 2
+    models = (await client.get("/v1/models", headers=user_headers)).json()
+    assert {m["id"] for m in models["data"]} == {"m-a", "stub-model"}
+    ok = await client.post("/v1/chat/completions", headers=user_headers, json={
+        "model": "m-a", "messages": [{"role": "user", "content": "hi"}]})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "echo: hi (model m-a)"
+    disabled = await client.post("/v1/chat/completions", headers=user_headers, json={
+        "model": "m-b", "messages": [{"role": "user", "content": "hi"}]})
+    assert disabled.status_code == 404 and disabled.json()["error"]["code"] == "model_not_found"
+
+
+async def test_periodic_health_check_updates_every_provider(
+    client: httpx.AsyncClient, app: FastAPI, admin_headers: Headers, stub: StubServer,
+    database: Database,
+) -> None:
+    up = (await _create(client, admin_headers, name="up", type="openai", base_url=stub.base_url,
+                        model="m")).json()["id"]
+    down = (await _create(client, admin_headers, name="down", type="openai",
+                          base_url="http://127.0.0.1:9/v1", model="m")).json()["id"]
+    await client.get("/api/v1/llm/providers", headers=admin_headers)
+    from roost.llm.deps import get_runtime
+
+    class _Req:
+        def __init__(self, app: FastAPI) -> None:
+            self.app = app
+
+    runtime = get_runtime(_Req(app))  # type: ignore[arg-type]
+    results = await check_all(runtime)
+    assert results == {"down": "unhealthy", "up": "healthy"}
+    async with database.transaction() as s:
+        rows = dict((await s.execute(text(
+            "SELECT id, health_status FROM llm_providers"))).all())
+        audited = (await s.execute(text(
+            "SELECT count(*) FROM audit_logs WHERE action = 'llm.provider.health'"))).scalar_one()
+    assert rows == {uuid.UUID(up): "healthy", uuid.UUID(down): "unhealthy"}
+    assert audited == 2  # status changes (unknown -> healthy/unhealthy) are audited
+    await check_all(runtime)
+    async with database.transaction() as s:
+        assert (await s.execute(text(
+            "SELECT count(*) FROM audit_logs WHERE action = 'llm.provider.health'"))).scalar_one() == 2
