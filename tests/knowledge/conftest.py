@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import pytest_asyncio
 
+from roost.app import create_app
+from roost.config import Settings
+from roost.db.engine import Database
+from roost.keyfiles import KeyMaterial
 from roost.knowledge.config import EmbedderSpec, KnowledgeConfig
 from roost.knowledge.embeddings import LocalSentenceTransformerEmbedder, bundled_model_path
 from tests.knowledge.helpers import LoopbackServer
@@ -58,3 +64,24 @@ def kcfg(ingest_root: Path) -> KnowledgeConfig:
         ingest_roots=(ingest_root,), chunk_tokens=64, overlap_tokens=8,
         embedder=EmbedderSpec("hash", "dev-hashing-384", 384),
     )
+
+
+@pytest.fixture
+def ksettings(tmp_path: Path, ingest_root: Path) -> Settings:
+    """App settings matching ``kcfg``: hash embeddings, the ingest root, a 64 KB upload cap."""
+    return Settings(
+        data_dir=tmp_path / "data", log_json=True, max_request_bytes=256 * 1024,
+        knowledge_max_upload_bytes=64 * 1024, knowledge_ingest_roots=str(ingest_root),
+        knowledge_embedding_provider="hash", knowledge_chunk_tokens=64,
+        knowledge_chunk_overlap_tokens=8,
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def kclient(
+    ksettings: Settings, database: Database, test_keys: KeyMaterial
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(ksettings, database=database, keys=test_keys, configure_logs=False)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://roost.test") as c:
+        yield c

@@ -83,3 +83,33 @@ def mixed_directory(root: Path) -> dict[str, Path]:
     files["broken.pdf"].write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage trailer")
     (root / ".hidden.txt").write_text("never ingested")
     return files
+
+
+async def drain_jobs(database: Database, cfg: KnowledgeConfig) -> int:
+    """Run the queued knowledge.ingest jobs here, as a worker would (config: ``cfg``)."""
+    from roost.knowledge.jobs import INGEST_TASK
+
+    jobs = await rows(database, "SELECT id, payload FROM background_tasks WHERE task_type = :t "
+                                "AND status = 'pending' ORDER BY id", t=INGEST_TASK)
+    for job in jobs:
+        payload = job.payload
+        doc = payload.get("document_id")
+        await run_ingestion(database, uuid.UUID(payload["run_id"]), cfg,
+                            force=bool(payload.get("force")),
+                            document_id=uuid.UUID(doc) if doc else None)
+        async with database.transaction() as s:
+            await s.execute(text("UPDATE background_tasks SET status = 'completed' WHERE id = :id"),
+                            {"id": job.id})
+    return len(jobs)
+
+
+async def make_group(database: Database, name: str, *members: uuid.UUID) -> uuid.UUID:
+    from roost.identity.models import Group, UserGroupMembership
+
+    async with database.transaction() as s:
+        group = Group(name=name, created_by=members[0] if members else None)
+        s.add(group)
+        await s.flush()
+        for member in members:
+            s.add(UserGroupMembership(user_id=member, group_id=group.id))
+        return group.id

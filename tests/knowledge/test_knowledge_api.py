@@ -1,0 +1,151 @@
+"""The knowledge HTTP API: upload, list, get, update, delete, runs, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+
+from roost.db.engine import Database
+from roost.knowledge.config import KnowledgeConfig
+from tests.knowledge.helpers import make_pdf
+from tests.knowledge.support import drain_jobs, make_group, rows, scalar
+from tests.support.identity import make_user
+
+API = "/api/v1/knowledge"
+
+
+async def _upload(client: httpx.AsyncClient, headers: dict[str, str], name: str, data: bytes,
+                  content_type: str = "text/plain", **form: str) -> httpx.Response:
+    return await client.post(f"{API}/documents", headers=headers,
+                             files={"file": (name, data, content_type)}, data=form)
+
+
+async def test_upload_is_ingested_in_the_background_then_listed_fetched_and_deleted(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig
+) -> None:
+    _, headers = await make_user(database)
+    pdf = make_pdf(["Chapter one talks about rivers.", "Chapter two is about mountains."])
+    r = await _upload(kclient, headers, "atlas.pdf", pdf, "application/pdf",
+                      collection="geo", tags='["maps", "nature"]')
+    assert r.status_code == 202, r.text
+    body = r.json()
+    doc, run = body["document"], body["ingestion_run"]
+    assert doc["status"] == "pending" and doc["source"] == "upload" and doc["tags"] == ["maps", "nature"]
+    assert run["status"] == "pending" and run["task_id"]
+
+    assert await drain_jobs(database, kcfg) == 1
+    got = (await kclient.get(f"{API}/documents/{doc['id']}", headers=headers)).json()
+    assert got["status"] == "ready" and got["chunk_count"] == 2 and got["mime"] == "application/pdf"
+    assert got["last_ingested_at"] is not None
+    run_now = (await kclient.get(f"{API}/ingestion-runs/{run['id']}", headers=headers)).json()
+    assert (run_now["status"], run_now["totals_files"], run_now["totals_chunks"]) == ("success", 1, 2)
+    assert await scalar(database, "SELECT count(*) FROM document_uploads") == 0
+
+    chunks = (await kclient.get(f"{API}/documents/{doc['id']}/chunks", headers=headers)).json()
+    assert [c["metadata"]["page"] for c in chunks] == [1, 2]
+    listed = (await kclient.get(f"{API}/documents?collection=geo", headers=headers)).json()
+    assert [d["id"] for d in listed["items"]] == [doc["id"]]
+
+    # Same file name again: the same document, chunks replaced, never duplicated.
+    r2 = await _upload(kclient, headers, "atlas.pdf", make_pdf(["Only one page now."]),
+                       "application/pdf")
+    assert r2.json()["document"]["id"] == doc["id"]
+    await drain_jobs(database, kcfg)
+    assert await scalar(database, "SELECT count(*) FROM document_chunks") == 1
+    assert await scalar(database, "SELECT count(*) FROM documents") == 1
+
+    assert (await kclient.delete(f"{API}/documents/{doc['id']}", headers=headers)).status_code == 204
+    assert (await kclient.get(f"{API}/documents/{doc['id']}", headers=headers)).status_code == 404
+    assert await scalar(database, "SELECT count(*) FROM document_chunks") == 0
+    actions = {r[0] for r in await rows(database, "SELECT action FROM audit_logs")}
+    assert {"knowledge.document.uploaded", "knowledge.document.ingested",
+            "knowledge.document.deleted", "knowledge.ingestion_run.finished"} <= actions
+
+
+async def test_bad_uploads(kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig) -> None:
+    _, headers = await make_user(database)
+    too_big = await _upload(kclient, headers, "big.txt", b"a " * (40 * 1024))
+    assert too_big.status_code == 413
+    assert too_big.headers["content-type"].startswith("application/problem+json")
+    assert (await _upload(kclient, headers, "empty.txt", b"")).status_code == 422
+    many = [f"{i:03d}" + "t" * 87 for i in range(60)]
+    bad_tags = await _upload(kclient, headers, "t.txt", b"x", tags=json.dumps(many))
+    assert bad_tags.status_code == 422 and "5120" in bad_tags.json()["detail"]
+
+    # An unsupported or corrupt file is accepted, then recorded as the document's error.
+    r = await _upload(kclient, headers, "photo.png", b"\x89PNG\r\n\x1a\n" + bytes(300), "image/png")
+    assert r.status_code == 202
+    bad_pdf = await _upload(kclient, headers, "bad.pdf", b"%PDF-1.7 not really", "application/pdf")
+    await drain_jobs(database, kcfg)
+    for resp, kind in ((r, "unsupported-document"), (bad_pdf, "corrupt-document")):
+        doc = (await kclient.get(f"{API}/documents/{resp.json()['document']['id']}",
+                                 headers=headers)).json()
+        assert doc["status"] == "error" and doc["error_message"]
+        run = (await kclient.get(f"{API}/ingestion-runs/{resp.json()['ingestion_run']['id']}",
+                                 headers=headers)).json()
+        assert run["status"] == "failed" and run["errors"][0]["type"] == kind
+
+
+async def test_other_users_documents_and_runs_are_404(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig
+) -> None:
+    _, alice = await make_user(database)
+    _, bob = await make_user(database)
+    doc = (await _upload(kclient, alice, "a.txt", b"alice's text")).json()
+    doc_id, run_id = doc["document"]["id"], doc["ingestion_run"]["id"]
+    assert (await kclient.get(f"{API}/documents/{doc_id}", headers=bob)).status_code == 404
+    assert (await kclient.delete(f"{API}/documents/{doc_id}", headers=bob)).status_code == 404
+    assert (await kclient.get(f"{API}/documents/{doc_id}/chunks", headers=bob)).status_code == 404
+    assert (await kclient.patch(f"{API}/documents/{doc_id}", headers=bob,
+                                json={"name": "x"})).status_code == 404
+    assert (await kclient.get(f"{API}/ingestion-runs/{run_id}", headers=bob)).status_code == 404
+    assert (await kclient.get(f"{API}/documents", headers=bob)).json()["items"] == []
+    assert (await kclient.get(f"{API}/ingestion-runs", headers=bob)).json()["items"] == []
+    assert (await kclient.get(f"{API}/documents/{doc_id}", headers=alice)).status_code == 200
+
+
+async def test_file_ingestion_is_confined_to_the_allowed_roots(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig, ingest_root: Path,
+    tmp_path: Path,
+) -> None:
+    _, headers = await make_user(database)
+    (tmp_path / "secret.txt").write_text("top secret")
+    (ingest_root / "escape").symlink_to(tmp_path)
+    (ingest_root / "ok.txt").write_text("fine to ingest")
+    for target in ("/etc/passwd", "../secret.txt", str(tmp_path / "secret.txt"),
+                   "escape/secret.txt", str(ingest_root / "escape" / "secret.txt")):
+        r = await kclient.post(f"{API}/ingestion-runs", headers=headers, json={"target": target})
+        assert r.status_code == 403, (target, r.text)
+    missing = await kclient.post(f"{API}/ingestion-runs", headers=headers, json={"target": "nope.txt"})
+    assert missing.status_code == 404
+    ok = await kclient.post(f"{API}/ingestion-runs", headers=headers, json={"target": "ok.txt"})
+    assert ok.status_code == 202 and ok.json()["target"] == str((ingest_root / "ok.txt").resolve())
+    await drain_jobs(database, kcfg)
+    assert await scalar(database, "SELECT count(*) FROM documents WHERE path LIKE '%ok.txt'") == 1
+    assert await scalar(database, "SELECT count(*) FROM document_chunks WHERE content LIKE '%secret%'") == 0
+
+
+async def test_web_ingestion_refuses_private_addresses(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig
+) -> None:
+    _, headers = await make_user(database)
+    for url in ("http://127.0.0.1:9/x", "http://localhost/", "http://169.254.169.254/latest",
+                "http://10.0.0.8/", "http://[::1]/"):
+        r = await kclient.post(f"{API}/ingestion-runs", headers=headers, json={"target": url})
+        assert r.status_code == 403, (url, r.text)
+    bad = await kclient.post(f"{API}/ingestion-runs", headers=headers,
+                             json={"target": "http://user:pw@example.com/"})
+    assert bad.status_code == 400
+
+
+async def test_sharing_needs_group_membership_and_the_operator_owns_nothing(
+    kclient: httpx.AsyncClient, database: Database, admin_headers: dict[str, str]
+) -> None:
+    _, alice = await make_user(database)
+    bob_id, _ = await make_user(database)
+    theirs = await make_group(database, "bobs-team", bob_id)
+    r = await _upload(kclient, alice, "a.txt", b"text", group_id=str(theirs))
+    assert r.status_code == 403
+    assert (await _upload(kclient, admin_headers, "a.txt", b"text")).status_code == 403
