@@ -1,0 +1,117 @@
+"""Kill a real worker process mid-run; another worker resumes the run: no duplicate
+documents or chunks, every file counted and audited exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from roost.db.engine import Database
+from roost.knowledge.config import KnowledgeConfig
+from tests.knowledge.support import PARAGRAPH, principal, rows, scalar, start_run
+from tests.support.identity import make_user
+
+REPO = Path(__file__).resolve().parents[2]
+ROOST = str(Path(sys.executable).with_name("roost"))
+FILES = 24
+
+
+class Worker:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [ROOST, "worker", "--import", "tests.knowledge.slow_worker", "--lease", "2",
+             "--poll-interval", "0.2", "--shutdown-timeout", "2", "--no-schedules"],
+            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def workers(pg_server: Any, db_name: str, ingest_root: Path, tmp_path: Path) -> Iterator[Any]:
+    started: list[Worker] = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
+    env.update({
+        "ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path / "w"),
+        "ROOST_LOG_JSON": "true", "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER": "hash",
+        "ROOST_KNOWLEDGE_INGEST_ROOTS": str(ingest_root), "ROOST_KNOWLEDGE_CHUNK_TOKENS": "64",
+        "ROOST_KNOWLEDGE_CHUNK_OVERLAP_TOKENS": "8", "ROOST_TEST_EMBED_DELAY_S": "0.3",
+    })
+
+    def start() -> Worker:
+        worker = Worker(env, tmp_path / f"worker{len(started)}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
+async def _wait(what: str, check: Any, within: float) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_killed_worker_leaves_no_duplicates_and_the_run_resumes(
+    database: Database, kcfg: KnowledgeConfig, ingest_root: Path, workers: Any
+) -> None:
+    for i in range(FILES):
+        (ingest_root / f"file{i:02d}.txt").write_text(f"File number {i}. " + PARAGRAPH * 4)
+    user_id, _ = await make_user(database)
+    run_id = await start_run(database, principal(user_id), kcfg, str(ingest_root))
+
+    async def progress() -> int:
+        return int(await scalar(database, "SELECT totals_files FROM ingestion_runs WHERE id = :id",
+                                id=run_id))
+
+    first = workers()
+    await _wait("the first files", lambda: _at_least(progress, 4), within=60)
+    first.kill()  # SIGKILL mid-run: no graceful shutdown, a file may be half-embedded
+    done_before = await progress()
+    assert 4 <= done_before < FILES
+    assert await scalar(database, "SELECT status FROM ingestion_runs WHERE id = :id", id=run_id) == "running"
+
+    workers()  # the job's lease expires; the second worker reclaims and resumes it
+    async def finished() -> bool:
+        status = await scalar(database, "SELECT status FROM ingestion_runs WHERE id = :id", id=run_id)
+        return status in ("success", "partial", "failed")
+
+    await _wait("the resumed run to finish", finished, within=90)
+    run = (await rows(database, "SELECT * FROM ingestion_runs WHERE id = :id", id=run_id))[0]
+    assert (run.status, run.totals_files, run.errors) == ("success", FILES, [])
+    assert await scalar(database, "SELECT count(*) FROM documents") == FILES
+    chunks = await scalar(database, "SELECT count(*) FROM document_chunks")
+    assert chunks == run.totals_chunks == await scalar(database, "SELECT sum(chunk_count) FROM documents")
+    dupes = await scalar(database, "SELECT count(*) FROM (SELECT document_id, chunk_index "
+                                   "FROM document_chunks GROUP BY 1, 2 HAVING count(*) > 1) d")
+    assert dupes == 0
+    audited = await scalar(database, "SELECT count(*) FROM audit_logs "
+                                     "WHERE action = 'knowledge.document.ingested'")
+    assert audited == FILES  # each file committed exactly once
+    attempts = await scalar(database, "SELECT attempts FROM background_tasks WHERE task_type = "
+                                      "'knowledge.ingest'")
+    assert attempts >= 2
+
+
+async def _at_least(progress: Any, n: int) -> bool:
+    return bool(await progress() >= n)
