@@ -17,6 +17,7 @@ import roost
 from roost.config import Settings, get_settings
 from roost.db.engine import Database, create_database
 from roost.identity.cli import keys_app, users_app
+from roost.knowledge.cli import ingest_command
 from roost.tasks.cli import tasks_app, worker_command
 
 T = TypeVar("T")
@@ -32,6 +33,7 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.command("worker")(worker_command)
+app.command("ingest")(ingest_command)
 
 console = Console()
 err = Console(stderr=True)

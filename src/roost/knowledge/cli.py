@@ -1,0 +1,135 @@
+"""``roost ingest PATH|URL``: ingest on this machine with a progress bar.
+
+The operator's command runs the same resumable ingestion as the ``knowledge.ingest``
+job, in this process (no worker needed), without the allowed-roots confinement that
+API users get (the operator already has the machine).  Running it again skips files
+whose content is unchanged, so an interrupted ingestion is resumed by re-running it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import or_, select
+
+console = Console()
+err = Console(stderr=True)
+
+
+def ingest_command(
+    target: Annotated[str, typer.Argument(help="A file, a directory or an http(s) URL.")],
+    recursive: Annotated[bool, typer.Option("--recursive", "-r",
+                                            help="Descend into sub-directories.")] = False,
+    collection: Annotated[str | None, typer.Option(help="Collection name.")] = None,
+    tags: Annotated[str | None, typer.Option(help="Comma-separated tags.")] = None,
+    user: Annotated[str | None, typer.Option(
+        help="Owner (user name or e-mail); default: the root user.")] = None,
+    group: Annotated[str | None, typer.Option(help="Share with this group (name).")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Only the owner sees it.")] = False,
+    force: Annotated[bool, typer.Option("--force",
+                                        help="Re-ingest files whose content is unchanged.")] = False,
+) -> None:
+    """Ingest documents (text, Markdown, HTML, PDF) for search."""
+    from roost.config import get_settings
+    from roost.db.engine import create_database
+    from roost.errors import RoostError
+    from roost.knowledge.config import KnowledgeConfig
+    from roost.knowledge.ingest import run_ingestion
+    from roost.knowledge.schemas import check_tags
+
+    settings = get_settings()
+    cfg = KnowledgeConfig.from_settings(settings)
+
+    async def run() -> dict[str, Any]:
+        db = create_database(settings)
+        try:
+            run_id = await _create_run(db, cfg, target, recursive=recursive, collection=collection,
+                                       tags=check_tags((tags or "").split(",")), user=user,
+                                       group=group, private=private)
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TextColumn("{task.fields[current]}"),
+                          console=console, transient=False) as bar:
+                task = bar.add_task("ingesting", total=None, current="")
+
+                def progress(done: int, total: int, source: str, outcome: str) -> None:
+                    shown = source if len(source) <= 60 else "…" + source[-59:]
+                    bar.update(task, completed=done, total=total, current=f"{outcome}: {shown}")
+
+                summary = await run_ingestion(db, run_id, cfg, force=force, confine=False,
+                                              progress=progress)
+            summary["errors_detail"] = await _errors(db, run_id)
+            return summary
+        finally:
+            await db.dispose()
+
+    try:
+        summary = asyncio.run(run())
+    except RoostError as exc:
+        err.print(f"[red]cannot ingest[/red]: {exc.detail}")
+        raise typer.Exit(2) from None
+    table = Table("status", "files", "chunks", "errors", "run")
+    colour = {"success": "green", "partial": "yellow"}.get(str(summary["status"]), "red")
+    table.add_row(f"[{colour}]{summary['status']}[/{colour}]", str(summary["totals_files"]),
+                  str(summary["totals_chunks"]), str(summary["errors"]), str(summary["run_id"]))
+    console.print(table)
+    for error in summary["errors_detail"]:
+        err.print(f"[red]error[/red] {error.get('path') or target}: {error.get('error')}")
+    if summary["status"] == "failed":
+        raise typer.Exit(1)
+
+
+async def _create_run(
+    db: Any, cfg: Any, target: str, *, recursive: bool, collection: str | None, tags: list[str],
+    user: str | None, group: str | None, private: bool,
+) -> uuid.UUID:
+    import os
+
+    from roost.audit import service as audit
+    from roost.errors import NotFound
+    from roost.identity.models import Group, User
+    from roost.knowledge.models import IngestionRun
+    from roost.knowledge.service import is_web_target, precheck_url
+
+    async with db.transaction() as s:
+        stmt = select(User)
+        if user is not None:
+            stmt = stmt.where(or_(User.username == user, User.email == user.lower()))
+        else:
+            stmt = stmt.where(User.is_root)
+        owner = (await s.scalars(stmt)).one_or_none()
+        if owner is None:
+            raise NotFound(f"no user {user!r}" if user else
+                           "no root user exists: pass --user NAME to choose the owner")
+        group_id = None
+        if group is not None:
+            found = (await s.scalars(select(Group).where(Group.name == group))).one_or_none()
+            if found is None:
+                raise NotFound(f"no group named {group!r}")
+            group_id = found.id
+        web = is_web_target(target)
+        resolved = precheck_url(target, cfg) if web else await asyncio.to_thread(os.path.realpath, target)
+        run = IngestionRun(user_id=owner.id, target=resolved, source="web" if web else "file",
+                           from_web=web, recursive=recursive, tags=tags, collection=collection,
+                           group_id=group_id, is_private=private,
+                           embedding_model=cfg.embedder.model, status="pending")
+        s.add(run)
+        await s.flush()
+        await audit.record(s, "knowledge.ingestion_run.started", user_id=owner.id,
+                           resource_type="ingestion_run", resource_id=run.id,
+                           changes={"target": resolved, "via": "cli", "recursive": recursive},
+                           category="system")
+        return uuid.UUID(str(run.id))
+
+
+async def _errors(db: Any, run_id: uuid.UUID) -> list[dict[str, Any]]:
+    from roost.knowledge.models import IngestionRun
+
+    async with db.transaction() as s:
+        run = await s.get(IngestionRun, run_id)
+        return list(run.errors or []) if run is not None else []

@@ -1,0 +1,38 @@
+"""``roost ingest`` as an operator runs it: a progress bar, a summary, per-file errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from roost.db.engine import Database
+from tests.knowledge.support import mixed_directory, rows
+from tests.support.cli import run_roost
+from tests.support.identity import make_user
+
+
+async def test_roost_ingest_a_directory(
+    database: Database, pg_server: Any, db_name: str, tmp_path: Path
+) -> None:
+    await make_user(database, username="olive")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    mixed_directory(docs)
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path / "d"),
+           "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER": "hash", "ROOST_LOG_LEVEL": "warning"}
+    out = run_roost("ingest", str(docs), "--recursive", "--collection", "handbook",
+                    "--tags", "ops, docs", "--user", "olive", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "partial" in out.stdout and "7/7" in out.stdout
+    assert "image.png" in out.stderr and "broken.pdf" in out.stderr
+    found = await rows(database, "SELECT d.collection, d.tags, u.username FROM documents d "
+                                 "JOIN users u ON u.id = d.user_id")
+    assert len(found) == 5 and {(r.collection, tuple(r.tags), r.username) for r in found} == {
+        ("handbook", ("ops", "docs"), "olive")}
+
+    again = run_roost("ingest", str(docs), "-r", "--user", "olive", env=env)
+    assert again.returncode == 0 and "partial" in again.stdout
+    assert len(await rows(database, "SELECT id FROM documents")) == 5
+
+    missing = run_roost("ingest", str(docs), "--user", "nobody", env=env)
+    assert missing.returncode == 2 and "no user" in missing.stderr
