@@ -263,7 +263,7 @@ async def test_graceful_stop_finishes_short_jobs_and_releases_long_ones(
     # A new worker picks the released job up again.
     await start_worker(shutdown_timeout_s=0.1)
     await wait_until(lambda: scalar(
-        runs_table, "SELECT count(*) FROM task_test_runs WHERE label = 'long'"),
+        runs_table, "SELECT count(*) = 2 FROM task_test_runs WHERE label = 'long'"),
         what="restart of the released job")
     assert (await _task(runs_table, long.id)).attempts == 2
 

@@ -260,7 +260,7 @@ def worker_command(
         shutdown_timeout_s=ws.shutdown_timeout_s if shutdown_timeout is None else shutdown_timeout,
         schedules=ws.schedules if schedules is None else schedules,
         listen=not settings.pgbouncer,
-        statement_cache=not settings.pgbouncer,
+        pgbouncer=settings.pgbouncer,
     )
 
     async def run() -> None:

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import structlog
-from croniter import croniter
+from croniter import croniter  # type: ignore[import-untyped]
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -143,7 +143,7 @@ def unregister_schedule(name: str) -> None:
 async def sync_schedules(database: Database) -> None:
     """Write the registered schedules to ``task_schedules`` (workers call it at start)."""
     async with database.transaction() as session:
-        now = (await session.execute(text("SELECT now()"))).scalar_one()
+        now: datetime = (await session.execute(text("SELECT now()"))).scalar_one()
         for s in sorted(_schedules.values(), key=lambda x: x.name):  # one lock order
             tt = get_task_type(s.task_type)
             if tt is None:
@@ -199,7 +199,7 @@ async def fire_due(database: Database) -> float:
     if not names:
         return 30.0
     async with database.transaction() as session:
-        now = (await session.execute(text("SELECT now()"))).scalar_one()
+        now: datetime = (await session.execute(text("SELECT now()"))).scalar_one()
         due = (
             await session.scalars(
                 select(TaskSchedule)

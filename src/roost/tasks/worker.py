@@ -62,6 +62,9 @@ MAX_ERROR_CHARS = 4000
 MAX_STACK_CHARS = 32_000
 HISTORY_STACK_CHARS = 4000
 FLUSH_BATCH = 500
+# A finished job frees a slot, so the dispatcher usually acknowledges it with its next
+# claim; the flush loop writes what is still unacknowledged after this long.
+FLUSH_DELAY_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,9 @@ class WorkerConfig:
     shutdown_timeout_s: float = 30.0
     schedules: bool = True
     listen: bool = True  # off behind PgBouncer in transaction mode (LISTEN needs a session)
-    statement_cache: bool = True  # off behind PgBouncer in transaction mode
+    # Behind PgBouncer in transaction mode: no prepared-statement cache and no startup
+    # parameters (session settings would leak between its clients).
+    pgbouncer: bool = False
     worker_id: str | None = None
 
     @property
@@ -109,8 +114,19 @@ class ClaimedJob:
 _PRIORITY_RANK = {p: i for i, p in enumerate(
     ("critical", "high", "normal", "low", "background"))}
 
+# Claim: up to $2 ready jobs, in priority order, skipping rows other workers hold.  The
+# "done" CTE acknowledges this worker's finished jobs in the same statement (and commit),
+# so a busy worker spends one round trip per batch, not two.  Its rows are running ones,
+# never ready ones, so the two updates cannot touch the same row.
 _CLAIM_SQL = """
-WITH next AS (
+WITH done AS (
+  UPDATE background_tasks AS t
+  SET status = 'completed', completed_at = v.finished_at, result = v.result::jsonb,
+      error_message = NULL, lease_expires_at = NULL
+  FROM unnest($5::uuid[], $6::int[], $7::text[], $8::timestamptz[])
+       AS v(id, attempts, result, finished_at)
+  WHERE t.id = v.id AND t.attempts = v.attempts AND t.status = 'running' AND t.worker_id = $3
+), next AS (
   SELECT id FROM background_tasks
   WHERE {ready} AND scheduled_at <= now() AND task_type = ANY($1::text[]) {queue_filter}
   ORDER BY priority, scheduled_at, id
@@ -221,6 +237,12 @@ def asyncpg_dsn(database: Database) -> str:
     return database.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's default reset query (``RESET ALL``, ``UNLISTEN *``,
+    ...): these connections hold no session state to clear, and that query would cost a
+    round trip after every claim and batch.  An open transaction is still rolled back."""
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=lambda v: v,
                               decoder=json.loads, format="text")
@@ -251,7 +273,7 @@ class Worker:
         self._queue_set = frozenset(queues) if queues else None
         self._claim_sql = _CLAIM_SQL.format(
             ready=READY_PREDICATE,
-            queue_filter="AND queue = ANY($5::text[])" if queues else "",
+            queue_filter="AND queue = ANY($9::text[])" if queues else "",
         )
         self.jobs_started = 0
         self.jobs_completed = 0
@@ -273,13 +295,20 @@ class Worker:
 
     async def run(self) -> None:
         cfg = self.config
+        # The worker's own bookkeeping (claim, heartbeat, completion, retry, release) does
+        # not wait for its WAL flush: after a PostgreSQL crash the last moments of it may
+        # be lost, and the jobs concerned simply run again, which at-least-once delivery
+        # allows anyway.  Enqueues (the caller's transaction) and dead letters (the ORM
+        # session) stay fully durable.  This takes an fsync off every claim and batch.
         server_settings = {"application_name": "roost-worker"}
-        if self._statement_timeout_ms is not None and cfg.statement_cache:
-            server_settings["statement_timeout"] = str(self._statement_timeout_ms)
+        if not cfg.pgbouncer:
+            server_settings["synchronous_commit"] = "off"
+            if self._statement_timeout_ms is not None:
+                server_settings["statement_timeout"] = str(self._statement_timeout_ms)
         self._pool = await asyncpg.create_pool(
             asyncpg_dsn(self.database), min_size=1, max_size=4 + min(cfg.concurrency, 4),
-            statement_cache_size=100 if cfg.statement_cache else 0,
-            server_settings=server_settings, init=_init_connection,
+            statement_cache_size=0 if cfg.pgbouncer else 100,
+            server_settings=server_settings, init=_init_connection, reset=_keep_session,
         )
         try:
             await self._check_schema()
@@ -354,10 +383,19 @@ class Worker:
         names = sorted(task_types())
         if not names:
             return []
-        args: list[Any] = [names, limit, self.worker_id, self.config.lease_s]
+        acks, self._done = self._done[:FLUSH_BATCH], self._done[FLUSH_BATCH:]
+        args: list[Any] = [
+            names, limit, self.worker_id, self.config.lease_s,
+            [a[0] for a in acks], [a[1] for a in acks], [a[2] for a in acks],
+            [a[3] for a in acks],
+        ]
         if self.config.queues:
             args.append(list(self.config.queues))
-        rows = await self._pool.fetch(self._claim_sql, *args)
+        try:
+            rows = await self._pool.fetch(self._claim_sql, *args)
+        except BaseException:
+            self._done[:0] = acks  # not acknowledged: the flush loop or next claim retries
+            raise
         jobs = [
             ClaimedJob(
                 id=r[0], task_type=r[1], payload=r[2], priority=r[3], queue=r[4],
@@ -441,10 +479,14 @@ class Worker:
         self._done_event.set()
 
     async def _flush_loop(self) -> None:
+        """Writes completions the dispatcher did not carry with a claim: when every slot
+        is busy with long jobs, when claims fail, and at shutdown."""
         assert self._pool is not None
         while True:
             await self._done_event.wait()
             self._done_event.clear()
+            if not self._flush_closing:
+                await asyncio.sleep(FLUSH_DELAY_S)
             while self._done:
                 batch, self._done = self._done[:FLUSH_BATCH], self._done[FLUSH_BATCH:]
                 try:
