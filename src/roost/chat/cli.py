@@ -19,8 +19,12 @@ err = Console(stderr=True)
 def rotate_messages_command(
     batch_size: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per transaction.")] = 500,
 ) -> None:
-    """Re-encrypt every message (and every other encrypted conversation column) under the
-    first key of ROOST_MESSAGE_KEYS.  Safe to interrupt: run it again to resume."""
+    """Re-encrypt stored messages under the first ROOST_MESSAGE_KEYS key (resumable).
+
+    Covers every encrypted conversation column (messages, history events, summaries, LLM
+    requests and responses), in batches with a progress bar.  Safe to interrupt: run it
+    again to resume.  Rows no configured key decrypts are reported and left untouched.
+    """
     import asyncio
 
     from roost.chat.keys import (

@@ -81,7 +81,7 @@ class MessageCreate(BaseModel):
     tool_call_id: str | None = Field(default=None, max_length=128)
     tool_calls: list[ToolCall] | None = Field(default=None, max_length=128)
     conversation_domain: str | None = Field(default=None, max_length=64)
-    plan_step: int | None = Field(default=None, ge=0)
+    plan_step: int | None = Field(default=None, ge=0, le=2_147_483_647)
     confidence_score: float | None = Field(default=None, ge=0, le=1)
     embedding_model_used: str | None = Field(default=None, max_length=128)
 

@@ -102,8 +102,8 @@ class ChatCompletionBody(BaseModel):
     stream_options: dict[str, Any] | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     stop: str | list[str] | None = None
     n: int | None = Field(default=None, ge=1, le=1, description="Only 1 is supported")
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
