@@ -49,15 +49,15 @@ async def test_raw_sql_as_app_role_sees_only_own_rows(
         assert (await current_scope(session)) == ("roost_app", bob, False)
         for table in OWNED:
             theirs = (await session.execute(
-                text(f"SELECT * FROM {table} WHERE user_id = :a"), {"a": alice})).all()  # noqa: S608
-            everything = (await session.execute(text(f"SELECT user_id FROM {table}"))).all()  # noqa: S608
+                text(f"SELECT * FROM {table} WHERE user_id = :a"), {"a": alice})).all()
+            everything = (await session.execute(text(f"SELECT user_id FROM {table}"))).all()
             assert theirs == [], table
             assert {r[0] for r in everything} == {bob}, table
         assert (await session.execute(text("SELECT id FROM users"))).scalars().all() == [bob]
         # Writes to another tenant's rows touch nothing.
         for table in OWNED:
             changed = await session.execute(
-                text(f"DELETE FROM {table} WHERE user_id = :a"), {"a": alice})  # noqa: S608
+                text(f"DELETE FROM {table} WHERE user_id = :a"), {"a": alice})
             assert changed.rowcount == 0, table  # type: ignore[attr-defined]
         renamed = await session.execute(text("UPDATE users SET full_name = 'x' WHERE id = :a"),
                                         {"a": alice})
@@ -96,7 +96,7 @@ async def test_groups_share_members_not_their_private_rows(
     client: httpx.AsyncClient, database: Database
 ) -> None:
     alice, alice_h = await make_user(database, username="alice")
-    bob, bob_h = await make_user(database, username="bob")
+    bob, _bob_h = await make_user(database, username="bob")
     carol, _ = await make_user(database, username="carol")
     gid = uuid.UUID((await client.post("/api/v1/groups", headers=alice_h,
                                        json={"name": "team"})).json()["id"])
