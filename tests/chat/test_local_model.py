@@ -59,7 +59,7 @@ def _chat_offline(base: str, headers: dict[str, str], admin_token: str) -> str:
                             "temperature": 0}, timeout=120)
     assert resp.status_code == 201, resp.text
     answer = resp.json()["assistant_message"]
-    assert answer["content"].strip() and answer["model"]
+    assert answer["content"].strip() and answer["model"] == "SmolLM2-135M-Instruct"
     assert 0 < answer["tokens_out"] <= 24 and answer["tokens_in"] > 0
     # The same model through the OpenAI-compatible gateway, streamed.
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=headers["Authorization"][7:],

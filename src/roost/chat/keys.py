@@ -64,7 +64,8 @@ async def verify_message_keys(db: Database, cipher: MessageCipher) -> None:
     except DBAPIError as exc:  # no table yet (serve --no-migrate on an empty database)
         log.warning("chat.keys.check_skipped", error=type(exc.orig).__name__)
         return
-    for row_id, content in rows:
+    for row in rows:
+        row_id, content = row[0], row[1]
         try:
             cipher.decrypt(bytes(content))
         except DecryptionError:

@@ -118,6 +118,13 @@ class LocalLlamaProvider:
     def __repr__(self) -> str:
         return f"LocalLlamaProvider(name={self.name!r}, model_path={str(self.model_path)!r})"
 
+    def _model_name(self, reported: str | None) -> str | None:
+        """llama.cpp reports the GGUF file path as the model: answer with the configured
+        name instead (a path means nothing to a client and reveals the server's layout)."""
+        if not reported or reported == str(self.model_path) or "/" in reported:
+            return self.default_model
+        return reported
+
     # --- blocking helpers (run in worker threads only) -------------------------------
 
     def _loaded(self) -> Any:
@@ -170,7 +177,7 @@ class LocalLlamaProvider:
                 f"local model returned an unexpected shape ({type(exc).__name__})",
                 provider=self.name,
             ) from exc
-        result.model = result.model or self.default_model
+        result.model = self._model_name(result.model)
         return result
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
@@ -212,7 +219,7 @@ class LocalLlamaProvider:
                         provider=self.name,
                     ) from item.exc
                 chunk = parse_openai_chunk(item)
-                chunk.model = chunk.model or self.default_model
+                chunk.model = self._model_name(chunk.model)
                 if chunk.delta:
                     produced += 1
                 if chunk.finish_reason is not None and chunk.tokens_out is None:
