@@ -17,13 +17,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
 from roost.db.base import uuid7
 from roost.db.engine import Database
 from roost.identity.tenancy import apply_principal
+from roost.knowledge.bulk import insert_chunks
 from roost.knowledge.config import KnowledgeConfig, get_embedder
 from roost.knowledge.models import Document, DocumentChunk
 from roost.llm.base import LLMProvider
@@ -134,7 +135,7 @@ async def _curate(
                 "chunk_metadata": meta,
             })
         if rows:
-            await s.execute(insert(DocumentChunk), rows)
+            await insert_chunks(s, rows)
         await audit.record(
             s, "knowledge.document.curated", user_id=doc.user_id, resource_type="document",
             resource_id=document_id, changes={"curated_chunks": len(rows)},

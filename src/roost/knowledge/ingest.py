@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,6 +42,7 @@ from roost.db.base import uuid7
 from roost.db.engine import Database
 from roost.errors import NotFound, RoostError
 from roost.identity.tenancy import apply_principal
+from roost.knowledge.bulk import insert_chunks
 from roost.knowledge.chunking import Chunk, chunk_sections
 from roost.knowledge.config import KnowledgeConfig, get_embedder
 from roost.knowledge.embeddings import EmbedderUnavailable, EmbeddingError
@@ -453,7 +454,7 @@ async def _commit(
                 }
                 for c, vector in zip(chunks, vectors, strict=True)
             ]
-            await s.execute(insert(DocumentChunk), rows)
+            await insert_chunks(s, rows)
         if source.kind == "upload":
             await s.execute(delete(DocumentUpload).where(DocumentUpload.document_id == doc_id))
         locked.totals_files += 1
