@@ -1,0 +1,61 @@
+"""Curated summaries from a real OpenAI-compatible server process, and web ingestion."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from roost.db.engine import Database
+from roost.knowledge.config import KnowledgeConfig
+from roost.knowledge.curation import curate_document
+from tests.knowledge.helpers import LoopbackServer
+from tests.knowledge.support import PARAGRAPH, ingest, principal, rows, scalar
+from tests.support.identity import make_user
+from tests.support.openai_stub import start_stub
+
+
+async def test_curated_chunks_summarise_their_sources_and_are_searchable(
+    database: Database, kcfg: KnowledgeConfig, ingest_root: Path
+) -> None:
+    user_id, _ = await make_user(database)
+    (ingest_root / "long.txt").write_text(" ".join(f"Fact {i}. " + PARAGRAPH for i in range(12)))
+    with start_stub(reply="Summary: Roost stores documents and embeds chunks.") as stub:
+        cfg = dataclasses.replace(kcfg, curation_base_url=stub.base_url,
+                                  curation_model="curator", curation_group_size=3)
+        run = await ingest(database, principal(user_id), cfg, str(ingest_root))
+        doc_id = (await rows(database, "SELECT id FROM documents"))[0][0]
+        # Ingestion queued the curation job in its own transaction.
+        queued = await scalar(database, "SELECT count(*) FROM background_tasks "
+                                        "WHERE task_type = 'knowledge.curate'")
+        assert queued == 1 and run["totals_chunks"] >= 4
+        result = await curate_document(database, cfg, doc_id, user_id)
+        assert stub.count("path:/v1/chat/completions") >= 1
+    curated = await rows(database, "SELECT content, source_chunk_ids, chunk_index FROM document_chunks "
+                                   "WHERE is_curated ORDER BY chunk_index")
+    originals = {r[0] for r in await rows(database, "SELECT id FROM document_chunks WHERE NOT is_curated")}
+    assert result["curated_chunks"] == len(curated) >= 1
+    assert all(c.content.startswith("Summary:") for c in curated)
+    assert all(set(c.source_chunk_ids) <= originals and len(c.source_chunk_ids) >= 2 for c in curated)
+
+    # Re-ingestion replaces curated chunks with the rest.
+    (ingest_root / "long.txt").write_text("Short now.")
+    await ingest(database, principal(user_id), kcfg, str(ingest_root))
+    assert await scalar(database, "SELECT count(*) FROM document_chunks WHERE is_curated") == 0
+
+
+async def test_web_ingestion_when_private_fetching_is_allowed(
+    database: Database, kcfg: KnowledgeConfig, loopback: LoopbackServer
+) -> None:
+    user_id, _ = await make_user(database)
+    cfg = dataclasses.replace(kcfg, allow_private_fetch=True)
+    url = loopback.url("/doc.html")
+    run = await ingest(database, principal(user_id), cfg, url, collection="web")
+    assert (run["status"], run["source"], run["from_web"], run["totals_files"]) == ("success", "web", True, 1)
+    doc = (await rows(database, "SELECT uri, source, mime, status FROM documents"))[0]
+    assert (doc.uri, doc.source, doc.mime, doc.status) == (url, "web", "text/html", "ready")
+    text = await scalar(database, "SELECT string_agg(content, ' ') FROM document_chunks")
+    assert "Served from 127.0.0.1" in text and "Menu" not in text
+
+    # Without the operator's permission the same URL is refused, recorded as the run's error.
+    refused = await ingest(database, principal(user_id), kcfg, "http://example.invalid/")
+    assert refused["status"] == "failed" and refused["errors"][0]["type"] in ("fetch-failed", "fetch-refused")
