@@ -130,7 +130,7 @@ async def test_vector_queries_use_the_models_hnsw_index(database: Database) -> N
             await s.execute(text("SET LOCAL enable_seqscan = off"))
             plan = "\n".join(r[0] for r in (await s.execute(
                 text("EXPLAIN " + sql),
-                {**filters.params, "qvec": search_mod.vector_literal([0.1] * dims), "limit": 10},
+                {**filters.params, "qvec": [0.1] * dims, "limit": 10},
             )).all())
         assert f"Index Scan using {index}" in plan, plan
     definition = (await rows(database, "SELECT indexdef FROM pg_indexes WHERE indexname = :n",
@@ -172,7 +172,7 @@ async def test_a_selective_filter_still_returns_k_results(database: Database) ->
     # ef_search = 10 without iterative scans finds few of the rare rows, with them all 10.
     f = search_mod.build_filters(None, SearchRequest(query="x", collection="rare"))
     sql = search_mod.vector_query_sql("dev-hashing-64", 64, f.sql)
-    params = {**f.params, "qvec": search_mod.vector_literal([0.01] * 64), "limit": 10}
+    params = {**f.params, "qvec": [0.01] * 64, "limit": 10}
     counts = {}
     for mode in ("off", "relaxed_order"):
         async with database.transaction() as s:

@@ -17,13 +17,16 @@ closer terms first).  Hybrid search fuses the two rankings by reciprocal rank fu
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import SessionTransaction
 
 from roost.http.auth import Principal
 from roost.knowledge.config import KnowledgeConfig, get_embedder
@@ -40,6 +43,8 @@ from roost.knowledge.schemas import (
 RRF_K: Final = 60
 MIN_CANDIDATES: Final = 40
 _iterative: dict[str, bool] = {}
+# Transactions whose HNSW settings are already set (weak: gone with the transaction).
+_configured: weakref.WeakKeyDictionary[SessionTransaction, int] = weakref.WeakKeyDictionary()
 
 
 def vector_literal(vector: list[float]) -> str:
@@ -91,7 +96,8 @@ def build_filters(actor: Principal | None, req: SearchRequest) -> Filters:
 def vector_query_sql(model: str, dims: int, filters: list[str]) -> str:
     """The k-nearest-neighbour query; its ORDER BY and predicate match the HNSW index."""
     expr = vector_expression(dims, "c")
-    query_vec = f"CAST(CAST(:qvec AS text) AS vector({int(dims)}))"
+    # A float4[] parameter: binary on the wire, no text formatting or parsing of floats.
+    query_vec = f"CAST(CAST(:qvec AS real[]) AS vector({int(dims)}))"
     where = " AND ".join([model_predicate(model, "c"), *filters])
     # Only validated pieces are interpolated: an int, a quoted model name, fixed clauses.
     return (
@@ -133,7 +139,15 @@ async def _supports_iterative_scan(session: AsyncSession) -> bool:
 
 
 async def configure_session(session: AsyncSession, ef_search: int) -> None:
-    """Transaction-local HNSW settings (SET LOCAL: safe under PgBouncer pooling)."""
+    """Transaction-local HNSW settings (SET LOCAL: safe under PgBouncer pooling).
+
+    Sent once per transaction and value: further searches in the same transaction skip
+    the round trip."""
+    transaction = session.sync_session.get_transaction()
+    if transaction is not None:
+        if _configured.get(transaction) == ef_search:
+            return
+        _configured[transaction] = ef_search
     if await _supports_iterative_scan(session):
         await session.execute(
             text("SELECT set_config('hnsw.ef_search', :ef, true), "
@@ -151,10 +165,15 @@ async def vector_candidates(
 ) -> list[tuple[uuid.UUID, float]]:
     await configure_session(session, max(cfg.ef_search, limit))
     rows = (await session.execute(
-        text(vector_query_sql(model, dims, filters.sql)),
-        {**filters.params, "qvec": vector_literal(vector), "limit": limit},
+        _vector_statement(model, dims, tuple(filters.sql)),
+        {**filters.params, "qvec": [float(x) for x in vector], "limit": limit},
     )).all()
     return [(row[0], float(row[1])) for row in rows]
+
+
+@functools.lru_cache(maxsize=256)
+def _vector_statement(model: str, dims: int, filters: tuple[str, ...]) -> TextClause:
+    return text(vector_query_sql(model, dims, list(filters)))
 
 
 async def text_candidates(

@@ -1,0 +1,499 @@
+"""RAG index benchmark: Roost vs raw pgvector SQL (psycopg) vs langchain-postgres PGVector.
+
+    .venv/bin/python bench/rag/run.py [--n 100000] [--dims 384] [--queries 200] [--ef 40,100]
+
+One embedded PostgreSQL (pgvector 0.8), one database per system, the same data, in one
+invocation.  Vectors are synthetic but shaped like sentence embeddings: unit vectors
+around 256 cluster centres (uniform random vectors would have no neighbourhood
+structure and say nothing about HNSW on real text).  Every chunk gets one of 10
+collections; every query filters on one (10 % selectivity).
+
+For each system:
+
+* **bulk load** (rows/s): the N chunks into the table without its vector index, through
+  each system's own write path: raw = psycopg binary ``COPY``; Roost =
+  ``roost.knowledge.bulk.insert_chunks`` (its ingestion path: binary COPY into a
+  transaction-local table, ``INSERT ... SELECT`` under row-level security, full-text
+  vector generated); LangChain = ``PGVector.add_embeddings``;
+* **index build** (s): HNSW ``vector_cosine_ops`` with m = 16, ef_construction = 64;
+* **live insert** (rows/s): 2,000 more chunks into the indexed table, same write paths;
+* **filtered search**, per ``ef_search``: recall@10 against exact (numpy, same filter)
+  and sequential single-client QPS (query vector given; no embedding time).  Raw SQL
+  sets ``ef_search``/``iterative_scan`` once per connection and sends one prepared
+  statement per query; Roost runs its search path per query as the API does (a
+  transaction, the principal's RLS scope, ``SET LOCAL`` of the HNSW settings, the
+  query, commit); LangChain gets the settings per database (it has no option for
+  them) and runs ``similarity_search_by_vector`` with a metadata filter.
+
+Prints a table and writes bench/results/rag.json.  Needs the ``bench`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parent / "results" / "rag.json"
+K = 10
+LIVE_INSERT = 2000
+COLLECTIONS = 10
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+def make_data(n: int, dims: int, queries: int, seed: int = 7) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((256, dims)).astype(np.float32)
+    assign = rng.integers(0, 256, n + LIVE_INSERT)
+    x = centres[assign] + 0.6 * rng.standard_normal((n + LIVE_INSERT, dims)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    coll = rng.integers(0, COLLECTIONS, n + LIVE_INSERT)
+    picks = rng.integers(0, n, queries)
+    q = x[picks] + 0.3 * rng.standard_normal((queries, dims)).astype(np.float32) / np.sqrt(dims) * 4
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    qcoll = rng.integers(0, COLLECTIONS, queries)
+    base, base_coll = x[:n], coll[:n]
+    truth = []
+    for i in range(queries):
+        idx = np.flatnonzero(base_coll == qcoll[i])
+        sims = base[idx] @ q[i]
+        truth.append(set(idx[np.argsort(-sims)[:K]].tolist()))
+    return {"x": x, "coll": coll, "q": q.astype(np.float32), "qcoll": qcoll, "truth": truth,
+            "n": n, "dims": dims}
+
+
+def content(i: int) -> str:
+    return f"chunk {i} of the synthetic benchmark corpus"
+
+
+def recall(found: list[set[int]], truth: list[set[int]]) -> float:
+    return float(np.mean([len(f & t) / K for f, t in zip(found, truth, strict=True)]))
+
+
+# --- the three systems ------------------------------------------------------------------
+# Each: load() (bulk, no vector index), build(), set_ef(ef), query(i) -> ids, insert()
+# (live, into the indexed table), close().  Loads and builds run one system after the
+# other; searches are interleaved (a slice of queries per system in turn), so a noisy
+# shared machine slows every system alike and the ratios stay meaningful.
+
+
+class Raw:
+    name = "raw pgvector (psycopg)"
+
+    def __init__(self, dsn: str, data: dict[str, Any]) -> None:
+        self.data = data
+        self.conn = psycopg.connect(dsn)
+        self.conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        register_vector(self.conn)
+        self.conn.execute(f"CREATE TABLE chunks (id bigint PRIMARY KEY, collection text NOT NULL, "
+                          f"content text NOT NULL, embedding vector({data['dims']}) NOT NULL)")
+        self.conn.commit()
+
+    def _copy(self, lo: int, hi: int) -> float:
+        x, coll = self.data["x"], self.data["coll"]
+        t0 = time.perf_counter()
+        with self.conn.cursor() as cur, cur.copy(
+            "COPY chunks (id, collection, content, embedding) FROM STDIN WITH (FORMAT BINARY)"
+        ) as cp:
+            cp.set_types(["int8", "text", "text", "vector"])
+            for i in range(lo, hi):
+                cp.write_row((i, f"c{coll[i]}", content(i), x[i]))
+        self.conn.commit()
+        return (hi - lo) / (time.perf_counter() - t0)
+
+    def load(self) -> float:
+        return self._copy(0, self.data["n"])
+
+    def build(self) -> None:
+        self.conn.execute("SET maintenance_work_mem = '1GB'")
+        self.conn.execute("CREATE INDEX ON chunks USING hnsw (embedding vector_cosine_ops) "
+                          "WITH (m = 16, ef_construction = 64)")
+        self.conn.execute("ANALYZE chunks")
+        self.conn.commit()
+
+    def set_ef(self, ef: int) -> None:
+        self.conn.execute(f"SET hnsw.ef_search = {int(ef)}")
+        self.conn.execute("SET hnsw.iterative_scan = relaxed_order")
+        self.conn.commit()
+
+    def query(self, i: int) -> set[int]:
+        rows = self.conn.execute(
+            "SELECT id FROM chunks WHERE collection = %s ORDER BY embedding <=> %s LIMIT 10",
+            (f"c{self.data['qcoll'][i]}", self.data["q"][i]), prepare=True,
+        )
+        return {int(r[0]) for r in rows.fetchall()}
+
+    def insert(self) -> float:
+        self.conn.commit()
+        n = self.data["n"]
+        return self._copy(n, n + LIVE_INSERT)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Roost:
+    """Roost's own code paths: ``insert_chunks`` (ingestion) and ``vector_candidates``
+    (the search service) under the principal's row-level security."""
+
+    name = "roost"
+
+    def __init__(self, url: str, data: dict[str, Any]) -> None:
+        self.data = data
+        self.runner = asyncio.Runner()
+        self.url = url
+        dims = data["dims"]
+        self.model = "all-MiniLM-L6-v2" if dims == 384 else f"bench-{dims}"
+        self.ids: list[uuid.UUID] = []
+        self.runner.run(self._setup())
+
+    async def _setup(self) -> None:
+        from sqlalchemy import make_url, text
+
+        from roost.config import Settings
+        from roost.db.base import uuid7
+        from roost.db.engine import create_database
+        from roost.db.migrate import upgrade
+        from roost.http.auth import Principal
+        from roost.identity.accounts import create_user
+        from roost.identity.common import SYSTEM
+        from roost.knowledge.index import index_name
+
+        self.db = create_database(Settings(), url=make_url(self.url))
+        await upgrade(self.db.engine)
+        async with self.db.transaction() as s:
+            user = await create_user(s, SYSTEM, username="bench", email="bench@example.test",
+                                     password=None, role="user", status="active",
+                                     first_becomes_root=False)
+            self.user_id = user.id
+            self.docs = [uuid7() for _ in range((self.data["n"] + LIVE_INSERT) // 100 + 1)]
+            await s.execute(
+                text("INSERT INTO documents (id, user_id, name, source, path_hash, status) "
+                     "SELECT d, :u, 'doc', 'file', d::text, 'ready' FROM unnest(CAST(:ids AS uuid[])) d"),
+                {"u": self.user_id, "ids": self.docs},
+            )
+            await s.execute(text(f"DROP INDEX IF EXISTS {index_name(self.model)}"))
+        self.who = Principal(user_id=self.user_id, is_admin=False, kind="api_key")
+
+    async def _load(self, lo: int, hi: int, batch: int) -> float:
+        from roost.db.base import uuid7
+        from roost.identity.tenancy import apply_principal
+        from roost.knowledge.bulk import insert_chunks
+
+        x, coll, dims = self.data["x"], self.data["coll"], self.data["dims"]
+        t0 = time.perf_counter()
+        for start in range(lo, hi, batch):
+            rows = []
+            for i in range(start, min(hi, start + batch)):
+                cid = uuid7()
+                self.ids.append(cid)
+                rows.append({
+                    "id": cid, "document_id": self.docs[i // 100], "user_id": self.user_id,
+                    "collection": f"c{coll[i]}", "tags": [], "chunk_index": i % 100,
+                    "content": content(i), "token_count": 12, "embedding": x[i],
+                    "embedding_model": self.model, "embedding_dim": dims, "metadata": {"page": 1},
+                })
+            async with self.db.transaction() as s:
+                await apply_principal(s, self.who)
+                await insert_chunks(s, rows)
+        return (hi - lo) / (time.perf_counter() - t0)
+
+    def load(self) -> float:
+        return self.runner.run(self._load(0, self.data["n"], 5000))
+
+    async def _build(self) -> None:
+        from sqlalchemy import text
+
+        from roost.knowledge.index import index_ddl
+
+        async with self.db.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text("SET maintenance_work_mem = '1GB'"))
+            await conn.execute(text(index_ddl(self.model, self.data["dims"], concurrently=False)))
+            await conn.execute(text("ANALYZE document_chunks"))
+
+    def build(self) -> None:
+        self.runner.run(self._build())
+        self.position = {cid: i for i, cid in enumerate(self.ids)}
+
+    async def _open(self, ef: int) -> None:
+        from roost.identity.tenancy import apply_principal
+        from roost.knowledge.config import EmbedderSpec, KnowledgeConfig
+
+        # As the search service runs in an API request: inside the request's transaction,
+        # which authentication opened and scoped to the principal (RLS on).
+        self.cfg = KnowledgeConfig(ef_search=ef, embedder=EmbedderSpec("local", self.model,
+                                                                       self.data["dims"]))
+        self.session = self.db.sessionmaker()
+        await self.session.begin()
+        await apply_principal(self.session, self.who)
+
+    def set_ef(self, ef: int) -> None:
+        if getattr(self, "session", None) is not None:
+            self.runner.run(self.session.close())
+        self.runner.run(self._open(ef))
+
+    async def _query(self, i: int) -> set[int]:
+        from roost.knowledge import search as search_mod
+        from roost.knowledge.schemas import SearchRequest
+
+        req = SearchRequest(query="-", k=K, mode="vector", collection=f"c{self.data['qcoll'][i]}")
+        hits = await search_mod.vector_candidates(
+            self.session, self.cfg, self.model, self.data["dims"], self.data["q"][i].tolist(),
+            search_mod.build_filters(self.who, req), K,
+        )
+        return {self.position[h] for h, _ in hits}
+
+    def query(self, i: int) -> set[int]:
+        return self.runner.run(self._query(i))
+
+    async def _per_request(self, i: int) -> None:
+        from roost.identity.tenancy import apply_principal
+        from roost.knowledge import search as search_mod
+        from roost.knowledge.schemas import SearchRequest
+
+        req = SearchRequest(query="-", k=K, mode="vector", collection=f"c{self.data['qcoll'][i]}")
+        async with self.db.transaction() as s:
+            await apply_principal(s, self.who)
+            await search_mod.vector_candidates(
+                s, self.cfg, self.model, self.data["dims"], self.data["q"][i].tolist(),
+                search_mod.build_filters(self.who, req), K,
+            )
+
+    def per_request_qps(self) -> float:
+        nq = len(self.data["truth"])
+
+        async def run() -> float:
+            t0 = time.perf_counter()
+            for i in range(nq):
+                await self._per_request(i)
+            return nq / (time.perf_counter() - t0)
+
+        return self.runner.run(run())
+
+    def insert(self) -> float:
+        self.runner.run(self.session.close())
+        self.session = None
+        n = self.data["n"]
+        result = self.runner.run(self._load(n, n + LIVE_INSERT, 500))
+        return result
+
+    def close(self) -> None:
+        self.runner.run(self.db.dispose())
+        self.runner.close()
+
+
+class LangChain:
+    name = "langchain-postgres PGVector"
+
+    def __init__(self, dsn: str, data: dict[str, Any]) -> None:
+        from langchain_core.embeddings import Embeddings
+        from langchain_postgres import PGVector
+        from sqlalchemy import create_engine
+
+        class Given(Embeddings):  # vectors are given; nothing is embedded here
+            def embed_documents(self, texts: list[str]) -> list[list[float]]:
+                raise NotImplementedError
+
+            def embed_query(self, text: str) -> list[float]:
+                raise NotImplementedError
+
+        self.data = data
+        self.engine = create_engine(dsn.replace("postgresql://", "postgresql+psycopg://", 1))
+        self.store = PGVector(embeddings=Given(), connection=self.engine, collection_name="bench",
+                              embedding_length=data["dims"], use_jsonb=True,
+                              pre_delete_collection=True)
+
+    def _add(self, lo: int, hi: int, batch: int) -> float:
+        x, coll = self.data["x"], self.data["coll"]
+        t0 = time.perf_counter()
+        for start in range(lo, hi, batch):
+            end = min(hi, start + batch)
+            self.store.add_embeddings(
+                texts=[content(i) for i in range(start, end)],
+                embeddings=x[start:end].tolist(),
+                metadatas=[{"collection": f"c{coll[i]}"} for i in range(start, end)],
+                ids=[str(i) for i in range(start, end)],
+            )
+        return (hi - lo) / (time.perf_counter() - t0)
+
+    def load(self) -> float:
+        return self._add(0, self.data["n"], 1000)
+
+    def build(self) -> None:
+        from sqlalchemy import text
+
+        with self.engine.connect() as conn:
+            conn.execute(text("SET maintenance_work_mem = '1GB'"))
+            conn.execute(text("CREATE INDEX ON langchain_pg_embedding USING hnsw "
+                              "(embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"))
+            conn.execute(text("ANALYZE langchain_pg_embedding"))
+            conn.commit()
+
+    def set_ef(self, ef: int) -> None:
+        from sqlalchemy import text
+
+        name = self.engine.url.database
+        with self.engine.connect() as conn:  # PGVector has no option for these settings
+            conn.execute(text(f'ALTER DATABASE "{name}" SET hnsw.ef_search = {int(ef)}'))
+            conn.execute(text(f'ALTER DATABASE "{name}" SET hnsw.iterative_scan = relaxed_order'))
+            conn.commit()
+        self.engine.dispose()  # new connections pick the settings up
+
+    def query(self, i: int) -> set[int]:
+        docs = self.store.similarity_search_by_vector(
+            self.data["q"][i].tolist(), k=K,
+            filter={"collection": {"$eq": f"c{self.data['qcoll'][i]}"}},
+        )
+        return {int(str(d.id)) for d in docs}
+
+    def insert(self) -> float:
+        n = self.data["n"]
+        return self._add(n, n + LIVE_INSERT, 500)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def measure(systems: list[Any], data: dict[str, Any], ef: int, rounds: int = 5) -> dict[str, Any]:
+    nq = len(data["truth"])
+    for system in systems:
+        system.set_ef(ef)
+        for i in range(min(20, nq)):
+            system.query(i)  # warm-up
+    found: dict[str, list[set[int]]] = {s.name: [set()] * nq for s in systems}
+    spent = dict.fromkeys(found, 0.0)
+    bounds = np.linspace(0, nq, rounds + 1).astype(int)
+    for r in range(rounds):
+        for system in systems:  # each slice of queries on every system in turn
+            t0 = time.perf_counter()
+            for i in range(bounds[r], bounds[r + 1]):
+                found[system.name][i] = system.query(i)
+            spent[system.name] += time.perf_counter() - t0
+    return {name: {"recall_at_10": recall(found[name], data["truth"]), "qps": nq / spent[name]}
+            for name in found}
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--dims", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--ef", default="40,100,200")
+    parser.add_argument("--systems", default="raw,roost,langchain")
+    args = parser.parse_args()
+    efs = [int(v) for v in args.ef.split(",")]
+    systems = args.systems.split(",")
+
+    from roost.db.embedded import start_embedded
+
+    t0 = time.perf_counter()
+    data = make_data(args.n, args.dims, args.queries)
+    print(f"data: {args.n} x {args.dims} vectors, {args.queries} queries "
+          f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="roost-bench-rag-") as tmp:
+        server = start_embedded(Path(tmp) / "pg", delete_on_exit=True)
+        try:
+            admin = server.url("postgres").replace("postgresql+asyncpg://", "postgresql://", 1)
+            with psycopg.connect(admin, autocommit=True) as conn:
+                version = conn.execute("SHOW server_version").fetchone()
+                for name in ("bench_raw", "bench_roost", "bench_lc"):
+                    conn.execute(f"CREATE DATABASE {name}")
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                pgvector = conn.execute(
+                    "SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+
+            def dsn(name: str) -> str:
+                return server.url(name).replace("postgresql+asyncpg://", "postgresql://", 1)
+
+            builders = {"raw": lambda: Raw(dsn("bench_raw"), data),
+                        "roost": lambda: Roost(server.url("bench_roost"), data),
+                        "langchain": lambda: LangChain(dsn("bench_lc"), data)}
+            running: list[Any] = []
+            for key in systems:
+                t1 = time.perf_counter()
+                system = builders[key]()
+                running.append(system)
+                load = system.load()
+                t2 = time.perf_counter()
+                system.build()
+                build = time.perf_counter() - t2
+                results.append({"system": system.name, "load_rows_s": load, "build_s": build,
+                                "search": {}})
+                print(f"{key}: loaded at {load:.0f} rows/s, index built in {build:.1f} s "
+                      f"({time.perf_counter() - t1:.0f} s)", flush=True)
+            for ef in efs:
+                measured = measure(running, data, ef)
+                for system, result in zip(running, results, strict=True):
+                    result["search"][ef] = measured[system.name]
+                    if isinstance(system, Roost):
+                        result["search"][ef]["qps_transaction_per_query"] = system.per_request_qps()
+                print(f"ef_search={ef}: " + ", ".join(
+                    f"{n} recall {m['recall_at_10']:.3f} QPS {m['qps']:.0f}" for n, m in measured.items()),
+                    flush=True)
+            for system, result in zip(running, results, strict=True):
+                result["insert_rows_s"] = system.insert()
+                system.close()
+        finally:
+            server.stop()
+    report(results, efs, args, version[0] if version else "?", pgvector[0] if pgvector else "?")
+
+
+def report(results: list[dict[str, Any]], efs: list[int], args: argparse.Namespace,
+           server_version: str, pgvector: str) -> None:
+    raw = next((r for r in results if r["system"].startswith("raw")), None)
+    header = f"{'system':<30}{'load rows/s':>12}{'build s':>9}{'insert rows/s':>14}"
+    for ef in efs:
+        header += f"{f'ef={ef} recall':>15}{f'ef={ef} QPS':>12}"
+    print("\n" + header)
+    for r in results:
+        line = f"{r['system']:<30}{r['load_rows_s']:>12.0f}{r['build_s']:>9.1f}{r['insert_rows_s']:>14.0f}"
+        for ef in efs:
+            s = r["search"][ef]
+            line += f"{s['recall_at_10']:>15.3f}{s['qps']:>12.0f}"
+        print(line)
+    if raw is not None:
+        print("\nrelative to raw pgvector SQL:")
+        for r in results:
+            if r is raw:
+                continue
+            parts = [f"load {r['load_rows_s'] / raw['load_rows_s']:.2f}x",
+                     f"insert {r['insert_rows_s'] / raw['insert_rows_s']:.2f}x"]
+            parts += [f"QPS@ef{ef} {r['search'][ef]['qps'] / raw['search'][ef]['qps']:.2f}x" for ef in efs]
+            print(f"  {r['system']}: " + ", ".join(parts))
+            for ef in efs:
+                per = r["search"][ef].get("qps_transaction_per_query")
+                if per:
+                    print(f"    ef={ef}: {per:.0f} QPS with a transaction per query "
+                          f"({per / raw['search'][ef]['qps']:.2f}x raw)")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "benchmark": "rag", "n": args.n, "dims": args.dims, "queries": args.queries, "k": K,
+        "collections": COLLECTIONS, "live_insert_rows": LIVE_INSERT, "hnsw": {"m": 16, "ef_construction": 64},
+        "postgres": server_version, "pgvector": pgvector, "python": sys.version.split()[0],
+        "machine": f"{platform.machine()} {platform.system()}",
+        "results": results,
+    }, indent=2, default=str) + "\n")
+    print(f"\nwrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
