@@ -67,9 +67,15 @@ class Roost:
     name = "roost"
     ready_marker = "worker_started"
 
-    def __init__(self, dsn: str, data_dir: Path) -> None:
+    def __init__(self, dsn: str, data_dir: Path, *, pre_ping: bool = True) -> None:
         self.dsn = dsn
         self.data_dir = data_dir
+        # roost-noping: the producer's engine without SQLAlchemy's pool pre-ping (which,
+        # with asyncpg, is BEGIN; SELECT 1; ROLLBACK before every transaction), to show
+        # what that setting costs an enqueue.  Workers are identical.
+        self.pre_ping = pre_ping
+        if not pre_ping:
+            self.name = "roost-noping"
 
     async def setup(self) -> None:
         from roost.config import Settings
@@ -81,6 +87,15 @@ class Roost:
 
         self.db = create_database(Settings(), url=to_async_url(self.dsn))
         await upgrade(self.db.engine)
+        if not self.pre_ping:
+            from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+            from roost.db.engine import engine_options
+
+            await self.db.dispose()
+            options = {**engine_options(Settings()), "pool_pre_ping": False}
+            self.db.engine = create_async_engine(self.db.url, **options)
+            self.db.sessionmaker = async_sessionmaker(self.db.engine, expire_on_commit=False)
 
     async def close(self) -> None:
         await self.db.dispose()
@@ -317,11 +332,14 @@ async def main(args: argparse.Namespace) -> None:
         try:
             admin = await asyncpg.connect(server.libpq_url("postgres"))
             version = await admin.fetchval("SHOW server_version")
-            for name in ("bench_roost", "bench_pgqueuer", "bench_procrastinate"):
+            for name in ("bench_roost", "bench_roost_noping", "bench_pgqueuer",
+                         "bench_procrastinate"):
                 await admin.execute(f'CREATE DATABASE "{name}"')
             await admin.close()
             systems: list[System] = [
                 Roost(server.libpq_url("bench_roost"), tmp / "roost-data"),
+                Roost(server.libpq_url("bench_roost_noping"), tmp / "roost-data2",
+                      pre_ping=False),
                 PgQueuer(server.libpq_url("bench_pgqueuer")),
                 Procrastinate(server.libpq_url("bench_procrastinate")),
             ]
@@ -389,10 +407,11 @@ def _version(name: str, module: Any) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=5000)
-    parser.add_argument("--latency-jobs", type=int, default=600)
-    parser.add_argument("--rate", type=float, default=100.0, help="latency phase, jobs/s")
+    parser.add_argument("--latency-jobs", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=50.0, help="latency phase, jobs/s")
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--systems", nargs="+", default=["roost", "pgqueuer", "procrastinate"])
+    parser.add_argument("--systems", nargs="+",
+                        default=["roost", "roost-noping", "pgqueuer", "procrastinate"])
     asyncio.run(main(parser.parse_args()))

@@ -8,6 +8,7 @@ the API know every task type without a shared list that each domain must edit.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 import pkgutil
@@ -18,12 +19,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import structlog
 from pydantic import BaseModel
 
 from roost.tasks.models import DEFAULT_QUEUE, TaskPriority
 
 if TYPE_CHECKING:
     from roost.db.engine import Database
+
+log = structlog.get_logger("roost.tasks.registry")
 
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_RESULT_BYTES = 64 * 1024
@@ -158,8 +162,12 @@ def discover() -> None:
         if not module.ispkg:
             continue
         name = f"roost.{module.name}.jobs"
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name)
+        try:
+            if importlib.util.find_spec(name) is not None:
+                importlib.import_module(name)
+        except Exception as exc:  # one broken domain must not stop every other's jobs
+            log.error("task_module_import_failed", module=name,
+                      error=f"{type(exc).__name__}: {exc}")
     _discovered = True
 
 
