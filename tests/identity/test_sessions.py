@@ -245,3 +245,31 @@ async def test_cleanup_removes_expired_sessions(
     async with database.transaction() as session:
         left = (await session.scalars(select(Session.id))).all()
     assert [str(s) for s in left] == [keep["session_id"]]
+
+
+async def test_failed_login_flood_does_not_starve_a_small_pool(
+    pg_server: object, db_name: str, test_settings: object, test_keys: KeyMaterial,
+    database: Database,
+) -> None:
+    """Each request holds one pooled connection, failures included (they commit before
+    answering), so twelve concurrent bad logins on a two-connection pool all get answers."""
+    from roost.app import create_app
+    from roost.db.engine import create_database
+
+    await password_user(database, "ivy")
+    settings = test_settings.model_copy(update={  # type: ignore[attr-defined]
+        "db_pool_size": 2, "db_max_overflow": 0, "login_max_failures_per_ip": 100})
+    small = create_database(settings, url=pg_server.url_for(db_name))  # type: ignore[attr-defined]
+    try:
+        app = create_app(settings, database=small, keys=test_keys, configure_logs=False)
+        transport = httpx.ASGITransport(app=app, client=("10.0.0.9", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://roost.test") as c:
+            answers = await asyncio.gather(*(
+                c.post("/api/v1/auth/login", json={"login": f"ivy{'' if i % 2 else 'x'}",
+                                                    "password": "Wrong-password-99"})
+                for i in range(12)))
+        assert {a.status_code for a in answers} <= {401, 429}
+    finally:
+        await small.dispose()
+    # Every failure was counted (each account locks after three in these tests).
+    assert (await _actions(database)).count("auth.login_failed") >= 6

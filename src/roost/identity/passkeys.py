@@ -31,7 +31,7 @@ from roost.identity.sessions import (
     ClientInfo,
     IssuedTokens,
     check_standing,
-    record_auth_failure,
+    commit_auth_failure,
     start_session,
 )
 from roost.security.webauthn_helpers import (
@@ -161,7 +161,7 @@ async def finish_login(
         await throttle.check_not_locked(session, [ip])
 
     async def fail(reason: str, user_id: uuid.UUID | None = None) -> Unauthorized:
-        await record_auth_failure(session, cfg, action="auth.passkey_failed", user_id=user_id,
+        await commit_auth_failure(session, cfg, action="auth.passkey_failed", user_id=user_id,
                                   login=f"passkey:{user_id or 'unknown'}", client=client,
                                   reason=reason)
         return Unauthorized("passkey sign-in failed")

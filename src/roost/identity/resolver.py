@@ -18,7 +18,6 @@ from fastapi import Request
 from sqlalchemy import Select, and_, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.db.engine import Database
 from roost.errors import Unauthorized
 from roost.http.auth import Principal, register_resolver
 from roost.http.deps import get_keys
@@ -26,8 +25,7 @@ from roost.identity.common import is_admin_user, utcnow
 from roost.identity.models import ApiKey, Session, User, UserGroupMembership
 from roost.security.tokens import decode_access_token, hash_api_key, looks_like_api_key
 
-# last_used_at is written at most this often per key/session, in its own short
-# transaction, so a long request (a stream) never holds a lock on the row.
+# last_used_at is written at most this often per key or session.
 TOUCH_INTERVAL = timedelta(seconds=60)
 
 
@@ -43,17 +41,18 @@ def _active_user(stmt: Select[Any]) -> Select[Any]:
     return stmt.where(User.status == "active", User.is_active.is_(True))
 
 
-async def _touch(request: Request, table: type[ApiKey] | type[Session], row_id: uuid.UUID) -> None:
-    db: Database | None = getattr(request.app.state, "db", None)
-    if db is None:
-        return
+async def _touch(session: AsyncSession, table: type[ApiKey] | type[Session], row_id: uuid.UUID) -> None:
+    """Record use in the request's own transaction (one pooled connection per request:
+    a second connection here could starve the pool under load).  SKIP LOCKED: a
+    concurrent request of the same key neither waits nor writes twice."""
     cutoff = utcnow() - TOUCH_INTERVAL
-    async with db.transaction() as other:
-        await other.execute(
-            update(table)
-            .where(table.id == row_id, or_(table.last_used_at.is_(None), table.last_used_at < cutoff))
-            .values(last_used_at=func.now())
-        )
+    locked = (
+        select(table.id)
+        .where(table.id == row_id, or_(table.last_used_at.is_(None), table.last_used_at < cutoff))
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    await session.execute(update(table).where(table.id == locked).values(last_used_at=func.now()))
 
 
 def _stale(value: object) -> bool:
@@ -76,7 +75,7 @@ async def resolve_api_key(session: AsyncSession, token: str, request: Request) -
         return None
     user, key, groups = row[0], row[1], row[2]
     if _stale(key.last_used_at):
-        await _touch(request, ApiKey, key.id)
+        await _touch(session, ApiKey, key.id)
     return Principal(
         user_id=user.id, is_admin=is_admin_user(user), kind="api_key", api_key_id=key.id,
         group_ids=frozenset(groups or ()),
@@ -106,7 +105,7 @@ async def resolve_access_token(
         raise Unauthorized("session has ended: sign in again")
     user, login, groups = row[0], row[1], row[2]
     if _stale(login.last_used_at):
-        await _touch(request, Session, login.id)
+        await _touch(session, Session, login.id)
     return Principal(
         user_id=user.id, is_admin=is_admin_user(user), kind="session", session_id=login.id,
         group_ids=frozenset(groups or ()),

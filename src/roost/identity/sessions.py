@@ -6,8 +6,9 @@ the row on every request, so logout, logout-everywhere, device revocation, suspe
 and admin revocation take effect on the very next request.  Refresh tokens rotate on
 every use; presenting a replaced one again revokes the session (it was copied).
 
-Failures are written in an independent transaction (the request's rolls back with the
-error) so counters and audit records of failed attempts survive.  Unknown names and
+Failures are recorded and committed before the error is raised (the request's
+transaction would roll back with it), so counters and audit records of failed attempts
+survive.  Unknown names and
 wrong passwords get the same answer after the same amount of argon2 work.
 """
 
@@ -91,7 +92,7 @@ async def _verify(stored: str | None, password: str) -> bool:
     return await asyncio.to_thread(verify_password, stored, password)
 
 
-async def record_auth_failure(
+async def commit_auth_failure(
     session: AsyncSession,
     cfg: IdentityConfig,
     *,
@@ -102,26 +103,33 @@ async def record_auth_failure(
     reason: str,
     count: bool = True,
 ) -> None:
-    """Audit a failed attempt and count it per account and per address, durably."""
+    """Audit a failed attempt, count it per account and per address, and COMMIT.
+
+    The caller raises right after: the request's transaction would roll back with the
+    error, and the counters and audit records must survive.  Committing here (rather than
+    writing through a second connection) holds one pooled connection per request, so a
+    flood of failed logins cannot starve the pool.  Call it only before the transaction
+    has written anything that must not be kept.
+    """
     limits = _limits(cfg)
-    async with throttle.independent_transaction(session) as other:
-        locked: list[str] = []
-        if count:
-            acct = throttle.account_key(user_id, login)
-            if await throttle.record_failure(other, acct, limits.per_account, limits):
-                locked.append("account")
-            ip = throttle.ip_key(client.ip)
-            if ip and await throttle.record_failure(other, ip, limits.per_ip, limits):
-                locked.append("ip")
-        meta = {"login": login.strip().lower()[:255], "reason": reason}
-        await record(other, action, user_id=user_id, category="access", success=False,
-                     resource_type="user", resource_id=user_id, metadata=meta,
-                     error_message=reason)
-        for scope in locked:
-            await record(other, "auth.lockout", user_id=user_id, category="access",
-                         resource_type="user", resource_id=user_id,
-                         metadata={"scope": scope, "login": meta["login"],
-                                   "lockout_s": limits.lockout_s})
+    locked: list[str] = []
+    if count:
+        acct = throttle.account_key(user_id, login)
+        if await throttle.record_failure(session, acct, limits.per_account, limits):
+            locked.append("account")
+        ip = throttle.ip_key(client.ip)
+        if ip and await throttle.record_failure(session, ip, limits.per_ip, limits):
+            locked.append("ip")
+    meta = {"login": login.strip().lower()[:255], "reason": reason}
+    await record(session, action, user_id=user_id, category="access", success=False,
+                 resource_type="user", resource_id=user_id, metadata=meta,
+                 error_message=reason)
+    for scope in locked:
+        await record(session, "auth.lockout", user_id=user_id, category="access",
+                     resource_type="user", resource_id=user_id,
+                     metadata={"scope": scope, "login": meta["login"],
+                               "lockout_s": limits.lockout_s})
+    await session.commit()
 
 
 def check_standing(user: User) -> None:
@@ -171,14 +179,14 @@ async def login(
     else:
         ok = await _verify(user.hashed_password if user else None, password)
     if not ok or user is None:
-        await record_auth_failure(session, cfg, action="auth.login_failed",
+        await commit_auth_failure(session, cfg, action="auth.login_failed",
                                   user_id=user.id if user else None, login=login, client=client,
                                   reason="unknown_user" if user is None else "bad_password")
         raise Unauthorized(BAD_CREDENTIALS)
     try:
         check_standing(user)
     except Forbidden:
-        await record_auth_failure(session, cfg, action="auth.login_failed", user_id=user.id,
+        await commit_auth_failure(session, cfg, action="auth.login_failed", user_id=user.id,
                                   login=login, client=client, reason=f"status_{user.status}",
                                   count=False)
         raise
@@ -228,15 +236,14 @@ async def complete_mfa(
     await throttle.check_not_locked(session, keys)
     method = await twofactor.consume_code(session, cfg, user.id, code)
     if method is None:
-        async with throttle.independent_transaction(session) as other:
-            bump = await other.execute(
-                update(AuthChallenge).where(AuthChallenge.id == challenge.id)
-                .values(attempts=AuthChallenge.attempts + 1).returning(AuthChallenge.attempts)
-            )
-            attempts = bump.scalar_one_or_none() or MFA_MAX_ATTEMPTS
-            if attempts >= MFA_MAX_ATTEMPTS:  # guessing: make them start over
-                await other.execute(delete(AuthChallenge).where(AuthChallenge.id == challenge.id))
-        await record_auth_failure(session, cfg, action="auth.mfa_failed", user_id=user.id,
+        bump = await session.execute(
+            update(AuthChallenge).where(AuthChallenge.id == challenge.id)
+            .values(attempts=AuthChallenge.attempts + 1).returning(AuthChallenge.attempts)
+        )
+        attempts = bump.scalar_one_or_none() or MFA_MAX_ATTEMPTS
+        if attempts >= MFA_MAX_ATTEMPTS:  # guessing: make them start over
+            await session.execute(delete(AuthChallenge).where(AuthChallenge.id == challenge.id))
+        await commit_auth_failure(session, cfg, action="auth.mfa_failed", user_id=user.id,
                                   login=user.username, client=client, reason="bad_code")
         raise Unauthorized("incorrect authentication code")
     # Single use: only the request that deletes the challenge goes on.
@@ -268,13 +275,13 @@ async def refresh(
         )
         if reused is not None:
             # The old token was used after it had been replaced: one of the two holders is
-            # not the user.  End the session for both.
-            async with throttle.independent_transaction(session) as other:
-                await other.execute(update(Session).where(Session.id == reused)
-                                    .values(revoked_at=func.now()))
-                await record(other, "session.refresh_reuse", category="access", success=False,
-                             resource_type="session", resource_id=reused,
-                             error_message="replaced refresh token presented again")
+            # not the user.  End the session for both (committed: the 401 rolls back).
+            await session.execute(update(Session).where(Session.id == reused)
+                                  .values(revoked_at=func.now()))
+            await record(session, "session.refresh_reuse", category="access", success=False,
+                         resource_type="session", resource_id=reused,
+                         error_message="replaced refresh token presented again")
+            await session.commit()
         raise Unauthorized("refresh token is invalid or has been used; sign in again")
     if row.revoked_at is not None or row.expires_at <= utcnow():
         raise Unauthorized("session has ended: sign in again")
@@ -355,7 +362,7 @@ async def change_password(
     acct = throttle.account_key(user.id, user.username)
     await throttle.check_not_locked(session, [acct])
     if not await _verify(user.hashed_password, current_password):
-        await record_auth_failure(session, cfg, action="user.password_change_failed",
+        await commit_auth_failure(session, cfg, action="user.password_change_failed",
                                   user_id=user.id, login=user.username, client=client,
                                   reason="bad_password")
         raise Forbidden("current password is incorrect")

@@ -1,7 +1,7 @@
 """Login throttling: temporary lockout after N failures per account and per address.
 
-Counters live in ``auth_throttle`` and are written in their own transaction (the
-caller's rolls back with the 401), so a failed attempt always counts.  A name that
+Counters live in ``auth_throttle``; the sign-in code commits them before answering
+401, so a failed attempt always counts.  A name that
 matches no account gets a counter of its own, keyed by a hash of the name, so
 unknown names lock out exactly like real ones and the answer reveals nothing.
 """
@@ -11,34 +11,16 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.errors import TooManyRequests
 from roost.identity.common import utcnow
 from roost.identity.models import AuthThrottle
-
-
-@asynccontextmanager
-async def independent_transaction(session: AsyncSession) -> AsyncIterator[AsyncSession]:
-    """A separate transaction on the same engine, committed on exit.
-
-    For records that must survive the caller's rollback (failed-login counters and their
-    audit).  Use it before the caller's transaction has written anything that the
-    independent one could wait for (the audit chain's advisory lock in particular).
-    """
-    bind = session.bind
-    if bind is None:
-        raise RuntimeError("independent_transaction needs a session bound to an engine")
-    engine = bind if isinstance(bind, AsyncEngine) else bind.engine
-    async with AsyncSession(engine, expire_on_commit=False) as other, other.begin():
-        yield other
 
 
 def account_key(user_id: uuid.UUID | None, login: str) -> str:
