@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from roost.http.auth import Principal
-from roost.identity import throttle
+from roost.identity import throttle, twofactor
 from roost.identity.accounts import find_user
 from roost.identity.common import load_user, require_user, target_user_id, utcnow
 from roost.identity.config import IdentityConfig
@@ -218,8 +218,6 @@ async def complete_mfa(
     session: AsyncSession, cfg: IdentityConfig, *, mfa_token: str, code: str, client: ClientInfo,
 ) -> IssuedTokens:
     """Second step: a TOTP code or a backup code for the challenge from :func:`login`."""
-    from roost.identity import twofactor  # the 2FA module imports this one
-
     challenge = await session.scalar(
         select(AuthChallenge).where(
             AuthChallenge.token_hash == hash_token(mfa_token),
