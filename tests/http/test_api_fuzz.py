@@ -15,6 +15,12 @@ from tests.support.pg import PgTestServer, unique_db_name
 from tests.support.server import roost_server
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
+DEAD_PROXY = "http://127.0.0.1:9"
+# Registering an LLM provider is the one way a generated request could make Roost call a
+# generated address (chat, /v1 and health checks call registered providers), and this
+# machine must never send traffic off loopback.  Provider input validation is covered by
+# tests/chat; without providers, chat and /v1 answer 409/404 here without any call.
+NO_OUTBOUND = ["--exclude-name", "POST /api/v1/llm/providers"]
 
 
 def test_no_operation_answers_5xx(pg_server: PgTestServer, template_db: str, tmp_path: Path) -> None:
@@ -22,14 +28,18 @@ def test_no_operation_answers_5xx(pg_server: PgTestServer, template_db: str, tmp
     asyncio.run(pg_server.create_database(name, template=template_db))
     token = "rst_admin_fuzzing_token_0123456789"
     env = {"ROOST_DATABASE_URL": pg_server.libpq_url(name), "ROOST_DATA_DIR": str(tmp_path),
-           "ROOST_ADMIN_TOKEN": token, "ROOST_LOG_LEVEL": "warning"}
+           "ROOST_ADMIN_TOKEN": token, "ROOST_LOG_LEVEL": "warning",
+           # Second wall against outbound traffic: any HTTP client that honours the
+           # environment goes to a closed loopback port instead of a generated host.
+           "HTTP_PROXY": DEAD_PROXY, "HTTPS_PROXY": DEAD_PROXY, "ALL_PROXY": DEAD_PROXY,
+           "NO_PROXY": ""}
     try:
         with roost_server(env) as server:
             result = subprocess.run(
                 [SCHEMATHESIS, "run", f"{server.base_url}/openapi.json",
                  "--checks", "not_a_server_error", "--header", f"Authorization: Bearer {token}",
                  "--max-examples", "15", "--seed", "20261125", "--request-timeout", "20",
-                 "--exclude-path", "/metrics"],
+                 "--exclude-path", "/metrics", *NO_OUTBOUND],
                 capture_output=True, text=True, timeout=900, check=False,
             )
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
