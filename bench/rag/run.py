@@ -3,9 +3,10 @@
     .venv/bin/python bench/rag/run.py [--n 100000] [--dims 384] [--queries 200] [--ef 40,100]
 
 One embedded PostgreSQL (pgvector 0.8), one database per system, the same data, in one
-invocation.  Vectors are synthetic but shaped like sentence embeddings: unit vectors
-around 256 cluster centres (uniform random vectors would have no neighbourhood
-structure and say nothing about HNSW on real text).  Every chunk gets one of 10
+invocation.  Vectors are synthetic but shaped like sentence embeddings (see
+``make_data``: 256 topic clusters in a 32-dimensional latent space projected to 384
+dimensions; i.i.d. random vectors would have no neighbourhood structure and say nothing
+about HNSW on real text).  Every chunk gets one of 10
 collections; every query filters on one (10 % selectivity).
 
 For each system:
@@ -56,14 +57,23 @@ COLLECTIONS = 10
 
 
 def make_data(n: int, dims: int, queries: int, seed: int = 7) -> dict[str, Any]:
+    """Unit vectors with the shape of sentence embeddings: 256 topic clusters in a
+    32-dimensional latent space, projected to ``dims`` with a little isotropic noise
+    (text embeddings have a low intrinsic dimension; i.i.d. Gaussian vectors would have
+    none and no neighbourhood structure for any index to exploit)."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((256, dims)).astype(np.float32)
-    assign = rng.integers(0, 256, n + LIVE_INSERT)
-    x = centres[assign] + 0.6 * rng.standard_normal((n + LIVE_INSERT, dims)).astype(np.float32)
+    latent = 32
+    total = n + LIVE_INSERT
+    centres = rng.standard_normal((256, latent)).astype(np.float32)
+    assign = rng.integers(0, 256, total)
+    z = centres[assign] + 0.5 * rng.standard_normal((total, latent)).astype(np.float32)
+    proj = (rng.standard_normal((latent, dims)) / np.sqrt(latent)).astype(np.float32)
+    x = z @ proj + 0.02 * rng.standard_normal((total, dims)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    coll = rng.integers(0, COLLECTIONS, n + LIVE_INSERT)
+    coll = rng.integers(0, COLLECTIONS, total)
     picks = rng.integers(0, n, queries)
-    q = x[picks] + 0.3 * rng.standard_normal((queries, dims)).astype(np.float32) / np.sqrt(dims) * 4
+    zq = z[picks] + 0.25 * rng.standard_normal((queries, latent)).astype(np.float32)
+    q = zq @ proj + 0.02 * rng.standard_normal((queries, dims)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     qcoll = rng.integers(0, COLLECTIONS, queries)
     base, base_coll = x[:n], coll[:n]
@@ -223,6 +233,7 @@ class Roost:
         async with self.db.engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(text("SET maintenance_work_mem = '1GB'"))
+            await conn.execute(text("SET statement_timeout = 0"))
             await conn.execute(text(index_ddl(self.model, self.data["dims"], concurrently=False)))
             await conn.execute(text("ANALYZE document_chunks"))
 

@@ -18,6 +18,7 @@ from roost.knowledge.embeddings import (
     LOCAL_MODEL_NAME,
     DevHashingEmbedder,
     Embedder,
+    EmbedderUnavailable,
     LocalSentenceTransformerEmbedder,
     OpenAICompatibleEmbedder,
 )
@@ -77,7 +78,7 @@ class KnowledgeConfig:
         else:
             if not (settings.knowledge_embedding_model and dims and
                     settings.knowledge_embedding_base_url):
-                raise ValueError(
+                raise EmbedderUnavailable(
                     "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER=openai needs ROOST_KNOWLEDGE_EMBEDDING_MODEL, "
                     "ROOST_KNOWLEDGE_EMBEDDING_DIMENSIONS and ROOST_KNOWLEDGE_EMBEDDING_BASE_URL"
                 )

@@ -106,6 +106,9 @@ async def ensure_model(engine: AsyncEngine, model: str, dimensions: int, provide
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+        # Building an index over a large table outlasts the per-statement timeout that
+        # protects requests; this dedicated connection lifts it until it is released.
+        await conn.execute(text("SET statement_timeout = 0"))
         try:
             row = (
                 await conn.execute(
@@ -132,6 +135,7 @@ async def ensure_model(engine: AsyncEngine, model: str, dimensions: int, provide
                     {"n": model, "d": dimensions, "p": provider, "i": name},
                 )
         finally:
+            await conn.execute(text("RESET statement_timeout"))
             await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
     _registered[key] = dimensions
 

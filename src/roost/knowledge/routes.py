@@ -5,9 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
 
-from roost.config import Settings
 from roost.errors import PayloadTooLarge
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import DbSession, SettingsDep
@@ -31,16 +30,19 @@ router = APIRouter(prefix="/api/v1/knowledge", tags=["knowledge"])
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 Cursor = Annotated[str | None, Query(max_length=512)]
-_configs: dict[int, KnowledgeConfig] = {}
 READ_CHUNK = 1024 * 1024
 
 
-def knowledge_config(settings: Settings) -> KnowledgeConfig:
-    cfg = _configs.get(id(settings))
+def get_knowledge_config(request: Request, settings: SettingsDep) -> KnowledgeConfig:
+    """Built from the app's settings once, kept on the app."""
+    cfg: KnowledgeConfig | None = getattr(request.app.state, "knowledge_config", None)
     if cfg is None:
         cfg = KnowledgeConfig.from_settings(settings)
-        _configs[id(settings)] = cfg
+        request.app.state.knowledge_config = cfg
     return cfg
+
+
+ConfigDep = Annotated[KnowledgeConfig, Depends(get_knowledge_config)]
 
 
 async def _read_capped(file: UploadFile, limit: int) -> bytes:
@@ -59,7 +61,7 @@ async def _read_capped(file: UploadFile, limit: int) -> bytes:
 async def upload_document(
     session: DbSession,
     principal: CurrentPrincipal,
-    settings: SettingsDep,
+    cfg: ConfigDep,
     file: Annotated[UploadFile, File(description="Text, Markdown, HTML or PDF")],
     collection: Annotated[str | None, Form(max_length=128)] = None,
     tags: Annotated[str | None, Form(max_length=8192,
@@ -70,7 +72,6 @@ async def upload_document(
     project_id: Annotated[uuid.UUID | None, Form()] = None,
     description: Annotated[str | None, Form(max_length=10_000)] = None,
 ) -> UploadAccepted:
-    cfg = knowledge_config(settings)
     data = await _read_capped(file, cfg.max_upload_bytes)
     doc, run = await service.create_upload(
         session, principal, cfg, filename=file.filename, content_type=file.content_type,
@@ -141,10 +142,9 @@ async def list_chunks(
              status_code=status.HTTP_202_ACCEPTED,
              summary="Ingest a server file or directory (under an allowed root) or a web URL")
 async def start_run(
-    body: IngestionRunCreate, session: DbSession, principal: CurrentPrincipal,
-    settings: SettingsDep,
+    body: IngestionRunCreate, session: DbSession, principal: CurrentPrincipal, cfg: ConfigDep,
 ) -> IngestionRunOut:
-    run = await service.start_run(session, principal, knowledge_config(settings), body)
+    run = await service.start_run(session, principal, cfg, body)
     return IngestionRunOut.model_validate(run)
 
 
@@ -171,6 +171,6 @@ async def get_run(run_id: uuid.UUID, session: DbSession, principal: CurrentPrinc
 @router.post("/search", response_model=SearchResponse,
              summary="Vector, full-text or hybrid search over the documents you can see")
 async def search(
-    body: SearchRequest, session: DbSession, principal: CurrentPrincipal, settings: SettingsDep
+    body: SearchRequest, session: DbSession, principal: CurrentPrincipal, cfg: ConfigDep
 ) -> SearchResponse:
-    return await search_mod.search(session, principal, knowledge_config(settings), body)
+    return await search_mod.search(session, principal, cfg, body)

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import uuid
 import weakref
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import Connection, TextClause, text
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import SessionTransaction
 
@@ -163,17 +164,38 @@ async def vector_candidates(
     session: AsyncSession, cfg: KnowledgeConfig, model: str, dims: int, vector: list[float],
     filters: Filters, limit: int,
 ) -> list[tuple[uuid.UUID, float]]:
+    """The hot path: run on the session's own driver connection (same transaction, same
+    row-level security scope) with a positional, driver-cached prepared statement,
+    skipping the ORM's per-call statement processing."""
     await configure_session(session, max(cfg.ef_search, limit))
-    rows = (await session.execute(
-        _vector_statement(model, dims, tuple(filters.sql)),
-        {**filters.params, "qvec": [float(x) for x in vector], "limit": limit},
-    )).all()
+    sql, names = _positional(vector_query_sql(model, dims, filters.sql))
+    params = {**filters.params, "qvec": [float(x) for x in vector], "limit": limit}
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    rows = await driver.fetch(sql, *(params[name] for name in names))
     return [(row[0], float(row[1])) for row in rows]
 
 
-@functools.lru_cache(maxsize=256)
-def _vector_statement(model: str, dims: int, filters: tuple[str, ...]) -> TextClause:
-    return text(vector_query_sql(model, dims, list(filters)))
+_PARAM_RE = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+
+@functools.lru_cache(maxsize=512)
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``:name`` parameters -> ``$n`` (asyncpg), with the names in order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    # Quoted literals (the model name) are left alone.
+    parts = re.split(r"('(?:[^']|'')*')", sql)
+    out = "".join(part if i % 2 else _PARAM_RE.sub(number, part) for i, part in enumerate(parts))
+    return out, tuple(names)
 
 
 async def text_candidates(
