@@ -20,6 +20,7 @@ import httpx
 from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from roost.audit import service as audit
 from roost.db.base import uuid7
@@ -272,6 +273,7 @@ async def list_chunks(
     doc = await get_document(session, actor, document_id)
     return list((await session.scalars(
         select(DocumentChunk).where(DocumentChunk.document_id == doc.id)
+        .options(defer(DocumentChunk.embedding), defer(DocumentChunk.content_tsv))
         .order_by(DocumentChunk.is_curated, DocumentChunk.chunk_index)
     )).all())
 
