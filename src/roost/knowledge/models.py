@@ -35,6 +35,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
@@ -204,7 +205,8 @@ class DocumentChunk(UUIDPrimaryKey, CreatedAt, Base):
         # at run time by roost.knowledge.index with the same expression and options.
         Index(
             DEFAULT_INDEX,
-            text(f"(embedding::vector({DEFAULT_DIMENSIONS})) vector_cosine_ops"),
+            literal_column(f"(embedding::vector({DEFAULT_DIMENSIONS}))").label("embedding_vector"),
+            postgresql_ops={"embedding_vector": "vector_cosine_ops"},
             postgresql_using="hnsw",
             postgresql_with={"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION},
             postgresql_where=text(f"embedding_model = '{DEFAULT_MODEL}'"),

@@ -17,6 +17,16 @@ MAX_QUERY_CHARS = 2000
 MAX_DOCUMENT_IDS = 1000
 
 
+def no_nul(value: Any) -> Any:
+    """PostgreSQL text cannot hold NUL characters: refuse them as bad input (422)."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if isinstance(value, list):
+        for item in value:
+            no_nul(item)
+    return value
+
+
 def check_tags(tags: list[str] | None) -> list[str]:
     """Strip, drop empties and duplicates (keeping order); at most 5 KB as JSON."""
     if not tags:
@@ -25,6 +35,8 @@ def check_tags(tags: list[str] | None) -> list[str]:
     for raw in tags:
         if not isinstance(raw, str):
             raise Unprocessable("tags must be strings")
+        if "\x00" in raw:
+            raise Unprocessable("tags must not contain NUL characters")
         tag = raw.strip()
         if not tag:
             continue
@@ -68,6 +80,11 @@ class _Scope(BaseModel):
     @classmethod
     def _tags(cls, value: list[str]) -> list[str]:
         return check_tags(value)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return no_nul(value)
 
 
 class IngestionRunCreate(_Scope):
@@ -125,6 +142,11 @@ class DocumentUpdate(BaseModel):
     def _tags(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else check_tags(value)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return no_nul(value)
+
 
 class IngestionRunOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -178,6 +200,11 @@ class SearchRequest(BaseModel):
     @classmethod
     def _tags(cls, value: list[str]) -> list[str]:
         return check_tags(value)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return no_nul(value)
 
 
 class SearchDocument(BaseModel):

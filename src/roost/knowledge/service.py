@@ -113,6 +113,9 @@ async def create_upload(
         )
     if not data:
         raise Unprocessable("the uploaded file is empty")
+    for label, value in (("collection", collection), ("description", description)):
+        if value is not None and "\x00" in value:
+            raise Unprocessable(f"{label} must not contain NUL characters")
     name = clean_filename(filename)
     model = cfg.embedder.model
     run = IngestionRun(
@@ -186,8 +189,10 @@ async def list_documents(
         try:
             at = datetime.fromisoformat(str(after["t"]))
             last = uuid.UUID(str(after["id"]))
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, TypeError):
             raise Unprocessable("cursor is malformed: pass the next_cursor of a previous page") from None
+        if at.tzinfo is None:
+            raise Unprocessable("cursor is malformed: pass the next_cursor of a previous page")
         stmt = stmt.where((Document.created_at < at) | ((Document.created_at == at) & (Document.id < last)))
     rows = list((await session.scalars(
         stmt.order_by(Document.created_at.desc(), Document.id.desc()).limit(limit + 1)
