@@ -8,6 +8,8 @@ from pathlib import Path
 from roost.db.engine import Database
 from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.curation import curate_document
+from roost.knowledge.ingest import run_ingestion
+from roost.knowledge.models import IngestionRun
 from tests.knowledge.helpers import LoopbackServer
 from tests.knowledge.support import PARAGRAPH, ingest, principal, rows, scalar
 from tests.support.identity import make_user
@@ -56,6 +58,16 @@ async def test_web_ingestion_when_private_fetching_is_allowed(
     text = await scalar(database, "SELECT string_agg(content, ' ') FROM document_chunks")
     assert "Served from 127.0.0.1" in text and "Menu" not in text
 
-    # Without the operator's permission the same URL is refused, recorded as the run's error.
-    refused = await ingest(database, principal(user_id), kcfg, "http://example.invalid/")
-    assert refused["status"] == "failed" and refused["errors"][0]["type"] in ("fetch-failed", "fetch-refused")
+    # Without the operator's permission the fetch itself refuses the address (a run whose
+    # target passed the API's early check, e.g. a name that now resolves to loopback).
+    async with database.transaction() as s:
+        run_row = IngestionRun(user_id=user_id, target=url, source="web", from_web=True,
+                               embedding_model=kcfg.embedder.model)
+        s.add(run_row)
+    hits_before = loopback.hits.get("/doc.html", 0)
+    await run_ingestion(database, run_row.id, kcfg)
+    refused = (await rows(database, "SELECT status, errors FROM ingestion_runs WHERE id = :i",
+                          i=run_row.id))[0]
+    assert refused.status == "failed" and refused.errors[0]["type"] == "fetch-refused"
+    assert "loopback" in refused.errors[0]["error"]
+    assert loopback.hits.get("/doc.html", 0) == hits_before  # no connection was made
