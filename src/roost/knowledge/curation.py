@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from roost.audit import service as audit
 from roost.db.base import uuid7
@@ -81,6 +82,7 @@ async def _curate(
         chunks = list((await s.scalars(
             select(DocumentChunk).where(DocumentChunk.document_id == document_id,
                                         ~DocumentChunk.is_curated)
+            .options(defer(DocumentChunk.embedding), defer(DocumentChunk.content_tsv))
             .order_by(DocumentChunk.chunk_index)
         )).all())
     size = cfg.curation_group_size

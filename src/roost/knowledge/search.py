@@ -46,6 +46,7 @@ MIN_CANDIDATES: Final = 40
 _iterative: dict[str, bool] = {}
 # Transactions whose HNSW settings are already set (weak: gone with the transaction).
 _configured: weakref.WeakKeyDictionary[SessionTransaction, int] = weakref.WeakKeyDictionary()
+_drivers: weakref.WeakKeyDictionary[SessionTransaction, Any] = weakref.WeakKeyDictionary()
 
 
 def vector_literal(vector: list[float]) -> str:
@@ -170,12 +171,24 @@ async def vector_candidates(
     await configure_session(session, max(cfg.ef_search, limit))
     sql, names = _positional(vector_query_sql(model, dims, filters.sql))
     params = {**filters.params, "qvec": [float(x) for x in vector], "limit": limit}
-    conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
+    driver = await _driver(session)
     rows = await driver.fetch(sql, *(params[name] for name in names))
     return [(row[0], float(row[1])) for row in rows]
+
+
+async def _driver(session: AsyncSession) -> Any:
+    """The asyncpg connection under the session's transaction (cached per transaction)."""
+    transaction = session.sync_session.get_transaction()
+    driver = _drivers.get(transaction) if transaction is not None else None
+    if driver is None:
+        conn = await session.connection()
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        transaction = session.sync_session.get_transaction()
+        if transaction is not None:
+            _drivers[transaction] = driver
+    return driver
 
 
 _PARAM_RE = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
