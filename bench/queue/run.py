@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -266,6 +267,9 @@ async def measure(system: System, conn: asyncpg.Connection, workers: int, concur
                   jobs: int, latency_jobs: int, rate: float, tmp: Path) -> Result:
     await system.reset(conn)
     await conn.execute("VACUUM ANALYZE")
+    # Start from a clean slate: no checkpoint or autovacuum left over from the previous
+    # system's run should land in this one's measurement.
+    await conn.execute("CHECKPOINT")
     pool = Workers(system, workers, concurrency, tmp)
     try:
         await pool.wait_ready()
@@ -289,6 +293,8 @@ async def measure(system: System, conn: asyncpg.Connection, workers: int, concur
         await wait_drained(system, conn, within=120)
     finally:
         samples = await pool.stop()
+    await system.reset(conn)  # clean up after ourselves before the next system runs
+    await conn.execute("VACUUM ANALYZE")
     if len(samples) != latency_jobs:
         print(f"warning: {system.name} recorded {len(samples)} of {latency_jobs} latencies",
               file=sys.stderr)
@@ -306,6 +312,17 @@ async def measure(system: System, conn: asyncpg.Connection, workers: int, concur
         pickup_p50_ms=round(percentile(pickup, 0.50), 2),
         pickup_p99_ms=round(percentile(pickup, 0.99), 2),
     )
+
+
+def median_result(series: list[Result]) -> Result:
+    first = asdict(series[0])
+    merged: dict[str, Any] = {}
+    for key, value in first.items():
+        if isinstance(value, float):
+            merged[key] = round(statistics.median(asdict(r)[key] for r in series), 2)
+        else:
+            merged[key] = value
+    return Result(**merged)
 
 
 def table(results: list[Result]) -> str:
@@ -351,9 +368,11 @@ async def main(args: argparse.Namespace) -> None:
             try:
                 # Repeats go round every system in turn, so a burst of load from elsewhere
                 # on the machine hits them alike rather than one system's whole series.
-                for _ in range(args.repeat):
+                for round_ in range(args.repeat):
+                    # Rotate the order each round, so no system always follows the same one.
+                    order = wanted[round_ % len(wanted):] + wanted[:round_ % len(wanted)]
                     for workers in args.workers:
-                        for system in wanted:
+                        for system in order:
                             conn = await asyncpg.connect(system.dsn)
                             try:
                                 r = await measure(system, conn, workers, args.concurrency,
@@ -369,10 +388,8 @@ async def main(args: argparse.Namespace) -> None:
                     await system.close()
         finally:
             server.stop()
-    # The median run by throughput stands for each pair; all runs go to the JSON.
-    for series in runs.values():
-        series.sort(key=lambda r: r.throughput_jobs_s)
-        results.append(series[len(series) // 2])
+    # Each figure is the median of its repeats (all runs go to the JSON too).
+    results = [median_result(series) for series in runs.values()]
     results.sort(key=lambda r: (r.workers, r.system))
     print()
     print(table(results))
