@@ -187,6 +187,8 @@ async def update_session(
     row = await get_session(session, actor, session_id, lock=True)
     changes: dict[str, Any] = {}
     for name, value in data.model_dump(exclude_unset=True).items():
+        if value is None and name in ("enable_tools", "status"):
+            continue  # not nullable: an explicit null means "leave it"
         if getattr(row, name) != value:
             changes[name] = [_jsonable(getattr(row, name)), _jsonable(value)]
             setattr(row, name, value)
@@ -698,6 +700,8 @@ async def update_summary(
         raise NotFound("this session has no summary yet: POST .../summary to make one")
     changes = {}
     for name, value in data.model_dump(exclude_unset=True).items():
+        if value is None and name not in ("session_rating", "conversation_domain"):
+            continue  # not nullable: an explicit null means "leave it"
         if getattr(row, name) != value:
             changes[name] = [getattr(row, name), value]
             setattr(row, name, value)

@@ -217,12 +217,14 @@ async def update_provider(
         )
         changes["api_key_set"] = key is not None
     for name in ("model", "priority", "enabled", "config", "modelsdev_provider_id"):
+        if name in ("priority", "enabled", "config") and fields.get(name) is None:
+            continue  # not nullable: an explicit null means "leave it"
         if name in fields and getattr(row, name) != fields[name]:
             if name != "config":
                 changes[name] = [getattr(row, name), fields[name]]
             else:
                 changes["config"] = "changed"
-            setattr(row, name, fields[name] if name != "config" else (fields[name] or {}))
+            setattr(row, name, fields[name])
     if "weight" in fields and fields["weight"] is not None:
         changes["weight"] = [float(row.weight), fields["weight"]]
         row.weight = Decimal(str(fields["weight"]))
@@ -305,8 +307,10 @@ async def sync_models(runtime: Runtime, actor: Principal, provider_id: uuid.UUID
         raise Conflict(f"cannot sync models: {exc.reason}") from exc
     try:
         listed = await provider.list_models()
-    except ProviderNotSupported as exc:
-        raise Conflict(f"provider {snapshot.name!r} cannot list models: {exc.detail}") from exc
+    except ProviderError as exc:
+        # The provider's state, not the request, is at fault: a 409 the admin can act on.
+        raise Conflict(f"cannot list the models of provider {snapshot.name!r}: {exc.detail}",
+                       extra={"provider_error": exc.kind}) from exc
     async with runtime.transaction(actor) as session:
         row = await session.get(LLMProviderRow, provider_id, with_for_update=True)
         if row is None:
