@@ -167,7 +167,7 @@ def db_history() -> None:
     from roost.db.migrate import history_lines
 
     for line in history_lines():
-        console.print(line, markup=False)
+        typer.echo(line)
 
 
 # --- audit ------------------------------------------------------------------------------

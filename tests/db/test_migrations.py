@@ -79,3 +79,14 @@ def test_every_relationship_refuses_implicit_lazy_loading() -> None:
         if rel.lazy not in ("raise", "raise_on_sql", "selectin", "joined", "noload", "write_only")
     ]
     assert lazy_loading == [], "implicit lazy loads are N+1 queries: " + ", ".join(lazy_loading)
+
+
+def test_history_is_one_line() -> None:
+    """One head: `roost db downgrade -1` is unambiguous and every domain's migration
+    runs after the ones it builds on (a new domain chains after the current head)."""
+    from roost.db.migrate import script_directory
+
+    assert len(head_revisions()) == 1, f"migration history branches: heads {head_revisions()}"
+    revisions = list(script_directory().walk_revisions())
+    assert [r.down_revision for r in revisions][-1] is None
+    assert all(isinstance(r.down_revision, str | None) for r in revisions), "merge revisions"

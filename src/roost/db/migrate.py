@@ -86,5 +86,6 @@ def history_lines() -> list[str]:
     lines = []
     for script in script_directory().walk_revisions():
         head = " (head)" if script.is_head else ""
-        lines.append(f"{script.revision}{head} <- {script.down_revision}: {script.doc}")
+        title = (script.doc or "").strip().splitlines()[0] if script.doc else ""
+        lines.append(f"{script.revision}{head} <- {script.down_revision}: {title}")
     return lines

@@ -2,7 +2,7 @@
 groups; the application role and the row-level security helpers every domain uses.
 
 Revision ID: 0200
-Revises: 0001
+Revises: 0100
 Create Date: 2026-11-25
 
 Row-level security (see docs/architecture.md, "Tenancy and row-level security"):
@@ -28,7 +28,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0200"
-down_revision: str | Sequence[str] | None = "0001"
+down_revision: str | Sequence[str] | None = "0100"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

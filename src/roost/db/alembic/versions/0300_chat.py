@@ -3,7 +3,7 @@ chat_session_summaries (YouWorker, AIWE, seed 004), llm_providers, llm_requests,
 llm_responses (HelixAgent) and usage_records (seed 004).
 
 Revision ID: 0300
-Revises: 0200
+Revises: 0210
 Create Date: 2026-11-25
 
 Row-level security follows migration 0200's recipe: every user-owned table admits its
@@ -21,7 +21,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0300"
-down_revision: str | Sequence[str] | None = "0200"
+down_revision: str | Sequence[str] | None = "0210"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

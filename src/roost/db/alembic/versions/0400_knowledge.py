@@ -2,7 +2,7 @@
 models, pending uploads; row-level security for all of them.
 
 Revision ID: 0400
-Revises: 0200
+Revises: 0300
 Create Date: 2026-11-26
 
 ``document_chunks.embedding`` is a ``vector`` without a dimension.  Each embedding model
@@ -22,7 +22,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0400"
-down_revision: str | Sequence[str] | None = "0200"
+down_revision: str | Sequence[str] | None = "0300"
 branch_labels: str | Sequence[str] | None = None
 # No depends_on "0100": nothing here references the task tables (ingestion_runs.task_id
 # is a plain id because finished jobs are pruned), and a dependency would merge the
