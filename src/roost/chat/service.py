@@ -766,8 +766,9 @@ async def summarize_session(
                                   session_id=session_id)
         session.add(request)
         await session.flush()
-        await audit.record(session, "llm.request.create", category="system",
-                           resource_type=llm.REQUEST_RESOURCE, resource_id=request.id,
+        await audit.record(session, "llm.request.create", user_id=owner.user_id,
+                           category="system", resource_type=llm.REQUEST_RESOURCE,
+                           resource_id=request.id,
                            metadata={"type": "summary", "session_id": str(session_id)})
     await llm.mark_running(runtime, owner, request.id)
     started = time.perf_counter()
@@ -801,8 +802,8 @@ async def summarize_session(
                 setattr(row, key, value)
             row.updated_at = now()
         await session.flush()
-        await audit.record(session, "chat.summary.write", category="system",
-                           resource_type=SESSION, resource_id=session_id,
+        await audit.record(session, "chat.summary.write", user_id=owner.user_id,
+                           category="system", resource_type=SESSION, resource_id=session_id,
                            metadata={"request_id": str(request.id), "messages": int(stats[0])})
     return row
 
