@@ -779,6 +779,11 @@ async def summarize_session(
                                 request_type="summary", model=route.model,
                                 latency_ms=_ms(started), session_id=session_id)
         raise llm.public_error(exc, exc.attempts) from exc
+    except BaseException as exc:  # cancelled (job timeout, shutdown) or a bug
+        await llm.shielded(llm.finish_failed(
+            runtime, owner, request.id, exc, [], request_type="summary", model=route.model,
+            latency_ms=_ms(started), session_id=session_id))
+        raise
     text, topics = _parse_summary(outcome.result.content)
     async with runtime.transaction(owner) as session:
         await llm.record_success(session, runtime, owner, outcome, request_type="summary",

@@ -202,10 +202,16 @@ async def _stream(
     try:
         await stream.start()
     except ProviderError as exc:
-        await service.finish_failed(runtime, principal, row.id, exc, exc.attempts,
-                                    request_type="chat_stream", model=body.model,
-                                    latency_ms=stream.latency_ms())
+        await service.shielded(service.finish_failed(
+            runtime, principal, row.id, exc, exc.attempts, request_type="chat_stream",
+            model=body.model, latency_ms=stream.latency_ms()))
         raise service.public_error(exc, exc.attempts) from exc
+    except BaseException as exc:  # cancelled, or a bug: the request must not stay running
+        await service.shielded(service.finish_failed(
+            runtime, principal, row.id, exc, stream.attempts, request_type="chat_stream",
+            model=body.model, latency_ms=stream.latency_ms()))
+        await stream.aclose()
+        raise
     include_usage = bool((body.stream_options or {}).get("include_usage"))
     cid, created = completion_id(row.id), int(time.time())
 

@@ -802,12 +802,22 @@ async def complete(
     try:
         outcome = await execute(runtime, route, chat, row.id)
     except ProviderError as exc:
-        await finish_failed(runtime, principal, row.id, exc, exc.attempts,
-                            request_type=request_type, model=model, latency_ms=_ms(started))
+        await shielded(finish_failed(runtime, principal, row.id, exc, exc.attempts,
+                                     request_type=request_type, model=model,
+                                     latency_ms=_ms(started)))
         raise public_error(exc, exc.attempts) from exc
-    async with runtime.transaction(principal) as session:
-        await record_success(session, runtime, principal, outcome, request_type=request_type,
-                             audit_action="llm.request.complete")
+    except BaseException as exc:  # cancelled, or a bug: the request must not stay running
+        await shielded(finish_failed(runtime, principal, row.id, exc, [],
+                                     request_type=request_type, model=model,
+                                     latency_ms=_ms(started)))
+        raise
+
+    async def save() -> None:
+        async with runtime.transaction(principal) as session:
+            await record_success(session, runtime, principal, outcome, request_type=request_type,
+                                 audit_action="llm.request.complete")
+
+    await shielded(save())
     return outcome
 
 
