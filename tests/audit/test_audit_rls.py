@@ -64,3 +64,17 @@ async def test_user_token_cannot_use_the_admin_audit_api(
     _, headers = await make_user(database)
     assert (await client.get("/api/v1/audit/logs", headers=headers)).status_code == 403
     assert (await client.get("/api/v1/audit/verify", headers=headers)).status_code == 403
+
+
+async def test_a_system_event_inside_a_users_transaction_is_recorded(database: Database) -> None:
+    """The row is not visible to the acting user, yet the insert must succeed."""
+    bob = uuid.uuid4()
+    async with database.transaction() as s:
+        await apply_principal(s, _as(bob))
+        entry = await service.record(s, "system.notice", category="system", user_id=None)
+        other = await service.record(s, "thing.touch", user_id=uuid.uuid4())
+    assert entry.action == "system.notice" and other.action == "thing.touch"
+    async with database.transaction() as s:
+        rows = (await s.scalars(select(AuditLog.action).order_by(AuditLog.seq))).all()
+        report = await service.verify_chain(s)
+    assert rows == ["system.notice", "thing.touch"] and report.ok

@@ -56,6 +56,11 @@ class AuditLog(UUIDPrimaryKey, CreatedAt, Base):
     prev_hash: Mapped[bytes] = mapped_column(LargeBinary, server_default=FetchedValue())
     row_hash: Mapped[bytes] = mapped_column(LargeBinary, server_default=FetchedValue())
 
+    # No RETURNING on insert: the caller may act for a user whose row-level security
+    # policy would not admit the new row back (a system event inside a user's
+    # transaction); the chain columns are the trigger's business, not the caller's.
+    __mapper_args__ = {"eager_defaults": False}
+
     __table_args__ = (
         CheckConstraint(
             "event_category IN ('action', 'access', 'error', 'system')", name="event_category"
