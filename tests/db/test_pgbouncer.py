@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import make_url
 from tests.support.pg import PgTestServer, unique_db_name
+from tests.support.server import free_port
 
 from roost.app import create_app
 from roost.audit import service as audit
@@ -25,12 +26,6 @@ from roost.db.migrate import migration_state, upgrade
 from roost.keyfiles import KeyMaterial
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -45,7 +40,7 @@ def bouncer(pg_server: PgTestServer) -> Iterator[int]:
         return str(host), port
 
     host, port = asyncio.run(server_port())
-    listen = _free_port()
+    listen = free_port()
     # Outside pytest's 0700 tmp tree: PgBouncer runs as another user and must reach it.
     workdir = Path(tempfile.mkdtemp(prefix="roost-bouncer-"))
     (workdir / "users.txt").write_text('"postgres" ""\n')
