@@ -24,10 +24,10 @@ from roost.logging import configure_logging
 from roost.tasks.routes import router as tasks_router
 
 # Every domain's router; a new domain adds its router here.
-ROUTERS: list[APIRouter] = [health.router, audit_router, identity_router]
-ROUTERS.append(tasks_router)
-ROUTERS.append(knowledge_router)
-ROUTERS.extend([chat_router, llm_router, openai_router])
+ROUTERS: list[APIRouter] = [
+    health.router, audit_router, identity_router, tasks_router, knowledge_router,
+    chat_router, llm_router, openai_router,
+]
 
 
 def create_app(
