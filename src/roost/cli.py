@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 import roost
+from roost.chat.cli import register as register_chat_cli
 from roost.config import Settings, get_settings
 from roost.db.engine import Database, create_database
 from roost.identity.cli import keys_app, users_app
@@ -32,6 +33,7 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
+register_chat_cli(app)  # adds `roost keys rotate-messages` to the keys group
 app.command("worker")(worker_command)
 app.command("ingest")(ingest_command)
 
@@ -293,12 +295,6 @@ def schema_coverage() -> None:
             f"{r.covered_pct:>7.1f}%",
             markup=False,
         )
-
-
-# `roost keys rotate-messages` (chat): joins a `keys` group if one exists above.
-from roost.chat.cli import register as _register_chat_cli  # noqa: E402
-
-_register_chat_cli(app)
 
 
 def main() -> None:
