@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Annotated, TypeVar
 
@@ -15,7 +15,8 @@ from rich.table import Table
 
 import roost
 from roost.chat.cli import register as register_chat_cli
-from roost.config import Settings, get_settings
+from roost.clitools import with_database
+from roost.config import get_settings
 from roost.db.engine import Database, create_database
 from roost.identity.cli import keys_app, users_app
 from roost.knowledge.cli import ingest_command
@@ -41,17 +42,6 @@ console = Console()
 err = Console(stderr=True)
 
 
-def with_database(fn: Callable[[Database], Awaitable[T]], settings: Settings | None = None) -> T:
-    """Open the configured database (starting the embedded one if needed), run ``fn``."""
-
-    async def run() -> T:
-        db = create_database(settings or get_settings())
-        try:
-            return await fn(db)
-        finally:
-            await db.dispose()
-
-    return asyncio.run(run())
 
 
 def _version(value: bool) -> None:

@@ -27,14 +27,12 @@ from roost.chat.schemas import (
     SummaryUpdate,
 )
 from roost.http.auth import CurrentPrincipal
-from roost.http.deps import DbSession
+from roost.http.deps import Cursor, DbSession, Limit
 from roost.llm.deps import CallerPrincipal, RuntimeDep
-from roost.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from roost.pagination import DEFAULT_LIMIT, Page
 
 router = APIRouter(prefix="/api/v1/chat", tags=["chat"])
 
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=512)]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
+from roost.pagination import MAX_LIMIT
 
 
 def get_database(request: Request) -> Database:
@@ -41,3 +42,7 @@ async def get_session(db: Annotated[Database, Depends(get_database)]) -> AsyncIt
 DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 KeysDep = Annotated[KeyMaterial, Depends(get_keys)]
+
+# Query parameters of every list endpoint: `?limit=` and `?cursor=`.
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Cursor = Annotated[str | None, Query(max_length=512)]

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from roost.clitools import run_in_transaction
 
 T = TypeVar("T")
 
@@ -21,23 +22,7 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _run(fn: Callable[[Any], Awaitable[T]]) -> T:
-    """``fn(session)`` in one transaction; domain errors become one line and exit 1."""
-    from roost.cli import with_database
-    from roost.context import RequestContext, set_context
-    from roost.errors import RoostError
-
-    async def in_tx(db: Any) -> T:
-        set_context(RequestContext(request_id=f"cli-{uuid.uuid4().hex[:12]}",
-                                   user_agent="roost-cli"))
-        async with db.transaction() as session:
-            return await fn(session)
-
-    try:
-        return with_database(in_tx)
-    except RoostError as exc:
-        err.print(f"[red]{exc.title}[/red]: {exc.detail}")
-        raise typer.Exit(1) from exc
+_run = run_in_transaction
 
 
 async def _user_by_login(session: Any, login: str) -> Any:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 
 from roost.errors import PayloadTooLarge
 from roost.http.auth import CurrentPrincipal
-from roost.http.deps import DbSession, SettingsDep
+from roost.http.deps import Cursor, DbSession, Limit, SettingsDep
 from roost.knowledge import search as search_mod
 from roost.knowledge import service
 from roost.knowledge.config import KnowledgeConfig
@@ -24,12 +24,10 @@ from roost.knowledge.schemas import (
     UploadAccepted,
     parse_tags_field,
 )
-from roost.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from roost.pagination import DEFAULT_LIMIT, Page
 
 router = APIRouter(prefix="/api/v1/knowledge", tags=["knowledge"])
 
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=512)]
 READ_CHUNK = 1024 * 1024
 
 

@@ -6,12 +6,13 @@ import asyncio
 import json
 import signal
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from roost.clitools import run_in_transaction
 
 T = TypeVar("T")
 
@@ -20,24 +21,7 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _run(fn: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``fn(session)`` in one transaction on the configured database, as the operator;
-    domain errors become a one-line message and exit code 1."""
-    from roost.cli import with_database
-    from roost.context import RequestContext, set_context
-    from roost.errors import RoostError
-
-    async def in_tx(db: Any) -> T:
-        set_context(RequestContext(request_id=f"cli-{uuid.uuid4().hex[:12]}",
-                                   user_agent="roost-cli"))
-        async with db.transaction() as session:
-            return await fn(session)
-
-    try:
-        return with_database(in_tx)
-    except RoostError as exc:
-        err.print(f"[red]{exc.title}[/red]: {exc.detail}")
-        raise typer.Exit(1) from exc
+_run = run_in_transaction
 
 
 def _fmt_time(value: Any) -> str:

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from roost.http.auth import AdminPrincipal
-from roost.http.deps import DbSession
-from roost.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from roost.http.deps import Cursor, DbSession, Limit
+from roost.pagination import DEFAULT_LIMIT, Page
 from roost.tasks import service
 from roost.tasks.models import TaskPriority, TaskStatus
 from roost.tasks.schemas import (
@@ -25,8 +25,6 @@ from roost.tasks.schemas import (
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=512)]
 
 
 @router.get("", response_model=Page[TaskOut], summary="List jobs, newest first")
