@@ -95,8 +95,8 @@ def recall(found: list[set[int]], truth: list[set[int]]) -> float:
 
 
 # --- the three systems ------------------------------------------------------------------
-# Each: load() (bulk, no vector index), build(), set_ef(ef), query(i) -> ids, insert()
-# (live, into the indexed table), close().  Loads and builds run one system after the
+# Each: load() (bulk, no vector index), build(), set_ef(ef), query(i) -> its result,
+# ids(result) -> row numbers, insert() (live, into the indexed table), close().  Loads and builds run one system after the
 # other; searches are interleaved (a slice of queries per system in turn), so a noisy
 # shared machine slows every system alike and the ratios stay meaningful.
 
@@ -140,12 +140,14 @@ class Raw:
         self.conn.execute("SET hnsw.iterative_scan = relaxed_order")
         self.conn.commit()
 
-    def query(self, i: int) -> set[int]:
-        rows = self.conn.execute(
+    def query(self, i: int) -> Any:
+        return self.conn.execute(
             "SELECT id FROM chunks WHERE collection = %s ORDER BY embedding <=> %s LIMIT 10",
             (f"c{self.data['qcoll'][i]}", self.data["q"][i]), prepare=True,
-        )
-        return {int(r[0]) for r in rows.fetchall()}
+        ).fetchall()
+
+    def ids(self, result: Any) -> set[int]:
+        return {int(r[0]) for r in result}
 
     def insert(self) -> float:
         self.conn.commit()
@@ -168,7 +170,7 @@ class Roost:
         self.url = url
         dims = data["dims"]
         self.model = "all-MiniLM-L6-v2" if dims == 384 else f"bench-{dims}"
-        self.ids: list[uuid.UUID] = []
+        self.chunk_ids: list[uuid.UUID] = []
         self.runner.run(self._setup())
 
     async def _setup(self) -> None:
@@ -210,7 +212,7 @@ class Roost:
             rows = []
             for i in range(start, min(hi, start + batch)):
                 cid = uuid7()
-                self.ids.append(cid)
+                self.chunk_ids.append(cid)
                 rows.append({
                     "id": cid, "document_id": self.docs[i // 100], "user_id": self.user_id,
                     "collection": f"c{coll[i]}", "tags": [], "chunk_index": i % 100,
@@ -239,7 +241,7 @@ class Roost:
 
     def build(self) -> None:
         self.runner.run(self._build())
-        self.position = {cid: i for i, cid in enumerate(self.ids)}
+        self.position = {cid: i for i, cid in enumerate(self.chunk_ids)}
 
     async def _open(self, ef: int) -> None:
         from roost.identity.tenancy import apply_principal
@@ -258,22 +260,24 @@ class Roost:
             self.runner.run(self.session.close())
         self.runner.run(self._open(ef))
 
-    async def _query(self, i: int) -> set[int]:
+    async def _query(self, i: int) -> Any:
         from roost.knowledge import search as search_mod
         from roost.knowledge.schemas import SearchRequest
 
         req = SearchRequest(query="-", k=K, mode="vector", collection=f"c{self.data['qcoll'][i]}")
-        hits = await search_mod.vector_candidates(
-            self.session, self.cfg, self.model, self.data["dims"], self.data["q"][i].tolist(),
+        return await search_mod.vector_candidates(
+            self.session, self.cfg, self.model, self.data["dims"], self.data["q"][i],
             search_mod.build_filters(self.who, req), K,
         )
-        return {self.position[h] for h, _ in hits}
 
-    def query(self, i: int) -> set[int]:
+    def ids(self, result: Any) -> set[int]:
+        return {self.position[h] for h, _ in result}
+
+    def query(self, i: int) -> Any:
         return self.runner.run(self._query(i))
 
-    def query_slice(self, lo: int, hi: int) -> list[set[int]]:
-        async def run() -> list[set[int]]:  # an application's loop is already running
+    def query_slice(self, lo: int, hi: int) -> list[Any]:
+        async def run() -> list[Any]:  # an application's loop is already running
             return [await self._query(i) for i in range(lo, hi)]
 
         return self.runner.run(run())
@@ -287,7 +291,7 @@ class Roost:
         async with self.db.transaction() as s:
             await apply_principal(s, self.who)
             await search_mod.vector_candidates(
-                s, self.cfg, self.model, self.data["dims"], self.data["q"][i].tolist(),
+                s, self.cfg, self.model, self.data["dims"], self.data["q"][i],
                 search_mod.build_filters(self.who, req), K,
             )
 
@@ -371,12 +375,14 @@ class LangChain:
             conn.commit()
         self.engine.dispose()  # new connections pick the settings up
 
-    def query(self, i: int) -> set[int]:
-        docs = self.store.similarity_search_by_vector(
+    def query(self, i: int) -> Any:
+        return self.store.similarity_search_by_vector(
             self.data["q"][i].tolist(), k=K,
             filter={"collection": {"$eq": f"c{self.data['qcoll'][i]}"}},
         )
-        return {int(str(d.id)) for d in docs}
+
+    def ids(self, result: Any) -> set[int]:
+        return {int(str(d.id)) for d in result}
 
     def insert(self) -> float:
         n = self.data["n"]
@@ -392,7 +398,8 @@ def measure(systems: list[Any], data: dict[str, Any], ef: int, rounds: int = 5) 
         system.set_ef(ef)
         for i in range(min(20, nq)):
             system.query(i)  # warm-up
-    found: dict[str, list[set[int]]] = {s.name: [set()] * nq for s in systems}
+    # Results are mapped to row numbers after the clock stops (each system's ids differ).
+    found: dict[str, list[Any]] = {s.name: [None] * nq for s in systems}
     spent = dict.fromkeys(found, 0.0)
     bounds = np.linspace(0, nq, rounds + 1).astype(int)
     for r in range(rounds):
@@ -404,8 +411,8 @@ def measure(systems: list[Any], data: dict[str, Any], ef: int, rounds: int = 5) 
             else:
                 found[system.name][lo:hi] = [system.query(i) for i in range(lo, hi)]
             spent[system.name] += time.perf_counter() - t0
-    return {name: {"recall_at_10": recall(found[name], data["truth"]), "qps": nq / spent[name]}
-            for name in found}
+    return {s.name: {"recall_at_10": recall([s.ids(r) for r in found[s.name]], data["truth"]),
+                     "qps": nq / spent[s.name]} for s in systems}
 
 
 # --- main ---------------------------------------------------------------------------------

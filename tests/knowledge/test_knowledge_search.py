@@ -130,7 +130,7 @@ async def test_vector_queries_use_the_models_hnsw_index(database: Database) -> N
             await s.execute(text("SET LOCAL enable_seqscan = off"))
             plan = "\n".join(r[0] for r in (await s.execute(
                 text("EXPLAIN " + sql),
-                {**filters.params, "qvec": [0.1] * dims, "limit": 10},
+                {**filters.params, "qvec": "[" + ",".join(["0.1"] * dims) + "]", "limit": 10},
             )).all())
         assert f"Index Scan using {index}" in plan, plan
     definition = (await rows(database, "SELECT indexdef FROM pg_indexes WHERE indexname = :n",

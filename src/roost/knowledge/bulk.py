@@ -1,31 +1,53 @@
-"""Writing many chunks fast: binary COPY into a temporary table, then one INSERT.
+"""Writing many chunks fast: binary COPY, streamed while it is being encoded.
 
-Row-level security refuses ``COPY FROM`` into ``document_chunks`` for the application
-role, and row-by-row INSERTs with text-formatted vectors are an order of magnitude
-slower than COPY (Python formats every float, PostgreSQL parses it back).  So chunks
-are encoded here in PostgreSQL's binary COPY format (vectors as big-endian float4
-straight from numpy), copied into a transaction-local temporary table (no RLS there;
-``ON COMMIT DROP``, so it is safe under PgBouncer transaction pooling), and moved with
-``INSERT ... SELECT``, where the policies' ``WITH CHECK`` still applies to every row.
+Chunks are encoded in PostgreSQL's binary COPY format (vectors as big-endian float4
+straight from numpy, repeated values encoded once) in slices, and the slices are
+streamed to the server as they are made, so PostgreSQL inserts one slice while Python
+encodes the next.
+
+Row-level security refuses ``COPY FROM`` for a role the policies apply to.  Two paths:
+
+* **direct** (the usual one): the caller's transaction runs as ``roost_app`` for a user
+  (``apply_principal``) and the connecting role owns the tables.  Every row is checked
+  here against exactly what the insert policy's ``WITH CHECK`` would test
+  (``roost_row_visible(user_id)``: the user's own rows, or any row for an
+  administrator), then the COPY runs under the connecting role (``SET LOCAL ROLE
+  NONE``) and the user's role is restored.  A row for anyone else raises
+  :class:`~roost.errors.Forbidden` before anything is sent.
+* **via a temporary table**, when the connecting role is itself subject to row-level
+  security (a deployment that logs in as the application role): COPY into a
+  transaction-local table (``ON COMMIT DROP``: safe under PgBouncer transaction
+  pooling), then ``INSERT ... SELECT``, where PostgreSQL applies ``WITH CHECK`` itself.
+
+docs/benchmarks.md ("RAG") has the measurements behind this choice.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Final
 
 import numpy as np
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.errors import Forbidden
 
 _HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 _TRAILER: Final = struct.pack("!h", -1)
 _NULL: Final = struct.pack("!i", -1)
 _UUID_OID: Final = 2950
+_UUID_LEN: Final = b"\x00\x00\x00\x10"
+_TRUE: Final = b"\x00\x00\x00\x01\x01"
+_FALSE: Final = b"\x00\x00\x00\x01\x00"
+_INT: Final = struct.Struct("!ii")
+_LEN: Final = struct.Struct("!i")
+# Rows per streamed slice: large enough to amortise the per-slice work, small enough
+# that the server starts inserting early.
+SLICE_ROWS: Final = 1000
 
 # (column, temp-table type); the order of the COPY fields.
 COLUMNS: Final = (
@@ -37,34 +59,51 @@ COLUMNS: Final = (
 )
 _NAMES: Final = ", ".join(name for name, _ in COLUMNS)
 _TEMP: Final = "roost_chunk_load"
+_TABLE: Final = "document_chunks"
+_FIELD_COUNT: Final = struct.pack("!h", len(COLUMNS))
 
 
-def _field(data: bytes) -> bytes:
-    return struct.pack("!i", len(data)) + data
+def _memo(encode: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """``encode`` with a small per-call cache (ids, names and numbers repeat across rows)."""
+    cache: dict[Any, bytes] = {}
+
+    def encoded(value: Any) -> bytes:
+        hit = cache.get(value)
+        if hit is None:
+            hit = encode(value)
+            if len(cache) < 4096:
+                cache[value] = hit
+        return hit
+
+    return encoded
 
 
 def _uuid(value: uuid.UUID | None) -> bytes:
-    return _NULL if value is None else b"\x00\x00\x00\x10" + value.bytes
+    return _NULL if value is None else _UUID_LEN + value.bytes
 
 
 def _text(value: str | None) -> bytes:
-    return _NULL if value is None else _field(value.encode("utf-8"))
+    if value is None:
+        return _NULL
+    data = value.encode("utf-8")
+    return _LEN.pack(len(data)) + data
 
 
 def _int(value: int | None) -> bytes:
-    return _NULL if value is None else b"\x00\x00\x00\x04" + struct.pack("!i", value)
+    return _NULL if value is None else _INT.pack(4, value)
 
 
 def _jsonb(value: Any) -> bytes:
-    return _field(b"\x01" + json.dumps(value, separators=(",", ":")).encode("utf-8"))
+    data = b"\x01" + orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    return _LEN.pack(len(data)) + data
 
 
 def _uuid_array(values: Sequence[uuid.UUID] | None) -> bytes:
     if values is None:
         return _NULL
     body = struct.pack("!iiiii", 1, 0, _UUID_OID, len(values), 1)
-    body += b"".join(b"\x00\x00\x00\x10" + v.bytes for v in values)
-    return _field(body)
+    body += b"".join(_UUID_LEN + v.bytes for v in values)
+    return _LEN.pack(len(body)) + body
 
 
 def _vectors(rows: Sequence[dict[str, Any]]) -> tuple[bytes, int]:
@@ -75,59 +114,105 @@ def _vectors(rows: Sequence[dict[str, Any]]) -> tuple[bytes, int]:
     return matrix.tobytes(), int(matrix.shape[1])
 
 
+def _slices(rows: Sequence[dict[str, Any]], slice_rows: int = SLICE_ROWS) -> Iterator[bytes]:
+    """The COPY data for ``rows`` in pieces of ``slice_rows`` rows (header in the first,
+    trailer after the last); repeated values are encoded once for all pieces."""
+    uuid_f, text_f, int_f = _memo(_uuid), _memo(_text), _memo(_int)
+    yield _HEADER
+    for lo in range(0, len(rows), slice_rows):
+        part = rows[lo:lo + slice_rows]
+        vectors, dims = _vectors(part)
+        step = dims * 4
+        vec_head = struct.pack("!ihh", 4 + step, dims, 0)
+        out: list[bytes] = []
+        for i, row in enumerate(part):
+            meta = row.get("metadata", row.get("chunk_metadata")) or {}
+            content = row["content"]
+            if "\x00" in content:  # PostgreSQL text cannot hold NUL
+                content = content.replace("\x00", "")
+            out += (
+                _FIELD_COUNT, _UUID_LEN + row["id"].bytes, uuid_f(row["document_id"]),
+                uuid_f(row["user_id"]), uuid_f(row.get("group_id")), uuid_f(row.get("persona_id")),
+                text_f(row.get("collection")), _jsonb(row.get("tags") or []),
+                int_f(row["chunk_index"]), _text(content), int_f(row.get("token_count")),
+                vec_head, vectors[i * step:(i + 1) * step],
+                text_f(row["embedding_model"]), int_f(row["embedding_dim"]),
+                _TRUE if row.get("is_curated") else _FALSE,
+                _uuid_array(row.get("source_chunk_ids")), _jsonb(meta),
+            )
+        yield b"".join(out)
+    yield _TRAILER
+
+
 def encode_rows(rows: Sequence[dict[str, Any]]) -> bytes:
     """PostgreSQL binary COPY data for ``rows`` (dicts keyed by :data:`COLUMNS` names;
     ``chunk_metadata`` is accepted for ``metadata``)."""
-    vectors, dims = _vectors(rows)
-    step = dims * 4
-    vec_head = struct.pack("!ihh", 4 + step, dims, 0)
-    count = struct.pack("!h", len(COLUMNS))
-    json_cache: dict[str, bytes] = {}
-
-    def jsonb(value: Any) -> bytes:
-        raw = json.dumps(value, separators=(",", ":"))
-        cached = json_cache.get(raw)
-        if cached is None:
-            cached = _field(b"\x01" + raw.encode("utf-8"))
-            if len(json_cache) < 1024:
-                json_cache[raw] = cached
-        return cached
-
-    parts: list[bytes] = [_HEADER]
-    for i, row in enumerate(rows):
-        meta = row.get("metadata", row.get("chunk_metadata")) or {}
-        parts += (
-            count, _uuid(row["id"]), _uuid(row["document_id"]), _uuid(row["user_id"]),
-            _uuid(row.get("group_id")), _uuid(row.get("persona_id")),
-            _text(row.get("collection")), jsonb(row.get("tags") or []),
-            _int(row["chunk_index"]), _text(row["content"].replace("\x00", "")),
-            _int(row.get("token_count")), vec_head, vectors[i * step:(i + 1) * step],
-            _text(row["embedding_model"]), _int(row["embedding_dim"]),
-            b"\x00\x00\x00\x01\x01" if row.get("is_curated") else b"\x00\x00\x00\x01\x00",
-            _uuid_array(row.get("source_chunk_ids")), jsonb(meta),
-        )
-    parts.append(_TRAILER)
-    return b"".join(parts)
+    return b"".join(_slices(rows))
 
 
-async def insert_chunks(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert ``rows`` into ``document_chunks`` in the session's transaction."""
+async def _stream(rows: Sequence[dict[str, Any]]) -> AsyncIterator[bytes]:
+    for piece in _slices(rows):
+        yield piece
+
+
+async def _scope(session: AsyncSession) -> tuple[bool, str, uuid.UUID | None, bool]:
+    """(policies apply to the current role, current role setting, user id, is admin)."""
+    row = (await session.execute(text(
+        f"SELECT row_security_active('{_TABLE}'), current_setting('role'), "
+        "roost_current_user_id(), roost_is_admin()"
+    ))).one()
+    return bool(row[0]), str(row[1]), row[2], bool(row[3])
+
+
+def check_rows(rows: Sequence[dict[str, Any]], user_id: uuid.UUID | None, is_admin: bool) -> None:
+    """What the insert policy's ``WITH CHECK (roost_row_visible(user_id))`` tests."""
+    if is_admin:
+        return
+    if user_id is None or any(row["user_id"] != user_id for row in rows):
+        raise Forbidden("chunks can only be written for the acting user's own documents")
+
+
+async def insert_chunks(
+    session: AsyncSession, rows: Sequence[dict[str, Any]], *, direct: bool = True,
+) -> int:
+    """Insert ``rows`` into ``document_chunks`` in the session's transaction.
+
+    ``direct=False`` forces the temporary-table path (tests; it is chosen anyway when
+    the connecting role cannot leave row-level security)."""
     if not rows:
         return 0
-    payload = encode_rows(rows)
     conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
+    driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
+    active, role, user_id, is_admin = await _scope(session)
+    if not active:  # the owner, or a role that bypasses row-level security
+        await _copy(driver, _TABLE, rows)
+        return len(rows)
+    check_rows(rows, user_id, is_admin)
+    if direct:
+        # Leave the user's role for the COPY only (the rows were checked above).
+        still_active = (await session.execute(text(
+            f"SELECT set_config('role', 'none', true), row_security_active('{_TABLE}')"
+        ))).one()[1]
+        try:
+            if not still_active:
+                await _copy(driver, _TABLE, rows)
+                return len(rows)
+        finally:
+            await session.execute(text("SELECT set_config('role', :r, true)"), {"r": role})
     await session.execute(text(
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {_TEMP} ("
         + ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
         + ") ON COMMIT DROP"
     ))
-    await driver.copy_to_table(_TEMP, source=io.BytesIO(payload), columns=[n for n, _ in COLUMNS],
-                               format="binary")
+    await _copy(driver, _TEMP, rows)
     await session.execute(text(
-        f"INSERT INTO document_chunks ({_NAMES}) SELECT {_NAMES} FROM {_TEMP}"  # noqa: S608
+        f"INSERT INTO {_TABLE} ({_NAMES}) SELECT {_NAMES} FROM {_TEMP}"  # noqa: S608
     ))
     await session.execute(text(f"TRUNCATE {_TEMP}"))
     return len(rows)
+
+
+async def _copy(driver: Any, table: str, rows: Sequence[dict[str, Any]]) -> None:
+    await driver.copy_to_table(table, source=_stream(rows), columns=[n for n, _ in COLUMNS],
+                               format="binary")

@@ -24,7 +24,6 @@ import uuid
 from datetime import datetime
 from typing import Any, Final
 
-from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     Boolean,
     CheckConstraint,
@@ -43,6 +42,7 @@ from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from roost.db.base import Base, CreatedAt, Timestamps, UUIDPrimaryKey
+from roost.db.vector import VectorType
 
 DOCUMENT_SOURCES: Final = ("upload", "file", "web")
 DOCUMENT_STATUSES: Final = ("pending", "processing", "ready", "error")
@@ -173,7 +173,7 @@ class DocumentChunk(UUIDPrimaryKey, CreatedAt, Base):
     chunk_index: Mapped[int] = mapped_column(Integer)
     content: Mapped[str] = mapped_column(Text)
     token_count: Mapped[int | None] = mapped_column(Integer)
-    embedding: Mapped[Any] = mapped_column(Vector())
+    embedding: Mapped[Any] = mapped_column(VectorType())
     embedding_model: Mapped[str] = mapped_column(String(128))
     embedding_dim: Mapped[int] = mapped_column(Integer)
     is_curated: Mapped[bool] = mapped_column(Boolean, server_default=text("false"), default=False)

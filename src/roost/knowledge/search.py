@@ -22,13 +22,16 @@ import json
 import re
 import uuid
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import numpy as np
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import SessionTransaction
 
+from roost.db.vector import ensure_vector_codec
 from roost.http.auth import Principal
 from roost.knowledge.config import KnowledgeConfig, get_embedder
 from roost.knowledge.embeddings import Embedder
@@ -47,10 +50,6 @@ _iterative: dict[str, bool] = {}
 # Transactions whose HNSW settings are already set (weak: gone with the transaction).
 _configured: weakref.WeakKeyDictionary[SessionTransaction, int] = weakref.WeakKeyDictionary()
 _drivers: weakref.WeakKeyDictionary[SessionTransaction, Any] = weakref.WeakKeyDictionary()
-
-
-def vector_literal(vector: list[float]) -> str:
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
 
 
 @dataclass
@@ -98,15 +97,14 @@ def build_filters(actor: Principal | None, req: SearchRequest) -> Filters:
 def vector_query_sql(model: str, dims: int, filters: list[str]) -> str:
     """The k-nearest-neighbour query; its ORDER BY and predicate match the HNSW index."""
     expr = vector_expression(dims, "c")
-    # A float4[] parameter: binary on the wire, no text formatting or parsing of floats.
-    query_vec = f"CAST(CAST(:qvec AS real[]) AS vector({int(dims)}))"
+    # A binary ``vector`` parameter (roost.db.vector): no float formatting or parsing.
+    query_vec = f"CAST(:qvec AS vector({int(dims)}))"
     where = " AND ".join([model_predicate(model, "c"), *filters])
     # Only validated pieces are interpolated: an int, a quoted model name, fixed clauses.
+    # relaxed_order may yield rows slightly out of order: vector_candidates re-sorts them.
     return (
-        "WITH candidates AS MATERIALIZED ("  # noqa: S608
-        f" SELECT c.id, {expr} <=> {query_vec} AS distance FROM document_chunks c"
+        f"SELECT c.id, {expr} <=> {query_vec} AS distance FROM document_chunks c"  # noqa: S608
         f" WHERE {where} ORDER BY {expr} <=> {query_vec} LIMIT :limit"
-        ") SELECT id, distance FROM candidates ORDER BY distance, id"
     )
 
 
@@ -162,18 +160,28 @@ async def configure_session(session: AsyncSession, ef_search: int) -> None:
 
 
 async def vector_candidates(
-    session: AsyncSession, cfg: KnowledgeConfig, model: str, dims: int, vector: list[float],
-    filters: Filters, limit: int,
+    session: AsyncSession, cfg: KnowledgeConfig, model: str, dims: int,
+    vector: Sequence[float] | np.ndarray[Any, Any], filters: Filters, limit: int,
 ) -> list[tuple[uuid.UUID, float]]:
     """The hot path: run on the session's own driver connection (same transaction, same
     row-level security scope) with a positional, driver-cached prepared statement,
     skipping the ORM's per-call statement processing."""
     await configure_session(session, max(cfg.ef_search, limit))
-    sql, names = _positional(vector_query_sql(model, dims, filters.sql))
-    params = {**filters.params, "qvec": [float(x) for x in vector], "limit": limit}
+    sql, names = _positional_vector_sql(model, dims, tuple(filters.sql))
+    params = {**filters.params, "qvec": vector, "limit": limit}
     driver = await _driver(session)
+    await ensure_vector_codec(driver)
     rows = await driver.fetch(sql, *(params[name] for name in names))
-    return [(row[0], float(row[1])) for row in rows]
+    return sorted(((row[0], float(row[1])) for row in rows), key=_by_distance)
+
+
+@functools.lru_cache(maxsize=512)
+def _positional_vector_sql(model: str, dims: int, filters: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    return _positional(vector_query_sql(model, dims, list(filters)))
+
+
+def _by_distance(hit: tuple[uuid.UUID, float]) -> tuple[float, uuid.UUID]:
+    return hit[1], hit[0]
 
 
 async def _driver(session: AsyncSession) -> Any:
