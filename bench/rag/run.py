@@ -1,30 +1,33 @@
 """RAG index benchmark: Roost vs raw pgvector SQL (psycopg) vs langchain-postgres PGVector.
 
     .venv/bin/python bench/rag/run.py [--n 100000] [--dims 384] [--queries 200] [--ef 40,100]
+        [--systems raw,rawschema,roost,langchain]
 
 One embedded PostgreSQL (pgvector 0.8), one database per system, the same data, in one
 invocation.  Vectors are synthetic but shaped like sentence embeddings (see
 ``make_data``: 256 topic clusters in a 32-dimensional latent space projected to 384
 dimensions; i.i.d. random vectors would have no neighbourhood structure and say nothing
-about HNSW on real text).  Every chunk gets one of 10
-collections; every query filters on one (10 % selectivity).
+about HNSW on real text).  Every chunk gets one of 10 collections; every query filters
+on one (10 % selectivity).
 
 For each system:
 
 * **bulk load** (rows/s): the N chunks into the table without its vector index, through
-  each system's own write path: raw = psycopg binary ``COPY``; Roost =
-  ``roost.knowledge.bulk.insert_chunks`` (its ingestion path: binary COPY into a
-  transaction-local table, ``INSERT ... SELECT`` under row-level security, full-text
-  vector generated); LangChain = ``PGVector.add_embeddings``;
+  each system's own write path: raw = psycopg binary ``COPY`` into a four-column table;
+  rawschema = psycopg binary ``COPY`` into Roost's own ``document_chunks`` as its owner
+  (the write limit for that table); Roost = ``roost.knowledge.bulk.insert_chunks`` (its
+  ingestion path, under the user's row-level security scope); LangChain =
+  ``PGVector.add_embeddings``;
 * **index build** (s): HNSW ``vector_cosine_ops`` with m = 16, ef_construction = 64;
 * **live insert** (rows/s): 2,000 more chunks into the indexed table, same write paths;
 * **filtered search**, per ``ef_search``: recall@10 against exact (numpy, same filter)
   and sequential single-client QPS (query vector given; no embedding time).  Raw SQL
   sets ``ef_search``/``iterative_scan`` once per connection and sends one prepared
-  statement per query; Roost runs its search path per query as the API does (a
-  transaction, the principal's RLS scope, ``SET LOCAL`` of the HNSW settings, the
-  query, commit); LangChain gets the settings per database (it has no option for
-  them) and runs ``similarity_search_by_vector`` with a metadata filter.
+  statement per query; Roost calls its search service's vector step inside a
+  transaction scoped to the user (row-level security on, ``SET LOCAL`` HNSW settings),
+  as an API request does, and separately with a whole transaction per query;
+  LangChain gets the settings per database (it has no option for them) and runs
+  ``similarity_search_by_vector`` with a metadata filter.  rawschema does not search.
 
 Prints a table and writes bench/results/rag.json.  Needs the ``bench`` extra.
 """
@@ -94,10 +97,11 @@ def recall(found: list[set[int]], truth: list[set[int]]) -> float:
     return float(np.mean([len(f & t) / K for f, t in zip(found, truth, strict=True)]))
 
 
-# --- the three systems ------------------------------------------------------------------
+# --- the systems --------------------------------------------------------------------------
 # Each: load() (bulk, no vector index), build(), set_ef(ef), query(i) -> its result,
-# ids(result) -> row numbers, insert() (live, into the indexed table), close().  Loads and builds run one system after the
-# other; searches are interleaved (a slice of queries per system in turn), so a noisy
+# ids(result) -> row numbers, insert() (live, into the indexed table), close().  Loads
+# and builds run one system after the other; searches are interleaved (a slice of
+# queries per system in turn), so a noisy
 # shared machine slows every system alike and the ratios stay meaningful.
 
 
@@ -318,6 +322,57 @@ class Roost:
         self.runner.close()
 
 
+class RawSchema(Roost):
+    """The write limit for Roost's own table: psycopg binary ``COPY`` of the same rows
+    straight into ``document_chunks`` as its owner (no row-level security, no Python
+    encoding of Roost's), with the same columns, indexes, generated full-text vector and
+    foreign key.  Loads and inserts only; its searches would be Roost's table again."""
+
+    name = "raw COPY into Roost's table"
+    searchable = False
+
+    def __init__(self, url: str, dsn: str, data: dict[str, Any]) -> None:
+        super().__init__(url, data)
+        self.conn = psycopg.connect(dsn)
+        register_vector(self.conn)
+
+    def _copy(self, lo: int, hi: int, batch: int) -> float:
+        from psycopg.types.json import Jsonb
+
+        from roost.db.base import uuid7
+
+        x, coll, dims = self.data["x"], self.data["coll"], self.data["dims"]
+        t0 = time.perf_counter()
+        for start in range(lo, hi, batch):
+            with self.conn.cursor() as cur, cur.copy(
+                "COPY document_chunks (id, document_id, user_id, collection, tags, chunk_index, "
+                "content, token_count, embedding, embedding_model, embedding_dim, metadata) "
+                "FROM STDIN WITH (FORMAT BINARY)"
+            ) as cp:
+                cp.set_types(["uuid", "uuid", "uuid", "text", "jsonb", "int4", "text", "int4",
+                              "vector", "text", "int4", "jsonb"])
+                for i in range(start, min(hi, start + batch)):
+                    cp.write_row((uuid7(), self.docs[i // 100], self.user_id, f"c{coll[i]}",
+                                  Jsonb([]), i % 100, content(i), 12, x[i], self.model, dims,
+                                  Jsonb({"page": 1})))
+            self.conn.commit()
+        return (hi - lo) / (time.perf_counter() - t0)
+
+    def load(self) -> float:
+        return self._copy(0, self.data["n"], 5000)
+
+    def build(self) -> None:
+        super().build()
+
+    def insert(self) -> float:
+        n = self.data["n"]
+        return self._copy(n, n + LIVE_INSERT, 500)
+
+    def close(self) -> None:
+        self.conn.close()
+        super().close()
+
+
 class LangChain:
     name = "langchain-postgres PGVector"
 
@@ -424,7 +479,7 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=384)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ef", default="40,100,200")
-    parser.add_argument("--systems", default="raw,roost,langchain")
+    parser.add_argument("--systems", default="raw,rawschema,roost,langchain")
     args = parser.parse_args()
     efs = [int(v) for v in args.ef.split(",")]
     systems = args.systems.split(",")
@@ -442,7 +497,7 @@ def main() -> None:
             admin = server.url("postgres").replace("postgresql+asyncpg://", "postgresql://", 1)
             with psycopg.connect(admin, autocommit=True) as conn:
                 version = conn.execute("SHOW server_version").fetchone()
-                for name in ("bench_raw", "bench_roost", "bench_lc"):
+                for name in ("bench_raw", "bench_roost", "bench_lc", "bench_raw_schema"):
                     conn.execute(f"CREATE DATABASE {name}")
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
                 pgvector = conn.execute(
@@ -453,7 +508,9 @@ def main() -> None:
 
             builders = {"raw": lambda: Raw(dsn("bench_raw"), data),
                         "roost": lambda: Roost(server.url("bench_roost"), data),
-                        "langchain": lambda: LangChain(dsn("bench_lc"), data)}
+                        "langchain": lambda: LangChain(dsn("bench_lc"), data),
+                        "rawschema": lambda: RawSchema(server.url("bench_raw_schema"),
+                                                       dsn("bench_raw_schema"), data)}
             running: list[Any] = []
             for key in systems:
                 t1 = time.perf_counter()
@@ -467,11 +524,14 @@ def main() -> None:
                                 "search": {}})
                 print(f"{key}: loaded at {load:.0f} rows/s, index built in {build:.1f} s "
                       f"({time.perf_counter() - t1:.0f} s)", flush=True)
+            searchable = [s for s in running if getattr(s, "searchable", True)]
             for ef in efs:
-                measured = measure(running, data, ef)
+                measured = measure(searchable, data, ef) if searchable else {}
                 for system, result in zip(running, results, strict=True):
+                    if system.name not in measured:
+                        continue
                     result["search"][ef] = measured[system.name]
-                    if isinstance(system, Roost):
+                    if type(system) is Roost:
                         result["search"][ef]["qps_transaction_per_query"] = system.per_request_qps()
                 print(f"ef_search={ef}: " + ", ".join(
                     f"{n} recall {m['recall_at_10']:.3f} QPS {m['qps']:.0f}" for n, m in measured.items()),
@@ -486,7 +546,6 @@ def main() -> None:
 
 def report(results: list[dict[str, Any]], efs: list[int], args: argparse.Namespace,
            server_version: str, pgvector: str) -> None:
-    raw = next((r for r in results if r["system"].startswith("raw")), None)
     header = f"{'system':<30}{'load rows/s':>12}{'build s':>9}{'insert rows/s':>14}"
     for ef in efs:
         header += f"{f'ef={ef} recall':>15}{f'ef={ef} QPS':>12}"
@@ -494,23 +553,26 @@ def report(results: list[dict[str, Any]], efs: list[int], args: argparse.Namespa
     for r in results:
         line = f"{r['system']:<30}{r['load_rows_s']:>12.0f}{r['build_s']:>9.1f}{r['insert_rows_s']:>14.0f}"
         for ef in efs:
-            s = r["search"][ef]
-            line += f"{s['recall_at_10']:>15.3f}{s['qps']:>12.0f}"
+            s = r["search"].get(ef)
+            line += f"{s['recall_at_10']:>15.3f}{s['qps']:>12.0f}" if s else f"{'-':>15}{'-':>12}"
         print(line)
-    if raw is not None:
-        print("\nrelative to raw pgvector SQL:")
+    by_name = {r["system"]: r for r in results}
+    raw, same_table = by_name.get(Raw.name), by_name.get(RawSchema.name)
+    for base in (b for b in (raw, same_table) if b is not None):
+        print(f"\nrelative to {base['system']}:")
         for r in results:
-            if r is raw:
+            if r is base or r is same_table or (base is same_table and r is raw):
                 continue
-            parts = [f"load {r['load_rows_s'] / raw['load_rows_s']:.2f}x",
-                     f"insert {r['insert_rows_s'] / raw['insert_rows_s']:.2f}x"]
-            parts += [f"QPS@ef{ef} {r['search'][ef]['qps'] / raw['search'][ef]['qps']:.2f}x" for ef in efs]
+            parts = [f"load {r['load_rows_s'] / base['load_rows_s']:.2f}x",
+                     f"insert {r['insert_rows_s'] / base['insert_rows_s']:.2f}x"]
+            parts += [f"QPS@ef{ef} {r['search'][ef]['qps'] / base['search'][ef]['qps']:.2f}x"
+                      for ef in efs if ef in r["search"] and ef in base["search"]]
             print(f"  {r['system']}: " + ", ".join(parts))
             for ef in efs:
-                per = r["search"][ef].get("qps_transaction_per_query")
-                if per:
+                per = r["search"].get(ef, {}).get("qps_transaction_per_query")
+                if per and ef in base["search"]:
                     print(f"    ef={ef}: {per:.0f} QPS with a transaction per query "
-                          f"({per / raw['search'][ef]['qps']:.2f}x raw)")
+                          f"({per / base['search'][ef]['qps']:.2f}x)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "benchmark": "rag", "n": args.n, "dims": args.dims, "queries": args.queries, "k": K,
