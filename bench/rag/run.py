@@ -162,6 +162,14 @@ class Raw:
         self.conn.close()
 
 
+def _server_loop_factory() -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] ships it on Linux and macOS
+        return None
+    return uvloop.new_event_loop
+
+
 class Roost:
     """Roost's own code paths: ``insert_chunks`` (ingestion) and ``vector_candidates``
     (the search service) under the principal's row-level security."""
@@ -170,7 +178,9 @@ class Roost:
 
     def __init__(self, url: str, data: dict[str, Any]) -> None:
         self.data = data
-        self.runner = asyncio.Runner()
+        # The event loop `roost serve` runs on: uvicorn picks uvloop when it is installed
+        # (it is, with uvicorn[standard]).
+        self.runner = asyncio.Runner(loop_factory=_server_loop_factory())
         self.url = url
         dims = data["dims"]
         self.model = "all-MiniLM-L6-v2" if dims == 384 else f"bench-{dims}"
