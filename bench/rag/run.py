@@ -1,6 +1,6 @@
 """RAG index benchmark: Roost vs raw pgvector SQL (psycopg) vs langchain-postgres PGVector.
 
-    .venv/bin/python bench/rag/run.py [--n 100000] [--dims 384] [--queries 200] [--ef 40,100]
+    .venv/bin/python bench/rag/run.py [--n 100000] [--dims 384] [--queries 500] [--ef 40,100,200]
         [--systems raw,rawschema,roost,langchain]
 
 One embedded PostgreSQL (pgvector 0.8), one database per system, the same data, in one
@@ -487,7 +487,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dims", type=int, default=384)
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--ef", default="40,100,200")
     parser.add_argument("--systems", default="raw,rawschema,roost,langchain")
     args = parser.parse_args()
