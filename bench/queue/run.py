@@ -68,15 +68,16 @@ class Roost:
     name = "roost"
     ready_marker = "worker_started"
 
-    def __init__(self, dsn: str, data_dir: Path, *, pre_ping: bool = True) -> None:
+    def __init__(self, dsn: str, data_dir: Path, *, pre_ping: bool = False) -> None:
         self.dsn = dsn
         self.data_dir = data_dir
-        # roost-noping: the producer's engine without SQLAlchemy's pool pre-ping (which,
-        # with asyncpg, is BEGIN; SELECT 1; ROLLBACK before every transaction), to show
-        # what that setting costs an enqueue.  Workers are identical.
+        # roost-preping: the producer's engine with SQLAlchemy's pool pre-ping (which,
+        # with asyncpg, is BEGIN; SELECT 1; ROLLBACK before every transaction; Roost's
+        # engine used it until 2026-11-25), to show what that setting costs an enqueue.
+        # Workers are identical.
         self.pre_ping = pre_ping
-        if not pre_ping:
-            self.name = "roost-noping"
+        if pre_ping:
+            self.name = "roost-preping"
 
     async def setup(self) -> None:
         from roost.config import Settings
@@ -88,13 +89,13 @@ class Roost:
 
         self.db = create_database(Settings(), url=to_async_url(self.dsn))
         await upgrade(self.db.engine)
-        if not self.pre_ping:
+        if self.pre_ping:
             from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
             from roost.db.engine import engine_options
 
             await self.db.dispose()
-            options = {**engine_options(Settings()), "pool_pre_ping": False}
+            options = {**engine_options(Settings()), "pool_pre_ping": True}
             self.db.engine = create_async_engine(self.db.url, **options)
             self.db.sessionmaker = async_sessionmaker(self.db.engine, expire_on_commit=False)
 
@@ -349,13 +350,13 @@ async def main(args: argparse.Namespace) -> None:
         try:
             admin = await asyncpg.connect(server.libpq_url("postgres"))
             version = await admin.fetchval("SHOW server_version")
-            for name in ("bench_roost", "bench_roost_noping", "bench_pgqueuer",
+            for name in ("bench_roost", "bench_roost_preping", "bench_pgqueuer",
                          "bench_procrastinate"):
                 await admin.execute(f'CREATE DATABASE "{name}"')
             await admin.close()
             systems: list[System] = [
                 Roost(server.libpq_url("bench_roost"), tmp / "roost-data"),
-                Roost(server.libpq_url("bench_roost_noping"), tmp / "roost-data2",
+                Roost(server.libpq_url("bench_roost_preping"), tmp / "roost-data2",
                       pre_ping=False),
                 PgQueuer(server.libpq_url("bench_pgqueuer")),
                 Procrastinate(server.libpq_url("bench_procrastinate")),
@@ -430,5 +431,5 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--systems", nargs="+",
-                        default=["roost", "roost-noping", "pgqueuer", "procrastinate"])
+                        default=["roost", "roost-preping", "pgqueuer", "procrastinate"])
     asyncio.run(main(parser.parse_args()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Annotated, TypeVar
 
@@ -113,7 +113,18 @@ def serve(
         finally:
             await db.dispose()
 
-    asyncio.run(run())
+    # Server.serve() runs on the caller's loop (only uvicorn.run() picks uvloop itself).
+    with asyncio.Runner(loop_factory=_server_loop_factory()) as runner:
+        runner.run(run())
+
+
+def _server_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (uvicorn[standard] brings it on Linux and macOS)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 # --- db ---------------------------------------------------------------------------------

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import asyncpg
 import httpx
 import psutil
+from sqlalchemy import text
 from tests.support.cli import run_roost
 from tests.support.pg import PgTestServer, unique_db_name
 from tests.support.server import roost_server
+
+from roost.db.engine import Database
 
 
 def _postgres_running_on(pgdata: Path) -> bool:
@@ -81,3 +86,22 @@ def test_version() -> None:
 
     out = run_roost("--version", env={})
     assert out.returncode == 0 and out.stdout.strip() == f"roost {roost.__version__}"
+
+
+async def test_pooled_connections_the_server_closed_are_replaced_at_checkout(
+    database: Database,
+) -> None:
+    """No pre-ping round trip: a connection the server terminated (restart, idle kill,
+    pg_terminate_backend) is dropped at checkout and the transaction runs on a new one."""
+    async with database.transaction() as s:
+        first_pid = (await s.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    # Idle in the pool now; terminated from outside it.
+    outside = await asyncpg.connect(
+        database.url.set(drivername="postgresql").render_as_string(hide_password=False))
+    assert await outside.fetchval("SELECT pg_terminate_backend($1)", first_pid) is True
+    await outside.close()
+    await asyncio.sleep(0.2)  # the event loop reads the server's goodbye
+    for _ in range(3):
+        async with database.transaction() as s:
+            pid = (await s.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert pid != first_pid
