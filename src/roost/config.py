@@ -144,12 +144,14 @@ class Settings(BaseSettings):
     knowledge_embedding_base_url: str | None = None
     knowledge_embedding_api_key: SecretStr | None = None
     knowledge_embedding_batch_size: int = Field(default=32, ge=1, le=2048)
-    knowledge_curation_llm_base_url: str | None = Field(
-        default=None, description="OpenAI-compatible server that writes curated summaries; "
-        "unset: no curation"
+    knowledge_curation: bool = Field(
+        default=False, description="Write curated summaries of ingested documents through "
+        "the LLM gateway (a registered provider; calls are recorded and counted as usage)"
     )
-    knowledge_curation_llm_model: str | None = None
-    knowledge_curation_llm_api_key: SecretStr | None = None
+    knowledge_curation_model: str | None = Field(
+        default=None, description="Model the gateway routes curation to; unset: the "
+        "providers' default model"
+    )
     knowledge_curation_group_size: int = Field(default=4, ge=2, le=32)
 
     @field_validator("data_dir")

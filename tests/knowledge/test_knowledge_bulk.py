@@ -104,6 +104,24 @@ async def test_a_login_role_under_row_level_security_goes_through_the_temporary_
     assert await rows(database, "SELECT count(*) FROM document_chunks") == [(5,)]
 
 
+async def test_a_failed_copy_raises_its_own_error_and_leaves_nothing(database: Database) -> None:
+    user_id, _ = await make_user(database)
+    doc_id = await _document(database, user_id)
+    batch = _rows(doc_id, user_id, 1500)
+    batch[1200]["embedding"] = [float("inf"), 0.0, 0.0]  # in the second streamed slice
+    with pytest.raises(ValueError, match="finite"):
+        async with database.transaction() as s:
+            await apply_principal(s, principal(user_id))
+            await insert_chunks(s, batch)
+    duplicate = _rows(doc_id, user_id, 2)
+    duplicate[1]["chunk_index"] = 0  # (document, chunk_index) is unique
+    with pytest.raises(Exception, match="uq_document_chunks_document_index"):
+        async with database.transaction() as s:
+            await apply_principal(s, principal(user_id))
+            await insert_chunks(s, duplicate)
+    assert await rows(database, "SELECT count(*) FROM document_chunks") == [(0,)]
+
+
 def test_encoding_rejects_vectors_that_postgres_would_store_wrongly() -> None:
     doc, user = uuid7(), uuid7()
     bad = _rows(doc, user, 2)

@@ -5,39 +5,62 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from roost.config import Settings
 from roost.db.engine import Database
+from roost.http.auth import OPERATOR
+from roost.keyfiles import KeyMaterial
 from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.curation import curate_document
 from roost.knowledge.ingest import run_ingestion
 from roost.knowledge.models import IngestionRun
+from roost.llm import service as llm
+from roost.llm.runtime import Runtime
+from roost.llm.schemas import ProviderCreate
 from tests.knowledge.helpers import LoopbackServer
 from tests.knowledge.support import PARAGRAPH, ingest, principal, rows, scalar
 from tests.support.identity import make_user
 from tests.support.openai_stub import start_stub
 
 
+async def _register_provider(runtime: Runtime, base_url: str) -> None:
+    async with runtime.db.transaction() as s:
+        await llm.create_provider(s, runtime, OPERATOR, ProviderCreate(
+            name="curator", type="openai", base_url=base_url, model="curator-model"))
+
+
 async def test_curated_chunks_summarise_their_sources_and_are_searchable(
-    database: Database, kcfg: KnowledgeConfig, ingest_root: Path
+    database: Database, kcfg: KnowledgeConfig, ingest_root: Path, test_settings: Settings,
+    test_keys: KeyMaterial,
 ) -> None:
+    """Curation goes through the LLM gateway: a registered provider (a real server
+    process), every call recorded for the document's owner."""
     user_id, _ = await make_user(database)
+    runtime = Runtime.build(database, test_settings, test_keys)
     (ingest_root / "long.txt").write_text(" ".join(f"Fact {i}. " + PARAGRAPH for i in range(12)))
+    cfg = dataclasses.replace(kcfg, curation_enabled=True, curation_group_size=3)
+    run = await ingest(database, principal(user_id), cfg, str(ingest_root))
+    doc_id = (await rows(database, "SELECT id FROM documents"))[0][0]
+    # Ingestion queued the curation job in its own transaction.
+    queued = await scalar(database, "SELECT count(*) FROM background_tasks "
+                                    "WHERE task_type = 'knowledge.curate'")
+    assert queued == 1 and run["totals_chunks"] >= 4
+    # No provider registered yet: the job ends, skipped, and writes nothing.
+    skipped = await curate_document(database, cfg, doc_id, user_id, runtime=runtime)
+    assert "no LLM provider" in skipped["skipped"]
     with start_stub(reply="Summary: Roost stores documents and embeds chunks.") as stub:
-        cfg = dataclasses.replace(kcfg, curation_base_url=stub.base_url,
-                                  curation_model="curator", curation_group_size=3)
-        run = await ingest(database, principal(user_id), cfg, str(ingest_root))
-        doc_id = (await rows(database, "SELECT id FROM documents"))[0][0]
-        # Ingestion queued the curation job in its own transaction.
-        queued = await scalar(database, "SELECT count(*) FROM background_tasks "
-                                        "WHERE task_type = 'knowledge.curate'")
-        assert queued == 1 and run["totals_chunks"] >= 4
-        result = await curate_document(database, cfg, doc_id, user_id)
-        assert stub.count("path:/v1/chat/completions") >= 1
+        await _register_provider(runtime, stub.base_url)
+        result = await curate_document(database, cfg, doc_id, user_id, runtime=runtime)
+        calls = stub.count("path:/v1/chat/completions")
     curated = await rows(database, "SELECT content, source_chunk_ids, chunk_index FROM document_chunks "
                                    "WHERE is_curated ORDER BY chunk_index")
     originals = {r[0] for r in await rows(database, "SELECT id FROM document_chunks WHERE NOT is_curated")}
-    assert result["curated_chunks"] == len(curated) >= 1
+    assert result["curated_chunks"] == len(curated) == calls >= 1
     assert all(c.content.startswith("Summary:") for c in curated)
     assert all(set(c.source_chunk_ids) <= originals and len(c.source_chunk_ids) >= 2 for c in curated)
+    recorded = await rows(database, "SELECT user_id, status, model FROM llm_requests")
+    assert recorded == [(user_id, "completed", None)] * calls
+    usage = await scalar(database, "SELECT count(*) FROM usage_records WHERE user_id = :u", u=user_id)
+    assert usage == calls
 
     # Re-ingestion replaces curated chunks with the rest.
     (ingest_root / "long.txt").write_text("Short now.")

@@ -27,7 +27,7 @@ class Principal:
 
     user_id: uuid.UUID | None
     is_admin: bool
-    kind: str  # "operator" | "session" | "api_key"
+    kind: str  # "operator" | "session" | "api_key" | "job" (a background job acting for a user)
     session_id: uuid.UUID | None = None
     api_key_id: uuid.UUID | None = None
     group_ids: frozenset[uuid.UUID] = field(default_factory=frozenset)

@@ -190,16 +190,17 @@ async def insert_chunks(
         return len(rows)
     check_rows(rows, user_id, is_admin)
     if direct:
-        # Leave the user's role for the COPY only (the rows were checked above).
+        # Leave the user's role for the COPY only (the rows were checked above).  A failed
+        # COPY aborts the transaction, whose rollback (or the savepoint's) restores the
+        # role; restoring it here would only mask the error.
         still_active = (await session.execute(text(
             f"SELECT set_config('role', 'none', true), row_security_active('{_TABLE}')"
         ))).one()[1]
-        try:
-            if not still_active:
-                await _copy(driver, _TABLE, rows)
-                return len(rows)
-        finally:
-            await session.execute(text("SELECT set_config('role', :r, true)"), {"r": role})
+        if not still_active:
+            await _copy(driver, _TABLE, rows)
+        await session.execute(text("SELECT set_config('role', :r, true)"), {"r": role})
+        if not still_active:
+            return len(rows)
     await session.execute(text(
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {_TEMP} ("
         + ", ".join(f"{name} {kind}" for name, kind in COLUMNS)

@@ -49,15 +49,10 @@ class KnowledgeConfig:
     embedder: EmbedderSpec = field(
         default_factory=lambda: EmbedderSpec("local", LOCAL_MODEL_NAME, LOCAL_MODEL_DIMENSIONS)
     )
-    curation_base_url: str | None = None
-    curation_model: str | None = None
-    curation_api_key: str | None = field(default=None, repr=False)
+    curation_enabled: bool = False
+    curation_model: str | None = None  # None: the LLM providers' default model
     curation_group_size: int = 4
     app_role: str = "roost_app"
-
-    @property
-    def curation_enabled(self) -> bool:
-        return bool(self.curation_base_url)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KnowledgeConfig:
@@ -89,7 +84,6 @@ class KnowledgeConfig:
                 api_key=key.get_secret_value() if key else None,
                 batch_size=settings.knowledge_embedding_batch_size,
             )
-        curation_key = settings.knowledge_curation_llm_api_key
         return cls(
             ingest_roots=roots,
             allow_private_fetch=settings.knowledge_allow_private_fetch,
@@ -101,9 +95,8 @@ class KnowledgeConfig:
                                settings.knowledge_chunk_tokens // 2),
             ef_search=settings.knowledge_ef_search,
             embedder=spec,
-            curation_base_url=settings.knowledge_curation_llm_base_url,
-            curation_model=settings.knowledge_curation_llm_model,
-            curation_api_key=curation_key.get_secret_value() if curation_key else None,
+            curation_enabled=settings.knowledge_curation,
+            curation_model=settings.knowledge_curation_model,
             curation_group_size=settings.knowledge_curation_group_size,
             app_role=settings.db_app_role,
         )

@@ -1,11 +1,14 @@
 """Curated chunks (Persona Platform's memory curator): LLM summaries of chunk groups.
 
-When a curation LLM is configured (``ROOST_KNOWLEDGE_CURATION_LLM_BASE_URL``, any
-OpenAI-compatible server), every ingested document gets a ``knowledge.curate`` job.
-It summarises each run of ``curation_group_size`` consecutive chunks, embeds the
-summary with the document's model and stores it as a chunk with ``is_curated = true``
-and ``source_chunk_ids`` naming the chunks it summarises.  Curated chunks are
-searchable like any other (``include_curated`` in a search turns them off).
+With ``ROOST_KNOWLEDGE_CURATION=true`` every ingested document gets a
+``knowledge.curate`` job.  It summarises each run of ``curation_group_size``
+consecutive chunks through the LLM gateway (the registered providers, with their
+fallback; ``ROOST_KNOWLEDGE_CURATION_MODEL`` picks the model), acting for the
+document's owner, so every call is in ``llm_requests`` and the owner's usage like any
+other.  Each summary is embedded with the document's model and stored as a chunk with
+``is_curated = true`` and ``source_chunk_ids`` naming the chunks it summarises.
+Curated chunks are searchable like any other (``include_curated`` in a search turns
+them off).  Without a provider that can serve the model the job ends, skipped.
 
 The summaries are written in one transaction that first checks the source chunks
 still exist: if a newer ingestion replaced them meanwhile, nothing is written (that
@@ -24,12 +27,13 @@ from sqlalchemy.orm import defer
 from roost.audit import service as audit
 from roost.db.base import uuid7
 from roost.db.engine import Database
+from roost.http.auth import Principal
 from roost.identity.tenancy import apply_principal
 from roost.knowledge.bulk import insert_chunks
 from roost.knowledge.config import KnowledgeConfig, get_embedder
 from roost.knowledge.models import Document, DocumentChunk
-from roost.llm.base import LLMProvider
-from roost.llm.providers import create_provider
+from roost.llm import service as llm
+from roost.llm.runtime import Runtime
 from roost.llm.types import ChatMessage, ChatRequest
 
 SYSTEM_PROMPT = (
@@ -40,14 +44,6 @@ SYSTEM_PROMPT = (
 MAX_SUMMARY_CHARS = 4000
 
 
-def curation_provider(cfg: KnowledgeConfig) -> LLMProvider | None:
-    if not cfg.curation_base_url:
-        return None
-    return create_provider("openai_compatible", name="knowledge-curation",
-                           base_url=cfg.curation_base_url, api_key=cfg.curation_api_key,
-                           model=cfg.curation_model)
-
-
 async def _scoped(session: AsyncSession, cfg: KnowledgeConfig, user_id: uuid.UUID) -> None:
     from roost.knowledge.ingest import RunPrincipal
 
@@ -56,22 +52,25 @@ async def _scoped(session: AsyncSession, cfg: KnowledgeConfig, user_id: uuid.UUI
 
 async def curate_document(
     database: Database, cfg: KnowledgeConfig, document_id: uuid.UUID, user_id: uuid.UUID,
-    *, provider: LLMProvider | None = None,
+    *, runtime: Runtime | None = None,
 ) -> dict[str, Any]:
-    owned = provider is None
-    provider = provider or curation_provider(cfg)
-    if provider is None:
-        return {"skipped": "no curation LLM is configured"}
+    """``runtime``: the LLM gateway's (default: the worker process's own)."""
+    if not cfg.curation_enabled:
+        return {"skipped": "curation is off (ROOST_KNOWLEDGE_CURATION)"}
+    if runtime is None:
+        from roost.llm.jobs import job_runtime
+
+        runtime = job_runtime(database)
     try:
-        return await _curate(database, cfg, document_id, user_id, provider)
-    finally:
-        if owned:
-            await provider.aclose()
+        return await _curate(database, cfg, document_id, user_id, runtime)
+    except (llm.NoProvider, llm.ModelNotFound) as exc:
+        # Nothing to retry until an administrator registers a provider.
+        return {"skipped": f"no LLM provider for curation: {exc}"}
 
 
 async def _curate(
     database: Database, cfg: KnowledgeConfig, document_id: uuid.UUID, user_id: uuid.UUID,
-    provider: LLMProvider,
+    runtime: Runtime,
 ) -> dict[str, Any]:
     async with database.transaction() as s:
         await _scoped(s, cfg, user_id)
@@ -88,16 +87,17 @@ async def _curate(
     size = cfg.curation_group_size
     groups = [chunks[i: i + size] for i in range(0, len(chunks), size)]
     groups = [g for g in groups if len(g) >= 2 or len(chunks) < 2]
+    owner = Principal(user_id=user_id, is_admin=False, kind="job")
     summaries: list[str] = []
     for group in groups:
         passage = "\n\n".join(c.content for c in group)
-        result = await provider.chat(ChatRequest(
+        outcome = await llm.complete(runtime, owner, ChatRequest(
             model=cfg.curation_model,
             messages=[ChatMessage(role="system", content=SYSTEM_PROMPT),
                       ChatMessage(role="user", content=f"Passages:\n\n{passage}")],
             temperature=0.2, max_tokens=400,
-        ))
-        summaries.append(result.content.strip()[:MAX_SUMMARY_CHARS])
+        ), model=cfg.curation_model)
+        summaries.append(outcome.result.content.strip()[:MAX_SUMMARY_CHARS])
     spec = cfg.spec_for(model)
     vectors = await get_embedder(spec).embed(summaries) if summaries else []
     async with database.transaction() as s:
