@@ -220,11 +220,27 @@ async def delete_session(session: AsyncSession, actor: Principal, session_id: uu
 # --- messages ---------------------------------------------------------------------------
 
 
-def message_out(cipher: MessageCipher, row: ChatMessage) -> MessageOut:
+# What a message answer shows: read as plain rows on the history path (no ORM entities,
+# identity map or change tracking for what is only decrypted and returned).
+_MESSAGE_COLUMNS = tuple(
+    getattr(ChatMessage, name) for name in (
+        "id", "session_id", "seq", "role", "content", "tool_call_name", "tool_call_id",
+        "tool_calls", "tokens_in", "tokens_out", "model", "llm_request_id",
+        "conversation_domain", "plan_step", "confidence_score", "embedding_model_used",
+        "created_at",
+    )
+)
+
+
+def message_out(cipher: MessageCipher, row: Any) -> MessageOut:
+    """``row``: a :class:`ChatMessage` or a row of :data:`_MESSAGE_COLUMNS`.
+
+    Built without validation: every value is already of its field's type (database
+    columns, the decrypted text, tool calls validated just here)."""
     tool_calls = None
     if row.tool_calls is not None:
         tool_calls = _TOOL_CALLS.validate_json(decrypt(cipher, row.tool_calls))
-    return MessageOut(
+    return MessageOut.model_construct(
         id=row.id, session_id=row.session_id, seq=row.seq, role=row.role,
         content=decrypt(cipher, row.content), tool_call_name=row.tool_call_name,
         tool_call_id=row.tool_call_id, tool_calls=tool_calls, tokens_in=row.tokens_in,
@@ -242,13 +258,13 @@ async def list_messages(
     """Newest first.  The cursor is the last ``seq`` seen: later pages only go back in
     time, so messages posted meanwhile neither repeat nor shift what is left to read."""
     await get_session(session, actor, session_id)
-    stmt = select(ChatMessage).where(ChatMessage.session_id == session_id)
+    stmt = select(*_MESSAGE_COLUMNS).where(ChatMessage.session_id == session_id)
     if cursor is not None:
         before = decode_cursor(cursor).get("seq")
         if not isinstance(before, int):
             raise BadRequest("cursor is malformed: pass the next_cursor of a previous page")
         stmt = stmt.where(ChatMessage.seq < before)
-    rows = list((await session.scalars(stmt.order_by(ChatMessage.seq.desc()).limit(limit + 1))).all())
+    rows = list((await session.execute(stmt.order_by(ChatMessage.seq.desc()).limit(limit + 1))).all())
     next_cursor = encode_cursor({"seq": rows[limit - 1].seq}) if len(rows) > limit else None
     return [message_out(runtime.cipher, r) for r in rows[:limit]], next_cursor
 
