@@ -115,8 +115,8 @@ def _vectors(rows: Sequence[dict[str, Any]]) -> tuple[bytes, int]:
 
 
 def _slices(rows: Sequence[dict[str, Any]], slice_rows: int = SLICE_ROWS) -> Iterator[bytes]:
-    """The COPY data for ``rows`` in pieces of ``slice_rows`` rows (header in the first,
-    trailer after the last); repeated values are encoded once for all pieces."""
+    """The COPY data for ``rows``: the header, pieces of ``slice_rows`` rows, the
+    trailer; values that repeat across rows are encoded once for all pieces."""
     uuid_f, text_f, int_f = _memo(_uuid), _memo(_text), _memo(_int)
     yield _HEADER
     for lo in range(0, len(rows), slice_rows):
