@@ -31,7 +31,6 @@ import os
 import platform
 import random
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,29 +66,9 @@ class Result:
     errors: int
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited early with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not healthy in {timeout}s")
 
 
 async def load(
@@ -173,6 +152,7 @@ async def generate_history(dsn: str, user_id: uuid.UUID, fernet: Fernet, message
 
 async def main(args: argparse.Namespace) -> None:
     from tests.support.openai_stub import start_stub
+    from tests.support.server import free_port, wait_healthy
 
     from roost.db.embedded import start_embedded
     from roost.db.engine import create_database, ensure_database_exists, to_async_url

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -20,6 +21,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[Any], timeout_s: float = 90,
+                 poll_s: float = 0.2) -> None:
+    """Until ``url``/health answers 200; RuntimeError if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited early with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(poll_s)
+    raise TimeoutError(f"{url} was not healthy within {timeout_s} s")
 
 
 @dataclass
@@ -46,18 +63,12 @@ def roost_server(
     )
     server = RunningServer(base_url=f"http://127.0.0.1:{port}", process=proc)
     try:
-        started = time.monotonic()
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"roost serve exited early:\n{proc.stdout.read() if proc.stdout else ''}")
-            if time.monotonic() - started > timeout_s:
-                raise TimeoutError(f"roost serve was not healthy within {timeout_s} s")
-            try:
-                if httpx.get(f"{server.base_url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        try:
+            wait_healthy(server.base_url, proc, timeout_s, poll_s=0.1)
+        except RuntimeError:
+            raise RuntimeError(
+                f"roost serve exited early:\n{proc.stdout.read() if proc.stdout else ''}"
+            ) from None
         yield server
     finally:
         if proc.poll() is None:
