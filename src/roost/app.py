@@ -13,8 +13,11 @@ from roost.chat.routes import router as chat_router
 from roost.config import Settings, get_settings
 from roost.db.engine import Database, create_database
 from roost.http import health
+from roost.http.docs import install_docs
 from roost.http.middleware import RequestContextMiddleware
+from roost.http.openapi import install_openapi
 from roost.http.problems import install_problem_handlers
+from roost.http.routing import RoostRoute
 from roost.identity.routes import router as identity_router
 from roost.keyfiles import KeyMaterial, load_keys
 from roost.knowledge.routes import router as knowledge_router
@@ -58,13 +61,19 @@ def create_app(
         version=roost.__version__,
         summary="Self-hosted backend for AI agents on PostgreSQL + pgvector",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by install_docs (no CDN)
+        redoc_url=None,
     )
+    app.router.route_class = RoostRoute  # strict JSON bodies on routes added to the app too
     app.state.settings = settings
     app.state.keys = keys or load_keys(settings)
     if database is not None:
         app.state.db = database
     install_problem_handlers(app)
+    # Added last = outermost: it answers whatever escapes the app, request id bound.
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
     for router in ROUTERS:
         app.include_router(router)
+    install_openapi(app)  # error responses declared once for every operation; 405 Allow
+    install_docs(app)
     return app

@@ -12,10 +12,11 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 import roost
 from roost.chat.cli import register as register_chat_cli
-from roost.clitools import with_database
+from roost.clitools import fail, with_database
 from roost.config import get_settings
 from roost.db.engine import Database, create_database
 from roost.identity.cli import keys_app, users_app
@@ -55,8 +56,38 @@ def main_callback(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show info log lines (e.g. the embedded "
+                           "PostgreSQL starting) on stderr; ROOST_LOG_LEVEL=debug shows all.")
+    ] = False,
 ) -> None:
     """Roost: a self-hosted backend for AI agents."""
+    _configure_cli_logging(verbose)
+
+
+def _configure_cli_logging(verbose: bool) -> None:
+    """Commands keep stderr for what the user needs: warnings and errors only, unless
+    --verbose or ROOST_LOG_LEVEL=debug.  ``serve`` and ``worker`` log at ROOST_LOG_LEVEL."""
+    import logging
+
+    from pydantic import ValidationError
+
+    from roost.logging import configure_logging
+
+    try:
+        settings = get_settings()
+    except ValidationError as exc:  # name the variables, never echo values (may be secrets)
+        problems = "; ".join(
+            f"ROOST_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise fail("invalid configuration", problems, code=2) from None
+    configured = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
+    if configured <= logging.DEBUG:
+        level = "debug"
+    elif verbose:
+        level = "info"
+    else:
+        level = logging.getLevelName(max(configured, logging.WARNING)).lower()
+    configure_logging(level, settings.log_json)
 
 
 def _graceful_server_class() -> type:
@@ -190,11 +221,11 @@ def audit_verify() -> None:
     if report.ok:  # type: ignore[attr-defined]
         console.print(f"[green]audit chain intact[/green]: {report.rows_checked} records")  # type: ignore[attr-defined]
         return
-    err.print(
-        f"[red]audit chain broken[/red] at seq {report.broken_seq} (id {report.broken_id}): "  # type: ignore[attr-defined]
-        f"{report.reason}; {report.rows_checked} records checked"  # type: ignore[attr-defined]
+    raise fail(
+        "audit chain broken",
+        f"at seq {report.broken_seq} (id {report.broken_id}): "  # type: ignore[attr-defined]
+        f"{report.reason}; {report.rows_checked} records checked",  # type: ignore[attr-defined]
     )
-    raise typer.Exit(1)
 
 
 @audit_app.command("prune")
@@ -229,7 +260,7 @@ def doctor() -> None:
     def row(name: str, ok: bool, detail: str) -> None:
         nonlocal failures
         failures += 0 if ok else 1
-        table.add_row(name, "[green]ok[/green]" if ok else "[red]FAIL[/red]", detail)
+        table.add_row(name, "[green]ok[/green]" if ok else "[red]FAIL[/red]", Text(detail))
 
     row("data dir", True, str(settings.data_dir))
     try:
@@ -283,18 +314,19 @@ def schema_coverage() -> None:
     """Per seed design: how many of its columns Roost maps (or omits with a reason)."""
     from roost.seedmap import coverage, load_seed_map
 
-    rows = coverage(load_seed_map())
-    # Plain aligned text: seed file names must never be truncated, whatever the width.
-    console.print(
-        f"{'seed':<26} {'tables':>6} {'mapped':>7} {'omitted':>8} {'missing':>8} "
-        f"{'columns':>8} {'covered':>8}",
-        markup=False,
+    seed_map = load_seed_map()
+    rows = coverage(seed_map)
+    labels = [seed_map.label(r.seed) for r in rows]
+    width = max(len(label) for label in [*labels, "seed"])
+    # Plain aligned text: seed names must never be truncated, whatever the width.
+    typer.echo(
+        f"{'seed':<{width}} {'tables':>6} {'mapped':>7} {'omitted':>8} {'missing':>8} "
+        f"{'columns':>8} {'covered':>8}"
     )
-    for r in rows:
-        console.print(
-            f"{r.seed:<26} {r.tables:>6} {r.mapped:>7} {r.omitted:>8} {r.missing:>8} {r.total:>8} "
-            f"{r.covered_pct:>7.1f}%",
-            markup=False,
+    for label, r in zip(labels, rows, strict=True):
+        typer.echo(
+            f"{label:<{width}} {r.tables:>6} {r.mapped:>7} {r.omitted:>8} {r.missing:>8} "
+            f"{r.total:>8} {r.covered_pct:>7.1f}%"
         )
 
 

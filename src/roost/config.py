@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     llm_health_interval_s: int = Field(
         default=300, ge=10, description="Period of the provider health checks (task queue)"
     )
+    llm_orphan_after_s: float | None = Field(
+        default=None, gt=0,
+        description="An llm_requests row still pending/running this long after it started "
+        "was orphaned by a crashed process and is marked failed (task queue). Unset: "
+        "ROOST_LLM_TIMEOUT_S x the enabled providers (a fallback chain's longest call) + 300 s",
+    )
 
     # --- knowledge (documents, ingestion, embeddings, search) -----------------------
     knowledge_ingest_roots: str = Field(

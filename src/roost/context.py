@@ -15,6 +15,7 @@ class RequestContext:
     request_id: str | None = None
     ip_address: str | None = None
     user_agent: str | None = None
+    path: str | None = None  # the request path (errors under /v1 take OpenAI's shape)
 
 
 # RequestContext is a frozen dataclass: sharing the default instance is safe.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,19 @@ DOCS_DIR = Path(os.environ.get("ROOST_DOCS_DIR", Path(__file__).resolve().parent
 class SeedMap:
     columns: dict[str, dict[str, list[str]]]  # seed -> table -> columns
     mapping: dict[str, dict[str, dict[str, Any]]]  # seed -> table -> column -> target
+    platforms: dict[str, str] = field(default_factory=dict)  # seed -> platform name
+
+    def label(self, seed: str) -> str:
+        """``000 YouWorker``: the seed's number and the platform it describes."""
+        number = seed.split("_", 1)[0]
+        return f"{number} {self.platforms[seed]}" if seed in self.platforms else seed
 
 
 def load_seed_map(docs_dir: Path = DOCS_DIR) -> SeedMap:
     columns = json.loads((docs_dir / "seeds" / "columns.json").read_text(encoding="utf-8"))
     mapping = tomllib.loads((docs_dir / "seed-map.toml").read_text(encoding="utf-8"))
-    return SeedMap(columns=columns, mapping=mapping.get("seed", {}))
+    return SeedMap(columns=columns, mapping=mapping.get("seed", {}),
+                   platforms=mapping.get("platforms", {}))
 
 
 def mapped_targets(seed_map: SeedMap) -> list[tuple[str, str, str, str]]:

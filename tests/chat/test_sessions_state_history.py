@@ -216,3 +216,32 @@ async def test_summary_is_written_by_the_model_through_the_task_queue(
                                     "WHERE id = :i"), {"i": summary["llm_request_id"]})).one()
     assert b"migration" not in bytes(blob)
     assert req.status == "completed" and req.request_type == "summary"
+
+
+async def test_lone_surrogates_are_400_where_the_body_is_decoded(
+    client: httpx.AsyncClient, user: User,
+) -> None:
+    # Python's json accepts "\ud800" (and the raw UTF-8 bytes of a surrogate); the string
+    # then fails to encrypt: that was a 500.  Now the body is rejected when decoded.
+    _, headers = user
+    sid = (await new_session(client, headers))["id"]
+    as_json = {**headers, "content-type": "application/json"}
+    messages, history = f"/api/v1/chat/sessions/{sid}/messages", f"/api/v1/chat/sessions/{sid}/history"
+    raw_surrogate = '{"content": "raw \ud800", "reply": false}'.encode("utf-8", "surrogatepass")
+    for url, body, field in (
+        (messages, b'{"content": "hi \\ud800", "reply": false}', "content"),
+        (messages, raw_surrogate, "content"),
+        (history, b'{"event_type": "note", "message": {"parts": ["ok", "\\udfff"]}}',
+         "message.parts[1]"),
+        (history, b'{"message": {"\\udc00key": 1}}', "the key message."),
+    ):
+        resp = await client.post(url, content=body, headers=as_json)
+        assert resp.status_code == 400, resp.text
+        problem = resp.json()
+        assert "lone UTF-16 surrogate" in problem["detail"] and field in problem["detail"]
+        assert problem["request_id"] == resp.headers["x-request-id"]
+    # A surrogate pair is one character (U+1F600), not an error.
+    ok = await client.post(messages, content=b'{"content": "smile \\ud83d\\ude00", "reply": false}',
+                           headers=as_json)
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["user_message"]["content"] == "smile \U0001f600"

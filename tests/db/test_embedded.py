@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import asyncpg
 import httpx
 import psutil
+import pytest
 from sqlalchemy import text
-from tests.support.cli import run_roost
+from tests.support.cli import ROOST, run_roost
 from tests.support.pg import PgTestServer, unique_db_name
-from tests.support.server import roost_server
+from tests.support.server import free_port, roost_server, wait_healthy
 
 from roost.db.engine import Database
 
@@ -105,3 +111,73 @@ async def test_pooled_connections_the_server_closed_are_replaced_at_checkout(
         async with database.transaction() as s:
             pid = (await s.execute(text("SELECT pg_backend_pid()"))).scalar_one()
         assert pid != first_pid
+
+
+@pytest.mark.parametrize("killed", ["serve", "worker"])
+def test_the_last_survivor_stops_postgres_after_another_process_was_killed(
+    open_tmp: Path, killed: str
+) -> None:
+    """serve and a worker share one embedded server; one dies by SIGKILL (its pid stays
+    in the wheel's handle list), the other stops with SIGTERM: PostgreSQL stops too."""
+    data_dir = open_tmp / "data"
+    pgdata = data_dir / "pg"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
+    env.update({"ROOST_DATA_DIR": str(data_dir), "ROOST_LOG_JSON": "true",
+                "ROOST_LOG_LEVEL": "info"})
+    port = free_port()
+    serve = subprocess.Popen([ROOST, "serve", "--port", str(port)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    log_path = open_tmp / "worker.log"
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", serve)  # migrated: the worker may start
+        with log_path.open("wb") as log:
+            worker = subprocess.Popen(
+                [ROOST, "worker", "--no-schedules", "--poll-interval", "0.2",
+                 "--shutdown-timeout", "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while "worker_started" not in log_path.read_text(errors="replace"):
+            assert worker.poll() is None, log_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, "the worker did not start"
+            time.sleep(0.1)
+        assert _postgres_running_on(pgdata)
+        handles = json.loads((pgdata / ".handle_pids.json").read_text())
+        assert {serve.pid, worker.pid} <= set(handles)
+
+        victim, survivor = (serve, worker) if killed == "serve" else (worker, serve)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        assert _postgres_running_on(pgdata)  # the survivor still uses it
+        survivor.send_signal(signal.SIGTERM)
+        assert survivor.wait(timeout=60) == 0
+        deadline = time.monotonic() + 20
+        while _postgres_running_on(pgdata) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _postgres_running_on(pgdata), "PostgreSQL outlived every Roost process"
+        assert json.loads((pgdata / ".handle_pids.json").read_text()) == []
+    finally:
+        for proc in (serve, worker):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        if _postgres_running_on(pgdata):  # do not leak a server into the next tests
+            subprocess.run([ROOST, "db", "current"], env=env, capture_output=True, timeout=60)
+
+
+def test_dead_and_zombie_pids_are_pruned_from_the_handle_list(tmp_path: Path) -> None:
+    from roost.db.embedded import HANDLE_PIDS_FILE, pid_alive, prune_dead_handles
+
+    zombie = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    pgdata = tmp_path / "pg"
+    pgdata.mkdir()
+    (pgdata / HANDLE_PIDS_FILE).write_text(json.dumps([zombie.pid, gone.pid, os.getpid()]))
+    assert not pid_alive(zombie.pid) and not pid_alive(gone.pid) and pid_alive(os.getpid())
+    assert prune_dead_handles(pgdata) == [os.getpid()]
+    assert json.loads((pgdata / HANDLE_PIDS_FILE).read_text()) == [os.getpid()]
+    zombie.wait()

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 import structlog
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from roost.app import create_app
 from roost.config import Settings
 from roost.db.engine import Database, create_database
 from roost.db.migrate import downgrade
+from roost.http.routing import RoostRoute
 from roost.keyfiles import KeyMaterial
 from roost.logging import configure_logging
 
@@ -111,6 +114,35 @@ async def test_malformed_json_is_400(echo_app: FastAPI, client: httpx.AsyncClien
     assert reply.status_code == 400
     assert reply.headers["content-type"] == PROBLEM
     assert "not valid JSON" in reply.json()["detail"]
+
+
+async def test_lone_surrogates_are_malformed_json(
+    echo_app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    # json.loads accepts "\ud800"; the str then cannot be encoded (was a 500 on answering).
+    reply = await client.post("/_test/echo", content=b'{"name": "a\\ud800", "count": 1}',
+                              headers={"content-type": "application/json"})
+    assert reply.status_code == 400, reply.text
+    assert reply.headers["content-type"] == PROBLEM
+    body = reply.json()
+    assert "lone UTF-16 surrogate" in body["detail"] and "string at name" in body["detail"]
+    assert body["request_id"] == reply.headers["x-request-id"]
+
+
+def _api_routes(routes: Iterable[Any]) -> Iterator[APIRoute]:
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's lazily included routers
+        if included is not None:
+            yield from _api_routes(included.routes)
+        elif isinstance(route, APIRoute):
+            yield route
+
+
+def test_every_route_decodes_json_bodies_strictly(app: FastAPI) -> None:
+    routes = list(_api_routes(app.routes))
+    assert len(routes) > 50
+    loose = [route.path for route in routes if not isinstance(route, RoostRoute)]
+    assert not loose, f"routers must pass route_class=RoostRoute (http/routing.py): {loose}"
 
 
 async def test_wrong_types_are_422_without_echoing_input(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+from fastapi import FastAPI
 from sqlalchemy import select, text
 
 from roost.db.engine import Database
@@ -102,6 +104,58 @@ async def test_mfa_challenge_gives_up_after_repeated_wrong_codes(
     blocked = await client.post("/api/v1/auth/login/2fa", json={
         "mfa_token": token, "code": totp_code_at(secret, current_totp_step() + 1)})
     assert blocked.status_code == 429
+
+
+async def test_second_factor_guessing_locks_the_account_across_addresses(
+    app: FastAPI, client: httpx.AsyncClient, database: Database
+) -> None:
+    """Issue 10 item 3: a correct password clears the password counter, never the count of
+    wrong codes; alternating addresses does not help either (the limit is 3 here)."""
+    await password_user(database, "vera")
+    headers = await bearer(client, "vera")
+    secret = (await client.post("/api/v1/auth/2fa/setup", headers=headers)).json()["secret"]
+    wait_for_fresh_totp_step(margin_s=12.0)
+    step = current_totp_step()
+    confirmed = await client.post("/api/v1/auth/2fa/confirm", headers=headers,
+                                  json={"code": totp_code_at(secret, step - 1)})
+    backup = confirmed.json()["backup_codes"]
+    addresses = [f"198.51.100.{n}" for n in range(1, 9)]
+    clients = [httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(ip, 40000)),
+                                 base_url="http://roost.test") for ip in addresses]
+
+    async def attempt(n: int, code: str) -> httpx.Response:
+        """Right password from address ``n``, then ``code``."""
+        first = await login(clients[n], "vera")
+        assert first.status_code == 200 and first.json()["mfa_required"], first.text
+        return await clients[n].post("/api/v1/auth/login/2fa", json={
+            "mfa_token": first.json()["mfa_token"], "code": code})
+
+    try:
+        # Two misses, then a success: the success resets the count ...
+        assert (await attempt(0, "000000")).status_code == 401
+        assert (await attempt(1, "abcd-efgh")).status_code == 401  # wrong backup code
+        assert (await attempt(2, backup[0])).status_code == 200
+        # ... so two more misses do not lock (2 + 2 would be over the limit of 3).
+        assert (await attempt(3, "000000")).status_code == 401
+        assert (await attempt(4, "111111")).status_code == 401
+        # The third miss in a row, each after a correct password from a new address, locks.
+        assert (await attempt(5, "222222")).status_code == 401
+        locked = await attempt(6, totp_code_at(secret, step))  # even the right code waits
+        assert locked.status_code == 429, locked.text
+        assert locked.json()["retry_after_s"] >= 1
+        assert (await attempt(7, backup[1])).status_code == 429
+        await asyncio.sleep(2.1)  # ROOST_LOGIN_LOCKOUT_S=2 in these tests
+        assert (await attempt(7, totp_code_at(secret, step))).status_code == 200
+    finally:
+        for c in clients:
+            await c.aclose()
+    async with database.transaction() as session:
+        rows = (await session.execute(text(
+            "SELECT action, metadata FROM audit_logs WHERE action IN "
+            "('auth.mfa_failed', 'auth.lockout') ORDER BY seq"))).all()
+    assert [a for a, _ in rows].count("auth.mfa_failed") == 5
+    lockouts = [m for a, m in rows if a == "auth.lockout"]
+    assert [m["scope"] for m in lockouts] == ["second_factor"]
 
 
 async def test_passkey_register_login_rename_delete(

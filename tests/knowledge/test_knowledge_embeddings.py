@@ -30,6 +30,7 @@ def _norm(v: list[float]) -> float:
 # --------------------------------------------------------------------------- local model
 
 
+@pytest.mark.needs_local
 async def test_local_embedder_ranks_paraphrase_above_unrelated(
     local_embedder: LocalSentenceTransformerEmbedder,
 ) -> None:
@@ -48,6 +49,7 @@ async def test_local_embedder_ranks_paraphrase_above_unrelated(
     assert _cosine(question, paraphrase) > _cosine(question, unrelated) + 0.3
 
 
+@pytest.mark.needs_local
 async def test_local_model_loads_once_per_process(
     local_embedder: LocalSentenceTransformerEmbedder,
 ) -> None:
@@ -57,6 +59,7 @@ async def test_local_model_loads_once_per_process(
     assert await other.load() is first
 
 
+@pytest.mark.needs_local
 async def test_local_batching_and_concurrency_do_not_change_vectors(
     local_embedder: LocalSentenceTransformerEmbedder,
 ) -> None:
@@ -70,6 +73,7 @@ async def test_local_batching_and_concurrency_do_not_change_vectors(
     assert await local_embedder.embed([]) == []
 
 
+@pytest.mark.needs_local
 async def test_local_embedding_does_not_block_the_event_loop(
     local_embedder: LocalSentenceTransformerEmbedder,
 ) -> None:
@@ -91,6 +95,7 @@ async def test_local_embedding_does_not_block_the_event_loop(
     assert ticks_during_embedding > 0
 
 
+@pytest.mark.needs_local
 async def test_local_embedder_dimension_mismatch_is_reported(
     local_embedder: LocalSentenceTransformerEmbedder,
 ) -> None:

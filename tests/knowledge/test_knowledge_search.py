@@ -40,6 +40,7 @@ async def _search(database: Database, who: object, cfg: KnowledgeConfig, **body:
         return await search_mod.search(s, who, cfg, SearchRequest(**body))  # type: ignore[arg-type]
 
 
+@pytest.mark.needs_local
 async def test_the_local_model_finds_the_chunk_for_a_paraphrased_question(
     database: Database, ingest_root: Path, local_embedder: object
 ) -> None:

@@ -13,6 +13,7 @@ import openai
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from roost.config import Settings
 from roost.db.engine import Database
@@ -25,7 +26,7 @@ Headers = dict[str, str]
 @pytest.fixture
 def test_settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", llm_timeout_s=1.5, llm_local_model=False,
-                    chat_max_message_chars=1000)
+                    chat_max_message_chars=1000, max_request_bytes=256 * 1024)
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +164,97 @@ async def test_errors_use_openais_shape(
         await sdk.chat.completions.create(model="stub-model",
                                           messages=[{"role": "user", "content": "x"}])
     assert junk.value.status_code == 502 and "malformed" in junk.value.message
+
+
+async def test_models_retrieve(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, sdk: openai.AsyncOpenAI,
+) -> None:
+    await _provider(client, admin_headers, stub, "stub")
+    await _provider(client, admin_headers, stub, "org", model="org/stub-model")
+    model = await sdk.models.retrieve("stub-model")
+    assert (model.id, model.object, model.owned_by) == ("stub-model", "model", "stub")
+    assert (await sdk.models.retrieve("org/stub-model")).owned_by == "org"  # a "/" in the name
+    with pytest.raises(openai.NotFoundError) as missing:
+        await sdk.models.retrieve("gpt-none")
+    assert missing.value.code == "model_not_found" and missing.value.param == "model"
+
+
+def _sdk_error_has_request_id(exc: openai.APIStatusError) -> None:
+    assert isinstance(exc.body, dict) and exc.request_id
+    assert exc.body["request_id"] == exc.request_id  # body and X-Request-ID agree
+
+
+async def test_every_error_under_v1_is_in_openais_shape(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, sdk: openai.AsyncOpenAI,
+    user: tuple[uuid.UUID, Headers], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _provider(client, admin_headers, stub, "stub")
+    with pytest.raises(openai.NotFoundError) as unknown:  # 404: no such route
+        await sdk.post("/no/such/route", cast_to=object, body={})
+    assert unknown.value.code == "not_found" and "/v1/no/such/route" in unknown.value.message
+    assert unknown.value.type == "invalid_request_error"
+    _sdk_error_has_request_id(unknown.value)
+
+    with pytest.raises(openai.APIStatusError) as method:  # 405
+        await sdk.delete("/models", cast_to=object)
+    assert method.value.status_code == 405 and method.value.code == "method_not_allowed"
+    _sdk_error_has_request_id(method.value)
+
+    with pytest.raises(openai.APIStatusError) as big:  # 413: over ROOST_MAX_REQUEST_BYTES
+        await sdk.embeddings.create(model="stub-model", input="x" * 300_000)
+    assert big.value.status_code == 413 and big.value.code == "content_too_large"
+    _sdk_error_has_request_id(big.value)
+
+    with pytest.raises(openai.BadRequestError) as invalid:  # 400 (422 elsewhere): a field
+        await sdk.chat.completions.create(model="stub-model", messages=[])
+    assert invalid.value.code == "invalid_value" and invalid.value.param == "messages"
+    _sdk_error_has_request_id(invalid.value)
+
+    with pytest.raises(openai.AuthenticationError) as bogus:  # 401
+        await openai.AsyncOpenAI(base_url="http://roost.test/v1", api_key="rk_bogus",
+                                 http_client=sdk._client, max_retries=0).models.retrieve("x")
+    assert bogus.value.code == "invalid_api_key"
+    _sdk_error_has_request_id(bogus.value)
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug with a secret in its message")
+
+    monkeypatch.setattr("roost.llm.service.list_models", broken)
+    with pytest.raises(openai.InternalServerError) as bug:  # 500: an unexpected exception
+        await sdk.models.list()
+    assert bug.value.code == "internal_error" and "secret" not in bug.value.message
+    _sdk_error_has_request_id(bug.value)
+
+    async def db_down(*args: object, **kwargs: object) -> None:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+
+    monkeypatch.setattr("roost.llm.service.list_models", db_down)
+    with pytest.raises(openai.APIStatusError) as down:  # 503: the database is unreachable
+        await sdk.models.retrieve("stub-model")
+    assert down.value.status_code == 503 and down.value.code == "service_unavailable"
+    _sdk_error_has_request_id(down.value)
+
+
+async def test_lone_surrogates_are_400_in_openais_shape(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    # The SDK cannot even encode such a string: send the bytes as a client in another
+    # language would.  Python's json accepts them; that was a 500 when encrypting.
+    await _provider(client, admin_headers, stub, "stub")
+    headers = {**user[1], "content-type": "application/json"}
+    for url, body, field in (
+        ("/v1/chat/completions",
+         b'{"model": "stub-model", "messages": [{"role": "user", "content": "a\\ud800"}]}',
+         "messages[0].content"),
+        ("/v1/embeddings", b'{"model": "stub-model", "input": ["ok", "\\udfff"]}', "input[1]"),
+    ):
+        resp = await client.post(url, content=body, headers=headers)
+        assert resp.status_code == 400, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "invalid_json" and error["type"] == "invalid_request_error"
+        assert "lone UTF-16 surrogate" in error["message"] and field in error["message"]
+        assert error["request_id"] == resp.headers["x-request-id"]
 
 
 async def test_fallback_on_5xx_and_connection_errors_is_recorded(

@@ -304,3 +304,24 @@ async def test_stub_speaks_what_the_official_sdk_expects(stub: StubServer) -> No
         assert [m.id for m in models.data] == ["stub-model"]
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_header_values_that_cannot_be_sent_are_clear_provider_errors(
+    stub: StubServer, kind: str
+) -> None:
+    with pytest.raises(ProviderRequestError, match="API key is not a valid HTTP header value"):
+        create_provider(kind, base_url=stub.base_url, api_key="sk-ключ", model="m")
+    with pytest.raises(ProviderRequestError, match="not a valid HTTP header value"):
+        create_provider(kind, base_url=stub.base_url, model="m",
+                        config={"extra_headers": {"X-Team": "équipe"}})
+    # Whatever slips past construction fails before httpx, as a provider error.
+    provider = create_provider(kind, base_url=stub.base_url, api_key="sk-ok", model="m")
+    try:
+        provider._api_key = "sk-\u043a\u043b\u044e\u0447"  # type: ignore[attr-defined]
+        health = await provider.health()
+        assert not health.ok and health.error is not None and "\u043a" not in health.error
+        with pytest.raises(ProviderRequestError, match="set the key again"):
+            await provider.chat(req())
+    finally:
+        await provider.aclose()

@@ -158,3 +158,49 @@ async def test_periodic_health_check_updates_every_provider(
     async with database.transaction() as s:
         assert (await s.execute(text(
             "SELECT count(*) FROM audit_logs WHERE action = 'llm.provider.health'"))).scalar_one() == 2
+
+
+@pytest.mark.parametrize("bad_key", ["sk-ключ-123", "sk-test\n", "sk\x00test", "sk-tést", " sk-test"])
+async def test_api_keys_that_cannot_travel_in_a_header_are_refused(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, bad_key: str,
+) -> None:
+    body = {"name": "hdr", "type": "openai", "base_url": stub.base_url, "model": "m"}
+    created = await _create(client, admin_headers, **body, api_key=bad_key)
+    assert created.status_code == 422, created.text
+    assert "printable ASCII" in created.text and bad_key not in created.text
+    anthropic = await _create(client, admin_headers, **{**body, "name": "hdr-a",
+                                                        "type": "anthropic"}, api_key=bad_key)
+    assert anthropic.status_code == 422
+    pid = (await _create(client, admin_headers, **body, api_key=KEY)).json()["id"]
+    patched = await client.patch(f"/api/v1/llm/providers/{pid}", json={"api_key": bad_key},
+                                 headers=admin_headers)
+    assert patched.status_code == 422 and "printable ASCII" in patched.text
+    header = await _create(client, admin_headers, **{**body, "name": "hdr-h"},
+                           config={"extra_headers": {"X-Team": "équipe"}})
+    assert header.status_code == 422 and "extra_headers" in header.text
+
+
+async def test_a_stored_non_ascii_key_answers_a_clear_error_not_a_500(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """A key stored before validation existed (written here behind the API's back)."""
+    _, user_headers = await make_user(database)
+    created = await _create(client, admin_headers, name="legacy", type="openai",
+                            base_url=stub.base_url, api_key=KEY, model="stub-model")
+    pid = uuid.UUID(created.json()["id"])
+    bad = SecretBox.from_keys(test_keys.secrets_key).encrypt("sk-ключ-42", api_key_aad(pid))
+    async with database.transaction() as s:
+        await s.execute(text("UPDATE llm_providers SET api_key_encrypted = :k, "
+                             "updated_at = now() WHERE id = :i"), {"k": bad.decode(), "i": pid})
+    health = await client.post(f"/api/v1/llm/providers/{pid}/health", headers=admin_headers)
+    assert health.status_code == 200, health.text
+    assert health.json()["health_status"] == "unhealthy"
+    assert "not a valid HTTP header value" in health.json()["health_error"]
+    assert "ключ" not in health.text
+    chat = await client.post("/v1/chat/completions", headers=user_headers, json={
+        "model": "stub-model", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 409 and "set the key again" in chat.text, chat.text
+    assert "ключ" not in chat.text
+    synced = await client.post(f"/api/v1/llm/providers/{pid}/sync-models", headers=admin_headers)
+    assert synced.status_code == 409 and "header" in synced.text

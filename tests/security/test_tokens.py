@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 
@@ -190,6 +191,45 @@ def test_wrong_type_and_missing_claims_are_rejected() -> None:
     _invalid(
         SECRET, jwt.encode({**base, "typ": "access", "iss": "evil"}, SECRET, algorithm="HS256")
     )
+
+
+def _well_formed_claims() -> dict[str, object]:
+    now = int(time.time())
+    return {"iss": "roost", "sub": str(USER), "sid": str(SESSION), "jti": "j",
+            "typ": "access", "iat": now, "exp": now + 60}
+
+
+def test_well_formed_hand_made_claims_are_accepted() -> None:
+    claims = _well_formed_claims() | {"nbf": time.time() - 1, "exp": time.time() + 60.5}
+    assert decode_access_token(SECRET, jwt.encode(claims, SECRET, algorithm="HS256"))["sub"] == str(USER)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"exp": str(int(time.time()) + 3600)},  # PyJWT would int() it and accept it
+        {"exp": True},
+        {"exp": None},
+        {"exp": [int(time.time()) + 3600]},
+        {"iat": str(int(time.time()))},
+        {"iat": False},
+        {"nbf": str(int(time.time()) - 10)},
+        {"nbf": {"t": 0}},
+        {"sub": 12345},
+        {"sub": ""},
+        {"sub": "not-a-uuid"},
+        {"sid": ["0190c0de-0000-7000-8000-00000000beef"]},
+        {"sid": "s"},
+        {"jti": 7},
+        {"jti": ""},
+        {"typ": ["access"]},
+        {"iss": ["roost"]},
+    ],
+)
+def test_malformed_registered_claims_are_rejected(change: dict[str, object]) -> None:
+    # Signed as raw JWS: PyJWT's encoder itself refuses some of these shapes.
+    payload = json.dumps(_well_formed_claims() | change).encode()
+    _invalid(SECRET, jwt.api_jws.encode(payload, SECRET, algorithm="HS256"))
 
 
 def test_alg_none_and_other_algorithms_are_rejected() -> None:

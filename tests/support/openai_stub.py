@@ -33,6 +33,7 @@ model's keys override the global ones):
     fail_after_chunks drop the connection after N streamed content chunks
     require_api_key   reject requests without this key (401)
     model_list        ids listed by GET /v1/models (configured models are added)
+    usage             false: no OpenAI usage block, plain or streamed (servers that omit it)
 
 ``POST /_control`` accepts the same keys plus ``"reset": true`` (back to the
 start-up behaviour, stats cleared) and ``"models": {"name": null}`` to drop a
@@ -81,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
     "fail_after_chunks": None,
     "require_api_key": None,
     "model_list": ["stub-model"],
+    "usage": True,
 }
 DEFAULT_LOGPROB = -0.05
 ANTHROPIC_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -353,7 +355,7 @@ def build_app(state: StubState) -> Any:
                     "created": created,
                     "model": model,
                     "choices": [choice],
-                    "usage": usage,
+                    **({"usage": usage} if rules["usage"] else {}),
                 }
             )
 
@@ -390,7 +392,7 @@ def build_app(state: StubState) -> Any:
                 for part in (args[:half], args[half:]):
                     yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
             yield chunk({}, finish)
-            if (body.get("stream_options") or {}).get("include_usage"):
+            if rules["usage"] and (body.get("stream_options") or {}).get("include_usage"):
                 obj = {
                     "id": cid,
                     "object": "chat.completion.chunk",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -13,9 +12,11 @@ from roost.audit import service
 from roost.audit.schemas import AuditRecordOut, ChainReportOut
 from roost.http.auth import AdminPrincipal
 from roost.http.deps import DbSession
+from roost.http.routing import RoostRoute
+from roost.inputs import IsoDatetime
 from roost.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 
-router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/api/v1/audit", tags=["audit"], route_class=RoostRoute)
 
 
 @router.get("/logs", response_model=Page[AuditRecordOut], summary="Query the audit log")
@@ -32,8 +33,8 @@ async def list_audit_logs(
     correlation_id: Annotated[str | None, Query(max_length=64)] = None,
     trace_id: Annotated[str | None, Query(max_length=255)] = None,
     success: bool | None = None,
-    since: Annotated[datetime | None, Query(description="inclusive, ISO 8601")] = None,
-    until: Annotated[datetime | None, Query(description="exclusive, ISO 8601")] = None,
+    since: Annotated[IsoDatetime | None, Query(description="inclusive, ISO 8601")] = None,
+    until: Annotated[IsoDatetime | None, Query(description="exclusive, ISO 8601")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Page[AuditRecordOut]:

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from roost.clitools import fail
+
 console = Console()
 err = Console(stderr=True)
 
@@ -43,8 +45,7 @@ def rotate_messages_command(
         keys = load_keys(settings)
         cipher = MessageCipher(list(keys.message_keys))
     except (OSError, ValueError) as exc:
-        err.print(f"[red]message keys are not usable[/red]: {exc}")
-        raise typer.Exit(2) from None
+        raise fail("message keys are not usable", exc, code=2) from None
     checkpoint = settings.data_dir / KEY_DIR_NAME / CHECKPOINT_FILE
 
     async def run() -> RotationReport:
@@ -76,9 +77,8 @@ def rotate_messages_command(
     )
     if not report.ok:
         bad = report.undecryptable
-        err.print(f"[red]{len(bad)} rows could not be decrypted with any configured key and "
-                  f"were left untouched[/red], e.g. {bad[:5]}")
-        raise typer.Exit(1)
+        raise fail(f"{len(bad)} rows could not be decrypted with any configured key and were "
+                   "left untouched", f"e.g. {bad[:5]}")
     if keys.message_keys[1:]:
         console.print("every row is under the first key: the old keys can now be removed")
 

@@ -28,10 +28,11 @@ from roost.chat.schemas import (
 )
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit
+from roost.http.routing import RoostRoute
 from roost.llm.deps import CallerPrincipal, RuntimeDep
 from roost.pagination import DEFAULT_LIMIT, Page
 
-router = APIRouter(prefix="/api/v1/chat", tags=["chat"])
+router = APIRouter(prefix="/api/v1/chat", tags=["chat"], route_class=RoostRoute)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

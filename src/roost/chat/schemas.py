@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from roost.inputs import StrictInput
 from roost.llm.schemas import EnsembleSpec, UsageOut
 from roost.llm.types import ToolCall
 
@@ -15,7 +16,7 @@ MessageRole = Literal["system", "developer", "user", "assistant", "tool"]
 SessionStatus = Literal["active", "archived", "expired"]
 
 
-class SessionCreate(BaseModel):
+class SessionCreate(StrictInput):
     model_config = ConfigDict(extra="forbid")
 
     title: str | None = Field(default=None, max_length=256)
@@ -31,7 +32,7 @@ class SessionCreate(BaseModel):
     )
 
 
-class SessionUpdate(BaseModel):
+class SessionUpdate(StrictInput):
     model_config = ConfigDict(extra="forbid")
 
     title: str | None = Field(default=None, max_length=256)
@@ -60,7 +61,7 @@ class SessionOut(BaseModel):
     updated_at: datetime
 
 
-class MessageCreate(BaseModel):
+class MessageCreate(StrictInput):
     """A new message.  By default the configured model answers it (``reply``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -123,7 +124,7 @@ class StateOut(BaseModel):
     updated_at: datetime | None
 
 
-class StatePut(BaseModel):
+class StatePut(StrictInput):
     model_config = ConfigDict(extra="forbid")
 
     state: dict[str, Any]
@@ -133,7 +134,7 @@ class StatePut(BaseModel):
     )
 
 
-class HistoryEventCreate(BaseModel):
+class HistoryEventCreate(StrictInput):
     model_config = ConfigDict(extra="forbid")
 
     event_type: str = Field(
@@ -180,7 +181,7 @@ class SummaryOut(BaseModel):
     updated_at: datetime
 
 
-class SummaryUpdate(BaseModel):
+class SummaryUpdate(StrictInput):
     model_config = ConfigDict(extra="forbid")
 
     session_rating: float | None = Field(default=None, ge=0, le=5)

@@ -12,8 +12,9 @@ from sqlalchemy import text
 from roost.db.engine import Database
 from roost.db.migrate import migration_state
 from roost.http.deps import get_database
+from roost.http.routing import RoostRoute
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], route_class=RoostRoute)
 
 HEALTH_TIMEOUT_S = 3.0
 

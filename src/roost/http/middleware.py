@@ -16,7 +16,7 @@ from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from roost.context import RequestContext, reset_context, set_context
-from roost.http.problems import BodyTooLarge
+from roost.http.problems import BodyTooLarge, problem, unexpected_error
 
 log = structlog.get_logger("roost.http")
 
@@ -58,19 +58,24 @@ class RequestContextMiddleware:
                 request_id=request_id,
                 ip_address=client[0][:45] if client else None,
                 user_agent=_header(scope, b"user-agent"),
+                path=scope.get("path"),
             )
         )
         structlog.contextvars.bind_contextvars(request_id=request_id)
         status = 500
+        response_started = response_complete = False
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started, response_complete
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
+                response_started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                response_complete = True
             await send(message)
 
         try:
@@ -79,13 +84,27 @@ class RequestContextMiddleware:
                 await self._reject_too_large(scope, send_with_id)
                 return
             await self.app(scope, self._limited(receive), send_with_id)
+        except Exception as exc:
+            # Whatever escaped the app's handlers (a route, a dependency, a middleware
+            # inside this one) is answered here, while the request id is still bound:
+            # a 500 with the id in body and header.  Not re-raised, so the server keeps
+            # the connection alive; only a response cut short must still fail (the server
+            # then closes the connection, the one way to tell the client it is truncated).
+            if response_started and not response_complete:
+                raise
+            response = unexpected_error(exc)
+            if not response_started:
+                await response(scope, _empty_receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - started
-            route = _route_template(scope)
-            REQUESTS.labels(scope["method"], route, str(status)).inc()
-            LATENCY.labels(scope["method"], route).observe(elapsed)
-            log.info("request", method=scope["method"], path=scope["path"], route=route,
-                     status=status, duration_ms=round(elapsed * 1000, 2))
+            try:
+                elapsed = time.perf_counter() - started
+                route = _route_template(scope)
+                REQUESTS.labels(scope["method"], route, str(status)).inc()
+                LATENCY.labels(scope["method"], route).observe(elapsed)
+                log.info("request", method=scope["method"], path=scope["path"], route=route,
+                         status=status, duration_ms=round(elapsed * 1000, 2))
+            except Exception:  # bookkeeping must never turn an answer into a failure
+                log.exception("request_bookkeeping_failed")
             structlog.contextvars.unbind_contextvars("request_id")
             reset_context(token)
 
@@ -105,8 +124,6 @@ class RequestContextMiddleware:
         return wrapped
 
     async def _reject_too_large(self, scope: Scope, send: Send) -> None:
-        from roost.http.problems import problem
-
         response = problem(413, f"request body is larger than the limit of {self.max_body_bytes} bytes")
         await response(scope, _empty_receive, send)
 

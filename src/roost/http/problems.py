@@ -36,10 +36,49 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
+# Under /v1 (the OpenAI-compatible API) every error takes OpenAI's shape instead,
+# {"error": {"message", "type", "param", "code"}}, so OpenAI SDKs raise their usual
+# exceptions with a code; request_id rides inside "error" and in X-Request-ID.
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                 403: "permission_error", 404: "invalid_request_error",
+                 405: "invalid_request_error", 409: "invalid_request_error",
+                 413: "invalid_request_error", 415: "invalid_request_error",
+                 422: "invalid_request_error", 429: "rate_limit_error", 500: "server_error"}
+_OPENAI_CODES = {"unauthorized": "invalid_api_key", "payload-too-large": "content_too_large",
+                 "malformed-json": "invalid_json", "validation-error": "invalid_value",
+                 "not-found": "not_found", "internal-server-error": "internal_error"}
+
+
+def is_openai_path(path: str | None) -> bool:
+    return path is not None and (path == "/v1" or path.startswith("/v1/"))
+
+
+def openai_code(type_slug: str) -> str:
+    return _OPENAI_CODES.get(type_slug, type_slug.replace("-", "_"))
+
+
+def openai_error(
+    status: int, message: str, *, code: str | None = None, param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    error: dict[str, Any] = {"message": message, "type": _OPENAI_TYPES.get(status, "api_error"),
+                             "param": param, "code": code}
+    request_id = current_context().request_id
+    if request_id:
+        error["request_id"] = request_id
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
 def problem(
     status: int, detail: str, *, title: str | None = None, type_slug: str | None = None,
     headers: dict[str, str] | None = None, **extra: Any,
 ) -> JSONResponse:
+    """The error answer: problem JSON, or OpenAI's shape for a request under /v1."""
+    if is_openai_path(current_context().path):
+        return openai_error(status, detail, code=openai_code(type_slug or _slug(status)),
+                            headers=headers)
     body: dict[str, Any] = {
         "type": TYPE_BASE + (type_slug or _slug(status)),
         "title": title or _HTTP_TITLES.get(status, "Error"),
@@ -72,12 +111,22 @@ async def _roost_error(request: Request, exc: Exception) -> JSONResponse:
                    headers=headers, **exc.extra)
 
 
+def json_error_reason(exc: RequestValidationError) -> str:
+    """Why the body is not JSON (the decoder's message: a position or a field, no value)."""
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error")
+            if isinstance(reason, str) and reason:
+                return reason
+    return "it could not be decoded"
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = _validation_errors(exc)
     if any(e["type"] == "json_invalid" for e in errors):
-        return problem(400, "request body is not valid JSON", type_slug="malformed-json",
-                       errors=errors)
+        return problem(400, f"request body is not valid JSON: {json_error_reason(exc)}",
+                       type_slug="malformed-json", errors=errors)
     return problem(422, "request has invalid or missing fields; see errors",
                    type_slug="validation-error", errors=errors)
 
@@ -128,7 +177,12 @@ async def _os_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled_error", error=type(exc).__name__)
+    return unexpected_error(exc)
+
+
+def unexpected_error(exc: BaseException) -> JSONResponse:
+    """500 with only the request id; the exception goes to the log with its traceback."""
+    log.error("unhandled_error", error=type(exc).__name__, exc_info=exc)
     return problem(500, "an unexpected error occurred; quote the request id when reporting it")
 
 

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import sys
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from roost.clitools import run_in_transaction
+from roost.clitools import id_table, print_table, resolve_id, run_in_transaction
 
 T = TypeVar("T")
 
@@ -66,7 +64,8 @@ def users_create(
 
     user = _run(go)
     extra = " (root)" if user.is_root else ""
-    console.print(f"created {user.username} <{user.email}> role={user.role}{extra} id={user.id}")
+    console.print(f"created {user.username} <{user.email}> role={user.role}{extra} id={user.id}",
+                  markup=False)
 
 
 @users_app.command("approve")
@@ -93,12 +92,12 @@ def users_list(
     from roost.identity.common import SYSTEM
 
     rows = _run(lambda session: list_users(session, SYSTEM, status=status, limit=limit))
-    table = Table("username", "email", "role", "status", "tier", "last login", "id")
+    table = id_table("username", "email", "role", "status", "tier", "last login", "id")
     for u in rows:
         role = u.role + (" (root)" if u.is_root else "")
         last = u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "-"
         table.add_row(u.username, u.email, role, u.status, u.tier, last, str(u.id))
-    console.print(table)
+    print_table(console, table)
 
 
 @users_app.command("revoke-sessions")
@@ -160,19 +159,25 @@ def keys_list(user: Annotated[str, typer.Option("--user", help="Username or emai
         owner = await _user_by_login(session, user)
         return await list_api_keys(session, SYSTEM, user_id=owner.id)
 
-    table = Table("id", "prefix", "name", "created", "last used", "expires")
+    table = id_table("id", "prefix", "name", "created", "last used", "expires", wrap=("name",))
     for k in _run(go):
         table.add_row(str(k.id), k.prefix, k.name, k.created_at.strftime("%Y-%m-%d %H:%M"),
                       k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "-",
                       k.expires_at.strftime("%Y-%m-%d") if k.expires_at else "-")
-    console.print(table)
+    print_table(console, table)
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[uuid.UUID, typer.Argument(help="The key's id.")]) -> None:
+def keys_revoke(key_id: Annotated[str, typer.Argument(
+        help="The key's id as `roost keys list` prints it, or a unique start of it.")]) -> None:
     """Revoke an API key (refused from the next request on)."""
     from roost.identity.apikeys import revoke_api_key
     from roost.identity.common import SYSTEM
+    from roost.identity.models import ApiKey
 
-    row = _run(lambda session: revoke_api_key(session, SYSTEM, key_id))
-    console.print(f"revoked {row.prefix} ({row.name})")
+    async def go(session: Any) -> Any:
+        return await revoke_api_key(session, SYSTEM, await resolve_id(session, ApiKey.id, key_id,
+                                                                      "API key"))
+
+    row = _run(go)
+    console.print(f"revoked {row.prefix} ({row.name})", markup=False)

@@ -320,8 +320,8 @@ class UserGroupMembership(UUIDPrimaryKey, Base):
 class AuthThrottle(Base):
     """Failed-login counters per account and per client address (no RLS: read before
     anyone is authenticated).  ``key`` is ``user:<id>``, ``login:<sha256>`` for names
-    that match no account (so unknown names lock out exactly like real ones), or
-    ``ip:<address>``."""
+    that match no account (so unknown names lock out exactly like real ones),
+    ``mfa:<id>`` for wrong second-factor codes, or ``ip:<address>``."""
 
     __tablename__ = "auth_throttle"
 

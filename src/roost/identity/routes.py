@@ -16,6 +16,7 @@ from roost.context import current_context
 from roost.errors import Unprocessable
 from roost.http.auth import AdminPrincipal, CurrentPrincipal, Principal
 from roost.http.deps import DbSession, get_keys, get_settings_dep
+from roost.http.routing import RoostRoute
 from roost.identity import (
     accounts,
     apikeys,
@@ -72,10 +73,10 @@ from roost.identity.schemas import (
     UserPatchIn,
 )
 
-auth_router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
-users_router = APIRouter(prefix="/api/v1/users", tags=["users"])
-keys_router = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"])
-groups_router = APIRouter(prefix="/api/v1/groups", tags=["groups"])
+auth_router = APIRouter(prefix="/api/v1/auth", tags=["auth"], route_class=RoostRoute)
+users_router = APIRouter(prefix="/api/v1/users", tags=["users"], route_class=RoostRoute)
+keys_router = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"], route_class=RoostRoute)
+groups_router = APIRouter(prefix="/api/v1/groups", tags=["groups"], route_class=RoostRoute)
 
 
 def identity_config(request: Request) -> IdentityConfig:
@@ -573,6 +574,6 @@ async def remove_member(group_id: uuid.UUID, user_id: uuid.UUID, principal: Curr
     return _no_content()
 
 
-router = APIRouter()
+router = APIRouter(route_class=RoostRoute)
 for _sub in (auth_router, users_router, keys_router, groups_router):
     router.include_router(_sub)

@@ -16,6 +16,7 @@ from zoneinfo import available_timezones
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from roost.identity.models import MODEL_PREFERENCE_KEYS
+from roost.inputs import StrictInput
 
 MAX_PREFERENCE_JSON_BYTES = 16 * 1024
 MAX_PROFILE_JSON_BYTES = 4 * 1024
@@ -64,8 +65,8 @@ Phone = Annotated[str, StringConstraints(strip_whitespace=True, max_length=32,
                                          pattern=r"^[0-9+()\-. x]{3,32}$")]
 
 
-class Input(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Input(StrictInput):
+    """Request bodies: unknown fields refused, JSON booleans/timestamps strictly typed."""
 
 
 # --- auth ---------------------------------------------------------------------------

@@ -102,6 +102,8 @@ async def commit_auth_failure(
     client: ClientInfo,
     reason: str,
     count: bool = True,
+    account_key: str | None = None,
+    account_scope: str = "account",
 ) -> None:
     """Audit a failed attempt, count it per account and per address, and COMMIT.
 
@@ -109,14 +111,16 @@ async def commit_auth_failure(
     error, and the counters and audit records must survive.  Committing here (rather than
     writing through a second connection) holds one pooled connection per request, so a
     flood of failed logins cannot starve the pool.  Call it only before the transaction
-    has written anything that must not be kept.
+    has written anything that must not be kept.  ``account_key`` replaces the account's
+    password counter (second-factor failures count under their own key, reported as
+    ``account_scope`` in the lockout record).
     """
     limits = _limits(cfg)
     locked: list[str] = []
     if count:
-        acct = throttle.account_key(user_id, login)
+        acct = account_key or throttle.account_key(user_id, login)
         if await throttle.record_failure(session, acct, limits.per_account, limits):
-            locked.append("account")
+            locked.append(account_scope)
         ip = throttle.ip_key(client.ip)
         if ip and await throttle.record_failure(session, ip, limits.per_ip, limits):
             locked.append("ip")
@@ -228,7 +232,10 @@ async def complete_mfa(
     if challenge is None or challenge.user_id is None:
         raise Unauthorized("this sign-in step has expired or was already used; sign in again")
     user = await load_user(session, challenge.user_id)
-    keys = [throttle.account_key(user.id, user.username)]
+    # The password counter is cleared by every correct password; wrong codes count under
+    # their own key, which only a correct code clears (or the window/lockout ending).
+    mfa_key = throttle.second_factor_key(user.id)
+    keys = [throttle.account_key(user.id, user.username), mfa_key]
     if ip := throttle.ip_key(client.ip):
         keys.append(ip)
     await throttle.check_not_locked(session, keys)
@@ -242,7 +249,8 @@ async def complete_mfa(
         if attempts >= MFA_MAX_ATTEMPTS:  # guessing: make them start over
             await session.execute(delete(AuthChallenge).where(AuthChallenge.id == challenge.id))
         await commit_auth_failure(session, cfg, action="auth.mfa_failed", user_id=user.id,
-                                  login=user.username, client=client, reason="bad_code")
+                                  login=user.username, client=client, reason="bad_code",
+                                  account_key=mfa_key, account_scope="second_factor")
         raise Unauthorized("incorrect authentication code")
     # Single use: only the request that deletes the challenge goes on.
     gone = await session.execute(
@@ -250,6 +258,7 @@ async def complete_mfa(
     )
     if gone.scalar_one_or_none() is None:
         raise Unauthorized("this sign-in step has expired or was already used; sign in again")
+    await throttle.clear(session, mfa_key)
     check_standing(user)
     payload: dict[str, Any] = challenge.payload or {}
     client = ClientInfo(client.ip, client.user_agent,

@@ -3,7 +3,9 @@
 Counters live in ``auth_throttle``; the sign-in code commits them before answering
 401, so a failed attempt always counts.  A name that
 matches no account gets a counter of its own, keyed by a hash of the name, so
-unknown names lock out exactly like real ones and the answer reveals nothing.
+unknown names lock out exactly like real ones and the answer reveals nothing.  Wrong
+second-factor codes count against the account under a key of their own
+(:func:`second_factor_key`) that a correct password does not clear.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ def account_key(user_id: uuid.UUID | None, login: str) -> str:
 
 def ip_key(ip: str | None) -> str | None:
     return f"ip:{ip}" if ip else None
+
+
+def second_factor_key(user_id: uuid.UUID) -> str:
+    """Wrong TOTP/backup codes of one account.  Kept apart from :func:`account_key`, which
+    a correct password clears: only a correct second factor (or the end of the window or
+    lockout) clears this one, so knowing the password does not buy unlimited guesses."""
+    return f"mfa:{user_id}"
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
 from sqlalchemy import or_, select
+
+from roost.clitools import fail, id_table, print_table
 
 console = Console()
 err = Console(stderr=True)
@@ -53,7 +55,7 @@ def ingest_command(
                                        tags=check_tags((tags or "").split(",")), user=user,
                                        group=group, private=private)
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), TextColumn("{task.fields[current]}"),
+                          TimeElapsedColumn(), TextColumn("{task.fields[current]}", markup=False),
                           console=console, transient=False) as bar:
                 task = bar.add_task("ingesting", total=None, current="")
 
@@ -71,15 +73,14 @@ def ingest_command(
     try:
         summary = asyncio.run(run())
     except RoostError as exc:
-        err.print(f"[red]cannot ingest[/red]: {exc.detail}")
-        raise typer.Exit(2) from None
-    table = Table("status", "files", "chunks", "errors", "run")
+        raise fail("cannot ingest", exc.detail, code=2) from None
+    table = id_table("status", "files", "chunks", "errors", "run")
     colour = {"success": "green", "partial": "yellow"}.get(str(summary["status"]), "red")
     table.add_row(f"[{colour}]{summary['status']}[/{colour}]", str(summary["totals_files"]),
                   str(summary["totals_chunks"]), str(summary["errors"]), str(summary["run_id"]))
-    console.print(table)
+    print_table(console, table)
     for error in summary["errors_detail"]:
-        err.print(f"[red]error[/red] {error.get('path') or target}: {error.get('error')}")
+        err.print(Text.assemble(("error", "red"), f" {error.get('path') or target}: {error.get('error')}"))
     if summary["status"] == "failed":
         raise typer.Exit(1)
 

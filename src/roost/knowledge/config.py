@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from roost.config import Settings
-from roost.errors import Unprocessable
+from roost.errors import Conflict, Unprocessable
 from roost.knowledge.embeddings import (
     LOCAL_MODEL_DIMENSIONS,
     LOCAL_MODEL_NAME,
@@ -21,6 +21,7 @@ from roost.knowledge.embeddings import (
     EmbedderUnavailable,
     LocalSentenceTransformerEmbedder,
     OpenAICompatibleEmbedder,
+    local_model_problem,
 )
 
 
@@ -136,6 +137,33 @@ def get_embedder(spec: EmbedderSpec) -> Embedder:
             )
         _embedders[spec] = embedder
         return embedder
+
+
+class EmbedderNotReady(Conflict):
+    """The configured embedder cannot work in this process: nothing is accepted that
+    would only fail later in a worker."""
+
+    title, type_slug = "Embedder unavailable", "embedder-unavailable"
+
+
+def check_embedder(spec: EmbedderSpec) -> None:
+    """Raise :class:`EmbedderNotReady` (409) when ``spec``'s embedder cannot run here.
+
+    Only the local model can be checked without calling anything (a package and files);
+    a remote embedder's problems show when the job calls it, and are retried then.
+    """
+    with _lock:
+        existing = _embedders.get(spec)
+    if spec.provider != "local" or (
+        existing is not None and not isinstance(existing, LocalSentenceTransformerEmbedder)
+    ):
+        return
+    problem = local_model_problem()
+    if problem is not None:
+        raise EmbedderNotReady(
+            f"{problem}; or set ROOST_KNOWLEDGE_EMBEDDING_PROVIDER=openai with an embeddings "
+            "server. Documents cannot be ingested until then"
+        )
 
 
 def set_embedder(spec: EmbedderSpec, embedder: Embedder) -> None:

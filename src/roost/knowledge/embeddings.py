@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import itertools
 import math
 import os
@@ -36,6 +37,7 @@ __all__ = [
     "LocalSentenceTransformerEmbedder",
     "OpenAICompatibleEmbedder",
     "bundled_model_path",
+    "local_model_problem",
 ]
 
 LOCAL_MODEL_NAME: Final = "all-MiniLM-L6-v2"
@@ -99,6 +101,17 @@ def bundled_model_path() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
+def local_model_problem() -> str | None:
+    """Why the bundled local model cannot run in this process (None: it can), found
+    without importing torch or loading anything, so the API can refuse work up front."""
+    if importlib.util.find_spec("sentence_transformers") is None:
+        return ("the local embedding model needs the roost[local] extra "
+                "(sentence-transformers is not installed); " + _LOCAL_EXTRA_HINT)
+    if bundled_model_path() is None:
+        return f"the {LOCAL_MODEL_NAME} model files are not installed; " + _LOCAL_EXTRA_HINT
+    return None
+
+
 def _force_offline() -> None:
     # The weights are on disk; these make transformers/huggingface_hub fail fast instead
     # of ever reaching for the network (which this deployment may not even have).
@@ -106,6 +119,21 @@ def _force_offline() -> None:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # No progress bars ("Loading weights", batches) or chatter on the user's stderr.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _quiet_transformers() -> None:
+    """The environment above works only before the libraries are first imported."""
+    try:
+        import huggingface_hub.utils as hf_hub_utils
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_hub_utils.disable_progress_bars()  # type: ignore[attr-defined]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
 
 
 class _LoadedModel:
@@ -144,6 +172,7 @@ def _load_model(model_path: Path, device: str) -> _LoadedModel:
             raise EmbedderUnavailable(
                 f"no sentence-transformers model found in {model_path}; " + _LOCAL_EXTRA_HINT
             )
+        _quiet_transformers()
         try:
             model = SentenceTransformer(str(model_path), device=device, local_files_only=True)
         except Exception as exc:

@@ -51,7 +51,12 @@ from roost.knowledge.index import ensure_model
 from roost.knowledge.jobs import CURATE_TASK
 from roost.knowledge.models import Document, DocumentChunk, DocumentUpload, IngestionRun
 from roost.knowledge.parsing import ParsedDocument, parse_document
-from roost.knowledge.paths import iter_files, read_ingest_file, resolve_ingest_path
+from roost.knowledge.paths import (
+    PathNotAllowed,
+    iter_files,
+    read_ingest_file,
+    resolve_ingest_path,
+)
 from roost.knowledge.service import now, sha256_hex, upload_identity
 from roost.tasks.service import enqueue
 
@@ -155,7 +160,7 @@ async def run_ingestion(
         await ensure_model(database.engine, spec.model, spec.dimensions, spec.provider)
         sources, listing_errors = await _sources(run, cfg, confine=confine, document_id=document_id)
     except RoostError as exc:
-        return _summary(await _finish(database, cfg, run, fatal=_error_entry(None, exc)))
+        return await _fail_run(database, cfg, run, _error_entry(None, exc))
     for source, failure in listing_errors:
         await _record_error(database, cfg, run, source, failure)
     total = len(sources)
@@ -163,14 +168,26 @@ async def run_ingestion(
         try:
             outcome = await _ingest_source(database, cfg, run, source, force=force)
         except EmbedderUnavailable as exc:
-            return _summary(await _finish(database, cfg, run, fatal=_error_entry(source, exc)))
+            return await _fail_run(database, cfg, run, _error_entry(source, exc))
         except EmbeddingError as exc:
             if not final_attempt:
                 raise  # the queue retries the run; finished sources are skipped then
-            return _summary(await _finish(database, cfg, run, fatal=_error_entry(source, exc)))
+            return await _fail_run(database, cfg, run, _error_entry(source, exc))
         if progress is not None:
             progress(done, total, source.display, outcome)
     return _summary(await _finish(database, cfg, run))
+
+
+async def _fail_run(
+    database: Database, cfg: KnowledgeConfig, run: IngestionRun, entry: dict[str, Any]
+) -> dict[str, Any]:
+    """The run cannot go on (no embedder, a setting missing in this process...): the run
+    and its unfinished documents end failed with the reason, which the summary carries
+    as ``fatal`` (the job then fails its task, visibly)."""
+    log.error("ingest_run_failed", run_id=str(run.id), error=entry["error"][:500])
+    summary = _summary(await _finish(database, cfg, run, fatal=entry))
+    summary["fatal"] = entry["error"]
+    return summary
 
 
 def _summary(run: IngestionRun) -> dict[str, Any]:
@@ -209,6 +226,13 @@ async def _finish(
             errors.append(fatal)
             locked.errors = errors
             locked.status = "failed"  # the run could not go on
+            # Its documents still waiting (an upload) end with the reason, not "processing".
+            await s.execute(
+                update(Document)
+                .where(Document.ingestion_run_id == locked.id,
+                       Document.status.in_(("pending", "processing")))
+                .values(status="error", error_message=fatal["error"], updated_at=now())
+            )
         elif not errors:
             locked.status = "success"
         else:
@@ -240,7 +264,18 @@ async def _sources(
         return [Source("web", run.target, run.target, _name_from_url(run.target), uri=run.target)], []
     def locate() -> Path:
         if confine:
-            return resolve_ingest_path(run.target, cfg.ingest_roots)
+            try:
+                return resolve_ingest_path(run.target, cfg.ingest_roots)
+            except PathNotAllowed as exc:
+                # The API checked the target against the server's roots; the worker checks
+                # again against its own: say which setting to fix (not the directories).
+                where = ("file ingestion is disabled in the worker that ran this job: its "
+                         "ROOST_KNOWLEDGE_INGEST_ROOTS is empty" if not cfg.ingest_roots
+                         else f"{exc.detail} of the worker that ran this job")
+                raise PathNotAllowed(
+                    f"{where}; `roost worker` needs the same ROOST_KNOWLEDGE_INGEST_ROOTS "
+                    "as `roost serve`"
+                ) from None
         path = Path(os.path.realpath(run.target))
         if not path.exists():
             raise NotFound(f"the path {run.target!r} does not exist")

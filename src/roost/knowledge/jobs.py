@@ -33,11 +33,15 @@ async def ingest(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
     if run_id is None:
         raise PermanentError("payload needs run_id")
     cfg = KnowledgeConfig.from_settings(get_settings())
-    return await run_ingestion(
+    summary = await run_ingestion(
         ctx.database, run_id, cfg, force=bool(payload.get("force", False)),
         document_id=_uuid(payload, "document_id"),
         final_attempt=ctx.retry_count >= ctx.max_retries,
     )
+    if summary.get("fatal"):
+        # The run and its documents already say why; the task must not look completed.
+        raise PermanentError(f"ingestion run {run_id} failed: {summary['fatal']}")
+    return summary
 
 
 @task(CURATE_TASK, max_retries=3, backoff_base_s=10.0, priority="low")

@@ -59,7 +59,10 @@ def resolve_ingest_path(
         raise PathNotAllowed(f"the ingest path {raw!r} contains '..'; give a path without it")
     roots = _resolved_roots(allowed_roots)
     if not roots:
-        raise PathNotAllowed("file ingestion is disabled: no ingest directories are configured")
+        raise PathNotAllowed(
+            "file ingestion is disabled: no ingest directories are configured "
+            "(ROOST_KNOWLEDGE_INGEST_ROOTS is empty)"
+        )
     # As configured and as resolved: "/tmp/x" must pass when the root "/tmp" really is
     # "/private/tmp".
     lexical_roots = [Path(os.path.abspath(Path(r).expanduser())) for r in allowed_roots] + roots

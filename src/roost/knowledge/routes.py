@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from roost.errors import PayloadTooLarge
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit, SettingsDep
+from roost.http.routing import RoostRoute
 from roost.knowledge import search as search_mod
 from roost.knowledge import service
 from roost.knowledge.config import KnowledgeConfig
@@ -26,7 +27,7 @@ from roost.knowledge.schemas import (
 )
 from roost.pagination import DEFAULT_LIMIT, Page
 
-router = APIRouter(prefix="/api/v1/knowledge", tags=["knowledge"])
+router = APIRouter(prefix="/api/v1/knowledge", tags=["knowledge"], route_class=RoostRoute)
 
 READ_CHUNK = 1024 * 1024
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from roost.errors import Unprocessable
+from roost.inputs import StrictInput
 from roost.knowledge.models import MAX_TAGS_BYTES
 
 MAX_TAG_CHARS = 100
@@ -66,7 +67,7 @@ def parse_tags_field(raw: str | None) -> list[str]:
     return check_tags(text.split(","))
 
 
-class _Scope(BaseModel):
+class _Scope(StrictInput):
     collection: str | None = Field(default=None, min_length=1, max_length=128)
     tags: list[str] = Field(default_factory=list, max_length=200)
     group_id: uuid.UUID | None = Field(
@@ -127,7 +128,7 @@ class DocumentOut(BaseModel):
     last_ingested_at: datetime | None
 
 
-class DocumentUpdate(BaseModel):
+class DocumentUpdate(StrictInput):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, min_length=1, max_length=255)
@@ -179,7 +180,7 @@ class UploadAccepted(BaseModel):
     ingestion_run: IngestionRunOut
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(StrictInput):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)

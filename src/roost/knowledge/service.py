@@ -26,7 +26,7 @@ from roost.audit import service as audit
 from roost.db.base import uuid7
 from roost.errors import Forbidden, NotFound, PayloadTooLarge, Unprocessable
 from roost.http.auth import Principal
-from roost.knowledge.config import KnowledgeConfig
+from roost.knowledge.config import KnowledgeConfig, check_embedder
 from roost.knowledge.fetching import FetchInvalidURL, FetchRefused, address_refusal
 from roost.knowledge.jobs import INGEST_TASK
 from roost.knowledge.models import Document, DocumentChunk, DocumentUpload, IngestionRun
@@ -117,6 +117,7 @@ async def create_upload(
         if value is not None and "\x00" in value:
             raise Unprocessable(f"{label} must not contain NUL characters")
     name = clean_filename(filename)
+    check_embedder(cfg.embedder)  # 409 now rather than a document stuck "processing"
     model = cfg.embedder.model
     run = IngestionRun(
         user_id=user_id, target=name, source="upload", tags=tags or [], collection=collection,
@@ -331,6 +332,7 @@ async def start_run(
             raise Unprocessable("target is a URL: set from_web to true (or leave it out)")
         target = str(resolve_ingest_path(body.target, cfg.ingest_roots))
         source = "file"
+    check_embedder(cfg.embedder)
     run = IngestionRun(
         user_id=user_id, target=target, source=source, from_web=from_web,
         recursive=body.recursive, tags=body.tags, collection=body.collection,

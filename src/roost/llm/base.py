@@ -8,6 +8,7 @@ the provider type, whether falling back can help.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -62,6 +63,41 @@ def elapsed_ms(start: float) -> int:
     return int((time.perf_counter() - start) * 1000)
 
 
+# RFC 9110 section 5.1 (token) and 5.5: what httpx can send without failing mid-request.
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+AUTH_HEADER_NAMES = frozenset({"authorization", "x-api-key"})
+HEADER_VALUE_RULE = "printable ASCII without control characters"
+
+
+def header_value_ok(value: str) -> bool:
+    """True when ``value`` can be sent as an HTTP header value (printable ASCII, no
+    control characters, no surrounding whitespace)."""
+    return value.isascii() and value.isprintable() and value == value.strip()
+
+
+def header_name_ok(name: str) -> bool:
+    return _HEADER_NAME_RE.fullmatch(name) is not None
+
+
+def check_headers(headers: Mapping[str, Any], provider: str) -> None:
+    """Raise :class:`ProviderRequestError` (never echoing a value) for a header that cannot
+    be sent: a key stored before keys were validated must fail as a clear provider error,
+    not as an ``UnicodeEncodeError`` deep in httpx."""
+    for name, value in headers.items():
+        if not isinstance(name, str) or not header_name_ok(name):
+            raise ProviderRequestError(
+                f"provider {provider!r}: an extra header name is not a valid HTTP token; "
+                "fix config.extra_headers", provider=provider,
+            )
+        if not isinstance(value, str) or not header_value_ok(value):
+            what = "the API key" if name.lower() in AUTH_HEADER_NAMES else f"header {name!r}"
+            fix = "set the key again" if name.lower() in AUTH_HEADER_NAMES else "fix the configuration"
+            raise ProviderRequestError(
+                f"provider {provider!r}: {what} is not a valid HTTP header value (it must be "
+                f"{HEADER_VALUE_RULE}); {fix}", provider=provider,
+            )
+
+
 class HTTPProvider:
     """Base for providers reached over HTTP with httpx.
 
@@ -92,6 +128,11 @@ class HTTPProvider:
         self.name = name or self.provider_type
         self.retry_bad_response = retry_bad_response
         self.extra_headers = dict(extra_headers or {})
+        # Refuse at build time what could never be sent (the registry turns this into a
+        # clear "unusable provider" answer); _headers() checks again before each request.
+        check_headers(self.extra_headers, self.name)
+        if self._api_key is not None and not header_value_ok(self._api_key):
+            check_headers({"Authorization": self._api_key}, self.name)
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=connect_timeout or min(timeout, 10.0)),
@@ -151,7 +192,9 @@ class HTTPProvider:
         return model
 
     def _headers(self) -> dict[str, str]:
-        return {**self.extra_headers, **self._auth_headers()}
+        headers = {**self.extra_headers, **self._auth_headers()}
+        check_headers(headers, self.name)
+        return headers
 
     def _safe(self, text: str) -> str:
         return scrub(text, self._api_key)

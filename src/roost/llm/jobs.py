@@ -1,4 +1,5 @@
-"""Queue jobs of the LLM domain: the periodic provider health check."""
+"""Queue jobs of the LLM domain: the periodic provider health check and the sweep of
+requests orphaned by a crashed process."""
 
 from __future__ import annotations
 
@@ -62,3 +63,21 @@ async def check_all(runtime: Runtime) -> dict[str, Any]:
 async def health_check(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Update health_status and response_time of every enabled provider."""
     return {"providers": await check_all(job_runtime(ctx.database))}
+
+
+@periodic("llm.sweep_orphans", every=timedelta(minutes=5), queue="maintenance",
+          priority="background", max_retries=2, timeout_s=300)
+async def sweep_orphans(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Fail the ``llm_requests`` left pending/running by a process that died mid-call."""
+    settings = get_settings()
+    failed: list[str] = []
+    while True:
+        async with ctx.database.transaction() as session:
+            threshold = await service.orphan_threshold_s(session, settings)
+            ids = await service.fail_orphaned_requests(session, threshold)
+        failed.extend(str(i) for i in ids)
+        if len(ids) < service.ORPHAN_BATCH:
+            break
+    if failed:
+        log.warning("llm.orphaned_requests_failed", count=len(failed), older_than_s=threshold)
+    return {"failed": len(failed), "older_than_s": threshold, "request_ids": failed[:100]}

@@ -19,7 +19,8 @@ import importlib.util
 import inspect
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,32 @@ def find_smollm2_gguf() -> Path | None:
 
 class _Done:
     pass
+
+
+@contextmanager
+def _counting_prompt_tokens(llama: Any, counts: list[int]) -> Iterator[None]:
+    """Record the prompt's token count while ``llama`` streams (caller holds the lock).
+
+    llama-cpp-python's chat handlers render the chat template, tokenize it and pass the
+    token list to ``create_completion``; a stream then reports no usage.  Wrapping that
+    method on the instance for one call gives the same count a non-streamed answer
+    reports as ``prompt_tokens``.
+    """
+    original = llama.create_completion
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        prompt = kwargs.get("prompt", args[0] if args else None)
+        if isinstance(prompt, list):
+            counts.append(len(prompt))
+        elif isinstance(prompt, str):
+            counts.append(len(llama.tokenize(prompt.encode("utf-8"), special=True)))
+        return original(*args, **kwargs)
+
+    llama.create_completion = counting
+    try:
+        yield
+    finally:
+        del llama.create_completion  # the class's method again
 
 
 class _Failed:
@@ -191,14 +218,18 @@ class LocalLlamaProvider:
             except RuntimeError:
                 stop.set()  # event loop closed: nobody is listening any more
 
+        prompt_tokens: list[int] = []
+
         def produce() -> None:
             try:
                 with self._lock:
                     llama = self._loaded()
-                    for part in llama.create_chat_completion(stream=True, **self._kwargs(request)):
-                        if stop.is_set():
-                            break  # consumer went away: stop generating tokens
-                        put(part)
+                    with _counting_prompt_tokens(llama, prompt_tokens):
+                        for part in llama.create_chat_completion(stream=True,
+                                                                 **self._kwargs(request)):
+                            if stop.is_set():
+                                break  # consumer went away: stop generating tokens
+                            put(part)
             except BaseException as exc:
                 put(_Failed(exc))
             finally:
@@ -224,8 +255,11 @@ class LocalLlamaProvider:
                     produced += 1
                 if chunk.finish_reason is not None and chunk.tokens_out is None:
                     # llama-cpp-python streams one token per chunk and sends no
-                    # usage block, so the chunk count is the completion size.
+                    # usage block, so the chunk count is the completion size and the
+                    # prompt is the token list its chat handler passed on.
                     chunk.tokens_out = produced
+                    if chunk.tokens_in is None and prompt_tokens:
+                        chunk.tokens_in = prompt_tokens[0]
                 if is_meaningful(chunk):
                     yield chunk
         finally:

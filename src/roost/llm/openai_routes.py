@@ -1,5 +1,6 @@
 """The OpenAI-compatible gateway: ``POST /v1/chat/completions``, ``GET /v1/models``,
-``POST /v1/embeddings``, authenticated with Roost API keys (``Authorization: Bearer``).
+``GET /v1/models/{model}``, ``POST /v1/embeddings``, authenticated with Roost API keys
+(``Authorization: Bearer``).
 
 Point any OpenAI client at ``http://<roost>/v1``.  Requests are routed by model name to
 the enabled providers that serve it, falling back down the priority order on
@@ -8,7 +9,8 @@ connection errors, timeouts and 5xx (``ROOST_LLM_FALLBACK_ON``); the Roost exten
 Every call is recorded (``llm_requests``, ``llm_responses``, ``usage_records``).
 
 Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, not the
-problem JSON of the rest of the API, so OpenAI SDKs raise their usual exceptions.
+problem JSON of the rest of the API, so OpenAI SDKs raise their usual exceptions; this holds
+for every answer under ``/v1`` (unknown routes, 405, 413, 500, 503 too: ``http/problems.py``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from typing import Any, Literal
 import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.routing import APIRoute
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from roost.errors import BadRequest, PayloadTooLarge, RoostError
 from roost.http.auth import Principal
+from roost.http.problems import json_error_reason, openai_code, openai_error
+from roost.http.routing import RoostRoute
 from roost.llm import service
 from roost.llm.deps import CallerPrincipal, RuntimeDep
 from roost.llm.errors import ProviderError
@@ -42,31 +45,21 @@ log = structlog.get_logger(__name__)
 PASSTHROUGH = ("seed", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
                "response_format", "logit_bias", "parallel_tool_calls")
 MAX_EMBEDDING_INPUTS = 2048
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "invalid_request_error", 409: "invalid_request_error",
-          413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
-
-
-def openai_error(status: int, message: str, *, code: str | None = None,
-                 param: str | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": _TYPES.get(status, "api_error"),
-                      "param": param, "code": code}}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _code_for(exc: RoostError) -> str | None:
     slug = exc.type_slug
     return {
         "model-not-found": "model_not_found", "no-llm-provider": "no_provider",
-        "unauthorized": "invalid_api_key", "payload-too-large": "content_too_large",
         "llm-provider-timeout": "provider_timeout", "llm-provider-failed": "provider_error",
         "llm-request-rejected": "provider_rejected_request",
-    }.get(slug, slug.replace("-", "_"))
+    }.get(slug) or openai_code(slug)
 
 
-class OpenAIRoute(APIRoute):
-    """Answers errors (auth, validation, domain, providers) in OpenAI's error shape."""
+class OpenAIRoute(RoostRoute):
+    """Answers errors (auth, validation, domain, providers) in OpenAI's error shape, with
+    the field (``param``) and the gateway's codes; everything else under /v1 (unknown
+    routes, 405, 413, 500, 503) gets the same shape from ``http/problems.py``."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -79,7 +72,9 @@ class OpenAIRoute(APIRoute):
                 first = errors[0] if errors else {}
                 loc = [str(p) for p in first.get("loc", ()) if p != "body"]
                 if first.get("type") == "json_invalid":
-                    return openai_error(400, "the request body is not valid JSON")
+                    return openai_error(
+                        400, f"the request body is not valid JSON: {json_error_reason(exc)}",
+                        code="invalid_json")
                 message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid')}"
                 return openai_error(400, message, param=".".join(loc) or None,
                                     code="invalid_value")
@@ -284,6 +279,21 @@ async def models(principal: CallerPrincipal, runtime: RuntimeDep) -> dict[str, A
         {"id": name, "object": "model", "created": int(created.timestamp()), "owned_by": owner}
         for name, owner, created in listed
     ]}
+
+
+@router.get("/models/{model:path}", response_model=None)
+async def model(model: str, principal: CallerPrincipal, runtime: RuntimeDep) -> dict[str, Any]:
+    """One model of the enabled providers (OpenAI's model object; 404 ``model_not_found``).
+    Model names may hold ``/`` (``org/model``), sent as is or as ``%2F``."""
+    async with runtime.transaction(principal) as session:
+        listed = await service.list_models(session)
+    for name, owner, created in listed:
+        if name == model:
+            return {"id": name, "object": "model", "created": int(created.timestamp()),
+                    "owned_by": owner}
+    raise service.ModelNotFound(
+        f"no enabled LLM provider serves model {model!r}; GET /v1/models lists the models "
+        "available")
 
 
 @router.post("/embeddings", response_model=None)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response, status
 
 from roost.http.auth import AdminPrincipal, CurrentPrincipal
 from roost.http.deps import DbSession
+from roost.http.routing import RoostRoute
 from roost.llm import service
 from roost.llm.deps import RuntimeDep
 from roost.llm.lifecycle import lifespan
@@ -20,7 +21,8 @@ from roost.llm.schemas import (
     ResponseOut,
 )
 
-router = APIRouter(prefix="/api/v1/llm", tags=["llm"], lifespan=lifespan)
+router = APIRouter(prefix="/api/v1/llm", tags=["llm"], lifespan=lifespan,
+                   route_class=RoostRoute)
 
 
 def provider_out(row: LLMProviderRow) -> ProviderOut:

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
+from roost.inputs import StrictInput
+from roost.llm.base import AUTH_HEADER_NAMES, HEADER_VALUE_RULE, header_name_ok, header_value_ok
 from roost.llm.gateway_core import STRATEGIES, Strategy
 
 # Accepted as ``type``: the two protocols plus names of OpenAI-compatible servers (stored
@@ -34,10 +36,33 @@ def _check_config(value: dict[str, Any] | None) -> dict[str, Any] | None:
                 f"config must not hold secrets ({secret_key!r}); pass the key as api_key, "
                 "which is stored encrypted"
             )
+    headers = value.get("extra_headers")
+    if headers is not None:
+        if not isinstance(headers, dict):
+            raise ValueError("config.extra_headers must be an object of header names to values")
+        for name, header_value in headers.items():
+            if not header_name_ok(name):
+                raise ValueError("config.extra_headers has a name that is not a valid HTTP token")
+            if name.lower() in AUTH_HEADER_NAMES:
+                raise ValueError("config.extra_headers must not carry credentials; use api_key")
+            if not isinstance(header_value, str) or not header_value_ok(header_value):
+                raise ValueError(
+                    f"config.extra_headers[{name!r}] must be a string of {HEADER_VALUE_RULE}"
+                )
     return value
 
 
-class ProviderCreate(BaseModel):
+def _check_api_key(value: str | None) -> str | None:
+    """The key travels in an HTTP header: refuse at registration what could never be sent."""
+    if value and not header_value_ok(value):
+        raise ValueError(
+            f"api_key must be {HEADER_VALUE_RULE} and without surrounding spaces "
+            "(it is sent in an HTTP header)"
+        )
+    return value
+
+
+class ProviderCreate(StrictInput):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=NAME_PATTERN, description="Unique name, e.g. 'openai' or 'vllm-a'")
@@ -68,8 +93,13 @@ class ProviderCreate(BaseModel):
     def _no_secrets_in_config(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _check_config(value) or {}
 
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_fits_a_header(cls, value: str | None) -> str | None:
+        return _check_api_key(value)
 
-class ProviderUpdate(BaseModel):
+
+class ProviderUpdate(StrictInput):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, pattern=NAME_PATTERN)
@@ -92,6 +122,11 @@ class ProviderUpdate(BaseModel):
     @classmethod
     def _no_secrets_in_config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         return _check_config(value)
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_fits_a_header(cls, value: str | None) -> str | None:
+        return _check_api_key(value)
 
 
 class ProviderOut(BaseModel):
@@ -120,7 +155,7 @@ class ProviderOut(BaseModel):
     updated_at: datetime
 
 
-class EnsembleSpec(BaseModel):
+class EnsembleSpec(StrictInput):
     """Ask several providers at once and keep one answer (HelixAgent's ensemble)."""
 
     model_config = ConfigDict(extra="forbid")

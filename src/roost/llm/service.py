@@ -27,10 +27,11 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 import structlog
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
+from roost.config import Settings
 from roost.db.base import uuid7
 from roost.errors import BadRequest, Conflict, Forbidden, NotFound, RoostError
 from roost.http.auth import Principal
@@ -64,6 +65,7 @@ from roost.llm.types import (
     ChatResult,
     EmbeddingResult,
     StreamAccumulator,
+    fill_missing_usage,
 )
 from roost.security.crypto import MessageCipher
 
@@ -502,6 +504,55 @@ async def mark_running(runtime: Runtime, principal: Principal, request_id: uuid.
         )
 
 
+ORPHAN_MARGIN_S = 300.0
+ORPHAN_BATCH = 500
+
+
+async def orphan_threshold_s(session: AsyncSession, settings: Settings) -> float:
+    """How long a request may stay pending/running before it counts as orphaned.
+
+    ``ROOST_LLM_ORPHAN_AFTER_S`` when set; else the longest a live call can take before
+    its own final write (each provider of a fallback chain gets ``ROOST_LLM_TIMEOUT_S``)
+    plus a margin for streams, which may go on after their first chunk.
+    """
+    if settings.llm_orphan_after_s is not None:
+        return float(settings.llm_orphan_after_s)
+    enabled = await session.scalar(
+        select(func.count()).select_from(LLMProviderRow).where(LLMProviderRow.enabled)
+    )
+    return settings.llm_timeout_s * max(1, int(enabled or 0)) + ORPHAN_MARGIN_S
+
+
+async def fail_orphaned_requests(session: AsyncSession, older_than_s: float) -> list[uuid.UUID]:
+    """Mark ``failed`` (with the reason) up to ORPHAN_BATCH requests left ``pending`` or
+    ``running`` for longer than ``older_than_s`` since they started: the process that ran
+    them died (crash, ``kill -9``) before its final write.  Each is audited
+    ``llm.request.fail``.  Rows being finalised right now are skipped (SKIP LOCKED); a
+    live call that outlasts the threshold still records its real outcome at the end."""
+    reason = (f"orphaned: still {{status}} {older_than_s:g} s after it started; the Roost "
+              "process handling it stopped (crash or kill) before it finished")
+    rows = (await session.execute(
+        text(
+            "UPDATE llm_requests r SET status = 'failed', completed_at = now(),"
+            " error_message = replace(:reason, '{status}', old.status)"
+            " FROM (SELECT id, status FROM llm_requests"
+            "       WHERE status IN ('pending', 'running')"
+            "       AND coalesce(started_at, created_at) < now() - make_interval(secs => :secs)"
+            "       ORDER BY created_at LIMIT :batch FOR UPDATE SKIP LOCKED) old"
+            " WHERE r.id = old.id"
+            " RETURNING r.id, r.user_id, old.status AS was, r.error_message"
+        ),
+        {"reason": reason, "secs": older_than_s, "batch": ORPHAN_BATCH},
+    )).all()
+    for row in rows:
+        await audit.record(
+            session, "llm.request.fail", user_id=row.user_id, category="error",
+            resource_type=REQUEST_RESOURCE, resource_id=row.id, success=False,
+            error_message=row.error_message, metadata={"orphaned": True, "was": row.was},
+        )
+    return [row.id for row in rows]
+
+
 def _response_row(
     runtime: Runtime, attempt: Attempt, request_id: uuid.UUID, user_id: uuid.UUID | None,
 ) -> LLMResponse:
@@ -657,14 +708,15 @@ async def execute(runtime: Runtime, route: Route, chat: ChatRequest, request_id:
     if route.mode == "ensemble":
         outcome = await ensemble(route.members, request, route.strategy or "weighted_vote",
                                  timeout_s=runtime.settings.llm_timeout_s)
-        return CallOutcome(request_id=request_id, result=outcome.result, winner=outcome.winner_ref,
+        return CallOutcome(request_id=request_id,
+                           result=fill_missing_usage(outcome.result, request), winner=outcome.winner_ref,
                            attempts=outcome.responses, latency_ms=_ms(started), votes=outcome.votes)
     ref, result, attempts = await call_with_fallback(
         route.members, request, retry_on=retry_predicate(runtime),
         attempt_timeout_s=runtime.settings.llm_timeout_s,
     )
-    return CallOutcome(request_id=request_id, result=result, winner=ref, attempts=attempts,
-                       latency_ms=_ms(started))
+    return CallOutcome(request_id=request_id, result=fill_missing_usage(result, request),
+                       winner=ref, attempts=attempts, latency_ms=_ms(started))
 
 
 def _ms(started: float) -> int:
@@ -727,7 +779,11 @@ class CallStream:
             return self._ensemble
         assert self._fallback is not None and self._fallback.winner is not None
         result = self._fallback.result or self.accumulator.result(latency_ms=_ms(self.started))
-        return CallOutcome(request_id=self.request_id, result=result,
+        # Usage from the stream's last chunk when the provider sent it (OpenAI servers
+        # are asked with stream_options.include_usage), else the same estimate as a
+        # non-streamed answer without usage.
+        return CallOutcome(request_id=self.request_id,
+                           result=fill_missing_usage(result, self.request),
                            winner=self._fallback.winner, attempts=self._fallback.attempts,
                            latency_ms=_ms(self.started))
 

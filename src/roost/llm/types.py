@@ -230,6 +230,32 @@ class StreamAccumulator:
         )
 
 
+def estimate_tokens(text: str) -> int:
+    """A rough token count (about four characters a token) for providers that report none."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+def fill_missing_usage(result: ChatResult, request: ChatRequest) -> ChatResult:
+    """Estimate the token counts a provider did not report (0), streamed or not alike.
+
+    The prompt estimate counts every message's text plus 4 tokens of framing per message
+    (OpenAI's rule of thumb); the completion estimate counts the answer's text and tool
+    calls.  Estimated fields are listed in ``raw["usage_estimated"]``.
+    """
+    estimated: list[str] = []
+    if result.tokens_in <= 0 and request.messages:
+        result.tokens_in = sum(estimate_tokens(m.text()) + 4 for m in request.messages)
+        estimated.append("tokens_in")
+    if result.tokens_out <= 0:
+        produced = result.content + "".join(t.name + t.arguments for t in result.tool_calls)
+        if produced:
+            result.tokens_out = estimate_tokens(produced)
+            estimated.append("tokens_out")
+    if estimated:
+        result.raw = {**result.raw, "usage_estimated": estimated}
+    return result
+
+
 def parse_tool_arguments(arguments: str) -> dict[str, Any]:
     """Decode a tool call's JSON arguments; an empty or invalid payload becomes ``{}``.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import string
@@ -66,6 +67,11 @@ ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a claim value, not a credential
 MIN_JWT_SECRET_BYTES = 32
 _RESERVED_CLAIMS = frozenset({"iss", "sub", "sid", "jti", "typ", "iat", "nbf", "exp"})
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "sub", "jti", "sid", "typ"]
+# RFC 7519 section 2 and 4.1: NumericDate claims are JSON numbers, the others strings.
+# PyJWT converts a numeric string ("exp": "9999999999") with int(), so the shapes are
+# checked here as well.
+_NUMERIC_DATE_CLAIMS = ("exp", "iat", "nbf")
+_STRING_CLAIMS = ("iss", "sub", "sid", "jti", "typ")
 
 
 # --- hashing helpers -----------------------------------------------------------------
@@ -142,6 +148,27 @@ def hash_refresh_token(token: str) -> str:
 # --- JWT access tokens ---------------------------------------------------------------
 
 
+def _registered_claims_well_formed(claims: Mapping[str, Any]) -> bool:
+    """NumericDate claims are finite numbers (not booleans, not strings); ``iss``, ``sub``,
+    ``sid``, ``jti`` and ``typ`` are non-empty strings; ``sub``/``sid`` name UUIDs."""
+    for name in _NUMERIC_DATE_CLAIMS:
+        if name in claims:
+            value = claims[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return False
+            if not math.isfinite(value):
+                return False
+    for name in _STRING_CLAIMS:
+        if name in claims and (not isinstance(claims[name], str) or not claims[name]):
+            return False
+    for name in ("sub", "sid"):
+        try:
+            uuid.UUID(claims[name])
+        except (KeyError, ValueError):
+            return False
+    return True
+
+
 def _key_bytes(secret: str | bytes) -> bytes:
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
     if len(key) < MIN_JWT_SECRET_BYTES:
@@ -203,7 +230,10 @@ def decode_access_token(
     keys = [secret] if isinstance(secret, str | bytes) else list(secret)
     if not keys:
         raise ValueError("decode_access_token needs at least one secret")
-    options: Any = {"require": _REQUIRED_CLAIMS}
+    # PyJWT's own time checks int() the claims (a string "exp" passes, a null one raises
+    # TypeError): they are turned off here and done below, after the shapes are checked.
+    options: Any = {"require": _REQUIRED_CLAIMS, "verify_exp": False, "verify_nbf": False,
+                    "verify_iat": False}
     claims: dict[str, Any] | None = None
     for index, key in enumerate(keys):
         try:
@@ -212,17 +242,21 @@ def decode_access_token(
                 _key_bytes(key),
                 algorithms=[JWT_ALGORITHM],
                 issuer=JWT_ISSUER,
-                leeway=leeway,
                 options=options,
             )
             break
         except jwt.InvalidSignatureError:
             if index == len(keys) - 1:
                 raise Unauthorized("invalid token") from None
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("token expired") from None
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, TypeError, ValueError):
             raise Unauthorized("invalid token") from None
-    if claims is None or claims.get("typ") != ACCESS_TOKEN_TYPE:
+    if claims is None or not _registered_claims_well_formed(claims):
+        raise Unauthorized("invalid token")
+    now = time.time()
+    if claims["exp"] <= now - leeway:
+        raise Unauthorized("token expired")
+    if claims.get("nbf", now) > now + leeway:
+        raise Unauthorized("invalid token")  # not yet valid
+    if claims["typ"] != ACCESS_TOKEN_TYPE:
         raise Unauthorized("invalid token")
     return claims

@@ -12,10 +12,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from roost.clitools import run_in_transaction
+from roost.clitools import fail, id_table, print_table, resolve_id, run_in_transaction
 
 T = TypeVar("T")
 
+JOB_ID_HELP = "Job id as `roost tasks ls` prints it, or a unique start of it."
 tasks_app = typer.Typer(help="The background task queue.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
@@ -50,8 +51,7 @@ def tasks_ls(
             task_type=task_type, queue=queue,
         )
     except ValueError as exc:
-        err.print(f"[red]invalid filter[/red]: {exc}")
-        raise typer.Exit(2) from exc
+        raise fail("invalid filter", exc, code=2) from exc
 
     async def run(session: Any) -> list[TaskOut]:
         rows, _ = await service.list_tasks(session, OPERATOR, filters, limit=limit)
@@ -62,75 +62,91 @@ def tasks_ls(
         for row in rows:
             console.print_json(row.model_dump_json())
         return
-    table = Table("id", "type", "queue", "status", "priority", "tries", "scheduled", "error")
+    table = id_table("id", "type", "queue", "status", "priority", "tries", "scheduled", "error",
+                     wrap=("error",))
     for r in rows:
         table.add_row(str(r.id), r.task_type, r.queue, r.status.value, r.priority.value,
                       f"{r.retry_count}/{r.max_retries}", _fmt_time(r.scheduled_at),
                       (r.error_message or "")[:60])
-    console.print(table)
+    print_table(console, table)
 
 
 @tasks_app.command("show")
-def tasks_show(task_id: Annotated[uuid.UUID, typer.Argument(help="Job id.")]) -> None:
+def tasks_show(task_id: Annotated[str, typer.Argument(help=JOB_ID_HELP)]) -> None:
     """One job with its payload, result and retry history (JSON)."""
     from roost.http.auth import OPERATOR
     from roost.tasks import service
+    from roost.tasks.models import BackgroundTask as Task
     from roost.tasks.schemas import TaskDetailOut
 
     async def run(session: Any) -> TaskDetailOut:
-        return TaskDetailOut.model_validate(await service.get_task(session, OPERATOR, task_id))
+        ident = await resolve_id(session, Task.id, task_id, "job")
+        return TaskDetailOut.model_validate(await service.get_task(session, OPERATOR, ident))
 
     console.print_json(_run(run).model_dump_json())
 
 
 @tasks_app.command("cancel")
-def tasks_cancel(task_id: Annotated[uuid.UUID, typer.Argument(help="Job id.")]) -> None:
+def tasks_cancel(task_id: Annotated[str, typer.Argument(help=JOB_ID_HELP)]) -> None:
     """Cancel a waiting, paused or running job."""
     _change("cancel_task", task_id)
 
 
 @tasks_app.command("pause")
-def tasks_pause(task_id: Annotated[uuid.UUID, typer.Argument(help="Job id.")]) -> None:
+def tasks_pause(task_id: Annotated[str, typer.Argument(help=JOB_ID_HELP)]) -> None:
     """Hold a waiting job until it is resumed."""
     _change("pause_task", task_id)
 
 
 @tasks_app.command("resume")
-def tasks_resume(task_id: Annotated[uuid.UUID, typer.Argument(help="Job id.")]) -> None:
+def tasks_resume(task_id: Annotated[str, typer.Argument(help=JOB_ID_HELP)]) -> None:
     """Put a paused job back in the queue."""
     _change("resume_task", task_id)
 
 
-def _change(action: str, task_id: uuid.UUID) -> None:
+def _change(action: str, task_id: str) -> None:
     from roost.http.auth import OPERATOR
     from roost.tasks import service
+    from roost.tasks.models import BackgroundTask as Task
 
-    async def run(session: Any) -> str:
-        task = await getattr(service, action)(session, OPERATOR, task_id)
-        return str(task.status.value)
+    async def run(session: Any) -> tuple[uuid.UUID, str]:
+        ident = await resolve_id(session, Task.id, task_id, "job")
+        task = await getattr(service, action)(session, OPERATOR, ident)
+        return ident, str(task.status.value)
 
-    console.print(f"task {task_id}: {_run(run)}")
+    ident, status = _run(run)
+    console.print(f"task {ident}: {status}", markup=False)
 
 
 @tasks_app.command("retry")
 def tasks_retry(
-    ident: Annotated[uuid.UUID, typer.Argument(help="Dead letter id, or the dead job's id.")],
+    ident: Annotated[str, typer.Argument(
+        help="Dead letter id, or the dead job's id (or a unique start of either).")],
 ) -> None:
     """Run a dead letter again with a fresh set of retries."""
     from sqlalchemy import select
 
+    from roost.errors import NotFound
     from roost.http.auth import OPERATOR
     from roost.tasks import service
     from roost.tasks.models import DeadLetter
 
     async def run(session: Any) -> uuid.UUID:
-        letter_id = ident
-        if await session.get(DeadLetter, ident) is None:
+        try:
+            letter_id: uuid.UUID | None = await resolve_id(session, DeadLetter.id, ident,
+                                                           "dead letter")
+        except NotFound:
+            letter_id = None
+        if letter_id is None or await session.get(DeadLetter, letter_id) is None:
             # Accept the original job's id too: that is what `tasks ls` shows.
+            try:
+                job_id = await resolve_id(session, DeadLetter.original_task_id, ident, "dead job")
+            except NotFound:
+                raise NotFound(f"no dead letter or dead job id starts with {ident!r}") from None
             found = (await session.scalars(
-                select(DeadLetter.id).where(DeadLetter.original_task_id == ident)
+                select(DeadLetter.id).where(DeadLetter.original_task_id == job_id)
                 .order_by(DeadLetter.moved_at.desc()).limit(1))).first()
-            letter_id = found or ident
+            letter_id = found or job_id
         task = await service.retry_dead_letter(session, OPERATOR, letter_id)
         return uuid.UUID(str(task.id))
 
@@ -155,11 +171,11 @@ def tasks_dead_letters(
             limit=limit)
         return [DeadLetterOut.model_validate(r) for r in rows]
 
-    table = Table("id", "task", "type", "moved", "retried", "error")
+    table = id_table("id", "task", "type", "moved", "retried", "error", wrap=("error",))
     for r in _run(run):
         table.add_row(str(r.id), str(r.original_task_id or "-"), r.task_type,
                       _fmt_time(r.moved_at), _fmt_time(r.retried_at), r.error_message[:70])
-    console.print(table)
+    print_table(console, table)
 
 
 @tasks_app.command("stats")
@@ -234,8 +250,7 @@ def worker_command(
     try:
         import_modules(list(imports or []))
     except ImportError as exc:
-        err.print(f"[red]cannot import[/red]: {exc}")
-        raise typer.Exit(2) from exc
+        raise fail("cannot import", exc, code=2) from exc
     config = WorkerConfig(
         concurrency=concurrency or ws.concurrency,
         queues=parse_queues(queues) if queues else parse_queues(ws.queues),
@@ -268,5 +283,4 @@ def worker_command(
     try:
         asyncio.run(run())
     except RuntimeError as exc:
-        err.print(f"[red]worker stopped[/red]: {exc}")
-        raise typer.Exit(1) from exc
+        raise fail("worker stopped", exc) from exc

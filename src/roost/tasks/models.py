@@ -118,8 +118,15 @@ class BackgroundTask(UUIDPrimaryKey, CreatedAt, Base):
     retry_history: Mapped[list[Any]] = mapped_column(
         JSONB, server_default=text("'[]'::jsonb"), default=list
     )
+    # The principal that enqueued the job (migration 0410): the owner under row-level
+    # security, filled by the database from the transaction's scope; NULL for system work.
+    # No foreign key: deleting a user must not rewrite or remove queue rows in flight.
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        server_default=text("roost_current_user_id()")
+    )
 
     __table_args__ = (
+        Index("ix_background_tasks_user_id", "user_id"),
         # The seed's indexes, under the seed's names.
         Index("idx_tasks_status", "status"),
         Index("idx_tasks_priority", "priority"),

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from roost.http.auth import AdminPrincipal
 from roost.http.deps import Cursor, DbSession, Limit
+from roost.http.routing import RoostRoute
 from roost.pagination import DEFAULT_LIMIT, Page
 from roost.tasks import service
 from roost.tasks.models import TaskPriority, TaskStatus
@@ -23,7 +24,7 @@ from roost.tasks.schemas import (
     ThroughputOut,
 )
 
-router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], route_class=RoostRoute)
 
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from roost.inputs import StrictInput
 from roost.tasks.models import TaskPriority, TaskStatus
 
 
@@ -39,7 +40,7 @@ class TaskDetailOut(TaskOut):
     retry_history: list[dict[str, Any]]
 
 
-class EnqueueIn(BaseModel):
+class EnqueueIn(StrictInput):
     model_config = ConfigDict(extra="forbid")
 
     task_type: str = Field(min_length=1, max_length=100)

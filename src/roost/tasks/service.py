@@ -228,7 +228,9 @@ async def enqueue_ex(
         await session.scalars(
             select(BackgroundTask).where(BackgroundTask.idempotency_key == idempotency_key)
         )
-    ).one()
+    ).one_or_none()
+    if existing is None:  # the key is used by a job this principal may not see (RLS)
+        raise Conflict(f"idempotency_key {idempotency_key!r} is already used by another job")
     if existing.task_type != tt.name:
         raise Conflict(
             f"idempotency_key {idempotency_key!r} is already used by a {existing.task_type!r} job",

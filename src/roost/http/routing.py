@@ -1,0 +1,86 @@
+"""The route class of every Roost router: JSON request bodies are decoded once, strictly.
+
+Python's ``json`` accepts a lone UTF-16 surrogate (``"\\ud800"``, or the raw bytes of one)
+and yields a ``str`` that cannot be encoded as UTF-8 again: stored, encrypted or sent on,
+it fails far from the request.  ``StrictJSONRequest.json()`` rejects such a body as
+malformed JSON (400, or OpenAI's 400 under ``/v1``), naming the field, never the value.
+Every ``APIRouter`` passes ``route_class=RoostRoute`` (a test checks every route).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class LoneSurrogateError(json.JSONDecodeError):
+    """A JSON string holds an unpaired UTF-16 surrogate: not valid Unicode text."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            f"{where} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape); "
+            "text must be valid Unicode", "", 0)
+
+
+def _field(key: object) -> str:
+    text = _SURROGATE.sub("\ufffd", str(key))
+    return text if len(text) <= 64 else text[:63] + "…"
+
+
+def _surrogate_at(value: Any) -> str | None:
+    """Where (``the string at messages[0].content``) a string or key has a surrogate."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                return f"the string at {path}" if path else "the top-level string"
+        elif isinstance(node, dict):
+            items = list(node.items())
+            for key, child in reversed(items):
+                where = f"{path}.{_field(key)}" if path else _field(key)
+                if _SURROGATE.search(key):
+                    return f"the key {where}"
+                stack.append((child, where))
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in reversed(list(enumerate(node))))
+    return None
+
+
+def loads_strict(data: bytes | str) -> Any:
+    """``json.loads`` that raises ``LoneSurrogateError`` (a ``JSONDecodeError``) for a
+    string with a lone surrogate.  An ASCII document without ``\\u`` escapes skips the walk."""
+    value = json.loads(data)
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if raw.isascii() and b"\\u" not in raw:
+        return value
+    where = _surrogate_at(value)
+    if where is not None:
+        raise LoneSurrogateError(where)
+    return value
+
+
+class StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = loads_strict(await self.body())
+        return self._json
+
+
+class RoostRoute(APIRoute):
+    """Hands the endpoint (and FastAPI's body parsing) a ``StrictJSONRequest``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return route

@@ -1,0 +1,84 @@
+"""The base of every request body: a client that sends the wrong JSON type has a bug.
+
+Pydantic's lax mode turns ``0`` into ``False`` and ``0`` into 1970-01-01.  Its strict
+mode cannot simply be switched on for request bodies: FastAPI validates the decoded
+JSON in Python mode, where strict mode would also refuse the ISO strings that JSON
+timestamps are.  So :class:`StrictInput` checks, before Pydantic converts, the fields
+declared ``bool``, ``datetime``, ``int`` or ``float`` (optionally ``| None``): a boolean
+must be a JSON boolean, a number a JSON number (not ``false`` nor ``"3"``), a timestamp an
+ISO 8601 string (not a number, nor a string of digits).  Other types keep Pydantic's usual
+parsing (UUIDs and enums arrive as strings).
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+_NUMERIC = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+_Kind = Literal["bool", "datetime", "int", "float", ""]
+_KINDS: dict[type, dict[str, _Kind]] = {}
+
+
+def strict_kind(annotation: Any) -> _Kind:
+    """What StrictInput checks for a field of this type: ``bool``, ``datetime``, ``int``
+    or ``float`` (also with ``| None``); an empty string for any other type."""
+    if annotation is bool:
+        return "bool"
+    if annotation is datetime:
+        return "datetime"
+    if annotation is int:
+        return "int"
+    if annotation is float:
+        return "float"
+    if get_origin(annotation) in (Union, types.UnionType):
+        kinds = {strict_kind(a) for a in get_args(annotation) if a is not type(None)}
+        others = [a for a in get_args(annotation) if a is not type(None)]
+        if len(others) == 1 and kinds != {""}:
+            return kinds.pop()
+    return ""
+
+
+class StrictInput(BaseModel):
+    """Request body base: unknown fields refused, booleans and timestamps strictly typed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def _field_kind(cls, name: str) -> _Kind:
+        kinds = _KINDS.get(cls)
+        if kinds is None:
+            kinds = _KINDS[cls] = {n: strict_kind(f.annotation) for n, f in cls.model_fields.items()}
+        return kinds.get(name, "")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_types(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = cls._field_kind(info.field_name or "")
+        if not kind or value is None:
+            return value
+        if kind == "bool" and not isinstance(value, bool):
+            raise PydanticCustomError("bool_type", "Input should be a JSON boolean (true or false)")
+        if kind in ("int", "float") and isinstance(value, bool | str):
+            raise PydanticCustomError(f"{kind}_type", "Input should be a JSON number")
+        if kind == "datetime":
+            return require_iso_timestamp(value)
+        return value
+
+
+def require_iso_timestamp(value: Any) -> Any:
+    """An ISO 8601 string (or a datetime), never a number or a string of digits, which
+    lax parsing would take as seconds since 1970."""
+    if isinstance(value, datetime) or (isinstance(value, str) and not _NUMERIC.match(value)):
+        return value
+    raise PydanticCustomError(
+        "datetime_type", "Input should be an ISO 8601 timestamp string, e.g. 2027-01-01T00:00:00Z")
+
+
+# For query parameters (always strings): ``?since=0.5`` is a mistake, not 1970.
+IsoDatetime = Annotated[datetime, BeforeValidator(require_iso_timestamp)]

@@ -1,0 +1,168 @@
+"""What the OpenAPI document promises matches what Roost answers: declared error answers,
+the ``Allow`` header of a 405, strictly typed request bodies (issue 10, item 6)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
+from tests.support.identity import make_user
+
+from roost.db.engine import Database
+from roost.http.openapi import PROBLEM_STATUSES
+from roost.inputs import StrictInput, strict_kind
+
+PROBLEM = "application/problem+json"
+METHODS = {"get", "put", "post", "delete", "patch"}
+
+
+async def test_every_api_operation_declares_its_problem_answers(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    assert {"type", "title", "status", "detail"} <= set(schemas["Problem"]["properties"])
+    assert "HTTPValidationError" not in schemas  # FastAPI's 422 shape is never sent
+    api_ops = 0
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method not in METHODS:
+                continue
+            responses = op["responses"]
+            if path.startswith("/api/"):
+                api_ops += 1
+                for status in PROBLEM_STATUSES:
+                    content = responses[str(status)]["content"]
+                    assert list(content) == [PROBLEM], (method, path, status)
+                    assert content[PROBLEM]["schema"] == {"$ref": "#/components/schemas/Problem"}
+            elif path.startswith("/v1/"):
+                # OpenAI-compatible routes answer OpenAI's error shape, never problem+json.
+                assert all(PROBLEM not in r.get("content", {}) for r in responses.values())
+                assert responses["401"]["content"]["application/json"]["schema"] == {
+                    "$ref": "#/components/schemas/OpenAIError"}
+    assert api_ops > 50
+
+
+async def test_405_allow_names_every_method_of_the_path(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    # GET and POST are two routes on /api/v1/api-keys; Starlette named only the first.
+    reply = await client.put("/api/v1/api-keys", headers=admin_headers)
+    assert reply.status_code == 405
+    assert reply.headers["content-type"] == PROBLEM
+    assert reply.headers["allow"] == "GET, POST"
+    assert "allowed: GET, POST" in reply.json()["detail"]
+    one = await client.delete("/health")
+    assert one.status_code == 405 and one.headers["allow"] == "GET"
+    item = await client.post(f"/api/v1/api-keys/{uuid.uuid4()}", headers=admin_headers)
+    assert item.status_code == 405 and item.headers["allow"] == "DELETE"
+
+
+@pytest.mark.parametrize("body", [{"name": "k", "expires_at": 0},
+                                  {"name": "k", "expires_at": 1_900_000_000},
+                                  {"name": "k", "expires_at": "1900000000"},
+                                  {"name": "k", "expires_at": True}])
+async def test_timestamps_must_be_iso_strings(
+    client: httpx.AsyncClient, database: Database, body: dict[str, Any]
+) -> None:
+    _, headers = await make_user(database)
+    reply = await client.post("/api/v1/api-keys", json=body, headers=headers)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["errors"][0]["loc"] == ["body", "expires_at"]
+    ok = await client.post("/api/v1/api-keys", headers=headers,
+                           json={"name": "k", "expires_at": "2099-01-01T00:00:00Z"})
+    assert ok.status_code == 201, ok.text
+
+
+@pytest.mark.parametrize("value", [0, 1, "true", "yes", None])
+async def test_booleans_must_be_json_booleans(
+    client: httpx.AsyncClient, database: Database, value: Any
+) -> None:
+    user_id, headers = await make_user(database)
+    reply = await client.patch(f"/api/v1/users/{user_id}/devices/{uuid.uuid4()}",
+                               json={"is_trusted": value}, headers=headers)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["errors"][0]["loc"] == ["body", "is_trusted"]
+    # A real boolean passes validation (and then finds no such device).
+    real = await client.patch(f"/api/v1/users/{user_id}/devices/{uuid.uuid4()}",
+                              json={"is_trusted": True}, headers=headers)
+    assert real.status_code == 404
+
+
+@pytest.mark.parametrize("body", [{"priority": False}, {"priority": "3"}, {"weight": True},
+                                  {"enabled": 1}])
+async def test_numbers_must_be_json_numbers(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], body: dict[str, Any]
+) -> None:
+    reply = await client.patch(f"/api/v1/llm/providers/{uuid.uuid4()}", json=body,
+                               headers=admin_headers)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["errors"][0]["loc"] == ["body", next(iter(body))]
+
+
+@pytest.mark.parametrize("query", ["until=0.5", "since=1700000000", "until=-1"])
+async def test_timestamp_query_parameters_must_be_iso(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], query: str
+) -> None:
+    reply = await client.get(f"/api/v1/audit/logs?{query}", headers=admin_headers)
+    assert reply.status_code == 422, reply.text
+    ok = await client.get("/api/v1/audit/logs?since=2026-01-01T00:00:00Z", headers=admin_headers)
+    assert ok.status_code == 200, ok.text
+
+
+def test_strict_input_types() -> None:
+    class Body(StrictInput):
+        flag: bool = False
+        maybe: bool | None = None
+        when: datetime | None = None
+        count: int = 0
+        ratio: float | None = None
+
+    assert Body.model_validate({"flag": True, "when": "2027-01-01T00:00:00Z", "count": 3}).count == 3
+    assert Body.model_validate({"maybe": None, "when": None, "ratio": 1}).ratio == 1.0
+    for bad in ({"flag": 0}, {"maybe": "false"}, {"when": 0}, {"when": "12.5"}, {"when": 1.5e9},
+                {"count": "3"}, {"count": True}, {"ratio": "0.5"}, {"unknown": 1}):
+        with pytest.raises(ValidationError):
+            Body.model_validate(bad)
+
+
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        found = [annotation]
+        for field in annotation.model_fields.values():
+            found += _models(field.annotation)
+        return found
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models(arg)]
+
+
+def _api_routes(routes: list[Any]) -> list[APIRoute]:
+    found: list[APIRoute] = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            found.append(route)
+        elif hasattr(route, "original_router"):  # FastAPI's included routers
+            found += _api_routes(route.original_router.routes)
+    return found
+
+
+def test_every_json_body_outside_v1_is_strict(app: FastAPI) -> None:
+    """Bodies are validated from decoded JSON: a lax model would take 0 for false.  Every
+    model in a body that has a boolean, number or timestamp field derives from StrictInput."""
+    lax = set()
+    routes = _api_routes(app.router.routes)
+    assert len(routes) > 50
+    for route in routes:
+        if route.path.startswith("/v1/"):
+            continue
+        body = route.body_field
+        if body is None or "json" not in getattr(body.field_info, "media_type", "json"):
+            continue
+        for model in _models(body.field_info.annotation):
+            typed = any(strict_kind(f.annotation) for f in model.model_fields.values())
+            if typed and not issubclass(model, StrictInput):
+                lax.add(f"{route.path}: {model.__name__}")
+    assert lax == set()
