@@ -9,9 +9,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
+from sqlalchemy import ColumnElement
+from sqlalchemy.orm import InstrumentedAttribute
 
 from roost.errors import BadRequest
 
@@ -26,15 +30,55 @@ def encode_cursor(values: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+MALFORMED_CURSOR = "cursor is malformed: pass the next_cursor of a previous page"
+
+
 def decode_cursor(cursor: str) -> dict[str, Any]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         value = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("cursor is malformed: pass the next_cursor of a previous page") from exc
+        raise BadRequest(MALFORMED_CURSOR) from exc
     if not isinstance(value, dict):
-        raise BadRequest("cursor is malformed: pass the next_cursor of a previous page")
+        raise BadRequest(MALFORMED_CURSOR)
     return value
+
+
+def cursor_int(cursor: str, key: str) -> int:
+    """The integer ``key`` of a cursor (a sequence number); anything else is a 400."""
+    value = decode_cursor(cursor).get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest(MALFORMED_CURSOR)
+    return value
+
+
+def cursor_uuid(cursor: str, key: str = "id") -> uuid.UUID:
+    """The UUID ``key`` of a cursor; anything else is a 400."""
+    try:
+        return uuid.UUID(str(decode_cursor(cursor)[key]))
+    except (KeyError, ValueError) as exc:
+        raise BadRequest(MALFORMED_CURSOR) from exc
+
+
+def time_id_cursor(at: datetime, row_id: uuid.UUID) -> str:
+    """The cursor after a row of a list ordered newest first by (time, id)."""
+    return encode_cursor({"t": at.isoformat(), "id": str(row_id)})
+
+
+def before_time_id(
+    cursor: str, time_column: InstrumentedAttribute[datetime], id_column: InstrumentedAttribute[uuid.UUID]
+) -> ColumnElement[bool]:
+    """The keyset condition for the page after ``cursor`` (from ``time_id_cursor``) of a
+    list ordered by ``time_column DESC, id_column DESC``."""
+    after = decode_cursor(cursor)
+    try:
+        at = datetime.fromisoformat(str(after["t"]))
+        last_id = uuid.UUID(str(after["id"]))
+    except (KeyError, ValueError) as exc:
+        raise BadRequest(MALFORMED_CURSOR) from exc
+    if at.tzinfo is None:
+        raise BadRequest(MALFORMED_CURSOR)
+    return (time_column < at) | ((time_column == at) & (id_column < last_id))
 
 
 class Page(BaseModel, Generic[T]):
