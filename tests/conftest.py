@@ -16,12 +16,14 @@ import pytest_asyncio
 from cryptography.fernet import Fernet
 from fastapi import FastAPI
 
+from roost import domains
 from roost.app import create_app
 from roost.config import Settings
 from roost.db.embedded import start_embedded
 from roost.db.engine import Database, create_database
 from roost.db.migrate import upgrade
 from roost.keyfiles import KeyMaterial
+from tests.support.openai_stub import StubServer, start_stub
 from tests.support.pg import TEMPLATE_DB, PgTestServer, external_url, make_url, unique_db_name
 
 # --------------------------------------------------------------------------- the local extra
@@ -35,6 +37,12 @@ LOCAL_FIXTURES = frozenset({"local_embedder"})
 
 def missing_local_modules() -> list[str]:
     return [name for name in LOCAL_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Name the domains' task-handler modules, as create_app, the CLI and the worker do:
+    # tests that enqueue or look up task types without an app need them too.
+    domains.use_task_handlers()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -144,3 +152,39 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def admin_headers(test_keys: KeyMaterial) -> dict[str, str]:
     return {"Authorization": f"Bearer {test_keys.admin_token}"}
+
+
+# --------------------------------------------------------------------------- LLM stubs
+
+
+@pytest.fixture(scope="session")
+def _stub_processes() -> Iterator[dict[str, StubServer]]:
+    started: dict[str, StubServer] = {}
+    yield started
+    for server in started.values():
+        server.stop()
+
+
+def _fresh_stub(started: dict[str, StubServer], name: str) -> StubServer:
+    if name not in started:
+        started[name] = start_stub()
+    started[name].reset()
+    return started[name]
+
+
+@pytest.fixture
+def stub(_stub_processes: dict[str, StubServer]) -> StubServer:
+    """An OpenAI/Anthropic-compatible stub process (tests/support/openai_stub), started once
+    per run, its script and requests reset for each test."""
+    return _fresh_stub(_stub_processes, "stub")
+
+
+@pytest.fixture
+def stub_b(_stub_processes: dict[str, StubServer]) -> StubServer:
+    """A second stub process, for tests with several providers."""
+    return _fresh_stub(_stub_processes, "stub_b")
+
+
+@pytest.fixture
+def stub_c(_stub_processes: dict[str, StubServer]) -> StubServer:
+    return _fresh_stub(_stub_processes, "stub_c")

@@ -79,7 +79,7 @@ async def test_users_and_tasks_tables_print_ids_whole(
     users = await asyncio.to_thread(run_roost, "users", "list", env=env)
     assert users.returncode == 0 and str(user_id) in users.stdout, users.stdout
     from roost.tasks import service
-    from roost.tasks.registry import discover
+    from roost.tasks.handlers import discover
 
     discover()
     async with database.transaction() as session:

@@ -106,7 +106,8 @@ async def make_user_and_key(dsn: str) -> tuple[uuid.UUID, str]:
     from roost.db.engine import create_database, to_async_url
     from roost.identity.accounts import create_user
     from roost.identity.apikeys import create_api_key
-    from roost.identity.common import SYSTEM, principal_for
+    from roost.identity.common import principal_for
+    from roost.principal import SYSTEM
 
     db = create_database(Settings(), url=to_async_url(dsn))
     try:

@@ -6,7 +6,7 @@ from typing import Any
 
 import latency
 
-from roost.tasks.registry import TaskContext, task
+from roost.tasks.handlers import TaskContext, task
 
 
 @task("bench.noop", max_retries=0)

@@ -194,10 +194,9 @@ class Roost:
         from roost.db.base import uuid7
         from roost.db.engine import create_database
         from roost.db.migrate import upgrade
-        from roost.http.auth import Principal
         from roost.identity.accounts import create_user
-        from roost.identity.common import SYSTEM
         from roost.knowledge.index import index_name
+        from roost.principal import SYSTEM, Principal
 
         self.db = create_database(Settings(), url=make_url(self.url))
         await upgrade(self.db.engine)

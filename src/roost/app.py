@@ -3,34 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
 import roost
-from roost.audit.routes import router as audit_router
-from roost.chat.routes import router as chat_router
+from roost import domains
 from roost.config import Settings, get_settings
 from roost.db.engine import Database, create_database
 from roost.http import health
+from roost.http.auth import Authentication, install_authentication
 from roost.http.docs import install_docs
 from roost.http.middleware import RequestContextMiddleware
 from roost.http.openapi import install_openapi
 from roost.http.problems import install_problem_handlers
 from roost.http.routing import RoostRoute
-from roost.identity.routes import router as identity_router
+from roost.identity.tenancy import apply_principal
 from roost.keyfiles import KeyMaterial, load_keys
-from roost.knowledge.routes import router as knowledge_router
-from roost.llm.openai_routes import router as openai_router
-from roost.llm.routes import router as llm_router
 from roost.logging import configure_logging
-from roost.tasks.routes import router as tasks_router
 
-# Every domain's router; a new domain adds its router here.
-ROUTERS: list[APIRouter] = [
-    health.router, audit_router, identity_router, tasks_router, knowledge_router,
-    chat_router, llm_router, openai_router,
-]
+
+def routers() -> list[APIRouter]:
+    """Every router: the health probes, then each domain's (``roost.domains``)."""
+    return [health.router, *domains.routers()]
 
 
 def create_app(
@@ -46,12 +41,19 @@ def create_app(
     if configure_logs:
         configure_logging(settings.log_level, settings.log_json)
 
+    domains.use_task_handlers()  # routes enqueue jobs: the task types must be known
+    mounted = routers()
+    startup = domains.startup_hooks()  # not router lifespans: every start-up in one list
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = database is None
         app.state.db = database or create_database(settings)
         try:
-            yield
+            async with AsyncExitStack() as stack:
+                for hook in startup:  # each domain's start-up, in the domains' order
+                    await stack.enter_async_context(hook(app))
+                yield
         finally:
             if owned:
                 await app.state.db.dispose()
@@ -69,10 +71,14 @@ def create_app(
     app.state.keys = keys or load_keys(settings)
     if database is not None:
         app.state.db = database
+    # Bearer credentials: the operator token, then each domain's resolvers; the request's
+    # transaction then acts for the principal (row-level security).
+    install_authentication(app, Authentication(
+        resolvers=tuple(domains.resolvers()), scope=apply_principal))
     install_problem_handlers(app)
     # Added last = outermost: it answers whatever escapes the app, request id bound.
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
-    for router in ROUTERS:
+    for router in mounted:
         app.include_router(router)
     install_openapi(app)  # error responses declared once for every operation; 405 Allow
     install_docs(app)

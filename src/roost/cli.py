@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from typing import Annotated, TypeVar
 
 import typer
@@ -15,29 +14,20 @@ from rich.table import Table
 from rich.text import Text
 
 import roost
-from roost.chat.cli import register as register_chat_cli
+from roost import domains
 from roost.clitools import fail, with_database
 from roost.config import get_settings
 from roost.db.engine import Database, create_database
-from roost.identity.cli import keys_app, users_app
-from roost.knowledge.cli import ingest_command
-from roost.tasks.cli import tasks_app, worker_command
 
 T = TypeVar("T")
 
 app = typer.Typer(help="Roost: a self-hosted backend for AI agents.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
-audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
 schema_app = typer.Typer(help="The schema and the seed designs it implements.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-app.add_typer(audit_app, name="audit")
 app.add_typer(schema_app, name="schema")
-app.add_typer(tasks_app, name="tasks")
-app.add_typer(users_app, name="users")
-app.add_typer(keys_app, name="keys")
-register_chat_cli(app)  # adds `roost keys rotate-messages` to the keys group
-app.command("worker")(worker_command)
-app.command("ingest")(ingest_command)
+domains.register_cli(app)  # every domain's commands (roost users, tasks, worker, ingest...)
+domains.use_task_handlers()  # commands that enqueue, and the worker, know every task type
 
 console = Console()
 err = Console(stderr=True)
@@ -202,44 +192,6 @@ def db_history() -> None:
 
     for line in history_lines():
         typer.echo(line)
-
-
-# --- audit ------------------------------------------------------------------------------
-
-
-@audit_app.command("verify")
-def audit_verify() -> None:
-    """Recompute the audit hash chain and report the first broken link."""
-    from roost.audit.service import verify_chain
-
-    async def run(db: Database) -> object:
-        async with db.transaction() as session:
-            return await verify_chain(session)
-
-    with console.status("verifying the audit chain..."):
-        report = with_database(run)
-    if report.ok:  # type: ignore[attr-defined]
-        console.print(f"[green]audit chain intact[/green]: {report.rows_checked} records")  # type: ignore[attr-defined]
-        return
-    raise fail(
-        "audit chain broken",
-        f"at seq {report.broken_seq} (id {report.broken_id}): "  # type: ignore[attr-defined]
-        f"{report.reason}; {report.rows_checked} records checked",  # type: ignore[attr-defined]
-    )
-
-
-@audit_app.command("prune")
-def audit_prune(
-    older_than_days: Annotated[int, typer.Option(min=1, help="Delete records older than this.")],
-) -> None:
-    """Apply audit retention: delete the oldest records (the pruning itself is audited)."""
-    from roost.audit.service import apply_retention
-
-    async def run(db: Database) -> int:
-        async with db.transaction() as session:
-            return await apply_retention(session, timedelta(days=older_than_days))
-
-    console.print(f"pruned {with_database(run)} audit records")
 
 
 # --- doctor -----------------------------------------------------------------------------

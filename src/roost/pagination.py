@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -70,6 +71,19 @@ def before_time_id(
 ) -> ColumnElement[bool]:
     """The keyset condition for the page after ``cursor`` (from ``time_id_cursor``) of a
     list ordered by ``time_column DESC, id_column DESC``."""
+    at, last_id = _time_id(cursor)
+    return (time_column < at) | ((time_column == at) & (id_column < last_id))
+
+
+def after_time_id(
+    cursor: str, time_column: InstrumentedAttribute[datetime], id_column: InstrumentedAttribute[uuid.UUID]
+) -> ColumnElement[bool]:
+    """The same for a list ordered oldest first (``time_column, id_column``)."""
+    at, last_id = _time_id(cursor)
+    return (time_column > at) | ((time_column == at) & (id_column > last_id))
+
+
+def _time_id(cursor: str) -> tuple[datetime, uuid.UUID]:
     after = decode_cursor(cursor)
     try:
         at = datetime.fromisoformat(str(after["t"]))
@@ -78,7 +92,16 @@ def before_time_id(
         raise BadRequest(MALFORMED_CURSOR) from exc
     if at.tzinfo is None:
         raise BadRequest(MALFORMED_CURSOR)
-    return (time_column < at) | ((time_column == at) & (id_column < last_id))
+    return at, last_id
+
+
+def page_of(
+    rows: Sequence[T], limit: int, cursor_after: Callable[[T], str]
+) -> tuple[list[T], str | None]:
+    """The first ``limit`` of ``rows`` (fetched with ``LIMIT limit + 1``) and the cursor
+    after the last of them, or None when no row follows it."""
+    next_cursor = cursor_after(rows[limit - 1]) if len(rows) > limit else None
+    return list(rows[:limit]), next_cursor
 
 
 class Page(BaseModel, Generic[T]):

@@ -83,6 +83,12 @@ async def test_chain_verifies_under_concurrent_writers(database: Database) -> No
     assert report.ok and report.rows_checked == 50
 
 
+async def _record_steps(database: Database, n: int) -> None:
+    async with database.transaction() as s:
+        for i in range(n):
+            await service.record(s, "thing.step", metadata={"i": i})
+
+
 async def _tamper(database: Database, sql: str) -> None:
     # What an attacker with superuser access would do: bypass the triggers.
     async with database.transaction() as s:
@@ -91,9 +97,7 @@ async def _tamper(database: Database, sql: str) -> None:
 
 
 async def test_hand_edited_row_is_detected(database: Database) -> None:
-    async with database.transaction() as s:
-        for i in range(5):
-            await service.record(s, "thing.step", metadata={"i": i})
+    await _record_steps(database, 5)
     async with database.transaction() as s:
         target = (await s.scalars(select(AuditLog).order_by(AuditLog.seq).offset(2))).first()
     assert target is not None
@@ -106,9 +110,7 @@ async def test_hand_edited_row_is_detected(database: Database) -> None:
 
 
 async def test_deleted_row_is_detected(database: Database) -> None:
-    async with database.transaction() as s:
-        for i in range(4):
-            await service.record(s, "thing.step", metadata={"i": i})
+    await _record_steps(database, 4)
     async with database.transaction() as s:
         seqs = (await s.scalars(select(AuditLog.seq).order_by(AuditLog.seq))).all()
     await _tamper(database, f"DELETE FROM audit_logs WHERE seq = {seqs[1]}")
@@ -194,9 +196,7 @@ async def test_audit_api_refuses_anonymous_and_bad_input(
 async def test_cli_verify_reports_the_first_broken_link(
     database: Database, pg_server: PgTestServer, db_name: str, tmp_path: object
 ) -> None:
-    async with database.transaction() as s:
-        for i in range(3):
-            await service.record(s, "thing.step", metadata={"i": i})
+    await _record_steps(database, 3)
     env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path)}
     intact = await asyncio.to_thread(run_roost, "audit", "verify", env=env)
     assert intact.returncode == 0 and "intact" in intact.stdout and "3 records" in intact.stdout

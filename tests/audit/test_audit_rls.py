@@ -12,8 +12,8 @@ from sqlalchemy.exc import DBAPIError
 from roost.audit import service
 from roost.audit.models import AuditLog
 from roost.db.engine import Database
-from roost.http.auth import Principal
 from roost.identity.tenancy import apply_principal
+from roost.principal import Principal
 
 
 def _as(user_id: uuid.UUID | None, *, admin: bool = False) -> Principal:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from roost.config import Settings
 from roost.db.engine import Database
 from tests.support.identity import make_user
-from tests.support.openai_stub import StubServer, start_stub
+from tests.support.openai_stub import StubServer
 
 
 @pytest.fixture
@@ -21,26 +20,6 @@ def test_settings(tmp_path: Path) -> Settings:
     # A short provider timeout so the "hanging provider" tests take a second, not minutes.
     return Settings(data_dir=tmp_path / "data", log_json=True, max_request_bytes=256 * 1024,
                     llm_timeout_s=1.0, chat_max_message_chars=2000, llm_local_model=False)
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[StubServer]:
-    with start_stub() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def stub_b() -> Iterator[StubServer]:
-    with start_stub() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh_stubs(request: pytest.FixtureRequest) -> None:
-    for name in ("stub", "stub_b"):
-        if name in request.fixturenames:
-            server: StubServer = request.getfixturevalue(name)
-            server.reset()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from tests.support.identity import make_user
-from tests.support.openai_stub import StubServer
+from tests.support.openai_stub import Reply, StubServer
 from tests.support.pg import PgTestServer
 from tests.support.server import roost_server
 
@@ -24,7 +24,7 @@ def _walk_away(base: str, stub: StubServer, admin_token: str, headers: dict[str,
         "name": "slow", "type": "openai", "base_url": stub.base_url, "model": "stub-model",
     }).status_code == 201
     sid = httpx.post(f"{base}/api/v1/chat/sessions", json={}, headers=headers).json()["id"]
-    stub.control(chunk_delay_ms=300, reply="one two three four five six seven eight nine ten")
+    stub.script(Reply("one two three four five six seven eight nine ten", chunk_delay_ms=300))
     with httpx.stream("POST", f"{base}/api/v1/chat/sessions/{sid}/messages", headers=headers,
                       json={"content": "tell me a long story", "stream": True}, timeout=30) as resp:
         assert resp.status_code == 201

@@ -7,13 +7,14 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from tests.chat.conftest import add_provider, new_session, sse_events
-from tests.support.openai_stub import StubServer
+from tests.support.openai_stub import Drop, Fail, Hang, Junk, StubServer
 
 Headers = dict[str, str]
 User = tuple[uuid.UUID, Headers]
@@ -22,6 +23,13 @@ User = tuple[uuid.UUID, Headers]
 async def _post(client: httpx.AsyncClient, headers: Headers, session_id: str, **body: Any) -> httpx.Response:
     return await client.post(f"/api/v1/chat/sessions/{session_id}/messages", json=body,
                              headers=headers)
+
+
+@pytest.fixture
+async def sid(client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User) -> str:
+    """A session of ``user``'s, answered by the stub provider."""
+    await add_provider(client, admin_headers, stub)
+    return str((await new_session(client, user[1]))["id"])
 
 
 async def _request_rows(database: Database, session_id: str) -> list[Any]:
@@ -144,12 +152,10 @@ async def test_without_a_provider_chat_answers_409_with_a_hint_and_stores_nothin
 
 
 async def test_bad_input(
-    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User,
+    client: httpx.AsyncClient, user: User, sid: str,
     other_user: User,
 ) -> None:
     _, headers = user
-    await add_provider(client, admin_headers, stub)
-    sid = (await new_session(client, headers))["id"]
     too_long = await _post(client, headers, sid, content="x" * 2001)
     assert too_long.status_code == 413 and "2000" in too_long.json()["detail"]
     assert (await _post(client, headers, sid, content="   ")).status_code == 400
@@ -171,17 +177,16 @@ async def test_bad_input(
 
 
 async def test_a_failing_provider_keeps_the_message_and_marks_the_request_failed(
-    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User,
+    client: httpx.AsyncClient, stub: StubServer, user: User, sid: str,
     database: Database,
 ) -> None:
     _, headers = user
-    await add_provider(client, admin_headers, stub)
-    sid = (await new_session(client, headers))["id"]
-    stub.control(junk="text")
+    stub.script(Junk("text", times=None))
     resp = await _post(client, headers, sid, content="keep me")
     assert resp.status_code == 502
     assert "malformed" in resp.json()["detail"]
-    stub.control(junk=None, fail_status=500)
+    stub.reset()
+    stub.script(Fail(500, times=None))
     resp = await _post(client, headers, sid, content="keep me too")
     assert resp.status_code == 502 and "HTTP 500" in resp.json()["detail"]
     items = (await client.get(f"/api/v1/chat/sessions/{sid}/messages", headers=headers)).json()["items"]
@@ -202,7 +207,7 @@ async def test_a_hanging_provider_times_out_and_the_next_one_answers(
     _, headers = user
     await add_provider(client, admin_headers, stub, name="first", priority=1)
     await add_provider(client, admin_headers, stub_b, name="second", priority=2)
-    stub.control(hang=True)
+    stub.script(Hang(times=None))
     sid = (await new_session(client, headers))["id"]
     resp = await _post(client, headers, sid, content="anyone there?")
     assert resp.status_code == 201, resp.text
@@ -212,19 +217,17 @@ async def test_a_hanging_provider_times_out_and_the_next_one_answers(
     assert [(r["provider_name"], r["outcome"], r["selected"]) for r in detail["responses"]] == [
         ("first", "timeout", False), ("second", "success", True)]
     # Both hang: 504, the message is kept.
-    stub_b.control(hang=True)
+    stub_b.script(Hang(times=None))
     resp = await _post(client, headers, sid, content="still there?")
     assert resp.status_code == 504
     assert (await _request_rows(database, sid))[-1].status == "failed"
 
 
 async def test_streamed_answer_as_server_sent_events(
-    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User,
+    client: httpx.AsyncClient, user: User, sid: str,
     database: Database,
 ) -> None:
     _, headers = user
-    await add_provider(client, admin_headers, stub)
-    sid = (await new_session(client, headers))["id"]
     resp = await _post(client, headers, sid, content="stream this please", stream=True)
     assert resp.status_code == 201
     assert resp.headers["content-type"].startswith("text/event-stream")
@@ -242,13 +245,11 @@ async def test_streamed_answer_as_server_sent_events(
 
 
 async def test_a_stream_that_breaks_midway_fails_the_request_and_keeps_the_message(
-    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User,
+    client: httpx.AsyncClient, stub: StubServer, user: User, sid: str,
     database: Database,
 ) -> None:
     _, headers = user
-    await add_provider(client, admin_headers, stub)
-    sid = (await new_session(client, headers))["id"]
-    stub.control(fail_after_chunks=2)
+    stub.script(Drop(after=2))
     resp = await _post(client, headers, sid, content="one two three four five", stream=True)
     events = sse_events(resp.text)
     assert [e[0] for e in events][-1] == "error"

@@ -17,7 +17,7 @@ from roost.llm import jobs as llm_jobs
 from roost.tasks.worker import Worker, WorkerConfig
 from tests.chat.conftest import add_provider, new_session
 from tests.support.identity import make_user
-from tests.support.openai_stub import StubServer
+from tests.support.openai_stub import Reply, StubServer
 
 Headers = dict[str, str]
 User = tuple[uuid.UUID, Headers]
@@ -93,8 +93,8 @@ async def test_session_list_pages_newest_first(client: httpx.AsyncClient, user: 
 
 async def test_row_level_security_hides_other_users_rows(database: Database) -> None:
     """The second wall: a forgotten WHERE in a user's transaction still sees only theirs."""
-    from roost.http.auth import Principal
     from roost.identity.tenancy import apply_principal
+    from roost.principal import Principal
 
     alice, _ = await make_user(database)
     bob, _ = await make_user(database)
@@ -191,8 +191,8 @@ async def test_summary_is_written_by_the_model_through_the_task_queue(
         assert (await client.post(f"/api/v1/chat/sessions/{sid}/messages",
                                   json={"content": content}, headers=headers)).status_code == 201
     assert (await client.get(url, headers=headers)).status_code == 404
-    stub.control(reply="The user plans a database migration.\nTopics: PostgreSQL, pgvector")
-    monkeypatch.setattr(llm_jobs, "runtime_override", app.state.llm_runtime)
+    stub.script(Reply("The user plans a database migration.\nTopics: PostgreSQL, pgvector"))
+    monkeypatch.setattr(llm_jobs, "gateway_override", app.state.llm_gateway)
     queued = await client.post(url, headers=headers)
     assert queued.status_code == 202 and queued.json()["task_id"]
     summary = None

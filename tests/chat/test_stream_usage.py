@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from roost.db.engine import Database
 from tests.chat.conftest import add_provider, new_session, sse_events
-from tests.support.openai_stub import StubServer
+from tests.support.openai_stub import Reply, StubServer
 
 Headers = dict[str, str]
 CONTENT = "how many tokens does this question take"
@@ -48,7 +48,7 @@ async def test_streamed_and_plain_replies_record_the_same_usage(
     user: tuple[uuid.UUID, Headers], database: Database, provider_usage: bool,
 ) -> None:
     _, headers = user
-    stub.control(usage=provider_usage)
+    stub.script(Reply(usage=provider_usage, times=None))
     await add_provider(client, admin_headers, stub)
     plain = await _usage(client, headers, database, stream=False)
     streamed = await _usage(client, headers, database, stream=True)

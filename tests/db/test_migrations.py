@@ -13,7 +13,9 @@ from tests.support.pg import PgTestServer, unique_db_name
 from roost.config import Settings
 from roost.db.engine import Database, create_database
 from roost.db.migrate import current_revisions, downgrade, head_revisions, migration_state, upgrade
-from roost.db.registry import target_metadata
+from roost.domains import import_models
+
+target_metadata = import_models()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

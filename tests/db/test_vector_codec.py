@@ -10,8 +10,8 @@ from sqlalchemy import select, text
 from roost.db.engine import Database
 from roost.db.vector import decode_vector, encode_vector, ensure_vector_codec
 from roost.identity.accounts import create_user
-from roost.identity.common import SYSTEM
 from roost.knowledge.models import Document, DocumentChunk
+from roost.principal import SYSTEM
 
 
 def test_encoding_accepts_arrays_sequences_and_text() -> None:

@@ -12,7 +12,7 @@ import pytest
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.identity.accounts import create_user
-from roost.identity.common import SYSTEM
+from roost.principal import SYSTEM
 from roost.security.totp import TOTP_INTERVAL
 
 PASSWORD = "plum-Quartz-river-7-kettle"

@@ -76,7 +76,7 @@ async def test_cleanup_is_scheduled_with_the_task_queue(
     client: httpx.AsyncClient, database: Database
 ) -> None:
     from roost.identity.jobs import cleanup_sessions
-    from roost.tasks.registry import discover, get_task_type
+    from roost.tasks.handlers import discover, get_task_type
     from roost.tasks.schedules import schedules
 
     discover()

@@ -9,9 +9,10 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 
 from roost.db.engine import Database
-from roost.http.auth import CurrentPrincipal, Principal
+from roost.http.auth import CurrentPrincipal
 from roost.http.deps import DbSession
 from roost.identity.tenancy import apply_principal, current_scope
+from roost.principal import Principal
 from tests.support.identity import make_user
 
 

@@ -127,9 +127,9 @@ async def test_oauth_ciphertext_is_bound_to_its_row(database: Database) -> None:
 
     import pytest
 
-    from roost.http.auth import Principal
     from roost.identity import oauth
     from roost.identity.config import IdentityConfig
+    from roost.principal import Principal
     from roost.security.crypto import DecryptionError, SecretBox
 
     cfg = IdentityConfig(jwt_secret="x" * 48,

@@ -10,8 +10,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from roost.db.engine import Database
-from roost.http.auth import Principal
 from roost.identity.tenancy import apply_principal, clear_principal, current_scope
+from roost.principal import Principal
 from tests.identity.conftest import login, password_user
 from tests.support.identity import make_user
 

@@ -9,12 +9,13 @@ from typing import Any
 from sqlalchemy import text
 
 from roost.db.engine import Database
-from roost.http.auth import Principal
 from roost.knowledge import service
 from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.ingest import run_ingestion
 from roost.knowledge.schemas import IngestionRunCreate
+from roost.principal import Principal
 from tests.knowledge.helpers import make_pdf
+from tests.support.sql import fetch
 
 PARAGRAPH = (
     "Roost keeps every conversation, tool call and document of an agent in PostgreSQL. "
@@ -24,16 +25,6 @@ PARAGRAPH = (
 
 def principal(user_id: uuid.UUID, *groups: uuid.UUID, admin: bool = False) -> Principal:
     return Principal(user_id=user_id, is_admin=admin, kind="api_key", group_ids=frozenset(groups))
-
-
-async def rows(database: Database, sql: str, **params: Any) -> list[Any]:
-    async with database.transaction() as s:
-        return list((await s.execute(text(sql), params)).all())
-
-
-async def scalar(database: Database, sql: str, **params: Any) -> Any:
-    async with database.transaction() as s:
-        return (await s.execute(text(sql), params)).scalar()
 
 
 async def start_run(
@@ -51,7 +42,7 @@ async def ingest(
     force = bool(options.pop("force", False))
     run_id = await start_run(database, who, cfg, target, force=force, **options)
     await run_ingestion(database, run_id, cfg, force=force)
-    found = await rows(database, "SELECT * FROM ingestion_runs WHERE id = :id", id=run_id)
+    found = await fetch(database, "SELECT * FROM ingestion_runs WHERE id = :id", id=run_id)
     return dict(found[0]._mapping)
 
 
@@ -89,7 +80,7 @@ async def drain_jobs(database: Database, cfg: KnowledgeConfig) -> int:
     """Run the queued knowledge.ingest jobs here, as a worker would (config: ``cfg``)."""
     from roost.knowledge.jobs import INGEST_TASK
 
-    jobs = await rows(database, "SELECT id, payload FROM background_tasks WHERE task_type = :t "
+    jobs = await fetch(database, "SELECT id, payload FROM background_tasks WHERE task_type = :t "
                                 "AND status = 'pending' ORDER BY id", t=INGEST_TASK)
     for job in jobs:
         payload = job.payload

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from roost.db.engine import Database
 from roost.knowledge.config import KnowledgeConfig
+from roost.pagination import encode_cursor
 from tests.knowledge.helpers import make_pdf
-from tests.knowledge.support import drain_jobs, make_group, rows, scalar
+from tests.knowledge.support import drain_jobs, make_group
 from tests.support.identity import make_user
+from tests.support.sql import fetch, scalar
 
 API = "/api/v1/knowledge"
 
@@ -59,7 +63,7 @@ async def test_upload_is_ingested_in_the_background_then_listed_fetched_and_dele
     assert (await kclient.delete(f"{API}/documents/{doc['id']}", headers=headers)).status_code == 204
     assert (await kclient.get(f"{API}/documents/{doc['id']}", headers=headers)).status_code == 404
     assert await scalar(database, "SELECT count(*) FROM document_chunks") == 0
-    actions = {r[0] for r in await rows(database, "SELECT action FROM audit_logs")}
+    actions = {r[0] for r in await fetch(database, "SELECT action FROM audit_logs")}
     assert {"knowledge.document.uploaded", "knowledge.document.ingested",
             "knowledge.document.deleted", "knowledge.ingestion_run.finished"} <= actions
 
@@ -86,6 +90,36 @@ async def test_bad_uploads(kclient: httpx.AsyncClient, database: Database, kcfg:
         run = (await kclient.get(f"{API}/ingestion-runs/{resp.json()['ingestion_run']['id']}",
                                  headers=headers)).json()
         assert run["status"] == "failed" and run["errors"][0]["type"] == kind
+
+
+async def test_documents_and_runs_page_newest_first(
+    kclient: httpx.AsyncClient, database: Database
+) -> None:
+    _, headers = await make_user(database)
+    uploads = [(await _upload(kclient, headers, f"{i}.txt", b"some text")).json() for i in range(3)]
+    for path, key in (("documents", "document"), ("ingestion-runs", "ingestion_run")):
+        first = (await kclient.get(f"{API}/{path}", params={"limit": 2}, headers=headers)).json()
+        rest = (await kclient.get(f"{API}/{path}", headers=headers,
+                                  params={"limit": 2, "cursor": first["next_cursor"]})).json()
+        assert [item["id"] for item in first["items"] + rest["items"]] == [
+            u[key]["id"] for u in reversed(uploads)
+        ]
+        assert rest["next_cursor"] is None
+
+
+@pytest.mark.parametrize(("path", "cursor"), [
+    ("documents", "!!"),
+    ("documents", encode_cursor({"t": "2026-01-01T00:00:00Z", "id": "not-a-uuid"})),
+    ("documents", encode_cursor({"t": "2026-01-01T00:00:00", "id": str(uuid.uuid4())})),  # naive
+    ("ingestion-runs", "!!"),
+    ("ingestion-runs", encode_cursor({"id": "not-a-uuid"})),
+])
+async def test_a_malformed_cursor_is_a_bad_request(
+    kclient: httpx.AsyncClient, database: Database, path: str, cursor: str
+) -> None:
+    _, headers = await make_user(database)
+    r = await kclient.get(f"{API}/{path}", params={"cursor": cursor}, headers=headers)
+    assert r.status_code == 400 and "cursor" in r.json()["detail"]
 
 
 async def test_other_users_documents_and_runs_are_404(

@@ -15,8 +15,9 @@ from roost.db.engine import Database
 from roost.errors import Forbidden
 from roost.identity.tenancy import apply_principal
 from roost.knowledge.bulk import encode_rows, insert_chunks
-from tests.knowledge.support import principal, rows
+from tests.knowledge.support import principal
 from tests.support.identity import make_user
+from tests.support.sql import fetch
 
 
 async def _document(database: Database, user_id: uuid.UUID) -> uuid.UUID:
@@ -57,7 +58,7 @@ async def test_both_paths_write_the_same_rows_and_keep_the_users_role(
         assert await _role(s) == "roost_app"  # still scoped to the user after the COPY
         # ... and still under row-level security for what follows in the transaction.
         assert (await s.execute(text("SELECT row_security_active('document_chunks')"))).scalar()
-    found = await rows(
+    found = await fetch(
         database, "SELECT chunk_index, content, tags, metadata, embedding::text, "
         "content_tsv @@ to_tsquery('english', 'heron') FROM document_chunks "
         "WHERE document_id = :d ORDER BY chunk_index", d=doc_id)
@@ -78,12 +79,12 @@ async def test_rows_for_another_user_are_refused_before_anything_is_written(
             with pytest.raises(Forbidden):
                 await insert_chunks(s, _rows(doc_id, other_id, 3), direct=direct)
             assert await _role(s) == "roost_app"
-    assert await rows(database, "SELECT count(*) FROM document_chunks") == [(0,)]
+    assert await fetch(database, "SELECT count(*) FROM document_chunks") == [(0,)]
     # An administrator may write for anyone (as the policy allows).
     async with database.transaction() as s:
         await apply_principal(s, principal(user_id, admin=True))
         await insert_chunks(s, _rows(doc_id, other_id, 3))
-    assert await rows(database, "SELECT count(*) FROM document_chunks") == [(3,)]
+    assert await fetch(database, "SELECT count(*) FROM document_chunks") == [(3,)]
 
 
 async def test_a_login_role_under_row_level_security_goes_through_the_temporary_table(
@@ -101,7 +102,7 @@ async def test_a_login_role_under_row_level_security_goes_through_the_temporary_
         loaded_via = (await s.execute(text("SELECT to_regclass('pg_temp.roost_chunk_load')"))).scalar()
         assert loaded_via is not None
         await s.execute(text("RESET SESSION AUTHORIZATION"))
-    assert await rows(database, "SELECT count(*) FROM document_chunks") == [(5,)]
+    assert await fetch(database, "SELECT count(*) FROM document_chunks") == [(5,)]
 
 
 async def test_a_failed_copy_raises_its_own_error_and_leaves_nothing(database: Database) -> None:
@@ -119,7 +120,7 @@ async def test_a_failed_copy_raises_its_own_error_and_leaves_nothing(database: D
         async with database.transaction() as s:
             await apply_principal(s, principal(user_id))
             await insert_chunks(s, duplicate)
-    assert await rows(database, "SELECT count(*) FROM document_chunks") == [(0,)]
+    assert await fetch(database, "SELECT count(*) FROM document_chunks") == [(0,)]
 
 
 def test_encoding_rejects_vectors_that_postgres_would_store_wrongly() -> None:

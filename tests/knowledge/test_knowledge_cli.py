@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from roost.db.engine import Database
-from tests.knowledge.support import mixed_directory, rows
+from tests.knowledge.support import mixed_directory
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
+from tests.support.sql import fetch
 
 
 async def test_roost_ingest_a_directory(
@@ -25,14 +26,14 @@ async def test_roost_ingest_a_directory(
     assert out.returncode == 0, out.stdout + out.stderr
     assert "partial" in out.stdout and "7/7" in out.stdout
     assert "image.png" in out.stderr and "broken.pdf" in out.stderr
-    found = await rows(database, "SELECT d.collection, d.tags, u.username FROM documents d "
+    found = await fetch(database, "SELECT d.collection, d.tags, u.username FROM documents d "
                                  "JOIN users u ON u.id = d.user_id")
     assert len(found) == 5 and {(r.collection, tuple(r.tags), r.username) for r in found} == {
         ("handbook", ("ops", "docs"), "olive")}
 
     again = run_roost("ingest", str(docs), "-r", "--user", "olive", env=env)
     assert again.returncode == 0 and "partial" in again.stdout
-    assert len(await rows(database, "SELECT id FROM documents")) == 5
+    assert len(await fetch(database, "SELECT id FROM documents")) == 5
 
     missing = run_roost("ingest", str(docs), "--user", "nobody", env=env)
     assert missing.returncode == 2 and "no user" in missing.stderr

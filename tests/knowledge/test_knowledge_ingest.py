@@ -7,8 +7,9 @@ from pathlib import Path
 
 from roost.db.engine import Database
 from roost.knowledge.config import KnowledgeConfig
-from tests.knowledge.support import ingest, mixed_directory, principal, rows, scalar
+from tests.knowledge.support import ingest, mixed_directory, principal
 from tests.support.identity import make_user
+from tests.support.sql import fetch, scalar
 
 
 async def test_a_mixed_directory_is_ingested_with_totals_and_per_file_errors(
@@ -29,7 +30,7 @@ async def test_a_mixed_directory_is_ingested_with_totals_and_per_file_errors(
     assert by_path == {"image.png": "unsupported-document", "broken.pdf": "corrupt-document"}
     assert run["finished_at"] is not None and run["started_at"] is not None
 
-    docs = await rows(database, "SELECT name, status, chunk_count, collection, tags, mime "
+    docs = await fetch(database, "SELECT name, status, chunk_count, collection, tags, mime "
                                 "FROM documents ORDER BY name")
     assert [d.name for d in docs] == ["guide.md", "nested.txt", "notes.txt", "page.html",
                                       "report.pdf"]
@@ -38,11 +39,11 @@ async def test_a_mixed_directory_is_ingested_with_totals_and_per_file_errors(
     total = await scalar(database, "SELECT count(*) FROM document_chunks")
     assert total == run["totals_chunks"] == sum(d.chunk_count for d in docs)
     # Source attribution: pages for PDFs, heading paths for Markdown.
-    pages = await rows(database, "SELECT c.metadata->>'page' AS page, c.content FROM document_chunks c "
+    pages = await fetch(database, "SELECT c.metadata->>'page' AS page, c.content FROM document_chunks c "
                                  "JOIN documents d ON d.id = c.document_id WHERE d.name = 'report.pdf' "
                                  "ORDER BY c.chunk_index")
     assert [(p.page, "forty" in p.content) for p in pages] == [("1", False), ("2", True)]
-    sections = {r[0] for r in await rows(
+    sections = {r[0] for r in await fetch(
         database, "SELECT c.metadata->>'section' FROM document_chunks c JOIN documents d "
                   "ON d.id = c.document_id WHERE d.name = 'guide.md'")}
     assert "Install guide > Linux" in sections and "Install guide > Windows" in sections
@@ -61,19 +62,19 @@ async def test_reingesting_a_changed_file_replaces_its_chunks_without_duplicates
     files = mixed_directory(ingest_root)
     who = principal(user_id)
     await ingest(database, who, kcfg, str(ingest_root), recursive=True)
-    before = {r.id for r in await rows(database, "SELECT id FROM document_chunks")}
+    before = {r.id for r in await fetch(database, "SELECT id FROM document_chunks")}
     docs_before = await scalar(database, "SELECT count(*) FROM documents")
 
     # Unchanged: nothing is re-embedded, every file still counts.
     again = await ingest(database, who, kcfg, str(ingest_root), recursive=True)
     assert again["totals_files"] == 5 and again["totals_chunks"] == 0
-    assert {r.id for r in await rows(database, "SELECT id FROM document_chunks")} == before
+    assert {r.id for r in await fetch(database, "SELECT id FROM document_chunks")} == before
 
     files["notes.txt"].write_text("Completely new notes about tomatoes and basil.")
     changed = await ingest(database, who, kcfg, str(ingest_root), recursive=True)
     assert changed["totals_files"] == 5 and changed["totals_chunks"] == 1
     assert await scalar(database, "SELECT count(*) FROM documents") == docs_before
-    notes = await rows(database, "SELECT c.id, c.content, c.chunk_index FROM document_chunks c "
+    notes = await fetch(database, "SELECT c.id, c.content, c.chunk_index FROM document_chunks c "
                                  "JOIN documents d ON d.id = c.document_id WHERE d.name = 'notes.txt'")
     assert [n.content for n in notes] == ["Completely new notes about tomatoes and basil."]
     assert notes[0].id not in before

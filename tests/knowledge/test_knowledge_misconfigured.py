@@ -22,8 +22,9 @@ from roost.keyfiles import KeyMaterial
 from roost.knowledge import service
 from roost.knowledge.config import EmbedderSpec, KnowledgeConfig
 from roost.knowledge.embeddings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_NAME
-from tests.knowledge.support import principal, rows, start_run
+from tests.knowledge.support import principal, start_run
 from tests.support.identity import make_user
+from tests.support.sql import fetch
 from tests.tasks.support import WorkerProcess, wait_until
 
 API = "/api/v1/knowledge"
@@ -45,7 +46,7 @@ def worker_without_extra_nor_roots(
 
 
 async def _task(database: Database, task_id: uuid.UUID) -> Any:
-    found = await rows(database, "SELECT status, error_message FROM background_tasks "
+    found = await fetch(database, "SELECT status, error_message FROM background_tasks "
                                  "WHERE id = :id", id=task_id)
     return found[0]
 
@@ -65,7 +66,7 @@ async def test_worker_without_the_local_extra_or_the_ingest_roots_fails_the_run_
         doc_id, upload_run_id, upload_task = doc.id, upload_run.id, upload_run.task_id
     (ingest_root / "a.txt").write_text("a file the worker may not read")
     file_run_id = await start_run(database, who, api_cfg, "a.txt")
-    file_task = (await rows(database, "SELECT task_id FROM ingestion_runs WHERE id = :id",
+    file_task = (await fetch(database, "SELECT task_id FROM ingestion_runs WHERE id = :id",
                             id=file_run_id))[0].task_id
     worker = worker_without_extra_nor_roots
     await worker.wait_started()
@@ -76,11 +77,11 @@ async def test_worker_without_the_local_extra_or_the_ingest_roots_fails_the_run_
 
     await wait_until(dead, within=60, interval=0.2, what="both tasks dead-lettered")
 
-    [document] = await rows(database, "SELECT status, error_message FROM documents WHERE id = :id",
+    [document] = await fetch(database, "SELECT status, error_message FROM documents WHERE id = :id",
                             id=doc_id)
     assert document.status == "error"
     assert "roost[local]" in document.error_message and "sentence-transformers" in document.error_message
-    runs = {r.id: r for r in await rows(database, "SELECT id, status, errors FROM ingestion_runs")}
+    runs = {r.id: r for r in await fetch(database, "SELECT id, status, errors FROM ingestion_runs")}
     assert runs[upload_run_id].status == "failed"
     assert "roost[local]" in runs[upload_run_id].errors[-1]["error"]
     assert runs[file_run_id].status == "failed"
@@ -120,8 +121,8 @@ async def test_the_api_refuses_uploads_and_runs_when_no_embedder_can_work(
         assert problem["type"].endswith("embedder-unavailable")
         assert "roost[local]" in problem["detail"] and "pip install" in problem["detail"]
     # Nothing was stored or queued.
-    assert await rows(database, "SELECT id FROM documents") == []
-    assert await rows(database, "SELECT id FROM background_tasks") == []
+    assert await fetch(database, "SELECT id FROM documents") == []
+    assert await fetch(database, "SELECT id FROM background_tasks") == []
 
 
 async def test_file_ingestion_without_roots_names_the_setting_in_the_api(

@@ -296,25 +296,24 @@ def test_pdf_named_file_without_pdf_content_is_corrupt() -> None:
         parse_document(b"just some text", filename=None, mime="application/pdf")
 
 
-def test_password_protected_pdf_is_unsupported() -> None:
+def _encrypted_pdf(text: str, user_password: str, algorithm: str) -> bytes:
     from pypdf import PdfReader, PdfWriter
 
-    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(make_pdf(["secret"]))))
-    writer.encrypt(user_password="pw", owner_password="owner", algorithm="AES-256")
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(make_pdf([text]))))
+    writer.encrypt(user_password=user_password, owner_password="owner", algorithm=algorithm)
     out = io.BytesIO()
     writer.write(out)
+    return out.getvalue()
+
+
+def test_password_protected_pdf_is_unsupported() -> None:
     with pytest.raises(UnsupportedDocument, match="password"):
-        parse_document(out.getvalue(), filename="locked.pdf")
+        parse_document(_encrypted_pdf("secret", "pw", "AES-256"), filename="locked.pdf")
 
 
 def test_pdf_encrypted_with_empty_password_is_read() -> None:
-    from pypdf import PdfReader, PdfWriter
-
-    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(make_pdf(["open secret"]))))
-    writer.encrypt(user_password="", owner_password="owner", algorithm="AES-128")
-    out = io.BytesIO()
-    writer.write(out)
-    assert parse_document(out.getvalue(), filename="perm.pdf").text == "open secret"
+    locked = _encrypted_pdf("open secret", "", "AES-128")
+    assert parse_document(locked, filename="perm.pdf").text == "open secret"
 
 
 # --------------------------------------------------------------------------- robustness

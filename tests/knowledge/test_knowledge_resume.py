@@ -17,8 +17,9 @@ import pytest
 
 from roost.db.engine import Database
 from roost.knowledge.config import KnowledgeConfig
-from tests.knowledge.support import PARAGRAPH, principal, rows, scalar, start_run
+from tests.knowledge.support import PARAGRAPH, principal, start_run
 from tests.support.identity import make_user
+from tests.support.sql import fetch, scalar
 
 REPO = Path(__file__).resolve().parents[2]
 ROOST = str(Path(sys.executable).with_name("roost"))
@@ -97,7 +98,7 @@ async def test_a_killed_worker_leaves_no_duplicates_and_the_run_resumes(
         return status in ("success", "partial", "failed")
 
     await _wait("the resumed run to finish", finished, within=90)
-    run = (await rows(database, "SELECT * FROM ingestion_runs WHERE id = :id", id=run_id))[0]
+    run = (await fetch(database, "SELECT * FROM ingestion_runs WHERE id = :id", id=run_id))[0]
     assert (run.status, run.totals_files, run.errors) == ("success", FILES, [])
     assert await scalar(database, "SELECT count(*) FROM documents") == FILES
     chunks = await scalar(database, "SELECT count(*) FROM document_chunks")

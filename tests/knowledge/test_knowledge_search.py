@@ -17,8 +17,9 @@ from roost.knowledge.config import EmbedderSpec, KnowledgeConfig
 from roost.knowledge.index import ensure_model, index_name
 from roost.knowledge.models import DEFAULT_INDEX
 from roost.knowledge.schemas import SearchRequest
-from tests.knowledge.support import drain_jobs, ingest, make_group, principal, rows
+from tests.knowledge.support import drain_jobs, ingest, make_group, principal
 from tests.support.identity import make_user
+from tests.support.sql import fetch
 
 API = "/api/v1/knowledge"
 
@@ -51,7 +52,7 @@ async def test_the_local_model_finds_the_chunk_for_a_paraphrased_question(
     who = principal(user_id)
     run = await ingest(database, who, cfg, str(ingest_root))
     assert run["status"] == "success" and run["embedding_model"] == "all-MiniLM-L6-v2"
-    assert await rows(database, "SELECT DISTINCT embedding_dim FROM document_chunks") == [(384,)]
+    assert await fetch(database, "SELECT DISTINCT embedding_dim FROM document_chunks") == [(384,)]
 
     questions = {
         "How long do I have to return something and be reimbursed?": "refunds.md",
@@ -134,11 +135,11 @@ async def test_vector_queries_use_the_models_hnsw_index(database: Database) -> N
                 {**filters.params, "qvec": "[" + ",".join(["0.1"] * dims) + "]", "limit": 10},
             )).all())
         assert f"Index Scan using {index}" in plan, plan
-    definition = (await rows(database, "SELECT indexdef FROM pg_indexes WHERE indexname = :n",
+    definition = (await fetch(database, "SELECT indexdef FROM pg_indexes WHERE indexname = :n",
                              n=index_name("remote-768")))[0][0]
     assert "vector(768)" in definition and "m='16'" in definition
     assert "ef_construction='64'" in definition and "remote-768" in definition
-    registered = await rows(database, "SELECT dimensions FROM embedding_models WHERE name = 'remote-768'")
+    registered = await fetch(database, "SELECT dimensions FROM embedding_models WHERE name = 'remote-768'")
     assert registered == [(768,)]
     with pytest.raises(Exception, match="768 dimensions"):
         await ensure_model(database.engine, "remote-768", 1536, "openai")

@@ -16,10 +16,9 @@ from roost.llm import (
     ProviderUnavailable,
     StreamAccumulator,
     ToolCall,
-    create_provider,
 )
 from roost.llm.anthropic import to_anthropic_messages, to_anthropic_tool_choice, to_anthropic_tools
-from tests.support.openai_stub import StubServer
+from tests.support.openai_stub import Call, Fail, Junk, Reply, StubServer, ToolCalls
 
 SECRET = "sk-ant-secret-123456789"
 
@@ -49,11 +48,11 @@ async def test_chat_maps_system_and_headers(claude: AnthropicProvider, stub: Stu
     assert result.finish_reason == "stop"  # end_turn, in OpenAI's words
     assert (result.tokens_in, result.tokens_out) == (5, 5)
     assert result.model == "claude-stub"
-    sent = stub.stats()["recent"][-1]
-    assert sent["path"] == "/v1/messages"
-    assert sent["anthropic_version"] == "2023-06-01"
-    assert sent["has_api_key"] is True
-    body = sent["body"]
+    sent = stub.requests()[-1]
+    assert sent.path == "/v1/messages"
+    assert sent.headers["anthropic-version"] == "2023-06-01"
+    assert sent.api_key == SECRET
+    body = sent.body
     assert body["system"] == "You are terse."
     assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi there"}]}]
     assert body["max_tokens"] == 1024  # required by the API, defaulted
@@ -63,7 +62,7 @@ async def test_chat_maps_system_and_headers(claude: AnthropicProvider, stub: Stu
 
 async def test_openai_only_extras_are_dropped(claude: AnthropicProvider, stub: StubServer) -> None:
     await claude.chat(req(extra={"logprobs": True, "top_k": 5, "anthropic": {"metadata": {}}}))
-    body = stub.stats()["recent"][-1]["body"]
+    body = stub.requests()[-1].body
     assert "logprobs" not in body
     assert body["top_k"] == 5
     assert body["metadata"] == {}
@@ -81,7 +80,7 @@ async def test_stream_reassembles(claude: AnthropicProvider) -> None:
 
 
 async def test_tool_use_plain_and_streamed(claude: AnthropicProvider, stub: StubServer) -> None:
-    stub.set_model("claude-stub", tool_call={"name": "lookup", "arguments": {"q": "roost"}})
+    stub.script(ToolCalls(Call("lookup", {"q": "roost"}), times=2))
     tools = [
         {
             "type": "function",
@@ -97,7 +96,7 @@ async def test_tool_use_plain_and_streamed(claude: AnthropicProvider, stub: Stub
     assert [(t.id, t.name, t.arguments) for t in result.tool_calls] == [
         ("toolu_stub_1", "lookup", '{"q": "roost"}')
     ]
-    body = stub.stats()["recent"][-1]["body"]
+    body = stub.requests()[-1].body
     assert body["tools"][0]["input_schema"]["properties"] == {"q": {"type": "string"}}
     assert body["tool_choice"] == {"type": "any"}
     streamed = StreamAccumulator().extend([c async for c in claude.stream_chat(req())]).result()
@@ -106,28 +105,25 @@ async def test_tool_use_plain_and_streamed(claude: AnthropicProvider, stub: Stub
 
 
 async def test_length_stop_maps(claude: AnthropicProvider, stub: StubServer) -> None:
-    stub.set_model("claude-stub", finish_reason="length")
+    stub.script(Reply(finish_reason="length"))
     assert (await claude.chat(req())).finish_reason == "length"
 
 
 async def test_errors(claude: AnthropicProvider, stub: StubServer) -> None:
-    stub.set_model("claude-stub", fail_status=529, fail_times=1)
+    stub.script(Fail(529), Fail(400), Junk("shape"), Junk("stream"))
     with pytest.raises(ProviderUnavailable) as unavailable:
         await claude.chat(req())
     assert unavailable.value.upstream_status == 529
-    stub.set_model("claude-stub", fail_status=400, fail_times=1)
     with pytest.raises(ProviderRequestError):
         await claude.chat(req())
-    stub.set_model("claude-stub", fail_status=None, junk="shape")
     with pytest.raises(ProviderBadResponse):
         await claude.chat(req())
-    stub.set_model("claude-stub", junk="stream")
     with pytest.raises(ProviderBadResponse):
         [c async for c in claude.stream_chat(req())]
 
 
 async def test_missing_key_error_does_not_leak(stub: StubServer) -> None:
-    stub.control(require_api_key="sk-ant-right")
+    stub.script(Fail(401, "invalid x-api-key"))
     async with AnthropicProvider(stub.root_url, api_key=SECRET, default_model="c") as p:
         with pytest.raises(ProviderRequestError) as info:
             await p.chat(req())
@@ -140,15 +136,6 @@ async def test_models_health_and_no_embeddings(claude: AnthropicProvider) -> Non
     assert (await claude.health()).ok
     with pytest.raises(ProviderNotSupported):
         await claude.embed(["x"])
-
-
-async def test_factory_builds_anthropic(stub: StubServer) -> None:
-    p = create_provider("anthropic", base_url=stub.root_url, api_key="k", model="c2", config={"timeout": 3})
-    assert isinstance(p, AnthropicProvider)
-    try:
-        assert (await p.chat(req("q"))).content == "echo: q (model c2)"
-    finally:
-        await p.aclose()
 
 
 def test_message_mapping_merges_turns_and_tools() -> None:

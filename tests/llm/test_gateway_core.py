@@ -1,11 +1,12 @@
 """Fallback chains, streaming fallback and ensembles against the stub process.
 
 Every provider below talks to the same stub; each uses its own default model
-and the stub's per-model behaviour makes them differ (fail, hang, reply...).
+and a step scripted for that model makes them differ (fail, hang, reply...).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -26,7 +27,7 @@ from roost.llm import (
     response_confidence,
     stream_with_fallback,
 )
-from tests.support.openai_stub import StubServer
+from tests.support.openai_stub import Drop, Fail, Hang, Junk, Reply, Step, StubServer
 
 Make = Callable[..., tuple[ProviderRef, OpenAICompatibleProvider]]
 REQ = ChatRequest(messages=[{"role": "user", "content": "capital of France?"}])
@@ -34,14 +35,15 @@ REQ = ChatRequest(messages=[{"role": "user", "content": "capital of France?"}])
 
 @pytest.fixture
 async def make(stub: StubServer) -> AsyncIterator[Make]:
-    """make(model, weight=1.0, timeout=5.0, **stub_rules) -> (ref, provider)."""
+    """make(model, step=None, weight=1.0, timeout=5.0) -> (ref, provider); the stub answers
+    every request for ``model`` with ``step``."""
     created: list[OpenAICompatibleProvider] = []
 
     def factory(
-        model: str, weight: float = 1.0, timeout: float = 5.0, **rules: object
+        model: str, step: Step | None = None, weight: float = 1.0, timeout: float = 5.0
     ) -> tuple[ProviderRef, OpenAICompatibleProvider]:
-        if rules:
-            stub.set_model(model, **rules)
+        if step is not None:
+            stub.script(dataclasses.replace(step, model=model, times=None))
         p = OpenAICompatibleProvider(stub.base_url, default_model=model, timeout=timeout, name=f"p-{model}")
         created.append(p)
         return ProviderRef(name=f"p-{model}", id=model, type="openai", weight=weight), p
@@ -55,8 +57,8 @@ async def make(stub: StubServer) -> AsyncIterator[Make]:
 
 
 async def test_fallback_skips_503_and_hanging_provider(make: Make, stub: StubServer) -> None:
-    down = make("down", fail_status=503)
-    stuck = make("stuck", timeout=0.3, hang=True)
+    down = make("down", Fail(503))
+    stuck = make("stuck", Hang(), timeout=0.3)
     good = make("good")
     start = time.monotonic()
     winner, result, attempts = await call_with_fallback([down, stuck, good], REQ)
@@ -72,12 +74,11 @@ async def test_fallback_skips_503_and_hanging_provider(make: Make, stub: StubSer
     assert all(a.finished_at and a.finished_at >= a.started_at for a in attempts)
     assert attempts[1].latency_ms >= 250
     assert time.monotonic() - start < 3
-    counts = stub.stats()["counts"]
-    assert counts["model:down"] == counts["model:stuck"] == counts["model:good"] == 1
+    assert [len(stub.requests(model=m)) for m in ("down", "stuck", "good")] == [1, 1, 1]
 
 
 async def test_gateway_level_attempt_timeout(make: Make) -> None:
-    slow = make("slow", latency_ms=2000)
+    slow = make("slow", Reply(delay_ms=2000))
     good = make("good2")
     winner, _, attempts = await call_with_fallback([slow, good], REQ, attempt_timeout_s=0.2)
     assert winner.name == "p-good2"
@@ -85,17 +86,17 @@ async def test_gateway_level_attempt_timeout(make: Make) -> None:
 
 
 async def test_no_fallback_on_400(make: Make, stub: StubServer) -> None:
-    bad = make("bad-request", fail_status=400)
+    bad = make("bad-request", Fail(400))
     good = make("never-called")
     with pytest.raises(ProviderRequestError) as info:
         await call_with_fallback([bad, good], REQ)
     assert [a.ref.name for a in info.value.attempts] == ["p-bad-request"]
     assert info.value.attempts[0].upstream_status == 400
-    assert stub.stats()["counts"].get("model:never-called", 0) == 0
+    assert stub.requests(model="never-called") == []
 
 
 async def test_junk_answer_falls_back(make: Make) -> None:
-    junk = make("junk", junk="text")
+    junk = make("junk", Junk("text"))
     good = make("ok")
     winner, _, attempts = await call_with_fallback([junk, good], REQ)
     assert winner.name == "p-ok"
@@ -103,8 +104,8 @@ async def test_junk_answer_falls_back(make: Make) -> None:
 
 
 async def test_all_failed_carries_every_attempt(make: Make) -> None:
-    a = make("a", fail_status=500)
-    b = make("b", fail_status=502)
+    a = make("a", Fail(500))
+    b = make("b", Fail(502))
     with pytest.raises(AllProvidersFailed) as info:
         await call_with_fallback([a, b], REQ)
     err = info.value
@@ -117,7 +118,7 @@ async def test_all_failed_carries_every_attempt(make: Make) -> None:
 
 
 async def test_retry_on_predicate_and_classes(make: Make) -> None:
-    a = make("r1", fail_status=503)
+    a = make("r1", Fail(503))
     b = make("r2")
     # Refuse to fall back on anything:
     with pytest.raises(ProviderUnavailable):
@@ -128,11 +129,12 @@ async def test_retry_on_predicate_and_classes(make: Make) -> None:
 
 
 async def test_retries_same_provider_before_moving_on(make: Make, stub: StubServer) -> None:
-    flaky = make("flaky", fail_status=503, fail_times=1)
+    stub.script(Fail(503, model="flaky"))  # once
+    flaky = make("flaky")
     winner, _, attempts = await call_with_fallback([flaky], REQ, retries_per_provider=1)
     assert winner.name == "p-flaky"
     assert [a.outcome for a in attempts] == ["error", "success"]
-    assert stub.stats()["counts"]["model:flaky"] == 2
+    assert len(stub.requests(model="flaky")) == 2
 
 
 async def test_empty_provider_list_fails_cleanly() -> None:
@@ -156,8 +158,8 @@ async def test_success_row_for_the_database(make: Make) -> None:
 
 
 async def test_stream_falls_back_before_first_chunk(make: Make) -> None:
-    down = make("s-down", fail_status=503)
-    stuck = make("s-stuck", timeout=5, hang=True)
+    down = make("s-down", Fail(503))
+    stuck = make("s-stuck", Hang(), timeout=5)
     good = make("s-good")
     stream = stream_with_fallback([down, stuck, good], REQ, first_chunk_timeout_s=0.3)
     text = "".join([c.delta async for c in stream])
@@ -170,7 +172,7 @@ async def test_stream_falls_back_before_first_chunk(make: Make) -> None:
 
 
 async def test_stream_does_not_fall_back_after_first_chunk(make: Make, stub: StubServer) -> None:
-    breaks = make("s-breaks", fail_after_chunks=2)
+    breaks = make("s-breaks", Drop(after=2))
     spare = make("s-spare")
     stream = stream_with_fallback([breaks, spare], REQ)
     seen: list[str] = []
@@ -181,18 +183,18 @@ async def test_stream_does_not_fall_back_after_first_chunk(make: Make, stub: Stu
     attempt = info.value.attempts[0]
     assert len(info.value.attempts) == 1 and attempt.outcome == "error"
     assert attempt.result is not None and attempt.result.content == "echo: capital "
-    assert stub.stats()["counts"].get("model:s-spare", 0) == 0
+    assert stub.requests(model="s-spare") == []
 
 
 async def test_stream_stops_on_400(make: Make) -> None:
-    bad = make("s-400", fail_status=400)
+    bad = make("s-400", Fail(400))
     spare = make("s-spare2")
     with pytest.raises(ProviderRequestError):
         [c async for c in stream_with_fallback([bad, spare], REQ)]
 
 
 async def test_stream_consumer_breaking_off_records_cancelled(make: Make) -> None:
-    good = make("s-long", chunk_delay_ms=20)
+    good = make("s-long", Reply(chunk_delay_ms=20))
     stream = stream_with_fallback([good], REQ)
     it = stream.__aiter__()
     first = await it.__anext__()
@@ -205,10 +207,10 @@ async def test_stream_consumer_breaking_off_records_cancelled(make: Make) -> Non
 
 
 async def test_first_success_cancels_the_slow_ones(make: Make, stub: StubServer) -> None:
-    fast = make("e-fast", latency_ms=50)
-    slow1 = make("e-slow1", latency_ms=3000)
-    slow2 = make("e-slow2", latency_ms=3000)
-    broken = make("e-broken", fail_status=500)
+    fast = make("e-fast", Reply(delay_ms=50))
+    slow1 = make("e-slow1", Reply(delay_ms=3000))
+    slow2 = make("e-slow2", Reply(delay_ms=3000))
+    broken = make("e-broken", Fail(500))
     start = time.monotonic()
     out = await ensemble([slow1, fast, slow2, broken], REQ, "first_success")
     assert time.monotonic() - start < 2
@@ -223,20 +225,20 @@ async def test_first_success_cancels_the_slow_ones(make: Make, stub: StubServer)
     }
     assert [a.selected for a in out.responses] == [False, True, False, False]
     # The slow ones really were asked (and then abandoned).
-    assert stub.stats()["counts"]["model:e-slow1"] == 1
+    assert len(stub.requests(model="e-slow1")) == 1
 
 
 async def test_first_success_skips_failures(make: Make) -> None:
-    broken = make("f-broken", fail_status=503)
-    later = make("f-later", latency_ms=100)
+    broken = make("f-broken", Fail(503))
+    later = make("f-later", Reply(delay_ms=100))
     out = await ensemble([broken, later], REQ, "first_success")
     assert out.winner_ref.name == "p-f-later"
 
 
 async def test_highest_confidence_uses_logprobs(make: Make) -> None:
-    unsure = make("c-unsure", logprob=-2.0)
-    sure = make("c-sure", logprob=-0.01)
-    meh = make("c-meh", logprob=-0.5)
+    unsure = make("c-unsure", Reply(logprob=-2.0))
+    sure = make("c-sure", Reply(logprob=-0.01))
+    meh = make("c-meh", Reply(logprob=-0.5))
     request = REQ.model_copy(update={"extra": {"logprobs": True}})
     out = await ensemble([unsure, sure, meh], request, "highest_confidence")
     assert out.winner_ref.name == "p-c-sure"
@@ -246,10 +248,10 @@ async def test_highest_confidence_uses_logprobs(make: Make) -> None:
 
 
 async def test_highest_confidence_heuristic_without_logprobs(make: Make) -> None:
-    truncated = make("h-trunc", finish_reason="length")
-    empty = make("h-empty", reply="")
+    truncated = make("h-trunc", Reply(finish_reason="length"))
+    empty = make("h-empty", Reply(""))
     complete = make("h-complete")
-    failed = make("h-failed", fail_status=502)
+    failed = make("h-failed", Fail(502))
     out = await ensemble([truncated, empty, complete, failed], REQ, "highest_confidence")
     assert out.winner_ref.name == "p-h-complete"
     conf = {a.ref.name: a.confidence for a in out.responses}
@@ -257,9 +259,9 @@ async def test_highest_confidence_heuristic_without_logprobs(make: Make) -> None
 
 
 async def test_weighted_vote_majority_and_weights(make: Make) -> None:
-    a = make("v-a", reply="Paris")
-    b = make("v-b", reply="  paris. ")
-    c = make("v-c", weight=1.5, reply="Lyon")
+    a = make("v-a", Reply("Paris"))
+    b = make("v-b", Reply("  paris. "))
+    c = make("v-c", Reply("Lyon"), weight=1.5)
     out = await ensemble([a, b, c], REQ, "weighted_vote")
     assert normalise_content(out.result) == "paris"
     assert out.votes == {"paris": 2.0, "lyon": 1.5}
@@ -272,16 +274,16 @@ async def test_weighted_vote_majority_and_weights(make: Make) -> None:
 
 
 async def test_weighted_vote_tie_goes_to_the_fastest(make: Make) -> None:
-    slow = make("t-slow", latency_ms=400, reply="blue")
-    fast = make("t-fast", latency_ms=10, reply="green")
+    slow = make("t-slow", Reply("blue", delay_ms=400))
+    fast = make("t-fast", Reply("green", delay_ms=10))
     out = await ensemble([slow, fast], REQ, "weighted_vote")
     assert out.winner_ref.name == "p-t-fast"
     assert out.votes == {"blue": 1.0, "green": 1.0}
 
 
 async def test_ensemble_timeout_and_total_failure(make: Make) -> None:
-    stuck = make("x-stuck", hang=True)
-    down = make("x-down", fail_status=503)
+    stuck = make("x-stuck", Hang())
+    down = make("x-down", Fail(503))
     with pytest.raises(AllProvidersFailed) as info:
         await ensemble([stuck, down], REQ, "weighted_vote", timeout_s=0.3)
     kinds = sorted((a.ref.name, a.outcome) for a in info.value.attempts)

@@ -3,8 +3,9 @@ SDK as client (through the ASGI app), routing, fallback, ensemble, errors, recor
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from roost.config import Settings
 from roost.db.engine import Database
 from tests.support.identity import make_user
-from tests.support.openai_stub import StubServer, start_stub
+from tests.support.openai_stub import Fail, Hang, Junk, Reply, StubServer
 
 Headers = dict[str, str]
 
@@ -27,25 +28,6 @@ Headers = dict[str, str]
 def test_settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", llm_timeout_s=1.5, llm_local_model=False,
                     chat_max_message_chars=1000, max_request_bytes=256 * 1024)
-
-
-@pytest.fixture(scope="module")
-def stub_b() -> Iterator[StubServer]:
-    with start_stub() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def stub_c() -> Iterator[StubServer]:
-    with start_stub() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _reset_more(request: pytest.FixtureRequest) -> None:
-    for name in ("stub_b", "stub_c"):
-        if name in request.fixturenames:
-            request.getfixturevalue(name).reset()
 
 
 @pytest.fixture
@@ -159,7 +141,7 @@ async def test_errors_use_openais_shape(
         await openai.AsyncOpenAI(base_url="http://roost.test/v1", api_key="rk_bogus",
                                  http_client=sdk._client, max_retries=0).models.list()
 
-    stub.control(junk="shape")
+    stub.script(Junk("shape", times=None))
     with pytest.raises(openai.APIStatusError) as junk:
         await sdk.chat.completions.create(model="stub-model",
                                           messages=[{"role": "user", "content": "x"}])
@@ -219,7 +201,7 @@ async def test_every_error_under_v1_is_in_openais_shape(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug with a secret in its message")
 
-    monkeypatch.setattr("roost.llm.service.list_models", broken)
+    monkeypatch.setattr("roost.llm.routing.list_models", broken)
     with pytest.raises(openai.InternalServerError) as bug:  # 500: an unexpected exception
         await sdk.models.list()
     assert bug.value.code == "internal_error" and "secret" not in bug.value.message
@@ -228,7 +210,7 @@ async def test_every_error_under_v1_is_in_openais_shape(
     async def db_down(*args: object, **kwargs: object) -> None:
         raise OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
 
-    monkeypatch.setattr("roost.llm.service.list_models", db_down)
+    monkeypatch.setattr("roost.llm.routing.list_models", db_down)
     with pytest.raises(openai.APIStatusError) as down:  # 503: the database is unreachable
         await sdk.models.retrieve("stub-model")
     assert down.value.status_code == 503 and down.value.code == "service_unavailable"
@@ -265,7 +247,7 @@ async def test_fallback_on_5xx_and_connection_errors_is_recorded(
                     base_url="http://127.0.0.1:9/v1")  # nothing listens there
     await _provider(client, admin_headers, stub, "flaky", priority=2)
     await _provider(client, admin_headers, stub_b, "steady", priority=3)
-    stub.control(fail_status=503)
+    stub.script(Fail(503, times=None))
     done = await sdk.chat.completions.create(model="stub-model",
                                              messages=[{"role": "user", "content": "hi"}])
     assert done.choices[0].message.content == "echo: hi (model stub-model)"
@@ -274,14 +256,15 @@ async def test_fallback_on_5xx_and_connection_errors_is_recorded(
     assert [(r.provider_name, r.outcome, r.error_kind, r.selected) for r in rows] == [
         ("down", "error", "unavailable", False), ("flaky", "error", "unavailable", False),
         ("steady", "success", None, True)]
-    assert extra["roost"]["provider"] == "steady" and stub_b.count("total") == 1
+    assert extra["roost"]["provider"] == "steady" and len(stub_b.requests()) == 1
 
     # 400 from the provider is not a reason to fall back: the request itself is wrong.
-    stub.control(fail_status=400)
+    stub.reset()
+    stub.script(Fail(400, times=None))
     with pytest.raises(openai.BadRequestError):
         await sdk.chat.completions.create(model="stub-model",
                                           messages=[{"role": "user", "content": "hi"}])
-    assert stub_b.count("total") == 1
+    assert len(stub_b.requests()) == 1
 
 
 async def test_streaming_falls_back_before_the_first_chunk(
@@ -290,7 +273,7 @@ async def test_streaming_falls_back_before_the_first_chunk(
 ) -> None:
     await _provider(client, admin_headers, stub, "hangs", priority=1)
     await _provider(client, admin_headers, stub_b, "works", priority=2)
-    stub.control(hang=True)
+    stub.script(Hang(times=None))
     stream = await sdk.chat.completions.create(
         model="stub-model", messages=[{"role": "user", "content": "after a timeout"}], stream=True)
     text_out = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
@@ -306,10 +289,13 @@ async def test_ensemble_strategies(
     await _provider(client, admin_headers, stub_c, "c", weight=3.0)
     messages = [{"role": "user", "content": "Capital of France?"}]
 
+    def answer(*steps: Reply) -> None:  # each stub answers its step from now on
+        for server, step in zip((stub, stub_b, stub_c), steps, strict=True):
+            server.reset()
+            server.script(dataclasses.replace(step, times=None))
+
     # weighted_vote: two light votes for Paris lose to one heavy vote for Lyon.
-    stub.control(reply="Paris.")
-    stub_b.control(reply="paris")
-    stub_c.control(reply="Lyon")
+    answer(Reply("Paris."), Reply("paris"), Reply("Lyon"))
     vote = await sdk.chat.completions.create(model="stub-model", messages=messages,
                                              extra_body={"ensemble": {"strategy": "weighted_vote"}})
     assert vote.choices[0].message.content == "Lyon"
@@ -324,9 +310,7 @@ async def test_ensemble_strategies(
     assert req.ensemble_config == {"strategy": "weighted_vote", "providers": ["a", "b", "c"]}
 
     # highest_confidence: the surest model (by logprobs) wins whatever the weights.
-    stub.control(logprob=-0.01)
-    stub_b.control(logprob=-0.5)
-    stub_c.control(logprob=-2.0)
+    answer(Reply("Paris.", logprob=-0.01), Reply("paris", logprob=-0.5), Reply("Lyon", logprob=-2.0))
     sure = await sdk.chat.completions.create(
         model="stub-model", messages=messages, logprobs=True,
         extra_body={"ensemble": {"strategy": "highest_confidence"}})
@@ -336,8 +320,7 @@ async def test_ensemble_strategies(
     assert best.provider_name == "a" and best.selected and float(best.confidence) > 0.98
 
     # first_success: the fast one wins, the slow ones are cancelled (and recorded).
-    stub.control(latency_ms=800)
-    stub_c.control(latency_ms=800)
+    answer(Reply("Paris.", delay_ms=800), Reply("paris"), Reply("Lyon", delay_ms=800))
     fast = await sdk.chat.completions.create(
         model="stub-model", messages=messages,
         extra_body={"ensemble": {"strategy": "first_success", "providers": ["a", "b", "c"]}})

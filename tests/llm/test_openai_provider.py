@@ -9,6 +9,7 @@ import pytest
 
 from roost.errors import BadGateway, GatewayTimeout
 from roost.llm import (
+    AnthropicProvider,
     ChatMessage,
     ChatRequest,
     OpenAICompatibleProvider,
@@ -19,7 +20,19 @@ from roost.llm import (
     StreamAccumulator,
     create_provider,
 )
-from tests.support.openai_stub import StubServer, embedding_for
+from tests.support.openai_stub import (
+    Call,
+    Drop,
+    Fail,
+    Hang,
+    Junk,
+    Models,
+    Reply,
+    Step,
+    StubServer,
+    ToolCalls,
+    embedding_for,
+)
 
 
 def req(text: str = "hello world", **kw: object) -> ChatRequest:
@@ -49,20 +62,20 @@ async def test_chat_echoes_and_counts_tokens(provider: OpenAICompatibleProvider)
 
 
 async def test_request_model_overrides_default(provider: OpenAICompatibleProvider, stub: StubServer) -> None:
-    stub.set_model("other", reply="from other")
+    stub.script(Reply("from other", model="other"))
     result = await provider.chat(req(model="other"))
     assert result.content == "from other"
-    sent = stub.stats()["recent"][-1]
-    assert sent["model"] == "other"
-    assert sent["has_api_key"] is True
-    assert sent["body"]["messages"][0] == {"role": "system", "content": "be brief"}
+    sent = stub.requests()[-1]
+    assert sent.model == "other"
+    assert sent.api_key == "sk-test"
+    assert sent.body["messages"][0] == {"role": "system", "content": "be brief"}
 
 
 async def test_sampling_params_and_extra_are_sent(
     provider: OpenAICompatibleProvider, stub: StubServer
 ) -> None:
     await provider.chat(req(temperature=0.2, max_tokens=7, top_p=0.9, stop=["\n"], extra={"seed": 3}))
-    body = stub.stats()["recent"][-1]["body"]
+    body = stub.requests()[-1].body
     assert body["temperature"] == 0.2
     assert body["max_tokens"] == 7
     assert body["top_p"] == 0.9
@@ -87,13 +100,13 @@ async def test_stream_reassembles_to_the_plain_answer(
 async def test_stream_without_usage_option(stub: StubServer) -> None:
     async with OpenAICompatibleProvider(stub.base_url, default_model="m", stream_usage=False) as p:
         chunks = [c async for c in p.stream_chat(req("a b"))]
-    assert "stream_options" not in stub.stats()["recent"][-1]["body"]
+    assert "stream_options" not in stub.requests()[-1].body
     assert StreamAccumulator().extend(chunks).content == "echo: a b (model m)"
     assert all(c.tokens_in is None for c in chunks)
 
 
 async def test_tool_calls_plain_and_streamed(provider: OpenAICompatibleProvider, stub: StubServer) -> None:
-    stub.set_model("m-main", tool_call={"name": "get_weather", "arguments": {"city": "Oslo"}})
+    stub.script(ToolCalls(Call("get_weather", {"city": "Oslo"}), times=2))
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
     result = await provider.chat(req(tools=tools))
     assert result.finish_reason == "tool_calls"
@@ -105,7 +118,7 @@ async def test_tool_calls_plain_and_streamed(provider: OpenAICompatibleProvider,
 
 
 async def test_logprobs_are_parsed(provider: OpenAICompatibleProvider, stub: StubServer) -> None:
-    stub.set_model("m-main", logprob=-0.5)
+    stub.script(Reply(logprob=-0.5))
     result = await provider.chat(req("x", extra={"logprobs": True}))
     assert result.logprobs is not None
     assert set(result.logprobs) == {-0.5}
@@ -127,11 +140,11 @@ async def test_embeddings_are_deterministic(provider: OpenAICompatibleProvider) 
 
 
 async def test_list_models_and_health(provider: OpenAICompatibleProvider, stub: StubServer) -> None:
-    stub.set_model("extra-model", reply="x")
+    stub.script(Models(["stub-model", "extra-model"]))
     assert await provider.list_models() == ["stub-model", "extra-model"]
     health = await provider.health()
     assert health.ok and health.error is None and health.status == "healthy"
-    stub.control(fail_status=503)
+    stub.script(Fail(503))
     health = await provider.health()
     assert not health.ok and health.status == "unhealthy"
     assert health.error is not None and "503" in health.error
@@ -141,13 +154,13 @@ async def test_list_models_and_health(provider: OpenAICompatibleProvider, stub: 
 async def test_server_errors_are_retryable(
     provider: OpenAICompatibleProvider, stub: StubServer, status: int
 ) -> None:
-    stub.set_model("m-main", fail_status=status, fail_times=1)
+    stub.script(Fail(status))
     with pytest.raises(ProviderUnavailable) as info:
         await provider.chat(req())
     assert info.value.retryable and info.value.upstream_status == status
     assert isinstance(info.value, BadGateway)
     assert "stub injected failure" in info.value.detail
-    # fail_times=1: the next request succeeds again
+    # Fail(status) answers one request: the next one succeeds again
     assert (await provider.chat(req())).content.startswith("echo:")
 
 
@@ -155,15 +168,22 @@ async def test_server_errors_are_retryable(
 async def test_client_errors_are_not_retryable(
     provider: OpenAICompatibleProvider, stub: StubServer, status: int
 ) -> None:
-    stub.set_model("m-main", fail_status=status)
+    stub.script(Fail(status, times=None))
     with pytest.raises(ProviderRequestError) as info:
         await provider.chat(req())
     assert not info.value.retryable and info.value.upstream_status == status
 
 
-async def test_stream_status_errors_are_mapped(provider: OpenAICompatibleProvider, stub: StubServer) -> None:
-    stub.set_model("m-main", fail_status=503)
-    with pytest.raises(ProviderUnavailable):
+@pytest.mark.parametrize(("step", "error"), [
+    (Fail(503, times=None), ProviderUnavailable),
+    (Fail(400), ProviderRequestError),
+    (Junk("stream", times=None), ProviderBadResponse),
+], ids=["503", "400", "junk"])
+async def test_stream_failures_are_mapped(
+    provider: OpenAICompatibleProvider, stub: StubServer, step: Step, error: type[Exception]
+) -> None:
+    stub.script(step)
+    with pytest.raises(error):
         [c async for c in provider.stream_chat(req())]
 
 
@@ -171,7 +191,7 @@ async def test_stream_status_errors_are_mapped(provider: OpenAICompatibleProvide
 async def test_junk_answers_are_bad_responses(
     provider: OpenAICompatibleProvider, stub: StubServer, junk: str
 ) -> None:
-    stub.control(junk=junk)
+    stub.script(Junk(junk, times=None))
     with pytest.raises(ProviderBadResponse) as info:
         await provider.chat(req())
     assert info.value.retryable
@@ -181,14 +201,8 @@ async def test_junk_answers_are_bad_responses(
         await provider.embed(["x"])
 
 
-async def test_junk_stream_is_a_bad_response(provider: OpenAICompatibleProvider, stub: StubServer) -> None:
-    stub.control(junk="stream")
-    with pytest.raises(ProviderBadResponse):
-        [c async for c in provider.stream_chat(req())]
-
-
 async def test_bad_response_retryability_is_configurable(stub: StubServer) -> None:
-    stub.control(junk="shape")
+    stub.script(Junk("shape", times=None))
     async with OpenAICompatibleProvider(stub.base_url, default_model="m", retry_bad_response=False) as p:
         with pytest.raises(ProviderBadResponse) as info:
             await p.chat(req())
@@ -198,7 +212,7 @@ async def test_bad_response_retryability_is_configurable(stub: StubServer) -> No
 async def test_stream_dropped_midway_is_unavailable(
     provider: OpenAICompatibleProvider, stub: StubServer
 ) -> None:
-    stub.set_model("m-main", fail_after_chunks=2)
+    stub.script(Drop(after=2))
     got: list[str] = []
     with pytest.raises(ProviderUnavailable):
         async for chunk in provider.stream_chat(req("a b c d e f")):
@@ -207,7 +221,7 @@ async def test_stream_dropped_midway_is_unavailable(
 
 
 async def test_hang_times_out(stub: StubServer) -> None:
-    stub.control(hang=True)
+    stub.script(Hang(times=None))
     async with OpenAICompatibleProvider(stub.base_url, default_model="m", timeout=0.3) as p:
         with pytest.raises(ProviderTimeout) as info:
             await p.chat(req())
@@ -230,7 +244,7 @@ async def test_connection_refused_is_unavailable() -> None:
 
 async def test_api_key_never_leaks(stub: StubServer) -> None:
     secret = "sk-very-secret-key-0123456789"
-    stub.control(require_api_key="sk-the-right-one")
+    stub.script(Fail(401, "Incorrect API key provided: sk-ve...89", times=None))
     async with OpenAICompatibleProvider(stub.base_url, api_key=secret, default_model="m") as p:
         assert secret not in repr(p)
         with pytest.raises(ProviderRequestError) as info:
@@ -263,47 +277,23 @@ async def test_multimodal_and_tool_messages_pass_through(
     )
     result = await provider.chat(request)
     assert result.content == "echo: and now? (model m-main)"
-    sent = stub.stats()["recent"][-1]["body"]["messages"]
+    sent = stub.requests()[-1].body["messages"]
     assert sent[1]["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
     assert sent[2] == {"role": "tool", "content": "42", "tool_call_id": "c1"}
 
 
-async def test_factory_builds_openai_compatible(stub: StubServer) -> None:
-    p = create_provider("vllm", name="gpu-box", base_url=stub.base_url, model="m-f")
-    assert isinstance(p, OpenAICompatibleProvider) and p.name == "gpu-box"
+@pytest.mark.parametrize(("kind", "cls"), [("vllm", OpenAICompatibleProvider),
+                                           ("anthropic", AnthropicProvider)])
+async def test_factory_builds_providers(stub: StubServer, kind: str, cls: type) -> None:
+    p = create_provider(kind, name="gpu-box", base_url=stub.base_url, api_key="k", model="m-f",
+                        config={"timeout": 3})
+    assert isinstance(p, cls) and p.name == "gpu-box"
     try:
         assert (await p.chat(req("z"))).content == "echo: z (model m-f)"
     finally:
         await p.aclose()
     with pytest.raises(ProviderRequestError):
         create_provider("carrier-pigeon")
-
-
-async def test_stub_speaks_what_the_official_sdk_expects(stub: StubServer) -> None:
-    """Keeps the stub honest: the official client must parse its answers."""
-    openai = pytest.importorskip("openai")
-    client = openai.AsyncOpenAI(base_url=stub.base_url, api_key="sk-x", max_retries=0)
-    try:
-        done = await client.chat.completions.create(model="sdk", messages=[{"role": "user", "content": "hi"}])
-        assert done.choices[0].message.content == "echo: hi (model sdk)"
-        assert done.usage is not None and done.usage.completion_tokens == 4
-        parts = []
-        stream = await client.chat.completions.create(
-            model="sdk",
-            messages=[{"role": "user", "content": "hi"}],
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        async for event in stream:
-            if event.choices and event.choices[0].delta.content:
-                parts.append(event.choices[0].delta.content)
-        assert "".join(parts) == "echo: hi (model sdk)"
-        emb = await client.embeddings.create(model="e", input=["alpha"])
-        assert emb.data[0].embedding == pytest.approx(embedding_for("alpha", 8), abs=1e-6)
-        models = await client.models.list()
-        assert [m.id for m in models.data] == ["stub-model"]
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])

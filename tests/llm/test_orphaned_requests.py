@@ -13,7 +13,7 @@ from roost.config import get_settings
 from roost.db.base import uuid7
 from roost.db.engine import Database
 from roost.llm.models import LLMProviderRow, LLMRequest
-from roost.tasks.registry import TaskContext
+from roost.tasks.handlers import TaskContext
 
 
 def _ctx(database: Database) -> TaskContext:
@@ -86,7 +86,7 @@ async def test_stale_pending_and_running_requests_are_failed_with_a_reason(
 
 
 def test_the_sweep_is_scheduled_on_the_queue() -> None:
-    from roost.tasks.registry import discover, get_task_type
+    from roost.tasks.handlers import discover, get_task_type
     from roost.tasks.schedules import schedules
 
     discover()

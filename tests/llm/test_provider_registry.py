@@ -15,10 +15,10 @@ from roost.config import Settings
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from roost.llm.jobs import check_all
-from roost.llm.registry import api_key_aad
+from roost.llm.provider_pool import api_key_aad
 from roost.security.crypto import DecryptionError, SecretBox
 from tests.support.identity import make_user
-from tests.support.openai_stub import StubServer
+from tests.support.openai_stub import Fail, Models, StubServer
 
 Headers = dict[str, str]
 KEY = "sk-test-8c1f0e4b9d2a7f6e5c3b"
@@ -60,15 +60,17 @@ async def test_crud_keeps_the_api_key_encrypted_and_never_returns_it(
     with pytest.raises(DecryptionError):  # bound to its row: useless when copied elsewhere
         box.decrypt_str(stored, api_key_aad(uuid.uuid4()))
 
-    # The key works: the stub only answers requests that carry it.
-    stub.control(require_api_key=KEY)
+    # The key works: the provider receives the stored key.
     health = await client.post(f"/api/v1/llm/providers/{pid}/health", headers=admin_headers)
     assert health.status_code == 200 and health.json()["health_status"] == "healthy"
+    assert stub.requests()[-1].api_key == KEY
     patched = await client.patch(f"/api/v1/llm/providers/{pid}",
                                  json={"api_key": "sk-wrong", "enabled": True}, headers=admin_headers)
     assert patched.status_code == 200 and "sk-wrong" not in patched.text
+    stub.script(Fail(401, "Incorrect API key provided: sk-...ng"))  # as real providers say it
     unhealthy = (await client.post(f"/api/v1/llm/providers/{pid}/health",
                                    headers=admin_headers)).json()
+    assert stub.requests()[-1].api_key == "sk-wrong"
     assert unhealthy["health_status"] == "unhealthy" and "401" in unhealthy["health_error"]
     assert "sk-wrong" not in unhealthy["health_error"]
     removed = await client.patch(f"/api/v1/llm/providers/{pid}", json={"api_key": ""},
@@ -106,7 +108,7 @@ async def test_models_sync_and_disabled_models_shape_routing(
     _, user_headers = await make_user(database)
     pid = (await _create(client, admin_headers, name="s", type="openai", base_url=stub.base_url,
                          model="stub-model")).json()["id"]
-    stub.control(model_list=["m-a", "m-b"])
+    stub.script(Models(["m-a", "m-b"], times=None))
     synced = await client.post(f"/api/v1/llm/providers/{pid}/sync-models", headers=admin_headers)
     assert synced.status_code == 200, synced.text
     data = synced.json()
@@ -138,14 +140,14 @@ async def test_periodic_health_check_updates_every_provider(
     down = (await _create(client, admin_headers, name="down", type="openai",
                           base_url="http://127.0.0.1:9/v1", model="m")).json()["id"]
     await client.get("/api/v1/llm/providers", headers=admin_headers)
-    from roost.llm.deps import get_runtime
+    from roost.llm.deps import get_gateway
 
     class _Req:
         def __init__(self, app: FastAPI) -> None:
             self.app = app
 
-    runtime = get_runtime(_Req(app))  # type: ignore[arg-type]
-    results = await check_all(runtime)
+    gateway = get_gateway(_Req(app))  # type: ignore[arg-type]
+    results = await check_all(gateway)
     assert results == {"down": "unhealthy", "up": "healthy"}
     async with database.transaction() as s:
         rows = dict((await s.execute(text(
@@ -154,7 +156,7 @@ async def test_periodic_health_check_updates_every_provider(
             "SELECT count(*) FROM audit_logs WHERE action = 'llm.provider.health'"))).scalar_one()
     assert rows == {uuid.UUID(up): "healthy", uuid.UUID(down): "unhealthy"}
     assert audited == 2  # status changes (unknown -> healthy/unhealthy) are audited
-    await check_all(runtime)
+    await check_all(gateway)
     async with database.transaction() as s:
         assert (await s.execute(text(
             "SELECT count(*) FROM audit_logs WHERE action = 'llm.provider.health'"))).scalar_one() == 2

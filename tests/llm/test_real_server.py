@@ -14,7 +14,7 @@ import pytest
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from tests.support.identity import make_user
-from tests.support.openai_stub import StubServer
+from tests.support.openai_stub import Reply, StubServer
 from tests.support.pg import PgTestServer
 from tests.support.server import roost_server
 
@@ -31,7 +31,7 @@ def _use_the_gateway(base: str, stub: StubServer, admin_token: str, api_key: str
         model="stub-model", messages=[{"role": "user", "content": "over a real socket"}])
     assert done.choices[0].message.content == "echo: over a real socket (model stub-model)"
 
-    stub.control(chunk_delay_ms=20)
+    stub.script(Reply(chunk_delay_ms=20))
     chunks = list(client.chat.completions.create(
         model="stub-model", messages=[{"role": "user", "content": "one two three"}], stream=True))
     deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]

@@ -39,17 +39,27 @@ def _registration_options() -> Any:
     )
 
 
+def _verify_registration(options: Any, response: Any, **extra: Any) -> Any:
+    return verify_registration_response(
+        credential=response, expected_challenge=options.challenge, expected_rp_id=RP_ID,
+        expected_origin=ORIGIN, **extra,
+    )
+
+
+def _verify_assertion(
+    options: Any, assertion: Any, public_key: bytes, sign_count: int = 0, **extra: Any
+) -> Any:
+    return verify_authentication_response(
+        credential=assertion, expected_challenge=options.challenge, expected_rp_id=RP_ID,
+        expected_origin=ORIGIN, credential_public_key=public_key,
+        credential_current_sign_count=sign_count, **extra,
+    )
+
+
 def _register(auth: SoftAuthenticator) -> tuple[Any, Any]:
     options = _registration_options()
     response = auth.create(options_to_json(options), origin=ORIGIN)
-    verified = verify_registration_response(
-        credential=response,
-        expected_challenge=options.challenge,
-        expected_rp_id=RP_ID,
-        expected_origin=ORIGIN,
-        require_user_verification=True,
-    )
-    return options, verified
+    return options, _verify_registration(options, response, require_user_verification=True)
 
 
 def _authenticate(
@@ -61,15 +71,8 @@ def _authenticate(
         user_verification=UserVerificationRequirement.REQUIRED,
     )
     assertion = auth.get(options_to_json(options), origin=ORIGIN)
-    return verify_authentication_response(
-        credential=assertion,
-        expected_challenge=options.challenge,
-        expected_rp_id=RP_ID,
-        expected_origin=ORIGIN,
-        credential_public_key=public_key,
-        credential_current_sign_count=sign_count,
-        require_user_verification=True,
-    )
+    return _verify_assertion(options, assertion, public_key, sign_count,
+                             require_user_verification=True)
 
 
 def test_full_registration_and_authentication_ceremony() -> None:
@@ -98,13 +101,7 @@ def test_options_may_be_given_as_object_dict_or_json() -> None:
             "dict": json.loads(options_to_json(options)),
             "json": options_to_json(options),
         }[form]
-        response = auth.create(given, origin=ORIGIN)
-        verify_registration_response(
-            credential=response,
-            expected_challenge=options.challenge,
-            expected_rp_id=RP_ID,
-            expected_origin=ORIGIN,
-        )
+        _verify_registration(options, auth.create(given, origin=ORIGIN))
 
 
 def test_discoverable_login_returns_the_user_handle() -> None:
@@ -113,54 +110,22 @@ def test_discoverable_login_returns_the_user_handle() -> None:
     options = generate_authentication_options(rp_id=RP_ID)  # no allowCredentials
     assertion = auth.get(options_to_json(options), origin=ORIGIN)
     assert b64url_decode(assertion["response"]["userHandle"]) == USER_ID
-    verified = verify_authentication_response(
-        credential=assertion,
-        expected_challenge=options.challenge,
-        expected_rp_id=RP_ID,
-        expected_origin=ORIGIN,
-        credential_public_key=reg.credential_public_key,
-        credential_current_sign_count=0,
-    )
+    verified = _verify_assertion(options, assertion, reg.credential_public_key)
     assert verified.credential_id == reg.credential_id
 
 
-def test_registration_with_wrong_challenge_is_rejected() -> None:
-    auth = SoftAuthenticator()
+@pytest.mark.parametrize(("made_with", "reason"), [
+    ({"origin": ORIGIN, "challenge": b"x" * 32}, "challenge"),
+    ({"origin": "https://evil.example"}, "origin"),
+    ({"origin": ORIGIN, "rp_id": "evil.example"}, "RP ID"),
+], ids=["wrong-challenge", "wrong-origin", "wrong-rp-id"])
+def test_registration_for_another_ceremony_is_rejected(
+    made_with: dict[str, Any], reason: str
+) -> None:
     options = _registration_options()
-    response = auth.create(options_to_json(options), origin=ORIGIN, challenge=b"x" * 32)
-    with pytest.raises(InvalidRegistrationResponse, match="challenge"):
-        verify_registration_response(
-            credential=response,
-            expected_challenge=options.challenge,
-            expected_rp_id=RP_ID,
-            expected_origin=ORIGIN,
-        )
-
-
-def test_registration_from_wrong_origin_is_rejected() -> None:
-    auth = SoftAuthenticator()
-    options = _registration_options()
-    response = auth.create(options_to_json(options), origin="https://evil.example")
-    with pytest.raises(InvalidRegistrationResponse, match="origin"):
-        verify_registration_response(
-            credential=response,
-            expected_challenge=options.challenge,
-            expected_rp_id=RP_ID,
-            expected_origin=ORIGIN,
-        )
-
-
-def test_registration_for_wrong_rp_id_is_rejected() -> None:
-    auth = SoftAuthenticator()
-    options = _registration_options()
-    response = auth.create(options_to_json(options), origin=ORIGIN, rp_id="evil.example")
-    with pytest.raises(InvalidRegistrationResponse, match="RP ID"):
-        verify_registration_response(
-            credential=response,
-            expected_challenge=options.challenge,
-            expected_rp_id=RP_ID,
-            expected_origin=ORIGIN,
-        )
+    response = SoftAuthenticator().create(options_to_json(options), **made_with)
+    with pytest.raises(InvalidRegistrationResponse, match=reason):
+        _verify_registration(options, response)
 
 
 def _auth_options(credential_id: bytes) -> Any:
@@ -177,14 +142,7 @@ def test_assertion_with_wrong_challenge_or_origin_is_rejected() -> None:
     wrong_origin = auth.get(options_to_json(options), origin="https://evil.example")
     for assertion, reason in ((wrong_challenge, "challenge"), (wrong_origin, "origin")):
         with pytest.raises(InvalidAuthenticationResponse, match=reason):
-            verify_authentication_response(
-                credential=assertion,
-                expected_challenge=options.challenge,
-                expected_rp_id=RP_ID,
-                expected_origin=ORIGIN,
-                credential_public_key=reg.credential_public_key,
-                credential_current_sign_count=0,
-            )
+            _verify_assertion(options, assertion, reg.credential_public_key)
 
 
 def test_replayed_assertion_is_rejected_by_sign_count() -> None:
@@ -192,16 +150,9 @@ def test_replayed_assertion_is_rejected_by_sign_count() -> None:
     _, reg = _register(auth)
     options = _auth_options(reg.credential_id)
     assertion = auth.get(options_to_json(options), origin=ORIGIN)
-    kwargs: dict[str, Any] = {
-        "credential": assertion,
-        "expected_challenge": options.challenge,
-        "expected_rp_id": RP_ID,
-        "expected_origin": ORIGIN,
-        "credential_public_key": reg.credential_public_key,
-    }
-    first = verify_authentication_response(credential_current_sign_count=0, **kwargs)
+    first = _verify_assertion(options, assertion, reg.credential_public_key)
     with pytest.raises(InvalidAuthenticationResponse, match="sign count"):
-        verify_authentication_response(credential_current_sign_count=first.new_sign_count, **kwargs)
+        _verify_assertion(options, assertion, reg.credential_public_key, first.new_sign_count)
 
 
 def test_signature_from_another_key_is_rejected() -> None:
@@ -211,14 +162,7 @@ def test_signature_from_another_key_is_rejected() -> None:
     options = _auth_options(reg.credential_id)
     assertion = auth.get(options_to_json(options), origin=ORIGIN)
     with pytest.raises(InvalidAuthenticationResponse, match="signature"):
-        verify_authentication_response(
-            credential=assertion,
-            expected_challenge=options.challenge,
-            expected_rp_id=RP_ID,
-            expected_origin=ORIGIN,
-            credential_public_key=other.credential_public_key,
-            credential_current_sign_count=0,
-        )
+        _verify_assertion(options, assertion, other.credential_public_key)
 
 
 def test_user_verification_required_but_absent_is_rejected() -> None:
@@ -226,13 +170,7 @@ def test_user_verification_required_but_absent_is_rejected() -> None:
     options = _registration_options()
     response = auth.create(options_to_json(options), origin=ORIGIN)
     with pytest.raises(InvalidRegistrationResponse, match="verif"):
-        verify_registration_response(
-            credential=response,
-            expected_challenge=options.challenge,
-            expected_rp_id=RP_ID,
-            expected_origin=ORIGIN,
-            require_user_verification=True,
-        )
+        _verify_registration(options, response, require_user_verification=True)
 
 
 def test_synced_passkey_without_counter_and_backup_flags() -> None:

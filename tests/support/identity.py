@@ -15,7 +15,8 @@ import uuid
 from roost.db.engine import Database
 from roost.identity.accounts import create_user
 from roost.identity.apikeys import create_api_key
-from roost.identity.common import SYSTEM, principal_for
+from roost.identity.common import principal_for
+from roost.principal import SYSTEM
 
 
 async def make_user(

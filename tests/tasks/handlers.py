@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
-from roost.tasks.registry import PermanentError, TaskContext, task
+from roost.tasks.handlers import PermanentError, TaskContext, task
 
 CREATE_RUNS_TABLE = """
 CREATE TABLE IF NOT EXISTS task_test_runs (

@@ -1,4 +1,4 @@
-"""Helpers for the task tests: bounded waits, worker processes, reading rows."""
+"""Helpers for the task tests: bounded waits, worker processes, enqueueing a job."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
-
 from roost.db.engine import Database
+from roost.tasks import service
+from roost.tasks.models import BackgroundTask
 
 REPO = Path(__file__).resolve().parents[2]
 ROOST = str(Path(sys.executable).with_name("roost"))
@@ -35,14 +35,11 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
-async def fetch(database: Database, sql: str, **params: Any) -> list[Any]:
+async def enqueue(database: Database, task_type: str, payload: dict[str, Any] | None = None,
+                  **options: Any) -> BackgroundTask:
+    """One job, committed in a transaction of its own."""
     async with database.transaction() as session:
-        return list((await session.execute(text(sql), params)).all())
-
-
-async def scalar(database: Database, sql: str, **params: Any) -> Any:
-    async with database.transaction() as session:
-        return (await session.execute(text(sql), params)).scalar()
+        return await service.enqueue(session, task_type, payload or {}, **options)
 
 
 class WorkerProcess:

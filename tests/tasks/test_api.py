@@ -10,17 +10,26 @@ from sqlalchemy import select, text
 
 from roost.audit.models import AuditLog
 from roost.db.engine import Database
-from roost.tasks import service
 from roost.tasks.worker import reap_expired
 from tests.tasks import handlers  # registers the test task types
+from tests.tasks.support import enqueue
 
 API = "/api/v1/tasks"
 
 
 async def _enqueue(database: Database, task_type: str = "test.noop", **kwargs: Any) -> uuid.UUID:
+    return (await enqueue(database, task_type, kwargs.pop("payload", {}), **kwargs)).id
+
+
+async def _dead_letter(database: Database, label: str) -> uuid.UUID:
+    """A job whose only attempt ran out its lease: the reaper dead-letters it."""
+    task_id = await _enqueue(database, "test.record", payload={"label": label}, max_retries=0)
     async with database.transaction() as session:
-        return (await service.enqueue(session, task_type, kwargs.pop("payload", {}),
-                                      **kwargs)).id
+        await session.execute(text(
+            "UPDATE background_tasks SET status = 'running', worker_id = 'w', attempts = 1,"
+            " lease_expires_at = now() - interval '1 second' WHERE id = :id"), {"id": task_id})
+    await reap_expired(database)
+    return task_id
 
 
 async def test_the_api_needs_an_administrator(client: httpx.AsyncClient) -> None:
@@ -137,12 +146,7 @@ async def test_enqueue_through_the_api(
 async def test_dead_letters_list_get_and_retry(
     client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database
 ) -> None:
-    task_id = await _enqueue(database, "test.record", payload={"label": "x"}, max_retries=0)
-    async with database.transaction() as session:
-        await session.execute(text(
-            "UPDATE background_tasks SET status = 'running', worker_id = 'w', attempts = 1,"
-            " lease_expires_at = now() - interval '1 second' WHERE id = :id"), {"id": task_id})
-    await reap_expired(database)
+    task_id = await _dead_letter(database, "x")
 
     page = (await client.get(f"{API}/dead-letters", headers=admin_headers)).json()
     assert len(page["items"]) == 1
@@ -169,12 +173,7 @@ async def test_dead_letters_list_get_and_retry(
 async def test_retrying_a_dead_letter_whose_job_was_pruned_makes_a_new_job(
     client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database
 ) -> None:
-    task_id = await _enqueue(database, "test.record", payload={"label": "gone"}, max_retries=0)
-    async with database.transaction() as session:
-        await session.execute(text(
-            "UPDATE background_tasks SET status = 'running', worker_id = 'w', attempts = 1,"
-            " lease_expires_at = now() - interval '1 second' WHERE id = :id"), {"id": task_id})
-    await reap_expired(database)
+    task_id = await _dead_letter(database, "gone")
     async with database.transaction() as session:
         await session.execute(text("DELETE FROM background_tasks WHERE id = :id"),
                               {"id": task_id})

@@ -13,8 +13,9 @@ from sqlalchemy import text
 from roost.db.engine import Database
 from roost.tasks import service
 from roost.tasks.worker import reap_expired
+from tests.support.sql import scalar
 from tests.tasks import handlers  # noqa: F401  (registers the test task types)
-from tests.tasks.support import REPO, ROOST, scalar
+from tests.tasks.support import REPO, ROOST
 
 
 def _roost(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -63,8 +63,8 @@ async def test_duplicate_idempotency_key_returns_the_existing_job(database: Data
     async with database.transaction() as session:
         first = await service.enqueue(session, "test.noop", {"v": 1}, idempotency_key="k-1")
     async with database.transaction() as session:
-        again, created = await service.enqueue_ex(session, "test.noop", {"v": 2},
-                                                  idempotency_key="k-1")
+        again, created = await service.enqueue_or_existing(session, "test.noop", {"v": 2},
+                                                           idempotency_key="k-1")
     assert not created
     assert again.id == first.id
     assert again.payload == {"v": 1}

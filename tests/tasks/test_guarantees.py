@@ -11,8 +11,9 @@ from typing import Any
 from roost.db.engine import Database
 from roost.tasks import service
 from roost.tasks.models import TaskPriority
+from tests.support.sql import fetch, scalar
 from tests.tasks.conftest import StartProcess
-from tests.tasks.support import fetch, scalar, wait_until
+from tests.tasks.support import enqueue, wait_until
 
 RANK = {p.value: i for i, p in enumerate(TaskPriority)}
 
@@ -28,8 +29,7 @@ async def test_a_job_whose_worker_is_killed_runs_again(
 ) -> None:
     first = worker_process()
     await first.wait_started()
-    async with runs_table.transaction() as session:
-        job = await service.enqueue(session, "test.slow_first", {"label": "victim"})
+    job = await enqueue(runs_table, "test.slow_first", {"label": "victim"})
     await wait_until(lambda: scalar(runs_table, "SELECT count(*) FROM task_test_runs"),
                      what="first attempt to start")
     first.signal(signal.SIGKILL)  # mid-job: no chance to release or record anything
@@ -134,8 +134,7 @@ async def test_a_poison_job_ends_in_the_dead_letters_and_the_worker_lives_on(
     assert await scalar(runs_table, "SELECT status::text FROM background_tasks WHERE id = :id",
                         id=exiting.id) == "dead_letter"
     assert worker.proc.poll() is None  # SystemExit in a handler did not end the process
-    async with runs_table.transaction() as session:
-        await service.enqueue(session, "test.record", {"label": "after"})
+    await enqueue(runs_table, "test.record", {"label": "after"})
     await wait_until(lambda: _all_done(runs_table, "test.record", 1), what="a later job")
 
 
@@ -171,8 +170,7 @@ async def test_sigterm_finishes_in_flight_jobs_and_exits(
 ) -> None:
     worker = worker_process()
     await worker.wait_started()
-    async with runs_table.transaction() as session:
-        job = await service.enqueue(session, "test.record", {"label": "finish", "sleep": 1.0})
+    job = await enqueue(runs_table, "test.record", {"label": "finish", "sleep": 1.0})
     await wait_until(lambda: scalar(runs_table, "SELECT count(*) FROM task_test_runs"),
                      what="job start")
     worker.signal(signal.SIGTERM)
@@ -188,8 +186,7 @@ async def test_sigterm_releases_jobs_that_do_not_finish_in_time(
 ) -> None:
     worker = worker_process("--shutdown-timeout", "0.3")
     await worker.wait_started()
-    async with runs_table.transaction() as session:
-        job = await service.enqueue(session, "test.record", {"label": "long", "sleep": 60})
+    job = await enqueue(runs_table, "test.record", {"label": "long", "sleep": 60})
     await wait_until(lambda: scalar(runs_table, "SELECT count(*) FROM task_test_runs"),
                      what="job start")
     worker.signal(signal.SIGTERM)

@@ -14,13 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.engine import Database
 from roost.errors import Conflict
-from roost.http.auth import Principal
 from roost.identity.tenancy import apply_principal
+from roost.principal import Principal
 from roost.tasks import service
 from roost.tasks.models import TaskStatus
 from tests.support.identity import make_user
+from tests.support.sql import scalar
 from tests.tasks.conftest import StartWorker
-from tests.tasks.support import scalar, wait_until
+from tests.tasks.support import wait_until
 
 QUEUE_TABLES = ("background_tasks", "dead_letter_queue", "task_schedules", "embedding_models")
 

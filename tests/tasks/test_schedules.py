@@ -14,8 +14,8 @@ from roost.audit.models import AuditLog
 from roost.db.engine import Database
 from roost.tasks import schedules
 from roost.tasks.schedules import Schedule, fire_due, register_schedule, sync_schedules
+from tests.support.sql import fetch
 from tests.tasks import handlers  # noqa: F401  (registers test.record)
-from tests.tasks.support import fetch
 
 
 def test_interval_periods_are_aligned_on_the_epoch() -> None:
@@ -103,7 +103,7 @@ async def test_changing_the_period_resets_the_timing(runs_table: Database) -> No
 async def test_audit_retention_job(runs_table: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     from roost.config import get_settings
     from roost.tasks import jobs
-    from roost.tasks.registry import TaskContext
+    from roost.tasks.handlers import TaskContext
 
     ctx = TaskContext(task_id=__import__("uuid").uuid4(), task_type="audit.retention",
                       queue="maintenance", priority="background", attempt=1, retry_count=0,
@@ -138,7 +138,7 @@ async def test_prune_deletes_old_finished_jobs_only(
     runs_table: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from roost.tasks import jobs, service
-    from roost.tasks.registry import TaskContext
+    from roost.tasks.handlers import TaskContext
 
     async with runs_table.transaction() as session:
         ids = [(await service.enqueue(session, "test.noop", {"i": i})).id for i in range(4)]

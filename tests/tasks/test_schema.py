@@ -10,8 +10,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 
 from roost.db.engine import Database
-from roost.db.registry import target_metadata
-from tests.tasks.support import fetch
+from roost.domains import import_models
+from tests.support.sql import fetch
+
+target_metadata = import_models()
 
 SEED = "002_ca47bcec2517d7ff.txt"
 COLUMNS = json.loads((Path(__file__).resolve().parents[2] / "docs" / "seeds" / "columns.json")

@@ -10,18 +10,13 @@ from sqlalchemy import select, text
 
 from roost.audit.models import AuditLog
 from roost.db.engine import Database
-from roost.http.auth import OPERATOR
+from roost.principal import OPERATOR
 from roost.tasks import service
 from roost.tasks.models import BackgroundTask, DeadLetter, TaskStatus
 from roost.tasks.worker import reap_expired
+from tests.support.sql import fetch, scalar
 from tests.tasks.conftest import StartWorker
-from tests.tasks.support import fetch, scalar, wait_until
-
-
-async def _enqueue(database: Database, task_type: str, payload: dict[str, Any] | None = None,
-                   **kwargs: Any) -> BackgroundTask:
-    async with database.transaction() as session:
-        return await service.enqueue(session, task_type, payload or {}, **kwargs)
+from tests.tasks.support import enqueue, wait_until
 
 
 async def _task(database: Database, task_id: Any) -> BackgroundTask:
@@ -39,7 +34,7 @@ async def test_a_job_runs_and_its_result_is_stored(
     runs_table: Database, start_worker: StartWorker
 ) -> None:
     await start_worker()
-    job = await _enqueue(runs_table, "test.record", {"label": "one"})
+    job = await enqueue(runs_table, "test.record", {"label": "one"})
     await wait_until(lambda: _status_is(runs_table, job.id, TaskStatus.COMPLETED),
                      what="completion")
     done = await _task(runs_table, job.id)
@@ -54,9 +49,9 @@ async def test_sync_handlers_and_non_dict_results(
     runs_table: Database, start_worker: StartWorker
 ) -> None:
     await start_worker()
-    sync_job = await _enqueue(runs_table, "test.sync", {"n": 3})
-    scalar_job = await _enqueue(runs_table, "test.answer", {"answer": 42})
-    typed_job = await _enqueue(runs_table, "test.typed", {"name": "ada", "times": 2})
+    sync_job = await enqueue(runs_table, "test.sync", {"n": 3})
+    scalar_job = await enqueue(runs_table, "test.answer", {"answer": 42})
+    typed_job = await enqueue(runs_table, "test.typed", {"name": "ada", "times": 2})
     for job in (sync_job, scalar_job, typed_job):
         await wait_until(lambda j=job: _status_is(runs_table, j.id, TaskStatus.COMPLETED),
                          what="completion")
@@ -69,7 +64,7 @@ async def test_transient_failures_retry_with_backoff_then_succeed(
     runs_table: Database, start_worker: StartWorker
 ) -> None:
     await start_worker()
-    job = await _enqueue(runs_table, "test.flaky", {"succeed_on": 3})
+    job = await enqueue(runs_table, "test.flaky", {"succeed_on": 3})
     await wait_until(lambda: _status_is(runs_table, job.id, TaskStatus.COMPLETED),
                      what="completion")
     done = await _task(runs_table, job.id)
@@ -90,7 +85,7 @@ async def test_a_failing_job_ends_in_the_dead_letters_with_its_history(
     runs_table: Database, start_worker: StartWorker
 ) -> None:
     await start_worker()
-    job = await _enqueue(runs_table, "test.fail", {"label": "doomed"})
+    job = await enqueue(runs_table, "test.fail", {"label": "doomed"})
     await wait_until(lambda: _status_is(runs_table, job.id, TaskStatus.DEAD_LETTER),
                      what="dead letter")
     async with runs_table.transaction() as session:
@@ -118,7 +113,7 @@ async def test_permanent_errors_and_bad_payloads_skip_the_retries(
     runs_table: Database, start_worker: StartWorker
 ) -> None:
     await start_worker()
-    job = await _enqueue(runs_table, "test.permanent")
+    job = await enqueue(runs_table, "test.permanent")
     # A payload that no longer matches its model (written behind the API's back).
     async with runs_table.transaction() as session:
         typed = await service.enqueue(session, "test.typed", {"name": "x"})
@@ -136,15 +131,15 @@ async def test_handler_exceptions_never_kill_the_worker(
     runs_table: Database, start_worker: StartWorker
 ) -> None:
     worker = await start_worker()
-    exiting = await _enqueue(runs_table, "test.exit")
-    slow = await _enqueue(runs_table, "test.timeout")
+    exiting = await enqueue(runs_table, "test.exit")
+    slow = await enqueue(runs_table, "test.timeout")
     await wait_until(lambda: _status_is(runs_table, exiting.id, TaskStatus.DEAD_LETTER),
                      what="SystemExit job dead-lettered")
     await wait_until(lambda: _status_is(runs_table, slow.id, TaskStatus.DEAD_LETTER),
                      what="timed-out job dead-lettered")
     assert (await _task(runs_table, exiting.id)).error_message == "SystemExit: 3"
     assert (await _task(runs_table, slow.id)).error_message == "timed out after 0.3 s"
-    after = await _enqueue(runs_table, "test.record", {"label": "still alive"})
+    after = await enqueue(runs_table, "test.record", {"label": "still alive"})
     await wait_until(lambda: _status_is(runs_table, after.id, TaskStatus.COMPLETED),
                      what="a later job")
     assert worker.started.is_set()
@@ -153,10 +148,10 @@ async def test_handler_exceptions_never_kill_the_worker(
 async def test_jobs_wait_for_scheduled_at_and_follow_priority(
     runs_table: Database, start_worker: StartWorker
 ) -> None:
-    later = await _enqueue(runs_table, "test.record", {"label": "later"}, delay=_seconds(0.8))
+    later = await enqueue(runs_table, "test.record", {"label": "later"}, delay=_seconds(0.8))
     for label, priority in (("bg", "background"), ("low", "low"), ("crit", "critical"),
                             ("high", "high"), ("normal", "normal")):
-        await _enqueue(runs_table, "test.record", {"label": label}, priority=priority)
+        await enqueue(runs_table, "test.record", {"label": label}, priority=priority)
     await start_worker(concurrency=1)
     await wait_until(lambda: _status_is(runs_table, later.id, TaskStatus.COMPLETED),
                      what="the scheduled job")
@@ -168,8 +163,8 @@ async def test_jobs_wait_for_scheduled_at_and_follow_priority(
 async def test_pause_resume_and_cancel_a_waiting_job(
     runs_table: Database, start_worker: StartWorker
 ) -> None:
-    paused = await _enqueue(runs_table, "test.record", {"label": "paused"}, delay=_seconds(0.3))
-    cancelled = await _enqueue(runs_table, "test.record", {"label": "cancelled"})
+    paused = await enqueue(runs_table, "test.record", {"label": "paused"}, delay=_seconds(0.3))
+    cancelled = await enqueue(runs_table, "test.record", {"label": "cancelled"})
     async with runs_table.transaction() as session:
         await service.pause_task(session, OPERATOR, paused.id)
         await service.cancel_task(session, OPERATOR, cancelled.id)
@@ -189,7 +184,7 @@ async def test_cancelling_a_running_job_stops_its_handler(
     runs_table: Database, start_worker: StartWorker
 ) -> None:
     await start_worker(lease_s=0.9)  # heartbeats every 0.3 s
-    job = await _enqueue(runs_table, "test.record", {"label": "long", "sleep": 30})
+    job = await enqueue(runs_table, "test.record", {"label": "long", "sleep": 30})
     await wait_until(lambda: scalar(runs_table, "SELECT count(*) FROM task_test_runs"),
                      what="job start")
     async with runs_table.transaction() as session:
@@ -208,7 +203,7 @@ async def test_cancelling_a_running_job_stops_its_handler(
 async def test_an_expired_lease_makes_the_job_stuck_then_retried(
     runs_table: Database, start_worker: StartWorker
 ) -> None:
-    job = await _enqueue(runs_table, "test.record", {"label": "orphan"}, max_retries=2)
+    job = await enqueue(runs_table, "test.record", {"label": "orphan"}, max_retries=2)
     # Simulate a worker that claimed the job and died: running, lease in the past.
     async with runs_table.transaction() as session:
         await session.execute(text(
@@ -229,7 +224,7 @@ async def test_an_expired_lease_makes_the_job_stuck_then_retried(
 async def test_a_job_that_keeps_losing_its_worker_ends_in_the_dead_letters(
     runs_table: Database,
 ) -> None:
-    job = await _enqueue(runs_table, "test.record", {"label": "poison"}, max_retries=1)
+    job = await enqueue(runs_table, "test.record", {"label": "poison"}, max_retries=1)
     for attempt in (1, 2):
         async with runs_table.transaction() as session:
             await session.execute(text(
@@ -249,8 +244,8 @@ async def test_graceful_stop_finishes_short_jobs_and_releases_long_ones(
     runs_table: Database, start_worker: StartWorker
 ) -> None:
     worker = await start_worker(shutdown_timeout_s=0.6)
-    short = await _enqueue(runs_table, "test.record", {"label": "short", "sleep": 0.2})
-    long = await _enqueue(runs_table, "test.record", {"label": "long", "sleep": 30})
+    short = await enqueue(runs_table, "test.record", {"label": "short", "sleep": 0.2})
+    long = await enqueue(runs_table, "test.record", {"label": "long", "sleep": 30})
     await wait_until(lambda: scalar(runs_table, "SELECT count(*) = 2 FROM task_test_runs"),
                      what="both started")
     worker.stop()
@@ -271,8 +266,8 @@ async def test_graceful_stop_finishes_short_jobs_and_releases_long_ones(
 async def test_workers_on_named_queues_take_only_those(
     runs_table: Database, start_worker: StartWorker
 ) -> None:
-    a = await _enqueue(runs_table, "test.record", {"label": "a"}, queue="alpha")
-    b = await _enqueue(runs_table, "test.record", {"label": "b"}, queue="beta")
+    a = await enqueue(runs_table, "test.record", {"label": "a"}, queue="alpha")
+    b = await enqueue(runs_table, "test.record", {"label": "b"}, queue="beta")
     await start_worker(queues=("alpha",))
     await wait_until(lambda: _status_is(runs_table, a.id, TaskStatus.COMPLETED), what="alpha")
     await asyncio.sleep(0.4)
@@ -284,7 +279,7 @@ async def test_notify_wakes_an_idle_worker_quickly(
 ) -> None:
     await start_worker(poll_interval_s=30)  # polling alone would take 30 s
     await asyncio.sleep(0.3)  # let it go idle on LISTEN
-    job = await _enqueue(runs_table, "test.record", {"label": "ping"})
+    job = await enqueue(runs_table, "test.record", {"label": "ping"})
     await wait_until(lambda: _status_is(runs_table, job.id, TaskStatus.COMPLETED),
                      within=5, what="a notified job")
 

@@ -1,5 +1,5 @@
-"""``audit_logs``: YouWorker's ``audit_logs``, Persona Platform's ``audit_events`` and
-seed 004's ``audit_logs`` in one table.
+"""``audit_logs``: one table for every audit record (three seed tables merge into it,
+see ``docs/seed-map.toml``).
 
 ``user_id``, ``persona_id`` and ``run_id`` carry no foreign keys on purpose: an audit
 record must outlive what it describes, and an ``ON DELETE SET NULL`` would be an UPDATE

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, text
@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.models import EVENT_CATEGORIES, AuditLog
 from roost.audit.redaction import redact
 from roost.context import current_context
+from roost.db.base import utcnow
 from roost.errors import BadRequest
-from roost.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from roost.pagination import DEFAULT_LIMIT, cursor_int, encode_cursor, page_of
 
 GENESIS_HASH = bytes(32)
 RETENTION_ACTION = "audit.retention"
@@ -110,13 +111,9 @@ async def query(
     if filters.until is not None:
         stmt = stmt.where(AuditLog.created_at < filters.until)
     if cursor is not None:
-        after = decode_cursor(cursor).get("seq")
-        if not isinstance(after, int):
-            raise BadRequest("cursor is malformed: pass the next_cursor of a previous page")
-        stmt = stmt.where(AuditLog.seq < after)
-    rows = list((await session.scalars(stmt.order_by(AuditLog.seq.desc()).limit(limit + 1))).all())
-    next_cursor = encode_cursor({"seq": rows[limit - 1].seq}) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+        stmt = stmt.where(AuditLog.seq < cursor_int(cursor, "seq"))
+    rows = (await session.scalars(stmt.order_by(AuditLog.seq.desc()).limit(limit + 1))).all()
+    return page_of(rows, limit, lambda row: encode_cursor({"seq": row.seq}))
 
 
 @dataclass(frozen=True)
@@ -185,7 +182,7 @@ async def apply_retention(session: AsyncSession, older_than: timedelta) -> int:
     """
     if older_than < timedelta(days=1):
         raise BadRequest("audit retention must keep at least one day of records")
-    cutoff = datetime.now(UTC) - older_than
+    cutoff = utcnow() - older_than
     # Serialise with writers so the anchor is the hash of the last row deleted.
     await session.execute(text("SELECT pg_advisory_xact_lock(7263117, 1)"))
     boundary: int | None = (

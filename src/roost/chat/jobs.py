@@ -9,14 +9,14 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from roost.audit import service as audit
-from roost.chat import service
+from roost.chat import sessions, summaries
 from roost.chat.models import ChatMessage
 from roost.errors import Conflict, NotFound
-from roost.http.auth import Principal
-from roost.llm.jobs import job_runtime
-from roost.llm.runtime import Runtime
+from roost.llm.gateway import LLMGateway
+from roost.llm.jobs import job_gateway
+from roost.principal import Principal
 from roost.tasks import service as tasks
-from roost.tasks.registry import PermanentError, TaskContext, task
+from roost.tasks.handlers import PermanentError, TaskContext, task
 
 SUMMARIZE = "chat.summarize"
 
@@ -29,20 +29,20 @@ class SummarizePayload(BaseModel):
 @task(SUMMARIZE, queue="default", max_retries=3, timeout_s=600, payload_model=SummarizePayload)
 async def summarize(ctx: TaskContext, payload: SummarizePayload) -> dict[str, Any]:
     """Write the session's summary (``chat_session_summaries``) with the model."""
-    runtime = job_runtime(ctx.database)
+    gateway = job_gateway(ctx.database)
     try:
-        row = await service.summarize_session(runtime, payload.session_id, model=payload.model)
+        row = await summaries.summarize_session(gateway, payload.session_id, model=payload.model)
     except (Conflict, NotFound) as exc:  # nothing to summarise / session deleted
         raise PermanentError(exc.detail) from exc
     return {"summary_id": str(row.id), "messages": row.message_count}
 
 
 async def enqueue_summary(
-    runtime: Runtime, actor: Principal, session_id: uuid.UUID, *, model: str | None = None
+    gateway: LLMGateway, actor: Principal, session_id: uuid.UUID, *, model: str | None = None
 ) -> uuid.UUID:
     """Queue a summary of a session the actor may see; one job per session version."""
-    async with runtime.transaction(actor) as session:
-        chat_session = await service.get_session(session, actor, session_id)
+    async with gateway.transaction(actor) as session:
+        chat_session = await sessions.get_session(session, actor, session_id)
         has_messages = await session.scalar(
             select(ChatMessage.id).where(ChatMessage.session_id == session_id).limit(1)
         )
@@ -53,6 +53,6 @@ async def enqueue_summary(
             idempotency_key=f"{SUMMARIZE}:{session_id}:{chat_session.message_count}:{model or ''}",
         )
         await audit.record(session, "chat.summary.request", user_id=actor.user_id,
-                           resource_type=service.SESSION, resource_id=session_id,
+                           resource_type=sessions.SESSION, resource_id=session_id,
                            metadata={"task_id": str(job.id), "model": model})
         return job.id

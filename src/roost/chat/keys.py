@@ -1,4 +1,4 @@
-"""Message keys: the start-up check and ``roost keys rotate-messages``.
+"""Message keys: reading stored text, the start-up check and ``roost keys rotate-messages``.
 
 Every column that holds conversation text is Fernet ciphertext under the message keys
 (``ROOST_MESSAGE_KEYS``: the first encrypts, all decrypt).  Rotating means: put the new
@@ -29,9 +29,29 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from roost.db.engine import Database
+from roost.errors import RoostError
 from roost.security.crypto import DecryptionError, MessageCipher
 
 log = structlog.get_logger(__name__)
+
+
+class MessageKeysMismatch(RoostError):
+    """Stored ciphertext does not open with the configured keys: an operator problem."""
+
+    status, title, type_slug = 500, "Message keys do not match", "message-keys-mismatch"
+
+
+def decrypt(cipher: MessageCipher, token: bytes) -> str:
+    """Stored conversation text in clear; a key problem is a 500 that names the setting."""
+    try:
+        return cipher.decrypt(token)
+    except DecryptionError:
+        log.error("chat.decrypt_failed")
+        raise MessageKeysMismatch(
+            "stored message content cannot be decrypted with the configured message keys; "
+            "an operator must restore the missing key in ROOST_MESSAGE_KEYS"
+        ) from None
+
 
 # (table, encrypted columns).  Every table has a UUID primary key ``id``.
 ENCRYPTED_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (

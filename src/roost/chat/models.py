@@ -1,21 +1,18 @@
 """Conversations: ``chat_sessions``, ``chat_messages``, ``chat_history``, ``session_state``
 and ``chat_session_summaries``.
 
-One table per concept, the union of the seeds' columns (see ``docs/seed-map.toml``):
+One table per concept (``docs/seed-map.toml`` maps every seed column to these):
 
-* ``chat_sessions`` is YouWorker's ``chat_sessions``, seed 004's ``conversations`` and
-  HelixAgent's ``user_sessions`` ("sessions with conversation context"): the client's
-  ``session_token`` is ``external_id``, ``context`` is ``session_state.state``, and the
-  activity counters (``request_count``, ``last_activity_at``, ``status``,
-  ``expires_at``) live here.
-* ``chat_messages`` is YouWorker's and AIWE's ``chat_messages`` and seed 004's
-  ``messages``.  ``content`` is Fernet ciphertext (mandatory, no plaintext fallback);
-  AIWE's ``message_type`` (human/ai/system) is ``role``; ``message_order`` is ``seq``,
-  allocated from ``chat_sessions.message_count`` under the session's row lock, so it is
-  gap-free, unique per session, and the keyset of history pagination.
-* ``chat_history`` (AIWE's stream event log) keeps each event's JSON, encrypted.
-* ``session_state`` is AIWE's per-session JSONB state, one row per session.
-* ``chat_session_summaries`` is AIWE's, one per session; the summary text is encrypted.
+* ``chat_sessions``: a client's own identifier is ``external_id``; the activity counters
+  (``request_count``, ``last_activity_at``, ``status``, ``expires_at``) live here, and
+  the session's free-form context lives in ``session_state``.
+* ``chat_messages``: ``content`` is Fernet ciphertext (mandatory, no plaintext
+  fallback); ``seq`` is allocated from ``chat_sessions.message_count`` under the
+  session's row lock, so it is gap-free, unique per session, and the keyset of history
+  pagination.
+* ``chat_history``: the stream event log; each event's JSON, encrypted.
+* ``session_state``: one JSONB state per session, versioned.
+* ``chat_session_summaries``: one per session; the summary text is encrypted.
 
 Every table carries ``user_id`` (the owner) so row-level security needs no join.
 """
@@ -78,8 +75,7 @@ class ChatSession(UUIDPrimaryKey, Timestamps, Base):
         CheckConstraint("status IN ('active', 'archived', 'expired')", name="status"),
         CheckConstraint("message_count >= 0 AND request_count >= 0", name="counts"),
         Index("ix_chat_sessions_user_id_created_at", "user_id", "created_at"),
-        # A client's own identifier is unique per owner (YouWorker's external_id,
-        # HelixAgent's session_token).
+        # A client's own identifier is unique per owner.
         Index(
             "uq_chat_sessions_user_id_external_id", "user_id", "external_id", unique=True,
             postgresql_where=text("external_id IS NOT NULL"),
@@ -123,7 +119,7 @@ class ChatMessage(UUIDPrimaryKey, CreatedAt, Base):
 
 
 class ChatHistoryEvent(UUIDPrimaryKey, CreatedAt, Base):
-    """AIWE ``chat_history``: one row per stream event of a session."""
+    """One row per stream event of a session."""
 
     __tablename__ = "chat_history"
 
@@ -140,7 +136,7 @@ class ChatHistoryEvent(UUIDPrimaryKey, CreatedAt, Base):
 
 
 class SessionState(Base):
-    """AIWE ``session_state`` (and HelixAgent ``user_sessions.context``)."""
+    """A session's free-form JSON state, with a version for optimistic concurrency."""
 
     __tablename__ = "session_state"
 

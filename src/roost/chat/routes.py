@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
 
-from roost.chat import service
+from roost.chat import history, messages, sessions, summaries
 from roost.chat.schemas import (
     ExchangeOut,
     HistoryEventCreate,
@@ -29,7 +29,7 @@ from roost.chat.schemas import (
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit
 from roost.http.routing import RoostRoute
-from roost.llm.deps import CallerPrincipal, RuntimeDep
+from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.pagination import DEFAULT_LIMIT, Page
 
 router = APIRouter(prefix="/api/v1/chat", tags=["chat"], route_class=RoostRoute)
@@ -43,7 +43,7 @@ def sse_frame(event: str, data: dict[str, Any]) -> bytes:
 
 @router.post("/sessions", status_code=status.HTTP_201_CREATED, response_model=SessionOut)
 async def create_session(body: SessionCreate, principal: CurrentPrincipal, db: DbSession) -> SessionOut:
-    return service.session_out(await service.create_session(db, principal, body))
+    return sessions.session_out(await sessions.create_session(db, principal, body))
 
 
 @router.get("/sessions", response_model=Page[SessionOut])
@@ -52,38 +52,38 @@ async def list_sessions(
     external_id: Annotated[str | None, Query(max_length=64)] = None,
     user_id: uuid.UUID | None = None,
 ) -> Page[SessionOut]:
-    rows, next_cursor = await service.list_sessions(
+    rows, next_cursor = await sessions.list_sessions(
         db, principal, limit=limit, cursor=cursor, external_id=external_id, user_id=user_id
     )
-    return Page(items=[service.session_out(r) for r in rows], next_cursor=next_cursor)
+    return Page(items=[sessions.session_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/sessions/{session_id}", response_model=SessionOut)
 async def get_session(session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> SessionOut:
-    return service.session_out(await service.get_session(db, principal, session_id))
+    return sessions.session_out(await sessions.get_session(db, principal, session_id))
 
 
 @router.patch("/sessions/{session_id}", response_model=SessionOut)
 async def update_session(
     session_id: uuid.UUID, body: SessionUpdate, principal: CurrentPrincipal, db: DbSession
 ) -> SessionOut:
-    return service.session_out(await service.update_session(db, principal, session_id, body))
+    return sessions.session_out(await sessions.update_session(db, principal, session_id, body))
 
 
 @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_session(session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> Response:
-    await service.delete_session(db, principal, session_id)
+    await sessions.delete_session(db, principal, session_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/sessions/{session_id}/messages", response_model=Page[MessageOut])
 async def list_messages(
-    session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession, runtime: RuntimeDep,
+    session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession, gateway: GatewayDep,
     limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
 ) -> Page[MessageOut]:
     """Newest first; follow ``next_cursor`` to go back in time."""
-    items, next_cursor = await service.list_messages(
-        db, runtime, principal, session_id, limit=limit, cursor=cursor
+    items, next_cursor = await messages.list_messages(
+        db, gateway, principal, session_id, limit=limit, cursor=cursor
     )
     return Page(items=items, next_cursor=next_cursor)
 
@@ -103,20 +103,20 @@ async def list_messages(
     },
 )
 async def post_message(
-    session_id: uuid.UUID, body: MessageCreate, principal: CallerPrincipal, runtime: RuntimeDep
+    session_id: uuid.UUID, body: MessageCreate, principal: CallerPrincipal, gateway: GatewayDep
 ) -> Any:
     """Store a message and, unless ``reply`` is false, the model's answer.
 
     No database transaction stays open while the model works: the user's message is
     committed first and survives any provider failure.
     """
-    exchange = await service.post_message(runtime, principal, session_id, body)
+    exchange = await messages.post_message(gateway, principal, session_id, body)
     if exchange.request_id is None:
         return ExchangeOut(user_message=exchange.user_message)
     if not body.stream:
-        return await service.answer(runtime, principal, exchange)
-    stream = await service.start_stream(runtime, principal, exchange)
-    events = service.stream_events(runtime, principal, exchange, stream)
+        return await messages.answer(gateway, principal, exchange)
+    stream = await messages.start_stream(gateway, principal, exchange)
+    events = messages.stream_events(exchange, stream)
 
     async def body_iter() -> AsyncIterator[bytes]:
         try:
@@ -131,25 +131,25 @@ async def post_message(
 
 @router.get("/sessions/{session_id}/state", response_model=StateOut)
 async def get_state(session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> StateOut:
-    return await service.get_state(db, principal, session_id)
+    return await sessions.get_state(db, principal, session_id)
 
 
 @router.put("/sessions/{session_id}/state", response_model=StateOut)
 async def put_state(
     session_id: uuid.UUID, body: StatePut, principal: CurrentPrincipal, db: DbSession
 ) -> StateOut:
-    return await service.put_state(db, principal, session_id, body)
+    return await sessions.put_state(db, principal, session_id, body)
 
 
 @router.get("/sessions/{session_id}/history", response_model=Page[HistoryEventOut])
 async def list_history(
-    session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession, runtime: RuntimeDep,
+    session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession, gateway: GatewayDep,
     limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
     event_type: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Page[HistoryEventOut]:
     """The session's event log, oldest first."""
-    items, next_cursor = await service.list_events(
-        db, runtime, principal, session_id, limit=limit, cursor=cursor, event_type=event_type
+    items, next_cursor = await history.list_events(
+        db, gateway, principal, session_id, limit=limit, cursor=cursor, event_type=event_type
     )
     return Page(items=items, next_cursor=next_cursor)
 
@@ -158,35 +158,35 @@ async def list_history(
              response_model=HistoryEventOut)
 async def add_history(
     session_id: uuid.UUID, body: HistoryEventCreate, principal: CurrentPrincipal, db: DbSession,
-    runtime: RuntimeDep,
+    gateway: GatewayDep,
 ) -> HistoryEventOut:
-    return await service.add_event(db, runtime, principal, session_id, body)
+    return await history.add_event(db, gateway, principal, session_id, body)
 
 
 @router.get("/sessions/{session_id}/summary", response_model=SummaryOut)
 async def get_summary(
-    session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession, runtime: RuntimeDep
+    session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession, gateway: GatewayDep
 ) -> SummaryOut:
-    return await service.get_summary(db, runtime, principal, session_id)
+    return await summaries.get_summary(db, gateway, principal, session_id)
 
 
 @router.patch("/sessions/{session_id}/summary", response_model=SummaryOut)
 async def update_summary(
     session_id: uuid.UUID, body: SummaryUpdate, principal: CurrentPrincipal, db: DbSession,
-    runtime: RuntimeDep,
+    gateway: GatewayDep,
 ) -> SummaryOut:
-    return await service.update_summary(db, runtime, principal, session_id, body)
+    return await summaries.update_summary(db, gateway, principal, session_id, body)
 
 
 @router.post("/sessions/{session_id}/summary", status_code=status.HTTP_202_ACCEPTED,
              response_model=SummaryRequested)
 async def request_summary(
-    session_id: uuid.UUID, principal: CallerPrincipal, runtime: RuntimeDep,
+    session_id: uuid.UUID, principal: CallerPrincipal, gateway: GatewayDep,
     model: Annotated[str | None, Query(max_length=255)] = None,
 ) -> SummaryRequested:
     """Queue a summary of the session by the configured model (job ``chat.summarize``);
     ``GET .../summary`` returns it once a worker has written it."""
     from roost.chat.jobs import enqueue_summary
 
-    task_id = await enqueue_summary(runtime, principal, session_id, model=model)
+    task_id = await enqueue_summary(gateway, principal, session_id, model=model)
     return SummaryRequested(session_id=session_id, task_id=task_id, status="queued")

@@ -1,6 +1,6 @@
 """Accounts: registration, admin creation, approval, roles, suspension.
 
-Status flow (AIWE): ``pending_approval -> active -> suspended`` (and back to active).
+Status flow: ``pending_approval -> active -> suspended`` (and back to active).
 The first account ever created is the root: ``is_root``, ``is_superuser``, role
 ``admin``, active.  Later self-registrations start ``pending_approval`` unless
 ``open_registration`` is on; accounts an administrator creates start active.
@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
 from roost.errors import BadRequest, Conflict, Forbidden, NotFound
-from roost.http.auth import Principal
 from roost.identity.common import (
     is_admin_user,
     load_user,
@@ -24,6 +23,7 @@ from roost.identity.common import (
     normalize_username,
 )
 from roost.identity.models import ROLES, STATUSES, TIERS, Session, User
+from roost.principal import Principal
 from roost.security.passwords import check_password_policy, hash_password
 
 # Serialises "is this the first account?" so two simultaneous first registrations

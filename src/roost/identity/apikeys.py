@@ -1,4 +1,4 @@
-"""API keys (YouWorker): shown once, stored as SHA-256, listed by prefix, revocable."""
+"""API keys: shown once, stored as SHA-256, listed by prefix, revocable."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
-from roost.errors import BadRequest, NotFound, Unprocessable
-from roost.http.auth import Principal
-from roost.identity.common import load_user, target_user_id, utcnow
+from roost.db.base import utcnow
+from roost.errors import BadRequest, Unprocessable
+from roost.identity.common import load_user, owned_row, target_user_id
 from roost.identity.models import ApiKey
+from roost.principal import Principal
 from roost.security.tokens import generate_api_key
 
 MAX_KEYS_PER_USER = 100
@@ -74,10 +75,7 @@ async def list_api_keys(
 
 
 async def revoke_api_key(session: AsyncSession, principal: Principal, key_id: uuid.UUID) -> ApiKey:
-    row = await session.get(ApiKey, key_id)
-    # Another user's key is "not found", exactly like a key that does not exist.
-    if row is None or (row.user_id != principal.user_id and not principal.is_admin):
-        raise NotFound("no such API key")
+    row = await owned_row(session, principal, ApiKey, key_id, "API key")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         await session.flush()

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -53,7 +53,7 @@ def users_create(
 ) -> None:
     """Create an active account (the first account ever created becomes the root)."""
     from roost.identity.accounts import create_user
-    from roost.identity.common import SYSTEM
+    from roost.principal import SYSTEM
 
     password = None if no_password else _read_password(password_stdin)
 
@@ -72,7 +72,7 @@ def users_create(
 def users_approve(login: Annotated[str, typer.Argument(help="Username or email.")]) -> None:
     """Approve an account that is pending approval."""
     from roost.identity.accounts import approve
-    from roost.identity.common import SYSTEM
+    from roost.principal import SYSTEM
 
     async def go(session: Any) -> Any:
         user = await _user_by_login(session, login)
@@ -89,7 +89,7 @@ def users_list(
 ) -> None:
     """List accounts."""
     from roost.identity.accounts import list_users
-    from roost.identity.common import SYSTEM
+    from roost.principal import SYSTEM
 
     rows = _run(lambda session: list_users(session, SYSTEM, status=status, limit=limit))
     table = id_table("username", "email", "role", "status", "tier", "last login", "id")
@@ -103,8 +103,8 @@ def users_list(
 @users_app.command("revoke-sessions")
 def users_revoke_sessions(login: Annotated[str, typer.Argument(help="Username or email.")]) -> None:
     """End every sign-in session of an account (takes effect on its next request)."""
-    from roost.identity.common import SYSTEM
     from roost.identity.sessions import revoke_all_sessions
+    from roost.principal import SYSTEM
 
     async def go(session: Any) -> int:
         user = await _user_by_login(session, login)
@@ -134,10 +134,11 @@ def keys_create(
     expires_days: Annotated[int | None, typer.Option(min=1, help="Expire after N days.")] = None,
 ) -> None:
     """Create an API key; it is printed once (stdout), store it now."""
+    from roost.db.base import utcnow
     from roost.identity.apikeys import create_api_key
-    from roost.identity.common import SYSTEM
+    from roost.principal import SYSTEM
 
-    expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
+    expires = utcnow() + timedelta(days=expires_days) if expires_days else None
 
     async def go(session: Any) -> Any:
         owner = await _user_by_login(session, user)
@@ -153,7 +154,7 @@ def keys_create(
 def keys_list(user: Annotated[str, typer.Option("--user", help="Username or email.")]) -> None:
     """List a user's active keys (prefix, name, created, last used)."""
     from roost.identity.apikeys import list_api_keys
-    from roost.identity.common import SYSTEM
+    from roost.principal import SYSTEM
 
     async def go(session: Any) -> Any:
         owner = await _user_by_login(session, user)
@@ -172,8 +173,8 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(
         help="The key's id as `roost keys list` prints it, or a unique start of it.")]) -> None:
     """Revoke an API key (refused from the next request on)."""
     from roost.identity.apikeys import revoke_api_key
-    from roost.identity.common import SYSTEM
     from roost.identity.models import ApiKey
+    from roost.principal import SYSTEM
 
     async def go(session: Any) -> Any:
         return await revoke_api_key(session, SYSTEM, await resolve_id(session, ApiKey.id, key_id,
@@ -181,3 +182,9 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(
 
     row = _run(go)
     console.print(f"revoked {row.prefix} ({row.name})", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``roost users`` and ``roost keys`` (``roost.domains`` calls this)."""
+    app.add_typer(users_app, name="users")
+    app.add_typer(keys_app, name="keys")

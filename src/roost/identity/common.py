@@ -1,30 +1,23 @@
-"""Small shared pieces of the identity domain: the system principal, input rules,
-the key box for secrets at rest, and principal checks."""
+"""Small shared pieces of the identity domain: input rules, the key box for secrets at
+rest, and principal checks.  (The system principal, ``SYSTEM``, is in ``roost.principal``.)"""
 
 from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from typing import Protocol, TypeVar
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.errors import NotFound, Unauthorized, Unprocessable
-from roost.http.auth import Principal
 from roost.identity.models import User, UserGroupMembership
+from roost.principal import Principal, PrincipalKind
 from roost.security.crypto import SecretBox
-
-# Acting for nobody in particular: CLI commands, test helpers, background jobs.
-SYSTEM = Principal(user_id=None, is_admin=True, kind="system")
 
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
 MAX_EMAIL_LENGTH = 255
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def normalize_username(raw: str) -> str:
@@ -62,7 +55,7 @@ def is_admin_user(user: User) -> bool:
 def principal_for(
     user: User,
     *,
-    kind: str = "system",
+    kind: PrincipalKind = "system",
     group_ids: frozenset[uuid.UUID] = frozenset(),
     session_id: uuid.UUID | None = None,
     api_key_id: uuid.UUID | None = None,
@@ -88,6 +81,27 @@ def target_user_id(principal: Principal, user_id: uuid.UUID | None) -> uuid.UUID
         # Never confirm that another user's id exists.
         raise NotFound("no such user")
     return user_id
+
+
+class _UserOwned(Protocol):
+    @property
+    def user_id(self) -> uuid.UUID: ...
+
+
+OwnedT = TypeVar("OwnedT", bound=_UserOwned)
+
+
+async def owned_row(
+    session: AsyncSession, principal: Principal, model: type[OwnedT], row_id: uuid.UUID,
+    what: str,
+) -> OwnedT:
+    """The ``model`` row ``row_id`` when the principal owns it or is an administrator.
+    Another user's row is "no such <what>", exactly like a missing one, so ids cannot be
+    probed."""
+    row = await session.get(model, row_id)
+    if row is None or (row.user_id != principal.user_id and not principal.is_admin):
+        raise NotFound(f"no such {what}")
+    return row
 
 
 async def load_user(session: AsyncSession, user_id: uuid.UUID) -> User:

@@ -15,10 +15,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
-from roost.errors import NotFound
-from roost.http.auth import Principal
-from roost.identity.common import target_user_id
+from roost.identity.common import owned_row, target_user_id
 from roost.identity.models import RegisteredDevice, Session
+from roost.principal import Principal
 
 DEVICE_TYPES = ("desktop", "mobile", "tablet", "cli", "server", "unknown")
 
@@ -80,19 +79,10 @@ async def list_devices(
     )).all())
 
 
-async def _own_device(
-    session: AsyncSession, principal: Principal, device_id: uuid.UUID
-) -> RegisteredDevice:
-    device = await session.get(RegisteredDevice, device_id)
-    if device is None or (device.user_id != principal.user_id and not principal.is_admin):
-        raise NotFound("no such device")
-    return device
-
-
 async def set_trusted(
     session: AsyncSession, principal: Principal, device_id: uuid.UUID, trusted: bool
 ) -> RegisteredDevice:
-    device = await _own_device(session, principal, device_id)
+    device = await owned_row(session, principal, RegisteredDevice, device_id, "device")
     if device.is_trusted != trusted:
         device.is_trusted = trusted
         await session.flush()
@@ -103,7 +93,7 @@ async def set_trusted(
 
 
 async def revoke_device(session: AsyncSession, principal: Principal, device_id: uuid.UUID) -> None:
-    device = await _own_device(session, principal, device_id)
+    device = await owned_row(session, principal, RegisteredDevice, device_id, "device")
     revoked = await session.execute(
         update(Session)
         .where(Session.device_id == device.id, Session.revoked_at.is_(None))

@@ -1,4 +1,4 @@
-"""Groups (YouWorker): create/rename/delete, members with role ``member``/``admin``.
+"""Groups: create/rename/delete, members with role ``member``/``admin``.
 
 Who may do what: any signed-in user creates a group and becomes its admin; members see
 the group and its member list; group admins (and site administrators) rename, delete
@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
 from roost.errors import Conflict, Forbidden, NotFound
-from roost.http.auth import Principal
 from roost.identity.common import require_user
 from roost.identity.models import Group, User, UserGroupMembership
+from roost.principal import Principal
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from roost.config import get_settings
 from roost.identity.sessions import cleanup_expired
-from roost.tasks.registry import TaskContext
+from roost.tasks.handlers import TaskContext
 from roost.tasks.schedules import periodic
 
 

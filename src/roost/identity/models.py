@@ -1,16 +1,13 @@
 """Identity tables: users, sessions, API keys, 2FA, passkeys, devices, OAuth tokens,
 profiles, groups and memberships, plus the login throttle and ceremony challenges.
 
-The five seed ``users`` tables merge into one (see ``docs/seed-map.toml``):
+One ``users`` table holds every account (``docs/seed-map.toml`` says where each seed
+column lives).  Its design choices:
 
-* AIWE (seed 001) gives the status flow, roles, flags and the user settings columns;
-  its 16 per-node ``*_model`` columns become one ``model_preferences`` JSONB object
-  (same meaning, one validated place instead of a migration per new node).
-* ``tfa_enabled``/``tfa_secret`` live in ``user_two_factor_auth`` (one source of truth).
-* YouWorker's ``api_key_hash`` and HelixAgent's ``api_key`` become rows of ``api_keys``
-  (many named, revocable keys per user instead of one column).
-* Persona Platform's ``name`` and seed 004's ``full_name`` are ``full_name``;
-  ``last_login``/``last_login_at`` are ``last_login_at``.
+* the per-node model choices are one ``model_preferences`` JSONB object (same meaning,
+  one validated place instead of a migration per new node);
+* the second factor's state lives only in ``user_two_factor_auth`` (one source of truth);
+* API keys are rows of ``api_keys`` (many named, revocable keys per user, not a column).
 
 Every user-owned table carries ``user_id`` with ``ON DELETE CASCADE`` and an RLS
 policy (migration 0200) admitting the owner and administrators.
@@ -45,15 +42,15 @@ STATUSES = ("pending_approval", "active", "suspended")
 TIERS = ("free", "pro", "enterprise")
 GROUP_ROLES = ("member", "admin")
 WEB_SEARCH_PROVIDERS = ("disabled", "tavily", "serpapi")
-# AIWE's per-node model columns, as keys of users.model_preferences ("selected" is the
-# seed's selected_model, the default for every node not listed).
+# The keys of users.model_preferences, a model per agent node; "selected" is the default
+# for every node not listed.
 MODEL_PREFERENCE_KEYS = (
     "selected", "chat", "initial_assessment", "tool_selection", "embeddings", "coding",
     "executive_assessment", "confidence_assessment", "tool_routing", "simple_planning",
     "wave_function_specialist", "wave_function_refinement", "plan_validation",
     "plan_comparison", "reflection", "final_response", "fast_conversational",
 )
-# AIWE's JSONB preference columns, kept one column each.
+# Free-form JSON preferences: one column each, since each means something different.
 PREFERENCE_COLUMNS = (
     "calendar_event_weights", "agent_settings", "personal_goals", "work_style_preferences",
     "productivity_patterns", "interview_insights", "project_preferences",
@@ -86,7 +83,7 @@ class User(UUIDPrimaryKey, Timestamps, Base):
     tier: Mapped[str] = mapped_column(String(16), server_default=text("'free'"), default="free")
     last_login_at: Mapped[datetime | None]
 
-    # --- settings (AIWE) ---------------------------------------------------------------
+    # --- settings ----------------------------------------------------------------------
     theme: Mapped[str] = mapped_column(String(32), server_default=text("'dark'"), default="dark")
     notifications_enabled: Mapped[bool] = mapped_column(
         Boolean, server_default=text("true"), default=True
@@ -127,7 +124,7 @@ class User(UUIDPrimaryKey, Timestamps, Base):
 
 
 class UserProfile(UUIDPrimaryKey, Timestamps, Base):
-    """AIWE ``user_profiles``; its ``timezone`` is ``users.timezone`` (same meaning)."""
+    """A user's personal and work details; the time zone is ``users.timezone``."""
 
     __tablename__ = "user_profiles"
 
@@ -158,9 +155,9 @@ class UserProfile(UUIDPrimaryKey, Timestamps, Base):
 
 
 class Session(UUIDPrimaryKey, CreatedAt, Base):
-    """Persona Platform ``sessions``: one row per login; ``token_hash`` is the SHA-256 of
-    the current refresh token.  Access tokens carry the row id (``sid``) and are refused
-    as soon as the row is revoked, expired or gone."""
+    """One row per login; ``token_hash`` is the SHA-256 of the current refresh token.
+    Access tokens carry the row id (``sid``) and are refused as soon as the row is
+    revoked, expired or gone."""
 
     __tablename__ = "sessions"
 
@@ -189,7 +186,7 @@ class Session(UUIDPrimaryKey, CreatedAt, Base):
 
 
 class ApiKey(UUIDPrimaryKey, CreatedAt, Base):
-    """YouWorker's SHA-256-hashed API keys, one row per named key."""
+    """One row per named key; only the key's SHA-256 is stored."""
 
     __tablename__ = "api_keys"
 
@@ -262,7 +259,7 @@ class RegisteredDevice(UUIDPrimaryKey, CreatedAt, Base):
 
 
 class UserOAuthToken(UUIDPrimaryKey, Timestamps, Base):
-    """AIWE ``user_oauth_tokens``; both tokens are SecretBox ciphertexts bound (associated
+    """A third-party service's tokens; both are SecretBox ciphertexts bound (associated
     data) to the user, the service and the field, so a row cannot be swapped."""
 
     __tablename__ = "user_oauth_tokens"

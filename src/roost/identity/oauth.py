@@ -1,4 +1,4 @@
-"""Third-party OAuth tokens per (user, service) (AIWE ``user_oauth_tokens``).
+"""Third-party OAuth tokens per (user, service) (``user_oauth_tokens``).
 
 Both tokens are AES-256-GCM ciphertexts (``SecretBox``, key ``ROOST_SECRETS_KEY``) whose
 associated data names the user, the service and the field, so a ciphertext copied into
@@ -18,11 +18,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
+from roost.db.base import utcnow
 from roost.errors import NotFound, Unprocessable
-from roost.http.auth import Principal
-from roost.identity.common import load_user, target_user_id, utcnow
+from roost.identity.common import load_user, target_user_id
 from roost.identity.config import IdentityConfig
 from roost.identity.models import UserOAuthToken
+from roost.principal import Principal
 
 SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 MAX_TOKEN_LENGTH = 8192

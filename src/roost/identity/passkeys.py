@@ -21,10 +21,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
-from roost.errors import BadRequest, Conflict, NotFound, Unauthorized, Unprocessable
-from roost.http.auth import Principal
+from roost.db.base import utcnow
+from roost.errors import BadRequest, Conflict, Unauthorized, Unprocessable
 from roost.identity import throttle
-from roost.identity.common import load_user, require_user, utcnow
+from roost.identity.common import load_user, owned_row, require_user
 from roost.identity.config import IdentityConfig
 from roost.identity.models import AuthChallenge, PasskeyCredential
 from roost.identity.sessions import (
@@ -34,6 +34,7 @@ from roost.identity.sessions import (
     commit_auth_failure,
     start_session,
 )
+from roost.principal import Principal
 from roost.security.webauthn_helpers import (
     begin_authentication,
     begin_registration,
@@ -207,17 +208,10 @@ async def list_passkeys(session: AsyncSession, principal: Principal) -> list[Pas
     )).all())
 
 
-async def _own(session: AsyncSession, principal: Principal, passkey_id: uuid.UUID) -> PasskeyCredential:
-    row = await session.get(PasskeyCredential, passkey_id)
-    if row is None or (row.user_id != principal.user_id and not principal.is_admin):
-        raise NotFound("no such passkey")
-    return row
-
-
 async def rename_passkey(
     session: AsyncSession, principal: Principal, passkey_id: uuid.UUID, name: str
 ) -> PasskeyCredential:
-    row = await _own(session, principal, passkey_id)
+    row = await owned_row(session, principal, PasskeyCredential, passkey_id, "passkey")
     before = row.credential_name
     row.credential_name = _name(name, "Passkey")
     await session.flush()
@@ -228,7 +222,7 @@ async def rename_passkey(
 
 
 async def delete_passkey(session: AsyncSession, principal: Principal, passkey_id: uuid.UUID) -> None:
-    row = await _own(session, principal, passkey_id)
+    row = await owned_row(session, principal, PasskeyCredential, passkey_id, "passkey")
     await session.delete(row)
     await session.flush()
     await record(session, "passkey.deleted", user_id=principal.user_id or row.user_id,

@@ -1,5 +1,5 @@
-"""A user's own account fields, settings (AIWE user settings columns) and profile
-(AIWE ``user_profiles``).  The owner reads and edits them; administrators anyone's."""
+"""A user's own account fields, settings and profile (``user_profiles``).  The owner
+reads and edits them; administrators anyone's."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
 from roost.errors import Conflict, Forbidden
-from roost.http.auth import Principal
 from roost.identity import accounts
 from roost.identity.common import load_user, normalize_email, normalize_username, target_user_id
 from roost.identity.config import IdentityConfig
 from roost.identity.models import PREFERENCE_COLUMNS, User, UserProfile
+from roost.principal import Principal
 
 SETTINGS_FIELDS = ("theme", "timezone", "notifications_enabled", "model_preferences",
                    *PREFERENCE_COLUMNS, "web_search_provider")

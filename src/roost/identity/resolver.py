@@ -1,7 +1,7 @@
 """Bearer credentials -> Principal: users' JWT access tokens and API keys.
 
-Registered with ``roost.http.auth.register_resolver`` when this module is imported
-(``roost.identity.routes`` imports it, and the app imports the routes).
+``create_app`` installs :func:`resolve_bearer` (``roost.domains`` lists it as identity's
+resolver); this module registers nothing when imported.
 
 Every request re-reads the session row (or key row) and the account, so logout,
 revocation, suspension and role changes take effect on the very next request; the
@@ -18,11 +18,12 @@ from fastapi import Request
 from sqlalchemy import Select, and_, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.db.base import utcnow
 from roost.errors import Unauthorized
-from roost.http.auth import Principal, register_resolver
 from roost.http.deps import get_keys
-from roost.identity.common import is_admin_user, utcnow
+from roost.identity.common import principal_for
 from roost.identity.models import ApiKey, Session, User, UserGroupMembership
+from roost.principal import Principal
 from roost.security.tokens import decode_access_token, hash_api_key, looks_like_api_key
 
 # last_used_at is written at most this often per key or session.
@@ -76,10 +77,8 @@ async def resolve_api_key(session: AsyncSession, token: str, request: Request) -
     user, key, groups = row[0], row[1], row[2]
     if _stale(key.last_used_at):
         await _touch(session, ApiKey, key.id)
-    return Principal(
-        user_id=user.id, is_admin=is_admin_user(user), kind="api_key", api_key_id=key.id,
-        group_ids=frozenset(groups or ()),
-    )
+    return principal_for(user, kind="api_key", api_key_id=key.id,
+                         group_ids=frozenset(groups or ()))
 
 
 async def resolve_access_token(
@@ -106,10 +105,8 @@ async def resolve_access_token(
     user, login, groups = row[0], row[1], row[2]
     if _stale(login.last_used_at):
         await _touch(session, Session, login.id)
-    return Principal(
-        user_id=user.id, is_admin=is_admin_user(user), kind="session", session_id=login.id,
-        group_ids=frozenset(groups or ()),
-    )
+    return principal_for(user, kind="session", session_id=login.id,
+                         group_ids=frozenset(groups or ()))
 
 
 async def resolve_bearer(session: AsyncSession, token: str, request: Request) -> Principal | None:
@@ -118,6 +115,3 @@ async def resolve_bearer(session: AsyncSession, token: str, request: Request) ->
     if token.count(".") == 2:  # a JWS compact serialisation
         return await resolve_access_token(session, token, request)
     return None
-
-
-register_resolver(resolve_bearer)

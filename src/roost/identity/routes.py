@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from roost.context import current_context
 from roost.errors import Unprocessable
-from roost.http.auth import AdminPrincipal, CurrentPrincipal, Principal
+from roost.http.auth import AdminPrincipal, CurrentPrincipal
 from roost.http.deps import DbSession, get_keys, get_settings_dep
 from roost.http.routing import RoostRoute
 from roost.identity import (
@@ -28,7 +28,6 @@ from roost.identity import (
     sessions,
     twofactor,
 )
-from roost.identity import resolver as _resolver  # noqa: F401  (registers the bearer resolver)
 from roost.identity.config import IdentityConfig
 from roost.identity.schemas import (
     ApiKeyCreatedOut,
@@ -72,6 +71,7 @@ from roost.identity.schemas import (
     UserOut,
     UserPatchIn,
 )
+from roost.principal import Principal
 
 auth_router = APIRouter(prefix="/api/v1/auth", tags=["auth"], route_class=RoostRoute)
 users_router = APIRouter(prefix="/api/v1/users", tags=["users"], route_class=RoostRoute)

@@ -24,14 +24,15 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
-from roost.errors import BadRequest, Forbidden, NotFound, Unauthorized
-from roost.http.auth import Principal
+from roost.db.base import utcnow
+from roost.errors import BadRequest, Forbidden, Unauthorized
 from roost.identity import throttle, twofactor
 from roost.identity.accounts import find_user
-from roost.identity.common import load_user, require_user, target_user_id, utcnow
+from roost.identity.common import load_user, owned_row, require_user, target_user_id
 from roost.identity.config import IdentityConfig
 from roost.identity.devices import record_login_device
 from roost.identity.models import AuthChallenge, Session, User, UserTwoFactorAuth
+from roost.principal import Principal
 from roost.security.passwords import (
     MAX_PASSWORD_LENGTH,
     check_password_policy,
@@ -349,9 +350,7 @@ async def list_sessions(
 async def revoke_session(
     session: AsyncSession, principal: Principal, session_id: uuid.UUID
 ) -> None:
-    row = await session.get(Session, session_id)
-    if row is None or (row.user_id != principal.user_id and not principal.is_admin):
-        raise NotFound("no such session")
+    row = await owned_row(session, principal, Session, session_id, "session")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         await session.flush()

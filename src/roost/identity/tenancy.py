@@ -15,11 +15,10 @@ docs/architecture.md, "Tenancy and row-level security"):
 * Transactions without a principal (login, token checks, workers, CLI) stay on the
   connecting role, the schema owner, which RLS does not restrict.
 
-``roost.http.auth.current_principal`` calls :func:`apply_principal` on the request's
-session, so every route that depends on ``CurrentPrincipal`` is scoped automatically.
-Background jobs acting for a user call it themselves.
-
-This module imports only SQLAlchemy so the HTTP layer can import it without a cycle.
+``roost.http.auth.current_principal`` calls :func:`apply_principal` (which ``create_app``
+installs as the authentication's scope) on the request's session, so every route that
+depends on ``CurrentPrincipal`` is scoped automatically.  Background jobs acting for a
+user call it themselves.
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ _RESET = text(
 
 
 class PrincipalLike(Protocol):
-    """What RLS needs of a principal (``roost.http.auth.Principal`` satisfies it)."""
+    """What RLS needs of a principal (``roost.principal.Principal`` satisfies it)."""
 
     @property
     def user_id(self) -> uuid.UUID | None: ...

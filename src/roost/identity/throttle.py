@@ -20,8 +20,8 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.db.base import utcnow
 from roost.errors import TooManyRequests
-from roost.identity.common import utcnow
 from roost.identity.models import AuthThrottle
 
 

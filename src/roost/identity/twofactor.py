@@ -15,11 +15,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
+from roost.db.base import utcnow
 from roost.errors import BadRequest, Conflict, Forbidden, NotFound
-from roost.http.auth import Principal
-from roost.identity.common import load_user, require_user, utcnow
+from roost.identity.common import load_user, require_user
 from roost.identity.config import IdentityConfig
 from roost.identity.models import UserTwoFactorAuth
+from roost.principal import Principal
 from roost.security.totp import (
     generate_backup_codes,
     hash_backup_code,

@@ -134,3 +134,8 @@ async def _errors(db: Any, run_id: uuid.UUID) -> list[dict[str, Any]]:
     async with db.transaction() as s:
         run = await s.get(IngestionRun, run_id)
         return list(run.errors or []) if run is not None else []
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``roost ingest`` (``roost.domains`` calls this)."""
+    app.command("ingest")(ingest_command)

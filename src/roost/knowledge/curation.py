@@ -1,4 +1,4 @@
-"""Curated chunks (Persona Platform's memory curator): LLM summaries of chunk groups.
+"""Curated chunks: LLM summaries of chunk groups.
 
 With ``ROOST_KNOWLEDGE_CURATION=true`` every ingested document gets a
 ``knowledge.curate`` job.  It summarises each run of ``curation_group_size``
@@ -27,14 +27,15 @@ from sqlalchemy.orm import defer
 from roost.audit import service as audit
 from roost.db.base import uuid7
 from roost.db.engine import Database
-from roost.http.auth import Principal
 from roost.identity.tenancy import apply_principal
 from roost.knowledge.bulk import insert_chunks
 from roost.knowledge.config import KnowledgeConfig, get_embedder
 from roost.knowledge.models import Document, DocumentChunk
-from roost.llm import service as llm
-from roost.llm.runtime import Runtime
+from roost.llm import calls
+from roost.llm.errors import ModelNotFound, NoProvider
+from roost.llm.gateway import LLMGateway
 from roost.llm.types import ChatMessage, ChatRequest
+from roost.principal import Principal
 
 SYSTEM_PROMPT = (
     "You condense passages of a document into a faithful, self-contained summary for a "
@@ -52,25 +53,25 @@ async def _scoped(session: AsyncSession, cfg: KnowledgeConfig, user_id: uuid.UUI
 
 async def curate_document(
     database: Database, cfg: KnowledgeConfig, document_id: uuid.UUID, user_id: uuid.UUID,
-    *, runtime: Runtime | None = None,
+    *, gateway: LLMGateway | None = None,
 ) -> dict[str, Any]:
-    """``runtime``: the LLM gateway's (default: the worker process's own)."""
+    """``gateway``: the LLM gateway's (default: the worker process's own)."""
     if not cfg.curation_enabled:
         return {"skipped": "curation is off (ROOST_KNOWLEDGE_CURATION)"}
-    if runtime is None:
-        from roost.llm.jobs import job_runtime
+    if gateway is None:
+        from roost.llm.jobs import job_gateway
 
-        runtime = job_runtime(database)
+        gateway = job_gateway(database)
     try:
-        return await _curate(database, cfg, document_id, user_id, runtime)
-    except (llm.NoProvider, llm.ModelNotFound) as exc:
+        return await _curate(database, cfg, document_id, user_id, gateway)
+    except (NoProvider, ModelNotFound) as exc:
         # Nothing to retry until an administrator registers a provider.
         return {"skipped": f"no LLM provider for curation: {exc}"}
 
 
 async def _curate(
     database: Database, cfg: KnowledgeConfig, document_id: uuid.UUID, user_id: uuid.UUID,
-    runtime: Runtime,
+    gateway: LLMGateway,
 ) -> dict[str, Any]:
     async with database.transaction() as s:
         await _scoped(s, cfg, user_id)
@@ -91,7 +92,7 @@ async def _curate(
     summaries: list[str] = []
     for group in groups:
         passage = "\n\n".join(c.content for c in group)
-        outcome = await llm.complete(runtime, owner, ChatRequest(
+        outcome = await calls.complete(gateway, owner, ChatRequest(
             model=cfg.curation_model,
             messages=[ChatMessage(role="system", content=SYSTEM_PROMPT),
                       ChatMessage(role="user", content=f"Passages:\n\n{passage}")],

@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
-from roost.db.base import uuid7
+from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.errors import NotFound, RoostError
 from roost.identity.tenancy import apply_principal
@@ -57,7 +57,7 @@ from roost.knowledge.paths import (
     read_ingest_file,
     resolve_ingest_path,
 )
-from roost.knowledge.service import now, sha256_hex, upload_identity
+from roost.knowledge.service import sha256_hex, upload_identity
 from roost.tasks.service import enqueue
 
 log = structlog.get_logger("roost.knowledge.ingest")
@@ -206,7 +206,7 @@ async def _begin(database: Database, run_id: uuid.UUID) -> IngestionRun | None:
             return None
         if run.status not in FINAL_STATUSES:
             run.status = "running"
-            run.started_at = run.started_at or now()
+            run.started_at = run.started_at or utcnow()
         return run
 
 
@@ -231,13 +231,13 @@ async def _finish(
                 update(Document)
                 .where(Document.ingestion_run_id == locked.id,
                        Document.status.in_(("pending", "processing")))
-                .values(status="error", error_message=fatal["error"], updated_at=now())
+                .values(status="error", error_message=fatal["error"], updated_at=utcnow())
             )
         elif not errors:
             locked.status = "success"
         else:
             locked.status = "partial" if locked.totals_files > 0 else "failed"
-        locked.finished_at = now()
+        locked.finished_at = utcnow()
         await s.flush()
         await audit.record(
             s, "knowledge.ingestion_run.finished", user_id=locked.user_id,
@@ -426,8 +426,8 @@ async def _mark_unchanged(
         for key, value in _scope_values(run).items():
             setattr(doc, key, value)
         doc.ingestion_run_id = run.id
-        doc.last_ingested_at = now()
-        doc.updated_at = now()
+        doc.last_ingested_at = utcnow()
+        doc.updated_at = utcnow()
         await s.execute(update(DocumentChunk).where(DocumentChunk.document_id == doc.id)
                         .values(**_chunk_scope(run)))
         if source.kind == "upload":
@@ -454,7 +454,7 @@ async def _commit(
         doc = await _existing(s, run.user_id, source)
         if _done_for_run(locked, doc, source, content_hash):
             return False
-        stamp = now()
+        stamp = utcnow()
         values: dict[str, Any] = {
             **_scope_values(run),
             "mime": prepared.parsed.mime, "bytes_size": len(loaded.data), "source": source.kind,
@@ -540,7 +540,7 @@ async def _record_error(
             doc.status = "error"
             doc.error_message = entry["error"]
             doc.ingestion_run_id = run.id
-            doc.updated_at = now()
+            doc.updated_at = utcnow()
             if source.kind == "upload":
                 await s.execute(delete(DocumentUpload).where(DocumentUpload.document_id == doc.id))
         await s.flush()

@@ -1,5 +1,6 @@
 """Task-queue handlers: ``knowledge.ingest`` runs an ingestion, ``knowledge.curate``
-writes curated summaries.  Discovered by ``roost.tasks.registry.discover``."""
+writes curated summaries.  Listed in ``roost.domains``; ``roost.tasks.handlers.discover``
+imports it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from roost.config import get_settings
 from roost.knowledge.config import KnowledgeConfig
-from roost.tasks.registry import PermanentError, TaskContext, task
+from roost.tasks.handlers import PermanentError, TaskContext, task
 
 INGEST_TASK = "knowledge.ingest"
 CURATE_TASK = "knowledge.curate"

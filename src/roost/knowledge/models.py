@@ -1,10 +1,7 @@
 """Knowledge tables: documents, ingestion runs, chunks, embedding models, pending uploads.
 
-One ``documents`` table unites YouWorker (owner, group sharing, path hash, collection,
-tags), AIWE (filename, status), the Persona Platform (persona, source URL, error) and
-seed 004 (chunk count, description, processed time).  One ``document_chunks`` table
-unites AIWE's and seed 004's ``document_chunks`` with the Persona Platform's ``chunks``
-(token count, curated summaries, metadata).
+One ``documents`` table and one ``document_chunks`` table unite the seeds' documents
+and chunks (``docs/seed-map.toml`` says where each column lives).
 
 Chunks carry copies of their document's owner, effective sharing group, persona,
 collection and tags so filtered vector search and row-level security read one row
@@ -63,7 +60,7 @@ class Document(UUIDPrimaryKey, Timestamps, Base):
     user_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), nullable=False
     )
-    # Shared with this group's members unless is_private (YouWorker).
+    # Shared with this group's members unless is_private.
     group_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("groups.id", ondelete="SET NULL")
     )

@@ -67,7 +67,22 @@ def parse_tags_field(raw: str | None) -> list[str]:
     return check_tags(text.split(","))
 
 
-class _Scope(StrictInput):
+class _KnowledgeInput(StrictInput):
+    """A request body of this domain: no NUL characters anywhere (PostgreSQL text cannot
+    hold them), and ``tags``, where there are any, cleaned by :func:`check_tags`."""
+
+    @field_validator("tags", check_fields=False)
+    @classmethod
+    def _tags(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else check_tags(value)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return no_nul(value)
+
+
+class _Scope(_KnowledgeInput):
     collection: str | None = Field(default=None, min_length=1, max_length=128)
     tags: list[str] = Field(default_factory=list, max_length=200)
     group_id: uuid.UUID | None = Field(
@@ -77,20 +92,8 @@ class _Scope(StrictInput):
     persona_id: uuid.UUID | None = None
     project_id: uuid.UUID | None = None
 
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: list[str]) -> list[str]:
-        return check_tags(value)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        return no_nul(value)
-
 
 class IngestionRunCreate(_Scope):
-    model_config = ConfigDict(extra="forbid")
-
     target: str = Field(min_length=1, max_length=4096,
                         description="A server path under an allowed ingest root, or an http(s) URL")
     from_web: bool | None = Field(default=None,
@@ -128,25 +131,13 @@ class DocumentOut(BaseModel):
     last_ingested_at: datetime | None
 
 
-class DocumentUpdate(StrictInput):
-    model_config = ConfigDict(extra="forbid")
-
+class DocumentUpdate(_KnowledgeInput):
     name: str | None = Field(default=None, min_length=1, max_length=255)
     description: str | None = Field(default=None, max_length=10_000)
     collection: str | None = Field(default=None, max_length=128)
     tags: list[str] | None = Field(default=None, max_length=200)
     group_id: uuid.UUID | None = None
     is_private: bool | None = None
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else check_tags(value)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        return no_nul(value)
 
 
 class IngestionRunOut(BaseModel):
@@ -180,9 +171,7 @@ class UploadAccepted(BaseModel):
     ingestion_run: IngestionRunOut
 
 
-class SearchRequest(StrictInput):
-    model_config = ConfigDict(extra="forbid")
-
+class SearchRequest(_KnowledgeInput):
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     k: int = Field(default=10, ge=1, le=100)
     mode: Literal["hybrid", "vector", "text"] = "hybrid"
@@ -196,16 +185,6 @@ class SearchRequest(StrictInput):
     owner_id: uuid.UUID | None = Field(default=None, description="Only documents of this owner")
     include_curated: bool = True
     embedding_model: str | None = Field(default=None, max_length=128)
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: list[str]) -> list[str]:
-        return check_tags(value)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        return no_nul(value)
 
 
 class SearchDocument(BaseModel):

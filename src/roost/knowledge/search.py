@@ -32,7 +32,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import SessionTransaction
 
 from roost.db.vector import ensure_vector_codec
-from roost.http.auth import Principal
 from roost.knowledge.config import KnowledgeConfig, get_embedder
 from roost.knowledge.embeddings import Embedder
 from roost.knowledge.index import model_predicate, vector_expression
@@ -43,6 +42,7 @@ from roost.knowledge.schemas import (
     SearchRequest,
     SearchResponse,
 )
+from roost.principal import Principal
 
 RRF_K: Final = 60
 MIN_CANDIDATES: Final = 40
@@ -71,18 +71,15 @@ def build_filters(actor: Principal | None, req: SearchRequest) -> Filters:
         params["scope_user"] = actor.user_id
     elif actor is not None and not actor.is_admin:
         sql.append("false")
-    if req.owner_id is not None:
-        sql.append("c.user_id = :owner_id")
-        params["owner_id"] = req.owner_id
-    if req.group_id is not None:
-        sql.append("c.group_id = :group_id")
-        params["group_id"] = req.group_id
-    if req.persona_id is not None:
-        sql.append("c.persona_id = :persona_id")
-        params["persona_id"] = req.persona_id
-    if req.collection is not None:
-        sql.append("c.collection = :collection")
-        params["collection"] = req.collection
+    for condition, name, value in (
+        ("c.user_id = :owner_id", "owner_id", req.owner_id),
+        ("c.group_id = :group_id", "group_id", req.group_id),
+        ("c.persona_id = :persona_id", "persona_id", req.persona_id),
+        ("c.collection = :collection", "collection", req.collection),
+    ):
+        if value is not None:
+            sql.append(condition)
+            params[name] = value
     if req.tags:
         sql.append("c.tags @> CAST(:tags AS jsonb)")
         params["tags"] = json.dumps(req.tags)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -23,23 +22,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from roost.audit import service as audit
-from roost.db.base import uuid7
+from roost.db.base import utcnow, uuid7
 from roost.errors import Forbidden, NotFound, PayloadTooLarge, Unprocessable
-from roost.http.auth import Principal
 from roost.knowledge.config import KnowledgeConfig, check_embedder
 from roost.knowledge.fetching import FetchInvalidURL, FetchRefused, address_refusal
 from roost.knowledge.jobs import INGEST_TASK
 from roost.knowledge.models import Document, DocumentChunk, DocumentUpload, IngestionRun
 from roost.knowledge.paths import resolve_ingest_path
 from roost.knowledge.schemas import DocumentUpdate, IngestionRunCreate
-from roost.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from roost.pagination import (
+    DEFAULT_LIMIT,
+    before_time_id,
+    cursor_uuid,
+    encode_cursor,
+    page_of,
+    time_id_cursor,
+)
+from roost.principal import Principal
 from roost.tasks.service import enqueue
 
 MAX_NAME_CHARS = 255
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def sha256_hex(value: str | bytes) -> str:
@@ -132,7 +134,7 @@ async def create_upload(
         "description": description, "mime": (content_type or None) and content_type[:128],
         "bytes_size": len(data), "source": "upload", "tags": tags or [],
         "collection": collection, "status": "pending", "error_message": None,
-        "ingestion_run_id": run.id, "updated_at": now(),
+        "ingestion_run_id": run.id, "updated_at": utcnow(),
     }
     path_hash = sha256_hex(upload_identity(name))
     stmt = pg_insert(Document).values(id=uuid7(), path_hash=path_hash, **values)
@@ -143,7 +145,7 @@ async def create_upload(
     )
     await session.execute(upload.on_conflict_do_update(
         index_elements=["document_id"],
-        set_={"filename": name, "content_type": content_type, "data": data, "created_at": now()},
+        set_={"filename": name, "content_type": content_type, "data": data, "created_at": utcnow()},
     ))
     task = await enqueue(session, INGEST_TASK, {"run_id": str(run.id), "document_id": str(doc_id)})
     run.task_id = task.id
@@ -186,23 +188,11 @@ async def list_documents(
     if tag is not None:
         stmt = stmt.where(Document.tags.contains([tag]))
     if cursor is not None:
-        after = decode_cursor(cursor)
-        try:
-            at = datetime.fromisoformat(str(after["t"]))
-            last = uuid.UUID(str(after["id"]))
-        except (KeyError, ValueError, TypeError):
-            raise Unprocessable("cursor is malformed: pass the next_cursor of a previous page") from None
-        if at.tzinfo is None:
-            raise Unprocessable("cursor is malformed: pass the next_cursor of a previous page")
-        stmt = stmt.where((Document.created_at < at) | ((Document.created_at == at) & (Document.id < last)))
-    rows = list((await session.scalars(
+        stmt = stmt.where(before_time_id(cursor, Document.created_at, Document.id))
+    rows = (await session.scalars(
         stmt.order_by(Document.created_at.desc(), Document.id.desc()).limit(limit + 1)
-    )).all())
-    next_cursor = None
-    if len(rows) > limit:
-        last_row = rows[limit - 1]
-        next_cursor = encode_cursor({"t": last_row.created_at.isoformat(), "id": str(last_row.id)})
-    return rows[:limit], next_cursor
+    )).all()
+    return page_of(rows, limit, lambda doc: time_id_cursor(doc.created_at, doc.id))
 
 
 async def get_document(session: AsyncSession, actor: Principal, document_id: uuid.UUID) -> Document:
@@ -260,7 +250,7 @@ async def update_document(
             setattr(doc, name, value)
     if not changes:
         return doc
-    doc.updated_at = now()
+    doc.updated_at = utcnow()
     await session.flush()
     await session.execute(
         update(DocumentChunk).where(DocumentChunk.document_id == doc.id).values(
@@ -365,14 +355,9 @@ async def list_runs(
     if status is not None:
         stmt = stmt.where(IngestionRun.status == status)
     if cursor is not None:
-        raw = decode_cursor(cursor).get("id")
-        try:
-            stmt = stmt.where(IngestionRun.id < uuid.UUID(str(raw)))
-        except ValueError:
-            raise Unprocessable("cursor is malformed: pass the next_cursor of a previous page") from None
-    rows = list((await session.scalars(stmt.order_by(IngestionRun.id.desc()).limit(limit + 1))).all())
-    next_cursor = encode_cursor({"id": str(rows[limit - 1].id)}) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+        stmt = stmt.where(IngestionRun.id < cursor_uuid(cursor))
+    rows = (await session.scalars(stmt.order_by(IngestionRun.id.desc()).limit(limit + 1))).all()
+    return page_of(rows, limit, lambda run: encode_cursor({"id": str(run.id)}))
 
 
 async def get_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID) -> IngestionRun:

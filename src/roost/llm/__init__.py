@@ -1,7 +1,20 @@
-"""LLM layer: provider clients and gateway orchestration (no database here).
+"""The LLM domain: provider clients, the gateway (routing, fallback, ensembles) and the
+records every call leaves in the database.
 
-The database-backed parts (models, schemas, service, routes) live beside these
-modules and build on this API.
+Calling a model from another domain: ``roost.llm.calls`` (see docs/chat.md, "Calling a
+model from a domain").  Where the rest lives:
+
+- ``types``, ``errors``: requests, answers, chunks and the provider error vocabulary;
+- ``base``, ``openai_compat``, ``anthropic``, ``local``: the provider clients;
+  ``provider_types``: building one from an ``llm_providers`` row's type and config;
+- ``orchestration``: fallback chains, streaming fallback and ensembles (no database);
+- ``gateway``: :class:`LLMGateway`, what every call needs (database, ciphers, provider
+  pool); ``provider_pool``: the process's provider instances;
+- ``providers`` (the registry's administration), ``routing``, ``execution``, ``records``,
+  ``orphans``, ``calls``: the database-backed gateway; ``routes``, ``openai_routes``: HTTP.
+
+This package re-exports the provider clients and the orchestration, not the
+database-backed modules.
 """
 
 from roost.llm.anthropic import AnthropicProvider
@@ -15,7 +28,8 @@ from roost.llm.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from roost.llm.gateway_core import (
+from roost.llm.openai_compat import OpenAICompatibleProvider
+from roost.llm.orchestration import (
     Attempt,
     EnsembleOutcome,
     FallbackStream,
@@ -27,8 +41,7 @@ from roost.llm.gateway_core import (
     response_confidence,
     stream_with_fallback,
 )
-from roost.llm.openai_compat import OpenAICompatibleProvider
-from roost.llm.providers import PROVIDER_TYPES, create_provider
+from roost.llm.provider_types import PROVIDER_TYPES, create_provider
 from roost.llm.types import (
     ChatChunk,
     ChatMessage,

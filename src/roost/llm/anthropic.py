@@ -10,12 +10,10 @@ role are merged (the API wants user and assistant turns to alternate).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Unpack
 
-import httpx
-
-from roost.llm.base import HTTPProvider, decode_json_event
+from roost.llm.base import HTTPOptions, HTTPProvider, decode_json_event
 from roost.llm.errors import ProviderNotSupported, ProviderUnavailable
 from roost.llm.types import (
     ChatChunk,
@@ -147,34 +145,18 @@ def _message_start(obj: dict[str, Any]) -> tuple[str | None, int]:
 class AnthropicProvider(HTTPProvider):
     provider_type = "anthropic"
 
+    config_keys = ("anthropic_version", "default_max_tokens")  # beyond HTTPConfig
+
     def __init__(
         self,
         base_url: str = DEFAULT_BASE_URL,
         *,
-        api_key: str | None = None,
-        default_model: str | None = None,
-        timeout: float = 60.0,
-        connect_timeout: float | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        name: str | None = None,
-        retry_bad_response: bool = True,
         anthropic_version: str = ANTHROPIC_VERSION,
         default_max_tokens: int = 1024,
-        client: httpx.AsyncClient | None = None,
+        **options: Unpack[HTTPOptions],
     ) -> None:
         # Accept the base with or without /v1 (the SDK uses it without).
-        base = base_url.rstrip("/").removesuffix("/v1")
-        super().__init__(
-            base,
-            api_key=api_key,
-            default_model=default_model,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            extra_headers=extra_headers,
-            name=name,
-            retry_bad_response=retry_bad_response,
-            client=client,
-        )
+        super().__init__(base_url.rstrip("/").removesuffix("/v1"), **options)
         self.anthropic_version = anthropic_version
         # The Messages API requires max_tokens; OpenAI's does not.
         self.default_max_tokens = default_max_tokens

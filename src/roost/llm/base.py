@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, Self, TypeVar, runtime_checkable
+from typing import Any, Protocol, Self, TypedDict, TypeVar, Unpack, runtime_checkable
 
 import httpx
 import structlog
@@ -98,6 +98,24 @@ def check_headers(headers: Mapping[str, Any], provider: str) -> None:
             )
 
 
+class HTTPConfig(TypedDict, total=False):
+    """What an ``llm_providers`` row's ``config`` may set on any HTTP provider."""
+
+    timeout: float  # seconds, per request (default 60)
+    connect_timeout: float | None  # default min(timeout, 10)
+    extra_headers: Mapping[str, str] | None
+    retry_bad_response: bool  # may the gateway fall back after a malformed answer (default yes)
+
+
+class HTTPOptions(HTTPConfig, total=False):
+    """The keywords every HTTP provider's constructor takes and hands to HTTPProvider."""
+
+    api_key: str | None
+    default_model: str | None
+    name: str | None  # default: the provider type
+    client: httpx.AsyncClient | None  # injected (tests, shared pools); else owned
+
+
 class HTTPProvider:
     """Base for providers reached over HTTP with httpx.
 
@@ -108,26 +126,16 @@ class HTTPProvider:
 
     provider_type: str = "http"
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        api_key: str | None = None,
-        default_model: str | None = None,
-        timeout: float = 60.0,
-        connect_timeout: float | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        name: str | None = None,
-        retry_bad_response: bool = True,
-        client: httpx.AsyncClient | None = None,
-    ) -> None:
+    def __init__(self, base_url: str, **options: Unpack[HTTPOptions]) -> None:
         self.base_url = base_url.rstrip("/")
-        self._api_key = api_key or None
-        self.default_model = default_model
-        self.timeout = timeout
-        self.name = name or self.provider_type
-        self.retry_bad_response = retry_bad_response
-        self.extra_headers = dict(extra_headers or {})
+        self._api_key = options.get("api_key") or None
+        self.default_model = options.get("default_model")
+        self.timeout = timeout = options.get("timeout", 60.0)
+        self.name = options.get("name") or self.provider_type
+        self.retry_bad_response = options.get("retry_bad_response", True)
+        self.extra_headers = dict(options.get("extra_headers") or {})
+        connect_timeout = options.get("connect_timeout")
+        client = options.get("client")
         # Refuse at build time what could never be sent (the registry turns this into a
         # clear "unusable provider" answer); _headers() checks again before each request.
         check_headers(self.extra_headers, self.name)

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 
-from roost.http.auth import Principal, current_principal
-from roost.http.deps import get_database, get_keys, get_settings_dep
-from roost.llm.runtime import Runtime
+from roost.http.auth import current_principal
+from roost.http.deps import get_database
+from roost.llm.gateway import LLMGateway
+from roost.principal import Principal
 
 
-def get_runtime(request: Request) -> Runtime:
-    """The application's chat/LLM runtime, built on first use."""
-    runtime: Runtime | None = getattr(request.app.state, "llm_runtime", None)
-    if runtime is None:
-        runtime = Runtime.build(
-            get_database(request), get_settings_dep(request), get_keys(request)
-        )
-        request.app.state.llm_runtime = runtime
-    return runtime
+def app_gateway(app: FastAPI) -> LLMGateway:
+    """The application's LLM gateway, built on first use (start-up hooks, routes)."""
+    gateway: LLMGateway | None = getattr(app.state, "llm_gateway", None)
+    if gateway is None:
+        gateway = LLMGateway.build(app.state.db, app.state.settings, app.state.keys)
+        app.state.llm_gateway = gateway
+    return gateway
+
+
+def get_gateway(request: Request) -> LLMGateway:
+    return app_gateway(request.app)
 
 
 async def principal_outside_transaction(request: Request) -> Principal:
@@ -32,5 +35,5 @@ async def principal_outside_transaction(request: Request) -> Principal:
         return await current_principal(request, session)
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+GatewayDep = Annotated[LLMGateway, Depends(get_gateway)]
 CallerPrincipal = Annotated[Principal, Depends(principal_outside_transaction)]

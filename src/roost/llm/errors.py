@@ -1,4 +1,4 @@
-"""Errors raised by LLM providers and the gateway.
+"""Errors raised by LLM providers and the gateway, and the gateway's public answers.
 
 They subclass Roost's domain errors so the HTTP layer can turn them into
 problem JSON without knowing about providers: an upstream failure is a 502
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from roost.errors import BadGateway
+from roost.errors import BadGateway, Conflict, NotFound, RoostError
 
 if TYPE_CHECKING:
-    from roost.llm.gateway_core import Attempt
+    from roost.llm.orchestration import Attempt
 
 
 class ProviderError(BadGateway):
@@ -93,3 +93,32 @@ def scrub(text: str, *secrets: str | None, limit: int = 300) -> str:
             text = text.replace(secret, "***")
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- what callers of the gateway see (roost.llm.records.public_error maps to these) ---
+
+
+class NoProvider(Conflict):
+    type_slug = "no-llm-provider"
+
+
+class ModelNotFound(NotFound):
+    type_slug = "model-not-found"
+
+
+class GatewayFailed(RoostError):
+    """Every provider failed; ``status`` is 504 when they all timed out, else 502."""
+
+    status, title, type_slug = 502, "Bad gateway", "llm-provider-failed"
+
+    def __init__(self, detail: str, *, timeout: bool, kind: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        if timeout:
+            self.status, self.title, self.type_slug = 504, "Gateway timeout", "llm-provider-timeout"
+
+
+class UpstreamRejected(RoostError):
+    """The provider refused the request itself (its 4xx): the caller must change it."""
+
+    status, title, type_slug = 400, "Bad request", "llm-request-rejected"

@@ -12,33 +12,33 @@ from sqlalchemy import select
 from roost.config import get_settings
 from roost.db.engine import Database
 from roost.keyfiles import load_keys
-from roost.llm import service
+from roost.llm import orphans, providers
+from roost.llm.gateway import LLMGateway
 from roost.llm.local import find_smollm2_gguf, llama_cpp_available
 from roost.llm.models import LLMProviderRow
-from roost.llm.runtime import Runtime
-from roost.tasks.registry import TaskContext
+from roost.tasks.handlers import TaskContext
 from roost.tasks.schedules import periodic
 
 log = structlog.get_logger(__name__)
 
-_runtimes: dict[int, Runtime] = {}
-runtime_override: Runtime | None = None  # tests: the runtime (keys) jobs must use
+_gateways: dict[int, LLMGateway] = {}
+gateway_override: LLMGateway | None = None  # tests: the gateway (keys) jobs must use
 
 
-def job_runtime(database: Database) -> Runtime:
-    """The runtime of a worker process: its own keys from settings, one per database."""
-    if runtime_override is not None:
-        return runtime_override
-    runtime = _runtimes.get(id(database))
-    if runtime is None:
+def job_gateway(database: Database) -> LLMGateway:
+    """The gateway of a worker process: its own keys from settings, one per database."""
+    if gateway_override is not None:
+        return gateway_override
+    gateway = _gateways.get(id(database))
+    if gateway is None:
         settings = get_settings()
-        runtime = _runtimes[id(database)] = Runtime.build(database, settings, load_keys(settings))
-    return runtime
+        gateway = _gateways[id(database)] = LLMGateway.build(database, settings, load_keys(settings))
+    return gateway
 
 
-async def check_all(runtime: Runtime) -> dict[str, Any]:
+async def check_all(gateway: LLMGateway) -> dict[str, Any]:
     """Probe every enabled provider; a local model is checked without loading it."""
-    async with runtime.db.transaction() as session:
+    async with gateway.db.transaction() as session:
         rows = list((await session.scalars(
             select(LLMProviderRow).where(LLMProviderRow.enabled).order_by(LLMProviderRow.name)
         )).all())
@@ -50,7 +50,7 @@ async def check_all(runtime: Runtime) -> dict[str, Any]:
                 "unhealthy"
             continue
         try:
-            checked = await service.check_health(runtime, None, row.id, always_audit=False)
+            checked = await providers.check_health(gateway, None, row.id, always_audit=False)
             results[row.name] = checked.health_status
         except Exception as exc:  # one broken provider must not stop the others
             log.warning("llm.health_check_failed", provider=row.name, error=type(exc).__name__)
@@ -62,7 +62,7 @@ async def check_all(runtime: Runtime) -> dict[str, Any]:
           queue="maintenance", priority="background", max_retries=0, timeout_s=300)
 async def health_check(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Update health_status and response_time of every enabled provider."""
-    return {"providers": await check_all(job_runtime(ctx.database))}
+    return {"providers": await check_all(job_gateway(ctx.database))}
 
 
 @periodic("llm.sweep_orphans", every=timedelta(minutes=5), queue="maintenance",
@@ -73,10 +73,10 @@ async def sweep_orphans(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, 
     failed: list[str] = []
     while True:
         async with ctx.database.transaction() as session:
-            threshold = await service.orphan_threshold_s(session, settings)
-            ids = await service.fail_orphaned_requests(session, threshold)
+            threshold = await orphans.orphan_threshold_s(session, settings)
+            ids = await orphans.fail_orphaned_requests(session, threshold)
         failed.extend(str(i) for i in ids)
-        if len(ids) < service.ORPHAN_BATCH:
+        if len(ids) < orphans.ORPHAN_BATCH:
             break
     if failed:
         log.warning("llm.orphaned_requests_failed", count=len(failed), older_than_s=threshold)

@@ -98,6 +98,7 @@ class _Failed:
 
 class LocalLlamaProvider:
     provider_type = "local"
+    config_keys = ("n_ctx", "n_threads", "seed", "chat_format")  # from llm_providers.config
 
     def __init__(
         self,

@@ -1,5 +1,5 @@
-"""LLM traffic tables: ``llm_providers``, ``llm_requests``, ``llm_responses`` (HelixAgent,
-seed 002) and ``usage_records`` (seed 004).
+"""LLM traffic tables: ``llm_providers``, ``llm_requests``, ``llm_responses`` and
+``usage_records``.
 
 Conversation text is private wherever it lands: ``llm_requests.prompt`` and
 ``.messages`` and ``llm_responses.content`` are Fernet ciphertext like
@@ -8,10 +8,10 @@ Conversation text is private wherever it lands: ``llm_requests.prompt`` and
 A provider's API key is AES-256-GCM ciphertext bound to its row (``api_key_encrypted``)
 and never leaves the service.
 
-``llm_requests.session_id`` points at ``chat_sessions`` (HelixAgent's ``user_sessions``
-are Roost's chat sessions).  Request status moves ``pending -> running -> completed`` or
-``failed``; each provider attempt (fallback losers, ensemble members, failures) is one
-``llm_responses`` row with its outcome, and ``selected`` marks the answer that was used.
+``llm_requests.session_id`` points at ``chat_sessions``.  Request status moves
+``pending -> running -> completed`` or ``failed``; each provider attempt (fallback losers,
+ensemble members, failures) is one ``llm_responses`` row with its outcome, and
+``selected`` marks the answer that was used.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class LLMResponse(UUIDPrimaryKey, CreatedAt, Base):
 
 
 class UsageRecord(UUIDPrimaryKey, CreatedAt, Base):
-    """Seed 004 ``usage_records``: one row per LLM call (tokens, model, latency, credits)."""
+    """One row per LLM call (tokens, model, latency, credits)."""
 
     __tablename__ = "usage_records"
 

@@ -9,11 +9,9 @@ that ends in ``/v1`` (as with the official SDK) and the paths appended are
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Unpack
 
-import httpx
-
-from roost.llm.base import HTTPProvider, decode_json_event
+from roost.llm.base import HTTPOptions, HTTPProvider, decode_json_event
 from roost.llm.errors import ProviderUnavailable
 from roost.llm.types import (
     ChatChunk,
@@ -103,31 +101,12 @@ def is_meaningful(chunk: ChatChunk) -> bool:
 class OpenAICompatibleProvider(HTTPProvider):
     provider_type = "openai"
 
+    config_keys = ("stream_usage",)  # config keys of this type beyond HTTPConfig
+
     def __init__(
-        self,
-        base_url: str,
-        *,
-        api_key: str | None = None,
-        default_model: str | None = None,
-        timeout: float = 60.0,
-        connect_timeout: float | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        name: str | None = None,
-        retry_bad_response: bool = True,
-        stream_usage: bool = True,
-        client: httpx.AsyncClient | None = None,
+        self, base_url: str, *, stream_usage: bool = True, **options: Unpack[HTTPOptions]
     ) -> None:
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            default_model=default_model,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            extra_headers=extra_headers,
-            name=name,
-            retry_bad_response=retry_bad_response,
-            client=client,
-        )
+        super().__init__(base_url, **options)
         # OpenAI only reports usage on streams when asked; a few older
         # servers reject the unknown field, hence the switch.
         self.stream_usage = stream_usage

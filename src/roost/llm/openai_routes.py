@@ -29,15 +29,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from roost.errors import BadRequest, PayloadTooLarge, RoostError
-from roost.http.auth import Principal
 from roost.http.problems import json_error_reason, openai_code, openai_error
 from roost.http.routing import RoostRoute
-from roost.llm import service
-from roost.llm.deps import CallerPrincipal, RuntimeDep
-from roost.llm.errors import ProviderError
-from roost.llm.runtime import Runtime
+from roost.llm import calls, routing
+from roost.llm.deps import CallerPrincipal, GatewayDep
+from roost.llm.gateway import LLMGateway
 from roost.llm.schemas import EnsembleSpec
 from roost.llm.types import ChatMessage, ChatRequest, ChatResult
+from roost.principal import Principal
 
 log = structlog.get_logger(__name__)
 
@@ -135,8 +134,8 @@ class EmbeddingsBody(BaseModel):
     user: str | None = None
 
 
-def _check_sizes(runtime: Runtime, texts: list[str], what: str) -> None:
-    limit = runtime.settings.chat_max_message_chars
+def _check_sizes(gateway: LLMGateway, texts: list[str], what: str) -> None:
+    limit = gateway.settings.chat_max_message_chars
     for i, text in enumerate(texts):
         if len(text) > limit:
             raise PayloadTooLarge(
@@ -160,17 +159,17 @@ def _message(result: ChatResult) -> dict[str, Any]:
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionBody, principal: CallerPrincipal, runtime: RuntimeDep
+    body: ChatCompletionBody, principal: CallerPrincipal, gateway: GatewayDep
 ) -> Response | dict[str, Any]:
     """OpenAI's chat completions; ``stream: true`` answers server-sent ``chat.completion.chunk``
     events ending with ``data: [DONE]``."""
     texts = [m.text() for m in body.messages]
-    _check_sizes(runtime, texts, "messages")
+    _check_sizes(gateway, texts, "messages")
     chat = body.to_request()
     if body.stream:
-        return await _stream(runtime, principal, body, chat)
-    outcome = await service.complete(runtime, principal, chat, model=body.model,
-                                     ensemble_spec=body.ensemble)
+        return await _stream(gateway, principal, body, chat)
+    outcome = await calls.complete(gateway, principal, chat, model=body.model,
+                                   ensemble_spec=body.ensemble)
     result = outcome.result
     return {
         "id": completion_id(outcome.request_id),
@@ -188,27 +187,12 @@ async def chat_completions(
 
 
 async def _stream(
-    runtime: Runtime, principal: Principal, body: ChatCompletionBody, chat: ChatRequest
+    gateway: LLMGateway, principal: Principal, body: ChatCompletionBody, chat: ChatRequest
 ) -> Response:
-    route, row = await service.begin_call(runtime, principal, chat, model=body.model,
-                                          ensemble_spec=body.ensemble, request_type="chat_stream")
-    await service.mark_running(runtime, principal, row.id)
-    stream = service.CallStream(runtime, route, chat, row.id)
-    try:
-        await stream.start()
-    except ProviderError as exc:
-        await service.shielded(service.finish_failed(
-            runtime, principal, row.id, exc, exc.attempts, request_type="chat_stream",
-            model=body.model, latency_ms=stream.latency_ms()))
-        raise service.public_error(exc, exc.attempts) from exc
-    except BaseException as exc:  # cancelled, or a bug: the request must not stay running
-        await service.shielded(service.finish_failed(
-            runtime, principal, row.id, exc, stream.attempts, request_type="chat_stream",
-            model=body.model, latency_ms=stream.latency_ms()))
-        await stream.aclose()
-        raise
+    stream = await calls.stream(gateway, principal, chat, model=body.model,
+                                ensemble_spec=body.ensemble)
     include_usage = bool((body.stream_options or {}).get("include_usage"))
-    cid, created = completion_id(row.id), int(time.time())
+    cid, created = completion_id(stream.request_id), int(time.time())
 
     def frame(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
         chunk = {"id": cid, "object": "chat.completion.chunk", "created": created,
@@ -221,41 +205,25 @@ async def _stream(
         yield frame({"role": "assistant", "content": ""})
         finish: str | None = None
         try:
-            async for chunk in stream.chunks():
-                if chunk.delta:
-                    yield frame({"content": chunk.delta})
-                for tc in chunk.tool_calls:
-                    yield frame({"tool_calls": [{
-                        "index": tc.index, **({"id": tc.id, "type": "function"} if tc.id else {}),
-                        "function": {k: v for k, v in (("name", tc.name),
-                                                         ("arguments", tc.arguments)) if v},
-                    }]})
-                finish = chunk.finish_reason or finish
-        except Exception as exc:
-            await service.shielded(service.finish_failed(
-                runtime, principal, row.id, exc, stream.attempts, request_type="chat_stream",
-                model=body.model, latency_ms=stream.latency_ms()))
-            err = service.public_error(exc, stream.attempts)
+            async with stream:
+                async for chunk in stream.chunks():
+                    if chunk.delta:
+                        yield frame({"content": chunk.delta})
+                    for tc in chunk.tool_calls:
+                        yield frame({"tool_calls": [{
+                            "index": tc.index,
+                            **({"id": tc.id, "type": "function"} if tc.id else {}),
+                            "function": {k: v for k, v in (("name", tc.name),
+                                                             ("arguments", tc.arguments)) if v},
+                        }]})
+                    finish = chunk.finish_reason or finish
+        except RoostError as err:  # recorded as failed; the client sees OpenAI's error shape
             payload = {"error": {"message": err.detail, "type": "api_error", "param": None,
                                  "code": _code_for(err)}}
             yield f"data: {json.dumps(payload)}\n\n".encode()
             return
-        except BaseException as exc:  # the client went away
-            await service.shielded(service.finish_failed(
-                runtime, principal, row.id, exc, stream.attempts, request_type="chat_stream",
-                model=body.model, latency_ms=stream.latency_ms()))
-            raise
-        finally:
-            await stream.aclose()
-        outcome = stream.outcome()
-
-        async def save() -> None:
-            async with runtime.transaction(principal) as session:
-                await service.record_success(session, runtime, principal, outcome,
-                                             request_type="chat_stream",
-                                             audit_action="llm.request.complete")
-
-        await service.shielded(save())
+        outcome = stream.saved
+        assert outcome is not None
         yield frame({}, finish or outcome.result.finish_reason or "stop")
         if include_usage:
             res = outcome.result
@@ -271,43 +239,36 @@ async def _stream(
 
 
 @router.get("/models", response_model=None)
-async def models(principal: CallerPrincipal, runtime: RuntimeDep) -> dict[str, Any]:
+async def models(principal: CallerPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     """The models of the enabled providers (OpenAI's list shape)."""
-    async with runtime.transaction(principal) as session:
-        listed = await service.list_models(session)
     return {"object": "list", "data": [
         {"id": name, "object": "model", "created": int(created.timestamp()), "owned_by": owner}
-        for name, owner, created in listed
+        for name, owner, created in await routing.available_models(gateway, principal)
     ]}
 
 
 @router.get("/models/{model:path}", response_model=None)
-async def model(model: str, principal: CallerPrincipal, runtime: RuntimeDep) -> dict[str, Any]:
+async def model(model: str, principal: CallerPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     """One model of the enabled providers (OpenAI's model object; 404 ``model_not_found``).
     Model names may hold ``/`` (``org/model``), sent as is or as ``%2F``."""
-    async with runtime.transaction(principal) as session:
-        listed = await service.list_models(session)
-    for name, owner, created in listed:
-        if name == model:
-            return {"id": name, "object": "model", "created": int(created.timestamp()),
-                    "owned_by": owner}
-    raise service.ModelNotFound(
-        f"no enabled LLM provider serves model {model!r}; GET /v1/models lists the models "
-        "available")
+    name, owner, created = await routing.get_model(gateway, principal, model)
+    return {"id": name, "object": "model", "created": int(created.timestamp()), "owned_by": owner}
 
 
 @router.post("/embeddings", response_model=None)
 async def embeddings(
-    body: EmbeddingsBody, principal: CallerPrincipal, runtime: RuntimeDep
+    body: EmbeddingsBody, principal: CallerPrincipal, gateway: GatewayDep
 ) -> dict[str, Any]:
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     if not texts:
         raise BadRequest("input must not be empty")
     if len(texts) > MAX_EMBEDDING_INPUTS:
         raise BadRequest(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
-    _check_sizes(runtime, texts, "input")
-    request_id, result, ref = await service.embed(runtime, principal, texts, model=body.model,
-                                                  dimensions=body.dimensions)
+    _check_sizes(gateway, texts, "input")
+    outcome = await calls.embed(gateway, principal, texts, model=body.model,
+                                dimensions=body.dimensions)
+    result = outcome.embedding
+    assert result is not None
 
     def encode(vector: list[float]) -> list[float] | str:
         if body.encoding_format == "base64":
@@ -320,5 +281,5 @@ async def embeddings(
                  for i, v in enumerate(result.vectors)],
         "model": result.model or body.model,
         "usage": {"prompt_tokens": result.tokens_in, "total_tokens": result.tokens_in},
-        "roost": {"request_id": str(request_id), "provider": ref.name},
+        "roost": {"request_id": str(outcome.request_id), "provider": outcome.winner.name},
     }

@@ -1,88 +1,284 @@
-"""LLM providers: the interface, the implementations, and a factory from configuration.
+"""The provider registry (``llm_providers``): administrators add, edit and remove
+providers; health checks and model syncs ask the provider and store what it said; a fresh
+install with the 'local' extra registers SmolLM2.
 
-``create_provider`` builds a provider from the fields of an ``llm_providers``
-row (type, base_url, api_key, model, config), so the database layer never
-needs to know the classes.  Types:
-
-- ``openai``, ``openai_compatible``, ``vllm``, ``ollama``, ``llamacpp``,
-  ``lmstudio`` -> OpenAICompatibleProvider (the type only picks the default
-  base URL when none is configured);
-- ``anthropic`` -> AnthropicProvider;
-- ``local`` -> LocalLlamaProvider (needs the optional llama-cpp-python).
+Provider API keys are stored encrypted (bound to their row) and decrypted only inside
+the pool's provider objects (``roost.llm.provider_pool``).
 """
 
 from __future__ import annotations
 
+import uuid
+from decimal import Decimal
 from typing import Any
 
-from roost.llm.anthropic import AnthropicProvider
-from roost.llm.base import HTTPProvider, LLMProvider
-from roost.llm.errors import ProviderRequestError
-from roost.llm.openai_compat import OpenAICompatibleProvider
+import structlog
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
-DEFAULT_BASE_URLS: dict[str, str] = {
-    "openai": "https://api.openai.com/v1",
-    "ollama": "http://127.0.0.1:11434/v1",
-    "vllm": "http://127.0.0.1:8000/v1",
-    "llamacpp": "http://127.0.0.1:8080/v1",
-    "lmstudio": "http://127.0.0.1:1234/v1",
-    "anthropic": "https://api.anthropic.com",
-}
-OPENAI_COMPATIBLE_TYPES = frozenset({"openai", "openai_compatible", "vllm", "ollama", "llamacpp", "lmstudio"})
-PROVIDER_TYPES = OPENAI_COMPATIBLE_TYPES | {"anthropic", "local"}
+from roost.audit import service as audit
+from roost.db.base import utcnow, uuid7
+from roost.errors import BadRequest, Conflict, Forbidden, NotFound
+from roost.llm.errors import ProviderError
+from roost.llm.gateway import LLMGateway
+from roost.llm.local import find_smollm2_gguf, llama_cpp_available
+from roost.llm.models import LLMProviderRow
+from roost.llm.provider_pool import ProviderBuildError, api_key_aad
+from roost.llm.provider_types import DEFAULT_BASE_URLS
+from roost.llm.schemas import ProviderCreate, ProviderUpdate
+from roost.principal import Principal
 
-# config keys forwarded to the constructors (everything else in the JSONB
-# config is ignored here and left to the caller).
-_HTTP_OPTIONS = ("timeout", "connect_timeout", "extra_headers", "retry_bad_response")
+log = structlog.get_logger(__name__)
+
+RESOURCE = "llm_provider"
+LOCAL_PROVIDER_NAME = "local"
+LOCAL_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
-def create_provider(
-    type: str,
-    *,
-    name: str | None = None,
-    base_url: str | None = None,
-    api_key: str | None = None,
-    model: str | None = None,
-    config: dict[str, Any] | None = None,
-) -> LLMProvider:
-    """Build a provider from an ``llm_providers``-style configuration."""
-    kind = type.lower().replace("-", "_").replace(".", "")
-    cfg = dict(config or {})
-    options = {k: cfg[k] for k in _HTTP_OPTIONS if k in cfg}
-    if kind in OPENAI_COMPATIBLE_TYPES:
-        url = base_url or DEFAULT_BASE_URLS.get(kind)
-        if not url:
-            raise ProviderRequestError(f"provider type {type!r} needs a base_url")
-        if "stream_usage" in cfg:
-            options["stream_usage"] = bool(cfg["stream_usage"])
-        return OpenAICompatibleProvider(
-            url, api_key=api_key, default_model=model, name=name or kind, **options
+def _require_admin(actor: Principal) -> None:
+    if not actor.is_admin:
+        raise Forbidden("managing LLM providers needs an administrator")
+
+
+def _normalise_type(kind: str, base_url: str | None) -> tuple[str, str | None]:
+    """Stored type ('openai' | 'anthropic' | 'local') and the base URL to store."""
+    if kind in ("anthropic", "local"):
+        return kind, base_url
+    return "openai", base_url or DEFAULT_BASE_URLS.get(kind)
+
+
+def _recount(row: LLMProviderRow) -> None:
+    models = dict(row.models or {})
+    row.total_models = len(models)
+    row.enabled_models = sum(1 for enabled in models.values() if enabled)
+
+
+async def list_providers(session: AsyncSession, actor: Principal) -> list[LLMProviderRow]:
+    _require_admin(actor)
+    rows = await session.scalars(select(LLMProviderRow).order_by(LLMProviderRow.priority,
+                                                                 LLMProviderRow.name))
+    return list(rows.all())
+
+
+async def get_provider(session: AsyncSession, actor: Principal, provider_id: uuid.UUID) -> LLMProviderRow:
+    _require_admin(actor)
+    row = await session.get(LLMProviderRow, provider_id)
+    if row is None:
+        raise NotFound(f"no LLM provider with id {provider_id}")
+    return row
+
+
+async def _name_taken(session: AsyncSession, name: str, exclude: uuid.UUID | None = None) -> bool:
+    stmt = select(LLMProviderRow.id).where(func.lower(LLMProviderRow.name) == name.lower())
+    if exclude is not None:
+        stmt = stmt.where(LLMProviderRow.id != exclude)
+    return (await session.scalar(stmt)) is not None
+
+
+async def create_provider(
+    session: AsyncSession, gateway: LLMGateway, actor: Principal, data: ProviderCreate
+) -> LLMProviderRow:
+    _require_admin(actor)
+    if await _name_taken(session, data.name):
+        raise Conflict(f"an LLM provider named {data.name!r} already exists")
+    kind, base_url = _normalise_type(data.type, str(data.base_url) if data.base_url else None)
+    if kind == "local" and not llama_cpp_available():
+        raise Conflict(
+            "the local provider needs the optional llama-cpp-python: pip install 'roost[local]'"
         )
-    if kind == "anthropic":
-        for key in ("anthropic_version", "default_max_tokens"):
-            if key in cfg:
-                options[key] = cfg[key]
-        return AnthropicProvider(
-            base_url or DEFAULT_BASE_URLS["anthropic"],
-            api_key=api_key,
-            default_model=model,
-            name=name or kind,
-            **options,
+    row = LLMProviderRow(
+        id=uuid7(), name=data.name, type=kind, base_url=base_url, model=data.model,
+        weight=Decimal(str(data.weight)), priority=data.priority, enabled=data.enabled,
+        config=data.config, modelsdev_provider_id=data.modelsdev_provider_id,
+        models={data.model: True} if data.model else {},
+        health_status="unknown", response_time=0,
+    )
+    _recount(row)
+    if data.api_key:
+        row.api_key_encrypted = gateway.secret_box.encrypt(data.api_key, api_key_aad(row.id)).decode()
+    session.add(row)
+    await session.flush()
+    await audit.record(
+        session, "llm.provider.create", user_id=actor.user_id, resource_type=RESOURCE,
+        resource_id=row.id,
+        changes={"name": row.name, "type": row.type, "base_url": row.base_url, "model": row.model,
+                 "weight": float(row.weight), "priority": row.priority, "enabled": row.enabled,
+                 "api_key_set": data.api_key is not None},
+    )
+    return row
+
+
+async def update_provider(
+    session: AsyncSession, gateway: LLMGateway, actor: Principal, provider_id: uuid.UUID,
+    data: ProviderUpdate,
+) -> LLMProviderRow:
+    row = await get_provider(session, actor, provider_id)
+    changes: dict[str, Any] = {}
+    fields = data.model_dump(exclude_unset=True)
+    if "name" in fields and fields["name"] is not None and fields["name"] != row.name:
+        if await _name_taken(session, fields["name"], exclude=row.id):
+            raise Conflict(f"an LLM provider named {fields['name']!r} already exists")
+        changes["name"] = [row.name, fields["name"]]
+        row.name = fields["name"]
+    if "base_url" in fields:
+        new_url = str(data.base_url) if data.base_url else None
+        if row.type == "openai" and new_url is None:
+            raise BadRequest("an OpenAI-compatible provider needs a base_url")
+        changes["base_url"] = [row.base_url, new_url]
+        row.base_url = new_url
+    if "api_key" in fields:
+        key = data.api_key or None
+        row.api_key_encrypted = (
+            gateway.secret_box.encrypt(key, api_key_aad(row.id)).decode() if key else None
         )
-    if kind == "local":
-        from roost.llm.local import LocalLlamaProvider
+        changes["api_key_set"] = key is not None
+    for name in ("model", "priority", "enabled", "config", "modelsdev_provider_id"):
+        if name in ("priority", "enabled", "config") and fields.get(name) is None:
+            continue  # not nullable: an explicit null means "leave it"
+        if name in fields and getattr(row, name) != fields[name]:
+            if name != "config":
+                changes[name] = [getattr(row, name), fields[name]]
+            else:
+                changes["config"] = "changed"
+            setattr(row, name, fields[name])
+    if "weight" in fields and fields["weight"] is not None:
+        changes["weight"] = [float(row.weight), fields["weight"]]
+        row.weight = Decimal(str(fields["weight"]))
+    if "model" in fields and data.model and data.model not in (row.models or {}):
+        row.models = {**(row.models or {}), data.model: True}
+    if data.disabled_models is not None:
+        disabled = set(data.disabled_models)
+        row.models = {m: m not in disabled for m in (row.models or {})}
+        changes["disabled_models"] = sorted(disabled & set(row.models))
+    _recount(row)
+    row.updated_at = utcnow()
+    await session.flush()
+    await audit.record(session, "llm.provider.update", user_id=actor.user_id,
+                       resource_type=RESOURCE, resource_id=row.id, changes=changes)
+    return row
 
-        local_opts = {k: cfg[k] for k in ("n_ctx", "n_threads", "seed", "chat_format") if k in cfg}
-        return LocalLlamaProvider(cfg.get("model_path"), default_model=model, name=name or kind, **local_opts)
-    raise ProviderRequestError(f"unknown provider type {type!r}; use one of {sorted(PROVIDER_TYPES)}")
+
+async def delete_provider(
+    session: AsyncSession, gateway: LLMGateway, actor: Principal, provider_id: uuid.UUID
+) -> None:
+    row = await get_provider(session, actor, provider_id)
+    await session.execute(delete(LLMProviderRow).where(LLMProviderRow.id == row.id))
+    await audit.record(session, "llm.provider.delete", user_id=actor.user_id,
+                       resource_type=RESOURCE, resource_id=row.id, changes={"name": row.name})
+    await gateway.pool.forget(row.id)
 
 
-__all__ = [
-    "DEFAULT_BASE_URLS",
-    "PROVIDER_TYPES",
-    "AnthropicProvider",
-    "HTTPProvider",
-    "LLMProvider",
-    "OpenAICompatibleProvider",
-    "create_provider",
-]
+async def check_health(
+    gateway: LLMGateway, actor: Principal | None, provider_id: uuid.UUID, *, always_audit: bool = True
+) -> LLMProviderRow:
+    """Probe one provider (outside any transaction) and store the result.
+
+    ``actor`` None is the periodic system check: audited only when the status changes.
+    """
+    async with gateway.transaction(actor) as session:
+        if actor is not None:
+            snapshot: LLMProviderRow | None = await get_provider(session, actor, provider_id)
+        else:
+            snapshot = await session.get(LLMProviderRow, provider_id)
+        if snapshot is None:
+            raise NotFound(f"no LLM provider with id {provider_id}")
+    try:
+        provider = await gateway.pool.get(snapshot)
+        result = await provider.health()
+        status, error, ms = result.status, result.error, result.response_time_ms
+    except ProviderBuildError as exc:
+        status, error, ms = "unhealthy", exc.reason, 0
+    async with gateway.transaction(actor) as session:
+        row = await session.get(LLMProviderRow, provider_id, with_for_update=True)
+        if row is None:
+            raise NotFound(f"no LLM provider with id {provider_id}")
+        previous = row.health_status
+        # Written with an UPDATE that leaves updated_at alone: a health check is not an
+        # edit, and must not make the pool rebuild the provider.
+        await session.execute(
+            update(LLMProviderRow).where(LLMProviderRow.id == provider_id).values(
+                health_status=status, health_error=error, response_time=ms,
+                last_health_check_at=utcnow(), updated_at=row.updated_at,
+            )
+        )
+        if always_audit or previous != status:
+            await audit.record(
+                session, "llm.provider.health", user_id=actor.user_id if actor else None,
+                category="system", resource_type=RESOURCE, resource_id=provider_id,
+                changes={"health_status": [previous, status]},
+                metadata={"response_time_ms": ms}, success=status == "healthy",
+                error_message=error,
+            )
+        await session.refresh(row)
+        return row
+
+
+async def sync_models(gateway: LLMGateway, actor: Principal, provider_id: uuid.UUID) -> LLMProviderRow:
+    """Ask the provider for its models; new ones start enabled, disabled ones stay so."""
+    async with gateway.transaction(actor) as session:
+        snapshot = await get_provider(session, actor, provider_id)
+    try:
+        provider = await gateway.pool.get(snapshot)
+    except ProviderBuildError as exc:
+        raise Conflict(f"cannot sync models: {exc.reason}") from exc
+    try:
+        listed = await provider.list_models()
+    except ProviderError as exc:
+        # The provider's state, not the request, is at fault: a 409 the admin can act on.
+        raise Conflict(f"cannot list the models of provider {snapshot.name!r}: {exc.detail}",
+                       extra={"provider_error": exc.kind}) from exc
+    async with gateway.transaction(actor) as session:
+        row = await session.get(LLMProviderRow, provider_id, with_for_update=True)
+        if row is None:
+            raise NotFound(f"no LLM provider with id {provider_id}")
+        before = dict(row.models or {})
+        models = {m: bool(before.get(m, True)) for m in listed}
+        if row.model and row.model not in models:
+            models[row.model] = bool(before.get(row.model, True))
+        await session.execute(
+            update(LLMProviderRow).where(LLMProviderRow.id == provider_id).values(
+                models=models, total_models=len(models),
+                enabled_models=sum(1 for v in models.values() if v),
+                last_models_sync=utcnow(), updated_at=row.updated_at,
+            )
+        )
+        await audit.record(
+            session, "llm.provider.sync_models", user_id=actor.user_id, resource_type=RESOURCE,
+            resource_id=provider_id,
+            changes={"added": sorted(set(models) - set(before)),
+                     "removed": sorted(set(before) - set(models))},
+        )
+        await session.refresh(row)
+        return row
+
+
+async def register_local_if_empty(gateway: LLMGateway) -> LLMProviderRow | None:
+    """On a fresh install with the 'local' extra: register SmolLM2 as provider "local".
+
+    Only when no provider exists at all, so deleting it after adding others sticks.
+    """
+    if not gateway.settings.llm_local_model or not llama_cpp_available():
+        return None
+    path = find_smollm2_gguf()
+    if path is None:
+        return None
+    async with gateway.db.transaction() as session:
+        # One starter at a time (several workers may start together).
+        await session.execute(select(func.pg_advisory_xact_lock(0x726F6F73_4C4C4D)))
+        if await session.scalar(select(func.count()).select_from(LLMProviderRow)):
+            return None
+        row = LLMProviderRow(
+            id=uuid7(), name=LOCAL_PROVIDER_NAME, type="local", model=LOCAL_MODEL_NAME,
+            config={"n_ctx": 2048}, models={LOCAL_MODEL_NAME: True}, priority=1000,
+            health_status="unknown",
+        )
+        _recount(row)
+        session.add(row)
+        await session.flush()
+        await audit.record(
+            session, "llm.provider.create", category="system", resource_type=RESOURCE,
+            resource_id=row.id, description="local SmolLM2 model registered on first start",
+            changes={"name": row.name, "type": "local", "model": LOCAL_MODEL_NAME},
+        )
+    log.info("llm.local_provider_registered", model=LOCAL_MODEL_NAME, path=path.name)
+    return row

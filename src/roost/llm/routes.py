@@ -9,9 +9,8 @@ from fastapi import APIRouter, Response, status
 from roost.http.auth import AdminPrincipal, CurrentPrincipal
 from roost.http.deps import DbSession
 from roost.http.routing import RoostRoute
-from roost.llm import service
-from roost.llm.deps import RuntimeDep
-from roost.llm.lifecycle import lifespan
+from roost.llm import providers, records
+from roost.llm.deps import GatewayDep
 from roost.llm.models import LLMProviderRow
 from roost.llm.schemas import (
     ProviderCreate,
@@ -21,8 +20,7 @@ from roost.llm.schemas import (
     ResponseOut,
 )
 
-router = APIRouter(prefix="/api/v1/llm", tags=["llm"], lifespan=lifespan,
-                   route_class=RoostRoute)
+router = APIRouter(prefix="/api/v1/llm", tags=["llm"], route_class=RoostRoute)
 
 
 def provider_out(row: LLMProviderRow) -> ProviderOut:
@@ -43,60 +41,60 @@ def provider_out(row: LLMProviderRow) -> ProviderOut:
 @router.get("/providers", response_model=list[ProviderOut])
 async def list_providers(principal: AdminPrincipal, db: DbSession) -> list[ProviderOut]:
     """Every provider in fallback order (priority, then name).  API keys are never shown."""
-    return [provider_out(r) for r in await service.list_providers(db, principal)]
+    return [provider_out(r) for r in await providers.list_providers(db, principal)]
 
 
 @router.post("/providers", status_code=status.HTTP_201_CREATED, response_model=ProviderOut)
 async def create_provider(
-    body: ProviderCreate, principal: AdminPrincipal, db: DbSession, runtime: RuntimeDep
+    body: ProviderCreate, principal: AdminPrincipal, db: DbSession, gateway: GatewayDep
 ) -> ProviderOut:
-    return provider_out(await service.create_provider(db, runtime, principal, body))
+    return provider_out(await providers.create_provider(db, gateway, principal, body))
 
 
 @router.get("/providers/{provider_id}", response_model=ProviderOut)
 async def get_provider(provider_id: uuid.UUID, principal: AdminPrincipal, db: DbSession) -> ProviderOut:
-    return provider_out(await service.get_provider(db, principal, provider_id))
+    return provider_out(await providers.get_provider(db, principal, provider_id))
 
 
 @router.patch("/providers/{provider_id}", response_model=ProviderOut)
 async def update_provider(
     provider_id: uuid.UUID, body: ProviderUpdate, principal: AdminPrincipal, db: DbSession,
-    runtime: RuntimeDep,
+    gateway: GatewayDep,
 ) -> ProviderOut:
-    return provider_out(await service.update_provider(db, runtime, principal, provider_id, body))
+    return provider_out(await providers.update_provider(db, gateway, principal, provider_id, body))
 
 
 @router.delete("/providers/{provider_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_provider(
-    provider_id: uuid.UUID, principal: AdminPrincipal, db: DbSession, runtime: RuntimeDep
+    provider_id: uuid.UUID, principal: AdminPrincipal, db: DbSession, gateway: GatewayDep
 ) -> Response:
-    await service.delete_provider(db, runtime, principal, provider_id)
+    await providers.delete_provider(db, gateway, principal, provider_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/providers/{provider_id}/health", response_model=ProviderOut)
 async def check_provider_health(
-    provider_id: uuid.UUID, principal: AdminPrincipal, runtime: RuntimeDep
+    provider_id: uuid.UUID, principal: AdminPrincipal, gateway: GatewayDep
 ) -> ProviderOut:
     """Probe the provider now; stores health_status, response_time and the error if any."""
-    return provider_out(await service.check_health(runtime, principal, provider_id))
+    return provider_out(await providers.check_health(gateway, principal, provider_id))
 
 
 @router.post("/providers/{provider_id}/sync-models", response_model=ProviderOut)
 async def sync_provider_models(
-    provider_id: uuid.UUID, principal: AdminPrincipal, runtime: RuntimeDep
+    provider_id: uuid.UUID, principal: AdminPrincipal, gateway: GatewayDep
 ) -> ProviderOut:
     """Fetch the provider's model list; updates models, total_models and enabled_models."""
-    return provider_out(await service.sync_models(runtime, principal, provider_id))
+    return provider_out(await providers.sync_models(gateway, principal, provider_id))
 
 
 @router.get("/requests/{request_id}", response_model=RequestOut)
 async def get_request(
-    request_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession, runtime: RuntimeDep
+    request_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession, gateway: GatewayDep
 ) -> RequestOut:
     """One LLM request with every provider attempt (decrypted for its owner)."""
-    row, responses = await service.get_request(db, runtime, principal, request_id)
-    cipher = runtime.cipher
+    row, responses = await records.get_request(db, gateway, principal, request_id)
+    cipher = gateway.cipher
     return RequestOut(
         id=row.id, session_id=row.session_id, user_id=row.user_id, request_type=row.request_type,
         model=row.model, status=row.status, error_message=row.error_message,

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 from roost.inputs import StrictInput
 from roost.llm.base import AUTH_HEADER_NAMES, HEADER_VALUE_RULE, header_name_ok, header_value_ok
-from roost.llm.gateway_core import STRATEGIES, Strategy
+from roost.llm.orchestration import STRATEGIES, Strategy
 
 # Accepted as ``type``: the two protocols plus names of OpenAI-compatible servers (stored
 # as "openai"; they only pick a default base URL) and the in-process local model.
@@ -156,7 +156,7 @@ class ProviderOut(BaseModel):
 
 
 class EnsembleSpec(StrictInput):
-    """Ask several providers at once and keep one answer (HelixAgent's ensemble)."""
+    """Ask several providers at once and keep one answer."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -7,7 +7,7 @@ API keys look like ``rst_<prefix>_<secret>``:
   a user can tell keys apart ("rst_k3x9a0qz_...");
 * ``<secret>`` is 43 characters from ``[A-Za-z0-9]`` (~256 bits).
 
-Only the SHA-256 hex digest of the whole key is stored (as YouWorker did): the key
+Only the SHA-256 hex digest of the whole key is stored: the key
 is high-entropy, so a slow password hash would add cost without adding safety, and
 a plain digest allows an indexed lookup.  Refresh tokens are handled the same way.
 

@@ -39,7 +39,7 @@ def tasks_ls(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """List jobs, newest first."""
-    from roost.http.auth import OPERATOR
+    from roost.principal import OPERATOR
     from roost.tasks import service
     from roost.tasks.models import TaskPriority, TaskStatus
     from roost.tasks.schemas import TaskOut
@@ -74,7 +74,7 @@ def tasks_ls(
 @tasks_app.command("show")
 def tasks_show(task_id: Annotated[str, typer.Argument(help=JOB_ID_HELP)]) -> None:
     """One job with its payload, result and retry history (JSON)."""
-    from roost.http.auth import OPERATOR
+    from roost.principal import OPERATOR
     from roost.tasks import service
     from roost.tasks.models import BackgroundTask as Task
     from roost.tasks.schemas import TaskDetailOut
@@ -105,7 +105,7 @@ def tasks_resume(task_id: Annotated[str, typer.Argument(help=JOB_ID_HELP)]) -> N
 
 
 def _change(action: str, task_id: str) -> None:
-    from roost.http.auth import OPERATOR
+    from roost.principal import OPERATOR
     from roost.tasks import service
     from roost.tasks.models import BackgroundTask as Task
 
@@ -127,7 +127,7 @@ def tasks_retry(
     from sqlalchemy import select
 
     from roost.errors import NotFound
-    from roost.http.auth import OPERATOR
+    from roost.principal import OPERATOR
     from roost.tasks import service
     from roost.tasks.models import DeadLetter
 
@@ -160,7 +160,7 @@ def tasks_dead_letters(
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
 ) -> None:
     """List dead letters waiting for a decision (newest first)."""
-    from roost.http.auth import OPERATOR
+    from roost.principal import OPERATOR
     from roost.tasks import service
     from roost.tasks.schemas import DeadLetterOut
 
@@ -185,7 +185,7 @@ def tasks_stats(
     """Counts by status and priority, recent throughput, the oldest waiting job."""
     from dataclasses import asdict
 
-    from roost.http.auth import OPERATOR
+    from roost.principal import OPERATOR
     from roost.tasks import service
 
     async def run(session: Any) -> service.QueueStats:
@@ -240,7 +240,7 @@ def worker_command(
     from roost.db.engine import create_database
     from roost.logging import configure_logging
     from roost.tasks.config import WorkerSettings
-    from roost.tasks.registry import discover, import_modules
+    from roost.tasks.handlers import discover, import_modules
     from roost.tasks.worker import Worker, WorkerConfig, parse_queues
 
     settings = get_settings()
@@ -284,3 +284,9 @@ def worker_command(
         asyncio.run(run())
     except RuntimeError as exc:
         raise fail("worker stopped", exc) from exc
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``roost tasks`` and ``roost worker`` (``roost.domains`` calls this)."""
+    app.add_typer(tasks_app, name="tasks")
+    app.command("worker")(worker_command)

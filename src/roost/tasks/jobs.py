@@ -10,7 +10,7 @@ from sqlalchemy import text
 from roost.audit.service import apply_retention
 from roost.config import get_settings
 from roost.tasks.config import WorkerSettings
-from roost.tasks.registry import TaskContext
+from roost.tasks.handlers import TaskContext
 from roost.tasks.schedules import periodic
 
 PRUNE_BATCH = 5000

@@ -1,10 +1,10 @@
-"""``background_tasks``, ``dead_letter_queue`` and ``task_schedules`` (HelixAgent, seed 002).
+"""``background_tasks``, ``dead_letter_queue`` and ``task_schedules``.
 
-Every seed column is kept with its seed type; the additions are what a durable queue
-needs: ``queue`` (named queues a worker subscribes to), ``idempotency_key``,
-``attempts`` (claims, the fencing token of a lease), ``heartbeat_at`` and
-``lease_expires_at`` (a dead worker's jobs are found by an expired lease) and
-``retry_history`` (every failed attempt, copied whole into the dead letter).
+Every seed column is kept with its seed type (``docs/seed-map.toml``); the additions
+are what a durable queue needs: ``queue`` (named queues a worker subscribes to),
+``idempotency_key``, ``attempts`` (claims, the fencing token of a lease),
+``heartbeat_at`` and ``lease_expires_at`` (a dead worker's jobs are found by an expired
+lease) and ``retry_history`` (every failed attempt, copied whole into the dead letter).
 
 Status meanings (the seed's ``task_status``, in the seed's order)::
 

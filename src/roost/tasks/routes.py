@@ -51,7 +51,7 @@ async def list_tasks(
 async def enqueue_task(
     body: EnqueueIn, session: DbSession, admin: AdminPrincipal, response: Response
 ) -> TaskDetailOut:
-    task, created = await service.enqueue_as(
+    task, created = await service.enqueue_audited(
         session, admin, body.task_type, body.payload, priority=body.priority, queue=body.queue,
         scheduled_at=body.scheduled_at, max_retries=body.max_retries,
         idempotency_key=body.idempotency_key,

@@ -29,8 +29,8 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from roost.db.engine import Database
+from roost.tasks.handlers import get_task_type, task, validate_task_type_name
 from roost.tasks.models import DEFAULT_QUEUE, TaskPriority, TaskSchedule
-from roost.tasks.registry import get_task_type, task, validate_task_type_name
 
 log = structlog.get_logger("roost.tasks.schedules")
 
@@ -193,7 +193,7 @@ async def sync_schedules(database: Database) -> None:
 async def fire_due(database: Database) -> float:
     """Fire every registered schedule whose period has come; returns the seconds until
     the next one is due (for the caller's sleep)."""
-    from roost.tasks.service import enqueue_ex
+    from roost.tasks.service import enqueue_or_existing
 
     names = [n for n, s in _schedules.items() if get_task_type(s.task_type) is not None]
     if not names:
@@ -211,7 +211,7 @@ async def fire_due(database: Database) -> float:
         for row in due:
             spec = _schedules[row.name]
             period = spec.period_start(now)
-            job, created = await enqueue_ex(
+            job, created = await enqueue_or_existing(
                 session, row.task_type, dict(row.payload), priority=row.priority,
                 queue=row.queue, idempotency_key=f"schedule:{row.name}:{period.isoformat()}",
             )

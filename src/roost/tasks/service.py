@@ -1,9 +1,9 @@
 """Enqueueing jobs and operating the queue (list, inspect, cancel, pause, dead letters, stats).
 
-``enqueue`` joins the caller's transaction: the job exists only if the caller commits,
-so "save the document, then ingest it" cannot leave a job without its document or a
-document without its job.  Workers are woken by a NOTIFY from an insert trigger, which
-PostgreSQL delivers at commit.
+``enqueue`` (like ``enqueue_or_existing`` and ``enqueue_many``) joins the caller's
+transaction: the job exists only if the caller commits, so "save the document, then
+ingest it" cannot leave a job without its document or a document without its job.
+Workers are woken by a NOTIFY from an insert trigger, which PostgreSQL delivers at commit.
 
 Enqueueing and completing jobs are not audited (the queue is its own record, and the
 audit chain's lock would serialise every enqueue); operator actions and dead-lettering
@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Table, func, select, text
@@ -26,10 +26,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 
 from roost.audit import service as audit
-from roost.db.base import uuid7
+from roost.db.base import utcnow, uuid7
 from roost.errors import Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
-from roost.http.auth import Principal
-from roost.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from roost.pagination import DEFAULT_LIMIT, cursor_uuid, encode_cursor, page_of
+from roost.principal import Principal
+from roost.tasks.handlers import (
+    MAX_RETRIES_LIMIT,
+    TaskType,
+    discover,
+    get_task_type,
+    task_types,
+)
 from roost.tasks.models import (
     READY_STATUSES,
     BackgroundTask,
@@ -39,15 +46,9 @@ from roost.tasks.models import (
     TaskStatus,
 )
 from roost.tasks.payloads import PayloadError, dump_json_object
-from roost.tasks.registry import (
-    MAX_RETRIES_LIMIT,
-    TaskType,
-    discover,
-    get_task_type,
-    task_types,
-)
 
 NOTIFY_CHANNEL = "roost_tasks"
+RowT = TypeVar("RowT", BackgroundTask, DeadLetter)
 RESOURCE = "background_task"
 DLQ_RESOURCE = "dead_letter"
 
@@ -118,7 +119,7 @@ def _scheduled(scheduled_at: datetime | None, delay: timedelta | None) -> dateti
         raise Unprocessable("give scheduled_at or delay, not both")
     if delay is not None:
         try:
-            return datetime.now(UTC) + delay
+            return utcnow() + delay
         except OverflowError as exc:
             raise Unprocessable("delay is out of range") from exc
     if scheduled_at is None:
@@ -169,33 +170,35 @@ _INSERT_ONE = text(  # the only names joined in are the model's own columns
 ).columns(*_COLUMNS)
 
 
+class EnqueueOptions(TypedDict, total=False):
+    """How to run a job; ``priority``, ``max_retries`` and ``queue`` default to the task
+    type's, and ``scheduled_at`` (or ``delay`` from now) to at once."""
+
+    priority: TaskPriority | str | None
+    scheduled_at: datetime | None
+    delay: timedelta | None
+    max_retries: int | None
+    idempotency_key: str | None
+    queue: str | None
+
+
 async def enqueue(
     session: AsyncSession,
     task_type: str,
     payload: dict[str, Any] | BaseModel | None = None,
-    *,
-    priority: TaskPriority | str | None = None,
-    scheduled_at: datetime | None = None,
-    delay: timedelta | None = None,
-    max_retries: int | None = None,
-    idempotency_key: str | None = None,
-    queue: str | None = None,
+    **options: Unpack[EnqueueOptions],
 ) -> BackgroundTask:
     """Add a job in the caller's transaction; it runs only if that transaction commits.
 
-    ``priority``, ``max_retries`` and ``queue`` default to the task type's.  With an
-    ``idempotency_key``, a second enqueue with the same key returns the existing job
-    (whatever its state) instead of adding one.  Raises ``Unprocessable`` for an unknown
-    task type or an invalid payload and ``PayloadTooLarge`` for an oversized one.
+    With an ``idempotency_key``, a second enqueue with the same key returns the existing
+    job (whatever its state) instead of adding one.  Raises ``Unprocessable`` for an
+    unknown task type or an invalid payload and ``PayloadTooLarge`` for an oversized one.
     """
-    task, _created = await enqueue_ex(
-        session, task_type, payload, priority=priority, scheduled_at=scheduled_at,
-        delay=delay, max_retries=max_retries, idempotency_key=idempotency_key, queue=queue,
-    )
+    task, _created = await enqueue_or_existing(session, task_type, payload, **options)
     return task
 
 
-async def enqueue_ex(
+async def enqueue_or_existing(
     session: AsyncSession,
     task_type: str,
     payload: dict[str, Any] | BaseModel | None = None,
@@ -207,7 +210,9 @@ async def enqueue_ex(
     idempotency_key: str | None = None,
     queue: str | None = None,
 ) -> tuple[BackgroundTask, bool]:
-    """``enqueue`` that also says whether the job was created (False: key already used)."""
+    """``enqueue`` that also says whether the job is new (False: the idempotency key was
+    already used, and the job returned is the existing one).  The keywords are
+    ``EnqueueOptions``."""
     tt = _resolve_type(task_type)
     if idempotency_key is not None and not 0 < len(idempotency_key) <= 255:
         raise Unprocessable("idempotency_key must be 1-255 characters")
@@ -292,14 +297,8 @@ class TaskFilter:
     queue: str | None = None
 
 
-def _cursor_id(cursor: str) -> uuid.UUID:
-    raw = decode_cursor(cursor).get("id")
-    try:
-        return uuid.UUID(str(raw))
-    except ValueError as exc:
-        from roost.errors import BadRequest
-
-        raise BadRequest("cursor is malformed: pass the next_cursor of a previous page") from exc
+def _id_cursor(row: BackgroundTask | DeadLetter) -> str:
+    return encode_cursor({"id": str(row.id)})
 
 
 async def list_tasks(
@@ -318,32 +317,24 @@ async def list_tasks(
         if value is not None:
             stmt = stmt.where(column == value)
     if cursor is not None:
-        stmt = stmt.where(BackgroundTask.id < _cursor_id(cursor))
-    rows = list(
-        (await session.scalars(stmt.order_by(BackgroundTask.id.desc()).limit(limit + 1))).all()
-    )
-    next_cursor = encode_cursor({"id": str(rows[limit - 1].id)}) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+        stmt = stmt.where(BackgroundTask.id < cursor_uuid(cursor))
+    rows = (await session.scalars(stmt.order_by(BackgroundTask.id.desc()).limit(limit + 1))).all()
+    return page_of(rows, limit, _id_cursor)
+
+
+async def _load(
+    session: AsyncSession, model: type[RowT], row_id: uuid.UUID, what: str, *, lock: bool = False
+) -> RowT:
+    """The row, or NotFound; ``lock`` takes it ``FOR UPDATE`` and reloads it."""
+    row = await session.get(model, row_id, with_for_update=lock or None, populate_existing=lock)
+    if row is None:
+        raise NotFound(f"no {what} with id {row_id}")
+    return row
 
 
 async def get_task(session: AsyncSession, actor: Principal, task_id: uuid.UUID) -> BackgroundTask:
     _require_admin(actor)
-    task = await session.get(BackgroundTask, task_id)
-    if task is None:
-        raise NotFound(f"no task with id {task_id}")
-    return task
-
-
-async def _locked_task(session: AsyncSession, task_id: uuid.UUID) -> BackgroundTask:
-    task = (
-        await session.scalars(
-            select(BackgroundTask).where(BackgroundTask.id == task_id).with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).one_or_none()
-    if task is None:
-        raise NotFound(f"no task with id {task_id}")
-    return task
+    return await _load(session, BackgroundTask, task_id, "task")
 
 
 async def cancel_task(
@@ -352,12 +343,12 @@ async def cancel_task(
     """Cancel a waiting, paused or running job.  A running job's worker sees the change at
     its next heartbeat and cancels the handler (at its next ``await``)."""
     _require_admin(actor)
-    task = await _locked_task(session, task_id)
+    task = await _load(session, BackgroundTask, task_id, "task", lock=True)
     if task.status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.DEAD_LETTER):
         raise Conflict(f"task {task_id} is already {task.status.value}; nothing to cancel")
     before = task.status
     task.status = TaskStatus.CANCELLED
-    task.completed_at = datetime.now(UTC)
+    task.completed_at = utcnow()
     task.lease_expires_at = None
     await session.flush()
     await audit.record(
@@ -371,7 +362,7 @@ async def cancel_task(
 async def pause_task(session: AsyncSession, actor: Principal, task_id: uuid.UUID) -> BackgroundTask:
     """Hold a waiting job: no worker takes it until it is resumed."""
     _require_admin(actor)
-    task = await _locked_task(session, task_id)
+    task = await _load(session, BackgroundTask, task_id, "task", lock=True)
     if task.status not in READY_STATUSES:
         raise Conflict(
             f"task {task_id} is {task.status.value}; only a waiting job "
@@ -392,7 +383,7 @@ async def resume_task(
 ) -> BackgroundTask:
     """Put a paused job back in the queue (it keeps its scheduled_at and retries)."""
     _require_admin(actor)
-    task = await _locked_task(session, task_id)
+    task = await _load(session, BackgroundTask, task_id, "task", lock=True)
     if task.status != TaskStatus.PAUSED:
         raise Conflict(f"task {task_id} is {task.status.value}, not paused")
     task.status = TaskStatus.QUEUED
@@ -480,20 +471,16 @@ async def list_dead_letters(
             DeadLetter.retried_at.is_not(None) if filters.retried else DeadLetter.retried_at.is_(None)
         )
     if cursor is not None:
-        stmt = stmt.where(DeadLetter.id < _cursor_id(cursor))
-    rows = list((await session.scalars(stmt.order_by(DeadLetter.id.desc()).limit(limit + 1))).all())
-    next_cursor = encode_cursor({"id": str(rows[limit - 1].id)}) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+        stmt = stmt.where(DeadLetter.id < cursor_uuid(cursor))
+    rows = (await session.scalars(stmt.order_by(DeadLetter.id.desc()).limit(limit + 1))).all()
+    return page_of(rows, limit, _id_cursor)
 
 
 async def get_dead_letter(
     session: AsyncSession, actor: Principal, letter_id: uuid.UUID
 ) -> DeadLetter:
     _require_admin(actor)
-    letter = await session.get(DeadLetter, letter_id)
-    if letter is None:
-        raise NotFound(f"no dead letter with id {letter_id}")
-    return letter
+    return await _load(session, DeadLetter, letter_id, "dead letter")
 
 
 async def retry_dead_letter(
@@ -505,14 +492,7 @@ async def retry_dead_letter(
     was pruned meanwhile, a new job is made from the dead letter's payload.
     """
     _require_admin(actor)
-    letter = (
-        await session.scalars(
-            select(DeadLetter).where(DeadLetter.id == letter_id).with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).one_or_none()
-    if letter is None:
-        raise NotFound(f"no dead letter with id {letter_id}")
+    letter = await _load(session, DeadLetter, letter_id, "dead letter", lock=True)
     if letter.retried_at is not None:
         raise Conflict(
             f"dead letter {letter_id} was already retried as task {letter.retried_task_id}",
@@ -520,10 +500,10 @@ async def retry_dead_letter(
         )
     task = None
     if letter.original_task_id is not None:
-        task = await _locked_task(session, letter.original_task_id)
+        task = await _load(session, BackgroundTask, letter.original_task_id, "task", lock=True)
         if task.status != TaskStatus.DEAD_LETTER:
             raise Conflict(f"task {task.id} is {task.status.value}, not dead_letter")
-        now = datetime.now(UTC)
+        now = utcnow()
         task.status = TaskStatus.QUEUED
         task.retry_count = 0
         task.error_message = None
@@ -541,7 +521,7 @@ async def retry_dead_letter(
         )
         session.add(task)
     await session.flush()
-    letter.retried_at = datetime.now(UTC)
+    letter.retried_at = utcnow()
     letter.retried_task_id = task.id
     await session.flush()
     await notify(session, task.queue)
@@ -663,18 +643,14 @@ async def list_schedules(session: AsyncSession, actor: Principal) -> list[TaskSc
     return list((await session.scalars(select(TaskSchedule).order_by(TaskSchedule.name))).all())
 
 
-async def enqueue_as(
-    session: AsyncSession, actor: Principal, task_type: str, payload: dict[str, Any], *,
-    priority: TaskPriority | None = None, queue: str | None = None,
-    scheduled_at: datetime | None = None, max_retries: int | None = None,
-    idempotency_key: str | None = None,
+async def enqueue_audited(
+    session: AsyncSession, actor: Principal, task_type: str, payload: dict[str, Any],
+    **options: Unpack[EnqueueOptions],
 ) -> tuple[BackgroundTask, bool]:
-    """Enqueue on behalf of an operator (the admin API): audited, unlike ``enqueue``."""
+    """``enqueue_or_existing`` for an administrator (the admin API), audited: a domain's
+    own enqueue is not (the queue is its own record)."""
     _require_admin(actor)
-    task, created = await enqueue_ex(
-        session, task_type, payload, priority=priority, queue=queue, scheduled_at=scheduled_at,
-        max_retries=max_retries, idempotency_key=idempotency_key,
-    )
+    task, created = await enqueue_or_existing(session, task_type, payload, **options)
     if created:
         await audit.record(
             session, "task.enqueued", user_id=actor.user_id, resource_type=RESOURCE,

@@ -42,12 +42,11 @@ from pydantic import ValidationError
 from sqlalchemy import text
 
 from roost.context import RequestContext, reset_context, set_context
+from roost.db.base import utcnow
 from roost.db.engine import Database
 from roost.tasks import schedules as schedules_mod
 from roost.tasks import service
-from roost.tasks.models import READY_PREDICATE
-from roost.tasks.payloads import PayloadError, dump_json_object
-from roost.tasks.registry import (
+from roost.tasks.handlers import (
     MAX_RESULT_BYTES,
     PermanentError,
     TaskContext,
@@ -55,6 +54,8 @@ from roost.tasks.registry import (
     get_task_type,
     task_types,
 )
+from roost.tasks.models import READY_PREDICATE
+from roost.tasks.payloads import PayloadError, dump_json_object
 
 log = structlog.get_logger("roost.tasks.worker")
 
@@ -475,7 +476,7 @@ class Worker:
 
     def _complete(self, job: ClaimedJob, result: Any) -> None:
         self.jobs_completed += 1
-        self._done.append((job.id, job.attempts, _result_json(result), datetime.now(UTC)))
+        self._done.append((job.id, job.attempts, _result_json(result), utcnow()))
         self._done_event.set()
 
     async def _flush_loop(self) -> None:
@@ -510,7 +511,7 @@ class Worker:
     ) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "attempt": job.attempts, "worker_id": self.worker_id,
-            "started_at": _iso(job.started_at), "ended_at": _iso(datetime.now(UTC)),
+            "started_at": _iso(job.started_at), "ended_at": _iso(utcnow()),
             "outcome": outcome,
         }
         if error is not None:
@@ -689,7 +690,7 @@ async def reap_expired(database: Database) -> int:
         rows = (await session.execute(_REAP_SQL)).all()
         if not rows:
             return 0
-        now = datetime.now(UTC)
+        now = utcnow()
         stuck_queues: set[str] = set()
         for row in rows:
             error = (f"lease expired: worker {row.worker_id} stopped heartbeating "

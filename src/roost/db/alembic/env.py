@@ -3,6 +3,9 @@
 Roost runs migrations programmatically (``roost.db.migrate``) on a connection it passes
 in ``config.attributes["connection"]``; the fallback path builds an async engine from
 ``sqlalchemy.url`` so plain ``alembic`` invocations work too.
+
+This script is an entry point, like the CLI: it may read the app layer's list of
+domains (``roost.domains.import_models``) for the complete ``target_metadata``.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from roost.db.registry import target_metadata
+from roost.domains import import_models
 
 config = context.config
+target_metadata = import_models()
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:

@@ -19,9 +19,9 @@ import structlog
 
 from roost.llm.base import LLMProvider
 from roost.llm.errors import ProviderError
-from roost.llm.gateway_core import ProviderRef
 from roost.llm.models import LLMProviderRow
-from roost.llm.providers import create_provider
+from roost.llm.orchestration import ProviderRef
+from roost.llm.provider_types import create_provider
 from roost.security.crypto import DecryptionError, SecretBox
 
 log = structlog.get_logger(__name__)

@@ -1,20 +1,20 @@
 """Task types: the handler for each ``task_type`` and its defaults, registered by decorator.
 
 Registration happens at import.  A domain keeps its handlers (and schedules) in
-``roost/<domain>/jobs.py``; :func:`discover` imports every such module, so the worker and
-the API know every task type without a shared list that each domain must edit.
+``roost/<domain>/jobs.py``; the app layer names those modules once (``roost.domains``
+calls :func:`use_job_modules` from ``create_app``, the CLI and the tests) and
+:func:`discover` imports them when a process first needs a task type it does not know
+(the worker imports them at start-up).
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 import os
-import pkgutil
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,7 +27,7 @@ from roost.tasks.models import DEFAULT_QUEUE, TaskPriority
 if TYPE_CHECKING:
     from roost.db.engine import Database
 
-log = structlog.get_logger("roost.tasks.registry")
+log = structlog.get_logger("roost.tasks.handlers")
 
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_RESULT_BYTES = 64 * 1024
@@ -148,23 +148,28 @@ def unregister(name: str) -> None:
     _task_types.pop(name, None)
 
 
+_job_modules: tuple[str, ...] = ()
 _discovered = False
 
 
+def use_job_modules(names: Iterable[str]) -> None:
+    """Name the modules that hold the domains' task handlers (``roost.domains`` lists
+    them); :func:`discover` imports them."""
+    global _job_modules, _discovered
+    added = tuple(n for n in names if n not in _job_modules)
+    if added:
+        _job_modules = (*_job_modules, *added)
+        _discovered = False
+
+
 def discover() -> None:
-    """Import ``roost.<domain>.jobs`` for every domain that has one (once per process)."""
+    """Import the job modules named by :func:`use_job_modules` (once per process)."""
     global _discovered
     if _discovered:
         return
-    import roost
-
-    for module in pkgutil.iter_modules(roost.__path__):
-        if not module.ispkg:
-            continue
-        name = f"roost.{module.name}.jobs"
+    for name in _job_modules:
         try:
-            if importlib.util.find_spec(name) is not None:
-                importlib.import_module(name)
+            importlib.import_module(name)
         except Exception as exc:  # one broken domain must not stop every other's jobs
             log.error("task_module_import_failed", module=name,
                       error=f"{type(exc).__name__}: {exc}")

@@ -1,6 +1,10 @@
-"""What the chat and gateway services need besides a database session: the database
-(they manage their own short transactions around provider calls), settings, the message
-cipher, the secrets box and the provider pool.  One per application.
+"""The LLM gateway of one application: what every model call needs besides a database
+session.  The database (calls run their own short transactions around the provider's
+work), settings, the message cipher (prompts and answers are stored encrypted), the
+secrets box (provider API keys) and the pool of provider instances.
+
+Built once per process (``roost.llm.deps.app_gateway`` for the web app,
+``roost.llm.jobs.job_gateway`` for workers) and passed to ``roost.llm.calls``.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.config import Settings
 from roost.db.engine import Database
-from roost.http.auth import Principal
 from roost.identity.tenancy import apply_principal
 from roost.keyfiles import KeyMaterial
-from roost.llm.registry import ProviderPool
+from roost.llm.provider_pool import ProviderPool
+from roost.principal import Principal
 from roost.security.crypto import MessageCipher, SecretBox
 
 # Provider error kinds (``ProviderError.kind``) an operator may list in LLM_FALLBACK_ON.
@@ -34,7 +38,9 @@ def parse_fallback_kinds(raw: str) -> frozenset[str]:
 
 
 @dataclass
-class Runtime:
+class LLMGateway:
+    """Everything a recorded model call needs; see ``roost.llm.calls``."""
+
     db: Database
     settings: Settings
     cipher: MessageCipher
@@ -43,7 +49,7 @@ class Runtime:
     fallback_kinds: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
-    def build(cls, db: Database, settings: Settings, keys: KeyMaterial) -> Runtime:
+    def build(cls, db: Database, settings: Settings, keys: KeyMaterial) -> LLMGateway:
         return cls(
             db=db,
             settings=settings,

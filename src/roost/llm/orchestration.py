@@ -21,12 +21,13 @@ import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal, NoReturn
 from uuid import UUID
 
 import structlog
 
+from roost.db.base import utcnow
 from roost.llm.base import LLMProvider, elapsed_ms
 from roost.llm.errors import (
     AllProvidersFailed,
@@ -85,7 +86,7 @@ class Attempt:
         return self.outcome == "success"
 
     def to_response_row(self) -> dict[str, Any]:
-        """Column values for an ``llm_responses`` row (seed 002 names plus outcome fields)."""
+        """Column values for an ``llm_responses`` row."""
         res = self.result
         raw: dict[str, Any] = dict(res.raw) if res else {}
         if not self.ok:
@@ -114,10 +115,6 @@ class Attempt:
         }
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _should_retry(err: ProviderError, retry_on: RetryOn | None) -> bool:
     if retry_on is None:
         return err.retryable
@@ -126,8 +123,9 @@ def _should_retry(err: ProviderError, retry_on: RetryOn | None) -> bool:
     return isinstance(err, tuple(retry_on))
 
 
-def _record_error(attempt: Attempt, err: BaseException, start: float) -> None:
-    attempt.finished_at = _now()
+def record_error(attempt: Attempt, err: BaseException, start: float) -> None:
+    """Record on ``attempt`` how it failed (a provider error, cancellation or a bug)."""
+    attempt.finished_at = utcnow()
     attempt.latency_ms = elapsed_ms(start)
     attempt.exception = err
     if isinstance(err, ProviderError):
@@ -162,14 +160,14 @@ async def _run_attempt(
             f"provider {attempt.ref.name!r} did not answer within {timeout_s}s",
             provider=attempt.ref.name,
         )
-        _record_error(attempt, err, start)
+        record_error(attempt, err, start)
     except asyncio.CancelledError as exc:
-        _record_error(attempt, exc, start)
+        record_error(attempt, exc, start)
         raise
     except Exception as exc:
-        _record_error(attempt, exc, start)
+        record_error(attempt, exc, start)
     else:
-        attempt.finished_at = _now()
+        attempt.finished_at = utcnow()
         attempt.latency_ms = elapsed_ms(start)
         attempt.outcome = "success"
         attempt.result = result
@@ -212,7 +210,7 @@ async def call_with_fallback(
     attempts: list[Attempt] = []
     for ref, provider in providers:
         for try_no in range(retries_per_provider + 1):
-            attempt = Attempt(ref=ref, started_at=_now())
+            attempt = Attempt(ref=ref, started_at=utcnow())
             attempts.append(attempt)
             await _run_attempt(attempt, provider, request, attempt_timeout_s)
             if attempt.ok and attempt.result is not None:
@@ -288,7 +286,7 @@ class FallbackStream:
 
     async def _run(self) -> AsyncIterator[ChatChunk]:
         for ref, provider in self.providers:
-            attempt = Attempt(ref=ref, started_at=_now(), streamed=True)
+            attempt = Attempt(ref=ref, started_at=utcnow(), streamed=True)
             self.attempts.append(attempt)
             start = time.perf_counter()
             it = provider.stream_chat(self.request)
@@ -296,14 +294,14 @@ class FallbackStream:
             try:
                 first = await self._first_chunk(attempt, it)
             except ProviderError as err:
-                _record_error(attempt, err, start)
+                record_error(attempt, err, start)
                 await _aclose(it)
                 if not _should_retry(err, self.retry_on):
                     err.attempts = self.attempts
                     raise
                 continue
             except BaseException as exc:
-                _record_error(attempt, exc, start)
+                record_error(attempt, exc, start)
                 await _aclose(it)
                 raise
             # Committed: from here on this provider's answer is the answer.
@@ -316,14 +314,14 @@ class FallbackStream:
                     acc.add(chunk)
                     yield chunk
             except BaseException as exc:
-                _record_error(attempt, exc, start)
+                record_error(attempt, exc, start)
                 attempt.result = acc.result(latency_ms=attempt.latency_ms)
                 if isinstance(exc, ProviderError):
                     exc.attempts = self.attempts
                 raise
             finally:
                 await _aclose(it)
-            attempt.finished_at = _now()
+            attempt.finished_at = utcnow()
             attempt.latency_ms = elapsed_ms(start)
             attempt.outcome = "success"
             attempt.result = self.result = acc.result(latency_ms=attempt.latency_ms)
@@ -455,7 +453,7 @@ async def ensemble(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown ensemble strategy {strategy!r}; use one of {STRATEGIES}")
-    attempts = [Attempt(ref=ref, started_at=_now()) for ref, _ in members]
+    attempts = [Attempt(ref=ref, started_at=utcnow()) for ref, _ in members]
     tasks = [
         asyncio.create_task(_run_attempt(a, p, request, timeout_s), name=f"llm-{a.ref.name}")
         for a, (_, p) in zip(attempts, members, strict=True)
@@ -475,7 +473,7 @@ async def ensemble(
         await asyncio.gather(*tasks, return_exceptions=True)
         for a in attempts:
             if a.finished_at is None:  # cancelled before its task ever ran
-                a.finished_at = _now()
+                a.finished_at = utcnow()
                 a.outcome, a.error_kind = "cancelled", "cancelled"
                 a.error = "cancelled before it finished"
 

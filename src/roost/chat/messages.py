@@ -1,0 +1,344 @@
+"""Messages of a chat session: listing, storing, and the model's answer.
+
+Posting a message that the model answers is one recorded LLM call
+(``roost.llm.calls``): the user's message and the ``pending`` request are committed
+together before any provider is asked, so a failed or cancelled call leaves the user's
+message stored and the request ``failed``; the answer is stored with the call's records
+and the audit record in the call's final transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pydantic import TypeAdapter
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit import service as audit
+from roost.chat.keys import decrypt
+from roost.chat.models import (
+    ChatMessage,
+    ChatSession,
+)
+from roost.chat.schemas import (
+    ExchangeOut,
+    MessageCreate,
+    MessageOut,
+)
+from roost.chat.sessions import get_session
+from roost.db.base import utcnow, uuid7
+from roost.errors import BadRequest, Conflict, PayloadTooLarge, RoostError
+from roost.llm import calls, routing
+from roost.llm.gateway import LLMGateway
+from roost.llm.models import UsageRecord
+from roost.llm.orchestration import Attempt, response_confidence
+from roost.llm.records import CallOutcome
+from roost.llm.schemas import UsageOut
+from roost.llm.types import ChatMessage as LLMMessage
+from roost.llm.types import ChatRequest, ToolCall
+from roost.pagination import DEFAULT_LIMIT, cursor_int, encode_cursor, page_of
+from roost.principal import Principal
+from roost.security.crypto import MessageCipher
+
+log = structlog.get_logger(__name__)
+
+MESSAGE = "chat_message"
+_TOOL_CALLS = TypeAdapter(list[ToolCall])
+
+
+# What a message answer shows: read as plain rows on the history path (no ORM entities,
+# identity map or change tracking for what is only decrypted and returned).
+_MESSAGE_COLUMNS = tuple(
+    getattr(ChatMessage, name) for name in (
+        "id", "session_id", "seq", "role", "content", "tool_call_name", "tool_call_id",
+        "tool_calls", "tokens_in", "tokens_out", "model", "llm_request_id",
+        "conversation_domain", "plan_step", "confidence_score", "embedding_model_used",
+        "created_at",
+    )
+)
+
+
+def message_out(cipher: MessageCipher, row: Any) -> MessageOut:
+    """``row``: a :class:`ChatMessage` or a row of :data:`_MESSAGE_COLUMNS`.
+
+    Built without validation: every value is already of its field's type (database
+    columns, the decrypted text, tool calls validated just here)."""
+    tool_calls = None
+    if row.tool_calls is not None:
+        tool_calls = _TOOL_CALLS.validate_json(decrypt(cipher, row.tool_calls))
+    return MessageOut.model_construct(
+        id=row.id, session_id=row.session_id, seq=row.seq, role=row.role,
+        content=decrypt(cipher, row.content), tool_call_name=row.tool_call_name,
+        tool_call_id=row.tool_call_id, tool_calls=tool_calls, tokens_in=row.tokens_in,
+        tokens_out=row.tokens_out, model=row.model, llm_request_id=row.llm_request_id,
+        conversation_domain=row.conversation_domain, plan_step=row.plan_step,
+        confidence_score=row.confidence_score, embedding_model_used=row.embedding_model_used,
+        created_at=row.created_at,
+    )
+
+
+async def list_messages(
+    session: AsyncSession, gateway: LLMGateway, actor: Principal, session_id: uuid.UUID, *,
+    limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+) -> tuple[list[MessageOut], str | None]:
+    """Newest first.  The cursor is the last ``seq`` seen: later pages only go back in
+    time, so messages posted meanwhile neither repeat nor shift what is left to read."""
+    await get_session(session, actor, session_id)
+    stmt = select(*_MESSAGE_COLUMNS).where(ChatMessage.session_id == session_id)
+    if cursor is not None:
+        stmt = stmt.where(ChatMessage.seq < cursor_int(cursor, "seq"))
+    rows, next_cursor = page_of(
+        (await session.execute(stmt.order_by(ChatMessage.seq.desc()).limit(limit + 1))).all(),
+        limit, lambda r: encode_cursor({"seq": r.seq}))
+    return [message_out(gateway.cipher, r) for r in rows], next_cursor
+
+
+def _check_content(gateway: LLMGateway, data: MessageCreate) -> None:
+    limit = gateway.settings.chat_max_message_chars
+    if len(data.content) > limit:
+        raise PayloadTooLarge(
+            f"message content is {len(data.content)} characters; the limit is {limit} "
+            "(ROOST_CHAT_MAX_MESSAGE_CHARS)"
+        )
+    if data.role in ("user", "system", "developer") and not data.content.strip():
+        raise BadRequest("message content must not be empty")
+    if data.reply and data.role != "user":
+        raise BadRequest(
+            f"only a user message can be answered by the model; send role {data.role!r} "
+            "with reply=false to record it"
+        )
+    if data.role == "tool" and not data.tool_call_id:
+        raise BadRequest("a tool message needs the tool_call_id it answers")
+    if data.tool_calls and data.role != "assistant":
+        raise BadRequest("only an assistant message carries tool_calls")
+    if "\x00" in data.content:
+        raise BadRequest("message content must not contain NUL characters")
+
+
+def _check_open(row: ChatSession) -> None:
+    if row.status != "active":
+        raise Conflict(f"the session is {row.status}; set its status to 'active' to post to it")
+    if row.expires_at is not None and row.expires_at <= utcnow():
+        raise Conflict("the session has expired; extend expires_at to post to it")
+
+
+async def _next_seq(session: AsyncSession, session_id: uuid.UUID, *, request: bool = False) -> int:
+    """Allocate the next message position under the session row's lock (held to commit)."""
+    values: dict[str, Any] = {
+        "message_count": ChatSession.message_count + 1, "last_activity_at": func.now(),
+    }
+    if request:
+        values["request_count"] = ChatSession.request_count + 1
+    seq = await session.scalar(
+        update(ChatSession).where(ChatSession.id == session_id).values(**values)
+        .returning(ChatSession.message_count)
+    )
+    assert seq is not None
+    return int(seq)
+
+
+async def _insert_message(
+    session: AsyncSession, gateway: LLMGateway, owner_id: uuid.UUID, session_id: uuid.UUID, *,
+    role: str, content: str, bump_requests: bool = False, tool_calls: list[ToolCall] | None = None,
+    **fields: Any,
+) -> ChatMessage:
+    seq = await _next_seq(session, session_id, request=bump_requests)
+    row = ChatMessage(
+        id=uuid7(), session_id=session_id, user_id=owner_id, seq=seq, role=role,
+        content=gateway.cipher.encrypt(content),
+        tool_calls=(gateway.cipher.encrypt(_TOOL_CALLS.dump_json(tool_calls).decode())
+                    if tool_calls else None),
+        **fields,
+    )
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def _context(
+    session: AsyncSession, gateway: LLMGateway, session_id: uuid.UUID
+) -> list[LLMMessage]:
+    """The last messages of the session, oldest first, as the model will see them."""
+    limit = gateway.settings.chat_context_messages
+    rows = list((await session.scalars(
+        select(ChatMessage).where(ChatMessage.session_id == session_id)
+        .order_by(ChatMessage.seq.desc()).limit(limit)
+    )).all())
+    out: list[LLMMessage] = []
+    if gateway.settings.chat_system_prompt:
+        out.append(LLMMessage(role="system", content=gateway.settings.chat_system_prompt))
+    for row in reversed(rows):
+        tool_calls = None
+        if row.tool_calls is not None:
+            tool_calls = _TOOL_CALLS.validate_json(decrypt(gateway.cipher, row.tool_calls))
+        out.append(LLMMessage(
+            role=row.role,  # type: ignore[arg-type]
+            content=decrypt(gateway.cipher, row.content) or (None if tool_calls else ""),
+            tool_call_id=row.tool_call_id if row.role == "tool" else None,
+            tool_calls=tool_calls,
+        ))
+    return out
+
+
+@dataclass
+class Exchange:
+    """A stored user message and, when the model is to answer it, its pending call."""
+
+    session_id: uuid.UUID
+    owner_id: uuid.UUID
+    user_message: MessageOut
+    call: calls.PendingCall | None = None
+
+    @property
+    def request_id(self) -> uuid.UUID | None:
+        return self.call.request_id if self.call is not None else None
+
+
+async def post_message(
+    gateway: LLMGateway, actor: Principal, session_id: uuid.UUID, data: MessageCreate
+) -> Exchange:
+    """Transaction 1: store the message (and, to be answered, the pending LLM request).
+
+    Routing happens first, so "no provider" (409) and "unknown model" (404) store nothing.
+    """
+    _check_content(gateway, data)
+    async with gateway.transaction(actor) as session:
+        chat_session = await get_session(session, actor, session_id, lock=True)
+        _check_open(chat_session)
+        route = None
+        history: list[LLMMessage] = []
+        if data.reply:
+            route = await routing.resolve_route(
+                session, gateway, data.model or chat_session.model, data.ensemble
+            )
+            history = await _context(session, gateway, session_id)
+        row = await _insert_message(
+            session, gateway, chat_session.user_id, session_id, role=data.role,
+            content=data.content, bump_requests=data.reply, tool_calls=data.tool_calls,
+            tool_call_name=data.tool_call_name, tool_call_id=data.tool_call_id,
+            conversation_domain=data.conversation_domain, plan_step=data.plan_step,
+            confidence_score=data.confidence_score, embedding_model_used=data.embedding_model_used,
+        )
+        exchange = Exchange(session_id=session_id, owner_id=chat_session.user_id,
+                            user_message=message_out(gateway.cipher, row))
+        metadata: dict[str, Any] = {"seq": row.seq, "role": row.role, "reply": data.reply}
+        if route is not None:
+            chat = ChatRequest(
+                messages=[*history, LLMMessage(role="user", content=data.content)],
+                temperature=data.temperature, max_tokens=data.max_tokens, top_p=data.top_p,
+                stop=data.stop,
+            )
+            request_type = (
+                "ensemble" if route.mode == "ensemble" else "chat_stream" if data.stream else "chat"
+            )
+            exchange.call = await calls.add_request(
+                session, gateway, _owner_principal(actor, chat_session.user_id), chat, route,
+                request_type=request_type, session_id=session_id,
+            )
+            metadata.update(request_id=str(exchange.call.request_id), mode=route.mode,
+                            providers=[r.name for r in route.refs()])
+        await audit.record(session, "chat.message.create", user_id=actor.user_id,
+                           resource_type=MESSAGE, resource_id=row.id, metadata=metadata)
+    return exchange
+
+
+def _owner_principal(actor: Principal, owner_id: uuid.UUID) -> Principal:
+    """LLM records of a session belong to its owner, even when an admin posts."""
+    if actor.user_id == owner_id:
+        return actor
+    return Principal(user_id=owner_id, is_admin=actor.is_admin, kind=actor.kind,
+                     group_ids=actor.group_ids)
+
+
+def usage_out(usage: UsageRecord) -> UsageOut:
+    return UsageOut(tokens_input=usage.tokens_input, tokens_output=usage.tokens_output,
+                    credits_used=usage.credits_used, latency_ms=usage.latency_ms,
+                    model=usage.model)
+
+
+def _reply_hooks(
+    gateway: LLMGateway, actor: Principal, exchange: Exchange
+) -> tuple[calls.SuccessHook[ExchangeOut], calls.FailureHook]:
+    """What the call's final transaction stores for chat: on success the assistant
+    message, on failure nothing more (the user's message stays); audited
+    ``chat.message.reply`` either way."""
+
+    async def store_answer(session: AsyncSession, outcome: CallOutcome) -> ExchangeOut:
+        result = outcome.result
+        assert outcome.usage is not None
+        row = await _insert_message(
+            session, gateway, exchange.owner_id, exchange.session_id, role="assistant",
+            content=result.content, tool_calls=result.tool_calls or None,
+            tool_call_name=result.tool_calls[0].name if result.tool_calls else None,
+            tool_call_id=result.tool_calls[0].id if result.tool_calls else None,
+            tokens_in=result.tokens_in, tokens_out=result.tokens_out,
+            model=result.model or outcome.winner.name, llm_request_id=outcome.request_id,
+            confidence_score=float(response_confidence(result)),
+        )
+        await audit.record(
+            session, "chat.message.reply", user_id=actor.user_id, resource_type=MESSAGE,
+            resource_id=row.id,
+            metadata={"request_id": str(outcome.request_id), "provider": outcome.winner.name,
+                      "model": row.model, "tokens_in": result.tokens_in,
+                      "tokens_out": result.tokens_out, "attempts": len(outcome.attempts),
+                      "seq": row.seq},
+        )
+        return ExchangeOut(
+            user_message=exchange.user_message, assistant_message=message_out(gateway.cipher, row),
+            request_id=outcome.request_id, provider=outcome.winner.name,
+            usage=usage_out(outcome.usage),
+        )
+
+    async def store_failure(session: AsyncSession, message: str, attempts: Sequence[Attempt]) -> None:
+        await audit.record(
+            session, "chat.message.reply", user_id=actor.user_id, category="error",
+            resource_type=MESSAGE, resource_id=exchange.user_message.id, success=False,
+            error_message=message[:1000],
+            metadata={"request_id": str(exchange.request_id),
+                      "attempts": [{"provider": a.ref.name, "outcome": a.outcome,
+                                    "error_kind": a.error_kind} for a in attempts]},
+        )
+
+    return store_answer, store_failure
+
+
+async def answer(gateway: LLMGateway, actor: Principal, exchange: Exchange) -> ExchangeOut:
+    """Ask the model (no transaction open meanwhile) and store the answer or the failure."""
+    if exchange.call is None:
+        return ExchangeOut(user_message=exchange.user_message)
+    on_success, on_failure = _reply_hooks(gateway, actor, exchange)
+    return await calls.run(gateway, exchange.call, on_success=on_success, on_failure=on_failure)
+
+
+async def start_stream(
+    gateway: LLMGateway, actor: Principal, exchange: Exchange
+) -> calls.RecordedStream[ExchangeOut]:
+    """Wait for the first chunk (fallback happens here); a failure before any output is
+    stored and raised as an ordinary error answer."""
+    assert exchange.call is not None
+    on_success, on_failure = _reply_hooks(gateway, actor, exchange)
+    return await calls.open_stream(gateway, exchange.call, on_success=on_success,
+                                   on_failure=on_failure)
+
+
+async def stream_events(
+    exchange: Exchange, stream: calls.RecordedStream[ExchangeOut]
+) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+    """Server-sent events: ``start``, ``delta``..., then ``done`` (or ``error``)."""
+    yield "start", {"request_id": str(exchange.request_id),
+                    "user_message": exchange.user_message.model_dump(mode="json")}
+    try:
+        async with stream:
+            async for chunk in stream.chunks():
+                if chunk.delta:
+                    yield "delta", {"content": chunk.delta}
+    except RoostError as problem:  # recorded as failed; the user's message stays
+        yield "error", {"status": problem.status, "title": problem.title, "detail": problem.detail}
+        return
+    assert stream.saved is not None
+    yield "done", stream.saved.model_dump(mode="json")

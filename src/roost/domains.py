@@ -1,0 +1,146 @@
+"""Every domain and what it plugs into the app: the one list ``create_app``, the worker,
+the CLI, Alembic and the tests read.
+
+A new domain adds one :class:`Domain` entry here (see docs/architecture.md, "Adding a
+domain").  Entries name ``module`` or ``module:attribute`` as strings and are imported
+only by whoever needs them: the CLI never imports the HTTP routes, the worker never
+imports FastAPI.  The order is the layer order (a domain imports only those above it in
+the list, never those below); routers are mounted in this order.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from roost.db.base import Base
+
+if TYPE_CHECKING:
+    import typer
+    from sqlalchemy import MetaData
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    models: str | None = None
+    """Module with the ORM models (Alembic and the test schema need every table)."""
+    routers: tuple[str, ...] = ()
+    """``module:attribute`` of each ``APIRouter``, mounted by ``create_app``."""
+    resolvers: tuple[str, ...] = ()
+    """``module:attribute`` of each bearer-credential resolver (``roost.http.auth``)."""
+    jobs: str | None = None
+    """Module with the task handlers and schedules (``roost.tasks.handlers.task``)."""
+    startup: str | None = None
+    """``module:attribute`` of a lifespan (async context manager taking the app) the API
+    server enters at start-up, after the database is open, and exits at shutdown."""
+    cli: str | None = None
+    """``module:attribute`` of ``register(app: typer.Typer)``, adding the commands."""
+
+
+DOMAINS: tuple[Domain, ...] = (
+    # The floor every other domain stands on: audit (imports no domain), tasks (records
+    # audit entries), identity (schedules its clean-up with tasks).
+    Domain(
+        "audit",
+        models="roost.audit.models",
+        routers=("roost.audit.routes:router",),
+        cli="roost.audit.cli:register",
+    ),
+    Domain(
+        "tasks",
+        models="roost.tasks.models",
+        routers=("roost.tasks.routes:router",),
+        jobs="roost.tasks.jobs",
+        cli="roost.tasks.cli:register",
+    ),
+    Domain(
+        "identity",
+        models="roost.identity.models",
+        routers=("roost.identity.routes:router",),
+        resolvers=("roost.identity.resolver:resolve_bearer",),
+        jobs="roost.identity.jobs",
+        cli="roost.identity.cli:register",
+    ),
+    Domain(
+        "llm",
+        models="roost.llm.models",
+        routers=("roost.llm.routes:router", "roost.llm.openai_routes:router"),
+        jobs="roost.llm.jobs",
+        startup="roost.llm.startup:lifespan",  # the gateway; the local model on a fresh install
+    ),
+    Domain(
+        "chat",
+        models="roost.chat.models",
+        routers=("roost.chat.routes:router",),
+        jobs="roost.chat.jobs",
+        startup="roost.chat.startup:lifespan",  # refuses to start on wrong message keys
+        cli="roost.chat.cli:register",  # after identity's: adds to the `keys` group
+    ),
+    Domain(
+        "knowledge",
+        models="roost.knowledge.models",
+        routers=("roost.knowledge.routes:router",),
+        jobs="roost.knowledge.jobs",
+        cli="roost.knowledge.cli:register",
+    ),
+)
+
+
+def load(target: str) -> Any:
+    """``module:attribute`` (or ``module``) -> the object."""
+    module_name, _, attribute = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
+
+
+def _each(field: str, domains: Iterable[Domain] | None = None) -> list[Any]:
+    found: list[Any] = []
+    for domain in DOMAINS if domains is None else domains:
+        value = getattr(domain, field)
+        if value is None:
+            continue
+        found.extend([load(v) for v in value] if isinstance(value, tuple) else [load(value)])
+    return found
+
+
+def import_models() -> MetaData:
+    """Import every domain's models; ``Base.metadata`` then holds every table (Alembic's
+    ``target_metadata``, the migration-drift test)."""
+    _each("models")
+    return Base.metadata
+
+
+def routers() -> list[Any]:
+    """Every domain's ``APIRouter``s, in mounting order."""
+    return _each("routers")
+
+
+def resolvers() -> list[Any]:
+    """Every bearer-credential resolver, in the order they are tried."""
+    return _each("resolvers")
+
+
+def startup_hooks() -> list[Any]:
+    """The lifespans the API server enters at start-up, in order."""
+    return _each("startup")
+
+
+def job_modules() -> list[str]:
+    return [d.jobs for d in DOMAINS if d.jobs is not None]
+
+
+def use_task_handlers() -> None:
+    """Tell the task registry which modules hold the handlers; it imports them when a
+    process first needs a task type (the worker at start-up).  Cheap: imports nothing."""
+    from roost.tasks.handlers import use_job_modules
+
+    use_job_modules(job_modules())
+
+
+def register_cli(app: typer.Typer) -> None:
+    """Add every domain's commands to the ``roost`` command line."""
+    for register in _each("cli"):
+        register(app)

@@ -1,0 +1,303 @@
+"""Calling a model: the one lifecycle every recorded LLM call goes through.
+
+No database transaction stays open while a provider works.  A call is three short
+transactions:
+
+1. **pending**: the ``llm_requests`` row is stored (:func:`begin`, or
+   :func:`add_request` inside the caller's own transaction when the caller must keep
+   something whatever happens, as chat keeps the user's message), and committed;
+2. **running**: :func:`run` / :func:`open_stream` mark it so just before the first
+   provider is asked, then execute it (fallback chain or ensemble);
+3. **completed** or **failed**: one ``llm_responses`` row per attempt, the
+   ``usage_records`` row, the request's final status and, through the caller's hook, the
+   caller's own rows.  This write is shielded: a cancelled caller (a client that went
+   away, a job timeout) still leaves the request ``failed`` with its reason.
+
+Hooks run inside the final transaction, after the call's records: ``on_success(session,
+outcome)`` returns what :func:`run` returns; ``on_failure(session, message, attempts)``.
+Without a hook the call audits ``llm.request.complete`` / ``llm.request.fail`` itself;
+with one, the hook audits that outcome in the domain's own terms.  See docs/chat.md,
+"Calling a model from a domain".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, TypeVar, overload
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit import service as audit
+from roost.llm.base import elapsed_ms
+from roost.llm.errors import ProviderError
+from roost.llm.execution import CallStream, execute, execute_embedding
+from roost.llm.gateway import LLMGateway
+from roost.llm.orchestration import Attempt
+from roost.llm.records import (
+    REQUEST_RESOURCE,
+    CallOutcome,
+    mark_running,
+    new_request,
+    public_error,
+    record_failure,
+    record_success,
+)
+from roost.llm.routing import Route, resolve_route
+from roost.llm.schemas import EnsembleSpec
+from roost.llm.types import ChatChunk, ChatMessage, ChatRequest
+from roost.principal import Principal
+
+T = TypeVar("T")
+
+SuccessHook = Callable[[AsyncSession, CallOutcome], Awaitable[T]]
+FailureHook = Callable[[AsyncSession, str, Sequence[Attempt]], Awaitable[None]]
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+async def shielded(coro: Awaitable[T]) -> T:
+    """Finish a database write even if the caller is being cancelled (client went away)."""
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    with anyio.CancelScope(shield=True):
+        await asyncio.shield(task)
+    return task.result()
+
+
+@dataclass(frozen=True)
+class PendingCall:
+    """A stored ``pending`` request, ready to run."""
+
+    request_id: uuid.UUID
+    principal: Principal  # whose records these are (and whose row-level security applies)
+    route: Route
+    chat: ChatRequest
+    request_type: str
+    session_id: uuid.UUID | None = None  # the chat session, when there is one
+
+
+async def add_request(
+    session: AsyncSession, gateway: LLMGateway, principal: Principal, chat: ChatRequest,
+    route: Route, *, request_type: str, session_id: uuid.UUID | None = None,
+) -> PendingCall:
+    """Step 1 inside the caller's transaction (the caller audits it with its own rows)."""
+    row = new_request(gateway, principal, chat, route, request_type=request_type,
+                      session_id=session_id)
+    session.add(row)
+    await session.flush()
+    return PendingCall(request_id=row.id, principal=principal, route=route, chat=chat,
+                       request_type=request_type, session_id=session_id)
+
+
+async def begin(
+    gateway: LLMGateway, principal: Principal, chat: ChatRequest, *, model: str | None,
+    request_type: str, ensemble_spec: EnsembleSpec | None = None,
+) -> PendingCall:
+    """Step 1 in a transaction of its own: route (404/409 before anything is stored), the
+    ``pending`` request, audited ``llm.request.create``."""
+    async with gateway.transaction(principal) as session:
+        route = await resolve_route(session, gateway, model, ensemble_spec)
+        call = await add_request(session, gateway, principal, chat, route,
+                                 request_type=request_type)
+        await audit.record(
+            session, "llm.request.create", user_id=principal.user_id,
+            resource_type=REQUEST_RESOURCE, resource_id=call.request_id,
+            metadata={"model": model, "type": request_type, "mode": route.mode,
+                      "providers": [ref.name for ref in route.refs()]},
+        )
+    return call
+
+
+async def _store_failure(
+    gateway: LLMGateway, call: PendingCall, error: BaseException, attempts: Sequence[Attempt],
+    latency_ms: int, on_failure: FailureHook | None,
+) -> None:
+    async with gateway.transaction(call.principal) as session:
+        message = await record_failure(
+            session, gateway, call.principal, call.request_id, error, attempts,
+            request_type=call.request_type, model=call.route.model, latency_ms=latency_ms,
+            session_id=call.session_id,
+            audit_action=None if on_failure is not None else "llm.request.fail",
+        )
+        if on_failure is not None:
+            await on_failure(session, message, attempts)
+
+
+async def _store_success(
+    gateway: LLMGateway, call: PendingCall, outcome: CallOutcome,
+    on_success: SuccessHook[Any] | None,
+) -> Any:
+    async with gateway.transaction(call.principal) as session:
+        await record_success(
+            session, gateway, call.principal, outcome, request_type=call.request_type,
+            session_id=call.session_id,
+            audit_action=None if on_success is not None else "llm.request.complete",
+        )
+        return outcome if on_success is None else await on_success(session, outcome)
+
+
+@overload
+async def run(
+    gateway: LLMGateway, call: PendingCall, *, on_success: None = None,
+    on_failure: FailureHook | None = None,
+    execute_with: Callable[[], Awaitable[CallOutcome]] | None = None,
+) -> CallOutcome: ...
+@overload
+async def run(
+    gateway: LLMGateway, call: PendingCall, *, on_success: SuccessHook[T],
+    on_failure: FailureHook | None = None,
+    execute_with: Callable[[], Awaitable[CallOutcome]] | None = None,
+) -> T: ...
+async def run(
+    gateway: LLMGateway, call: PendingCall, *, on_success: SuccessHook[Any] | None = None,
+    on_failure: FailureHook | None = None,
+    execute_with: Callable[[], Awaitable[CallOutcome]] | None = None,
+) -> Any:
+    """Steps 2 and 3 of a non-streamed call.  A provider failure is recorded and raised as
+    the caller's answer (:func:`~roost.llm.records.public_error`: 502/504, 400, 404);
+    cancellation is recorded and re-raised.  ``execute_with`` replaces the chat
+    completion (embeddings use it)."""
+    await mark_running(gateway, call.principal, call.request_id)
+    started = time.perf_counter()
+    try:
+        if execute_with is not None:
+            outcome = await execute_with()
+        else:
+            outcome = await execute(gateway, call.route, call.chat, call.request_id)
+    except ProviderError as exc:
+        await shielded(_store_failure(gateway, call, exc, exc.attempts, elapsed_ms(started),
+                                      on_failure))
+        raise public_error(exc, exc.attempts) from exc
+    except BaseException as exc:  # cancelled (client gone, job timeout, shutdown) or a bug
+        await shielded(_store_failure(gateway, call, exc, [], elapsed_ms(started), on_failure))
+        raise
+    return await shielded(_store_success(gateway, call, outcome, on_success))
+
+
+class RecordedStream(Generic[T]):
+    """A streamed call whose chunks are read inside ``async with``::
+
+        async with stream:
+            async for chunk in stream.chunks():
+                ...
+        stream.saved  # what on_success returned (the CallOutcome without a hook)
+
+    Leaving the block normally records success; an exception records the failure and is
+    raised as the caller's answer (a ``RoostError``); cancellation (the client went away)
+    is recorded and re-raised.
+    """
+
+    def __init__(
+        self, gateway: LLMGateway, call: PendingCall, stream: CallStream,
+        on_success: SuccessHook[Any] | None, on_failure: FailureHook | None,
+    ) -> None:
+        self.call = call
+        self._gateway = gateway
+        self._stream = stream
+        self._on_success = on_success
+        self._on_failure = on_failure
+        self.outcome: CallOutcome | None = None
+        self.saved: T | None = None
+
+    @property
+    def request_id(self) -> uuid.UUID:
+        return self.call.request_id
+
+    def chunks(self) -> AsyncIterator[ChatChunk]:
+        return self._stream.chunks()
+
+    async def __aenter__(self) -> RecordedStream[T]:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stream = self._stream
+        try:
+            if exc is not None:
+                await shielded(_store_failure(self._gateway, self.call, exc, stream.attempts,
+                                              stream.latency_ms(), self._on_failure))
+                if isinstance(exc, Exception):
+                    raise public_error(exc, stream.attempts) from exc
+                return  # cancellation: re-raised as it is
+        finally:
+            await stream.aclose()
+        self.outcome = stream.outcome()
+        self.saved = await shielded(
+            _store_success(self._gateway, self.call, self.outcome, self._on_success))
+
+
+@overload
+async def open_stream(
+    gateway: LLMGateway, call: PendingCall, *, on_success: None = None,
+    on_failure: FailureHook | None = None,
+) -> RecordedStream[CallOutcome]: ...
+@overload
+async def open_stream(
+    gateway: LLMGateway, call: PendingCall, *, on_success: SuccessHook[T],
+    on_failure: FailureHook | None = None,
+) -> RecordedStream[T]: ...
+async def open_stream(
+    gateway: LLMGateway, call: PendingCall, *, on_success: SuccessHook[Any] | None = None,
+    on_failure: FailureHook | None = None,
+) -> RecordedStream[Any]:
+    """Step 2 of a streamed call, up to its first chunk (fallback happens here), so a
+    failure before any output is recorded and raised as an ordinary error answer."""
+    await mark_running(gateway, call.principal, call.request_id)
+    stream = CallStream(gateway, call.route, call.chat, call.request_id)
+    try:
+        await stream.start()
+    except ProviderError as exc:
+        await shielded(_store_failure(gateway, call, exc, exc.attempts, stream.latency_ms(),
+                                      on_failure))
+        raise public_error(exc, exc.attempts) from exc
+    except BaseException as exc:  # cancelled, or a bug: the request must not stay running
+        await shielded(_store_failure(gateway, call, exc, stream.attempts, stream.latency_ms(),
+                                      on_failure))
+        await stream.aclose()
+        raise
+    return RecordedStream(gateway, call, stream, on_success, on_failure)
+
+
+# --- whole calls ------------------------------------------------------------------------
+
+
+async def complete(
+    gateway: LLMGateway, principal: Principal, chat: ChatRequest, *, model: str | None,
+    ensemble_spec: EnsembleSpec | None = None, request_type: str | None = None,
+) -> CallOutcome:
+    """One recorded, non-streamed completion, from routing to the final record."""
+    kind = request_type or ("ensemble" if ensemble_spec else "chat")
+    call = await begin(gateway, principal, chat, model=model, request_type=kind,
+                       ensemble_spec=ensemble_spec)
+    return await run(gateway, call)
+
+
+async def stream(
+    gateway: LLMGateway, principal: Principal, chat: ChatRequest, *, model: str | None,
+    ensemble_spec: EnsembleSpec | None = None, request_type: str = "chat_stream",
+) -> RecordedStream[CallOutcome]:
+    """One recorded, streamed completion: read it with ``async with`` (see RecordedStream)."""
+    call = await begin(gateway, principal, chat, model=model, request_type=request_type,
+                       ensemble_spec=ensemble_spec)
+    return await open_stream(gateway, call)
+
+
+async def embed(
+    gateway: LLMGateway, principal: Principal, texts: list[str], *, model: str,
+    dimensions: int | None = None,
+) -> CallOutcome:
+    """A recorded embeddings call; the vectors are ``outcome.embedding``."""
+    chat = ChatRequest(messages=[ChatMessage(role="user", content=t) for t in texts])
+    call = await begin(gateway, principal, chat, model=model, request_type="embedding")
+    return await run(gateway, call, execute_with=lambda: execute_embedding(
+        gateway, call.route, texts, call.request_id, dimensions))

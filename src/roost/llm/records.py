@@ -1,0 +1,236 @@
+"""The records every model call leaves: ``llm_requests`` (``pending`` → ``running`` →
+``completed`` / ``failed``), one ``llm_responses`` row per provider attempt and one
+``usage_records`` row; and what a failed call tells its caller.
+
+Prompts, messages and answers are stored encrypted with the message cipher; the
+provider's raw answer is kept without its text fields.  ``roost.llm.calls`` decides when
+each of these writes happens; domains call that, not these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit import service as audit
+from roost.db.base import utcnow, uuid7
+from roost.errors import NotFound, RoostError
+from roost.llm.errors import (
+    AllProvidersFailed,
+    GatewayFailed,
+    ModelNotFound,
+    ProviderError,
+    ProviderRequestError,
+    ProviderTimeout,
+    UpstreamRejected,
+)
+from roost.llm.gateway import LLMGateway
+from roost.llm.models import LLMRequest, LLMResponse, UsageRecord
+from roost.llm.orchestration import Attempt, ProviderRef
+from roost.llm.routing import Route
+from roost.llm.types import ChatRequest, ChatResult, EmbeddingResult
+from roost.principal import Principal
+from roost.security.crypto import MessageCipher
+
+REQUEST_RESOURCE = "llm_request"
+# Keys whose values are conversation text: kept out of llm_responses.raw_response (the
+# text itself is stored encrypted in llm_responses.content).
+_TEXT_KEYS = frozenset({"content", "text", "arguments", "reasoning_content", "refusal", "input",
+                        "partial_json", "thinking", "delta"})
+
+
+def encrypt_json(cipher: MessageCipher, value: Any) -> bytes:
+    return cipher.encrypt(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def strip_text(value: Any, depth: int = 0) -> Any:
+    """The provider's raw answer without conversation text (that is stored encrypted)."""
+    if depth > 16:
+        return None
+    if isinstance(value, dict):
+        return {k: ("[encrypted]" if k in _TEXT_KEYS and v not in (None, "", [])
+                    else strip_text(v, depth + 1))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [strip_text(v, depth + 1) for v in value[:64]]
+    return value
+
+
+def credits_for(gateway: LLMGateway, tokens: int) -> int:
+    rate = gateway.settings.llm_credits_per_1k_tokens
+    return math.ceil(tokens * rate / 1000) if tokens > 0 and rate > 0 else 0
+
+
+def new_request(
+    gateway: LLMGateway, principal: Principal, chat: ChatRequest, route: Route, *,
+    request_type: str, session_id: uuid.UUID | None = None,
+) -> LLMRequest:
+    return LLMRequest(
+        id=uuid7(), session_id=session_id, user_id=principal.user_id, request_type=request_type,
+        model=route.model, prompt=gateway.cipher.encrypt(chat.prompt_text()),
+        messages=encrypt_json(gateway.cipher, [m.to_openai() for m in chat.messages]),
+        model_params=chat.model_params(), ensemble_config=route.ensemble_config,
+        status="pending",
+    )
+
+
+async def mark_running(gateway: LLMGateway, principal: Principal, request_id: uuid.UUID) -> None:
+    async with gateway.transaction(principal) as session:
+        await session.execute(
+            update(LLMRequest).where(LLMRequest.id == request_id, LLMRequest.status == "pending")
+            .values(status="running", started_at=utcnow())
+        )
+
+
+def _response_row(
+    gateway: LLMGateway, attempt: Attempt, request_id: uuid.UUID, user_id: uuid.UUID | None,
+) -> LLMResponse:
+    values = attempt.to_response_row()
+    res = attempt.result
+    provider_id = values["provider_id"]
+    return LLMResponse(
+        id=uuid7(), request_id=request_id, user_id=user_id,
+        provider_id=provider_id if isinstance(provider_id, uuid.UUID) else None,
+        provider_name=values["provider_name"], model=res.model if res else None,
+        content=gateway.cipher.encrypt(values["content"]),
+        raw_response=strip_text(values["raw_response"]),
+        tokens_prompt=values["tokens_prompt"], tokens_completion=values["tokens_completion"],
+        tokens_total=values["tokens_total"],
+        confidence=Decimal(str(round(float(values["confidence"]), 4))),
+        response_time=values["response_time"], finish_reason=values["finish_reason"],
+        selected=values["selected"], outcome=values["outcome"], error_kind=values["error_kind"],
+        error_message=values["error_message"], started_at=values["started_at"],
+        finished_at=values["finished_at"],
+    )
+
+
+@dataclass
+class CallOutcome:
+    """A finished, successful call."""
+
+    request_id: uuid.UUID
+    result: ChatResult
+    winner: ProviderRef
+    attempts: list[Attempt]
+    latency_ms: int
+    usage: UsageRecord | None = None  # set when the call is recorded
+    votes: dict[str, float] = field(default_factory=dict)  # ensembles: weight per answer
+    embedding: EmbeddingResult | None = None  # embeddings calls: the vectors
+
+
+async def record_success(
+    session: AsyncSession, gateway: LLMGateway, principal: Principal, outcome: CallOutcome, *,
+    request_type: str, session_id: uuid.UUID | None = None, audit_action: str | None = None,
+) -> UsageRecord:
+    """Responses, usage, status ``completed``; audited unless the caller audits itself."""
+    user_id = principal.user_id
+    session.add_all([_response_row(gateway, a, outcome.request_id, user_id)
+                     for a in outcome.attempts])
+    result = outcome.result
+    winner_id = outcome.winner.id if isinstance(outcome.winner.id, uuid.UUID) else None
+    usage = UsageRecord(
+        id=uuid7(), user_id=user_id, request_type=request_type,
+        model=result.model or outcome.winner.name, tokens_input=result.tokens_in,
+        tokens_output=result.tokens_out, credits_used=credits_for(gateway, result.tokens_total),
+        latency_ms=outcome.latency_ms, session_id=session_id, llm_request_id=outcome.request_id,
+        provider_id=winner_id, success=True,
+    )
+    session.add(usage)
+    await session.execute(
+        update(LLMRequest).where(LLMRequest.id == outcome.request_id)
+        .values(status="completed", completed_at=utcnow(), error_message=None)
+    )
+    await session.flush()
+    outcome.usage = usage
+    if audit_action:
+        await audit.record(
+            session, audit_action, user_id=user_id, resource_type=REQUEST_RESOURCE,
+            resource_id=outcome.request_id,
+            metadata={"provider": outcome.winner.name, "model": usage.model,
+                      "tokens_in": result.tokens_in, "tokens_out": result.tokens_out,
+                      "attempts": len(outcome.attempts), "latency_ms": outcome.latency_ms},
+        )
+    return usage
+
+
+async def record_failure(
+    session: AsyncSession, gateway: LLMGateway, principal: Principal, request_id: uuid.UUID,
+    error: BaseException, attempts: Sequence[Attempt], *, request_type: str, model: str | None,
+    latency_ms: int, session_id: uuid.UUID | None = None, audit_action: str | None = None,
+) -> str:
+    """Failed attempts, a zero-credit usage row, status ``failed``; returns the message."""
+    user_id = principal.user_id
+    session.add_all([_response_row(gateway, a, request_id, user_id) for a in attempts])
+    message = failure_message(error, attempts)
+    session.add(UsageRecord(
+        id=uuid7(), user_id=user_id, request_type=request_type, model=model, tokens_input=0,
+        tokens_output=0, credits_used=0, latency_ms=latency_ms, session_id=session_id,
+        llm_request_id=request_id, success=False,
+    ))
+    await session.execute(
+        update(LLMRequest).where(LLMRequest.id == request_id)
+        .values(status="failed", completed_at=utcnow(), error_message=message[:4000])
+    )
+    await session.flush()
+    if audit_action:
+        await audit.record(
+            session, audit_action, user_id=user_id, category="error",
+            resource_type=REQUEST_RESOURCE, resource_id=request_id, success=False,
+            error_message=message[:1000],
+            metadata={"attempts": [{"provider": a.ref.name, "outcome": a.outcome,
+                                    "error_kind": a.error_kind} for a in attempts]},
+        )
+    return message
+
+
+def failure_message(error: BaseException, attempts: Sequence[Attempt]) -> str:
+    if isinstance(error, AllProvidersFailed):
+        parts = [f"{a.ref.name}: {a.error or a.error_kind}" for a in attempts] or [error.detail]
+        return "no provider answered (" + "; ".join(parts) + ")"
+    if isinstance(error, RoostError):
+        return error.detail
+    if isinstance(error, BaseException) and type(error).__name__ in ("CancelledError", "GeneratorExit"):
+        return "cancelled: the client went away before the answer was complete"
+    return f"internal error ({type(error).__name__})"
+
+
+def public_error(error: BaseException, attempts: Sequence[Attempt]) -> RoostError:
+    """What the caller sees for a failed call (a 4xx/5xx problem, never a stack trace)."""
+    if isinstance(error, ProviderRequestError):
+        upstream = error.upstream_status
+        if upstream in (401, 403):
+            return GatewayFailed(
+                f"{error.detail} (the provider refused Roost's credentials: an administrator "
+                "must fix its API key)", timeout=False, kind=error.kind)
+        if upstream == 404:
+            return ModelNotFound(error.detail)
+        return UpstreamRejected(error.detail)
+    if isinstance(error, ProviderError):
+        timeouts = bool(attempts) and all(a.outcome == "timeout" for a in attempts if not a.ok)
+        is_timeout = isinstance(error, ProviderTimeout) or (
+            isinstance(error, AllProvidersFailed) and timeouts)
+        return GatewayFailed(failure_message(error, attempts), timeout=is_timeout, kind=error.kind)
+    if isinstance(error, RoostError):
+        return error
+    return GatewayFailed(failure_message(error, attempts), timeout=False, kind="internal")
+
+
+async def get_request(
+    session: AsyncSession, gateway: LLMGateway, actor: Principal, request_id: uuid.UUID
+) -> tuple[LLMRequest, list[LLMResponse]]:
+    row = await session.get(LLMRequest, request_id)
+    if row is None or not (actor.is_admin or (row.user_id is not None and row.user_id == actor.user_id)):
+        raise NotFound(f"no LLM request with id {request_id}")
+    responses = list((await session.scalars(
+        select(LLMResponse).where(LLMResponse.request_id == request_id)
+        .order_by(LLMResponse.started_at, LLMResponse.id)
+    )).all())
+    return row, responses

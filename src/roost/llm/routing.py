@@ -1,0 +1,138 @@
+"""Routing: which providers answer a call, from the model name asked for.
+
+The enabled providers whose default model is the name, or whose synced ``models`` have
+it enabled, in ``priority`` order (then name); without a name, every enabled provider
+with a default model.  An ensemble narrows that list to the providers it names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.errors import BadRequest
+from roost.llm.base import LLMProvider
+from roost.llm.errors import ModelNotFound, NoProvider
+from roost.llm.gateway import LLMGateway
+from roost.llm.models import LLMProviderRow
+from roost.llm.orchestration import ProviderRef, Strategy
+from roost.llm.schemas import EnsembleSpec
+from roost.principal import Principal
+
+ADD_PROVIDER_HINT = (
+    "no LLM provider is configured. An administrator can add one with "
+    "POST /api/v1/llm/providers (e.g. {\"name\": \"ollama\", \"type\": \"openai\", "
+    "\"base_url\": \"http://127.0.0.1:11434/v1\", \"model\": \"llama3.2\"}), or install the "
+    "local model with pip install 'roost[local]' and restart Roost"
+)
+
+
+@dataclass
+class Route:
+    members: list[tuple[ProviderRef, LLMProvider]]
+    mode: Literal["fallback", "ensemble"]
+    model: str | None  # the model name asked for (None: each provider's default)
+    strategy: Strategy | None = None
+    ensemble_config: dict[str, Any] | None = None
+
+    def refs(self) -> list[ProviderRef]:
+        return [ref for ref, _ in self.members]
+
+
+def serves(row: LLMProviderRow, model: str) -> bool:
+    return row.model == model or bool((row.models or {}).get(model))
+
+
+async def enabled_providers(session: AsyncSession) -> list[LLMProviderRow]:
+    rows = await session.scalars(
+        select(LLMProviderRow).where(LLMProviderRow.enabled)
+        .order_by(LLMProviderRow.priority, LLMProviderRow.name)
+    )
+    return list(rows.all())
+
+
+async def resolve_route(
+    session: AsyncSession, gateway: LLMGateway, model: str | None,
+    ensemble_spec: EnsembleSpec | None = None,
+) -> Route:
+    """Which providers to ask, in order.  409 without providers, 404 for an unknown model."""
+    rows = await enabled_providers(session)
+    if not rows:
+        raise NoProvider(ADD_PROVIDER_HINT)
+    if model:
+        candidates = [r for r in rows if serves(r, model)]
+        if not candidates:
+            raise _unknown_model(model)
+    else:
+        candidates = [r for r in rows if r.model]
+        if not candidates:
+            raise NoProvider(
+                "no enabled LLM provider has a default model: name a model, or give a "
+                "provider a default model"
+            )
+    mode: Literal["fallback", "ensemble"] = "fallback"
+    config = None
+    if ensemble_spec is not None:
+        mode = "ensemble"
+        if ensemble_spec.providers:
+            wanted = {n.lower() for n in ensemble_spec.providers}
+            unknown = wanted - {r.name.lower() for r in candidates}
+            if unknown:
+                raise BadRequest(
+                    f"ensemble names providers that are unknown, disabled or do not serve "
+                    f"the model: {sorted(unknown)}"
+                )
+            candidates = [r for r in candidates if r.name.lower() in wanted]
+        limit = min(ensemble_spec.n or gateway.settings.llm_max_ensemble,
+                    gateway.settings.llm_max_ensemble)
+        candidates = candidates[:limit]
+        config = {"strategy": ensemble_spec.strategy, "providers": [r.name for r in candidates]}
+    members, failed = await gateway.pool.members(candidates)
+    if not members:
+        reasons = "; ".join(f"{e.name}: {e.reason}" for e in failed)
+        raise NoProvider(f"no configured LLM provider can be used ({reasons})")
+    return Route(
+        members=members, mode=mode, model=model,
+        strategy=ensemble_spec.strategy if ensemble_spec else None, ensemble_config=config,
+    )
+
+
+async def list_models(session: AsyncSession) -> list[tuple[str, str, datetime]]:
+    """(model id, provider name, provider created_at) for every routable model."""
+    seen: dict[str, tuple[str, str, datetime]] = {}
+    for row in await enabled_providers(session):
+        names = [m for m, on in (row.models or {}).items() if on]
+        if row.model and row.model not in names:
+            names.insert(0, row.model)
+        for name in names:
+            seen.setdefault(name, (name, row.name, row.created_at))
+    return list(seen.values())
+
+
+def _unknown_model(model: str) -> ModelNotFound:
+    return ModelNotFound(
+        f"no enabled LLM provider serves model {model!r}; GET /v1/models lists the models "
+        "available"
+    )
+
+
+async def available_models(
+    gateway: LLMGateway, principal: Principal
+) -> list[tuple[str, str, datetime]]:
+    """:func:`list_models` in a transaction of its own (``GET /v1/models``)."""
+    async with gateway.transaction(principal) as session:
+        return await list_models(session)
+
+
+async def get_model(
+    gateway: LLMGateway, principal: Principal, model: str
+) -> tuple[str, str, datetime]:
+    """One routable model (``GET /v1/models/{model}``); 404 when no provider serves it."""
+    for listed in await available_models(gateway, principal):
+        if listed[0] == model:
+            return listed
+    raise _unknown_model(model)
