@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 from pydantic import TypeAdapter
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
@@ -32,7 +32,7 @@ from roost.chat.schemas import (
 )
 from roost.chat.sessions import get_session
 from roost.db.base import utcnow, uuid7
-from roost.errors import BadRequest, Conflict, PayloadTooLarge, RoostError
+from roost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RoostError
 from roost.llm import calls, routing
 from roost.llm.gateway import LLMGateway
 from roost.llm.models import UsageRecord
@@ -88,13 +88,25 @@ async def list_messages(
 ) -> tuple[list[MessageOut], str | None]:
     """Newest first.  The cursor is the last ``seq`` seen: later pages only go back in
     time, so messages posted meanwhile neither repeat nor shift what is left to read."""
-    await get_session(session, actor, session_id)
-    stmt = select(*_MESSAGE_COLUMNS).where(ChatMessage.session_id == session_id)
+    # One statement: the session (visible to the caller, else 404) with its page beside
+    # it, so a read costs the round trip of its query alone.
+    page = select(*_MESSAGE_COLUMNS).where(ChatMessage.session_id == ChatSession.id)
     if cursor is not None:
-        stmt = stmt.where(ChatMessage.seq < cursor_int(cursor, "seq"))
+        page = page.where(ChatMessage.seq < cursor_int(cursor, "seq"))
+    lateral = page.order_by(ChatMessage.seq.desc()).limit(limit + 1).lateral("page")
+    stmt = (
+        select(ChatSession.id.label("found"), *lateral.c)
+        .select_from(ChatSession)
+        .outerjoin(lateral, true())
+        .where(ChatSession.id == session_id)
+    )
+    if not actor.is_admin:
+        stmt = stmt.where(ChatSession.user_id == actor.user_id)
+    found = (await session.execute(stmt)).all()
+    if not found:
+        raise NotFound(f"no chat session with id {session_id}")
     rows, next_cursor = page_of(
-        (await session.execute(stmt.order_by(ChatMessage.seq.desc()).limit(limit + 1))).all(),
-        limit, lambda r: encode_cursor({"seq": r.seq}))
+        [r for r in found if r.seq is not None], limit, lambda r: encode_cursor({"seq": r.seq}))
     return [message_out(gateway.cipher, r) for r in rows], next_cursor
 
 

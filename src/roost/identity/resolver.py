@@ -4,109 +4,124 @@
 resolver); this module registers nothing when imported.
 
 Every request re-reads the session row (or key row) and the account, so logout,
-revocation, suspension and role changes take effect on the very next request; the
-JWT only saves the signature-less lookup of an opaque token.
+revocation, suspension and role changes take effect on the very next request, in every
+process; the JWT only saves the lookup of an opaque token.  That re-read costs no round
+trip of its own: one statement looks the credential up, records its use when the last
+record is older than ``TOUCH_INTERVAL`` (a data-modifying CTE, SKIP LOCKED) and scopes
+the transaction to the principal it finds (``set_config`` of the row-level-security
+settings, the application role and the request's other transaction settings, such as
+HNSW's).  So no principal is cached in the process: the database answers for it in the
+round trip the request needed anyway.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
-from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import Select, and_, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.db.base import utcnow
+from roost.db.transaction import driver_connection, note_settings
 from roost.errors import Unauthorized
-from roost.http.deps import get_keys
-from roost.identity.common import principal_for
-from roost.identity.models import ApiKey, Session, User, UserGroupMembership
-from roost.principal import Principal
+from roost.http.deps import get_keys, get_settings_dep, transaction_settings
+from roost.identity.tenancy import checked_role, scope_settings
+from roost.principal import Principal, PrincipalKind
 from roost.security.tokens import decode_access_token, hash_api_key, looks_like_api_key
 
 # last_used_at is written at most this often per key or session.
-TOUCH_INTERVAL = timedelta(seconds=60)
+TOUCH_INTERVAL_S = 60
+
+# The credential's table, its conditions beyond "not revoked", and how many parameters
+# those take (the settings' names and values follow them).
+_CREDENTIALS: dict[str, tuple[str, str, int]] = {
+    "api_key": ("api_keys", "c.key_hash = $1 AND (c.expires_at IS NULL OR c.expires_at > now())", 1),
+    "session": ("sessions", "c.id = $1 AND c.user_id = $2 AND c.expires_at > now()", 2),
+}
 
 
-def _groups_subquery() -> Any:
-    return (
-        select(func.coalesce(func.array_agg(UserGroupMembership.group_id), text("'{}'::uuid[]")))
-        .where(UserGroupMembership.user_id == User.id)
-        .scalar_subquery()
+@functools.lru_cache(maxsize=64)
+def _principal_sql(kind: str, setting_names: tuple[str, ...]) -> str:
+    """Look up a live credential of an active user, touch it when stale, and set each of
+    ``setting_names`` (transaction-local) from the parameters after the credential's.
+
+    The scope's own values depend on the row, so they are computed here; the touch CTE is
+    read before the settings, so it runs (as the connecting role) before the role switch."""
+    table, where, taken = _CREDENTIALS[kind]
+    sets = ", ".join(
+        f"set_config(${taken + 2 * i + 1}, ${taken + 2 * i + 2}, true)"
+        for i in range(len(setting_names))
     )
-
-
-def _active_user(stmt: Select[Any]) -> Select[Any]:
-    return stmt.where(User.status == "active", User.is_active.is_(True))
-
-
-async def _touch(session: AsyncSession, table: type[ApiKey] | type[Session], row_id: uuid.UUID) -> None:
-    """Record use in the request's own transaction (one pooled connection per request:
-    a second connection here could starve the pool under load).  SKIP LOCKED: a
-    concurrent request of the same key neither waits nor writes twice."""
-    cutoff = utcnow() - TOUCH_INTERVAL
-    locked = (
-        select(table.id)
-        .where(table.id == row_id, or_(table.last_used_at.is_(None), table.last_used_at < cutoff))
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
+    scope = (
+        "set_config('roost.user_id', hit.user_id::text, true), "
+        "set_config('roost.is_admin', hit.is_admin::text, true), "
+        "set_config('roost.group_ids', hit.group_text, true)"
     )
-    await session.execute(update(table).where(table.id == locked).values(last_used_at=func.now()))
+    return f"""
+WITH hit AS (
+  SELECT u.id AS user_id, (u.role = 'admin' OR u.is_superuser OR u.is_root) AS is_admin,
+         c.id AS credential_id,
+         (c.last_used_at IS NULL
+          OR c.last_used_at < now() - interval '{TOUCH_INTERVAL_S} seconds') AS stale,
+         coalesce((SELECT array_agg(m.group_id ORDER BY m.group_id::text)
+                   FROM user_group_memberships m WHERE m.user_id = u.id), '{{}}'::uuid[]) AS groups
+  FROM {table} c JOIN users u ON u.id = c.user_id
+  WHERE {where} AND c.revoked_at IS NULL AND u.status = 'active' AND u.is_active
+), touched AS (
+  UPDATE {table} SET last_used_at = now()
+  WHERE id = (SELECT t.id FROM {table} t JOIN hit ON t.id = hit.credential_id
+              WHERE hit.stale FOR UPDATE OF t SKIP LOCKED)
+  RETURNING 1
+), scoped AS (
+  SELECT hit.*, array_to_string(hit.groups, ',') AS group_text FROM hit
+)
+SELECT hit.user_id, hit.is_admin, hit.credential_id, hit.groups,
+       (SELECT count(*) FROM touched) AS touched, {scope}{", " + sets if sets else ""}
+FROM scoped hit"""  # noqa: S608 (table and conditions are constants; values are parameters)
 
 
-def _stale(value: object) -> bool:
-    return value is None or value < utcnow() - TOUCH_INTERVAL  # type: ignore[operator]
+async def _authenticate(
+    request: Request, session: AsyncSession, kind: PrincipalKind, *credential: Any
+) -> Principal | None:
+    """The principal behind a credential, with the request's transaction scoped to it."""
+    extra: dict[str, str] = dict(transaction_settings(request))
+    app_role = get_settings_dep(request).db_app_role
+    if app_role:
+        extra["role"] = checked_role(app_role)
+    names = tuple(extra)
+    args: list[Any] = list(credential)
+    for name in names:
+        args.extend((name, extra[name]))
+    driver = await driver_connection(session)
+    row = await driver.fetchrow(_principal_sql(kind, names), *args)
+    if row is None:
+        return None
+    principal = Principal(
+        user_id=row["user_id"], is_admin=bool(row["is_admin"]), kind=kind,
+        api_key_id=row["credential_id"] if kind == "api_key" else None,
+        session_id=row["credential_id"] if kind == "session" else None,
+        group_ids=frozenset(row["groups"] or ()),
+    )
+    note_settings(session, {**scope_settings(principal, app_role=app_role), **extra})
+    return principal
 
 
 async def resolve_api_key(session: AsyncSession, token: str, request: Request) -> Principal | None:
-    digest = hash_api_key(token)
-    stmt = _active_user(
-        select(User, ApiKey, _groups_subquery())
-        .join(ApiKey, ApiKey.user_id == User.id)
-        .where(
-            ApiKey.key_hash == digest,
-            ApiKey.revoked_at.is_(None),
-            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > func.now()),
-        )
-    )
-    row: Any = (await session.execute(stmt)).first()
-    if row is None:
-        return None
-    user, key, groups = row[0], row[1], row[2]
-    if _stale(key.last_used_at):
-        await _touch(session, ApiKey, key.id)
-    return principal_for(user, kind="api_key", api_key_id=key.id,
-                         group_ids=frozenset(groups or ()))
+    return await _authenticate(request, session, "api_key", hash_api_key(token))
 
 
-async def resolve_access_token(
-    session: AsyncSession, token: str, request: Request
-) -> Principal | None:
+async def resolve_access_token(session: AsyncSession, token: str, request: Request) -> Principal | None:
     claims = decode_access_token(get_keys(request).secret_key, token)  # 401 if bad/expired
     try:
         user_id = uuid.UUID(str(claims["sub"]))
         session_id = uuid.UUID(str(claims["sid"]))
     except ValueError:
         raise Unauthorized("invalid token") from None
-    stmt = _active_user(
-        select(User, Session, _groups_subquery())
-        .join(Session, and_(Session.user_id == User.id, Session.id == session_id))
-        .where(
-            User.id == user_id,
-            Session.revoked_at.is_(None),
-            Session.expires_at > func.now(),
-        )
-    )
-    row: Any = (await session.execute(stmt)).first()
-    if row is None:
+    principal = await _authenticate(request, session, "session", session_id, user_id)
+    if principal is None:
         raise Unauthorized("session has ended: sign in again")
-    user, login, groups = row[0], row[1], row[2]
-    if _stale(login.last_used_at):
-        await _touch(session, Session, login.id)
-    return principal_for(user, kind="session", session_id=login.id,
-                         group_ids=frozenset(groups or ()))
+    return principal
 
 
 async def resolve_bearer(session: AsyncSession, token: str, request: Request) -> Principal | None:

@@ -31,6 +31,8 @@ from typing import Protocol
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.db.transaction import local_settings, note_settings
+
 DEFAULT_APP_ROLE = "roost_app"
 _ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -81,17 +83,46 @@ async def apply_principal(
     directly.  ``group_ids`` overrides the principal's groups (after a membership
     change within the same transaction).
     """
-    params = {
-        "user_id": str(principal.user_id) if principal.user_id is not None else "",
-        "is_admin": "true" if principal.is_admin else "false",
-        "group_ids": _group_text(principal.group_ids if group_ids is None else group_ids),
+    params = scope_settings(principal, app_role=app_role, group_ids=group_ids)
+    already = local_settings(session)
+    if all(already.get(name) == value for name, value in params.items()):
+        return  # scoped in this transaction's authentication round trip
+    if app_role:
+        await session.execute(_APPLY_WITH_ROLE, {
+            "user_id": params["roost.user_id"], "is_admin": params["roost.is_admin"],
+            "group_ids": params["roost.group_ids"], "role": params["role"]})
+    else:
+        await session.execute(_APPLY, {
+            "user_id": params["roost.user_id"], "is_admin": params["roost.is_admin"],
+            "group_ids": params["roost.group_ids"]})
+    note_settings(session, params)
+
+
+def scope_settings(
+    principal: PrincipalLike,
+    *,
+    app_role: str | None = DEFAULT_APP_ROLE,
+    group_ids: Iterable[uuid.UUID] | None = None,
+) -> dict[str, str]:
+    """The ``SET LOCAL`` values that scope a transaction to ``principal`` (``role`` only
+    when ``app_role`` is set): what :func:`apply_principal` sends, for callers that send
+    them within another statement (authentication) and record them with
+    ``roost.db.transaction.note_settings``."""
+    values = {
+        "roost.user_id": str(principal.user_id) if principal.user_id is not None else "",
+        "roost.is_admin": "true" if principal.is_admin else "false",
+        "roost.group_ids": _group_text(principal.group_ids if group_ids is None else group_ids),
     }
     if app_role:
-        if not _ROLE_RE.fullmatch(app_role):
-            raise ValueError(f"database application role name {app_role!r} is not valid")
-        await session.execute(_APPLY_WITH_ROLE, {**params, "role": app_role})
-    else:
-        await session.execute(_APPLY, params)
+        values["role"] = checked_role(app_role)
+    return values
+
+
+def checked_role(app_role: str) -> str:
+    """``app_role`` when it is a plain role name (it is sent as a setting's value)."""
+    if not _ROLE_RE.fullmatch(app_role):
+        raise ValueError(f"database application role name {app_role!r} is not valid")
+    return app_role
 
 
 async def clear_principal(session: AsyncSession) -> None:
@@ -102,6 +133,8 @@ async def clear_principal(session: AsyncSession) -> None:
     owner; with a separate application login role it has no effect on visibility.
     """
     await session.execute(_RESET)
+    note_settings(session, {"roost.user_id": "", "roost.is_admin": "", "roost.group_ids": "",
+                            "role": "none"})
 
 
 async def current_scope(session: AsyncSession) -> tuple[str, uuid.UUID | None, bool]:

@@ -21,7 +21,6 @@ import functools
 import json
 import re
 import uuid
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -29,8 +28,8 @@ from typing import Any, Final
 import numpy as np
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import SessionTransaction
 
+from roost.db.transaction import driver_connection, local_settings, note_settings
 from roost.db.vector import ensure_vector_codec
 from roost.knowledge.config import KnowledgeConfig, get_embedder
 from roost.knowledge.embeddings import Embedder
@@ -47,9 +46,6 @@ from roost.principal import Principal
 RRF_K: Final = 60
 MIN_CANDIDATES: Final = 40
 _iterative: dict[str, bool] = {}
-# Transactions whose HNSW settings are already set (weak: gone with the transaction).
-_configured: weakref.WeakKeyDictionary[SessionTransaction, int] = weakref.WeakKeyDictionary()
-_drivers: weakref.WeakKeyDictionary[SessionTransaction, Any] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -120,7 +116,8 @@ def text_query_sql(filters: list[str], model: str | None) -> str:
     )
 
 
-async def _supports_iterative_scan(session: AsyncSession) -> bool:
+async def supports_iterative_scan(session: AsyncSession) -> bool:
+    """pgvector >= 0.8 (``hnsw.iterative_scan``); asked once per database URL."""
     bind = session.get_bind()
     url = bind.engine.url if isinstance(bind, Connection) else bind.url
     key = url.render_as_string(hide_password=True)
@@ -135,25 +132,32 @@ async def _supports_iterative_scan(session: AsyncSession) -> bool:
     return known
 
 
+def hnsw_settings(ef_search: int, iterative: bool) -> dict[str, str]:
+    """The transaction-local HNSW settings a search with this ``ef_search`` needs."""
+    values = {"hnsw.ef_search": str(ef_search)}
+    if iterative:
+        values["hnsw.iterative_scan"] = "relaxed_order"
+    return values
+
+
 async def configure_session(session: AsyncSession, ef_search: int) -> None:
     """Transaction-local HNSW settings (SET LOCAL: safe under PgBouncer pooling).
 
-    Sent once per transaction and value: further searches in the same transaction skip
-    the round trip."""
-    transaction = session.sync_session.get_transaction()
-    if transaction is not None:
-        if _configured.get(transaction) == ef_search:
-            return
-        _configured[transaction] = ef_search
-    if await _supports_iterative_scan(session):
-        await session.execute(
-            text("SELECT set_config('hnsw.ef_search', :ef, true), "
-                 "set_config('hnsw.iterative_scan', 'relaxed_order', true)"),
-            {"ef": str(ef_search)},
-        )
-    else:
-        await session.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"),
-                              {"ef": str(ef_search)})
+    Skipped when the transaction has them already: authentication sends the configured
+    ``ef_search`` in its own round trip (``knowledge.startup``), and a second search in
+    the same transaction finds them set."""
+    wanted = hnsw_settings(ef_search, await supports_iterative_scan(session))
+    have = local_settings(session)
+    if all(have.get(name) == value for name, value in wanted.items()):
+        return
+    names = list(wanted)
+    await session.execute(
+        text(", ".join(f"set_config(:n{i}, :v{i}, true)" for i in range(len(names))).join(
+            ("SELECT ", ""))),
+        {**{f"n{i}": name for i, name in enumerate(names)},
+         **{f"v{i}": wanted[name] for i, name in enumerate(names)}},
+    )
+    note_settings(session, wanted)
 
 
 async def vector_candidates(
@@ -166,7 +170,7 @@ async def vector_candidates(
     await configure_session(session, max(cfg.ef_search, limit))
     sql, names = _positional_vector_sql(model, dims, tuple(filters.sql))
     params = {**filters.params, "qvec": vector, "limit": limit}
-    driver = await _driver(session)
+    driver = await driver_connection(session)
     await ensure_vector_codec(driver)
     rows = await driver.fetch(sql, *(params[name] for name in names))
     return sorted(((row[0], float(row[1])) for row in rows), key=_by_distance)
@@ -179,21 +183,6 @@ def _positional_vector_sql(model: str, dims: int, filters: tuple[str, ...]) -> t
 
 def _by_distance(hit: tuple[uuid.UUID, float]) -> tuple[float, uuid.UUID]:
     return hit[1], hit[0]
-
-
-async def _driver(session: AsyncSession) -> Any:
-    """The asyncpg connection under the session's transaction (cached per transaction)."""
-    transaction = session.sync_session.get_transaction()
-    driver = _drivers.get(transaction) if transaction is not None else None
-    if driver is None:
-        conn = await session.connection()
-        raw = await conn.get_raw_connection()
-        driver = raw.driver_connection
-        assert driver is not None
-        transaction = session.sync_session.get_transaction()
-        if transaction is not None:
-            _drivers[transaction] = driver
-    return driver
 
 
 _PARAM_RE = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")

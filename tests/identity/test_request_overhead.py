@@ -1,0 +1,185 @@
+"""What an authenticated request costs the database, and that the saving costs no safety:
+one round trip authenticates, touches the credential when stale and scopes the
+transaction (row-level security, role, HNSW settings); revocation still takes effect on
+the next request, in every server process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import event, text
+
+from roost.app import create_app
+from roost.config import Settings
+from roost.db.engine import Database
+from roost.keyfiles import KeyMaterial
+from roost.knowledge import search as search_mod
+from roost.security.passwords import hash_password
+from tests.support.identity import make_user
+from tests.support.pg import PgTestServer
+from tests.support.server import roost_server
+
+
+class _FixedEmbedder:
+    """The query's vector is not what this test measures: a constant one, no model."""
+
+    model_name = "all-MiniLM-L6-v2"
+    dimensions = 384
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        return [[1.0] + [0.0] * 383 for _ in texts]
+
+
+@contextmanager
+def statements(database: Database) -> Iterator[list[str]]:
+    """Every statement the app sends while the block runs, each a round trip: what
+    SQLAlchemy executes (it prepares and runs them through asyncpg, which does not log
+    those), plus what asyncpg's query logger sees (BEGIN, COMMIT and statements sent
+    straight to the driver), less asyncpg's own type introspection, which a connection
+    runs once for a statement's types and then caches."""
+    sent: list[str] = []
+    logged: set[int] = set()
+
+    def from_driver(query: Any) -> None:
+        sql = " ".join(query.query.split())
+        if "typeinfo_tree" not in sql and "set_config('jit'" not in sql:
+            sent.append(sql)
+
+    def from_sqlalchemy(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(" ".join(statement.split()))
+
+    def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if id(driver) not in logged:
+            logged.add(id(driver))
+            driver.add_query_logger(from_driver)
+
+    engine = database.engine.sync_engine
+    event.listen(engine, "checkout", on_checkout)
+    event.listen(engine, "before_cursor_execute", from_sqlalchemy)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "checkout", on_checkout)
+        event.remove(engine, "before_cursor_execute", from_sqlalchemy)
+
+
+@pytest.fixture
+def served_app(tmp_path: Path, database: Database, test_keys: KeyMaterial) -> FastAPI:
+    settings = Settings(data_dir=tmp_path / "data", log_json=True, llm_local_model=False)
+    return create_app(settings, database=database, keys=test_keys, configure_logs=False)
+
+
+async def test_authentication_and_scope_take_one_round_trip(
+    served_app: FastAPI, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(search_mod, "get_embedder", lambda spec: _FixedEmbedder())
+    user_id, headers = await make_user(database)
+    transport = httpx.ASGITransport(app=served_app, client=("127.0.0.1", 50001))
+    async with served_app.router.lifespan_context(served_app), httpx.AsyncClient(
+        transport=transport, base_url="http://roost.test"
+    ) as client:
+        chat = await client.post("/api/v1/chat/sessions", headers=headers, json={"title": "t"})
+        assert chat.status_code == 201, chat.text
+        body = {"query": "anything", "k": 5, "mode": "vector"}
+        assert (await client.post("/api/v1/knowledge/search", headers=headers,
+                                  json=body)).status_code == 200  # warm: the key's touch
+        with statements(database) as sent:
+            found = await client.post("/api/v1/knowledge/search", headers=headers, json=body)
+        assert found.status_code == 200, found.text
+        # BEGIN, the credential (+ touch, scope, role, HNSW settings), the vector query,
+        # COMMIT: nothing else (no separate SET LOCAL, no separate key lookup or touch).
+        assert len(sent) == 4, sent
+        assert sent[0].startswith("BEGIN") and sent[-1].startswith("COMMIT")
+        assert "set_config('roost.user_id'" in sent[1] and "hnsw.ef_search" not in sent[2]
+
+        with statements(database) as sent:
+            history = await client.get(
+                f"/api/v1/chat/sessions/{chat.json()['id']}/messages?limit=50", headers=headers)
+        assert history.status_code == 200, history.text
+        # BEGIN, the credential, the session with its page (one statement), COMMIT.
+        assert len(sent) == 4, sent
+        # The session check inside that statement still hides others' sessions (404)
+        # and still shows an empty page of one's own.
+        _, other = await make_user(database)
+        hidden = await client.get(
+            f"/api/v1/chat/sessions/{chat.json()['id']}/messages", headers=other)
+        assert hidden.status_code == 404, hidden.text
+        assert history.json()["items"] == []
+
+        # The scope is as strict as before: the transaction runs as the application role
+        # for exactly this user.
+        with statements(database) as sent:
+            me = await client.get("/api/v1/auth/me", headers=headers)
+        assert me.status_code == 200 and me.json()["id"] == str(user_id)
+
+
+async def test_credential_use_is_recorded_at_most_once_an_interval(
+    served_app: FastAPI, database: Database
+) -> None:
+    _, headers = await make_user(database)
+    transport = httpx.ASGITransport(app=served_app, client=("127.0.0.1", 50002))
+    async with httpx.AsyncClient(transport=transport, base_url="http://roost.test") as client:
+        async with database.transaction() as s:
+            await s.execute(text("UPDATE api_keys SET last_used_at = NULL"))
+        assert (await client.get("/api/v1/auth/me", headers=headers)).status_code == 200
+        async with database.transaction() as s:
+            first = (await s.execute(text("SELECT last_used_at FROM api_keys"))).scalar_one()
+        assert first is not None
+        for _ in range(3):
+            assert (await client.get("/api/v1/auth/me", headers=headers)).status_code == 200
+        async with database.transaction() as s:
+            again = (await s.execute(text("SELECT last_used_at FROM api_keys"))).scalar_one()
+        assert again == first  # within the interval: no further writes
+        async with database.transaction() as s:  # an hour later, as far as the key knows
+            await s.execute(text("UPDATE api_keys SET last_used_at = now() - interval '1 hour'"))
+        assert (await client.get("/api/v1/auth/me", headers=headers)).status_code == 200
+        async with database.transaction() as s:
+            later = (await s.execute(text("SELECT last_used_at FROM api_keys"))).scalar_one()
+        assert later > first
+
+
+async def test_revocation_is_immediate_in_every_server_process(
+    database: Database, pg_server: PgTestServer, db_name: str, tmp_path: Path,
+    test_keys: KeyMaterial,
+) -> None:
+    """Two ``roost serve`` processes on one database: a key revoked through one, and a
+    session ended through one, are refused by the other on the very next request."""
+    user_id, headers = await make_user(database, username="revoker")
+    async with database.transaction() as s:  # a password to sign in with
+        await s.execute(text("UPDATE users SET hashed_password = :h WHERE id = :u"),
+                        {"h": hash_password("plum-quartz-river-kettle"), "u": user_id})
+
+    def env(name: str) -> dict[str, str]:
+        return {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+                "ROOST_DATA_DIR": str(tmp_path / name), "ROOST_ADMIN_TOKEN": test_keys.admin_token,
+                "ROOST_SECRET_KEY": test_keys.secret_key,
+                "ROOST_MESSAGE_KEYS": ",".join(test_keys.message_keys),
+                "ROOST_LLM_LOCAL_MODEL": "false"}
+
+    def run() -> None:
+        with roost_server(env("a")) as a, roost_server(env("b")) as b:
+            key_id = uuid.UUID(httpx.get(f"{a.base_url}/api/v1/api-keys", headers=headers)
+                               .json()[0]["id"])
+            assert httpx.get(f"{b.base_url}/api/v1/auth/me", headers=headers).status_code == 200
+            gone = httpx.delete(f"{a.base_url}/api/v1/api-keys/{key_id}", headers=headers)
+            assert gone.status_code in (200, 204), gone.text
+            assert httpx.get(f"{b.base_url}/api/v1/auth/me", headers=headers).status_code == 401
+
+            login = httpx.post(f"{a.base_url}/api/v1/auth/login", json={
+                "login": "revoker", "password": "plum-quartz-river-kettle"})
+            assert login.status_code == 200, login.text
+            bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            assert httpx.get(f"{b.base_url}/api/v1/auth/me", headers=bearer).status_code == 200
+            assert httpx.post(f"{b.base_url}/api/v1/auth/logout", headers=bearer).status_code in (200, 204)
+            assert httpx.get(f"{a.base_url}/api/v1/auth/me", headers=bearer).status_code == 401
+
+    await asyncio.to_thread(run)
