@@ -160,6 +160,24 @@ class Settings(BaseSettings):
     )
     knowledge_curation_group_size: int = Field(default=4, ge=2, le=32)
 
+    # --- tools (MCP servers, tool registry, tool calls) ---------------------------------
+    tools_allowed_hosts: str = Field(
+        default="", description="Comma-separated host names or IP addresses of MCP servers "
+        "(streamable HTTP) that may be on loopback or a private network (admins configure; "
+        "every other host must be a public internet address)"
+    )
+    tools_call_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Deadline of one MCP request: a tool call, "
+        "a discovery (tools/list, every page) or a health check, start-up included"
+    )
+    tools_max_output_bytes: int = Field(
+        default=256 * 1024, ge=1024, le=64 * 1024 * 1024,
+        description="Largest tool result kept (JSON); a bigger one fails the call"
+    )
+    tools_health_interval_s: int = Field(
+        default=300, ge=10, description="Period of the MCP server health check job"
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:

@@ -87,6 +87,18 @@ DOMAINS: tuple[Domain, ...] = (
         startup="roost.knowledge.startup:lifespan",  # HNSW settings sent with authentication
         cli="roost.knowledge.cli:register",
     ),
+    Domain(
+        "tools",  # above knowledge: the built-in knowledge search tool
+        models="roost.tools.models",
+        routers=("roost.tools.routes:router",),
+        jobs="roost.tools.jobs",
+        cli="roost.tools.cli:register",
+    ),
+    Domain(
+        "mcpserver",  # on top: offers other domains' capabilities at /mcp (docs/mcp.md)
+        routers=("roost.mcpserver.routes:router",),
+        startup="roost.mcpserver.startup:lifespan",  # the MCP SDK's session manager
+    ),
 )
 
 

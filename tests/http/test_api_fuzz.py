@@ -23,7 +23,11 @@ DEAD_PROXY = "http://127.0.0.1:9"
 # generated address (chat, /v1 and health checks call registered providers), and this
 # machine must never send traffic off loopback.  Provider input validation is covered by
 # tests/chat; without providers, chat and /v1 answer 409/404 here without any call.
-NO_OUTBOUND = ["--exclude-name", "POST /api/v1/llm/providers"]
+# Registering an MCP server is the other (a generated URL is resolved, a generated stdio
+# command would be run); tests/tools covers its validation.  Without servers, discovery,
+# health checks and MCP tool calls answer 404.
+NO_OUTBOUND = ["--exclude-name", "POST /api/v1/llm/providers",
+               "--exclude-name", "POST /api/v1/mcp-servers"]
 CHECKS = ",".join([
     "not_a_server_error", "status_code_conformance", "content_type_conformance",
     "response_schema_conformance", "negative_data_rejection", "unsupported_method",

@@ -42,6 +42,7 @@ __all__ = [
     "IPAddress",
     "Resolver",
     "address_refusal",
+    "check_destination",
     "fetch_url",
 ]
 
@@ -394,3 +395,23 @@ async def fetch_url(
             )
     except TimeoutError:
         raise FetchTimeout(f"fetching {url[:200]!r} took longer than {timeout_s:g} s") from None
+
+
+async def check_destination(
+    url: str,
+    *,
+    allow_private: bool = False,
+    allowed_schemes: Sequence[str] = ("http", "https"),
+    resolver: Resolver | None = None,
+) -> list[IPAddress]:
+    """Check that the server may connect to ``url`` (scheme, no credentials, every
+    address of the host public unless ``allow_private``), without fetching anything.
+
+    For clients that make their own connections (the MCP client): returns the checked
+    addresses; raises :class:`FetchInvalidURL` (400) or :class:`FetchRefused` (403).
+    """
+    checked = _check_url(url, allowed_schemes)
+    port = checked.port or (443 if checked.scheme == "https" else 80)
+    return await _resolve_checked(
+        _host_for_dns(checked), port, resolver or _system_resolver, allow_private=allow_private
+    )

@@ -1,0 +1,144 @@
+"""``/mcp``: the streamable-HTTP MCP endpoint (web adapter).
+
+Every HTTP request to ``/mcp`` is authenticated *before* the MCP SDK sees it, exactly
+as a REST request is: ``roost.http.auth.current_principal`` (operator token, then the
+domains' resolvers: users' API keys and JWTs) in a short transaction of its own.  A
+missing or invalid credential is a 401 problem answer and no MCP transport, session or
+task is created.  The SDK's session manager runs stateless with JSON answers: each
+POST gets a fresh transport that is torn down when the answer is sent, so the server
+keeps no session state at all (nothing to leak on rejected or DELETEd sessions).
+
+Each ``tools/list`` and ``tools/call`` then opens its own transaction, authenticates
+the same bearer again in it (so a key revoked since is refused) and scopes it to the
+principal with the same resolver and ``apply_principal`` as the REST API: row-level
+security applies identically.  The transaction commits before the result is returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter
+from mcp import types
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import Request
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+import roost
+from roost.errors import Forbidden, ServiceUnavailable, Unauthorized
+from roost.http.auth import current_principal
+from roost.http.routing import RoostRoute
+from roost.mcpserver import tools
+from roost.principal import Principal
+
+PATH = "/mcp"
+
+# The authenticated HTTP request being served; the SDK runs the handlers in tasks
+# started from this request's task, which inherit it.
+_request: ContextVar[Request | None] = ContextVar("roost_mcp_request", default=None)
+
+
+@dataclass
+class McpRuntime:
+    """What ``/mcp`` needs at request time, kept on ``app.state.mcp`` by the start-up."""
+
+    manager: StreamableHTTPSessionManager
+    builtin: tools.ToolProvider
+
+
+def providers(request: Request) -> list[tools.ToolProvider]:
+    """The built-in tools, then those other domains registered (``app.state``)."""
+    runtime: McpRuntime = request.app.state.mcp
+    extra: Sequence[tools.ToolProvider] = getattr(request.app.state, "mcp_tool_providers", ())
+    return [runtime.builtin, *extra]
+
+
+def _check_caller(principal: Principal) -> None:
+    if principal.user_id is None:  # the operator token: no user, no documents of its own
+        raise Forbidden("/mcp serves a user's own capabilities: use that user's API key")
+
+
+@asynccontextmanager
+async def caller_transaction(request: Request) -> AsyncIterator[tuple[AsyncSession, Principal]]:
+    """A transaction scoped to the request's bearer, exactly as a REST route's."""
+    async with request.app.state.db.sessionmaker() as session, session.begin():
+        principal = await current_principal(request, session)
+        _check_caller(principal)
+        yield session, principal
+
+
+def _current_request() -> Request:
+    request = _request.get()
+    if request is None:  # only /mcp's endpoint runs the SDK, and it sets this first
+        raise RuntimeError("MCP handler called outside an authenticated /mcp request")
+    return request
+
+
+async def _list_tools(
+    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None,
+) -> types.ListToolsResult:
+    request = _current_request()
+    async with caller_transaction(request) as (session, principal):
+        found = await tools.list_all(providers(request), session, principal)
+    return types.ListToolsResult(tools=found)
+
+
+async def _call_tool(
+    ctx: ServerRequestContext[Any], params: types.CallToolRequestParams,
+) -> types.CallToolResult:
+    request = _current_request()
+    try:
+        async with caller_transaction(request) as (session, principal):
+            result = await tools.call(
+                providers(request), session, principal, params.name, params.arguments or {})
+            if result.is_error:  # a refused call changes nothing
+                await session.rollback()
+    except (Forbidden, Unauthorized) as exc:  # revoked since the request began
+        return tools.error_result(exc.detail)
+    return result
+
+
+def build_server() -> Server[Any]:
+    return Server(
+        "roost", version=roost.__version__,
+        instructions="Roost: your documents and tools, scoped to your API key.",
+        on_list_tools=_list_tools, on_call_tool=_call_tool,
+    )
+
+
+def build_manager(server: Server[Any]) -> StreamableHTTPSessionManager:
+    """Stateless, JSON answers: no session map, no SSE stream, nothing kept between
+    requests.  Body size is capped by Roost's own middleware first."""
+    return StreamableHTTPSessionManager(app=server, stateless=True, json_response=True)
+
+
+class McpEndpoint:
+    """The raw ASGI app behind ``/mcp``: authenticate, then hand over to the SDK."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        runtime: McpRuntime | None = getattr(request.app.state, "mcp", None)
+        if runtime is None:
+            raise ServiceUnavailable("the MCP server is not running (the app's lifespan starts it)")
+        async with caller_transaction(request):  # 401/403 before the SDK sees anything
+            pass
+        token = _request.set(request)
+        try:
+            await runtime.manager.handle_request(scope, receive, send)
+        finally:
+            _request.reset(token)
+
+
+router = APIRouter(route_class=RoostRoute)
+# A plain Starlette route (raw ASGI, outside the OpenAPI document): the MCP transport
+# speaks JSON-RPC, not Roost's REST conventions.
+router.routes.append(Route(PATH, McpEndpoint(), methods=["GET", "POST", "DELETE"],
+                           include_in_schema=False))

@@ -1,0 +1,54 @@
+"""Built-in tools: run inside Roost, registered as global ``tools`` rows (kind
+``builtin``) by migration 0500 with these ids, names and input schemas."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.errors import Unprocessable
+from roost.knowledge.config import KnowledgeConfig
+from roost.knowledge.schemas import SearchRequest
+from roost.knowledge.search import search
+from roost.principal import Principal
+
+CURRENT_TIME_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000001")
+KNOWLEDGE_SEARCH_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000002")
+
+
+class BuiltinToolError(Unprocessable):
+    title, type_slug = "Tool failed", "tool-failed"
+
+
+async def current_time(arguments: dict[str, Any]) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    name = arguments.get("timezone") or "UTC"
+    try:
+        zone = ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise BuiltinToolError(f"unknown time zone {name!r}; use an IANA name such as "
+                               "'Europe/Paris'") from None
+    local = now.astimezone(zone)
+    return {"utc": now.isoformat(), "timezone": name, "local": local.isoformat(),
+            "unix": now.timestamp()}
+
+
+async def knowledge_search(
+    session: AsyncSession, actor: Principal, cfg: KnowledgeConfig, arguments: dict[str, Any]
+) -> dict[str, Any]:
+    """Hybrid search of the documents the caller may read (their RLS scope)."""
+    request = SearchRequest(query=arguments["query"], k=arguments.get("k", 5),
+                            collection=arguments.get("collection"))
+    found = await search(session, actor, cfg, request)
+    return {
+        "query": found.query,
+        "results": [
+            {"document_id": str(hit.document_id), "chunk_index": hit.chunk_index,
+             "content": hit.content, "score": hit.score}
+            for hit in found.results
+        ],
+    }

@@ -1,0 +1,239 @@
+"""Calling a tool and the record of each call (``tool_runs``).
+
+A call is three steps, so no database connection waits on a tool server:
+
+1. a scoped transaction finds the tool (another tenant's is 404), checks it is enabled
+   and available, and validates the arguments against its JSON Schema (422 naming the
+   failing path; nothing is recorded);
+2. the tool runs (a built-in in the process, an MCP tool through a session under
+   ``ROOST_TOOLS_CALL_TIMEOUT_S`` with its output capped at
+   ``ROOST_TOOLS_MAX_OUTPUT_BYTES``);
+3. a second scoped transaction writes the ``tool_runs`` row and its audit record
+   together.  A failure (timeout, server error, malformed or oversized result, the
+   tool's own error) is a ``tool_runs`` row with status ``error``/``timeout`` and a
+   problem answer naming the run; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator, SchemaError
+from jsonschema.validators import validator_for
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit.service import record
+from roost.db.base import utcnow
+from roost.db.engine import Database
+from roost.errors import Conflict, NotFound, RoostError, Unprocessable
+from roost.knowledge.config import KnowledgeConfig
+from roost.pagination import DEFAULT_LIMIT, before_time_id, page_of, time_id_cursor
+from roost.principal import Principal
+from roost.security.crypto import SecretBox
+from roost.tools import builtins, mcpclient, registry
+from roost.tools.config import ToolsConfig
+from roost.tools.models import MAX_PREVIEW_CHARS, McpServer, Tool, ToolRun
+from roost.tools.servers import scoped, spec_for
+
+
+class ToolUnavailable(Conflict):
+    title, type_slug = "Tool unavailable", "tool-unavailable"
+
+
+def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> None:
+    """Raise 422 listing each failing path (never echoing the values)."""
+    try:
+        cls = validator_for(schema, default=Draft202012Validator)
+        cls.check_schema(schema)
+    except SchemaError:
+        raise ToolUnavailable("the tool's input schema is not a valid JSON Schema; "
+                              "re-sync its server or ask its maintainer") from None
+    errors = sorted(cls(schema).iter_errors(arguments), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return
+    # The shape of every 422's ``errors`` (loc, msg, type), loc starting at the body.
+    problems = [
+        {"loc": ["body", "arguments", *error.absolute_path], "msg": _describe(error),
+         "type": f"json_schema.{error.validator}"}
+        for error in errors[:20]
+    ]
+    first = errors[0]
+    path = "/" + "/".join(str(p) for p in first.absolute_path)
+    raise Unprocessable(
+        f"the arguments do not match the tool's input schema: at {path}: {_describe(first)}",
+        extra={"errors": problems},
+    )
+
+
+def _describe(error: Any) -> str:
+    """What failed, without the offending value (it may be a secret)."""
+    validator, expected = error.validator, error.validator_value
+    if validator == "required":
+        missing = [p for p in expected if p not in (error.instance or {})]
+        return f"required property {', '.join(repr(m) for m in missing)} is missing"
+    if validator == "additionalProperties":
+        return "unexpected property (not allowed by the schema)"
+    if validator in ("type", "enum", "const", "format", "pattern", "minimum", "maximum",
+                     "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
+                     "minItems", "maxItems"):
+        return f"must satisfy {validator}={json.dumps(expected)[:200]}"
+    return f"fails {validator!r}"
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    tool_id: uuid.UUID
+    name: str
+    kind: str
+    spec: mcpclient.ServerSpec | None
+
+
+async def _prepare(
+    database: Database, actor: Principal, cfg: ToolsConfig, box: SecretBox,
+    tool_id: uuid.UUID | None, name: str | None, server: str | None, arguments: dict[str, Any],
+) -> _Prepared:
+    async with scoped(database, actor, cfg) as session:
+        if tool_id is not None:
+            tool = await registry.get_tool(session, actor, tool_id)
+        else:
+            assert name is not None
+            tool = await registry.find_tool(session, actor, name, server)
+        if not tool.enabled:
+            raise ToolUnavailable(f"tool {tool.name!r} is disabled")
+        if not tool.available:
+            raise ToolUnavailable(f"tool {tool.name!r} is no longer offered by its server; "
+                                  "sync the server to refresh its tools")
+        validate_arguments(tool.input_schema, arguments)
+        spec = None
+        if tool.kind == "mcp":
+            row = await session.get(McpServer, tool.mcp_server_id)
+            if row is None:
+                raise NotFound(f"tool {tool.id} does not exist")
+            if not row.enabled:
+                raise ToolUnavailable(f"MCP server {row.name!r} is disabled")
+            spec = spec_for(row, box, cfg)
+        return _Prepared(tool.id, tool.name, tool.kind, spec)
+
+
+async def _run(
+    prepared: _Prepared, database: Database, actor: Principal, cfg: ToolsConfig,
+    kcfg: KnowledgeConfig | None, arguments: dict[str, Any],
+) -> dict[str, Any]:
+    if prepared.spec is not None:
+        outcome = await mcpclient.call_tool(
+            prepared.spec, prepared.name, arguments, timeout_s=cfg.call_timeout_s,
+            max_bytes=cfg.max_output_bytes,
+        )
+        if outcome.is_error:
+            raise mcpclient.McpError(
+                f"tool {prepared.name!r} reported an error: {outcome.text[:500] or 'no detail'}",
+                extra={"output": outcome.output},
+            )
+        return outcome.output
+    if prepared.tool_id == builtins.CURRENT_TIME_ID:
+        return await builtins.current_time(arguments)
+    if prepared.tool_id == builtins.KNOWLEDGE_SEARCH_ID:
+        if kcfg is None:
+            raise ToolUnavailable("knowledge search is not configured in this process")
+        async with asyncio.timeout(cfg.call_timeout_s), scoped(database, actor, cfg) as session:
+            return await builtins.knowledge_search(session, actor, kcfg, arguments)
+    raise ToolUnavailable(f"built-in tool {prepared.name!r} is not implemented by this server")
+
+
+def _preview(output: dict[str, Any]) -> str:
+    texts = [c.get("text", "") for c in output.get("content", []) if isinstance(c, dict)]
+    text = "\n".join(t for t in texts if t) or json.dumps(output, ensure_ascii=False)
+    return text[:MAX_PREVIEW_CHARS]
+
+
+async def call_tool(
+    database: Database, actor: Principal, cfg: ToolsConfig, box: SecretBox,
+    *, tool_id: uuid.UUID | None = None, name: str | None = None, server: str | None = None,
+    arguments: dict[str, Any], trace_id: str | None = None,
+    session_id: uuid.UUID | None = None, message_id: uuid.UUID | None = None,
+    knowledge: KnowledgeConfig | None = None,
+) -> ToolRun:
+    """Run a tool for ``actor`` and record it; raises the failure after recording it."""
+    prepared = await _prepare(database, actor, cfg, box, tool_id, name, server, arguments)
+    started = utcnow()
+    clock = time.perf_counter()
+    output: dict[str, Any] | None = None
+    failure: RoostError | None = None
+    try:
+        output = await _run(prepared, database, actor, cfg, knowledge, arguments)
+    except TimeoutError:
+        failure = mcpclient.McpTimeout(
+            f"tool {prepared.name!r} did not finish within {cfg.call_timeout_s:g} s"
+        )
+    except RoostError as exc:
+        failure = exc
+    duration = int((time.perf_counter() - clock) * 1000)
+    status = "success" if failure is None else (
+        "timeout" if isinstance(failure, mcpclient.McpTimeout) else "error"
+    )
+    async with scoped(database, actor, cfg) as session:
+        run = ToolRun(
+            tool_id=prepared.tool_id, user_id=actor.user_id, tool_name=prepared.name,
+            trace_id=trace_id or f"run-{uuid.uuid4()}", status=status, input=arguments,
+            output=output if output is not None else (failure.extra.get("output") if failure else None),
+            result_preview=_preview(output) if output is not None else None,
+            error=failure.detail if failure else None, started_at=started, finished_at=utcnow(),
+            duration_ms=duration, session_id=session_id, message_id=message_id,
+        )
+        session.add(run)
+        await session.flush()
+        await record(
+            session, "tool.call", user_id=actor.user_id, resource_type="tool",
+            resource_id=prepared.tool_id, trace_id=run.trace_id, success=failure is None,
+            error_message=failure.detail if failure else None,
+            metadata={"tool_run_id": str(run.id), "tool_name": prepared.name, "status": status,
+                      "duration_ms": duration},
+        )
+    if failure is not None:
+        failure.extra = {"tool_run_id": str(run.id)}
+        raise failure
+    return run
+
+
+async def list_runs(
+    session: AsyncSession, actor: Principal, *, tool_id: uuid.UUID | None = None,
+    tool_name: str | None = None, status: str | None = None, trace_id: str | None = None,
+    limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+) -> tuple[list[ToolRun], str | None]:
+    """Newest first."""
+    stmt = select(ToolRun)
+    if not actor.is_admin:
+        stmt = stmt.where(ToolRun.user_id == actor.user_id)
+    if tool_id is not None:
+        stmt = stmt.where(ToolRun.tool_id == tool_id)
+    if tool_name is not None:
+        stmt = stmt.where(ToolRun.tool_name == tool_name)
+    if status is not None:
+        stmt = stmt.where(ToolRun.status == status)
+    if trace_id is not None:
+        stmt = stmt.where(ToolRun.trace_id == trace_id)
+    if cursor is not None:
+        stmt = stmt.where(before_time_id(cursor, ToolRun.created_at, ToolRun.id))
+    rows = (await session.scalars(
+        stmt.order_by(ToolRun.created_at.desc(), ToolRun.id.desc()).limit(limit + 1)
+    )).all()
+    return page_of(rows, limit, lambda r: time_id_cursor(r.created_at, r.id))
+
+
+async def get_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID) -> ToolRun:
+    stmt = select(ToolRun).where(ToolRun.id == run_id)
+    if not actor.is_admin:
+        stmt = stmt.where(ToolRun.user_id == actor.user_id)
+    run = await session.scalar(stmt)
+    if run is None:
+        raise NotFound(f"tool run {run_id} does not exist")
+    return run
+
+
+__all__ = ["Tool", "ToolUnavailable", "call_tool", "get_run", "list_runs", "validate_arguments"]

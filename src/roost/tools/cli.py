@@ -1,0 +1,211 @@
+"""``roost mcp add|ls|sync|check|rm`` and ``roost tools ls|call``: the operator's commands.
+
+They act as the system (an administrator): servers added here are global (every user
+sees their tools).  Servers are named by name or by id (or a unique id prefix).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from sqlalchemy import String, cast, or_, select
+
+from roost.clitools import fail, id_table, print_table, with_database
+from roost.config import get_settings
+from roost.db.engine import Database
+from roost.errors import NotFound, RoostError
+from roost.keyfiles import load_keys
+from roost.knowledge.config import KnowledgeConfig
+from roost.principal import SYSTEM
+from roost.security.crypto import SecretBox
+from roost.tools import calls, registry, servers
+from roost.tools.config import ToolsConfig
+from roost.tools.models import McpServer
+from roost.tools.schemas import McpServerCreate
+
+console = Console()
+T = TypeVar("T")
+
+mcp_app = typer.Typer(help="MCP servers: register, discover tools, check health.",
+                      no_args_is_help=True)
+tools_app = typer.Typer(help="The tool registry: list and call tools.", no_args_is_help=True)
+
+
+def _run(fn: Callable[[Database, ToolsConfig, SecretBox], Awaitable[T]]) -> T:
+    settings = get_settings()
+    cfg = ToolsConfig.from_settings(settings)
+    box = SecretBox.from_keys(load_keys(settings).secrets_key)
+
+    async def go(db: Database) -> T:
+        return await fn(db, cfg, box)
+
+    try:
+        return with_database(go, settings)
+    except RoostError as exc:
+        raise fail(exc.title, exc.detail) from exc
+
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail("Invalid option", f"{what} must be KEY=VALUE, got {key or item!r}=...")
+        out[key] = value
+    return out
+
+
+async def _server_id(db: Database, ref: str) -> uuid.UUID:
+    async with db.transaction() as session:
+        rows = (await session.scalars(select(McpServer.id).where(or_(
+            McpServer.name == ref, cast(McpServer.id, String).like(ref.lower() + "%")
+        )).limit(3))).all()
+    if not rows:
+        raise NotFound(f"no MCP server is named {ref!r} or has an id starting with it")
+    if len(rows) > 1:
+        raise NotFound(f"{ref!r} names several MCP servers; use the full id")
+    return rows[0]
+
+
+@mcp_app.command("add")
+def add_command(
+    name: Annotated[str, typer.Argument(help="Server name (letters, digits, . _ -)")],
+    command: Annotated[str | None, typer.Option(help="stdio: the executable to run")] = None,
+    arg: Annotated[list[str] | None, typer.Option("--arg", help="stdio: one argument (repeat)")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", help="stdio: KEY=VALUE (repeat)")] = None,
+    url: Annotated[str | None, typer.Option(help="streamable_http: the MCP endpoint")] = None,
+    header: Annotated[list[str] | None, typer.Option(
+        "--header", help="streamable_http: NAME=VALUE (repeat)")] = None,
+    description: Annotated[str | None, typer.Option(help="What the server is for")] = None,
+) -> None:
+    """Register a global MCP server (give --command for stdio or --url for streamable HTTP)."""
+    if (command is None) == (url is None):
+        raise fail("Invalid options", "give either --command (stdio) or --url (streamable HTTP)")
+    try:
+        body = McpServerCreate(
+            name=name, transport="stdio" if command else "streamable_http", command=command,
+            args=arg or [], env=_pairs(env, "--env"), url=url, headers=_pairs(header, "--header"),
+            description=description, is_global=True,
+        )
+    except ValueError as exc:
+        raise fail("Invalid options", str(exc).splitlines()[-1]) from None
+
+    async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> McpServer:
+        async with db.transaction() as session:
+            return await servers.create_server(session, SYSTEM, cfg, box, body)
+
+    row = _run(go)
+    console.print(f"Registered MCP server {row.name} ({row.id}); discover its tools with "
+                  f"`roost mcp sync {row.name}`")
+
+
+@mcp_app.command("ls")
+def ls_command() -> None:
+    """List every MCP server (all tenants)."""
+    async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> list[McpServer]:
+        async with db.transaction() as session:
+            rows, _ = await servers.list_servers(session, SYSTEM, limit=500)
+            return rows
+
+    table = id_table("id", "name", "owner", "transport", "endpoint", "health", "latency ms",
+                     wrap=("endpoint",))
+    for row in _run(go):
+        table.add_row(str(row.id), row.name, str(row.user_id) if row.user_id else "global",
+                      row.transport, row.url or " ".join([row.command or "", *map(str, row.args)]),
+                      row.health_status, "" if row.latency_ms is None else str(row.latency_ms))
+    print_table(console, table)
+
+
+@mcp_app.command("sync")
+def sync_command(server: Annotated[str, typer.Argument(help="Server name or id")]) -> None:
+    """Discover the server's tools and update the registry."""
+    async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> servers.SyncSummary:
+        return await servers.sync_server(db, SYSTEM, cfg, box, await _server_id(db, server))
+
+    found = _run(go)
+    console.print(f"{found.server.name}: {len(found.added)} added, {len(found.updated)} "
+                  f"updated, {len(found.unavailable)} unavailable, {len(found.skipped)} skipped")
+    for name, reason in found.skipped.items():
+        console.print(f"  skipped {name}: {reason}")
+
+
+@mcp_app.command("check")
+def check_command(server: Annotated[str, typer.Argument(help="Server name or id")]) -> None:
+    """Health check: connect, initialize, list tools."""
+    async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> McpServer:
+        return await servers.check_server(db, SYSTEM, cfg, box, await _server_id(db, server))
+
+    row = _run(go)
+    console.print(f"{row.name}: {row.health_status}"
+                  + (f" in {row.latency_ms} ms" if row.health_status == "healthy" else
+                     f": {row.health_error}"))
+    if row.health_status != "healthy":
+        raise typer.Exit(1)
+
+
+@mcp_app.command("rm")
+def rm_command(server: Annotated[str, typer.Argument(help="Server name or id")]) -> None:
+    """Delete a server and its tools (their tool runs stay)."""
+    async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> None:
+        server_id = await _server_id(db, server)
+        async with db.transaction() as session:
+            await servers.delete_server(session, SYSTEM, server_id)
+
+    _run(go)
+    console.print(f"Deleted MCP server {server}")
+
+
+@tools_app.command("ls")
+def tools_ls_command(
+    server: Annotated[str | None, typer.Option(help="Only this MCP server's tools")] = None,
+) -> None:
+    """List tools (built-ins and every server's)."""
+    async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> list[Any]:
+        server_id = await _server_id(db, server) if server else None
+        async with db.transaction() as session:
+            rows, _ = await registry.list_tools(session, SYSTEM, server_id=server_id, limit=500)
+            return rows
+
+    table = id_table("id", "name", "kind", "available", "description", wrap=("description",))
+    for tool in _run(go):
+        table.add_row(str(tool.id), tool.name, tool.kind, "yes" if tool.available else "no",
+                      (tool.description or "").strip().splitlines()[0] if tool.description else "")
+    print_table(console, table)
+
+
+@tools_app.command("call")
+def tools_call_command(
+    name: Annotated[str, typer.Argument(help="Tool name")],
+    arguments: Annotated[str, typer.Option("--args", help="Arguments as a JSON object")] = "{}",
+    server: Annotated[str | None, typer.Option(help="The MCP server, when several offer it")] = None,
+) -> None:
+    """Call a tool as the operator and print its result (the run is recorded)."""
+    try:
+        parsed = json.loads(arguments)
+    except json.JSONDecodeError as exc:
+        raise fail("Invalid --args", f"not JSON: {exc.msg} at character {exc.pos}") from None
+    if not isinstance(parsed, dict):
+        raise fail("Invalid --args", "must be a JSON object")
+
+    try:
+        knowledge: KnowledgeConfig | None = KnowledgeConfig.from_settings(get_settings())
+    except RoostError:
+        knowledge = None  # only the knowledge_search tool needs it
+
+    async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> Any:
+        return await calls.call_tool(db, SYSTEM, cfg, box, name=name, server=server,
+                                     arguments=parsed, knowledge=knowledge)
+
+    run = _run(go)
+    console.print_json(json.dumps(run.output))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``roost mcp`` and ``roost tools`` (``roost.domains`` calls this)."""
+    app.add_typer(mcp_app, name="mcp")
+    app.add_typer(tools_app, name="tools")

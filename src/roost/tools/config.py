@@ -1,0 +1,31 @@
+"""What the tools services need from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from roost.config import Settings
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    allowed_hosts: frozenset[str] = frozenset()
+    call_timeout_s: float = 60.0
+    max_output_bytes: int = 256 * 1024
+    app_role: str = "roost_app"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ToolsConfig:
+        hosts = frozenset(
+            h.strip().lower().strip("[]") for h in settings.tools_allowed_hosts.split(",") if h.strip()
+        )
+        return cls(
+            allowed_hosts=hosts,
+            call_timeout_s=settings.tools_call_timeout_s,
+            max_output_bytes=settings.tools_max_output_bytes,
+            app_role=settings.db_app_role,
+        )
+
+    def host_allowed(self, host: str | None) -> bool:
+        """Whether an administrator let ``host`` be on loopback or a private network."""
+        return bool(host) and (host or "").lower().strip("[]") in self.allowed_hosts

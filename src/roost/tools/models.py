@@ -1,0 +1,203 @@
+"""Tool tables: MCP servers, tools, tool runs, tool dependencies, persona tools, LSP servers.
+
+One ``mcp_servers``, one ``tools`` and one ``tool_runs`` table unite the seeds' tables of
+those names (``docs/seed-map.toml`` says where each column lives).
+
+Ownership: ``user_id`` NULL means *global* (managed by administrators, visible to every
+user); otherwise the row is its owner's.  A tool discovered on a server copies the
+server's owner.  ``tool_runs`` outlive what they describe: deleting a server deletes its
+tools, and their runs keep ``tool_name`` with ``tool_id`` set to NULL.
+
+Secrets of a server (stdio ``env`` values, streamable-HTTP ``headers``) are stored only
+as AES-256-GCM ciphertext bound to their row (``env_encrypted``, ``headers_encrypted``)
+and never returned by the API.
+
+``persona_tools.persona_id`` and ``tool_runs.run_id``/``run_step_id``/``session_id``/
+``message_id`` are plain ids: the personas and runs tables do not exist yet, and a run
+record must survive its chat message.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from roost.db.base import Base, CreatedAt, Timestamps, UUIDPrimaryKey
+from roost.db.vector import VectorType
+from roost.identity import models as _identity_models  # noqa: F401 - "users", for the foreign keys
+
+TRANSPORTS: Final = ("stdio", "streamable_http")
+HEALTH_STATUSES: Final = ("unknown", "healthy", "unhealthy")
+RUN_STATUSES: Final = ("running", "success", "error", "timeout")
+DEPENDENCY_TYPES: Final = ("requires", "recommends", "optional")
+TOOL_KINDS: Final = ("mcp", "builtin")
+MAX_SCHEMA_BYTES: Final = 10 * 1024
+MAX_PREVIEW_CHARS: Final = 2 * 1024
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class McpServer(UUIDPrimaryKey, Timestamps, Base):
+    __tablename__ = "mcp_servers"
+    __table_args__ = (
+        CheckConstraint(_in("transport", TRANSPORTS), name="transport"),
+        CheckConstraint(_in("health_status", HEALTH_STATUSES), name="health_status"),
+        Index("ix_mcp_servers_user_id", "user_id"),
+        Index("uq_mcp_servers_owner_name", "user_id", "name", unique=True,
+              postgresql_where=text("user_id IS NOT NULL")),
+        Index("uq_mcp_servers_global_name", "name", unique=True,
+              postgresql_where=text("user_id IS NULL")),
+    )
+
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(Text)
+    transport: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str | None] = mapped_column(String(2048))
+    command: Mapped[str | None] = mapped_column(String(1024))
+    args: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"), default=list)
+    env_encrypted: Mapped[str | None] = mapped_column(Text)
+    headers_encrypted: Mapped[str | None] = mapped_column(Text)
+    config: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"), default=dict)
+    capabilities: Mapped[dict[str, Any]] = mapped_column(
+        server_default=text("'{}'::jsonb"), default=dict
+    )
+    server_info: Mapped[dict[str, Any] | None]
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), default=True)
+    health_status: Mapped[str] = mapped_column(
+        String(50), server_default=text("'unknown'"), default="unknown"
+    )
+    health_error: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    last_seen: Mapped[datetime | None]
+    last_health_check_at: Mapped[datetime | None]
+    last_synced_at: Mapped[datetime | None]
+
+
+class Tool(UUIDPrimaryKey, Timestamps, Base):
+    __tablename__ = "tools"
+    __table_args__ = (
+        CheckConstraint(_in("kind", TOOL_KINDS), name="kind"),
+        CheckConstraint("(kind = 'mcp') = (mcp_server_id IS NOT NULL)", name="mcp_has_server"),
+        Index("uq_tools_server_name", "mcp_server_id", "name", unique=True,
+              postgresql_where=text("mcp_server_id IS NOT NULL")),
+        Index("uq_tools_builtin_name", "name", unique=True,
+              postgresql_where=text("mcp_server_id IS NULL")),
+        Index("ix_tools_user_id", "user_id"),
+        Index("ix_tools_name", "name"),
+        Index("ix_tools_category", "category"),
+    )
+
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    mcp_server_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("mcp_servers.id", ondelete="CASCADE")
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(256))
+    title: Mapped[str | None] = mapped_column(String(256))
+    description: Mapped[str | None] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(String(100))
+    input_schema: Mapped[dict[str, Any]] = mapped_column(
+        server_default=text("'{\"type\": \"object\"}'::jsonb"), default=lambda: {"type": "object"}
+    )
+    output_schema: Mapped[dict[str, Any] | None]
+    annotations: Mapped[dict[str, Any] | None]
+    code: Mapped[str | None] = mapped_column(Text)
+    code_type: Mapped[str | None] = mapped_column(String(50))
+    is_builtin: Mapped[bool] = mapped_column(Boolean, server_default=text("false"), default=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), default=True)
+    available: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), default=True)
+    last_discovered_at: Mapped[datetime | None]
+    # Persona Platform's vector(1536) for semantic tool selection; not filled yet.
+    description_embedding: Mapped[list[float] | None] = mapped_column(VectorType())
+
+
+class ToolRun(UUIDPrimaryKey, CreatedAt, Base):
+    __tablename__ = "tool_runs"
+    __table_args__ = (
+        CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+        Index("ix_tool_runs_user_started", "user_id", text("started_at DESC")),
+        Index("ix_tool_runs_tool_name_started", "tool_name", text("started_at DESC")),
+        Index("ix_tool_runs_tool_id", "tool_id"),
+        Index("ix_tool_runs_trace_id", "trace_id"),
+        Index("ix_tool_runs_run_id", "run_id"),
+    )
+
+    tool_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tools.id", ondelete="SET NULL"))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    session_id: Mapped[uuid.UUID | None]
+    message_id: Mapped[uuid.UUID | None]
+    run_id: Mapped[uuid.UUID | None]
+    run_step_id: Mapped[uuid.UUID | None]
+    trace_id: Mapped[str] = mapped_column(String(255))
+    tool_name: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(32))
+    input: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"), default=dict)
+    output: Mapped[dict[str, Any] | None]
+    result_preview: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+
+
+class ToolDependency(UUIDPrimaryKey, CreatedAt, Base):
+    __tablename__ = "tool_dependencies"
+    __table_args__ = (
+        CheckConstraint(_in("dependency_type", DEPENDENCY_TYPES), name="dependency_type"),
+        CheckConstraint("tool_id <> depends_on_tool_id", name="not_self"),
+        Index("uq_tool_dependencies_edge", "tool_id", "depends_on_tool_id", unique=True),
+        Index("ix_tool_dependencies_depends_on", "depends_on_tool_id"),
+    )
+
+    tool_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tools.id", ondelete="CASCADE"))
+    depends_on_tool_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tools.id", ondelete="CASCADE"))
+    dependency_type: Mapped[str] = mapped_column(
+        String(50), server_default=text("'requires'"), default="requires"
+    )
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+
+
+class PersonaTool(UUIDPrimaryKey, CreatedAt, Base):
+    """Which tools a persona may use (no behaviour yet; ``personas`` does not exist)."""
+
+    __tablename__ = "persona_tools"
+    __table_args__ = (
+        Index("uq_persona_tools_persona_tool", "persona_id", "tool_id", unique=True),
+        Index("ix_persona_tools_tool_id", "tool_id"),
+        Index("ix_persona_tools_user_id", "user_id"),
+    )
+
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    persona_id: Mapped[uuid.UUID]  # no foreign key until the personas table exists
+    tool_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tools.id", ondelete="CASCADE"))
+    is_enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), default=True)
+    config: Mapped[dict[str, Any] | None]
+
+
+class LspServer(UUIDPrimaryKey, CreatedAt, Base):
+    """HelixAgent's language-server registry (no behaviour yet)."""
+
+    __tablename__ = "lsp_servers"
+    __table_args__ = (
+        Index("ix_lsp_servers_user_id", "user_id"),
+        Index("uq_lsp_servers_global_name", "name", unique=True,
+              postgresql_where=text("user_id IS NULL")),
+        Index("uq_lsp_servers_owner_name", "user_id", "name", unique=True,
+              postgresql_where=text("user_id IS NOT NULL")),
+    )
+
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    language: Mapped[str] = mapped_column(String(100))
+    command: Mapped[str] = mapped_column(String(500))
+    args: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"), default=list)
+    file_patterns: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"), default=list)
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), default=True)

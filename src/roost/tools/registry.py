@@ -1,0 +1,139 @@
+"""The tool registry: list and find the tools a principal may use, and the dependency
+graph between tools (cycles refused)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit.service import record
+from roost.errors import Conflict, NotFound
+from roost.pagination import DEFAULT_LIMIT, after_time_id, page_of, time_id_cursor
+from roost.principal import Principal
+from roost.tools.models import McpServer, Tool, ToolDependency
+
+
+def visible(actor: Principal) -> Any:
+    """Global tools and the actor's own (administrators: all)."""
+    if actor.is_admin:
+        return True
+    return or_(Tool.user_id.is_(None), Tool.user_id == actor.user_id)
+
+
+async def list_tools(
+    session: AsyncSession, actor: Principal, *, kind: str | None = None,
+    server_id: uuid.UUID | None = None, name: str | None = None,
+    available: bool | None = None, category: str | None = None,
+    limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+) -> tuple[list[Tool], str | None]:
+    """Oldest first (built-ins, then tools in discovery order)."""
+    stmt = select(Tool).where(visible(actor))
+    if kind is not None:
+        stmt = stmt.where(Tool.kind == kind)
+    if server_id is not None:
+        stmt = stmt.where(Tool.mcp_server_id == server_id)
+    if name is not None:
+        stmt = stmt.where(Tool.name == name)
+    if available is not None:
+        stmt = stmt.where(Tool.available.is_(available))
+    if category is not None:
+        stmt = stmt.where(Tool.category == category)
+    if cursor is not None:
+        stmt = stmt.where(after_time_id(cursor, Tool.created_at, Tool.id))
+    rows = (await session.scalars(stmt.order_by(Tool.created_at, Tool.id).limit(limit + 1))).all()
+    return page_of(rows, limit, lambda t: time_id_cursor(t.created_at, t.id))
+
+
+async def get_tool(session: AsyncSession, actor: Principal, tool_id: uuid.UUID) -> Tool:
+    tool = await session.scalar(select(Tool).where(Tool.id == tool_id, visible(actor)))
+    if tool is None:
+        raise NotFound(f"tool {tool_id} does not exist")
+    return tool
+
+
+async def find_tool(
+    session: AsyncSession, actor: Principal, name: str, server: str | None = None
+) -> Tool:
+    """The tool called ``name`` (on the MCP server named ``server``, if given)."""
+    stmt = select(Tool).where(Tool.name == name, visible(actor))
+    if server is not None:
+        stmt = stmt.join(McpServer, McpServer.id == Tool.mcp_server_id).where(
+            McpServer.name == server
+        )
+    found = list((await session.scalars(stmt.order_by(Tool.created_at).limit(10))).all())
+    if not found:
+        where = f" on server {server!r}" if server else ""
+        raise NotFound(f"no tool named {name!r}{where}")
+    if len(found) > 1:
+        raise Conflict(f"{len(found)} tools are named {name!r}; call it by id or pass "
+                       "?server=<MCP server name>")
+    return found[0]
+
+
+async def add_dependency(
+    session: AsyncSession, actor: Principal, tool_id: uuid.UUID, depends_on: uuid.UUID,
+    dependency_type: str,
+) -> ToolDependency:
+    """``tool_id`` depends on ``depends_on``; refused (409) when it would close a cycle."""
+    tool = await get_tool(session, actor, tool_id)
+    target = await get_tool(session, actor, depends_on)
+    if tool.id == target.id:
+        raise Conflict("a tool cannot depend on itself")
+    path = await _path(session, target.id, tool.id)
+    if path is not None:
+        names = dict((await session.execute(
+            select(Tool.id, Tool.name).where(Tool.id.in_(path))
+        )).tuples().all())
+        shown = " -> ".join(names.get(p, str(p)) for p in [tool.id, *path])
+        raise Conflict(f"this dependency would create a cycle: {shown}")
+    exists = await session.scalar(select(ToolDependency.id).where(
+        ToolDependency.tool_id == tool.id, ToolDependency.depends_on_tool_id == target.id
+    ))
+    if exists is not None:
+        raise Conflict(f"{tool.name!r} already depends on {target.name!r}")
+    edge = ToolDependency(tool_id=tool.id, depends_on_tool_id=target.id,
+                          dependency_type=dependency_type, user_id=actor.user_id)
+    session.add(edge)
+    await session.flush()
+    await record(session, "tool.dependency.add", user_id=actor.user_id, resource_type="tool",
+                 resource_id=tool.id,
+                 changes={"depends_on_tool_id": str(target.id), "dependency_type": dependency_type})
+    return edge
+
+
+async def _path(session: AsyncSession, start: uuid.UUID, goal: uuid.UUID) -> list[uuid.UUID] | None:
+    """A dependency path ``start -> ... -> goal`` over the visible edges, or None."""
+    parents: dict[uuid.UUID, uuid.UUID | None] = {start: None}
+    frontier = [start]
+    while frontier:
+        edges = (await session.execute(
+            select(ToolDependency.tool_id, ToolDependency.depends_on_tool_id)
+            .where(ToolDependency.tool_id.in_(frontier))
+        )).tuples().all()
+        frontier = []
+        for source, dest in edges:
+            if dest in parents:
+                continue
+            parents[dest] = source
+            if dest == goal:
+                path: list[uuid.UUID] = [dest]
+                node: uuid.UUID | None = source
+                while node is not None:
+                    path.append(node)
+                    node = parents[node]
+                return list(reversed(path))
+            frontier.append(dest)
+    return None
+
+
+async def list_dependencies(
+    session: AsyncSession, actor: Principal, tool_id: uuid.UUID
+) -> list[ToolDependency]:
+    await get_tool(session, actor, tool_id)
+    return list((await session.scalars(
+        select(ToolDependency).where(ToolDependency.tool_id == tool_id)
+        .order_by(ToolDependency.created_at)
+    )).all())

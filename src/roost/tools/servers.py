@@ -1,0 +1,285 @@
+"""MCP server registry: register, list, delete, discover tools (sync), check health.
+
+Discovery and health checks talk to the server outside any transaction: a short
+scoped transaction reads the server, the MCP session runs, then a second one writes
+what it found (tools, health) and the audit record.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit.service import record
+from roost.db.base import utcnow, uuid7
+from roost.db.engine import Database
+from roost.errors import Conflict, Forbidden, NotFound
+from roost.identity.tenancy import apply_principal
+from roost.knowledge.fetching import FetchError
+from roost.pagination import DEFAULT_LIMIT, before_time_id, page_of, time_id_cursor
+from roost.principal import Principal
+from roost.security.crypto import SecretBox
+from roost.tools import mcpclient
+from roost.tools.config import ToolsConfig
+from roost.tools.models import MAX_SCHEMA_BYTES, McpServer, Tool
+from roost.tools.schemas import McpServerCreate, McpServerOut
+
+
+@asynccontextmanager
+async def scoped(database: Database, actor: Principal, cfg: ToolsConfig) -> AsyncIterator[AsyncSession]:
+    """A transaction in ``actor``'s row-level-security scope."""
+    async with database.transaction() as session:
+        await apply_principal(session, actor, app_role=cfg.app_role)
+        yield session
+
+
+def _aad(server_id: uuid.UUID, what: str) -> bytes:
+    return f"mcp_servers:{server_id}:{what}".encode()
+
+
+def _seal(box: SecretBox, server_id: uuid.UUID, what: str, values: dict[str, str]) -> str | None:
+    if not values:
+        return None
+    return box.encrypt(json.dumps(values), _aad(server_id, what)).decode("ascii")
+
+
+def _open(box: SecretBox, server_id: uuid.UUID, what: str, blob: str | None) -> dict[str, str]:
+    if not blob:
+        return {}
+    value: dict[str, str] = json.loads(box.decrypt_str(blob, _aad(server_id, what)))
+    return value
+
+
+def server_out(row: McpServer, box: SecretBox) -> McpServerOut:
+    return McpServerOut(
+        id=row.id, user_id=row.user_id, is_global=row.user_id is None, name=row.name,
+        description=row.description, transport=row.transport, url=row.url, command=row.command,
+        args=row.args or [], env_names=sorted(_open(box, row.id, "env", row.env_encrypted)),
+        header_names=sorted(_open(box, row.id, "headers", row.headers_encrypted)),
+        enabled=row.enabled, health_status=row.health_status, health_error=row.health_error,
+        latency_ms=row.latency_ms, capabilities=row.capabilities or {},
+        server_info=row.server_info, last_seen=row.last_seen,
+        last_health_check_at=row.last_health_check_at, last_synced_at=row.last_synced_at,
+        created_at=row.created_at, updated_at=row.updated_at,
+    )
+
+
+def spec_for(row: McpServer, box: SecretBox, cfg: ToolsConfig) -> mcpclient.ServerSpec:
+    host = httpx.URL(row.url).host if row.url else None
+    return mcpclient.ServerSpec(
+        name=row.name, transport=row.transport, url=row.url, command=row.command,
+        args=tuple(str(a) for a in row.args or ()), env=_open(box, row.id, "env", row.env_encrypted),
+        headers=_open(box, row.id, "headers", row.headers_encrypted),
+        allow_private=cfg.host_allowed(host),
+    )
+
+
+def _visible(actor: Principal) -> Any:
+    if actor.is_admin:
+        return True
+    return or_(McpServer.user_id.is_(None), McpServer.user_id == actor.user_id)
+
+
+async def create_server(
+    session: AsyncSession, actor: Principal, cfg: ToolsConfig, box: SecretBox, body: McpServerCreate
+) -> McpServer:
+    if body.is_global and not actor.is_admin:
+        raise Forbidden("only administrators register global MCP servers")
+    if body.transport == "stdio" and not actor.is_admin:
+        raise Forbidden("only administrators register stdio MCP servers: they run a command "
+                        "on the Roost host; register a streamable_http server instead")
+    owner = None if body.is_global else actor.user_id
+    if owner is None and not body.is_global:
+        raise Forbidden("the operator token has no user: register the server with is_global")
+    if body.url is not None:
+        await mcpclient.check_server_url(
+            body.url, allow_private=cfg.host_allowed(httpx.URL(body.url).host)
+        )
+    clash = await session.scalar(select(McpServer.id).where(
+        McpServer.name == body.name,
+        McpServer.user_id.is_(None) if owner is None else McpServer.user_id == owner,
+    ))
+    if clash is not None:
+        raise Conflict(f"an MCP server named {body.name!r} already exists")
+    row = McpServer(
+        id=uuid7(), user_id=owner, name=body.name, description=body.description,
+        transport=body.transport, url=body.url, command=body.command, args=list(body.args),
+        enabled=body.enabled,
+    )
+    row.env_encrypted = _seal(box, row.id, "env", body.env)
+    row.headers_encrypted = _seal(box, row.id, "headers", body.headers)
+    session.add(row)
+    await session.flush()
+    await record(
+        session, "mcp_server.create", user_id=actor.user_id, resource_type="mcp_server",
+        resource_id=row.id,
+        changes={"name": row.name, "transport": row.transport, "url": row.url,
+                 "command": row.command, "is_global": owner is None,
+                 "env_names": sorted(body.env), "header_names": sorted(body.headers)},
+    )
+    return row
+
+
+async def list_servers(
+    session: AsyncSession, actor: Principal, *, transport: str | None = None,
+    health_status: str | None = None, limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+) -> tuple[list[McpServer], str | None]:
+    stmt = select(McpServer).where(_visible(actor))
+    if transport is not None:
+        stmt = stmt.where(McpServer.transport == transport)
+    if health_status is not None:
+        stmt = stmt.where(McpServer.health_status == health_status)
+    if cursor is not None:
+        stmt = stmt.where(before_time_id(cursor, McpServer.created_at, McpServer.id))
+    rows = (await session.scalars(
+        stmt.order_by(McpServer.created_at.desc(), McpServer.id.desc()).limit(limit + 1)
+    )).all()
+    return page_of(rows, limit, lambda r: time_id_cursor(r.created_at, r.id))
+
+
+async def get_server(session: AsyncSession, actor: Principal, server_id: uuid.UUID) -> McpServer:
+    row = await session.scalar(select(McpServer).where(McpServer.id == server_id, _visible(actor)))
+    if row is None:
+        raise NotFound(f"MCP server {server_id} does not exist")
+    return row
+
+
+def _check_write(actor: Principal, row: McpServer) -> None:
+    if row.user_id is None and not actor.is_admin:
+        raise Forbidden("global MCP servers are managed by administrators")
+
+
+async def delete_server(session: AsyncSession, actor: Principal, server_id: uuid.UUID) -> None:
+    """Delete the server and its tools; their tool runs stay (tool_id becomes NULL)."""
+    row = await get_server(session, actor, server_id)
+    _check_write(actor, row)
+    await session.delete(row)
+    await session.flush()
+    await record(session, "mcp_server.delete", user_id=actor.user_id, resource_type="mcp_server",
+                 resource_id=server_id, changes={"name": row.name})
+
+
+@dataclass
+class SyncSummary:
+    server: McpServer
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _health(row: McpServer, found: mcpclient.Discovery | None, error: str | None) -> None:
+    now = utcnow()
+    row.last_health_check_at = now
+    if found is not None:
+        row.health_status, row.health_error = "healthy", None
+        row.latency_ms = found.latency_ms
+        row.last_seen = now
+        row.capabilities = found.capabilities
+        row.server_info = found.server_info
+    else:
+        row.health_status, row.health_error = "unhealthy", error
+
+
+async def _discover(
+    database: Database, actor: Principal, cfg: ToolsConfig, box: SecretBox, server_id: uuid.UUID,
+    *, write: bool,
+) -> tuple[McpServer, mcpclient.Discovery | None, mcpclient.McpError | Exception | None]:
+    async with scoped(database, actor, cfg) as session:
+        row = await get_server(session, actor, server_id)
+        if write:
+            _check_write(actor, row)
+        spec = spec_for(row, box, cfg)
+    try:
+        return row, await mcpclient.discover(spec, cfg.call_timeout_s), None
+    except (mcpclient.McpError, FetchError) as exc:
+        return row, None, exc
+
+
+async def check_server(
+    database: Database, actor: Principal, cfg: ToolsConfig, box: SecretBox, server_id: uuid.UUID
+) -> McpServer:
+    """Connect, initialize and list tools; record health, latency, capabilities."""
+    _, found, error = await _discover(database, actor, cfg, box, server_id, write=False)
+    async with scoped(database, actor, cfg) as session:
+        row = await get_server(session, actor, server_id)
+        _health(row, found, getattr(error, "detail", None) or (str(error) if error else None))
+        await session.flush()
+        await session.refresh(row)
+    return row
+
+
+async def sync_server(
+    database: Database, actor: Principal, cfg: ToolsConfig, box: SecretBox, server_id: uuid.UUID
+) -> SyncSummary:
+    """Discover the server's tools (every page) and upsert them; tools it no longer
+    lists are marked unavailable (never deleted: their runs keep pointing at them)."""
+    _, found, error = await _discover(database, actor, cfg, box, server_id, write=True)
+    async with scoped(database, actor, cfg) as session:
+        row = await get_server(session, actor, server_id)
+        detail = getattr(error, "detail", None) or (str(error) if error else None)
+        _health(row, found, detail)
+        summary = SyncSummary(server=row)
+        if found is not None:
+            await _upsert_tools(session, row, found, summary)
+            row.last_synced_at = utcnow()
+        await session.flush()
+        await record(
+            session, "mcp_server.sync", user_id=actor.user_id, resource_type="mcp_server",
+            resource_id=row.id, success=found is not None, error_message=detail,
+            metadata={"added": summary.added, "updated": summary.updated,
+                      "unavailable": summary.unavailable, "skipped": sorted(summary.skipped)},
+        )
+        await session.refresh(row)
+    if error is not None:
+        assert detail is not None
+        if isinstance(error, mcpclient.McpError | FetchError):
+            raise error
+        raise mcpclient.McpError(detail)
+    return summary
+
+
+async def _upsert_tools(
+    session: AsyncSession, server: McpServer, found: mcpclient.Discovery, summary: SyncSummary
+) -> None:
+    existing = {t.name: t for t in (await session.scalars(
+        select(Tool).where(Tool.mcp_server_id == server.id)
+    )).all()}
+    now = utcnow()
+    seen: set[str] = set()
+    for item in found.tools:
+        name = str(item.get("name", ""))[:256]
+        schema = item.get("inputSchema") or {"type": "object"}
+        if not name:
+            continue
+        if len(json.dumps(schema).encode()) > MAX_SCHEMA_BYTES:
+            summary.skipped[name] = f"input schema larger than {MAX_SCHEMA_BYTES} bytes"
+            continue
+        seen.add(name)
+        values: dict[str, Any] = {
+            "title": item.get("title"), "description": item.get("description"),
+            "input_schema": schema, "output_schema": item.get("outputSchema"),
+            "annotations": item.get("annotations"), "available": True,
+            "last_discovered_at": now,
+        }
+        tool = existing.get(name)
+        if tool is None:
+            session.add(Tool(mcp_server_id=server.id, user_id=server.user_id, kind="mcp",
+                             name=name, **values))
+            summary.added.append(name)
+        else:
+            for key, value in values.items():
+                setattr(tool, key, value)
+            summary.updated.append(name)
+    for name, tool in existing.items():
+        if name not in seen and tool.available:
+            tool.available = False
+            summary.unavailable.append(name)

@@ -1,0 +1,228 @@
+"""Roost as an MCP server (issue 12, item 5): the official SDK's client against /mcp.
+
+Two users, each with documents: each sees only their own search results (row-level
+security, as through the REST API) and a tools list; a missing or invalid key is a 401
+before any MCP transport exists; rejected requests and finished sessions leave nothing
+behind (no session state, no tasks, bounded memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import psutil
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from roost.app import create_app
+from roost.config import Settings
+from roost.db.engine import Database
+from roost.keyfiles import KeyMaterial
+from roost.knowledge.models import Document, DocumentChunk
+from tests.support.identity import make_user
+from tests.support.pg import PgTestServer
+from tests.support.server import RunningServer, free_port, roost_server
+
+INITIALIZE = {
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+               "clientInfo": {"name": "probe", "version": "0"}},
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+async def add_document(database: Database, user_id: uuid.UUID, name: str, texts: list[str]) -> None:
+    async with database.transaction() as s:
+        doc = Document(user_id=user_id, name=name, source="file", path_hash=uuid.uuid4().hex,
+                       status="ready", collection="notes")
+        s.add(doc)
+        await s.flush()
+        for i, content in enumerate(texts):
+            s.add(DocumentChunk(document_id=doc.id, user_id=user_id, chunk_index=i, content=content,
+                                collection="notes", embedding=[1.0] + [0.0] * 383,
+                                embedding_model="all-MiniLM-L6-v2", embedding_dim=384))
+
+
+@contextmanager
+def serve(pg_server: PgTestServer, db_name: str, tmp_path: Path,
+          test_keys: KeyMaterial) -> Iterator[RunningServer]:
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "data"), "ROOST_ADMIN_TOKEN": test_keys.admin_token,
+           "ROOST_SECRET_KEY": test_keys.secret_key,
+           "ROOST_MESSAGE_KEYS": ",".join(test_keys.message_keys),
+           "ROOST_LLM_LOCAL_MODEL": "false", "ROOST_LOG_LEVEL": "warning"}
+    with roost_server(env) as server:
+        yield server
+
+
+@asynccontextmanager
+async def mcp_session(url: str, headers: dict[str, str]) -> AsyncIterator[ClientSession]:
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+def structured(result: Any) -> dict[str, Any]:
+    assert not result.is_error, result.content
+    data = result.structured_content
+    assert data == json.loads(result.content[0].text)
+    return dict(data)
+
+
+async def test_each_user_sees_only_their_own_documents_and_tools(
+    database: Database, pg_server: PgTestServer, db_name: str, tmp_path: Path,
+    test_keys: KeyMaterial,
+) -> None:
+    alice_id, alice = await make_user(database, username="alice")
+    bob_id, bob = await make_user(database, username="bob")
+    await add_document(database, alice_id, "alice.md", ["the heron nests by the river",
+                                                         "alice keeps a heron diary"])
+    await add_document(database, bob_id, "bob.md", ["a heron stole bob's fish",
+                                                     "bob counts heron feathers daily"])
+    with serve(pg_server, db_name, tmp_path, test_keys) as server:
+        url = f"{server.base_url}/mcp"
+        for user_id, headers, own in ((alice_id, alice, "alice.md"), (bob_id, bob, "bob.md")):
+            async with mcp_session(url, headers) as session:
+                names = sorted(t.name for t in (await session.list_tools()).tools)
+                assert {"knowledge_search", "whoami"} <= set(names)
+                me = structured(await session.call_tool("whoami", {}))
+                assert me["user_id"] == str(user_id) and me["credential"] == "api_key"
+                found = structured(await session.call_tool(
+                    "knowledge_search", {"query": "heron", "k": 10, "mode": "text",
+                                         "collection": "notes"}))
+                assert found["mode"] == "text"
+                assert len(found["results"]) == 2
+                assert {hit["document"]["name"] for hit in found["results"]} == {own}
+                # Another collection: nothing, and bad arguments are an error result.
+                none = structured(await session.call_tool(
+                    "knowledge_search", {"query": "heron", "mode": "text", "collection": "other"}))
+                assert none["results"] == []
+                bad = await session.call_tool("knowledge_search", {"query": "", "mode": "text"})
+                assert bad.is_error and "query" in bad.content[0].text
+                unknown = await session.call_tool("no_such_tool", {})
+                assert unknown.is_error
+        # The REST API agrees: same resolver, same scope.
+        async with httpx.AsyncClient(timeout=10) as http:
+            rest = await http.post(f"{server.base_url}/api/v1/knowledge/search", headers=alice,
+                                   json={"query": "heron", "mode": "text"})
+        assert {h["document"]["name"] for h in rest.json()["results"]} == {"alice.md"}
+    assert "Traceback" not in server.output, server.output[-4000:]
+
+
+async def test_missing_or_invalid_keys_are_refused_before_mcp(
+    database: Database, pg_server: PgTestServer, db_name: str, tmp_path: Path,
+    test_keys: KeyMaterial,
+) -> None:
+    _, alice = await make_user(database, username="alice")
+    with serve(pg_server, db_name, tmp_path, test_keys) as server:
+        url = f"{server.base_url}/mcp"
+        refused = [
+            {},
+            {"Authorization": "Bearer rst_not_a_real_key_0123456789abcdef"},
+            {"Authorization": "Basic YWxpY2U6cGFzc3dvcmQ="},
+            {"Authorization": "Bearer not.a.jwt"},
+        ]
+        async with httpx.AsyncClient(timeout=10) as http:
+            for headers in refused:
+                reply = await http.post(url, json=INITIALIZE, headers={**MCP_HEADERS, **headers})
+                assert reply.status_code == 401, (headers, reply.text)
+                assert reply.headers["content-type"] == "application/problem+json"
+                assert reply.headers["www-authenticate"] == "Bearer"
+                assert "mcp-session-id" not in reply.headers
+            # The operator token is no user: no documents of its own to offer.
+            operator = {"Authorization": f"Bearer {test_keys.admin_token}"}
+            reply = await http.post(url, json=INITIALIZE, headers={**MCP_HEADERS, **operator})
+            assert reply.status_code == 403
+            # A valid key gets an answer; stateless, so no session id to keep.
+            ok = await http.post(url, json=INITIALIZE, headers={**MCP_HEADERS, **alice})
+            assert ok.status_code == 200, ok.text
+            assert ok.json()["result"]["serverInfo"]["name"] == "roost"
+            assert "mcp-session-id" not in ok.headers
+            # Not in the OpenAPI document: MCP is JSON-RPC, not Roost's REST surface.
+            assert "/mcp" not in (await http.get(f"{server.base_url}/openapi.json")).json()["paths"]
+        with pytest.raises(Exception):  # noqa: B017 (the SDK's error type varies by era)
+            async with mcp_session(url, {"Authorization": "Bearer rst_wrong_key_000000000000"}):
+                pass
+    assert "Traceback" not in server.output, server.output[-4000:]
+
+
+@asynccontextmanager
+async def in_process(app: FastAPI) -> AsyncIterator[str]:
+    """The app under uvicorn on loopback in this process, lifespan included, so the
+    test can look at the SDK's session manager and this process's tasks and memory."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+        assert not task.done(), "uvicorn stopped during start-up"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_rejected_requests_and_closed_sessions_leave_nothing_behind(
+    database: Database, test_settings: Settings, test_keys: KeyMaterial,
+) -> None:
+    _, alice = await make_user(database, username="alice")
+    app = create_app(test_settings, database=database, keys=test_keys, configure_logs=False)
+    process = psutil.Process()
+
+    async def sessions(url: str, n: int) -> None:
+        for _ in range(n):
+            async with mcp_session(url, alice) as session:
+                await session.call_tool("whoami", {})
+                await session.call_tool("knowledge_search", {"query": "x", "mode": "text"})
+
+    async def rejected(url: str, n: int) -> None:
+        async with httpx.AsyncClient(timeout=10) as http:
+            for i in range(n):
+                bad = {} if i % 2 else {"Authorization": f"Bearer rst_bogus_{i:032d}"}
+                reply = await http.post(url, json=INITIALIZE, headers={**MCP_HEADERS, **bad})
+                assert reply.status_code == 401
+
+    async with in_process(app) as base:
+        url = f"{base}/mcp"
+        manager = app.state.mcp.manager
+        await sessions(url, 10)  # warm up: imports, pools, caches
+        await rejected(url, 20)
+        await asyncio.sleep(0.1)
+        gc.collect()
+        tasks_before = len(asyncio.all_tasks())
+        rss_before = process.memory_info().rss
+
+        await rejected(url, 200)
+        await sessions(url, 50)
+        # A DELETE of a session the server never made is answered, and changes nothing.
+        async with httpx.AsyncClient(timeout=10) as http:
+            gone = await http.delete(url, headers={**alice, "mcp-session-id": uuid.uuid4().hex})
+            assert gone.status_code < 500
+
+        await asyncio.sleep(0.1)
+        gc.collect()
+        assert manager.stateless
+        assert manager._server_instances == {}  # the SDK's session map
+        assert manager._session_owners == {}
+        assert len(asyncio.all_tasks()) <= tasks_before
+        grown = process.memory_info().rss - rss_before
+        # 250 leaked sessions at the SDK issue's ~22 KiB each would be ~5.5 MiB.
+        assert grown < 4 * 1024 * 1024, f"RSS grew by {grown / 1024:.0f} KiB"

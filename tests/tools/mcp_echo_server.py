@@ -1,0 +1,68 @@
+"""A small MCP server for the tools tests, built with the SDK's ``MCPServer`` (what
+mcp 1.x called FastMCP).
+
+    python tests/tools/mcp_echo_server.py                  # stdio
+    python tests/tools/mcp_echo_server.py --http PORT      # streamable HTTP on 127.0.0.1
+
+Tools: ``echo`` (returns its text), ``add`` (structured output), ``sleep`` (waits),
+``big`` (returns ``size`` characters), ``fail`` (raises).  ``bonus`` exists only while
+the file named by ``ECHO_BONUS_FILE`` exists when the server starts, so a test can make
+the tool list change between two discoveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+server = MCPServer("echo-test", version="1.0")
+
+
+@server.tool(description="Return the text unchanged.")
+def echo(text: str) -> str:
+    return text
+
+
+@server.tool(description="Add two integers.")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@server.tool(description="Sleep for some seconds, then answer.")
+async def sleep(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "woke up"
+
+
+@server.tool(description="Return a long string.")
+def big(size: int) -> str:
+    return "x" * size
+
+
+@server.tool(description="Always fails.")
+def fail() -> str:
+    raise ToolError("this tool always fails")
+
+
+_bonus = os.environ.get("ECHO_BONUS_FILE")
+if _bonus and Path(_bonus).exists():
+
+    @server.tool(description="Only there while the bonus file exists.")
+    def bonus() -> str:
+        return "bonus"
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--http":
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        server.run("stdio")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""The tools domain end to end, against real MCP servers (stdio subprocesses and a
+streamable-HTTP server on loopback) built with the SDK."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from roost.db.engine import Database
+from tests.support.identity import make_user
+from tests.tools.conftest import CALL_TIMEOUT_S, ECHO_SERVER, MAX_OUTPUT_BYTES
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def stdio_body(name: str, bonus: Path | None = None, **extra: Any) -> dict[str, Any]:
+    env = {"ROOST_TEST_SECRET": "s3cret-value"}
+    if bonus is not None:
+        env["ECHO_BONUS_FILE"] = str(bonus)
+    return {"name": name, "transport": "stdio", "command": sys.executable,
+            "args": [str(ECHO_SERVER)], "env": env, **extra}
+
+
+async def register_and_sync(
+    client: httpx.AsyncClient, headers: dict[str, str], body: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    created = await client.post("/api/v1/mcp-servers", json=body, headers=headers)
+    assert created.status_code == 201, created.text
+    synced = await client.post(f"/api/v1/mcp-servers/{created.json()['id']}/sync", headers=headers)
+    assert synced.status_code == 200, synced.text
+    return created.json(), synced.json()
+
+
+async def tool_id(client: httpx.AsyncClient, headers: dict[str, str], server_id: str, name: str) -> str:
+    listed = await client.get("/api/v1/tools", params={"server_id": server_id, "name": name},
+                              headers=headers)
+    assert listed.status_code == 200, listed.text
+    [tool] = listed.json()["items"]
+    return str(tool["id"])
+
+
+async def test_stdio_server_discovery_calls_and_failures(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database, tmp_path: Path
+) -> None:
+    bonus = tmp_path / "bonus"
+    bonus.write_text("on")
+    server, synced = await register_and_sync(client, admin_headers, stdio_body("echo", bonus, is_global=True))
+    # The env value is encrypted at rest and never answered; only its name is.
+    assert server["env_names"] == ["ECHO_BONUS_FILE", "ROOST_TEST_SECRET"]
+    assert "s3cret-value" not in str(server)
+    async with database.transaction() as session:
+        stored = await session.scalar(text("SELECT env_encrypted FROM mcp_servers"))
+    assert stored is not None and "s3cret-value" not in stored
+    assert sorted(synced["added"]) == ["add", "big", "bonus", "echo", "fail", "sleep"]
+    assert synced["server"]["health_status"] == "healthy"
+    assert synced["server"]["capabilities"].get("tools") is not None
+    sid = server["id"]
+
+    add_id = await tool_id(client, admin_headers, sid, "add")
+    tool = (await client.get(f"/api/v1/tools/{add_id}", headers=admin_headers)).json()
+    assert tool["input_schema"]["required"] == ["a", "b"]
+    assert tool["output_schema"] is not None
+
+    # A call: validated, run, recorded with its audit entry.
+    called = await client.post(f"/api/v1/tools/{add_id}/call", headers=admin_headers,
+                               json={"arguments": {"a": 2, "b": 3}, "trace_id": "run-test-1"})
+    assert called.status_code == 200, called.text
+    run = called.json()
+    assert run["status"] == "success"
+    assert run["output"]["structuredContent"] == {"result": 5}
+    assert run["result_preview"] == "5" and run["trace_id"] == "run-test-1"
+    assert run["duration_ms"] is not None
+    async with database.transaction() as session:
+        audited = await session.scalar(text(
+            "SELECT count(*) FROM audit_logs WHERE action = 'tool.call' AND trace_id = 'run-test-1'"
+        ))
+    assert audited == 1
+
+    # By name too.
+    echoed = await client.post("/api/v1/tools/by-name/echo/call", headers=admin_headers,
+                               json={"arguments": {"text": "hello"}})
+    assert echoed.status_code == 200, echoed.text
+    assert echoed.json()["result_preview"] == "hello"
+
+    # Arguments that do not match the schema: 422 naming the path; nothing recorded.
+    runs_before = (await client.get("/api/v1/tool-runs", headers=admin_headers)).json()["items"]
+    bad = await client.post(f"/api/v1/tools/{add_id}/call", headers=admin_headers,
+                            json={"arguments": {"a": "two", "b": 3}})
+    assert bad.status_code == 422, bad.text
+    assert "/a" in bad.json()["detail"]
+    assert bad.json()["errors"][0]["loc"] == ["body", "arguments", "a"]
+    assert "two" not in bad.text
+    missing = await client.post(f"/api/v1/tools/{add_id}/call", headers=admin_headers,
+                                json={"arguments": {"a": 1}})
+    assert missing.status_code == 422 and "'b'" in missing.json()["detail"]
+    runs_after = (await client.get("/api/v1/tool-runs", headers=admin_headers)).json()["items"]
+    assert len(runs_after) == len(runs_before)
+
+    # A tool that hangs: 504 and a run with status timeout.
+    sleep_id = await tool_id(client, admin_headers, sid, "sleep")
+    slow = await client.post(f"/api/v1/tools/{sleep_id}/call", headers=admin_headers,
+                             json={"arguments": {"seconds": CALL_TIMEOUT_S * 5}})
+    assert slow.status_code == 504, slow.text
+    slow_run = (await client.get(f"/api/v1/tool-runs/{slow.json()['tool_run_id']}",
+                                 headers=admin_headers)).json()
+    assert slow_run["status"] == "timeout" and "did not finish" in slow_run["error"]
+
+    # A result larger than the cap: 502, failed run.
+    big_id = await tool_id(client, admin_headers, sid, "big")
+    huge = await client.post(f"/api/v1/tools/{big_id}/call", headers=admin_headers,
+                             json={"arguments": {"size": MAX_OUTPUT_BYTES * 4}})
+    assert huge.status_code == 502, huge.text
+    assert "limit" in huge.json()["detail"]
+
+    # The tool's own error: 502, failed run with the message.
+    fail_id = await tool_id(client, admin_headers, sid, "fail")
+    failed = await client.post(f"/api/v1/tools/{fail_id}/call", headers=admin_headers, json={})
+    assert failed.status_code == 502, failed.text
+    assert "always fails" in failed.json()["detail"]
+    errors = (await client.get("/api/v1/tool-runs", params={"status": "error"},
+                               headers=admin_headers)).json()["items"]
+    assert {r["tool_name"] for r in errors} == {"big", "fail"}
+
+    # The server's tool list changes: the missing tool is marked unavailable, kept.
+    bonus.unlink()
+    resynced = await client.post(f"/api/v1/mcp-servers/{sid}/sync", headers=admin_headers)
+    assert resynced.status_code == 200, resynced.text
+    assert resynced.json()["unavailable"] == ["bonus"]
+    bonus_id = await tool_id(client, admin_headers, sid, "bonus")
+    gone = await client.post(f"/api/v1/tools/{bonus_id}/call", headers=admin_headers, json={})
+    assert gone.status_code == 409, gone.text
+    unavailable = (await client.get("/api/v1/tools", params={"available": "false"},
+                                    headers=admin_headers)).json()["items"]
+    assert [t["name"] for t in unavailable] == ["bonus"]
+
+    # Deleting the server deletes its tools but keeps the run history.
+    deleted = await client.delete(f"/api/v1/mcp-servers/{sid}", headers=admin_headers)
+    assert deleted.status_code == 204
+    kept = (await client.get("/api/v1/tool-runs", params={"tool_name": "add"},
+                             headers=admin_headers)).json()["items"]
+    assert len(kept) == 1 and kept[0]["tool_id"] is None
+
+
+async def test_streamable_http_server_tenancy_and_ssrf(
+    client: httpx.AsyncClient, database: Database, http_mcp_url: str
+) -> None:
+    _, alice = await make_user(database)
+    _, bob = await make_user(database)
+    server, synced = await register_and_sync(client, alice, {
+        "name": "remote", "transport": "streamable_http", "url": http_mcp_url,
+        "headers": {"X-Api-Key": "very-secret"},
+    })
+    assert server["user_id"] is not None and server["is_global"] is False
+    assert server["header_names"] == ["X-Api-Key"] and "very-secret" not in str(server)
+    assert "echo" in synced["added"]
+    echo_id = await tool_id(client, alice, server["id"], "echo")
+    called = await client.post(f"/api/v1/tools/{echo_id}/call", headers=alice,
+                               json={"arguments": {"text": "over http"}})
+    assert called.status_code == 200, called.text
+    assert called.json()["result_preview"] == "over http"
+
+    checked = await client.post(f"/api/v1/mcp-servers/{server['id']}/check", headers=alice)
+    assert checked.status_code == 200
+    assert checked.json()["health_status"] == "healthy"
+    assert checked.json()["latency_ms"] is not None and checked.json()["last_seen"] is not None
+
+    # Another tenant sees none of it.
+    assert (await client.get(f"/api/v1/mcp-servers/{server['id']}", headers=bob)).status_code == 404
+    assert (await client.get(f"/api/v1/tools/{echo_id}", headers=bob)).status_code == 404
+    other = await client.post(f"/api/v1/tools/{echo_id}/call", headers=bob,
+                              json={"arguments": {"text": "x"}})
+    assert other.status_code == 404
+    bob_tools = (await client.get("/api/v1/tools", headers=bob)).json()["items"]
+    assert {t["kind"] for t in bob_tools} == {"builtin"}
+    assert (await client.get(f"/api/v1/tool-runs/{called.json()['id']}",
+                             headers=bob)).status_code == 404
+    assert (await client.post(f"/api/v1/mcp-servers/{server['id']}/sync",
+                              headers=bob)).status_code == 404
+
+    # Private and loopback addresses are refused unless an admin allowlisted the host.
+    for url in ("http://10.1.2.3/mcp", "http://localhost:9/mcp", "http://169.254.169.254/mcp"):
+        refused = await client.post("/api/v1/mcp-servers", headers=alice, json={
+            "name": "internal", "transport": "streamable_http", "url": url})
+        assert refused.status_code in (403, 502), refused.text
+        assert refused.status_code == 403 or "resolved" in refused.json()["detail"]
+
+    # Users may not run commands on the host, nor register global servers.
+    stdio = await client.post("/api/v1/mcp-servers", headers=alice, json=stdio_body("mine"))
+    assert stdio.status_code == 403
+    shared = await client.post("/api/v1/mcp-servers", headers=alice, json={
+        "name": "shared", "transport": "streamable_http", "url": http_mcp_url, "is_global": True})
+    assert shared.status_code == 403
+
+
+async def test_dependency_cycle_refused(client: httpx.AsyncClient, database: Database) -> None:
+    _, alice = await make_user(database)
+    tools = {t["name"]: t["id"] for t in
+             (await client.get("/api/v1/tools", params={"kind": "builtin"}, headers=alice)).json()["items"]}
+    a, b = tools["knowledge_search"], tools["current_time"]
+    first = await client.post(f"/api/v1/tools/{a}/dependencies", headers=alice,
+                              json={"depends_on_tool_id": b})
+    assert first.status_code == 201, first.text
+    cycle = await client.post(f"/api/v1/tools/{b}/dependencies", headers=alice,
+                              json={"depends_on_tool_id": a})
+    assert cycle.status_code == 409
+    assert "cycle" in cycle.json()["detail"]
+    assert "current_time -> knowledge_search -> current_time" in cycle.json()["detail"]
+    self_edge = await client.post(f"/api/v1/tools/{a}/dependencies", headers=alice,
+                                  json={"depends_on_tool_id": a})
+    assert self_edge.status_code == 409
+    listed = (await client.get(f"/api/v1/tools/{a}/dependencies", headers=alice)).json()
+    assert [d["depends_on_tool_id"] for d in listed] == [b]
+
+
+async def test_builtin_tools(client: httpx.AsyncClient, database: Database) -> None:
+    _, alice = await make_user(database)
+    now = await client.post("/api/v1/tools/by-name/current_time/call", headers=alice,
+                            json={"arguments": {"timezone": "Europe/Paris"}})
+    assert now.status_code == 200, now.text
+    assert now.json()["output"]["timezone"] == "Europe/Paris"
+    bad_zone = await client.post("/api/v1/tools/by-name/current_time/call", headers=alice,
+                                 json={"arguments": {"timezone": "Mars/Olympus"}})
+    assert bad_zone.status_code == 422
+    found = await client.post("/api/v1/tools/by-name/knowledge_search/call", headers=alice,
+                              json={"arguments": {"query": "anything", "k": 3}})
+    assert found.status_code == 200, found.text
+    assert found.json()["output"]["results"] == []
+    runs = (await client.get("/api/v1/tool-runs", headers=alice)).json()["items"]
+    assert [r["status"] for r in runs] == ["success", "error", "success"]
+
+
+async def test_missing_stdio_command_is_a_clear_failure(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    created = await client.post("/api/v1/mcp-servers", headers=admin_headers, json={
+        "name": "ghost", "transport": "stdio", "command": "/nonexistent/roost-mcp-ghost",
+        "is_global": True})
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    checked = await client.post(f"/api/v1/mcp-servers/{sid}/check", headers=admin_headers)
+    assert checked.status_code == 200, checked.text
+    assert checked.json()["health_status"] == "unhealthy"
+    assert "was not found" in checked.json()["health_error"]
+    synced = await client.post(f"/api/v1/mcp-servers/{sid}/sync", headers=admin_headers)
+    assert synced.status_code == 502
+    assert "/nonexistent/roost-mcp-ghost" in synced.json()["detail"]
+    listed = (await client.get("/api/v1/mcp-servers", params={"health_status": "unhealthy"},
+                               headers=admin_headers)).json()["items"]
+    assert [s["name"] for s in listed] == ["ghost"]
