@@ -92,6 +92,7 @@ DOMAINS: tuple[Domain, ...] = (
         models="roost.tools.models",
         routers=("roost.tools.routes:router",),
         jobs="roost.tools.jobs",
+        startup="roost.tools.startup:lifespan",  # the caller's tools at /mcp (a provider)
         cli="roost.tools.cli:register",
     ),
     Domain(

@@ -1,4 +1,4 @@
-"""``roost mcp add|ls|sync|check|rm`` and ``roost tools ls|call``: the operator's commands.
+"""``roost mcp add|ls|sync|check|rm`` and ``roost tools ls|call|embed|search``: the operator's commands.
 
 They act as the system (an administrator): servers added here are global (every user
 sees their tools).  Servers are named by name or by id (or a unique id prefix).
@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import String, cast, or_, select
 
 from roost.clitools import fail, id_table, print_table, with_database
@@ -23,12 +24,13 @@ from roost.keyfiles import load_keys
 from roost.knowledge.config import KnowledgeConfig
 from roost.principal import SYSTEM
 from roost.security.crypto import SecretBox
-from roost.tools import calls, registry, servers
+from roost.tools import calls, registry, search, servers
 from roost.tools.config import ToolsConfig
 from roost.tools.models import McpServer
 from roost.tools.schemas import McpServerCreate
 
 console = Console()
+err_console = Console(stderr=True)
 T = TypeVar("T")
 
 mcp_app = typer.Typer(help="MCP servers: register, discover tools, check health.",
@@ -203,6 +205,61 @@ def tools_call_command(
 
     run = _run(go)
     console.print_json(json.dumps(run.output))
+
+
+def _knowledge() -> KnowledgeConfig | None:
+    try:
+        return KnowledgeConfig.from_settings(get_settings())
+    except RoostError:
+        return None
+
+
+@tools_app.command("embed")
+def tools_embed_command() -> None:
+    """Embed now the descriptions of every tool not embedded yet or changed since."""
+    try:
+        spec = search.require_embedder(_knowledge())
+    except RoostError as exc:
+        raise fail(exc.title, exc.detail) from exc
+
+    async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> search.EmbedReport:
+        with Progress(TextColumn("embedding tool descriptions"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
+                      transient=True) as bar:
+            job = bar.add_task("embed", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(job, completed=done, total=total)
+
+            return await search.embed_descriptions(db, spec, progress=progress)
+
+    report = _run(go)
+    console.print(f"Embedded {report.embedded} tool description(s) with {report.model}")
+
+
+@tools_app.command("search")
+def tools_search_command(
+    query: Annotated[str, typer.Argument(help="What the tool should do")],
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=search.MAX_K,
+                                   help="How many tools")] = search.DEFAULT_K,
+) -> None:
+    """Tools whose description best matches QUERY (embedded tools only, best first)."""
+    knowledge = _knowledge()
+    try:
+        search.require_embedder(knowledge)
+    except RoostError as exc:
+        raise fail(exc.title, exc.detail) from exc
+
+    async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> list[search.ToolHit]:
+        async with db.transaction() as session:
+            return await search.search_tools(session, SYSTEM, knowledge, query, k)
+
+    table = id_table("id", "name", "score", "description", wrap=("description",))
+    for hit in _run(go):
+        tool = hit.tool
+        table.add_row(str(tool.id), tool.name, f"{hit.score:.3f}",
+                      (tool.description or "").strip().splitlines()[0] if tool.description else "")
+    print_table(console, table)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,6 @@
-"""Queue jobs of the tools domain: the periodic health check of every enabled MCP server."""
+"""Queue jobs of the tools domain: the periodic health check of every enabled MCP server,
+and the embedding of tool descriptions for semantic search (enqueued by discovery, and
+periodically to catch built-ins and anything else)."""
 
 from __future__ import annotations
 
@@ -11,11 +13,13 @@ from sqlalchemy import select
 from roost.config import get_settings
 from roost.db.engine import Database
 from roost.keyfiles import load_keys
+from roost.knowledge.config import KnowledgeConfig
+from roost.knowledge.embeddings import local_model_problem
 from roost.principal import SYSTEM
 from roost.security.crypto import SecretBox
 from roost.tasks.handlers import TaskContext
 from roost.tasks.schedules import periodic
-from roost.tools import servers
+from roost.tools import search, servers
 from roost.tools.config import ToolsConfig
 from roost.tools.models import McpServer
 
@@ -49,3 +53,20 @@ async def health_check(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, A
     settings = get_settings()
     box = SecretBox.from_keys(load_keys(settings).secrets_key)
     return {"servers": await check_all(ctx.database, ToolsConfig.from_settings(settings), box)}
+
+
+@periodic(search.EMBED_TASK, every=timedelta(hours=1), queue="maintenance",
+          priority="background", max_retries=3, timeout_s=3600)
+async def embed_descriptions(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Embed the descriptions of tools that have no vector or a stale one (idempotent).
+
+    Without a usable local model it does nothing and says why (no retries, no dead
+    letters on a server deliberately run without the roost[local] extra)."""
+    cfg = KnowledgeConfig.from_settings(get_settings())
+    if cfg.embedder.provider == "local":
+        problem = local_model_problem()
+        if problem is not None:
+            log.warning("tools.embed_skipped", reason=problem)
+            return {"skipped": problem}
+    report = await search.embed_descriptions(ctx.database, cfg.embedder)
+    return {"model": report.model, "stale": report.stale, "embedded": report.embedded}

@@ -23,7 +23,17 @@ import uuid
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    literal_column,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from roost.db.base import Base, CreatedAt, Timestamps, UUIDPrimaryKey
@@ -37,6 +47,13 @@ DEPENDENCY_TYPES: Final = ("requires", "recommends", "optional")
 TOOL_KINDS: Final = ("mcp", "builtin")
 MAX_SCHEMA_BYTES: Final = 10 * 1024
 MAX_PREVIEW_CHARS: Final = 2 * 1024
+#: The default embedder's tool-description index (migration 0510): the knowledge
+#: domain's local model, all-MiniLM-L6-v2, 384 dimensions, same HNSW options.
+EMBEDDING_DEFAULT_MODEL: Final = "all-MiniLM-L6-v2"
+EMBEDDING_DEFAULT_DIMENSIONS: Final = 384
+EMBEDDING_DEFAULT_INDEX: Final = "ix_tools_description_embedding_all_minilm_l6_v2"
+HNSW_M: Final = 16
+HNSW_EF_CONSTRUCTION: Final = 64
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -92,6 +109,19 @@ class Tool(UUIDPrimaryKey, Timestamps, Base):
         Index("ix_tools_user_id", "user_id"),
         Index("ix_tools_name", "name"),
         Index("ix_tools_category", "category"),
+        CheckConstraint("(description_embedding IS NULL) = (embedding_model IS NULL)",
+                        name="embedding_has_model"),
+        # Semantic search with the default embedder (migration 0510); another model's
+        # vectors are searched without an index (its dimension is not this one).
+        Index(
+            EMBEDDING_DEFAULT_INDEX,
+            literal_column(f"(description_embedding::vector({EMBEDDING_DEFAULT_DIMENSIONS}))")
+            .label("description_vector"),
+            postgresql_ops={"description_vector": "vector_cosine_ops"},
+            postgresql_using="hnsw",
+            postgresql_with={"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION},
+            postgresql_where=text(f"embedding_model = '{EMBEDDING_DEFAULT_MODEL}'"),
+        ),
     )
 
     user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -115,8 +145,13 @@ class Tool(UUIDPrimaryKey, Timestamps, Base):
     enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), default=True)
     available: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), default=True)
     last_discovered_at: Mapped[datetime | None]
-    # Persona Platform's vector(1536) for semantic tool selection; not filled yet.
+    # Semantic tool search (roost.tools.search): the vector of the tool's name, title and
+    # description by the configured knowledge embedder (any dimension; Persona Platform's
+    # was vector(1536)), the model that made it, and the sha256 of the text embedded, so
+    # a changed description is embedded again.
     description_embedding: Mapped[list[float] | None] = mapped_column(VectorType())
+    embedding_model: Mapped[str | None] = mapped_column(String(128))
+    embedding_text_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class ToolRun(UUIDPrimaryKey, CreatedAt, Base):

@@ -12,7 +12,7 @@ from roost.http.deps import Cursor, DbSession, Limit
 from roost.http.routing import RoostRoute
 from roost.llm.deps import CallerPrincipal
 from roost.pagination import DEFAULT_LIMIT, Page
-from roost.tools import calls, registry, servers
+from roost.tools import calls, registry, search, servers
 from roost.tools.deps import ToolsEnvDep
 from roost.tools.schemas import (
     DependencyCreate,
@@ -23,6 +23,8 @@ from roost.tools.schemas import (
     ToolCall,
     ToolOut,
     ToolRunOut,
+    ToolSearchHit,
+    ToolSearchOut,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["tools"], route_class=RoostRoute)
@@ -96,6 +98,20 @@ async def list_tools(
         category=category, limit=limit, cursor=cursor,
     )
     return Page[ToolOut](items=[ToolOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/tools/search", response_model=ToolSearchOut,
+            summary="Tools you may call, ranked by how well their description matches q")
+async def search_tools(
+    principal: CurrentPrincipal, db: DbSession, env: ToolsEnvDep,
+    q: Annotated[str, Query(min_length=1, max_length=search.MAX_QUERY_CHARS)],
+    k: Annotated[int, Query(ge=1, le=search.MAX_K)] = search.DEFAULT_K,
+) -> ToolSearchOut:
+    hits = await search.search_tools(db, principal, env.knowledge, q, k)
+    assert env.knowledge is not None  # search_tools answered 409 otherwise
+    return ToolSearchOut(model=env.knowledge.embedder.model, items=[
+        ToolSearchHit(tool=ToolOut.model_validate(h.tool), score=h.score) for h in hits
+    ])
 
 
 @router.get("/tools/{tool_id}", response_model=ToolOut)

@@ -101,6 +101,16 @@ class ToolOut(BaseModel):
     updated_at: datetime
 
 
+class ToolSearchHit(BaseModel):
+    tool: ToolOut
+    score: float = Field(description="Cosine similarity of the query and the tool's description")
+
+
+class ToolSearchOut(BaseModel):
+    model: str = Field(description="The embedding model that ranked the tools")
+    items: list[ToolSearchHit]
+
+
 class ToolCall(StrictInput):
     arguments: dict[str, Any] = Field(default_factory=dict)
     trace_id: str | None = Field(default=None, max_length=255,

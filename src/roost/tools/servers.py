@@ -27,10 +27,12 @@ from roost.knowledge.fetching import FetchError
 from roost.pagination import DEFAULT_LIMIT, before_time_id, page_of, time_id_cursor
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
+from roost.tasks.service import enqueue
 from roost.tools import mcpclient
 from roost.tools.config import ToolsConfig
 from roost.tools.models import MAX_SCHEMA_BYTES, McpServer, Tool
 from roost.tools.schemas import McpServerCreate, McpServerOut
+from roost.tools.search import EMBED_TASK
 
 
 @asynccontextmanager
@@ -174,6 +176,8 @@ class SyncSummary:
     updated: list[str] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    # A tool was added or its title or description changed: embed it off the request.
+    to_embed: bool = False
 
 
 def _health(row: McpServer, found: mcpclient.Discovery | None, error: str | None) -> None:
@@ -231,6 +235,8 @@ async def sync_server(
         if found is not None:
             await _upsert_tools(session, row, found, summary)
             row.last_synced_at = utcnow()
+            if summary.to_embed:  # runs only if this transaction commits
+                await enqueue(session, EMBED_TASK, {}, priority="background")
         await session.flush()
         await record(
             session, "mcp_server.sync", user_id=actor.user_id, resource_type="mcp_server",
@@ -275,7 +281,10 @@ async def _upsert_tools(
             session.add(Tool(mcp_server_id=server.id, user_id=server.user_id, kind="mcp",
                              name=name, **values))
             summary.added.append(name)
+            summary.to_embed = True
         else:
+            if (tool.title, tool.description) != (values["title"], values["description"]):
+                summary.to_embed = True
             for key, value in values.items():
                 setattr(tool, key, value)
             summary.updated.append(name)
