@@ -18,13 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx2
 import psutil
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from roost.app import create_app
 from roost.config import Settings
@@ -32,6 +29,7 @@ from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from roost.knowledge.models import Document, DocumentChunk
 from tests.support.identity import make_user
+from tests.support.mcp_client import mcp_session
 from tests.support.pg import PgTestServer
 from tests.support.server import RunningServer, free_port, roost_server
 
@@ -65,17 +63,6 @@ def serve(pg_server: PgTestServer, db_name: str, tmp_path: Path,
            "ROOST_LLM_LOCAL_MODEL": "false", "ROOST_LOG_LEVEL": "warning"}
     with roost_server(env) as server:
         yield server
-
-
-@asynccontextmanager
-async def mcp_session(url: str, headers: dict[str, str]) -> AsyncIterator[ClientSession]:
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=30) as http,
-        streamable_http_client(url, http_client=http) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        yield session
 
 
 def structured(result: Any) -> dict[str, Any]:

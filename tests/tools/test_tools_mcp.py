@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-import httpx2
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from sqlalchemy import select
 
 from roost.audit.models import AuditLog
@@ -24,19 +19,9 @@ from roost.keyfiles import KeyMaterial
 from roost.tools.mcpserving import mcp_name
 from roost.tools.models import ToolRun
 from tests.support.identity import make_user
+from tests.support.mcp_client import mcp_session
 from tests.support.pg import PgTestServer
 from tests.support.server import roost_server
-
-
-@asynccontextmanager
-async def mcp_session(url: str, headers: dict[str, str]) -> AsyncIterator[ClientSession]:
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=30) as http,
-        streamable_http_client(url, http_client=http) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        yield session
 
 
 def test_mcp_names_are_valid_and_distinct() -> None:
