@@ -15,7 +15,8 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, Select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from roost.errors import BadRequest
@@ -102,6 +103,20 @@ def page_of(
     after the last of them, or None when no row follows it."""
     next_cursor = cursor_after(rows[limit - 1]) if len(rows) > limit else None
     return list(rows[:limit]), next_cursor
+
+
+async def newest_first(
+    session: AsyncSession, stmt: Select[Any], time_column: InstrumentedAttribute[datetime],
+    id_column: InstrumentedAttribute[uuid.UUID], *, limit: int, cursor: str | None,
+) -> tuple[list[Any], str | None]:
+    """One page of ``stmt``'s entities, newest first by (time, id), and the next cursor."""
+    if cursor is not None:
+        stmt = stmt.where(before_time_id(cursor, time_column, id_column))
+    rows = (await session.scalars(
+        stmt.order_by(time_column.desc(), id_column.desc()).limit(limit + 1))).all()
+    time_key, id_key = time_column.key, id_column.key
+    return page_of(rows, limit,
+                   lambda row: time_id_cursor(getattr(row, time_key), getattr(row, id_key)))
 
 
 class Page(BaseModel, Generic[T]):

@@ -33,9 +33,7 @@ from roost.db.base import utcnow, uuid7
 from roost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RoostError
 from roost.pagination import (
     DEFAULT_LIMIT,
-    before_time_id,
-    page_of,
-    time_id_cursor,
+    newest_first,
 )
 from roost.principal import Principal
 
@@ -110,11 +108,8 @@ async def list_sessions(
         stmt = stmt.where(ChatSession.user_id == actor.user_id)
     if external_id is not None:
         stmt = stmt.where(ChatSession.external_id == external_id)
-    if cursor is not None:
-        stmt = stmt.where(before_time_id(cursor, ChatSession.created_at, ChatSession.id))
-    stmt = stmt.order_by(ChatSession.created_at.desc(), ChatSession.id.desc()).limit(limit + 1)
-    rows = (await session.scalars(stmt)).all()
-    return page_of(rows, limit, lambda r: time_id_cursor(r.created_at, r.id))
+    return await newest_first(session, stmt, ChatSession.created_at, ChatSession.id,
+                              limit=limit, cursor=cursor)
 
 
 async def update_session(

@@ -32,11 +32,10 @@ from roost.knowledge.paths import resolve_ingest_path
 from roost.knowledge.schemas import DocumentUpdate, IngestionRunCreate
 from roost.pagination import (
     DEFAULT_LIMIT,
-    before_time_id,
     cursor_uuid,
     encode_cursor,
+    newest_first,
     page_of,
-    time_id_cursor,
 )
 from roost.principal import Principal
 from roost.tasks.service import enqueue
@@ -187,12 +186,8 @@ async def list_documents(
         stmt = stmt.where(Document.persona_id == persona_id)
     if tag is not None:
         stmt = stmt.where(Document.tags.contains([tag]))
-    if cursor is not None:
-        stmt = stmt.where(before_time_id(cursor, Document.created_at, Document.id))
-    rows = (await session.scalars(
-        stmt.order_by(Document.created_at.desc(), Document.id.desc()).limit(limit + 1)
-    )).all()
-    return page_of(rows, limit, lambda doc: time_id_cursor(doc.created_at, doc.id))
+    return await newest_first(session, stmt, Document.created_at, Document.id,
+                              limit=limit, cursor=cursor)
 
 
 async def get_document(session: AsyncSession, actor: Principal, document_id: uuid.UUID) -> Document:

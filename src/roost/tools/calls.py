@@ -33,7 +33,7 @@ from roost.db.base import utcnow
 from roost.db.engine import Database
 from roost.errors import Conflict, NotFound, RoostError, Unprocessable
 from roost.knowledge.config import KnowledgeConfig
-from roost.pagination import DEFAULT_LIMIT, before_time_id, page_of, time_id_cursor
+from roost.pagination import DEFAULT_LIMIT, newest_first
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
 from roost.tools import builtins, mcpclient, registry
@@ -218,12 +218,8 @@ async def list_runs(
         stmt = stmt.where(ToolRun.status == status)
     if trace_id is not None:
         stmt = stmt.where(ToolRun.trace_id == trace_id)
-    if cursor is not None:
-        stmt = stmt.where(before_time_id(cursor, ToolRun.created_at, ToolRun.id))
-    rows = (await session.scalars(
-        stmt.order_by(ToolRun.created_at.desc(), ToolRun.id.desc()).limit(limit + 1)
-    )).all()
-    return page_of(rows, limit, lambda r: time_id_cursor(r.created_at, r.id))
+    return await newest_first(session, stmt, ToolRun.created_at, ToolRun.id,
+                              limit=limit, cursor=cursor)
 
 
 async def get_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID) -> ToolRun:

@@ -24,7 +24,7 @@ from roost.db.engine import Database
 from roost.errors import Conflict, Forbidden, NotFound
 from roost.identity.tenancy import apply_principal
 from roost.knowledge.fetching import FetchError
-from roost.pagination import DEFAULT_LIMIT, before_time_id, page_of, time_id_cursor
+from roost.pagination import DEFAULT_LIMIT, newest_first
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
 from roost.tasks.service import enqueue
@@ -139,12 +139,8 @@ async def list_servers(
         stmt = stmt.where(McpServer.transport == transport)
     if health_status is not None:
         stmt = stmt.where(McpServer.health_status == health_status)
-    if cursor is not None:
-        stmt = stmt.where(before_time_id(cursor, McpServer.created_at, McpServer.id))
-    rows = (await session.scalars(
-        stmt.order_by(McpServer.created_at.desc(), McpServer.id.desc()).limit(limit + 1)
-    )).all()
-    return page_of(rows, limit, lambda r: time_id_cursor(r.created_at, r.id))
+    return await newest_first(session, stmt, McpServer.created_at, McpServer.id,
+                              limit=limit, cursor=cursor)
 
 
 async def get_server(session: AsyncSession, actor: Principal, server_id: uuid.UUID) -> McpServer:
