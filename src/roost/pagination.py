@@ -105,6 +105,15 @@ def page_of(
     return list(rows[:limit]), next_cursor
 
 
+def where_equal(stmt: Select[Any], *filters: tuple[Any, object | None]) -> Select[Any]:
+    """``stmt`` narrowed to rows whose column equals each given value; a ``None`` value is
+    a filter the caller did not ask for (list endpoints' optional query parameters)."""
+    for column, value in filters:
+        if value is not None:
+            stmt = stmt.where(column == value)
+    return stmt
+
+
 async def newest_first(
     session: AsyncSession, stmt: Select[Any], time_column: InstrumentedAttribute[datetime],
     id_column: InstrumentedAttribute[uuid.UUID], *, limit: int, cursor: str | None,

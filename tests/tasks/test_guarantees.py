@@ -161,8 +161,12 @@ async def test_a_schedule_fires_once_per_period_with_three_workers(
     runs = await fetch(runs_table, "SELECT task_id, count(*) FROM task_test_runs"
                        " WHERE label = 'tick' GROUP BY task_id")
     assert all(n == 1 for _, n in runs)
-    completed = {r[2] for r in rows if r[1] == "completed"}
-    assert len(completed) >= len(rows) - 1  # the last may have been released at shutdown
+    # Every fired period's job ran, or is still waiting for a worker (enqueued just before
+    # the shutdown, or released by it): none lost, failed or left "running".  How many
+    # wait depends on the machine's load at SIGTERM (one per worker at most).
+    statuses = [r[1] for r in rows]
+    assert set(statuses) <= {"completed", "pending", "queued"}, statuses
+    assert statuses.count("completed") >= len(rows) - len(workers), statuses
 
 
 async def test_sigterm_finishes_in_flight_jobs_and_exits(

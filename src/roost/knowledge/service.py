@@ -36,6 +36,7 @@ from roost.pagination import (
     encode_cursor,
     newest_first,
     page_of,
+    where_equal,
 )
 from roost.principal import Principal
 from roost.tasks.service import enqueue
@@ -177,13 +178,8 @@ async def list_documents(
     cursor: str | None = None,
 ) -> tuple[list[Document], str | None]:
     """Newest first, keyset-paginated on (created_at, id)."""
-    stmt = _documents_query(actor)
-    if collection is not None:
-        stmt = stmt.where(Document.collection == collection)
-    if status is not None:
-        stmt = stmt.where(Document.status == status)
-    if persona_id is not None:
-        stmt = stmt.where(Document.persona_id == persona_id)
+    stmt = where_equal(_documents_query(actor), (Document.collection, collection),
+                       (Document.status, status), (Document.persona_id, persona_id))
     if tag is not None:
         stmt = stmt.where(Document.tags.contains([tag]))
     return await newest_first(session, stmt, Document.created_at, Document.id,

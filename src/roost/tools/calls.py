@@ -33,7 +33,7 @@ from roost.db.base import utcnow
 from roost.db.engine import Database
 from roost.errors import Conflict, NotFound, RoostError, Unprocessable
 from roost.knowledge.config import KnowledgeConfig
-from roost.pagination import DEFAULT_LIMIT, newest_first
+from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
 from roost.tools import builtins, mcpclient, registry
@@ -210,14 +210,8 @@ async def list_runs(
     stmt = select(ToolRun)
     if not actor.is_admin:
         stmt = stmt.where(ToolRun.user_id == actor.user_id)
-    if tool_id is not None:
-        stmt = stmt.where(ToolRun.tool_id == tool_id)
-    if tool_name is not None:
-        stmt = stmt.where(ToolRun.tool_name == tool_name)
-    if status is not None:
-        stmt = stmt.where(ToolRun.status == status)
-    if trace_id is not None:
-        stmt = stmt.where(ToolRun.trace_id == trace_id)
+    stmt = where_equal(stmt, (ToolRun.tool_id, tool_id), (ToolRun.tool_name, tool_name),
+                       (ToolRun.status, status), (ToolRun.trace_id, trace_id))
     return await newest_first(session, stmt, ToolRun.created_at, ToolRun.id,
                               limit=limit, cursor=cursor)
 

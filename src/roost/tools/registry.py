@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
 from roost.errors import Conflict, NotFound
-from roost.pagination import DEFAULT_LIMIT, after_time_id, page_of, time_id_cursor
+from roost.pagination import DEFAULT_LIMIT, after_time_id, page_of, time_id_cursor, where_equal
 from roost.principal import Principal
 from roost.tools.models import McpServer, Tool, ToolDependency
 
@@ -30,17 +30,11 @@ async def list_tools(
     limit: int = DEFAULT_LIMIT, cursor: str | None = None,
 ) -> tuple[list[Tool], str | None]:
     """Oldest first (built-ins, then tools in discovery order)."""
-    stmt = select(Tool).where(visible(actor))
-    if kind is not None:
-        stmt = stmt.where(Tool.kind == kind)
-    if server_id is not None:
-        stmt = stmt.where(Tool.mcp_server_id == server_id)
-    if name is not None:
-        stmt = stmt.where(Tool.name == name)
+    stmt = where_equal(select(Tool).where(visible(actor)), (Tool.kind, kind),
+                       (Tool.mcp_server_id, server_id), (Tool.name, name),
+                       (Tool.category, category))
     if available is not None:
         stmt = stmt.where(Tool.available.is_(available))
-    if category is not None:
-        stmt = stmt.where(Tool.category == category)
     if cursor is not None:
         stmt = stmt.where(after_time_id(cursor, Tool.created_at, Tool.id))
     rows = (await session.scalars(stmt.order_by(Tool.created_at, Tool.id).limit(limit + 1))).all()

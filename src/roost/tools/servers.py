@@ -24,7 +24,7 @@ from roost.db.engine import Database
 from roost.errors import Conflict, Forbidden, NotFound
 from roost.identity.tenancy import apply_principal
 from roost.knowledge.fetching import FetchError
-from roost.pagination import DEFAULT_LIMIT, newest_first
+from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
 from roost.tasks.service import enqueue
@@ -134,11 +134,8 @@ async def list_servers(
     session: AsyncSession, actor: Principal, *, transport: str | None = None,
     health_status: str | None = None, limit: int = DEFAULT_LIMIT, cursor: str | None = None,
 ) -> tuple[list[McpServer], str | None]:
-    stmt = select(McpServer).where(_visible(actor))
-    if transport is not None:
-        stmt = stmt.where(McpServer.transport == transport)
-    if health_status is not None:
-        stmt = stmt.where(McpServer.health_status == health_status)
+    stmt = where_equal(select(McpServer).where(_visible(actor)),
+                       (McpServer.transport, transport), (McpServer.health_status, health_status))
     return await newest_first(session, stmt, McpServer.created_at, McpServer.id,
                               limit=limit, cursor=cursor)
 
