@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 import structlog
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
+from fastapi.dependencies.models import Dependant
 from pydantic import BaseModel, Field
+from tests.support.routes import api_routes
 
 from roost.app import create_app
 from roost.config import Settings
 from roost.db.engine import Database, create_database
 from roost.db.migrate import downgrade
-from roost.http.routing import RoostRoute
+from roost.http.routing import RoostRoute, RoostRouter
 from roost.keyfiles import KeyMaterial
 from roost.logging import configure_logging
 
@@ -129,20 +130,68 @@ async def test_lone_surrogates_are_malformed_json(
     assert body["request_id"] == reply.headers["x-request-id"]
 
 
-def _api_routes(routes: Iterable[Any]) -> Iterator[APIRoute]:
-    for route in routes:
-        included = getattr(route, "original_router", None)  # FastAPI's lazily included routers
-        if included is not None:
-            yield from _api_routes(included.routes)
-        elif isinstance(route, APIRoute):
-            yield route
-
-
 def test_every_route_decodes_json_bodies_strictly(app: FastAPI) -> None:
-    routes = list(_api_routes(app.routes))
+    routes = list(api_routes(app.routes))
     assert len(routes) > 50
     loose = [route.path for route in routes if not isinstance(route, RoostRoute)]
     assert not loose, f"routers must pass route_class=RoostRoute (http/routing.py): {loose}"
+
+
+@pytest.mark.parametrize("root_path", ["", "/roost"])
+async def test_router_prefix_guard_answers_as_fastapi_would(root_path: str) -> None:
+    """A RoostRouter skips its routes for paths outside their literal prefixes; what the
+    app answers is unchanged, behind a proxy's root path too: the route, its path
+    parameters, 405 with Allow, 404, and the trailing-slash redirect."""
+    first = RoostRouter(prefix="/api/v1/a")
+    second = RoostRouter(prefix="/api/v1/b")
+
+    @first.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, Any]:
+        return {"router": "a", "item": item_id}
+
+    @second.get("/items/{item_id}")
+    async def other_item(item_id: int) -> dict[str, Any]:
+        return {"router": "b", "item": item_id}
+
+    @second.post("/things/")
+    async def things() -> dict[str, Any]:
+        return {"router": "b", "things": True}
+
+    application = FastAPI()
+    application.include_router(first)
+    application.include_router(second)
+    transport = httpx.ASGITransport(app=application, root_path=root_path)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get(f"{root_path}/api/v1/b/items/7")).json() == {
+            "router": "b", "item": 7}
+        assert (await client.get(f"{root_path}/api/v1/a/items/3")).json() == {
+            "router": "a", "item": 3}
+        wrong = await client.delete(f"{root_path}/api/v1/b/items/7")
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
+        assert (await client.get(f"{root_path}/api/v1/c/items/7")).status_code == 404
+        redirect = await client.post(f"{root_path}/api/v1/b/things")
+        assert redirect.status_code == 307
+        assert redirect.headers["location"].endswith("/api/v1/b/things/")
+
+
+def _sync_calls(dependant: Dependant) -> Iterator[str]:
+    for sub in dependant.dependencies:
+        call = sub.call
+        if call is not None and not (inspect.iscoroutinefunction(call)
+                                     or inspect.isasyncgenfunction(call)):
+            yield getattr(call, "__qualname__", repr(call))
+        yield from _sync_calls(sub)
+
+
+def test_no_route_or_dependency_runs_in_the_thread_pool(app: FastAPI) -> None:
+    """FastAPI runs a plain ``def`` endpoint or dependency in its thread pool: a thread
+    hop (tens of microseconds, more under load) per call per request.  Every one is
+    ``async def``; blocking work inside goes to ``anyio.to_thread`` explicitly."""
+    routes = list(api_routes(app.routes))
+    sync = {f"{route.path}: {name}" for route in routes for name in _sync_calls(route.dependant)}
+    sync |= {f"{route.path}: endpoint" for route in routes
+             if not inspect.iscoroutinefunction(route.endpoint)}
+    assert not sync, sorted(sync)
 
 
 async def test_wrong_types_are_422_without_echoing_input(

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from tests.support.identity import make_user
+from tests.support.routes import api_routes
 
 from roost.db.engine import Database
 from roost.http.openapi import PROBLEM_STATUSES
@@ -139,21 +139,11 @@ def _models(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in getattr(annotation, "__args__", ()) for m in _models(arg)]
 
 
-def _api_routes(routes: list[Any]) -> list[APIRoute]:
-    found: list[APIRoute] = []
-    for route in routes:
-        if isinstance(route, APIRoute):
-            found.append(route)
-        elif hasattr(route, "original_router"):  # FastAPI's included routers
-            found += _api_routes(route.original_router.routes)
-    return found
-
-
 def test_every_json_body_outside_v1_is_strict(app: FastAPI) -> None:
     """Bodies are validated from decoded JSON: a lax model would take 0 for false.  Every
     model in a body that has a boolean, number or timestamp field derives from StrictInput."""
     lax = set()
-    routes = _api_routes(app.router.routes)
+    routes = list(api_routes(app.router.routes))
     assert len(routes) > 50
     for route in routes:
         if route.path.startswith("/v1/"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 
 import pytest
 from cryptography.fernet import Fernet
@@ -136,6 +137,58 @@ def test_message_tampering_is_rejected() -> None:
     token = CIPHER.encrypt("pay alice 10")
     with pytest.raises(DecryptionError):
         CIPHER.decrypt(_flip(token, len(token) // 2))
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.binary(max_size=300), st.integers(min_value=0, max_value=2))
+def test_message_decrypt_agrees_with_cryptography_fernet(plaintext: bytes, which: int) -> None:
+    """The read path's own Fernet decryption takes exactly the tokens ``cryptography``'s
+    Fernet takes, under whichever configured key made them, and nothing else."""
+    keys = [KEY_A, KEY_B, generate_fernet_key()]
+    cipher = MessageCipher(keys[:2])
+    token = Fernet(keys[which]).encrypt(plaintext)
+    try:
+        expected: str | None = plaintext.decode("utf-8")
+    except UnicodeDecodeError:
+        expected = None
+    if which == 2 or expected is None:  # a key not configured, or not text
+        with pytest.raises(DecryptionError):
+            cipher.decrypt(token)
+    else:
+        assert cipher.decrypt(token) == expected
+
+
+def test_message_every_edited_byte_is_rejected() -> None:
+    token = CIPHER.encrypt("pay alice 10")
+    raw = base64.urlsafe_b64decode(token)
+    for index in range(len(raw)):
+        edited = bytearray(raw)
+        edited[index] ^= 0x01
+        with pytest.raises(DecryptionError):
+            CIPHER.decrypt(base64.urlsafe_b64encode(bytes(edited)))
+    for cut in (1, 16, 32, len(raw) - 57):
+        with pytest.raises(DecryptionError):
+            CIPHER.decrypt(base64.urlsafe_b64encode(raw[:-cut]))
+
+
+def _signed_token(plaintext_block: bytes) -> bytes:
+    """A token whose HMAC is right (made with KEY_A's signing half) around one AES block
+    chosen raw, so its padding or text can be anything."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = base64.urlsafe_b64decode(KEY_A)
+    iv = bytes(16)
+    encryptor = Cipher(algorithms.AES(key[16:]), modes.CBC(iv)).encryptor()
+    body = b"\x80" + bytes(8) + iv + encryptor.update(plaintext_block) + encryptor.finalize()
+    return base64.urlsafe_b64encode(body + hmac.digest(key[:16], body, "sha256"))
+
+
+def test_message_authentic_token_with_bad_padding_or_text_is_rejected() -> None:
+    assert CIPHER.decrypt(_signed_token(b"fifteen bytes!!" + b"\x01")) == "fifteen bytes!!"
+    for block in (b"A" * 15 + b"\x00", b"A" * 15 + b"\x11", b"A" * 14 + b"\x01\x02",
+                  b"\xff" * 15 + b"\x01"):
+        with pytest.raises(DecryptionError):
+            CIPHER.decrypt(_signed_token(block))
 
 
 def test_message_key_rotation() -> None:

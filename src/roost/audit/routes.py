@@ -6,17 +6,17 @@ import uuid
 from dataclasses import asdict
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
 from roost.audit import service
 from roost.audit.schemas import AuditRecordOut, ChainReportOut
 from roost.http.auth import AdminPrincipal
 from roost.http.deps import DbSession
-from roost.http.routing import RoostRoute
+from roost.http.routing import RoostRouter
 from roost.inputs import IsoDatetime
 from roost.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 
-router = APIRouter(prefix="/api/v1/audit", tags=["audit"], route_class=RoostRoute)
+router = RoostRouter(prefix="/api/v1/audit", tags=["audit"])
 
 
 @router.get("/logs", response_model=Page[AuditRecordOut], summary="Query the audit log")

@@ -9,6 +9,7 @@ and the audit record in the call's final transaction.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 import structlog
 from pydantic import TypeAdapter
-from sqlalchemy import func, select, true, update
+from sqlalchemy import Integer, Select, Uuid, bindparam, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
@@ -82,27 +83,41 @@ def message_out(cipher: MessageCipher, row: Any) -> MessageOut:
     )
 
 
+@functools.cache
+def _history_statement(*, with_cursor: bool, admin: bool) -> Select[Any]:
+    """One statement: the session (visible to the caller, else 404) with its page beside
+    it, so a read costs the round trip of its query alone.  Built once per shape, with
+    bound parameters: building the lateral subquery's columns cost more Python than the
+    query's round trip."""
+    page = select(*_MESSAGE_COLUMNS).where(ChatMessage.session_id == ChatSession.id)
+    if with_cursor:
+        page = page.where(ChatMessage.seq < bindparam("before_seq", type_=Integer))
+    lateral = (page.order_by(ChatMessage.seq.desc())
+               .limit(bindparam("page_limit", type_=Integer)).lateral("page"))
+    stmt = (
+        select(ChatSession.id.label("found"), *lateral.c)
+        .select_from(ChatSession)
+        .outerjoin(lateral, true())
+        .where(ChatSession.id == bindparam("session_id", type_=Uuid))
+    )
+    if not admin:
+        stmt = stmt.where(ChatSession.user_id == bindparam("user_id", type_=Uuid))
+    return stmt
+
+
 async def list_messages(
     session: AsyncSession, gateway: LLMGateway, actor: Principal, session_id: uuid.UUID, *,
     limit: int = DEFAULT_LIMIT, cursor: str | None = None,
 ) -> tuple[list[MessageOut], str | None]:
     """Newest first.  The cursor is the last ``seq`` seen: later pages only go back in
     time, so messages posted meanwhile neither repeat nor shift what is left to read."""
-    # One statement: the session (visible to the caller, else 404) with its page beside
-    # it, so a read costs the round trip of its query alone.
-    page = select(*_MESSAGE_COLUMNS).where(ChatMessage.session_id == ChatSession.id)
+    stmt = _history_statement(with_cursor=cursor is not None, admin=actor.is_admin)
+    params: dict[str, Any] = {"session_id": session_id, "page_limit": limit + 1}
     if cursor is not None:
-        page = page.where(ChatMessage.seq < cursor_int(cursor, "seq"))
-    lateral = page.order_by(ChatMessage.seq.desc()).limit(limit + 1).lateral("page")
-    stmt = (
-        select(ChatSession.id.label("found"), *lateral.c)
-        .select_from(ChatSession)
-        .outerjoin(lateral, true())
-        .where(ChatSession.id == session_id)
-    )
+        params["before_seq"] = cursor_int(cursor, "seq")
     if not actor.is_admin:
-        stmt = stmt.where(ChatSession.user_id == actor.user_id)
-    found = (await session.execute(stmt)).all()
+        params["user_id"] = actor.user_id
+    found = (await session.execute(stmt, params)).all()
     if not found:
         raise NotFound(f"no chat session with id {session_id}")
     rows, next_cursor = page_of(

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from roost.chat import history, messages, sessions, summaries
@@ -28,11 +28,11 @@ from roost.chat.schemas import (
 )
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit
-from roost.http.routing import RoostRoute
+from roost.http.routing import RoostRouter
 from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.pagination import DEFAULT_LIMIT, Page
 
-router = APIRouter(prefix="/api/v1/chat", tags=["chat"], route_class=RoostRoute)
+router = RoostRouter(prefix="/api/v1/chat", tags=["chat"])
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -1,4 +1,8 @@
-"""FastAPI dependencies shared by every domain: database session, settings, keys."""
+"""FastAPI dependencies shared by every domain: database session, settings, keys.
+
+Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in its thread
+pool, a thread hop per dependency per request (tests/http/test_dependencies.py keeps it
+so).  The plain accessors (``get_database`` …) are for code that holds a ``Request``."""
 
 from __future__ import annotations
 
@@ -37,7 +41,19 @@ def get_keys(request: Request) -> KeyMaterial:
     return keys
 
 
-async def get_session(db: Annotated[Database, Depends(get_database)]) -> AsyncIterator[AsyncSession]:
+async def database_dep(request: Request) -> Database:
+    return get_database(request)
+
+
+async def settings_dep(request: Request) -> Settings:
+    return get_settings_dep(request)
+
+
+async def keys_dep(request: Request) -> KeyMaterial:
+    return get_keys(request)
+
+
+async def get_session(db: Annotated[Database, Depends(database_dep)]) -> AsyncIterator[AsyncSession]:
     """One transaction per request, committed when the route returns without error.
 
     Used with ``scope="function"`` so the commit happens before the response is sent: a
@@ -48,8 +64,8 @@ async def get_session(db: Annotated[Database, Depends(get_database)]) -> AsyncIt
 
 
 DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-KeysDep = Annotated[KeyMaterial, Depends(get_keys)]
+SettingsDep = Annotated[Settings, Depends(settings_dep)]
+KeysDep = Annotated[KeyMaterial, Depends(keys_dep)]
 
 # Query parameters of every list endpoint: `?limit=` and `?cursor=`.
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]

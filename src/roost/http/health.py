@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -12,9 +12,9 @@ from sqlalchemy import text
 from roost.db.engine import Database
 from roost.db.migrate import migration_state
 from roost.http.deps import get_database
-from roost.http.routing import RoostRoute
+from roost.http.routing import RoostRouter
 
-router = APIRouter(tags=["operations"], route_class=RoostRoute)
+router = RoostRouter(tags=["operations"])
 
 HEALTH_TIMEOUT_S = 3.0
 

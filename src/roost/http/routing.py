@@ -4,7 +4,8 @@ Python's ``json`` accepts a lone UTF-16 surrogate (``"\\ud800"``, or the raw byt
 and yields a ``str`` that cannot be encoded as UTF-8 again: stored, encrypted or sent on,
 it fails far from the request.  ``StrictJSONRequest.json()`` rejects such a body as
 malformed JSON (400, or OpenAI's 400 under ``/v1``), naming the field, never the value.
-Every ``APIRouter`` passes ``route_class=RoostRoute`` (a test checks every route).
+Every router is a :class:`RoostRouter`, whose routes are ``RoostRoute`` (a test checks
+every route).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
+from starlette._utils import get_route_path  # what FastAPI's own matching uses
+from starlette.routing import Match
+from starlette.types import Scope
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -84,3 +88,39 @@ class RoostRoute(APIRoute):
             return await handler(StrictJSONRequest(request.scope, request.receive))
 
         return route
+
+
+class RoostRouter(APIRouter):
+    """An ``APIRouter`` of ``RoostRoute`` routes that answers "no match" at once for a path
+    outside its routes' literal prefixes.
+
+    FastAPI 0.165 includes routers lazily: the app tries each included router in turn and
+    each walks all of its routes (regular expressions, scope bookkeeping), so a request
+    to the last domain's routes paid for every route of every router before it, about a
+    tenth of an authenticated read's Python time (docs/benchmarks.md, "Per-request
+    overhead").  A path that starts with none of this router's literal prefixes (a route's
+    path up to its first ``{``) cannot match any of its routes' anchored patterns, so the
+    answer is the same, without the walk.  Routes are only added at start-up; the
+    prefixes are computed again whenever the number of routes changes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("route_class", RoostRoute)
+        super().__init__(*args, **kwargs)
+        self._prefixes: tuple[str, ...] | None = None
+        self._prefixes_for = -1
+
+    def _literal_prefixes(self) -> tuple[str, ...] | None:
+        """None when some route has no plain path (a mount, a nested router): no guard."""
+        if self._prefixes_for != len(self.routes):
+            paths = [getattr(route, "path", None) for route in self.routes]
+            self._prefixes = (None if any(not isinstance(p, str) for p in paths)
+                              else tuple({str(p).split("{", 1)[0] for p in paths}))
+            self._prefixes_for = len(self.routes)
+        return self._prefixes
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        prefixes = self._literal_prefixes()
+        if prefixes is not None and scope["type"] in ("http", "websocket") \
+                and not get_route_path(scope).startswith(prefixes):
+            return Match.NONE, {}
+        return super().matches(scope)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import Depends, Query, Request, Response, status
 
 from roost.context import current_context
 from roost.errors import Unprocessable
 from roost.http.auth import AdminPrincipal, CurrentPrincipal
 from roost.http.deps import DbSession, get_keys, get_settings_dep
-from roost.http.routing import RoostRoute
+from roost.http.routing import RoostRouter
 from roost.identity import (
     accounts,
     apikeys,
@@ -73,13 +73,13 @@ from roost.identity.schemas import (
 )
 from roost.principal import Principal
 
-auth_router = APIRouter(prefix="/api/v1/auth", tags=["auth"], route_class=RoostRoute)
-users_router = APIRouter(prefix="/api/v1/users", tags=["users"], route_class=RoostRoute)
-keys_router = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"], route_class=RoostRoute)
-groups_router = APIRouter(prefix="/api/v1/groups", tags=["groups"], route_class=RoostRoute)
+auth_router = RoostRouter(prefix="/api/v1/auth", tags=["auth"])
+users_router = RoostRouter(prefix="/api/v1/users", tags=["users"])
+keys_router = RoostRouter(prefix="/api/v1/api-keys", tags=["api keys"])
+groups_router = RoostRouter(prefix="/api/v1/groups", tags=["groups"])
 
 
-def identity_config(request: Request) -> IdentityConfig:
+async def identity_config(request: Request) -> IdentityConfig:
     state = request.app.state
     cfg: IdentityConfig | None = getattr(state, "identity_config", None)
     if cfg is None:
@@ -574,6 +574,6 @@ async def remove_member(group_id: uuid.UUID, user_id: uuid.UUID, principal: Curr
     return _no_content()
 
 
-router = APIRouter(route_class=RoostRoute)
+router = RoostRouter()
 for _sub in (auth_router, users_router, keys_router, groups_router):
     router.include_router(_sub)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import Depends, File, Form, Query, Request, Response, UploadFile, status
 
 from roost.errors import PayloadTooLarge
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit, SettingsDep
-from roost.http.routing import RoostRoute
+from roost.http.routing import RoostRouter
 from roost.knowledge import search as search_mod
 from roost.knowledge import service
 from roost.knowledge.config import KnowledgeConfig
@@ -27,12 +27,12 @@ from roost.knowledge.schemas import (
 )
 from roost.pagination import DEFAULT_LIMIT, Page
 
-router = APIRouter(prefix="/api/v1/knowledge", tags=["knowledge"], route_class=RoostRoute)
+router = RoostRouter(prefix="/api/v1/knowledge", tags=["knowledge"])
 
 READ_CHUNK = 1024 * 1024
 
 
-def get_knowledge_config(request: Request, settings: SettingsDep) -> KnowledgeConfig:
+async def get_knowledge_config(request: Request, settings: SettingsDep) -> KnowledgeConfig:
     """Built from the app's settings once, kept on the app."""
     cfg: KnowledgeConfig | None = getattr(request.app.state, "knowledge_config", None)
     if cfg is None:

@@ -35,5 +35,9 @@ async def principal_outside_transaction(request: Request) -> Principal:
         return await current_principal(request, session)
 
 
-GatewayDep = Annotated[LLMGateway, Depends(get_gateway)]
+async def gateway_dep(request: Request) -> LLMGateway:
+    return get_gateway(request)
+
+
+GatewayDep = Annotated[LLMGateway, Depends(gateway_dep)]
 CallerPrincipal = Annotated[Principal, Depends(principal_outside_transaction)]

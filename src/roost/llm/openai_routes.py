@@ -23,14 +23,14 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Literal
 
 import structlog
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from roost.errors import BadRequest, PayloadTooLarge, RoostError
 from roost.http.problems import json_error_reason, openai_code, openai_error
-from roost.http.routing import RoostRoute
+from roost.http.routing import RoostRoute, RoostRouter
 from roost.llm import calls, routing
 from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.llm.gateway import LLMGateway
@@ -84,7 +84,7 @@ class OpenAIRoute(RoostRoute):
         return route
 
 
-router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=OpenAIRoute)
+router = RoostRouter(prefix="/v1", tags=["openai-compatible"], route_class=OpenAIRoute)
 
 
 class ChatCompletionBody(BaseModel):

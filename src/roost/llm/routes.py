@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Response, status
+from fastapi import Response, status
 
 from roost.http.auth import AdminPrincipal, CurrentPrincipal
 from roost.http.deps import DbSession
-from roost.http.routing import RoostRoute
+from roost.http.routing import RoostRouter
 from roost.llm import providers, records
 from roost.llm.deps import GatewayDep
 from roost.llm.models import LLMProviderRow
@@ -20,7 +20,7 @@ from roost.llm.schemas import (
     ResponseOut,
 )
 
-router = APIRouter(prefix="/api/v1/llm", tags=["llm"], route_class=RoostRoute)
+router = RoostRouter(prefix="/api/v1/llm", tags=["llm"])
 
 
 def provider_out(row: LLMProviderRow) -> ProviderOut:

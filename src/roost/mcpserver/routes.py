@@ -22,7 +22,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter
 from mcp import types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
@@ -35,7 +34,7 @@ from starlette.types import Receive, Scope, Send
 import roost
 from roost.errors import Forbidden, ServiceUnavailable, Unauthorized
 from roost.http.auth import current_principal
-from roost.http.routing import RoostRoute
+from roost.http.routing import RoostRouter
 from roost.mcpserver import tools
 from roost.principal import Principal
 
@@ -137,7 +136,7 @@ class McpEndpoint:
             _request.reset(token)
 
 
-router = APIRouter(route_class=RoostRoute)
+router = RoostRouter()
 # A plain Starlette route (raw ASGI, outside the OpenAPI document): the MCP transport
 # speaks JSON-RPC, not Roost's REST conventions.
 router.routes.append(Route(PATH, McpEndpoint(), methods=["GET", "POST", "DELETE"],

@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import Query, Response, status
 
 from roost.http.auth import AdminPrincipal
 from roost.http.deps import Cursor, DbSession, Limit
-from roost.http.routing import RoostRoute
+from roost.http.routing import RoostRouter
 from roost.pagination import DEFAULT_LIMIT, Page
 from roost.tasks import service
 from roost.tasks.models import TaskPriority, TaskStatus
@@ -24,7 +24,7 @@ from roost.tasks.schemas import (
     ThroughputOut,
 )
 
-router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], route_class=RoostRoute)
+router = RoostRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
 
 

@@ -22,7 +22,7 @@ class ToolsEnv:
     knowledge: KnowledgeConfig | None
 
 
-def get_tools_env(request: Request) -> ToolsEnv:
+async def get_tools_env(request: Request) -> ToolsEnv:
     env: ToolsEnv | None = getattr(request.app.state, "tools_env", None)
     if env is None:
         settings = get_settings_dep(request)
