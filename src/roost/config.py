@@ -177,6 +177,53 @@ class Settings(BaseSettings):
     tools_health_interval_s: int = Field(
         default=300, ge=10, description="Period of the MCP server health check job"
     )
+    tools_stdio_idle_s: float = Field(
+        default=300.0, gt=0, description="A long-lived stdio MCP server process unused this "
+        "long is stopped (started again by the next call)"
+    )
+    tools_stdio_max_processes: int = Field(
+        default=32, ge=1, le=1000, description="Stdio MCP server processes one Roost process "
+        "(the API server, each worker) keeps at most; the least recently used idle one "
+        "makes room"
+    )
+    tools_workspace_dir: Path | None = Field(
+        default=None, description="Directory the lsp_diagnostics tool reads files from "
+        "(paths are relative to it; nothing outside it is read). Unset: DATA_DIR/workspace"
+    )
+
+    # --- agents: the personas' mail (docs/agents-mail.md) and health metrics ---------
+    smtp_listen: str = Field(
+        default="", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$|^$",
+        description="host:port of Roost's SMTP listener for the personas' inbound mail "
+        "(run by `roost serve`); empty: no listener"
+    )
+    smtp_max_message_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024,
+        description="Largest inbound message accepted (SMTP SIZE; bigger mail is refused, 552)"
+    )
+    smtp_max_attachment_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1, le=1024 * 1024 * 1024,
+        description="Largest single attachment of an inbound message (the message is "
+        "refused, 552)"
+    )
+    smtp_relay_url: SecretStr | None = Field(
+        default=None, description="Outbound mail relay: smtp://[user:pass@]host[:port] "
+        "(STARTTLS when offered, required with credentials unless on loopback) or "
+        "smtps://... (TLS); unset: sending is disabled"
+    )
+    smtp_from_domain: str = Field(
+        default="", pattern=r"^([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*)?$",
+        description="Domain of the Message-IDs Roost writes and the name its SMTP listener "
+        "and client announce; empty: the persona's address domain (listener: 'localhost')"
+    )
+    smtp_timeout_s: float = Field(default=30.0, gt=0, le=600,
+                                  description="Deadline of one delivery to the relay")
+    persona_health_interval_s: int = Field(
+        default=60, ge=10, description="Period of the persona health sampling job"
+    )
+    persona_health_retention_days: int = Field(
+        default=30, ge=1, description="Persona health samples older than this are deleted"
+    )
 
     @field_validator("data_dir")
     @classmethod

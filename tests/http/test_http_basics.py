@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -135,6 +136,13 @@ def test_every_route_decodes_json_bodies_strictly(app: FastAPI) -> None:
     assert len(routes) > 50
     loose = [route.path for route in routes if not isinstance(route, RoostRoute)]
     assert not loose, f"routers must pass route_class=RoostRoute (http/routing.py): {loose}"
+
+
+def test_every_router_is_a_roost_router() -> None:
+    from roost.app import routers
+
+    loose = [router for router in routers() if not isinstance(router, RoostRouter)]
+    assert not loose, "routers must be RoostRouter (http/routing.py)"
 
 
 @pytest.mark.parametrize("root_path", ["", "/roost"])

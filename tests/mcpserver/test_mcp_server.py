@@ -12,16 +12,14 @@ import asyncio
 import gc
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from roost.app import create_app
 from roost.config import Settings
@@ -31,7 +29,7 @@ from roost.knowledge.models import Document, DocumentChunk
 from tests.support.identity import make_user
 from tests.support.mcp_client import mcp_session
 from tests.support.pg import PgTestServer
-from tests.support.server import RunningServer, free_port, roost_server
+from tests.support.server import RunningServer, in_process, roost_server
 
 INITIALIZE = {
     "jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -147,24 +145,6 @@ async def test_missing_or_invalid_keys_are_refused_before_mcp(
             async with mcp_session(url, {"Authorization": "Bearer rst_wrong_key_000000000000"}):
                 pass
     assert "Traceback" not in server.output, server.output[-4000:]
-
-
-@asynccontextmanager
-async def in_process(app: FastAPI) -> AsyncIterator[str]:
-    """The app under uvicorn on loopback in this process, lifespan included, so the
-    test can look at the SDK's session manager and this process's tasks and memory."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-        assert not task.done(), "uvicorn stopped during start-up"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def test_rejected_requests_and_closed_sessions_leave_nothing_behind(

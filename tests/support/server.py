@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import uvicorn
+from fastapi import FastAPI
 
 from tests.support.cli import ROOST
 
@@ -78,3 +81,21 @@ def roost_server(
         except subprocess.TimeoutExpired:
             proc.kill()
             server.output, _ = proc.communicate()
+
+
+@asynccontextmanager
+async def in_process(app: FastAPI) -> AsyncIterator[str]:
+    """The app under uvicorn on loopback in this process, lifespan included, so the
+    test can look at the SDK's session manager and this process's tasks and memory."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+        assert not task.done(), "uvicorn stopped during start-up"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

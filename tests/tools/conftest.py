@@ -8,12 +8,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from roost.config import Settings
+from roost.tools import stdiopool
 
 ECHO_SERVER = Path(__file__).with_name("mcp_echo_server.py")
 CALL_TIMEOUT_S = 6.0
@@ -27,6 +29,14 @@ def test_settings(tmp_path: Path) -> Settings:
         tools_allowed_hosts="127.0.0.1", tools_call_timeout_s=CALL_TIMEOUT_S,
         tools_max_output_bytes=MAX_OUTPUT_BYTES, knowledge_embedding_provider="hash",
     )
+
+
+@pytest_asyncio.fixture(autouse=True, loop_scope="session")
+async def _stop_stdio_servers() -> AsyncIterator[None]:
+    """Tool calls leave long-lived stdio servers in the loop's pool (the in-process app
+    runs no lifespan): stop them after each test, as a server's shutdown would."""
+    yield
+    await stdiopool.close_default()
 
 
 def _free_port() -> int:

@@ -5,9 +5,11 @@ mcp 1.x called FastMCP).
     python tests/tools/mcp_echo_server.py --http PORT      # streamable HTTP on 127.0.0.1
 
 Tools: ``echo`` (returns its text), ``add`` (structured output), ``sleep`` (waits),
-``big`` (returns ``size`` characters), ``fail`` (raises).  ``bonus`` exists only while
-the file named by ``ECHO_BONUS_FILE`` exists when the server starts, so a test can make
-the tool list change between two discoveries.
+``big`` (returns ``size`` characters), ``fail`` (raises), ``pid`` (the server process's
+id: which process served a call), ``crash`` (the process exits at once, as a crash would)
+and ``hang`` (blocks the server's event loop: it answers nothing, pings included).
+``bonus`` exists only while the file named by ``ECHO_BONUS_FILE`` exists when the server
+starts, so a test can make the tool list change between two discoveries.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
 from mcp.server.mcpserver import MCPServer
@@ -47,6 +50,22 @@ def big(size: int) -> str:
 @server.tool(description="Always fails.")
 def fail() -> str:
     raise ToolError("this tool always fails")
+
+
+@server.tool(description="The server process's id.")
+def pid() -> int:
+    return os.getpid()
+
+
+@server.tool(description="Exit the server process at once.")
+def crash() -> str:
+    os._exit(1)
+
+
+@server.tool(description="Block the server's event loop for some seconds.")
+async def hang(seconds: float) -> str:
+    time.sleep(seconds)  # noqa: ASYNC251 - a hung server: nothing else is answered meanwhile
+    return "unblocked"
 
 
 _bonus = os.environ.get("ECHO_BONUS_FILE")

@@ -131,7 +131,8 @@ async def test_search_ranks_the_relevant_tool_first_within_the_callers_scope(
     # Nothing embedded yet: nothing found (the job has not run).
     assert await names(client, alice, "weather") == []
     report = await embed_descriptions(database, LOCAL)
-    total = len(GLOBAL_TOOLS) + len(ALICE_TOOLS) + len(BOB_TOOLS) + 2  # and the built-ins
+    builtins = await scalar(database, "SELECT count(*) FROM tools WHERE kind = 'builtin'")
+    total = len(GLOBAL_TOOLS) + len(ALICE_TOOLS) + len(BOB_TOOLS) + builtins
     assert (report.stale, report.embedded) == (total, total)
     assert (await embed_descriptions(database, LOCAL)).stale == 0  # idempotent
 
@@ -141,7 +142,7 @@ async def test_search_ranks_the_relevant_tool_first_within_the_callers_scope(
         assert not any(name.startswith("bob_") for name in found), (query, found)
     everything = await names(client, alice, "weather pizza payroll salaries", k=50)
     assert not any(name.startswith("bob_") for name in everything)
-    assert len(everything) == len(GLOBAL_TOOLS) + len(ALICE_TOOLS) + 2
+    assert len(everything) == len(GLOBAL_TOOLS) + len(ALICE_TOOLS) + builtins
     # Bob finds his own station first, and alice's tools never.
     bob_found = await names(client, bob, "weather station rain forecast", k=50)
     assert bob_found[0] == "bob_weather_station"
@@ -220,12 +221,15 @@ async def test_search_without_the_local_extra_is_a_clear_409(
 
 
 @pytest.mark.needs_local
-async def test_roost_tools_embed_and_search(pg_server: PgTestServer, db_name: str, tmp_path: Path) -> None:
+async def test_roost_tools_embed_and_search(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path, database: Database,
+) -> None:
+    builtins = await scalar(database, "SELECT count(*) FROM tools WHERE kind = 'builtin'")
     env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path / "d"),
            "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER": "local"}
     embedded = run_roost("tools", "embed", env=env)
     assert embedded.returncode == 0, embedded.stderr
-    assert "Embedded 2 tool description(s) with all-MiniLM-L6-v2" in embedded.stdout
+    assert f"Embedded {builtins} tool description(s) with all-MiniLM-L6-v2" in embedded.stdout
     found = run_roost("tools", "search", "what time is it in Tokyo", "-k", "1", env=env)
     assert found.returncode == 0, found.stderr
     assert "current_time" in found.stdout and "knowledge_search" not in found.stdout

@@ -135,6 +135,22 @@ def _qualname(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
+ShutdownHook = Callable[[], Awaitable[None]]
+_shutdown_hooks: dict[str, ShutdownHook] = {}
+
+
+def on_worker_shutdown(fn: ShutdownHook) -> ShutdownHook:
+    """Register ``async def fn()`` to run when a worker stops, after its jobs ended or
+    were released (a domain's job module frees what its handlers kept: child processes,
+    clients).  Registered at import, like handlers; once per function."""
+    _shutdown_hooks[_qualname(fn)] = fn
+    return fn
+
+
+def worker_shutdown_hooks() -> list[ShutdownHook]:
+    return list(_shutdown_hooks.values())
+
+
 def get_task_type(name: str) -> TaskType | None:
     return _task_types.get(name)
 

@@ -53,6 +53,7 @@ from roost.tasks.handlers import (
     TaskType,
     get_task_type,
     task_types,
+    worker_shutdown_hooks,
 )
 from roost.tasks.models import READY_PREDICATE
 from roost.tasks.payloads import PayloadError, dump_json_object
@@ -66,6 +67,8 @@ FLUSH_BATCH = 500
 # A finished job frees a slot, so the dispatcher usually acknowledges it with its next
 # claim; the flush loop writes what is still unacknowledged after this long.
 FLUSH_DELAY_S = 0.02
+# Each shutdown hook of a domain (stopping child processes...) gets this long.
+SHUTDOWN_HOOK_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -339,9 +342,21 @@ class Worker:
             for task in self._background:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await self._run_shutdown_hooks()
             await self._pool.close()
             log.info("worker_stopped", worker_id=self.worker_id, started=self.jobs_started,
                      completed=self.jobs_completed, failed=self.jobs_failed)
+
+    async def _run_shutdown_hooks(self) -> None:
+        """The domains' ``on_worker_shutdown`` hooks, each bounded; one failing never
+        keeps the others from running."""
+        for hook in worker_shutdown_hooks():
+            try:
+                async with asyncio.timeout(SHUTDOWN_HOOK_TIMEOUT_S):
+                    await hook()
+            except Exception as exc:
+                log.warning("worker_shutdown_hook_failed", hook=getattr(hook, "__qualname__", "?"),
+                            error=_error_text(exc))
 
     async def _check_schema(self) -> None:
         assert self._pool is not None

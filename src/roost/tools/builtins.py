@@ -1,5 +1,5 @@
 """Built-in tools: run inside Roost, registered as global ``tools`` rows (kind
-``builtin``) by migration 0500 with these ids, names and input schemas."""
+``builtin``) by migrations 0500 and 0520 with these ids, names and input schemas."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from roost.principal import Principal
 
 CURRENT_TIME_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000001")
 KNOWLEDGE_SEARCH_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000002")
+# Migration 0520; run by roost.tools.webfetch and roost.tools.lspservers.
+WEB_FETCH_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000003")
+LSP_DIAGNOSTICS_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000004")
 
 
 class BuiltinToolError(Unprocessable):

@@ -7,7 +7,8 @@ A call is three steps, so no database connection waits on a tool server:
    failing path; nothing is recorded);
 2. the tool runs (a built-in in the process, an MCP tool through a session under
    ``ROOST_TOOLS_CALL_TIMEOUT_S`` with its output capped at
-   ``ROOST_TOOLS_MAX_OUTPUT_BYTES``);
+   ``ROOST_TOOLS_MAX_OUTPUT_BYTES``; a stdio server's session is the long-lived one of
+   this process's :mod:`roost.tools.stdiopool`);
 3. a second scoped transaction writes the ``tool_runs`` row and its audit record
    together.  A failure (timeout, server error, malformed or oversized result, the
    tool's own error) is a ``tool_runs`` row with status ``error``/``timeout`` and a
@@ -20,6 +21,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,16 +29,17 @@ from jsonschema import Draft202012Validator, SchemaError
 from jsonschema.validators import validator_for
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from roost.audit.service import record
 from roost.db.base import utcnow
 from roost.db.engine import Database
-from roost.errors import Conflict, NotFound, RoostError, Unprocessable
+from roost.errors import Conflict, GatewayTimeout, NotFound, RoostError, Unprocessable
 from roost.knowledge.config import KnowledgeConfig
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
-from roost.tools import builtins, mcpclient, registry
+from roost.tools import builtins, lspservers, mcpclient, registry, stdiopool, webfetch
 from roost.tools.config import ToolsConfig
 from roost.tools.models import MAX_PREVIEW_CHARS, McpServer, Tool, ToolRun
 from roost.tools.servers import scoped, spec_for
@@ -46,15 +49,35 @@ class ToolUnavailable(Conflict):
     title, type_slug = "Tool unavailable", "tool-unavailable"
 
 
-def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> None:
-    """Raise 422 listing each failing path (never echoing the values)."""
+_VALIDATORS: dict[str, Any] = {}  # schema JSON -> validator (None: invalid schema)
+_MAX_VALIDATORS = 1024
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    """The schema's validator, checked against its metaschema once: that check cost
+    0.3 ms of every call (bench/tools/overhead.py)."""
+    key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    if key in _VALIDATORS:
+        return _VALIDATORS[key]
     try:
         cls = validator_for(schema, default=Draft202012Validator)
         cls.check_schema(schema)
+        validator: Any = cls(schema)
     except SchemaError:
+        validator = None
+    if len(_VALIDATORS) >= _MAX_VALIDATORS:
+        _VALIDATORS.pop(next(iter(_VALIDATORS)))  # the oldest; schemas rarely change
+    _VALIDATORS[key] = validator
+    return validator
+
+
+def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> None:
+    """Raise 422 listing each failing path (never echoing the values)."""
+    validator = _validator(schema)
+    if validator is None:
         raise ToolUnavailable("the tool's input schema is not a valid JSON Schema; "
-                              "re-sync its server or ask its maintainer") from None
-    errors = sorted(cls(schema).iter_errors(arguments), key=lambda e: list(e.absolute_path))
+                              "re-sync its server or ask its maintainer")
+    errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
     if not errors:
         return
     # The shape of every 422's ``errors`` (loc, msg, type), loc starting at the body.
@@ -99,8 +122,18 @@ async def _prepare(
     tool_id: uuid.UUID | None, name: str | None, server: str | None, arguments: dict[str, Any],
 ) -> _Prepared:
     async with scoped(database, actor, cfg) as session:
+        row: McpServer | None = None
         if tool_id is not None:
-            tool = await registry.get_tool(session, actor, tool_id)
+            # The tool and its server in one statement (registry.get_tool's visibility),
+            # without the description's vector: one round trip less per call.
+            found = (await session.execute(
+                select(Tool, McpServer).outerjoin(McpServer, McpServer.id == Tool.mcp_server_id)
+                .where(Tool.id == tool_id, registry.visible(actor))
+                .options(defer(Tool.description_embedding))
+            )).first()
+            if found is None:
+                raise NotFound(f"tool {tool_id} does not exist")
+            tool, row = found.tuple()
         else:
             assert name is not None
             tool = await registry.find_tool(session, actor, name, server)
@@ -112,7 +145,8 @@ async def _prepare(
         validate_arguments(tool.input_schema, arguments)
         spec = None
         if tool.kind == "mcp":
-            row = await session.get(McpServer, tool.mcp_server_id)
+            if row is None:
+                row = await session.get(McpServer, tool.mcp_server_id)
             if row is None:
                 raise NotFound(f"tool {tool.id} does not exist")
             if not row.enabled:
@@ -121,14 +155,22 @@ async def _prepare(
         return _Prepared(tool.id, tool.name, tool.kind, spec)
 
 
+HostedBuiltin = Callable[[Database, Principal, dict[str, Any], uuid.UUID | None],
+                         Awaitable[dict[str, Any]]]
+"""A built-in tool a higher domain implements (``tools`` row id -> implementation), called
+with the database, the actor, the arguments and the calling run's id: e.g. the agents
+domain's ``send_email``, which needs the run's persona (this domain cannot import it)."""
+
+
 async def _run(
     prepared: _Prepared, database: Database, actor: Principal, cfg: ToolsConfig,
     kcfg: KnowledgeConfig | None, arguments: dict[str, Any],
+    hosted: Mapping[uuid.UUID, HostedBuiltin], run_id: uuid.UUID | None,
 ) -> dict[str, Any]:
     if prepared.spec is not None:
         outcome = await mcpclient.call_tool(
             prepared.spec, prepared.name, arguments, timeout_s=cfg.call_timeout_s,
-            max_bytes=cfg.max_output_bytes,
+            max_bytes=cfg.max_output_bytes, pool=stdiopool.default_pool(stdio_limits(cfg)),
         )
         if outcome.is_error:
             raise mcpclient.McpError(
@@ -138,12 +180,29 @@ async def _run(
         return outcome.output
     if prepared.tool_id == builtins.CURRENT_TIME_ID:
         return await builtins.current_time(arguments)
+    if prepared.tool_id == builtins.WEB_FETCH_ID:
+        return await webfetch.web_fetch(cfg, arguments)
+    if prepared.tool_id == builtins.LSP_DIAGNOSTICS_ID:
+        return await lspservers.diagnostics_tool(database, actor, cfg, arguments)
     if prepared.tool_id == builtins.KNOWLEDGE_SEARCH_ID:
         if kcfg is None:
             raise ToolUnavailable("knowledge search is not configured in this process")
         async with asyncio.timeout(cfg.call_timeout_s), scoped(database, actor, cfg) as session:
             return await builtins.knowledge_search(session, actor, kcfg, arguments)
-    raise ToolUnavailable(f"built-in tool {prepared.name!r} is not implemented by this server")
+    implementation = hosted.get(prepared.tool_id)
+    if implementation is not None:
+        async with asyncio.timeout(cfg.call_timeout_s):
+            return await implementation(database, actor, arguments, run_id)
+    raise ToolUnavailable(f"built-in tool {prepared.name!r} is not available here"
+                          + (" (it works inside agent runs)" if run_id is None else ""))
+
+
+def stdio_limits(cfg: ToolsConfig) -> stdiopool.PoolLimits:
+    """The stdio pool's limits from settings: a start is bounded by the call deadline, and
+    the ping after a timed-out call by a fraction of it (the next call waits for it)."""
+    return stdiopool.PoolLimits(idle_s=cfg.stdio_idle_s, max_processes=cfg.stdio_max_processes,
+                                start_timeout_s=cfg.call_timeout_s,
+                                ping_timeout_s=min(5.0, cfg.call_timeout_s / 4))
 
 
 def _preview(output: dict[str, Any]) -> str:
@@ -157,16 +216,20 @@ async def call_tool(
     *, tool_id: uuid.UUID | None = None, name: str | None = None, server: str | None = None,
     arguments: dict[str, Any], trace_id: str | None = None,
     session_id: uuid.UUID | None = None, message_id: uuid.UUID | None = None,
-    knowledge: KnowledgeConfig | None = None,
+    knowledge: KnowledgeConfig | None = None, run_id: uuid.UUID | None = None,
+    run_step_id: uuid.UUID | None = None, hosted: Mapping[uuid.UUID, HostedBuiltin] | None = None,
 ) -> ToolRun:
-    """Run a tool for ``actor`` and record it; raises the failure after recording it."""
+    """Run a tool for ``actor`` and record it; raises the failure after recording it.
+    ``run_id``/``run_step_id``: the agent run and step that called it; ``hosted``: the
+    built-ins higher domains implement (:data:`HostedBuiltin`)."""
     prepared = await _prepare(database, actor, cfg, box, tool_id, name, server, arguments)
     started = utcnow()
     clock = time.perf_counter()
     output: dict[str, Any] | None = None
     failure: RoostError | None = None
     try:
-        output = await _run(prepared, database, actor, cfg, knowledge, arguments)
+        output = await _run(prepared, database, actor, cfg, knowledge, arguments,
+                            hosted or {}, run_id)
     except TimeoutError:
         failure = mcpclient.McpTimeout(
             f"tool {prepared.name!r} did not finish within {cfg.call_timeout_s:g} s"
@@ -175,7 +238,7 @@ async def call_tool(
         failure = exc
     duration = int((time.perf_counter() - clock) * 1000)
     status = "success" if failure is None else (
-        "timeout" if isinstance(failure, mcpclient.McpTimeout) else "error"
+        "timeout" if isinstance(failure, GatewayTimeout) else "error"
     )
     async with scoped(database, actor, cfg) as session:
         run = ToolRun(
@@ -185,6 +248,7 @@ async def call_tool(
             result_preview=_preview(output) if output is not None else None,
             error=failure.detail if failure else None, started_at=started, finished_at=utcnow(),
             duration_ms=duration, session_id=session_id, message_id=message_id,
+            run_id=run_id, run_step_id=run_step_id,
         )
         session.add(run)
         await session.flush()

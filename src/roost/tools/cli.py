@@ -1,4 +1,4 @@
-"""``roost mcp add|ls|sync|check|rm`` and ``roost tools ls|call|embed|search``: the operator's commands.
+"""``roost mcp add|ls|sync|check|rm`` and ``roost tools ls|call|embed|search|stats``: the operator's commands.
 
 They act as the system (an administrator): servers added here are global (every user
 sees their tools).  Servers are named by name or by id (or a unique id prefix).
@@ -24,8 +24,9 @@ from roost.keyfiles import load_keys
 from roost.knowledge.config import KnowledgeConfig
 from roost.principal import SYSTEM
 from roost.security.crypto import SecretBox
-from roost.tools import calls, registry, search, servers
+from roost.tools import analytics, calls, registry, search, servers
 from roost.tools.config import ToolsConfig
+from roost.tools.lsp_cli import lsp_app
 from roost.tools.models import McpServer
 from roost.tools.schemas import McpServerCreate
 
@@ -262,7 +263,52 @@ def tools_search_command(
     print_table(console, table)
 
 
+@tools_app.command("stats")
+def tools_stats_command(
+    window: Annotated[str | None, typer.Option(help="e.g. 90m, 24h (default), 7d; at most 31d")] = None,
+    since: Annotated[str | None, typer.Option(help="Instead of --window: an ISO 8601 "
+                                              "timestamp with its UTC offset")] = None,
+    sort: Annotated[str, typer.Option(help="calls, error_rate or p95 (descending)")] = "calls",
+    tool: Annotated[str | None, typer.Option(help="Only this tool (by name)")] = None,
+    user: Annotated[str | None, typer.Option(help="Only this user's runs (user id)")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=analytics.MAX_LIMIT)] = analytics.DEFAULT_LIMIT,
+) -> None:
+    """Per tool over a window: calls, errors, timeouts, error rate, p50/p95 duration (all users)."""
+    try:
+        user_id = uuid.UUID(user) if user else None
+    except ValueError:
+        raise fail("Invalid --user", f"{user!r} is not a user id") from None
+
+    async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> analytics.Report:
+        order = analytics.check_sort(sort)
+        span = analytics.resolve_window(window, since)
+        async with db.transaction() as session:
+            return await analytics.tool_report(session, SYSTEM, span, user_id=user_id,
+                                               tool_name=tool, sort=order, limit=limit)
+
+    report = _run(go)
+    table = id_table("tool", "tool id", "calls", "ok", "errors", "timeouts", "error rate",
+                     "p50 ms", "p95 ms", "last call")
+
+    def ms(value: float | None) -> str:
+        return "" if value is None else f"{value:.0f}"
+
+    for row in report.items:
+        table.add_row(row.tool_name, str(row.tool_id) if row.tool_id else "(deleted)",
+                      str(row.calls), str(row.successes), str(row.errors), str(row.timeouts),
+                      "" if row.error_rate is None else f"{row.error_rate:.1%}",
+                      ms(row.p50_ms), ms(row.p95_ms),
+                      row.last_called_at.strftime("%Y-%m-%d %H:%M:%S") if row.last_called_at else "")
+    console.print(f"Tool runs from {report.window.since:%Y-%m-%d %H:%M:%S} to "
+                  f"{report.window.until:%Y-%m-%d %H:%M:%S} UTC"
+                  + (f", user {report.user_id}" if report.user_id else ", all users"))
+    print_table(console, table)
+    if not report.items:
+        console.print("No tool runs in this window.")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``roost mcp`` and ``roost tools`` (``roost.domains`` calls this)."""
+    """Add ``roost mcp``, ``roost tools`` and ``roost lsp`` (``roost.domains`` calls this)."""
     app.add_typer(mcp_app, name="mcp")
     app.add_typer(tools_app, name="tools")
+    app.add_typer(lsp_app, name="lsp")

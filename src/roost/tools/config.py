@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from roost.config import Settings
 
@@ -13,6 +14,10 @@ class ToolsConfig:
     call_timeout_s: float = 60.0
     max_output_bytes: int = 256 * 1024
     app_role: str = "roost_app"
+    stdio_idle_s: float = 300.0
+    stdio_max_processes: int = 32
+    # Where lsp_diagnostics reads files (None: no workspace, the tool refuses).
+    workspace_dir: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ToolsConfig:
@@ -24,6 +29,10 @@ class ToolsConfig:
             call_timeout_s=settings.tools_call_timeout_s,
             max_output_bytes=settings.tools_max_output_bytes,
             app_role=settings.db_app_role,
+            stdio_idle_s=settings.tools_stdio_idle_s,
+            stdio_max_processes=settings.tools_stdio_max_processes,
+            workspace_dir=(settings.tools_workspace_dir or settings.data_dir / "workspace")
+            .expanduser(),
         )
 
     def host_allowed(self, host: str | None) -> bool:

@@ -17,13 +17,19 @@ from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.embeddings import local_model_problem
 from roost.principal import SYSTEM
 from roost.security.crypto import SecretBox
-from roost.tasks.handlers import TaskContext
+from roost.tasks.handlers import TaskContext, on_worker_shutdown
 from roost.tasks.schedules import periodic
-from roost.tools import search, servers
+from roost.tools import search, servers, stdiopool
 from roost.tools.config import ToolsConfig
 from roost.tools.models import McpServer
 
 log = structlog.get_logger(__name__)
+
+
+@on_worker_shutdown
+async def stop_stdio_servers() -> None:
+    """A worker that stops takes its long-lived stdio MCP server processes with it."""
+    await stdiopool.close_default()
 
 
 async def check_all(database: Database, cfg: ToolsConfig, box: SecretBox) -> dict[str, str]:

@@ -1,11 +1,21 @@
-"""The MCP client: one session per operation, on the official ``mcp`` SDK.
+"""The MCP client, on the official ``mcp`` SDK: discovery, health checks and tool calls.
 
-Every operation (discovery, health check, tool call) opens a session, initializes it,
-does its work and closes it, all under one deadline: for ``stdio`` that means a fresh
-server process per operation (simple and isolated; long-lived per-worker processes are
-not built yet).  Streamable-HTTP URLs are checked by the SSRF guard before connecting
-(:func:`roost.knowledge.fetching.check_destination`); the SDK itself only follows
-redirects that stay on the endpoint's origin.
+A **tool call** to a ``stdio`` server leases the session of a long-lived server process
+from :class:`roost.tools.stdiopool.StdioPool` (restarts, backoff, idle and shutdown are
+described there).  **Discovery and health checks**, and every operation on a
+``streamable_http`` server, open a session of their own, initialize it, do their work and
+close it (for stdio: a fresh process, so a health check measures start-up and a
+discovery sees what a new process offers).  Everything runs under one deadline per
+operation; a call's result is capped in size.
+
+**Streamable HTTP** URLs are checked by the SSRF guard before connecting
+(:func:`roost.knowledge.fetching.check_destination`), and the session's connections are
+*pinned* to the addresses that check accepted (:class:`PinnedTransport`): the host name
+is never resolved again, so a DNS answer that changes between check and connection
+(rebinding) cannot move the session to a private address.  The name still goes out as
+``Host`` and TLS SNI, and certificates are verified against it.  Environment proxies are
+ignored (a proxy would resolve the name on its own terms).  The SDK follows redirects
+only within the endpoint's origin, and the transport refuses any other host.
 
 Failures become :class:`McpError` subclasses whose ``detail`` is safe to show: the
 server's own stderr is discarded, env values and headers are never part of a message.
@@ -16,20 +26,25 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import httpx2
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
 from mcp.types import InitializeResult, PaginatedRequestParams
 
 from roost.errors import BadGateway, GatewayTimeout
-from roost.knowledge.fetching import FetchError, check_destination
+from roost.knowledge.fetching import FetchError, IPAddress, check_destination
+
+if TYPE_CHECKING:
+    from roost.tools.stdiopool import StdioPool
 
 MAX_PAGES = 100  # tools/list pages followed in one discovery
 
@@ -53,6 +68,8 @@ class ServerSpec:
     name: str
     transport: str
     url: str | None = None
+    server_id: uuid.UUID | None = None  # the stdio pool's key
+    revision: str = ""  # moves when a process must be replaced (a discovery ran)
     command: str | None = None
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict, repr=False)
@@ -81,10 +98,11 @@ def _dump(model: Any) -> dict[str, Any]:
     return dumped
 
 
-async def check_server_url(url: str, *, allow_private: bool) -> None:
-    """Refuse a streamable-HTTP URL that points where the server must not go."""
+async def check_server_url(url: str, *, allow_private: bool) -> list[IPAddress]:
+    """Refuse a streamable-HTTP URL that points where the server must not go; the
+    addresses that were checked."""
     try:
-        await check_destination(url, allow_private=allow_private)
+        return await check_destination(url, allow_private=allow_private)
     except FetchError as exc:
         exc.detail = exc.detail.replace(
             "only public internet addresses can be ingested",
@@ -109,14 +127,63 @@ async def _session(spec: ServerSpec) -> AsyncIterator[tuple[ClientSession, Initi
     else:
         if not spec.url:
             raise McpError(f"MCP server {spec.name!r} has no URL")
-        await check_server_url(spec.url, allow_private=spec.allow_private)
-        async with create_mcp_http_client(headers=dict(spec.headers)) as client, \
+        addresses = await check_server_url(spec.url, allow_private=spec.allow_private)
+        async with pinned_http_client(spec.url, addresses, dict(spec.headers)) as client, \
                 streamable_http_client(spec.url, http_client=client) as (read, write), \
                 ClientSession(read, write) as session:
             yield session, await session.initialize()
 
 
-def _failure(spec: ServerSpec, exc: BaseException) -> McpError:
+# Trying every address of a big site would stretch the deadline for nothing (as fetching).
+_MAX_CONNECT_ATTEMPTS = 3
+
+
+class PinnedTransport(httpx2.AsyncBaseTransport):
+    """Sends every request for ``url``'s host to ``addresses`` (already checked) instead of
+    resolving the name again; the request keeps the name in its URL, ``Host`` header and
+    TLS SNI, so certificates are verified against the name."""
+
+    def __init__(self, url: str, addresses: Sequence[IPAddress]) -> None:
+        parsed = httpx2.URL(url)
+        self._host = parsed.raw_host  # ASCII (IDNA) form, no IPv6 brackets: DNS and SNI
+        self._addresses = list(addresses)[:_MAX_CONNECT_ATTEMPTS]
+        self._inner = httpx2.AsyncHTTPTransport(trust_env=False)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.url.raw_host != self._host:
+            raise httpx2.ConnectError("refused: not the host the SSRF check accepted",
+                                      request=request)
+        extensions = dict(request.extensions)
+        if request.url.scheme == "https":
+            extensions["sni_hostname"] = self._host.decode("ascii")
+        last: httpx2.ConnectError | None = None
+        for ip in self._addresses:
+            # A copy: the client keeps the original (with the name) as response.request,
+            # which the SDK's same-origin redirect check compares against.
+            pinned = httpx2.Request(request.method, request.url.copy_with(host=str(ip)),
+                                    headers=request.headers, stream=request.stream,
+                                    extensions=extensions)
+            try:
+                return await self._inner.handle_async_request(pinned)
+            except httpx2.ConnectError as exc:
+                last = exc  # the next address of the same, already checked, name
+        raise last or httpx2.ConnectError("no address to connect to", request=request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def pinned_http_client(
+    url: str, addresses: Sequence[IPAddress], headers: dict[str, str]
+) -> httpx2.AsyncClient:
+    """The SDK's client settings (its timeouts, no redirects) on a :class:`PinnedTransport`."""
+    return httpx2.AsyncClient(
+        headers=headers, transport=PinnedTransport(url, addresses), trust_env=False,
+        timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT),
+    )
+
+
+def failure_of(spec: ServerSpec, exc: BaseException) -> McpError:
     """A safe, actionable message for whatever went wrong talking to the server."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -143,7 +210,7 @@ async def _guarded(spec: ServerSpec, timeout_s: float, doing: str) -> AsyncItera
             f"MCP server {spec.name!r} did not finish {doing} within {timeout_s:g} s"
         ) from None
     except Exception as exc:
-        raise _failure(spec, exc) from None
+        raise failure_of(spec, exc) from None
 
 
 async def discover(spec: ServerSpec, timeout_s: float) -> Discovery:
@@ -168,11 +235,24 @@ async def discover(spec: ServerSpec, timeout_s: float) -> Discovery:
         )
 
 
+@asynccontextmanager
+async def _call_session(spec: ServerSpec, pool: StdioPool | None) -> AsyncIterator[ClientSession]:
+    if pool is not None and spec.transport == "stdio":
+        async with pool.session(spec) as session:
+            yield session
+    else:
+        async with _session(spec) as (session, _):
+            yield session
+
+
 async def call_tool(
-    spec: ServerSpec, name: str, arguments: dict[str, Any], *, timeout_s: float, max_bytes: int
+    spec: ServerSpec, name: str, arguments: dict[str, Any], *, timeout_s: float, max_bytes: int,
+    pool: StdioPool | None = None,
 ) -> CallOutcome:
-    """Call one tool; the result's JSON must fit in ``max_bytes``."""
-    async with _guarded(spec, timeout_s, f"the call of {name!r}"), _session(spec) as (session, _):
+    """Call one tool; the result's JSON must fit in ``max_bytes``.  A stdio server's
+    session comes from ``pool`` when one is given (else a fresh process)."""
+    async with _guarded(spec, timeout_s, f"the call of {name!r}"), \
+            _call_session(spec, pool) as session:
         result = await session.call_tool(name, arguments)
         output = _dump(result)
         output.pop("resultType", None)

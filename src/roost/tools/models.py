@@ -12,9 +12,9 @@ Secrets of a server (stdio ``env`` values, streamable-HTTP ``headers``) are stor
 as AES-256-GCM ciphertext bound to their row (``env_encrypted``, ``headers_encrypted``)
 and never returned by the API.
 
-``persona_tools.persona_id`` and ``tool_runs.run_id``/``run_step_id``/``session_id``/
-``message_id`` are plain ids: the personas and runs tables do not exist yet, and a run
-record must survive its chat message.
+``tool_runs.session_id``/``message_id`` are plain ids: a run record must survive its chat
+message.  ``persona_tools.persona_id``, ``tool_runs.run_id`` and ``run_step_id`` reference
+the agents domain's tables by name (migration 0600; this module does not import them).
 """
 
 from __future__ import annotations
@@ -158,9 +158,14 @@ class ToolRun(UUIDPrimaryKey, CreatedAt, Base):
     __tablename__ = "tool_runs"
     __table_args__ = (
         CheckConstraint(_in("status", RUN_STATUSES), name="status"),
-        Index("ix_tool_runs_user_started", "user_id", text("started_at DESC")),
+        # Per-tool statistics (roost.tools.analytics, migration 0530): index-only scans of
+        # a user's or a tool's runs in a window; they also serve plain lookups by user and
+        # the foreign key's ON DELETE SET NULL.
+        Index("ix_tool_runs_user_stats", "user_id", "started_at",
+              postgresql_include=["tool_id", "tool_name", "status", "duration_ms"]),
         Index("ix_tool_runs_tool_name_started", "tool_name", text("started_at DESC")),
-        Index("ix_tool_runs_tool_id", "tool_id"),
+        Index("ix_tool_runs_tool_stats", "tool_id", "started_at",
+              postgresql_include=["user_id", "status", "duration_ms"]),
         Index("ix_tool_runs_trace_id", "trace_id"),
         Index("ix_tool_runs_run_id", "run_id"),
     )
@@ -169,8 +174,9 @@ class ToolRun(UUIDPrimaryKey, CreatedAt, Base):
     user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     session_id: Mapped[uuid.UUID | None]
     message_id: Mapped[uuid.UUID | None]
-    run_id: Mapped[uuid.UUID | None]
-    run_step_id: Mapped[uuid.UUID | None]
+    run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    run_step_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("run_steps.id", ondelete="SET NULL"))
     trace_id: Mapped[str] = mapped_column(String(255))
     tool_name: Mapped[str] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(32))
@@ -211,17 +217,19 @@ class PersonaTool(UUIDPrimaryKey, CreatedAt, Base):
     )
 
     user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    persona_id: Mapped[uuid.UUID]  # no foreign key until the personas table exists
+    persona_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"))
     tool_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tools.id", ondelete="CASCADE"))
     is_enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), default=True)
     config: Mapped[dict[str, Any] | None]
 
 
 class LspServer(UUIDPrimaryKey, CreatedAt, Base):
-    """HelixAgent's language-server registry (no behaviour yet)."""
+    """HelixAgent's language-server registry (``roost.tools.lspservers``); the health
+    columns (migration 0520) hold the last check, as ``mcp_servers``' do."""
 
     __tablename__ = "lsp_servers"
     __table_args__ = (
+        CheckConstraint(_in("health_status", HEALTH_STATUSES), name="health_status"),
         Index("ix_lsp_servers_user_id", "user_id"),
         Index("uq_lsp_servers_global_name", "name", unique=True,
               postgresql_where=text("user_id IS NULL")),
@@ -236,3 +244,13 @@ class LspServer(UUIDPrimaryKey, CreatedAt, Base):
     args: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"), default=list)
     file_patterns: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"), default=list)
     enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), default=True)
+    health_status: Mapped[str] = mapped_column(
+        String(50), server_default=text("'unknown'"), default="unknown"
+    )
+    health_error: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    capabilities: Mapped[dict[str, Any]] = mapped_column(
+        server_default=text("'{}'::jsonb"), default=dict
+    )
+    server_info: Mapped[dict[str, Any] | None]
+    last_checked_at: Mapped[datetime | None]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import Query, Response, status
 
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit
-from roost.http.routing import RoostRoute
+from roost.http.routing import RoostRouter
 from roost.llm.deps import CallerPrincipal
 from roost.pagination import DEFAULT_LIMIT, Page
-from roost.tools import calls, registry, search, servers
+from roost.tools import analytics, calls, registry, search, servers
 from roost.tools.deps import ToolsEnvDep
 from roost.tools.schemas import (
     DependencyCreate,
@@ -20,14 +20,19 @@ from roost.tools.schemas import (
     McpServerCreate,
     McpServerOut,
     SyncResult,
+    ToolAnalyticsBucket,
+    ToolAnalyticsDetailOut,
+    ToolAnalyticsOut,
     ToolCall,
+    ToolErrorCount,
     ToolOut,
     ToolRunOut,
     ToolSearchHit,
     ToolSearchOut,
+    ToolStatsOut,
 )
 
-router = APIRouter(prefix="/api/v1", tags=["tools"], route_class=RoostRoute)
+router = RoostRouter(prefix="/api/v1", tags=["tools"])
 
 
 @router.post("/mcp-servers", status_code=status.HTTP_201_CREATED, response_model=McpServerOut,
@@ -100,6 +105,31 @@ async def list_tools(
     return Page[ToolOut](items=[ToolOut.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
+# Declared before /tools/{tool_id}, which would otherwise take "analytics" for an id.
+@router.get("/tools/analytics", response_model=ToolAnalyticsOut,
+            summary="Per tool: calls, error rate, p50/p95 duration over a window (your runs; "
+                    "administrators: everyone's)")
+async def tool_analytics(
+    principal: CurrentPrincipal, db: DbSession,
+    window: Annotated[str | None, Query(max_length=16, description="e.g. 90m, 24h (default), "
+                                        "7d, 2w; at most 31d")] = None,
+    since: Annotated[str | None, Query(max_length=64, description="Instead of window: an ISO "
+                                       "8601 timestamp with its UTC offset")] = None,
+    sort: analytics.Sort = "calls",
+    tool_id: uuid.UUID | None = None,
+    name: Annotated[str | None, Query(max_length=256, description="Tool name")] = None,
+    user_id: Annotated[uuid.UUID | None, Query(description="Administrators: one user's runs")] = None,
+    limit: Annotated[int, Query(ge=1, le=analytics.MAX_LIMIT)] = analytics.DEFAULT_LIMIT,
+) -> ToolAnalyticsOut:
+    report = await analytics.tool_report(
+        db, principal, analytics.resolve_window(window, since), user_id=user_id,
+        tool_id=tool_id, tool_name=name, sort=sort, limit=limit,
+    )
+    return ToolAnalyticsOut(since=report.window.since, until=report.window.until,
+                            user_id=report.user_id, sort=sort,
+                            items=[ToolStatsOut.model_validate(i) for i in report.items])
+
+
 @router.get("/tools/search", response_model=ToolSearchOut,
             summary="Tools you may call, ranked by how well their description matches q")
 async def search_tools(
@@ -117,6 +147,25 @@ async def search_tools(
 @router.get("/tools/{tool_id}", response_model=ToolOut)
 async def get_tool(tool_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> ToolOut:
     return ToolOut.model_validate(await registry.get_tool(db, principal, tool_id))
+
+
+@router.get("/tools/{tool_id}/analytics", response_model=ToolAnalyticsDetailOut,
+            summary="One tool over a window: the statistics, p99, a series and its top errors")
+async def tool_analytics_detail(
+    tool_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession,
+    window: Annotated[str | None, Query(max_length=16)] = None,
+    since: Annotated[str | None, Query(max_length=64)] = None,
+    user_id: Annotated[uuid.UUID | None, Query(description="Administrators: one user's runs")] = None,
+) -> ToolAnalyticsDetailOut:
+    span = analytics.resolve_window(window, since)
+    detail, scope = await analytics.tool_detail(db, principal, tool_id, span, user_id=user_id)
+    return ToolAnalyticsDetailOut(
+        since=span.since, until=span.until, user_id=scope,
+        stats=ToolStatsOut.model_validate(detail.stats), p99_ms=detail.p99_ms,
+        mean_ms=detail.mean_ms, max_ms=detail.max_ms, bucket=detail.bucket,
+        series=[ToolAnalyticsBucket.model_validate(b) for b in detail.series],
+        top_errors=[ToolErrorCount(message=m, count=n) for m, n in detail.top_errors],
+    )
 
 
 @router.post("/tools/{tool_id}/call", response_model=ToolRunOut,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -103,12 +103,67 @@ class ToolOut(BaseModel):
 
 class ToolSearchHit(BaseModel):
     tool: ToolOut
-    score: float = Field(description="Cosine similarity of the query and the tool's description")
+    score: float = Field(description="Cosine similarity of the query and the tool's description, "
+                         "both less the mean of the caller's tools (-1..1, higher is better)")
 
 
 class ToolSearchOut(BaseModel):
     model: str = Field(description="The embedding model that ranked the tools")
     items: list[ToolSearchHit]
+
+
+# --- Tool analytics (roost.tools.analytics) -----------------------------------------
+
+
+class ToolStatsOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    tool_id: uuid.UUID | None = Field(description="None: the tool was deleted since")
+    tool_name: str
+    calls: int = Field(description="Runs started in the window")
+    successes: int
+    errors: int
+    timeouts: int
+    error_rate: float | None = Field(
+        description="(errors + timeouts) / finished runs; null when none finished")
+    p50_ms: float | None = Field(description="Median duration (interpolated)")
+    p95_ms: float | None
+    last_called_at: datetime | None
+
+
+class ToolAnalyticsOut(BaseModel):
+    since: datetime
+    until: datetime
+    user_id: uuid.UUID | None = Field(description="Whose runs; null: every user's (administrators)")
+    sort: str
+    items: list[ToolStatsOut]
+
+
+class ToolAnalyticsBucket(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    start: datetime
+    calls: int
+    failures: int = Field(description="Errors and timeouts")
+    p95_ms: float | None
+
+
+class ToolErrorCount(BaseModel):
+    message: str = Field(description="The error, cut at 200 characters")
+    count: int
+
+
+class ToolAnalyticsDetailOut(BaseModel):
+    since: datetime
+    until: datetime
+    user_id: uuid.UUID | None = Field(description="Whose runs; null: every user's (administrators)")
+    stats: ToolStatsOut
+    p99_ms: float | None
+    mean_ms: float | None
+    max_ms: int | None
+    bucket: Literal["hour", "day"] = Field(description="Width of each point of the series")
+    series: list[ToolAnalyticsBucket] = Field(description="Oldest first; buckets without runs are left out")
+    top_errors: list[ToolErrorCount]
 
 
 class ToolCall(StrictInput):
@@ -153,4 +208,46 @@ class DependencyOut(BaseModel):
     tool_id: uuid.UUID
     depends_on_tool_id: uuid.UUID
     dependency_type: str
+    created_at: datetime
+
+
+# --- LSP servers (roost.tools.lspservers) -------------------------------------------
+
+# A glob on a workspace-relative path: "*.py" matches a file name, "src/**/*.py" a path.
+FilePattern = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+LspArg = Annotated[str, Field(max_length=1000, pattern=r"^[^\x00]*$")]
+
+
+class LspServerCreate(StrictInput):
+    name: str = Field(pattern=NAME_PATTERN, description="Unique per owner (or among global servers)")
+    language: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_+#.-]{0,99}$",
+                          description="LSP language id sent with each document, e.g. python")
+    command: str = Field(min_length=1, max_length=500, pattern=r"^[^\x00]+$",
+                         description="The executable (started on the Roost host, over stdio)")
+    args: list[LspArg] = Field(default_factory=list, max_length=100)
+    file_patterns: list[FilePattern] = Field(
+        default_factory=list, max_length=50,
+        description="Which workspace files it serves, e.g. ['*.py', '*.pyi']")
+    is_global: bool = Field(default=False, description="Visible to every user (administrators)")
+    enabled: bool = True
+
+
+class LspServerOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: uuid.UUID | None
+    is_global: bool
+    name: str
+    language: str
+    command: str
+    args: list[Any]
+    file_patterns: list[Any]
+    enabled: bool
+    health_status: str
+    health_error: str | None
+    latency_ms: int | None = Field(description="Process start to the initialize answer")
+    capabilities: dict[str, Any]
+    server_info: dict[str, Any] | None
+    last_checked_at: datetime | None
     created_at: datetime

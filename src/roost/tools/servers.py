@@ -28,7 +28,7 @@ from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
 from roost.tasks.service import enqueue
-from roost.tools import mcpclient
+from roost.tools import mcpclient, stdiopool
 from roost.tools.config import ToolsConfig
 from roost.tools.models import MAX_SCHEMA_BYTES, McpServer, Tool
 from roost.tools.schemas import McpServerCreate, McpServerOut
@@ -81,6 +81,10 @@ def spec_for(row: McpServer, box: SecretBox, cfg: ToolsConfig) -> mcpclient.Serv
         args=tuple(str(a) for a in row.args or ()), env=_open(box, row.id, "env", row.env_encrypted),
         headers=_open(box, row.id, "headers", row.headers_encrypted),
         allow_private=cfg.host_allowed(host),
+        # A discovery moves the revision: every Roost process then replaces its long-lived
+        # stdio process, so calls see the tools the discovery saw.
+        server_id=row.id,
+        revision=row.last_synced_at.isoformat() if row.last_synced_at else "",
     )
 
 
@@ -160,6 +164,9 @@ async def delete_server(session: AsyncSession, actor: Principal, server_id: uuid
     await session.flush()
     await record(session, "mcp_server.delete", user_id=actor.user_id, resource_type="mcp_server",
                  resource_id=server_id, changes={"name": row.name})
+    # Its stdio process in this Roost process (harmless if the transaction rolls back:
+    # the next call starts another).
+    stdiopool.retire_server(server_id)
 
 
 @dataclass

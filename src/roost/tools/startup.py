@@ -1,6 +1,7 @@
 """Start-up of the tools domain: offers the caller's tools at ``/mcp`` by appending a
 :class:`roost.tools.mcpserving.ToolsProvider` to ``app.state.mcp_tool_providers``
-(the hook ``roost.mcpserver`` reads; see docs/mcp.md)."""
+(the hook ``roost.mcpserver`` reads; see docs/mcp.md).  At shutdown it stops the
+long-lived stdio MCP server processes this server started (``roost.tools.stdiopool``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 
 from roost.knowledge.config import KnowledgeConfig
 from roost.security.crypto import SecretBox
+from roost.tools import stdiopool
 from roost.tools.config import ToolsConfig
 from roost.tools.mcpserving import ToolsProvider
 
@@ -35,3 +37,4 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         app.state.mcp_tool_providers = [
             p for p in getattr(app.state, "mcp_tool_providers", ()) if p is not provider]
+        await stdiopool.close_default()

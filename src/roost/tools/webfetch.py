@@ -1,0 +1,97 @@
+"""The built-in ``web_fetch`` tool: a URL's text through web ingestion's SSRF guard.
+
+``roost.knowledge.fetching.fetch_url`` checks every hop (scheme, no credentials, every
+address of the host public), pins the connection to the checked address (no DNS
+rebinding) and caps size and time.  Loopback and private addresses are refused unless
+the URL's host is in ``ROOST_TOOLS_ALLOWED_HOSTS``; then no redirect is followed, since
+the allowance is for that host and ``fetch_url`` would extend it to every hop.  The text
+is extracted as ingestion does (``roost.knowledge.parsing``: HTML to plain text, PDF
+text, Markdown and plain text as they are).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+import httpx
+
+from roost import __version__
+from roost.knowledge.fetching import FetchError, FetchRefused, fetch_url
+from roost.knowledge.parsing import (
+    HEADING_PATH_SEPARATOR,
+    ParsedDocument,
+    ParseError,
+    parse_document,
+)
+from roost.tools.builtins import BuiltinToolError
+from roost.tools.config import ToolsConfig
+
+DEFAULT_MAX_CHARS: Final = 20_000
+MAX_FETCH_BYTES: Final = 5 * 1024 * 1024
+MAX_REDIRECTS: Final = 5
+
+
+def _text(parsed: ParsedDocument) -> str:
+    """The sections with their headings written in: ingestion keeps headings apart (chunk
+    metadata), but a reader of the page wants them where they stood."""
+    parts: list[str] = []
+    shown: list[str] = []
+    for section in parsed.sections:
+        path = section.heading.split(HEADING_PATH_SEPARATOR) if section.heading else []
+        common = 0
+        while common < min(len(path), len(shown)) and path[common] == shown[common]:
+            common += 1
+        parts.extend(path[common:])  # the headings opened since the last section
+        shown = path
+        parts.append(section.text)
+    return "\n\n".join(parts)
+
+
+def _host(url: str) -> str | None:
+    try:
+        return httpx.URL(url).host or None
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return None  # fetch_url refuses it with a clear message
+
+
+async def web_fetch(cfg: ToolsConfig, arguments: dict[str, Any]) -> dict[str, Any]:
+    url = str(arguments["url"])
+    max_chars = int(arguments.get("max_chars", DEFAULT_MAX_CHARS))
+    allowed = cfg.host_allowed(_host(url))
+    try:
+        document = await fetch_url(
+            url, allow_private=allowed, max_bytes=MAX_FETCH_BYTES, timeout_s=cfg.call_timeout_s,
+            max_redirects=0 if allowed else MAX_REDIRECTS,
+            user_agent=f"Roost/{__version__} (web_fetch tool)",
+        )
+    except FetchRefused as exc:
+        exc.detail = exc.detail.replace(
+            "only public internet addresses can be ingested",
+            "only public internet addresses can be fetched unless an administrator lists "
+            "the host in ROOST_TOOLS_ALLOWED_HOSTS",
+        )
+        raise
+    except FetchError as exc:
+        if allowed and "redirected more than 0 times" in exc.detail:
+            exc.detail = (f"{url[:200]!r} redirected; redirects are not followed from hosts "
+                          "in ROOST_TOOLS_ALLOWED_HOSTS")
+        raise
+    try:
+        # CPU-bound (HTML, PDF): off the event loop.
+        parsed = await asyncio.to_thread(parse_document, document.data,
+                                         filename=document.filename, mime=document.content_type)
+    except ParseError as exc:
+        raise BuiltinToolError(
+            f"{document.final_url[:200]} has no text to return: {exc.detail}") from None
+    text = _text(parsed)
+    return {
+        "url": document.url,
+        "final_url": document.final_url,
+        "status": 200,  # fetch_url answers only 200s; anything else is an error
+        "content_type": document.content_type,
+        "title": parsed.title,
+        "text": text[:max_chars],
+        "chars": len(text),
+        "truncated": len(text) > max_chars,
+    }

@@ -1,0 +1,119 @@
+"""The built-in ``web_fetch`` tool against a real HTTP server on loopback (allowed by the
+tests' ``ROOST_TOOLS_ALLOWED_HOSTS=127.0.0.1``) and addresses it must refuse."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from roost.db.engine import Database
+from tests.support.identity import make_user
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+FETCH = "/api/v1/tools/by-name/web_fetch/call"
+PAGE = (b"<!doctype html><html><head><title>Herons</title><script>steal()</script></head>"
+        b"<body><h1>Grey herons</h1><p>They wade in &amp; out of shallow water.</p>"
+        b"<p>" + b"Long text. " * 500 + b"</p></body></html>")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path == "/page":
+            self._send(200, "text/html; charset=utf-8", PAGE)
+        elif self.path == "/plain":
+            self._send(200, "text/plain", b"just text\n")
+        elif self.path == "/image":
+            self._send(200, "image/png", b"\x89PNG\r\n\x1a\n" + bytes(64))
+        elif self.path == "/moved":
+            self.send_response(302)
+            self.send_header("Location", "/page")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self._send(404, "text/plain", b"no")
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # keep the test output quiet
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+async def fetch(client: httpx.AsyncClient, headers: dict[str, str], **arguments: object) -> httpx.Response:
+    return await client.post(FETCH, headers=headers, json={"arguments": arguments})
+
+
+async def test_web_fetch_returns_the_text_of_an_allowed_page(
+    client: httpx.AsyncClient, database: Database, site: str
+) -> None:
+    _, alice = await make_user(database)
+    page = await fetch(client, alice, url=f"{site}/page", max_chars=200)
+    assert page.status_code == 200, page.text
+    run = page.json()
+    output = run["output"]
+    assert run["status"] == "success"
+    assert output["status"] == 200 and output["final_url"] == f"{site}/page"
+    assert output["content_type"].startswith("text/html") and output["title"] == "Herons"
+    assert output["text"].startswith("Grey herons") and "They wade in & out" in output["text"]
+    assert "steal()" not in output["text"] and "<p>" not in output["text"]
+    assert len(output["text"]) == 200 and output["truncated"] is True and output["chars"] > 200
+
+    plain = await fetch(client, alice, url=f"{site}/plain")
+    assert plain.status_code == 200, plain.text
+    assert plain.json()["output"]["text"] == "just text" and not plain.json()["output"]["truncated"]
+
+    # An HTTP error, a body that is not text, a redirect from an allow-listed host:
+    # clear failures, each recorded as a failed run.
+    missing = await fetch(client, alice, url=f"{site}/absent")
+    assert missing.status_code == 502 and "404" in missing.json()["detail"]
+    image = await fetch(client, alice, url=f"{site}/image")
+    assert image.status_code == 422 and "PNG" in image.json()["detail"]
+    moved = await fetch(client, alice, url=f"{site}/moved")
+    assert moved.status_code == 502 and "ROOST_TOOLS_ALLOWED_HOSTS" in moved.json()["detail"]
+    bad = await fetch(client, alice, url=f"{site}/page", max_chars=0)
+    assert bad.status_code == 422 and "/max_chars" in bad.json()["detail"]
+    runs = (await client.get("/api/v1/tool-runs", params={"tool_name": "web_fetch"},
+                             headers=alice)).json()["items"]
+    assert [r["status"] for r in runs] == ["error", "error", "error", "success", "success"]
+
+
+async def test_web_fetch_refuses_private_addresses(
+    client: httpx.AsyncClient, database: Database, site: str
+) -> None:
+    _, bob = await make_user(database)
+    port = site.rsplit(":", 1)[1]
+    for url in ("http://10.0.0.1/", "http://169.254.169.254/latest/meta-data/",
+                f"http://localhost:{port}/page", "http://[::1]/", "file:///etc/passwd",
+                "http://user:pw@example.com/"):
+        refused = await fetch(client, bob, url=url)
+        assert refused.status_code in (400, 403), (url, refused.text)
+        problem = refused.json()
+        assert problem["type"].endswith(("fetch-refused", "invalid-url")), (url, problem)
+        run = (await client.get(f"/api/v1/tool-runs/{problem['tool_run_id']}", headers=bob)).json()
+        assert run["status"] == "error" and run["error"] == problem["detail"]
+    metadata = await fetch(client, bob, url="http://169.254.169.254/")
+    assert "metadata" in metadata.json()["detail"]
+    private = await fetch(client, bob, url="http://10.0.0.1/")
+    assert "ROOST_TOOLS_ALLOWED_HOSTS" in private.json()["detail"]
