@@ -33,9 +33,10 @@ class Domain:
     """``module:attribute`` of each bearer-credential resolver (``roost.http.auth``)."""
     jobs: str | None = None
     """Module with the task handlers and schedules (``roost.tasks.handlers.task``)."""
-    startup: str | None = None
+    startup: str | tuple[str, ...] | None = None
     """``module:attribute`` of a lifespan (async context manager taking the app) the API
-    server enters at start-up, after the database is open, and exits at shutdown."""
+    server enters at start-up, after the database is open, and exits at shutdown; a
+    tuple for several, entered in order."""
     cli: str | None = None
     """``module:attribute`` of ``register(app: typer.Typer)``, adding the commands."""
 
@@ -90,10 +91,20 @@ DOMAINS: tuple[Domain, ...] = (
     Domain(
         "tools",  # above knowledge: the built-in knowledge search tool
         models="roost.tools.models",
-        routers=("roost.tools.routes:router",),
+        routers=("roost.tools.routes:router", "roost.tools.lsp_routes:router"),
         jobs="roost.tools.jobs",
         startup="roost.tools.startup:lifespan",  # the caller's tools at /mcp (a provider)
         cli="roost.tools.cli:register",
+    ),
+    Domain(
+        "agents",  # above tools: agents call tools through the registry
+        models="roost.agents.models",
+        routers=("roost.agents.routes:router", "roost.agents.run_routes:router",
+                 "roost.agents.mail_routes:router"),
+        jobs="roost.agents.jobs",
+        startup=("roost.agents.startup:lifespan",  # the LISTEN connection for run events
+                 "roost.agents.mail_startup:lifespan"),  # the SMTP listener (ROOST_SMTP_LISTEN)
+        cli="roost.agents.cli:register",  # roost personas|agents|runs|secrets
     ),
     Domain(
         "mcpserver",  # on top: offers other domains' capabilities at /mcp (docs/mcp.md)

@@ -190,8 +190,10 @@ class UsageRecord(UUIDPrimaryKey, CreatedAt, Base):
     tokens_output: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
     credits_used: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
-    # agents arrive with a later issue; the foreign key comes with that table.
-    agent_id: Mapped[uuid.UUID | None]
+    # The agent and run a call was made for (roost.agents; foreign keys by name only, this
+    # domain does not import that one).
+    agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
+    run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     session_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("chat_sessions.id", ondelete="SET NULL")
     )
@@ -210,4 +212,6 @@ class UsageRecord(UUIDPrimaryKey, CreatedAt, Base):
         Index("ix_usage_records_session_id", "session_id"),
         Index("ix_usage_records_llm_request_id", "llm_request_id"),
         Index("ix_usage_records_provider_id", "provider_id"),
+        Index("ix_usage_records_agent_id", "agent_id"),
+        Index("ix_usage_records_run_id", "run_id"),
     )

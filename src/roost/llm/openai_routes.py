@@ -157,12 +157,28 @@ def _message(result: ChatResult) -> dict[str, Any]:
     return message
 
 
+ModelHandler = Callable[[Principal, ChatCompletionBody],
+                        Coroutine[Any, Any, Response | dict[str, Any]]]
+
+
+def model_handler(request: Request, model: str) -> ModelHandler | None:
+    """A higher domain's answerer for models named ``<prefix>:...`` (e.g. ``agent:<slug>``:
+    roost.agents), registered at start-up in ``app.state.openai_model_handlers``."""
+    prefix, colon, _ = model.partition(":")
+    handlers: dict[str, ModelHandler] = getattr(request.app.state, "openai_model_handlers", {})
+    return handlers.get(prefix) if colon else None
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionBody, principal: CallerPrincipal, gateway: GatewayDep
+    body: ChatCompletionBody, principal: CallerPrincipal, gateway: GatewayDep, request: Request
 ) -> Response | dict[str, Any]:
     """OpenAI's chat completions; ``stream: true`` answers server-sent ``chat.completion.chunk``
-    events ending with ``data: [DONE]``."""
+    events ending with ``data: [DONE]``.  ``model: "agent:<slug>"`` runs that agent."""
+    handler = model_handler(request, body.model)
+    if handler is not None:
+        _check_sizes(gateway, [m.text() for m in body.messages], "messages")
+        return await handler(principal, body)
     texts = [m.text() for m in body.messages]
     _check_sizes(gateway, texts, "messages")
     chat = body.to_request()

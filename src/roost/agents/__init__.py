@@ -1,0 +1,1 @@
+"""Personas, agents and durable agent runs (docs/agents.md)."""

@@ -1,0 +1,281 @@
+"""Finding the agents (and personas) a principal may use: their own, their personas'
+(as a member), and public ones; and managing agents: create, list, change, delete.
+
+Visibility is checked here (``visible_agents``) and by row-level security (the second
+wall).  Changing or deleting an agent takes its owner, an owner or editor of its persona,
+or an administrator: anyone else who can see it (a public agent, a persona's viewer) gets
+403.  Tools and documents an agent names are checked when it is configured: each must
+exist and be visible to whoever configures it (unknown: 422 naming it)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Final
+
+from pydantic import ValidationError
+from sqlalchemy import case, false, or_, select, true
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.agents.models import Agent, Persona, PersonaMember
+from roost.agents.personas import get_persona, require_role, require_user
+from roost.agents.schemas import AgentConfig, AgentCreate, AgentOut, AgentUpdate
+from roost.audit.service import record
+from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
+from roost.knowledge.models import Document
+from roost.knowledge.service import visible_to as documents_visible_to
+from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
+from roost.principal import Principal
+from roost.tools import registry
+from roost.tools.models import Tool
+
+SLUG_INDEX: Final = "uq_agents_owner_slug"
+_TEXT_FIELDS: Final = ("description", "system_prompt")
+
+
+class AgentInactive(Conflict):
+    title, type_slug = "Agent inactive", "agent-inactive"
+
+
+async def get_agent(session: AsyncSession, actor: Principal, agent_id: uuid.UUID) -> Agent:
+    """An agent the actor can see (row-level security in the actor's scope), else 404."""
+    agent = await session.scalar(select(Agent).where(Agent.id == agent_id,
+                                                     visible_agents(actor)))
+    if agent is None:
+        raise NotFound(f"agent {agent_id} does not exist")
+    return agent
+
+
+async def find_agent_by_slug(session: AsyncSession, actor: Principal, slug: str) -> Agent:
+    """``slug`` resolved for the actor: their own agent first, then one of their personas',
+    then the oldest public one."""
+    mine = case((Agent.user_id == actor.user_id, 0), (Agent.is_public, 2), else_=1)
+    agent = await session.scalar(
+        select(Agent).where(Agent.slug == slug, visible_agents(actor))
+        .order_by(mine, Agent.created_at).limit(1))
+    if agent is None:
+        raise NotFound(f"no agent with slug {slug!r}")
+    return agent
+
+
+def require_active(agent: Agent) -> Agent:
+    if not agent.is_active:
+        raise AgentInactive(f"agent {agent.slug!r} is inactive; activate it to run it")
+    return agent
+
+
+async def persona_of(session: AsyncSession, agent: Agent) -> Persona | None:
+    if agent.persona_id is None:
+        return None
+    return await session.get(Persona, agent.persona_id)
+
+
+# --- managing agents ----------------------------------------------------------------------
+
+
+def visible_agents(actor: Principal) -> Any:
+    """SQL condition: agents ``actor`` may see and run (the RLS policy's rule): their own,
+    public ones, and those of personas they own or are a member of."""
+    if actor.is_admin:
+        return true()
+    if actor.user_id is None:
+        return false()
+    member_of = select(PersonaMember.persona_id).where(PersonaMember.user_id == actor.user_id)
+    owned = select(Persona.id).where(Persona.owner_id == actor.user_id)
+    return or_(Agent.user_id == actor.user_id, Agent.is_public,
+               Agent.persona_id.in_(member_of), Agent.persona_id.in_(owned))
+
+
+def agent_out(agent: Agent) -> AgentOut:
+    out = AgentOut.model_validate(agent)
+    try:  # every limit as a run would apply it
+        out.config = AgentConfig.model_validate(agent.config or {}).model_dump(mode="json")
+    except ValidationError:  # stored before a limit changed: shown as stored
+        pass
+    return out
+
+
+async def can_edit(session: AsyncSession, actor: Principal, agent: Agent) -> bool:
+    if actor.is_admin or (actor.user_id is not None and agent.user_id == actor.user_id):
+        return True
+    if agent.persona_id is None:
+        return False
+    view = await get_persona(session, actor, agent.persona_id)
+    return view.role in ("owner", "editor")
+
+
+async def _editable(session: AsyncSession, actor: Principal, agent_id: uuid.UUID,
+                    doing: str) -> Agent:
+    agent = await get_agent(session, actor, agent_id)
+    try:
+        allowed = await can_edit(session, actor, agent)
+    except NotFound:  # public, of a persona the actor is not a member of
+        allowed = False
+    if not allowed:
+        raise Forbidden(f"only the agent's owner, or an owner or editor of its persona, "
+                        f"may {doing}")
+    return agent
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+async def check_tools(session: AsyncSession, actor: Principal, refs: list[str]) -> list[str]:
+    """``refs`` (tool ids or names, duplicates dropped) when each names a tool the actor
+    can see; 422 naming those that do not."""
+    wanted = list(dict.fromkeys(r.strip() for r in refs))
+    ids = {r: uuid.UUID(r) for r in wanted if _is_uuid(r)}
+    names = [r for r in wanted if r not in ids]
+    if not wanted:
+        return []
+    rows = (await session.execute(select(Tool.id, Tool.name).where(
+        registry.visible(actor), or_(Tool.id.in_(list(ids.values())), Tool.name.in_(names)),
+    ))).tuples().all()
+    found_ids, found_names = {r[0] for r in rows}, {r[1] for r in rows}
+    unknown = [r for r in wanted
+               if (ids[r] not in found_ids if r in ids else r not in found_names)]
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise Unprocessable(f"tool_permissions: no tool you can use is called {shown} (see "
+                            "GET /api/v1/tools)")
+    return [str(ids[r]) if r in ids else r for r in wanted]
+
+
+async def check_documents(session: AsyncSession, actor: Principal,
+                          document_ids: list[uuid.UUID]) -> list[str]:
+    """The ids (duplicates dropped) when each is a document the actor can see; else 422."""
+    wanted = list(dict.fromkeys(document_ids))
+    if not wanted:
+        return []
+    found = set((await session.scalars(select(Document.id).where(
+        Document.id.in_(wanted), documents_visible_to(actor)))).all())
+    unknown = [str(d) for d in wanted if d not in found]
+    if unknown:
+        raise Unprocessable(f"document_ids: no document you can see has the id "
+                            f"{', '.join(unknown[:10])}")
+    return [str(d) for d in wanted]
+
+
+async def _flush_slug(session: AsyncSession, slug: str) -> None:
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        if SLUG_INDEX in str(exc.orig):
+            raise Conflict(f"you already have an agent with the slug {slug!r}") from None
+        raise
+
+
+async def _slug_free(session: AsyncSession, owner: uuid.UUID, slug: str,
+                     agent_id: uuid.UUID | None = None) -> None:
+    clash = await session.scalar(select(Agent.id).where(Agent.user_id == owner,
+                                                        Agent.slug == slug))
+    if clash is not None and clash != agent_id:
+        raise Conflict(f"you already have an agent with the slug {slug!r}")
+
+
+def _config(config: AgentConfig) -> dict[str, Any]:
+    # Only what was set: defaults are filled in when a run starts (runs.effective_config).
+    return config.model_dump(mode="json", exclude_unset=True)
+
+
+async def create_agent(session: AsyncSession, actor: Principal, body: AgentCreate) -> Agent:
+    owner = require_user(actor, "agents")
+    if body.persona_id is not None:
+        await require_role(session, actor, body.persona_id, "editor", "bind agents to it")
+    await _slug_free(session, owner, body.slug)
+    agent = Agent(
+        user_id=owner, persona_id=body.persona_id, name=body.name.strip(), slug=body.slug,
+        description=body.description, avatar_url=body.avatar_url,
+        system_prompt=body.system_prompt, preferred_provider=body.preferred_provider,
+        preferred_model=body.preferred_model,
+        tool_permissions=await check_tools(session, actor, body.tool_permissions),
+        document_ids=await check_documents(session, actor, body.document_ids),
+        config=_config(body.config), is_active=body.is_active, is_public=body.is_public)
+    session.add(agent)
+    await _flush_slug(session, body.slug)
+    await session.refresh(agent)
+    await record(session, "agent.create", user_id=owner, persona_id=agent.persona_id,
+                 resource_type="agent", resource_id=agent.id,
+                 changes={"name": agent.name, "slug": agent.slug,
+                          "persona_id": str(agent.persona_id) if agent.persona_id else None,
+                          "is_public": agent.is_public,
+                          "tool_permissions": agent.tool_permissions,
+                          "document_ids": agent.document_ids})
+    return agent
+
+
+async def list_agents(
+    session: AsyncSession, actor: Principal, *, persona_id: uuid.UUID | None = None,
+    is_active: bool | None = None, is_public: bool | None = None, mine: bool | None = None,
+    limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+) -> tuple[list[Agent], str | None]:
+    """Newest first: the actor's agents, their personas' and public ones."""
+    stmt = where_equal(select(Agent).where(visible_agents(actor)),
+                       (Agent.persona_id, persona_id))
+    if is_active is not None:
+        stmt = stmt.where(Agent.is_active.is_(is_active))
+    if is_public is not None:
+        stmt = stmt.where(Agent.is_public.is_(is_public))
+    if mine is not None:
+        stmt = stmt.where((Agent.user_id == actor.user_id) if mine else
+                          (Agent.user_id != actor.user_id))
+    return await newest_first(session, stmt, Agent.created_at, Agent.id, limit=limit,
+                              cursor=cursor)
+
+
+async def update_agent(session: AsyncSession, actor: Principal, agent_id: uuid.UUID,
+                       body: AgentUpdate) -> Agent:
+    agent = await _editable(session, actor, agent_id, "change it")
+    given = body.model_fields_set
+    values: dict[str, Any] = {f: getattr(body, f) for f in given if f != "config"}
+    if body.config is not None:
+        values["config"] = _config(body.config)
+    if "name" in values:
+        values["name"] = values["name"].strip()
+    if "persona_id" in values and values["persona_id"] != agent.persona_id:
+        if not actor.is_admin and agent.user_id != actor.user_id:
+            raise Forbidden("only the agent's owner may bind it to another persona or unbind it")
+        if values["persona_id"] is not None:
+            await require_role(session, actor, values["persona_id"], "editor",
+                               "bind agents to it")
+    if "slug" in values:
+        await _slug_free(session, agent.user_id, values["slug"], agent.id)
+    if "tool_permissions" in values:
+        values["tool_permissions"] = await check_tools(session, actor, values["tool_permissions"])
+    if "document_ids" in values:
+        values["document_ids"] = await check_documents(session, actor, values["document_ids"])
+    changed: dict[str, Any] = {}
+    for field, value in values.items():
+        before = getattr(agent, field)
+        if before == value:
+            continue
+        setattr(agent, field, value)
+        changed[field] = "changed" if field in _TEXT_FIELDS else {
+            "before": _plain(before), "after": _plain(value)}
+    if changed:
+        await _flush_slug(session, agent.slug)
+        await session.refresh(agent)
+        await record(session, "agent.update", user_id=actor.user_id, persona_id=agent.persona_id,
+                     resource_type="agent", resource_id=agent.id, changes=changed)
+    return agent
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, uuid.UUID) else value
+
+
+async def delete_agent(session: AsyncSession, actor: Principal, agent_id: uuid.UUID) -> None:
+    """Delete an agent; its runs stay (``agent_id`` becomes NULL), a persona whose mail it
+    answered stores mail only."""
+    agent = await _editable(session, actor, agent_id, "delete it")
+    await session.delete(agent)
+    await session.flush()
+    await record(session, "agent.delete", user_id=actor.user_id, persona_id=agent.persona_id,
+                 resource_type="agent", resource_id=agent_id,
+                 changes={"name": agent.name, "slug": agent.slug})

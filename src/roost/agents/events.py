@@ -1,0 +1,188 @@
+"""Run events for ``GET /api/v1/runs/{id}/events``: one LISTEN connection per process,
+woken by the ``pg_notify`` every run change sends on commit (``roost.agents.runs.notify``).
+
+A subscriber is woken, then reads what changed from the tables, so nothing rides in a
+notification but the run's id: events are the committed steps and the run's end, each
+with an id (``<step>.0`` started, ``<step>.1`` finished, ``end``), and a client that
+reconnects with ``Last-Event-ID`` gets exactly the events after it.  Without a LISTEN
+connection (it dropped, or PgBouncer in transaction mode cannot hold one) subscribers
+look again every ``FALLBACK_POLL_S``; with one, only on a notification (and every
+``KEEPALIVE_S`` to send a keep-alive comment)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import asyncpg
+import structlog
+
+from roost.agents.models import TERMINAL_RUN_STATUSES, RunStep
+from roost.agents.runs import EVENTS_CHANNEL
+from roost.agents.schemas import RunOut, RunStepOut
+
+log = structlog.get_logger(__name__)
+
+KEEPALIVE_S: Final = 15.0
+FALLBACK_POLL_S: Final = 2.0
+
+
+class Subscription:
+    """One client's interest in one run: woken on every change, handed the model's text
+    as it streams (``delta`` notifications; not stored, so not resumable: the finished
+    step holds the whole text)."""
+
+    def __init__(self, listener: RunListener) -> None:
+        self._listener = listener
+        self._event = asyncio.Event()
+        self._deltas: list[tuple[int, str]] = []
+
+    def _deliver(self, what: str) -> None:
+        if what.startswith("delta:"):
+            _, step, text = what.split(":", 2)
+            with contextlib.suppress(ValueError):
+                self._deltas.append((int(step), text))
+        self._event.set()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def take_deltas(self) -> list[tuple[int, str]]:
+        taken, self._deltas = self._deltas, []
+        return taken
+
+    async def wait(self) -> bool:
+        """True when woken, false after the keep-alive (or fallback poll) interval."""
+        timeout = KEEPALIVE_S if self._listener.listening else FALLBACK_POLL_S
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._event.clear()
+
+
+class RunListener:
+    """The process's LISTEN connection and the runs its subscribers wait on."""
+
+    def __init__(self, dsn: str | None) -> None:
+        self._dsn = dsn
+        self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self.listening = False
+
+    async def start(self) -> None:
+        if self._dsn is not None and self._task is None:
+            self._task = asyncio.create_task(self._listen_loop(), name="roost-run-events")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        run_id, _, what = payload.partition(":")
+        for subscription in self._subscribers.get(run_id, ()):
+            subscription._deliver(what)
+
+    def _wake_all(self) -> None:
+        for subscriptions in self._subscribers.values():
+            for subscription in subscriptions:
+                subscription.wake()
+
+    async def _listen_loop(self) -> None:
+        pause = 0.5
+        assert self._dsn is not None
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(
+                    self._dsn, server_settings={"application_name": "roost-run-events"})
+                closed = asyncio.Event()
+                conn.add_termination_listener(lambda _c, ev=closed: ev.set())
+                await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
+                self.listening, pause = True, 0.5
+                self._wake_all()  # whatever changed while nobody listened
+                await closed.wait()
+                log.warning("agents.events_connection_lost")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("agents.events_listen_failed", error=type(exc).__name__,
+                            retry_in_s=pause)
+            finally:
+                self.listening = False
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 10.0)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, run_id: uuid.UUID) -> AsyncIterator[Subscription]:
+        subscription = Subscription(self)
+        key = str(run_id)
+        self._subscribers[key].add(subscription)
+        try:
+            yield subscription
+        finally:
+            self._subscribers[key].discard(subscription)
+            if not self._subscribers[key]:
+                del self._subscribers[key]
+
+
+def parse_last_event_id(value: str | None) -> tuple[int, int]:
+    """``Last-Event-ID`` as (step, phase); anything unreadable starts from the beginning."""
+    if not value:
+        return (0, 1)
+    if value.strip() == "end":
+        return (1 << 30, 1)
+    step, _, phase = value.strip().partition(".")
+    try:
+        return (max(int(step), 0), 1 if phase == "1" else 0)
+    except ValueError:
+        return (0, 1)
+
+
+def _frame(event_id: str, kind: str, data: dict[str, Any]) -> str:
+    return f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+def step_frames(steps: list[RunStep], after: tuple[int, int]) -> tuple[list[str], tuple[int, int]]:
+    """The frames of ``steps`` after the cursor, and the new cursor."""
+    frames: list[str] = []
+    cursor = after
+    for step in steps:
+        out = RunStepOut.model_validate(step).model_dump(mode="json")
+        if (step.step_number, 0) > cursor:
+            frames.append(_frame(f"{step.step_number}.0", "step",
+                                 {**out, "phase": "started"}))
+            cursor = (step.step_number, 0)
+        if step.status != "running" and (step.step_number, 1) > cursor:
+            frames.append(_frame(f"{step.step_number}.1", "step",
+                                 {**out, "phase": "finished"}))
+            cursor = (step.step_number, 1)
+    return frames, cursor
+
+
+def end_frame(run: Any) -> str | None:
+    if run.status not in TERMINAL_RUN_STATUSES:
+        return None
+    return _frame("end", "end", RunOut.model_validate(run).model_dump(mode="json"))
+
+
+def keepalive() -> str:
+    return ": keep-alive\n\n"
+
+
+def delta_frame(step: int, text: str) -> str:
+    """The model's text as it streams: no id (not resumable; the step has it all)."""
+    return f"event: delta\ndata: {json.dumps({'step_number': step, 'text': text})}\n\n"

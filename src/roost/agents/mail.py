@@ -1,0 +1,538 @@
+"""A persona's mailbox: storing inbound mail (from :mod:`roost.agents.mailserver`),
+sending mail through the configured relay, reading both.
+
+**Inbound.**  :func:`receive` parses a message (in a thread), writes its attachments
+(content-addressed, :mod:`roost.agents.attachments`) and then, in one transaction, for
+each recipient persona and in the scope of its owner (row-level security applies):
+the ``emails`` row (idempotent on the persona, the direction and the Message-ID), its
+``attachments`` rows, a run of the persona's ``email_agent_id`` (``source="email"``)
+and an audit record.  A message without a Message-ID gets one, so it can be threaded
+and answered.
+
+**Threading.**  ``thread_id`` is the Message-ID of the thread's first message: the
+thread of the persona's own earlier mail that the message answers (In-Reply-To, then
+References newest first), else the first of References (the root, RFC 5322), else
+In-Reply-To, else the message's own id.
+
+**Outbound.**  :func:`send_email` records the message (``sent_at`` empty), delivers it
+through ``ROOST_SMTP_RELAY_URL`` with no transaction open (smtplib in a thread), then
+sets ``sent_at`` with the audit record; a refused delivery deletes the row and is
+audited as a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import smtplib
+import ssl
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+import structlog
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.agents import mailparse
+from roost.agents.attachments import StoredBlob, store_blob
+from roost.agents.mail_schemas import EmailSend
+from roost.agents.models import Agent, Attachment, Email, Persona, Run
+from roost.agents.runs import create_run
+from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate
+from roost.audit.service import record
+from roost.config import Settings
+from roost.db.base import utcnow, uuid7
+from roost.db.engine import Database
+from roost.errors import (
+    BadGateway,
+    Forbidden,
+    GatewayTimeout,
+    NotFound,
+    RoostError,
+    ServiceUnavailable,
+    Unprocessable,
+)
+from roost.identity.models import User, UserGroupMembership
+from roost.identity.tenancy import apply_principal
+from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
+from roost.principal import Principal
+
+log = structlog.get_logger(__name__)
+
+EDITOR_ROLES: Final = ("owner", "editor")
+MAX_RECIPIENTS: Final = 50
+
+
+@dataclass(frozen=True)
+class Relay:
+    """Where outbound mail goes: ``smtps`` is TLS from the start; ``smtp`` upgrades with
+    STARTTLS when the relay offers it (and must, to carry credentials off loopback)."""
+
+    scheme: str
+    host: str
+    port: int
+    username: str | None
+    password: str | None = field(repr=False)  # never in a log line or traceback
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_relay_url(url: str) -> Relay:
+    """``smtp://[user:pass@]host[:port]`` (port 587) or ``smtps://...`` (465)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ValueError("the SMTP relay URL must be smtp://[user:pass@]host[:port] or smtps://…")
+    default = 465 if parts.scheme == "smtps" else 587
+    return Relay(scheme=parts.scheme, host=parts.hostname, port=parts.port or default,
+                 username=unquote(parts.username) if parts.username else None,
+                 password=unquote(parts.password) if parts.password else None)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:2525`` for IPv6) of the SMTP listener."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    data_dir: Path
+    max_message_bytes: int
+    max_attachment_bytes: int
+    relay: Relay | None
+    from_domain: str
+    timeout_s: float
+    app_role: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MailConfig:
+        url = settings.smtp_relay_url.get_secret_value() if settings.smtp_relay_url else ""
+        return cls(data_dir=settings.data_dir,
+                   max_message_bytes=settings.smtp_max_message_bytes,
+                   max_attachment_bytes=settings.smtp_max_attachment_bytes,
+                   relay=parse_relay_url(url) if url else None,
+                   from_domain=settings.smtp_from_domain, timeout_s=settings.smtp_timeout_s,
+                   app_role=settings.db_app_role)
+
+
+@dataclass(frozen=True)
+class Received:
+    email_id: uuid.UUID
+    persona_id: uuid.UUID
+    created: bool  # false: this Message-ID was already in the persona's mailbox
+    run_id: uuid.UUID | None
+
+
+# --- who may read and send -----------------------------------------------------------
+
+
+async def persona_role(session: AsyncSession, actor: Principal, persona_id: uuid.UUID) -> str:
+    """The actor's role in the persona (``admin`` for administrators), 404 when they
+    may not see it (row-level security answers the same)."""
+    persona = await session.get(Persona, persona_id)
+    if persona is None:
+        raise NotFound(f"persona {persona_id} does not exist")
+    if actor.is_admin:
+        return "admin"
+    role = await session.scalar(select(func.roost_persona_role(persona_id)))
+    if role is None:
+        raise NotFound(f"persona {persona_id} does not exist")
+    return str(role)
+
+
+# --- inbound -------------------------------------------------------------------------
+
+
+async def find_persona_id(database: Database, address: str) -> uuid.UUID | None:
+    """The active persona receiving mail at ``address`` (as the system: the sender is
+    nobody in particular)."""
+    async with database.transaction() as session:
+        return await session.scalar(select(Persona.id).where(
+            func.lower(Persona.email_address) == address.strip().lower(), Persona.is_active))
+
+
+async def _thread_of(session: AsyncSession, persona_id: uuid.UUID,
+                     parsed: mailparse.ParsedMail, own_id: str) -> str:
+    answered = ([parsed.in_reply_to] if parsed.in_reply_to else []) + \
+        list(reversed(parsed.references))
+    if answered:
+        known = dict((await session.execute(
+            select(Email.message_id, func.coalesce(Email.thread_id, Email.message_id))
+            .where(Email.persona_id == persona_id, Email.message_id.in_(answered))
+            .order_by(Email.created_at))).tuples().all())
+        for message_id in answered:  # the most recent message it answers first
+            if message_id in known:
+                return str(known[message_id])
+    if parsed.references:
+        return parsed.references[0]
+    return parsed.in_reply_to or own_id
+
+
+def _run_input(persona: Persona, email_id: uuid.UUID, parsed: mailparse.ParsedMail,
+               message_id: str, attachments: Sequence[Attachment]) -> str:
+    lines = [f"You received an email in the mailbox of {persona.name} "
+             f"<{persona.email_address}> (email id {email_id}).",
+             f"From: {parsed.from_header}"]
+    if parsed.to_header:
+        lines.append(f"To: {parsed.to_header}")
+    if parsed.cc_header:
+        lines.append(f"Cc: {parsed.cc_header}")
+    if parsed.date:
+        lines.append(f"Date: {parsed.date}")
+    lines += [f"Subject: {parsed.subject or '(no subject)'}", f"Message-ID: {message_id}"]
+    if attachments:
+        lines.append("Attachments: " + ", ".join(
+            f"{a.name} ({a.mime_type}, {a.file_size} bytes, id {a.id})" for a in attachments))
+    if parsed.body_text is not None:
+        body = parsed.body_text
+    elif parsed.body_html is not None:
+        body = mailparse.html_to_text(parsed.body_html)
+    else:
+        body = "(no text)"
+    text = "\n".join(lines) + "\n\n" + body.strip()
+    return text[:MAX_RUN_INPUT_CHARS]
+
+
+async def _owner_principal(session: AsyncSession, owner_id: uuid.UUID) -> Principal | None:
+    """The persona owner as the actor of what their mail starts, while their account is
+    active (a suspended owner's mail is stored, it starts nothing)."""
+    user = await session.get(User, owner_id)
+    if user is None or user.status != "active" or not user.is_active:
+        return None
+    groups = frozenset((await session.scalars(select(UserGroupMembership.group_id).where(
+        UserGroupMembership.user_id == owner_id))).all())
+    return Principal(user_id=owner_id, is_admin=False, kind="system", group_ids=groups)
+
+
+async def _deliver_to(
+    session: AsyncSession, cfg: MailConfig, persona: Persona, parsed: mailparse.ParsedMail,
+    message_id: str, blobs: Sequence[tuple[mailparse.ParsedAttachment, StoredBlob]],
+    recipient: str, owner: Principal | None,
+) -> Received:
+    """One persona's copy of the message, in the transaction of :func:`receive`."""
+    scope = owner or Principal(user_id=persona.owner_id, is_admin=False, kind="system")
+    await apply_principal(session, scope, app_role=cfg.app_role)
+    email_id = uuid7()
+    now = utcnow()
+    header_to = {a.lower() for a in parsed.to}
+    inserted = await session.scalar(pg_insert(Email).values(
+        id=email_id, persona_id=persona.id, user_id=persona.owner_id, direction="inbound",
+        message_id=message_id, in_reply_to=parsed.in_reply_to,
+        thread_id=await _thread_of(session, persona.id, parsed, message_id),
+        from_email=parsed.from_email, to_email=parsed.to_header or recipient,
+        cc=parsed.cc_header, bcc=None if recipient.lower() in header_to else recipient,
+        subject=parsed.subject, body_text=parsed.body_text, body_html=parsed.body_html,
+        size_bytes=parsed.size, received_at=now, created_at=now,
+    ).on_conflict_do_nothing(
+        index_elements=[Email.persona_id, Email.direction, Email.message_id],
+        index_where=Email.message_id.is_not(None),
+    ).returning(Email.id))
+    if inserted is None:  # a retransmission: the first copy stands
+        existing = await session.scalar(select(Email).where(
+            Email.persona_id == persona.id, Email.direction == "inbound",
+            Email.message_id == message_id))
+        assert existing is not None
+        return Received(existing.id, persona.id, False, existing.run_id)
+    attachments = [Attachment(id=uuid7(), email_id=email_id, persona_id=persona.id,
+                              user_id=persona.owner_id, name=part.name,
+                              file_path=blob.file_path, file_size=blob.size,
+                              mime_type=part.mime_type, sha256=blob.sha256, created_at=now)
+                   for part, blob in blobs]
+    session.add_all(attachments)
+    await session.flush()
+    run_id, skipped = await _start_run(session, persona, owner, email_id, parsed, message_id,
+                                       attachments)
+    await record(session, "agent.email.receive", user_id=persona.owner_id,
+                 persona_id=persona.id, run_id=run_id, resource_type="email",
+                 resource_id=email_id,
+                 metadata={"message_id": message_id[:300], "size": parsed.size,
+                           "attachments": len(attachments), "run_skipped": skipped})
+    return Received(email_id, persona.id, True, run_id)
+
+
+async def _start_run(
+    session: AsyncSession, persona: Persona, owner: Principal | None, email_id: uuid.UUID,
+    parsed: mailparse.ParsedMail, message_id: str, attachments: Sequence[Attachment],
+) -> tuple[uuid.UUID | None, str | None]:
+    """A run of the persona's mail agent, as its owner; (run id, why none was started)."""
+    if persona.email_agent_id is None:
+        return None, None
+    if owner is None:
+        return None, "the persona's owner account is not active"
+    agent = await session.get(Agent, persona.email_agent_id)  # in the owner's scope
+    if agent is None:
+        return None, "the mail agent is not visible to the persona's owner"
+    if not agent.is_active:
+        return None, "the mail agent is inactive"
+    body = RunCreate(input=_run_input(persona, email_id, parsed, message_id, attachments),
+                     idempotency_key=f"email:{email_id}")
+    run, _created = await create_run(session, owner, agent, body, source="email")
+    await session.execute(update(Email).where(Email.id == email_id).values(run_id=run.id))
+    return run.id, None
+
+
+async def receive(database: Database, cfg: MailConfig, raw: bytes,
+                  recipients: Sequence[str]) -> list[Received]:
+    """Store ``raw`` in the mailbox of each active persona among ``recipients`` (the
+    envelope's), all in one transaction.  Raises :class:`mailparse.MailRejected` for a
+    message Roost refuses; nothing is stored then."""
+    if len(raw) > cfg.max_message_bytes:
+        raise mailparse.MailTooLarge(f"the message is {len(raw)} bytes; the limit is "
+                                     f"{cfg.max_message_bytes}")
+    parsed = await asyncio.to_thread(mailparse.parse, raw,
+                                     max_attachment_bytes=cfg.max_attachment_bytes)
+    message_id = parsed.message_id or f"<{uuid7()}@{cfg.from_domain or 'roost.invalid'}>"
+    blobs = [(part, await store_blob(cfg.data_dir, part.data)) for part in parsed.attachments]
+    delivered: list[Received] = []
+    async with database.transaction() as session:
+        wanted = {r.strip().lower() for r in recipients}
+        personas = list((await session.scalars(
+            select(Persona).where(func.lower(Persona.email_address).in_(wanted),
+                                  Persona.is_active)
+            .order_by(Persona.id))).all())
+        owners = {p.owner_id: await _owner_principal(session, p.owner_id) for p in personas}
+        for persona in personas:
+            recipient = str(persona.email_address)
+            delivered.append(await _deliver_to(session, cfg, persona, parsed, message_id,
+                                               blobs, recipient, owners[persona.owner_id]))
+    for item in delivered:
+        log.info("agents.mail_received", email_id=str(item.email_id),
+                 persona_id=str(item.persona_id), created=item.created,
+                 run_id=str(item.run_id) if item.run_id else None)
+    return delivered
+
+
+# --- outbound ------------------------------------------------------------------------
+
+
+def _send_blocking(relay: Relay, helo: str, timeout_s: float, message: EmailMessage,
+                   sender: str, recipients: list[str]) -> dict[str, Any]:
+    context = ssl.create_default_context()
+    client: smtplib.SMTP
+    if relay.scheme == "smtps":
+        client = smtplib.SMTP_SSL(relay.host, relay.port, local_hostname=helo,
+                                  timeout=timeout_s, context=context)
+    else:
+        client = smtplib.SMTP(relay.host, relay.port, local_hostname=helo, timeout=timeout_s)
+    with client:
+        client.ehlo()
+        if relay.scheme == "smtp" and client.has_extn("starttls"):
+            client.starttls(context=context)
+            client.ehlo()
+        elif relay.scheme == "smtp" and relay.username and not relay.loopback:
+            raise smtplib.SMTPNotSupportedError(
+                "the relay does not offer STARTTLS; Roost does not send credentials in clear "
+                "(use smtps:// or a relay on loopback)")
+        if relay.username:
+            client.login(relay.username, relay.password or "")
+        refused = client.send_message(message, from_addr=sender, to_addrs=recipients)
+    return dict(refused)
+
+
+def _address(value: str, name: str | None = None) -> Address:
+    local, _, domain = value.rpartition("@")
+    return Address(display_name=name or "", username=local, domain=domain)
+
+
+async def _prepare_outbound(
+    session: AsyncSession, cfg: MailConfig, actor: Principal, persona_id: uuid.UUID,
+    body: EmailSend, run_id: uuid.UUID | None,
+) -> tuple[Email, EmailMessage]:
+    role = await persona_role(session, actor, persona_id)
+    if role not in (*EDITOR_ROLES, "admin"):
+        raise Forbidden("only the persona's owners and editors send its mail")
+    persona = await session.get(Persona, persona_id)
+    assert persona is not None
+    if not persona.email_address:
+        raise Unprocessable(f"persona {persona_id} has no email address to send from; set "
+                            "its email_address first")
+    parent: Email | None = None
+    if body.in_reply_to is not None:
+        parent = await session.scalar(select(Email).where(
+            Email.id == body.in_reply_to, Email.persona_id == persona_id))
+        if parent is None:
+            raise NotFound(f"email {body.in_reply_to} is not in this persona's mailbox")
+    domain = cfg.from_domain or persona.email_address.rpartition("@")[2]
+    message_id = make_msgid(idstring=uuid7().hex, domain=domain)
+    message = EmailMessage()
+    message["From"] = _address(persona.email_address, persona.name)
+    message["To"] = [_address(a) for a in body.to]
+    if body.cc:
+        message["Cc"] = [_address(a) for a in body.cc]
+    message["Subject"] = body.subject
+    message["Date"] = format_datetime(utcnow())
+    message["Message-ID"] = message_id
+    thread_id = message_id
+    if parent is not None and parent.message_id:
+        thread_id = parent.thread_id or parent.message_id
+        message["In-Reply-To"] = parent.message_id
+        message["References"] = " ".join(dict.fromkeys(
+            i for i in (parent.thread_id, parent.message_id) if i))
+    message.set_content(body.body)
+    email = Email(id=uuid7(), persona_id=persona_id, user_id=actor.user_id or persona.owner_id,
+                  run_id=run_id, direction="outbound", message_id=message_id,
+                  in_reply_to=parent.message_id if parent else None, thread_id=thread_id,
+                  from_email=persona.email_address, to_email=", ".join(body.to),
+                  cc=", ".join(body.cc) or None, bcc=", ".join(body.bcc) or None,
+                  subject=body.subject, body_text=body.body,
+                  size_bytes=len(message.as_bytes()), created_at=utcnow())
+    session.add(email)
+    await session.flush()
+    return email, message
+
+
+async def send_email(
+    database: Database, cfg: MailConfig, actor: Principal, persona_id: uuid.UUID,
+    body: EmailSend, *, run_id: uuid.UUID | None = None,
+) -> Email:
+    """Send ``body`` from the persona's address through the relay and keep it in the
+    persona's mailbox (``direction`` outbound).  The actor must be an owner or editor of
+    the persona; ``run_id``: the run whose agent sent it."""
+    if cfg.relay is None:
+        raise ServiceUnavailable("sending mail is disabled: set ROOST_SMTP_RELAY_URL to an "
+                                 "SMTP relay")
+    async with database.transaction() as session:
+        await apply_principal(session, actor, app_role=cfg.app_role)
+        email, message = await _prepare_outbound(session, cfg, actor, persona_id, body, run_id)
+    recipients = list(dict.fromkeys([*body.to, *body.cc, *body.bcc]))
+    helo = cfg.from_domain or email.from_email.rpartition("@")[2]
+    failure: RoostError | None = None
+    refused: dict[str, Any] = {}
+    try:
+        refused = await asyncio.to_thread(_send_blocking, cfg.relay, helo, cfg.timeout_s,
+                                          message, email.from_email, recipients)
+    except TimeoutError:
+        failure = GatewayTimeout(f"the SMTP relay did not answer within {cfg.timeout_s:g} s")
+    except smtplib.SMTPResponseException as exc:
+        reply = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) \
+            else str(exc.smtp_error)
+        failure = BadGateway(f"the SMTP relay refused the message: {exc.smtp_code} "
+                             f"{' '.join(reply.split())[:300]}")
+    except smtplib.SMTPRecipientsRefused as exc:
+        failure = BadGateway(f"the SMTP relay refused every recipient "
+                             f"({', '.join(sorted(exc.recipients))[:300]})")
+    except (smtplib.SMTPException, OSError) as exc:
+        failure = BadGateway(f"the SMTP relay could not be reached or used: "
+                             f"{type(exc).__name__}: {str(exc)[:300]}")
+    async with database.transaction() as session:
+        await apply_principal(session, actor, app_role=cfg.app_role)
+        sent: Email | None = None
+        if failure is not None:
+            await session.execute(delete(Email).where(Email.id == email.id))
+        else:
+            sent = await session.scalar(update(Email).where(Email.id == email.id)
+                                        .values(sent_at=utcnow()).returning(Email))
+        await record(session, "agent.email.send", user_id=actor.user_id, persona_id=persona_id,
+                     run_id=run_id, resource_type="email", resource_id=email.id,
+                     success=failure is None, category="action" if failure is None else "error",
+                     error_message=failure.detail if failure else None,
+                     metadata={"message_id": email.message_id, "recipients": len(recipients),
+                               "refused": sorted(refused)})
+    if failure is not None:
+        raise failure
+    if sent is None:
+        raise NotFound(f"email {email.id} does not exist")
+    log.info("agents.mail_sent", email_id=str(email.id), persona_id=str(persona_id),
+             recipients=len(recipients), refused=len(refused))
+    return sent
+
+
+# --- reading --------------------------------------------------------------------------
+
+
+async def list_emails(
+    session: AsyncSession, actor: Principal, persona_id: uuid.UUID, *,
+    thread_id: str | None = None, direction: str | None = None,
+    limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+) -> tuple[list[Email], str | None]:
+    """The persona's mail, newest first (members only)."""
+    await persona_role(session, actor, persona_id)
+    stmt = where_equal(select(Email).where(Email.persona_id == persona_id),
+                       (Email.thread_id, thread_id), (Email.direction, direction))
+    return await newest_first(session, stmt, Email.created_at, Email.id, limit=limit,
+                              cursor=cursor)
+
+
+async def get_email(session: AsyncSession, actor: Principal, email_id: uuid.UUID) -> Email:
+    email = await session.get(Email, email_id)
+    if email is None:
+        raise NotFound(f"email {email_id} does not exist")
+    await persona_role(session, actor, email.persona_id)
+    return email
+
+
+# --- the send_email tool ---------------------------------------------------------------
+
+# A global built-in ``tools`` row (kind ``builtin``) with this id, name and schema lets
+# agents call :func:`send_email_tool` (see docs/agents-mail.md, "Sending from an agent").
+SEND_EMAIL_TOOL_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000601")
+SEND_EMAIL_TOOL_NAME: Final = "send_email"
+SEND_EMAIL_TOOL_DESCRIPTION: Final = (
+    "Send an email from your persona's address. to: recipient addresses; subject; body "
+    "(plain text); in_reply_to: the id of an email in your mailbox to answer (threads the "
+    "reply).")
+_NO_NUL = "^[^\\x00]*$"
+SEND_EMAIL_TOOL_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["to", "subject", "body"],
+    "properties": {
+        "to": {"type": "array", "minItems": 1, "maxItems": MAX_RECIPIENTS,
+               "items": {"type": "string", "minLength": 3, "maxLength": 320}},
+        "cc": {"type": "array", "maxItems": MAX_RECIPIENTS,
+               "items": {"type": "string", "minLength": 3, "maxLength": 320}},
+        "subject": {"type": "string", "maxLength": 998, "pattern": "^[^\\r\\n\\x00]*$"},
+        "body": {"type": "string", "maxLength": 1_000_000, "pattern": _NO_NUL},
+        "in_reply_to": {"type": "string", "format": "uuid"},
+    },
+}
+
+
+async def send_email_tool(database: Database, cfg: MailConfig, actor: Principal,
+                          arguments: dict[str, Any], *, run_id: uuid.UUID | None) -> dict[str, Any]:
+    """The ``send_email`` built-in: mail from the persona of the calling run."""
+    if run_id is None:
+        raise Unprocessable("send_email is for agent runs: it sends from the run's persona")
+    async with database.transaction() as session:
+        await apply_principal(session, actor, app_role=cfg.app_role)
+        persona_id = await session.scalar(select(Run.persona_id).where(Run.id == run_id))
+    if persona_id is None:
+        raise Unprocessable("this run's agent has no persona, so no mailbox to send from")
+    try:
+        body = EmailSend.model_validate(arguments)
+    except ValueError as exc:
+        raise Unprocessable(f"send_email arguments are not valid: {str(exc)[:500]}") from None
+    email = await send_email(database, cfg, actor, persona_id, body, run_id=run_id)
+    return {"email_id": str(email.id), "message_id": email.message_id,
+            "thread_id": email.thread_id, "to": body.to,
+            "sent_at": email.sent_at.isoformat() if email.sent_at else None}
+
+
+BuiltinTool = Callable[[Database, Principal, dict[str, Any], uuid.UUID | None],
+                       Awaitable[dict[str, Any]]]
+
+
+def builtin_tools(cfg: MailConfig) -> dict[uuid.UUID, BuiltinTool]:
+    """The agents domain's built-in tools by ``tools`` row id, for the tool caller to run
+    (the tools domain is below this one and cannot import it)."""
+
+    async def send(database: Database, actor: Principal, arguments: dict[str, Any],
+                   run_id: uuid.UUID | None) -> dict[str, Any]:
+        return await send_email_tool(database, cfg, actor, arguments, run_id=run_id)
+
+    return {SEND_EMAIL_TOOL_ID: send}

@@ -1,0 +1,242 @@
+"""Parsing an inbound message (stdlib ``email``, ``policy.default``): addresses, subject,
+the text and HTML bodies, the threading headers and the attachments.
+
+Pure and CPU-bound: callers run :func:`parse` in a thread.  Whatever it cannot trust it
+refuses (:class:`MalformedMail`, an SMTP 554) rather than storing half a message: no
+From address, a garbled header block, duplicated unique headers.  HTML is kept as sent
+and never rendered; :func:`html_to_text` only extracts its text for an agent's input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from email import errors as email_errors
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from html.parser import HTMLParser
+from typing import Final
+
+from roost.agents.attachments import clean_mime, sanitize_filename
+from roost.errors import PayloadTooLarge, Unprocessable
+
+MAX_ATTACHMENTS: Final = 100
+MAX_REFERENCES: Final = 50  # a long thread's References keep its root and the latest ones
+MAX_HEADER_CHARS: Final = 998  # RFC 5322's line limit, and the columns' length
+MAX_ADDRESS_CHARS: Final = 320
+_MSG_ID = re.compile(r"<[^<>\s]{1,996}>")
+_UNIQUE_HEADERS: Final = ("from", "subject", "message-id", "in-reply-to", "to", "cc")
+
+
+class MailRejected(Unprocessable):
+    """A message Roost refuses; ``smtp_code`` is the reply the listener gives."""
+
+    smtp_code = "554 5.6.0"
+
+
+class MalformedMail(MailRejected):
+    title, type_slug = "Malformed message", "malformed-mail"
+
+
+class MailTooLarge(MailRejected):
+    status, title, type_slug = PayloadTooLarge.status, "Message too large", "mail-too-large"
+    smtp_code = "552 5.3.4"
+
+
+@dataclass(frozen=True)
+class ParsedAttachment:
+    name: str
+    mime_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ParsedMail:
+    from_email: str  # the From address (addr-spec)
+    from_header: str  # as displayed: "Name <addr>"
+    to: tuple[str, ...]  # addr-specs of To, then Cc
+    to_header: str | None
+    cc_header: str | None
+    subject: str | None
+    message_id: str | None
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    body_text: str | None
+    body_html: str | None
+    date: str | None
+    size: int
+    attachments: tuple[ParsedAttachment, ...] = field(default=())
+
+
+def clean_text(value: str | None, limit: int | None = None) -> str | None:
+    """No NUL (PostgreSQL text cannot hold one), optionally bounded."""
+    if value is None:
+        return None
+    value = value.replace("\x00", "")
+    return value[:limit] if limit is not None else value
+
+
+def message_ids(value: str | None) -> list[str]:
+    """The ``<id>`` tokens of a Message-ID, In-Reply-To or References value."""
+    return _MSG_ID.findall(value or "")
+
+
+def _one_line(value: str) -> str:
+    return " ".join(value.split())
+
+
+def _addresses(message: EmailMessage, name: str) -> tuple[list[str], str | None]:
+    header = message[name]
+    if header is None:
+        return [], None
+    specs = [a.addr_spec for a in getattr(header, "addresses", ())
+             if a.addr_spec and "@" in a.addr_spec and len(a.addr_spec) <= MAX_ADDRESS_CHARS]
+    return specs, clean_text(_one_line(str(header)))
+
+
+def _text_of(part: Message) -> str:
+    try:
+        content = part.get_content()  # type: ignore[attr-defined]
+    except (LookupError, ValueError, AssertionError):  # an unknown charset, a bad encoding
+        raw = part.get_payload(decode=True)
+        content = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
+    text = content if isinstance(content, str) else str(content)
+    return clean_text(text.replace("\r\n", "\n")) or ""  # the wire's CRLF, stored as LF
+
+
+def _data_of(part: Message) -> bytes:
+    if part.get_content_type() == "message/rfc822":
+        inner = part.get_payload(0)
+        try:
+            return inner.as_bytes(policy=policy.default)  # type: ignore[union-attr, no-any-return]
+        except Exception:  # a forwarded message too broken to serialize again: its text
+            return str(inner).encode("utf-8", "replace")
+    raw = part.get_payload(decode=True)
+    return raw if isinstance(raw, bytes) else b""
+
+
+def _leaves(part: Message, in_alternative: bool = False) -> Iterator[tuple[Message, bool]]:
+    """Every leaf part (a forwarded message counts as one), with whether it sits in a
+    multipart/alternative (then a text part is another rendering of the body)."""
+    if part.get_content_type() == "message/rfc822" or not part.is_multipart():
+        yield part, in_alternative
+        return
+    alternative = part.get_content_type() == "multipart/alternative"
+    for sub in part.get_payload():
+        if isinstance(sub, Message):
+            yield from _leaves(sub, alternative)
+
+
+def _attachments(message: EmailMessage, bodies: Sequence[Message],
+                 max_bytes: int) -> tuple[ParsedAttachment, ...]:
+    found: list[ParsedAttachment] = []
+    for part, in_alternative in _leaves(message):
+        if any(part is body for body in bodies):
+            continue
+        ctype = part.get_content_type()
+        filename = part.get_filename()
+        if ctype in ("text/plain", "text/html") and in_alternative and not filename \
+                and part.get_content_disposition() != "attachment":
+            continue  # the body's other rendering
+        if len(found) >= MAX_ATTACHMENTS:
+            raise MailTooLarge(f"the message has more than {MAX_ATTACHMENTS} attachments")
+        data = _data_of(part)
+        mime = clean_mime(ctype)
+        name = sanitize_filename(filename, mime)
+        if len(data) > max_bytes:
+            raise MailTooLarge(f"attachment {name!r} is {len(data)} bytes; the limit is "
+                               f"{max_bytes}")
+        found.append(ParsedAttachment(name=name, mime_type=mime, data=data))
+    return tuple(found)
+
+
+def _check_headers(message: EmailMessage) -> None:
+    if not message.keys():
+        raise MalformedMail("the message has no header")
+    if any(isinstance(d, email_errors.MissingHeaderBodySeparatorDefect)
+           for d in message.defects):
+        raise MalformedMail("the header block has a line that is not a header; separate "
+                            "the headers from the body with an empty line")
+    for name in _UNIQUE_HEADERS:
+        if len(message.get_all(name) or []) > 1:
+            raise MalformedMail(f"the message has more than one {name.title()} header")
+
+
+def parse(raw: bytes, *, max_attachment_bytes: int) -> ParsedMail:
+    """The message's parts, or :class:`MalformedMail` / :class:`MailTooLarge`."""
+    try:
+        message = BytesParser(policy=policy.default).parsebytes(raw)
+        assert isinstance(message, EmailMessage)
+        _check_headers(message)
+        senders, from_header = _addresses(message, "from")
+        if len(senders) != 1:
+            raise MalformedMail("the message needs exactly one valid From address")
+        to, to_header = _addresses(message, "to")
+        cc, cc_header = _addresses(message, "cc")
+        subject = message["subject"]
+        ids = message_ids(str(message["message-id"] or ""))
+        in_reply_to = message_ids(str(message["in-reply-to"] or ""))
+        references = message_ids(" ".join(str(h) for h in message.get_all("references") or []))
+        if len(references) > MAX_REFERENCES:  # the root, then the newest
+            references = references[:1] + references[-(MAX_REFERENCES - 1):]
+        text_part = message.get_body(preferencelist=("plain",))
+        html_part = message.get_body(preferencelist=("html",))
+        bodies = [p for p in (text_part, html_part) if p is not None]
+        date = message["date"]
+        return ParsedMail(
+            from_email=senders[0], from_header=from_header or senders[0], to=tuple(to + cc),
+            to_header=to_header, cc_header=cc_header,
+            subject=clean_text(_one_line(str(subject)), 10_000) if subject is not None else None,
+            message_id=ids[0] if ids else None,
+            in_reply_to=in_reply_to[-1] if in_reply_to else None,
+            references=tuple(references),
+            body_text=_text_of(text_part) if text_part is not None else None,
+            body_html=_text_of(html_part) if html_part is not None else None,
+            date=clean_text(_one_line(str(date)), 200) if date is not None else None,
+            size=len(raw),
+            attachments=_attachments(message, bodies, max_attachment_bytes),
+        )
+    except MailRejected:
+        raise
+    except Exception as exc:  # the parser's own failures on hostile input
+        raise MalformedMail(f"the message cannot be parsed ({type(exc).__name__})") from None
+
+
+class _TextExtractor(HTMLParser):
+    _SKIP: Final = frozenset({"script", "style", "head", "title"})
+    _BREAK: Final = frozenset({"br", "p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5",
+                               "h6", "blockquote", "pre", "table"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIP:
+            self._skipping += 1
+        elif tag in self._BREAK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP and self._skipping:
+            self._skipping -= 1
+        elif tag in self._BREAK:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """The visible text of an HTML body (no rendering, no fetching): for an agent's input
+    when a message has no text part."""
+    extractor = _TextExtractor()
+    extractor.feed(html)
+    extractor.close()
+    text = "".join(extractor.parts)
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()

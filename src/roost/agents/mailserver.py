@@ -1,0 +1,102 @@
+"""Roost's SMTP listener (aiosmtpd on the caller's event loop): the personas' inbound
+mail.  It is the last hop, never a relay: a recipient that is not an active persona's
+address is refused at RCPT (550), so it cannot forward mail anywhere.
+
+Replies: unknown mailbox 550 5.1.1; too many recipients 452 4.5.3; a message over
+``ROOST_SMTP_MAX_MESSAGE_BYTES`` 552 (aiosmtpd, at MAIL ... SIZE= or during DATA); an
+attachment over ``ROOST_SMTP_MAX_ATTACHMENT_BYTES`` 552 5.3.4; a malformed message
+554 5.6.0; a database failure 451 4.3.0 (the sender retries: storing is idempotent on
+the Message-ID).  No reply carries an exception's text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any, Final
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from roost.agents import mail, mailparse
+from roost.db.engine import Database
+
+log = structlog.get_logger(__name__)
+
+MAX_RECIPIENTS: Final = 50
+IDLE_TIMEOUT_S: Final = 60.0
+TEMPORARY_FAILURE: Final = "451 4.3.0 Temporary failure, please try again later"
+_REPLY_TEXT = re.compile(r"[^\x20-\x7e]")
+
+
+def _reply(code: str, text: str) -> str:
+    """One printable ASCII line: the detail names what failed, nothing more."""
+    return f"{code} {_REPLY_TEXT.sub('?', ' '.join(text.split()))[:400]}"
+
+
+class MailHandler:
+    """aiosmtpd's hooks: RCPT checks the mailbox, DATA stores the message."""
+
+    def __init__(self, database: Database, cfg: mail.MailConfig) -> None:
+        self.database, self.cfg = database, cfg
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return "452 4.5.3 Too many recipients"
+        try:
+            persona_id = await mail.find_persona_id(self.database, address)
+        except Exception:
+            log.exception("agents.mail_rcpt_failed")
+            return TEMPORARY_FAILURE
+        if persona_id is None:
+            return _reply("550 5.1.1", f"<{address}>: no such mailbox here")
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        try:
+            received = await mail.receive(self.database, self.cfg, raw, envelope.rcpt_tos)
+        except mailparse.MailRejected as exc:
+            log.info("agents.mail_rejected", reason=exc.detail, size=len(raw))
+            return _reply(exc.smtp_code, exc.detail)
+        except Exception:
+            log.exception("agents.mail_store_failed", size=len(raw))
+            return TEMPORARY_FAILURE
+        if not received:  # every recipient's persona went inactive since RCPT
+            return "550 5.1.1 No such mailbox here"
+        return "250 2.0.0 OK: message accepted"
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("agents.mail_session_failed", error=type(error).__name__)
+        return TEMPORARY_FAILURE
+
+
+class MailServer:
+    """The listener: :meth:`start` binds ``host:port`` (port 0: any free one, then
+    :attr:`port` says which), :meth:`stop` closes it."""
+
+    def __init__(self, database: Database, cfg: mail.MailConfig, host: str, port: int) -> None:
+        self.handler = MailHandler(database, cfg)
+        self.cfg, self.host, self.port = cfg, host, port
+        self._server: asyncio.Server | None = None
+
+    def _protocol(self) -> Any:
+        return SMTP(self.handler, data_size_limit=self.cfg.max_message_bytes,
+                    enable_SMTPUTF8=True, decode_data=False,
+                    hostname=self.cfg.from_domain or "localhost", ident="Roost ESMTP",
+                    timeout=IDLE_TIMEOUT_S)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("agents.smtp_listening", host=self.host, port=self.port)
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        await self._server.wait_closed()
+        self._server = None

@@ -1,0 +1,111 @@
+"""The caller's agents offered at Roost's own MCP endpoint ``/mcp``: one tool per active
+agent the principal may run (their own, their personas', public ones), named
+``agent__<slug>``, taking ``{"input": "..."}``.
+
+A call starts a run (``source = "mcp"``) in a transaction of its own, so a worker can
+pick it up at once, then waits for it up to ``WAIT_S`` and answers the run's output;
+a run still going by then is answered with its id and status (follow it at
+``/api/v1/runs/{id}``).  The provider's protocol is ``roost.mcpserver.tools.ToolProvider``
+(this domain sits below ``mcpserver`` and never imports it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from mcp import types
+from sqlalchemy import case, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.agents import runs
+from roost.agents.models import TERMINAL_RUN_STATUSES, Agent
+from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate
+from roost.db.engine import Database
+from roost.errors import RoostError
+from roost.identity.tenancy import apply_principal
+from roost.principal import Principal
+
+PREFIX: Final = "agent__"
+WAIT_S: Final = 120.0
+POLL_S: Final = 0.25
+_INVALID = re.compile(r"[^A-Za-z0-9_.-]")
+
+_SCHEMA: Final = {
+    "type": "object", "additionalProperties": False, "required": ["input"],
+    "properties": {"input": {"type": "string", "minLength": 1,
+                             "maxLength": MAX_RUN_INPUT_CHARS,
+                             "description": "The task or question for the agent"}},
+}
+
+
+def _text(payload: Mapping[str, Any], *, is_error: bool = False) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=json.dumps(payload, default=str))],
+        structured_content=dict(payload), is_error=is_error)
+
+
+class AgentsProvider:
+    """The agents domain's tools at ``/mcp``."""
+
+    def __init__(self, database: Database, app_role: str) -> None:
+        self.database, self.app_role = database, app_role
+
+    async def _agents(self, session: AsyncSession, principal: Principal) -> dict[str, Agent]:
+        mine_first = case((Agent.user_id == principal.user_id, 0), (Agent.is_public, 2), else_=1)
+        rows = (await session.scalars(
+            select(Agent).where(Agent.is_active).order_by(Agent.slug, mine_first,
+                                                          Agent.created_at))).all()
+        offered: dict[str, Agent] = {}
+        for agent in rows:  # a slug resolves as roost.agents.catalog.find_agent_by_slug
+            offered.setdefault(_INVALID.sub("_", PREFIX + agent.slug)[:128], agent)
+        return offered
+
+    async def list_tools(self, session: AsyncSession, principal: Principal) -> Sequence[types.Tool]:
+        return [types.Tool(name=name, title=agent.name,
+                           description=(agent.description or f"Run the agent {agent.name!r}")
+                           [:1024], input_schema=_SCHEMA)
+                for name, agent in (await self._agents(session, principal)).items()]
+
+    async def call_tool(
+        self, session: AsyncSession, principal: Principal, name: str, arguments: Mapping[str, Any],
+    ) -> types.CallToolResult | None:
+        if not name.startswith(PREFIX):
+            return None
+        agent = (await self._agents(session, principal)).get(name)
+        if agent is None:
+            return None
+        text = arguments.get("input")
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_RUN_INPUT_CHARS:
+            return _text({"error": f"'input' must be text of 1 to {MAX_RUN_INPUT_CHARS} "
+                                   "characters"}, is_error=True)
+        try:
+            async with self.database.transaction() as own:  # committed before we wait
+                await apply_principal(own, principal, app_role=self.app_role)
+                run, _ = await runs.create_run(own, principal, agent, RunCreate(input=text),
+                                               source="mcp")
+        except RoostError as exc:
+            return _text({"error": exc.detail}, is_error=True)
+        return await self._wait(principal, run.id)
+
+    async def _wait(self, principal: Principal, run_id: uuid.UUID) -> types.CallToolResult:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_S
+        while True:
+            async with self.database.transaction() as session:
+                await apply_principal(session, principal, app_role=self.app_role)
+                run = await runs.get_run(session, principal, run_id)
+            if run.status in TERMINAL_RUN_STATUSES:
+                payload = {"run_id": str(run.id), "status": run.status,
+                           "stop_reason": run.stop_reason, "output": run.output}
+                if run.error_message:
+                    payload["error"] = run.error_message
+                return _text(payload, is_error=run.status != "completed")
+            if loop.time() >= deadline:
+                return _text({"run_id": str(run.id), "status": run.status,
+                              "note": f"still running after {WAIT_S:g} s; follow it at "
+                                      f"/api/v1/runs/{run.id}"})
+            await asyncio.sleep(POLL_S)

@@ -1,0 +1,314 @@
+"""Personas and their members: create, list, read, change and delete personas; add,
+re-role and remove members.
+
+Who may do what (checked here first; row-level security, migration 0600, is the second
+wall): a persona is visible to its owner (``owner_id``) and its members; owners and
+editors change it; owners (``owner_id``, or a member with role ``owner``) delete it and
+manage its members; any member may leave.  Administrators may do everything.  A persona
+the caller cannot see is "not found" whether or not it exists; one they see but may not
+change is 403 (the repository's convention: knowledge documents, groups).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal, cast
+
+from sqlalchemy import false, or_, select, text, true
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.agents.models import Agent, Persona, PersonaMember
+from roost.agents.schemas import MemberAdd, PersonaCreate, PersonaOut, PersonaUpdate
+from roost.audit.service import record
+from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
+from roost.identity.models import User
+from roost.pagination import DEFAULT_LIMIT, newest_first
+from roost.principal import Principal
+
+Role = Literal["owner", "editor", "viewer"]
+_RANK: Final[dict[str | None, int]] = {None: 0, "viewer": 1, "editor": 2, "owner": 3}
+EMAIL_INDEX: Final = "uq_personas_email_address"
+# Long free text is audited as "changed", not copied into the chain.
+_TEXT_FIELDS: Final = ("description", "system_prompt")
+
+
+@dataclass(frozen=True)
+class PersonaView:
+    persona: Persona
+    role: Role | None  # the caller's own role (None: seen as an administrator)
+
+
+@dataclass(frozen=True)
+class MemberView:
+    member: PersonaMember
+    username: str | None
+
+
+def require_user(actor: Principal, what: str = "personas") -> uuid.UUID:
+    if actor.user_id is None:
+        raise Forbidden(f"{what} belong to users: call this with a user's credentials, "
+                        "not the operator token")
+    return actor.user_id
+
+
+def persona_out(view: PersonaView) -> PersonaOut:
+    p = view.persona
+    return PersonaOut(
+        id=p.id, owner_id=p.owner_id, name=p.name, description=p.description,
+        system_prompt=p.system_prompt, default_provider=p.default_provider,
+        default_model=p.default_model, fallback_providers=list(p.fallback_providers or []),
+        email_address=p.email_address, email_agent_id=p.email_agent_id, is_active=p.is_active,
+        container_id=p.container_id, my_role=view.role, created_at=p.created_at,
+        updated_at=p.updated_at,
+    )
+
+
+def visible_personas(actor: Principal) -> Any:
+    """SQL condition: personas ``actor`` may see (the same rule as the RLS policy)."""
+    if actor.is_admin:
+        return true()
+    if actor.user_id is None:
+        return false()
+    mine = select(PersonaMember.persona_id).where(PersonaMember.user_id == actor.user_id)
+    return or_(Persona.owner_id == actor.user_id, Persona.id.in_(mine))
+
+
+async def _roles(session: AsyncSession, actor: Principal,
+                 personas: Sequence[Persona]) -> dict[uuid.UUID, Role | None]:
+    """The actor's role in each persona: owner by ``owner_id``, else their membership."""
+    roles: dict[uuid.UUID, Role | None] = {
+        p.id: "owner" if p.owner_id == actor.user_id else None for p in personas}
+    others = [pid for pid, role in roles.items() if role is None]
+    if others and actor.user_id is not None:
+        rows = (await session.execute(
+            select(PersonaMember.persona_id, PersonaMember.role).where(
+                PersonaMember.user_id == actor.user_id, PersonaMember.persona_id.in_(others))
+        )).tuples().all()
+        for persona_id, role in rows:
+            roles[persona_id] = cast(Role, role)  # the CHECK constraint keeps it one
+    return roles
+
+
+async def get_persona(session: AsyncSession, actor: Principal,
+                      persona_id: uuid.UUID) -> PersonaView:
+    """A persona the actor can see, with their role in it; else 404."""
+    persona = await session.scalar(select(Persona).where(Persona.id == persona_id))
+    role = (await _roles(session, actor, [persona])).get(persona_id) if persona else None
+    if persona is None or (role is None and not actor.is_admin):
+        raise NotFound(f"persona {persona_id} does not exist")
+    return PersonaView(persona, role)
+
+
+async def require_role(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,
+                       needed: Role, doing: str) -> PersonaView:
+    """The persona when the actor's role is at least ``needed`` (administrators always);
+    404 when they cannot see it, 403 when they can but may not do this."""
+    view = await get_persona(session, actor, persona_id)
+    if not actor.is_admin and _RANK[view.role] < _RANK[needed]:
+        who = "owners" if needed == "owner" else "owners and editors"
+        raise Forbidden(f"only the persona's {who} may {doing}; you are a {view.role}")
+    return view
+
+
+async def _flush_email(session: AsyncSession) -> None:
+    # Other tenants' personas are invisible under RLS: the unique index is the check.
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        if EMAIL_INDEX in str(exc.orig):
+            raise Conflict("another persona already uses that e-mail address") from None
+        raise
+
+
+async def create_persona(session: AsyncSession, actor: Principal,
+                         body: PersonaCreate) -> PersonaView:
+    owner = require_user(actor)
+    persona = Persona(
+        owner_id=owner, name=body.name.strip(), description=body.description,
+        system_prompt=body.system_prompt, default_provider=body.default_provider,
+        default_model=body.default_model, fallback_providers=list(body.fallback_providers),
+        email_address=_email(body.email_address), is_active=body.is_active)
+    session.add(persona)
+    await _flush_email(session)
+    await session.refresh(persona)
+    await record(session, "persona.create", user_id=owner, persona_id=persona.id,
+                 resource_type="persona", resource_id=persona.id,
+                 changes={"name": persona.name, "email_address": persona.email_address,
+                          "default_provider": persona.default_provider,
+                          "default_model": persona.default_model})
+    return PersonaView(persona, "owner")
+
+
+def _email(value: str | None) -> str | None:
+    return value.strip().lower() if value else None
+
+
+async def list_personas(
+    session: AsyncSession, actor: Principal, *, is_active: bool | None = None,
+    limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+) -> tuple[list[PersonaView], str | None]:
+    """Newest first: the personas the actor owns or is a member of (administrators: all)."""
+    stmt = select(Persona).where(visible_personas(actor))
+    if is_active is not None:
+        stmt = stmt.where(Persona.is_active.is_(is_active))
+    rows, next_cursor = await newest_first(session, stmt, Persona.created_at, Persona.id,
+                                           limit=limit, cursor=cursor)
+    roles = await _roles(session, actor, rows)
+    return [PersonaView(p, roles.get(p.id)) for p in rows], next_cursor
+
+
+async def update_persona(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,
+                         body: PersonaUpdate) -> PersonaView:
+    view = await require_role(session, actor, persona_id, "editor", "change it")
+    persona = view.persona
+    values: dict[str, Any] = body.model_dump(exclude_unset=True)
+    if "name" in values:
+        values["name"] = values["name"].strip()
+    if "email_address" in values:
+        values["email_address"] = _email(values["email_address"])
+    if values.get("email_agent_id") is not None:
+        bound = await session.scalar(select(Agent.persona_id).where(
+            Agent.id == values["email_agent_id"]))
+        if bound != persona.id:
+            raise Unprocessable(f"email_agent_id: agent {values['email_agent_id']} is not an "
+                                "agent of this persona")
+    changed: dict[str, Any] = {}
+    for field, value in values.items():
+        before = getattr(persona, field)
+        if before == value:
+            continue
+        setattr(persona, field, value)
+        changed[field] = "changed" if field in _TEXT_FIELDS else {
+            "before": _plain(before), "after": _plain(value)}
+    if changed:
+        await _flush_email(session)
+        await session.refresh(persona)
+        await record(session, "persona.update", user_id=actor.user_id, persona_id=persona.id,
+                     resource_type="persona", resource_id=persona.id, changes=changed)
+    return PersonaView(persona, view.role)
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, uuid.UUID | datetime) else value
+
+
+async def delete_persona(session: AsyncSession, actor: Principal, persona_id: uuid.UUID) -> None:
+    """Delete a persona with its members, secrets, agents and mail (ON DELETE CASCADE);
+    its runs stay, unbound."""
+    view = await require_role(session, actor, persona_id, "owner", "delete it")
+    agents = list((await session.scalars(
+        select(Agent.id).where(Agent.persona_id == persona_id))).all())
+    await session.delete(view.persona)
+    await session.flush()
+    await record(session, "persona.delete", user_id=actor.user_id, persona_id=persona_id,
+                 resource_type="persona", resource_id=persona_id,
+                 changes={"name": view.persona.name,
+                          "agents_deleted": [str(a) for a in agents]})
+
+
+# --- members ----------------------------------------------------------------------------
+
+
+async def list_members(session: AsyncSession, actor: Principal,
+                       persona_id: uuid.UUID) -> list[MemberView]:
+    """The persona's members, oldest first (its owner is ``owner_id``, not a member)."""
+    await get_persona(session, actor, persona_id)
+    members = (await session.scalars(
+        select(PersonaMember).where(PersonaMember.persona_id == persona_id)
+        .order_by(PersonaMember.created_at, PersonaMember.id))).all()
+    names = await _usernames(session, actor, persona_id)
+    return [MemberView(m, names.get(m.user_id)) for m in members]
+
+
+async def _usernames(session: AsyncSession, actor: Principal,
+                     persona_id: uuid.UUID) -> dict[uuid.UUID, str]:
+    if actor.is_admin:  # every account is theirs to see (and system work has no scope)
+        stmt = select(User.id, User.username).where(or_(
+            User.id.in_(select(PersonaMember.user_id).where(
+                PersonaMember.persona_id == persona_id)),
+            User.id == select(Persona.owner_id).where(Persona.id == persona_id)
+            .scalar_subquery()))
+    else:
+        # SECURITY DEFINER (migration 0600): members see one another's usernames, which
+        # the users policy would hide.
+        stmt = select(text("user_id"), text("username")).select_from(
+            text("roost_persona_usernames(:p)")).params(p=persona_id)
+    rows = (await session.execute(stmt)).tuples().all()
+    return {uuid.UUID(str(user_id)): str(name) for user_id, name in rows}
+
+
+async def _lookup_user(session: AsyncSession, ref: str) -> uuid.UUID:
+    # SECURITY DEFINER lookup (migration 0200): an owner may add someone they cannot see.
+    found = await session.scalar(text("SELECT roost_lookup_user_id(:ref)"), {"ref": ref.strip()})
+    if found is None:
+        raise NotFound("no active account with that username, e-mail or id")
+    return uuid.UUID(str(found))
+
+
+async def _username(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,
+                    user_id: uuid.UUID) -> str | None:
+    return (await _usernames(session, actor, persona_id)).get(user_id)
+
+
+async def add_member(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,
+                     body: MemberAdd) -> MemberView:
+    view = await require_role(session, actor, persona_id, "owner", "manage its members")
+    user_id = await _lookup_user(session, body.user)
+    if user_id == view.persona.owner_id:
+        raise Conflict("that user owns the persona already")
+    member = PersonaMember(persona_id=persona_id, user_id=user_id, role=body.role)
+    session.add(member)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        raise Conflict("that user is already a member of the persona") from None
+    await session.refresh(member)
+    await record(session, "persona.member.add", user_id=actor.user_id, persona_id=persona_id,
+                 resource_type="persona", resource_id=persona_id,
+                 changes={"member": str(user_id), "role": body.role})
+    return MemberView(member, await _username(session, actor, persona_id, user_id))
+
+
+async def _member(session: AsyncSession, persona_id: uuid.UUID,
+                  user_id: uuid.UUID) -> PersonaMember:
+    row = await session.scalar(select(PersonaMember).where(
+        PersonaMember.persona_id == persona_id, PersonaMember.user_id == user_id))
+    if row is None:
+        raise NotFound(f"user {user_id} is not a member of the persona")
+    return row
+
+
+async def set_member_role(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,
+                          user_id: uuid.UUID, role: Role) -> MemberView:
+    await require_role(session, actor, persona_id, "owner", "manage its members")
+    member = await _member(session, persona_id, user_id)
+    before = member.role
+    if before != role:
+        member.role = role
+        await session.flush()
+        await record(session, "persona.member.role", user_id=actor.user_id,
+                     persona_id=persona_id, resource_type="persona", resource_id=persona_id,
+                     changes={"member": str(user_id), "before": before, "after": role})
+    return MemberView(member, await _username(session, actor, persona_id, user_id))
+
+
+async def remove_member(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,
+                        user_id: uuid.UUID) -> None:
+    """An owner removes anyone; any member may remove themself (leave)."""
+    if user_id == actor.user_id:
+        await get_persona(session, actor, persona_id)
+    else:
+        await require_role(session, actor, persona_id, "owner", "manage its members")
+    member = await _member(session, persona_id, user_id)
+    await session.delete(member)
+    await session.flush()
+    await record(session, "persona.member.remove", user_id=actor.user_id,
+                 persona_id=persona_id, resource_type="persona", resource_id=persona_id,
+                 changes={"member": str(user_id), "role": member.role,
+                          "left": user_id == actor.user_id})

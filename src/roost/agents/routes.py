@@ -1,0 +1,193 @@
+"""HTTP routes: /api/v1/personas (members, secrets) and /api/v1/agents.  Runs of an
+agent are in :mod:`roost.agents.run_routes`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, cast
+
+from fastapi import Query, Response, status
+
+from roost.agents import catalog, personas, secrets
+from roost.agents.schemas import (
+    AgentCreate,
+    AgentOut,
+    AgentUpdate,
+    MemberAdd,
+    MemberOut,
+    MemberRole,
+    MemberUpdate,
+    PersonaCreate,
+    PersonaOut,
+    PersonaUpdate,
+    SecretOut,
+    SecretSet,
+    SecretType,
+)
+from roost.http.auth import CurrentPrincipal
+from roost.http.deps import Cursor, DbSession, Limit
+from roost.http.routing import RoostRouter
+from roost.pagination import DEFAULT_LIMIT, Page
+from roost.tools.deps import ToolsEnvDep
+
+router = RoostRouter(prefix="/api/v1", tags=["agents"])
+
+
+def _member_out(view: personas.MemberView) -> MemberOut:
+    m = view.member
+    return MemberOut(persona_id=m.persona_id, user_id=m.user_id, username=view.username,
+                     role=cast(MemberRole, m.role), created_at=m.created_at)
+
+
+# --- personas -----------------------------------------------------------------------------
+
+
+@router.post("/personas", status_code=status.HTTP_201_CREATED, response_model=PersonaOut,
+             summary="Create a persona (you own it)")
+async def create_persona(body: PersonaCreate, principal: CurrentPrincipal,
+                         db: DbSession) -> PersonaOut:
+    return personas.persona_out(await personas.create_persona(db, principal, body))
+
+
+@router.get("/personas", response_model=Page[PersonaOut],
+            summary="Personas you own or are a member of, newest first")
+async def list_personas(
+    principal: CurrentPrincipal, db: DbSession, is_active: bool | None = None,
+    limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
+) -> Page[PersonaOut]:
+    views, next_cursor = await personas.list_personas(db, principal, is_active=is_active,
+                                                      limit=limit, cursor=cursor)
+    return Page[PersonaOut](items=[personas.persona_out(v) for v in views],
+                            next_cursor=next_cursor)
+
+
+@router.get("/personas/{persona_id}", response_model=PersonaOut)
+async def get_persona(persona_id: uuid.UUID, principal: CurrentPrincipal,
+                      db: DbSession) -> PersonaOut:
+    return personas.persona_out(await personas.get_persona(db, principal, persona_id))
+
+
+@router.patch("/personas/{persona_id}", response_model=PersonaOut,
+              summary="Change a persona (owners and editors)")
+async def update_persona(persona_id: uuid.UUID, body: PersonaUpdate,
+                         principal: CurrentPrincipal, db: DbSession) -> PersonaOut:
+    return personas.persona_out(await personas.update_persona(db, principal, persona_id, body))
+
+
+@router.delete("/personas/{persona_id}", status_code=status.HTTP_204_NO_CONTENT,
+               summary="Delete a persona with its members, secrets, agents and mail (owners)")
+async def delete_persona(persona_id: uuid.UUID, principal: CurrentPrincipal,
+                         db: DbSession) -> Response:
+    await personas.delete_persona(db, principal, persona_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- members ------------------------------------------------------------------------------
+
+
+@router.get("/personas/{persona_id}/members", response_model=list[MemberOut],
+            summary="The persona's members (its owner is owner_id)")
+async def list_members(persona_id: uuid.UUID, principal: CurrentPrincipal,
+                       db: DbSession) -> list[MemberOut]:
+    return [_member_out(v) for v in await personas.list_members(db, principal, persona_id)]
+
+
+@router.post("/personas/{persona_id}/members", status_code=status.HTTP_201_CREATED,
+             response_model=MemberOut, summary="Add a member by user id, username or e-mail "
+                                               "(owners)")
+async def add_member(persona_id: uuid.UUID, body: MemberAdd, principal: CurrentPrincipal,
+                     db: DbSession) -> MemberOut:
+    return _member_out(await personas.add_member(db, principal, persona_id, body))
+
+
+@router.patch("/personas/{persona_id}/members/{user_id}", response_model=MemberOut,
+              summary="Change a member's role (owners)")
+async def set_member_role(persona_id: uuid.UUID, user_id: uuid.UUID, body: MemberUpdate,
+                          principal: CurrentPrincipal, db: DbSession) -> MemberOut:
+    return _member_out(await personas.set_member_role(db, principal, persona_id, user_id,
+                                                      body.role))
+
+
+@router.delete("/personas/{persona_id}/members/{user_id}",
+               status_code=status.HTTP_204_NO_CONTENT,
+               summary="Remove a member (owners), or leave (yourself)")
+async def remove_member(persona_id: uuid.UUID, user_id: uuid.UUID,
+                        principal: CurrentPrincipal, db: DbSession) -> Response:
+    await personas.remove_member(db, principal, persona_id, user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- secrets ------------------------------------------------------------------------------
+
+
+@router.get("/personas/{persona_id}/secrets", response_model=list[SecretOut],
+            summary="The persona's secrets: types, names and times, never values "
+                    "(owners and editors)")
+async def list_secrets(
+    persona_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession,
+    secret_type: Annotated[SecretType | None, Query()] = None,
+) -> list[SecretOut]:
+    rows = await secrets.list_secrets(db, principal, persona_id, secret_type=secret_type)
+    return [SecretOut.model_validate(r) for r in rows]
+
+
+@router.put("/personas/{persona_id}/secrets", response_model=SecretOut,
+            summary="Set a secret (create or replace its value; owners and editors)")
+async def set_secret(persona_id: uuid.UUID, body: SecretSet, principal: CurrentPrincipal,
+                     db: DbSession, env: ToolsEnvDep) -> SecretOut:
+    row, _created = await secrets.set_secret(db, principal, env.box, persona_id, body)
+    return SecretOut.model_validate(row)
+
+
+@router.delete("/personas/{persona_id}/secrets/{secret_id}",
+               status_code=status.HTTP_204_NO_CONTENT,
+               summary="Delete a secret (owners and editors)")
+async def delete_secret(persona_id: uuid.UUID, secret_id: uuid.UUID,
+                        principal: CurrentPrincipal, db: DbSession) -> Response:
+    await secrets.delete_secret(db, principal, persona_id, secret_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- agents -------------------------------------------------------------------------------
+
+
+@router.post("/agents", status_code=status.HTTP_201_CREATED, response_model=AgentOut,
+             summary="Create an agent (you own it; optionally bound to a persona you edit)")
+async def create_agent(body: AgentCreate, principal: CurrentPrincipal,
+                       db: DbSession) -> AgentOut:
+    return catalog.agent_out(await catalog.create_agent(db, principal, body))
+
+
+@router.get("/agents", response_model=Page[AgentOut],
+            summary="Agents you can use: yours, your personas' and public ones, newest first")
+async def list_agents(
+    principal: CurrentPrincipal, db: DbSession, persona_id: uuid.UUID | None = None,
+    is_active: bool | None = None, is_public: bool | None = None,
+    mine: Annotated[bool | None, Query(description="true: only yours; false: only "
+                                                   "others'")] = None,
+    limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
+) -> Page[AgentOut]:
+    rows, next_cursor = await catalog.list_agents(
+        db, principal, persona_id=persona_id, is_active=is_active, is_public=is_public,
+        mine=mine, limit=limit, cursor=cursor)
+    return Page[AgentOut](items=[catalog.agent_out(a) for a in rows], next_cursor=next_cursor)
+
+
+@router.get("/agents/{agent_id}", response_model=AgentOut)
+async def get_agent(agent_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> AgentOut:
+    return catalog.agent_out(await catalog.get_agent(db, principal, agent_id))
+
+
+@router.patch("/agents/{agent_id}", response_model=AgentOut,
+              summary="Change an agent (its owner, its persona's owners and editors)")
+async def update_agent(agent_id: uuid.UUID, body: AgentUpdate, principal: CurrentPrincipal,
+                       db: DbSession) -> AgentOut:
+    return catalog.agent_out(await catalog.update_agent(db, principal, agent_id, body))
+
+
+@router.delete("/agents/{agent_id}", status_code=status.HTTP_204_NO_CONTENT,
+               summary="Delete an agent (its runs stay)")
+async def delete_agent(agent_id: uuid.UUID, principal: CurrentPrincipal,
+                       db: DbSession) -> Response:
+    await catalog.delete_agent(db, principal, agent_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

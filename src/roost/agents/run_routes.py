@@ -1,0 +1,240 @@
+"""HTTP routes of runs: start one (``POST /api/v1/agents/{id}/runs``), list, read, steps,
+cancel, and the live events (server-sent, resumable with ``Last-Event-ID``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+
+from roost.agents import catalog, events, runs
+from roost.agents.models import TERMINAL_RUN_STATUSES, Run
+from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate, RunOut, RunStepOut
+from roost.db.engine import Database
+from roost.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge, RoostError
+from roost.http.auth import CurrentPrincipal
+from roost.http.deps import Cursor, DbSession, Limit, get_database, get_settings_dep
+from roost.http.routing import RoostRouter
+from roost.identity.tenancy import apply_principal
+from roost.llm.deps import CallerPrincipal
+from roost.llm.openai_routes import ChatCompletionBody, ModelHandler
+from roost.llm.types import ChatMessage
+from roost.pagination import DEFAULT_LIMIT, Page
+from roost.principal import Principal
+
+router = RoostRouter(prefix="/api/v1", tags=["runs"])
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def trace_id_for(traceparent: str | None, run_hint: str) -> str:
+    """A W3C ``traceparent`` naming the run as a span of the caller's trace (from the
+    request's ``traceparent``) or of a new one; unique per run."""
+    match = _TRACEPARENT.match((traceparent or "").strip().lower())
+    trace = match.group(1) if match and match.group(1) != "0" * 32 else secrets.token_hex(16)
+    return f"00-{trace}-{run_hint}-01"
+
+
+@router.post("/agents/{agent_id}/runs", status_code=status.HTTP_202_ACCEPTED,
+             response_model=RunOut,
+             summary="Start a run of an agent (queued; follow it with /runs/{id}/events)")
+async def start_run(
+    agent_id: uuid.UUID, body: RunCreate, principal: CurrentPrincipal, db: DbSession,
+    traceparent: Annotated[str | None, Header(max_length=128)] = None,
+) -> RunOut:
+    agent = await catalog.get_agent(db, principal, agent_id)
+    run, _created = await runs.create_run(
+        db, principal, agent, body, trace_id=trace_id_for(traceparent, secrets.token_hex(8)))
+    return RunOut.model_validate(run)
+
+
+@router.get("/runs", response_model=Page[RunOut], summary="Runs you can see, newest first")
+async def list_runs(
+    principal: CurrentPrincipal, db: DbSession, agent_id: uuid.UUID | None = None,
+    persona_id: uuid.UUID | None = None,
+    status_: Annotated[Literal["pending", "running", "completed", "failed", "cancelled"] | None,
+                       Query(alias="status")] = None,
+    limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
+) -> Page[RunOut]:
+    rows, next_cursor = await runs.list_runs(db, principal, agent_id=agent_id, status=status_,
+                                             persona_id=persona_id, limit=limit, cursor=cursor)
+    return Page[RunOut](items=[RunOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/runs/{run_id}", response_model=RunOut)
+async def get_run(run_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> RunOut:
+    return RunOut.model_validate(await runs.get_run(db, principal, run_id))
+
+
+@router.get("/runs/{run_id}/steps", response_model=list[RunStepOut],
+            summary="The run's steps in order")
+async def list_steps(run_id: uuid.UUID, principal: CurrentPrincipal,
+                     db: DbSession) -> list[RunStepOut]:
+    return [RunStepOut.model_validate(s) for s in await runs.list_steps(db, principal, run_id)]
+
+
+@router.post("/runs/{run_id}/cancel", response_model=RunOut,
+             summary="Cancel a run: it, its open steps and tool runs close at once")
+async def cancel_run(run_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> RunOut:
+    return RunOut.model_validate(await runs.cancel_run(db, principal, run_id))
+
+
+@router.get("/runs/{run_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "step (started, finished) ... end"}},
+            summary="The run's steps as server-sent events, then its end")
+async def run_events(
+    run_id: uuid.UUID, request: Request, principal: CallerPrincipal,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
+) -> StreamingResponse:
+    database = get_database(request)
+    app_role = get_settings_dep(request).db_app_role
+    # Set by the domain's start-up; without it (an app whose start-up did not run),
+    # subscribers poll.
+    listener: events.RunListener = getattr(request.app.state, "run_listener", None) \
+        or events.RunListener(None)
+    async with database.transaction() as session:  # 404 before the stream starts
+        await apply_principal(session, principal, app_role=app_role)
+        await runs.get_run(session, principal, run_id)
+    cursor = events.parse_last_event_id(last_event_id)
+
+    async def frames() -> AsyncIterator[str]:
+        nonlocal cursor
+        async with listener.subscribe(run_id) as subscription:
+            while True:
+                async with database.transaction() as session:
+                    await apply_principal(session, principal, app_role=app_role)
+                    run = await runs.get_run(session, principal, run_id)
+                    steps = await runs.list_steps(session, principal, run_id,
+                                                  after=max(cursor[0] - 1, 0))
+                batch, cursor = events.step_frames(steps, cursor)
+                for frame in batch:
+                    yield frame
+                end = events.end_frame(run)
+                if end is not None:
+                    yield end
+                    return
+                woken = await subscription.wait()
+                for step, text in subscription.take_deltas():
+                    if (step, 0) == cursor:  # the step that is running, announced
+                        yield events.delta_frame(step, text)
+                if not woken:
+                    yield events.keepalive()
+
+    return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+# --- agents as models on the OpenAI-compatible API: model "agent:<slug>" ---------------
+
+
+def _run_input(messages: list[ChatMessage]) -> str:
+    """The run's input: the last user message alone, or the conversation as a transcript
+    when the client sends earlier turns (an agent run takes one text)."""
+    turns = [m for m in messages if m.role != "system"]
+    if len(turns) == 1:
+        return turns[0].text()
+    return "\n\n".join(f"{m.role}: {m.text()}" for m in turns if m.text())
+
+
+async def _wait_terminal(database: Database, principal: Principal, app_role: str,
+                         listener: events.RunListener, run_id: uuid.UUID,
+                         deadline_s: float) -> Run:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    async with listener.subscribe(run_id) as subscription:
+        while True:
+            async with database.transaction() as session:
+                await apply_principal(session, principal, app_role=app_role)
+                run = await runs.get_run(session, principal, run_id)
+            if run.status in TERMINAL_RUN_STATUSES or loop.time() >= deadline:
+                return run
+            await subscription.wait()
+
+
+def openai_agent_handler(app: FastAPI) -> ModelHandler:
+    """Answers ``/v1/chat/completions`` for ``model: "agent:<slug>"``: a run of the agent
+    (queued like any other, so a worker executes it), the answer its output."""
+
+    async def handle(principal: Principal, body: ChatCompletionBody) -> Response | dict[str, Any]:
+        database: Database = app.state.db
+        app_role: str = app.state.settings.db_app_role
+        listener: events.RunListener = getattr(app.state, "run_listener", None) \
+            or events.RunListener(None)
+        slug = body.model.partition(":")[2]
+        text = _run_input(body.messages)
+        if not text.strip():
+            raise BadRequest("the messages hold no text for the agent")
+        if len(text) > MAX_RUN_INPUT_CHARS:
+            raise PayloadTooLarge(f"the agent's input is {len(text)} characters; the limit "
+                                  f"is {MAX_RUN_INPUT_CHARS}")
+        async with database.transaction() as session:
+            await apply_principal(session, principal, app_role=app_role)
+            agent = await catalog.find_agent_by_slug(session, principal, slug)
+            run, _ = await runs.create_run(session, principal, agent, RunCreate(input=text),
+                                           trace_id=trace_id_for(None, secrets.token_hex(8)),
+                                           source="openai")
+        limit_s = float(run.config.get("timeout_s", 600)) + 30
+        created = int(time.time())
+        cid = f"chatcmpl-{run.id.hex}"
+
+        def answer(done: Run) -> tuple[str, dict[str, int]]:
+            if done.status != "completed":
+                raise BadGateway(f"the agent's run {done.id} ended {done.status}"
+                                 + (f": {done.error_message}" if done.error_message else ""))
+            usage = {"prompt_tokens": done.tokens_in, "completion_tokens": done.tokens_out,
+                     "total_tokens": done.tokens_in + done.tokens_out}
+            return done.output or "", usage
+
+        if not body.stream:
+            done = await _wait_terminal(database, principal, app_role, listener, run.id, limit_s)
+            if done.status not in TERMINAL_RUN_STATUSES:
+                raise GatewayTimeout(f"the agent's run {run.id} is still {done.status}; "
+                                     f"follow it at /api/v1/runs/{run.id}")
+            content, usage = answer(done)
+            return {"id": cid, "object": "chat.completion", "created": created,
+                    "model": body.model, "choices": [{
+                        "index": 0, "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop", "logprobs": None}],
+                    "usage": usage, "system_fingerprint": None,
+                    "roost": {"run_id": str(run.id), "stop_reason": done.stop_reason}}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+            frame = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                     "model": body.model, "choices": [{"index": 0, "delta": delta,
+                                                       "finish_reason": finish}]}
+            return f"data: {json.dumps(frame, separators=(',', ':'))}\n\n"
+
+        async def stream() -> AsyncIterator[str]:
+            yield chunk({"role": "assistant", "content": ""})
+            waiter = asyncio.ensure_future(
+                _wait_terminal(database, principal, app_role, listener, run.id, limit_s))
+            try:
+                while not waiter.done():  # keep proxies from closing a quiet stream
+                    await asyncio.wait({waiter}, timeout=events.KEEPALIVE_S)
+                    if not waiter.done():
+                        yield events.keepalive()
+                done = waiter.result()
+                content, _ = answer(done)
+            except RoostError as err:
+                payload = {"error": {"message": err.detail, "type": "api_error",
+                                     "param": None, "code": None}}
+                yield f"data: {json.dumps(payload)}\n\n"
+                return
+            finally:
+                waiter.cancel()
+            yield chunk({"content": content})
+            yield chunk({}, "stop")
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    return handle

@@ -1,0 +1,639 @@
+"""The agent loop: executes a run on the task queue, one committed step at a time.
+
+A run is a job (``agents.run``).  The worker calls :func:`execute`, which loops:
+
+1. the context: the persona's and the agent's instructions, chunks retrieved from the
+   agent's documents (a ``rag_retrieval`` step, once), the run's input, then every step
+   so far turned back into messages;
+2. a model call through the LLM gateway (``llm_call`` step) with the permitted tools in
+   OpenAI's tool-calling form;
+3. each tool call the model asked for, through the tool registry (``tool_call`` steps,
+   each with its ``tool_runs`` row and audit record);
+4. again, until the model answers without tool calls (``final``) or a limit stops it:
+   ``max_steps`` (model calls), ``budget`` (tokens or credits), ``timeout`` (wall time
+   since the run started), ``cancelled``.
+
+**Durability.**  Every step is committed as ``running`` before its call starts and
+finished (``completed``/``failed``) in the transaction that records its result, with the
+run's totals.  A worker killed mid-run leaves its job's lease to expire; the queue gives
+the job to another worker, whose :func:`execute` rebuilds the conversation from the
+committed steps and goes on: a completed step is never repeated.  A step left
+``running`` by the dead worker is an ``llm_call`` (marked ``interrupted`` and asked
+again: a model call has no side effects) or a ``tool_call``, retried in place only when
+the tool is idempotent (MCP ``idempotentHint``/``readOnlyHint``, or a built-in) and
+otherwise marked ``interrupted`` and given to the model as that tool's error.  A run
+whose job is out of retries is failed by the job itself or, when its last worker died,
+by the periodic sweep (:func:`roost.agents.jobs.sweep_runs`): no run stays ``running``.
+
+**Cancellation.**  ``roost.agents.runs.cancel_run`` closes the run in one transaction;
+the loop checks the run's status between steps and, while a call is in flight, once a
+second (:func:`_watch_cancel`), and stops.  Nothing it finishes afterwards changes a
+cancelled run (every write is conditional on ``status = 'running'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Final
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.agents.models import Agent, Persona, Run, RunStep
+from roost.agents.runs import notify
+from roost.agents.schemas import AgentConfig
+from roost.audit.service import record
+from roost.db.base import utcnow, uuid7
+from roost.db.engine import Database
+from roost.errors import RoostError
+from roost.identity.models import UserGroupMembership
+from roost.identity.tenancy import apply_principal
+from roost.knowledge.config import KnowledgeConfig
+from roost.knowledge.schemas import SearchRequest
+from roost.knowledge.search import search as knowledge_search
+from roost.llm import calls, routing
+from roost.llm.gateway import LLMGateway
+from roost.llm.orchestration import Attempt
+from roost.llm.records import CallOutcome
+from roost.llm.types import ChatMessage, ChatRequest, ChatResult, ToolCall
+from roost.principal import Principal
+from roost.security.crypto import SecretBox
+from roost.tools import calls as tool_calls
+from roost.tools.config import ToolsConfig
+from roost.tools.models import Tool, ToolDependency
+
+log = structlog.get_logger(__name__)
+
+REQUEST_TYPE: Final = "agent_step"
+CANCEL_POLL_S: Final = 1.0
+MAX_TOOL_RESULT_CHARS: Final = 16_000  # a tool's output as the model sees it
+DELTA_FLUSH_S: Final = 0.1  # streamed model text goes to listeners at most this often
+DELTA_MAX_CHARS: Final = 1500  # NOTIFY payloads stop at 8000 bytes (4 bytes a character)
+_FUNCTION_NAME = re.compile(r"[^A-Za-z0-9_-]")
+
+
+@dataclass(frozen=True)
+class RunEnv:
+    """What the loop needs from its process: the database, the LLM gateway, the tools'
+    settings and secret box, the knowledge settings (retrieval, the search tool)."""
+
+    database: Database
+    gateway: LLMGateway
+    tools: ToolsConfig
+    box: SecretBox
+    knowledge: KnowledgeConfig | None
+    # Built-in tools this domain implements (send_email: roost.agents.mail.builtin_tools).
+    hosted: Mapping[uuid.UUID, tool_calls.HostedBuiltin] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Offered:
+    """A tool offered to the model under ``function`` (OpenAI's function-name rules)."""
+
+    tool_id: uuid.UUID
+    name: str
+    function: str
+    description: str
+    schema: dict[str, Any]
+    idempotent: bool
+
+
+@dataclass
+class _State:
+    run: Run
+    agent: Agent | None
+    persona: Persona | None
+    principal: Principal
+    config: AgentConfig
+    steps: list[RunStep] = field(default_factory=list)
+    tools: dict[str, Offered] = field(default_factory=dict)
+
+    @property
+    def next_number(self) -> int:
+        return max((s.step_number for s in self.steps), default=0) + 1
+
+
+class _Stop(Exception):  # control flow: the run stops for this reason
+    def __init__(self, reason: str, status: str = "completed", error: str | None = None):
+        super().__init__(reason)
+        self.reason, self.status, self.error = reason, status, error
+
+
+class _Cancelled(Exception):  # control flow: the run was cancelled meanwhile
+    pass
+
+
+# --- transactions -------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _scoped(env: RunEnv, principal: Principal) -> AsyncIterator[AsyncSession]:
+    async with env.database.transaction() as session:
+        await apply_principal(session, principal, app_role=env.tools.app_role)
+        yield session
+
+
+async def _load(env: RunEnv, run_id: uuid.UUID) -> _State | None:
+    """The run, its agent and persona, its steps and the runner's principal (as the
+    system: the run's row decides whose scope the rest runs in)."""
+    async with env.database.transaction() as session:
+        run = await session.get(Run, run_id)
+        if run is None:
+            return None
+        agent = await session.get(Agent, run.agent_id) if run.agent_id else None
+        persona = await session.get(Persona, run.persona_id) if run.persona_id else None
+        groups = frozenset((await session.scalars(
+            select(UserGroupMembership.group_id)
+            .where(UserGroupMembership.user_id == run.user_id))).all())
+        steps = list((await session.scalars(
+            select(RunStep).where(RunStep.run_id == run_id).order_by(RunStep.step_number))).all())
+    principal = Principal(user_id=run.user_id, is_admin=False, kind="job", group_ids=groups)
+    config = AgentConfig.model_validate(run.config or {})
+    return _State(run=run, agent=agent, persona=persona, principal=principal, config=config,
+                  steps=steps)
+
+
+async def _run_is_open(session: AsyncSession, run_id: uuid.UUID) -> bool:
+    status = await session.scalar(select(Run.status).where(Run.id == run_id).with_for_update())
+    return status in ("pending", "running")
+
+
+# --- the tools offered --------------------------------------------------------------------
+
+
+def _idempotent(tool: Tool) -> bool:
+    """Safe to call again after a crash cut it off: the tool says so (MCP annotations), or
+    it is a built-in that does not say otherwise (they read; send_email says it is not)."""
+    hints = tool.annotations or {}
+    if "idempotentHint" in hints:
+        return bool(hints["idempotentHint"]) or bool(hints.get("readOnlyHint"))
+    return bool(hints.get("readOnlyHint")) or tool.kind == "builtin"
+
+
+async def _offered_tools(session: AsyncSession, state: _State) -> dict[str, Offered]:
+    """The agent's permitted tools (ids or names) the runner may use, with the tools they
+    require (``tool_dependencies``), keyed by the function name the model sees."""
+    wanted = [str(t) for t in (state.agent.tool_permissions if state.agent else [])]
+    if not wanted:
+        return {}
+    ids = {uuid.UUID(w) for w in wanted if _is_uuid(w)}
+    names = {w for w in wanted if not _is_uuid(w)}
+    # In the runner's scope: a tool the runner may not use is never offered.
+    rows = list((await session.scalars(
+        select(Tool).where(Tool.enabled, Tool.available,
+                           Tool.id.in_(ids) | Tool.name.in_(names))
+        .order_by(Tool.created_at, Tool.id))).all())
+    seen = {t.id for t in rows}
+    frontier = list(seen)
+    while frontier:  # the tools they require, transitively (the graph has no cycles)
+        required = list((await session.scalars(
+            select(Tool).join(ToolDependency, ToolDependency.depends_on_tool_id == Tool.id)
+            .where(ToolDependency.tool_id.in_(frontier),
+                   ToolDependency.dependency_type == "requires",
+                   Tool.enabled, Tool.available))).all())
+        frontier = [t.id for t in required if t.id not in seen]
+        seen.update(frontier)
+        rows.extend(t for t in required if t.id in frontier)
+    offered: dict[str, Offered] = {}
+    for tool in rows:
+        base = _FUNCTION_NAME.sub("_", tool.name)[:60] or "tool"
+        function, n = base, 2
+        while function in offered:
+            function, n = f"{base[:57]}_{n}", n + 1
+        offered[function] = Offered(
+            tool_id=tool.id, name=tool.name, function=function,
+            description=(tool.description or tool.title or tool.name)[:1024],
+            schema=tool.input_schema or {"type": "object"}, idempotent=_idempotent(tool))
+    return offered
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _tool_specs(tools: dict[str, Offered]) -> list[dict[str, Any]] | None:
+    if not tools:
+        return None
+    return [{"type": "function",
+             "function": {"name": t.function, "description": t.description,
+                          "parameters": t.schema}} for t in tools.values()]
+
+
+# --- the conversation, rebuilt from the steps --------------------------------------------
+
+
+def _system_prompt(state: _State) -> str:
+    persona_prompt = (state.persona.system_prompt or "").strip() if state.persona else ""
+    agent_prompt = (state.agent.system_prompt or "").strip() if state.agent else ""
+    parts = [agent_prompt] if state.config.replace_persona_prompt else [persona_prompt,
+                                                                        agent_prompt]
+    retrieved = next((s for s in state.steps if s.step_type == "rag_retrieval"
+                      and s.status == "completed"), None)
+    if retrieved is not None and (retrieved.output or {}).get("results"):
+        passages = "\n\n".join(
+            f"[{i}] {r['content']}" for i, r in enumerate(retrieved.output["results"], 1))  # type: ignore[index]
+        parts.append("Passages from your documents that may help:\n\n" + passages)
+    return "\n\n".join(p for p in parts if p)
+
+
+def _tool_message(step: RunStep) -> ChatMessage:
+    if step.status == "completed":
+        content = _result_text(step.output or {})
+    else:
+        content = json.dumps({"error": step.error or step.status}, ensure_ascii=False)
+    return ChatMessage(role="tool", tool_call_id=step.tool_call_id,
+                       content=content[:MAX_TOOL_RESULT_CHARS])
+
+
+def _result_text(output: dict[str, Any]) -> str:
+    texts = [c.get("text", "") for c in output.get("content", []) if isinstance(c, dict)
+             and c.get("type") == "text"]
+    if texts and not output.get("structuredContent"):
+        return "\n".join(texts)
+    return json.dumps(output.get("structuredContent", output), ensure_ascii=False, default=str)
+
+
+def _messages(state: _State) -> list[ChatMessage]:
+    messages = [ChatMessage(role="user", content=state.run.input)]
+    system = _system_prompt(state)
+    if system:
+        messages.insert(0, ChatMessage(role="system", content=system))
+    for step in state.steps:
+        if step.step_type == "llm_call" and step.status == "completed":
+            out = step.output or {}
+            calls_ = [ToolCall(**c) for c in out.get("tool_calls", [])]
+            messages.append(ChatMessage(role="assistant", content=out.get("content") or None,
+                                        tool_calls=calls_ or None))
+        elif step.step_type == "tool_call" and step.status in ("completed", "failed",
+                                                               "interrupted"):
+            messages.append(_tool_message(step))
+    return messages
+
+
+def _pending_tool_calls(state: _State) -> list[ToolCall]:
+    """Tool calls of the last completed model step that have no finished step yet."""
+    last = next((s for s in reversed(state.steps)
+                 if s.step_type == "llm_call" and s.status == "completed"), None)
+    if last is None:
+        return []
+    done = {s.tool_call_id for s in state.steps
+            if s.step_type == "tool_call" and s.step_number > last.step_number}
+    return [ToolCall(**c) for c in (last.output or {}).get("tool_calls", [])
+            if c.get("id") not in done]
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+async def _start_step(env: RunEnv, state: _State, **values: Any) -> RunStep:
+    """Commit a ``running`` step (and ``running`` run) before its call starts."""
+    async with _scoped(env, state.principal) as session:
+        if not await _run_is_open(session, state.run.id):
+            raise _Cancelled
+        step = RunStep(id=uuid7(), run_id=state.run.id, user_id=state.run.user_id,
+                       persona_id=state.run.persona_id, step_number=state.next_number,
+                       status="running", started_at=utcnow(), **values)
+        session.add(step)
+        await session.execute(update(Run).where(Run.id == state.run.id).values(
+            status="running", updated_at=utcnow(), steps_count=step.step_number))
+        await notify(session, state.run.id, f"step:{step.step_number}:running")
+    state.steps.append(step)
+    return step
+
+
+async def _finish_step(
+    session: AsyncSession, state: _State, step: RunStep, *, status: str,
+    output: dict[str, Any] | None = None, error: str | None = None, tokens_in: int = 0,
+    tokens_out: int = 0, cost: Decimal = Decimal(0), **values: Any,
+) -> None:
+    """In the caller's transaction: the step's result and the run's totals (only while
+    the step is still running: a cancelled run keeps what cancelling wrote)."""
+    now = utcnow()
+    started = step.started_at or now
+    changed = (await session.execute(
+        update(RunStep).where(RunStep.id == step.id, RunStep.status == "running")
+        .values(status=status, output=output, error=error, tokens_in=tokens_in,
+                tokens_out=tokens_out, cost=cost, finished_at=now,
+                duration_ms=int((now - started).total_seconds() * 1000), **values)
+        .returning(RunStep.id))).first()
+    if changed is None:
+        raise _Cancelled
+    await session.execute(update(Run).where(Run.id == state.run.id).values(
+        tokens_in=Run.tokens_in + tokens_in, tokens_out=Run.tokens_out + tokens_out,
+        cost=Run.cost + cost, updated_at=now))
+    await notify(session, state.run.id, f"step:{step.step_number}:{status}")
+    step.status, step.output, step.error = status, output, error
+    step.tokens_in, step.tokens_out, step.cost = tokens_in, tokens_out, cost
+    state.run.tokens_in += tokens_in
+    state.run.tokens_out += tokens_out
+    state.run.cost += cost
+
+
+async def _recover(env: RunEnv, state: _State) -> list[RunStep]:
+    """Steps a dead worker left ``running``: model calls are interrupted (asked again),
+    tool calls retried in place when idempotent, else interrupted.  Returns the tool
+    steps to retry."""
+    retry: list[RunStep] = []
+    for step in [s for s in state.steps if s.status == "running"]:
+        offered = next((t for t in state.tools.values() if t.tool_id == step.tool_id), None)
+        if step.step_type == "tool_call" and offered is not None and offered.idempotent:
+            retry.append(step)
+            continue
+        reason = ("interrupted: the worker stopped during this call"
+                  + ("; not retried because the tool is not marked idempotent"
+                     if step.step_type == "tool_call" else ""))
+        async with _scoped(env, state.principal) as session:
+            await _finish_step(session, state, step, status="interrupted", error=reason)
+            await record(session, "agent.step.interrupt", user_id=state.run.user_id,
+                         resource_type="run", resource_id=state.run.id,
+                         trace_id=state.run.trace_id,
+                         metadata={"step_number": step.step_number, "type": step.step_type})
+    return retry
+
+
+# --- cancellation while a call is in flight ---------------------------------------------
+
+
+async def _watch_cancel(env: RunEnv, run_id: uuid.UUID, task: asyncio.Task[Any]) -> None:
+    while not task.done():
+        await asyncio.sleep(CANCEL_POLL_S)
+        async with env.database.transaction() as session:
+            status = await session.scalar(select(Run.status).where(Run.id == run_id))
+        if status not in ("pending", "running"):
+            task.cancel()
+            return
+
+
+async def _guarded(env: RunEnv, state: _State, coro: Any) -> Any:
+    """Run one call bounded by the run's remaining time, cancelled with the run."""
+    remaining = state.config.timeout_s - _elapsed_s(state)
+    if remaining <= 0:
+        coro.close()
+        raise _Stop("timeout")
+    task = asyncio.ensure_future(coro)
+    watcher = asyncio.ensure_future(_watch_cancel(env, state.run.id, task))
+    try:
+        async with asyncio.timeout(remaining):
+            return await task
+    except TimeoutError:
+        raise _Stop("timeout") from None
+    except asyncio.CancelledError:
+        # The watcher cancelled the call because the run was cancelled; anything else
+        # (the job itself cancelled: shutdown, its own timeout) goes on up.
+        if task.cancelled() and watcher.done() and not watcher.cancelled():
+            raise _Cancelled from None
+        raise
+    finally:
+        watcher.cancel()
+        with suppress(asyncio.CancelledError):
+            await watcher
+
+
+def _elapsed_s(state: _State) -> float:
+    started = state.run.started_at or utcnow()
+    return (utcnow() - started).total_seconds()
+
+
+# --- the loop -----------------------------------------------------------------------------
+
+
+def _check_limits(state: _State) -> None:
+    cfg = state.config
+    model_steps = sum(1 for s in state.steps if s.step_type == "llm_call"
+                      and s.status == "completed")
+    if model_steps >= cfg.max_steps:
+        raise _Stop("max_steps")
+    if cfg.max_tokens is not None and state.run.tokens_in + state.run.tokens_out >= cfg.max_tokens:
+        raise _Stop("budget")
+    if cfg.max_cost is not None and state.run.cost >= Decimal(str(cfg.max_cost)):
+        raise _Stop("budget")
+    if _elapsed_s(state) >= cfg.timeout_s:
+        raise _Stop("timeout")
+
+
+async def _retrieve(env: RunEnv, state: _State) -> None:
+    """Once per run: the agent's documents' best chunks for the input, as a step."""
+    ids = [uuid.UUID(str(d)) for d in (state.agent.document_ids if state.agent else [])]
+    if not ids or state.config.retrieval_k == 0 or env.knowledge is None \
+            or any(s.step_type == "rag_retrieval" for s in state.steps):
+        return
+    request = SearchRequest(query=state.run.input[:2000], k=state.config.retrieval_k,
+                            document_ids=ids)
+    step = await _start_step(env, state, step_type="rag_retrieval",
+                             input={"query": request.query, "k": request.k,
+                                    "document_ids": [str(i) for i in ids]})
+    knowledge = env.knowledge
+    try:
+        async with _scoped(env, state.principal) as session:
+            found = await _guarded(env, state, knowledge_search(session, state.principal,
+                                                                knowledge, request))
+        output = {"results": [{"document_id": str(h.document_id), "chunk_index": h.chunk_index,
+                               "content": h.content, "score": h.score} for h in found.results]}
+        status, error = "completed", None
+    except RoostError as exc:
+        output, status, error = None, "failed", exc.detail
+    async with _scoped(env, state.principal) as session:
+        await _finish_step(session, state, step, status=status, output=output, error=error)
+
+
+async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
+    """One model call as a step; returns its tool calls (none: the final answer)."""
+    agent = state.agent
+    model = (agent.preferred_model if agent else None) or \
+        (state.persona.default_model if state.persona else None)
+    chat = ChatRequest(messages=_messages(state), tools=_tool_specs(state.tools),
+                       temperature=state.config.temperature,
+                       max_tokens=state.config.max_output_tokens)
+    number = state.next_number
+    async with _scoped(env, state.principal) as session:
+        if not await _run_is_open(session, state.run.id):
+            raise _Cancelled
+        route = await routing.resolve_route(session, env.gateway, model)
+        step = RunStep(id=uuid7(), run_id=state.run.id, user_id=state.run.user_id,
+                       persona_id=state.run.persona_id, step_number=number,
+                       step_type="llm_call", status="running", started_at=utcnow(),
+                       input={"model": model, "messages": len(chat.messages),
+                              "tools": sorted(state.tools)})
+        session.add(step)
+        await session.flush()
+        call = await calls.add_request(session, env.gateway, state.principal, chat, route,
+                                       request_type=REQUEST_TYPE)
+        step.llm_request_id = call.request_id
+        await session.execute(update(Run).where(Run.id == state.run.id).values(
+            status="running", updated_at=utcnow(), steps_count=number))
+        await notify(session, state.run.id, f"step:{number}:running")
+    state.steps.append(step)
+
+    async def save(session: AsyncSession, outcome: CallOutcome) -> ChatResult:
+        result = outcome.result
+        usage = outcome.usage
+        if usage is not None:  # the usage row is the run's and the agent's
+            usage.run_id, usage.agent_id = state.run.id, state.run.agent_id
+        output = {"content": result.content,
+                  "tool_calls": [c.model_dump() for c in result.tool_calls],
+                  "finish_reason": result.finish_reason, "model": result.model}
+        await _finish_step(session, state, step, status="completed", output=output,
+                           tokens_in=result.tokens_in, tokens_out=result.tokens_out,
+                           cost=Decimal(usage.credits_used if usage else 0))
+        await record(session, "agent.step.complete", user_id=state.run.user_id,
+                     resource_type="run", resource_id=state.run.id, trace_id=state.run.trace_id,
+                     metadata={"step_number": number, "type": "llm_call",
+                               "llm_request_id": str(outcome.request_id),
+                               "tool_calls": len(result.tool_calls)})
+        return result
+
+    async def failed(session: AsyncSession, message: str, attempts: Sequence[Attempt]) -> None:
+        with suppress(_Cancelled):
+            await _finish_step(session, state, step, status="failed", error=message[:4000])
+        await record(session, "agent.step.fail", user_id=state.run.user_id, category="error",
+                     resource_type="run", resource_id=state.run.id, trace_id=state.run.trace_id,
+                     success=False, error_message=message[:1000],
+                     metadata={"step_number": number, "type": "llm_call"})
+
+    async def streamed() -> ChatResult:
+        stream = await calls.open_stream(env.gateway, call, on_success=save, on_failure=failed)
+        pending, flushed_at = "", time.monotonic()
+        async with stream:
+            async for chunk in stream.chunks():
+                pending += chunk.delta or ""
+                if pending and time.monotonic() - flushed_at >= DELTA_FLUSH_S:
+                    await _send_delta(env, state.run.id, number, pending)
+                    pending, flushed_at = "", time.monotonic()
+            if pending:  # before the step is recorded finished (listeners stop there)
+                await _send_delta(env, state.run.id, number, pending)
+        saved: ChatResult | None = stream.saved
+        assert saved is not None
+        return saved
+
+    try:
+        result = await _guarded(env, state, streamed())
+    except RoostError as exc:
+        raise _Stop("error", status="failed",
+                    error=f"the model call of step {number} failed: {exc.detail}") from None
+    return list(result.tool_calls)
+
+
+async def _send_delta(env: RunEnv, run_id: uuid.UUID, number: int, text: str) -> None:
+    """The model's text so far to the run's event listeners (a notification, not a row:
+    the finished step stores the whole text).  Split to fit NOTIFY's payload limit."""
+    for start in range(0, len(text), DELTA_MAX_CHARS):
+        async with env.database.transaction() as session:
+            await notify(session, run_id, f"delta:{number}:{text[start:start + DELTA_MAX_CHARS]}")
+
+
+async def _tool_step(env: RunEnv, state: _State, call: ToolCall,
+                     step: RunStep | None = None) -> None:
+    """One tool call as a step.  A call the model got wrong (an unknown or unpermitted
+    tool, arguments that are not a JSON object) is a failed step the model is told of."""
+    offered = state.tools.get(call.name)
+    if step is None:
+        step = await _start_step(
+            env, state, step_type="tool_call", tool_id=offered.tool_id if offered else None,
+            tool_name=offered.name if offered else call.name[:256], tool_call_id=call.id,
+            input={"function": call.name, "arguments": call.arguments[:MAX_TOOL_RESULT_CHARS]})
+    problem: str | None = None
+    arguments: dict[str, Any] = {}
+    if offered is None:
+        problem = (f"unknown tool {call.name!r}: this agent may call "
+                   f"{', '.join(sorted(state.tools)) or 'no tools'}")
+    else:
+        try:
+            parsed = json.loads(call.arguments or "{}")
+        except json.JSONDecodeError as exc:
+            parsed, problem = None, f"the arguments are not valid JSON: {exc.msg} at {exc.pos}"
+        if parsed is not None and not isinstance(parsed, dict):
+            problem = "the arguments must be a JSON object"
+        arguments = parsed if isinstance(parsed, dict) else {}
+    output: dict[str, Any] | None = None
+    tool_run_id: uuid.UUID | None = None
+    if problem is None and offered is not None:
+        try:
+            tool_run = await _guarded(env, state, tool_calls.call_tool(
+                env.database, state.principal, env.tools, env.box, tool_id=offered.tool_id,
+                arguments=arguments, trace_id=state.run.trace_id, knowledge=env.knowledge,
+                run_id=state.run.id, run_step_id=step.id, hosted=env.hosted))
+            output, tool_run_id = tool_run.output, tool_run.id
+        except RoostError as exc:
+            problem = exc.detail
+            raw = exc.extra.get("tool_run_id")
+            tool_run_id = uuid.UUID(raw) if isinstance(raw, str) else None
+    status = "completed" if problem is None else "failed"
+    async with _scoped(env, state.principal) as session:
+        await _finish_step(session, state, step, status=status, output=output, error=problem,
+                           tool_run_id=tool_run_id)
+
+
+async def _finish_run(env: RunEnv, state: _State, stop: _Stop) -> str:
+    """The run's terminal state (unless it was cancelled meanwhile)."""
+    last = next((s for s in reversed(state.steps) if s.step_type == "llm_call"
+                 and s.status == "completed"), None)
+    output = ((last.output or {}).get("content") or None) if last is not None else None
+    async with _scoped(env, state.principal) as session:
+        changed = (await session.execute(
+            update(Run).where(Run.id == state.run.id, Run.status.in_(("pending", "running")))
+            .values(status=stop.status, stop_reason=stop.reason, output=output,
+                    error_message=stop.error, completed_at=utcnow(), updated_at=utcnow())
+            .returning(Run.id))).first()
+        if changed is None:
+            return "cancelled"
+        await record(session, f"agent.run.{'complete' if stop.status == 'completed' else 'fail'}",
+                     user_id=state.run.user_id, resource_type="run", resource_id=state.run.id,
+                     trace_id=state.run.trace_id, success=stop.status == "completed",
+                     error_message=stop.error,
+                     metadata={"stop_reason": stop.reason, "steps": len(state.steps),
+                               "tokens": state.run.tokens_in + state.run.tokens_out})
+        await notify(session, state.run.id, f"end:{stop.status}")
+    return stop.status
+
+
+async def execute(env: RunEnv, run_id: uuid.UUID) -> str:
+    """Run (or resume) the run to a terminal state; returns that state.  Exceptions other
+    than the run's own outcomes propagate, so the queue retries the job (and the next
+    attempt resumes from the committed steps)."""
+    state = await _load(env, run_id)
+    if state is None or state.run.status not in ("pending", "running"):
+        return state.run.status if state else "missing"
+    started = time.perf_counter()
+    async with _scoped(env, state.principal) as session:
+        await session.execute(update(Run).where(
+            Run.id == run_id, Run.status.in_(("pending", "running"))).values(
+            status="running", started_at=state.run.started_at or utcnow(), updated_at=utcnow()))
+        if state.run.started_at is None:
+            await notify(session, run_id, "started")
+        state.tools = await _offered_tools(session, state)
+    if state.run.started_at is None:
+        state.run.started_at = utcnow()
+    try:
+        for step in await _recover(env, state):  # idempotent tool calls, again in place
+            given = step.input or {}
+            await _tool_step(env, state, ToolCall(
+                id=step.tool_call_id or "", name=str(given.get("function", "")),
+                arguments=str(given.get("arguments", "{}"))), step=step)
+        await _retrieve(env, state)
+        while True:
+            for call in _pending_tool_calls(state):
+                await _tool_step(env, state, call)
+            _check_limits(state)
+            if not await _model_step(env, state):
+                raise _Stop("final")
+    except _Stop as stop:
+        outcome = await _finish_run(env, state, stop)
+    except _Cancelled:
+        outcome = "cancelled"
+    log.info("agents.run_finished", run_id=str(run_id), outcome=outcome,
+             steps=len(state.steps), seconds=round(time.perf_counter() - started, 3))
+    return outcome
+

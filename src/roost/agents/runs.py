@@ -1,0 +1,130 @@
+"""Runs: create one (enqueued on the task queue, idempotent per key), list, read, read its
+steps, cancel.  The loop that executes a run is :mod:`roost.agents.runner`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Final
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.agents.catalog import require_active
+from roost.agents.models import TERMINAL_RUN_STATUSES, Agent, Run, RunStep
+from roost.agents.schemas import AgentConfig, RunCreate
+from roost.audit.service import record
+from roost.db.base import utcnow, uuid7
+from roost.errors import Conflict, NotFound
+from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
+from roost.principal import Principal
+from roost.tasks.service import enqueue
+from roost.tools.models import ToolRun
+
+RUN_TASK: Final = "agents.run"
+EVENTS_CHANNEL: Final = "roost_runs"
+
+
+class RunFinished(Conflict):
+    title, type_slug = "Run already finished", "run-finished"
+
+
+def effective_config(agent: Agent) -> dict[str, Any]:
+    """The agent's config with every default filled in (what the run keeps)."""
+    return AgentConfig.model_validate(agent.config or {}).model_dump(mode="json")
+
+
+async def notify(session: AsyncSession, run_id: uuid.UUID, what: str) -> None:
+    """Tell listeners (``GET /runs/{id}/events``) that the run changed; sent on commit."""
+    await session.execute(select(func.pg_notify(EVENTS_CHANNEL, f"{run_id}:{what}")))
+
+
+async def create_run(
+    session: AsyncSession, actor: Principal, agent: Agent, body: RunCreate, *,
+    trace_id: str | None = None, source: str = "api",
+) -> tuple[Run, bool]:
+    """A pending run and its job, in the caller's transaction.  With an idempotency key
+    already used by this user, the existing run (``created`` false)."""
+    require_active(agent)
+    assert actor.user_id is not None, "runs are a user's: the operator token cannot start one"
+    run_id = uuid7()
+    trace = trace_id or f"run-{run_id}"
+    values = dict(
+        id=run_id, agent_id=agent.id, persona_id=agent.persona_id, user_id=actor.user_id,
+        trace_id=trace, idempotency_key=body.idempotency_key,
+        status="pending", input=body.input, source=source, config=effective_config(agent),
+        created_at=utcnow(), updated_at=utcnow(),
+    )
+    stmt = pg_insert(Run).values(**values)
+    if body.idempotency_key is not None:
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=[Run.user_id, Run.idempotency_key],
+            index_where=Run.idempotency_key.is_not(None))
+    inserted = await session.scalar(stmt.returning(Run.id))
+    if inserted is None:  # the key was used: the first run is the answer
+        existing = await session.scalar(select(Run).where(
+            Run.user_id == actor.user_id, Run.idempotency_key == body.idempotency_key))
+        if existing is None:
+            raise NotFound("the run with this idempotency key is not visible")
+        return existing, False
+    job = await enqueue(session, RUN_TASK, {"run_id": str(run_id)})
+    await session.execute(update(Run).where(Run.id == run_id).values(task_id=job.id))
+    await record(session, "agent.run.create", user_id=actor.user_id, resource_type="run",
+                 resource_id=run_id, trace_id=trace,
+                 metadata={"agent_id": str(agent.id), "source": source, "task_id": str(job.id)})
+    await notify(session, run_id, "created")
+    run = await session.get(Run, run_id, populate_existing=True)
+    assert run is not None
+    return run, True
+
+
+async def get_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID) -> Run:
+    run = await session.get(Run, run_id, populate_existing=True)
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist")
+    return run
+
+
+async def list_runs(
+    session: AsyncSession, actor: Principal, *, agent_id: uuid.UUID | None = None,
+    status: str | None = None, persona_id: uuid.UUID | None = None,
+    limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+) -> tuple[list[Run], str | None]:
+    """Newest first; the runs row-level security lets the actor see."""
+    stmt = where_equal(select(Run), (Run.agent_id, agent_id), (Run.status, status),
+                       (Run.persona_id, persona_id))
+    return await newest_first(session, stmt, Run.created_at, Run.id, limit=limit, cursor=cursor)
+
+
+async def list_steps(
+    session: AsyncSession, actor: Principal, run_id: uuid.UUID, *, after: int = 0,
+) -> list[RunStep]:
+    """The run's steps in order (those numbered after ``after``)."""
+    await get_run(session, actor, run_id)
+    return list((await session.scalars(
+        select(RunStep).where(RunStep.run_id == run_id, RunStep.step_number > after)
+        .order_by(RunStep.step_number))).all())
+
+
+async def cancel_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID) -> Run:
+    """Close the run, its open steps and their tool runs in one transaction.  The worker
+    executing it sees the run cancelled and stops (within a second)."""
+    run = await get_run(session, actor, run_id)
+    if run.status in TERMINAL_RUN_STATUSES:
+        raise RunFinished(f"run {run_id} is already {run.status}")
+    now = utcnow()
+    await session.execute(update(Run).where(Run.id == run_id).values(
+        status="cancelled", stop_reason="cancelled", cancel_requested_at=now, completed_at=now,
+        updated_at=now, error_message=None))
+    open_steps = (await session.scalars(
+        update(RunStep).where(RunStep.run_id == run_id, RunStep.status == "running")
+        .values(status="cancelled", finished_at=now, error="cancelled")
+        .returning(RunStep.id))).all()
+    await session.execute(
+        update(ToolRun).where(ToolRun.run_id == run_id, ToolRun.status == "running")
+        .values(status="error", error="cancelled with its run", finished_at=now))
+    await record(session, "agent.run.cancel", user_id=actor.user_id, resource_type="run",
+                 resource_id=run_id, trace_id=run.trace_id,
+                 metadata={"open_steps_closed": len(open_steps)})
+    await notify(session, run_id, "cancelled")
+    return await get_run(session, actor, run_id)

@@ -1,0 +1,302 @@
+"""Request bodies and answers of the agents API: personas, members, secrets, agents, runs.
+
+Secrets go in, never out: answers name a secret (type and key name), never its value.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from roost.inputs import StrictInput
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,99}$"
+MAX_RUN_INPUT_CHARS = 100_000
+
+
+class AgentConfig(StrictInput):
+    """An agent's limits and sampling; a run keeps a copy of them as they were."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = Field(default=10, ge=1, le=200,
+                           description="Model calls a run may make before it stops (max_steps)")
+    max_tokens: int | None = Field(default=None, ge=1, le=10_000_000,
+                                   description="Tokens (in + out, all steps) before it stops "
+                                               "(budget)")
+    max_cost: float | None = Field(default=None, ge=0, le=1_000_000,
+                                   description="Credits (usage_records.credits_used, all steps) "
+                                               "before it stops (budget)")
+    timeout_s: float = Field(default=600, gt=0, le=86_400,
+                             description="Wall time from the run's start before it stops "
+                                         "(timeout)")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=200_000,
+                                          description="max_tokens of each model call")
+    retrieval_k: int = Field(default=4, ge=0, le=50,
+                             description="Chunks retrieved from the agent's documents for "
+                                         "the context (0: none)")
+    replace_persona_prompt: bool = Field(
+        default=False, description="The agent's prompt replaces the persona's instead of "
+                                   "following it (Persona Platform's system_prompt_override)")
+
+
+class RunCreate(StrictInput):
+    input: str = Field(min_length=1, max_length=MAX_RUN_INPUT_CHARS)
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=255,
+        description="A second request with the same key returns the first run")
+
+
+class RunOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    agent_id: uuid.UUID | None
+    persona_id: uuid.UUID | None
+    user_id: uuid.UUID
+    trace_id: str
+    idempotency_key: str | None
+    status: Literal["pending", "running", "completed", "failed", "cancelled"]
+    stop_reason: str | None
+    source: str
+    input: str
+    output: str | None
+    error_message: str | None
+    config: dict[str, Any]
+    steps_count: int
+    tokens_in: int
+    tokens_out: int
+    cost: Decimal
+    cancel_requested_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    created_at: datetime
+
+
+class RunStepOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    run_id: uuid.UUID
+    step_number: int
+    step_type: str
+    status: str
+    tool_id: uuid.UUID | None
+    tool_name: str | None
+    tool_call_id: str | None
+    tool_run_id: uuid.UUID | None
+    llm_request_id: uuid.UUID | None
+    input: dict[str, Any] | None
+    output: dict[str, Any] | None
+    error: str | None
+    tokens_in: int
+    tokens_out: int
+    cost: Decimal
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None
+    created_at: datetime
+
+
+# --- personas, members, secrets, agents (roost.agents.personas, .secrets, .catalog) -------
+
+MAX_PROMPT_CHARS = 100_000
+MAX_TEXT_CHARS = 10_000
+MAX_SECRET_BYTES = 64 * 1024
+# Explicit classes, not \s: pydantic's regex engine and Python's (which API clients and
+# fuzzers generating from the schema use) disagree on what Unicode white space is.
+_NO_SPACE = r"[^@ \t\n\r\f\v]"
+EMAIL_PATTERN = rf"^{_NO_SPACE}{{1,64}}@{_NO_SPACE}+\.{_NO_SPACE}+$"
+KEY_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@/+-]{0,254}$"
+URL_PATTERN = r"^https?://[^ \t\n\r\f\v]+$"
+
+MemberRole = Literal["owner", "editor", "viewer"]
+SecretType = Literal["llm_provider_key", "email_imap", "email_smtp", "mcp_header", "mcp_env",
+                     "api_token", "other"]
+ProviderName = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_not_blank)]
+ToolRef = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_not_blank)]
+
+
+def _refuse_nulls(body: BaseModel, fields: tuple[str, ...]) -> None:
+    """A PATCH may leave a field out, not set a required one to null."""
+    nulled = [f for f in fields if f in body.model_fields_set and getattr(body, f) is None]
+    if nulled:
+        raise ValueError(f"{', '.join(nulled)} cannot be null")
+
+
+class PersonaCreate(StrictInput):
+    name: Name
+    description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    system_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    default_provider: str | None = Field(default=None, min_length=1, max_length=64,
+                                         description="A registered LLM provider's name")
+    default_model: str | None = Field(default=None, min_length=1, max_length=255)
+    fallback_providers: list[ProviderName] = Field(default_factory=list, max_length=10)
+    email_address: str | None = Field(
+        default=None, max_length=320, pattern=EMAIL_PATTERN,
+        description="Mail to this address reaches the persona (unique, case-insensitive)")
+    is_active: bool = True
+
+
+class PersonaUpdate(StrictInput):
+    """Only the fields given change; ``null`` clears the optional ones."""
+
+    name: Name | None = None
+    description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    system_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    default_provider: str | None = Field(default=None, min_length=1, max_length=64)
+    default_model: str | None = Field(default=None, min_length=1, max_length=255)
+    fallback_providers: list[ProviderName] | None = Field(default=None, max_length=10)
+    email_address: str | None = Field(default=None, max_length=320, pattern=EMAIL_PATTERN)
+    email_agent_id: uuid.UUID | None = Field(
+        default=None, description="The persona's agent that inbound mail starts a run of")
+    is_active: bool | None = None
+
+    @model_validator(mode="after")
+    def _no_null_required(self) -> PersonaUpdate:
+        _refuse_nulls(self, ("name", "system_prompt", "fallback_providers", "is_active"))
+        return self
+
+
+class PersonaOut(BaseModel):
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    name: str
+    description: str | None
+    system_prompt: str
+    default_provider: str | None
+    default_model: str | None
+    fallback_providers: list[Any]
+    email_address: str | None
+    email_agent_id: uuid.UUID | None
+    is_active: bool
+    container_id: str | None
+    my_role: MemberRole | None = Field(description="Your role in the persona (null: you see it "
+                                                   "as an administrator)")
+    created_at: datetime
+    updated_at: datetime
+
+
+class MemberAdd(StrictInput):
+    user: Name = Field(description="The user's id, username or e-mail address")
+    role: MemberRole = "editor"
+
+
+class MemberUpdate(StrictInput):
+    role: MemberRole
+
+
+class MemberOut(BaseModel):
+    persona_id: uuid.UUID
+    user_id: uuid.UUID
+    username: str | None = Field(description="Null when your account may not see theirs")
+    role: MemberRole
+    created_at: datetime
+
+
+class SecretSet(StrictInput):
+    # hide_input_in_errors: a validation error never carries the value.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    secret_type: SecretType
+    key_name: str = Field(pattern=KEY_NAME_PATTERN,
+                          description="What the secret is for, e.g. OPENAI_API_KEY")
+    value: SecretStr = Field(min_length=1, max_length=MAX_SECRET_BYTES,
+                             description="Encrypted at rest, never returned")
+
+
+class SecretOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    persona_id: uuid.UUID
+    secret_type: SecretType
+    key_name: str
+    created_by: uuid.UUID | None
+    last_used_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class AgentCreate(StrictInput):
+    name: Name
+    slug: str = Field(pattern=SLUG_PATTERN, description="Unique among your agents")
+    persona_id: uuid.UUID | None = Field(
+        default=None, description="Bind to a persona you own or edit (its members see it)")
+    description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    avatar_url: str | None = Field(default=None, max_length=500, pattern=URL_PATTERN)
+    system_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    preferred_provider: str | None = Field(default=None, min_length=1, max_length=64)
+    preferred_model: str | None = Field(default=None, min_length=1, max_length=255)
+    tool_permissions: list[ToolRef] = Field(
+        default_factory=list, max_length=100,
+        description="Tools the agent may call: ids or names of tools you can see")
+    document_ids: list[uuid.UUID] = Field(
+        default_factory=list, max_length=100,
+        description="Documents you can see, searched for each run's context")
+    config: AgentConfig = Field(default_factory=AgentConfig)
+    is_active: bool = True
+    is_public: bool = Field(default=False, description="Every user may read and run it")
+
+
+class AgentUpdate(StrictInput):
+    """Only the fields given change; ``null`` clears the optional ones (``persona_id``:
+    unbinds the agent)."""
+
+    name: Name | None = None
+    slug: str | None = Field(default=None, pattern=SLUG_PATTERN)
+    persona_id: uuid.UUID | None = None
+    description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    avatar_url: str | None = Field(default=None, max_length=500, pattern=URL_PATTERN)
+    system_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    preferred_provider: str | None = Field(default=None, min_length=1, max_length=64)
+    preferred_model: str | None = Field(default=None, min_length=1, max_length=255)
+    tool_permissions: list[ToolRef] | None = Field(default=None, max_length=100)
+    document_ids: list[uuid.UUID] | None = Field(default=None, max_length=100)
+    config: AgentConfig | None = Field(default=None,
+                                       description="Replaces the whole configuration")
+    is_active: bool | None = None
+    is_public: bool | None = None
+
+    @model_validator(mode="after")
+    def _no_null_required(self) -> AgentUpdate:
+        _refuse_nulls(self, ("name", "slug", "tool_permissions", "document_ids", "config",
+                             "is_active", "is_public"))
+        return self
+
+
+class AgentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    persona_id: uuid.UUID | None
+    project_id: uuid.UUID | None
+    name: str
+    slug: str
+    description: str | None
+    avatar_url: str | None
+    system_prompt: str | None
+    preferred_provider: str | None
+    preferred_model: str | None
+    tool_permissions: list[str]
+    document_ids: list[uuid.UUID]
+    config: dict[str, Any] = Field(description="Every limit, defaults filled in")
+    is_active: bool
+    is_public: bool
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,133 @@
+"""A persona's secrets: set (create or replace), list (names only), delete, and the
+resolver the runner calls when it needs a value.
+
+Values are AES-256-GCM (``SecretBox``) bound to their row (associated data
+``secrets:<row id>:value``), so a ciphertext copied into another row does not decrypt.
+A value goes in through :func:`set_secret` and comes out only through
+:func:`resolve_secret`, at call time: never in an answer, an error, a log line or an
+audit record.  Owners and editors of the persona manage its secrets (viewers: 403).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Final
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.agents.models import Secret
+from roost.agents.personas import require_role
+from roost.agents.schemas import MAX_SECRET_BYTES, SecretSet
+from roost.audit.service import record
+from roost.db.base import utcnow, uuid7
+from roost.db.engine import Database
+from roost.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from roost.principal import Principal
+from roost.security.crypto import SecretBox
+
+_MANAGE: Final = "manage its secrets"
+
+
+def _aad(secret_id: uuid.UUID) -> bytes:
+    return f"secrets:{secret_id}:value".encode()
+
+
+def _seal(box: SecretBox, secret_id: uuid.UUID, value: str) -> str:
+    return box.encrypt(value, _aad(secret_id)).decode("ascii")
+
+
+def _audit_name(row: Secret) -> dict[str, str]:
+    # "kind", not "secret_type": the audit redaction would hide any key saying "secret".
+    return {"kind": row.secret_type, "key_name": row.key_name}
+
+
+async def set_secret(session: AsyncSession, actor: Principal, box: SecretBox,
+                     persona_id: uuid.UUID, body: SecretSet) -> tuple[Secret, bool]:
+    """Create the persona's ``(secret_type, key_name)`` secret or replace its value;
+    ``created`` is false for a replacement."""
+    await require_role(session, actor, persona_id, "editor", _MANAGE)
+    value = body.value.get_secret_value()
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate (text read with surrogateescape)
+        raise Unprocessable("value: the secret is not valid Unicode text") from None
+    if size > MAX_SECRET_BYTES:
+        raise PayloadTooLarge(f"a secret value may be at most {MAX_SECRET_BYTES} bytes")
+    row = await session.scalar(select(Secret).where(
+        Secret.persona_id == persona_id, Secret.secret_type == body.secret_type,
+        Secret.key_name == body.key_name).with_for_update())
+    created = row is None
+    if row is None:
+        row = Secret(id=uuid7(), persona_id=persona_id, secret_type=body.secret_type,
+                     key_name=body.key_name, created_by=actor.user_id)
+        row.encrypted_value = _seal(box, row.id, value)
+        session.add(row)
+        try:
+            async with session.begin_nested():
+                await session.flush()
+        except IntegrityError:  # set concurrently by someone else
+            raise Conflict(f"the secret {body.secret_type}/{body.key_name} was set at the "
+                           "same time by another request; try again") from None
+    else:
+        row.encrypted_value = _seal(box, row.id, value)  # a new nonce: updated_at moves
+        await session.flush()
+    await session.refresh(row)
+    await record(session, "persona.secret.set", user_id=actor.user_id, persona_id=persona_id,
+                 resource_type="secret", resource_id=row.id,
+                 changes={**_audit_name(row), "replaced": not created})
+    return row, created
+
+
+async def list_secrets(session: AsyncSession, actor: Principal, persona_id: uuid.UUID, *,
+                       secret_type: str | None = None) -> list[Secret]:
+    """The persona's secrets (their names and times), by type and key name."""
+    await require_role(session, actor, persona_id, "editor", _MANAGE)
+    stmt = select(Secret).where(Secret.persona_id == persona_id)
+    if secret_type is not None:
+        stmt = stmt.where(Secret.secret_type == secret_type)
+    return list((await session.scalars(
+        stmt.order_by(Secret.secret_type, Secret.key_name))).all())
+
+
+async def delete_secret(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,
+                        secret_id: uuid.UUID) -> Secret:
+    await require_role(session, actor, persona_id, "editor", _MANAGE)
+    row = await session.scalar(select(Secret).where(Secret.id == secret_id,
+                                                    Secret.persona_id == persona_id))
+    if row is None:
+        raise NotFound(f"secret {secret_id} does not exist in this persona")
+    await session.delete(row)
+    await session.flush()
+    await record(session, "persona.secret.delete", user_id=actor.user_id,
+                 persona_id=persona_id, resource_type="secret", resource_id=secret_id,
+                 changes=_audit_name(row))
+    return row
+
+
+async def resolve_secret(target: AsyncSession | Database, box: SecretBox,
+                         persona_id: uuid.UUID, secret_type: str, key_name: str) -> str:
+    """The plaintext of a persona's secret, for the call about to use it (never store
+    or log it); records ``last_used_at``.
+
+    With a ``Database`` it reads in a transaction of its own as the system (the runner,
+    having checked the run's persona, resolves the persona's secrets whoever started the
+    run); with a session it reads in that session's scope, where row-level security shows
+    secrets only to the persona's owners and editors."""
+    if isinstance(target, Database):
+        async with target.transaction() as session:
+            return await _resolve(session, box, persona_id, secret_type, key_name)
+    return await _resolve(target, box, persona_id, secret_type, key_name)
+
+
+async def _resolve(session: AsyncSession, box: SecretBox, persona_id: uuid.UUID,
+                   secret_type: str, key_name: str) -> str:
+    found = (await session.execute(
+        update(Secret).where(Secret.persona_id == persona_id, Secret.secret_type == secret_type,
+                             Secret.key_name == key_name)
+        .values(last_used_at=utcnow())
+        .returning(Secret.id, Secret.encrypted_value))).first()
+    if found is None:
+        raise NotFound(f"the persona has no {secret_type} secret named {key_name!r}")
+    return box.decrypt_str(found.encrypted_value, _aad(found.id))

@@ -1,0 +1,81 @@
+"""Agents fixtures: users, a stub LLM provider (a real process), an in-process worker whose
+runs use the app's gateway, and agents inserted as their owners would create them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from roost.agents import jobs as agent_jobs
+from roost.agents import mail, runner
+from roost.agents.models import Agent
+from roost.config import Settings
+from roost.db.engine import Database
+from roost.llm import jobs as llm_jobs
+from roost.llm.deps import app_gateway
+from roost.security.crypto import SecretBox
+from roost.tasks.worker import Worker, WorkerConfig
+from roost.tools.config import ToolsConfig
+from tests.support.identity import make_user
+
+Headers = dict[str, str]
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", log_json=True, llm_timeout_s=5.0,
+                    llm_local_model=False, knowledge_embedding_provider="hash",
+                    tools_allowed_hosts="127.0.0.1", tools_call_timeout_s=5.0)
+
+
+@pytest.fixture
+async def user(database: Database) -> tuple[uuid.UUID, Headers]:
+    return await make_user(database)
+
+
+@pytest.fixture
+async def other_user(database: Database) -> tuple[uuid.UUID, Headers]:
+    return await make_user(database)
+
+
+@pytest.fixture
+async def worker(app: FastAPI, client: Any, database: Database,
+                 test_settings: Settings) -> AsyncIterator[Worker]:
+    """A worker in this process; its runs use the app's gateway and keys (``client`` first:
+    the app's start-up builds the gateway)."""
+    gateway = app_gateway(app)
+    env = runner.RunEnv(database=database, gateway=gateway,
+                        tools=ToolsConfig.from_settings(test_settings),
+                        box=SecretBox.from_keys(app.state.keys.secrets_key), knowledge=None,
+                        hosted=mail.builtin_tools(mail.MailConfig.from_settings(test_settings)))
+    agent_jobs.env_override, llm_jobs.gateway_override = env, gateway
+    w = Worker(database, WorkerConfig(concurrency=2, lease_s=5, poll_interval_s=0.2,
+                                      schedules=False, shutdown_timeout_s=2))
+    task = asyncio.create_task(w.run())
+    await asyncio.wait_for(w.started.wait(), 15)
+    try:
+        yield w
+    finally:
+        w.stop(force=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 20)
+        agent_jobs.env_override, llm_jobs.gateway_override = None, None
+
+
+async def make_agent(database: Database, owner: uuid.UUID, **fields: Any) -> Agent:
+    values: dict[str, Any] = {"name": "Helper", "slug": f"helper-{uuid.uuid4().hex[:8]}",
+                              "system_prompt": "You are a careful helper.",
+                              "tool_permissions": [], "config": {}, **fields}
+    async with database.transaction() as session:
+        agent = Agent(user_id=owner, **values)
+        session.add(agent)
+        await session.flush()
+        await session.refresh(agent)
+    return agent

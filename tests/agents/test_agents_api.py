@@ -1,0 +1,235 @@
+"""Agents through the API: create, list, read, change, delete; tools and documents checked
+when configured; persona-bound agents (editors may change them, viewers only read), public
+agents (everyone runs them, nobody else changes them), other tenants' agents (404)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+
+from roost.db.engine import Database
+from tests.agents.api import (
+    Headers,
+    add_member,
+    audit_rows,
+    create_agent,
+    create_persona,
+    named_user,
+)
+
+
+async def test_agent_lifecycle_tools_config_and_audit(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+) -> None:
+    user_id, headers = user
+    tools = (await client.get("/api/v1/tools", params={"name": "current_time"},
+                              headers=headers)).json()["items"]
+    tool_id = tools[0]["id"]
+    created = await create_agent(
+        client, headers, slug="scribe", name="Scribe", system_prompt="Write.",
+        tool_permissions=["current_time", tool_id.upper(), "current_time"],
+        config={"max_steps": 3, "temperature": 0.5}, avatar_url="https://example.test/a.png")
+    assert created["user_id"] == str(user_id) and created["persona_id"] is None
+    # Duplicates dropped, ids in their canonical form.
+    assert created["tool_permissions"] == ["current_time", tool_id]
+    # Every limit shown as a run would apply it; only what was set is stored.
+    assert created["config"]["max_steps"] == 3 and created["config"]["timeout_s"] == 600
+    agent_id = created["id"]
+
+    changed = await client.patch(f"/api/v1/agents/{agent_id}", headers=headers, json={
+        "description": "takes notes", "config": {"max_steps": 7}, "tool_permissions": [],
+        "is_public": True, "preferred_model": None})
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert body["config"]["max_steps"] == 7 and body["config"]["temperature"] is None
+    assert body["tool_permissions"] == [] and body["is_public"] is True
+    assert body["system_prompt"] == "Write." and body["slug"] == "scribe"
+    assert (await client.get(f"/api/v1/agents/{agent_id}", headers=headers)).json() == body
+
+    assert (await client.delete(f"/api/v1/agents/{agent_id}", headers=headers)).status_code == 204
+    assert (await client.get(f"/api/v1/agents/{agent_id}", headers=headers)).status_code == 404
+    actions = [(r["action"], r["changes"]) for r in await audit_rows(database, "agent.")]
+    assert [a for a, _ in actions] == ["agent.create", "agent.update", "agent.delete"]
+    assert actions[1][1]["is_public"] == {"before": False, "after": True}
+
+
+async def test_configuration_is_checked_when_it_is_given(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers],
+) -> None:
+    _, headers = user
+    other_id, other = other_user
+    unknown = await client.post("/api/v1/agents", headers=headers, json={
+        "name": "x", "slug": "x", "tool_permissions": ["current_time", "rm_rf", str(uuid.uuid4())]})
+    assert unknown.status_code == 422 and "'rm_rf'" in unknown.json()["detail"]
+    missing_doc = str(uuid.uuid4())
+    docs = await client.post("/api/v1/agents", headers=headers, json={
+        "name": "x", "slug": "x", "document_ids": [missing_doc]})
+    assert docs.status_code == 422 and missing_doc in docs.json()["detail"]
+    # Another user's document is as unknown as a missing one.
+    uploaded = await client.post("/api/v1/knowledge/documents", headers=other,
+                                 files={"file": ("notes.txt", b"secret notes", "text/plain")})
+    assert uploaded.status_code == 202, uploaded.text
+    theirs = uploaded.json()["document"]["id"]
+    refused = await client.post("/api/v1/agents", headers=headers, json={
+        "name": "x", "slug": "x", "document_ids": [theirs]})
+    assert refused.status_code == 422
+    mine = await create_agent(client, other, slug="reader", document_ids=[theirs, theirs])
+    assert mine["document_ids"] == [theirs]
+
+    for body in ({"name": "x", "slug": "Bad Slug"}, {"name": "x", "slug": "-x"},
+                 {"name": "x", "slug": "x" * 101}, {"name": "", "slug": "x"},
+                 {"name": "x", "slug": "x", "config": {"max_steps": 0}},
+                 {"name": "x", "slug": "x", "config": {"max_steps": "3"}},
+                 {"name": "x", "slug": "x", "config": {"shell": True}},
+                 {"name": "x", "slug": "x", "is_public": "yes"},
+                 {"name": "x", "slug": "x", "avatar_url": "javascript:alert(1)"},
+                 {"name": "x", "slug": "x", "tool_permissions": ["t"] * 101},
+                 {"name": "x", "slug": "x", "document_ids": ["not-a-uuid"]},
+                 {"name": "x", "slug": "x", "system_prompt": "p" * 100_001}):
+        resp = await client.post("/api/v1/agents", json=body, headers=headers)
+        assert resp.status_code == 422, (body, resp.text)
+        assert "p" * 60 not in resp.text
+    malformed = await client.post("/api/v1/agents", content=b"{", headers={
+        **headers, "Content-Type": "application/json"})
+    assert malformed.status_code == 400
+
+    await create_agent(client, headers, slug="dup")
+    dup = await client.post("/api/v1/agents", json={"name": "x", "slug": "dup"}, headers=headers)
+    assert dup.status_code == 409
+    await create_agent(client, other, slug="dup")  # slugs are per owner
+    second = await create_agent(client, headers, slug="second")
+    renamed = await client.patch(f"/api/v1/agents/{second['id']}", json={"slug": "dup"},
+                                 headers=headers)
+    assert renamed.status_code == 409
+    for body in ({"name": None}, {"config": None}, {"tool_permissions": None},
+                 {"is_active": 1}, {"config": {"timeout_s": -1}}):
+        resp = await client.patch(f"/api/v1/agents/{second['id']}", json=body, headers=headers)
+        assert resp.status_code == 422, (body, resp.text)
+    assert other_id  # the other tenant's agents were untouched by all of this
+
+
+async def test_listing_pagination_and_filters(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers],
+) -> None:
+    _, headers = user
+    _, other = other_user
+    own = [await create_agent(client, headers, slug=f"own-{n}") for n in range(3)]
+    public = await create_agent(client, other, slug="shared", is_public=True)
+    await create_agent(client, other, slug="private")
+    listed = (await client.get("/api/v1/agents", headers=headers)).json()
+    assert [a["slug"] for a in listed["items"]] == ["shared", "own-2", "own-1", "own-0"]
+    page = (await client.get("/api/v1/agents", params={"limit": 3}, headers=headers)).json()
+    rest = (await client.get("/api/v1/agents", params={"limit": 3, "cursor": page["next_cursor"]},
+                             headers=headers)).json()
+    assert [a["slug"] for a in page["items"] + rest["items"]] == [
+        "shared", "own-2", "own-1", "own-0"] and rest["next_cursor"] is None
+
+    async def slugs(**params: Any) -> list[str]:
+        body = (await client.get("/api/v1/agents", params=params, headers=headers)).json()
+        return [a["slug"] for a in body["items"]]
+
+    assert await slugs(mine="true") == ["own-2", "own-1", "own-0"]
+    assert await slugs(mine="false") == ["shared"]
+    assert await slugs(is_public="true") == ["shared"]
+    await client.patch(f"/api/v1/agents/{own[0]['id']}", json={"is_active": False}, headers=headers)
+    assert await slugs(is_active="false") == ["own-0"]
+    assert public["id"] in [a["id"] for a in (await client.get(
+        "/api/v1/agents", headers=other)).json()["items"]]
+    assert (await client.get("/api/v1/agents", params={"is_public": "maybe"},
+                             headers=headers)).status_code == 422
+
+
+async def test_public_agents_are_usable_not_editable_and_private_ones_invisible(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers],
+) -> None:
+    _, headers = user
+    _, other = other_user
+    public = await create_agent(client, other, is_public=True)
+    private = await create_agent(client, other)
+    assert (await client.get(f"/api/v1/agents/{public['id']}", headers=headers)).status_code == 200
+    for method, body in (("PATCH", {"name": "mine now"}), ("DELETE", None)):
+        resp = await client.request(method, f"/api/v1/agents/{public['id']}", json=body,
+                                    headers=headers)
+        assert resp.status_code == 403, resp.text
+    run = await client.post(f"/api/v1/agents/{public['id']}/runs", json={"input": "hi"},
+                            headers=headers)
+    assert run.status_code == 202, run.text
+    for method, path, body in (("GET", "", None), ("PATCH", "", {"name": "x"}),
+                               ("DELETE", "", None), ("POST", "/runs", {"input": "hi"})):
+        resp = await client.request(method, f"/api/v1/agents/{private['id']}{path}", json=body,
+                                    headers=headers)
+        assert resp.status_code == 404, (method, path, resp.text)
+    # A public agent bound to a persona shows nothing of the persona to strangers.
+    persona = await create_persona(client, other)
+    bound = await create_agent(client, other, persona_id=persona["id"], is_public=True)
+    assert (await client.get(f"/api/v1/agents/{bound['id']}", headers=headers)).status_code == 200
+    assert (await client.get(f"/api/v1/personas/{persona['id']}", headers=headers)).status_code == 404
+    assert (await client.patch(f"/api/v1/agents/{bound['id']}", json={"name": "x"},
+                               headers=headers)).status_code == 403
+
+
+async def test_persona_bound_agents_follow_the_personas_roles(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+) -> None:
+    _, owner = user
+    _, editor_name, editor = await named_user(database, "editor")
+    _, viewer_name, viewer = await named_user(database, "viewer")
+    _, _, stranger = await named_user(database, "stranger")
+    pid = (await create_persona(client, owner))["id"]
+    await add_member(client, owner, pid, editor_name, "editor")
+    await add_member(client, owner, pid, viewer_name, "viewer")
+
+    # Binding takes an owner or editor of the persona: 403 for a viewer, 404 for a stranger.
+    as_viewer = await client.post("/api/v1/agents", json={"name": "x", "slug": "x",
+                                                           "persona_id": pid}, headers=viewer)
+    assert as_viewer.status_code == 403
+    as_stranger = await client.post("/api/v1/agents", json={"name": "x", "slug": "x",
+                                                             "persona_id": pid}, headers=stranger)
+    assert as_stranger.status_code == 404
+    agent = await create_agent(client, owner, persona_id=pid)
+    by_editor = await create_agent(client, editor, persona_id=pid)
+
+    seen = (await client.get("/api/v1/agents", params={"persona_id": pid}, headers=viewer)).json()
+    assert {a["id"] for a in seen["items"]} == {agent["id"], by_editor["id"]}
+    assert (await client.patch(f"/api/v1/agents/{agent['id']}", json={"name": "v"},
+                               headers=viewer)).status_code == 403
+    assert (await client.delete(f"/api/v1/agents/{agent['id']}", headers=viewer)).status_code == 403
+    edited = await client.patch(f"/api/v1/agents/{agent['id']}", json={"name": "Edited"},
+                                headers=editor)
+    assert edited.status_code == 200 and edited.json()["name"] == "Edited"
+    # Only the agent's owner moves it out of (or into another) persona.
+    unbind = await client.patch(f"/api/v1/agents/{agent['id']}", json={"persona_id": None},
+                                headers=editor)
+    assert unbind.status_code == 403
+    other_persona = (await create_persona(client, viewer))["id"]
+    moved = await client.patch(f"/api/v1/agents/{by_editor['id']}",
+                               json={"persona_id": other_persona}, headers=editor)
+    assert moved.status_code == 404  # a persona the editor cannot see
+    assert (await client.get(f"/api/v1/agents/{agent['id']}", headers=stranger)).status_code == 404
+    # The editor may delete the persona's agents (not the persona).
+    assert (await client.delete(f"/api/v1/agents/{agent['id']}", headers=editor)).status_code == 204
+    assert (await client.delete(f"/api/v1/personas/{pid}", headers=editor)).status_code == 403
+    # Leaving the persona ends the view of its agents, not of one's own.
+    await client.delete(f"/api/v1/personas/{pid}/members/{by_editor['user_id']}", headers=editor)
+    assert (await client.get(f"/api/v1/agents/{by_editor['id']}", headers=editor)).status_code == 200
+    assert (await client.get(f"/api/v1/agents/{by_editor['id']}", headers=viewer)).status_code == 200
+
+
+async def test_operator_token_cannot_own_agents(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+) -> None:
+    _, headers = user
+    agent = await create_agent(client, headers)
+    refused = await client.post("/api/v1/agents", json={"name": "x", "slug": "x"},
+                                headers=admin_headers)
+    assert refused.status_code == 403
+    # Administrators see and change everyone's.
+    assert (await client.get(f"/api/v1/agents/{agent['id']}",
+                             headers=admin_headers)).status_code == 200
+    assert (await client.patch(f"/api/v1/agents/{agent['id']}", json={"is_active": False},
+                               headers=admin_headers)).status_code == 200

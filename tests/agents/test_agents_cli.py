@@ -1,0 +1,138 @@
+"""``roost personas|agents|runs|secrets`` as a user runs them (the real console script),
+each command acting for ``--user`` in that user's row-level-security scope."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import uuid
+from pathlib import Path
+
+import httpx
+
+from roost.agents import personas
+from roost.agents.schemas import MemberAdd
+from roost.agents.secrets import resolve_secret
+from roost.config import Settings
+from roost.db.engine import Database
+from roost.identity.tenancy import apply_principal
+from roost.keyfiles import load_keys
+from roost.principal import Principal
+from roost.security.crypto import SecretBox
+from roost.tasks.worker import Worker
+from tests.agents.api import columns_holding
+from tests.agents.conftest import Headers, make_agent
+from tests.chat.conftest import add_provider
+from tests.support.cli import run_roost
+from tests.support.identity import make_user
+from tests.support.openai_stub import StubServer
+from tests.support.openai_stub.script import Call, Reply, ToolCalls
+from tests.support.pg import PgTestServer
+
+VALUE = "sk-cli-9d81-the-plaintext-nobody-may-see"
+
+
+def cli_env(pg_server: PgTestServer, db_name: str, tmp_path: Path) -> dict[str, str]:
+    return {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+            "ROOST_DATA_DIR": str(tmp_path / "cli-data")}
+
+
+async def test_personas_agents_secrets_and_runs_from_the_command_line(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+) -> None:
+    env = cli_env(pg_server, db_name, tmp_path)
+    owner_id, _ = await make_user(database, username="olga")
+    await make_user(database, username="victor")
+    await make_user(database, username="stan")
+
+    def roost(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return run_roost(*args, env=env, stdin=stdin)
+
+    # Each command is a process start (seconds on a busy machine): only what matters.
+    created = roost("personas", "create", "Desk", "--user", "olga", "--system-prompt", "Be kind.",
+                    "--email", "desk@example.test")
+    assert created.returncode == 0, created.stderr
+    assert "Created persona Desk" in created.stdout
+    assert "Desk" in roost("personas", "ls", "--user", "olga").stdout
+    hidden = roost("personas", "show", "Desk", "--user", "victor")
+    assert hidden.returncode == 1 and "no persona you can see" in hidden.stderr
+
+    async with database.transaction() as session:  # victor joins as a viewer
+        owner = Principal(user_id=owner_id, is_admin=False, kind="system")
+        await apply_principal(session, owner)
+        [view], _ = await personas.list_personas(session, owner)
+        await personas.add_member(session, owner, view.persona.id,
+                                  MemberAdd(user="victor", role="viewer"))
+    shown = roost("personas", "show", "Desk", "--user", "victor")
+    assert shown.returncode == 0, shown.stderr
+    assert "victor" in shown.stdout and "viewer" in shown.stdout and "Be kind." in shown.stdout
+
+    # Secrets: read from standard input, never echoed, stored encrypted.
+    set_ = roost("secrets", "set", "Desk", "llm_provider_key", "OPENAI_API_KEY", "--user", "olga",
+                 stdin=VALUE + "\n")
+    assert set_.returncode == 0, set_.stderr
+    assert "Set llm_provider_key/OPENAI_API_KEY" in set_.stdout
+    listed = roost("secrets", "ls", "Desk", "--user", "olga")
+    assert "OPENAI_API_KEY" in listed.stdout
+    denied = roost("secrets", "ls", "Desk", "--user", "victor")
+    assert denied.returncode == 1 and "Forbidden" in denied.stderr
+    too_long = roost("secrets", "set", "Desk", "other", "big", "--user", "olga",
+                     stdin=VALUE * 2000)
+    assert too_long.returncode == 1 and "value" in too_long.stderr
+    for result in (set_, listed, denied, too_long):
+        assert VALUE not in result.stdout + result.stderr
+    assert await columns_holding(database, VALUE) == []
+    box = SecretBox.from_keys(load_keys(Settings(data_dir=tmp_path / "cli-data")).secrets_key)
+    assert await resolve_secret(database, box, view.persona.id, "llm_provider_key",
+                                "OPENAI_API_KEY") == VALUE
+
+    # Agents: tools checked, persona-bound ones seen by the persona's members only.
+    made = roost("agents", "create", "scribe", "--name", "Scribe", "--persona", "Desk",
+                 "--tool", "current_time", "--max-steps", "3", "--user", "olga")
+    assert made.returncode == 0, made.stderr
+    unknown = roost("agents", "create", "bad", "--tool", "rm_rf", "--user", "olga")
+    assert unknown.returncode == 1 and "'rm_rf'" in unknown.stderr
+    assert "scribe" in roost("agents", "ls", "--user", "victor").stdout
+    assert "scribe" not in roost("agents", "ls", "--user", "stan").stdout
+    config = roost("agents", "show", "scribe", "--user", "olga")
+    assert config.returncode == 0 and "max_steps" in config.stdout
+
+    # Runs: started without waiting (no worker here), shown by an id prefix, cancelled.
+    started = roost("agents", "run", "scribe", "Take a note.", "--no-wait", "--user", "olga")
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.strip()
+    uuid.UUID(run_id)
+    assert run_id not in roost("runs", "ls", "--user", "stan").stdout
+    show = roost("runs", "show", run_id[:13], "--user", "olga")
+    assert show.returncode == 0 and "pending" in show.stdout and "Take a note." in show.stdout
+    cancelled = roost("runs", "cancel", run_id, "--user", "olga")
+    assert cancelled.returncode == 0 and "Cancelled" in cancelled.stdout
+
+    removed = roost("secrets", "rm", "Desk", "llm_provider_key/OPENAI_API_KEY", "--user", "olga")
+    assert removed.returncode == 0, removed.stderr
+    assert roost("personas", "rm", "Desk", "--user", "victor").returncode == 1  # a viewer
+    gone = roost("personas", "rm", "Desk", "--user", "olga")
+    assert gone.returncode == 0, gone.stderr
+    no_user = roost("personas", "ls")
+    assert no_user.returncode == 1 and "--user" in no_user.stderr
+
+
+async def test_agents_run_prints_each_step_then_the_answer(
+    pg_server: PgTestServer, db_name: str, client: httpx.AsyncClient, admin_headers: Headers,
+    stub: StubServer, database: Database, worker: Worker, tmp_path: Path,
+) -> None:
+    await add_provider(client, admin_headers, stub)
+    user_id, _ = await make_user(database, username="rita")
+    agent = await make_agent(database, user_id, tool_permissions=["current_time"])
+    stub.script(ToolCalls(Call("current_time", {"timezone": "Europe/Paris"})),
+                Reply("It is noon in Paris."))
+    # In a thread: the worker that executes the run lives on this test's event loop.
+    done = await asyncio.to_thread(run_roost, "agents", "run", agent.slug, "What time is it?",
+                                   "--user", "rita", env=cli_env(pg_server, db_name, tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "It is noon in Paris."
+    lines = done.stderr
+    assert lines.index("[1] llm_call completed") < lines.index("calls current_time") \
+        < lines.index("[2] tool_call completed current_time") \
+        < lines.index("[3] llm_call completed")
+    assert "Europe/Paris" in lines

@@ -1,0 +1,295 @@
+"""Agent runs through the API and a real worker: the tool loop, limits, bad tool calls,
+cancel, idempotency, events, another tenant's runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from roost.db.engine import Database
+from roost.tasks.worker import Worker
+from tests.agents.conftest import Headers, make_agent
+from tests.chat.conftest import add_provider, sse_events
+from tests.support.mcp_client import mcp_session
+from tests.support.openai_stub import StubServer
+from tests.support.openai_stub.script import Call, Hang, Reply, ToolCalls
+from tests.support.server import in_process
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+async def wait_for_run(client: httpx.AsyncClient, headers: Headers, run_id: str,
+                       statuses: tuple[str, ...] = TERMINAL, within: float = 30) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        run: dict[str, Any] = (await client.get(f"/api/v1/runs/{run_id}", headers=headers)).json()
+        if run["status"] in statuses:
+            return run
+        assert asyncio.get_running_loop().time() < deadline, run
+        await asyncio.sleep(0.1)
+
+
+async def start(client: httpx.AsyncClient, headers: Headers, agent_id: uuid.UUID,
+                text_: str = "What time is it?", **fields: Any) -> dict[str, Any]:
+    resp = await client.post(f"/api/v1/agents/{agent_id}/runs",
+                             json={"input": text_, **fields}, headers=headers)
+    assert resp.status_code == 202, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+async def test_a_run_calls_two_tools_then_answers(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, tool_permissions=["current_time"])
+    stub.script(ToolCalls(Call("current_time", {"timezone": "Europe/Paris"})),
+                ToolCalls(Call("current_time", {"timezone": "Asia/Tokyo"})),
+                Reply("It is late in Tokyo."))
+    run = await start(client, headers, agent.id)
+    assert run["status"] == "pending" and run["trace_id"].startswith("00-")
+    done = await wait_for_run(client, headers, run["id"])
+    assert done["status"] == "completed", done
+    assert done["stop_reason"] == "final" and done["output"] == "It is late in Tokyo."
+    steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
+    assert [(s["step_number"], s["step_type"], s["status"]) for s in steps] == [
+        (1, "llm_call", "completed"), (2, "tool_call", "completed"),
+        (3, "llm_call", "completed"), (4, "tool_call", "completed"),
+        (5, "llm_call", "completed")]
+    assert steps[1]["output"]["timezone"] == "Europe/Paris" and steps[1]["tool_run_id"]
+    assert done["tokens_in"] > 0 and done["steps_count"] == 5
+    # The model saw the tools in OpenAI's form and each tool's result.
+    seen = stub.requests(path="/v1/chat/completions")
+    assert seen[0].body["tools"][0]["function"]["name"] == "current_time"
+    assert seen[1].body["messages"][-1]["role"] == "tool"
+    assert "Europe/Paris" in seen[1].body["messages"][-1]["content"]
+    async with database.transaction() as session:
+        linked = (await session.execute(text(
+            "SELECT (SELECT count(*) FROM tool_runs WHERE run_id = :r), "
+            "(SELECT count(*) FROM usage_records WHERE run_id = :r AND agent_id = :a)"),
+            {"r": run["id"], "a": agent.id})).one()
+    assert tuple(linked) == (2, 3)
+
+
+async def test_bad_tool_calls_are_failed_steps_the_model_is_told_of(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, tool_permissions=["current_time"])
+    stub.script(ToolCalls(Call("rm_rf", {"path": "/"}), Call("current_time", "{not json")),
+                ToolCalls(Call("current_time", {"timezone": "Mars/Olympus"})),
+                Reply("Sorry, I could not."))
+    run = await start(client, headers, agent.id)
+    done = await wait_for_run(client, headers, run["id"])
+    assert done["status"] == "completed", done
+    steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
+    failed = [s for s in steps if s["status"] == "failed"]
+    assert len(failed) == 3
+    assert "unknown tool 'rm_rf'" in failed[0]["error"]
+    assert "not valid JSON" in failed[1]["error"]
+    assert "time zone" in failed[2]["error"]  # the tool's own error, as a failed tool run
+    seen = stub.requests(path="/v1/chat/completions")
+    told = [m for m in seen[1].body["messages"] if m["role"] == "tool"]
+    assert len(told) == 2 and "unknown tool" in told[0]["content"]
+
+
+async def test_max_steps_stops_a_looping_agent(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, tool_permissions=["current_time"],
+                             config={"max_steps": 2})
+    stub.script(*[ToolCalls(Call("current_time")) for _ in range(5)])
+    done = await wait_for_run(client, headers, (await start(client, headers, agent.id))["id"])
+    assert (done["status"], done["stop_reason"]) == ("completed", "max_steps")
+    assert len(stub.requests(path="/v1/chat/completions")) == 2
+
+
+async def test_cancel_mid_call_closes_the_run_and_its_open_step(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id)
+    stub.script(Hang())
+    run = await start(client, headers, agent.id)
+    await wait_for_run(client, headers, run["id"], ("running",))
+    for _ in range(100):  # the model call has started
+        steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
+        if steps:
+            break
+        await asyncio.sleep(0.05)
+    cancelled = await client.post(f"/api/v1/runs/{run['id']}/cancel", headers=headers)
+    assert cancelled.status_code == 200, cancelled.text
+    assert (cancelled.json()["status"], cancelled.json()["stop_reason"]) == ("cancelled",
+                                                                            "cancelled")
+    steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
+    assert [s["status"] for s in steps] == ["cancelled"]
+    again = await client.post(f"/api/v1/runs/{run['id']}/cancel", headers=headers)
+    assert again.status_code == 409
+    await asyncio.sleep(2.5)  # the worker notices, stops, and changes nothing
+    final = (await client.get(f"/api/v1/runs/{run['id']}", headers=headers)).json()
+    assert final["status"] == "cancelled"
+
+
+async def test_idempotency_key_returns_the_first_run(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    user_id, headers = user
+    agent = await make_agent(database, user_id)
+    first = await start(client, headers, agent.id, idempotency_key="k-1")
+    second = await start(client, headers, agent.id, "a different input", idempotency_key="k-1")
+    assert second["id"] == first["id"] and second["input"] == "What time is it?"
+    async with database.transaction() as session:
+        jobs = await session.scalar(text(
+            "SELECT count(*) FROM background_tasks WHERE task_type = 'agents.run'"))
+    assert jobs == 1
+
+
+async def test_another_tenant_sees_no_agent_and_no_run(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers],
+) -> None:
+    user_id, headers = user
+    _, other_headers = other_user
+    agent = await make_agent(database, user_id)
+    run = await start(client, headers, agent.id)
+    denied = await client.post(f"/api/v1/agents/{agent.id}/runs", json={"input": "hi"},
+                               headers=other_headers)
+    assert denied.status_code == 404
+    for path in (f"/api/v1/runs/{run['id']}", f"/api/v1/runs/{run['id']}/steps",
+                 f"/api/v1/runs/{run['id']}/events"):
+        assert (await client.get(path, headers=other_headers)).status_code == 404, path
+    assert (await client.post(f"/api/v1/runs/{run['id']}/cancel",
+                              headers=other_headers)).status_code == 404
+    assert (await client.get("/api/v1/runs", headers=other_headers)).json()["items"] == []
+    public = await make_agent(database, user_id, is_public=True)
+    assert (await client.post(f"/api/v1/agents/{public.id}/runs", json={"input": "hi"},
+                              headers=other_headers)).status_code == 202
+    bad = await client.post(f"/api/v1/agents/{agent.id}/runs", json={"input": ""},
+                            headers=headers)
+    assert bad.status_code == 422
+
+
+async def test_events_stream_steps_and_resume_after_last_event_id(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, tool_permissions=["current_time"])
+    stub.script(ToolCalls(Call("current_time")), Reply("Noon."))
+    run = await start(client, headers, agent.id)
+    streamed = await client.get(f"/api/v1/runs/{run['id']}/events", headers=headers,
+                                timeout=30)
+    assert streamed.status_code == 200
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(streamed.text)
+    ids = [line[4:] for line in streamed.text.splitlines() if line.startswith("id: ")]
+    assert ids == ["1.0", "1.1", "2.0", "2.1", "3.0", "3.1", "end"]
+    assert events[-1][0] == "end" and events[-1][1]["output"] == "Noon."
+    resumed = await client.get(f"/api/v1/runs/{run['id']}/events",
+                               headers={**headers, "Last-Event-ID": "2.0"}, timeout=30)
+    ids = [line[4:] for line in resumed.text.splitlines() if line.startswith("id: ")]
+    assert ids == ["2.1", "3.0", "3.1", "end"]
+    assert json.loads(resumed.text.split("data: ", 1)[1].split("\n", 1)[0])["phase"] == "finished"
+
+
+async def test_an_openai_client_talks_to_an_agent_as_a_model(
+    app: Any, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker, client: httpx.AsyncClient,
+) -> None:
+    """The `openai` SDK, unchanged, with model "agent:<slug>": whole and streamed answers
+    are the agent's runs (tools called on the way)."""
+    from openai import AsyncOpenAI, NotFoundError
+
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    await make_agent(database, user_id, slug="clock", tool_permissions=["current_time"])
+    stub.script(ToolCalls(Call("current_time")), Reply("It is noon."), Reply("Still noon."))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://roost.test") as http:
+        sdk = AsyncOpenAI(api_key=headers["Authorization"].split(" ", 1)[1],
+                          base_url="http://roost.test/v1", http_client=http)
+        answer = await sdk.chat.completions.create(
+            model="agent:clock", messages=[{"role": "user", "content": "What time is it?"}])
+        assert answer.choices[0].message.content == "It is noon."
+        run_id = answer.model_extra["roost"]["run_id"]  # type: ignore[index]
+        steps = (await http.get(f"/api/v1/runs/{run_id}/steps", headers=headers)).json()
+        assert [s["step_type"] for s in steps] == ["llm_call", "tool_call", "llm_call"]
+        streamed = await sdk.chat.completions.create(
+            model="agent:clock", stream=True,
+            messages=[{"role": "user", "content": "And now?"}])
+        text_ = "".join([c.choices[0].delta.content or "" async for c in streamed
+                         if c.choices])
+        assert text_ == "Still noon."
+        with pytest.raises(NotFoundError):
+            await sdk.chat.completions.create(
+                model="agent:nobody", messages=[{"role": "user", "content": "hi"}])
+
+
+async def test_agents_are_tools_at_mcp_for_whoever_may_run_them(
+    app: Any, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], other_user: tuple[uuid.UUID, Headers], worker: Worker,
+    client: httpx.AsyncClient,
+) -> None:
+    user_id, headers = user
+    _, other_headers = other_user
+    await add_provider(client, admin_headers, stub)
+    await make_agent(database, user_id, slug="private-helper", description="Mine only")
+    await make_agent(database, user_id, slug="shared-helper", is_public=True)
+    stub.script(Reply("Answered over MCP."))
+    async with in_process(app) as base:
+        async with mcp_session(f"{base}/mcp", headers) as session:
+            names = {t.name for t in (await session.list_tools()).tools}
+            assert {"agent__private-helper", "agent__shared-helper"} <= names
+            result = await session.call_tool("agent__private-helper", {"input": "hello"})
+            assert not result.is_error, result
+            assert result.structured_content["output"] == "Answered over MCP."
+            assert result.structured_content["status"] == "completed"
+        async with mcp_session(f"{base}/mcp", other_headers) as session:
+            names = {t.name for t in (await session.list_tools()).tools}
+            assert "agent__shared-helper" in names and "agent__private-helper" not in names
+            refused = await session.call_tool("agent__private-helper", {"input": "hello"})
+            assert refused.is_error
+
+
+async def test_events_carry_the_model_text_as_it_streams(
+    app: Any, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    database: Database, user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """With the app started (its LISTEN connection up), the model's text reaches the
+    client while the step runs."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id)
+    words = "one two three four five six seven eight nine ten"
+    stub.script(Reply(words, chunk_delay_ms=80))
+    async with app.router.lifespan_context(app):
+        for _ in range(100):
+            if app.state.run_listener.listening:
+                break
+            await asyncio.sleep(0.05)
+        run = await start(client, headers, agent.id)
+        streamed = await client.get(f"/api/v1/runs/{run['id']}/events", headers=headers,
+                                    timeout=30)
+    deltas = [data for name, data in sse_events(streamed.text) if name == "delta"]
+    assert len(deltas) >= 2, streamed.text  # the text arrived in pieces, before the step ended
+    assert all(d["step_number"] == 1 for d in deltas)
+    assert "".join(d["text"] for d in deltas) == words
+    kinds = [name for name, _ in sse_events(streamed.text)]
+    assert kinds.index("delta") > kinds.index("step") and kinds[-1] == "end"
