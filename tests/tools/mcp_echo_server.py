@@ -15,6 +15,7 @@ starts, so a test can make the tool list change between two discoveries.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sys
 import time
@@ -55,6 +56,12 @@ def fail() -> str:
 @server.tool(description="The server process's id.")
 def pid() -> int:
     return os.getpid()
+
+
+@server.tool(description="The sha256 of an environment variable of the server process "
+                         "(empty string when unset): proves what it was given, shows nothing.")
+def env_sha256(name: str) -> str:
+    return hashlib.sha256(os.environ.get(name, "").encode()).hexdigest()
 
 
 @server.tool(description="Exit the server process at once.")

@@ -56,8 +56,8 @@ async def test_stdio_server_discovery_calls_and_failures(
     async with database.transaction() as session:
         stored = await session.scalar(text("SELECT env_encrypted FROM mcp_servers"))
     assert stored is not None and "s3cret-value" not in stored
-    assert sorted(synced["added"]) == ["add", "big", "bonus", "crash", "echo", "fail", "hang",
-                                       "pid", "sleep"]
+    assert sorted(synced["added"]) == ["add", "big", "bonus", "crash", "echo", "env_sha256",
+                                       "fail", "hang", "pid", "sleep"]
     assert synced["server"]["health_status"] == "healthy"
     assert synced["server"]["capabilities"].get("tools") is not None
     sid = server["id"]

@@ -23,7 +23,7 @@ async def test_roost_mcp_and_tools_commands(pg_server: PgTestServer, db_name: st
     assert "Registered MCP server echo" in added.stdout
     synced = run_roost("mcp", "sync", "echo", env=env)
     assert synced.returncode == 0, synced.stderr
-    assert "9 added" not in synced.stdout and "8 added" in synced.stdout  # no bonus file
+    assert "10 added" not in synced.stdout and "9 added" in synced.stdout  # no bonus file
     checked = run_roost("mcp", "check", "echo", env=env)
     assert checked.returncode == 0 and "healthy" in checked.stdout
     listed = run_roost("mcp", "ls", env=env)

@@ -10,6 +10,7 @@ exist and be visible to whoever configures it (unknown: 422 naming it)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any, Final
 
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.agents.models import Agent, Persona, PersonaMember
 from roost.agents.personas import get_persona, require_role, require_user
 from roost.agents.schemas import AgentConfig, AgentCreate, AgentOut, AgentUpdate
+from roost.agents.secrets import missing_references
 from roost.audit.service import record
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.knowledge.models import Document
@@ -27,7 +29,7 @@ from roost.knowledge.service import visible_to as documents_visible_to
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.tools import registry
-from roost.tools.models import Tool
+from roost.tools.models import McpServer, Tool
 
 SLUG_INDEX: Final = "uq_agents_owner_slug"
 _TEXT_FIELDS: Final = ("description", "system_prompt")
@@ -146,6 +148,31 @@ async def check_tools(session: AsyncSession, actor: Principal, refs: list[str]) 
     return [str(ids[r]) if r in ids else r for r in wanted]
 
 
+async def check_secret_references(session: AsyncSession, persona_id: uuid.UUID | None,
+                                  tool_refs: list[str]) -> None:
+    """422 when the MCP servers of these tools name persona secrets (``${secret:...}`` in
+    their env or headers) that the agent's persona does not hold, or it has no persona."""
+    ids = [uuid.UUID(r) for r in tool_refs if _is_uuid(r)]
+    names = [r for r in tool_refs if not _is_uuid(r)]
+    if not tool_refs:
+        return
+    configs: Sequence[dict[str, Any] | None] = (await session.scalars(
+        select(McpServer.config).join(Tool, Tool.mcp_server_id == McpServer.id)
+        .where(or_(Tool.id.in_(ids), Tool.name.in_(names))))).all()
+    labels = list(dict.fromkeys(ref for config in configs
+                                for ref in (config or {}).get("secret_refs", [])))
+    if not labels:
+        return
+    if persona_id is None:
+        raise Unprocessable(f"tool_permissions: these tools' servers use persona secrets "
+                            f"({', '.join(labels)}): bind the agent to a persona that holds them")
+    missing = await missing_references(session, persona_id, labels)
+    if missing:
+        raise Unprocessable(f"tool_permissions: these tools' servers use the secret(s) "
+                            f"{', '.join(missing)}, which the persona does not hold; set them "
+                            f"with PUT /api/v1/personas/{persona_id}/secrets")
+
+
 async def check_documents(session: AsyncSession, actor: Principal,
                           document_ids: list[uuid.UUID]) -> list[str]:
     """The ids (duplicates dropped) when each is a document the actor can see; else 422."""
@@ -197,6 +224,7 @@ async def create_agent(session: AsyncSession, actor: Principal, body: AgentCreat
         tool_permissions=await check_tools(session, actor, body.tool_permissions),
         document_ids=await check_documents(session, actor, body.document_ids),
         config=_config(body.config), is_active=body.is_active, is_public=body.is_public)
+    await check_secret_references(session, agent.persona_id, agent.tool_permissions)
     session.add(agent)
     await _flush_slug(session, body.slug)
     await session.refresh(agent)
@@ -250,6 +278,10 @@ async def update_agent(session: AsyncSession, actor: Principal, agent_id: uuid.U
         values["tool_permissions"] = await check_tools(session, actor, values["tool_permissions"])
     if "document_ids" in values:
         values["document_ids"] = await check_documents(session, actor, values["document_ids"])
+    if "tool_permissions" in values or "persona_id" in values:
+        await check_secret_references(
+            session, values.get("persona_id", agent.persona_id),
+            values.get("tool_permissions", agent.tool_permissions))
     changed: dict[str, Any] = {}
     for field, value in values.items():
         before = getattr(agent, field)

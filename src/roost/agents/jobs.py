@@ -13,7 +13,7 @@ from sqlalchemy import exists, select, text, update
 from roost.agents import health as _health  # noqa: F401 - its schedule (agents.persona_health)
 from roost.agents import mail, runner
 from roost.agents.models import Run
-from roost.agents.runs import RUN_TASK, notify
+from roost.agents.runs import RUN_TASK, notify, totals_from_steps
 from roost.audit.service import record
 from roost.config import get_settings
 from roost.db.base import utcnow
@@ -72,7 +72,7 @@ async def fail_run(database: Database, run_id: uuid.UUID, reason: str) -> bool:
         changed = (await session.execute(
             update(Run).where(Run.id == run_id, Run.status.in_(("pending", "running")))
             .values(status="failed", stop_reason="error", error_message=reason,
-                    completed_at=utcnow(), updated_at=utcnow())
+                    completed_at=utcnow(), updated_at=utcnow(), **totals_from_steps(run_id))
             .returning(Run.user_id, Run.trace_id))).first()
         if changed is None:
             return False

@@ -45,12 +45,13 @@ from decimal import Decimal
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import Agent, Persona, Run, RunStep
-from roost.agents.runs import notify
+from roost.agents.runs import EVENTS_CHANNEL, notify
 from roost.agents.schemas import AgentConfig
+from roost.agents.secrets import resolve_reference
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
@@ -64,12 +65,14 @@ from roost.llm import calls, routing
 from roost.llm.gateway import LLMGateway
 from roost.llm.orchestration import Attempt
 from roost.llm.records import CallOutcome
+from roost.llm.routing import Route
 from roost.llm.types import ChatMessage, ChatRequest, ChatResult, ToolCall
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
 from roost.tools import calls as tool_calls
 from roost.tools.config import ToolsConfig
 from roost.tools.models import Tool, ToolDependency
+from roost.tools.secretrefs import SecretResolver
 
 log = structlog.get_logger(__name__)
 
@@ -116,6 +119,7 @@ class _State:
     config: AgentConfig
     steps: list[RunStep] = field(default_factory=list)
     tools: dict[str, Offered] = field(default_factory=dict)
+    route: Route | None = None  # the model's providers, resolved at the first model step
 
     @property
     def next_number(self) -> int:
@@ -156,15 +160,31 @@ async def _load(env: RunEnv, run_id: uuid.UUID) -> _State | None:
             .where(UserGroupMembership.user_id == run.user_id))).all())
         steps = list((await session.scalars(
             select(RunStep).where(RunStep.run_id == run_id).order_by(RunStep.step_number))).all())
+    # The run row's totals may lag its last finished step (see _claim): count the steps.
+    run.tokens_in = sum(s.tokens_in for s in steps)
+    run.tokens_out = sum(s.tokens_out for s in steps)
+    run.cost = sum((s.cost for s in steps), Decimal(0))
     principal = Principal(user_id=run.user_id, is_admin=False, kind="job", group_ids=groups)
     config = AgentConfig.model_validate(run.config or {})
     return _State(run=run, agent=agent, persona=persona, principal=principal, config=config,
                   steps=steps)
 
 
-async def _run_is_open(session: AsyncSession, run_id: uuid.UUID) -> bool:
-    status = await session.scalar(select(Run.status).where(Run.id == run_id).with_for_update())
-    return status in ("pending", "running")
+async def _claim(session: AsyncSession, state: _State, step_number: int, event: str) -> None:
+    """The run is still open: mark it running at this step, with its totals so far, and
+    tell listeners ``event`` — one statement; raises :class:`_Cancelled` when the run was
+    cancelled or finished meanwhile.  The row lock it takes orders this step against a
+    concurrent cancel.  (Finishing a step writes only the step: the run's totals follow
+    here, at its end, and when it is cancelled or failed, from the steps.)"""
+    run = state.run
+    claimed = (await session.execute(
+        update(Run).where(Run.id == run.id, Run.status.in_(("pending", "running")))
+        .values(status="running", updated_at=utcnow(), steps_count=step_number,
+                tokens_in=run.tokens_in, tokens_out=run.tokens_out, cost=run.cost)
+        .returning(func.pg_notify(EVENTS_CHANNEL, f"{run.id}:{event}"))
+        .execution_options(synchronize_session=False))).first()
+    if claimed is None:
+        raise _Cancelled
 
 
 # --- the tools offered --------------------------------------------------------------------
@@ -301,15 +321,19 @@ def _pending_tool_calls(state: _State) -> list[ToolCall]:
 async def _start_step(env: RunEnv, state: _State, **values: Any) -> RunStep:
     """Commit a ``running`` step (and ``running`` run) before its call starts."""
     async with _scoped(env, state.principal) as session:
-        if not await _run_is_open(session, state.run.id):
-            raise _Cancelled
-        step = RunStep(id=uuid7(), run_id=state.run.id, user_id=state.run.user_id,
-                       persona_id=state.run.persona_id, step_number=state.next_number,
-                       status="running", started_at=utcnow(), **values)
-        session.add(step)
-        await session.execute(update(Run).where(Run.id == state.run.id).values(
-            status="running", updated_at=utcnow(), steps_count=step.step_number))
-        await notify(session, state.run.id, f"step:{step.step_number}:running")
+        step = await _add_step(session, state, **values)
+    return step
+
+
+async def _add_step(session: AsyncSession, state: _State, **values: Any) -> RunStep:
+    """In the caller's transaction: the next step (``running`` unless ``status`` says)."""
+    number = state.next_number
+    values.setdefault("status", "running")
+    await _claim(session, state, number, f"step:{number}:{values['status']}")
+    step = RunStep(id=uuid7(), run_id=state.run.id, user_id=state.run.user_id,
+                   persona_id=state.run.persona_id, step_number=number, started_at=utcnow(),
+                   **values)
+    session.add(step)
     state.steps.append(step)
     return step
 
@@ -328,13 +352,11 @@ async def _finish_step(
         .values(status=status, output=output, error=error, tokens_in=tokens_in,
                 tokens_out=tokens_out, cost=cost, finished_at=now,
                 duration_ms=int((now - started).total_seconds() * 1000), **values)
-        .returning(RunStep.id))).first()
+        .returning(func.pg_notify(EVENTS_CHANNEL, f"{state.run.id}:step:{step.step_number}:"
+                                                  f"{status}"))
+        .execution_options(synchronize_session=False))).first()
     if changed is None:
         raise _Cancelled
-    await session.execute(update(Run).where(Run.id == state.run.id).values(
-        tokens_in=Run.tokens_in + tokens_in, tokens_out=Run.tokens_out + tokens_out,
-        cost=Run.cost + cost, updated_at=now))
-    await notify(session, state.run.id, f"step:{step.step_number}:{status}")
     step.status, step.output, step.error = status, output, error
     step.tokens_in, step.tokens_out, step.cost = tokens_in, tokens_out, cost
     state.run.tokens_in += tokens_in
@@ -457,37 +479,29 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
     chat = ChatRequest(messages=_messages(state), tools=_tool_specs(state.tools),
                        temperature=state.config.temperature,
                        max_tokens=state.config.max_output_tokens)
-    number = state.next_number
     async with _scoped(env, state.principal) as session:
-        if not await _run_is_open(session, state.run.id):
-            raise _Cancelled
-        route = await routing.resolve_route(session, env.gateway, model)
-        step = RunStep(id=uuid7(), run_id=state.run.id, user_id=state.run.user_id,
-                       persona_id=state.run.persona_id, step_number=number,
-                       step_type="llm_call", status="running", started_at=utcnow(),
-                       input={"model": model, "messages": len(chat.messages),
-                              "tools": sorted(state.tools)})
-        session.add(step)
-        await session.flush()
-        call = await calls.add_request(session, env.gateway, state.principal, chat, route,
-                                       request_type=REQUEST_TYPE)
-        step.llm_request_id = call.request_id
-        await session.execute(update(Run).where(Run.id == state.run.id).values(
-            status="running", updated_at=utcnow(), steps_count=number))
-        await notify(session, state.run.id, f"step:{number}:running")
-    state.steps.append(step)
+        if state.route is None:  # once per run (the providers do not change mid-run)
+            state.route = await routing.resolve_route(session, env.gateway, model)
+        # The request is stored as running, with the step, in one transaction.
+        call = await calls.add_request(
+            session, env.gateway, state.principal, chat, state.route, request_type=REQUEST_TYPE,
+            running=True, run_id=state.run.id, agent_id=state.run.agent_id, flush=False)
+        step = await _add_step(session, state, step_type="llm_call",
+                               llm_request_id=call.request_id,
+                               input={"model": model, "messages": len(chat.messages),
+                                      "tools": sorted(state.tools)})
+    number = step.step_number
 
     async def save(session: AsyncSession, outcome: CallOutcome) -> ChatResult:
         result = outcome.result
         usage = outcome.usage
-        if usage is not None:  # the usage row is the run's and the agent's
-            usage.run_id, usage.agent_id = state.run.id, state.run.agent_id
         output = {"content": result.content,
                   "tool_calls": [c.model_dump() for c in result.tool_calls],
                   "finish_reason": result.finish_reason, "model": result.model}
-        await _finish_step(session, state, step, status="completed", output=output,
-                           tokens_in=result.tokens_in, tokens_out=result.tokens_out,
-                           cost=Decimal(usage.credits_used if usage else 0))
+        with suppress(_Cancelled):  # cancelled meanwhile: the call's records still count
+            await _finish_step(session, state, step, status="completed", output=output,
+                               tokens_in=result.tokens_in, tokens_out=result.tokens_out,
+                               cost=Decimal(usage.credits_used if usage else 0))
         await record(session, "agent.step.complete", user_id=state.run.user_id,
                      resource_type="run", resource_id=state.run.id, trace_id=state.run.trace_id,
                      metadata={"step_number": number, "type": "llm_call",
@@ -534,46 +548,77 @@ async def _send_delta(env: RunEnv, run_id: uuid.UUID, number: int, text: str) ->
             await notify(session, run_id, f"delta:{number}:{text[start:start + DELTA_MAX_CHARS]}")
 
 
+def _secret_resolver(env: RunEnv, state: _State) -> SecretResolver | None:
+    """The persona's secrets, resolved when a tool's server names one (at call time only,
+    as the system: the run's persona decides, not who started the run)."""
+    persona_id = state.run.persona_id
+    if persona_id is None:
+        return None
+
+    async def resolve(secret_type: str | None, key_name: str) -> str:
+        return await resolve_reference(env.database, env.box, persona_id, secret_type, key_name)
+
+    return resolve
+
+
+def _parse_call(state: _State, call: ToolCall) -> tuple[Offered | None, dict[str, Any], str | None]:
+    """The offered tool and the arguments of a model's tool call, or what is wrong with it
+    (an unknown or unpermitted tool, arguments that are not a JSON object)."""
+    offered = state.tools.get(call.name)
+    if offered is None:
+        return None, {}, (f"unknown tool {call.name!r}: this agent may call "
+                          f"{', '.join(sorted(state.tools)) or 'no tools'}")
+    try:
+        parsed = json.loads(call.arguments or "{}")
+    except json.JSONDecodeError as exc:
+        return offered, {}, f"the arguments are not valid JSON: {exc.msg} at {exc.pos}"
+    if not isinstance(parsed, dict):
+        return offered, {}, "the arguments must be a JSON object"
+    return offered, parsed, None
+
+
 async def _tool_step(env: RunEnv, state: _State, call: ToolCall,
                      step: RunStep | None = None) -> None:
-    """One tool call as a step.  A call the model got wrong (an unknown or unpermitted
-    tool, arguments that are not a JSON object) is a failed step the model is told of."""
-    offered = state.tools.get(call.name)
-    if step is None:
-        step = await _start_step(
-            env, state, step_type="tool_call", tool_id=offered.tool_id if offered else None,
-            tool_name=offered.name if offered else call.name[:256], tool_call_id=call.id,
-            input={"function": call.name, "arguments": call.arguments[:MAX_TOOL_RESULT_CHARS]})
-    problem: str | None = None
-    arguments: dict[str, Any] = {}
-    if offered is None:
-        problem = (f"unknown tool {call.name!r}: this agent may call "
-                   f"{', '.join(sorted(state.tools)) or 'no tools'}")
-    else:
-        try:
-            parsed = json.loads(call.arguments or "{}")
-        except json.JSONDecodeError as exc:
-            parsed, problem = None, f"the arguments are not valid JSON: {exc.msg} at {exc.pos}"
-        if parsed is not None and not isinstance(parsed, dict):
-            problem = "the arguments must be a JSON object"
-        arguments = parsed if isinstance(parsed, dict) else {}
-    output: dict[str, Any] | None = None
-    tool_run_id: uuid.UUID | None = None
-    if problem is None and offered is not None:
-        try:
-            tool_run = await _guarded(env, state, tool_calls.call_tool(
-                env.database, state.principal, env.tools, env.box, tool_id=offered.tool_id,
-                arguments=arguments, trace_id=state.run.trace_id, knowledge=env.knowledge,
-                run_id=state.run.id, run_step_id=step.id, hosted=env.hosted))
-            output, tool_run_id = tool_run.output, tool_run.id
-        except RoostError as exc:
-            problem = exc.detail
-            raw = exc.extra.get("tool_run_id")
-            tool_run_id = uuid.UUID(raw) if isinstance(raw, str) else None
-    status = "completed" if problem is None else "failed"
+    """One tool call as a step, in two transactions: (1) the step, committed ``running``,
+    with the tool registry's checks (the tool is usable, the arguments match its schema);
+    (2) after the call, its ``tool_runs`` row, audit record and the step's result.  A call
+    the model got wrong is a failed step, written at once, that the model is told of."""
+    offered, arguments, problem = _parse_call(state, call)
+    prepared: tool_calls.PreparedCall | None = None
     async with _scoped(env, state.principal) as session:
-        await _finish_step(session, state, step, status=status, output=output, error=problem,
-                           tool_run_id=tool_run_id)
+        if problem is None and offered is not None:
+            try:
+                prepared = await tool_calls.prepare_call(
+                    session, state.principal, env.tools, env.box, tool_id=offered.tool_id,
+                    name=None, server=None, arguments=arguments)
+            except RoostError as exc:
+                problem = exc.detail
+        if step is None:
+            failed = {"status": "failed", "error": problem, "finished_at": utcnow(),
+                      "duration_ms": 0} if problem is not None else {}
+            step = await _add_step(
+                session, state, step_type="tool_call",
+                tool_id=offered.tool_id if offered else None,
+                tool_name=offered.name if offered else call.name[:256], tool_call_id=call.id,
+                input={"function": call.name,
+                       "arguments": call.arguments[:MAX_TOOL_RESULT_CHARS]}, **failed)
+        elif problem is not None:  # a retried step whose tool went away meanwhile
+            await _finish_step(session, state, step, status="failed", error=problem)
+    if prepared is None:
+        return
+    result = await _guarded(env, state, tool_calls.execute_call(
+        prepared, env.database, state.principal, env.tools, arguments,
+        knowledge=env.knowledge, hosted=env.hosted, run_id=state.run.id,
+        secrets=_secret_resolver(env, state)))
+    async with _scoped(env, state.principal) as session:
+        tool_run = await tool_calls.record_call(
+            session, state.principal, prepared, arguments, result, trace_id=state.run.trace_id,
+            run_id=state.run.id, run_step_id=step.id)
+        failure = result.failure
+        await _finish_step(session, state, step,
+                           status="completed" if failure is None else "failed",
+                           output=result.output, error=failure.detail if failure else None,
+                           tool_run_id=tool_run.id)
 
 
 async def _finish_run(env: RunEnv, state: _State, stop: _Stop) -> str:
@@ -585,10 +630,17 @@ async def _finish_run(env: RunEnv, state: _State, stop: _Stop) -> str:
         changed = (await session.execute(
             update(Run).where(Run.id == state.run.id, Run.status.in_(("pending", "running")))
             .values(status=stop.status, stop_reason=stop.reason, output=output,
-                    error_message=stop.error, completed_at=utcnow(), updated_at=utcnow())
+                    error_message=stop.error, completed_at=utcnow(), updated_at=utcnow(),
+                    tokens_in=state.run.tokens_in, tokens_out=state.run.tokens_out,
+                    cost=state.run.cost, steps_count=len(state.steps))
             .returning(Run.id))).first()
         if changed is None:
             return "cancelled"
+        # A call cut off by the run's end (its timeout) leaves its step open: close it.
+        await session.execute(
+            update(RunStep).where(RunStep.run_id == state.run.id, RunStep.status == "running")
+            .values(status="interrupted", finished_at=utcnow(), error=f"stopped: {stop.reason}")
+            .execution_options(synchronize_session=False))
         await record(session, f"agent.run.{'complete' if stop.status == 'completed' else 'fail'}",
                      user_id=state.run.user_id, resource_type="run", resource_id=state.run.id,
                      trace_id=state.run.trace_id, success=stop.status == "completed",

@@ -78,6 +78,16 @@ async def create_run(
     return run, True
 
 
+def totals_from_steps(run_id: uuid.UUID) -> dict[str, Any]:
+    """SET values: the run's tokens and cost summed over its steps (the runner writes them
+    to the run row one step late; a run ended from outside takes them from here)."""
+    def total(column: Any) -> Any:
+        return select(func.coalesce(func.sum(column), 0)).where(
+            RunStep.run_id == run_id).scalar_subquery()
+    return {"tokens_in": total(RunStep.tokens_in), "tokens_out": total(RunStep.tokens_out),
+            "cost": total(RunStep.cost)}
+
+
 async def get_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID) -> Run:
     run = await session.get(Run, run_id, populate_existing=True)
     if run is None:
@@ -115,7 +125,7 @@ async def cancel_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID)
     now = utcnow()
     await session.execute(update(Run).where(Run.id == run_id).values(
         status="cancelled", stop_reason="cancelled", cancel_requested_at=now, completed_at=now,
-        updated_at=now, error_message=None))
+        updated_at=now, error_message=None, **totals_from_steps(run_id)))
     open_steps = (await session.scalars(
         update(RunStep).where(RunStep.run_id == run_id, RunStep.status == "running")
         .values(status="cancelled", finished_at=now, error="cancelled")

@@ -131,3 +131,32 @@ async def _resolve(session: AsyncSession, box: SecretBox, persona_id: uuid.UUID,
     if found is None:
         raise NotFound(f"the persona has no {secret_type} secret named {key_name!r}")
     return box.decrypt_str(found.encrypted_value, _aad(found.id))
+
+
+async def resolve_reference(database: Database, box: SecretBox, persona_id: uuid.UUID,
+                            secret_type: str | None, key_name: str) -> str:
+    """A ``${secret:[type/]key}`` reference of an MCP server's env or header, resolved for
+    a run of the persona (roost.tools.secretrefs): by type and name, or by name alone when
+    the persona has one secret of that name."""
+    async with database.transaction() as session:
+        if secret_type is None:
+            kinds = (await session.scalars(select(Secret.secret_type).where(
+                Secret.persona_id == persona_id, Secret.key_name == key_name))).all()
+            if len(kinds) > 1:
+                raise Conflict(f"the persona has {len(kinds)} secrets named {key_name!r}; name "
+                               f"the type in the reference: ${{secret:TYPE/{key_name}}}")
+            if not kinds:
+                raise NotFound(f"the persona has no secret named {key_name!r}")
+            secret_type = kinds[0]
+        return await _resolve(session, box, persona_id, secret_type, key_name)
+
+
+async def missing_references(session: AsyncSession, persona_id: uuid.UUID,
+                             labels: list[str]) -> list[str]:
+    """Which ``[type/]key`` labels the persona holds no secret for (configuration time:
+    names only, nothing is decrypted)."""
+    held = (await session.execute(select(Secret.secret_type, Secret.key_name).where(
+        Secret.persona_id == persona_id))).tuples().all()
+    names = {key for _, key in held}
+    typed = {f"{kind}/{key}" for kind, key in held}
+    return [label for label in labels if label not in (typed if "/" in label else names)]

@@ -82,19 +82,29 @@ class PendingCall:
     chat: ChatRequest
     request_type: str
     session_id: uuid.UUID | None = None  # the chat session, when there is one
+    running: bool = False  # stored as running already: no separate mark_running
+    run_id: uuid.UUID | None = None  # the agent run it is a step of (its usage row says so)
+    agent_id: uuid.UUID | None = None
 
 
 async def add_request(
     session: AsyncSession, gateway: LLMGateway, principal: Principal, chat: ChatRequest,
     route: Route, *, request_type: str, session_id: uuid.UUID | None = None,
+    running: bool = False, run_id: uuid.UUID | None = None, agent_id: uuid.UUID | None = None,
+    flush: bool = True,
 ) -> PendingCall:
-    """Step 1 inside the caller's transaction (the caller audits it with its own rows)."""
+    """Step 1 inside the caller's transaction (the caller audits it with its own rows).
+    ``running``: the call starts as soon as this transaction commits, so the request is
+    stored as running (one transaction less); ``flush=False`` leaves the insert to the
+    caller's next flush or commit (one round trip less when it writes more rows)."""
     row = new_request(gateway, principal, chat, route, request_type=request_type,
-                      session_id=session_id)
+                      session_id=session_id, running=running)
     session.add(row)
-    await session.flush()
+    if flush:
+        await session.flush()
     return PendingCall(request_id=row.id, principal=principal, route=route, chat=chat,
-                       request_type=request_type, session_id=session_id)
+                       request_type=request_type, session_id=session_id, running=running,
+                       run_id=run_id, agent_id=agent_id)
 
 
 async def begin(
@@ -124,7 +134,7 @@ async def _store_failure(
         message = await record_failure(
             session, gateway, call.principal, call.request_id, error, attempts,
             request_type=call.request_type, model=call.route.model, latency_ms=latency_ms,
-            session_id=call.session_id,
+            session_id=call.session_id, run_id=call.run_id, agent_id=call.agent_id,
             audit_action=None if on_failure is not None else "llm.request.fail",
         )
         if on_failure is not None:
@@ -138,7 +148,7 @@ async def _store_success(
     async with gateway.transaction(call.principal) as session:
         await record_success(
             session, gateway, call.principal, outcome, request_type=call.request_type,
-            session_id=call.session_id,
+            session_id=call.session_id, run_id=call.run_id, agent_id=call.agent_id,
             audit_action=None if on_success is not None else "llm.request.complete",
         )
         return outcome if on_success is None else await on_success(session, outcome)
@@ -165,7 +175,8 @@ async def run(
     the caller's answer (:func:`~roost.llm.records.public_error`: 502/504, 400, 404);
     cancellation is recorded and re-raised.  ``execute_with`` replaces the chat
     completion (embeddings use it)."""
-    await mark_running(gateway, call.principal, call.request_id)
+    if not call.running:
+        await mark_running(gateway, call.principal, call.request_id)
     started = time.perf_counter()
     try:
         if execute_with is not None:
@@ -252,7 +263,8 @@ async def open_stream(
 ) -> RecordedStream[Any]:
     """Step 2 of a streamed call, up to its first chunk (fallback happens here), so a
     failure before any output is recorded and raised as an ordinary error answer."""
-    await mark_running(gateway, call.principal, call.request_id)
+    if not call.running:
+        await mark_running(gateway, call.principal, call.request_id)
     stream = CallStream(gateway, call.route, call.chat, call.request_id)
     try:
         await stream.start()

@@ -71,14 +71,16 @@ def credits_for(gateway: LLMGateway, tokens: int) -> int:
 
 def new_request(
     gateway: LLMGateway, principal: Principal, chat: ChatRequest, route: Route, *,
-    request_type: str, session_id: uuid.UUID | None = None,
+    request_type: str, session_id: uuid.UUID | None = None, running: bool = False,
 ) -> LLMRequest:
+    """``running``: stored as already started (a caller that goes straight on to the call
+    saves the separate ``pending -> running`` transaction)."""
     return LLMRequest(
         id=uuid7(), session_id=session_id, user_id=principal.user_id, request_type=request_type,
         model=route.model, prompt=gateway.cipher.encrypt(chat.prompt_text()),
         messages=encrypt_json(gateway.cipher, [m.to_openai() for m in chat.messages]),
         model_params=chat.model_params(), ensemble_config=route.ensemble_config,
-        status="pending",
+        status="running" if running else "pending", started_at=utcnow() if running else None,
     )
 
 
@@ -129,8 +131,10 @@ class CallOutcome:
 async def record_success(
     session: AsyncSession, gateway: LLMGateway, principal: Principal, outcome: CallOutcome, *,
     request_type: str, session_id: uuid.UUID | None = None, audit_action: str | None = None,
+    run_id: uuid.UUID | None = None, agent_id: uuid.UUID | None = None,
 ) -> UsageRecord:
-    """Responses, usage, status ``completed``; audited unless the caller audits itself."""
+    """Responses, usage, status ``completed``; audited unless the caller audits itself.
+    ``run_id``/``agent_id``: the agent run the call was made for (usage per run)."""
     user_id = principal.user_id
     session.add_all([_response_row(gateway, a, outcome.request_id, user_id)
                      for a in outcome.attempts])
@@ -141,7 +145,7 @@ async def record_success(
         model=result.model or outcome.winner.name, tokens_input=result.tokens_in,
         tokens_output=result.tokens_out, credits_used=credits_for(gateway, result.tokens_total),
         latency_ms=outcome.latency_ms, session_id=session_id, llm_request_id=outcome.request_id,
-        provider_id=winner_id, success=True,
+        provider_id=winner_id, success=True, run_id=run_id, agent_id=agent_id,
     )
     session.add(usage)
     await session.execute(
@@ -165,6 +169,7 @@ async def record_failure(
     session: AsyncSession, gateway: LLMGateway, principal: Principal, request_id: uuid.UUID,
     error: BaseException, attempts: Sequence[Attempt], *, request_type: str, model: str | None,
     latency_ms: int, session_id: uuid.UUID | None = None, audit_action: str | None = None,
+    run_id: uuid.UUID | None = None, agent_id: uuid.UUID | None = None,
 ) -> str:
     """Failed attempts, a zero-credit usage row, status ``failed``; returns the message."""
     user_id = principal.user_id
@@ -173,7 +178,7 @@ async def record_failure(
     session.add(UsageRecord(
         id=uuid7(), user_id=user_id, request_type=request_type, model=model, tokens_input=0,
         tokens_output=0, credits_used=0, latency_ms=latency_ms, session_id=session_id,
-        llm_request_id=request_id, success=False,
+        llm_request_id=request_id, success=False, run_id=run_id, agent_id=agent_id,
     ))
     await session.execute(
         update(LLMRequest).where(LLMRequest.id == request_id)

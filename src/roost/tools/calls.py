@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from jsonschema import Draft202012Validator, SchemaError
@@ -32,14 +33,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from roost.audit.service import record
-from roost.db.base import utcnow
+from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.errors import Conflict, GatewayTimeout, NotFound, RoostError, Unprocessable
 from roost.knowledge.config import KnowledgeConfig
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
-from roost.tools import builtins, lspservers, mcpclient, registry, stdiopool, webfetch
+from roost.tools import (
+    builtins,
+    lspservers,
+    mcpclient,
+    registry,
+    secretrefs,
+    stdiopool,
+    webfetch,
+)
 from roost.tools.config import ToolsConfig
 from roost.tools.models import MAX_PREVIEW_CHARS, McpServer, Tool, ToolRun
 from roost.tools.servers import scoped, spec_for
@@ -110,49 +119,52 @@ def _describe(error: Any) -> str:
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class PreparedCall:
+    """A call that passed its checks: the tool, and how to reach its server."""
+
     tool_id: uuid.UUID
     name: str
     kind: str
     spec: mcpclient.ServerSpec | None
 
 
-async def _prepare(
-    database: Database, actor: Principal, cfg: ToolsConfig, box: SecretBox,
+async def prepare_call(
+    session: AsyncSession, actor: Principal, cfg: ToolsConfig, box: SecretBox, *,
     tool_id: uuid.UUID | None, name: str | None, server: str | None, arguments: dict[str, Any],
-) -> _Prepared:
-    async with scoped(database, actor, cfg) as session:
-        row: McpServer | None = None
-        if tool_id is not None:
-            # The tool and its server in one statement (registry.get_tool's visibility),
-            # without the description's vector: one round trip less per call.
-            found = (await session.execute(
-                select(Tool, McpServer).outerjoin(McpServer, McpServer.id == Tool.mcp_server_id)
-                .where(Tool.id == tool_id, registry.visible(actor))
-                .options(defer(Tool.description_embedding))
-            )).first()
-            if found is None:
-                raise NotFound(f"tool {tool_id} does not exist")
-            tool, row = found.tuple()
-        else:
-            assert name is not None
-            tool = await registry.find_tool(session, actor, name, server)
-        if not tool.enabled:
-            raise ToolUnavailable(f"tool {tool.name!r} is disabled")
-        if not tool.available:
-            raise ToolUnavailable(f"tool {tool.name!r} is no longer offered by its server; "
-                                  "sync the server to refresh its tools")
-        validate_arguments(tool.input_schema, arguments)
-        spec = None
-        if tool.kind == "mcp":
-            if row is None:
-                row = await session.get(McpServer, tool.mcp_server_id)
-            if row is None:
-                raise NotFound(f"tool {tool.id} does not exist")
-            if not row.enabled:
-                raise ToolUnavailable(f"MCP server {row.name!r} is disabled")
-            spec = spec_for(row, box, cfg)
-        return _Prepared(tool.id, tool.name, tool.kind, spec)
+) -> PreparedCall:
+    """In the caller's scoped transaction: find the tool (another tenant's is 404), check
+    it is enabled and available, validate the arguments (422)."""
+    row: McpServer | None = None
+    if tool_id is not None:
+        # The tool and its server in one statement (registry.get_tool's visibility),
+        # without the description's vector: one round trip less per call.
+        found = (await session.execute(
+            select(Tool, McpServer).outerjoin(McpServer, McpServer.id == Tool.mcp_server_id)
+            .where(Tool.id == tool_id, registry.visible(actor))
+            .options(defer(Tool.description_embedding))
+        )).first()
+        if found is None:
+            raise NotFound(f"tool {tool_id} does not exist")
+        tool, row = found.tuple()
+    else:
+        assert name is not None
+        tool = await registry.find_tool(session, actor, name, server)
+    if not tool.enabled:
+        raise ToolUnavailable(f"tool {tool.name!r} is disabled")
+    if not tool.available:
+        raise ToolUnavailable(f"tool {tool.name!r} is no longer offered by its server; "
+                              "sync the server to refresh its tools")
+    validate_arguments(tool.input_schema, arguments)
+    spec = None
+    if tool.kind == "mcp":
+        if row is None:
+            row = await session.get(McpServer, tool.mcp_server_id)
+        if row is None:
+            raise NotFound(f"tool {tool.id} does not exist")
+        if not row.enabled:
+            raise ToolUnavailable(f"MCP server {row.name!r} is disabled")
+        spec = spec_for(row, box, cfg)
+    return PreparedCall(tool.id, tool.name, tool.kind, spec)
 
 
 HostedBuiltin = Callable[[Database, Principal, dict[str, Any], uuid.UUID | None],
@@ -163,13 +175,15 @@ domain's ``send_email``, which needs the run's persona (this domain cannot impor
 
 
 async def _run(
-    prepared: _Prepared, database: Database, actor: Principal, cfg: ToolsConfig,
+    prepared: PreparedCall, database: Database, actor: Principal, cfg: ToolsConfig,
     kcfg: KnowledgeConfig | None, arguments: dict[str, Any],
     hosted: Mapping[uuid.UUID, HostedBuiltin], run_id: uuid.UUID | None,
+    secrets: secretrefs.SecretResolver | None = None,
 ) -> dict[str, Any]:
     if prepared.spec is not None:
+        spec = await secretrefs.resolve_spec(prepared.spec, secrets)
         outcome = await mcpclient.call_tool(
-            prepared.spec, prepared.name, arguments, timeout_s=cfg.call_timeout_s,
+            spec, prepared.name, arguments, timeout_s=cfg.call_timeout_s,
             max_bytes=cfg.max_output_bytes, pool=stdiopool.default_pool(stdio_limits(cfg)),
         )
         if outcome.is_error:
@@ -211,6 +225,74 @@ def _preview(output: dict[str, Any]) -> str:
     return text[:MAX_PREVIEW_CHARS]
 
 
+@dataclass(frozen=True)
+class CallResult:
+    """What running a prepared call gave: its output, or the failure to record."""
+
+    output: dict[str, Any] | None
+    failure: RoostError | None
+    started_at: datetime
+    duration_ms: int
+
+    @property
+    def status(self) -> str:
+        if self.failure is None:
+            return "success"
+        return "timeout" if isinstance(self.failure, GatewayTimeout) else "error"
+
+
+async def execute_call(
+    prepared: PreparedCall, database: Database, actor: Principal, cfg: ToolsConfig,
+    arguments: dict[str, Any], *, knowledge: KnowledgeConfig | None = None,
+    hosted: Mapping[uuid.UUID, HostedBuiltin] | None = None, run_id: uuid.UUID | None = None,
+    secrets: secretrefs.SecretResolver | None = None,
+) -> CallResult:
+    """Run the tool (no transaction open); a failure is returned, not raised.  ``secrets``
+    resolves the persona secrets an MCP server's env or headers name (secretrefs)."""
+    started = utcnow()
+    clock = time.perf_counter()
+    output: dict[str, Any] | None = None
+    failure: RoostError | None = None
+    try:
+        output = await _run(prepared, database, actor, cfg, knowledge, arguments,
+                            hosted or {}, run_id, secrets)
+    except TimeoutError:
+        failure = mcpclient.McpTimeout(
+            f"tool {prepared.name!r} did not finish within {cfg.call_timeout_s:g} s"
+        )
+    except RoostError as exc:
+        failure = exc
+    return CallResult(output, failure, started, int((time.perf_counter() - clock) * 1000))
+
+
+async def record_call(
+    session: AsyncSession, actor: Principal, prepared: PreparedCall, arguments: dict[str, Any],
+    result: CallResult, *, trace_id: str | None = None, session_id: uuid.UUID | None = None,
+    message_id: uuid.UUID | None = None, run_id: uuid.UUID | None = None,
+    run_step_id: uuid.UUID | None = None,
+) -> ToolRun:
+    """In the caller's scoped transaction: the ``tool_runs`` row and its audit record."""
+    failure, output = result.failure, result.output
+    run = ToolRun(
+        id=uuid7(), tool_id=prepared.tool_id, user_id=actor.user_id, tool_name=prepared.name,
+        trace_id=trace_id or f"run-{uuid.uuid4()}", status=result.status, input=arguments,
+        output=output if output is not None else (failure.extra.get("output") if failure else None),
+        result_preview=_preview(output) if output is not None else None,
+        error=failure.detail if failure else None, started_at=result.started_at,
+        finished_at=utcnow(), duration_ms=result.duration_ms, session_id=session_id,
+        message_id=message_id, run_id=run_id, run_step_id=run_step_id,
+    )
+    session.add(run)
+    await record(
+        session, "tool.call", user_id=actor.user_id, resource_type="tool",
+        resource_id=prepared.tool_id, trace_id=run.trace_id, success=failure is None,
+        error_message=failure.detail if failure else None,
+        metadata={"tool_run_id": str(run.id), "tool_name": prepared.name, "status": result.status,
+                  "duration_ms": result.duration_ms},
+    )
+    return run
+
+
 async def call_tool(
     database: Database, actor: Principal, cfg: ToolsConfig, box: SecretBox,
     *, tool_id: uuid.UUID | None = None, name: str | None = None, server: str | None = None,
@@ -221,47 +303,21 @@ async def call_tool(
 ) -> ToolRun:
     """Run a tool for ``actor`` and record it; raises the failure after recording it.
     ``run_id``/``run_step_id``: the agent run and step that called it; ``hosted``: the
-    built-ins higher domains implement (:data:`HostedBuiltin`)."""
-    prepared = await _prepare(database, actor, cfg, box, tool_id, name, server, arguments)
-    started = utcnow()
-    clock = time.perf_counter()
-    output: dict[str, Any] | None = None
-    failure: RoostError | None = None
-    try:
-        output = await _run(prepared, database, actor, cfg, knowledge, arguments,
-                            hosted or {}, run_id)
-    except TimeoutError:
-        failure = mcpclient.McpTimeout(
-            f"tool {prepared.name!r} did not finish within {cfg.call_timeout_s:g} s"
-        )
-    except RoostError as exc:
-        failure = exc
-    duration = int((time.perf_counter() - clock) * 1000)
-    status = "success" if failure is None else (
-        "timeout" if isinstance(failure, GatewayTimeout) else "error"
-    )
+    built-ins higher domains implement (:data:`HostedBuiltin`).  The three parts
+    (:func:`prepare_call`, :func:`execute_call`, :func:`record_call`) are public for a
+    caller that puts its own rows in the same transactions (the agent runner)."""
     async with scoped(database, actor, cfg) as session:
-        run = ToolRun(
-            tool_id=prepared.tool_id, user_id=actor.user_id, tool_name=prepared.name,
-            trace_id=trace_id or f"run-{uuid.uuid4()}", status=status, input=arguments,
-            output=output if output is not None else (failure.extra.get("output") if failure else None),
-            result_preview=_preview(output) if output is not None else None,
-            error=failure.detail if failure else None, started_at=started, finished_at=utcnow(),
-            duration_ms=duration, session_id=session_id, message_id=message_id,
-            run_id=run_id, run_step_id=run_step_id,
-        )
-        session.add(run)
-        await session.flush()
-        await record(
-            session, "tool.call", user_id=actor.user_id, resource_type="tool",
-            resource_id=prepared.tool_id, trace_id=run.trace_id, success=failure is None,
-            error_message=failure.detail if failure else None,
-            metadata={"tool_run_id": str(run.id), "tool_name": prepared.name, "status": status,
-                      "duration_ms": duration},
-        )
-    if failure is not None:
-        failure.extra = {"tool_run_id": str(run.id)}
-        raise failure
+        prepared = await prepare_call(session, actor, cfg, box, tool_id=tool_id, name=name,
+                                      server=server, arguments=arguments)
+    result = await execute_call(prepared, database, actor, cfg, arguments, knowledge=knowledge,
+                                hosted=hosted, run_id=run_id)
+    async with scoped(database, actor, cfg) as session:
+        run = await record_call(session, actor, prepared, arguments, result, trace_id=trace_id,
+                                session_id=session_id, message_id=message_id, run_id=run_id,
+                                run_step_id=run_step_id)
+    if result.failure is not None:
+        result.failure.extra = {"tool_run_id": str(run.id)}
+        raise result.failure
     return run
 
 

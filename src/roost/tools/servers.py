@@ -28,7 +28,7 @@ from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
 from roost.tasks.service import enqueue
-from roost.tools import mcpclient, stdiopool
+from roost.tools import mcpclient, secretrefs, stdiopool
 from roost.tools.config import ToolsConfig
 from roost.tools.models import MAX_SCHEMA_BYTES, McpServer, Tool
 from roost.tools.schemas import McpServerCreate, McpServerOut
@@ -119,6 +119,10 @@ async def create_server(
         id=uuid7(), user_id=owner, name=body.name, description=body.description,
         transport=body.transport, url=body.url, command=body.command, args=list(body.args),
         enabled=body.enabled,
+        # The persona secrets its values name (not the values): checked when an agent of a
+        # persona is given this server's tools (roost.tools.secretrefs).
+        config={"secret_refs": [secretrefs.label(r) for r in
+                                secretrefs.references({**body.env, **body.headers})]},
     )
     row.env_encrypted = _seal(box, row.id, "env", body.env)
     row.headers_encrypted = _seal(box, row.id, "headers", body.headers)
