@@ -38,9 +38,10 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
@@ -120,6 +121,12 @@ class _State:
     steps: list[RunStep] = field(default_factory=list)
     tools: dict[str, Offered] = field(default_factory=dict)
     route: Route | None = None  # the model's providers, resolved at the first model step
+    # Finished calls' records, written by the runner's next transaction (the next step's
+    # start or the run's end), before that step starts: one transaction less per call.
+    pending: list[Callable[[AsyncSession], Awaitable[None]]] = field(default_factory=list)
+    # Tool steps begun (committed running, checked) and not yet run.
+    ready: list[tuple[RunStep, tool_calls.PreparedCall, dict[str, Any]]] = field(
+        default_factory=list)
 
     @property
     def next_number(self) -> int:
@@ -141,9 +148,17 @@ class _Cancelled(Exception):  # control flow: the run was cancelled meanwhile
 
 @asynccontextmanager
 async def _scoped(env: RunEnv, principal: Principal) -> AsyncIterator[AsyncSession]:
+    """A transaction in the run's scope.  Finding the run cancelled (:class:`_Cancelled`)
+    still commits what was written before (a finished call's records), then stops."""
+    cancelled = False
     async with env.database.transaction() as session:
         await apply_principal(session, principal, app_role=env.tools.app_role)
-        yield session
+        try:
+            yield session
+        except _Cancelled:
+            cancelled = True
+    if cancelled:
+        raise _Cancelled
 
 
 async def _load(env: RunEnv, run_id: uuid.UUID) -> _State | None:
@@ -318,6 +333,30 @@ def _pending_tool_calls(state: _State) -> list[ToolCall]:
 # --- steps ------------------------------------------------------------------------------------
 
 
+async def _apply_pending(session: AsyncSession, state: _State) -> None:
+    pending, state.pending = state.pending, []
+    for write in pending:
+        await write(session)
+
+
+async def _claim_next(session: AsyncSession, state: _State, status: str) -> int:
+    """In the caller's transaction: the records of calls finished since, then the claim of
+    the next step number (raises :class:`_Cancelled` after them when the run is over)."""
+    await _apply_pending(session, state)
+    number = state.next_number
+    await _claim(session, state, number, f"step:{number}:{status}")
+    return number
+
+
+def _new_step(session: AsyncSession, state: _State, number: int, **values: Any) -> RunStep:
+    step = RunStep(id=uuid7(), run_id=state.run.id, user_id=state.run.user_id,
+                   persona_id=state.run.persona_id, step_number=number, started_at=utcnow(),
+                   **values)
+    session.add(step)
+    state.steps.append(step)
+    return step
+
+
 async def _start_step(env: RunEnv, state: _State, **values: Any) -> RunStep:
     """Commit a ``running`` step (and ``running`` run) before its call starts."""
     async with _scoped(env, state.principal) as session:
@@ -327,25 +366,31 @@ async def _start_step(env: RunEnv, state: _State, **values: Any) -> RunStep:
 
 async def _add_step(session: AsyncSession, state: _State, **values: Any) -> RunStep:
     """In the caller's transaction: the next step (``running`` unless ``status`` says)."""
-    number = state.next_number
     values.setdefault("status", "running")
-    await _claim(session, state, number, f"step:{number}:{values['status']}")
-    step = RunStep(id=uuid7(), run_id=state.run.id, user_id=state.run.user_id,
-                   persona_id=state.run.persona_id, step_number=number, started_at=utcnow(),
-                   **values)
-    session.add(step)
-    state.steps.append(step)
-    return step
+    number = await _claim_next(session, state, values["status"])
+    return _new_step(session, state, number, **values)
 
 
-async def _finish_step(
+def _settle(state: _State, step: RunStep, *, status: str, output: dict[str, Any] | None,
+            error: str | None, tokens_in: int = 0, tokens_out: int = 0,
+            cost: Decimal = Decimal(0)) -> None:
+    """The step's result in the run's memory (what the next model call is told)."""
+    step.status, step.output, step.error = status, output, error
+    step.tokens_in, step.tokens_out, step.cost = tokens_in, tokens_out, cost
+    state.run.tokens_in += tokens_in
+    state.run.tokens_out += tokens_out
+    state.run.cost += cost
+
+
+async def _write_finish(
     session: AsyncSession, state: _State, step: RunStep, *, status: str,
     output: dict[str, Any] | None = None, error: str | None = None, tokens_in: int = 0,
-    tokens_out: int = 0, cost: Decimal = Decimal(0), **values: Any,
-) -> None:
-    """In the caller's transaction: the step's result and the run's totals (only while
-    the step is still running: a cancelled run keeps what cancelling wrote)."""
-    now = utcnow()
+    tokens_out: int = 0, cost: Decimal = Decimal(0), finished_at: datetime | None = None,
+    **values: Any,
+) -> bool:
+    """In the caller's transaction: the step's result, only while it is still running (a
+    cancelled run keeps what cancelling wrote); false when it was not."""
+    now = finished_at or utcnow()
     started = step.started_at or now
     changed = (await session.execute(
         update(RunStep).where(RunStep.id == step.id, RunStep.status == "running")
@@ -355,13 +400,21 @@ async def _finish_step(
         .returning(func.pg_notify(EVENTS_CHANNEL, f"{state.run.id}:step:{step.step_number}:"
                                                   f"{status}"))
         .execution_options(synchronize_session=False))).first()
-    if changed is None:
+    return changed is not None
+
+
+async def _finish_step(
+    session: AsyncSession, state: _State, step: RunStep, *, status: str,
+    output: dict[str, Any] | None = None, error: str | None = None, tokens_in: int = 0,
+    tokens_out: int = 0, cost: Decimal = Decimal(0), **values: Any,
+) -> None:
+    """The step's result, now, in the caller's transaction; :class:`_Cancelled` when the
+    run was cancelled meanwhile (the step is no longer running)."""
+    if not await _write_finish(session, state, step, status=status, output=output, error=error,
+                               tokens_in=tokens_in, tokens_out=tokens_out, cost=cost, **values):
         raise _Cancelled
-    step.status, step.output, step.error = status, output, error
-    step.tokens_in, step.tokens_out, step.cost = tokens_in, tokens_out, cost
-    state.run.tokens_in += tokens_in
-    state.run.tokens_out += tokens_out
-    state.run.cost += cost
+    _settle(state, step, status=status, output=output, error=error, tokens_in=tokens_in,
+            tokens_out=tokens_out, cost=cost)
 
 
 async def _recover(env: RunEnv, state: _State) -> list[RunStep]:
@@ -480,17 +533,17 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
                        temperature=state.config.temperature,
                        max_tokens=state.config.max_output_tokens)
     async with _scoped(env, state.principal) as session:
+        number = await _claim_next(session, state, "running")
         if state.route is None:  # once per run (the providers do not change mid-run)
             state.route = await routing.resolve_route(session, env.gateway, model)
         # The request is stored as running, with the step, in one transaction.
         call = await calls.add_request(
             session, env.gateway, state.principal, chat, state.route, request_type=REQUEST_TYPE,
             running=True, run_id=state.run.id, agent_id=state.run.agent_id, flush=False)
-        step = await _add_step(session, state, step_type="llm_call",
-                               llm_request_id=call.request_id,
-                               input={"model": model, "messages": len(chat.messages),
-                                      "tools": sorted(state.tools)})
-    number = step.step_number
+        step = _new_step(session, state, number, step_type="llm_call", status="running",
+                         llm_request_id=call.request_id,
+                         input={"model": model, "messages": len(chat.messages),
+                                "tools": sorted(state.tools)})
 
     async def save(session: AsyncSession, outcome: CallOutcome) -> ChatResult:
         result = outcome.result
@@ -502,6 +555,8 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
             await _finish_step(session, state, step, status="completed", output=output,
                                tokens_in=result.tokens_in, tokens_out=result.tokens_out,
                                cost=Decimal(usage.credits_used if usage else 0))
+            # The tool calls it asks for begin in the same transaction (one less a call).
+            await _begin_tool_steps(session, env, state, result.tool_calls)
         await record(session, "agent.step.complete", user_id=state.run.user_id,
                      resource_type="run", resource_id=state.run.id, trace_id=state.run.trace_id,
                      metadata={"step_number": number, "type": "llm_call",
@@ -577,15 +632,16 @@ def _parse_call(state: _State, call: ToolCall) -> tuple[Offered | None, dict[str
     return offered, parsed, None
 
 
-async def _tool_step(env: RunEnv, state: _State, call: ToolCall,
-                     step: RunStep | None = None) -> None:
-    """One tool call as a step, in two transactions: (1) the step, committed ``running``,
-    with the tool registry's checks (the tool is usable, the arguments match its schema);
-    (2) after the call, its ``tool_runs`` row, audit record and the step's result.  A call
-    the model got wrong is a failed step, written at once, that the model is told of."""
-    offered, arguments, problem = _parse_call(state, call)
-    prepared: tool_calls.PreparedCall | None = None
-    async with _scoped(env, state.principal) as session:
+async def _begin_tool_steps(session: AsyncSession, env: RunEnv, state: _State,
+                            tool_calls_: Sequence[ToolCall]) -> None:
+    """In the caller's transaction (the model step's result, or a transaction of its own):
+    a step per tool call, committed ``running`` with the tool registry's checks (the tool
+    is usable, the arguments match its schema), ready to run once it commits.  A call the
+    model got wrong is written as a failed step at once; the model is told of it.  A run
+    cancelled meanwhile gets no new steps."""
+    for call in tool_calls_:
+        offered, arguments, problem = _parse_call(state, call)
+        prepared: tool_calls.PreparedCall | None = None
         if problem is None and offered is not None:
             try:
                 prepared = await tool_calls.prepare_call(
@@ -593,32 +649,82 @@ async def _tool_step(env: RunEnv, state: _State, call: ToolCall,
                     name=None, server=None, arguments=arguments)
             except RoostError as exc:
                 problem = exc.detail
-        if step is None:
-            failed = {"status": "failed", "error": problem, "finished_at": utcnow(),
-                      "duration_ms": 0} if problem is not None else {}
-            step = await _add_step(
-                session, state, step_type="tool_call",
-                tool_id=offered.tool_id if offered else None,
-                tool_name=offered.name if offered else call.name[:256], tool_call_id=call.id,
-                input={"function": call.name,
-                       "arguments": call.arguments[:MAX_TOOL_RESULT_CHARS]}, **failed)
-        elif problem is not None:  # a retried step whose tool went away meanwhile
-            await _finish_step(session, state, step, status="failed", error=problem)
-    if prepared is None:
-        return
-    result = await _guarded(env, state, tool_calls.execute_call(
-        prepared, env.database, state.principal, env.tools, arguments,
-        knowledge=env.knowledge, hosted=env.hosted, run_id=state.run.id,
-        secrets=_secret_resolver(env, state)))
-    async with _scoped(env, state.principal) as session:
+        failed = {"status": "failed", "error": problem, "finished_at": utcnow(),
+                  "duration_ms": 0} if problem is not None else {"status": "running"}
+        number = state.next_number
+        try:
+            await _claim(session, state, number, f"step:{number}:{failed['status']}")
+        except _Cancelled:
+            return
+        step = _new_step(session, state, number, step_type="tool_call",
+                         tool_id=offered.tool_id if offered else None,
+                         tool_name=offered.name if offered else call.name[:256],
+                         tool_call_id=call.id,
+                         input={"function": call.name,
+                                "arguments": call.arguments[:MAX_TOOL_RESULT_CHARS]}, **failed)
+        if prepared is not None:
+            state.ready.append((step, prepared, arguments))
+
+
+class _Refused(Exception):  # a retried tool call the model can no longer make
+    pass
+
+
+async def _tool_step(env: RunEnv, state: _State, call: ToolCall,
+                     step: RunStep | None = None) -> None:
+    """A tool call whose step was not begun with its model step's result (a run resumed
+    after a crash): begun in a transaction of its own (or, for a step being retried, its
+    checks made again), then run."""
+    if step is None:
+        async with _scoped(env, state.principal) as session:
+            await _apply_pending(session, state)
+            await _begin_tool_steps(session, env, state, [call])
+    else:
+        offered, arguments, problem = _parse_call(state, call)
+        async with _scoped(env, state.principal) as session:
+            try:
+                if problem is not None or offered is None:
+                    raise _Refused(problem or "unknown tool")
+                prepared = await tool_calls.prepare_call(
+                    session, state.principal, env.tools, env.box, tool_id=offered.tool_id,
+                    name=None, server=None, arguments=arguments)
+                state.ready.append((step, prepared, arguments))
+            except (RoostError, _Refused) as exc:  # a retried step whose tool went away
+                detail = exc.detail if isinstance(exc, RoostError) else str(exc)
+                await _finish_step(session, state, step, status="failed", error=detail)
+    await _run_ready(env, state)
+
+
+async def _run_ready(env: RunEnv, state: _State) -> None:
+    """Run the begun tool steps, one after the other; each one's records are written by
+    the runner's next transaction (:attr:`_State.pending`)."""
+    while state.ready:
+        step, prepared, arguments = state.ready.pop(0)
+        result = await _guarded(env, state, tool_calls.execute_call(
+            prepared, env.database, state.principal, env.tools, arguments,
+            knowledge=env.knowledge, hosted=env.hosted, run_id=state.run.id,
+            secrets=_secret_resolver(env, state)))
+        state.pending.append(_tool_finish(state, step, prepared, arguments, result))
+
+
+def _tool_finish(state: _State, step: RunStep, prepared: tool_calls.PreparedCall,
+                 arguments: dict[str, Any],
+                 result: tool_calls.CallResult) -> Callable[[AsyncSession], Awaitable[None]]:
+    failure = result.failure
+    status = "completed" if failure is None else "failed"
+    error = failure.detail if failure else None
+    finished_at = utcnow()
+    _settle(state, step, status=status, output=result.output, error=error)
+
+    async def write(session: AsyncSession) -> None:
+        # The tool run and its audit record whatever happened to the run meanwhile.
         tool_run = await tool_calls.record_call(
             session, state.principal, prepared, arguments, result, trace_id=state.run.trace_id,
             run_id=state.run.id, run_step_id=step.id)
-        failure = result.failure
-        await _finish_step(session, state, step,
-                           status="completed" if failure is None else "failed",
-                           output=result.output, error=failure.detail if failure else None,
-                           tool_run_id=tool_run.id)
+        await _write_finish(session, state, step, status=status, output=result.output,
+                            error=error, tool_run_id=tool_run.id, finished_at=finished_at)
+
+    return write
 
 
 async def _finish_run(env: RunEnv, state: _State, stop: _Stop) -> str:
@@ -627,6 +733,7 @@ async def _finish_run(env: RunEnv, state: _State, stop: _Stop) -> str:
                  and s.status == "completed"), None)
     output = ((last.output or {}).get("content") or None) if last is not None else None
     async with _scoped(env, state.principal) as session:
+        await _apply_pending(session, state)
         changed = (await session.execute(
             update(Run).where(Run.id == state.run.id, Run.status.in_(("pending", "running")))
             .values(status=stop.status, stop_reason=stop.reason, output=output,
@@ -676,6 +783,7 @@ async def execute(env: RunEnv, run_id: uuid.UUID) -> str:
                 arguments=str(given.get("arguments", "{}"))), step=step)
         await _retrieve(env, state)
         while True:
+            await _run_ready(env, state)
             for call in _pending_tool_calls(state):
                 await _tool_step(env, state, call)
             _check_limits(state)
@@ -685,6 +793,9 @@ async def execute(env: RunEnv, run_id: uuid.UUID) -> str:
         outcome = await _finish_run(env, state, stop)
     except _Cancelled:
         outcome = "cancelled"
+        if state.pending:  # a call finished as the run was cancelled: its records stay
+            async with _scoped(env, state.principal) as session:
+                await _apply_pending(session, state)
     log.info("agents.run_finished", run_id=str(run_id), outcome=outcome,
              steps=len(state.steps), seconds=round(time.perf_counter() - started, 3))
     return outcome

@@ -145,7 +145,7 @@ async def prepare_call(
         )).first()
         if found is None:
             raise NotFound(f"tool {tool_id} does not exist")
-        tool, row = found.tuple()
+        tool, row = found  # a Row unpacks (Row.tuple() is deprecated)
     else:
         assert name is not None
         tool = await registry.find_tool(session, actor, name, server)
