@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 
@@ -79,3 +80,17 @@ async def make_agent(database: Database, owner: uuid.UUID, **fields: Any) -> Age
         await session.flush()
         await session.refresh(agent)
     return agent
+
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+async def wait_for_run(client: httpx.AsyncClient, headers: Headers, run_id: str,
+                       statuses: tuple[str, ...] = TERMINAL, within: float = 30) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        run: dict[str, Any] = (await client.get(f"/api/v1/runs/{run_id}", headers=headers)).json()
+        if run["status"] in statuses:
+            return run
+        assert asyncio.get_running_loop().time() < deadline, run
+        await asyncio.sleep(0.1)

@@ -5,9 +5,6 @@ model call is asked again; a non-idempotent tool call is not, and the model is t
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -24,38 +21,21 @@ from tests.chat.conftest import add_provider
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Hang, Reply, ToolCalls
 from tests.support.sql import fetch, scalar
+from tests.support.workers import REPO, WorkerProcess, child_env
 
-REPO = Path(__file__).resolve().parents[2]
-ROOST = str(Path(sys.executable).with_name("roost"))
 ECHO_SERVER = REPO / "tests" / "tools" / "mcp_echo_server.py"
-
-
-class WorkerProcess:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [ROOST, "worker", "--lease", "2", "--poll-interval", "0.2",
-             "--shutdown-timeout", "2", "--no-schedules", "--queues", "agents"],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self.log.close()
 
 
 @pytest.fixture
 def workers(pg_server: Any, db_name: str, tmp_path: Path) -> Iterator[Any]:
     started: list[WorkerProcess] = []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
-    env.update({"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
-                "ROOST_DATA_DIR": str(tmp_path / "w"), "ROOST_LOG_JSON": "true",
-                "ROOST_LLM_LOCAL_MODEL": "false", "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER": "hash",
-                "ROOST_LLM_TIMEOUT_S": "120"})
+    env = child_env(ROOST_DATABASE_URL=pg_server.libpq_url(db_name),
+                    ROOST_DATA_DIR=str(tmp_path / "w"), ROOST_LOG_JSON="true",
+                    ROOST_LLM_LOCAL_MODEL="false", ROOST_KNOWLEDGE_EMBEDDING_PROVIDER="hash",
+                    ROOST_LLM_TIMEOUT_S="120")
 
     def start() -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path / f"worker{len(started)}.log")
+        worker = WorkerProcess(env, tmp_path / f"worker{len(started)}.log", "--queues", "agents")
         started.append(worker)
         return worker
 

@@ -35,7 +35,7 @@ from roost.errors import Unprocessable
 from roost.principal import Principal
 from roost.tasks.worker import Worker
 from roost.tools.models import Tool
-from tests.agents.conftest import Headers, make_agent
+from tests.agents.conftest import Headers, make_agent, wait_for_run
 from tests.chat.conftest import add_provider
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Reply, ToolCalls
@@ -401,11 +401,7 @@ async def test_mail_to_a_persona_with_a_mail_agent_starts_a_run(
     assert (run["source"], run["agent_id"], run["user_id"]) == ("email", str(agent.id), str(owner))
     assert "Subject: Meeting" in run["input"] and "Can we meet at 3?" in run["input"]
     assert f"From: Alice <{SENDER}>" in run["input"] and "agenda.txt (text/plain" in run["input"]
-    for _ in range(300):
-        run = (await client.get(f"/api/v1/runs/{email.run_id}", headers=headers)).json()
-        if run["status"] in ("completed", "failed"):
-            break
-        await asyncio.sleep(0.1)
+    run = await wait_for_run(client, headers, str(email.run_id))
     assert (run["status"], run["output"]) == ("completed", "Thanks Alice, noted."), run
     seen = stub.requests(path="/v1/chat/completions")
     assert "Can we meet at 3?" in seen[0].body["messages"][-1]["content"]
@@ -695,11 +691,7 @@ async def test_an_agent_run_sends_mail_with_the_send_email_tool(
                 Reply("Sent."))
     run = (await client.post(f"/api/v1/agents/{agent.id}/runs", json={"input": "mail Bob"},
                              headers=headers)).json()
-    for _ in range(300):
-        done = (await client.get(f"/api/v1/runs/{run['id']}", headers=headers)).json()
-        if done["status"] not in ("pending", "running"):
-            break
-        await asyncio.sleep(0.1)
+    done = await wait_for_run(client, headers, run["id"])
     assert (done["status"], done["output"]) == ("completed", "Sent."), done
     [email] = await emails_of(database, persona.id)
     assert (email.direction, email.run_id, email.subject) == ("outbound", uuid.UUID(run["id"]),

@@ -14,25 +14,12 @@ from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
-from tests.agents.conftest import Headers, make_agent
+from tests.agents.conftest import Headers, make_agent, wait_for_run
 from tests.chat.conftest import add_provider, sse_events
 from tests.support.mcp_client import mcp_session
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Hang, Reply, ToolCalls
 from tests.support.server import in_process
-
-TERMINAL = ("completed", "failed", "cancelled")
-
-
-async def wait_for_run(client: httpx.AsyncClient, headers: Headers, run_id: str,
-                       statuses: tuple[str, ...] = TERMINAL, within: float = 30) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        run: dict[str, Any] = (await client.get(f"/api/v1/runs/{run_id}", headers=headers)).json()
-        if run["status"] in statuses:
-            return run
-        assert asyncio.get_running_loop().time() < deadline, run
-        await asyncio.sleep(0.1)
 
 
 async def start(client: httpx.AsyncClient, headers: Headers, agent_id: uuid.UUID,

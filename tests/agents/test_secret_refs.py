@@ -5,19 +5,17 @@ the value."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
 from tests.agents.api import columns_holding, create_agent, create_persona
-from tests.agents.conftest import Headers
+from tests.agents.conftest import Headers, wait_for_run
 from tests.chat.conftest import add_provider
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Reply, ToolCalls
@@ -61,12 +59,7 @@ async def test_a_server_env_takes_the_persona_secret_at_call_time_only(
     stub.script(ToolCalls(Call("env_sha256", {"name": "ECHO_TOKEN"})), Reply("checked"))
     run = (await client.post(f"/api/v1/agents/{agent['id']}/runs", json={"input": "check"},
                              headers=headers)).json()
-    for _ in range(300):
-        done: dict[str, Any] = (await client.get(f"/api/v1/runs/{run['id']}",
-                                                 headers=headers)).json()
-        if done["status"] not in ("pending", "running"):
-            break
-        await asyncio.sleep(0.1)
+    done = await wait_for_run(client, headers, run["id"])
     assert done["status"] == "completed", done
     steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
     expected = hashlib.sha256(f"Bearer {TOKEN}".encode()).hexdigest()

@@ -4,10 +4,6 @@ documents or chunks, every file counted and audited exactly once."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,41 +16,24 @@ from roost.knowledge.config import KnowledgeConfig
 from tests.knowledge.support import PARAGRAPH, principal, start_run
 from tests.support.identity import make_user
 from tests.support.sql import fetch, scalar
+from tests.support.workers import WorkerProcess, child_env
 
-REPO = Path(__file__).resolve().parents[2]
-ROOST = str(Path(sys.executable).with_name("roost"))
 FILES = 24
-
-
-class Worker:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [ROOST, "worker", "--import", "tests.knowledge.slow_worker", "--lease", "2",
-             "--poll-interval", "0.2", "--shutdown-timeout", "2", "--no-schedules"],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self.log.close()
 
 
 @pytest.fixture
 def workers(pg_server: Any, db_name: str, ingest_root: Path, tmp_path: Path) -> Iterator[Any]:
-    started: list[Worker] = []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
-    env.update({
-        "ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path / "w"),
-        "ROOST_LOG_JSON": "true", "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER": "hash",
-        "ROOST_KNOWLEDGE_INGEST_ROOTS": str(ingest_root), "ROOST_KNOWLEDGE_CHUNK_TOKENS": "64",
-        "ROOST_KNOWLEDGE_CHUNK_OVERLAP_TOKENS": "8", "ROOST_TEST_EMBED_DELAY_S": "0.3",
-    })
+    started: list[WorkerProcess] = []
+    env = child_env(
+        ROOST_DATABASE_URL=pg_server.libpq_url(db_name), ROOST_DATA_DIR=str(tmp_path / "w"),
+        ROOST_LOG_JSON="true", ROOST_KNOWLEDGE_EMBEDDING_PROVIDER="hash",
+        ROOST_KNOWLEDGE_INGEST_ROOTS=str(ingest_root), ROOST_KNOWLEDGE_CHUNK_TOKENS="64",
+        ROOST_KNOWLEDGE_CHUNK_OVERLAP_TOKENS="8", ROOST_TEST_EMBED_DELAY_S="0.3",
+    )
 
-    def start() -> Worker:
-        worker = Worker(env, tmp_path / f"worker{len(started)}.log")
+    def start() -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"worker{len(started)}.log",
+                               "--import", "tests.knowledge.slow_worker")
         started.append(worker)
         return worker
 

@@ -10,7 +10,7 @@ exist and be visible to whoever configures it (unknown: 422 naming it)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from pydantic import ValidationError
@@ -127,6 +127,12 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
+def split_tool_refs(refs: Iterable[str]) -> tuple[list[uuid.UUID], list[str]]:
+    """An agent's ``tool_permissions`` (tool ids or names) as (ids, names)."""
+    ids = [uuid.UUID(r) for r in refs if _is_uuid(r)]
+    return ids, [r for r in refs if not _is_uuid(r)]
+
+
 async def check_tools(session: AsyncSession, actor: Principal, refs: list[str]) -> list[str]:
     """``refs`` (tool ids or names, duplicates dropped) when each names a tool the actor
     can see; 422 naming those that do not."""
@@ -152,8 +158,7 @@ async def check_secret_references(session: AsyncSession, persona_id: uuid.UUID |
                                   tool_refs: list[str]) -> None:
     """422 when the MCP servers of these tools name persona secrets (``${secret:...}`` in
     their env or headers) that the agent's persona does not hold, or it has no persona."""
-    ids = [uuid.UUID(r) for r in tool_refs if _is_uuid(r)]
-    names = [r for r in tool_refs if not _is_uuid(r)]
+    ids, names = split_tool_refs(tool_refs)
     if not tool_refs:
         return
     configs: Sequence[dict[str, Any] | None] = (await session.scalars(

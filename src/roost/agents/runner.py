@@ -49,6 +49,7 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.agents.catalog import split_tool_refs
 from roost.agents.models import Agent, Persona, Run, RunStep
 from roost.agents.runs import EVENTS_CHANNEL, notify
 from roost.agents.schemas import AgentConfig
@@ -220,8 +221,7 @@ async def _offered_tools(session: AsyncSession, state: _State) -> dict[str, Offe
     wanted = [str(t) for t in (state.agent.tool_permissions if state.agent else [])]
     if not wanted:
         return {}
-    ids = {uuid.UUID(w) for w in wanted if _is_uuid(w)}
-    names = {w for w in wanted if not _is_uuid(w)}
+    ids, names = split_tool_refs(wanted)
     # In the runner's scope: a tool the runner may not use is never offered.
     rows = list((await session.scalars(
         select(Tool).where(Tool.enabled, Tool.available,
@@ -249,14 +249,6 @@ async def _offered_tools(session: AsyncSession, state: _State) -> dict[str, Offe
             description=(tool.description or tool.title or tool.name)[:1024],
             schema=tool.input_schema or {"type": "object"}, idempotent=_idempotent(tool))
     return offered
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _tool_specs(tools: dict[str, Offered]) -> list[dict[str, Any]] | None:

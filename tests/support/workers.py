@@ -1,0 +1,37 @@
+"""`roost worker` processes for tests that kill one mid-job (SIGKILL: no graceful stop)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.support.cli import ROOST
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ("--lease", "2", "--poll-interval", "0.2", "--shutdown-timeout", "2", "--no-schedules")
+
+
+class WorkerProcess:
+    """A real ``roost worker`` in its own process group, its output in ``log``."""
+
+    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
+        self.log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [ROOST, "worker", *FAST, *args], cwd=REPO, env=env, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL the worker and every child (stdio tool servers included)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def child_env(**settings: str) -> dict[str, str]:
+    """This process's environment without its ROOST_* settings, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
+    env.update(settings)
+    return env
