@@ -29,7 +29,7 @@ from roost.knowledge.service import visible_to as documents_visible_to
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.tools import registry
-from roost.tools.models import McpServer, Tool
+from roost.tools.models import McpServer, PersonaTool, Tool
 
 SLUG_INDEX: Final = "uq_agents_owner_slug"
 _TEXT_FIELDS: Final = ("description", "system_prompt")
@@ -133,9 +133,10 @@ def split_tool_refs(refs: Iterable[str]) -> tuple[list[uuid.UUID], list[str]]:
     return ids, [r for r in refs if not _is_uuid(r)]
 
 
-async def check_tools(session: AsyncSession, actor: Principal, refs: list[str]) -> list[str]:
+async def check_tools(session: AsyncSession, actor: Principal, refs: list[str],
+                      persona_id: uuid.UUID | None = None) -> list[str]:
     """``refs`` (tool ids or names, duplicates dropped) when each names a tool the actor
-    can see; 422 naming those that do not."""
+    can see, or (by id) one granted to the agent's persona; 422 naming those that do not."""
     wanted = list(dict.fromkeys(r.strip() for r in refs))
     ids = {r: uuid.UUID(r) for r in wanted if _is_uuid(r)}
     names = [r for r in wanted if r not in ids]
@@ -145,6 +146,9 @@ async def check_tools(session: AsyncSession, actor: Principal, refs: list[str]) 
         registry.visible(actor), or_(Tool.id.in_(list(ids.values())), Tool.name.in_(names)),
     ))).tuples().all()
     found_ids, found_names = {r[0] for r in rows}, {r[1] for r in rows}
+    if persona_id is not None and ids:  # granted to the persona (members see its grants)
+        found_ids |= set((await session.scalars(select(PersonaTool.tool_id).where(
+            PersonaTool.persona_id == persona_id, PersonaTool.is_enabled))).all())
     unknown = [r for r in wanted
                if (ids[r] not in found_ids if r in ids else r not in found_names)]
     if unknown:
@@ -226,7 +230,8 @@ async def create_agent(session: AsyncSession, actor: Principal, body: AgentCreat
         description=body.description, avatar_url=body.avatar_url,
         system_prompt=body.system_prompt, preferred_provider=body.preferred_provider,
         preferred_model=body.preferred_model,
-        tool_permissions=await check_tools(session, actor, body.tool_permissions),
+        tool_permissions=await check_tools(session, actor, body.tool_permissions,
+                                           body.persona_id),
         document_ids=await check_documents(session, actor, body.document_ids),
         config=_config(body.config), is_active=body.is_active, is_public=body.is_public)
     await check_secret_references(session, agent.persona_id, agent.tool_permissions)
@@ -280,7 +285,8 @@ async def update_agent(session: AsyncSession, actor: Principal, agent_id: uuid.U
     if "slug" in values:
         await _slug_free(session, agent.user_id, values["slug"], agent.id)
     if "tool_permissions" in values:
-        values["tool_permissions"] = await check_tools(session, actor, values["tool_permissions"])
+        values["tool_permissions"] = await check_tools(
+            session, actor, values["tool_permissions"], values.get("persona_id", agent.persona_id))
     if "document_ids" in values:
         values["document_ids"] = await check_documents(session, actor, values["document_ids"])
     if "tool_permissions" in values or "persona_id" in values:

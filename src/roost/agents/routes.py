@@ -8,7 +8,7 @@ from typing import Annotated, cast
 
 from fastapi import Query, Response, status
 
-from roost.agents import catalog, personas, secrets
+from roost.agents import catalog, grants, personas, secrets
 from roost.agents.schemas import (
     AgentCreate,
     AgentOut,
@@ -23,6 +23,8 @@ from roost.agents.schemas import (
     SecretOut,
     SecretSet,
     SecretType,
+    ToolGrantOut,
+    ToolGrantSet,
 )
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit
@@ -145,6 +147,32 @@ async def set_secret(persona_id: uuid.UUID, body: SecretSet, principal: CurrentP
 async def delete_secret(persona_id: uuid.UUID, secret_id: uuid.UUID,
                         principal: CurrentPrincipal, db: DbSession) -> Response:
     await secrets.delete_secret(db, principal, persona_id, secret_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- tools granted to a persona ------------------------------------------------------------
+
+
+@router.get("/personas/{persona_id}/tools", response_model=list[ToolGrantOut],
+            summary="Tools granted to the persona (members)")
+async def list_tool_grants(persona_id: uuid.UUID, principal: CurrentPrincipal,
+                           db: DbSession) -> list[ToolGrantOut]:
+    return await grants.list_grants(db, principal, persona_id)
+
+
+@router.put("/personas/{persona_id}/tools/{tool_id}", response_model=ToolGrantOut,
+            summary="Grant the persona a tool you may use, with constraints (owners and "
+                    "editors): its agents may then use it in any member's runs")
+async def grant_tool(persona_id: uuid.UUID, tool_id: uuid.UUID, body: ToolGrantSet,
+                     principal: CurrentPrincipal, db: DbSession) -> ToolGrantOut:
+    return await grants.grant_tool(db, principal, persona_id, tool_id, body)
+
+
+@router.delete("/personas/{persona_id}/tools/{tool_id}", status_code=status.HTTP_204_NO_CONTENT,
+               summary="Revoke the persona's grant of a tool (owners and editors)")
+async def revoke_tool(persona_id: uuid.UUID, tool_id: uuid.UUID, principal: CurrentPrincipal,
+                      db: DbSession) -> Response:
+    await grants.revoke_tool(db, principal, persona_id, tool_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

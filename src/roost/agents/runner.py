@@ -46,10 +46,11 @@ from decimal import Decimal
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.catalog import split_tool_refs
+from roost.agents.grants import Grant, grants_of
 from roost.agents.models import Agent, Persona, Run, RunStep
 from roost.agents.runs import EVENTS_CHANNEL, notify
 from roost.agents.schemas import AgentConfig
@@ -69,7 +70,7 @@ from roost.llm.orchestration import Attempt
 from roost.llm.records import CallOutcome
 from roost.llm.routing import Route
 from roost.llm.types import ChatMessage, ChatRequest, ChatResult, ToolCall
-from roost.principal import Principal
+from roost.principal import SYSTEM, Principal
 from roost.security.crypto import SecretBox
 from roost.tools import calls as tool_calls
 from roost.tools.config import ToolsConfig
@@ -110,6 +111,8 @@ class Offered:
     description: str
     schema: dict[str, Any]
     idempotent: bool
+    grant: Grant | None = None  # the persona's grant of it: its constraints apply
+    visible: bool = True  # the runner may use it without the grant
 
 
 @dataclass
@@ -122,6 +125,7 @@ class _State:
     steps: list[RunStep] = field(default_factory=list)
     tools: dict[str, Offered] = field(default_factory=dict)
     route: Route | None = None  # the model's providers, resolved at the first model step
+    grants: dict[uuid.UUID, Grant] = field(default_factory=dict)  # the persona's tool grants
     # Finished calls' records, written by the runner's next transaction (the next step's
     # start or the run's end), before that step starts: one transaction less per call.
     pending: list[Callable[[AsyncSession], Awaitable[None]]] = field(default_factory=list)
@@ -216,15 +220,20 @@ def _idempotent(tool: Tool) -> bool:
 
 
 async def _offered_tools(session: AsyncSession, state: _State) -> dict[str, Offered]:
-    """The agent's permitted tools (ids or names) the runner may use, with the tools they
-    require (``tool_dependencies``), keyed by the function name the model sees."""
+    """The agent's permitted tools (ids or names) the runner may use — global ones, the
+    runner's own, and those granted to the agent's persona (``persona_tools``) — with the
+    tools they require (``tool_dependencies``), keyed by the function name the model
+    sees.  Read as the system (a granted tool is another user's row), so the rule is
+    spelled out here: a tool the runner may not use is never offered."""
     wanted = [str(t) for t in (state.agent.tool_permissions if state.agent else [])]
     if not wanted:
         return {}
     ids, names = split_tool_refs(wanted)
-    # In the runner's scope: a tool the runner may not use is never offered.
+    runner_id = state.run.user_id
+    usable = or_(Tool.user_id.is_(None), Tool.user_id == runner_id,
+                 Tool.id.in_(list(state.grants)))
     rows = list((await session.scalars(
-        select(Tool).where(Tool.enabled, Tool.available,
+        select(Tool).where(Tool.enabled, Tool.available, usable,
                            Tool.id.in_(ids) | Tool.name.in_(names))
         .order_by(Tool.created_at, Tool.id))).all())
     seen = {t.id for t in rows}
@@ -234,7 +243,7 @@ async def _offered_tools(session: AsyncSession, state: _State) -> dict[str, Offe
             select(Tool).join(ToolDependency, ToolDependency.depends_on_tool_id == Tool.id)
             .where(ToolDependency.tool_id.in_(frontier),
                    ToolDependency.dependency_type == "requires",
-                   Tool.enabled, Tool.available))).all())
+                   Tool.enabled, Tool.available, usable))).all())
         frontier = [t.id for t in required if t.id not in seen]
         seen.update(frontier)
         rows.extend(t for t in required if t.id in frontier)
@@ -247,7 +256,9 @@ async def _offered_tools(session: AsyncSession, state: _State) -> dict[str, Offe
         offered[function] = Offered(
             tool_id=tool.id, name=tool.name, function=function,
             description=(tool.description or tool.title or tool.name)[:1024],
-            schema=tool.input_schema or {"type": "object"}, idempotent=_idempotent(tool))
+            schema=tool.input_schema or {"type": "object"}, idempotent=_idempotent(tool),
+            grant=state.grants.get(tool.id),
+            visible=tool.user_id is None or tool.user_id == runner_id)
     return offered
 
 
@@ -624,6 +635,23 @@ def _parse_call(state: _State, call: ToolCall) -> tuple[Offered | None, dict[str
     return offered, parsed, None
 
 
+async def _prepare(session: AsyncSession, env: RunEnv, state: _State, offered: Offered,
+                   arguments: dict[str, Any]) -> tool_calls.PreparedCall:
+    """The registry's checks of a call, and the persona grant's constraints.  A tool the
+    runner may use only through the grant is another user's row: checked as the system
+    (the grant was made by someone who may use it; ``_offered_tools`` chose it)."""
+    if offered.grant is not None:
+        offered.grant.check_arguments(arguments)
+    if offered.visible:
+        return await tool_calls.prepare_call(
+            session, state.principal, env.tools, env.box, tool_id=offered.tool_id,
+            name=None, server=None, arguments=arguments)
+    async with env.database.transaction() as system:
+        return await tool_calls.prepare_call(
+            system, SYSTEM, env.tools, env.box, tool_id=offered.tool_id, name=None,
+            server=None, arguments=arguments)
+
+
 async def _begin_tool_steps(session: AsyncSession, env: RunEnv, state: _State,
                             tool_calls_: Sequence[ToolCall]) -> None:
     """In the caller's transaction (the model step's result, or a transaction of its own):
@@ -636,9 +664,7 @@ async def _begin_tool_steps(session: AsyncSession, env: RunEnv, state: _State,
         prepared: tool_calls.PreparedCall | None = None
         if problem is None and offered is not None:
             try:
-                prepared = await tool_calls.prepare_call(
-                    session, state.principal, env.tools, env.box, tool_id=offered.tool_id,
-                    name=None, server=None, arguments=arguments)
+                prepared = await _prepare(session, env, state, offered, arguments)
             except RoostError as exc:
                 problem = exc.detail
         failed = {"status": "failed", "error": problem, "finished_at": utcnow(),
@@ -677,9 +703,7 @@ async def _tool_step(env: RunEnv, state: _State, call: ToolCall,
             try:
                 if problem is not None or offered is None:
                     raise _Refused(problem or "unknown tool")
-                prepared = await tool_calls.prepare_call(
-                    session, state.principal, env.tools, env.box, tool_id=offered.tool_id,
-                    name=None, server=None, arguments=arguments)
+                prepared = await _prepare(session, env, state, offered, arguments)
                 state.ready.append((step, prepared, arguments))
             except (RoostError, _Refused) as exc:  # a retried step whose tool went away
                 detail = exc.detail if isinstance(exc, RoostError) else str(exc)
@@ -692,11 +716,31 @@ async def _run_ready(env: RunEnv, state: _State) -> None:
     the runner's next transaction (:attr:`_State.pending`)."""
     while state.ready:
         step, prepared, arguments = state.ready.pop(0)
+        refusal = _grant_refusal(state, step)
+        if refusal is not None:  # counted as the calls run, not when they were begun
+            _settle(state, step, status="failed", output=None, error=refusal)
+            state.pending.append(_refused_finish(state, step, refusal))
+            continue
         result = await _guarded(env, state, tool_calls.execute_call(
             prepared, env.database, state.principal, env.tools, arguments,
             knowledge=env.knowledge, hosted=env.hosted, run_id=state.run.id,
             secrets=_secret_resolver(env, state)))
         state.pending.append(_tool_finish(state, step, prepared, arguments, result))
+
+
+def _grant_refusal(state: _State, step: RunStep) -> str | None:
+    offered = next((t for t in state.tools.values() if t.tool_id == step.tool_id), None)
+    if offered is None or offered.grant is None:
+        return None
+    return offered.grant.refusal(sum(1 for s in state.steps if s.step_type == "tool_call"
+                                     and s.tool_id == step.tool_id and s.status == "completed"))
+
+
+def _refused_finish(state: _State, step: RunStep,
+                    refusal: str) -> Callable[[AsyncSession], Awaitable[None]]:
+    async def write(session: AsyncSession) -> None:
+        await _write_finish(session, state, step, status="failed", error=refusal)
+    return write
 
 
 def _tool_finish(state: _State, step: RunStep, prepared: tool_calls.PreparedCall,
@@ -764,7 +808,10 @@ async def execute(env: RunEnv, run_id: uuid.UUID) -> str:
             status="running", started_at=state.run.started_at or utcnow(), updated_at=utcnow()))
         if state.run.started_at is None:
             await notify(session, run_id, "started")
-        state.tools = await _offered_tools(session, state)
+    async with env.database.transaction() as system:  # grants and tools: see _offered_tools
+        if state.run.persona_id is not None:
+            state.grants = await grants_of(system, state.run.persona_id)
+        state.tools = await _offered_tools(system, state)
     if state.run.started_at is None:
         state.run.started_at = utcnow()
     try:

@@ -300,3 +300,28 @@ class AgentOut(BaseModel):
     is_public: bool
     created_at: datetime
     updated_at: datetime
+
+
+class ToolGrantSet(StrictInput):
+    """A tool granted to a persona: its agents may use it whoever starts their runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    is_enabled: bool = True
+    input_schema: dict[str, Any] | None = Field(
+        default=None, description="A JSON Schema the arguments must also satisfy when the "
+                                  "persona's agents call the tool (narrowing what it may do)")
+    max_calls_per_run: int | None = Field(default=None, ge=1, le=10_000,
+                                          description="Calls of it one run may make")
+
+
+class ToolGrantOut(BaseModel):
+    id: uuid.UUID
+    persona_id: uuid.UUID
+    tool_id: uuid.UUID
+    tool_name: str | None = Field(description="None when the tool is not visible to you")
+    granted_by: uuid.UUID | None
+    is_enabled: bool
+    input_schema: dict[str, Any] | None
+    max_calls_per_run: int | None
+    created_at: datetime

@@ -132,6 +132,12 @@ POLICIES: tuple[tuple[str, str, str | None, str | None], ...] = (
         )
     ),
     ("persona_health_metrics", "SELECT", _member("persona_id"), None),
+    # Tools granted to a persona (0500 made them the granter's): its members see the
+    # grants, its owners and editors make and change them.
+    ("persona_tools", "SELECT", _member("persona_id"), None),
+    ("persona_tools", "INSERT", None, _editor("persona_id")),
+    ("persona_tools", "UPDATE", _editor("persona_id"), _editor("persona_id")),
+    ("persona_tools", "DELETE", _editor("persona_id"), None),
     ("emails", "SELECT", _member("persona_id"), None),
     ("emails", "INSERT", None, _editor("persona_id")),
     ("emails", "UPDATE", _editor("persona_id"), _editor("persona_id")),
@@ -629,6 +635,8 @@ def upgrade() -> None:
     op.execute(PERSONA_ROLE)
     op.execute(PERSONA_OWNER)
     op.execute(PERSONA_USERNAMES)
+    for command in ("read", "insert", "update", "delete"):  # 0500's, by owner
+        op.execute(f"DROP POLICY persona_tools_{command} ON persona_tools")
     for table in TABLES:
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
     for index, (table, command, using, check) in enumerate(POLICIES):
@@ -636,6 +644,17 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    for index, (table, command, _using, _check) in enumerate(POLICIES):
+        if table == "persona_tools":
+            op.execute(f"DROP POLICY {table}_{command.lower()}_{index} ON {table}")
+    op.execute("CREATE POLICY persona_tools_read ON persona_tools FOR SELECT "
+               "USING (user_id IS NULL OR roost_row_visible(user_id))")
+    op.execute("CREATE POLICY persona_tools_insert ON persona_tools FOR INSERT "
+               "WITH CHECK (roost_row_visible(user_id))")
+    op.execute("CREATE POLICY persona_tools_update ON persona_tools FOR UPDATE "
+               "USING (roost_row_visible(user_id)) WITH CHECK (roost_row_visible(user_id))")
+    op.execute("CREATE POLICY persona_tools_delete ON persona_tools FOR DELETE "
+               "USING (roost_row_visible(user_id))")
     tools = sa.table("tools", sa.column("id", sa.UUID()))
     op.execute(tools.delete().where(tools.c.id == SEND_EMAIL_ID))
     op.drop_constraint(op.f("fk_usage_records_agent_id_agents"), "usage_records", type_="foreignkey")
