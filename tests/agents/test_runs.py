@@ -239,12 +239,23 @@ async def test_agents_are_tools_at_mcp_for_whoever_may_run_them(
     await add_provider(client, admin_headers, stub)
     await make_agent(database, user_id, slug="private-helper", description="Mine only")
     await make_agent(database, user_id, slug="shared-helper", is_public=True)
-    stub.script(Reply("Answered over MCP."))
     async with in_process(app) as base:
         async with mcp_session(f"{base}/mcp", headers) as session:
             names = {t.name for t in (await session.list_tools()).tools}
             assert {"agent__private-helper", "agent__shared-helper"} <= names
-            result = await session.call_tool("agent__private-helper", {"input": "hello"})
+            # The call waits for the run with no transaction of /mcp's left open.
+            stub.script(Reply("Answered over MCP.", chunk_delay_ms=300))
+            call = asyncio.ensure_future(
+                session.call_tool("agent__private-helper", {"input": "hello"}))
+            idle_seen = []
+            while not call.done():
+                await asyncio.sleep(0.1)
+                async with database.transaction() as s:
+                    idle_seen.append(await s.scalar(text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                        "current_database() AND state = 'idle in transaction'")))
+            result = await call
+            assert len(idle_seen) >= 3 and max(idle_seen) == 0, idle_seen
             assert not result.is_error, result
             assert result.structured_content["output"] == "Answered over MCP."
             assert result.structured_content["status"] == "completed"

@@ -14,7 +14,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 from mcp import types
@@ -72,7 +72,7 @@ class AgentsProvider:
 
     async def call_tool(
         self, session: AsyncSession, principal: Principal, name: str, arguments: Mapping[str, Any],
-    ) -> types.CallToolResult | None:
+    ) -> types.CallToolResult | Callable[[], Awaitable[types.CallToolResult]] | None:
         if not name.startswith(PREFIX):
             return None
         agent = (await self._agents(session, principal)).get(name)
@@ -82,14 +82,20 @@ class AgentsProvider:
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_RUN_INPUT_CHARS:
             return _text({"error": f"'input' must be text of 1 to {MAX_RUN_INPUT_CHARS} "
                                    "characters"}, is_error=True)
-        try:
-            async with self.database.transaction() as own:  # committed before we wait
-                await apply_principal(own, principal, app_role=self.app_role)
-                run, _ = await runs.create_run(own, principal, agent, RunCreate(input=text),
-                                               source="mcp")
-        except RoostError as exc:
-            return _text({"error": exc.detail}, is_error=True)
-        return await self._wait(principal, run.id)
+
+        async def run_it() -> types.CallToolResult:
+            # After /mcp's transaction committed: the run in a transaction of its own (a
+            # worker picks it up at once), then the wait, with no transaction open.
+            try:
+                async with self.database.transaction() as own:
+                    await apply_principal(own, principal, app_role=self.app_role)
+                    run, _ = await runs.create_run(own, principal, agent,
+                                                   RunCreate(input=text), source="mcp")
+            except RoostError as exc:
+                return _text({"error": exc.detail}, is_error=True)
+            return await self._wait(principal, run.id)
+
+        return run_it
 
     async def _wait(self, principal: Principal, run_id: uuid.UUID) -> types.CallToolResult:
         loop = asyncio.get_running_loop()

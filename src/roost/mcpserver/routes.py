@@ -32,7 +32,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 import roost
-from roost.errors import Forbidden, ServiceUnavailable, Unauthorized
+from roost.errors import Forbidden, RoostError, ServiceUnavailable, Unauthorized
 from roost.http.auth import current_principal
 from roost.http.routing import RoostRouter
 from roost.mcpserver import tools
@@ -98,11 +98,16 @@ async def _call_tool(
         async with caller_transaction(request) as (session, principal):
             result = await tools.call(
                 providers(request), session, principal, params.name, params.arguments or {})
-            if result.is_error:  # a refused call changes nothing
-                await session.rollback()
+            if isinstance(result, types.CallToolResult) and result.is_error:
+                await session.rollback()  # a refused call changes nothing
     except (Forbidden, Unauthorized) as exc:  # revoked since the request began
         return tools.error_result(exc.detail)
-    return result
+    if isinstance(result, types.CallToolResult):
+        return result
+    try:  # the slow part, after the caller's transaction committed
+        return await result()
+    except RoostError as exc:
+        return tools.error_result(exc.detail)
 
 
 def build_server() -> Server[Any]:

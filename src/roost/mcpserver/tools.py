@@ -11,7 +11,7 @@ hook appends its provider to ``app.state.mcp_tool_providers`` (see docs/mcp.md),
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from mcp import types
@@ -24,10 +24,16 @@ from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.schemas import MAX_QUERY_CHARS, SearchRequest
 from roost.principal import Principal
 
+Deferred = Callable[[], Awaitable[types.CallToolResult]]
+"""Work a provider's ``call_tool`` hands back to run after the caller's transaction has
+committed: anything slow (a tool server, an agent run), so no connection sits idle in a
+transaction while it works.  It opens its own transactions if it needs any."""
+
 
 class ToolProvider(Protocol):
     """Tools for one caller.  Both methods run inside the caller's scoped transaction,
-    which commits after ``call_tool`` returns and before the answer is sent."""
+    which commits after ``call_tool`` returns and before the answer is sent; slow work
+    comes back as a :data:`Deferred`, awaited after that commit."""
 
     async def list_tools(self, session: AsyncSession, principal: Principal) -> Sequence[types.Tool]:
         """The tools this principal may call (none is fine)."""
@@ -35,10 +41,11 @@ class ToolProvider(Protocol):
 
     async def call_tool(
         self, session: AsyncSession, principal: Principal, name: str, arguments: Mapping[str, Any],
-    ) -> types.CallToolResult | None:
-        """The result, or ``None`` when ``name`` is not one of this provider's tools for
-        this principal.  Raise ``roost.errors.RoostError`` for a refusal the caller may
-        see (it becomes an error result)."""
+    ) -> types.CallToolResult | Deferred | None:
+        """The result (or the work that will make it, :data:`Deferred`), or ``None`` when
+        ``name`` is not one of this provider's tools for this principal.  Raise
+        ``roost.errors.RoostError`` for a refusal the caller may see (it becomes an error
+        result)."""
         ...
 
 
@@ -144,7 +151,7 @@ async def list_all(
 async def call(
     providers: Sequence[ToolProvider], session: AsyncSession, principal: Principal,
     name: str, arguments: Mapping[str, Any],
-) -> types.CallToolResult:
+) -> types.CallToolResult | Deferred:
     """Ask each provider in turn; a refusal (``RoostError``) is an error result."""
     try:
         for provider in providers:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,18 +140,22 @@ class ToolsProvider:
 
     async def call_tool(
         self, session: AsyncSession, principal: Principal, name: str, arguments: Mapping[str, Any],
-    ) -> types.CallToolResult | None:
+    ) -> Callable[[], Awaitable[types.CallToolResult]] | None:
         match = next((o for o in await offered_tools(session, principal) if o.name == name), None)
         if match is None:
             return None  # not one of this principal's tools
-        # The REST call path, unchanged: its own short transactions before and after the
-        # run, so the run record survives an error result (which /mcp rolls back in
-        # ``session``) and no write waits on the tool server inside ``session``.
-        try:
-            run = await calls.call_tool(
-                self.database, principal, self.cfg, self.box, tool_id=match.tool_id,
-                arguments=dict(arguments), knowledge=self.knowledge,
-            )
-        except RoostError as exc:
-            return _failure(exc)
-        return _result(match.kind, run.output or {})
+
+        async def run_it() -> types.CallToolResult:
+            # After /mcp's transaction committed (a deferred call: nothing waits on the
+            # tool server in a transaction): the REST call path, unchanged, with its own
+            # short transactions before and after the run.
+            try:
+                run = await calls.call_tool(
+                    self.database, principal, self.cfg, self.box, tool_id=match.tool_id,
+                    arguments=dict(arguments), knowledge=self.knowledge,
+                )
+            except RoostError as exc:
+                return _failure(exc)
+            return _result(match.kind, run.output or {})
+
+        return run_it
