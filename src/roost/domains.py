@@ -111,6 +111,10 @@ DOMAINS: tuple[Domain, ...] = (
         routers=("roost.mcpserver.routes:router",),
         startup="roost.mcpserver.startup:lifespan",  # the MCP SDK's session manager
     ),
+    Domain(
+        "console",  # the web console at /console: pages over every domain's services
+        routers=("roost.console.routes:router", "roost.console.routes:root_router"),
+    ),
 )
 
 

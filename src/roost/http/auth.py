@@ -1,5 +1,12 @@
 """Who is calling: the FastAPI dependencies that build the acting ``Principal`` from the
-``Authorization: Bearer`` header.
+``Authorization: Bearer`` header, or in a browser from the console's session cookie.
+
+The cookie (``roost_session``, HttpOnly, SameSite=Strict) carries the same signed access
+token a bearer client sends, so the same resolvers and the same row-level security apply.
+A cookie is sent by the browser on its own, so every state-changing request that
+authenticates with it must also prove it comes from Roost's own pages: the
+``X-CSRF-Token`` header must equal the ``roost_csrf`` cookie (double submit; the console
+puts the value in its pages, another site can neither read nor set it), else 403.
 
 The principal itself is plain data in ``roost.principal`` (services use it without
 importing the web layer).  The foundation knows one credential, the bootstrap operator
@@ -49,6 +56,33 @@ def install_authentication(app: FastAPI, authentication: Authentication) -> None
     app.state.authentication = authentication
 
 
+SESSION_COOKIE = "roost_session"
+CSRF_COOKIE = "roost_csrf"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def check_csrf(request: Request) -> None:
+    """403 unless the request's ``X-CSRF-Token`` header matches its ``roost_csrf`` cookie."""
+    expected = request.cookies.get(CSRF_COOKIE) or ""
+    supplied = request.headers.get(CSRF_HEADER) or ""
+    if not expected or not hmac.compare_digest(expected.encode(), supplied.encode()):
+        raise Forbidden("missing or wrong CSRF token: reload the page and try again")
+
+
+def request_credential(request: Request) -> str | None:
+    """The bearer token, else the session cookie (CSRF-checked on state changes)."""
+    token = bearer_token(request)
+    if token is not None:
+        return token
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    if request.method not in SAFE_METHODS:
+        check_csrf(request)
+    return cookie
+
+
 def bearer_token(request: Request) -> str | None:
     header = request.headers.get("authorization")
     if not header:
@@ -60,7 +94,7 @@ def bearer_token(request: Request) -> str | None:
 
 
 async def current_principal(request: Request, session: DbSession) -> Principal:
-    token = bearer_token(request)
+    token = request_credential(request)
     if token is None:
         raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
     authentication: Authentication | None = getattr(request.app.state, "authentication", None)

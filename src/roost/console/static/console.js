@@ -1,0 +1,137 @@
+// The console's shared module: API calls with the session cookie and CSRF header, problem
+// details shown as messages, sign-in expiry (drafts kept), theme, navigation on phones.
+
+export const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content ?? "";
+
+export class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem?.detail || problem?.title || `request failed (${status})`);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+const DRAFT_PREFIX = "roost-draft:";
+
+// Keep what the user typed in a field across a sign-in (expired session, reload).
+export function keepDraft(field, key = location.pathname) {
+  const storeKey = DRAFT_PREFIX + key + "#" + field.id;
+  const saved = sessionStorage.getItem(storeKey);
+  if (saved && !field.value) field.value = saved;
+  field.addEventListener("input", () => {
+    if (field.value) sessionStorage.setItem(storeKey, field.value);
+    else sessionStorage.removeItem(storeKey);
+  });
+  return () => sessionStorage.removeItem(storeKey);
+}
+
+export function signInAgain() {
+  const here = location.pathname + location.search;
+  location.assign(`/console/login?next=${encodeURIComponent(here)}&expired=1`);
+}
+
+async function problemOf(response) {
+  try {
+    const type = response.headers.get("content-type") || "";
+    if (type.includes("json")) return await response.json();
+  } catch { /* not JSON */ }
+  return { title: response.statusText, status: response.status };
+}
+
+// fetch() against Roost: JSON in and out, CSRF on state changes, ApiError on 4xx/5xx.
+export async function api(path, { method = "GET", body, headers = {}, raw = false, signal } = {}) {
+  const init = { method, headers: { ...headers }, credentials: "same-origin", signal };
+  if (method !== "GET" && method !== "HEAD") init.headers["X-CSRF-Token"] = csrf();
+  if (body instanceof FormData || body instanceof Blob) init.body = body;
+  else if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  if (response.status === 401 && !path.startsWith("/console/session")) {
+    signInAgain();
+    throw new ApiError(401, { detail: "your session has ended: sign in again" });
+  }
+  if (!response.ok) throw new ApiError(response.status, await problemOf(response));
+  if (raw) return response;
+  if (response.status === 204) return null;
+  const type = response.headers.get("content-type") || "";
+  return type.includes("json") ? response.json() : response.text();
+}
+
+let noticeTimer;
+export function notify(message, kind = "error") {
+  const box = document.getElementById("notice");
+  if (!box) return;
+  box.textContent = message;
+  box.dataset.kind = kind;
+  box.hidden = false;
+  clearTimeout(noticeTimer);
+  if (kind !== "error") noticeTimer = setTimeout(() => { box.hidden = true; }, 4000);
+}
+
+export function showError(error) {
+  const message = error instanceof ApiError ? error.message : String(error?.message || error);
+  notify(message, "error");
+}
+
+// Small DOM builder: el("li", {class: "x", onclick: f}, "text", child...).  Text is always
+// text (never parsed as HTML), so user content cannot inject markup.
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
+    else if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (value === true) node.setAttribute(key, "");
+    else node.setAttribute(key, String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+export function formatTime(value) {
+  if (!value) return "";
+  const date = new Date(value);
+  return Number.isNaN(date.getTime()) ? String(value) : date.toLocaleString();
+}
+
+export function pageData() {
+  const node = document.getElementById("page-data");
+  return node ? JSON.parse(node.textContent) : {};
+}
+
+// Every page: theme switch, sign-out, the phone menu, the "session expired" hint.
+function wireChrome() {
+  const toggle = document.getElementById("theme-toggle");
+  toggle?.addEventListener("click", async () => {
+    const next = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
+    document.documentElement.dataset.theme = next;
+    toggle.textContent = next === "dark" ? "Light theme" : "Dark theme";
+    toggle.setAttribute("aria-label", `Switch to ${next === "dark" ? "light" : "dark"} theme`);
+    try {
+      await api("/api/v1/users/me/settings", { method: "PATCH", body: { theme: next } });
+    } catch (error) { showError(error); }
+  });
+  document.getElementById("logout-form")?.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      await fetch("/console/logout", { method: "POST", headers: { "X-CSRF-Token": csrf() },
+                                       credentials: "same-origin", redirect: "manual" });
+    } finally {
+      location.assign("/console/login");
+    }
+  });
+  const navToggle = document.querySelector(".nav-toggle");
+  navToggle?.addEventListener("click", () => {
+    const open = navToggle.getAttribute("aria-expanded") !== "true";
+    navToggle.setAttribute("aria-expanded", String(open));
+    document.getElementById("nav")?.classList.toggle("open", open);
+  });
+}
+
+wireChrome();
