@@ -258,3 +258,27 @@ async def test_a_stream_that_breaks_midway_fails_the_request_and_keeps_the_messa
     assert req.status == "failed"
     items = (await client.get(f"/api/v1/chat/sessions/{sid}/messages", headers=headers)).json()["items"]
     assert [m["role"] for m in items] == ["user"]
+
+
+async def test_context_passages_reach_the_model_for_that_answer_only(
+    client: httpx.AsyncClient, sid: str, user: User, stub: StubServer,
+) -> None:
+    """Retrieval-augmented chat: excerpts a client retrieved are given to the model right
+    before the question, are not stored as conversation, and are not sent again later."""
+    headers = user[1]
+    passages = [{"source": "handbook.pdf #3", "text": "The office cat is called Miso."}]
+    resp = await _post(client, headers, sid, content="What is the cat called?", context=passages)
+    assert resp.status_code == 201, resp.text
+    sent = stub.requests(path="/v1/chat/completions")[-1].body["messages"]
+    assert sent[-1] == {"role": "user", "content": "What is the cat called?"}
+    assert sent[-2]["role"] == "system"
+    assert "[1] handbook.pdf #3\nThe office cat is called Miso." in sent[-2]["content"]
+    stored = (await client.get(f"/api/v1/chat/sessions/{sid}/messages", headers=headers)).json()
+    assert all("Miso" not in m["content"] or m["role"] == "assistant" for m in stored["items"])
+    await _post(client, headers, sid, content="And the dog?")
+    later = stub.requests(path="/v1/chat/completions")[-1].body["messages"]
+    assert not any("Miso" in (m.get("content") or "") and m["role"] == "system" for m in later)
+    too_many = await _post(client, headers, sid, content="x", context=passages * 13)
+    assert too_many.status_code == 422
+    empty = await _post(client, headers, sid, content="x", context=[{"source": "a", "text": ""}])
+    assert empty.status_code == 422

@@ -84,10 +84,10 @@ def roost_server(
 
 
 @asynccontextmanager
-async def in_process(app: FastAPI) -> AsyncIterator[str]:
+async def in_process(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
     """The app under uvicorn on loopback in this process, lifespan included, so the
     test can look at the SDK's session manager and this process's tasks and memory."""
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on"))
     task = asyncio.create_task(server.serve())

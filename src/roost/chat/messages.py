@@ -212,6 +212,20 @@ async def _context(
     return out
 
 
+CONTEXT_PREAMBLE = (
+    "Answer the next message using these excerpts from the user's documents when they are "
+    "relevant, and name the sources you used. If they do not contain the answer, say so."
+)
+
+
+def _context_messages(data: MessageCreate) -> list[LLMMessage]:
+    """Retrieved excerpts as one system message right before the question they serve."""
+    if not data.context:
+        return []
+    parts = [CONTEXT_PREAMBLE] + [f"[{i}] {p.source}\n{p.text}" for i, p in enumerate(data.context, 1)]
+    return [LLMMessage(role="system", content="\n\n".join(parts))]
+
+
 @dataclass
 class Exchange:
     """A stored user message and, when the model is to answer it, its pending call."""
@@ -256,7 +270,8 @@ async def post_message(
         metadata: dict[str, Any] = {"seq": row.seq, "role": row.role, "reply": data.reply}
         if route is not None:
             chat = ChatRequest(
-                messages=[*history, LLMMessage(role="user", content=data.content)],
+                messages=[*history, *_context_messages(data),
+                          LLMMessage(role="user", content=data.content)],
                 temperature=data.temperature, max_tokens=data.max_tokens, top_p=data.top_p,
                 stop=data.stop,
             )

@@ -61,6 +61,16 @@ class SessionOut(BaseModel):
     updated_at: datetime
 
 
+class ContextPassage(StrictInput):
+    """An excerpt the caller retrieved (e.g. from ``POST /api/v1/knowledge/search``) for the
+    model to answer from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1, max_length=300, description="Where it comes from (shown to the model)")
+    text: str = Field(min_length=1, max_length=8000)
+
+
 class MessageCreate(StrictInput):
     """A new message.  By default the configured model answers it (``reply``)."""
 
@@ -85,6 +95,11 @@ class MessageCreate(StrictInput):
     plan_step: int | None = Field(default=None, ge=0, le=2_147_483_647)
     confidence_score: float | None = Field(default=None, ge=0, le=1)
     embedding_model_used: str | None = Field(default=None, max_length=128)
+    context: list[ContextPassage] | None = Field(
+        default=None, max_length=12,
+        description="Excerpts for this answer only (retrieval-augmented chat): given to the "
+                    "model before the message, not stored in the conversation",
+    )
 
 
 class MessageOut(BaseModel):

@@ -84,9 +84,13 @@ def asset(name: str) -> tuple[bytes, str, str] | None:
 
 
 def asset_url(name: str) -> str:
-    """The URL of a static file, versioned by its content so browsers may cache it."""
+    """The URL of a static file.  Styles and images are versioned by their content (cached
+    for an hour); modules are not: a page's module imports ``./console.js`` by its plain
+    URL, and two URLs would make two instances of it (they revalidate by ETag instead)."""
     found = _assets().get(name)
-    return f"/console/static/{name}" + (f"?v={found[1]}" if found else "")
+    if found is None or name.endswith(".js"):
+        return f"/console/static/{name}"
+    return f"/console/static/{name}?v={found[1]}"
 
 
 def secure_cookies(request: Request) -> bool:

@@ -62,8 +62,8 @@ async def static(name: str, request: Request) -> Response:
     if found is None:
         return Response("not found", status_code=404, media_type="text/plain")
     data, etag, media_type = found
-    headers = {"ETag": f'"{etag}"', "Cache-Control": "public, max-age=3600",
-               "X-Content-Type-Options": "nosniff"}
+    cache = "no-cache" if name.endswith(".js") else "public, max-age=3600"  # see asset_url
+    headers = {"ETag": f'"{etag}"', "Cache-Control": cache, "X-Content-Type-Options": "nosniff"}
     if request.headers.get("if-none-match") == f'"{etag}"':
         return Response(status_code=304, headers=headers)
     return Response(data, media_type=media_type, headers=headers)

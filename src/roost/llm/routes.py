@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import Response, status
+from fastapi import Query, Response, status
 
 from roost.http.auth import AdminPrincipal, CurrentPrincipal
 from roost.http.deps import DbSession
 from roost.http.routing import RoostRouter
-from roost.llm import providers, records
+from roost.llm import providers, records, usage
 from roost.llm.deps import GatewayDep
 from roost.llm.models import LLMProviderRow
 from roost.llm.schemas import (
@@ -18,6 +19,9 @@ from roost.llm.schemas import (
     ProviderUpdate,
     RequestOut,
     ResponseOut,
+    UsageReportOut,
+    UsageRowOut,
+    UsageTotalsOut,
 )
 
 router = RoostRouter(prefix="/api/v1/llm", tags=["llm"])
@@ -112,3 +116,20 @@ async def get_request(
             for r in responses
         ],
     )
+
+
+@router.get("/usage", response_model=UsageReportOut,
+            summary="LLM usage summed per UTC day, model or user (administrators: everyone's)")
+async def get_usage(
+    principal: CurrentPrincipal,
+    db: DbSession,
+    group_by: usage.GroupBy = "day",
+    since: Annotated[str | None, Query(max_length=64, description="ISO date or timestamp "
+                                       "(inclusive); default: 30 days before until")] = None,
+    until: Annotated[str | None, Query(max_length=64, description="ISO timestamp (exclusive) "
+                                       "or date (through its end); default: now")] = None,
+) -> UsageReportOut:
+    report = await usage.usage_report(db, principal, group_by=group_by, since=since, until=until)
+    return UsageReportOut(group_by=report.group_by, since=report.since, until=report.until,
+                          rows=[UsageRowOut(**vars(r)) for r in report.rows],
+                          totals=UsageTotalsOut(**report.totals()))

@@ -1,0 +1,198 @@
+// Admin usage: totals, a bar chart drawn here as inline SVG (DOM APIs, no library) and a
+// table with the same numbers, per UTC day, model or user over a date range.
+
+import { api, el, showError } from "./console.js";
+
+const SVG = "http://www.w3.org/2000/svg";
+const $ = (id) => document.getElementById(id);
+const GROUP_TITLES = { day: "Day (UTC)", model: "Model", user: "User" };
+const GROUP_WORDS = { day: "day", model: "model", user: "user" };
+const METRICS = {
+  tokens: { title: "Tokens", value: (r) => r.tokens_input + r.tokens_output },
+  requests: { title: "Requests", value: (r) => r.requests },
+  credits_used: { title: "Credits", value: (r) => r.credits_used },
+  failures: { title: "Failures", value: (r) => r.failures },
+};
+const number = (value) => Number(value).toLocaleString();
+
+let report = null;
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function rowLabel(row, groupBy) {
+  if (groupBy === "user") return row.username || (row.key ? row.key : "(no user)");
+  if (groupBy === "model") return row.key ?? "(no model)";
+  return row.key;
+}
+
+function short(text, max = 14) {
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
+}
+
+// 1, 2 or 5 times a power of ten, at least ``value``: round numbers on the axis.
+function niceCeiling(value) {
+  if (value <= 0) return 1;
+  const power = 10 ** Math.floor(Math.log10(value));
+  for (const step of [1, 2, 5, 10]) if (step * power >= value) return step * power;
+  return 10 * power;
+}
+
+function utcDay(date) {
+  return date.toISOString().slice(0, 10);
+}
+
+// --- rendering ---------------------------------------------------------------------------
+
+function renderTotals(data) {
+  const t = data.totals;
+  const items = [
+    ["Requests", t.requests], ["Tokens", t.tokens_input + t.tokens_output],
+    ["Input tokens", t.tokens_input], ["Output tokens", t.tokens_output],
+    ["Credits", t.credits_used], ["Failures", t.failures],
+  ];
+  $("usage-totals").replaceChildren(...items.map(([label, value]) =>
+    el("div", { class: "total" }, el("dt", {}, label), el("dd", {}, number(value)))));
+}
+
+function renderChart(data, metricKey) {
+  const holder = $("usage-chart");
+  const metric = METRICS[metricKey];
+  const groupBy = data.group_by;
+  if (!data.rows.length) {
+    holder.replaceChildren(el("p", { class: "empty" }, "No usage in this range."));
+    return;
+  }
+  const values = data.rows.map(metric.value);
+  const labels = data.rows.map((row) => rowLabel(row, groupBy));
+  const width = 720, height = 320;
+  const margin = { top: 16, right: 16, bottom: 84, left: 64 };
+  const plotW = width - margin.left - margin.right;
+  const plotH = height - margin.top - margin.bottom;
+  const top = niceCeiling(Math.max(...values));
+  const band = plotW / values.length;
+  const barW = Math.min(56, band * 0.7);
+  const y = (value) => margin.top + plotH - (value / top) * plotH;
+
+  const highest = values.indexOf(Math.max(...values));
+  const summary = `Bar chart of ${metric.title.toLowerCase()} per ${GROUP_WORDS[groupBy]}: `
+    + `${values.length} ${values.length === 1 ? "bar" : "bars"}, highest ${labels[highest]} `
+    + `with ${number(values[highest])}. The table below has the same numbers.`;
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": summary,
+                             focusable: "false", class: "usage-svg" });
+
+  // Grid lines and the value axis; whole-number steps (every metric counts something).
+  const ticks = [5, 4, 2, 1].find((count) => Number.isInteger(top / count));
+  for (let i = 0; i <= ticks; i += 1) {
+    const value = (top / ticks) * i;
+    const lineY = y(value);
+    chart.append(svg("line", { class: "axis grid", x1: margin.left, x2: width - margin.right,
+                               y1: lineY, y2: lineY }));
+    chart.append(svg("text", { x: margin.left - 6, y: lineY + 4, "text-anchor": "end" },
+                     number(value)));
+  }
+  chart.append(svg("line", { class: "axis", x1: margin.left, x2: margin.left, y1: margin.top,
+                             y2: margin.top + plotH }));
+  chart.append(svg("text", { class: "axis-title", x: 14, y: margin.top + plotH / 2,
+                             "text-anchor": "middle",
+                             transform: `rotate(-90 14 ${margin.top + plotH / 2})` }, metric.title));
+  chart.append(svg("text", { class: "axis-title", x: margin.left + plotW / 2, y: height - 6,
+                             "text-anchor": "middle" }, GROUP_TITLES[groupBy]));
+
+  // Bars with tooltips, and their labels (every k-th when there are many).
+  const every = Math.ceil(values.length / 24);
+  values.forEach((value, i) => {
+    const x = margin.left + band * i + (band - barW) / 2;
+    const barTop = y(value);
+    chart.append(svg("rect", { class: "bar", x, y: barTop, width: barW,
+                               height: Math.max(0, margin.top + plotH - barTop) },
+                     svg("title", {}, `${labels[i]}: ${number(value)} ${metric.title.toLowerCase()}`)));
+    if (i % every === 0) {
+      const labelX = margin.left + band * i + band / 2;
+      const labelY = margin.top + plotH + 14;
+      chart.append(svg("text", { x: labelX, y: labelY, "text-anchor": "end",
+                                 transform: `rotate(-35 ${labelX} ${labelY})` },
+                       short(groupBy === "day" ? labels[i].slice(5) : labels[i])));
+    }
+  });
+  holder.replaceChildren(chart);
+}
+
+function renderTable(data) {
+  const holder = $("usage-table");
+  if (!data.rows.length) {
+    holder.replaceChildren(el("p", { class: "empty" }, "No usage in this range."));
+    return;
+  }
+  const headers = [GROUP_TITLES[data.group_by], "Requests", "Input tokens", "Output tokens",
+                   "Total tokens", "Credits", "Avg latency (ms)", "Failures"];
+  const cells = (row) => [row.requests, row.tokens_input, row.tokens_output,
+                          row.tokens_input + row.tokens_output, row.credits_used]
+    .map((v) => el("td", { class: "num" }, number(v)));
+  holder.replaceChildren(el("table", { class: "usage-table" },
+    el("caption", { class: "visually-hidden" }, `Usage per ${GROUP_WORDS[data.group_by]}`),
+    el("thead", {}, el("tr", {}, headers.map((h, i) =>
+      el("th", { scope: "col", class: i ? "num" : null }, h)))),
+    el("tbody", {}, data.rows.map((row) => el("tr", {},
+      el("th", { scope: "row", class: "wrap" }, rowLabel(row, data.group_by)),
+      cells(row),
+      el("td", { class: "num" }, row.avg_latency_ms === null ? "–" : number(row.avg_latency_ms)),
+      el("td", { class: "num" }, number(row.failures))))),
+    el("tfoot", {}, el("tr", {},
+      el("th", { scope: "row" }, "Total"),
+      cells(data.totals),
+      el("td", { class: "num" }, ""),
+      el("td", { class: "num" }, number(data.totals.failures))))));
+}
+
+function render() {
+  if (!report) return;
+  renderTotals(report);
+  renderChart(report, $("usage-metric").value);
+  renderTable(report);
+}
+
+// --- loading -------------------------------------------------------------------------------
+
+async function load() {
+  const params = new URLSearchParams({
+    group_by: $("usage-group").value, since: $("usage-since").value, until: $("usage-until").value,
+  });
+  const button = $("usage-form").querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    report = await api(`/api/v1/llm/usage?${params}`);
+    history.replaceState(null, "", `?${params}`);  // a reload shows the same report
+    render();
+  } catch (error) {
+    showError(error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function init() {
+  const query = new URLSearchParams(location.search);
+  const today = new Date();
+  const monthAgo = new Date(today.getTime() - 29 * 86_400_000);  // 30 days with today
+  $("usage-since").value = query.get("since") || utcDay(monthAgo);
+  $("usage-until").value = query.get("until") || utcDay(today);
+  if (Object.hasOwn(GROUP_TITLES, query.get("group_by") ?? "")) {
+    $("usage-group").value = query.get("group_by");
+  }
+  $("usage-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    load();
+  });
+  $("usage-group").addEventListener("change", load);
+  $("usage-metric").addEventListener("change", render);
+  load();
+}
+
+init();

@@ -1,0 +1,130 @@
+"""Usage reports: ``usage_records`` summed per UTC day, per model or per user over a time
+range.  Administrators see everyone's calls; anyone else only their own (row-level
+security says so too; the explicit filter keeps the answer right under any role)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Date, Select, cast, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.db.base import utcnow
+from roost.errors import Unprocessable
+from roost.identity.models import User
+from roost.llm.models import UsageRecord
+from roost.principal import Principal
+
+GroupBy = Literal["day", "model", "user"]
+GROUP_BYS: tuple[GroupBy, ...] = ("day", "model", "user")
+DEFAULT_DAYS = 30
+MAX_RANGE_DAYS = 366
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    key: str | None  # the UTC day (YYYY-MM-DD), the model name or the user's id
+    username: str | None
+    requests: int
+    tokens_input: int
+    tokens_output: int
+    credits_used: int
+    avg_latency_ms: float | None
+    failures: int
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    group_by: GroupBy
+    since: datetime
+    until: datetime
+    rows: list[UsageRow]
+
+    def totals(self) -> dict[str, int]:
+        fields = ("requests", "tokens_input", "tokens_output", "credits_used", "failures")
+        return {f: sum(getattr(r, f) for r in self.rows) for f in fields}
+
+
+def parse_bound(value: str | None, *, name: str, end: bool) -> datetime | None:
+    """An ISO timestamp or date (UTC when it names no offset).  A bare date as ``until``
+    means the end of that day, so ``since=2026-01-01&until=2026-01-31`` covers January."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 10:  # YYYY-MM-DD
+            day = date.fromisoformat(text)
+            moment = datetime.combine(day + timedelta(days=1) if end else day, time(), UTC)
+        else:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise Unprocessable(f"{name} must be an ISO 8601 date or timestamp, got {text[:40]!r}") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def resolve_range(since: str | None, until: str | None) -> tuple[datetime, datetime]:
+    """``[since, until)``; the last 30 days by default; at most 366 days long."""
+    end = parse_bound(until, name="until", end=True) or utcnow()
+    start = parse_bound(since, name="since", end=False) or end - timedelta(days=DEFAULT_DAYS)
+    if end <= start:
+        raise Unprocessable("until must be after since")
+    if end - start > timedelta(days=MAX_RANGE_DAYS):
+        raise Unprocessable(f"the range may span at most {MAX_RANGE_DAYS} days")
+    return start, end
+
+
+def _sums() -> list[Any]:
+    return [
+        func.count().label("requests"),
+        func.coalesce(func.sum(UsageRecord.tokens_input), 0).label("tokens_input"),
+        func.coalesce(func.sum(UsageRecord.tokens_output), 0).label("tokens_output"),
+        func.coalesce(func.sum(UsageRecord.credits_used), 0).label("credits_used"),
+        func.avg(UsageRecord.latency_ms).label("avg_latency_ms"),
+        func.count().filter(UsageRecord.success.is_(False)).label("failures"),
+    ]
+
+
+def _grouped(group_by: GroupBy) -> Select[Any]:
+    if group_by == "day":
+        # The day in UTC whatever the session's time zone.
+        day = cast(func.timezone("UTC", UsageRecord.created_at), Date).label("key")
+        return select(day, *_sums()).group_by(day).order_by(day)
+    if group_by == "model":
+        return (select(UsageRecord.model.label("key"), *_sums()).group_by(UsageRecord.model)
+                .order_by(func.count().desc(), UsageRecord.model))
+    return (select(UsageRecord.user_id.label("key"), User.username, *_sums())
+            .outerjoin(User, User.id == UsageRecord.user_id)
+            .group_by(UsageRecord.user_id, User.username)
+            .order_by(func.count().desc(), User.username))
+
+
+async def usage_report(
+    session: AsyncSession, actor: Principal, *, group_by: GroupBy = "day",
+    since: str | None = None, until: str | None = None,
+) -> UsageReport:
+    if group_by not in GROUP_BYS:
+        raise Unprocessable(f"group_by must be one of {', '.join(GROUP_BYS)}")
+    start, end = resolve_range(since, until)
+    stmt = _grouped(group_by).where(UsageRecord.created_at >= start, UsageRecord.created_at < end)
+    if not actor.is_admin:
+        if actor.user_id is None:
+            return UsageReport(group_by, start, end, [])
+        stmt = stmt.where(UsageRecord.user_id == actor.user_id)
+    rows = []
+    for found in (await session.execute(stmt)).mappings():
+        key = found["key"]
+        avg = found["avg_latency_ms"]
+        rows.append(UsageRow(
+            key=key.isoformat() if isinstance(key, date) else str(key) if key is not None else None,
+            username=found.get("username"),
+            requests=int(found["requests"]), tokens_input=int(found["tokens_input"]),
+            tokens_output=int(found["tokens_output"]), credits_used=int(found["credits_used"]),
+            avg_latency_ms=round(float(avg), 1) if avg is not None else None,
+            failures=int(found["failures"]),
+        ))
+    return UsageReport(group_by, start, end, rows)
+
+
+__all__ = ["GROUP_BYS", "GroupBy", "UsageReport", "UsageRow", "usage_report"]

@@ -1,0 +1,174 @@
+"""The agents, agent and run pages in a real browser: create an agent, run it and watch its
+steps and streamed answer arrive live; cancel a waiting run; edit and delete an agent;
+another user's agent and run are the 404 page; names are text, never markup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from roost.agents import jobs as agent_jobs
+from roost.agents import mail, runner
+from roost.config import Settings
+from roost.db.engine import Database
+from roost.keyfiles import KeyMaterial
+from roost.llm import jobs as llm_jobs
+from roost.llm.deps import app_gateway
+from roost.security.crypto import SecretBox
+from roost.tasks.worker import Worker, WorkerConfig
+from roost.tools.config import ToolsConfig
+from tests.agents.conftest import make_agent
+from tests.chat.conftest import add_provider
+from tests.console.conftest import assert_accessible, screenshot, sign_in_as
+from tests.support.identity import make_user
+from tests.support.openai_stub import StubServer
+from tests.support.openai_stub.script import Call, Reply, ToolCalls
+
+pytestmark = pytest.mark.needs_browser
+EVIL = '<img src=x onerror="window.pwned=1">Clock'
+
+
+@contextlib.asynccontextmanager
+async def running_worker(app: FastAPI, database: Database,
+                         settings: Settings) -> AsyncIterator[Worker]:
+    """A worker in this process, as tests/agents' ``worker`` fixture builds it, but started
+    when the test says: after the run page listens, so it sees every event of the run."""
+    gateway = app_gateway(app)
+    env = runner.RunEnv(database=database, gateway=gateway,
+                        tools=ToolsConfig.from_settings(settings),
+                        box=SecretBox.from_keys(app.state.keys.secrets_key), knowledge=None,
+                        hosted=mail.builtin_tools(mail.MailConfig.from_settings(settings)))
+    agent_jobs.env_override, llm_jobs.gateway_override = env, gateway
+    worker = Worker(database, WorkerConfig(concurrency=2, lease_s=5, poll_interval_s=0.2,
+                                           schedules=False, shutdown_timeout_s=2))
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.started.wait(), 15)
+    try:
+        yield worker
+    finally:
+        worker.stop(force=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 20)
+        agent_jobs.env_override, llm_jobs.gateway_override = None, None
+
+
+async def test_create_an_agent_run_it_and_watch_the_steps_live(
+    page: Any, console: str, app: FastAPI, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial, test_settings: Settings, admin_headers: dict[str, str],
+    stub: StubServer,
+) -> None:
+    from playwright.async_api import expect
+
+    await add_provider(client, admin_headers, stub)
+    user_id, _ = await make_user(database)
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto("/console/agents")
+    await page.get_by_text("No agents yet").wait_for()
+    await page.get_by_label("Name").fill(EVIL)
+    await expect(page.get_by_label("Slug")).to_have_value("img-src-x-onerror-window-pwned-1-clock")
+    await page.get_by_label("Slug").fill("clock")
+    await page.get_by_label("System prompt").fill("Tell the time.")
+    await page.get_by_label("current_time").check()
+    await assert_accessible(page)
+    await page.get_by_role("button", name="Create agent").click()
+
+    await page.wait_for_url(re.compile(r"/console/agents/[0-9a-f-]{36}$"))
+    await expect(page.get_by_role("heading", level=1)).to_have_text(EVIL)  # text, not markup
+    await expect(page.locator("#agent-details")).to_contain_text("current_time")
+    await assert_accessible(page)
+    # The model asks for the time, then streams its answer a word at a time.
+    stub.script(ToolCalls(Call("current_time", {"timezone": "Europe/Paris"})),
+                Reply("It is noon in Paris, said the clock.", chunk_delay_ms=400))
+    await page.get_by_label("Input").fill("What time is it in Paris?")
+    await page.get_by_role("button", name="Run", exact=True).click()
+
+    await page.wait_for_url(re.compile(r"/console/runs/[0-9a-f-]{36}$"))
+    await expect(page.locator("#run-status")).to_contain_text("pending")
+    await expect(page.locator("#live")).to_have_attribute("data-state", "open")
+    await expect(page.get_by_role("link", name=EVIL)).to_be_visible()
+    await assert_accessible(page)
+    async with running_worker(app, database, test_settings):
+        streaming = page.locator('li[data-step="3"] .streaming')
+        await expect(streaming).to_contain_text("noon")  # part of the answer, still running
+        await expect(page.locator("#run-status")).to_contain_text("completed", timeout=20_000)
+    steps = page.locator("#timeline > li")
+    await expect(steps).to_have_count(3)
+    await expect(steps.nth(0)).to_contain_text("Model call")
+    await expect(steps.nth(1)).to_contain_text("Tool call: current_time")
+    await expect(steps.nth(2)).to_contain_text("It is noon in Paris, said the clock.")
+    await expect(page.locator("#run-output-text")).to_have_text("It is noon in Paris, said the clock.")
+    await expect(page.get_by_role("button", name="Cancel run")).to_be_hidden()
+    await expect(page.locator("#live")).to_have_attribute("data-state", "closed")
+    await steps.nth(1).get_by_text("Result").click()
+    await expect(steps.nth(1)).to_contain_text("Europe/Paris")
+    await screenshot(page, "agent-run")
+    await assert_accessible(page)
+    assert await page.evaluate("window.pwned") is None
+
+    await page.goto("/console/agents")  # the list and the recent runs
+    await expect(page.locator("#agents-body")).to_contain_text(EVIL)
+    await expect(page.locator("#runs-body")).to_contain_text("completed")
+    await assert_accessible(page)
+    assert await page.evaluate("window.pwned") is None
+
+
+async def test_cancel_a_waiting_run_then_edit_and_delete_the_agent(
+    page: Any, console: str, database: Database, test_keys: KeyMaterial,
+) -> None:
+    from playwright.async_api import expect
+
+    user_id, _ = await make_user(database)
+    agent = await make_agent(database, user_id, name="Slowpoke")
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto(f"/console/agents/{agent.id}")
+    await page.get_by_label("Input").fill("Take your time.")
+    await page.get_by_role("button", name="Run", exact=True).click()
+    await page.wait_for_url(re.compile(r"/console/runs/"))
+    await expect(page.locator("#run-status")).to_contain_text("pending")  # no worker runs
+    await page.get_by_role("button", name="Cancel run").click()
+    await expect(page.locator("#run-status")).to_contain_text("cancelled")
+    await expect(page.get_by_role("button", name="Cancel run")).to_be_hidden()
+    await expect(page.locator("#live")).to_have_attribute("data-state", "closed")
+    await assert_accessible(page)
+
+    await page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    await page.goto(f"/console/agents/{agent.id}")
+    await page.get_by_label("Name", exact=True).fill("Quickstep")
+    await page.get_by_label("Public (every user may run it)").check()
+    await page.get_by_role("button", name="Save changes").click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Quickstep")
+    await expect(page.locator("#agent-details")).to_contain_text("public")
+    await expect(page.locator("#runs-body")).to_contain_text("cancelled")
+    await screenshot(page, "agent-phone")
+    await assert_accessible(page)
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.get_by_role("button", name="Delete agent").click()
+    await page.wait_for_url(re.compile(r"/console/agents$"))
+    await page.get_by_text("No agents yet").wait_for()
+
+
+async def test_another_users_agent_and_run_are_not_found(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    owner_id, owner_headers = await make_user(database)
+    agent = await make_agent(database, owner_id)
+    started = await client.post(f"/api/v1/agents/{agent.id}/runs", json={"input": "hi"},
+                                headers=owner_headers)
+    assert started.status_code == 202, started.text
+    intruder_id, _ = await make_user(database)
+    await sign_in_as(page.context, console, database, test_keys, intruder_id)
+    for path in (f"/console/agents/{agent.id}", f"/console/runs/{started.json()['id']}",
+                 f"/console/runs/{uuid.uuid4()}", "/console/agents/not-an-id"):
+        answer = await page.goto(path)
+        assert answer is not None and answer.status == 404, path
+        await page.get_by_role("heading", name="Not found").wait_for()
+    await assert_accessible(page)
