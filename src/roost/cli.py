@@ -109,6 +109,10 @@ def serve(
     migrate: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Apply pending migrations first.")
     ] = True,
+    worker: Annotated[bool | None, typer.Option(
+        "--worker/--no-worker", help="Also run a queue worker in this process "
+        "(ROOST_SERVE_WORKER, default on): ingestion, agent runs, summaries and schedules "
+        "work with this one command. Use --no-worker beside separate `roost worker`s.")] = None,
 ) -> None:
     """Run the HTTP server (on the embedded PostgreSQL unless ROOST_DATABASE_URL is set)."""
     import uvicorn
@@ -116,9 +120,12 @@ def serve(
     from roost.app import create_app
     from roost.db.migrate import upgrade
     from roost.logging import configure_logging
+    from roost.tasks.cli import worker_config
+    from roost.tasks.worker import Worker
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    with_worker = settings.serve_worker if worker is None else worker
 
     async def run() -> None:
         db = create_database(settings)
@@ -130,7 +137,17 @@ def serve(
                 application, host=host or settings.host, port=port or settings.port,
                 log_config=None, proxy_headers=False, lifespan="on",
             )
-            await _graceful_server_class()(config).serve()
+            queue_worker = (Worker(db, worker_config(settings),
+                                   statement_timeout_ms=settings.db_statement_timeout_ms)
+                            if with_worker else None)
+            worker_task = asyncio.create_task(queue_worker.run()) if queue_worker else None
+            try:
+                await _graceful_server_class()(config).serve()
+            finally:
+                if queue_worker is not None and worker_task is not None:
+                    # In-flight jobs get the worker's shutdown time, then are released.
+                    queue_worker.stop()
+                    await worker_task
         finally:
             await db.dispose()
 

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
                                     description="Lifetime of JWT access tokens")
     refresh_token_ttl_s: int = Field(default=30 * 86_400, ge=300,
                                      description="Lifetime of a login session (refresh token)")
+    serve_worker: bool = Field(
+        default=True, description="`roost serve` also runs a queue worker in its process "
+        "(off when separate `roost worker` processes run)"
+    )
     open_registration: bool = Field(
         default=False, description="New self-registered accounts start active, not pending"
     )

@@ -59,6 +59,9 @@ def roost_server(
     """
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
+    # No in-process worker unless a test asks: tests start their own workers when they
+    # want jobs run, and some watch jobs stay queued.
+    full_env["ROOST_SERVE_WORKER"] = "false"
     full_env.update(env)
     proc = subprocess.Popen(
         [ROOST, "serve", "--port", str(port), *args], env=full_env,

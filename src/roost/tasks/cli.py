@@ -6,13 +6,19 @@ import asyncio
 import json
 import signal
 import uuid
-from typing import Annotated, Any, TypeVar
+from dataclasses import replace
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from roost.clitools import fail, id_table, print_table, resolve_id, run_in_transaction
+
+if TYPE_CHECKING:
+    from roost.config import Settings
+    from roost.tasks.config import WorkerSettings
+    from roost.tasks.worker import WorkerConfig
 
 T = TypeVar("T")
 
@@ -241,7 +247,7 @@ def worker_command(
     from roost.logging import configure_logging
     from roost.tasks.config import WorkerSettings
     from roost.tasks.handlers import discover, import_modules
-    from roost.tasks.worker import Worker, WorkerConfig, parse_queues
+    from roost.tasks.worker import Worker, parse_queues
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
@@ -251,15 +257,15 @@ def worker_command(
         import_modules(list(imports or []))
     except ImportError as exc:
         raise fail("cannot import", exc, code=2) from exc
-    config = WorkerConfig(
-        concurrency=concurrency or ws.concurrency,
-        queues=parse_queues(queues) if queues else parse_queues(ws.queues),
-        lease_s=lease or ws.lease_s,
-        poll_interval_s=poll_interval or ws.poll_interval_s,
-        shutdown_timeout_s=ws.shutdown_timeout_s if shutdown_timeout is None else shutdown_timeout,
-        schedules=ws.schedules if schedules is None else schedules,
-        listen=not settings.pgbouncer,
-        pgbouncer=settings.pgbouncer,
+    base = worker_config(settings, ws)
+    config = replace(
+        base,
+        concurrency=concurrency or base.concurrency,
+        queues=parse_queues(queues) if queues else base.queues,
+        lease_s=lease or base.lease_s,
+        poll_interval_s=poll_interval or base.poll_interval_s,
+        shutdown_timeout_s=base.shutdown_timeout_s if shutdown_timeout is None else shutdown_timeout,
+        schedules=base.schedules if schedules is None else schedules,
     )
 
     async def run() -> None:
@@ -284,6 +290,20 @@ def worker_command(
         asyncio.run(run())
     except RuntimeError as exc:
         raise fail("worker stopped", exc) from exc
+
+
+def worker_config(settings: Settings, ws: WorkerSettings | None = None) -> WorkerConfig:
+    """The worker's configuration from ROOST_WORKER_* (``roost worker`` and the worker that
+    ``roost serve`` runs in its own process)."""
+    from roost.tasks.config import WorkerSettings
+    from roost.tasks.worker import WorkerConfig, parse_queues
+
+    ws = ws or WorkerSettings()
+    return WorkerConfig(
+        concurrency=ws.concurrency, queues=parse_queues(ws.queues), lease_s=ws.lease_s,
+        poll_interval_s=ws.poll_interval_s, shutdown_timeout_s=ws.shutdown_timeout_s,
+        schedules=ws.schedules, listen=not settings.pgbouncer, pgbouncer=settings.pgbouncer,
+    )
 
 
 def register(app: typer.Typer) -> None:
