@@ -115,12 +115,20 @@ async def test_approve_and_suspend_accounts_then_read_and_verify_the_audit_log(
     await page.get_by_role("button", name="Apply filters").click()
     await entries.filter(has_text="user.updated").first.wait_for(state="detached")
     assert await entries.count() == 1 and await approved.count() == 1
+    await page.get_by_label("From (your time)").fill("2099-01-01T00:00")
+    await page.get_by_role("button", name="Apply filters").click()
+    await page.get_by_text("No entries match these filters.").wait_for()
+    await page.get_by_role("button", name="Clear").click()
+    await entries.filter(has_text="user.updated").first.wait_for()
+    await page.get_by_label("Action").fill("user.approved")
+    await page.get_by_role("button", name="Apply filters").click()
+    await entries.filter(has_text="user.updated").first.wait_for(state="detached")
 
     await page.get_by_role("button", name="Verify chain").click()
     verdict = page.get_by_role("status").filter(has_text="Chain intact")
     await verdict.wait_for()
     async with database.transaction() as session:
-        total = (await session.execute(text("SELECT count(*) FROM audit_logs"))).scalar_one()
+        total: int = (await session.execute(text("SELECT count(*) FROM audit_logs"))).scalar_one()
     assert f"{total} entries checked" in await verdict.inner_text()
     await screenshot(page, "admin-audit")
 
@@ -204,6 +212,7 @@ async def test_retry_a_dead_letter(
     await page.get_by_role("button", name=re.compile(r"^Retry test\.noop")).click()
     await page.get_by_text("No dead letters").wait_for()
     assert await letters.count() == 0
+    await page.locator("#tasks tr").filter(has_text="test.noop").get_by_text("queued").wait_for()
     async with database.transaction() as session:
         row = await session.get_one(BackgroundTask, task.id)
     assert row.status == TaskStatus.QUEUED

@@ -13,7 +13,6 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from roost.app import create_app
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.identity.models import User, UserTwoFactorAuth
