@@ -48,7 +48,7 @@ CHROMIUM = os.environ.get("ROOST_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-dev-shm-usage"]
-PASSWORD = "tangerine-lantern-speed-42!"
+PASSWORD = "tangerine-lantern-speed-42!"  # noqa: S105 (the throwaway bench account)
 sys.path.insert(0, str(ROOT))
 
 # Installed before any page script: when the first message and session row enter the DOM
@@ -57,7 +57,9 @@ PROBE = """
 (() => {
   const seen = window.__probe = { longtasks: [] };
   new PerformanceObserver((list) => {
-    for (const entry of list.getEntries()) seen.longtasks.push({ start: entry.startTime, duration: entry.duration });
+    for (const entry of list.getEntries()) {
+      seen.longtasks.push({ start: entry.startTime, duration: entry.duration });
+    }
   }).observe({ type: "longtask", buffered: true });
   const watch = (key, selector) => {
     const look = () => {
@@ -73,6 +75,11 @@ PROBE = """
   watch("row", "#session-rows li");
 })();
 """
+
+
+def spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 async def prepare(dsn: str, message_key: str, sessions: int, messages: int) -> uuid.UUID:
@@ -163,7 +170,8 @@ async def one_run(browser: Any, base: str, cookies: list[dict[str, Any]], chat: 
                    messages: document.querySelectorAll("#message-list .message").length,
                    origin: performance.timeOrigin,
                    resources: performance.getEntriesByType("resource").map((r) => ({
-                     name: r.name, start: r.startTime, end: r.responseEnd, wait: r.responseStart - r.requestStart })),
+                     name: r.name, start: r.startTime, end: r.responseEnd,
+                     wait: r.responseStart - r.requestStart })),
                    page: { start: nav.requestStart, first_byte: nav.responseStart, end: nav.responseEnd } };
         }""")
         load_tasks = [t["duration"] for t in loaded["probe"]["longtasks"]]
@@ -264,8 +272,7 @@ async def main(args: argparse.Namespace) -> None:
                 "ROOST_SECRET_KEY": secrets.token_urlsafe(32), "ROOST_LLM_LOCAL_MODEL": "false",
                 "ROOST_LOG_LEVEL": "warning",
             })
-            proc = subprocess.Popen([ROOST, "serve", "--port", str(port), "--no-migrate"], env=env,
-                                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = spawn([ROOST, "serve", "--port", str(port), "--no-migrate"], env)
             base = f"http://127.0.0.1:{port}"
             wait_healthy(base, proc)
 

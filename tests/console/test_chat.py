@@ -14,7 +14,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 from playwright.async_api import expect
-from sqlalchemy import insert, text, update
+from sqlalchemy import insert, select, text, update
 
 from roost.chat.models import ChatMessage, ChatSession
 from roost.db.base import utcnow, uuid7
@@ -35,7 +35,7 @@ CHAT_URL = re.compile(r"/console/chat/[0-9a-f-]{36}$")
 async def _add_sessions(database: Database, user_id: uuid.UUID, titles: list[str]) -> list[uuid.UUID]:
     """Sessions of ``user_id`` in one statement, the first title the newest."""
     now = utcnow()
-    rows = [{"id": uuid7(), "user_id": user_id, "title": title,
+    rows: list[dict[str, Any]] = [{"id": uuid7(), "user_id": user_id, "title": title,
              "created_at": now - timedelta(seconds=i), "updated_at": now}
             for i, title in enumerate(titles)]
     async with database.transaction() as session:
@@ -48,7 +48,7 @@ async def _add_messages(database: Database, keys: KeyMaterial, user_id: uuid.UUI
     """Stored messages (encrypted as the chat service does), oldest first."""
     fernet = Fernet(keys.message_keys[0].encode())
     start = utcnow() - timedelta(hours=1)
-    rows = [{"id": uuid7(), "session_id": session_id, "user_id": user_id, "seq": i + 1,
+    rows: list[dict[str, Any]] = [{"id": uuid7(), "session_id": session_id, "user_id": user_id, "seq": i + 1,
              "role": "user" if i % 2 == 0 else "assistant",
              "content": fernet.encrypt(content.encode()), "created_at": start + timedelta(seconds=i)}
             for i, content in enumerate(contents)]
@@ -160,7 +160,10 @@ async def test_a_long_chat_opens_at_the_end_and_loads_older_pages_upwards(
     await expect(page.locator(".message", has_text="Message 0451")).to_be_attached()
     await expect(page.get_by_text("This is the start of the conversation.")).to_be_hidden()
 
-    # At phone width the composer is on screen and the page still passes axe.
+    # The light theme passes axe too (contrast); at phone width the composer is on screen.
+    await page.get_by_role("button", name="Switch to light theme").click()
+    await expect(page.locator("html")).to_have_attribute("data-theme", "light")
+    await assert_accessible(page)
     await page.set_viewport_size({"width": 390, "height": 844})
     await expect(page.get_by_label("Message", exact=True)).to_be_in_viewport()
     await expect(page.get_by_role("button", name="Send")).to_be_in_viewport()
@@ -239,8 +242,8 @@ async def test_rename_delete_errors_and_markup_shown_as_text(
     await expect(page.get_by_role("link", name="Another chat")).to_be_visible()
     await expect(page.get_by_role("link", name="Holiday <plans>")).to_have_count(0)
     async with database.transaction() as session:
-        left = (await session.execute(text("SELECT id FROM chat_sessions WHERE user_id = :u"),
-                                      {"u": user_id})).scalars().all()
+        left = list((await session.scalars(
+            select(ChatSession.id).where(ChatSession.user_id == user_id))).all())
     assert left == [other]
 
 

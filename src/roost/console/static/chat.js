@@ -138,12 +138,13 @@ function loadSessions() {
   return list.loading;
 }
 
-// Bring the open chat's row into view once, if it is among the loaded sessions.
+// Bring the open chat's row into view if the first page has it (later pages load while
+// the user scrolls: jumping then would pull the list from under them).
 function revealCurrent() {
   if (list.revealed || !sessionId) return;
+  list.revealed = true;
   const index = list.items.findIndex((item) => item.id === sessionId);
   if (index < 0) return;
-  list.revealed = true;
   const { scroller, rowHeight } = list;
   const top = index * rowHeight;
   if (top < scroller.scrollTop || top + rowHeight > scroller.scrollTop + scroller.clientHeight) {
@@ -225,6 +226,7 @@ const conversation = sessionId ? {
   done: false,
   loading: null,
   seqs: new Set(),
+  titled: false,
 } : null;
 
 function atBottom() {
@@ -516,7 +518,8 @@ function wireComposer() {
 // A chat without a title is named after its first message.
 async function autoTitle(content) {
   const session = conversation.session;
-  if (!session || session.title || session.message_count > 0) return;
+  if (!session || session.title || session.message_count > 0 || conversation.titled) return;
+  conversation.titled = true;  // once, even if a second message is sent meanwhile
   const firstLine = content.trim().split("\n")[0];
   const title = firstLine.length > 60 ? `${firstLine.slice(0, 59)}…` : firstLine;
   try {

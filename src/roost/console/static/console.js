@@ -68,7 +68,14 @@ export function notify(message, kind = "error") {
   box.hidden = false;
   clearTimeout(noticeTimer);
   if (kind !== "error") noticeTimer = setTimeout(() => { box.hidden = true; }, 4000);
+  // An error stays until read, but a tap (or Escape) puts it away: on a phone it covers
+  // the bottom of the page, often the very button to press again.
+  box.title = "Tap to dismiss";
+  box.onclick = () => { box.hidden = true; };
 }
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape") { const box = document.getElementById("notice"); if (box) box.hidden = true; }
+});
 
 export function showError(error) {
   const message = error instanceof ApiError ? error.message : String(error?.message || error);
