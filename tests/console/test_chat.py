@@ -274,3 +274,35 @@ async def test_a_draft_survives_an_expired_sign_in(
     async with database.transaction() as session:
         stored = (await session.execute(text("SELECT count(*) FROM chat_messages"))).scalar()
     assert stored == 0
+
+
+async def test_use_my_documents_gives_the_model_the_best_passages_and_lists_them(
+    page: Any, console: str, client: httpx.AsyncClient, admin_headers: dict[str, str],
+    stub: StubServer, database: Database, test_keys: KeyMaterial, test_settings: Any,
+) -> None:
+    from roost.knowledge.config import KnowledgeConfig
+    from tests.knowledge.helpers import make_pdf
+    from tests.knowledge.support import drain_jobs
+
+    await add_provider(client, admin_headers, stub)
+    user_id, headers = await make_user(database)
+    pdf = make_pdf(["The office cat is called Miso and sleeps on the printer."])
+    uploaded = await client.post("/api/v1/knowledge/documents", headers=headers,
+                                 files={"file": ("handbook.pdf", pdf, "application/pdf")})
+    assert uploaded.status_code in (201, 202), uploaded.text
+    assert await drain_jobs(database, KnowledgeConfig.from_settings(test_settings)) == 1
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto("/console/chat")
+    await page.get_by_role("button", name="Start a new chat").click()
+    await page.wait_for_url(CHAT_URL)
+    await page.get_by_label("Use my documents").check()
+    await page.get_by_label("Message", exact=True).fill("What is the office cat called?")
+    await page.get_by_role("button", name="Send").click()
+    sources = page.get_by_role("list", name="Sources")
+    await expect(sources).to_contain_text("handbook.pdf, page 1")
+    sent = stub.requests(path="/v1/chat/completions")[-1].body["messages"]
+    assert sent[-1]["content"] == "What is the office cat called?"
+    assert sent[-2]["role"] == "system" and "Miso" in sent[-2]["content"]
+    assert "handbook.pdf" in sent[-2]["content"]
+    await assert_accessible(page)
+    await screenshot(page, "chat-with-documents")

@@ -457,6 +457,13 @@ function wireComposer() {
     try {
       const body = { content, stream: true };
       if (modelSelect.value) body.model = modelSelect.value;
+      let sources = [];
+      if ($("use-documents").checked) {
+        status.textContent = "Searching your documents…";
+        sources = await retrieve(content);
+        if (sources.length) body.context = sources.map((s) => ({ source: s.label, text: s.text }));
+        else notify("Nothing in your documents matches; the model answers without them.", "info");
+      }
       const response = await api(`${sessionApi(sessionId)}/messages`,
                                  { method: "POST", body, raw: true });
       if (!(response.headers.get("content-type") || "").includes("text/event-stream")) {
@@ -487,6 +494,7 @@ function wireComposer() {
               conversation.seqs.add(saved.seq);
               const stick = atBottom();
               const node = messageNode(saved);
+              if (sources.length) node.append(sourcesNode(sources));
               bubble.replaceWith(node);
               if (stick) scrollToBottom();
             }
@@ -513,6 +521,25 @@ function wireComposer() {
       send.disabled = false;
     }
   });
+}
+
+// Retrieval-augmented chat: the best passages of the user's documents go with the message
+// (as `context`, for this answer only); the answer lists them as its sources.
+const CONTEXT_PASSAGES = 4;
+
+async function retrieve(question) {
+  const found = await api("/api/v1/knowledge/search", { method: "POST",
+    body: { query: question.slice(0, 2000), k: CONTEXT_PASSAGES, mode: "hybrid" } });
+  return found.results.map((hit) => ({
+    label: `${hit.document.name}${hit.page ? `, page ${hit.page}` : ""} (passage ${hit.chunk_index + 1})`,
+    text: hit.content.slice(0, 8000),
+    score: hit.score,
+  }));
+}
+
+function sourcesNode(sources) {
+  return el("ol", { class: "sources", "aria-label": "Sources" },
+            sources.map((s) => el("li", {}, `${s.label} · score ${s.score.toFixed(3)}`)));
 }
 
 // A chat without a title is named after its first message.
