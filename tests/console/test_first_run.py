@@ -68,7 +68,8 @@ async def test_first_account_chat_pdf_question_and_usage(browser: Any, served: R
         await page.get_by_role("link", name="Documents").click()
         await page.locator("#upload-file").set_input_files({
             "name": "handbook.pdf", "mimeType": "application/pdf",
-            "buffer": make_pdf(["Office handbook.", "The office cat is called Miso and sleeps on the printer."])})
+            "buffer": make_pdf(["Office handbook.",
+                                "The office cat is called Miso and sleeps on the printer."])})
         await page.get_by_role("button", name="Upload", exact=True).click()
         await page.locator("#documents tr", has_text="handbook.pdf").locator(".badge.ready").wait_for(
             timeout=SLOW_MS)
