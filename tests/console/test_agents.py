@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -34,6 +34,15 @@ from tests.support.openai_stub.script import Call, Reply, ToolCalls
 
 pytestmark = pytest.mark.needs_browser
 EVIL = '<img src=x onerror="window.pwned=1">Clock'
+
+
+@pytest.fixture(autouse=True)
+def _no_script_errors(page: Any) -> Iterator[None]:
+    """No page's module throws (an uncaught error would leave a page half-built)."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield
+    assert not errors, errors
 
 
 @contextlib.asynccontextmanager
@@ -116,6 +125,7 @@ async def test_create_an_agent_run_it_and_watch_the_steps_live(
     await page.goto("/console/agents")  # the list and the recent runs
     await expect(page.locator("#agents-body")).to_contain_text(EVIL)
     await expect(page.locator("#runs-body")).to_contain_text("completed")
+    await screenshot(page, "agents")
     await assert_accessible(page)
     assert await page.evaluate("window.pwned") is None
 

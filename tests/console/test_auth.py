@@ -147,3 +147,29 @@ async def test_unknown_pages_and_html_in_names(
     # Administration is not for users.
     admin = await page.goto("/console/admin/users")
     assert admin is not None and admin.status == 404
+
+
+async def test_signing_in_and_moving_around_with_the_keyboard_alone(page: Any, database: Database) -> None:
+    await _password_user(database, "kai")
+    await page.goto("/console/login")
+    await page.keyboard.press("Tab")  # the first stop is the skip link
+    assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.id") == "login"
+    await page.keyboard.type("kai")
+    await page.keyboard.press("Tab")
+    await page.keyboard.type(PASSWORD)
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(re.compile(r"/console/chat"))
+    # Skip link, brand, then the main navigation, in order; Enter follows a link.
+    for _ in range(3):
+        await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Chat"
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Agents"
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(re.compile(r"/console/agents$"))
+    # The focused control is visibly marked (the focus ring is not the browser's default).
+    await page.keyboard.press("Tab")
+    outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ import pytest_asyncio
 
 from roost.config import Settings
 from roost.db.engine import Database
+from roost.identity.models import User
 from roost.keyfiles import KeyMaterial
 from roost.knowledge.config import KnowledgeConfig
 from roost.tools import stdiopool
@@ -25,6 +26,15 @@ from tests.support.identity import make_user
 from tests.tools.conftest import ECHO_SERVER, http_mcp_url  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.needs_browser
+
+
+@pytest.fixture(autouse=True)
+def _no_script_errors(page: Any) -> Iterator[None]:
+    """No page's module throws (an uncaught error would leave a page half-built)."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield
+    assert not errors, errors
 
 
 @pytest_asyncio.fixture(autouse=True, loop_scope="session")
@@ -77,10 +87,11 @@ async def test_add_sync_check_an_mcp_server_then_call_its_tool_from_the_schema_f
 
     await tools.get_by_role("link", name="add", exact=True).click()
     await page.get_by_role("heading", name="add", exact=True).wait_for()
-    await page.wait_for_timeout(1000); print("DEBUG", await page.locator("main").inner_html())
-    first, second = page.get_by_label("A", exact=True), page.get_by_label("B", exact=True)
-    assert await first.get_attribute("type") == "number" and await first.get_attribute("required") == ""
-    assert await second.get_attribute("step") == "1"
+    # Labelled by the properties' titles (the required mark is not part of the name).
+    first = page.get_by_role("spinbutton", name="A", exact=True)
+    second = page.get_by_role("spinbutton", name="B", exact=True)
+    assert await first.get_attribute("required") == "" and await second.get_attribute("step") == "1"
+    assert await first.get_attribute("aria-describedby") == "arg-0-help"
     await assert_accessible(page)
     await first.fill("2")
     await second.fill("40")
@@ -106,15 +117,16 @@ async def test_add_sync_check_an_mcp_server_then_call_its_tool_from_the_schema_f
     # A string without a length limit is a text area; what comes back is text.
     await page.goto("/console/tools")
     await page.locator("#tools-body").get_by_role("link", name="echo", exact=True).click()
-    text = page.get_by_label("Text", exact=True)
+    text = page.get_by_role("textbox", name="Text", exact=True)
     assert await text.evaluate("node => node.tagName") == "TEXTAREA"
     await text.fill('<img src=x onerror="window.pwned=1">')
     await page.get_by_role("button", name="Call tool").click()
     await expect(page.locator("#result-text")).to_have_text('<img src=x onerror="window.pwned=1">')
     assert await page.evaluate("window.pwned") is None
-    await page.get_by_label("Text", exact=True).fill("")  # required, left empty
+    await text.fill("")  # required, left empty
     await page.get_by_role("button", name="Call tool").click()
-    await expect(page.locator("#result-text")).to_contain_text("'text' is a required property")
+    await expect(page.locator("#result-text")).to_contain_text("required property 'text' is missing")
+    await expect(text).to_have_attribute("aria-invalid", "true")
 
     await page.goto("/console/tools")  # delete it, with its tools
     page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
@@ -130,6 +142,8 @@ async def test_a_user_adds_an_http_server_and_another_user_cannot_see_its_tools(
     from playwright.async_api import expect
 
     user_id, _ = await make_user(database)
+    async with database.transaction() as session:  # the other theme, for its contrast
+        (await session.get_one(User, user_id)).theme = "light"
     await sign_in_as(page.context, console, database, test_keys, user_id)
     await page.set_viewport_size({"width": 390, "height": 844})  # a phone
     await page.goto("/console/tools")
@@ -141,6 +155,7 @@ async def test_a_user_adds_an_http_server_and_another_user_cannot_see_its_tools(
     await page.get_by_label("URL").fill("http://169.254.169.254/mcp")
     await page.get_by_role("button", name="Add server").click()
     await expect(page.get_by_role("alert")).to_contain_text("169.254.169.254")  # refused
+    await page.get_by_role("alert").click()  # on a phone it covers the button: tap it away
     await page.get_by_label("Name").fill("remote-echo")
     await page.get_by_label("URL").fill(http_mcp_url)
     await page.get_by_label("Headers").fill("X-Team: blue")
@@ -148,10 +163,11 @@ async def test_a_user_adds_an_http_server_and_another_user_cannot_see_its_tools(
     server = page.locator("li.server", has=page.get_by_role("heading", name="remote-echo"))
     await expect(server).to_contain_text("X-Team")  # the name, never the value
     await page.get_by_role("button", name="Sync remote-echo").click()
-    await expect(page.locator("#tools-body").get_by_role("link", name="echo", exact=True)).to_be_visible()
+    echo = page.locator("#tools-body").get_by_role("link", name="echo", exact=True)
+    await expect(echo).to_be_visible()
     await screenshot(page, "tools-phone")
     await assert_accessible(page)
-    tool_url = await page.locator("#tools-body").get_by_role("link", name="echo", exact=True).get_attribute("href")
+    tool_url = await echo.get_attribute("href")
     assert tool_url is not None
 
     other_id, _ = await make_user(database)

@@ -277,6 +277,9 @@ form.addEventListener("submit", async (event) => {
     const problems = (Array.isArray(problem.errors) ? problem.errors : []).map((p) => {
       const loc = Array.isArray(p.loc) ? p.loc.slice(p.loc[1] === "arguments" ? 2 : 1) : [];
       if (loc.length) markInvalid(String(loc[0]));
+      else if (p.type === "json_schema.required") {  // at the top: the required fields left empty
+        for (const f of fields) if (f.required && f.kind !== "boolean" && f.control.value === "") markInvalid(f.name);
+      }
       return `${loc.join("/") || "arguments"}: ${p.msg}`;
     });
     showResult({ status: "error", meta: error instanceof ApiError ? `HTTP ${error.status}` : "",
@@ -335,7 +338,7 @@ function runRow(run) {
     el("td", {}, formatTime(run.started_at)),
     el("td", {}, badge(run.status, ok ? "ok" : run.status === "running" ? "running" : "failed")),
     el("td", {}, run.duration_ms === null ? "–" : `${run.duration_ms} ms`),
-    el("td", { class: ok ? "" : "error-text" }, (ok ? run.result_preview : run.error) || ""));
+    el("td", { class: ok ? "wide" : "wide error-text" }, (ok ? run.result_preview : run.error) || ""));
 }
 
 async function loadRuns(more = false) {

@@ -31,7 +31,7 @@ function toolRow(tool, score) {
   return el("tr", {},
     el("td", {}, el("a", { href: `/console/tools/${tool.id}` }, tool.name),
        tool.title && tool.title !== tool.name ? el("div", { class: "muted small" }, tool.title) : null),
-    el("td", {}, tool.description || el("span", { class: "muted" }, "no description"),
+    el("td", { class: "wide" }, tool.description || el("span", { class: "muted" }, "no description"),
        score === undefined ? null : el("div", { class: "muted small" }, `match ${score.toFixed(2)}`)),
     el("td", {}, source(tool)),
     el("td", {}, availability(tool)));
