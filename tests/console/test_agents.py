@@ -182,3 +182,31 @@ async def test_another_users_agent_and_run_are_not_found(
         assert answer is not None and answer.status == 404, path
         await page.get_by_role("heading", name="Not found").wait_for()
     await assert_accessible(page)
+
+
+async def test_an_agent_answers_in_the_chat_when_picked_as_the_model(
+    page: Any, console: str, app: FastAPI, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial, test_settings: Settings, admin_headers: dict[str, str],
+    stub: StubServer,
+) -> None:
+    from playwright.async_api import expect
+
+    await add_provider(client, admin_headers, stub)
+    user_id, _ = await make_user(database)
+    await make_agent(database, user_id, name="Clock keeper", slug="clock",
+                     tool_permissions=["current_time"])
+    stub.script(ToolCalls(Call("current_time")), Reply("It is noon, says the clock."))
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto("/console/chat")
+    await page.get_by_role("button", name="Start a new chat").click()
+    await page.wait_for_url(re.compile(r"/console/chat/"))
+    await page.get_by_label("Model").select_option("agent:clock")
+    async with running_worker(app, database, test_settings):
+        await page.get_by_label("Message", exact=True).fill("What time is it?")
+        await page.get_by_role("button", name="Send").click()
+        await expect(page.locator(".message.assistant .content")).to_have_text(
+            "It is noon, says the clock.", timeout=20_000)
+    await page.reload()  # both messages are the session's
+    await expect(page.locator(".message")).to_have_count(2)
+    await screenshot(page, "chat-with-agent")
+    await assert_accessible(page)

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from roost.agents.chat_routes import chat_agent_handler
 from roost.agents.events import RunListener
 from roost.agents.mcpserving import AgentsProvider
 from roost.agents.run_routes import openai_agent_handler
@@ -25,6 +26,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # model "agent:<slug>" on /v1/chat/completions (the llm domain's hook)
     handlers = dict(getattr(app.state, "openai_model_handlers", {}))
     app.state.openai_model_handlers = {**handlers, "agent": openai_agent_handler(app)}
+    # model "agent:<slug>" on a chat session's messages (the chat domain's hook)
+    chat_handlers = dict(getattr(app.state, "chat_model_handlers", {}))
+    app.state.chat_model_handlers = {**chat_handlers, "agent": chat_agent_handler(app)}
     # the caller's agents as tools at /mcp (the mcpserver domain's hook)
     provider = AgentsProvider(app.state.db, app.state.settings.db_app_role)
     app.state.mcp_tool_providers = [*getattr(app.state, "mcp_tool_providers", ()), provider]

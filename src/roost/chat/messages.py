@@ -218,7 +218,7 @@ CONTEXT_PREAMBLE = (
 )
 
 
-def _context_messages(data: MessageCreate) -> list[LLMMessage]:
+def context_messages(data: MessageCreate) -> list[LLMMessage]:
     """Retrieved excerpts as one system message right before the question they serve."""
     if not data.context:
         return []
@@ -270,7 +270,7 @@ async def post_message(
         metadata: dict[str, Any] = {"seq": row.seq, "role": row.role, "reply": data.reply}
         if route is not None:
             chat = ChatRequest(
-                messages=[*history, *_context_messages(data),
+                messages=[*history, *context_messages(data),
                           LLMMessage(role="user", content=data.content)],
                 temperature=data.temperature, max_tokens=data.max_tokens, top_p=data.top_p,
                 stop=data.stop,

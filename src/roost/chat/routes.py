@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Query, Response, status
+from fastapi import Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from roost.chat import history, messages, sessions, summaries
@@ -31,10 +31,23 @@ from roost.http.deps import Cursor, DbSession, Limit
 from roost.http.routing import RoostRouter
 from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.pagination import DEFAULT_LIMIT, Page
+from roost.principal import Principal
 
 router = RoostRouter(prefix="/api/v1/chat", tags=["chat"])
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+ChatModelHandler = Callable[[Principal, uuid.UUID, MessageCreate], Awaitable[Any]]
+"""A higher domain's answerer for messages whose model is ``<prefix>:...`` (``agent:<slug>``:
+roost.agents), registered at start-up in ``app.state.chat_model_handlers``; it answers in
+this route's shapes (the exchange as JSON, or the same server-sent events)."""
+
+
+def model_handler(request: Request, body: MessageCreate) -> ChatModelHandler | None:
+    if not body.reply or body.model is None or ":" not in body.model:
+        return None  # a provider's model names may hold ':' too ("llama3:8b"): no handler
+    handlers: dict[str, ChatModelHandler] = getattr(request.app.state, "chat_model_handlers", {})
+    return handlers.get(body.model.partition(":")[0])
 
 
 def sse_frame(event: str, data: dict[str, Any]) -> bytes:
@@ -103,13 +116,18 @@ async def list_messages(
     },
 )
 async def post_message(
-    session_id: uuid.UUID, body: MessageCreate, principal: CallerPrincipal, gateway: GatewayDep
+    session_id: uuid.UUID, body: MessageCreate, principal: CallerPrincipal, gateway: GatewayDep,
+    request: Request,
 ) -> Any:
-    """Store a message and, unless ``reply`` is false, the model's answer.
+    """Store a message and, unless ``reply`` is false, the model's answer; with ``model:
+    "agent:<slug>"`` that agent answers (a run of it; docs/agents.md).
 
     No database transaction stays open while the model works: the user's message is
     committed first and survives any provider failure.
     """
+    handler = model_handler(request, body)
+    if handler is not None:
+        return await handler(principal, session_id, body)
     exchange = await messages.post_message(gateway, principal, session_id, body)
     if exchange.request_id is None:
         return ExchangeOut(user_message=exchange.user_message)

@@ -130,6 +130,7 @@ class ExchangeOut(BaseModel):
     request_id: uuid.UUID | None = None
     provider: str | None = None
     usage: UsageOut | None = None
+    run_id: uuid.UUID | None = Field(default=None, description="The agent's run, when an agent answered")
 
 
 class StateOut(BaseModel):

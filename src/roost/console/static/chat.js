@@ -319,15 +319,23 @@ const modelSelect = $("model-select");
 async function loadModels() {
   const current = conversation.session?.model || "";
   let ids = [];
-  try {
-    const answer = await api("/v1/models");
-    // The chat API routes to providers' models only (an "agent:" model is /v1's alone).
-    ids = (answer?.data || []).map((m) => m.id).filter((id) => id && !id.startsWith("agent:"));
-  } catch (error) {
-    if (!(error instanceof ApiError) || error.status >= 500) showError(error);
+  let agents = [];
+  const [models, active] = await Promise.allSettled([
+    api("/v1/models"), api("/api/v1/agents?is_active=true&limit=100")]);
+  for (const result of [models, active]) {
+    const error = result.reason;
+    if (error && (!(error instanceof ApiError) || error.status >= 500)) showError(error);
   }
-  if (current && !ids.includes(current)) ids.unshift(current);
+  if (models.value) ids = (models.value.data || []).map((m) => m.id).filter((id) => id && !id.startsWith("agent:"));
+  // An agent answers in the chat too (model "agent:<slug>": a run of it, docs/agents.md).
+  if (active.value) agents = active.value.items || [];
+  const agentIds = agents.map((a) => `agent:${a.slug}`);
+  if (current && !ids.includes(current) && !agentIds.includes(current)) ids.unshift(current);
   modelSelect.append(...ids.map((id) => el("option", { value: id }, id)));
+  if (agents.length) {
+    modelSelect.append(el("optgroup", { label: "Agents" },
+      agents.map((a) => el("option", { value: `agent:${a.slug}` }, `${a.name} (agent)`))));
+  }
   modelSelect.value = current;
 }
 

@@ -1,0 +1,72 @@
+"""An agent answering in a chat session: ``model: "agent:<slug>"`` on the chat messages
+API, whole and streamed; both messages are stored in the session, the run is recorded."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from roost.db.engine import Database
+from roost.tasks.worker import Worker
+from tests.agents.conftest import Headers, make_agent
+from tests.chat.conftest import add_provider, sse_events
+from tests.support.openai_stub import StubServer
+from tests.support.openai_stub.script import Call, Reply, ToolCalls
+
+
+async def test_an_agent_answers_in_a_chat_session(
+    app: Any, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], other_user: tuple[uuid.UUID, Headers], worker: Worker,
+    client: httpx.AsyncClient,
+) -> None:
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    await make_agent(database, user_id, slug="clock", tool_permissions=["current_time"])
+    stub.script(ToolCalls(Call("current_time")), Reply("It is noon."),
+                Reply("Still noon.", chunk_delay_ms=20))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://roost.test") as http:
+        sid = (await http.post("/api/v1/chat/sessions", json={}, headers=headers)).json()["id"]
+        url = f"/api/v1/chat/sessions/{sid}/messages"
+        whole = await http.post(url, headers=headers, timeout=30,
+                                json={"content": "What time is it?", "model": "agent:clock"})
+        assert whole.status_code == 201, whole.text
+        body = whole.json()
+        assert body["assistant_message"]["content"] == "It is noon."
+        assert body["provider"] == "agent:clock"
+        steps = (await http.get(f"/api/v1/runs/{body['run_id']}/steps", headers=headers)).json()
+        assert [s["step_type"] for s in steps] == ["llm_call", "tool_call", "llm_call"]
+
+        streamed = await http.post(url, headers=headers, timeout=30, json={
+            "content": "And now?", "model": "agent:clock", "stream": True})
+        assert streamed.status_code == 201
+        events = sse_events(streamed.text)
+        names = [name for name, _ in events]
+        assert names[0] == "start" and names[-1] == "done" and "delta" in names
+        assert "".join(d["content"] for n, d in events if n == "delta") == "Still noon."
+        assert events[-1][1]["assistant_message"]["content"] == "Still noon."
+        # The second run saw the conversation so far.
+        run = (await http.get(f"/api/v1/runs/{events[-1][1]['run_id']}", headers=headers)).json()
+        assert "user: What time is it?" in run["input"] and "assistant: It is noon." in run["input"]
+
+        stored = (await http.get(url, headers=headers)).json()["items"]
+        assert [(m["role"], m["content"]) for m in reversed(stored)] == [
+            ("user", "What time is it?"), ("assistant", "It is noon."),
+            ("user", "And now?"), ("assistant", "Still noon.")]
+
+        # An unknown agent, or another user's session: nothing is stored.
+        missing = await http.post(url, headers=headers, json={"content": "hi", "model": "agent:nobody"})
+        assert missing.status_code == 404
+        theirs = await http.post(url, headers=other_user[1],
+                                 json={"content": "hi", "model": "agent:clock"})
+        assert theirs.status_code == 404
+        not_user = await http.post(url, headers=headers, json={
+            "content": "hi", "model": "agent:clock", "role": "system"})
+        assert not_user.status_code == 422
+    async with database.transaction() as session:
+        count = (await session.execute(text(
+            "SELECT count(*) FROM chat_messages WHERE session_id = :s"), {"s": sid})).scalar()
+    assert count == 4
