@@ -97,6 +97,11 @@ DOMAINS: tuple[Domain, ...] = (
         cli="roost.tools.cli:register",
     ),
     Domain(
+        "memory",  # facts, the temporal entity graph, recall (docs/memory.md)
+        models="roost.memory.models",
+        routers=("roost.memory.routes:router",),
+    ),
+    Domain(
         "agents",  # above tools: agents call tools through the registry
         models="roost.agents.models",
         routers=("roost.agents.routes:router", "roost.agents.run_routes:router",

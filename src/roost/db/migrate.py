@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import io
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +13,29 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import MetaData
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 SCRIPT_LOCATION = Path(__file__).parent / "alembic"
+_PARTITION = re.compile(r"^(?P<parent>.+)_p\d+$")
+
+
+def skip_partitions(metadata: MetaData) -> Callable[[object, str | None, str, bool, object], bool]:
+    """Autogenerate's ``include_object``: compare everything but the partitions of a
+    partitioned table (named ``<table>_p<N>`` by their migration; the models declare only
+    the parent, whose ``postgresql_partition_by`` says it has them)."""
+
+    def include_object(obj: object, name: str | None, type_: str, reflected: bool,
+                       compare_to: object) -> bool:
+        if type_ == "table" and reflected and compare_to is None and name:
+            match = _PARTITION.match(name)
+            parent = metadata.tables.get(match["parent"]) if match else None
+            if parent is not None and parent.dialect_options["postgresql"].get("partition_by"):
+                return False
+        return True
+
+    return include_object
 
 
 def alembic_config(url: URL | None = None, output: io.StringIO | None = None) -> Config:

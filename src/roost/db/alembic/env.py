@@ -16,15 +16,11 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from roost.db.migrate import skip_partitions
 from roost.domains import import_models
 
 config = context.config
 target_metadata = import_models()
-
-
-def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
-    # Tables that extensions own (none today) would be skipped here.
-    return True
 
 
 def do_run_migrations(connection: Connection) -> None:
@@ -32,7 +28,7 @@ def do_run_migrations(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
-        include_object=include_object,
+        include_object=skip_partitions(target_metadata),
         transaction_per_migration=True,
     )
     with context.begin_transaction():

@@ -1,0 +1,116 @@
+"""Request and answer bodies of the memory API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from roost.inputs import StrictInput
+from roost.memory.models import MAX_CONTENT_CHARS
+
+MemoryType = Literal["fact", "preference", "event", "relationship", "skill", "goal", "other"]
+
+
+class ScopeIn(StrictInput):
+    """Whose memory: the caller (or, for administrators, ``user_id``), optionally narrowed
+    to one persona, agent or chat session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: uuid.UUID | None = Field(default=None, description="Administrators only; default: you")
+    persona_id: uuid.UUID | None = None
+    agent_id: uuid.UUID | None = None
+    session_id: uuid.UUID | None = Field(default=None, description="A chat session")
+
+
+class EntityIn(StrictInput):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255)
+    type: str = Field(default="thing", min_length=1, max_length=64)
+
+
+class RelationshipIn(StrictInput):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1, max_length=255)
+    relation: str = Field(min_length=1, max_length=128)
+    target: str = Field(min_length=1, max_length=255)
+
+
+class MemoryCreate(ScopeIn):
+    content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
+    memory_type: MemoryType = "fact"
+    confidence: float = Field(default=0.8, ge=0, le=1)
+    entities: list[EntityIn] = Field(default_factory=list, max_length=50)
+    relationships: list[RelationshipIn] = Field(default_factory=list, max_length=50)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    valid_from: datetime | None = Field(default=None, description="Default: now")
+
+
+class MemoryUpdate(StrictInput):
+    model_config = ConfigDict(extra="forbid")
+
+    content: str | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_CHARS)
+    memory_type: MemoryType | None = None
+    confidence: float | None = Field(default=None, ge=0, le=1)
+    metadata: dict[str, Any] | None = None
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class ForgetIn(ScopeIn):
+    include_narrower: bool = Field(
+        default=False, description="Also the user's memories narrowed to a persona, agent or "
+        "session (when the scope names none of them); never another user's")
+
+
+class MemoryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    persona_id: uuid.UUID | None
+    agent_id: uuid.UUID | None
+    session_id: uuid.UUID | None
+    content: str
+    memory_type: str
+    entities: list[Any]
+    relationships: list[Any]
+    confidence: float
+    access_count: int
+    last_accessed: datetime | None
+    status: str
+    valid_from: datetime
+    valid_to: datetime | None
+    invalidated_by_id: uuid.UUID | None
+    archived_at: datetime | None
+    source_type: str
+    source_id: uuid.UUID | None
+    run_id: uuid.UUID | None
+    embedding_model: str | None
+    metadata: dict[str, Any] = Field(validation_alias="memory_metadata")
+    created_at: datetime
+    updated_at: datetime
+
+
+class HistoryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    memory_id: uuid.UUID
+    event: str
+    old_content: str | None
+    new_content: str | None
+    old_confidence: float | None
+    new_confidence: float | None
+    reason: str | None
+    actor_id: uuid.UUID | None
+    related_memory_id: uuid.UUID | None
+    created_at: datetime
+
+
+class ForgetOut(BaseModel):
+    deleted: int

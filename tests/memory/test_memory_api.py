@@ -1,0 +1,109 @@
+"""The memory API: scopes, listing now and then, history, forgetting one scope only."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from roost.db.base import utcnow
+from roost.db.engine import Database
+from roost.memory import service
+from roost.memory.models import Memory
+from tests.agents.conftest import make_agent
+from tests.support.identity import make_user
+
+API = "/api/v1/memories"
+
+
+async def _add(client: httpx.AsyncClient, headers: dict[str, str], content: str, **extra: Any) -> Any:
+    answer = await client.post(API, headers=headers, json={"content": content, **extra})
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+async def test_add_list_get_update_history_delete(client: httpx.AsyncClient, database: Database) -> None:
+    _, headers = await make_user(database)
+    fact = await _add(client, headers, "Ada lives in Paris", memory_type="fact", confidence=0.9,
+                      entities=[{"name": "Ada", "type": "person"}, {"name": "Paris", "type": "city"}],
+                      relationships=[{"source": "Ada", "relation": "lives_in", "target": "Paris"}])
+    assert fact["confidence"] == 0.9 and fact["valid_to"] is None
+    listed = (await client.get(API, headers=headers)).json()
+    assert [m["id"] for m in listed["items"]] == [fact["id"]]
+    changed = await client.patch(f"{API}/{fact['id']}", headers=headers,
+                                 json={"content": "Ada lives in Lyon", "reason": "moved"})
+    assert changed.status_code == 200 and changed.json()["content"] == "Ada lives in Lyon"
+    events = (await client.get(f"{API}/{fact['id']}/history", headers=headers)).json()
+    assert [(e["event"], e["new_content"]) for e in events] == [
+        ("add", "Ada lives in Paris"), ("update", "Ada lives in Lyon")]
+    assert events[1]["old_content"] == "Ada lives in Paris" and events[1]["reason"] == "moved"
+    async with database.transaction() as s:
+        graph = (await s.execute(text(
+            "SELECT s.name, r.relation, t.name FROM memory_relations r "
+            "JOIN memory_entities s ON s.id = r.source_entity_id "
+            "JOIN memory_entities t ON t.id = r.target_entity_id"))).all()
+    assert [tuple(g) for g in graph] == [("Ada", "lives_in", "Paris")]
+    assert (await client.delete(f"{API}/{fact['id']}", headers=headers)).status_code == 204
+    assert (await client.get(f"{API}/{fact['id']}", headers=headers)).status_code == 404
+
+
+async def test_what_was_true_then_and_what_is_true_now(client: httpx.AsyncClient, database: Database) -> None:
+    user_id, headers = await make_user(database)
+    past = utcnow() - timedelta(days=30)
+    old = await _add(client, headers, "Ada works at Acme", valid_from=past.isoformat())
+    new = await _add(client, headers, "Ada works at Globex")
+    async with database.transaction() as s:
+        memory = await s.get_one(Memory, uuid.UUID(old["id"]))
+        from roost.principal import Principal
+        actor = Principal(user_id=user_id, is_admin=False, kind="api_key")
+        await service.invalidate(s, actor, memory, by=uuid.UUID(new["id"]), reason="changed jobs")
+    now = (await client.get(API, headers=headers)).json()["items"]
+    assert [m["content"] for m in now] == ["Ada works at Globex"]
+    then = (await client.get(API, headers=headers,
+                             params={"as_of": (past + timedelta(days=1)).isoformat()})).json()["items"]
+    assert [m["content"] for m in then] == ["Ada works at Acme"]
+    every = (await client.get(API, headers=headers, params={"include_invalid": "true"})).json()["items"]
+    assert {m["content"] for m in every} == {"Ada works at Acme", "Ada works at Globex"}
+    closed = next(m for m in every if m["id"] == old["id"])
+    assert closed["valid_to"] is not None and closed["invalidated_by_id"] == new["id"]
+
+
+async def test_forget_touches_one_scope_only(client: httpx.AsyncClient, database: Database) -> None:
+    alice, alice_h = await make_user(database)
+    bob, bob_h = await make_user(database)
+    agent = await make_agent(database, alice)
+    await _add(client, alice_h, "alice plain")
+    await _add(client, alice_h, "alice agent", agent_id=str(agent.id))
+    await _add(client, bob_h, "bob plain")
+    forgot = await client.post(f"{API}/forget", headers=alice_h, json={"agent_id": str(agent.id)})
+    assert forgot.json() == {"deleted": 1}
+    async with database.transaction() as s:
+        left = (await s.execute(text("SELECT content FROM memories ORDER BY content"))).scalars().all()
+    assert list(left) == ["alice plain", "bob plain"]
+    forgot = await client.post(f"{API}/forget", headers=alice_h, json={})
+    assert forgot.json() == {"deleted": 1}
+    async with database.transaction() as s:
+        left = (await s.execute(text("SELECT content FROM memories"))).scalars().all()
+    assert list(left) == ["bob plain"]  # another user's rows are never touched
+    # Naming another user, or another tenant's agent, is a 404.
+    theirs = await client.post(f"{API}/forget", headers=bob_h, json={"user_id": str(alice)})
+    assert theirs.status_code == 404
+    foreign = await client.post(API, headers=bob_h, json={"content": "x", "agent_id": str(agent.id)})
+    assert foreign.status_code == 404
+    assert bob  # used
+
+
+async def test_bad_input(client: httpx.AsyncClient, database: Database) -> None:
+    _, headers = await make_user(database)
+    too_long = await client.post(API, headers=headers, json={"content": "x" * 4001})
+    assert too_long.status_code == 422
+    wrong = await client.post(API, headers=headers, json={"content": "x", "confidence": 2})
+    assert wrong.status_code == 422
+    unknown = await client.post(API, headers=headers, json={"content": "x", "persona_id": str(uuid.uuid4())})
+    assert unknown.status_code == 404
+    assert (await client.get(f"{API}/{uuid.uuid4()}", headers=headers)).status_code == 404
+    assert (await client.get(f"{API}/not-an-id", headers=headers)).status_code == 422
+    assert (await client.get(API)).status_code == 401
