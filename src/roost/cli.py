@@ -28,6 +28,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(schema_app, name="schema")
 domains.register_cli(app)  # every domain's commands (roost users, tasks, worker, ingest...)
 domains.use_task_handlers()  # commands that enqueue, and the worker, know every task type
+domains.import_models()  # every table known: a flush resolves foreign keys into any domain
 
 console = Console()
 err = Console(stderr=True)

@@ -6,6 +6,7 @@ when not given by the environment, generated once into ``ROOST_DATA_DIR`` (0600)
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("roost", appauthor=False))
+
+
+def default_node_id() -> str:
+    """This machine's host name (at most 255 characters), or "roost" when it has none."""
+    return (socket.gethostname() or "roost")[:255]
 
 
 class Settings(BaseSettings):
@@ -227,6 +233,37 @@ class Settings(BaseSettings):
     )
     persona_health_retention_days: int = Field(
         default=30, ge=1, description="Persona health samples older than this are deleted"
+    )
+
+    # --- memory: recall weighting and decay (docs/memory.md, "Recall", "Decay") ---------
+    memory_recency_half_life_days: float = Field(
+        default=30.0, gt=0, le=36500, description="Recall: a memory's recency weight halves "
+        "(towards memory_recency_floor) every this many days since it was created, changed "
+        "or last recalled"
+    )
+    memory_recency_floor: float = Field(
+        default=0.5, ge=0, le=1, description="Recall: the smallest recency weight (0: old "
+        "memories can fade to nothing; 1: recency does not matter)"
+    )
+    memory_archive_after_days: int = Field(
+        default=180, ge=0, description="Decay: current memories neither recalled nor changed "
+        "for this many days are archived by the memory.decay job (0: never)"
+    )
+    memory_decay_interval_s: int = Field(
+        default=3600, ge=60, description="Period of the memory.decay and memory.embed jobs"
+    )
+
+    # --- memory: the sharded store distributed_memory (docs/scale.md) --------------------
+    memory_shards: int = Field(
+        default=8, ge=1, le=256, description="Partitions of distributed_memory. Read from "
+        "the environment by migration 0700 when it creates the table, fixed after that "
+        "(docs/scale.md shows how to repartition); `roost memory shards` warns when the "
+        "database has another count"
+    )
+    memory_node_id: str = Field(
+        default_factory=default_node_id, min_length=1, max_length=255,
+        description="This Roost node's name, written to distributed_memory.node_id "
+        "(default: the host name)"
     )
 
     @field_validator("data_dir")

@@ -100,6 +100,8 @@ DOMAINS: tuple[Domain, ...] = (
         "memory",  # facts, the temporal entity graph, recall (docs/memory.md)
         models="roost.memory.models",
         routers=("roost.memory.routes:router",),
+        jobs="roost.memory.jobs",  # memory.learn (extraction and reconciliation)
+        cli="roost.memory.cli:register",  # roost memory add|search|ls|forget|graph
     ),
     Domain(
         "agents",  # above tools: agents call tools through the registry

@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from roost.agents import jobs as agent_jobs
-from roost.agents import mail, runner
+from roost.agents import runner
 from roost.agents.models import Agent
 from roost.config import Settings
 from roost.db.engine import Database
@@ -55,7 +55,7 @@ async def worker(app: FastAPI, client: Any, database: Database,
     env = runner.RunEnv(database=database, gateway=gateway,
                         tools=ToolsConfig.from_settings(test_settings),
                         box=SecretBox.from_keys(app.state.keys.secrets_key), knowledge=None,
-                        hosted=mail.builtin_tools(mail.MailConfig.from_settings(test_settings)))
+                        hosted=agent_jobs.hosted_builtins(test_settings, None))
     agent_jobs.env_override, llm_jobs.gateway_override = env, gateway
     w = Worker(database, WorkerConfig(concurrency=2, lease_s=5, poll_interval_s=0.2,
                                       schedules=False, shutdown_timeout_s=2))

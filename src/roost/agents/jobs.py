@@ -11,11 +11,11 @@ import structlog
 from sqlalchemy import exists, select, text, update
 
 from roost.agents import health as _health  # noqa: F401 - its schedule (agents.persona_health)
-from roost.agents import mail, runner
+from roost.agents import mail, memorytools, runner
 from roost.agents.models import Run
 from roost.agents.runs import RUN_TASK, notify, totals_from_steps
 from roost.audit.service import record
-from roost.config import get_settings
+from roost.config import Settings, get_settings
 from roost.db.base import utcnow
 from roost.db.engine import Database
 from roost.keyfiles import load_keys
@@ -25,6 +25,7 @@ from roost.security.crypto import SecretBox
 from roost.tasks.handlers import TaskContext, task
 from roost.tasks.models import BackgroundTask
 from roost.tasks.schedules import periodic
+from roost.tools.calls import HostedBuiltin
 from roost.tools.config import ToolsConfig
 
 log = structlog.get_logger(__name__)
@@ -34,6 +35,13 @@ RUN_MAX_RETRIES: Final = 5
 _DEAD_JOB_STATUSES: Final = ("completed", "failed", "cancelled", "dead_letter")
 
 env_override: runner.RunEnv | None = None  # tests: the environment (gateway, keys) to use
+
+
+def hosted_builtins(settings: Settings,
+                    knowledge: KnowledgeConfig | None) -> dict[uuid.UUID, HostedBuiltin]:
+    """The built-in tools this domain runs: send_email (mail) and the memory tools."""
+    return {**mail.builtin_tools(mail.MailConfig.from_settings(settings)),
+            **memorytools.builtin_tools(knowledge, settings.db_app_role)}
 
 
 def run_env(database: Database) -> runner.RunEnv:
@@ -47,7 +55,7 @@ def run_env(database: Database) -> runner.RunEnv:
     return runner.RunEnv(
         database=database, gateway=job_gateway(database), tools=ToolsConfig.from_settings(settings),
         box=SecretBox.from_keys(load_keys(settings).secrets_key), knowledge=knowledge,
-        hosted=mail.builtin_tools(mail.MailConfig.from_settings(settings)))
+        hosted=hosted_builtins(settings, knowledge))
 
 
 @task(RUN_TASK, queue="agents", max_retries=RUN_MAX_RETRIES, backoff_base_s=1.0,

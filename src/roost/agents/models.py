@@ -49,7 +49,7 @@ SECRET_TYPES: Final = ("llm_provider_key", "email_imap", "email_smtp", "mcp_head
 RUN_STATUSES: Final = ("pending", "running", "completed", "failed", "cancelled")
 TERMINAL_RUN_STATUSES: Final = ("completed", "failed", "cancelled")
 STOP_REASONS: Final = ("final", "max_steps", "budget", "timeout", "cancelled", "error")
-STEP_TYPES: Final = ("llm_call", "tool_call", "rag_retrieval", "error")
+STEP_TYPES: Final = ("llm_call", "tool_call", "rag_retrieval", "memory_recall", "error")
 STEP_STATUSES: Final = ("running", "completed", "failed", "interrupted", "cancelled")
 EMAIL_DIRECTIONS: Final = ("inbound", "outbound")
 

@@ -14,8 +14,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
-from roost.agents import catalog, events, runs
+from roost.agents import catalog, events, memorytools, runs
 from roost.agents.models import TERMINAL_RUN_STATUSES, Run
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate, RunOut, RunStepOut
 from roost.db.engine import Database
@@ -24,7 +25,7 @@ from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit, get_database, get_settings_dep
 from roost.http.routing import RoostRouter
 from roost.identity.tenancy import apply_principal
-from roost.llm.deps import CallerPrincipal
+from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.llm.openai_routes import ChatCompletionBody, ModelHandler
 from roost.llm.types import ChatMessage
 from roost.pagination import DEFAULT_LIMIT, Page
@@ -86,6 +87,21 @@ async def list_steps(run_id: uuid.UUID, principal: CurrentPrincipal,
              summary="Cancel a run: it, its open steps and tool runs close at once")
 async def cancel_run(run_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> RunOut:
     return RunOut.model_validate(await runs.cancel_run(db, principal, run_id))
+
+
+class LearnOut(BaseModel):
+    task_id: uuid.UUID
+    run_id: uuid.UUID
+
+
+@router.post("/runs/{run_id}/learn", response_model=LearnOut, status_code=status.HTTP_202_ACCEPTED,
+             summary="Learn facts from a finished run (its input and answer) into its user's "
+                     "(and persona's) memory: a memory.learn job, idempotent")
+async def learn_from_run(run_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession,
+                         gateway: GatewayDep) -> LearnOut:
+    run = await runs.get_run(db, principal, run_id)
+    task_id = await memorytools.learn_from_run(db, principal, run, cipher=gateway.cipher)
+    return LearnOut(task_id=task_id, run_id=run.id)
 
 
 @router.get("/runs/{run_id}/events", response_class=StreamingResponse,

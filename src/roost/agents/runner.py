@@ -49,6 +49,7 @@ import structlog
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.agents import memorytools
 from roost.agents.catalog import split_tool_refs
 from roost.agents.grants import Grant, grants_of
 from roost.agents.models import Agent, Persona, Run, RunStep
@@ -284,6 +285,13 @@ def _system_prompt(state: _State) -> str:
         passages = "\n\n".join(
             f"[{i}] {r['content']}" for i, r in enumerate(retrieved.output["results"], 1))  # type: ignore[index]
         parts.append("Passages from your documents that may help:\n\n" + passages)
+    recalled = next((s for s in state.steps if s.step_type == "memory_recall"
+                     and s.status == "completed"), None)
+    if recalled is not None and (recalled.output or {}).get("memories"):
+        facts = "\n".join(f"- {m['content']} (since {str(m['valid_from'])[:10]})"
+                          for m in recalled.output["memories"])  # type: ignore[index]
+        parts.append("What you remember about the user (what is true now; a newer fact "
+                     "replaces an older one):\n" + facts)
     return "\n\n".join(p for p in parts if p)
 
 
@@ -520,6 +528,26 @@ async def _retrieve(env: RunEnv, state: _State) -> None:
                                                                 knowledge, request))
         output = {"results": [{"document_id": str(h.document_id), "chunk_index": h.chunk_index,
                                "content": h.content, "score": h.score} for h in found.results]}
+        status, error = "completed", None
+    except RoostError as exc:
+        output, status, error = None, "failed", exc.detail
+    async with _scoped(env, state.principal) as session:
+        await _finish_step(session, state, step, status=status, output=output, error=error)
+
+
+async def _remember(env: RunEnv, state: _State) -> None:
+    """Once per run, when the agent asks for it (``memory_k``): the memories of the run's
+    user and persona that best fit the input, as a step (roost.memory)."""
+    k = state.config.memory_k
+    if k == 0 or any(s.step_type == "memory_recall" for s in state.steps):
+        return
+    query = state.run.input[:2000]
+    step = await _start_step(env, state, step_type="memory_recall", input={"query": query, "k": k})
+    try:
+        async with _scoped(env, state.principal) as session:
+            found = await _guarded(env, state, memorytools.remember(
+                session, state.principal, state.run, query, knowledge=env.knowledge, k=k))
+        output: dict[str, Any] | None = {"memories": found}
         status, error = "completed", None
     except RoostError as exc:
         output, status, error = None, "failed", exc.detail
@@ -790,6 +818,11 @@ async def _finish_run(env: RunEnv, state: _State, stop: _Stop) -> str:
                      error_message=stop.error,
                      metadata={"stop_reason": stop.reason, "steps": len(state.steps),
                                "tokens": state.run.tokens_in + state.run.tokens_out})
+        if stop.status == "completed" and output and state.config.learn:
+            # Learned from after the run, by a job (the model's extraction is not the run's).
+            state.run.output = output
+            await memorytools.learn_from_run(session, state.principal, state.run,
+                                             cipher=env.gateway.cipher)
         await notify(session, state.run.id, f"end:{stop.status}")
     return stop.status
 
@@ -821,6 +854,7 @@ async def execute(env: RunEnv, run_id: uuid.UUID) -> str:
                 id=step.tool_call_id or "", name=str(given.get("function", "")),
                 arguments=str(given.get("arguments", "{}"))), step=step)
         await _retrieve(env, state)
+        await _remember(env, state)
         while True:
             await _run_ready(env, state)
             for call in _pending_tool_calls(state):

@@ -43,6 +43,12 @@ class AgentConfig(StrictInput):
     replace_persona_prompt: bool = Field(
         default=False, description="The agent's prompt replaces the persona's instead of "
                                    "following it (Persona Platform's system_prompt_override)")
+    memory_k: int = Field(default=0, ge=0, le=50,
+                          description="Memories of the run's user (and persona) recalled for "
+                                      "the context, best first (0: none; docs/memory.md)")
+    learn: bool = Field(default=False,
+                        description="After a completed run, learn facts from its exchange "
+                                    "(a memory.learn job)")
 
 
 class RunCreate(StrictInput):

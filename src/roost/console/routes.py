@@ -218,6 +218,11 @@ async def documents_page(request: Request, session: DbSession) -> Response:
     return await _page(request, session, "documents.html")
 
 
+@router.get("/memory")
+async def memory_page(request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "memory.html")
+
+
 @router.get("/tools")
 async def tools_page(request: Request, session: DbSession) -> Response:
     return await _page(request, session, "tools.html")

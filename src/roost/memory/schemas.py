@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from roost.inputs import StrictInput
 from roost.memory.models import MAX_CONTENT_CHARS
@@ -114,3 +114,125 @@ class HistoryOut(BaseModel):
 
 class ForgetOut(BaseModel):
     deleted: int
+
+
+# --- recall and the graph (roost.memory.recall, roost.memory.graphq) ----------------------
+
+
+class RecalledOut(BaseModel):
+    """A memory found by a search: the final score and each signal's raw value (null:
+    not found by that signal)."""
+
+    memory: MemoryOut
+    score: float = Field(description="Fused rank x confidence x recency")
+    vector: float | None = Field(description="Cosine similarity to the query's embedding")
+    text: float | None = Field(description="Full-text rank (ts_rank_cd)")
+    graph: float | None = Field(description="1: linked to an entity the query names; "
+                                "0.5: to one of its neighbours")
+
+
+class SearchOut(BaseModel):
+    model: str | None = Field(description="Embedding model of the vector signal; null: "
+                              "no embedder (full-text and graph only)")
+    items: list[RecalledOut]
+
+
+class EntityOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    entity_type: str
+    user_id: uuid.UUID
+    persona_id: uuid.UUID | None
+
+
+class EntitySummaryOut(EntityOut):
+    current_relations: int
+    all_relations: int
+
+
+class EdgeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    source_id: uuid.UUID
+    source_name: str
+    relation: str
+    target_id: uuid.UUID
+    target_name: str
+    valid_from: datetime
+    valid_to: datetime | None
+    memory_id: uuid.UUID | None
+    current: bool = False
+
+
+class NeighbourOut(BaseModel):
+    entity: EntityOut
+    depth: int
+    edges: list[EdgeOut]
+
+
+class NeighboursOut(BaseModel):
+    entity: EntityOut
+    items: list[NeighbourOut]
+
+
+class PathOut(BaseModel):
+    hops: int
+    entities: list[EntityOut]
+    edges: list[EdgeOut]
+
+
+class HistoryEdgeOut(EdgeOut):
+    memory_content: str | None
+
+
+class EntityHistoryOut(BaseModel):
+    entity: EntityOut
+    items: list[HistoryEdgeOut]
+
+
+# --- learning (roost.memory.learning) -------------------------------------------------------
+
+MAX_LEARN_CHARS = 32_000
+"""Longest text one learn call reads (a chat transcript keeps its most recent part)."""
+
+
+class LearnIn(ScopeIn):
+    """Learn from ``text`` or from a chat session's transcript (exactly one), into the scope
+    named (default: your own memory; ``session_id`` narrows it to a chat session, which
+    ``chat_session_id`` alone does not)."""
+
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_LEARN_CHARS)
+    chat_session_id: uuid.UUID | None = Field(
+        default=None, description="A chat session of the scope's user: learn from its messages")
+    model: str | None = Field(default=None, min_length=1, max_length=255,
+                              description="Model for extraction and reconciliation; default: "
+                              "the providers' default")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LearnIn:
+        if (self.text is None) == (self.chat_session_id is None):
+            raise ValueError("give exactly one of text and chat_session_id")
+        if self.text is not None and not self.text.strip():
+            raise ValueError("text must not be blank")
+        return self
+
+
+class LearnOut(BaseModel):
+    task_id: uuid.UUID = Field(description="The memory.learn job (GET /api/v1/tasks/{id})")
+    source_type: str
+    source_id: uuid.UUID | None
+
+
+class LearnTaskOut(BaseModel):
+    """A learn job as its owner sees it: ``result`` (when completed) lists the memory ids
+    added, updated, invalidated and unchanged; ``error`` says why it failed."""
+
+    task_id: uuid.UUID
+    status: str
+    error: str | None
+    result: dict[str, Any] | None
+    created_at: datetime
+    completed_at: datetime | None

@@ -13,7 +13,6 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import pgvector.sqlalchemy
@@ -38,11 +37,11 @@ OWNED = "roost_row_visible(user_id)"
 
 
 def shard_count() -> int:
-    """Partitions of distributed_memory, fixed when this migration runs (docs/scale.md)."""
-    raw = os.environ.get("ROOST_MEMORY_SHARDS", "8")
-    if not raw.isdigit() or not 1 <= int(raw) <= 256:
-        raise ValueError("ROOST_MEMORY_SHARDS must be a whole number from 1 to 256")
-    return int(raw)
+    """Partitions of distributed_memory, fixed when this migration runs (docs/scale.md):
+    ROOST_MEMORY_SHARDS, from the environment or .env like every setting."""
+    from roost.config import get_settings
+
+    return get_settings().memory_shards
 
 
 def upgrade() -> None:

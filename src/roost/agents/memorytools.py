@@ -1,0 +1,122 @@
+"""Agents and long-term memory (roost.memory): the ``memory_search`` and ``memory_add``
+built-in tools, the memories recalled into a run's context, and learning from a run.
+
+A run's memory scope is its user, narrowed to the agent's persona when it has one: what an
+agent remembers for a user under one persona is not what another persona sees, and a user's
+own (persona-less) memories are visible to every agent they run (recall includes narrower
+scopes of the user; see roost.memory.recall)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.agents.models import Run
+from roost.db.engine import Database
+from roost.errors import Unprocessable
+from roost.identity.tenancy import apply_principal
+from roost.knowledge.config import KnowledgeConfig
+from roost.memory import learning, recall, service
+from roost.memory.models import MAX_CONTENT_CHARS
+from roost.memory.schemas import MemoryCreate, MemoryType
+from roost.principal import Principal
+
+MEMORY_SEARCH_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000701")
+MEMORY_ADD_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000702")
+RECALL_TEXT_CHARS: Final = 500  # of each memory, in a tool result or the context
+
+BuiltinTool = Callable[[Database, Principal, dict[str, Any], uuid.UUID | None],
+                       Awaitable[dict[str, Any]]]
+
+
+class _SearchArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(min_length=1, max_length=2000)
+    k: int = Field(default=5, ge=1, le=20)
+
+
+class _AddArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
+    memory_type: MemoryType = "fact"
+    confidence: float = Field(default=0.8, ge=0, le=1)
+
+
+def run_scope(run: Run) -> service.Scope:
+    return service.Scope(user_id=run.user_id, persona_id=run.persona_id)
+
+
+def recalled_lines(found: list[recall.Recalled]) -> list[dict[str, Any]]:
+    return [{"id": str(r.memory.id), "content": r.memory.content[:RECALL_TEXT_CHARS],
+             "memory_type": r.memory.memory_type, "confidence": float(r.memory.confidence),
+             "valid_from": r.memory.valid_from.isoformat(), "score": round(r.score, 6)}
+            for r in found]
+
+
+async def remember(session: AsyncSession, actor: Principal, run: Run, query: str, *,
+                   knowledge: KnowledgeConfig | None, k: int) -> list[dict[str, Any]]:
+    """The ``k`` memories of the run's scope that best fit ``query`` (the run's input)."""
+    found = await recall.search(session, actor, run_scope(run), query[:2000],
+                                embedder=recall.usable_embedder(knowledge=knowledge), k=k)
+    return recalled_lines(found)
+
+
+async def learn_from_run(session: AsyncSession, actor: Principal, run: Run, *,
+                         cipher: Any = None) -> uuid.UUID:
+    """Queue learning the run's exchange (input and answer) into its scope; idempotent."""
+    if not run.output:
+        raise Unprocessable("the run has no answer to learn from yet")
+    text = learning.clip_text(f"user: {run.input}\n\nassistant: {run.output}")
+    return await learning.enqueue_learn(session, actor, run_scope(run), source_type="run",
+                                        source_id=run.id, text=text, cipher=cipher)
+
+
+async def _run_of(session: AsyncSession, run_id: uuid.UUID | None) -> Run:
+    if run_id is None:
+        raise Unprocessable("memory tools are for agent runs: the memory is the run's user's")
+    run = await session.scalar(select(Run).where(Run.id == run_id))
+    if run is None:
+        raise Unprocessable("the calling run is gone")
+    return run
+
+
+def builtin_tools(knowledge: KnowledgeConfig | None, app_role: str) -> dict[uuid.UUID, BuiltinTool]:
+    """The memory built-ins by ``tools`` row id (the tools domain runs them as hosted)."""
+
+    async def search(database: Database, actor: Principal, arguments: dict[str, Any],
+                     run_id: uuid.UUID | None) -> dict[str, Any]:
+        try:
+            args = _SearchArgs.model_validate(arguments)
+        except ValidationError as exc:
+            raise Unprocessable(f"memory_search arguments are not valid: {str(exc)[:300]}") from None
+        async with database.transaction() as session:
+            await apply_principal(session, actor, app_role=app_role)
+            run = await _run_of(session, run_id)
+            found = await remember(session, actor, run, args.query, knowledge=knowledge, k=args.k)
+        return {"memories": found}
+
+    async def add(database: Database, actor: Principal, arguments: dict[str, Any],
+                  run_id: uuid.UUID | None) -> dict[str, Any]:
+        try:
+            args = _AddArgs.model_validate(arguments)
+        except ValidationError as exc:
+            raise Unprocessable(f"memory_add arguments are not valid: {str(exc)[:300]}") from None
+        embedder = recall.usable_embedder(knowledge=knowledge)
+        async with database.transaction() as session:
+            await apply_principal(session, actor, app_role=app_role)
+            run = await _run_of(session, run_id)
+            memory = await service.add_memory(
+                session, actor, run_scope(run),
+                MemoryCreate(content=args.content, memory_type=args.memory_type,
+                             confidence=args.confidence),
+                source_type="agent", source_id=run.agent_id, run_id=run.id)
+            if embedder is not None:
+                await recall.embed_memories(session, [memory], embedder)
+            return {"id": str(memory.id), "content": memory.content, "stored": True}
+
+    return {MEMORY_SEARCH_ID: search, MEMORY_ADD_ID: add}

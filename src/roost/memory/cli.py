@@ -1,0 +1,421 @@
+"""``roost memory add|search|ls|forget|graph|embed|decay``: long-term memory from the
+command line.
+
+Every command but ``embed`` and ``decay`` acts for one user, ``--user`` (username or
+e-mail; default: the root user), in that user's row-level-security scope, through the
+same services as the API.  A scope is narrowed with ``--persona`` (name or id) and
+``--agent`` (slug or id).  ``embed`` and ``decay`` are the operator's upkeep (every
+user): the ``memory.embed`` and ``memory.decay`` jobs, run now.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Final, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.text import Text
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.clitools import fail, id_table, print_table, resolve_id, with_database
+from roost.config import Settings, get_settings
+from roost.context import RequestContext, set_context
+from roost.db.base import utcnow
+from roost.db.engine import Database
+from roost.errors import BadRequest, Forbidden, NotFound, RoostError
+from roost.identity.accounts import find_user
+from roost.identity.common import principal_for
+from roost.identity.models import User, UserGroupMembership
+from roost.identity.tenancy import apply_principal
+from roost.memory import graphq, recall, service
+from roost.memory.models import Memory
+from roost.memory.schemas import EntityIn, ForgetIn, MemoryCreate, RelationshipIn, ScopeIn
+from roost.principal import Principal
+
+console = Console()
+T = TypeVar("T")
+PREVIEW_CHARS: Final = 200
+_ID_START: Final = re.compile(r"[0-9a-fA-F-]{1,36}")
+
+memory_app = typer.Typer(help="Long-term memory: add, search, list, forget, the entity graph.",
+                         no_args_is_help=True)
+
+UserOpt = Annotated[str | None, typer.Option(
+    "--user", "-u", help="Act as this user (username or e-mail); default: the root user.")]
+PersonaOpt = Annotated[str | None, typer.Option(
+    "--persona", help="Narrow to this persona (name or id).")]
+AgentOpt = Annotated[str | None, typer.Option("--agent", help="Narrow to this agent (slug or id).")]
+AsOfOpt = Annotated[str | None, typer.Option(
+    "--as-of", help="What was true at this time (ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00Z).")]
+
+
+@dataclass(frozen=True)
+class Env:
+    database: Database
+    settings: Settings
+    principal: Principal
+
+    @asynccontextmanager
+    async def scoped(self) -> AsyncIterator[AsyncSession]:
+        """A transaction in the user's row-level-security scope."""
+        async with self.database.transaction() as session:
+            await apply_principal(session, self.principal, app_role=self.settings.db_app_role)
+            yield session
+
+
+async def _principal(database: Database, login: str | None) -> Principal:
+    async with database.transaction() as session:
+        user = (await find_user(session, login) if login is not None else
+                await session.scalar(select(User).where(User.is_root).limit(1)))
+        if user is None:
+            raise NotFound(f"no user {login!r}" if login else
+                           "no root user exists: pass --user NAME to act as a user")
+        if user.status != "active" or not user.is_active:
+            raise Forbidden(f"the account {user.username!r} is not active")
+        groups = frozenset((await session.scalars(select(UserGroupMembership.group_id).where(
+            UserGroupMembership.user_id == user.id))).all())
+    return principal_for(user, group_ids=groups)
+
+
+def _run(user: str | None, fn: Callable[[Env], Awaitable[T]]) -> T:
+    settings = get_settings()
+
+    async def go(database: Database) -> T:
+        set_context(RequestContext(request_id=f"cli-{uuid.uuid4().hex[:12]}",
+                                   user_agent="roost-cli"))
+        return await fn(Env(database, settings, await _principal(database, user)))
+
+    try:
+        return with_database(go, settings)
+    except RoostError as exc:
+        raise fail(exc.title, exc.detail) from exc
+
+
+def _system(fn: Callable[[Database, Settings], Awaitable[T]]) -> T:
+    settings = get_settings()
+
+    async def go(database: Database) -> T:
+        set_context(RequestContext(request_id=f"cli-{uuid.uuid4().hex[:12]}",
+                                   user_agent="roost-cli"))
+        return await fn(database, settings)
+
+    try:
+        return with_database(go, settings)
+    except RoostError as exc:
+        raise fail(exc.title, exc.detail) from exc
+
+
+def _invalid(exc: ValidationError) -> typer.Exit:
+    # Field and reason only: pydantic's own message would quote the value.
+    reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
+                        for e in exc.errors())
+    return fail("Invalid input", reasons)
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def _short(value: str | None, limit: int = PREVIEW_CHARS) -> str:
+    flat = " ".join((value or "").split())
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _as_of(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise fail("Invalid --as-of", f"{value!r} is not an ISO 8601 date or time") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# --- scope --------------------------------------------------------------------------------
+
+
+async def _one(session: AsyncSession, sql: str, ref: str, what: str) -> uuid.UUID:
+    # Only hex digits and dashes start an id: nothing else reaches LIKE as a pattern.
+    prefix = ref.lower() + "%" if _ID_START.fullmatch(ref) else ""
+    rows: list[object] = list((await session.execute(
+        text(sql), {"ref": ref, "prefix": prefix})).scalars().all())
+    if not rows:
+        raise NotFound(f"no {what} you can see is named {ref!r} or has an id starting with it")
+    if len(rows) > 1:
+        raise BadRequest(f"{ref!r} names several {what}s; use the full id")
+    return uuid.UUID(str(rows[0]))
+
+
+async def _scope_in(session: AsyncSession, persona: str | None, agent: str | None) -> ScopeIn:
+    """Persona and agent by name, slug or id (prefix), among those the user can see."""
+    persona_id = agent_id = None
+    if persona is not None:
+        persona_id = await _one(
+            session, "SELECT id FROM personas WHERE name = :ref OR id::text LIKE :prefix LIMIT 3",
+            persona, "persona")
+    if agent is not None:
+        agent_id = await _one(
+            session, "SELECT id FROM agents WHERE slug = :ref OR id::text LIKE :prefix LIMIT 3",
+            agent, "agent")
+    return ScopeIn(persona_id=persona_id, agent_id=agent_id)
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def _entity(raw: str) -> EntityIn:
+    name, _, kind = raw.rpartition(":") if ":" in raw else (raw, "", "thing")
+    return EntityIn(name=name.strip(), type=(kind.strip() or "thing"))
+
+
+def _relation(raw: str) -> RelationshipIn:
+    parts = [p.strip() for p in raw.split(":")]
+    if len(parts) != 3 or not all(parts):
+        raise fail("Invalid --relation", f"{raw!r} is not SOURCE:RELATION:TARGET")
+    return RelationshipIn(source=parts[0], relation=parts[1], target=parts[2])
+
+
+@memory_app.command("add")
+def add_command(
+    content: Annotated[str, typer.Argument(help="The fact to remember.")],
+    user: UserOpt = None, persona: PersonaOpt = None, agent: AgentOpt = None,
+    memory_type: Annotated[str, typer.Option(
+        "--type", help="fact, preference, event, relationship, skill, goal or other.")] = "fact",
+    confidence: Annotated[float, typer.Option(help="0 to 1.")] = 0.8,
+    entity: Annotated[list[str] | None, typer.Option(
+        "--entity", "-e", help="An entity the fact is about, NAME or NAME:TYPE (repeatable).")] = None,
+    relation: Annotated[list[str] | None, typer.Option(
+        "--relation", "-r", help="SOURCE:RELATION:TARGET, e.g. Ada:lives_in:Paris (repeatable).")] = None,
+) -> None:
+    """Remember a fact (embedded now when an embedder can run here)."""
+    try:
+        entities = [_entity(e) for e in entity or []]
+        relations = [_relation(r) for r in relation or []]
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+    async def go(env: Env) -> Memory:
+        async with env.scoped() as session:
+            given = await _scope_in(session, persona, agent)
+            try:
+                body = MemoryCreate(content=content, memory_type=memory_type,  # type: ignore[arg-type]
+                                    confidence=confidence, entities=entities,
+                                    relationships=relations, persona_id=given.persona_id,
+                                    agent_id=given.agent_id)
+            except ValidationError as exc:
+                raise _invalid(exc) from None
+            scope = await service.resolve_scope(session, env.principal, body)
+            memory = await service.add_memory(session, env.principal, scope, body)
+            embedder = recall.usable_embedder(env.settings)
+            if embedder is not None:
+                try:
+                    await recall.embed_memories(session, [memory], embedder)
+                except RoostError:
+                    pass  # stored without a vector; `roost memory embed` catches up
+            return memory
+
+    memory = _run(user, go)
+    console.print(f"Remembered {memory.id}" + (" (embedded)" if memory.embedding_model else ""),
+                  markup=False)
+
+
+@memory_app.command("search")
+def search_command(
+    query: Annotated[str, typer.Argument(help="What to recall.")],
+    user: UserOpt = None, persona: PersonaOpt = None, agent: AgentOpt = None,
+    k: Annotated[int, typer.Option("-k", help="How many memories (1-50).")] = 10,
+    as_of: AsOfOpt = None,
+) -> None:
+    """Recall the memories that best answer QUERY (meaning, words and the entity graph)."""
+    moment = _as_of(as_of)
+
+    async def go(env: Env) -> list[recall.Recalled]:
+        async with env.scoped() as session:
+            scope = await service.resolve_scope(session, env.principal,
+                                                await _scope_in(session, persona, agent))
+            return await recall.search(session, env.principal, scope, query,
+                                       embedder=recall.usable_embedder(env.settings), k=k,
+                                       as_of=moment, settings=env.settings)
+
+    hits = _run(user, go)
+    table = id_table("score", "vector", "text", "graph", "memory", "id", wrap=("memory",))
+    for hit in hits:
+        table.add_row(_num(hit.score), _num(hit.vector), _num(hit.text), _num(hit.graph),
+                      Text(_short(hit.memory.content)), str(hit.memory.id))
+    print_table(console, table)
+    if not hits:
+        console.print("Nothing recalled.")
+
+
+@memory_app.command("ls")
+def ls_command(
+    user: UserOpt = None, persona: PersonaOpt = None, agent: AgentOpt = None,
+    every: Annotated[bool, typer.Option("--all", help="Also facts that stopped being true.")] = False,
+    archived: Annotated[bool, typer.Option("--archived", help="Archived memories instead.")] = False,
+    as_of: AsOfOpt = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 100,
+) -> None:
+    """List memories, newest first: what is true now (or --as-of a time)."""
+    moment = _as_of(as_of)
+
+    async def go(env: Env) -> list[Memory]:
+        async with env.scoped() as session:
+            scope = await service.resolve_scope(session, env.principal,
+                                                await _scope_in(session, persona, agent))
+            rows, _ = await service.list_memories(
+                session, env.principal, scope, status="archived" if archived else "active",
+                as_of=moment, include_invalid=every, limit=max(1, min(limit, 500)))
+            return rows
+
+    rows = _run(user, go)
+    table = id_table("id", "type", "conf.", "valid from", "valid until", "recalled", "content",
+                     wrap=("content",))
+    for m in rows:
+        table.add_row(str(m.id), m.memory_type, f"{float(m.confidence):.2f}", _when(m.valid_from),
+                      _when(m.valid_to), str(m.access_count), Text(_short(m.content)))
+    print_table(console, table)
+
+
+@memory_app.command("forget")
+def forget_command(
+    memory_id: Annotated[str | None, typer.Argument(
+        help="The memory to delete (id or a unique start of one).")] = None,
+    user: UserOpt = None, persona: PersonaOpt = None, agent: AgentOpt = None,
+    every: Annotated[bool, typer.Option(
+        "--all", help="Delete every memory of the scope (--persona/--agent narrow it).")] = False,
+    include_narrower: Annotated[bool, typer.Option(
+        "--include-narrower", help="With --all: also the scope's narrower memories.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm --all.")] = False,
+) -> None:
+    """Delete one memory, or with --all every memory of one scope (no other scope's)."""
+    if (memory_id is None) == (not every):
+        raise fail("Invalid input", "name one memory id, or pass --all for a whole scope")
+    if every and not yes:
+        raise fail("Not confirmed", "--all deletes every memory of the scope; add --yes")
+
+    async def go(env: Env) -> int:
+        async with env.scoped() as session:
+            if memory_id is not None:
+                found = await resolve_id(session, Memory.id, memory_id, "memory")
+                await service.delete_memory(session, env.principal, found)
+                return 1
+            given = await _scope_in(session, persona, agent)
+            return await service.forget(session, env.principal, ForgetIn(
+                persona_id=given.persona_id, agent_id=given.agent_id,
+                include_narrower=include_narrower))
+
+    deleted = _run(user, go)
+    console.print(f"Forgot {deleted} {'memory' if deleted == 1 else 'memories'}.")
+
+
+@memory_app.command("graph")
+def graph_command(
+    entity: Annotated[str, typer.Argument(help="The entity (name or id).")],
+    user: UserOpt = None, persona: PersonaOpt = None,
+    depth: Annotated[int, typer.Option(
+        help="Also list the entities within this many relations now (0: none).")] = 0,
+) -> None:
+    """An entity's relations over time, current and past, with their validity."""
+    async def go(env: Env) -> tuple[list[graphq.EntityRef], list[graphq.Edge],
+                                    list[graphq.Neighbour]]:
+        async with env.scoped() as session:
+            given = await _scope_in(session, persona, None)
+            found, edges = await graphq.entity_history(session, env.principal, entity,
+                                                       persona_id=given.persona_id)
+            near = (await graphq.neighbours(session, env.principal, entity, depth=depth,
+                                            persona_id=given.persona_id)
+                    if depth > 0 else [])
+            return found, edges, near
+
+    if not 0 <= depth <= graphq.MAX_DEPTH:
+        raise fail("Invalid --depth", f"must be within 0..{graphq.MAX_DEPTH}")
+    found, edges, near = _run(user, go)
+    now = utcnow()
+    current = sum(1 for e in edges if e.current_at(now))
+    names = ", ".join(f"{e.name} ({e.entity_type})" for e in found)
+    console.print(Text(f"{names}: {current} current, {len(edges) - current} past relation"
+                       f"{'' if len(edges) - current == 1 else 's'}"))
+    table = id_table("relation", "valid from", "valid until", "state", "memory",
+                     wrap=("relation", "memory"))
+    for edge in edges:
+        state = "[green]current[/green]" if edge.current_at(now) else (
+            "[yellow]future[/yellow]" if edge.valid_from > now else "[dim]past[/dim]")
+        table.add_row(Text(f"{edge.source_name} --{edge.relation}--> {edge.target_name}"),
+                      _when(edge.valid_from), _when(edge.valid_to), state,
+                      Text(_short(edge.memory_content, 80)))
+    print_table(console, table)
+    if near:
+        table = id_table("depth", "entity", "type", "via", wrap=("via",))
+        for n in near:
+            via = "; ".join(f"{e.source_name} --{e.relation}--> {e.target_name}" for e in n.edges)
+            table.add_row(str(n.depth), Text(n.entity.name), n.entity.entity_type, Text(via))
+        print_table(console, table)
+
+
+@memory_app.command("embed")
+def embed_command(
+    user: Annotated[str | None, typer.Option(
+        "--user", "-u", help="Only this user's memories (default: every user's).")] = None,
+) -> None:
+    """Embed the memories that have no vector of the configured model (memory.embed, now)."""
+    async def go(database: Database, settings: Settings) -> recall.EmbedReport:
+        embedder = recall.usable_embedder(settings)
+        if embedder is None:
+            raise NotFound("no embedder can run here (see ROOST_KNOWLEDGE_EMBEDDING_*)")
+        user_id = None
+        if user is not None:
+            async with database.transaction() as session:
+                found = await find_user(session, user)
+            if found is None:
+                raise NotFound(f"no user {user!r}")
+            user_id = found.id
+        return await recall.embed_missing(database, embedder, user_id=user_id)
+
+    report = _system(go)
+    console.print(f"Embedded {report.embedded} of {report.missing} memories with {report.model}.",
+                  markup=False)
+
+
+@memory_app.command("decay")
+def decay_command(
+    days: Annotated[int | None, typer.Option(
+        help="Archive memories not recalled for this many days "
+             "(default: ROOST_MEMORY_ARCHIVE_AFTER_DAYS).")] = None,
+) -> None:
+    """Archive the memories not recalled or changed for long (memory.decay, now)."""
+    from roost.memory.decay import archive_unaccessed
+
+    async def go(database: Database, settings: Settings) -> tuple[int, int]:
+        after = settings.memory_archive_after_days if days is None else days
+        if after <= 0:
+            return 0, 0
+        report = await archive_unaccessed(database, days=after)
+        return report.archived, after
+
+    archived, after = _system(go)
+    if not after:
+        console.print("Decay is off (ROOST_MEMORY_ARCHIVE_AFTER_DAYS=0); nothing archived.")
+        return
+    console.print(f"Archived {archived} {'memory' if archived == 1 else 'memories'} "
+                  f"not recalled for {after} days.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``roost memory`` (``roost.domains`` calls this)."""
+    from roost.memory.shards_cli import register_shards
+
+    if not any(c.name == "shards" for c in memory_app.registered_commands):
+        register_shards(memory_app)
+    app.add_typer(memory_app, name="memory")

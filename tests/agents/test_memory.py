@@ -1,0 +1,91 @@
+"""Agents with long-term memory: the memory_add and memory_search built-in tools, the
+memories recalled into a run's context (memory_k), learning from a run."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from roost.db.engine import Database
+from roost.tasks.worker import Worker
+from tests.agents.conftest import Headers, make_agent, wait_for_run
+from tests.chat.conftest import add_provider
+from tests.support.openai_stub import StubServer
+from tests.support.openai_stub.script import Call, Reply, ToolCalls
+
+
+async def _run(client: httpx.AsyncClient, headers: Headers, agent_id: uuid.UUID,
+               text_: str) -> dict[str, Any]:
+    created = await client.post(f"/api/v1/agents/{agent_id}/runs", headers=headers, json={"input": text_})
+    assert created.status_code in (201, 202), created.text
+    return await wait_for_run(client, headers, created.json()["id"])
+
+
+async def test_an_agent_remembers_with_its_tools_and_recalls_in_a_later_run(
+    admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], other_user: tuple[uuid.UUID, Headers], worker: Worker,
+    client: httpx.AsyncClient,
+) -> None:
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, tool_permissions=["memory_add", "memory_search"],
+                             config={"memory_k": 5})
+    stub.script(ToolCalls(Call("memory_add", {"content": "The user's cat is called Miso",
+                                              "memory_type": "fact"})), Reply("Noted."))
+    first = await _run(client, headers, agent.id, "My cat is called Miso.")
+    assert first["status"] == "completed", first
+    async with database.transaction() as s:
+        stored = (await s.execute(text(
+            "SELECT user_id, source_type, run_id, content FROM memories"))).one()
+    assert (stored.user_id, stored.source_type, stored.content) == (
+        user_id, "agent", "The user's cat is called Miso")
+    assert str(stored.run_id) == first["id"]
+
+    # A later run recalls it into its context (a memory_recall step), and can search.
+    stub.script(ToolCalls(Call("memory_search", {"query": "cat"})), Reply("Your cat is Miso."))
+    second = await _run(client, headers, agent.id, "What is my cat called?")
+    assert second["status"] == "completed", second
+    steps = (await client.get(f"/api/v1/runs/{second['id']}/steps", headers=headers)).json()
+    assert [s["step_type"] for s in steps] == ["memory_recall", "llm_call", "tool_call", "llm_call"]
+    assert "Miso" in steps[0]["output"]["memories"][0]["content"]
+    assert "Miso" in str(steps[2]["output"])
+    sent = stub.requests(path="/v1/chat/completions")
+    system = sent[-2].body["messages"][0]
+    assert system["role"] == "system" and "What you remember about the user" in system["content"]
+    assert "The user's cat is called Miso" in system["content"]
+
+    # Another user's run of their own agent remembers nothing of it.
+    other_id, other_headers = other_user
+    theirs = await make_agent(database, other_id, tool_permissions=["memory_search"],
+                              config={"memory_k": 5})
+    stub.script(ToolCalls(Call("memory_search", {"query": "cat Miso"})), Reply("No idea."))
+    run = await _run(client, other_headers, theirs.id, "What is my cat called?")
+    steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=other_headers)).json()
+    assert steps[0]["step_type"] == "memory_recall" and steps[0]["output"]["memories"] == []
+    assert "Miso" not in str(steps[2]["output"])
+
+
+async def test_learning_from_a_run_is_queued_once(
+    admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], other_user: tuple[uuid.UUID, Headers], worker: Worker,
+    client: httpx.AsyncClient,
+) -> None:
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id)
+    stub.script(Reply("Nice to meet you, Ada."))
+    run = await _run(client, headers, agent.id, "I am Ada and I live in Lyon.")
+    worker.stop(force=True)  # keep the learn job queued: only its queueing is tested here
+    first = await client.post(f"/api/v1/runs/{run['id']}/learn", headers=headers)
+    again = await client.post(f"/api/v1/runs/{run['id']}/learn", headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["task_id"] == again.json()["task_id"]
+    theirs = await client.post(f"/api/v1/runs/{run['id']}/learn", headers=other_user[1])
+    assert theirs.status_code == 404
+    async with database.transaction() as s:
+        jobs = (await s.execute(text(
+            "SELECT count(*) FROM background_tasks WHERE task_type = 'memory.learn'"))).scalar()
+    assert jobs == 1

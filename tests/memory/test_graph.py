@@ -1,0 +1,209 @@
+"""Graph queries: neighbours and paths by recursive CTE (cycles included), the temporal
+graph (now and as_of), an entity's history, isolation, and ``roost memory graph``."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from roost.config import Settings
+from roost.db.base import utcnow
+from roost.db.engine import Database
+from roost.memory import graphq, service
+from roost.memory.models import Memory
+from roost.principal import Principal
+from tests.support.cli import run_roost
+from tests.support.identity import make_user
+from tests.support.pg import PgTestServer
+
+API = "/api/v1/memories"
+GRAPH = f"{API}/graph"
+Headers = dict[str, str]
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", log_json=True, llm_local_model=False,
+                    knowledge_embedding_provider="hash")
+
+
+async def _add(client: httpx.AsyncClient, headers: Headers, content: str,
+               relations: list[tuple[str, str, str]], **extra: Any) -> Any:
+    answer = await client.post(API, headers=headers, json={
+        "content": content, **extra,
+        "relationships": [{"source": s, "relation": r, "target": t} for s, r, t in relations]})
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+async def _entity_id(client: httpx.AsyncClient, headers: Headers, name: str) -> str:
+    found = await client.get(f"{GRAPH}/entities", headers=headers, params={"q": name})
+    assert found.status_code == 200, found.text
+    [entity] = [e for e in found.json() if e["name"] == name]
+    return str(entity["id"])
+
+
+async def test_neighbours_and_paths(client: httpx.AsyncClient, database: Database) -> None:
+    _, headers = await make_user(database)
+    await _add(client, headers, "Ada lives in Paris; Paris is in France; Ada works at Acme",
+               [("Ada", "lives_in", "Paris"), ("Paris", "in", "France"), ("Ada", "works_at", "Acme"),
+                ("Acme", "based_in", "Berlin"), ("Berlin", "in", "Germany")])
+    ada = await _entity_id(client, headers, "Ada")
+    one = (await client.get(f"{GRAPH}/entities/{ada}/neighbours", headers=headers)).json()
+    assert one["entity"]["name"] == "Ada"
+    assert {(n["entity"]["name"], n["depth"]) for n in one["items"]} == {("Paris", 1), ("Acme", 1)}
+    paris = next(n for n in one["items"] if n["entity"]["name"] == "Paris")
+    assert [(e["source_name"], e["relation"], e["target_name"], e["current"])
+            for e in paris["edges"]] == [("Ada", "lives_in", "Paris", True)]
+    two = (await client.get(f"{GRAPH}/entities/{ada}/neighbours", headers=headers,
+                            params={"depth": 2})).json()
+    assert {(n["entity"]["name"], n["depth"]) for n in two["items"]} == {
+        ("Paris", 1), ("Acme", 1), ("France", 2), ("Berlin", 2)}
+    # Relations are followed in both directions: France reaches Ada.
+    paths = (await client.get(f"{GRAPH}/paths", headers=headers,
+                              params={"source": "france", "target": "GERMANY", "max_hops": 6})).json()
+    assert [[e["name"] for e in p["entities"]] for p in paths] == [
+        ["France", "Paris", "Ada", "Acme", "Berlin", "Germany"]]
+    assert paths[0]["hops"] == 5 and [e["relation"] for e in paths[0]["edges"]] == [
+        "in", "lives_in", "works_at", "based_in", "in"]
+    too_short = await client.get(f"{GRAPH}/paths", headers=headers,
+                                 params={"source": "France", "target": "Germany", "max_hops": 4})
+    assert too_short.status_code == 200 and too_short.json() == []
+    for params in ({"source": "France", "target": "Germany", "max_hops": 7},
+                   {"source": "France", "target": "Germany", "max_hops": 0}):
+        assert (await client.get(f"{GRAPH}/paths", headers=headers, params=params)).status_code == 422
+    unknown = await client.get(f"{GRAPH}/paths", headers=headers,
+                               params={"source": "France", "target": "Atlantis"})
+    assert unknown.status_code == 404
+
+
+async def test_cyclic_graphs_terminate(client: httpx.AsyncClient, database: Database) -> None:
+    _, headers = await make_user(database)
+    ring = ["A", "B", "C", "D"]
+    await _add(client, headers, "a ring", [(a, "next", b) for a, b in itertools.pairwise([*ring, "A"])])
+    clique = [f"K{i}" for i in range(8)]
+    await _add(client, headers, "a clique", [(a, "knows", b) for a, b in itertools.combinations(clique, 2)])
+    await _add(client, headers, "a self loop and the bridge", [("A", "likes", "A"), ("D", "met", "K0")])
+    a = await _entity_id(client, headers, "A")
+    far = (await client.get(f"{GRAPH}/entities/{a}/neighbours", headers=headers,
+                            params={"depth": 6})).json()["items"]
+    depths = {n["entity"]["name"]: n["depth"] for n in far}
+    assert depths == {"B": 1, "D": 1, "C": 2, "K0": 2, **{k: 3 for k in clique[1:]}}
+    # Exactly the two simple paths around the ring.
+    ring_paths = (await client.get(f"{GRAPH}/paths", headers=headers,
+                                   params={"source": "A", "target": "C", "max_hops": 6})).json()
+    assert sorted("".join(e["name"] for e in p["entities"]) for p in ring_paths) == ["ABC", "ADC"]
+    # The clique has 1,237 simple paths of up to 6 hops between two members: the limit
+    # stops the walk, shortest first, and no path visits an entity twice.
+    many = (await client.get(f"{GRAPH}/paths", headers=headers,
+                             params={"source": "K0", "target": "K1", "max_hops": 6,
+                                     "limit": 200})).json()
+    assert len(many) == 200
+    hops = [p["hops"] for p in many]
+    assert hops == sorted(hops) and hops[:7] == [1, 2, 2, 2, 2, 2, 2]
+    for p in many:
+        names = [e["name"] for e in p["entities"]]
+        assert len(names) == len(set(names)) and names[0] == "K0" and names[-1] == "K1"
+
+
+async def test_the_graph_now_and_then(client: httpx.AsyncClient, database: Database) -> None:
+    user_id, headers = await make_user(database)
+    start = utcnow() - timedelta(days=60)
+    acme = await _add(client, headers, "Ada works at Acme", [("Ada", "works_at", "Acme")],
+                      valid_from=start.isoformat())
+    changed = utcnow() - timedelta(days=30)
+    globex = await _add(client, headers, "Ada works at Globex", [("Ada", "works_at", "Globex")],
+                        valid_from=changed.isoformat())
+    async with database.transaction() as s:
+        actor = Principal(user_id=user_id, is_admin=False, kind="api_key")
+        memory = await s.get_one(Memory, uuid.UUID(acme["id"]))
+        await service.invalidate(s, actor, memory, at=changed, by=uuid.UUID(globex["id"]))
+    ada = await _entity_id(client, headers, "Ada")
+    now = (await client.get(f"{GRAPH}/entities/{ada}/neighbours", headers=headers)).json()
+    assert [n["entity"]["name"] for n in now["items"]] == ["Globex"]
+    then = (await client.get(f"{GRAPH}/entities/{ada}/neighbours", headers=headers, params={
+        "as_of": (utcnow() - timedelta(days=45)).isoformat()})).json()
+    assert [n["entity"]["name"] for n in then["items"]] == ["Acme"]
+    assert then["items"][0]["edges"][0]["current"] is True  # current at that time
+    before = (await client.get(f"{GRAPH}/entities/{ada}/neighbours", headers=headers, params={
+        "as_of": (utcnow() - timedelta(days=90)).isoformat()})).json()
+    assert before["items"] == []
+    old_path = await client.get(f"{GRAPH}/paths", headers=headers, params={
+        "source": "Acme", "target": "Ada", "as_of": (utcnow() - timedelta(days=45)).isoformat()})
+    assert len(old_path.json()) == 1
+    assert (await client.get(f"{GRAPH}/paths", headers=headers,
+                             params={"source": "Acme", "target": "Ada"})).json() == []
+    history = (await client.get(f"{GRAPH}/entities/{ada}/history", headers=headers)).json()
+    rows = [(h["target_name"], h["current"], h["valid_to"] is None, h["memory_content"])
+            for h in history["items"]]
+    assert rows == [("Acme", False, False, "Ada works at Acme"),
+                    ("Globex", True, True, "Ada works at Globex")]
+
+
+async def test_graphs_are_isolated(client: httpx.AsyncClient, database: Database) -> None:
+    alice, alice_h = await make_user(database)
+    bob, bob_h = await make_user(database)
+    work = (await client.post("/api/v1/personas", headers=alice_h, json={"name": "Work"})).json()["id"]
+    await _add(client, alice_h, "Ada knows Cy", [("Ada", "knows", "Cy")])
+    await _add(client, alice_h, "At work Ada knows Dee", [("Ada", "knows", "Dee")], persona_id=work)
+    await _add(client, bob_h, "Ada knows Eve", [("Ada", "knows", "Eve")])
+    entities = (await client.get(f"{GRAPH}/entities", headers=alice_h, params={"q": "ada"})).json()
+    assert sorted(str(e["persona_id"]) for e in entities) == sorted(["None", work])
+    mine = (await client.get(f"{GRAPH}/entities", headers=alice_h,
+                             params={"q": "ada", "persona_id": work})).json()
+    assert [e["persona_id"] for e in mine] == [work] and mine[0]["current_relations"] == 1
+    ada_work = mine[0]["id"]
+    near = (await client.get(f"{GRAPH}/entities/{ada_work}/neighbours", headers=alice_h)).json()
+    assert [n["entity"]["name"] for n in near["items"]] == ["Dee"]
+    # By name without a persona: every "Ada" of alice's (both scopes), never bob's.
+    async with database.transaction() as s:
+        actor = Principal(user_id=alice, is_admin=False, kind="system")
+        found = await graphq.neighbours(s, actor, "ada")
+        assert sorted(n.entity.name for n in found) == ["Cy", "Dee"]
+        with pytest.raises(Exception, match="no user"):
+            await graphq.neighbours(s, actor, "ada", user_id=bob)
+    # Another tenant's entity is a 404 on every graph route; so is an unknown one.
+    for path in (f"{GRAPH}/entities/{ada_work}/neighbours", f"{GRAPH}/entities/{ada_work}/history",
+                 f"{GRAPH}/entities/{uuid.uuid4()}/history"):
+        assert (await client.get(path, headers=bob_h)).status_code == 404
+    assert (await client.get(f"{GRAPH}/paths", headers=bob_h,
+                             params={"source": ada_work, "target": "Eve"})).status_code == 404
+    bobs = (await client.get(f"{GRAPH}/paths", headers=bob_h,
+                             params={"source": "Ada", "target": "Eve"})).json()
+    assert [[e["name"] for e in p["entities"]] for p in bobs] == [["Ada", "Eve"]]
+    assert (await client.get(f"{GRAPH}/entities")).status_code == 401
+
+
+async def test_roost_memory_graph_shows_an_entitys_history(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+    client: httpx.AsyncClient,
+) -> None:
+    user_id, headers = await make_user(database, username="gina")
+    acme = await _add(client, headers, "Gina works at Acme", [("Gina", "works_at", "Acme")],
+                      valid_from=(utcnow() - timedelta(days=400)).isoformat())
+    globex = await _add(client, headers, "Gina works at Globex", [("Gina", "works_at", "Globex")])
+    async with database.transaction() as s:
+        actor = Principal(user_id=user_id, is_admin=False, kind="api_key")
+        await service.invalidate(s, actor, await s.get_one(Memory, uuid.UUID(acme["id"])),
+                                 by=uuid.UUID(globex["id"]))
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "cli-data"),
+           "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER": "hash"}
+    shown = await asyncio.to_thread(run_roost, "memory", "graph", "Gina", "--user", "gina",
+                                    "--depth", "1", env=env)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "Gina (thing): 1 current, 1 past relation" in out
+    acme_line = next(line for line in out.splitlines() if "--works_at--> Acme" in line)
+    globex_line = next(line for line in out.splitlines() if "--works_at--> Globex" in line)
+    assert "past" in acme_line and "current" in globex_line
+    assert (utcnow() - timedelta(days=400)).strftime("%Y-%m-%d") in acme_line
+    missing = await asyncio.to_thread(run_roost, "memory", "graph", "Nobody", "--user", "gina", env=env)
+    assert missing.returncode == 1 and "no entity named 'Nobody'" in missing.stderr
