@@ -114,6 +114,18 @@ DOMAINS: tuple[Domain, ...] = (
         cli="roost.agents.cli:register",  # roost personas|agents|runs|secrets
     ),
     Domain(
+        "debates",  # multi-agent debates with voting (docs/debates.md)
+        models="roost.debates.models",
+    ),
+    Domain(
+        "workflows",  # XYFlow graphs, validated and versioned (docs/workflows.md)
+        models="roost.workflows.models",
+    ),
+    Domain(
+        "codeversions",  # git-backed code versions of sessions and runs (docs/codeversions.md)
+        models="roost.codeversions.models",
+    ),
+    Domain(
         "mcpserver",  # on top: offers other domains' capabilities at /mcp (docs/mcp.md)
         routers=("roost.mcpserver.routes:router",),
         startup="roost.mcpserver.startup:lifespan",  # the MCP SDK's session manager

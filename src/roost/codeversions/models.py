@@ -1,0 +1,3 @@
+"""Tables of the codeversions domain (filled in by its migration's revision)."""
+
+from __future__ import annotations
