@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # tests.support
 
 CITIES, COMPANIES, HOBBIES = 1000, 2000, 500
+CHUNK = 50_000
 RELATIONS = (("lives_in", "city", CITIES, "lives in"), ("works_at", "company", COMPANIES, "works at"),
              ("likes", "hobby", HOBBIES, "likes"), ("knows", "person", 0, "knows"))
 
@@ -111,40 +113,34 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         entity_ids[(user, name)] = eid
                         entity_rows.append((eid, user, name, normalize(name), kind))
 
-            t0 = time.perf_counter()
-            memory_rows, relation_rows = [], []
-            now = time.time()
-            from datetime import UTC, datetime, timedelta
-            base = datetime.fromtimestamp(now, UTC)
-            for n in range(args.facts):
-                user = users[n % len(users)]
-                person = f"person-{rng.randrange(people)}"
-                relation, kind, _, verb = RELATIONS[rng.randrange(len(RELATIONS))]
-                other = f"{kind}-{rng.randrange(counts[kind])}"
-                content = f"{person} {verb} {other}"
-                created = base - timedelta(days=rng.random() * 120)
-                mid = uuid7()
-                memory_rows.append((
-                    mid, user, content, "fact", round(0.5 + rng.random() * 0.5, 4),
-                    hashlib.sha256(content.encode()).hexdigest(),
-                    np.asarray(embedder.embed_sync(content), dtype=np.float32), DEFAULT_MODEL, 384,
-                    created, created, created,
-                    json.dumps([{"name": person, "type": "person"}, {"name": other, "type": kind}]),
-                    json.dumps([{"source": person, "relation": relation, "target": other}])))
-                relation_rows.append((uuid7(), user, entity_ids[(user, person)],
-                                      entity_ids[(user, other)], relation, mid, created, created))
-            prepare_s = time.perf_counter() - t0
-            # The first user's graph, to pick path ends that are connected.
-            names = {eid: name for (user, name), eid in entity_ids.items() if user == users[0]}
-            adjacency: dict[str, list[str]] = {}
-            for _rid, user, source_id, target_id, *_rest in relation_rows:
-                if user == users[0]:
-                    adjacency.setdefault(names[source_id], []).append(names[target_id])
-                    adjacency.setdefault(names[target_id], []).append(names[source_id])
-            walkers = sorted(n for n in adjacency if n.startswith("person-"))
-            print(f"generated {args.facts} facts with embeddings in {prepare_s:.1f} s", flush=True)
+            base = datetime.now(UTC)
+            adjacency: dict[str, list[str]] = {}  # the first user's graph: connected path ends
 
-            t0 = time.perf_counter()
+            def chunk(first: int, size: int) -> tuple[list[Any], list[Any]]:
+                memory_rows, relation_rows = [], []
+                for n in range(first, first + size):
+                    user = users[n % len(users)]
+                    person = f"person-{rng.randrange(people)}"
+                    relation, kind, _, verb = RELATIONS[rng.randrange(len(RELATIONS))]
+                    other = f"{kind}-{rng.randrange(counts[kind])}"
+                    content = f"{person} {verb} {other}"
+                    created = base - timedelta(days=rng.random() * 120)
+                    mid = uuid7()
+                    memory_rows.append((
+                        mid, user, content, "fact", round(0.5 + rng.random() * 0.5, 4),
+                        hashlib.sha256(content.encode()).hexdigest(),
+                        np.asarray(embedder.embed_sync(content), dtype=np.float32), DEFAULT_MODEL,
+                        384, created, created, created,
+                        json.dumps([{"name": person, "type": "person"}, {"name": other, "type": kind}]),
+                        json.dumps([{"source": person, "relation": relation, "target": other}])))
+                    relation_rows.append((uuid7(), user, entity_ids[(user, person)],
+                                          entity_ids[(user, other)], relation, mid, created, created))
+                    if user == users[0]:
+                        adjacency.setdefault(person, []).append(other)
+                        adjacency.setdefault(other, []).append(person)
+                return memory_rows, relation_rows
+
+            prepare_s = load_s = 0.0
             async with db.engine.connect() as conn:
                 raw = await conn.get_raw_connection()
                 driver = raw.driver_connection
@@ -157,19 +153,25 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await driver.copy_records_to_table(
                     "memory_entities", records=entity_rows,
                     columns=["id", "user_id", "name", "normalized_name", "entity_type"])
-                for start in range(0, len(memory_rows), 20_000):
+                for first in range(0, args.facts, CHUNK):
+                    t0 = time.perf_counter()
+                    memory_rows, relation_rows = chunk(first, min(CHUNK, args.facts - first))
+                    prepare_s += time.perf_counter() - t0
+                    t0 = time.perf_counter()
                     await driver.copy_records_to_table(
-                        "memories", records=memory_rows[start:start + 20_000],
+                        "memories", records=memory_rows,
                         columns=["id", "user_id", "content", "memory_type", "confidence",
                                  "content_sha256", "embedding", "embedding_model", "embedding_dim",
                                  "valid_from", "created_at", "updated_at", "entities",
                                  "relationships"])
-                await driver.copy_records_to_table(
-                    "memory_relations", records=relation_rows,
-                    columns=["id", "user_id", "source_entity_id", "target_entity_id", "relation",
-                             "memory_id", "valid_from", "created_at"])
-                load_s = time.perf_counter() - t0
-                print(f"copied in {load_s:.1f} s; building the HNSW index", flush=True)
+                    await driver.copy_records_to_table(
+                        "memory_relations", records=relation_rows,
+                        columns=["id", "user_id", "source_entity_id", "target_entity_id",
+                                 "relation", "memory_id", "valid_from", "created_at"])
+                    load_s += time.perf_counter() - t0
+                walkers = sorted(n for n in adjacency if n.startswith("person-"))
+                print(f"generated {args.facts} facts with embeddings in {prepare_s:.1f} s, "
+                      f"copied in {load_s:.1f} s; building the HNSW index", flush=True)
                 t0 = time.perf_counter()
                 await driver.execute("SET maintenance_work_mem = '1GB'")
                 await driver.execute(

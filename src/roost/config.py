@@ -266,6 +266,32 @@ class Settings(BaseSettings):
         "(default: the host name)"
     )
 
+    # --- code versions: per-session/run git repositories, their checks (docs/codeversions.md)
+    code_checks: list[list[str]] = Field(
+        default=[["ruff", "check", "."], ["python", "-m", "pytest", "-q"]],
+        description="Checks a code version's validation runs in a checkout of its commit: a "
+        "JSON list of argv lists, run without a shell (\"python\" is the Python running Roost)"
+    )
+    code_check_timeout_s: float = Field(default=300.0, gt=0, le=3600,
+                                        description="Wall-clock limit of one check")
+    code_check_max_output_bytes: int = Field(
+        default=256 * 1024, ge=1024, le=64 * 1024 * 1024,
+        description="Output (stdout and stderr) read from one check; more kills it")
+    code_check_cpu_s: int = Field(default=300, ge=1, description="RLIMIT_CPU of a check")
+    code_check_memory_mb: int = Field(default=2048, ge=64,
+                                      description="RLIMIT_AS of a check (address space)")
+    code_check_max_file_mb: int = Field(default=64, ge=1,
+                                        description="RLIMIT_FSIZE of a check (largest file)")
+    code_check_max_processes: int = Field(
+        default=1024, ge=0, description="RLIMIT_NPROC of a check: processes and threads of "
+        "the user Roost runs as, all of them (not enforced for root); 0: not set")
+    code_max_files: int = Field(default=200, ge=1, le=10_000,
+                                description="Files one commit may change")
+    code_max_file_bytes: int = Field(default=1024 * 1024, ge=1,
+                                     description="Largest file content in a commit")
+    code_max_commit_bytes: int = Field(default=8 * 1024 * 1024, ge=1,
+                                       description="Total file content of one commit")
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:

@@ -116,14 +116,21 @@ DOMAINS: tuple[Domain, ...] = (
     Domain(
         "debates",  # multi-agent debates with voting (docs/debates.md)
         models="roost.debates.models",
+        routers=("roost.debates.routes:router",),
+        jobs="roost.debates.jobs",  # debates.run (turns, ballots, the vote; resumable)
+        cli="roost.debates.cli:register",  # roost debates start|show|ls
     ),
     Domain(
         "workflows",  # XYFlow graphs, validated and versioned (docs/workflows.md)
         models="roost.workflows.models",
+        routers=("roost.workflows.routes:router",),
+        cli="roost.workflows.cli:register",  # roost workflows ls|validate|publish
     ),
     Domain(
         "codeversions",  # git-backed code versions of sessions and runs (docs/codeversions.md)
         models="roost.codeversions.models",
+        routers=("roost.codeversions.routes:router",),
+        jobs="roost.codeversions.jobs",  # codeversions.validate (the configured checks)
     ),
     Domain(
         "mcpserver",  # on top: offers other domains' capabilities at /mcp (docs/mcp.md)

@@ -227,19 +227,19 @@ def _edge(edge: graphq.Edge, as_of: datetime | None, now: datetime | None = None
     return out
 
 
-@router.get("/{memory_id}", response_model=MemoryOut, summary="One memory")
+@router.get("/{memory_id:uuid}", response_model=MemoryOut, summary="One memory")
 async def get_memory(memory_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> MemoryOut:
     return MemoryOut.model_validate(await service.get_memory(db, principal, memory_id))
 
 
-@router.get("/{memory_id}/history", response_model=list[HistoryOut],
+@router.get("/{memory_id:uuid}/history", response_model=list[HistoryOut],
             summary="How a memory came to be what it is (add, updates, invalidation)")
 async def memory_history(memory_id: uuid.UUID, principal: CurrentPrincipal,
                          db: DbSession) -> list[HistoryOut]:
     return [HistoryOut.model_validate(h) for h in await service.history(db, principal, memory_id)]
 
 
-@router.patch("/{memory_id}", response_model=MemoryOut, summary="Change a memory (history kept)")
+@router.patch("/{memory_id:uuid}", response_model=MemoryOut, summary="Change a memory (history kept)")
 async def update_memory(memory_id: uuid.UUID, body: MemoryUpdate, principal: CurrentPrincipal,
                         db: DbSession, embedder: EmbedderDep) -> MemoryOut:
     memory = await service.update_memory(db, principal, memory_id, body)
@@ -247,7 +247,7 @@ async def update_memory(memory_id: uuid.UUID, body: MemoryUpdate, principal: Cur
     return MemoryOut.model_validate(memory)
 
 
-@router.delete("/{memory_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a memory")
+@router.delete("/{memory_id:uuid}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a memory")
 async def delete_memory(memory_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> Response:
     await service.delete_memory(db, principal, memory_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,3 +1,70 @@
-"""Tables of the workflows domain (filled in by its migration's revision)."""
+"""Tables of the workflows domain: ``workflows`` (seed 004's table: a user's draft graph,
+as an XYFlow canvas saves it) and ``workflow_versions`` (immutable published copies).
+
+``nodes``, ``edges`` and ``viewport`` hold the canvas's JSON unchanged (jsonb).  A
+version is never updated: a trigger (migration 0810) refuses ``UPDATE``; it goes only
+with its workflow.  Row-level security: both tables are their owner's
+(``roost_row_visible(user_id)``; a version copies its workflow's ``user_id``).
+"""
 
 from __future__ import annotations
+
+import uuid
+from typing import Any, Final
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from roost.db.base import Base, CreatedAt, Timestamps, UUIDPrimaryKey
+from roost.identity import models as _identity_models  # noqa: F401 - "users", for the foreign keys
+
+WORKFLOW_STATUSES: Final = ("draft", "active", "archived")
+
+
+class Workflow(UUIDPrimaryKey, Timestamps, Base):
+    __tablename__ = "workflows"
+    __table_args__ = (
+        CheckConstraint("status IN ('draft', 'active', 'archived')", name="status"),
+        CheckConstraint("length(btrim(name)) > 0", name="name_not_blank"),
+        CheckConstraint("jsonb_typeof(nodes) = 'array'", name="nodes_array"),
+        CheckConstraint("jsonb_typeof(edges) = 'array'", name="edges_array"),
+        CheckConstraint("latest_version >= 0", name="latest_version_not_negative"),
+        Index("ix_workflows_user_created", "user_id", text("created_at DESC")),
+        Index("ix_workflows_project_id", "project_id"),
+    )
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    project_id: Mapped[uuid.UUID | None]  # no foreign key until the workspace adds projects
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str | None] = mapped_column(Text)
+    nodes: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"), default=list)
+    edges: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"), default=list)
+    viewport: Mapped[dict[str, Any]] = mapped_column(
+        server_default=text("""'{"x": 0, "y": 0, "zoom": 1}'::jsonb"""),
+        default=lambda: {"x": 0, "y": 0, "zoom": 1})
+    status: Mapped[str] = mapped_column(String(20), server_default=text("'draft'"),
+                                        default="draft")
+    # The newest published version's number (0: never published).
+    latest_version: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
+
+
+class WorkflowVersion(UUIDPrimaryKey, CreatedAt, Base):
+    __tablename__ = "workflow_versions"
+    __table_args__ = (
+        CheckConstraint("version >= 1", name="version_positive"),
+        Index("uq_workflow_versions_workflow_version", "workflow_id", "version", unique=True),
+        Index("ix_workflow_versions_user_id", "user_id"),
+    )
+
+    workflow_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workflows.id", ondelete="CASCADE"))
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    nodes: Mapped[list[Any]]
+    edges: Mapped[list[Any]]
+    viewport: Mapped[dict[str, Any]]
+    # sha256 of the canonical JSON of nodes, edges and viewport (roost.workflows.graph).
+    content_hash: Mapped[str] = mapped_column(String(64))
+    published_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"))
+    note: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,349 @@
+"""The git repositories of code versions, with dulwich (pure Python: no ``git`` binary).
+
+One bare repository per chat session or run, ``<root>/<owner id>/<session or run id>.git``
+(``HEAD`` is ``refs/heads/main``).  A commit is built from objects, never from files on
+disk: the parent commit's tree, the caller's changes applied (:func:`commit_tree_changes`),
+a commit object, then the branch moved with a compare-and-swap.  Nothing a caller names is
+written to the server's file system at commit time, so a hostile path can only be refused
+(:func:`check_path`); a checkout (:func:`checkout`) writes regular files only.
+
+Everything here is synchronous file work: services call it with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from dulwich.diff_tree import tree_changes
+from dulwich.object_store import BaseObjectStore, commit_tree_changes
+from dulwich.objects import Blob, Commit, ObjectID, Tree
+from dulwich.patch import write_object_diff
+from dulwich.refs import Ref, check_ref_format
+from dulwich.repo import Repo
+
+from roost.errors import Conflict, NotFound, Unprocessable
+
+MODE_FILE: Final = 0o100644
+MODE_EXEC: Final = 0o100755
+MODE_LINK: Final = 0o120000
+MODE_GITLINK: Final = 0o160000
+DEFAULT_BRANCH: Final = "main"
+MAX_PATH_CHARS: Final = 1024
+MAX_SEGMENT_BYTES: Final = 255
+COMMITTER: Final = b"Roost <roost@localhost>"
+_BRANCH: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+_STAT_WIDTH: Final = 40
+
+
+class PathRefused(Unprocessable):
+    """A file path that must not be written (422); the detail names the rule it broke."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        shown = path if len(path) <= 200 and path.isprintable() else repr(path[:200])
+        super().__init__(f"file path {shown}: {reason}", extra={"field": "files"})
+
+
+class NothingToCommit(Unprocessable):
+    title, type_slug = "Nothing to commit", "nothing-to-commit"
+
+
+def repo_path(root: Path, owner: uuid.UUID, key: uuid.UUID) -> Path:
+    """Where the repository of a chat session or run (``key``) owned by ``owner`` lives."""
+    return root / str(owner) / f"{key}.git"
+
+
+def check_path(path: str) -> bytes:
+    """A relative POSIX path inside the repository, as git stores it; refuses (422) absolute
+    paths, ``..`` and ``.`` segments, empty segments, backslashes, control characters,
+    ``.git`` anywhere and over-long names."""
+    if not path:
+        raise PathRefused(path, "empty")
+    if len(path) > MAX_PATH_CHARS:
+        raise PathRefused(path, f"longer than {MAX_PATH_CHARS} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise PathRefused(path, "contains control characters")
+    if "\\" in path:
+        raise PathRefused(path, "contains a backslash (use / between directories)")
+    if path.startswith("/"):
+        raise PathRefused(path, "is absolute (paths are relative to the repository)")
+    if re.match(r"^[A-Za-z]:", path):
+        raise PathRefused(path, "starts with a drive letter")
+    for segment in path.split("/"):
+        if segment in ("", ".", ".."):
+            raise PathRefused(path, "has an empty, '.' or '..' segment")
+        if segment.casefold() == ".git":
+            raise PathRefused(path, "names .git (the repository's own data)")
+        if len(segment.encode()) > MAX_SEGMENT_BYTES:
+            raise PathRefused(path, f"has a name longer than {MAX_SEGMENT_BYTES} bytes")
+    try:
+        return path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PathRefused(path, "is not valid UTF-8") from None
+
+
+def check_branch(branch: str) -> Ref:
+    """``refs/heads/<branch>`` for a plain branch name (422 otherwise)."""
+    ref = Ref(b"refs/heads/" + branch.encode("utf-8", "replace"))
+    if not _BRANCH.match(branch) or not check_ref_format(ref) or branch.endswith("/"):
+        raise Unprocessable("branch must be a git branch name: letters, digits, '.', '_', "
+                            "'-' and '/', starting with a letter or digit, no '..', not "
+                            "ending in '.lock'", extra={"field": "branch"})
+    return ref
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    commit_id: str
+    parent_id: str | None
+    files_changed: list[dict[str, Any]]
+    diff_summary: str
+
+
+def _open(path: Path, *, create: bool) -> Repo:
+    if (path / "HEAD").is_file():
+        return Repo(str(path))
+    if not create:
+        raise NotFound("the code version's repository is missing on this server")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Repo.init_bare(str(path), mkdir=True, default_branch=DEFAULT_BRANCH.encode())
+
+
+def _tip(repo: Repo, ref: Ref) -> ObjectID | None:
+    try:
+        return repo.refs[ref]
+    except KeyError:
+        return None
+
+
+def _lookup(store: BaseObjectStore, tree_id: ObjectID | None,
+            parts: list[bytes]) -> tuple[int, int] | None:
+    """Walk ``parts`` from ``tree_id``: None when the path is absent, else ``(depth, mode)``
+    of the first entry that is not a directory (``depth == len(parts)`` for the path's
+    own entry) or of the path itself when it is a directory."""
+    if tree_id is None:
+        return None
+    current: ObjectID = tree_id
+    for depth, part in enumerate(parts, start=1):
+        tree = store[current]
+        assert isinstance(tree, Tree)
+        if part not in tree:
+            return None
+        mode, sha = tree[part]
+        if not stat.S_ISDIR(mode) or depth == len(parts):
+            return depth, mode
+        current = sha
+    return None  # pragma: no cover - parts is never empty
+
+
+def plan_changes(store: BaseObjectStore, tree_id: ObjectID | None,
+                 files: Mapping[str, bytes | None]) -> list[tuple[bytes, int | None, ObjectID | None]]:
+    """The tree changes that write (bytes) or delete (None) each file, blobs stored;
+    refuses paths that break :func:`check_path`, that go through a file, a symbolic link
+    or a submodule, that name a directory, a symlink or (to delete) nothing, and a request
+    naming both a path and something under it."""
+    encoded = {path: check_path(path) for path in files}
+    names = set(encoded.values())
+    changes: list[tuple[bytes, int | None, ObjectID | None]] = []
+    for path, raw in encoded.items():
+        parts = raw.split(b"/")
+        for i in range(1, len(parts)):
+            if b"/".join(parts[:i]) in names:
+                raise PathRefused(path, "is under another path of the same commit")
+        found = _lookup(store, tree_id, parts)
+        mode: int | None = None
+        if found is not None:
+            depth, mode = found
+            if depth < len(parts):
+                what = "a symbolic link" if mode == MODE_LINK else "a submodule" \
+                    if mode == MODE_GITLINK else "a file"
+                raise PathRefused(path, f"goes through {what} ({b'/'.join(parts[:depth]).decode()})")
+            if stat.S_ISDIR(mode):
+                raise PathRefused(path, "is a directory")
+            if mode == MODE_LINK:
+                raise PathRefused(path, "is a symbolic link (only regular files are written)")
+            if mode == MODE_GITLINK:
+                raise PathRefused(path, "is a submodule")
+        content = files[path]
+        if content is None:
+            if found is None:
+                raise PathRefused(path, "cannot be deleted: it does not exist")
+            changes.append((raw, None, None))
+            continue
+        blob = Blob.from_string(content)
+        store.add_object(blob)
+        changes.append((raw, MODE_EXEC if mode == MODE_EXEC else MODE_FILE, blob.id))
+    return changes
+
+
+def commit_files(path: Path, *, branch: str, files: Mapping[str, bytes | None], message: str,
+                 author: bytes, timestamp: int) -> CommitOutcome:
+    """Commit the changes on ``branch`` (created from ``HEAD``'s commit, or as the first
+    commit, when it does not exist); the outcome has the real diff against the parent."""
+    ref = check_branch(branch)
+    repo = _open(path, create=True)
+    try:
+        store = repo.object_store
+        tip = _tip(repo, ref)
+        parent = tip if tip is not None else _tip(repo, Ref(b"HEAD"))
+        parent_tree: ObjectID | None = None
+        if parent is not None:
+            parent_commit = store[parent]
+            assert isinstance(parent_commit, Commit)
+            parent_tree = parent_commit.tree
+        changes = plan_changes(store, parent_tree, files)
+        base = Tree()  # a copy: commit_tree_changes changes the tree it is given
+        if parent_tree is not None:
+            base = Tree.from_string(store[parent_tree].as_raw_string())
+        new_tree = commit_tree_changes(store, base, changes)
+        if new_tree == parent_tree:
+            raise NothingToCommit("nothing to commit: the files already have this content")
+        commit = Commit()
+        commit.tree = new_tree
+        commit.parents = [parent] if parent is not None else []
+        commit.author, commit.committer = author, COMMITTER
+        commit.author_time = commit.commit_time = timestamp
+        commit.author_timezone = commit.commit_timezone = 0
+        commit.encoding = b"UTF-8"
+        commit.message = message.encode("utf-8") + (b"" if message.endswith("\n") else b"\n")
+        store.add_object(commit)
+        moved = (repo.refs.add_if_new(ref, commit.id) if tip is None
+                 else repo.refs.set_if_equals(ref, tip, commit.id))
+        if not moved:
+            raise Conflict(f"branch {branch} moved while committing: try again")
+        files_changed, summary = diff_stat(store, parent_tree, new_tree)
+        return CommitOutcome(commit.id.decode(), parent.decode() if parent else None,
+                             files_changed, summary)
+    finally:
+        repo.close()
+
+
+def _file_patch(store: BaseObjectStore, change: Any) -> bytes:
+    old, new = change.old, change.new
+    buf = io.BytesIO()
+    write_object_diff(buf, store,
+                      (old.path, old.mode, old.sha) if old else (None, None, None),
+                      (new.path, new.mode, new.sha) if new else (None, None, None))
+    return buf.getvalue()
+
+
+def _count(patch: bytes) -> tuple[int, int]:
+    """Added and deleted lines of one file's unified diff (its hunks, not its header)."""
+    additions = deletions = 0
+    in_hunks = False
+    for line in patch.split(b"\n"):
+        if line.startswith(b"@@"):
+            in_hunks = True
+        elif in_hunks and line.startswith(b"+"):
+            additions += 1
+        elif in_hunks and line.startswith(b"-"):
+            deletions += 1
+    return additions, deletions
+
+
+_CHANGE_NAMES: Final = {"add": "added", "delete": "deleted", "modify": "modified"}
+
+
+def diff_stat(store: BaseObjectStore, old_tree: ObjectID | None,
+              new_tree: ObjectID | None) -> tuple[list[dict[str, Any]], str]:
+    """``files_changed`` ([{path, change, additions, deletions}]) and a ``git diff
+    --stat``-like summary of the diff between two trees."""
+    files: list[dict[str, Any]] = []
+    for change in tree_changes(store, old_tree, new_tree):
+        entry = change.new if change.new is not None and change.new.path else change.old
+        assert entry is not None and entry.path is not None
+        additions, deletions = _count(_file_patch(store, change))
+        files.append({"path": entry.path.decode("utf-8", "replace"),
+                      "change": _CHANGE_NAMES.get(change.type, change.type),
+                      "additions": additions, "deletions": deletions})
+    return files, stat_summary(files)
+
+
+def stat_summary(files: list[dict[str, Any]]) -> str:
+    if not files:
+        return "0 files changed"
+    width = max(len(f["path"]) for f in files)
+    most = max(f["additions"] + f["deletions"] for f in files) or 1
+    lines = []
+    for f in files:
+        total = f["additions"] + f["deletions"]
+        scale = min(1.0, _STAT_WIDTH / most)
+        plus = round(f["additions"] * scale) if f["additions"] else 0
+        minus = round(f["deletions"] * scale) if f["deletions"] else 0
+        lines.append(f" {f['path'].ljust(width)} | {total} {'+' * plus}{'-' * minus}".rstrip())
+    adds = sum(f["additions"] for f in files)
+    dels = sum(f["deletions"] for f in files)
+    n = len(files)
+    lines.append(f" {n} file{'s' if n != 1 else ''} changed, "
+                 f"{adds} insertion{'s' if adds != 1 else ''}(+), "
+                 f"{dels} deletion{'s' if dels != 1 else ''}(-)")
+    return "\n".join(lines)
+
+
+def _commit(repo: Repo, commit_id: str) -> Commit:
+    try:
+        obj = repo.object_store[ObjectID(commit_id.encode("ascii"))]
+    except (KeyError, ValueError, UnicodeEncodeError):
+        raise NotFound(f"commit {commit_id} is not in the repository") from None
+    if not isinstance(obj, Commit):
+        raise NotFound(f"{commit_id} is not a commit")
+    return obj
+
+
+def patch_of(path: Path, commit_id: str, *, max_bytes: int) -> tuple[str, bool]:
+    """The commit's unified diff against its first parent (at most ``max_bytes`` of it) and
+    whether it was cut."""
+    repo = _open(path, create=False)
+    try:
+        commit = _commit(repo, commit_id)
+        store = repo.object_store
+        parent_tree: ObjectID | None = None
+        if commit.parents:
+            parent = store[commit.parents[0]]
+            assert isinstance(parent, Commit)
+            parent_tree = parent.tree
+        out = bytearray()
+        for change in tree_changes(store, parent_tree, commit.tree):
+            out += _file_patch(store, change)
+            if len(out) > max_bytes:
+                return out[:max_bytes].decode("utf-8", "replace"), True
+        return out.decode("utf-8", "replace"), False
+    finally:
+        repo.close()
+
+
+def checkout(path: Path, commit_id: str, dest: Path) -> int:
+    """Write the commit's regular files under ``dest`` (an empty directory); symbolic links
+    and submodules are skipped, every path is checked again and opened without following
+    links.  Returns the number of files written."""
+    repo = _open(path, create=False)
+    written = 0
+    try:
+        commit = _commit(repo, commit_id)
+        store = repo.object_store
+        for entry in store.iter_tree_contents(commit.tree):
+            mode = entry.mode
+            if entry.path is None or mode is None or entry.sha is None:
+                continue
+            if not stat.S_ISREG(mode):
+                continue
+            rel = check_path(entry.path.decode("utf-8"))
+            target = dest / rel.decode()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            blob = store[entry.sha]
+            assert isinstance(blob, Blob)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                         0o755 if mode == MODE_EXEC else 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob.as_raw_string())
+            written += 1
+    finally:
+        repo.close()
+    return written

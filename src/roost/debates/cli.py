@@ -1,0 +1,266 @@
+"""``roost debates start|show|ls``: debates from the command line, acting for ``--user``
+(username or e-mail; default: the root user) in that user's row-level-security scope,
+through the same services as the API.  A worker (``roost worker``) runs the debates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.text import Text
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.agents.catalog import find_agent_by_slug
+from roost.clitools import fail, id_table, print_table, resolve_id, with_database
+from roost.config import Settings, get_settings
+from roost.context import RequestContext, set_context
+from roost.db.engine import Database
+from roost.debates import service
+from roost.debates.models import TERMINAL_STATUSES, DebateSession
+from roost.debates.schemas import DebateCreate
+from roost.errors import BadRequest, Forbidden, NotFound, RoostError
+from roost.identity.accounts import find_user
+from roost.identity.common import principal_for
+from roost.identity.models import User, UserGroupMembership
+from roost.identity.tenancy import apply_principal
+from roost.principal import Principal
+
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+POLL_S: Final = 0.5
+
+debates_app = typer.Typer(help="Debates with voting: start, show, ls.", no_args_is_help=True)
+
+UserOpt = Annotated[str | None, typer.Option(
+    "--user", "-u", help="Act as this user (username or e-mail); default: the root user.")]
+
+
+@dataclass(frozen=True)
+class Env:
+    database: Database
+    settings: Settings
+    principal: Principal
+
+    @asynccontextmanager
+    async def scoped(self) -> AsyncIterator[AsyncSession]:
+        async with self.database.transaction() as session:
+            await apply_principal(session, self.principal, app_role=self.settings.db_app_role)
+            yield session
+
+
+async def _principal(database: Database, login: str | None) -> Principal:
+    async with database.transaction() as session:
+        user = (await find_user(session, login) if login is not None else
+                await session.scalar(select(User).where(User.is_root).limit(1)))
+        if user is None:
+            raise NotFound(f"no user {login!r}" if login else
+                           "no root user exists: pass --user NAME to act as a user")
+        if user.status != "active" or not user.is_active:
+            raise Forbidden(f"the account {user.username!r} is not active")
+        groups = frozenset((await session.scalars(select(UserGroupMembership.group_id).where(
+            UserGroupMembership.user_id == user.id))).all())
+    return principal_for(user, group_ids=groups)
+
+
+def _run(user: str | None, fn: Callable[[Env], Awaitable[T]]) -> T:
+    settings = get_settings()
+
+    async def go(database: Database) -> T:
+        set_context(RequestContext(request_id=f"cli-{uuid.uuid4().hex[:12]}",
+                                   user_agent="roost-cli"))
+        return await fn(Env(database, settings, await _principal(database, user)))
+
+    try:
+        return with_database(go, settings)
+    except RoostError as exc:
+        raise fail(exc.title, exc.detail) from exc
+
+
+def _participant(spec: str, weights: dict[str, float]) -> dict[str, Any]:
+    """``ID=MODEL``, ``ID=MODEL@PROVIDER`` or ``ID=agent:SLUG-OR-ID``."""
+    pid, sep, what = spec.partition("=")
+    if not sep or not pid or not what:
+        raise fail("Invalid input", f"participant {spec!r}: expected ID=MODEL, "
+                                    "ID=MODEL@PROVIDER or ID=agent:SLUG")
+    item: dict[str, Any] = {"id": pid, "weight": weights.pop(pid, 1.0)}
+    if what.startswith("agent:"):
+        item["agent_id"] = what[len("agent:"):]
+    else:
+        model, _, provider = what.partition("@")
+        item["model"] = model
+        if provider:
+            item["provider"] = provider
+    return item
+
+
+async def _agent_id(session: AsyncSession, actor: Principal, ref: str) -> str:
+    try:
+        return str(uuid.UUID(ref))
+    except ValueError:
+        return str((await find_agent_by_slug(session, actor, ref)).id)
+
+
+def _print_debate(view: service.DebateView) -> None:
+    d = view.debate
+    console.print(Text(f"Debate {d.id}: {d.topic}"))
+    console.print(Text(f"status {d.status}, round {d.current_round}/{d.total_rounds}, "
+                       f"voting {d.voting_method}"))
+    console.print(Text("positions: " + ", ".join(str(p) for p in d.positions)))
+    turns = id_table("turn", "round", "participant", "position", "confidence", "content",
+                     wrap=("content",))
+    for t in view.turns:
+        turns.add_row(str(t.turn_number), str(t.round_number), t.participant_id, t.position,
+                      str(t.confidence), Text(" ".join(t.content.split())[:400]))
+    print_table(console, turns)
+    if view.ballots:
+        ballots = id_table("participant", "weight", "confidence", "ranking", wrap=("ranking",))
+        for b in view.ballots:
+            ballots.add_row(b.participant_id, str(b.weight), str(b.confidence),
+                            Text(" > ".join(str(r) for r in b.ranking)))
+        print_table(console, ballots)
+    result = (d.meta or {}).get("result")
+    if result:
+        console.print(Text(f"winner: {result['winner']}"))
+        if result.get("no_condorcet_winner"):
+            console.print(Text("no Condorcet winner (a cycle): Schulze's method decided"))
+        if result.get("tied"):
+            console.print(Text(f"tie between {', '.join(result['tied'])}: "
+                               f"{result['tie_break']}"))
+    if d.error_message:
+        console.print(Text(f"error: {d.error_message}"))
+
+
+@debates_app.command("start")
+def debates_start(
+    topic: Annotated[str | None, typer.Argument(help="The topic (or give --file).")] = None,
+    position: Annotated[list[str] | None, typer.Option(
+        "--position", "-p", help="A position (twice at least).")] = None,
+    participant: Annotated[list[str] | None, typer.Option(
+        "--participant", "-P",
+        help="ID=MODEL, ID=MODEL@PROVIDER or ID=agent:SLUG (twice at least).")] = None,
+    weight: Annotated[list[str] | None, typer.Option(
+        "--weight", help="ID=NUMBER: a participant's ballot weight (default 1).")] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds of turns.")] = 2,
+    method: Annotated[str, typer.Option(
+        help="majority, weighted, borda or condorcet.")] = "weighted",
+    file: Annotated[Path | None, typer.Option(
+        "--file", "-f", help="The API's JSON body (POST /api/v1/debates); - reads standard "
+                             "input.")] = None,
+    user: UserOpt = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait",
+                                       help="Wait for the debate to end, then show it.")] = False,
+    timeout: Annotated[float, typer.Option(min=1, help="Stop waiting after this many "
+                                                       "seconds.")] = 600,
+) -> None:
+    """Start a debate (a worker runs it: `roost worker`); prints its id, or with --wait
+    the finished debate."""
+    if file is not None:
+        raw = sys.stdin.read() if str(file) == "-" else file.read_text()
+        try:
+            body_json: dict[str, Any] = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise fail("Invalid input", f"the file is not JSON: {exc.msg}") from None
+    else:
+        if topic is None:
+            raise fail("Invalid input", "give a topic (or --file)")
+        weights: dict[str, float] = {}
+        for w in weight or []:
+            key, _, value = w.partition("=")
+            try:
+                weights[key] = float(value)
+            except ValueError:
+                raise fail("Invalid input", f"--weight {w!r}: expected ID=NUMBER") from None
+        body_json = {"topic": topic, "positions": position or [],
+                     "participants": [_participant(p, weights) for p in participant or []],
+                     "total_rounds": rounds, "voting_method": method}
+        if weights:
+            raise fail("Invalid input", f"--weight names unknown participant(s): "
+                                        f"{', '.join(weights)}")
+
+    async def go(env: Env) -> service.DebateView | DebateSession:
+        async with env.scoped() as session:
+            for p in body_json.get("participants", []):
+                if isinstance(p, dict) and isinstance(p.get("agent_id"), str):
+                    p["agent_id"] = await _agent_id(session, env.principal, p["agent_id"])
+            try:
+                body = DebateCreate.model_validate(body_json)
+            except ValidationError as exc:
+                raise BadRequest(str(_reasons(exc))) from None
+            debate = await service.create_debate(session, env.principal, body)
+            debate_id = debate.id
+        if not wait:
+            return debate
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            async with env.scoped() as session:
+                view = await service.read_debate(session, env.principal, debate_id)
+            if view.debate.status in TERMINAL_STATUSES or \
+                    asyncio.get_running_loop().time() >= deadline:
+                return view
+            await asyncio.sleep(POLL_S)
+
+    out = _run(user, go)
+    if isinstance(out, DebateSession):
+        console.print(str(out.id))
+        return
+    _print_debate(out)
+    if out.debate.status != "completed":
+        raise typer.Exit(1 if out.debate.status in TERMINAL_STATUSES else 2)
+
+
+def _reasons(exc: ValidationError) -> str:
+    # Field and reason only: pydantic's own message would quote the value.
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
+                     for e in exc.errors())
+
+
+@debates_app.command("show")
+def debates_show(debate: Annotated[str, typer.Argument(help="Id (or a unique start of one).")],
+                 user: UserOpt = None,
+                 as_json: Annotated[bool, typer.Option("--json", help="The API's JSON.")] = False,
+                 ) -> None:
+    """A debate with its turns, every ballot and the result."""
+
+    async def go(env: Env) -> service.DebateView:
+        async with env.scoped() as session:
+            debate_id = await resolve_id(session, DebateSession.id, debate, "debate")
+            return await service.read_debate(session, env.principal, debate_id)
+
+    view = _run(user, go)
+    if as_json:
+        print(service.detail_out(view).model_dump_json(indent=2))
+        return
+    _print_debate(view)
+
+
+@debates_app.command("ls")
+def debates_ls(user: UserOpt = None) -> None:
+    """Your debates, newest first (the last 50)."""
+
+    async def go(env: Env) -> list[DebateSession]:
+        async with env.scoped() as session:
+            rows, _ = await service.list_debates(session, env.principal, limit=50)
+            return rows
+
+    table = id_table("id", "status", "method", "winner", "topic", wrap=("topic",))
+    for d in _run(user, go):
+        table.add_row(str(d.id), d.status, d.voting_method, d.final_winner or "-",
+                      Text(d.topic[:200]))
+    print_table(console, table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``roost debates`` (``roost.domains``)."""
+    app.add_typer(debates_app, name="debates")

@@ -1,0 +1,164 @@
+"""Debates: create one (enqueued on the task queue as ``debates.run``), list, read with its
+turns and ballots, cancel.  What runs a debate is :mod:`roost.debates.runner`."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.agents.catalog import get_agent, require_active
+from roost.audit.service import record
+from roost.db.base import utcnow, uuid7
+from roost.debates.models import TERMINAL_STATUSES, DebateBallot, DebateSession, DebateTurn
+from roost.debates.schemas import BallotOut, DebateCreate, DebateDetail, DebateOut, TurnOut
+from roost.errors import Conflict, NotFound, Unprocessable
+from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
+from roost.principal import Principal
+from roost.tasks.service import enqueue
+
+RUN_TASK: Final = "debates.run"
+RESOURCE: Final = "debate"
+
+
+class DebateFinished(Conflict):
+    title, type_slug = "Debate already finished", "debate-finished"
+
+
+def resolve_participants(body: DebateCreate,
+                         agents: dict[uuid.UUID, Any]) -> list[dict[str, Any]]:
+    """The participants as stored: each with its position (given, or round-robin over the
+    positions in order) and weight; an agent's with its preferred model and provider."""
+    out: list[dict[str, Any]] = []
+    for i, p in enumerate(body.participants):
+        item: dict[str, Any] = {"id": p.id, "position": p.position or
+                                body.positions[i % len(body.positions)], "weight": p.weight}
+        if p.agent_id is not None:
+            agent = agents[p.agent_id]
+            item.update(agent_id=str(agent.id), model=agent.preferred_model,
+                        provider=agent.preferred_provider)
+        else:
+            item.update(model=p.model, provider=p.provider)
+        out.append(item)
+    return out
+
+
+async def create_debate(session: AsyncSession, actor: Principal,
+                        body: DebateCreate) -> DebateSession:
+    """A pending debate and its job, in the caller's transaction.  Agents must be ones
+    the actor can use (else 404) and active (else 409)."""
+    if actor.user_id is None:
+        raise Unprocessable("a debate is a user's: the operator token cannot start one")
+    agents: dict[uuid.UUID, Any] = {}
+    for p in body.participants:
+        if p.agent_id is not None and p.agent_id not in agents:
+            agent = await get_agent(session, actor, p.agent_id)
+            require_active(agent)
+            agents[p.agent_id] = agent
+    debate = DebateSession(
+        id=uuid7(), topic=body.topic, description=body.description, status="pending",
+        current_round=0, total_rounds=body.total_rounds, voting_method=body.voting_method,
+        positions=list(body.positions), participants=resolve_participants(body, agents),
+        meta={}, created_by=actor.user_id, created_at=utcnow())
+    session.add(debate)
+    await session.flush()
+    job = await enqueue(session, RUN_TASK, {"debate_id": str(debate.id)})
+    debate.task_id = job.id
+    await record(session, "debate.create", user_id=actor.user_id, resource_type=RESOURCE,
+                 resource_id=debate.id,
+                 metadata={"voting_method": body.voting_method, "rounds": body.total_rounds,
+                           "participants": len(body.participants),
+                           "positions": len(body.positions), "task_id": str(job.id)})
+    await session.flush()
+    return debate
+
+
+async def get_debate(session: AsyncSession, actor: Principal,
+                     debate_id: uuid.UUID) -> DebateSession:
+    """A debate the actor may see (its owner, administrators), else 404."""
+    stmt = select(DebateSession).where(DebateSession.id == debate_id)
+    if not actor.is_admin:  # the first wall; row-level security is the second
+        stmt = stmt.where(DebateSession.created_by == actor.user_id)
+    debate = await session.scalar(stmt.execution_options(populate_existing=True))
+    if debate is None:
+        raise NotFound(f"debate {debate_id} does not exist")
+    return debate
+
+
+async def list_debates(
+    session: AsyncSession, actor: Principal, *, status: str | None = None,
+    limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+) -> tuple[list[DebateSession], str | None]:
+    """The actor's debates (administrators: everyone's), newest first."""
+    stmt = where_equal(select(DebateSession), (DebateSession.status, status))
+    if not actor.is_admin:
+        stmt = stmt.where(DebateSession.created_by == actor.user_id)
+    return await newest_first(session, stmt, DebateSession.created_at, DebateSession.id,
+                              limit=limit, cursor=cursor)
+
+
+async def turns_of(session: AsyncSession, debate_id: uuid.UUID) -> list[DebateTurn]:
+    return list((await session.scalars(
+        select(DebateTurn).where(DebateTurn.session_id == debate_id)
+        .order_by(DebateTurn.turn_number))).all())
+
+
+async def ballots_of(session: AsyncSession, debate_id: uuid.UUID) -> list[DebateBallot]:
+    return list((await session.scalars(
+        select(DebateBallot).where(DebateBallot.session_id == debate_id)
+        .order_by(DebateBallot.created_at, DebateBallot.id))).all())
+
+
+@dataclass(frozen=True)
+class DebateView:
+    debate: DebateSession
+    turns: list[DebateTurn]
+    ballots: list[DebateBallot]
+
+
+async def read_debate(session: AsyncSession, actor: Principal,
+                      debate_id: uuid.UUID) -> DebateView:
+    debate = await get_debate(session, actor, debate_id)
+    return DebateView(debate, await turns_of(session, debate_id),
+                      await ballots_of(session, debate_id))
+
+
+async def cancel_debate(session: AsyncSession, actor: Principal,
+                        debate_id: uuid.UUID) -> DebateSession:
+    """Cancel an unfinished debate; its worker stops before its next model call (the call
+    in flight finishes, its turn is not stored)."""
+    debate = await get_debate(session, actor, debate_id)
+    if debate.status in TERMINAL_STATUSES:
+        raise DebateFinished(f"debate {debate_id} is already {debate.status}")
+    await session.execute(
+        update(DebateSession).where(DebateSession.id == debate_id)
+        .values(status="cancelled", completed_at=utcnow())
+        .execution_options(synchronize_session=False))
+    await record(session, "debate.cancel", user_id=actor.user_id, resource_type=RESOURCE,
+                 resource_id=debate_id, metadata={"was": debate.status})
+    return await get_debate(session, actor, debate_id)
+
+
+def debate_out(debate: DebateSession) -> DebateOut:
+    meta = dict(debate.meta or {})
+    result = meta.pop("result", None)
+    return DebateOut(
+        id=debate.id, topic=debate.topic, description=debate.description,
+        status=debate.status,  # type: ignore[arg-type]
+        current_round=debate.current_round, total_rounds=debate.total_rounds,
+        voting_method=debate.voting_method,  # type: ignore[arg-type]
+        positions=[str(p) for p in debate.positions], participants=list(debate.participants),
+        final_winner=debate.final_winner, result=result, metadata=meta,
+        error_message=debate.error_message, created_by=debate.created_by,
+        task_id=debate.task_id, created_at=debate.created_at, started_at=debate.started_at,
+        completed_at=debate.completed_at)
+
+
+def detail_out(view: DebateView) -> DebateDetail:
+    return DebateDetail(
+        **debate_out(view.debate).model_dump(),
+        turns=[TurnOut.model_validate(t) for t in view.turns],
+        ballots=[BallotOut.model_validate(b) for b in view.ballots])

@@ -1,0 +1,205 @@
+"""``roost workflows ls|validate|publish``: workflows from the command line.
+
+``ls`` and ``publish`` act for one user, ``--user`` (username or e-mail; default: the root
+user), in that user's row-level-security scope, through the same services as the API.
+``validate`` checks a JSON file (``-``: standard input) holding ``{nodes, edges,
+viewport}`` as an XYFlow canvas exports it, without a database; or, given a workflow
+(id, a unique start of one, or its exact name), that workflow's draft.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.text import Text
+from sqlalchemy import String, cast, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.clitools import fail, id_table, print_table, with_database
+from roost.config import Settings, get_settings
+from roost.context import RequestContext, set_context
+from roost.db.engine import Database
+from roost.errors import BadRequest, Forbidden, NotFound, RoostError
+from roost.identity.accounts import find_user
+from roost.identity.common import principal_for
+from roost.identity.models import User, UserGroupMembership
+from roost.identity.tenancy import apply_principal
+from roost.principal import Principal
+from roost.workflows import graph, service
+from roost.workflows.models import WORKFLOW_STATUSES, Workflow, WorkflowVersion
+
+console = Console()
+T = TypeVar("T")
+
+workflows_app = typer.Typer(help="Workflows: list, validate, publish.", no_args_is_help=True)
+
+UserOpt = Annotated[str | None, typer.Option(
+    "--user", "-u", help="Act as this user (username or e-mail); default: the root user.")]
+
+
+@dataclass(frozen=True)
+class Env:
+    database: Database
+    settings: Settings
+    principal: Principal
+
+    @asynccontextmanager
+    async def scoped(self) -> AsyncIterator[AsyncSession]:
+        """A transaction in the user's row-level-security scope."""
+        async with self.database.transaction() as session:
+            await apply_principal(session, self.principal, app_role=self.settings.db_app_role)
+            yield session
+
+
+async def _principal(database: Database, login: str | None) -> Principal:
+    async with database.transaction() as session:
+        user = (await find_user(session, login) if login is not None else
+                await session.scalar(select(User).where(User.is_root).limit(1)))
+        if user is None:
+            raise NotFound(f"no user {login!r}" if login else
+                           "no root user exists: pass --user NAME to act as a user")
+        if user.status != "active" or not user.is_active:
+            raise Forbidden(f"the account {user.username!r} is not active")
+        groups = frozenset((await session.scalars(select(UserGroupMembership.group_id).where(
+            UserGroupMembership.user_id == user.id))).all())
+    return principal_for(user, group_ids=groups)
+
+
+def _run(user: str | None, fn: Callable[[Env], Awaitable[T]]) -> T:
+    settings = get_settings()
+
+    async def go(database: Database) -> T:
+        set_context(RequestContext(request_id=f"cli-{uuid.uuid4().hex[:12]}",
+                                   user_agent="roost-cli"))
+        return await fn(Env(database, settings, await _principal(database, user)))
+
+    try:
+        return with_database(go, settings)
+    except RoostError as exc:
+        raise fail(exc.title, exc.detail) from exc
+
+
+async def _workflow(session: AsyncSession, actor: Principal, ref: str) -> Workflow:
+    """A workflow the actor can see, by exact name or id (or a unique start of one)."""
+    rows = (await session.scalars(select(Workflow).where(
+        service.visible(actor),
+        or_(Workflow.name == ref, cast(Workflow.id, String).like(ref.lower() + "%")),
+    ).limit(3))).all()
+    if not rows:
+        raise NotFound(f"no workflow you can see is named {ref!r} or has an id starting with it")
+    if len(rows) > 1:
+        raise BadRequest(f"{ref!r} names several workflows; use the full id")
+    return rows[0]
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+@workflows_app.command("ls")
+def workflows_ls(
+    user: UserOpt = None,
+    status: Annotated[str | None, typer.Option(help="draft, active or archived.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="How many.")] = 50,
+) -> None:
+    """Your workflows, newest first."""
+    if status is not None and status not in WORKFLOW_STATUSES:
+        raise fail("Invalid --status", f"must be one of {', '.join(WORKFLOW_STATUSES)}")
+
+    async def go(env: Env) -> list[Workflow]:
+        async with env.scoped() as session:
+            rows, _ = await service.list_workflows(session, env.principal, status=status,
+                                                   limit=limit)
+            return rows
+
+    table = id_table("id", "name", "status", "version", "nodes", "edges", "updated",
+                     wrap=("name",))
+    for w in _run(user, go):
+        table.add_row(str(w.id), Text(w.name), w.status, str(w.latest_version or "-"),
+                      str(len(w.nodes)), str(len(w.edges)), _when(w.updated_at))
+    print_table(console, table)
+
+
+def _read_graph(source: str) -> dict[str, Any]:
+    raw = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise fail("Not JSON", f"{source}: {exc}") from None
+    if not isinstance(value, dict) or not isinstance(value.get("nodes", []), list) \
+            or not isinstance(value.get("edges", []), list):
+        raise fail("Not a workflow graph",
+                   f"{source}: expected an object {{nodes: [...], edges: [...], viewport}}")
+    return value
+
+
+def _report(issues: list[graph.Issue], nodes: int, edges: int) -> None:
+    if not issues:
+        console.print(Text(f"valid: {nodes} nodes, {edges} edges"))
+        return
+    table = id_table("code", "node", "edge", "problem", wrap=("problem",))
+    for i in issues:
+        table.add_row(i.code, Text(i.node_id or "-"), Text(i.edge_id or "-"), Text(i.message))
+    print_table(console, table)
+    raise fail("Invalid", f"{len(issues)} problem(s)")
+
+
+@workflows_app.command("validate")
+def workflows_validate(
+    target: Annotated[str, typer.Argument(
+        help="A JSON file ({nodes, edges, viewport}; - for standard input), or a workflow "
+             "(id, start of one, or name) whose draft to check.")],
+    user: UserOpt = None,
+) -> None:
+    """Check a graph: every problem, naming its node or edge; exit 1 if there is any."""
+    if target == "-" or Path(target).is_file():
+        found = _read_graph(target)
+        nodes, edges = found.get("nodes", []), found.get("edges", [])
+        too_big = graph.size_problem(nodes, edges)
+        if too_big is not None:
+            raise fail("Too large", too_big.message)
+        issues = asyncio.run(asyncio.to_thread(graph.validate_graph, nodes, edges,
+                                               found.get("viewport")))
+        _report(issues, len(nodes), len(edges))
+        return
+
+    async def go(env: Env) -> tuple[list[graph.Issue], int, int]:
+        async with env.scoped() as session:
+            w = await _workflow(session, env.principal, target)
+            issues = await service.check_graph(w.nodes, w.edges, w.viewport)
+            return issues, len(w.nodes), len(w.edges)
+
+    _report(*_run(user, go))
+
+
+@workflows_app.command("publish")
+def workflows_publish(
+    workflow: Annotated[str, typer.Argument(help="Id (or a unique start of one) or name.")],
+    user: UserOpt = None,
+    note: Annotated[str | None, typer.Option(help="What changed, kept with the version.")] = None,
+) -> None:
+    """Publish the workflow's draft as its next immutable version."""
+    async def go(env: Env) -> tuple[Workflow, WorkflowVersion]:
+        async with env.scoped() as session:
+            w = await _workflow(session, env.principal, workflow)
+            version = await service.publish(session, env.principal, w.id, note=note)
+            return w, version
+
+    w, version = _run(user, go)
+    console.print(Text(f"Published {w.name} version {version.version} "
+                       f"(sha256 {version.content_hash[:12]})"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``roost workflows`` (``roost.domains``)."""
+    app.add_typer(workflows_app, name="workflows")

@@ -1,0 +1,360 @@
+"""Safe condition expressions and sandboxed templates for workflow nodes (pure: no I/O).
+
+Two kinds of user-written code live in a workflow's nodes, and neither is ever handed to
+``eval`` or to an unrestricted Jinja environment:
+
+**Expressions** (a condition node's ``expression``, a loop node's ``condition``) are
+Python *syntax* parsed with :mod:`ast` and walked by a tiny evaluator that knows only a
+whitelist: literals (strings, numbers, booleans, ``None``, lists, tuples, dicts),
+names (looked up in the variables the engine passes: the node's inputs), subscripts
+(``x["key"]``, ``items[0]``) of dicts, lists, tuples and strings, comparisons
+(``== != < <= > >= in not in is is not``), ``and``/``or``/``not`` and unary minus.
+No attribute access, no calls, no imports, no lambdas, no comprehensions, no arithmetic
+(``"a" * 10**9`` is how a memory bomb starts).  :func:`compile_expression` checks an
+expression at save time; :func:`evaluate` runs it (again checked) at run time.
+
+**Templates** (an LLM node's ``prompt``, an agent node's ``input``...) are Jinja2,
+compiled in a :class:`jinja2.sandbox.ImmutableSandboxedEnvironment` subclass.  At save,
+:func:`check_template` parses the template and refuses what the sandbox would only
+catch at render (attributes or keys starting with ``_``, ``include``/``import``/``extends``,
+loops nested deeper than :data:`MAX_LOOP_DEPTH`).  At render, :func:`render_template`
+relies on the sandbox for the rest (unsafe attributes, mutating calls), multiplies and
+powers are checked for size, string formatting (``%``, ``str.format``) is refused, only
+whitelisted filters exist, ``range`` is capped, undefined variables are errors and the
+output is capped at :data:`MAX_OUTPUT_CHARS`.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final
+
+from jinja2 import StrictUndefined, TemplateError, nodes
+from jinja2.exceptions import SecurityError
+from jinja2.filters import FILTERS
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+MAX_EXPRESSION_CHARS: Final = 1000
+MAX_EXPRESSION_NODES: Final = 200
+MAX_TEMPLATE_CHARS: Final = 50_000
+MAX_OUTPUT_CHARS: Final = 1_000_000
+MAX_LOOP_DEPTH: Final = 2
+MAX_RANGE: Final = 10_000
+MAX_POWER_EXPONENT: Final = 64
+MAX_SEQUENCE_PRODUCT: Final = 100_000
+
+
+class ExpressionError(ValueError):
+    """An expression is not allowed (at save) or cannot be evaluated (at run).  The message
+    names what is wrong, never echoing variable values."""
+
+
+class TemplateRejected(ValueError):
+    """A template is not allowed (at save) or failed to render (at run)."""
+
+
+# --- expressions ---------------------------------------------------------------------------
+
+_COMPARE_OPS: Final[dict[type[ast.cmpop], Callable[[Any, Any], bool]]] = {
+    ast.Eq: lambda a, b: bool(a == b),
+    ast.NotEq: lambda a, b: bool(a != b),
+    ast.Lt: lambda a, b: bool(a < b),
+    ast.LtE: lambda a, b: bool(a <= b),
+    ast.Gt: lambda a, b: bool(a > b),
+    ast.GtE: lambda a, b: bool(a >= b),
+    ast.In: lambda a, b: bool(a in b),
+    ast.NotIn: lambda a, b: bool(a not in b),
+    ast.Is: lambda a, b: a is b,
+    ast.IsNot: lambda a, b: a is not b,
+}
+_ALLOWED_NODES: Final = (
+    ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
+    ast.Compare, ast.Constant, ast.Name, ast.Load, ast.Subscript, ast.List, ast.Tuple,
+    ast.Dict, *_COMPARE_OPS,
+)
+_WHAT: Final[dict[type[ast.AST], str]] = {
+    ast.Attribute: "attribute access (a.b)", ast.Call: "function calls",
+    ast.BinOp: "arithmetic", ast.Lambda: "lambdas", ast.IfExp: "if-else expressions",
+    ast.ListComp: "comprehensions", ast.SetComp: "comprehensions",
+    ast.DictComp: "comprehensions", ast.GeneratorExp: "comprehensions",
+    ast.NamedExpr: "assignment (:=)", ast.Slice: "slices", ast.Starred: "starred values",
+    ast.Await: "await", ast.Yield: "yield", ast.YieldFrom: "yield", ast.JoinedStr: "f-strings",
+    ast.Set: "set literals",
+}
+
+
+def compile_expression(source: str) -> ast.Expression:
+    """``source`` parsed and checked against the whitelist; :class:`ExpressionError` says
+    which construct is not allowed."""
+    if not isinstance(source, str) or not source.strip():
+        raise ExpressionError("the expression is empty")
+    if len(source) > MAX_EXPRESSION_CHARS:
+        raise ExpressionError(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ExpressionError(f"syntax error: {exc.msg}") from None
+    except (ValueError, RecursionError, MemoryError):
+        raise ExpressionError("the expression cannot be parsed") from None
+    count = 0
+    for node in ast.walk(tree):
+        count += 1
+        if count > MAX_EXPRESSION_NODES:
+            raise ExpressionError(f"the expression has more than {MAX_EXPRESSION_NODES} parts")
+        if not isinstance(node, _ALLOWED_NODES):
+            what = _WHAT.get(type(node), type(node).__name__)
+            raise ExpressionError(f"{what} not allowed: only literals, names, subscripts, "
+                                  "comparisons and and/or/not")
+        if isinstance(node, ast.Name) and node.id.startswith("_"):
+            raise ExpressionError(f"the name {node.id!r} is not allowed (names starting "
+                                  "with _ are reserved)")
+        if isinstance(node, ast.Constant) and not isinstance(
+                node.value, str | int | float | bool | type(None)):
+            raise ExpressionError("only string, number, boolean and None literals are allowed")
+    return tree
+
+
+def expression_names(tree: ast.Expression) -> set[str]:
+    """The variable names an expression reads."""
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+
+def evaluate(expression: str | ast.Expression, variables: Mapping[str, Any]) -> Any:
+    """The value of ``expression`` with ``variables`` (the node's inputs) as its names."""
+    tree = compile_expression(expression) if isinstance(expression, str) else expression
+    if not isinstance(tree, ast.Expression):
+        raise ExpressionError("not a compiled expression")
+    try:
+        return _eval(tree.body, variables)
+    except ExpressionError:
+        raise
+    except (TypeError, ValueError, RecursionError, MemoryError) as exc:
+        raise ExpressionError(f"cannot evaluate: {type(exc).__name__}") from None
+
+
+def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id in ("true", "false", "null"):  # what JSON users write
+            return {"true": True, "false": False, "null": None}[node.id]
+        if node.id not in env:
+            raise ExpressionError(f"unknown name {node.id!r}")
+        return env[node.id]
+    if isinstance(node, ast.BoolOp):
+        if isinstance(node.op, ast.And):
+            result: Any = True
+            for value in node.values:
+                result = _eval(value, env)
+                if not result:
+                    return result
+            return result
+        result = False
+        for value in node.values:
+            result = _eval(value, env)
+            if result:
+                return result
+        return result
+    if isinstance(node, ast.UnaryOp):
+        operand = _eval(node.operand, env)
+        if isinstance(node.op, ast.Not):
+            return not operand
+        if not isinstance(operand, int | float) or isinstance(operand, bool):
+            raise ExpressionError("unary minus and plus apply to numbers only")
+        return -operand if isinstance(node.op, ast.USub) else +operand
+    if isinstance(node, ast.Compare):
+        left = _eval(node.left, env)
+        for op, comparator in zip(node.ops, node.comparators, strict=True):
+            right = _eval(comparator, env)
+            try:
+                ok = _COMPARE_OPS[type(op)](left, right)
+            except TypeError:
+                raise ExpressionError(
+                    f"cannot compare {type(left).__name__} with {type(right).__name__}") from None
+            if not ok:
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.Subscript):
+        container = _eval(node.value, env)
+        key = _eval(node.slice, env)
+        if isinstance(container, Mapping):
+            if key not in container:
+                raise ExpressionError(f"no key {key!r}" if isinstance(key, int | float)
+                                      else "missing key")
+            return container[key]
+        if isinstance(container, list | tuple | str):
+            if not isinstance(key, int) or isinstance(key, bool):
+                raise ExpressionError("a list index must be an integer")
+            if not -len(container) <= key < len(container):
+                raise ExpressionError(f"index {key} is out of range")
+            return container[key]
+        raise ExpressionError(f"cannot subscript a {type(container).__name__}")
+    if isinstance(node, ast.List):
+        return [_eval(e, env) for e in node.elts]
+    if isinstance(node, ast.Tuple):
+        return tuple(_eval(e, env) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        if any(k is None for k in node.keys):
+            raise ExpressionError("** in dict literals is not allowed")
+        return {_eval(k, env): _eval(v, env) for k, v in zip(node.keys, node.values, strict=True)
+                if k is not None}
+    raise ExpressionError(f"{type(node).__name__} not allowed")  # compile_expression refused it
+
+
+# --- templates -----------------------------------------------------------------------------
+
+SAFE_FILTERS: Final = frozenset({
+    "abs", "capitalize", "count", "d", "default", "dictsort", "e", "escape", "first", "float",
+    "int", "items", "join", "last", "length", "list", "lower", "map", "max", "min", "reject",
+    "rejectattr", "replace", "reverse", "round", "select", "selectattr", "sort", "string",
+    "striptags", "sum", "title", "tojson", "trim", "truncate", "unique", "upper", "urlencode",
+    "wordcount",
+})
+
+
+def _capped_range(*args: int) -> range:
+    result = range(*args)
+    if len(result) > MAX_RANGE:
+        raise SecurityError(f"range() is limited to {MAX_RANGE} items in templates")
+    return result
+
+
+def _size(value: Any) -> int | None:
+    return len(value) if isinstance(value, str | list | tuple) else None
+
+
+class WorkflowSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox of workflow templates: immutable values, size-checked ``*`` and ``**``,
+    no string formatting, whitelisted filters, a capped ``range``."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def __init__(self) -> None:
+        super().__init__(undefined=StrictUndefined, autoescape=False, finalize=None)
+        self.filters = {name: f for name, f in FILTERS.items() if name in SAFE_FILTERS}
+        self.globals = {"range": _capped_range}
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int | float) and abs(right) > MAX_POWER_EXPONENT:
+                raise SecurityError(f"exponents above {MAX_POWER_EXPONENT} are not allowed")
+            return left ** right
+        if operator == "%":
+            if isinstance(left, str):
+                raise SecurityError("string formatting with % is not allowed in templates")
+            return left % right
+        # "*": repeating a string or list is size-checked
+        for seq, times in ((left, right), (right, left)):
+            n = _size(seq)
+            if n is not None and isinstance(times, int) and n * max(times, 0) > MAX_SEQUENCE_PRODUCT:
+                raise SecurityError(f"repeating a value beyond {MAX_SEQUENCE_PRODUCT} items "
+                                    "is not allowed")
+        return left * right
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        if isinstance(getattr(value, "__self__", None), str) and getattr(
+                value, "__name__", None) in ("format", "format_map"):
+            # str.format: a padding width can allocate gigabytes
+            def refused(*args: Any, **kwargs: Any) -> str:
+                raise SecurityError("str.format is not allowed in templates")
+            return refused
+        return None
+
+
+_SANDBOX: Final = WorkflowSandbox()
+
+
+def _check_tree(tree: nodes.Template) -> None:
+    for stmt in tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+        raise TemplateRejected(f"{type(stmt).__name__.lower()} is not allowed in templates")
+    for attr in tree.find_all(nodes.Getattr):
+        if attr.attr.startswith("_"):
+            raise TemplateRejected(f"the attribute {attr.attr!r} is not allowed (names "
+                                   "starting with _ are unsafe)")
+    for item in tree.find_all(nodes.Getitem):
+        if isinstance(item.arg, nodes.Const) and isinstance(item.arg.value, str) \
+                and item.arg.value.startswith("_"):
+            raise TemplateRejected(f"the key {item.arg.value!r} is not allowed (names "
+                                   "starting with _ are unsafe)")
+    for used in tree.find_all(nodes.Filter):
+        if used.name not in SAFE_FILTERS:
+            raise TemplateRejected(f"the filter {used.name!r} is not available in templates")
+    for test in tree.find_all(nodes.Test):
+        if test.name not in _SANDBOX.tests:
+            raise TemplateRejected(f"the test {test.name!r} does not exist")
+
+    def depth(node: nodes.Node, level: int) -> None:
+        for child in node.iter_child_nodes():
+            inner = level + 1 if isinstance(child, nodes.For) else level
+            if inner > MAX_LOOP_DEPTH:
+                raise TemplateRejected(f"loops nested deeper than {MAX_LOOP_DEPTH} are not "
+                                       "allowed")
+            depth(child, inner)
+
+    depth(tree, 0)
+
+
+def check_template(source: str) -> None:
+    """Save-time check: ``source`` parsed by the sandbox's parser and refused if it uses
+    what the sandbox would only catch at render (:class:`TemplateRejected` with the reason
+    and line).  Cheaper than :func:`compile_template`, which also generates the code."""
+    _parse(source)
+
+
+@functools.lru_cache(maxsize=512)
+def compile_template(source: str) -> Any:
+    """``source`` checked (:func:`check_template`) and compiled in the sandbox."""
+    tree = _parse(source)
+    try:
+        return _SANDBOX.from_string(tree)
+    except TemplateError as exc:
+        raise TemplateRejected(f"template error: {exc.message or 'invalid'}") from None
+    except (RecursionError, MemoryError):
+        raise TemplateRejected("the template is too deeply nested") from None
+
+
+def _parse(source: str) -> nodes.Template:
+    if not isinstance(source, str):
+        raise TemplateRejected("a template must be a string")
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise TemplateRejected(f"the template is longer than {MAX_TEMPLATE_CHARS} characters")
+    try:
+        tree = _SANDBOX.parse(source)
+    except TemplateError as exc:
+        line = getattr(exc, "lineno", None)
+        where = f" (line {line})" if line else ""
+        raise TemplateRejected(f"template syntax error{where}: {exc.message or 'invalid'}") \
+            from None
+    except (RecursionError, MemoryError):
+        raise TemplateRejected("the template is too deeply nested") from None
+    _check_tree(tree)
+    return tree
+
+
+def render_template(source: str, variables: Mapping[str, Any]) -> str:
+    """``source`` rendered with ``variables`` in the sandbox; :class:`TemplateRejected` on an
+    unsafe operation, an undefined variable or output beyond :data:`MAX_OUTPUT_CHARS`."""
+    template = compile_template(source)
+    out: list[str] = []
+    size = 0
+    try:
+        chunks: Iterator[str] = template.generate(dict(variables))
+        for chunk in chunks:
+            size += len(chunk)
+            if size > MAX_OUTPUT_CHARS:
+                raise TemplateRejected(f"the rendered text is longer than {MAX_OUTPUT_CHARS} "
+                                       "characters")
+            out.append(chunk)
+    except TemplateRejected:
+        raise
+    except SecurityError as exc:
+        raise TemplateRejected(f"unsafe operation refused by the sandbox: {exc}") from None
+    except TemplateError as exc:
+        raise TemplateRejected(f"template error: {exc.message or type(exc).__name__}") from None
+    except (TypeError, ValueError, ArithmeticError, RecursionError, MemoryError,
+            LookupError) as exc:
+        raise TemplateRejected(f"template error: {type(exc).__name__}") from None
+    return "".join(out)

@@ -1,0 +1,127 @@
+"""Request bodies and answers of the workflows API.
+
+``nodes``, ``edges`` and ``viewport`` are taken as any JSON (lists of objects, an object)
+and stored unchanged: the graph validator (roost.workflows.graph) says what is wrong,
+naming the node or edge, rather than a generic body error.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from roost.inputs import StrictInput
+
+WorkflowStatus = Literal["draft", "active", "archived"]
+NAME = Field(min_length=1, max_length=100)
+DESCRIPTION = Field(default=None, max_length=10_000)
+
+
+class GraphIn(StrictInput):
+    """A graph as an XYFlow canvas saves it (``toObject()``: nodes, edges, viewport)."""
+
+    nodes: list[Any] = Field(default_factory=list)
+    edges: list[Any] = Field(default_factory=list)
+    viewport: dict[str, Any] | None = Field(
+        default=None, description="{x, y, zoom}; default {x: 0, y: 0, zoom: 1}")
+
+
+class WorkflowCreate(GraphIn):
+    name: str = NAME
+    description: str | None = DESCRIPTION
+    project_id: uuid.UUID | None = None
+
+
+class WorkflowUpdate(StrictInput):
+    """What is given changes; a graph given in part (only ``nodes``) keeps the rest."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    description: str | None = DESCRIPTION
+    project_id: uuid.UUID | None = None
+    nodes: list[Any] | None = None
+    edges: list[Any] | None = None
+    viewport: dict[str, Any] | None = None
+    status: WorkflowStatus | None = None
+
+
+class PublishIn(StrictInput):
+    note: str | None = Field(default=None, max_length=2000,
+                             description="What changed, kept with the version")
+
+
+class RollbackIn(StrictInput):
+    version: int = Field(ge=1, description="The version whose graph becomes the draft")
+
+
+class IssueOut(BaseModel):
+    code: str
+    message: str
+    node_id: str | None = None
+    edge_id: str | None = None
+
+
+class ValidationOut(BaseModel):
+    valid: bool
+    errors: list[IssueOut]
+    node_count: int
+    edge_count: int
+
+
+class WorkflowSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    project_id: uuid.UUID | None
+    name: str
+    description: str | None
+    status: WorkflowStatus
+    latest_version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class WorkflowOut(WorkflowSummary):
+    nodes: list[Any]
+    edges: list[Any]
+    viewport: dict[str, Any]
+
+
+class VersionSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    workflow_id: uuid.UUID
+    version: int
+    content_hash: str
+    published_by: uuid.UUID | None
+    note: str | None
+    created_at: datetime
+
+
+class VersionOut(VersionSummary):
+    nodes: list[Any]
+    edges: list[Any]
+    viewport: dict[str, Any]
+
+
+class ChangedItem(BaseModel):
+    id: str
+    fields: list[str] = Field(description="Top-level keys that differ (data, position...)")
+
+
+class ItemsDiff(BaseModel):
+    added: list[str]
+    removed: list[str]
+    changed: list[ChangedItem]
+
+
+class DiffOut(BaseModel):
+    workflow_id: uuid.UUID
+    from_version: int | Literal["draft"]
+    to_version: int | Literal["draft"]
+    nodes: ItemsDiff
+    edges: ItemsDiff
+    viewport_changed: bool

@@ -1,0 +1,296 @@
+"""Workflows: create, list, read, change, delete; validate; publish immutable versions,
+list and read them, diff two, roll the draft back to one.
+
+A workflow is its owner's (administrators see all); anyone else gets 404, here and by
+row-level security.  Every save validates the graph (roost.workflows.graph): too many
+nodes or edges is a 413 naming the limit, checked before anything else; any other
+problem is a 422 whose ``errors`` name each node or edge.  An empty graph (no nodes, no
+edges) may be saved as a draft; publishing needs a valid, non-empty one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any, Final, Literal
+
+from sqlalchemy import false, select, true
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit.service import record
+from roost.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
+from roost.principal import Principal
+from roost.workflows import graph
+from roost.workflows.models import Workflow, WorkflowVersion
+from roost.workflows.schemas import GraphIn, WorkflowCreate, WorkflowUpdate
+
+# Graphs this small are validated inline; larger ones in a thread (it is CPU work).
+INLINE_NODES: Final = 50
+
+Ref = int | Literal["draft"]
+
+
+class InvalidGraph(Unprocessable):
+    title, type_slug = "Invalid workflow graph", "invalid-workflow"
+
+
+def _owner(actor: Principal) -> uuid.UUID:
+    if actor.user_id is None:
+        raise Unprocessable("workflows belong to a user: act as one (the operator token "
+                            "has no user)")
+    return actor.user_id
+
+
+def visible(actor: Principal) -> Any:
+    if actor.is_admin:
+        return true()
+    if actor.user_id is None:
+        return false()
+    return Workflow.user_id == actor.user_id
+
+
+async def check_graph(nodes: Sequence[Any], edges: Sequence[Any],
+                      viewport: Any) -> list[graph.Issue]:
+    """The graph's problems; 413 at once when it is over a size limit."""
+    too_big = graph.size_problem(nodes, edges)
+    if too_big is not None:
+        raise PayloadTooLarge(too_big.message, extra={
+            "limit": too_big.limit, "count": too_big.count, "what": too_big.what})
+    if len(nodes) <= INLINE_NODES:
+        return graph.validate_graph(nodes, edges, viewport)
+    return await asyncio.to_thread(graph.validate_graph, nodes, edges, viewport)
+
+
+async def validate(body: GraphIn) -> list[graph.Issue]:
+    """POST /workflows/validate: the problems of a graph, nothing saved."""
+    return await check_graph(body.nodes, body.edges, body.viewport)
+
+
+async def _require_valid(nodes: list[Any], edges: list[Any], viewport: dict[str, Any],
+                         *, allow_empty: bool) -> None:
+    if allow_empty and not nodes and not edges:  # a new draft: only the viewport to check
+        issues = graph.validate_viewport(viewport)
+    else:
+        issues = await check_graph(nodes, edges, viewport)
+    if issues:
+        raise InvalidGraph(
+            f"the workflow graph has {len(issues)} problem(s); the first: {issues[0].message}",
+            extra={"errors": [i.as_dict() for i in issues]})
+
+
+async def get_workflow(session: AsyncSession, actor: Principal,
+                       workflow_id: uuid.UUID, *, lock: bool = False) -> Workflow:
+    stmt = select(Workflow).where(Workflow.id == workflow_id, visible(actor))
+    if lock:
+        stmt = stmt.with_for_update()
+    found = await session.scalar(stmt)
+    if found is None:
+        raise NotFound(f"workflow {workflow_id} does not exist")
+    return found
+
+
+async def create_workflow(session: AsyncSession, actor: Principal,
+                          body: WorkflowCreate) -> Workflow:
+    owner = _owner(actor)
+    viewport = body.viewport if body.viewport is not None else dict(graph.DEFAULT_VIEWPORT)
+    await _require_valid(body.nodes, body.edges, viewport, allow_empty=True)
+    workflow = Workflow(user_id=owner, project_id=body.project_id, name=_name(body.name),
+                        description=body.description, nodes=body.nodes, edges=body.edges,
+                        viewport=viewport, status="draft")
+    session.add(workflow)
+    await session.flush()
+    await session.refresh(workflow)
+    await record(session, "workflow.create", user_id=owner, resource_type="workflow",
+                 resource_id=workflow.id,
+                 changes={"name": workflow.name, "nodes": len(workflow.nodes),
+                          "edges": len(workflow.edges)})
+    return workflow
+
+
+def _name(name: str) -> str:
+    stripped = name.strip()
+    if not stripped:
+        raise Unprocessable("name must not be blank", extra={"field": "name"})
+    return stripped
+
+
+async def list_workflows(
+    session: AsyncSession, actor: Principal, *, status: str | None = None,
+    project_id: uuid.UUID | None = None, limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+) -> tuple[list[Workflow], str | None]:
+    stmt = where_equal(select(Workflow).where(visible(actor)), (Workflow.status, status),
+                       (Workflow.project_id, project_id))
+    return await newest_first(session, stmt, Workflow.created_at, Workflow.id, limit=limit,
+                              cursor=cursor)
+
+
+async def update_workflow(session: AsyncSession, actor: Principal, workflow_id: uuid.UUID,
+                          body: WorkflowUpdate) -> Workflow:
+    workflow = await get_workflow(session, actor, workflow_id, lock=True)
+    given = body.model_fields_set
+    for field in ("name", "nodes", "edges", "viewport", "status"):
+        if field in given and getattr(body, field) is None:
+            raise Unprocessable(f"{field} cannot be null", extra={"field": field})
+    changed: dict[str, Any] = {}
+    if given & {"nodes", "edges", "viewport"}:
+        nodes = body.nodes if body.nodes is not None else workflow.nodes
+        edges = body.edges if body.edges is not None else workflow.edges
+        viewport = body.viewport if body.viewport is not None else workflow.viewport
+        await _require_valid(nodes, edges, viewport, allow_empty=workflow.status == "draft"
+                             and body.status in (None, "draft"))
+        for field, value in (("nodes", nodes), ("edges", edges), ("viewport", viewport)):
+            if getattr(workflow, field) != value:
+                setattr(workflow, field, value)
+                changed[field] = len(value) if isinstance(value, list) else "changed"
+    if body.name is not None and _name(body.name) != workflow.name:
+        changed["name"] = {"before": workflow.name, "after": _name(body.name)}
+        workflow.name = _name(body.name)
+    if "description" in given and body.description != workflow.description:
+        workflow.description = body.description
+        changed["description"] = "changed"
+    if "project_id" in given and body.project_id != workflow.project_id:
+        changed["project_id"] = {"before": _plain(workflow.project_id),
+                                 "after": _plain(body.project_id)}
+        workflow.project_id = body.project_id
+    if body.status is not None and body.status != workflow.status:
+        if body.status == "active" and workflow.latest_version == 0:
+            raise Conflict("publish the workflow before activating it (POST "
+                           f"/api/v1/workflows/{workflow.id}/publish)")
+        changed["status"] = {"before": workflow.status, "after": body.status}
+        workflow.status = body.status
+    if changed:
+        await session.flush()
+        await session.refresh(workflow)
+        await record(session, "workflow.update", user_id=actor.user_id,
+                     resource_type="workflow", resource_id=workflow.id, changes=changed)
+    return workflow
+
+
+def _plain(value: uuid.UUID | None) -> str | None:
+    return str(value) if value is not None else None
+
+
+async def delete_workflow(session: AsyncSession, actor: Principal,
+                          workflow_id: uuid.UUID) -> None:
+    """Delete a workflow with its versions."""
+    workflow = await get_workflow(session, actor, workflow_id, lock=True)
+    await session.delete(workflow)
+    await session.flush()
+    await record(session, "workflow.delete", user_id=actor.user_id, resource_type="workflow",
+                 resource_id=workflow_id,
+                 changes={"name": workflow.name, "versions": workflow.latest_version})
+
+
+# --- versions ------------------------------------------------------------------------------
+
+
+async def publish(session: AsyncSession, actor: Principal, workflow_id: uuid.UUID,
+                  note: str | None = None) -> WorkflowVersion:
+    """The draft, validated, as the next immutable version; the workflow becomes active."""
+    workflow = await get_workflow(session, actor, workflow_id, lock=True)
+    if workflow.status == "archived":
+        raise Conflict("the workflow is archived: set its status to draft or active first")
+    if not workflow.nodes:
+        raise InvalidGraph("an empty workflow cannot be published: add a start node, the "
+                           "steps and an end node", extra={"errors": []})
+    await _require_valid(workflow.nodes, workflow.edges, workflow.viewport, allow_empty=False)
+    digest = graph.content_hash(workflow.nodes, workflow.edges, workflow.viewport)
+    if workflow.latest_version:
+        latest = await _version(session, workflow, workflow.latest_version)
+        if latest.content_hash == digest:
+            raise Conflict(f"the draft is unchanged since version {latest.version}",
+                           extra={"version": latest.version})
+    number = workflow.latest_version + 1
+    version = WorkflowVersion(workflow_id=workflow.id, user_id=workflow.user_id, version=number,
+                              nodes=workflow.nodes, edges=workflow.edges,
+                              viewport=workflow.viewport, content_hash=digest,
+                              published_by=actor.user_id, note=note)
+    session.add(version)
+    workflow.latest_version = number
+    if workflow.status == "draft":
+        workflow.status = "active"
+    await session.flush()
+    await session.refresh(version)
+    await record(session, "workflow.publish", user_id=actor.user_id, resource_type="workflow",
+                 resource_id=workflow.id,
+                 changes={"version": number, "content_hash": digest,
+                          "nodes": len(workflow.nodes), "edges": len(workflow.edges)})
+    return version
+
+
+async def _version(session: AsyncSession, workflow: Workflow, number: int) -> WorkflowVersion:
+    found = await session.scalar(select(WorkflowVersion).where(
+        WorkflowVersion.workflow_id == workflow.id, WorkflowVersion.version == number))
+    if found is None:
+        raise NotFound(f"workflow {workflow.id} has no version {number} (it has "
+                       f"{workflow.latest_version})")
+    return found
+
+
+async def list_versions(session: AsyncSession, actor: Principal,
+                        workflow_id: uuid.UUID) -> list[WorkflowVersion]:
+    """Newest first."""
+    await get_workflow(session, actor, workflow_id)
+    return list((await session.scalars(select(WorkflowVersion).where(
+        WorkflowVersion.workflow_id == workflow_id).order_by(
+        WorkflowVersion.version.desc()))).all())
+
+
+async def get_version(session: AsyncSession, actor: Principal, workflow_id: uuid.UUID,
+                      number: int | None = None) -> WorkflowVersion:
+    """Version ``number``, or the newest (what a run pins when it names none); 404 when
+    the workflow was never published."""
+    workflow = await get_workflow(session, actor, workflow_id)
+    if number is None:
+        if workflow.latest_version == 0:
+            raise NotFound(f"workflow {workflow_id} has no published version yet")
+        number = workflow.latest_version
+    return await _version(session, workflow, number)
+
+
+def parse_ref(value: str, name: str) -> Ref:
+    """A query parameter naming a version: its number, or ``draft``."""
+    if value == "draft":
+        return "draft"
+    if value.isdigit() and 0 < len(value) <= 9 and int(value) >= 1:
+        return int(value)
+    raise Unprocessable(f"{name} must be a version number (1, 2, ...) or 'draft'",
+                        extra={"field": name})
+
+
+async def diff(session: AsyncSession, actor: Principal, workflow_id: uuid.UUID,
+               from_ref: Ref, to_ref: Ref) -> dict[str, Any]:
+    """Nodes and edges added, removed and changed (by id) from one version (or the
+    draft) to another."""
+    workflow = await get_workflow(session, actor, workflow_id)
+
+    async def graph_of(ref: Ref) -> tuple[list[Any], list[Any], dict[str, Any]]:
+        if ref == "draft":
+            return workflow.nodes, workflow.edges, workflow.viewport
+        found = await _version(session, workflow, ref)
+        return found.nodes, found.edges, found.viewport
+
+    a_nodes, a_edges, a_view = await graph_of(from_ref)
+    b_nodes, b_edges, b_view = await graph_of(to_ref)
+    return {"workflow_id": workflow.id, "from_version": from_ref, "to_version": to_ref,
+            "nodes": graph.diff_items(a_nodes, b_nodes),
+            "edges": graph.diff_items(a_edges, b_edges),
+            "viewport_changed": a_view != b_view}
+
+
+async def rollback(session: AsyncSession, actor: Principal, workflow_id: uuid.UUID,
+                   number: int) -> Workflow:
+    """The draft becomes version ``number``'s graph (publish to make it the newest
+    version again); versions are untouched."""
+    workflow = await get_workflow(session, actor, workflow_id, lock=True)
+    version = await _version(session, workflow, number)
+    workflow.nodes, workflow.edges = version.nodes, version.edges
+    workflow.viewport = version.viewport
+    await session.flush()
+    await session.refresh(workflow)
+    await record(session, "workflow.rollback", user_id=actor.user_id,
+                 resource_type="workflow", resource_id=workflow.id,
+                 changes={"version": number, "content_hash": version.content_hash})
+    return workflow

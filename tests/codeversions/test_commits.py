@@ -1,0 +1,274 @@
+"""Committing files to the git repository of a chat session or run: the row records the
+real commit (read back with dulwich), the real diff, and hostile input is refused."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from dulwich.diff_tree import tree_changes
+from dulwich.object_store import commit_tree_changes
+from dulwich.objects import Blob, Commit
+from dulwich.repo import Repo
+from sqlalchemy import text
+
+from roost.codeversions import repos
+from roost.codeversions.config import CodeVersionsConfig
+from roost.db.engine import Database
+from tests.codeversions.conftest import Headers, chat_session, commit, make_run
+
+
+def open_repo(config: CodeVersionsConfig, owner: uuid.UUID, key: str) -> Repo:
+    return Repo(str(repos.repo_path(config.repos_root, owner, uuid.UUID(key))))
+
+
+async def test_a_commit_is_the_repository_head(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], config: CodeVersionsConfig,
+    database: Database,
+) -> None:
+    user_id, headers = user
+    session_id = await chat_session(client, headers)
+    version = await commit(client, headers, chat_session_id=session_id,
+                           files={"app.py": "print('hi')\n", "docs/readme.md": "# App\n"},
+                           message="First version")
+    repo = open_repo(config, user_id, session_id)
+    try:
+        head = repo.head().decode()
+        assert version["version_hash"] == head
+        assert repo.refs[b"refs/heads/main"].decode() == head
+        commit_obj = repo[head.encode()]
+        assert isinstance(commit_obj, Commit)
+        assert commit_obj.message == b"First version\n"
+        username = (await _username(database, user_id)).encode()
+        assert commit_obj.author.startswith(username + b" <")
+        assert commit_obj.parents == []
+    finally:
+        repo.close()
+    assert version["branch"] == "main" and version["parent_hash"] is None
+    assert version["user_id"] == str(user_id) and version["author_id"] == str(user_id)
+    assert version["chat_session_id"] == session_id and version["run_id"] is None
+    assert version["validation_status"] == "pending" and version["test_results"] == {}
+    assert version["files_changed"] == [
+        {"path": "app.py", "change": "added", "additions": 1, "deletions": 0},
+        {"path": "docs/readme.md", "change": "added", "additions": 1, "deletions": 0},
+    ]
+    assert version["diff_summary"].endswith("2 files changed, 2 insertions(+), 0 deletions(-)")
+
+
+async def _username(database: Database, user_id: uuid.UUID) -> str:
+    async with database.transaction() as s:
+        name: str = await s.scalar(text("SELECT username FROM users WHERE id = :id"),
+                                   {"id": user_id})
+    return name
+
+
+async def test_files_changed_and_diff_come_from_the_real_diff(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], config: CodeVersionsConfig,
+) -> None:
+    user_id, headers = user
+    session_id = await chat_session(client, headers)
+    first = await commit(client, headers, chat_session_id=session_id, files={
+        "app.py": "a = 1\nb = 2\nc = 3\n", "notes.txt": "one\ntwo\n"})
+    second = await commit(client, headers, chat_session_id=session_id, message="Second", files={
+        "app.py": "a = 1\nb = 20\nc = 3\nd = 4\n", "notes.txt": None, "lib/util.py": "X = 1\n"})
+    assert second["parent_hash"] == first["version_hash"]
+    assert second["files_changed"] == [
+        {"path": "app.py", "change": "modified", "additions": 2, "deletions": 1},
+        {"path": "lib/util.py", "change": "added", "additions": 1, "deletions": 0},
+        {"path": "notes.txt", "change": "deleted", "additions": 0, "deletions": 2},
+    ]
+    assert second["diff_summary"].splitlines()[-1] == \
+        " 3 files changed, 3 insertions(+), 3 deletions(-)"
+    assert " app.py      | 3 ++-" in second["diff_summary"]
+    # What dulwich itself says changed between the two commits.
+    repo = open_repo(config, user_id, session_id)
+    try:
+        old, new = repo[first["version_hash"].encode()], repo[second["version_hash"].encode()]
+        assert isinstance(old, Commit) and isinstance(new, Commit)
+        changed = sorted((c.type, (c.new or c.old).path.decode())  # type: ignore[union-attr]
+                         for c in tree_changes(repo.object_store, old.tree, new.tree))
+        assert changed == [("add", "lib/util.py"), ("delete", "notes.txt"), ("modify", "app.py")]
+    finally:
+        repo.close()
+    detail = (await client.get(f"/api/v1/code-versions/{second['id']}", headers=headers)).json()
+    assert detail["diff_truncated"] is False
+    for line in ("diff --git a/app.py b/app.py", "-b = 2", "+b = 20", "+d = 4",
+                 "deleted file mode 100644", "-one", "+X = 1"):
+        assert line in detail["diff"].splitlines(), line
+    # Nothing changed: refused, no commit.
+    resp = await client.post("/api/v1/code-versions", headers=headers, json={
+        "chat_session_id": session_id, "message": "again", "files": {"lib/util.py": "X = 1\n"}})
+    assert resp.status_code == 422 and "nothing to commit" in resp.json()["detail"]
+    listed = (await client.get(f"/api/v1/code-versions?chat_session_id={session_id}",
+                               headers=headers)).json()["items"]
+    assert [v["id"] for v in listed] == [second["id"], first["id"]]
+
+
+async def test_branches(client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+                        config: CodeVersionsConfig) -> None:
+    user_id, headers = user
+    session_id = await chat_session(client, headers)
+    main = await commit(client, headers, chat_session_id=session_id, files={"app.py": "1\n"})
+    feature = await commit(client, headers, chat_session_id=session_id, branch="feature/x",
+                           files={"app.py": "2\n"})
+    assert feature["parent_hash"] == main["version_hash"] and feature["branch"] == "feature/x"
+    repo = open_repo(config, user_id, session_id)
+    try:
+        assert repo.head().decode() == main["version_hash"]  # HEAD stays on main
+        assert repo.refs[b"refs/heads/feature/x"].decode() == feature["version_hash"]
+    finally:
+        repo.close()
+    for bad in ("../main", "a..b", "x.lock", "-x", "a b", "HEAD~1"):
+        resp = await client.post("/api/v1/code-versions", headers=headers, json={
+            "chat_session_id": session_id, "message": "m", "branch": bad, "files": {"a": "b"}})
+        assert resp.status_code == 422, bad
+    only_feature = (await client.get(
+        f"/api/v1/code-versions?chat_session_id={session_id}&branch=feature/x",
+        headers=headers)).json()["items"]
+    assert [v["id"] for v in only_feature] == [feature["id"]]
+
+
+HOSTILE = ["../escape.py", "a/../../escape.py", "/etc/passwd", "/tmp/x", "a//b", "./a",
+           "a/./b", ".git/config", "sub/.GIT/hooks/pre-commit", "a\\..\\b", "C:/x",
+           "tab\there", "nul\x00", "a/", "x" * 300]
+
+
+@pytest.mark.parametrize("path", HOSTILE)
+async def test_hostile_paths_are_refused(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], config: CodeVersionsConfig,
+    path: str,
+) -> None:
+    _, headers = user
+    session_id = await chat_session(client, headers)
+    resp = await client.post("/api/v1/code-versions", headers=headers, json={
+        "chat_session_id": session_id, "message": "m", "files": {path: "boom\n"}})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"].startswith("file path ")
+    assert not any(p.name == "escape.py" for p in Path(config.repos_root).parent.rglob("*"))
+
+
+async def test_paths_through_files_and_symlinks_are_refused(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], config: CodeVersionsConfig,
+) -> None:
+    user_id, headers = user
+    session_id = await chat_session(client, headers)
+    first = await commit(client, headers, chat_session_id=session_id,
+                         files={"app.py": "x\n", "pkg/mod.py": "y\n"})
+    # A repository holding a symbolic link (as one cloned from elsewhere could).
+    repo = open_repo(config, user_id, session_id)
+    try:
+        store = repo.object_store
+        target = Blob.from_string(b"/etc")
+        store.add_object(target)
+        parent = repo[first["version_hash"].encode()]
+        assert isinstance(parent, Commit)
+        tree = commit_tree_changes(store, parent.tree, [(b"link", repos.MODE_LINK, target.id)])
+        c = Commit()
+        c.tree, c.parents = tree, [parent.id]
+        c.author = c.committer = b"t <t@t>"
+        c.author_time = c.commit_time = 0
+        c.author_timezone = c.commit_timezone = 0
+        c.message = b"link\n"
+        store.add_object(c)
+        repo.refs[b"refs/heads/main"] = c.id
+    finally:
+        repo.close()
+    refused = {
+        "link/passwd": "goes through a symbolic link",
+        "link": "is a symbolic link",
+        "app.py/x.py": "goes through a file",
+        "pkg": "is a directory",
+        "missing.py": "cannot be deleted",
+    }
+    for path, reason in refused.items():
+        content = None if path == "missing.py" else "boom\n"
+        resp = await client.post("/api/v1/code-versions", headers=headers, json={
+            "chat_session_id": session_id, "message": "m", "files": {path: content}})
+        assert resp.status_code == 422, path
+        assert reason in resp.json()["detail"], (path, resp.json())
+    resp = await client.post("/api/v1/code-versions", headers=headers, json={
+        "chat_session_id": session_id, "message": "m", "files": {"d": "1", "d/e": "2"}})
+    assert resp.status_code == 422 and "under another path" in resp.json()["detail"]
+
+
+async def test_limits_and_bad_bodies(client: httpx.AsyncClient,
+                                     user: tuple[uuid.UUID, Headers]) -> None:
+    _, headers = user
+    session_id = await chat_session(client, headers)
+    too_big = {"chat_session_id": session_id, "message": "m", "files": {"a": "x" * 65537}}
+    assert (await client.post("/api/v1/code-versions", headers=headers,
+                              json=too_big)).status_code == 413
+    many = {"chat_session_id": session_id, "message": "m",
+            "files": {f"f{i}": "x" for i in range(21)}}
+    assert (await client.post("/api/v1/code-versions", headers=headers,
+                              json=many)).status_code == 413
+    for body in ({"message": "m", "files": {"a": "b"}},  # no repository
+                 {"chat_session_id": session_id, "run_id": str(uuid.uuid4()), "message": "m",
+                  "files": {"a": "b"}},
+                 {"chat_session_id": session_id, "message": "m", "files": {}},
+                 {"chat_session_id": session_id, "message": "  ", "files": {"a": "b"}},
+                 {"chat_session_id": session_id, "message": "a\x00b", "files": {"a": "b"}},
+                 {"chat_session_id": session_id, "message": "m", "files": {"a": 1}},
+                 {"chat_session_id": session_id, "message": "m", "files": {"a": "b"},
+                  "extra": 1}):
+        resp = await client.post("/api/v1/code-versions", headers=headers, json=body)
+        assert resp.status_code == 422, body
+
+
+async def test_run_repositories(client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+                                other_user: tuple[uuid.UUID, Headers], database: Database,
+                                config: CodeVersionsConfig) -> None:
+    user_id, headers = user
+    run_id = str(await make_run(database, user_id))
+    version = await commit(client, headers, run_id=run_id, files={"main.py": "print(1)\n"})
+    assert version["run_id"] == run_id and version["chat_session_id"] is None
+    repo = open_repo(config, user_id, run_id)
+    try:
+        assert repo.head().decode() == version["version_hash"]
+    finally:
+        repo.close()
+    listed = (await client.get(f"/api/v1/code-versions?run_id={run_id}",
+                               headers=headers)).json()["items"]
+    assert [v["id"] for v in listed] == [version["id"]]
+    _, other_headers = other_user
+    resp = await client.post("/api/v1/code-versions", headers=other_headers, json={
+        "run_id": run_id, "message": "m", "files": {"a": "b"}})
+    assert resp.status_code == 404
+
+
+async def test_another_users_versions_are_not_found(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers],
+) -> None:
+    _, headers = user
+    _, other_headers = other_user
+    session_id = await chat_session(client, headers)
+    version = await commit(client, headers, chat_session_id=session_id, files={"a.py": "1\n"})
+    for method, url in (("GET", f"/api/v1/code-versions/{version['id']}"),
+                        ("POST", f"/api/v1/code-versions/{version['id']}/validate"),
+                        ("GET", f"/api/v1/code-versions/{uuid.uuid4()}")):
+        resp = await client.request(method, url, headers=other_headers)
+        assert resp.status_code == 404, (method, url, resp.text)
+    listed = (await client.get(f"/api/v1/code-versions?chat_session_id={session_id}",
+                               headers=other_headers)).json()
+    assert listed["items"] == []
+    resp = await client.post("/api/v1/code-versions", headers=other_headers, json={
+        "chat_session_id": session_id, "message": "m", "files": {"a.py": "2\n"}})
+    assert resp.status_code == 404
+    assert (await client.get("/api/v1/code-versions", headers=headers)).json()["items"][0][
+        "id"] == version["id"]
+
+
+async def test_commit_is_audited(client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+                                 database: Database) -> None:
+    user_id, headers = user
+    session_id = await chat_session(client, headers)
+    version = await commit(client, headers, chat_session_id=session_id, files={"a.py": "1\n"})
+    async with database.transaction() as s:
+        row = (await s.execute(text(
+            "SELECT user_id, metadata FROM audit_logs WHERE action = 'codeversion.commit' "
+            "AND resource_id = :id"), {"id": version["id"]})).one()
+    assert row.user_id == user_id
+    assert row.metadata["version_hash"] == version["version_hash"]

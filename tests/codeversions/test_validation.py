@@ -1,0 +1,181 @@
+"""Validation: the configured checks run on a checkout of the version's commit, in a
+subprocess with a timeout, resource limits and an output cap; through the queue job and
+the API, and the check runner alone for the hostile cases (hang, flood, limits)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from roost.codeversions import checks
+from roost.codeversions.checks import Limits, run_check
+from roost.codeversions.config import CodeVersionsConfig
+from roost.codeversions.validation import validate
+from roost.db.engine import Database
+from roost.tasks.worker import Worker
+from tests.codeversions.conftest import APP_SAYS_OK, Headers, chat_session, commit, wait_validated
+
+PY = sys.executable
+APP_SAYS_OK_T = tuple(APP_SAYS_OK)
+
+
+async def test_validation_passes_then_fails_on_the_committed_code(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], worker: Worker,
+    database: Database,
+) -> None:
+    _, headers = user
+    session_id = await chat_session(client, headers)
+    good = await commit(client, headers, chat_session_id=session_id,
+                        files={"app.py": "status = 'ok'\n"})
+    resp = await client.post(f"/api/v1/code-versions/{good['id']}/validate", headers=headers)
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["validation_status"] == "pending"
+    assert resp.json()["validation_task_id"] is not None
+    done = await wait_validated(client, headers, good["id"])
+    assert done["validation_status"] == "passed"
+    assert done["validated_at"] is not None
+    (name, result), = done["test_results"].items()
+    assert name == checks.check_name(APP_SAYS_OK)
+    assert result["outcome"] == "passed" and result["exit_code"] == 0
+    assert "app.py: status = 'ok'" in result["output_tail"]
+    assert result["truncated"] is False and result["duration_ms"] >= 0
+    # The next commit breaks it; run_checks queues the validation with the commit.
+    bad = await commit(client, headers, chat_session_id=session_id, run_checks=True,
+                       files={"app.py": "status = 'bad'\n"})
+    assert bad["validation_status"] == "pending" and bad["validation_task_id"]
+    done = await wait_validated(client, headers, bad["id"])
+    assert done["validation_status"] == "failed"
+    (result,) = done["test_results"].values()
+    assert result["outcome"] == "failed" and result["exit_code"] == 1
+    assert "status = 'bad'" in result["output_tail"]
+    # The first version is still the passing one (its own commit was checked out).
+    again = (await client.get(f"/api/v1/code-versions/{good['id']}", headers=headers)).json()
+    assert again["validation_status"] == "passed"
+    async with database.transaction() as s:
+        statuses = (await s.scalars(text(
+            "SELECT metadata->>'status' FROM audit_logs WHERE action = 'codeversion.validated' "
+            "ORDER BY seq"))).all()
+    assert statuses == ["passed", "failed"]
+
+
+async def test_a_running_validation_is_not_queued_twice(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    _, headers = user
+    session_id = await chat_session(client, headers)
+    version = await commit(client, headers, chat_session_id=session_id, files={"app.py": "ok"})
+    async with database.transaction() as s:
+        await s.execute(text("UPDATE code_versions SET validation_status = 'running' "
+                             "WHERE id = :id"), {"id": version["id"]})
+    resp = await client.post(f"/api/v1/code-versions/{version['id']}/validate", headers=headers)
+    assert resp.status_code == 409
+
+
+def _limits(**kw: float) -> Limits:
+    values = {"timeout_s": 30.0, "max_output_bytes": 64 * 1024, "cpu_s": 30,
+              "memory_bytes": 1024 * 1024 * 1024, "file_bytes": 1024 * 1024, "processes": 0}
+    values.update(kw)
+    return Limits(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    work = tmp_path / "work"
+    work.mkdir()
+    return work, checks.environment(tmp_path / "scratch")
+
+
+async def test_a_hanging_check_times_out_and_is_killed(
+    workdir: tuple[Path, dict[str, str]], tmp_path: Path,
+) -> None:
+    work, env = workdir
+    marker = tmp_path / "survived"
+    (work / "child.py").write_text(
+        f"import pathlib, time\ntime.sleep(3)\npathlib.Path({str(marker)!r}).write_text('x')\n")
+    # The check starts a grandchild in its process group; both must die.
+    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, 'child.py']); "
+            "print('waiting', flush=True); time.sleep(600)")
+    result = await run_check((PY, "-c", code), work, env, _limits(timeout_s=1))
+    assert result.outcome == "timeout" and result.exit_code is None, result
+    assert "waiting" in result.output_tail and "killed after 1 s" in result.output_tail
+    assert checks.overall([result]) == "timeout"
+    # The grandchild was killed with it: run a check that outlives its sleep, then look.
+    await run_check((PY, "-c", "import time; time.sleep(4)"), work, env, _limits())
+    assert not marker.exists()
+
+
+async def test_a_flooding_check_is_truncated_and_killed(
+    workdir: tuple[Path, dict[str, str]],
+) -> None:
+    work, env = workdir
+    result = await run_check((PY, "-c", "while True: print('x' * 1000)"), work, env,
+                             _limits(max_output_bytes=16 * 1024))
+    assert result.outcome == "flooded" and result.truncated is True
+    assert result.exit_code is None
+    assert "killed after 16384 bytes of output" in result.output_tail
+    assert len(result.output_tail) <= checks.TAIL_CHARS + 100
+    assert checks.overall([result]) == "failed"
+
+
+async def test_limits_apply_and_nothing_leaks_into_the_check(
+    workdir: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    work, env = workdir
+    monkeypatch.setenv("ROOST_SECRET_KEY", "do-not-leak")
+    env_check = ("import os, sys; leaked = [k for k in os.environ if k.startswith('ROOST')]; "
+                 "print(leaked); sys.exit(1 if leaked else 0)")
+    result = await run_check((PY, "-c", env_check), work, env, _limits())
+    assert result.outcome == "passed", result.output_tail
+    # RLIMIT_FSIZE: a file bigger than the limit cannot be written.
+    big = "open('big', 'wb').write(b'x' * (4 * 1024 * 1024))"
+    result = await run_check((PY, "-c", big), work, env, _limits(file_bytes=1024 * 1024))
+    assert result.outcome == "failed" and result.exit_code != 0
+    assert not (work / "big").exists() or (work / "big").stat().st_size <= 1024 * 1024
+    # RLIMIT_AS: a large allocation fails.
+    result = await run_check((PY, "-c", "b = bytearray(800 * 1024 * 1024)"), work, env,
+                             _limits(memory_bytes=256 * 1024 * 1024))
+    assert result.outcome == "failed" and "MemoryError" in result.output_tail
+    # RLIMIT_CPU: a busy loop is stopped by the kernel (SIGXCPU), before the wall clock.
+    result = await run_check((PY, "-c", "while True: pass"), work, env,
+                             _limits(cpu_s=1, timeout_s=120))
+    assert result.outcome == "failed" and result.exit_code is not None and result.exit_code < 0
+    # No shell: metacharacters are plain arguments.
+    result = await run_check((PY, "-c", "import sys; print(sys.argv[1:])", "$(id); ls *"), work,
+                             env, _limits())
+    assert result.outcome == "passed" and "['$(id); ls *']" in result.output_tail
+
+
+async def test_a_missing_command_is_an_error(workdir: tuple[Path, dict[str, str]]) -> None:
+    work, env = workdir
+    result = await run_check(("no-such-command-roost",), work, env, _limits())
+    assert result.outcome == "error" and "command not found" in result.output_tail
+    assert checks.overall([result]) == "error"
+
+
+async def test_hanging_and_flooding_checks_are_stored_as_such(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+    config: CodeVersionsConfig,
+) -> None:
+    _, headers = user
+    session_id = await chat_session(client, headers)
+    version = await commit(client, headers, chat_session_id=session_id, files={"app.py": "ok"})
+    hang = (PY, "-c", "import time; time.sleep(600)")
+    flood = (PY, "-c", "while True: print('y' * 1000)")
+    cfg = dataclasses.replace(config, checks=(APP_SAYS_OK_T, flood, hang),
+                              limits=_limits(timeout_s=1, max_output_bytes=8192))
+    outcome = await validate(database, cfg, uuid.UUID(version["id"]))
+    assert outcome["status"] == "timeout"
+    stored = (await client.get(f"/api/v1/code-versions/{version['id']}", headers=headers)).json()
+    assert stored["validation_status"] == "timeout"
+    results = stored["test_results"]
+    assert results[checks.check_name(APP_SAYS_OK_T)]["outcome"] == "passed"
+    assert results[checks.check_name(flood)]["outcome"] == "flooded"
+    assert results[checks.check_name(flood)]["truncated"] is True
+    assert results[checks.check_name(hang)]["outcome"] == "timeout"
+    assert results[checks.check_name(hang)]["exit_code"] is None

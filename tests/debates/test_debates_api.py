@@ -1,0 +1,264 @@
+"""Debates through the API and a real worker, the stub provider scripted: each voting
+method, a Condorcet cycle, junk ballots, bad input, another tenant, cancel, resuming."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from roost.db.engine import Database
+from roost.tasks.worker import Worker
+from tests.agents.conftest import make_agent
+from tests.chat.conftest import add_provider
+from tests.debates.conftest import Headers, start, wait_for_debate
+from tests.support.openai_stub import StubServer
+from tests.support.openai_stub.script import Fail, Reply
+
+POSITIONS = ["fish", "dogs", "cats"]
+# alice (1): fish > dogs > cats; bob (1): dogs > fish > cats; carol (2.5): cats > fish > dogs
+BALLOTS = {"alice": ["fish", "dogs", "cats"], "bob": ["dogs", "fish", "cats"],
+           "carol": ["cats", "fish", "dogs"]}
+WEIGHTS = {"alice": 1, "bob": 1, "carol": 2.5}
+
+
+def participants(**extra: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"id": pid, "model": "stub-model", "weight": WEIGHTS[pid], **extra.get(pid, {})}
+            for pid in BALLOTS]
+
+
+def turns(n: int) -> list[Reply]:
+    return [Reply(f"argument {i} for my side.\nConfidence: 0.{i}") for i in range(1, n + 1)]
+
+
+def ballots(rankings: dict[str, list[str]]) -> list[Reply]:
+    return [Reply(json={"ranking": r, "confidence": 0.75}) for r in rankings.values()]
+
+
+@pytest.mark.parametrize(("method", "winner", "tied", "scores"), [
+    # first preferences 1/1/1: a three-way tie, the first listed wins
+    ("majority", "fish", ["fish", "dogs", "cats"], {"fish": 1, "dogs": 1, "cats": 1}),
+    ("weighted", "cats", [], {"fish": 1, "dogs": 1, "cats": 2.5}),
+    # fish 2+1+2.5*1, dogs 1+2+0, cats 0+0+2.5*2
+    ("borda", "fish", [], {"fish": 5.5, "dogs": 3, "cats": 5}),
+    # cats beats fish 2.5:2 and dogs 2.5:2
+    ("condorcet", "cats", [], {"fish": 1, "dogs": 0, "cats": 2}),
+])
+async def test_a_debate_with_each_voting_method(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker, method: str, winner: str,
+    tied: list[str], scores: dict[str, float],
+) -> None:
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    stub.script(*turns(6), *ballots(BALLOTS))
+    created = await start(client, headers, topic="Best pet?", positions=POSITIONS,
+                          participants=participants(), total_rounds=2, voting_method=method)
+    assert created["status"] == "pending" and created["task_id"]
+    # Round-robin positions in the order given.
+    assert [p["position"] for p in created["participants"]] == POSITIONS
+    done = await wait_for_debate(client, headers, created["id"])
+    assert done["status"] == "completed", done
+    assert done["final_winner"] == winner and done["result"]["winner"] == winner
+    assert done["result"]["method"] == method and done["result"]["tied"] == tied
+    assert done["result"]["scores"] == scores
+    assert done["current_round"] == 2 and done["completed_at"]
+    assert [(t["round_number"], t["turn_number"], t["participant_id"], t["position"])
+            for t in done["turns"]] == [
+        (1, 1, "alice", "fish"), (1, 2, "bob", "dogs"), (1, 3, "carol", "cats"),
+        (2, 4, "alice", "fish"), (2, 5, "bob", "dogs"), (2, 6, "carol", "cats")]
+    assert float(done["turns"][2]["confidence"]) == 0.3
+    assert all(t["tokens_used"] > 0 and t["llm_request_id"] for t in done["turns"])
+    assert {b["participant_id"]: b["ranking"] for b in done["ballots"]} == BALLOTS
+    assert {b["participant_id"]: float(b["weight"]) for b in done["ballots"]} == WEIGHTS
+    # Each turn saw the earlier ones; the ballots were asked for JSON.
+    seen = stub.requests(path="/v1/chat/completions")
+    assert len(seen) == 9
+    fourth = seen[3].body["messages"][-1]["content"]
+    assert "argument 1" in fourth and "argument 3" in fourth and "round 2 of 2" in fourth
+    assert "You argue for: fish" in fourth
+    assert seen[6].body["response_format"] == {"type": "json_object"}
+    async with database.transaction() as session:
+        actions = (await session.scalars(text(
+            "SELECT action FROM audit_logs WHERE resource_id = :d ORDER BY seq"),
+            {"d": created["id"]})).all()
+        usage = await session.scalar(text(
+            "SELECT count(*) FROM llm_requests WHERE user_id = :u AND status = 'completed'"),
+            {"u": user_id})
+    assert actions[0] == "debate.create" and actions[-1] == "debate.complete"
+    assert actions.count("debate.turn") == 6 and actions.count("debate.ballot") == 3
+    assert usage == 9
+
+
+async def test_a_condorcet_cycle_is_reported_and_schulze_decides(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    cycle = {"alice": ["fish", "dogs", "cats"], "bob": ["dogs", "cats", "fish"],
+             "carol": ["cats", "fish", "dogs"]}
+    stub.script(*turns(3), *ballots(cycle))
+    body = participants()
+    for p in body:
+        p["weight"] = 1
+    created = await start(client, headers, topic="Best pet?", positions=POSITIONS,
+                          participants=body, total_rounds=1, voting_method="condorcet")
+    done = await wait_for_debate(client, headers, created["id"])
+    result = done["result"]
+    assert done["status"] == "completed", done
+    assert result["condorcet_winner"] is None and result["no_condorcet_winner"] is True
+    assert "no Condorcet winner" in result["note"]
+    assert sorted(result["schulze_winners"]) == sorted(POSITIONS)
+    assert result["winner"] == "fish" and result["tied"] == POSITIONS
+    assert result["tie_break"] and result["support"]["fish"]["dogs"] == 2
+
+
+async def test_an_agent_participant_speaks_with_its_instructions(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, system_prompt="You are a grumpy cat.",
+                             preferred_model="stub-model")
+    stub.script(*turns(2), Reply(json={"ranking": ["cats", "dogs"], "confidence": 1}),
+                Reply('```json\n{"ranking": [" Cats", "DOGS"], "confidence": 0.5}\n```'))
+    created = await start(client, headers, topic="Cats or dogs?", positions=["cats", "dogs"],
+                          participants=[{"id": "tom", "agent_id": str(agent.id)},
+                                        {"id": "rex", "model": "stub-model",
+                                         "provider": "stub", "position": "dogs"}],
+                          total_rounds=1, voting_method="borda")
+    assert created["participants"][0]["model"] == "stub-model"
+    done = await wait_for_debate(client, headers, created["id"])
+    assert done["status"] == "completed", done
+    assert done["final_winner"] == "cats"
+    assert done["ballots"][1]["ranking"] == ["cats", "dogs"]  # spelled as the debate does
+    seen = stub.requests(path="/v1/chat/completions")
+    assert seen[0].body["messages"][0]["content"].startswith("You are a grumpy cat.")
+    assert "You are rex" in seen[1].body["messages"][0]["content"]
+
+
+async def test_a_junk_ballot_fails_the_debate_with_the_reason(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    stub.script(*turns(3), Reply(json={"ranking": ["fish", "dogs", "cats"]}),
+                Reply(json={"ranking": ["fish", "unicorns", "cats"], "confidence": 0.5}))
+    created = await start(client, headers, topic="Best pet?", positions=POSITIONS,
+                          participants=participants(), total_rounds=1, voting_method="borda")
+    done = await wait_for_debate(client, headers, created["id"])
+    assert done["status"] == "failed" and done["final_winner"] is None
+    assert "ballot of participant 'bob' is not valid" in done["error_message"]
+    assert "unknown position" in done["error_message"]
+    assert [b["participant_id"] for b in done["ballots"]] == ["alice"]  # kept
+
+
+async def test_an_unknown_model_fails_the_debate_at_once(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    created = await start(client, headers, topic="t", positions=["a", "b"], participants=[
+        {"id": "x", "model": "stub-model"}, {"id": "y", "model": "no-such-model"}])
+    done = await wait_for_debate(client, headers, created["id"])
+    assert done["status"] == "failed" and "participant 'y'" in done["error_message"]
+    assert len(done["turns"]) == 1
+
+
+async def test_a_provider_failure_is_retried_and_resumes_without_redoing_turns(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    stub.script(*turns(2), Fail(500), *turns(3)[2:], *ballots(BALLOTS))
+    created = await start(client, headers, topic="Best pet?", positions=POSITIONS,
+                          participants=participants(), total_rounds=1, voting_method="weighted")
+    done = await wait_for_debate(client, headers, created["id"])
+    assert done["status"] == "completed", done
+    assert [t["turn_number"] for t in done["turns"]] == [1, 2, 3]
+    asked = [s.body["messages"][-1]["content"] for s in stub.requests(path="/v1/chat/completions")]
+    turn_prompts = [a for a in asked if "You argue for" in a]
+    # Turns 1 and 2 were asked once; turn 3 twice (the failure, then the retried job).
+    assert [("You argue for: cats" in a) for a in turn_prompts] == [False, False, True, True]
+    async with database.transaction() as session:
+        attempts = await session.scalar(text(
+            "SELECT retry_count FROM background_tasks WHERE id = :t"), {"t": done["task_id"]})
+    assert attempts == 1
+
+
+async def test_bad_input_is_422(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    _, headers = user
+    other_id, _ = other_user
+    theirs = await make_agent(database, other_id)
+    good = {"topic": "t", "positions": ["a", "b"],
+            "participants": [{"id": "x", "model": "m"}, {"id": "y", "model": "m"}]}
+    cases: list[dict[str, Any]] = [
+        {**good, "participants": [{"id": "x", "model": "m"}]},  # one participant
+        {**good, "positions": []},  # no positions
+        {**good, "positions": ["a"]},
+        {**good, "positions": ["a", "A "]},  # not distinct
+        {**good, "participants": [{"id": "x", "model": "m"}, {"id": "x", "model": "m"}]},
+        {**good, "participants": [{"id": "x", "model": "m", "agent_id": str(uuid.uuid4())},
+                                  {"id": "y", "model": "m"}]},
+        {**good, "participants": [{"id": "x"}, {"id": "y", "model": "m"}]},
+        {**good, "participants": [{"id": "x", "model": "m", "position": "c"},
+                                  {"id": "y", "model": "m"}]},
+        {**good, "participants": [{"id": "x", "model": "m", "weight": 0},
+                                  {"id": "y", "model": "m"}]},
+        {**good, "voting_method": "approval"},
+        {**good, "total_rounds": 0},
+        {**good, "total_rounds": "2"},
+        {**good, "extra": 1},
+    ]
+    for body in cases:
+        resp = await client.post("/api/v1/debates", json=body, headers=headers)
+        assert resp.status_code == 422, (body, resp.text)
+    # Another user's agent is not one of yours.
+    resp = await client.post("/api/v1/debates", headers=headers, json={
+        **good, "participants": [{"id": "x", "agent_id": str(theirs.id)},
+                                 {"id": "y", "model": "m"}]})
+    assert resp.status_code == 404, resp.text
+    async with database.transaction() as session:
+        assert await session.scalar(text("SELECT count(*) FROM debate_sessions")) == 0
+
+
+async def test_another_tenant_sees_nothing_and_cancel(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers], admin_headers: Headers, database: Database,
+) -> None:
+    user_id, headers = user
+    _, their_headers = other_user
+    created = await start(client, headers, topic="t", positions=["a", "b"], participants=[
+        {"id": "x", "model": "m"}, {"id": "y", "model": "m"}])
+    path = f"/api/v1/debates/{created['id']}"
+    assert (await client.get(path, headers=their_headers)).status_code == 404
+    assert (await client.post(f"{path}/cancel", headers=their_headers)).status_code == 404
+    assert (await client.get("/api/v1/debates", headers=their_headers)).json()["items"] == []
+    mine = (await client.get("/api/v1/debates?status=pending", headers=headers)).json()
+    assert [d["id"] for d in mine["items"]] == [created["id"]]
+    assert (await client.get(path, headers=admin_headers)).status_code == 200
+    cancelled = await client.post(f"{path}/cancel", headers=headers)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    again = await client.post(f"{path}/cancel", headers=headers)
+    assert again.status_code == 409
+    # Row-level security: as roost_app in the other user's scope, no rows at all.
+    async with database.transaction() as session:
+        await session.execute(text("SELECT set_config('roost.user_id', :u, true), "
+                                   "set_config('roost.is_admin', 'false', true), "
+                                   "set_config('role', 'roost_app', true)"),
+                              {"u": str(uuid.uuid4())})
+        assert await session.scalar(text("SELECT count(*) FROM debate_sessions")) == 0
+        await session.execute(text("SELECT set_config('roost.user_id', :u, true)"),
+                              {"u": str(user_id)})
+        assert await session.scalar(text("SELECT count(*) FROM debate_sessions")) == 1

@@ -1,0 +1,68 @@
+"""``roost debates start|show|ls`` as a user runs them (the real console script); the
+in-process worker runs the debate the CLI enqueued."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import httpx
+
+from roost.db.engine import Database
+from roost.tasks.worker import Worker
+from tests.agents.test_agents_cli import cli_env
+from tests.chat.conftest import add_provider
+from tests.debates.conftest import Headers, wait_for_debate
+from tests.support.cli import run_roost
+from tests.support.identity import make_user
+from tests.support.openai_stub import StubServer
+from tests.support.openai_stub.script import Reply
+from tests.support.pg import PgTestServer
+
+
+async def test_start_and_show_from_the_command_line(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, worker: Worker,
+) -> None:
+    env = cli_env(pg_server, db_name, tmp_path)
+    _, headers = await make_user(database, username="dora")
+    await make_user(database, username="eve")
+    await add_provider(client, admin_headers, stub)
+    stub.script(Reply("Tea wakes you gently.\nConfidence: 0.6"), Reply("Coffee works."),
+                Reply(json={"ranking": ["tea", "coffee"], "confidence": 0.9}),
+                Reply(json={"ranking": ["tea", "coffee"], "confidence": 0.4}))
+
+    def roost(*args: str) -> tuple[int, str, str]:
+        out = run_roost(*args, env=env)
+        return out.returncode, out.stdout, out.stderr
+
+    code, out, err = await asyncio.to_thread(
+        roost, "debates", "start", "Tea or coffee?", "-p", "tea", "-p", "coffee",
+        "-P", "ann=stub-model", "-P", "bob=stub-model@stub", "--weight", "bob=2",
+        "--rounds", "1", "--method", "condorcet", "--user", "dora")
+    assert code == 0, err
+    debate_id = out.strip()
+    uuid.UUID(debate_id)
+    done = await wait_for_debate(client, headers, debate_id)
+    assert done["status"] == "completed" and done["final_winner"] == "tea"
+    assert done["participants"][1] == {"id": "bob", "position": "coffee", "weight": 2.0,
+                                       "model": "stub-model", "provider": "stub"}
+
+    code, out, err = await asyncio.to_thread(roost, "debates", "show", debate_id[:13],
+                                             "--user", "dora")
+    assert code == 0, err
+    assert "Tea wakes you gently." in out and "winner: tea" in out and "tea > coffee" in out
+    code, out, err = await asyncio.to_thread(roost, "debates", "show", debate_id, "--json",
+                                             "--user", "dora")
+    assert code == 0 and json.loads(out)["result"]["condorcet_winner"] == "tea"
+    code, out, err = await asyncio.to_thread(roost, "debates", "show", debate_id,
+                                             "--user", "eve")
+    assert code == 1 and "does not exist" in err
+    code, out, err = await asyncio.to_thread(roost, "debates", "ls", "--user", "dora")
+    assert code == 0 and debate_id in out
+    # One participant: refused, nothing stored.
+    code, out, err = await asyncio.to_thread(
+        roost, "debates", "start", "t", "-p", "a", "-p", "b", "-P", "x=m", "--user", "dora")
+    assert code == 1 and "participants" in err

@@ -1,0 +1,188 @@
+"""The graph validator (pure): one test per kind of problem, each naming the node or
+edge; the ten-node graph with a parallel branch and a condition is valid."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from roost.workflows.graph import (
+    MAX_NODES,
+    NODE_TYPES,
+    Issue,
+    content_hash,
+    diff_items,
+    size_problem,
+    validate_graph,
+)
+from tests.workflows.graphs import edge, node, simple_graph, ten_node_graph
+
+
+def problems(graph: dict[str, Any]) -> list[Issue]:
+    return validate_graph(graph["nodes"], graph["edges"], graph.get("viewport"))
+
+
+def only(issues: list[Issue], code: str) -> Issue:
+    found = [i for i in issues if i.code == code]
+    assert len(found) == 1, issues
+    return found[0]
+
+
+def test_the_ten_node_graph_with_a_parallel_branch_and_a_condition_is_valid() -> None:
+    graph = ten_node_graph()
+    assert len(graph["nodes"]) == 10
+    assert problems(graph) == []
+
+
+def test_the_node_types() -> None:
+    assert {"start", "llm", "agent", "tool", "knowledge", "condition", "parallel", "join",
+            "approval", "loop", "end"} <= set(NODE_TYPES)
+
+
+def test_unknown_node_type_names_the_node() -> None:
+    graph = simple_graph()
+    graph["nodes"][1]["type"] = "teleport"
+    issue = only(problems(graph), "unknown_node_type")
+    assert issue.node_id == "l" and "teleport" in issue.message and "llm" in issue.message
+
+
+def test_required_data_per_type_names_the_node_and_field() -> None:
+    graph = simple_graph()
+    graph["nodes"][1]["data"] = {"temperature": 9}
+    issues = [i for i in problems(graph) if i.code == "invalid_data"]
+    assert {i.node_id for i in issues} == {"l"}
+    text = " ".join(i.message for i in issues)
+    assert "'prompt' is required" in text and "data.temperature: must be at most 2" in text
+
+
+def test_dangling_edge_names_the_edge() -> None:
+    graph = simple_graph()
+    graph["edges"].append(edge("ghost", "l", "nowhere"))
+    issue = only(problems(graph), "dangling_edge")
+    assert issue.edge_id == "ghost" and "target" in issue.message
+
+
+def test_edges_must_use_existing_handles() -> None:
+    graph = ten_node_graph()
+    graph["edges"][9]["sourceHandle"] = "maybe"  # condition: only true / false
+    graph["edges"][0]["targetHandle"] = "side"  # llm: only its default input
+    issues = [i for i in problems(graph) if i.code == "invalid_handle"]
+    assert {i.edge_id for i in issues} == {"e-check-done", "e-start-ask"}
+    assert any("'false', 'true'" in i.message for i in issues)
+
+
+def test_an_end_has_no_output_and_a_start_no_input() -> None:
+    graph = simple_graph()
+    graph["edges"].append(edge("back", "e", "s"))
+    issue = only(problems(graph), "invalid_handle")
+    assert issue.edge_id == "back"
+
+
+def test_a_cycle_without_a_loop_node_is_refused_naming_its_nodes() -> None:
+    graph = {"nodes": [node("s", "start"), node("a", "llm", prompt="a"),
+                       node("b", "llm", prompt="b"), node("e", "end")],
+             "edges": [edge("1", "s", "a"), edge("2", "a", "b"), edge("3", "b", "a"),
+                       edge("4", "b", "e")]}
+    issue = only(problems(graph), "cycle")
+    assert issue.node_id in {"a", "b"} and "'a'" in issue.message and "'b'" in issue.message
+
+
+def test_a_cycle_through_a_loop_node_is_allowed() -> None:
+    graph = {"nodes": [node("s", "start"), node("repeat", "loop", max_iterations=3,
+                                                condition="attempt < 3"),
+                       node("try", "llm", prompt="try {{ attempt }}"), node("e", "end")],
+             "edges": [edge("1", "s", "repeat"), edge("2", "repeat", "try", "body"),
+                       edge("3", "try", "repeat"), edge("4", "repeat", "e", "done")]}
+    assert problems(graph) == []
+
+
+def test_exactly_one_start() -> None:
+    none = simple_graph()
+    none["nodes"][0]["type"] = "llm"
+    none["nodes"][0]["data"] = {"prompt": "x"}
+    assert "no start node" in only(problems(none), "start_count").message
+    two = simple_graph()
+    two["nodes"].append(node("s2", "start"))
+    two["edges"].append(edge("e3", "s2", "l"))
+    issue = only(problems(two), "start_count")
+    assert issue.node_id == "s2" and "2 start nodes" in issue.message
+
+
+def test_unreachable_nodes_and_duplicates_are_named() -> None:
+    graph = simple_graph()
+    graph["nodes"].append(node("island", "llm", prompt="alone"))
+    graph["nodes"].append(node("l", "llm", prompt="again"))
+    graph["edges"].append(edge("e1", "s", "l"))
+    issues = problems(graph)
+    assert only(issues, "unreachable").node_id == "island"
+    assert only(issues, "duplicate_node_id").node_id == "l"
+    assert only(issues, "duplicate_edge_id").edge_id == "e1"
+
+
+def test_parallel_and_join_need_branches() -> None:
+    graph = {"nodes": [node("s", "start"), node("p", "parallel"), node("j", "join"),
+                       node("e", "end")],
+             "edges": [edge("1", "s", "p"), edge("2", "p", "j"), edge("3", "j", "e")]}
+    issues = problems(graph)
+    assert only(issues, "parallel_branches").node_id == "p"
+    assert only(issues, "join_inputs").node_id == "j"
+
+
+@pytest.mark.parametrize("template", [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__.os }}",
+    "{{ x['__class__'] }}",
+    "{{ x|attr('__class__') }}",
+    "{% include '/etc/passwd' %}",
+    "{% for a in x %}{% for b in x %}{% for c in x %}{% endfor %}{% endfor %}{% endfor %}",
+    "{{ unclosed",
+])
+def test_hostile_or_broken_templates_are_refused_at_save(template: str) -> None:
+    issue = only(problems(simple_graph(prompt=template)), "invalid_template")
+    assert issue.node_id == "l" and issue.message.startswith("data.prompt: ")
+
+
+@pytest.mark.parametrize("expression", [
+    "x.__class__", "__import__('os').system('id')", "open('/etc/passwd')", "x.y",
+    "[c for c in x]", "lambda: 1", "'a' * 10", "_secret == 1", "x[1:2]",
+])
+def test_hostile_expressions_are_refused_at_save(expression: str) -> None:
+    graph = ten_node_graph()
+    graph["nodes"][7]["data"]["expression"] = expression
+    issue = only(problems(graph), "invalid_expression")
+    assert issue.node_id == "check"
+
+
+def test_values_jsonb_cannot_store_are_refused() -> None:
+    graph = simple_graph()
+    graph["nodes"][1]["data"]["temperature"] = float("nan")
+    graph["edges"][0]["label"] = "nul\x00"
+    issues = problems(graph)
+    assert any(i.node_id == "l" and "NaN" in i.message for i in issues)
+    assert any(i.edge_id == "e1" and "NUL" in i.message for i in issues)
+
+
+def test_size_limits_are_checked_first() -> None:
+    nodes = [node(f"n{i}", "llm", prompt="x") for i in range(10_000)]
+    problem = size_problem(nodes, [])
+    assert problem is not None and problem.limit == MAX_NODES
+    assert "10000 nodes" in problem.message and f"limit is {MAX_NODES}" in problem.message
+    assert size_problem(nodes[:MAX_NODES], []) is None
+
+
+def test_hash_and_diff() -> None:
+    a = ten_node_graph()
+    b = ten_node_graph()
+    assert content_hash(a["nodes"], a["edges"], a["viewport"]) == \
+        content_hash(b["nodes"], b["edges"], b["viewport"])
+    b["nodes"][1]["position"] = {"x": 5, "y": 5}
+    b["nodes"].pop(2)
+    b["nodes"].append(node("extra", "llm", prompt="x"))
+    b["edges"].pop()
+    changes = diff_items(a["nodes"], b["nodes"])
+    assert changes == {"added": ["extra"], "removed": ["fan"],
+                       "changed": [{"id": "ask", "fields": ["position"]}]}
+    assert diff_items(a["edges"], b["edges"])["removed"] == ["e-review-done"]
+    assert content_hash(a["nodes"], a["edges"], a["viewport"]) != \
+        content_hash(b["nodes"], b["edges"], b["viewport"])

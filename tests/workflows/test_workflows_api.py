@@ -1,0 +1,197 @@
+"""The workflows API: CRUD with XYFlow JSON unchanged, validation errors naming nodes and
+edges, size limits, publish / versions / diff / rollback, tenancy."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from roost.db.engine import Database
+from tests.support.identity import make_user
+from tests.workflows.graphs import edge, node, simple_graph, ten_node_graph
+
+API = "/api/v1/workflows"
+
+
+async def _create(client: httpx.AsyncClient, headers: dict[str, str], name: str = "Flow",
+                  **graph: Any) -> Any:
+    answer = await client.post(API, headers=headers, json={"name": name, **graph})
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+async def test_xyflow_json_round_trips_unchanged(client: httpx.AsyncClient,
+                                                 database: Database) -> None:
+    _, headers = await make_user(database)
+    graph = ten_node_graph()
+    created = await _create(client, headers, "Ten nodes", description="demo", **graph)
+    assert created["status"] == "draft" and created["latest_version"] == 0
+    got = (await client.get(f"{API}/{created['id']}", headers=headers)).json()
+    for key in ("nodes", "edges", "viewport"):
+        assert got[key] == graph[key]  # every canvas key kept: width, selected, measured...
+    listed = (await client.get(API, headers=headers)).json()["items"]
+    assert [w["id"] for w in listed] == [created["id"]] and "nodes" not in listed[0]
+
+    moved = copy.deepcopy(graph["nodes"])
+    moved[0]["position"] = {"x": 33.25, "y": -7}
+    moved[0]["selected"] = True
+    patched = await client.patch(f"{API}/{created['id']}", headers=headers,
+                                 json={"nodes": moved, "name": "Renamed"})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["nodes"] == moved and patched.json()["edges"] == graph["edges"]
+    assert patched.json()["name"] == "Renamed"
+    assert (await client.delete(f"{API}/{created['id']}", headers=headers)).status_code == 204
+    assert (await client.get(f"{API}/{created['id']}", headers=headers)).status_code == 404
+
+
+async def test_an_empty_draft_may_be_saved_but_not_published(client: httpx.AsyncClient,
+                                                             database: Database) -> None:
+    _, headers = await make_user(database)
+    created = await _create(client, headers)
+    assert created["nodes"] == [] and created["viewport"] == {"x": 0, "y": 0, "zoom": 1}
+    answer = await client.post(f"{API}/{created['id']}/publish", headers=headers)
+    assert answer.status_code == 422 and "empty workflow" in answer.json()["detail"]
+
+
+async def test_invalid_graphs_are_refused_naming_nodes_and_edges(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    _, headers = await make_user(database)
+    graph = simple_graph()
+    graph["nodes"].append(node("x", "teleport"))
+    graph["nodes"].append(node("c", "condition", expression="x.__class__"))
+    graph["edges"].append(edge("dangling", "l", "nowhere"))
+    graph["edges"].append(edge("e-c", "l", "c"))
+    answer = await client.post(API, headers=headers, json={"name": "Bad", **graph})
+    assert answer.status_code == 422, answer.text
+    body = answer.json()
+    assert body["type"].endswith("invalid-workflow")
+    found = {(e["code"], e["node_id"], e["edge_id"]) for e in body["errors"]}
+    assert ("unknown_node_type", "x", None) in found
+    assert ("invalid_expression", "c", None) in found
+    assert ("dangling_edge", None, "dangling") in found
+    assert ("unreachable", "x", None) in found
+    assert (await client.get(API, headers=headers)).json()["items"] == []  # nothing saved
+
+    validated = await client.post(f"{API}/validate", headers=headers, json=graph)
+    assert validated.status_code == 200
+    assert validated.json()["valid"] is False and len(validated.json()["errors"]) == len(
+        body["errors"])
+    good = await client.post(f"{API}/validate", headers=headers, json=ten_node_graph())
+    assert good.json() == {"valid": True, "errors": [], "node_count": 10, "edge_count": 12}
+
+    created = await _create(client, headers, **simple_graph())
+    cyclic = simple_graph()
+    cyclic["edges"].append(edge("back", "l", "l"))
+    patched = await client.patch(f"{API}/{created['id']}", headers=headers,
+                                 json={"edges": cyclic["edges"]})
+    assert patched.status_code == 422
+    assert [e["code"] for e in patched.json()["errors"]] == ["cycle"]
+    assert patched.json()["errors"][0]["node_id"] == "l"
+
+
+async def test_hostile_template_refused_at_save(client: httpx.AsyncClient,
+                                                database: Database) -> None:
+    _, headers = await make_user(database)
+    hostile = simple_graph(prompt="{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    answer = await client.post(API, headers=headers, json={"name": "Evil", **hostile})
+    assert answer.status_code == 422
+    [error] = answer.json()["errors"]
+    assert error["code"] == "invalid_template" and error["node_id"] == "l"
+
+
+async def test_publish_versions_diff_rollback(client: httpx.AsyncClient,
+                                              database: Database) -> None:
+    user_id, headers = await make_user(database)
+    graph = ten_node_graph()
+    wf = await _create(client, headers, **graph)
+    url = f"{API}/{wf['id']}"
+    v1 = await client.post(f"{url}/publish", headers=headers, json={"note": "first"})
+    assert v1.status_code == 201, v1.text
+    assert v1.json()["version"] == 1 and v1.json()["nodes"] == graph["nodes"]
+    assert v1.json()["published_by"] == str(user_id) and len(v1.json()["content_hash"]) == 64
+    again = await client.post(f"{url}/publish", headers=headers)
+    assert again.status_code == 409 and "unchanged since version 1" in again.json()["detail"]
+    assert (await client.get(url, headers=headers)).json()["status"] == "active"
+
+    changed = copy.deepcopy(graph)
+    changed["nodes"][1]["data"]["prompt"] = "Answer in detail: {{ question }}"
+    changed["nodes"] = [n for n in changed["nodes"] if n["id"] != "search"]
+    changed["edges"] = [e for e in changed["edges"] if "search" not in e["id"]]
+    changed["nodes"].append(node("web", "tool", tool="fetch", arguments={"url": "{{ question }}"}))
+    changed["edges"] += [edge("e-fan-web", "fan", "web"), edge("e-web-merge", "web", "merge")]
+    assert (await client.patch(url, headers=headers, json=changed)).status_code == 200
+    v2 = await client.post(f"{url}/publish", headers=headers)
+    assert v2.status_code == 201 and v2.json()["version"] == 2
+
+    versions = (await client.get(f"{url}/versions", headers=headers)).json()
+    assert [(v["version"], v["note"]) for v in versions] == [(2, None), (1, "first")]
+    one = (await client.get(f"{url}/versions/1", headers=headers)).json()
+    assert one["nodes"] == graph["nodes"] and one["edges"] == graph["edges"]
+    assert (await client.get(f"{url}/versions/3", headers=headers)).status_code == 404
+
+    diff = (await client.get(f"{url}/diff", headers=headers,
+                             params={"from": "1", "to": "2"})).json()
+    assert diff["nodes"] == {"added": ["web"], "removed": ["search"],
+                             "changed": [{"id": "ask", "fields": ["data"]}]}
+    assert diff["edges"]["added"] == ["e-fan-web", "e-web-merge"]
+    assert diff["edges"]["removed"] == ["e-fan-search", "e-search-merge"]
+    assert diff["viewport_changed"] is False
+    draft = (await client.get(f"{url}/diff", headers=headers, params={"from": "2"})).json()
+    assert draft["to_version"] == "draft" and draft["nodes"]["changed"] == []
+    bad = await client.get(f"{url}/diff", headers=headers, params={"from": "x"})
+    assert bad.status_code == 422
+
+    rolled = await client.post(f"{url}/rollback", headers=headers, json={"version": 1})
+    assert rolled.status_code == 200, rolled.text
+    assert rolled.json()["nodes"] == graph["nodes"] and rolled.json()["latest_version"] == 2
+    v3 = await client.post(f"{url}/publish", headers=headers)
+    assert v3.json()["version"] == 3 and v3.json()["content_hash"] == v1.json()["content_hash"]
+    assert (await client.post(f"{url}/rollback", headers=headers,
+                              json={"version": 9})).status_code == 404
+
+    async with database.transaction() as session:  # versions are immutable
+        with pytest.raises(DBAPIError, match="immutable"):
+            await session.execute(text("UPDATE workflow_versions SET note = 'x'"))
+
+
+async def test_activation_needs_a_version_and_archived_cannot_publish(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    _, headers = await make_user(database)
+    wf = await _create(client, headers, **simple_graph())
+    url = f"{API}/{wf['id']}"
+    assert (await client.patch(url, headers=headers,
+                               json={"status": "active"})).status_code == 409
+    assert (await client.patch(url, headers=headers,
+                               json={"status": "archived"})).status_code == 200
+    assert (await client.post(f"{url}/publish", headers=headers)).status_code == 409
+    assert (await client.patch(url, headers=headers, json={"nodes": None})).status_code == 422
+
+
+async def test_another_users_workflow_is_404(client: httpx.AsyncClient,
+                                             database: Database) -> None:
+    _, alice = await make_user(database)
+    _, bob = await make_user(database)
+    wf = await _create(client, alice, **simple_graph())
+    url = f"{API}/{wf['id']}"
+    assert (await client.post(f"{url}/publish", headers=alice)).status_code == 201
+    for method, path, body in (
+        ("GET", url, None), ("PATCH", url, {"name": "mine"}), ("DELETE", url, None),
+        ("POST", f"{url}/publish", None), ("GET", f"{url}/versions", None),
+        ("GET", f"{url}/versions/1", None), ("GET", f"{url}/diff?from=1", None),
+        ("POST", f"{url}/rollback", {"version": 1}),
+    ):
+        answer = await client.request(method, path, headers=bob, json=body)
+        assert answer.status_code == 404, (method, path, answer.text)
+    assert (await client.get(API, headers=bob)).json()["items"] == []
+    async with database.transaction() as session:  # row-level security, the second wall
+        count = await session.scalar(text("SELECT count(*) FROM workflows"))
+    assert count == 1
+    assert (await client.get(f"{API}/{uuid.uuid4()}", headers=alice)).status_code == 404
