@@ -8,9 +8,6 @@ import asyncio
 import json
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, TypeVar
 
@@ -18,22 +15,16 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.catalog import find_agent_by_slug
-from roost.clitools import fail, id_table, print_table, resolve_id, with_database
-from roost.config import Settings, get_settings
-from roost.context import RequestContext, set_context
-from roost.db.engine import Database
+from roost.clitools import fail, id_table, print_table, resolve_id
 from roost.debates import service
 from roost.debates.models import TERMINAL_STATUSES, DebateSession
 from roost.debates.schemas import DebateCreate
-from roost.errors import BadRequest, Forbidden, NotFound, RoostError
-from roost.identity.accounts import find_user
-from roost.identity.common import principal_for
-from roost.identity.models import User, UserGroupMembership
-from roost.identity.tenancy import apply_principal
+from roost.errors import BadRequest
+from roost.identity.cliscope import Env, UserOpt
+from roost.identity.cliscope import run_as as _run
 from roost.principal import Principal
 
 console = Console()
@@ -43,49 +34,6 @@ POLL_S: Final = 0.5
 
 debates_app = typer.Typer(help="Debates with voting: start, show, ls.", no_args_is_help=True)
 
-UserOpt = Annotated[str | None, typer.Option(
-    "--user", "-u", help="Act as this user (username or e-mail); default: the root user.")]
-
-
-@dataclass(frozen=True)
-class Env:
-    database: Database
-    settings: Settings
-    principal: Principal
-
-    @asynccontextmanager
-    async def scoped(self) -> AsyncIterator[AsyncSession]:
-        async with self.database.transaction() as session:
-            await apply_principal(session, self.principal, app_role=self.settings.db_app_role)
-            yield session
-
-
-async def _principal(database: Database, login: str | None) -> Principal:
-    async with database.transaction() as session:
-        user = (await find_user(session, login) if login is not None else
-                await session.scalar(select(User).where(User.is_root).limit(1)))
-        if user is None:
-            raise NotFound(f"no user {login!r}" if login else
-                           "no root user exists: pass --user NAME to act as a user")
-        if user.status != "active" or not user.is_active:
-            raise Forbidden(f"the account {user.username!r} is not active")
-        groups = frozenset((await session.scalars(select(UserGroupMembership.group_id).where(
-            UserGroupMembership.user_id == user.id))).all())
-    return principal_for(user, group_ids=groups)
-
-
-def _run(user: str | None, fn: Callable[[Env], Awaitable[T]]) -> T:
-    settings = get_settings()
-
-    async def go(database: Database) -> T:
-        set_context(RequestContext(request_id=f"cli-{uuid.uuid4().hex[:12]}",
-                                   user_agent="roost-cli"))
-        return await fn(Env(database, settings, await _principal(database, user)))
-
-    try:
-        return with_database(go, settings)
-    except RoostError as exc:
-        raise fail(exc.title, exc.detail) from exc
 
 
 def _participant(spec: str, weights: dict[str, float]) -> dict[str, Any]:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Final, TypeVar
 
@@ -22,7 +20,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.clitools import fail, id_table, print_table, resolve_id, with_database
@@ -30,15 +28,13 @@ from roost.config import Settings, get_settings
 from roost.context import RequestContext, set_context
 from roost.db.base import utcnow
 from roost.db.engine import Database
-from roost.errors import BadRequest, Forbidden, NotFound, RoostError
+from roost.errors import BadRequest, NotFound, RoostError
 from roost.identity.accounts import find_user
-from roost.identity.common import principal_for
-from roost.identity.models import User, UserGroupMembership
-from roost.identity.tenancy import apply_principal
+from roost.identity.cliscope import Env, UserOpt
+from roost.identity.cliscope import run_as as _run
 from roost.memory import graphq, recall, service
 from roost.memory.models import Memory
 from roost.memory.schemas import EntityIn, ForgetIn, MemoryCreate, RelationshipIn, ScopeIn
-from roost.principal import Principal
 
 console = Console()
 T = TypeVar("T")
@@ -48,55 +44,6 @@ _ID_START: Final = re.compile(r"[0-9a-fA-F-]{1,36}")
 memory_app = typer.Typer(help="Long-term memory: add, search, list, forget, the entity graph.",
                          no_args_is_help=True)
 
-UserOpt = Annotated[str | None, typer.Option(
-    "--user", "-u", help="Act as this user (username or e-mail); default: the root user.")]
-PersonaOpt = Annotated[str | None, typer.Option(
-    "--persona", help="Narrow to this persona (name or id).")]
-AgentOpt = Annotated[str | None, typer.Option("--agent", help="Narrow to this agent (slug or id).")]
-AsOfOpt = Annotated[str | None, typer.Option(
-    "--as-of", help="What was true at this time (ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00Z).")]
-
-
-@dataclass(frozen=True)
-class Env:
-    database: Database
-    settings: Settings
-    principal: Principal
-
-    @asynccontextmanager
-    async def scoped(self) -> AsyncIterator[AsyncSession]:
-        """A transaction in the user's row-level-security scope."""
-        async with self.database.transaction() as session:
-            await apply_principal(session, self.principal, app_role=self.settings.db_app_role)
-            yield session
-
-
-async def _principal(database: Database, login: str | None) -> Principal:
-    async with database.transaction() as session:
-        user = (await find_user(session, login) if login is not None else
-                await session.scalar(select(User).where(User.is_root).limit(1)))
-        if user is None:
-            raise NotFound(f"no user {login!r}" if login else
-                           "no root user exists: pass --user NAME to act as a user")
-        if user.status != "active" or not user.is_active:
-            raise Forbidden(f"the account {user.username!r} is not active")
-        groups = frozenset((await session.scalars(select(UserGroupMembership.group_id).where(
-            UserGroupMembership.user_id == user.id))).all())
-    return principal_for(user, group_ids=groups)
-
-
-def _run(user: str | None, fn: Callable[[Env], Awaitable[T]]) -> T:
-    settings = get_settings()
-
-    async def go(database: Database) -> T:
-        set_context(RequestContext(request_id=f"cli-{uuid.uuid4().hex[:12]}",
-                                   user_agent="roost-cli"))
-        return await fn(Env(database, settings, await _principal(database, user)))
-
-    try:
-        return with_database(go, settings)
-    except RoostError as exc:
-        raise fail(exc.title, exc.detail) from exc
 
 
 def _system(fn: Callable[[Database, Settings], Awaitable[T]]) -> T:
@@ -185,6 +132,13 @@ def _relation(raw: str) -> RelationshipIn:
     if len(parts) != 3 or not all(parts):
         raise fail("Invalid --relation", f"{raw!r} is not SOURCE:RELATION:TARGET")
     return RelationshipIn(source=parts[0], relation=parts[1], target=parts[2])
+
+
+PersonaOpt = Annotated[str | None, typer.Option(
+    "--persona", help="Narrow to this persona (name or id).")]
+AgentOpt = Annotated[str | None, typer.Option("--agent", help="Narrow to this agent (slug or id).")]
+AsOfOpt = Annotated[str | None, typer.Option(
+    "--as-of", help="What was true at this time (ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00Z).")]
 
 
 @memory_app.command("add")

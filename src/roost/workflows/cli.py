@@ -12,10 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -25,15 +21,10 @@ from rich.text import Text
 from sqlalchemy import String, cast, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.clitools import fail, id_table, print_table, with_database
-from roost.config import Settings, get_settings
-from roost.context import RequestContext, set_context
-from roost.db.engine import Database
-from roost.errors import BadRequest, Forbidden, NotFound, RoostError
-from roost.identity.accounts import find_user
-from roost.identity.common import principal_for
-from roost.identity.models import User, UserGroupMembership
-from roost.identity.tenancy import apply_principal
+from roost.clitools import fail, id_table, print_table
+from roost.errors import BadRequest, NotFound
+from roost.identity.cliscope import Env, UserOpt
+from roost.identity.cliscope import run_as as _run
 from roost.principal import Principal
 from roost.workflows import graph, service
 from roost.workflows.models import WORKFLOW_STATUSES, Workflow, WorkflowVersion
@@ -43,50 +34,6 @@ T = TypeVar("T")
 
 workflows_app = typer.Typer(help="Workflows: list, validate, publish.", no_args_is_help=True)
 
-UserOpt = Annotated[str | None, typer.Option(
-    "--user", "-u", help="Act as this user (username or e-mail); default: the root user.")]
-
-
-@dataclass(frozen=True)
-class Env:
-    database: Database
-    settings: Settings
-    principal: Principal
-
-    @asynccontextmanager
-    async def scoped(self) -> AsyncIterator[AsyncSession]:
-        """A transaction in the user's row-level-security scope."""
-        async with self.database.transaction() as session:
-            await apply_principal(session, self.principal, app_role=self.settings.db_app_role)
-            yield session
-
-
-async def _principal(database: Database, login: str | None) -> Principal:
-    async with database.transaction() as session:
-        user = (await find_user(session, login) if login is not None else
-                await session.scalar(select(User).where(User.is_root).limit(1)))
-        if user is None:
-            raise NotFound(f"no user {login!r}" if login else
-                           "no root user exists: pass --user NAME to act as a user")
-        if user.status != "active" or not user.is_active:
-            raise Forbidden(f"the account {user.username!r} is not active")
-        groups = frozenset((await session.scalars(select(UserGroupMembership.group_id).where(
-            UserGroupMembership.user_id == user.id))).all())
-    return principal_for(user, group_ids=groups)
-
-
-def _run(user: str | None, fn: Callable[[Env], Awaitable[T]]) -> T:
-    settings = get_settings()
-
-    async def go(database: Database) -> T:
-        set_context(RequestContext(request_id=f"cli-{uuid.uuid4().hex[:12]}",
-                                   user_agent="roost-cli"))
-        return await fn(Env(database, settings, await _principal(database, user)))
-
-    try:
-        return with_database(go, settings)
-    except RoostError as exc:
-        raise fail(exc.title, exc.detail) from exc
 
 
 async def _workflow(session: AsyncSession, actor: Principal, ref: str) -> Workflow:
