@@ -69,7 +69,11 @@ def test_settings(tmp_path: Path) -> Settings:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
+    from playwright.async_api import async_playwright, expect
+
+    # expect() waits 5 s by default; a busy 2-core CI machine needs more headroom (the
+    # waits end as soon as the page is right, so a quiet machine loses nothing).
+    expect.set_options(timeout=20_000)
 
     async with async_playwright() as driver:
         launched = await driver.chromium.launch(executable_path=CHROMIUM, headless=True,
@@ -89,7 +93,7 @@ async def console(app: FastAPI) -> AsyncIterator[str]:
 async def context(browser: Any, console: str) -> AsyncIterator[Any]:
     """A fresh browser profile (no cookies) pointed at the console."""
     ctx = await browser.new_context(base_url=console, viewport={"width": 1280, "height": 800})
-    ctx.set_default_timeout(10_000)
+    ctx.set_default_timeout(20_000)
     yield ctx
     await ctx.close()
 
