@@ -46,16 +46,16 @@ async def other_user(database: Database) -> tuple[uuid.UUID, Headers]:
     return await make_user(database)
 
 
-@pytest.fixture
-async def worker(app: FastAPI, client: Any, database: Database,
-                 test_settings: Settings) -> AsyncIterator[Worker]:
-    """A worker in this process; its runs use the app's gateway and keys (``client`` first:
-    the app's start-up builds the gateway)."""
+@contextlib.asynccontextmanager
+async def running_worker(app: FastAPI, database: Database,
+                         settings: Settings) -> AsyncIterator[Worker]:
+    """A worker in this process whose runs use the app's gateway and keys (the app must
+    have started: its start-up builds the gateway)."""
     gateway = app_gateway(app)
     env = runner.RunEnv(database=database, gateway=gateway,
-                        tools=ToolsConfig.from_settings(test_settings),
+                        tools=ToolsConfig.from_settings(settings),
                         box=SecretBox.from_keys(app.state.keys.secrets_key), knowledge=None,
-                        hosted=agent_jobs.hosted_builtins(test_settings, None))
+                        hosted=agent_jobs.hosted_builtins(settings, None))
     agent_jobs.env_override, llm_jobs.gateway_override = env, gateway
     w = Worker(database, WorkerConfig(concurrency=2, lease_s=5, poll_interval_s=0.2,
                                       schedules=False, shutdown_timeout_s=2))
@@ -68,6 +68,14 @@ async def worker(app: FastAPI, client: Any, database: Database,
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 20)
         agent_jobs.env_override, llm_jobs.gateway_override = None, None
+
+
+@pytest.fixture
+async def worker(app: FastAPI, client: Any, database: Database,
+                 test_settings: Settings) -> AsyncIterator[Worker]:
+    """``running_worker`` for the whole test (``client`` first: the app's start-up)."""
+    async with running_worker(app, database, test_settings) as w:
+        yield w
 
 
 async def make_agent(database: Database, owner: uuid.UUID, **fields: Any) -> Agent:

@@ -5,27 +5,19 @@ another user's agent and run are the 404 page; names are text, never markup."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from roost.agents import jobs as agent_jobs
-from roost.agents import runner
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
-from roost.llm import jobs as llm_jobs
-from roost.llm.deps import app_gateway
-from roost.security.crypto import SecretBox
-from roost.tasks.worker import Worker, WorkerConfig
-from roost.tools.config import ToolsConfig
-from tests.agents.conftest import make_agent
+from tests.agents.conftest import make_agent, running_worker
 from tests.chat.conftest import add_provider
 from tests.console.conftest import assert_accessible, screenshot, sign_in_as
 from tests.support.identity import make_user
@@ -43,30 +35,6 @@ def _no_script_errors(page: Any) -> Iterator[None]:
     page.on("pageerror", lambda error: errors.append(str(error)))
     yield
     assert not errors, errors
-
-
-@contextlib.asynccontextmanager
-async def running_worker(app: FastAPI, database: Database,
-                         settings: Settings) -> AsyncIterator[Worker]:
-    """A worker in this process, as tests/agents' ``worker`` fixture builds it, but started
-    when the test says: after the run page listens, so it sees every event of the run."""
-    gateway = app_gateway(app)
-    env = runner.RunEnv(database=database, gateway=gateway,
-                        tools=ToolsConfig.from_settings(settings),
-                        box=SecretBox.from_keys(app.state.keys.secrets_key), knowledge=None,
-                        hosted=agent_jobs.hosted_builtins(settings, None))
-    agent_jobs.env_override, llm_jobs.gateway_override = env, gateway
-    worker = Worker(database, WorkerConfig(concurrency=2, lease_s=5, poll_interval_s=0.2,
-                                           schedules=False, shutdown_timeout_s=2))
-    task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(worker.started.wait(), 15)
-    try:
-        yield worker
-    finally:
-        worker.stop(force=True)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 20)
-        agent_jobs.env_override, llm_jobs.gateway_override = None, None
 
 
 async def test_create_an_agent_run_it_and_watch_the_steps_live(
