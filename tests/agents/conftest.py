@@ -22,9 +22,10 @@ from roost.db.engine import Database
 from roost.llm import jobs as llm_jobs
 from roost.llm.deps import app_gateway
 from roost.security.crypto import SecretBox
-from roost.tasks.worker import Worker, WorkerConfig
+from roost.tasks.worker import Worker
 from roost.tools.config import ToolsConfig
 from tests.support.identity import make_user
+from tests.support.workers import in_process_worker
 
 Headers = dict[str, str]
 
@@ -57,16 +58,10 @@ async def running_worker(app: FastAPI, database: Database,
                         box=SecretBox.from_keys(app.state.keys.secrets_key), knowledge=None,
                         hosted=agent_jobs.hosted_builtins(settings, None))
     agent_jobs.env_override, llm_jobs.gateway_override = env, gateway
-    w = Worker(database, WorkerConfig(concurrency=2, lease_s=5, poll_interval_s=0.2,
-                                      schedules=False, shutdown_timeout_s=2))
-    task = asyncio.create_task(w.run())
-    await asyncio.wait_for(w.started.wait(), 15)
     try:
-        yield w
+        async with in_process_worker(database) as w:
+            yield w
     finally:
-        w.stop(force=True)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 20)
         agent_jobs.env_override, llm_jobs.gateway_override = None, None
 
 

@@ -4,7 +4,6 @@ session and a run to commit to, an in-process worker that runs the validations."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -19,8 +18,9 @@ from roost.codeversions import jobs
 from roost.codeversions.config import CodeVersionsConfig
 from roost.config import Settings
 from roost.db.engine import Database
-from roost.tasks.worker import Worker, WorkerConfig
+from roost.tasks.worker import Worker
 from tests.support.identity import make_user
+from tests.support.workers import in_process_worker
 
 Headers = dict[str, str]
 
@@ -86,16 +86,10 @@ async def commit(client: httpx.AsyncClient, headers: Headers, expect: int = 201,
 async def worker(client: Any, database: Database,
                  config: CodeVersionsConfig) -> AsyncIterator[Worker]:
     jobs.config_override = config
-    w = Worker(database, WorkerConfig(concurrency=2, lease_s=5, poll_interval_s=0.2,
-                                      schedules=False, shutdown_timeout_s=2))
-    task = asyncio.create_task(w.run())
-    await asyncio.wait_for(w.started.wait(), 15)
     try:
-        yield w
+        async with in_process_worker(database) as w:
+            yield w
     finally:
-        w.stop(force=True)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 20)
         jobs.config_override = None
 
 

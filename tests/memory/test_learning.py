@@ -5,7 +5,6 @@ through ``POST /api/v1/memories/learn`` and a worker in this process."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -31,11 +30,12 @@ from roost.memory.recall import usable_embedder
 from roost.memory.schemas import MemoryCreate
 from roost.memory.service import Scope
 from roost.principal import Principal
-from roost.tasks.worker import Worker, WorkerConfig
+from roost.tasks.worker import Worker
 from tests.agents.conftest import make_agent
 from tests.chat.conftest import add_provider, new_session
 from tests.support.identity import make_user
 from tests.support.openai_stub import Reply, StubServer
+from tests.support.workers import in_process_worker
 
 API = "/api/v1/memories"
 Headers = dict[str, str]
@@ -58,16 +58,10 @@ async def gateway(app: FastAPI, client: httpx.AsyncClient, admin_headers: Header
 @pytest.fixture
 async def worker(app: FastAPI, gateway: LLMGateway, database: Database) -> AsyncIterator[Worker]:
     llm_jobs.gateway_override = gateway
-    w = Worker(database, WorkerConfig(concurrency=2, lease_s=5, poll_interval_s=0.2,
-                                      schedules=False, shutdown_timeout_s=2))
-    task = asyncio.create_task(w.run())
-    await asyncio.wait_for(w.started.wait(), 15)
     try:
-        yield w
+        async with in_process_worker(database) as w:
+            yield w
     finally:
-        w.stop(force=True)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 20)
         llm_jobs.gateway_override = None
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+from roost.db.engine import Database
+from roost.tasks.worker import Worker, WorkerConfig
 from tests.support.cli import ROOST
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,3 +40,18 @@ def child_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
     env.update(settings)
     return env
+
+
+@contextlib.asynccontextmanager
+async def in_process_worker(database: Database) -> AsyncIterator[Worker]:
+    """A queue worker on this test's loop (quick polling, no schedules), stopped at exit."""
+    worker = Worker(database, WorkerConfig(concurrency=2, lease_s=5, poll_interval_s=0.2,
+                                           schedules=False, shutdown_timeout_s=2))
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.started.wait(), 15)
+    try:
+        yield worker
+    finally:
+        worker.stop(force=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 20)
