@@ -268,6 +268,16 @@ async def measure(db: Any, args: argparse.Namespace, corpus: Corpus, rng: random
         "paths_3": lambda _q: lambda s: graphq.paths(s, actor, *connected(3), max_hops=3,
                                                      limit=20),
     }
+    index_scans_sql = text("SELECT indexrelname, idx_scan FROM pg_stat_user_indexes "
+                           "WHERE relname = 'memories'")
+
+    async def index_scans() -> dict[str, int]:
+        async with db.transaction() as session:
+            await session.execute(text("SELECT pg_stat_clear_snapshot()"))
+            return {str(name): int(n or 0)
+                    for name, n in (await session.execute(index_scans_sql)).all()}
+
+    scans_before = await index_scans()
     results: dict[str, Any] = {}
     hits: list[Any] = []
     for name, make in measures.items():
@@ -287,10 +297,14 @@ async def measure(db: Any, args: argparse.Namespace, corpus: Corpus, rng: random
                         for h in out[:3]]
         results[name] = {**summary(samples), "mean_results": round(statistics.mean(sizes), 1)}
         print(f"{name}: {results[name]}", flush=True)
+    await asyncio.sleep(11)  # idle backends flush their statistics within 10 s
+    scans_after = await index_scans()
+    # Scans of memories' indexes during the measured queries (those inside
+    # roost_memory_text_matches included), by index.
+    scans_by_index = {name: n - scans_before.get(name, 0) for name, n in scans_after.items()
+                      if n - scans_before.get(name, 0)}
+    scans = scans_by_index.get("ix_memories_embedding_all_minilm_l6_v2", 0)
     async with db.transaction() as session:
-        scans = (await session.execute(text(
-            "SELECT idx_scan FROM pg_stat_user_indexes "
-            "WHERE indexrelname = 'ix_memories_embedding_all_minilm_l6_v2'"))).scalar()
         total = await session.scalar(text("SELECT count(*) FROM memories"))
         first_user = await session.scalar(text("SELECT count(*) FROM memories WHERE user_id = :u"),
                                           {"u": corpus.users[0]})
@@ -299,6 +313,7 @@ async def measure(db: Any, args: argparse.Namespace, corpus: Corpus, rng: random
         "facts": total, "users": len(corpus.users), "facts_first_user": first_user,
         "people_per_user": corpus.people, "fillfactor": args.fillfactor or 100,
         "queries": args.queries, **corpus.timings, "hnsw_index_scans": scans,
+        "index_scans": scans_by_index,
         "memories_touched": accessed, "sample_hits": hits, "results": results,
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus": os.cpu_count(), "load_average": os.getloadavg()},

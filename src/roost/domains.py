@@ -123,8 +123,9 @@ DOMAINS: tuple[Domain, ...] = (
     Domain(
         "workflows",  # XYFlow graphs, validated and versioned (docs/workflows.md)
         models="roost.workflows.models",
-        routers=("roost.workflows.routes:router",),
-        cli="roost.workflows.cli:register",  # roost workflows ls|validate|publish
+        routers=("roost.workflows.routes:router", "roost.workflows.run_routes:router"),
+        jobs="roost.workflows.jobs",  # workflows.node (a run's calling nodes), approval timeouts
+        cli="roost.workflows.cli:register",  # roost workflows ls|validate|publish|run|resume
     ),
     Domain(
         "codeversions",  # git-backed code versions of sessions and runs (docs/codeversions.md)

@@ -218,6 +218,38 @@ async def test_a_contradiction_closes_the_old_fact(
     assert history[-1]["event"] == "invalidate" and history[-1]["related_memory_id"] == str(new_id)
 
 
+async def test_the_subjects_previous_version_is_always_a_candidate(
+    database: Database, gateway: LLMGateway, stub: StubServer,
+) -> None:
+    """Other subjects' facts that share the new value and words (six other Pablos' pets
+    called Indigo, newer) do not crowd out the fact the new one replaces: what the scope
+    says about the fact's subject, the same relation first, is shown before them."""
+    user_id, _ = await make_user(database)
+
+    def pet(name: str, value: str) -> dict[str, Any]:
+        return {"entities": [{"name": name, "type": "person"}, {"name": value, "type": "animal"}],
+                "relationships": [{"source": name, "relation": "has_pet", "target": value}]}
+
+    old = await remember(database, user_id, "Pablo Horvath's pet is named Miso",
+                         **pet("Pablo Horvath", "Miso"))
+    await remember(database, user_id, "Pablo Horvath lives in Lisbon",
+                   entities=[{"name": "Pablo Horvath", "type": "person"}],
+                   relationships=[{"source": "Pablo Horvath", "relation": "lives_in",
+                                   "target": "Lisbon"}])
+    for name in ("Pablo Okafor", "Pablo Moreau", "Pablo Tanaka", "Pablo Novak", "Pablo Iyer",
+                 "Pablo Galli"):
+        await remember(database, user_id, f"{name}'s pet is named Indigo", **pet(name, "Indigo"))
+    stub.script(
+        extracted(fact("Pablo Horvath's pet is named Indigo", **pet("Pablo Horvath", "Indigo"))),
+        decided({"fact_index": 0, "action": "invalidate", "target_id": str(old.id)}),
+    )
+    report = await run_learn(database, gateway, user_id, "Pablo Horvath adopted Indigo.")
+    shown = json.loads(chat_requests(stub)[1]["messages"][-1]["content"])
+    candidates = shown["new_facts"][0]["candidate_ids"]
+    assert candidates[0] == str(old.id), candidates
+    assert report.invalidated == [old.id]
+
+
 async def test_a_known_fact_is_a_no_op(database: Database, gateway: LLMGateway,
                                        stub: StubServer) -> None:
     user_id, _ = await make_user(database)

@@ -12,7 +12,7 @@ from roost.db.engine import Database
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
-from tests.workflows.graphs import edge, simple_graph, ten_node_graph
+from tests.workflows.graphs import edge, node, simple_graph, ten_node_graph
 
 
 async def test_workflows_from_the_command_line(
@@ -56,3 +56,32 @@ async def test_workflows_from_the_command_line(
     assert wf_id in listed.stdout and "active" in listed.stdout
     hidden = roost("workflows", "publish", "Digest", "--user", "other")
     assert hidden.returncode == 1 and "no workflow you can see" in hidden.stderr
+
+
+async def test_run_and_resume_from_the_command_line(
+    pg_server: PgTestServer, db_name: str, database: Database, client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "cli-data")}
+    _, headers = await make_user(database, username="rita")
+    graph = {"nodes": [node("s", "start", inputs=["name"]),
+                       node("greet", "template", template="Hello, {{ name }}"),
+                       node("check", "condition", expression="name != 'nobody'"),
+                       node("e", "end", output="{{ greet.output }}!"),
+                       node("no", "end", output="no one")],
+             "edges": [edge("1", "s", "greet"), edge("2", "greet", "check"),
+                       edge("3", "check", "e", "true"), edge("4", "check", "no", "false")]}
+    created = await client.post("/api/v1/workflows", headers=headers,
+                                json={"name": "Greeter", **graph})
+    assert (await client.post(f"/api/v1/workflows/{created.json()['id']}/publish",
+                              headers=headers)).status_code == 201
+
+    ran = run_roost("workflows", "run", "Greeter", "--user", "rita", "-i", "name=Ada", env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert "completed  greet (template)" in ran.stdout and "Hello, Ada!" in ran.stdout
+    missing = run_roost("workflows", "run", "Greeter", "--user", "rita", env=env)
+    assert missing.returncode == 1 and "missing 'name'" in missing.stderr
+    run_id = ran.stdout.split("Run ", 1)[1].split()[0]
+    done = run_roost("workflows", "resume", run_id, "--user", "rita", env=env)
+    assert done.returncode == 1 and "only a failed run can be resumed" in done.stderr

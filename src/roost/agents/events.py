@@ -22,7 +22,7 @@ from typing import Any, Final
 import asyncpg
 import structlog
 
-from roost.agents.models import TERMINAL_RUN_STATUSES, RunStep
+from roost.agents.models import OPEN_STEP_STATUSES, TERMINAL_RUN_STATUSES, RunStep
 from roost.agents.runs import EVENTS_CHANNEL
 from roost.agents.schemas import RunOut, RunStepOut
 
@@ -166,7 +166,7 @@ def step_frames(steps: list[RunStep], after: tuple[int, int]) -> tuple[list[str]
             frames.append(_frame(f"{step.step_number}.0", "step",
                                  {**out, "phase": "started"}))
             cursor = (step.step_number, 0)
-        if step.status != "running" and (step.step_number, 1) > cursor:
+        if step.status not in OPEN_STEP_STATUSES and (step.step_number, 1) > cursor:
             frames.append(_frame(f"{step.step_number}.1", "step",
                                  {**out, "phase": "finished"}))
             cursor = (step.step_number, 1)

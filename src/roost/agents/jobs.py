@@ -101,6 +101,7 @@ async def sweep(database: Database) -> list[uuid.UUID]:
         stranded = list((await session.scalars(
             select(Run.id).where(
                 Run.status.in_(("pending", "running")),
+                Run.kind == "agent",  # a workflow's nodes have jobs of their own
                 Run.updated_at < text("now() - interval '30 seconds'"),
                 ~exists().where(BackgroundTask.id == Run.task_id,
                                 BackgroundTask.status.not_in(_DEAD_JOB_STATUSES)),

@@ -49,8 +49,15 @@ SECRET_TYPES: Final = ("llm_provider_key", "email_imap", "email_smtp", "mcp_head
 RUN_STATUSES: Final = ("pending", "running", "completed", "failed", "cancelled")
 TERMINAL_RUN_STATUSES: Final = ("completed", "failed", "cancelled")
 STOP_REASONS: Final = ("final", "max_steps", "budget", "timeout", "cancelled", "error")
-STEP_TYPES: Final = ("llm_call", "tool_call", "rag_retrieval", "memory_recall", "error")
-STEP_STATUSES: Final = ("running", "completed", "failed", "interrupted", "cancelled")
+STEP_TYPES: Final = ("llm_call", "tool_call", "rag_retrieval", "memory_recall", "error",
+                     "workflow_node")
+# pending and waiting: a workflow node scheduled but not started, or paused for an approval.
+STEP_STATUSES: Final = ("pending", "waiting", "running", "completed", "failed", "interrupted",
+                        "cancelled")
+OPEN_STEP_STATUSES: Final = ("pending", "waiting", "running")
+# What a run executes: an agent's loop (roost.agents.runner) or a workflow's graph
+# (roost.workflows.engine, whose workflow_runs row extends the run).
+RUN_KINDS: Final = ("agent", "workflow")
 EMAIL_DIRECTIONS: Final = ("inbound", "outbound")
 
 
@@ -161,6 +168,7 @@ class Run(UUIDPrimaryKey, CreatedAt, Base):
     __tablename__ = "runs"
     __table_args__ = (
         CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+        CheckConstraint(_in("kind", RUN_KINDS), name="kind"),
         CheckConstraint(f"stop_reason IS NULL OR {_in('stop_reason', STOP_REASONS)}",
                         name="stop_reason"),
         Index("uq_runs_trace_id", "trace_id", unique=True),
@@ -176,6 +184,7 @@ class Run(UUIDPrimaryKey, CreatedAt, Base):
     persona_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("personas.id", ondelete="SET NULL"))
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16), server_default=text("'agent'"), default="agent")
     trace_id: Mapped[str] = mapped_column(String(255))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(50), server_default=text("'pending'"),
@@ -210,6 +219,10 @@ class RunStep(UUIDPrimaryKey, CreatedAt, Base):
         Index("uq_run_steps_run_step", "run_id", "step_number", unique=True),
         Index("ix_run_steps_user_id", "user_id"),
         Index("ix_run_steps_tool_id", "tool_id"),
+        # A workflow node runs once per activation: (node, iteration) is its identity.
+        Index("uq_run_steps_run_node_iteration", "run_id", "node_id", "iteration", unique=True,
+              postgresql_where=text("node_id IS NOT NULL")),
+        Index("ix_run_steps_task_id", "task_id", postgresql_where=text("task_id IS NOT NULL")),
     )
 
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
@@ -236,6 +249,11 @@ class RunStep(UUIDPrimaryKey, CreatedAt, Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     duration_ms: Mapped[int | None] = mapped_column(Integer)
+    # Workflow steps: the node executed, its activation (0, 1, ... in loops), and the queue
+    # job that owns it (background_tasks.id; the job executes the steps it owns).
+    node_id: Mapped[str | None] = mapped_column(String(255))
+    iteration: Mapped[int | None] = mapped_column(Integer)
+    task_id: Mapped[uuid.UUID | None]
 
 
 class PersonaHealthMetric(UUIDPrimaryKey, Base):

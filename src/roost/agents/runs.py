@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.catalog import require_active
-from roost.agents.models import TERMINAL_RUN_STATUSES, Agent, Run, RunStep
+from roost.agents.models import OPEN_STEP_STATUSES, TERMINAL_RUN_STATUSES, Agent, Run, RunStep
 from roost.agents.schemas import AgentConfig, RunCreate
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
@@ -127,7 +127,7 @@ async def cancel_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID)
         status="cancelled", stop_reason="cancelled", cancel_requested_at=now, completed_at=now,
         updated_at=now, error_message=None, **totals_from_steps(run_id)))
     open_steps = (await session.scalars(
-        update(RunStep).where(RunStep.run_id == run_id, RunStep.status == "running")
+        update(RunStep).where(RunStep.run_id == run_id, RunStep.status.in_(OPEN_STEP_STATUSES))
         .values(status="cancelled", finished_at=now, error="cancelled")
         .returning(RunStep.id))).all()
     await session.execute(

@@ -65,6 +65,7 @@ class RunOut(BaseModel):
     agent_id: uuid.UUID | None
     persona_id: uuid.UUID | None
     user_id: uuid.UUID
+    kind: Literal["agent", "workflow"] = "agent"
     trace_id: str
     idempotency_key: str | None
     status: Literal["pending", "running", "completed", "failed", "cancelled"]
@@ -107,6 +108,8 @@ class RunStepOut(BaseModel):
     finished_at: datetime | None
     duration_ms: int | None
     created_at: datetime
+    node_id: str | None = None  # workflow steps: the node and its activation
+    iteration: int | None = None
 
 
 # --- personas, members, secrets, agents (roost.agents.personas, .secrets, .catalog) -------

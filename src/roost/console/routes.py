@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from roost.agents import catalog as agent_catalog
 from roost.agents import runs as agent_runs
 from roost.chat import sessions as chat_sessions
+from roost.codeversions import service as code_versions
 from roost.console.deps import (
     SECURITY_HEADERS,
     Viewer,
@@ -31,6 +32,7 @@ from roost.console.deps import (
     viewer,
 )
 from roost.context import current_context
+from roost.debates import service as debate_service
 from roost.errors import NotFound
 from roost.http.auth import check_csrf
 from roost.http.deps import DbSession
@@ -42,6 +44,8 @@ from roost.identity.routes import identity_config
 from roost.identity.schemas import LoginIn, MfaIn, PasskeyLoginFinishIn
 from roost.principal import Principal
 from roost.tools import registry as tool_registry
+from roost.workflows import runs as workflow_runs
+from roost.workflows import service as workflow_service
 
 router = RoostRouter(prefix="/console", tags=["console"], include_in_schema=False)
 root_router = RoostRouter(tags=["console"], include_in_schema=False)
@@ -232,6 +236,45 @@ async def tools_page(request: Request, session: DbSession) -> Response:
 async def tool_page(tool_id: str, request: Request, session: DbSession) -> Response:
     return await _page(request, session, "tool.html", check=tool_registry.get_tool,
                        object_id=tool_id)
+
+
+@router.get("/debates")
+async def debates_page(request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "debates.html")
+
+
+@router.get("/debates/{debate_id}")
+async def debate_page(debate_id: str, request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "debate.html", check=debate_service.get_debate,
+                       object_id=debate_id)
+
+
+@router.get("/code")
+async def code_versions_page(request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "code_versions.html")
+
+
+@router.get("/code/{version_id}")
+async def code_version_page(version_id: str, request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "code_version.html", check=code_versions.get_version,
+                       object_id=version_id)
+
+
+@router.get("/workflows")
+async def workflows_page(request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "workflows.html")
+
+
+@router.get("/workflows/{workflow_id}")
+async def workflow_page(workflow_id: str, request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "workflow.html", check=workflow_service.get_workflow,
+                       object_id=workflow_id)
+
+
+@router.get("/workflow-runs/{run_id}")
+async def workflow_run_page(run_id: str, request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "workflow_run.html", check=workflow_runs.read_run,
+                       object_id=run_id)
 
 
 @router.get("/profile")

@@ -37,7 +37,7 @@ from typing import Any, Final, Literal
 
 import structlog
 from pydantic import BaseModel, Field
-from sqlalchemy import Float, String, bindparam, cast, func, literal_column, select
+from sqlalchemy import Float, Integer, String, bindparam, cast, func, literal_column, or_, select, type_coerce
 from sqlalchemy import text as sql
 from sqlalchemy.dialects.postgresql import TSQUERY
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -400,8 +400,12 @@ async def _candidates(session: AsyncSession, scope: Scope, fact: ExtractedFact,
         # TODO(memory recall): share the vector query if recall grows an exact-scope form.
         ids += await _nearest(session, scope, vector, embedder.model_name)
     ids += await _text_overlap(session, scope, fact.content)
-    ids += await _shared_entities(session, scope, [e.name for e in fact.entities])
-    unique = list(dict.fromkeys(ids))[:MAX_CANDIDATES]
+    about, others = await _shared_entities(session, scope, fact)
+    # What the scope says about the fact's subject comes first, so the candidate limit
+    # never drops it for other subjects' facts that share a value or words: it is where
+    # the previous version of a changed fact is (learn "Ada's pet is Indigo" while the
+    # scope holds "Ada's pet is Miso" and five other people's pets called Indigo).
+    unique = list(dict.fromkeys([*about, *ids, *others]))[:MAX_CANDIDATES]
     if not unique:
         return []
     rows = {m.id: m for m in (await session.scalars(select(Memory).where(Memory.id.in_(unique))))}
@@ -439,14 +443,50 @@ _ENTITY_MATCH = sql(
 )
 
 
-async def _shared_entities(session: AsyncSession, scope: Scope, names: list[str]) -> list[uuid.UUID]:
-    normalized = sorted({graph.normalize(n) for n in names if graph.normalize(n)})
-    if not normalized:
-        return []
-    stmt = (_current(scope, Memory.id)
-            .where(_ENTITY_MATCH.bindparams(bindparam("entity_names", normalized)))
-            .order_by(Memory.created_at.desc()).limit(ENTITY_CANDIDATES))
-    return list((await session.scalars(stmt)).all())
+# 2: the memory states one of the fact's relations of the same subject (a previous
+# version); 1: it names the subject; 0: it only shares another entity.  Names are
+# compared as graph.normalize does (case and spacing ignored).
+_SUBJECT_RANK = """(CASE
+  WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(memories.relationships) AS r
+               WHERE jsonb_typeof(r) = 'object'
+                 AND lower(regexp_replace(btrim(r->>'source'), '\\s+', ' ', 'g')) = ANY(:subjects)
+                 AND lower(btrim(r->>'relation')) = ANY(:relations)) THEN 2
+  WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(memories.entities) AS e
+               WHERE jsonb_typeof(e) = 'object'
+                 AND lower(regexp_replace(btrim(e->>'name'), '\\s+', ' ', 'g')) = ANY(:subjects))
+    OR EXISTS (SELECT 1 FROM jsonb_array_elements(memories.relationships) AS r
+               WHERE jsonb_typeof(r) = 'object'
+                 AND lower(regexp_replace(btrim(r->>'source'), '\\s+', ' ', 'g')) = ANY(:subjects))
+  THEN 1 ELSE 0 END)"""
+
+
+def fact_subject(fact: ExtractedFact) -> tuple[list[str], list[str]]:
+    """The fact's subject (normalised names) and relations: its relationships' sources and
+    their relation names, or, without relationships, its first entity."""
+    subjects = {graph.normalize(r.source) for r in fact.relationships} - {""}
+    relations = {r.relation.strip().lower() for r in fact.relationships} - {""}
+    if not subjects and fact.entities:
+        subjects = {graph.normalize(fact.entities[0].name)} - {""}
+    return sorted(subjects), sorted(relations)
+
+
+async def _shared_entities(session: AsyncSession, scope: Scope,
+                           fact: ExtractedFact) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """Up to ``ENTITY_CANDIDATES`` current memories sharing an entity with ``fact``: first
+    those stating the same relation of its subject, then those naming its subject, then the
+    rest, newest first in each.  Answered as (about the subject, the others)."""
+    normalized = sorted({graph.normalize(e.name) for e in fact.entities} - {""})
+    subjects, relations = fact_subject(fact)
+    if not normalized and not subjects:
+        return [], []
+    rank = type_coerce(sql(_SUBJECT_RANK).bindparams(
+        bindparam("subjects", subjects), bindparam("relations", relations)), Integer)
+    about = rank.label("about")
+    stmt = (_current(scope, Memory.id, about)
+            .where(or_(_ENTITY_MATCH.bindparams(bindparam("entity_names", normalized)), rank > 0))
+            .order_by(about.desc(), Memory.created_at.desc()).limit(ENTITY_CANDIDATES))
+    found = (await session.execute(stmt)).all()
+    return [r.id for r in found if r.about > 0], [r.id for r in found if r.about == 0]
 
 
 def _shown(memory: Memory) -> dict[str, Any]:

@@ -50,6 +50,7 @@ MAX_CONTENT_CHARS: Final = 4000
 DEFAULT_MODEL: Final = "all-MiniLM-L6-v2"
 DEFAULT_DIMENSIONS: Final = 384
 DEFAULT_INDEX: Final = "ix_memories_embedding_all_minilm_l6_v2"
+USER_VECTORS_INDEX: Final = "ix_memories_user_minilm"
 
 
 class Memory(UUIDPrimaryKey, Timestamps, Base):
@@ -111,7 +112,17 @@ class Memory(UUIDPrimaryKey, Timestamps, Base):
         Index("ix_memories_invalidated_by_id", "invalidated_by_id"),
         Index("ix_memories_source", "user_id", "source_type", "source_id"),
         Index("ix_memories_current", "user_id", "valid_to", "status"),
-        Index("ix_memories_content_tsv", "content_tsv", postgresql_using="gin"),
+        # One user's full-text matches in one scan (btree_gin; migration 0830).
+        Index("ix_memories_user_content_tsv", "user_id", "content_tsv", postgresql_using="gin"),
+        # A user's default-model vectors with what recall filters on, for an exact
+        # index-only scan of that user's memories (migration 0830).
+        Index(
+            USER_VECTORS_INDEX,
+            "user_id",
+            postgresql_include=["id", "status", "valid_from", "valid_to", "archived_at",
+                                "persona_id", "agent_id", "session_id", "embedding"],
+            postgresql_where=text(f"embedding_model = '{DEFAULT_MODEL}'"),
+        ),
         # The default embedding model's HNSW index, as document chunks have (migration 0700).
         Index(
             DEFAULT_INDEX,

@@ -79,6 +79,8 @@ EF_SEARCH: Final = 100
 #: Full-text matches ranked at most (a common word can match most of a large memory:
 #: ranking them all would cost more than everything else together).
 TEXT_MATCHES_MAX: Final = 1000
+#: The text signal under row-level security (migration 0830).
+TEXT_MATCHES_FUNCTION: Final = "roost_memory_text_matches"
 #: Entity names are matched against the query's phrases of up to this many words.
 MAX_PHRASE_WORDS: Final = 5
 MAX_PHRASES: Final = 300
@@ -277,8 +279,10 @@ def _plan(scope: Scope, query: str, *, model: str | None, dims: int | None,
             expr, qvec = "m.embedding", "CAST(:qvec AS vector)"
             model_where = f"m.embedding_model = {sql_literal(check_model_name(model))} " \
                           f"AND m.embedding_dim = {int(dims)}"
-        vector_cte = (f"SELECT m.id, 1 - ({expr} <=> {qvec}) AS sim FROM memories m "  # noqa: S608
-                      f"WHERE {model_where} AND {mem} ORDER BY {expr} <=> {qvec} LIMIT :n")
+        # The distance once per memory (the ordering and the similarity share it).
+        vector_cte = (f"SELECT x.id, 1 - x.dist AS sim FROM (SELECT m.id, {expr} <=> {qvec} "  # noqa: S608
+                      f"AS dist FROM memories m WHERE {model_where} AND {mem} "
+                      f"ORDER BY dist LIMIT :n) x")
     else:
         vector_cte = "SELECT NULL::uuid AS id, NULL::float8 AS sim WHERE false"
     graph_part = f"""
@@ -311,25 +315,42 @@ g AS (
 )"""  # noqa: S608 (fixed clauses only)
     reference = "CAST(:as_of AS timestamptz)" if as_of is not None else "now()"
     every_term, any_term = _tsqueries(query)
+    # The text signal.  Under row-level security (a principal's transaction as roost_app)
+    # through roost_memory_text_matches (migration 0830), which may use the indexes;
+    # without it (the owner's view: system work) the same query inline.  Exactly one of
+    # the two runs: row_security_active() is a one-time filter.
+    matches_args = ", ".join((
+        "CAST(:uid AS uuid)", every_term, any_term,
+        *(f"CAST(:{name} AS uuid)" if value is not None else "NULL::uuid"
+          for name, value in (("pid", scope.persona_id), ("aid", scope.agent_id),
+                              ("sid", scope.session_id))),
+        "CAST(:as_of AS timestamptz)" if as_of is not None else "NULL::timestamptz",
+        str(TEXT_MATCHES_MAX), "CAST(:n AS integer)"))
+    inline = "NOT row_security_active('memories')"
     sql = f"""
 WITH v AS ({vector_cte}),
 t_every AS (
   SELECT m.id, m.content_tsv FROM memories m
-  WHERE m.content_tsv @@ {every_term} AND {mem} LIMIT {TEXT_MATCHES_MAX}
+  WHERE {inline} AND m.content_tsv @@ {every_term} AND {mem} LIMIT {TEXT_MATCHES_MAX}
 ),
 t_any AS (
   SELECT m.id, m.content_tsv FROM memories m
-  WHERE NOT EXISTS (SELECT 1 FROM t_every) AND m.content_tsv @@ {any_term} AND {mem}
+  WHERE {inline} AND NOT EXISTS (SELECT 1 FROM t_every) AND m.content_tsv @@ {any_term}
+    AND {mem}
   LIMIT {TEXT_MATCHES_MAX}
 ),
 t AS (
-  SELECT x.id, ts_rank_cd(x.content_tsv, {any_term})::float8 AS trank
-  FROM (SELECT * FROM t_every UNION ALL SELECT * FROM t_any) x
-  ORDER BY trank DESC, x.id LIMIT :n
+  SELECT f.id, f.trank FROM {TEXT_MATCHES_FUNCTION}({matches_args}) f
+  WHERE row_security_active('memories')
+  UNION ALL
+  (SELECT x.id, ts_rank_cd(x.content_tsv, {any_term})::float8 AS trank
+   FROM (SELECT * FROM t_every UNION ALL SELECT * FROM t_any) x
+   ORDER BY trank DESC, x.id LIMIT :n)
 ),
 {graph_part},
 fused AS (
-  SELECT id, max(sim) AS sim, max(trank) AS trank, max(gscore) AS gscore, sum(rrf) AS rrf
+  SELECT id, max(sim) AS sim, max(trank) AS trank, max(gscore) AS gscore,
+         sum(rrf ORDER BY rrf) AS rrf
   FROM (
     SELECT id, sim::float8 AS sim, NULL::float8 AS trank, NULL::float8 AS gscore,
            1.0::float8 / (CAST(:rrf AS float8) + rank() OVER (ORDER BY sim DESC)) AS rrf
@@ -349,7 +370,7 @@ SELECT f.id, f.sim, f.trank, f.gscore,
                                                               m.last_accessed)))::float8, 0)
           / 86400.0 / CAST(:half_life AS float8))) AS score
 FROM fused f JOIN memories m ON m.id = f.id
-ORDER BY score DESC, f.id
+ORDER BY score DESC, m.valid_from DESC, f.id
 LIMIT :k"""  # noqa: S608 (only fixed clauses, a checked model name and ints)
     return _Plan(sql, params)
 

@@ -1,10 +1,12 @@
-"""``roost workflows ls|validate|publish``: workflows from the command line.
+"""``roost workflows ls|validate|publish|run|resume``: workflows from the command line.
 
 ``ls`` and ``publish`` act for one user, ``--user`` (username or e-mail; default: the root
 user), in that user's row-level-security scope, through the same services as the API.
 ``validate`` checks a JSON file (``-``: standard input) holding ``{nodes, edges,
 viewport}`` as an XYFlow canvas exports it, without a database; or, given a workflow
-(id, a unique start of one, or its exact name), that workflow's draft.
+(id, a unique start of one, or its exact name), that workflow's draft.  ``run`` starts a
+run of a published version and follows it node by node (a worker executes the calling
+nodes: ``roost serve`` runs one, or ``roost worker``); ``resume`` goes on with a failed run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -21,18 +25,21 @@ from rich.text import Text
 from sqlalchemy import String, cast, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.agents.models import OPEN_STEP_STATUSES
 from roost.clitools import fail, id_table, print_table
 from roost.errors import BadRequest, NotFound
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
 from roost.principal import Principal
-from roost.workflows import graph, service
+from roost.workflows import graph, runs, service
 from roost.workflows.models import WORKFLOW_STATUSES, Workflow, WorkflowVersion
+from roost.workflows.schemas import WorkflowRunCreate, WorkflowRunOut
 
 console = Console()
 T = TypeVar("T")
 
-workflows_app = typer.Typer(help="Workflows: list, validate, publish.", no_args_is_help=True)
+workflows_app = typer.Typer(help="Workflows: list, validate, publish, run, resume.",
+                             no_args_is_help=True)
 
 
 
@@ -145,6 +152,123 @@ def workflows_publish(
     w, version = _run(user, go)
     console.print(Text(f"Published {w.name} version {version.version} "
                        f"(sha256 {version.content_hash[:12]})"))
+
+
+def _parse_inputs(pairs: list[str], from_json: str | None) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    if from_json is not None:
+        raw = sys.stdin.read() if from_json == "-" else Path(from_json).read_text(encoding="utf-8")
+        try:
+            loaded = json.loads(raw)
+        except ValueError as exc:
+            raise fail("Not JSON", f"{from_json}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise fail("Invalid inputs", f"{from_json}: expected a JSON object of inputs")
+        inputs.update(loaded)
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise fail("Invalid --input", f"{pair!r}: expected NAME=VALUE")
+        inputs[name.strip()] = value
+    return inputs
+
+
+async def _follow(env: Env, run_id: uuid.UUID, timeout_s: float) -> WorkflowRunOut:
+    """Poll the run until it ends or waits for an approval, a line per node as it ends."""
+    shown: set[uuid.UUID] = set()
+    deadline = time.monotonic() + timeout_s
+    warned = False
+    started = time.monotonic()
+    while True:
+        async with env.scoped() as session:
+            run = await runs.read_run(session, env.principal, run_id)
+        for step in run.steps:
+            if step.id not in shown and step.status not in OPEN_STEP_STATUSES:
+                shown.add(step.id)
+                took = f"{step.duration_ms} ms" if step.duration_ms is not None else ""
+                console.print(Text(f"  {step.status:<10} {step.node_id} ({step.node_type}) "
+                                   f"{took}" + (f": {step.error}" if step.error else "")))
+        if run.status in ("completed", "failed", "cancelled") or run.waiting_for:
+            return run
+        if not warned and time.monotonic() - started > 15 and any(
+                s.status == "pending" for s in run.steps):
+            warned = True
+            console.print(Text("  (nodes are pending: is a worker running? `roost serve` "
+                               "runs one, or start `roost worker`)"))
+        if time.monotonic() > deadline:
+            raise fail("Still running", f"run {run_id} did not finish within {timeout_s:g} s; "
+                                        "it goes on: check it again later")
+        await asyncio.sleep(0.3)
+
+
+def _outcome(run: WorkflowRunOut) -> None:
+    if run.waiting_for:
+        console.print(Text(f"Run {run.id} waits for approval at {', '.join(run.waiting_for)}: "
+                           f"POST /api/v1/workflow-runs/{run.id}/approvals/<node>"))
+        return
+    console.print(Text(f"Run {run.id} {run.status}"))
+    if run.output is not None:
+        console.print(Text(run.output))
+    if run.status == "failed":
+        raise fail("Run failed", (run.error_message or "") +
+                   f"; fix the cause, then: roost workflows resume {run.id}")
+    if run.status == "cancelled":
+        raise typer.Exit(1)
+
+
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait",
+                                       help="Follow the run until it ends (default).")]
+TimeoutOpt = Annotated[float, typer.Option(min=1, help="Stop following after this many seconds.")]
+
+
+@workflows_app.command("run")
+def workflows_run(
+    workflow: Annotated[str, typer.Argument(help="Id (or a unique start of one) or name.")],
+    user: UserOpt = None,
+    input_: Annotated[list[str] | None, typer.Option(
+        "--input", "-i", help="An input NAME=VALUE (a string); repeat for more.")] = None,
+    inputs_json: Annotated[str | None, typer.Option(
+        "--inputs-json", help="A JSON file of inputs ({name: value}; - for standard input).")] = None,
+    version: Annotated[int | None, typer.Option(min=1, help="Version; default the newest.")] = None,
+    wait: WaitOpt = True,
+    timeout: TimeoutOpt = 600,
+) -> None:
+    """Run a published version of a workflow; print each node as it finishes."""
+    inputs = _parse_inputs(input_ or [], inputs_json)
+
+    async def go(env: Env) -> WorkflowRunOut:
+        async with env.scoped() as session:
+            w = await _workflow(session, env.principal, workflow)
+            run, _ = await runs.start_run(session, env.principal, w.id,
+                                          WorkflowRunCreate(inputs=inputs, version=version),
+                                          source="cli")
+        console.print(Text(f"Run {run.id} of {w.name} started"))
+        if not wait:
+            async with env.scoped() as session:
+                return await runs.read_run(session, env.principal, run.id)
+        return await _follow(env, run.id, timeout)
+
+    _outcome(_run(user, go))
+
+
+@workflows_app.command("resume")
+def workflows_resume(
+    run_id: Annotated[uuid.UUID, typer.Argument(help="The failed run's id.")],
+    user: UserOpt = None,
+    wait: WaitOpt = True,
+    timeout: TimeoutOpt = 600,
+) -> None:
+    """Go on with a failed run from its failed nodes (completed nodes do not run again)."""
+    async def go(env: Env) -> WorkflowRunOut:
+        async with env.scoped() as session:
+            await runs.resume_run(session, env.principal, run_id)
+        console.print(Text(f"Run {run_id} resumed"))
+        if not wait:
+            async with env.scoped() as session:
+                return await runs.read_run(session, env.principal, run_id)
+        return await _follow(env, run_id, timeout)
+
+    _outcome(_run(user, go))
 
 
 def register(app: typer.Typer) -> None:

@@ -10,11 +10,13 @@ with its workflow.  Row-level security: both tables are their owner's
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from roost.agents import models as _agents_models  # noqa: F401 - "runs", for the foreign keys
 from roost.db.base import Base, CreatedAt, Timestamps, UUIDPrimaryKey
 from roost.identity import models as _identity_models  # noqa: F401 - "users", for the foreign keys
 
@@ -68,3 +70,29 @@ class WorkflowVersion(UUIDPrimaryKey, CreatedAt, Base):
     published_by: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"))
     note: Mapped[str | None] = mapped_column(Text)
+
+
+class WorkflowRun(Base):
+    """What a workflow run adds to its ``runs`` row (``kind = 'workflow'``): the workflow
+    and the version it pins, and the scheduler's state (roost.workflows.engine): which
+    edges delivered what to each node so far.  Its steps are ``run_steps`` of type
+    ``workflow_node``."""
+
+    __tablename__ = "workflow_runs"
+    __table_args__ = (
+        CheckConstraint("version >= 1", name="version_positive"),
+        Index("ix_workflow_runs_workflow_created", "workflow_id", text("created_at DESC")),
+        Index("ix_workflow_runs_user_id", "user_id"),
+    )
+
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"),
+                                              primary_key=True)
+    workflow_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workflows.id", ondelete="CASCADE"))
+    version_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workflow_versions.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    state: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"),
+                                                  default=dict)
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"), nullable=False)

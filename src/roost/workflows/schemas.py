@@ -125,3 +125,69 @@ class DiffOut(BaseModel):
     nodes: ItemsDiff
     edges: ItemsDiff
     viewport_changed: bool
+
+
+# --- runs (roost.workflows.runs) -------------------------------------------------------------
+
+MAX_INPUT_JSON_CHARS = 100_000
+
+
+class WorkflowRunCreate(StrictInput):
+    inputs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The run's input variables: the names the start node's data.inputs lists")
+    version: int | None = Field(default=None, ge=1, le=1_000_000_000,
+                                description="The version to run; default the newest")
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=255,
+        description="A second request with the same key returns the first run")
+
+
+class ApprovalIn(StrictInput):
+    approved: bool
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class NodeStepOut(BaseModel):
+    """One node's activation in a run (a ``run_steps`` row)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    step_number: int
+    node_id: str | None
+    node_type: str | None = None
+    iteration: int | None
+    status: str
+    input: dict[str, Any] | None
+    output: dict[str, Any] | None
+    error: str | None
+    task_id: uuid.UUID | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None
+
+
+class WorkflowRunSummary(BaseModel):
+    id: uuid.UUID
+    workflow_id: uuid.UUID
+    version: int
+    status: str
+    stop_reason: str | None
+    input: dict[str, Any]
+    output: str | None
+    error_message: str | None
+    source: str
+    idempotency_key: str | None
+    trace_id: str
+    steps_count: int
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    waiting_for: list[str] = Field(
+        default_factory=list, description="Approval nodes waiting for a decision")
+
+
+class WorkflowRunOut(WorkflowRunSummary):
+    steps: list[NodeStepOut]
+    outputs: dict[str, Any] = Field(description="Each end node reached: its output")

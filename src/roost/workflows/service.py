@@ -15,15 +15,16 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Final, Literal
 
-from sqlalchemy import false, select, true
+from sqlalchemy import delete, false, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.agents.models import Run
 from roost.audit.service import record
 from roost.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.workflows import graph
-from roost.workflows.models import Workflow, WorkflowVersion
+from roost.workflows.models import Workflow, WorkflowRun, WorkflowVersion
 from roost.workflows.schemas import GraphIn, WorkflowCreate, WorkflowUpdate
 
 # Graphs this small are validated inline; larger ones in a thread (it is CPU work).
@@ -174,8 +175,11 @@ def _plain(value: uuid.UUID | None) -> str | None:
 
 async def delete_workflow(session: AsyncSession, actor: Principal,
                           workflow_id: uuid.UUID) -> None:
-    """Delete a workflow with its versions."""
+    """Delete a workflow with its versions and its runs (a run of a deleted workflow
+    could neither be resumed nor shown against its graph)."""
     workflow = await get_workflow(session, actor, workflow_id, lock=True)
+    await session.execute(delete(Run).where(Run.id.in_(
+        select(WorkflowRun.run_id).where(WorkflowRun.workflow_id == workflow_id))))
     await session.delete(workflow)
     await session.flush()
     await record(session, "workflow.delete", user_id=actor.user_id, resource_type="workflow",

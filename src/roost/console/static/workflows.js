@@ -1,0 +1,64 @@
+// Workflows: the user's workflows (cursor pages, a status filter) and a create form (a
+// draft with an empty graph, opened on its page).
+import { api, el, formatTime, notify, showError } from "./console.js";
+import { problemMessage } from "./problems.js";
+
+const $ = (id) => document.getElementById(id);
+const body = $("workflows-body");
+let cursor = null;
+
+function badge(text, kind = text) {
+  return el("span", { class: `badge ${kind}` }, text);
+}
+
+function workflowRow(workflow) {
+  return el("tr", {},
+    el("td", { class: "wide" }, el("a", { href: `/console/workflows/${workflow.id}` }, workflow.name),
+       workflow.description ? el("div", { class: "muted small" }, workflow.description.slice(0, 140)) : null),
+    el("td", {}, badge(workflow.status, workflow.status === "archived" ? "muted" : workflow.status)),
+    el("td", {}, workflow.latest_version ? `version ${workflow.latest_version}`
+                                         : el("span", { class: "muted" }, "not published")),
+    el("td", {}, formatTime(workflow.updated_at)));
+}
+
+async function loadWorkflows(more = false) {
+  const query = new URLSearchParams({ limit: "25" });
+  const status = $("status-filter").value;
+  if (status) query.set("status", status);
+  if (more && cursor) query.set("cursor", cursor);
+  const page = await api(`/api/v1/workflows?${query}`);
+  if (!more) body.replaceChildren();
+  for (const workflow of page.items) body.append(workflowRow(workflow));
+  cursor = page.next_cursor;
+  const any = body.children.length > 0;
+  $("workflows-table").hidden = !any;
+  $("workflows-empty").hidden = any;
+  $("workflows-empty").textContent = status ? "No workflows with this status."
+                                            : "No workflows yet: create one with the form.";
+  $("workflows-more").hidden = !cursor;
+}
+
+$("create-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const name = $("workflow-name").value.trim();
+  if (!name) {
+    notify("A workflow needs a name.");
+    $("workflow-name").focus();
+    return;
+  }
+  const payload = { name };
+  const description = $("workflow-description").value.trim();
+  if (description) payload.description = description;
+  const button = event.target.querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    const workflow = await api("/api/v1/workflows", { method: "POST", body: payload });
+    location.assign(`/console/workflows/${workflow.id}`);
+  } catch (error) {
+    notify(problemMessage(error));
+    button.disabled = false;
+  }
+});
+$("workflows-more").addEventListener("click", () => loadWorkflows(true).catch(showError));
+$("status-filter").addEventListener("change", () => loadWorkflows().catch(showError));
+loadWorkflows().catch(showError);

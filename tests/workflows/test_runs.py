@@ -1,0 +1,417 @@
+"""Workflow runs through the API and a real worker, the stub provider scripted: a linear
+run pinned to its version, a ten-node graph with a parallel branch and a condition, loops,
+approvals (decided, rejected, timed out), resume from a failed node, cancel, bad input
+and another tenant."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from roost.db.engine import Database
+from roost.tasks.worker import Worker
+from roost.workflows import jobs as _workflow_jobs  # noqa: F401 - workflows.node, for the worker
+from tests.agents.conftest import make_agent, other_user, test_settings, user, worker
+from tests.chat.conftest import add_provider
+from tests.support.openai_stub import StubServer
+from tests.support.openai_stub.script import Fail, Reply
+from tests.support.sql import fetch, scalar
+from tests.workflows.graphs import edge, node
+
+__all__ = ["other_user", "test_settings", "user", "worker"]
+
+Headers = dict[str, str]
+API = "/api/v1/workflows"
+RUNS = "/api/v1/workflow-runs"
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+async def publish(client: httpx.AsyncClient, headers: Headers, nodes: list[Any],
+                  edges: list[Any], name: str = "Flow") -> str:
+    created = await client.post(API, headers=headers,
+                                json={"name": name, "nodes": nodes, "edges": edges})
+    assert created.status_code == 201, created.text
+    workflow_id: str = created.json()["id"]
+    published = await client.post(f"{API}/{workflow_id}/publish", headers=headers)
+    assert published.status_code == 201, published.text
+    return workflow_id
+
+
+async def start(client: httpx.AsyncClient, headers: Headers, workflow_id: str,
+                **body: Any) -> dict[str, Any]:
+    answer = await client.post(f"{API}/{workflow_id}/runs", headers=headers, json=body)
+    assert answer.status_code == 202, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+async def wait_for(client: httpx.AsyncClient, headers: Headers, run_id: str,
+                   until: Any = None, within: float = 45) -> dict[str, Any]:
+    """The run once ``until(run)`` holds (default: it is finished)."""
+    check = until or (lambda r: r["status"] in TERMINAL)
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        run: dict[str, Any] = (await client.get(f"{RUNS}/{run_id}", headers=headers)).json()
+        if check(run):
+            return run
+        assert asyncio.get_running_loop().time() < deadline, run
+        await asyncio.sleep(0.1)
+
+
+async def node_runs(database: Database, run_id: str) -> dict[str, list[str]]:
+    """Each node's step statuses in order, straight from SQL."""
+    rows = await fetch(database, "SELECT node_id, status FROM run_steps WHERE run_id = :r "
+                                 "ORDER BY step_number", r=run_id)
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        found.setdefault(row.node_id, []).append(row.status)
+    return found
+
+
+def linear() -> tuple[list[Any], list[Any]]:
+    return ([node("start", "start", inputs=["question"]),
+             node("ask", "llm", prompt="Answer briefly: {{ question }}", model="stub-model"),
+             node("shout", "template", template="{{ ask.output | upper }}!"),
+             node("done", "end", output="{{ shout.output }}")],
+            [edge("e1", "start", "ask"), edge("e2", "ask", "shout"), edge("e3", "shout", "done")])
+
+
+async def test_a_run_executes_its_pinned_version(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    workflow_id = await publish(client, headers, *linear())
+    stub.script(Reply("forty-two"))
+    run = await start(client, headers, workflow_id, inputs={"question": "meaning of life?"})
+    assert run["version"] == 1 and run["status"] == "running"
+    # A new version published meanwhile does not change the running one.
+    nodes, _edges = linear()
+    nodes[2]["data"]["template"] = "v2 {{ ask.output }}"
+    assert (await client.patch(f"{API}/{workflow_id}", headers=headers,
+                               json={"nodes": nodes})).status_code == 200
+    assert (await client.post(f"{API}/{workflow_id}/publish", headers=headers)).status_code == 201
+
+    done = await wait_for(client, headers, run["id"])
+    assert (done["status"], done["output"]) == ("completed", "FORTY-TWO!"), done
+    assert done["outputs"] == {"done": "FORTY-TWO!"} and done["input"] == {
+        "question": "meaning of life?"}
+    assert [(s["node_id"], s["status"]) for s in done["steps"]] == [
+        ("start", "completed"), ("ask", "completed"), ("shout", "completed"),
+        ("done", "completed")]
+    prompt = stub.requests(path="/v1/chat/completions")[-1].body["messages"][-1]["content"]
+    assert prompt == "Answer briefly: meaning of life?"
+    # The run is a run: /runs lists it, its steps and its LLM call are linked to it.
+    generic = (await client.get(f"/api/v1/runs/{run['id']}", headers=headers)).json()
+    assert generic["kind"] == "workflow" and generic["status"] == "completed"
+    asked = next(s for s in done["steps"] if s["node_id"] == "ask")["output"]
+    assert await scalar(database, "SELECT request_type FROM llm_requests WHERE id = :i",
+                        i=asked["llm_request_id"]) == "workflow_node"
+    listed = (await client.get(f"{API}/{workflow_id}/runs", headers=headers)).json()["items"]
+    assert [r["id"] for r in listed] == [run["id"]]
+
+    again = await start(client, headers, workflow_id, inputs={"question": "again?"}, version=2)
+    stub.script(Reply("yes"))
+    assert (await wait_for(client, headers, again["id"]))["output"] == "v2 yes"
+
+
+def ten_nodes() -> tuple[list[Any], list[Any]]:
+    """start -> draft (llm) -> fan (parallel) -> [tone (llm), stamp (tool), size
+    (template)] -> merge (join all) -> check (condition) -> true: ok (end) /
+    false: redo (template) -> bad (end)."""
+    return ([node("start", "start", inputs=["topic"]),
+             node("draft", "llm", prompt="Write about {{ topic }}"),
+             node("fan", "parallel"),
+             node("tone", "llm", prompt="Tone of: {{ draft.output }}"),
+             node("stamp", "tool", tool="current_time", arguments={"timezone": "UTC"}),
+             node("size", "template", template="{{ draft.output | length }}"),
+             node("merge", "join"),
+             node("check", "condition", expression="tone['output'] == 'friendly'"),
+             node("ok", "end", output="{{ draft.output }} ({{ tone.output }}, {{ size.output }})"),
+             node("redo", "template", template="rewrite"),
+             node("bad", "end", output="{{ redo.output }}")],
+            [edge("a", "start", "draft"), edge("b", "draft", "fan"),
+             edge("c1", "fan", "tone"), edge("c2", "fan", "stamp"), edge("c3", "fan", "size"),
+             edge("d1", "tone", "merge"), edge("d2", "stamp", "merge"),
+             edge("d3", "size", "merge"), edge("f", "merge", "check"),
+             edge("g1", "check", "ok", "true"), edge("g2", "check", "redo", "false"),
+             edge("h", "redo", "bad")])
+
+
+async def test_a_graph_with_a_parallel_branch_and_a_condition(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    workflow_id = await publish(client, headers, *ten_nodes())
+    stub.script(Reply("Hello world"), Reply("friendly"))
+    run = await start(client, headers, workflow_id, inputs={"topic": "greetings"})
+    done = await wait_for(client, headers, run["id"])
+    assert done["status"] == "completed", done
+    assert done["output"] == "Hello world (friendly, 11)"
+    ran = await node_runs(database, run["id"])
+    assert ran == {n: ["completed"] for n in
+                   ("start", "draft", "fan", "tone", "stamp", "size", "merge", "check", "ok")}
+    merge = next(s for s in done["steps"] if s["node_id"] == "merge")
+    assert set(merge["output"]["output"]) == {"tone", "stamp", "size"}
+    # Each branch's node started only after the fan-out committed; the join after all.
+    by_node = {s["node_id"]: s for s in done["steps"]}
+    assert all(by_node[b]["step_number"] > by_node["fan"]["step_number"]
+               for b in ("tone", "stamp", "size"))
+    assert by_node["merge"]["step_number"] > max(by_node[b]["step_number"]
+                                                 for b in ("tone", "stamp", "size"))
+    assert await scalar(database, "SELECT count(*) FROM tool_runs WHERE run_id = :r",
+                        r=run["id"]) == 1
+
+
+async def test_the_false_branch_and_a_join_after_an_untaken_branch(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    nodes = [node("s", "start", inputs=["n"]),
+             node("big", "condition", expression="n > 10"),
+             node("yes", "template", template="big"), node("no", "template", template="small"),
+             node("j", "join", mode="all"),
+             node("e", "end", output="{{ j.output }}")]
+    edges = [edge("1", "s", "big"), edge("2", "big", "yes", "true"),
+             edge("3", "big", "no", "false"), edge("4", "yes", "j"), edge("5", "no", "j"),
+             edge("6", "j", "e")]
+    workflow_id = await publish(client, headers, nodes, edges)
+    run = await start(client, headers, workflow_id, inputs={"n": 3})
+    # Nothing calls out: the whole run happened in the request that started it.
+    assert run["status"] == "completed", run
+    assert run["outputs"] == {"e": "{'no': 'small'}"}
+    assert "yes" not in await node_runs(database, run["id"])
+
+
+async def test_a_loop_runs_its_body_until_its_condition_fails(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    _, headers = user
+    nodes = [node("s", "start"),
+             node("again", "loop", max_iterations=10, condition="iteration < 3"),
+             node("body", "template", template="pass {{ again.output }}"),
+             node("e", "end", output="{{ body.output }} after {{ again.output }}")]
+    edges = [edge("1", "s", "again"), edge("2", "again", "body", "body"),
+             edge("3", "body", "again"), edge("4", "again", "e", "done")]
+    workflow_id = await publish(client, headers, nodes, edges)
+    run = await start(client, headers, workflow_id)
+    assert (run["status"], run["output"]) == ("completed", "pass 2 after 3"), run
+    ran = await node_runs(database, run["id"])
+    assert (len(ran["again"]), len(ran["body"]), len(ran["e"])) == (4, 3, 1)
+    iterations = await fetch(database, "SELECT iteration FROM run_steps WHERE run_id = :r "
+                                       "AND node_id = 'body' ORDER BY step_number", r=run["id"])
+    assert [r.iteration for r in iterations] == [0, 1, 2]
+
+
+def approval_graph(**review: Any) -> tuple[list[Any], list[Any]]:
+    return ([node("s", "start", inputs=["doc"]),
+             node("review", "approval", message="Publish {{ doc }}?", **review),
+             node("yes", "end", output="published {{ doc }}"),
+             node("no", "end", output="kept {{ doc }}: {{ review.comment }}")],
+            [edge("1", "s", "review"), edge("2", "review", "yes", "approved"),
+             edge("3", "review", "no", "rejected")])
+
+
+async def test_an_approval_waits_for_its_decision(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers],
+) -> None:
+    _, headers = user
+    _, stranger = other_user
+    workflow_id = await publish(client, headers, *approval_graph())
+    run = await start(client, headers, workflow_id, inputs={"doc": "the plan"})
+    assert (run["status"], run["waiting_for"]) == ("running", ["review"]), run
+    waiting = next(s for s in run["steps"] if s["node_id"] == "review")
+    assert (waiting["status"], waiting["input"]["message"]) == ("waiting", "Publish the plan?")
+
+    url = f"{RUNS}/{run['id']}/approvals/review"
+    assert (await client.post(url, headers=stranger, json={"approved": True})).status_code == 404
+    unknown = await client.post(f"{RUNS}/{run['id']}/approvals/nope", headers=headers,
+                                json={"approved": True})
+    assert unknown.status_code == 404
+    assert (await client.post(url, headers=headers, json={"approved": "maybe"})).status_code == 422
+    decided = await client.post(url, headers=headers, json={"approved": True, "comment": "go"})
+    assert decided.status_code == 200, decided.text
+    assert (decided.json()["status"], decided.json()["output"]) == ("completed",
+                                                                    "published the plan")
+    again = await client.post(url, headers=headers, json={"approved": False})
+    assert again.status_code == 409 and again.json()["type"].endswith("not-waiting")
+
+    rejected = await start(client, headers, workflow_id, inputs={"doc": "draft 2"})
+    answer = await client.post(f"{RUNS}/{rejected['id']}/approvals/review", headers=headers,
+                               json={"approved": False, "comment": "too early"})
+    assert answer.json()["output"] == "kept draft 2: too early"
+    assert await scalar(database, "SELECT count(*) FROM audit_logs WHERE action = "
+                                  "'workflow.run.reject' AND resource_id = :r",
+                        r=rejected["id"]) == 1
+
+
+async def test_an_approval_nobody_decides_is_rejected_at_its_timeout(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    _, headers = user
+    workflow_id = await publish(client, headers, *approval_graph(timeout_s=1))
+    run = await start(client, headers, workflow_id, inputs={"doc": "memo"})
+    done = await wait_for(client, headers, run["id"])
+    assert done["output"] == "kept memo: no decision before the timeout", done
+
+
+async def test_approvers_limit_who_may_decide(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    user_id, headers = user
+    username = await scalar(database, "SELECT username FROM users WHERE id = :u", u=user_id)
+    workflow_id = await publish(client, headers, *approval_graph(approvers=["someone-else"]))
+    run = await start(client, headers, workflow_id, inputs={"doc": "x"})
+    refused = await client.post(f"{RUNS}/{run['id']}/approvals/review", headers=headers,
+                                json={"approved": True})
+    assert refused.status_code == 409 and "approvers" in refused.json()["detail"]
+    mine = await publish(client, headers, *approval_graph(approvers=[username]), name="Mine")
+    run = await start(client, headers, mine, inputs={"doc": "x"})
+    allowed = await client.post(f"{RUNS}/{run['id']}/approvals/review", headers=headers,
+                                json={"approved": True})
+    assert allowed.status_code == 200 and allowed.json()["status"] == "completed"
+
+
+async def test_a_failed_run_resumes_from_its_failed_node(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    nodes = [node("s", "start"), node("first", "llm", prompt="one"),
+             node("second", "llm", prompt="two after {{ first.output }}"),
+             node("e", "end", output="{{ first.output }} + {{ second.output }}")]
+    edges = [edge("1", "s", "first"), edge("2", "first", "second"), edge("3", "second", "e")]
+    workflow_id = await publish(client, headers, nodes, edges)
+    stub.script(Reply("A"), Fail(400, "the prompt is refused"), Reply("B"))
+    run = await start(client, headers, workflow_id)
+    failed = await wait_for(client, headers, run["id"])
+    assert failed["status"] == "failed" and "second" in failed["error_message"], failed
+    assert "the prompt is refused" in failed["error_message"]
+    assert await node_runs(database, run["id"]) == {
+        "s": ["completed"], "first": ["completed"], "second": ["failed"]}
+
+    resumed = await client.post(f"{RUNS}/{run['id']}/resume", headers=headers)
+    assert resumed.status_code == 200, resumed.text
+    done = await wait_for(client, headers, run["id"])
+    assert (done["status"], done["output"]) == ("completed", "A + B"), done
+    # "first" ran once: one step, and three model calls in all (A, the refusal, B).
+    assert await node_runs(database, run["id"]) == {
+        "s": ["completed"], "first": ["completed"], "second": ["completed"],
+        "e": ["completed"]}
+    assert len(stub.requests(path="/v1/chat/completions")) == 3
+    again = await client.post(f"{RUNS}/{run['id']}/resume", headers=headers)
+    assert again.status_code == 409 and again.json()["type"].endswith("run-not-resumable")
+
+
+async def test_an_agent_node_runs_the_agent(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id)
+    nodes = [node("s", "start", inputs=["q"]),
+             node("helper", "agent", agent=agent.slug, input="Please: {{ q }}"),
+             node("e", "end", output="{{ helper.output }}")]
+    workflow_id = await publish(client, headers, nodes, [edge("1", "s", "helper"),
+                                                         edge("2", "helper", "e")])
+    stub.script(Reply("The agent's answer."))
+    run = await start(client, headers, workflow_id, inputs={"q": "help"})
+    done = await wait_for(client, headers, run["id"])
+    assert (done["status"], done["output"]) == ("completed", "The agent's answer."), done
+    child = next(s for s in done["steps"] if s["node_id"] == "helper")["output"]["run_id"]
+    agent_run = (await client.get(f"/api/v1/runs/{child}", headers=headers)).json()
+    assert (agent_run["agent_id"], agent_run["input"]) == (str(agent.id), "Please: help")
+
+
+async def test_cancel_a_waiting_run(client: httpx.AsyncClient,
+                                    user: tuple[uuid.UUID, Headers]) -> None:
+    _, headers = user
+    workflow_id = await publish(client, headers, *approval_graph())
+    run = await start(client, headers, workflow_id, inputs={"doc": "x"})
+    cancelled = await client.post(f"{RUNS}/{run['id']}/cancel", headers=headers)
+    assert cancelled.status_code == 200, cancelled.text
+    body = cancelled.json()
+    assert body["status"] == "cancelled" and body["waiting_for"] == []
+    assert [s["status"] for s in body["steps"]] == ["completed", "cancelled"]
+    late = await client.post(f"{RUNS}/{run['id']}/approvals/review", headers=headers,
+                             json={"approved": True})
+    assert late.status_code == 409
+    assert (await client.post(f"{RUNS}/{run['id']}/cancel", headers=headers)).status_code == 409
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    ({"inputs": {}}, 422, "missing 'doc'"),
+    ({"inputs": {"doc": "x", "extra": 1}}, 422, "unknown 'extra'"),
+    ({"inputs": {"1bad": 1}}, 422, "identifiers"),
+    ({"inputs": {"doc": "x" * 100_001}}, 422, "limit"),
+    ({"inputs": {"doc": "x"}, "version": 7}, 404, "version"),
+    ({"inputs": {"doc": "x"}, "version": "one"}, 422, ""),
+    ({"inputs": ["doc"]}, 422, ""),
+    ({"inputs": {"doc": "x"}, "surprise": True}, 422, ""),
+])
+async def test_bad_run_requests(client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+                                body: dict[str, Any], status: int, words: str) -> None:
+    _, headers = user
+    workflow_id = await publish(client, headers, *approval_graph())
+    answer = await client.post(f"{API}/{workflow_id}/runs", headers=headers, json=body)
+    assert answer.status_code == status, answer.text
+    assert words in answer.json()["detail"]
+
+
+async def test_runs_are_their_owners(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers],
+) -> None:
+    _, headers = user
+    _, stranger = other_user
+    workflow_id = await publish(client, headers, *approval_graph())
+    run = await start(client, headers, workflow_id, inputs={"doc": "x"})
+    assert (await client.post(f"{API}/{workflow_id}/runs", headers=stranger,
+                              json={"inputs": {"doc": "x"}})).status_code == 404
+    assert (await client.get(f"{API}/{workflow_id}/runs", headers=stranger)).status_code == 404
+    for method, path in (("GET", ""), ("POST", "/resume"), ("POST", "/cancel")):
+        answer = await client.request(method, f"{RUNS}/{run['id']}{path}", headers=stranger)
+        assert answer.status_code == 404, (path, answer.text)
+    assert (await client.get(f"{RUNS}/{uuid.uuid4()}", headers=headers)).status_code == 404
+    assert (await client.get(f"{RUNS}/not-an-id", headers=headers)).status_code == 404
+    unpublished = await client.post(API, headers=headers, json={"name": "Draft only"})
+    never = await client.post(f"{API}/{unpublished.json()['id']}/runs", headers=headers, json={})
+    assert never.status_code == 404 and "no published version" in never.json()["detail"]
+    # An agent run is not a workflow run.
+    assert (await client.post(f"{API}/{workflow_id}/runs", headers=headers, json={
+        "inputs": {"doc": "x"}, "idempotency_key": "k1"})).status_code == 202
+    replay = await client.post(f"{API}/{workflow_id}/runs", headers=headers, json={
+        "inputs": {"doc": "x"}, "idempotency_key": "k1"})
+    assert replay.status_code == 200
+    # Deleting the workflow deletes its runs.
+    assert (await client.delete(f"{API}/{workflow_id}", headers=headers)).status_code == 204
+    assert (await client.get(f"{RUNS}/{run['id']}", headers=headers)).status_code == 404
+    assert (await client.get(f"/api/v1/runs/{run['id']}", headers=headers)).status_code == 404
+
+
+async def test_events_stream_each_node_then_the_end(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    _, headers = user
+    nodes = [node("s", "start"), node("t", "template", template="hi"),
+             node("e", "end", output="{{ t.output }}")]
+    workflow_id = await publish(client, headers, nodes, [edge("1", "s", "t"), edge("2", "t", "e")])
+    run = await start(client, headers, workflow_id)
+    async with client.stream("GET", f"/api/v1/runs/{run['id']}/events", headers=headers) as got:
+        body = "".join([chunk async for chunk in got.aiter_text()])
+    frames = [f for f in body.split("\n\n") if f.startswith("id:")]
+    assert [f.split("\n")[1] for f in frames] == ["event: step"] * 6 + ["event: end"]
+    assert '"node_id": "t"' in frames[2] and '"phase": "started"' in frames[2]
+    assert '"output": "hi"' in frames[-1]
