@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from roost.codeversions import checks
+from roost.codeversions import checks, jobs
 from roost.codeversions.checks import Limits, run_check
 from roost.codeversions.config import CodeVersionsConfig
 from roost.codeversions.validation import validate
@@ -179,3 +179,25 @@ async def test_hanging_and_flooding_checks_are_stored_as_such(
     assert results[checks.check_name(flood)]["truncated"] is True
     assert results[checks.check_name(hang)]["outcome"] == "timeout"
     assert results[checks.check_name(hang)]["exit_code"] is None
+
+
+async def test_a_validation_whose_job_died_for_good_is_swept_and_can_run_again(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    _, headers = user
+    session_id = await chat_session(client, headers)
+    version = await commit(client, headers, chat_session_id=session_id,
+                           files={"app.py": "status = 'ok'\n"})
+    queued = await client.post(f"/api/v1/code-versions/{version['id']}/validate", headers=headers)
+    assert queued.status_code == 202
+    assert await jobs.sweep(database) == 0  # its job is alive: nothing to sweep
+    async with database.transaction() as session:  # its last worker died: dead-lettered
+        await session.execute(text("UPDATE background_tasks SET status = 'dead_letter' "
+                                   "WHERE id = :t"), {"t": queued.json()["validation_task_id"]})
+    assert await jobs.sweep(database) == 1
+    swept = (await client.get(f"/api/v1/code-versions/{version['id']}", headers=headers)).json()
+    assert swept["validation_status"] == "error"
+    again = await client.post(f"/api/v1/code-versions/{version['id']}/validate", headers=headers)
+    assert again.status_code == 202, again.text
+    assert again.json()["validation_status"] == "pending"
+    assert again.json()["validation_task_id"] != queued.json()["validation_task_id"]

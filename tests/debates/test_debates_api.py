@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from roost.db.engine import Database
+from roost.debates import jobs as debate_jobs
 from roost.tasks.worker import Worker
 from tests.agents.conftest import make_agent
 from tests.chat.conftest import add_provider
@@ -262,3 +263,20 @@ async def test_another_tenant_sees_nothing_and_cancel(
         await session.execute(text("SELECT set_config('roost.user_id', :u, true)"),
                               {"u": str(user_id)})
         assert await session.scalar(text("SELECT count(*) FROM debate_sessions")) == 1
+
+
+async def test_a_debate_whose_job_died_for_good_is_failed_by_the_sweep(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    _, headers = user
+    created = await start(client, headers, topic="Best pet?", positions=POSITIONS,
+                          participants=participants(), total_rounds=1, voting_method="borda")
+    assert await debate_jobs.sweep(database) == []  # its job is pending: alive
+    async with database.transaction() as session:  # its last worker died: dead-lettered
+        await session.execute(text("UPDATE background_tasks SET status = 'dead_letter' "
+                                   "WHERE id = :t"), {"t": created["task_id"]})
+        await session.execute(text("UPDATE debate_sessions SET created_at = now() - "
+                                   "interval '1 minute' WHERE id = :d"), {"d": created["id"]})
+    assert [str(d) for d in await debate_jobs.sweep(database)] == [created["id"]]
+    failed = (await client.get(f"/api/v1/debates/{created['id']}", headers=headers)).json()
+    assert failed["status"] == "failed" and "no retries left" in failed["error_message"]

@@ -1,15 +1,25 @@
-"""Queue job of the debates domain: running (or resuming) a debate."""
+"""Queue jobs of the debates domain: running (or resuming) a debate, and the sweep that
+fails debates whose job can no longer finish them."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any, Final
+
+import structlog
+from sqlalchemy import exists, select, text
 
 from roost.db.engine import Database
 from roost.debates import runner
+from roost.debates.models import DebateSession
 from roost.debates.service import RUN_TASK
 from roost.llm.jobs import job_gateway
 from roost.tasks.handlers import TaskContext, task
+from roost.tasks.models import BackgroundTask
+from roost.tasks.schedules import periodic
+
+log = structlog.get_logger(__name__)
 
 DEBATE_MAX_RETRIES: Final = 5
 
@@ -37,3 +47,31 @@ async def run_debate(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any
                                      f"{str(exc)[:500]}")
         raise
     return {"debate_id": str(debate_id), "status": outcome}
+
+
+# Jobs that can no longer run a debate: finished one way or another (or gone).
+_DEAD_JOB_STATUSES: Final = ("completed", "failed", "cancelled", "dead_letter")
+
+
+async def sweep(database: Database) -> list[uuid.UUID]:
+    """Fail every open debate whose job is finished, dead-lettered or gone (its last
+    worker died with no retries left): no debate stays ``active`` forever."""
+    async with database.transaction() as session:
+        stranded = list((await session.scalars(
+            select(DebateSession.id).where(
+                DebateSession.status.in_(runner.OPEN),
+                DebateSession.created_at < text("now() - interval '30 seconds'"),
+                ~exists().where(BackgroundTask.id == DebateSession.task_id,
+                                BackgroundTask.status.not_in(_DEAD_JOB_STATUSES)),
+            ).limit(1000))).all())
+    failed = [d for d in stranded if await runner.fail_debate(
+        database, d, "the worker running it stopped and its job has no retries left")]
+    if failed:
+        log.warning("debates.swept", count=len(failed))
+    return failed
+
+
+@periodic("debates.sweep", every=timedelta(minutes=1), queue="maintenance",
+          priority="background", max_retries=0, timeout_s=300)
+async def sweep_debates(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"failed": [str(d) for d in await sweep(ctx.database)]}
