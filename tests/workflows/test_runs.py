@@ -11,10 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
 from roost.workflows import jobs as _workflow_jobs  # noqa: F401 - workflows.node, for the worker
+from roost.workflows import runs as wf_runs
 from tests.agents.conftest import make_agent, other_user, test_settings, user, worker
 from tests.chat.conftest import add_provider
 from tests.support.openai_stub import StubServer
@@ -415,3 +417,28 @@ async def test_events_stream_each_node_then_the_end(
     assert [f.split("\n")[1] for f in frames] == ["event: step"] * 6 + ["event: end"]
     assert '"node_id": "t"' in frames[2] and '"phase": "started"' in frames[2]
     assert '"output": "hi"' in frames[-1]
+
+
+async def test_a_node_whose_job_died_for_good_fails_the_run_until_resumed(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    _, headers = user
+    nodes, edges = linear()
+    workflow_id = await publish(client, headers, nodes, edges)
+    run = await start(client, headers, workflow_id, inputs={"question": "q"})  # no worker
+    (ask,) = [s for s in run["steps"] if s["node_id"] == "ask"]
+    assert ask["status"] == "pending" and ask["task_id"]
+    async with database.transaction() as session:
+        assert await wf_runs.sweep(session) == []  # its job is alive
+        await session.execute(text("UPDATE background_tasks SET status = 'dead_letter' "
+                                   "WHERE id = :t"), {"t": ask["task_id"]})
+        await session.execute(text("UPDATE runs SET updated_at = now() - interval '1 minute' "
+                                   "WHERE id = :r"), {"r": run["id"]})
+    async with database.transaction() as session:
+        assert [str(r) for r in await wf_runs.sweep(session)] == [run["id"]]
+    failed = (await client.get(f"{RUNS}/{run['id']}", headers=headers)).json()
+    assert failed["status"] == "failed" and "resume the run" in failed["error_message"]
+    resumed = (await client.post(f"{RUNS}/{run['id']}/resume", headers=headers)).json()
+    (again,) = [s for s in resumed["steps"] if s["node_id"] == "ask"]
+    assert resumed["status"] == "running" and again["status"] == "pending"
+    assert again["task_id"] != ask["task_id"]

@@ -281,9 +281,13 @@ async def cancel(session: AsyncSession, actor: Principal, run_id: uuid.UUID) -> 
 
 async def sweep(session: AsyncSession) -> list[uuid.UUID]:
     """Fail the running workflow runs whose calling nodes lost their jobs for good."""
+    lost = text("EXISTS (SELECT 1 FROM run_steps s WHERE s.run_id = runs.id "
+                "AND s.status IN ('pending', 'running') AND s.task_id IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM background_tasks t WHERE t.id = s.task_id "
+                "AND t.status NOT IN ('completed', 'failed', 'cancelled', 'dead_letter')))")
     candidates = list((await session.scalars(
         select(Run.id).where(Run.kind == "workflow", Run.status == "running",
-                             Run.updated_at < text("now() - interval '30 seconds'"))
+                             Run.updated_at < text("now() - interval '30 seconds'"), lost)
         .limit(1000))).all())
     failed = []
     for run_id in candidates:
