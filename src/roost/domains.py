@@ -134,6 +134,12 @@ DOMAINS: tuple[Domain, ...] = (
         jobs="roost.codeversions.jobs",  # codeversions.validate (the configured checks)
     ),
     Domain(
+        "calendar",  # calendars and events: RFC 5545 recurrence, iCalendar (docs/calendar.md)
+        models="roost.calendar.models",
+        routers=("roost.calendar.routes:router",),
+        cli="roost.calendar.cli:register",  # roost calendar import|export|agenda
+    ),
+    Domain(
         "mcpserver",  # on top: offers other domains' capabilities at /mcp (docs/mcp.md)
         routers=("roost.mcpserver.routes:router",),
         startup="roost.mcpserver.startup:lifespan",  # the MCP SDK's session manager

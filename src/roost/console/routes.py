@@ -238,6 +238,11 @@ async def tool_page(tool_id: str, request: Request, session: DbSession) -> Respo
                        object_id=tool_id)
 
 
+@router.get("/calendar")
+async def calendar_page(request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "calendar.html")
+
+
 @router.get("/debates")
 async def debates_page(request: Request, session: DbSession) -> Response:
     return await _page(request, session, "debates.html")

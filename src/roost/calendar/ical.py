@@ -1,0 +1,345 @@
+"""iCalendar (RFC 5545) files: read a VCALENDAR into event values, write one from events
+(the ``icalendar`` package parses and serialises; the rules are checked here).
+
+Import reads each VEVENT's UID, DTSTART, DTEND or DURATION, SUMMARY, DESCRIPTION,
+LOCATION, CATEGORIES (the first is ``category``, all of them ``semantic_tags``), RRULE,
+RDATE, EXDATE, ATTENDEE, STATUS, TRANSP, the first VALARM's TRIGGER (``reminder_minutes``)
+and Roost's own ``X-ROOST-*`` properties (what a Roost export writes for the columns
+RFC 5545 has no property for).  A VEVENT with RECURRENCE-ID (one changed occurrence of a
+series) is not imported: it is counted in ``skipped``.  Anything malformed raises
+:class:`ICalError` naming the component and the property.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final
+
+import icalendar
+
+from roost.calendar import recurrence
+from roost.calendar.recurrence import RecurrenceError
+
+PRODID: Final = "-//Roost//calendar//EN"
+MAX_ATTENDEES: Final = 500
+
+
+class ICalError(ValueError):
+    """The file is not an iCalendar file Roost can import; the message says where."""
+
+
+@dataclass
+class EventData:
+    """An event's values as read from a file (or written to one)."""
+
+    uid: str
+    summary: str
+    start_time: datetime
+    end_time: datetime
+    timezone: str = "UTC"
+    all_day: bool = False
+    description: str | None = None
+    location: str | None = None
+    category: str = "general"
+    semantic_tags: list[str] | None = None
+    recurrence_rule: str | None = None
+    rdates: list[datetime] = field(default_factory=list)
+    exdates: list[datetime] = field(default_factory=list)
+    attendees: list[dict[str, Any]] | None = None
+    reminder_minutes: int | None = None
+    status: str = "confirmed"
+    transparent: bool = False
+    event_type: str = "meeting"
+    movability_score: float = 0.5
+    is_movable: bool = True
+    importance_weight: float = 1.0
+    google_event_id: str | None = None
+
+
+@dataclass
+class Parsed:
+    name: str | None
+    events: list[EventData]
+    skipped: list[str]
+
+
+def _text(component: Any, name: str) -> str | None:
+    value = component.get(name)
+    if value is None:
+        return None
+    if isinstance(value, list):
+        value = value[0]
+    return str(value)
+
+
+def _zone_name(dt: datetime, default_tz: str) -> str:
+    if dt.tzinfo is None:
+        return default_tz
+    key = getattr(dt.tzinfo, "key", None)
+    if isinstance(key, str):
+        try:
+            recurrence.zone(key)
+            return key
+        except RecurrenceError:
+            pass
+    return "UTC"  # a custom VTIMEZONE without an IANA name: instants kept, in UTC
+
+
+def _instant(value: date | datetime, tz_name: str) -> datetime:
+    """A DATE-TIME (aware, or floating in ``tz_name``) or DATE (local midnight) as UTC."""
+    tz = recurrence.zone(tz_name)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return recurrence.to_utc(value, tz)
+        return value.astimezone(UTC)
+    return recurrence.to_utc(datetime.combine(value, datetime.min.time()), tz)
+
+
+def _dates(component: Any, name: str, tz_name: str, where: str) -> list[datetime]:
+    value = component.get(name)
+    if value is None:
+        return []
+    found: list[datetime] = []
+    for item in value if isinstance(value, list) else [value]:
+        for dt in getattr(item, "dts", []):
+            if isinstance(dt.dt, tuple | timedelta):
+                raise ICalError(f"{where}: {name} with a PERIOD value is not supported")
+            found.append(_instant(dt.dt, tz_name))
+    return found
+
+
+def _attendees(component: Any) -> list[dict[str, Any]] | None:
+    value = component.get("ATTENDEE")
+    if value is None:
+        return None
+    people: list[dict[str, Any]] = []
+    for item in (value if isinstance(value, list) else [value])[:MAX_ATTENDEES]:
+        address = str(item)
+        person: dict[str, Any] = {
+            "email": address[7:] if address.lower().startswith("mailto:") else address}
+        params = getattr(item, "params", {})
+        for key, out in (("CN", "name"), ("ROLE", "role"), ("PARTSTAT", "status")):
+            if params.get(key):
+                person[out] = str(params[key])
+        people.append(person)
+    return people
+
+
+def _reminder(component: Any) -> int | None:
+    for alarm in component.walk("VALARM"):
+        try:
+            trigger = alarm.decoded("TRIGGER")
+        except (KeyError, ValueError, TypeError):
+            continue
+        if isinstance(trigger, timedelta) and trigger <= timedelta(0):
+            return int(-trigger.total_seconds() // 60)
+    return None
+
+
+def _float(component: Any, name: str, default: float, where: str,
+           low: float = 0, high: float = 1e6) -> float:
+    raw = _text(component, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ICalError(f"{where}: {name} {raw[:40]!r} is not a number") from None
+    if not low <= value <= high:
+        raise ICalError(f"{where}: {name} must be between {low} and {high}")
+    return value
+
+
+def parse(raw: bytes, default_tz: str) -> Parsed:
+    """Every VEVENT of a VCALENDAR; :class:`ICalError` when the file is malformed."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ICalError("the file is not UTF-8 text") from None
+    if "BEGIN:VCALENDAR" not in text[:4096].upper():
+        raise ICalError("not an iCalendar file: it must start with BEGIN:VCALENDAR")
+    try:
+        cal = icalendar.Calendar.from_ical(text)
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ICalError(f"malformed iCalendar: {str(exc)[:200]}") from None
+    if getattr(cal, "name", None) != "VCALENDAR":
+        raise ICalError("not an iCalendar file: the top component must be VCALENDAR")
+    events: list[EventData] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+    for index, component in enumerate(cal.walk("VEVENT"), start=1):
+        uid = _text(component, "UID")
+        where = f"VEVENT #{index}" + (f" (UID {uid[:80]})" if uid else "")
+        errors = [(prop, msg) for prop, msg in getattr(component, "errors", [])
+                  if prop in ("DTSTART", "DTEND", "DURATION", "RRULE", "EXDATE", "RDATE", "UID",
+                              "RECURRENCE-ID")]
+        if errors:
+            raise ICalError(f"{where}: {errors[0][0]} is malformed ({str(errors[0][1])[:120]})")
+        if component.get("RECURRENCE-ID") is not None:
+            skipped.append(f"{where}: a changed occurrence (RECURRENCE-ID) is not imported")
+            continue
+        if not uid:
+            raise ICalError(f"{where}: UID is required (import is idempotent by UID)")
+        if len(uid) > 255:
+            raise ICalError(f"{where}: UID is longer than 255 characters")
+        if uid in seen:
+            raise ICalError(f"{where}: UID appears twice in the file")
+        seen.add(uid)
+        events.append(_event(component, uid, where, default_tz))
+    return Parsed(name=_text(cal, "X-WR-CALNAME"), events=events, skipped=skipped)
+
+
+def _event(component: Any, uid: str, where: str, default_tz: str) -> EventData:
+    if component.get("DTSTART") is None:
+        raise ICalError(f"{where}: DTSTART is required")
+    try:
+        start = component.decoded("DTSTART")
+        end = component.decoded("DTEND") if component.get("DTEND") is not None else None
+        duration = component.decoded("DURATION") if component.get("DURATION") is not None \
+            else None
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ICalError(f"{where}: DTSTART/DTEND/DURATION: {str(exc)[:120]}") from None
+    if not isinstance(start, date):
+        raise ICalError(f"{where}: DTSTART is not a date or date-time")
+    all_day = not isinstance(start, datetime)
+    tz_name = _zone_name(start, default_tz) if isinstance(start, datetime) else default_tz
+    if end is not None and (not isinstance(end, date)
+                            or isinstance(end, datetime) == all_day):
+        raise ICalError(f"{where}: DTEND must be of the same type as DTSTART (DATE or DATE-TIME)")
+    try:
+        start_time = _instant(start, tz_name)
+        if end is not None:
+            end_time = _instant(end, tz_name)
+        elif isinstance(duration, timedelta):
+            local_start = recurrence.local(start_time, recurrence.zone(tz_name))
+            end_time = recurrence.to_utc(local_start + duration, recurrence.zone(tz_name))
+        else:
+            end_time = _instant(start + timedelta(days=1), tz_name) if all_day else start_time
+    except RecurrenceError as exc:
+        raise ICalError(f"{where}: {exc}") from None
+    if end_time < start_time:
+        raise ICalError(f"{where}: DTEND is before DTSTART")
+    rule: str | None = None
+    rrules = component.get("RRULE")
+    if rrules is not None:
+        if isinstance(rrules, list):
+            if len(rrules) > 1:
+                raise ICalError(f"{where}: more than one RRULE is not supported")
+            rrules = rrules[0]
+        rule = rrules.to_ical().decode()
+    data = EventData(
+        uid=uid, summary=(_text(component, "SUMMARY") or "(no title)")[:1000],
+        start_time=start_time, end_time=end_time, timezone=tz_name, all_day=all_day,
+        description=_text(component, "DESCRIPTION"),
+        location=(_text(component, "LOCATION") or None),
+        recurrence_rule=rule,
+        rdates=_dates(component, "RDATE", tz_name, where),
+        exdates=_dates(component, "EXDATE", tz_name, where),
+        attendees=_attendees(component), reminder_minutes=_reminder(component),
+        status=(_text(component, "STATUS") or "CONFIRMED").lower(),
+        transparent=(_text(component, "TRANSP") or "").upper() == "TRANSPARENT",
+        event_type=(_text(component, "X-ROOST-EVENT-TYPE") or "meeting")[:50],
+        movability_score=_float(component, "X-ROOST-MOVABILITY", 0.5, where, 0, 1),
+        importance_weight=_float(component, "X-ROOST-IMPORTANCE", 1.0, where, 0, 1000),
+        is_movable=(_text(component, "X-ROOST-MOVABLE") or "TRUE").upper() != "FALSE",
+        google_event_id=(_text(component, "X-GOOGLE-EVENT-ID") or None),
+    )
+    if data.location is not None:
+        data.location = data.location[:1000]
+    if data.status not in ("confirmed", "tentative", "cancelled"):
+        data.status = "confirmed"
+    categories = _categories(component)
+    if categories:
+        data.category = categories[0][:50]
+        data.semantic_tags = categories
+    try:
+        recurrence.validate(recurrence.Recurring(
+            start=data.start_time, end=data.end_time, timezone=tz_name, rule=rule))
+    except RecurrenceError as exc:
+        raise ICalError(f"{where}: RRULE: {exc}") from None
+    return data
+
+
+def _categories(component: Any) -> list[str]:
+    value = component.get("CATEGORIES")
+    if value is None:
+        return []
+    found: list[str] = []
+    for item in value if isinstance(value, list) else [value]:
+        cats = getattr(item, "cats", None)
+        found.extend(str(c) for c in (cats if cats is not None else [item]))
+    return [c for c in found if c]
+
+
+def _when(at: datetime, tz_name: str, all_day: bool) -> date | datetime:
+    if all_day:
+        return recurrence.local(at, recurrence.zone(tz_name)).date()
+    if tz_name == "UTC":
+        return at.astimezone(UTC)
+    return at.astimezone(recurrence.zone(tz_name))
+
+
+def build(name: str, events: Iterable[Any], *, description: str | None = None,
+          timezone: str | None = None) -> bytes:
+    """A VCALENDAR of ``events`` (rows with the columns of ``events``), with a VTIMEZONE
+    for every zone used."""
+    cal = icalendar.Calendar()
+    cal.add("PRODID", PRODID)
+    cal.add("VERSION", "2.0")
+    cal.add("CALSCALE", "GREGORIAN")
+    cal.add("X-WR-CALNAME", name)
+    if description:
+        cal.add("X-WR-CALDESC", description)
+    if timezone:
+        cal.add("X-WR-TIMEZONE", timezone)
+    for ev in events:
+        cal.add_component(_component(ev))
+    add_missing = getattr(cal, "add_missing_timezones", None)
+    if add_missing is not None:
+        add_missing()
+    data: bytes = cal.to_ical()
+    return data
+
+
+def _component(ev: Any) -> icalendar.Event:
+    out = icalendar.Event()
+    out.add("UID", ev.uid)
+    out.add("DTSTAMP", (ev.updated_at or datetime.now(UTC)).astimezone(UTC))
+    out.add("DTSTART", _when(ev.start_time, ev.timezone, ev.all_day))
+    out.add("DTEND", _when(ev.end_time, ev.timezone, ev.all_day))
+    out.add("SUMMARY", ev.summary)
+    if ev.description:
+        out.add("DESCRIPTION", ev.description)
+    if ev.location:
+        out.add("LOCATION", ev.location)
+    tags: Sequence[str] = ev.semantic_tags or []
+    categories = [ev.category, *[t for t in tags if t != ev.category]] if tags else [ev.category]
+    out.add("CATEGORIES", [str(c) for c in categories])
+    if ev.recurrence_rule:
+        out.add("RRULE", icalendar.vRecur.from_ical(ev.recurrence_rule))
+    if ev.rdates:
+        out.add("RDATE", [_when(r, ev.timezone, ev.all_day) for r in ev.rdates])
+    if ev.exdates:
+        out.add("EXDATE", [_when(x, ev.timezone, ev.all_day) for x in ev.exdates])
+    for person in ev.attendees or []:
+        params = {k: person[v] for k, v in (("CN", "name"), ("ROLE", "role"),
+                                             ("PARTSTAT", "status")) if person.get(v)}
+        out.add("ATTENDEE", icalendar.vCalAddress(f"mailto:{person.get('email', '')}"),
+                parameters=params)
+    out.add("STATUS", ev.status.upper())
+    out.add("TRANSP", "TRANSPARENT" if ev.transparent else "OPAQUE")
+    out.add("X-ROOST-EVENT-TYPE", ev.event_type)
+    out.add("X-ROOST-MOVABILITY", repr(float(ev.movability_score)))
+    out.add("X-ROOST-MOVABLE", "TRUE" if ev.is_movable else "FALSE")
+    out.add("X-ROOST-IMPORTANCE", repr(float(ev.importance_weight)))
+    if ev.google_event_id:
+        out.add("X-GOOGLE-EVENT-ID", ev.google_event_id)
+    if ev.reminder_minutes is not None:
+        alarm = icalendar.Alarm()
+        alarm.add("ACTION", "DISPLAY")
+        alarm.add("DESCRIPTION", ev.summary)
+        alarm.add("TRIGGER", timedelta(minutes=-ev.reminder_minutes))
+        out.add_component(alarm)
+    return out

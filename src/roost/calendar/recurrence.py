@@ -1,0 +1,342 @@
+"""RFC 5545 recurrence: RRULE validation and the expansion of an event into its occurrences
+within a bounded range (python-dateutil's ``rrule`` does the rule arithmetic).
+
+Semantics (docs/calendar.md, "Recurrence"):
+
+- The rule is expanded in the event's time zone on *wall-clock* times: a weekly 09:00
+  meeting in Europe/Berlin is at 09:00 local before and after a DST change (so at 08:00Z,
+  then 07:00Z).  A local time that does not exist (in the spring gap) takes the offset
+  before the gap, an ambiguous one (the autumn repeat) the first of its two instants
+  (RFC 5545 3.3.5).
+- DTSTART is always the first occurrence, even when it does not match the rule.
+- Every occurrence lasts the event's wall-clock duration (``end - start`` in local time;
+  an all-day event spans whole local days).
+- EXDATE removes the occurrence that starts at that instant; RDATE adds one.
+- UNTIL is inclusive; a UTC UNTIL is compared as an instant, a floating or DATE UNTIL in
+  the event's zone (a DATE covers its whole day).  A rule without COUNT or UNTIL never
+  ends: ranges are always bounded by the caller.
+- SECONDLY and MINUTELY rules are refused, and so is a rule with no occurrence in the
+  first 370 years (e.g. BYMONTH=2;BYMONTHDAY=30), which dateutil would otherwise search
+  up to the year 9999 on every query.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from typing import Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dateutil.rrule import rrule, rrulestr
+
+MAX_COUNT: Final = 50_000
+MAX_INTERVAL: Final = 10_000
+MAX_RULE_LENGTH: Final = 1000
+PROBE_YEARS: Final = 400  # the Gregorian calendar repeats every 400 years, weekdays included
+
+_FREQS: Final = ("HOURLY", "DAILY", "WEEKLY", "MONTHLY", "YEARLY")
+_WEEKDAYS: Final = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
+_BYDAY = re.compile(r"^([+-]?\d{1,2})?(MO|TU|WE|TH|FR|SA|SU)$")
+_UNTIL = re.compile(r"^(\d{8})(T(\d{6})(Z?))?$")
+_RANGES: Final = {  # BY* part: (lowest, highest) of the absolute value, zero refused
+    "BYSECOND": (0, 60), "BYMINUTE": (0, 59), "BYHOUR": (0, 23),
+    "BYMONTHDAY": (1, 31), "BYYEARDAY": (1, 366), "BYWEEKNO": (1, 53),
+    "BYMONTH": (1, 12), "BYSETPOS": (1, 366),
+}
+_SIGNED: Final = ("BYMONTHDAY", "BYYEARDAY", "BYWEEKNO", "BYSETPOS")
+
+
+class RecurrenceError(ValueError):
+    """A rule, zone or date that cannot be expanded; the message names the problem."""
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        return _zone(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise RecurrenceError(f"unknown time zone {name!r} (use an IANA name such as "
+                              "Europe/Berlin or UTC)") from None
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo:
+    if not name or len(name) > 64 or ".." in name or name.startswith("/"):
+        raise ValueError(name)
+    return ZoneInfo(name)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A parsed RRULE: the text dateutil gets (without UNTIL) and UNTIL on its own."""
+
+    text: str
+    parts: dict[str, str]
+    until: tuple[datetime, str] | None  # (value, "utc" | "floating" | "date")
+
+    @property
+    def freq(self) -> str:
+        return self.parts["FREQ"]
+
+    @property
+    def bounded(self) -> bool:
+        return "COUNT" in self.parts or self.until is not None
+
+
+def _int(name: str, value: str, low: int, high: int, *, signed: bool = False) -> int:
+    if not re.fullmatch(r"[+-]?\d{1,6}", value):
+        raise RecurrenceError(f"{name}: {value!r} is not a whole number")
+    number = int(value)
+    if (number < 0 and not signed) or (number == 0 and low > 0) or not low <= abs(number) <= high:
+        raise RecurrenceError(f"{name}: {value} is out of range ({'±' if signed else ''}"
+                              f"{low}..{high})")
+    return number
+
+
+@lru_cache(maxsize=4096)
+def parse_rule(value: str) -> Rule:
+    """Validate an RRULE value (``FREQ=WEEKLY;BYDAY=MO``; an ``RRULE:`` prefix is accepted)."""
+    rule = value.strip()
+    if rule.upper().startswith("RRULE:"):
+        rule = rule[6:]
+    if not rule:
+        raise RecurrenceError("the recurrence rule is empty")
+    if len(rule) > MAX_RULE_LENGTH:
+        raise RecurrenceError(f"the recurrence rule is longer than {MAX_RULE_LENGTH} characters")
+    if "\n" in rule or "\r" in rule:
+        raise RecurrenceError("the recurrence rule must be one RRULE (no line breaks)")
+    parts: dict[str, str] = {}
+    for item in rule.upper().split(";"):
+        if not item:
+            continue
+        key, sep, val = item.partition("=")
+        if not sep or not val:
+            raise RecurrenceError(f"{item!r} is not NAME=VALUE")
+        if key in parts:
+            raise RecurrenceError(f"{key} is given twice")
+        parts[key] = val
+    if "FREQ" not in parts:
+        raise RecurrenceError("FREQ is required (e.g. FREQ=WEEKLY)")
+    if parts["FREQ"] in ("SECONDLY", "MINUTELY"):
+        raise RecurrenceError(f"FREQ={parts['FREQ']} is not supported (HOURLY at most)")
+    if parts["FREQ"] not in _FREQS:
+        raise RecurrenceError(f"FREQ={parts['FREQ']} is not one of {', '.join(_FREQS)}")
+    if "COUNT" in parts and "UNTIL" in parts:
+        raise RecurrenceError("COUNT and UNTIL must not both be given")
+    until: tuple[datetime, str] | None = None
+    kept: list[str] = []
+    for key, val in parts.items():
+        if key == "FREQ":
+            pass
+        elif key == "COUNT":
+            _int(key, val, 1, MAX_COUNT)
+        elif key == "INTERVAL":
+            _int(key, val, 1, MAX_INTERVAL)
+        elif key == "UNTIL":
+            until = _parse_until(val)
+            continue
+        elif key == "WKST":
+            if val not in _WEEKDAYS:
+                raise RecurrenceError(f"WKST: {val!r} is not a weekday (MO..SU)")
+        elif key == "BYDAY":
+            for day in val.split(","):
+                match = _BYDAY.match(day)
+                if match is None:
+                    raise RecurrenceError(f"BYDAY: {day!r} is not a weekday such as MO or -1FR")
+                if match.group(1) is not None:
+                    _int("BYDAY", match.group(1), 1, 53, signed=True)
+        elif key in _RANGES:
+            low, high = _RANGES[key]
+            for number in val.split(","):
+                _int(key, number, low, high, signed=key in _SIGNED)
+        else:
+            raise RecurrenceError(f"{key} is not an RRULE part RFC 5545 defines")
+        kept.append(f"{key}={val}")
+    return Rule(";".join(kept), parts, until)
+
+
+def _parse_until(value: str) -> tuple[datetime, str]:
+    match = _UNTIL.match(value)
+    if match is None:
+        raise RecurrenceError(f"UNTIL: {value!r} is not a DATE (20270101) or DATE-TIME "
+                              "(20270101T090000Z)")
+    try:
+        if match.group(2) is None:
+            return datetime.strptime(match.group(1), "%Y%m%d"), "date"
+        at = datetime.strptime(match.group(1) + match.group(3), "%Y%m%d%H%M%S")
+    except ValueError:
+        raise RecurrenceError(f"UNTIL: {value!r} is not a valid date") from None
+    return at, "utc" if match.group(4) else "floating"
+
+
+@dataclass(frozen=True)
+class Recurring:
+    """What expansion needs of an event."""
+
+    start: datetime  # aware
+    end: datetime  # aware
+    timezone: str = "UTC"
+    rule: str | None = None
+    rdates: Sequence[datetime] = ()
+    exdates: Sequence[datetime] = ()
+    all_day: bool = False
+    # computed
+    _tz: ZoneInfo = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise RecurrenceError("start and end must carry a UTC offset")
+        object.__setattr__(self, "_tz", zone(self.timezone))
+
+
+def to_utc(local: datetime, tz: ZoneInfo) -> datetime:
+    """A wall-clock time in ``tz`` as a UTC instant (gap: offset before it; fold: first)."""
+    return local.replace(tzinfo=tz, fold=0).astimezone(UTC)
+
+
+def local(at: datetime, tz: ZoneInfo) -> datetime:
+    return at.astimezone(tz).replace(tzinfo=None)
+
+
+def _local_until(rule: Rule, tz: ZoneInfo) -> datetime | None:
+    if rule.until is None:
+        return None
+    value, kind = rule.until
+    if kind == "utc":
+        return local(value.replace(tzinfo=UTC), tz)
+    if kind == "date":
+        return value + timedelta(days=1) - timedelta(microseconds=1)
+    return value
+
+
+def _build(rule: Rule, dtstart: datetime, until: datetime | None) -> rrule:
+    built = rrulestr(rule.text, dtstart=dtstart, cache=False)
+    if not isinstance(built, rrule):  # pragma: no cover - one RRULE always gives an rrule
+        raise RecurrenceError("the recurrence rule could not be read")
+    if until is not None:
+        built = built.replace(until=until)
+    return built
+
+
+def _step(rule: Rule) -> timedelta | None:
+    """How far DTSTART may be moved forward without changing the rule's later occurrences:
+    whole periods of an HOURLY, DAILY or WEEKLY rule without COUNT or BYSETPOS."""
+    if "COUNT" in rule.parts or "BYSETPOS" in rule.parts:
+        return None
+    interval = int(rule.parts.get("INTERVAL", "1"))
+    unit = {"HOURLY": timedelta(hours=1), "DAILY": timedelta(days=1),
+            "WEEKLY": timedelta(weeks=1)}.get(rule.freq)
+    return None if unit is None else unit * interval
+
+
+def validate(event: Recurring) -> None:
+    """Refuse a rule that cannot be expanded or never occurs (see the module's notes)."""
+    if event.end < event.start:
+        raise RecurrenceError("the end is before the start")
+    if event.rule is None:
+        return
+    rule = parse_rule(event.rule)
+    start = local(event.start, event._tz)
+    # Probe in the last 400-year cycle before 9999 (moved by whole cycles, so the same
+    # weekdays and leap years): dateutil stops at the year 9999, so a rule that never
+    # occurs costs at most 400 years of search, once, here.
+    shift = max(0, -(-(9999 - PROBE_YEARS - start.year) // PROBE_YEARS) * PROBE_YEARS)
+    try:
+        probe = _build(rule, start.replace(year=start.year + shift), None)
+        first = probe.after(start.replace(year=start.year + shift), inc=True)
+    except (ValueError, OverflowError) as exc:
+        raise RecurrenceError(f"the recurrence rule cannot be expanded: {exc}") from None
+    if first is None:
+        raise RecurrenceError("the recurrence rule has no occurrence (check its BYMONTH, "
+                              "BYMONTHDAY, BYSETPOS... combination)")
+
+
+def recurrence_end(event: Recurring) -> datetime | None:
+    """The end of the last occurrence (an instant), None when the rule never ends."""
+    tz = event._tz
+    duration = local(event.end, tz) - local(event.start, tz)
+    last = event.end
+    if event.rdates:
+        last = max(last, max(to_utc(local(r, tz) + duration, tz) for r in event.rdates))
+    if event.rule is None:
+        return last
+    rule = parse_rule(event.rule)
+    if not rule.bounded:
+        return None
+    start = local(event.start, tz)
+    until = _local_until(rule, tz)
+    if until is not None:
+        # no need to walk: nothing starts after UNTIL
+        return max(last, to_utc(max(until, start) + duration, tz) + timedelta(days=1))
+    occurrences = list(_build(rule, start, None))
+    if occurrences:
+        last = max(last, to_utc(occurrences[-1] + duration, tz))
+    return last
+
+
+def expand(event: Recurring, range_start: datetime, range_end: datetime,
+           limit: int | None = None) -> list[tuple[datetime, datetime]]:
+    """The occurrences ``(start, end)`` (UTC instants, by start) that overlap
+    ``[range_start, range_end)``: start before the range ends and end after it starts (an
+    instantaneous one: starts within it)."""
+    tz = event._tz
+    start_l = local(event.start, tz)
+    duration = local(event.end, tz) - start_l
+    found: dict[datetime, datetime] = {}
+
+    def consider(occ_local: datetime) -> None:
+        s = to_utc(occ_local, tz)
+        e = to_utc(occ_local + duration, tz)
+        if _overlaps(s, e, range_start, range_end):
+            found[s] = e
+
+    consider(start_l)
+    for r in event.rdates:
+        consider(local(r, tz))
+    if event.rule is not None:
+        rule = parse_rule(event.rule)
+        # Local window with slack: a day for zone offsets and the DST change.
+        after = local(range_start, tz) - duration - timedelta(days=1)
+        before = local(range_end, tz) + timedelta(days=1)
+        if start_l <= before:
+            dtstart = start_l
+            step = _step(rule)
+            if step is not None and dtstart < after - step:
+                dtstart += step * ((after - dtstart) // step)
+            built = _build(rule, dtstart, _local_until(rule, tz))
+            for occ in built.xafter(max(after, start_l), inc=True):
+                if occ > before:
+                    break
+                consider(occ)
+    if event.exdates:
+        for x in event.exdates:
+            found.pop(x.astimezone(UTC), None)
+    items = sorted(found.items())
+    return items[:limit] if limit is not None else items
+
+
+def _overlaps(s: datetime, e: datetime, range_start: datetime, range_end: datetime) -> bool:
+    if s == e:
+        return range_start <= s < range_end
+    return s < range_end and e > range_start
+
+
+def merge(intervals: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """Busy intervals merged: sorted, overlapping or touching ones joined."""
+    merged: list[tuple[datetime, datetime]] = []
+    for s, e in sorted(intervals):
+        if merged and s <= merged[-1][1]:
+            if e > merged[-1][1]:
+                merged[-1] = (merged[-1][0], e)
+        else:
+            merged.append((s, e))
+    return merged
+
+
+def all_day_bounds(first: date, last_exclusive: date, tz_name: str) -> tuple[datetime, datetime]:
+    """An all-day event's instants: local midnights in its zone."""
+    tz = zone(tz_name)
+    return (to_utc(datetime.combine(first, datetime.min.time()), tz),
+            to_utc(datetime.combine(last_exclusive, datetime.min.time()), tz))

@@ -1,0 +1,170 @@
+"""Bodies and answers of the calendar API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from roost.inputs import StrictInput
+
+EventStatus = Literal["confirmed", "tentative", "cancelled"]
+COLOR = r"^#[0-9a-fA-F]{6}$"
+
+
+class CalendarCreate(StrictInput):
+    name: str = Field(min_length=1, max_length=255)
+    description: str | None = Field(default=None, max_length=20_000)
+    timezone: str = Field(default="UTC", min_length=1, max_length=64,
+                          description="IANA time zone, e.g. Europe/Berlin")
+    color: str | None = Field(default=None, pattern=COLOR)
+
+
+class CalendarUpdate(StrictInput):
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+    description: str | None = Field(default=None, max_length=20_000)
+    timezone: str | None = Field(default=None, min_length=1, max_length=64)
+    color: str | None = Field(default=None, pattern=COLOR)
+
+
+class CalendarOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    name: str
+    description: str | None
+    timezone: str
+    color: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class Attendee(StrictInput):
+    email: str = Field(min_length=1, max_length=320)
+    name: str | None = Field(default=None, max_length=255)
+    role: str | None = Field(default=None, max_length=64)
+    status: str | None = Field(default=None, max_length=64)
+
+
+class EventFields(StrictInput):
+    """Fields an event is created or changed with (all optional here: PATCH)."""
+
+    summary: str | None = Field(default=None, min_length=1, max_length=1000)
+    description: str | None = Field(default=None, max_length=100_000)
+    start_time: datetime | None = Field(default=None, description="With a UTC offset")
+    end_time: datetime | None = None
+    timezone: str | None = Field(default=None, max_length=64, description=(
+        "IANA zone the recurrence is expanded in; default: the calendar's"))
+    all_day: bool | None = None
+    location: str | None = Field(default=None, max_length=1000)
+    category: str | None = Field(default=None, min_length=1, max_length=50)
+    event_type: str | None = Field(default=None, min_length=1, max_length=50)
+    movability_score: float | None = Field(default=None, ge=0, le=1)
+    is_movable: bool | None = None
+    importance_weight: float | None = Field(default=None, ge=0, le=1000)
+    reminder_minutes: int | None = Field(default=None, ge=0, le=40_320)
+    attendees: list[Attendee] | None = Field(default=None, max_length=500)
+    recurrence_rule: str | None = Field(default=None, max_length=1000, description=(
+        "RFC 5545 RRULE value, e.g. FREQ=WEEKLY;BYDAY=MO,WE;UNTIL=20271231T235959Z"))
+    rdates: list[datetime] | None = Field(default=None, max_length=1000)
+    exdates: list[datetime] | None = Field(default=None, max_length=5000)
+    status: EventStatus | None = None
+    transparent: bool | None = None
+    google_event_id: str | None = Field(default=None, min_length=1, max_length=255)
+    semantic_keywords: list[str] | None = Field(default=None, max_length=200)
+    semantic_category: str | None = Field(default=None, max_length=100)
+    semantic_tags: list[str] | None = Field(default=None, max_length=200)
+    semantic_embedding_id: str | None = Field(default=None, max_length=255)
+
+
+class EventCreate(EventFields):
+    summary: str = Field(min_length=1, max_length=1000)
+    start_time: datetime = Field(description="With a UTC offset")
+    end_time: datetime = Field(description="With a UTC offset; >= start_time")
+    uid: str | None = Field(default=None, min_length=1, max_length=255,
+                            description="iCalendar UID; default: generated")
+
+
+class EventUpdate(EventFields):
+    pass
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    calendar_id: uuid.UUID
+    user_id: uuid.UUID
+    uid: str
+    google_event_id: str | None
+    summary: str
+    description: str | None
+    start_time: datetime
+    end_time: datetime
+    timezone: str
+    all_day: bool
+    category: str
+    movability_score: float
+    is_movable: bool
+    semantic_keywords: list[Any] | None
+    semantic_embedding_id: str | None
+    semantic_category: str | None
+    semantic_tags: list[Any] | None
+    event_type: str
+    attendees: list[dict[str, Any]] | None
+    location: str | None
+    recurrence_rule: str | None
+    rdates: list[datetime]
+    exdates: list[datetime]
+    reminder_minutes: int | None
+    importance_weight: float
+    status: str
+    transparent: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class Occurrence(BaseModel):
+    event_id: uuid.UUID
+    calendar_id: uuid.UUID
+    uid: str
+    summary: str
+    start: datetime
+    end: datetime
+    all_day: bool
+    timezone: str
+    location: str | None
+    category: str
+    recurring: bool
+    status: str
+    is_movable: bool
+    movability_score: float
+
+
+class OccurrencesOut(BaseModel):
+    start: datetime
+    end: datetime
+    occurrences: list[Occurrence]
+    truncated: bool = Field(description="More occurrences than `limit`: narrow the range")
+
+
+class BusyInterval(BaseModel):
+    start: datetime
+    end: datetime
+
+
+class FreeBusyOut(BaseModel):
+    start: datetime
+    end: datetime
+    busy: list[BusyInterval]
+    free: list[BusyInterval]
+
+
+class ImportOut(BaseModel):
+    created: int
+    updated: int
+    unchanged: int
+    skipped: list[str]

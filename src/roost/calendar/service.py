@@ -1,0 +1,461 @@
+"""Calendars and events: CRUD, occurrences of a bounded range (recurrence expanded here,
+roost.calendar.recurrence), free/busy, iCalendar import (idempotent by UID) and export.
+
+A calendar and its events are their owner's: anyone else gets 404, here and by row-level
+security (administrators may read one by id).  Lists, agendas and free/busy cover the
+acting user's own calendars only.  Ranges are required and at most ``MAX_RANGE`` long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import String, cast, delete, false, null, or_, select, true
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit.service import record
+from roost.calendar import ical, recurrence
+from roost.calendar.models import Calendar, Event
+from roost.calendar.recurrence import RecurrenceError, Recurring
+from roost.calendar.schemas import CalendarCreate, CalendarUpdate, EventCreate, EventUpdate
+from roost.errors import BadRequest, NotFound, PayloadTooLarge, Unprocessable
+from roost.principal import Principal
+
+MAX_RANGE: Final = timedelta(days=366)
+MAX_IMPORT_BYTES: Final = 5 * 1024 * 1024
+MAX_IMPORT_EVENTS: Final = 20_000
+DEFAULT_OCCURRENCES: Final = 1000
+MAX_OCCURRENCES: Final = 10_000
+INLINE_EXPANSIONS: Final = 50  # more recurring events than this: expanded in a thread
+
+# Columns an import sets (and compares, to count unchanged events).
+IMPORTED: Final = ("summary", "description", "start_time", "end_time", "timezone", "all_day",
+                   "location", "category", "semantic_tags", "recurrence_rule", "rdates",
+                   "exdates", "attendees", "reminder_minutes", "status", "transparent",
+                   "event_type", "movability_score", "is_movable", "importance_weight",
+                   "google_event_id")
+
+
+class InvalidRecurrence(Unprocessable):
+    title, type_slug = "Invalid recurrence", "invalid-recurrence"
+
+
+class InvalidICalendar(Unprocessable):
+    title, type_slug = "Invalid iCalendar", "invalid-icalendar"
+
+
+def _owner(actor: Principal) -> uuid.UUID:
+    if actor.user_id is None:
+        raise Unprocessable("calendars belong to a user: act as one (the operator token has "
+                            "no user)")
+    return actor.user_id
+
+
+def _visible(actor: Principal, column: Any) -> Any:
+    if actor.is_admin:
+        return true()
+    if actor.user_id is None:
+        return false()
+    return column == actor.user_id
+
+
+def _zone(name: str, field: str = "timezone") -> str:
+    try:
+        recurrence.zone(name)
+    except RecurrenceError as exc:
+        raise Unprocessable(str(exc), extra={"field": field}) from None
+    return name
+
+
+def check_range(start: datetime, end: datetime) -> None:
+    """A required, bounded range: both with a UTC offset, end after start, <= MAX_RANGE."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise Unprocessable("start and end need a UTC offset (e.g. 2027-01-01T00:00:00Z)",
+                            extra={"field": "start" if start.tzinfo is None else "end"})
+    if end <= start:
+        raise Unprocessable("end must be after start", extra={"field": "end"})
+    if end - start > MAX_RANGE:
+        raise Unprocessable(f"the range is longer than {MAX_RANGE.days} days: query a shorter "
+                            "one", extra={"field": "end", "max_days": MAX_RANGE.days})
+
+
+# --- calendars ---------------------------------------------------------------------------
+
+
+async def create_calendar(session: AsyncSession, actor: Principal,
+                          body: CalendarCreate) -> Calendar:
+    owner = _owner(actor)
+    cal = Calendar(user_id=owner, name=_name(body.name), description=body.description,
+                   timezone=_zone(body.timezone), color=body.color)
+    session.add(cal)
+    await session.flush()
+    await session.refresh(cal)
+    await record(session, "calendar.create", user_id=owner, resource_type="calendar",
+                 resource_id=cal.id, changes={"name": cal.name, "timezone": cal.timezone})
+    return cal
+
+
+def _name(name: str) -> str:
+    stripped = name.strip()
+    if not stripped:
+        raise Unprocessable("name must not be blank", extra={"field": "name"})
+    return stripped
+
+
+async def list_calendars(session: AsyncSession, actor: Principal) -> list[Calendar]:
+    owner = _owner(actor)
+    rows = await session.scalars(select(Calendar).where(Calendar.user_id == owner)
+                                 .order_by(Calendar.name, Calendar.id).limit(1000))
+    return list(rows.all())
+
+
+async def get_calendar(session: AsyncSession, actor: Principal, calendar_id: uuid.UUID,
+                       *, lock: bool = False) -> Calendar:
+    stmt = select(Calendar).where(Calendar.id == calendar_id, _visible(actor, Calendar.user_id))
+    if lock:
+        stmt = stmt.with_for_update()
+    found = await session.scalar(stmt)
+    if found is None:
+        raise NotFound(f"calendar {calendar_id} does not exist")
+    return found
+
+
+async def find_calendar(session: AsyncSession, actor: Principal, ref: str) -> Calendar:
+    """One of the actor's calendars by exact name, id or a unique start of an id (CLI)."""
+    owner = _owner(actor)
+    rows = (await session.scalars(select(Calendar).where(
+        Calendar.user_id == owner,
+        or_(Calendar.name == ref, cast(Calendar.id, String).like(ref.lower() + "%")),
+    ).limit(3))).all()
+    exact = [c for c in rows if c.name == ref]
+    if exact:
+        return exact[0]
+    if not rows:
+        raise NotFound(f"you have no calendar named {ref!r} or with an id starting with it")
+    if len(rows) > 1:
+        raise BadRequest(f"{ref!r} names several calendars; use the full id")
+    return rows[0]
+
+
+async def update_calendar(session: AsyncSession, actor: Principal, calendar_id: uuid.UUID,
+                          body: CalendarUpdate) -> Calendar:
+    cal = await get_calendar(session, actor, calendar_id, lock=True)
+    given = body.model_fields_set
+    for fld in ("name", "timezone"):
+        if fld in given and getattr(body, fld) is None:
+            raise Unprocessable(f"{fld} cannot be null", extra={"field": fld})
+    changes: dict[str, Any] = {}
+    if "name" in given and body.name is not None:
+        changes["name"] = cal.name = _name(body.name)
+    if "timezone" in given and body.timezone is not None:
+        changes["timezone"] = cal.timezone = _zone(body.timezone)
+    for fld in ("description", "color"):
+        if fld in given:
+            setattr(cal, fld, getattr(body, fld))
+            changes[fld] = "changed"
+    await session.flush()
+    await session.refresh(cal)
+    await record(session, "calendar.update", user_id=cal.user_id, resource_type="calendar",
+                 resource_id=cal.id, changes=changes)
+    return cal
+
+
+async def delete_calendar(session: AsyncSession, actor: Principal,
+                          calendar_id: uuid.UUID) -> None:
+    cal = await get_calendar(session, actor, calendar_id, lock=True)
+    await session.execute(delete(Calendar).where(Calendar.id == cal.id))
+    await record(session, "calendar.delete", user_id=cal.user_id, resource_type="calendar",
+                 resource_id=cal.id, changes={"name": cal.name})
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+def _aware(values: Sequence[datetime] | None, field: str) -> list[datetime]:
+    out = []
+    for v in values or ():
+        if v.tzinfo is None:
+            raise Unprocessable(f"{field}: every date-time needs a UTC offset",
+                                extra={"field": field})
+        out.append(v.astimezone(UTC))
+    return sorted(set(out))
+
+
+def _recurring(ev: Event) -> Recurring:
+    return Recurring(start=ev.start_time, end=ev.end_time, timezone=ev.timezone,
+                     rule=ev.recurrence_rule, rdates=ev.rdates or (), exdates=ev.exdates or (),
+                     all_day=ev.all_day)
+
+
+def _normalise_rule(rule: str | None) -> str | None:
+    if rule is None or not rule.strip():
+        return None
+    text = rule.strip()
+    return text[6:] if text.upper().startswith("RRULE:") else text
+
+
+async def _derive(ev: Event) -> None:
+    """Validate the event's times and recurrence and store ``recurrence_end``."""
+    if ev.start_time.tzinfo is None or ev.end_time.tzinfo is None:
+        raise Unprocessable("start_time and end_time need a UTC offset",
+                            extra={"field": "start_time"})
+    if ev.end_time < ev.start_time:
+        raise Unprocessable("end_time is before start_time", extra={"field": "end_time"})
+
+    def work() -> datetime | None:
+        rec = _recurring(ev)
+        recurrence.validate(rec)
+        return recurrence.recurrence_end(rec)
+
+    try:
+        ev.recurrence_end = await asyncio.to_thread(work) if ev.recurrence_rule else work()
+    except RecurrenceError as exc:
+        raise InvalidRecurrence(f"recurrence_rule: {exc}",
+                                extra={"field": "recurrence_rule"}) from None
+
+
+def _apply(ev: Event, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if key in ("rdates", "exdates"):
+            value = _aware(value, key)
+        elif key == "recurrence_rule":
+            value = _normalise_rule(value)
+        elif key == "attendees" and value is not None:
+            value = [{k: v for k, v in (a if isinstance(a, dict) else a.model_dump()).items()
+                      if v is not None} for a in value]
+        elif key == "timezone":
+            value = _zone(value)
+        elif key in ("start_time", "end_time"):
+            if value.tzinfo is None:
+                raise Unprocessable(f"{key} needs a UTC offset", extra={"field": key})
+            value = value.astimezone(UTC)
+        setattr(ev, key, value)
+
+
+async def create_event(session: AsyncSession, actor: Principal, calendar_id: uuid.UUID,
+                       body: EventCreate) -> Event:
+    cal = await get_calendar(session, actor, calendar_id)
+    values = body.model_dump(exclude_unset=True, exclude={"uid"})
+    values = {k: v for k, v in values.items() if v is not None}
+    ev = Event(user_id=cal.user_id, calendar_id=cal.id, uid=body.uid or f"{uuid.uuid4()}@roost",
+               timezone=cal.timezone, rdates=[], exdates=[])
+    _apply(ev, values)
+    await _derive(ev)
+    session.add(ev)
+    await session.flush()
+    await session.refresh(ev)
+    await record(session, "event.create", user_id=cal.user_id, resource_type="event",
+                 resource_id=ev.id, changes={"calendar_id": str(cal.id),
+                                             "recurring": ev.recurrence_rule is not None})
+    return ev
+
+
+async def get_event(session: AsyncSession, actor: Principal, calendar_id: uuid.UUID,
+                    event_id: uuid.UUID, *, lock: bool = False) -> Event:
+    stmt = select(Event).where(Event.id == event_id, Event.calendar_id == calendar_id,
+                               _visible(actor, Event.user_id))
+    if lock:
+        stmt = stmt.with_for_update()
+    found = await session.scalar(stmt)
+    if found is None:
+        raise NotFound(f"event {event_id} does not exist in calendar {calendar_id}")
+    return found
+
+
+async def list_events(session: AsyncSession, actor: Principal, calendar_id: uuid.UUID,
+                      *, limit: int = 100, offset: int = 0) -> list[Event]:
+    cal = await get_calendar(session, actor, calendar_id)
+    rows = await session.scalars(select(Event).where(Event.calendar_id == cal.id)
+                                 .order_by(Event.start_time, Event.id).offset(offset).limit(limit))
+    return list(rows.all())
+
+
+NOT_NULL: Final = ("summary", "start_time", "end_time", "timezone", "all_day", "category",
+                   "event_type", "movability_score", "is_movable", "importance_weight",
+                   "status", "transparent")
+
+
+async def update_event(session: AsyncSession, actor: Principal, calendar_id: uuid.UUID,
+                       event_id: uuid.UUID, body: EventUpdate) -> Event:
+    ev = await get_event(session, actor, calendar_id, event_id, lock=True)
+    given = body.model_fields_set
+    for fld in NOT_NULL:
+        if fld in given and getattr(body, fld) is None:
+            raise Unprocessable(f"{fld} cannot be null", extra={"field": fld})
+    values = {k: getattr(body, k) for k in given}
+    if values.get("rdates") is None and "rdates" in values:
+        values["rdates"] = []
+    if values.get("exdates") is None and "exdates" in values:
+        values["exdates"] = []
+    _apply(ev, values)
+    await _derive(ev)
+    await session.flush()
+    await session.refresh(ev)
+    await record(session, "event.update", user_id=ev.user_id, resource_type="event",
+                 resource_id=ev.id, changes={"fields": sorted(given)})
+    return ev
+
+
+async def delete_event(session: AsyncSession, actor: Principal, calendar_id: uuid.UUID,
+                       event_id: uuid.UUID) -> None:
+    ev = await get_event(session, actor, calendar_id, event_id, lock=True)
+    await session.execute(delete(Event).where(Event.id == ev.id))
+    await record(session, "event.delete", user_id=ev.user_id, resource_type="event",
+                 resource_id=ev.id, changes={"calendar_id": str(calendar_id)})
+
+
+# --- ranges ------------------------------------------------------------------------------
+
+
+async def _events_in(session: AsyncSession, actor: Principal, start: datetime, end: datetime,
+                     calendar_ids: Sequence[uuid.UUID] | None) -> list[Event]:
+    stmt = select(Event).where(
+        Event.start_time < end,
+        or_(Event.recurrence_end.is_(None), Event.recurrence_end >= start))
+    if calendar_ids is None:
+        stmt = stmt.where(Event.user_id == _owner(actor))
+    else:
+        stmt = stmt.where(Event.calendar_id.in_(calendar_ids), _visible(actor, Event.user_id))
+    return list((await session.scalars(stmt)).all())
+
+
+def expand_events(events: Sequence[Any], start: datetime, end: datetime,
+                  limit: int | None = None) -> list[tuple[Any, datetime, datetime]]:
+    """Every occurrence of ``events`` overlapping ``[start, end)``, by start time."""
+    found: list[tuple[Any, datetime, datetime]] = []
+    for ev in events:
+        for s, e in recurrence.expand(_recurring(ev), start, end):
+            found.append((ev, s, e))
+    found.sort(key=lambda item: (item[1], item[2], str(item[0].id)))
+    return found[:limit] if limit is not None else found
+
+
+async def _expand(events: Sequence[Event], start: datetime, end: datetime,
+                  limit: int | None = None) -> list[tuple[Any, datetime, datetime]]:
+    if sum(1 for e in events if e.recurrence_rule) > INLINE_EXPANSIONS:
+        return await asyncio.to_thread(expand_events, events, start, end, limit)
+    return expand_events(events, start, end, limit)
+
+
+async def occurrences(session: AsyncSession, actor: Principal, start: datetime, end: datetime,
+                      *, calendar_id: uuid.UUID | None = None,
+                      limit: int = DEFAULT_OCCURRENCES) -> tuple[list[dict[str, Any]], bool]:
+    """The occurrences in ``[start, end)`` of one calendar, or of all the actor's; and
+    whether there were more than ``limit``."""
+    check_range(start, end)
+    ids = None
+    if calendar_id is not None:
+        ids = [(await get_calendar(session, actor, calendar_id)).id]
+    events = await _events_in(session, actor, start, end, ids)
+    found = await _expand(events, start, end, limit + 1)
+    return [_occurrence(ev, s, e) for ev, s, e in found[:limit]], len(found) > limit
+
+
+def _occurrence(ev: Event, s: datetime, e: datetime) -> dict[str, Any]:
+    return {"event_id": ev.id, "calendar_id": ev.calendar_id, "uid": ev.uid,
+            "summary": ev.summary, "start": s, "end": e, "all_day": ev.all_day,
+            "timezone": ev.timezone, "location": ev.location, "category": ev.category,
+            "recurring": bool(ev.recurrence_rule or ev.rdates), "status": ev.status,
+            "is_movable": ev.is_movable, "movability_score": ev.movability_score}
+
+
+async def freebusy(session: AsyncSession, actor: Principal, start: datetime,
+                   end: datetime) -> tuple[list[tuple[datetime, datetime]],
+                                           list[tuple[datetime, datetime]]]:
+    """Busy intervals (merged, clipped to the range) over all the actor's calendars, and
+    the free gaps between them.  Cancelled and transparent events are not busy."""
+    check_range(start, end)
+    events = [e for e in await _events_in(session, actor, start, end, None)
+              if e.status != "cancelled" and not e.transparent]
+    found = await _expand(events, start, end)
+    busy = recurrence.merge((max(s, start), min(e, end)) for _, s, e in found if e > s)
+    free: list[tuple[datetime, datetime]] = []
+    cursor = start
+    for s, e in busy:
+        if s > cursor:
+            free.append((cursor, s))
+        cursor = max(cursor, e)
+    if cursor < end:
+        free.append((cursor, end))
+    return busy, free
+
+
+# --- iCalendar ---------------------------------------------------------------------------
+
+
+async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.UUID,
+                     raw: bytes) -> dict[str, Any]:
+    """Create the file's events in the calendar, or update those whose UID it already has
+    (importing the same file twice changes nothing)."""
+    if len(raw) > MAX_IMPORT_BYTES:
+        raise PayloadTooLarge(f"the iCalendar file is larger than {MAX_IMPORT_BYTES} bytes",
+                              extra={"limit": MAX_IMPORT_BYTES})
+    cal = await get_calendar(session, actor, calendar_id, lock=True)
+    try:
+        parsed = await asyncio.to_thread(ical.parse, raw, cal.timezone)
+    except ical.ICalError as exc:
+        raise InvalidICalendar(str(exc)) from None
+    if len(parsed.events) > MAX_IMPORT_EVENTS:
+        raise PayloadTooLarge(f"the file has more than {MAX_IMPORT_EVENTS} events",
+                              extra={"limit": MAX_IMPORT_EVENTS})
+    existing: dict[str, Event] = {}
+    uids = [e.uid for e in parsed.events]
+    for i in range(0, len(uids), 1000):
+        rows = await session.scalars(select(Event).where(Event.calendar_id == cal.id,
+                                                         Event.uid.in_(uids[i:i + 1000])))
+        existing.update({e.uid: e for e in rows.all()})
+    created = updated = unchanged = 0
+    derived = await asyncio.to_thread(_recurrence_ends, parsed.events)
+    for data, end in zip(parsed.events, derived, strict=True):
+        values = {k: v for k, v in asdict(data).items() if k in IMPORTED}
+        ev = existing.get(data.uid)
+        if ev is None:
+            ev = Event(user_id=cal.user_id, calendar_id=cal.id, uid=data.uid, **values,
+                       recurrence_end=end)
+            if data.reminder_minutes is None:  # no VALARM: no reminder (not the default 15)
+                ev.reminder_minutes = null()  # type: ignore[assignment]
+            session.add(ev)
+            created += 1
+        elif any(_differs(getattr(ev, k), v) for k, v in values.items()):
+            for k, v in values.items():
+                setattr(ev, k, v)
+            ev.recurrence_end = end
+            updated += 1
+        else:
+            unchanged += 1
+    await session.flush()
+    result = {"created": created, "updated": updated, "unchanged": unchanged,
+              "skipped": parsed.skipped}
+    await record(session, "calendar.import", user_id=cal.user_id, resource_type="calendar",
+                 resource_id=cal.id, changes={k: v for k, v in result.items() if k != "skipped"}
+                 | {"skipped": len(parsed.skipped)})
+    return result
+
+
+def _recurrence_ends(events: Sequence[ical.EventData]) -> list[datetime | None]:
+    return [recurrence.recurrence_end(Recurring(
+        start=e.start_time, end=e.end_time, timezone=e.timezone, rule=e.recurrence_rule,
+        rdates=e.rdates, exdates=e.exdates)) for e in events]
+
+
+def _differs(old: Any, new: Any) -> bool:
+    if isinstance(old, float) or isinstance(new, float):
+        return old is None or new is None or abs(float(old) - float(new)) > 1e-12
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) != len(new) or any(_differs(a, b) for a, b in zip(old, new, strict=True))
+    return bool(old != new)
+
+
+async def export_ics(session: AsyncSession, actor: Principal,
+                     calendar_id: uuid.UUID) -> tuple[Calendar, bytes]:
+    cal = await get_calendar(session, actor, calendar_id)
+    events = (await session.scalars(select(Event).where(Event.calendar_id == cal.id)
+                                    .order_by(Event.start_time, Event.uid))).all()
+    data = await asyncio.to_thread(ical.build, cal.name, events, description=cal.description,
+                                   timezone=cal.timezone)
+    return cal, data

@@ -1,0 +1,249 @@
+"""The calendar API: CRUD, occurrences of a range, free/busy, import/export, bad input and
+another tenant's ids."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import icalendar
+import pytest
+
+from tests.calendar.conftest import Headers, make_calendar, make_event
+
+User = tuple[uuid.UUID, Headers]
+
+
+async def test_calendar_crud_and_a_recurring_event_across_dst(client: httpx.AsyncClient,
+                                                               user: User) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers, "Work", "America/New_York")
+    assert cal["timezone"] == "America/New_York"
+    listed = (await client.get("/api/v1/calendars", headers=headers)).json()
+    assert [c["name"] for c in listed] == ["Work"]
+    ev = await make_event(client, headers, cal["id"], summary="Standup",
+                          start_time="2027-03-08T09:00:00-05:00",
+                          end_time="2027-03-08T09:15:00-05:00",
+                          recurrence_rule="FREQ=WEEKLY;BYDAY=MO",
+                          exdates=["2027-03-22T09:00:00-04:00"],
+                          attendees=[{"email": "bob@example.org", "name": "Bob"}],
+                          movability_score=0.2, is_movable=False, category="work")
+    assert ev["timezone"] == "America/New_York" and ev["uid"].endswith("@roost")
+    resp = await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                            params={"start": "2027-03-01T00:00:00Z", "end": "2027-04-01T00:00:00Z"})
+    assert resp.status_code == 200, resp.text
+    starts = [o["start"] for o in resp.json()["occurrences"]]
+    assert starts == ["2027-03-08T14:00:00Z", "2027-03-15T13:00:00Z", "2027-03-29T13:00:00Z"]
+    assert resp.json()["truncated"] is False
+
+    resp = await client.patch(f"/api/v1/calendars/{cal['id']}/events/{ev['id']}",
+                              json={"recurrence_rule": "FREQ=WEEKLY;BYDAY=MO;COUNT=2",
+                                    "exdates": []}, headers=headers)
+    assert resp.status_code == 200, resp.text
+    resp = await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                            params={"start": "2027-03-01T00:00:00Z", "end": "2027-04-01T00:00:00Z"})
+    assert len(resp.json()["occurrences"]) == 2
+
+    resp = await client.patch(f"/api/v1/calendars/{cal['id']}", json={"name": "Job"},
+                              headers=headers)
+    assert resp.status_code == 200 and resp.json()["name"] == "Job"
+    assert (await client.delete(f"/api/v1/calendars/{cal['id']}/events/{ev['id']}",
+                                headers=headers)).status_code == 204
+    assert (await client.delete(f"/api/v1/calendars/{cal['id']}",
+                                headers=headers)).status_code == 204
+    assert (await client.get(f"/api/v1/calendars/{cal['id']}",
+                             headers=headers)).status_code == 404
+
+
+async def test_freebusy_merges_over_all_calendars(client: httpx.AsyncClient, user: User,
+                                                  other_user: User) -> None:
+    _, headers = user
+    a = await make_calendar(client, headers, "A")
+    b = await make_calendar(client, headers, "B")
+    await make_event(client, headers, a["id"], summary="x", start_time="2027-05-03T09:00:00Z",
+                     end_time="2027-05-03T10:00:00Z", recurrence_rule="FREQ=DAILY;COUNT=2")
+    await make_event(client, headers, b["id"], summary="y", start_time="2027-05-03T09:30:00Z",
+                     end_time="2027-05-03T11:00:00Z")
+    await make_event(client, headers, b["id"], summary="free", start_time="2027-05-03T12:00:00Z",
+                     end_time="2027-05-03T13:00:00Z", transparent=True)
+    await make_event(client, headers, b["id"], summary="off", start_time="2027-05-03T14:00:00Z",
+                     end_time="2027-05-03T15:00:00Z", status="cancelled")
+    # another user's busy time is not ours
+    _, other = other_user
+    c = await make_calendar(client, other, "C")
+    await make_event(client, other, c["id"], summary="z", start_time="2027-05-03T16:00:00Z",
+                     end_time="2027-05-03T17:00:00Z")
+    resp = await client.get("/api/v1/calendars/freebusy", headers=headers,
+                            params={"start": "2027-05-03T00:00:00Z", "end": "2027-05-05T00:00:00Z"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["busy"] == [
+        {"start": "2027-05-03T09:00:00Z", "end": "2027-05-03T11:00:00Z"},
+        {"start": "2027-05-04T09:00:00Z", "end": "2027-05-04T10:00:00Z"}]
+    assert resp.json()["free"][0] == {"start": "2027-05-03T00:00:00Z",
+                                      "end": "2027-05-03T09:00:00Z"}
+    agenda = (await client.get("/api/v1/calendars/agenda", headers=headers, params={
+        "start": "2027-05-03T00:00:00Z", "end": "2027-05-04T00:00:00Z"})).json()
+    assert [o["summary"] for o in agenda["occurrences"]] == ["x", "y", "free", "off"]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({}, None),  # the range is required
+    ({"start": "2027-01-01T00:00:00Z"}, None),
+    ({"start": "2027-01-01T00:00:00Z", "end": "2029-01-01T00:00:00Z"}, "366 days"),
+    ({"start": "2027-01-02T00:00:00Z", "end": "2027-01-01T00:00:00Z"}, "after start"),
+    ({"start": "2027-01-01T00:00:00", "end": "2027-01-02T00:00:00"}, "UTC offset"),
+    ({"start": "2027-01-01T00:00:00Z", "end": "2027-01-02T00:00:00Z", "limit": "100000"}, None),
+])
+async def test_unbounded_or_huge_ranges_are_refused(client: httpx.AsyncClient, user: User,
+                                                    params: dict[str, str],
+                                                    message: str | None) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    for path in (f"/api/v1/calendars/{cal['id']}/events", "/api/v1/calendars/agenda",
+                 "/api/v1/calendars/freebusy"):
+        if "limit" in params and path.endswith("freebusy"):
+            continue
+        resp = await client.get(path, params=params, headers=headers)
+        assert resp.status_code == 422, (path, resp.text)
+        if message:
+            assert message in resp.json()["detail"]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"recurrence_rule": "FREQ=DAILY;BYMONTH=2;BYMONTHDAY=31"}, "no occurrence"),
+    ({"recurrence_rule": "FREQ=WEEKLY;BYDAY=FUNDAY"}, "BYDAY"),
+    ({"recurrence_rule": "FREQ=SECONDLY"}, "not supported"),
+    ({"timezone": "Mars/Olympus"}, "unknown time zone"),
+    ({"end_time": "2027-01-01T08:00:00Z"}, "before"),
+])
+async def test_bad_events_are_refused_naming_the_problem(client: httpx.AsyncClient, user: User,
+                                                         body: dict[str, Any],
+                                                         message: str) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    full = {"summary": "x", "start_time": "2027-01-01T09:00:00Z",
+            "end_time": "2027-01-01T10:00:00Z", **body}
+    resp = await client.post(f"/api/v1/calendars/{cal['id']}/events", json=full, headers=headers)
+    assert resp.status_code == 422, resp.text
+    assert message in resp.json()["detail"]
+
+
+async def test_another_tenants_ids_are_404(client: httpx.AsyncClient, user: User,
+                                           other_user: User) -> None:
+    _, headers = user
+    _, other = other_user
+    cal = await make_calendar(client, headers)
+    ev = await make_event(client, headers, cal["id"], summary="secret",
+                          start_time="2027-01-01T09:00:00Z", end_time="2027-01-01T10:00:00Z")
+    base = f"/api/v1/calendars/{cal['id']}"
+    rng = {"start": "2027-01-01T00:00:00Z", "end": "2027-01-02T00:00:00Z"}
+    for method, path, kwargs in [
+        ("GET", base, {}), ("PATCH", base, {"json": {"name": "mine"}}), ("DELETE", base, {}),
+        ("GET", f"{base}/events", {"params": rng}),
+        ("POST", f"{base}/events", {"json": {"summary": "x", "start_time": rng["start"],
+                                             "end_time": rng["end"]}}),
+        ("GET", f"{base}/events/{ev['id']}", {}),
+        ("PATCH", f"{base}/events/{ev['id']}", {"json": {"summary": "mine"}}),
+        ("DELETE", f"{base}/events/{ev['id']}", {}),
+        ("GET", f"{base}/export", {}),
+        ("POST", f"{base}/import", {"files": {"file": ("a.ics", b"BEGIN:VCALENDAR\r\n")}}),
+    ]:
+        resp = await client.request(method, path, headers=other, **kwargs)
+        assert resp.status_code == 404, (method, path, resp.text)
+        assert "secret" not in resp.text
+    agenda = (await client.get("/api/v1/calendars/agenda", params=rng, headers=other)).json()
+    assert agenda["occurrences"] == []
+    assert (await client.get(f"{base}/events/{ev['id']}", headers=headers)).status_code == 200
+
+
+SMALL_ICS = b"""BEGIN:VCALENDAR\r
+VERSION:2.0\r
+PRODID:-//test//EN\r
+BEGIN:VEVENT\r
+UID:one@example.org\r
+DTSTART;TZID=Europe/Berlin:20270301T090000\r
+DTEND;TZID=Europe/Berlin:20270301T100000\r
+RRULE:FREQ=WEEKLY;BYDAY=MO\r
+EXDATE;TZID=Europe/Berlin:20270329T090000\r
+SUMMARY:Weekly\r
+ATTENDEE;CN=Ann:mailto:ann@example.org\r
+BEGIN:VALARM\r
+ACTION:DISPLAY\r
+TRIGGER:-PT10M\r
+END:VALARM\r
+END:VEVENT\r
+BEGIN:VEVENT\r
+UID:two@example.org\r
+DTSTART;VALUE=DATE:20270305\r
+SUMMARY:Holiday\r
+END:VEVENT\r
+END:VCALENDAR\r
+"""
+
+
+async def test_import_is_idempotent_by_uid_and_export_round_trips(client: httpx.AsyncClient,
+                                                                  user: User) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers, "Home", "Europe/Berlin")
+    url = f"/api/v1/calendars/{cal['id']}/import"
+    resp = await client.post(url, files={"file": ("a.ics", SMALL_ICS, "text/calendar")},
+                             headers=headers)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"created": 2, "updated": 0, "unchanged": 0, "skipped": []}
+    resp = await client.post(url, files={"file": ("a.ics", SMALL_ICS)}, headers=headers)
+    assert resp.json() == {"created": 0, "updated": 0, "unchanged": 2, "skipped": []}
+    changed = SMALL_ICS.replace(b"SUMMARY:Weekly", b"SUMMARY:Weekly sync")
+    resp = await client.post(url, files={"file": ("a.ics", changed)}, headers=headers)
+    assert resp.json() == {"created": 0, "updated": 1, "unchanged": 1, "skipped": []}
+
+    occ = (await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=headers, params={
+        "start": "2027-03-01T00:00:00Z", "end": "2027-04-06T00:00:00Z"})).json()["occurrences"]
+    assert [(o["summary"], o["start"]) for o in occ] == [
+        ("Weekly sync", "2027-03-01T08:00:00Z"), ("Holiday", "2027-03-04T23:00:00Z"),
+        ("Weekly sync", "2027-03-08T08:00:00Z"), ("Weekly sync", "2027-03-15T08:00:00Z"),
+        ("Weekly sync", "2027-03-22T08:00:00Z"), ("Weekly sync", "2027-04-05T07:00:00Z")]
+
+    resp = await client.get(f"/api/v1/calendars/{cal['id']}/export", headers=headers)
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/calendar")
+    exported = icalendar.Calendar.from_ical(resp.content)
+    events = {str(e["UID"]): e for e in exported.walk("VEVENT")}
+    assert set(events) == {"one@example.org", "two@example.org"}
+    assert events["one@example.org"]["RRULE"].to_ical() == b"FREQ=WEEKLY;BYDAY=MO"
+    assert str(events["two@example.org"].decoded("DTSTART")) == "2027-03-05"
+    assert "Europe/Berlin" in [str(t["TZID"]) for t in exported.walk("VTIMEZONE")]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"hello", "BEGIN:VCALENDAR"),
+    (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nEND:VCALENDAR\r\n", "malformed"),
+    (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:tomorrow\r\nEND:VEVENT\r\n"
+     b"END:VCALENDAR\r\n", "DTSTART"),
+    (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nDTSTART:20270101T090000Z\r\nEND:VEVENT\r\n"
+     b"END:VCALENDAR\r\n", "UID is required"),
+    (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:20270101T090000Z\r\n"
+     b"RRULE:FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n", "RRULE"),
+    (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:20270101T090000Z\r\n"
+     b"DTEND:20261231T090000Z\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n", "DTEND is before"),
+    (b"\xff\xfe garbage", "UTF-8"),
+])
+async def test_malformed_icalendar_is_422_naming_the_problem(client: httpx.AsyncClient,
+                                                             user: User, content: bytes,
+                                                             message: str) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    resp = await client.post(f"/api/v1/calendars/{cal['id']}/import",
+                             files={"file": ("bad.ics", content)}, headers=headers)
+    assert resp.status_code == 422, resp.text
+    assert message in resp.json()["detail"]
+
+
+async def test_oversized_icalendar_is_413(client: httpx.AsyncClient, user: User) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    big = b"BEGIN:VCALENDAR\r\n" + b"X-PAD:" + b"a" * (6 * 1024 * 1024) + b"\r\nEND:VCALENDAR\r\n"
+    resp = await client.post(f"/api/v1/calendars/{cal['id']}/import",
+                             files={"file": ("big.ics", big)}, headers=headers)
+    assert resp.status_code == 413, resp.text
+    assert "iCalendar file is larger" in resp.json()["detail"]
