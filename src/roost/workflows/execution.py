@@ -351,8 +351,8 @@ class Progress:
                          metadata={"workflow_id": str(self.wrun.workflow_id),
                                    "version": self.wrun.version, "steps": self.next_number - 1})
             self.changed.append(f"end:{end}")
-        for what in self.changed[-20:]:  # listeners re-read the steps: the last few suffice
-            await notify(self.session, self.run.id, what)
+        if self.changed:  # listeners re-read the steps: one notification says it all
+            await notify(self.session, self.run.id, self.changed[-1])
 
     def _final_output(self) -> str | None:
         """The run's output: the end node's (several ends reached: a JSON object by id)."""

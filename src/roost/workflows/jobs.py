@@ -10,6 +10,7 @@ from typing import Any, Final
 
 import structlog
 from sqlalchemy import select, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from roost.agents import jobs as agent_jobs
 from roost.agents.models import Run, RunStep
@@ -57,11 +58,14 @@ async def run_nodes(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]
             if run is None or step is None or run.status != "running":
                 break
             if step.status == "pending":
-                step.status, step.started_at = "running", utcnow()
+                now = utcnow()
                 await session.execute(
                     update(RunStep).where(RunStep.id == step.id)
-                    .values(status="running", started_at=step.started_at)
+                    .values(status="running", started_at=now)
                     .execution_options(synchronize_session=False))
+                # Kept in the object without marking it changed (no second UPDATE).
+                set_committed_value(step, "status", "running")
+                set_committed_value(step, "started_at", now)
                 await notify(session, run_id, f"step:{step.step_number}:running")
             wrun = await session.get(WorkflowRun, run_id)
             assert wrun is not None
