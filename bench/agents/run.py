@@ -82,6 +82,8 @@ for extra in (str(ROOT), str(ROOT / "bench" / "overhead")):
     if extra not in sys.path:
         sys.path.append(extra)  # tests.support (the stub), breakdown.Recorder
 
+from breakdown import pct, statement_kind, write_json  # noqa: E402 - bench/overhead, on sys.path above
+
 STEPS_PER_RUN = 10  # model calls; 9 of them ask for one tool call each
 TOOL_CALLS = STEPS_PER_RUN - 1
 SYSTEM_PROMPT = "You are a careful helper."
@@ -164,11 +166,6 @@ class Phase:
     pg_cpu_ms_per_step: float
     stub_cpu_ms_per_step: float
     bad_runs: int = 0
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 class CpuClock:
@@ -595,9 +592,9 @@ async def profile_roost(roost: Roost, runs: int, worker: bool) -> dict[str, Any]
             db = sum(e for _, e in sent)
             per_run.append({"wall_ms": wall * 1000, "db_ms": db * 1000,
                             "statements": len(sent), "transactions": begins})
-            kinds.update(_kind(sql) for sql, _ in sent)
+            kinds.update(statement_kind(sql) for sql, _ in sent)
             for sql, elapsed in sent:
-                kind_ms[_kind(sql)] += elapsed * 1000
+                kind_ms[statement_kind(sql)] += elapsed * 1000
     finally:
         if worker:
             await roost.stop_worker()
@@ -625,12 +622,12 @@ async def profile_langgraph(graph: LangGraph, runs: int, durability: str) -> dic
     execute, executemany = AsyncCursor.execute, AsyncCursor.executemany
 
     async def counted_execute(cur: Any, query: Any, params: Any = None, **kw: Any) -> Any:
-        kinds[_kind(str(query))] += 1
+        kinds[statement_kind(str(query))] += 1
         return await execute(cur, query, params, **kw)
 
     async def counted_executemany(cur: Any, query: Any, params_seq: Any, **kw: Any) -> Any:
         rows = list(params_seq)
-        kinds[_kind(str(query))] += len(rows)
+        kinds[statement_kind(str(query))] += len(rows)
         return await executemany(cur, query, rows, **kw)
 
     AsyncCursor.execute = counted_execute  # type: ignore[method-assign]
@@ -646,29 +643,6 @@ async def profile_langgraph(graph: LangGraph, runs: int, durability: str) -> dic
             "per_step": {"wall_ms": round(wall * 1000 / steps, 2),
                          "statements": round(sum(kinds.values()) / steps, 1)},
             "statements_per_run_by_kind": {k: round(v / runs, 1) for k, v in kinds.most_common()}}
-
-
-def _kind(sql: str) -> str:
-    words = sql.replace('"', "").split()
-    head = words[0].upper() if words else "?"
-    if head in ("BEGIN", "COMMIT", "ROLLBACK"):
-        return head
-    if head == "PREPARE":
-        return "PREPARE (statement cache miss)"
-    if head == "INSERT" and len(words) > 2:
-        return f"INSERT {words[2]}"
-    if head == "UPDATE" and len(words) > 1:
-        return f"UPDATE {words[1]}"
-    if head == "DELETE" and len(words) > 2:
-        return f"DELETE {words[2]}"
-    if "pg_notify" in sql:
-        return "SELECT pg_notify"
-    if "set_config" in sql:
-        return "SELECT set_config (RLS scope)"
-    if head == "SELECT" and " FROM " in sql.upper():
-        after = sql.upper().split(" FROM ", 1)[1].split()
-        return f"SELECT ... FROM {after[0].lower() if after else '?'}"
-    return head
 
 
 def summarise(phases: list[Phase]) -> list[dict[str, Any]]:
@@ -729,12 +703,6 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['bytes_live_per_step']:,.0f} ({r['bytes_allocated_per_step']:,.0f}) | "
             f"{r['write_xacts_per_step']:.1f} |")
     return "\n".join(lines)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
 
 
 async def main(args: argparse.Namespace) -> None:

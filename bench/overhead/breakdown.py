@@ -314,5 +314,44 @@ def main() -> None:
     print(f"wrote {RESULTS.relative_to(ROOT)} [{args.label}]")
 
 
+
+# --- shared by the benchmarks that import this module (bench/agents, bench/workflows) ---
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def statement_kind(sql: str) -> str:
+    """A statement's kind for a profile table: the verb and its table."""
+    words = sql.replace('"', "").split()
+    head = words[0].upper() if words else "?"
+    if head in ("BEGIN", "COMMIT", "ROLLBACK"):
+        return head
+    if head == "PREPARE":
+        return "PREPARE (statement cache miss)"
+    if head == "INSERT" and len(words) > 2:
+        return f"INSERT {words[2]}"
+    if head == "UPDATE" and len(words) > 1:
+        return f"UPDATE {words[1]}"
+    if head == "DELETE" and len(words) > 2:
+        return f"DELETE {words[2]}"
+    if "pg_notify" in sql:
+        return "SELECT pg_notify"
+    if "set_config" in sql:
+        return "SELECT set_config (RLS scope)"
+    if head == "SELECT" and " FROM " in sql.upper():
+        after = sql.upper().split(" FROM ", 1)[1].split()
+        return f"SELECT ... FROM {after[0].lower() if after else '?'}"
+    return head
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
 if __name__ == "__main__":
     main()

@@ -57,7 +57,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import json
 import operator
 import os
 import platform
@@ -82,6 +81,8 @@ RESULTS = ROOT / "bench" / "results" / "workflows.json"
 for extra in (str(ROOT), str(ROOT / "bench" / "overhead")):
     if extra not in sys.path:
         sys.path.append(extra)  # tests.support (make_user), breakdown.Recorder
+
+from breakdown import pct, statement_kind, write_json  # noqa: E402 - bench/overhead, on sys.path above
 
 BRANCHES = 10
 DEPTH = 9
@@ -139,11 +140,6 @@ def roost_graph(kind: str) -> dict[str, Any]:
 
 
 # --- measuring helpers ---------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 class CpuClock:
@@ -490,29 +486,6 @@ async def measure(system: System, n: int, concurrency: int, round_: int) -> Phas
 # --- profiles ----------------------------------------------------------------------------
 
 
-def _kind(sql: str) -> str:
-    words = sql.replace('"', "").split()
-    head = words[0].upper() if words else "?"
-    if head in ("BEGIN", "COMMIT", "ROLLBACK"):
-        return head
-    if head == "PREPARE":
-        return "PREPARE (statement cache miss)"
-    if head == "INSERT" and len(words) > 2:
-        return f"INSERT {words[2]}"
-    if head == "UPDATE" and len(words) > 1:
-        return f"UPDATE {words[1]}"
-    if head == "DELETE" and len(words) > 2:
-        return f"DELETE {words[2]}"
-    if "pg_notify" in sql:
-        return "SELECT pg_notify"
-    if "set_config" in sql:
-        return "SELECT set_config (RLS scope)"
-    if head == "SELECT" and " FROM " in sql.upper():
-        after = sql.upper().split(" FROM ", 1)[1].split()
-        return f"SELECT ... FROM {after[0].lower() if after else '?'}"
-    return head
-
-
 async def profile_roost(system: System, runs: int) -> dict[str, Any]:
     """Every asyncpg statement of ``runs`` sequential runs (the worker's included)."""
     from breakdown import Recorder
@@ -536,9 +509,9 @@ async def profile_roost(system: System, runs: int) -> dict[str, Any]:
                 "wall_ms": wall * 1000, "db_ms": sum(e for _, e in sent) * 1000,
                 "statements": len(sent),
                 "transactions": sum(1 for sql, _ in sent if sql.upper().startswith("BEGIN"))})
-            kinds.update(_kind(sql) for sql, _ in sent)
+            kinds.update(statement_kind(sql) for sql, _ in sent)
             for sql, elapsed in sent:
-                kind_ms[_kind(sql)] += elapsed * 1000
+                kind_ms[statement_kind(sql)] += elapsed * 1000
     finally:
         if system.after is not None:
             await system.after()
@@ -566,12 +539,12 @@ async def profile_langgraph(graph: LangGraph, runs: int, durability: str) -> dic
     execute, executemany = AsyncCursor.execute, AsyncCursor.executemany
 
     async def counted_execute(cur: Any, query: Any, params: Any = None, **kw: Any) -> Any:
-        kinds[_kind(str(query))] += 1
+        kinds[statement_kind(str(query))] += 1
         return await execute(cur, query, params, **kw)
 
     async def counted_executemany(cur: Any, query: Any, params_seq: Any, **kw: Any) -> Any:
         rows = list(params_seq)
-        kinds[_kind(str(query))] += len(rows)
+        kinds[statement_kind(str(query))] += len(rows)
         return await executemany(cur, query, rows, **kw)
 
     AsyncCursor.execute = counted_execute  # type: ignore[method-assign,assignment]
@@ -656,12 +629,6 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['bytes_live_per_run']:,.0f} ({r['bytes_allocated_per_run']:,.0f}) | "
             f"{r['write_xacts_per_run']:.0f} | {r['bad_runs']}/{r['runs']} |")
     return "\n".join(lines)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from roost.db.engine import Database
@@ -55,3 +55,25 @@ async def in_process_worker(database: Database) -> AsyncIterator[Worker]:
         worker.stop(force=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 20)
+
+
+@contextlib.contextmanager
+def worker_processes(database_url: str, tmp_path: Path) -> Iterator[Callable[[], WorkerProcess]]:
+    """A starter of ``roost worker`` processes on the ``agents`` queue (runs, workflow
+    nodes, debates), with the stub-friendly settings the crash tests use; each one is
+    killed at exit."""
+    started: list[WorkerProcess] = []
+    env = child_env(ROOST_DATABASE_URL=database_url, ROOST_DATA_DIR=str(tmp_path / "w"),
+                    ROOST_LOG_JSON="true", ROOST_LLM_LOCAL_MODEL="false",
+                    ROOST_KNOWLEDGE_EMBEDDING_PROVIDER="hash", ROOST_LLM_TIMEOUT_S="120")
+
+    def start() -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"worker{len(started)}.log", "--queues", "agents")
+        started.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.kill()

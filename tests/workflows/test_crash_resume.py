@@ -20,7 +20,7 @@ from tests.chat.conftest import add_provider
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Hang, Reply
 from tests.support.sql import fetch, scalar
-from tests.support.workers import WorkerProcess, child_env
+from tests.support.workers import worker_processes
 from tests.workflows.graphs import edge, node
 from tests.workflows.test_runs import Headers, publish, start
 
@@ -29,20 +29,8 @@ __all__ = ["other_user", "test_settings", "user"]
 
 @pytest.fixture
 def workers(pg_server: Any, db_name: str, tmp_path: Path) -> Iterator[Any]:
-    started: list[WorkerProcess] = []
-    env = child_env(ROOST_DATABASE_URL=pg_server.libpq_url(db_name),
-                    ROOST_DATA_DIR=str(tmp_path / "w"), ROOST_LOG_JSON="true",
-                    ROOST_LLM_LOCAL_MODEL="false", ROOST_KNOWLEDGE_EMBEDDING_PROVIDER="hash",
-                    ROOST_LLM_TIMEOUT_S="120")
-
-    def begin() -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path / f"worker{len(started)}.log", "--queues", "agents")
-        started.append(worker)
-        return worker
-
-    yield begin
-    for worker in started:
-        worker.kill()
+    with worker_processes(pg_server.libpq_url(db_name), tmp_path) as start:
+        yield start
 
 
 async def _until(what: str, check: Any, within: float = 60) -> Any:
