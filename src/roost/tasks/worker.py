@@ -658,8 +658,10 @@ class Worker:
             pause = min(pause * 2, 10.0)
 
     async def _schedule_loop(self) -> None:
+        # A stopping worker fires nothing more: a job it enqueued now would wait for
+        # another worker (or the next start) while it drains.
         synced = False
-        while True:
+        while not self._stopping:
             wait = 5.0
             try:
                 if not synced:
