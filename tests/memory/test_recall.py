@@ -162,6 +162,25 @@ async def test_as_of_finds_what_was_true_then(client: httpx.AsyncClient, databas
                                                            as_of=then)] == ["Ada works at Acme"]
 
 
+async def test_equal_scores_go_to_the_stronger_text_match(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A point-in-time search weighs every memory's recency as 1, so two memories ranked
+    first and second by two signals, crosswise, score exactly the same: the stronger text
+    match comes first (then the closer vector, then the later valid_from)."""
+    _, headers = await make_user(database)
+    past = utcnow() - timedelta(days=10)
+    # The closer vector is added first (its id is smaller) and became true later.
+    close = await _add(client, headers, "tulip garden",
+                       valid_from=(past + timedelta(days=1)).isoformat())
+    words = await _add(client, headers, "tulip garden tulip garden", valid_from=past.isoformat())
+    then = (utcnow() - timedelta(days=2)).isoformat()
+    found = await _search(client, headers, "tulip garden", as_of=then)
+    assert [i["memory"]["id"] for i in found] == [words["id"], close["id"]]
+    assert found[0]["score"] == found[1]["score"]  # 1/61 + 1/62 each, added in one order
+    assert found[0]["text"] > found[1]["text"] and found[1]["vector"] > found[0]["vector"]
+
+
 async def test_search_counts_accesses(client: httpx.AsyncClient, database: Database) -> None:
     user_id, headers = await make_user(database)
     fact = await _add(client, headers, "Ada's favourite number is seven")
@@ -246,7 +265,9 @@ async def test_memories_without_vectors_are_embedded_later(
 
 async def test_default_model_goes_through_the_hnsw_index(database: Database) -> None:
     """Vectors tagged all-MiniLM-L6-v2 (384 dimensions) are searched with the partial HNSW
-    index's expression; the query plan uses the index when told to."""
+    index's expression; the query plan uses the index when told to.  A user with at most
+    ``EXACT_VECTORS_MAX`` memories has them compared exactly instead (their entries of
+    ix_memories_user_minilm); the walk is for larger ones."""
     user_id, _ = await make_user(database)
     actor = Principal(user_id=user_id, is_admin=False, kind="system")
     embedder = SynonymEmbedder(model_name=DEFAULT_MODEL)
@@ -265,9 +286,13 @@ async def test_default_model_goes_through_the_hnsw_index(database: Database) -> 
         plan = recall._plan(service.Scope(user_id), "automobile", model=DEFAULT_MODEL, dims=384,
                             vector=qvec, k=10, as_of=None, half_life_days=30, floor=0.5)
         explained = "\n".join((await s.execute(
-            text("EXPLAIN " + plan.sql).bindparams(bindparam("qvec", type_=VectorType())),
-            plan.params)).scalars().all())
-    assert "ix_memories_embedding_all_minilm_l6_v2" in explained
+            text("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + plan.sql)
+            .bindparams(bindparam("qvec", type_=VectorType())), plan.params)).scalars().all())
+    walk = next(line for line in explained.splitlines()
+                if "ix_memories_embedding_all_minilm_l6_v2" in line)
+    exact = next(line for line in explained.splitlines()
+                 if "Index Only Scan using ix_memories_user_minilm" in line)
+    assert "never executed" in walk and "never executed" not in exact  # 3 memories: exact
 
 
 async def test_scopes_are_isolated(client: httpx.AsyncClient, database: Database) -> None:

@@ -51,6 +51,12 @@ DEFAULT_MODEL: Final = "all-MiniLM-L6-v2"
 DEFAULT_DIMENSIONS: Final = 384
 DEFAULT_INDEX: Final = "ix_memories_embedding_all_minilm_l6_v2"
 USER_VECTORS_INDEX: Final = "ix_memories_user_minilm"
+#: Memories whose full-text vector ``ix_memories_user_text`` carries (at most 1,200 bytes
+#: as text: an index entry must fit a B-tree page); recall repeats the two predicates.
+SHORT_TEXT: Final = "octet_length(content_tsv::text) <= 1200"
+LONG_TEXT: Final = "octet_length(content_tsv::text) > 1200"
+_SCOPE_AND_TIME: Final = ["id", "status", "valid_from", "valid_to", "archived_at", "persona_id",
+                          "agent_id", "session_id"]
 
 
 class Memory(UUIDPrimaryKey, Timestamps, Base):
@@ -112,17 +118,18 @@ class Memory(UUIDPrimaryKey, Timestamps, Base):
         Index("ix_memories_invalidated_by_id", "invalidated_by_id"),
         Index("ix_memories_source", "user_id", "source_type", "source_id"),
         Index("ix_memories_current", "user_id", "valid_to", "status"),
-        # One user's full-text matches in one scan (btree_gin; migration 0830).
-        Index("ix_memories_user_content_tsv", "user_id", "content_tsv", postgresql_using="gin"),
-        # A user's default-model vectors with what recall filters on, for an exact
-        # index-only scan of that user's memories (migration 0830).
-        Index(
-            USER_VECTORS_INDEX,
-            "user_id",
-            postgresql_include=["id", "status", "valid_from", "valid_to", "archived_at",
-                                "persona_id", "agent_id", "session_id", "embedding"],
-            postgresql_where=text(f"embedding_model = '{DEFAULT_MODEL}'"),
-        ),
+        Index("ix_memories_content_tsv", "content_tsv", postgresql_using="gin"),
+        # One user's entries together, with what recall filters on, for index-only scans
+        # of that user under row-level security too (migration 0830): the full-text
+        # vectors of short memories (bounded so an entry always fits a B-tree page), the
+        # longer ones' rows, and the default model's embeddings.
+        Index("ix_memories_user_text", "user_id",
+              postgresql_include=[*_SCOPE_AND_TIME, "created_at", "content_tsv"],
+              postgresql_where=text(SHORT_TEXT)),
+        Index("ix_memories_user_long_text", "user_id", postgresql_where=text(LONG_TEXT)),
+        Index(USER_VECTORS_INDEX, "user_id",
+              postgresql_include=[*_SCOPE_AND_TIME, "embedding_dim", "embedding"],
+              postgresql_where=text(f"embedding_model = '{DEFAULT_MODEL}'")),
         # The default embedding model's HNSW index, as document chunks have (migration 0700).
         Index(
             DEFAULT_INDEX,

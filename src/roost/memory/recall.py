@@ -5,26 +5,34 @@ of candidates computed in one SQL statement:
 
 * **vector**: cosine similarity between the query's embedding and each memory's, among
   the memories embedded by the *same model* (``embedding_model``).  The default model
-  (all-MiniLM-L6-v2, 384 dimensions) goes through the partial HNSW index of migration
-  0700 (same expression ``(embedding::vector(384))`` and predicate); any other model is
-  scanned exactly.
-* **text**: PostgreSQL full-text search on the generated ``content_tsv`` column (GIN
-  index): the memories matching every term of ``websearch_to_tsquery`` or, when none
-  does, any of them (quotes, ``or`` and ``-word`` keep their web-search meaning),
-  ranked by ``ts_rank_cd`` over the query's terms; at most ``TEXT_MATCHES_MAX`` matches
-  are ranked, so a query made of very common words stays cheap on a large memory.
+  (all-MiniLM-L6-v2, 384 dimensions) walks the partial HNSW index of migration 0700
+  (same expression ``(embedding::vector(384))`` and predicate) for a user with more than
+  ``EXACT_VECTORS_MAX`` memories, and otherwise compares the user's vectors exactly in
+  ``ix_memories_user_minilm`` (migration 0830: an index-only scan of that user's
+  entries); any other model is scanned exactly.
+* **text**: PostgreSQL full-text search on the generated ``content_tsv`` column: the
+  memories matching every term of ``websearch_to_tsquery`` or, when none does, any of
+  them (quotes, ``or`` and ``-word`` keep their web-search meaning), ranked by
+  ``ts_rank_cd`` over the query's terms; at most ``TEXT_MATCHES_MAX`` matches are
+  ranked, so a query made of very common words stays cheap on a large memory.  Under
+  row-level security ``@@`` cannot use the GIN index (it is not leakproof), so the match
+  reads the user's entries of ``ix_memories_user_text`` (index-only; migration 0830) and
+  the rows of their few long memories.
 * **graph**: the entities the query names (``memory_entities.normalized_name`` equal to
   one of the query's words or phrases), the entities one relation away from them, and
   the memories whose relations touch either: 1.0 for a relation touching a named
   entity, 0.5 for one touching only a neighbour.
 
-The lists are fused by reciprocal rank fusion (``sum(1 / (60 + rank))``, scaled so rank 1
-in one list is 1.0), then multiplied by the memory's ``confidence`` and a recency weight
+The lists are fused by reciprocal rank fusion (``sum(1 / (60 + rank))``, added in a fixed
+order so equal ranks give equal sums, scaled so rank 1 in one list is 1.0), then
+multiplied by the memory's ``confidence`` and a recency weight
 ``floor + (1 - floor) * 0.5 ** (age / half_life)``, where age runs from the memory's last
 creation, change or recall (``ROOST_MEMORY_RECENCY_HALF_LIFE_DAYS``,
-``ROOST_MEMORY_RECENCY_FLOOR``).  By default only current, active memories are found;
-``as_of`` finds what was true (and not yet archived) then.  ``touch`` counts the returned
-memories as accessed, in one ``UPDATE`` that also returns them.
+``ROOST_MEMORY_RECENCY_FLOOR``).  Equal scores go to the stronger text match, then the
+closer vector, then the memory that became true last (``valid_from``).  By default only
+current, active memories are found; ``as_of`` finds what was true (and not yet archived)
+then.  ``touch`` counts the returned memories as accessed, in one ``UPDATE`` that also
+returns them (without their vectors).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from typing import Any, Final
 import structlog
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from roost.config import Settings, get_settings
 from roost.db.engine import Database
@@ -49,7 +58,14 @@ from roost.knowledge.embeddings import Embedder, EmbedderUnavailable, EmbeddingE
 from roost.knowledge.index import check_model_name, sql_literal
 from roost.knowledge.search import configure_session
 from roost.memory.graph import normalize
-from roost.memory.models import DEFAULT_DIMENSIONS, DEFAULT_MODEL, TEXT_SEARCH_CONFIG, Memory
+from roost.memory.models import (
+    DEFAULT_DIMENSIONS,
+    DEFAULT_MODEL,
+    LONG_TEXT,
+    SHORT_TEXT,
+    TEXT_SEARCH_CONFIG,
+    Memory,
+)
 from roost.memory.service import Scope
 from roost.principal import Principal
 
@@ -76,11 +92,12 @@ MIN_CANDIDATES: Final = 40
 CANDIDATES_PER_HIT: Final = 4
 #: ``hnsw.ef_search`` for the default model's index (at least the candidate count).
 EF_SEARCH: Final = 100
+#: Users with at most this many memories have their default-model vectors compared
+#: exactly (an index-only scan of their entries) rather than by the HNSW walk.
+EXACT_VECTORS_MAX: Final = 20_000
 #: Full-text matches ranked at most (a common word can match most of a large memory:
 #: ranking them all would cost more than everything else together).
 TEXT_MATCHES_MAX: Final = 1000
-#: The text signal under row-level security (migration 0830).
-TEXT_MATCHES_FUNCTION: Final = "roost_memory_text_matches"
 #: Entity names are matched against the query's phrases of up to this many words.
 MAX_PHRASE_WORDS: Final = 5
 MAX_PHRASES: Final = 300
@@ -268,6 +285,7 @@ def _plan(scope: Scope, query: str, *, model: str | None, dims: int | None,
                         ("sid", scope.session_id), ("as_of", as_of)):
         if value is not None:
             params[name] = value
+    size_cte = ""
     if vector is not None and model is not None and dims is not None:
         params["qvec"] = vector
         if model == DEFAULT_MODEL and dims == DEFAULT_DIMENSIONS:
@@ -280,9 +298,21 @@ def _plan(scope: Scope, query: str, *, model: str | None, dims: int | None,
             model_where = f"m.embedding_model = {sql_literal(check_model_name(model))} " \
                           f"AND m.embedding_dim = {int(dims)}"
         # The distance once per memory (the ordering and the similarity share it).
-        vector_cte = (f"SELECT x.id, 1 - x.dist AS sim FROM (SELECT m.id, {expr} <=> {qvec} "  # noqa: S608
-                      f"AS dist FROM memories m WHERE {model_where} AND {mem} "
-                      f"ORDER BY dist LIMIT :n) x")
+        nearest = (f"SELECT m.id, {expr} <=> {qvec} AS dist FROM memories m "  # noqa: S608
+                   f"WHERE {model_where} AND {mem}")
+        vector_cte = f"SELECT x.id, 1 - x.dist AS sim FROM ({nearest} ORDER BY dist LIMIT :n) x"  # noqa: S608
+        if model == DEFAULT_MODEL and dims == DEFAULT_DIMENSIONS:
+            # Up to EXACT_VECTORS_MAX memories, compare them all (ix_memories_user_minilm:
+            # an index-only scan of the user's entries, 1 ms per 1,000): the planner would
+            # often walk the HNSW index instead, which costs far more than it estimates
+            # when it must skip other users' neighbours.  Beyond, the walk.  (OFFSET 0
+            # keeps the ordering from being taken from the HNSW index.)
+            size_cte = ("size AS (SELECT count(*) AS n FROM (SELECT 1 FROM memories m "  # noqa: S608
+                        f"WHERE m.user_id = :uid LIMIT {EXACT_VECTORS_MAX + 1}) c),")
+            small = f"(SELECT n FROM size) <= {EXACT_VECTORS_MAX}"  # noqa: S608
+            vector_cte = (f"(SELECT x.id, 1 - x.dist AS sim FROM ({nearest} OFFSET 0) x "  # noqa: S608
+                          f"WHERE {small} ORDER BY x.dist LIMIT :n) UNION ALL "
+                          f"(SELECT * FROM ({vector_cte}) y WHERE NOT {small})")
     else:
         vector_cte = "SELECT NULL::uuid AS id, NULL::float8 AS sim WHERE false"
     graph_part = f"""
@@ -315,37 +345,30 @@ g AS (
 )"""  # noqa: S608 (fixed clauses only)
     reference = "CAST(:as_of AS timestamptz)" if as_of is not None else "now()"
     every_term, any_term = _tsqueries(query)
-    # The text signal.  Under row-level security (a principal's transaction as roost_app)
-    # through roost_memory_text_matches (migration 0830), which may use the indexes;
-    # without it (the owner's view: system work) the same query inline.  Exactly one of
-    # the two runs: row_security_active() is a one-time filter.
-    matches_args = ", ".join((
-        "CAST(:uid AS uuid)", every_term, any_term,
-        *(f"CAST(:{name} AS uuid)" if value is not None else "NULL::uuid"
-          for name, value in (("pid", scope.persona_id), ("aid", scope.agent_id),
-                              ("sid", scope.session_id))),
-        "CAST(:as_of AS timestamptz)" if as_of is not None else "NULL::timestamptz",
-        str(TEXT_MATCHES_MAX), "CAST(:n AS integer)"))
-    inline = "NOT row_security_active('memories')"
+    # The text signal.  Short memories' tsvectors come from ix_memories_user_text (an
+    # index-only scan of the user's entries, row-level security included: its only qual is
+    # on user_id), the few longer ones' from their rows (migration 0830).
+    def matches(tsquery: str) -> str:
+        return " UNION ALL ".join(
+            f"SELECT m.id, m.content_tsv FROM memories m "  # noqa: S608 (fixed clauses)
+            f"WHERE {size} AND m.content_tsv @@ {tsquery} AND {mem}"
+            for size in (SHORT_TEXT.replace("content_tsv", "m.content_tsv"),
+                         LONG_TEXT.replace("content_tsv", "m.content_tsv")))
+
     sql = f"""
-WITH v AS ({vector_cte}),
+WITH {size_cte}
+v AS ({vector_cte}),
 t_every AS (
-  SELECT m.id, m.content_tsv FROM memories m
-  WHERE {inline} AND m.content_tsv @@ {every_term} AND {mem} LIMIT {TEXT_MATCHES_MAX}
+  SELECT * FROM ({matches(every_term)}) x LIMIT {TEXT_MATCHES_MAX}
 ),
 t_any AS (
-  SELECT m.id, m.content_tsv FROM memories m
-  WHERE {inline} AND NOT EXISTS (SELECT 1 FROM t_every) AND m.content_tsv @@ {any_term}
-    AND {mem}
-  LIMIT {TEXT_MATCHES_MAX}
+  SELECT * FROM ({matches(any_term)}) x
+  WHERE NOT EXISTS (SELECT 1 FROM t_every) LIMIT {TEXT_MATCHES_MAX}
 ),
 t AS (
-  SELECT f.id, f.trank FROM {TEXT_MATCHES_FUNCTION}({matches_args}) f
-  WHERE row_security_active('memories')
-  UNION ALL
-  (SELECT x.id, ts_rank_cd(x.content_tsv, {any_term})::float8 AS trank
-   FROM (SELECT * FROM t_every UNION ALL SELECT * FROM t_any) x
-   ORDER BY trank DESC, x.id LIMIT :n)
+  SELECT x.id, ts_rank_cd(x.content_tsv, {any_term})::float8 AS trank
+  FROM (SELECT * FROM t_every UNION ALL SELECT * FROM t_any) x
+  ORDER BY trank DESC, x.id LIMIT :n
 ),
 {graph_part},
 fused AS (
@@ -370,7 +393,7 @@ SELECT f.id, f.sim, f.trank, f.gscore,
                                                               m.last_accessed)))::float8, 0)
           / 86400.0 / CAST(:half_life AS float8))) AS score
 FROM fused f JOIN memories m ON m.id = f.id
-ORDER BY score DESC, m.valid_from DESC, f.id
+ORDER BY score DESC, f.trank DESC NULLS LAST, f.sim DESC NULLS LAST, m.valid_from DESC, f.id
 LIMIT :k"""  # noqa: S608 (only fixed clauses, a checked model name and ints)
     return _Plan(sql, params)
 
@@ -417,16 +440,19 @@ async def search(
     if not rows:
         return []
     ids = [row.id for row in rows]
+    # The memories without their vectors (a TOAST read each; recall's callers show text).
+    no_vector = defer(Memory.embedding, raiseload=True)
     if touch:
         found = (await session.scalars(
             update(Memory).where(Memory.id.in_(ids))
             .values(access_count=Memory.access_count + 1, last_accessed=func.now(),
                     updated_at=Memory.updated_at)
-            .returning(Memory),
+            .returning(Memory).options(no_vector),
             execution_options={"synchronize_session": False, "populate_existing": True},
         )).all()
     else:
-        found = (await session.scalars(select(Memory).where(Memory.id.in_(ids)))).all()
+        found = (await session.scalars(
+            select(Memory).where(Memory.id.in_(ids)).options(no_vector))).all()
     by_id = {m.id: m for m in found}
     return [Recalled(by_id[row.id], float(row.score), _opt(row.sim), _opt(row.trank),
                      _opt(row.gscore))
