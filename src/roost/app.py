@@ -42,6 +42,7 @@ def create_app(
         configure_logging(settings.log_level, settings.log_json)
 
     domains.use_task_handlers()  # routes enqueue jobs: the task types must be known
+    domains.declare_runtime_settings()  # /api/v1/admin/settings lists every one
     mounted = routers()
     startup = domains.startup_hooks()  # not router lifespans: every start-up in one list
 

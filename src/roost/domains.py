@@ -39,6 +39,9 @@ class Domain:
     tuple for several, entered in order."""
     cli: str | None = None
     """``module:attribute`` of ``register(app: typer.Typer)``, adding the commands."""
+    settings: str | None = None
+    """Module declaring the domain's runtime settings (``roost.system_settings.declare``),
+    imported wherever they are listed (the admin API, ``roost settings``)."""
 
 
 DOMAINS: tuple[Domain, ...] = (
@@ -58,11 +61,19 @@ DOMAINS: tuple[Domain, ...] = (
         cli="roost.tasks.cli:register",
     ),
     Domain(
+        "system_settings",  # typed runtime settings, NOTIFY-invalidated (docs/settings.md)
+        models="roost.system_settings.models",
+        routers=("roost.system_settings.routes:router",),
+        startup="roost.system_settings.startup:lifespan",  # LISTEN: drops changed keys
+        cli="roost.system_settings.cli:register",  # roost settings ls|get|set|reset
+    ),
+    Domain(
         "identity",
         models="roost.identity.models",
         routers=("roost.identity.routes:router",),
         resolvers=("roost.identity.resolver:resolve_bearer",),
         jobs="roost.identity.jobs",
+        settings="roost.identity.config",  # open_registration
         cli="roost.identity.cli:register",
     ),
     Domain(
@@ -73,11 +84,32 @@ DOMAINS: tuple[Domain, ...] = (
         startup="roost.llm.startup:lifespan",  # the gateway; the local model on a fresh install
     ),
     Domain(
+        "prompts",  # versioned system prompts by key (docs/prompts.md)
+        models="roost.prompts.models",
+        routers=("roost.prompts.routes:router",),
+        startup="roost.prompts.startup:lifespan",  # factory defaults (agent.system, chat.system)
+        cli="roost.prompts.cli:register",  # roost prompts ls|show|publish
+    ),
+    Domain(
+        "workspace",  # projects and prioritised tasks (docs/workspace.md)
+        models="roost.workspace.models",
+        routers=("roost.workspace.routes:projects", "roost.workspace.routes:tasks"),
+        jobs="roost.workspace.jobs",  # workspace.rescore (the due-date term of scores)
+        cli="roost.workspace.cli:register",  # roost projects|tasks-board
+    ),
+    Domain(
+        "calendar",  # calendars and events: RFC 5545 recurrence, iCalendar (docs/calendar.md)
+        models="roost.calendar.models",
+        routers=("roost.calendar.routes:router",),
+        cli="roost.calendar.cli:register",  # roost calendar import|export|agenda
+    ),
+    Domain(
         "chat",
         models="roost.chat.models",
         routers=("roost.chat.routes:router",),
         jobs="roost.chat.jobs",
         startup="roost.chat.startup:lifespan",  # refuses to start on wrong message keys
+        settings="roost.chat.runtime_settings",  # chat_context_messages, chat_max_message_chars
         cli="roost.chat.cli:register",  # after identity's: adds to the `keys` group
     ),
     Domain(
@@ -132,12 +164,6 @@ DOMAINS: tuple[Domain, ...] = (
         models="roost.codeversions.models",
         routers=("roost.codeversions.routes:router",),
         jobs="roost.codeversions.jobs",  # codeversions.validate (the configured checks)
-    ),
-    Domain(
-        "calendar",  # calendars and events: RFC 5545 recurrence, iCalendar (docs/calendar.md)
-        models="roost.calendar.models",
-        routers=("roost.calendar.routes:router",),
-        cli="roost.calendar.cli:register",  # roost calendar import|export|agenda
     ),
     Domain(
         "mcpserver",  # on top: offers other domains' capabilities at /mcp (docs/mcp.md)
@@ -202,7 +228,14 @@ def use_task_handlers() -> None:
     use_job_modules(job_modules())
 
 
+def declare_runtime_settings() -> None:
+    """Import every domain's runtime-settings module: the registry then knows them all."""
+    _each("settings")
+
+
 def register_cli(app: typer.Typer) -> None:
-    """Add every domain's commands to the ``roost`` command line."""
+    """Add every domain's commands to the ``roost`` command line (and know every
+    runtime setting, for ``roost settings``)."""
+    declare_runtime_settings()
     for register in _each("cli"):
         register(app)

@@ -105,7 +105,10 @@ async def test_validate_save_publish_diff_and_roll_back_a_workflow(
     # Changed and saved: the diff names the node and what changed in it.
     changed = simple_graph("Translate: {{ input }}")
     await editor.fill(json.dumps(changed, indent=2))
+    # "Saved" is still shown from the first save: wait for this save to clear the state.
+    await expect(page.locator("#editor-state")).to_have_text("Unsaved changes")
     await page.get_by_role("button", name="Save", exact=True).click()
+    await expect(page.locator("#editor-state")).to_have_text("")
     await expect(page.locator("#validation")).to_contain_text("Saved")
     await expect(page.get_by_label("From", exact=True)).to_have_value("1")
     await expect(page.get_by_label("To", exact=True)).to_have_value("draft")

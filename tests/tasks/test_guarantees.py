@@ -141,7 +141,10 @@ async def test_a_poison_job_ends_in_the_dead_letters_and_the_worker_lives_on(
 async def test_a_schedule_fires_once_per_period_with_three_workers(
     runs_table: Database, worker_process: StartProcess
 ) -> None:
-    workers = [worker_process("--import", "tests.tasks.schedule_handlers", "--schedules")
+    # The workers also fire and run every domain's real periodic jobs (all due at start;
+    # some load models): bound how long they drain on SIGTERM, then release.
+    workers = [worker_process("--import", "tests.tasks.schedule_handlers", "--schedules",
+                              "--shutdown-timeout", "5")
                for _ in range(3)]
     for w in workers:
         await w.wait_started()
@@ -149,7 +152,7 @@ async def test_a_schedule_fires_once_per_period_with_three_workers(
     for w in workers:
         w.signal(signal.SIGTERM)
     for w in workers:
-        assert await w.wait_exit() == 0
+        assert await w.wait_exit(within=60) == 0
     rows = await fetch(runs_table, "SELECT idempotency_key, status::text, id FROM background_tasks"
                        " WHERE idempotency_key LIKE 'schedule:test.every_second:%'"
                        " ORDER BY idempotency_key")

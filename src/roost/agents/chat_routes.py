@@ -26,6 +26,7 @@ from roost.agents.models import TERMINAL_RUN_STATUSES, Run
 from roost.agents.run_routes import trace_id_for
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate
 from roost.chat import messages as chat_messages
+from roost.chat import runtime_settings as chat_settings
 from roost.chat.routes import SSE_HEADERS, sse_frame
 from roost.chat.schemas import ExchangeOut, MessageCreate, MessageOut
 from roost.db.engine import Database
@@ -34,6 +35,7 @@ from roost.identity.tenancy import apply_principal
 from roost.llm.deps import app_gateway
 from roost.llm.schemas import UsageOut
 from roost.principal import Principal
+from roost.system_settings import runtime
 
 ChatHandler = Callable[[Principal, uuid.UUID, MessageCreate], Awaitable[Any]]
 
@@ -77,7 +79,8 @@ def chat_agent_handler(app: FastAPI) -> ChatHandler:
         async with gateway.transaction(principal) as session:
             history, _ = await chat_messages.list_messages(
                 session, gateway, principal, session_id,
-                limit=gateway.settings.chat_context_messages)
+                limit=await runtime.get(session, chat_settings.CONTEXT_MESSAGES,
+                                        gateway.settings.chat_context_messages))
             agent = await catalog.find_agent_by_slug(session, principal, slug)
             run, _ = await runs.create_run(
                 session, principal, agent, RunCreate(input=_transcript(history, excerpts)),

@@ -15,18 +15,21 @@ from roost.agents import mail, memorytools, runner
 from roost.agents.models import Run
 from roost.agents.runs import RUN_TASK, notify, totals_from_steps
 from roost.audit.service import record
+from roost.calendar import agenttools as calendar_tools
 from roost.config import Settings, get_settings
 from roost.db.base import utcnow
 from roost.db.engine import Database
 from roost.keyfiles import load_keys
 from roost.knowledge.config import KnowledgeConfig
 from roost.llm.jobs import job_gateway
+from roost.prompts import service as prompts
 from roost.security.crypto import SecretBox
 from roost.tasks.handlers import TaskContext, task
 from roost.tasks.models import BackgroundTask
 from roost.tasks.schedules import periodic
 from roost.tools.calls import HostedBuiltin
 from roost.tools.config import ToolsConfig
+from roost.workspace import agenttools as workspace_tools
 
 log = structlog.get_logger(__name__)
 
@@ -39,9 +42,12 @@ env_override: runner.RunEnv | None = None  # tests: the environment (gateway, ke
 
 def hosted_builtins(settings: Settings,
                     knowledge: KnowledgeConfig | None) -> dict[uuid.UUID, HostedBuiltin]:
-    """The built-in tools this domain runs: send_email (mail) and the memory tools."""
+    """The built-in tools this domain runs: send_email (mail), the memory tools, the
+    workspace's task-board tools and the calendar tools."""
     return {**mail.builtin_tools(mail.MailConfig.from_settings(settings)),
-            **memorytools.builtin_tools(knowledge, settings.db_app_role)}
+            **memorytools.builtin_tools(knowledge, settings.db_app_role),
+            **workspace_tools.builtin_tools(settings.db_app_role),
+            **calendar_tools.builtin_tools(settings.db_app_role)}
 
 
 def run_env(database: Database) -> runner.RunEnv:
@@ -81,9 +87,11 @@ async def fail_run(database: Database, run_id: uuid.UUID, reason: str) -> bool:
             update(Run).where(Run.id == run_id, Run.status.in_(("pending", "running")))
             .values(status="failed", stop_reason="error", error_message=reason,
                     completed_at=utcnow(), updated_at=utcnow(), **totals_from_steps(run_id))
-            .returning(Run.user_id, Run.trace_id))).first()
+            .returning(Run.user_id, Run.trace_id, Run.system_prompt_id))).first()
         if changed is None:
             return False
+        if changed.system_prompt_id is not None:  # its prompt version's success rate
+            await prompts.record_outcome(session, changed.system_prompt_id, False)
         await session.execute(text(
             "UPDATE run_steps SET status = 'interrupted', finished_at = now(), "
             "error = :reason WHERE run_id = :run_id AND status = 'running'"),

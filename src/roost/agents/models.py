@@ -41,7 +41,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from roost.db.base import Base, CreatedAt, Timestamps, UUIDPrimaryKey
 from roost.identity import models as _identity_models  # noqa: F401 - "users", for the foreign keys
+from roost.prompts import models as _prompt_models  # noqa: F401 - "system_prompts"
 from roost.tools import models as _tools_models  # noqa: F401 - "tools", for the foreign keys
+from roost.workspace import models as _workspace_models  # noqa: F401 - "projects"
 
 MEMBER_ROLES: Final = ("owner", "editor", "viewer")
 SECRET_TYPES: Final = ("llm_provider_key", "email_imap", "email_smtp", "mcp_header", "mcp_env",
@@ -141,7 +143,8 @@ class Agent(UUIDPrimaryKey, Timestamps, Base):
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     persona_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("personas.id", ondelete="CASCADE"))
-    project_id: Mapped[uuid.UUID | None]  # no foreign key until the workspace adds projects
+    project_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("projects.id",
+                                                                    ondelete="SET NULL"))
     name: Mapped[str] = mapped_column(String(255))
     slug: Mapped[str] = mapped_column(String(100))
     description: Mapped[str | None] = mapped_column(Text)
@@ -177,6 +180,8 @@ class Run(UUIDPrimaryKey, CreatedAt, Base):
         Index("ix_runs_user_created", "user_id", text("created_at DESC")),
         Index("ix_runs_agent_created", "agent_id", text("created_at DESC")),
         Index("ix_runs_persona_id", "persona_id"),
+        Index("ix_runs_system_prompt_id", "system_prompt_id",
+              postgresql_where=text("system_prompt_id IS NOT NULL")),
         Index("ix_runs_active", "status", postgresql_where=text("status IN ('pending', 'running')")),
     )
 
@@ -208,6 +213,9 @@ class Run(UUIDPrimaryKey, CreatedAt, Base):
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(server_default=text("now()"), nullable=False)
+    # The system prompt version (config.system_prompt_key) the run used: docs/prompts.md.
+    system_prompt_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("system_prompts.id", ondelete="SET NULL"))
 
 
 class RunStep(UUIDPrimaryKey, CreatedAt, Base):

@@ -72,6 +72,8 @@ from roost.llm.records import CallOutcome
 from roost.llm.routing import Route
 from roost.llm.types import ChatMessage, ChatRequest, ChatResult, ToolCall
 from roost.principal import SYSTEM, Principal
+from roost.prompts import service as prompts
+from roost.prompts.models import SystemPrompt
 from roost.security.crypto import SecretBox
 from roost.tools import calls as tool_calls
 from roost.tools.config import ToolsConfig
@@ -127,6 +129,7 @@ class _State:
     tools: dict[str, Offered] = field(default_factory=dict)
     route: Route | None = None  # the model's providers, resolved at the first model step
     grants: dict[uuid.UUID, Grant] = field(default_factory=dict)  # the persona's tool grants
+    prompt_text: str = ""  # config.system_prompt_key's version, rendered (_use_prompt)
     # Finished calls' records, written by the runner's next transaction (the next step's
     # start or the run's end), before that step starts: one transaction less per call.
     pending: list[Callable[[AsyncSession], Awaitable[None]]] = field(default_factory=list)
@@ -277,8 +280,9 @@ def _tool_specs(tools: dict[str, Offered]) -> list[dict[str, Any]] | None:
 def _system_prompt(state: _State) -> str:
     persona_prompt = (state.persona.system_prompt or "").strip() if state.persona else ""
     agent_prompt = (state.agent.system_prompt or "").strip() if state.agent else ""
-    parts = [agent_prompt] if state.config.replace_persona_prompt else [persona_prompt,
-                                                                        agent_prompt]
+    parts = [state.prompt_text, agent_prompt]
+    if not state.config.replace_persona_prompt:
+        parts.insert(0, persona_prompt)
     retrieved = next((s for s in state.steps if s.step_type == "rag_retrieval"
                       and s.status == "completed"), None)
     if retrieved is not None and (retrieved.output or {}).get("results"):
@@ -807,6 +811,9 @@ async def _finish_run(env: RunEnv, state: _State, stop: _Stop) -> str:
             .returning(Run.id))).first()
         if changed is None:
             return "cancelled"
+        if state.run.system_prompt_id is not None:  # the prompt version's success rate
+            await prompts.record_outcome(session, state.run.system_prompt_id,
+                                         stop.status == "completed")
         # A call cut off by the run's end (its timeout) leaves its step open: close it.
         await session.execute(
             update(RunStep).where(RunStep.run_id == state.run.id, RunStep.status == "running")
@@ -825,6 +832,37 @@ async def _finish_run(env: RunEnv, state: _State, stop: _Stop) -> str:
                                              cipher=env.gateway.cipher)
         await notify(session, state.run.id, f"end:{stop.status}")
     return stop.status
+
+
+async def _use_prompt(env: RunEnv, state: _State) -> None:
+    """The agent's prompt by key (``config.system_prompt_key``), resolved once for the
+    run's user, recorded on the run and counted; a resumed run renders the version it
+    recorded, so a publish during a run does not change it halfway."""
+    key = state.config.system_prompt_key
+    if key is None:
+        return
+    values = {"agent_name": state.agent.name if state.agent else "assistant",
+              "date": utcnow().date().isoformat()}
+    try:
+        async with _scoped(env, state.principal) as session:
+            recorded = (await session.get(SystemPrompt, state.run.system_prompt_id)
+                        if state.run.system_prompt_id is not None else None)
+            if recorded is not None:
+                state.prompt_text = prompts.render_row(recorded, values, ignore_unknown=True)
+                return
+            used = await prompts.use(session, state.run.user_id, key,
+                                     state.config.system_prompt_label, values)
+            if used is None:
+                raise _Stop("error", status="failed", error=(
+                    f"no active version of system prompt {key!r} has the label "
+                    f"{state.config.system_prompt_label!r} for the run's user"))
+            await session.execute(update(Run).where(Run.id == state.run.id)
+                                  .values(system_prompt_id=used.prompt_id)
+                                  .execution_options(synchronize_session=False))
+    except RoostError as exc:  # a required variable Roost cannot supply
+        raise _Stop("error", status="failed",
+                    error=f"system prompt {key!r}: {exc.detail}") from None
+    state.prompt_text, state.run.system_prompt_id = used.text, used.prompt_id
 
 
 async def execute(env: RunEnv, run_id: uuid.UUID) -> str:
@@ -853,6 +891,7 @@ async def execute(env: RunEnv, run_id: uuid.UUID) -> str:
             await _tool_step(env, state, ToolCall(
                 id=step.tool_call_id or "", name=str(given.get("function", "")),
                 arguments=str(given.get("arguments", "{}"))), step=step)
+        await _use_prompt(env, state)
         await _retrieve(env, state)
         await _remember(env, state)
         while True:

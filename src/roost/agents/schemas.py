@@ -49,6 +49,14 @@ class AgentConfig(StrictInput):
     learn: bool = Field(default=False,
                         description="After a completed run, learn facts from its exchange "
                                     "(a memory.learn job)")
+    system_prompt_key: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9._-]{0,199}$",
+        description="A system prompt by key (e.g. agent.system), resolved for the run's user "
+                    "(theirs, their group's, the factory default) before the agent's own "
+                    "system_prompt; the run records the version (docs/prompts.md)")
+    system_prompt_label: str = Field(
+        default="production", pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="The label of system_prompt_key to use (e.g. staging)")
 
 
 class RunCreate(StrictInput):
@@ -83,6 +91,9 @@ class RunOut(BaseModel):
     started_at: datetime | None
     completed_at: datetime | None
     created_at: datetime
+    system_prompt_id: uuid.UUID | None = Field(
+        default=None, description="The system prompt version config.system_prompt_key "
+                                  "resolved to (docs/prompts.md)")
 
 
 class RunStepOut(BaseModel):

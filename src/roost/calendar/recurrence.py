@@ -1,5 +1,6 @@
 """RFC 5545 recurrence: RRULE validation and the expansion of an event into its occurrences
-within a bounded range (python-dateutil's ``rrule`` does the rule arithmetic).
+within a bounded range: simple DAILY/WEEKLY rules by day arithmetic (``_Plan``), the others
+by python-dateutil's ``rrule``; both give the same occurrences (tests/calendar/test_fastpath.py).
 
 Semantics (docs/calendar.md, "Recurrence"):
 
@@ -27,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
+from math import gcd
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -212,7 +214,18 @@ def _local_until(rule: Rule, tz: ZoneInfo) -> datetime | None:
 
 
 def _build(rule: Rule, dtstart: datetime, until: datetime | None) -> rrule:
-    built = rrulestr(rule.text, dtstart=dtstart, cache=False)
+    # Cached by value: a range query over thousands of events builds each event's rule
+    # again on every query; a short COUNT rule also keeps its occurrences (cache=True).
+    count = int(rule.parts.get("COUNT", MAX_COUNT))
+    return _built(rule.text, dtstart, until, count <= CACHED_OCCURRENCES)
+
+
+CACHED_OCCURRENCES: Final = 50  # bounds the memory: 16,384 rules x 50 datetimes
+
+
+@lru_cache(maxsize=16384)
+def _built(text: str, dtstart: datetime, until: datetime | None, keep: bool) -> rrule:
+    built = rrulestr(text, dtstart=dtstart, cache=keep)
     if not isinstance(built, rrule):  # pragma: no cover - one RRULE always gives an rrule
         raise RecurrenceError("the recurrence rule could not be read")
     if until is not None:
@@ -277,14 +290,64 @@ def recurrence_end(event: Recurring) -> datetime | None:
 
 
 def expand(event: Recurring, range_start: datetime, range_end: datetime,
-           limit: int | None = None) -> list[tuple[datetime, datetime]]:
+           limit: int | None = None, *, fast: bool = True) -> list[tuple[datetime, datetime]]:
     """The occurrences ``(start, end)`` (UTC instants, by start) that overlap
     ``[range_start, range_end)``: start before the range ends and end after it starts (an
-    instantaneous one: starts within it)."""
-    tz = event._tz
-    start_l = local(event.start, tz)
-    duration = local(event.end, tz) - start_l
+    instantaneous one: starts within it).
+
+    Simple DAILY/WEEKLY rules are expanded arithmetically (``_Plan``); every other rule, and
+    all of them with ``fast=False`` (the differential tests' reference), by dateutil."""
+    items = occurrences(event.start, event.end, event.timezone, event.rule, event.rdates,
+                        event.exdates, Window(range_start, range_end), fast=fast)
+    return items[:limit] if limit is not None else items
+
+
+class Window:
+    """A query's range, and per zone the local dates it spans (computed once per query,
+    not once per event)."""
+
+    __slots__ = ("_days", "end", "start")
+
+    def __init__(self, start: datetime, end: datetime) -> None:
+        self.start, self.end = start, end
+        self._days: dict[str, tuple[int, int]] = {}
+
+    def local_days(self, tz_name: str, tz: ZoneInfo) -> tuple[int, int]:
+        days = self._days.get(tz_name)
+        if days is None:
+            days = self._days[tz_name] = (self.start.astimezone(tz).toordinal(),
+                                          self.end.astimezone(tz).toordinal())
+        return days
+
+
+def occurrences(start: datetime, end: datetime, tz_name: str, rule: str | None,
+                rdates: Sequence[datetime] | None, exdates: Sequence[datetime] | None,
+                window: Window, *, fast: bool = True,
+                ordered: bool = True) -> list[tuple[datetime, datetime]]:
+    """``expand`` on an event's stored columns (aware start and end, a valid rule): what a
+    range query runs for each of thousands of events, so what depends on the event alone
+    is prepared once per event (``_prepare``, cached by value).  ``ordered=False``: in
+    any order (the caller sorts all events' occurrences anyway)."""
+    prep = _prepare(start, end, tz_name, rule, fast)
+    range_start, range_end = window.start, window.end
     found: dict[datetime, datetime] = {}
+    s0, e0 = prep.first
+    if _overlaps(s0, e0, range_start, range_end):
+        found[s0] = e0
+    if prep.plan is not None:
+        prep.plan.expand(found, prep.duration, window, prep.tz)
+    if rdates or (prep.rule is not None and prep.plan is None):
+        _expand_dateutil(prep, found, rdates or (), range_start, range_end)
+    if exdates:
+        for x in exdates:
+            found.pop(x.astimezone(UTC), None)
+    return sorted(found.items()) if ordered else list(found.items())
+
+
+def _expand_dateutil(prep: _Prepared, found: dict[datetime, datetime],
+                     rdates: Sequence[datetime], range_start: datetime,
+                     range_end: datetime) -> None:
+    tz, duration = prep.tz, prep.duration
 
     def consider(occ_local: datetime) -> None:
         s = to_utc(occ_local, tz)
@@ -292,29 +355,162 @@ def expand(event: Recurring, range_start: datetime, range_end: datetime,
         if _overlaps(s, e, range_start, range_end):
             found[s] = e
 
-    consider(start_l)
-    for r in event.rdates:
+    for r in rdates:
         consider(local(r, tz))
-    if event.rule is not None:
-        rule = parse_rule(event.rule)
-        # Local window with slack: a day for zone offsets and the DST change.
-        after = local(range_start, tz) - duration - timedelta(days=1)
-        before = local(range_end, tz) + timedelta(days=1)
-        if start_l <= before:
-            dtstart = start_l
-            step = _step(rule)
-            if step is not None and dtstart < after - step:
-                dtstart += step * ((after - dtstart) // step)
-            built = _build(rule, dtstart, _local_until(rule, tz))
-            for occ in built.xafter(max(after, start_l), inc=True):
-                if occ > before:
+    if prep.rule is None or prep.plan is not None:
+        return
+    # Local window with slack: a day for zone offsets and the DST change.
+    start_l = prep.start_l
+    after = local(range_start, tz) - duration - timedelta(days=1)
+    before = local(range_end, tz) + timedelta(days=1)
+    if start_l <= before:
+        dtstart = start_l
+        step = _step(prep.rule)
+        if step is not None and dtstart < after - step:
+            dtstart += step * ((after - dtstart) // step)
+        built = _build(prep.rule, dtstart, _local_until(prep.rule, tz))
+        for occ in built.xafter(max(after, start_l), inc=True):
+            if occ > before:
+                break
+            consider(occ)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    tz: ZoneInfo
+    start_l: datetime  # DTSTART, local wall-clock time
+    duration: timedelta  # wall-clock
+    first: tuple[datetime, datetime]  # DTSTART's occurrence
+    rule: Rule | None
+    plan: _Plan | None  # the rule's arithmetic expansion, if it is simple
+
+
+@lru_cache(maxsize=65536)
+def _prepare(start: datetime, end: datetime, tz_name: str, rule: str | None,
+             fast: bool) -> _Prepared:
+    if start.tzinfo is None or end.tzinfo is None:
+        raise RecurrenceError("start and end must carry a UTC offset")
+    tz = zone(tz_name)
+    start_l = local(start, tz)
+    duration = local(end, tz) - start_l
+    first = (to_utc(start_l, tz), to_utc(start_l + duration, tz))
+    parsed = parse_rule(rule) if rule is not None else None
+    plan = _plan(rule, start_l, tz_name) if rule is not None and fast else None
+    return _Prepared(tz, start_l, duration, first, parsed, plan)
+
+
+# --- the arithmetic expansion of simple rules ----------------------------------------------
+
+_SIMPLE_PARTS: Final = frozenset({"FREQ", "INTERVAL", "COUNT", "UNTIL", "BYDAY", "WKST"})
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A DAILY or WEEKLY rule (INTERVAL, BYDAY without ordinals, WKST, COUNT or UNTIL) as
+    day arithmetic: the rule's occurrences are the local dates ``anchor + n * period + o``
+    (``o`` in ``offsets``, n >= 0) from DTSTART's date up to ``last`` (COUNT and UNTIL
+    both become a last date), each at DTSTART's wall-clock time.  Exactly the dates
+    dateutil's ``rrule`` yields (tests/calendar/test_fastpath.py compares them), but the
+    first date in a range is found by division instead of by iterating from DTSTART."""
+
+    tz_name: str
+    anchor: int  # date ordinal of the first period's first day
+    period: int  # days
+    offsets: tuple[int, ...]  # sorted day offsets in a period that match the rule
+    first: int  # date ordinal of DTSTART (earlier dates of the first period do not count)
+    last: int | None  # ordinal of the last occurrence's date; None: never ends
+    time: timedelta  # DTSTART's time of day (dateutil drops microseconds)
+
+    def expand(self, found: dict[datetime, datetime], duration: timedelta, window: Window,
+               tz: ZoneInfo) -> None:
+        range_start, range_end = window.start, window.end
+        span = (self.time + duration).days  # local days an occurrence reaches past its own
+        first_day, last_day = window.local_days(self.tz_name, tz)
+        wlo = first_day - span - 1  # the window's days (the same for every event of a zone)
+        lo, hi = max(self.first, wlo), last_day if self.last is None else min(last_day,
+                                                                              self.last)
+        if lo > hi or not self.offsets:
+            return
+        shift, steady = _offsets(self.tz_name, wlo, last_day + span + 1)
+        base = _ORIGIN + timedelta(days=wlo - 1) + self.time  # day wlo's wall time, as UTC
+        anchor, period, offsets, time = self.anchor, self.period, self.offsets, self.time
+        for n in range((lo - anchor) // period, (hi - anchor) // period + 1):
+            day0 = anchor + n * period
+            for o in offsets:
+                d = day0 + o
+                if d < lo:
+                    continue
+                if d > hi:
                     break
-                consider(occ)
-    if event.exdates:
-        for x in event.exdates:
-            found.pop(x.astimezone(UTC), None)
-    items = sorted(found.items())
-    return items[:limit] if limit is not None else items
+                i = d - wlo
+                if steady[i] > span:  # no offset change from its start to its end
+                    s = base + shift[i]
+                    e = s + duration
+                else:  # a DST change within the occurrence's days: convert exactly
+                    wall = datetime.fromordinal(d) + time
+                    s, e = to_utc(wall, tz), to_utc(wall + duration, tz)
+                if s < range_end and (e > range_start or (s == e and s >= range_start)):
+                    found[s] = e
+
+
+_ORIGIN: Final = datetime(1, 1, 1, tzinfo=UTC)  # date ordinal 1
+
+
+@lru_cache(maxsize=8192)
+def _offsets(tz_name: str, lo: int, hi: int) -> tuple[tuple[timedelta, ...], tuple[int, ...]]:
+    """For the local dates ``lo..hi`` of a zone: how to turn a wall time on day ``lo + i``
+    into UTC when the day's offset holds (``wall(lo) + shift[i]``: i days less the offset
+    at its midnight), and for how many days from it on that offset holds (0: the day has a
+    DST change).  One zone lookup per day and query instead of two per occurrence."""
+    tz = _zone(tz_name)
+    offset = [datetime.fromordinal(d).replace(tzinfo=UTC) - to_utc(datetime.fromordinal(d), tz)
+              for d in range(lo, hi + 2)]
+    steady = [0] * len(offset)
+    for i in range(len(offset) - 2, -1, -1):
+        steady[i] = steady[i + 1] + 1 if offset[i] == offset[i + 1] else 0
+    return tuple(timedelta(days=i) - o for i, o in enumerate(offset)), tuple(steady)
+
+
+@lru_cache(maxsize=65536)
+def _plan(rule_value: str, start_l: datetime, tz_name: str) -> _Plan | None:
+    """The arithmetic plan of a simple rule from this (local, naive) DTSTART; None for a
+    rule dateutil has to expand."""
+    rule = parse_rule(rule_value)
+    parts = rule.parts
+    if rule.freq not in ("DAILY", "WEEKLY") or not _SIMPLE_PARTS.issuperset(parts):
+        return None
+    days = parts["BYDAY"].split(",") if "BYDAY" in parts else []
+    if not all(d in _WEEKDAYS for d in days):
+        return None  # an ordinal (1MO, -1FR): dateutil decides what it means here
+    weekdays = sorted({_WEEKDAYS.index(d) for d in days})
+    interval = int(parts.get("INTERVAL", "1"))
+    first = start_l.toordinal()
+    if rule.freq == "DAILY":
+        anchor = first
+        if weekdays:
+            period = interval * 7 // gcd(interval, 7)
+            offsets = tuple(k for k in range(0, period, interval)
+                            if (start_l.weekday() + k) % 7 in weekdays)
+        else:
+            period, offsets = interval, (0,)
+    else:
+        wkst = _WEEKDAYS.index(parts.get("WKST", "MO"))
+        anchor = first - (start_l.weekday() - wkst) % 7
+        period = 7 * interval
+        offsets = tuple(sorted((d - wkst) % 7 for d in (weekdays or [start_l.weekday()])))
+    time = start_l.replace(microsecond=0) - start_l.replace(hour=0, minute=0, second=0,
+                                                            microsecond=0)
+    last: int | None = None
+    if "COUNT" in parts and offsets:
+        # index of an occurrence = n * len(offsets) + j - (offsets of period 0 before DTSTART)
+        skipped = sum(1 for o in offsets if anchor + o < first)
+        n, j = divmod(int(parts["COUNT"]) - 1 + skipped, len(offsets))
+        last = anchor + n * period + offsets[j]
+    until = _local_until(rule, _zone(tz_name))
+    if until is not None:
+        last = until.toordinal() - (1 if time > until - until.replace(
+            hour=0, minute=0, second=0, microsecond=0) else 0)
+    return _Plan(tz_name, anchor, period, offsets, first, last, time)
 
 
 def _overlaps(s: datetime, e: datetime, range_start: datetime, range_end: datetime) -> bool:

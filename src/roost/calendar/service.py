@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any, Final
 
 from sqlalchemy import String, cast, delete, false, null, or_, select, true
@@ -267,6 +268,16 @@ async def get_event(session: AsyncSession, actor: Principal, calendar_id: uuid.U
     return found
 
 
+async def get_own_event(session: AsyncSession, actor: Principal, event_id: uuid.UUID,
+                        *, lock: bool = False) -> Event:
+    """One of the actor's own events by id, whatever its calendar (agent tools)."""
+    stmt = select(Event).where(Event.id == event_id, Event.user_id == _owner(actor))
+    found = await session.scalar(stmt.with_for_update() if lock else stmt)
+    if found is None:
+        raise NotFound(f"event {event_id} does not exist")
+    return found
+
+
 async def list_events(session: AsyncSession, actor: Principal, calendar_id: uuid.UUID,
                       *, limit: int = 100, offset: int = 0) -> list[Event]:
     cal = await get_calendar(session, actor, calendar_id)
@@ -327,12 +338,16 @@ async def _events_in(session: AsyncSession, actor: Principal, start: datetime, e
 def expand_events(events: Sequence[Any], start: datetime, end: datetime,
                   limit: int | None = None) -> list[tuple[Any, datetime, datetime]]:
     """Every occurrence of ``events`` overlapping ``[start, end)``, by start time."""
-    found: list[tuple[Any, datetime, datetime]] = []
+    found: list[tuple[datetime, datetime, Any, Any]] = []
+    expand, window = recurrence.occurrences, recurrence.Window(start, end)
     for ev in events:
-        for s, e in recurrence.expand(_recurring(ev), start, end):
-            found.append((ev, s, e))
-    found.sort(key=lambda item: (item[1], item[2], str(item[0].id)))
-    return found[:limit] if limit is not None else found
+        for s, e in expand(ev.start_time, ev.end_time, ev.timezone, ev.recurrence_rule,
+                           ev.rdates, ev.exdates, window, ordered=False):
+            found.append((s, e, ev.id, ev))
+    found.sort(key=itemgetter(0, 1, 2))  # ids are unique: events are never compared
+    if limit is not None:
+        del found[limit:]
+    return [(ev, s, e) for s, e, _, ev in found]
 
 
 async def _expand(events: Sequence[Event], start: datetime, end: datetime,
@@ -365,13 +380,14 @@ def _occurrence(ev: Event, s: datetime, e: datetime) -> dict[str, Any]:
 
 
 async def freebusy(session: AsyncSession, actor: Principal, start: datetime,
-                   end: datetime) -> tuple[list[tuple[datetime, datetime]],
-                                           list[tuple[datetime, datetime]]]:
+                   end: datetime, *, exclude: uuid.UUID | None = None,
+                   ) -> tuple[list[tuple[datetime, datetime]], list[tuple[datetime, datetime]]]:
     """Busy intervals (merged, clipped to the range) over all the actor's calendars, and
-    the free gaps between them.  Cancelled and transparent events are not busy."""
+    the free gaps between them.  Cancelled and transparent events are not busy, nor is the
+    event ``exclude`` (one about to be moved)."""
     check_range(start, end)
     events = [e for e in await _events_in(session, actor, start, end, None)
-              if e.status != "cancelled" and not e.transparent]
+              if e.status != "cancelled" and not e.transparent and e.id != exclude]
     found = await _expand(events, start, end)
     busy = recurrence.merge((max(s, start), min(e, end)) for _, s, e in found if e > s)
     free: list[tuple[datetime, datetime]] = []

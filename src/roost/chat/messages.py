@@ -21,6 +21,7 @@ from sqlalchemy import Integer, Select, Uuid, bindparam, func, select, true, upd
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
+from roost.chat import runtime_settings
 from roost.chat.keys import decrypt
 from roost.chat.models import (
     ChatMessage,
@@ -44,11 +45,14 @@ from roost.llm.types import ChatMessage as LLMMessage
 from roost.llm.types import ChatRequest, ToolCall
 from roost.pagination import DEFAULT_LIMIT, cursor_int, encode_cursor, page_of
 from roost.principal import Principal
+from roost.prompts import service as prompts
 from roost.security.crypto import MessageCipher
+from roost.system_settings import runtime
 
 log = structlog.get_logger(__name__)
 
 MESSAGE = "chat_message"
+CHAT_PROMPT_KEY = "chat.system"  # chat sessions' system prompt (docs/prompts.md)
 _TOOL_CALLS = TypeAdapter(list[ToolCall])
 
 
@@ -125,12 +129,11 @@ async def list_messages(
     return [message_out(gateway.cipher, r) for r in rows], next_cursor
 
 
-def _check_content(gateway: LLMGateway, data: MessageCreate) -> None:
-    limit = gateway.settings.chat_max_message_chars
+def _check_content(data: MessageCreate, limit: int) -> None:
     if len(data.content) > limit:
         raise PayloadTooLarge(
             f"message content is {len(data.content)} characters; the limit is {limit} "
-            "(ROOST_CHAT_MAX_MESSAGE_CHARS)"
+            "(runtime setting chat_max_message_chars)"
         )
     if data.role in ("user", "system", "developer") and not data.content.strip():
         raise BadRequest("message content must not be empty")
@@ -187,18 +190,37 @@ async def _insert_message(
     return row
 
 
+async def _system_message(
+    session: AsyncSession, gateway: LLMGateway, session_id: uuid.UUID, owner_id: uuid.UUID
+) -> str | None:
+    """The ``chat.system`` prompt for the session's owner (theirs, their group's, the
+    factory default: docs/prompts.md), its use counted and noted on the session (a rating
+    of the session rates it); ROOST_CHAT_SYSTEM_PROMPT when no version resolves."""
+    used = await prompts.use(session, owner_id, CHAT_PROMPT_KEY,
+                             values={"date": utcnow().date().isoformat()})
+    if used is None:
+        return gateway.settings.chat_system_prompt
+    await session.execute(
+        update(ChatSession).where(ChatSession.id == session_id,
+                                  ChatSession.system_prompt_id.is_distinct_from(used.prompt_id))
+        .values(system_prompt_id=used.prompt_id).execution_options(synchronize_session=False))
+    return used.text
+
+
 async def _context(
-    session: AsyncSession, gateway: LLMGateway, session_id: uuid.UUID
+    session: AsyncSession, gateway: LLMGateway, session_id: uuid.UUID, owner_id: uuid.UUID
 ) -> list[LLMMessage]:
     """The last messages of the session, oldest first, as the model will see them."""
-    limit = gateway.settings.chat_context_messages
+    limit = await runtime.get(session, runtime_settings.CONTEXT_MESSAGES,
+                              gateway.settings.chat_context_messages)
     rows = list((await session.scalars(
         select(ChatMessage).where(ChatMessage.session_id == session_id)
         .order_by(ChatMessage.seq.desc()).limit(limit)
     )).all())
     out: list[LLMMessage] = []
-    if gateway.settings.chat_system_prompt:
-        out.append(LLMMessage(role="system", content=gateway.settings.chat_system_prompt))
+    system = await _system_message(session, gateway, session_id, owner_id)
+    if system:
+        out.append(LLMMessage(role="system", content=system))
     for row in reversed(rows):
         tool_calls = None
         if row.tool_calls is not None:
@@ -247,8 +269,9 @@ async def post_message(
 
     Routing happens first, so "no provider" (409) and "unknown model" (404) store nothing.
     """
-    _check_content(gateway, data)
     async with gateway.transaction(actor) as session:
+        _check_content(data, await runtime.get(session, runtime_settings.MAX_MESSAGE_CHARS,
+                                               gateway.settings.chat_max_message_chars))
         chat_session = await get_session(session, actor, session_id, lock=True)
         _check_open(chat_session)
         route = None
@@ -257,7 +280,7 @@ async def post_message(
             route = await routing.resolve_route(
                 session, gateway, data.model or chat_session.model, data.ensemble
             )
-            history = await _context(session, gateway, session_id)
+            history = await _context(session, gateway, session_id, chat_session.user_id)
         row = await _insert_message(
             session, gateway, chat_session.user_id, session_id, role=data.role,
             content=data.content, bump_requests=data.reply, tool_calls=data.tool_calls,

@@ -39,6 +39,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from roost.db.base import Base, CreatedAt, Timestamps, UUIDPrimaryKey, utcnow
+from roost.prompts import models as _prompt_models  # noqa: F401 - "system_prompts"
+from roost.workspace import models as _workspace_models  # noqa: F401 - "projects"
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 SESSION_STATUSES = ("active", "archived", "expired")
@@ -70,11 +72,20 @@ class ChatSession(UUIDPrimaryKey, Timestamps, Base):
     request_count: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
     last_activity_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
+    project_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("projects.id",
+                                                                    ondelete="SET NULL"))
+    # The chat.system version of the last reply: a summary's session_rating feeds its
+    # average_satisfaction (docs/prompts.md).
+    system_prompt_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("system_prompts.id", ondelete="SET NULL"))
 
     __table_args__ = (
         CheckConstraint("status IN ('active', 'archived', 'expired')", name="status"),
         CheckConstraint("message_count >= 0 AND request_count >= 0", name="counts"),
         Index("ix_chat_sessions_user_id_created_at", "user_id", "created_at"),
+        Index("ix_chat_sessions_project_id", "project_id"),
+        Index("ix_chat_sessions_system_prompt_id", "system_prompt_id",
+              postgresql_where=text("system_prompt_id IS NOT NULL")),
         # A client's own identifier is unique per owner.
         Index(
             "uq_chat_sessions_user_id_external_id", "user_id", "external_id", unique=True,

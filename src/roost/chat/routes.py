@@ -63,10 +63,11 @@ async def create_session(body: SessionCreate, principal: CurrentPrincipal, db: D
 async def list_sessions(
     principal: CurrentPrincipal, db: DbSession, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
     external_id: Annotated[str | None, Query(max_length=64)] = None,
-    user_id: uuid.UUID | None = None,
+    user_id: uuid.UUID | None = None, project_id: uuid.UUID | None = None,
 ) -> Page[SessionOut]:
     rows, next_cursor = await sessions.list_sessions(
-        db, principal, limit=limit, cursor=cursor, external_id=external_id, user_id=user_id
+        db, principal, limit=limit, cursor=cursor, external_id=external_id, user_id=user_id,
+        project_id=project_id,
     )
     return Page(items=[sessions.session_out(r) for r in rows], next_cursor=next_cursor)
 

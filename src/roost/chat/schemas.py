@@ -30,6 +30,7 @@ class SessionCreate(StrictInput):
     owner_id: uuid.UUID | None = Field(
         default=None, description="Owner (administrators only; default: the caller)"
     )
+    project_id: uuid.UUID | None = Field(default=None, description="A project you can see")
 
 
 class SessionUpdate(StrictInput):
@@ -41,6 +42,7 @@ class SessionUpdate(StrictInput):
     external_id: str | None = Field(default=None, min_length=1, max_length=64)
     status: SessionStatus | None = None
     expires_at: datetime | None = None
+    project_id: uuid.UUID | None = None
 
 
 class SessionOut(BaseModel):
@@ -57,6 +59,7 @@ class SessionOut(BaseModel):
     request_count: int
     last_activity_at: datetime | None
     expires_at: datetime | None
+    project_id: uuid.UUID | None
     created_at: datetime
     updated_at: datetime
 

@@ -36,6 +36,7 @@ from roost.pagination import (
     newest_first,
 )
 from roost.principal import Principal
+from roost.workspace.service import require_project
 
 log = structlog.get_logger(__name__)
 
@@ -65,8 +66,9 @@ async def create_session(session: AsyncSession, actor: Principal, data: SessionC
         raise NotFound("owner_id: only administrators may create sessions for someone else")
     if owner is None:
         raise BadRequest("the operator token has no user: pass owner_id to name the session's owner")
+    await require_project(session, actor, data.project_id)  # another user's: 404
     row = ChatSession(
-        id=uuid7(), user_id=owner, title=data.title, model=data.model,
+        id=uuid7(), user_id=owner, title=data.title, model=data.model, project_id=data.project_id,
         enable_tools=data.enable_tools, external_id=data.external_id, expires_at=data.expires_at,
         status="active", message_count=0, request_count=0,
     )
@@ -97,6 +99,7 @@ def _session_conflict(exc: IntegrityError, external_id: str | None) -> RoostErro
 async def list_sessions(
     session: AsyncSession, actor: Principal, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None,
     external_id: str | None = None, user_id: uuid.UUID | None = None,
+    project_id: uuid.UUID | None = None,
 ) -> tuple[list[ChatSession], str | None]:
     """Newest first (created_at, id); the caller's own unless an admin asks for a user's."""
     stmt = select(ChatSession)
@@ -108,6 +111,8 @@ async def list_sessions(
         stmt = stmt.where(ChatSession.user_id == actor.user_id)
     if external_id is not None:
         stmt = stmt.where(ChatSession.external_id == external_id)
+    if project_id is not None:
+        stmt = stmt.where(ChatSession.project_id == project_id)
     return await newest_first(session, stmt, ChatSession.created_at, ChatSession.id,
                               limit=limit, cursor=cursor)
 
@@ -116,6 +121,8 @@ async def update_session(
     session: AsyncSession, actor: Principal, session_id: uuid.UUID, data: SessionUpdate
 ) -> ChatSession:
     row = await get_session(session, actor, session_id, lock=True)
+    if "project_id" in data.model_fields_set and data.project_id != row.project_id:
+        await require_project(session, actor, data.project_id)
     changes: dict[str, Any] = {}
     for name, value in data.model_dump(exclude_unset=True).items():
         if value is None and name in ("enable_tools", "status"):

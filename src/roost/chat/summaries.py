@@ -30,6 +30,7 @@ from roost.llm.records import REQUEST_RESOURCE, CallOutcome
 from roost.llm.types import ChatMessage as LLMMessage
 from roost.llm.types import ChatRequest
 from roost.principal import Principal
+from roost.prompts import service as prompts
 from roost.security.crypto import MessageCipher
 
 log = structlog.get_logger(__name__)
@@ -90,9 +91,22 @@ async def update_summary(
             setattr(row, name, value)
     row.updated_at = utcnow()
     await session.flush()
+    if "session_rating" in changes and row.session_rating is not None:
+        await _rate_prompt(session, session_id, row.session_rating,
+                           changes["session_rating"][0])
     await audit.record(session, "chat.summary.update", user_id=actor.user_id,
                        resource_type=SESSION, resource_id=session_id, changes=changes)
     return summary_out(gateway.cipher, row)
+
+
+async def _rate_prompt(session: AsyncSession, session_id: uuid.UUID, rating: float,
+                       previous: float | None) -> None:
+    """A session's rating feeds the average_satisfaction of the chat.system version its
+    replies used (docs/prompts.md); a changed rating replaces the previous one."""
+    prompt_id = await session.scalar(select(ChatSession.system_prompt_id)
+                                     .where(ChatSession.id == session_id))
+    if prompt_id is not None:
+        await prompts.record_rating(session, prompt_id, rating, previous)
 
 
 def _parse_summary(text: str) -> tuple[str, list[str]]:

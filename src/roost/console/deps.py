@@ -179,7 +179,7 @@ def render(
     settings = get_settings_dep(request)
     html = templates().get_template(template).render(
         viewer=viewer, csrf=token, theme=viewer.theme if viewer else "dark",
-        path=request.url.path, open_registration=settings.open_registration, **context,
+        path=request.url.path, **{"open_registration": settings.open_registration, **context},
     )
     response = HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
     if new:

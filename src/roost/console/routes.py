@@ -39,10 +39,11 @@ from roost.http.deps import DbSession
 from roost.http.routing import RoostRouter
 from roost.identity import passkeys
 from roost.identity import sessions as identity_sessions
-from roost.identity.config import IdentityConfig
+from roost.identity.config import OPEN_REGISTRATION, IdentityConfig
 from roost.identity.routes import identity_config
 from roost.identity.schemas import LoginIn, MfaIn, PasskeyLoginFinishIn
 from roost.principal import Principal
+from roost.system_settings import runtime
 from roost.tools import registry as tool_registry
 from roost.workflows import runs as workflow_runs
 from roost.workflows import service as workflow_service
@@ -100,7 +101,9 @@ async def login_page(request: Request, session: DbSession) -> Response:
 
 @router.get("/register")
 async def register_page(request: Request, session: DbSession) -> Response:
-    return render(request, "register.html", viewer=await viewer(request, session))
+    return render(request, "register.html", viewer=await viewer(request, session),
+                  open_registration=await runtime.get(  # the override, as sign-up applies it
+                      session, OPEN_REGISTRATION, (await identity_config(request)).open_registration))
 
 
 @router.post("/session")
@@ -243,6 +246,21 @@ async def calendar_page(request: Request, session: DbSession) -> Response:
     return await _page(request, session, "calendar.html")
 
 
+@router.get("/prompts")
+async def prompts_page(request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "prompts.html")
+
+
+@router.get("/projects")
+async def projects_page(request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "workspace.html")
+
+
+@router.get("/tasks-board")
+async def tasks_board_page(request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "workspace.html")  # the same page: board first
+
+
 @router.get("/debates")
 async def debates_page(request: Request, session: DbSession) -> Response:
     return await _page(request, session, "debates.html")
@@ -287,12 +305,18 @@ async def profile_page(request: Request, session: DbSession) -> Response:
     return await _page(request, session, "profile.html")
 
 
-ADMIN_PAGES = ("users", "groups", "providers", "queue", "audit", "usage")
+ADMIN_PAGES = ("users", "groups", "providers", "queue", "audit", "usage", "settings")
 
 
 @router.get("/admin")
 async def admin_home() -> RedirectResponse:
     return RedirectResponse("/console/admin/users", status_code=303)
+
+
+@router.get("/settings")
+async def settings_page() -> RedirectResponse:
+    """The runtime settings live with the other administration pages."""
+    return RedirectResponse("/console/admin/settings", status_code=303)
 
 
 @router.get("/admin/{section}")

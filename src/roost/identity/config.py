@@ -8,8 +8,11 @@ from roost.config import Settings
 from roost.keyfiles import KeyMaterial
 from roost.security.crypto import SecretBox
 from roost.security.webauthn_helpers import RelyingParty
+from roost.system_settings import declare
 
 _DEFAULT_RP = RelyingParty("localhost", "Roost", ("http://localhost:8000",))
+# Runtime override (roost settings set open_registration true): read at every sign-up.
+OPEN_REGISTRATION = declare("open_registration")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from roost.identity import (
     sessions,
     twofactor,
 )
-from roost.identity.config import IdentityConfig
+from roost.identity.config import OPEN_REGISTRATION, IdentityConfig
 from roost.identity.schemas import (
     ApiKeyCreatedOut,
     ApiKeyIn,
@@ -72,6 +72,7 @@ from roost.identity.schemas import (
     UserPatchIn,
 )
 from roost.principal import Principal
+from roost.system_settings import runtime
 
 auth_router = RoostRouter(prefix="/api/v1/auth", tags=["auth"])
 users_router = RoostRouter(prefix="/api/v1/users", tags=["users"])
@@ -125,7 +126,8 @@ def _tokens(issued: sessions.IssuedTokens) -> TokensOut:
 async def register(body: RegisterIn, session: DbSession, cfg: Config) -> UserOut:
     user = await accounts.create_user(
         session, None, username=body.username, email=body.email, password=body.password,
-        full_name=body.full_name, open_registration=cfg.open_registration,
+        full_name=body.full_name,
+        open_registration=await runtime.get(session, OPEN_REGISTRATION, cfg.open_registration),
     )
     return UserOut.model_validate(user)
 

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from roost.db.base import Base, CreatedAt, Timestamps, UUIDPrimaryKey
 from roost.db.vector import VectorType
+from roost.workspace import models as _workspace_models  # noqa: F401 - "projects"
 
 DOCUMENT_SOURCES: Final = ("upload", "file", "web")
 DOCUMENT_STATUSES: Final = ("pending", "processing", "ready", "error")
@@ -65,9 +66,10 @@ class Document(UUIDPrimaryKey, Timestamps, Base):
         ForeignKey("groups.id", ondelete="SET NULL")
     )
     is_private: Mapped[bool] = mapped_column(Boolean, server_default=text("false"), default=False)
-    # Personas and projects belong to later domains: plain ids until their tables exist.
+    # Personas belong to a later domain: a plain id.  Projects (roost.workspace) group it.
     persona_id: Mapped[uuid.UUID | None]
-    project_id: Mapped[uuid.UUID | None]
+    project_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("projects.id",
+                                                                    ondelete="SET NULL"))
     name: Mapped[str] = mapped_column(String(255))
     description: Mapped[str | None] = mapped_column(Text)
     uri: Mapped[str | None] = mapped_column(Text)
@@ -104,6 +106,7 @@ class Document(UUIDPrimaryKey, Timestamps, Base):
         Index("ix_documents_group_private", "group_id", "is_private"),
         Index("ix_documents_path_hash", "path_hash"),
         Index("ix_documents_persona_id", "persona_id"),
+        Index("ix_documents_project_id", "project_id"),
         Index("ix_documents_user_status", "user_id", "status"),
         Index("ix_documents_ingestion_run_id", "ingestion_run_id"),
     )
@@ -126,7 +129,8 @@ class IngestionRun(UUIDPrimaryKey, CreatedAt, Base):
     )
     is_private: Mapped[bool] = mapped_column(Boolean, server_default=text("false"), default=False)
     persona_id: Mapped[uuid.UUID | None]
-    project_id: Mapped[uuid.UUID | None]
+    project_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("projects.id",
+                                                                    ondelete="SET NULL"))
     embedding_model: Mapped[str] = mapped_column(String(128))
     task_id: Mapped[uuid.UUID | None]
     totals_files: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)

@@ -94,10 +94,11 @@ async def list_documents(
     tag: Annotated[str | None, Query(max_length=100)] = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
+    project_id: uuid.UUID | None = None,
 ) -> Page[DocumentOut]:
     rows, next_cursor = await service.list_documents(
         session, principal, collection=collection, status=status_, persona_id=persona_id,
-        tag=tag, limit=limit, cursor=cursor,
+        tag=tag, limit=limit, cursor=cursor, project_id=project_id,
     )
     return Page[DocumentOut](items=[DocumentOut.model_validate(r) for r in rows],
                              next_cursor=next_cursor)

@@ -40,6 +40,7 @@ from roost.pagination import (
 )
 from roost.principal import Principal
 from roost.tasks.service import enqueue
+from roost.workspace.service import require_project
 
 MAX_NAME_CHARS = 255
 
@@ -109,6 +110,7 @@ async def create_upload(
     """
     user_id = _require_user(actor)
     _check_group(actor, group_id)
+    await require_project(session, actor, project_id)  # another user's: 404
     if len(data) > cfg.max_upload_bytes:
         raise PayloadTooLarge(
             f"the upload is {len(data)} bytes; the limit is {cfg.max_upload_bytes} bytes"
@@ -176,10 +178,12 @@ async def list_documents(
     tag: str | None = None,
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
+    project_id: uuid.UUID | None = None,
 ) -> tuple[list[Document], str | None]:
     """Newest first, keyset-paginated on (created_at, id)."""
     stmt = where_equal(_documents_query(actor), (Document.collection, collection),
-                       (Document.status, status), (Document.persona_id, persona_id))
+                       (Document.status, status), (Document.persona_id, persona_id),
+                       (Document.project_id, project_id))
     if tag is not None:
         stmt = stmt.where(Document.tags.contains([tag]))
     return await newest_first(session, stmt, Document.created_at, Document.id,
@@ -304,6 +308,7 @@ async def start_run(
     and queue it; the run's job does the work."""
     user_id = _require_user(actor)
     _check_group(actor, body.group_id)
+    await require_project(session, actor, body.project_id)
     from_web = is_web_target(body.target) if body.from_web is None else body.from_web
     if from_web:
         target = precheck_url(body.target, cfg)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from roost.agents import models as _agents_models  # noqa: F401 - "runs", for the foreign keys
 from roost.db.base import Base, CreatedAt, Timestamps, UUIDPrimaryKey
 from roost.identity import models as _identity_models  # noqa: F401 - "users", for the foreign keys
+from roost.workspace import models as _workspace_models  # noqa: F401 - "projects"
 
 WORKFLOW_STATUSES: Final = ("draft", "active", "archived")
 
@@ -36,7 +37,8 @@ class Workflow(UUIDPrimaryKey, Timestamps, Base):
     )
 
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    project_id: Mapped[uuid.UUID | None]  # no foreign key until the workspace adds projects
+    project_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("projects.id",
+                                                                    ondelete="SET NULL"))
     name: Mapped[str] = mapped_column(String(100))
     description: Mapped[str | None] = mapped_column(Text)
     nodes: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"), default=list)

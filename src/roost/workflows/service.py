@@ -26,6 +26,7 @@ from roost.principal import Principal
 from roost.workflows import graph
 from roost.workflows.models import Workflow, WorkflowRun, WorkflowVersion
 from roost.workflows.schemas import GraphIn, WorkflowCreate, WorkflowUpdate
+from roost.workspace.service import require_project
 
 # Graphs this small are validated inline; larger ones in a thread (it is CPU work).
 INLINE_NODES: Final = 50
@@ -97,6 +98,7 @@ async def create_workflow(session: AsyncSession, actor: Principal,
     owner = _owner(actor)
     viewport = body.viewport if body.viewport is not None else dict(graph.DEFAULT_VIEWPORT)
     await _require_valid(body.nodes, body.edges, viewport, allow_empty=True)
+    await require_project(session, actor, body.project_id)  # another user's: 404
     workflow = Workflow(user_id=owner, project_id=body.project_id, name=_name(body.name),
                         description=body.description, nodes=body.nodes, edges=body.edges,
                         viewport=viewport, status="draft")
@@ -152,6 +154,7 @@ async def update_workflow(session: AsyncSession, actor: Principal, workflow_id: 
         workflow.description = body.description
         changed["description"] = "changed"
     if "project_id" in given and body.project_id != workflow.project_id:
+        await require_project(session, actor, body.project_id)
         changed["project_id"] = {"before": _plain(workflow.project_id),
                                  "after": _plain(body.project_id)}
         workflow.project_id = body.project_id

@@ -1,0 +1,93 @@
+"""Prompt variables and rendering: ``{{name}}`` placeholders, substituted in one pass.
+
+No template language on purpose: a prompt is data anyone with a key may publish, so it
+must not reach attributes, call anything or loop.  A placeholder is ``{{`` a name ``}}``
+(spaces allowed inside); a value is inserted as text and never expanded again, so a value
+containing ``{{x}}`` stays literal.  ``{{{{`` is not special: write the braces you mean.
+
+Definitions (``variables``): ``[{"name", "type", "required", "default", "description"}]``,
+``type`` one of string, number, integer, boolean.  Publishing checks that every
+placeholder of the text is defined; rendering checks the supplied values against them
+(missing required ones, unknown names and wrong types are 422s that name the variable).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from roost.errors import Unprocessable
+
+PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,63})\s*\}\}")
+TYPES: Final = {"string": (str,), "number": (int, float), "integer": (int,),
+                "boolean": (bool,)}
+
+
+class InvalidVariables(Unprocessable):
+    title, type_slug = "Invalid prompt variables", "invalid-prompt-variables"
+
+
+def placeholders(text: str) -> list[str]:
+    """The distinct placeholder names of ``text``, in order of first use."""
+    return list(dict.fromkeys(PLACEHOLDER.findall(text)))
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if kind != "boolean" and isinstance(value, bool):
+        return False  # True is an int in Python, not a number in a prompt
+    return isinstance(value, TYPES[kind])
+
+
+def check_definitions(text: str, variables: Sequence[Mapping[str, Any]]) -> None:
+    """A version's definitions fit its text: unique names, valid defaults, and every
+    placeholder defined (a typo would otherwise render as literal braces forever)."""
+    seen: set[str] = set()
+    for var in variables:
+        name, kind = str(var["name"]), str(var.get("type", "string"))
+        if name in seen:
+            raise InvalidVariables(f"variable {name!r} is defined twice",
+                                   extra={"variable": name})
+        seen.add(name)
+        default = var.get("default")
+        if default is not None and not _type_ok(kind, default):
+            raise InvalidVariables(f"the default of variable {name!r} is not a {kind}",
+                                   extra={"variable": name})
+    undefined = [n for n in placeholders(text) if n not in seen]
+    if undefined:
+        raise InvalidVariables(
+            f"the text uses {{{{{undefined[0]}}}}} but no variable {undefined[0]!r} is defined: "
+            "add it to variables", extra={"variables": undefined})
+
+
+def render(text: str, variables: Sequence[Mapping[str, Any]], values: Mapping[str, Any], *,
+           ignore_unknown: bool = False) -> str:
+    """``text`` with its placeholders replaced.  ``ignore_unknown``: Roost's own callers
+    (chat, agents) offer a fixed set of values, of which a prompt uses what it defines."""
+    defined = {str(v["name"]): v for v in variables}
+    unknown = [k for k in values if k not in defined]
+    if unknown and not ignore_unknown:
+        raise InvalidVariables(f"unknown variable {unknown[0]!r}: this version defines "
+                               f"{', '.join(sorted(defined)) or 'none'}",
+                               extra={"variables": unknown})
+    resolved: dict[str, str] = {}
+    missing: list[str] = []
+    for name, var in defined.items():
+        if name in values and values[name] is not None:
+            value = values[name]
+            kind = str(var.get("type", "string"))
+            if not _type_ok(kind, value):
+                raise InvalidVariables(f"variable {name!r} must be a {kind}",
+                                       extra={"variable": name})
+        elif var.get("default") is not None:
+            value = var["default"]
+        elif var.get("required", True):
+            missing.append(name)
+            continue
+        else:
+            value = ""
+        resolved[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    if missing:
+        raise InvalidVariables(f"missing required variable {missing[0]!r}",
+                               extra={"variables": missing})
+    return PLACEHOLDER.sub(lambda m: resolved.get(m.group(1), m.group(0)), text)

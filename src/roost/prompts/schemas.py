@@ -1,0 +1,121 @@
+"""Bodies and answers of the prompts API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from roost.inputs import StrictInput
+
+Scope = Literal["user", "group", "factory"]
+VarType = Literal["string", "number", "integer", "boolean"]
+KEY_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,199}$"
+LABEL_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MAX_TEXT = 100_000
+Value = str | int | float | bool | None
+
+
+class VariableDef(StrictInput):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    type: VarType = "string"
+    required: bool = True
+    default: Value = None
+    description: str | None = Field(default=None, max_length=1000)
+
+
+class PromptCreate(StrictInput):
+    prompt_key: str = Field(pattern=KEY_PATTERN, description="e.g. chat.system, agent.system")
+    prompt_text: str = Field(min_length=1, max_length=MAX_TEXT,
+                             description="The text; {{name}} inserts a variable")
+    prompt_name: str | None = Field(default=None, min_length=1, max_length=255,
+                                    description="Default: the key")
+    prompt_category: str = Field(default="general", min_length=1, max_length=100)
+    description: str | None = Field(default=None, max_length=20_000)
+    variables: list[VariableDef] = Field(default_factory=list, max_length=100)
+    scope: Scope = Field(default="user", description=(
+        "user: yours; group: group_id's (its administrators); factory: Roost's default "
+        "(administrators)"))
+    group_id: uuid.UUID | None = None
+    label: str | None = Field(default="production", pattern=LABEL_PATTERN, description=(
+        "Point this label at the new version (null: publish without moving a label)"))
+
+
+class PromptUpdate(StrictInput):
+    is_active: bool = Field(description="false: resolution skips this version's scope")
+
+
+class LabelSet(StrictInput):
+    prompt_id: uuid.UUID = Field(description="The version the label is to point at")
+    label: str = Field(pattern=LABEL_PATTERN)
+
+
+class RenderRequest(StrictInput):
+    key: str = Field(pattern=KEY_PATTERN)
+    label: str = Field(default="production", pattern=LABEL_PATTERN)
+    values: dict[str, Value] = Field(default_factory=dict, max_length=100)
+
+
+class RenderVersion(StrictInput):
+    values: dict[str, Value] = Field(default_factory=dict, max_length=100)
+
+
+class PromptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    scope: Scope
+    user_id: uuid.UUID | None
+    group_id: uuid.UUID | None
+    prompt_key: str
+    prompt_category: str
+    prompt_name: str
+    description: str | None
+    prompt_text: str
+    variables: list[dict[str, Any]]
+    is_factory_default: bool
+    is_active: bool
+    version: int
+    labels: list[str] = Field(default_factory=list)
+    usage_count: int
+    last_used_at: datetime | None
+    average_satisfaction: float | None
+    success_rate: float | None
+    created_by: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class RenderedOut(BaseModel):
+    prompt_id: uuid.UUID
+    prompt_key: str
+    version: int
+    scope: Scope
+    text: str
+
+
+class LabelOut(BaseModel):
+    scope: Scope
+    user_id: uuid.UUID | None
+    group_id: uuid.UUID | None
+    prompt_key: str
+    label: str
+    prompt_id: uuid.UUID
+    version: int
+    updated_at: datetime
+
+
+class KeyOut(BaseModel):
+    prompt_key: str
+    prompt_category: str
+    scope: Scope
+    user_id: uuid.UUID | None
+    group_id: uuid.UUID | None
+    versions: int
+    latest_version: int
+    labels: dict[str, int] = Field(description="label -> version")
+    usage_count: int
+    success_rate: float | None = Field(description="Over the scope's versions, weighted by "
+                                                   "finished runs")

@@ -1,0 +1,136 @@
+"""Reading runtime settings: ``await get(session, SETTING, default)``, cached per process.
+
+Consistency: every write sends ``NOTIFY roost_settings, '<key>'`` in its own transaction
+(so only on commit).  Each API server process keeps one LISTEN connection
+(:class:`SettingsListener`, started by ``roost.system_settings.startup``) that drops the
+key from this process's cache when the notification arrives: another process sees a
+change within the NOTIFY delivery time (milliseconds on one server), without a restart.
+
+The cache is used *only while that connection listens*.  Before it is up, after it is
+lost, behind PgBouncer in transaction mode (no LISTEN) and in processes that run none
+(workers, the CLI, tests' in-process apps) every read asks the database: one
+``SELECT roost_runtime_setting(key)`` in the caller's transaction, so a reader is never
+stale, only slower.  When the connection comes back the whole cache is dropped, since
+notifications sent while it was down are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Final
+
+import asyncpg
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.system_settings.registry import RuntimeSetting
+
+log = structlog.get_logger(__name__)
+
+CHANNEL: Final = "roost_settings"
+_NO_ROW: Final = object()  # cached "no override": the caller's default applies
+_MISS: Final = object()
+
+
+class _Cache:
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.listening = False
+        # Bumped by every invalidation: a read that started before one does not store
+        # what it read (it may be the value the notification just replaced).
+        self.generation = 0
+
+    def drop(self, key: str | None = None) -> None:
+        self.generation += 1
+        if key is None:
+            self.values.clear()
+        else:
+            self.values.pop(key, None)
+
+
+CACHE: Final = _Cache()
+
+
+async def get(session: AsyncSession, setting: RuntimeSetting, default: Any) -> Any:
+    """The setting's current value: the override, else ``default`` (the consumer's
+    environment value).  A stored value the schema no longer accepts is ignored."""
+    found = CACHE.values.get(setting.key, _MISS) if CACHE.listening else _MISS
+    if found is _MISS:
+        generation = CACHE.generation
+        stored = await session.scalar(text("SELECT roost_runtime_setting(:key)"),
+                                      {"key": setting.key})
+        found = _NO_ROW
+        if stored is not None:
+            try:
+                found = setting.decode(stored)
+            except Exception:
+                log.warning("system_settings.stored_value_invalid", key=setting.key)
+        if CACHE.listening and CACHE.generation == generation:
+            CACHE.values[setting.key] = found
+    return default if found is _NO_ROW else found
+
+
+async def notify(session: AsyncSession, key: str) -> None:
+    """Tell every process to drop ``key`` (delivered when the transaction commits)."""
+    await session.execute(text("SELECT pg_notify(:channel, :key)"),
+                          {"channel": CHANNEL, "key": key})
+
+
+class SettingsListener:
+    """The process's LISTEN connection on ``roost_settings``; reconnects with back-off."""
+
+    def __init__(self, dsn: str | None, cache: _Cache = CACHE) -> None:
+        self._dsn = dsn
+        self._cache = cache
+        self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        if self._dsn is not None and self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="roost-settings-listen")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        self._cache.listening = False
+        self._cache.drop()
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self._cache.drop(payload)
+
+    async def _loop(self) -> None:
+        pause = 0.5
+        assert self._dsn is not None
+        while True:
+            try:
+                self._conn = await asyncpg.connect(
+                    self._dsn, server_settings={"application_name": "roost-settings"})
+                closed = asyncio.Event()
+                self._conn.add_termination_listener(lambda _c, ev=closed: ev.set())
+                await self._conn.add_listener(CHANNEL, self._on_notify)
+                self._cache.drop()  # whatever changed while nobody listened
+                self._cache.listening, pause = True, 0.5
+                self.connected.set()
+                await closed.wait()
+                log.warning("system_settings.listen_connection_lost")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("system_settings.listen_failed", error=type(exc).__name__,
+                            retry_in_s=pause)
+            finally:
+                self._cache.listening = False
+                self._cache.drop()
+                self.connected.clear()
+                conn, self._conn = self._conn, None
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 10.0)

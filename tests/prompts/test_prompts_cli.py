@@ -1,0 +1,65 @@
+"""``roost prompts ls|show|publish`` as a user runs them (the real console script)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from roost.db.engine import Database
+from tests.agents.test_agents_cli import cli_env
+from tests.support.cli import run_roost
+from tests.support.identity import make_user
+from tests.support.pg import PgTestServer
+
+
+async def test_publish_show_and_list_from_the_command_line(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="petra")
+    await make_user(database, username="otto")
+
+    def roost(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return run_roost("prompts", *args, env=env, stdin=stdin)
+
+    first = tmp_path / "v1.txt"
+    first.write_text("Answer as {{persona}}.\n")
+    out = roost("publish", "support.reply", "--file", str(first), "--user", "petra",
+                "--category", "support", "--variables", '[{"name": "persona"}]')
+    assert out.returncode == 0, out.stderr
+    assert "published support.reply v1 (user), label production → v1" in out.stdout
+    out = roost("publish", "support.reply", "--file", "-", "--user", "petra", "--label",
+                "staging", "--variables", '[{"name": "persona"}]',
+                stdin="Answer briefly as {{persona}}.")
+    assert out.returncode == 0, out.stderr
+    assert "published support.reply v2 (user), label staging → v2" in out.stdout
+
+    out = roost("show", "support.reply", "--user", "petra")
+    assert out.returncode == 0, out.stderr
+    assert "support.reply v1 (user, labels: production)" in out.stdout
+    assert out.stdout.rstrip().endswith("Answer as {{persona}}.")
+    out = roost("show", "support.reply", "--label", "staging", "--user", "petra")
+    assert "v2" in out.stdout and "Answer briefly" in out.stdout
+    out = roost("show", "support.reply", "--version", "2", "--user", "petra")
+    assert "Answer briefly" in out.stdout
+
+    out = roost("ls", "--user", "petra")
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if "support.reply" in x)
+    assert "production→v1, staging→v2" in line and "support" in line
+    assert "agent.system" in out.stdout  # the factory default
+
+    # Another user sees none of it; bad input fails with a message, not a trace.
+    out = roost("show", "support.reply", "--user", "otto")
+    assert out.returncode == 1 and "support.reply" in out.stderr
+    out = roost("publish", "support.reply", "--file", str(first), "--user", "otto",
+                "--variables", "{not json")
+    assert out.returncode == 1 and "Invalid --variables" in out.stderr
+    out = roost("publish", "support.reply", "--file", str(first), "--user", "otto")
+    assert out.returncode == 1 and "persona" in out.stderr  # the placeholder is undefined
+    out = roost("publish", "chat.system", "--file", str(first), "--user", "otto", "--scope",
+                "factory", "--variables", '[{"name": "persona"}]')
+    assert out.returncode == 1 and "administrators" in out.stderr
+    out = roost("publish", "k", "--file", str(tmp_path / "missing.txt"), "--user", "otto")
+    assert out.returncode == 1 and "Cannot read the file" in out.stderr
+    out = roost("show", "support.reply", "--version", "1", "--label", "x", "--user", "otto")
+    assert out.returncode == 1 and "not both" in out.stderr

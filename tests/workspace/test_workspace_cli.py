@@ -1,0 +1,68 @@
+"""``roost projects ...`` and ``roost tasks-board ...`` as a user runs them (the real
+console script): the board re-sorts when a task's urgency changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from roost.db.engine import Database
+from tests.agents.test_agents_cli import cli_env
+from tests.support.cli import run_roost
+from tests.support.identity import make_user
+from tests.support.pg import PgTestServer
+
+
+def _titles(stdout: str, *titles: str) -> list[str]:
+    """The given titles in the order the table prints them."""
+    return sorted(titles, key=stdout.index)
+
+
+async def test_projects_and_the_tasks_board_from_the_command_line(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="pmx")
+    await make_user(database, username="eve")
+
+    out = run_roost("projects", "add", "Website", "--language", "typescript", "--repository",
+                    "https://example.org/site.git", "--user", "pmx", env=env)
+    assert out.returncode == 0, out.stderr
+    bad = run_roost("projects", "add", "X", "--repository", "javascript:x", "--user", "pmx",
+                    env=env)
+    assert bad.returncode != 0 and "repository_url" in bad.stderr
+
+    out = run_roost("tasks-board", "add", "Fix login", "--project", "Website", "--priority",
+                    "high", "--user", "pmx", env=env)
+    assert out.returncode == 0, out.stderr
+    out = run_roost("tasks-board", "add", "Write blog", "--priority", "low", "--user", "pmx",
+                    env=env)
+    blog_id = out.stdout.split()[0]
+    out = run_roost("tasks-board", "ls", "--user", "pmx", env=env)
+    assert _titles(out.stdout, "Fix login", "Write blog") == ["Fix login", "Write blog"]
+
+    out = run_roost("tasks-board", "update", blog_id[:13], "--urgency", "9", "--user", "pmx",
+                    env=env)
+    assert out.returncode == 0, out.stderr
+    out = run_roost("tasks-board", "ls", "--user", "pmx", env=env)
+    assert _titles(out.stdout, "Fix login", "Write blog") == ["Write blog", "Fix login"]
+    bad = run_roost("tasks-board", "update", blog_id, "--progress", "101", "--user", "pmx",
+                    env=env)
+    assert bad.returncode != 0 and "completion_percentage" in bad.stderr
+
+    out = run_roost("tasks-board", "done", blog_id, "--user", "pmx", env=env)
+    assert out.returncode == 0 and "done" in out.stdout
+    assert "Write blog" not in run_roost("tasks-board", "ls", "--user", "pmx", env=env).stdout
+    assert "Write blog" in run_roost("tasks-board", "ls", "--all", "--user", "pmx",
+                                     env=env).stdout
+
+    out = run_roost("projects", "show", "Website", "--user", "pmx", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "1 tasks" in out.stdout and "typescript" in out.stdout
+    # Eve sees none of it.
+    assert run_roost("projects", "show", "Website", "--user", "eve", env=env).returncode != 0
+    assert run_roost("tasks-board", "done", blog_id, "--user", "eve", env=env).returncode != 0
+    assert "Website" not in run_roost("projects", "ls", "--user", "eve", env=env).stdout
+
+    out = run_roost("projects", "archive", "Website", "--user", "pmx", env=env)
+    assert out.returncode == 0 and "archived" in out.stdout
+    out = run_roost("projects", "ls", "--status", "archived", "--user", "pmx", env=env)
+    assert "Website" in out.stdout
