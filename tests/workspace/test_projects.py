@@ -174,3 +174,31 @@ async def test_chat_sessions_and_documents_attach_to_a_visible_project_only(
     assert [d["name"] for d in docs] == ["notes.md"]
     detail = (await client.get(f"/api/v1/projects/{project['id']}", headers=headers)).json()
     assert detail["counts"]["chat_sessions"] == 1 and detail["counts"]["documents"] == 1
+
+
+async def test_agents_attach_to_a_visible_project_only(
+        client: httpx.AsyncClient, user: User, other_user: User) -> None:
+    _, headers = user
+    _, bob = other_user
+    project = await make_project(client, headers, "Bots")
+    theirs = await make_project(client, bob, "Bob's bots")
+    made = await client.post("/api/v1/agents", headers=headers, json={
+        "name": "Helper", "slug": "helper", "project_id": project["id"]})
+    assert made.status_code == 201, made.text
+    assert made.json()["project_id"] == project["id"]
+    await client.post("/api/v1/agents", headers=headers, json={"name": "Loose", "slug": "loose"})
+    listed = (await client.get("/api/v1/agents", headers=headers,
+                               params={"project_id": project["id"]})).json()["items"]
+    assert [a["slug"] for a in listed] == ["helper"]
+    # Another user's project: 404 on create and on moving the agent to it.
+    resp = await client.post("/api/v1/agents", headers=headers, json={
+        "name": "Spy", "slug": "spy", "project_id": theirs["id"]})
+    assert resp.status_code == 404, resp.text
+    agent_url = f"/api/v1/agents/{made.json()['id']}"
+    resp = await client.patch(agent_url, json={"project_id": theirs["id"]}, headers=headers)
+    assert resp.status_code == 404
+    detail = (await client.get(f"/api/v1/projects/{project['id']}", headers=headers)).json()
+    assert detail["counts"]["agents"] == 1
+    # null detaches it.
+    resp = await client.patch(agent_url, json={"project_id": None}, headers=headers)
+    assert resp.status_code == 200 and resp.json()["project_id"] is None

@@ -30,6 +30,7 @@ from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.tools import registry
 from roost.tools.models import McpServer, PersonaTool, Tool
+from roost.workspace.service import require_project
 
 SLUG_INDEX: Final = "uq_agents_owner_slug"
 _TEXT_FIELDS: Final = ("description", "system_prompt")
@@ -225,8 +226,10 @@ async def create_agent(session: AsyncSession, actor: Principal, body: AgentCreat
     if body.persona_id is not None:
         await require_role(session, actor, body.persona_id, "editor", "bind agents to it")
     await _slug_free(session, owner, body.slug)
+    await require_project(session, actor, body.project_id)  # another user's: 404
     agent = Agent(
-        user_id=owner, persona_id=body.persona_id, name=body.name.strip(), slug=body.slug,
+        user_id=owner, persona_id=body.persona_id, project_id=body.project_id,
+        name=body.name.strip(), slug=body.slug,
         description=body.description, avatar_url=body.avatar_url,
         system_prompt=body.system_prompt, preferred_provider=body.preferred_provider,
         preferred_model=body.preferred_model,
@@ -242,6 +245,7 @@ async def create_agent(session: AsyncSession, actor: Principal, body: AgentCreat
                  resource_type="agent", resource_id=agent.id,
                  changes={"name": agent.name, "slug": agent.slug,
                           "persona_id": str(agent.persona_id) if agent.persona_id else None,
+                          "project_id": str(agent.project_id) if agent.project_id else None,
                           "is_public": agent.is_public,
                           "tool_permissions": agent.tool_permissions,
                           "document_ids": agent.document_ids})
@@ -251,11 +255,11 @@ async def create_agent(session: AsyncSession, actor: Principal, body: AgentCreat
 async def list_agents(
     session: AsyncSession, actor: Principal, *, persona_id: uuid.UUID | None = None,
     is_active: bool | None = None, is_public: bool | None = None, mine: bool | None = None,
-    limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+    project_id: uuid.UUID | None = None, limit: int = DEFAULT_LIMIT, cursor: str | None = None,
 ) -> tuple[list[Agent], str | None]:
     """Newest first: the actor's agents, their personas' and public ones."""
     stmt = where_equal(select(Agent).where(visible_agents(actor)),
-                       (Agent.persona_id, persona_id))
+                       (Agent.persona_id, persona_id), (Agent.project_id, project_id))
     if is_active is not None:
         stmt = stmt.where(Agent.is_active.is_(is_active))
     if is_public is not None:
@@ -284,6 +288,8 @@ async def update_agent(session: AsyncSession, actor: Principal, agent_id: uuid.U
                                "bind agents to it")
     if "slug" in values:
         await _slug_free(session, agent.user_id, values["slug"], agent.id)
+    if "project_id" in values and values["project_id"] != agent.project_id:
+        await require_project(session, actor, values["project_id"])
     if "tool_permissions" in values:
         values["tool_permissions"] = await check_tools(
             session, actor, values["tool_permissions"], values.get("persona_id", agent.persona_id))

@@ -193,11 +193,11 @@ async def list_agents(
     is_active: bool | None = None, is_public: bool | None = None,
     mine: Annotated[bool | None, Query(description="true: only yours; false: only "
                                                    "others'")] = None,
-    limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
+    project_id: uuid.UUID | None = None, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
 ) -> Page[AgentOut]:
     rows, next_cursor = await catalog.list_agents(
         db, principal, persona_id=persona_id, is_active=is_active, is_public=is_public,
-        mine=mine, limit=limit, cursor=cursor)
+        mine=mine, project_id=project_id, limit=limit, cursor=cursor)
     return Page[AgentOut](items=[catalog.agent_out(a) for a in rows], next_cursor=next_cursor)
 
 

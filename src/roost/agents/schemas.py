@@ -271,6 +271,8 @@ class AgentCreate(StrictInput):
     config: AgentConfig = Field(default_factory=AgentConfig)
     is_active: bool = True
     is_public: bool = Field(default=False, description="Every user may read and run it")
+    project_id: uuid.UUID | None = Field(
+        default=None, description="A project you can see that groups it (docs/workspace.md)")
 
 
 class AgentUpdate(StrictInput):
@@ -291,6 +293,7 @@ class AgentUpdate(StrictInput):
                                        description="Replaces the whole configuration")
     is_active: bool | None = None
     is_public: bool | None = None
+    project_id: uuid.UUID | None = Field(default=None, description="null: no project")
 
     @model_validator(mode="after")
     def _no_null_required(self) -> AgentUpdate:
