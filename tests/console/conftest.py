@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,16 @@ async def context(browser: Any, console: str) -> AsyncIterator[Any]:
 @pytest.fixture
 async def page(context: Any) -> Any:
     return await context.new_page()
+
+
+@pytest.fixture
+def no_script_errors(page: Any) -> Iterator[None]:
+    """No page's module throws (an uncaught error would leave a page half-built); a test
+    module opts in with ``pytest.mark.usefixtures("no_script_errors")``."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield
+    assert not errors, errors
 
 
 async def sign_in_as(context: Any, console: str, database: Database, keys: KeyMaterial,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -24,17 +23,8 @@ from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Reply, ToolCalls
 
-pytestmark = pytest.mark.needs_browser
+pytestmark = [pytest.mark.needs_browser, pytest.mark.usefixtures("no_script_errors")]
 EVIL = '<img src=x onerror="window.pwned=1">Clock'
-
-
-@pytest.fixture(autouse=True)
-def _no_script_errors(page: Any) -> Iterator[None]:
-    """No page's module throws (an uncaught error would leave a page half-built)."""
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield
-    assert not errors, errors
 
 
 async def test_create_an_agent_run_it_and_watch_the_steps_live(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from tests.console.conftest import assert_accessible, screenshot, sign_in_as
 from tests.support.identity import make_user
 from tests.support.workers import in_process_worker
 
-pytestmark = pytest.mark.needs_browser
+pytestmark = [pytest.mark.needs_browser, pytest.mark.usefixtures("no_script_errors")]
 EVIL = '<img src=x onerror="window.pwned=1">Fix the app'
 CHECK = re.escape(" ".join(APP_SAYS_OK[:2]))  # the check's command, as the page shows it
 
@@ -39,14 +39,6 @@ def test_settings(tmp_path: Path) -> Settings:
                     llm_local_model=False, knowledge_embedding_provider="hash",
                     max_request_bytes=256 * 1024, code_checks=[APP_SAYS_OK],
                     code_check_timeout_s=60)
-
-
-@pytest.fixture(autouse=True)
-def _no_script_errors(page: Any) -> Iterator[None]:
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield
-    assert not errors, errors
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -25,18 +24,9 @@ from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Reply
 
-pytestmark = pytest.mark.needs_browser
+pytestmark = [pytest.mark.needs_browser, pytest.mark.usefixtures("no_script_errors")]
 EVIL = '<img src=x onerror="window.pwned=1">Best pet?'
 POSITIONS = ["fish", "dogs", "cats"]
-
-
-@pytest.fixture(autouse=True)
-def _no_script_errors(page: Any) -> Iterator[None]:
-    """No page's module throws (an uncaught error would leave a page half-built)."""
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield
-    assert not errors, errors
 
 
 def _turns(n: int) -> list[Reply]:

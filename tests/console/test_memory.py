@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,20 +32,11 @@ from tests.console.conftest import assert_accessible, screenshot, sign_in_as
 from tests.support.identity import make_user
 from tests.support.openai_stub import Reply, StubServer
 
-pytestmark = pytest.mark.needs_browser
+pytestmark = [pytest.mark.needs_browser, pytest.mark.usefixtures("no_script_errors")]
 
 API = "/api/v1/memories"
 EVIL = '<img src=x onerror="window.pwned=1"><b>Ada</b> likes green tea'
 Headers = dict[str, str]
-
-
-@pytest.fixture(autouse=True)
-def _no_script_errors(page: Any) -> Iterator[None]:
-    """The page's module never throws (an uncaught error would leave it half-built)."""
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield
-    assert not errors, errors
 
 
 async def _add(client: httpx.AsyncClient, headers: Headers, content: str, **extra: Any) -> Any:

@@ -4,7 +4,6 @@ variable), bad JSON; another user's prompts never show; texts are text, never ma
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,16 +14,8 @@ from roost.keyfiles import KeyMaterial
 from tests.console.conftest import assert_accessible, screenshot, sign_in_as
 from tests.support.identity import make_user
 
-pytestmark = pytest.mark.needs_browser
+pytestmark = [pytest.mark.needs_browser, pytest.mark.usefixtures("no_script_errors")]
 EVIL = '<img src=x onerror="window.pwned=1">'
-
-
-@pytest.fixture(autouse=True)
-def _no_script_errors(page: Any) -> Iterator[None]:
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield
-    assert not errors, errors
 
 
 async def test_publish_promote_and_preview(page: Any, console: str, client: httpx.AsyncClient,

@@ -4,7 +4,6 @@ boolean, resets to the default; sign-up follows at once; plain users get "Not fo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,15 +15,7 @@ from roost.keyfiles import KeyMaterial
 from tests.console.conftest import assert_accessible, screenshot, sign_in_as
 from tests.support.identity import make_user
 
-pytestmark = pytest.mark.needs_browser
-
-
-@pytest.fixture(autouse=True)
-def _no_script_errors(page: Any) -> Iterator[None]:
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield
-    assert not errors, errors
+pytestmark = [pytest.mark.needs_browser, pytest.mark.usefixtures("no_script_errors")]
 
 
 async def _stored(database: Database, key: str) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -25,16 +25,7 @@ from tests.console.conftest import assert_accessible, screenshot, sign_in_as
 from tests.support.identity import make_user
 from tests.tools.conftest import ECHO_SERVER, http_mcp_url  # noqa: F401 - a fixture
 
-pytestmark = pytest.mark.needs_browser
-
-
-@pytest.fixture(autouse=True)
-def _no_script_errors(page: Any) -> Iterator[None]:
-    """No page's module throws (an uncaught error would leave a page half-built)."""
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield
-    assert not errors, errors
+pytestmark = [pytest.mark.needs_browser, pytest.mark.usefixtures("no_script_errors")]
 
 
 @pytest_asyncio.fixture(autouse=True, loop_scope="session")

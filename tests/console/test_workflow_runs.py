@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,18 +21,9 @@ from tests.console.conftest import assert_accessible, screenshot, sign_in_as
 from tests.support.identity import make_user
 from tests.workflows.graphs import edge, node
 
-pytestmark = pytest.mark.needs_browser
+pytestmark = [pytest.mark.needs_browser, pytest.mark.usefixtures("no_script_errors")]
 API = "/api/v1/workflows"
 EVIL = '<b onmouseover="window.pwned=1">the plan</b>'
-
-
-@pytest.fixture(autouse=True)
-def _no_script_errors(page: Any) -> Iterator[None]:
-    """No page's module throws (an uncaught error would leave a page half-built)."""
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield
-    assert not errors, errors
 
 
 def approval_graph() -> dict[str, Any]:

@@ -10,7 +10,6 @@ import copy
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,17 +21,8 @@ from tests.console.conftest import assert_accessible, screenshot, sign_in_as
 from tests.support.identity import make_user
 from tests.workflows.graphs import simple_graph, ten_node_graph
 
-pytestmark = pytest.mark.needs_browser
+pytestmark = [pytest.mark.needs_browser, pytest.mark.usefixtures("no_script_errors")]
 EVIL = '<img src=x onerror="window.pwned=1">Summaries'
-
-
-@pytest.fixture(autouse=True)
-def _no_script_errors(page: Any) -> Iterator[None]:
-    """No page's module throws (an uncaught error would leave a page half-built)."""
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield
-    assert not errors, errors
 
 
 def _accept_dialogs(page: Any) -> None:
