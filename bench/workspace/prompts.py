@@ -23,6 +23,10 @@ a request is (``apply_principal``: row-level security on), a random key and labe
   ``(prompt_key, user_id, version)`` added for it, as one would);
 * ``server_side``: for every fifth query, the server's planning + execution time of the
   two statements (``EXPLAIN ANALYZE``), without the client's round trip and event loop;
+* ``roost_cached_first`` / ``roost_cached_again``: what chat replies and runs call,
+  ``resolve_cached`` (roost.prompts.cache, kept current by NOTIFY over the listener
+  ``roost serve`` runs, started here too): the first use of a (user, key, label) in the
+  run, which may go to the database, then the same again, from memory;
 * ``dict_lookup``: a LangChain-hub-style in-process cache, a dict of
   (scope, key, label) -> text walked in the same order (no database; stale as soon as
   another process publishes: the reference point for "no round trip at all").
@@ -175,10 +179,11 @@ async def measure(db: Any, data: dict[str, Any], args: argparse.Namespace,
                   rng: random.Random) -> dict[str, Any]:
     from roost.identity.tenancy import apply_principal
     from roost.principal import Principal
-    from roost.prompts.service import RESOLVE_SQL, resolve
+    from roost.prompts.service import RESOLVE_SQL, resolve, resolve_cached
 
     cache, groups_of = dict_cache(data)
-    times: dict[str, list[float]] = {"roost_resolve": [], "plain_select": [], "dict_lookup": []}
+    times: dict[str, list[float]] = {"roost_resolve": [], "plain_select": [], "dict_lookup": [],
+                                     "roost_cached_first": [], "roost_cached_again": []}
     found = {name: 0 for name in times}
     server: dict[str, list[float]] = {"roost_resolve": [], "plain_select": []}
     plan = ""
@@ -213,6 +218,17 @@ async def measure(db: Any, data: dict[str, Any], args: argparse.Namespace,
             if i >= 50:
                 times[name].append(elapsed)
                 found[name] += row is not None
+        # What chat replies and runs call (roost.prompts.cache, NOTIFY-invalidated): the
+        # first use of (user, key, label) may go to the database, the next is in memory.
+        for name in ("roost_cached_first", "roost_cached_again"):
+            async with db.transaction() as s:
+                await apply_principal(s, principal)
+                start = time.perf_counter()
+                got: Any = await resolve_cached(s, user, key, label)
+                elapsed = time.perf_counter() - start
+            if i >= 50:
+                times[name].append(elapsed)
+                found[name] += got is not None
         start = time.perf_counter()
         hit = dict_resolve(cache, groups_of.get(user, []), user, key, label)
         elapsed = time.perf_counter() - start
@@ -236,6 +252,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     from roost.db.embedded import start_embedded
     from roost.db.engine import create_database, ensure_database_exists, to_async_url
     from roost.db.migrate import upgrade
+    from roost.system_settings.runtime import SettingsListener
+    from roost.tasks.worker import asyncpg_dsn
 
     rng = random.Random(args.seed)
     data = build(args, rng)
@@ -246,7 +264,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         try:
             await upgrade(db.engine)
             await load(db, data)
-            return await measure(db, data, args, rng)
+            listener = SettingsListener(asyncpg_dsn(db))  # what `roost serve` runs
+            await listener.start()
+            await asyncio.wait_for(listener.connected.wait(), 30)
+            try:
+                return await measure(db, data, args, rng)
+            finally:
+                await listener.stop()
         finally:
             await db.dispose()
             server.stop()
@@ -265,10 +289,10 @@ if __name__ == "__main__":
     report = asyncio.run(main(args))
     print(f"\n{report['prompts']:,} prompt versions, {report['labels']:,} labels, "
           f"{report['users']} users, {report['groups']} groups, {report['keys']} keys")
-    print(f"{'lookup':<14} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+    print(f"{'lookup':<19} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'found':>6}")
     for name, r in report["results"].items():
-        print(f"{name:<14} {r['n']:>5} {r['p50_ms']:>8} {r['p95_ms']:>8} {r['p99_ms']:>8} "
+        print(f"{name:<19} {r['n']:>5} {r['p50_ms']:>8} {r['p95_ms']:>8} {r['p99_ms']:>8} "
               f"{r['max_ms']:>8} {r['found']:>6}")
     print("server side (EXPLAIN ANALYZE: planning + execution, every 5th query):")
     for name, r in report["server_side"].items():

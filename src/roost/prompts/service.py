@@ -29,9 +29,11 @@ from roost.errors import Forbidden, NotFound, Unprocessable
 from roost.identity.models import Group, UserGroupMembership
 from roost.pagination import newest_first, where_equal
 from roost.principal import Principal
+from roost.prompts import cache
 from roost.prompts.models import NIL_SCOPE, SystemPrompt, SystemPromptLabel
 from roost.prompts.render import check_definitions, render
 from roost.prompts.schemas import KeyOut, LabelOut, PromptCreate, PromptOut, Scope
+from roost.system_settings import runtime
 
 DEFAULT_LABEL: Final = "production"
 RESOURCE: Final = "system_prompt"
@@ -370,12 +372,32 @@ async def use(session: AsyncSession, user_id: uuid.UUID | None, key: str,
     """Resolve, render with Roost's values (those the version defines) and count the use;
     None when no version resolves.  A version whose required variable Roost cannot
     supply is a 422 naming it (the caller's request fails visibly, not silently)."""
-    row = await resolve(session, user_id, key, label)
-    if row is None:
+    found = await resolve_cached(session, user_id, key, label)
+    if found is None:
         return None
-    rendered = render_row(row, values or {}, ignore_unknown=True)
-    await record_use(session, row.id)
-    return Used(prompt_id=row.id, version=row.version, text=rendered)
+    rendered = render(found.prompt_text, found.variables, values or {}, ignore_unknown=True)
+    await record_use(session, found.id)
+    return Used(prompt_id=found.id, version=found.version, text=rendered)
+
+
+async def resolve_cached(session: AsyncSession, user_id: uuid.UUID | None, key: str,
+                         label: str = DEFAULT_LABEL) -> cache.Resolved | None:
+    """:func:`resolve` through the process's cache (roost.prompts.cache: dropped by
+    NOTIFY on any change a resolution depends on; not used while nobody listens)."""
+    entry = (user_id, key, label)
+    cached = runtime.serves(session)  # the cache is this database's
+    if cached:
+        hit, found = cache.CACHE.get(entry)
+        if hit:
+            return found
+    generation = cache.CACHE.generation
+    row = await resolve(session, user_id, key, label)
+    resolved = None if row is None else cache.Resolved(
+        id=row.id, version=row.version, prompt_text=row.prompt_text,
+        variables=tuple(row.variables or ()))
+    if cached:
+        cache.CACHE.put(entry, resolved, generation)
+    return resolved
 
 
 # --- usage ------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
@@ -53,10 +55,56 @@ class _Cache:
 CACHE: Final = _Cache()
 
 
+@dataclass(frozen=True)
+class Watch:
+    """Another domain's cache kept current over this process's LISTEN connection (one
+    connection for every cache, not one each): ``on_notify(payload)`` for each
+    notification on ``channel``; ``on_listening(True)`` once listening (drop everything:
+    notifications sent while nobody listened are lost), ``on_listening(False)`` when the
+    connection is lost (stop serving from the cache until it is back)."""
+
+    channel: str
+    on_notify: Callable[[str], None]
+    on_listening: Callable[[bool], None]
+
+
+_WATCHES: list[Watch] = []
+_RUNNING: set[SettingsListener] = set()  # started and not stopped
+
+
+def watch(channel: str, on_notify: Callable[[str], None],
+          on_listening: Callable[[bool], None]) -> None:
+    """Register a cache's channel (at import time).  A listener subscribes to every
+    registered channel when it connects, and a connected one to a channel registered
+    later (a module imported after start-up) as soon as it can."""
+    if any(w.channel == channel for w in _WATCHES):
+        return
+    added = Watch(channel, on_notify, on_listening)
+    _WATCHES.append(added)
+    for listener in list(_RUNNING):
+        listener.subscribe(added)
+
+
+class _Listened:
+    """The database the process's listener watches (None while it does not listen)."""
+
+    database: str | None = None
+
+
+def serves(session: AsyncSession) -> bool:
+    """Whether this process's caches may answer for ``session``: the listener is up and
+    watches the session's database (one database per process in production; tests run
+    several in one process, and a cache must never answer for another one)."""
+    url = getattr(session.bind, "url", None)
+    return _Listened.database is not None and getattr(url, "database", None) == \
+        _Listened.database
+
+
 async def get(session: AsyncSession, setting: RuntimeSetting, default: Any) -> Any:
     """The setting's current value: the override, else ``default`` (the consumer's
     environment value).  A stored value the schema no longer accepts is ignored."""
-    found = CACHE.values.get(setting.key, _MISS) if CACHE.listening else _MISS
+    cached = CACHE.listening and serves(session)
+    found = CACHE.values.get(setting.key, _MISS) if cached else _MISS
     if found is _MISS:
         generation = CACHE.generation
         stored = await session.scalar(text("SELECT roost_runtime_setting(:key)"),
@@ -67,7 +115,7 @@ async def get(session: AsyncSession, setting: RuntimeSetting, default: Any) -> A
                 found = setting.decode(stored)
             except Exception:
                 log.warning("system_settings.stored_value_invalid", key=setting.key)
-        if CACHE.listening and CACHE.generation == generation:
+        if cached and CACHE.listening and CACHE.generation == generation:
             CACHE.values[setting.key] = found
     return default if found is _NO_ROW else found
 
@@ -79,7 +127,8 @@ async def notify(session: AsyncSession, key: str) -> None:
 
 
 class SettingsListener:
-    """The process's LISTEN connection on ``roost_settings``; reconnects with back-off."""
+    """The process's LISTEN connection on ``roost_settings`` and the channels other
+    domains' caches registered with :func:`watch`; reconnects with back-off."""
 
     def __init__(self, dsn: str | None, cache: _Cache = CACHE) -> None:
         self._dsn = dsn
@@ -87,19 +136,42 @@ class SettingsListener:
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
         self.connected = asyncio.Event()
+        self._late: set[asyncio.Task[None]] = set()  # late subscriptions (held till done)
 
     async def start(self) -> None:
         if self._dsn is not None and self._task is None:
             self._task = asyncio.create_task(self._loop(), name="roost-settings-listen")
+            _RUNNING.add(self)
+
+    def subscribe(self, w: Watch) -> None:
+        """Listen on a channel registered after this listener connected."""
+        conn = self._conn
+        if conn is None or not self.connected.is_set():
+            return  # the next connection subscribes to it
+
+        async def add() -> None:
+            with contextlib.suppress(Exception):  # lost meanwhile: the reconnect does it
+                await conn.add_listener(w.channel, _relay(w))
+                if self._conn is conn and self.connected.is_set():
+                    w.on_listening(True)
+
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing is connected
+            task = asyncio.get_running_loop().create_task(add())
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
 
     async def stop(self) -> None:
+        _RUNNING.discard(self)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
         self._cache.listening = False
+        _Listened.database = None
         self._cache.drop()
+        for w in _WATCHES:
+            w.on_listening(False)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self._cache.drop(payload)
@@ -114,8 +186,13 @@ class SettingsListener:
                 closed = asyncio.Event()
                 self._conn.add_termination_listener(lambda _c, ev=closed: ev.set())
                 await self._conn.add_listener(CHANNEL, self._on_notify)
+                for w in _WATCHES:
+                    await self._conn.add_listener(w.channel, _relay(w))
+                _Listened.database = await self._conn.fetchval("SELECT current_database()")
                 self._cache.drop()  # whatever changed while nobody listened
                 self._cache.listening, pause = True, 0.5
+                for w in _WATCHES:
+                    w.on_listening(True)
                 self.connected.set()
                 await closed.wait()
                 log.warning("system_settings.listen_connection_lost")
@@ -126,7 +203,10 @@ class SettingsListener:
                             retry_in_s=pause)
             finally:
                 self._cache.listening = False
+                _Listened.database = None
                 self._cache.drop()
+                for w in _WATCHES:
+                    w.on_listening(False)
                 self.connected.clear()
                 conn, self._conn = self._conn, None
                 if conn is not None and not conn.is_closed():
@@ -134,3 +214,9 @@ class SettingsListener:
                         await asyncio.wait_for(conn.close(), 2)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 10.0)
+
+
+def _relay(w: Watch) -> Callable[[object, int, str, str], None]:
+    def relay(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        w.on_notify(payload)
+    return relay

@@ -1,0 +1,142 @@
+"""The per-process cache of prompt resolutions (roost.prompts.cache): served from memory
+while the LISTEN connection is up, dropped by the NOTIFY of a publish, a label move, a
+deactivation or a group membership change, never used while nobody listens."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from roost.db.engine import Database
+from roost.identity.common import group_ids_of
+from roost.identity.tenancy import apply_principal
+from roost.principal import Principal
+from roost.prompts import cache, service
+from roost.system_settings import runtime
+from roost.system_settings.runtime import SettingsListener
+from roost.tasks.worker import asyncpg_dsn
+from tests.prompts.conftest import User, make_group, publish
+
+
+async def _use(database: Database, user_id: uuid.UUID, key: str) -> str | None:
+    """What a chat reply or a run of ``user_id`` would get, in that user's scope."""
+    async with database.transaction() as session:
+        groups = await group_ids_of(session, user_id)  # as a request's principal has them
+        await apply_principal(session, Principal(user_id=user_id, is_admin=False,
+                                                 kind="session", group_ids=groups))
+        used = await service.use(session, user_id, key)
+        return None if used is None else used.text
+
+
+async def _until(database: Database, user_id: uuid.UUID, key: str, expected: str | None,
+                 timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (got := await _use(database, user_id, key)) != expected:
+        assert time.monotonic() < deadline, f"still {got!r}, not {expected!r}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def listening(database: Database) -> AsyncIterator[None]:
+    listener = SettingsListener(asyncpg_dsn(database))
+    await listener.start()
+    try:
+        await asyncio.wait_for(listener.connected.wait(), 10)
+        assert cache.CACHE.listening
+        yield
+    finally:
+        await listener.stop()
+    assert not cache.CACHE.listening and len(cache.CACHE) == 0
+
+
+async def test_resolutions_are_cached_and_dropped_by_every_change_they_depend_on(
+        listening: None, client: httpx.AsyncClient, database: Database, user: User,
+        other_user: User) -> None:
+    user_id, headers = user
+    assert await _use(database, user_id, "greeting") is None  # "no version" is cached too
+    v1 = await publish(client, headers, "greeting", "Hello v1")
+    await _until(database, user_id, "greeting", "Hello v1")  # the publish dropped "none"
+
+    # A cached resolution is served without the database: a change that sends no
+    # notification (here, by hand as the owner) stays unseen...
+    async with database.transaction() as s:
+        await s.execute(text("ALTER TABLE system_prompt_labels DISABLE TRIGGER USER"))
+        await s.execute(text("DELETE FROM system_prompt_labels WHERE prompt_id = :id"),
+                        {"id": v1["id"]})
+        await s.execute(text("ALTER TABLE system_prompt_labels ENABLE TRIGGER USER"))
+    assert await _use(database, user_id, "greeting") == "Hello v1"
+    # ... and every change that does, drops it.
+    await publish(client, headers, "greeting", "Hello v2")
+    await _until(database, user_id, "greeting", "Hello v2")
+
+    # Deactivating the version (no other active one with the label): none again.
+    v2_id = (await client.get("/api/v1/prompts", headers=headers,
+                              params={"key": "greeting"})).json()["items"][0]["id"]
+    resp = await client.patch(f"/api/v1/prompts/{v2_id}", headers=headers,
+                              json={"is_active": False})
+    assert resp.status_code == 200, resp.text
+    await _until(database, user_id, "greeting", None)
+
+    # Joining a group that has its own version: the group's now resolves.
+    other_id, other_headers = other_user
+    group = await make_group(database, (other_id, "admin"))
+    await publish(client, other_headers, "greeting", "Hello team", scope="group",
+                  group_id=str(group))
+    assert await _use(database, user_id, "greeting") is None  # not a member yet
+    async with database.transaction() as s:
+        await s.execute(text("INSERT INTO user_group_memberships (id, user_id, group_id, role) "
+                             "VALUES (gen_random_uuid(), :u, :g, 'member')"),
+                        {"u": user_id, "g": group})
+    await _until(database, user_id, "greeting", "Hello team")
+
+
+async def test_usage_counting_does_not_drop_the_cache(
+        listening: None, client: httpx.AsyncClient, database: Database, user: User) -> None:
+    user_id, headers = user
+    await publish(client, headers, "summary", "Summarise")
+    await _until(database, user_id, "summary", "Summarise")
+    generation = cache.CACHE.generation
+    for _ in range(3):
+        assert await _use(database, user_id, "summary") == "Summarise"
+    await asyncio.sleep(0.3)  # a notification, had one been sent, has arrived
+    assert cache.CACHE.generation == generation
+    async with database.transaction() as s:
+        count = await s.scalar(text("SELECT usage_count FROM system_prompts "
+                                    "WHERE prompt_key = 'summary'"))
+    assert count >= 4  # every use is still counted
+
+
+async def test_without_a_listener_every_use_reads_the_database(
+        client: httpx.AsyncClient, database: Database, user: User) -> None:
+    user_id, headers = user
+    await publish(client, headers, "plain", "First")
+    assert await _use(database, user_id, "plain") == "First"
+    async with database.transaction() as s:  # no notification needed: nothing is cached
+        await s.execute(text("ALTER TABLE system_prompt_labels DISABLE TRIGGER USER"))
+        await s.execute(text("DELETE FROM system_prompt_labels WHERE prompt_key = 'plain'"))
+        await s.execute(text("ALTER TABLE system_prompt_labels ENABLE TRIGGER USER"))
+    assert await _use(database, user_id, "plain") is None
+
+
+async def test_a_cache_registered_after_start_up_is_subscribed_at_once(
+        listening: None, database: Database) -> None:
+    """A module imported after the listener connected (its cache registers then) still
+    hears its channel, without waiting for a reconnect."""
+    heard: list[str] = []
+    states: list[bool] = []
+    runtime.watch("roost_test_late", heard.append, states.append)
+    deadline = time.monotonic() + 10
+    while states != [True]:
+        assert time.monotonic() < deadline, states
+        await asyncio.sleep(0.02)
+    async with database.transaction() as s:
+        await s.execute(text("SELECT pg_notify('roost_test_late', 'hello')"))
+    while heard != ["hello"]:
+        assert time.monotonic() < deadline, heard
+        await asyncio.sleep(0.02)
