@@ -15,10 +15,19 @@ from __future__ import annotations
 import re
 import types
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
+
+from roost.errors import Unprocessable
 
 _NUMERIC = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 _Kind = Literal["bool", "datetime", "int", "float", ""]
@@ -82,3 +91,18 @@ def require_iso_timestamp(value: Any) -> Any:
 
 # For query parameters (always strings): ``?since=0.5`` is a mistake, not 1970.
 IsoDatetime = Annotated[datetime, BeforeValidator(require_iso_timestamp)]
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def parse_tool_arguments(model: type[_Model], tool: str, arguments: dict[str, Any]) -> _Model:
+    """A built-in tool's arguments as ``model``, or a 422 naming each bad field and why
+    (at most five; never echoing the values, which a model may have copied from a
+    conversation)."""
+    try:
+        return model.model_validate(arguments)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
+                             for e in exc.errors()[:5])
+        raise Unprocessable(f"{tool} arguments are not valid: {problems}"[:600]) from None

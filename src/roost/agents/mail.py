@@ -62,6 +62,7 @@ from roost.errors import (
 )
 from roost.identity.models import User, UserGroupMembership
 from roost.identity.tenancy import apply_principal
+from roost.inputs import parse_tool_arguments
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 
@@ -513,10 +514,7 @@ async def send_email_tool(database: Database, cfg: MailConfig, actor: Principal,
         persona_id = await session.scalar(select(Run.persona_id).where(Run.id == run_id))
     if persona_id is None:
         raise Unprocessable("this run's agent has no persona, so no mailbox to send from")
-    try:
-        body = EmailSend.model_validate(arguments)
-    except ValueError as exc:
-        raise Unprocessable(f"send_email arguments are not valid: {str(exc)[:500]}") from None
+    body = parse_tool_arguments(EmailSend, "send_email", arguments)
     email = await send_email(database, cfg, actor, persona_id, body, run_id=run_id)
     return {"email_id": str(email.id), "message_id": email.message_id,
             "thread_id": email.thread_id, "to": body.to,

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +20,7 @@ from roost.agents.models import Run
 from roost.db.engine import Database
 from roost.errors import Unprocessable
 from roost.identity.tenancy import apply_principal
+from roost.inputs import parse_tool_arguments
 from roost.knowledge.config import KnowledgeConfig
 from roost.memory import learning, recall, service
 from roost.memory.models import MAX_CONTENT_CHARS
@@ -90,10 +91,7 @@ def builtin_tools(knowledge: KnowledgeConfig | None, app_role: str) -> dict[uuid
 
     async def search(database: Database, actor: Principal, arguments: dict[str, Any],
                      run_id: uuid.UUID | None) -> dict[str, Any]:
-        try:
-            args = _SearchArgs.model_validate(arguments)
-        except ValidationError as exc:
-            raise Unprocessable(f"memory_search arguments are not valid: {str(exc)[:300]}") from None
+        args = parse_tool_arguments(_SearchArgs, "memory_search", arguments)
         async with database.transaction() as session:
             await apply_principal(session, actor, app_role=app_role)
             run = await _run_of(session, run_id)
@@ -102,10 +100,7 @@ def builtin_tools(knowledge: KnowledgeConfig | None, app_role: str) -> dict[uuid
 
     async def add(database: Database, actor: Principal, arguments: dict[str, Any],
                   run_id: uuid.UUID | None) -> dict[str, Any]:
-        try:
-            args = _AddArgs.model_validate(arguments)
-        except ValidationError as exc:
-            raise Unprocessable(f"memory_add arguments are not valid: {str(exc)[:300]}") from None
+        args = parse_tool_arguments(_AddArgs, "memory_add", arguments)
         embedder = recall.usable_embedder(knowledge=knowledge)
         async with database.transaction() as session:
             await apply_principal(session, actor, app_role=app_role)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, time, timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.calendar import recurrence, service
@@ -28,6 +28,7 @@ from roost.calendar.schemas import CalendarCreate, EventCreate, EventUpdate
 from roost.db.engine import Database
 from roost.errors import Unprocessable
 from roost.identity.tenancy import apply_principal
+from roost.inputs import parse_tool_arguments
 from roost.principal import Principal
 
 LIST_EVENTS_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000801")
@@ -129,20 +130,6 @@ class _MoveArgs(_Args):
         if (self.new_start is None) == (not self.next_free_slot):
             raise ValueError("give either new_start or next_free_slot: true")
         return self
-
-
-_A = TypeVar("_A", bound=_Args)
-
-
-def _parse(model: type[_A], name: str, arguments: dict[str, Any]) -> _A:
-    try:
-        return model.model_validate(arguments)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
-                             for e in exc.errors()[:5])
-        raise Unprocessable(f"{name} arguments are not valid: {problems}"[:600]) from None
-    except recurrence.RecurrenceError as exc:
-        raise Unprocessable(f"{name} arguments are not valid: {exc}") from None
 
 
 def _iso(at: datetime) -> str:
@@ -259,7 +246,7 @@ def builtin_tools(app_role: str | None) -> dict[uuid.UUID, Tool]:
 
     async def list_events(database: Database, actor: Principal, arguments: dict[str, Any],
                           run_id: uuid.UUID | None) -> dict[str, Any]:
-        args = _parse(_ListArgs, "calendar_list_events", arguments)
+        args = parse_tool_arguments(_ListArgs, "calendar_list_events", arguments)
 
         async def work(session: AsyncSession) -> dict[str, Any]:
             found, truncated = await service.occurrences(
@@ -277,7 +264,7 @@ def builtin_tools(app_role: str | None) -> dict[uuid.UUID, Tool]:
 
     async def find_free_slot(database: Database, actor: Principal, arguments: dict[str, Any],
                              run_id: uuid.UUID | None) -> dict[str, Any]:
-        args = _parse(_SlotArgs, "calendar_find_free_slot", arguments)
+        args = parse_tool_arguments(_SlotArgs, "calendar_find_free_slot", arguments)
 
         async def work(session: AsyncSession) -> dict[str, Any]:
             slots = await free_slots(session, actor, args.start, args.end,
@@ -290,7 +277,7 @@ def builtin_tools(app_role: str | None) -> dict[uuid.UUID, Tool]:
 
     async def create_event(database: Database, actor: Principal, arguments: dict[str, Any],
                            run_id: uuid.UUID | None) -> dict[str, Any]:
-        args = _parse(_CreateArgs, "calendar_create_event", arguments)
+        args = parse_tool_arguments(_CreateArgs, "calendar_create_event", arguments)
         end = args.end if args.end is not None else args.start  # the validator set it
 
         async def work(session: AsyncSession) -> dict[str, Any]:
@@ -309,7 +296,7 @@ def builtin_tools(app_role: str | None) -> dict[uuid.UUID, Tool]:
 
     async def move_event(database: Database, actor: Principal, arguments: dict[str, Any],
                          run_id: uuid.UUID | None) -> dict[str, Any]:
-        args = _parse(_MoveArgs, "calendar_move_event", arguments)
+        args = parse_tool_arguments(_MoveArgs, "calendar_move_event", arguments)
 
         async def work(session: AsyncSession) -> dict[str, Any]:
             ev = await service.get_own_event(session, actor, args.event_id, lock=True)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from roost.db.engine import Database
-from roost.errors import Unprocessable
 from roost.identity.tenancy import apply_principal
+from roost.inputs import parse_tool_arguments
 from roost.principal import Principal
 from roost.workspace import service
 from roost.workspace.models import Task
@@ -27,7 +27,6 @@ TASK_ADD_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000902")
 TASK_UPDATE_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000903")
 DESCRIPTION_CHARS: Final = 300  # of each task's description in a listing
 
-M = TypeVar("M", bound=BaseModel)
 Tool = Callable[[Database, Principal, dict[str, Any], uuid.UUID | None],
                 Awaitable[dict[str, Any]]]
 
@@ -41,16 +40,6 @@ class _ListArgs(BaseModel):
 
 class _UpdateArgs(TaskUpdate):
     id: uuid.UUID
-
-
-def _parse(model: type[M], name: str, arguments: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(arguments)
-    except ValidationError as exc:
-        # Field names and messages only: never echo the values back.
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
-                             for e in exc.errors()[:5])
-        raise Unprocessable(f"{name} arguments are not valid: {problems}") from None
 
 
 def task_line(task: Task) -> dict[str, Any]:
@@ -67,7 +56,7 @@ def builtin_tools(app_role: str) -> dict[uuid.UUID, Tool]:
 
     async def tasks_list(database: Database, actor: Principal, arguments: dict[str, Any],
                          run_id: uuid.UUID | None) -> dict[str, Any]:
-        args = _parse(_ListArgs, "tasks_list", arguments)
+        args = parse_tool_arguments(_ListArgs, "tasks_list", arguments)
         async with database.transaction() as session:
             await apply_principal(session, actor, app_role=app_role)
             rows, more = await service.list_tasks(session, actor, status=args.status,
@@ -77,7 +66,7 @@ def builtin_tools(app_role: str) -> dict[uuid.UUID, Tool]:
 
     async def task_add(database: Database, actor: Principal, arguments: dict[str, Any],
                        run_id: uuid.UUID | None) -> dict[str, Any]:
-        body = _parse(TaskCreate, "task_add", arguments)
+        body = parse_tool_arguments(TaskCreate, "task_add", arguments)
         async with database.transaction() as session:
             await apply_principal(session, actor, app_role=app_role)
             task = await service.create_task(session, actor, body)
@@ -85,7 +74,7 @@ def builtin_tools(app_role: str) -> dict[uuid.UUID, Tool]:
 
     async def task_update(database: Database, actor: Principal, arguments: dict[str, Any],
                           run_id: uuid.UUID | None) -> dict[str, Any]:
-        args = _parse(_UpdateArgs, "task_update", arguments)
+        args = parse_tool_arguments(_UpdateArgs, "task_update", arguments)
         body = TaskUpdate.model_validate(args.model_dump(include=args.model_fields_set - {"id"}))
         async with database.transaction() as session:
             await apply_principal(session, actor, app_role=app_role)
