@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
@@ -164,6 +165,17 @@ async def test_an_agent_answers_in_the_chat_when_picked_as_the_model(
         await page.get_by_role("button", name="Send").click()
         await expect(page.locator(".message.assistant .content")).to_have_text(
             "It is noon, says the clock.", timeout=20_000)
+        # The streamed text can show before the answer's row is committed: reload only
+        # once the session holds both messages.
+        session_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+        for _ in range(200):
+            async with database.transaction() as s:
+                stored = await s.scalar(text(
+                    "SELECT count(*) FROM chat_messages WHERE session_id = :id"),
+                    {"id": session_id})
+            if stored == 2:
+                break
+            await asyncio.sleep(0.1)
     await page.reload()  # both messages are the session's
     await expect(page.locator(".message")).to_have_count(2)
     await screenshot(page, "chat-with-agent")
