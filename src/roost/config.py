@@ -7,6 +7,7 @@ when not given by the environment, generated once into ``ROOST_DATA_DIR`` (0600)
 from __future__ import annotations
 
 import socket
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
@@ -111,6 +112,49 @@ class Settings(BaseSettings):
     llm_max_ensemble: int = Field(default=5, ge=1, le=20)
     llm_credits_per_1k_tokens: float = Field(
         default=1.0, ge=0, description="usage_records.credits_used per 1000 tokens (rounded up)"
+    )
+    # --- billing (docs/billing.md) and analytics (docs/analytics.md) ------------------
+    billing_require_subscription: bool = Field(
+        default=False,
+        description="Refuse (402) model calls, runs and tool calls of users with no live "
+        "subscription; off: users without one are not metered against a limit",
+    )
+    billing_tax_rate: Decimal = Field(
+        default=Decimal("0"), ge=0, le=1, description="Tax rate applied to invoices (0.2 = 20 %)"
+    )
+    billing_invoice_prefix: str = Field(
+        default="INV", pattern=r"^[A-Z0-9]{1,10}$", description="Invoice numbers: PREFIX-YYYY-NNNNNN"
+    )
+    billing_reservation_ttl_s: int = Field(
+        default=900, ge=30, description="A held credit reservation whose holder died is "
+        "released after this many seconds (the sweeper job)",
+    )
+    billing_estimate_output_tokens: int = Field(
+        default=1024, ge=1, description="Output tokens reserved for a model call that names "
+        "no max_tokens",
+    )
+    billing_tool_call_credits: int = Field(
+        default=1, ge=0, description="Credits one tool call costs"
+    )
+    stripe_secret_key: SecretStr | None = Field(
+        default=None, description="Stripe API key: subscriptions and invoices sync to Stripe"
+    )
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None, description="Signing secret of /api/v1/billing/stripe/webhook"
+    )
+    analytics_clickhouse_url: str | None = Field(
+        default=None, description="ClickHouse server for the analytics export (http[s]://"
+        "user:password@host:port/database); unset: embedded chDB in DATA_DIR/analytics",
+    )
+    analytics_export: bool = Field(
+        default=False, description="Ship the analytics outbox to ClickHouse (chDB when no "
+        "URL is set; needs the 'clickhouse' extra)",
+    )
+    analytics_export_interval_s: int = Field(default=60, ge=1)
+    analytics_export_batch: int = Field(default=5000, ge=1, le=100_000)
+    analytics_stream_sample_every: int = Field(
+        default=10, ge=1, description="Streamed answers: every chunk of the first 20 is "
+        "recorded, then one in N"
     )
     llm_local_model: bool = Field(
         default=True,

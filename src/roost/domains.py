@@ -61,6 +61,12 @@ DOMAINS: tuple[Domain, ...] = (
         cli="roost.tasks.cli:register",
     ),
     Domain(
+        "analytics",  # the ClickHouse outbox and streaming metrics (docs/analytics.md)
+        models="roost.analytics.models",
+        routers=("roost.analytics.routes:router",),
+        jobs="roost.analytics.jobs",  # analytics.export (outbox to ClickHouse/chDB)
+    ),
+    Domain(
         "system_settings",  # typed runtime settings, NOTIFY-invalidated (docs/settings.md)
         models="roost.system_settings.models",
         routers=("roost.system_settings.routes:router",),
@@ -75,6 +81,14 @@ DOMAINS: tuple[Domain, ...] = (
         jobs="roost.identity.jobs",
         settings="roost.identity.config",  # open_registration
         cli="roost.identity.cli:register",
+    ),
+    Domain(
+        "billing",  # plans, subscriptions, credits, the usage ledger, invoices (docs/billing.md)
+        models="roost.billing.models",
+        routers=("roost.billing.routes:router",),
+        jobs="roost.billing.jobs",  # reservation sweeper, invoices at period end, renewals
+        settings="roost.billing.runtime_settings",
+        cli="roost.billing.cli:register",  # roost billing plans|subscribe|invoice, roost usage
     ),
     Domain(
         "llm",

@@ -12,7 +12,7 @@ import pytest
 from roost.db.base import utcnow
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
-from roost.llm.models import UsageRecord
+from roost.billing.models import UsageRecord
 from tests.console.conftest import assert_accessible, screenshot, sign_in_as
 from tests.support.identity import make_user
 

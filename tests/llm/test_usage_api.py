@@ -10,7 +10,7 @@ import httpx
 
 from roost.db.base import utcnow
 from roost.db.engine import Database
-from roost.llm.models import UsageRecord
+from roost.billing.models import UsageRecord
 from tests.support.identity import make_user
 
 Headers = dict[str, str]

@@ -37,7 +37,7 @@ from roost.db.base import utcnow, uuid7
 from roost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RoostError
 from roost.llm import calls, routing
 from roost.llm.gateway import LLMGateway
-from roost.llm.models import UsageRecord
+from roost.billing.models import UsageRecord
 from roost.llm.orchestration import Attempt, response_confidence
 from roost.llm.records import CallOutcome
 from roost.llm.schemas import UsageOut

@@ -1,5 +1,5 @@
-"""LLM traffic tables: ``llm_providers``, ``llm_requests``, ``llm_responses`` and
-``usage_records``.
+"""LLM traffic tables: ``llm_providers``, ``llm_requests``, ``llm_responses``
+(``usage_records``, the ledger, is roost.billing's).
 
 Conversation text is private wherever it lands: ``llm_requests.prompt`` and
 ``.messages`` and ``llm_responses.content`` are Fernet ciphertext like
@@ -175,43 +175,4 @@ class LLMResponse(UUIDPrimaryKey, CreatedAt, Base):
         Index(
             "ix_llm_responses_selected", "selected", postgresql_where=text("selected")
         ),
-    )
-
-
-class UsageRecord(UUIDPrimaryKey, CreatedAt, Base):
-    """One row per LLM call (tokens, model, latency, credits)."""
-
-    __tablename__ = "usage_records"
-
-    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    request_type: Mapped[str] = mapped_column(String(50))
-    model: Mapped[str | None] = mapped_column(String(255))
-    tokens_input: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
-    tokens_output: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
-    credits_used: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
-    latency_ms: Mapped[int | None] = mapped_column(Integer)
-    # The agent and run a call was made for (roost.agents; foreign keys by name only, this
-    # domain does not import that one).
-    agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
-    run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
-    session_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("chat_sessions.id", ondelete="SET NULL")
-    )
-    llm_request_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("llm_requests.id", ondelete="SET NULL")
-    )
-    provider_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("llm_providers.id", ondelete="SET NULL")
-    )
-    success: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), default=True)
-
-    __table_args__ = (
-        Index("ix_usage_records_user_id_created_at", "user_id", "created_at"),
-        Index("ix_usage_records_user_id_request_type", "user_id", "request_type"),
-        Index("ix_usage_records_created_at", "created_at"),
-        Index("ix_usage_records_session_id", "session_id"),
-        Index("ix_usage_records_llm_request_id", "llm_request_id"),
-        Index("ix_usage_records_provider_id", "provider_id"),
-        Index("ix_usage_records_agent_id", "agent_id"),
-        Index("ix_usage_records_run_id", "run_id"),
     )

@@ -33,7 +33,8 @@ from roost.llm.errors import (
     UpstreamRejected,
 )
 from roost.llm.gateway import LLMGateway
-from roost.llm.models import LLMRequest, LLMResponse, UsageRecord
+from roost.billing.models import UsageRecord
+from roost.llm.models import LLMRequest, LLMResponse
 from roost.llm.orchestration import Attempt, ProviderRef
 from roost.llm.routing import Route
 from roost.llm.types import ChatRequest, ChatResult, EmbeddingResult
@@ -146,6 +147,7 @@ async def record_success(
         tokens_output=result.tokens_out, credits_used=credits_for(gateway, result.tokens_total),
         latency_ms=outcome.latency_ms, session_id=session_id, llm_request_id=outcome.request_id,
         provider_id=winner_id, success=True, run_id=run_id, agent_id=agent_id,
+        idempotency_key=f"llm:{outcome.request_id}", api_key_id=principal.api_key_id,
     )
     session.add(usage)
     await session.execute(
@@ -179,6 +181,7 @@ async def record_failure(
         id=uuid7(), user_id=user_id, request_type=request_type, model=model, tokens_input=0,
         tokens_output=0, credits_used=0, latency_ms=latency_ms, session_id=session_id,
         llm_request_id=request_id, success=False, run_id=run_id, agent_id=agent_id,
+        idempotency_key=f"llm:{request_id}", api_key_id=principal.api_key_id,
     ))
     await session.execute(
         update(LLMRequest).where(LLMRequest.id == request_id)

@@ -10,7 +10,8 @@ from fastapi import Query, Response, status
 from roost.http.auth import AdminPrincipal, CurrentPrincipal
 from roost.http.deps import DbSession
 from roost.http.routing import RoostRouter
-from roost.llm import providers, records, usage
+from roost.billing import usage
+from roost.llm import providers, records
 from roost.llm.deps import GatewayDep
 from roost.llm.models import LLMProviderRow
 from roost.llm.schemas import (

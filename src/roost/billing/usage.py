@@ -11,10 +11,10 @@ from typing import Any, Literal
 from sqlalchemy import Date, Select, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.billing.models import UsageRecord
 from roost.db.base import utcnow
 from roost.errors import Unprocessable
 from roost.identity.models import User
-from roost.llm.models import UsageRecord
 from roost.principal import Principal
 
 GroupBy = Literal["day", "model", "user"]

@@ -1,0 +1,29 @@
+"""Writing to the analytics outbox: :func:`emit` adds one ``clickhouse_analytics`` row to
+the caller's transaction, so the event exists exactly when the action it describes was
+committed.  The export job (roost.analytics.export) ships it later."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Final
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.analytics.models import AnalyticsEvent
+from roost.db.base import utcnow, uuid7
+
+# The event types Roost writes (event_data keys in docs/analytics.md).
+EVENT_TYPES: Final = ("llm.call", "agent.run", "tool.call", "auth.login")
+
+
+def emit(
+    session: AsyncSession, event_type: str, data: dict[str, Any], *,
+    user_id: uuid.UUID | None = None, session_id: uuid.UUID | None = None,
+) -> AnalyticsEvent:
+    """Add the event to ``session`` (no flush: it goes with the caller's next one).
+    ``data`` must be JSON (ids and decimals as strings) and hold no secrets or content."""
+    row = AnalyticsEvent(id=uuid7(), event_type=event_type, event_data=data, user_id=user_id,
+                         session_id=session_id, timestamp=utcnow(), exported=False,
+                         export_attempts=0)
+    session.add(row)
+    return row
