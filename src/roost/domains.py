@@ -85,7 +85,10 @@ DOMAINS: tuple[Domain, ...] = (
     Domain(
         "billing",  # plans, subscriptions, credits, the usage ledger, invoices (docs/billing.md)
         models="roost.billing.models",
-        routers=("roost.billing.routes:router",),
+        routers=("roost.billing.routes:router",  # plans, subscriptions, prices
+                 "roost.billing.usage_routes:router",  # balance, usage events, reports
+                 "roost.billing.invoice_routes:router",
+                 "roost.billing.stripe_routes:router"),  # the webhook
         jobs="roost.billing.jobs",  # reservation sweeper, invoices at period end, renewals
         settings="roost.billing.runtime_settings",
         cli="roost.billing.cli:register",  # roost billing plans|subscribe|invoice, roost usage

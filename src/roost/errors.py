@@ -35,6 +35,19 @@ class Forbidden(RoostError):
     status, title, type_slug = 403, "Forbidden", "forbidden"
 
 
+class PaymentRequired(RoostError):
+    """The subscription's balance cannot cover the call (nothing was called); ``extra``
+    says the balance and what was needed."""
+
+    status, title, type_slug = 402, "Payment required", "payment-required"
+
+
+class LimitReached(Forbidden):
+    """A plan's feature limit (``extra["limit"]`` names it) stops the action."""
+
+    status, title, type_slug = 403, "Plan limit reached", "limit-reached"
+
+
 class NotFound(RoostError):
     status, title, type_slug = 404, "Not found", "not-found"
 

@@ -1,31 +1,40 @@
-"""Usage reports: ``usage_records`` summed per UTC day, per model or per user over a time
-range.  Administrators see everyone's calls; anyone else only their own (row-level
-security says so too; the explicit filter keeps the answer right under any role)."""
+"""Usage reports: ``usage_records`` (the ledger) summed per UTC day, user, model,
+provider, agent, API key or request type over a time range, with tokens, credits and cost.
+Administrators see everyone's events; anyone else only their own (row-level security
+says so too; the explicit filter keeps the answer right under any role)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import Date, Select, cast, func, select
+from sqlalchemy import Date, Select, cast, column, func, select, table
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.analytics.queries import usage_from_clickhouse
 from roost.billing.models import UsageRecord
+from roost.config import Settings
 from roost.db.base import utcnow
 from roost.errors import Unprocessable
-from roost.identity.models import User
+from roost.identity.models import ApiKey, User
 from roost.principal import Principal
 
-GroupBy = Literal["day", "model", "user"]
-GROUP_BYS: tuple[GroupBy, ...] = ("day", "model", "user")
+GroupBy = Literal["day", "model", "user", "provider", "agent", "api_key", "request_type"]
+GROUP_BYS: tuple[GroupBy, ...] = ("day", "model", "user", "provider", "agent", "api_key",
+                                  "request_type")
+# Tables of higher domains, by name only (this domain imports none of them).
+_PROVIDERS = table("llm_providers", column("id"), column("name"))
+_AGENTS = table("agents", column("id"), column("name"))
+_ZERO = Decimal(0)
 DEFAULT_DAYS = 30
 MAX_RANGE_DAYS = 366
 
 
 @dataclass(frozen=True)
 class UsageRow:
-    key: str | None  # the UTC day (YYYY-MM-DD), the model name or the user's id
+    key: str | None  # the UTC day (YYYY-MM-DD), the model, or the user's/provider's/... id
     username: str | None
     requests: int
     tokens_input: int
@@ -33,6 +42,8 @@ class UsageRow:
     credits_used: int
     avg_latency_ms: float | None
     failures: int
+    cost: Decimal = _ZERO
+    label: str | None = None  # the provider's, agent's or API key's name
 
 
 @dataclass(frozen=True)
@@ -42,9 +53,11 @@ class UsageReport:
     until: datetime
     rows: list[UsageRow]
 
-    def totals(self) -> dict[str, int]:
+    def totals(self) -> dict[str, Any]:
         fields = ("requests", "tokens_input", "tokens_output", "credits_used", "failures")
-        return {f: sum(getattr(r, f) for r in self.rows) for f in fields}
+        sums: dict[str, Any] = {f: sum(getattr(r, f) for r in self.rows) for f in fields}
+        sums["cost"] = sum((r.cost for r in self.rows), Decimal(0))
+        return sums
 
 
 def parse_bound(value: str | None, *, name: str, end: bool) -> datetime | None:
@@ -83,6 +96,7 @@ def _sums() -> list[Any]:
         func.coalesce(func.sum(UsageRecord.credits_used), 0).label("credits_used"),
         func.avg(UsageRecord.latency_ms).label("avg_latency_ms"),
         func.count().filter(UsageRecord.success.is_(False)).label("failures"),
+        func.coalesce(func.sum(UsageRecord.cost), 0).label("cost"),
     ]
 
 
@@ -91,9 +105,21 @@ def _grouped(group_by: GroupBy) -> Select[Any]:
         # The day in UTC whatever the session's time zone.
         day = cast(func.timezone("UTC", UsageRecord.created_at), Date).label("key")
         return select(day, *_sums()).group_by(day).order_by(day)
-    if group_by == "model":
-        return (select(UsageRecord.model.label("key"), *_sums()).group_by(UsageRecord.model)
-                .order_by(func.count().desc(), UsageRecord.model))
+    if group_by in ("model", "request_type"):
+        col = UsageRecord.model if group_by == "model" else UsageRecord.request_type
+        return (select(col.label("key"), *_sums()).group_by(col)
+                .order_by(func.count().desc(), col))
+    if group_by in ("provider", "agent", "api_key"):
+        ref, named = {
+            "provider": (UsageRecord.provider_id, _PROVIDERS),
+            "agent": (UsageRecord.agent_id, _AGENTS),
+            "api_key": (UsageRecord.api_key_id, ApiKey.__table__),
+        }[group_by]
+        label = named.c.name.label("label")
+        return (select(ref.label("key"), label, *_sums())
+                .outerjoin(named, named.c.id == ref)
+                .group_by(ref, named.c.name)
+                .order_by(func.count().desc(), named.c.name))
     return (select(UsageRecord.user_id.label("key"), User.username, *_sums())
             .outerjoin(User, User.id == UsageRecord.user_id)
             .group_by(UsageRecord.user_id, User.username)
@@ -122,9 +148,35 @@ async def usage_report(
             requests=int(found["requests"]), tokens_input=int(found["tokens_input"]),
             tokens_output=int(found["tokens_output"]), credits_used=int(found["credits_used"]),
             avg_latency_ms=round(float(avg), 1) if avg is not None else None,
-            failures=int(found["failures"]),
+            failures=int(found["failures"]), cost=Decimal(found["cost"]),
+            label=found.get("label"),
         ))
     return UsageReport(group_by, start, end, rows)
 
 
-__all__ = ["GROUP_BYS", "GroupBy", "UsageReport", "UsageRow", "usage_report"]
+
+
+async def clickhouse_report(
+    settings: Settings, actor: Principal, *, group_by: GroupBy = "day",
+    since: str | None = None, until: str | None = None,
+) -> UsageReport:
+    """The same report from the analytics export (``llm.call`` events in ClickHouse or
+    chDB): what has been shipped so far, never read from PostgreSQL."""
+    if group_by not in GROUP_BYS or group_by == "request_type":
+        allowed = ", ".join(g for g in GROUP_BYS if g != "request_type")
+        raise Unprocessable(f"with source=clickhouse, group_by must be one of {allowed}")
+    start, end = resolve_range(since, until)
+    if not actor.is_admin and actor.user_id is None:
+        return UsageReport(group_by, start, end, [])
+    found = await usage_from_clickhouse(settings, group_by, start, end,
+                                        None if actor.is_admin else actor.user_id)
+    rows = [UsageRow(key=None if r["key"] is None else str(r["key"]), username=None,
+                     requests=int(r["requests"]), tokens_input=int(r["tokens_input"]),
+                     tokens_output=int(r["tokens_output"]), credits_used=int(r["credits"]),
+                     avg_latency_ms=None, failures=int(r["failures"]),
+                     cost=Decimal(r["cost"]))
+            for r in found]
+    return UsageReport(group_by, start, end, rows)
+
+
+__all__ = ["GROUP_BYS", "GroupBy", "UsageReport", "UsageRow", "clickhouse_report", "usage_report"]

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.analytics.outbox import emit as emit_event
 from roost.audit.service import record
 from roost.db.base import utcnow
 from roost.errors import BadRequest, Forbidden, Unauthorized
@@ -184,6 +185,9 @@ async def login(
     else:
         ok = await _verify(user.hashed_password if user else None, password)
     if not ok or user is None:
+        # Analytics (docs/analytics.md): method and outcome only, never what was typed.
+        emit_event(session, "auth.login", {"method": "password", "success": False},
+                   user_id=user.id if user else None)
         await commit_auth_failure(session, cfg, action="auth.login_failed",
                                   user_id=user.id if user else None, login=login, client=client,
                                   reason="unknown_user" if user is None else "bad_password")
@@ -191,6 +195,8 @@ async def login(
     try:
         check_standing(user)
     except Forbidden:
+        emit_event(session, "auth.login", {"method": "password", "success": False},
+                   user_id=user.id)
         await commit_auth_failure(session, cfg, action="auth.login_failed", user_id=user.id,
                                   login=login, client=client, reason=f"status_{user.status}",
                                   count=False)
@@ -216,7 +222,10 @@ async def login(
         await record(session, "auth.mfa_challenge", user_id=user.id, category="access",
                      resource_type="user", resource_id=user.id)
         return MfaRequired(token, int(MFA_CHALLENGE_TTL.total_seconds()))
-    return await start_session(session, cfg, user, method="password", client=client)
+    issued = await start_session(session, cfg, user, method="password", client=client)
+    emit_event(session, "auth.login", {"method": "password", "success": True},
+               user_id=user.id, session_id=issued.session_id)
+    return issued
 
 
 async def complete_mfa(

@@ -34,6 +34,8 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
+from roost.billing import credits, limits
+from roost.billing.credits import Reservation
 from roost.llm.base import elapsed_ms
 from roost.llm.errors import ProviderError
 from roost.llm.execution import CallStream, execute, execute_embedding
@@ -85,6 +87,7 @@ class PendingCall:
     running: bool = False  # stored as running already: no separate mark_running
     run_id: uuid.UUID | None = None  # the agent run it is a step of (its usage row says so)
     agent_id: uuid.UUID | None = None
+    reservation: Reservation | None = None  # the credits held for it (roost.billing)
 
 
 async def add_request(
@@ -96,7 +99,12 @@ async def add_request(
     """Step 1 inside the caller's transaction (the caller audits it with its own rows).
     ``running``: the call starts as soon as this transaction commits, so the request is
     stored as running (one transaction less); ``flush=False`` leaves the insert to the
-    caller's next flush or commit (one round trip less when it writes more rows)."""
+    caller's next flush or commit (one round trip less when it writes more rows).
+
+    A metered user's call first holds its estimated credits (roost.billing.credits): 402
+    when the balance cannot cover it, 403 when the plan does not include the model; the
+    hold commits with this transaction and is settled by the call's final one."""
+    reservation = await _hold_credits(session, gateway, principal, chat, route, request_type)
     row = new_request(gateway, principal, chat, route, request_type=request_type,
                       session_id=session_id, running=running)
     session.add(row)
@@ -104,7 +112,23 @@ async def add_request(
         await session.flush()
     return PendingCall(request_id=row.id, principal=principal, route=route, chat=chat,
                        request_type=request_type, session_id=session_id, running=running,
-                       run_id=run_id, agent_id=agent_id)
+                       run_id=run_id, agent_id=agent_id, reservation=reservation)
+
+
+async def _hold_credits(
+    session: AsyncSession, gateway: LLMGateway, principal: Principal, chat: ChatRequest,
+    route: Route, request_type: str,
+) -> Reservation | None:
+    payer = await credits.require_payer(session, gateway.settings, principal.user_id)
+    if payer is None:
+        return None
+    limits.check_model(payer, route.model)
+    texts = [m.text() for m in chat.messages]
+    estimate = credits.estimate_tokens(gateway.settings, texts, chat.max_tokens)
+    return await credits.reserve(
+        session, gateway.settings, principal.user_id,
+        credits.credits_for_tokens(gateway.settings, estimate), kind="llm",
+        reference=request_type, payer=payer)
 
 
 async def begin(
@@ -136,6 +160,7 @@ async def _store_failure(
             request_type=call.request_type, model=call.route.model, latency_ms=latency_ms,
             session_id=call.session_id, run_id=call.run_id, agent_id=call.agent_id,
             audit_action=None if on_failure is not None else "llm.request.fail",
+            reservation=call.reservation,
         )
         if on_failure is not None:
             await on_failure(session, message, attempts)
@@ -150,6 +175,7 @@ async def _store_success(
             session, gateway, call.principal, outcome, request_type=call.request_type,
             session_id=call.session_id, run_id=call.run_id, agent_id=call.agent_id,
             audit_action=None if on_success is not None else "llm.request.complete",
+            reservation=call.reservation,
         )
         return outcome if on_success is None else await on_success(session, outcome)
 

@@ -10,7 +10,6 @@ each of these writes happens; domains call that, not these functions.
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.analytics.outbox import emit
 from roost.audit import service as audit
+from roost.billing import credits, prices
+from roost.billing.credits import Reservation
+from roost.billing.models import UsageRecord
 from roost.db.base import utcnow, uuid7
 from roost.errors import NotFound, RoostError
 from roost.llm.errors import (
@@ -33,7 +36,6 @@ from roost.llm.errors import (
     UpstreamRejected,
 )
 from roost.llm.gateway import LLMGateway
-from roost.billing.models import UsageRecord
 from roost.llm.models import LLMRequest, LLMResponse
 from roost.llm.orchestration import Attempt, ProviderRef
 from roost.llm.routing import Route
@@ -66,8 +68,7 @@ def strip_text(value: Any, depth: int = 0) -> Any:
 
 
 def credits_for(gateway: LLMGateway, tokens: int) -> int:
-    rate = gateway.settings.llm_credits_per_1k_tokens
-    return math.ceil(tokens * rate / 1000) if tokens > 0 and rate > 0 else 0
+    return credits.credits_for_tokens(gateway.settings, tokens)
 
 
 def new_request(
@@ -133,23 +134,33 @@ async def record_success(
     session: AsyncSession, gateway: LLMGateway, principal: Principal, outcome: CallOutcome, *,
     request_type: str, session_id: uuid.UUID | None = None, audit_action: str | None = None,
     run_id: uuid.UUID | None = None, agent_id: uuid.UUID | None = None,
+    reservation: Reservation | None = None,
 ) -> UsageRecord:
     """Responses, usage, status ``completed``; audited unless the caller audits itself.
-    ``run_id``/``agent_id``: the agent run the call was made for (usage per run)."""
+    ``run_id``/``agent_id``: the agent run the call was made for (usage per run);
+    ``reservation``: the credits held for the call, settled here with the actual amount."""
     user_id = principal.user_id
     session.add_all([_response_row(gateway, a, outcome.request_id, user_id)
                      for a in outcome.attempts])
     result = outcome.result
     winner_id = outcome.winner.id if isinstance(outcome.winner.id, uuid.UUID) else None
+    model = result.model or outcome.winner.name
+    cost, currency = await prices.cost_for(session, model, result.tokens_in, result.tokens_out)
+    used = credits_for(gateway, result.tokens_total)
     usage = UsageRecord(
         id=uuid7(), user_id=user_id, request_type=request_type,
-        model=result.model or outcome.winner.name, tokens_input=result.tokens_in,
-        tokens_output=result.tokens_out, credits_used=credits_for(gateway, result.tokens_total),
+        model=model, tokens_input=result.tokens_in,
+        tokens_output=result.tokens_out, credits_used=used,
         latency_ms=outcome.latency_ms, session_id=session_id, llm_request_id=outcome.request_id,
         provider_id=winner_id, success=True, run_id=run_id, agent_id=agent_id,
         idempotency_key=f"llm:{outcome.request_id}", api_key_id=principal.api_key_id,
+        cost=cost, currency=currency,
+        subscription_id=reservation.subscription_id if reservation else None,
     )
     session.add(usage)
+    if reservation is not None:
+        await credits.settle(session, reservation, used)
+    _emit_call(session, principal, usage, provider=outcome.winner.name)
     await session.execute(
         update(LLMRequest).where(LLMRequest.id == outcome.request_id)
         .values(status="completed", completed_at=utcnow(), error_message=None)
@@ -172,17 +183,24 @@ async def record_failure(
     error: BaseException, attempts: Sequence[Attempt], *, request_type: str, model: str | None,
     latency_ms: int, session_id: uuid.UUID | None = None, audit_action: str | None = None,
     run_id: uuid.UUID | None = None, agent_id: uuid.UUID | None = None,
+    reservation: Reservation | None = None,
 ) -> str:
-    """Failed attempts, a zero-credit usage row, status ``failed``; returns the message."""
+    """Failed attempts, a zero-credit usage row, status ``failed`` (the credits held for
+    the call go back); returns the message."""
     user_id = principal.user_id
     session.add_all([_response_row(gateway, a, request_id, user_id) for a in attempts])
     message = failure_message(error, attempts)
-    session.add(UsageRecord(
+    usage = UsageRecord(
         id=uuid7(), user_id=user_id, request_type=request_type, model=model, tokens_input=0,
         tokens_output=0, credits_used=0, latency_ms=latency_ms, session_id=session_id,
         llm_request_id=request_id, success=False, run_id=run_id, agent_id=agent_id,
         idempotency_key=f"llm:{request_id}", api_key_id=principal.api_key_id,
-    ))
+        subscription_id=reservation.subscription_id if reservation else None,
+    )
+    session.add(usage)
+    if reservation is not None:
+        await credits.release(session, reservation)
+    _emit_call(session, principal, usage, provider=None)
     await session.execute(
         update(LLMRequest).where(LLMRequest.id == request_id)
         .values(status="failed", completed_at=utcnow(), error_message=message[:4000])
@@ -197,6 +215,23 @@ async def record_failure(
                                     "error_kind": a.error_kind} for a in attempts]},
         )
     return message
+
+
+def _emit_call(session: AsyncSession, principal: Principal, usage: UsageRecord,
+               provider: str | None) -> None:
+    """The call's analytics event (the ClickHouse outbox), in the same transaction."""
+    def ref(value: uuid.UUID | None) -> str | None:
+        return str(value) if value is not None else None
+
+    emit(session, "llm.call", {
+        "request_id": ref(usage.llm_request_id), "model": usage.model, "provider": provider,
+        "request_type": usage.request_type, "tokens_input": usage.tokens_input,
+        "tokens_output": usage.tokens_output, "credits": usage.credits_used,
+        "cost": str(usage.cost if usage.cost is not None else Decimal(0)),
+        "currency": usage.currency or "USD", "latency_ms": usage.latency_ms,
+        "success": usage.success, "agent_id": ref(usage.agent_id), "run_id": ref(usage.run_id),
+        "api_key_id": ref(usage.api_key_id),
+    }, user_id=principal.user_id, session_id=usage.session_id)
 
 
 def failure_message(error: BaseException, attempts: Sequence[Attempt]) -> str:

@@ -7,10 +7,12 @@ from typing import Annotated
 
 from fastapi import Query, Response, status
 
+from roost.billing import usage
+from roost.billing.usage_routes import report_out
+from roost.billing.usage_schemas import UsageReportOut
 from roost.http.auth import AdminPrincipal, CurrentPrincipal
 from roost.http.deps import DbSession
 from roost.http.routing import RoostRouter
-from roost.billing import usage
 from roost.llm import providers, records
 from roost.llm.deps import GatewayDep
 from roost.llm.models import LLMProviderRow
@@ -20,9 +22,6 @@ from roost.llm.schemas import (
     ProviderUpdate,
     RequestOut,
     ResponseOut,
-    UsageReportOut,
-    UsageRowOut,
-    UsageTotalsOut,
 )
 
 router = RoostRouter(prefix="/api/v1/llm", tags=["llm"])
@@ -120,7 +119,8 @@ async def get_request(
 
 
 @router.get("/usage", response_model=UsageReportOut,
-            summary="LLM usage summed per UTC day, model or user (administrators: everyone's)")
+            summary="Usage summed per UTC day, user, model, provider, agent, API key or request "
+                    "type (administrators: everyone's; the same as /api/v1/billing/usage)")
 async def get_usage(
     principal: CurrentPrincipal,
     db: DbSession,
@@ -131,6 +131,4 @@ async def get_usage(
                                        "or date (through its end); default: now")] = None,
 ) -> UsageReportOut:
     report = await usage.usage_report(db, principal, group_by=group_by, since=since, until=until)
-    return UsageReportOut(group_by=report.group_by, since=report.since, until=report.until,
-                          rows=[UsageRowOut(**vars(r)) for r in report.rows],
-                          totals=UsageTotalsOut(**report.totals()))
+    return report_out(report)

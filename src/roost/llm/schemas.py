@@ -209,29 +209,3 @@ class UsageOut(BaseModel):
     model: str | None
 
 
-class UsageRowOut(BaseModel):
-    key: str | None = Field(description="The UTC day (YYYY-MM-DD), the model or the user's id; "
-                                        "null for calls without a model or user")
-    username: str | None = Field(default=None, description="With group_by=user")
-    requests: int
-    tokens_input: int
-    tokens_output: int
-    credits_used: int
-    avg_latency_ms: float | None
-    failures: int
-
-
-class UsageTotalsOut(BaseModel):
-    requests: int
-    tokens_input: int
-    tokens_output: int
-    credits_used: int
-    failures: int
-
-
-class UsageReportOut(BaseModel):
-    group_by: Literal["day", "model", "user"]
-    since: datetime
-    until: datetime = Field(description="Exclusive")
-    rows: list[UsageRowOut]
-    totals: UsageTotalsOut

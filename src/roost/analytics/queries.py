@@ -1,0 +1,174 @@
+"""Reading analytics: usage and event counts from ClickHouse, streaming metrics and the
+export's state from PostgreSQL.
+
+ClickHouse queries read ``roost_events FINAL`` (one row per event id, however often it
+was shipped) with bound ``{name:Type}`` parameters, never interpolated input.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.analytics.clickhouse import TABLE, Sink, safe_error, sink_for
+from roost.analytics.models import AnalyticsEvent
+from roost.config import Settings
+from roost.errors import Forbidden, RoostError, ServiceUnavailable, Unprocessable
+from roost.principal import Principal
+
+# group_by -> the ClickHouse expression of the key (a fixed whitelist, never input).
+USAGE_KEYS: Final[dict[str, str]] = {
+    "day": "toString(toDate(timestamp))",
+    "user": "ifNull(toString(user_id), '')",
+    "model": "toString(model)",
+    "provider": "toString(provider)",
+    "agent": "agent_id",
+    "api_key": "api_key_id",
+}
+EVENT_KEYS: Final[dict[str, str]] = {
+    "day": "toString(toDate(timestamp))",
+    "event_type": "toString(event_type)",
+}
+_RANGE = ("timestamp >= {since:DateTime64(6, 'UTC')} AND timestamp < {until:DateTime64(6, 'UTC')}")
+
+
+async def _select(settings: Settings, sink: Sink | None, sql: str,
+                  params: dict[str, Any]) -> list[dict[str, Any]]:
+    sink = sink or sink_for(settings)
+    try:
+        return await sink.select(sql, params)
+    except RoostError:
+        raise
+    except Exception as exc:  # ClickHouse unreachable or failing: a 503
+        raise ServiceUnavailable(
+            f"the analytics store ({sink.kind} at {sink.location}) did not answer: "
+            f"{safe_error(exc, settings)}") from exc
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Naive timestamps are UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _check_range(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    since, until = as_utc(since), as_utc(until)
+    if until <= since:
+        raise Unprocessable("until must be after since")
+    return since, until
+
+
+async def usage_from_clickhouse(settings: Settings, group_by: str, since: datetime,
+                                until: datetime, user_id: uuid.UUID | None,
+                                sink: Sink | None = None) -> list[dict[str, Any]]:
+    """LLM usage from ClickHouse (``llm.call`` events in [since, until)), one dict per key:
+    key (None for events without one), requests, tokens_input, tokens_output, credits,
+    cost (Decimal), failures; sorted by key.  ``user_id`` restricts to one user."""
+    key = USAGE_KEYS.get(group_by)
+    if key is None:
+        raise Unprocessable(f"group_by must be one of {', '.join(USAGE_KEYS)}")
+    since, until = _check_range(since, until)
+    params: dict[str, Any] = {"since": since, "until": until}
+    user_filter = ""
+    if user_id is not None:
+        user_filter = " AND user_id = {user_id:UUID}"
+        params["user_id"] = user_id
+    # key comes from the whitelist above; values are bound parameters.
+    sql = (
+        f"SELECT {key} AS key, count() AS requests, sum(tokens_input) AS tokens_input, "  # noqa: S608
+        "sum(tokens_output) AS tokens_output, sum(credits) AS credits, "
+        "toString(sum(cost)) AS cost, countIf(NOT success) AS failures "
+        f"FROM {TABLE} FINAL WHERE event_type = 'llm.call' AND {_RANGE}{user_filter} "
+        "GROUP BY key ORDER BY key"
+    )
+    rows = await _select(settings, sink, sql, params)
+    return [{
+        "key": str(r["key"]) or None, "requests": int(r["requests"]),
+        "tokens_input": int(r["tokens_input"]), "tokens_output": int(r["tokens_output"]),
+        "credits": int(r["credits"]), "cost": Decimal(str(r["cost"])),
+        "failures": int(r["failures"]),
+    } for r in rows]
+
+
+async def events_from_clickhouse(settings: Settings, group_by: str, since: datetime,
+                                 until: datetime, sink: Sink | None = None
+                                 ) -> list[dict[str, Any]]:
+    """Event counts in [since, until) by day or event type: [{key, events}]."""
+    key = EVENT_KEYS.get(group_by)
+    if key is None:
+        raise Unprocessable(f"group_by must be one of {', '.join(EVENT_KEYS)}")
+    since, until = _check_range(since, until)
+    sql = (f"SELECT {key} AS key, count() AS events FROM {TABLE} FINAL WHERE {_RANGE} "  # noqa: S608
+           "GROUP BY key ORDER BY key")  # key from the whitelist
+    rows = await _select(settings, sink, sql, {"since": since, "until": until})
+    return [{"key": str(r["key"]), "events": int(r["events"])} for r in rows]
+
+
+# Per model: streams (done rows), time to first token p50/p95, and the average output
+# rate after the first token (streams where it is measurable).
+_STREAMING_SQL = text("""
+SELECT d.model AS model,
+       count(*) AS streams,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY f.latency_ms) AS ttft_p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY f.latency_ms) AS ttft_p95,
+       avg(d.tokens_delta * 1000.0 / (d.latency_ms - f.latency_ms))
+           FILTER (WHERE d.latency_ms > f.latency_ms AND d.tokens_delta > 0) AS tokens_per_s
+FROM streaming_analytics d
+LEFT JOIN streaming_analytics f ON f.stream_id = d.stream_id AND f.event_type = 'first_token'
+WHERE d.event_type = 'done'
+  AND (CAST(:since AS timestamptz) IS NULL OR d.timestamp >= :since)
+  AND (CAST(:until AS timestamptz) IS NULL OR d.timestamp < :until)
+  AND (CAST(:user_id AS uuid) IS NULL OR d.user_id = :user_id)
+GROUP BY d.model
+ORDER BY d.model NULLS LAST
+""")
+
+
+async def streaming_summary(session: AsyncSession, principal: Principal, *,
+                            since: datetime | None, until: datetime | None,
+                            user_id: uuid.UUID | None) -> list[dict[str, Any]]:
+    """Streaming metrics per model: a user sees their own streams, an administrator
+    everyone's (or one user's with ``user_id``)."""
+    if not principal.is_admin:
+        if principal.user_id is None:
+            raise Forbidden("streaming metrics belong to users; sign in as one")
+        if user_id is not None and user_id != principal.user_id:
+            raise Forbidden("only administrators may read another user's streaming metrics")
+        user_id = principal.user_id
+    since = as_utc(since) if since else None
+    until = as_utc(until) if until else None
+    if since and until and until <= since:
+        raise Unprocessable("until must be after since")
+    rows = (await session.execute(_STREAMING_SQL, {"since": since, "until": until,
+                                                   "user_id": user_id})).all()
+
+    def ms(value: Any) -> float | None:
+        return round(float(value), 3) if value is not None else None
+
+    return [{"model": r.model, "streams": int(r.streams), "ttft_ms_p50": ms(r.ttft_p50),
+             "ttft_ms_p95": ms(r.ttft_p95), "tokens_per_s": ms(r.tokens_per_s)} for r in rows]
+
+
+@dataclass(frozen=True)
+class OutboxCounts:
+    pending: int
+    exported: int
+    oldest_pending: datetime | None
+    max_attempts: int
+
+
+async def outbox_counts(session: AsyncSession) -> OutboxCounts:
+    e = AnalyticsEvent
+    row = (await session.execute(select(
+        func.count().filter(e.exported.is_(False)),
+        func.count().filter(e.exported.is_(True)),
+        func.min(e.timestamp).filter(e.exported.is_(False)),
+        func.coalesce(func.max(e.export_attempts).filter(e.exported.is_(False)), 0),
+    ))).one()
+    return OutboxCounts(pending=int(row[0]), exported=int(row[1]), oldest_pending=row[2],
+                        max_attempts=int(row[3]))

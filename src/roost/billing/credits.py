@@ -1,0 +1,236 @@
+"""Credits: reserve before a call, settle after it, and never let concurrent callers
+spend past a subscription's limit.
+
+A subscription's balance is ``credits_limit - credits_used - credits_reserved``.
+:func:`reserve` moves the estimated amount into ``credits_reserved`` with ONE conditional
+UPDATE (``... WHERE credits_used + credits_reserved + :amount <= credits_limit``): the
+row lock serialises concurrent reservations and PostgreSQL re-checks the condition on
+the updated row, so 64 callers racing for a balance that covers 10 get exactly 10
+reservations (tests/billing/test_credits.py counts them in SQL).  The reservation row
+(``credit_reservations``) is written by the same statement; the caller commits it before
+calling the provider, so other requests see the hold.
+
+:func:`settle` moves the hold into ``credits_used`` with the actual amount (which may be
+more or less than the estimate: the estimate only gates); :func:`release` gives it back
+(the call failed).  A holder that dies leaves a ``held`` row: the sweeper job
+(:func:`release_expired`) gives those back after ``ROOST_BILLING_RESERVATION_TTL_S``.
+
+Who pays: the user's own live subscription, else a live subscription of one of their
+groups.  A user with none is not metered unless ``billing_require_subscription`` is on
+(then every metered call answers 402).  A paused or canceled subscription allows
+nothing (402 naming the status).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.billing import runtime_settings
+from roost.config import Settings
+from roost.db.base import uuid7
+from roost.errors import PaymentRequired
+from roost.system_settings import runtime
+
+KINDS: Final = ("llm", "tool", "run")
+# Statuses that may spend (past_due keeps serving until the operator or Stripe says).
+SPENDING: Final = ("trialing", "active", "past_due")
+
+
+@dataclass(frozen=True)
+class Payer:
+    """The subscription that pays for a user's calls."""
+
+    subscription_id: uuid.UUID
+    status: str
+    balance: int
+    credits_limit: int
+    limits: dict[str, Any]  # the plan's feature limits
+    plan_key: str
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: uuid.UUID
+    subscription_id: uuid.UUID
+    amount: int
+
+
+# The user's own subscription first, then their groups' (oldest first); canceled ones
+# are history.  One statement, one index probe per table.
+_PAYER = text("""
+SELECT s.id, s.status, s.credits_limit,
+       s.credits_limit - s.credits_used - s.credits_reserved AS balance,
+       p.limits, p.key AS plan_key
+FROM subscriptions s JOIN plans p ON p.id = s.plan_id
+WHERE s.status <> 'canceled'
+  AND (s.user_id = :user_id
+       OR s.group_id IN (SELECT group_id FROM user_group_memberships WHERE user_id = :user_id))
+ORDER BY (s.user_id IS NULL), s.created_at
+LIMIT 1
+""")
+
+_RESERVE = text("""
+WITH held AS (
+  UPDATE subscriptions SET credits_reserved = credits_reserved + :amount
+  WHERE id = :subscription_id AND status IN ('trialing', 'active', 'past_due')
+    AND credits_used + credits_reserved + :amount <= credits_limit
+  RETURNING id
+)
+INSERT INTO credit_reservations
+  (id, subscription_id, user_id, kind, reference, amount, status, expires_at, created_at)
+SELECT :id, held.id, :user_id, :kind, :reference, :amount, 'held',
+       now() + make_interval(secs => :ttl), now()
+FROM held
+RETURNING subscription_id
+""")
+
+_SETTLE = text("""
+WITH done AS (
+  UPDATE credit_reservations SET status = :status, actual = :actual, settled_at = now()
+  WHERE id = :id AND status = 'held'
+  RETURNING subscription_id, amount
+)
+UPDATE subscriptions s
+SET credits_reserved = s.credits_reserved - done.amount,
+    credits_used = s.credits_used + :actual
+FROM done WHERE s.id = done.subscription_id
+RETURNING s.id
+""")
+
+# A settlement that arrives after the sweeper released the hold still bills the call.
+_LATE_SETTLE = text("""
+WITH late AS (
+  UPDATE credit_reservations SET status = 'settled', actual = :actual, settled_at = now()
+  WHERE id = :id AND status = 'released' AND actual IS NULL
+  RETURNING subscription_id
+)
+UPDATE subscriptions s SET credits_used = s.credits_used + :actual
+FROM late WHERE s.id = late.subscription_id
+""")
+
+_RELEASE_EXPIRED = text("""
+WITH expired AS (
+  UPDATE credit_reservations SET status = 'released', settled_at = now()
+  WHERE id IN (SELECT id FROM credit_reservations
+               WHERE status = 'held' AND expires_at < now()
+               ORDER BY expires_at LIMIT :batch FOR UPDATE SKIP LOCKED)
+  RETURNING subscription_id, amount
+), per_subscription AS (
+  SELECT subscription_id, sum(amount) AS amount FROM expired GROUP BY subscription_id
+)
+UPDATE subscriptions s SET credits_reserved = s.credits_reserved - p.amount
+FROM per_subscription p WHERE s.id = p.subscription_id
+RETURNING p.amount
+""")
+
+
+async def payer_for(session: AsyncSession, user_id: uuid.UUID | None) -> Payer | None:
+    """The subscription paying for ``user_id``'s calls, or None (not metered)."""
+    if user_id is None:
+        return None
+    row = (await session.execute(_PAYER, {"user_id": user_id})).first()
+    if row is None:
+        return None
+    return Payer(subscription_id=row.id, status=row.status, balance=int(row.balance),
+                 credits_limit=int(row.credits_limit), limits=dict(row.limits or {}),
+                 plan_key=row.plan_key)
+
+
+async def require_payer(session: AsyncSession, settings: Settings,
+                        user_id: uuid.UUID | None) -> Payer | None:
+    """:func:`payer_for`, refusing (402) a user with none when subscriptions are required
+    and a subscription that may not spend (paused)."""
+    payer = await payer_for(session, user_id)
+    if payer is None:
+        if user_id is not None and await runtime.get(
+                session, runtime_settings.REQUIRE_SUBSCRIPTION,
+                settings.billing_require_subscription):
+            raise PaymentRequired(
+                "this account has no subscription: an administrator must subscribe it to "
+                "a plan (POST /api/v1/billing/subscriptions)",
+                extra={"balance": 0, "needed": None})
+        return None
+    if payer.status not in SPENDING:
+        raise PaymentRequired(
+            f"the subscription is {payer.status}: nothing can be charged to it until it is "
+            "resumed", extra={"subscription_id": str(payer.subscription_id),
+                              "status": payer.status})
+    return payer
+
+
+def _refuse(payer: Payer, amount: int) -> PaymentRequired:
+    return PaymentRequired(
+        f"not enough credits: this needs {amount} and the balance is {max(payer.balance, 0)} "
+        f"of {payer.credits_limit} (plan {payer.plan_key!r}); the limit resets with the "
+        "next billing period, or an administrator can change the plan",
+        extra={"balance": max(payer.balance, 0), "needed": amount,
+               "subscription_id": str(payer.subscription_id)})
+
+
+async def reserve(
+    session: AsyncSession, settings: Settings, user_id: uuid.UUID | None, amount: int, *,
+    kind: str,
+    reference: str | None = None, payer: Payer | None = None,
+) -> Reservation | None:
+    """Hold ``amount`` credits of the user's balance in the caller's transaction (commit it
+    before doing the work).  None: the user is not metered.  Raises PaymentRequired (402)
+    when the balance cannot cover it; nothing is held then."""
+    if payer is None:
+        payer = await require_payer(session, settings, user_id)
+        if payer is None:
+            return None
+    amount = max(int(amount), 1)
+    if amount > payer.balance:  # the common refusal, without taking the row lock
+        raise _refuse(payer, amount)
+    reservation_id = uuid7()
+    held = (await session.execute(_RESERVE, {
+        "amount": amount, "subscription_id": payer.subscription_id, "id": reservation_id,
+        "user_id": user_id, "kind": kind, "reference": reference,
+        "ttl": float(settings.billing_reservation_ttl_s),
+    })).first()
+    if held is None:  # someone else took the balance since we read it
+        fresh = await payer_for(session, user_id)
+        raise _refuse(fresh or payer, amount)
+    return Reservation(id=reservation_id, subscription_id=payer.subscription_id, amount=amount)
+
+
+async def settle(session: AsyncSession, reservation: Reservation, actual: int) -> None:
+    """Charge ``actual`` credits for the reserved call and give the rest of the hold back
+    (in the call's final transaction)."""
+    actual = max(int(actual), 0)
+    params = {"id": reservation.id, "actual": actual, "status": "settled"}
+    if (await session.execute(_SETTLE, params)).first() is None and actual:
+        await session.execute(_LATE_SETTLE, {"id": reservation.id, "actual": actual})
+
+
+async def release(session: AsyncSession, reservation: Reservation) -> None:
+    """Give the whole hold back (the call failed before costing anything)."""
+    await session.execute(_SETTLE, {"id": reservation.id, "actual": 0, "status": "released"})
+
+
+async def release_expired(session: AsyncSession, batch: int = 1000) -> int:
+    """Release held reservations past their expiry; the credits they gave back."""
+    rows = (await session.execute(_RELEASE_EXPIRED, {"batch": batch})).all()
+    return sum(int(r.amount) for r in rows)
+
+
+def credits_for_tokens(settings: Settings, tokens: int) -> int:
+    """Credits for ``tokens`` model tokens (ROOST_LLM_CREDITS_PER_1K_TOKENS, rounded up)."""
+    rate = settings.llm_credits_per_1k_tokens
+    return math.ceil(tokens * rate / 1000) if tokens > 0 and rate > 0 else 0
+
+
+def estimate_tokens(settings: Settings, texts: list[str], max_output_tokens: int | None) -> int:
+    """What a model call may use: its prompt (4 characters a token, rounded up: an
+    over-estimate for most text) and its output cap (``max_tokens``, else
+    ``ROOST_BILLING_ESTIMATE_OUTPUT_TOKENS``)."""
+    prompt = sum(math.ceil(len(t) / 4) for t in texts)
+    output = max_output_tokens or settings.billing_estimate_output_tokens
+    return prompt + output
+

@@ -1,0 +1,146 @@
+"""The usage ledger's batch ingest: billable events a client reports (its own metering,
+work done outside Roost), written to ``usage_records`` at thousands per second.
+
+Each event carries an idempotency key derived from what caused it; the insert is one
+statement over arrays (``INSERT ... SELECT FROM unnest(...) ON CONFLICT
+(idempotency_key) DO NOTHING``), so a replayed batch, or a batch replaying itself, adds
+nothing and charges nothing twice.  Only the newly written events are charged to their
+user's subscription (``credits_used``), in the same transaction.  Roost's own events
+(model calls: ``llm:<request id>``, tool calls: ``tool:<tool run id>``) are written by
+the code that makes them, with the same uniqueness.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import column, select, table, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.audit import service as audit
+from roost.billing import prices
+from roost.billing.credits import credits_for_tokens
+from roost.billing.usage_schemas import UsageEventIn
+from roost.config import Settings
+from roost.db.base import utcnow, uuid7
+from roost.errors import Forbidden, Unprocessable
+from roost.identity.models import User
+from roost.principal import Principal
+
+_AGENTS = table("agents", column("id"))
+
+# Each user's paying subscription (their own first, then a group's), for a whole batch.
+_PAYERS = text("""
+SELECT DISTINCT ON (u.user_id) u.user_id, s.id AS subscription_id
+FROM unnest(CAST(:user_ids AS uuid[])) AS u(user_id)
+JOIN subscriptions s ON s.status <> 'canceled'
+  AND (s.user_id = u.user_id
+       OR s.group_id IN (SELECT group_id FROM user_group_memberships m
+                         WHERE m.user_id = u.user_id))
+ORDER BY u.user_id, (s.user_id IS NULL), s.created_at
+""")
+
+_INSERT = text("""
+INSERT INTO usage_records
+  (id, idempotency_key, user_id, request_type, model, tokens_input, tokens_output,
+   credits_used, cost, currency, latency_ms, success, agent_id, subscription_id, created_at)
+SELECT * FROM unnest(
+  CAST(:ids AS uuid[]), CAST(:keys AS varchar[]), CAST(:user_ids AS uuid[]),
+  CAST(:types AS varchar[]), CAST(:models AS varchar[]), CAST(:tokens_in AS int[]),
+  CAST(:tokens_out AS int[]), CAST(:credits AS int[]), CAST(:costs AS numeric[]),
+  CAST(:currencies AS varchar[]), CAST(:latencies AS int[]), CAST(:successes AS boolean[]),
+  CAST(:agent_ids AS uuid[]), CAST(:subscription_ids AS uuid[]),
+  CAST(:created AS timestamptz[]))
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING subscription_id, credits_used
+""")
+
+_CHARGE = text("""
+UPDATE subscriptions s SET credits_used = s.credits_used + c.credits
+FROM unnest(CAST(:subscription_ids AS uuid[]), CAST(:credits AS bigint[])) AS c(id, credits)
+WHERE s.id = c.id
+""")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+    credits_charged: int
+
+
+async def _unknown(session: AsyncSession, ids: set[uuid.UUID], id_column: object
+                   ) -> set[uuid.UUID]:
+    if not ids:
+        return set()
+    found = set((await session.scalars(
+        select(id_column).where(id_column.in_(ids))  # type: ignore[attr-defined]
+    )).all())
+    return ids - found
+
+
+async def ingest(
+    session: AsyncSession, settings: Settings, actor: Principal, events: list[UsageEventIn],
+) -> IngestResult:
+    """Write ``events`` to the ledger (administrators only); see the module docstring."""
+    if not actor.is_admin:
+        raise Forbidden("only an administrator may report usage events")
+    missing_users = await _unknown(session, {e.user_id for e in events}, User.id)
+    if missing_users:
+        raise Unprocessable(f"{len(missing_users)} event(s) name no existing user",
+                            extra={"unknown_user_ids": sorted(map(str, missing_users))[:20]})
+    missing_agents = await _unknown(session, {e.agent_id for e in events if e.agent_id},
+                                    _AGENTS.c.id)
+    if missing_agents:
+        raise Unprocessable(f"{len(missing_agents)} event(s) name no existing agent",
+                            extra={"unknown_agent_ids": sorted(map(str, missing_agents))[:20]})
+    users = sorted({e.user_id for e in events})
+    payers = {row.user_id: row.subscription_id
+              for row in await session.execute(_PAYERS, {"user_ids": users})}
+    now = utcnow()
+    columns: dict[str, list[object]] = defaultdict(list)
+    for event in events:
+        cost, currency = event.cost, event.currency
+        if cost is None:
+            cost, priced_in = await prices.cost_for(session, event.model, event.tokens_input,
+                                                    event.tokens_output)
+            if currency is not None and currency != priced_in and cost:
+                raise Unprocessable(
+                    f"event {event.idempotency_key!r} says {currency} but its model is priced "
+                    f"in {priced_in}: send its cost, or the price table's currency")
+            currency = currency or priced_in
+        credits = event.credits if event.credits is not None else credits_for_tokens(
+            settings, event.tokens_input + event.tokens_output)
+        columns["ids"].append(uuid7())
+        columns["keys"].append(event.idempotency_key)
+        columns["user_ids"].append(event.user_id)
+        columns["types"].append(event.request_type)
+        columns["models"].append(event.model)
+        columns["tokens_in"].append(event.tokens_input)
+        columns["tokens_out"].append(event.tokens_output)
+        columns["credits"].append(credits)
+        columns["costs"].append(Decimal(cost))
+        columns["currencies"].append(currency or "USD")
+        columns["latencies"].append(event.latency_ms)
+        columns["successes"].append(event.success)
+        columns["agent_ids"].append(event.agent_id)
+        columns["subscription_ids"].append(payers.get(event.user_id))
+        columns["created"].append(event.occurred_at or now)
+    written = (await session.execute(_INSERT, dict(columns))).all()
+    per_subscription: dict[uuid.UUID, int] = defaultdict(int)
+    for row in written:
+        if row.subscription_id is not None and row.credits_used:
+            per_subscription[row.subscription_id] += int(row.credits_used)
+    if per_subscription:
+        await session.execute(_CHARGE, {"subscription_ids": list(per_subscription),
+                                        "credits": list(per_subscription.values())})
+    result = IngestResult(accepted=len(written), duplicates=len(events) - len(written),
+                          credits_charged=sum(per_subscription.values()))
+    await audit.record(session, "billing.usage.ingest", user_id=actor.user_id,
+                       resource_type="usage_records",
+                       metadata={"accepted": result.accepted, "duplicates": result.duplicates,
+                                 "credits": result.credits_charged})
+    return result

@@ -1,0 +1,55 @@
+"""A plan's feature limits (``plans.limits``): which models its subscribers may call and
+how many agents, documents and runs a day they may have.  A missing or null limit is no
+limit.  A refused action answers 403 with the limit named (``LimitReached``); nothing is
+done then.  The domain that owns the counted thing counts it and asks here."""
+
+from __future__ import annotations
+
+import fnmatch
+import uuid
+from typing import Final
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.billing.credits import Payer, payer_for
+from roost.errors import LimitReached
+
+COUNT_LIMITS: Final = ("max_agents", "max_documents", "runs_per_day")
+LIMIT_KEYS: Final = ("models_allowed", *COUNT_LIMITS)
+
+
+def check_model(payer: Payer | None, model: str | None) -> None:
+    """403 when the payer's plan lists the models it allows and ``model`` is none of them
+    (a call that names no model uses the provider's default and is allowed)."""
+    if payer is None or model is None:
+        return
+    allowed = payer.limits.get("models_allowed")
+    if not allowed:
+        return
+    if not any(fnmatch.fnmatchcase(model, pattern) for pattern in allowed):
+        raise LimitReached(
+            f"the plan {payer.plan_key!r} does not include the model {model[:200]!r} "
+            f"(allowed: {', '.join(allowed)})",
+            extra={"limit": "models_allowed", "plan": payer.plan_key})
+
+
+async def check_count(session: AsyncSession, user_id: uuid.UUID | None, limit: str,
+                      current: int, *, payer: Payer | None = None) -> None:
+    """403 when one more would pass the plan's ``limit`` (``current`` is how many there
+    are now: agents, documents, or runs started today, UTC)."""
+    if limit not in COUNT_LIMITS:
+        raise ValueError(f"unknown count limit {limit!r}")
+    if payer is None:
+        payer = await payer_for(session, user_id)
+    if payer is None:
+        return
+    maximum = payer.limits.get(limit)
+    if maximum is None:
+        return
+    if current + 1 > int(maximum):
+        noun = {"max_agents": "agents", "max_documents": "documents",
+                "runs_per_day": "runs today"}[limit]
+        raise LimitReached(
+            f"the plan {payer.plan_key!r} allows {maximum} {noun}; this would be one more "
+            f"({current} already)", extra={"limit": limit, "maximum": int(maximum),
+                                           "current": current, "plan": payer.plan_key})

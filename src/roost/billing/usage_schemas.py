@@ -1,0 +1,89 @@
+"""Answers and bodies of the usage API: reports (``/api/v1/billing/usage`` and
+``/api/v1/llm/usage``) and the ledger's batch ingest (``/api/v1/billing/usage-events``)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from roost.billing.usage import GroupBy
+from roost.inputs import IsoDatetime, StrictInput
+
+MAX_BATCH = 10_000
+
+
+class UsageRowOut(BaseModel):
+    key: str | None = Field(description="The UTC day (YYYY-MM-DD), the model, the request "
+                                        "type, or the user's/provider's/agent's/API key's "
+                                        "id; null for events without one")
+    username: str | None = Field(default=None, description="With group_by=user")
+    label: str | None = Field(default=None, description="With group_by=provider, agent or "
+                                                        "api_key: its name")
+    requests: int
+    tokens_input: int
+    tokens_output: int
+    credits_used: int
+    cost: Decimal = Field(description="Money, from the model price table (a decimal string)")
+    avg_latency_ms: float | None
+    failures: int
+
+
+class UsageTotalsOut(BaseModel):
+    requests: int
+    tokens_input: int
+    tokens_output: int
+    credits_used: int
+    cost: Decimal
+    failures: int
+
+
+class UsageReportOut(BaseModel):
+    group_by: GroupBy
+    source: Literal["postgres", "clickhouse"] = "postgres"
+    since: datetime
+    until: datetime = Field(description="Exclusive")
+    rows: list[UsageRowOut]
+    totals: UsageTotalsOut
+
+
+Key = Annotated[str, StringConstraints(min_length=1, max_length=200,
+                                       pattern=r"^[\x21-\x7e]+$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+Count = Annotated[int, Field(ge=0, le=1_000_000_000)]
+
+
+class UsageEventIn(StrictInput):
+    """One billable event reported by a client (its own metering, a tool it ran)."""
+
+    idempotency_key: Key = Field(description="Unique per event, derived from what caused "
+                                             "it: a replay with the same key is ignored")
+    user_id: uuid.UUID
+    request_type: Annotated[str, StringConstraints(min_length=1, max_length=50,
+                                                   pattern=r"^[a-z0-9_.:-]+$")]
+    model: Name | None = None
+    tokens_input: Count = 0
+    tokens_output: Count = 0
+    credits: Count | None = Field(default=None, description="Default: from the tokens "
+                                                            "(ROOST_LLM_CREDITS_PER_1K_TOKENS)")
+    cost: Annotated[Decimal, Field(ge=0, le=Decimal("1000000"), max_digits=18,
+                                   decimal_places=6)] | None = Field(
+        default=None, description="Default: from the model price table")
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] | None = None
+    latency_ms: Annotated[int, Field(ge=0, le=86_400_000)] | None = None
+    success: bool = True
+    agent_id: uuid.UUID | None = None
+    occurred_at: IsoDatetime | None = Field(default=None, description="Default: now")
+
+
+class UsageEventsIn(StrictInput):
+    events: list[UsageEventIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class UsageEventsOut(BaseModel):
+    accepted: int = Field(description="New events written to the ledger")
+    duplicates: int = Field(description="Events whose idempotency key was already there")
+    credits_charged: int

@@ -1,0 +1,161 @@
+"""Credits gate model calls: reserved before the call, settled after, never past the limit
+under concurrency; a refused call is a 402 and reaches no provider."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from roost.billing import credits
+from roost.config import Settings
+from roost.db.engine import Database
+from tests.support.identity import make_user
+from tests.support.openai_stub import Fail, StubServer
+
+Headers = dict[str, str]
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", llm_timeout_s=5, llm_local_model=False,
+                    llm_credits_per_1k_tokens=1.0)
+
+
+async def _setup(client: httpx.AsyncClient, admin: Headers, stub: StubServer, user_id: uuid.UUID,
+                 credits_: int, **plan: Any) -> dict[str, Any]:
+    resp = await client.post("/api/v1/llm/providers", headers=admin, json={
+        "name": "stub", "type": "openai", "base_url": stub.base_url, "model": "stub-model"})
+    assert resp.status_code == 201, resp.text
+    key = f"p{uuid.uuid4().hex[:8]}"
+    resp = await client.post("/api/v1/billing/plans", headers=admin, json={
+        "key": key, "name": "Small", "price": "9.00", "included_credits": credits_, **plan})
+    assert resp.status_code == 201, resp.text
+    resp = await client.post("/api/v1/billing/subscriptions", headers=admin,
+                             json={"user_id": str(user_id), "plan": key})
+    assert resp.status_code == 201, resp.text
+    sub: dict[str, Any] = resp.json()
+    return sub
+
+
+async def _chat(client: httpx.AsyncClient, headers: Headers, content: str = "hi",
+                model: str = "stub-model") -> httpx.Response:
+    # max_tokens 500 and a two-character prompt: an estimate of one credit per call.
+    return await client.post("/v1/chat/completions", headers=headers, json={
+        "model": model, "max_tokens": 500, "messages": [{"role": "user", "content": content}]})
+
+
+async def _counters(database: Database, subscription_id: str) -> Any:
+    async with database.transaction() as s:
+        return (await s.execute(text(
+            "SELECT credits_used, credits_reserved, credits_limit, "
+            "(SELECT count(*) FROM credit_reservations r WHERE r.subscription_id = s.id "
+            " AND r.status = 'held') AS held, "
+            "(SELECT count(*) FROM usage_records u WHERE u.subscription_id = s.id "
+            " AND u.success) AS billed, "
+            "(SELECT count(*) FROM llm_requests) AS requests "
+            "FROM subscriptions s WHERE s.id = :id"), {"id": subscription_id})).one()
+
+
+async def test_64_concurrent_calls_against_a_balance_of_10_let_exactly_10_through(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+) -> None:
+    user_id, headers = await make_user(database)
+    sub = await _setup(client, admin_headers, stub, user_id, 10)
+
+    answers = await asyncio.gather(*(_chat(client, headers, f"q{i % 10}") for i in range(64)))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses.count(200) == 10, statuses
+    assert statuses.count(402) == 54, statuses
+    refused = next(a for a in answers if a.status_code == 402)
+    assert "not enough credits" in refused.text
+
+    row = await _counters(database, sub["id"])
+    assert (row.credits_used, row.credits_reserved, row.held) == (10, 0, 0)
+    assert row.billed == 10
+    assert row.requests == 10  # a refused call stored no request and called no provider
+    assert len(stub.requests(path="/v1/chat/completions")) == 10
+
+    balance = await client.get("/api/v1/billing/subscription", headers=headers)
+    assert balance.status_code == 200 and balance.json()["balance"] == 0
+
+
+async def test_a_failed_call_gives_its_hold_back_and_costs_nothing(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+) -> None:
+    user_id, headers = await make_user(database)
+    sub = await _setup(client, admin_headers, stub, user_id, 3)
+    stub.script(Fail(status=500))
+    failed = await _chat(client, headers)
+    assert failed.status_code >= 500
+    row = await _counters(database, sub["id"])
+    assert (row.credits_used, row.credits_reserved, row.held) == (0, 0, 0)
+    ok = await _chat(client, headers)
+    assert ok.status_code == 200, ok.text
+    row = await _counters(database, sub["id"])
+    assert (row.credits_used, row.credits_reserved) == (1, 0)
+
+
+async def test_plan_limits_models_and_paused_subscriptions(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+) -> None:
+    user_id, headers = await make_user(database)
+    sub = await _setup(client, admin_headers, stub, user_id, 100,
+                       limits={"models_allowed": ["gpt-4o*"]})
+    refused = await _chat(client, headers)
+    assert refused.status_code == 403
+    assert "models_allowed" in refused.text or "does not include the model" in refused.text
+
+    paused = await client.post(f"/api/v1/billing/subscriptions/{sub['id']}/pause",
+                               headers=admin_headers, json={})
+    assert paused.status_code == 200, paused.text
+    answer = await _chat(client, headers)
+    assert answer.status_code == 402 and "paused" in answer.text
+    row = await _counters(database, sub["id"])
+    assert (row.credits_used, row.credits_reserved, row.requests) == (0, 0, 0)
+
+
+async def test_users_without_a_subscription_are_unmetered_unless_required(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+) -> None:
+    user_id, headers = await make_user(database)
+    await client.post("/api/v1/llm/providers", headers=admin_headers, json={
+        "name": "stub", "type": "openai", "base_url": stub.base_url, "model": "stub-model"})
+    assert (await _chat(client, headers)).status_code == 200
+    resp = await client.put("/api/v1/admin/settings/billing_require_subscription",
+                            headers=admin_headers, json={"value": True})
+    assert resp.status_code == 200, resp.text
+    refused = await _chat(client, headers)
+    assert refused.status_code == 402 and "no subscription" in refused.text
+
+
+async def test_a_dead_holders_credits_come_back_with_the_sweeper(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    test_settings: Settings,
+) -> None:
+    user_id, _ = await make_user(database)
+    sub = await _setup(client, admin_headers, stub, user_id, 5)
+    async with database.transaction() as s:
+        hold = await credits.reserve(s, test_settings, user_id, 4, kind="llm")
+    assert hold is not None
+    async with database.transaction() as s:
+        with pytest.raises(Exception, match="not enough credits"):
+            await credits.reserve(s, test_settings, user_id, 2, kind="llm")
+    async with database.transaction() as s:
+        assert await credits.release_expired(s) == 0  # not expired yet
+        await s.execute(text("UPDATE credit_reservations SET expires_at = now() - interval '1s'"))
+    async with database.transaction() as s:
+        assert await credits.release_expired(s) == 4
+    row = await _counters(database, sub["id"])
+    assert (row.credits_used, row.credits_reserved) == (0, 0)
+    # The holder comes back late: its call is still billed, once.
+    async with database.transaction() as s:
+        await credits.settle(s, hold, 3)
+        await credits.settle(s, hold, 3)
+    row = await _counters(database, sub["id"])
+    assert (row.credits_used, row.credits_reserved) == (3, 0)

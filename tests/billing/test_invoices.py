@@ -1,0 +1,436 @@
+"""Invoices: a pure function of the ledger and the plan (hypothesis), gapless numbers under
+concurrency and rollbacks, the PDF (parsed back with pypdf) and the routes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pypdf import PdfReader
+from sqlalchemy import func, select, text
+
+from roost.audit.models import AuditLog
+from roost.billing.invoice_pdf import invoice_document, render_invoice_pdf
+from roost.billing.invoices import (
+    InvoiceConfig,
+    Period,
+    compute_invoice,
+    issue_invoice,
+    ledger_totals,
+)
+from roost.billing.models import Invoice, Plan, Subscription, UsageRecord
+from roost.db.base import uuid7
+from roost.db.engine import Database
+from roost.errors import Unprocessable
+from tests.agents.conftest import other_user, test_settings, user  # noqa: F401 - fixtures
+from tests.support.identity import make_user
+
+Headers = dict[str, str]
+API = "/api/v1/billing"
+JAN = Period(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def plan_of(price: str = "20.00", currency: str = "USD", period: str = "month") -> Plan:
+    return Plan(id=uuid7(), key=f"p-{uuid.uuid4().hex[:8]}", name="Pro", price=Decimal(price),
+                currency=currency, billing_period=period, included_credits=1000, limits={},
+                trial_days=0, active=True)
+
+
+def subscription_of(plan: Plan, user_id: uuid.UUID | None = None, *,
+                    period: Period = JAN, status: str = "active",
+                    trial_end: datetime | None = None) -> Subscription:
+    return Subscription(id=uuid7(), user_id=user_id or uuid7(), plan_id=plan.id, status=status,
+                        current_period_start=period.start, current_period_end=period.end,
+                        trial_end=trial_end, credits_used=0, credits_limit=1000,
+                        credits_reserved=0, created_at=period.start - timedelta(days=40))
+
+
+@dataclass(frozen=True)
+class Row:
+    """A ledger row as the invoice reads it."""
+
+    subscription_id: uuid.UUID | None
+    created_at: datetime
+    model: str | None
+    request_type: str
+    tokens_input: int
+    tokens_output: int
+    credits_used: int
+    cost: Decimal
+    currency: str = "USD"
+    idempotency_key: str = ""
+
+
+async def add_plan(database: Database, **kwargs: Any) -> Plan:
+    plan = plan_of(**kwargs)
+    async with database.transaction() as session:
+        session.add(plan)
+    return plan
+
+
+async def add_subscription(database: Database, plan: Plan, user_id: uuid.UUID,
+                           **kwargs: Any) -> Subscription:
+    sub = subscription_of(plan, user_id, **kwargs)
+    async with database.transaction() as session:
+        session.add(sub)
+    return sub
+
+
+async def ingest(database: Database, rows: list[Row], user_id: uuid.UUID | None = None) -> int:
+    """Insert ledger rows as the ledger does: a row whose idempotency key exists is a
+    no-op.  Returns how many rows were new."""
+    added = 0
+    async with database.transaction() as session:
+        for r in rows:
+            result = await session.execute(text(
+                "INSERT INTO usage_records (id, user_id, request_type, model, tokens_input, "
+                "tokens_output, credits_used, success, idempotency_key, cost, currency, "
+                "subscription_id, created_at) VALUES (:id, :user_id, :rt, :model, :ti, :to, "
+                ":cr, true, :key, :cost, :cur, :sub, :at) "
+                "ON CONFLICT (idempotency_key) DO NOTHING"),
+                {"id": uuid7(), "user_id": user_id, "rt": r.request_type, "model": r.model,
+                 "ti": r.tokens_input, "to": r.tokens_output, "cr": r.credits_used,
+                 "key": r.idempotency_key or f"t:{uuid.uuid4()}", "cost": r.cost,
+                 "cur": r.currency, "sub": r.subscription_id, "at": r.created_at})
+            added += result.rowcount  # type: ignore[attr-defined]
+    return added
+
+
+def usage(sub: Subscription, model: str | None, rtype: str, cost: str, *, day: int = 3,
+          tokens: tuple[int, int] = (100, 50), credits: int = 1, currency: str = "USD",
+          key: str = "") -> Row:
+    return Row(sub.id, datetime(2026, 1, day, 12, tzinfo=UTC), model, rtype, tokens[0],
+               tokens[1], credits, Decimal(cost), currency, key or f"t:{uuid.uuid4()}")
+
+
+# --------------------------------------------------------------------------- pure function
+
+
+def test_lines_group_by_model_and_feature_and_round_once_per_line() -> None:
+    plan = plan_of("19.99")
+    sub = subscription_of(plan)
+    rows = [
+        usage(sub, "gpt-4o", "chat", "0.004999"),
+        usage(sub, "gpt-4o", "chat", "0.000001"),  # the line sums to 0.005: one cent
+        usage(sub, "gpt-4o", "chat_stream", "1.234567", tokens=(1000, 2000), credits=3),
+        usage(sub, "claude-3", "chat", "0.333333"),
+        usage(sub, "claude-3", "chat", "0.333333"),
+        usage(sub, "claude-3", "chat", "0.333333"),  # 0.999999 -> 1.00
+        usage(sub, None, "tool", "0"),
+        usage(sub, "gpt-4o", "chat", "7.00", day=31),
+    ]
+    outside = [Row(sub.id, JAN.end, "gpt-4o", "chat", 1, 1, 1, Decimal("100")),
+               Row(uuid7(), JAN.start, "gpt-4o", "chat", 1, 1, 1, Decimal("100"))]
+    draft = compute_invoice(plan, sub, rows + outside, JAN, Decimal("0.2"))
+
+    assert [(line.kind, line.model, line.feature, line.quantity, str(line.amount))
+            for line in draft.lines] == [
+        ("plan", None, None, 1, "19.99"),
+        ("usage", "claude-3", "chat", 3, "1.00"),
+        ("usage", "gpt-4o", "chat", 3, "7.01"),
+        ("usage", "gpt-4o", "chat_stream", 1, "1.23"),
+        ("usage", None, "tool", 1, "0.00"),
+    ]
+    stream = draft.lines[3]
+    assert (stream.tokens_input, stream.tokens_output, stream.credits) == (1000, 2000, 3)
+    assert str(draft.subtotal) == "29.23"
+    assert str(draft.tax) == "5.85"  # 5.846 rounded half up
+    assert str(draft.total) == "35.08"
+    as_json = draft.lines_json()
+    assert as_json[2]["amount"] == "7.01" and isinstance(as_json[2]["amount"], str)
+
+
+def test_currencies_are_never_mixed() -> None:
+    plan = plan_of(currency="EUR")
+    sub = subscription_of(plan)
+    with pytest.raises(Unprocessable) as err:
+        compute_invoice(plan, sub, [usage(sub, "gpt-4o", "chat", "0.10", currency="USD")],
+                        JAN, Decimal(0))
+    assert "USD" in err.value.detail and "EUR" in err.value.detail
+    # Free (local) usage in another currency is listed, not refused.
+    draft = compute_invoice(plan, sub, [usage(sub, "llama", "chat", "0", currency="USD")],
+                            JAN, Decimal(0))
+    assert draft.currency == "EUR" and draft.lines[1].quantity == 1
+    assert str(draft.total) == "20.00"
+
+
+def test_a_trial_period_bills_no_plan_price() -> None:
+    plan = plan_of("50.00")
+    sub = subscription_of(plan, status="trialing", trial_end=JAN.end)
+    draft = compute_invoice(plan, sub, [usage(sub, "m", "chat", "1.50")], JAN, Decimal(0))
+    assert "trial" in draft.lines[0].description
+    assert str(draft.lines[0].amount) == "0.00" and str(draft.total) == "1.50"
+
+
+def test_bad_periods_and_rates_are_refused() -> None:
+    plan = plan_of()
+    sub = subscription_of(plan)
+    with pytest.raises(Unprocessable):
+        compute_invoice(plan, sub, [], Period(JAN.end, JAN.start), Decimal(0))
+    with pytest.raises(Unprocessable):
+        compute_invoice(plan, sub, [], JAN, Decimal("1.5"))
+
+
+MODELS = st.sampled_from(["gpt-4o", "gpt-4o-mini", "claude-3", None])
+FEATURES = st.sampled_from(["chat", "chat_stream", "embedding", "tool", "run", "custom"])
+COSTS = st.decimals(min_value=0, max_value=Decimal("50"), places=6, allow_nan=False,
+                    allow_infinity=False)
+
+
+@st.composite
+def ledgers(draw: st.DrawFn) -> tuple[Plan, Subscription, list[Row], Decimal]:
+    plan = plan_of(str(draw(st.decimals(min_value=0, max_value=1000, places=2))))
+    sub = subscription_of(plan)
+    rows = [Row(sub.id, JAN.start + timedelta(seconds=draw(st.integers(0, 31 * 86400 - 1))),
+                draw(MODELS), draw(FEATURES), draw(st.integers(0, 10**6)),
+                draw(st.integers(0, 10**6)), draw(st.integers(0, 10**4)), draw(COSTS))
+            for _ in range(draw(st.integers(0, 40)))]
+    rate = draw(st.decimals(min_value=0, max_value=1, places=4))
+    return plan, sub, rows, rate
+
+
+@settings(max_examples=200, deadline=None)
+@given(ledgers(), st.randoms(use_true_random=False))
+def test_totals_are_the_sum_of_the_lines_whatever_the_order(
+        ledger: tuple[Plan, Subscription, list[Row], Decimal], rnd: random.Random) -> None:
+    plan, sub, rows, rate = ledger
+    draft = compute_invoice(plan, sub, rows, JAN, rate)
+    assert draft.subtotal == sum(line.amount for line in draft.lines)
+    assert draft.total == draft.subtotal + draft.tax
+    assert draft.tax == (draft.subtotal * rate).quantize(Decimal("0.01"), "ROUND_HALF_UP")
+    assert all(line.amount == line.amount.quantize(Decimal("0.01")) for line in draft.lines)
+    assert sum(line.quantity for line in draft.lines if line.kind == "usage") == len(rows)
+    # Every usage line is its rows' exact cost rounded once.
+    for line in draft.lines[1:]:
+        exact = sum((r.cost for r in rows if (r.model, r.request_type) ==
+                     (line.model, line.feature)), Decimal(0))
+        assert line.amount == exact.quantize(Decimal("0.01"), "ROUND_HALF_UP")
+    shuffled = list(rows)
+    rnd.shuffle(shuffled)
+    assert compute_invoice(plan, sub, shuffled, JAN, rate) == draft
+
+
+# --------------------------------------------------------------------------- the database
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ledger=ledgers())
+async def test_replaying_the_ledger_changes_no_invoice(
+        database: Database, ledger: tuple[Plan, Subscription, list[Row], Decimal]) -> None:
+    plan, _, rows, rate = ledger
+    plan = replace_plan(plan)
+    uid, _h = await make_user(database)  # one live subscription per user
+    sub = subscription_of(plan, uid)
+    rows = [replace(r, subscription_id=sub.id, idempotency_key=f"e:{sub.id}:{i}")
+            for i, r in enumerate(rows)]
+    async with database.transaction() as session:
+        session.add(plan)
+        await session.flush()
+        session.add(sub)
+    assert await ingest(database, rows, uid) == len(rows)
+    shuffled = list(reversed(rows))
+    assert await ingest(database, shuffled + rows, uid) == 0  # every replay a no-op
+    expected = compute_invoice(plan, sub, rows, JAN, rate)
+    async with database.transaction() as session:
+        totals = await ledger_totals(session, sub.id, JAN)
+        assert sum(t.events for t in totals) == len(rows)
+        invoice = await issue_invoice(session, sub.id, JAN.start, JAN.end,
+                                      config=InvoiceConfig(tax_rate=rate))
+    assert invoice.lines == expected.lines_json()
+    assert (invoice.subtotal, invoice.tax, invoice.total) == (
+        expected.subtotal, expected.tax, expected.total)
+
+
+def replace_plan(plan: Plan) -> Plan:
+    """A fresh plan row with ``plan``'s terms (hypothesis reuses examples' objects)."""
+    return plan_of(str(plan.price), plan.currency, plan.billing_period)
+
+
+async def test_issuing_again_changes_nothing_and_is_audited(
+        database: Database, user: tuple[uuid.UUID, Headers]) -> None:
+    plan = await add_plan(database)
+    sub = await add_subscription(database, plan, user[0])
+    await ingest(database, [usage(sub, "gpt-4o", "chat", "0.5")], user[0])
+    async with database.transaction() as session:
+        first = await issue_invoice(session, sub.id, JAN.start, JAN.end,
+                                    config=InvoiceConfig(prefix="ACME"),
+                                    now=datetime(2026, 2, 1, 0, 5, tzinfo=UTC))
+    # Usage arriving late for the period does not rewrite an issued invoice.
+    await ingest(database, [usage(sub, "gpt-4o", "chat", "9.99")], user[0])
+    async with database.transaction() as session:
+        again = await issue_invoice(session, sub.id, JAN.start, JAN.end,
+                                    config=InvoiceConfig(prefix="ACME"))
+        assert again.id == first.id and again.total == first.total == Decimal("20.50")
+        assert first.number == "ACME-2026-000001" and first.sequence == 1
+        assert await session.scalar(select(func.count()).select_from(Invoice)) == 1
+        audits = (await session.scalars(select(AuditLog).where(
+            AuditLog.action == "billing.invoice.issue"))).all()
+        assert [a.resource_id for a in audits] == [str(first.id)]
+        assert audits[0].user_id == user[0]
+
+
+async def test_numbers_have_no_gap_under_concurrency_or_rollback(database: Database) -> None:
+    plan = await add_plan(database)
+    subs = []
+    for _ in range(12):
+        uid, _h = await make_user(database)
+        subs.append(await add_subscription(database, plan, uid))
+
+    class Boom(Exception):
+        pass
+
+    async def issue(sub: Subscription, fail: bool) -> str | None:
+        try:
+            async with database.transaction() as session:
+                invoice = await issue_invoice(session, sub.id, JAN.start, JAN.end)
+                if fail:
+                    raise Boom  # after taking a number: the rollback gives it back
+                return invoice.number
+        except Boom:
+            return None
+
+    results = await asyncio.gather(*(issue(s, i % 4 == 1) for i, s in enumerate(subs)))
+    assert results.count(None) == 3
+    # The failed ones again, and the whole batch once more (a no-op for the issued ones).
+    results2 = await asyncio.gather(*(issue(s, False) for s in subs))
+    year = datetime.now(UTC).year
+    numbers = sorted(n for n in results2 if n is not None)
+    assert numbers == [f"INV-{year}-{i:06d}" for i in range(1, 13)]
+    async with database.transaction() as session:
+        seqs = sorted((await session.scalars(select(Invoice.sequence))).all())
+        assert seqs == list(range(1, 13))
+        assert await session.scalar(text(
+            "SELECT last_value FROM invoice_sequences WHERE name = :n"), {"n": f"INV-{year}"}) == 12
+
+
+# --------------------------------------------------------------------------- PDF
+
+
+async def test_the_pdf_shows_number_bill_to_and_total_in_latin1(
+        database: Database, user: tuple[uuid.UUID, Headers]) -> None:
+    plan = await add_plan(database, price="12.50")
+    sub = await add_subscription(database, plan, user[0])
+    async with database.transaction() as session:
+        await session.execute(text("UPDATE users SET full_name = :n WHERE id = :id"),
+                              {"n": "Zoë Łukasz 李 😀", "id": user[0]})
+    await ingest(database, [usage(sub, "mistral-" + "x" * 120, "chat", "1.111111")], user[0])
+    async with database.transaction() as session:
+        invoice = await issue_invoice(session, sub.id, JAN.start, JAN.end,
+                                      config=InvoiceConfig(tax_rate=Decimal("0.2")))
+        doc = await invoice_document(session, invoice)
+    data = render_invoice_pdf(doc)
+    assert data.startswith(b"%PDF") and render_invoice_pdf(doc) == data
+    page = PdfReader(io.BytesIO(data)).pages[0].extract_text()
+    assert invoice.number in page
+    assert "16.33 USD" in page  # (12.50 + 1.11) * 1.2 = 16.332
+    assert "Zo" in page and "2026-01-01" in page
+
+
+# --------------------------------------------------------------------------- routes
+
+
+async def test_invoices_over_http(
+        client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+        user: tuple[uuid.UUID, Headers], other_user: tuple[uuid.UUID, Headers]) -> None:
+    uid, headers = user
+    plan = await add_plan(database, price="10.00")
+    now = datetime.now(UTC).replace(microsecond=0)
+    open_period = Period(now - timedelta(days=3), now + timedelta(days=27))
+    sub = await add_subscription(database, plan, uid, period=open_period)
+    other_plan_sub = await add_subscription(database, plan, other_user[0], period=JAN)
+    await ingest(database, [Row(sub.id, now - timedelta(hours=1), "gpt-4o", "chat", 10, 10, 1,
+                                Decimal("0.25"))], uid)
+
+    # The current period has not ended: no invoice yet, but a preview.
+    resp = await client.post(f"{API}/invoices", json={"subscription_id": str(sub.id)},
+                             headers=admin_headers)
+    assert resp.status_code == 409 and "invoice-preview" in resp.json()["detail"]
+    resp = await client.get(f"{API}/subscriptions/{sub.id}/invoice-preview", headers=headers)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["total"] == "10.25" and "number" not in resp.json()
+    assert (await client.get(f"{API}/subscriptions/{sub.id}/invoice-preview",
+                             headers=other_user[1])).status_code == 404
+
+    # Users may not issue; bad bodies are 4xx.
+    body = {"subscription_id": str(sub.id), "period_start": "2026-01-01T00:00:00Z",
+            "period_end": "2026-02-01T00:00:00Z"}
+    assert (await client.post(f"{API}/invoices", json=body, headers=headers)).status_code == 403
+    for bad in ({"subscription_id": str(sub.id), "period_start": "2026-01-01T00:00:00Z"},
+                {**body, "period_start": "2026-01-01T00:00:00"},
+                {**body, "period_end": "2025-01-01T00:00:00Z"},
+                {**body, "extra": 1}, {"subscription_id": "nope"}):
+        resp = await client.post(f"{API}/invoices", json=bad, headers=admin_headers)
+        assert resp.status_code == 422, (bad, resp.text)
+    resp = await client.post(f"{API}/invoices", json={"subscription_id": str(uuid7())},
+                             headers=admin_headers)
+    assert resp.status_code == 404
+
+    # An ended period (named) is issued; again returns the same invoice.
+    resp = await client.post(f"{API}/invoices", json=body, headers=admin_headers)
+    assert resp.status_code == 201, resp.text
+    jan = resp.json()
+    assert jan["number"].startswith("INV-") and jan["total"] == "10.00"
+    again = await client.post(f"{API}/invoices", json=body, headers=admin_headers)
+    assert again.json()["id"] == jan["id"] and again.json()["number"] == jan["number"]
+    resp = await client.post(f"{API}/invoices",
+                             json={"subscription_id": str(other_plan_sub.id)},
+                             headers=admin_headers)
+    assert resp.status_code == 201
+    others = resp.json()
+
+    # Reading: their own for users, all (filtered) for administrators.
+    resp = await client.get(f"{API}/invoices", headers=headers)
+    assert [i["id"] for i in resp.json()["items"]] == [jan["id"]]
+    resp = await client.get(f"{API}/invoices", headers=admin_headers)
+    assert {i["id"] for i in resp.json()["items"]} == {jan["id"], others["id"]}
+    resp = await client.get(f"{API}/invoices", params={"user_id": str(other_user[0])},
+                            headers=admin_headers)
+    assert [i["id"] for i in resp.json()["items"]] == [others["id"]]
+    resp = await client.get(f"{API}/invoices", params={"status": "paid"}, headers=admin_headers)
+    assert resp.json()["items"] == []
+    assert (await client.get(f"{API}/invoices", params={"status": "bogus"},
+                             headers=admin_headers)).status_code == 422
+    resp = await client.get(f"{API}/invoices", params={"limit": 1}, headers=admin_headers)
+    page2 = await client.get(f"{API}/invoices", params={"limit": 1,
+                                                        "cursor": resp.json()["next_cursor"]},
+                             headers=admin_headers)
+    assert len({resp.json()["items"][0]["id"], page2.json()["items"][0]["id"]}) == 2
+
+    assert (await client.get(f"{API}/invoices/{jan['id']}", headers=headers)).json() == jan
+    assert (await client.get(f"{API}/invoices/{others['id']}",
+                             headers=headers)).status_code == 404
+    assert (await client.get(f"{API}/invoices/{uuid7()}", headers=headers)).status_code == 404
+    assert (await client.get(f"{API}/invoices/{others['id']}.pdf",
+                             headers=headers)).status_code == 404
+
+    resp = await client.get(f"{API}/invoices/{jan['id']}.pdf", headers=headers)
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "application/pdf"
+    assert resp.headers["content-disposition"] == f'attachment; filename="{jan["number"]}.pdf"'
+    page = PdfReader(io.BytesIO(resp.content)).pages[0].extract_text()
+    assert jan["number"] in page and "10.00 USD" in page
+
+    # A canceled subscription's open period may be issued at once (its final invoice).
+    async with database.transaction() as session:
+        await session.execute(text("UPDATE subscriptions SET status = 'canceled' WHERE id = :id"),
+                              {"id": sub.id})
+    resp = await client.post(f"{API}/invoices", json={"subscription_id": str(sub.id)},
+                             headers=admin_headers)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["total"] == "10.25"
+    async with database.transaction() as session:
+        assert await session.scalar(select(func.count()).select_from(UsageRecord)) == 1

@@ -1,0 +1,162 @@
+"""Period renewal: ended periods are invoiced and rolled forward once, whatever the number
+of runs; trials end, paused subscriptions wait, canceled ones get one final invoice; the
+``billing.renew`` job does it on the maintenance queue."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import select, text
+
+from roost.audit.models import AuditLog
+from roost.billing.invoices import Period
+from roost.billing.models import Invoice, Subscription
+from roost.billing.renewals import renew_due
+from roost.db.engine import Database
+from roost.tasks.models import BackgroundTask
+from roost.tasks.schedules import schedules
+from roost.tasks.service import enqueue
+from tests.billing.test_invoices import Row, add_plan, add_subscription, ingest
+from tests.support.identity import make_user
+from tests.support.workers import in_process_worker
+
+NOW = datetime(2026, 4, 10, 9, 30, tzinfo=UTC)
+MARCH = Period(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC))
+
+
+async def _invoices(database: Database, sub_id: uuid.UUID) -> list[Invoice]:
+    async with database.transaction() as session:
+        return list((await session.scalars(select(Invoice).where(
+            Invoice.subscription_id == sub_id).order_by(Invoice.period_start))).all())
+
+
+async def _sub(database: Database, sub_id: uuid.UUID) -> Subscription:
+    async with database.transaction() as session:
+        found = await session.get(Subscription, sub_id)
+        assert found is not None
+        return found
+
+
+async def _user(database: Database) -> uuid.UUID:
+    return (await make_user(database))[0]
+
+
+async def test_an_ended_period_is_invoiced_and_rolled_forward_once(database: Database) -> None:
+    plan = await add_plan(database, price="30.00")
+    uid = await _user(database)
+    sub = await add_subscription(database, plan, uid, period=MARCH)
+    async with database.transaction() as session:
+        await session.execute(text("UPDATE subscriptions SET credits_used = 700, "
+                                   "credits_reserved = 25 WHERE id = :id"), {"id": sub.id})
+    await ingest(database, [Row(sub.id, datetime(2026, 3, 5, tzinfo=UTC), "gpt-4o", "chat",
+                                10, 20, 5, Decimal("1.005")),
+                            Row(sub.id, datetime(2026, 4, 2, tzinfo=UTC), "gpt-4o", "chat",
+                                10, 20, 5, Decimal("4"))], uid)
+
+    report = await renew_due(database, now=NOW)
+    assert (report.renewed, report.invoices, report.failed) == (1, 1, [])
+    [invoice] = await _invoices(database, sub.id)
+    assert (invoice.period_start, invoice.period_end) == MARCH
+    assert invoice.total == Decimal("31.01")  # April's usage is not March's
+    renewed = await _sub(database, sub.id)
+    assert (renewed.current_period_start, renewed.current_period_end) == (
+        MARCH.end, datetime(2026, 5, 1, tzinfo=UTC))
+    assert (renewed.credits_used, renewed.credits_reserved) == (0, 25)
+    async with database.transaction() as session:
+        audit = await session.scalar(select(AuditLog).where(
+            AuditLog.action == "billing.subscription.renew"))
+        assert audit is not None and audit.user_id == uid
+        assert audit.changes is not None
+        assert audit.changes["before"]["credits_used"] == 700
+
+    # Running again (the next tick, or two workers) changes nothing.
+    again = await asyncio.gather(renew_due(database, now=NOW), renew_due(database, now=NOW))
+    assert [(r.renewed, r.invoices) for r in again] == [(0, 0), (0, 0)]
+    assert [i.id for i in await _invoices(database, sub.id)] == [invoice.id]
+
+
+async def test_missed_periods_each_get_their_invoice(database: Database) -> None:
+    monthly = await add_plan(database, price="10.00")
+    yearly = await add_plan(database, price="100.00", period="year")
+    m = await add_subscription(database, monthly, await _user(database),
+                               period=Period(datetime(2026, 1, 1, tzinfo=UTC),
+                                             datetime(2026, 2, 1, tzinfo=UTC)))
+    y = await add_subscription(database, yearly, await _user(database),
+                               period=Period(datetime(2025, 4, 1, tzinfo=UTC),
+                                             datetime(2026, 4, 1, tzinfo=UTC)))
+    report = await renew_due(database, now=NOW)
+    assert (report.renewed, report.invoices) == (2, 4)
+    monthly_invoices = await _invoices(database, m.id)
+    assert [i.period_start.month for i in monthly_invoices] == [1, 2, 3]
+    assert len({i.number for i in monthly_invoices}) == 3
+    assert (await _sub(database, m.id)).current_period_start == datetime(2026, 4, 1, tzinfo=UTC)
+    renewed = await _sub(database, y.id)
+    assert (renewed.current_period_start, renewed.current_period_end) == (
+        datetime(2026, 4, 1, tzinfo=UTC), datetime(2027, 4, 1, tzinfo=UTC))
+    assert [i.total for i in await _invoices(database, y.id)] == [Decimal("100.00")]
+
+
+async def test_trials_end_paused_wait_canceled_get_one_final_invoice(database: Database) -> None:
+    plan = await add_plan(database, price="15.00")
+    trial = await add_subscription(database, plan, await _user(database), period=MARCH,
+                                   status="trialing", trial_end=MARCH.end)
+    paused = await add_subscription(database, plan, await _user(database), period=MARCH,
+                                    status="paused")
+    canceled = await add_subscription(database, plan, await _user(database), period=MARCH,
+                                      status="canceled")
+    report = await renew_due(database, now=NOW)
+    assert (report.renewed, report.finalized, report.invoices) == (1, 1, 2)
+
+    after_trial = await _sub(database, trial.id)
+    assert after_trial.status == "active"
+    [trial_invoice] = await _invoices(database, trial.id)
+    assert trial_invoice.total == Decimal("0.00")  # the trial month is free
+
+    assert await _invoices(database, paused.id) == []
+    assert (await _sub(database, paused.id)).current_period_start == MARCH.start
+
+    [final] = await _invoices(database, canceled.id)
+    assert final.total == Decimal("15.00")
+    still = await _sub(database, canceled.id)
+    assert (still.status, still.current_period_start) == ("canceled", MARCH.start)
+    report = await renew_due(database, now=NOW + timedelta(days=40))
+    assert report.finalized == 0 and len(await _invoices(database, canceled.id)) == 1
+
+
+async def test_one_bad_ledger_does_not_stop_the_others(database: Database) -> None:
+    eur = await add_plan(database, currency="EUR")
+    usd = await add_plan(database)
+    bad = await add_subscription(database, eur, await _user(database), period=MARCH)
+    good = await add_subscription(database, usd, await _user(database), period=MARCH)
+    await ingest(database, [Row(bad.id, datetime(2026, 3, 3, tzinfo=UTC), "gpt-4o", "chat",
+                                1, 1, 1, Decimal("0.5"), "USD")])
+    report = await renew_due(database, now=NOW)
+    assert report.failed == [str(bad.id)] and report.renewed == 1
+    assert len(await _invoices(database, good.id)) == 1
+    assert await _invoices(database, bad.id) == []
+    assert (await _sub(database, bad.id)).current_period_start == MARCH.start
+
+
+async def test_the_renew_job_runs_on_the_maintenance_queue(database: Database) -> None:
+    schedule = schedules()["billing.renew"]
+    assert schedule.every == timedelta(minutes=5)
+    plan = await add_plan(database)
+    ended = Period(datetime.now(UTC) - timedelta(days=31), datetime.now(UTC) - timedelta(minutes=1))
+    sub = await add_subscription(database, plan, await _user(database), period=ended)
+    async with database.transaction() as session:
+        job = await enqueue(session, "billing.renew")
+        assert job.queue == "maintenance"
+    async with in_process_worker(database):
+        for _ in range(150):
+            async with database.transaction() as session:
+                done = await session.get(BackgroundTask, job.id)
+                assert done is not None
+                if done.status in ("completed", "failed", "dead"):
+                    break
+            await asyncio.sleep(0.1)
+    assert done.status == "completed", done.error_message
+    assert done.result == {"renewed": 1, "invoices": 1, "finalized": 0, "failed": []}
+    assert len(await _invoices(database, sub.id)) == 1

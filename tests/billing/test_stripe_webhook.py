@@ -1,0 +1,271 @@
+"""The Stripe webhook: events signed locally with the SDK's own helper, verified by the
+SDK, each event id processed once; bad signatures refused with nothing stored."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from roost.audit.models import AuditLog
+from roost.billing.models import Invoice, StripeEvent
+from roost.config import Settings
+from roost.db.engine import Database
+from tests.billing.stripe_rows import (
+    count,
+    event,
+    make_invoice,
+    make_subscription,
+    signed,
+    stripe_events,
+    subscription,
+)
+from tests.support.identity import make_user
+
+pytestmark = pytest.mark.needs_stripe
+
+SECRET = "whsec_roost_test_0123456789abcdef"
+URL = "/api/v1/billing/stripe/webhook"
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", log_json=True, max_request_bytes=64 * 1024,
+                    stripe_webhook_secret=SecretStr(SECRET))
+
+
+@pytest.fixture
+async def user_id(database: Database) -> uuid.UUID:
+    return (await make_user(database))[0]
+
+
+async def deliver(client: httpx.AsyncClient, body: dict[str, Any] | bytes,
+                  secret: str = SECRET, **kwargs: Any) -> httpx.Response:
+    raw, headers = signed(body, secret, **kwargs)
+    return await client.post(URL, content=raw, headers=headers)
+
+
+def stripe_sub(stripe_id: str, status: str, **extra: Any) -> dict[str, Any]:
+    return {"id": stripe_id, "object": "subscription", "status": status,
+            "customer": "cus_123", "metadata": {}, **extra}
+
+
+async def test_valid_event_updates_the_status_and_is_audited(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
+) -> None:
+    sub_id = await make_subscription(database, user_id, stripe_subscription_id="sub_A1")
+    evt = event("customer.subscription.updated", stripe_sub("sub_A1", "past_due"))
+
+    reply = await deliver(client, evt)
+
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"received": True, "event_id": evt["id"],
+                            "type": "customer.subscription.updated", "outcome": "applied",
+                            "detail": None}
+    assert (await subscription(database, sub_id)).status == "past_due"
+    [row] = await stripe_events(database)
+    assert (row.id, row.outcome, row.subscription_id) == (evt["id"], "applied", sub_id)
+    async with database.transaction() as session:
+        actions = set((await session.scalars(
+            select(AuditLog.action).where(AuditLog.resource_id == str(sub_id)))).all())
+    assert {"billing.stripe.customer.subscription.updated",
+            "billing.subscription.status"} <= actions
+
+
+@pytest.mark.parametrize(("event_type", "stripe_status", "start", "expected"), [
+    ("customer.subscription.deleted", "canceled", "active", "canceled"),
+    ("customer.subscription.paused", "paused", "active", "paused"),
+    ("customer.subscription.resumed", "active", "paused", "active"),
+    ("customer.subscription.updated", "unpaid", "active", "past_due"),
+    ("customer.subscription.updated", "incomplete_expired", "active", "canceled"),
+    ("customer.subscription.updated", "active", "trialing", "active"),
+])
+async def test_stripe_statuses_map_to_roost_statuses(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID, event_type: str,
+    stripe_status: str, start: str, expected: str,
+) -> None:
+    sub_id = await make_subscription(database, user_id, status=start,
+                                     stripe_subscription_id="sub_M1")
+    reply = await deliver(client, event(event_type, stripe_sub("sub_M1", stripe_status)))
+    assert reply.status_code == 200 and reply.json()["outcome"] == "applied", reply.text
+    sub = await subscription(database, sub_id)
+    assert sub.status == expected
+    assert (sub.canceled_at is not None) == (expected == "canceled")
+
+
+async def test_subscription_found_by_its_roost_id_when_the_sync_lost_the_stripe_id(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
+) -> None:
+    sub_id = await make_subscription(database, user_id)  # no stripe_subscription_id stored
+    obj = stripe_sub("sub_L1", "past_due", metadata={"roost_subscription_id": str(sub_id)})
+    reply = await deliver(client, event("customer.subscription.updated", obj))
+    assert reply.json()["outcome"] == "applied", reply.text
+    sub = await subscription(database, sub_id)
+    assert (sub.status, sub.stripe_subscription_id) == ("past_due", "sub_L1")
+
+
+@pytest.mark.parametrize("how", ["other secret", "tampered body", "missing header",
+                                 "garbage header", "stale timestamp"])
+async def test_bad_signature_is_400_and_nothing_is_stored(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID, how: str
+) -> None:
+    sub_id = await make_subscription(database, user_id, stripe_subscription_id="sub_B1")
+    evt = event("customer.subscription.deleted", stripe_sub("sub_B1", "canceled"))
+    raw, headers = signed(evt, "whsec_not_this_endpoints" if how == "other secret" else SECRET,
+                          timestamp=int(time.time()) - 3600 if how == "stale timestamp" else None)
+    if how == "tampered body":
+        raw = raw.replace(b'"canceled"', b'"active"')
+    elif how == "missing header":
+        del headers["Stripe-Signature"]
+    elif how == "garbage header":
+        headers["Stripe-Signature"] = "t=notanumber,v1=zz"
+
+    reply = await client.post(URL, content=raw, headers=headers)
+
+    assert reply.status_code == 400, reply.text
+    assert reply.headers["content-type"] == PROBLEM
+    assert "Stripe-Signature" in reply.json()["detail"]
+    assert SECRET not in reply.text
+    assert await stripe_events(database) == []
+    assert (await subscription(database, sub_id)).status == "active"
+
+
+@pytest.mark.parametrize("body", [b"not json at all", b'{"object": "event"}', b"[1, 2]",
+                                  b'{"id": "evt_1", "type": "x", "data": []}'])
+async def test_signed_body_that_is_not_an_event_is_400(
+    client: httpx.AsyncClient, database: Database, body: bytes
+) -> None:
+    reply = await deliver(client, body)
+    assert reply.status_code == 400, reply.text
+    assert reply.headers["content-type"] == PROBLEM
+    assert await stripe_events(database) == []
+
+
+async def test_replayed_event_is_a_no_op(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
+) -> None:
+    sub_id = await make_subscription(database, user_id, stripe_subscription_id="sub_R1")
+    evt = event("customer.subscription.updated", stripe_sub("sub_R1", "past_due"))
+    first = await deliver(client, evt)
+    assert first.json()["outcome"] == "applied"
+    # The operator reactivates the subscription; a redelivery of the old event must not
+    # undo that.
+    async with database.transaction() as session:
+        from roost.billing import subscriptions
+        from roost.principal import SYSTEM
+        sub = await subscriptions.get_subscription(session, SYSTEM, sub_id)
+        await subscriptions.set_status(session, SYSTEM, sub, "active", "paid by phone",
+                                       sync=False)
+
+    again = await deliver(client, evt)
+
+    assert again.status_code == 200
+    assert again.json()["outcome"] == "duplicate"
+    assert (await subscription(database, sub_id)).status == "active"
+    assert len(await stripe_events(database)) == 1
+    assert await count(database, select(AuditLog).where(
+        AuditLog.action == "billing.stripe.customer.subscription.updated")) == 1
+
+
+async def test_concurrent_deliveries_of_one_event_apply_it_once(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
+) -> None:
+    sub_id = await make_subscription(database, user_id, stripe_subscription_id="sub_C1")
+    evt = event("customer.subscription.updated", stripe_sub("sub_C1", "past_due"))
+    replies = await asyncio.gather(*(deliver(client, evt) for _ in range(6)))
+    outcomes = sorted(r.json()["outcome"] for r in replies)
+    assert outcomes == ["applied"] + ["duplicate"] * 5, [r.text for r in replies]
+    assert (await subscription(database, sub_id)).status == "past_due"
+    assert len(await stripe_events(database)) == 1
+
+
+async def test_unknown_event_type_is_200_and_recorded(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    evt = event("charge.refunded", {"id": "ch_1", "object": "charge"})
+    reply = await deliver(client, evt)
+    assert reply.status_code == 200
+    assert reply.json()["outcome"] == "unknown_type"
+    [row] = await stripe_events(database)
+    assert (row.id, row.type, row.outcome) == (evt["id"], "charge.refunded", "unknown_type")
+
+
+async def test_event_naming_an_unknown_subscription_is_stored_as_ignored(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
+) -> None:
+    sub_id = await make_subscription(database, user_id, stripe_subscription_id="sub_K1")
+    reply = await deliver(client, event("customer.subscription.deleted",
+                                        stripe_sub("sub_someone_else", "canceled")))
+    assert reply.status_code == 200
+    assert reply.json()["outcome"] == "ignored"
+    assert "sub_someone_else" in reply.json()["detail"]
+    [row] = await stripe_events(database)
+    assert row.outcome == "ignored" and row.subscription_id is None
+    assert (await subscription(database, sub_id)).status == "active"
+
+
+async def test_transition_the_lifecycle_refuses_is_ignored_with_the_reason(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
+) -> None:
+    sub_id = await make_subscription(database, user_id, status="canceled",
+                                     stripe_subscription_id="sub_X1")
+    reply = await deliver(client, event("customer.subscription.updated",
+                                        stripe_sub("sub_X1", "active")))
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["outcome"] == "ignored" and "canceled" in body["detail"]
+    assert (await subscription(database, sub_id)).status == "canceled"
+    [row] = await stripe_events(database)
+    assert row.outcome == "ignored" and row.subscription_id == sub_id
+
+
+async def test_invoice_paid_marks_the_invoice_paid(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
+) -> None:
+    sub_id = await make_subscription(database, user_id, stripe_subscription_id="sub_I1")
+    invoice_id = await make_invoice(database, sub_id, lines=[], subtotal="20.00",
+                                    stripe_invoice_id="in_I1")
+    reply = await deliver(client, event("invoice.paid", {"id": "in_I1", "object": "invoice",
+                                                         "status": "paid"}))
+    assert reply.json()["outcome"] == "applied", reply.text
+    async with database.transaction() as session:
+        invoice = await session.get(Invoice, invoice_id)
+        assert invoice is not None and invoice.status == "paid"
+    again = await deliver(client, event("invoice.paid", {"id": "in_I1", "object": "invoice"}))
+    assert again.json()["outcome"] == "ignored"  # a new event id, but paid already
+
+
+async def test_invoice_payment_failed_makes_the_subscription_past_due(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
+) -> None:
+    sub_id = await make_subscription(database, user_id, stripe_subscription_id="sub_F1")
+    # A Stripe invoice Roost did not create (e.g. Stripe's own renewal) names the
+    # subscription under parent.subscription_details (API 2025-03-31 and later).
+    obj = {"id": "in_F1", "object": "invoice",
+           "parent": {"type": "subscription_details",
+                      "subscription_details": {"subscription": "sub_F1"}}}
+    reply = await deliver(client, event("invoice.payment_failed", obj))
+    assert reply.json()["outcome"] == "applied", reply.text
+    assert (await subscription(database, sub_id)).status == "past_due"
+    [row] = await stripe_events(database)
+    assert row.subscription_id == sub_id
+
+
+async def test_without_a_webhook_secret_the_endpoint_says_it_is_not_configured(
+    app: FastAPI, client: httpx.AsyncClient, database: Database
+) -> None:
+    app.state.settings = app.state.settings.model_copy(update={"stripe_webhook_secret": None})
+    reply = await deliver(client, event("charge.refunded", {"id": "ch_2"}))
+    assert reply.status_code == 503
+    assert reply.headers["content-type"] == PROBLEM
+    assert "ROOST_STRIPE_WEBHOOK_SECRET" in reply.json()["detail"]
+    assert await count(database, select(StripeEvent)) == 0
