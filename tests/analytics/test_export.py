@@ -3,6 +3,7 @@ dead server leaves the events in the outbox and the API unaffected."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -185,7 +186,7 @@ async def test_unreachable_server_keeps_rows_counts_attempts_events_still_writte
         await usage_from_clickhouse(unreachable_settings, "day", since, until, None)
 
 
-async def test_the_job_retries_with_backoff_and_is_scheduled_only_when_enabled() -> None:
+def test_the_job_retries_with_backoff_and_is_scheduled_only_when_enabled() -> None:
     from roost.analytics import jobs
     from roost.tasks.handlers import get_task_type
 
@@ -225,14 +226,40 @@ async def test_clickhouse_connect_sink_end_to_end_in_a_child_process(
     env = {**_clean_env(), "ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
            "ROOST_DATA_DIR": str(tmp_path / "child"),
            "ROOST_ANALYTICS_CLICKHOUSE_URL": f"chdb://{tmp_path / 'ch'}"}
-    child = subprocess.run([sys.executable, "-m", "tests.analytics.export_child"], env=env,
-                           capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
+    child = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "tests.analytics.export_child"], env=env,
+        capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
     assert child.returncode == 0, child.stderr[-3000:]
     out = json.loads(child.stdout.strip().splitlines()[-1])
     assert out["pass"]["shipped"] == 4 and out["pass"]["pending"] == 0
     assert [(u["key"], u["requests"], u["cost"]) for u in out["usage"]] == [("m1", 4, "4.000004")]
     assert out["events"] == [{"key": "llm.call", "events": 4}]
     assert all(r.exported for r in await outbox(database))
+
+
+async def test_two_processes_share_the_chdb_directory(
+    database: Database, pg_server: PgTestServer, db_name: str, test_settings: Settings,
+    user: User,
+) -> None:
+    """The API server and a worker both use DATA_DIR/analytics/chdb, which chDB lets one
+    process hold at a time: a child exports while this process keeps querying."""
+    await add_events(database, [("llm.call", llm_call("m1")) for _ in range(200)],
+                     user_id=user[0])
+    env = {**_clean_env(), "ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(test_settings.data_dir), "ROOST_ANALYTICS_EXPORT_BATCH": "10"}
+    child = subprocess.Popen([sys.executable, "-m", "tests.analytics.export_child"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    since, until = window()
+    queries = 0
+    while child.poll() is None or queries < 3:
+        await events_from_clickhouse(test_settings, "day", since, until)  # never refused
+        queries += 1
+    stdout, stderr = await asyncio.to_thread(child.communicate, timeout=300)
+    assert child.returncode == 0, stderr[-3000:]
+    out = json.loads(stdout.strip().splitlines()[-1])
+    assert out["pass"]["shipped"] == 200
+    usage = await usage_from_clickhouse(test_settings, "model", since, until, None)
+    assert [(u["key"], u["requests"]) for u in usage] == [("m1", 200)]
 
 
 async def test_export_api_runs_a_pass_and_reports_state(

@@ -261,7 +261,7 @@ def replace_plan(plan: Plan) -> Plan:
 
 
 async def test_issuing_again_changes_nothing_and_is_audited(
-        database: Database, user: tuple[uuid.UUID, Headers]) -> None:
+        database: Database, user: tuple[uuid.UUID, Headers]) -> None:  # noqa: F811
     plan = await add_plan(database)
     sub = await add_subscription(database, plan, user[0])
     await ingest(database, [usage(sub, "gpt-4o", "chat", "0.5")], user[0])
@@ -321,7 +321,7 @@ async def test_numbers_have_no_gap_under_concurrency_or_rollback(database: Datab
 
 
 async def test_the_pdf_shows_number_bill_to_and_total_in_latin1(
-        database: Database, user: tuple[uuid.UUID, Headers]) -> None:
+        database: Database, user: tuple[uuid.UUID, Headers]) -> None:  # noqa: F811
     plan = await add_plan(database, price="12.50")
     sub = await add_subscription(database, plan, user[0])
     async with database.transaction() as session:
@@ -345,7 +345,8 @@ async def test_the_pdf_shows_number_bill_to_and_total_in_latin1(
 
 async def test_invoices_over_http(
         client: httpx.AsyncClient, database: Database, admin_headers: Headers,
-        user: tuple[uuid.UUID, Headers], other_user: tuple[uuid.UUID, Headers]) -> None:
+        user: tuple[uuid.UUID, Headers],  # noqa: F811
+        other_user: tuple[uuid.UUID, Headers]) -> None:  # noqa: F811
     uid, headers = user
     plan = await add_plan(database, price="10.00")
     now = datetime.now(UTC).replace(microsecond=0)

@@ -12,6 +12,7 @@ from decimal import Decimal
 from sqlalchemy import select, text
 
 from roost.audit.models import AuditLog
+from roost.billing import jobs as billing_jobs
 from roost.billing.invoices import Period
 from roost.billing.models import Invoice, Subscription
 from roost.billing.renewals import renew_due
@@ -141,6 +142,7 @@ async def test_one_bad_ledger_does_not_stop_the_others(database: Database) -> No
 
 
 async def test_the_renew_job_runs_on_the_maintenance_queue(database: Database) -> None:
+    assert billing_jobs.renew_subscriptions is not None  # imported: the schedule registered
     schedule = schedules()["billing.renew"]
     assert schedule.every == timedelta(minutes=5)
     plan = await add_plan(database)
@@ -149,14 +151,16 @@ async def test_the_renew_job_runs_on_the_maintenance_queue(database: Database) -
     async with database.transaction() as session:
         job = await enqueue(session, "billing.renew")
         assert job.queue == "maintenance"
+    done: BackgroundTask | None = None
     async with in_process_worker(database):
         for _ in range(150):
             async with database.transaction() as session:
                 done = await session.get(BackgroundTask, job.id)
-                assert done is not None
-                if done.status in ("completed", "failed", "dead"):
-                    break
+            assert done is not None
+            if done.status in ("completed", "failed", "dead"):
+                break
             await asyncio.sleep(0.1)
+    assert done is not None
     assert done.status == "completed", done.error_message
     assert done.result == {"renewed": 1, "invoices": 1, "finalized": 0, "failed": []}
     assert len(await _invoices(database, sub.id)) == 1

@@ -7,10 +7,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
 from sqlalchemy import select, update
 
 from roost.billing import stripe_sync
@@ -19,7 +23,13 @@ from roost.config import Settings, get_settings
 from roost.db.engine import Database
 from roost.tasks.handlers import PermanentError
 from roost.tasks.models import BackgroundTask, TaskStatus
-from tests.billing.stripe_rows import make_invoice, make_subscription, subscription
+from tests.billing.stripe_rows import (
+    event,
+    make_invoice,
+    make_subscription,
+    signed,
+    subscription,
+)
 from tests.support.identity import make_user
 from tests.support.stripe_stub import StripeStub, stripe_stub
 from tests.support.workers import in_process_worker
@@ -226,6 +236,31 @@ async def test_invoice_sync_creates_one_invoice_with_its_lines_and_tax(
     assert len(stub.created("customer")) == 1
 
 
+async def test_a_stripe_subscription_bills_the_plan_fee_so_the_invoice_leaves_it_out(
+    database: Database, user_id: uuid.UUID, stub: StripeStub, config: stripe_sync.StripeConfig
+) -> None:
+    sub_id = await make_subscription(database, user_id)
+    await stripe_sync.sync_subscription(database, config, sub_id)
+    plan_line = {"kind": "plan", "description": "Pro plan, monthly", "amount": "20.00"}
+    only_fee = await make_invoice(database, sub_id, lines=[plan_line], subtotal="20.00",
+                                  tax_rate="0.1", tax="2.00")
+    result = await stripe_sync.sync_invoice(database, config, only_fee)
+    assert result == {"skipped": "only the plan fee, which the Stripe subscription bills"}
+    assert stub.created("invoice") == []
+
+    async with database.transaction() as session:  # the next period's invoice
+        await session.execute(update(Invoice).where(Invoice.id == only_fee).values(
+            period_start=Invoice.period_start - timedelta(days=60),
+            period_end=Invoice.period_end - timedelta(days=60)))
+    with_usage = await make_invoice(
+        database, sub_id, lines=[plan_line, {"kind": "usage", "description": "gpt-4o: chat",
+                                             "amount": "3.50"}],
+        subtotal="23.50", tax_rate="0.1", tax="2.35")
+    await stripe_sync.sync_invoice(database, config, with_usage)
+    assert [(i["description"], i["amount"]) for i in stub.created("invoiceitem")] == [
+        ("gpt-4o: chat", 350), ("Tax (10 %)", 35)]
+
+
 def test_minor_units() -> None:
     assert stripe_sync.minor_units(Decimal("19.995"), "usd") == 2000
     assert stripe_sync.minor_units(Decimal("1500"), "JPY") == 1500
@@ -261,3 +296,39 @@ async def test_stripe_unreachable_is_retried(
         assert not isinstance(raised.value, PermanentError)
     finally:
         get_settings.cache_clear()
+
+
+async def test_end_to_end_api_to_stripe_and_back(
+    app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str],
+    user_id: uuid.UUID, stub: StripeStub,
+) -> None:
+    """An administrator creates a plan with a Stripe price and subscribes a user; the
+    worker creates them in Stripe; Stripe's signed webhook then cancels it in Roost."""
+    secret = "whsec_end_to_end"
+    app.state.settings = app.state.settings.model_copy(
+        update={"stripe_webhook_secret": SecretStr(secret)})
+    plan = await client.post("/api/v1/billing/plans", headers=admin_headers, json={
+        "key": "pro", "name": "Pro", "price": "20.00", "included_credits": 1000,
+        "stripe_price_id": "price_pro_e2e"})
+    assert plan.status_code == 201, plan.text
+    created = await client.post("/api/v1/billing/subscriptions", headers=admin_headers,
+                                json={"user_id": str(user_id), "plan": "pro"})
+    assert created.status_code == 201, created.text
+    sub_id = uuid.UUID(created.json()["id"])
+    async with in_process_worker(database):
+        for _ in range(150):
+            if (await subscription(database, sub_id)).stripe_subscription_id is not None:
+                break
+            await asyncio.sleep(0.1)
+    [remote] = stub.created("subscription")
+    assert remote["items"]["data"][0]["price"]["id"] == "price_pro_e2e"
+    shown = await client.get(f"/api/v1/billing/subscriptions/{sub_id}", headers=admin_headers)
+    assert shown.json()["stripe_subscription_id"] == remote["id"]
+
+    raw, headers = signed(event("customer.subscription.deleted",
+                                {**remote, "status": "canceled"}), secret)
+    reply = await client.post("/api/v1/billing/stripe/webhook", content=raw, headers=headers)
+    assert reply.json()["outcome"] == "applied", reply.text
+    assert (await subscription(database, sub_id)).status == "canceled"
+    # Stripe's own change is not synced back: no job was queued for it.
+    assert len(await sync_jobs(database)) == 1

@@ -265,7 +265,7 @@ async def test_without_a_webhook_secret_the_endpoint_says_it_is_not_configured(
 ) -> None:
     app.state.settings = app.state.settings.model_copy(update={"stripe_webhook_secret": None})
     reply = await deliver(client, event("charge.refunded", {"id": "ch_2"}))
-    assert reply.status_code == 503
+    assert reply.status_code == 404
     assert reply.headers["content-type"] == PROBLEM
     assert "ROOST_STRIPE_WEBHOOK_SECRET" in reply.json()["detail"]
     assert await count(database, select(StripeEvent)) == 0

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from pydantic import ValidationError
-from sqlalchemy import case, false, or_, select, true
+from sqlalchemy import case, false, func, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +23,7 @@ from roost.agents.personas import get_persona, require_role, require_user
 from roost.agents.schemas import AgentConfig, AgentCreate, AgentOut, AgentUpdate
 from roost.agents.secrets import missing_references
 from roost.audit.service import record
+from roost.billing import credits, limits
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.knowledge.models import Document
 from roost.knowledge.service import visible_to as documents_visible_to
@@ -221,12 +222,23 @@ def _config(config: AgentConfig) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude_unset=True)
 
 
+async def _check_agent_limit(session: AsyncSession, owner: uuid.UUID) -> None:
+    """The plan's max_agents (403 naming it), for a metered user."""
+    payer = await credits.payer_for(session, owner)
+    if payer is None or payer.limits.get("max_agents") is None:
+        return
+    count = await session.scalar(select(func.count()).select_from(Agent).where(
+        Agent.user_id == owner))
+    await limits.check_count(session, owner, "max_agents", int(count or 0), payer=payer)
+
+
 async def create_agent(session: AsyncSession, actor: Principal, body: AgentCreate) -> Agent:
     owner = require_user(actor, "agents")
     if body.persona_id is not None:
         await require_role(session, actor, body.persona_id, "editor", "bind agents to it")
     await _slug_free(session, owner, body.slug)
     await require_project(session, actor, body.project_id)  # another user's: 404
+    await _check_agent_limit(session, owner)
     agent = Agent(
         user_id=owner, persona_id=body.persona_id, project_id=body.project_id,
         name=body.name.strip(), slug=body.slug,

@@ -56,6 +56,7 @@ from roost.agents.models import Agent, Persona, Run, RunStep
 from roost.agents.runs import EVENTS_CHANNEL, notify
 from roost.agents.schemas import AgentConfig
 from roost.agents.secrets import resolve_reference
+from roost.analytics.outbox import emit
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
@@ -681,7 +682,7 @@ async def _prepare(session: AsyncSession, env: RunEnv, state: _State, offered: O
     async with env.database.transaction() as system:
         return await tool_calls.prepare_call(
             system, SYSTEM, env.tools, env.box, tool_id=offered.tool_id, name=None,
-            server=None, arguments=arguments)
+            server=None, arguments=arguments, bill_to=state.principal.user_id)
 
 
 async def _begin_tool_steps(session: AsyncSession, env: RunEnv, state: _State,
@@ -825,6 +826,11 @@ async def _finish_run(env: RunEnv, state: _State, stop: _Stop) -> str:
                      error_message=stop.error,
                      metadata={"stop_reason": stop.reason, "steps": len(state.steps),
                                "tokens": state.run.tokens_in + state.run.tokens_out})
+        emit(session, "agent.run", {
+            "run_id": str(state.run.id), "agent_id": str(state.run.agent_id),
+            "status": stop.status, "stop_reason": stop.reason, "steps": len(state.steps),
+            "tokens_input": state.run.tokens_in, "tokens_output": state.run.tokens_out,
+            "cost": str(state.run.cost or 0)}, user_id=state.run.user_id)
         if stop.status == "completed" and output and state.config.learn:
             # Learned from after the run, by a job (the model's extraction is not the run's).
             state.run.output = output

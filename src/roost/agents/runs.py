@@ -4,6 +4,7 @@ steps, cancel.  The loop that executes a run is :mod:`roost.agents.runner`."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, time
 from typing import Any, Final
 
 from sqlalchemy import func, select, update
@@ -14,8 +15,10 @@ from roost.agents.catalog import require_active
 from roost.agents.models import OPEN_STEP_STATUSES, TERMINAL_RUN_STATUSES, Agent, Run, RunStep
 from roost.agents.schemas import AgentConfig, RunCreate
 from roost.audit.service import record
+from roost.billing import credits, limits
+from roost.config import get_settings
 from roost.db.base import utcnow, uuid7
-from roost.errors import Conflict, NotFound
+from roost.errors import Conflict, NotFound, PaymentRequired
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.tasks.service import enqueue
@@ -67,6 +70,7 @@ async def create_run(
         if existing is None:
             raise NotFound("the run with this idempotency key is not visible")
         return existing, False
+    await _check_plan(session, actor.user_id, run_id)
     job = await enqueue(session, RUN_TASK, {"run_id": str(run_id)})
     await session.execute(update(Run).where(Run.id == run_id).values(task_id=job.id))
     await record(session, "agent.run.create", user_id=actor.user_id, resource_type="run",
@@ -76,6 +80,25 @@ async def create_run(
     run = await session.get(Run, run_id, populate_existing=True)
     assert run is not None
     return run, True
+
+
+async def _check_plan(session: AsyncSession, user_id: uuid.UUID, run_id: uuid.UUID) -> None:
+    """A metered user's plan: its runs a day (403 naming the limit), and a balance above
+    zero (402): the run's model and tool calls then hold their own credits."""
+    payer = await credits.require_payer(session, get_settings(), user_id)
+    if payer is None:
+        return
+    if payer.balance <= 0:
+        raise PaymentRequired(
+            f"not enough credits to start a run: the balance is 0 of {payer.credits_limit} "
+            f"(plan {payer.plan_key!r})", extra={"balance": 0, "needed": 1,
+                                                 "subscription_id": str(payer.subscription_id)})
+    if payer.limits.get("runs_per_day") is not None:
+        today = datetime.combine(utcnow().date(), time(), UTC)
+        started = await session.scalar(select(func.count()).select_from(Run).where(
+            Run.user_id == user_id, Run.created_at >= today, Run.id != run_id))
+        await limits.check_count(session, user_id, "runs_per_day", int(started or 0),
+                                 payer=payer)
 
 
 def totals_from_steps(run_id: uuid.UUID) -> dict[str, Any]:

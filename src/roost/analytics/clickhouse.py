@@ -3,8 +3,9 @@
 One interface, :class:`Sink`, two implementations:
 
 * :class:`ChdbSink`: chDB (the ClickHouse engine in-process, the ``chdb`` package) with a
-  persistent session in ``DATA_DIR/analytics/chdb``.  chDB calls block, so they run in
-  a thread (:func:`asyncio.to_thread`); a process holds one chDB session, behind a lock.
+  persistent database in ``DATA_DIR/analytics/chdb``.  chDB calls block, so they run in
+  a thread (:func:`asyncio.to_thread`); a process uses one chDB session at a time, behind
+  a lock, opened per operation (the API server and a worker share the directory).
 * :class:`ServerSink`: a ClickHouse server by URL through ``clickhouse-connect``
   (``ROOST_ANALYTICS_CLICKHOUSE_URL``); its blocking client runs in a thread too.
 
@@ -23,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -129,45 +131,54 @@ def _chdb_param(value: Any) -> Any:
 
 
 class _ChdbEngine:
-    """The process's one chDB session (reopened when a different path is asked for, which
-    only tests do), used under a lock."""
+    """The process's chDB session, used under a lock and closed after each operation.
+
+    chDB lets one process at a time hold a data directory (its ``status`` file lock), and
+    the API server and a worker share ``DATA_DIR/analytics/chdb``: each operation opens
+    the session, runs, and closes it, and an open that finds the directory held by the
+    other process is retried for up to :data:`OPEN_WAIT_S` (operations last milliseconds
+    to a few seconds).
+    """
+
+    OPEN_WAIT_S: Final = 15.0
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.path: str | None = None
-        self.session: Any = None
-        self.ready: set[str] = set()
+        self.ready: set[str] = set()  # paths whose table exists
 
     def run(self, path: str, sql: str, params: Mapping[str, Any] | None = None,
             fmt: str = "JSONEachRow") -> str:
         with self.lock:
-            if self.session is None or self.path != path:
-                self._open(path)
-            if path not in self.ready:
-                self.session.query(CREATE_TABLE)
-                self.ready.add(path)
-            result = self.session.query(sql, fmt, params=dict(params) if params else None)
-            return str(result.data()) if result is not None else ""
+            session = self._open(path)
+            try:
+                if path not in self.ready:
+                    session.query(CREATE_TABLE)
+                    self.ready.add(path)
+                result = session.query(sql, fmt, params=dict(params) if params else None)
+                return str(result.data()) if result is not None else ""
+            finally:
+                session.close()
 
-    def _open(self, path: str) -> None:
+    def _open(self, path: str) -> Any:
         try:
             from chdb.session import Session
         except ImportError as exc:
             raise ServiceUnavailable(
                 f"the embedded ClickHouse (chDB) is not installed: {INSTALL_HINT}") from exc
-        if self.session is not None:
-            self.session.close()
-            self.session = None
         Path(path).mkdir(parents=True, exist_ok=True)
-        self.session = Session(path)  # type: ignore[no-untyped-call]
-        self.path = path
-        self.ready.discard(path)
+        deadline = time.monotonic() + self.OPEN_WAIT_S
+        pause = 0.02
+        while True:
+            try:
+                return Session(path)  # type: ignore[no-untyped-call]
+            except RuntimeError:  # held by another process for the moment
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     def close(self) -> None:
         with self.lock:
-            if self.session is not None:
-                self.session.close()
-            self.session, self.path = None, None
             self.ready.clear()
 
 
@@ -193,7 +204,8 @@ class ChdbSink(Sink):
 
 
 def close_chdb() -> None:
-    """Close the process's chDB session (a worker's shutdown, tests)."""
+    """Forget what this process knows of chDB directories (a worker's shutdown, tests);
+    sessions are closed after each operation already."""
     _chdb.close()
 
 

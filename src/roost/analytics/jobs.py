@@ -5,7 +5,7 @@ schedule (every ``ROOST_ANALYTICS_EXPORT_INTERVAL_S``) is registered only when
 ``ROOST_ANALYTICS_EXPORT`` is true; the task type itself always exists, so an
 administrator can run a pass (``POST /api/v1/analytics/export`` runs one in the request).
 A failing pass raises: the queue retries it with backoff (5 s, 10 s, 20 s... at most
-10 minutes), and the rows stay in the outbox meanwhile.
+10 minutes, with the queue's jitter), and the rows stay in the outbox meanwhile.
 """
 
 from __future__ import annotations

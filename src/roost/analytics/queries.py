@@ -52,12 +52,23 @@ async def _select(settings: Settings, sink: Sink | None, sql: str,
 
 
 def as_utc(moment: datetime) -> datetime:
-    """Naive timestamps are UTC."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    """Naive timestamps are UTC (the extremes of ``datetime`` stay in range)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)
+
+
+# What ClickHouse's DateTime64 holds: wider ranges are clamped to it.
+CH_MIN: Final = datetime(1900, 1, 1, tzinfo=UTC)
+CH_MAX: Final = datetime(2299, 12, 31, tzinfo=UTC)
 
 
 def _check_range(since: datetime, until: datetime) -> tuple[datetime, datetime]:
     since, until = as_utc(since), as_utc(until)
+    since, until = min(max(since, CH_MIN), CH_MAX), min(max(until, CH_MIN), CH_MAX)
     if until <= since:
         raise Unprocessable("until must be after since")
     return since, until

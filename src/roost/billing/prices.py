@@ -103,8 +103,8 @@ def _on_end(_session: Any) -> None:
 
 
 def _cache_key(session: AsyncSession) -> str:
-    bind = session.bind
-    return str(getattr(bind, "url", "")) or "default"
+    bind = session.bind  # an engine, or a connection (whose engine has the URL)
+    return str(getattr(getattr(bind, "engine", bind), "url", "")) or "default"
 
 
 async def _table(session: AsyncSession) -> _Table:

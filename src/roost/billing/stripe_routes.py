@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from roost.billing import stripe_webhooks
 from roost.billing.stripe_webhooks import Outcome
 from roost.db.engine import Database
-from roost.errors import ServiceUnavailable
+from roost.errors import NotFound
 from roost.http.deps import SettingsDep, database_dep
 from roost.http.routing import RoostRouter
 
@@ -43,8 +43,9 @@ async def stripe_webhook(
 ) -> StripeWebhookOut:
     secret = settings.stripe_webhook_secret
     if secret is None or not secret.get_secret_value():
-        raise ServiceUnavailable("Stripe webhooks are not configured on this server: set "
-                                 "ROOST_STRIPE_WEBHOOK_SECRET to the endpoint's signing secret")
+        # 404, not 503: nothing is down, the endpoint is off (Stripe retries either way).
+        raise NotFound("Stripe webhooks are not configured on this server: set "
+                       "ROOST_STRIPE_WEBHOOK_SECRET to the endpoint's signing secret")
     payload = await request.body()
     event = stripe_webhooks.verify_event(secret.get_secret_value(), payload, stripe_signature)
     async with database.transaction() as session:

@@ -13,7 +13,9 @@ an invoice calls :func:`enqueue_sync` in the same transaction, which queues the 
   skipped with a logged reason.
 - an invoice becomes a draft Stripe invoice (``pending_invoice_items_behavior=exclude``)
   with one invoice item per line, plus the tax; Stripe finalises and charges it, and the
-  ``invoice.paid`` webhook marks Roost's paid.
+  ``invoice.paid`` webhook marks Roost's paid.  When the subscription is in Stripe, its
+  Stripe subscription bills the plan fee itself: the plan line is left out (the tax is
+  then on the usage), and an invoice with nothing else is not sent.
 
 Every creating call carries an idempotency key derived from the Roost row
 (``roost-invoice-<id>``, ``roost-subscription-<id>``, ...): a job that dies after Stripe
@@ -296,23 +298,32 @@ def minor_units(amount: Decimal, currency: str) -> int:
     return int((amount * (10 ** exponent)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def invoice_items(invoice: Invoice) -> list[tuple[str, int]]:
-    """(description, amount in minor units) per line, then the tax; a rounding line
-    makes their sum Stripe's total equal Roost's when per-line rounding drifts."""
+def invoice_items(invoice: Invoice, *, plan_billed_by_stripe: bool = False) -> list[tuple[str, int]]:
+    """(description, amount in minor units) per non-zero line, then the tax; a rounding
+    line keeps the sum equal to Roost's total when per-line rounding drifts (zero-decimal
+    currencies).  ``plan_billed_by_stripe``: the subscription is a Stripe subscription on
+    the plan's price, which bills the plan fee itself, so the plan line is left out and
+    the tax is the rate times the usage alone."""
     currency = invoice.currency
+    lines = [line for line in invoice.lines
+             if not (plan_billed_by_stripe and line.get("kind") == "plan")]
     items: list[tuple[str, int]] = []
-    for line in invoice.lines:
-        amount = minor_units(Decimal(str(line.get("amount") or "0")), currency)
+    exact = Decimal(0)
+    for line in lines:
+        value = Decimal(str(line.get("amount") or "0"))
+        exact += value
+        amount = minor_units(value, currency)
         if amount == 0:
             continue
         what = str(line.get("description") or line.get("model") or line.get("feature")
                    or line.get("kind") or "usage")
         items.append((what[:500], amount))
-    subtotal = minor_units(invoice.subtotal, currency)
-    drift = subtotal - sum(amount for _, amount in items)
+    subtotal = exact if plan_billed_by_stripe else invoice.subtotal
+    drift = minor_units(subtotal, currency) - sum(amount for _, amount in items)
     if drift:
         items.append(("Rounding", drift))
-    tax = minor_units(invoice.tax, currency)
+    tax = minor_units(subtotal * invoice.tax_rate if plan_billed_by_stripe else invoice.tax,
+                      currency)
     if tax:
         items.append((f"Tax ({(invoice.tax_rate * 100).normalize():f} %)", tax))
     return items
@@ -333,6 +344,13 @@ async def sync_invoice(database: Database, config: StripeConfig,
     if invoice.status == "void":
         log.info("stripe_sync_skipped", invoice_id=str(invoice_id), reason="void")
         return {"skipped": "void"}
+    plan_billed_by_stripe = view.stripe_subscription_id is not None
+    items = invoice_items(invoice, plan_billed_by_stripe=plan_billed_by_stripe)
+    if not items:
+        reason = ("only the plan fee, which the Stripe subscription bills"
+                  if plan_billed_by_stripe else "nothing to charge")
+        log.info("stripe_sync_skipped", invoice_id=str(invoice_id), reason=reason)
+        return {"skipped": reason}
     client = _Client(config)
     try:
         customer = await _ensure_customer(database, client, view)
@@ -342,11 +360,9 @@ async def sync_invoice(database: Database, config: StripeConfig,
              "collection_method": "charge_automatically",
              "pending_invoice_items_behavior": "exclude", "description": invoice.number,
              "metadata": {"roost_invoice_id": str(invoice.id),
-                          "roost_invoice_number": invoice.number},
-             **({"subscription": view.stripe_subscription_id}
-                if view.stripe_subscription_id else {})},
+                          "roost_invoice_number": invoice.number}},
             {"idempotency_key": f"roost-invoice-{invoice.id}"})
-        for n, (description, amount) in enumerate(invoice_items(invoice)):
+        for n, (description, amount) in enumerate(items):
             await client.v1.invoice_items.create_async(
                 {"customer": customer, "invoice": created.id, "amount": amount,
                  "currency": currency, "description": description,

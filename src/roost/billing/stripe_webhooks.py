@@ -88,7 +88,8 @@ def verify_event(secret: str, payload: bytes, signature: str | None) -> StripeEv
     except stripe.SignatureVerificationError:
         raise BadRequest("invalid Stripe-Signature: the body is not signed with this "
                          "endpoint's webhook secret, or the timestamp is too old") from None
-    except (ValueError, UnicodeDecodeError):  # signed, but not a JSON event
+    except (ValueError, TypeError, AttributeError, KeyError):  # signed, but not an event
+        # (not UTF-8 or JSON, or JSON that is not an object: the SDK fails as it reads it)
         raise BadRequest("the body is not a Stripe event (JSON with an id and a type)") from None
     values = event.to_dict()
     event_id, event_type = values.get("id"), values.get("type")

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from roost.audit import service as audit
+from roost.billing import credits, limits
 from roost.db.base import utcnow, uuid7
 from roost.errors import Forbidden, NotFound, PayloadTooLarge, Unprocessable
 from roost.knowledge.config import KnowledgeConfig, check_embedder
@@ -87,6 +88,20 @@ def clean_filename(filename: str | None) -> str:
 # --- documents --------------------------------------------------------------------------
 
 
+async def _check_document_limit(session: AsyncSession, user_id: uuid.UUID, name: str) -> None:
+    """The plan's max_documents (403 naming it) for a metered user; re-uploading a file
+    of the same name replaces that document, so it does not count."""
+    payer = await credits.payer_for(session, user_id)
+    if payer is None or payer.limits.get("max_documents") is None:
+        return
+    owned = select(func.count()).select_from(Document).where(Document.user_id == user_id)
+    if await session.scalar(select(Document.id).where(Document.user_id == user_id,
+                                                      Document.name == name).limit(1)):
+        return
+    await limits.check_count(session, user_id, "max_documents",
+                             int(await session.scalar(owned) or 0), payer=payer)
+
+
 async def create_upload(
     session: AsyncSession,
     actor: Principal,
@@ -122,6 +137,7 @@ async def create_upload(
             raise Unprocessable(f"{label} must not contain NUL characters")
     name = clean_filename(filename)
     check_embedder(cfg.embedder)  # 409 now rather than a document stuck "processing"
+    await _check_document_limit(session, user_id, name)
     model = cfg.embedder.model
     run = IngestionRun(
         user_id=user_id, target=name, source="upload", tags=tags or [], collection=collection,

@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar, overload
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.analytics.streaming import StreamMeter
 from roost.audit import service as audit
 from roost.billing import credits, limits
 from roost.billing.credits import Reservation
@@ -168,9 +169,14 @@ async def _store_failure(
 
 async def _store_success(
     gateway: LLMGateway, call: PendingCall, outcome: CallOutcome,
-    on_success: SuccessHook[Any] | None,
+    on_success: SuccessHook[Any] | None, meter: StreamMeter | None = None,
 ) -> Any:
     async with gateway.transaction(call.principal) as session:
+        if meter is not None:  # a streamed answer: its time to first token and chunks
+            meter.finish(outcome.result.tokens_out)
+            session.add_all(meter.rows(str(call.request_id), call.principal.user_id,
+                                       outcome.result.model or call.route.model,
+                                       outcome.winner.name))
         await record_success(
             session, gateway, call.principal, outcome, request_type=call.request_type,
             session_id=call.session_id, run_id=call.run_id, agent_id=call.agent_id,
@@ -235,8 +241,10 @@ class RecordedStream(Generic[T]):
     def __init__(
         self, gateway: LLMGateway, call: PendingCall, stream: CallStream,
         on_success: SuccessHook[Any] | None, on_failure: FailureHook | None,
+        meter: StreamMeter | None = None,
     ) -> None:
         self.call = call
+        self._meter = meter
         self._gateway = gateway
         self._stream = stream
         self._on_success = on_success
@@ -249,7 +257,15 @@ class RecordedStream(Generic[T]):
         return self.call.request_id
 
     def chunks(self) -> AsyncIterator[ChatChunk]:
-        return self._stream.chunks()
+        if self._meter is None:
+            return self._stream.chunks()
+        return self._metered(self._meter)
+
+    async def _metered(self, meter: StreamMeter) -> AsyncIterator[ChatChunk]:
+        async for chunk in self._stream.chunks():
+            if chunk.delta:  # about four characters a token (providers send no per-chunk count)
+                meter.on_chunk(max(1, (len(chunk.delta) + 3) // 4))
+            yield chunk
 
     async def __aenter__(self) -> RecordedStream[T]:
         return self
@@ -270,7 +286,8 @@ class RecordedStream(Generic[T]):
             await stream.aclose()
         self.outcome = stream.outcome()
         self.saved = await shielded(
-            _store_success(self._gateway, self.call, self.outcome, self._on_success))
+            _store_success(self._gateway, self.call, self.outcome, self._on_success,
+                           self._meter))
 
 
 @overload
@@ -291,6 +308,7 @@ async def open_stream(
     failure before any output is recorded and raised as an ordinary error answer."""
     if not call.running:
         await mark_running(gateway, call.principal, call.request_id)
+    meter = StreamMeter(gateway.settings.analytics_stream_sample_every)
     stream = CallStream(gateway, call.route, call.chat, call.request_id)
     try:
         await stream.start()
@@ -303,7 +321,7 @@ async def open_stream(
                                       on_failure))
         await stream.aclose()
         raise
-    return RecordedStream(gateway, call, stream, on_success, on_failure)
+    return RecordedStream(gateway, call, stream, on_success, on_failure, meter)
 
 
 # --- whole calls ------------------------------------------------------------------------

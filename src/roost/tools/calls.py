@@ -32,7 +32,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
+from roost.analytics.outbox import emit
 from roost.audit.service import record
+from roost.billing import credits
+from roost.billing import runtime_settings as billing_settings
+from roost.billing.credits import Reservation
+from roost.billing.models import UsageRecord
+from roost.config import get_settings
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.errors import Conflict, GatewayTimeout, NotFound, RoostError, Unprocessable
@@ -40,6 +46,7 @@ from roost.knowledge.config import KnowledgeConfig
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
+from roost.system_settings import runtime
 from roost.tools import (
     builtins,
     lspservers,
@@ -126,14 +133,18 @@ class PreparedCall:
     name: str
     kind: str
     spec: mcpclient.ServerSpec | None
+    reservation: Reservation | None = None  # the credits held for it (roost.billing)
 
 
 async def prepare_call(
     session: AsyncSession, actor: Principal, cfg: ToolsConfig, box: SecretBox, *,
     tool_id: uuid.UUID | None, name: str | None, server: str | None, arguments: dict[str, Any],
+    bill_to: uuid.UUID | None = None,
 ) -> PreparedCall:
     """In the caller's scoped transaction: find the tool (another tenant's is 404), check
-    it is enabled and available, validate the arguments (422)."""
+    it is enabled and available, validate the arguments (422), and hold the call's credits
+    when its user is metered (402 when the balance cannot cover it; roost.billing).
+    ``bill_to``: the user who pays when ``actor`` is the system acting for them."""
     row: McpServer | None = None
     if tool_id is not None:
         # The tool and its server in one statement (registry.get_tool's visibility),
@@ -164,7 +175,16 @@ async def prepare_call(
         if not row.enabled:
             raise ToolUnavailable(f"MCP server {row.name!r} is disabled")
         spec = spec_for(row, box, cfg)
-    return PreparedCall(tool.id, tool.name, tool.kind, spec)
+    payer = bill_to or actor.user_id
+    reservation = None
+    if payer is not None:
+        settings = get_settings()
+        price = await runtime.get(session, billing_settings.TOOL_CALL_CREDITS,
+                                  settings.billing_tool_call_credits)
+        if price:
+            reservation = await credits.reserve(session, settings, payer, price, kind="tool",
+                                                reference=f"tool:{tool.id}")
+    return PreparedCall(tool.id, tool.name, tool.kind, spec, reservation)
 
 
 HostedBuiltin = Callable[[Database, Principal, dict[str, Any], uuid.UUID | None],
@@ -283,6 +303,12 @@ async def record_call(
         message_id=message_id, run_id=run_id, run_step_id=run_step_id,
     )
     session.add(run)
+    _bill(session, actor, prepared, run)
+    if prepared.reservation is not None:
+        if failure is None:
+            await credits.settle(session, prepared.reservation, prepared.reservation.amount)
+        else:
+            await credits.release(session, prepared.reservation)
     await record(
         session, "tool.call", user_id=actor.user_id, resource_type="tool",
         resource_id=prepared.tool_id, trace_id=run.trace_id, success=failure is None,
@@ -291,6 +317,23 @@ async def record_call(
                   "duration_ms": result.duration_ms},
     )
     return run
+
+
+def _bill(session: AsyncSession, actor: Principal, prepared: PreparedCall, run: ToolRun) -> None:
+    """The call's ledger row (when it was metered) and its analytics event."""
+    held = prepared.reservation
+    ok = run.status == "success"
+    if held is not None:
+        session.add(UsageRecord(
+            id=uuid7(), user_id=run.user_id, request_type="tool", model=None,
+            credits_used=held.amount if ok else 0, latency_ms=run.duration_ms, success=ok,
+            run_id=run.run_id, session_id=run.session_id, idempotency_key=f"tool:{run.id}",
+            api_key_id=actor.api_key_id, subscription_id=held.subscription_id))
+    emit(session, "tool.call", {"tool": prepared.name, "tool_id": str(prepared.tool_id),
+                                "tool_run_id": str(run.id), "status": run.status,
+                                "duration_ms": run.duration_ms,
+                                "credits": held.amount if held is not None and ok else 0},
+         user_id=run.user_id, session_id=run.session_id)
 
 
 async def call_tool(

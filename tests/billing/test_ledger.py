@@ -1,0 +1,139 @@
+"""The usage ledger: idempotent batch ingest, costs in decimal from the price table, usage
+reports by provider, agent and API key; streamed answers leave their time to first token."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from roost.config import Settings
+from roost.db.engine import Database
+from tests.support.identity import make_user
+from tests.support.openai_stub import StubServer
+
+Headers = dict[str, str]
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", llm_timeout_s=5, llm_local_model=False)
+
+
+async def _subscribe(client: httpx.AsyncClient, admin: Headers, user_id: uuid.UUID,
+                     credits: int = 1000) -> dict[str, Any]:
+    key = f"p{uuid.uuid4().hex[:8]}"
+    resp = await client.post("/api/v1/billing/plans", headers=admin, json={
+        "key": key, "name": "Team", "price": "20.00", "included_credits": credits})
+    assert resp.status_code == 201, resp.text
+    resp = await client.post("/api/v1/billing/subscriptions", headers=admin,
+                             json={"user_id": str(user_id), "plan": key})
+    assert resp.status_code == 201, resp.text
+    sub: dict[str, Any] = resp.json()
+    return sub
+
+
+def _event(user_id: uuid.UUID, key: str, **fields: Any) -> dict[str, Any]:
+    return {"idempotency_key": key, "user_id": str(user_id), "request_type": "chat",
+            "model": "gpt-4o-mini", "tokens_input": 1000, "tokens_output": 500, **fields}
+
+
+async def test_replaying_events_bills_nothing_twice(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    user_id, _ = await make_user(database)
+    sub = await _subscribe(client, admin_headers, user_id)
+    batch = [_event(user_id, f"evt-{i}") for i in range(50)]
+    first = await client.post("/api/v1/billing/usage-events", headers=admin_headers,
+                              json={"events": batch})
+    assert first.status_code == 200, first.text
+    assert first.json() == {"accepted": 50, "duplicates": 0, "credits_charged": 100}
+    # The same batch again, and a batch repeating one key inside itself.
+    again = await client.post("/api/v1/billing/usage-events", headers=admin_headers,
+                              json={"events": batch})
+    assert again.json() == {"accepted": 0, "duplicates": 50, "credits_charged": 0}
+    twice = await client.post("/api/v1/billing/usage-events", headers=admin_headers,
+                              json={"events": [_event(user_id, "x"), _event(user_id, "x")]})
+    assert twice.json()["accepted"] == 1 and twice.json()["duplicates"] == 1
+
+    async with database.transaction() as s:
+        row = (await s.execute(text(
+            "SELECT count(*) AS n, sum(cost) AS cost, min(currency) AS currency, "
+            "(SELECT credits_used FROM subscriptions WHERE id = :sub) AS used "
+            "FROM usage_records WHERE user_id = :u"), {"u": user_id, "sub": sub["id"]})).one()
+    # gpt-4o-mini's default price: 0.15 in and 0.60 out per million tokens.
+    assert row.n == 51
+    assert row.cost == Decimal("0.000450") * 51
+    assert row.currency == "USD" and row.used == 102
+
+
+async def test_bad_events_are_refused_whole(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    user_id, headers = await make_user(database)
+    cases: list[tuple[dict[str, Any], int]] = [
+        ({"events": [_event(user_id, "a", tokens_input=-5)]}, 422),
+        ({"events": [_event(user_id, "a", cost="-1")]}, 422),
+        ({"events": [_event(user_id, "a", cost="1e30")]}, 422),
+        ({"events": [_event(user_id, "a", currency="usd")]}, 422),
+        ({"events": [_event(uuid.uuid4(), "a")]}, 422),
+        ({"events": [_event(user_id, "a", currency="EUR")]}, 422),  # priced in USD
+        ({"events": []}, 422),
+        ({"events": [_event(user_id, "a" * 201)]}, 422),
+    ]
+    for body, status in cases:
+        resp = await client.post("/api/v1/billing/usage-events", headers=admin_headers, json=body)
+        assert resp.status_code == status, (body, resp.text)
+        assert resp.headers["content-type"].startswith("application/problem+json")
+    not_admin = await client.post("/api/v1/billing/usage-events", headers=headers,
+                                  json={"events": [_event(user_id, "a")]})
+    assert not_admin.status_code == 403
+    async with database.transaction() as s:
+        assert await s.scalar(text("SELECT count(*) FROM usage_records")) == 0
+
+
+async def test_usage_by_provider_agent_and_api_key_with_cost_and_stream_metrics(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+) -> None:
+    user_id, headers = await make_user(database)
+    resp = await client.post("/api/v1/llm/providers", headers=admin_headers, json={
+        "name": "stub", "type": "openai", "base_url": stub.base_url, "model": "gpt-4o"})
+    assert resp.status_code == 201, resp.text
+    done = await client.post("/v1/chat/completions", headers=headers, json={
+        "model": "gpt-4o", "messages": [{"role": "user", "content": "price me"}]})
+    assert done.status_code == 200, done.text
+    async with client.stream("POST", "/v1/chat/completions", headers=headers, json={
+            "model": "gpt-4o", "stream": True,
+            "messages": [{"role": "user", "content": "stream a few words to me"}]}) as streamed:
+        assert streamed.status_code == 200
+        body = "".join([part async for part in streamed.aiter_text()])
+    assert "[DONE]" in body
+
+    by_provider = await client.get("/api/v1/billing/usage", headers=admin_headers,
+                                   params={"group_by": "provider"})
+    assert by_provider.status_code == 200, by_provider.text
+    rows = by_provider.json()["rows"]
+    assert [(r["label"], r["requests"]) for r in rows] == [("stub", 2)]
+    assert Decimal(rows[0]["cost"]) > 0  # gpt-4o has a default price
+    by_key = await client.get("/api/v1/billing/usage", headers=headers,
+                              params={"group_by": "api_key"})
+    assert by_key.status_code == 200
+    assert by_key.json()["totals"]["requests"] == 2
+    assert (await client.get("/api/v1/billing/usage", headers=headers,
+                             params={"group_by": "planet"})).status_code == 422
+
+    async with database.transaction() as s:
+        kinds = [r.event_type for r in (await s.execute(text(
+            "SELECT event_type FROM streaming_analytics WHERE user_id = :u "
+            "ORDER BY chunk_number, event_type"), {"u": user_id})).all()]
+        outbox = (await s.execute(text(
+            "SELECT event_type, event_data FROM clickhouse_analytics WHERE user_id = :u "
+            "AND event_type = 'llm.call'"), {"u": user_id})).all()
+    assert kinds[0] == "first_token" and kinds[-1] == "done"
+    assert len(outbox) == 2 and {o.event_data["provider"] for o in outbox} == {"stub"}
+    assert all(Decimal(o.event_data["cost"]) > 0 for o in outbox)
