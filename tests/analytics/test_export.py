@@ -247,14 +247,16 @@ async def test_two_processes_share_the_chdb_directory(
                      user_id=user[0])
     env = {**_clean_env(), "ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
            "ROOST_DATA_DIR": str(test_settings.data_dir), "ROOST_ANALYTICS_EXPORT_BATCH": "10"}
-    child = subprocess.Popen([sys.executable, "-m", "tests.analytics.export_child"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.analytics.export_child", env=env, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    finished = asyncio.ensure_future(asyncio.wait_for(child.communicate(), timeout=300))
     since, until = window()
     queries = 0
-    while child.poll() is None or queries < 3:
+    while not finished.done() or queries < 3:
         await events_from_clickhouse(test_settings, "day", since, until)  # never refused
         queries += 1
-    stdout, stderr = await asyncio.to_thread(child.communicate, timeout=300)
+    stdout, stderr = (part.decode() for part in await finished)
     assert child.returncode == 0, stderr[-3000:]
     out = json.loads(stdout.strip().splitlines()[-1])
     assert out["pass"]["shipped"] == 200

@@ -1,14 +1,82 @@
-"""``roost billing plans|subscribe|subscriptions|prices|invoice`` and ``roost usage``.
+"""``roost billing plans|subscribe|subscriptions|cancel|prices|invoice`` and ``roost usage``.
 
 Commands act as the operator (administrator) unless they say otherwise; they call the
 same services as the API."""
 
 from __future__ import annotations
 
-import typer
+from typing import Annotated, Literal
 
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from roost.billing import usage
+from roost.clitools import fail, print_table, with_database
+from roost.config import get_settings
+from roost.db.engine import Database
+from roost.errors import RoostError
+from roost.identity.cliscope import acting_principal
+from roost.principal import OPERATOR, Principal
+
+console = Console()
 billing_app = typer.Typer(help="Plans, subscriptions, model prices and invoices.",
                           no_args_is_help=True)
+
+
+def usage_command(
+    group_by: Annotated[str, typer.Option("--by", "-b", help="day, user, model, provider, "
+                                          "agent, api_key or request_type.")] = "day",
+    since: Annotated[str | None, typer.Option(help="ISO date or timestamp (default: 30 days "
+                                              "ago).")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO date (through its end) or timestamp "
+                                              "(default: now).")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's usage "
+                                             "(username or e-mail).")] = None,
+    source: Annotated[str, typer.Option(help="postgres (the ledger) or clickhouse (the "
+                                        "analytics export).")] = "postgres",
+) -> None:
+    """Usage and cost from the ledger, as a table (everyone's unless --user)."""
+    if group_by not in usage.GROUP_BYS:
+        raise fail("bad --by", f"use one of {', '.join(usage.GROUP_BYS)}")
+    if source not in ("postgres", "clickhouse"):
+        raise fail("bad --source", "use postgres or clickhouse")
+    grouping: usage.GroupBy = group_by  # narrowed by the check above
+    settings = get_settings()
+
+    async def go(db: Database) -> usage.UsageReport:
+        actor: Principal = OPERATOR if user is None else await acting_principal(db, user)
+        if source == "clickhouse":
+            return await usage.clickhouse_report(settings, actor, group_by=grouping,
+                                                 since=since, until=until)
+        async with db.transaction() as session:
+            return await usage.usage_report(session, actor, group_by=grouping, since=since,
+                                            until=until)
+
+    try:
+        report = with_database(go)
+    except RoostError as exc:
+        raise fail("usage", exc.detail) from None
+    _print(report, source)
+
+
+def _print(report: usage.UsageReport, source: Literal["postgres", "clickhouse"] | str) -> None:
+    table = Table(title=f"Usage by {report.group_by}, {report.since:%Y-%m-%d %H:%M} to "
+                        f"{report.until:%Y-%m-%d %H:%M} UTC ({source})")
+    table.add_column(report.group_by, overflow="fold")
+    for name in ("requests", "tokens in", "tokens out", "credits", "cost", "failures"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in report.rows:
+        key = row.username or row.label or row.key or "(none)"
+        table.add_row(key, f"{row.requests:,}", f"{row.tokens_input:,}",
+                      f"{row.tokens_output:,}", f"{row.credits_used:,}", f"{row.cost:.6f}",
+                      f"{row.failures:,}")
+    totals = report.totals()
+    table.add_section()
+    table.add_row("total", f"{totals['requests']:,}", f"{totals['tokens_input']:,}",
+                  f"{totals['tokens_output']:,}", f"{totals['credits_used']:,}",
+                  f"{totals['cost']:.6f}", f"{totals['failures']:,}")
+    print_table(console, table)
 
 
 def register(app: typer.Typer) -> None:
@@ -18,3 +86,4 @@ def register(app: typer.Typer) -> None:
     plans_cli.add_commands(billing_app)
     invoice_cli.add_commands(billing_app)
     app.add_typer(billing_app, name="billing")
+    app.command("usage")(usage_command)

@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import column, select, table, text
+from sqlalchemy import ColumnElement, Uuid, column, select, table, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
@@ -30,7 +30,7 @@ from roost.errors import Forbidden, Unprocessable
 from roost.identity.models import User
 from roost.principal import Principal
 
-_AGENTS = table("agents", column("id"))
+_AGENTS = table("agents", column("id", Uuid))
 
 # Each user's paying subscription (their own first, then a group's), for a whole batch.
 _PAYERS = text("""
@@ -72,13 +72,11 @@ class IngestResult:
     credits_charged: int
 
 
-async def _unknown(session: AsyncSession, ids: set[uuid.UUID], id_column: object
-                   ) -> set[uuid.UUID]:
+async def _unknown(session: AsyncSession, ids: set[uuid.UUID],
+                   id_column: ColumnElement[uuid.UUID]) -> set[uuid.UUID]:
     if not ids:
         return set()
-    found = set((await session.scalars(
-        select(id_column).where(id_column.in_(ids))  # type: ignore[attr-defined]
-    )).all())
+    found = set((await session.scalars(select(id_column).where(id_column.in_(ids)))).all())
     return ids - found
 
 
@@ -88,7 +86,7 @@ async def ingest(
     """Write ``events`` to the ledger (administrators only); see the module docstring."""
     if not actor.is_admin:
         raise Forbidden("only an administrator may report usage events")
-    missing_users = await _unknown(session, {e.user_id for e in events}, User.id)
+    missing_users = await _unknown(session, {e.user_id for e in events}, User.__table__.c.id)
     if missing_users:
         raise Unprocessable(f"{len(missing_users)} event(s) name no existing user",
                             extra={"unknown_user_ids": sorted(map(str, missing_users))[:20]})

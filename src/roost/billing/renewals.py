@@ -36,8 +36,24 @@ MAX_PERIODS = 240  # catching up more than 20 years of months is a data error, n
 BATCH = 100
 
 
-def period_step(billing_period: str) -> relativedelta:
-    return relativedelta(years=1) if billing_period == "year" else relativedelta(months=1)
+def period_step(billing_period: str, anchor_day: int | None = None) -> relativedelta:
+    """One billing period.  ``anchor_day``: the day of the month the subscription started
+    on, so periods do not drift: 31 January -> 28 February -> 31 March (relativedelta
+    clamps the day to the month's last)."""
+    if billing_period == "year":
+        return relativedelta(years=1, day=anchor_day)
+    return relativedelta(months=1, day=anchor_day)
+
+
+def anchor_day(sub: Subscription) -> int:
+    """The day of the month periods end on: the current period's start day, unless that
+    was clamped to a short month's end (started on the 31st, now the 28th of February):
+    then the day the subscription was created on."""
+    start = sub.current_period_start
+    month_end = (start + relativedelta(day=31)).day
+    if start.day == month_end and sub.created_at is not None and sub.created_at.day > start.day:
+        return sub.created_at.day
+    return start.day
 
 
 @dataclass
@@ -79,7 +95,7 @@ async def renew_subscription(session: AsyncSession, subscription_id: uuid.UUID, 
         return 1, False
     plan = await session.get(Plan, sub.plan_id)
     assert plan is not None  # the foreign key
-    step = period_step(plan.billing_period)
+    step = period_step(plan.billing_period, anchor_day(sub))
     before = {"period_start": sub.current_period_start.isoformat(),
               "period_end": sub.current_period_end.isoformat(), "status": sub.status,
               "credits_used": sub.credits_used}

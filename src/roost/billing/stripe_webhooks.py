@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import structlog
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,6 +38,8 @@ from roost.billing.models import Invoice, StripeEvent, Subscription
 from roost.billing.stripe_sync import StripeUnavailable, import_stripe
 from roost.errors import BadRequest, RoostError, ServiceUnavailable
 from roost.principal import SYSTEM
+
+log = structlog.get_logger("roost.billing.stripe")
 
 # Stripe's subscription statuses -> Roost's.
 STATUS_MAP: Final[dict[str, str]] = {
@@ -244,6 +247,7 @@ async def process_event(session: AsyncSession, event: StripeEventIn) -> WebhookR
         .on_conflict_do_nothing(index_elements=[StripeEvent.id])
         .returning(StripeEvent.id))
     if inserted is None:
+        log.info("stripe_webhook", event_id=event.id, type=event.type, outcome="duplicate")
         return WebhookResult(event.id, event.type, "duplicate",
                              "this event id was processed already")
     applied: _Applied | None = None
@@ -269,5 +273,7 @@ async def process_event(session: AsyncSession, event: StripeEventIn) -> WebhookR
                      resource_type=applied.resource_type, resource_id=applied.resource_id,
                      changes=applied.changes,
                      metadata={"stripe_event_id": event.id, "actor": SYSTEM.kind})
+    log.info("stripe_webhook", event_id=event.id, type=event.type, outcome=outcome,
+             detail=detail)
     return WebhookResult(event.id, event.type, outcome, detail)
 

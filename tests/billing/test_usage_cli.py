@@ -1,0 +1,40 @@
+"""``roost usage``: the ledger as a table, everyone's or one user's."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from roost.billing.models import UsageRecord
+from roost.db.base import uuid7
+from roost.db.engine import Database
+from tests.agents.test_agents_cli import cli_env
+from tests.support.cli import run_roost
+from tests.support.identity import make_user
+from tests.support.pg import PgTestServer
+
+
+async def test_usage_by_model_and_for_one_user(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    env = cli_env(pg_server, db_name, tmp_path)
+    dora, _ = await make_user(database, username="dora")
+    emil, _ = await make_user(database, username="emil")
+    async with database.transaction() as s:
+        for user, model, cost in ((dora, "gpt-4o", "0.012500"), (dora, "gpt-4o", "0.002500"),
+                                  (emil, "claude-sonnet-4", "0.300000")):
+            s.add(UsageRecord(id=uuid7(), user_id=user, request_type="chat", model=model,
+                              tokens_input=1000, tokens_output=100, credits_used=2,
+                              cost=Decimal(cost)))
+
+    everyone = run_roost("usage", "--by", "model", env=env)
+    assert everyone.returncode == 0, everyone.stderr
+    assert "gpt-4o" in everyone.stdout and "claude-sonnet-4" in everyone.stdout
+    assert "0.315000" in everyone.stdout  # the total cost, in decimal
+
+    only_dora = run_roost("usage", "--by", "user", "--user", "dora", env=env)
+    assert only_dora.returncode == 0, only_dora.stderr
+    assert "dora" in only_dora.stdout and "emil" not in only_dora.stdout
+    assert "0.015000" in only_dora.stdout
+
+    bad = run_roost("usage", "--by", "planet", env=env)
+    assert bad.returncode != 0 and "day, model, user" in bad.stderr
