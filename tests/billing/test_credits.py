@@ -123,7 +123,7 @@ async def test_plan_limits_models_and_paused_subscriptions(
 async def test_users_without_a_subscription_are_unmetered_unless_required(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
 ) -> None:
-    user_id, headers = await make_user(database)
+    _, headers = await make_user(database)
     await client.post("/api/v1/llm/providers", headers=admin_headers, json={
         "name": "stub", "type": "openai", "base_url": stub.base_url, "model": "stub-model"})
     assert (await _chat(client, headers)).status_code == 200

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from roost.billing.models import UsageRecord
 from roost.db.base import utcnow
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
-from roost.billing.models import UsageRecord
 from tests.console.conftest import assert_accessible, screenshot, sign_in_as
 from tests.support.identity import make_user
 

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from roost.billing.models import UsageRecord
 from roost.db.base import utcnow
 from roost.db.engine import Database
-from roost.billing.models import UsageRecord
 from tests.support.identity import make_user
 
 Headers = dict[str, str]

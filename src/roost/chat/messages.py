@@ -21,6 +21,7 @@ from sqlalchemy import Integer, Select, Uuid, bindparam, func, select, true, upd
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
+from roost.billing.models import UsageRecord
 from roost.chat import runtime_settings
 from roost.chat.keys import decrypt
 from roost.chat.models import (
@@ -37,7 +38,6 @@ from roost.db.base import utcnow, uuid7
 from roost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RoostError
 from roost.llm import calls, routing
 from roost.llm.gateway import LLMGateway
-from roost.billing.models import UsageRecord
 from roost.llm.orchestration import Attempt, response_confidence
 from roost.llm.records import CallOutcome
 from roost.llm.schemas import UsageOut
