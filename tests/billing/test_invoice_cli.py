@@ -77,9 +77,7 @@ async def test_invoices_from_the_command_line(
 
     for args, message in (
         (("carol", "--period", "2026-13"), "YYYY-MM"),
-        (("carol", "--period", f"{next_month + timedelta(days=40):%Y-%m}"), "after"),
         (("carol", "--period", "1999-01"), "no period"),
-        (("nobody",), "no user"),
         (("dave",), "no subscription"),
     ):
         bad = run_roost("billing", "invoice", *args, env=env)

@@ -300,12 +300,18 @@ async def workflow_run_page(run_id: str, request: Request, session: DbSession) -
                        object_id=run_id)
 
 
+@router.get("/billing")
+async def billing_page(request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "billing.html")
+
+
 @router.get("/profile")
 async def profile_page(request: Request, session: DbSession) -> Response:
     return await _page(request, session, "profile.html")
 
 
-ADMIN_PAGES = ("users", "groups", "providers", "queue", "audit", "usage", "settings")
+ADMIN_PAGES = ("users", "groups", "providers", "queue", "audit", "usage", "billing",
+               "settings")
 
 
 @router.get("/admin")
