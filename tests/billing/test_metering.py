@@ -1,0 +1,82 @@
+"""Tool calls, agents and runs against a plan: tool calls hold and pay credits (402 at the
+limit), and the plan's max_agents and runs_per_day answer 403 naming the limit."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from roost.db.engine import Database
+from tests.support.identity import make_user
+
+Headers = dict[str, str]
+
+
+async def _subscribe(client: httpx.AsyncClient, admin: Headers, user_id: uuid.UUID,
+                     credits: int, **limits: Any) -> str:
+    key = f"p{uuid.uuid4().hex[:8]}"
+    resp = await client.post("/api/v1/billing/plans", headers=admin, json={
+        "key": key, "name": "Tiny", "price": "1.00", "included_credits": credits,
+        "limits": limits})
+    assert resp.status_code == 201, resp.text
+    resp = await client.post("/api/v1/billing/subscriptions", headers=admin,
+                             json={"user_id": str(user_id), "plan": key})
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
+async def test_tool_calls_pay_credits_and_stop_at_the_limit(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    user_id, headers = await make_user(database)
+    sub = await _subscribe(client, admin_headers, user_id, 2)
+    call = {"arguments": {"timezone": "UTC"}}
+    bad = await client.post("/api/v1/tools/by-name/current_time/call", headers=headers,
+                            json={"arguments": {"timezone": "Mars/Olympus"}})
+    assert bad.status_code == 422  # the tool's own error: its hold goes back
+    for _ in range(2):
+        ok = await client.post("/api/v1/tools/by-name/current_time/call", headers=headers,
+                               json=call)
+        assert ok.status_code == 200, ok.text
+    refused = await client.post("/api/v1/tools/by-name/current_time/call", headers=headers,
+                                json=call)
+    assert refused.status_code == 402 and "not enough credits" in refused.json()["detail"]
+    async with database.transaction() as s:
+        row = (await s.execute(text(
+            "SELECT s.credits_used, s.credits_reserved, "
+            "(SELECT count(*) FROM usage_records u WHERE u.subscription_id = s.id "
+            " AND u.request_type = 'tool' AND u.success) AS billed, "
+            "(SELECT count(*) FROM tool_runs t WHERE t.user_id = :u) AS runs, "
+            "(SELECT count(*) FROM clickhouse_analytics a WHERE a.user_id = :u "
+            " AND a.event_type = 'tool.call') AS events "
+            "FROM subscriptions s WHERE s.id = :id"), {"id": sub, "u": user_id})).one()
+    assert (row.credits_used, row.credits_reserved, row.billed) == (2, 0, 2)
+    assert row.runs == 3 and row.events == 3  # the refused call ran nothing
+
+
+async def test_plan_limits_on_agents_and_runs_per_day(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    user_id, headers = await make_user(database)
+    await _subscribe(client, admin_headers, user_id, 100, max_agents=1, runs_per_day=1)
+    first = await client.post("/api/v1/agents", headers=headers,
+                              json={"name": "One", "slug": "one"})
+    assert first.status_code == 201, first.text
+    second = await client.post("/api/v1/agents", headers=headers,
+                               json={"name": "Two", "slug": "two"})
+    assert second.status_code == 403
+    assert second.json()["limit"] == "max_agents" and "allows 1 agents" in second.text
+
+    agent_id = first.json()["id"]
+    run = await client.post(f"/api/v1/agents/{agent_id}/runs", headers=headers,
+                            json={"input": "hello"})
+    assert run.status_code == 202, run.text
+    again = await client.post(f"/api/v1/agents/{agent_id}/runs", headers=headers,
+                              json={"input": "hello again"})
+    assert again.status_code == 403 and again.json()["limit"] == "runs_per_day"
+    async with database.transaction() as s:
+        assert await s.scalar(text("SELECT count(*) FROM runs WHERE user_id = :u"),
+                              {"u": user_id}) == 1
