@@ -10,7 +10,11 @@ import httpx
 from sqlalchemy import text
 
 from roost.db.engine import Database
+from roost.tasks.worker import Worker
+from tests.agents.conftest import make_agent, test_settings, wait_for_run, worker  # noqa: F401
+from tests.chat.conftest import add_provider
 from tests.support.identity import make_user
+from tests.support.openai_stub import StubServer
 
 Headers = dict[str, str]
 
@@ -80,3 +84,21 @@ async def test_plan_limits_on_agents_and_runs_per_day(
     async with database.transaction() as s:
         assert await s.scalar(text("SELECT count(*) FROM runs WHERE user_id = :u"),
                               {"u": user_id}) == 1
+
+
+async def test_a_run_whose_model_call_the_balance_cannot_cover_fails_saying_so(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    worker: Worker,  # noqa: F811 - the fixture
+) -> None:
+    user_id, headers = await make_user(database)
+    await add_provider(client, admin_headers, stub)
+    # One credit: the run may start, but its model call holds about 2 (its output cap).
+    await _subscribe(client, admin_headers, user_id, 1)
+    agent = await make_agent(database, user_id)
+    run = await client.post(f"/api/v1/agents/{agent.id}/runs", headers=headers,
+                            json={"input": "What time is it?"})
+    assert run.status_code == 202, run.text
+    done = await wait_for_run(client, headers, run.json()["id"])
+    assert done["status"] == "failed"
+    assert "not enough credits" in done["error_message"]
+    assert stub.requests(path="/v1/chat/completions") == []

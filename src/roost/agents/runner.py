@@ -60,7 +60,7 @@ from roost.analytics.outbox import emit
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
-from roost.errors import RoostError
+from roost.errors import LimitReached, PaymentRequired, RoostError
 from roost.identity.models import UserGroupMembership
 from roost.identity.tenancy import apply_principal
 from roost.knowledge.config import KnowledgeConfig
@@ -568,18 +568,23 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
     chat = ChatRequest(messages=_messages(state), tools=_tool_specs(state.tools),
                        temperature=state.config.temperature,
                        max_tokens=state.config.max_output_tokens)
-    async with _scoped(env, state.principal) as session:
-        number = await _claim_next(session, state, "running")
-        if state.route is None:  # once per run (the providers do not change mid-run)
-            state.route = await routing.resolve_route(session, env.gateway, model)
-        # The request is stored as running, with the step, in one transaction.
-        call = await calls.add_request(
-            session, env.gateway, state.principal, chat, state.route, request_type=REQUEST_TYPE,
-            running=True, run_id=state.run.id, agent_id=state.run.agent_id, flush=False)
-        step = _new_step(session, state, number, step_type="llm_call", status="running",
+    try:
+        async with _scoped(env, state.principal) as session:
+            number = await _claim_next(session, state, "running")
+            if state.route is None:  # once per run (the providers do not change mid-run)
+                state.route = await routing.resolve_route(session, env.gateway, model)
+            # The request is stored as running, with the step, in one transaction; a
+            # metered user's credits are held first (402/403 ends the run, nothing called).
+            call = await calls.add_request(
+                session, env.gateway, state.principal, chat, state.route,
+                request_type=REQUEST_TYPE, running=True, run_id=state.run.id,
+                agent_id=state.run.agent_id, flush=False)
+            step = _new_step(session, state, number, step_type="llm_call", status="running",
                          llm_request_id=call.request_id,
-                         input={"model": model, "messages": len(chat.messages),
-                                "tools": sorted(state.tools)})
+                             input={"model": model, "messages": len(chat.messages),
+                                    "tools": sorted(state.tools)})
+    except (PaymentRequired, LimitReached) as exc:
+        raise _Stop("error", status="failed", error=f"billing: {exc.detail}") from None
 
     async def save(session: AsyncSession, outcome: CallOutcome) -> ChatResult:
         result = outcome.result
