@@ -106,6 +106,7 @@ async def renew_subscription(session: AsyncSession, subscription_id: uuid.UUID, 
         start, end = end, end + step
     sub.current_period_start, sub.current_period_end = start, end
     sub.credits_used = 0
+    sub.credits_limit = plan.included_credits  # a plan change applies from the new period
     if sub.status == "trialing" and sub.trial_end is not None and sub.trial_end <= now:
         sub.status = "active"
     sub.updated_at = now

@@ -5,8 +5,9 @@ starts ``trialing`` (``trial_end`` = now + the trial days) when the plan or the 
 gives trial days, ``active`` otherwise; its period runs from now for one calendar month
 or year (``dateutil.relativedelta``: 31 January + 1 month is 28/29 February) and its
 credits are the plan's included credits.  One live (not canceled) subscription per user
-and per group: the service answers 409 naming the existing one, and the partial unique
-indexes enforce it under concurrency too.
+and per group: the service answers 409 naming the existing one (concurrent subscribes
+of one subscriber queue on a transaction advisory lock), and the partial unique indexes
+enforce it whatever writes the table.
 
 Statuses move only along :data:`TRANSITIONS`; ``canceled`` is final.
 :func:`set_status` is the one place a status changes (the admin API's cancel, pause and
@@ -25,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from dateutil.relativedelta import relativedelta
-from sqlalchemy import false, or_, select, true
+from sqlalchemy import false, func, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -149,6 +150,10 @@ async def create_subscription(session: AsyncSession, actor: Principal,
             raise NotFound(f"user {body.user_id} does not exist", extra={"field": "user_id"})
     elif await session.scalar(select(Group.id).where(Group.id == body.group_id)) is None:
         raise NotFound(f"group {body.group_id} does not exist", extra={"field": "group_id"})
+    # Concurrent subscribes of one subscriber queue here until the first commits; the
+    # next then sees its row and answers 409 naming it.
+    await session.execute(select(func.pg_advisory_xact_lock(
+        func.hashtextextended(f"roost.billing.subscribe:{body.user_id or body.group_id}", 0))))
     existing = await _live_of(session, user_id=body.user_id, group_id=body.group_id)
     if existing is not None:
         raise _already(existing)
@@ -165,11 +170,10 @@ async def create_subscription(session: AsyncSession, actor: Principal,
     try:
         async with session.begin_nested():
             await session.flush()
-    except IntegrityError:  # subscribed concurrently
-        raced = await _live_of(session, user_id=body.user_id, group_id=body.group_id)
-        if raced is not None:
-            raise _already(raced) from None
-        raise Conflict("the subscriber already has a live subscription") from None
+    except IntegrityError:  # the partial unique index (the lock above makes it rare)
+        raise Conflict(f"{'user' if body.user_id else 'group'} "
+                       f"{body.user_id or body.group_id} already has a live subscription"
+                       ) from None
     await _audit(session, actor, sub, "create",
                  {"plan": plan.key, "status": sub.status, "credits_limit": sub.credits_limit,
                   "trial_days": trial_days})

@@ -1,16 +1,23 @@
 // Admin usage: totals, a bar chart drawn here as inline SVG (DOM APIs, no library) and a
-// table with the same numbers, per UTC day, model or user over a date range.
+// table with the same numbers, per UTC day, model, user, provider, agent, API key or
+// request type over a date range, from the ledger (PostgreSQL) or the analytics export
+// (ClickHouse).  Cost stays the API's decimal string in the table and the totals; only the
+// bar heights use it as a number.
 
 import { api, el, showError } from "./console.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
-const GROUP_TITLES = { day: "Day (UTC)", model: "Model", user: "User" };
-const GROUP_WORDS = { day: "day", model: "model", user: "user" };
+const GROUP_TITLES = { day: "Day (UTC)", model: "Model", user: "User", provider: "Provider",
+                       agent: "Agent", api_key: "API key", request_type: "Request type" };
+const GROUP_WORDS = { day: "day", model: "model", user: "user", provider: "provider",
+                      agent: "agent", api_key: "API key", request_type: "request type" };
+const SOURCES = ["postgres", "clickhouse"];
 const METRICS = {
   tokens: { title: "Tokens", value: (r) => r.tokens_input + r.tokens_output },
   requests: { title: "Requests", value: (r) => r.requests },
   credits_used: { title: "Credits", value: (r) => r.credits_used },
+  cost: { title: "Cost", value: (r) => Number(r.cost), text: (r) => String(r.cost) },
   failures: { title: "Failures", value: (r) => r.failures },
 };
 const number = (value) => Number(value).toLocaleString();
@@ -29,7 +36,10 @@ function svg(tag, attrs = {}, ...children) {
 function rowLabel(row, groupBy) {
   if (groupBy === "user") return row.username || (row.key ? row.key : "(no user)");
   if (groupBy === "model") return row.key ?? "(no model)";
-  return row.key;
+  if (groupBy === "provider" || groupBy === "agent" || groupBy === "api_key") {
+    return row.label || row.key || `(no ${GROUP_WORDS[groupBy]})`;
+  }
+  return row.key ?? "(none)";
 }
 
 function short(text, max = 14) {
@@ -55,10 +65,11 @@ function renderTotals(data) {
   const items = [
     ["Requests", t.requests], ["Tokens", t.tokens_input + t.tokens_output],
     ["Input tokens", t.tokens_input], ["Output tokens", t.tokens_output],
-    ["Credits", t.credits_used], ["Failures", t.failures],
+    ["Credits", t.credits_used], ["Cost", String(t.cost)], ["Failures", t.failures],
   ];
   $("usage-totals").replaceChildren(...items.map(([label, value]) =>
-    el("div", { class: "total" }, el("dt", {}, label), el("dd", {}, number(value)))));
+    el("div", { class: "total" }, el("dt", {}, label),
+       el("dd", {}, typeof value === "string" ? value : number(value)))));
 }
 
 function renderChart(data, metricKey) {
@@ -83,19 +94,20 @@ function renderChart(data, metricKey) {
   const highest = values.indexOf(Math.max(...values));
   const summary = `Bar chart of ${metric.title.toLowerCase()} per ${GROUP_WORDS[groupBy]}: `
     + `${values.length} ${values.length === 1 ? "bar" : "bars"}, highest ${labels[highest]} `
-    + `with ${number(values[highest])}. The table below has the same numbers.`;
+    + `with ${metric.text ? metric.text(data.rows[highest]) : number(values[highest])}. `
+    + "The table below has the same numbers.";
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": summary,
                              focusable: "false", class: "usage-svg" });
 
   // Grid lines and the value axis; whole-number steps (every metric counts something).
-  const ticks = [5, 4, 2, 1].find((count) => Number.isInteger(top / count));
+  const ticks = metricKey === "cost" ? 4 : [5, 4, 2, 1].find((count) => Number.isInteger(top / count));
   for (let i = 0; i <= ticks; i += 1) {
     const value = (top / ticks) * i;
     const lineY = y(value);
     chart.append(svg("line", { class: "axis grid", x1: margin.left, x2: width - margin.right,
                                y1: lineY, y2: lineY }));
     chart.append(svg("text", { x: margin.left - 6, y: lineY + 4, "text-anchor": "end" },
-                     number(value)));
+                     metricKey === "cost" ? String(+value.toPrecision(6)) : number(value)));
   }
   chart.append(svg("line", { class: "axis", x1: margin.left, x2: margin.left, y1: margin.top,
                              y2: margin.top + plotH }));
@@ -112,7 +124,8 @@ function renderChart(data, metricKey) {
     const barTop = y(value);
     chart.append(svg("rect", { class: "bar", x, y: barTop, width: barW,
                                height: Math.max(0, margin.top + plotH - barTop) },
-                     svg("title", {}, `${labels[i]}: ${number(value)} ${metric.title.toLowerCase()}`)));
+                     svg("title", {}, `${labels[i]}: ${metric.text ? metric.text(data.rows[i]) : number(value)} `
+                         + metric.title.toLowerCase())));
     if (i % every === 0) {
       const labelX = margin.left + band * i + band / 2;
       const labelY = margin.top + plotH + 14;
@@ -131,10 +144,10 @@ function renderTable(data) {
     return;
   }
   const headers = [GROUP_TITLES[data.group_by], "Requests", "Input tokens", "Output tokens",
-                   "Total tokens", "Credits", "Avg latency (ms)", "Failures"];
-  const cells = (row) => [row.requests, row.tokens_input, row.tokens_output,
-                          row.tokens_input + row.tokens_output, row.credits_used]
-    .map((v) => el("td", { class: "num" }, number(v)));
+                   "Total tokens", "Credits", "Cost", "Avg latency (ms)", "Failures"];
+  const cells = (row) => [...[row.requests, row.tokens_input, row.tokens_output,
+                              row.tokens_input + row.tokens_output, row.credits_used]
+    .map((v) => el("td", { class: "num" }, number(v))), el("td", { class: "num" }, String(row.cost))];
   holder.replaceChildren(el("table", { class: "usage-table" },
     el("caption", { class: "visually-hidden" }, `Usage per ${GROUP_WORDS[data.group_by]}`),
     el("thead", {}, el("tr", {}, headers.map((h, i) =>
@@ -142,7 +155,8 @@ function renderTable(data) {
     el("tbody", {}, data.rows.map((row) => el("tr", {},
       el("th", { scope: "row", class: "wrap" }, rowLabel(row, data.group_by)),
       cells(row),
-      el("td", { class: "num" }, row.avg_latency_ms === null ? "–" : number(row.avg_latency_ms)),
+      el("td", { class: "num" }, row.avg_latency_ms === null || row.avg_latency_ms === undefined
+        ? "–" : number(row.avg_latency_ms)),
       el("td", { class: "num" }, number(row.failures))))),
     el("tfoot", {}, el("tr", {},
       el("th", { scope: "row" }, "Total"),
@@ -164,10 +178,11 @@ async function load() {
   const params = new URLSearchParams({
     group_by: $("usage-group").value, since: $("usage-since").value, until: $("usage-until").value,
   });
+  if ($("usage-source").value !== "postgres") params.set("source", $("usage-source").value);
   const button = $("usage-form").querySelector("button[type=submit]");
   button.disabled = true;
   try {
-    report = await api(`/api/v1/llm/usage?${params}`);
+    report = await api(`/api/v1/billing/usage?${params}`);
     history.replaceState(null, "", `?${params}`);  // a reload shows the same report
     render();
   } catch (error) {
@@ -190,7 +205,9 @@ function init() {
     event.preventDefault();
     load();
   });
+  if (SOURCES.includes(query.get("source") ?? "")) $("usage-source").value = query.get("source");
   $("usage-group").addEventListener("change", load);
+  $("usage-source").addEventListener("change", load);
   $("usage-metric").addEventListener("change", render);
   load();
 }
