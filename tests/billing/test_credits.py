@@ -159,3 +159,27 @@ async def test_a_dead_holders_credits_come_back_with_the_sweeper(
         await credits.settle(s, hold, 3)
     row = await _counters(database, sub["id"])
     assert (row.credits_used, row.credits_reserved) == (3, 0)
+
+
+async def test_a_new_subscription_meters_the_next_calls(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+) -> None:
+    """The process caches "nobody is metered" while it listens; subscribing anyone
+    NOTIFYs every process, so the cached answer goes at once."""
+    user_id, headers = await make_user(database)
+    await client.post("/api/v1/llm/providers", headers=admin_headers, json={
+        "name": "stub", "type": "openai", "base_url": stub.base_url, "model": "stub-model"})
+    assert (await _chat(client, headers)).status_code == 200  # unmetered (and cached so)
+    resp = await client.post("/api/v1/billing/plans", headers=admin_headers, json={
+        "key": "nothing", "name": "Nothing", "price": "0", "included_credits": 0})
+    assert resp.status_code == 201, resp.text
+    resp = await client.post("/api/v1/billing/subscriptions", headers=admin_headers,
+                             json={"user_id": str(user_id), "plan": "nothing"})
+    assert resp.status_code == 201, resp.text
+    statuses = []
+    for _ in range(20):  # the notification is asynchronous: a few milliseconds
+        statuses.append((await _chat(client, headers)).status_code)
+        if statuses[-1] == 402:
+            break
+        await asyncio.sleep(0.1)
+    assert statuses[-1] == 402, statuses

@@ -19,7 +19,7 @@ from roost.keyfiles import KeyMaterial
 from tests.console.conftest import assert_accessible, screenshot, sign_in_as
 from tests.support.identity import make_user
 
-pytestmark = pytest.mark.needs_browser
+pytestmark = [pytest.mark.needs_browser, pytest.mark.usefixtures("no_script_errors")]
 
 
 async def _usage(database: Database, user: uuid.UUID, model: str, at: datetime, tokens_in: int,

@@ -38,6 +38,7 @@ from roost.errors import PaymentRequired
 from roost.system_settings import runtime
 
 KINDS: Final = ("llm", "tool", "run")
+CHANNEL: Final = "roost_billing"
 # Statuses that may spend (past_due keeps serving until the operator or Stripe says).
 SPENDING: Final = ("trialing", "active", "past_due")
 
@@ -130,9 +131,46 @@ RETURNING p.amount
 """)
 
 
+class _Metering:
+    """Whether any live subscription exists (``roost_billing_active()``), cached per
+    process while its LISTEN connection is up: a subscription's insert, status change or
+    delete NOTIFYs ``roost_billing`` (migration 0910) and drops the answer.  Without
+    subscriptions, a model or tool call then costs no billing query at all."""
+
+    def __init__(self) -> None:
+        self.listening = False
+        self.generation = 0
+        self.active: bool | None = None
+
+    def drop(self, _payload: str = "") -> None:
+        self.generation += 1
+        self.active = None
+
+    def set_listening(self, listening: bool) -> None:
+        self.listening = listening
+        self.drop()
+
+
+METERING = _Metering()
+runtime.watch(CHANNEL, METERING.drop, METERING.set_listening)
+
+
+async def _anyone_metered(session: AsyncSession) -> bool:
+    cached = METERING.listening and runtime.serves(session)
+    if cached and METERING.active is not None:
+        return METERING.active
+    generation = METERING.generation
+    active = bool(await session.scalar(text("SELECT roost_billing_active()")))
+    if cached and METERING.listening and METERING.generation == generation:
+        METERING.active = active
+    return active
+
+
 async def payer_for(session: AsyncSession, user_id: uuid.UUID | None) -> Payer | None:
     """The subscription paying for ``user_id``'s calls, or None (not metered)."""
     if user_id is None:
+        return None
+    if METERING.listening and runtime.serves(session) and not await _anyone_metered(session):
         return None
     row = (await session.execute(_PAYER, {"user_id": user_id})).first()
     if row is None:

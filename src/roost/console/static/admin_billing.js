@@ -17,6 +17,7 @@ const PAGE = 100;
 
 let plans = [];
 const users = new Map();  // id -> user (the accounts the users API listed)
+const groups = new Map();  // id -> group name
 let usersLoaded = null;
 let subsCursor = null;
 let subsShown = [];
@@ -39,8 +40,12 @@ function loadUsers() {
   return usersLoaded;
 }
 
+async function loadGroups() {
+  for (const group of await api("/api/v1/groups?all=true")) groups.set(group.id, group.name);
+}
+
 function subscriberName(sub) {
-  if (sub.group_id) return `group ${sub.group_id}`;
+  if (sub.group_id) return `group ${groups.get(sub.group_id) || sub.group_id}`;
   const user = users.get(sub.user_id);
   return user ? user.username : sub.user_id;
 }
@@ -253,8 +258,8 @@ function localToIso(value) {
 
 async function loadInvoices() {
   const page = await api("/api/v1/billing/invoices?limit=20");
-  const name = (inv) => (inv.group_id ? `group ${inv.group_id}` : users.get(inv.user_id)?.username || inv.user_id);
-  $("invoices").replaceChildren(...page.items.map((i) => invoiceRow(i, { admin: true, subscriber: name(i) })));
+  $("invoices").replaceChildren(...page.items.map((i) =>
+    invoiceRow(i, { admin: true, subscriber: subscriberName(i) })));
   $("invoices-table").hidden = page.items.length === 0;
   $("invoices-empty").hidden = page.items.length > 0;
 }
@@ -403,8 +408,8 @@ async function loadStreaming() {
 
 async function init() {
   const settle = (promise) => promise.catch(showError);
-  await settle(loadUsers());  // subscriber names
-  await settle(loadPlans());  // the plan choices of the subscription rows
+  // Subscriber names and the plan choices of the subscription rows first.
+  await Promise.all([settle(loadUsers()), settle(loadGroups()), settle(loadPlans())]);
   await Promise.all([settle(loadSubscriptions()), settle(loadInvoices()), settle(loadPrices()),
                      settle(loadExport()), settle(loadStreaming())]);
 }

@@ -402,6 +402,25 @@ def upgrade() -> None:
     op.execute(
         "ALTER TABLE usage_records ADD CONSTRAINT ck_usage_records_cost_not_negative CHECK (cost >= 0)"
     )
+    # Whether anyone is metered at all, for every transaction whatever its row-level
+    # scope, and a NOTIFY when that may change (not on credit counters: status only), so
+    # each process caches the answer (roost.billing.credits) and an install without
+    # subscriptions pays no lookup per model or tool call.
+    op.execute("""
+CREATE FUNCTION roost_billing_active() RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+  SELECT EXISTS (SELECT 1 FROM subscriptions WHERE status <> 'canceled')
+$$""")
+    op.execute("""
+CREATE FUNCTION roost_billing_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('roost_billing', TG_OP);
+  RETURN NULL;
+END $$""")
+    op.execute("CREATE TRIGGER subscriptions_notify AFTER INSERT OR UPDATE OF status OR DELETE "
+               "ON subscriptions FOR EACH STATEMENT EXECUTE FUNCTION roost_billing_changed()")
+    op.execute("CREATE TRIGGER subscriptions_notify_truncate AFTER TRUNCATE ON subscriptions "
+               "FOR EACH STATEMENT EXECUTE FUNCTION roost_billing_changed()")
     for table in RLS_TABLES:
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
     for policy in POLICIES:
@@ -430,6 +449,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER subscriptions_notify_truncate ON subscriptions")
+    op.execute("DROP TRIGGER subscriptions_notify ON subscriptions")
+    op.execute("DROP FUNCTION roost_billing_changed()")
+    op.execute("DROP FUNCTION roost_billing_active()")
     op.drop_constraint(op.f("ck_usage_records_cost_not_negative"), "usage_records", type_="check")
     op.drop_constraint(op.f("ck_usage_records_amounts_not_negative"), "usage_records", type_="check")
     op.drop_constraint(op.f("fk_usage_records_api_key_id_api_keys"), "usage_records", type_="foreignkey")
