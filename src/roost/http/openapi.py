@@ -25,7 +25,8 @@ from roost.http.problems import PROBLEM_MEDIA_TYPE, problem
 PROBLEM_STATUSES: dict[int, str] = {
     400: "Bad request: malformed JSON or a value out of range",
     401: "Missing, invalid or expired credentials",
-    403: "The principal may not do this",
+    402: "The subscription's credits cannot cover this (balance and need given; docs/billing.md)",
+    403: "The principal may not do this (or a plan limit, named in `limit`)",
     404: "No such resource (or not visible to the principal)",
     409: "Conflicts with stored data",
     413: "Request body larger than ROOST_MAX_REQUEST_BYTES",
