@@ -13,6 +13,7 @@ from roost.db.engine import Database
 from roost.tasks.worker import Worker
 from tests.agents.conftest import make_agent, test_settings, wait_for_run, worker  # noqa: F401
 from tests.chat.conftest import add_provider
+from tests.prompts.conftest import make_group
 from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
 
@@ -102,3 +103,30 @@ async def test_a_run_whose_model_call_the_balance_cannot_cover_fails_saying_so(
     assert done["status"] == "failed"
     assert "not enough credits" in done["error_message"]
     assert stub.requests(path="/v1/chat/completions") == []
+
+
+async def test_a_groups_subscription_pays_for_its_members_calls(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    ann, ann_h = await make_user(database)
+    ben, ben_h = await make_user(database)
+    _, outsider_h = await make_user(database)
+    group = await make_group(database, (ann, "member"), (ben, "member"))
+    resp = await client.post("/api/v1/billing/plans", headers=admin_headers, json={
+        "key": "team3", "name": "Team", "price": "5.00", "included_credits": 3})
+    assert resp.status_code == 201, resp.text
+    resp = await client.post("/api/v1/billing/subscriptions", headers=admin_headers,
+                             json={"group_id": str(group), "plan": "team3"})
+    assert resp.status_code == 201, resp.text
+    call = {"arguments": {"timezone": "UTC"}}
+    answers = [await client.post("/api/v1/tools/by-name/current_time/call", headers=h, json=call)
+               for h in (ann_h, ben_h, ann_h, ben_h)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 402]
+    # Someone outside the group is not metered by it (nor refused).
+    free = await client.post("/api/v1/tools/by-name/current_time/call", headers=outsider_h,
+                             json=call)
+    assert free.status_code == 200
+    shared = await client.get("/api/v1/billing/subscription", headers=ben_h)
+    assert shared.status_code == 200 and shared.json()["balance"] == 0
+    assert (await client.get("/api/v1/billing/subscription",
+                             headers=outsider_h)).status_code == 404
