@@ -7,9 +7,11 @@ import asyncio
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import typer
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
@@ -119,3 +121,24 @@ async def resolve_id(session: AsyncSession, column: Any, text: str, what: str) -
         raise BadRequest(f"{text!r} is the start of several {what} ids ({shown}); "
                          "give more characters")
     return uuid.UUID(str(rows[0]))
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_input(model: type[M], values: dict[str, Any]) -> M:
+    """The options given (None: not given) validated by the API's own body model, so the
+    CLI refuses what the API refuses; the first problems as one red line, exit code 1."""
+    try:
+        return model.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors()[:5])
+        raise fail("Invalid input", problems) from None
+
+
+def when(value: datetime | None, *, seconds: bool = False) -> str:
+    """A stored time for a table, in UTC ("-" for none)."""
+    if value is None:
+        return "-"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")

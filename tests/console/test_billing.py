@@ -231,6 +231,11 @@ async def test_plan_credits_402_invoice_and_pdf(
         data = await asyncio.to_thread(Path(await download.path()).read_bytes)
         assert data.startswith(b"%PDF"), data[:20]
         assert download.suggested_filename.startswith("INV-")
+
+        # On a phone the page holds its width (wide tables scroll in their own box).
+        await billing.set_viewport_size({"width": 390, "height": 800})
+        assert await billing.evaluate("document.documentElement.scrollWidth") <= 390
+        await screenshot(billing, "billing-phone")
         assert not errors, errors
     finally:
         await user_ctx.close()

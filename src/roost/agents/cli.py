@@ -40,7 +40,7 @@ from roost.agents.schemas import (
     RunCreate,
     SecretSet,
 )
-from roost.clitools import fail, id_table, print_table, resolve_id
+from roost.clitools import fail, id_table, print_table, resolve_id, when
 from roost.config import get_settings
 from roost.errors import BadRequest, NotFound
 from roost.identity.cliscope import Env, UserOpt
@@ -75,9 +75,6 @@ def _invalid(exc: ValidationError) -> typer.Exit:
 def _plain(value: object) -> Text:
     return Text("" if value is None else str(value))
 
-
-def _when(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
 
 def _short(text: str | None, limit: int = PREVIEW_CHARS) -> str:
@@ -144,7 +141,7 @@ def personas_ls(
         p = view.persona
         table.add_row(str(p.id), _plain(p.name), view.role or "admin",
                       "yes" if p.is_active else "no", _plain(p.email_address or ""),
-                      _when(p.created_at))
+                      when(p.created_at, seconds=True))
     print_table(console, table)
 
 
@@ -195,13 +192,13 @@ def personas_show(persona: Annotated[str, typer.Argument(help="Name or id.")],
                          ("e-mail", p.email_address), ("e-mail agent", p.email_agent_id),
                          ("provider", p.default_provider), ("model", p.default_model),
                          ("description", p.description), ("system prompt", p.system_prompt),
-                         ("created", _when(p.created_at))):
+                         ("created", when(p.created_at, seconds=True))):
         facts.add_row(field, _plain(value))
     print_table(console, facts)
     table = id_table("member", "username", "role", "since")
     for m in members:
         table.add_row(str(m.member.user_id), _plain(m.username or "?"), m.member.role,
-                      _when(m.member.created_at))
+                      when(m.member.created_at, seconds=True))
     print_table(console, table)
     agents_table = id_table("agent", "slug", "name", "active")
     for a in agents:
@@ -432,7 +429,7 @@ def runs_ls(
     for r in _run(user, go):
         table.add_row(str(r.id), str(r.agent_id or "-"), r.status, r.stop_reason or "-",
                       str(r.steps_count), str(r.tokens_in + r.tokens_out), r.source,
-                      _when(r.created_at), _plain(_short(r.input, 60)))
+                      when(r.created_at, seconds=True), _plain(_short(r.input, 60)))
     print_table(console, table)
 
 
@@ -451,8 +448,8 @@ def runs_show(run: Annotated[str, typer.Argument(help="Id (or a unique start of 
     for field, value in (("id", found.id), ("agent", found.agent_id), ("status", found.status),
                          ("stop reason", found.stop_reason), ("trace", found.trace_id),
                          ("tokens", f"{found.tokens_in} in, {found.tokens_out} out"),
-                         ("cost", found.cost), ("created", _when(found.created_at)),
-                         ("finished", _when(found.completed_at)), ("input", found.input),
+                         ("cost", found.cost), ("created", when(found.created_at, seconds=True)),
+                         ("finished", when(found.completed_at, seconds=True)), ("input", found.input),
                          ("output", found.output), ("error", found.error_message)):
         facts.add_row(field, _plain(value))
     print_table(console, facts)
@@ -525,7 +522,7 @@ def secrets_ls(persona: Annotated[str, typer.Argument(help="Persona name or id."
     table = id_table("id", "type", "key name", "updated", "last used")
     for row in _run(user, go):
         table.add_row(str(row.id), row.secret_type, _plain(row.key_name),
-                      _when(row.updated_at), _when(row.last_used_at))
+                      when(row.updated_at, seconds=True), when(row.last_used_at, seconds=True))
     print_table(console, table)
 
 

@@ -7,12 +7,10 @@ by key (or id)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.text import Text
 from sqlalchemy import select
@@ -21,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.billing import plans, prices, subscriptions
 from roost.billing.models import SUBSCRIPTION_STATUSES, ModelPrice, Plan
 from roost.billing.schemas import LIMIT_KEYS, PlanCreate, PriceUpdate, SubscriptionCreate
-from roost.clitools import fail, id_table, print_table, run_in_transaction
+from roost.clitools import fail, id_table, parse_input, print_table, run_in_transaction, when
 from roost.identity.models import Group, User
 from roost.principal import OPERATOR
 
@@ -30,22 +28,6 @@ plans_app = typer.Typer(help="Plans: price, included credits, limits, trial days
                              "command: the plans as a table.", invoke_without_command=True)
 prices_app = typer.Typer(help="Model prices per million tokens. Without a command: the "
                               "price table.", invoke_without_command=True)
-
-B = TypeVar("B", bound=BaseModel)
-
-
-def _body(model: type[B], values: dict[str, Any]) -> B:
-    try:
-        return model.model_validate({k: v for k, v in values.items() if v is not None})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                             for e in exc.errors()[:5])
-        raise fail("Invalid input", problems) from None
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
-
 
 def _limits(pairs: list[str]) -> dict[str, Any] | None:
     """``runs_per_day=10``, ``models_allowed=gpt-4o*,claude-*``, ``max_agents=none``."""
@@ -117,7 +99,7 @@ def plans_add(
                         "max_documents=100, models_allowed=gpt-4o*,claude-*")] = None,
 ) -> None:
     """Create a plan."""
-    body = _body(PlanCreate, {"key": key, "name": name or key, "price": price,
+    body = parse_input(PlanCreate, {"key": key, "name": name or key, "price": price,
                               "currency": currency, "billing_period": period,
                               "included_credits": credits, "trial_days": trial_days,
                               "description": description, "limits": _limits(limit or [])})
@@ -153,7 +135,7 @@ def subscribe(
 
     async def go(session: AsyncSession) -> subscriptions.SubscriptionView:
         user_id = await subscriptions.user_id_of(session, user)
-        body = _body(SubscriptionCreate, {"user_id": user_id, "plan": plan,
+        body = parse_input(SubscriptionCreate, {"user_id": user_id, "plan": plan,
                                           "trial_days": trial_days})
         return await subscriptions.create_subscription(session, OPERATOR, body)
 
@@ -161,7 +143,7 @@ def subscribe(
     sub = view.subscription
     console.print(Text(f"Subscribed {user} to {view.plan.key}: subscription {sub.id}, "
                        f"{sub.status}, {sub.credits_limit:,} credits until "
-                       f"{_when(sub.current_period_end)}"))
+                       f"{when(sub.current_period_end)}"))
 
 
 def subscriptions_ls(
@@ -188,7 +170,7 @@ def subscriptions_ls(
         sub = view.subscription
         table.add_row(str(sub.id), Text(who), view.plan.key, sub.status,
                       f"{sub.credits_used:,}", f"{sub.credits_limit:,}",
-                      f"{subscriptions.balance(sub):,}", _when(sub.current_period_end))
+                      f"{subscriptions.balance(sub):,}", when(sub.current_period_end))
     print_table(console, table)
 
 
@@ -255,7 +237,7 @@ def prices_set(
     note: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Create or change the price of a model name or glob."""
-    checked = _body(PriceUpdate, {"input_per_million": input_, "output_per_million": output,
+    checked = parse_input(PriceUpdate, {"input_per_million": input_, "output_per_million": output,
                                   "currency": currency, "note": note})
     assert checked.input_per_million is not None and checked.output_per_million is not None
     in_price: Decimal = checked.input_per_million

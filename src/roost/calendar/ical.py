@@ -6,8 +6,12 @@ LOCATION, CATEGORIES (the first is ``category``, all of them ``semantic_tags``),
 RDATE, EXDATE, ATTENDEE, STATUS, TRANSP, the first VALARM's TRIGGER (``reminder_minutes``)
 and Roost's own ``X-ROOST-*`` properties (what a Roost export writes for the columns
 RFC 5545 has no property for).  A VEVENT with RECURRENCE-ID (one changed occurrence of a
-series) is not imported: it is counted in ``skipped``.  Anything malformed raises
-:class:`ICalError` naming the component and the property.
+series: moved, changed or STATUS:CANCELLED) is an override (``Parsed.overrides``), read
+like any VEVENT, its RECURRENCE-ID like its DTSTART (TZID, floating, DATE); one with
+RANGE=THISANDFUTURE or an RRULE/RDATE of its own is listed in ``skipped``.  Export writes
+each override after its series, with a RECURRENCE-ID of the series' type (DATE for an
+all-day series).  Anything malformed raises :class:`ICalError` naming the component and
+the property.
 """
 
 from __future__ import annotations
@@ -56,13 +60,23 @@ class EventData:
     is_movable: bool = True
     importance_weight: float = 1.0
     google_event_id: str | None = None
+    recurrence_id: datetime | None = None  # an override: the occurrence it replaces (UTC)
+
+
+@dataclass
+class Override:
+    """A changed occurrence read from a file, and where it is (for ``skipped``)."""
+
+    where: str
+    data: EventData
 
 
 @dataclass
 class Parsed:
     name: str | None
-    events: list[EventData]
+    events: list[EventData]  # series and single events
     skipped: list[str]
+    overrides: list[Override] = field(default_factory=list)
 
 
 def _text(component: Any, name: str) -> str | None:
@@ -167,8 +181,10 @@ def parse(raw: bytes, default_tz: str) -> Parsed:
     if getattr(cal, "name", None) != "VCALENDAR":
         raise ICalError("not an iCalendar file: the top component must be VCALENDAR")
     events: list[EventData] = []
+    overrides: list[Override] = []
     skipped: list[str] = []
     seen: set[str] = set()
+    seen_overrides: set[tuple[str, datetime]] = set()
     for index, component in enumerate(cal.walk("VEVENT"), start=1):
         uid = _text(component, "UID")
         where = f"VEVENT #{index}" + (f" (UID {uid[:80]})" if uid else "")
@@ -177,18 +193,52 @@ def parse(raw: bytes, default_tz: str) -> Parsed:
                               "RECURRENCE-ID")]
         if errors:
             raise ICalError(f"{where}: {errors[0][0]} is malformed ({str(errors[0][1])[:120]})")
-        if component.get("RECURRENCE-ID") is not None:
-            skipped.append(f"{where}: a changed occurrence (RECURRENCE-ID) is not imported")
-            continue
         if not uid:
             raise ICalError(f"{where}: UID is required (import is idempotent by UID)")
         if len(uid) > 255:
             raise ICalError(f"{where}: UID is longer than 255 characters")
+        if component.get("RECURRENCE-ID") is not None:
+            found = _override(component, uid, where, default_tz)
+            if isinstance(found, str):
+                skipped.append(found)
+                continue
+            key = (uid, found.data.recurrence_id or found.data.start_time)
+            if key in seen_overrides:
+                raise ICalError(f"{where}: RECURRENCE-ID appears twice for this UID")
+            seen_overrides.add(key)
+            overrides.append(found)
+            continue
         if uid in seen:
             raise ICalError(f"{where}: UID appears twice in the file")
         seen.add(uid)
         events.append(_event(component, uid, where, default_tz))
-    return Parsed(name=_text(cal, "X-WR-CALNAME"), events=events, skipped=skipped)
+    return Parsed(name=_text(cal, "X-WR-CALNAME"), events=events, skipped=skipped,
+                  overrides=overrides)
+
+
+def _override(component: Any, uid: str, where: str, default_tz: str) -> Override | str:
+    """A VEVENT with RECURRENCE-ID as an override, or why it is skipped."""
+    prop = component.get("RECURRENCE-ID")
+    if isinstance(prop, list):
+        raise ICalError(f"{where}: RECURRENCE-ID appears more than once")
+    value = getattr(prop, "dt", None)
+    if not isinstance(value, date):
+        raise ICalError(f"{where}: RECURRENCE-ID is not a date or date-time")
+    tz_name = _zone_name(value, default_tz) if isinstance(value, datetime) else default_tz
+    try:
+        recurrence_id = _instant(value, tz_name)
+    except RecurrenceError as exc:
+        raise ICalError(f"{where}: RECURRENCE-ID: {exc}") from None
+    stamp = recurrence_id.strftime("%Y%m%dT%H%M%SZ")
+    what = f"{where}: the changed occurrence (RECURRENCE-ID {stamp})"
+    if str(getattr(prop, "params", {}).get("RANGE", "")).upper() == "THISANDFUTURE":
+        return (f"{what} applies to this and the following occurrences (RANGE=THISANDFUTURE):"
+                " not supported, only single occurrences are imported")
+    if any(component.get(name) is not None for name in ("RRULE", "RDATE", "EXDATE")):
+        return f"{what} has a recurrence (RRULE, RDATE or EXDATE) of its own: not supported"
+    data = _event(component, uid, where, default_tz)
+    data.recurrence_id = recurrence_id
+    return Override(where=where, data=data)
 
 
 def _event(component: Any, uid: str, where: str, default_tz: str) -> EventData:
@@ -294,8 +344,22 @@ def build(name: str, events: Iterable[Any], *, description: str | None = None,
         cal.add("X-WR-CALDESC", description)
     if timezone:
         cal.add("X-WR-TIMEZONE", timezone)
-    for ev in events:
+    series: dict[str, Any] = {}
+    changed: dict[str, list[Any]] = {}
+    rows = list(events)
+    for ev in rows:
+        if getattr(ev, "recurrence_id", None) is None:
+            series[ev.uid] = ev
+        else:
+            changed.setdefault(ev.uid, []).append(ev)
+    for ev in rows:
+        if getattr(ev, "recurrence_id", None) is not None:
+            if ev.uid not in series:  # no series in this export: on its own
+                cal.add_component(_component(ev, ev))
+            continue
         cal.add_component(_component(ev))
+        for over in sorted(changed.get(ev.uid, ()), key=lambda o: o.recurrence_id):
+            cal.add_component(_component(over, ev))
     add_missing = getattr(cal, "add_missing_timezones", None)
     if add_missing is not None:
         add_missing()
@@ -303,10 +367,13 @@ def build(name: str, events: Iterable[Any], *, description: str | None = None,
     return data
 
 
-def _component(ev: Any) -> icalendar.Event:
+def _component(ev: Any, series: Any = None) -> icalendar.Event:
+    """A VEVENT; with ``series``, an override of it (RECURRENCE-ID of the series' type)."""
     out = icalendar.Event()
     out.add("UID", ev.uid)
     out.add("DTSTAMP", (ev.updated_at or datetime.now(UTC)).astimezone(UTC))
+    if series is not None:
+        out.add("RECURRENCE-ID", _when(ev.recurrence_id, series.timezone, series.all_day))
     out.add("DTSTART", _when(ev.start_time, ev.timezone, ev.all_day))
     out.add("DTEND", _when(ev.end_time, ev.timezone, ev.all_day))
     out.add("SUMMARY", ev.summary)

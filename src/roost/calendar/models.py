@@ -5,6 +5,8 @@ Times are ``timestamptz`` instants; ``events.timezone`` is the IANA zone the eve
 recurrence is expanded in (wall-clock times, so a 09:00 meeting stays at 09:00 across a
 DST change).  ``recurrence_end`` is derived at every write (roost.calendar.recurrence):
 the end of the last occurrence, NULL when the rule never ends; range queries filter on it.
+An override (RFC 5545 RECURRENCE-ID: one changed occurrence of a series) is an ``events``
+row with ``recurrence_id`` set (migration 0920).
 Row-level security: both tables are their owner's (``roost_row_visible(user_id)``; an
 event copies its calendar's ``user_id``).
 """
@@ -58,7 +60,15 @@ class Event(UUIDPrimaryKey, Timestamps, Base):
         CheckConstraint("movability_score >= 0 AND movability_score <= 1",
                         name="movability_score_range"),
         CheckConstraint("status IN ('confirmed', 'tentative', 'cancelled')", name="status"),
-        Index("uq_events_calendar_uid", "calendar_id", "uid", unique=True),
+        # A series (or single event) is unique by UID in its calendar; an override (one
+        # changed occurrence, RFC 5545 RECURRENCE-ID) by UID and the occurrence it replaces.
+        Index("uq_events_calendar_uid", "calendar_id", "uid", unique=True,
+              postgresql_where=text("recurrence_id IS NULL")),
+        Index("uq_events_calendar_uid_recurrence", "calendar_id", "uid", "recurrence_id",
+              unique=True, postgresql_where=text("recurrence_id IS NOT NULL")),
+        # Overrides of the occurrences in a range (the series' own row is found by range).
+        Index("ix_events_user_recurrence", "user_id", "recurrence_id",
+              postgresql_where=text("recurrence_id IS NOT NULL")),
         # Unique per owner, not across tenants (a global index would tell one user that
         # another has an event with that id).
         Index("uq_events_user_google_event_id", "user_id", "google_event_id", unique=True),
@@ -97,6 +107,10 @@ class Event(UUIDPrimaryKey, Timestamps, Base):
     exdates: Mapped[list[datetime]] = mapped_column(
         ARRAY(DateTime(timezone=True)), server_default=text("'{}'"), default=list)
     recurrence_end: Mapped[datetime | None]
+    # An override: the original start (UTC) of the occurrence of the series with the same
+    # (calendar_id, uid) that this row replaces (moved, changed or cancelled); NULL for a
+    # series or a single event.  An override has no rule, RDATE or EXDATE of its own.
+    recurrence_id: Mapped[datetime | None]
     reminder_minutes: Mapped[int | None] = mapped_column(Integer, server_default=text("15"),
                                                          default=15)
     importance_weight: Mapped[float] = mapped_column(Float, server_default=text("1.0"),

@@ -119,6 +119,9 @@ class EventOut(BaseModel):
     recurrence_rule: str | None
     rdates: list[datetime]
     exdates: list[datetime]
+    recurrence_id: datetime | None = Field(default=None, description=(
+        "Set on a changed occurrence (an override of the series with this uid): the "
+        "original start of the occurrence it replaces"))
     reminder_minutes: int | None
     importance_weight: float
     status: str
@@ -142,6 +145,11 @@ class Occurrence(BaseModel):
     status: str
     is_movable: bool
     movability_score: float
+    recurrence_id: datetime | None = Field(default=None, description=(
+        "For an occurrence of a series: its original start (what identifies it, RFC 5545 "
+        "RECURRENCE-ID); for a changed occurrence the start it replaced"))
+    override: bool = Field(default=False, description=(
+        "A changed occurrence (event_id is the override's own row)"))
 
 
 class OccurrencesOut(BaseModel):

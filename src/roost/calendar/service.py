@@ -1,6 +1,11 @@
 """Calendars and events: CRUD, occurrences of a bounded range (recurrence expanded here,
 roost.calendar.recurrence), free/busy, iCalendar import (idempotent by UID) and export.
 
+An override (a row with ``recurrence_id``: one changed occurrence of the series with the
+same calendar and UID) replaces the series' occurrence starting at ``recurrence_id``: it
+is shown at its own time (possibly moved into or out of a range), not at all when
+cancelled.  Deleting a series deletes its overrides.
+
 A calendar and its events are their owner's: anyone else gets 404, here and by row-level
 security (administrators may read one by id).  Lists, agendas and free/busy cover the
 acting user's own calendars only.  Ranges are required and at most ``MAX_RANGE`` long.
@@ -207,6 +212,10 @@ async def _derive(ev: Event) -> None:
                             extra={"field": "start_time"})
     if ev.end_time < ev.start_time:
         raise Unprocessable("end_time is before start_time", extra={"field": "end_time"})
+    if ev.recurrence_id is not None and (ev.recurrence_rule or ev.rdates or ev.exdates):
+        raise InvalidRecurrence("a changed occurrence (recurrence_id) has no recurrence_rule, "
+                                "rdates or exdates of its own: change the series instead",
+                                extra={"field": "recurrence_rule"})
 
     def work() -> datetime | None:
         rec = _recurring(ev)
@@ -314,36 +323,77 @@ async def update_event(session: AsyncSession, actor: Principal, calendar_id: uui
 
 async def delete_event(session: AsyncSession, actor: Principal, calendar_id: uuid.UUID,
                        event_id: uuid.UUID) -> None:
+    """Delete an event; a series with its overrides.  Deleting an override brings the
+    series' original occurrence back (to remove one occurrence, cancel it instead)."""
     ev = await get_event(session, actor, calendar_id, event_id, lock=True)
-    await session.execute(delete(Event).where(Event.id == ev.id))
+    if ev.recurrence_id is None:
+        gone = await session.execute(delete(Event).where(
+            Event.calendar_id == ev.calendar_id, Event.uid == ev.uid))
+    else:
+        gone = await session.execute(delete(Event).where(Event.id == ev.id))
     await record(session, "event.delete", user_id=ev.user_id, resource_type="event",
-                 resource_id=ev.id, changes={"calendar_id": str(calendar_id)})
+                 resource_id=ev.id, changes={"calendar_id": str(calendar_id),
+                                             "rows": getattr(gone, "rowcount", 1)})
 
 
 # --- ranges ------------------------------------------------------------------------------
 
 
+OVERRIDE_SLACK: Final = timedelta(days=1)  # wall-clock durations change across DST
+
+
 async def _events_in(session: AsyncSession, actor: Principal, start: datetime, end: datetime,
                      calendar_ids: Sequence[uuid.UUID] | None) -> list[Event]:
-    stmt = select(Event).where(
+    """The events that may have an occurrence in the range (series, single events and
+    overrides by their own times), and the overrides of the series' occurrences in it (by
+    ``recurrence_id``: an override moved out of the range still hides its occurrence)."""
+
+    def scoped(stmt: Any) -> Any:
+        if calendar_ids is None:
+            return stmt.where(Event.user_id == _owner(actor))
+        return stmt.where(Event.calendar_id.in_(calendar_ids), _visible(actor, Event.user_id))
+
+    found = list((await session.scalars(scoped(select(Event).where(
         Event.start_time < end,
-        or_(Event.recurrence_end.is_(None), Event.recurrence_end >= start))
-    if calendar_ids is None:
-        stmt = stmt.where(Event.user_id == _owner(actor))
-    else:
-        stmt = stmt.where(Event.calendar_id.in_(calendar_ids), _visible(actor, Event.user_id))
-    return list((await session.scalars(stmt)).all())
+        or_(Event.recurrence_end.is_(None), Event.recurrence_end >= start))))).all())
+    series = [e for e in found if e.recurrence_id is None and (e.recurrence_rule or e.rdates)]
+    if not series:
+        return found
+    # An occurrence in the range starts after start - its length (at most the longest
+    # series' wall-clock length, with slack for a DST change).
+    longest = max(e.end_time - e.start_time for e in series)
+    have = {e.id for e in found}
+    more = await session.scalars(scoped(select(Event).where(
+        Event.recurrence_id.is_not(None), Event.recurrence_id < end,
+        Event.recurrence_id > start - longest - OVERRIDE_SLACK)))
+    found.extend(e for e in more.all() if e.id not in have)
+    return found
 
 
 def expand_events(events: Sequence[Any], start: datetime, end: datetime,
                   limit: int | None = None) -> list[tuple[Any, datetime, datetime]]:
-    """Every occurrence of ``events`` overlapping ``[start, end)``, by start time."""
+    """Every occurrence of ``events`` overlapping ``[start, end)``, by start time.  Rows
+    with a ``recurrence_id`` (overrides) replace the occurrence of their series (same
+    ``calendar_id`` and ``uid``) that starts at it; a cancelled override shows nothing."""
     found: list[tuple[datetime, datetime, Any, Any]] = []
     expand, window = recurrence.occurrences, recurrence.Window(start, end)
+    replaced: dict[tuple[Any, str], set[datetime]] = {}
     for ev in events:
+        rid = getattr(ev, "recurrence_id", None)
+        if rid is not None:
+            replaced.setdefault((ev.calendar_id, ev.uid), set()).add(rid)
+    for ev in events:
+        gone = None
+        if replaced:
+            if getattr(ev, "recurrence_id", None) is not None:
+                if ev.status == "cancelled":
+                    continue
+            else:
+                gone = replaced.get((getattr(ev, "calendar_id", None), ev.uid))
         for s, e in expand(ev.start_time, ev.end_time, ev.timezone, ev.recurrence_rule,
                            ev.rdates, ev.exdates, window, ordered=False):
-            found.append((s, e, ev.id, ev))
+            if gone is None or s not in gone:
+                found.append((s, e, ev.id, ev))
     found.sort(key=itemgetter(0, 1, 2))  # ids are unique: events are never compared
     if limit is not None:
         del found[limit:]
@@ -372,11 +422,15 @@ async def occurrences(session: AsyncSession, actor: Principal, start: datetime, 
 
 
 def _occurrence(ev: Event, s: datetime, e: datetime) -> dict[str, Any]:
+    recurring = bool(ev.recurrence_rule or ev.rdates)
     return {"event_id": ev.id, "calendar_id": ev.calendar_id, "uid": ev.uid,
             "summary": ev.summary, "start": s, "end": e, "all_day": ev.all_day,
             "timezone": ev.timezone, "location": ev.location, "category": ev.category,
-            "recurring": bool(ev.recurrence_rule or ev.rdates), "status": ev.status,
-            "is_movable": ev.is_movable, "movability_score": ev.movability_score}
+            "recurring": recurring or ev.recurrence_id is not None, "status": ev.status,
+            "is_movable": ev.is_movable, "movability_score": ev.movability_score,
+            "recurrence_id": ev.recurrence_id if ev.recurrence_id is not None
+            else s if recurring else None,
+            "override": ev.recurrence_id is not None}
 
 
 async def freebusy(session: AsyncSession, actor: Principal, start: datetime,
@@ -386,10 +440,11 @@ async def freebusy(session: AsyncSession, actor: Principal, start: datetime,
     the free gaps between them.  Cancelled and transparent events are not busy, nor is the
     event ``exclude`` (one about to be moved)."""
     check_range(start, end)
-    events = [e for e in await _events_in(session, actor, start, end, None)
-              if e.status != "cancelled" and not e.transparent and e.id != exclude]
-    found = await _expand(events, start, end)
-    busy = recurrence.merge((max(s, start), min(e, end)) for _, s, e in found if e > s)
+    events = await _events_in(session, actor, start, end, None)
+    found = await _expand(events, start, end)  # overrides applied before filtering
+    busy = recurrence.merge((max(s, start), min(e, end)) for ev, s, e in found
+                            if e > s and ev.status != "cancelled" and not ev.transparent
+                            and ev.id != exclude)
     free: list[tuple[datetime, datetime]] = []
     cursor = start
     for s, e in busy:
@@ -416,23 +471,35 @@ async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.
         parsed = await asyncio.to_thread(ical.parse, raw, cal.timezone)
     except ical.ICalError as exc:
         raise InvalidICalendar(str(exc)) from None
-    if len(parsed.events) > MAX_IMPORT_EVENTS:
+    if len(parsed.events) + len(parsed.overrides) > MAX_IMPORT_EVENTS:
         raise PayloadTooLarge(f"the file has more than {MAX_IMPORT_EVENTS} events",
                               extra={"limit": MAX_IMPORT_EVENTS})
-    existing: dict[str, Event] = {}
-    uids = [e.uid for e in parsed.events]
+    # Rows of the calendar with the file's UIDs: series by UID, overrides by (UID, start).
+    existing: dict[tuple[str, datetime | None], Event] = {}
+    uids = sorted({e.uid for e in parsed.events} | {o.data.uid for o in parsed.overrides})
     for i in range(0, len(uids), 1000):
         rows = await session.scalars(select(Event).where(Event.calendar_id == cal.id,
                                                          Event.uid.in_(uids[i:i + 1000])))
-        existing.update({e.uid: e for e in rows.all()})
+        existing.update({(e.uid, e.recurrence_id): e for e in rows.all()})
+    in_file = {e.uid for e in parsed.events}
+    skipped = list(parsed.skipped)
+    overrides: list[ical.EventData] = []
+    for over in parsed.overrides:
+        if over.data.uid in in_file or (over.data.uid, None) in existing:
+            overrides.append(over.data)
+        else:
+            stamp = (over.data.recurrence_id or over.data.start_time).strftime("%Y%m%dT%H%M%SZ")
+            skipped.append(f"{over.where}: the changed occurrence (RECURRENCE-ID {stamp}) of a "
+                           "series that is neither in the file nor in the calendar")
     created = updated = unchanged = 0
-    derived = await asyncio.to_thread(_recurrence_ends, parsed.events)
-    for data, end in zip(parsed.events, derived, strict=True):
+    rows_in = [*parsed.events, *overrides]  # series first: an override follows its series
+    derived = await asyncio.to_thread(_recurrence_ends, rows_in)
+    for data, end in zip(rows_in, derived, strict=True):
         values = {k: v for k, v in asdict(data).items() if k in IMPORTED}
-        ev = existing.get(data.uid)
+        ev = existing.get((data.uid, data.recurrence_id))
         if ev is None:
             ev = Event(user_id=cal.user_id, calendar_id=cal.id, uid=data.uid, **values,
-                       recurrence_end=end)
+                       recurrence_id=data.recurrence_id, recurrence_end=end)
             if data.reminder_minutes is None:  # no VALARM: no reminder (not the default 15)
                 ev.reminder_minutes = null()  # type: ignore[assignment]
             session.add(ev)
@@ -446,10 +513,10 @@ async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.
             unchanged += 1
     await session.flush()
     result = {"created": created, "updated": updated, "unchanged": unchanged,
-              "skipped": parsed.skipped}
+              "skipped": skipped}
     await record(session, "calendar.import", user_id=cal.user_id, resource_type="calendar",
                  resource_id=cal.id, changes={k: v for k, v in result.items() if k != "skipped"}
-                 | {"skipped": len(parsed.skipped)})
+                 | {"skipped": len(skipped), "overrides": len(overrides)})
     return result
 
 
@@ -471,7 +538,8 @@ async def export_ics(session: AsyncSession, actor: Principal,
                      calendar_id: uuid.UUID) -> tuple[Calendar, bytes]:
     cal = await get_calendar(session, actor, calendar_id)
     events = (await session.scalars(select(Event).where(Event.calendar_id == cal.id)
-                                    .order_by(Event.start_time, Event.uid))).all()
+                                    .order_by(Event.start_time, Event.uid,
+                                              Event.recurrence_id.nulls_first()))).all()
     data = await asyncio.to_thread(ical.build, cal.name, events, description=cal.description,
                                    timezone=cal.timezone)
     return cal, data

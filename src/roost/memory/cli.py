@@ -23,7 +23,7 @@ from rich.text import Text
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.clitools import fail, id_table, print_table, resolve_id, with_database
+from roost.clitools import fail, id_table, print_table, resolve_id, when, with_database
 from roost.config import Settings, get_settings
 from roost.context import RequestContext, set_context
 from roost.db.base import utcnow
@@ -66,9 +66,6 @@ def _invalid(exc: ValidationError) -> typer.Exit:
                         for e in exc.errors())
     return fail("Invalid input", reasons)
 
-
-def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
 
 def _short(value: str | None, limit: int = PREVIEW_CHARS) -> str:
@@ -237,8 +234,9 @@ def ls_command(
     table = id_table("id", "type", "conf.", "valid from", "valid until", "recalled", "content",
                      wrap=("content",))
     for m in rows:
-        table.add_row(str(m.id), m.memory_type, f"{float(m.confidence):.2f}", _when(m.valid_from),
-                      _when(m.valid_to), str(m.access_count), Text(_short(m.content)))
+        table.add_row(str(m.id), m.memory_type, f"{float(m.confidence):.2f}",
+                      when(m.valid_from, seconds=True), when(m.valid_to, seconds=True),
+                      str(m.access_count), Text(_short(m.content)))
     print_table(console, table)
 
 
@@ -307,7 +305,7 @@ def graph_command(
         state = "[green]current[/green]" if edge.current_at(now) else (
             "[yellow]future[/yellow]" if edge.valid_from > now else "[dim]past[/dim]")
         table.add_row(Text(f"{edge.source_name} --{edge.relation}--> {edge.target_name}"),
-                      _when(edge.valid_from), _when(edge.valid_to), state,
+                      when(edge.valid_from, seconds=True), when(edge.valid_to, seconds=True), state,
                       Text(_short(edge.memory_content, 80)))
     print_table(console, table)
     if near:

@@ -26,7 +26,7 @@ from sqlalchemy import String, cast, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import OPEN_STEP_STATUSES
-from roost.clitools import fail, id_table, print_table
+from roost.clitools import fail, id_table, print_table, when
 from roost.errors import BadRequest, NotFound
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
@@ -56,9 +56,6 @@ async def _workflow(session: AsyncSession, actor: Principal, ref: str) -> Workfl
     return rows[0]
 
 
-def _when(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
-
 
 @workflows_app.command("ls")
 def workflows_ls(
@@ -80,7 +77,7 @@ def workflows_ls(
                      wrap=("name",))
     for w in _run(user, go):
         table.add_row(str(w.id), Text(w.name), w.status, str(w.latest_version or "-"),
-                      str(len(w.nodes)), str(len(w.edges)), _when(w.updated_at))
+                      str(len(w.nodes)), str(len(w.edges)), when(w.updated_at, seconds=True))
     print_table(console, table)
 
 

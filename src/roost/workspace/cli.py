@@ -9,16 +9,14 @@ are named by exact name or id (or a unique start of one); tasks by id or a uniqu
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.clitools import fail, id_table, print_table, resolve_id
+from roost.clitools import fail, id_table, parse_input, print_table, resolve_id, when
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
 from roost.principal import Principal
@@ -36,22 +34,6 @@ ProjectRef = Annotated[str, typer.Argument(help="The project: its name or id.")]
 TaskRef = Annotated[str, typer.Argument(help="The task's id (or a unique start of it).")]
 ProjectOpt = Annotated[str | None, typer.Option("--project", "-p",
                                                 help="A project: its name or id.")]
-
-
-B = TypeVar("B", bound=BaseModel)
-
-
-def _body(model: type[B], values: dict[str, Any]) -> B:
-    try:
-        return model.model_validate({k: v for k, v in values.items() if v is not None})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                             for e in exc.errors()[:5])
-        raise fail("Invalid input", problems) from None
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
 
 
 # --- projects ----------------------------------------------------------------------------
@@ -77,7 +59,7 @@ def projects_ls(
     table = id_table("id", "name", "status", "language", "created", wrap=("name",))
     for p in _run(user, go):
         table.add_row(str(p.id), Text(p.name), p.status, Text(p.programming_language or "-"),
-                      _when(p.created_at))
+                      when(p.created_at))
     print_table(console, table)
 
 
@@ -94,7 +76,7 @@ def projects_add(
                     ] = None,
 ) -> None:
     """Create a project."""
-    body = _body(ProjectCreate, {"name": name, "description": description,
+    body = parse_input(ProjectCreate, {"name": name, "description": description,
                                  "programming_language": language, "framework": framework,
                                  "repository_url": repository, "local_path": path})
 
@@ -163,7 +145,7 @@ def _print_tasks(rows: list[Task]) -> None:
                      wrap=("title",))
     for t in rows:
         table.add_row(str(t.id), f"{t.calculated_score:.2f}", Text(t.title), t.status,
-                      t.priority, _when(t.due_date), str(t.completion_percentage))
+                      t.priority, when(t.due_date), str(t.completion_percentage))
     print_table(console, table)
 
 
@@ -229,7 +211,7 @@ def board_add(
     async def go(env: Env) -> Task:
         async with env.scoped() as session:
             pid = await _project_id(session, env.principal, project)
-            body = _body(TaskCreate, {**fields, "title": title, "description": description,
+            body = parse_input(TaskCreate, {**fields, "title": title, "description": description,
                                       "project_id": str(pid) if pid else None})
             return await service.create_task(session, env.principal, body)
 
@@ -248,7 +230,7 @@ def board_update(
     """Change a task; its score is recomputed."""
     if status is not None and status not in TASK_STATUSES:
         raise fail("Invalid --status", f"one of {', '.join(TASK_STATUSES)}")
-    body = _body(TaskUpdate, {**_task_fields(priority, due, urgency, importance, complexity,
+    body = parse_input(TaskUpdate, {**_task_fields(priority, due, urgency, importance, complexity,
                                              progress), "title": title, "status": status})
     if not body.model_fields_set:
         raise fail("Nothing to change", "pass at least one option (see --help)")

@@ -1,0 +1,362 @@
+"""Changed occurrences (RFC 5545 RECURRENCE-ID): imported as overrides, applied by the
+range expansion (moved, retitled, cancelled, moved across a DST change), compared with
+recurring-ical-events (the oracle) over the same file, exported after their series and
+imported back unchanged; orphans and RANGE=THISANDFUTURE are skipped with the reason."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import icalendar
+import pytest
+import recurring_ical_events
+
+from tests.calendar.conftest import Headers, make_calendar
+
+User = tuple[uuid.UUID, Headers]
+CAL_TZ = "Europe/Berlin"  # the calendar's zone: all-day dates are read in it
+BERLIN = ZoneInfo(CAL_TZ)
+
+# A weekly 09:00 Berlin meeting across the 2027-03-28 DST change, with a moved, a retitled
+# and a cancelled occurrence, one moved across the DST change (its RECURRENCE-ID given in
+# UTC), one moved out of March; a New York daily series with a floating-time override; an
+# all-day yearly series with a DATE override; an orphan and a THISANDFUTURE override.
+ICS = """BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//test//overrides//EN
+BEGIN:VEVENT
+UID:weekly@example.org
+DTSTART;TZID=Europe/Berlin:20270301T090000
+DTEND;TZID=Europe/Berlin:20270301T100000
+RRULE:FREQ=WEEKLY;BYDAY=MO;COUNT=12
+SUMMARY:Team meeting
+LOCATION:Room 1
+END:VEVENT
+BEGIN:VEVENT
+UID:weekly@example.org
+RECURRENCE-ID;TZID=Europe/Berlin:20270308T090000
+DTSTART;TZID=Europe/Berlin:20270309T140000
+DTEND;TZID=Europe/Berlin:20270309T150000
+SUMMARY:Team meeting
+LOCATION:Room 1
+END:VEVENT
+BEGIN:VEVENT
+UID:weekly@example.org
+RECURRENCE-ID;TZID=Europe/Berlin:20270315T090000
+DTSTART;TZID=Europe/Berlin:20270315T090000
+DTEND;TZID=Europe/Berlin:20270315T100000
+SUMMARY:Quarterly review
+LOCATION:Room 1
+END:VEVENT
+BEGIN:VEVENT
+UID:weekly@example.org
+RECURRENCE-ID;TZID=Europe/Berlin:20270322T090000
+DTSTART;TZID=Europe/Berlin:20270322T090000
+DTEND;TZID=Europe/Berlin:20270322T100000
+SUMMARY:Team meeting
+STATUS:CANCELLED
+END:VEVENT
+BEGIN:VEVENT
+UID:weekly@example.org
+RECURRENCE-ID:20270329T070000Z
+DTSTART;TZID=Europe/Berlin:20270326T160000
+DTEND;TZID=Europe/Berlin:20270326T170000
+SUMMARY:Team meeting (Friday before the change)
+END:VEVENT
+BEGIN:VEVENT
+UID:weekly@example.org
+RECURRENCE-ID;TZID=Europe/Berlin:20270405T090000
+DTSTART;TZID=Europe/Berlin:20270601T090000
+DTEND;TZID=Europe/Berlin:20270601T093000
+SUMMARY:Team meeting (postponed)
+END:VEVENT
+BEGIN:VEVENT
+UID:daily@example.org
+DTSTART;TZID=America/New_York:20270310T083000
+DTEND;TZID=America/New_York:20270310T084500
+RRULE:FREQ=DAILY;UNTIL=20270320T235959Z
+SUMMARY:Standup
+END:VEVENT
+BEGIN:VEVENT
+UID:daily@example.org
+RECURRENCE-ID;TZID=America/New_York:20270315T083000
+DTSTART;TZID=America/New_York:20270315T113000
+DTEND;TZID=America/New_York:20270315T114500
+SUMMARY:Standup (late)
+END:VEVENT
+BEGIN:VEVENT
+UID:birthday@example.org
+DTSTART;VALUE=DATE:20270320
+DTEND;VALUE=DATE:20270321
+RRULE:FREQ=YEARLY
+SUMMARY:Birthday
+TRANSP:TRANSPARENT
+END:VEVENT
+BEGIN:VEVENT
+UID:birthday@example.org
+RECURRENCE-ID;VALUE=DATE:20270320
+DTSTART;VALUE=DATE:20270327
+DTEND;VALUE=DATE:20270328
+SUMMARY:Birthday party
+TRANSP:TRANSPARENT
+END:VEVENT
+BEGIN:VEVENT
+UID:orphan@example.org
+RECURRENCE-ID;TZID=Europe/Berlin:20270310T100000
+DTSTART;TZID=Europe/Berlin:20270310T110000
+DTEND;TZID=Europe/Berlin:20270310T120000
+SUMMARY:Orphan
+END:VEVENT
+BEGIN:VEVENT
+UID:daily@example.org
+RECURRENCE-ID;RANGE=THISANDFUTURE;TZID=America/New_York:20270318T083000
+DTSTART;TZID=America/New_York:20270318T090000
+DTEND;TZID=America/New_York:20270318T091500
+SUMMARY:Standup (later from now on)
+END:VEVENT
+END:VCALENDAR
+""".replace("\n", "\r\n").encode()
+
+SERIES, OVERRIDES = 3, 7  # rows the file creates (the orphan and THISANDFUTURE skipped)
+
+RANGES = [
+    ("2027-03-01T00:00:00Z", "2027-04-01T00:00:00Z"),  # March
+    ("2027-03-25T00:00:00Z", "2027-04-06T00:00:00Z"),  # across the DST change
+    ("2027-03-08T07:30:00Z", "2027-03-09T00:00:00Z"),  # the moved occurrence's old time
+    ("2027-03-09T12:00:00Z", "2027-03-10T00:00:00Z"),  # and its new one
+    ("2027-04-01T00:00:00Z", "2027-07-01T00:00:00Z"),  # postponed out of April into June
+    ("2027-01-01T00:00:00Z", "2028-01-01T00:00:00Z"),  # the year
+]
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _instant(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    assert isinstance(value, date)
+    return datetime.combine(value, datetime.min.time(), tzinfo=BERLIN).astimezone(UTC)
+
+
+def oracle(raw: bytes, start: str, end: str) -> list[tuple[str, str, str, str]]:
+    """recurring-ical-events over the file: cancelled occurrences are not shown; the
+    skipped components are left out of its input as they are out of the import."""
+    cal = icalendar.Calendar.from_ical(raw)
+    for comp in list(cal.subcomponents):
+        rid = comp.get("RECURRENCE-ID")
+        if comp.name == "VEVENT" and (str(comp.get("UID")) == "orphan@example.org" or (
+                rid is not None and rid.params.get("RANGE"))):
+            cal.subcomponents.remove(comp)
+    found = []
+    for comp in recurring_ical_events.of(cal).between(
+            datetime.fromisoformat(start), datetime.fromisoformat(end)):
+        if str(comp.get("STATUS", "")).upper() == "CANCELLED":
+            continue
+        found.append((str(comp["UID"]), _iso(_instant(comp.decoded("DTSTART"))),
+                      _iso(_instant(comp.decoded("DTEND"))), str(comp["SUMMARY"])))
+    return sorted(found)
+
+
+async def _import(client: httpx.AsyncClient, headers: Headers, cal_id: str,
+                  raw: bytes) -> dict[str, Any]:
+    resp = await client.post(f"/api/v1/calendars/{cal_id}/import",
+                             files={"file": ("cal.ics", raw, "text/calendar")}, headers=headers)
+    assert resp.status_code == 200, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+async def _occurrences(client: httpx.AsyncClient, headers: Headers, cal_id: str, start: str,
+                       end: str) -> list[dict[str, Any]]:
+    resp = await client.get(f"/api/v1/calendars/{cal_id}/events", headers=headers,
+                            params={"start": start, "end": end})
+    assert resp.status_code == 200, resp.text
+    found: list[dict[str, Any]] = resp.json()["occurrences"]
+    return found
+
+
+def _tuples(found: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    return sorted((o["uid"], o["start"], o["end"], o["summary"]) for o in found)
+
+
+async def test_changed_occurrences_are_shown_moved_retitled_or_not_at_all(
+        client: httpx.AsyncClient, user: User) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers, "Imported", CAL_TZ)
+    result = await _import(client, headers, cal["id"], ICS)
+    assert (result["created"], result["updated"], result["unchanged"]) == (
+        SERIES + OVERRIDES, 0, 0)
+    assert len(result["skipped"]) == 2
+    orphan, future = sorted(result["skipped"], key=lambda r: "THISANDFUTURE" in r)
+    assert "UID orphan@example.org" in orphan and "neither in the file nor in the calendar" \
+        in orphan and "RECURRENCE-ID 20270310T090000Z" in orphan
+    assert "RANGE=THISANDFUTURE" in future and "UID daily@example.org" in future
+
+    march = await _occurrences(client, headers, cal["id"], *RANGES[0])
+    weekly = [o for o in march if o["uid"] == "weekly@example.org"]
+    assert [(o["start"], o["summary"]) for o in weekly] == [
+        ("2027-03-01T08:00:00Z", "Team meeting"),
+        ("2027-03-09T13:00:00Z", "Team meeting"),  # moved from Monday 8th to Tuesday 14:00
+        ("2027-03-15T08:00:00Z", "Quarterly review"),  # retitled; the 22nd is cancelled
+        ("2027-03-26T15:00:00Z", "Team meeting (Friday before the change)"),
+    ]
+    assert [o["override"] for o in weekly] == [False, True, True, True]
+    assert weekly[0]["recurrence_id"] == "2027-03-01T08:00:00Z"
+    assert weekly[1]["recurrence_id"] == "2027-03-08T08:00:00Z"
+    assert weekly[3]["recurrence_id"] == "2027-03-29T07:00:00Z"  # after the DST change
+    assert all(o["recurring"] for o in weekly)
+    assert "2027-03-22T08:00:00Z" not in {o["start"] for o in march}
+    standup = {o["start"]: o["summary"] for o in march if o["uid"] == "daily@example.org"}
+    assert standup["2027-03-15T15:30:00Z"] == "Standup (late)"
+    assert "2027-03-15T12:30:00Z" not in standup and len(standup) == 11
+    birthday = [(o["start"], o["summary"], o["all_day"]) for o in march
+                if o["uid"] == "birthday@example.org"]
+    assert birthday == [("2027-03-26T23:00:00Z", "Birthday party", True)]
+
+    # the occurrence moved out of April is in June, and April 5th is empty
+    later = await _occurrences(client, headers, cal["id"], *RANGES[4])
+    starts = {o["start"]: o["summary"] for o in later if o["uid"] == "weekly@example.org"}
+    assert "2027-04-05T07:00:00Z" not in starts
+    assert starts["2027-06-01T07:00:00Z"] == "Team meeting (postponed)"
+    assert len(starts) == 7  # April 12th to May 17th (COUNT=12), and June 1st
+
+
+async def test_occurrences_equal_recurring_ical_events_over_the_same_file(
+        client: httpx.AsyncClient, user: User) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers, "Imported", CAL_TZ)
+    await _import(client, headers, cal["id"], ICS)
+    for start, end in RANGES:
+        ours = _tuples(await _occurrences(client, headers, cal["id"], start, end))
+        theirs = oracle(ICS, start, end)
+        assert ours == theirs, (start, end)
+    assert len(oracle(ICS, *RANGES[-1])) > 20
+
+
+async def test_free_busy_follows_the_changed_occurrences(client: httpx.AsyncClient,
+                                                         user: User) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers, "Imported", CAL_TZ)
+    await _import(client, headers, cal["id"], ICS)
+    resp = await client.get("/api/v1/calendars/freebusy", headers=headers, params={
+        "start": "2027-03-08T00:00:00Z", "end": "2027-03-10T00:00:00Z"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["busy"] == [{"start": "2027-03-09T13:00:00Z",
+                                    "end": "2027-03-09T14:00:00Z"}]
+    resp = await client.get("/api/v1/calendars/freebusy", headers=headers, params={
+        "start": "2027-03-22T00:00:00Z", "end": "2027-03-23T00:00:00Z"})
+    assert resp.json()["busy"] == []  # cancelled
+
+
+async def test_export_and_reimport_change_nothing(client: httpx.AsyncClient,
+                                                  user: User) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers, "Imported", CAL_TZ)
+    first = await _import(client, headers, cal["id"], ICS)
+    again = await _import(client, headers, cal["id"], ICS)
+    assert again == {"created": 0, "updated": 0, "unchanged": SERIES + OVERRIDES,
+                     "skipped": first["skipped"]}
+
+    resp = await client.get(f"/api/v1/calendars/{cal['id']}/export", headers=headers)
+    assert resp.status_code == 200
+    exported = resp.content
+    comps = [c for c in icalendar.Calendar.from_ical(exported).walk("VEVENT")]
+    assert len(comps) == SERIES + OVERRIDES
+    # every override right after its series (or another override of it)
+    for before, comp in zip(comps, comps[1:], strict=False):
+        if "RECURRENCE-ID" in comp:
+            assert str(before["UID"]) == str(comp["UID"])
+    rid = next(c for c in comps if str(c["UID"]) == "birthday@example.org"
+               and "RECURRENCE-ID" in c).decoded("RECURRENCE-ID")
+    assert rid == date(2027, 3, 20)  # DATE, like the series' DTSTART
+    assert await _import(client, headers, cal["id"], exported) == {
+        "created": 0, "updated": 0, "unchanged": SERIES + OVERRIDES, "skipped": []}
+
+    # into a new calendar: the same occurrences as the source file everywhere
+    copy = await make_calendar(client, headers, "Copy", CAL_TZ)
+    assert (await _import(client, headers, copy["id"], exported))["created"] == \
+        SERIES + OVERRIDES
+    for start, end in RANGES:
+        assert _tuples(await _occurrences(client, headers, copy["id"], start, end)) == \
+            oracle(ICS, start, end)
+        assert _tuples(await _occurrences(client, headers, copy["id"], start, end)) == \
+            oracle(exported, start, end)
+
+
+async def test_a_changed_override_is_updated_and_an_orphan_finds_its_series_later(
+        client: httpx.AsyncClient, user: User) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers, "Imported", CAL_TZ)
+    await _import(client, headers, cal["id"], ICS)
+    changed = ICS.replace(b"SUMMARY:Quarterly review", b"SUMMARY:Annual review")
+    result = await _import(client, headers, cal["id"], changed)
+    assert (result["created"], result["updated"], result["unchanged"]) == (
+        0, 1, SERIES + OVERRIDES - 1)
+    found = await _occurrences(client, headers, cal["id"], "2027-03-15T00:00:00Z",
+                               "2027-03-16T00:00:00Z")
+    assert [o["summary"] for o in found if o["uid"] == "weekly@example.org"] == [
+        "Annual review"]
+
+    # an override alone in a file: imported when the calendar has its series
+    alone = b"\r\n".join([
+        b"BEGIN:VCALENDAR", b"VERSION:2.0", b"PRODID:-//t//EN", b"BEGIN:VEVENT",
+        b"UID:daily@example.org", b"RECURRENCE-ID:20270312T133000Z",
+        b"DTSTART:20270312T200000Z", b"DTEND:20270312T201500Z", b"SUMMARY:Evening standup",
+        b"END:VEVENT", b"BEGIN:VEVENT", b"UID:nowhere@example.org",
+        b"RECURRENCE-ID:20270312T133000Z", b"DTSTART:20270312T200000Z",
+        b"SUMMARY:No series", b"END:VEVENT", b"END:VCALENDAR", b""])
+    result = await _import(client, headers, cal["id"], alone)
+    assert result["created"] == 1 and len(result["skipped"]) == 1
+    assert "nowhere@example.org" in result["skipped"][0]
+    found = await _occurrences(client, headers, cal["id"], "2027-03-12T00:00:00Z",
+                               "2027-03-13T00:00:00Z")
+    assert [(o["start"], o["summary"]) for o in found if o["uid"] == "daily@example.org"] == [
+        ("2027-03-12T20:00:00Z", "Evening standup")]
+
+
+async def test_deleting_a_series_deletes_its_overrides(client: httpx.AsyncClient,
+                                                       user: User) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers, "Imported", CAL_TZ)
+    await _import(client, headers, cal["id"], ICS)
+    march = await _occurrences(client, headers, cal["id"], *RANGES[0])
+    moved = next(o for o in march if o["summary"] == "Quarterly review")
+    series = next(o for o in march if o["uid"] == "weekly@example.org" and not o["override"])
+    base = f"/api/v1/calendars/{cal['id']}/events"
+    resp = await client.get(f"{base}/{moved['event_id']}", headers=headers)
+    assert resp.status_code == 200
+    assert resp.json()["recurrence_id"] == "2027-03-15T08:00:00Z"
+    assert resp.json()["recurrence_rule"] is None
+    # an override cannot get a rule of its own
+    resp = await client.patch(f"{base}/{moved['event_id']}", headers=headers,
+                              json={"recurrence_rule": "FREQ=DAILY"})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["type"].endswith("invalid-recurrence")
+
+    assert (await client.delete(f"{base}/{series['event_id']}",
+                                headers=headers)).status_code == 204
+    assert (await client.get(f"{base}/{moved['event_id']}", headers=headers)).status_code == 404
+    left = await _occurrences(client, headers, cal["id"], *RANGES[-1])
+    assert "weekly@example.org" not in {o["uid"] for o in left}
+    assert {o["uid"] for o in left} == {"daily@example.org", "birthday@example.org"}
+
+
+@pytest.mark.parametrize(("extra", "problem"), [
+    (b"RECURRENCE-ID;TZID=Europe/Berlin:20270308T090000", "RECURRENCE-ID appears twice"),
+    (b"RECURRENCE-ID:notadate", "RECURRENCE-ID"),
+])
+async def test_bad_overrides_are_refused_naming_the_problem(
+        client: httpx.AsyncClient, user: User, extra: bytes, problem: str) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers, "Imported", CAL_TZ)
+    bad = ICS.replace(b"RECURRENCE-ID;TZID=Europe/Berlin:20270315T090000", extra)
+    resp = await client.post(f"/api/v1/calendars/{cal['id']}/import",
+                             files={"file": ("bad.ics", bad)}, headers=headers)
+    assert resp.status_code == 422, resp.text
+    assert problem in resp.json()["detail"] and "UID weekly@example.org" in resp.json()["detail"]
