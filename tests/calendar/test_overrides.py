@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -15,6 +16,10 @@ import icalendar
 import pytest
 import recurring_ical_events
 
+from roost.calendar import agenttools
+from roost.config import Settings
+from roost.db.engine import Database
+from roost.principal import Principal
 from tests.calendar.conftest import Headers, make_calendar
 
 User = tuple[uuid.UUID, Headers]
@@ -269,7 +274,7 @@ async def test_export_and_reimport_change_nothing(client: httpx.AsyncClient,
     comps = [c for c in icalendar.Calendar.from_ical(exported).walk("VEVENT")]
     assert len(comps) == SERIES + OVERRIDES
     # every override right after its series (or another override of it)
-    for before, comp in zip(comps, comps[1:], strict=False):
+    for before, comp in pairwise(comps):
         if "RECURRENCE-ID" in comp:
             assert str(before["UID"]) == str(comp["UID"])
     rid = next(c for c in comps if str(c["UID"]) == "birthday@example.org"
@@ -360,3 +365,109 @@ async def test_bad_overrides_are_refused_naming_the_problem(
                              files={"file": ("bad.ics", bad)}, headers=headers)
     assert resp.status_code == 422, resp.text
     assert problem in resp.json()["detail"] and "UID weekly@example.org" in resp.json()["detail"]
+
+
+async def test_one_occurrence_is_changed_or_cancelled_over_the_api(
+        client: httpx.AsyncClient, user: User, other_user: User) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers, "Work", CAL_TZ)
+    base = f"/api/v1/calendars/{cal['id']}/events"
+    resp = await client.post(base, headers=headers, json={
+        "summary": "Standup", "start_time": "2027-03-22T09:00:00+01:00",
+        "end_time": "2027-03-22T09:15:00+01:00", "recurrence_rule": "FREQ=DAILY;COUNT=10",
+        "location": "Room 2", "google_event_id": "g-1", "category": "work"})
+    assert resp.status_code == 201, resp.text
+    series = resp.json()
+    week = ("2027-03-22T00:00:00Z", "2027-03-29T00:00:00Z")
+    before = await _occurrences(client, headers, cal["id"], *week)
+    assert len(before) == 7 and before[6]["start"] == "2027-03-28T07:00:00Z"  # after DST
+
+    # move Tuesday's to the afternoon (the path has the occurrence's original start)
+    url = f"{base}/{series['id']}/occurrences/2027-03-23T09:00:00+01:00"
+    resp = await client.put(url, headers=headers, json={
+        "start_time": "2027-03-23T15:00:00+01:00", "end_time": "2027-03-23T15:30:00+01:00",
+        "summary": "Standup (afternoon)"})
+    assert resp.status_code == 201, resp.text
+    moved = resp.json()
+    assert moved["recurrence_id"] == "2027-03-23T08:00:00Z" and moved["uid"] == series["uid"]
+    assert (moved["location"], moved["category"], moved["google_event_id"]) == (
+        "Room 2", "work", None)
+    # again: the same override is changed (200), not a second one
+    resp = await client.put(url, headers=headers, json={"location": "Room 3"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["id"] == moved["id"] and resp.json()["summary"] == "Standup (afternoon)"
+    # cancel Sunday's, after the DST change (addressed in UTC)
+    resp = await client.put(f"{base}/{series['id']}/occurrences/2027-03-28T07:00:00Z",
+                            headers=headers, json={"status": "cancelled"})
+    assert resp.status_code == 201, resp.text
+    after = await _occurrences(client, headers, cal["id"], *week)
+    assert [(o["start"], o["summary"], o["location"]) for o in after][:3] == [
+        ("2027-03-22T08:00:00Z", "Standup", "Room 2"),
+        ("2027-03-23T14:00:00Z", "Standup (afternoon)", "Room 3"),
+        ("2027-03-24T08:00:00Z", "Standup", "Room 2")]
+    assert len(after) == 6 and "2027-03-28T07:00:00Z" not in {o["start"] for o in after}
+    busy = (await client.get("/api/v1/calendars/freebusy", headers=headers, params={
+        "start": "2027-03-28T00:00:00Z", "end": "2027-03-29T00:00:00Z"})).json()["busy"]
+    assert busy == []
+
+    # the export carries the overrides; a fresh import shows the same occurrences
+    exported = (await client.get(f"/api/v1/calendars/{cal['id']}/export",
+                                 headers=headers)).content
+    _, other = other_user  # (google_event_id is unique per owner: another user's calendar)
+    copy = await make_calendar(client, other, "Copy", CAL_TZ)
+    assert (await _import(client, other, copy["id"], exported))["created"] == 3
+    assert _tuples(await _occurrences(client, other, copy["id"], *week)) == _tuples(after)
+
+    # no such occurrence, a non-recurring event, an override addressed as a series, no
+    # offset, a rule on one occurrence, another user
+    for path, body, code in [
+        (f"{series['id']}/occurrences/2027-03-23T09:30:00+01:00", {}, 404),
+        (f"{series['id']}/occurrences/2027-04-05T08:00:00Z", {}, 404),  # after COUNT
+        (f"{moved['id']}/occurrences/2027-03-23T08:00:00Z", {}, 422),
+        (f"{series['id']}/occurrences/2027-03-24T08:00:00", {}, 422),
+        (f"{series['id']}/occurrences/2027-03-24T08:00:00Z",
+         {"recurrence_rule": "FREQ=DAILY"}, 422),
+        (f"{series['id']}/occurrences/2027-03-24T08:00:00Z", {"summary": None}, 422),
+        (f"{series['id']}/occurrences/not-a-time", {}, 422),
+    ]:
+        resp = await client.put(f"{base}/{path}", headers=headers, json=body)
+        assert resp.status_code == code, (path, resp.text)
+        assert resp.headers["content-type"].startswith("application/problem+json")
+    single = await client.post(base, headers=headers, json={
+        "summary": "Once", "start_time": "2027-03-25T12:00:00Z",
+        "end_time": "2027-03-25T13:00:00Z"})
+    resp = await client.put(f"{base}/{single.json()['id']}/occurrences/2027-03-25T12:00:00Z",
+                            headers=headers, json={})
+    assert resp.status_code == 422 and "not recurring" in resp.json()["detail"]
+    resp = await client.put(url, headers=other, json={"summary": "mine"})
+    assert resp.status_code == 404
+
+
+async def _tools(database: Database, settings: Settings, user_id: uuid.UUID) -> Any:
+    tools = agenttools.builtin_tools(settings.db_app_role)
+    actor = Principal(user_id=user_id, is_admin=False, kind="job")
+
+    async def call(tool_id: uuid.UUID, **arguments: Any) -> dict[str, Any]:
+        return await tools[tool_id](database, actor, arguments, None)
+
+    return call
+
+
+async def test_agent_tools_see_the_changed_occurrences(
+        database: Database, client: httpx.AsyncClient, test_settings: Settings,
+        user: User) -> None:
+    user_id, headers = user
+    cal = await make_calendar(client, headers, "Imported", CAL_TZ)
+    await _import(client, headers, cal["id"], ICS)
+    call = await _tools(database, test_settings, user_id)
+    listed = await call(agenttools.LIST_EVENTS_ID, start="2027-03-08T00:00:00Z",
+                        end="2027-03-10T00:00:00Z")
+    assert [(o["summary"], o["start"]) for o in listed["occurrences"]
+            if o["summary"].startswith("Team")] == [("Team meeting", "2027-03-09T13:00:00Z")]
+    # Monday 22nd 08:00-09:00Z is free (cancelled); the moved Tuesday hour is busy
+    slots = await call(agenttools.FIND_FREE_SLOT_ID, start="2027-03-22T08:00:00Z",
+                       end="2027-03-22T09:00:00Z", duration_minutes=60)
+    assert [s["start"] for s in slots["slots"]] == ["2027-03-22T08:00:00Z"]
+    slots = await call(agenttools.FIND_FREE_SLOT_ID, start="2027-03-09T13:00:00Z",
+                       end="2027-03-09T14:30:00Z", duration_minutes=60)
+    assert slots["slots"] == []

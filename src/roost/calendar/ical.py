@@ -383,7 +383,8 @@ def _component(ev: Any, series: Any = None) -> icalendar.Event:
         out.add("LOCATION", ev.location)
     tags: Sequence[str] = ev.semantic_tags or []
     categories = [ev.category, *[t for t in tags if t != ev.category]] if tags else [ev.category]
-    out.add("CATEGORIES", [str(c) for c in categories])
+    if tags or ev.category != "general":  # none read: "general" and no tags (import's default)
+        out.add("CATEGORIES", [str(c) for c in categories])
     if ev.recurrence_rule:
         out.add("RRULE", icalendar.vRecur.from_ical(ev.recurrence_rule))
     if ev.rdates:

@@ -127,8 +127,25 @@ async def update_event(calendar_id: uuid.UUID, event_id: uuid.UUID, body: EventU
         await service.update_event(db, principal, calendar_id, event_id, body))
 
 
+@router.put("/{calendar_id:uuid}/events/{event_id:uuid}/occurrences/{recurrence_id}",
+            response_model=EventOut, responses={201: {"model": EventOut,
+                                                      "description": "The override, created"}},
+            summary="Change one occurrence of a recurring event (its original start, with a "
+                    "UTC offset): creates or changes its override; status cancelled removes it")
+async def change_occurrence(calendar_id: uuid.UUID, event_id: uuid.UUID,
+                            recurrence_id: datetime, body: EventUpdate,
+                            principal: CurrentPrincipal, db: DbSession,
+                            response: Response) -> EventOut:
+    ev, created = await service.change_occurrence(db, principal, calendar_id, event_id,
+                                                  recurrence_id, body)
+    if created:
+        response.status_code = status.HTTP_201_CREATED
+    return EventOut.model_validate(ev)
+
+
 @router.delete("/{calendar_id:uuid}/events/{event_id:uuid}",
-               status_code=status.HTTP_204_NO_CONTENT, summary="Delete an event (the series)")
+               status_code=status.HTTP_204_NO_CONTENT,
+               summary="Delete an event (a series with its changed occurrences)")
 async def delete_event(calendar_id: uuid.UUID, event_id: uuid.UUID, principal: CurrentPrincipal,
                        db: DbSession) -> Response:
     await service.delete_event(db, principal, calendar_id, event_id)

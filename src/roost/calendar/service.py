@@ -336,6 +336,69 @@ async def delete_event(session: AsyncSession, actor: Principal, calendar_id: uui
                                              "rows": getattr(gone, "rowcount", 1)})
 
 
+# Columns an override created for one occurrence copies from its series.
+COPIED: Final = (*(k for k in IMPORTED if k not in ("start_time", "end_time", "recurrence_rule",
+                                                   "rdates", "exdates", "google_event_id")),
+                 "semantic_keywords", "semantic_category", "semantic_embedding_id")
+
+
+async def change_occurrence(session: AsyncSession, actor: Principal, calendar_id: uuid.UUID,
+                            event_id: uuid.UUID, recurrence_id: datetime,
+                            body: EventUpdate) -> tuple[Event, bool]:
+    """Create or change the override of the series' occurrence that starts at
+    ``recurrence_id`` (``status: cancelled`` removes that one occurrence); and whether it
+    was created.  The override starts as a copy of the occurrence."""
+    if recurrence_id.tzinfo is None:
+        raise Unprocessable("recurrence_id needs a UTC offset (the occurrence's start, e.g. "
+                            "2027-03-15T08:00:00Z)", extra={"field": "recurrence_id"})
+    try:
+        rid = recurrence_id.astimezone(UTC)
+    except OverflowError:
+        rid = datetime.min.replace(tzinfo=UTC)
+    if not 1 < rid.year < 9999:  # room for the occurrence's window
+        raise Unprocessable("recurrence_id is out of range", extra={"field": "recurrence_id"})
+    series = await get_event(session, actor, calendar_id, event_id, lock=True)
+    if series.recurrence_id is not None:
+        raise Unprocessable(f"event {event_id} is itself a changed occurrence: change it with "
+                            "PATCH, or address its series", extra={"field": "event_id"})
+    if not (series.recurrence_rule or series.rdates):
+        raise Unprocessable(f"event {event_id} is not recurring: change the event itself",
+                            extra={"field": "event_id"})
+    given = body.model_fields_set
+    for fld in NOT_NULL:
+        if fld in given and getattr(body, fld) is None:
+            raise Unprocessable(f"{fld} cannot be null", extra={"field": fld})
+    override = await session.scalar(select(Event).where(
+        Event.calendar_id == series.calendar_id, Event.uid == series.uid,
+        Event.recurrence_id == rid).with_for_update())
+    created = override is None
+    if override is None:
+        found = [(s, e) for s, e in recurrence.occurrences(
+            series.start_time, series.end_time, series.timezone, series.recurrence_rule,
+            series.rdates, series.exdates, recurrence.Window(rid, rid + timedelta(seconds=1)))
+            if s == rid]
+        if not found:
+            raise NotFound(f"event {event_id} has no occurrence starting at "
+                           f"{rid.isoformat().replace('+00:00', 'Z')}")
+        override = Event(user_id=series.user_id, calendar_id=series.calendar_id,
+                         uid=series.uid, recurrence_id=rid, start_time=found[0][0],
+                         end_time=found[0][1], rdates=[], exdates=[],
+                         **{k: getattr(series, k) for k in COPIED})
+        if series.reminder_minutes is None:
+            override.reminder_minutes = null()  # type: ignore[assignment]
+    _apply(override, {k: getattr(body, k) for k in given})
+    await _derive(override)
+    if created:
+        session.add(override)
+    await session.flush()
+    await session.refresh(override)
+    await record(session, "event.occurrence", user_id=series.user_id, resource_type="event",
+                 resource_id=series.id, changes={"override_id": str(override.id),
+                                                 "recurrence_id": rid.isoformat(),
+                                                 "created": created, "fields": sorted(given)})
+    return override, created
+
+
 # --- ranges ------------------------------------------------------------------------------
 
 
@@ -377,23 +440,22 @@ def expand_events(events: Sequence[Any], start: datetime, end: datetime,
     ``calendar_id`` and ``uid``) that starts at it; a cancelled override shows nothing."""
     found: list[tuple[datetime, datetime, Any, Any]] = []
     expand, window = recurrence.occurrences, recurrence.Window(start, end)
-    replaced: dict[tuple[Any, str], set[datetime]] = {}
+    overrides = []
+    rows_have_overrides = bool(events) and hasattr(events[0], "recurrence_id")  # not bench rows
     for ev in events:
-        rid = getattr(ev, "recurrence_id", None)
-        if rid is not None:
-            replaced.setdefault((ev.calendar_id, ev.uid), set()).add(rid)
-    for ev in events:
-        gone = None
-        if replaced:
-            if getattr(ev, "recurrence_id", None) is not None:
-                if ev.status == "cancelled":
-                    continue
-            else:
-                gone = replaced.get((getattr(ev, "calendar_id", None), ev.uid))
+        if rows_have_overrides and ev.recurrence_id is not None:
+            overrides.append(ev)
+            continue
         for s, e in expand(ev.start_time, ev.end_time, ev.timezone, ev.recurrence_rule,
                            ev.rdates, ev.exdates, window, ordered=False):
-            if gone is None or s not in gone:
-                found.append((s, e, ev.id, ev))
+            found.append((s, e, ev.id, ev))
+    if overrides:
+        replaced = {(ev.calendar_id, ev.uid, ev.recurrence_id) for ev in overrides}
+        found = [f for f in found if (f[3].calendar_id, f[3].uid, f[0]) not in replaced]
+        for ev in overrides:
+            if ev.status != "cancelled":
+                found.extend((s, e, ev.id, ev) for s, e in expand(
+                    ev.start_time, ev.end_time, ev.timezone, None, (), (), window))
     found.sort(key=itemgetter(0, 1, 2))  # ids are unique: events are never compared
     if limit is not None:
         del found[limit:]
