@@ -4,7 +4,8 @@ PostgreSQL against chDB, in one script with three parts.
 
     .venv/bin/python bench/billing/run.py [--parts ingest reservations analytics]
         [--users 1000] [--ingest-events 100000] [--batches 1000 5000]
-        [--requesters 64] [--ops 30] [--events 10000000] [--days 30] [--repeats 5]
+        [--requesters 64] [--ops 30] [--call-ms 1000] [--events 10000000] [--days 30]
+        [--repeats 5]
 
 One embedded PostgreSQL (temporary directory), one database per part, migrated to head.
 
@@ -18,15 +19,19 @@ One embedded PostgreSQL (temporary directory), one database per part, migrated t
   and what a naive ledger does: ``INSERT ... ON CONFLICT (idempotency_key) DO NOTHING``
   row by row through asyncpg ``executemany`` (one transaction per batch of 1,000; cost
   from a dict of rates; no credits charged, no audit record).
-* **reservations**: ``--requesters`` coroutines, each with a pooled connection, each doing
-  ``--ops`` times: a transaction scoped to its user (``apply_principal``, as
+* **reservations**: ``--requesters`` coroutines, each with a pooled connection, each
+  doing ``--ops`` times: a transaction scoped to its user (``apply_principal``, as
   ``LLMGateway.transaction`` does) that calls ``credits.reserve(..., 1, kind="llm")``
   and commits, then a second one that calls ``credits.settle`` with an actual of 0, 1 or
   2 credits.  Against one group subscription shared by all requesters (the hot row),
   against one subscription each, with one requester (no contention), with a limit that
   covers half the attempts (refusals counted), and a naive hot-row reservation (``SELECT
   ... FOR UPDATE``, check in Python, ``UPDATE``, ``INSERT``: the lock held across three
-  round trips).  The counters are checked in SQL at the end of each scenario.
+  round trips).  Back to back, 64 requesters measure the saturated system (latency =
+  64 / throughput); with ``--call-ms`` (default 1000) each requester also waits a
+  simulated model call between reserve and settle, so 64 calls are in flight and the
+  reservation rate is what 64 concurrent calls produce.  The counters are checked in SQL
+  at the end of each scenario.
 * **analytics**: ``--events`` usage events over ``--users`` users and ``--days`` days,
   generated in SQL (``generate_series``) into ``usage_records`` with every index of the
   migration, and the same rows (the same integer formulas) into a chDB ``MergeTree``
@@ -53,7 +58,6 @@ sys.path.insert(0, str(os.path.dirname(os.path.dirname(os.path.dirname(
 import argparse
 import asyncio
 import base64
-import contextlib
 import json
 import math
 import platform
@@ -63,7 +67,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -156,49 +160,6 @@ async def subscribe(db: Any, plan_id: uuid.UUID, credits_limit: int, *,
 
 # --------------------------------------------------------------------------- ingest
 
-# Two fixes measured beside the ledger as it is (see docs/benchmarks.md, "Billing"): the
-# payers of a batch found by two index probes per user instead of a join whose OR
-# condition compares every user with every subscription, and the price table's cache key
-# computed once per engine rather than by rendering the URL for every event.
-PAYERS_UNION = text("""
-SELECT DISTINCT ON (c.user_id) c.user_id, c.subscription_id FROM (
-  SELECT s.user_id, s.id AS subscription_id, false AS via_group, s.created_at
-  FROM subscriptions s
-  WHERE s.status <> 'canceled' AND s.user_id = ANY(CAST(:user_ids AS uuid[]))
-  UNION ALL
-  SELECT m.user_id, s.id, true, s.created_at
-  FROM user_group_memberships m
-  JOIN subscriptions s ON s.group_id = m.group_id AND s.status <> 'canceled'
-  WHERE m.user_id = ANY(CAST(:user_ids AS uuid[]))
-) c ORDER BY c.user_id, c.via_group, c.created_at
-""")
-
-
-@contextlib.contextmanager
-def ledger_fixes() -> Iterator[None]:
-    from roost.billing import ledger, prices
-
-    keys: dict[int, str] = {}
-    original_key = prices._cache_key
-
-    def cache_key(session: Any) -> str:
-        bind = session.bind
-        found = keys.get(id(bind))
-        if found is None:
-            found = keys[id(bind)] = original_key(session)
-        return found
-
-    saved = ledger._PAYERS
-    ledger._PAYERS = PAYERS_UNION  # type: ignore[misc]
-    prices._cache_key = cache_key  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        ledger._PAYERS = saved  # type: ignore[misc]
-        prices._cache_key = original_key  # type: ignore[assignment]
-
-
-
 def make_events(prefix: str, n: int, users: list[uuid.UUID], rng: random.Random) -> list[Any]:
     from roost.billing.usage_schemas import UsageEventIn
 
@@ -288,14 +249,12 @@ async def part_ingest(server: Any, tmp: Path, args: argparse.Namespace) -> dict[
         # Warm-up (plans, the price table, the pool), then emptied.
         await roost_batch(make_events("warm", 1000, users, rng))
         modes: dict[str, Any] = {}
-        for size, fixed in [(size, fixed) for fixed in (False, True) for size in args.batches]:
+        for size in args.batches:
             await empty_ledger(db)
-            name = f"roost_ledger_batch_{size}" + ("_with_fixes" if fixed else "")
-            events = make_events(f"roost{size}{fixed}", args.ingest_events, users, rng)
+            name = f"roost_ledger_batch_{size}"
+            events = make_events(f"roost{size}", args.ingest_events, users, rng)
             print(f"ingest: {name}", flush=True)
-            with ledger_fixes() if fixed else contextlib.nullcontext():
-                modes[name] = await timed_batches(chunks(events, size), roost_batch,
-                                                  len(events))
+            modes[name] = await timed_batches(chunks(events, size), roost_batch, len(events))
             state = await ledger_state(db)
             modes[name]["state"] = state
             assert state["events"] == len(events), state
@@ -330,11 +289,10 @@ async def part_ingest(server: Any, tmp: Path, args: argparse.Namespace) -> dict[
                 "httpwarm", 1000, users, rng)]}).encode()
             assert (await client.post("/api/v1/billing/usage-events", headers=admin,
                                       content=warm)).status_code == 200
-            for size, fixed in [(size, fixed) for fixed in (False, True)
-                                for size in args.batches]:
+            for size in args.batches:
                 await empty_ledger(db)
-                name = f"http_batch_{size}" + ("_with_fixes" if fixed else "")
-                events = make_events(f"http{size}{fixed}", args.ingest_events, users, rng)
+                name = f"http_batch_{size}"
+                events = make_events(f"http{size}", args.ingest_events, users, rng)
                 bodies = [json.dumps({"events": [as_json(e) for e in b]}).encode()
                           for b in chunks(events, size)]
                 answers: list[dict[str, Any]] = []
@@ -346,8 +304,7 @@ async def part_ingest(server: Any, tmp: Path, args: argparse.Namespace) -> dict[
                     answers.append(resp.json())
 
                 print(f"ingest: {name}", flush=True)
-                with ledger_fixes() if fixed else contextlib.nullcontext():
-                    modes[name] = await timed_batches(bodies, post, len(events))
+                modes[name] = await timed_batches(bodies, post, len(events))
                 state = await ledger_state(db)
                 modes[name]["state"] = state
                 assert state["events"] == len(events) == sum(a["accepted"] for a in answers)
@@ -428,8 +385,8 @@ async def part_reservations(server: Any, tmp: Path, args: argparse.Namespace
 
         async def run(name: str, principals: list[Principal], subscriptions: list[uuid.UUID],
                       ops: int, *, naive: bool = False,
-                      actuals: tuple[int, ...] = (0, 1, 2), sync_off: bool = False
-                      ) -> dict[str, Any]:
+                      actuals: tuple[int, ...] = (0, 1, 2), sync_off: bool = False,
+                      call_s: float = 0.0) -> dict[str, Any]:
             rng = random.Random(args.seed)
             reserve_txn: list[float] = []
             reserve_call: list[float] = []
@@ -476,6 +433,9 @@ async def part_reservations(server: Any, tmp: Path, args: argparse.Namespace
                     return
                 t1 = time.perf_counter()
                 assert reservation is not None
+                if call_s:  # the model call the credits were held for
+                    await asyncio.sleep(rng.uniform(0.5, 1.5) * call_s)
+                t1b = time.perf_counter()
                 async with db.transaction() as s:
                     await apply_principal(s, who)
                     if sync_off:
@@ -486,13 +446,15 @@ async def part_reservations(server: Any, tmp: Path, args: argparse.Namespace
                 if keep:
                     reserve_txn.append(t1 - t0)
                     reserve_call.append(c1 - c0)
-                    settle_txn.append(t2 - t1)
-                    total.append(t2 - t0)
+                    settle_txn.append(t2 - t1b)
+                    total.append(t1 - t0 + t2 - t1b)
 
             async def requester(i: int) -> None:
                 who, sub = principals[i], subscriptions[i % len(subscriptions)]
                 await one(who, sub, keep=False)  # warm-up: a connection of the pool each
                 await go.wait()
+                if call_s:  # spread the starts over one call's length
+                    await asyncio.sleep(rng.uniform(0, call_s))
                 for _ in range(ops):
                     await one(who, sub, keep=True)
 
@@ -569,6 +531,17 @@ async def part_reservations(server: Any, tmp: Path, args: argparse.Namespace
         scenarios["one_shared_subscription_sync_commit_off"] = await run(
             "one_shared_subscription_sync_commit_off", [principal(u, group) for u in team], hot,
             args.ops, sync_off=True)
+        # 64 calls in flight: each requester holds its credits over a model call of
+        # --call-ms (0.5-1.5x, uniformly) before settling, as a chat reply does.
+        if args.call_ms:
+            call_s = args.call_ms / 1000
+            ops = max(args.ops // 2, 5)
+            scenarios["separate_subscriptions_with_calls"] = await run(
+                "separate_subscriptions_with_calls", [principal(u) for u in own], own_subs,
+                ops, call_s=call_s)
+            scenarios["one_shared_subscription_with_calls"] = await run(
+                "one_shared_subscription_with_calls", [principal(u, group) for u in team], hot,
+                ops, call_s=call_s)
         # The same hot row, the naive way: SELECT ... FOR UPDATE, check, UPDATE, INSERT.
         team2 = await add_users(db, n, "naive")
         group2 = await new_group(team2)
@@ -685,7 +658,8 @@ async def part_analytics(server: Any, tmp: Path, args: argparse.Namespace) -> di
 
     n, users, span = args.events, args.users, args.days * 86400
     since, until = START, START + timedelta(days=args.days)
-    settings = Settings(data_dir=tmp / "data", llm_local_model=False, log_level="warning")
+    settings = Settings(data_dir=tmp / "data", llm_local_model=False, log_level="warning",
+                        db_statement_timeout_ms=0)  # a 1M-row step takes minutes here
     db = await open_db(server, "bench_billing_analytics", settings)
     out: dict[str, Any] = {"events": n, "users": users, "days": args.days}
     try:
@@ -857,6 +831,7 @@ if __name__ == "__main__":
     parser.add_argument("--batches", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--requesters", type=int, default=64)
     parser.add_argument("--ops", type=int, default=30)
+    parser.add_argument("--call-ms", type=int, default=1000)
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)

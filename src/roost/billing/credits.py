@@ -63,16 +63,20 @@ class Reservation:
 
 
 # The user's own subscription first, then their groups' (oldest first); canceled ones
-# are history.  One statement, one index probe per table.
+# are history.  A UNION of two index probes (an OR across them scans).
 _PAYER = text("""
-SELECT s.id, s.status, s.credits_limit,
-       s.credits_limit - s.credits_used - s.credits_reserved AS balance,
-       p.limits, p.key AS plan_key
-FROM subscriptions s JOIN plans p ON p.id = s.plan_id
-WHERE s.status <> 'canceled'
-  AND (s.user_id = :user_id
-       OR s.group_id IN (SELECT group_id FROM user_group_memberships WHERE user_id = :user_id))
-ORDER BY (s.user_id IS NULL), s.created_at
+SELECT c.id, c.status, c.credits_limit, c.balance, p.limits, p.key AS plan_key FROM (
+  SELECT s.id, s.status, s.credits_limit, s.plan_id, s.created_at, false AS via_group,
+         s.credits_limit - s.credits_used - s.credits_reserved AS balance
+  FROM subscriptions s WHERE s.user_id = :user_id AND s.status <> 'canceled'
+  UNION ALL
+  SELECT s.id, s.status, s.credits_limit, s.plan_id, s.created_at, true,
+         s.credits_limit - s.credits_used - s.credits_reserved
+  FROM user_group_memberships m
+  JOIN subscriptions s ON s.group_id = m.group_id AND s.status <> 'canceled'
+  WHERE m.user_id = :user_id
+) c JOIN plans p ON p.id = c.plan_id
+ORDER BY c.via_group, c.created_at
 LIMIT 1
 """)
 

@@ -32,15 +32,20 @@ from roost.principal import Principal
 
 _AGENTS = table("agents", column("id", Uuid))
 
-# Each user's paying subscription (their own first, then a group's), for a whole batch.
+# Each user's paying subscription (their own first, then a group's, oldest first), for a
+# whole batch: two index probes per user (an OR across the two would compare every user
+# with every subscription: 1.2 s for 1,000 users, bench/billing).
 _PAYERS = text("""
-SELECT DISTINCT ON (u.user_id) u.user_id, s.id AS subscription_id
-FROM unnest(CAST(:user_ids AS uuid[])) AS u(user_id)
-JOIN subscriptions s ON s.status <> 'canceled'
-  AND (s.user_id = u.user_id
-       OR s.group_id IN (SELECT group_id FROM user_group_memberships m
-                         WHERE m.user_id = u.user_id))
-ORDER BY u.user_id, (s.user_id IS NULL), s.created_at
+SELECT DISTINCT ON (c.user_id) c.user_id, c.subscription_id FROM (
+  SELECT s.user_id, s.id AS subscription_id, false AS via_group, s.created_at
+  FROM subscriptions s
+  WHERE s.status <> 'canceled' AND s.user_id = ANY(CAST(:user_ids AS uuid[]))
+  UNION ALL
+  SELECT m.user_id, s.id, true, s.created_at
+  FROM user_group_memberships m
+  JOIN subscriptions s ON s.group_id = m.group_id AND s.status <> 'canceled'
+  WHERE m.user_id = ANY(CAST(:user_ids AS uuid[]))
+) c ORDER BY c.user_id, c.via_group, c.created_at
 """)
 
 _INSERT = text("""
