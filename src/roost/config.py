@@ -160,6 +160,11 @@ class Settings(BaseSettings):
         default=10, ge=1, description="Streamed answers: every chunk of the first 20 is "
         "recorded, then one in N"
     )
+    analytics_retention_days: int = Field(
+        default=30, ge=1, le=3650, description="Outbox events and streaming metrics older "
+        "than this are deleted (daily job analytics.prune); the outbox's unexported ones too, "
+        "so an install without ClickHouse does not grow without end"
+    )
     llm_local_model: bool = Field(
         default=True,
         description="On a start with no LLM provider, register the local SmolLM2 model "

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Final
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from roost.analytics.clickhouse import EventRow, Sink, safe_error, sink_for
 from roost.analytics.models import AnalyticsEvent
@@ -129,3 +129,31 @@ async def export_pass(database: Database, settings: Settings, sink: Sink | None 
     if shipped:
         log.info("analytics.exported", sink=sink.kind, **result.as_dict())
     return result
+
+
+_PRUNE: Final = {
+    "events": text("DELETE FROM clickhouse_analytics WHERE id IN (SELECT id FROM "
+                   "clickhouse_analytics WHERE timestamp < :before LIMIT :batch)"),
+    "stream_metrics": text("DELETE FROM streaming_analytics WHERE id IN (SELECT id FROM "
+                           "streaming_analytics WHERE timestamp < :before LIMIT :batch)"),
+}
+
+
+async def prune_old(database: Database, retention_days: int, batch: int = 10_000
+                    ) -> dict[str, int]:
+    """Delete outbox events (shipped or not: an install without ClickHouse would keep
+    them forever) and streaming metrics older than ``retention_days``, in batches of
+    short transactions; how many of each."""
+    before = utcnow() - timedelta(days=retention_days)
+    deleted = {}
+    for name, stmt in _PRUNE.items():
+        total = 0
+        while True:
+            async with database.transaction() as session:
+                gone = (await session.execute(stmt, {"before": before, "batch": batch}))
+            count = int(getattr(gone, "rowcount", 0) or 0)
+            total += count
+            if count < batch:
+                break
+        deleted[name] = total
+    return deleted

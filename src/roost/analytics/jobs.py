@@ -6,6 +6,7 @@ schedule (every ``ROOST_ANALYTICS_EXPORT_INTERVAL_S``) is registered only when
 administrator can run a pass (``POST /api/v1/analytics/export`` runs one in the request).
 A failing pass raises: the queue retries it with backoff (5 s, 10 s, 20 s... at most
 10 minutes, with the queue's jitter), and the rows stay in the outbox meanwhile.
+``analytics.prune`` (every 6 hours) deletes what is older than the retention.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from datetime import timedelta
 from typing import Any
 
 from roost.analytics.clickhouse import ServerSink, close_chdb
-from roost.analytics.export import export_pass
+from roost.analytics.export import export_pass, prune_old
 from roost.config import get_settings
 from roost.tasks.handlers import TaskContext, on_worker_shutdown, task
-from roost.tasks.schedules import register_schedule
+from roost.tasks.schedules import periodic, register_schedule
 
 EXPORT_TASK = "analytics.export"
 
@@ -33,6 +34,13 @@ async def export(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
 if get_settings().analytics_export:
     register_schedule(EXPORT_TASK, EXPORT_TASK,
                       every=timedelta(seconds=get_settings().analytics_export_interval_s))
+
+
+@periodic("analytics.prune", every=timedelta(hours=6), queue="maintenance",
+          priority="background", max_retries=0, timeout_s=900)
+async def prune(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, int]:
+    """Delete outbox events and streaming metrics past ROOST_ANALYTICS_RETENTION_DAYS."""
+    return await prune_old(ctx.database, get_settings().analytics_retention_days)
 
 
 @on_worker_shutdown
