@@ -211,10 +211,11 @@ class UsageRecord(UUIDPrimaryKey, CreatedAt, Base):
     )
     success: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), default=True)
     # The ledger: what caused the event (unique), what it cost, whose subscription paid.
-    # Callers that can be retried pass their own key; the default (a fresh one) is for
-    # one-off rows that nothing can replay.
-    idempotency_key: Mapped[str] = mapped_column(String(200),
-                                                 default=lambda: f"once:{uuid7()}")
+    # Callers that can be retried pass their own key; the default (a fresh one, also for
+    # a plain SQL insert) is for one-off rows that nothing can replay.
+    idempotency_key: Mapped[str] = mapped_column(
+        String(200), default=lambda: f"once:{uuid7()}",
+        server_default=text("('once:'::text || (gen_random_uuid())::text)"))
     cost: Mapped[Decimal] = mapped_column(MONEY, server_default=text("0"), default=Decimal(0))
     currency: Mapped[str] = mapped_column(String(3), server_default=text("'USD'"), default="USD")
     api_key_id: Mapped[uuid.UUID | None] = mapped_column(

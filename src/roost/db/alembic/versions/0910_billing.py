@@ -361,6 +361,8 @@ def upgrade() -> None:
         "u.idempotency_key AND o.id < u.id)"
     )
     op.alter_column("usage_records", "idempotency_key", nullable=False)
+    op.alter_column("usage_records", "idempotency_key",
+                    server_default=sa.text("('once:'::text || (gen_random_uuid())::text)"))
     op.add_column(
         "usage_records",
         sa.Column("cost", sa.Numeric(precision=18, scale=6), server_default=sa.text("0"), nullable=False),
