@@ -40,29 +40,6 @@ class InvoiceLineOut(BaseModel):
     amount: Decimal
 
 
-class InvoiceOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    number: str
-    sequence: int
-    subscription_id: uuid.UUID
-    user_id: uuid.UUID | None
-    group_id: uuid.UUID | None
-    plan_id: uuid.UUID
-    period_start: datetime
-    period_end: datetime
-    currency: str
-    lines: list[InvoiceLineOut]
-    subtotal: Decimal
-    tax_rate: Decimal
-    tax: Decimal
-    total: Decimal
-    status: str
-    stripe_invoice_id: str | None
-    created_at: datetime
-
-
 class InvoiceDraftOut(BaseModel):
     """An invoice as it would be issued now: not stored, no number."""
 
@@ -78,6 +55,19 @@ class InvoiceDraftOut(BaseModel):
     tax_rate: Decimal
     tax: Decimal
     total: Decimal
+
+
+class InvoiceOut(InvoiceDraftOut):
+    """An issued invoice: numbered, stored."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    number: str
+    sequence: int
+    status: str
+    stripe_invoice_id: str | None
+    created_at: datetime
 
 
 class InvoiceIssue(StrictInput):
