@@ -20,7 +20,8 @@ from roost.audit.service import record
 from roost.billing.models import Plan
 from roost.billing.schemas import PlanCreate, PlanLimits, PlanUpdate
 from roost.db.base import utcnow
-from roost.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from roost.db.lookup import one_or_404
+from roost.errors import BadRequest, Conflict, Forbidden, Unprocessable
 from roost.pagination import MALFORMED_CURSOR, decode_cursor, encode_cursor, page_of
 from roost.principal import Principal
 
@@ -93,12 +94,8 @@ async def find_plan(session: AsyncSession, actor: Principal, ref: str, *,
     stmt = select(Plan).where(_ref_condition(ref))
     if not actor.is_admin:
         stmt = stmt.where(Plan.active)
-    if lock:
-        stmt = stmt.with_for_update()
-    plan = await session.scalar(stmt)
-    if plan is None:
-        raise NotFound(f"no plan with key or id {ref!r}", extra={"field": "plan"})
-    return plan
+    return await one_or_404(session, stmt, lock=lock, missing=f"no plan with key or id {ref!r}",
+                            extra={"field": "plan"})
 
 
 async def list_plans(session: AsyncSession, actor: Principal, *,

@@ -31,7 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.billing.models import ModelPrice
 from roost.billing.schemas import PriceCreate, PriceUpdate
-from roost.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from roost.db.lookup import one_or_404
+from roost.errors import BadRequest, Conflict, Forbidden, Unprocessable
 from roost.pagination import MALFORMED_CURSOR, decode_cursor, encode_cursor, page_of
 from roost.principal import Principal
 
@@ -202,13 +203,8 @@ async def list_prices(session: AsyncSession, *, limit: int = 500,
 
 async def get_price(session: AsyncSession, price_id: uuid.UUID, *,
                     lock: bool = False) -> ModelPrice:
-    stmt = select(ModelPrice).where(ModelPrice.id == price_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    found = await session.scalar(stmt)
-    if found is None:
-        raise NotFound(f"model price {price_id} does not exist")
-    return found
+    return await one_or_404(session, select(ModelPrice).where(ModelPrice.id == price_id),
+                            lock=lock, missing=f"model price {price_id} does not exist")
 
 
 async def create_price(session: AsyncSession, actor: Principal, body: PriceCreate) -> ModelPrice:

@@ -36,6 +36,7 @@ from roost.billing.models import Plan, Subscription
 from roost.billing.plans import find_plan, plans_by_id
 from roost.billing.schemas import SubscriptionCreate
 from roost.db.base import utcnow
+from roost.db.lookup import one_or_404
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.models import Group, User
 from roost.pagination import newest_first
@@ -183,13 +184,10 @@ async def create_subscription(session: AsyncSession, actor: Principal,
 
 async def get_subscription(session: AsyncSession, actor: Principal, subscription_id: uuid.UUID,
                            *, lock: bool = False) -> Subscription:
-    stmt = select(Subscription).where(Subscription.id == subscription_id, _visible(actor))
-    if lock:
-        stmt = stmt.with_for_update()
-    sub = await session.scalar(stmt)
-    if sub is None:
-        raise NotFound(f"subscription {subscription_id} does not exist")
-    return sub
+    return await one_or_404(
+        session, select(Subscription).where(Subscription.id == subscription_id,
+                                            _visible(actor)),
+        lock=lock, missing=f"subscription {subscription_id} does not exist")
 
 
 async def get_view(session: AsyncSession, actor: Principal,

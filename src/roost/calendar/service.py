@@ -29,6 +29,7 @@ from roost.calendar import ical, recurrence
 from roost.calendar.models import Calendar, Event
 from roost.calendar.recurrence import RecurrenceError, Recurring
 from roost.calendar.schemas import CalendarCreate, CalendarUpdate, EventCreate, EventUpdate
+from roost.db.lookup import one_or_404
 from roost.errors import BadRequest, NotFound, PayloadTooLarge, Unprocessable
 from roost.principal import Principal
 
@@ -122,13 +123,10 @@ async def list_calendars(session: AsyncSession, actor: Principal) -> list[Calend
 
 async def get_calendar(session: AsyncSession, actor: Principal, calendar_id: uuid.UUID,
                        *, lock: bool = False) -> Calendar:
-    stmt = select(Calendar).where(Calendar.id == calendar_id, _visible(actor, Calendar.user_id))
-    if lock:
-        stmt = stmt.with_for_update()
-    found = await session.scalar(stmt)
-    if found is None:
-        raise NotFound(f"calendar {calendar_id} does not exist")
-    return found
+    return await one_or_404(
+        session, select(Calendar).where(Calendar.id == calendar_id,
+                                        _visible(actor, Calendar.user_id)),
+        lock=lock, missing=f"calendar {calendar_id} does not exist")
 
 
 async def find_calendar(session: AsyncSession, actor: Principal, ref: str) -> Calendar:

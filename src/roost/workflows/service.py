@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import Run
 from roost.audit.service import record
+from roost.db.lookup import one_or_404
 from roost.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
@@ -84,13 +85,9 @@ async def _require_valid(nodes: list[Any], edges: list[Any], viewport: dict[str,
 
 async def get_workflow(session: AsyncSession, actor: Principal,
                        workflow_id: uuid.UUID, *, lock: bool = False) -> Workflow:
-    stmt = select(Workflow).where(Workflow.id == workflow_id, visible(actor))
-    if lock:
-        stmt = stmt.with_for_update()
-    found = await session.scalar(stmt)
-    if found is None:
-        raise NotFound(f"workflow {workflow_id} does not exist")
-    return found
+    return await one_or_404(
+        session, select(Workflow).where(Workflow.id == workflow_id, visible(actor)),
+        lock=lock, missing=f"workflow {workflow_id} does not exist")
 
 
 async def create_workflow(session: AsyncSession, actor: Principal,

@@ -22,6 +22,7 @@ from sqlalchemy import String, cast, delete, false, func, or_, select, text, tru
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
+from roost.db.lookup import one_or_404
 from roost.errors import BadRequest, Forbidden, NotFound, Unprocessable
 from roost.identity.models import UserGroupMembership
 from roost.pagination import MALFORMED_CURSOR, decode_cursor, encode_cursor, newest_first, page_of
@@ -98,13 +99,9 @@ async def create_project(session: AsyncSession, actor: Principal,
 
 async def get_project(session: AsyncSession, actor: Principal, project_id: uuid.UUID,
                       *, lock: bool = False) -> Project:
-    stmt = select(Project).where(Project.id == project_id, _project_visible(actor))
-    if lock:
-        stmt = stmt.with_for_update()
-    found = await session.scalar(stmt)
-    if found is None:
-        raise NotFound(f"project {project_id} does not exist")
-    return found
+    return await one_or_404(
+        session, select(Project).where(Project.id == project_id, _project_visible(actor)),
+        lock=lock, missing=f"project {project_id} does not exist")
 
 
 async def require_project(session: AsyncSession, actor: Principal,
