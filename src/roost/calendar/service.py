@@ -18,14 +18,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from operator import itemgetter
 from typing import Any, Final
 
+import numpy as np
 from sqlalchemy import String, cast, delete, false, null, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
-from roost.calendar import ical, recurrence
+from roost.calendar import batch, ical, recurrence
 from roost.calendar.models import Calendar, Event
 from roost.calendar.recurrence import RecurrenceError, Recurring
 from roost.calendar.schemas import CalendarCreate, CalendarUpdate, EventCreate, EventUpdate
@@ -433,31 +433,43 @@ async def _events_in(session: AsyncSession, actor: Principal, start: datetime, e
 
 def expand_events(events: Sequence[Any], start: datetime, end: datetime,
                   limit: int | None = None) -> list[tuple[Any, datetime, datetime]]:
-    """Every occurrence of ``events`` overlapping ``[start, end)``, by start time.  Rows
-    with a ``recurrence_id`` (overrides) replace the occurrence of their series (same
-    ``calendar_id`` and ``uid``) that starts at it; a cancelled override shows nothing."""
-    found: list[tuple[datetime, datetime, Any, Any]] = []
-    expand, window = recurrence.occurrences, recurrence.Window(start, end)
-    overrides = []
+    """Every occurrence of ``events`` overlapping ``[start, end)``, by start time (then
+    end, then event id).  Rows with a ``recurrence_id`` (overrides) replace the occurrence
+    of their series (same ``calendar_id`` and ``uid``) that starts at it; a cancelled
+    override shows nothing.  Expanded all at once (roost.calendar.batch)."""
+    window = recurrence.Window(start, end)
     rows_have_overrides = bool(events) and hasattr(events[0], "recurrence_id")  # not bench rows
-    for ev in events:
-        if rows_have_overrides and ev.recurrence_id is not None:
-            overrides.append(ev)
-            continue
-        for s, e in expand(ev.start_time, ev.end_time, ev.timezone, ev.recurrence_rule,
-                           ev.rdates, ev.exdates, window, ordered=False):
-            found.append((s, e, ev.id, ev))
+    overrides = [ev for ev in events if ev.recurrence_id is not None] if rows_have_overrides \
+        else []
     if overrides:
-        replaced = {(ev.calendar_id, ev.uid, ev.recurrence_id) for ev in overrides}
-        found = [f for f in found if (f[3].calendar_id, f[3].uid, f[0]) not in replaced]
+        events = [ev for ev in events if ev.recurrence_id is None]
+    starts, ends, index = batch.expand_many(events, window)
+    if overrides:
+        # Occurrences of a series that an override replaces are dropped...
+        series: dict[tuple[Any, str], list[int]] = {}
+        for i, ev in enumerate(events):
+            series.setdefault((ev.calendar_id, ev.uid), []).append(i)
+        keep = np.ones(len(starts), dtype=bool)
         for ev in overrides:
-            if ev.status != "cancelled":
-                found.extend((s, e, ev.id, ev) for s, e in expand(
-                    ev.start_time, ev.end_time, ev.timezone, None, (), (), window))
-    found.sort(key=itemgetter(0, 1, 2))  # ids are unique: events are never compared
+            for i in series.get((ev.calendar_id, ev.uid), ()):
+                keep &= ~((index == i) & (starts == batch.micros(ev.recurrence_id)))
+        # ...and the overrides themselves expanded as single events, after the series.
+        live = [ev for ev in overrides if ev.status != "cancelled"]
+        extra = [(batch.micros(s), batch.micros(e), len(events) + k)
+                 for k, ev in enumerate(live)
+                 for s, e in recurrence.occurrences(ev.start_time, ev.end_time, ev.timezone,
+                                                    None, (), (), window)]
+        events = [*events, *live]
+        starts = np.concatenate([starts[keep], np.array([x[0] for x in extra], dtype=np.int64)])
+        ends = np.concatenate([ends[keep], np.array([x[1] for x in extra], dtype=np.int64)])
+        index = np.concatenate([index[keep], np.array([x[2] for x in extra], dtype=np.int64)])
+    order = batch.by_start_end_id(starts, ends, index, events)
     if limit is not None:
-        del found[limit:]
-    return [(ev, s, e) for s, e, _, ev in found]
+        order = order[:limit]
+    start_at = batch.to_datetimes(starts[order])
+    end_at = batch.to_datetimes(ends[order])
+    return [(events[i], s, e) for i, s, e in zip(index[order].tolist(), start_at, end_at,
+                                                  strict=True)]
 
 
 async def _expand(events: Sequence[Event], start: datetime, end: datetime,

@@ -1,0 +1,219 @@
+"""A range query's expansion of many events at once: the simple DAILY/WEEKLY rules of
+``recurrence._Plan`` as numpy arithmetic over all events of a zone together, the rest
+event by event as ``recurrence.occurrences`` does.
+
+A one-week query over 50,000 recurring events meets ~13,000 candidate events and
+~20,000 occurrences; expanded one event at a time in Python that was ~20 µs an occurrence
+(docs/benchmarks.md, "Calendar").  Here each candidate costs one cached look-up in Python
+and each occurrence a few array operations; only occurrences on a day with a DST change
+(exact conversion) and rules the plan cannot express (dateutil) take the per-event path.
+The answer is exactly ``recurrence.occurrences`` per event, sorted by (start, end, event
+id) (tests/calendar/test_batch.py compares them).
+
+Instants are int64 microseconds since 0001-01-01 UTC inside; datetimes are made only for
+the answer, one per distinct instant.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from roost.calendar.recurrence import (
+    Window,
+    _expand_dateutil,
+    _overlaps,
+    _Plan,
+    _prepare,
+    _zone,
+    to_utc,
+)
+
+_ORIGIN = datetime(1, 1, 1, tzinfo=UTC)  # date ordinal 1 at midnight UTC
+_US = timedelta(microseconds=1)
+DAY_US = 86_400_000_000
+
+Ints = npt.NDArray[np.int64]
+
+
+def micros(at: datetime) -> int:
+    """An aware datetime as µs since 0001-01-01 UTC."""
+    return (at - _ORIGIN) // _US
+
+
+_us = micros
+
+
+@lru_cache(maxsize=4096)
+def _zone_days(tz_name: str, lo: int, hi: int) -> tuple[Ints, Ints]:
+    """For the local dates ``lo..hi`` of a zone: each day's UTC offset at its midnight
+    (µs) and for how many following days that offset holds (0: a DST change that day)."""
+    tz = _zone(tz_name)
+    offset = np.array([(datetime.fromordinal(d).replace(tzinfo=UTC)
+                        - to_utc(datetime.fromordinal(d), tz)) // _US
+                       for d in range(lo, hi + 2)], dtype=np.int64)
+    steady = np.zeros(len(offset), dtype=np.int64)
+    for i in range(len(offset) - 2, -1, -1):
+        steady[i] = steady[i + 1] + 1 if offset[i] == offset[i + 1] else 0
+    return offset, steady
+
+
+def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints]:
+    """The occurrences of ``events`` (rows with ``start_time``, ``end_time``, ``timezone``,
+    ``recurrence_rule``, ``rdates``, ``exdates``) overlapping the window, as three arrays:
+    start and end (µs since 0001-01-01 UTC) and the event's position in ``events``;
+    unordered, each (event, start) once, EXDATEs removed."""
+    range_start, range_end = window.start, window.end
+    rs, re_ = _us(range_start), _us(range_end)
+    # Occurrences found one by one (DTSTART, dateutil, RDATE, DST days).
+    one_s: list[int] = []
+    one_e: list[int] = []
+    one_i: list[int] = []
+    # Per zone: (event position, plan, wall-clock duration in µs) of the simple rules.
+    plans: dict[str, list[tuple[int, _Plan, int]]] = {}
+    excluded: set[tuple[int, int]] = set()
+    for i, ev in enumerate(events):
+        prep = _prepare(ev.start_time, ev.end_time, ev.timezone, ev.recurrence_rule, True)
+        s0, e0 = prep.first
+        if _overlaps(s0, e0, range_start, range_end):
+            one_s.append(_us(s0))
+            one_e.append(_us(e0))
+            one_i.append(i)
+        plan = prep.plan
+        if plan is not None and plan.offsets:
+            zone_plans = plans.get(plan.tz_name)
+            if zone_plans is None:
+                zone_plans = plans[plan.tz_name] = []
+            zone_plans.append((i, plan, prep.duration // _US))
+        rdates = ev.rdates
+        if rdates or (prep.rule is not None and plan is None):
+            found: dict[datetime, datetime] = {}
+            _expand_dateutil(prep, found, rdates or (), range_start, range_end)
+            for s, e in found.items():
+                one_s.append(_us(s))
+                one_e.append(_us(e))
+                one_i.append(i)
+        if ev.exdates:
+            excluded.update((i, _us(x)) for x in ev.exdates)
+
+    parts_s: list[Ints] = []
+    parts_e: list[Ints] = []
+    parts_i: list[Ints] = []
+    for tz_name, zone_plans in plans.items():
+        zone_s, zone_e, zone_i, exact = _expand_zone(tz_name, zone_plans, window, rs, re_)
+        parts_s.append(zone_s)
+        parts_e.append(zone_e)
+        parts_i.append(zone_i)
+        tz = _zone(tz_name)
+        for i, day, time_us, duration_us in exact:
+            wall = datetime.fromordinal(day) + timedelta(microseconds=time_us)
+            s_dt = to_utc(wall, tz)
+            e_dt = to_utc(wall + timedelta(microseconds=duration_us), tz)
+            if _overlaps(s_dt, e_dt, range_start, range_end):
+                one_s.append(_us(s_dt))
+                one_e.append(_us(e_dt))
+                one_i.append(i)
+    starts = np.concatenate([np.array(one_s, dtype=np.int64), *parts_s])
+    ends = np.concatenate([np.array(one_e, dtype=np.int64), *parts_e])
+    index = np.concatenate([np.array(one_i, dtype=np.int64), *parts_i])
+    if len(starts) == 0:
+        return starts, ends, index
+    # Each (event, start) once.  Two ways to the same start (DTSTART and the rule, an
+    # RDATE and the rule) convert the same wall time the same way: the same end.
+    order = np.lexsort((index, starts))
+    starts, ends, index = starts[order], ends[order], index[order]
+    keep = np.ones(len(starts), dtype=bool)
+    keep[:-1] = (starts[1:] != starts[:-1]) | (index[1:] != index[:-1])
+    if excluded:
+        has_ex = np.zeros(len(events), dtype=bool)
+        has_ex[[i for i, _ in excluded]] = True
+        for pos in np.flatnonzero(has_ex[index] & keep):
+            if (int(index[pos]), int(starts[pos])) in excluded:
+                keep[pos] = False
+    return starts[keep], ends[keep], index[keep]
+
+
+def _expand_zone(
+    tz_name: str, plans: list[tuple[int, _Plan, int]], window: Window, rs: int, re_: int,
+) -> tuple[Ints, Ints, Ints, list[tuple[int, int, int, int]]]:
+    """The plans of one zone's events expanded, one row per (event, day offset of its
+    period); occurrences on a day whose offset changes within the occurrence are returned
+    apart (event, day, time, duration) for the exact conversion."""
+    first_day, last_day = window.local_days(tz_name, _zone(tz_name))
+    per_event = np.array([len(p.offsets) for _, p, _ in plans], dtype=np.int64)
+
+    def column(values: list[int]) -> Ints:
+        return np.repeat(np.array(values, dtype=np.int64), per_event)
+
+    event = column([i for i, _, _ in plans])
+    anchor = column([p.anchor for _, p, _ in plans]) + np.array(
+        [o for _, p, _ in plans for o in p.offsets], dtype=np.int64)
+    period = column([p.period for _, p, _ in plans])
+    first = column([p.first for _, p, _ in plans])
+    last = column([-1 if p.last is None else p.last for _, p, _ in plans])  # -1: never ends
+    time_us = column([p.time // _US for _, p, _ in plans])
+    duration_us = column([d for _, _, d in plans])
+    span = (time_us + duration_us) // DAY_US  # local days an occurrence reaches past its own
+    wlo = first_day - span - 1
+    lo = np.maximum(first, wlo)
+    hi = np.where(last < 0, last_day, np.minimum(last_day, last))
+    n_min = -((anchor - lo) // period)  # ceil((lo - anchor) / period)
+    n_max = (hi - anchor) // period
+    counts = np.maximum(n_max - n_min + 1, 0)
+    total = int(counts.sum())
+    empty = np.zeros(0, dtype=np.int64)
+    if total == 0:
+        return empty, empty, empty, []
+    row = np.repeat(np.arange(len(counts)), counts)
+    k = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    day = anchor[row] + (n_min[row] + k) * period[row]
+    base_day = int(wlo.min())
+    offset, steady = _zone_days(tz_name, base_day, last_day + int(span.max()) + 1)
+    at = day - base_day
+    wall = (day - 1) * DAY_US + time_us[row]
+    dur = duration_us[row]
+    exact_mask = steady[at] <= span[row]
+    s = wall - offset[at]
+    e = s + dur
+    hit = (s < re_) & ((e > rs) | ((s == e) & (s >= rs))) & ~exact_mask
+    exact = [(int(event[r]), int(d), int(time_us[r]), int(duration_us[r]))
+             for r, d in zip(row[exact_mask], day[exact_mask], strict=True)]
+    return s[hit], e[hit], event[row[hit]], exact
+
+
+def to_datetimes(values: Ints) -> list[datetime]:
+    """µs since 0001-01-01 UTC as aware datetimes, one object per distinct instant."""
+    made: dict[int, datetime] = {}
+    out = []
+    for v in values.tolist():
+        at = made.get(v)
+        if at is None:
+            at = made[v] = _ORIGIN + timedelta(microseconds=v)
+        out.append(at)
+    return out
+
+
+def by_start_end_id(starts: Ints, ends: Ints, index: Ints, events: Sequence[Any]) -> Ints:
+    """The positions of the occurrences ordered by start, end, then the event's ``id``
+    (ids are unique: the order is total).  Ids are looked at only when starts and ends
+    tie: UUIDs (and integers) become two 64-bit sort keys."""
+    order: Ints = np.lexsort((index, ends, starts))
+    if len(order) < 2:
+        return order
+    s, e = starts[order], ends[order]
+    if not ((s[1:] == s[:-1]) & (e[1:] == e[:-1])).any():
+        return order
+    values = [ev.id.int if isinstance(ev.id, uuid.UUID) else ev.id for ev in events]
+    if not all(isinstance(v, int) and 0 <= v < 1 << 128 for v in values):
+        ranks = {v: r for r, v in enumerate(sorted(set(values)))}
+        values = [ranks[v] for v in values]
+    high = np.array([v >> 64 for v in values], dtype=np.uint64)[index]
+    low = np.array([v & 0xFFFF_FFFF_FFFF_FFFF for v in values], dtype=np.uint64)[index]
+    ordered: Ints = np.lexsort((low, high, ends, starts))
+    return ordered
