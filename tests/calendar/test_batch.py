@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from tests.calendar.test_fastpath import _event
 
 from roost.calendar import recurrence
 from roost.calendar.service import expand_events
+from tests.calendar.test_fastpath import _event
 
 
 @dataclass
