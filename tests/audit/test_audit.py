@@ -84,9 +84,13 @@ async def test_chain_verifies_under_concurrent_writers(database: Database) -> No
 
 
 async def _record_steps(database: Database, n: int) -> None:
+    """Record n rows and link them, as the chainer of a running Roost does within its
+    interval: tampering after that is what verify must detect."""
     async with database.transaction() as s:
         for i in range(n):
             await service.record(s, "thing.step", metadata={"i": i})
+    async with database.transaction() as s:
+        assert await service.link_pending(s) == n
 
 
 async def _tamper(database: Database, sql: str) -> None:

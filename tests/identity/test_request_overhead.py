@@ -74,7 +74,10 @@ def statements(database: Database) -> Iterator[list[str]]:
 
 @pytest.fixture
 def served_app(tmp_path: Path, database: Database, test_keys: KeyMaterial) -> FastAPI:
-    settings = Settings(data_dir=tmp_path / "data", log_json=True, llm_local_model=False)
+    # The audit chainer's periodic statements share the engine: none while the tests count
+    # a request's statements (its first pass is one interval after start-up).
+    settings = Settings(data_dir=tmp_path / "data", log_json=True, llm_local_model=False,
+                        audit_chain_interval_ms=60_000)
     return create_app(settings, database=database, keys=test_keys, configure_logs=False)
 
 

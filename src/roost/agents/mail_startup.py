@@ -20,7 +20,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         return
     host, port = parse_listen(settings.smtp_listen)
-    server = MailServer(app.state.db, cfg, host, port)
+    # Under `roost serve --workers N` (roost.serving) every process shares the port.
+    server = MailServer(app.state.db, cfg, host, port,
+                        reuse_port=bool(getattr(app.state, "shared_ports", False)))
     await server.start()  # a port already taken fails the start-up, loudly
     app.state.mail_server = server
     try:

@@ -77,9 +77,13 @@ class MailServer:
     """The listener: :meth:`start` binds ``host:port`` (port 0: any free one, then
     :attr:`port` says which), :meth:`stop` closes it."""
 
-    def __init__(self, database: Database, cfg: mail.MailConfig, host: str, port: int) -> None:
+    def __init__(self, database: Database, cfg: mail.MailConfig, host: str, port: int, *,
+                 reuse_port: bool = False) -> None:
         self.handler = MailHandler(database, cfg)
         self.cfg, self.host, self.port = cfg, host, port
+        # `roost serve --workers N`: every API process listens on the one SMTP port
+        # (SO_REUSEPORT, the kernel spreads connections; a mail is one connection).
+        self.reuse_port = reuse_port
         self._server: asyncio.Server | None = None
 
     def _protocol(self) -> Any:
@@ -90,7 +94,8 @@ class MailServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, self.host, self.port)
+        self._server = await loop.create_server(self._protocol, self.host, self.port,
+                                                reuse_port=self.reuse_port or None)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("agents.smtp_listening", host=self.host, port=self.port)
 

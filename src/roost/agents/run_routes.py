@@ -16,6 +16,7 @@ from fastapi import FastAPI, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from roost import tracing
 from roost.agents import catalog, events, memorytools, runs
 from roost.agents.models import TERMINAL_RUN_STATUSES, Run
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate, RunOut, RunStepOut
@@ -24,6 +25,7 @@ from roost.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit, get_database, get_settings_dep
 from roost.http.routing import RoostRouter
+from roost.identity.deps import StreamSlots
 from roost.identity.tenancy import apply_principal
 from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.llm.openai_routes import ChatCompletionBody, ModelHandler
@@ -39,8 +41,9 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}
 
 def trace_id_for(traceparent: str | None, run_hint: str) -> str:
     """A W3C ``traceparent`` naming the run as a span of the caller's trace (from the
-    request's ``traceparent``) or of a new one; unique per run."""
-    match = _TRACEPARENT.match((traceparent or "").strip().lower())
+    request's ``traceparent``, else the request's own span when tracing is on: the run's
+    spans join the request's trace) or of a new one; unique per run."""
+    match = _TRACEPARENT.match((traceparent or tracing.traceparent() or "").strip().lower())
     trace = match.group(1) if match and match.group(1) != "0" * 32 else secrets.token_hex(16)
     return f"00-{trace}-{run_hint}-01"
 
@@ -109,9 +112,10 @@ async def learn_from_run(run_id: uuid.UUID, principal: CurrentPrincipal, db: DbS
                              "description": "step (started, finished) ... end"}},
             summary="The run's steps as server-sent events, then its end")
 async def run_events(
-    run_id: uuid.UUID, request: Request, principal: CallerPrincipal,
+    run_id: uuid.UUID, request: Request, principal: CallerPrincipal, slot: StreamSlots,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> StreamingResponse:
+    await slot.acquire()  # a concurrent-stream slot (roost.identity.ratelimits), else 429
     database = get_database(request)
     app_role = get_settings_dep(request).db_app_role
     # Set by the domain's start-up; without it (an app whose start-up did not run),

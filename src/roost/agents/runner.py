@@ -49,6 +49,7 @@ import structlog
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost import tracing
 from roost.agents import memorytools
 from roost.agents.catalog import split_tool_refs
 from roost.agents.grants import Grant, grants_of
@@ -151,6 +152,20 @@ class _Stop(Exception):  # control flow: the run stops for this reason
 
 class _Cancelled(Exception):  # control flow: the run was cancelled meanwhile
     pass
+
+
+# --- traces (roost.tracing) ---------------------------------------------------------------
+
+
+def _step_span(state: _State, step_type: str,
+               attributes: Mapping[str, tracing.AttributeValue] | None = None
+               ) -> tracing.SpanHandle:
+    """A step's span: a child of the run's (whose trace is the run's ``trace_id``)."""
+    if not tracing.enabled():
+        return tracing.NOOP
+    return tracing.span(f"agent.step {step_type}", attributes={
+        "roost.run.id": str(state.run.id), "roost.trace_id": state.run.trace_id,
+        "roost.run.step_type": step_type, **(attributes or {})})
 
 
 # --- transactions -------------------------------------------------------------------------
@@ -521,12 +536,17 @@ async def _retrieve(env: RunEnv, state: _State) -> None:
     if not ids or state.config.retrieval_k == 0 or env.knowledge is None \
             or any(s.step_type == "rag_retrieval" for s in state.steps):
         return
+    with _step_span(state, "rag_retrieval"):
+        await _retrieve_step(env, state, env.knowledge, ids)
+
+
+async def _retrieve_step(env: RunEnv, state: _State, knowledge: KnowledgeConfig,
+                         ids: list[uuid.UUID]) -> None:
     request = SearchRequest(query=state.run.input[:2000], k=state.config.retrieval_k,
                             document_ids=ids)
     step = await _start_step(env, state, step_type="rag_retrieval",
                              input={"query": request.query, "k": request.k,
                                     "document_ids": [str(i) for i in ids]})
-    knowledge = env.knowledge
     try:
         async with _scoped(env, state.principal) as session:
             found = await _guarded(env, state, knowledge_search(session, state.principal,
@@ -546,6 +566,11 @@ async def _remember(env: RunEnv, state: _State) -> None:
     k = state.config.memory_k
     if k == 0 or any(s.step_type == "memory_recall" for s in state.steps):
         return
+    with _step_span(state, "memory_recall"):
+        await _remember_step(env, state, k)
+
+
+async def _remember_step(env: RunEnv, state: _State, k: int) -> None:
     query = state.run.input[:2000]
     step = await _start_step(env, state, step_type="memory_recall", input={"query": query, "k": k})
     try:
@@ -583,6 +608,7 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
                          llm_request_id=call.request_id,
                              input={"model": model, "messages": len(chat.messages),
                                     "tools": sorted(state.tools)})
+            tracing.current().set("roost.run.step_number", number)  # the step's span
     except (PaymentRequired, LimitReached) as exc:
         raise _Stop("error", status="failed", error=f"billing: {exc.detail}") from None
 
@@ -759,10 +785,12 @@ async def _run_ready(env: RunEnv, state: _State) -> None:
             _settle(state, step, status="failed", output=None, error=refusal)
             state.pending.append(_refused_finish(state, step, refusal))
             continue
-        result = await _guarded(env, state, tool_calls.execute_call(
-            prepared, env.database, state.principal, env.tools, arguments,
-            knowledge=env.knowledge, hosted=env.hosted, run_id=state.run.id,
-            secrets=_secret_resolver(env, state)))
+        with _step_span(state, "tool_call", {"roost.run.step_number": step.step_number,
+                                             "gen_ai.tool.name": prepared.name}):
+            result = await _guarded(env, state, tool_calls.execute_call(
+                prepared, env.database, state.principal, env.tools, arguments,
+                knowledge=env.knowledge, hosted=env.hosted, run_id=state.run.id,
+                secrets=_secret_resolver(env, state)))
         state.pending.append(_tool_finish(state, step, prepared, arguments, result))
 
 
@@ -883,6 +911,20 @@ async def execute(env: RunEnv, run_id: uuid.UUID) -> str:
     state = await _load(env, run_id)
     if state is None or state.run.status not in ("pending", "running"):
         return state.run.status if state else "missing"
+    if not tracing.enabled():
+        return await _execute(env, state, run_id)
+    # The run's spans are in the trace its trace_id names (roost.tracing.trace_ids), linked
+    # to the job that runs them (each attempt is a job span of its own trace).
+    with tracing.span("agent.run", parent=tracing.run_parent(state.run.trace_id),
+                      link_current=True, attributes={
+                          "roost.run.id": str(run_id), "roost.trace_id": state.run.trace_id,
+                          "roost.agent.id": str(state.run.agent_id)}) as span:
+        outcome = await _execute(env, state, run_id)
+        span.set("roost.run.outcome", outcome)
+        return outcome
+
+
+async def _execute(env: RunEnv, state: _State, run_id: uuid.UUID) -> str:
     started = time.perf_counter()
     async with _scoped(env, state.principal) as session:
         await session.execute(update(Run).where(
@@ -910,7 +952,10 @@ async def execute(env: RunEnv, run_id: uuid.UUID) -> str:
             for call in _pending_tool_calls(state):
                 await _tool_step(env, state, call)
             _check_limits(state)
-            if not await _model_step(env, state):
+            with _step_span(state, "llm_call") as span:
+                asked = await _model_step(env, state)
+                span.set("roost.tool_calls", len(asked))
+            if not asked:
                 raise _Stop("final")
     except _Stop as stop:
         outcome = await _finish_run(env, state, stop)

@@ -24,6 +24,7 @@ from roost.db.engine import Database
 from roost.errors import ServiceUnavailable
 from roost.http.auth import AdminPrincipal, CurrentPrincipal
 from roost.http.deps import DbSession, SettingsDep, database_dep
+from roost.http.reads import ReadSession, replica_fallback
 from roost.http.routing import RoostRouter
 from roost.inputs import IsoDatetime
 
@@ -35,7 +36,8 @@ Until = Annotated[IsoDatetime | None, Query(description="exclusive, ISO 8601")]
 
 @router.get("/streaming", response_model=StreamingOut,
             summary="Time to first token (p50/p95) and tokens/s per model of streamed answers")
-async def streaming(principal: CurrentPrincipal, db: DbSession, since: Since = None,
+@replica_fallback
+async def streaming(principal: CurrentPrincipal, db: ReadSession, since: Since = None,
                     until: Until = None, user_id: uuid.UUID | None = None) -> StreamingOut:
     rows = await queries.streaming_summary(db, principal, since=since, until=until,
                                            user_id=user_id)

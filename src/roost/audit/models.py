@@ -3,9 +3,10 @@ see ``docs/seed-map.toml``).
 
 ``user_id``, ``persona_id`` and ``run_id`` carry no foreign keys on purpose: an audit
 record must outlive what it describes, and an ``ON DELETE SET NULL`` would be an UPDATE
-of an append-only, hash-chained row.  ``seq``, ``prev_hash`` and ``row_hash`` are set by
-the insert trigger (migration 0001) under an advisory lock, so the chain is the commit
-order of the records whatever process wrote them.
+of an append-only, hash-chained row.  The insert trigger numbers a row (``seq``, the
+order of insertion); ``chain_seq``, ``prev_hash`` and ``row_hash`` stay empty until the
+chainer links it after commit (migration 0930, roost.audit.chainer), so the chain's order
+is the order the chainer saw the records committed, whatever process wrote them.
 """
 
 from __future__ import annotations
@@ -53,8 +54,11 @@ class AuditLog(UUIDPrimaryKey, CreatedAt, Base):
     trace_id: Mapped[str | None] = mapped_column(String(255))
     success: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     error_message: Mapped[str | None] = mapped_column(Text)
-    prev_hash: Mapped[bytes] = mapped_column(LargeBinary, server_default=FetchedValue())
-    row_hash: Mapped[bytes] = mapped_column(LargeBinary, server_default=FetchedValue())
+    # Set by the chainer, not by an insert (NULL until the row is linked).
+    chain_seq: Mapped[int | None] = mapped_column(BigInteger, server_default=FetchedValue(),
+                                                  unique=True)
+    prev_hash: Mapped[bytes | None] = mapped_column(LargeBinary, server_default=FetchedValue())
+    row_hash: Mapped[bytes | None] = mapped_column(LargeBinary, server_default=FetchedValue())
 
     # No RETURNING on insert: the caller may act for a user whose row-level security
     # policy would not admit the new row back (a system event inside a user's
@@ -73,5 +77,6 @@ class AuditLog(UUIDPrimaryKey, CreatedAt, Base):
         Index("ix_audit_logs_correlation_id", "correlation_id"),
         Index("ix_audit_logs_trace_id", "trace_id"),
         Index("ix_audit_logs_created_at", "created_at"),
+        Index("ix_audit_logs_unlinked", "seq", postgresql_where=text("chain_seq IS NULL")),
     )
 

@@ -12,6 +12,7 @@ from roost.audit import service
 from roost.audit.schemas import AuditRecordOut, ChainReportOut
 from roost.http.auth import AdminPrincipal
 from roost.http.deps import DbSession
+from roost.http.reads import ReadSession, replica_fallback
 from roost.http.routing import RoostRouter
 from roost.inputs import IsoDatetime
 from roost.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
@@ -20,8 +21,9 @@ router = RoostRouter(prefix="/api/v1/audit", tags=["audit"])
 
 
 @router.get("/logs", response_model=Page[AuditRecordOut], summary="Query the audit log")
+@replica_fallback
 async def list_audit_logs(
-    session: DbSession,
+    session: ReadSession,
     _admin: AdminPrincipal,
     user_id: uuid.UUID | None = None,
     persona_id: uuid.UUID | None = None,

@@ -39,3 +39,5 @@ class ChainReportOut(BaseModel):
     broken_seq: int | None = None
     broken_id: uuid.UUID | None = None
     reason: str | None = None
+    linked_now: int = Field(0, description="Committed records that were not linked yet and "
+                            "that this verification linked before checking.")

@@ -1,8 +1,8 @@
 """Recording, querying, verifying and pruning the audit log.
 
 ``record`` joins the caller's transaction: the audit row commits or rolls back with the
-change it describes.  Call it last in a transaction: the chain's advisory lock is held
-from the audit insert until commit.
+change it describes.  It takes no lock: the row is inserted unlinked and the chainer
+(roost.audit.chainer, :func:`link_pending`) links it into the hash chain after commit.
 """
 
 from __future__ import annotations
@@ -123,6 +123,21 @@ class ChainReport:
     broken_seq: int | None = None
     broken_id: uuid.UUID | None = None
     reason: str | None = None
+    linked_now: int = 0
+    """Committed rows that were still unlinked and that this verification linked first."""
+
+
+async def link_pending(session: AsyncSession, *, limit: int = 10_000, wait: bool = True) -> int:
+    """Link up to ``limit`` committed, unlinked audit rows into the chain, in ``seq`` order.
+
+    One chainer at a time (the chain's advisory lock, held to the end of the caller's
+    transaction: commit soon).  ``wait=False`` returns -1 at once when another session
+    holds it.  Rows of transactions still in progress are invisible here and are linked
+    by a later call, after the rows committed before them."""
+    linked: int = (
+        await session.execute(text("SELECT roost_audit_link(:n, :wait)"), {"n": limit, "wait": wait})
+    ).scalar_one()
+    return linked
 
 
 _FIRST_BROKEN = text(
@@ -130,25 +145,32 @@ _FIRST_BROKEN = text(
     WITH chain AS (
       SELECT a.seq, a.id, a.prev_hash, a.row_hash,
              roost_audit_hash(a.prev_hash, a) AS computed,
-             lag(a.row_hash) OVER (ORDER BY a.seq) AS predecessor,
-             row_number() OVER (ORDER BY a.seq) AS n
+             lag(a.row_hash) OVER (ORDER BY a.chain_seq) AS predecessor,
+             row_number() OVER (ORDER BY a.chain_seq) AS n
       FROM audit_logs a
+      WHERE a.chain_seq IS NOT NULL
     )
     SELECT seq, id, prev_hash, row_hash, computed, predecessor, n
     FROM chain
     WHERE computed <> row_hash OR n = 1 OR prev_hash IS DISTINCT FROM predecessor AND n > 1
-    ORDER BY seq
+    ORDER BY n
     """
 )
 
 
 async def verify_chain(session: AsyncSession) -> ChainReport:
-    """Recompute every row's hash and link; report the first broken one.
+    """Link what is pending, then recompute every row's hash and link; report the first
+    broken one.
 
     The first remaining row must link to the genesis hash or to an anchor that a
-    retention run recorded when it pruned the rows before it.
+    retention run recorded when it pruned the rows before it.  Linking first means every
+    committed row is checked; a row's content is protected from the moment it is linked
+    (docs/architecture.md, "The audit log", says how long that may take).
     """
-    total: int = (await session.execute(text("SELECT count(*) FROM audit_logs"))).scalar_one()
+    linked_now = await link_pending(session, limit=2_147_483_647)
+    total: int = (
+        await session.execute(text("SELECT count(*) FROM audit_logs WHERE chain_seq IS NOT NULL"))
+    ).scalar_one()
     anchor_hexes: list[str | None] = list(
         (
             await session.scalars(
@@ -164,14 +186,17 @@ async def verify_chain(session: AsyncSession) -> ChainReport:
         row_id: uuid.UUID = row.id
         prev_hash, row_hash, computed, n = row.prev_hash, row.row_hash, row.computed, row.n
         if computed != row_hash:
-            return ChainReport(False, total, seq, row_id, "row content does not match its hash")
+            return ChainReport(False, total, seq, row_id, "row content does not match its hash",
+                               linked_now)
         if n == 1:
             if prev_hash != GENESIS_HASH and bytes(prev_hash) not in anchors:
                 return ChainReport(False, total, seq, row_id,
-                                   "first row does not link to genesis or a retention anchor")
+                                   "first row does not link to genesis or a retention anchor",
+                                   linked_now)
             continue
-        return ChainReport(False, total, seq, row_id, "row does not link to the row before it")
-    return ChainReport(True, total)
+        return ChainReport(False, total, seq, row_id, "row does not link to the row before it",
+                           linked_now)
+    return ChainReport(True, total, linked_now=linked_now)
 
 
 async def apply_retention(session: AsyncSession, older_than: timedelta) -> int:
@@ -183,22 +208,25 @@ async def apply_retention(session: AsyncSession, older_than: timedelta) -> int:
     if older_than < timedelta(days=1):
         raise BadRequest("audit retention must keep at least one day of records")
     cutoff = utcnow() - older_than
-    # Serialise with writers so the anchor is the hash of the last row deleted.
-    await session.execute(text("SELECT pg_advisory_xact_lock(7263117, 1)"))
+    # Link what is pending, holding the chain lock to commit: no chainer links a row after
+    # the anchor is taken, so the anchor is the hash of the last row deleted.
+    await link_pending(session, limit=2_147_483_647)
     boundary: int | None = (
         await session.execute(
-            text("SELECT min(seq) FROM audit_logs WHERE created_at >= :cutoff"), {"cutoff": cutoff}
+            text("SELECT min(chain_seq) FROM audit_logs WHERE created_at >= :cutoff"),
+            {"cutoff": cutoff},
         )
     ).scalar_one()
     await session.execute(
         text("SELECT set_config('roost.audit_retention_cutoff', :c, true)"),
         {"c": cutoff.isoformat()},
     )
-    condition = "created_at < :cutoff" + (" AND seq < :boundary" if boundary is not None else "")
+    condition = "chain_seq IS NOT NULL AND created_at < :cutoff" + (
+        " AND chain_seq < :boundary" if boundary is not None else "")
     params: dict[str, Any] = {"cutoff": cutoff, "boundary": boundary}
     last = (
         await session.execute(
-            text(f"SELECT row_hash FROM audit_logs WHERE {condition} ORDER BY seq DESC LIMIT 1"),  # noqa: S608
+            text(f"SELECT row_hash FROM audit_logs WHERE {condition} ORDER BY chain_seq DESC LIMIT 1"),  # noqa: S608
             params,
         )
     ).scalar_one_or_none()

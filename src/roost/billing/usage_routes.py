@@ -17,6 +17,7 @@ from roost.billing.usage_schemas import (
 )
 from roost.http.auth import AdminPrincipal, CurrentPrincipal
 from roost.http.deps import DbSession, SettingsDep
+from roost.http.reads import ReadSession, replica_fallback
 from roost.http.routing import RoostRouter
 
 router = RoostRouter(prefix="/api/v1/billing", tags=["billing"])
@@ -37,8 +38,9 @@ def report_out(report: usage.UsageReport,
 @router.get("/usage", response_model=UsageReportOut,
             summary="Usage and cost per day, user, model, provider, agent, API key or request "
                     "type (administrators: everyone's; source=clickhouse: from the export)")
+@replica_fallback
 async def get_usage(
-    principal: CurrentPrincipal, db: DbSession, settings: SettingsDep,
+    principal: CurrentPrincipal, db: ReadSession, settings: SettingsDep,
     group_by: usage.GroupBy = "day", since: Since = None, until: Until = None,
     source: Literal["postgres", "clickhouse"] = "postgres",
 ) -> UsageReportOut:

@@ -28,7 +28,9 @@ from roost.chat.schemas import (
 )
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit
+from roost.http.reads import ReadSession, replica_fallback
 from roost.http.routing import RoostRouter
+from roost.identity.deps import StreamSlots
 from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.pagination import DEFAULT_LIMIT, Page
 from roost.principal import Principal
@@ -60,8 +62,9 @@ async def create_session(body: SessionCreate, principal: CurrentPrincipal, db: D
 
 
 @router.get("/sessions", response_model=Page[SessionOut])
+@replica_fallback
 async def list_sessions(
-    principal: CurrentPrincipal, db: DbSession, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
+    principal: CurrentPrincipal, db: ReadSession, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
     external_id: Annotated[str | None, Query(max_length=64)] = None,
     user_id: uuid.UUID | None = None, project_id: uuid.UUID | None = None,
 ) -> Page[SessionOut]:
@@ -91,8 +94,9 @@ async def delete_session(session_id: uuid.UUID, principal: CurrentPrincipal, db:
 
 
 @router.get("/sessions/{session_id}/messages", response_model=Page[MessageOut])
+@replica_fallback
 async def list_messages(
-    session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession, gateway: GatewayDep,
+    session_id: uuid.UUID, principal: CurrentPrincipal, db: ReadSession, gateway: GatewayDep,
     limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
 ) -> Page[MessageOut]:
     """Newest first; follow ``next_cursor`` to go back in time."""
@@ -118,7 +122,7 @@ async def list_messages(
 )
 async def post_message(
     session_id: uuid.UUID, body: MessageCreate, principal: CallerPrincipal, gateway: GatewayDep,
-    request: Request,
+    request: Request, slot: StreamSlots,
 ) -> Any:
     """Store a message and, unless ``reply`` is false, the model's answer; with ``model:
     "agent:<slug>"`` that agent answers (a run of it; docs/agents.md).
@@ -126,6 +130,8 @@ async def post_message(
     No database transaction stays open while the model works: the user's message is
     committed first and survives any provider failure.
     """
+    if body.stream and body.reply:  # a concurrent-stream slot first (429: nothing stored)
+        await slot.acquire()
     handler = model_handler(request, body)
     if handler is not None:
         return await handler(principal, session_id, body)
@@ -161,8 +167,9 @@ async def put_state(
 
 
 @router.get("/sessions/{session_id}/history", response_model=Page[HistoryEventOut])
+@replica_fallback
 async def list_history(
-    session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession, gateway: GatewayDep,
+    session_id: uuid.UUID, principal: CurrentPrincipal, db: ReadSession, gateway: GatewayDep,
     limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
     event_type: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Page[HistoryEventOut]:

@@ -311,7 +311,7 @@ async def profile_page(request: Request, session: DbSession) -> Response:
 
 
 ADMIN_PAGES = ("users", "groups", "providers", "queue", "audit", "usage", "billing",
-               "settings")
+               "limits", "settings")
 
 
 @router.get("/admin")

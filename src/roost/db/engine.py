@@ -12,8 +12,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from roost import tracing
 from roost.config import Settings
 from roost.db.embedded import EmbeddedServer, start_embedded
+from roost.db.replicas import Replica, ReplicaSet, describe
 
 EMBEDDED_DATABASE = "roost"
 
@@ -76,6 +78,8 @@ class Database:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     embedded: EmbeddedServer | None = field(default=None)
+    # ROOST_DATABASE_REPLICA_URLS: where ReadSession's routes read (roost.db.replicas).
+    replicas: ReplicaSet | None = field(default=None)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -84,6 +88,8 @@ class Database:
             yield session
 
     async def dispose(self) -> None:
+        if self.replicas is not None:
+            await self.replicas.dispose()
         await self.engine.dispose()
 
 
@@ -110,9 +116,44 @@ def create_database(settings: Settings, url: URL | None = None) -> Database:
         url, embedded = resolve_database_url(settings)
     engine = create_async_engine(url, **engine_options(settings))
     discard_closed(engine)
+    tracing.configure(settings)  # ROOST_OTEL_ENABLED: every process that opens the database
+    tracing.instrument_engine(engine.sync_engine)
     return Database(
         url=url,
         engine=engine,
         sessionmaker=async_sessionmaker(engine, expire_on_commit=False),
         embedded=embedded,
+        replicas=create_replicas(settings, engine),
+    )
+
+
+def replica_urls(settings: Settings) -> list[URL]:
+    """ROOST_DATABASE_REPLICA_URLS, parsed (empty entries ignored)."""
+    if settings.database_replica_urls is None:
+        return []
+    raw = settings.database_replica_urls.get_secret_value()
+    return [to_async_url(part.strip()) for part in raw.split(",") if part.strip()]
+
+
+def create_replicas(settings: Settings, primary: AsyncEngine) -> ReplicaSet | None:
+    """The replicas' engines (connecting on first use), or ``None`` when none is set."""
+    urls = replica_urls(settings)
+    if not urls:
+        return None
+    replicas = []
+    for replica_url in urls:
+        options = engine_options(settings)
+        connect_args = options["connect_args"]
+        connect_args["server_settings"] = {
+            **connect_args["server_settings"], "application_name": "roost-replica-read"}
+        engine = create_async_engine(replica_url, **options)
+        discard_closed(engine)
+        tracing.instrument_engine(engine.sync_engine)  # its SQL spans too (roost.tracing)
+        replicas.append(Replica(
+            name=describe(replica_url), engine=engine,
+            sessionmaker=async_sessionmaker(engine, expire_on_commit=False)))
+    return ReplicaSet(
+        primary, replicas, max_lag_s=settings.replica_max_lag_s,
+        check_interval_s=settings.replica_check_interval_s,
+        check_timeout_s=min(settings.db_connect_timeout_s, max(1.0, 2 * settings.replica_check_interval_s)),
     )

@@ -113,6 +113,7 @@ async def current_principal(request: Request, session: DbSession) -> Principal:
     # Row-level security: the rest of this request's transaction acts for the principal
     # (SET LOCAL role and settings; see roost.identity.tenancy).
     await authentication.scope(session, principal, app_role=get_settings_dep(request).db_app_role)
+    request.state.principal = principal  # whose write this request is (read replicas)
     return principal
 
 

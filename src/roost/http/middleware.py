@@ -15,6 +15,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from roost import tracing
 from roost.context import RequestContext, reset_context, set_context
 from roost.http.problems import BodyTooLarge, problem, unexpected_error
 
@@ -62,6 +63,8 @@ class RequestContextMiddleware:
             )
         )
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        span = tracing.request_span(scope["method"], scope.get("path"),
+                                    scope.get("headers", ()), request_id)
         status = 500
         response_started = response_complete = False
         started = time.perf_counter()
@@ -101,6 +104,7 @@ class RequestContextMiddleware:
                 route = _route_template(scope)
                 REQUESTS.labels(scope["method"], route, str(status)).inc()
                 LATENCY.labels(scope["method"], route).observe(elapsed)
+                tracing.end_request(span, scope["method"], route, status)
                 log.info("request", method=scope["method"], path=scope["path"], route=route,
                          status=status, duration_ms=round(elapsed * 1000, 2))
             except Exception:  # bookkeeping must never turn an answer into a failure

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import structlog
@@ -104,9 +105,17 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def retry_after(exc: RoostError) -> dict[str, str] | None:
+    """``Retry-After`` (whole seconds) for a 429 whose ``extra`` says how long to wait."""
+    seconds = exc.extra.get("retry_after_s")
+    if exc.status == 429 and isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        return {"Retry-After": str(max(1, math.ceil(seconds)))}
+    return None
+
+
 async def _roost_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RoostError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else retry_after(exc)
     return problem(exc.status, exc.detail, title=exc.title, type_slug=exc.type_slug,
                    headers=headers, **exc.extra)
 
@@ -167,6 +176,11 @@ async def _dbapi_error(request: Request, exc: Exception) -> JSONResponse:
         return problem(400, "a value is out of range or malformed for its field")
     if sqlstate == "57014":  # statement timeout
         return problem(503, "the database took too long to answer; try again shortly")
+    # Class 08 (connection exception: PgBouncer's "server conn crashed?", "no more
+    # connections allowed"), shut-downs (57P01-57P03) and too many connections: the
+    # database or the pooler in front of it is unavailable, not a bug.
+    if sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "53300"):
+        return await _database_error(request, exc)
     return await _unexpected(request, exc)
 
 
@@ -181,9 +195,35 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def unexpected_error(exc: BaseException) -> JSONResponse:
-    """500 with only the request id; the exception goes to the log with its traceback."""
+    """500 with only the request id; the exception goes to the log with its traceback.
+
+    A lost database connection met outside SQLAlchemy's statement execution (the hot
+    paths that talk to the asyncpg connection directly, ``roost.db.transaction``) arrives
+    here untranslated: it is a 503 like any other, e.g. while PgBouncer restarts."""
+    if _connection_lost(exc):
+        log.error("database_unavailable", error=type(exc).__name__)
+        return problem(503, "the database is unavailable; try again shortly",
+                       headers={"Retry-After": "5"})
     log.error("unhandled_error", error=type(exc).__name__, exc_info=exc)
     return problem(500, "an unexpected error occurred; quote the request id when reporting it")
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` or what it was raised from is a lost or refused database connection."""
+    import asyncpg
+
+    lost = (asyncpg.exceptions.ConnectionDoesNotExistError,
+            asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08
+            asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError,
+            asyncpg.exceptions.TooManyConnectionsError, ConnectionError)
+    seen: BaseException | None = exc
+    for _ in range(8):  # a short chain: the driver's error, the adapter's, SQLAlchemy's
+        if seen is None:
+            return False
+        if isinstance(seen, lost):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -1,5 +1,6 @@
-"""``roost users create|approve|list|cleanup-sessions|revoke-sessions`` and
-``roost keys create|list|revoke``.  They act as the operator (administrator rights)."""
+"""``roost users create|approve|list|cleanup-sessions|revoke-sessions``,
+``roost keys create|list|revoke`` and ``roost limits show|set``.  They act as the
+operator (administrator rights)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from roost.clitools import id_table, print_table, resolve_id, run_in_transaction
+from roost.clitools import fail, id_table, print_table, resolve_id, run_in_transaction
 
 T = TypeVar("T")
 
 users_app = typer.Typer(help="User accounts.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+limits_app = typer.Typer(help="Rate limits per user and API key (requests per minute, "
+                              "concurrent streams).", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
 
@@ -184,7 +187,105 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(
     console.print(f"revoked {row.prefix} ({row.name})", markup=False)
 
 
+# --- roost limits (docs/operations.md, "Rate limits and quotas") --------------------------
+
+
+def _limit(value: str | None, what: str) -> int | str | None:
+    """``None``: keep; ``"default"``: clear the override; else a number >= 0."""
+    if value is None:
+        return None
+    if value.strip().lower() == "default":
+        return "default"
+    try:
+        number = int(value)
+    except ValueError:
+        raise fail("Invalid input", f"{what} must be a number (0: unlimited) or 'default'"
+                   ) from None
+    if not 0 <= number <= (1_000_000 if what == "--rpm" else 10_000):
+        raise fail("Invalid input", f"{what} is out of range (0: unlimited)")
+    return number
+
+
+def _limits_table(rows: list[Any]) -> Any:
+    def show(value: int | None, eff: int) -> str:
+        shown = "unlimited" if eff == 0 else str(eff)
+        return shown if value is not None else f"{shown} (default)"
+
+    table = id_table("kind", "name", "requests/min", "streams", "id")
+    for r in rows:
+        table.add_row(r.kind, r.name, show(r.requests_per_minute, r.effective_requests_per_minute),
+                      show(r.streams, r.effective_streams), str(r.id))
+    return table
+
+
+@limits_app.command("show")
+def limits_show() -> None:
+    """The defaults (ROOST_RATE_LIMIT_*) and every user and API key with an override."""
+    from roost.config import get_settings
+    from roost.identity.ratelimits import list_overrides
+    from roost.principal import SYSTEM
+
+    settings = get_settings()
+    rows = _run(lambda session: list_overrides(session, SYSTEM, settings))
+
+    def unlimited(n: int) -> str:
+        return "unlimited" if n == 0 else str(n)
+
+    console.print(f"defaults per user: {unlimited(settings.rate_limit_requests_per_minute)} "
+                  f"requests/min, {unlimited(settings.rate_limit_streams)} streams "
+                  "(API keys: only their own overrides, within their user's)", markup=False)
+    if rows:
+        print_table(console, _limits_table(rows))
+    else:
+        console.print("no overrides")
+
+
+@limits_app.command("set")
+def limits_set(
+    user: Annotated[str | None, typer.Option("--user", help="Username or email.")] = None,
+    key: Annotated[str | None, typer.Option(
+        "--key", help="An API key's id (`roost keys list`), or a unique start of it.")] = None,
+    rpm: Annotated[str | None, typer.Option(
+        "--rpm", help="Requests per minute: a number (0: unlimited) or 'default'.")] = None,
+    streams: Annotated[str | None, typer.Option(
+        "--streams", help="Concurrent streams: a number (0: unlimited) or 'default'.")] = None,
+) -> None:
+    """Set a user's or an API key's limits (options not given are kept); takes effect on
+    its next request, in every process."""
+    from roost.config import get_settings
+    from roost.identity.models import ApiKey
+    from roost.identity.ratelimits import get_limits, set_limits
+    from roost.principal import SYSTEM
+
+    if (user is None) == (key is None):
+        raise fail("Invalid input", "give exactly one of --user and --key")
+    new_rpm, new_streams = _limit(rpm, "--rpm"), _limit(streams, "--streams")
+    if new_rpm is None and new_streams is None:
+        raise fail("Invalid input", "give --rpm, --streams or both")
+    settings = get_settings()
+
+    async def go(session: Any) -> Any:
+        if user is not None:
+            kind, row_id = "user", (await _user_by_login(session, user)).id
+        else:
+            assert key is not None
+            kind, row_id = "api_key", await resolve_id(session, ApiKey.id, key, "API key")
+        now = await get_limits(session, SYSTEM, settings, kind, row_id)
+
+        def pick(given: int | str | None, current: int | None) -> int | None:
+            if given is None:
+                return current
+            return None if given == "default" else int(given)
+
+        return await set_limits(session, SYSTEM, settings, kind, row_id,
+                                requests_per_minute=pick(new_rpm, now.requests_per_minute),
+                                streams=pick(new_streams, now.streams))
+
+    print_table(console, _limits_table([_run(go)]))
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``roost users`` and ``roost keys`` (``roost.domains`` calls this)."""
+    """Add ``roost users``, ``roost keys`` and ``roost limits`` (``roost.domains`` calls this)."""
     app.add_typer(users_app, name="users")
     app.add_typer(keys_app, name="keys")
+    app.add_typer(limits_app, name="limits")

@@ -19,4 +19,4 @@ async def cleanup_sessions(ctx: TaskContext, payload: dict[str, Any]) -> dict[st
         report = await cleanup_expired(session,
                                        failure_window_s=get_settings().login_failure_window_s)
     return {"sessions": report.sessions, "challenges": report.challenges,
-            "throttle_rows": report.throttle_rows}
+            "throttle_rows": report.throttle_rows, "rate_limit_rows": report.rate_limit_rows}

@@ -58,6 +58,10 @@ PREFERENCE_COLUMNS = (
 )
 
 
+_RATE_LIMITS_CHECK = ("(rate_limit_rpm IS NULL OR rate_limit_rpm >= 0) "
+                      "AND (rate_limit_streams IS NULL OR rate_limit_streams >= 0)")
+
+
 def _owner_fk() -> Any:
     return mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
 
@@ -106,8 +110,13 @@ class User(UUIDPrimaryKey, Timestamps, Base):
     )
     # SecretBox (AES-256-GCM) ciphertext, associated data binds it to this user.
     web_search_api_key_encrypted: Mapped[str | None] = mapped_column(Text)
+    # Rate limits set by an administrator (roost.identity.ratelimits): NULL = the
+    # settings' default, 0 = unlimited.
+    rate_limit_rpm: Mapped[int | None] = mapped_column(Integer)
+    rate_limit_streams: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
+        CheckConstraint(_RATE_LIMITS_CHECK, name="rate_limits"),
         CheckConstraint("role IN ('admin', 'user')", name="role"),
         CheckConstraint("status IN ('pending_approval', 'active', 'suspended')", name="status"),
         CheckConstraint("tier IN ('free', 'pro', 'enterprise')", name="tier"),
@@ -197,8 +206,12 @@ class ApiKey(UUIDPrimaryKey, CreatedAt, Base):
     last_used_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # An override of the key's own (NULL: none, its user's limits apply; 0 = unlimited).
+    rate_limit_rpm: Mapped[int | None] = mapped_column(Integer)
+    rate_limit_streams: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
+        CheckConstraint(_RATE_LIMITS_CHECK, name="rate_limits"),
         UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
         Index("ix_api_keys_user_id", "user_id"),
     )
@@ -328,6 +341,35 @@ class AuthThrottle(Base):
     locked_until: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_auth_throttle_window_started_at", "window_started_at"),)
+
+
+class RateLimitState(Base):
+    """GCRA's theoretical arrival time per limited subject (``u:<user id>``,
+    ``k:<api key id>``); written only by ``roost_rate_take`` (migration 0940).  UNLOGGED:
+    after a crash every subject starts with a full minute."""
+
+    __tablename__ = "rate_limit_state"
+
+    subject: Mapped[str] = mapped_column(String(80), primary_key=True)
+    tat: Mapped[datetime]
+
+    __table_args__ = ({"prefixes": ["UNLOGGED"]},)
+
+
+class StreamLease(Base):
+    """One open stream in one subject, until ``expires_at`` (renewed while the stream
+    is open; a crashed process's leases expire).  Written by ``roost_stream_acquire``."""
+
+    __tablename__ = "stream_leases"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    subject: Mapped[str] = mapped_column(String(80), primary_key=True)
+    expires_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("ix_stream_leases_subject", "subject", "expires_at"),
+        {"prefixes": ["UNLOGGED"]},
+    )
 
 
 class AuthChallenge(UUIDPrimaryKey, CreatedAt, Base):

@@ -11,7 +11,9 @@ record is older than ``TOUCH_INTERVAL`` (a data-modifying CTE, SKIP LOCKED) and 
 the transaction to the principal it finds (``set_config`` of the row-level-security
 settings, the application role and the request's other transaction settings, such as
 HNSW's).  So no principal is cached in the process: the database answers for it in the
-round trip the request needed anyway.
+round trip the request needed anyway.  The same statement reads the user's and the key's
+rate-limit overrides; only when a limit applies does the request pay a round trip more
+(roost.identity.ratelimits).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.db.transaction import driver_connection, note_settings
 from roost.errors import Unauthorized
 from roost.http.deps import get_keys, get_settings_dep, transaction_settings
+from roost.identity.ratelimits import Limiter, RequestLimits
 from roost.identity.tenancy import checked_role, scope_settings
 from roost.principal import Principal, PrincipalKind
 from roost.security.tokens import decode_access_token, hash_api_key, looks_like_api_key
@@ -49,6 +52,9 @@ def _principal_sql(kind: str, setting_names: tuple[str, ...]) -> str:
     The scope's own values depend on the row, so they are computed here; the touch CTE is
     read before the settings, so it runs (as the connecting role) before the role switch."""
     table, where, taken = _CREDENTIALS[kind]
+    # The rate-limit overrides ride along (roost.identity.ratelimits): free when unused.
+    key_limits = ("c.rate_limit_rpm AS key_rpm, c.rate_limit_streams AS key_streams"
+                  if table == "api_keys" else "NULL::int AS key_rpm, NULL::int AS key_streams")
     sets = ", ".join(
         f"set_config(${taken + 2 * i + 1}, ${taken + 2 * i + 2}, true)"
         for i in range(len(setting_names))
@@ -62,6 +68,7 @@ def _principal_sql(kind: str, setting_names: tuple[str, ...]) -> str:
 WITH hit AS (
   SELECT u.id AS user_id, (u.role = 'admin' OR u.is_superuser OR u.is_root) AS is_admin,
          c.id AS credential_id,
+         u.rate_limit_rpm AS user_rpm, u.rate_limit_streams AS user_streams, {key_limits},
          (c.last_used_at IS NULL
           OR c.last_used_at < now() - interval '{TOUCH_INTERVAL_S} seconds') AS stale,
          coalesce((SELECT array_agg(m.group_id ORDER BY m.group_id::text)
@@ -77,6 +84,7 @@ WITH hit AS (
   SELECT hit.*, array_to_string(hit.groups, ',') AS group_text FROM hit
 )
 SELECT hit.user_id, hit.is_admin, hit.credential_id, hit.groups,
+       hit.user_rpm, hit.user_streams, hit.key_rpm, hit.key_streams,
        (SELECT count(*) FROM touched) AS touched, {scope}{", " + sets if sets else ""}
 FROM scoped hit"""  # noqa: S608 (table and conditions are constants; values are parameters)
 
@@ -104,7 +112,25 @@ async def _authenticate(
         group_ids=frozenset(row["groups"] or ()),
     )
     note_settings(session, {**scope_settings(principal, app_role=app_role), **extra})
+    limits = RequestLimits.build(
+        principal, get_settings_dep(request), user_rpm=row["user_rpm"],
+        user_streams=row["user_streams"], key_rpm=row["key_rpm"], key_streams=row["key_streams"])
+    # A limit applies: one round trip on the limiter's own pool (once per request, even
+    # if something resolves the caller again).
+    if limits is not None and getattr(request.state, "rate_limits", None) is None:
+        await app_limiter(request.app).take_request(limits)  # 429 when over
+        request.state.rate_limits = limits
     return principal
+
+
+def app_limiter(app: Any) -> Limiter:
+    """The application's rate limiter (its pool opens on first use; identity's start-up
+    closes it at shutdown)."""
+    limiter: Limiter | None = getattr(app.state, "rate_limiter", None)
+    if limiter is None:
+        limiter = Limiter(app.state.db.url, app.state.settings)
+        app.state.rate_limiter = limiter
+    return limiter
 
 
 async def resolve_api_key(session: AsyncSession, token: str, request: Request) -> Principal | None:

@@ -15,7 +15,7 @@ from fastapi import Depends, Query, Request, Response, status
 from roost.context import current_context
 from roost.errors import Unprocessable
 from roost.http.auth import AdminPrincipal, CurrentPrincipal
-from roost.http.deps import DbSession, get_keys, get_settings_dep
+from roost.http.deps import DbSession, SettingsDep, get_keys, get_settings_dep
 from roost.http.routing import RoostRouter
 from roost.identity import (
     accounts,
@@ -25,6 +25,7 @@ from roost.identity import (
     oauth,
     passkeys,
     profiles,
+    ratelimits,
     sessions,
     twofactor,
 )
@@ -59,6 +60,10 @@ from roost.identity.schemas import (
     PasswordChangeIn,
     ProfileOut,
     ProfilePatchIn,
+    RateLimitDefaultsOut,
+    RateLimitsIn,
+    RateLimitsOut,
+    RateLimitsOverviewOut,
     RefreshIn,
     RegisterIn,
     SessionOut,
@@ -78,6 +83,7 @@ auth_router = RoostRouter(prefix="/api/v1/auth", tags=["auth"])
 users_router = RoostRouter(prefix="/api/v1/users", tags=["users"])
 keys_router = RoostRouter(prefix="/api/v1/api-keys", tags=["api keys"])
 groups_router = RoostRouter(prefix="/api/v1/groups", tags=["groups"])
+limits_router = RoostRouter(prefix="/api/v1/admin/limits", tags=["rate limits"])
 
 
 async def identity_config(request: Request) -> IdentityConfig:
@@ -576,6 +582,45 @@ async def remove_member(group_id: uuid.UUID, user_id: uuid.UUID, principal: Curr
     return _no_content()
 
 
+# --- /admin/limits (docs/operations.md, "Rate limits and quotas") -----------------------
+
+
+@limits_router.get("", response_model=RateLimitsOverviewOut,
+                   summary="The default rate limits and every override (administrators)")
+async def list_limits(principal: AdminPrincipal, session: DbSession,
+                      settings: SettingsDep) -> RateLimitsOverviewOut:
+    rows = await ratelimits.list_overrides(session, principal, settings)
+    return RateLimitsOverviewOut(
+        defaults=RateLimitDefaultsOut(requests_per_minute=settings.rate_limit_requests_per_minute,
+                                      streams=settings.rate_limit_streams,
+                                      lease_s=settings.rate_limit_lease_s),
+        overrides=[RateLimitsOut.model_validate(r) for r in rows])
+
+
+@limits_router.get("/{kind}/{row_id}", response_model=RateLimitsOut,
+                   summary="A user's or API key's rate limits (administrators)")
+async def get_limits(kind: ratelimits.SubjectPath, row_id: uuid.UUID, principal: AdminPrincipal,
+                     session: DbSession, settings: SettingsDep) -> RateLimitsOut:
+    row = await ratelimits.get_limits(session, principal, settings, _kind(kind), row_id)
+    return RateLimitsOut.model_validate(row)
+
+
+@limits_router.put("/{kind}/{row_id}", response_model=RateLimitsOut,
+                   summary="Set a user's or API key's rate limits (administrators; null: the "
+                           "default, 0: unlimited)")
+async def put_limits(kind: ratelimits.SubjectPath, row_id: uuid.UUID, body: RateLimitsIn,
+                     principal: AdminPrincipal, session: DbSession,
+                     settings: SettingsDep) -> RateLimitsOut:
+    row = await ratelimits.set_limits(
+        session, principal, settings, _kind(kind), row_id,
+        requests_per_minute=body.requests_per_minute, streams=body.streams)
+    return RateLimitsOut.model_validate(row)
+
+
+def _kind(path: str) -> str:
+    return "user" if path == "users" else "api_key"
+
+
 router = RoostRouter()
-for _sub in (auth_router, users_router, keys_router, groups_router):
+for _sub in (auth_router, users_router, keys_router, groups_router, limits_router):
     router.include_router(_sub)

@@ -434,3 +434,39 @@ class MemberOut(BaseModel):
     full_name: str | None
     role: str
     joined_at: datetime
+
+
+# --- rate limits (administrators; roost.identity.ratelimits) ------------------------------
+
+
+class RateLimitsIn(Input):
+    """A user's or API key's overrides; ``null`` (or absent) = the settings' default,
+    ``0`` = unlimited."""
+
+    requests_per_minute: Annotated[int | None, Field(ge=0, le=1_000_000)] = None
+    streams: Annotated[int | None, Field(ge=0, le=10_000,
+                                         description="concurrent streams")] = None
+
+
+class RateLimitsOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    kind: Literal["user", "api_key"]
+    id: uuid.UUID
+    user_id: uuid.UUID
+    name: str
+    requests_per_minute: int | None = Field(description="the override; null: the default")
+    streams: int | None
+    effective_requests_per_minute: int = Field(description="what applies; 0: unlimited")
+    effective_streams: int
+
+
+class RateLimitDefaultsOut(BaseModel):
+    requests_per_minute: int
+    streams: int
+    lease_s: int
+
+
+class RateLimitsOverviewOut(BaseModel):
+    defaults: RateLimitDefaultsOut
+    overrides: list[RateLimitsOut]

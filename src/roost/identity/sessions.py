@@ -27,7 +27,7 @@ from roost.analytics.outbox import emit as emit_event
 from roost.audit.service import record
 from roost.db.base import utcnow
 from roost.errors import BadRequest, Forbidden, Unauthorized
-from roost.identity import throttle, twofactor
+from roost.identity import ratelimits, throttle, twofactor
 from roost.identity.accounts import find_user
 from roost.identity.common import load_user, owned_row, require_user, target_user_id
 from roost.identity.config import IdentityConfig
@@ -397,6 +397,7 @@ class CleanupReport:
     sessions: int
     challenges: int
     throttle_rows: int
+    rate_limit_rows: int = 0  # idle rate-limit counters and expired stream leases
 
 
 async def cleanup_expired(session: AsyncSession, *, failure_window_s: int = 900) -> CleanupReport:
@@ -410,7 +411,8 @@ async def cleanup_expired(session: AsyncSession, *, failure_window_s: int = 900)
         delete(AuthChallenge).where(AuthChallenge.expires_at < func.now())
     )
     pruned = await throttle.prune(session, failure_window_s)
-    report = CleanupReport(int(sessions.rowcount), int(challenges.rowcount), pruned)  # type: ignore[attr-defined]
+    report = CleanupReport(int(sessions.rowcount), int(challenges.rowcount), pruned,  # type: ignore[attr-defined]
+                           await ratelimits.prune(session))
     if report.sessions or report.challenges:
         await record(session, "identity.cleanup", category="system",
                      changes={"sessions": report.sessions, "challenges": report.challenges,

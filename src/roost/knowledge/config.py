@@ -54,6 +54,9 @@ class KnowledgeConfig:
     curation_model: str | None = None  # None: the LLM providers' default model
     curation_group_size: int = 4
     app_role: str = "roost_app"
+    # Behind PgBouncer in transaction mode: an embedding model's index is registered in
+    # one transaction (a session-level lock would land on any server connection).
+    pgbouncer: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KnowledgeConfig:
@@ -98,6 +101,7 @@ class KnowledgeConfig:
             embedder=spec,
             curation_enabled=settings.knowledge_curation,
             curation_model=settings.knowledge_curation_model,
+            pgbouncer=settings.pgbouncer,
             curation_group_size=settings.knowledge_curation_group_size,
             app_role=settings.db_app_role,
         )

@@ -88,13 +88,20 @@ def index_ddl(model: str, dimensions: int, *, concurrently: bool = True) -> str:
     )
 
 
-async def ensure_model(engine: AsyncEngine, model: str, dimensions: int, provider: str) -> None:
+async def ensure_model(engine: AsyncEngine, model: str, dimensions: int, provider: str, *,
+                       pgbouncer: bool = False) -> None:
     """Register ``model`` and create its HNSW index if this is its first use.
 
     Idempotent and safe across processes.  Runs on its own autocommit connection as
     the schema owner (``CREATE INDEX CONCURRENTLY`` cannot run in a transaction), so
     call it before opening the transaction that inserts the chunks.  A model already
     registered with another dimension is refused: its vectors could not share an index.
+
+    ``pgbouncer``: behind PgBouncer in transaction mode each autocommit statement may run
+    on another server connection, so a session-level advisory lock (and ``SET``) would
+    stay behind on one of them; there it all runs in one transaction, under a
+    transaction-level lock, with a plain ``CREATE INDEX`` (it holds off chunk inserts
+    while it builds, once per new model).
     """
     check_model_name(model)
     key = (engine.url.render_as_string(hide_password=True), model)
@@ -103,6 +110,10 @@ async def ensure_model(engine: AsyncEngine, model: str, dimensions: int, provide
         return
     if known is not None:
         raise Conflict(_dimension_conflict(model, known, dimensions))
+    if pgbouncer:
+        await _ensure_model_in_transaction(engine, model, dimensions, provider)
+        _registered[key] = dimensions
+        return
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
@@ -138,6 +149,30 @@ async def ensure_model(engine: AsyncEngine, model: str, dimensions: int, provide
             await conn.execute(text("RESET statement_timeout"))
             await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
     _registered[key] = dimensions
+
+
+async def _ensure_model_in_transaction(engine: AsyncEngine, model: str, dimensions: int,
+                                      provider: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+        await conn.execute(text("SET LOCAL statement_timeout = 0"))
+        row = (await conn.execute(
+            text("SELECT dimensions FROM embedding_models WHERE name = :n"), {"n": model})).first()
+        if row is not None and int(row[0]) != dimensions:
+            raise Conflict(_dimension_conflict(model, int(row[0]), dimensions))
+        name = index_name(model)
+        valid = (await conn.execute(
+            text("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                 "WHERE c.relname = :n"), {"n": name})).scalar_one_or_none()
+        if valid is False:  # an interrupted CONCURRENTLY build (from a direct connection)
+            await conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
+        if valid is not True:
+            await conn.execute(text(index_ddl(model, dimensions, concurrently=False)))
+        if row is None:
+            await conn.execute(
+                text("INSERT INTO embedding_models (name, dimensions, provider, index_name) "
+                     "VALUES (:n, :d, :p, :i) ON CONFLICT (name) DO NOTHING"),
+                {"n": model, "d": dimensions, "p": provider, "i": name})
 
 
 def _dimension_conflict(model: str, known: int, asked: int) -> str:

@@ -157,7 +157,8 @@ async def run_ingestion(
         return _summary(run)
     spec = cfg.spec_for(run.embedding_model)
     try:
-        await ensure_model(database.engine, spec.model, spec.dimensions, spec.provider)
+        await ensure_model(database.engine, spec.model, spec.dimensions, spec.provider,
+                           pgbouncer=cfg.pgbouncer)
         sources, listing_errors = await _sources(run, cfg, confine=confine, document_id=document_id)
     except RoostError as exc:
         return await _fail_run(database, cfg, run, _error_entry(None, exc))

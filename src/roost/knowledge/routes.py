@@ -10,6 +10,7 @@ from fastapi import Depends, File, Form, Query, Request, Response, UploadFile, s
 from roost.errors import PayloadTooLarge
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit, SettingsDep
+from roost.http.reads import ReadSession, replica_fallback
 from roost.http.routing import RoostRouter
 from roost.knowledge import search as search_mod
 from roost.knowledge import service
@@ -84,8 +85,9 @@ async def upload_document(
 
 @router.get("/documents", response_model=Page[DocumentOut],
             summary="Documents you own or that are shared with your groups, newest first")
+@replica_fallback
 async def list_documents(
-    session: DbSession,
+    session: ReadSession,
     principal: CurrentPrincipal,
     collection: Annotated[str | None, Query(max_length=128)] = None,
     status_: Annotated[Literal["pending", "processing", "ready", "error"] | None,
@@ -170,7 +172,8 @@ async def get_run(run_id: uuid.UUID, session: DbSession, principal: CurrentPrinc
 
 @router.post("/search", response_model=SearchResponse,
              summary="Vector, full-text or hybrid search over the documents you can see")
+@replica_fallback
 async def search(
-    body: SearchRequest, session: DbSession, principal: CurrentPrincipal, cfg: ConfigDep
+    body: SearchRequest, session: ReadSession, principal: CurrentPrincipal, cfg: ConfigDep
 ) -> SearchResponse:
     return await search_mod.search(session, principal, cfg, body)

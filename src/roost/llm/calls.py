@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar, overload
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost import tracing
 from roost.analytics.streaming import StreamMeter
 from roost.audit import service as audit
 from roost.billing import credits, limits
@@ -63,6 +64,34 @@ FailureHook = Callable[[AsyncSession, str, Sequence[Attempt]], Awaitable[None]]
 
 
 _background: set[asyncio.Task[Any]] = set()
+
+
+def _span(call: PendingCall, *, current: bool, operation: str = "chat") -> tracing.SpanHandle:
+    """The call's span (GenAI attribute names): current for a whole call, not current for
+    a stream (opened and closed in different functions)."""
+    if not tracing.enabled():
+        return tracing.NOOP
+    attributes: dict[str, tracing.AttributeValue] = {
+        "gen_ai.operation.name": operation, "gen_ai.request.model": call.route.model,
+        "roost.llm.request_id": str(call.request_id), "roost.llm.request_type": call.request_type,
+        "roost.llm.mode": call.route.mode,
+        "roost.run.id": str(call.run_id) if call.run_id else None}
+    name = f"{operation} {call.route.model}" if call.route.model else operation
+    if current:
+        return tracing.span(name, kind="client", attributes=attributes)
+    return tracing.start(name, kind="client", attributes=attributes)
+
+
+def _annotate(span: tracing.SpanHandle, outcome: CallOutcome) -> None:
+    """What the provider answered: who, which model, how many tokens."""
+    if span.recording:
+        result = outcome.result
+        span.update({"gen_ai.provider.name": outcome.winner.type or outcome.winner.name,
+                     "roost.llm.provider": outcome.winner.name,
+                     "gen_ai.response.model": result.model,
+                     "gen_ai.usage.input_tokens": result.tokens_in,
+                     "gen_ai.usage.output_tokens": result.tokens_out,
+                     "roost.llm.attempts": len(outcome.attempts)})
 
 
 async def shielded(coro: Awaitable[T]) -> T:
@@ -207,22 +236,27 @@ async def run(
     the caller's answer (:func:`~roost.llm.records.public_error`: 502/504, 400, 404);
     cancellation is recorded and re-raised.  ``execute_with`` replaces the chat
     completion (embeddings use it)."""
-    if not call.running:
-        await mark_running(gateway, call.principal, call.request_id)
-    started = time.perf_counter()
-    try:
-        if execute_with is not None:
-            outcome = await execute_with()
-        else:
-            outcome = await execute(gateway, call.route, call.chat, call.request_id)
-    except ProviderError as exc:
-        await shielded(_store_failure(gateway, call, exc, exc.attempts, elapsed_ms(started),
-                                      on_failure))
-        raise public_error(exc, exc.attempts) from exc
-    except BaseException as exc:  # cancelled (client gone, job timeout, shutdown) or a bug
-        await shielded(_store_failure(gateway, call, exc, [], elapsed_ms(started), on_failure))
-        raise
-    return await shielded(_store_success(gateway, call, outcome, on_success))
+    with _span(call, current=True,
+               operation="embeddings" if call.request_type == "embedding" else "chat") as span:
+        if not call.running:
+            await mark_running(gateway, call.principal, call.request_id)
+        started = time.perf_counter()
+        try:
+            if execute_with is not None:
+                outcome = await execute_with()
+            else:
+                outcome = await execute(gateway, call.route, call.chat, call.request_id)
+        except ProviderError as exc:
+            span.set("roost.llm.attempts", len(exc.attempts))
+            await shielded(_store_failure(gateway, call, exc, exc.attempts, elapsed_ms(started),
+                                          on_failure))
+            raise public_error(exc, exc.attempts) from exc
+        except BaseException as exc:  # cancelled (client gone, job timeout, shutdown) or a bug
+            await shielded(_store_failure(gateway, call, exc, [], elapsed_ms(started),
+                                          on_failure))
+            raise
+        _annotate(span, outcome)
+        return await shielded(_store_success(gateway, call, outcome, on_success))
 
 
 class RecordedStream(Generic[T]):
@@ -241,9 +275,10 @@ class RecordedStream(Generic[T]):
     def __init__(
         self, gateway: LLMGateway, call: PendingCall, stream: CallStream,
         on_success: SuccessHook[Any] | None, on_failure: FailureHook | None,
-        meter: StreamMeter | None = None,
+        meter: StreamMeter | None = None, span: tracing.SpanHandle = tracing.NOOP,
     ) -> None:
         self.call = call
+        self._span = span
         self._meter = meter
         self._gateway = gateway
         self._stream = stream
@@ -275,8 +310,10 @@ class RecordedStream(Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         stream = self._stream
+        span, self._span = self._span, tracing.NOOP
         try:
             if exc is not None:
+                span.__exit__(kind, exc, tb)
                 await shielded(_store_failure(self._gateway, self.call, exc, stream.attempts,
                                               stream.latency_ms(), self._on_failure))
                 if isinstance(exc, Exception):
@@ -285,6 +322,8 @@ class RecordedStream(Generic[T]):
         finally:
             await stream.aclose()
         self.outcome = stream.outcome()
+        _annotate(span, self.outcome)
+        span.end()
         self.saved = await shielded(
             _store_success(self._gateway, self.call, self.outcome, self._on_success,
                            self._meter))
@@ -310,18 +349,22 @@ async def open_stream(
         await mark_running(gateway, call.principal, call.request_id)
     meter = StreamMeter(gateway.settings.analytics_stream_sample_every)
     stream = CallStream(gateway, call.route, call.chat, call.request_id)
+    span = _span(call, current=False)  # ended when the stream is recorded
+    span.set("roost.llm.streamed", True)
     try:
         await stream.start()
     except ProviderError as exc:
+        span.__exit__(type(exc), exc, None)
         await shielded(_store_failure(gateway, call, exc, exc.attempts, stream.latency_ms(),
                                       on_failure))
         raise public_error(exc, exc.attempts) from exc
     except BaseException as exc:  # cancelled, or a bug: the request must not stay running
+        span.__exit__(type(exc), exc, None)
         await shielded(_store_failure(gateway, call, exc, stream.attempts, stream.latency_ms(),
                                       on_failure))
         await stream.aclose()
         raise
-    return RecordedStream(gateway, call, stream, on_success, on_failure, meter)
+    return RecordedStream(gateway, call, stream, on_success, on_failure, meter, span)
 
 
 # --- whole calls ------------------------------------------------------------------------

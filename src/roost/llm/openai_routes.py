@@ -29,8 +29,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from roost.errors import BadRequest, PayloadTooLarge, RoostError
-from roost.http.problems import json_error_reason, openai_code, openai_error
+from roost.http.problems import json_error_reason, openai_code, openai_error, retry_after
 from roost.http.routing import RoostRoute, RoostRouter
+from roost.identity.deps import StreamSlots
 from roost.llm import calls, routing
 from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.llm.gateway import LLMGateway
@@ -79,7 +80,8 @@ class OpenAIRoute(RoostRoute):
                                     code="invalid_value")
             except RoostError as exc:
                 param = "model" if exc.type_slug == "model-not-found" else None
-                return openai_error(exc.status, exc.detail, code=_code_for(exc), param=param)
+                return openai_error(exc.status, exc.detail, code=_code_for(exc), param=param,
+                                    headers=retry_after(exc))
 
         return route
 
@@ -171,10 +173,13 @@ def model_handler(request: Request, model: str) -> ModelHandler | None:
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionBody, principal: CallerPrincipal, gateway: GatewayDep, request: Request
+    body: ChatCompletionBody, principal: CallerPrincipal, gateway: GatewayDep, request: Request,
+    slot: StreamSlots,
 ) -> Response | dict[str, Any]:
     """OpenAI's chat completions; ``stream: true`` answers server-sent ``chat.completion.chunk``
     events ending with ``data: [DONE]``.  ``model: "agent:<slug>"`` runs that agent."""
+    if body.stream:  # a concurrent-stream slot (roost.identity.ratelimits), else 429
+        await slot.acquire()
     handler = model_handler(request, body.model)
     if handler is not None:
         _check_sizes(gateway, [m.text() for m in body.messages], "messages")

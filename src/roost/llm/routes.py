@@ -12,6 +12,7 @@ from roost.billing.usage_routes import report_out
 from roost.billing.usage_schemas import UsageReportOut
 from roost.http.auth import AdminPrincipal, CurrentPrincipal
 from roost.http.deps import DbSession
+from roost.http.reads import ReadSession, replica_fallback
 from roost.http.routing import RoostRouter
 from roost.llm import providers, records
 from roost.llm.deps import GatewayDep
@@ -121,9 +122,10 @@ async def get_request(
 @router.get("/usage", response_model=UsageReportOut,
             summary="Usage summed per UTC day, user, model, provider, agent, API key or request "
                     "type (administrators: everyone's; the same as /api/v1/billing/usage)")
+@replica_fallback
 async def get_usage(
     principal: CurrentPrincipal,
-    db: DbSession,
+    db: ReadSession,
     group_by: usage.GroupBy = "day",
     since: Annotated[str | None, Query(max_length=64, description="ISO date or timestamp "
                                        "(inclusive); default: 30 days before until")] = None,

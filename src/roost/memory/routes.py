@@ -14,6 +14,7 @@ from roost.db.base import utcnow
 from roost.errors import RoostError
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit, SettingsDep
+from roost.http.reads import ReadSession, replica_fallback
 from roost.http.routing import RoostRouter
 from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.embeddings import Embedder, EmbedderUnavailable
@@ -89,8 +90,9 @@ async def _embed(db: AsyncSession, memory: Memory, embedder: Embedder | None) ->
 
 @router.get("", response_model=Page[MemoryOut],
             summary="Memories, newest first: true now, or at a point in time (as_of)")
+@replica_fallback
 async def list_memories(
-    principal: CurrentPrincipal, db: DbSession, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
+    principal: CurrentPrincipal, db: ReadSession, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
     user_id: uuid.UUID | None = None, persona_id: uuid.UUID | None = None,
     agent_id: uuid.UUID | None = None, session_id: uuid.UUID | None = None,
     exact: Annotated[bool, Query(description="Only this scope, not narrower ones")] = False,

@@ -303,6 +303,7 @@ def worker_config(settings: Settings, ws: WorkerSettings | None = None) -> Worke
         concurrency=ws.concurrency, queues=parse_queues(ws.queues), lease_s=ws.lease_s,
         poll_interval_s=ws.poll_interval_s, shutdown_timeout_s=ws.shutdown_timeout_s,
         schedules=ws.schedules, listen=not settings.pgbouncer, pgbouncer=settings.pgbouncer,
+        audit_chain_interval_s=settings.audit_chain_interval_ms / 1000,
     )
 
 

@@ -41,6 +41,8 @@ import structlog
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from roost import tracing
+from roost.audit.chainer import run_chainer
 from roost.context import RequestContext, reset_context, set_context
 from roost.db.base import utcnow
 from roost.db.engine import Database
@@ -84,6 +86,8 @@ class WorkerConfig:
     # parameters (session settings would leak between its clients).
     pgbouncer: bool = False
     worker_id: str | None = None
+    # How often this worker's audit chainer runs (roost.audit.chainer); None: no chainer.
+    audit_chain_interval_s: float | None = 0.2
 
     @property
     def heartbeat_s(self) -> float:
@@ -327,6 +331,11 @@ class Worker:
             if cfg.schedules:
                 self._background.append(
                     asyncio.create_task(self._schedule_loop(), name="roost-schedules"))
+            if cfg.audit_chain_interval_s is not None:
+                # Cancelled with the other background loops at shutdown.
+                self._background.append(asyncio.create_task(
+                    run_chainer(self._link_audit, cfg.audit_chain_interval_s, asyncio.Event()),
+                    name="roost-audit-chainer"))
             log.info("worker_started", worker_id=self.worker_id, concurrency=cfg.concurrency,
                      queues=list(cfg.queues) if cfg.queues else "all",
                      task_types=sorted(task_types()), lease_s=cfg.lease_s)
@@ -346,6 +355,12 @@ class Worker:
             await self._pool.close()
             log.info("worker_stopped", worker_id=self.worker_id, started=self.jobs_started,
                      completed=self.jobs_completed, failed=self.jobs_failed)
+
+    async def _link_audit(self, limit: int) -> int:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            linked: int = await conn.fetchval("SELECT roost_audit_link($1, false)", limit)
+            return linked
 
     async def _run_shutdown_hooks(self) -> None:
         """The domains' ``on_worker_shutdown`` hooks, each bounded; one failing never
@@ -431,7 +446,12 @@ class Worker:
 
     async def _execute(self, job: ClaimedJob) -> None:
         try:
-            await self._run_job(job)
+            with tracing.NOOP if not tracing.enabled() else tracing.span(
+                    f"job {job.task_type}", kind="consumer", attributes={
+                        "roost.task.id": str(job.id), "roost.task.type": job.task_type,
+                        "roost.task.queue": job.queue, "roost.task.attempt": job.attempts,
+                        "roost.task.priority": job.priority, "roost.worker.id": self.worker_id}):
+                await self._run_job(job)
         except asyncio.CancelledError:
             pass  # the job was lost or released; nothing else to do here
         except Exception as exc:  # bookkeeping failed: the lease will expire and it retries
@@ -491,6 +511,7 @@ class Worker:
 
     def _complete(self, job: ClaimedJob, result: Any) -> None:
         self.jobs_completed += 1
+        tracing.current().set("roost.task.outcome", "completed")
         self._done.append((job.id, job.attempts, _result_json(result), utcnow()))
         self._done_event.set()
 
@@ -541,6 +562,9 @@ class Worker:
     ) -> None:
         self.jobs_failed += 1
         error = message or _error_text(exc)
+        span = tracing.current()  # the job's (roost.tracing)
+        span.set("roost.task.outcome", outcome)
+        span.fail(exc if message is None else message)
         stack = "".join(traceback.format_exception(exc))[-MAX_STACK_CHARS:]
         retry_count = job.retry_count + 1
         entry = self._history_entry(job, outcome, error, stack)

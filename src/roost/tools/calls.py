@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
+from roost import tracing
 from roost.analytics.outbox import emit
 from roost.audit.service import record
 from roost.billing import credits
@@ -273,16 +274,26 @@ async def execute_call(
     clock = time.perf_counter()
     output: dict[str, Any] | None = None
     failure: RoostError | None = None
-    try:
-        output = await _run(prepared, database, actor, cfg, knowledge, arguments,
-                            hosted or {}, run_id, secrets)
-    except TimeoutError:
-        failure = mcpclient.McpTimeout(
-            f"tool {prepared.name!r} did not finish within {cfg.call_timeout_s:g} s"
-        )
-    except RoostError as exc:
-        failure = exc
-    return CallResult(output, failure, started, int((time.perf_counter() - clock) * 1000))
+    span = tracing.NOOP if not tracing.enabled() else tracing.span(
+        f"execute_tool {prepared.name}", attributes={
+            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": prepared.name,
+            "roost.tool.id": str(prepared.tool_id), "roost.tool.kind": prepared.kind,
+            "roost.run.id": str(run_id) if run_id else None})
+    with span:
+        try:
+            output = await _run(prepared, database, actor, cfg, knowledge, arguments,
+                                hosted or {}, run_id, secrets)
+        except TimeoutError:
+            failure = mcpclient.McpTimeout(
+                f"tool {prepared.name!r} did not finish within {cfg.call_timeout_s:g} s"
+            )
+        except RoostError as exc:
+            failure = exc
+        result = CallResult(output, failure, started, int((time.perf_counter() - clock) * 1000))
+        span.set("roost.tool.status", result.status)
+        if failure is not None:
+            span.fail(failure)
+    return result
 
 
 async def record_call(

@@ -9,6 +9,7 @@ from fastapi import Query, Response, status
 
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit
+from roost.http.reads import ReadSession, replica_fallback
 from roost.http.routing import RoostRouter
 from roost.llm.deps import CallerPrincipal
 from roost.pagination import DEFAULT_LIMIT, Page
@@ -90,8 +91,9 @@ async def check_server(server_id: uuid.UUID, principal: CallerPrincipal, env: To
 
 @router.get("/tools", response_model=Page[ToolOut],
             summary="Tools you may call: built-ins, global ones and your servers' tools")
+@replica_fallback
 async def list_tools(
-    principal: CurrentPrincipal, db: DbSession,
+    principal: CurrentPrincipal, db: ReadSession,
     kind: Literal["mcp", "builtin"] | None = None, server_id: uuid.UUID | None = None,
     name: Annotated[str | None, Query(max_length=256)] = None,
     available: bool | None = None,
@@ -109,8 +111,9 @@ async def list_tools(
 @router.get("/tools/analytics", response_model=ToolAnalyticsOut,
             summary="Per tool: calls, error rate, p50/p95 duration over a window (your runs; "
                     "administrators: everyone's)")
+@replica_fallback
 async def tool_analytics(
-    principal: CurrentPrincipal, db: DbSession,
+    principal: CurrentPrincipal, db: ReadSession,
     window: Annotated[str | None, Query(max_length=16, description="e.g. 90m, 24h (default), "
                                         "7d, 2w; at most 31d")] = None,
     since: Annotated[str | None, Query(max_length=64, description="Instead of window: an ISO "
@@ -132,8 +135,9 @@ async def tool_analytics(
 
 @router.get("/tools/search", response_model=ToolSearchOut,
             summary="Tools you may call, ranked by how well their description matches q")
+@replica_fallback
 async def search_tools(
-    principal: CurrentPrincipal, db: DbSession, env: ToolsEnvDep,
+    principal: CurrentPrincipal, db: ReadSession, env: ToolsEnvDep,
     q: Annotated[str, Query(min_length=1, max_length=search.MAX_QUERY_CHARS)],
     k: Annotated[int, Query(ge=1, le=search.MAX_K)] = search.DEFAULT_K,
 ) -> ToolSearchOut:
@@ -214,8 +218,9 @@ async def add_dependency(
 
 
 @router.get("/tool-runs", response_model=Page[ToolRunOut], summary="Your tool runs, newest first")
+@replica_fallback
 async def list_runs(
-    principal: CurrentPrincipal, db: DbSession, tool_id: uuid.UUID | None = None,
+    principal: CurrentPrincipal, db: ReadSession, tool_id: uuid.UUID | None = None,
     tool_name: Annotated[str | None, Query(max_length=256)] = None,
     status_: Annotated[Literal["running", "success", "error", "timeout"] | None,
                        Query(alias="status")] = None,

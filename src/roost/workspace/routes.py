@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit
+from roost.http.reads import ReadSession, replica_fallback
 from roost.http.routing import RoostRouter
 from roost.inputs import IsoDatetime
 from roost.pagination import DEFAULT_LIMIT, Page
@@ -50,8 +51,9 @@ async def create_project(body: ProjectCreate, principal: CurrentPrincipal,
 
 @projects.get("", response_model=Page[ProjectOut],
               summary="Your projects and your groups' projects, newest first")
+@replica_fallback
 async def list_projects(
-    principal: CurrentPrincipal, db: DbSession,
+    principal: CurrentPrincipal, db: ReadSession,
     status_: Annotated[ProjectStatus | None, Query(alias="status")] = None,
     group_id: uuid.UUID | None = None, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
 ) -> Page[ProjectOut]:
@@ -93,8 +95,9 @@ async def create_task(body: TaskCreate, principal: CurrentPrincipal, db: DbSessi
 
 @tasks.get("", response_model=Page[TaskOut],
            summary="Your tasks, highest calculated_score first (keyset pages on score, id)")
+@replica_fallback
 async def list_tasks(
-    principal: CurrentPrincipal, db: DbSession,
+    principal: CurrentPrincipal, db: ReadSession,
     project_id: uuid.UUID | None = None,
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
     priority: TaskPriority | None = None,

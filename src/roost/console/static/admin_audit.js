@@ -146,8 +146,13 @@ verifyButton.addEventListener("click", async () => {
     const count = `${report.rows_checked} ${report.rows_checked === 1 ? "entry" : "entries"}`;
     if (report.ok) {
       verifyResult.className = "result ok";
+      // Entries are linked into the chain just after they commit; verify links any
+      // still waiting before it checks (docs/architecture.md, "The audit log").
+      const linked = report.linked_now
+        ? ` ${report.linked_now} recent ${report.linked_now === 1 ? "entry was" : "entries were"} linked first.`
+        : "";
       verifyResult.replaceChildren(el("strong", {}, "Chain intact"),
-        `${count} checked: every entry matches its hash and links to the one before.`);
+        `${count} checked: every entry matches its hash and links to the one before.${linked}`);
     } else {
       verifyResult.className = "result broken";
       verifyResult.replaceChildren(el("strong", {}, `Chain broken at entry #${report.broken_seq}`),

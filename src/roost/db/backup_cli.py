@@ -1,0 +1,174 @@
+"""``roost backup [PATH]`` and ``roost restore PATH`` (roost.db.backup does the work).
+
+``roost.cli`` calls :func:`register`.  This module sits in the foundation layer with
+``roost.db``, so it prints its own errors instead of using ``roost.clitools``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+from roost.config import get_settings
+
+console = Console()
+err = Console(stderr=True)
+
+PassphraseFile = Annotated[Path | None, typer.Option(
+    "--passphrase-file", exists=True, dir_okay=False, readable=True,
+    help="Read the passphrase from this file (its first line). Else ROOST_BACKUP_PASSPHRASE, "
+         "else (with --encrypt, or for an encrypted backup) a prompt.")]
+
+
+def _fail(title: str, message: object, code: int = 1) -> typer.Exit:
+    err.print(Text.assemble((title, "red"), ": ", str(message)), soft_wrap=True)
+    return typer.Exit(code)
+
+
+class _Bars:
+    """A rich progress bar per stage (the service's Reporter)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.current: TaskID | None = None
+
+    def stage(self, name: str, total: int | None) -> None:
+        self._finish()
+        self.current = self.progress.add_task(name, total=total)
+
+    def advance(self, amount: int = 1) -> None:
+        if self.current is not None:
+            self.progress.advance(self.current, amount)
+
+    def _finish(self) -> None:
+        if self.current is not None:
+            task = self.progress.tasks[-1]
+            if task.total is not None:
+                self.progress.update(self.current, completed=task.total)
+
+    def close(self) -> None:
+        self._finish()
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(),
+                    TaskProgressColumn(), TimeElapsedColumn(), console=err, transient=False)
+
+
+def _passphrase(file: Path | None, *, prompt: bool, confirm: bool) -> str | None:
+    if file is not None:
+        lines = file.read_text(encoding="utf-8").splitlines()
+        value = lines[0] if lines else ""
+        if not value:
+            raise _fail("empty passphrase", f"{file} has no passphrase on its first line")
+        return value
+    configured = get_settings().backup_passphrase
+    if configured is not None:
+        return configured.get_secret_value()
+    if not prompt:
+        return None
+    if not sys.stdin.isatty():
+        raise _fail("passphrase needed", "give --passphrase-file or ROOST_BACKUP_PASSPHRASE "
+                    "(no terminal to prompt on)")
+    typed: str = typer.prompt("Backup passphrase", hide_input=True,
+                              confirmation_prompt=confirm)
+    return typed
+
+
+def backup_command(
+    path: Annotated[Path | None, typer.Argument(
+        help="New directory to write (default: DATA_DIR/backups/roost-<UTC time>).")] = None,
+    passphrase_file: PassphraseFile = None,
+    encrypt: Annotated[bool, typer.Option(
+        "--encrypt", help="Encrypt with a passphrase (prompted for when no file or "
+        "ROOST_BACKUP_PASSPHRASE gives it).")] = False,
+    physical: Annotated[bool, typer.Option(
+        "--physical", help="pg_basebackup of the whole cluster instead of pg_dump; restores "
+        "into an embedded data dir.")] = False,
+    incremental_from: Annotated[Path | None, typer.Option(
+        "--incremental-from", file_okay=False, exists=True,
+        help="A physical backup this one adds the changed blocks to (implies --physical; "
+        "restore needs every backup of the chain).")] = None,
+) -> None:
+    """Back up the database (pg_dump, one consistent snapshot) and Roost's keys.
+
+    Writes a manifest with the versions, the sha256 of every file and per table its row
+    count and content checksum; with a passphrase everything but the manifest is
+    encrypted (scrypt, AES-256-GCM).  Safe while Roost is running.
+    """
+    from roost.db.backup import BackupError, create_backup
+
+    settings = get_settings()
+    passphrase = _passphrase(passphrase_file, prompt=encrypt, confirm=True)
+    try:
+        with _progress() as progress:
+            bars = _Bars(progress)
+            result = asyncio.run(create_backup(
+                settings, path, passphrase=passphrase, physical=physical,
+                incremental_from=incremental_from, reporter=bars))
+            bars.close()
+    except BackupError as exc:
+        raise _fail("backup failed", exc) from None
+    for warning in result.warnings:
+        err.print(Text.assemble(("warning", "yellow"), ": ", warning), soft_wrap=True)
+    console.print(Text(
+        f"{result.kind} backup written to {result.path}: {result.tables} tables, "
+        f"{result.rows} rows, "
+        f"{result.bytes / 1e6:.1f} MB{', encrypted' if result.encrypted else ''}"),
+        soft_wrap=True)
+
+
+def restore_command(
+    path: Annotated[Path, typer.Argument(help="The backup directory.")],
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace the data of a target that is not empty (its database and "
+        "keys).")] = False,
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Restore a backup into an empty data dir (embedded) or database (ROOST_DATABASE_URL).
+
+    Checks the manifest, every file's checksum and the dump before writing anything;
+    refuses a target that holds data unless --force; restores in one transaction, writes
+    the keys, then checks every table's row count and checksum against the manifest.
+    """
+    from roost.db.backup import BackupError, TargetNotEmpty, needs_passphrase, restore_backup
+
+    settings = get_settings()
+    try:
+        encrypted = needs_passphrase(path)
+    except BackupError as exc:
+        raise _fail("restore refused", exc) from None
+    passphrase = _passphrase(passphrase_file, prompt=encrypted, confirm=False) if encrypted else None
+    try:
+        with _progress() as progress:
+            bars = _Bars(progress)
+            result = asyncio.run(restore_backup(settings, path, passphrase=passphrase,
+                                                force=force, reporter=bars))
+            bars.close()
+    except TargetNotEmpty as exc:
+        raise _fail("restore refused", exc) from None
+    except BackupError as exc:
+        raise _fail("restore failed", exc) from None
+    for warning in result.warnings:
+        err.print(Text.assemble(("warning", "yellow"), ": ", warning), soft_wrap=True)
+    console.print(Text(f"restored {result.tables} tables ({result.rows} rows) into "
+                       f"{result.target}; keys in {settings.data_dir / 'keys'}"), soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("backup")(backup_command)
+    app.command("restore")(restore_command)

@@ -1,0 +1,314 @@
+"""Rate limits and quotas: requests per minute and concurrent streams, per user and per
+API key, shared by every Roost process through PostgreSQL (docs/operations.md, "Rate
+limits and quotas").
+
+The limits of a request come with its authentication: the resolver's one statement also
+reads the user's and the key's overrides (``rate_limit_rpm``, ``rate_limit_streams``,
+NULL = the settings' default, 0 = unlimited), so when nothing is limited the check costs
+no round trip at all.  When something is:
+
+- **Requests per minute** use GCRA (the generic cell rate algorithm): one timestamp per
+  subject (``u:<user id>``, ``k:<key id>``), the "theoretical arrival time".  A request is
+  allowed while that time, advanced by ``60 / limit`` seconds, stays within a minute of
+  now; so ``limit`` requests may come at once, then one every ``60 / limit`` seconds.
+  ``roost_rate_take`` (migration 0940) checks and charges all the request's subjects in
+  one statement, or none of them, and says how long to wait when refused.
+- **Concurrent streams** are leases: ``roost_stream_acquire`` counts a subject's live
+  leases under an advisory lock and inserts one per subject when every subject has room.
+  The holder renews its lease every third of ``ROOST_RATE_LIMIT_LEASE_S`` and deletes it
+  when the stream ends; a crashed process's leases expire on their own.
+
+Both run on a small connection pool of their own in autocommit: a counter's row lock
+lasts one statement, not the request's transaction (which would serialise a user's
+concurrent requests), a request that fails later still counts, and a request never
+waits for a second connection from the pool it already holds one of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+import structlog
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+
+from roost.audit.service import record
+from roost.config import Settings
+from roost.db.base import uuid7
+from roost.db.engine import discard_closed, engine_options
+from roost.errors import Forbidden, NotFound, TooManyRequests, Unprocessable
+from roost.identity.models import ApiKey, RateLimitState, User
+from roost.identity.models import StreamLease as StreamLeaseRow
+from roost.principal import Principal
+
+log = structlog.get_logger(__name__)
+
+SubjectPath = Literal["users", "api-keys"]
+"""How routes name the kind of subject: /api/v1/admin/limits/{users|api-keys}/{id}."""
+
+PERIOD_S = 60.0
+STREAM_RETRY_AFTER_S = 5
+"""Retry-After of a refused stream: a slot frees whenever one of the caller's streams ends,
+which no one can predict; clients should back off rather than spin."""
+
+
+def effective(override: int | None, default: int) -> int:
+    """An override (NULL = the default, 0 = unlimited) applied to the default."""
+    return default if override is None else override
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What limits one authenticated request: ``(subject, limit)`` pairs, limit > 0."""
+
+    requests: tuple[tuple[str, int], ...]
+    streams: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def build(
+        cls, principal: Principal, settings: Settings, *, user_rpm: int | None,
+        user_streams: int | None, key_rpm: int | None, key_streams: int | None,
+    ) -> RequestLimits | None:
+        """``None`` when nothing limits this principal (the usual case: no cost).
+
+        The settings' defaults apply to each user (all their credentials together); an
+        API key is limited only by an override of its own, within its user's limits."""
+        requests: list[tuple[str, int]] = []
+        streams: list[tuple[str, int]] = []
+        subjects: list[tuple[str, int, int]] = []
+        if principal.user_id is not None:
+            subjects.append((f"u:{principal.user_id}",
+                             effective(user_rpm, settings.rate_limit_requests_per_minute),
+                             effective(user_streams, settings.rate_limit_streams)))
+        if principal.api_key_id is not None:
+            subjects.append((f"k:{principal.api_key_id}", key_rpm or 0, key_streams or 0))
+        for subject, rpm, count in subjects:
+            if rpm > 0:
+                requests.append((subject, rpm))
+            if count > 0:
+                streams.append((subject, count))
+        if not requests and not streams:
+            return None
+        return cls(tuple(requests), tuple(streams))
+
+
+def _split(pairs: Sequence[tuple[str, int]]) -> tuple[list[str], list[int]]:
+    return [s for s, _ in pairs], [n for _, n in pairs]
+
+
+class Limiter:
+    """The shared counters, on a small autocommit pool of their own (built on first use)."""
+
+    def __init__(self, url: URL, settings: Settings) -> None:
+        self._url = url
+        self._settings = settings
+        self._engine: AsyncEngine | None = None
+        self.lease_s = float(settings.rate_limit_lease_s)
+
+    def _pool(self) -> AsyncEngine:
+        if self._engine is None:
+            options = engine_options(self._settings)
+            options.update(pool_size=2, max_overflow=8, isolation_level="AUTOCOMMIT")
+            self._engine = create_async_engine(self._url, **options)
+            discard_closed(self._engine)
+        return self._engine
+
+    async def _call(self, sql: str, *args: Any) -> Any:
+        async with self._pool().connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            return await driver.fetchval(sql, *args)
+
+    async def take_request(self, limits: RequestLimits) -> None:
+        """Charge one request to every subject, or raise 429 (nothing charged)."""
+        if not limits.requests:
+            return
+        subjects, counts = _split(limits.requests)
+        wait_s = float(await self._call("SELECT roost_rate_take($1, $2, $3)",
+                                        subjects, counts, PERIOD_S))
+        if wait_s > 0:
+            seconds = max(1, math.ceil(wait_s))
+            raise TooManyRequests(
+                f"rate limit reached ({_describe(limits.requests)} requests per minute); "
+                f"try again in {seconds} s", extra={"retry_after_s": seconds})
+
+    async def acquire_stream(self, limits: RequestLimits) -> StreamLease | None:
+        """A lease on one stream slot in every subject, or 429; ``None`` when unlimited."""
+        if not limits.streams:
+            return None
+        subjects, counts = _split(limits.streams)
+        lease_id = uuid7()
+        taken = await self._call("SELECT roost_stream_acquire($1, $2, $3, $4)",
+                                 lease_id, subjects, counts, self.lease_s)
+        if not taken:
+            raise TooManyRequests(
+                f"too many open streams (at most {_describe(limits.streams)} at once); "
+                "close one or try again later",
+                extra={"retry_after_s": STREAM_RETRY_AFTER_S})
+        lease = StreamLease(self, lease_id)
+        lease.start()
+        return lease
+
+    async def renew(self, lease_id: uuid.UUID) -> None:
+        await self._call("UPDATE stream_leases SET expires_at = clock_timestamp() "
+                         "+ make_interval(secs => $2) WHERE id = $1", lease_id, self.lease_s)
+
+    async def release(self, lease_id: uuid.UUID) -> None:
+        await self._call("DELETE FROM stream_leases WHERE id = $1", lease_id)
+
+    async def dispose(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+
+def _describe(pairs: Sequence[tuple[str, int]]) -> str:
+    return " and ".join(f"{n} for the {'API key' if s.startswith('k:') else 'user'}"
+                        for s, n in pairs)
+
+
+class StreamLease:
+    """One held stream slot: renewed in the background until :meth:`release`."""
+
+    def __init__(self, limiter: Limiter, lease_id: uuid.UUID) -> None:
+        self.id = lease_id
+        self._limiter = limiter
+        self._renewer: asyncio.Task[None] | None = None
+        self._released = False
+
+    def start(self) -> None:
+        self._renewer = asyncio.create_task(self._renew(), name=f"roost-stream-lease-{self.id}")
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self._limiter.lease_s / 3)
+            with contextlib.suppress(Exception):  # a missed renewal only shortens the lease
+                await self._limiter.renew(self.id)
+
+    async def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        try:
+            await self._limiter.release(self.id)
+        except Exception as exc:  # the response is already sent; the lease will expire
+            log.warning("stream_lease_not_released", lease=str(self.id),
+                        error=type(exc).__name__)
+
+
+async def prune(session: AsyncSession) -> int:
+    """Forget idle counters (a theoretical arrival time in the past counts as no row) and
+    expired leases; identity's hourly clean-up runs this, as the connecting role."""
+    idle = await session.execute(
+        delete(RateLimitState).where(RateLimitState.tat < func.now() - timedelta(minutes=10)))
+    leases = await session.execute(delete(StreamLeaseRow).where(StreamLeaseRow.expires_at < func.now()))
+    return int(idle.rowcount) + int(leases.rowcount)  # type: ignore[attr-defined]
+
+
+# --- administration: overrides per user and per key ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Override:
+    """A user's or key's overrides (``None`` = the default) and what applies."""
+
+    kind: str  # "user" or "api_key"
+    id: uuid.UUID
+    user_id: uuid.UUID
+    name: str
+    requests_per_minute: int | None
+    streams: int | None
+    effective_requests_per_minute: int
+    effective_streams: int
+
+
+def _override(row: User | ApiKey, settings: Settings) -> Override:
+    """A key without an override of its own has no limit of its own (its user's apply)."""
+    is_user = isinstance(row, User)
+    default_rpm = settings.rate_limit_requests_per_minute if is_user else 0
+    default_streams = settings.rate_limit_streams if is_user else 0
+    return Override(
+        kind="user" if is_user else "api_key", id=row.id,
+        user_id=row.id if isinstance(row, User) else row.user_id,
+        name=row.username if isinstance(row, User) else f"{row.name} ({row.prefix})",
+        requests_per_minute=row.rate_limit_rpm, streams=row.rate_limit_streams,
+        effective_requests_per_minute=effective(row.rate_limit_rpm, default_rpm),
+        effective_streams=effective(row.rate_limit_streams, default_streams),
+    )
+
+
+def _require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise Forbidden("rate limits are set by an administrator")
+
+
+async def list_overrides(
+    session: AsyncSession, principal: Principal, settings: Settings
+) -> list[Override]:
+    """Every user and API key with an override, users first."""
+    _require_admin(principal)
+    users = (await session.scalars(
+        select(User).where(or_(User.rate_limit_rpm.is_not(None),
+                               User.rate_limit_streams.is_not(None))).order_by(User.username)
+    )).all()
+    keys = (await session.scalars(
+        select(ApiKey).where(or_(ApiKey.rate_limit_rpm.is_not(None),
+                                 ApiKey.rate_limit_streams.is_not(None)))
+        .order_by(ApiKey.user_id, ApiKey.name)
+    )).all()
+    return [_override(u, settings) for u in users] + [_override(k, settings) for k in keys]
+
+
+async def get_limits(
+    session: AsyncSession, principal: Principal, settings: Settings, kind: str, row_id: uuid.UUID
+) -> Override:
+    _require_admin(principal)
+    return _override(await _load(session, kind, row_id), settings)
+
+
+async def _load(session: AsyncSession, kind: str, row_id: uuid.UUID) -> User | ApiKey:
+    row: User | ApiKey | None
+    if kind == "user":
+        row = await session.get(User, row_id, with_for_update=True)
+    else:
+        row = await session.get(ApiKey, row_id, with_for_update=True)
+    if row is None:
+        raise NotFound(f"no such {'user' if kind == 'user' else 'API key'}")
+    return row
+
+
+async def set_limits(
+    session: AsyncSession, principal: Principal, settings: Settings, kind: str,
+    row_id: uuid.UUID, *, requests_per_minute: int | None, streams: int | None,
+) -> Override:
+    """Replace a user's or key's overrides (``None`` = back to the default); audited.
+    Takes effect on the subject's next request, in every process."""
+    _require_admin(principal)
+    for value, field in ((requests_per_minute, "requests_per_minute"), (streams, "streams")):
+        if value is not None and value < 0:
+            raise Unprocessable(f"{field} must be 0 (unlimited) or more", extra={"field": field})
+    row = await _load(session, kind, row_id)
+    before = {"requests_per_minute": row.rate_limit_rpm, "streams": row.rate_limit_streams}
+    after = {"requests_per_minute": requests_per_minute, "streams": streams}
+    if before != after:
+        row.rate_limit_rpm, row.rate_limit_streams = requests_per_minute, streams
+        await session.flush()
+        await record(
+            session, "rate_limit.updated", user_id=principal.user_id,
+            resource_type=kind, resource_id=row.id,
+            changes={"before": before, "after": after},
+        )
+    return _override(row, settings)

@@ -1,0 +1,211 @@
+"""``roost serve --workers N``: N API processes on one port (docs/scale.md, "Many processes").
+
+The parent process (the supervisor) applies the migrations once, makes sure the key files
+exist (so N processes never race to create them), binds the socket and then starts N
+children with uvicorn's multi-process supervisor.  Each child builds its own app with
+:func:`served_app` (an app factory: nothing is shared in memory between them; what must
+be shared lives in PostgreSQL, see the docs), opens its own connection pool and, with
+``--worker``, runs its own queue worker inside the app's lifespan.  The kernel spreads
+connections over the children, which all ``accept()`` on the one listening socket.
+
+The supervisor replaces a child that dies (a crash, the OOM killer, ``kill -9``) within
+a second and, on SIGTERM or SIGINT, asks every child to stop gracefully (in-flight
+requests finish, the queue worker hands its jobs back) and waits for them.  On the
+embedded PostgreSQL every child attaches to the one server of the data dir, and the
+supervisor stays attached from the migrations to its own exit: it is the last process to
+leave, so the server stops when the supervisor does, never while a child still runs.
+
+``/metrics`` adds up every child's counters: the supervisor gives the children a fresh
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multi-process mode) and removes it at
+exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import structlog
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
+
+from roost.app import create_app
+from roost.config import Settings, get_settings
+
+log = structlog.get_logger(__name__)
+
+APP_FACTORY: Final = "roost.serving:served_app"
+METRICS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+STARTUP_GRACE_S: Final = 120.0  # a child still starting is not pinged (it cannot answer)
+HEALTHCHECK_TIMEOUT_S: Final = 10  # a started child that does not answer is hung
+
+
+class GracefulServer(uvicorn.Server):
+    """Uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which kills the
+    process before ``atexit`` runs and leaves the embedded PostgreSQL running (or, in a
+    child of ``--workers``, its pid listed as attached).  Here the signal only asks for
+    shutdown, so the process exits 0 and detaches from PostgreSQL (stopping it if last)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, self.handle_exit)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class _Child(Process):
+    """One API process of the supervisor, running :class:`GracefulServer`."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        self.born = time.monotonic()
+
+    def responsive(self, timeout: float) -> bool:
+        """Alive, and (once past its start-up) answering the supervisor's ping.  A child
+        answers pings only once it has imported Roost, which takes seconds on a busy
+        machine: until then only a dead process counts as gone."""
+        if time.monotonic() - self.born < STARTUP_GRACE_S:
+            return self.process.is_alive()
+        return self.is_alive(timeout=timeout)
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = GracefulServer(config=self.config)
+        return self._server
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor (restart of dead children, SIGTERM to all, SIGHUP rolling
+    restart), starting :class:`_Child` processes."""
+
+    def init_processes(self) -> None:
+        for _ in range(self.processes_num):
+            child = _Child(self.config, self.sockets)
+            child.start()
+            self.processes.append(child)
+
+    def keep_subprocess_alive(self) -> None:
+        if self.should_exit.is_set():
+            return
+        for idx, child in enumerate(self.processes):
+            timeout = self.config.timeout_worker_healthcheck
+            if child.responsive(timeout) if isinstance(child, _Child) else child.is_alive(timeout):
+                continue
+            child.kill()  # hung: kill it
+            child.join()
+            if child.exitcode == STARTUP_FAILURE:
+                # The app cannot start (database unreachable, bad settings): a restart
+                # would fail the same way, so stop like a single `roost serve` would.
+                log.error("serve.child_start_failed", pid=child.pid)
+                self.should_exit.set()
+                return
+            if self.should_exit.is_set():
+                return
+            log.warning("serve.child_replaced", pid=child.pid, exitcode=child.exitcode)
+            _forget_metrics(child.pid)
+            replacement = _Child(self.config, self.sockets)
+            replacement.start()
+            self.processes[idx] = replacement
+
+
+def _forget_metrics(pid: int | None) -> None:
+    """A dead child's live gauges no longer count (its counters still do)."""
+    if pid is not None and os.environ.get(METRICS_DIR_ENV):
+        from prometheus_client import multiprocess
+
+        with contextlib.suppress(Exception):
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def served_app() -> FastAPI:
+    """The app factory each child process runs: the app on its own connection pool
+    (opened by the lifespan), with a queue worker when ROOST_SERVE_WORKER is on."""
+    settings = get_settings()
+    app = create_app(settings)
+    app.state.shared_ports = True  # listeners of its own (SMTP) share their port too
+    if settings.serve_worker:
+        run_queue_worker(app, settings)
+    return app
+
+
+def run_queue_worker(app: FastAPI, settings: Settings) -> None:
+    """Run a queue worker for the app's lifetime: started once the lifespan has opened the
+    database, stopped (in-flight jobs get the worker's shutdown time, then are released)
+    before the database closes."""
+    from roost.tasks.cli import worker_config
+    from roost.tasks.worker import Worker
+
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(served: FastAPI) -> AsyncIterator[Any]:
+        async with inner(served) as state:
+            worker = Worker(served.state.db, worker_config(settings),
+                            statement_timeout_ms=settings.db_statement_timeout_ms)
+            task = asyncio.create_task(worker.run(), name="roost-queue-worker")
+            try:
+                yield state
+            finally:
+                worker.stop()
+                await task
+
+    app.router.lifespan_context = lifespan
+
+
+def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
+                    migrate: bool, with_worker: bool) -> None:
+    """Run ``processes`` API processes on ``host:port`` until SIGTERM/SIGINT."""
+    from roost.db.engine import create_database
+    from roost.db.migrate import upgrade
+    from roost.keyfiles import load_keys
+
+    load_keys(settings)  # generated once here, never by N children at the same moment
+
+    async def prepare() -> None:
+        # Attaches the supervisor to the embedded server (when there is one) for its
+        # whole life; the pool itself is closed at once.
+        db = create_database(settings)
+        try:
+            if migrate:
+                await upgrade(db.engine)
+        finally:
+            await db.dispose()
+
+    asyncio.run(prepare())
+    # The children read their settings from the environment (spawned, not forked).
+    os.environ["ROOST_SERVE_WORKER"] = "true" if with_worker else "false"
+    metrics_dir = tempfile.mkdtemp(prefix="roost-metrics-")
+    os.environ[METRICS_DIR_ENV] = metrics_dir
+    try:
+        config = uvicorn.Config(
+            APP_FACTORY, factory=True, host=host, port=port, workers=processes,
+            log_config=None, proxy_headers=False, lifespan="on",
+            timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT_S,
+        )
+        sock = config.bind_socket()
+        log.info("serve.processes_starting", processes=processes, host=host, port=port,
+                 queue_workers=processes if with_worker else 0)
+        try:
+            Supervisor(config, sockets=[sock]).run()
+        finally:
+            sock.close()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        os.environ.pop(METRICS_DIR_ENV, None)

@@ -1,0 +1,390 @@
+"""Rate limits and quotas (roost.identity.ratelimits): requests per minute and concurrent
+streams, per user and per API key, shared through PostgreSQL by every process, set by
+administrators; 429 with Retry-After when over."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select, text
+
+from roost.app import create_app
+from roost.config import Settings
+from roost.db.engine import Database, create_database
+from roost.errors import TooManyRequests
+from roost.identity.apikeys import create_api_key
+from roost.identity.common import principal_for
+from roost.identity.models import ApiKey, User
+from roost.identity.ratelimits import Limiter, RequestLimits
+from roost.identity.sessions import cleanup_expired
+from roost.keyfiles import KeyMaterial
+from roost.principal import Principal
+from tests.identity.test_request_overhead import statements
+from tests.support.cli import run_roost
+from tests.support.identity import make_user
+from tests.support.openai_stub import Reply, StubServer
+from tests.support.pg import PgTestServer
+from tests.support.server import in_process
+
+Headers = dict[str, str]
+LIST_KEYS = "/api/v1/api-keys"
+
+
+def _settings(tmp_path: Path, **limits: Any) -> Settings:
+    return Settings(data_dir=tmp_path / "data", log_json=True, llm_local_model=False,
+                    llm_timeout_s=30, **limits)
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    return _settings(tmp_path, rate_limit_requests_per_minute=3)
+
+
+@pytest.fixture
+async def limited_app(app: FastAPI) -> AsyncIterator[FastAPI]:
+    """The app fixture, its limiter's pool closed afterwards (ASGITransport runs no lifespan)."""
+    yield app
+    limiter: Limiter | None = getattr(app.state, "rate_limiter", None)
+    if limiter is not None:
+        await limiter.dispose()
+
+
+async def _second_key(database: Database, user_id: uuid.UUID) -> Headers:
+    async with database.transaction() as session:
+        user = await session.get(User, user_id)
+        assert user is not None
+        created = await create_api_key(session, principal_for(user), name="second")
+    return {"Authorization": f"Bearer {created.key}"}
+
+
+async def _statuses(client: httpx.AsyncClient, headers: Headers, n: int) -> list[int]:
+    return [(await client.get(LIST_KEYS, headers=headers)).status_code for _ in range(n)]
+
+
+async def test_the_request_after_the_limit_gets_429_with_retry_after(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database,
+) -> None:
+    _, headers = await make_user(database)
+    assert await _statuses(client, headers, 3) == [200, 200, 200]
+    refused = await client.get(LIST_KEYS, headers=headers)
+    assert refused.status_code == 429
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    retry_after = int(refused.headers["Retry-After"])
+    assert 1 <= retry_after <= 20  # one request's share of the minute
+    problem = refused.json()
+    assert problem["type"].endswith("/too-many-requests")
+    assert problem["retry_after_s"] == retry_after and "3" in problem["detail"]
+    # /v1 answers in OpenAI's shape, Retry-After included (what OpenAI SDKs back off on).
+    v1 = await client.get("/v1/models", headers=headers)
+    assert v1.status_code == 429 and v1.json()["error"]["type"] == "rate_limit_error"
+    assert int(v1.headers["Retry-After"]) >= 1
+    # Another user's minute is their own.
+    _, other = await make_user(database)
+    assert await _statuses(client, other, 1) == [200]
+
+
+async def test_per_key_and_per_user_limits_are_independent(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+) -> None:
+    user_id, key_a = await make_user(database)
+    key_b = await _second_key(database, user_id)
+    async with database.transaction() as session:
+        key_a_id = await session.scalar(select(ApiKey.id).where(
+            ApiKey.user_id == user_id, ApiKey.name == "test helper"))
+    # The user may make 5 a minute with all their keys; key A 2 of them.
+    put = await client.put(f"/api/v1/admin/limits/users/{user_id}", headers=admin_headers,
+                           json={"requests_per_minute": 5})
+    assert put.status_code == 200, put.text
+    assert put.json()["effective_requests_per_minute"] == 5
+    put = await client.put(f"/api/v1/admin/limits/api-keys/{key_a_id}", headers=admin_headers,
+                           json={"requests_per_minute": 2})
+    assert put.status_code == 200 and put.json()["requests_per_minute"] == 2
+    # Key A: two (its own limit), then refused; a refused request costs the user nothing.
+    assert await _statuses(client, key_a, 4) == [200, 200, 429, 429]
+    # Key B has no limit of its own, only the user's: 5 - 2 used = 3 more.
+    assert await _statuses(client, key_b, 4) == [200, 200, 200, 429]
+    refused = await client.get(LIST_KEYS, headers=key_b)
+    assert "5 for the user" in refused.json()["detail"]
+
+
+async def test_two_app_instances_share_the_count(
+    tmp_path: Path, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """Two apps with their own engines and limiters on one database: one budget."""
+    _, headers = await make_user(database)
+    settings = _settings(tmp_path, rate_limit_requests_per_minute=4)
+    async with AsyncExitStack() as stack:
+        clients = []
+        for port in (50101, 50102):
+            db = create_database(settings, url=database.url)
+            stack.push_async_callback(db.dispose)
+            app = create_app(settings, database=db, keys=test_keys, configure_logs=False)
+            stack.push_async_callback(_dispose_limiter, app)
+            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", port))
+            clients.append(await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, base_url="http://roost.test")))
+        one, two = clients
+        # Concurrent requests from both instances: exactly 4 pass.
+        answers = await asyncio.gather(*(c.get(LIST_KEYS, headers=headers)
+                                          for c in (one, two, one, two, one, two)))
+        assert sorted(a.status_code for a in answers) == [200] * 4 + [429] * 2
+        assert (await one.get(LIST_KEYS, headers=headers)).status_code == 429
+        assert (await two.get(LIST_KEYS, headers=headers)).status_code == 429
+
+
+async def _dispose_limiter(app: FastAPI) -> None:
+    limiter: Limiter | None = getattr(app.state, "rate_limiter", None)
+    if limiter is not None:
+        await limiter.dispose()
+
+
+async def test_admin_override_and_back_to_the_default(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+) -> None:
+    user_id, headers = await make_user(database)
+    url = f"/api/v1/admin/limits/users/{user_id}"
+    assert (await client.put(url, headers=admin_headers, json={"requests_per_minute": 0})).json()[
+        "effective_requests_per_minute"] == 0  # 0 = unlimited
+    assert await _statuses(client, headers, 6) == [200] * 6
+    overview = (await client.get("/api/v1/admin/limits", headers=admin_headers)).json()
+    assert overview["defaults"] == {"requests_per_minute": 3, "streams": 0, "lease_s": 60}
+    assert [(o["kind"], o["id"], o["requests_per_minute"]) for o in overview["overrides"]] == [
+        ("user", str(user_id), 0)]
+    # Back to the default (3 a minute); what the unlimited requests did is not charged.
+    back = await client.put(url, headers=admin_headers, json={})
+    assert back.status_code == 200
+    assert back.json()["requests_per_minute"] is None
+    assert back.json()["effective_requests_per_minute"] == 3
+    assert await _statuses(client, headers, 4) == [200, 200, 200, 429]
+    assert (await client.get(url, headers=admin_headers)).json()["effective_streams"] == 0
+    async with database.transaction() as session:
+        changes = (await session.execute(text(
+            "SELECT changes FROM audit_logs WHERE action = 'rate_limit.updated' "
+            "ORDER BY seq"))).scalars().all()
+    assert [c["after"]["requests_per_minute"] for c in changes] == [0, None]
+
+
+async def test_only_administrators_set_limits_and_bad_input_is_422(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+) -> None:
+    user_id, headers = await make_user(database)
+    url = f"/api/v1/admin/limits/users/{user_id}"
+    mine = await client.put(url, headers=headers, json={"requests_per_minute": 1000})
+    assert mine.status_code == 403 and mine.json()["type"].endswith("/forbidden")
+    assert (await client.get("/api/v1/admin/limits", headers=headers)).status_code == 403
+    for body in ({"requests_per_minute": -1}, {"streams": "many"}, {"requests_per_minute": 1.5},
+                 {"rpm": 5}, {"streams": True}, {"requests_per_minute": 10**9}):
+        bad = await client.put(url, headers=admin_headers, json=body)
+        assert bad.status_code == 422, (body, bad.text)
+        assert bad.json()["type"].endswith("/validation-error")
+    assert (await client.put(f"/api/v1/admin/limits/groups/{user_id}", headers=admin_headers,
+                             json={})).status_code == 422
+    assert (await client.put("/api/v1/admin/limits/users/not-a-uuid", headers=admin_headers,
+                             json={})).status_code == 422
+    missing = await client.put(f"/api/v1/admin/limits/api-keys/{uuid.uuid4()}",
+                               headers=admin_headers, json={"streams": 1})
+    assert missing.status_code == 404
+
+
+async def test_without_limits_no_round_trip_is_added(
+    tmp_path: Path, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """Nothing configured: the limiter is never opened and no statement is added."""
+    app = create_app(_settings(tmp_path), database=database, keys=test_keys,
+                     configure_logs=False)
+    _, headers = await make_user(database)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50103))
+    async with httpx.AsyncClient(transport=transport, base_url="http://roost.test") as client:
+        await client.get(LIST_KEYS, headers=headers)  # warm: types, prepared statements
+        with statements(database) as sent:
+            assert (await client.get(LIST_KEYS, headers=headers)).status_code == 200
+    assert not any("roost_rate_take" in s or "stream_leases" in s for s in sent)
+    assert getattr(app.state, "rate_limiter", None) is None
+
+
+# --- concurrent streams -----------------------------------------------------------------
+
+
+async def _open_stream(http: httpx.AsyncClient, headers: Headers, stack: AsyncExitStack
+                       ) -> httpx.Response:
+    """A /v1 streamed completion, open until ``stack`` closes it."""
+    response = await stack.enter_async_context(http.stream(
+        "POST", "/v1/chat/completions", headers=headers,
+        json={"model": "stub-model", "stream": True,
+              "messages": [{"role": "user", "content": "hold the line"}]}))
+    if response.status_code == 200:
+        lines = response.aiter_lines()  # kept: a dropped iterator closes the response
+        stack.push_async_callback(lines.aclose)
+        first = await anext(lines)  # the stream has started
+        assert first.startswith("data: ")
+    return response
+
+
+async def _live_leases(database: Database, subject: str) -> int:
+    async with database.transaction() as session:
+        return int(await session.scalar(text(
+            "SELECT count(*) FROM stream_leases WHERE subject = :s AND expires_at > now()"),
+            {"s": subject}) or 0)
+
+
+async def test_concurrent_streams_are_held_refused_and_released(
+    tmp_path: Path, database: Database, test_keys: KeyMaterial, stub: StubServer,
+    admin_headers: Headers,
+) -> None:
+    settings = _settings(tmp_path)
+    app = create_app(settings, database=database, keys=test_keys, configure_logs=False)
+    user_id, headers = await make_user(database)
+    stub.script(Reply(" ".join(["slow"] * 200), chunk_delay_ms=300, times=None))
+    async with in_process(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
+        added = await http.post("/api/v1/llm/providers", headers=admin_headers, json={
+            "name": "stub", "type": "openai", "base_url": stub.base_url, "model": "stub-model"})
+        assert added.status_code == 201, added.text
+        put = await http.put(f"/api/v1/admin/limits/users/{user_id}", headers=admin_headers,
+                             json={"streams": 2})
+        assert put.json()["effective_streams"] == 2
+        subject = f"u:{user_id}"
+        async with AsyncExitStack() as first:
+            async with AsyncExitStack() as second:
+                assert (await _open_stream(http, headers, first)).status_code == 200
+                assert (await _open_stream(http, headers, second)).status_code == 200
+                assert await _live_leases(database, subject) == 2
+                third = await http.post("/v1/chat/completions", headers=headers, json={
+                    "model": "stub-model", "stream": True,
+                    "messages": [{"role": "user", "content": "one too many"}]})
+                assert third.status_code == 429
+                assert third.json()["error"]["type"] == "rate_limit_error"
+                assert int(third.headers["Retry-After"]) >= 1
+                # A request that does not stream is not a stream.
+                plain = await http.get(LIST_KEYS, headers=headers)
+                assert plain.status_code == 200
+            # The client closed the second stream: its slot comes back.
+            await _until(lambda: _live_leases(database, subject), 1)
+            again = await _open_stream(http, headers, first)
+            assert again.status_code == 200
+        await _until(lambda: _live_leases(database, subject), 0)
+
+
+async def _until(probe: Any, expected: int, attempts: int = 200) -> None:
+    for _ in range(attempts):
+        if await probe() == expected:
+            return
+        await asyncio.sleep(0.05)
+    assert await probe() == expected
+
+
+async def test_a_crashed_holders_leases_expire(
+    tmp_path: Path, database: Database,
+) -> None:
+    """Leases are renewed while held; one whose process died stops counting at expiry."""
+    limiter = Limiter(database.url, _settings(tmp_path, rate_limit_streams=1))
+    user_id = uuid.uuid4()
+    principal = Principal(user_id=user_id, is_admin=False, kind="session")
+    limits = RequestLimits.build(principal, _settings(tmp_path, rate_limit_streams=1),
+                                 user_rpm=None, user_streams=None, key_rpm=None,
+                                 key_streams=None)
+    assert limits is not None and limits.streams == ((f"u:{user_id}", 1),)
+    try:
+        lease = await limiter.acquire_stream(limits)
+        assert lease is not None
+        with pytest.raises(TooManyRequests):
+            await limiter.acquire_stream(limits)
+        # The holder dies without releasing (its renewals stop); time passes beyond expiry.
+        assert lease._renewer is not None
+        lease._renewer.cancel()
+        async with database.transaction() as session:
+            await session.execute(text(
+                "UPDATE stream_leases SET expires_at = now() - interval '1 second' "
+                "WHERE id = :id"), {"id": lease.id})
+        async with database.transaction() as session:  # identity's hourly clean-up
+            assert (await cleanup_expired(session)).rate_limit_rows == 1
+        replacement = await limiter.acquire_stream(limits)
+        assert replacement is not None
+        await replacement.release()
+        assert await _live_leases(database, f"u:{user_id}") == 0
+    finally:
+        await limiter.dispose()
+
+
+async def test_cli_sets_and_shows_limits(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database, pg_server: PgTestServer,
+    db_name: str, tmp_path: Path,
+) -> None:
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "cli-data"),
+           "ROOST_RATE_LIMIT_REQUESTS_PER_MINUTE": "3"}
+    user_id, headers = await make_user(database, username="limited-lou")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_roost("limits", *args, env=env)
+
+    set_ = await asyncio.to_thread(run, "set", "--user", "limited-lou", "--rpm", "2",
+                                   "--streams", "4")
+    assert set_.returncode == 0, set_.stderr
+    assert "limited-lou" in set_.stdout and str(user_id) in set_.stdout
+    assert await _statuses(client, headers, 3) == [200, 200, 429]
+    shown = await asyncio.to_thread(run, "show")
+    assert shown.returncode == 0, shown.stderr
+    assert "3 requests/min" in shown.stdout
+    row = next(line for line in shown.stdout.splitlines() if "limited-lou" in line)
+    assert " 2 " in row and " 4 " in row
+    # Back to the default for requests; streams kept.
+    back = await asyncio.to_thread(run, "set", "--user", "limited-lou", "--rpm", "default")
+    assert back.returncode == 0, back.stderr
+    assert "3 (default)" in back.stdout and " 4 " in back.stdout
+    bad = (("set", "--user", "limited-lou", "--rpm", "-5"),
+           ("set", "--user", "limited-lou", "--key", "abc", "--rpm", "1"),
+           ("set", "--user", "nobody-here", "--rpm", "1"))
+    for args, refused in zip(bad, await asyncio.gather(
+            *(asyncio.to_thread(run, *args) for args in bad)), strict=True):
+        assert refused.returncode == 1, (args, refused.stdout)
+        assert refused.stderr.strip() and "Traceback" not in refused.stderr
+
+
+async def test_every_kind_of_stream_takes_a_slot_before_any_work(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database, tmp_path: Path,
+    admin_headers: Headers,
+) -> None:
+    """Chat streams and run event streams are refused while the user's one slot is held
+    elsewhere (another process: its own limiter), and nothing is stored."""
+    user_id, headers = await make_user(database)
+    assert (await client.put(f"/api/v1/admin/limits/users/{user_id}", headers=admin_headers,
+                             json={"streams": 1, "requests_per_minute": 0})).status_code == 200
+    chat = await client.post("/api/v1/chat/sessions", headers=headers, json={"title": "t"})
+    assert chat.status_code == 201, chat.text
+    messages = f"/api/v1/chat/sessions/{chat.json()['id']}/messages"
+    elsewhere = Limiter(database.url, _settings(tmp_path))
+    limits = RequestLimits.build(Principal(user_id=user_id, is_admin=False, kind="session"),
+                                 _settings(tmp_path), user_rpm=0, user_streams=1,
+                                 key_rpm=None, key_streams=None)
+    assert limits is not None
+    try:
+        held = await elsewhere.acquire_stream(limits)
+        assert held is not None
+        refused = await client.post(messages, headers=headers,
+                                    json={"content": "hello", "stream": True})
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["Retry-After"] == "5"
+        events = await client.get(f"/api/v1/runs/{uuid.uuid4()}/events", headers=headers)
+        assert events.status_code == 429
+        assert (await client.get(messages, headers=headers)).json()["items"] == []
+        # What does not stream is not refused.
+        stored = await client.post(messages, headers=headers,
+                                   json={"content": "just store it", "reply": False})
+        assert stored.status_code == 201, stored.text
+        await held.release()
+        # The slot is free again: the run's stream gets as far as "no such run", and gives
+        # its slot back when the answer is sent.
+        missing = await client.get(f"/api/v1/runs/{uuid.uuid4()}/events", headers=headers)
+        assert missing.status_code == 404
+        assert await _live_leases(database, f"u:{user_id}") == 0
+    finally:
+        await elsewhere.dispose()
