@@ -531,6 +531,18 @@ async def create_backup(settings: Settings, path: Path | None = None, *,
     )
 
 
+async def _manifest_head(conn: Any, target: Target, kind: str) -> dict[str, Any]:
+    """The manifest's first fields: what made the backup and from which server."""
+    return {
+        "format": FORMAT, "kind": kind,
+        "server_version": await conn.fetchval("SHOW server_version"),
+        "server_version_num": int(await conn.fetchval("SHOW server_version_num")),
+        "database": target.url.database,
+        "alembic_revisions": await _alembic_revisions(conn),
+        "roles": [r[0] for r in await conn.fetch(_ROLES)],
+    }
+
+
 async def _dump(target: Target, work: Path, report: Reporter) -> dict[str, Any]:
     """pg_dump and the inventory in one snapshot: row counts and checksums describe
     exactly the data the dump holds, even while Roost keeps writing."""
@@ -539,15 +551,8 @@ async def _dump(target: Target, work: Path, report: Reporter) -> dict[str, Any]:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
             tables = await table_names(conn)
-            manifest: dict[str, Any] = {
-                "format": FORMAT, "kind": "logical",
-                "server_version": await conn.fetchval("SHOW server_version"),
-                "server_version_num": int(await conn.fetchval("SHOW server_version_num")),
-                "database": target.url.database,
-                "alembic_revisions": await _alembic_revisions(conn),
-                "roles": [r[0] for r in await conn.fetch(_ROLES)],
-                "sequences": await sequence_values(conn),
-            }
+            manifest = await _manifest_head(conn, target, "logical")
+            manifest["sequences"] = await sequence_values(conn)
             # pg_dump names every table it copies (partitions one by one), then the
             # checksums: one step each.
             copied = await conn.fetchval(
@@ -937,14 +942,7 @@ async def _basebackup(target: Target, work: Path, report: Reporter,
                                 "on top of this one need it on (ALTER SYSTEM SET "
                                 "summarize_wal = on; SELECT pg_reload_conf())")
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            manifest: dict[str, Any] = {
-                "format": FORMAT, "kind": "physical",
-                "server_version": await conn.fetchval("SHOW server_version"),
-                "server_version_num": int(await conn.fetchval("SHOW server_version_num")),
-                "database": target.url.database,
-                "alembic_revisions": await _alembic_revisions(conn),
-                "roles": [r[0] for r in await conn.fetch(_ROLES)],
-            }
+            manifest = await _manifest_head(conn, target, "physical")
             tables = await table_names(conn)
             report.stage("counting", len(tables))
             sums: list[dict[str, Any]] = []
