@@ -321,3 +321,33 @@ async def test_export_api_with_clickhouse_down_answers_503_and_keeps_rows(
     assert state["location"].startswith("http://127.0.0.1:") and state["last_error"]
     events = await client.get("/api/v1/analytics/events", headers=admin_headers)
     assert events.status_code == 503 and "s3cret-pw" not in events.text
+
+
+async def test_export_status_shows_what_the_workers_passes_did(
+    client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Scheduled passes run in `roost worker` processes: the status answered by an API
+    process reports them from the queue's record, not only its own passes."""
+    from sqlalchemy import text
+
+    monkeypatch.setattr(export, "state", export.ExportState())  # this process: no pass
+    now = utcnow()
+    async with database.transaction() as s:
+        await s.execute(text(
+            "INSERT INTO background_tasks (id, task_type, status, error_message, started_at, "
+            "retry_count) VALUES (gen_random_uuid(), 'analytics.export', 'failed', :e, :at, 1)"),
+            {"e": "shipping 3 analytics events to clickhouse (http://ch:8123) failed: refused",
+             "at": now - timedelta(minutes=5)})
+    failed = (await client.get("/api/v1/analytics/export", headers=admin_headers)).json()
+    assert failed["last_error"].endswith("failed: refused")
+    assert failed["last_success_at"] is None
+
+    async with database.transaction() as s:
+        await s.execute(text(
+            "INSERT INTO background_tasks (id, task_type, status, started_at, completed_at) "
+            "VALUES (gen_random_uuid(), 'analytics.export', 'completed', :at, :at)"),
+            {"at": now - timedelta(minutes=1)})
+    recovered = (await client.get("/api/v1/analytics/export", headers=admin_headers)).json()
+    assert recovered["last_error"] is None and recovered["last_error_at"] is None
+    assert recovered["last_success_at"] is not None

@@ -29,6 +29,7 @@ from roost.db.engine import Database
 log = structlog.get_logger("roost.analytics.export")
 
 MAX_BATCHES_PER_PASS = 20  # a pass then leaves the rest to the next one
+EXPORT_TASK = "analytics.export"  # the queue's task type of a scheduled pass (jobs.py)
 
 
 class ExportFailed(Exception):

@@ -15,12 +15,10 @@ from datetime import timedelta
 from typing import Any
 
 from roost.analytics.clickhouse import ServerSink, close_chdb
-from roost.analytics.export import export_pass, prune_old
+from roost.analytics.export import EXPORT_TASK, export_pass, prune_old
 from roost.config import get_settings
 from roost.tasks.handlers import TaskContext, on_worker_shutdown, task
 from roost.tasks.schedules import periodic, register_schedule
-
-EXPORT_TASK = "analytics.export"
 
 
 @task(EXPORT_TASK, queue="maintenance", priority="background", max_retries=5,

@@ -183,3 +183,46 @@ async def outbox_counts(session: AsyncSession) -> OutboxCounts:
     ))).one()
     return OutboxCounts(pending=int(row[0]), exported=int(row[1]), oldest_pending=row[2],
                         max_attempts=int(row[3]))
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    """The export's last good pass and last failure, whichever process ran them."""
+
+    last_success_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+
+
+_JOB_OUTCOMES: Final = text("""
+SELECT
+  (SELECT max(completed_at) FROM background_tasks
+    WHERE task_type = :task AND status = 'completed') AS ok_at,
+  failure.error_message, failure.at
+FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (
+  SELECT error_message, at FROM (
+    SELECT error_message, started_at AS at FROM background_tasks
+     WHERE task_type = :task AND status = 'failed' AND error_message IS NOT NULL
+    UNION ALL
+    SELECT error_message, moved_at AS at FROM dead_letter_queue WHERE task_type = :task
+  ) AS failures WHERE at IS NOT NULL ORDER BY at DESC LIMIT 1
+) AS failure ON true
+""")
+
+
+async def export_outcome(session: AsyncSession, task_type: str, *,
+                         process_success_at: datetime | None, process_error: str | None,
+                         process_error_at: datetime | None) -> ExportOutcome:
+    """The newest outcome of the export, from the queue's record of the scheduled passes
+    (which run in any worker process) and this process's own passes (``POST
+    /api/v1/analytics/export``); a failure older than the last success is cleared."""
+    row = (await session.execute(_JOB_OUTCOMES, {"task": task_type})).one()
+    success_at = max((t for t in (process_success_at, row.ok_at) if t is not None), default=None)
+    failures = [(at, msg) for at, msg in ((process_error_at, process_error),
+                                          (row.at, row.error_message))
+                if at is not None and msg is not None]
+    error_at, error = max(failures, key=lambda f: f[0]) if failures else (None, None)
+    if error_at is not None and success_at is not None and success_at > error_at:
+        error_at = error = None
+    return ExportOutcome(success_at, error, error_at)

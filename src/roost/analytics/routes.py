@@ -50,13 +50,16 @@ async def export_status(_admin: AdminPrincipal, db: DbSession,
                         settings: SettingsDep) -> ExportStatusOut:
     counts = await queries.outbox_counts(db)
     sink = sink_for(settings)
-    state = export.state
+    state = export.state  # this process's passes; the scheduled ones are in the queue
+    outcome = await queries.export_outcome(
+        db, export.EXPORT_TASK, process_success_at=state.last_success_at,
+        process_error=state.last_error, process_error_at=state.last_error_at)
     return ExportStatusOut(
         enabled=settings.analytics_export, interval_s=settings.analytics_export_interval_s,
         sink="chdb" if sink.kind == "chdb" else "clickhouse", location=sink.location,
         pending=counts.pending, exported=counts.exported, oldest_pending=counts.oldest_pending,
-        max_attempts=counts.max_attempts, last_error=state.last_error,
-        last_error_at=state.last_error_at, last_success_at=state.last_success_at,
+        max_attempts=counts.max_attempts, last_error=outcome.last_error,
+        last_error_at=outcome.last_error_at, last_success_at=outcome.last_success_at,
     )
 
 

@@ -29,7 +29,9 @@ class ExportStatusOut(BaseModel):
     exported: int
     oldest_pending: datetime | None
     max_attempts: int  # the most failed ships of a pending row
-    last_error: str | None  # this process's last failed pass (cleared by a good one)
+    # The last failed pass, in any process (a worker's scheduled pass or a POST here);
+    # cleared by a later good one.
+    last_error: str | None
     last_error_at: datetime | None
     last_success_at: datetime | None
 
