@@ -304,10 +304,14 @@ async def test_a_lagging_replica_is_skipped(
         assert not state.usable and state.reason.startswith("lags")
         answer = await roost.client.get("/test-replica/where", headers=headers)
         assert answer.json()["in_recovery"] is False
+        health = (await roost.client.get("/health")).json()
+        assert health["status"] == "ok" and health["replicas"] == {"configured": 1, "usable": 0}
     finally:
         await cluster.replica_sql("SELECT pg_wal_replay_resume()")
     await cluster.caught_up()
     await roost.wait_replica_used_for(user_id)  # caught up: used again
+    assert (await roost.client.get("/health")).json()["replicas"] == {"configured": 1,
+                                                                     "usable": 1}
 
 
 async def test_reads_answer_when_the_replica_is_down(

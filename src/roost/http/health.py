@@ -51,7 +51,23 @@ async def health(request: Request) -> JSONResponse:
              "reason": "database schema is behind: run 'roost db upgrade'"},
             status_code=503,
         )
-    return JSONResponse({"status": "ok", "database": database, "migrations": migrations})
+    body: dict[str, object] = {"status": "ok", "database": database, "migrations": migrations}
+    if db.replicas is not None:
+        # Counts only: /health answers anyone, and a replica's address is not theirs to
+        # know.  A replica down or lagging is not unhealth: reads go to the primary.
+        body["replicas"] = await _replica_counts(db)
+    return JSONResponse(body)
+
+
+async def _replica_counts(db: Database) -> dict[str, int]:
+    replicas = db.replicas
+    assert replicas is not None
+    try:
+        await asyncio.wait_for(replicas.check(), HEALTH_TIMEOUT_S)
+    except TimeoutError:
+        pass  # the states of the last check stand
+    states = [r.state for r in replicas.replicas]
+    return {"configured": len(states), "usable": sum(1 for s in states if s.usable)}
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
