@@ -263,6 +263,12 @@ def doctor() -> None:
             "at head" if state.at_head else
             f"at {', '.join(state.current) or 'base'}, head is {', '.join(state.heads)}: "
             "run 'roost db upgrade'")
+        if db.replicas is not None:  # ROOST_DATABASE_REPLICA_URLS: each one's health
+            await db.replicas.check()
+            for replica in db.replicas.replicas:
+                lag = replica.state.lag_s
+                row(f"replica {replica.name}", replica.state.usable,
+                    replica.state.reason + (f" (lag {lag:.1f} s)" if lag is not None else ""))
 
     try:
         with_database(probe, settings)

@@ -371,3 +371,20 @@ async def test_without_replica_urls_reads_use_the_primary(tmp_path: Path) -> Non
     database = create_database(settings, url=make_url("postgresql+asyncpg://x@/y?host=/nowhere"))
     assert database.replicas is None
     await database.dispose()
+
+
+async def test_doctor_reports_each_replica(cluster: Cluster, tmp_path: Path) -> None:
+    from tests.support.cli import run_roost
+
+    await cluster.caught_up()
+    env = {"ROOST_DATABASE_URL": cluster.primary_url, "ROOST_DATA_DIR": str(tmp_path),
+           "ROOST_DATABASE_REPLICA_URLS": cluster.replica_url}
+    healthy = await asyncio.to_thread(run_roost, "doctor", env=env)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert "replica postgresql" in healthy.stdout and "FAIL" not in healthy.stdout
+    await asyncio.to_thread(cluster.stop_standby)
+    try:
+        down = await asyncio.to_thread(run_roost, "doctor", env=env)
+    finally:
+        await asyncio.to_thread(cluster.start_standby)
+    assert down.returncode == 1 and "unreachable" in down.stdout
