@@ -87,7 +87,8 @@ BEGIN
 END $$;
 """
 
-_GUARD_TRIGGER = r"""
+# The guard of 0001 (retention's DELETE only), with or without the chainer's UPDATE.
+_GUARD_TEMPLATE = r"""
 CREATE OR REPLACE FUNCTION roost_audit_guard() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
   cutoff text := current_setting('roost.audit_retention_cutoff', true);
@@ -95,26 +96,27 @@ BEGIN
   IF TG_OP = 'DELETE' AND coalesce(cutoff, '') <> ''
      AND OLD.created_at < cutoff::timestamptz THEN
     RETURN OLD;
-  END IF;
-  -- The chainer linking a row: only the empty chain columns change, nothing the hash
-  -- covers (compared column by column: cheaper than hashing both versions).
-  IF TG_OP = 'UPDATE' AND coalesce(current_setting('roost.audit_chaining', true), '') = 'on'
-     AND OLD.chain_seq IS NULL AND NEW.chain_seq IS NOT NULL
-     AND (NEW.id, NEW.seq, NEW.user_id, NEW.persona_id, NEW.run_id, NEW.action,
-          NEW.event_category, NEW.resource_type, NEW.resource_id, NEW.changes, NEW.metadata,
-          NEW.description, NEW.ip_address, NEW.user_agent, NEW.correlation_id, NEW.trace_id,
-          NEW.success, NEW.error_message, NEW.created_at)
-         IS NOT DISTINCT FROM
-         (OLD.id, OLD.seq, OLD.user_id, OLD.persona_id, OLD.run_id, OLD.action,
-          OLD.event_category, OLD.resource_type, OLD.resource_id, OLD.changes, OLD.metadata,
-          OLD.description, OLD.ip_address, OLD.user_agent, OLD.correlation_id, OLD.trace_id,
-          OLD.success, OLD.error_message, OLD.created_at) THEN
-    RETURN NEW;
-  END IF;
+  END IF;{chainer}
   RAISE EXCEPTION 'audit_logs is append-only: % is not allowed', TG_OP
     USING ERRCODE = 'insufficient_privilege';
 END $$;
 """
+# Every column the hash covers (roost_audit_hash), compared old against new.
+_CONTENT = ("id", "seq", "user_id", "persona_id", "run_id", "action", "event_category",
+            "resource_type", "resource_id", "changes", "metadata", "description",
+            "ip_address", "user_agent", "correlation_id", "trace_id", "success",
+            "error_message", "created_at")
+_CHAINER_UPDATE = """
+  -- The chainer linking a row: only the empty chain columns change, nothing the hash
+  -- covers (compared column by column: cheaper than hashing both versions).
+  IF TG_OP = 'UPDATE' AND coalesce(current_setting('roost.audit_chaining', true), '') = 'on'
+     AND OLD.chain_seq IS NULL AND NEW.chain_seq IS NOT NULL
+     AND ({new}) IS NOT DISTINCT FROM ({old}) THEN
+    RETURN NEW;
+  END IF;""".format(new=", ".join(f"NEW.{c}" for c in _CONTENT),
+                     old=", ".join(f"OLD.{c}" for c in _CONTENT))
+_GUARD_TRIGGER = _GUARD_TEMPLATE.format(chainer=_CHAINER_UPDATE)
+_OLD_GUARD_TRIGGER = _GUARD_TEMPLATE.format(chainer="")
 
 _OLD_INSERT_TRIGGER = r"""
 CREATE OR REPLACE FUNCTION roost_audit_chain() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -130,19 +132,6 @@ BEGIN
 END $$;
 """
 
-_OLD_GUARD_TRIGGER = r"""
-CREATE OR REPLACE FUNCTION roost_audit_guard() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-  cutoff text := current_setting('roost.audit_retention_cutoff', true);
-BEGIN
-  IF TG_OP = 'DELETE' AND coalesce(cutoff, '') <> ''
-     AND OLD.created_at < cutoff::timestamptz THEN
-    RETURN OLD;
-  END IF;
-  RAISE EXCEPTION 'audit_logs is append-only: % is not allowed', TG_OP
-    USING ERRCODE = 'insufficient_privilege';
-END $$;
-"""
 
 
 def upgrade() -> None:
