@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
+import typer.main
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 import roost
 from roost import domains
@@ -20,15 +22,56 @@ from roost.db.engine import Database, create_database
 
 T = TypeVar("T")
 
-app = typer.Typer(help="Roost: a self-hosted backend for AI agents.", no_args_is_help=True)
+
+class DomainCommands(TyperGroup):
+    """The top-level ``roost`` group: a domain's command module is imported only when one
+    of its commands runs (``roost users list`` never imports the MCP SDK or the PDF
+    writer: a start in under a second instead of three; docs/architecture.md).
+
+    Contexts and commands are typed ``Any``: recent typer vendors its own click, older
+    ones use the click package, and ``typer>=0.12`` allows both."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return sorted({*self.commands, *domains.cli_commands()})
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = self.commands.get(cmd_name)
+        if command is None and cmd_name in domains.cli_commands():
+            command = self._load(cmd_name)
+        if command is not None:
+            # Every table known before any command runs: an ORM flush resolves foreign
+            # keys into any domain's tables.
+            domains.import_models()
+        return command
+
+    def resolve_command(
+        self, ctx: Any, args: list[str],
+    ) -> tuple[str | None, Any, list[str]]:
+        if args and args[0] not in self.list_commands(ctx):
+            for name in domains.cli_commands():  # a typo: suggest from every command
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
+
+    def _load(self, cmd_name: str) -> Any:
+        scratch = typer.Typer()
+        scratch.callback()(lambda: None)  # a group, even when one command is added
+        domains.register_cli(scratch, domains.cli_commands()[cmd_name])
+        group = typer.main.get_command(scratch)
+        assert isinstance(group, TyperGroup)
+        loaded = group.commands
+        for name, command in loaded.items():  # the domain's other commands come along
+            self.commands.setdefault(name, command)
+        return loaded[cmd_name]
+
+
+app = typer.Typer(help="Roost: a self-hosted backend for AI agents.", no_args_is_help=True,
+                  cls=DomainCommands)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 schema_app = typer.Typer(help="The schema and the seed designs it implements.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(schema_app, name="schema")
-domains.register_cli(app)  # every domain's commands (roost users, tasks, worker, ingest...)
 backup_cli.register(app)  # roost backup, roost restore (docs/operations.md)
 domains.use_task_handlers()  # commands that enqueue, and the worker, know every task type
-domains.import_models()  # every table known: a flush resolves foreign keys into any domain
 
 console = Console()
 err = Console(stderr=True)

@@ -39,6 +39,10 @@ class Domain:
     tuple for several, entered in order."""
     cli: str | None = None
     """``module:attribute`` of ``register(app: typer.Typer)``, adding the commands."""
+    commands: tuple[str, ...] = ()
+    """The top-level command names ``cli`` adds (``roost users``...): ``roost`` imports a
+    domain's command module only when one of these is run (tests/test_cli_startup.py
+    checks the list against what ``register`` adds)."""
     settings: str | None = None
     """Module declaring the domain's runtime settings (``roost.system_settings.declare``),
     imported wherever they are listed (the admin API, ``roost settings``)."""
@@ -53,6 +57,7 @@ DOMAINS: tuple[Domain, ...] = (
         routers=("roost.audit.routes:router",),
         startup="roost.audit.startup:lifespan",  # the chainer: links audit rows after commit
         cli="roost.audit.cli:register",
+        commands=("audit",),
     ),
     Domain(
         "tasks",
@@ -60,6 +65,7 @@ DOMAINS: tuple[Domain, ...] = (
         routers=("roost.tasks.routes:router",),
         jobs="roost.tasks.jobs",
         cli="roost.tasks.cli:register",
+        commands=("tasks", "worker"),
     ),
     Domain(
         "analytics",  # the ClickHouse outbox and streaming metrics (docs/analytics.md)
@@ -73,6 +79,7 @@ DOMAINS: tuple[Domain, ...] = (
         routers=("roost.system_settings.routes:router",),
         startup="roost.system_settings.startup:lifespan",  # LISTEN: drops changed keys
         cli="roost.system_settings.cli:register",  # roost settings ls|get|set|reset
+        commands=("settings",),
     ),
     Domain(
         "identity",
@@ -83,6 +90,7 @@ DOMAINS: tuple[Domain, ...] = (
         jobs="roost.identity.jobs",
         settings="roost.identity.config",  # open_registration
         cli="roost.identity.cli:register",
+        commands=("users", "keys", "limits"),
     ),
     Domain(
         "billing",  # plans, subscriptions, credits, the usage ledger, invoices (docs/billing.md)
@@ -94,6 +102,7 @@ DOMAINS: tuple[Domain, ...] = (
         jobs="roost.billing.jobs",  # reservation sweeper, invoices at period end, renewals
         settings="roost.billing.runtime_settings",
         cli="roost.billing.cli:register",  # roost billing plans|subscribe|invoice, roost usage
+        commands=("billing", "usage"),
     ),
     Domain(
         "llm",
@@ -108,6 +117,7 @@ DOMAINS: tuple[Domain, ...] = (
         routers=("roost.prompts.routes:router",),
         startup="roost.prompts.startup:lifespan",  # factory defaults (agent.system, chat.system)
         cli="roost.prompts.cli:register",  # roost prompts ls|show|publish
+        commands=("prompts",),
     ),
     Domain(
         "workspace",  # projects and prioritised tasks (docs/workspace.md)
@@ -115,12 +125,14 @@ DOMAINS: tuple[Domain, ...] = (
         routers=("roost.workspace.routes:projects", "roost.workspace.routes:tasks"),
         jobs="roost.workspace.jobs",  # workspace.rescore (the due-date term of scores)
         cli="roost.workspace.cli:register",  # roost projects|tasks-board
+        commands=("projects", "tasks-board"),
     ),
     Domain(
         "calendar",  # calendars and events: RFC 5545 recurrence, iCalendar (docs/calendar.md)
         models="roost.calendar.models",
         routers=("roost.calendar.routes:router",),
         cli="roost.calendar.cli:register",  # roost calendar import|export|agenda
+        commands=("calendar",),
     ),
     Domain(
         "chat",
@@ -130,6 +142,7 @@ DOMAINS: tuple[Domain, ...] = (
         startup="roost.chat.startup:lifespan",  # refuses to start on wrong message keys
         settings="roost.chat.runtime_settings",  # chat_context_messages, chat_max_message_chars
         cli="roost.chat.cli:register",  # after identity's: adds to the `keys` group
+        commands=("keys",),
     ),
     Domain(
         "knowledge",
@@ -138,6 +151,7 @@ DOMAINS: tuple[Domain, ...] = (
         jobs="roost.knowledge.jobs",
         startup="roost.knowledge.startup:lifespan",  # HNSW settings sent with authentication
         cli="roost.knowledge.cli:register",
+        commands=("ingest",),
     ),
     Domain(
         "tools",  # above knowledge: the built-in knowledge search tool
@@ -146,6 +160,7 @@ DOMAINS: tuple[Domain, ...] = (
         jobs="roost.tools.jobs",
         startup="roost.tools.startup:lifespan",  # the caller's tools at /mcp (a provider)
         cli="roost.tools.cli:register",
+        commands=("tools", "mcp", "lsp"),
     ),
     Domain(
         "memory",  # facts, the temporal entity graph, recall (docs/memory.md)
@@ -153,6 +168,7 @@ DOMAINS: tuple[Domain, ...] = (
         routers=("roost.memory.routes:router",),
         jobs="roost.memory.jobs",  # memory.learn (extraction and reconciliation)
         cli="roost.memory.cli:register",  # roost memory add|search|ls|forget|graph
+        commands=("memory",),
     ),
     Domain(
         "agents",  # above tools: agents call tools through the registry
@@ -163,6 +179,7 @@ DOMAINS: tuple[Domain, ...] = (
         startup=("roost.agents.startup:lifespan",  # the LISTEN connection for run events
                  "roost.agents.mail_startup:lifespan"),  # the SMTP listener (ROOST_SMTP_LISTEN)
         cli="roost.agents.cli:register",  # roost personas|agents|runs|secrets
+        commands=("personas", "agents", "runs", "secrets"),
     ),
     Domain(
         "debates",  # multi-agent debates with voting (docs/debates.md)
@@ -170,6 +187,7 @@ DOMAINS: tuple[Domain, ...] = (
         routers=("roost.debates.routes:router",),
         jobs="roost.debates.jobs",  # debates.run (turns, ballots, the vote; resumable)
         cli="roost.debates.cli:register",  # roost debates start|show|ls
+        commands=("debates",),
     ),
     Domain(
         "workflows",  # XYFlow graphs, validated and versioned (docs/workflows.md)
@@ -177,6 +195,7 @@ DOMAINS: tuple[Domain, ...] = (
         routers=("roost.workflows.routes:router", "roost.workflows.run_routes:router"),
         jobs="roost.workflows.jobs",  # workflows.node (a run's calling nodes), approval timeouts
         cli="roost.workflows.cli:register",  # roost workflows ls|validate|publish|run|resume
+        commands=("workflows",),
     ),
     Domain(
         "codeversions",  # git-backed code versions of sessions and runs (docs/codeversions.md)
@@ -252,9 +271,19 @@ def declare_runtime_settings() -> None:
     _each("settings")
 
 
-def register_cli(app: typer.Typer) -> None:
-    """Add every domain's commands to the ``roost`` command line (and know every
-    runtime setting, for ``roost settings``)."""
+def cli_commands() -> dict[str, tuple[Domain, ...]]:
+    """Each top-level command name -> the domains adding to it, in layer order (``keys``
+    has two: identity makes the group, chat adds ``rotate-messages``).  Imports nothing."""
+    providers: dict[str, tuple[Domain, ...]] = {}
+    for domain in DOMAINS:
+        for name in domain.commands:
+            providers[name] = (*providers.get(name, ()), domain)
+    return providers
+
+
+def register_cli(app: typer.Typer, domains: Iterable[Domain] | None = None) -> None:
+    """Add the domains' commands (every domain's by default) to ``app``; every runtime
+    setting is declared first (``roost settings`` lists them all)."""
     declare_runtime_settings()
-    for register in _each("cli"):
+    for register in _each("cli", domains):
         register(app)
