@@ -26,6 +26,12 @@ from roost.keyfiles import KeyMaterial
 from tests.support.openai_stub import StubServer, start_stub
 from tests.support.pg import TEMPLATE_DB, PgTestServer, external_url, make_url, unique_db_name
 
+# pytest-xdist's workers set COLUMNS=80 and LINES=24: every process a test starts would
+# then print for an 80-column terminal (rich wraps tables), unlike a serial run.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+
 # --------------------------------------------------------------------------- the local extra
 
 # What `pip install -e '.[local]'` brings, as importable modules (find_spec imports none).

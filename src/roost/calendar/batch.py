@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -31,6 +32,7 @@ from roost.calendar.recurrence import (
     _overlaps,
     _Plan,
     _prepare,
+    _Prepared,
     _zone,
     to_utc,
 )
@@ -64,6 +66,26 @@ def _zone_days(tz_name: str, lo: int, hi: int) -> tuple[Ints, Ints]:
     return offset, steady
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    """What a range query needs of one event, in µs, computed once per distinct event."""
+
+    prep: _Prepared
+    first_s: int  # DTSTART's occurrence
+    first_e: int
+    plan: _Plan | None  # the simple rule's arithmetic (None: no rule, or dateutil's)
+    duration_us: int  # wall-clock
+    by_dateutil: bool  # a rule the plan cannot express
+
+
+@lru_cache(maxsize=65536)
+def _compiled(start: datetime, end: datetime, tz_name: str, rule: str | None) -> _Compiled:
+    prep = _prepare(start, end, tz_name, rule, True)
+    plan = prep.plan if prep.plan is not None and prep.plan.offsets else None
+    return _Compiled(prep, _us(prep.first[0]), _us(prep.first[1]), plan,
+                     prep.duration // _US, prep.rule is not None and prep.plan is None)
+
+
 def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints]:
     """The occurrences of ``events`` (rows with ``start_time``, ``end_time``, ``timezone``,
     ``recurrence_rule``, ``rdates``, ``exdates``) overlapping the window, as three arrays:
@@ -75,32 +97,33 @@ def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints
     one_s: list[int] = []
     one_e: list[int] = []
     one_i: list[int] = []
-    # Per zone: (event position, plan, wall-clock duration in µs) of the simple rules.
-    plans: dict[str, list[tuple[int, _Plan, int]]] = {}
-    excluded: set[tuple[int, int]] = set()
+    # Per zone: (event position, compiled event) of the simple rules.
+    plans: dict[str, list[tuple[int, _Compiled]]] = {}
+    with_exdates: list[int] = []
+    compiled = _compiled
+    # The one Python pass over the candidates: a cached look-up and integer compares each.
     for i, ev in enumerate(events):
-        prep = _prepare(ev.start_time, ev.end_time, ev.timezone, ev.recurrence_rule, True)
-        s0, e0 = prep.first
-        if _overlaps(s0, e0, range_start, range_end):
-            one_s.append(_us(s0))
-            one_e.append(_us(e0))
+        c = compiled(ev.start_time, ev.end_time, ev.timezone, ev.recurrence_rule)
+        fs, fe = c.first_s, c.first_e
+        if fs < re_ and (fe > rs or (fs == fe and fs >= rs)):  # recurrence._overlaps
+            one_s.append(fs)
+            one_e.append(fe)
             one_i.append(i)
-        plan = prep.plan
-        if plan is not None and plan.offsets:
-            zone_plans = plans.get(plan.tz_name)
+        if c.plan is not None:
+            zone_plans = plans.get(c.plan.tz_name)
             if zone_plans is None:
-                zone_plans = plans[plan.tz_name] = []
-            zone_plans.append((i, plan, prep.duration // _US))
+                zone_plans = plans[c.plan.tz_name] = []
+            zone_plans.append((i, c))
         rdates = ev.rdates
-        if rdates or (prep.rule is not None and plan is None):
+        if rdates or c.by_dateutil:
             found: dict[datetime, datetime] = {}
-            _expand_dateutil(prep, found, rdates or (), range_start, range_end)
+            _expand_dateutil(c.prep, found, rdates or (), range_start, range_end)
             for s, e in found.items():
                 one_s.append(_us(s))
                 one_e.append(_us(e))
                 one_i.append(i)
         if ev.exdates:
-            excluded.update((i, _us(x)) for x in ev.exdates)
+            with_exdates.append(i)
 
     parts_s: list[Ints] = []
     parts_e: list[Ints] = []
@@ -130,22 +153,27 @@ def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints
     starts, ends, index = starts[order], ends[order], index[order]
     keep = np.ones(len(starts), dtype=bool)
     keep[:-1] = (starts[1:] != starts[:-1]) | (index[1:] != index[:-1])
-    if excluded:
+    if with_exdates:
+        # EXDATEs converted only for the events that have occurrences in the window.
         has_ex = np.zeros(len(events), dtype=bool)
-        has_ex[[i for i, _ in excluded]] = True
-        for pos in np.flatnonzero(has_ex[index] & keep):
+        has_ex[with_exdates] = True
+        positions = np.flatnonzero(has_ex[index] & keep)
+        excluded = {(i, _us(x)) for i in set(index[positions].tolist())
+                    for x in events[i].exdates}
+        for pos in positions.tolist():
             if (int(index[pos]), int(starts[pos])) in excluded:
                 keep[pos] = False
     return starts[keep], ends[keep], index[keep]
 
 
 def _expand_zone(
-    tz_name: str, plans: list[tuple[int, _Plan, int]], window: Window, rs: int, re_: int,
+    tz_name: str, compiled: list[tuple[int, _Compiled]], window: Window, rs: int, re_: int,
 ) -> tuple[Ints, Ints, Ints, list[tuple[int, int, int, int]]]:
     """The plans of one zone's events expanded, one row per (event, day offset of its
     period); occurrences on a day whose offset changes within the occurrence are returned
     apart (event, day, time, duration) for the exact conversion."""
     first_day, last_day = window.local_days(tz_name, _zone(tz_name))
+    plans = [(i, c.plan, c.duration_us) for i, c in compiled if c.plan is not None]
     per_event = np.array([len(p.offsets) for _, p, _ in plans], dtype=np.int64)
 
     def column(values: list[int]) -> Ints:
@@ -209,11 +237,14 @@ def by_start_end_id(starts: Ints, ends: Ints, index: Ints, events: Sequence[Any]
     s, e = starts[order], ends[order]
     if not ((s[1:] == s[:-1]) & (e[1:] == e[:-1])).any():
         return order
-    values = [ev.id.int if isinstance(ev.id, uuid.UUID) else ev.id for ev in events]
+    present = np.unique(index)  # only the events with occurrences, not every candidate
+    values = [ev.id.int if isinstance(ev.id, uuid.UUID) else ev.id
+              for ev in (events[i] for i in present.tolist())]
     if not all(isinstance(v, int) and 0 <= v < 1 << 128 for v in values):
         ranks = {v: r for r, v in enumerate(sorted(set(values)))}
         values = [ranks[v] for v in values]
-    high = np.array([v >> 64 for v in values], dtype=np.uint64)[index]
-    low = np.array([v & 0xFFFF_FFFF_FFFF_FFFF for v in values], dtype=np.uint64)[index]
+    at = np.searchsorted(present, index)
+    high = np.array([v >> 64 for v in values], dtype=np.uint64)[at]
+    low = np.array([v & 0xFFFF_FFFF_FFFF_FFFF for v in values], dtype=np.uint64)[at]
     ordered: Ints = np.lexsort((low, high, ends, starts))
     return ordered

@@ -301,9 +301,11 @@ async def post_message(
             request_type = (
                 "ensemble" if route.mode == "ensemble" else "chat_stream" if data.stream else "chat"
             )
+            # Stored as running: the route calls the model as soon as this commits (no
+            # separate transaction of four round trips to mark it so).
             exchange.call = await calls.add_request(
                 session, gateway, _owner_principal(actor, chat_session.user_id), chat, route,
-                request_type=request_type, session_id=session_id,
+                request_type=request_type, session_id=session_id, running=True,
             )
             metadata.update(request_id=str(exchange.call.request_id), mode=route.mode,
                             providers=[r.name for r in route.refs()])
