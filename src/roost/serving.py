@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -57,6 +58,10 @@ class GracefulServer(uvicorn.Server):
     child of ``--workers``, its pid listed as attached).  Here the signal only asks for
     shutdown, so the process exits 0 and detaches from PostgreSQL (stopping it if last)."""
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        freeze_startup_heap()
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -67,6 +72,15 @@ class GracefulServer(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up built (modules, schemas, routes, the app) out of the garbage
+    collector's sight: full collections while serving no longer walk it, and the
+    collection at interpreter exit does not either (measured here: a ``--workers`` child
+    spent 1.5-2.5 s in that last collection after SIGTERM, now it exits at once)."""
+    gc.collect()
+    gc.freeze()
 
 
 class _Child(Process):
@@ -189,6 +203,7 @@ def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
             await db.dispose()
 
     asyncio.run(prepare())
+    freeze_startup_heap()  # the supervisor too: it exits after its children, quickly
     # The children read their settings from the environment (spawned, not forked).
     os.environ["ROOST_SERVE_WORKER"] = "true" if with_worker else "false"
     metrics_dir = tempfile.mkdtemp(prefix="roost-metrics-")
