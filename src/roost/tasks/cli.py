@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from roost.clitools import fail, id_table, print_table, resolve_id, run_in_transaction
+from roost.process import freeze_startup_heap
 
 if TYPE_CHECKING:
     from roost.config import Settings
@@ -281,6 +282,7 @@ def worker_command(
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
+        freeze_startup_heap()  # quick exit after SIGTERM (roost.process)
         try:
             await worker.run()
         finally:
