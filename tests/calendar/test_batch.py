@@ -60,9 +60,13 @@ def _rows(rnd: random.Random, n: int) -> list[Row]:
     for i in range(n):
         ev = _event(rnd)
         rule = ev.rule
-        if rnd.random() < 0.15:  # rules the arithmetic cannot express: dateutil's path
+        if rnd.random() < 0.15:  # rules the day arithmetic cannot express: MONTHLY ones
+            # take the month arithmetic (DTSTART's day, when > 28, dateutil), others dateutil
             rule = rnd.choice(["FREQ=MONTHLY;BYDAY=-1FR", "FREQ=DAILY;BYHOUR=9,17",
-                               "FREQ=YEARLY;COUNT=3", "FREQ=WEEKLY;BYDAY=1MO;COUNT=4"])
+                               "FREQ=YEARLY;COUNT=3", "FREQ=WEEKLY;BYDAY=1MO;COUNT=4",
+                               "FREQ=MONTHLY;BYMONTHDAY=-1;COUNT=5",
+                               "FREQ=MONTHLY;INTERVAL=2;BYDAY=2TU;UNTIL=20271231",
+                               "FREQ=MONTHLY;COUNT=6", "FREQ=MONTHLY;BYMONTHDAY=31"])
         elif rnd.random() < 0.1:
             rule = None
         rows.append(Row(uuid.uuid4(), ev.start, ev.end, ev.timezone, rule, list(ev.rdates),

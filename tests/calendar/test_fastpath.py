@@ -105,3 +105,60 @@ def test_a_daily_event_since_years_costs_no_more_than_a_new_one() -> None:
     assert got == expand(ev, datetime(2026, 12, 28, tzinfo=UTC),
                          datetime(2027, 1, 10, tzinfo=UTC), fast=False)
     assert [s.date() for s, _ in got][-1] == date(1990, 1, 1) + timedelta(days=13514)
+
+
+def _monthly_rule(rnd: random.Random, start_l: datetime) -> str:
+    parts = ["FREQ=MONTHLY"]
+    kind = rnd.randrange(3)
+    if kind == 0:
+        parts.append(f"BYMONTHDAY={rnd.choice([1, 2, 15, 28, -1, -2, -28, start_l.day])}")
+    elif kind == 1:
+        parts.append(f"BYDAY={rnd.choice([1, 2, 3, 4, -1, -2, -4])}{rnd.choice(DAYS)}")
+    if rnd.random() < 0.5:
+        parts.append(f"INTERVAL={rnd.choice([1, 2, 3, 5, 12, 13])}")
+    end = rnd.random()
+    if end < 0.4:
+        parts.append(f"COUNT={rnd.randint(1, 40)}")
+    elif end < 0.7:
+        until = start_l + timedelta(days=rnd.randrange(800), hours=rnd.randrange(-12, 12))
+        parts.append("UNTIL=" + until.strftime(rnd.choice(["%Y%m%d", "%Y%m%dT%H%M%S"])))
+    rnd.shuffle(parts)
+    return ";".join(parts)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_monthly_plans_give_dateutils_dates(seed: int) -> None:
+    """Month arithmetic (roost.calendar.batch's path for simple MONTHLY rules): the dates
+    of every occurrence in a span are dateutil's, for DTSTARTs on any day, including ones
+    after the month's occurrence (not counted by COUNT)."""
+    rnd = random.Random(seed)
+    planned = 0
+    for _ in range(300):
+        tz_name = rnd.choice(ZONES)
+        day = date(2026, 1, 1) + timedelta(days=rnd.randrange(700))
+        start_l = datetime.combine(day, datetime.min.time()) + timedelta(
+            minutes=rnd.choice([0, 90, 540, 1439]))
+        rule_text = _monthly_rule(rnd, start_l)
+        plan = recurrence._month_plan(rule_text, start_l, tz_name)
+        if plan is None:
+            assert start_l.day > 28, rule_text  # DTSTART's day, which some months lack
+            continue
+        planned += 1
+        rule = recurrence.parse_rule(rule_text)
+        built = recurrence._build(rule, start_l, recurrence._local_until(rule, ZoneInfo(tz_name)))
+        lo = day.toordinal() + rnd.randrange(-40, 900)
+        hi = lo + rnd.choice([0, 6, 30, 120, 1000])
+        want = [occ.toordinal() for occ in built.between(
+            datetime.fromordinal(lo), datetime.fromordinal(hi + 1), inc=True)
+            if occ.toordinal() <= hi]
+        assert plan.days(lo, hi) == want, (rule_text, start_l, lo, hi)
+    assert planned > 250
+
+
+def test_monthly_rules_the_plan_leaves_to_dateutil() -> None:
+    start = datetime(2027, 1, 29, 9)
+    for rule in ("FREQ=MONTHLY;BYMONTHDAY=31", "FREQ=MONTHLY;BYDAY=5FR", "FREQ=MONTHLY;BYDAY=FR",
+                 "FREQ=MONTHLY;BYDAY=1MO,-1FR", "FREQ=MONTHLY;BYMONTHDAY=1,15",
+                 "FREQ=MONTHLY;BYSETPOS=-1;BYDAY=MO,TU,WE,TH,FR", "FREQ=MONTHLY"):
+        assert recurrence._month_plan(rule, start, "UTC") is None, rule  # DTSTART on the 29th
+    assert recurrence._month_plan("FREQ=MONTHLY;BYDAY=-1FR", start, "UTC") is not None

@@ -1,12 +1,13 @@
 """A range query's expansion of many events at once: the simple DAILY/WEEKLY rules of
-``recurrence._Plan`` as numpy arithmetic over all events of a zone together, the rest
-event by event as ``recurrence.occurrences`` does.
+``recurrence._Plan`` as numpy arithmetic over all events of a zone together, simple
+MONTHLY rules (one day a month every month has) by ``recurrence._MonthPlan``'s month
+arithmetic, the rest event by event as ``recurrence.occurrences`` does.
 
 A one-week query over 50,000 recurring events meets ~13,000 candidate events and
 ~20,000 occurrences; expanded one event at a time in Python that was ~20 µs an occurrence
 (docs/benchmarks.md, "Calendar").  Here each candidate costs one cached look-up in Python
 and each occurrence a few array operations; only occurrences on a day with a DST change
-(exact conversion) and rules the plan cannot express (dateutil) take the per-event path.
+(exact conversion) and rules neither plan can express (dateutil) take the per-event path.
 The answer is exactly ``recurrence.occurrences`` per event, sorted by (start, end, event
 id) (tests/calendar/test_batch.py compares them).
 
@@ -29,6 +30,8 @@ import numpy.typing as npt
 from roost.calendar.recurrence import (
     Window,
     _expand_dateutil,
+    _month_plan,
+    _MonthPlan,
     _overlaps,
     _Plan,
     _prepare,
@@ -73,17 +76,21 @@ class _Compiled:
     prep: _Prepared
     first_s: int  # DTSTART's occurrence
     first_e: int
-    plan: _Plan | None  # the simple rule's arithmetic (None: no rule, or dateutil's)
+    plan: _Plan | None  # a simple DAILY/WEEKLY rule's arithmetic
+    month: _MonthPlan | None  # a simple MONTHLY rule's
     duration_us: int  # wall-clock
-    by_dateutil: bool  # a rule the plan cannot express
+    by_dateutil: bool  # a rule neither plan can express
 
 
 @lru_cache(maxsize=65536)
 def _compiled(start: datetime, end: datetime, tz_name: str, rule: str | None) -> _Compiled:
     prep = _prepare(start, end, tz_name, rule, True)
     plan = prep.plan if prep.plan is not None and prep.plan.offsets else None
-    return _Compiled(prep, _us(prep.first[0]), _us(prep.first[1]), plan,
-                     prep.duration // _US, prep.rule is not None and prep.plan is None)
+    month = (_month_plan(rule, prep.start_l, tz_name)
+             if rule is not None and prep.plan is None else None)
+    return _Compiled(prep, _us(prep.first[0]), _us(prep.first[1]), plan, month,
+                     prep.duration // _US,
+                     prep.rule is not None and prep.plan is None and month is None)
 
 
 def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints]:
@@ -114,6 +121,8 @@ def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints
             if zone_plans is None:
                 zone_plans = plans[c.plan.tz_name] = []
             zone_plans.append((i, c))
+        if c.month is not None:  # at most a few dates a query: converted exactly
+            _expand_month(c, i, window, one_s, one_e, one_i)
         rdates = ev.rdates
         if rdates or c.by_dateutil:
             found: dict[datetime, datetime] = {}
@@ -164,6 +173,21 @@ def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints
             if (int(index[pos]), int(starts[pos])) in excluded:
                 keep[pos] = False
     return starts[keep], ends[keep], index[keep]
+
+
+def _expand_month(c: _Compiled, i: int, window: Window, one_s: list[int], one_e: list[int],
+                  one_i: list[int]) -> None:
+    month, tz = c.month, c.prep.tz
+    assert month is not None
+    duration = c.prep.duration
+    first_day, last_day = window.local_days(month.tz_name, tz)
+    for day in month.days(first_day - (month.time + duration).days - 1, last_day):
+        wall = datetime.fromordinal(day) + month.time
+        s_dt, e_dt = to_utc(wall, tz), to_utc(wall + duration, tz)
+        if _overlaps(s_dt, e_dt, window.start, window.end):
+            one_s.append(_us(s_dt))
+            one_e.append(_us(e_dt))
+            one_i.append(i)
 
 
 def _expand_zone(

@@ -513,6 +513,114 @@ def _plan(rule_value: str, start_l: datetime, tz_name: str) -> _Plan | None:
     return _Plan(tz_name, anchor, period, offsets, first, last, time)
 
 
+
+_MONTHLY_PARTS: Final = frozenset({"FREQ", "INTERVAL", "COUNT", "UNTIL", "BYDAY", "BYMONTHDAY",
+                                   "WKST"})
+
+
+@dataclass(frozen=True)
+class _MonthPlan:
+    """A MONTHLY rule with one day a month that every month has (BYMONTHDAY 1..28 or
+    -1..-28, one ordinal weekday such as -1FR or 2TU with |n| <= 4, or DTSTART's day when it
+    is at most 28), as month arithmetic: the month ``anchor + k * interval`` (months since
+    year 0) has its occurrence on one computed date, at DTSTART's wall-clock time, from
+    DTSTART's date up to ``last``.  Exactly dateutil's dates (tests/calendar/test_fastpath.py);
+    range queries use it instead of iterating the rule (roost.calendar.batch)."""
+
+    tz_name: str
+    anchor: int  # DTSTART's month, as year * 12 + month - 1
+    interval: int
+    monthday: int  # 1..28 or -28..-1; 0 when ``weekday`` decides
+    weekday: int  # 0 = Monday (with ``nth``)
+    nth: int  # 1..4 or -4..-1; 0 when ``monthday`` decides
+    first: int  # date ordinal of DTSTART
+    last: int | None  # ordinal of the last occurrence's date; None: never ends
+    time: timedelta  # DTSTART's time of day (dateutil drops microseconds)
+
+    def day_of(self, month: int) -> int:
+        """The date ordinal of the occurrence in ``month`` (year * 12 + month - 1)."""
+        first_day, length = _month_days(month)
+        if self.monthday > 0:
+            return first_day + self.monthday - 1
+        if self.monthday < 0:
+            return first_day + length + self.monthday
+        if self.nth > 0:
+            return first_day + (self.weekday - (first_day - 1)) % 7 + 7 * (self.nth - 1)
+        last_day = first_day + length - 1
+        return last_day - ((last_day - 1) - self.weekday) % 7 - 7 * (-self.nth - 1)
+
+    def days(self, lo: int, hi: int) -> list[int]:
+        """The occurrences' date ordinals within ``lo..hi`` (a range query's local days)."""
+        hi = hi if self.last is None else min(hi, self.last)
+        lo = max(lo, self.first)
+        if lo > hi:
+            return []
+        start, end = date.fromordinal(lo), date.fromordinal(hi)
+        month_lo, month_hi = start.year * 12 + start.month - 1, end.year * 12 + end.month - 1
+        k = max(0, -((self.anchor - month_lo) // self.interval))  # ceil, from the anchor on
+        found = []
+        for month in range(self.anchor + k * self.interval, month_hi + 1, self.interval):
+            day = self.day_of(month)
+            if lo <= day <= hi:
+                found.append(day)
+        return found
+
+
+@lru_cache(maxsize=4096)
+def _month_days(month: int) -> tuple[int, int]:
+    """The ordinal of the month's first day and its number of days."""
+    year, index = divmod(month, 12)
+    first = date(year, index + 1, 1).toordinal()
+    following = date(year + (index == 11), (index + 1) % 12 + 1, 1).toordinal()
+    return first, following - first
+
+
+@lru_cache(maxsize=65536)
+def _month_plan(rule_value: str, start_l: datetime, tz_name: str) -> _MonthPlan | None:
+    """The month arithmetic of a simple MONTHLY rule from this (local, naive) DTSTART;
+    None for a rule dateutil has to expand."""
+    rule = parse_rule(rule_value)
+    parts = rule.parts
+    if rule.freq != "MONTHLY" or not _MONTHLY_PARTS.issuperset(parts):
+        return None
+    monthday, weekday, nth = 0, 0, 0
+    if "BYDAY" in parts and "BYMONTHDAY" in parts:
+        return None
+    if "BYMONTHDAY" in parts:
+        if "," in parts["BYMONTHDAY"]:
+            return None
+        monthday = int(parts["BYMONTHDAY"])
+        if not 1 <= abs(monthday) <= 28:
+            return None  # some months lack the day: dateutil skips them
+    elif "BYDAY" in parts:
+        match = _BYDAY.match(parts["BYDAY"])  # one value: a list has a comma, no match
+        if match is None or match.group(1) is None:
+            return None  # every such weekday of the month, or several days
+        nth = int(match.group(1))
+        if not 1 <= abs(nth) <= 4:
+            return None  # a fifth weekday: some months lack it
+        weekday = _WEEKDAYS.index(match.group(2))
+    else:
+        monthday = start_l.day
+        if monthday > 28:
+            return None
+    interval = int(parts.get("INTERVAL", "1"))
+    time = start_l.replace(microsecond=0) - start_l.replace(hour=0, minute=0, second=0,
+                                                            microsecond=0)
+    first = start_l.toordinal()
+    plan = _MonthPlan(tz_name, start_l.year * 12 + start_l.month - 1, interval, monthday,
+                      weekday, nth, first, None, time)
+    last: int | None = None
+    if "COUNT" in parts:
+        # DTSTART's month counts only when its occurrence is not before DTSTART's date.
+        skipped = 1 if plan.day_of(plan.anchor) < first else 0
+        last = plan.day_of(plan.anchor + (int(parts["COUNT"]) - 1 + skipped) * interval)
+    until = _local_until(rule, _zone(tz_name))
+    if until is not None:
+        last = until.toordinal() - (1 if time > until - until.replace(
+            hour=0, minute=0, second=0, microsecond=0) else 0)
+    return _MonthPlan(tz_name, plan.anchor, interval, monthday, weekday, nth, first, last, time)
+
 def _overlaps(s: datetime, e: datetime, range_start: datetime, range_end: datetime) -> bool:
     if s == e:
         return range_start <= s < range_end
