@@ -59,3 +59,15 @@ def test_help_lists_every_command_and_a_typo_suggests_a_lazy_one() -> None:
     assert "Did you mean 'tools'?" in typo.stderr
     keys = run_roost("keys", "--help", env={})  # one group, two domains
     assert "rotate-messages" in keys.stdout and "create" in keys.stdout
+
+
+def test_a_group_two_domains_add_to_is_whole_whichever_command_loaded_first() -> None:
+    from roost.cli import app
+
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    ctx = typer.Context(group)
+    assert group.get_command(ctx, "users") is not None  # identity's commands, not chat's
+    keys = group.get_command(ctx, "keys")
+    assert isinstance(keys, typer.core.TyperGroup)
+    assert {"create", "rotate-messages"} <= set(keys.commands)

@@ -53,14 +53,19 @@ class DomainCommands(TyperGroup):
         return super().resolve_command(ctx, args)
 
     def _load(self, cmd_name: str) -> Any:
+        providers = domains.cli_commands()
+        loaded_from = providers[cmd_name]
         scratch = typer.Typer()
         scratch.callback()(lambda: None)  # a group, even when one command is added
-        domains.register_cli(scratch, domains.cli_commands()[cmd_name])
+        domains.register_cli(scratch, loaded_from)
         group = typer.main.get_command(scratch)
         assert isinstance(group, TyperGroup)
         loaded = group.commands
-        for name, command in loaded.items():  # the domain's other commands come along
-            self.commands.setdefault(name, command)
+        for name, command in loaded.items():
+            # The domain's other commands come along, unless another domain adds to them
+            # too (identity's `keys` without chat's `rotate-messages` would be incomplete).
+            if set(providers[name]) <= set(loaded_from):
+                self.commands.setdefault(name, command)
         return loaded[cmd_name]
 
 
