@@ -26,7 +26,7 @@ T = TypeVar("T")
 class DomainCommands(TyperGroup):
     """The top-level ``roost`` group: a domain's command module is imported only when one
     of its commands runs (``roost users list`` never imports the MCP SDK or the PDF
-    writer: a start in under a second instead of three; docs/architecture.md).
+    writer: about half the start-up time; docs/benchmarks.md, "CLI start-up").
 
     Contexts and commands are typed ``Any``: recent typer vendors its own click, older
     ones use the click package, and ``typer>=0.12`` allows both."""
