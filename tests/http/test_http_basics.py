@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import io
 import json
+import logging
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -268,3 +271,27 @@ async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
     assert spec["info"]["title"] == "Roost"
     assert "/health" in spec["paths"] and "/api/v1/audit/logs" in spec["paths"]
     assert (await client.get("/docs")).status_code == 200
+
+
+def test_logs_go_to_the_stderr_of_the_moment_not_the_one_configured() -> None:
+    """Configured while stderr was another stream, since closed (a test's capture, a
+    redirect): log lines still reach the current stderr, without logging's error report."""
+    real = sys.stderr
+    first = io.StringIO()
+    sys.stderr = first
+    try:
+        configure_logging("info", json=True)
+    finally:
+        sys.stderr = real
+    first.close()
+    second = io.StringIO()
+    sys.stderr = second
+    try:
+        logging.getLogger("roost.test").warning("stdlib after the swap")
+        structlog.get_logger().warning("structlog after the swap")
+    finally:
+        sys.stderr = real
+        structlog.reset_defaults()
+    out = second.getvalue()
+    assert "stdlib after the swap" in out and "structlog after the swap" in out
+    assert "Logging error" not in out
