@@ -140,3 +140,31 @@ async def test_a_cache_registered_after_start_up_is_subscribed_at_once(
     while heard != ["hello"]:
         assert time.monotonic() < deadline, heard
         await asyncio.sleep(0.02)
+
+
+async def test_the_publishing_process_uses_its_new_version_at_once(
+        client: httpx.AsyncClient, database: Database, user: User,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's next chat turn must not wait for the trigger's notification to come back
+    to its own listener: a listener that never delivers, so only the commit itself can
+    drop the cached resolution."""
+    monkeypatch.setattr(runtime._Listened, "database", database.engine.url.database)
+    monkeypatch.setattr(cache.CACHE, "listening", True)
+    cache.CACHE.drop()
+    user_id, headers = user
+    await publish(client, headers, "answer", "Answer v1")
+    assert await _use(database, user_id, "answer") == "Answer v1"  # cached from here on
+    async with database.transaction() as s:  # unseen: no service write, no notification
+        await s.execute(text("ALTER TABLE system_prompt_labels DISABLE TRIGGER USER"))
+        await s.execute(text("DELETE FROM system_prompt_labels WHERE prompt_key = 'answer'"))
+        await s.execute(text("ALTER TABLE system_prompt_labels ENABLE TRIGGER USER"))
+    assert await _use(database, user_id, "answer") == "Answer v1"
+    await publish(client, headers, "answer", "Answer v2")
+    assert await _use(database, user_id, "answer") == "Answer v2"
+    v2_id = (await client.get("/api/v1/prompts", headers=headers,
+                              params={"key": "answer"})).json()["items"][0]["id"]
+    resp = await client.patch(f"/api/v1/prompts/{v2_id}", headers=headers,
+                              json={"is_active": False})
+    assert resp.status_code == 200, resp.text
+    assert await _use(database, user_id, "answer") is None
+    cache.CACHE.drop()

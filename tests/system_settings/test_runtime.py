@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import text
 
 from roost.chat.runtime_settings import CONTEXT_MESSAGES
@@ -79,6 +80,31 @@ async def test_cache_is_invalidated_by_notify_and_dropped_after_a_reconnect(
     finally:
         await listener.stop()
     assert not CACHE.listening and not CACHE.values
+
+
+async def test_the_writing_process_reads_its_own_change_at_once(
+        database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's next request must not wait for its own notification to come back (the
+    console saves a setting, then the sign-up page it opens must already follow it): a
+    listener that never delivers, so only the commit itself can refresh the cache."""
+    monkeypatch.setattr(runtime._Listened, "database", database.engine.url.database)
+    monkeypatch.setattr(CACHE, "listening", True)
+    monkeypatch.setattr(CACHE, "values", {})
+    assert await _read(database) == 20  # cached from here on
+    await _store_silently(database, "35")
+    assert await _read(database) == 20, "the cache answers while nothing invalidates it"
+
+    async with database.transaction() as s:  # a change that is rolled back changes nothing
+        await runtime.notify(s, "chat_context_messages")
+        await s.rollback()
+    assert await _read(database) == 35  # (dropping the key was harmless: it reloads)
+
+    async with database.transaction() as s:
+        await s.execute(text("UPDATE system_settings SET value = '36' "
+                             "WHERE key = 'chat_context_messages'"))
+        await runtime.notify(s, "chat_context_messages")
+        assert await _read(database) == 35, "another transaction sees no uncommitted value"
+    assert await _read(database) == 36
 
 
 async def test_a_change_through_one_server_is_applied_by_another_without_restart(

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from roost.system_settings import runtime
 
 CHANNEL: Final = "roost_prompts"
@@ -78,3 +80,10 @@ class ResolutionCache:
 
 CACHE: Final = ResolutionCache()
 runtime.watch(CHANNEL, CACHE.drop, CACHE.set_listening)
+
+
+def changed(session: AsyncSession) -> None:
+    """A write in ``session`` changes what resolves: this process drops its cache when the
+    transaction ends (other processes on the trigger's notification), so the writer's next
+    chat turn uses the version it just published."""
+    runtime.at_transaction_end(session, CACHE.drop)

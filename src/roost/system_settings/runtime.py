@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import asyncpg
 import structlog
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.system_settings.registry import RuntimeSetting
@@ -121,9 +121,27 @@ async def get(session: AsyncSession, setting: RuntimeSetting, default: Any) -> A
 
 
 async def notify(session: AsyncSession, key: str) -> None:
-    """Tell every process to drop ``key`` (delivered when the transaction commits)."""
+    """Tell every process to drop ``key`` (delivered when the transaction commits).
+
+    This process drops it itself when the transaction ends as well: the notification
+    reaches its own listener a moment after the commit, and the writer's next request
+    (the sign-up page after an administrator opened registration) must already see the
+    new value, not the cached old one."""
     await session.execute(text("SELECT pg_notify(:channel, :key)"),
                           {"channel": CHANNEL, "key": key})
+    at_transaction_end(session, lambda: CACHE.drop(key))
+
+
+def at_transaction_end(session: AsyncSession, drop: Callable[[], None]) -> None:
+    """Call ``drop`` when ``session``'s transaction commits or rolls back: how a process
+    invalidates its own cache for a change it writes (read-your-writes), since its
+    notification comes back through the listener only a moment after the commit."""
+
+    def ended(_session: Any) -> None:
+        drop()
+
+    for moment in ("after_commit", "after_rollback"):
+        event.listen(session.sync_session, moment, ended, once=True)
 
 
 class SettingsListener:
