@@ -13,12 +13,9 @@ and in processes without it (workers, the CLI) every resolution asks the databas
 from __future__ import annotations
 
 import uuid
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.system_settings import runtime
 
@@ -37,53 +34,11 @@ class Resolved:
 
 
 Key = tuple[uuid.UUID | None, str, str]
-_NONE: Final = object()  # cached "no version resolves"
-_MISS: Final = object()
 
-
-class ResolutionCache:
-    def __init__(self) -> None:
-        self._entries: OrderedDict[Key, Resolved | object] = OrderedDict()
-        self.listening = False
-        # Bumped by every invalidation: a lookup that started before one does not store
-        # what it read (it may be what the change just replaced).
-        self.generation = 0
-
-    def get(self, key: Key) -> tuple[bool, Resolved | None]:
-        """(True, the cached resolution or None for "no version"), or (False, None)."""
-        if not self.listening:
-            return False, None
-        found = self._entries.get(key, _MISS)
-        if found is _MISS:
-            return False, None
-        self._entries.move_to_end(key)
-        return True, found if isinstance(found, Resolved) else None
-
-    def put(self, key: Key, value: Resolved | None, generation: int) -> None:
-        if not self.listening or generation != self.generation:
-            return
-        self._entries[key] = _NONE if value is None else value
-        if len(self._entries) > MAX_ENTRIES:
-            self._entries.popitem(last=False)
-
-    def drop(self, _payload: str = "") -> None:
-        self.generation += 1
-        self._entries.clear()
-
-    def set_listening(self, listening: bool) -> None:
-        self.drop()
-        self.listening = listening
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-CACHE: Final = ResolutionCache()
-runtime.watch(CHANNEL, CACHE.drop, CACHE.set_listening)
-
-
-def changed(session: AsyncSession) -> None:
-    """A write in ``session`` changes what resolves: this process drops its cache when the
-    transaction ends (other processes on the trigger's notification), so the writer's next
-    chat turn uses the version it just published."""
-    runtime.at_transaction_end(session, CACHE.drop)
+# None: "no version resolves" (cached too: a key nobody published costs nothing either).
+# Written here by publishes, label moves, activations (and group changes, in identity):
+# this process drops its cache when such a transaction ends, so the writer's next chat
+# turn uses the version it just published.
+CACHE: Final = runtime.NotifiedCache[Key, Resolved | None](
+    CHANNEL, MAX_ENTRIES, tables=("system_prompt_labels", "system_prompts",
+                                  "user_group_memberships"))

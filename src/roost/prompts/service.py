@@ -178,7 +178,6 @@ async def _insert_version(session: AsyncSession, *, user_id: uuid.UUID | None,
                        prompt_name=name, prompt_category=category, description=description,
                        variables=variables, is_factory_default=scope == NIL_SCOPE,
                        version=(latest or 0) + 1, created_by=created_by)
-    cache.changed(session)
     session.add(row)
     await session.flush()
     await session.refresh(row)
@@ -233,7 +232,6 @@ async def set_active(session: AsyncSession, actor: Principal, prompt_id: uuid.UU
     row = await get_version(session, actor, prompt_id)
     await _check_write(session, actor, user_id=row.user_id, group_id=row.group_id)
     row.is_active = active
-    cache.changed(session)
     await session.flush()
     await session.refresh(row)
     await record(session, "prompt.activate" if active else "prompt.deactivate",
@@ -252,7 +250,6 @@ async def _move_label(session: AsyncSession, row: SystemPrompt, label: str) -> u
     before = await session.scalar(select(SystemPromptLabel.prompt_id).where(
         SystemPromptLabel.scope_id == row.scope_id, SystemPromptLabel.prompt_key == row.prompt_key,
         SystemPromptLabel.label == label).with_for_update())
-    cache.changed(session)
     await session.execute(insert(SystemPromptLabel).values(
         id=uuid7(), user_id=row.user_id, group_id=row.group_id, prompt_key=row.prompt_key,
         label=label, prompt_id=row.id,

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import asyncpg
 import structlog
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from roost.system_settings.registry import RuntimeSetting
 
@@ -34,6 +36,8 @@ log = structlog.get_logger(__name__)
 CHANNEL: Final = "roost_settings"
 _NO_ROW: Final = object()  # cached "no override": the caller's default applies
 _MISS: Final = object()
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 class _Cache:
@@ -85,6 +89,54 @@ def watch(channel: str, on_notify: Callable[[str], None],
         listener.subscribe(added)
 
 
+class NotifiedCache(Generic[K, V]):
+    """A per-process key -> value cache another domain keeps current through NOTIFY on
+    ``channel`` (a statement trigger on the tables its values come from sends it): every
+    notification drops the whole cache, so does the listener's loss or return, and it
+    answers only while this process listens (``get`` misses otherwise).  ``put`` takes the
+    :attr:`generation` read *before* the lookup it stores: a value read across an
+    invalidation is not kept.  At most ``max_entries``, least recently used dropped first.
+    ``tables``: what the values are read from; a write to one of them through an ORM
+    session of this process (a flush, or an insert/update/delete statement executed by
+    the session) drops the cache when that transaction ends, so the writer reads its own
+    change at once (a raw SQL write is seen on the notification only).  The triggers
+    that notify are the migration's job."""
+
+    def __init__(self, channel: str, max_entries: int, tables: Iterable[str] = ()) -> None:
+        self._entries: OrderedDict[K, V] = OrderedDict()
+        self.max_entries = max_entries
+        self.listening = False
+        self.generation = 0
+        watch(channel, self.drop, self.set_listening)
+        for table in tables:
+            _FOLLOWERS.setdefault(table, []).append(self)
+
+    def get(self, key: K) -> tuple[bool, V | None]:
+        """(True, the value) on a hit, (False, None) on a miss or while not listening."""
+        if not self.listening or key not in self._entries:
+            return False, None
+        self._entries.move_to_end(key)
+        return True, self._entries[key]
+
+    def put(self, key: K, value: V, generation: int) -> None:
+        if not self.listening or generation != self.generation:
+            return
+        self._entries[key] = value
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def drop(self, _payload: str = "") -> None:
+        self.generation += 1
+        self._entries.clear()
+
+    def set_listening(self, listening: bool) -> None:
+        self.drop()
+        self.listening = listening
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class _Listened:
     """The database the process's listener watches (None while it does not listen)."""
 
@@ -132,16 +184,47 @@ async def notify(session: AsyncSession, key: str) -> None:
     at_transaction_end(session, lambda: CACHE.drop(key))
 
 
-def at_transaction_end(session: AsyncSession, drop: Callable[[], None]) -> None:
-    """Call ``drop`` when ``session``'s transaction commits or rolls back: how a process
-    invalidates its own cache for a change it writes (read-your-writes), since its
-    notification comes back through the listener only a moment after the commit."""
+_PENDING: Final = "roost.drop_at_end"  # Session.info key: what to call when it ends
 
-    def ended(_session: Any) -> None:
+
+def at_transaction_end(session: AsyncSession | Session, drop: Callable[[], None]) -> None:
+    """Call ``drop`` when ``session``'s transaction commits or rolls back (once, however
+    often it is asked): how a process invalidates its own cache for a change it writes
+    (read-your-writes), since its notification comes back through the listener only a
+    moment after the commit."""
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    sync.info.setdefault(_PENDING, set()).add(drop)
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_rollback")
+def _transaction_ended(session: Session) -> None:
+    for drop in session.info.pop(_PENDING, ()):
         drop()
 
-    for moment in ("after_commit", "after_rollback"):
-        event.listen(session.sync_session, moment, ended, once=True)
+
+_FOLLOWERS: dict[str, list[NotifiedCache[Any, Any]]] = {}  # table -> caches built from it
+
+
+def _wrote(session: Session, tables: Iterable[str]) -> None:
+    for table in tables:
+        for cache in _FOLLOWERS.get(table, ()):
+            at_transaction_end(session, cache.drop)
+
+
+@event.listens_for(Session, "after_flush")
+def _flushed(session: Session, _context: Any) -> None:
+    if _FOLLOWERS:
+        _wrote(session, {getattr(type(obj), "__tablename__", "")
+                         for objs in (session.new, session.dirty, session.deleted)
+                         for obj in objs})
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _executed(state: ORMExecuteState) -> None:
+    if _FOLLOWERS and (state.is_insert or state.is_update or state.is_delete):
+        table = getattr(state.statement, "table", None)
+        _wrote(state.session, (getattr(table, "name", ""),))
 
 
 class SettingsListener:
