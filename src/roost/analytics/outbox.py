@@ -22,8 +22,16 @@ def emit(
 ) -> AnalyticsEvent:
     """Add the event to ``session`` (no flush: it goes with the caller's next one).
     ``data`` must be JSON (ids and decimals as strings) and hold no secrets or content."""
-    row = AnalyticsEvent(id=uuid7(), event_type=event_type, event_data=data, user_id=user_id,
-                         session_id=session_id, timestamp=utcnow(), exported=False,
-                         export_attempts=0)
+    row = AnalyticsEvent(**event_values(event_type, data, user_id=user_id,
+                                        session_id=session_id))
     session.add(row)
     return row
+
+
+def event_values(event_type: str, data: dict[str, Any], *, user_id: uuid.UUID | None = None,
+                 session_id: uuid.UUID | None = None) -> dict[str, Any]:
+    """The event's columns, for :func:`emit` or a caller that inserts it within another
+    statement (``insert(AnalyticsEvent).values(**event_values(...))``)."""
+    return {"id": uuid7(), "event_type": event_type, "event_data": data, "user_id": user_id,
+            "session_id": session_id, "timestamp": utcnow(), "exported": False,
+            "exported_at": None, "export_attempts": 0}

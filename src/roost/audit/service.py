@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.models import EVENT_CATEGORIES, AuditLog
 from roost.audit.redaction import redact
 from roost.context import current_context
-from roost.db.base import utcnow
+from roost.db.base import utcnow, uuid7
 from roost.errors import BadRequest
 from roost.pagination import DEFAULT_LIMIT, cursor_int, encode_cursor, page_of
 
@@ -26,48 +26,54 @@ GENESIS_HASH = bytes(32)
 RETENTION_ACTION = "audit.retention"
 
 
-async def record(
-    session: AsyncSession,
-    action: str,
-    *,
-    user_id: uuid.UUID | None = None,
-    persona_id: uuid.UUID | None = None,
-    run_id: uuid.UUID | None = None,
-    category: str = "action",
-    resource_type: str | None = None,
-    resource_id: str | uuid.UUID | None = None,
-    changes: dict[str, Any] | None = None,
-    metadata: dict[str, Any] | None = None,
-    description: str | None = None,
-    success: bool = True,
-    error_message: str | None = None,
-    trace_id: str | None = None,
-) -> AuditLog:
+class AuditFields(TypedDict, total=False):
+    """What an audit record says besides its action (all optional)."""
+
+    user_id: uuid.UUID | None
+    persona_id: uuid.UUID | None
+    run_id: uuid.UUID | None
+    category: str  # one of EVENT_CATEGORIES; "action" when not given
+    resource_type: str | None
+    resource_id: str | uuid.UUID | None
+    changes: dict[str, Any] | None
+    metadata: dict[str, Any] | None
+    description: str | None
+    success: bool  # True when not given
+    error_message: str | None
+    trace_id: str | None
+
+
+async def record(session: AsyncSession, action: str, **fields: Unpack[AuditFields]) -> AuditLog:
     """Append one audit record in the caller's transaction (secrets redacted)."""
-    if category not in EVENT_CATEGORIES:
-        raise ValueError(f"audit category must be one of {EVENT_CATEGORIES}, got {category!r}")
-    ctx = current_context()
-    entry = AuditLog(
-        action=action,
-        user_id=user_id,
-        persona_id=persona_id,
-        run_id=run_id,
-        event_category=category,
-        resource_type=resource_type,
-        resource_id=str(resource_id) if resource_id is not None else None,
-        changes=redact(changes) if changes is not None else None,
-        event_metadata=redact(metadata) if metadata is not None else None,
-        description=description,
-        ip_address=ctx.ip_address,
-        user_agent=ctx.user_agent[:1000] if ctx.user_agent else None,
-        correlation_id=ctx.request_id,
-        trace_id=trace_id,
-        success=success,
-        error_message=error_message,
-    )
+    entry = AuditLog(**entry_values(action, **fields))
     session.add(entry)
     await session.flush()
     return entry
+
+
+def entry_values(action: str, **fields: Unpack[AuditFields]) -> dict[str, Any]:
+    """One audit record's columns (attribute names of :class:`AuditLog`: secrets redacted,
+    the request's context filled in), for :func:`record` or a caller that inserts it
+    within another statement (``insert(AuditLog).values(**entry_values(...))``)."""
+    category = fields.get("category", "action")
+    if category not in EVENT_CATEGORIES:
+        raise ValueError(f"audit category must be one of {EVENT_CATEGORIES}, got {category!r}")
+    resource_id, changes = fields.get("resource_id"), fields.get("changes")
+    metadata = fields.get("metadata")
+    ctx = current_context()
+    return {
+        "id": uuid7(), "created_at": utcnow(), "action": action,
+        "user_id": fields.get("user_id"), "persona_id": fields.get("persona_id"),
+        "run_id": fields.get("run_id"), "event_category": category,
+        "resource_type": fields.get("resource_type"),
+        "resource_id": str(resource_id) if resource_id is not None else None,
+        "changes": redact(changes) if changes is not None else None,
+        "event_metadata": redact(metadata) if metadata is not None else None,
+        "description": fields.get("description"), "ip_address": ctx.ip_address,
+        "user_agent": ctx.user_agent[:1000] if ctx.user_agent else None,
+        "correlation_id": ctx.request_id, "trace_id": fields.get("trace_id"),
+        "success": fields.get("success", True), "error_message": fields.get("error_message"),
+    }
 
 
 @dataclass(frozen=True)

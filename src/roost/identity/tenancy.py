@@ -26,10 +26,11 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from roost.db.transaction import local_settings, note_settings
 
@@ -96,6 +97,30 @@ async def apply_principal(
             "user_id": params["roost.user_id"], "is_admin": params["roost.is_admin"],
             "group_ids": params["roost.group_ids"]})
     note_settings(session, params)
+
+
+def scope_lazily(
+    session: AsyncSession,
+    principal: PrincipalLike,
+    *,
+    app_role: str | None = DEFAULT_APP_ROLE,
+) -> None:
+    """:func:`apply_principal`, sent when the session's transaction begins on a
+    connection, before its first statement (each transaction of the session, if it has
+    several): a transaction that finds everything in the process's caches sends nothing
+    at all, and no statement can run unscoped."""
+    params = scope_settings(principal, app_role=app_role)
+    statement = _APPLY_WITH_ROLE if app_role else _APPLY
+    values = {"user_id": params["roost.user_id"], "is_admin": params["roost.is_admin"],
+              "group_ids": params["roost.group_ids"]}
+    if app_role:
+        values["role"] = params["role"]
+
+    def began(_session: Session, _transaction: Any, connection: Connection) -> None:
+        connection.execute(statement, values)
+        note_settings(session, params)
+
+    event.listen(session.sync_session, "after_begin", began)
 
 
 def scope_settings(

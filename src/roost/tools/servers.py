@@ -22,7 +22,7 @@ from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.errors import Conflict, Forbidden, NotFound
-from roost.identity.tenancy import apply_principal
+from roost.identity.tenancy import scope_lazily
 from roost.knowledge.fetching import FetchError
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
@@ -37,9 +37,10 @@ from roost.tools.search import EMBED_TASK
 
 @asynccontextmanager
 async def scoped(database: Database, actor: Principal, cfg: ToolsConfig) -> AsyncIterator[AsyncSession]:
-    """A transaction in ``actor``'s row-level-security scope."""
+    """A transaction in ``actor``'s row-level-security scope, sent with its first
+    statement (none when a call's checks are all answered by the process's caches)."""
     async with database.transaction() as session:
-        await apply_principal(session, actor, app_role=cfg.app_role)
+        scope_lazily(session, actor, app_role=cfg.app_role)
         yield session
 
 
