@@ -20,9 +20,12 @@ process started once and kept (so no process start is measured):
   ``tool.call`` audit record);
 * **http**: ``POST /api/v1/tools/{id}/call`` with the API key, through the app of
   ``create_app`` (its lifespan run) over httpx's ASGI transport (no sockets):
-  authentication, the request's own transaction, routing, JSON in and out.
+  authentication, the request's own transaction, routing, JSON in and out;
+* **durable**: no tool at all: one transaction of one ``INSERT`` (a small JSON row) on a
+  bare asyncpg connection, committed durably: the floor of recording anything about a
+  call before answering (BEGIN, the insert, a COMMIT that waits for the WAL flush).
 
-The four are interleaved call by call (sdk, pool, service, http, then pool, service,
+The five are interleaved call by call (sdk, pool, service, http, then pool, service,
 http, sdk...: rotated each round) so drift on a shared machine hits them alike.
 Reported: p50/p99 per way and Roost's overhead over the SDK, as the difference of the
 medians and as the median of the per-round differences (paired).  Results are merged
@@ -47,6 +50,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 from cryptography.fernet import Fernet
 
@@ -88,7 +92,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         secrets_key=base64.b64decode(base64.b64encode(secrets.token_bytes(32))),
         admin_token="rst_admin_" + secrets.token_urlsafe(24))
     admin = {"Authorization": f"Bearer {keys.admin_token}"}
-    samples: dict[str, list[float]] = {"sdk": [], "pool": [], "service": [], "http": []}
+    samples: dict[str, list[float]] = {"sdk": [], "pool": [], "service": [], "http": [],
+                                       "durable": []}
     with tempfile.TemporaryDirectory(prefix="roost-bench-tools-") as tmp_dir:
         tmp = Path(tmp_dir)
         server = start_embedded(tmp / "pg", delete_on_exit=True)
@@ -133,6 +138,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         assert row is not None
                         spec = spec_for(row, box, cfg)
                     pool = stdiopool.default_pool(calls.stdio_limits(cfg))
+                    raw = await asyncpg.connect(server.libpq_url("bench_tools"))
+                    await raw.execute("CREATE TABLE bench_durable (id bigserial PRIMARY KEY, "
+                                      "payload jsonb NOT NULL)")
 
                     async def sdk() -> None:
                         result = await direct.call_tool("echo", ARGUMENTS)
@@ -155,18 +163,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                                    json={"arguments": ARGUMENTS})
                         assert answer.status_code == 200, answer.text
 
+                    async def durable() -> None:
+                        async with raw.transaction():
+                            await raw.execute("INSERT INTO bench_durable (payload) VALUES ($1)",
+                                              json.dumps(ARGUMENTS))
+
                     ways: dict[str, Callable[[], Awaitable[None]]] = {
-                        "sdk": sdk, "pool": via_pool, "service": service, "http": http}
+                        "sdk": sdk, "pool": via_pool, "service": service, "http": http,
+                        "durable": durable}
                     for _ in range(args.warmup):
                         for way in ways.values():
                             await way()
                     order = list(ways.items())
                     for i in range(args.calls):
                         # Rotated each round: no way always follows the same other one.
-                        for name, way in order[i % 4:] + order[:i % 4]:
+                        shift = i % len(order)
+                        for name, way in order[shift:] + order[:shift]:
                             t0 = time.perf_counter()
                             await way()
                             samples[name].append((time.perf_counter() - t0) * 1000)
+                    await raw.close()
             await database.dispose()
         finally:
             server.stop()
@@ -177,13 +193,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                              "mean_ms": round(statistics.fmean(values), 3)}
     floor = out["ways"]["sdk"]["p50_ms"]
     out["overhead_p50_ms"] = {name: round(w["p50_ms"] - floor, 3)
-                              for name, w in out["ways"].items() if name != "sdk"}
+                              for name, w in out["ways"].items() if name not in ("sdk", "durable")}
     # The same, paired: the median over rounds of (this way - the sdk call of the same
     # round), less sensitive to load that comes and goes on a shared machine.
     out["overhead_paired_p50_ms"] = {
         name: round(statistics.median(a - b for a, b in zip(values, samples["sdk"],
                                                                 strict=True)), 3)
-        for name, values in samples.items() if name != "sdk"}
+        for name, values in samples.items() if name not in ("sdk", "durable")}
     return out
 
 
