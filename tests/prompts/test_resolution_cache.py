@@ -19,9 +19,8 @@ from roost.identity.tenancy import apply_principal
 from roost.principal import Principal
 from roost.prompts import cache, service
 from roost.system_settings import runtime
-from roost.system_settings.runtime import SettingsListener
-from roost.tasks.worker import asyncpg_dsn
 from tests.prompts.conftest import User, make_group, publish
+from tests.support.listening import listening as listening_to
 
 
 async def _use(database: Database, user_id: uuid.UUID, key: str) -> str | None:
@@ -44,14 +43,9 @@ async def _until(database: Database, user_id: uuid.UUID, key: str, expected: str
 
 @pytest.fixture
 async def listening(database: Database) -> AsyncIterator[None]:
-    listener = SettingsListener(asyncpg_dsn(database))
-    await listener.start()
-    try:
-        await asyncio.wait_for(listener.connected.wait(), 10)
+    async with listening_to(database):
         assert cache.CACHE.listening
         yield
-    finally:
-        await listener.stop()
     assert not cache.CACHE.listening and len(cache.CACHE) == 0
 
 

@@ -24,12 +24,11 @@ from roost.keyfiles import KeyMaterial
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
 from roost.system_settings import runtime
-from roost.system_settings.runtime import SettingsListener
-from roost.tasks.worker import asyncpg_dsn
 from roost.tools import calls
 from roost.tools.config import ToolsConfig
 from roost.tools.servers import scoped
 from tests.support.identity import make_user
+from tests.support.listening import listening as listening_to
 from tests.tools.test_tools_api import register_and_sync, stdio_body, tool_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -51,14 +50,9 @@ def deaf(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def listening(database: Database) -> AsyncIterator[None]:
-    listener = SettingsListener(asyncpg_dsn(database))
-    await listener.start()
-    try:
-        await asyncio.wait_for(listener.connected.wait(), 10)
+    async with listening_to(database):
         assert calls.KNOWN_TOOLS.listening
         yield
-    finally:
-        await listener.stop()
 
 
 class Statements:
