@@ -37,6 +37,10 @@ class Domain:
     """``module:attribute`` of a lifespan (async context manager taking the app) the API
     server enters at start-up, after the database is open, and exits at shutdown; a
     tuple for several, entered in order."""
+    worker_startup: str | None = None
+    """``module:attribute`` of an async context manager factory ``(database, settings)`` a
+    standalone ``roost worker`` enters before it takes jobs and exits after (``roost
+    serve``'s own worker shares the server's ``startup`` instead)."""
     cli: str | None = None
     """``module:attribute`` of ``register(app: typer.Typer)``, adding the commands."""
     commands: tuple[str, ...] = ()
@@ -78,6 +82,7 @@ DOMAINS: tuple[Domain, ...] = (
         models="roost.system_settings.models",
         routers=("roost.system_settings.routes:router",),
         startup="roost.system_settings.startup:lifespan",  # LISTEN: drops changed keys
+        worker_startup="roost.system_settings.runtime:worker_listener",  # the same in `roost worker`
         cli="roost.system_settings.cli:register",  # roost settings ls|get|set|reset
         commands=("settings",),
     ),
@@ -261,9 +266,10 @@ def job_modules() -> list[str]:
 def use_task_handlers() -> None:
     """Tell the task registry which modules hold the handlers; it imports them when a
     process first needs a task type (the worker at start-up).  Cheap: imports nothing."""
-    from roost.tasks.handlers import use_job_modules
+    from roost.tasks.handlers import use_job_modules, use_worker_services
 
     use_job_modules(job_modules())
+    use_worker_services([d.worker_startup for d in DOMAINS if d.worker_startup is not None])
 
 
 def declare_runtime_settings() -> None:

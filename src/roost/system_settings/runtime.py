@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
@@ -315,6 +315,22 @@ class SettingsListener:
                         await asyncio.wait_for(conn.close(), 2)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 10.0)
+
+
+@contextlib.asynccontextmanager
+async def worker_listener(database: Any, settings: Any) -> AsyncIterator[SettingsListener]:
+    """The LISTEN connection of a standalone ``roost worker`` (``roost.domains`` names it
+    as the domain's ``worker_startup``): the same caches as the API server's, kept the
+    same way.  Behind PgBouncer in transaction mode it does not connect, and every read
+    asks the database."""
+    from roost.tasks.worker import asyncpg_dsn
+
+    listener = SettingsListener(None if settings.pgbouncer else asyncpg_dsn(database))
+    await listener.start()
+    try:
+        yield listener
+    finally:
+        await listener.stop()
 
 
 def _relay(w: Watch) -> Callable[[object, int, str, str], None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import uuid
@@ -247,7 +248,7 @@ def worker_command(
     from roost.db.engine import create_database
     from roost.logging import configure_logging
     from roost.tasks.config import WorkerSettings
-    from roost.tasks.handlers import discover, import_modules
+    from roost.tasks.handlers import discover, import_modules, worker_services
     from roost.tasks.worker import Worker, parse_queues
 
     settings = get_settings()
@@ -282,9 +283,14 @@ def worker_command(
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
-        freeze_startup_heap()  # quick exit after SIGTERM (roost.process)
         try:
-            await worker.run()
+            async with contextlib.AsyncExitStack() as services:
+                # The domains' worker services (e.g. the LISTEN connection that keeps the
+                # process's caches current), exited after the last job has stopped.
+                for service in worker_services():
+                    await services.enter_async_context(service(db, settings))
+                freeze_startup_heap()  # quick exit after SIGTERM (roost.process)
+                await worker.run()
         finally:
             await db.dispose()
 

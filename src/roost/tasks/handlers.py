@@ -15,6 +15,7 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -176,6 +177,27 @@ def use_job_modules(names: Iterable[str]) -> None:
     if added:
         _job_modules = (*_job_modules, *added)
         _discovered = False
+
+
+_worker_services: tuple[str, ...] = ()
+
+
+def use_worker_services(names: Iterable[str]) -> None:
+    """Name the ``module:attribute`` factories a standalone ``roost worker`` enters around
+    its run (``roost.domains`` lists them: e.g. the LISTEN connection that keeps the
+    process's caches current)."""
+    global _worker_services
+    _worker_services = (*_worker_services, *(n for n in names if n not in _worker_services))
+
+
+def worker_services() -> list[Callable[[Any, Any], AbstractAsyncContextManager[Any]]]:
+    """The factories of :func:`use_worker_services`, imported; each is called with the
+    worker's database and settings."""
+    found = []
+    for name in _worker_services:
+        module, _, attribute = name.partition(":")
+        found.append(getattr(importlib.import_module(module), attribute))
+    return found
 
 
 def discover() -> None:
