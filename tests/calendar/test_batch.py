@@ -5,7 +5,9 @@ RDATE, overrides, ties broken by event id, the limit."""
 
 from __future__ import annotations
 
+import gc
 import random
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -13,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from roost.calendar import recurrence
+from roost.calendar import batch, recurrence
 from roost.calendar.service import expand_events
 from tests.calendar.test_fastpath import _event
 
@@ -111,3 +113,49 @@ def test_no_events_and_no_occurrences() -> None:
     later = Row(uuid.uuid4(), start + timedelta(days=30), start + timedelta(days=30, hours=1),
                 "UTC", "FREQ=DAILY;COUNT=3")
     assert expand_events([later], start, start + timedelta(days=7)) == []
+
+
+def test_the_collector_is_paused_during_an_expansion_and_restored_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+    rule = "FREQ=DAILY;COUNT=3"
+    row = Row(uuid.uuid4(), datetime(2027, 1, 4, 9, tzinfo=UTC),
+              datetime(2027, 1, 4, 10, tzinfo=UTC), "UTC", rule)
+    start, end = datetime(2027, 1, 1, tzinfo=UTC), datetime(2027, 2, 1, tzinfo=UTC)
+    assert gc.isenabled()
+    original = batch.expand_many
+
+    def watching(events: Any, window: Any) -> Any:
+        seen.append(gc.isenabled())
+        return original(events, window)
+
+    monkeypatch.setattr(batch, "expand_many", watching)
+    assert len(expand_events([row], start, end)) == 3
+    # Overlapping pauses (two threads): on again only when the last one ends.
+    first_in, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with batch.collector_paused():
+            first_in.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    first_in.wait(10)
+    expand_events([row], start, end)
+    assert not gc.isenabled()  # the other pause still holds it
+    release.set()
+    holder.join(10)
+    assert gc.isenabled()
+    # An expansion that fails leaves it on.
+    with pytest.raises(AttributeError):
+        expand_events([object()], start, end)
+    assert gc.isenabled()
+    # A process that runs with the collector off keeps it off.
+    gc.disable()
+    try:
+        expand_events([row], start, end)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert seen[:2] == [False, False]

@@ -436,7 +436,14 @@ def expand_events(events: Sequence[Any], start: datetime, end: datetime,
     """Every occurrence of ``events`` overlapping ``[start, end)``, by start time (then
     end, then event id).  Rows with a ``recurrence_id`` (overrides) replace the occurrence
     of their series (same ``calendar_id`` and ``uid``) that starts at it; a cancelled
-    override shows nothing.  Expanded all at once (roost.calendar.batch)."""
+    override shows nothing.  Expanded all at once (roost.calendar.batch), with the
+    garbage collector paused (``batch.collector_paused``)."""
+    with batch.collector_paused():
+        return _expand_all(events, start, end, limit)
+
+
+def _expand_all(events: Sequence[Any], start: datetime, end: datetime,
+                limit: int | None) -> list[tuple[Any, datetime, datetime]]:
     window = recurrence.Window(start, end)
     rows_have_overrides = bool(events) and hasattr(events[0], "recurrence_id")  # not bench rows
     overrides = [ev for ev in events if ev.recurrence_id is not None] if rows_have_overrides \
