@@ -166,6 +166,7 @@ class Phase:
     pg_cpu_ms_per_step: float
     stub_cpu_ms_per_step: float
     bad_runs: int = 0
+    bytes_live_by_table: dict[str, float] = field(default_factory=dict)
 
 
 class CpuClock:
@@ -477,6 +478,16 @@ async def db_state(conn: asyncpg.Connection) -> tuple[int, int, int]:
     return int(row["bytes"]), int(row["xid"]), int(row["wal"])
 
 
+async def table_sizes(conn: asyncpg.Connection) -> dict[str, int]:
+    """``pg_total_relation_size`` of each table of the database (indexes, TOAST)."""
+    rows = await conn.fetch(
+        "SELECT c.relname, pg_total_relation_size(c.oid) AS bytes FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'm') "
+        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+        "AND n.nspname NOT LIKE 'pg_toast%'")
+    return {r["relname"]: int(r["bytes"]) for r in rows}
+
+
 async def drive(run: Callable[[Slot], Awaitable[bool]], n: int, concurrency: int
                 ) -> tuple[float, list[RunSample], int]:
     """n runs through ``concurrency`` slots; (seconds, samples, failed runs)."""
@@ -526,6 +537,7 @@ async def measure(system: System, n: int, concurrency: int, round_: int,
     await conn.execute("VACUUM FULL")
     await conn.execute("CHECKPOINT")
     size0, xid0, wal0 = await db_state(conn)
+    tables0 = await table_sizes(conn)
     since = datetime.now(UTC)
     if system.before is not None:
         await system.before(concurrency)
@@ -537,6 +549,7 @@ async def measure(system: System, n: int, concurrency: int, round_: int,
     size1, xid1, wal1 = await db_state(conn)
     await conn.execute("VACUUM FULL")
     size2, _, _ = await db_state(conn)
+    tables2 = await table_sizes(conn)
     if system.check is not None:
         failed = max(failed, await system.check(since))
     steps = n * STEPS_PER_RUN
@@ -554,7 +567,10 @@ async def measure(system: System, n: int, concurrency: int, round_: int,
         wal_bytes_per_step=round((wal1 - wal0) / steps),
         bench_cpu_ms_per_step=round((cpu1[0] - cpu0[0]) * 1000 / steps, 2),
         pg_cpu_ms_per_step=round((cpu1[1] - cpu0[1]) * 1000 / steps, 2),
-        stub_cpu_ms_per_step=round((cpu1[2] - cpu0[2]) * 1000 / steps, 2), bad_runs=failed)
+        stub_cpu_ms_per_step=round((cpu1[2] - cpu0[2]) * 1000 / steps, 2), bad_runs=failed,
+        bytes_live_by_table=dict(sorted(
+            ((t, round((b - tables0.get(t, 0)) / steps)) for t, b in tables2.items()
+             if b != tables0.get(t, 0)), key=lambda kv: -kv[1])))
 
 
 async def capture(run: Callable[[Slot], Awaitable[bool]]) -> list[dict[str, Any]]:
@@ -659,6 +675,11 @@ def summarise(phases: list[Phase]) -> list[dict[str, Any]]:
                 continue
             if isinstance(value, int | float):
                 row[key] = round(statistics.median(s[key] for s in series), 2)
+            elif isinstance(value, dict):  # per table: the median of each over the rounds
+                names = {n for s in series for n in s[key]}
+                row[key] = dict(sorted(
+                    ((n, statistics.median(s[key].get(n, 0) for s in series)) for n in names),
+                    key=lambda kv: -kv[1]))
         out.append(row)
     return out
 

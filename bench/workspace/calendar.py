@@ -18,7 +18,10 @@ not timed) and ``roost.calendar.service.expand_events`` on the candidates.
 **recurring-ical-events**: ``of(calendar).between(start, end)`` over the whole calendar
 (it has no index).  Both answers are compared (the same occurrences) on every oracle
 query.  p50/p95/max per query in ms; results in bench/results/calendar.json.  The first
-query runs with Roost's per-event caches empty (``cold``); the timed queries follow it.
+query runs with Roost's per-event caches empty (``cold``); the timed queries follow it
+(each meets some events for the first time), then the same queries again (``warm``: every
+event already seen once).  Timed: the candidate filter and ``expand_events`` (the
+``(uid, start, end)`` tuples the comparison with the oracle needs are built untimed).
 The built data is frozen out of the garbage collector (``gc.freeze``) before timing.
 """
 
@@ -129,10 +132,17 @@ def build(n: int, seed: int) -> tuple[bytes, list[Row]]:
 
 
 def roost_query(rows: list[Row], starts: list[datetime], start: datetime,
-                end: datetime) -> list[tuple[str, datetime, datetime]]:
+                end: datetime) -> list[tuple[Any, datetime, datetime]]:
+    """The timed part: the candidate filter and the expansion, whose (row, start, end)
+    triples are what the API serialises."""
     candidates = [r for r in rows[:bisect_left(starts, end)]
                   if r.recurrence_end is None or r.recurrence_end >= start]
-    return [(ev.uid, s, e) for ev, s, e in expand_events(candidates, start, end)]
+    return expand_events(candidates, start, end)
+
+
+def comparable(found: list[tuple[Any, datetime, datetime]]) -> list[tuple[str, datetime, datetime]]:
+    """Roost's answer in the oracle's terms (not timed: only the comparison needs it)."""
+    return [(ev.uid, s, e) for ev, s, e in found]
 
 
 def oracle_query(cal: Any, start: datetime, end: datetime) -> list[tuple[str, datetime, datetime]]:
@@ -185,12 +195,21 @@ def main() -> None:
         roost_ms.append((time.perf_counter() - t) * 1000)
         roost_cpu_ms.append((time.process_time() - cpu) * 1000)  # less the machine's load
         sizes.append(len(found))
+        del found
+    # The same queries again: every event they meet has been seen once (its plan cached),
+    # as in a server that has answered a few queries over these events.
+    warm_ms = []
+    for s, e in ranges[:args.queries]:
+        t = time.perf_counter()
+        found = roost_query(rows, starts, s, e)
+        warm_ms.append((time.perf_counter() - t) * 1000)
+        del found
     oracle_ms, mismatches = [], 0
     for s, e in ranges[:args.oracle_queries]:
         t = time.perf_counter()
         theirs = oracle_query(cal, s, e)
         oracle_ms.append((time.perf_counter() - t) * 1000)
-        if sorted(theirs) != sorted(roost_query(rows, starts, s, e)):
+        if sorted(theirs) != sorted(comparable(roost_query(rows, starts, s, e))):
             mismatches += 1
 
     result = {
@@ -201,6 +220,7 @@ def main() -> None:
         "occurrences_per_query": {"mean": round(statistics.mean(sizes), 1), "max": max(sizes)},
         "roost": stats(roost_ms),
         "roost_cpu": stats(roost_cpu_ms),
+        "roost_warm": stats(warm_ms),
         "roost_cold_first_query_ms": round(cold_ms, 2),
         "load_average_1m": round(os.getloadavg()[0], 2),
         "recurring_ical_events": stats(oracle_ms),

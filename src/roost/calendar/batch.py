@@ -83,6 +83,10 @@ class _Compiled:
     month: _MonthPlan | None  # a simple MONTHLY rule's
     duration_us: int  # wall-clock
     by_dateutil: bool  # a rule neither plan can express
+    plan_rows: tuple[tuple[int, int, int, int, int, int], ...]
+    """The plan as ``_expand_zone``'s rows, one per day offset of its period: (anchor plus
+    the offset, period, first, last (-1: never ends), time of day, duration), in µs and
+    date ordinals."""
 
 
 @lru_cache(maxsize=65536)
@@ -91,9 +95,13 @@ def _compiled(start: datetime, end: datetime, tz_name: str, rule: str | None) ->
     plan = prep.plan if prep.plan is not None and prep.plan.offsets else None
     month = (_month_plan(rule, prep.start_l, tz_name)
              if rule is not None and prep.plan is None else None)
+    duration_us = prep.duration // _US
+    rows = () if plan is None else tuple(
+        (plan.anchor + o, plan.period, plan.first, -1 if plan.last is None else plan.last,
+         plan.time // _US, duration_us) for o in plan.offsets)
     return _Compiled(prep, _us(prep.first[0]), _us(prep.first[1]), plan, month,
-                     prep.duration // _US,
-                     prep.rule is not None and prep.plan is None and month is None)
+                     duration_us,
+                     prep.rule is not None and prep.plan is None and month is None, rows)
 
 
 _pause_lock = threading.Lock()
@@ -136,8 +144,8 @@ def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints
     one_s: list[int] = []
     one_e: list[int] = []
     one_i: list[int] = []
-    # Per zone: (event position, compiled event) of the simple rules.
-    plans: dict[str, list[tuple[int, _Compiled]]] = {}
+    # Per zone: the plan rows of the simple rules and, for each row, its event's position.
+    plans: dict[str, tuple[list[tuple[int, int, int, int, int, int]], list[int]]] = {}
     with_exdates: list[int] = []
     compiled = _compiled
     # The one Python pass over the candidates: a cached look-up and integer compares each.
@@ -151,8 +159,9 @@ def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints
         if c.plan is not None:
             zone_plans = plans.get(c.plan.tz_name)
             if zone_plans is None:
-                zone_plans = plans[c.plan.tz_name] = []
-            zone_plans.append((i, c))
+                zone_plans = plans[c.plan.tz_name] = ([], [])
+            zone_plans[0].extend(c.plan_rows)
+            zone_plans[1].extend([i] * len(c.plan_rows))
         if c.month is not None:  # at most a few dates a query: converted exactly
             _expand_month(c, i, window, one_s, one_e, one_i)
         rdates = ev.rdates
@@ -223,26 +232,16 @@ def _expand_month(c: _Compiled, i: int, window: Window, one_s: list[int], one_e:
 
 
 def _expand_zone(
-    tz_name: str, compiled: list[tuple[int, _Compiled]], window: Window, rs: int, re_: int,
+    tz_name: str, compiled: tuple[list[tuple[int, int, int, int, int, int]], list[int]],
+    window: Window, rs: int, re_: int,
 ) -> tuple[Ints, Ints, Ints, list[tuple[int, int, int, int]]]:
-    """The plans of one zone's events expanded, one row per (event, day offset of its
-    period); occurrences on a day whose offset changes within the occurrence are returned
-    apart (event, day, time, duration) for the exact conversion."""
+    """The plans of one zone's events expanded (``_Compiled.plan_rows``, with each row's
+    event position); occurrences on a day whose offset changes within the occurrence are
+    returned apart (event, day, time, duration) for the exact conversion."""
     first_day, last_day = window.local_days(tz_name, _zone(tz_name))
-    plans = [(i, c.plan, c.duration_us) for i, c in compiled if c.plan is not None]
-    per_event = np.array([len(p.offsets) for _, p, _ in plans], dtype=np.int64)
-
-    def column(values: list[int]) -> Ints:
-        return np.repeat(np.array(values, dtype=np.int64), per_event)
-
-    event = column([i for i, _, _ in plans])
-    anchor = column([p.anchor for _, p, _ in plans]) + np.array(
-        [o for _, p, _ in plans for o in p.offsets], dtype=np.int64)
-    period = column([p.period for _, p, _ in plans])
-    first = column([p.first for _, p, _ in plans])
-    last = column([-1 if p.last is None else p.last for _, p, _ in plans])  # -1: never ends
-    time_us = column([p.time // _US for _, p, _ in plans])
-    duration_us = column([d for _, _, d in plans])
+    table = np.array(compiled[0], dtype=np.int64).reshape(-1, 6)
+    event = np.array(compiled[1], dtype=np.int64)
+    anchor, period, first, last, time_us, duration_us = table.T
     span = (time_us + duration_us) // DAY_US  # local days an occurrence reaches past its own
     wlo = first_day - span - 1
     lo = np.maximum(first, wlo)
