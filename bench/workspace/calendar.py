@@ -2,14 +2,15 @@
 beside ``recurring-ical-events`` over the same data, in one run.
 
     .venv/bin/python -m bench.workspace.calendar [--events 50000] [--queries 40]
-                     [--oracle-queries 5] [--range-days 7] [--seed 18]
+                     [--oracle-queries 5] [--range-days 7] [--seed 18] [--no-stored-plans]
 
 Data: ``--events`` recurring events spread over one year (2027): each starts on a random
 day and hour in one of five time zones, lasts 15-90 minutes and repeats by one of six
 rules (weekly on one or two days with COUNT 4-12, daily COUNT 5-20, every other week
 COUNT 6, monthly on the last Friday COUNT 3, daily with INTERVAL=3 and an UNTIL); a third
 has an EXDATE.  The same events are built once as Roost rows (``roost.calendar.ical``
-values, ``recurrence_end`` derived as a write does) and once as one ``icalendar.Calendar``.
+values, ``recurrence_end`` and ``recurrence_plan`` derived as a write does; without the
+plans with ``--no-stored-plans``) and once as one ``icalendar.Calendar``.
 
 A query is a ``--range-days`` range starting at a random day of the year.  **Roost**:
 the candidate filter the SQL query applies (``start_time < end AND (recurrence_end IS NULL
@@ -53,7 +54,7 @@ from zoneinfo import ZoneInfo
 import icalendar
 import recurring_ical_events
 
-from roost.calendar import ical, recurrence
+from roost.calendar import batch, ical, recurrence
 from roost.calendar.service import expand_events
 
 ZONES = ["Europe/Berlin", "America/New_York", "Asia/Tokyo", "UTC", "Australia/Sydney"]
@@ -74,6 +75,7 @@ class Row:
     exdates: list[datetime]
     all_day: bool
     recurrence_end: datetime | None
+    recurrence_plan: list[int] | None
 
 
 def rule_for(rnd: random.Random) -> str:
@@ -91,7 +93,7 @@ def rule_for(rnd: random.Random) -> str:
     return "FREQ=DAILY;INTERVAL=3;UNTIL=20280101T000000Z"
 
 
-def build(n: int, seed: int) -> tuple[bytes, list[Row]]:
+def build(n: int, seed: int, stored_plans: bool = True) -> tuple[bytes, list[Row]]:
     rnd = random.Random(seed)
     cal = icalendar.Calendar()
     cal.add("PRODID", "-//Roost//bench//EN")
@@ -126,7 +128,10 @@ def build(n: int, seed: int) -> tuple[bytes, list[Row]]:
         rec = recurrence.Recurring(start=e.start_time, end=e.end_time, timezone=e.timezone,
                                    rule=e.recurrence_rule, rdates=e.rdates, exdates=e.exdates)
         rows.append(Row(i, e.uid, e.start_time, e.end_time, e.timezone, e.recurrence_rule,
-                        e.rdates, e.exdates, False, recurrence.recurrence_end(rec)))
+                        e.rdates, e.exdates, False, recurrence.recurrence_end(rec),
+                        batch.plan_of(e.start_time, e.end_time, e.timezone,
+                                      e.recurrence_rule, e.rdates, e.exdates)
+                        if stored_plans else None))
     rows.sort(key=lambda r: r.start_time)
     return raw, rows
 
@@ -167,11 +172,19 @@ def main() -> None:
     parser.add_argument("--oracle-queries", type=int, default=5)
     parser.add_argument("--range-days", type=int, default=7)
     parser.add_argument("--seed", type=int, default=18)
+    parser.add_argument("--no-stored-plans", action="store_true",
+                        help="rows without recurrence_plan (as rows written before "
+                             "migration 0960): every plan compiled at query time")
     args = parser.parse_args()
 
     began = time.perf_counter()
-    raw, rows = build(args.events, args.seed)
+    raw, rows = build(args.events, args.seed, not args.no_stored_plans)
     built_s = time.perf_counter() - began
+    # The writes ran in this process: forget what computing the stored plans cached, as a
+    # server process that did not write these events never had it.
+    for cached in (batch._compiled, recurrence._prepare, recurrence._plan,
+                   recurrence._month_plan):
+        cached.cache_clear()
     starts = [r.start_time for r in rows]
     cal = icalendar.Calendar.from_ical(raw)
     # The data (and recurring-ical-events' parsed calendar: millions of objects) lives for
@@ -222,6 +235,7 @@ def main() -> None:
         "roost_cpu": stats(roost_cpu_ms),
         "roost_warm": stats(warm_ms),
         "roost_cold_first_query_ms": round(cold_ms, 2),
+        "stored_plans": not args.no_stored_plans,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "recurring_ical_events": stats(oracle_ms),
         "answers_differ": mismatches,

@@ -9,7 +9,11 @@ from typing import Any
 import httpx
 import icalendar
 import pytest
+from sqlalchemy import update
 
+from roost.calendar import batch
+from roost.calendar.models import Event
+from roost.db.engine import Database
 from tests.calendar.conftest import Headers, make_calendar, make_event
 
 User = tuple[uuid.UUID, Headers]
@@ -180,6 +184,61 @@ SUMMARY:Holiday\r
 END:VEVENT\r
 END:VCALENDAR\r
 """
+
+
+async def test_each_write_stores_the_events_plan_and_rows_without_one_still_expand(
+        client: httpx.AsyncClient, user: User, database: Database) -> None:
+    """``recurrence_plan`` (what a range query reads instead of parsing the rule) follows
+    every change of the times, zone and rule; a row without one (written before migration
+    0960) is expanded from its rule, with the same answer."""
+    _, headers = user
+    cal = await make_calendar(client, headers, "Work", "Europe/Berlin")
+    ev = await make_event(client, headers, cal["id"], summary="Sync",
+                          start_time="2027-03-01T09:00:00+01:00",
+                          end_time="2027-03-01T09:30:00+01:00",
+                          recurrence_rule="FREQ=MONTHLY;BYDAY=-1FR;COUNT=4")
+    url = f"/api/v1/calendars/{cal['id']}/events"
+    spring = {"start": "2027-03-01T00:00:00Z", "end": "2027-07-01T00:00:00Z"}
+
+    async def starts() -> list[str]:
+        resp = await client.get(url, headers=headers, params=spring)
+        assert resp.status_code == 200, resp.text
+        return [o["start"] for o in resp.json()["occurrences"]]
+
+    async def plan() -> list[int] | None:
+        async with database.transaction() as session:
+            row = await session.get(Event, uuid.UUID(ev["id"]))
+            assert row is not None
+            return row.recurrence_plan
+
+    # DTSTART (a Monday) and four last Fridays, before and after the DST change
+    assert await starts() == ["2027-03-01T08:00:00Z", "2027-03-26T08:00:00Z",
+                              "2027-04-30T07:00:00Z", "2027-05-28T07:00:00Z",
+                              "2027-06-25T07:00:00Z"]
+    first = await plan()
+    assert first is not None and first[:2] == [batch.PLAN_VERSION, batch.MONTH]
+    for change, want in (
+        ({"start_time": "2027-03-01T10:00:00+01:00", "end_time": "2027-03-01T10:30:00+01:00"},
+         ["2027-03-01T09:00:00Z", "2027-03-26T09:00:00Z", "2027-04-30T08:00:00Z",
+          "2027-05-28T08:00:00Z", "2027-06-25T08:00:00Z"]),
+        ({"timezone": "UTC"}, ["2027-03-01T09:00:00Z", "2027-03-26T09:00:00Z",
+                               "2027-04-30T09:00:00Z", "2027-05-28T09:00:00Z",
+                               "2027-06-25T09:00:00Z"]),
+        ({"recurrence_rule": "FREQ=WEEKLY;INTERVAL=4;COUNT=3"},
+         ["2027-03-01T09:00:00Z", "2027-03-29T09:00:00Z", "2027-04-26T09:00:00Z"]),
+        ({"exdates": ["2027-03-29T09:00:00Z"]}, ["2027-03-01T09:00:00Z", "2027-04-26T09:00:00Z"]),
+        ({"rdates": ["2027-06-01T12:00:00Z"]}, ["2027-03-01T09:00:00Z", "2027-04-26T09:00:00Z",
+                                                "2027-06-01T12:00:00Z"]),
+    ):
+        resp = await client.patch(f"{url}/{ev['id']}", json=change, headers=headers)
+        assert resp.status_code == 200, resp.text
+        assert await starts() == want, change
+    assert (await plan() or [])[:2] == [batch.PLAN_VERSION,
+                                        batch.DAYS | batch.HAS_RDATES | batch.HAS_EXDATES]
+    async with database.transaction() as session:
+        await session.execute(update(Event).where(Event.id == uuid.UUID(ev["id"]))
+                              .values(recurrence_plan=None))
+    assert await starts() == want
 
 
 async def test_import_is_idempotent_by_uid_and_export_round_trips(client: httpx.AsyncClient,

@@ -1,15 +1,16 @@
 """A range query's expansion of many events at once: the simple DAILY/WEEKLY rules of
-``recurrence._Plan`` as numpy arithmetic over all events of a zone together, simple
-MONTHLY rules (one day a month every month has) by ``recurrence._MonthPlan``'s month
-arithmetic, the rest event by event as ``recurrence.occurrences`` does.
+``recurrence._Plan`` and the simple MONTHLY rules (one day a month every month has) of
+``recurrence._MonthPlan`` as numpy arithmetic over all events of a zone together, the rest
+event by event as ``recurrence.occurrences`` does.
 
 A one-week query over 50,000 recurring events meets ~13,000 candidate events and
 ~20,000 occurrences; expanded one event at a time in Python that was ~20 µs an occurrence
-(docs/benchmarks.md, "Calendar").  Here each candidate costs one cached look-up in Python
-and each occurrence a few array operations; only occurrences on a day with a DST change
-(exact conversion) and rules neither plan can express (dateutil) take the per-event path.
-The answer is exactly ``recurrence.occurrences`` per event, sorted by (start, end, event
-id) (tests/calendar/test_batch.py compares them).
+(docs/benchmarks.md, "Calendar").  Here each candidate costs one read of its plan in
+Python (``plan_of``: integers stored with the event at each write, or compiled and cached
+for rows without) and each occurrence a few array operations; only occurrences on a day
+with a DST change (exact conversion) and rules neither arithmetic expresses (dateutil)
+take the per-event path.  The answer is exactly ``recurrence.occurrences`` per event,
+sorted by (start, end, event id) (tests/calendar/test_batch.py compares them).
 
 Instants are int64 microseconds since 0001-01-01 UTC inside; datetimes are made only for
 the answer, one per distinct instant.
@@ -22,10 +23,10 @@ import gc
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from itertools import chain
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -34,11 +35,8 @@ from roost.calendar.recurrence import (
     Window,
     _expand_dateutil,
     _month_plan,
-    _MonthPlan,
     _overlaps,
-    _Plan,
     _prepare,
-    _Prepared,
     _zone,
     to_utc,
 )
@@ -72,36 +70,62 @@ def _zone_days(tz_name: str, lo: int, hi: int) -> tuple[Ints, Ints]:
     return offset, steady
 
 
-@dataclass(frozen=True)
-class _Compiled:
-    """What a range query needs of one event, in µs, computed once per distinct event."""
+PLAN_VERSION = 1
+_NO_PLAN: Final = (0,)  # a row without a stored plan
+"""The layout of ``plan_of``'s integers; a stored plan of another version is ignored (the
+event is compiled at query time instead), so changing the layout needs no migration."""
+SINGLE, DAYS, MONTH, DATEUTIL = 0, 1, 2, 3  # what follows the plan's first four integers
+KIND: Final = 3  # the bits of the plan's second integer that give the kind; the flags:
+HAS_RDATES: Final = 4
+HAS_EXDATES: Final = 8
+_DAYS_ROW = 6
+_MONTH_ROW = 9
 
-    prep: _Prepared
-    first_s: int  # DTSTART's occurrence
-    first_e: int
-    plan: _Plan | None  # a simple DAILY/WEEKLY rule's arithmetic
-    month: _MonthPlan | None  # a simple MONTHLY rule's
-    duration_us: int  # wall-clock
-    by_dateutil: bool  # a rule neither plan can express
-    plan_rows: tuple[tuple[int, int, int, int, int, int], ...]
-    """The plan as ``_expand_zone``'s rows, one per day offset of its period: (anchor plus
-    the offset, period, first, last (-1: never ends), time of day, duration), in µs and
-    date ordinals."""
+Plan = tuple[int, ...]
+
+
+def plan_of(start: datetime, end: datetime, tz_name: str, rule: str | None,
+            rdates: Sequence[datetime] | None = (),
+            exdates: Sequence[datetime] | None = ()) -> list[int]:
+    """What a range query needs of an event, as integers: stored with the event at every
+    write (``events.recurrence_plan``) so that a query does no per-event parsing, and
+    computed (and cached) at query time for rows without one.  ``start``/``end`` are aware,
+    ``rule`` valid (the write validated it).
+
+    Layout: ``PLAN_VERSION``; the kind, plus ``HAS_RDATES`` and ``HAS_EXDATES``; DTSTART's
+    occurrence (start and end, µs since 0001-01-01 UTC); then by kind: ``DAYS``: six
+    integers per day offset of the period (anchor plus the offset, period, first, last
+    (-1: never ends), time of day, duration; days as date ordinals, times in µs);
+    ``MONTH``: the month rule (anchor month, interval, monthday, weekday, nth, first, last,
+    time of day, duration); ``SINGLE`` (no rule, or none beyond DTSTART) and ``DATEUTIL``
+    (a rule neither arithmetic expresses): nothing."""
+    plan = list(_compiled(start, end, tz_name, rule))
+    plan[1] |= (HAS_RDATES if rdates else 0) | (HAS_EXDATES if exdates else 0)
+    return plan
 
 
 @lru_cache(maxsize=65536)
-def _compiled(start: datetime, end: datetime, tz_name: str, rule: str | None) -> _Compiled:
+def _compiled(start: datetime, end: datetime, tz_name: str, rule: str | None) -> Plan:
     prep = _prepare(start, end, tz_name, rule, True)
-    plan = prep.plan if prep.plan is not None and prep.plan.offsets else None
-    month = (_month_plan(rule, prep.start_l, tz_name)
-             if rule is not None and prep.plan is None else None)
+    head = (PLAN_VERSION, SINGLE, _us(prep.first[0]), _us(prep.first[1]))
     duration_us = prep.duration // _US
-    rows = () if plan is None else tuple(
-        (plan.anchor + o, plan.period, plan.first, -1 if plan.last is None else plan.last,
-         plan.time // _US, duration_us) for o in plan.offsets)
-    return _Compiled(prep, _us(prep.first[0]), _us(prep.first[1]), plan, month,
-                     duration_us,
-                     prep.rule is not None and prep.plan is None and month is None, rows)
+    if rule is None:
+        return head
+    plan = prep.plan
+    if plan is not None:
+        if not plan.offsets:
+            return head
+        last = -1 if plan.last is None else plan.last
+        time_us = plan.time // _US
+        rows = [(plan.anchor + o, plan.period, plan.first, last, time_us, duration_us)
+                for o in plan.offsets]
+        return (PLAN_VERSION, DAYS, head[2], head[3], *(x for row in rows for x in row))
+    month = _month_plan(rule, prep.start_l, tz_name)
+    if month is None:
+        return (PLAN_VERSION, DATEUTIL, head[2], head[3])
+    return (PLAN_VERSION, MONTH, head[2], head[3], month.anchor, month.interval,
+            month.monthday, month.weekday, month.nth, month.first,
+            -1 if month.last is None else month.last, month.time // _US, duration_us)
 
 
 _pause_lock = threading.Lock()
@@ -135,51 +159,63 @@ def collector_paused() -> Iterator[None]:
 
 def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints]:
     """The occurrences of ``events`` (rows with ``start_time``, ``end_time``, ``timezone``,
-    ``recurrence_rule``, ``rdates``, ``exdates``) overlapping the window, as three arrays:
-    start and end (µs since 0001-01-01 UTC) and the event's position in ``events``;
-    unordered, each (event, start) once, EXDATEs removed."""
+    ``recurrence_rule``, ``rdates``, ``exdates`` and optionally ``recurrence_plan``, what
+    ``plan_of`` gave at the last write) overlapping the window, as three arrays: start and
+    end (µs since 0001-01-01 UTC) and the event's position in ``events``; unordered, each
+    (event, start) once, EXDATEs removed."""
     range_start, range_end = window.start, window.end
     rs, re_ = _us(range_start), _us(range_end)
-    # Occurrences found one by one (DTSTART, dateutil, RDATE, DST days).
+    # Each candidate's plan: stored with it, or compiled (and cached) for a row without;
+    # all of them as one array (``at``: where each starts), read by numpy from here on.
+    plans: list[Sequence[int]] = [getattr(ev, "recurrence_plan", None) or _NO_PLAN
+                                  for ev in events]
+    for i in [i for i, plan in enumerate(plans) if plan[0] != PLAN_VERSION]:
+        ev = events[i]
+        plans[i] = plan_of(ev.start_time, ev.end_time, ev.timezone, ev.recurrence_rule,
+                           ev.rdates, ev.exdates)
+    sizes = np.fromiter(map(len, plans), dtype=np.int64, count=len(plans))
+    flat = np.fromiter(chain.from_iterable(plans), dtype=np.int64, count=int(sizes.sum()))
+    at = np.cumsum(sizes) - sizes
+    flags = flat[at + 1]
+    kinds = flags & KIND
+    fs, fe = flat[at + 2], flat[at + 3]
+    hit = (fs < re_) & ((fe > rs) | ((fs == fe) & (fs >= rs)))  # recurrence._overlaps
+    # DTSTART's occurrences, then those found one by one (dateutil, RDATE, DST days).
+    parts_s: list[Ints] = [fs[hit]]
+    parts_e: list[Ints] = [fe[hit]]
+    parts_i: list[Ints] = [np.flatnonzero(hit)]
     one_s: list[int] = []
     one_e: list[int] = []
     one_i: list[int] = []
-    # Per zone: the plan rows of the simple rules and, for each row, its event's position.
-    plans: dict[str, tuple[list[tuple[int, int, int, int, int, int]], list[int]]] = {}
-    with_exdates: list[int] = []
-    compiled = _compiled
-    # The one Python pass over the candidates: a cached look-up and integer compares each.
-    for i, ev in enumerate(events):
-        c = compiled(ev.start_time, ev.end_time, ev.timezone, ev.recurrence_rule)
-        fs, fe = c.first_s, c.first_e
-        if fs < re_ and (fe > rs or (fs == fe and fs >= rs)):  # recurrence._overlaps
-            one_s.append(fs)
-            one_e.append(fe)
+    for i in np.flatnonzero((kinds == DATEUTIL) | (flags & HAS_RDATES != 0)).tolist():
+        ev = events[i]
+        found: dict[datetime, datetime] = {}
+        prep = _prepare(ev.start_time, ev.end_time, ev.timezone, ev.recurrence_rule, True)
+        _expand_dateutil(prep, found, ev.rdates or (), range_start, range_end)
+        for s, e in found.items():
+            one_s.append(_us(s))
+            one_e.append(_us(e))
             one_i.append(i)
-        if c.plan is not None:
-            zone_plans = plans.get(c.plan.tz_name)
-            if zone_plans is None:
-                zone_plans = plans[c.plan.tz_name] = ([], [])
-            zone_plans[0].extend(c.plan_rows)
-            zone_plans[1].extend([i] * len(c.plan_rows))
-        if c.month is not None:  # at most a few dates a query: converted exactly
-            _expand_month(c, i, window, one_s, one_e, one_i)
-        rdates = ev.rdates
-        if rdates or c.by_dateutil:
-            found: dict[datetime, datetime] = {}
-            _expand_dateutil(c.prep, found, rdates or (), range_start, range_end)
-            for s, e in found.items():
-                one_s.append(_us(s))
-                one_e.append(_us(e))
-                one_i.append(i)
-        if ev.exdates:
-            with_exdates.append(i)
-
-    parts_s: list[Ints] = []
-    parts_e: list[Ints] = []
-    parts_i: list[Ints] = []
-    for tz_name, zone_plans in plans.items():
-        zone_s, zone_e, zone_i, exact = _expand_zone(tz_name, zone_plans, window, rs, re_)
+    # The arithmetic plans, per zone: their rows as one table each, and each row's event.
+    zone_ids: dict[str, int] = {}
+    zone_of = np.array([zone_ids.setdefault(ev.timezone, len(zone_ids)) for ev in events],
+                       dtype=np.int64)
+    tables: list[tuple[Ints, Ints]] = []
+    for kind, width in ((DAYS, _DAYS_ROW), (MONTH, _MONTH_ROW)):
+        chosen = np.flatnonzero(kinds == kind)
+        event, k = _ranges((sizes[chosen] - 4) // width)  # a DAYS row per day offset
+        event = chosen[event]
+        cells = (at[event] + 4 + k * width)[:, None] + np.arange(width)
+        tables.append((flat[cells].reshape(-1, width), event))
+    for tz_name, zone_id in zone_ids.items():
+        in_zone = []
+        for table, event in tables:
+            mine = zone_of[event] == zone_id
+            in_zone.append((table[mine], event[mine]))
+        if not any(len(event) for _, event in in_zone):
+            continue
+        zone_s, zone_e, zone_i, exact = _expand_zone(tz_name, in_zone[0], in_zone[1], window,
+                                                     rs, re_)
         parts_s.append(zone_s)
         parts_e.append(zone_e)
         parts_i.append(zone_i)
@@ -192,9 +228,9 @@ def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints
                 one_s.append(_us(s_dt))
                 one_e.append(_us(e_dt))
                 one_i.append(i)
-    starts = np.concatenate([np.array(one_s, dtype=np.int64), *parts_s])
-    ends = np.concatenate([np.array(one_e, dtype=np.int64), *parts_e])
-    index = np.concatenate([np.array(one_i, dtype=np.int64), *parts_i])
+    starts = np.concatenate([*parts_s, np.array(one_s, dtype=np.int64)])
+    ends = np.concatenate([*parts_e, np.array(one_e, dtype=np.int64)])
+    index = np.concatenate([*parts_i, np.array(one_i, dtype=np.int64)])
     if len(starts) == 0:
         return starts, ends, index
     # Each (event, start) once.  Two ways to the same start (DTSTART and the rule, an
@@ -203,10 +239,9 @@ def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints
     starts, ends, index = starts[order], ends[order], index[order]
     keep = np.ones(len(starts), dtype=bool)
     keep[:-1] = (starts[1:] != starts[:-1]) | (index[1:] != index[:-1])
-    if with_exdates:
+    has_ex = flags & HAS_EXDATES != 0
+    if has_ex.any():
         # EXDATEs converted only for the events that have occurrences in the window.
-        has_ex = np.zeros(len(events), dtype=bool)
-        has_ex[with_exdates] = True
         positions = np.flatnonzero(has_ex[index] & keep)
         excluded = {(i, _us(x)) for i in set(index[positions].tolist())
                     for x in events[i].exdates}
@@ -216,90 +251,152 @@ def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints
     return starts[keep], ends[keep], index[keep]
 
 
-def _expand_month(c: _Compiled, i: int, window: Window, one_s: list[int], one_e: list[int],
-                  one_i: list[int]) -> None:
-    month, tz = c.month, c.prep.tz
-    assert month is not None
-    duration = c.prep.duration
-    first_day, last_day = window.local_days(month.tz_name, tz)
-    for day in month.days(first_day - (month.time + duration).days - 1, last_day):
-        wall = datetime.fromordinal(day) + month.time
-        s_dt, e_dt = to_utc(wall, tz), to_utc(wall + duration, tz)
-        if _overlaps(s_dt, e_dt, window.start, window.end):
-            one_s.append(_us(s_dt))
-            one_e.append(_us(e_dt))
-            one_i.append(i)
+_EPOCH_ORDINAL = 719_163  # date(1970, 1, 1).toordinal(): numpy's datetime64 day 0
+_EPOCH_MONTH = 1970 * 12  # months since year 0 of 1970-01
 
 
-def _expand_zone(
-    tz_name: str, compiled: tuple[list[tuple[int, int, int, int, int, int]], list[int]],
-    window: Window, rs: int, re_: int,
-) -> tuple[Ints, Ints, Ints, list[tuple[int, int, int, int]]]:
-    """The plans of one zone's events expanded (``_Compiled.plan_rows``, with each row's
-    event position); occurrences on a day whose offset changes within the occurrence are
-    returned apart (event, day, time, duration) for the exact conversion."""
-    first_day, last_day = window.local_days(tz_name, _zone(tz_name))
-    table = np.array(compiled[0], dtype=np.int64).reshape(-1, 6)
-    event = np.array(compiled[1], dtype=np.int64)
+def _day_rows(table: Ints, wlo_of: Any, last_day: int) -> tuple[Ints, Ints, Ints, Ints]:
+    """The DAYS plans' occurrence dates within each row's ``wlo..last_day``: (row, date
+    ordinal), and the rows' time of day and duration."""
     anchor, period, first, last, time_us, duration_us = table.T
-    span = (time_us + duration_us) // DAY_US  # local days an occurrence reaches past its own
-    wlo = first_day - span - 1
-    lo = np.maximum(first, wlo)
+    lo = np.maximum(first, wlo_of(time_us, duration_us))
     hi = np.where(last < 0, last_day, np.minimum(last_day, last))
     n_min = -((anchor - lo) // period)  # ceil((lo - anchor) / period)
     n_max = (hi - anchor) // period
-    counts = np.maximum(n_max - n_min + 1, 0)
+    row, k = _ranges(np.maximum(n_max - n_min + 1, 0))
+    return row, anchor[row] + (n_min[row] + k) * period[row], time_us, duration_us
+
+
+def _month_rows(table: Ints, wlo_of: Any, last_day: int) -> tuple[Ints, Ints, Ints, Ints]:
+    """The MONTH plans' occurrence dates (``recurrence._MonthPlan.days`` over arrays)."""
+    anchor, interval, monthday, weekday, nth, first, last, time_us, duration_us = table.T
+    lo = np.maximum(first, wlo_of(time_us, duration_us))
+    hi = np.where(last < 0, last_day, np.minimum(last_day, last))
+    month_lo, month_hi = _month_index(lo), _month_index(hi)
+    k_min = np.maximum(0, -((anchor - month_lo) // interval))  # ceil, from the anchor on
+    k_max = (month_hi - anchor) // interval
+    row, k = _ranges(np.where(hi >= lo, np.maximum(k_max - k_min + 1, 0), 0))
+    month = anchor[row] + (k_min[row] + k) * interval[row]
+    month_first = _month_start(month)
+    length = _month_start(month + 1) - month_first
+    md, wd, n = monthday[row], weekday[row], nth[row]
+    month_last = month_first + length - 1
+    day = np.where(md > 0, month_first + md - 1,
+          np.where(md < 0, month_first + length + md,
+          np.where(n > 0, month_first + (wd - (month_first - 1)) % 7 + 7 * (n - 1),
+                   month_last - ((month_last - 1) - wd) % 7 - 7 * (-n - 1))))
+    inside = (day >= lo[row]) & (day <= hi[row])
+    return row[inside], day[inside], time_us, duration_us
+
+
+def _month_index(ordinals: Ints) -> Ints:
+    """Date ordinals as months since year 0 (year * 12 + month - 1)."""
+    months: Ints = ((ordinals - _EPOCH_ORDINAL).astype("datetime64[D]")
+                    .astype("datetime64[M]").astype(np.int64))
+    return months + _EPOCH_MONTH
+
+
+def _month_start(months: Ints) -> Ints:
+    """The date ordinal of each month's first day (months since year 0)."""
+    days: Ints = ((months - _EPOCH_MONTH).astype("datetime64[M]")
+                  .astype("datetime64[D]").astype(np.int64))
+    return days + _EPOCH_ORDINAL
+
+
+def _ranges(counts: Ints) -> tuple[Ints, Ints]:
+    """For row r with counts[r] items: each item's row and its number within the row."""
     total = int(counts.sum())
-    empty = np.zeros(0, dtype=np.int64)
-    if total == 0:
-        return empty, empty, empty, []
     row = np.repeat(np.arange(len(counts)), counts)
     k = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-    day = anchor[row] + (n_min[row] + k) * period[row]
-    base_day = int(wlo.min())
+    return row, k
+
+
+def _expand_zone(
+    tz_name: str, day_plans: tuple[Ints, Ints], month_plans: tuple[Ints, Ints],
+    window: Window, rs: int, re_: int,
+) -> tuple[Ints, Ints, Ints, list[tuple[int, int, int, int]]]:
+    """One zone's DAYS and MONTH plans expanded (``plan_of``'s rows as tables, with each
+    row's event position); occurrences on a day whose offset changes within the
+    occurrence are returned apart (event, day, time, duration) for the exact conversion."""
+    first_day, last_day = window.local_days(tz_name, _zone(tz_name))
+
+    def wlo_of(time_us: Ints, duration_us: Ints) -> Ints:
+        # the earliest local date an occurrence may start on and still reach the window
+        return first_day - (time_us + duration_us) // DAY_US - 1
+
+    found = []
+    for (table, event), rows_of in ((day_plans, _day_rows), (month_plans, _month_rows)):
+        if len(table):
+            row, day, time_us, duration_us = rows_of(table, wlo_of, last_day)
+            found.append((event[row], day, time_us[row], duration_us[row]))
+    event = np.concatenate([f[0] for f in found])
+    day = np.concatenate([f[1] for f in found])
+    time_us = np.concatenate([f[2] for f in found])
+    duration_us = np.concatenate([f[3] for f in found])
+    empty = np.zeros(0, dtype=np.int64)
+    if len(day) == 0:
+        return empty, empty, empty, []
+    span = (time_us + duration_us) // DAY_US  # local days an occurrence reaches past its own
+    base_day = int((first_day - span - 1).min())
     offset, steady = _zone_days(tz_name, base_day, last_day + int(span.max()) + 1)
     at = day - base_day
-    wall = (day - 1) * DAY_US + time_us[row]
-    dur = duration_us[row]
-    exact_mask = steady[at] <= span[row]
-    s = wall - offset[at]
-    e = s + dur
+    s = (day - 1) * DAY_US + time_us - offset[at]
+    e = s + duration_us
+    exact_mask = steady[at] <= span
     hit = (s < re_) & ((e > rs) | ((s == e) & (s >= rs))) & ~exact_mask
-    exact = [(int(event[r]), int(d), int(time_us[r]), int(duration_us[r]))
-             for r, d in zip(row[exact_mask], day[exact_mask], strict=True)]
-    return s[hit], e[hit], event[row[hit]], exact
+    exact = [(int(i), int(d), int(t), int(u)) for i, d, t, u in zip(
+        event[exact_mask], day[exact_mask], time_us[exact_mask], duration_us[exact_mask],
+        strict=True)]
+    return s[hit], e[hit], event[hit], exact
 
 
 def to_datetimes(values: Ints) -> list[datetime]:
-    """µs since 0001-01-01 UTC as aware datetimes, one object per distinct instant."""
-    made: dict[int, datetime] = {}
-    out = []
-    for v in values.tolist():
-        at = made.get(v)
-        if at is None:
-            at = made[v] = _ORIGIN + timedelta(microseconds=v)
-        out.append(at)
-    return out
+    """µs since 0001-01-01 UTC as aware datetimes, one object per distinct instant (an
+    answer has many occurrences at the same few hours: made once each, picked by numpy)."""
+    if len(values) == 0:
+        return []
+    distinct, inverse = np.unique(values, return_inverse=True)
+    made = np.empty(len(distinct), dtype=object)
+    made[:] = [_ORIGIN + timedelta(microseconds=v) for v in distinct.tolist()]
+    picked: list[datetime] = made[inverse].tolist()
+    return picked
 
 
 def by_start_end_id(starts: Ints, ends: Ints, index: Ints, events: Sequence[Any]) -> Ints:
     """The positions of the occurrences ordered by start, end, then the event's ``id``
-    (ids are unique: the order is total).  Ids are looked at only when starts and ends
-    tie: UUIDs (and integers) become two 64-bit sort keys."""
+    (ids are unique: the order is total).  Ids are looked at only for the events of
+    occurrences whose start and end tie: UUIDs become two 64-bit sort keys."""
     order: Ints = np.lexsort((index, ends, starts))
     if len(order) < 2:
         return order
     s, e = starts[order], ends[order]
-    if not ((s[1:] == s[:-1]) & (e[1:] == e[:-1])).any():
+    same = (s[1:] == s[:-1]) & (e[1:] == e[:-1])
+    if not same.any():
         return order
-    present = np.unique(index)  # only the events with occurrences, not every candidate
-    values = [ev.id.int if isinstance(ev.id, uuid.UUID) else ev.id
-              for ev in (events[i] for i in present.tolist())]
+    tied = np.zeros(len(order), dtype=bool)
+    tied[:-1] |= same
+    tied[1:] |= same
+    present = np.unique(index[order[tied]])  # not every event with occurrences
+    high, low = _id_keys([events[i].id for i in present.tolist()])
+    slot = np.minimum(np.searchsorted(present, index), len(present) - 1)
+    known = present[slot] == index  # the other occurrences are ordered by start and end
+    ordered: Ints = np.lexsort((np.where(known, low[slot], 0), np.where(known, high[slot], 0),
+                                ends, starts))
+    return ordered
+
+
+def _id_keys(ids: list[Any]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """Ids as two unsigned 64-bit keys that sort as the ids do: a UUID's 128 bits,
+    integers as they are; anything else by its rank among ``ids``."""
+    if all(type(v) is uuid.UUID for v in ids):
+        keys = np.frombuffer(b"".join([v.bytes for v in ids]), dtype=">u8").reshape(-1, 2)
+        return keys[:, 0].astype(np.uint64), keys[:, 1].astype(np.uint64)
+    if all(type(v) is int for v in ids):
+        with contextlib.suppress(OverflowError):  # negative or above 64 bits: below
+            return np.zeros(len(ids), dtype=np.uint64), np.array(ids, dtype=np.uint64)
+    values = [v.int if isinstance(v, uuid.UUID) else v for v in ids]
     if not all(isinstance(v, int) and 0 <= v < 1 << 128 for v in values):
         ranks = {v: r for r, v in enumerate(sorted(set(values)))}
         values = [ranks[v] for v in values]
-    at = np.searchsorted(present, index)
-    high = np.array([v >> 64 for v in values], dtype=np.uint64)[at]
-    low = np.array([v & 0xFFFF_FFFF_FFFF_FFFF for v in values], dtype=np.uint64)[at]
-    ordered: Ints = np.lexsort((low, high, ends, starts))
-    return ordered
+    return (np.array([v >> 64 for v in values], dtype=np.uint64),
+            np.array([v & 0xFFFF_FFFF_FFFF_FFFF for v in values], dtype=np.uint64))

@@ -5,6 +5,8 @@ Times are ``timestamptz`` instants; ``events.timezone`` is the IANA zone the eve
 recurrence is expanded in (wall-clock times, so a 09:00 meeting stays at 09:00 across a
 DST change).  ``recurrence_end`` is derived at every write (roost.calendar.recurrence):
 the end of the last occurrence, NULL when the rule never ends; range queries filter on it.
+``recurrence_plan`` too (roost.calendar.batch.plan_of: what a range query needs of the
+event, as integers; NULL on rows written before migration 0960, compiled at query time).
 An override (RFC 5545 RECURRENCE-ID: one changed occurrence of a series) is an ``events``
 row with ``recurrence_id`` set (migration 0920).
 Row-level security: both tables are their owner's (``roost_row_visible(user_id)``; an
@@ -18,6 +20,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -107,6 +110,8 @@ class Event(UUIDPrimaryKey, Timestamps, Base):
     exdates: Mapped[list[datetime]] = mapped_column(
         ARRAY(DateTime(timezone=True)), server_default=text("'{}'"), default=list)
     recurrence_end: Mapped[datetime | None]
+    # Derived with recurrence_end; never from the API (not in any schema).
+    recurrence_plan: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))
     # An override: the original start (UTC) of the occurrence of the series with the same
     # (calendar_id, uid) that this row replaces (moved, changed or cancelled); NULL for a
     # series or a single event.  An override has no rule, RDATE or EXDATE of its own.

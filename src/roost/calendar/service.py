@@ -204,7 +204,8 @@ def _normalise_rule(rule: str | None) -> str | None:
 
 
 async def _derive(ev: Event) -> None:
-    """Validate the event's times and recurrence and store ``recurrence_end``."""
+    """Validate the event's times and recurrence and store what is derived from them:
+    ``recurrence_end`` and ``recurrence_plan``."""
     if ev.start_time.tzinfo is None or ev.end_time.tzinfo is None:
         raise Unprocessable("start_time and end_time need a UTC offset",
                             extra={"field": "start_time"})
@@ -215,13 +216,14 @@ async def _derive(ev: Event) -> None:
                                 "rdates or exdates of its own: change the series instead",
                                 extra={"field": "recurrence_rule"})
 
-    def work() -> datetime | None:
+    def work() -> tuple[datetime | None, list[int]]:
         rec = _recurring(ev)
         recurrence.validate(rec)
-        return recurrence.recurrence_end(rec)
+        return _derived(rec)
 
     try:
-        ev.recurrence_end = await asyncio.to_thread(work) if ev.recurrence_rule else work()
+        ev.recurrence_end, ev.recurrence_plan = (
+            await asyncio.to_thread(work) if ev.recurrence_rule else work())
     except RecurrenceError as exc:
         raise InvalidRecurrence(f"recurrence_rule: {exc}",
                                 extra={"field": "recurrence_rule"}) from None
@@ -572,13 +574,14 @@ async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.
                            "series that is neither in the file nor in the calendar")
     created = updated = unchanged = 0
     rows_in = [*parsed.events, *overrides]  # series first: an override follows its series
-    derived = await asyncio.to_thread(_recurrence_ends, rows_in)
-    for data, end in zip(rows_in, derived, strict=True):
+    derived = await asyncio.to_thread(_derive_all, rows_in)
+    for data, (end, plan) in zip(rows_in, derived, strict=True):
         values = {k: v for k, v in asdict(data).items() if k in IMPORTED}
         ev = existing.get((data.uid, data.recurrence_id))
         if ev is None:
             ev = Event(user_id=cal.user_id, calendar_id=cal.id, uid=data.uid, **values,
-                       recurrence_id=data.recurrence_id, recurrence_end=end)
+                       recurrence_id=data.recurrence_id, recurrence_end=end,
+                       recurrence_plan=plan)
             if data.reminder_minutes is None:  # no VALARM: no reminder (not the default 15)
                 ev.reminder_minutes = null()  # type: ignore[assignment]
             session.add(ev)
@@ -586,7 +589,7 @@ async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.
         elif any(_differs(getattr(ev, k), v) for k, v in values.items()):
             for k, v in values.items():
                 setattr(ev, k, v)
-            ev.recurrence_end = end
+            ev.recurrence_end, ev.recurrence_plan = end, plan
             updated += 1
         else:
             unchanged += 1
@@ -599,8 +602,15 @@ async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.
     return result
 
 
-def _recurrence_ends(events: Sequence[ical.EventData]) -> list[datetime | None]:
-    return [recurrence.recurrence_end(Recurring(
+def _derived(rec: Recurring) -> tuple[datetime | None, list[int]]:
+    """An event's ``recurrence_end`` and ``recurrence_plan`` (a valid event)."""
+    return (recurrence.recurrence_end(rec),
+            batch.plan_of(rec.start, rec.end, rec.timezone, rec.rule, rec.rdates, rec.exdates))
+
+
+def _derive_all(events: Sequence[ical.EventData]) -> list[tuple[datetime | None,
+                                                                     list[int]]]:
+    return [_derived(Recurring(
         start=e.start_time, end=e.end_time, timezone=e.timezone, rule=e.recurrence_rule,
         rdates=e.rdates, exdates=e.exdates)) for e in events]
 
