@@ -161,8 +161,8 @@ def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints
     """The occurrences of ``events`` (rows with ``start_time``, ``end_time``, ``timezone``,
     ``recurrence_rule``, ``rdates``, ``exdates`` and optionally ``recurrence_plan``, what
     ``plan_of`` gave at the last write) overlapping the window, as three arrays: start and
-    end (µs since 0001-01-01 UTC) and the event's position in ``events``; unordered, each
-    (event, start) once, EXDATEs removed."""
+    end (µs since 0001-01-01 UTC) and the event's position in ``events``; ordered by
+    start, end and position, each (event, start) once, EXDATEs removed."""
     range_start, range_end = window.start, window.end
     rs, re_ = _us(range_start), _us(range_end)
     # Each candidate's plan: stored with it, or compiled (and cached) for a row without;
@@ -234,21 +234,42 @@ def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints
     if len(starts) == 0:
         return starts, ends, index
     # Each (event, start) once.  Two ways to the same start (DTSTART and the rule, an
-    # RDATE and the rule) convert the same wall time the same way: the same end.
-    order = np.lexsort((index, starts))
+    # RDATE and the rule) convert the same wall time the same way: the same end, so the
+    # copies are neighbours in the answer's order (start, end, position), sorted here once.
+    order = np.lexsort((index, ends, starts))
     starts, ends, index = starts[order], ends[order], index[order]
     keep = np.ones(len(starts), dtype=bool)
     keep[:-1] = (starts[1:] != starts[:-1]) | (index[1:] != index[:-1])
+    starts, ends, index = starts[keep], ends[keep], index[keep]
     has_ex = flags & HAS_EXDATES != 0
     if has_ex.any():
-        # EXDATEs converted only for the events that have occurrences in the window.
-        positions = np.flatnonzero(has_ex[index] & keep)
-        excluded = {(i, _us(x)) for i in set(index[positions].tolist())
-                    for x in events[i].exdates}
-        for pos in positions.tolist():
-            if (int(index[pos]), int(starts[pos])) in excluded:
-                keep[pos] = False
-    return starts[keep], ends[keep], index[keep]
+        keep = np.ones(len(starts), dtype=bool)
+        keep[_excluded(starts, index, has_ex, events)] = False
+        starts, ends, index = starts[keep], ends[keep], index[keep]
+    return starts, ends, index
+
+
+def _excluded(starts: Ints, index: Ints, has_ex: npt.NDArray[np.bool_],
+              events: Sequence[Any]) -> Ints:
+    """The positions of the occurrences an EXDATE of their event removes (EXDATEs
+    converted only for the events with occurrences here)."""
+    mine = np.flatnonzero(has_ex[index])
+    ex_i: list[int] = []
+    ex_s: list[int] = []
+    for i in np.unique(index[mine]).tolist():
+        for x in events[i].exdates:
+            ex_i.append(i)
+            ex_s.append(_us(x))
+    # Occurrences and EXDATEs in one order, an EXDATE right after the occurrence it names.
+    at = np.concatenate([starts[mine], np.array(ex_s, dtype=np.int64)])
+    of = np.concatenate([index[mine], np.array(ex_i, dtype=np.int64)])
+    is_ex = np.concatenate([np.zeros(len(mine), dtype=np.int64),
+                            np.ones(len(ex_s), dtype=np.int64)])
+    order = np.lexsort((is_ex, at, of))
+    at, of, is_ex = at[order], of[order], is_ex[order]
+    named = (is_ex[:-1] == 0) & (is_ex[1:] == 1) & (at[:-1] == at[1:]) & (of[:-1] == of[1:])
+    found: Ints = mine[order[:-1][named]]
+    return found
 
 
 _EPOCH_ORDINAL = 719_163  # date(1970, 1, 1).toordinal(): numpy's datetime64 day 0
@@ -366,10 +387,14 @@ def by_start_end_id(starts: Ints, ends: Ints, index: Ints, events: Sequence[Any]
     """The positions of the occurrences ordered by start, end, then the event's ``id``
     (ids are unique: the order is total).  Ids are looked at only for the events of
     occurrences whose start and end tie: UUIDs become two 64-bit sort keys."""
-    order: Ints = np.lexsort((index, ends, starts))
-    if len(order) < 2:
-        return order
-    s, e = starts[order], ends[order]
+    if len(starts) < 2:
+        return np.arange(len(starts))
+    if _ordered(starts, ends, index):  # as expand_many answers, unless overrides were added
+        order: Ints = np.arange(len(starts))
+        s, e = starts, ends
+    else:
+        order = np.lexsort((index, ends, starts))
+        s, e = starts[order], ends[order]
     same = (s[1:] == s[:-1]) & (e[1:] == e[:-1])
     if not same.any():
         return order
@@ -378,11 +403,21 @@ def by_start_end_id(starts: Ints, ends: Ints, index: Ints, events: Sequence[Any]
     tied[1:] |= same
     present = np.unique(index[order[tied]])  # not every event with occurrences
     high, low = _id_keys([events[i].id for i in present.tolist()])
-    slot = np.minimum(np.searchsorted(present, index), len(present) - 1)
-    known = present[slot] == index  # the other occurrences are ordered by start and end
-    ordered: Ints = np.lexsort((np.where(known, low[slot], 0), np.where(known, high[slot], 0),
-                                ends, starts))
+    # Within each run of equal (start, end), by id; the runs stay where they are.
+    by = index[order]
+    slot = np.minimum(np.searchsorted(present, by), len(present) - 1)
+    known = present[slot] == by  # the other occurrences are alone in their run
+    run = np.concatenate([[0], np.cumsum(~same)])
+    within: Ints = np.lexsort((np.where(known, low[slot], 0), np.where(known, high[slot], 0),
+                               run))
+    ordered: Ints = order[within]
     return ordered
+
+
+def _ordered(starts: Ints, ends: Ints, index: Ints) -> bool:
+    """Whether the occurrences are already ordered by start, end and position."""
+    ds, de, di = np.diff(starts), np.diff(ends), np.diff(index)
+    return bool(((ds > 0) | ((ds == 0) & ((de > 0) | ((de == 0) & (di >= 0))))).all())
 
 
 def _id_keys(ids: list[Any]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:

@@ -525,7 +525,7 @@ class _MonthPlan:
     is at most 28), as month arithmetic: the month ``anchor + k * interval`` (months since
     year 0) has its occurrence on one computed date, at DTSTART's wall-clock time, from
     DTSTART's date up to ``last``.  Exactly dateutil's dates (tests/calendar/test_fastpath.py);
-    range queries use it instead of iterating the rule (roost.calendar.batch)."""
+    range queries use its integers instead of iterating the rule (roost.calendar.batch)."""
 
     tz_name: str
     anchor: int  # DTSTART's month, as year * 12 + month - 1
@@ -550,7 +550,9 @@ class _MonthPlan:
         return last_day - ((last_day - 1) - self.weekday) % 7 - 7 * (-self.nth - 1)
 
     def days(self, lo: int, hi: int) -> list[int]:
-        """The occurrences' date ordinals within ``lo..hi`` (a range query's local days)."""
+        """The occurrences' date ordinals within ``lo..hi``: what ``batch._month_rows``
+        computes for many rules at once (tests/calendar/test_fastpath.py checks this
+        against dateutil, test_batch.py the arrays against dateutil)."""
         hi = hi if self.last is None else min(hi, self.last)
         lo = max(lo, self.first)
         if lo > hi:

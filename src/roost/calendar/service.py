@@ -477,8 +477,8 @@ def _expand_all(events: Sequence[Any], start: datetime, end: datetime,
         order = order[:limit]
     start_at = batch.to_datetimes(starts[order])
     end_at = batch.to_datetimes(ends[order])
-    return [(events[i], s, e) for i, s, e in zip(index[order].tolist(), start_at, end_at,
-                                                  strict=True)]
+    return list(zip(map(events.__getitem__, index[order].tolist()), start_at, end_at,
+                    strict=True))
 
 
 async def _expand(events: Sequence[Event], start: datetime, end: datetime,
