@@ -304,6 +304,10 @@ def _event(component: Any, uid: str, where: str, default_tz: str) -> EventData:
     if categories:
         data.category = categories[0][:50]
         data.semantic_tags = categories
+    outside = recurrence.out_of_limits(data.start_time, data.end_time, *data.rdates,
+                                       *data.exdates)
+    if outside is not None:
+        raise ICalError(f"{where}: {outside.isoformat()} is not {recurrence.LIMITS_TEXT}")
     try:
         recurrence.validate(recurrence.Recurring(
             start=data.start_time, end=data.end_time, timezone=tz_name, rule=rule))

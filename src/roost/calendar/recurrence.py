@@ -55,6 +55,20 @@ class RecurrenceError(ValueError):
     """A rule, zone or date that cannot be expanded; the message names the problem."""
 
 
+# Events and ranges stay two days inside what Python's datetime can hold (years 1 to
+# 9999), so that a wall time in any zone (UTC offsets up to 14 hours) and the day of
+# slack the expansion looks around a range are representable.
+EARLIEST: Final = datetime(1, 1, 3, tzinfo=UTC)
+LATEST: Final = datetime(9999, 12, 30, tzinfo=UTC)
+LIMITS_TEXT: Final = ("between 0001-01-03 and 9999-12-30 (UTC): the calendar's years are 1 "
+                      "to 9999, with room for time zones")
+
+
+def out_of_limits(*times: datetime) -> datetime | None:
+    """The first of ``times`` (aware) outside ``EARLIEST..LATEST``, None when all are in."""
+    return next((t for t in times if not EARLIEST <= t <= LATEST), None)
+
+
 def zone(name: str) -> ZoneInfo:
     try:
         return _zone(name)
@@ -280,12 +294,15 @@ def recurrence_end(event: Recurring) -> datetime | None:
         return None
     start = local(event.start, tz)
     until = _local_until(rule, tz)
-    if until is not None:
-        # no need to walk: nothing starts after UNTIL
-        return max(last, to_utc(max(until, start) + duration, tz) + timedelta(days=1))
-    occurrences = list(_build(rule, start, None))
-    if occurrences:
-        last = max(last, to_utc(occurrences[-1] + duration, tz))
+    try:
+        if until is not None:
+            # no need to walk: nothing starts after UNTIL
+            return max(last, to_utc(max(until, start) + duration, tz) + timedelta(days=1))
+        occurrences = list(_build(rule, start, None))
+        if occurrences:
+            last = max(last, to_utc(occurrences[-1] + duration, tz))
+    except (OverflowError, ValueError):
+        return None  # the last occurrence ends after the year 9999: as if it never ended
     return last
 
 
@@ -463,8 +480,9 @@ def _offsets(tz_name: str, lo: int, hi: int) -> tuple[tuple[timedelta, ...], tup
     at its midnight), and for how many days from it on that offset holds (0: the day has a
     DST change).  One zone lookup per day and query instead of two per occurrence."""
     tz = _zone(tz_name)
+    # Days beyond the years 1..9999 (a range at the limits) take the nearest day's offset.
     offset = [datetime.fromordinal(d).replace(tzinfo=UTC) - to_utc(datetime.fromordinal(d), tz)
-              for d in range(lo, hi + 2)]
+              for d in (min(max(d, 1), date.max.toordinal() - 1) for d in range(lo, hi + 2))]
     steady = [0] * len(offset)
     for i in range(len(offset) - 2, -1, -1):
         steady[i] = steady[i + 1] + 1 if offset[i] == offset[i + 1] else 0

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import numpy as np
+import structlog
 from sqlalchemy import String, cast, delete, false, null, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +34,7 @@ from roost.db.lookup import one_or_404
 from roost.errors import BadRequest, NotFound, PayloadTooLarge, Unprocessable
 from roost.principal import Principal
 
+log = structlog.get_logger(__name__)
 MAX_RANGE: Final = timedelta(days=366)
 MAX_IMPORT_BYTES: Final = 5 * 1024 * 1024
 MAX_IMPORT_EVENTS: Final = 20_000
@@ -89,6 +91,9 @@ def check_range(start: datetime, end: datetime) -> None:
     if end - start > MAX_RANGE:
         raise Unprocessable(f"the range is longer than {MAX_RANGE.days} days: query a shorter "
                             "one", extra={"field": "end", "max_days": MAX_RANGE.days})
+    if recurrence.out_of_limits(start, end) is not None:
+        raise Unprocessable(f"the range must lie {recurrence.LIMITS_TEXT}",
+                            extra={"field": "start" if start < recurrence.EARLIEST else "end"})
 
 
 # --- calendars ---------------------------------------------------------------------------
@@ -211,6 +216,12 @@ async def _derive(ev: Event) -> None:
                             extra={"field": "start_time"})
     if ev.end_time < ev.start_time:
         raise Unprocessable("end_time is before start_time", extra={"field": "end_time"})
+    for field in ("start_time", "end_time", "rdates", "exdates"):
+        value = getattr(ev, field)
+        outside = recurrence.out_of_limits(*(value if isinstance(value, list) else [value]))
+        if outside is not None:
+            raise Unprocessable(f"{field}: {outside.isoformat()} is not "
+                                f"{recurrence.LIMITS_TEXT}", extra={"field": field})
     if ev.recurrence_id is not None and (ev.recurrence_rule or ev.rdates or ev.exdates):
         raise InvalidRecurrence("a changed occurrence (recurrence_id) has no recurrence_rule, "
                                 "rdates or exdates of its own: change the series instead",
@@ -483,9 +494,17 @@ def _expand_all(events: Sequence[Any], start: datetime, end: datetime,
 
 async def _expand(events: Sequence[Event], start: datetime, end: datetime,
                   limit: int | None = None) -> list[tuple[Any, datetime, datetime]]:
-    if sum(1 for e in events if e.recurrence_rule) > INLINE_EXPANSIONS:
-        return await asyncio.to_thread(expand_events, events, start, end, limit)
-    return expand_events(events, start, end, limit)
+    try:
+        if sum(1 for e in events if e.recurrence_rule) > INLINE_EXPANSIONS:
+            return await asyncio.to_thread(expand_events, events, start, end, limit)
+        return expand_events(events, start, end, limit)
+    except (OverflowError, ValueError) as exc:
+        # A long event repeated near the end of the year 9999 (the range and the events
+        # are inside the limits, an occurrence's end may not be): refused, not a 500.
+        log.warning("calendar_range_beyond_limits", error=str(exc))
+        raise Unprocessable(f"an occurrence in this range would end after the year 9999: "
+                            f"query a range that ends earlier ({recurrence.LIMITS_TEXT})",
+                            extra={"field": "end"}) from None
 
 
 async def occurrences(session: AsyncSession, actor: Principal, start: datetime, end: datetime,

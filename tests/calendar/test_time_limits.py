@@ -1,0 +1,76 @@
+"""Events and ranges at the edges of the representable time (years 1 and 9999): every
+request gets a clear answer (2xx, or 422 naming the limit), never a 500, whatever the
+zone, rule or length of the event."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.calendar.conftest import Headers, make_calendar
+
+User = tuple[uuid.UUID, Headers]
+
+EDGE_EVENTS: list[dict[str, Any]] = [
+    {"start_time": "9999-12-31T09:00:00Z", "end_time": "9999-12-31T10:00:00Z",
+     "recurrence_rule": "FREQ=DAILY"},
+    {"start_time": "9999-12-01T09:00:00Z", "end_time": "9999-12-06T10:00:00Z",
+     "recurrence_rule": "FREQ=DAILY", "timezone": "Pacific/Kiritimati"},
+    {"start_time": "9999-11-30T09:00:00Z", "end_time": "9999-11-30T10:00:00Z",
+     "recurrence_rule": "FREQ=MONTHLY;BYMONTHDAY=1", "timezone": "America/New_York"},
+    {"start_time": "9999-12-30T09:00:00Z", "end_time": "9999-12-30T10:00:00Z",
+     "recurrence_rule": "FREQ=DAILY;UNTIL=99991231T235959Z"},
+    {"start_time": "9999-12-31T23:00:00Z", "end_time": "9999-12-31T23:59:59Z",
+     "timezone": "Pacific/Kiritimati"},
+    {"start_time": "0001-01-01T00:00:00Z", "end_time": "0001-01-01T01:00:00Z",
+     "recurrence_rule": "FREQ=WEEKLY;COUNT=3", "timezone": "Pacific/Pago_Pago"},
+    {"start_time": "0001-01-01T12:00:00Z", "end_time": "0001-03-01T12:00:00Z",
+     "recurrence_rule": "FREQ=YEARLY;COUNT=2"},
+]
+EDGE_RANGES = [
+    ("9999-12-20T00:00:00Z", "9999-12-31T23:00:00Z"),
+    ("9999-12-31T00:00:00Z", "9999-12-31T23:59:59Z"),
+    ("0001-01-01T00:00:00Z", "0001-01-20T00:00:00Z"),
+    ("9999-01-01T00:00:00Z", "9999-12-31T00:00:00Z"),
+]
+
+
+@pytest.mark.parametrize("event", EDGE_EVENTS)
+async def test_events_and_ranges_at_the_edges_of_time_never_fail(
+        client: httpx.AsyncClient, user: User, event: dict[str, Any]) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    resp = await client.post(f"/api/v1/calendars/{cal['id']}/events",
+                             json={"summary": "edge", **event}, headers=headers)
+    assert resp.status_code in (201, 422), resp.text
+    if resp.status_code == 422:
+        assert "year" in resp.json()["detail"]
+    for start, end in EDGE_RANGES:
+        params = {"start": start, "end": end}
+        for path in (f"/api/v1/calendars/{cal['id']}/events", "/api/v1/calendars/agenda",
+                     "/api/v1/calendars/freebusy"):
+            got = await client.get(path, params=params, headers=headers)
+            assert got.status_code in (200, 422), (path, params, got.text)
+            if got.status_code == 422:
+                assert "year" in got.json()["detail"], got.text
+
+
+async def test_an_imported_event_beyond_the_limits_is_refused_naming_them(
+        client: httpx.AsyncClient, user: User) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    ics = (b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\nBEGIN:VEVENT\r\n"
+           b"UID:late@example.org\r\nDTSTAMP:20270101T000000Z\r\n"
+           b"DTSTART:99991231T090000Z\r\nDTEND:99991231T100000Z\r\nSUMMARY:late\r\n"
+           b"RRULE:FREQ=DAILY\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n")
+    resp = await client.post(f"/api/v1/calendars/{cal['id']}/import",
+                             files={"file": ("late.ics", ics, "text/calendar")}, headers=headers)
+    assert resp.status_code == 422, resp.text
+    assert "9999-12-30" in resp.json()["detail"] and "UID late@example.org" in resp.json()["detail"]
+    listed = await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                              params={"start": "9999-12-01T00:00:00Z",
+                                      "end": "9999-12-29T00:00:00Z"})
+    assert listed.status_code == 200 and listed.json()["occurrences"] == []
