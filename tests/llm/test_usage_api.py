@@ -114,6 +114,8 @@ async def test_bad_ranges_are_422_and_no_credentials_401(
                    {"since": "2025-03-01T10:00:00Z", "until": "2025-03-01T10:00:00Z"},
                    {"since": "2023-01-01", "until": "2025-01-01"},  # longer than 366 days
                    {"since": "yesterday"},
+                   {"until": "9999-12-31"},  # the end of that day is beyond the year 9999
+                   {"until": "0001-01-05"},  # the default 30 days before it are too
                    {"group_by": "week"}):
         answer = await client.get("/api/v1/llm/usage", params=params, headers=headers)
         assert answer.status_code == 422, (params, answer.text)

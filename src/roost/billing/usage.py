@@ -74,13 +74,21 @@ def parse_bound(value: str | None, *, name: str, end: bool) -> datetime | None:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise Unprocessable(f"{name} must be an ISO 8601 date or timestamp, got {text[:40]!r}") from None
+    except OverflowError:  # the day after 9999-12-31
+        raise Unprocessable(f"{name} must be before the year 10000") from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def resolve_range(since: str | None, until: str | None) -> tuple[datetime, datetime]:
     """``[since, until)``; the last 30 days by default; at most 366 days long."""
     end = parse_bound(until, name="until", end=True) or utcnow()
-    start = parse_bound(since, name="since", end=False) or end - timedelta(days=DEFAULT_DAYS)
+    start = parse_bound(since, name="since", end=False)
+    if start is None:
+        try:
+            start = end - timedelta(days=DEFAULT_DAYS)
+        except OverflowError:
+            raise Unprocessable(f"until is too early for the default {DEFAULT_DAYS} days "
+                                "before it: give since") from None
     if end <= start:
         raise Unprocessable("until must be after since")
     if end - start > timedelta(days=MAX_RANGE_DAYS):
