@@ -22,7 +22,7 @@ import contextlib
 import gc
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import chain
@@ -79,10 +79,10 @@ def _zone_days(tz_name: str, lo: int, hi: int) -> tuple[Ints, Ints]:
     return offset, steady
 
 
-PLAN_VERSION = 1
-_NO_PLAN: Final = (0,)  # a row without a stored plan
+PLAN_VERSION: Final = 1
 """The layout of ``plan_of``'s integers; a stored plan of another version is ignored (the
 event is compiled at query time instead), so changing the layout needs no migration."""
+_NO_PLAN: Final = (0,)  # stands for a row without a stored plan
 SINGLE, DAYS, MONTH, DATEUTIL = 0, 1, 2, 3  # what follows the plan's first four integers
 KIND: Final = 3  # the bits of the plan's second integer that give the kind; the flags:
 HAS_RDATES: Final = 4
@@ -281,11 +281,15 @@ def _excluded(starts: Ints, index: Ints, has_ex: npt.NDArray[np.bool_],
     return found
 
 
+WindowStart = Callable[[Ints, Ints], Ints]
+"""A zone's earliest local date an occurrence may start on and still reach the window,
+given the occurrences' time of day and duration."""
+
 _EPOCH_ORDINAL = 719_163  # date(1970, 1, 1).toordinal(): numpy's datetime64 day 0
 _EPOCH_MONTH = 1970 * 12  # months since year 0 of 1970-01
 
 
-def _day_rows(table: Ints, wlo_of: Any, last_day: int) -> tuple[Ints, Ints, Ints, Ints]:
+def _day_rows(table: Ints, wlo_of: WindowStart, last_day: int) -> tuple[Ints, Ints, Ints, Ints]:
     """The DAYS plans' occurrence dates within each row's ``wlo..last_day``: (row, date
     ordinal), and the rows' time of day and duration."""
     anchor, period, first, last, time_us, duration_us = table.T
@@ -297,7 +301,7 @@ def _day_rows(table: Ints, wlo_of: Any, last_day: int) -> tuple[Ints, Ints, Ints
     return row, anchor[row] + (n_min[row] + k) * period[row], time_us, duration_us
 
 
-def _month_rows(table: Ints, wlo_of: Any, last_day: int) -> tuple[Ints, Ints, Ints, Ints]:
+def _month_rows(table: Ints, wlo_of: WindowStart, last_day: int) -> tuple[Ints, Ints, Ints, Ints]:
     """The MONTH plans' occurrence dates (``recurrence._MonthPlan.days`` over arrays)."""
     anchor, interval, monthday, weekday, nth, first, last, time_us, duration_us = table.T
     lo = np.maximum(first, wlo_of(time_us, duration_us))
