@@ -218,7 +218,8 @@ async def _derive(ev: Event) -> None:
         raise Unprocessable("end_time is before start_time", extra={"field": "end_time"})
     for field in ("start_time", "end_time", "rdates", "exdates"):
         value = getattr(ev, field)
-        outside = recurrence.out_of_limits(*(value if isinstance(value, list) else [value]))
+        outside = recurrence.out_of_limits(*(value or () if field.endswith("dates")
+                                             else (value,)))
         if outside is not None:
             raise Unprocessable(f"{field}: {outside.isoformat()} is not "
                                 f"{recurrence.LIMITS_TEXT}", extra={"field": field})
