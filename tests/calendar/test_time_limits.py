@@ -31,6 +31,8 @@ EDGE_EVENTS: list[dict[str, Any]] = [
      "recurrence_rule": "FREQ=YEARLY;COUNT=2"},
 ]
 EDGE_RANGES = [
+    ("9999-12-25T00:00:00Z", "9999-12-30T00:00:00Z"),  # inside the limits: expanded
+    ("0001-01-03T00:00:00Z", "0001-02-01T00:00:00Z"),
     ("9999-12-20T00:00:00Z", "9999-12-31T23:00:00Z"),
     ("9999-12-31T00:00:00Z", "9999-12-31T23:59:59Z"),
     ("0001-01-01T00:00:00Z", "0001-01-20T00:00:00Z"),
@@ -74,3 +76,31 @@ async def test_an_imported_event_beyond_the_limits_is_refused_naming_them(
                               params={"start": "9999-12-01T00:00:00Z",
                                       "end": "9999-12-29T00:00:00Z"})
     assert listed.status_code == 200 and listed.json()["occurrences"] == []
+
+
+@pytest.mark.parametrize(("tz", "rule", "hours", "want"), [
+    ("Pacific/Kiritimati", "FREQ=DAILY", 1, 5),  # UTC+14: local days past 9999-12-31
+    ("Pacific/Pago_Pago", "FREQ=DAILY", 1, 5),  # UTC-11
+    ("America/New_York", "FREQ=WEEKLY;BYDAY=MO,WE,FR", 1, 2),
+    ("UTC", "FREQ=MONTHLY;BYMONTHDAY=28", 1, 1),
+    ("UTC", "FREQ=DAILY", 120, None),  # five-day occurrences ending after 9999: refused
+])
+async def test_a_range_at_the_end_of_9999_is_expanded_in_every_zone(
+        client: httpx.AsyncClient, user: User, tz: str, rule: str, hours: int,
+        want: int | None) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    start = "9999-12-01T10:00:00Z"
+    end = f"9999-12-{1 + (10 + hours) // 24:02d}T{(10 + hours) % 24:02d}:00:00Z"
+    resp = await client.post(f"/api/v1/calendars/{cal['id']}/events", headers=headers, json={
+        "summary": "late", "start_time": start, "end_time": end, "timezone": tz,
+        "recurrence_rule": rule})
+    assert resp.status_code == 201, resp.text
+    got = await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                           params={"start": "9999-12-25T00:00:00Z",
+                                   "end": "9999-12-30T00:00:00Z"})
+    if want is None:
+        assert got.status_code == 422 and "after the year 9999" in got.json()["detail"]
+    else:
+        assert got.status_code == 200, got.text
+        assert len(got.json()["occurrences"]) == want, got.json()
