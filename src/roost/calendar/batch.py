@@ -38,6 +38,7 @@ from roost.calendar.recurrence import (
     _overlaps,
     _prepare,
     _zone,
+    representable_day,
     to_utc,
 )
 
@@ -46,15 +47,6 @@ _US = timedelta(microseconds=1)
 DAY_US = 86_400_000_000
 
 Ints = npt.NDArray[np.int64]
-
-
-def _representable(day: int) -> int:
-    """A date ordinal moved into the years 1..9999 (the offset of the nearest day there
-    stands for the days just outside, which no occurrence in a valid range starts on)."""
-    return min(max(day, 1), _MAX_ORDINAL)
-
-
-_MAX_ORDINAL = datetime.max.toordinal() - 1  # its local midnight converts in every zone
 
 
 def micros(at: datetime) -> int:
@@ -72,7 +64,7 @@ def _zone_days(tz_name: str, lo: int, hi: int) -> tuple[Ints, Ints]:
     tz = _zone(tz_name)
     offset = np.array([(datetime.fromordinal(d).replace(tzinfo=UTC)
                         - to_utc(datetime.fromordinal(d), tz)) // _US
-                       for d in map(_representable, range(lo, hi + 2))], dtype=np.int64)
+                       for d in map(representable_day, range(lo, hi + 2))], dtype=np.int64)
     steady = np.zeros(len(offset), dtype=np.int64)
     for i in range(len(offset) - 2, -1, -1):
         steady[i] = steady[i + 1] + 1 if offset[i] == offset[i + 1] else 0

@@ -64,6 +64,16 @@ LIMITS_TEXT: Final = ("between 0001-01-03 and 9999-12-30 (UTC): the calendar's y
                       "to 9999, with room for time zones")
 
 
+_LAST_DAY: Final = date.max.toordinal() - 1  # its local midnight converts in every zone
+
+
+def representable_day(day: int) -> int:
+    """A date ordinal moved into the years 1..9999: the days just outside, which a range
+    at the limits looks at around itself and on which no occurrence in it starts, take the
+    nearest day's UTC offset."""
+    return min(max(day, 1), _LAST_DAY)
+
+
 def out_of_limits(*times: datetime) -> datetime | None:
     """The first of ``times`` (aware) outside ``EARLIEST..LATEST``, None when all are in."""
     return next((t for t in times if not EARLIEST <= t <= LATEST), None)
@@ -480,9 +490,8 @@ def _offsets(tz_name: str, lo: int, hi: int) -> tuple[tuple[timedelta, ...], tup
     at its midnight), and for how many days from it on that offset holds (0: the day has a
     DST change).  One zone lookup per day and query instead of two per occurrence."""
     tz = _zone(tz_name)
-    # Days beyond the years 1..9999 (a range at the limits) take the nearest day's offset.
     offset = [datetime.fromordinal(d).replace(tzinfo=UTC) - to_utc(datetime.fromordinal(d), tz)
-              for d in (min(max(d, 1), date.max.toordinal() - 1) for d in range(lo, hi + 2))]
+              for d in map(representable_day, range(lo, hi + 2))]
     steady = [0] * len(offset)
     for i in range(len(offset) - 2, -1, -1):
         steady[i] = steady[i + 1] + 1 if offset[i] == offset[i + 1] else 0
