@@ -158,6 +158,31 @@ def test_message_decrypt_agrees_with_cryptography_fernet(plaintext: bytes, which
         assert cipher.decrypt(token) == expected
 
 
+@settings(max_examples=60, deadline=None, database=None)
+@given(st.lists(st.tuples(st.binary(max_size=200), st.integers(min_value=0, max_value=1)),
+                max_size=12))
+def test_message_decrypt_many_agrees_with_fernet_token_by_token(
+        items: list[tuple[bytes, int]]) -> None:
+    """A page's batch decryption (one AES context for every token under a key) gives
+    what ``cryptography``'s Fernet gives each token, in order, keys mixed."""
+    keys = [KEY_A, KEY_B]
+    cipher = MessageCipher(keys)
+    texts = [p.decode("utf-8", "replace").encode("utf-8") for p, _ in items]
+    tokens = [Fernet(keys[which]).encrypt(text) for text, (_, which) in zip(texts, items, strict=True)]
+    assert cipher.decrypt_many(tokens) == [
+        Fernet(keys[which]).decrypt(token).decode("utf-8")
+        for token, (_, which) in zip(tokens, items, strict=True)]
+
+
+def test_message_decrypt_many_refuses_the_batch_when_one_token_is_bad() -> None:
+    good = [CIPHER.encrypt(f"message {i}") for i in range(5)]
+    assert CIPHER.decrypt_many(good) == [f"message {i}" for i in range(5)]
+    for bad in (_flip(good[2], 30), Fernet(KEY_B).encrypt(b"other key"),
+                _signed_token(b"A" * 15 + b"\x00"), b"not a token"):
+        with pytest.raises(DecryptionError):
+            CIPHER.decrypt_many([*good[:2], bad, *good[2:]])
+
+
 def test_message_every_edited_byte_is_rejected() -> None:
     token = CIPHER.encrypt("pay alice 10")
     raw = base64.urlsafe_b64decode(token)

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,13 @@ class MessageKeysMismatch(RoostError):
 
 def decrypt(cipher: MessageCipher, token: bytes) -> str:
     """Stored conversation text in clear; a key problem is a 500 that names the setting."""
+    return decrypt_many(cipher, (token,))[0]
+
+
+def decrypt_many(cipher: MessageCipher, tokens: Sequence[bytes]) -> list[str]:
+    """:func:`decrypt` of each token, in one batch (``MessageCipher.decrypt_many``)."""
     try:
-        return cipher.decrypt(token)
+        return cipher.decrypt_many(tokens)
     except DecryptionError:
         log.error("chat.decrypt_failed")
         raise MessageKeysMismatch(

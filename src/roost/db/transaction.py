@@ -11,12 +11,15 @@ into another's.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import SessionTransaction
+from sqlalchemy.sql import ClauseElement
 
 _drivers: weakref.WeakKeyDictionary[SessionTransaction, Any] = weakref.WeakKeyDictionary()
 _settings: weakref.WeakKeyDictionary[SessionTransaction, dict[str, str]] = weakref.WeakKeyDictionary()
@@ -55,3 +58,28 @@ def note_settings(session: AsyncSession, values: Mapping[str, str]) -> None:
     transaction = session.sync_session.get_transaction()
     if transaction is not None:
         _settings.setdefault(transaction, {}).update(values)
+
+
+# Compiles Core statements to asyncpg's own SQL ($1, $2 ... in the order of positiontup).
+_DRIVER_DIALECT = asyncpg_dialect.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
+
+
+@functools.lru_cache(maxsize=256)
+def driver_sql(statement: ClauseElement) -> tuple[str, tuple[str, ...]]:
+    """``statement`` (a Core statement built once, with named bound parameters) as the
+    driver's SQL and its parameters' names in order.  Cached per statement object: pass
+    statements that are built once (``functools.cache``), not per call."""
+    compiled = statement.compile(dialect=_DRIVER_DIALECT)
+    names: list[str] = getattr(compiled, "positiontup", None) or []  # SQLCompiler's
+    return compiled.string, tuple(names)
+
+
+async def driver_fetch(session: AsyncSession, statement: ClauseElement,
+                       params: Mapping[str, Any]) -> list[Any]:
+    """Run ``statement`` on the session's transaction's driver connection (same
+    transaction, same row-level-security scope), skipping the ORM's per-statement work:
+    asyncpg records, with the column types the driver decodes (no SQLAlchemy result
+    processing: use it for plain column types)."""
+    sql, names = driver_sql(statement)
+    driver = await driver_connection(session)
+    return list(await driver.fetch(sql, *(params[name] for name in names)))
