@@ -66,6 +66,66 @@ class Result:
     errors: int
 
 
+class RawHTTP:
+    """A minimal HTTP/1.1 keep-alive client for the timed loops: with httpx (and JSON
+    parsing of every answer) the load generator itself was the bottleneck (one core at
+    75-100 % while ``roost serve`` used 36-47 %), so the run measured the client's cost
+    per response, not the servers'.  This one writes the request and reads the answer by
+    its length: tens of microseconds a request.  One connection per concurrent client."""
+
+    def __init__(self, base_url: str, size: int) -> None:
+        host, _, port = base_url.removeprefix("http://").partition(":")
+        self.host, self.port, self.size = host, int(port), size
+        self.idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = \
+            asyncio.Queue()
+        self.opened = 0
+
+    async def request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
+                      body: bytes = b"") -> tuple[int, bytes]:
+        if self.idle.empty() and self.opened < self.size:
+            self.opened += 1
+            conn = await asyncio.open_connection(self.host, self.port)
+        else:
+            conn = await self.idle.get()
+        head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
+                f"Content-Length: {len(body)}"]
+        if body:
+            head.append("Content-Type: application/json")
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        message = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+        reader, writer = conn
+        writer.write(message)
+        try:
+            raw = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # uvicorn closes a keep-alive connection idle for 5 s (one server's
+            # connections wait while the other's phase runs): reconnect and send again.
+            writer.close()
+            conn = await asyncio.open_connection(self.host, self.port)
+            reader, writer = conn
+            writer.write(message)
+            raw = await reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        fields = {k.strip().lower(): v.strip() for k, _, v in
+                  (line.partition(":") for line in lines[1:] if line)}
+        if fields.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                chunks.append(await reader.readexactly(size + 2))
+            await reader.readuntil(b"\r\n")
+            content = b"".join(c[:-2] for c in chunks)
+        else:
+            content = await reader.readexactly(int(fields.get("content-length", "0")))
+        self.idle.put_nowait(conn)
+        return status, content
+
+    async def close(self) -> None:
+        while not self.idle.empty():
+            _, writer = self.idle.get_nowait()
+            writer.close()
+
+
 def spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -213,23 +273,28 @@ async def main(args: argparse.Namespace) -> None:
 
                 print(f"post: {args.posts} requests, {args.concurrency} concurrent clients")
 
+                roost_http = RawHTTP(roost_url, args.concurrency)
+                bare_http = RawHTTP(bare_url, args.concurrency)
+                post_body = json.dumps(body).encode()
+                store_body = json.dumps({**body, "reply": False}).encode()
+
                 async def roost_post(i: int) -> bool:
-                    r = await http.post(
-                        f"{roost_url}/api/v1/chat/sessions/{sessions[i % len(sessions)]}/messages",
-                        json=body, headers=auth)
-                    return r.status_code == 201
+                    status, _ = await roost_http.request(
+                        "POST", f"/api/v1/chat/sessions/{sessions[i % len(sessions)]}/messages",
+                        body=post_body, headers=auth)
+                    return status == 201
 
                 async def roost_store(i: int) -> bool:
-                    r = await http.post(
-                        f"{roost_url}/api/v1/chat/sessions/{sessions[i % len(sessions)]}/messages",
-                        json={**body, "reply": False}, headers=auth)
-                    return r.status_code == 201
+                    status, _ = await roost_http.request(
+                        "POST", f"/api/v1/chat/sessions/{sessions[i % len(sessions)]}/messages",
+                        body=store_body, headers=auth)
+                    return status == 201
 
                 async def bare_post(i: int) -> bool:
-                    r = await http.post(
-                        f"{bare_url}/sessions/{bare_sessions[i % len(bare_sessions)]}/messages",
-                        json=body)
-                    return r.status_code == 201
+                    status, _ = await bare_http.request(
+                        "POST", f"/sessions/{bare_sessions[i % len(bare_sessions)]}/messages",
+                        body=post_body)
+                    return status == 201
 
                 for case, system, call in (
                     ("post message", "roost", roost_post),
@@ -250,17 +315,18 @@ async def main(args: argparse.Namespace) -> None:
                                                      max_size=20)
                     rng = random.Random(7)
 
+                    # 50 items: both answers are compact JSON with a "seq" per message.
                     async def roost_read(i: int) -> bool:
                         sid = rng.choice(read_sessions)
-                        r = await http.get(f"{roost_url}/api/v1/chat/sessions/{sid}/messages",
-                                           params={"limit": 50}, headers=auth)
-                        return r.status_code == 200 and len(r.json()["items"]) == 50
+                        status, content = await roost_http.request(
+                            "GET", f"/api/v1/chat/sessions/{sid}/messages?limit=50", headers=auth)
+                        return status == 200 and content.count(b'"seq":') == 50
 
                     async def bare_read(i: int) -> bool:
                         sid = rng.choice(read_sessions)
-                        r = await http.get(f"{bare_url}/sessions/{sid}/messages",
-                                           params={"limit": 50})
-                        return r.status_code == 200 and len(r.json()["items"]) == 50
+                        status, content = await bare_http.request(
+                            "GET", f"/sessions/{sid}/messages?limit=50")
+                        return status == 200 and content.count(b'"seq":') == 50
 
                     async def raw_read(i: int) -> bool:
                         sid = rng.choice(read_sessions)
@@ -278,6 +344,8 @@ async def main(args: argparse.Namespace) -> None:
                         print(f"  {system}: {results[-1].requests_per_s} req/s, "
                               f"p99 {results[-1].p99_ms} ms")
                     await pool.close()
+                await roost_http.close()
+                await bare_http.close()
         finally:
             for proc in procs:
                 proc.terminate()
