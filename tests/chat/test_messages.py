@@ -137,6 +137,41 @@ async def test_tool_call_fields_and_roles_without_reply(client: httpx.AsyncClien
     assert bad.status_code == 400 and "reply=false" in bad.json()["detail"]
 
 
+async def test_the_history_page_is_exactly_what_its_response_model_serialises(
+    client: httpx.AsyncClient, sid: str, user: User,
+) -> None:
+    """The history route writes its JSON itself (no model per message): every field,
+    null or not, must read back byte for byte as ``Page[MessageOut]`` writes it, and
+    each message as the post that stored it answered."""
+    from roost.chat.schemas import MessageOut
+    from roost.pagination import Page
+
+    _, headers = user
+    call = {"id": "call_9", "name": "calc", "arguments": '{"x": 1.5}'}
+    posted = [
+        await _post(client, headers, sid, content="Grüße, \"quoted\" 🦜\n", reply=False,
+                    conversation_domain="travel", plan_step=2, confidence_score=0.1 + 0.2,
+                    embedding_model_used="all-MiniLM-L6-v2"),
+        await _post(client, headers, sid, role="assistant", content="", reply=False,
+                    tool_calls=[call]),
+        await _post(client, headers, sid, role="tool", content="3", reply=False,
+                    tool_call_id="call_9", tool_call_name="calc"),
+        await _post(client, headers, sid, content="and now answer"),  # the model's reply too
+    ]
+    assert all(p.status_code == 201 for p in posted), [p.text for p in posted]
+    resp = await client.get(f"/api/v1/chat/sessions/{sid}/messages?limit=3", headers=headers)
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/json"
+    page = Page[MessageOut].model_validate_json(resp.content)
+    assert resp.content == page.model_dump_json().encode()
+    assert page.next_cursor is not None and len(page.items) == 3
+    rest = await client.get(f"/api/v1/chat/sessions/{sid}/messages",
+                            params={"cursor": page.next_cursor}, headers=headers)
+    items = [*resp.json()["items"], *rest.json()["items"]]
+    stored = [p.json()["user_message"] for p in posted] + [posted[-1].json()["assistant_message"]]
+    assert items == sorted(stored, key=lambda m: -m["seq"])
+    assert items[0]["model"] and items[0]["llm_request_id"] and items[0]["tokens_out"]
+
+
 async def test_without_a_provider_chat_answers_409_with_a_hint_and_stores_nothing(
     client: httpx.AsyncClient, user: User, database: Database,
 ) -> None:

@@ -78,17 +78,24 @@ def message_out(cipher: MessageCipher, message: ChatMessage) -> MessageOut:
 
 
 def messages_out(cipher: MessageCipher, rows: Sequence[dict[str, Any]]) -> list[MessageOut]:
-    """Messages (their :data:`_MESSAGE_COLUMNS` by name) as answers: the contents
-    decrypted in one batch (``decrypt_many``), the models validated as one list in
-    pydantic's core (cheaper than building each with ``model_construct`` in Python)."""
+    """Messages (their :data:`_MESSAGE_COLUMNS` by name) as answers, validated as one
+    list in pydantic's core (cheaper than building each with ``model_construct``)."""
+    return _MESSAGES_OUT.validate_python(message_values(cipher, rows))
+
+
+def message_values(cipher: MessageCipher, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The plain values of each message's :class:`MessageOut` (JSON-ready but for UUIDs
+    and datetimes): the contents decrypted in one batch (``decrypt_many``)."""
     texts = decrypt_many(cipher, [row["content"] for row in rows])
     values: list[dict[str, Any]] = []
     for row, text in zip(rows, texts, strict=True):
-        value = {**row, "content": text}
+        value = {name: row[name] for name in _MESSAGE_FIELDS}
+        value["content"] = text
         if row["tool_calls"] is not None:
-            value["tool_calls"] = _TOOL_CALLS.validate_json(decrypt(cipher, row["tool_calls"]))
+            value["tool_calls"] = _TOOL_CALLS.dump_python(
+                _TOOL_CALLS.validate_json(decrypt(cipher, row["tool_calls"])), mode="json")
         values.append(value)
-    return _MESSAGES_OUT.validate_python(values)
+    return values
 
 
 @functools.cache
@@ -119,6 +126,17 @@ async def list_messages(
 ) -> tuple[list[MessageOut], str | None]:
     """Newest first.  The cursor is the last ``seq`` seen: later pages only go back in
     time, so messages posted meanwhile neither repeat nor shift what is left to read."""
+    values, next_cursor = await list_message_values(session, gateway, actor, session_id,
+                                                    limit=limit, cursor=cursor)
+    return _MESSAGES_OUT.validate_python(values), next_cursor
+
+
+async def list_message_values(
+    session: AsyncSession, gateway: LLMGateway, actor: Principal, session_id: uuid.UUID, *,
+    limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """:func:`list_messages` as plain values (:func:`message_values`): what the history
+    route serialises straight to JSON, without building a model per message."""
     stmt = _history_statement(with_cursor=cursor is not None, admin=actor.is_admin)
     params: dict[str, Any] = {"session_id": session_id, "page_limit": limit + 1}
     if cursor is not None:
@@ -131,7 +149,7 @@ async def list_messages(
     rows, next_cursor = page_of(
         [r for r in found if r["seq"] is not None], limit,
         lambda r: encode_cursor({"seq": r["seq"]}))
-    return messages_out(gateway.cipher, [dict(r.items()) for r in rows]), next_cursor
+    return message_values(gateway.cipher, rows), next_cursor
 
 
 def _check_content(data: MessageCreate, limit: int) -> None:

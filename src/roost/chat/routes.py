@@ -29,6 +29,7 @@ from roost.chat.schemas import (
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit
 from roost.http.reads import ReadSession, replica_fallback
+from roost.http.responses import page_response
 from roost.http.routing import RoostRouter
 from roost.identity.deps import StreamSlots
 from roost.llm.deps import CallerPrincipal, GatewayDep
@@ -98,12 +99,12 @@ async def delete_session(session_id: uuid.UUID, principal: CurrentPrincipal, db:
 async def list_messages(
     session_id: uuid.UUID, principal: CurrentPrincipal, db: ReadSession, gateway: GatewayDep,
     limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
-) -> Page[MessageOut]:
+) -> Response:
     """Newest first; follow ``next_cursor`` to go back in time."""
-    items, next_cursor = await messages.list_messages(
+    items, next_cursor = await messages.list_message_values(
         db, gateway, principal, session_id, limit=limit, cursor=cursor
     )
-    return Page(items=items, next_cursor=next_cursor)
+    return page_response(items, next_cursor)  # the hot read: no model per message
 
 
 @router.post(
