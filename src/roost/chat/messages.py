@@ -77,19 +77,21 @@ def message_out(cipher: MessageCipher, message: ChatMessage) -> MessageOut:
     return messages_out(cipher, [{name: getattr(message, name) for name in _MESSAGE_FIELDS}])[0]
 
 
-def messages_out(cipher: MessageCipher, rows: Sequence[dict[str, Any]]) -> list[MessageOut]:
-    """Messages (their :data:`_MESSAGE_COLUMNS` by name) as answers, validated as one
-    list in pydantic's core (cheaper than building each with ``model_construct``)."""
+def messages_out(cipher: MessageCipher, rows: Sequence[Any]) -> list[MessageOut]:
+    """Messages (their :data:`_MESSAGE_COLUMNS` by name: dicts or asyncpg records) as
+    answers, validated as one list in pydantic's core (cheaper than ``model_construct``
+    for each)."""
     return _MESSAGES_OUT.validate_python(message_values(cipher, rows))
 
 
-def message_values(cipher: MessageCipher, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def message_values(cipher: MessageCipher, rows: Sequence[Any]) -> list[dict[str, Any]]:
     """The plain values of each message's :class:`MessageOut` (JSON-ready but for UUIDs
     and datetimes): the contents decrypted in one batch (``decrypt_many``)."""
     texts = decrypt_many(cipher, [row["content"] for row in rows])
     values: list[dict[str, Any]] = []
     for row, text in zip(rows, texts, strict=True):
-        value = {name: row[name] for name in _MESSAGE_FIELDS}
+        value = dict(row.items())  # one call (key look-ups on a record cost more)
+        value.pop("found", None)  # the history statement's session column
         value["content"] = text
         if row["tool_calls"] is not None:
             value["tool_calls"] = _TOOL_CALLS.dump_python(
