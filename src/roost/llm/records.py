@@ -14,17 +14,19 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Insert, Table, Update, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.analytics.outbox import emit
+from roost.analytics.models import AnalyticsEvent
+from roost.analytics.outbox import emit, event_values
 from roost.audit import service as audit
 from roost.billing import credits, prices
 from roost.billing.credits import Reservation
 from roost.billing.models import UsageRecord
 from roost.db.base import utcnow, uuid7
+from roost.db.statements import bound_insert, prefixed
 from roost.errors import NotFound, RoostError
 from roost.llm.errors import (
     AllProvidersFailed,
@@ -97,23 +99,30 @@ async def mark_running(gateway: LLMGateway, principal: Principal, request_id: uu
 def _response_row(
     gateway: LLMGateway, attempt: Attempt, request_id: uuid.UUID, user_id: uuid.UUID | None,
 ) -> LLMResponse:
+    return LLMResponse(**_response_values(gateway, attempt, request_id, user_id))
+
+
+def _response_values(
+    gateway: LLMGateway, attempt: Attempt, request_id: uuid.UUID, user_id: uuid.UUID | None,
+) -> dict[str, Any]:
+    """One provider attempt's ``llm_responses`` columns (the answer encrypted)."""
     values = attempt.to_response_row()
     res = attempt.result
     provider_id = values["provider_id"]
-    return LLMResponse(
-        id=uuid7(), request_id=request_id, user_id=user_id,
-        provider_id=provider_id if isinstance(provider_id, uuid.UUID) else None,
-        provider_name=values["provider_name"], model=res.model if res else None,
-        content=gateway.cipher.encrypt(values["content"]),
-        raw_response=strip_text(values["raw_response"]),
-        tokens_prompt=values["tokens_prompt"], tokens_completion=values["tokens_completion"],
-        tokens_total=values["tokens_total"],
-        confidence=Decimal(str(round(float(values["confidence"]), 4))),
-        response_time=values["response_time"], finish_reason=values["finish_reason"],
-        selected=values["selected"], outcome=values["outcome"], error_kind=values["error_kind"],
-        error_message=values["error_message"], started_at=values["started_at"],
-        finished_at=values["finished_at"],
-    )
+    return {
+        "id": uuid7(), "created_at": utcnow(), "request_id": request_id, "user_id": user_id,
+        "provider_id": provider_id if isinstance(provider_id, uuid.UUID) else None,
+        "provider_name": values["provider_name"], "model": res.model if res else None,
+        "content": gateway.cipher.encrypt(values["content"]),
+        "raw_response": strip_text(values["raw_response"]),
+        "tokens_prompt": values["tokens_prompt"],
+        "tokens_completion": values["tokens_completion"], "tokens_total": values["tokens_total"],
+        "confidence": Decimal(str(round(float(values["confidence"]), 4))),
+        "response_time": values["response_time"], "finish_reason": values["finish_reason"],
+        "selected": values["selected"], "outcome": values["outcome"],
+        "error_kind": values["error_kind"], "error_message": values["error_message"],
+        "started_at": values["started_at"], "finished_at": values["finished_at"],
+    }
 
 
 @dataclass
@@ -140,32 +149,40 @@ async def record_success(
     ``run_id``/``agent_id``: the agent run the call was made for (usage per run);
     ``reservation``: the credits held for the call, settled here with the actual amount."""
     user_id = principal.user_id
-    session.add_all([_response_row(gateway, a, outcome.request_id, user_id)
-                     for a in outcome.attempts])
+    if session.new or session.dirty:  # the caller's rows first, as an autoflush would
+        await session.flush()
     result = outcome.result
     winner_id = outcome.winner.id if isinstance(outcome.winner.id, uuid.UUID) else None
     model = result.model or outcome.winner.name
     cost, currency = await prices.cost_for(session, model, result.tokens_in, result.tokens_out)
     used = credits_for(gateway, result.tokens_total)
-    usage = UsageRecord(
-        id=uuid7(), user_id=user_id, request_type=request_type,
-        model=model, tokens_input=result.tokens_in,
-        tokens_output=result.tokens_out, credits_used=used,
-        latency_ms=outcome.latency_ms, session_id=session_id, llm_request_id=outcome.request_id,
-        provider_id=winner_id, success=True, run_id=run_id, agent_id=agent_id,
-        idempotency_key=f"llm:{outcome.request_id}", api_key_id=principal.api_key_id,
-        cost=cost, currency=currency,
-        subscription_id=reservation.subscription_id if reservation else None,
-    )
-    session.add(usage)
+    usage_values: dict[str, Any] = {
+        "id": uuid7(), "created_at": utcnow(), "user_id": user_id,
+        "request_type": request_type, "model": model, "tokens_input": result.tokens_in,
+        "tokens_output": result.tokens_out, "credits_used": used,
+        "latency_ms": outcome.latency_ms, "session_id": session_id,
+        "llm_request_id": outcome.request_id, "provider_id": winner_id, "success": True,
+        "run_id": run_id, "agent_id": agent_id, "idempotency_key": f"llm:{outcome.request_id}",
+        "api_key_id": principal.api_key_id, "cost": cost, "currency": currency,
+        "subscription_id": reservation.subscription_id if reservation else None,
+    }
+    usage = UsageRecord(**usage_values)  # as written (not attached to the session)
     if reservation is not None:
         await credits.settle(session, reservation, used)
-    _emit_call(session, principal, usage, provider=outcome.winner.name)
-    await session.execute(
-        update(LLMRequest).where(LLMRequest.id == outcome.request_id)
-        .values(status="completed", completed_at=utcnow(), error_message=None)
-    )
-    await session.flush()
+    responses = [_response_values(gateway, a, outcome.request_id, user_id)
+                 for a in outcome.attempts]
+    event = event_values("llm.call", _call_event(principal, usage, outcome.winner.name),
+                         user_id=user_id, session_id=session_id)
+    # The first attempt's answer, the usage row, the analytics event and the request's
+    # status in one statement (an ORM flush of the three rows was most of the call's
+    # recording time); further attempts (fallbacks, ensembles) in one more.
+    first = responses[:1]
+    await session.execute(_success_statement(usage_values, event, *first), {
+        **(prefixed("r_", first[0]) if first else {}), **prefixed("u_", usage_values),
+        **prefixed("e_", event), "q_id": outcome.request_id, "q_completed_at": utcnow()})
+    if len(responses) > 1:
+        await session.execute(_responses_statement(responses[0]),
+                              [prefixed("r_", r) for r in responses[1:]])
     outcome.usage = usage
     if audit_action:
         await audit.record(
@@ -176,6 +193,36 @@ async def record_success(
                       "attempts": len(outcome.attempts), "latency_ms": outcome.latency_ms},
         )
     return usage
+
+
+_SUCCESS: dict[bool, Update] = {}  # built once (bench/agents: building it per call costs)
+_RESPONSES: list[Insert] = []
+
+
+def _success_statement(usage: dict[str, Any], event: dict[str, Any],
+                       response: dict[str, Any] | None = None) -> Update:
+    """``WITH llm_response AS (INSERT ...), usage_record AS (INSERT ...), analytics_event
+    AS (INSERT ...) UPDATE llm_requests SET status = 'completed' ...`` (without the
+    response when the call left no attempt)."""
+    statement = _SUCCESS.get(response is not None)
+    if statement is None:
+        table = cast(Table, LLMRequest.__table__)
+        ctes = [bound_insert(UsageRecord, "u_", usage).cte("usage_record"),
+                bound_insert(AnalyticsEvent, "e_", event).cte("analytics_event")]
+        if response is not None:
+            ctes.insert(0, bound_insert(LLMResponse, "r_", response).cte("llm_response"))
+        statement = (update(table).where(table.c.id == bindparam("q_id"))
+                     .values(status="completed", completed_at=bindparam("q_completed_at"),
+                             error_message=None)
+                     .add_cte(*ctes))
+        _SUCCESS[response is not None] = statement
+    return statement
+
+
+def _responses_statement(response: dict[str, Any]) -> Insert:
+    if not _RESPONSES:
+        _RESPONSES.append(bound_insert(LLMResponse, "r_", response))
+    return _RESPONSES[0]
 
 
 async def record_failure(
@@ -220,10 +267,15 @@ async def record_failure(
 def _emit_call(session: AsyncSession, principal: Principal, usage: UsageRecord,
                provider: str | None) -> None:
     """The call's analytics event (the ClickHouse outbox), in the same transaction."""
+    emit(session, "llm.call", _call_event(principal, usage, provider),
+         user_id=principal.user_id, session_id=usage.session_id)
+
+
+def _call_event(principal: Principal, usage: UsageRecord, provider: str | None) -> dict[str, Any]:
     def ref(value: uuid.UUID | None) -> str | None:
         return str(value) if value is not None else None
 
-    emit(session, "llm.call", {
+    return {
         "request_id": ref(usage.llm_request_id), "model": usage.model, "provider": provider,
         "request_type": usage.request_type, "tokens_input": usage.tokens_input,
         "tokens_output": usage.tokens_output, "credits": usage.credits_used,
@@ -231,7 +283,7 @@ def _emit_call(session: AsyncSession, principal: Principal, usage: UsageRecord,
         "currency": usage.currency or "USD", "latency_ms": usage.latency_ms,
         "success": usage.success, "agent_id": ref(usage.agent_id), "run_id": ref(usage.run_id),
         "api_key_id": ref(usage.api_key_id),
-    }, user_id=principal.user_id, session_id=usage.session_id)
+    }
 
 
 def failure_message(error: BaseException, attempts: Sequence[Attempt]) -> str:

@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from jsonschema import Draft202012Validator, SchemaError
 from jsonschema.validators import validator_for
-from sqlalchemy import Insert, bindparam, insert, select
+from sqlalchemy import Insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -44,6 +44,7 @@ from roost.billing.models import UsageRecord
 from roost.config import get_settings
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
+from roost.db.statements import bound_insert, prefixed
 from roost.errors import Conflict, GatewayTimeout, NotFound, RoostError, Unprocessable
 from roost.knowledge.config import KnowledgeConfig
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
@@ -395,16 +396,12 @@ async def record_call(
         error_message=failure.detail if failure else None,
         metadata={"tool_run_id": str(run.id), "tool_name": prepared.name, "status": result.status,
                   "duration_ms": result.duration_ms})
-    params = {**_prefixed("r_", values), **_prefixed("e_", event), **_prefixed("a_", audit)}
+    params = {**prefixed("r_", values), **prefixed("e_", event), **prefixed("a_", audit)}
     await session.execute(_record_statement(values, event, audit), params)
     return run
 
 
 _RECORD: list[Insert] = []  # built once: a statement built per call cost ~0.5 ms (bench)
-
-
-def _prefixed(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    return {prefix + key: value for key, value in values.items()}
 
 
 def _record_statement(run: Mapping[str, Any], event: Mapping[str, Any],
@@ -413,14 +410,9 @@ def _record_statement(run: Mapping[str, Any], event: Mapping[str, Any],
     audit_logs ...``, each value a bound parameter named after its attribute (``r_``,
     ``e_``, ``a_``), typed by its column."""
     if not _RECORD:
-        def bound(model: Any, prefix: str, keys: Mapping[str, Any]) -> Insert:
-            columns = model.__mapper__.columns
-            return insert(model.__table__).values(
-                {columns[key]: bindparam(prefix + key) for key in keys})
-
-        _RECORD.append(bound(AuditLog, "a_", audit).add_cte(
-            bound(ToolRun, "r_", run).cte("tool_run"),
-            bound(AnalyticsEvent, "e_", event).cte("analytics_event")))
+        _RECORD.append(bound_insert(AuditLog, "a_", audit).add_cte(
+            bound_insert(ToolRun, "r_", run).cte("tool_run"),
+            bound_insert(AnalyticsEvent, "e_", event).cte("analytics_event")))
     return _RECORD[0]
 
 
