@@ -16,12 +16,16 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
 
 from roost.app import create_app
 from roost.config import Settings
 from roost.db.engine import Database
+from roost.db.transaction import begin_with_settings
+from roost.identity.tenancy import apply_principal
 from roost.keyfiles import KeyMaterial
 from roost.knowledge import search as search_mod
+from roost.principal import Principal
 from roost.security.passwords import hash_password
 from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
@@ -186,3 +190,41 @@ async def test_revocation_is_immediate_in_every_server_process(
             assert httpx.get(f"{a.base_url}/api/v1/auth/me", headers=bearer).status_code == 401
 
     await asyncio.to_thread(run)
+
+
+async def test_a_scoped_transaction_sends_its_scope_with_its_begin(database: Database) -> None:
+    """A transaction acting for a user outside a request (``apply_principal`` on a fresh
+    session: jobs, the agent runner, model calls, tool calls) sends its BEGIN and its
+    row-level-security scope as one round trip; the scope holds for that transaction
+    only, also when it fails."""
+    alice, _ = await make_user(database, username="alice-begin")
+    bob, _ = await make_user(database, username="bob-begin")
+    bob_job = Principal(user_id=bob, is_admin=False, kind="job")
+    with statements(database) as sent:
+        async with database.transaction() as session:
+            await apply_principal(session, bob_job)
+            owners = (await session.execute(text("SELECT user_id FROM api_keys"))).scalars().all()
+            scope = (await session.execute(text(
+                "SELECT current_user, current_setting('roost.user_id')"))).one()
+        await asyncio.sleep(0.05)  # asyncpg's query logger reports through call_soon
+    assert owners == [bob] and tuple(scope) == ("roost_app", str(bob))
+    # BEGIN with the scope, the two queries, COMMIT (the driver's log arrives late: any order)
+    assert len(sent) == 4, sent
+    assert sum(s.startswith("BEGIN; SELECT set_config('roost.user_id', '") for s in sent) == 1
+
+    with pytest.raises(DBAPIError):
+        async with database.transaction() as session:
+            await apply_principal(session, bob_job)
+            await session.execute(text("SELECT 1 / 0"))
+    for _ in range(3):  # whichever pooled connection: nothing of bob's scope is left
+        async with database.transaction() as session:
+            seen = set((await session.execute(text("SELECT user_id FROM api_keys"))).scalars())
+            role = (await session.execute(text("SELECT current_user"))).scalar_one()
+        assert {alice, bob} <= seen and role != "roost_app"
+
+    # A value that is not a plain literal is never written into SQL: the scope is then
+    # sent as a statement with bound parameters.
+    async with database.transaction() as session:
+        assert not await begin_with_settings(session, {"roost.user_id": "x'; SELECT 1; --"})
+        await apply_principal(session, bob_job)
+        assert (await session.execute(text("SELECT count(*) FROM api_keys"))).scalar_one() == 1

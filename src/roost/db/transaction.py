@@ -12,6 +12,7 @@ into another's.
 from __future__ import annotations
 
 import functools
+import re
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +46,63 @@ async def driver_connection(session: AsyncSession) -> Any:
         if transaction is not None:
             _drivers[transaction] = driver
     return driver
+
+
+# Setting names and values that may be written into SQL text as literals: what scoping
+# sends (uuids, booleans, comma-joined uuids, role names, numbers, a few words).
+_LITERAL = re.compile(r"[A-Za-z0-9_.,:-]*")
+_BEGIN = {None: "BEGIN", "read_committed": "BEGIN ISOLATION LEVEL READ COMMITTED"}
+
+
+class _BegunTransaction:
+    """Ends a transaction that :func:`begin_with_settings` began: what SQLAlchemy's
+    asyncpg adapter calls (``commit``/``rollback``) on the transaction it tracks."""
+
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver
+
+    async def commit(self) -> None:
+        await self._driver.execute("COMMIT")
+
+    async def rollback(self) -> None:
+        if not self._driver.is_closed():
+            await self._driver.execute("ROLLBACK")
+
+
+async def begin_with_settings(session: AsyncSession, values: Mapping[str, str]) -> bool:
+    """Begin the session's transaction on its connection together with ``values``
+    (``SET LOCAL`` by ``set_config``): ``BEGIN; SELECT set_config(...)`` as one simple
+    query, one round trip instead of two.  False, and nothing sent, when the transaction
+    has begun on the connection already or a value is not a plain literal (the caller
+    sends its settings as a statement of their own then)."""
+    transaction = session.sync_session.get_transaction()
+    if transaction is None or transaction in _drivers:
+        return False
+    if not all(_LITERAL.fullmatch(part) for item in values.items() for part in item):
+        return False
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    adapted = raw.dbapi_connection
+    begin = _BEGIN.get(getattr(adapted, "isolation_level", "?"))
+    if (begin is None or getattr(adapted, "_transaction", True) is not None
+            or adapted.readonly or adapted.deferrable):  # type: ignore[union-attr]
+        return False
+    driver = raw.driver_connection
+    assert driver is not None
+    sets = ", ".join(f"set_config('{name}', '{value}', true)" for name, value in values.items())
+    # The adapter tracks the transaction it would have begun itself (SQLAlchemy < 2.2,
+    # as driver_connection relies on; tests/identity/test_core.py covers both).
+    adapted._transaction = _BegunTransaction(driver)  # type: ignore[union-attr]
+    try:
+        await driver.execute(f"{begin}; SELECT {sets}")
+    except BaseException:
+        adapted._transaction = None  # type: ignore[union-attr]
+        if driver.is_in_transaction():
+            await driver.execute("ROLLBACK")
+        raise
+    _drivers[transaction] = driver
+    note_settings(session, values)
+    return True
 
 
 def local_settings(session: AsyncSession) -> Mapping[str, str]:

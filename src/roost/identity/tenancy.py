@@ -32,7 +32,7 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from roost.db.transaction import local_settings, note_settings
+from roost.db.transaction import begin_with_settings, local_settings, note_settings
 
 DEFAULT_APP_ROLE = "roost_app"
 _ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -88,6 +88,8 @@ async def apply_principal(
     already = local_settings(session)
     if all(already.get(name) == value for name, value in params.items()):
         return  # scoped in this transaction's authentication round trip
+    if await begin_with_settings(session, params):
+        return  # sent with the transaction's BEGIN
     if app_role:
         await session.execute(_APPLY_WITH_ROLE, {
             "user_id": params["roost.user_id"], "is_admin": params["roost.is_admin"],
