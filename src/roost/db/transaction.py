@@ -90,8 +90,9 @@ async def begin_with_settings(session: AsyncSession, values: Mapping[str, str]) 
     driver = raw.driver_connection
     assert driver is not None
     sets = ", ".join(f"set_config('{name}', '{value}', true)" for name, value in values.items())
-    # The adapter tracks the transaction it would have begun itself (SQLAlchemy < 2.2,
-    # as driver_connection relies on; tests/identity/test_core.py covers both).
+    # The adapter tracks the transaction it would have begun itself, and ends it through
+    # this object (SQLAlchemy < 2.2, as driver_connection relies on; the round trips and
+    # the scope's end are checked by tests/identity/test_request_overhead.py).
     adapted._transaction = _BegunTransaction(driver)  # type: ignore[union-attr]
     try:
         await driver.execute(f"{begin}; SELECT {sets}")
