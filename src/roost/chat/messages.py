@@ -13,11 +13,11 @@ import functools
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pydantic import TypeAdapter
-from sqlalchemy import Integer, Select, Uuid, bindparam, func, select, true, update
+from sqlalchemy import Insert, Integer, Select, Table, Update, Uuid, bindparam, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
@@ -35,6 +35,7 @@ from roost.chat.schemas import (
 )
 from roost.chat.sessions import get_session
 from roost.db.base import utcnow, uuid7
+from roost.db.statements import bound_insert, prefixed
 from roost.db.transaction import driver_fetch
 from roost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RoostError
 from roost.llm import calls, routing
@@ -71,17 +72,6 @@ _MESSAGE_COLUMNS = tuple(
 
 _MESSAGE_FIELDS = tuple(column.key for column in _MESSAGE_COLUMNS)
 _MESSAGES_OUT = TypeAdapter(list[MessageOut])
-
-
-def message_out(cipher: MessageCipher, message: ChatMessage) -> MessageOut:
-    return messages_out(cipher, [{name: getattr(message, name) for name in _MESSAGE_FIELDS}])[0]
-
-
-def messages_out(cipher: MessageCipher, rows: Sequence[Any]) -> list[MessageOut]:
-    """Messages (their :data:`_MESSAGE_COLUMNS` by name: dicts or asyncpg records) as
-    answers, validated as one list in pydantic's core (cheaper than ``model_construct``
-    for each)."""
-    return _MESSAGES_OUT.validate_python(message_values(cipher, rows))
 
 
 def message_values(cipher: MessageCipher, rows: Sequence[Any]) -> list[dict[str, Any]]:
@@ -184,35 +174,49 @@ def _check_open(row: ChatSession) -> None:
 
 async def _next_seq(session: AsyncSession, session_id: uuid.UUID, *, request: bool = False) -> int:
     """Allocate the next message position under the session row's lock (held to commit)."""
-    values: dict[str, Any] = {
-        "message_count": ChatSession.message_count + 1, "last_activity_at": func.now(),
-    }
-    if request:
-        values["request_count"] = ChatSession.request_count + 1
-    seq = await session.scalar(
-        update(ChatSession).where(ChatSession.id == session_id).values(**values)
-        .returning(ChatSession.message_count)
-    )
+    seq = await session.scalar(_seq_statement(request), {"session_id": session_id})
     assert seq is not None
     return int(seq)
+
+
+@functools.cache
+def _seq_statement(request: bool) -> Update:
+    """Built once: a Core ``UPDATE ... RETURNING`` (no ORM bookkeeping for a counter)."""
+    table = cast(Table, ChatSession.__table__)
+    values: dict[str, Any] = {"message_count": table.c.message_count + 1,
+                              "last_activity_at": func.now()}
+    if request:
+        values["request_count"] = table.c.request_count + 1
+    return (update(table).where(table.c.id == bindparam("session_id", type_=Uuid))
+            .values(**values).returning(table.c.message_count))
 
 
 async def _insert_message(
     session: AsyncSession, gateway: LLMGateway, owner_id: uuid.UUID, session_id: uuid.UUID, *,
     role: str, content: str, bump_requests: bool = False, tool_calls: list[ToolCall] | None = None,
     **fields: Any,
-) -> ChatMessage:
+) -> MessageOut:
+    """Store a message (its position allocated first); returns it as answered, from the
+    values written (the text in clear: nothing to decrypt).  One prebuilt INSERT, no
+    ORM entity: the stored row is never changed in this transaction."""
+    unknown = set(fields) - set(_MESSAGE_FIELDS)
+    if unknown:
+        raise TypeError(f"not a chat message column: {sorted(unknown)}")
     seq = await _next_seq(session, session_id, request=bump_requests)
-    row = ChatMessage(
-        id=uuid7(), session_id=session_id, user_id=owner_id, seq=seq, role=role,
-        content=gateway.cipher.encrypt(content),
-        tool_calls=(gateway.cipher.encrypt(_TOOL_CALLS.dump_json(tool_calls).decode())
-                    if tool_calls else None),
-        **fields,
-    )
-    session.add(row)
-    await session.flush()
-    return row
+    values: dict[str, Any] = {
+        **dict.fromkeys(_MESSAGE_FIELDS), **fields, "id": uuid7(), "created_at": utcnow(),
+        "session_id": session_id, "seq": seq, "role": role,
+    }
+    stored = {**values, "user_id": owner_id, "content": gateway.cipher.encrypt(content),
+              "tool_calls": (gateway.cipher.encrypt(_TOOL_CALLS.dump_json(tool_calls).decode())
+                             if tool_calls else None)}
+    await session.execute(_message_insert(), prefixed("m_", stored))
+    return MessageOut.model_validate({**values, "content": content, "tool_calls": tool_calls})
+
+
+@functools.cache
+def _message_insert() -> Insert:
+    return bound_insert(ChatMessage, "m_", (*_MESSAGE_FIELDS, "user_id"))
 
 
 async def _system_message(
@@ -306,7 +310,7 @@ async def post_message(
                 session, gateway, data.model or chat_session.model, data.ensemble
             )
             history = await _context(session, gateway, session_id, chat_session.user_id)
-        row = await _insert_message(
+        stored = await _insert_message(
             session, gateway, chat_session.user_id, session_id, role=data.role,
             content=data.content, bump_requests=data.reply, tool_calls=data.tool_calls,
             tool_call_name=data.tool_call_name, tool_call_id=data.tool_call_id,
@@ -314,8 +318,8 @@ async def post_message(
             confidence_score=data.confidence_score, embedding_model_used=data.embedding_model_used,
         )
         exchange = Exchange(session_id=session_id, owner_id=chat_session.user_id,
-                            user_message=message_out(gateway.cipher, row))
-        metadata: dict[str, Any] = {"seq": row.seq, "role": row.role, "reply": data.reply}
+                            user_message=stored)
+        metadata: dict[str, Any] = {"seq": stored.seq, "role": stored.role, "reply": data.reply}
         if route is not None:
             chat = ChatRequest(
                 messages=[*history, *context_messages(data),
@@ -335,7 +339,7 @@ async def post_message(
             metadata.update(request_id=str(exchange.call.request_id), mode=route.mode,
                             providers=[r.name for r in route.refs()])
         await audit.record(session, "chat.message.create", user_id=actor.user_id,
-                           resource_type=MESSAGE, resource_id=row.id, metadata=metadata)
+                           resource_type=MESSAGE, resource_id=stored.id, metadata=metadata)
     return exchange
 
 
@@ -363,7 +367,7 @@ def _reply_hooks(
     async def store_answer(session: AsyncSession, outcome: CallOutcome) -> ExchangeOut:
         result = outcome.result
         assert outcome.usage is not None
-        row = await _insert_message(
+        answer = await _insert_message(
             session, gateway, exchange.owner_id, exchange.session_id, role="assistant",
             content=result.content, tool_calls=result.tool_calls or None,
             tool_call_name=result.tool_calls[0].name if result.tool_calls else None,
@@ -374,14 +378,14 @@ def _reply_hooks(
         )
         await audit.record(
             session, "chat.message.reply", user_id=actor.user_id, resource_type=MESSAGE,
-            resource_id=row.id,
+            resource_id=answer.id,
             metadata={"request_id": str(outcome.request_id), "provider": outcome.winner.name,
-                      "model": row.model, "tokens_in": result.tokens_in,
+                      "model": answer.model, "tokens_in": result.tokens_in,
                       "tokens_out": result.tokens_out, "attempts": len(outcome.attempts),
-                      "seq": row.seq},
+                      "seq": answer.seq},
         )
         return ExchangeOut(
-            user_message=exchange.user_message, assistant_message=message_out(gateway.cipher, row),
+            user_message=exchange.user_message, assistant_message=answer,
             request_id=outcome.request_id, provider=outcome.winner.name,
             usage=usage_out(outcome.usage),
         )
