@@ -34,6 +34,7 @@ cancelled run (every write is conditional on ``status = 'running'``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import time
@@ -43,10 +44,10 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import structlog
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Insert, Table, Update, bindparam, func, literal_column, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost import tracing
@@ -61,6 +62,8 @@ from roost.analytics.outbox import emit
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
+from roost.db.statements import bound_insert
+from roost.db.transaction import driver_fetch
 from roost.errors import LimitReached, PaymentRequired, RoostError
 from roost.identity.models import UserGroupMembership
 from roost.identity.tenancy import apply_principal
@@ -217,14 +220,48 @@ async def _claim(session: AsyncSession, state: _State, step_number: int, event: 
     concurrent cancel.  (Finishing a step writes only the step: the run's totals follow
     here, at its end, and when it is cancelled or failed, from the steps.)"""
     run = state.run
-    claimed = (await session.execute(
-        update(Run).where(Run.id == run.id, Run.status.in_(("pending", "running")))
-        .values(status="running", updated_at=utcnow(), steps_count=step_number,
-                tokens_in=run.tokens_in, tokens_out=run.tokens_out, cost=run.cost)
-        .returning(func.pg_notify(EVENTS_CHANNEL, f"{run.id}:{event}"))
-        .execution_options(synchronize_session=False))).first()
-    if claimed is None:
+    claimed = await driver_fetch(session, _claim_statement(), {
+        "run_id": run.id, "updated_at": utcnow(), "steps_count": step_number,
+        "tokens_in": run.tokens_in, "tokens_out": run.tokens_out, "cost": run.cost,
+        "channel": EVENTS_CHANNEL, "event": f"{run.id}:{event}"})
+    if not claimed:
         raise _Cancelled
+
+
+# The runner's own statements, built once and sent on the transaction's driver connection
+# (roost.db.transaction.driver_fetch): a step's rows are written a few times a step, and
+# the ORM's unit of work and statement building around them cost more than the writes
+# (bench/agents, docs/benchmarks.md "Agent runs").  The step objects the runner keeps in
+# memory (_State.steps) are plain, unattached RunStep instances with the values written.
+_OPEN = "status IN ('pending', 'running')"
+
+
+@functools.cache
+def _claim_statement() -> Update:
+    runs = cast(Table, Run.__table__)
+    return (update(runs).where(runs.c.id == bindparam("run_id"), text(_OPEN))
+            .values({"status": literal_column("'running'"), **{name: bindparam(name) for name in (
+                "updated_at", "steps_count", "tokens_in", "tokens_out", "cost")}})
+            .returning(func.pg_notify(bindparam("channel"), bindparam("event"))))
+
+
+_STEP_COLUMNS: Final = tuple(RunStep.__mapper__.columns.keys())
+
+
+@functools.cache
+def _step_insert() -> Insert:
+    return bound_insert(RunStep, "", _STEP_COLUMNS)
+
+
+@functools.cache
+def _step_finish(extra: frozenset[str]) -> Update:
+    steps = cast(Table, RunStep.__table__)
+    names = ("status", "output", "error", "tokens_in", "tokens_out", "cost", "finished_at",
+             "duration_ms", *sorted(extra))
+    return (update(steps)
+            .where(steps.c.id == bindparam("step_id"), text("status = 'running'"))
+            .values({steps.c[name]: bindparam(name) for name in names})
+            .returning(func.pg_notify(bindparam("channel"), bindparam("event"))))
 
 
 # --- the tools offered --------------------------------------------------------------------
@@ -379,11 +416,19 @@ async def _claim_next(session: AsyncSession, state: _State, status: str) -> int:
     return number
 
 
-def _new_step(session: AsyncSession, state: _State, number: int, **values: Any) -> RunStep:
-    step = RunStep(id=uuid7(), run_id=state.run.id, user_id=state.run.user_id,
-                   persona_id=state.run.persona_id, step_number=number, started_at=utcnow(),
-                   **values)
-    session.add(step)
+async def _new_step(session: AsyncSession, state: _State, number: int,
+                    **values: Any) -> RunStep:
+    """In the caller's transaction: insert the step (every column given: the statement
+    applies no defaults) and keep it in the run's memory."""
+    row: dict[str, Any] = dict.fromkeys(_STEP_COLUMNS)
+    row.update(id=uuid7(), created_at=utcnow(), run_id=state.run.id,
+               user_id=state.run.user_id, persona_id=state.run.persona_id,
+               step_number=number, status="running", tokens_in=0, tokens_out=0,
+               cost=Decimal(0))
+    row["started_at"] = row["created_at"]
+    row.update(values)
+    await driver_fetch(session, _step_insert(), row)
+    step = RunStep(**row)
     state.steps.append(step)
     return step
 
@@ -399,7 +444,7 @@ async def _add_step(session: AsyncSession, state: _State, **values: Any) -> RunS
     """In the caller's transaction: the next step (``running`` unless ``status`` says)."""
     values.setdefault("status", "running")
     number = await _claim_next(session, state, values["status"])
-    return _new_step(session, state, number, **values)
+    return await _new_step(session, state, number, **values)
 
 
 def _settle(state: _State, step: RunStep, *, status: str, output: dict[str, Any] | None,
@@ -423,15 +468,13 @@ async def _write_finish(
     cancelled run keeps what cancelling wrote); false when it was not."""
     now = finished_at or utcnow()
     started = step.started_at or now
-    changed = (await session.execute(
-        update(RunStep).where(RunStep.id == step.id, RunStep.status == "running")
-        .values(status=status, output=output, error=error, tokens_in=tokens_in,
-                tokens_out=tokens_out, cost=cost, finished_at=now,
-                duration_ms=int((now - started).total_seconds() * 1000), **values)
-        .returning(func.pg_notify(EVENTS_CHANNEL, f"{state.run.id}:step:{step.step_number}:"
-                                                  f"{status}"))
-        .execution_options(synchronize_session=False))).first()
-    return changed is not None
+    changed = await driver_fetch(session, _step_finish(frozenset(values)), {
+        "step_id": step.id, "status": status, "output": output, "error": error,
+        "tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost, "finished_at": now,
+        "duration_ms": int((now - started).total_seconds() * 1000), **values,
+        "channel": EVENTS_CHANNEL,
+        "event": f"{state.run.id}:step:{step.step_number}:{status}"})
+    return bool(changed)
 
 
 async def _finish_step(
@@ -604,7 +647,7 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
                 session, env.gateway, state.principal, chat, state.route,
                 request_type=REQUEST_TYPE, running=True, run_id=state.run.id,
                 agent_id=state.run.agent_id, flush=False)
-            step = _new_step(session, state, number, step_type="llm_call", status="running",
+            step = await _new_step(session, state, number, step_type="llm_call", status="running",
                          llm_request_id=call.request_id,
                              input={"model": model, "messages": len(chat.messages),
                                     "tools": sorted(state.tools)})
@@ -738,7 +781,7 @@ async def _begin_tool_steps(session: AsyncSession, env: RunEnv, state: _State,
             await _claim(session, state, number, f"step:{number}:{failed['status']}")
         except _Cancelled:
             return
-        step = _new_step(session, state, number, step_type="tool_call",
+        step = await _new_step(session, state, number, step_type="tool_call",
                          tool_id=offered.tool_id if offered else None,
                          tool_name=offered.name if offered else call.name[:256],
                          tool_call_id=call.id,

@@ -128,9 +128,18 @@ def driver_sql(statement: ClauseElement) -> tuple[str, tuple[str, ...]]:
     """``statement`` (a Core statement built once, with named bound parameters) as the
     driver's SQL and its parameters' names in order.  Cached per statement object: pass
     statements that are built once (``functools.cache``), not per call."""
+    sql, names, _ = _driver_compiled(statement)
+    return sql, names
+
+
+@functools.lru_cache(maxsize=256)
+def _driver_compiled(statement: ClauseElement) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+    """The SQL, the parameters' names in order and each one's bind processor (the
+    dialect's own: JSON is serialised as SQLAlchemy would, ``None`` for none needed)."""
     compiled = statement.compile(dialect=_DRIVER_DIALECT)
     names: list[str] = getattr(compiled, "positiontup", None) or []  # SQLCompiler's
-    return compiled.string, tuple(names)
+    processors = compiled._bind_processors  # type: ignore[attr-defined]  # SQLAlchemy 2.x
+    return compiled.string, tuple(names), tuple(processors.get(name) for name in names)
 
 
 async def driver_fetch(session: AsyncSession, statement: ClauseElement,
@@ -138,7 +147,11 @@ async def driver_fetch(session: AsyncSession, statement: ClauseElement,
     """Run ``statement`` on the session's transaction's driver connection (same
     transaction, same row-level-security scope), skipping the ORM's per-statement work:
     asyncpg records, with the column types the driver decodes (no SQLAlchemy result
-    processing: use it for plain column types)."""
-    sql, names = driver_sql(statement)
+    processing: use it for plain column types).  Every parameter must be given (column
+    defaults are not applied); values go through the dialect's bind processors (JSON).
+    Pending ORM objects are not flushed first: use it for rows nothing pending refers to."""
+    sql, names, processors = _driver_compiled(statement)
     driver = await driver_connection(session)
-    return list(await driver.fetch(sql, *(params[name] for name in names)))
+    args = [params[name] if process is None else process(params[name])
+            for name, process in zip(names, processors, strict=True)]
+    return list(await driver.fetch(sql, *args))
