@@ -646,7 +646,7 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
             call = await calls.add_request(
                 session, env.gateway, state.principal, chat, state.route,
                 request_type=REQUEST_TYPE, running=True, run_id=state.run.id,
-                agent_id=state.run.agent_id, flush=False)
+                agent_id=state.run.agent_id)
             step = await _new_step(session, state, number, step_type="llm_call", status="running",
                          llm_request_id=call.request_id,
                              input={"model": model, "messages": len(chat.messages),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from roost.analytics.models import StreamingMetric
 from roost.db.base import utcnow, uuid7
@@ -74,15 +75,20 @@ class StreamMeter:
     def rows(self, stream_id: str, user_id: uuid.UUID | None, model: str | None,
              provider: str | None) -> list[StreamingMetric]:
         """The rows to add (finishing the stream now if :meth:`finish` was not called)."""
+        return [StreamingMetric(**values)
+                for values in self.row_values(stream_id, user_id, model, provider)]
+
+    def row_values(self, stream_id: str, user_id: uuid.UUID | None, model: str | None,
+                   provider: str | None) -> list[dict[str, Any]]:
+        """:meth:`rows` as column values (for roost.db.statements.insert_rows)."""
         self.finish()
         assert self._total_ms is not None and self._total_tokens is not None
 
-        def row(kind: str, chunk: int, ms: float, tokens: int) -> StreamingMetric:
-            return StreamingMetric(
-                id=uuid7(), stream_id=stream_id, event_type=kind, chunk_number=chunk,
-                latency_ms=round(ms), tokens_delta=tokens, user_id=user_id, model=model,
-                provider=provider, timestamp=self._started_at + timedelta(milliseconds=ms),
-            )
+        def row(kind: str, chunk: int, ms: float, tokens: int) -> dict[str, Any]:
+            return {"id": uuid7(), "stream_id": stream_id, "event_type": kind,
+                    "chunk_number": chunk, "latency_ms": round(ms), "tokens_delta": tokens,
+                    "user_id": user_id, "model": model, "provider": provider,
+                    "timestamp": self._started_at + timedelta(milliseconds=ms)}
 
         out = [row("first_token" if n == 1 else "chunk", n, ms, delta)
                for n, ms, delta in self._samples]

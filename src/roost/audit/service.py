@@ -19,6 +19,7 @@ from roost.audit.models import EVENT_CATEGORIES, AuditLog
 from roost.audit.redaction import redact
 from roost.context import current_context
 from roost.db.base import utcnow, uuid7
+from roost.db.statements import insert_row
 from roost.errors import BadRequest
 from roost.pagination import DEFAULT_LIMIT, cursor_int, encode_cursor, page_of
 
@@ -44,11 +45,13 @@ class AuditFields(TypedDict, total=False):
 
 
 async def record(session: AsyncSession, action: str, **fields: Unpack[AuditFields]) -> AuditLog:
-    """Append one audit record in the caller's transaction (secrets redacted)."""
-    entry = AuditLog(**entry_values(action, **fields))
-    session.add(entry)
-    await session.flush()
-    return entry
+    """Append one audit record in the caller's transaction (secrets redacted).  What the
+    caller has added before is flushed first (the record may name it); the record itself
+    is one prebuilt insert (roost.db.statements.insert_row), and the entry returned is
+    not attached to the session."""
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
+    return AuditLog(**await insert_row(session, AuditLog, entry_values(action, **fields)))
 
 
 def entry_values(action: str, **fields: Unpack[AuditFields]) -> dict[str, Any]:

@@ -8,10 +8,13 @@ can share one statement as CTEs."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Insert, bindparam, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.db.transaction import driver_connection, driver_fetch, driver_statement
 
 
 def bound_insert(model: Any, prefix: str, keys: Mapping[str, Any] | tuple[str, ...]) -> Insert:
@@ -24,3 +27,53 @@ def bound_insert(model: Any, prefix: str, keys: Mapping[str, Any] | tuple[str, .
 def prefixed(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` as the parameters of :func:`bound_insert` (``prefix + key``)."""
     return {prefix + key: value for key, value in values.items()}
+
+
+def with_defaults(model: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` and, for the columns not given, the model's Python-side defaults (what an
+    ORM flush would add: ``uuid7`` ids, ``utcnow`` times, scalar defaults)."""
+    row = dict(values)
+    for key, column in model.__mapper__.columns.items():
+        default = column.default
+        if key in row or default is None:
+            continue
+        if default.is_scalar:
+            row[key] = default.arg
+        elif default.is_callable:
+            row[key] = default.arg(None)  # SQLAlchemy wraps it to take an execution context
+    return row
+
+
+_INSERTS: dict[tuple[Any, tuple[str, ...]], Insert] = {}
+
+
+def _insert_for(model: Any, keys: tuple[str, ...]) -> Insert:
+    statement = _INSERTS.get((model, keys))
+    if statement is None:
+        statement = _INSERTS[(model, keys)] = bound_insert(model, "", keys)
+    return statement
+
+
+async def insert_row(session: AsyncSession, model: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Insert one row of ``model`` now, on the transaction's driver connection, by a
+    statement built once per set of columns; returns the values written (defaults filled
+    in).  No ORM object is made and nothing pending in the session is flushed first: the
+    caller flushes when the row refers to rows it has only added."""
+    row = with_defaults(model, values)
+    await driver_fetch(session, _insert_for(model, tuple(row)), row)
+    return row
+
+
+async def insert_rows(session: AsyncSession, model: Any,
+                      rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`insert_row` for several rows with the same columns, in one round trip."""
+    if not rows:
+        return []
+    full = [with_defaults(model, r) for r in rows]
+    statement = _insert_for(model, tuple(full[0]))
+    sql, names, processors = driver_statement(statement)
+    driver = await driver_connection(session)
+    await driver.executemany(sql, [
+        [r[name] if process is None else process(r[name])
+         for name, process in zip(names, processors, strict=True)] for r in full])
+    return full

@@ -128,12 +128,12 @@ def driver_sql(statement: ClauseElement) -> tuple[str, tuple[str, ...]]:
     """``statement`` (a Core statement built once, with named bound parameters) as the
     driver's SQL and its parameters' names in order.  Cached per statement object: pass
     statements that are built once (``functools.cache``), not per call."""
-    sql, names, _ = _driver_compiled(statement)
+    sql, names, _ = driver_statement(statement)
     return sql, names
 
 
 @functools.lru_cache(maxsize=256)
-def _driver_compiled(statement: ClauseElement) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+def driver_statement(statement: ClauseElement) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
     """The SQL, the parameters' names in order and each one's bind processor (the
     dialect's own: JSON is serialised as SQLAlchemy would, ``None`` for none needed)."""
     compiled = statement.compile(dialect=_DRIVER_DIALECT)
@@ -150,7 +150,7 @@ async def driver_fetch(session: AsyncSession, statement: ClauseElement,
     processing: use it for plain column types).  Every parameter must be given (column
     defaults are not applied); values go through the dialect's bind processors (JSON).
     Pending ORM objects are not flushed first: use it for rows nothing pending refers to."""
-    sql, names, processors = _driver_compiled(statement)
+    sql, names, processors = driver_statement(statement)
     driver = await driver_connection(session)
     args = [params[name] if process is None else process(params[name])
             for name, process in zip(names, processors, strict=True)]

@@ -34,23 +34,26 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost import tracing
+from roost.analytics.models import StreamingMetric
 from roost.analytics.streaming import StreamMeter
 from roost.audit import service as audit
 from roost.billing import credits, limits
 from roost.billing.credits import Reservation
+from roost.db.statements import insert_row, insert_rows
 from roost.llm.base import elapsed_ms
 from roost.llm.errors import ProviderError
 from roost.llm.execution import CallStream, execute, execute_embedding
 from roost.llm.gateway import LLMGateway
+from roost.llm.models import LLMRequest
 from roost.llm.orchestration import Attempt
 from roost.llm.records import (
     REQUEST_RESOURCE,
     CallOutcome,
     mark_running,
-    new_request,
     public_error,
     record_failure,
     record_success,
+    request_values,
 )
 from roost.llm.routing import Route, resolve_route
 from roost.llm.schemas import EnsembleSpec
@@ -124,23 +127,22 @@ async def add_request(
     session: AsyncSession, gateway: LLMGateway, principal: Principal, chat: ChatRequest,
     route: Route, *, request_type: str, session_id: uuid.UUID | None = None,
     running: bool = False, run_id: uuid.UUID | None = None, agent_id: uuid.UUID | None = None,
-    flush: bool = True,
 ) -> PendingCall:
     """Step 1 inside the caller's transaction (the caller audits it with its own rows).
     ``running``: the call starts as soon as this transaction commits, so the request is
-    stored as running (one transaction less); ``flush=False`` leaves the insert to the
-    caller's next flush or commit (one round trip less when it writes more rows).
+    stored as running (one transaction less).  The row is written at once by a prebuilt
+    insert (what the caller added before is flushed first: the row may refer to it).
 
     A metered user's call first holds its estimated credits (roost.billing.credits): 402
     when the balance cannot cover it, 403 when the plan does not include the model; the
     hold commits with this transaction and is settled by the call's final one."""
     reservation = await _hold_credits(session, gateway, principal, chat, route, request_type)
-    row = new_request(gateway, principal, chat, route, request_type=request_type,
-                      session_id=session_id, running=running)
-    session.add(row)
-    if flush:
+    if session.new or session.dirty or session.deleted:
         await session.flush()
-    return PendingCall(request_id=row.id, principal=principal, route=route, chat=chat,
+    row = await insert_row(session, LLMRequest, request_values(
+        gateway, principal, chat, route, request_type=request_type, session_id=session_id,
+        running=running))
+    return PendingCall(request_id=row["id"], principal=principal, route=route, chat=chat,
                        request_type=request_type, session_id=session_id, running=running,
                        run_id=run_id, agent_id=agent_id, reservation=reservation)
 
@@ -203,9 +205,9 @@ async def _store_success(
     async with gateway.transaction(call.principal) as session:
         if meter is not None:  # a streamed answer: its time to first token and chunks
             meter.finish(outcome.result.tokens_out)
-            session.add_all(meter.rows(str(call.request_id), call.principal.user_id,
-                                       outcome.result.model or call.route.model,
-                                       outcome.winner.name))
+            await insert_rows(session, StreamingMetric, meter.row_values(
+                str(call.request_id), call.principal.user_id,
+                outcome.result.model or call.route.model, outcome.winner.name))
         await record_success(
             session, gateway, call.principal, outcome, request_type=call.request_type,
             session_id=call.session_id, run_id=call.run_id, agent_id=call.agent_id,

@@ -73,19 +73,22 @@ def credits_for(gateway: LLMGateway, tokens: int) -> int:
     return credits.credits_for_tokens(gateway.settings, tokens)
 
 
-def new_request(
+def request_values(
     gateway: LLMGateway, principal: Principal, chat: ChatRequest, route: Route, *,
     request_type: str, session_id: uuid.UUID | None = None, running: bool = False,
-) -> LLMRequest:
-    """``running``: stored as already started (a caller that goes straight on to the call
-    saves the separate ``pending -> running`` transaction)."""
-    return LLMRequest(
-        id=uuid7(), session_id=session_id, user_id=principal.user_id, request_type=request_type,
-        model=route.model, prompt=gateway.cipher.encrypt(chat.prompt_text()),
-        messages=encrypt_json(gateway.cipher, [m.to_openai() for m in chat.messages]),
-        model_params=chat.model_params(), ensemble_config=route.ensemble_config,
-        status="running" if running else "pending", started_at=utcnow() if running else None,
-    )
+) -> dict[str, Any]:
+    """A new ``llm_requests`` row's columns (prompt and messages encrypted).  ``running``:
+    stored as already started (a caller that goes straight on to the call saves the
+    separate ``pending -> running`` transaction)."""
+    return {
+        "id": uuid7(), "created_at": utcnow(), "session_id": session_id,
+        "user_id": principal.user_id, "request_type": request_type, "model": route.model,
+        "prompt": gateway.cipher.encrypt(chat.prompt_text()),
+        "messages": encrypt_json(gateway.cipher, [m.to_openai() for m in chat.messages]),
+        "model_params": chat.model_params(), "ensemble_config": route.ensemble_config,
+        "status": "running" if running else "pending",
+        "started_at": utcnow() if running else None,
+    }
 
 
 async def mark_running(gateway: LLMGateway, principal: Principal, request_id: uuid.UUID) -> None:
