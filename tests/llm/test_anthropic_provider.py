@@ -79,6 +79,14 @@ async def test_stream_reassembles(claude: AnthropicProvider) -> None:
     assert res.model == "claude-stub"
 
 
+async def test_streamed_calls_reuse_one_connection(claude: AnthropicProvider,
+                                                   stub: StubServer) -> None:
+    for _ in range(3):
+        assert [c async for c in claude.stream_chat(req("a b c"))]
+    ports = {s.client_port for s in stub.requests("/v1/messages")}
+    assert len(ports) == 1 and None not in ports
+
+
 async def test_tool_use_plain_and_streamed(claude: AnthropicProvider, stub: StubServer) -> None:
     stub.script(ToolCalls(Call("lookup", {"q": "roost"}), times=2))
     tools = [

@@ -97,6 +97,18 @@ async def test_stream_reassembles_to_the_plain_answer(
     assert acc.result().model == "m-main"
 
 
+async def test_streamed_calls_reuse_one_connection(
+    provider: OpenAICompatibleProvider, stub: StubServer,
+) -> None:
+    """A stream read to its end gives its connection back: the next call (streamed or
+    not) goes over the same one, with no new TCP (and, for real providers, TLS) handshake."""
+    for _ in range(3):
+        assert [c async for c in provider.stream_chat(req("one two three"))]
+    await provider.chat(req("one two three"))
+    ports = {s.client_port for s in stub.requests("/v1/chat/completions")}
+    assert len(ports) == 1 and None not in ports
+
+
 async def test_stream_without_usage_option(stub: StubServer) -> None:
     async with OpenAICompatibleProvider(stub.base_url, default_model="m", stream_usage=False) as p:
         chunks = [c async for c in p.stream_chat(req("a b"))]

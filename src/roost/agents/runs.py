@@ -3,11 +3,12 @@ steps, cancel.  The loop that executes a run is :mod:`roost.agents.runner`."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime, time
 from typing import Any, Final
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,6 +19,7 @@ from roost.audit.service import record
 from roost.billing import credits, limits
 from roost.config import get_settings
 from roost.db.base import utcnow, uuid7
+from roost.db.transaction import driver_fetch
 from roost.errors import Conflict, NotFound, PaymentRequired
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
@@ -39,7 +41,13 @@ def effective_config(agent: Agent) -> dict[str, Any]:
 
 async def notify(session: AsyncSession, run_id: uuid.UUID, what: str) -> None:
     """Tell listeners (``GET /runs/{id}/events``) that the run changed; sent on commit."""
-    await session.execute(select(func.pg_notify(EVENTS_CHANNEL, f"{run_id}:{what}")))
+    await driver_fetch(session, _notify_statement(),
+                       {"channel": EVENTS_CHANNEL, "payload": f"{run_id}:{what}"})
+
+
+@functools.cache
+def _notify_statement() -> Select[Any]:
+    return select(func.pg_notify(bindparam("channel"), bindparam("payload")))
 
 
 async def create_run(

@@ -228,11 +228,13 @@ class AnthropicProvider(HTTPProvider):
         tool_index: dict[int, int] = {}  # content block index -> tool call index
         finished = False
         async with self._open_stream("/v1/messages", body) as resp:
-            async for _event, data in self._sse_events(resp):
+            events = self._sse_events(resp)
+            async for _event, data in events:
                 obj = decode_json_event(self, data)
                 kind = obj.get("type")
                 if kind == "message_stop":
                     finished = True
+                    await self._drain(events)
                     break
                 if kind == "error":
                     err = obj.get("error") or {}

@@ -11,9 +11,10 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
-from typing import Any, Protocol, Self, TypedDict, TypeVar, Unpack, runtime_checkable
+from contextlib import asynccontextmanager, suppress
+from typing import Any, Final, Protocol, Self, TypedDict, TypeVar, Unpack, runtime_checkable
 
+import anyio
 import httpx
 import structlog
 
@@ -35,6 +36,8 @@ T = TypeVar("T")
 # wrong": a rate limit or a request timeout on one provider should let the
 # gateway fall back to the next one.
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+# After a stream's final event, how long the end of its body may take to arrive.
+STREAM_DRAIN_S: Final = 1.0
 
 
 @runtime_checkable
@@ -304,6 +307,15 @@ class HTTPProvider:
             raise self._transport_error(exc) from None
         if data:
             yield event, "\n".join(data)
+
+    async def _drain(self, events: AsyncIterator[tuple[str | None, str]]) -> None:
+        """Read what follows a stream's final event (the end of the chunked body), so the
+        connection goes back to the pool: a response closed before its end closes its
+        connection, and the next call would pay a new TCP (and TLS) handshake.  Bounded:
+        a server that keeps the body open past its final event costs only the connection."""
+        with anyio.move_on_after(STREAM_DRAIN_S), suppress(ProviderError):
+            async for _ in events:
+                pass
 
     async def _timed_health(self, probe: Callable[[], Any]) -> HealthResult:
         start = time.perf_counter()

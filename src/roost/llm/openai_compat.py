@@ -140,9 +140,11 @@ class OpenAICompatibleProvider(HTTPProvider):
             body.setdefault("stream_options", {"include_usage": True})
         finished = False
         async with self._open_stream("/chat/completions", body) as resp:
-            async for _event, data in self._sse_events(resp):
+            events = self._sse_events(resp)
+            async for _event, data in events:
                 if data.strip() == "[DONE]":
                     finished = True
+                    await self._drain(events)
                     break
                 obj = decode_json_event(self, data)
                 if "error" in obj:

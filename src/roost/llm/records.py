@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, Update, bindparam, select, update
+from sqlalchemy import Insert, Table, Update, bindparam, literal_column, null, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.analytics.models import AnalyticsEvent
@@ -27,6 +27,7 @@ from roost.billing.credits import Reservation
 from roost.billing.models import UsageRecord
 from roost.db.base import utcnow, uuid7
 from roost.db.statements import bound_insert, prefixed
+from roost.db.transaction import driver_fetch
 from roost.errors import NotFound, RoostError
 from roost.llm.errors import (
     AllProvidersFailed,
@@ -180,7 +181,7 @@ async def record_success(
     # status in one statement (an ORM flush of the three rows was most of the call's
     # recording time); further attempts (fallbacks, ensembles) in one more.
     first = responses[:1]
-    await session.execute(_success_statement(usage_values, event, *first), {
+    await driver_fetch(session, _success_statement(usage_values, event, *first), {
         **(prefixed("r_", first[0]) if first else {}), **prefixed("u_", usage_values),
         **prefixed("e_", event), "q_id": outcome.request_id, "q_completed_at": utcnow()})
     if len(responses) > 1:
@@ -215,8 +216,8 @@ def _success_statement(usage: dict[str, Any], event: dict[str, Any],
         if response is not None:
             ctes.insert(0, bound_insert(LLMResponse, "r_", response).cte("llm_response"))
         statement = (update(table).where(table.c.id == bindparam("q_id"))
-                     .values(status="completed", completed_at=bindparam("q_completed_at"),
-                             error_message=None)
+                     .values(status=literal_column("'completed'"),
+                             completed_at=bindparam("q_completed_at"), error_message=null())
                      .add_cte(*ctes))
         _SUCCESS[response is not None] = statement
     return statement

@@ -45,6 +45,7 @@ from roost.config import get_settings
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.db.statements import bound_insert, prefixed
+from roost.db.transaction import driver_fetch
 from roost.errors import Conflict, GatewayTimeout, NotFound, RoostError, Unprocessable
 from roost.knowledge.config import KnowledgeConfig
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
@@ -397,7 +398,9 @@ async def record_call(
         metadata={"tool_run_id": str(run.id), "tool_name": prepared.name, "status": result.status,
                   "duration_ms": result.duration_ms})
     params = {**prefixed("r_", values), **prefixed("e_", event), **prefixed("a_", audit)}
-    await session.execute(_record_statement(values, event, audit), params)
+    if session.new or session.dirty:  # the usage row first (nothing is autoflushed below)
+        await session.flush()
+    await driver_fetch(session, _record_statement(values, event, audit), params)
     return run
 
 

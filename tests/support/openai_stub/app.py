@@ -227,7 +227,8 @@ def build_app(state: State) -> Starlette:
             body = await request.json() if request.method == "POST" else {}
         except ValueError:
             body = {}
-        seen = Seen(request.url.path, dict(request.headers), body if isinstance(body, dict) else {})
+        seen = Seen(request.url.path, dict(request.headers), body if isinstance(body, dict) else {},
+                    request.client.port if request.client else None)
         state.seen.append(seen)
         path, anthropic = PATHS[seen.path], seen.path == "/v1/messages"
         step = state.take(path, seen.model)
@@ -263,7 +264,8 @@ def build_app(state: State) -> Starlette:
         return JSONResponse({"steps": len(state.steps)})
 
     async def requests(request: Request) -> Response:
-        return JSONResponse([{"path": s.path, "headers": s.headers, "body": s.body} for s in state.seen])
+        return JSONResponse([{"path": s.path, "headers": s.headers, "body": s.body,
+                              "client_port": s.client_port} for s in state.seen])
 
     async def reset(request: Request) -> Response:
         state.steps.clear()

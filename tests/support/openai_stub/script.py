@@ -125,6 +125,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    client_port: int | None = None  # the TCP connection it came on (reuse shows as one port)
 
     @property
     def model(self) -> str | None:
