@@ -40,7 +40,7 @@ async def test_request_context_and_redaction(database: Database) -> None:
     token = set_context(RequestContext(request_id="req-1", ip_address="10.0.0.7", user_agent="ua/1"))
     try:
         async with database.transaction() as s:
-            row = await service.record(
+            written = await service.record(
                 s, "user.update", user_id=uuid.uuid4(),
                 changes={"email": {"old": "a@x", "new": "b@x"}, "password": "hunter2hunter2",
                          "nested": {"refreshToken": "rt", "api_key": "k", "tokens_in": 12}},
@@ -48,6 +48,11 @@ async def test_request_context_and_redaction(database: Database) -> None:
             )
     finally:
         reset_context(token)
+    async with database.transaction() as s:  # as stored, not only as returned
+        stored = await s.get(AuditLog, written["id"])
+    assert stored is not None
+    assert {k: getattr(stored, k) for k in written} == written
+    row = stored
     assert row.correlation_id == "req-1" and row.ip_address == "10.0.0.7"
     assert row.changes == {
         "email": {"old": "a@x", "new": "b@x"}, "password": "[redacted]",

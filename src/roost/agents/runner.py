@@ -123,6 +123,38 @@ class Offered:
     visible: bool = True  # the runner may use it without the grant
 
 
+@dataclass(slots=True)
+class _Step:
+    """A step as the runner keeps it in memory: its ``run_steps`` row's values (a plain
+    object: the runner writes steps by statements, never through the ORM)."""
+
+    id: uuid.UUID
+    created_at: datetime
+    run_id: uuid.UUID
+    user_id: uuid.UUID
+    persona_id: uuid.UUID | None
+    step_number: int
+    step_type: str
+    status: str
+    tool_id: uuid.UUID | None
+    tool_name: str | None
+    tool_call_id: str | None
+    tool_run_id: uuid.UUID | None
+    llm_request_id: uuid.UUID | None
+    input: dict[str, Any] | None
+    output: dict[str, Any] | None
+    error: str | None
+    tokens_in: int
+    tokens_out: int
+    cost: Decimal
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None
+    node_id: str | None
+    iteration: int | None
+    task_id: uuid.UUID | None
+
+
 @dataclass
 class _State:
     run: Run
@@ -130,16 +162,19 @@ class _State:
     persona: Persona | None
     principal: Principal
     config: AgentConfig
-    steps: list[RunStep] = field(default_factory=list)
+    steps: list[_Step] = field(default_factory=list)
     tools: dict[str, Offered] = field(default_factory=dict)
     route: Route | None = None  # the model's providers, resolved at the first model step
     grants: dict[uuid.UUID, Grant] = field(default_factory=dict)  # the persona's tool grants
     prompt_text: str = ""  # config.system_prompt_key's version, rendered (_use_prompt)
+    # The run has not been announced ``started`` yet: its first claim does it (and stores
+    # started_at), in the first step's transaction rather than one of its own.
+    announce: bool = False
     # Finished calls' records, written by the runner's next transaction (the next step's
     # start or the run's end), before that step starts: one transaction less per call.
     pending: list[Callable[[AsyncSession], Awaitable[None]]] = field(default_factory=list)
     # Tool steps begun (committed running, checked) and not yet run.
-    ready: list[tuple[RunStep, tool_calls.PreparedCall, dict[str, Any]]] = field(
+    ready: list[tuple[_Step, tool_calls.PreparedCall, dict[str, Any]]] = field(
         default_factory=list)
 
     @property
@@ -190,8 +225,9 @@ async def _scoped(env: RunEnv, principal: Principal) -> AsyncIterator[AsyncSessi
 
 
 async def _load(env: RunEnv, run_id: uuid.UUID) -> _State | None:
-    """The run, its agent and persona, its steps and the runner's principal (as the
-    system: the run's row decides whose scope the rest runs in)."""
+    """The run, its agent and persona, its steps, the tools it may use and the runner's
+    principal, in one transaction (as the system: the run's row decides whose scope the
+    rest runs in)."""
     async with env.database.transaction() as session:
         run = await session.get(Run, run_id)
         if run is None:
@@ -201,16 +237,24 @@ async def _load(env: RunEnv, run_id: uuid.UUID) -> _State | None:
         groups = frozenset((await session.scalars(
             select(UserGroupMembership.group_id)
             .where(UserGroupMembership.user_id == run.user_id))).all())
-        steps = list((await session.scalars(
-            select(RunStep).where(RunStep.run_id == run_id).order_by(RunStep.step_number))).all())
-    # The run row's totals may lag its last finished step (see _claim): count the steps.
+        steps = [_Step(**{key: getattr(row, key) for key in _STEP_COLUMNS})
+                 for row in (await session.scalars(
+                     select(RunStep).where(RunStep.run_id == run_id)
+                     .order_by(RunStep.step_number))).all()]
+        principal = Principal(user_id=run.user_id, is_admin=False, kind="job",
+                              group_ids=groups)
+        state = _State(run=run, agent=agent, persona=persona, principal=principal,
+                       config=AgentConfig.model_validate(run.config or {}), steps=steps)
+        if run.status in ("pending", "running"):  # grants and tools: see _offered_tools
+            if run.persona_id is not None:
+                state.grants = await grants_of(session, run.persona_id)
+            state.tools = await _offered_tools(session, state)
+    # The run row's totals may lag its last finished step (see _claim): count the steps
+    # (after the transaction: the row is not to be written back).
     run.tokens_in = sum(s.tokens_in for s in steps)
     run.tokens_out = sum(s.tokens_out for s in steps)
     run.cost = sum((s.cost for s in steps), Decimal(0))
-    principal = Principal(user_id=run.user_id, is_admin=False, kind="job", group_ids=groups)
-    config = AgentConfig.model_validate(run.config or {})
-    return _State(run=run, agent=agent, persona=persona, principal=principal, config=config,
-                  steps=steps)
+    return state
 
 
 async def _claim(session: AsyncSession, state: _State, step_number: int, event: str) -> None:
@@ -220,19 +264,22 @@ async def _claim(session: AsyncSession, state: _State, step_number: int, event: 
     concurrent cancel.  (Finishing a step writes only the step: the run's totals follow
     here, at its end, and when it is cancelled or failed, from the steps.)"""
     run = state.run
+    if state.announce:  # the run's first claim: listeners hear it started first
+        await notify(session, run.id, "started")
     claimed = await driver_fetch(session, _claim_statement(), {
-        "run_id": run.id, "updated_at": utcnow(), "steps_count": step_number,
-        "tokens_in": run.tokens_in, "tokens_out": run.tokens_out, "cost": run.cost,
-        "channel": EVENTS_CHANNEL, "event": f"{run.id}:{event}"})
+        "run_id": run.id, "updated_at": utcnow(), "started_at": run.started_at,
+        "steps_count": step_number, "tokens_in": run.tokens_in, "tokens_out": run.tokens_out,
+        "cost": run.cost, "channel": EVENTS_CHANNEL, "event": f"{run.id}:{event}"})
     if not claimed:
         raise _Cancelled
+    state.announce = False
 
 
 # The runner's own statements, built once and sent on the transaction's driver connection
 # (roost.db.transaction.driver_fetch): a step's rows are written a few times a step, and
 # the ORM's unit of work and statement building around them cost more than the writes
 # (bench/agents, docs/benchmarks.md "Agent runs").  The step objects the runner keeps in
-# memory (_State.steps) are plain, unattached RunStep instances with the values written.
+# memory (_State.steps) are plain _Step objects with the values written.
 _OPEN = "status IN ('pending', 'running')"
 
 
@@ -240,8 +287,10 @@ _OPEN = "status IN ('pending', 'running')"
 def _claim_statement() -> Update:
     runs = cast(Table, Run.__table__)
     return (update(runs).where(runs.c.id == bindparam("run_id"), text(_OPEN))
-            .values({"status": literal_column("'running'"), **{name: bindparam(name) for name in (
-                "updated_at", "steps_count", "tokens_in", "tokens_out", "cost")}})
+            .values({"status": literal_column("'running'"),
+                     "started_at": func.coalesce(runs.c.started_at, bindparam("started_at")),
+                     **{name: bindparam(name) for name in (
+                         "updated_at", "steps_count", "tokens_in", "tokens_out", "cost")}})
             .returning(func.pg_notify(bindparam("channel"), bindparam("event"))))
 
 
@@ -352,7 +401,7 @@ def _system_prompt(state: _State) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
-def _tool_message(step: RunStep) -> ChatMessage:
+def _tool_message(step: _Step) -> ChatMessage:
     if step.status == "completed":
         content = _result_text(step.output or {})
     else:
@@ -417,7 +466,7 @@ async def _claim_next(session: AsyncSession, state: _State, status: str) -> int:
 
 
 async def _new_step(session: AsyncSession, state: _State, number: int,
-                    **values: Any) -> RunStep:
+                    **values: Any) -> _Step:
     """In the caller's transaction: insert the step (every column given: the statement
     applies no defaults) and keep it in the run's memory."""
     row: dict[str, Any] = dict.fromkeys(_STEP_COLUMNS)
@@ -428,26 +477,26 @@ async def _new_step(session: AsyncSession, state: _State, number: int,
     row["started_at"] = row["created_at"]
     row.update(values)
     await driver_fetch(session, _step_insert(), row)
-    step = RunStep(**row)
+    step = _Step(**row)
     state.steps.append(step)
     return step
 
 
-async def _start_step(env: RunEnv, state: _State, **values: Any) -> RunStep:
+async def _start_step(env: RunEnv, state: _State, **values: Any) -> _Step:
     """Commit a ``running`` step (and ``running`` run) before its call starts."""
     async with _scoped(env, state.principal) as session:
         step = await _add_step(session, state, **values)
     return step
 
 
-async def _add_step(session: AsyncSession, state: _State, **values: Any) -> RunStep:
+async def _add_step(session: AsyncSession, state: _State, **values: Any) -> _Step:
     """In the caller's transaction: the next step (``running`` unless ``status`` says)."""
     values.setdefault("status", "running")
     number = await _claim_next(session, state, values["status"])
     return await _new_step(session, state, number, **values)
 
 
-def _settle(state: _State, step: RunStep, *, status: str, output: dict[str, Any] | None,
+def _settle(state: _State, step: _Step, *, status: str, output: dict[str, Any] | None,
             error: str | None, tokens_in: int = 0, tokens_out: int = 0,
             cost: Decimal = Decimal(0)) -> None:
     """The step's result in the run's memory (what the next model call is told)."""
@@ -459,7 +508,7 @@ def _settle(state: _State, step: RunStep, *, status: str, output: dict[str, Any]
 
 
 async def _write_finish(
-    session: AsyncSession, state: _State, step: RunStep, *, status: str,
+    session: AsyncSession, state: _State, step: _Step, *, status: str,
     output: dict[str, Any] | None = None, error: str | None = None, tokens_in: int = 0,
     tokens_out: int = 0, cost: Decimal = Decimal(0), finished_at: datetime | None = None,
     **values: Any,
@@ -478,7 +527,7 @@ async def _write_finish(
 
 
 async def _finish_step(
-    session: AsyncSession, state: _State, step: RunStep, *, status: str,
+    session: AsyncSession, state: _State, step: _Step, *, status: str,
     output: dict[str, Any] | None = None, error: str | None = None, tokens_in: int = 0,
     tokens_out: int = 0, cost: Decimal = Decimal(0), **values: Any,
 ) -> None:
@@ -491,11 +540,11 @@ async def _finish_step(
             tokens_out=tokens_out, cost=cost)
 
 
-async def _recover(env: RunEnv, state: _State) -> list[RunStep]:
+async def _recover(env: RunEnv, state: _State) -> list[_Step]:
     """Steps a dead worker left ``running``: model calls are interrupted (asked again),
     tool calls retried in place when idempotent, else interrupted.  Returns the tool
     steps to retry."""
-    retry: list[RunStep] = []
+    retry: list[_Step] = []
     for step in [s for s in state.steps if s.status == "running"]:
         offered = next((t for t in state.tools.values() if t.tool_id == step.tool_id), None)
         if step.step_type == "tool_call" and offered is not None and offered.idempotent:
@@ -796,7 +845,7 @@ class _Refused(Exception):  # a retried tool call the model can no longer make
 
 
 async def _tool_step(env: RunEnv, state: _State, call: ToolCall,
-                     step: RunStep | None = None) -> None:
+                     step: _Step | None = None) -> None:
     """A tool call whose step was not begun with its model step's result (a run resumed
     after a crash): begun in a transaction of its own (or, for a step being retried, its
     checks made again), then run."""
@@ -837,7 +886,7 @@ async def _run_ready(env: RunEnv, state: _State) -> None:
         state.pending.append(_tool_finish(state, step, prepared, arguments, result))
 
 
-def _grant_refusal(state: _State, step: RunStep) -> str | None:
+def _grant_refusal(state: _State, step: _Step) -> str | None:
     offered = next((t for t in state.tools.values() if t.tool_id == step.tool_id), None)
     if offered is None or offered.grant is None:
         return None
@@ -845,14 +894,14 @@ def _grant_refusal(state: _State, step: RunStep) -> str | None:
                                      and s.tool_id == step.tool_id and s.status == "completed"))
 
 
-def _refused_finish(state: _State, step: RunStep,
+def _refused_finish(state: _State, step: _Step,
                     refusal: str) -> Callable[[AsyncSession], Awaitable[None]]:
     async def write(session: AsyncSession) -> None:
         await _write_finish(session, state, step, status="failed", error=refusal)
     return write
 
 
-def _tool_finish(state: _State, step: RunStep, prepared: tool_calls.PreparedCall,
+def _tool_finish(state: _State, step: _Step, prepared: tool_calls.PreparedCall,
                  arguments: dict[str, Any],
                  result: tool_calls.CallResult) -> Callable[[AsyncSession], Awaitable[None]]:
     failure = result.failure
@@ -969,18 +1018,8 @@ async def execute(env: RunEnv, run_id: uuid.UUID) -> str:
 
 async def _execute(env: RunEnv, state: _State, run_id: uuid.UUID) -> str:
     started = time.perf_counter()
-    async with _scoped(env, state.principal) as session:
-        await session.execute(update(Run).where(
-            Run.id == run_id, Run.status.in_(("pending", "running"))).values(
-            status="running", started_at=state.run.started_at or utcnow(), updated_at=utcnow()))
-        if state.run.started_at is None:
-            await notify(session, run_id, "started")
-    async with env.database.transaction() as system:  # grants and tools: see _offered_tools
-        if state.run.persona_id is not None:
-            state.grants = await grants_of(system, state.run.persona_id)
-        state.tools = await _offered_tools(system, state)
-    if state.run.started_at is None:
-        state.run.started_at = utcnow()
+    if state.run.started_at is None:  # stored, and announced, by the first step's claim
+        state.run.started_at, state.announce = utcnow(), True
     try:
         for step in await _recover(env, state):  # idempotent tool calls, again in place
             given = step.input or {}

@@ -44,14 +44,15 @@ class AuditFields(TypedDict, total=False):
     trace_id: str | None
 
 
-async def record(session: AsyncSession, action: str, **fields: Unpack[AuditFields]) -> AuditLog:
-    """Append one audit record in the caller's transaction (secrets redacted).  What the
-    caller has added before is flushed first (the record may name it); the record itself
-    is one prebuilt insert (roost.db.statements.insert_row), and the entry returned is
-    not attached to the session."""
+async def record(session: AsyncSession, action: str,
+                 **fields: Unpack[AuditFields]) -> dict[str, Any]:
+    """Append one audit record in the caller's transaction (secrets redacted); returns
+    its columns as written.  What the caller has added before is flushed first (the
+    record may name it); the record itself is one prebuilt insert
+    (roost.db.statements.insert_row), with no ORM object."""
     if session.new or session.dirty or session.deleted:
         await session.flush()
-    return AuditLog(**await insert_row(session, AuditLog, entry_values(action, **fields)))
+    return await insert_row(session, AuditLog, entry_values(action, **fields))
 
 
 def entry_values(action: str, **fields: Unpack[AuditFields]) -> dict[str, Any]:
