@@ -294,6 +294,25 @@ def _claim_statement() -> Update:
             .returning(func.pg_notify(bindparam("channel"), bindparam("event"))))
 
 
+@functools.cache
+def _run_finish_statement() -> Update:
+    runs = cast(Table, Run.__table__)
+    return (update(runs).where(runs.c.id == bindparam("run_id"), text(_OPEN))
+            .values({name: bindparam(name) for name in (
+                "status", "stop_reason", "output", "error_message", "completed_at",
+                "updated_at", "tokens_in", "tokens_out", "cost", "steps_count")})
+            .returning(runs.c.id))
+
+
+@functools.cache
+def _close_steps_statement() -> Update:
+    steps = cast(Table, RunStep.__table__)
+    return (update(steps)
+            .where(steps.c.run_id == bindparam("run_id"), text("status = 'running'"))
+            .values(status=literal_column("'interrupted'"),
+                    finished_at=bindparam("finished_at"), error=bindparam("error")))
+
+
 _STEP_COLUMNS: Final = tuple(RunStep.__mapper__.columns.keys())
 
 
@@ -928,23 +947,21 @@ async def _finish_run(env: RunEnv, state: _State, stop: _Stop) -> str:
     output = ((last.output or {}).get("content") or None) if last is not None else None
     async with _scoped(env, state.principal) as session:
         await _apply_pending(session, state)
-        changed = (await session.execute(
-            update(Run).where(Run.id == state.run.id, Run.status.in_(("pending", "running")))
-            .values(status=stop.status, stop_reason=stop.reason, output=output,
-                    error_message=stop.error, completed_at=utcnow(), updated_at=utcnow(),
-                    tokens_in=state.run.tokens_in, tokens_out=state.run.tokens_out,
-                    cost=state.run.cost, steps_count=len(state.steps))
-            .returning(Run.id))).first()
-        if changed is None:
+        now = utcnow()
+        changed = await driver_fetch(session, _run_finish_statement(), {
+            "run_id": state.run.id, "status": stop.status, "stop_reason": stop.reason,
+            "output": output, "error_message": stop.error, "completed_at": now,
+            "updated_at": now, "tokens_in": state.run.tokens_in,
+            "tokens_out": state.run.tokens_out, "cost": state.run.cost,
+            "steps_count": len(state.steps)})
+        if not changed:
             return "cancelled"
         if state.run.system_prompt_id is not None:  # the prompt version's success rate
             await prompts.record_outcome(session, state.run.system_prompt_id,
                                          stop.status == "completed")
         # A call cut off by the run's end (its timeout) leaves its step open: close it.
-        await session.execute(
-            update(RunStep).where(RunStep.run_id == state.run.id, RunStep.status == "running")
-            .values(status="interrupted", finished_at=utcnow(), error=f"stopped: {stop.reason}")
-            .execution_options(synchronize_session=False))
+        await driver_fetch(session, _close_steps_statement(), {
+            "run_id": state.run.id, "finished_at": now, "error": f"stopped: {stop.reason}"})
         await record(session, f"agent.run.{'complete' if stop.status == 'completed' else 'fail'}",
                      user_id=state.run.user_id, resource_type="run", resource_id=state.run.id,
                      trace_id=state.run.trace_id, success=stop.status == "completed",
