@@ -51,12 +51,13 @@ async def _all_blobs(database: Database) -> list[tuple[str, bytes]]:
     return out
 
 
-def _readable_with(key: str, blobs: list[tuple[str, bytes]]) -> list[str]:
+def _readable_with(key: str, blobs: list[tuple[str, bytes]]) -> list[bytes]:
+    """The plaintexts (bytes: a stored conversation may be compressed) ``key`` opens."""
     fernet = Fernet(key.encode())
     readable = []
     for _name, blob in blobs:
         try:
-            readable.append(fernet.decrypt(blob).decode())
+            readable.append(fernet.decrypt(blob))
         except InvalidToken:
             pass
     return readable
@@ -84,7 +85,7 @@ async def test_rotate_messages_cli_re_encrypts_everything_under_the_new_key(
     assert len(after) == len(before)
     assert sorted(_readable_with(new, after)) == plain_before  # nothing lost, nothing changed
     assert _readable_with(old, after) == []
-    assert set(sent) <= set(plain_before)
+    assert {text.encode() for text in sent} <= set(plain_before)
     # A second run finds nothing left to do.
     again = run_roost("keys", "rotate-messages", env=env)
     assert again.returncode == 0 and "re-encrypted 0 of" in again.stdout
@@ -106,14 +107,14 @@ async def test_rotation_resumes_after_an_interruption(
     assert first.batches == 2 and first.rows_rotated == 4 and checkpoint.exists()
     # Interrupted half-way: every row still reads with the key list.
     middle = await _all_blobs(database)
-    assert sorted(cipher.decrypt(b) for _, b in middle) == sorted(cipher.decrypt(b) for _, b in before)
+    assert sorted(cipher.decrypt_bytes(b) for _, b in middle) == sorted(cipher.decrypt_bytes(b) for _, b in before)
     assert 0 < len(_readable_with(new, middle)) < len(middle)
     second = await rotate_messages(database, cipher, keys, batch_size=2, checkpoint=checkpoint)
     assert second.resumed_from == {"table": "chat_messages", "last_id": second.resumed_from["last_id"]}
     assert second.rows_seen == len(await _rows_total(database)) - 4
     assert not checkpoint.exists() and second.ok
     after = await _all_blobs(database)
-    assert sorted(_readable_with(new, after)) == sorted(cipher.decrypt(b) for _, b in before)
+    assert sorted(_readable_with(new, after)) == sorted(cipher.decrypt_bytes(b) for _, b in before)
 
 
 async def _rows_total(database: Database) -> list[int]:

@@ -4,6 +4,7 @@ SDK as client (through the ASGI app), routing, fallback, ensemble, errors, recor
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -105,6 +106,33 @@ async def test_openai_sdk_plain_streaming_models_and_embeddings(
         ("embedding", "completed")]
     assert all(r.user_id == user_id for r in rows)
     assert rows[0].tokens_input == 2 and rows[1].tokens_output == 5
+
+
+async def test_the_owner_reads_back_the_conversation_stored_compressed_and_encrypted(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, sdk: openai.AsyncOpenAI,
+    database: Database, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A long conversation is stored compressed, then encrypted (smaller than encrypting
+    its JSON; nothing readable in the column); its owner reads it back as it was sent."""
+    await _provider(client, admin_headers, stub, "stub")
+    sent = [{"role": "system", "content": "You answer in one line."}]
+    for turn in range(12):
+        sent += [{"role": "user", "content": f"question {turn}: what time is it in Lisbon?"},
+                 {"role": "assistant", "content": f"answer {turn}: it is noon in Lisbon."}]
+    sent.append({"role": "user", "content": "and now?"})
+    done = await sdk.chat.completions.create(model="stub-model", messages=sent)  # type: ignore[arg-type]
+    request_id = (done.model_extra or {})["roost"]["request_id"]
+    async with database.transaction() as s:
+        stored: bytes = (await s.execute(text("SELECT messages FROM llm_requests WHERE id = :r"),
+                                  {"r": request_id})).scalar_one()
+    as_json = json.dumps(sent, separators=(",", ":")).encode()
+    assert b"Lisbon" not in stored and len(stored) < len(as_json)
+    _, headers = user
+    detail = (await client.get(f"/api/v1/llm/requests/{request_id}", headers=headers)).json()
+    assert detail["messages"] == sent and detail["prompt"] == "and now?"
+    _, other = await make_user(database)
+    hidden = await client.get(f"/api/v1/llm/requests/{request_id}", headers=other)
+    assert hidden.status_code == 404
 
 
 async def test_errors_use_openais_shape(

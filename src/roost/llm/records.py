@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import uuid
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from sqlalchemy import Insert, Table, Update, bindparam, literal_column, null, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -53,8 +54,30 @@ _TEXT_KEYS = frozenset({"content", "text", "arguments", "reasoning_content", "re
                         "partial_json", "thinking", "delta"})
 
 
+# A stored conversation (llm_requests.messages: every message of the call, so each agent
+# step or chat turn repeats the ones before) is compressed before it is encrypted when
+# that saves space: JSON with repeated keys shrinks to a third, ciphertext not at all.
+# The plaintext then starts with a zero byte, which JSON text never does.
+_COMPRESSED: Final = b"\x00"
+_COMPRESS_FROM: Final = 512  # bytes of JSON; below, zlib's header eats the gain
+
+
 def encrypt_json(cipher: MessageCipher, value: Any) -> bytes:
-    return cipher.encrypt(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+    """``value`` as JSON, compressed when that is smaller, encrypted (Fernet)."""
+    raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(raw) >= _COMPRESS_FROM:
+        packed = _COMPRESSED + zlib.compress(raw, 6)
+        if len(packed) < len(raw):
+            return cipher.encrypt_bytes(packed)
+    return cipher.encrypt_bytes(raw)
+
+
+def decrypt_json(cipher: MessageCipher, token: bytes) -> Any:
+    """What :func:`encrypt_json` stored (compressed or not)."""
+    plain = cipher.decrypt_bytes(token)
+    if plain.startswith(_COMPRESSED):
+        plain = zlib.decompress(plain[1:])  # authenticated by the token's HMAC: ours
+    return json.loads(plain)
 
 
 def strip_text(value: Any, depth: int = 0) -> Any:

@@ -105,6 +105,7 @@ async def get_request(
         model=row.model, status=row.status, error_message=row.error_message,
         model_params=row.model_params or {}, ensemble_config=row.ensemble_config,
         created_at=row.created_at, started_at=row.started_at, completed_at=row.completed_at,
+        prompt=cipher.decrypt(row.prompt), messages=records.decrypt_json(cipher, row.messages),
         responses=[
             ResponseOut(
                 id=r.id, provider_id=r.provider_id, provider_name=r.provider_name, model=r.model,

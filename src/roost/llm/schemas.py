@@ -198,6 +198,9 @@ class RequestOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    # The call's last user message and every message sent (stored encrypted).
+    prompt: str = ""
+    messages: list[dict[str, Any]] = Field(default_factory=list)
     responses: list[ResponseOut]
 
 

@@ -194,6 +194,17 @@ class MessageCipher:
         """Decrypt with any configured key; :class:`DecryptionError` if none fits."""
         return self.decrypt_many((token,))[0]
 
+    def encrypt_bytes(self, plaintext: bytes) -> bytes:
+        """:meth:`encrypt` of bytes that need not be text (a compressed payload)."""
+        return self._multi.encrypt(plaintext)
+
+    def decrypt_bytes(self, token: bytes | str) -> bytes:
+        """:meth:`decrypt` to bytes; :class:`DecryptionError` if no key fits."""
+        try:
+            return self._multi.decrypt(_as_bytes(token))
+        except (InvalidToken, TypeError, ValueError):
+            raise _undecryptable() from None
+
     def decrypt_many(self, tokens: Sequence[bytes | str]) -> list[str]:
         """Decrypt every token (any configured key each); :class:`DecryptionError` if one
         does not open.
@@ -278,7 +289,7 @@ class MessageCipher:
             return False
         except (InvalidToken, TypeError, ValueError):
             pass
-        self.decrypt(raw)  # raises DecryptionError when no key fits
+        self.decrypt_bytes(raw)  # raises DecryptionError when no key fits
         return True
 
 
