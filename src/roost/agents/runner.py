@@ -47,7 +47,19 @@ from decimal import Decimal
 from typing import Any, Final, cast
 
 import structlog
-from sqlalchemy import Insert, Table, Update, bindparam, func, literal_column, or_, select, text, update
+from sqlalchemy import (
+    Insert,
+    Table,
+    Update,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost import tracing
@@ -62,7 +74,7 @@ from roost.analytics.outbox import emit
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
-from roost.db.statements import bound_insert
+from roost.db.statements import prefixed
 from roost.db.transaction import driver_fetch
 from roost.errors import LimitReached, PaymentRequired, RoostError
 from roost.identity.models import UserGroupMembership
@@ -249,7 +261,7 @@ async def _load(env: RunEnv, run_id: uuid.UUID) -> _State | None:
             if run.persona_id is not None:
                 state.grants = await grants_of(session, run.persona_id)
             state.tools = await _offered_tools(session, state)
-    # The run row's totals may lag its last finished step (see _claim): count the steps
+    # The run row's totals may lag its last finished step (see _claim_step): count the steps
     # (after the transaction: the row is not to be written back).
     run.tokens_in = sum(s.tokens_in for s in steps)
     run.tokens_out = sum(s.tokens_out for s in steps)
@@ -257,22 +269,34 @@ async def _load(env: RunEnv, run_id: uuid.UUID) -> _State | None:
     return state
 
 
-async def _claim(session: AsyncSession, state: _State, step_number: int, event: str) -> None:
-    """The run is still open: mark it running at this step, with its totals so far, and
-    tell listeners ``event`` — one statement; raises :class:`_Cancelled` when the run was
-    cancelled or finished meanwhile.  The row lock it takes orders this step against a
-    concurrent cancel.  (Finishing a step writes only the step: the run's totals follow
-    here, at its end, and when it is cancelled or failed, from the steps.)"""
-    run = state.run
+async def _claim_step(session: AsyncSession, state: _State, **values: Any) -> _Step:
+    """In the caller's transaction: the run's next step (``running`` unless ``status``
+    says), claimed and inserted by one statement.  The claim marks the run running at this
+    step with its totals so far and tells listeners (``step:<n>:<status>``); it takes the
+    run's row lock, which orders the step against a concurrent cancel.  Raises
+    :class:`_Cancelled` (nothing inserted) when the run was cancelled or finished
+    meanwhile.  (Finishing a step writes only the step: the run's totals follow here, at
+    its end, and when it is cancelled or failed, from the steps.)"""
+    run, number = state.run, state.next_number
     if state.announce:  # the run's first claim: listeners hear it started first
         await notify(session, run.id, "started")
-    claimed = await driver_fetch(session, _claim_statement(), {
-        "run_id": run.id, "updated_at": utcnow(), "started_at": run.started_at,
-        "steps_count": step_number, "tokens_in": run.tokens_in, "tokens_out": run.tokens_out,
-        "cost": run.cost, "channel": EVENTS_CHANNEL, "event": f"{run.id}:{event}"})
-    if not claimed:
+    row: dict[str, Any] = dict.fromkeys(_STEP_COLUMNS)
+    now = utcnow()
+    row.update(id=uuid7(), created_at=now, started_at=now, run_id=run.id,
+               user_id=run.user_id, persona_id=run.persona_id, step_number=number,
+               status="running", tokens_in=0, tokens_out=0, cost=Decimal(0))
+    row.update(values)
+    inserted = await driver_fetch(session, _claim_step_statement(), {
+        "run_id": run.id, "updated_at": now, "started_at": run.started_at,
+        "steps_count": number, "tokens_in": run.tokens_in, "tokens_out": run.tokens_out,
+        "cost": run.cost, "channel": EVENTS_CHANNEL,
+        "event": f"{run.id}:step:{number}:{row['status']}", **prefixed("s_", row)})
+    if not inserted:
         raise _Cancelled
     state.announce = False
+    step = _Step(**row)
+    state.steps.append(step)
+    return step
 
 
 # The runner's own statements, built once and sent on the transaction's driver connection
@@ -284,14 +308,22 @@ _OPEN = "status IN ('pending', 'running')"
 
 
 @functools.cache
-def _claim_statement() -> Update:
+def _claim_step_statement() -> Insert:
+    """``WITH claimed AS (UPDATE runs ... WHERE <open> RETURNING pg_notify(...)) INSERT
+    INTO run_steps SELECT <the step> FROM claimed``: no open run, no step."""
     runs = cast(Table, Run.__table__)
-    return (update(runs).where(runs.c.id == bindparam("run_id"), text(_OPEN))
-            .values({"status": literal_column("'running'"),
-                     "started_at": func.coalesce(runs.c.started_at, bindparam("started_at")),
-                     **{name: bindparam(name) for name in (
-                         "updated_at", "steps_count", "tokens_in", "tokens_out", "cost")}})
-            .returning(func.pg_notify(bindparam("channel"), bindparam("event"))))
+    steps = cast(Table, RunStep.__table__)
+    claimed = (update(runs).where(runs.c.id == bindparam("run_id"), text(_OPEN))
+               .values({"status": literal_column("'running'"),
+                        "started_at": func.coalesce(runs.c.started_at, bindparam("started_at")),
+                        **{name: bindparam(name) for name in (
+                            "updated_at", "steps_count", "tokens_in", "tokens_out", "cost")}})
+               .returning(func.pg_notify(bindparam("channel"), bindparam("event"))
+                          .label("notified"))
+               .cte("claimed"))
+    step = select(*(bindparam("s_" + key, type_=steps.c[key].type) for key in _STEP_COLUMNS))
+    return (insert(steps).from_select(list(_STEP_COLUMNS), step.select_from(claimed))
+            .returning(steps.c.id))
 
 
 @functools.cache
@@ -314,11 +346,6 @@ def _close_steps_statement() -> Update:
 
 
 _STEP_COLUMNS: Final = tuple(RunStep.__mapper__.columns.keys())
-
-
-@functools.cache
-def _step_insert() -> Insert:
-    return bound_insert(RunStep, "", _STEP_COLUMNS)
 
 
 @functools.cache
@@ -475,32 +502,6 @@ async def _apply_pending(session: AsyncSession, state: _State) -> None:
         await write(session)
 
 
-async def _claim_next(session: AsyncSession, state: _State, status: str) -> int:
-    """In the caller's transaction: the records of calls finished since, then the claim of
-    the next step number (raises :class:`_Cancelled` after them when the run is over)."""
-    await _apply_pending(session, state)
-    number = state.next_number
-    await _claim(session, state, number, f"step:{number}:{status}")
-    return number
-
-
-async def _new_step(session: AsyncSession, state: _State, number: int,
-                    **values: Any) -> _Step:
-    """In the caller's transaction: insert the step (every column given: the statement
-    applies no defaults) and keep it in the run's memory."""
-    row: dict[str, Any] = dict.fromkeys(_STEP_COLUMNS)
-    row.update(id=uuid7(), created_at=utcnow(), run_id=state.run.id,
-               user_id=state.run.user_id, persona_id=state.run.persona_id,
-               step_number=number, status="running", tokens_in=0, tokens_out=0,
-               cost=Decimal(0))
-    row["started_at"] = row["created_at"]
-    row.update(values)
-    await driver_fetch(session, _step_insert(), row)
-    step = _Step(**row)
-    state.steps.append(step)
-    return step
-
-
 async def _start_step(env: RunEnv, state: _State, **values: Any) -> _Step:
     """Commit a ``running`` step (and ``running`` run) before its call starts."""
     async with _scoped(env, state.principal) as session:
@@ -510,9 +511,8 @@ async def _start_step(env: RunEnv, state: _State, **values: Any) -> _Step:
 
 async def _add_step(session: AsyncSession, state: _State, **values: Any) -> _Step:
     """In the caller's transaction: the next step (``running`` unless ``status`` says)."""
-    values.setdefault("status", "running")
-    number = await _claim_next(session, state, values["status"])
-    return await _new_step(session, state, number, **values)
+    await _apply_pending(session, state)  # the records of calls finished since, first
+    return await _claim_step(session, state, **values)
 
 
 def _settle(state: _State, step: _Step, *, status: str, output: dict[str, Any] | None,
@@ -706,19 +706,22 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
                        max_tokens=state.config.max_output_tokens)
     try:
         async with _scoped(env, state.principal) as session:
-            number = await _claim_next(session, state, "running")
+            await _apply_pending(session, state)  # the records of calls finished since
             if state.route is None:  # once per run (the providers do not change mid-run)
                 state.route = await routing.resolve_route(session, env.gateway, model)
+            request_id = uuid7()
+            step = await _claim_step(session, state, step_type="llm_call",
+                                     llm_request_id=request_id,
+                                     input={"model": model, "messages": len(chat.messages),
+                                            "tools": sorted(state.tools)})
+            number = step.step_number
             # The request is stored as running, with the step, in one transaction; a
-            # metered user's credits are held first (402/403 ends the run, nothing called).
+            # metered user's credits are held first (402/403 ends the run, nothing called:
+            # the step goes with the rollback).
             call = await calls.add_request(
                 session, env.gateway, state.principal, chat, state.route,
                 request_type=REQUEST_TYPE, running=True, run_id=state.run.id,
-                agent_id=state.run.agent_id)
-            step = await _new_step(session, state, number, step_type="llm_call", status="running",
-                         llm_request_id=call.request_id,
-                             input={"model": model, "messages": len(chat.messages),
-                                    "tools": sorted(state.tools)})
+                agent_id=state.run.agent_id, request_id=request_id)
             tracing.current().set("roost.run.step_number", number)  # the step's span
     except (PaymentRequired, LimitReached) as exc:
         raise _Stop("error", status="failed", error=f"billing: {exc.detail}") from None
@@ -844,17 +847,15 @@ async def _begin_tool_steps(session: AsyncSession, env: RunEnv, state: _State,
                 problem = exc.detail
         failed = {"status": "failed", "error": problem, "finished_at": utcnow(),
                   "duration_ms": 0} if problem is not None else {"status": "running"}
-        number = state.next_number
         try:
-            await _claim(session, state, number, f"step:{number}:{failed['status']}")
+            step = await _claim_step(
+                session, state, step_type="tool_call",
+                tool_id=offered.tool_id if offered else None,
+                tool_name=offered.name if offered else call.name[:256], tool_call_id=call.id,
+                input={"function": call.name,
+                       "arguments": call.arguments[:MAX_TOOL_RESULT_CHARS]}, **failed)
         except _Cancelled:
             return
-        step = await _new_step(session, state, number, step_type="tool_call",
-                         tool_id=offered.tool_id if offered else None,
-                         tool_name=offered.name if offered else call.name[:256],
-                         tool_call_id=call.id,
-                         input={"function": call.name,
-                                "arguments": call.arguments[:MAX_TOOL_RESULT_CHARS]}, **failed)
         if prepared is not None:
             state.ready.append((step, prepared, arguments))
 

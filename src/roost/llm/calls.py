@@ -127,8 +127,10 @@ async def add_request(
     session: AsyncSession, gateway: LLMGateway, principal: Principal, chat: ChatRequest,
     route: Route, *, request_type: str, session_id: uuid.UUID | None = None,
     running: bool = False, run_id: uuid.UUID | None = None, agent_id: uuid.UUID | None = None,
+    request_id: uuid.UUID | None = None,
 ) -> PendingCall:
     """Step 1 inside the caller's transaction (the caller audits it with its own rows).
+    ``request_id``: the new row's id when the caller has written it elsewhere already.
     ``running``: the call starts as soon as this transaction commits, so the request is
     stored as running (one transaction less).  The row is written at once by a prebuilt
     insert (what the caller added before is flushed first: the row may refer to it).
@@ -139,9 +141,11 @@ async def add_request(
     reservation = await _hold_credits(session, gateway, principal, chat, route, request_type)
     if session.new or session.dirty or session.deleted:
         await session.flush()
-    row = await insert_row(session, LLMRequest, request_values(
-        gateway, principal, chat, route, request_type=request_type, session_id=session_id,
-        running=running))
+    values = request_values(gateway, principal, chat, route, request_type=request_type,
+                            session_id=session_id, running=running)
+    if request_id is not None:
+        values["id"] = request_id
+    row = await insert_row(session, LLMRequest, values)
     return PendingCall(request_id=row["id"], principal=principal, route=route, chat=chat,
                        request_type=request_type, session_id=session_id, running=running,
                        run_id=run_id, agent_id=agent_id, reservation=reservation)
