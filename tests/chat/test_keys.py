@@ -107,7 +107,8 @@ async def test_rotation_resumes_after_an_interruption(
     assert first.batches == 2 and first.rows_rotated == 4 and checkpoint.exists()
     # Interrupted half-way: every row still reads with the key list.
     middle = await _all_blobs(database)
-    assert sorted(cipher.decrypt_bytes(b) for _, b in middle) == sorted(cipher.decrypt_bytes(b) for _, b in before)
+    opened = sorted(cipher.decrypt_bytes(b) for _, b in middle)
+    assert opened == sorted(cipher.decrypt_bytes(b) for _, b in before)
     assert 0 < len(_readable_with(new, middle)) < len(middle)
     second = await rotate_messages(database, cipher, keys, batch_size=2, checkpoint=checkpoint)
     assert second.resumed_from == {"table": "chat_messages", "last_id": second.resumed_from["last_id"]}

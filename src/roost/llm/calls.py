@@ -130,7 +130,7 @@ async def add_request(
     request_id: uuid.UUID | None = None,
 ) -> PendingCall:
     """Step 1 inside the caller's transaction (the caller audits it with its own rows).
-    ``request_id``: the new row's id when the caller has written it elsewhere already.
+    ``request_id``: the id the new row gets (a caller that has referred to it already).
     ``running``: the call starts as soon as this transaction commits, so the request is
     stored as running (one transaction less).  The row is written at once by a prebuilt
     insert (what the caller added before is flushed first: the row may refer to it).
