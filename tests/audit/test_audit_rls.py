@@ -73,7 +73,7 @@ async def test_a_system_event_inside_a_users_transaction_is_recorded(database: D
         await apply_principal(s, _as(bob))
         entry = await service.record(s, "system.notice", category="system", user_id=None)
         other = await service.record(s, "thing.touch", user_id=uuid.uuid4())
-    assert entry.action == "system.notice" and other.action == "thing.touch"
+    assert entry["action"] == "system.notice" and other["action"] == "thing.touch"
     async with database.transaction() as s:
         rows = (await s.scalars(select(AuditLog.action).order_by(AuditLog.seq))).all()
         report = await service.verify_chain(s)

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Insert, bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.db.transaction import driver_connection, driver_fetch, driver_statement
+from roost.db.transaction import driver_args, driver_connection, driver_fetch, driver_statement
 
 
 def bound_insert(model: Any, prefix: str, keys: Mapping[str, Any] | tuple[str, ...]) -> Insert:
@@ -73,7 +73,5 @@ async def insert_rows(session: AsyncSession, model: Any,
     statement = _insert_for(model, tuple(full[0]))
     sql, names, processors = driver_statement(statement)
     driver = await driver_connection(session)
-    await driver.executemany(sql, [
-        [r[name] if process is None else process(r[name])
-         for name, process in zip(names, processors, strict=True)] for r in full])
+    await driver.executemany(sql, [driver_args(names, processors, r) for r in full])
     return full

@@ -152,6 +152,12 @@ async def driver_fetch(session: AsyncSession, statement: ClauseElement,
     Pending ORM objects are not flushed first: use it for rows nothing pending refers to."""
     sql, names, processors = driver_statement(statement)
     driver = await driver_connection(session)
-    args = [params[name] if process is None else process(params[name])
+    return list(await driver.fetch(sql, *driver_args(names, processors, params)))
+
+
+def driver_args(names: tuple[str, ...], processors: tuple[Any, ...],
+                params: Mapping[str, Any]) -> list[Any]:
+    """``params`` in the order of :func:`driver_statement`'s names, each through its
+    bind processor."""
+    return [params[name] if process is None else process(params[name])
             for name, process in zip(names, processors, strict=True)]
-    return list(await driver.fetch(sql, *args))
