@@ -138,7 +138,9 @@ class Offered:
 @dataclass(slots=True)
 class _Step:
     """A step as the runner keeps it in memory: its ``run_steps`` row's values (a plain
-    object: the runner writes steps by statements, never through the ORM)."""
+    object: the runner writes steps by statements, never through the ORM).  Its fields
+    are the table's columns (``_STEP_COLUMNS``; a column added to RunStep and not here
+    fails every run's load), like the API's RunStepOut, which is read-only and validated."""
 
     id: uuid.UUID
     created_at: datetime
