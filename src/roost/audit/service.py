@@ -19,7 +19,7 @@ from roost.audit.models import EVENT_CATEGORIES, AuditLog
 from roost.audit.redaction import redact
 from roost.context import current_context
 from roost.db.base import utcnow, uuid7
-from roost.db.statements import insert_row
+from roost.db.statements import flush_pending, insert_row
 from roost.errors import BadRequest
 from roost.pagination import DEFAULT_LIMIT, cursor_int, encode_cursor, page_of
 
@@ -50,8 +50,7 @@ async def record(session: AsyncSession, action: str,
     its columns as written.  What the caller has added before is flushed first (the
     record may name it); the record itself is one prebuilt insert
     (roost.db.statements.insert_row), with no ORM object."""
-    if session.new or session.dirty or session.deleted:
-        await session.flush()
+    await flush_pending(session)
     return await insert_row(session, AuditLog, entry_values(action, **fields))
 
 

@@ -44,6 +44,13 @@ def with_defaults(model: Any, values: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+async def flush_pending(session: AsyncSession) -> None:
+    """Flush what the session holds unwritten, as an autoflush would: before a statement
+    sent on the driver connection (which autoflushes nothing) that may refer to it."""
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
+
+
 _INSERTS: dict[tuple[Any, tuple[str, ...]], Insert] = {}
 
 

@@ -39,7 +39,7 @@ from roost.analytics.streaming import StreamMeter
 from roost.audit import service as audit
 from roost.billing import credits, limits
 from roost.billing.credits import Reservation
-from roost.db.statements import insert_row, insert_rows
+from roost.db.statements import flush_pending, insert_row, insert_rows
 from roost.llm.base import elapsed_ms
 from roost.llm.errors import ProviderError
 from roost.llm.execution import CallStream, execute, execute_embedding
@@ -139,8 +139,7 @@ async def add_request(
     when the balance cannot cover it, 403 when the plan does not include the model; the
     hold commits with this transaction and is settled by the call's final one."""
     reservation = await _hold_credits(session, gateway, principal, chat, route, request_type)
-    if session.new or session.dirty or session.deleted:
-        await session.flush()
+    await flush_pending(session)
     values = request_values(gateway, principal, chat, route, request_type=request_type,
                             session_id=session_id, running=running)
     if request_id is not None:

@@ -27,7 +27,7 @@ from roost.billing import credits, prices
 from roost.billing.credits import Reservation
 from roost.billing.models import UsageRecord
 from roost.db.base import utcnow, uuid7
-from roost.db.statements import bound_insert, prefixed
+from roost.db.statements import bound_insert, flush_pending, prefixed
 from roost.db.transaction import driver_fetch
 from roost.errors import NotFound, RoostError
 from roost.llm.errors import (
@@ -176,8 +176,7 @@ async def record_success(
     ``run_id``/``agent_id``: the agent run the call was made for (usage per run);
     ``reservation``: the credits held for the call, settled here with the actual amount."""
     user_id = principal.user_id
-    if session.new or session.dirty:  # the caller's rows first, as an autoflush would
-        await session.flush()
+    await flush_pending(session)  # the caller's rows first
     result = outcome.result
     winner_id = outcome.winner.id if isinstance(outcome.winner.id, uuid.UUID) else None
     model = result.model or outcome.winner.name

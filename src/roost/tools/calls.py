@@ -44,7 +44,7 @@ from roost.billing.models import UsageRecord
 from roost.config import get_settings
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
-from roost.db.statements import bound_insert, prefixed
+from roost.db.statements import bound_insert, flush_pending, prefixed
 from roost.db.transaction import driver_fetch
 from roost.errors import Conflict, GatewayTimeout, NotFound, RoostError, Unprocessable
 from roost.knowledge.config import KnowledgeConfig
@@ -398,8 +398,7 @@ async def record_call(
         metadata={"tool_run_id": str(run.id), "tool_name": prepared.name, "status": result.status,
                   "duration_ms": result.duration_ms})
     params = {**prefixed("r_", values), **prefixed("e_", event), **prefixed("a_", audit)}
-    if session.new or session.dirty:  # the usage row first (nothing is autoflushed below)
-        await session.flush()
+    await flush_pending(session)  # the usage row first
     await driver_fetch(session, _record_statement(values, event, audit), params)
     return run
 
