@@ -104,6 +104,36 @@ async def test_max_steps_stops_a_looping_agent(
     assert len(stub.requests(path="/v1/chat/completions")) == 2
 
 
+async def test_a_timeout_ends_the_run_and_closes_the_call_it_cut_off(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, tool_permissions=["current_time"],
+                             config={"timeout_s": 1.5})
+    stub.script(ToolCalls(Call("current_time")), Hang())
+    run = await start(client, headers, agent.id)
+    done = await wait_for_run(client, headers, run["id"])
+    assert (done["stop_reason"], done["steps_count"]) == ("timeout", 3), done
+    steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
+    # The call the timeout cut off is closed with the run (by its own cancellation, or
+    # by the run's end), never left running.
+    assert [(s["step_type"], s["status"]) for s in steps] == [
+        ("llm_call", "completed"), ("tool_call", "completed"), ("llm_call", "failed")]
+    assert steps[2]["error"].startswith("cancelled") and steps[2]["finished_at"]
+    async with database.transaction() as session:
+        ended = (await session.execute(text(
+            "SELECT (SELECT array_agg(action) FROM audit_logs WHERE resource_id = :r "
+            "AND action LIKE 'agent.run.%'), "
+            "(SELECT count(*) FROM clickhouse_analytics WHERE event_type = 'agent.run' "
+            " AND event_data->>'run_id' = :r AND event_data->>'stop_reason' = 'timeout')"),
+            {"r": run["id"]})).one()
+    end = "complete" if done["status"] == "completed" else "fail"
+    assert ended[0] == ["agent.run.create", f"agent.run.{end}"]
+    assert ended[1] == 1
+
+
 async def test_cancel_mid_call_closes_the_run_and_its_open_step(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
     user: tuple[uuid.UUID, Headers], worker: Worker,

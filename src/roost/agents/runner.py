@@ -49,6 +49,7 @@ from typing import Any, Final, cast
 import structlog
 from sqlalchemy import (
     Insert,
+    Select,
     Table,
     Update,
     bindparam,
@@ -70,11 +71,13 @@ from roost.agents.models import Agent, Persona, Run, RunStep
 from roost.agents.runs import EVENTS_CHANNEL, notify
 from roost.agents.schemas import AgentConfig
 from roost.agents.secrets import resolve_reference
-from roost.analytics.outbox import emit
-from roost.audit.service import record
+from roost.analytics.models import AnalyticsEvent
+from roost.analytics.outbox import event_values
+from roost.audit.models import AuditLog
+from roost.audit.service import entry_values, record
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
-from roost.db.statements import prefixed
+from roost.db.statements import bound_insert, flush_pending, prefixed
 from roost.db.transaction import driver_fetch
 from roost.errors import LimitReached, PaymentRequired, RoostError
 from roost.identity.models import UserGroupMembership
@@ -241,22 +244,20 @@ async def _scoped(env: RunEnv, principal: Principal) -> AsyncIterator[AsyncSessi
 async def _load(env: RunEnv, run_id: uuid.UUID) -> _State | None:
     """The run, its agent and persona, its steps, the tools it may use and the runner's
     principal, in one transaction (as the system: the run's row decides whose scope the
-    rest runs in)."""
+    rest runs in).  The run, agent, persona and the user's groups are one statement, and
+    a run not started yet has no steps to read (its first claim stores started_at)."""
     async with env.database.transaction() as session:
-        run = await session.get(Run, run_id)
-        if run is None:
+        found = (await session.execute(_load_statement(), {"run_id": run_id})).one_or_none()
+        if found is None:
             return None
-        agent = await session.get(Agent, run.agent_id) if run.agent_id else None
-        persona = await session.get(Persona, run.persona_id) if run.persona_id else None
-        groups = frozenset((await session.scalars(
-            select(UserGroupMembership.group_id)
-            .where(UserGroupMembership.user_id == run.user_id))).all())
-        steps = [_Step(**{key: getattr(row, key) for key in _STEP_COLUMNS})
-                 for row in (await session.scalars(
-                     select(RunStep).where(RunStep.run_id == run_id)
-                     .order_by(RunStep.step_number))).all()]
+        run, agent, persona, group_ids = found
+        steps = [] if run.started_at is None else [
+            _Step(**{key: getattr(row, key) for key in _STEP_COLUMNS})
+            for row in (await session.scalars(
+                select(RunStep).where(RunStep.run_id == run_id)
+                .order_by(RunStep.step_number))).all()]
         principal = Principal(user_id=run.user_id, is_admin=False, kind="job",
-                              group_ids=groups)
+                              group_ids=frozenset(group_ids or ()))
         state = _State(run=run, agent=agent, persona=persona, principal=principal,
                        config=AgentConfig.model_validate(run.config or {}), steps=steps)
         if run.status in ("pending", "running"):  # grants and tools: see _offered_tools
@@ -269,6 +270,18 @@ async def _load(env: RunEnv, run_id: uuid.UUID) -> _State | None:
     run.tokens_out = sum(s.tokens_out for s in steps)
     run.cost = sum((s.cost for s in steps), Decimal(0))
     return state
+
+
+@functools.cache
+def _load_statement() -> Select[Any]:
+    """The run, its agent, its persona and its user's group ids, by ``run_id``."""
+    groups = (select(func.array_agg(UserGroupMembership.group_id))
+              .where(UserGroupMembership.user_id == Run.user_id)
+              .correlate(Run).scalar_subquery())
+    return (select(Run, Agent, Persona, groups)
+            .outerjoin(Agent, Agent.id == Run.agent_id)
+            .outerjoin(Persona, Persona.id == Run.persona_id)
+            .where(Run.id == bindparam("run_id")))
 
 
 async def _claim_step(session: AsyncSession, state: _State, **values: Any) -> _Step:
@@ -329,22 +342,25 @@ def _claim_step_statement() -> Insert:
 
 
 @functools.cache
-def _run_finish_statement() -> Update:
+def _run_finish_statement() -> Select[Any]:
+    """``WITH finished AS (UPDATE runs ... WHERE <open>), closed AS (UPDATE run_steps
+    <still running> ...) SELECT pg_notify(...) FROM finished``: an open run ends, a step a
+    timeout cut off is closed with it, and listeners hear ``end:<status>`` — or, for a
+    run ended meanwhile (cancelled), nothing happens and no row comes back."""
     runs = cast(Table, Run.__table__)
-    return (update(runs).where(runs.c.id == bindparam("run_id"), text(_OPEN))
-            .values({name: bindparam(name) for name in (
-                "status", "stop_reason", "output", "error_message", "completed_at",
-                "updated_at", "tokens_in", "tokens_out", "cost", "steps_count")})
-            .returning(runs.c.id))
-
-
-@functools.cache
-def _close_steps_statement() -> Update:
     steps = cast(Table, RunStep.__table__)
-    return (update(steps)
-            .where(steps.c.run_id == bindparam("run_id"), text("status = 'running'"))
-            .values(status=literal_column("'interrupted'"),
-                    finished_at=bindparam("finished_at"), error=bindparam("error")))
+    finished = (update(runs).where(runs.c.id == bindparam("run_id"), text(_OPEN))
+                .values({name: bindparam(name) for name in (
+                    "status", "stop_reason", "output", "error_message", "completed_at",
+                    "updated_at", "tokens_in", "tokens_out", "cost", "steps_count")})
+                .returning(runs.c.id).cte("finished"))
+    closed = (update(steps)
+              .where(steps.c.run_id.in_(select(finished.c.id)), text("status = 'running'"))
+              .values(status=literal_column("'interrupted'"),
+                      finished_at=bindparam("closed_at"), error=bindparam("closed_error"))
+              .cte("closed"))
+    return (select(func.pg_notify(bindparam("channel"), bindparam("event")).label("notified"))
+            .select_from(finished).add_cte(closed))
 
 
 _STEP_COLUMNS: Final = tuple(RunStep.__mapper__.columns.keys())
@@ -364,7 +380,7 @@ def _step_finish(extra: frozenset[str]) -> Update:
 # --- the tools offered --------------------------------------------------------------------
 
 
-def _idempotent(tool: Tool) -> bool:
+def _idempotent(tool: Any) -> bool:  # a Tool, or a row of _OFFER_COLUMNS
     """Safe to call again after a crash cut it off: the tool says so (MCP annotations), or
     it is a built-in that does not say otherwise (they read; send_email says it is not)."""
     hints = tool.annotations or {}
@@ -383,21 +399,14 @@ async def _offered_tools(session: AsyncSession, state: _State) -> dict[str, Offe
     if not wanted:
         return {}
     ids, names = split_tool_refs(wanted)
-    runner_id = state.run.user_id
-    usable = or_(Tool.user_id.is_(None), Tool.user_id == runner_id,
-                 Tool.id.in_(list(state.grants)))
-    rows = list((await session.scalars(
-        select(Tool).where(Tool.enabled, Tool.available, usable,
-                           Tool.id.in_(ids) | Tool.name.in_(names))
-        .order_by(Tool.created_at, Tool.id))).all())
+    params = {"runner_id": state.run.user_id, "granted": list(state.grants)}
+    rows = list((await session.execute(_permitted_tools_statement(), {
+        **params, "ids": ids, "names": names})).all())
     seen = {t.id for t in rows}
     frontier = list(seen)
     while frontier:  # the tools they require, transitively (the graph has no cycles)
-        required = list((await session.scalars(
-            select(Tool).join(ToolDependency, ToolDependency.depends_on_tool_id == Tool.id)
-            .where(ToolDependency.tool_id.in_(frontier),
-                   ToolDependency.dependency_type == "requires",
-                   Tool.enabled, Tool.available, usable))).all())
+        required = list((await session.execute(_required_tools_statement(), {
+            **params, "frontier": frontier})).all())
         frontier = [t.id for t in required if t.id not in seen]
         seen.update(frontier)
         rows.extend(t for t in required if t.id in frontier)
@@ -412,8 +421,40 @@ async def _offered_tools(session: AsyncSession, state: _State) -> dict[str, Offe
             description=(tool.description or tool.title or tool.name)[:1024],
             schema=tool.input_schema or {"type": "object"}, idempotent=_idempotent(tool),
             grant=state.grants.get(tool.id),
-            visible=tool.user_id is None or tool.user_id == runner_id)
+            visible=tool.user_id is None or tool.user_id == state.run.user_id)
     return offered
+
+
+def _usable_tool() -> Any:
+    """A tool the runner may use: global, the runner's own, or granted to the persona."""
+    return or_(Tool.user_id.is_(None), Tool.user_id == bindparam("runner_id"),
+               Tool.id.in_(bindparam("granted", expanding=True)))
+
+
+# What an offer needs of a tool: rows of these, not Tool entities (no identity map, and
+# not the description's embedding or the code).
+_OFFER_COLUMNS: Final = (Tool.id, Tool.name, Tool.title, Tool.description, Tool.input_schema,
+                         Tool.annotations, Tool.kind, Tool.user_id)
+
+
+@functools.cache
+def _permitted_tools_statement() -> Select[Any]:
+    """The agent's permitted tools (by ``ids`` or ``names``) the runner may use."""
+    return (select(*_OFFER_COLUMNS).where(
+        Tool.enabled, Tool.available, _usable_tool(),
+        Tool.id.in_(bindparam("ids", expanding=True))
+        | Tool.name.in_(bindparam("names", expanding=True)))
+        .order_by(Tool.created_at, Tool.id))
+
+
+@functools.cache
+def _required_tools_statement() -> Select[Any]:
+    """The usable tools that the ``frontier`` tools require."""
+    return (select(*_OFFER_COLUMNS)
+            .join(ToolDependency, ToolDependency.depends_on_tool_id == Tool.id)
+            .where(ToolDependency.tool_id.in_(bindparam("frontier", expanding=True)),
+                   ToolDependency.dependency_type == "requires",
+                   Tool.enabled, Tool.available, _usable_tool()))
 
 
 def _tool_specs(tools: dict[str, Offered]) -> list[dict[str, Any]] | None:
@@ -956,33 +997,47 @@ async def _finish_run(env: RunEnv, state: _State, stop: _Stop) -> str:
             "output": output, "error_message": stop.error, "completed_at": now,
             "updated_at": now, "tokens_in": state.run.tokens_in,
             "tokens_out": state.run.tokens_out, "cost": state.run.cost,
-            "steps_count": len(state.steps)})
+            "steps_count": len(state.steps), "closed_at": now,
+            "closed_error": f"stopped: {stop.reason}", "channel": EVENTS_CHANNEL,
+            "event": f"{state.run.id}:end:{stop.status}"})
         if not changed:
             return "cancelled"
         if state.run.system_prompt_id is not None:  # the prompt version's success rate
             await prompts.record_outcome(session, state.run.system_prompt_id,
                                          stop.status == "completed")
-        # A call cut off by the run's end (its timeout) leaves its step open: close it.
-        await driver_fetch(session, _close_steps_statement(), {
-            "run_id": state.run.id, "finished_at": now, "error": f"stopped: {stop.reason}"})
-        await record(session, f"agent.run.{'complete' if stop.status == 'completed' else 'fail'}",
-                     user_id=state.run.user_id, resource_type="run", resource_id=state.run.id,
-                     trace_id=state.run.trace_id, success=stop.status == "completed",
-                     error_message=stop.error,
-                     metadata={"stop_reason": stop.reason, "steps": len(state.steps),
-                               "tokens": state.run.tokens_in + state.run.tokens_out})
-        emit(session, "agent.run", {
+        audit = entry_values(
+            f"agent.run.{'complete' if stop.status == 'completed' else 'fail'}",
+            user_id=state.run.user_id, resource_type="run", resource_id=state.run.id,
+            trace_id=state.run.trace_id, success=stop.status == "completed",
+            error_message=stop.error,
+            metadata={"stop_reason": stop.reason, "steps": len(state.steps),
+                      "tokens": state.run.tokens_in + state.run.tokens_out})
+        event = event_values("agent.run", {
             "run_id": str(state.run.id), "agent_id": str(state.run.agent_id),
             "status": stop.status, "stop_reason": stop.reason, "steps": len(state.steps),
             "tokens_input": state.run.tokens_in, "tokens_output": state.run.tokens_out,
             "cost": str(state.run.cost or 0)}, user_id=state.run.user_id)
+        await flush_pending(session)
+        await driver_fetch(session, _run_records_statement(audit, event),
+                           {**prefixed("a_", audit), **prefixed("e_", event)})
         if stop.status == "completed" and output and state.config.learn:
             # Learned from after the run, by a job (the model's extraction is not the run's).
             state.run.output = output
             await memorytools.learn_from_run(session, state.principal, state.run,
                                              cipher=env.gateway.cipher)
-        await notify(session, state.run.id, f"end:{stop.status}")
     return stop.status
+
+
+_RUN_RECORDS: list[Insert] = []  # built once
+
+
+def _run_records_statement(audit: Mapping[str, Any], event: Mapping[str, Any]) -> Insert:
+    """The run's end as an audit record and an analytics event, in one statement
+    (``WITH analytics_event AS (INSERT ...) INSERT INTO audit_logs ...``)."""
+    if not _RUN_RECORDS:
+        _RUN_RECORDS.append(bound_insert(AuditLog, "a_", audit).add_cte(
+            bound_insert(AnalyticsEvent, "e_", event).cte("analytics_event")))
+    return _RUN_RECORDS[0]
 
 
 async def _use_prompt(env: RunEnv, state: _State) -> None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import functools
 import uuid
 from datetime import UTC, datetime, time
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy import Insert, Select, Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
 
 from roost.agents.catalog import require_active
 from roost.agents.models import OPEN_STEP_STATUSES, TERMINAL_RUN_STATUSES, Agent, Run, RunStep
@@ -19,6 +20,7 @@ from roost.audit.service import record
 from roost.billing import credits, limits
 from roost.config import get_settings
 from roost.db.base import utcnow, uuid7
+from roost.db.statements import with_defaults
 from roost.db.transaction import driver_fetch
 from roost.errors import Conflict, NotFound, PaymentRequired
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
@@ -58,36 +60,47 @@ async def create_run(
     already used by this user, the existing run (``created`` false)."""
     require_active(agent)
     assert actor.user_id is not None, "runs are a user's: the operator token cannot start one"
-    run_id = uuid7()
+    run_id, job_id, now = uuid7(), uuid7(), utcnow()
     trace = trace_id or f"run-{run_id}"
-    values = dict(
+    row: dict[str, Any] = dict.fromkeys(_RUN_COLUMNS)
+    row.update(with_defaults(Run, dict(
         id=run_id, agent_id=agent.id, persona_id=agent.persona_id, user_id=actor.user_id,
         trace_id=trace, idempotency_key=body.idempotency_key,
         status="pending", input=body.input, source=source, config=effective_config(agent),
-        created_at=utcnow(), updated_at=utcnow(),
-    )
-    stmt = pg_insert(Run).values(**values)
-    if body.idempotency_key is not None:
-        stmt = stmt.on_conflict_do_nothing(
-            index_elements=[Run.user_id, Run.idempotency_key],
-            index_where=Run.idempotency_key.is_not(None))
-    inserted = await session.scalar(stmt.returning(Run.id))
-    if inserted is None:  # the key was used: the first run is the answer
+        task_id=job_id, created_at=now, updated_at=now)))
+    inserted = await driver_fetch(session, _insert_run_statement(), {
+        **row, "channel": EVENTS_CHANNEL, "event": f"{run_id}:created"})
+    if not inserted:  # the key was used: the first run is the answer
         existing = await session.scalar(select(Run).where(
             Run.user_id == actor.user_id, Run.idempotency_key == body.idempotency_key))
         if existing is None:
             raise NotFound("the run with this idempotency key is not visible")
         return existing, False
     await _check_plan(session, actor.user_id, run_id)
-    job = await enqueue(session, RUN_TASK, {"run_id": str(run_id)})
-    await session.execute(update(Run).where(Run.id == run_id).values(task_id=job.id))
+    await enqueue(session, RUN_TASK, {"run_id": str(run_id)}, job_id=job_id)
     await record(session, "agent.run.create", user_id=actor.user_id, resource_type="run",
                  resource_id=run_id, trace_id=trace,
-                 metadata={"agent_id": str(agent.id), "source": source, "task_id": str(job.id)})
-    await notify(session, run_id, "created")
-    run = await session.get(Run, run_id, populate_existing=True)
-    assert run is not None
+                 metadata={"agent_id": str(agent.id), "source": source, "task_id": str(job_id)})
+    # The row as written, known to the session without reading it back.
+    run = Run(**row)
+    make_transient_to_detached(run)
+    session.add(run)
     return run, True
+
+
+_RUN_COLUMNS: Final = tuple(Run.__mapper__.columns.keys())
+
+
+@functools.cache
+def _insert_run_statement() -> Insert:
+    """The run with every column given, unless its idempotency key was used (no row
+    back then); listeners hear ``<id>:created`` from its ``RETURNING``."""
+    columns = Run.__mapper__.columns
+    return (pg_insert(cast(Table, Run.__table__))
+            .values({columns[key]: bindparam(key) for key in _RUN_COLUMNS})
+            .on_conflict_do_nothing(index_elements=[Run.user_id, Run.idempotency_key],
+                                    index_where=Run.idempotency_key.is_not(None))
+            .returning(func.pg_notify(bindparam("channel"), bindparam("event"))))
 
 
 async def _check_plan(session: AsyncSession, user_id: uuid.UUID, run_id: uuid.UUID) -> None:

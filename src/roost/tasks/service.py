@@ -180,6 +180,7 @@ class EnqueueOptions(TypedDict, total=False):
     max_retries: int | None
     idempotency_key: str | None
     queue: str | None
+    job_id: uuid.UUID | None  # the new job's id, when the caller stored it already
 
 
 async def enqueue(
@@ -209,6 +210,7 @@ async def enqueue_or_existing(
     max_retries: int | None = None,
     idempotency_key: str | None = None,
     queue: str | None = None,
+    job_id: uuid.UUID | None = None,
 ) -> tuple[BackgroundTask, bool]:
     """``enqueue`` that also says whether the job is new (False: the idempotency key was
     already used, and the job returned is the existing one).  The keywords are
@@ -221,6 +223,8 @@ async def enqueue_or_existing(
         max_retries=max_retries, queue=queue,
     )
     values["idempotency_key"] = idempotency_key
+    if job_id is not None:
+        values["id"] = job_id
     # A concurrent enqueue with the same key waits for ours to commit, then does nothing.
     row = (await session.execute(_INSERT_ONE, values)).one_or_none()
     if row is not None:
