@@ -16,6 +16,7 @@ from roost.db.engine import Database
 from roost.tasks.worker import Worker
 from tests.agents.conftest import Headers, make_agent, wait_for_run
 from tests.chat.conftest import add_provider, sse_events
+from tests.support.identity import make_user
 from tests.support.mcp_client import mcp_session
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Hang, Reply, ToolCalls
@@ -132,6 +133,34 @@ async def test_a_timeout_ends_the_run_and_closes_the_call_it_cut_off(
     end = "complete" if done["status"] == "completed" else "fail"
     assert ended[0] == ["agent.run.create", f"agent.run.{end}"]
     assert ended[1] == 1
+
+
+async def test_a_tool_comes_with_what_it_requires_in_its_users_graph_only(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    user_id, headers = user
+    bob_id, bob = await make_user(database)
+    await add_provider(client, admin_headers, stub)
+    builtins = {t["name"]: t["id"] for t in (await client.get(
+        "/api/v1/tools", params={"kind": "builtin"}, headers=headers)).json()["items"]}
+    # current_time -> knowledge_search -> web_fetch, in the user's own dependency graph.
+    for tool, needs in (("current_time", "knowledge_search"), ("knowledge_search", "web_fetch")):
+        added = await client.post(f"/api/v1/tools/{builtins[tool]}/dependencies",
+                                  headers=headers, json={"depends_on_tool_id": builtins[needs]})
+        assert added.status_code == 201, added.text
+    offered: dict[uuid.UUID, list[str]] = {}
+    for owner, owner_headers in ((user_id, headers), (bob_id, bob)):
+        agent = await make_agent(database, owner, tool_permissions=["current_time"])
+        stub.script(Reply("Done."))
+        done = await wait_for_run(client, owner_headers,
+                                  (await start(client, owner_headers, agent.id))["id"])
+        assert done["status"] == "completed", done
+        sent = stub.requests(path="/v1/chat/completions")[-1].body
+        offered[owner] = [t["function"]["name"] for t in sent["tools"]]
+    # Nearest first, transitively; another user's edges do not reach bob's runs.
+    assert offered[user_id] == ["current_time", "knowledge_search", "web_fetch"]
+    assert offered[bob_id] == ["current_time"]
 
 
 async def test_cancel_mid_call_closes_the_run_and_its_open_step(

@@ -253,3 +253,30 @@ async def test_missing_stdio_command_is_a_clear_failure(
     listed = (await client.get("/api/v1/mcp-servers", params={"health_status": "unhealthy"},
                                headers=admin_headers)).json()["items"]
     assert [s["name"] for s in listed] == ["ghost"]
+
+
+async def test_each_user_has_their_own_dependency_graph(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    _, alice = await make_user(database)
+    _, bob = await make_user(database)
+    _, carol = await make_user(database)
+    tools = {t["name"]: t["id"] for t in
+             (await client.get("/api/v1/tools", params={"kind": "builtin"}, headers=alice)).json()["items"]}
+    a, b = tools["knowledge_search"], tools["current_time"]
+
+    async def depend(headers: dict[str, str], tool: str, needs: str) -> httpx.Response:
+        return await client.post(f"/api/v1/tools/{tool}/dependencies", headers=headers,
+                                 json={"depends_on_tool_id": needs})
+
+    assert (await depend(alice, a, b)).status_code == 201
+    # The same edge in another user's graph, and the reverse one in a third's: neither
+    # sees alice's edge, as a duplicate or as a cycle.
+    assert (await depend(carol, a, b)).status_code == 201
+    assert (await depend(bob, b, a)).status_code == 201
+    assert (await depend(bob, a, b)).status_code == 409  # a cycle in bob's own graph
+    assert (await depend(carol, a, b)).status_code == 409  # carol's duplicate
+    listed = {who: [d["depends_on_tool_id"] for d in (await client.get(
+        f"/api/v1/tools/{tool}/dependencies", headers=headers)).json()]
+        for who, headers, tool in (("alice", alice, a), ("bob", bob, b), ("bob_a", bob, a))}
+    assert listed == {"alice": [b], "bob": [a], "bob_a": []}

@@ -50,17 +50,22 @@ import structlog
 from sqlalchemy import (
     Insert,
     Select,
+    String,
     Table,
     Update,
+    Uuid,
+    any_,
     bindparam,
     func,
     insert,
+    literal,
     literal_column,
     or_,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost import tracing
@@ -399,17 +404,9 @@ async def _offered_tools(session: AsyncSession, state: _State) -> dict[str, Offe
     if not wanted:
         return {}
     ids, names = split_tool_refs(wanted)
-    params = {"runner_id": state.run.user_id, "granted": list(state.grants)}
-    rows = list((await session.execute(_permitted_tools_statement(), {
-        **params, "ids": ids, "names": names})).all())
-    seen = {t.id for t in rows}
-    frontier = list(seen)
-    while frontier:  # the tools they require, transitively (the graph has no cycles)
-        required = list((await session.execute(_required_tools_statement(), {
-            **params, "frontier": frontier})).all())
-        frontier = [t.id for t in required if t.id not in seen]
-        seen.update(frontier)
-        rows.extend(t for t in required if t.id in frontier)
+    rows = (await session.execute(_offered_tools_statement(), {
+        "runner_id": state.run.user_id, "granted": list(state.grants), "ids": ids,
+        "names": names})).all()
     offered: dict[str, Offered] = {}
     for tool in rows:
         base = _FUNCTION_NAME.sub("_", tool.name)[:60] or "tool"
@@ -425,36 +422,47 @@ async def _offered_tools(session: AsyncSession, state: _State) -> dict[str, Offe
     return offered
 
 
-def _usable_tool() -> Any:
+def _usable(tools: Any) -> Any:
     """A tool the runner may use: global, the runner's own, or granted to the persona."""
-    return or_(Tool.user_id.is_(None), Tool.user_id == bindparam("runner_id"),
-               Tool.id.in_(bindparam("granted", expanding=True)))
+    return or_(tools.c.user_id.is_(None), tools.c.user_id == bindparam("runner_id"),
+               tools.c.id == any_(bindparam("granted", type_=ARRAY(Uuid))))
 
 
 # What an offer needs of a tool: rows of these, not Tool entities (no identity map, and
 # not the description's embedding or the code).
-_OFFER_COLUMNS: Final = (Tool.id, Tool.name, Tool.title, Tool.description, Tool.input_schema,
-                         Tool.annotations, Tool.kind, Tool.user_id)
+_OFFER_COLUMNS: Final = ("id", "name", "title", "description", "input_schema", "annotations",
+                         "kind", "user_id")
+_MAX_DEPENDENCY_DEPTH: Final = 32  # the graph has no cycles; this bounds the walk anyway
 
 
 @functools.cache
-def _permitted_tools_statement() -> Select[Any]:
-    """The agent's permitted tools (by ``ids`` or ``names``) the runner may use."""
-    return (select(*_OFFER_COLUMNS).where(
-        Tool.enabled, Tool.available, _usable_tool(),
-        Tool.id.in_(bindparam("ids", expanding=True))
-        | Tool.name.in_(bindparam("names", expanding=True)))
-        .order_by(Tool.created_at, Tool.id))
-
-
-@functools.cache
-def _required_tools_statement() -> Select[Any]:
-    """The usable tools that the ``frontier`` tools require."""
-    return (select(*_OFFER_COLUMNS)
-            .join(ToolDependency, ToolDependency.depends_on_tool_id == Tool.id)
-            .where(ToolDependency.tool_id.in_(bindparam("frontier", expanding=True)),
-                   ToolDependency.dependency_type == "requires",
-                   Tool.enabled, Tool.available, _usable_tool()))
+def _offered_tools_statement() -> Select[Any]:
+    """The agent's permitted tools (by ``ids`` or ``names``) the runner may use, then the
+    usable tools they require, transitively (``WITH RECURSIVE``), nearest first: one
+    statement, parameters as arrays (built once, no IN-list expansion per call)."""
+    tools = cast(Table, Tool.__table__)
+    deps = cast(Table, ToolDependency.__table__)
+    offered = (select(tools.c.id, literal(0).label("depth")).where(
+        tools.c.enabled, tools.c.available, _usable(tools),
+        or_(tools.c.id == any_(bindparam("ids", type_=ARRAY(Uuid))),
+            tools.c.name == any_(bindparam("names", type_=ARRAY(String)))))
+        .cte("offered", recursive=True))
+    required = tools.alias("required")
+    offered = offered.union_all(
+        select(required.c.id, offered.c.depth + 1)
+        .join_from(offered, deps, deps.c.tool_id == offered.c.id)
+        .join(required, required.c.id == deps.c.depends_on_tool_id)
+        .where(deps.c.dependency_type == "requires",
+               # a user's edges are that user's graph (tool_dependencies is owned)
+               or_(deps.c.user_id.is_(None), deps.c.user_id == bindparam("runner_id")),
+               required.c.enabled,
+               required.c.available, _usable(required),
+               offered.c.depth < _MAX_DEPENDENCY_DEPTH))
+    nearest = (select(offered.c.id, func.min(offered.c.depth).label("depth"))
+               .group_by(offered.c.id).subquery("nearest"))
+    return (select(*(tools.c[name] for name in _OFFER_COLUMNS))
+            .join(nearest, nearest.c.id == tools.c.id)
+            .order_by(nearest.c.depth, tools.c.created_at, tools.c.id))
 
 
 def _tool_specs(tools: dict[str, Offered]) -> list[dict[str, Any]] | None:

@@ -194,7 +194,9 @@ class ToolDependency(UUIDPrimaryKey, CreatedAt, Base):
     __table_args__ = (
         CheckConstraint(_in("dependency_type", DEPENDENCY_TYPES), name="dependency_type"),
         CheckConstraint("tool_id <> depends_on_tool_id", name="not_self"),
-        Index("uq_tool_dependencies_edge", "tool_id", "depends_on_tool_id", unique=True),
+        # An edge is unique within its owner's graph (each user's graph is their own).
+        Index("uq_tool_dependencies_edge", "user_id", "tool_id", "depends_on_tool_id",
+              unique=True, postgresql_nulls_not_distinct=True),
         Index("ix_tool_dependencies_depends_on", "depends_on_tool_id"),
     )
 

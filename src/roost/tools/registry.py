@@ -76,7 +76,7 @@ async def add_dependency(
     target = await get_tool(session, actor, depends_on)
     if tool.id == target.id:
         raise Conflict("a tool cannot depend on itself")
-    path = await _path(session, target.id, tool.id)
+    path = await _path(session, target.id, tool.id, actor.user_id)
     if path is not None:
         names = dict((await session.execute(
             select(Tool.id, Tool.name).where(Tool.id.in_(path))
@@ -84,8 +84,8 @@ async def add_dependency(
         shown = " -> ".join(names.get(p, str(p)) for p in [tool.id, *path])
         raise Conflict(f"this dependency would create a cycle: {shown}")
     exists = await session.scalar(select(ToolDependency.id).where(
-        ToolDependency.tool_id == tool.id, ToolDependency.depends_on_tool_id == target.id
-    ))
+        ToolDependency.tool_id == tool.id, ToolDependency.depends_on_tool_id == target.id,
+        _in_graph_of(actor.user_id)))
     if exists is not None:
         raise Conflict(f"{tool.name!r} already depends on {target.name!r}")
     edge = ToolDependency(tool_id=tool.id, depends_on_tool_id=target.id,
@@ -98,14 +98,22 @@ async def add_dependency(
     return edge
 
 
-async def _path(session: AsyncSession, start: uuid.UUID, goal: uuid.UUID) -> list[uuid.UUID] | None:
-    """A dependency path ``start -> ... -> goal`` over the visible edges, or None."""
+def _in_graph_of(user_id: uuid.UUID | None) -> Any:
+    """An edge of ``user_id``'s dependency graph: their own, or the system's (no owner).
+    Each user's graph is their own (an admin sees every user's edges, but their cycles
+    and duplicates are not the admin's); the runner follows the same edges."""
+    return or_(ToolDependency.user_id.is_(None), ToolDependency.user_id == user_id)
+
+
+async def _path(session: AsyncSession, start: uuid.UUID, goal: uuid.UUID,
+                user_id: uuid.UUID | None) -> list[uuid.UUID] | None:
+    """A dependency path ``start -> ... -> goal`` in ``user_id``'s graph, or None."""
     parents: dict[uuid.UUID, uuid.UUID | None] = {start: None}
     frontier = [start]
     while frontier:
         edges = (await session.execute(
             select(ToolDependency.tool_id, ToolDependency.depends_on_tool_id)
-            .where(ToolDependency.tool_id.in_(frontier))
+            .where(ToolDependency.tool_id.in_(frontier), _in_graph_of(user_id))
         )).tuples().all()
         frontier = []
         for source, dest in edges:
@@ -128,6 +136,7 @@ async def list_dependencies(
 ) -> list[ToolDependency]:
     await get_tool(session, actor, tool_id)
     return list((await session.scalars(
-        select(ToolDependency).where(ToolDependency.tool_id == tool_id)
+        select(ToolDependency).where(ToolDependency.tool_id == tool_id,
+                                     _in_graph_of(actor.user_id))
         .order_by(ToolDependency.created_at)
     )).all())
