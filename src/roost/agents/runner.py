@@ -372,14 +372,24 @@ _STEP_COLUMNS: Final = tuple(RunStep.__mapper__.columns.keys())
 
 
 @functools.cache
-def _step_finish(extra: frozenset[str]) -> Update:
+def _step_finish(extra: frozenset[str], audited: bool = False) -> Update:
+    """``UPDATE run_steps ... WHERE <running> RETURNING pg_notify(...)``; ``audited``: with
+    ``WITH audit_record AS (INSERT INTO audit_logs ...)`` (``a_`` parameters), inserted
+    whether or not the step was still running, as a separate record would be."""
     steps = cast(Table, RunStep.__table__)
     names = ("status", "output", "error", "tokens_in", "tokens_out", "cost", "finished_at",
              "duration_ms", *sorted(extra))
-    return (update(steps)
-            .where(steps.c.id == bindparam("step_id"), text("status = 'running'"))
-            .values({steps.c[name]: bindparam(name) for name in names})
-            .returning(func.pg_notify(bindparam("channel"), bindparam("event"))))
+    statement = (update(steps)
+                 .where(steps.c.id == bindparam("step_id"), text("status = 'running'"))
+                 .values({steps.c[name]: bindparam(name) for name in names})
+                 .returning(func.pg_notify(bindparam("channel"), bindparam("event"))))
+    if audited:
+        statement = statement.add_cte(
+            bound_insert(AuditLog, "a_", _AUDIT_KEYS).cte("audit_record"))
+    return statement
+
+
+_AUDIT_KEYS: Final = tuple(entry_values("agent.step"))  # every record has the same columns
 
 
 # --- the tools offered --------------------------------------------------------------------
@@ -581,30 +591,38 @@ async def _write_finish(
     session: AsyncSession, state: _State, step: _Step, *, status: str,
     output: dict[str, Any] | None = None, error: str | None = None, tokens_in: int = 0,
     tokens_out: int = 0, cost: Decimal = Decimal(0), finished_at: datetime | None = None,
-    **values: Any,
+    audit: Mapping[str, Any] | None = None, **values: Any,
 ) -> bool:
     """In the caller's transaction: the step's result, only while it is still running (a
-    cancelled run keeps what cancelling wrote); false when it was not."""
+    cancelled run keeps what cancelling wrote); false when it was not.  ``audit``: an
+    audit record's values (``entry_values``), written by the same statement either way."""
     now = finished_at or utcnow()
     started = step.started_at or now
-    changed = await driver_fetch(session, _step_finish(frozenset(values)), {
+    params = {
         "step_id": step.id, "status": status, "output": output, "error": error,
         "tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost, "finished_at": now,
         "duration_ms": int((now - started).total_seconds() * 1000), **values,
         "channel": EVENTS_CHANNEL,
-        "event": f"{state.run.id}:step:{step.step_number}:{status}"})
+        "event": f"{state.run.id}:step:{step.step_number}:{status}"}
+    if audit is not None:
+        await flush_pending(session)  # as audit.record would: the record may name them
+        params.update(prefixed("a_", audit))
+    changed = await driver_fetch(
+        session, _step_finish(frozenset(values), audit is not None), params)
     return bool(changed)
 
 
 async def _finish_step(
     session: AsyncSession, state: _State, step: _Step, *, status: str,
     output: dict[str, Any] | None = None, error: str | None = None, tokens_in: int = 0,
-    tokens_out: int = 0, cost: Decimal = Decimal(0), **values: Any,
+    tokens_out: int = 0, cost: Decimal = Decimal(0), audit: Mapping[str, Any] | None = None,
+    **values: Any,
 ) -> None:
     """The step's result, now, in the caller's transaction; :class:`_Cancelled` when the
-    run was cancelled meanwhile (the step is no longer running)."""
+    run was cancelled meanwhile (the step is no longer running; ``audit`` is written)."""
     if not await _write_finish(session, state, step, status=status, output=output, error=error,
-                               tokens_in=tokens_in, tokens_out=tokens_out, cost=cost, **values):
+                               tokens_in=tokens_in, tokens_out=tokens_out, cost=cost,
+                               audit=audit, **values):
         raise _Cancelled
     _settle(state, step, status=status, output=output, error=error, tokens_in=tokens_in,
             tokens_out=tokens_out, cost=cost)
@@ -783,17 +801,19 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
         output = {"content": result.content,
                   "tool_calls": [c.model_dump() for c in result.tool_calls],
                   "finish_reason": result.finish_reason, "model": result.model}
+        # The step's audit record goes with its result (one statement, either way).
+        audit = entry_values(
+            "agent.step.complete", user_id=state.run.user_id, resource_type="run",
+            resource_id=state.run.id, trace_id=state.run.trace_id,
+            metadata={"step_number": number, "type": "llm_call",
+                      "llm_request_id": str(outcome.request_id),
+                      "tool_calls": len(result.tool_calls)})
         with suppress(_Cancelled):  # cancelled meanwhile: the call's records still count
             await _finish_step(session, state, step, status="completed", output=output,
                                tokens_in=result.tokens_in, tokens_out=result.tokens_out,
-                               cost=Decimal(usage.credits_used if usage else 0))
+                               cost=Decimal(usage.credits_used if usage else 0), audit=audit)
             # The tool calls it asks for begin in the same transaction (one less a call).
             await _begin_tool_steps(session, env, state, result.tool_calls)
-        await record(session, "agent.step.complete", user_id=state.run.user_id,
-                     resource_type="run", resource_id=state.run.id, trace_id=state.run.trace_id,
-                     metadata={"step_number": number, "type": "llm_call",
-                               "llm_request_id": str(outcome.request_id),
-                               "tool_calls": len(result.tool_calls)})
         return result
 
     async def failed(session: AsyncSession, message: str, attempts: Sequence[Attempt]) -> None:

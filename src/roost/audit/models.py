@@ -69,13 +69,19 @@ class AuditLog(UUIDPrimaryKey, CreatedAt, Base):
         CheckConstraint(
             "event_category IN ('action', 'access', 'error', 'system')", name="event_category"
         ),
+        # Lookups on optional columns are partial (migration 0980): most records leave
+        # them empty, and a NULL entry per index per record is write cost for nothing.
         Index("ix_audit_logs_user_created", "user_id", "created_at"),
         Index("ix_audit_logs_action_created", "action", "created_at"),
         Index("ix_audit_logs_resource", "resource_type", "resource_id"),
-        Index("ix_audit_logs_persona_created", "persona_id", "created_at"),
-        Index("ix_audit_logs_run_id", "run_id"),
-        Index("ix_audit_logs_correlation_id", "correlation_id"),
-        Index("ix_audit_logs_trace_id", "trace_id"),
+        Index("ix_audit_logs_persona_created", "persona_id", "created_at",
+              postgresql_where=text("persona_id IS NOT NULL")),
+        Index("ix_audit_logs_run_id", "run_id",
+              postgresql_where=text("run_id IS NOT NULL")),
+        Index("ix_audit_logs_correlation_id", "correlation_id",
+              postgresql_where=text("correlation_id IS NOT NULL")),
+        Index("ix_audit_logs_trace_id", "trace_id",
+              postgresql_where=text("trace_id IS NOT NULL")),
         Index("ix_audit_logs_created_at", "created_at"),
         Index("ix_audit_logs_unlinked", "seq", postgresql_where=text("chain_seq IS NULL")),
     )
