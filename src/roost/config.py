@@ -282,8 +282,9 @@ class Settings(BaseSettings):
         "every other host must be a public internet address)"
     )
     tools_call_timeout_s: float = Field(
-        default=60.0, gt=0, le=3600, description="Deadline of one MCP request: a tool call, "
-        "a discovery (tools/list, every page) or a health check, start-up included"
+        default=60.0, gt=0, le=3600, description="Deadline of one MCP request: a tool call "
+        "(a long-lived stdio server's start is bounded by ROOST_TOOLS_STDIO_START_TIMEOUT_S "
+        "instead), a discovery (tools/list, every page) or a health check, start-up included"
     )
     tools_max_output_bytes: int = Field(
         default=256 * 1024, ge=1024, le=64 * 1024 * 1024,
@@ -295,6 +296,11 @@ class Settings(BaseSettings):
     tools_stdio_idle_s: float = Field(
         default=300.0, gt=0, description="A long-lived stdio MCP server process unused this "
         "long is stopped (started again by the next call)"
+    )
+    tools_stdio_start_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="How long a long-lived stdio MCP server "
+        "process may take to start and answer initialize; the call that starts it then has "
+        "its own ROOST_TOOLS_CALL_TIMEOUT_S (a slow start does not eat the call's deadline)"
     )
     tools_stdio_max_processes: int = Field(
         default=32, ge=1, le=1000, description="Stdio MCP server processes one Roost process "

@@ -10,6 +10,7 @@ id: which process served a call), ``crash`` (the process exits at once, as a cra
 and ``hang`` (blocks the server's event loop: it answers nothing, pings included).
 ``bonus`` exists only while the file named by ``ECHO_BONUS_FILE`` exists when the server
 starts, so a test can make the tool list change between two discoveries.
+``ECHO_START_DELAY_S`` makes the server wait that long before it serves (a slow start).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ if _bonus and Path(_bonus).exists():
 
 
 def main() -> None:
+    time.sleep(float(os.environ.get("ECHO_START_DELAY_S", "0")))
     if len(sys.argv) == 3 and sys.argv[1] == "--http":
         server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
     else:

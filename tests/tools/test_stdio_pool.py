@@ -143,6 +143,25 @@ async def test_timeouts_cancel_the_request_and_a_hung_server_is_replaced(
     await wait_gone(first)
 
 
+async def test_a_slow_start_does_not_count_against_the_first_calls_deadline(
+    pool: stdiopool.StdioPool,
+) -> None:
+    # The start has the pool's own deadline (20 s here): a 1 s call still succeeds on a
+    # server that takes 2 s to start, and the next calls reuse the started process.
+    server = spec(env={"ECHO_START_DELAY_S": "2"})
+    started = time.monotonic()
+    first = await call(pool, server, "pid", timeout_s=1.0)
+    assert time.monotonic() - started >= 2.0
+    assert await call(pool, server, "pid", timeout_s=1.0) == first
+    # A start past the pool's deadline fails with that reason, not as a call timeout.
+    strict = stdiopool.StdioPool(stdiopool.PoolLimits(start_timeout_s=0.5))
+    try:
+        with pytest.raises(mcpclient.McpError, match="no answer to initialize in time"):
+            await call(strict, spec(env={"ECHO_START_DELAY_S": "5"}), "pid", timeout_s=10.0)
+    finally:
+        await strict.close()
+
+
 async def test_changed_registration_idle_and_eviction_stop_processes() -> None:
     pool = stdiopool.StdioPool(stdiopool.PoolLimits(max_processes=2, idle_s=60,
                                                     start_timeout_s=20))

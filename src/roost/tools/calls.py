@@ -286,10 +286,11 @@ async def _run(
 
 
 def stdio_limits(cfg: ToolsConfig) -> stdiopool.PoolLimits:
-    """The stdio pool's limits from settings: a start is bounded by the call deadline, and
-    the ping after a timed-out call by a fraction of it (the next call waits for it)."""
+    """The stdio pool's limits from settings: a start has its own deadline (a server that
+    takes 20 s to start must not fail its first 5 s call), and the ping after a timed-out
+    call is bounded by a fraction of the call deadline (the next call waits for it)."""
     return stdiopool.PoolLimits(idle_s=cfg.stdio_idle_s, max_processes=cfg.stdio_max_processes,
-                                start_timeout_s=cfg.call_timeout_s,
+                                start_timeout_s=cfg.stdio_start_timeout_s,
                                 ping_timeout_s=min(5.0, cfg.call_timeout_s / 4))
 
 

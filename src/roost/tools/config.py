@@ -16,6 +16,7 @@ class ToolsConfig:
     app_role: str = "roost_app"
     stdio_idle_s: float = 300.0
     stdio_max_processes: int = 32
+    stdio_start_timeout_s: float = 60.0
     # Where lsp_diagnostics reads files (None: no workspace, the tool refuses).
     workspace_dir: Path | None = None
 
@@ -31,6 +32,7 @@ class ToolsConfig:
             app_role=settings.db_app_role,
             stdio_idle_s=settings.tools_stdio_idle_s,
             stdio_max_processes=settings.tools_stdio_max_processes,
+            stdio_start_timeout_s=settings.tools_stdio_start_timeout_s,
             workspace_dir=(settings.tools_workspace_dir or settings.data_dir / "workspace")
             .expanduser(),
         )

@@ -250,10 +250,18 @@ async def call_tool(
     pool: StdioPool | None = None,
 ) -> CallOutcome:
     """Call one tool; the result's JSON must fit in ``max_bytes``.  A stdio server's
-    session comes from ``pool`` when one is given (else a fresh process)."""
-    async with _guarded(spec, timeout_s, f"the call of {name!r}"), \
-            _call_session(spec, pool) as session:
-        result = await session.call_tool(name, arguments)
+    session comes from ``pool`` when one is given (else a fresh process, whose start-up
+    counts against ``timeout_s``)."""
+    doing = f"the call of {name!r}"
+    whole = timeout_s
+    if pool is not None and spec.transport == "stdio":
+        # The pool bounds a process's start (and the ping verdict a call may wait for)
+        # itself: the call's own deadline starts once its session is ready, so a server
+        # slow to start does not fail the first call.
+        whole += pool.limits.start_timeout_s + pool.limits.ping_timeout_s
+    async with _guarded(spec, whole, doing), _call_session(spec, pool) as session:
+        async with _guarded(spec, timeout_s, doing):
+            result = await session.call_tool(name, arguments)
         output = _dump(result)
         output.pop("resultType", None)
         output.pop("result_type", None)

@@ -63,7 +63,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.message import SessionMessage
 
-from roost.tools.mcpclient import McpError, ServerSpec, failure_of
+from roost.tools.mcpclient import McpError, McpTimeout, ServerSpec, failure_of
 
 log = structlog.get_logger(__name__)
 
@@ -218,6 +218,8 @@ class _Process:
 
 
 def _could_not_start(spec: ServerSpec, error: BaseException | None) -> str:
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]  # the task groups' wrapping
     if isinstance(error, TimeoutError):
         return "could not start: no answer to initialize in time"
     if error is None:
@@ -254,7 +256,9 @@ class StdioPool:
         except anyio.get_cancelled_exc_class():
             proc.suspect()  # timed out (or the caller went away): is the server alive?
             raise
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, McpTimeout):
+                proc.suspect()  # the call's deadline passed: is the server alive?
             if proc.crash is not None:
                 raise McpError(f"MCP server {spec.name!r} failed during the call: it "
                                f"{proc.crash}{self._retry_note(proc.key)}") from None
