@@ -95,7 +95,7 @@ async def test_users_and_tasks_tables_print_ids_whole(
 def test_commands_log_nothing_unless_verbose(tmp_path: Path) -> None:
     """On the embedded server: no `embedded_postgres_ready` line unless asked for."""
     env = {"ROOST_DATA_DIR": str(tmp_path / "data")}
-    quiet = run_roost("db", "current", env=env)
+    quiet = run_roost("db", "current", env=env, fresh=True)  # start-up logs nothing either
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == "" and "embedded_postgres" not in quiet.stdout
     loud = run_roost("-v", "db", "current", env=env)
@@ -121,7 +121,8 @@ async def test_local_model_loading_prints_no_progress_bars(
     doc = tmp_path / "note.md"
     doc.write_text("# Note\n\nA short document to embed with the local model.\n")
     env = _env(pg_server, db_name, tmp_path, ROOST_KNOWLEDGE_EMBEDDING_PROVIDER="local")
-    out = await asyncio.to_thread(run_roost, "ingest", str(doc), "--user", "quiet", env=env)
+    out = await asyncio.to_thread(run_roost, "ingest", str(doc), "--user", "quiet", env=env,
+                                  fresh=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "success" in out.stdout
     assert out.stderr == "", out.stderr

@@ -50,14 +50,14 @@ def test_a_command_imports_only_its_own_domain() -> None:
 
 
 def test_help_lists_every_command_and_a_typo_suggests_a_lazy_one() -> None:
-    shown = run_roost("--help", env={})
+    shown = run_roost("--help", env={}, fresh=True)
     assert shown.returncode == 0, shown.stderr
     for name in [*domains.cli_commands(), "serve", "db", "doctor", "backup"]:
         assert f" {name} " in shown.stdout, name
-    typo = run_roost("toolz", "list", env={})
+    typo = run_roost("toolz", "list", env={}, fresh=True)
     assert typo.returncode == 2
     assert "Did you mean 'tools'?" in typo.stderr
-    keys = run_roost("keys", "--help", env={})  # one group, two domains
+    keys = run_roost("keys", "--help", env={}, fresh=True)  # one group, two domains
     assert "rotate-messages" in keys.stdout and "create" in keys.stdout
 
 

@@ -4,7 +4,6 @@ periodic cleanup registered with the task queue (point 2)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -17,15 +16,12 @@ from sqlalchemy import select, update
 from roost.db.engine import Database
 from roost.identity.models import Session
 from tests.identity.conftest import PASSWORD, login, password_user
-from tests.support.cli import ROOST
+from tests.support.cli import run_roost
 from tests.support.pg import PgTestServer
 
 
 def _roost(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
-    full.update(env, COLUMNS="200")
-    return subprocess.run([ROOST, *args], env=full, input=stdin, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return run_roost(*args, env=env, stdin=stdin)
 
 
 async def test_cli_users_and_keys(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,17 +12,14 @@ from sqlalchemy import text
 from roost.db.engine import Database
 from roost.tasks import service
 from roost.tasks.worker import reap_expired
+from tests.support.cli import run_roost
 from tests.support.sql import scalar
 from tests.tasks import handlers  # noqa: F401  (registers the test task types)
-from tests.tasks.support import REPO, ROOST
+from tests.tasks.support import REPO
 
 
 def _roost(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
-    full.update(env)
-    full["COLUMNS"] = "250"
-    return subprocess.run([ROOST, *args], env=full, cwd=REPO, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return run_roost(*args, env=env, cwd=REPO)
 
 
 def _env(pg_server: Any, db_name: str, tmp_path: Path) -> dict[str, str]:
