@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib.util
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,7 +26,13 @@ from roost.db.engine import Database, create_database
 from roost.db.migrate import upgrade
 from roost.keyfiles import KeyMaterial
 from tests.support.openai_stub import StubServer, start_stub
-from tests.support.pg import TEMPLATE_DB, PgTestServer, external_url, make_url, unique_db_name
+from tests.support.pg import (
+    TEMPLATE_DB,
+    DatabaseSupply,
+    PgTestServer,
+    external_url,
+    make_url,
+)
 
 # pytest-xdist's workers set COLUMNS=80 and LINES=24: every process a test starts would
 # then print for an 80-column terminal (rich wraps tables), unlike a serial run.
@@ -112,13 +120,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def memory_backed_dir(min_free: int = 2 << 30) -> str | None:
+    """``/dev/shm`` when it is a writable tmpfs with room, else None (the default temp
+    dir).  The run's cluster is thrown away at the end, and on a VM disk each commit's
+    fsync and each test database's ~1,600 files cost 5-10 times more: CREATE DATABASE
+    from the template took 0.4-1 s there, 0.1 s in memory."""
+    shm = Path("/dev/shm")
+    try:
+        usable = shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free >= min_free
+    except OSError:
+        return None
+    return str(shm) if usable else None
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgTestServer]:
     url = external_url()
     if url is not None:
         yield PgTestServer(admin_url=url)
         return
-    with tempfile.TemporaryDirectory(prefix="roost-test-pg-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="roost-test-pg-", dir=memory_backed_dir()) as tmp:
         server = start_embedded(Path(tmp) / "pg", delete_on_exit=True)
         try:
             yield PgTestServer(admin_url=make_url(server.url("postgres")))
@@ -163,12 +184,19 @@ def test_keys() -> KeyMaterial:
     )
 
 
+@pytest.fixture(scope="session")
+def database_supply(pg_server: PgTestServer, template_db: str) -> Iterator[DatabaseSupply]:
+    supply = DatabaseSupply(pg_server, template_db)
+    yield supply
+    supply.close()
+
+
 @pytest_asyncio.fixture(loop_scope="session")
-async def db_name(pg_server: PgTestServer, template_db: str) -> AsyncIterator[str]:
-    name = unique_db_name()
-    await pg_server.create_database(name, template=template_db)
+async def db_name(database_supply: DatabaseSupply) -> AsyncIterator[str]:
+    """A fresh database cloned from the template (made while the previous test ran)."""
+    name = await asyncio.to_thread(database_supply.take)
     yield name
-    await pg_server.drop_database(name)
+    database_supply.give_back(name)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

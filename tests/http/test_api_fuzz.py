@@ -5,6 +5,10 @@ Schemathesis generates valid and invalid requests for every operation in
 checks that no input causes a 5xx, that every status, content type and body is one the
 document declares for that operation, that invalid input is refused, and that a method
 the path does not serve answers 405 with a correct ``Allow`` header.
+
+The coverage phase sends every operation its deterministic boundary and invalid values
+(about 13,000 requests); the fuzzing and stateful phases add random ones, 6 per operation
+(each random case costs about three coverage cases: 6 keeps the test near two minutes).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def test_every_operation_keeps_its_documented_contract(
             result = subprocess.run(
                 [SCHEMATHESIS, "run", f"{server.base_url}/openapi.json",
                  "--checks", CHECKS, "--header", f"Authorization: Bearer {token}",
-                 "--max-examples", "15", "--seed", "20261125", "--request-timeout", "20",
+                 "--max-examples", "6", "--seed", "20261125", "--request-timeout", "20",
                  "--exclude-path", "/metrics", *NO_OUTBOUND],
                 capture_output=True, text=True, timeout=900, check=False,
             )
