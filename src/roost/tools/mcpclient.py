@@ -183,10 +183,16 @@ def pinned_http_client(
     )
 
 
-def failure_of(spec: ServerSpec, exc: BaseException) -> McpError:
-    """A safe, actionable message for whatever went wrong talking to the server."""
+def innermost(exc: BaseException) -> BaseException:
+    """What an exception group of one (the SDK's task groups wrap errors) holds."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
+    return exc
+
+
+def failure_of(spec: ServerSpec, exc: BaseException) -> McpError:
+    """A safe, actionable message for whatever went wrong talking to the server."""
+    exc = innermost(exc)
     if isinstance(exc, FileNotFoundError):
         return McpError(f"MCP server {spec.name!r}: command {spec.command!r} was not found")
     if isinstance(exc, PermissionError):

@@ -63,7 +63,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.message import SessionMessage
 
-from roost.tools.mcpclient import McpError, McpTimeout, ServerSpec, failure_of
+from roost.tools.mcpclient import McpError, McpTimeout, ServerSpec, failure_of, innermost
 
 log = structlog.get_logger(__name__)
 
@@ -218,12 +218,10 @@ class _Process:
 
 
 def _could_not_start(spec: ServerSpec, error: BaseException | None) -> str:
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]  # the task groups' wrapping
-    if isinstance(error, TimeoutError):
-        return "could not start: no answer to initialize in time"
     if error is None:
         return "could not start"
+    if isinstance(innermost(error), TimeoutError):
+        return "could not start: no answer to initialize in time"
     detail = failure_of(spec, error).detail
     return "could not start: " + detail.split(": ", 1)[-1]
 
