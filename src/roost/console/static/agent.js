@@ -65,6 +65,9 @@ function render() {
 async function load() {
   agent = await api(`/api/v1/agents/${agentId}`);
   render();
+  // Disabled until it holds the agent: what is typed earlier would be overwritten
+  // (or, mid-keystroke, mixed with the loaded name).
+  document.getElementById("edit-fields").disabled = false;
 }
 
 function runRow(run) {

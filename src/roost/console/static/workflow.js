@@ -173,6 +173,10 @@ async function load() {
   const workflow = await api(BASE);
   setSaved(workflow);
   setEditor(workflow);
+  // The forms stay disabled until they hold the workflow: what is typed earlier would be
+  // overwritten (or, mid-keystroke, mixed with the loaded value).
+  for (const fieldset of document.querySelectorAll("fieldset.loads")) fieldset.disabled = false;
+  $("edit-status").disabled = false;
 }
 
 // --- versions, publish, rollback, diff ----------------------------------------------------------
