@@ -15,14 +15,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
 from sqlalchemy.exc import DBAPIError
 
 from roost.app import create_app
 from roost.config import Settings
 from roost.db.engine import Database
-from roost.db.transaction import begin_with_settings
-from roost.identity.tenancy import apply_principal
+from roost.db.transaction import begin_with_settings, driver_fetch
+from roost.identity.tenancy import apply_principal, scope_lazily
 from roost.keyfiles import KeyMaterial
 from roost.knowledge import search as search_mod
 from roost.principal import Principal
@@ -228,3 +228,42 @@ async def test_a_scoped_transaction_sends_its_scope_with_its_begin(database: Dat
         assert not await begin_with_settings(session, {"roost.user_id": "x'; SELECT 1; --"})
         await apply_principal(session, bob_job)
         assert (await session.execute(text("SELECT count(*) FROM api_keys"))).scalar_one() == 1
+
+
+async def test_a_lazily_scoped_transaction_sends_its_scope_with_its_first_statement(
+    database: Database,
+) -> None:
+    """``scope_lazily`` (the tool-call paths): a transaction whose first statement goes
+    straight to the driver (a prebuilt record) sends BEGIN and the scope as one round
+    trip; one whose first statement is an ORM query sends the scope before it; either
+    way row-level security holds, and a transaction that sends nothing sends nothing."""
+    alice, _ = await make_user(database, username="alice-lazy")
+    bob, _ = await make_user(database, username="bob-lazy")
+    bob_job = Principal(user_id=bob, is_admin=False, kind="job")
+    owners_sql = select(text("user_id")).select_from(text("api_keys"))
+    with statements(database) as sent:
+        async with database.transaction() as session:
+            scope_lazily(session, bob_job)
+            owners = [row[0] for row in await driver_fetch(session, owners_sql, {})]
+        await asyncio.sleep(0.05)  # asyncpg's query logger reports through call_soon
+    assert owners == [bob]
+    # BEGIN with the scope, the query, COMMIT (the driver's log arrives late: any order)
+    assert len(sent) == 3, sent
+    assert sum(s.startswith("BEGIN; SELECT set_config('roost.user_id', '") for s in sent) == 1
+
+    with statements(database) as sent:
+        async with database.transaction() as session:
+            scope_lazily(session, bob_job)
+            orm_owners = (await session.execute(owners_sql)).scalars().all()
+            again = [row[0] for row in await driver_fetch(session, owners_sql, {})]
+        async with database.transaction() as session:
+            scope_lazily(session, bob_job)  # nothing asked: nothing sent
+        await asyncio.sleep(0.05)
+    assert orm_owners == again == [bob]
+    # BEGIN, the scope, the ORM query, the driver's query (not the scope again), COMMIT
+    assert len(sent) == 5, sent
+    assert sum("set_config('roost.user_id'" in s for s in sent) == 1
+
+    async with database.transaction() as session:  # unscoped: every owner
+        seen = {row[0] for row in await driver_fetch(session, owners_sql, {})}
+    assert {alice, bob} <= seen

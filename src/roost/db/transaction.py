@@ -19,17 +19,42 @@ from typing import Any
 
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql import ClauseElement
 
 _drivers: weakref.WeakKeyDictionary[SessionTransaction, Any] = weakref.WeakKeyDictionary()
 _settings: weakref.WeakKeyDictionary[SessionTransaction, dict[str, str]] = weakref.WeakKeyDictionary()
+# Sessions whose transactions begin with settings (settings_on_begin), and the sessions
+# begin_with_settings is beginning right now (their after_begin listeners stand aside).
+_on_begin: weakref.WeakKeyDictionary[Session, dict[str, str]] = weakref.WeakKeyDictionary()
+_beginning: weakref.WeakSet[Session] = weakref.WeakSet()
+
+
+def settings_on_begin(session: AsyncSession, values: Mapping[str, str]) -> None:
+    """Each of the session's transactions that :func:`driver_connection` begins sends
+    ``values`` with its ``BEGIN`` (:func:`begin_with_settings`: one round trip).  A
+    transaction begun by an ORM statement instead relies on the caller's ``after_begin``
+    listener (``roost.identity.tenancy.scope_lazily``), which stands aside while
+    :func:`beginning_with_settings` says so."""
+    _on_begin[session.sync_session] = dict(values)
+
+
+def beginning_with_settings(session: AsyncSession) -> bool:
+    """Whether :func:`begin_with_settings` is beginning the session's transaction now
+    (and sends its settings itself)."""
+    return session.sync_session in _beginning
 
 
 async def driver_connection(session: AsyncSession) -> Any:
     """The asyncpg connection under the session's transaction (begun if need be)."""
     transaction = session.sync_session.get_transaction()
     driver = _drivers.get(transaction) if transaction is not None else None
+    if driver is None and transaction is not None:
+        values = _on_begin.get(session.sync_session)
+        noted = _settings.get(transaction, {})
+        if values is not None and any(noted.get(k) != v for k, v in values.items()) \
+                and await begin_with_settings(session, values):
+            return _drivers[transaction]
     if driver is None:
         conn = await session.connection()
         raw = await conn.get_raw_connection()
@@ -72,24 +97,37 @@ class _BegunTransaction:
 async def begin_with_settings(session: AsyncSession, values: Mapping[str, str]) -> bool:
     """Begin the session's transaction on its connection together with ``values``
     (``SET LOCAL`` by ``set_config``): ``BEGIN; SELECT set_config(...)`` as one simple
-    query, one round trip instead of two.  False, and nothing sent, when the transaction
-    has begun on the connection already or a value is not a plain literal (the caller
-    sends its settings as a statement of their own then)."""
+    query, one round trip instead of two (when the transaction has begun on the
+    connection already, or does not begin with a plain ``BEGIN``: the settings as a
+    statement of their own).  False, and nothing sent, when the driver connection is in
+    use already or a value is not a plain literal (the caller sends its settings as a
+    statement of their own then)."""
     transaction = session.sync_session.get_transaction()
     if transaction is None or transaction in _drivers:
         return False
     if not all(_LITERAL.fullmatch(part) for item in values.items() for part in item):
         return False
-    conn = await session.connection()
+    _beginning.add(session.sync_session)
+    try:
+        conn = await session.connection()
+    finally:
+        _beginning.discard(session.sync_session)
     raw = await conn.get_raw_connection()
     adapted = raw.dbapi_connection
-    begin = _BEGIN.get(getattr(adapted, "isolation_level", "?"))
-    if (begin is None or getattr(adapted, "_transaction", True) is not None
-            or adapted.readonly or adapted.deferrable):  # type: ignore[union-attr]
-        return False
     driver = raw.driver_connection
     assert driver is not None
+    begin = _BEGIN.get(getattr(adapted, "isolation_level", "?"))
     sets = ", ".join(f"set_config('{name}', '{value}', true)" for name, value in values.items())
+    if (begin is None or getattr(adapted, "_transaction", True) is not None
+            or adapted.readonly or adapted.deferrable):  # type: ignore[union-attr]
+        # Begun already, or not a plain BEGIN: as driver_connection begins it, then the
+        # settings (two round trips; the after_begin listeners stood aside).
+        if getattr(adapted, "_transaction", True) is None:
+            await adapted._start_transaction()  # type: ignore[union-attr]
+        await driver.execute(f"SELECT {sets}")
+        _drivers[transaction] = driver
+        note_settings(session, values)
+        return True
     # The adapter tracks the transaction it would have begun itself, and ends it through
     # this object (SQLAlchemy < 2.2, as driver_connection relies on; the round trips and
     # the scope's end are checked by tests/identity/test_request_overhead.py).

@@ -32,7 +32,13 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from roost.db.transaction import begin_with_settings, local_settings, note_settings
+from roost.db.transaction import (
+    begin_with_settings,
+    beginning_with_settings,
+    local_settings,
+    note_settings,
+    settings_on_begin,
+)
 
 DEFAULT_APP_ROLE = "roost_app"
 _ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -119,9 +125,12 @@ def scope_lazily(
         values["role"] = params["role"]
 
     def began(_session: Session, _transaction: Any, connection: Connection) -> None:
+        if beginning_with_settings(session):
+            return  # a driver-level statement comes first: the scope goes with its BEGIN
         connection.execute(statement, values)
         note_settings(session, params)
 
+    settings_on_begin(session, params)
     event.listen(session.sync_session, "after_begin", began)
 
 
