@@ -128,12 +128,21 @@ async def test_usage_by_provider_agent_and_api_key_with_cost_and_stream_metrics(
                              params={"group_by": "planet"})).status_code == 422
 
     async with database.transaction() as s:
-        kinds = [r.event_type for r in (await s.execute(text(
-            "SELECT event_type FROM streaming_analytics WHERE user_id = :u "
-            "ORDER BY chunk_number, event_type"), {"u": user_id})).all()]
+        metrics = (await s.execute(text(
+            "SELECT event_type, stream_id, model, provider, latency_ms FROM streaming_analytics "
+            "WHERE user_id = :u ORDER BY chunk_number, event_type"), {"u": user_id})).all()
+        streamed_request = (await s.execute(text(
+            "SELECT id FROM llm_requests WHERE user_id = :u AND id::text IN "
+            "(SELECT stream_id FROM streaming_analytics)"), {"u": user_id})).scalars().all()
+        kinds = [m.event_type for m in metrics]
         outbox = (await s.execute(text(
             "SELECT event_type, event_data FROM clickhouse_analytics WHERE user_id = :u "
             "AND event_type = 'llm.call'"), {"u": user_id})).all()
     assert kinds[0] == "first_token" and kinds[-1] == "done"
+    # one stream, of the streamed request, each row naming its model and provider
+    assert len(streamed_request) == 1
+    assert {(m.stream_id, m.model, m.provider) for m in metrics} == {
+        (str(streamed_request[0]), "gpt-4o", "stub")}
+    assert all(m.latency_ms >= 0 for m in metrics)
     assert len(outbox) == 2 and {o.event_data["provider"] for o in outbox} == {"stub"}
     assert all(Decimal(o.event_data["cost"]) > 0 for o in outbox)

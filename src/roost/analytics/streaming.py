@@ -17,10 +17,14 @@ timestamps are the wall clock at creation plus that latency.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final, cast
+
+from sqlalchemy import ARRAY, Insert, Table, bindparam, func, insert, select
 
 from roost.analytics.models import StreamingMetric
 from roost.db.base import utcnow, uuid7
@@ -94,3 +98,29 @@ class StreamMeter:
                for n, ms, delta in self._samples]
         out.append(row("done", self._chunks, self._total_ms, self._total_tokens))
         return out
+
+
+# A stream's rows differ in these columns and share the others (row_values).
+_PER_ROW: Final = ("id", "event_type", "chunk_number", "latency_ms", "tokens_delta", "timestamp")
+_SHARED: Final = ("stream_id", "user_id", "model", "provider")
+
+
+@functools.cache
+def rows_insert() -> Insert:
+    """``INSERT INTO streaming_analytics ... SELECT ... FROM unnest(...)``: a stream's rows
+    (:meth:`StreamMeter.row_values`) as one statement with a fixed number of parameters
+    (:func:`rows_params`), so it can be a CTE of the call's own record statement
+    (``roost.llm.records.record_success``) instead of a round trip of its own."""
+    table = cast(Table, StreamingMetric.__table__)
+    rows = func.unnest(*(bindparam(f"m_{name}", type_=ARRAY(table.c[name].type))
+                         for name in _PER_ROW)).table_valued(*_PER_ROW).render_derived("metric")
+    shared = (bindparam(f"m_{name}", type_=table.c[name].type) for name in _SHARED)
+    return insert(table).from_select(
+        [*_PER_ROW, *_SHARED], select(*(rows.c[name] for name in _PER_ROW), *shared))
+
+
+def rows_params(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The parameters of :func:`rows_insert` for ``rows`` (one stream's, at least one)."""
+    params = {f"m_{name}": [row[name] for row in rows] for name in _PER_ROW}
+    params.update({f"m_{name}": rows[0][name] for name in _SHARED})
+    return params

@@ -34,12 +34,11 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost import tracing
-from roost.analytics.models import StreamingMetric
 from roost.analytics.streaming import StreamMeter
 from roost.audit import service as audit
 from roost.billing import credits, limits
 from roost.billing.credits import Reservation
-from roost.db.statements import flush_pending, insert_row, insert_rows
+from roost.db.statements import flush_pending, insert_row
 from roost.llm.base import elapsed_ms
 from roost.llm.errors import ProviderError
 from roost.llm.execution import CallStream, execute, execute_embedding
@@ -205,17 +204,17 @@ async def _store_success(
     gateway: LLMGateway, call: PendingCall, outcome: CallOutcome,
     on_success: SuccessHook[Any] | None, meter: StreamMeter | None = None,
 ) -> Any:
+    metrics: list[dict[str, Any]] = []
+    if meter is not None:  # a streamed answer: its time to first token and chunks
+        meter.finish(outcome.result.tokens_out)
+        metrics = meter.row_values(str(call.request_id), call.principal.user_id,
+                                   outcome.result.model or call.route.model, outcome.winner.name)
     async with gateway.transaction(call.principal) as session:
-        if meter is not None:  # a streamed answer: its time to first token and chunks
-            meter.finish(outcome.result.tokens_out)
-            await insert_rows(session, StreamingMetric, meter.row_values(
-                str(call.request_id), call.principal.user_id,
-                outcome.result.model or call.route.model, outcome.winner.name))
         await record_success(
             session, gateway, call.principal, outcome, request_type=call.request_type,
             session_id=call.session_id, run_id=call.run_id, agent_id=call.agent_id,
             audit_action=None if on_success is not None else "llm.request.complete",
-            reservation=call.reservation,
+            reservation=call.reservation, stream_metrics=metrics,
         )
         return outcome if on_success is None else await on_success(session, outcome)
 

@@ -20,6 +20,7 @@ from typing import Any, Final, cast
 from sqlalchemy import Insert, Table, Update, bindparam, literal_column, null, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.analytics import streaming
 from roost.analytics.models import AnalyticsEvent
 from roost.analytics.outbox import emit, event_values
 from roost.audit import service as audit
@@ -170,11 +171,13 @@ async def record_success(
     session: AsyncSession, gateway: LLMGateway, principal: Principal, outcome: CallOutcome, *,
     request_type: str, session_id: uuid.UUID | None = None, audit_action: str | None = None,
     run_id: uuid.UUID | None = None, agent_id: uuid.UUID | None = None,
-    reservation: Reservation | None = None,
+    reservation: Reservation | None = None, stream_metrics: Sequence[dict[str, Any]] = (),
 ) -> UsageRecord:
     """Responses, usage, status ``completed``; audited unless the caller audits itself.
     ``run_id``/``agent_id``: the agent run the call was made for (usage per run);
-    ``reservation``: the credits held for the call, settled here with the actual amount."""
+    ``reservation``: the credits held for the call, settled here with the actual amount;
+    ``stream_metrics``: a streamed answer's ``streaming_analytics`` rows
+    (``StreamMeter.row_values``), written by the same statement."""
     user_id = principal.user_id
     await flush_pending(session)  # the caller's rows first
     result = outcome.result
@@ -203,9 +206,11 @@ async def record_success(
     # status in one statement (an ORM flush of the three rows was most of the call's
     # recording time); further attempts (fallbacks, ensembles) in one more.
     first = responses[:1]
-    await driver_fetch(session, _success_statement(usage_values, event, *first), {
+    await driver_fetch(session, _success_statement(usage_values, event, *first,
+                                                   metered=bool(stream_metrics)), {
         **(prefixed("r_", first[0]) if first else {}), **prefixed("u_", usage_values),
-        **prefixed("e_", event), "q_id": outcome.request_id, "q_completed_at": utcnow()})
+        **prefixed("e_", event), **(streaming.rows_params(stream_metrics) if stream_metrics else {}),
+        "q_id": outcome.request_id, "q_completed_at": utcnow()})
     if len(responses) > 1:
         await session.execute(_responses_statement(responses[0]),
                               [prefixed("r_", r) for r in responses[1:]])
@@ -221,27 +226,32 @@ async def record_success(
     return usage
 
 
-_SUCCESS: dict[bool, Update] = {}  # built once (bench/agents: building it per call costs)
+# Built once per shape (bench/agents: building it per call costs).
+_SUCCESS: dict[tuple[bool, bool], Update] = {}
 _RESPONSES: list[Insert] = []
 
 
 def _success_statement(usage: dict[str, Any], event: dict[str, Any],
-                       response: dict[str, Any] | None = None) -> Update:
+                       response: dict[str, Any] | None = None, *, metered: bool = False) -> Update:
     """``WITH llm_response AS (INSERT ...), usage_record AS (INSERT ...), analytics_event
-    AS (INSERT ...) UPDATE llm_requests SET status = 'completed' ...`` (without the
-    response when the call left no attempt)."""
-    statement = _SUCCESS.get(response is not None)
+    AS (INSERT ...), stream_metrics AS (INSERT ...) UPDATE llm_requests SET status =
+    'completed' ...`` (without the response when the call left no attempt, without the
+    stream's metrics unless ``metered``)."""
+    shape = (response is not None, metered)
+    statement = _SUCCESS.get(shape)
     if statement is None:
         table = cast(Table, LLMRequest.__table__)
         ctes = [bound_insert(UsageRecord, "u_", usage).cte("usage_record"),
                 bound_insert(AnalyticsEvent, "e_", event).cte("analytics_event")]
         if response is not None:
             ctes.insert(0, bound_insert(LLMResponse, "r_", response).cte("llm_response"))
+        if metered:
+            ctes.append(streaming.rows_insert().cte("stream_metrics"))
         statement = (update(table).where(table.c.id == bindparam("q_id"))
                      .values(status=literal_column("'completed'"),
                              completed_at=bindparam("q_completed_at"), error_message=null())
                      .add_cte(*ctes))
-        _SUCCESS[response is not None] = statement
+        _SUCCESS[shape] = statement
     return statement
 
 
