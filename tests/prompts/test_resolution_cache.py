@@ -41,6 +41,19 @@ async def _until(database: Database, user_id: uuid.UUID, key: str, expected: str
         await asyncio.sleep(0.05)
 
 
+async def _notifications_settled(database: Database, timeout_s: float = 10) -> None:
+    """Every notification of the transactions committed so far has reached the cache:
+    they arrive in commit order, so once a marker sent now has, they all have."""
+    generation = cache.CACHE.generation
+    async with database.transaction() as session:
+        await session.execute(text("SELECT pg_notify(:channel, 'test-marker')"),
+                              {"channel": cache.CHANNEL})
+    deadline = time.monotonic() + timeout_s
+    while cache.CACHE.generation == generation:
+        assert time.monotonic() < deadline, "the marker notification never arrived"
+        await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 async def listening(database: Database) -> AsyncIterator[None]:
     async with listening_to(database):
@@ -56,6 +69,10 @@ async def test_resolutions_are_cached_and_dropped_by_every_change_they_depend_on
     assert await _use(database, user_id, "greeting") is None  # "no version" is cached too
     v1 = await publish(client, headers, "greeting", "Hello v1")
     await _until(database, user_id, "greeting", "Hello v1")  # the publish dropped "none"
+    # The publish's own notifications may still be on their way (this process's write
+    # dropped the cache at its commit already) and would drop what is cached next.
+    await _notifications_settled(database)
+    assert await _use(database, user_id, "greeting") == "Hello v1"
 
     # A cached resolution is served without the database: a change that sends no
     # notification (here, by hand as the owner) stays unseen...
