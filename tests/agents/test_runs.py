@@ -203,7 +203,9 @@ async def test_idempotency_key_returns_the_first_run(
     async with database.transaction() as session:
         jobs = await session.scalar(text(
             "SELECT count(*) FROM background_tasks WHERE task_type = 'agents.run'"))
-    assert jobs == 1
+        created = await session.scalar(text(
+            "SELECT count(*) FROM audit_logs WHERE action = 'agent.run.create'"))
+    assert jobs == 1 and created == 1  # the replay wrote neither a job nor a record
 
 
 async def test_another_tenant_sees_no_agent_and_no_run(

@@ -1,13 +1,20 @@
 """The process's LISTEN connection (roost.system_settings.runtime.SettingsListener) for
-tests of the caches it keeps: up and connected for the block, stopped after it."""
+tests of the caches it keeps: up and connected for the block, stopped after it; or the
+caches answering with no notification ever arriving (``deaf``); and a count of the
+statements a database is sent."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event
 
 from roost.db.engine import Database
+from roost.system_settings import runtime
 from roost.system_settings.runtime import SettingsListener
 from roost.tasks.worker import asyncpg_dsn
 
@@ -21,3 +28,32 @@ async def listening(database: Database) -> AsyncIterator[SettingsListener]:
         yield listener
     finally:
         await listener.stop()
+
+
+@contextmanager
+def deaf(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every cache of the process answers for this database, but no notification ever
+    arrives: only this process's own writes can drop them."""
+    monkeypatch.setattr(runtime._Listened, "database", database.engine.url.database)
+    monkeypatch.setattr(runtime.CACHE, "listening", True)
+    runtime.CACHE.drop()
+    for watched in runtime._WATCHES:
+        watched.on_listening(True)
+    try:
+        yield
+    finally:
+        for watched in runtime._WATCHES:
+            watched.on_listening(False)
+
+
+class Statements:
+    """The statements ``database`` sends while counting."""
+
+    def __init__(self, database: Database) -> None:
+        self.sent: list[str] = []
+        self.counting = False
+        event.listen(database.engine.sync_engine, "before_cursor_execute", self._note)
+
+    def _note(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if self.counting:
+            self.sent.append(statement)

@@ -16,18 +16,19 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
-from roost.system_settings import runtime
 from roost.tools import calls
 from roost.tools.config import ToolsConfig
 from roost.tools.servers import scoped
 from tests.support.identity import make_user
+from tests.support.listening import Statements
+from tests.support.listening import deaf as deaf_to
 from tests.support.listening import listening as listening_to
 from tests.tools.test_tools_api import register_and_sync, stdio_body, tool_id
 
@@ -36,16 +37,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 @pytest.fixture
 def deaf(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every cache of the process answers for this database, but no notification ever
-    arrives: only this process's own writes can drop them."""
-    monkeypatch.setattr(runtime._Listened, "database", database.engine.url.database)
-    monkeypatch.setattr(runtime.CACHE, "listening", True)
-    runtime.CACHE.drop()
-    for watched in runtime._WATCHES:
-        watched.on_listening(True)
-    yield
-    for watched in runtime._WATCHES:
-        watched.on_listening(False)
+    with deaf_to(database, monkeypatch):
+        yield
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -53,19 +46,6 @@ async def listening(database: Database) -> AsyncIterator[None]:
     async with listening_to(database):
         assert calls.KNOWN_TOOLS.listening
         yield
-
-
-class Statements:
-    """The statements ``database`` sends while counting."""
-
-    def __init__(self, database: Database) -> None:
-        self.sent: list[str] = []
-        self.counting = False
-        event.listen(database.engine.sync_engine, "before_cursor_execute", self._note)
-
-    def _note(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if self.counting:
-            self.sent.append(statement)
 
 
 async def _call(client: httpx.AsyncClient, headers: dict[str, str], tid: str,

@@ -82,7 +82,7 @@ from roost.audit.models import AuditLog
 from roost.audit.service import entry_values, record
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
-from roost.db.statements import bound_insert, flush_pending, prefixed
+from roost.db.statements import bound_insert, bound_insert_from, flush_pending, prefixed
 from roost.db.transaction import driver_fetch
 from roost.errors import LimitReached, PaymentRequired, RoostError
 from roost.identity.models import UserGroupMembership
@@ -349,9 +349,12 @@ def _claim_step_statement() -> Insert:
 @functools.cache
 def _run_finish_statement() -> Select[Any]:
     """``WITH finished AS (UPDATE runs ... WHERE <open>), closed AS (UPDATE run_steps
-    <still running> ...) SELECT pg_notify(...) FROM finished``: an open run ends, a step a
-    timeout cut off is closed with it, and listeners hear ``end:<status>`` — or, for a
-    run ended meanwhile (cancelled), nothing happens and no row comes back."""
+    <still running> ...), run_record AS (INSERT INTO audit_logs ... FROM finished),
+    run_event AS (INSERT INTO analytics_events ... FROM finished) SELECT pg_notify(...)
+    FROM finished``: an open run ends, a step a timeout cut off is closed with it, the
+    end's audit record (``a_`` parameters) and analytics event (``e_``) are written, and
+    listeners hear ``end:<status>`` — or, for a run ended meanwhile (cancelled), nothing
+    happens and no row comes back."""
     runs = cast(Table, Run.__table__)
     steps = cast(Table, RunStep.__table__)
     finished = (update(runs).where(runs.c.id == bindparam("run_id"), text(_OPEN))
@@ -364,8 +367,10 @@ def _run_finish_statement() -> Select[Any]:
               .values(status=literal_column("'interrupted'"),
                       finished_at=bindparam("closed_at"), error=bindparam("closed_error"))
               .cte("closed"))
+    audit = bound_insert_from(AuditLog, "a_", _AUDIT_KEYS, finished).cte("run_record")
+    event = bound_insert_from(AnalyticsEvent, "e_", _EVENT_KEYS, finished).cte("run_event")
     return (select(func.pg_notify(bindparam("channel"), bindparam("event")).label("notified"))
-            .select_from(finished).add_cte(closed))
+            .select_from(finished).add_cte(closed).add_cte(audit).add_cte(event))
 
 
 _STEP_COLUMNS: Final = tuple(RunStep.__mapper__.columns.keys())
@@ -390,6 +395,7 @@ def _step_finish(extra: frozenset[str], audited: bool = False) -> Update:
 
 
 _AUDIT_KEYS: Final = tuple(entry_values("agent.step"))  # every record has the same columns
+_EVENT_KEYS: Final = tuple(event_values("agent.run", {}))  # so has every event
 
 
 # --- the tools offered --------------------------------------------------------------------
@@ -1017,8 +1023,21 @@ async def _finish_run(env: RunEnv, state: _State, stop: _Stop) -> str:
     last = next((s for s in reversed(state.steps) if s.step_type == "llm_call"
                  and s.status == "completed"), None)
     output = ((last.output or {}).get("content") or None) if last is not None else None
+    audit = entry_values(
+        f"agent.run.{'complete' if stop.status == 'completed' else 'fail'}",
+        user_id=state.run.user_id, resource_type="run", resource_id=state.run.id,
+        trace_id=state.run.trace_id, success=stop.status == "completed",
+        error_message=stop.error,
+        metadata={"stop_reason": stop.reason, "steps": len(state.steps),
+                  "tokens": state.run.tokens_in + state.run.tokens_out})
+    event = event_values("agent.run", {
+        "run_id": str(state.run.id), "agent_id": str(state.run.agent_id),
+        "status": stop.status, "stop_reason": stop.reason, "steps": len(state.steps),
+        "tokens_input": state.run.tokens_in, "tokens_output": state.run.tokens_out,
+        "cost": str(state.run.cost or 0)}, user_id=state.run.user_id)
     async with _scoped(env, state.principal) as session:
         await _apply_pending(session, state)
+        await flush_pending(session)  # as audit.record would: the record may name them
         now = utcnow()
         changed = await driver_fetch(session, _run_finish_statement(), {
             "run_id": state.run.id, "status": stop.status, "stop_reason": stop.reason,
@@ -1027,45 +1046,19 @@ async def _finish_run(env: RunEnv, state: _State, stop: _Stop) -> str:
             "tokens_out": state.run.tokens_out, "cost": state.run.cost,
             "steps_count": len(state.steps), "closed_at": now,
             "closed_error": f"stopped: {stop.reason}", "channel": EVENTS_CHANNEL,
-            "event": f"{state.run.id}:end:{stop.status}"})
+            "event": f"{state.run.id}:end:{stop.status}",
+            **prefixed("a_", audit), **prefixed("e_", event)})
         if not changed:
             return "cancelled"
         if state.run.system_prompt_id is not None:  # the prompt version's success rate
             await prompts.record_outcome(session, state.run.system_prompt_id,
                                          stop.status == "completed")
-        audit = entry_values(
-            f"agent.run.{'complete' if stop.status == 'completed' else 'fail'}",
-            user_id=state.run.user_id, resource_type="run", resource_id=state.run.id,
-            trace_id=state.run.trace_id, success=stop.status == "completed",
-            error_message=stop.error,
-            metadata={"stop_reason": stop.reason, "steps": len(state.steps),
-                      "tokens": state.run.tokens_in + state.run.tokens_out})
-        event = event_values("agent.run", {
-            "run_id": str(state.run.id), "agent_id": str(state.run.agent_id),
-            "status": stop.status, "stop_reason": stop.reason, "steps": len(state.steps),
-            "tokens_input": state.run.tokens_in, "tokens_output": state.run.tokens_out,
-            "cost": str(state.run.cost or 0)}, user_id=state.run.user_id)
-        await flush_pending(session)
-        await driver_fetch(session, _run_records_statement(audit, event),
-                           {**prefixed("a_", audit), **prefixed("e_", event)})
         if stop.status == "completed" and output and state.config.learn:
             # Learned from after the run, by a job (the model's extraction is not the run's).
             state.run.output = output
             await memorytools.learn_from_run(session, state.principal, state.run,
                                              cipher=env.gateway.cipher)
     return stop.status
-
-
-_RUN_RECORDS: list[Insert] = []  # built once
-
-
-def _run_records_statement(audit: Mapping[str, Any], event: Mapping[str, Any]) -> Insert:
-    """The run's end as an audit record and an analytics event, in one statement
-    (``WITH analytics_event AS (INSERT ...) INSERT INTO audit_logs ...``)."""
-    if not _RUN_RECORDS:
-        _RUN_RECORDS.append(bound_insert(AuditLog, "a_", audit).add_cte(
-            bound_insert(AnalyticsEvent, "e_", event).cte("analytics_event")))
-    return _RUN_RECORDS[0]
 
 
 async def _use_prompt(env: RunEnv, state: _State) -> None:

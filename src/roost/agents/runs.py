@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime, time
 from typing import Any, Final, cast
 
-from sqlalchemy import Insert, Select, Table, bindparam, func, select, update
+from sqlalchemy import Select, Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
@@ -16,16 +16,18 @@ from sqlalchemy.orm import make_transient_to_detached
 from roost.agents.catalog import require_active
 from roost.agents.models import OPEN_STEP_STATUSES, TERMINAL_RUN_STATUSES, Agent, Run, RunStep
 from roost.agents.schemas import AgentConfig, RunCreate
-from roost.audit.service import record
+from roost.audit.models import AuditLog
+from roost.audit.service import entry_values, record
 from roost.billing import credits, limits
 from roost.config import get_settings
 from roost.db.base import utcnow, uuid7
-from roost.db.statements import with_defaults
+from roost.db.statements import bound_insert_from, flush_pending, prefixed, with_defaults
 from roost.db.transaction import driver_fetch
 from roost.errors import Conflict, NotFound, PaymentRequired
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
-from roost.tasks.service import enqueue
+from roost.tasks.models import BackgroundTask
+from roost.tasks.service import JOB_KEYS, job_values
 from roost.tools.models import ToolRun
 
 RUN_TASK: Final = "agents.run"
@@ -68,19 +70,25 @@ async def create_run(
         trace_id=trace, idempotency_key=body.idempotency_key,
         status="pending", input=body.input, source=source, config=effective_config(agent),
         task_id=job_id, created_at=now, updated_at=now)))
+    # A metered user's plan first: refused, nothing is written.
+    await _check_plan(session, actor.user_id, run_id)
+    audit = entry_values(
+        "agent.run.create", user_id=actor.user_id, resource_type="run", resource_id=run_id,
+        trace_id=trace, metadata={"agent_id": str(agent.id), "source": source,
+                                  "task_id": str(job_id)})
+    await flush_pending(session)  # as audit.record would: the record may name it
+    # The run, its job and its audit record: one statement (the job and the record only
+    # when the run was inserted, not when its idempotency key was used).
     inserted = await driver_fetch(session, _insert_run_statement(), {
-        **row, "channel": EVENTS_CHANNEL, "event": f"{run_id}:created"})
+        **prefixed("r_", row), "channel": EVENTS_CHANNEL, "event": f"{run_id}:created",
+        **prefixed("j_", job_values(RUN_TASK, {"run_id": str(run_id)}, job_id=job_id)),
+        **prefixed("a_", audit)})
     if not inserted:  # the key was used: the first run is the answer
         existing = await session.scalar(select(Run).where(
             Run.user_id == actor.user_id, Run.idempotency_key == body.idempotency_key))
         if existing is None:
             raise NotFound("the run with this idempotency key is not visible")
         return existing, False
-    await _check_plan(session, actor.user_id, run_id)
-    await enqueue(session, RUN_TASK, {"run_id": str(run_id)}, job_id=job_id)
-    await record(session, "agent.run.create", user_id=actor.user_id, resource_type="run",
-                 resource_id=run_id, trace_id=trace,
-                 metadata={"agent_id": str(agent.id), "source": source, "task_id": str(job_id)})
     # The row as written, known to the session without reading it back.
     run = Run(**row)
     make_transient_to_detached(run)
@@ -92,15 +100,26 @@ _RUN_COLUMNS: Final = tuple(Run.__mapper__.columns.keys())
 
 
 @functools.cache
-def _insert_run_statement() -> Insert:
-    """The run with every column given, unless its idempotency key was used (no row
-    back then); listeners hear ``<id>:created`` from its ``RETURNING``."""
+def _insert_run_statement() -> Select[Any]:
+    """``WITH new_run AS (INSERT INTO runs ... ON CONFLICT DO NOTHING RETURNING id),
+    new_job AS (INSERT INTO background_tasks SELECT ... FROM new_run), new_record AS
+    (INSERT INTO audit_logs SELECT ... FROM new_run) SELECT pg_notify(...) FROM new_run``:
+    the run with every column given (``r_`` parameters), its job (``j_`` parameters) and its audit record
+    (``a_``), unless its idempotency key was used (then nothing, and no row back);
+    listeners hear ``<id>:created``."""
     columns = Run.__mapper__.columns
-    return (pg_insert(cast(Table, Run.__table__))
-            .values({columns[key]: bindparam(key) for key in _RUN_COLUMNS})
-            .on_conflict_do_nothing(index_elements=[Run.user_id, Run.idempotency_key],
-                                    index_where=Run.idempotency_key.is_not(None))
-            .returning(func.pg_notify(bindparam("channel"), bindparam("event"))))
+    run = (pg_insert(cast(Table, Run.__table__))
+           .values({columns[key]: bindparam("r_" + key) for key in _RUN_COLUMNS})
+           .on_conflict_do_nothing(index_elements=[Run.user_id, Run.idempotency_key],
+                                   index_where=Run.idempotency_key.is_not(None))
+           .returning(Run.__table__.c.id).cte("new_run"))
+    job = bound_insert_from(BackgroundTask, "j_", JOB_KEYS, run).cte("new_job")
+    audit = bound_insert_from(AuditLog, "a_", _AUDIT_KEYS, run).cte("new_record")
+    return (select(func.pg_notify(bindparam("channel"), bindparam("event")))
+            .select_from(run).add_cte(job).add_cte(audit))
+
+
+_AUDIT_KEYS: Final = tuple(entry_values("agent.run.create"))  # every record has the same
 
 
 async def _check_plan(session: AsyncSession, user_id: uuid.UUID, run_id: uuid.UUID) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Insert, bindparam, insert
+from sqlalchemy import Insert, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.transaction import driver_args, driver_connection, driver_fetch, driver_statement
@@ -22,6 +22,19 @@ def bound_insert(model: Any, prefix: str, keys: Mapping[str, Any] | tuple[str, .
     parameter ``prefix + key``, typed by its column."""
     columns = model.__mapper__.columns
     return insert(model.__table__).values({columns[key]: bindparam(prefix + key) for key in keys})
+
+
+def bound_insert_from(model: Any, prefix: str, keys: Mapping[str, Any] | tuple[str, ...],
+                      source: Any) -> Insert:
+    """:func:`bound_insert` as ``INSERT ... SELECT <the parameters> FROM source``: a row for
+    each row of ``source``, a CTE of the same statement, so the row is written only when
+    that CTE's own write happened (not after an ``ON CONFLICT DO NOTHING``, nor for an
+    ``UPDATE`` that matched nothing)."""
+    columns = model.__mapper__.columns
+    row = select(*(bindparam(prefix + key, type_=columns[key].type) for key in keys))
+    # Only ``keys``: the columns' Python-side defaults are the caller's (``with_defaults``).
+    return insert(model.__table__).from_select([columns[key] for key in keys],
+                                               row.select_from(source), include_defaults=False)
 
 
 def prefixed(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:

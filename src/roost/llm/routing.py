@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +22,7 @@ from roost.llm.models import LLMProviderRow
 from roost.llm.orchestration import ProviderRef, Strategy
 from roost.llm.schemas import EnsembleSpec
 from roost.principal import Principal
+from roost.system_settings import runtime
 
 ADD_PROVIDER_HINT = (
     "no LLM provider is configured. An administrator can add one with "
@@ -47,12 +48,34 @@ def serves(row: LLMProviderRow, model: str) -> bool:
     return row.model == model or bool((row.models or {}).get(model))
 
 
+# The enabled providers in routing order, per process: one entry, kept by NOTIFY
+# roost_llm_providers (migration 0990's triggers: not a health check) and by this
+# process's own writes to llm_providers; used only while the process listens
+# (roost.system_settings.runtime).  A model call's route then costs no statement.  The
+# rows are copies attached to no session: nothing a transaction does changes them.
+PROVIDERS: Final = runtime.NotifiedCache[None, tuple[LLMProviderRow, ...]](
+    "roost_llm_providers", 1, tables=("llm_providers",))
+_COLUMNS: Final = tuple(LLMProviderRow.__mapper__.columns.keys())
+
+
+def _detached(row: LLMProviderRow) -> LLMProviderRow:
+    return LLMProviderRow(**{key: getattr(row, key) for key in _COLUMNS})
+
+
 async def enabled_providers(session: AsyncSession) -> list[LLMProviderRow]:
-    rows = await session.scalars(
+    """The enabled providers, by ``priority`` then name."""
+    cached = runtime.serves(session)
+    if cached:
+        hit, rows = PROVIDERS.get(None)
+        if hit and rows is not None:
+            return list(rows)
+    generation = PROVIDERS.generation
+    found = tuple(_detached(row) for row in (await session.scalars(
         select(LLMProviderRow).where(LLMProviderRow.enabled)
-        .order_by(LLMProviderRow.priority, LLMProviderRow.name)
-    )
-    return list(rows.all())
+        .order_by(LLMProviderRow.priority, LLMProviderRow.name))).all())
+    if cached:
+        PROVIDERS.put(None, found, generation)
+    return list(found)
 
 
 async def resolve_route(

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import Any, Final, TypedDict, TypeVar, Unpack
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Table, func, select, text
@@ -246,6 +246,30 @@ async def enqueue_or_existing(
             extra={"task_id": str(existing.id)},
         )
     return existing, False
+
+
+# What :func:`job_values` gives, in this order (the queue's defaults fill the rest, and
+# ``scheduled_at`` is the database's now(): a job is never delayed by a clock ahead of it).
+JOB_KEYS: Final = ("id", "task_type", "payload", "status", "priority", "max_retries", "queue")
+
+
+def job_values(task_type: str, payload: dict[str, Any] | BaseModel | None = None, *,
+               job_id: uuid.UUID | None = None, priority: TaskPriority | str | None = None,
+               max_retries: int | None = None, queue: str | None = None) -> dict[str, Any]:
+    """A new pending job's columns (:data:`JOB_KEYS`, attribute names of
+    :class:`BackgroundTask`), checked as :func:`enqueue` checks them, for a caller that
+    writes the job within a statement of its own (``roost.db.statements.bound_insert``:
+    one round trip for a row and the job that processes it).  No idempotency key (that
+    needs :func:`enqueue_or_existing`'s answer); the insert wakes workers by trigger, as
+    :func:`enqueue`'s does."""
+    tt = _resolve_type(task_type)
+    values = _values(tt, payload, priority=priority, scheduled_at=None,
+                     max_retries=max_retries, queue=queue)
+    values["payload"] = json.loads(values["payload"])  # the column's type encodes it
+    values["status"] = TaskStatus.PENDING.value
+    if job_id is not None:
+        values["id"] = job_id
+    return {key: values[key] for key in JOB_KEYS}
 
 
 async def enqueue_many(
