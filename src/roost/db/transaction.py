@@ -58,19 +58,22 @@ async def driver_connection(session: AsyncSession) -> Any:
     if driver is None:
         conn = await session.connection()
         raw = await conn.get_raw_connection()
-        adapted = raw.dbapi_connection
-        # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with its first statement: a
-        # statement sent straight to the driver first would run outside the transaction
-        # (and its SET LOCALs vanish).  Start it as the adapter would (SQLAlchemy < 2.2;
-        # tests/identity/test_core.py fails if this stops working).
-        if getattr(adapted, "_transaction", True) is None:
-            await adapted._start_transaction()  # type: ignore[union-attr]
+        await _start_as_the_adapter_would(raw.dbapi_connection)
         driver = raw.driver_connection
         assert driver is not None
         transaction = session.sync_session.get_transaction()
         if transaction is not None:
             _drivers[transaction] = driver
     return driver
+
+
+async def _start_as_the_adapter_would(adapted: Any) -> None:
+    """SQLAlchemy's asyncpg adapter sends BEGIN lazily, with its first statement: a
+    statement sent straight to the driver first would run outside the transaction (and
+    its SET LOCALs vanish).  Start it as the adapter would, unless it has begun
+    (SQLAlchemy < 2.2; tests/identity/test_core.py fails if this stops working)."""
+    if getattr(adapted, "_transaction", True) is None:
+        await adapted._start_transaction()
 
 
 # Setting names and values that may be written into SQL text as literals: what scoping
@@ -122,8 +125,7 @@ async def begin_with_settings(session: AsyncSession, values: Mapping[str, str]) 
             or adapted.readonly or adapted.deferrable):  # type: ignore[union-attr]
         # Begun already, or not a plain BEGIN: as driver_connection begins it, then the
         # settings (two round trips; the after_begin listeners stood aside).
-        if getattr(adapted, "_transaction", True) is None:
-            await adapted._start_transaction()  # type: ignore[union-attr]
+        await _start_as_the_adapter_would(adapted)
         await driver.execute(f"SELECT {sets}")
         _drivers[transaction] = driver
         note_settings(session, values)
