@@ -39,6 +39,11 @@ per step**: transaction ids assigned during the phase (``pg_current_snapshot``),
 steps; WAL bytes per step (``pg_current_wal_insert_lsn`` difference) go to the JSON only:
 full-page images, timed checkpoints and autovacuum make them too noisy to compare.
 
+Both systems run in one process whose start-up heap (modules, both systems' objects after
+the warm-up) is frozen out of the garbage collector, as ``roost worker`` freezes its own
+(``roost.process.freeze_startup_heap``): full collections otherwise took 100-420 ms each
+and landed on random steps of either system.
+
 **CPU ms per step**: user + system CPU of this process (Roost or LangGraph, the driver
 and the in-process worker) and of the PostgreSQL server during the phase, over the steps.
 
@@ -732,6 +737,7 @@ async def main(args: argparse.Namespace) -> None:
 
     from roost.db.embedded import start_embedded
     from roost.db.engine import ensure_database_exists
+    from roost.process import freeze_startup_heap
 
     phases: list[Phase] = []
     stub_latency: list[dict[str, Any]] = []
@@ -791,6 +797,10 @@ async def main(args: argparse.Namespace) -> None:
                 await drive(system.run, 2 * max(args.concurrency), max(args.concurrency))
                 if system.after is not None:
                     await system.after()
+            # What `roost worker` does once started (roost.process): without it, full
+            # collections of 100-420 ms (9 in a two-round run) landed on random steps of
+            # either system and decided the p99s.  One process: both systems get it.
+            freeze_startup_heap()
 
             for round_ in range(args.rounds):
                 order = wanted[round_ % len(wanted):] + wanted[:round_ % len(wanted)]
