@@ -58,7 +58,6 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
-    literal,
     literal_column,
     or_,
     select,
@@ -83,7 +82,7 @@ from roost.audit.service import entry_values, record
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.db.statements import bound_insert, bound_insert_from, flush_pending, prefixed
-from roost.db.transaction import driver_fetch
+from roost.db.transaction import driver_fetch, fetch_on
 from roost.errors import LimitReached, PaymentRequired, RoostError
 from roost.identity.models import UserGroupMembership
 from roost.identity.tenancy import apply_principal
@@ -248,45 +247,80 @@ async def _scoped(env: RunEnv, principal: Principal) -> AsyncIterator[AsyncSessi
 
 async def _load(env: RunEnv, run_id: uuid.UUID) -> _State | None:
     """The run, its agent and persona, its steps, the tools it may use and the runner's
-    principal, in one transaction (as the system: the run's row decides whose scope the
-    rest runs in).  The run, agent, persona and the user's groups are one statement, and
-    a run not started yet has no steps to read (its first claim stores started_at)."""
-    async with env.database.transaction() as session:
-        found = (await session.execute(_load_statement(), {"run_id": run_id})).one_or_none()
-        if found is None:
+    principal (as the system: the run's row decides whose scope the rest runs in).  The
+    run, agent, persona and the user's groups are one statement; a run not started yet
+    has no steps to read (its first claim stores started_at) and, without a persona, no
+    grants: its two reads go without a transaction around them (``Database.autocommit``:
+    a snapshot shared between them is not needed, a tool changed in between is seen by
+    the next step's call anyway).  A resumed run, or a persona's, reads in a transaction."""
+    async with env.database.autocommit() as driver:
+        found = await fetch_on(driver, _load_statement(), {"run_id": run_id})
+        if not found:
             return None
-        run, agent, persona, group_ids = found
-        steps = [] if run.started_at is None else [
-            _Step(**{key: getattr(row, key) for key in _STEP_COLUMNS})
-            for row in (await session.scalars(
-                select(RunStep).where(RunStep.run_id == run_id)
-                .order_by(RunStep.step_number))).all()]
-        principal = Principal(user_id=run.user_id, is_admin=False, kind="job",
-                              group_ids=frozenset(group_ids or ()))
-        state = _State(run=run, agent=agent, persona=persona, principal=principal,
-                       config=AgentConfig.model_validate(run.config or {}), steps=steps)
-        if run.status in ("pending", "running"):  # grants and tools: see _offered_tools
-            if run.persona_id is not None:
-                state.grants = await grants_of(session, run.persona_id)
-            state.tools = await _offered_tools(session, state)
-    # The run row's totals may lag its last finished step (see _claim_step): count the steps
-    # (after the transaction: the row is not to be written back).
+        state = _loaded(found[0])
+        run = state.run
+        fresh = run.started_at is None and run.persona_id is None
+        if fresh and run.status in ("pending", "running"):
+            state.tools = await _offered_tools(
+                lambda statement, params: fetch_on(driver, statement, params), state)
+    if not fresh:
+        async with env.database.transaction() as session:
+            if run.started_at is not None:
+                state.steps = [
+                    _Step(**{key: getattr(row, key) for key in _STEP_COLUMNS})
+                    for row in (await session.scalars(
+                        select(RunStep).where(RunStep.run_id == run_id)
+                        .order_by(RunStep.step_number))).all()]
+            if run.status in ("pending", "running"):  # grants and tools: see _offered_tools
+                if run.persona_id is not None:
+                    state.grants = await grants_of(session, run.persona_id)
+                state.tools = await _offered_tools(
+                    lambda statement, params: driver_fetch(session, statement, params), state)
+    # The run row's totals may lag its last finished step (see _claim_step): count the steps.
+    steps = state.steps
     run.tokens_in = sum(s.tokens_in for s in steps)
     run.tokens_out = sum(s.tokens_out for s in steps)
     run.cost = sum((s.cost for s in steps), Decimal(0))
     return state
 
 
+def _loaded(row: Any) -> _State:
+    """A :func:`_load_statement` row as the run's state: the run, agent and persona as
+    objects attached to no session (nothing the runner changes on them is written back)."""
+    run = cast(Run, _entity(Run, "r_", row))
+    agent = cast(Agent | None, _entity(Agent, "a_", row))
+    persona = cast(Persona | None, _entity(Persona, "p_", row))
+    principal = Principal(user_id=run.user_id, is_admin=False, kind="job",
+                          group_ids=frozenset(row["group_ids"] or ()))
+    return _State(run=run, agent=agent, persona=persona, principal=principal,
+                  config=AgentConfig.model_validate(run.config or {}), steps=[])
+
+
+_LOADED: Final = ((Run, "r_"), (Agent, "a_"), (Persona, "p_"))
+
+
+def _entity(model: Any, prefix: str, row: Any) -> Any:
+    """``model``'s columns from ``row`` (``prefix`` + attribute name; the engine's
+    connections decode JSON); None when the outer join found none."""
+    if row[prefix + "id"] is None:
+        return None
+    return model(**{key: row[prefix + key] for key in model.__mapper__.columns.keys()})
+
+
 @functools.cache
 def _load_statement() -> Select[Any]:
-    """The run, its agent, its persona and its user's group ids, by ``run_id``."""
+    """The run (``r_`` columns), its agent (``a_``), its persona (``p_``) and its user's
+    group ids, by ``run_id``."""
+    runs, agents, personas = (cast(Table, m.__table__) for m, _ in _LOADED)
     groups = (select(func.array_agg(UserGroupMembership.group_id))
-              .where(UserGroupMembership.user_id == Run.user_id)
-              .correlate(Run).scalar_subquery())
-    return (select(Run, Agent, Persona, groups)
-            .outerjoin(Agent, Agent.id == Run.agent_id)
-            .outerjoin(Persona, Persona.id == Run.persona_id)
-            .where(Run.id == bindparam("run_id")))
+              .where(UserGroupMembership.user_id == runs.c.user_id)
+              .correlate(runs).scalar_subquery())
+    columns = [column.label(prefix + key) for model, prefix in _LOADED
+               for key, column in model.__mapper__.columns.items()]
+    return (select(*columns, groups.label("group_ids"))
+            .select_from(runs.outerjoin(agents, agents.c.id == runs.c.agent_id)
+                         .outerjoin(personas, personas.c.id == runs.c.persona_id))
+            .where(runs.c.id == bindparam("run_id")))
 
 
 async def _claim_step(session: AsyncSession, state: _State, **values: Any) -> _Step:
@@ -410,7 +444,10 @@ def _idempotent(tool: Any) -> bool:  # a Tool, or a row of _OFFER_COLUMNS
     return bool(hints.get("readOnlyHint")) or tool.kind == "builtin"
 
 
-async def _offered_tools(session: AsyncSession, state: _State) -> dict[str, Offered]:
+Fetch = Callable[[Any, Mapping[str, Any]], Awaitable[list[Any]]]
+
+
+async def _offered_tools(fetch: Fetch, state: _State) -> dict[str, Offered]:
     """The agent's permitted tools (ids or names) the runner may use — global ones, the
     runner's own, and those granted to the agent's persona (``persona_tools``) — with the
     tools they require (``tool_dependencies``), keyed by the function name the model
@@ -420,11 +457,12 @@ async def _offered_tools(session: AsyncSession, state: _State) -> dict[str, Offe
     if not wanted:
         return {}
     ids, names = split_tool_refs(wanted)
-    rows = (await session.execute(_offered_tools_statement(), {
+    rows = await fetch(_offered_tools_statement(), {
         "runner_id": state.run.user_id, "granted": list(state.grants), "ids": ids,
-        "names": names})).all()
+        "names": names})
     offered: dict[str, Offered] = {}
-    for tool in rows:
+    for row in rows:
+        tool = _OfferRow(**{key: row[key] for key in _OFFER_COLUMNS})
         base = _FUNCTION_NAME.sub("_", tool.name)[:60] or "tool"
         function, n = base, 2
         while function in offered:
@@ -448,6 +486,18 @@ def _usable(tools: Any) -> Any:
 # not the description's embedding or the code).
 _OFFER_COLUMNS: Final = ("id", "name", "title", "description", "input_schema", "annotations",
                          "kind", "user_id")
+
+
+@dataclass(frozen=True)
+class _OfferRow:
+    id: uuid.UUID
+    name: str
+    title: str | None
+    description: str | None
+    input_schema: dict[str, Any] | None
+    annotations: dict[str, Any] | None
+    kind: str
+    user_id: uuid.UUID | None
 _MAX_DEPENDENCY_DEPTH: Final = 32  # the graph has no cycles; this bounds the walk anyway
 
 
@@ -458,22 +508,23 @@ def _offered_tools_statement() -> Select[Any]:
     statement, parameters as arrays (built once, no IN-list expansion per call)."""
     tools = cast(Table, Tool.__table__)
     deps = cast(Table, ToolDependency.__table__)
-    offered = (select(tools.c.id, literal(0).label("depth")).where(
+    # Constants as SQL literals: the driver is sent the named parameters only.
+    offered = (select(tools.c.id, literal_column("0").label("depth")).where(
         tools.c.enabled, tools.c.available, _usable(tools),
         or_(tools.c.id == any_(bindparam("ids", type_=ARRAY(Uuid))),
             tools.c.name == any_(bindparam("names", type_=ARRAY(String)))))
         .cte("offered", recursive=True))
     required = tools.alias("required")
     offered = offered.union_all(
-        select(required.c.id, offered.c.depth + 1)
+        select(required.c.id, offered.c.depth + literal_column("1"))
         .join_from(offered, deps, deps.c.tool_id == offered.c.id)
         .join(required, required.c.id == deps.c.depends_on_tool_id)
-        .where(deps.c.dependency_type == "requires",
+        .where(deps.c.dependency_type == literal_column("'requires'"),
                # a user's edges are that user's graph (tool_dependencies is owned)
                or_(deps.c.user_id.is_(None), deps.c.user_id == bindparam("runner_id")),
                required.c.enabled,
                required.c.available, _usable(required),
-               offered.c.depth < _MAX_DEPENDENCY_DEPTH))
+               offered.c.depth < literal_column(str(_MAX_DEPENDENCY_DEPTH))))
     nearest = (select(offered.c.id, func.min(offered.c.depth).label("depth"))
                .group_by(offered.c.id).subquery("nearest"))
     return (select(*(tools.c[name] for name in _OFFER_COLUMNS))

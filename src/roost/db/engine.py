@@ -87,6 +87,17 @@ class Database:
         async with self.sessionmaker() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[Any]:
+        """A pooled connection's asyncpg connection outside any transaction: each
+        statement is its own implicit transaction, committed as it ends.  For reads that
+        need no snapshot shared between statements and no row-level-security scope (the
+        system's own reads): ``BEGIN`` and ``COMMIT`` are two round trips fewer.  Nothing
+        may be left open on it (no ``SET``, no ``BEGIN``): it goes back to the pool."""
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            yield raw.driver_connection
+
     async def dispose(self) -> None:
         if self.replicas is not None:
             await self.replicas.dispose()

@@ -190,8 +190,13 @@ async def driver_fetch(session: AsyncSession, statement: ClauseElement,
     processing: use it for plain column types).  Every parameter must be given (column
     defaults are not applied); values go through the dialect's bind processors (JSON).
     Pending ORM objects are not flushed first: use it for rows nothing pending refers to."""
+    return await fetch_on(await driver_connection(session), statement, params)
+
+
+async def fetch_on(driver: Any, statement: ClauseElement, params: Mapping[str, Any]) -> list[Any]:
+    """:func:`driver_fetch` on an asyncpg connection the caller holds (a transaction's, or
+    ``Database.autocommit``'s)."""
     sql, names, processors = driver_statement(statement)
-    driver = await driver_connection(session)
     return list(await driver.fetch(sql, *driver_args(names, processors, params)))
 
 
