@@ -444,10 +444,11 @@ def _idempotent(tool: Any) -> bool:  # a Tool, or a row of _OFFER_COLUMNS
     return bool(hints.get("readOnlyHint")) or tool.kind == "builtin"
 
 
-Fetch = Callable[[Any, Mapping[str, Any]], Awaitable[list[Any]]]
+# Runs a built statement with named parameters (driver_fetch's or fetch_on's rows).
+_Fetch = Callable[[Any, Mapping[str, Any]], Awaitable[list[Any]]]
 
 
-async def _offered_tools(fetch: Fetch, state: _State) -> dict[str, Offered]:
+async def _offered_tools(fetch: _Fetch, state: _State) -> dict[str, Offered]:
     """The agent's permitted tools (ids or names) the runner may use — global ones, the
     runner's own, and those granted to the agent's persona (``persona_tools``) — with the
     tools they require (``tool_dependencies``), keyed by the function name the model
@@ -489,7 +490,7 @@ _OFFER_COLUMNS: Final = ("id", "name", "title", "description", "input_schema", "
 
 
 @dataclass(frozen=True)
-class _OfferRow:
+class _OfferRow:  # a row of _OFFER_COLUMNS
     id: uuid.UUID
     name: str
     title: str | None
@@ -498,6 +499,8 @@ class _OfferRow:
     annotations: dict[str, Any] | None
     kind: str
     user_id: uuid.UUID | None
+
+
 _MAX_DEPENDENCY_DEPTH: Final = 32  # the graph has no cycles; this bounds the walk anyway
 
 

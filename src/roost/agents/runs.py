@@ -104,9 +104,9 @@ def _insert_run_statement() -> Select[Any]:
     """``WITH new_run AS (INSERT INTO runs ... ON CONFLICT DO NOTHING RETURNING id),
     new_job AS (INSERT INTO background_tasks SELECT ... FROM new_run), new_record AS
     (INSERT INTO audit_logs SELECT ... FROM new_run) SELECT pg_notify(...) FROM new_run``:
-    the run with every column given (``r_`` parameters), its job (``j_`` parameters) and its audit record
-    (``a_``), unless its idempotency key was used (then nothing, and no row back);
-    listeners hear ``<id>:created``."""
+    the run with every column given (``r_`` parameters), its job (``j_``) and its audit
+    record (``a_``), unless its idempotency key was used (then nothing, and no row
+    back); listeners hear ``<id>:created``."""
     columns = Run.__mapper__.columns
     run = (pg_insert(cast(Table, Run.__table__))
            .values({columns[key]: bindparam("r_" + key) for key in _RUN_COLUMNS})
