@@ -25,6 +25,7 @@ from roost.db.embedded import start_embedded
 from roost.db.engine import Database, create_database
 from roost.db.migrate import upgrade
 from roost.keyfiles import KeyMaterial
+from tests.support.listening import deaf, listening
 from tests.support.openai_stub import StubServer, start_stub
 from tests.support.pg import (
     TEMPLATE_DB,
@@ -259,3 +260,18 @@ def stub_b(_stub_processes: dict[str, StubServer]) -> StubServer:
 @pytest.fixture
 def stub_c(_stub_processes: dict[str, StubServer]) -> StubServer:
     return _fresh_stub(_stub_processes, "stub_c")
+
+
+@pytest.fixture
+def caches_deaf(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's NOTIFY-kept caches answer for ``database`` but hear nothing: only
+    this process's own writes drop them (tests.support.listening.deaf)."""
+    with deaf(database, monkeypatch):
+        yield
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def caches_listening(database: Database) -> AsyncIterator[None]:
+    """The process's LISTEN connection up for the test (tests.support.listening)."""
+    async with listening(database):
+        yield

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import pytest_asyncio
 from sqlalchemy import text
 
 from roost.config import Settings
@@ -19,8 +17,6 @@ from roost.db.engine import Database
 from roost.llm import routing
 from tests.support.identity import make_user
 from tests.support.listening import Statements
-from tests.support.listening import deaf as deaf_to
-from tests.support.listening import listening as listening_to
 from tests.support.openai_stub import StubServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -31,19 +27,6 @@ Headers = dict[str, str]
 @pytest.fixture
 def test_settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", llm_timeout_s=2.0, llm_local_model=False)
-
-
-@pytest.fixture
-def deaf(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    with deaf_to(database, monkeypatch):
-        yield
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def listening(database: Database) -> AsyncIterator[None]:
-    async with listening_to(database):
-        assert routing.PROVIDERS.listening
-        yield
 
 
 async def _provider(client: httpx.AsyncClient, admin: Headers, stub: StubServer, name: str,
@@ -60,7 +43,7 @@ async def _ask(client: httpx.AsyncClient, headers: Headers, model: str) -> httpx
 
 
 async def test_a_warm_route_sends_nothing_and_this_process_changes_apply_at_once(
-        deaf: None, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+        caches_deaf: None, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
         database: Database) -> None:
     first = await _provider(client, admin_headers, stub, "first", "model-a")
     _, alice = await make_user(database)
@@ -84,8 +67,9 @@ async def test_a_warm_route_sends_nothing_and_this_process_changes_apply_at_once
 
 
 async def test_a_change_made_elsewhere_applies_on_its_notification(
-        listening: None, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+        caches_listening: None, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
         database: Database) -> None:
+    assert routing.PROVIDERS.listening  # the fixture's connection is up
     await _provider(client, admin_headers, stub, "only", "model-a")
     _, alice = await make_user(database)
     assert (await _ask(client, alice, "model-a")).status_code == 200

@@ -9,13 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from sqlalchemy import text
 
 from roost.config import Settings
@@ -28,24 +26,9 @@ from roost.tools.config import ToolsConfig
 from roost.tools.servers import scoped
 from tests.support.identity import make_user
 from tests.support.listening import Statements
-from tests.support.listening import deaf as deaf_to
-from tests.support.listening import listening as listening_to
 from tests.tools.test_tools_api import register_and_sync, stdio_body, tool_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture
-def deaf(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    with deaf_to(database, monkeypatch):
-        yield
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def listening(database: Database) -> AsyncIterator[None]:
-    async with listening_to(database):
-        assert calls.KNOWN_TOOLS.listening
-        yield
 
 
 async def _call(client: httpx.AsyncClient, headers: dict[str, str], tid: str,
@@ -55,7 +38,7 @@ async def _call(client: httpx.AsyncClient, headers: dict[str, str], tid: str,
 
 
 async def test_warm_calls_send_nothing_before_the_tool_and_changes_apply_at_once(
-        deaf: None, client: httpx.AsyncClient, admin_headers: dict[str, str],
+        caches_deaf: None, client: httpx.AsyncClient, admin_headers: dict[str, str],
         database: Database, test_settings: Settings, test_keys: KeyMaterial,
         tmp_path: Path) -> None:
     bonus = tmp_path / "bonus"
@@ -98,7 +81,7 @@ async def test_warm_calls_send_nothing_before_the_tool_and_changes_apply_at_once
 
 
 async def test_the_cache_answers_per_caller(
-        deaf: None, client: httpx.AsyncClient, database: Database, http_mcp_url: str) -> None:
+        caches_deaf: None, client: httpx.AsyncClient, database: Database, http_mcp_url: str) -> None:
     _, alice = await make_user(database)
     _, bob = await make_user(database)
     server, _ = await register_and_sync(client, alice, {
@@ -112,8 +95,9 @@ async def test_the_cache_answers_per_caller(
 
 
 async def test_a_change_made_elsewhere_applies_on_its_notification(
-        listening: None, client: httpx.AsyncClient, admin_headers: dict[str, str],
+        caches_listening: None, client: httpx.AsyncClient, admin_headers: dict[str, str],
         database: Database) -> None:
+    assert calls.KNOWN_TOOLS.listening  # the fixture's connection is up
     server, _ = await register_and_sync(client, admin_headers,
                                         stdio_body("echo", is_global=True))
     echo = await tool_id(client, admin_headers, server["id"], "echo")
