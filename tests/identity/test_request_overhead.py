@@ -22,6 +22,7 @@ from roost.app import create_app
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.db.transaction import begin_with_settings, driver_fetch
+from roost.identity import resolver
 from roost.identity.tenancy import apply_principal, scope_lazily
 from roost.keyfiles import KeyMaterial
 from roost.knowledge import search as search_mod
@@ -99,21 +100,32 @@ async def test_authentication_and_scope_take_one_round_trip(
         body = {"query": "anything", "k": 5, "mode": "vector"}
         assert (await client.post("/api/v1/knowledge/search", headers=headers,
                                   json=body)).status_code == 200  # warm: the key's touch
+        resolver._RESOLVED.clear()  # as a process that has not seen the key yet
         with statements(database) as sent:
             found = await client.post("/api/v1/knowledge/search", headers=headers, json=body)
         assert found.status_code == 200, found.text
-        # BEGIN, the credential (+ touch, scope, role, HNSW settings), the vector query,
-        # COMMIT: nothing else (no separate SET LOCAL, no separate key lookup or touch).
+        # First sight of the key: BEGIN, the credential's lookup (+ touch, scope, role,
+        # HNSW settings), the vector query, COMMIT: no separate SET LOCAL or touch.
         assert len(sent) == 4, sent
         assert sent[0].startswith("BEGIN") and sent[-1].startswith("COMMIT")
         assert "set_config('roost.user_id'" in sent[1] and "hnsw.ef_search" not in sent[2]
 
         with statements(database) as sent:
+            found = await client.post("/api/v1/knowledge/search", headers=headers, json=body)
+        assert found.status_code == 200, found.text
+        # Known key: BEGIN, the database's confirmation of the credential and the scope
+        # in one simple query, then the vector query, COMMIT.
+        assert len(sent) == 3, sent
+        assert sent[0].startswith("BEGIN; SELECT roost_confirm_principal('api_key', ")
+        assert "set_config('roost.user_id'" in sent[0] and "hnsw.ef_search" in sent[0]
+        assert sent[-1].startswith("COMMIT")
+
+        with statements(database) as sent:
             history = await client.get(
                 f"/api/v1/chat/sessions/{chat.json()['id']}/messages?limit=50", headers=headers)
         assert history.status_code == 200, history.text
-        # BEGIN, the credential, the session with its page (one statement), COMMIT.
-        assert len(sent) == 4, sent
+        # BEGIN with the confirmation and scope, the session with its page, COMMIT.
+        assert len(sent) == 3, sent
         # The session check inside that statement still hides others' sessions (404)
         # and still shows an empty page of one's own.
         _, other = await make_user(database)

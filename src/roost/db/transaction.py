@@ -82,6 +82,12 @@ _LITERAL = re.compile(r"[A-Za-z0-9_.,:-]*")
 _BEGIN = {None: "BEGIN", "read_committed": "BEGIN ISOLATION LEVEL READ COMMITTED"}
 
 
+def is_literal(text: str) -> bool:
+    """Whether ``text`` may be written into SQL as a quoted literal here (uuids, numbers,
+    hex digests, role names, comma-joined uuids, a few words)."""
+    return _LITERAL.fullmatch(text) is not None
+
+
 class _BegunTransaction:
     """Ends a transaction that :func:`begin_with_settings` began: what SQLAlchemy's
     asyncpg adapter calls (``commit``/``rollback``) on the transaction it tracks."""
@@ -97,18 +103,25 @@ class _BegunTransaction:
             await self._driver.execute("ROLLBACK")
 
 
-async def begin_with_settings(session: AsyncSession, values: Mapping[str, str]) -> bool:
+async def begin_with_settings(session: AsyncSession, values: Mapping[str, str], *,
+                              first: str = "") -> bool:
     """Begin the session's transaction on its connection together with ``values``
     (``SET LOCAL`` by ``set_config``): ``BEGIN; SELECT set_config(...)`` as one simple
     query, one round trip instead of two (when the transaction has begun on the
     connection already, or does not begin with a plain ``BEGIN``: the settings as a
     statement of their own).  False, and nothing sent, when the driver connection is in
     use already or a value is not a plain literal (the caller sends its settings as a
-    statement of their own then)."""
+    statement of their own then).
+
+    ``first``, when given, is a statement sent in the same simple query between the
+    ``BEGIN`` and the settings (so before any role switch among them), its text built by
+    the caller from checked literals only.  If it (or anything) fails, the transaction
+    is rolled back on the connection and the error raised: the session can go on, its
+    next statement begins a new transaction."""
     transaction = session.sync_session.get_transaction()
     if transaction is None or transaction in _drivers:
         return False
-    if not all(_LITERAL.fullmatch(part) for item in values.items() for part in item):
+    if not all(is_literal(part) for item in values.items() for part in item):
         return False
     _beginning.add(session.sync_session)
     try:
@@ -121,12 +134,16 @@ async def begin_with_settings(session: AsyncSession, values: Mapping[str, str]) 
     assert driver is not None
     begin = _BEGIN.get(getattr(adapted, "isolation_level", "?"))
     sets = ", ".join(f"set_config('{name}', '{value}', true)" for name, value in values.items())
+    statements = f"{first}; SELECT {sets}" if first else f"SELECT {sets}"
     if (begin is None or getattr(adapted, "_transaction", True) is not None
             or adapted.readonly or adapted.deferrable):  # type: ignore[union-attr]
         # Begun already, or not a plain BEGIN: as driver_connection begins it, then the
-        # settings (two round trips; the after_begin listeners stood aside).
+        # settings (two round trips; the after_begin listeners stood aside).  Not with a
+        # first statement, whose failure would leave the transaction unusable.
+        if first:
+            return False
         await _start_as_the_adapter_would(adapted)
-        await driver.execute(f"SELECT {sets}")
+        await driver.execute(statements)
         _drivers[transaction] = driver
         note_settings(session, values)
         return True
@@ -135,7 +152,7 @@ async def begin_with_settings(session: AsyncSession, values: Mapping[str, str]) 
     # the scope's end are checked by tests/identity/test_request_overhead.py).
     adapted._transaction = _BegunTransaction(driver)  # type: ignore[union-attr]
     try:
-        await driver.execute(f"{begin}; SELECT {sets}")
+        await driver.execute(f"{begin}; {statements}")
     except BaseException:
         adapted._transaction = None  # type: ignore[union-attr]
         if driver.is_in_transaction():

@@ -3,29 +3,42 @@
 ``create_app`` installs :func:`resolve_bearer` (``roost.domains`` lists it as identity's
 resolver); this module registers nothing when imported.
 
-Every request re-reads the session row (or key row) and the account, so logout,
-revocation, suspension and role changes take effect on the very next request, in every
-process; the JWT only saves the lookup of an opaque token.  That re-read costs no round
-trip of its own: one statement looks the credential up, records its use when the last
-record is older than ``TOUCH_INTERVAL`` (a data-modifying CTE, SKIP LOCKED) and scopes
-the transaction to the principal it finds (``set_config`` of the row-level-security
-settings, the application role and the request's other transaction settings, such as
-HNSW's).  So no principal is cached in the process: the database answers for it in the
-round trip the request needed anyway.  The same statement reads the user's and the key's
-rate-limit overrides; only when a limit applies does the request pay a round trip more
-(roost.identity.ratelimits).
+Every request checks the session row (or key row) and the account in the database, so
+logout, revocation, suspension and role changes take effect on the very next request, in
+every process; the JWT only saves the lookup of an opaque token.  That check costs no
+round trip of its own:
+
+* the first time a process sees a credential, one statement looks it up, records its use
+  when the last record is older than ``TOUCH_INTERVAL`` (a data-modifying CTE, SKIP
+  LOCKED) and scopes the transaction to the principal it finds (``set_config`` of the
+  row-level-security settings, the application role and the request's other transaction
+  settings, such as HNSW's), after the request's ``BEGIN``;
+* after that, the process remembers what the credential resolved to, and the request's
+  ``BEGIN``, a call of ``roost_confirm_principal`` (migration 1000) and the scope go as
+  one simple query: the database confirms that the credential is still live and still
+  resolves to exactly that principal (user, admin flag, groups, rate-limit overrides),
+  touches it when stale, and raises when anything differs, in which case the transaction
+  is rolled back and the credential looked up afresh (a revoked one: 401).
+
+So what a process remembers is only the answer it expects; the database decides every
+request, in the round trip the request's ``BEGIN`` needed anyway.  The same lookup reads
+the user's and the key's rate-limit overrides; only when a limit applies does the request
+pay a round trip more (roost.identity.ratelimits).
 """
 
 from __future__ import annotations
 
 import functools
 import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
+from asyncpg.exceptions import InvalidAuthorizationSpecificationError
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.db.transaction import driver_connection, note_settings
+from roost.db.transaction import begin_with_settings, driver_connection, is_literal, note_settings
 from roost.errors import Unauthorized
 from roost.http.deps import get_keys, get_settings_dep, transaction_settings
 from roost.identity.ratelimits import Limiter, RequestLimits
@@ -89,6 +102,24 @@ SELECT hit.user_id, hit.is_admin, hit.credential_id, hit.groups,
 FROM scoped hit"""  # noqa: S608 (table and conditions are constants; values are parameters)
 
 
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """What a credential resolved to: its principal and the rate-limit overrides."""
+
+    principal: Principal
+    user_rpm: int | None
+    user_streams: int | None
+    key_rpm: int | None
+    key_streams: int | None
+
+
+# Credentials this process has resolved, by (kind, credential...): what the database is
+# asked to confirm next time (least recently used dropped beyond the bound).  Never
+# trusted alone: every request's BEGIN carries the confirmation (_confirm).
+_RESOLVED: OrderedDict[tuple[str, ...], _Resolved] = OrderedDict()
+RESOLVED_MAX = 4096
+
+
 async def _authenticate(
     request: Request, session: AsyncSession, kind: PrincipalKind, *credential: Any
 ) -> Principal | None:
@@ -97,6 +128,37 @@ async def _authenticate(
     app_role = get_settings_dep(request).db_app_role
     if app_role:
         extra["role"] = checked_role(app_role)
+    key = (kind, *(str(part) for part in credential))
+    resolved = _RESOLVED.get(key)
+    if resolved is not None:
+        _RESOLVED.move_to_end(key)
+    if resolved is None or not await _confirm(session, key, resolved, app_role, extra):
+        resolved = await _look_up(session, kind, credential, app_role, extra)
+        if resolved is None:
+            _RESOLVED.pop(key, None)
+            return None
+        _RESOLVED[key] = resolved
+        if len(_RESOLVED) > RESOLVED_MAX:
+            _RESOLVED.popitem(last=False)
+    principal = resolved.principal
+    limits = RequestLimits.build(
+        principal, get_settings_dep(request), user_rpm=resolved.user_rpm,
+        user_streams=resolved.user_streams, key_rpm=resolved.key_rpm,
+        key_streams=resolved.key_streams)
+    # A limit applies: one round trip on the limiter's own pool (once per request, even
+    # if something resolves the caller again).
+    if limits is not None and getattr(request.state, "rate_limits", None) is None:
+        await app_limiter(request.app).take_request(limits)  # 429 when over
+        request.state.rate_limits = limits
+    return principal
+
+
+async def _look_up(
+    session: AsyncSession, kind: PrincipalKind, credential: tuple[Any, ...],
+    app_role: str | None, extra: dict[str, str],
+) -> _Resolved | None:
+    """The credential's principal by the lookup statement (which also touches it when
+    stale and scopes the transaction), or None."""
     names = tuple(extra)
     args: list[Any] = list(credential)
     for name in names:
@@ -112,15 +174,41 @@ async def _authenticate(
         group_ids=frozenset(row["groups"] or ()),
     )
     note_settings(session, {**scope_settings(principal, app_role=app_role), **extra})
-    limits = RequestLimits.build(
-        principal, get_settings_dep(request), user_rpm=row["user_rpm"],
-        user_streams=row["user_streams"], key_rpm=row["key_rpm"], key_streams=row["key_streams"])
-    # A limit applies: one round trip on the limiter's own pool (once per request, even
-    # if something resolves the caller again).
-    if limits is not None and getattr(request.state, "rate_limits", None) is None:
-        await app_limiter(request.app).take_request(limits)  # 429 when over
-        request.state.rate_limits = limits
-    return principal
+    return _Resolved(principal, row["user_rpm"], row["user_streams"], row["key_rpm"],
+                     row["key_streams"])
+
+
+async def _confirm(
+    session: AsyncSession, key: tuple[str, ...], resolved: _Resolved, app_role: str | None,
+    extra: dict[str, str],
+) -> bool:
+    """Begin the transaction with ``roost_confirm_principal`` (migration 1000) and the
+    scope of the principal this credential resolved to before, in one simple query: the
+    database checks that the credential is still live and resolves to exactly that
+    principal (user, admin flag, groups, rate-limit overrides) and touches it when stale,
+    before the scope's role switch.  True when confirmed (the transaction is scoped);
+    False, with nothing left begun, when anything changed or the transaction cannot
+    begin this way (the caller looks the credential up then)."""
+    principal = resolved.principal
+    kind, *credential = key
+    arguments = [f"'{kind}'", *(f"'{part}'" for part in credential[:1]),
+                 f"'{principal.user_id}'", "true" if principal.is_admin else "false",
+                 "'" + ",".join(str(g) for g in principal.group_ids) + "'",
+                 *(_int_literal(v) for v in (resolved.user_rpm, resolved.user_streams,
+                                             resolved.key_rpm, resolved.key_streams))]
+    if not all(is_literal(argument.strip("'")) for argument in arguments):
+        return False
+    confirm = f"SELECT roost_confirm_principal({', '.join(arguments)})"
+    try:
+        return await begin_with_settings(
+            session, {**scope_settings(principal, app_role=app_role), **extra}, first=confirm)
+    except InvalidAuthorizationSpecificationError:
+        _RESOLVED.pop(key, None)  # revoked, expired or changed: looked up afresh
+        return False
+
+
+def _int_literal(value: int | None) -> str:
+    return "NULL" if value is None else str(int(value))
 
 
 def app_limiter(app: Any) -> Limiter:
