@@ -15,7 +15,8 @@
    pre-encrypted contents): Roost's ``GET .../messages?limit=50`` (authenticated, RLS,
    50 decryptions, JSON) beside the bare FastAPI + asyncpg route (same query, 50
    decryptions, JSON; no authentication) and the raw SQL query over asyncpg without
-   HTTP (the limit).
+   HTTP (the limit).  Then both servers' CPU time per read, with both driven at once
+   (``--cpu-rounds``; Linux), the measure a drifting machine speed does not skew.
 
 Everything runs on one embedded PostgreSQL in a temporary directory, with the same
 concurrency for both sides.  Prints a table and writes bench/results/chat.json.
@@ -103,6 +104,37 @@ def summarise(case: str, system: str, n: int, concurrency: int, seconds: float,
                   round(statistics.median(latencies), 2), round(q[98], 2), errors)
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def read_cpu_side_by_side(
+    args: argparse.Namespace, roost_pid: int, bare_pid: int,
+    roost_read: Callable[[int], Awaitable[bool]], bare_read: Callable[[int], Awaitable[bool]],
+) -> list[dict[str, float]]:
+    """Each server's CPU time per read with both driven at the same time (half the
+    clients each), in rounds: a machine whose speed drifts from one second to the next
+    (this one's does, by up to 2x) slows both alike, which back-to-back phases cannot
+    promise."""
+    rounds: list[dict[str, float]] = []
+    half = max(1, args.concurrency // 2)
+    for _ in range(args.cpu_rounds):
+        before = process_cpu_s(roost_pid), process_cpu_s(bare_pid)
+        (_, _, roost_errors), (_, _, bare_errors) = await asyncio.gather(
+            load(args.reads, half, roost_read, warmup=0),
+            load(args.reads, half, bare_read, warmup=0))
+        after = process_cpu_s(roost_pid), process_cpu_s(bare_pid)
+        if roost_errors or bare_errors:
+            raise SystemExit(f"read errors: Roost {roost_errors}, bare {bare_errors}")
+        roost_ms = (after[0] - before[0]) / args.reads * 1000
+        bare_ms = (after[1] - before[1]) / args.reads * 1000
+        rounds.append({"roost_cpu_ms": round(roost_ms, 3), "bare_cpu_ms": round(bare_ms, 3),
+                       "ratio": round(bare_ms / roost_ms, 3)})
+    return rounds
+
+
 async def make_user_and_key(dsn: str) -> tuple[uuid.UUID, str]:
     from roost.config import Settings
     from roost.db.engine import create_database, to_async_url
@@ -162,6 +194,7 @@ async def main(args: argparse.Namespace) -> None:
     from roost.db.migrate import upgrade
 
     results: list[Result] = []
+    cpu_per_request: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="roost-bench-chat-") as tmp_dir:
         tmp = Path(tmp_dir)
         server = start_embedded(tmp / "pg", delete_on_exit=True)
@@ -286,6 +319,10 @@ async def main(args: argparse.Namespace) -> None:
                         print(f"  {system}: {results[-1].requests_per_s} req/s, "
                               f"p99 {results[-1].p99_ms} ms")
                     await pool.close()
+                    if sys.platform == "linux":  # /proc
+                        cpu_rounds = await read_cpu_side_by_side(
+                            args, procs[0].pid, procs[1].pid, roost_read, bare_read)
+                        cpu_per_request.extend(cpu_rounds)
                 await roost_http.close()
                 await bare_http.close()
         finally:
@@ -305,11 +342,15 @@ async def main(args: argparse.Namespace) -> None:
     for r in results:
         print(f"{r.case:<22}{r.system:<20}{r.requests_per_s:>9}{r.p50_ms:>9}{r.p99_ms:>9}"
               f"{r.errors:>8}")
+    for i, row in enumerate(cpu_per_request):
+        print(f"read, both servers at once, round {i}: CPU ms a request Roost "
+              f"{row['roost_cpu_ms']}, bare {row['bare_cpu_ms']} (bare / Roost {row['ratio']})")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "platform": platform.platform()},
         "args": vars(args), "results": [asdict(r) for r in results],
+        "read_cpu_side_by_side": cpu_per_request,
     }, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
@@ -320,4 +361,6 @@ if __name__ == "__main__":
     parser.add_argument("--reads", type=int, default=2000, help="0: skip the read cases")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--cpu-rounds", type=int, default=4,
+                        help="rounds of the side-by-side CPU measurement of the reads")
     asyncio.run(main(parser.parse_args()))
