@@ -50,7 +50,10 @@ from roost.security.tokens import decode_access_token, hash_api_key, looks_like_
 TOUCH_INTERVAL_S = 60
 
 # The credential's table, its conditions beyond "not revoked", and how many parameters
-# those take (the settings' names and values follow them).
+# those take (the settings' names and values follow them).  roost_confirm_principal
+# (migration 1000) checks the same conditions for a credential resolved before: change
+# them only together with a migration that replaces that function
+# (tests/identity/test_confirmed_principal.py ends credentials in each way both see).
 _CREDENTIALS: dict[str, tuple[str, str, int]] = {
     "api_key": ("api_keys", "c.key_hash = $1 AND (c.expires_at IS NULL OR c.expires_at > now())", 1),
     "session": ("sessions", "c.id = $1 AND c.user_id = $2 AND c.expires_at > now()", 2),
