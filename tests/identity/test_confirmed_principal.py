@@ -107,3 +107,16 @@ async def test_a_new_rate_limit_applies_to_the_next_request(
     assert (await client.get(ME, headers=headers)).status_code == 200
     limited = await client.get(ME, headers=headers)
     assert limited.status_code == 429, limited.text
+
+
+async def test_a_model_route_refuses_a_remembered_key_once_revoked(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """The routes that resolve their caller outside the request's transaction (they wait
+    for a model) confirm it too."""
+    user_id, headers = await make_user(database)
+    for _ in range(2):
+        assert (await client.get("/v1/models", headers=headers)).status_code == 200
+    await _sql(database, ENDINGS["key revoked"], u=user_id)
+    refused = await client.get("/v1/models", headers=headers)
+    assert refused.status_code == 401, refused.text

@@ -141,6 +141,31 @@ async def test_authentication_and_scope_take_one_round_trip(
         assert me.status_code == 200 and me.json()["id"] == str(user_id)
 
 
+async def test_a_model_route_confirms_a_known_caller_with_one_statement(
+    served_app: FastAPI, database: Database
+) -> None:
+    """Routes that wait for a model resolve the caller in a transaction of their own
+    (``CallerPrincipal``): a caller the process knows costs one statement there, the
+    confirmation alone, with no BEGIN or COMMIT around it."""
+    _, headers = await make_user(database)
+    transport = httpx.ASGITransport(app=served_app, client=("127.0.0.1", 50003))
+    async with served_app.router.lifespan_context(served_app), httpx.AsyncClient(
+        transport=transport, base_url="http://roost.test"
+    ) as client:
+        assert (await client.get("/v1/models", headers=headers)).status_code == 200  # warm
+        counts = []
+        for _ in range(2):  # first sight (as a new process), then known
+            if not counts:
+                resolver._RESOLVED.clear()
+            with statements(database) as sent:
+                assert (await client.get("/v1/models", headers=headers)).status_code == 200
+                await asyncio.sleep(0.05)  # asyncpg's query logger reports through call_soon
+            counts.append(len(sent))
+        confirmations = [s for s in sent if "roost_confirm_principal" in s]
+        assert [s[:31] for s in confirmations] == ["SELECT roost_confirm_principal("], sent
+        assert counts[0] - counts[1] == 2, (counts, sent)  # BEGIN, lookup, COMMIT -> 1
+
+
 async def test_credential_use_is_recorded_at_most_once_an_interval(
     served_app: FastAPI, database: Database
 ) -> None:

@@ -163,6 +163,25 @@ async def begin_with_settings(session: AsyncSession, values: Mapping[str, str], 
     return True
 
 
+async def execute_before_begin(session: AsyncSession, sql: str) -> bool:
+    """Send ``sql`` (a simple query, literals only) on the session's connection before
+    its transaction has begun there: it runs as its own implicit transaction, committed
+    as it ends, and the session's transaction still begins with its first statement (a
+    session that sends nothing else ends without a round trip).  False, and nothing
+    sent, when the transaction has begun on the connection already."""
+    transaction = session.sync_session.get_transaction()
+    if transaction is None or transaction in _drivers:
+        return False
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    if getattr(raw.dbapi_connection, "_transaction", True) is not None:
+        return False  # begun (or an adapter this does not know)
+    driver = raw.driver_connection
+    assert driver is not None
+    await driver.execute(sql)
+    return True
+
+
 def local_settings(session: AsyncSession) -> Mapping[str, str]:
     """The ``SET LOCAL`` values this transaction has been given through :func:`note_settings`."""
     transaction = session.sync_session.get_transaction()

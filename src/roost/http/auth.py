@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Protocol
 
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.db.engine import Database
 from roost.errors import Forbidden, Unauthorized
 from roost.http.deps import DbSession, get_keys, get_settings_dep
 from roost.principal import OPERATOR, Principal
@@ -93,7 +95,43 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
+_UNSCOPED: ContextVar[bool] = ContextVar("roost_resolve_unscoped", default=False)
+
+
+def scope_wanted() -> bool:
+    """Whether the resolver at work must leave the transaction scoped to the principal it
+    finds.  False within :func:`caller_outside_transaction`, whose transaction ends as
+    soon as the principal is known: a resolver may then confirm a credential with one
+    statement outside any transaction."""
+    return not _UNSCOPED.get()
+
+
 async def current_principal(request: Request, session: DbSession) -> Principal:
+    principal = await _resolve(request, session)
+    # Row-level security: the rest of this request's transaction acts for the principal
+    # (SET LOCAL role and settings; see roost.identity.tenancy).
+    authentication: Authentication = request.app.state.authentication
+    await authentication.scope(session, principal, app_role=get_settings_dep(request).db_app_role)
+    request.state.principal = principal  # whose write this request is (read replicas)
+    return principal
+
+
+async def caller_outside_transaction(request: Request, database: Database) -> Principal:
+    """The caller, resolved in a transaction of its own that is over when this returns
+    (routes that wait for a model hold no transaction meanwhile), and not scoped: the
+    resolvers know (:func:`scope_wanted`), so a credential its process has resolved
+    before costs one statement and no ``BEGIN``/``COMMIT``."""
+    unscoped = _UNSCOPED.set(True)
+    try:
+        async with database.transaction() as session:
+            principal = await _resolve(request, session)
+    finally:
+        _UNSCOPED.reset(unscoped)
+    request.state.principal = principal
+    return principal
+
+
+async def _resolve(request: Request, session: AsyncSession) -> Principal:
     token = request_credential(request)
     if token is None:
         raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
@@ -110,10 +148,6 @@ async def current_principal(request: Request, session: DbSession) -> Principal:
         principal = await resolve(session, token, request)
     if principal is None:
         raise Unauthorized("invalid or expired credentials")
-    # Row-level security: the rest of this request's transaction acts for the principal
-    # (SET LOCAL role and settings; see roost.identity.tenancy).
-    await authentication.scope(session, principal, app_role=get_settings_dep(request).db_app_role)
-    request.state.principal = principal  # whose write this request is (read replicas)
     return principal
 
 

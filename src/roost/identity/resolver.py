@@ -38,8 +38,15 @@ from asyncpg.exceptions import InvalidAuthorizationSpecificationError
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.db.transaction import begin_with_settings, driver_connection, is_literal, note_settings
+from roost.db.transaction import (
+    begin_with_settings,
+    driver_connection,
+    execute_before_begin,
+    is_literal,
+    note_settings,
+)
 from roost.errors import Unauthorized
+from roost.http.auth import scope_wanted
 from roost.http.deps import get_keys, get_settings_dep, transaction_settings
 from roost.identity.ratelimits import Limiter, RequestLimits
 from roost.identity.tenancy import checked_role, scope_settings
@@ -189,9 +196,27 @@ async def _confirm(
     scope of the principal this credential resolved to before, in one simple query: the
     database checks that the credential is still live and resolves to exactly that
     principal (user, admin flag, groups, rate-limit overrides) and touches it when stale,
-    before the scope's role switch.  True when confirmed (the transaction is scoped);
-    False, with nothing left begun, when anything changed or the transaction cannot
-    begin this way (the caller looks the credential up then)."""
+    before the scope's role switch.  When no scope is wanted (``scope_wanted``), the
+    confirmation alone, outside the transaction.  True when confirmed; False, with
+    nothing left begun, when anything changed or the transaction cannot begin this way
+    (the caller looks the credential up then)."""
+    confirm = _confirm_sql(key, resolved)
+    if confirm is None:
+        return False
+    try:
+        if not scope_wanted():  # the transaction ends at once: the statement alone
+            return await execute_before_begin(session, confirm)
+        return await begin_with_settings(
+            session, {**scope_settings(resolved.principal, app_role=app_role), **extra},
+            first=confirm)
+    except InvalidAuthorizationSpecificationError:
+        _RESOLVED.pop(key, None)  # revoked, expired or changed: looked up afresh
+        return False
+
+
+def _confirm_sql(key: tuple[str, ...], resolved: _Resolved) -> str | None:
+    """``SELECT roost_confirm_principal(...)`` for this credential and what it resolved
+    to, every value a checked literal (None if one is not: looked up instead)."""
     principal = resolved.principal
     kind, *credential = key
     arguments = [f"'{kind}'", *(f"'{part}'" for part in credential[:1]),
@@ -200,14 +225,8 @@ async def _confirm(
                  *(_int_literal(v) for v in (resolved.user_rpm, resolved.user_streams,
                                              resolved.key_rpm, resolved.key_streams))]
     if not all(is_literal(argument.strip("'")) for argument in arguments):
-        return False
-    confirm = f"SELECT roost_confirm_principal({', '.join(arguments)})"
-    try:
-        return await begin_with_settings(
-            session, {**scope_settings(principal, app_role=app_role), **extra}, first=confirm)
-    except InvalidAuthorizationSpecificationError:
-        _RESOLVED.pop(key, None)  # revoked, expired or changed: looked up afresh
-        return False
+        return None
+    return f"SELECT roost_confirm_principal({', '.join(arguments)})"
 
 
 def _int_literal(value: int | None) -> str:

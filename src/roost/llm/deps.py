@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 
-from roost.http.auth import current_principal
+from roost.http.auth import caller_outside_transaction
 from roost.http.deps import get_database
 from roost.llm.gateway import LLMGateway
 from roost.principal import Principal
@@ -31,8 +31,7 @@ async def principal_outside_transaction(request: Request) -> Principal:
     Routes that wait for a model use this instead of ``CurrentPrincipal`` so no
     database connection sits idle in a transaction while the provider works.
     """
-    async with get_database(request).transaction() as session:
-        return await current_principal(request, session)
+    return await caller_outside_transaction(request, get_database(request))
 
 
 async def gateway_dep(request: Request) -> LLMGateway:
