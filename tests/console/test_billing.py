@@ -159,6 +159,9 @@ async def test_plan_credits_402_invoice_and_pdf(
                      ).to_have_count(1)
         by_model = billing.locator("#usage-model tbody tr")
         await expect(by_model).to_have_count(1)
+        # The refresh shows the plan's figures before the usage tables: wait for the
+        # table of this refresh (two requests), not the one of the refresh before.
+        await expect(by_model.first.locator("td").first).to_have_text("2")
         cells = await by_model.first.locator("th, td").all_inner_texts()
         assert cells[0] == "stub-model" and cells[1] == "2" and cells[4] == "2", cells
         assert Decimal(cells[5]) > 0, cells  # priced: a decimal string
