@@ -48,6 +48,8 @@ async def test_session_crud_is_owner_only(
     posted = await client.post(f"/api/v1/chat/sessions/{sid}/messages",
                                json={"content": "hi", "reply": False}, headers=headers)
     assert posted.status_code == 409 and "archived" in posted.json()["detail"]
+    refused = (await client.get(f"/api/v1/chat/sessions/{sid}", headers=headers)).json()
+    assert refused["message_count"] == 0  # the refused post allocated no position
 
     listing = (await client.get("/api/v1/chat/sessions", headers=headers)).json()
     assert [s["id"] for s in listing["items"]] == [sid]
