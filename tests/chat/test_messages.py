@@ -211,6 +211,56 @@ async def test_bad_input(
     assert (await _post(client, headers, str(uuid.uuid4()), content="hi")).status_code == 404
 
 
+async def test_a_recorded_message_gets_its_position_owner_and_audit_record(
+    client: httpx.AsyncClient, admin_headers: Headers, user: User, other_user: User,
+    database: Database,
+) -> None:
+    """``reply: false`` stores the message in one statement with the session's counters
+    and its audit record: each part checked here, and a refused post writes none."""
+    user_id, headers = user
+    sid = str((await new_session(client, headers))["id"])
+    first = await _post(client, headers, sid, content="a note", reply=False)
+    calls = [{"id": "call_1", "type": "function", "name": "lookup", "arguments": "{\"q\": \"x\"}"}]
+    second = await _post(client, headers, sid, role="assistant", content="", reply=False,
+                         tool_calls=calls, conversation_domain="travel", plan_step=3)
+    assert first.status_code == 201 and second.status_code == 201, second.text
+    assert first.json()["user_message"]["seq"] == 1
+    stored = second.json()["user_message"]
+    assert stored["seq"] == 2 and stored["tool_calls"] == calls
+    assert stored["conversation_domain"] == "travel" and stored["plan_step"] == 3
+    # An administrator records a message in the user's session: it is the user's.
+    by_admin = await _post(client, admin_headers, sid, content="from support", reply=False)
+    assert by_admin.status_code == 201 and by_admin.json()["user_message"]["seq"] == 3
+    # Refused: another user's session (404), an expired one (409); nothing written.
+    _, other_headers = other_user
+    assert (await _post(client, other_headers, sid, content="x", reply=False)).status_code == 404
+    async with database.transaction() as s:
+        await s.execute(text("UPDATE chat_sessions SET expires_at = now() - interval '1 minute' "
+                             "WHERE id = :s"), {"s": sid})
+    expired = await _post(client, headers, sid, content="too late", reply=False)
+    assert expired.status_code == 409 and "expired" in expired.json()["detail"]
+
+    session = (await client.get(f"/api/v1/chat/sessions/{sid}", headers=headers)).json()
+    assert session["message_count"] == 3 and session["request_count"] == 0
+    history = (await client.get(f"/api/v1/chat/sessions/{sid}/messages",
+                                headers=headers)).json()["items"]
+    assert [(m["seq"], m["content"]) for m in history] == [
+        (3, "from support"), (2, ""), (1, "a note")]
+    async with database.transaction() as s:
+        owners = (await s.execute(text(
+            "SELECT DISTINCT user_id FROM chat_messages WHERE session_id = :s"), {"s": sid})).all()
+        records = (await s.execute(text(
+            "SELECT resource_id, user_id, metadata FROM audit_logs "
+            "WHERE action = 'chat.message.create' ORDER BY seq"))).all()
+    assert [o.user_id for o in owners] == [user_id]
+    assert [r.resource_id for r in records] == [m["id"] for m in reversed(history)]
+    assert [r.metadata for r in records] == [
+        {"seq": 1, "role": "user", "reply": False},
+        {"seq": 2, "role": "assistant", "reply": False},
+        {"seq": 3, "role": "user", "reply": False}]
+    assert [r.user_id for r in records][:2] == [user_id, user_id]
+
+
 async def test_a_failing_provider_keeps_the_message_and_marks_the_request_failed(
     client: httpx.AsyncClient, stub: StubServer, user: User, sid: str,
     database: Database,

@@ -134,6 +134,18 @@ async def test_authentication_and_scope_take_one_round_trip(
         assert hidden.status_code == 404, hidden.text
         assert history.json()["items"] == []
 
+        post = {"url": f"/api/v1/chat/sessions/{chat.json()['id']}/messages",
+                "headers": headers, "json": {"content": "noted", "reply": False}}
+        assert (await client.post(**post)).status_code == 201  # warm: the runtime settings
+        with statements(database) as sent:
+            posted = await client.post(**post)
+        assert posted.status_code == 201 and posted.json()["user_message"]["seq"] == 2
+        # A message only recorded: BEGIN with the confirmation and scope; the session's
+        # lock and counters, the message and its audit record in one statement; COMMIT.
+        assert len(sent) == 3, sent
+        assert sent[0].startswith("BEGIN; SELECT roost_confirm_principal(")
+        assert sent[1].startswith("WITH bumped AS") and sent[2].startswith("COMMIT")
+
         # The scope is as strict as before: the transaction runs as the application role
         # for exactly this user.
         with statements(database) as sent:

@@ -13,14 +13,33 @@ import functools
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 import structlog
 from pydantic import TypeAdapter
-from sqlalchemy import Insert, Integer, Select, Table, Update, Uuid, bindparam, func, select, true, update
+from sqlalchemy import (
+    Boolean,
+    Insert,
+    Integer,
+    Select,
+    Table,
+    Update,
+    Uuid,
+    bindparam,
+    func,
+    literal_column,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
+from roost.audit.models import AuditLog
+from roost.audit.service import entry_values
 from roost.billing.models import UsageRecord
 from roost.chat import runtime_settings
 from roost.chat.keys import decrypt, decrypt_many
@@ -34,7 +53,7 @@ from roost.chat.schemas import (
     MessageOut,
 )
 from roost.db.base import utcnow, uuid7
-from roost.db.statements import bound_insert, prefixed
+from roost.db.statements import bound_insert, bound_insert_from, prefixed
 from roost.db.transaction import driver_fetch
 from roost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RoostError
 from roost.llm import calls, routing
@@ -165,10 +184,11 @@ def _check_content(data: MessageCreate, limit: int) -> None:
         raise BadRequest("message content must not contain NUL characters")
 
 
-def _check_open(row: Any) -> None:  # a ChatSession, or a row with its status and expires_at
-    if row.status != "active":
-        raise Conflict(f"the session is {row.status}; set its status to 'active' to post to it")
-    if row.expires_at is not None and row.expires_at <= utcnow():
+def _check_open(status: str, expires_at: datetime | None) -> None:
+    """A session's status and expiry allow a post (else 409)."""
+    if status != "active":
+        raise Conflict(f"the session is {status}; set its status to 'active' to post to it")
+    if expires_at is not None and expires_at <= utcnow():
         raise Conflict("the session has expired; extend expires_at to post to it")
 
 
@@ -215,20 +235,96 @@ async def _insert_message(
         raise TypeError(f"not a chat message column: {sorted(unknown)}")
     if seq is None:
         seq = await _next_seq(session, session_id, request=bump_requests)
-    values: dict[str, Any] = {
-        **dict.fromkeys(_MESSAGE_FIELDS), **fields, "id": uuid7(), "created_at": utcnow(),
-        "session_id": session_id, "seq": seq, "role": role,
-    }
-    stored = {**values, "user_id": owner_id, "content": gateway.cipher.encrypt(content),
-              "tool_calls": (gateway.cipher.encrypt(_TOOL_CALLS.dump_json(tool_calls).decode())
-                             if tool_calls else None)}
+    values = _new_message(session_id, role, seq, fields)
+    stored = {**_encrypted(gateway, values, content, tool_calls), "user_id": owner_id}
     await session.execute(_message_insert(), prefixed("m_", stored))
     return MessageOut.model_validate({**values, "content": content, "tool_calls": tool_calls})
+
+
+def _new_message(session_id: uuid.UUID, role: str, seq: int | None,
+                 fields: dict[str, Any]) -> dict[str, Any]:
+    """A new message's columns as answered (the text not yet encrypted)."""
+    return {**dict.fromkeys(_MESSAGE_FIELDS), **fields, "id": uuid7(), "created_at": utcnow(),
+            "session_id": session_id, "seq": seq, "role": role}
+
+
+def _encrypted(gateway: LLMGateway, values: dict[str, Any], content: str,
+               tool_calls: list[ToolCall] | None) -> dict[str, Any]:
+    """``values`` as stored: the text and the tool calls encrypted."""
+    return {**values, "content": gateway.cipher.encrypt(content),
+            "tool_calls": (gateway.cipher.encrypt(_TOOL_CALLS.dump_json(tool_calls).decode())
+                           if tool_calls else None)}
 
 
 @functools.cache
 def _message_insert() -> Insert:
     return bound_insert(ChatMessage, "m_", (*_MESSAGE_FIELDS, "user_id"))
+
+
+_RECORD_KEYS = tuple(key for key in entry_values(MESSAGE) if key != "event_metadata")
+
+
+@functools.cache
+def _record_statement() -> Select[Any]:
+    """A message that is only recorded (``reply: false``) in one statement: ``WITH bumped
+    AS (UPDATE chat_sessions ... RETURNING ...), stored AS (INSERT INTO chat_messages
+    SELECT ... FROM bumped), record AS (INSERT INTO audit_logs SELECT ... FROM bumped)
+    SELECT ... FROM bumped``.  The session's row is locked to commit and its counters
+    bumped; the message takes the position the bump allocates and the session's owner;
+    its audit record's metadata gets that position.  A session the caller may not post
+    to (not visible, or not theirs and the caller no administrator) matches nothing: no
+    row back and nothing written.  A closed or expired session is refused by the caller
+    after it, and the refusal rolls everything back."""
+    sessions = cast(Table, ChatSession.__table__)
+    bumped = (
+        update(sessions)
+        .where(sessions.c.id == bindparam("session_id", type_=Uuid),
+               or_(sessions.c.user_id == bindparam("actor_id", type_=Uuid),
+                   bindparam("actor_is_admin", type_=Boolean)))
+        # Literal columns: a plain ``+ 1`` would be an anonymous parameter, and so would
+        # updated_at's Python-side onupdate (driver_fetch sends named ones only).
+        .values(message_count=sessions.c.message_count + literal_column("1"),
+                last_activity_at=func.now(), updated_at=func.now())
+        .returning(sessions.c.user_id, sessions.c.status, sessions.c.expires_at,
+                   sessions.c.message_count)
+        .cte("bumped")
+    )
+    stored = bound_insert_from(
+        ChatMessage, "m_", tuple(key for key in _MESSAGE_FIELDS if key != "seq"), bumped,
+        computed={"seq": bumped.c.message_count, "user_id": bumped.c.user_id}).cte("stored")
+    metadata = bindparam("a_event_metadata", type_=JSONB).op("||")(
+        func.jsonb_build_object(literal_column("'seq'"), bumped.c.message_count))
+    record = bound_insert_from(AuditLog, "a_", _RECORD_KEYS, bumped,
+                               computed={"event_metadata": metadata}).cte("record")
+    return (select(bumped.c.user_id, bumped.c.status, bumped.c.expires_at,
+                   bumped.c.message_count).add_cte(stored).add_cte(record))
+
+
+async def _record_message(
+    session: AsyncSession, gateway: LLMGateway, actor: Principal, session_id: uuid.UUID,
+    data: MessageCreate,
+) -> Exchange:
+    """Store a message no model is to answer, with its audit record: one round trip
+    (:func:`_record_statement`), no ORM."""
+    values = _new_message(session_id, data.role, None, {
+        "tool_call_name": data.tool_call_name, "tool_call_id": data.tool_call_id,
+        "conversation_domain": data.conversation_domain, "plan_step": data.plan_step,
+        "confidence_score": data.confidence_score,
+        "embedding_model_used": data.embedding_model_used})
+    stored = _encrypted(gateway, values, data.content, data.tool_calls)
+    del stored["seq"]  # allocated by the statement
+    record = entry_values("chat.message.create", user_id=actor.user_id, resource_type=MESSAGE,
+                          resource_id=values["id"],
+                          metadata={"role": data.role, "reply": False})
+    rows = await driver_fetch(session, _record_statement(), {
+        "session_id": session_id, "actor_id": actor.user_id, "actor_is_admin": actor.is_admin,
+        **prefixed("m_", stored), **prefixed("a_", record)})
+    if not rows:
+        raise NotFound(f"no chat session with id {session_id}")
+    _check_open(rows[0]["status"], rows[0]["expires_at"])
+    message = MessageOut.model_validate({**values, "seq": rows[0]["message_count"],
+                                         "content": data.content, "tool_calls": data.tool_calls})
+    return Exchange(session_id=session_id, owner_id=rows[0]["user_id"], user_message=message)
 
 
 async def _system_message(
@@ -304,60 +400,58 @@ class Exchange:
 
 
 async def post_message(
-    gateway: LLMGateway, actor: Principal, session_id: uuid.UUID, data: MessageCreate
+    gateway: LLMGateway, actor: Principal, session_id: uuid.UUID, data: MessageCreate, *,
+    session: AsyncSession | None = None,
 ) -> Exchange:
-    """Transaction 1: store the message (and, to be answered, the pending LLM request).
+    """Transaction 1: store the message (and, to be answered, the pending LLM request),
+    in ``session`` (a transaction scoped to ``actor``, which the caller commits before
+    the model is asked) or in a transaction of its own.
 
     Routing happens first, so "no provider" (409) and "unknown model" (404) store nothing.
     """
-    async with gateway.transaction(actor) as session:
-        _check_content(data, await runtime.get(session, runtime_settings.MAX_MESSAGE_CHARS,
-                                               gateway.settings.chat_max_message_chars))
-        # The session's row locked, its counters bumped and the message's position
-        # allocated in one statement; a refusal below rolls the bump back with the rest.
-        chat_session = (await session.execute(
-            _post_statement(data.reply), {"session_id": session_id})).one_or_none()
-        if chat_session is None or not (actor.is_admin or chat_session.user_id == actor.user_id):
-            raise NotFound(f"no chat session with id {session_id}")
-        _check_open(chat_session)
-        route = None
-        history: list[LLMMessage] = []
-        if data.reply:
-            route = await routing.resolve_route(
-                session, gateway, data.model or chat_session.model, data.ensemble
-            )
-            history = await _context(session, gateway, session_id, chat_session.user_id)
-        stored = await _insert_message(
-            session, gateway, chat_session.user_id, session_id, seq=chat_session.message_count,
-            role=data.role, content=data.content, tool_calls=data.tool_calls,
-            tool_call_name=data.tool_call_name, tool_call_id=data.tool_call_id,
-            conversation_domain=data.conversation_domain, plan_step=data.plan_step,
-            confidence_score=data.confidence_score, embedding_model_used=data.embedding_model_used,
-        )
-        exchange = Exchange(session_id=session_id, owner_id=chat_session.user_id,
-                            user_message=stored)
-        metadata: dict[str, Any] = {"seq": stored.seq, "role": stored.role, "reply": data.reply}
-        if route is not None:
-            chat = ChatRequest(
-                messages=[*history, *context_messages(data),
-                          LLMMessage(role="user", content=data.content)],
-                temperature=data.temperature, max_tokens=data.max_tokens, top_p=data.top_p,
-                stop=data.stop,
-            )
-            request_type = (
-                "ensemble" if route.mode == "ensemble" else "chat_stream" if data.stream else "chat"
-            )
-            # Stored as running: the route calls the model as soon as this commits (no
-            # separate transaction of four round trips to mark it so).
-            exchange.call = await calls.add_request(
-                session, gateway, _owner_principal(actor, chat_session.user_id), chat, route,
-                request_type=request_type, session_id=session_id, running=True,
-            )
-            metadata.update(request_id=str(exchange.call.request_id), mode=route.mode,
-                            providers=[r.name for r in route.refs()])
-        await audit.record(session, "chat.message.create", user_id=actor.user_id,
-                           resource_type=MESSAGE, resource_id=stored.id, metadata=metadata)
-    return exchange
+    if session is None:
+        async with gateway.transaction(actor) as own:
+            return await post_message(gateway, actor, session_id, data, session=own)
+    _check_content(data, await runtime.get(session, runtime_settings.MAX_MESSAGE_CHARS,
+                                           gateway.settings.chat_max_message_chars))
+    if not data.reply:
+        return await _record_message(session, gateway, actor, session_id, data)
+    # The session's row locked, its counters bumped and the message's position allocated
+    # in one statement; a refusal below rolls the bump back with the rest.
+    chat_session = (await session.execute(
+        _post_statement(True), {"session_id": session_id})).one_or_none()
+    if chat_session is None or not (actor.is_admin or chat_session.user_id == actor.user_id):
+        raise NotFound(f"no chat session with id {session_id}")
+    _check_open(chat_session.status, chat_session.expires_at)
+    route = await routing.resolve_route(
+        session, gateway, data.model or chat_session.model, data.ensemble)
+    history = await _context(session, gateway, session_id, chat_session.user_id)
+    stored = await _insert_message(
+        session, gateway, chat_session.user_id, session_id, seq=chat_session.message_count,
+        role=data.role, content=data.content, tool_calls=data.tool_calls,
+        tool_call_name=data.tool_call_name, tool_call_id=data.tool_call_id,
+        conversation_domain=data.conversation_domain, plan_step=data.plan_step,
+        confidence_score=data.confidence_score, embedding_model_used=data.embedding_model_used,
+    )
+    chat = ChatRequest(
+        messages=[*history, *context_messages(data), LLMMessage(role="user", content=data.content)],
+        temperature=data.temperature, max_tokens=data.max_tokens, top_p=data.top_p,
+        stop=data.stop,
+    )
+    request_type = "ensemble" if route.mode == "ensemble" else "chat_stream" if data.stream else "chat"
+    # Stored as running: the route calls the model as soon as this commits (no separate
+    # transaction of four round trips to mark it so).
+    call = await calls.add_request(
+        session, gateway, _owner_principal(actor, chat_session.user_id), chat, route,
+        request_type=request_type, session_id=session_id, running=True,
+    )
+    await audit.record(session, "chat.message.create", user_id=actor.user_id,
+                       resource_type=MESSAGE, resource_id=stored.id,
+                       metadata={"seq": stored.seq, "role": stored.role, "reply": True,
+                                 "request_id": str(call.request_id), "mode": route.mode,
+                                 "providers": [r.name for r in route.refs()]})
+    return Exchange(session_id=session_id, owner_id=chat_session.user_id, user_message=stored,
+                    call=call)
 
 
 def _owner_principal(actor: Principal, owner_id: uuid.UUID) -> Principal:

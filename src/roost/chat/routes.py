@@ -122,21 +122,24 @@ async def list_messages(
     },
 )
 async def post_message(
-    session_id: uuid.UUID, body: MessageCreate, principal: CallerPrincipal, gateway: GatewayDep,
-    request: Request, slot: StreamSlots,
+    session_id: uuid.UUID, body: MessageCreate, principal: CurrentPrincipal, db: DbSession,
+    gateway: GatewayDep, request: Request, slot: StreamSlots,
 ) -> Any:
     """Store a message and, unless ``reply`` is false, the model's answer; with ``model:
     "agent:<slug>"`` that agent answers (a run of it; docs/agents.md).
 
     No database transaction stays open while the model works: the user's message is
-    committed first and survives any provider failure.
+    committed first (the request's transaction, which authenticated the caller in its
+    first round trip) and survives any provider failure.
     """
     if body.stream and body.reply:  # a concurrent-stream slot first (429: nothing stored)
         await slot.acquire()
     handler = model_handler(request, body)
     if handler is not None:
+        await db.commit()  # the agent's run holds no transaction of this request's
         return await handler(principal, session_id, body)
-    exchange = await messages.post_message(gateway, principal, session_id, body)
+    exchange = await messages.post_message(gateway, principal, session_id, body, session=db)
+    await db.commit()  # stored (and its connection released) before any model is asked
     if exchange.request_id is None:
         return ExchangeOut(user_message=exchange.user_message)
     if not body.stream:

@@ -25,16 +25,21 @@ def bound_insert(model: Any, prefix: str, keys: Mapping[str, Any] | tuple[str, .
 
 
 def bound_insert_from(model: Any, prefix: str, keys: Mapping[str, Any] | tuple[str, ...],
-                      source: Any) -> Insert:
+                      source: Any, computed: Mapping[str, Any] | None = None) -> Insert:
     """:func:`bound_insert` as ``INSERT ... SELECT <the parameters> FROM source``: a row for
     each row of ``source``, a CTE of the same statement, so the row is written only when
     that CTE's own write happened (not after an ``ON CONFLICT DO NOTHING``, nor for an
-    ``UPDATE`` that matched nothing)."""
+    ``UPDATE`` that matched nothing).  ``computed`` gives the columns whose values come
+    from SQL instead of a parameter (attribute name -> expression, e.g. a column of
+    ``source``: a position the source's ``UPDATE ... RETURNING`` allocated)."""
     columns = model.__mapper__.columns
-    row = select(*(bindparam(prefix + key, type_=columns[key].type) for key in keys))
+    extra = dict(computed or {})
+    values = [*(bindparam(prefix + key, type_=columns[key].type) for key in keys),
+              *extra.values()]
     # Only ``keys``: the columns' Python-side defaults are the caller's (``with_defaults``).
-    return insert(model.__table__).from_select([columns[key] for key in keys],
-                                               row.select_from(source), include_defaults=False)
+    return insert(model.__table__).from_select(
+        [columns[key] for key in (*keys, *extra)], select(*values).select_from(source),
+        include_defaults=False)
 
 
 def prefixed(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
