@@ -88,6 +88,15 @@ def is_literal(text: str) -> bool:
     return _LITERAL.fullmatch(text) is not None
 
 
+@functools.lru_cache(maxsize=4096)
+def _settings_sql(items: tuple[tuple[str, str], ...]) -> str | None:
+    """``SELECT set_config(name, value, true), ...`` for ``items``, or None when a name or
+    value is not a plain literal.  Cached: a caller's requests send the same settings."""
+    if not all(is_literal(part) for item in items for part in item):
+        return None
+    return "SELECT " + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in items)
+
+
 class _BegunTransaction:
     """Ends a transaction that :func:`begin_with_settings` began: what SQLAlchemy's
     asyncpg adapter calls (``commit``/``rollback``) on the transaction it tracks."""
@@ -121,7 +130,8 @@ async def begin_with_settings(session: AsyncSession, values: Mapping[str, str], 
     transaction = session.sync_session.get_transaction()
     if transaction is None or transaction in _drivers:
         return False
-    if not all(is_literal(part) for item in values.items() for part in item):
+    sets = _settings_sql(tuple(values.items()))
+    if sets is None:
         return False
     _beginning.add(session.sync_session)
     try:
@@ -133,8 +143,7 @@ async def begin_with_settings(session: AsyncSession, values: Mapping[str, str], 
     driver = raw.driver_connection
     assert driver is not None
     begin = _BEGIN.get(getattr(adapted, "isolation_level", "?"))
-    sets = ", ".join(f"set_config('{name}', '{value}', true)" for name, value in values.items())
-    statements = f"{first}; SELECT {sets}" if first else f"SELECT {sets}"
+    statements = f"{first}; {sets}" if first else sets
     if (begin is None or getattr(adapted, "_transaction", True) is not None
             or adapted.readonly or adapted.deferrable):  # type: ignore[union-attr]
         # Begun already, or not a plain BEGIN: as driver_connection begins it, then the

@@ -214,9 +214,11 @@ async def _confirm(
         return False
 
 
+@functools.lru_cache(maxsize=RESOLVED_MAX)
 def _confirm_sql(key: tuple[str, ...], resolved: _Resolved) -> str | None:
     """``SELECT roost_confirm_principal(...)`` for this credential and what it resolved
-    to, every value a checked literal (None if one is not: looked up instead)."""
+    to, every value a checked literal (None if one is not: looked up instead).  Built
+    once per credential and principal (the same text every request of a caller sends)."""
     principal = resolved.principal
     kind, *credential = key
     arguments = [f"'{kind}'", *(f"'{part}'" for part in credential[:1]),
