@@ -205,7 +205,7 @@ async def test_without_limits_no_round_trip_is_added(
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50103))
     async with httpx.AsyncClient(transport=transport, base_url="http://roost.test") as client:
         await client.get(LIST_KEYS, headers=headers)  # warm: types, prepared statements
-        with statements(database) as sent:
+        async with statements(database) as sent:
             assert (await client.get(LIST_KEYS, headers=headers)).status_code == 200
     assert not any("roost_rate_take" in s or "stream_leases" in s for s in sent)
     assert getattr(app.state, "rate_limiter", None) is None

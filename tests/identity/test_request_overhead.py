@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,8 @@ class _FixedEmbedder:
         return [[1.0] + [0.0] * 383 for _ in texts]
 
 
-@contextmanager
-def statements(database: Database) -> Iterator[list[str]]:
+@asynccontextmanager
+async def statements(database: Database) -> AsyncIterator[list[str]]:
     """Every statement the app sends while the block runs, each a round trip: what
     SQLAlchemy executes (it prepares and runs them through asyncpg, which does not log
     those), plus what asyncpg's query logger sees (BEGIN, COMMIT and statements sent
@@ -72,6 +72,7 @@ def statements(database: Database) -> Iterator[list[str]]:
     event.listen(engine, "before_cursor_execute", from_sqlalchemy)
     try:
         yield sent
+        await asyncio.sleep(0.05)  # asyncpg's query logger reports through call_soon
     finally:
         event.remove(engine, "checkout", on_checkout)
         event.remove(engine, "before_cursor_execute", from_sqlalchemy)
@@ -101,7 +102,7 @@ async def test_authentication_and_scope_take_one_round_trip(
         assert (await client.post("/api/v1/knowledge/search", headers=headers,
                                   json=body)).status_code == 200  # warm: the key's touch
         resolver._RESOLVED.clear()  # as a process that has not seen the key yet
-        with statements(database) as sent:
+        async with statements(database) as sent:
             found = await client.post("/api/v1/knowledge/search", headers=headers, json=body)
         assert found.status_code == 200, found.text
         # First sight of the key: BEGIN, the credential's lookup (+ touch, scope, role,
@@ -110,7 +111,7 @@ async def test_authentication_and_scope_take_one_round_trip(
         assert sent[0].startswith("BEGIN") and sent[-1].startswith("COMMIT")
         assert "set_config('roost.user_id'" in sent[1] and "hnsw.ef_search" not in sent[2]
 
-        with statements(database) as sent:
+        async with statements(database) as sent:
             found = await client.post("/api/v1/knowledge/search", headers=headers, json=body)
         assert found.status_code == 200, found.text
         # Known key: BEGIN, the database's confirmation of the credential and the scope
@@ -120,7 +121,7 @@ async def test_authentication_and_scope_take_one_round_trip(
         assert "set_config('roost.user_id'" in sent[0] and "hnsw.ef_search" in sent[0]
         assert sent[-1].startswith("COMMIT")
 
-        with statements(database) as sent:
+        async with statements(database) as sent:
             history = await client.get(
                 f"/api/v1/chat/sessions/{chat.json()['id']}/messages?limit=50", headers=headers)
         assert history.status_code == 200, history.text
@@ -134,11 +135,11 @@ async def test_authentication_and_scope_take_one_round_trip(
         assert hidden.status_code == 404, hidden.text
         assert history.json()["items"] == []
 
-        post = {"url": f"/api/v1/chat/sessions/{chat.json()['id']}/messages",
-                "headers": headers, "json": {"content": "noted", "reply": False}}
-        assert (await client.post(**post)).status_code == 201  # warm: the runtime settings
-        with statements(database) as sent:
-            posted = await client.post(**post)
+        url = f"/api/v1/chat/sessions/{chat.json()['id']}/messages"
+        note = {"content": "noted", "reply": False}
+        assert (await client.post(url, headers=headers, json=note)).status_code == 201  # warm
+        async with statements(database) as sent:
+            posted = await client.post(url, headers=headers, json=note)
         assert posted.status_code == 201 and posted.json()["user_message"]["seq"] == 2
         # A message only recorded: BEGIN with the confirmation and scope; the session's
         # lock and counters, the message and its audit record in one statement; COMMIT.
@@ -148,7 +149,7 @@ async def test_authentication_and_scope_take_one_round_trip(
 
         # The scope is as strict as before: the transaction runs as the application role
         # for exactly this user.
-        with statements(database) as sent:
+        async with statements(database) as sent:
             me = await client.get("/api/v1/auth/me", headers=headers)
         assert me.status_code == 200 and me.json()["id"] == str(user_id)
 
@@ -169,9 +170,8 @@ async def test_a_model_route_confirms_a_known_caller_with_one_statement(
         for _ in range(2):  # first sight (as a new process), then known
             if not counts:
                 resolver._RESOLVED.clear()
-            with statements(database) as sent:
+            async with statements(database) as sent:
                 assert (await client.get("/v1/models", headers=headers)).status_code == 200
-                await asyncio.sleep(0.05)  # asyncpg's query logger reports through call_soon
             counts.append(len(sent))
         confirmations = [s for s in sent if "roost_confirm_principal" in s]
         assert [s[:31] for s in confirmations] == ["SELECT roost_confirm_principal("], sent
@@ -249,7 +249,7 @@ async def test_a_scoped_transaction_sends_its_scope_with_its_begin(database: Dat
     alice, _ = await make_user(database, username="alice-begin")
     bob, _ = await make_user(database, username="bob-begin")
     bob_job = Principal(user_id=bob, is_admin=False, kind="job")
-    with statements(database) as sent:
+    async with statements(database) as sent:
         async with database.transaction() as session:
             await apply_principal(session, bob_job)
             owners = (await session.execute(text("SELECT user_id FROM api_keys"))).scalars().all()
@@ -290,7 +290,7 @@ async def test_a_lazily_scoped_transaction_sends_its_scope_with_its_first_statem
     bob, _ = await make_user(database, username="bob-lazy")
     bob_job = Principal(user_id=bob, is_admin=False, kind="job")
     owners_sql = select(text("user_id")).select_from(text("api_keys"))
-    with statements(database) as sent:
+    async with statements(database) as sent:
         async with database.transaction() as session:
             scope_lazily(session, bob_job)
             owners = [row[0] for row in await driver_fetch(session, owners_sql, {})]
@@ -300,7 +300,7 @@ async def test_a_lazily_scoped_transaction_sends_its_scope_with_its_first_statem
     assert len(sent) == 3, sent
     assert sum(s.startswith("BEGIN; SELECT set_config('roost.user_id', '") for s in sent) == 1
 
-    with statements(database) as sent:
+    async with statements(database) as sent:
         async with database.transaction() as session:
             scope_lazily(session, bob_job)
             orm_owners = (await session.execute(owners_sql)).scalars().all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -84,8 +85,12 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error."""
-        async with self.sessionmaker() as session, session.begin():
-            yield session
+        session = self.sessionmaker()
+        try:
+            async with session.begin():
+                yield session
+        finally:
+            await close_session(session)
 
     @asynccontextmanager
     async def autocommit(self) -> AsyncIterator[Any]:
@@ -102,6 +107,27 @@ class Database:
         if self.replicas is not None:
             await self.replicas.dispose()
         await self.engine.dispose()
+
+
+async def close_session(session: AsyncSession) -> None:
+    """Close ``session`` as ``async with session`` would, for less when it holds nothing.
+
+    ``AsyncSession``'s own exit runs ``close()`` in a task of its own, shielded from
+    cancellation (a connection half returned to its pool must not be abandoned): a task
+    and a greenlet per request, ~70 µs here.  A session whose transaction has ended (it
+    was committed or rolled back) holds no connection, and closing it is bookkeeping
+    without I/O, done synchronously; one still in a transaction is closed the shielded
+    way (it rolls back and returns its connection)."""
+    if session.sync_session.get_transaction() is None:
+        session.sync_session.close()
+        return
+    closing = asyncio.ensure_future(session.close())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        if not closing.done():  # finish returning the connection, then be cancelled
+            await asyncio.wait([closing])
+        raise
 
 
 def resolve_database_url(settings: Settings) -> tuple[URL, EmbeddedServer | None]:
