@@ -192,49 +192,30 @@ def _check_open(status: str, expires_at: datetime | None) -> None:
         raise Conflict("the session has expired; extend expires_at to post to it")
 
 
-async def _next_seq(session: AsyncSession, session_id: uuid.UUID, *, request: bool = False) -> int:
-    """Allocate the next message position under the session row's lock (held to commit)."""
-    seq = await session.scalar(_seq_statement(request), {"session_id": session_id})
-    assert seq is not None
-    return int(seq)
-
-
 @functools.cache
-def _post_statement(request: bool) -> Update:
-    """:func:`_seq_statement` returning also what a post checks and uses of the session
-    (an UPDATE locks the row to commit, as a ``SELECT ... FOR UPDATE`` would: one round
-    trip and no ORM entity instead of two)."""
+def _post_statement() -> Update:
+    """An answered post's ``UPDATE chat_sessions ... RETURNING``: the session's row locked to
+    commit (as a ``SELECT ... FOR UPDATE`` would), its message and request counters bumped
+    (the new ``message_count`` is the message's position), and what the post checks and
+    uses of the session: one round trip, no ORM entity.  Built once."""
     table = cast(Table, ChatSession.__table__)
-    return _seq_statement(request).returning(
-        table.c.user_id, table.c.status, table.c.expires_at, table.c.model)
-
-
-@functools.cache
-def _seq_statement(request: bool) -> Update:
-    """Built once: a Core ``UPDATE ... RETURNING`` (no ORM bookkeeping for a counter)."""
-    table = cast(Table, ChatSession.__table__)
-    values: dict[str, Any] = {"message_count": table.c.message_count + 1,
-                              "last_activity_at": func.now()}
-    if request:
-        values["request_count"] = table.c.request_count + 1
     return (update(table).where(table.c.id == bindparam("session_id", type_=Uuid))
-            .values(**values).returning(table.c.message_count))
+            .values(message_count=table.c.message_count + 1,
+                    request_count=table.c.request_count + 1, last_activity_at=func.now())
+            .returning(table.c.message_count, table.c.user_id, table.c.status,
+                       table.c.expires_at, table.c.model))
 
 
 async def _insert_message(
     session: AsyncSession, gateway: LLMGateway, owner_id: uuid.UUID, session_id: uuid.UUID, *,
-    role: str, content: str, bump_requests: bool = False, tool_calls: list[ToolCall] | None = None,
-    seq: int | None = None, **fields: Any,
+    seq: int, role: str, content: str, tool_calls: list[ToolCall] | None = None, **fields: Any,
 ) -> MessageOut:
-    """Store a message (its position allocated first, unless ``seq`` was allocated
-    already); returns it as answered, from the values written (the text in clear:
-    nothing to decrypt).  One prebuilt INSERT, no ORM entity: the stored row is never
-    changed in this transaction."""
+    """Store a message at ``seq`` (allocated by :func:`_post_statement`); returns it as
+    answered, from the values written (the text in clear: nothing to decrypt).  One
+    prebuilt INSERT, no ORM entity."""
     unknown = set(fields) - set(_MESSAGE_FIELDS)
     if unknown:
         raise TypeError(f"not a chat message column: {sorted(unknown)}")
-    if seq is None:
-        seq = await _next_seq(session, session_id, request=bump_requests)
     values = _new_message(session_id, role, seq, fields)
     stored = {**_encrypted(gateway, values, content, tool_calls), "user_id": owner_id}
     await session.execute(_message_insert(), prefixed("m_", stored))
@@ -305,26 +286,42 @@ async def _record_message(
     data: MessageCreate,
 ) -> Exchange:
     """Store a message no model is to answer, with its audit record: one round trip
-    (:func:`_record_statement`), no ORM."""
-    values = _new_message(session_id, data.role, None, {
-        "tool_call_name": data.tool_call_name, "tool_call_id": data.tool_call_id,
-        "conversation_domain": data.conversation_domain, "plan_step": data.plan_step,
-        "confidence_score": data.confidence_score,
-        "embedding_model_used": data.embedding_model_used})
-    stored = _encrypted(gateway, values, data.content, data.tool_calls)
+    (:func:`_record_statement`), no ORM.  A closed or expired session refuses it (409)."""
+    found, message = await _store_recorded(
+        session, gateway, actor, session_id, role=data.role, content=data.content,
+        tool_calls=data.tool_calls, fields={
+            "tool_call_name": data.tool_call_name, "tool_call_id": data.tool_call_id,
+            "conversation_domain": data.conversation_domain, "plan_step": data.plan_step,
+            "confidence_score": data.confidence_score,
+            "embedding_model_used": data.embedding_model_used},
+        action="chat.message.create", metadata={"role": data.role, "reply": False})
+    _check_open(found["status"], found["expires_at"])
+    return Exchange(session_id=session_id, owner_id=found["user_id"], user_message=message)
+
+
+async def _store_recorded(
+    session: AsyncSession, gateway: LLMGateway, actor: Principal, session_id: uuid.UUID, *,
+    role: str, content: str, tool_calls: list[ToolCall] | None, fields: dict[str, Any],
+    action: str, metadata: dict[str, Any],
+) -> tuple[Any, MessageOut]:
+    """A message at the session's next position and its audit record (``action``, with
+    ``metadata`` and the message's ``seq``) in one statement (:func:`_record_statement`);
+    returns the session's row as bumped (``user_id``, ``status``, ``expires_at``,
+    ``message_count``) and the message as answered.  404 when the actor may not post to
+    the session (or it is gone)."""
+    values = _new_message(session_id, role, None, fields)
+    stored = _encrypted(gateway, values, content, tool_calls)
     del stored["seq"]  # allocated by the statement
-    record = entry_values("chat.message.create", user_id=actor.user_id, resource_type=MESSAGE,
-                          resource_id=values["id"],
-                          metadata={"role": data.role, "reply": False})
+    record = entry_values(action, user_id=actor.user_id, resource_type=MESSAGE,
+                          resource_id=values["id"], metadata=metadata)
     rows = await driver_fetch(session, _record_statement(), {
         "session_id": session_id, "actor_id": actor.user_id, "actor_is_admin": actor.is_admin,
         **prefixed("m_", stored), **prefixed("a_", record)})
     if not rows:
         raise NotFound(f"no chat session with id {session_id}")
-    _check_open(rows[0]["status"], rows[0]["expires_at"])
     message = MessageOut.model_validate({**values, "seq": rows[0]["message_count"],
-                                         "content": data.content, "tool_calls": data.tool_calls})
-    return Exchange(session_id=session_id, owner_id=rows[0]["user_id"], user_message=message)
+                                         "content": content, "tool_calls": tool_calls})
+    return rows[0], message
 
 
 async def _system_message(
@@ -350,25 +347,34 @@ async def _context(
     """The last messages of the session, oldest first, as the model will see them."""
     limit = await runtime.get(session, runtime_settings.CONTEXT_MESSAGES,
                               gateway.settings.chat_context_messages)
-    rows = list((await session.scalars(
-        select(ChatMessage).where(ChatMessage.session_id == session_id)
-        .order_by(ChatMessage.seq.desc()).limit(limit)
-    )).all())
+    rows = await driver_fetch(session, _context_statement(),
+                              {"session_id": session_id, "context_limit": limit})
+    texts = decrypt_many(gateway.cipher, [row["content"] for row in rows])  # one batch
     out: list[LLMMessage] = []
     system = await _system_message(session, gateway, session_id, owner_id)
     if system:
         out.append(LLMMessage(role="system", content=system))
-    for row in reversed(rows):
+    for row, text in zip(reversed(rows), reversed(texts), strict=True):
         tool_calls = None
-        if row.tool_calls is not None:
-            tool_calls = _TOOL_CALLS.validate_json(decrypt(gateway.cipher, row.tool_calls))
+        if row["tool_calls"] is not None:
+            tool_calls = _TOOL_CALLS.validate_json(decrypt(gateway.cipher, row["tool_calls"]))
         out.append(LLMMessage(
-            role=row.role,  # type: ignore[arg-type]
-            content=decrypt(gateway.cipher, row.content) or (None if tool_calls else ""),
-            tool_call_id=row.tool_call_id if row.role == "tool" else None,
+            role=row["role"], content=text or (None if tool_calls else ""),
+            tool_call_id=row["tool_call_id"] if row["role"] == "tool" else None,
             tool_calls=tool_calls,
         ))
     return out
+
+
+@functools.cache
+def _context_statement() -> Select[str, bytes, str | None, bytes | None]:
+    """The columns the model sees of a session's last messages, newest first: plain rows
+    on the driver connection (no ORM entities for what is only decrypted and sent on)."""
+    return (select(ChatMessage.role, ChatMessage.content, ChatMessage.tool_call_id,
+                   ChatMessage.tool_calls)
+            .where(ChatMessage.session_id == bindparam("session_id", type_=Uuid))
+            .order_by(ChatMessage.seq.desc())
+            .limit(bindparam("context_limit", type_=Integer)))
 
 
 CONTEXT_PREAMBLE = (
@@ -419,7 +425,7 @@ async def post_message(
     # The session's row locked, its counters bumped and the message's position allocated
     # in one statement; a refusal below rolls the bump back with the rest.
     chat_session = (await session.execute(
-        _post_statement(True), {"session_id": session_id})).one_or_none()
+        _post_statement(), {"session_id": session_id})).one_or_none()
     if chat_session is None or not (actor.is_admin or chat_session.user_id == actor.user_id):
         raise NotFound(f"no chat session with id {session_id}")
     _check_open(chat_session.status, chat_session.expires_at)
@@ -478,23 +484,20 @@ def _reply_hooks(
     async def store_answer(session: AsyncSession, outcome: CallOutcome) -> ExchangeOut:
         result = outcome.result
         assert outcome.usage is not None
-        answer = await _insert_message(
-            session, gateway, exchange.owner_id, exchange.session_id, role="assistant",
-            content=result.content, tool_calls=result.tool_calls or None,
-            tool_call_name=result.tool_calls[0].name if result.tool_calls else None,
-            tool_call_id=result.tool_calls[0].id if result.tool_calls else None,
-            tokens_in=result.tokens_in, tokens_out=result.tokens_out,
-            model=result.model or outcome.winner.name, llm_request_id=outcome.request_id,
-            confidence_score=float(response_confidence(result)),
-        )
-        await audit.record(
-            session, "chat.message.reply", user_id=actor.user_id, resource_type=MESSAGE,
-            resource_id=answer.id,
+        model = result.model or outcome.winner.name
+        # The answer is stored even if the session was closed meanwhile (no status check).
+        _, answer = await _store_recorded(
+            session, gateway, actor, exchange.session_id, role="assistant",
+            content=result.content, tool_calls=result.tool_calls or None, fields={
+                "tool_call_name": result.tool_calls[0].name if result.tool_calls else None,
+                "tool_call_id": result.tool_calls[0].id if result.tool_calls else None,
+                "tokens_in": result.tokens_in, "tokens_out": result.tokens_out,
+                "model": model, "llm_request_id": outcome.request_id,
+                "confidence_score": float(response_confidence(result))},
+            action="chat.message.reply",
             metadata={"request_id": str(outcome.request_id), "provider": outcome.winner.name,
-                      "model": answer.model, "tokens_in": result.tokens_in,
-                      "tokens_out": result.tokens_out, "attempts": len(outcome.attempts),
-                      "seq": answer.seq},
-        )
+                      "model": model, "tokens_in": result.tokens_in,
+                      "tokens_out": result.tokens_out, "attempts": len(outcome.attempts)})
         return ExchangeOut(
             user_message=exchange.user_message, assistant_message=answer,
             request_id=outcome.request_id, provider=outcome.winner.name,
