@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
+from roost.tools import builtins, calls
 from tests.agents.conftest import make_agent, test_settings, wait_for_run, worker  # noqa: F401
 from tests.chat.conftest import add_provider
 from tests.prompts.conftest import make_group
@@ -60,6 +61,24 @@ async def test_tool_calls_pay_credits_and_stop_at_the_limit(
             "FROM subscriptions s WHERE s.id = :id"), {"id": sub, "u": user_id})).one()
     assert (row.credits_used, row.credits_reserved, row.billed) == (2, 0, 2)
     assert row.runs == 3 and row.events == 3  # the refused call ran nothing
+
+
+async def test_a_warm_call_by_id_still_pays_when_its_user_is_metered(
+    caches_deaf: None, client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    """The process's caches answer a warm call by id without a statement before the tool
+    only when nothing is to be held: a metered user's calls still hold and pay."""
+    user_id, headers = await make_user(database)
+    sub = await _subscribe(client, admin_headers, user_id, 5)
+    path = f"/api/v1/tools/{builtins.CURRENT_TIME_ID}/call"
+    for _ in range(3):  # the first fills the caches, the others are answered from them
+        ok = await client.post(path, headers=headers, json={"arguments": {"timezone": "UTC"}})
+        assert ok.status_code == 200, ok.text
+    assert len(calls.KNOWN_TOOLS) >= 1
+    async with database.transaction() as s:
+        used = await s.scalar(text("SELECT credits_used FROM subscriptions WHERE id = :id"),
+                              {"id": sub})
+    assert used == 3
 
 
 async def test_plan_limits_on_agents_and_runs_per_day(

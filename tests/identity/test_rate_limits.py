@@ -28,9 +28,9 @@ from roost.identity.ratelimits import Limiter, RequestLimits
 from roost.identity.sessions import cleanup_expired
 from roost.keyfiles import KeyMaterial
 from roost.principal import Principal
-from tests.identity.test_request_overhead import statements
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
+from tests.support.listening import statements
 from tests.support.openai_stub import Reply, StubServer
 from tests.support.pg import PgTestServer
 from tests.support.server import in_process

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from roost.app import create_app
@@ -29,6 +26,7 @@ from roost.knowledge import search as search_mod
 from roost.principal import Principal
 from roost.security.passwords import hash_password
 from tests.support.identity import make_user
+from tests.support.listening import statements
 from tests.support.pg import PgTestServer
 from tests.support.server import roost_server
 
@@ -41,41 +39,6 @@ class _FixedEmbedder:
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         return [[1.0] + [0.0] * 383 for _ in texts]
-
-
-@asynccontextmanager
-async def statements(database: Database) -> AsyncIterator[list[str]]:
-    """Every statement the app sends while the block runs, each a round trip: what
-    SQLAlchemy executes (it prepares and runs them through asyncpg, which does not log
-    those), plus what asyncpg's query logger sees (BEGIN, COMMIT and statements sent
-    straight to the driver), less asyncpg's own type introspection, which a connection
-    runs once for a statement's types and then caches."""
-    sent: list[str] = []
-    logged: set[int] = set()
-
-    def from_driver(query: Any) -> None:
-        sql = " ".join(query.query.split())
-        if "typeinfo_tree" not in sql and "set_config('jit'" not in sql:
-            sent.append(sql)
-
-    def from_sqlalchemy(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        sent.append(" ".join(statement.split()))
-
-    def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        driver = dbapi_connection.driver_connection
-        if id(driver) not in logged:
-            logged.add(id(driver))
-            driver.add_query_logger(from_driver)
-
-    engine = database.engine.sync_engine
-    event.listen(engine, "checkout", on_checkout)
-    event.listen(engine, "before_cursor_execute", from_sqlalchemy)
-    try:
-        yield sent
-        await asyncio.sleep(0.05)  # asyncpg's query logger reports through call_soon
-    finally:
-        event.remove(engine, "checkout", on_checkout)
-        event.remove(engine, "before_cursor_execute", from_sqlalchemy)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The process's LISTEN connection (roost.system_settings.runtime.SettingsListener) for
 tests of the caches it keeps: up and connected for the block, stopped after it; or the
-caches answering with no notification ever arriving (``deaf``); and a count of the
-statements a database is sent."""
+caches answering with no notification ever arriving (``deaf``); and the statements a
+database is sent (``Statements``: what SQLAlchemy executes; ``statements``: every round
+trip, the driver's own too)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,38 @@ class Statements:
     def _note(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if self.counting:
             self.sent.append(statement)
+
+
+@asynccontextmanager
+async def statements(database: Database) -> AsyncIterator[list[str]]:
+    """Every statement the app sends while the block runs, each a round trip: what
+    SQLAlchemy executes (it prepares and runs them through asyncpg, which does not log
+    those), plus what asyncpg's query logger sees (BEGIN, COMMIT and statements sent
+    straight to the driver), less asyncpg's own type introspection, which a connection
+    runs once for a statement's types and then caches."""
+    sent: list[str] = []
+    logged: set[int] = set()
+
+    def from_driver(query: Any) -> None:
+        sql = " ".join(query.query.split())
+        if "typeinfo_tree" not in sql and "set_config('jit'" not in sql:
+            sent.append(sql)
+
+    def from_sqlalchemy(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(" ".join(statement.split()))
+
+    def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if id(driver) not in logged:
+            logged.add(id(driver))
+            driver.add_query_logger(from_driver)
+
+    engine = database.engine.sync_engine
+    event.listen(engine, "checkout", on_checkout)
+    event.listen(engine, "before_cursor_execute", from_sqlalchemy)
+    try:
+        yield sent
+        await asyncio.sleep(0.05)  # asyncpg's query logger reports through call_soon
+    finally:
+        event.remove(engine, "checkout", on_checkout)
+        event.remove(engine, "before_cursor_execute", from_sqlalchemy)

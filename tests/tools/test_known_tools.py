@@ -26,6 +26,7 @@ from roost.tools.config import ToolsConfig
 from roost.tools.servers import scoped
 from tests.support.identity import make_user
 from tests.support.listening import Statements
+from tests.support.listening import statements as sent_statements
 from tests.tools.test_tools_api import register_and_sync, stdio_body, tool_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -62,6 +63,20 @@ async def test_warm_calls_send_nothing_before_the_tool_and_changes_apply_at_once
                                             name=None, server=None, arguments={"text": "x"})
     statements.counting = False
     assert prepared.name == "echo" and statements.sent == []
+    # A whole warm call that holds no credits: the tool, then its record in one scoped
+    # transaction of three round trips (BEGIN with the scope, the record, COMMIT), on the
+    # driver without an ORM session; the row is Alice's, under her scope.
+    async with sent_statements(database) as sent:
+        run = await calls.call_tool(database, actor, cfg, box, tool_id=uuid.UUID(echo),
+                                    arguments={"text": "warm"})
+    assert run.status == "success" and run.user_id == alice_id
+    assert len(sent) == 3, sent
+    assert sent[0].startswith(f"BEGIN; SELECT set_config('roost.user_id', '{alice_id}'")
+    assert sent[1].startswith("WITH tool_run AS") and sent[2] == "COMMIT"
+    async with database.transaction() as session:
+        owner = await session.scalar(text("SELECT user_id FROM tool_runs WHERE id = :id"),
+                                     {"id": run.id})
+    assert owner == alice_id
     # The arguments are still checked on every call.
     bad = await _call(client, alice, echo, text=5)
     assert bad.status_code == 422, bad.text

@@ -170,6 +170,19 @@ async def _anyone_metered(session: AsyncSession) -> bool:
     return active
 
 
+def unmetered_by_caches(database: str | None, settings: Settings) -> bool:
+    """Whether this process's caches alone tell that nothing is charged now (nobody is
+    metered, and subscriptions are not required): what :func:`reserve` would find,
+    without a statement.  False when that needs the database (``database``: the name of
+    the caller's; the caches answer only for the one the process listens on)."""
+    if not (METERING.listening and runtime.serves_database(database)) \
+            or METERING.active is not False:
+        return False
+    hit, required = runtime.cached(runtime_settings.REQUIRE_SUBSCRIPTION,
+                                   settings.billing_require_subscription)
+    return hit and not required
+
+
 async def payer_for(session: AsyncSession, user_id: uuid.UUID | None) -> Payer | None:
     """The subscription paying for ``user_id``'s calls, or None (not metered)."""
     if user_id is None:

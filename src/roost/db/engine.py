@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +17,7 @@ from roost import tracing
 from roost.config import Settings
 from roost.db.embedded import EmbeddedServer, start_embedded
 from roost.db.replicas import Replica, ReplicaSet, describe
+from roost.db.transaction import settings_statement
 
 EMBEDDED_DATABASE = "roost"
 
@@ -103,6 +104,43 @@ class Database:
             raw = await conn.get_raw_connection()
             yield raw.driver_connection
 
+    @asynccontextmanager
+    async def driver_transaction(self, settings: Mapping[str, str]) -> AsyncIterator[Any]:
+        """A pooled connection's asyncpg connection inside one transaction that begins
+        together with ``settings`` (``SET LOCAL`` by ``set_config``: ``BEGIN; SELECT
+        set_config(...)`` as one simple query), committed when the block ends, rolled
+        back when it raises or is cancelled.  No ORM session: for a hot path that writes
+        one or two prebuilt statements (``roost.db.transaction.fetch_on``), where the
+        session's own work was a third of the path (a tool call's record,
+        bench/tools/overhead.py).  The connection never returns to the pool inside a
+        transaction (:func:`_roll_back_or_close`)."""
+        # The pool's connection itself, not an AsyncConnection around it (a greenlet and
+        # its bookkeeping each way: ~80 us of a ~1 ms transaction).  Giving it back is
+        # synchronous: the adapter began no transaction, so its reset sends nothing.
+        fairy = await self.engine.raw_connection()
+        driver: Any = fairy.driver_connection
+        sets = settings_statement(settings)
+        try:
+            if sets is not None:
+                await driver.execute(f"BEGIN; {sets}")
+            else:  # a value that is not a plain literal: bound, a round trip more
+                await driver.execute("BEGIN")
+                await driver.fetch("SELECT " + ", ".join(
+                    f"set_config(${2 * i + 1}, ${2 * i + 2}, true)"
+                    for i in range(len(settings))),
+                    *(part for item in settings.items() for part in item))
+            yield driver
+            await driver.execute("COMMIT")
+        except BaseException:
+            # Also when the BEGIN or the COMMIT was cancelled in flight (the driver cannot
+            # tell then whether a transaction is open): a ROLLBACK with none open is a
+            # warning only.
+            if not driver.is_closed():
+                await _roll_back_or_close(driver)
+            raise
+        finally:
+            fairy.close()
+
     async def dispose(self) -> None:
         if self.replicas is not None:
             await self.replicas.dispose()
@@ -127,6 +165,19 @@ async def close_session(session: AsyncSession) -> None:
     except asyncio.CancelledError:
         if not closing.done():  # finish returning the connection, then be cancelled
             await asyncio.wait([closing])
+        raise
+
+
+async def _roll_back_or_close(driver: Any) -> None:
+    """End the transaction on ``driver`` before its connection goes back to the pool; when
+    the ``ROLLBACK`` cannot be sent (the connection is still busy with a cancelled
+    statement, or lost, or this is cancelled again), close the connection at once: the
+    server ends the transaction, the pool replaces it at the next checkout
+    (:func:`discard_closed`)."""
+    try:
+        await driver.execute("ROLLBACK")
+    except BaseException:
+        driver.terminate()
         raise
 
 

@@ -97,6 +97,12 @@ def _settings_sql(items: tuple[tuple[str, str], ...]) -> str | None:
     return "SELECT " + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in items)
 
 
+def settings_statement(values: Mapping[str, str]) -> str | None:
+    """``SELECT set_config(name, value, true), ...`` for ``values``, or None when a name
+    or value is not a plain literal (:func:`is_literal`; bind them then)."""
+    return _settings_sql(tuple(values.items()))
+
+
 class _BegunTransaction:
     """Ends a transaction that :func:`begin_with_settings` began: what SQLAlchemy's
     asyncpg adapter calls (``commit``/``rollback``) on the transaction it tracks."""
@@ -130,7 +136,7 @@ async def begin_with_settings(session: AsyncSession, values: Mapping[str, str], 
     transaction = session.sync_session.get_transaction()
     if transaction is None or transaction in _drivers:
         return False
-    sets = _settings_sql(tuple(values.items()))
+    sets = settings_statement(values)
     if sets is None:
         return False
     _beginning.add(session.sync_session)

@@ -148,8 +148,22 @@ def serves(session: AsyncSession) -> bool:
     watches the session's database (one database per process in production; tests run
     several in one process, and a cache must never answer for another one)."""
     url = getattr(session.bind, "url", None)
-    return _Listened.database is not None and getattr(url, "database", None) == \
-        _Listened.database
+    return serves_database(getattr(url, "database", None))
+
+
+def serves_database(database: str | None) -> bool:
+    """:func:`serves` for a database's name (a caller without a session)."""
+    return _Listened.database is not None and database == _Listened.database
+
+
+def cached(setting: RuntimeSetting, default: Any) -> tuple[bool, Any]:
+    """(True, the setting's value) when this process's cache holds it (as :func:`get`
+    would answer without a statement), else (False, None).  The caller checks
+    :func:`serves_database` first."""
+    found = CACHE.values.get(setting.key, _MISS) if CACHE.listening else _MISS
+    if found is _MISS:
+        return False, None
+    return True, default if found is _NO_ROW else found
 
 
 async def get(session: AsyncSession, setting: RuntimeSetting, default: Any) -> Any:

@@ -45,8 +45,9 @@ from roost.config import get_settings
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.db.statements import bound_insert, flush_pending, prefixed
-from roost.db.transaction import driver_fetch
+from roost.db.transaction import driver_fetch, fetch_on
 from roost.errors import Conflict, GatewayTimeout, NotFound, RoostError, Unprocessable
+from roost.identity.tenancy import scope_settings
 from roost.knowledge.config import KnowledgeConfig
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
@@ -221,14 +222,7 @@ async def prepare_call(
         if tool.kind == "mcp" and row is None:
             raise NotFound(f"tool {tool.id} does not exist")
         known = _known(tool, row, box, cfg)
-    if not known.enabled:
-        raise ToolUnavailable(f"tool {known.name!r} is disabled")
-    if not known.available:
-        raise ToolUnavailable(f"tool {known.name!r} is no longer offered by its server; "
-                              "sync the server to refresh its tools")
-    validate_arguments(known.input_schema, arguments)
-    if known.kind == "mcp" and not known.server_enabled:
-        raise ToolUnavailable(f"MCP server {known.server_name!r} is disabled")
+    _check(known, arguments)
     payer = bill_to or actor.user_id
     reservation = None
     if payer is not None:
@@ -239,6 +233,39 @@ async def prepare_call(
             reservation = await credits.reserve(session, settings, payer, price, kind="tool",
                                                 reference=f"tool:{known.id}")
     return PreparedCall(known.id, known.name, known.kind, known.spec, reservation)
+
+
+def _check(known: KnownTool, arguments: dict[str, Any]) -> None:
+    """The tool is enabled and offered, its server enabled, the arguments valid (422)."""
+    if not known.enabled:
+        raise ToolUnavailable(f"tool {known.name!r} is disabled")
+    if not known.available:
+        raise ToolUnavailable(f"tool {known.name!r} is no longer offered by its server; "
+                              "sync the server to refresh its tools")
+    validate_arguments(known.input_schema, arguments)
+    if known.kind == "mcp" and not known.server_enabled:
+        raise ToolUnavailable(f"MCP server {known.server_name!r} is disabled")
+
+
+def _prepared_from_caches(database: Database, actor: Principal, cfg: ToolsConfig,
+                          tool_id: uuid.UUID, arguments: dict[str, Any]) -> PreparedCall | None:
+    """:func:`prepare_call` answered by this process's caches alone (the tool as the
+    caller sees it; no credits to hold: the call is free or nobody is metered), without
+    opening a session: None when anything needs the database (a miss, a price to hold)."""
+    name = database.engine.url.database
+    if not runtime.serves_database(name):
+        return None
+    hit, known = KNOWN_TOOLS.get((tool_id, actor.user_id, actor.is_admin, cfg.allowed_hosts))
+    if not hit or known is None:
+        return None
+    if actor.user_id is not None:
+        settings = get_settings()
+        cached, price = runtime.cached(billing_settings.TOOL_CALL_CREDITS,
+                                       settings.billing_tool_call_credits)
+        if not cached or (price and not credits.unmetered_by_caches(name, settings)):
+            return None
+    _check(known, arguments)
+    return PreparedCall(known.id, known.name, known.kind, known.spec)
 
 
 HostedBuiltin = Callable[[Database, Principal, dict[str, Any], uuid.UUID | None],
@@ -358,24 +385,13 @@ async def record_call(
 ) -> ToolRun:
     """In the caller's scoped transaction: the ``tool_runs`` row, its analytics event and
     its audit record, in one statement (three ORM inserts were three round trips and most
-    of the call's Python time, bench/tools/overhead.py).  Returns the row as written (not
-    attached to the session)."""
-    failure, output = result.failure, result.output
-    values: dict[str, Any] = {
-        "id": uuid7(), "created_at": utcnow(), "tool_id": prepared.tool_id,
-        "user_id": actor.user_id, "tool_name": prepared.name,
-        "trace_id": trace_id or f"run-{uuid.uuid4()}", "status": result.status,
-        "input": arguments,
-        "output": output if output is not None else (
-            failure.extra.get("output") if failure else None),
-        "result_preview": _preview(output) if output is not None else None,
-        "error": failure.detail if failure else None, "started_at": result.started_at,
-        "finished_at": utcnow(), "duration_ms": result.duration_ms, "session_id": session_id,
-        "message_id": message_id, "run_id": run_id, "run_step_id": run_step_id,
-    }
-    run = ToolRun(**values)
-    held = prepared.reservation
-    ok = failure is None
+    of the call's Python time, bench/tools/overhead.py), with the call's ledger row and
+    its held credits settled or given back when it had a reservation.  Returns the row as
+    written (not attached to the session)."""
+    record = _Record(actor, prepared, arguments, result, trace_id=trace_id,
+                     session_id=session_id, message_id=message_id, run_id=run_id,
+                     run_step_id=run_step_id)
+    held, run, ok = prepared.reservation, record.run, result.failure is None
     if held is not None:  # the call's ledger row, and the hold settled or given back
         session.add(UsageRecord(
             id=uuid7(), user_id=run.user_id, request_type="tool", model=None,
@@ -386,22 +402,65 @@ async def record_call(
             await credits.settle(session, held, held.amount)
         else:
             await credits.release(session, held)
-    event = event_values(
-        "tool.call", {"tool": prepared.name, "tool_id": str(prepared.tool_id),
-                      "tool_run_id": str(run.id), "status": run.status,
-                      "duration_ms": run.duration_ms,
-                      "credits": held.amount if held is not None and ok else 0},
-        user_id=run.user_id, session_id=run.session_id)
-    audit = entry_values(
-        "tool.call", user_id=actor.user_id, resource_type="tool",
-        resource_id=prepared.tool_id, trace_id=run.trace_id, success=ok,
-        error_message=failure.detail if failure else None,
-        metadata={"tool_run_id": str(run.id), "tool_name": prepared.name, "status": result.status,
-                  "duration_ms": result.duration_ms})
-    params = {**prefixed("r_", values), **prefixed("e_", event), **prefixed("a_", audit)}
-    await flush_pending(session)  # the usage row first
-    await driver_fetch(session, _record_statement(values, event, audit), params)
+    await flush_pending(session)  # the usage row, and what the caller added, first
+    await driver_fetch(session, record.statement, record.params)
     return run
+
+
+async def _record_alone(database: Database, actor: Principal, cfg: ToolsConfig,
+                        prepared: PreparedCall, arguments: dict[str, Any], result: CallResult,
+                        **ids: Any) -> ToolRun:
+    """:func:`record_call` for a call that held no credits, in a transaction of its own
+    on the driver (``Database.driver_transaction``, scoped as :func:`servers.scoped`
+    scopes): the record's statement between the scope's ``BEGIN`` and the ``COMMIT``,
+    without an ORM session (the session's own work was a third of Roost's part of a
+    call, bench/tools/overhead.py)."""
+    record = _Record(actor, prepared, arguments, result, **ids)
+    async with database.driver_transaction(
+            scope_settings(actor, app_role=cfg.app_role)) as driver:
+        await fetch_on(driver, record.statement, record.params)
+    return record.run
+
+
+class _Record:
+    """A call's ``tool_runs`` row, analytics event and audit record: the values, and the
+    one statement that writes them."""
+
+    def __init__(self, actor: Principal, prepared: PreparedCall, arguments: dict[str, Any],
+                 result: CallResult, *, trace_id: str | None = None,
+                 session_id: uuid.UUID | None = None, message_id: uuid.UUID | None = None,
+                 run_id: uuid.UUID | None = None, run_step_id: uuid.UUID | None = None) -> None:
+        failure, output = result.failure, result.output
+        values: dict[str, Any] = {
+            "id": uuid7(), "created_at": utcnow(), "tool_id": prepared.tool_id,
+            "user_id": actor.user_id, "tool_name": prepared.name,
+            "trace_id": trace_id or f"run-{uuid.uuid4()}", "status": result.status,
+            "input": arguments,
+            "output": output if output is not None else (
+                failure.extra.get("output") if failure else None),
+            "result_preview": _preview(output) if output is not None else None,
+            "error": failure.detail if failure else None, "started_at": result.started_at,
+            "finished_at": utcnow(), "duration_ms": result.duration_ms,
+            "session_id": session_id, "message_id": message_id, "run_id": run_id,
+            "run_step_id": run_step_id,
+        }
+        held, ok = prepared.reservation, failure is None
+        event = event_values(
+            "tool.call", {"tool": prepared.name, "tool_id": str(prepared.tool_id),
+                          "tool_run_id": str(values["id"]), "status": result.status,
+                          "duration_ms": result.duration_ms,
+                          "credits": held.amount if held is not None and ok else 0},
+            user_id=actor.user_id, session_id=session_id)
+        audit = entry_values(
+            "tool.call", user_id=actor.user_id, resource_type="tool",
+            resource_id=prepared.tool_id, trace_id=values["trace_id"], success=ok,
+            error_message=failure.detail if failure else None,
+            metadata={"tool_run_id": str(values["id"]), "tool_name": prepared.name,
+                      "status": result.status, "duration_ms": result.duration_ms})
+        self.run = ToolRun(**values)
+        self.statement = _record_statement(values, event, audit)
+        self.params = {**prefixed("r_", values), **prefixed("e_", event),
+                       **prefixed("a_", audit)}
 
 
 _RECORD: list[Insert] = []  # built once: a statement built per call cost ~0.5 ms (bench)
@@ -432,15 +491,21 @@ async def call_tool(
     built-ins higher domains implement (:data:`HostedBuiltin`).  The three parts
     (:func:`prepare_call`, :func:`execute_call`, :func:`record_call`) are public for a
     caller that puts its own rows in the same transactions (the agent runner)."""
-    async with scoped(database, actor, cfg) as session:
-        prepared = await prepare_call(session, actor, cfg, box, tool_id=tool_id, name=name,
-                                      server=server, arguments=arguments)
+    prepared = _prepared_from_caches(database, actor, cfg, tool_id, arguments) \
+        if tool_id is not None else None
+    if prepared is None:
+        async with scoped(database, actor, cfg) as session:
+            prepared = await prepare_call(session, actor, cfg, box, tool_id=tool_id, name=name,
+                                          server=server, arguments=arguments)
     result = await execute_call(prepared, database, actor, cfg, arguments, knowledge=knowledge,
                                 hosted=hosted, run_id=run_id)
-    async with scoped(database, actor, cfg) as session:
-        run = await record_call(session, actor, prepared, arguments, result, trace_id=trace_id,
-                                session_id=session_id, message_id=message_id, run_id=run_id,
-                                run_step_id=run_step_id)
+    ids: dict[str, Any] = {"trace_id": trace_id, "session_id": session_id, "message_id": message_id,
+           "run_id": run_id, "run_step_id": run_step_id}
+    if prepared.reservation is None:
+        run = await _record_alone(database, actor, cfg, prepared, arguments, result, **ids)
+    else:
+        async with scoped(database, actor, cfg) as session:
+            run = await record_call(session, actor, prepared, arguments, result, **ids)
     if result.failure is not None:
         result.failure.extra = {"tool_run_id": str(run.id)}
         raise result.failure
