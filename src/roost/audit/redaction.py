@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -17,7 +18,10 @@ _SECRET_PAIRS = ("api_key", "private_key", "backup_code", "session_key", "recove
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
+    """Cached: records name the same few keys over and over (a regex and a split for each
+    key was most of building an audit record)."""
     norm = _CAMEL.sub("_", key).lower().replace("-", "_")
     words = norm.split("_")
     if norm == "key" or any(word in _SECRET_WORDS for word in words):

@@ -13,6 +13,11 @@ A call is three steps, so no database connection waits on a tool server:
    together.  A failure (timeout, server error, malformed or oversized result, the
    tool's own error) is a ``tool_runs`` row with status ``error``/``timeout`` and a
    problem answer naming the run; nothing else changes.
+
+A warm call by id that this process's caches answer completely (the tool as the caller
+sees it, nothing to hold) opens no session for step 1, and writes step 3 on the driver
+without one (``Database.driver_transaction``): the sessions were most of Roost's own
+part of a call (bench/tools/overhead.py).
 """
 
 from __future__ import annotations
