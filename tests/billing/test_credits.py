@@ -15,7 +15,9 @@ from sqlalchemy import text
 from roost.billing import credits
 from roost.config import Settings
 from roost.db.engine import Database
+from roost.errors import PaymentRequired
 from tests.support.identity import make_user
+from tests.support.listening import statements as sent_statements
 from tests.support.openai_stub import Fail, StubServer
 
 Headers = dict[str, str]
@@ -183,3 +185,66 @@ async def test_a_new_subscription_meters_the_next_calls(
             break
         await asyncio.sleep(0.1)
     assert statuses[-1] == 402, statuses
+
+
+async def test_a_hold_without_a_known_payer_finds_it_and_holds_in_one_statement(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    test_settings: Settings,
+) -> None:
+    """``reserve`` without a payer (tool calls) finds the subscription and holds in one
+    statement; each refusal it reads from that statement's answer holds nothing."""
+    user_id, _ = await make_user(database)
+    sub = await _setup(client, admin_headers, stub, user_id, 5)
+    async with sent_statements(database) as sent:
+        async with database.transaction() as s:
+            hold = await credits.reserve(s, test_settings, user_id, 3, kind="tool")
+    assert hold is not None and str(hold.subscription_id) == sub["id"] and hold.amount == 3
+    billing = [statement for statement in sent if "subscriptions" in statement]
+    assert len(billing) == 1 and "credit_reservations" in billing[0], sent
+    async with database.transaction() as s:  # 3 of 5 held: 3 more is refused
+        with pytest.raises(PaymentRequired, match="needs 3 and the balance is 2") as refused:
+            await credits.reserve(s, test_settings, user_id, 3, kind="tool")
+    assert refused.value.extra["balance"] == 2
+    row = await _counters(database, sub["id"])
+    assert (row.credits_reserved, row.held) == (3, 1)
+
+    paused = await client.post(f"/api/v1/billing/subscriptions/{sub['id']}/pause",
+                               headers=admin_headers)
+    assert paused.status_code == 200, paused.text
+    async with database.transaction() as s:
+        with pytest.raises(PaymentRequired, match="paused"):
+            await credits.reserve(s, test_settings, user_id, 1, kind="tool")
+    row = await _counters(database, sub["id"])
+    assert (row.credits_reserved, row.held) == (3, 1)
+
+    # A member of a group whose subscription pays: the group's is found and held.
+    member, _ = await make_user(database)
+    group = uuid.uuid4()
+    async with database.transaction() as s:
+        await s.execute(text("INSERT INTO groups (id, name) VALUES (:id, :name)"),
+                        {"id": group, "name": f"team-{group.hex[:8]}"})
+        await s.execute(text(
+            "INSERT INTO user_group_memberships (id, user_id, group_id, role, joined_at) "
+            "VALUES (:id, :u, :g, 'member', now())"), {"id": uuid.uuid4(), "u": member, "g": group})
+        plan_id = await s.scalar(text("SELECT plan_id FROM subscriptions WHERE id = :id"),
+                                 {"id": sub["id"]})
+    resp = await client.post("/api/v1/billing/subscriptions", headers=admin_headers,
+                             json={"group_id": str(group), "plan": await _plan_key(database, plan_id)})
+    assert resp.status_code == 201, resp.text
+    async with database.transaction() as s:
+        group_hold = await credits.reserve(s, test_settings, member, 2, kind="tool")
+    assert group_hold is not None and str(group_hold.subscription_id) == resp.json()["id"]
+
+    # No subscription at all: not metered (None), unless subscriptions are required.
+    loner, _ = await make_user(database)
+    async with database.transaction() as s:
+        assert await credits.reserve(s, test_settings, loner, 1, kind="tool") is None
+    required = test_settings.model_copy(update={"billing_require_subscription": True})
+    async with database.transaction() as s:
+        with pytest.raises(PaymentRequired, match="no subscription"):
+            await credits.reserve(s, required, loner, 1, kind="tool")
+
+
+async def _plan_key(database: Database, plan_id: uuid.UUID) -> str:
+    async with database.transaction() as s:
+        return str(await s.scalar(text("SELECT key FROM plans WHERE id = :id"), {"id": plan_id}))

@@ -64,7 +64,8 @@ class Reservation:
 
 # The user's own subscription first, then their groups' (oldest first); canceled ones
 # are history.  A UNION of two index probes (an OR across them scans).
-_PAYER = text("""
+# The user's own live subscription first, then their groups' (oldest first).
+_PAYER_SQL = """
 SELECT c.id, c.status, c.credits_limit, c.balance, p.limits, p.key AS plan_key FROM (
   SELECT s.id, s.status, s.credits_limit, s.plan_id, s.created_at, false AS via_group,
          s.credits_limit - s.credits_used - s.credits_reserved AS balance
@@ -78,7 +79,8 @@ SELECT c.id, c.status, c.credits_limit, c.balance, p.limits, p.key AS plan_key F
 ) c JOIN plans p ON p.id = c.plan_id
 ORDER BY c.via_group, c.created_at
 LIMIT 1
-""")
+"""
+_PAYER = text(_PAYER_SQL)
 
 _RESERVE = text("""
 WITH held AS (
@@ -107,6 +109,29 @@ SET credits_reserved = s.credits_reserved - done.amount,
 FROM done WHERE s.id = done.subscription_id
 RETURNING s.id
 """)
+
+# Find the payer and hold the credits in one round trip (reserve() without a payer): the
+# payer's row as _PAYER reads it, and whether the conditional UPDATE took the hold (it
+# takes none for a paused subscription or a balance too small: reserve() then refuses).
+_FIND_AND_HOLD = text(f"""
+WITH payer AS ({_PAYER_SQL}),
+held AS (
+  UPDATE subscriptions s SET credits_reserved = s.credits_reserved + :amount
+  FROM payer
+  WHERE s.id = payer.id AND s.status IN ('trialing', 'active', 'past_due')
+    AND s.credits_used + s.credits_reserved + :amount <= s.credits_limit
+  RETURNING s.id
+),
+reserved AS (
+  INSERT INTO credit_reservations
+    (id, subscription_id, user_id, kind, reference, amount, status, expires_at, created_at)
+  SELECT :id, held.id, :user_id, :kind, :reference, :amount, 'held',
+         now() + make_interval(secs => :ttl), now()
+  FROM held
+  RETURNING subscription_id
+)
+SELECT payer.*, EXISTS (SELECT 1 FROM reserved) AS held FROM payer
+""")  # noqa: S608 (constants only; the values are bound)
 
 # A settlement that arrives after the sweeper released the hold still bills the call.
 _LATE_SETTLE = text("""
@@ -190,11 +215,7 @@ async def payer_for(session: AsyncSession, user_id: uuid.UUID | None) -> Payer |
     if METERING.listening and runtime.serves(session) and not await _anyone_metered(session):
         return None
     row = (await session.execute(_PAYER, {"user_id": user_id})).first()
-    if row is None:
-        return None
-    return Payer(subscription_id=row.id, status=row.status, balance=int(row.balance),
-                 credits_limit=int(row.credits_limit), limits=dict(row.limits or {}),
-                 plan_key=row.plan_key)
+    return _payer(row) if row is not None else None
 
 
 async def require_payer(session: AsyncSession, settings: Settings,
@@ -203,20 +224,37 @@ async def require_payer(session: AsyncSession, settings: Settings,
     and a subscription that may not spend (paused)."""
     payer = await payer_for(session, user_id)
     if payer is None:
-        if user_id is not None and await runtime.get(
-                session, runtime_settings.REQUIRE_SUBSCRIPTION,
-                settings.billing_require_subscription):
-            raise PaymentRequired(
-                "this account has no subscription: an administrator must subscribe it to "
-                "a plan (POST /api/v1/billing/subscriptions)",
-                extra={"balance": 0, "needed": None})
+        await _check_unsubscribed(session, settings, user_id)
         return None
+    _check_spending(payer)
+    return payer
+
+
+async def _check_unsubscribed(session: AsyncSession, settings: Settings,
+                              user_id: uuid.UUID | None) -> None:
+    """402 for a user without a subscription when subscriptions are required."""
+    if user_id is not None and await runtime.get(
+            session, runtime_settings.REQUIRE_SUBSCRIPTION,
+            settings.billing_require_subscription):
+        raise PaymentRequired(
+            "this account has no subscription: an administrator must subscribe it to "
+            "a plan (POST /api/v1/billing/subscriptions)",
+            extra={"balance": 0, "needed": None})
+
+
+def _check_spending(payer: Payer) -> None:
+    """402 for a subscription that may not spend (paused)."""
     if payer.status not in SPENDING:
         raise PaymentRequired(
             f"the subscription is {payer.status}: nothing can be charged to it until it is "
             "resumed", extra={"subscription_id": str(payer.subscription_id),
                               "status": payer.status})
-    return payer
+
+
+def _payer(row: Any) -> Payer:
+    return Payer(subscription_id=row.id, status=row.status, balance=int(row.balance),
+                 credits_limit=int(row.credits_limit), limits=dict(row.limits or {}),
+                 plan_key=row.plan_key)
 
 
 def _refuse(payer: Payer, amount: int) -> PaymentRequired:
@@ -235,20 +273,30 @@ async def reserve(
 ) -> Reservation | None:
     """Hold ``amount`` credits of the user's balance in the caller's transaction (commit it
     before doing the work).  None: the user is not metered.  Raises PaymentRequired (402)
-    when the balance cannot cover it; nothing is held then."""
-    if payer is None:
-        payer = await require_payer(session, settings, user_id)
-        if payer is None:
-            return None
+    when the balance cannot cover it; nothing is held then.  Without ``payer``, finding
+    it and holding are one statement (a refusal, read from its answer, held nothing)."""
     amount = max(int(amount), 1)
+    reservation_id = uuid7()
+    params = {"amount": amount, "id": reservation_id, "user_id": user_id, "kind": kind,
+              "reference": reference, "ttl": float(settings.billing_reservation_ttl_s)}
+    if payer is None:
+        if user_id is None or (METERING.listening and runtime.serves(session)
+                               and not await _anyone_metered(session)):
+            return None  # not metered (what payer_for says first)
+        row = (await session.execute(_FIND_AND_HOLD, params)).first()
+        if row is None:
+            await _check_unsubscribed(session, settings, user_id)
+            return None
+        payer = _payer(row)
+        _check_spending(payer)
+        if not row.held:  # not enough (now, or since the snapshot: read it again)
+            raise _refuse(await payer_for(session, user_id) or payer, amount)
+        return Reservation(id=reservation_id, subscription_id=payer.subscription_id,
+                           amount=amount)
     if amount > payer.balance:  # the common refusal, without taking the row lock
         raise _refuse(payer, amount)
-    reservation_id = uuid7()
-    held = (await session.execute(_RESERVE, {
-        "amount": amount, "subscription_id": payer.subscription_id, "id": reservation_id,
-        "user_id": user_id, "kind": kind, "reference": reference,
-        "ttl": float(settings.billing_reservation_ttl_s),
-    })).first()
+    held = (await session.execute(
+        _RESERVE, {**params, "subscription_id": payer.subscription_id})).first()
     if held is None:  # someone else took the balance since we read it
         fresh = await payer_for(session, user_id)
         raise _refuse(fresh or payer, amount)
