@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -270,11 +271,15 @@ async def reserve(
     session: AsyncSession, settings: Settings, user_id: uuid.UUID | None, amount: int, *,
     kind: str,
     reference: str | None = None, payer: Payer | None = None,
+    check: Callable[[Payer], None] | None = None,
 ) -> Reservation | None:
     """Hold ``amount`` credits of the user's balance in the caller's transaction (commit it
     before doing the work).  None: the user is not metered.  Raises PaymentRequired (402)
     when the balance cannot cover it; nothing is held then.  Without ``payer``, finding
-    it and holding are one statement (a refusal, read from its answer, held nothing)."""
+    it and holding are one statement (a refusal, read from its answer, held nothing);
+    ``check`` then sees the payer found (a plan limit, e.g. the models it allows) before
+    the balance is judged, and may raise: the caller's transaction rolls back with the
+    error, the hold with it."""
     amount = max(int(amount), 1)
     reservation_id = uuid7()
     params = {"amount": amount, "id": reservation_id, "user_id": user_id, "kind": kind,
@@ -289,10 +294,14 @@ async def reserve(
             return None
         payer = _payer(row)
         _check_spending(payer)
+        if check is not None:
+            check(payer)
         if not row.held:  # not enough (now, or since the snapshot: read it again)
             raise _refuse(await payer_for(session, user_id) or payer, amount)
         return Reservation(id=reservation_id, subscription_id=payer.subscription_id,
                            amount=amount)
+    if check is not None:
+        check(payer)
     if amount > payer.balance:  # the common refusal, without taking the row lock
         raise _refuse(payer, amount)
     held = (await session.execute(

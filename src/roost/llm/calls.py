@@ -153,16 +153,15 @@ async def _hold_credits(
     session: AsyncSession, gateway: LLMGateway, principal: Principal, chat: ChatRequest,
     route: Route, request_type: str,
 ) -> Reservation | None:
-    payer = await credits.require_payer(session, gateway.settings, principal.user_id)
-    if payer is None:
-        return None
-    limits.check_model(payer, route.model)
+    """The payer found and the estimate held in one statement (credits.reserve); the plan's
+    models checked on the payer it found (403 before the balance's 402; the hold goes with
+    the transaction's rollback then)."""
     texts = [m.text() for m in chat.messages]
     estimate = credits.estimate_tokens(gateway.settings, texts, chat.max_tokens)
     return await credits.reserve(
         session, gateway.settings, principal.user_id,
         credits.credits_for_tokens(gateway.settings, estimate), kind="llm",
-        reference=request_type, payer=payer)
+        reference=request_type, check=lambda payer: limits.check_model(payer, route.model))
 
 
 async def begin(
