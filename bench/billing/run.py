@@ -363,6 +363,7 @@ async def part_reservations(server: Any, tmp: Path, args: argparse.Namespace
     from roost.errors import PaymentRequired
     from roost.identity.tenancy import apply_principal
     from roost.principal import Principal
+    from roost.process import freeze_startup_heap
 
     n = args.requesters
     settings = Settings(data_dir=tmp / "data", llm_local_model=False, log_level="warning",
@@ -371,6 +372,10 @@ async def part_reservations(server: Any, tmp: Path, args: argparse.Namespace
     scenarios: dict[str, Any] = {}
     try:
         plan = await add_plan(db, "bench-res", 10**9)
+        # What `roost serve` does once started (roost.process): a full collection no longer
+        # walks the start-up heap (modules, the ORM's and pydantic's schemas) in the middle
+        # of a timed transaction.
+        freeze_startup_heap()
 
         async def new_group(users: list[uuid.UUID]) -> uuid.UUID:
             group = uuid.uuid4()
