@@ -16,6 +16,7 @@ from roost.billing import credits
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.errors import PaymentRequired
+from tests.prompts.conftest import make_group
 from tests.support.identity import make_user
 from tests.support.listening import statements as sent_statements
 from tests.support.openai_stub import Fail, StubServer
@@ -221,13 +222,8 @@ async def test_a_hold_without_a_known_payer_finds_it_and_holds_in_one_statement(
 
     # A member of a group whose subscription pays: the group's is found and held.
     member, _ = await make_user(database)
-    group = uuid.uuid4()
+    group = await make_group(database, (member, "member"))
     async with database.transaction() as s:
-        await s.execute(text("INSERT INTO groups (id, name) VALUES (:id, :name)"),
-                        {"id": group, "name": f"team-{group.hex[:8]}"})
-        await s.execute(text(
-            "INSERT INTO user_group_memberships (id, user_id, group_id, role, joined_at) "
-            "VALUES (:id, :u, :g, 'member', now())"), {"id": uuid.uuid4(), "u": member, "g": group})
         plan_id = await s.scalar(text("SELECT plan_id FROM subscriptions WHERE id = :id"),
                                  {"id": sub["id"]})
     resp = await client.post("/api/v1/billing/subscriptions", headers=admin_headers,

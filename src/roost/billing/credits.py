@@ -83,20 +83,23 @@ LIMIT 1
 """
 _PAYER = text(_PAYER_SQL)
 
-_RESERVE = text("""
-WITH held AS (
-  UPDATE subscriptions SET credits_reserved = credits_reserved + :amount
-  WHERE id = :subscription_id AND status IN ('trialing', 'active', 'past_due')
-    AND credits_used + credits_reserved + :amount <= credits_limit
-  RETURNING id
-)
+# The hold's row, for each subscription the ``held`` CTE's conditional UPDATE returned.
+_INSERT_HELD = """
 INSERT INTO credit_reservations
   (id, subscription_id, user_id, kind, reference, amount, status, expires_at, created_at)
 SELECT :id, held.id, :user_id, :kind, :reference, :amount, 'held',
        now() + make_interval(secs => :ttl), now()
 FROM held
 RETURNING subscription_id
-""")
+"""
+
+_RESERVE = text("""
+WITH held AS (
+  UPDATE subscriptions SET credits_reserved = credits_reserved + :amount
+  WHERE id = :subscription_id AND status IN ('trialing', 'active', 'past_due')
+    AND credits_used + credits_reserved + :amount <= credits_limit
+  RETURNING id
+)""" + _INSERT_HELD)  # noqa: S608 (constants only; the values are bound)
 
 _SETTLE = text("""
 WITH done AS (
@@ -123,14 +126,7 @@ held AS (
     AND s.credits_used + s.credits_reserved + :amount <= s.credits_limit
   RETURNING s.id
 ),
-reserved AS (
-  INSERT INTO credit_reservations
-    (id, subscription_id, user_id, kind, reference, amount, status, expires_at, created_at)
-  SELECT :id, held.id, :user_id, :kind, :reference, :amount, 'held',
-         now() + make_interval(secs => :ttl), now()
-  FROM held
-  RETURNING subscription_id
-)
+reserved AS ({_INSERT_HELD})
 SELECT payer.*, EXISTS (SELECT 1 FROM reserved) AS held FROM payer
 """)  # noqa: S608 (constants only; the values are bound)
 
