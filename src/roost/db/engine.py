@@ -120,6 +120,11 @@ class Database:
         fairy = await self.engine.raw_connection()
         driver: Any = fairy.driver_connection
         sets = settings_statement(settings)
+        # The engine's events that trace a session's transactions do not see this one.
+        span = tracing.start("db.transaction", kind="client", attributes={
+            "db.system.name": "postgresql", "db.namespace": self.url.database,
+            "roost.db.driver": True}) if tracing.enabled() else tracing.NOOP
+        outcome = "rollback"
         try:
             if sets is not None:
                 await driver.execute(f"BEGIN; {sets}")
@@ -131,6 +136,7 @@ class Database:
                     *(part for item in settings.items() for part in item))
             yield driver
             await driver.execute("COMMIT")
+            outcome = "commit"
         except BaseException:
             # Also when the BEGIN or the COMMIT was cancelled in flight (the driver cannot
             # tell then whether a transaction is open): a ROLLBACK with none open is a
@@ -140,6 +146,8 @@ class Database:
             raise
         finally:
             fairy.close()
+            span.update({"roost.db.outcome": outcome})
+            span.end()
 
     async def dispose(self) -> None:
         if self.replicas is not None:
