@@ -292,8 +292,9 @@ async def reserve(
         _check_spending(payer)
         if check is not None:
             check(payer)
-        if not row.held:  # not enough (now, or since the snapshot: read it again)
-            raise _refuse(await payer_for(session, user_id) or payer, amount)
+        if not row.held:  # not enough: as the snapshot says, or taken since (read again)
+            fresh = payer if amount > payer.balance else await payer_for(session, user_id)
+            raise _refuse(fresh or payer, amount)
         return Reservation(id=reservation_id, subscription_id=payer.subscription_id,
                            amount=amount)
     if check is not None:

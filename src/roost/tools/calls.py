@@ -172,6 +172,11 @@ KNOWN_TOOLS: Final = runtime.NotifiedCache[
     "roost_tools", 10_000, tables=("tools", "mcp_servers"))
 
 
+def _known_key(actor: Principal, cfg: ToolsConfig, tool_id: uuid.UUID
+               ) -> tuple[uuid.UUID, uuid.UUID | None, bool, frozenset[str]]:
+    return (tool_id, actor.user_id, actor.is_admin, cfg.allowed_hosts)
+
+
 def _known(tool: Tool, row: McpServer | None, box: SecretBox, cfg: ToolsConfig) -> KnownTool:
     return KnownTool(
         id=tool.id, name=tool.name, kind=tool.kind, enabled=tool.enabled,
@@ -186,7 +191,7 @@ async def _known_tool(session: AsyncSession, actor: Principal, cfg: ToolsConfig,
     """The tool (another tenant's is 404) from the process's cache, else the database:
     the tool and its server in one statement (registry.get_tool's visibility), without
     the description's vector."""
-    key = (tool_id, actor.user_id, actor.is_admin, cfg.allowed_hosts)
+    key = _known_key(actor, cfg, tool_id)
     cached = runtime.serves(session)
     if cached:
         hit, known = KNOWN_TOOLS.get(key)
@@ -260,7 +265,7 @@ def _prepared_from_caches(database: Database, actor: Principal, cfg: ToolsConfig
     name = database.engine.url.database
     if not runtime.serves_database(name):
         return None
-    hit, known = KNOWN_TOOLS.get((tool_id, actor.user_id, actor.is_admin, cfg.allowed_hosts))
+    hit, known = KNOWN_TOOLS.get(_known_key(actor, cfg, tool_id))
     if not hit or known is None:
         return None
     if actor.user_id is not None:
@@ -504,8 +509,9 @@ async def call_tool(
                                           server=server, arguments=arguments)
     result = await execute_call(prepared, database, actor, cfg, arguments, knowledge=knowledge,
                                 hosted=hosted, run_id=run_id)
-    ids: dict[str, Any] = {"trace_id": trace_id, "session_id": session_id, "message_id": message_id,
-           "run_id": run_id, "run_step_id": run_step_id}
+    ids: dict[str, Any] = {"trace_id": trace_id, "session_id": session_id,
+                           "message_id": message_id, "run_id": run_id,
+                           "run_step_id": run_step_id}
     if prepared.reservation is None:
         run = await _record_alone(database, actor, cfg, prepared, arguments, result, **ids)
     else:
