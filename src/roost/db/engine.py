@@ -100,9 +100,11 @@ class Database:
         need no snapshot shared between statements and no row-level-security scope (the
         system's own reads): ``BEGIN`` and ``COMMIT`` are two round trips fewer.  Nothing
         may be left open on it (no ``SET``, no ``BEGIN``): it goes back to the pool."""
-        async with self.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            yield raw.driver_connection
+        fairy = await self.engine.raw_connection()  # as driver_transaction checks out
+        try:
+            yield fairy.driver_connection
+        finally:
+            fairy.close()
 
     @asynccontextmanager
     async def driver_transaction(self, settings: Mapping[str, str]) -> AsyncIterator[Any]:
