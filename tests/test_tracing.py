@@ -346,15 +346,15 @@ async def test_enabled_by_settings_it_exports_by_otlp_to_the_configured_endpoint
     assert ("roost-under-test", "db.transaction", 2) in found, found
 
 
-async def test_a_transaction_on_the_driver_is_a_span_too(database: Database, spans: Any) -> None:
-    """``Database.driver_transaction`` (a warm tool call's record) bypasses the engine's
-    events that trace a session's transactions: it starts its own span."""
-    async with database.driver_transaction({"roost.user_id": ""}) as driver:
+async def test_statements_on_the_driver_are_a_span_too(database: Database, spans: Any) -> None:
+    """``Database.autocommit`` (a warm tool call's record) bypasses the engine's events
+    that trace a session's transactions: it starts its own span, with its outcome."""
+    async with database.autocommit() as driver:
         await driver.execute("SELECT 1")
-    with pytest.raises(ZeroDivisionError):
-        async with database.driver_transaction({"roost.user_id": ""}):
-            raise ZeroDivisionError
+    with pytest.raises(Exception, match="division by zero"):
+        async with database.autocommit() as driver:
+            await driver.execute("SELECT 1 / 0")
     driven = [s for s in named(spans, "db.transaction") if s.attributes.get("roost.db.driver")]
-    assert [s.attributes["roost.db.outcome"] for s in driven] == ["commit", "rollback"]
+    assert [s.attributes["roost.db.outcome"] for s in driven] == ["commit", "error"]
     assert all(s.kind.name == "CLIENT" and s.attributes["db.system.name"] == "postgresql"
-               for s in driven)
+               and s.attributes["roost.db.autocommit"] for s in driven)

@@ -63,16 +63,14 @@ async def test_warm_calls_send_nothing_before_the_tool_and_changes_apply_at_once
                                             name=None, server=None, arguments={"text": "x"})
     statements.counting = False
     assert prepared.name == "echo" and statements.sent == []
-    # A whole warm call that holds no credits: the tool, then its record in one scoped
-    # transaction of three round trips (BEGIN with the scope, the record, COMMIT), on the
-    # driver without an ORM session; the row is Alice's, under her scope.
+    # A whole warm call that holds no credits: the tool, then its record in one round
+    # trip (roost_record_tool_call scopes its own implicit transaction and writes the
+    # rows), without an ORM session; the row is Alice's, under her scope.
     async with sent_statements(database) as sent:
         run = await calls.call_tool(database, actor, cfg, box, tool_id=uuid.UUID(echo),
                                     arguments={"text": "warm"})
     assert run.status == "success" and run.user_id == alice_id
-    assert len(sent) == 3, sent
-    assert sent[0].startswith(f"BEGIN; SELECT set_config('roost.user_id', '{alice_id}'")
-    assert sent[1].startswith("WITH tool_run AS") and sent[2] == "COMMIT"
+    assert sent == ["SELECT roost_record_tool_call($1, $2, $3, $4)"], sent
     async with database.transaction() as session:
         owner = await session.scalar(text("SELECT user_id FROM tool_runs WHERE id = :id"),
                                      {"id": run.id})

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DisconnectionError
@@ -17,7 +18,6 @@ from roost import tracing
 from roost.config import Settings
 from roost.db.embedded import EmbeddedServer, start_embedded
 from roost.db.replicas import Replica, ReplicaSet, describe
-from roost.db.transaction import settings_statement
 
 EMBEDDED_DATABASE = "roost"
 
@@ -96,55 +96,36 @@ class Database:
     @asynccontextmanager
     async def autocommit(self) -> AsyncIterator[Any]:
         """A pooled connection's asyncpg connection outside any transaction: each
-        statement is its own implicit transaction, committed as it ends.  For reads that
-        need no snapshot shared between statements and no row-level-security scope (the
-        system's own reads): ``BEGIN`` and ``COMMIT`` are two round trips fewer.  Nothing
-        may be left open on it (no ``SET``, no ``BEGIN``): it goes back to the pool."""
-        fairy = await self.engine.raw_connection()  # as driver_transaction checks out
-        try:
-            yield fairy.driver_connection
-        finally:
-            fairy.close()
+        statement is its own implicit transaction, committed as it ends.  For work whose
+        statements need no snapshot shared between them: the system's own reads, and a
+        statement that scopes itself (``roost_record_tool_call``, migration 1010: a tool
+        call's record in one round trip, its ``BEGIN`` and ``COMMIT`` two fewer).  Nothing
+        may be left open on it (no ``SET``, no ``BEGIN``): it goes back to the pool.
 
-    @asynccontextmanager
-    async def driver_transaction(self, settings: Mapping[str, str]) -> AsyncIterator[Any]:
-        """A pooled connection's asyncpg connection inside one transaction that begins
-        together with ``settings`` (``SET LOCAL`` by ``set_config``: ``BEGIN; SELECT
-        set_config(...)`` as one simple query), committed when the block ends, rolled
-        back when it raises or is cancelled.  No ORM session: for a hot path that writes
-        one or two prebuilt statements (``roost.db.transaction.fetch_on``), where the
-        session's own work was a third of the path (a tool call's record,
-        bench/tools/overhead.py).  The connection never returns to the pool inside a
-        transaction (:func:`_roll_back_or_close`)."""
+        A statement the server answered with an error has ended its implicit transaction:
+        that connection is pooled again.  Anything else that leaves the block (a
+        cancellation, possibly mid-statement) closes the connection, which may still be
+        busy: the server ends whatever ran, and the pool replaces it at the next checkout
+        (:func:`discard_closed`)."""
         # The pool's connection itself, not an AsyncConnection around it (a greenlet and
-        # its bookkeeping each way: ~80 us of a ~1 ms transaction).  Giving it back is
+        # its bookkeeping each way: ~80 us of a ~1 ms call).  Giving it back is
         # synchronous: the adapter began no transaction, so its reset sends nothing.
         fairy = await self.engine.raw_connection()
         driver: Any = fairy.driver_connection
-        sets = settings_statement(settings)
-        # The engine's events that trace a session's transactions do not see this one.
+        # The engine's events that trace a session's transactions do not see this.
         span = tracing.start("db.transaction", kind="client", attributes={
             "db.system.name": "postgresql", "db.namespace": self.url.database,
-            "roost.db.driver": True}) if tracing.enabled() else tracing.NOOP
-        outcome = "rollback"
+            "roost.db.driver": True, "roost.db.autocommit": True}) \
+            if tracing.enabled() else tracing.NOOP
+        outcome = "error"
         try:
-            if sets is not None:
-                await driver.execute(f"BEGIN; {sets}")
-            else:  # a value that is not a plain literal: bound, a round trip more
-                await driver.execute("BEGIN")
-                await driver.fetch("SELECT " + ", ".join(
-                    f"set_config(${2 * i + 1}, ${2 * i + 2}, true)"
-                    for i in range(len(settings))),
-                    *(part for item in settings.items() for part in item))
             yield driver
-            await driver.execute("COMMIT")
             outcome = "commit"
+        except asyncpg.PostgresError:
+            raise
         except BaseException:
-            # Also when the BEGIN or the COMMIT was cancelled in flight (the driver cannot
-            # tell then whether a transaction is open): a ROLLBACK with none open is a
-            # warning only.
             if not driver.is_closed():
-                await _roll_back_or_close(driver)
+                driver.terminate()
             raise
         finally:
             fairy.close()
@@ -175,19 +156,6 @@ async def close_session(session: AsyncSession) -> None:
     except asyncio.CancelledError:
         if not closing.done():  # finish returning the connection, then be cancelled
             await asyncio.wait([closing])
-        raise
-
-
-async def _roll_back_or_close(driver: Any) -> None:
-    """End the transaction on ``driver`` before its connection goes back to the pool; when
-    the ``ROLLBACK`` cannot be sent (the connection is still busy with a cancelled
-    statement, or lost, or this is cancelled again), close the connection at once: the
-    server ends the transaction, the pool replaces it at the next checkout
-    (:func:`discard_closed`)."""
-    try:
-        await driver.execute("ROLLBACK")
-    except BaseException:
-        driver.terminate()
         raise
 
 

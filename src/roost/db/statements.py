@@ -8,7 +8,10 @@ can share one statement as CTEs."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Mapping, Sequence
+from datetime import date
 from typing import Any
 
 from sqlalchemy import Insert, bindparam, insert, select
@@ -60,6 +63,30 @@ def with_defaults(model: Any, values: Mapping[str, Any]) -> dict[str, Any]:
         elif default.is_callable:
             row[key] = default.arg(None)  # SQLAlchemy wraps it to take an execution context
     return row
+
+
+def row_json(model: Any, values: Mapping[str, Any]) -> str:
+    """``values`` (attribute names of ``model``) as one JSON object keyed by column names:
+    a row for ``jsonb_populate_record(NULL::<table>, ...)`` in a SQL function that writes
+    it (``roost_record_tool_call``).  UUIDs and times are written as PostgreSQL reads
+    them; JSON columns keep their value (``None`` is SQL NULL there, not JSON ``null``)."""
+    names = _COLUMN_NAMES.get(model)
+    if names is None:
+        names = _COLUMN_NAMES[model] = {
+            key: column.name for key, column in model.__mapper__.columns.items()}
+    return json.dumps({names[key]: value for key, value in values.items()},
+                      default=_json_scalar, separators=(",", ":"))
+
+
+_COLUMN_NAMES: dict[Any, dict[str, str]] = {}
+
+
+def _json_scalar(value: Any) -> str:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, date):  # datetimes too: ISO 8601 with their offset
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 async def flush_pending(session: AsyncSession) -> None:

@@ -15,9 +15,10 @@ A call is three steps, so no database connection waits on a tool server:
    problem answer naming the run; nothing else changes.
 
 A warm call by id that this process's caches answer completely (the tool as the caller
-sees it, nothing to hold) opens no session for step 1, and writes step 3 on the driver
-without one (``Database.driver_transaction``): the sessions were most of Roost's own
-part of a call (bench/tools/overhead.py).
+sees it, nothing to hold) opens no session for step 1, and writes step 3 in one round
+trip without one (the SQL function ``roost_record_tool_call``, scoped in its own implicit
+transaction): the sessions, then the round trips, were most of Roost's own part of a
+call (bench/tools/overhead.py).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ from roost.billing.models import UsageRecord
 from roost.config import get_settings
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
-from roost.db.statements import bound_insert, flush_pending, prefixed
-from roost.db.transaction import driver_fetch, fetch_on
+from roost.db.statements import bound_insert, flush_pending, prefixed, row_json
+from roost.db.transaction import driver_fetch
 from roost.errors import Conflict, GatewayTimeout, NotFound, RoostError, Unprocessable
 from roost.identity.tenancy import scope_settings
 from roost.knowledge.config import KnowledgeConfig
@@ -420,16 +421,21 @@ async def record_call(
 async def _record_alone(database: Database, actor: Principal, cfg: ToolsConfig,
                         prepared: PreparedCall, arguments: dict[str, Any], result: CallResult,
                         **ids: Any) -> ToolRun:
-    """:func:`record_call` for a call that held no credits, in a transaction of its own
-    on the driver (``Database.driver_transaction``, scoped as :func:`servers.scoped`
-    scopes): the record's statement between the scope's ``BEGIN`` and the ``COMMIT``,
-    without an ORM session (the session's own work was a third of Roost's part of a
-    call, bench/tools/overhead.py)."""
+    """:func:`record_call` for a call that held no credits, in one round trip: the SQL
+    function ``roost_record_tool_call`` (migration 1010) scopes its own implicit
+    transaction as :func:`servers.scoped` scopes (the same ``set_config`` values, the
+    role switch included), writes the three rows after it, so row-level security checks
+    them, and commits as the statement ends.  A scoped ``BEGIN``, the statement and a
+    ``COMMIT`` were three round trips, and an ORM session before that a third of Roost's
+    part of a call (bench/tools/overhead.py)."""
     record = _Record(actor, prepared, arguments, result, **ids)
-    async with database.driver_transaction(
-            scope_settings(actor, app_role=cfg.app_role)) as driver:
-        await fetch_on(driver, record.statement, record.params)
+    scope = json.dumps(scope_settings(actor, app_role=cfg.app_role))
+    async with database.autocommit() as driver:
+        await driver.execute(_RECORD_CALL, scope, *record.rows_json())
     return record.run
+
+
+_RECORD_CALL: Final = "SELECT roost_record_tool_call($1, $2, $3, $4)"
 
 
 class _Record:
@@ -468,9 +474,21 @@ class _Record:
             metadata={"tool_run_id": str(values["id"]), "tool_name": prepared.name,
                       "status": result.status, "duration_ms": result.duration_ms})
         self.run = ToolRun(**values)
-        self.statement = _record_statement(values, event, audit)
-        self.params = {**prefixed("r_", values), **prefixed("e_", event),
-                       **prefixed("a_", audit)}
+        self.values, self.event, self.audit = values, event, audit
+
+    @property
+    def statement(self) -> Insert:
+        return _record_statement(self.values, self.event, self.audit)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {**prefixed("r_", self.values), **prefixed("e_", self.event),
+                **prefixed("a_", self.audit)}
+
+    def rows_json(self) -> tuple[str, str, str]:
+        """The three rows as ``roost_record_tool_call`` takes them (JSON by column name)."""
+        return (row_json(ToolRun, self.values), row_json(AnalyticsEvent, self.event),
+                row_json(AuditLog, self.audit))
 
 
 _RECORD: list[Insert] = []  # built once: a statement built per call cost ~0.5 ms (bench)
