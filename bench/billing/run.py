@@ -30,8 +30,10 @@ One embedded PostgreSQL (temporary directory), one database per part, migrated t
   round trips).  Back to back, 64 requesters measure the saturated system (latency =
   64 / throughput); with ``--call-ms`` (default 1000) each requester also waits a
   simulated model call between reserve and settle, so 64 calls are in flight and the
-  reservation rate is what 64 concurrent calls produce.  The counters are checked in SQL
-  at the end of each scenario.
+  reservation rate is what 64 concurrent calls produce; those two scenarios run again
+  with the hold in one round trip of its own (``credits.reserve_alone``, what a warm
+  metered tool call does: ``*_with_calls_alone``).  The counters are checked in SQL at
+  the end of each scenario.
 * **analytics**: ``--events`` usage events over ``--users`` users and ``--days`` days,
   generated in SQL (``generate_series``) into ``usage_records`` with every index of the
   migration, and the same rows (the same integer formulas) into a chDB ``MergeTree``
@@ -361,7 +363,7 @@ async def part_reservations(server: Any, tmp: Path, args: argparse.Namespace
     from roost.billing import credits
     from roost.config import Settings
     from roost.errors import PaymentRequired
-    from roost.identity.tenancy import apply_principal
+    from roost.identity.tenancy import apply_principal, scope_settings
     from roost.principal import Principal
     from roost.process import freeze_startup_heap
 
@@ -391,7 +393,7 @@ async def part_reservations(server: Any, tmp: Path, args: argparse.Namespace
         async def run(name: str, principals: list[Principal], subscriptions: list[uuid.UUID],
                       ops: int, *, naive: bool = False,
                       actuals: tuple[int, ...] = (0, 1, 2), sync_off: bool = False,
-                      call_s: float = 0.0) -> dict[str, Any]:
+                      call_s: float = 0.0, alone: bool = False) -> dict[str, Any]:
             rng = random.Random(args.seed)
             reserve_txn: list[float] = []
             reserve_call: list[float] = []
@@ -422,17 +424,23 @@ async def part_reservations(server: Any, tmp: Path, args: argparse.Namespace
                 actual = rng.choice(actuals)
                 t0 = time.perf_counter()
                 try:
-                    async with db.transaction() as s:
-                        await apply_principal(s, who)
-                        if sync_off:
-                            await s.execute(text("SET LOCAL synchronous_commit = off"))
-                        c0 = time.perf_counter()
-                        if naive:
-                            reservation = await naive_reserve(s, sub, who)
-                        else:
-                            reservation = await credits.reserve(s, settings, who.user_id, 1,
-                                                                kind="llm")
+                    if alone:  # the hold in one round trip, a transaction of its own
+                        c0 = t0
+                        reservation = await credits.reserve_alone(
+                            db, settings, scope_settings(who), who.user_id, 1, kind="llm")
                         c1 = time.perf_counter()
+                    else:
+                        async with db.transaction() as s:
+                            await apply_principal(s, who)
+                            if sync_off:
+                                await s.execute(text("SET LOCAL synchronous_commit = off"))
+                            c0 = time.perf_counter()
+                            if naive:
+                                reservation = await naive_reserve(s, sub, who)
+                            else:
+                                reservation = await credits.reserve(s, settings, who.user_id,
+                                                                    1, kind="llm")
+                            c1 = time.perf_counter()
                 except PaymentRequired:
                     refused += keep
                     return
@@ -547,6 +555,14 @@ async def part_reservations(server: Any, tmp: Path, args: argparse.Namespace
             scenarios["one_shared_subscription_with_calls"] = await run(
                 "one_shared_subscription_with_calls", [principal(u, group) for u in team], hot,
                 ops, call_s=call_s)
+            # The same two with the hold in one round trip (credits.reserve_alone: what a
+            # warm metered tool call does), the payer's row locked for one statement.
+            scenarios["separate_subscriptions_with_calls_alone"] = await run(
+                "separate_subscriptions_with_calls_alone", [principal(u) for u in own],
+                own_subs, ops, call_s=call_s, alone=True)
+            scenarios["one_shared_subscription_with_calls_alone"] = await run(
+                "one_shared_subscription_with_calls_alone", [principal(u, group) for u in team],
+                hot, ops, call_s=call_s, alone=True)
         # The same hot row, the naive way: SELECT ... FOR UPDATE, check, UPDATE, INSERT.
         team2 = await add_users(db, n, "naive")
         group2 = await new_group(team2)
@@ -848,4 +864,4 @@ if __name__ == "__main__":
     existing = json.loads(args.out.read_text()) if args.out.exists() else {}
     runs = existing.get("runs", []) if isinstance(existing.get("runs"), list) else []
     runs.append(result)
-    args.out.write_text(json.dumps({"runs": runs[-20:]}, indent=2, default=str) + "\n")
+    args.out.write_text(json.dumps({"runs": runs[-50:]}, indent=2, default=str) + "\n")

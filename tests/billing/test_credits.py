@@ -16,6 +16,8 @@ from roost.billing import credits
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.errors import PaymentRequired
+from roost.identity.tenancy import scope_settings
+from roost.principal import Principal
 from tests.prompts.conftest import make_group
 from tests.support.identity import make_user
 from tests.support.listening import statements as sent_statements
@@ -246,3 +248,61 @@ async def test_a_hold_without_a_known_payer_finds_it_and_holds_in_one_statement(
 async def _plan_key(database: Database, plan_id: uuid.UUID) -> str:
     async with database.transaction() as s:
         return str(await s.scalar(text("SELECT key FROM plans WHERE id = :id"), {"id": plan_id}))
+
+
+async def test_a_hold_alone_is_one_round_trip_and_as_exact_as_reserve(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    test_settings: Settings,
+) -> None:
+    """``reserve_alone`` (a warm metered tool call's hold): scope, payer and hold in one
+    statement committed as it ends; exact under concurrency; refusals hold nothing; in
+    another user's scope the payer is not found and nothing is held."""
+    user_id, _ = await make_user(database)
+    sub = await _setup(client, admin_headers, stub, user_id, 5)
+    scope = scope_settings(Principal(user_id=user_id, is_admin=False, kind="api_key"))
+    async with sent_statements(database) as sent:
+        hold = await credits.reserve_alone(database, test_settings, scope, user_id, 3,
+                                           kind="tool", reference="tool:x")
+    assert hold is not None and str(hold.subscription_id) == sub["id"] and hold.amount == 3
+    assert sent == ["SELECT * FROM roost_hold_credits($1, $2, $3, $4, $5, $6, $7)"], sent
+    with pytest.raises(PaymentRequired, match="needs 3 and the balance is 2") as refused:
+        await credits.reserve_alone(database, test_settings, scope, user_id, 3, kind="tool")
+    assert refused.value.extra["balance"] == 2
+    row = await _counters(database, sub["id"])
+    assert (row.credits_reserved, row.held) == (3, 1)
+
+    # Another user's scope: row-level security hides the subscription, nothing is held.
+    other, _ = await make_user(database)
+    other_scope = scope_settings(Principal(user_id=other, is_admin=False, kind="api_key"))
+    assert await credits.reserve_alone(database, test_settings, other_scope, user_id, 1,
+                                       kind="tool") is None
+    row = await _counters(database, sub["id"])
+    assert (row.credits_reserved, row.held) == (3, 1)
+
+    # 20 at once against a balance of 2: exactly 2 held.
+    results = await asyncio.gather(*(
+        credits.reserve_alone(database, test_settings, scope, user_id, 1, kind="tool")
+        for _ in range(20)), return_exceptions=True)
+    assert sum(isinstance(r, credits.Reservation) for r in results) == 2, results
+    assert sum(isinstance(r, PaymentRequired) for r in results) == 18, results
+    row = await _counters(database, sub["id"])
+    assert (row.credits_reserved, row.held) == (5, 3)
+
+    paused = await client.post(f"/api/v1/billing/subscriptions/{sub['id']}/pause",
+                               headers=admin_headers)
+    assert paused.status_code == 200, paused.text
+    async with database.transaction() as s:  # give the holds back: only the pause refuses
+        await s.execute(text("UPDATE subscriptions SET credits_reserved = 0 WHERE id = :id"),
+                        {"id": sub["id"]})
+    with pytest.raises(PaymentRequired, match="paused"):
+        await credits.reserve_alone(database, test_settings, scope, user_id, 1, kind="tool")
+    row = await _counters(database, sub["id"])
+    assert row.credits_reserved == 0
+
+    loner, _ = await make_user(database)
+    loner_scope = scope_settings(Principal(user_id=loner, is_admin=False, kind="api_key"))
+    assert await credits.reserve_alone(database, test_settings, loner_scope, loner, 1,
+                                       kind="tool") is None
+    required = test_settings.model_copy(update={"billing_require_subscription": True})
+    with pytest.raises(PaymentRequired, match="no subscription"):
+        await credits.reserve_alone(database, required, loner_scope, loner, 1, kind="tool")

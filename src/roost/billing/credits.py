@@ -23,9 +23,10 @@ nothing (402 naming the status).
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -35,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.billing import runtime_settings
 from roost.config import Settings
 from roost.db.base import uuid7
+from roost.db.engine import Database
 from roost.errors import PaymentRequired
 from roost.system_settings import runtime
 
@@ -182,11 +184,21 @@ runtime.watch(CHANNEL, METERING.drop, METERING.set_listening)
 
 
 async def _anyone_metered(session: AsyncSession) -> bool:
-    cached = METERING.listening and runtime.serves(session)
+    return await _metered(METERING.listening and runtime.serves(session),
+                          lambda: session.scalar(text(_BILLING_ACTIVE)))
+
+
+_BILLING_ACTIVE: Final = "SELECT roost_billing_active()"
+
+
+async def _metered(cached: bool, ask: Callable[[], Awaitable[Any]]) -> bool:
+    """Whether anyone is metered: the process's cache when it may answer (``cached``),
+    else ``ask`` the database (and remember the answer when no change was announced
+    meanwhile)."""
     if cached and METERING.active is not None:
         return METERING.active
     generation = METERING.generation
-    active = bool(await session.scalar(text("SELECT roost_billing_active()")))
+    active = bool(await ask())
     if cached and METERING.listening and METERING.generation == generation:
         METERING.active = active
     return active
@@ -306,6 +318,56 @@ async def reserve(
     if held is None:  # someone else took the balance since we read it
         fresh = await payer_for(session, user_id)
         raise _refuse(fresh or payer, amount)
+    return Reservation(id=reservation_id, subscription_id=payer.subscription_id, amount=amount)
+
+
+_HOLD_ALONE: Final = "SELECT * FROM roost_hold_credits($1, $2, $3, $4, $5, $6, $7)"
+
+
+async def reserve_alone(
+    database: Database, settings: Settings, scope: Mapping[str, str],
+    user_id: uuid.UUID | None, amount: int, *, kind: str, reference: str | None = None,
+) -> Reservation | None:
+    """:func:`reserve` without a payer, in a transaction of its own, in one round trip:
+    the SQL function ``roost_hold_credits`` (migration 1020) applies ``scope`` (the
+    caller's ``tenancy.scope_settings``), finds the payer and holds, and its implicit
+    transaction commits as it ends, so the payer's row stays locked for that one
+    statement (a transaction of its own was three round trips, the row locked until the
+    ``COMMIT`` arrived).  Committed when it returns: the work may start.  The same
+    answers as :func:`reserve`: None when the user is not metered; 402 for a paused
+    subscription, a balance that cannot cover it, or no subscription when one is
+    required, with nothing held."""
+    if user_id is None:
+        return None
+    amount = max(int(amount), 1)
+    reservation_id = uuid7()
+    cached = METERING.listening and runtime.serves_database(database.engine.url.database)
+    async with database.autocommit() as driver:
+        # As reserve() does first: where nobody is metered, nothing is held (the cache
+        # answers; once per change of subscriptions, the database).
+        if cached and not await _metered(True, lambda: driver.fetchval(_BILLING_ACTIVE)):
+            return None
+        row = await driver.fetchrow(
+            _HOLD_ALONE, json.dumps(dict(scope)), reservation_id, user_id, amount, kind,
+            reference, float(settings.billing_reservation_ttl_s))
+    if row is None:  # no subscription pays for this user
+        hit, required = runtime.cached(runtime_settings.REQUIRE_SUBSCRIPTION,
+                                       settings.billing_require_subscription)
+        if hit and not required:
+            return None
+        async with database.transaction() as session:
+            await _check_unsubscribed(session, settings, user_id)
+        return None
+    payer = Payer(subscription_id=row["id"], status=row["status"], balance=int(row["balance"]),
+                  credits_limit=int(row["credits_limit"]), limits=dict(row["limits"] or {}),
+                  plan_key=row["plan_key"])
+    _check_spending(payer)
+    if not row["held"]:  # not enough: as the snapshot says, or taken since (read again)
+        fresh = payer
+        if amount <= payer.balance:
+            async with database.transaction() as session:
+                fresh = await payer_for(session, user_id) or payer
+        raise _refuse(fresh, amount)
     return Reservation(id=reservation_id, subscription_id=payer.subscription_id, amount=amount)
 
 

@@ -258,25 +258,34 @@ def _check(known: KnownTool, arguments: dict[str, Any]) -> None:
         raise ToolUnavailable(f"MCP server {known.server_name!r} is disabled")
 
 
-def _prepared_from_caches(database: Database, actor: Principal, cfg: ToolsConfig,
-                          tool_id: uuid.UUID, arguments: dict[str, Any]) -> PreparedCall | None:
-    """:func:`prepare_call` answered by this process's caches alone (the tool as the
-    caller sees it; no credits to hold: the call is free or nobody is metered), without
-    opening a session: None when anything needs the database (a miss, a price to hold)."""
+async def _prepared_from_caches(database: Database, actor: Principal, cfg: ToolsConfig,
+                                tool_id: uuid.UUID, arguments: dict[str, Any]) -> PreparedCall | None:
+    """:func:`prepare_call` answered by this process's caches (the tool as the caller sees
+    it, and its price), without a session: None when anything else needs the database (a
+    miss).  A call that costs credits while someone is metered holds them in one round
+    trip of its own (``credits.reserve_alone``), committed before the tool runs."""
     name = database.engine.url.database
     if not runtime.serves_database(name):
         return None
     hit, known = KNOWN_TOOLS.get(_known_key(actor, cfg, tool_id))
     if not hit or known is None:
         return None
+    price = 0
     if actor.user_id is not None:
         settings = get_settings()
         cached, price = runtime.cached(billing_settings.TOOL_CALL_CREDITS,
                                        settings.billing_tool_call_credits)
-        if not cached or (price and not credits.unmetered_by_caches(name, settings)):
+        if not cached:
             return None
+        if price and credits.unmetered_by_caches(name, settings):
+            price = 0
     _check(known, arguments)
-    return PreparedCall(known.id, known.name, known.kind, known.spec)
+    reservation = None
+    if price:
+        reservation = await credits.reserve_alone(
+            database, get_settings(), scope_settings(actor, app_role=cfg.app_role),
+            actor.user_id, price, kind="tool", reference=f"tool:{known.id}")
+    return PreparedCall(known.id, known.name, known.kind, known.spec, reservation)
 
 
 HostedBuiltin = Callable[[Database, Principal, dict[str, Any], uuid.UUID | None],
@@ -519,7 +528,7 @@ async def call_tool(
     built-ins higher domains implement (:data:`HostedBuiltin`).  The three parts
     (:func:`prepare_call`, :func:`execute_call`, :func:`record_call`) are public for a
     caller that puts its own rows in the same transactions (the agent runner)."""
-    prepared = _prepared_from_caches(database, actor, cfg, tool_id, arguments) \
+    prepared = await _prepared_from_caches(database, actor, cfg, tool_id, arguments) \
         if tool_id is not None else None
     if prepared is None:
         async with scoped(database, actor, cfg) as session:

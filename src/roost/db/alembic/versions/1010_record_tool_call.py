@@ -1,7 +1,8 @@
-"""record_tool_call: ``roost_record_tool_call(scope, run, event, audit)``, which scopes its
-transaction to a principal (the ``set_config`` values of ``tenancy.scope_settings``, the
-role switch included) and then writes a tool call's ``tool_runs`` row, its analytics event
-and its audit record, each given as a JSON object of its columns.
+"""record_tool_call: ``roost_apply_scope(scope)``, which scopes the current transaction to
+a principal (the ``set_config`` values of ``tenancy.scope_settings``, the role switch
+included; nothing but ``role`` and ``roost.*``), and ``roost_record_tool_call(scope, run,
+event, audit)``, which applies it and then writes a tool call's ``tool_runs`` row, its
+analytics event and its audit record, each given as a JSON object of its columns.
 
 Sent alone, as its own implicit transaction, it is a call's whole record in one round
 trip, committed when it ends: the scope's ``BEGIN`` and the ``COMMIT`` were two more
@@ -27,6 +28,22 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # Transaction-local (set_config's third argument): the scope ends with the statement's
+    # implicit transaction, as a scoped transaction's ends at its COMMIT.
+    op.execute("""
+CREATE FUNCTION roost_apply_scope(p_scope jsonb) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  setting record;
+BEGIN
+  FOR setting IN SELECT key, value FROM jsonb_each_text(p_scope) LOOP
+    IF setting.key <> 'role' AND setting.key NOT LIKE 'roost.%' THEN
+      RAISE EXCEPTION 'a scope may not set %', setting.key
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM set_config(setting.key, setting.value, true);
+  END LOOP;
+END $$;
+""")
     # The column lists are those roost.tools.calls._Record fills, as this revision wrote
     # them (a migration is history); tests/tools/test_record_function.py compares them.
     # Columns not listed keep their defaults (audit_logs.seq, the chain's columns).
@@ -34,16 +51,8 @@ def upgrade() -> None:
 CREATE FUNCTION roost_record_tool_call(
   p_scope jsonb, p_run jsonb, p_event jsonb, p_audit jsonb
 ) RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-  setting record;
 BEGIN
-  FOR setting IN SELECT key, value FROM jsonb_each_text(p_scope) LOOP
-    IF setting.key <> 'role' AND setting.key NOT LIKE 'roost.%' THEN
-      RAISE EXCEPTION 'roost_record_tool_call may not set %', setting.key
-        USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    PERFORM set_config(setting.key, setting.value, true);
-  END LOOP;
+  PERFORM roost_apply_scope(p_scope);
   INSERT INTO tool_runs (id, created_at, tool_id, user_id, tool_name, trace_id, status,
                          input, output, result_preview, error, started_at, finished_at,
                          duration_ms, session_id, message_id, run_id, run_step_id)
@@ -71,3 +80,4 @@ END $$;
 
 def downgrade() -> None:
     op.execute("DROP FUNCTION roost_record_tool_call(jsonb, jsonb, jsonb, jsonb)")
+    op.execute("DROP FUNCTION roost_apply_scope(jsonb)")
