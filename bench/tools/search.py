@@ -22,9 +22,11 @@ Three labelled query sets (query -> the one right tool):
   tools unlike the rest is caught.
 
 Methods (``roost.tools.search``): ``hnsw_plain_ef<N>`` (cosine through the HNSW index,
-k candidates: the search before this change, at 64), ``exact_plain`` (cosine, exact
-scan: what the model alone gives), ``exact_centred`` (the search now) and
-``hnsw_centred`` (the fallback above ``EXACT_SCAN_MAX`` tools).  Per method: recall per
+k candidates: the first search, at 64), ``exact_plain`` (cosine, exact scan: what the
+model alone gives), ``exact_centred`` (the centred cosine, the search until
+2026-12-04), ``exact_centred_neighbours`` (the search now: ranked by twice the centred
+cosine less the tool's neighbour similarity) and ``hnsw_centred_neighbours`` (the
+fallback above ``EXACT_SCAN_MAX`` tools).  Per method: recall per
 set and p50/p99 of the SQL alone (query vector precomputed); for the search before and
 now, p50/p99 of the whole search (query embedding included) over ``--repeat`` rounds.
 The HNSW index's own scan counter is read around the HNSW runs to prove they used it.
@@ -255,7 +257,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             async with db.transaction() as session:
                 await apply_principal(session, actor)
                 scope = await search.catalogue(session, actor, spec)
-            centre = scope.centre
+            plain = search.Catalogue(0, None)  # plain cosine: no centre, no neighbour term
 
             async def ranked(method: str, q: str, k: int = 5) -> list[str]:
                 """One method's top k for ``q``: tool names, in a scoped transaction."""
@@ -263,17 +265,21 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     await apply_principal(session, actor)
                     vec = vectors[q]
                     if method == "exact_plain":
-                        found = await search.exact_candidates(session, spec, actor, vec, None, k)
+                        found = await search.exact_candidates(session, spec, actor, vec, plain,
+                                                              k, neighbours=False)
                     elif method == "exact_centred":
-                        found = await search.exact_candidates(session, spec, actor, vec, centre, k)
-                    elif method == "hnsw_centred":
+                        found = await search.exact_candidates(session, spec, actor, vec, scope,
+                                                              k, neighbours=False)
+                    elif method == "exact_centred_neighbours":
+                        found = await search.exact_candidates(session, spec, actor, vec, scope, k)
+                    elif method == "hnsw_centred_neighbours":
                         pool = max(k * search.CANDIDATES_PER_HIT, search.MIN_CANDIDATES)
                         found = await search.index_candidates(
-                            session, spec, actor, vec, centre, k, pool=pool,
+                            session, spec, actor, vec, scope, k, pool=pool,
                             ef_search=max(search.HNSW_MIN_EF_SEARCH, pool))
                     else:  # hnsw_plain_ef<N>: the search before centring and exact scans
                         found = await search.index_candidates(
-                            session, spec, actor, vec, None, k, pool=k,
+                            session, spec, actor, vec, plain, k, pool=k,
                             ef_search=int(method.rsplit("ef", 1)[1]))
                     ids = [tool_id for tool_id, _ in found]
                     names = {row.id: row.name for row in await session.execute(
@@ -290,7 +296,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     ), {"i": EMBEDDING_DEFAULT_INDEX}) or 0)
 
             methods = ["hnsw_plain_ef64", "hnsw_plain_ef200", "hnsw_plain_ef400",
-                       "exact_plain", "exact_centred", "hnsw_centred"]
+                       "exact_plain", "exact_centred", "exact_centred_neighbours",
+                       "hnsw_centred_neighbours"]
             results: dict[str, Any] = {}
             exact_top: dict[str, list[str]] = {q: await ranked("exact_plain", q) for q in every}
             for method in methods:
@@ -334,8 +341,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 async with db.transaction() as session:
                     await apply_principal(session, actor)
                     vec = np.asarray((await embedder.embed([q]))[0], dtype=np.float64)
-                    await search.index_candidates(session, spec, actor, vec, None, 5, pool=5,
-                                                  ef_search=64)
+                    await search.index_candidates(session, spec, actor, vec, plain, 5,
+                                                  pool=5, ef_search=64)
 
             async def now(q: str) -> None:
                 async with db.transaction() as session:

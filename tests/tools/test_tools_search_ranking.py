@@ -139,3 +139,68 @@ async def test_large_catalogues_are_cached_per_scope(
     assert await count(bob) == 2  # too small to cache: always fresh
     search._catalogues.clear()
     assert await count(alice) == 4
+
+
+def _unit(vectors: dict[str, list[float]]) -> dict[str, np.ndarray]:
+    return {n: np.asarray(v, dtype=np.float64) / np.linalg.norm(v) for n, v in vectors.items()}
+
+
+def _mean_nearest(name: str, pool: dict[str, np.ndarray]) -> float:
+    sims = sorted((float(pool[name] @ v) for other, v in pool.items() if other != name),
+                  reverse=True)
+    return float(np.mean(sims[:search.NEIGHBOURS])) if sims else 0.0
+
+
+async def _neighbour_values(database: Database) -> dict[str, float]:
+    async with database.transaction() as session:
+        rows = await session.execute(text(
+            "SELECT name, neighbour_similarity FROM tools WHERE embedding_model = :m"),
+            {"m": SPEC.model})
+        return {row.name: row.neighbour_similarity for row in rows}
+
+
+async def test_neighbour_similarity_is_measured_within_what_the_owner_sees(
+        database: Database) -> None:
+    alice_id, _ = await make_user(database)
+    bob_id, _ = await make_user(database)
+    await add_tools(database, None, GLOBAL)
+    await add_tools(database, alice_id, ALICE)
+    await add_tools(database, bob_id, BOB)
+    assert await search.refresh_neighbours(database, SPEC) == 9  # none had one yet
+    assert await search.refresh_neighbours(database, SPEC) == 0  # nothing new: no work
+    got = await _neighbour_values(database)
+    shared, mine = _unit(GLOBAL), _unit({**GLOBAL, **ALICE})
+    for name in GLOBAL:  # a global tool: among global tools only
+        assert got[name] == pytest.approx(_mean_nearest(name, shared), abs=1e-5), name
+    for name in ALICE:  # Alice's: among hers and the global ones, never Bob's
+        assert got[name] == pytest.approx(_mean_nearest(name, mine), abs=1e-5), name
+
+    # Bob adds tools right next to Alice's and the global ones: nothing of theirs moves.
+    await add_tools(database, bob_id, {"b3": ALICE["a1"], "b4": GLOBAL["g3"]})
+    assert await search.refresh_neighbours(database, SPEC, force=True) == 11
+    after = await _neighbour_values(database)
+    for name in (*GLOBAL, *ALICE):
+        assert after[name] == pytest.approx(got[name], abs=1e-9), name
+
+
+async def test_tools_close_to_everything_rank_lower(
+        database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice_id, _ = await make_user(database)
+    await add_tools(database, None, GLOBAL)
+    await add_tools(database, alice_id, ALICE)
+    await search.refresh_neighbours(database, SPEC)
+    alice = Principal(user_id=alice_id, is_admin=False, kind="api_key")
+    values = await _neighbour_values(database)
+    before = await ranked(database, alice, 7)
+    monkeypatch.setattr(search, "NEIGHBOUR_WEIGHT", 40.0)  # the term made to dominate
+    vectors = {**GLOBAL, **ALICE}
+    weight = 40.0 * len(vectors) / (len(vectors) + search.CENTRE_PRIOR)
+    centred = dict(expected(vectors))
+    want = sorted(vectors, key=lambda n: -(2 * centred[n] - weight * values[n]))
+    for exact_max in (search.EXACT_SCAN_MAX, 0):  # exact scan, then the HNSW fallback
+        got = await ranked(database, alice, 7, exact_max=exact_max)
+        assert [n for n, _ in got] == want, exact_max
+        # The score answered is the ranking's, halved onto the cosine's scale.
+        assert [s for _, s in got] == pytest.approx(
+            [centred[n] - weight / 2 * values[n] for n in want], abs=1e-5)
+    assert [n for n, _ in before] != want  # the neighbour term changed the order

@@ -235,7 +235,8 @@ def tools_embed_command() -> None:
             return await search.embed_descriptions(db, spec, progress=progress)
 
     report = _run(go)
-    console.print(f"Embedded {report.embedded} tool description(s) with {report.model}")
+    console.print(f"Embedded {report.embedded} tool description(s) with {report.model}; "
+                  f"neighbour similarity of {report.neighbours} tool(s) updated")
 
 
 @tools_app.command("search")

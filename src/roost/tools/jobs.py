@@ -75,4 +75,5 @@ async def embed_descriptions(ctx: TaskContext, payload: dict[str, Any]) -> dict[
             log.warning("tools.embed_skipped", reason=problem)
             return {"skipped": problem}
     report = await search.embed_descriptions(ctx.database, cfg.embedder)
-    return {"model": report.model, "stale": report.stale, "embedded": report.embedded}
+    return {"model": report.model, "stale": report.stale, "embedded": report.embedded,
+            "neighbours": report.neighbours}

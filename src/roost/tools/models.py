@@ -26,6 +26,7 @@ from typing import Any, Final
 from sqlalchemy import (
     Boolean,
     CheckConstraint,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -152,6 +153,11 @@ class Tool(UUIDPrimaryKey, Timestamps, Base):
     description_embedding: Mapped[list[float] | None] = mapped_column(VectorType())
     embedding_model: Mapped[str | None] = mapped_column(String(128))
     embedding_text_sha256: Mapped[str | None] = mapped_column(String(64))
+    # The mean cosine similarity of the vector to its 10 nearest among what the tool's
+    # owner sees (a global tool: global tools; a user's: theirs and global ones), which
+    # the search subtracts so tools that sit close to everything rank lower (hubness);
+    # NULL until the embedding job computes it (roost.tools.search.refresh_neighbours).
+    neighbour_similarity: Mapped[float | None] = mapped_column(Double)
 
 
 class ToolRun(UUIDPrimaryKey, CreatedAt, Base):

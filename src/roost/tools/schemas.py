@@ -104,7 +104,9 @@ class ToolOut(BaseModel):
 class ToolSearchHit(BaseModel):
     tool: ToolOut
     score: float = Field(description="Cosine similarity of the query and the tool's description, "
-                         "both less the mean of the caller's tools (-1..1, higher is better)")
+                         "both less the mean of the caller's tools, less a quarter of the "
+                         "tool's mean similarity to its nearest tools in large catalogues "
+                         "(about -1..1, higher is better; hits come best first)")
 
 
 class ToolSearchOut(BaseModel):

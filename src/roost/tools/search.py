@@ -1,5 +1,6 @@
 """Semantic tool search: tool descriptions embedded by the knowledge embedder, ranked by
-a centred cosine similarity, by an exact scan of the caller's tools.
+a centred cosine similarity less a share of each tool's neighbour similarity, by an
+exact scan of the caller's tools.
 
 Embedding happens off the request path: discovery enqueues ``tools.embed_descriptions``
 (``roost.tools.jobs``), a periodic run of the same job catches anything else (built-ins,
@@ -22,6 +23,10 @@ towards zero for small catalogues).  Why both choices (docs/benchmarks.md, "Tool
   query drifts to whichever big family of look-alike tools shares one of its words
   ("order" -> every "purchase order" tool).  Computed per caller from what row-level
   security lets them see, it never mixes tenants.
+- *Neighbours.*  A tool close to a whole family of others is near any query about that
+  family (a hub); its mean similarity to its 10 nearest, among the tools its owner sees
+  (:func:`refresh_neighbours`), is subtracted in part (CSLS), so the one tool a query
+  describes is not crowded out.  Measured per owner, it never mixes tenants either.
 
 Tools not embedded yet are not found.  There is no text fallback: without a working
 embedder the search answers 409 ``embedder-unavailable`` (``GET /api/v1/tools?name=``
@@ -76,6 +81,11 @@ HNSW_MIN_EF_SEARCH: Final = 400
 #: The centre is the mean of n vectors scaled by n / (n + CENTRE_PRIOR): a catalogue of a
 #: few tools is barely centred, one of thousands fully.
 CENTRE_PRIOR: Final = 100
+#: The ranking subtracts this much of a tool's neighbour similarity (its mean cosine to
+#: its ``NEIGHBOURS`` nearest among what its owner sees) from twice its centred cosine
+#: (CSLS-style hubness correction), scaled by n / (n + CENTRE_PRIOR) as the centre is.
+NEIGHBOUR_WEIGHT: Final = 0.5
+NEIGHBOURS: Final = 10
 #: Catalogues this large have their count and mean kept per process for a while.
 CATALOGUE_CACHE_MIN: Final = 1_000
 CATALOGUE_TTL_S: Final = 300.0
@@ -120,6 +130,7 @@ class EmbedReport:
     stale: int = 0
     embedded: int = 0
     model: str = ""
+    neighbours: int = 0  # tools whose neighbour similarity was (re)computed
 
 
 async def embed_descriptions(
@@ -161,7 +172,75 @@ async def embed_descriptions(
         report.embedded += len(batch)
         if progress is not None:
             progress(report.embedded, len(todo))
+    report.neighbours = await refresh_neighbours(database, spec, force=bool(todo))
     return report
+
+
+async def refresh_neighbours(database: Database, spec: EmbedderSpec, *,
+                             force: bool = False) -> int:
+    """Each embedded tool's ``neighbour_similarity``: the mean cosine similarity to its
+    ``NEIGHBOURS`` nearest among the tools its owner sees, so no tenant's tools change
+    another's scores: a global tool against the global ones, a user's against theirs and
+    the global ones.  Exact (numpy, a block of rows at a time).  Recomputed when
+    ``force`` (the job embedded something: every vector nearby may have moved) or when
+    some tool has none yet; the number of tools written.  A tool deleted since leaves its
+    neighbours' values a little high until the next run that embeds anything."""
+    async with database.transaction() as session:
+        missing = await session.scalar(
+            select(Tool.id).where(Tool.embedding_model == spec.model,
+                                  Tool.description_embedding.is_not(None),
+                                  Tool.neighbour_similarity.is_(None)).limit(1))
+        if missing is None and not force:
+            return 0
+        rows = (await session.execute(
+            select(Tool.id, Tool.user_id, Tool.description_embedding)
+            .where(Tool.embedding_model == spec.model, Tool.description_embedding.is_not(None))
+        )).tuples().all()
+    if not rows:
+        return 0
+    ids = [row[0] for row in rows]
+    owners = [row[1] for row in rows]
+    vectors = np.asarray([row[2] for row in rows], dtype=np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+    shared = np.asarray([owner is None for owner in owners])
+    values = np.zeros(len(rows), dtype=np.float64)
+    scopes: dict[uuid.UUID | None, list[int]] = {}
+    for i, owner in enumerate(owners):
+        scopes.setdefault(owner, []).append(i)
+    for owner, members in scopes.items():
+        pool = np.flatnonzero(shared) if owner is None else np.asarray(
+            sorted({*members, *np.flatnonzero(shared).tolist()}))
+        values[members] = _mean_nearest(vectors, np.asarray(members), pool)
+    written = [{"tid": tool_id, "value": float(value)} for tool_id, value in zip(ids, values, strict=True)]
+    for start in range(0, len(written), 1000):
+        async with database.transaction() as session:
+            await session.execute(_SET_NEIGHBOURS, written[start:start + 1000])
+    return len(written)
+
+
+_SET_NEIGHBOURS = text("UPDATE tools SET neighbour_similarity = :value WHERE id = :tid")
+
+
+def _mean_nearest(vectors: np.ndarray[Any, Any], members: np.ndarray[Any, Any],
+                  pool: np.ndarray[Any, Any], block: int = 512) -> np.ndarray[Any, Any]:
+    """For each row of ``members``, the mean cosine to its ``NEIGHBOURS`` nearest rows of
+    ``pool`` other than itself (unit vectors; fewer when the pool is smaller; 0 alone)."""
+    out = np.zeros(len(members), dtype=np.float64)
+    k = min(NEIGHBOURS, len(pool) - 1)
+    if k <= 0:
+        return out
+    position = {int(p): j for j, p in enumerate(pool)}
+    others = vectors[pool]
+    for start in range(0, len(members), block):
+        chunk = members[start:start + block]
+        sims = vectors[chunk] @ others.T
+        for row, member in enumerate(chunk):  # not its own neighbour
+            own = position.get(int(member))
+            if own is not None:
+                sims[row, own] = -np.inf
+        nearest = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
+        out[start:start + len(chunk)] = nearest.mean(axis=1)
+    return out
 
 
 Vector = np.ndarray[Any, np.dtype[np.float64]]
@@ -180,6 +259,11 @@ class Catalogue:
 
     count: int
     centre: Vector | None
+    neighbour_mean: float = 0.0  # stands in for a tool whose similarity is not computed
+
+    @property
+    def neighbour_weight(self) -> float:
+        return NEIGHBOUR_WEIGHT * self.count / (self.count + CENTRE_PRIOR)
 
 
 # (database, model, scope) -> (expiry on the monotonic clock, catalogue)
@@ -204,7 +288,7 @@ def search_sql(spec: EmbedderSpec, actor: Principal) -> str:
     expr = _expr(spec)
     # Only a checked model name, an int and fixed clauses are interpolated.
     return (
-        f"SELECT id, description_embedding AS vec FROM tools "  # noqa: S608
+        f"SELECT id, description_embedding AS vec, neighbour_similarity AS rn FROM tools "  # noqa: S608
         f"WHERE {_where(spec, actor)} ORDER BY {expr} <=> :qvec LIMIT :k"
     )
 
@@ -216,20 +300,26 @@ def exact_sql(spec: EmbedderSpec, actor: Principal) -> str:
     With t the tool's vector, q the query's and c the centre:
     cos(t - c, q - c) = (t.q - t.c - q.c + c.c) / (|t - c| |q - c|), where
     |t - c|^2 = t.t - 2 t.c + c.c; the query's terms (``:qc``, ``:cc``, ``:qn``) are
-    computed once in Python."""
+    computed once in Python.  The score is that less ``:rw / 2`` times the tool's
+    neighbour similarity (the catalogue's mean ``:rn`` for a tool not computed yet): the
+    CSLS ranking ``2 cos - rw * r``, halved so it stays on the cosine's scale."""
     expr = _expr(spec)
     # Only what search_sql interpolates: a checked model name, an int, fixed clauses.
     return (
         "SELECT id, (tq - tc - :qc + :cc) / sqrt(greatest(tt - 2 * tc + :cc, 1e-12)) / :qn "  # noqa: S608
-        f"AS score FROM (SELECT id, -({expr} <#> :qvec) AS tq, -({expr} <#> :centre) AS tc, "
-        f"-({expr} <#> {expr}) AS tt FROM tools WHERE {_where(spec, actor)}) s "
+        "- CAST(:rw AS double precision) / 2 * coalesce(neighbour_similarity, :rn) AS score "
+        "FROM (SELECT id, neighbour_similarity, "
+        f"-({expr} <#> :qvec) AS tq, -({expr} <#> :centre) AS tc, -({expr} <#> {expr}) AS tt "
+        f"FROM tools WHERE {_where(spec, actor)}) s "
         "ORDER BY score DESC, id LIMIT :k"
     )
 
 
 def catalogue_sql(spec: EmbedderSpec, actor: Principal) -> str:
     # avg() of pgvector's vector is a vector: one pass, nothing fetched but the mean.
-    return f"SELECT count(*) AS n, avg({_expr(spec)}) AS mean FROM tools WHERE {_where(spec, actor)}"  # noqa: S608
+    return (f"SELECT count(*) AS n, avg({_expr(spec)}) AS mean, "  # noqa: S608
+            f"coalesce(avg(neighbour_similarity), 0) AS neighbours FROM tools "
+            f"WHERE {_where(spec, actor)}")
 
 
 def _database_key(session: AsyncSession) -> str:
@@ -259,7 +349,7 @@ async def catalogue(session: AsyncSession, actor: Principal, spec: EmbedderSpec)
         # Shrunk towards zero: the mean of a handful of tools is mostly those tools, and
         # subtracting it would distort their own ranking (one tool: a zero vector).
         centre = np.asarray(mean, dtype=np.float64) * (count / (count + CENTRE_PRIOR))
-    found = Catalogue(count, centre)
+    found = Catalogue(count, centre, float(row.neighbours))
     if found.count >= CATALOGUE_CACHE_MIN:
         if len(_catalogues) >= CATALOGUE_CACHE_SIZE:
             _catalogues.clear()  # rare (that many large scopes in one TTL): start afresh
@@ -281,7 +371,8 @@ async def search_tools(
     k: int = DEFAULT_K, *, embedder: Embedder | None = None, exact_max: int = EXACT_SCAN_MAX,
 ) -> list[ToolHit]:
     """The ``k`` tools that best match ``query`` among those ``actor`` may use (own and
-    global; administrators: all), best first, with their centred cosine similarity.
+    global; administrators: all), best first, with their score (the centred cosine less
+    a share of the tool's neighbour similarity: :func:`exact_sql`).
 
     ``exact_max``: the largest catalogue scanned exactly (larger ones go through the
     HNSW index); the benchmark lowers it to measure the index."""
@@ -298,11 +389,11 @@ async def search_tools(
                         dtype=np.float64)
     scope = await catalogue(session, actor, spec)
     if scope.count <= exact_max:
-        found = await exact_candidates(session, spec, actor, vector, scope.centre, k)
+        found = await exact_candidates(session, spec, actor, vector, scope, k)
     else:
         pool = max(k * CANDIDATES_PER_HIT, MIN_CANDIDATES)
         found = await index_candidates(
-            session, spec, actor, vector, scope.centre, k, pool=pool,
+            session, spec, actor, vector, scope, k, pool=pool,
             ef_search=max(knowledge.ef_search, HNSW_MIN_EF_SEARCH, pool),
         )
     if not found:
@@ -319,9 +410,11 @@ def _scope_params(actor: Principal) -> dict[str, object]:
 
 async def exact_candidates(
     session: AsyncSession, spec: EmbedderSpec, actor: Principal, vector: Vector,
-    centre: Vector | None, k: int,
+    scope: Catalogue, k: int, *, neighbours: bool = True,
 ) -> list[tuple[uuid.UUID, float]]:
-    """The ``k`` best tools by an exact scan (centre None: plain cosine), best first."""
+    """The ``k`` best tools by an exact scan, best first (the scope's centre None: plain
+    cosine; ``neighbours`` False: without the neighbour similarity, for the benchmark)."""
+    centre = scope.centre
     c = np.zeros_like(vector) if centre is None else centre
     qc, cc = float(vector @ c), float(c @ c)
     qn = max(float(np.linalg.norm(vector - c)), 1e-6)
@@ -329,15 +422,16 @@ async def exact_candidates(
         bindparam("qvec", type_=VectorType()), bindparam("centre", type_=VectorType()),
     )
     params = {**_scope_params(actor), "qvec": vector, "centre": c, "qc": qc, "cc": cc, "qn": qn,
-              "k": k}
+              "k": k, "rn": scope.neighbour_mean,
+              "rw": scope.neighbour_weight if neighbours else 0.0}
     return [(row.id, float(row.score)) for row in await session.execute(stmt, params)]
 
 
 async def index_candidates(
     session: AsyncSession, spec: EmbedderSpec, actor: Principal, vector: Vector,
-    centre: Vector | None, k: int, *, pool: int, ef_search: int,
+    scope: Catalogue, k: int, *, pool: int, ef_search: int,
 ) -> list[tuple[uuid.UUID, float]]:
-    """``pool`` HNSW neighbours by plain cosine, re-scored by the centred cosine (so a
+    """``pool`` HNSW neighbours by plain cosine, re-ranked as the exact scan ranks (so a
     score means the same on both paths), the best ``k`` first."""
     await configure_session(session, max(ef_search, pool))
     stmt = (text(search_sql(spec, actor)).bindparams(bindparam("qvec", type_=VectorType()))
@@ -345,9 +439,13 @@ async def index_candidates(
     rows = (await session.execute(stmt, {**_scope_params(actor), "qvec": vector, "k": pool})).all()
     if not rows:
         return []
-    ids = [row.id for row in rows]
-    scores = centred_scores(vector, np.asarray([row.vec for row in rows], dtype=np.float64), centre)
-    ranked = sorted(zip(ids, scores.tolist(), strict=True), key=lambda h: (-h[1], h[0]))
+    scores = centred_scores(vector, np.asarray([row.vec for row in rows], dtype=np.float64),
+                            scope.centre)
+    half = scope.neighbour_weight / 2
+    ranked = sorted(
+        ((row.id, score - half * (scope.neighbour_mean if row.rn is None else float(row.rn)))
+         for row, score in zip(rows, scores.tolist(), strict=True)),
+        key=lambda h: (-h[1], h[0]))
     return ranked[:k]
 
 
