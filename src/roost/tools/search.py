@@ -202,15 +202,17 @@ async def refresh_neighbours(database: Database, spec: EmbedderSpec, *,
     owners = [row[1] for row in rows]
     vectors = np.asarray([row[2] for row in rows], dtype=np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
-    shared = np.asarray([owner is None for owner in owners])
+    shared = np.flatnonzero([owner is None for owner in owners])
+    global_vectors = vectors[shared]
+    nobody = np.empty((0, vectors.shape[1]), dtype=vectors.dtype)
     values = np.zeros(len(rows), dtype=np.float64)
     scopes: dict[uuid.UUID | None, list[int]] = {}
     for i, owner in enumerate(owners):
         scopes.setdefault(owner, []).append(i)
     for owner, members in scopes.items():
-        pool = np.flatnonzero(shared) if owner is None else np.asarray(
-            sorted({*members, *np.flatnonzero(shared).tolist()}))
-        values[members] = _mean_nearest(vectors, np.asarray(members), pool)
+        # A global tool among the global ones; a user's among theirs and the global ones.
+        values[members] = _mean_nearest(vectors[members],
+                                        nobody if owner is None else global_vectors)
     written = [{"tid": tool_id, "value": float(value)} for tool_id, value in zip(ids, values, strict=True)]
     for start in range(0, len(written), 1000):
         async with database.transaction() as session:
@@ -221,23 +223,21 @@ async def refresh_neighbours(database: Database, spec: EmbedderSpec, *,
 _SET_NEIGHBOURS = text("UPDATE tools SET neighbour_similarity = :value WHERE id = :tid")
 
 
-def _mean_nearest(vectors: np.ndarray[Any, Any], members: np.ndarray[Any, Any],
-                  pool: np.ndarray[Any, Any], block: int = 512) -> np.ndarray[Any, Any]:
-    """For each row of ``members``, the mean cosine to its ``NEIGHBOURS`` nearest rows of
-    ``pool`` other than itself (unit vectors; fewer when the pool is smaller; 0 alone)."""
-    out = np.zeros(len(members), dtype=np.float64)
-    k = min(NEIGHBOURS, len(pool) - 1)
+def _mean_nearest(own: np.ndarray[Any, Any], others: np.ndarray[Any, Any],
+                  block: int = 512) -> np.ndarray[Any, Any]:
+    """For each row of ``own``, the mean cosine to its ``NEIGHBOURS`` nearest among the
+    other rows of ``own`` and the rows of ``others`` (unit vectors; fewer neighbours when
+    there are fewer; 0 alone).  ``others`` is shared by every user's scope, never copied."""
+    out = np.zeros(len(own), dtype=np.float64)
+    k = min(NEIGHBOURS, len(own) - 1 + len(others))
     if k <= 0:
         return out
-    position = {int(p): j for j, p in enumerate(pool)}
-    others = vectors[pool]
-    for start in range(0, len(members), block):
-        chunk = members[start:start + block]
-        sims = vectors[chunk] @ others.T
-        for row, member in enumerate(chunk):  # not its own neighbour
-            own = position.get(int(member))
-            if own is not None:
-                sims[row, own] = -np.inf
+    for start in range(0, len(own), block):
+        chunk = own[start:start + block]
+        sims = chunk @ own.T
+        sims[np.arange(len(chunk)), np.arange(start, start + len(chunk))] = -np.inf  # itself
+        if len(others):
+            sims = np.hstack([sims, chunk @ others.T])
         nearest = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
         out[start:start + len(chunk)] = nearest.mean(axis=1)
     return out
