@@ -224,7 +224,7 @@ async def payer_for(session: AsyncSession, user_id: uuid.UUID | None) -> Payer |
     if METERING.listening and runtime.serves(session) and not await _anyone_metered(session):
         return None
     row = (await session.execute(_PAYER, {"user_id": user_id})).first()
-    return _payer(row) if row is not None else None
+    return _payer(row._mapping) if row is not None else None
 
 
 async def require_payer(session: AsyncSession, settings: Settings,
@@ -260,10 +260,11 @@ def _check_spending(payer: Payer) -> None:
                               "status": payer.status})
 
 
-def _payer(row: Any) -> Payer:
-    return Payer(subscription_id=row.id, status=row.status, balance=int(row.balance),
-                 credits_limit=int(row.credits_limit), limits=dict(row.limits or {}),
-                 plan_key=row.plan_key)
+def _payer(row: Mapping[Any, Any]) -> Payer:
+    """The payer of a row by column name (an ORM row's ``_mapping``, an asyncpg record)."""
+    return Payer(subscription_id=row["id"], status=row["status"], balance=int(row["balance"]),
+                 credits_limit=int(row["credits_limit"]), limits=dict(row["limits"] or {}),
+                 plan_key=row["plan_key"])
 
 
 def _refuse(payer: Payer, amount: int) -> PaymentRequired:
@@ -300,7 +301,7 @@ async def reserve(
         if row is None:
             await _check_unsubscribed(session, settings, user_id)
             return None
-        payer = _payer(row)
+        payer = _payer(row._mapping)
         _check_spending(payer)
         if check is not None:
             check(payer)
@@ -358,9 +359,7 @@ async def reserve_alone(
         async with database.transaction() as session:
             await _check_unsubscribed(session, settings, user_id)
         return None
-    payer = Payer(subscription_id=row["id"], status=row["status"], balance=int(row["balance"]),
-                  credits_limit=int(row["credits_limit"]), limits=dict(row["limits"] or {}),
-                  plan_key=row["plan_key"])
+    payer = _payer(row)
     _check_spending(payer)
     if not row["held"]:  # not enough: as the snapshot says, or taken since (read again)
         fresh = payer

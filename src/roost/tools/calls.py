@@ -270,9 +270,8 @@ async def _prepared_from_caches(database: Database, actor: Principal, cfg: Tools
     hit, known = KNOWN_TOOLS.get(_known_key(actor, cfg, tool_id))
     if not hit or known is None:
         return None
-    price = 0
+    settings, price = get_settings(), 0
     if actor.user_id is not None:
-        settings = get_settings()
         cached, price = runtime.cached(billing_settings.TOOL_CALL_CREDITS,
                                        settings.billing_tool_call_credits)
         if not cached:
@@ -283,7 +282,7 @@ async def _prepared_from_caches(database: Database, actor: Principal, cfg: Tools
     reservation = None
     if price:
         reservation = await credits.reserve_alone(
-            database, get_settings(), scope_settings(actor, app_role=cfg.app_role),
+            database, settings, scope_settings(actor, app_role=cfg.app_role),
             actor.user_id, price, kind="tool", reference=f"tool:{known.id}")
     return PreparedCall(known.id, known.name, known.kind, known.spec, reservation)
 
