@@ -116,6 +116,9 @@ FROM done WHERE s.id = done.subscription_id
 RETURNING s.id
 """)
 
+# NOTE: migration 1020's roost_hold_credits (reserve_alone) repeats this statement and
+# _PAYER_SQL as history: a change to either needs a migration that replaces that function
+# too (tests/billing/test_credits.py runs both paths against the same subscriptions).
 # Find the payer and hold the credits in one round trip (reserve() without a payer): the
 # payer's row as _PAYER reads it, and whether the conditional UPDATE took the hold (it
 # takes none for a paused subscription or a balance too small: reserve() then refuses).
