@@ -14,12 +14,11 @@ import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import structlog
 from pydantic import TypeAdapter
 from sqlalchemy import (
-    Boolean,
     Insert,
     Integer,
     Select,
@@ -28,13 +27,10 @@ from sqlalchemy import (
     Uuid,
     bindparam,
     func,
-    literal_column,
-    or_,
     select,
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
@@ -53,8 +49,9 @@ from roost.chat.schemas import (
     MessageOut,
 )
 from roost.db.base import utcnow, uuid7
-from roost.db.statements import bound_insert, bound_insert_from, prefixed
-from roost.db.transaction import driver_fetch
+from roost.db.engine import Database
+from roost.db.statements import bound_insert, prefixed, row_json
+from roost.db.transaction import driver_connection, driver_fetch
 from roost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RoostError
 from roost.llm import calls, routing
 from roost.llm.gateway import LLMGateway
@@ -242,86 +239,111 @@ def _message_insert() -> Insert:
     return bound_insert(ChatMessage, "m_", (*_MESSAGE_FIELDS, "user_id"))
 
 
-_RECORD_KEYS = tuple(key for key in entry_values(MESSAGE) if key != "event_metadata")
+_STORE: Final = """SELECT user_id, status, expires_at, message_count, stored
+FROM roost_store_chat_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"""
 
 
-@functools.cache
-def _record_statement() -> Select[Any]:
-    """A message that is only recorded (``reply: false``) in one statement: ``WITH bumped
-    AS (UPDATE chat_sessions ... RETURNING ...), stored AS (INSERT INTO chat_messages
-    SELECT ... FROM bumped), record AS (INSERT INTO audit_logs SELECT ... FROM bumped)
-    SELECT ... FROM bumped``.  The session's row is locked to commit and its counters
-    bumped; the message takes the position the bump allocates and the session's owner;
-    its audit record's metadata gets that position.  A session the caller may not post
-    to (not visible, or not theirs and the caller no administrator) matches nothing: no
-    row back and nothing written.  A closed or expired session is refused by the caller
-    after it, and the refusal rolls everything back."""
-    sessions = cast(Table, ChatSession.__table__)
-    bumped = (
-        update(sessions)
-        .where(sessions.c.id == bindparam("session_id", type_=Uuid),
-               or_(sessions.c.user_id == bindparam("actor_id", type_=Uuid),
-                   bindparam("actor_is_admin", type_=Boolean)))
-        # Literal columns: a plain ``+ 1`` would be an anonymous parameter, and so would
-        # updated_at's Python-side onupdate (driver_fetch sends named ones only).
-        .values(message_count=sessions.c.message_count + literal_column("1"),
-                last_activity_at=func.now(), updated_at=func.now())
-        .returning(sessions.c.user_id, sessions.c.status, sessions.c.expires_at,
-                   sessions.c.message_count)
-        .cte("bumped")
-    )
-    stored = bound_insert_from(
-        ChatMessage, "m_", tuple(key for key in _MESSAGE_FIELDS if key != "seq"), bumped,
-        computed={"seq": bumped.c.message_count, "user_id": bumped.c.user_id}).cte("stored")
-    metadata = bindparam("a_event_metadata", type_=JSONB).op("||")(
-        func.jsonb_build_object(literal_column("'seq'"), bumped.c.message_count))
-    record = bound_insert_from(AuditLog, "a_", _RECORD_KEYS, bumped,
-                               computed={"event_metadata": metadata}).cte("record")
-    return (select(bumped.c.user_id, bumped.c.status, bumped.c.expires_at,
-                   bumped.c.message_count).add_cte(stored).add_cte(record))
+async def record_confirming(
+    database: Database, gateway: LLMGateway, actor: Principal, session_id: uuid.UUID,
+    data: MessageCreate, *, confirmation: str, scope: str,
+) -> MessageOut | None:
+    """A ``reply: false`` post of a caller this process knows, in one round trip and no
+    transaction around it: ``roost_store_chat_message`` (migration 1040) confirms the
+    caller in the database (``confirmation``, JSON; SQLSTATE 28000 and nothing written
+    when the credential no longer resolves to ``actor``), scopes its implicit
+    transaction (``scope``, JSON: the role switch included, so row-level security checks
+    the writes), stores the message and its audit record, and commits as it ends.  A
+    post in a request transaction was three round trips (its scoped ``BEGIN``, the
+    statement, ``COMMIT``) and an ORM session around them.  None when this process's
+    runtime settings are not at hand (the caller posts the usual way)."""
+    if not runtime.serves_database(database.url.database):
+        return None
+    known, limit = runtime.cached(runtime_settings.MAX_MESSAGE_CHARS,
+                                  gateway.settings.chat_max_message_chars)
+    if not known:
+        return None
+    _check_content(data, limit)
+    values, arguments = _store_arguments(gateway, actor, session_id, role=data.role,
+                                         content=data.content, tool_calls=data.tool_calls,
+                                         fields=_posted_fields(data), require_open=True,
+                                         action="chat.message.create",
+                                         metadata={"role": data.role, "reply": False})
+    async with database.autocommit() as driver:
+        rows = await driver.fetch(_STORE, confirmation, scope, *arguments)
+    return _stored(rows, values, data.content, data.tool_calls)[1]
+
+
+def _posted_fields(data: MessageCreate) -> dict[str, Any]:
+    return {"tool_call_name": data.tool_call_name, "tool_call_id": data.tool_call_id,
+            "conversation_domain": data.conversation_domain, "plan_step": data.plan_step,
+            "confidence_score": data.confidence_score,
+            "embedding_model_used": data.embedding_model_used}
 
 
 async def _record_message(
     session: AsyncSession, gateway: LLMGateway, actor: Principal, session_id: uuid.UUID,
     data: MessageCreate,
 ) -> Exchange:
-    """Store a message no model is to answer, with its audit record: one round trip
-    (:func:`_record_statement`), no ORM.  A closed or expired session refuses it (409)."""
+    """Store a message no model is to answer, with its audit record: one statement
+    (:func:`_store_recorded`), no ORM.  A closed or expired session refuses it (409)."""
     found, message = await _store_recorded(
         session, gateway, actor, session_id, role=data.role, content=data.content,
-        tool_calls=data.tool_calls, fields={
-            "tool_call_name": data.tool_call_name, "tool_call_id": data.tool_call_id,
-            "conversation_domain": data.conversation_domain, "plan_step": data.plan_step,
-            "confidence_score": data.confidence_score,
-            "embedding_model_used": data.embedding_model_used},
+        tool_calls=data.tool_calls, fields=_posted_fields(data), require_open=True,
         action="chat.message.create", metadata={"role": data.role, "reply": False})
-    _check_open(found["status"], found["expires_at"])
     return Exchange(session_id=session_id, owner_id=found["user_id"], user_message=message)
 
 
 async def _store_recorded(
     session: AsyncSession, gateway: LLMGateway, actor: Principal, session_id: uuid.UUID, *,
     role: str, content: str, tool_calls: list[ToolCall] | None, fields: dict[str, Any],
-    action: str, metadata: dict[str, Any],
+    require_open: bool, action: str, metadata: dict[str, Any],
 ) -> tuple[Any, MessageOut]:
     """A message at the session's next position and its audit record (``action``, with
-    ``metadata`` and the message's ``seq``) in one statement (:func:`_record_statement`);
-    returns the session's row as bumped (``user_id``, ``status``, ``expires_at``,
-    ``message_count``) and the message as answered.  404 when the actor may not post to
-    the session (or it is gone)."""
+    ``metadata`` and the message's ``seq``) in one statement, ``roost_store_chat_message``
+    in the session's scoped transaction; returns the session's row as bumped
+    (``user_id``, ``status``, ``expires_at``, ``message_count``) and the message as
+    answered.  404 when the actor may not post to the session (or it is gone); with
+    ``require_open``, 409 when it is closed or expired (nothing written)."""
+    values, arguments = _store_arguments(gateway, actor, session_id, role=role,
+                                         content=content, tool_calls=tool_calls,
+                                         fields=fields, require_open=require_open,
+                                         action=action, metadata=metadata)
+    driver = await driver_connection(session)
+    return _stored(await driver.fetch(_STORE, None, None, *arguments), values, content,
+                   tool_calls)
+
+
+def _store_arguments(
+    gateway: LLMGateway, actor: Principal, session_id: uuid.UUID, *, role: str,
+    content: str, tool_calls: list[ToolCall] | None, fields: dict[str, Any],
+    require_open: bool, action: str, metadata: dict[str, Any],
+) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """The new message's values as answered (its ``seq`` still unknown) and the store's
+    arguments after the confirmation and scope: the message's columns as JSON, its text
+    and tool calls encrypted, the audit record as JSON."""
     values = _new_message(session_id, role, None, fields)
     stored = _encrypted(gateway, values, content, tool_calls)
-    del stored["seq"]  # allocated by the statement
+    row = {key: value for key, value in stored.items()
+           if key not in ("seq", "content", "tool_calls")}  # allocated / given as bytea
     record = entry_values(action, user_id=actor.user_id, resource_type=MESSAGE,
                           resource_id=values["id"], metadata=metadata)
-    rows = await driver_fetch(session, _record_statement(), {
-        "session_id": session_id, "actor_id": actor.user_id, "actor_is_admin": actor.is_admin,
-        **prefixed("m_", stored), **prefixed("a_", record)})
+    return values, (session_id, actor.user_id, actor.is_admin, require_open,
+                    row_json(ChatMessage, row), stored["content"], stored["tool_calls"],
+                    row_json(AuditLog, record))
+
+
+def _stored(rows: Sequence[Any], values: dict[str, Any], content: str,
+            tool_calls: list[ToolCall] | None) -> tuple[Any, MessageOut]:
+    """The store's answer: the session's row and the message as answered, or 404/409."""
     if not rows:
-        raise NotFound(f"no chat session with id {session_id}")
-    message = MessageOut.model_validate({**values, "seq": rows[0]["message_count"],
+        raise NotFound(f"no chat session with id {values['session_id']}")
+    found = rows[0]
+    if not found["stored"]:
+        _check_open(found["status"], found["expires_at"])
+        raise Conflict("the session was closed or expired while posting; set it to 'active'")
+    message = MessageOut.model_validate({**values, "seq": found["message_count"],
                                          "content": content, "tool_calls": tool_calls})
-    return rows[0], message
+    return found, message
 
 
 async def _system_message(
@@ -494,7 +516,7 @@ def _reply_hooks(
                 "tokens_in": result.tokens_in, "tokens_out": result.tokens_out,
                 "model": model, "llm_request_id": outcome.request_id,
                 "confidence_score": float(response_confidence(result))},
-            action="chat.message.reply",
+            require_open=False, action="chat.message.reply",
             metadata={"request_id": str(outcome.request_id), "provider": outcome.winner.name,
                       "model": model, "tokens_in": result.tokens_in,
                       "tokens_out": result.tokens_out, "attempts": len(outcome.attempts)})

@@ -26,12 +26,13 @@ from roost.chat.schemas import (
     SummaryRequested,
     SummaryUpdate,
 )
-from roost.http.auth import CurrentPrincipal
-from roost.http.deps import Cursor, DbSession, Limit
+from roost.http.auth import CurrentPrincipal, scoped_request_transaction
+from roost.http.deps import Cursor, DbSession, Limit, get_database
 from roost.http.reads import ReadSession, replica_fallback
 from roost.http.responses import page_response
 from roost.http.routing import RoostRouter
 from roost.identity.deps import StreamSlots
+from roost.identity.resolver import known_caller
 from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.pagination import DEFAULT_LIMIT, Page
 from roost.principal import Principal
@@ -122,24 +123,36 @@ async def list_messages(
     },
 )
 async def post_message(
-    session_id: uuid.UUID, body: MessageCreate, principal: CurrentPrincipal, db: DbSession,
-    gateway: GatewayDep, request: Request, slot: StreamSlots,
+    session_id: uuid.UUID, body: MessageCreate, gateway: GatewayDep, request: Request,
+    slot: StreamSlots,
 ) -> Any:
     """Store a message and, unless ``reply`` is false, the model's answer; with ``model:
     "agent:<slug>"`` that agent answers (a run of it; docs/agents.md).
 
     No database transaction stays open while the model works: the user's message is
     committed first (the request's transaction, which authenticated the caller in its
-    first round trip) and survives any provider failure.
+    first round trip) and survives any provider failure.  A message only recorded, from a
+    caller this process knows, is one statement with no transaction around it
+    (``messages.record_confirming``: the database confirms the caller in it).
     """
-    if body.stream and body.reply:  # a concurrent-stream slot first (429: nothing stored)
-        await slot.acquire()
-    handler = model_handler(request, body)
+    if not body.reply and (caller := await known_caller(request)) is not None:
+        database = get_database(request)
+        stored = await caller.write(lambda confirmation, scope: messages.record_confirming(
+            database, gateway, caller.principal, session_id, body,
+            confirmation=confirmation, scope=scope))
+        if stored is not None:
+            request.state.principal = caller.principal  # whose write (read replicas)
+            return ExchangeOut(user_message=stored)
+    async with scoped_request_transaction(request) as (db, principal):
+        if body.stream and body.reply:  # a concurrent-stream slot first (429: nothing stored)
+            await slot.acquire()
+        handler = model_handler(request, body)
+        if handler is None:
+            exchange = await messages.post_message(gateway, principal, session_id, body,
+                                                   session=db)
+    # Committed (and its connection released) before any model or agent is asked.
     if handler is not None:
-        await db.commit()  # the agent's run holds no transaction of this request's
         return await handler(principal, session_id, body)
-    exchange = await messages.post_message(gateway, principal, session_id, body, session=db)
-    await db.commit()  # stored (and its connection released) before any model is asked
     if exchange.request_id is None:
         return ExchangeOut(user_message=exchange.user_message)
     if not body.stream:

@@ -18,8 +18,9 @@ transaction to it (identity's row-level security).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Protocol
@@ -29,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.engine import Database
 from roost.errors import Forbidden, Unauthorized
-from roost.http.deps import DbSession, get_keys, get_settings_dep
+from roost.http.deps import DbSession, get_keys, get_settings_dep, request_session
 from roost.principal import OPERATOR, Principal
 
 Resolver = Callable[[AsyncSession, str, Request], Awaitable[Principal | None]]
@@ -114,6 +115,19 @@ async def current_principal(request: Request, session: DbSession) -> Principal:
     await authentication.scope(session, principal, app_role=get_settings_dep(request).db_app_role)
     request.state.principal = principal  # whose write this request is (read replicas)
     return principal
+
+
+@contextlib.asynccontextmanager
+async def scoped_request_transaction(
+    request: Request,
+) -> AsyncIterator[tuple[AsyncSession, Principal]]:
+    """``DbSession`` with ``CurrentPrincipal``, for a route that decides in its body whether
+    it needs them (one that first tries a write that confirms a caller its process knows
+    by itself: roost.identity.resolver.KnownCaller): the request's transaction, begun by
+    authenticating the caller and scoped to it, committed when the block ends without
+    error."""
+    async with request_session(request) as session:
+        yield session, await current_principal(request, session)
 
 
 async def caller_outside_transaction(request: Request, database: Database) -> Principal:

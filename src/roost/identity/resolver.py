@@ -29,10 +29,13 @@ pay a round trip more (roost.identity.ratelimits).
 from __future__ import annotations
 
 import functools
+import hmac
+import json
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from asyncpg.exceptions import InvalidAuthorizationSpecificationError
 from fastapi import Request
@@ -46,12 +49,14 @@ from roost.db.transaction import (
     note_settings,
 )
 from roost.errors import Unauthorized
-from roost.http.auth import scope_wanted
+from roost.http.auth import request_credential, scope_wanted
 from roost.http.deps import get_keys, get_settings_dep, transaction_settings
 from roost.identity.ratelimits import Limiter, RequestLimits
 from roost.identity.tenancy import checked_role, scope_settings
 from roost.principal import Principal, PrincipalKind
 from roost.security.tokens import decode_access_token, hash_api_key, looks_like_api_key
+
+T = TypeVar("T")
 
 # last_used_at is written at most this often per key or session.
 TOUCH_INTERVAL_S = 60
@@ -150,17 +155,20 @@ async def _authenticate(
         _RESOLVED[key] = resolved
         if len(_RESOLVED) > RESOLVED_MAX:
             _RESOLVED.popitem(last=False)
-    principal = resolved.principal
+    await _take_request_limits(request, resolved)
+    return resolved.principal
+
+
+async def _take_request_limits(request: Request, resolved: _Resolved) -> None:
+    """When a limit applies, one round trip on the limiter's own pool (once per request,
+    even if something resolves the caller again); 429 when over."""
     limits = RequestLimits.build(
-        principal, get_settings_dep(request), user_rpm=resolved.user_rpm,
+        resolved.principal, get_settings_dep(request), user_rpm=resolved.user_rpm,
         user_streams=resolved.user_streams, key_rpm=resolved.key_rpm,
         key_streams=resolved.key_streams)
-    # A limit applies: one round trip on the limiter's own pool (once per request, even
-    # if something resolves the caller again).
     if limits is not None and getattr(request.state, "rate_limits", None) is None:
-        await app_limiter(request.app).take_request(limits)  # 429 when over
+        await app_limiter(request.app).take_request(limits)
         request.state.rate_limits = limits
-    return principal
 
 
 async def _look_up(
@@ -231,6 +239,78 @@ def _confirm_sql(key: tuple[str, ...], resolved: _Resolved) -> str | None:
     return f"SELECT roost_confirm_principal({', '.join(arguments)})"
 
 
+@dataclass(frozen=True, slots=True)
+class KnownCaller:
+    """A caller this process has resolved before, for a write that confirms it itself: a
+    statement sent alone whose SQL function begins with ``roost_confirm_and_scope(
+    confirmation, scope)`` (migration 1040) has the database check the credential (as
+    the request's ``BEGIN`` would) and scopes its own implicit transaction, all in the
+    write's one round trip.  When the database refuses the confirmation (SQLSTATE 28000:
+    revoked, expired or changed) nothing was written: :meth:`write` forgets the caller
+    and answers None, and the route serves the request the usual way, which looks the
+    credential up afresh (401 when it is gone)."""
+
+    principal: Principal
+    confirmation: str
+    """JSON: ``roost_confirm_principal``'s arguments, remembered for the credential."""
+    scope: str
+    """JSON: the ``set_config`` values of the principal's scope, the role included."""
+    key: tuple[str, ...]
+
+    async def write(self, write: Callable[[str, str], Awaitable[T]]) -> T | None:
+        """``write(confirmation, scope)``, or None when the database refused it."""
+        try:
+            return await write(self.confirmation, self.scope)
+        except InvalidAuthorizationSpecificationError:
+            _RESOLVED.pop(self.key, None)
+            return None
+
+
+async def known_caller(request: Request) -> KnownCaller | None:
+    """The request's caller if this process has resolved its credential before, without
+    a statement (only the rate limiter's round trip, when a limit applies: 429 when
+    over); None otherwise (no credential, the operator token, a credential not seen yet).
+    A cookie-borne credential is CSRF-checked as :func:`request_credential` checks it."""
+    token = request_credential(request)
+    if token is None or hmac.compare_digest(token.encode(), get_keys(request).admin_token.encode()):
+        return None
+    key: tuple[str, ...]
+    if looks_like_api_key(token):
+        key = ("api_key", hash_api_key(token))
+    elif token.count(".") == 2:
+        user_id, session_id = _session_claims(request, token)
+        key = ("session", str(session_id), str(user_id))
+    else:
+        return None
+    resolved = _RESOLVED.get(key)
+    if resolved is None:
+        return None
+    _RESOLVED.move_to_end(key)
+    await _take_request_limits(request, resolved)
+    app_role = get_settings_dep(request).db_app_role
+    return KnownCaller(resolved.principal, _confirmation_json(key, resolved),
+                       _scope_json(resolved.principal, app_role), key)
+
+
+@functools.lru_cache(maxsize=RESOLVED_MAX)
+def _confirmation_json(key: tuple[str, ...], resolved: _Resolved) -> str:
+    """What ``roost_confirm_and_scope`` passes to ``roost_confirm_principal``: the same
+    values :func:`_confirm_sql` writes as literals."""
+    principal = resolved.principal
+    kind, *credential = key
+    return json.dumps({
+        "kind": kind, "credential": credential[0], "user_id": str(principal.user_id),
+        "is_admin": principal.is_admin,
+        "group_ids": ",".join(str(g) for g in principal.group_ids),
+        "user_rpm": resolved.user_rpm, "user_streams": resolved.user_streams,
+        "key_rpm": resolved.key_rpm, "key_streams": resolved.key_streams})
+
+
+@functools.lru_cache(maxsize=RESOLVED_MAX)
+def _scope_json(principal: Principal, app_role: str | None) -> str:
+    return json.dumps(scope_settings(principal, app_role=app_role))
+
+
 def _int_literal(value: int | None) -> str:
     return "NULL" if value is None else str(int(value))
 
@@ -249,13 +329,17 @@ async def resolve_api_key(session: AsyncSession, token: str, request: Request) -
     return await _authenticate(request, session, "api_key", hash_api_key(token))
 
 
-async def resolve_access_token(session: AsyncSession, token: str, request: Request) -> Principal | None:
-    claims = decode_access_token(get_keys(request).secret_key, token)  # 401 if bad/expired
+def _session_claims(request: Request, token: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """An access token's user and session (401 if it is bad or expired)."""
+    claims = decode_access_token(get_keys(request).secret_key, token)
     try:
-        user_id = uuid.UUID(str(claims["sub"]))
-        session_id = uuid.UUID(str(claims["sid"]))
+        return uuid.UUID(str(claims["sub"])), uuid.UUID(str(claims["sid"]))
     except ValueError:
         raise Unauthorized("invalid token") from None
+
+
+async def resolve_access_token(session: AsyncSession, token: str, request: Request) -> Principal | None:
+    user_id, session_id = _session_claims(request, token)
     principal = await _authenticate(request, session, "session", session_id, user_id)
     if principal is None:
         raise Unauthorized("session has ended: sign in again")
