@@ -152,6 +152,34 @@ async def list_message_values(
     if not actor.is_admin:
         params["user_id"] = actor.user_id
     found = await driver_fetch(session, stmt, params)  # the hot read: no ORM around it
+    return _page_values(gateway, session_id, found, limit)
+
+
+_HISTORY: Final = "SELECT * FROM roost_chat_history($1, $2, $3, $4, $5, $6)"
+
+
+async def read_confirming(
+    database: Database, gateway: LLMGateway, actor: Principal, session_id: uuid.UUID, *,
+    limit: int, cursor: str | None, confirmation: str, scope: str,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """:func:`list_message_values` for a caller this process knows, in one round trip and
+    no transaction around it: ``roost_chat_history`` (migration 1050) has the database
+    confirm the caller (``confirmation``, JSON; SQLSTATE 28000 when the credential no
+    longer resolves to ``actor``), scopes its implicit transaction (``scope``) and reads
+    the session with its page, as the history statement does in a request's
+    transaction (three round trips there, with its ``BEGIN`` and ``COMMIT``)."""
+    before = cursor_int(cursor, "seq") if cursor is not None else None
+    owner = None if actor.is_admin else actor.user_id
+    async with database.autocommit() as driver:
+        found = await driver.fetch(_HISTORY, confirmation, scope, session_id, owner, before,
+                                   limit + 1)
+    return _page_values(gateway, session_id, found, limit)
+
+
+def _page_values(gateway: LLMGateway, session_id: uuid.UUID, found: Sequence[Any],
+                 limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """A history page's values and next cursor from the session's row(s) with its page
+    beside it (no row: 404)."""
     if not found:
         raise NotFound(f"no chat session with id {session_id}")
     rows, next_cursor = page_of(

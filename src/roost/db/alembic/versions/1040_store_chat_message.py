@@ -56,7 +56,7 @@ END $$;
 """)
     # The column lists are those roost.chat.messages writes for a new message and
     # roost.audit.service.entry_values fills, as this revision wrote them (a migration is
-    # history); tests/chat/test_store_function.py compares them with the models.
+    # history); tests/chat/test_known_caller_statements.py compares them with the models.
     op.execute("""
 CREATE FUNCTION roost_store_chat_message(
   p_confirm jsonb, p_scope jsonb, p_session_id uuid, p_actor_id uuid,

@@ -1,9 +1,11 @@
-"""``roost_store_chat_message`` (migration 1040): a ``reply: false`` post of a caller the
-process knows is one statement with no transaction around it, in which the database
-confirms the caller and scopes itself.  What must hold: it writes every column a message
-and its audit record have; a credential revoked or changed elsewhere (another process)
-is refused on the very next post with nothing written; refused posts (another's session,
-a closed one) write nothing and move no counter; row-level security checks its writes."""
+"""A caller the process knows posts a ``reply: false`` message (``roost_store_chat_message``,
+migration 1040) and reads a history page (``roost_chat_history``, migration 1050) in one
+statement with no transaction around it, in which the database confirms the caller and
+scopes itself.  What must hold: the store writes every column a message and its audit
+record have, the read answers exactly what the usual path answers; a credential revoked
+or changed elsewhere (another process) is refused on the very next request with nothing
+written; refused posts (another's session, a closed one) write nothing and move no
+counter; row-level security checks the functions' reads and writes."""
 
 from __future__ import annotations
 
@@ -202,3 +204,76 @@ async def test_row_level_security_checks_the_functions_writes(
                               {"i": forged}) == 0
         assert await s.scalar(text("SELECT message_count FROM chat_sessions WHERE id = :s"),
                               {"s": sid}) == 0
+
+
+async def _page(client: httpx.AsyncClient, database: Database, headers: Headers, sid: str,
+                **params: Any) -> tuple[httpx.Response, list[str]]:
+    async with statements(database) as sent:
+        response = await client.get(f"/api/v1/chat/sessions/{sid}/messages", headers=headers,
+                                    params=params)
+    return response, sent
+
+
+async def test_the_history_functions_columns_are_the_history_statements(
+        database: Database) -> None:
+    async with database.autocommit() as driver:
+        names = await driver.fetchval(
+            "SELECT proargnames FROM pg_proc WHERE proname = 'roost_chat_history'")
+    assert names[6:] == ["found", *messages._MESSAGE_FIELDS]
+
+
+async def test_a_known_callers_history_page_is_one_statement_and_the_same_answer(
+        client: httpx.AsyncClient, user: User, other_user: User, admin_headers: Headers,
+        database: Database, warm: str) -> None:
+    _, headers = user
+    for i in range(4):
+        assert (await _note(client, headers, warm, f"note {i}")).status_code == 201
+    pages, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page, sent = await _page(client, database, headers, warm, **params)
+        assert page.status_code == 200 and len(sent) == 1, (page.text, sent)
+        assert "FROM roost_chat_history(" in sent[0]
+        pages.append(page.json())
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert [m["content"] for p in pages for m in p["items"]] == [
+        "note 3", "note 2", "note 1", "note 0", "warm-up"]
+    # The usual path (the caller forgotten, as in a new process) answers the same bytes.
+    fast, _ = await _page(client, database, headers, warm, limit=3)
+    resolver._RESOLVED.pop(_key(headers))
+    usual, sent = await _page(client, database, headers, warm, limit=3)
+    assert len(sent) > 1 and usual.content == fast.content
+    # Another user, known too: 404 in one statement; the operator reads it.
+    _, other_headers = other_user
+    await new_session(client, other_headers)
+    hidden, sent = await _page(client, database, other_headers, warm)
+    assert hidden.status_code == 404 and len(sent) == 1, sent
+    assert (await _page(client, database, other_headers, str(uuid.uuid4())))[0].status_code == 404
+    support = (await _page(client, database, admin_headers, warm, limit=1))[0]
+    assert support.status_code == 200 and support.json()["items"][0]["content"] == "note 3"
+    # A key revoked by another process: refused on the next read.
+    async with database.transaction() as s:
+        await s.execute(text("UPDATE api_keys SET revoked_at = now() WHERE key_hash = :h"),
+                        {"h": _key(other_headers)[1]})
+    assert _key(other_headers) in resolver._RESOLVED
+    refused, sent = await _page(client, database, other_headers, warm)
+    assert refused.status_code == 401 and "FROM roost_chat_history(" in sent[0], sent
+
+
+async def test_row_level_security_filters_the_history_functions_reads(
+        client: httpx.AsyncClient, user: User, other_user: User, database: Database,
+        warm: str) -> None:
+    _, bob_headers = other_user
+    await new_session(client, bob_headers)
+    bob = resolver._RESOLVED[_key(bob_headers)]
+    confirmation = resolver._confirmation_json(_key(bob_headers), bob)
+    async with database.autocommit() as driver:
+        # No owner filter asked (as for an administrator): Bob's scope still hides it.
+        assert await driver.fetch(messages._HISTORY, confirmation,
+                                  json.dumps(scope_settings(bob.principal)),
+                                  uuid.UUID(warm), None, None, 10) == []
+        # Without any scope the connecting role sees the session and its message.
+        assert len(await driver.fetch(messages._HISTORY, None, None, uuid.UUID(warm), None,
+                                      None, 10)) == 1
