@@ -20,7 +20,11 @@
    (``--cpu-rounds``; Linux), the measure a drifting machine speed does not skew.
 
 Everything runs on one embedded PostgreSQL in a temporary directory, with the same
-concurrency for both sides.  Prints a table and writes bench/results/chat.json.
+concurrency for both sides.  Each timed phase also reports the whole machine's CPU time
+per request (``/proc/stat``: the servers, PostgreSQL, the load generator and the kernel),
+which is what a phase's throughput on two cores is bound by: a server can spend less
+CPU than its bare rival and still serve fewer requests when its statements cost the
+database more.  Prints a table and writes bench/results/chat.json.
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    machine_cpu_ms: float | None = None
+    """CPU time of the whole machine (servers, PostgreSQL, the load generator, the kernel)
+    per request during the phase, from /proc/stat: what two cores' throughput is bound by."""
 
 
 def spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -99,10 +106,34 @@ async def load(
 
 
 def summarise(case: str, system: str, n: int, concurrency: int, seconds: float,
-              latencies: list[float], errors: int) -> Result:
+              latencies: list[float], errors: int, machine_s: float | None = None) -> Result:
     q = statistics.quantiles(latencies, n=100)
     return Result(case, system, n, concurrency, round(seconds, 2), round(n / seconds, 1),
-                  round(statistics.median(latencies), 2), round(q[98], 2), errors)
+                  round(statistics.median(latencies), 2), round(q[98], 2), errors,
+                  round(machine_s / n * 1000, 3) if machine_s is not None else None)
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has been busy (every core, user, system, interrupts),
+    from ``/proc/stat``; None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields)
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+async def timed_load(n: int, concurrency: int, call: Callable[[int], Awaitable[bool]]
+                     ) -> tuple[float, list[float], int, float | None]:
+    """:func:`load` with the machine's CPU seconds spent in its timed part."""
+    for i in range(min(100, n)):  # load's warm-up, outside the machine's count
+        await call(-1 - i)
+    before = machine_busy_s()
+    secs, latencies, errors = await load(n, concurrency, call, warmup=0)
+    after = machine_busy_s()
+    busy = after - before if before is not None and after is not None else None
+    return secs, latencies, errors, busy
 
 
 def process_cpu_s(pid: int) -> float:
@@ -278,9 +309,9 @@ async def main(args: argparse.Namespace) -> None:
                     ("post message", "roost, reply: false", roost_store),
                     ("post message", "fastapi+asyncpg", bare_post),
                 ):
-                    secs, lat, errs = await load(args.posts, args.concurrency, call)
+                    secs, lat, errs, busy = await timed_load(args.posts, args.concurrency, call)
                     results.append(summarise(case, system, args.posts, args.concurrency,
-                                             secs, lat, errs))
+                                             secs, lat, errs, busy))
                     print(f"  {system}: {results[-1].requests_per_s} req/s, "
                           f"p99 {results[-1].p99_ms} ms")
                 if sys.platform == "linux":  # /proc: the stored message beside the bare insert
@@ -319,9 +350,10 @@ async def main(args: argparse.Namespace) -> None:
 
                     for system, call in (("roost", roost_read), ("fastapi+asyncpg", bare_read),
                                          ("raw SQL (asyncpg)", raw_read)):
-                        secs, lat, errs = await load(args.reads, args.concurrency, call)
+                        secs, lat, errs, busy = await timed_load(args.reads, args.concurrency,
+                                                                 call)
                         results.append(summarise("read last 50 of 1M", system, args.reads,
-                                                 args.concurrency, secs, lat, errs))
+                                                 args.concurrency, secs, lat, errs, busy))
                         print(f"  {system}: {results[-1].requests_per_s} req/s, "
                               f"p99 {results[-1].p99_ms} ms")
                     await pool.close()
@@ -344,10 +376,11 @@ async def main(args: argparse.Namespace) -> None:
             server.stop()
 
     print()
-    print(f"{'case':<22}{'system':<20}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(f"{'case':<22}{'system':<20}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+          f"{'machine CPU ms':>16}")
     for r in results:
         print(f"{r.case:<22}{r.system:<20}{r.requests_per_s:>9}{r.p50_ms:>9}{r.p99_ms:>9}"
-              f"{r.errors:>8}")
+              f"{r.errors:>8}{r.machine_cpu_ms if r.machine_cpu_ms is not None else '-':>16}")
     for i, row in enumerate(post_cpu):
         print(f"post (reply: false) beside the bare insert, both at once, round {i}: CPU ms a "
               f"request Roost {row['roost_cpu_ms']}, bare {row['bare_cpu_ms']} "

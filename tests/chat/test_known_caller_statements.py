@@ -217,9 +217,11 @@ async def _page(client: httpx.AsyncClient, database: Database, headers: Headers,
 async def test_the_history_functions_columns_are_the_history_statements(
         database: Database) -> None:
     async with database.autocommit() as driver:
-        names = await driver.fetchval(
-            "SELECT proargnames FROM pg_proc WHERE proname = 'roost_chat_history'")
+        names, config = await driver.fetchrow(
+            "SELECT proargnames, proconfig FROM pg_proc WHERE proname = 'roost_chat_history'")
     assert names[6:] == ["found", *messages._MESSAGE_FIELDS]
+    # Planned once per connection, not on every call (migration 1060).
+    assert config == ["plan_cache_mode=force_generic_plan"]
 
 
 async def test_a_known_callers_history_page_is_one_statement_and_the_same_answer(
