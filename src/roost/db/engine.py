@@ -46,8 +46,13 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         # PgBouncer rejects unknown startup parameters unless told to ignore them.
         connect_args["server_settings"] = {"application_name": "roost"}
     return {
-        "pool_size": settings.db_pool_size,
-        "max_overflow": settings.db_max_overflow,
+        # Every connection opened stays pooled, up to both settings together, opened as
+        # needed: SQLAlchemy closes an overflow connection as soon as it is checked in, so
+        # under steady concurrency above the pool size the server forked a backend every
+        # few requests (185-219 per 3,000 history reads at 50 clients, ~0.75 ms of the
+        # machine's CPU a read: docs/benchmarks.md "Connection churn").
+        "pool_size": settings.db_pool_size + settings.db_max_overflow,
+        "max_overflow": 0,
         # Not pool_pre_ping: for asyncpg that is BEGIN; SELECT; ROLLBACK (three round trips,
         # ~0.5 ms, a third of a small transaction) on every checkout.  discard_closed()
         # catches what it would (connections the server closed: restarts, terminated

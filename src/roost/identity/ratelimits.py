@@ -116,7 +116,9 @@ class Limiter:
     def _pool(self) -> AsyncEngine:
         if self._engine is None:
             options = engine_options(self._settings)
-            options.update(pool_size=2, max_overflow=8, isolation_level="AUTOCOMMIT")
+            # Up to ten, opened as needed and kept (engine_options: no overflow connection
+            # closed at check-in, so none opened again a few requests later).
+            options.update(pool_size=10, max_overflow=0, isolation_level="AUTOCOMMIT")
             self._engine = create_async_engine(self._url, **options)
             discard_closed(self._engine)
         return self._engine
