@@ -2,7 +2,7 @@
 beyond ``ROOST_DB_POOL_SIZE`` (up to ``ROOST_DB_MAX_OVERFLOW`` more) opens connections
 once, and the next bursts reuse them.  SQLAlchemy's own overflow connections are closed
 at check-in, so steady concurrency above the pool size started a new server backend
-every few requests (docs/benchmarks.md "Connection churn")."""
+every few requests (docs/benchmarks.md, Chat: "connection churn")."""
 
 from __future__ import annotations
 

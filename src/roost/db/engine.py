@@ -50,7 +50,7 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         # needed: SQLAlchemy closes an overflow connection as soon as it is checked in, so
         # under steady concurrency above the pool size the server forked a backend every
         # few requests (185-219 per 3,000 history reads at 50 clients, ~0.75 ms of the
-        # machine's CPU a read: docs/benchmarks.md "Connection churn").
+        # machine's CPU a read: docs/benchmarks.md, Chat: "connection churn").
         "pool_size": settings.db_pool_size + settings.db_max_overflow,
         "max_overflow": 0,
         # Not pool_pre_ping: for asyncpg that is BEGIN; SELECT; ROLLBACK (three round trips,
