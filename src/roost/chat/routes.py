@@ -109,7 +109,7 @@ async def list_messages(
     the caller in it); otherwise the request's transaction, or a replica's."""
     database = get_database(request)
     if database.replicas is None and (caller := await known_caller(request)) is not None:
-        page = await caller.write(lambda confirmation, scope: messages.read_confirming(
+        page = await caller.run(lambda confirmation, scope: messages.read_confirming(
             database, gateway, caller.principal, session_id, limit=limit, cursor=cursor,
             confirmation=confirmation, scope=scope))
         if page is not None:
@@ -159,7 +159,7 @@ async def post_message(
     """
     if not body.reply and (caller := await known_caller(request)) is not None:
         database = get_database(request)
-        stored = await caller.write(lambda confirmation, scope: messages.record_confirming(
+        stored = await caller.run(lambda confirmation, scope: messages.record_confirming(
             database, gateway, caller.principal, session_id, body,
             confirmation=confirmation, scope=scope))
         if stored is not None:

@@ -241,14 +241,14 @@ def _confirm_sql(key: tuple[str, ...], resolved: _Resolved) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class KnownCaller:
-    """A caller this process has resolved before, for a write that confirms it itself: a
-    statement sent alone whose SQL function begins with ``roost_confirm_and_scope(
-    confirmation, scope)`` (migration 1040) has the database check the credential (as
-    the request's ``BEGIN`` would) and scopes its own implicit transaction, all in the
-    write's one round trip.  When the database refuses the confirmation (SQLSTATE 28000:
-    revoked, expired or changed) nothing was written: :meth:`write` forgets the caller
-    and answers None, and the route serves the request the usual way, which looks the
-    credential up afresh (401 when it is gone)."""
+    """A caller this process has resolved before, for a request that is one statement
+    sent alone: its SQL function begins with ``roost_confirm_and_scope(confirmation,
+    scope)`` (migration 1040), which has the database check the credential (as the
+    request's ``BEGIN`` would) and scopes the statement's own implicit transaction, all
+    in its one round trip.  When the database refuses the confirmation (SQLSTATE 28000:
+    revoked, expired or changed) the statement did nothing: :meth:`run` forgets the
+    caller and answers None, and the route serves the request the usual way, which looks
+    the credential up afresh (401 when it is gone)."""
 
     principal: Principal
     confirmation: str
@@ -257,10 +257,10 @@ class KnownCaller:
     """JSON: the ``set_config`` values of the principal's scope, the role included."""
     key: tuple[str, ...]
 
-    async def write(self, write: Callable[[str, str], Awaitable[T]]) -> T | None:
-        """``write(confirmation, scope)``, or None when the database refused it."""
+    async def run(self, statement: Callable[[str, str], Awaitable[T]]) -> T | None:
+        """``statement(confirmation, scope)``, or None when the database refused it."""
         try:
-            return await write(self.confirmation, self.scope)
+            return await statement(self.confirmation, self.scope)
         except InvalidAuthorizationSpecificationError:
             _RESOLVED.pop(self.key, None)
             return None
