@@ -10,7 +10,6 @@ counter; row-level security checks the functions' reads and writes."""
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,6 +30,7 @@ from roost.principal import Principal
 from roost.security.tokens import hash_api_key
 from tests.chat.conftest import new_session
 from tests.support.listening import listening, statements
+from tests.support.sql import function_inserts
 
 Headers = dict[str, str]
 User = tuple[uuid.UUID, Headers]
@@ -81,11 +81,7 @@ def _key(headers: Headers) -> tuple[str, str]:
 
 async def test_the_function_writes_exactly_the_columns_a_message_and_its_record_have(
         database: Database) -> None:
-    async with database.transaction() as session:
-        body = await session.scalar(text(
-            "SELECT prosrc FROM pg_proc WHERE proname = 'roost_store_chat_message'"))
-    inserted = {table: {c.strip().strip('"') for c in columns.split(",")}
-                for table, columns in re.findall(r"INSERT INTO (\w+) \(([^)]*)\)", body)}
+    inserted = await function_inserts(database, "roost_store_chat_message")
     audit_columns = {AuditLog.__mapper__.columns[key].name for key in entry_values("x")}
     assert inserted == {"chat_messages": {c.name for c in ChatMessage.__table__.columns},
                         "audit_logs": audit_columns}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import text
@@ -17,3 +18,12 @@ async def fetch(database: Database, sql: str, **params: Any) -> list[Any]:
 async def scalar(database: Database, sql: str, **params: Any) -> Any:
     async with database.transaction() as session:
         return (await session.execute(text(sql), params)).scalar()
+
+
+async def function_inserts(database: Database, function: str) -> dict[str, set[str]]:
+    """The column list of each ``INSERT INTO table (...)`` in a SQL function's body, by
+    table: what a test compares with the model a function writes rows of."""
+    body = await scalar(database, "SELECT prosrc FROM pg_proc WHERE proname = :name",
+                        name=function)
+    return {table: {c.strip().strip('"') for c in columns.split(",")}
+            for table, columns in re.findall(r"INSERT INTO (\w+) \(([^)]*)\)", body)}

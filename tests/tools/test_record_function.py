@@ -6,7 +6,6 @@ written); it sets nothing but the scope; its transaction ends with it."""
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from typing import Any
 
@@ -23,6 +22,7 @@ from roost.tools import calls
 from roost.tools.config import ToolsConfig
 from roost.tools.models import ToolRun
 from tests.support.identity import make_user
+from tests.support.sql import function_inserts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -49,11 +49,7 @@ async def _row(database: Database, table: str, row_id: uuid.UUID) -> dict[str, A
 
 async def test_the_function_inserts_exactly_the_columns_the_record_has(
         database: Database) -> None:
-    async with database.transaction() as session:
-        body = await session.scalar(text(
-            "SELECT prosrc FROM pg_proc WHERE proname = 'roost_record_tool_call'"))
-    inserted = {table: {c.strip().strip('"') for c in columns.split(",")}
-                for table, columns in re.findall(r"INSERT INTO (\w+) \(([^)]*)\)", body)}
+    inserted = await function_inserts(database, "roost_record_tool_call")
     record = _record(Principal(user_id=uuid.uuid4(), is_admin=False, kind="api_key"))
     run, event, audit = (json.loads(row) for row in record.rows_json())
     assert inserted == {"tool_runs": set(run), "clickhouse_analytics": set(event),

@@ -28,20 +28,16 @@ def bound_insert(model: Any, prefix: str, keys: Mapping[str, Any] | tuple[str, .
 
 
 def bound_insert_from(model: Any, prefix: str, keys: Mapping[str, Any] | tuple[str, ...],
-                      source: Any, computed: Mapping[str, Any] | None = None) -> Insert:
+                      source: Any) -> Insert:
     """:func:`bound_insert` as ``INSERT ... SELECT <the parameters> FROM source``: a row for
     each row of ``source``, a CTE of the same statement, so the row is written only when
     that CTE's own write happened (not after an ``ON CONFLICT DO NOTHING``, nor for an
-    ``UPDATE`` that matched nothing).  ``computed`` gives the columns whose values come
-    from SQL instead of a parameter (attribute name -> expression, e.g. a column of
-    ``source``: a position the source's ``UPDATE ... RETURNING`` allocated)."""
+    ``UPDATE`` that matched nothing)."""
     columns = model.__mapper__.columns
-    extra = dict(computed or {})
-    values = [*(bindparam(prefix + key, type_=columns[key].type) for key in keys),
-              *extra.values()]
+    values = [bindparam(prefix + key, type_=columns[key].type) for key in keys]
     # Only ``keys``: the columns' Python-side defaults are the caller's (``with_defaults``).
     return insert(model.__table__).from_select(
-        [columns[key] for key in (*keys, *extra)], select(*values).select_from(source),
+        [columns[key] for key in keys], select(*values).select_from(source),
         include_defaults=False)
 
 
