@@ -29,11 +29,13 @@ For each system:
   ``similarity_search_by_vector`` with a metadata filter.  rawschema does not search.
 * **a transaction per query** (``qps_transaction_per_query``), the fair baseline for an
   API request, which always has its own transaction: raw = BEGIN, the query, COMMIT
-  (psycopg, commit after each); Roost = the API path minus HTTP: per query one
-  transaction that authenticates an API key as a request does
-  (``roost.identity.resolver.resolve_bearer`` with the request's transaction settings,
-  i.e. the HNSW ones), scopes it (``apply_principal``) and runs ``vector_candidates``.
-  Reported beside both raw figures (one shared transaction; a transaction per query).
+  (psycopg, commit after each); Roost = the API path minus HTTP and embedding: what
+  ``POST /api/v1/knowledge/search`` does in vector mode for an API key, i.e. a caller
+  the process knows in one statement that confirms the key, scopes itself and returns
+  the hits with their chunk and document rows (``search_confirming``), the first query
+  in a transaction that authenticates the key (``resolve_bearer``).  It returns more
+  than raw's ids (the hits' content and documents).  Reported beside both raw figures
+  (one shared transaction; a transaction per query).
 
 Prints a table and writes bench/results/rag.json.  Needs the ``bench`` extra.
 """
@@ -44,6 +46,7 @@ import argparse
 import asyncio
 import json
 import platform
+import secrets
 import sys
 import tempfile
 import time
@@ -313,42 +316,53 @@ class Roost:
         return self.runner.run(run())
 
     async def _per_request(self, i: int, request: Any) -> None:
-        """An API request's database work, minus HTTP: one transaction that authenticates
-        the API key the way a request does (``resolve_bearer``: lookup, touch when stale,
-        scope and the request's transaction settings), scopes it (a no-op when
-        authentication did) and runs the search service's vector step."""
-        from roost.identity.resolver import resolve_bearer
-        from roost.identity.tenancy import apply_principal
+        """An API search request's database work, minus HTTP and the query's embedding,
+        as ``POST /api/v1/knowledge/search`` in vector mode does it: a caller the process
+        knows (every query after the first) is one statement with no transaction around
+        it (``search_confirming``: the database confirms the API key, scopes the
+        statement, sets the HNSW settings and returns the hits with their chunks and
+        documents); otherwise one transaction that authenticates the key
+        (``resolve_bearer``) and runs ``search``."""
+        from roost.identity.resolver import known_caller, resolve_bearer
         from roost.knowledge import search as search_mod
         from roost.knowledge.schemas import SearchRequest
 
         req = SearchRequest(query="-", k=K, mode="vector", collection=f"c{self.data['qcoll'][i]}")
+        vector = self.data["q"][i]
+        caller = await known_caller(request)
+        if caller is not None:
+            found = await caller.run(lambda confirmation, scope: search_mod.search_confirming(
+                self.db, caller.principal, self.cfg, req, vector, confirmation=confirmation,
+                scope=scope))
+            if found is not None:
+                return
         async with self.db.sessionmaker() as s, s.begin():
             who = await resolve_bearer(s, self.api_key, request)
             assert who is not None
-            await apply_principal(s, who, app_role=self.settings.db_app_role)
-            await search_mod.vector_candidates(
-                s, self.cfg, self.model, self.data["dims"], self.data["q"][i],
-                search_mod.build_filters(who, req), K,
-            )
+            await search_mod.search(s, who, self.cfg, req, vector=vector)
 
-    def _request(self) -> Any:
-        """What ``resolve_bearer`` reads of a Request: ``app.state``'s settings, keys and
-        transaction settings (the HNSW ones knowledge's start-up adds)."""
+    def _app(self) -> Any:
+        """What the search route reads of its app: ``app.state``'s settings, keys and rate
+        limiter (no rate limit applies to the key unless the settings set one)."""
         from types import SimpleNamespace
 
-        from roost.knowledge import search as search_mod
+        keys = SimpleNamespace(admin_token=secrets.token_urlsafe(32))  # not the key
+        return SimpleNamespace(state=SimpleNamespace(settings=self.settings, keys=keys))
 
-        extra = search_mod.hnsw_settings(self.cfg.ef_search, True)  # pgvector 0.8 here
-        return SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(
-            settings=self.settings, keys=None, transaction_settings=extra)))
+    def _request(self, app: Any) -> Any:
+        """A request with the API key, as the search route sees it."""
+        from starlette.requests import Request
+
+        return Request({"type": "http", "method": "POST", "path": "/api/v1/knowledge/search",
+                        "query_string": b"", "app": app,
+                        "headers": [(b"authorization", f"Bearer {self.api_key}".encode())]})
 
     def per_request_slice(self, lo: int, hi: int) -> None:
-        request = self._request()
+        app = self._app()
 
         async def run() -> None:
             for i in range(lo, hi):
-                await self._per_request(i, request)
+                await self._per_request(i, self._request(app))  # a Request per request
 
         self.runner.run(run())
 

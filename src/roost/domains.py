@@ -154,7 +154,6 @@ DOMAINS: tuple[Domain, ...] = (
         models="roost.knowledge.models",
         routers=("roost.knowledge.routes:router",),
         jobs="roost.knowledge.jobs",
-        startup="roost.knowledge.startup:lifespan",  # HNSW settings sent with authentication
         cli="roost.knowledge.cli:register",
         commands=("ingest",),
     ),

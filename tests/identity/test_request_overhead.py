@@ -68,21 +68,20 @@ async def test_authentication_and_scope_take_one_round_trip(
         async with statements(database) as sent:
             found = await client.post("/api/v1/knowledge/search", headers=headers, json=body)
         assert found.status_code == 200, found.text
-        # First sight of the key: BEGIN, the credential's lookup (+ touch, scope, role,
-        # HNSW settings), the vector query, COMMIT: no separate SET LOCAL or touch.
+        # First sight of the key: BEGIN, the credential's lookup (+ touch, scope, role),
+        # the vector query with its HNSW settings and hits, COMMIT: no separate SET LOCAL,
+        # touch or hydration.
         assert len(sent) == 4, sent
         assert sent[0].startswith("BEGIN") and sent[-1].startswith("COMMIT")
-        assert "set_config('roost.user_id'" in sent[1] and "hnsw.ef_search" not in sent[2]
+        assert "set_config('roost.user_id'" in sent[1] and "roost_knowledge_knn(" in sent[2]
 
         async with statements(database) as sent:
             found = await client.post("/api/v1/knowledge/search", headers=headers, json=body)
         assert found.status_code == 200, found.text
-        # Known key: BEGIN, the database's confirmation of the credential and the scope
-        # in one simple query, then the vector query, COMMIT.
-        assert len(sent) == 3, sent
-        assert sent[0].startswith("BEGIN; SELECT roost_confirm_principal('api_key', ")
-        assert "set_config('roost.user_id'" in sent[0] and "hnsw.ef_search" in sent[0]
-        assert sent[-1].startswith("COMMIT")
+        # A caller the process knows, no read replicas: one statement with no transaction
+        # around it, which confirms the caller, scopes itself, sets the HNSW settings and
+        # finds the hits with their chunks and documents.
+        assert len(sent) == 1 and "FROM roost_knowledge_knn(" in sent[0], sent
 
         async with statements(database) as sent:
             history = await client.get(
@@ -112,11 +111,14 @@ async def test_authentication_and_scope_take_one_round_trip(
         assert len(sent) == 1, sent
         assert "FROM roost_store_chat_message(" in sent[0]
 
-        # The scope is as strict as before: the transaction runs as the application role
-        # for exactly this user.
+        # Any other route of a known key: BEGIN with the database's confirmation of the
+        # credential and the scope in one simple query, its queries, COMMIT.
         async with statements(database) as sent:
             me = await client.get("/api/v1/auth/me", headers=headers)
         assert me.status_code == 200 and me.json()["id"] == str(user_id)
+        begun = [s for s in sent if s.startswith("BEGIN; SELECT roost_confirm_principal('api_key', ")]
+        assert len(begun) == 1 and "set_config('roost.user_id'" in begun[0], sent
+        assert sent[-1].startswith("COMMIT"), sent
 
 
 async def test_a_model_route_confirms_a_known_caller_with_one_statement(

@@ -7,7 +7,7 @@ so).  The plain accessors (``get_database`` …) are for code that holds a ``Req
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -27,14 +27,6 @@ def get_database(request: Request) -> Database:
 def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
-
-
-def transaction_settings(request: Request) -> Mapping[str, str]:
-    """``SET LOCAL`` values every authenticated request's transaction starts with, sent in
-    authentication's round trip (domains add theirs at startup, e.g. knowledge's HNSW
-    settings, so a search needs no round trip of its own for them)."""
-    values: Mapping[str, str] = getattr(request.app.state, "transaction_settings", {})
-    return values
 
 
 def get_keys(request: Request) -> KeyMaterial:

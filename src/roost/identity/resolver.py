@@ -50,7 +50,7 @@ from roost.db.transaction import (
 )
 from roost.errors import Unauthorized
 from roost.http.auth import request_credential, scope_wanted
-from roost.http.deps import get_keys, get_settings_dep, transaction_settings
+from roost.http.deps import get_keys, get_settings_dep
 from roost.identity.ratelimits import Limiter, RequestLimits
 from roost.identity.tenancy import checked_role, scope_settings
 from roost.principal import Principal, PrincipalKind
@@ -139,7 +139,7 @@ async def _authenticate(
     request: Request, session: AsyncSession, kind: PrincipalKind, *credential: Any
 ) -> Principal | None:
     """The principal behind a credential, with the request's transaction scoped to it."""
-    extra: dict[str, str] = dict(transaction_settings(request))
+    extra: dict[str, str] = {}
     app_role = get_settings_dep(request).db_app_role
     if app_role:
         extra["role"] = checked_role(app_role)

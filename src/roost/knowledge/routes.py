@@ -6,12 +6,14 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import Depends, File, Form, Query, Request, Response, UploadFile, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.errors import PayloadTooLarge
-from roost.http.auth import CurrentPrincipal
-from roost.http.deps import Cursor, DbSession, Limit, SettingsDep
-from roost.http.reads import ReadSession, replica_fallback
+from roost.http.auth import CurrentPrincipal, scoped_request_transaction
+from roost.http.deps import Cursor, DbSession, Limit, SettingsDep, get_database
+from roost.http.reads import ReadSession, read_session, replica_fallback
 from roost.http.routing import RoostRouter
+from roost.identity.resolver import known_caller
 from roost.knowledge import search as search_mod
 from roost.knowledge import service
 from roost.knowledge.config import KnowledgeConfig
@@ -27,6 +29,7 @@ from roost.knowledge.schemas import (
     parse_tags_field,
 )
 from roost.pagination import DEFAULT_LIMIT, Page
+from roost.principal import Principal
 
 router = RoostRouter(prefix="/api/v1/knowledge", tags=["knowledge"])
 
@@ -172,8 +175,29 @@ async def get_run(run_id: uuid.UUID, session: DbSession, principal: CurrentPrinc
 
 @router.post("/search", response_model=SearchResponse,
              summary="Vector, full-text or hybrid search over the documents you can see")
+async def search(body: SearchRequest, request: Request, cfg: ConfigDep) -> SearchResponse:
+    """A vector search of a caller this process knows, without read replicas, is one
+    statement with no transaction around it (``search_mod.search_confirming``: the
+    database confirms the caller in it); otherwise the request's transaction, or a
+    replica's."""
+    database = get_database(request)
+    vector: list[float] | None = None  # embedded once, before any statement
+    if body.mode == "vector" and database.replicas is None \
+            and (caller := await known_caller(request)) is not None:
+        query = vector = await search_mod.query_vector(cfg, body)
+        found = await caller.run(lambda confirmation, scope: search_mod.search_confirming(
+            database, caller.principal, cfg, body, query, confirmation=confirmation,
+            scope=scope))
+        if found is not None:
+            return found
+    async with scoped_request_transaction(request) as (primary, principal):
+        db = await read_session(request, principal, primary)
+        return await _search(body=body, principal=principal, db=db, cfg=cfg, vector=vector)
+
+
 @replica_fallback
-async def search(
-    body: SearchRequest, session: ReadSession, principal: CurrentPrincipal, cfg: ConfigDep
+async def _search(
+    *, body: SearchRequest, principal: Principal, db: AsyncSession, cfg: KnowledgeConfig,
+    vector: list[float] | None,
 ) -> SearchResponse:
-    return await search_mod.search(session, principal, cfg, body)
+    return await search_mod.search(db, principal, cfg, body, vector=vector)

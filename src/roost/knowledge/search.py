@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
-from sqlalchemy import Connection, text
+from sqlalchemy import URL, Connection, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.db.engine import Database
 from roost.db.transaction import driver_connection, local_settings, note_settings
 from roost.db.vector import ensure_vector_codec
 from roost.knowledge.config import KnowledgeConfig, get_embedder
@@ -45,7 +46,24 @@ from roost.principal import Principal
 
 RRF_K: Final = 60
 MIN_CANDIDATES: Final = 40
-_iterative: dict[str, bool] = {}
+_iterative: dict[URL, bool] = {}  # by database URL (hashable: no rendering per search)
+
+# What a hydrated k-NN row carries besides the id and distance, and the column list
+# ``roost_knowledge_knn``'s caller gives its result (migration 1070).
+_CHUNK_COLUMNS: Final = ("document_id", "chunk_index", "content", "metadata", "is_curated",
+                         "source_chunk_ids")
+_DOCUMENT_COLUMNS: Final = ("name", "source", "uri", "path", "collection", "mime")
+_CANDIDATE_COLUMNS: Final = "id uuid, distance double precision"
+HIT_COLUMNS: Final = (
+    f"{_CANDIDATE_COLUMNS}, document_id uuid, chunk_index integer, content text, "
+    "metadata jsonb, is_curated boolean, source_chunk_ids uuid[], name text, source text, "
+    "uri text, path text, collection text, mime text")
+# The k-NN statement's parameters, $1..$10 in this order: roost_knowledge_knn passes its
+# arguments after the statement to it so (migration 1070).
+KNN_PARAMETERS: Final = ("qvec", "limit", "scope_user", "scope_groups", "owner_id",
+                         "group_id", "persona_id", "collection", "tags", "document_ids")
+_KNN_CALL: Final = ("SELECT * FROM roost_knowledge_knn($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+                    "$10, $11, $12, $13, $14, $15) AS r({columns})")
 
 
 @dataclass
@@ -87,18 +105,31 @@ def build_filters(actor: Principal | None, req: SearchRequest) -> Filters:
     return Filters(sql, params)
 
 
-def vector_query_sql(model: str, dims: int, filters: list[str]) -> str:
-    """The k-nearest-neighbour query; its ORDER BY and predicate match the HNSW index."""
+def vector_query_sql(model: str, dims: int, filters: list[str], *, hydrate: bool = False) -> str:
+    """The k-nearest-neighbour query; its ORDER BY and predicate match the HNSW index.
+    With ``hydrate``, each candidate comes with its chunk's and document's columns
+    (:data:`HIT_COLUMNS`), in no particular order."""
     expr = vector_expression(dims, "c")
     # A binary ``vector`` parameter (roost.db.vector): no float formatting or parsing.
     query_vec = f"CAST(:qvec AS vector({int(dims)}))"
     where = " AND ".join([model_predicate(model, "c"), *filters])
     # Only validated pieces are interpolated: an int, a quoted model name, fixed clauses.
-    # relaxed_order may yield rows slightly out of order: vector_candidates re-sorts them.
-    return (
-        f"SELECT c.id, {expr} <=> {query_vec} AS distance FROM document_chunks c"  # noqa: S608
+    # relaxed_order may yield rows slightly out of order: the caller re-sorts them.
+    chunk = "".join(f", c.{name}" for name in _CHUNK_COLUMNS) if hydrate else ""
+    knn = (
+        f"SELECT c.id, {expr} <=> {query_vec} AS distance{chunk} FROM document_chunks c"  # noqa: S608
         f" WHERE {where} ORDER BY {expr} <=> {query_vec} LIMIT :limit"
     )
+    if not hydrate:
+        return knn
+    # Each candidate's document looked up by its key, after the k-NN.  A plain join (or a
+    # LATERAL subquery the planner flattens into one) let it, misled by row-level
+    # security's estimate of one visible document (documents not analysed yet), scan the
+    # documents and run the k-NN again for each: 20 ms instead of 1.  "LIMIT 1" (a key has
+    # one row) keeps the subquery whole, so it can only run per candidate.
+    document = ", ".join(f"d.{name}::text" for name in _DOCUMENT_COLUMNS)
+    return (f"SELECT k.*, d.* FROM ({knn}) k CROSS JOIN LATERAL "  # noqa: S608
+            f"(SELECT {document} FROM documents d WHERE d.id = k.document_id LIMIT 1) d")
 
 
 def text_query_sql(filters: list[str], model: str | None) -> str:
@@ -118,17 +149,17 @@ def text_query_sql(filters: list[str], model: str | None) -> str:
 
 async def supports_iterative_scan(session: AsyncSession) -> bool:
     """pgvector >= 0.8 (``hnsw.iterative_scan``); asked once per database URL."""
-    bind = session.get_bind()
-    url = bind.engine.url if isinstance(bind, Connection) else bind.url
-    key = url.render_as_string(hide_password=True)
-    known = _iterative.get(key)
+    return await _supports_iterative_scan(_session_url(session), await driver_connection(session))
+
+
+async def _supports_iterative_scan(url: URL, driver: Any) -> bool:
+    known = _iterative.get(url)
     if known is None:
-        version = (await session.execute(
-            text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-        )).scalar_one_or_none()
+        version = await driver.fetchval(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         parts = tuple(int(p) for p in str(version or "0").split(".")[:2] if p.isdigit())
         known = parts >= (0, 8)
-        _iterative[key] = known
+        _iterative[url] = known
     return known
 
 
@@ -141,11 +172,10 @@ def hnsw_settings(ef_search: int, iterative: bool) -> dict[str, str]:
 
 
 async def configure_session(session: AsyncSession, ef_search: int) -> None:
-    """Transaction-local HNSW settings (SET LOCAL: safe under PgBouncer pooling).
-
-    Skipped when the transaction has them already: authentication sends the configured
-    ``ef_search`` in its own round trip (``knowledge.startup``), and a second search in
-    the same transaction finds them set."""
+    """Transaction-local HNSW settings (SET LOCAL: safe under PgBouncer pooling), for the
+    other domains' vector statements (tools, memory; knowledge's own k-NN sets them in
+    its statement, ``roost_knowledge_knn``).  Skipped when the transaction has them
+    already (a second search in the same transaction)."""
     wanted = hnsw_settings(ef_search, await supports_iterative_scan(session))
     have = local_settings(session)
     if all(have.get(name) == value for name, value in wanted.items()):
@@ -164,21 +194,48 @@ async def vector_candidates(
     session: AsyncSession, cfg: KnowledgeConfig, model: str, dims: int,
     vector: Sequence[float] | np.ndarray[Any, Any], filters: Filters, limit: int,
 ) -> list[tuple[uuid.UUID, float]]:
-    """The hot path: run on the session's own driver connection (same transaction, same
-    row-level security scope) with a positional, driver-cached prepared statement,
-    skipping the ORM's per-call statement processing."""
-    await configure_session(session, max(cfg.ef_search, limit))
-    sql, names = _positional_vector_sql(model, dims, tuple(filters.sql))
-    params = {**filters.params, "qvec": vector, "limit": limit}
-    driver = await driver_connection(session)
-    await ensure_vector_codec(driver)
-    rows = await driver.fetch(sql, *(params[name] for name in names))
+    """The ``limit`` nearest chunks' ids and distances, nearest first, in the session's
+    transaction (its row-level security scope) on its own driver connection."""
+    rows = await _knn(await driver_connection(session), _session_url(session), cfg, model,
+                      dims, vector, filters, limit, hydrate=False)
     return sorted(((row[0], float(row[1])) for row in rows), key=_by_distance)
 
 
+async def _knn(
+    driver: Any, url: URL, cfg: KnowledgeConfig, model: str, dims: int,
+    vector: Sequence[float] | np.ndarray[Any, Any], filters: Filters, limit: int, *,
+    hydrate: bool, confirmation: str | None = None, scope: str | None = None,
+) -> list[Any]:
+    """The k-NN statement through ``roost_knowledge_knn`` (migration 1070): its HNSW
+    settings come in the same round trip, and with ``confirmation`` and ``scope`` (a
+    caller this process knows, :func:`search_confirming`) the database confirms the
+    caller and scopes the statement's own implicit transaction first.  Without them the
+    connection's transaction must be scoped already."""
+    statement, call = _knn_statements(model, dims, tuple(filters.sql), hydrate)
+    await ensure_vector_codec(driver)
+    iterative = await _supports_iterative_scan(url, driver)
+    params = {**filters.params, "qvec": vector, "limit": limit}
+    rows: list[Any] = await driver.fetch(
+        call, confirmation, scope, max(cfg.ef_search, limit), iterative, statement,
+        *(params.get(name) for name in KNN_PARAMETERS))
+    return rows
+
+
 @functools.lru_cache(maxsize=512)
-def _positional_vector_sql(model: str, dims: int, filters: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
-    return _positional(vector_query_sql(model, dims, list(filters)))
+def _knn_statements(model: str, dims: int, filters: tuple[str, ...], hydrate: bool) -> tuple[str, str]:
+    """The k-NN statement with its parameters numbered as :data:`KNN_PARAMETERS`, and the
+    function call that runs it."""
+    sql = vector_query_sql(model, dims, list(filters), hydrate=hydrate)
+    parts = re.split(r"('(?:[^']|'')*')", sql)  # quoted literals (the model) left alone
+    numbered = "".join(
+        part if i % 2 else _PARAM_RE.sub(lambda m: f"${KNN_PARAMETERS.index(m.group(1)) + 1}", part)
+        for i, part in enumerate(parts))
+    return numbered, _KNN_CALL.format(columns=HIT_COLUMNS if hydrate else _CANDIDATE_COLUMNS)
+
+
+def _session_url(session: AsyncSession) -> URL:
+    bind = session.get_bind()
+    return bind.engine.url if isinstance(bind, Connection) else bind.url
 
 
 def _by_distance(hit: tuple[uuid.UUID, float]) -> tuple[float, uuid.UUID]:
@@ -186,23 +243,6 @@ def _by_distance(hit: tuple[uuid.UUID, float]) -> tuple[float, uuid.UUID]:
 
 
 _PARAM_RE = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
-
-
-@functools.lru_cache(maxsize=512)
-def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
-    """``:name`` parameters -> ``$n`` (asyncpg), with the names in order."""
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in names:
-            names.append(name)
-        return f"${names.index(name) + 1}"
-
-    # Quoted literals (the model name) are left alone.
-    parts = re.split(r"('(?:[^']|'')*')", sql)
-    out = "".join(part if i % 2 else _PARAM_RE.sub(number, part) for i, part in enumerate(parts))
-    return out, tuple(names)
 
 
 async def text_candidates(
@@ -223,33 +263,71 @@ def reciprocal_rank_fusion(*rankings: list[uuid.UUID], k: int = RRF_K) -> list[t
     return sorted(scores.items(), key=lambda item: (-item[1], str(item[0])))
 
 
+async def query_vector(
+    cfg: KnowledgeConfig, req: SearchRequest, embedder: Embedder | None = None,
+) -> list[float]:
+    """The query's embedding."""
+    emb = embedder or get_embedder(cfg.spec_for(req.embedding_model))
+    return (await emb.embed([req.query]))[0]
+
+
 async def search(
     session: AsyncSession, actor: Principal, cfg: KnowledgeConfig, req: SearchRequest,
-    *, embedder: Embedder | None = None,
+    *, embedder: Embedder | None = None, vector: Sequence[float] | None = None,
 ) -> SearchResponse:
+    """``req`` in the session's transaction (scoped to ``actor``).  ``vector``: the
+    query's embedding when the caller has it already (else :func:`query_vector`)."""
     spec = cfg.spec_for(req.embedding_model)
     filters = build_filters(actor, req)
-    pool = max(req.k * 4, MIN_CANDIDATES) if req.mode == "hybrid" else req.k
+    if vector is None and req.mode != "text":
+        vector = await query_vector(cfg, req, embedder)
+    if req.mode == "vector":  # the hits come with the k-NN statement's rows
+        assert vector is not None
+        rows = await _knn(await driver_connection(session), _session_url(session), cfg,
+                          spec.model, spec.dimensions, vector, filters, req.k, hydrate=True)
+        return _vector_response(req, spec.model, rows)
     vec: list[tuple[uuid.UUID, float]] = []
-    txt: list[tuple[uuid.UUID, float]] = []
-    if req.mode in ("vector", "hybrid"):
-        emb = embedder or get_embedder(spec)
-        vector = (await emb.embed([req.query]))[0]
-        vec = await vector_candidates(session, cfg, spec.model, spec.dimensions, vector, filters, pool)
-    if req.mode in ("text", "hybrid"):
-        txt = await text_candidates(session, req.query, filters, pool,
-                                    spec.model if req.mode == "hybrid" else None)
-    distance = dict(vec)
+    if req.mode == "hybrid":
+        assert vector is not None
+        vec = await vector_candidates(session, cfg, spec.model, spec.dimensions, vector,
+                                      filters, max(req.k * 4, MIN_CANDIDATES))
+    pool = max(req.k * 4, MIN_CANDIDATES) if req.mode == "hybrid" else req.k
+    txt = await text_candidates(session, req.query, filters, pool,
+                                spec.model if req.mode == "hybrid" else None)
     rank = dict(txt)
-    if req.mode == "vector":
-        ordered = [(cid, 1.0 - d) for cid, d in vec]
-    elif req.mode == "text":
+    if req.mode == "text":
         ordered = txt
     else:
         ordered = reciprocal_rank_fusion([c for c, _ in vec], [c for c, _ in txt])
     ordered = ordered[: req.k]
-    hits = await _hydrate(session, ordered, distance, rank)
+    hits = await _hydrate(session, ordered, dict(vec), rank)
     return SearchResponse(query=req.query, mode=req.mode, embedding_model=spec.model, results=hits)
+
+
+async def search_confirming(
+    database: Database, actor: Principal, cfg: KnowledgeConfig, req: SearchRequest,
+    vector: Sequence[float], *, confirmation: str, scope: str,
+) -> SearchResponse:
+    """A vector-mode :func:`search` for a caller this process knows, in one round trip
+    and no transaction around it: ``roost_knowledge_knn`` (migration 1070) has the
+    database confirm the caller (``confirmation``, JSON; SQLSTATE 28000 when the
+    credential no longer resolves to ``actor``), scope the statement's implicit
+    transaction (``scope``), set the HNSW settings and return the hits with their chunk
+    and document (roost.identity.resolver.KnownCaller)."""
+    if req.mode != "vector":
+        raise ValueError("only a vector search is one statement")
+    spec = cfg.spec_for(req.embedding_model)
+    filters = build_filters(actor, req)
+    async with database.autocommit() as driver:
+        rows = await _knn(driver, database.url, cfg, spec.model, spec.dimensions, vector,
+                          filters, req.k, hydrate=True, confirmation=confirmation, scope=scope)
+    return _vector_response(req, spec.model, rows)
+
+
+def _vector_response(req: SearchRequest, model: str, rows: Sequence[Any]) -> SearchResponse:
+    ordered = sorted(rows, key=lambda row: (row["distance"], row["id"]))
+    hits = [_hit(row, 1.0 - row["distance"], row["distance"], None) for row in ordered]
+    return SearchResponse(query=req.query, mode=req.mode, embedding_model=model, results=hits)
 
 
 async def _hydrate(
@@ -266,22 +344,23 @@ async def _hydrate(
         {"ids": [cid for cid, _ in ordered]},
     )).mappings().all()
     by_id = {row["id"]: row for row in rows}
-    hits: list[SearchHit] = []
-    for cid, score in ordered:
-        row = by_id.get(cid)
-        if row is None:  # deleted between the two statements
-            continue
-        meta = row["metadata"] or {}
-        hits.append(SearchHit(
-            chunk_id=cid, document_id=row["document_id"], chunk_index=row["chunk_index"],
-            content=row["content"], score=score,
-            vector_similarity=(1.0 - distance[cid]) if cid in distance else None,
-            text_rank=rank.get(cid), page=meta.get("page"), section=meta.get("section"),
-            char_start=meta.get("char_start"), char_end=meta.get("char_end"),
-            is_curated=row["is_curated"], source_chunk_ids=row["source_chunk_ids"],
-            document=SearchDocument(
-                id=row["document_id"], name=row["name"], source=row["source"], uri=row["uri"],
-                path=row["path"], collection=row["collection"], mime=row["mime"],
-            ),
-        ))
-    return hits
+    return [_hit(by_id[cid], score, distance.get(cid), rank.get(cid))
+            for cid, score in ordered
+            if cid in by_id]  # else deleted between the two statements
+
+
+def _hit(row: Any, score: float, distance: float | None, rank: float | None) -> SearchHit:
+    """A hit from a row with the chunk's and its document's columns (:data:`HIT_COLUMNS`)."""
+    meta = row["metadata"] or {}
+    return SearchHit(
+        chunk_id=row["id"], document_id=row["document_id"], chunk_index=row["chunk_index"],
+        content=row["content"], score=score,
+        vector_similarity=None if distance is None else 1.0 - distance,
+        text_rank=rank, page=meta.get("page"), section=meta.get("section"),
+        char_start=meta.get("char_start"), char_end=meta.get("char_end"),
+        is_curated=row["is_curated"], source_chunk_ids=row["source_chunk_ids"],
+        document=SearchDocument(
+            id=row["document_id"], name=row["name"], source=row["source"], uri=row["uri"],
+            path=row["path"], collection=row["collection"], mime=row["mime"],
+        ),
+    )
