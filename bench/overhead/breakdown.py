@@ -9,7 +9,7 @@ A user with an API key (``tests.support.identity.make_user``) sends, ``--request
 each:
 
 * **search**: ``POST /api/v1/knowledge/search`` (vector mode, k = 10) over ``--chunks``
-  chunks of the user's documents, so the vector query and the hydrate step both run.
+  chunks of the user's documents (the k-NN with the hits' chunk and document rows).
   The query embedder is replaced by one returning a random unit vector (no model: the
   model's time is not per-request overhead);
 * **history**: ``GET /api/v1/chat/sessions/{id}/messages?limit=50`` of a session with 60

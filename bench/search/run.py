@@ -10,7 +10,8 @@ Roost's ``document_chunks`` under its HNSW index.  Two servers, each one uvicorn
 * **roost**: a real ``roost serve`` (``tests.support.server.roost_server``), vector
   search authenticated with the user's API key (``tests.support.identity.make_user``):
   authentication, row-level security, the request's transaction, the query embedded by
-  Roost's local embedder, the k-NN query, the hydrate query, the response model;
+  Roost's local embedder, the search's one statement (the k-NN with the hits' rows;
+  a caller the server knows is confirmed in that statement), the response model;
 * **fastapi+asyncpg** (``bench/search/bare_app.py``): no authentication; the same model
   embeds the query and one statement runs the same k-NN SQL with the hits' rows joined.
 

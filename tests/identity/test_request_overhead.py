@@ -73,7 +73,7 @@ async def test_authentication_and_scope_take_one_round_trip(
         # touch or hydration.
         assert len(sent) == 4, sent
         assert sent[0].startswith("BEGIN") and sent[-1].startswith("COMMIT")
-        assert "set_config('roost.user_id'" in sent[1] and "roost_knowledge_knn(" in sent[2]
+        assert "set_config('roost.user_id'" in sent[1] and "roost_knowledge_search(" in sent[2]
 
         async with statements(database) as sent:
             found = await client.post("/api/v1/knowledge/search", headers=headers, json=body)
@@ -81,7 +81,7 @@ async def test_authentication_and_scope_take_one_round_trip(
         # A caller the process knows, no read replicas: one statement with no transaction
         # around it, which confirms the caller, scopes itself, sets the HNSW settings and
         # finds the hits with their chunks and documents.
-        assert len(sent) == 1 and "FROM roost_knowledge_knn(" in sent[0], sent
+        assert len(sent) == 1 and "FROM roost_knowledge_search(" in sent[0], sent
 
         async with statements(database) as sent:
             history = await client.get(

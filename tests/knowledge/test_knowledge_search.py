@@ -3,6 +3,7 @@ used, filtered search still returns k results, hybrid fuses both rankings."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from roost.db.engine import Database
 from roost.identity.tenancy import apply_principal
 from roost.knowledge import search as search_mod
 from roost.knowledge.config import EmbedderSpec, KnowledgeConfig
+from roost.knowledge.embeddings import DevHashingEmbedder
 from roost.knowledge.index import ensure_model, index_name
 from roost.knowledge.models import DEFAULT_INDEX
 from roost.knowledge.schemas import SearchRequest
@@ -127,17 +129,19 @@ async def test_vector_queries_use_the_models_hnsw_index(database: Database) -> N
                                ("remote-768", 768, index_name("remote-768"))):
         req = SearchRequest(query="q", collection="c", tags=["t"], document_ids=[uuid.uuid4()])
         filters = search_mod.build_filters(principal(user, uuid.uuid4()), req)
-        for hydrate in (False, True):  # the candidates alone, or with their hits' rows
-            sql = search_mod.vector_query_sql(model, dims, filters.sql, hydrate=hydrate)
+        for mode in (None, "vector", "hybrid"):  # the candidates alone, or a search's statement
+            sql = (search_mod.vector_query_sql(model, dims, filters.sql) if mode is None
+                   else search_mod.search_sql(mode, model, dims, filters.sql))
             async with database.transaction() as s:
                 await s.execute(text("SET LOCAL enable_seqscan = off"))
                 # Under row-level security, as a search runs (its estimates differ).
                 await apply_principal(s, principal(user), app_role="roost_app")
                 plan = "\n".join(r[0] for r in (await s.execute(
                     text("EXPLAIN " + sql),
-                    {**filters.params, "qvec": "[" + ",".join(["0.1"] * dims) + "]", "limit": 10},
+                    {**filters.params, "qvec": "[" + ",".join(["0.1"] * dims) + "]", "limit": 10,
+                     "pool": 40, "qtext": "q"},
                 )).all())
-            assert f"Index Scan using {index}" in plan, plan
+            assert f"Index Scan using {index}" in plan, (mode, plan)
     definition = (await fetch(database, "SELECT indexdef FROM pg_indexes WHERE indexname = :n",
                              n=index_name("remote-768")))[0][0]
     assert "vector(768)" in definition and "m='16'" in definition
@@ -215,20 +219,67 @@ async def test_a_hydrated_search_runs_its_knn_once_under_row_level_security(
         await s.execute(text("ANALYZE document_chunks"))
     who = principal(user_id)
     filters = search_mod.build_filters(who, SearchRequest(query="q", collection="c1"))
-    sql = search_mod.vector_query_sql("dev-hashing-64", 64, filters.sql, hydrate=True)
-    async with database.transaction() as s:
-        await apply_principal(s, who, app_role="roost_app")
-        plan = "\n".join(r[0] for r in (await s.execute(
-            text("EXPLAIN " + sql),
-            {**filters.params, "qvec": "[" + ",".join(["0.01"] * 64) + "]", "limit": 10})).all())
-    assert -1 < plan.index(index_name("dev-hashing-64")) < plan.find(" on documents"), plan
+    for mode in ("vector", "hybrid"):
+        sql = search_mod.search_sql(mode, "dev-hashing-64", 64, filters.sql)
+        async with database.transaction() as s:
+            await apply_principal(s, who, app_role="roost_app")
+            plan = "\n".join(r[0] for r in (await s.execute(
+                text("EXPLAIN " + sql),
+                {**filters.params, "qvec": "[" + ",".join(["0.01"] * 64) + "]", "limit": 10,
+                 "pool": 40, "qtext": "chunk"})).all())
+        index = index_name("dev-hashing-64")
+        assert -1 < plan.index(index) < plan.find(" on documents"), (mode, plan)
+        assert plan.count(index) == 1, (mode, plan)
 
 
-def test_reciprocal_rank_fusion() -> None:
-    a, b, c, d = (uuid.UUID(int=i) for i in range(1, 5))
-    fused = search_mod.reciprocal_rank_fusion([a, b, c], [c, d, a])
-    assert [cid for cid, _ in fused] == [a, c, b, d]
-    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 63)
+def _same_vector_words(word: str, dims: int, count: int) -> list[str]:
+    """``count`` words the dev hashing embedder maps to exactly ``word``'s vector (the
+    same bucket and sign): a vector search for ``word`` finds them at distance 0, a text
+    search does not find them at all."""
+    embedder = DevHashingEmbedder(dims)
+    target = embedder.embed_sync(word)
+    found: list[str] = []
+    for n in itertools.count():
+        candidate = f"qz{n}"
+        if embedder.embed_sync(candidate) == target:
+            found.append(candidate)
+            if len(found) == count:
+                return found
+    raise AssertionError("unreachable")
+
+
+async def test_hybrid_fuses_the_vector_and_text_rankings_by_reciprocal_rank(
+    database: Database, kcfg: KnowledgeConfig, ingest_root: Path
+) -> None:
+    """The hybrid statement's fusion is reciprocal rank fusion of the two candidate lists
+    (each ``max(4k, 40)`` long): score = sum of 1 / (60 + position), ties by id (k = 9
+    cuts a tie); a chunk found by one list only still counts (here the lists do not
+    overlap at all)."""
+    user_id, _ = await make_user(database)
+    for i, word in enumerate(_same_vector_words("zircon", kcfg.embedder.dimensions, 40)):
+        (ingest_root / f"near{i}.txt").write_text(word)
+    for i in range(6):  # the word, among others: found by text, far from the query vector
+        filler = " ".join(f"w{i}x{j}" for j in range(30))
+        (ingest_root / f"text{i}.txt").write_text(f"{filler} zircon {'zircon ' * i}")
+    who = principal(user_id)
+    await ingest(database, who, kcfg, str(ingest_root))
+    vec = (await _search(database, who, kcfg, query="zircon", mode="vector", k=40)).results
+    txt = (await _search(database, who, kcfg, query="zircon", mode="text", k=40)).results
+    assert len(vec) == 40 and all(h.document.name.startswith("near") for h in vec)
+    assert len(txt) == 6 and all(h.document.name.startswith("text") for h in txt)
+    scores: dict[uuid.UUID, float] = {}
+    for ranking in (vec, txt):
+        for position, hit in enumerate(ranking, start=1):
+            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (60 + position)
+    expected = sorted(scores.items(), key=lambda item: (-item[1], str(item[0])))[:9]
+    hybrid = (await _search(database, who, kcfg, query="zircon", mode="hybrid", k=9)).results
+    assert [(h.chunk_id, h.score) for h in hybrid] == expected
+    assert {h.document.name[:4] for h in hybrid} == {"near", "text"}
+    similarity = {h.chunk_id: h.vector_similarity for h in vec}
+    ranks = {h.chunk_id: h.text_rank for h in txt}
+    for hit in hybrid:
+        assert hit.vector_similarity == similarity.get(hit.chunk_id)
+        assert hit.text_rank == ranks.get(hit.chunk_id)
 
 
 async def test_hybrid_search_uses_text_and_vectors(

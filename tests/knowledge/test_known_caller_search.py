@@ -1,10 +1,9 @@
-"""A caller the process knows runs a vector search in one statement with no transaction
-around it (``roost_knowledge_knn``, migration 1070), in which the database confirms the
-caller, scopes itself, sets the HNSW settings and finds the hits with their chunks and
-documents.  What must hold: the answer is exactly the usual path's, for every filter; a
-credential revoked elsewhere is refused on the very next search; row-level security
-filters the function's statement even without the service's own filters; other modes
-keep the request's transaction."""
+"""A caller the process knows searches in one statement with no transaction around it
+(``roost_knowledge_search``, migration 1070), in which the database confirms the caller,
+scopes itself, sets the HNSW settings and finds the hits with their chunks and
+documents.  What must hold: the answer is exactly the usual path's, for every mode and
+filter; a credential revoked elsewhere is refused on the very next search; row-level
+security filters the function's statement even without the service's own filters."""
 
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ from tests.support.identity import make_user
 from tests.support.listening import statements
 
 API = "/api/v1/knowledge"
-ONE_STATEMENT = "FROM roost_knowledge_knn("
+ONE_STATEMENT = "FROM roost_knowledge_search("
 Headers = dict[str, str]
 
 
@@ -72,17 +71,18 @@ async def test_a_known_callers_vector_search_is_one_statement_and_the_same_answe
         {"document_ids": [notes]}, {"owner_id": str(alice_id)}, {"group_id": str(team)},
         {"collection": "nowhere"}, {"document_ids": []},
     ]
-    for ask in asks:
-        for headers in (alice, bob):
-            fast, _ = await _search(kclient, database, headers, mode="vector", **ask)
-            assert fast.status_code == 200, (ask, fast.text)
-            resolver._RESOLVED.pop(_key(headers), None)  # as a process new to the key
-            usual, sent = await _search(kclient, database, headers, mode="vector", **ask)
-            assert len(sent) > 1 and usual.json() == fast.json(), (ask, sent)
-            # Known again: one statement.
-            again, sent = await _search(kclient, database, headers, mode="vector", **ask)
-            assert len(sent) == 1 and ONE_STATEMENT in sent[0], sent
-            assert again.json() == fast.json()
+    for mode in ("vector", "hybrid", "text"):
+        for ask in asks:
+            for headers in (alice, bob):
+                fast, _ = await _search(kclient, database, headers, mode=mode, **ask)
+                assert fast.status_code == 200, (mode, ask, fast.text)
+                resolver._RESOLVED.pop(_key(headers), None)  # as a process new to the key
+                usual, sent = await _search(kclient, database, headers, mode=mode, **ask)
+                assert len(sent) > 1 and usual.json() == fast.json(), (mode, ask, sent)
+                # Known again: one statement.
+                again, sent = await _search(kclient, database, headers, mode=mode, **ask)
+                assert len(sent) == 1 and ONE_STATEMENT in sent[0], sent
+                assert again.json() == fast.json()
 
     names = {h["document"]["name"] for h in (await _search(
         kclient, database, bob, mode="vector"))[0].json()["results"]}
@@ -94,11 +94,13 @@ async def test_a_known_callers_vector_search_is_one_statement_and_the_same_answe
     assert all(h["vector_similarity"] == h["score"] and h["text_rank"] is None for h in first)
     hit = next(h for h in first if h["document"]["name"] == "notes.txt")
     assert hit["document"]["collection"] == "field" and hit["content"].startswith("otter river")
-
-    # The other modes keep the request's transaction.
-    for mode in ("hybrid", "text"):
-        r, sent = await _search(kclient, database, alice, mode=mode)
-        assert r.status_code == 200 and len(sent) > 1 and ONE_STATEMENT not in sent[0], sent
+    # Text and hybrid answers carry their ranks; a text search needs no embedding.
+    words = (await _search(kclient, database, alice, mode="text", query="river"))[0].json()
+    assert [h["document"]["name"] for h in words["results"]] == ["notes.txt"]
+    assert words["results"][0]["text_rank"] > 0 and words["results"][0]["vector_similarity"] is None
+    both = (await _search(kclient, database, alice, mode="hybrid", query="river"))[0].json()
+    assert both["results"][0]["document"]["name"] == "notes.txt"
+    assert both["results"][0]["text_rank"] > 0 and both["results"][0]["vector_similarity"] is not None
 
 
 async def test_a_key_revoked_elsewhere_is_refused_on_the_next_search(
@@ -138,13 +140,14 @@ async def test_row_level_security_filters_the_functions_statement(
     confirmation = resolver._confirmation_json(_key(bob), known)
     spec = kcfg.embedder
     vector = np.asarray((await get_embedder(spec).embed(["otter"]))[0], dtype=np.float32)
-    unfiltered = search_mod.Filters([], {})
+    statement = search_mod._statement(search_mod.search_sql("vector", spec.model,
+                                                            spec.dimensions, []))
+    params = {"qvec": vector, "limit": 10}
     async with database.autocommit() as driver:
-        as_bob = await search_mod._knn(
-            driver, database.url, kcfg, spec.model, spec.dimensions, vector, unfiltered, 10,
-            hydrate=True, confirmation=confirmation,
+        as_bob = await search_mod._run(
+            driver, database.url, kcfg, statement, search_mod.HIT_COLUMNS, params,
+            ef_search=10, confirmation=confirmation,
             scope=json.dumps(scope_settings(known.principal)))
-        as_owner = await search_mod._knn(
-            driver, database.url, kcfg, spec.model, spec.dimensions, vector, unfiltered, 10,
-            hydrate=False)
+        as_owner = await search_mod._run(
+            driver, database.url, kcfg, statement, search_mod.HIT_COLUMNS, params, ef_search=10)
     assert as_bob == [] and len(as_owner) >= 1

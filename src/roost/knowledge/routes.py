@@ -176,15 +176,16 @@ async def get_run(run_id: uuid.UUID, session: DbSession, principal: CurrentPrinc
 @router.post("/search", response_model=SearchResponse,
              summary="Vector, full-text or hybrid search over the documents you can see")
 async def search(body: SearchRequest, request: Request, cfg: ConfigDep) -> SearchResponse:
-    """A vector search of a caller this process knows, without read replicas, is one
-    statement with no transaction around it (``search_mod.search_confirming``: the
-    database confirms the caller in it); otherwise the request's transaction, or a
-    replica's."""
+    """A search by a caller this process knows, without read replicas, is one statement
+    with no transaction around it (``search_mod.search_confirming``: the database
+    confirms the caller in it), the query embedded before it; otherwise the request's
+    transaction, or a replica's."""
     database = get_database(request)
-    vector: list[float] | None = None  # embedded once, before any statement
-    if body.mode == "vector" and database.replicas is None \
-            and (caller := await known_caller(request)) is not None:
-        query = vector = await search_mod.query_vector(cfg, body)
+    vector: list[float] | None = None  # embedded once
+    if database.replicas is None and (caller := await known_caller(request)) is not None:
+        if body.mode != "text":
+            vector = await search_mod.query_vector(cfg, body)
+        query = vector
         found = await caller.run(lambda confirmation, scope: search_mod.search_confirming(
             database, caller.principal, cfg, body, query, confirmation=confirmation,
             scope=scope))
