@@ -23,8 +23,10 @@ For each system:
 * **filtered search**, per ``ef_search``: recall@10 against exact (numpy, same filter)
   and sequential single-client QPS (query vector given; no embedding time).  Raw SQL
   sets ``ef_search``/``iterative_scan`` once per connection and sends one prepared
-  statement per query; Roost calls its search service's vector step inside a
-  transaction scoped to the user (row-level security on, ``SET LOCAL`` HNSW settings);
+  statement per query; Roost calls its search service in vector mode inside a
+  transaction scoped to the user (row-level security on, the HNSW settings set by the
+  search's one statement, which also returns the hits' chunk and document rows; before
+  2026-12-04 night this column measured the candidates' ids only);
   LangChain gets the settings per database (it has no option for them) and runs
   ``similarity_search_by_vector`` with a metadata filter.  rawschema does not search.
 * **a transaction per query** (``qps_transaction_per_query``), the fair baseline for an
@@ -187,8 +189,8 @@ def _server_loop_factory() -> Any:
 
 
 class Roost:
-    """Roost's own code paths: ``insert_chunks`` (ingestion) and ``vector_candidates``
-    (the search service) under the principal's row-level security."""
+    """Roost's own code paths: ``insert_chunks`` (ingestion) and ``search`` (the search
+    service, vector mode) under the principal's row-level security."""
 
     name = "roost"
 
@@ -298,13 +300,11 @@ class Roost:
         from roost.knowledge.schemas import SearchRequest
 
         req = SearchRequest(query="-", k=K, mode="vector", collection=f"c{self.data['qcoll'][i]}")
-        return await search_mod.vector_candidates(
-            self.session, self.cfg, self.model, self.data["dims"], self.data["q"][i],
-            search_mod.build_filters(self.who, req), K,
-        )
+        return await search_mod.search(self.session, self.who, self.cfg, req,
+                                       vector=self.data["q"][i])
 
     def ids(self, result: Any) -> set[int]:
-        return {self.position[h] for h, _ in result}
+        return {self.position[hit.chunk_id] for hit in result.results}
 
     def query(self, i: int) -> Any:
         return self.runner.run(self._query(i))

@@ -25,12 +25,10 @@ from __future__ import annotations
 import functools
 import json
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import numpy as np
 from sqlalchemy import URL, Connection, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -57,7 +55,6 @@ _iterative: dict[URL, bool] = {}  # by database URL (hashable: no rendering per 
 _CHUNK_COLUMNS: Final = ("document_id", "chunk_index", "content", "metadata", "is_curated",
                          "source_chunk_ids")
 _DOCUMENT_COLUMNS: Final = ("name", "source", "uri", "path", "collection", "mime")
-_CANDIDATE_COLUMNS: Final = "id uuid, distance double precision"
 HIT_COLUMNS: Final = (
     "id uuid, score double precision, distance double precision, text_rank double precision, "
     "document_id uuid, chunk_index integer, content text, metadata jsonb, is_curated boolean, "
@@ -230,19 +227,6 @@ async def configure_session(session: AsyncSession, ef_search: int) -> None:
     note_settings(session, wanted)
 
 
-async def vector_candidates(
-    session: AsyncSession, cfg: KnowledgeConfig, model: str, dims: int,
-    vector: Sequence[float] | np.ndarray[Any, Any], filters: Filters, limit: int,
-) -> list[tuple[uuid.UUID, float]]:
-    """The ``limit`` nearest chunks' ids and distances, nearest first, in the session's
-    transaction (its row-level security scope) on its own driver connection."""
-    statement = _statement(vector_query_sql(model, dims, list(filters.sql)))
-    rows = await _run(await driver_connection(session), _session_url(session), cfg,
-                      statement, _CANDIDATE_COLUMNS,
-                      {**filters.params, "qvec": vector, "limit": limit}, ef_search=limit)
-    return sorted(((row[0], float(row[1])) for row in rows), key=_by_distance)
-
-
 async def query_vector(
     cfg: KnowledgeConfig, req: SearchRequest, embedder: Embedder | None = None,
 ) -> list[float]:
@@ -334,10 +318,6 @@ def _statement(sql: str) -> str:
 def _session_url(session: AsyncSession) -> URL:
     bind = session.get_bind()
     return bind.engine.url if isinstance(bind, Connection) else bind.url
-
-
-def _by_distance(hit: tuple[uuid.UUID, float]) -> tuple[float, uuid.UUID]:
-    return hit[1], hit[0]
 
 
 def _hit(row: Any) -> SearchHit:
