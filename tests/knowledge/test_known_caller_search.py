@@ -145,9 +145,8 @@ async def test_row_level_security_filters_the_functions_statement(
     params = {"qvec": vector, "limit": 10}
     async with database.autocommit() as driver:
         as_bob = await search_mod._run(
-            driver, database.url, kcfg, statement, search_mod.HIT_COLUMNS, params,
-            ef_search=10, confirmation=confirmation,
-            scope=json.dumps(scope_settings(known.principal)))
-        as_owner = await search_mod._run(
-            driver, database.url, kcfg, statement, search_mod.HIT_COLUMNS, params, ef_search=10)
+            driver, database.url, kcfg, statement, params, ef_search=10,
+            confirmation=confirmation, scope=json.dumps(scope_settings(known.principal)))
+        as_owner = await search_mod._run(driver, database.url, kcfg, statement, params,
+                                         ef_search=10)
     assert as_bob == [] and len(as_owner) >= 1

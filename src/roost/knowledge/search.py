@@ -65,8 +65,8 @@ HIT_COLUMNS: Final = (
 STATEMENT_PARAMETERS: Final = ("qvec", "limit", "scope_user", "scope_groups", "owner_id",
                                "group_id", "persona_id", "collection", "tags",
                                "document_ids", "qtext", "pool")
-_CALL: Final = ("SELECT * FROM roost_knowledge_search($1, $2, $3, $4, $5, $6, $7, $8, $9, "
-                "$10, $11, $12, $13, $14, $15, $16, $17) AS r({columns})")
+_CALL: Final = ("SELECT * FROM roost_knowledge_search($1, $2, $3, $4, $5, $6, $7, $8, $9, "  # noqa: S608
+                f"$10, $11, $12, $13, $14, $15, $16, $17) AS r({HIT_COLUMNS})")
 
 
 @dataclass
@@ -271,7 +271,7 @@ async def _search(
     filters = build_filters(actor, req)
     pool = max(req.k * 4, MIN_CANDIDATES) if req.mode == "hybrid" else req.k
     statement = _search_statement(req.mode, spec.model, spec.dimensions, tuple(filters.sql))
-    rows = await _run(driver, url, cfg, statement, HIT_COLUMNS, {
+    rows = await _run(driver, url, cfg, statement, {
         **filters.params, "qvec": vector, "limit": req.k, "qtext": req.query, "pool": pool,
     }, ef_search=pool, confirmation=confirmation, scope=scope)
     return SearchResponse(query=req.query, mode=req.mode, embedding_model=spec.model,
@@ -279,8 +279,8 @@ async def _search(
 
 
 async def _run(
-    driver: Any, url: URL, cfg: KnowledgeConfig, statement: str, columns: str,
-    params: dict[str, Any], *, ef_search: int, confirmation: str | None = None,
+    driver: Any, url: URL, cfg: KnowledgeConfig, statement: str, params: dict[str, Any], *,
+    ef_search: int, confirmation: str | None = None,
     scope: str | None = None,
 ) -> list[Any]:
     """``statement`` through ``roost_knowledge_search`` (migration 1070): the HNSW
@@ -291,7 +291,7 @@ async def _run(
     await ensure_vector_codec(driver)
     iterative = await _supports_iterative_scan(url, driver)
     rows: list[Any] = await driver.fetch(
-        _CALL.format(columns=columns), confirmation, scope, max(cfg.ef_search, ef_search),
+        _CALL, confirmation, scope, max(cfg.ef_search, ef_search),
         iterative, statement, *(params.get(name) for name in STATEMENT_PARAMETERS))
     return rows
 
@@ -304,7 +304,6 @@ def _search_statement(mode: str, model: str, dims: int, filters: tuple[str, ...]
 _PARAM_RE = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
 
-@functools.lru_cache(maxsize=512)
 def _statement(sql: str) -> str:
     """``sql``'s ``:name`` parameters numbered as :data:`STATEMENT_PARAMETERS` (``$n``);
     quoted literals (the model's name) left alone."""
