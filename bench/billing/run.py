@@ -417,7 +417,8 @@ async def part_reservations(server: Any, tmp: Path, args: argparse.Namespace
                     "status, expires_at, created_at) VALUES (:id, :sub, :u, 'llm', 1, 'held', "
                     "now() + interval '10 minutes', now())"),
                     {"id": rid, "sub": sub, "u": who.user_id})
-                return credits.Reservation(id=rid, subscription_id=sub, amount=1)
+                return credits.Reservation(id=rid, subscription_id=sub, amount=1, kind="llm",
+                                           user_id=who.user_id)
 
             async def one(who: Principal, sub: uuid.UUID, keep: bool) -> None:
                 nonlocal settled, refused

@@ -16,7 +16,7 @@ from roost.billing import credits
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.errors import PaymentRequired
-from roost.identity.tenancy import scope_settings
+from roost.identity.tenancy import apply_principal, scope_settings
 from roost.principal import Principal
 from tests.prompts.conftest import make_group
 from tests.support.identity import make_user
@@ -306,3 +306,41 @@ async def test_a_hold_alone_is_one_round_trip_and_as_exact_as_reserve(
     required = test_settings.model_copy(update={"billing_require_subscription": True})
     with pytest.raises(PaymentRequired, match="no subscription"):
         await credits.reserve_alone(database, required, loner_scope, loner, 1, kind="tool")
+
+
+async def test_a_hold_a_database_crash_lost_is_still_charged_at_settlement_once(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    test_settings: Settings,
+) -> None:
+    """A hold alone commits without waiting for the WAL flush (migration 1080), so a crash
+    of PostgreSQL right after it can lose it: its row and its credits_reserved are gone
+    as if it never ran.  The call it was taken for still happened, so its settlement
+    charges the actual amount and records the reservation settled, and a retried
+    settlement charges nothing more."""
+    user_id, _ = await make_user(database)
+    sub = await _setup(client, admin_headers, stub, user_id, 10)
+    who = Principal(user_id=user_id, is_admin=False, kind="api_key")
+    hold = await credits.reserve_alone(database, test_settings, scope_settings(who), user_id,
+                                       4, kind="tool", reference="tool:x")
+    assert hold is not None and (hold.kind, hold.user_id) == ("tool", user_id)
+    async with database.transaction() as s:  # what the crash leaves: no trace of the hold
+        await s.execute(text("DELETE FROM credit_reservations WHERE id = :id"), {"id": hold.id})
+        await s.execute(text("UPDATE subscriptions SET credits_reserved = credits_reserved - 4 "
+                             "WHERE id = :id"), {"id": sub["id"]})
+    for _ in range(2):  # the settlement, then the same settlement retried
+        async with database.transaction() as s:
+            await apply_principal(s, who)
+            await credits.settle(s, hold, 3)
+        row = await _counters(database, sub["id"])
+        assert (row.credits_used, row.credits_reserved, row.held) == (3, 0, 0)
+    async with database.transaction() as s:
+        kept = (await s.execute(text(
+            "SELECT status, amount, actual, kind, user_id FROM credit_reservations "
+            "WHERE id = :id"), {"id": hold.id})).one()
+    assert tuple(kept) == ("settled", 4, 3, "tool", user_id)
+    # The balance it left is exact: 7 more fit, the 8th does not.
+    assert await credits.reserve_alone(database, test_settings, scope_settings(who), user_id,
+                                       7, kind="tool") is not None
+    with pytest.raises(PaymentRequired, match="balance is 0"):
+        await credits.reserve_alone(database, test_settings, scope_settings(who), user_id, 1,
+                                    kind="tool")

@@ -14,6 +14,9 @@ calling the provider, so other requests see the hold.
 more or less than the estimate: the estimate only gates); :func:`release` gives it back
 (the call failed).  A holder that dies leaves a ``held`` row: the sweeper job
 (:func:`release_expired`) gives those back after ``ROOST_BILLING_RESERVATION_TTL_S``.
+A hold taken alone (:func:`reserve_alone`) commits without waiting for the WAL flush;
+:func:`settle` charges a call whose hold a crash of the database lost (docs/billing.md
+"Holds commit asynchronously").
 
 Who pays: the user's own live subscription, else a live subscription of one of their
 groups.  A user with none is not metered unless ``billing_require_subscription`` is on
@@ -63,6 +66,8 @@ class Reservation:
     id: uuid.UUID
     subscription_id: uuid.UUID
     amount: int
+    kind: str
+    user_id: uuid.UUID | None
 
 
 # The user's own subscription first, then their groups' (oldest first); canceled ones
@@ -144,6 +149,23 @@ WITH late AS (
 )
 UPDATE subscriptions s SET credits_used = s.credits_used + :actual
 FROM late WHERE s.id = late.subscription_id
+RETURNING s.id
+""")
+# A settlement whose hold is gone altogether: a hold commits without waiting for the WAL
+# flush (reserve_alone, migration 1080), so a crash of PostgreSQL right after it can lose
+# it.  The call still happened: its row is written settled and the actual is charged.
+# ON CONFLICT: a reservation settled already (a retried settlement) is not charged twice.
+_LOST_SETTLE = text("""
+WITH lost AS (
+  INSERT INTO credit_reservations (id, subscription_id, user_id, kind, amount, actual, status,
+                                   expires_at, settled_at, created_at)
+  VALUES (:id, :subscription_id, :user_id, :kind, :amount, :actual, 'settled', now(), now(),
+          now())
+  ON CONFLICT (id) DO NOTHING
+  RETURNING subscription_id
+)
+UPDATE subscriptions s SET credits_used = s.credits_used + :actual
+FROM lost WHERE s.id = lost.subscription_id
 """)
 
 _RELEASE_EXPIRED = text("""
@@ -312,7 +334,7 @@ async def reserve(
             fresh = payer if amount > payer.balance else await payer_for(session, user_id)
             raise _refuse(fresh or payer, amount)
         return Reservation(id=reservation_id, subscription_id=payer.subscription_id,
-                           amount=amount)
+                           amount=amount, kind=kind, user_id=user_id)
     if check is not None:
         check(payer)
     if amount > payer.balance:  # the common refusal, without taking the row lock
@@ -322,7 +344,8 @@ async def reserve(
     if held is None:  # someone else took the balance since we read it
         fresh = await payer_for(session, user_id)
         raise _refuse(fresh or payer, amount)
-    return Reservation(id=reservation_id, subscription_id=payer.subscription_id, amount=amount)
+    return Reservation(id=reservation_id, subscription_id=payer.subscription_id, amount=amount,
+                       kind=kind, user_id=user_id)
 
 
 _HOLD_ALONE: Final = "SELECT * FROM roost_hold_credits($1, $2, $3, $4, $5, $6, $7)"
@@ -337,7 +360,10 @@ async def reserve_alone(
     caller's ``tenancy.scope_settings``), finds the payer and holds, and its implicit
     transaction commits as it ends, so the payer's row stays locked for that one
     statement (a transaction of its own was three round trips, the row locked until the
-    ``COMMIT`` arrived).  Committed when it returns: the work may start.  The same
+    ``COMMIT`` arrived).  Committed when it returns (visible to every other hold: the
+    work may start), without waiting for the WAL flush (migration 1080: a hold is not
+    money; a crash of the database can lose it, and :func:`settle` charges the call all
+    the same).  The same
     answers as :func:`reserve`: None when the user is not metered; 402 for a paused
     subscription, a balance that cannot cover it, or no subscription when one is
     required, with nothing held."""
@@ -370,16 +396,25 @@ async def reserve_alone(
             async with database.transaction() as session:
                 fresh = await payer_for(session, user_id) or payer
         raise _refuse(fresh, amount)
-    return Reservation(id=reservation_id, subscription_id=payer.subscription_id, amount=amount)
+    return Reservation(id=reservation_id, subscription_id=payer.subscription_id, amount=amount,
+                       kind=kind, user_id=user_id)
 
 
 async def settle(session: AsyncSession, reservation: Reservation, actual: int) -> None:
     """Charge ``actual`` credits for the reserved call and give the rest of the hold back
-    (in the call's final transaction)."""
+    (in the call's final transaction).  A hold the sweeper released meanwhile, or one a
+    crash of the database lost (holds commit asynchronously: migration 1080), is charged
+    all the same; a settlement retried after it succeeded charges nothing."""
     actual = max(int(actual), 0)
     params = {"id": reservation.id, "actual": actual, "status": "settled"}
-    if (await session.execute(_SETTLE, params)).first() is None and actual:
-        await session.execute(_LATE_SETTLE, {"id": reservation.id, "actual": actual})
+    if (await session.execute(_SETTLE, params)).first() is not None or not actual:
+        return
+    late = {"id": reservation.id, "actual": actual}
+    if (await session.execute(_LATE_SETTLE, late)).first() is None:
+        await session.execute(_LOST_SETTLE, {
+            **late, "subscription_id": reservation.subscription_id,
+            "user_id": reservation.user_id, "kind": reservation.kind,
+            "amount": reservation.amount})
 
 
 async def release(session: AsyncSession, reservation: Reservation) -> None:
