@@ -35,61 +35,25 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def upgrade() -> None:
-    op.execute(_FUNCTION.replace("%SYNC%", _ASYNC))
-
-
-def downgrade() -> None:
-    op.execute(_FUNCTION.replace("%SYNC%", ""))
-
-
+_FUNCTION = ("'roost_hold_credits(jsonb, uuid, uuid, bigint, text, text, double precision)'"
+             "::regprocedure")
+_SCOPED = "PERFORM roost_apply_scope(p_scope);\n"
 _ASYNC = ("  -- A hold is not money: its commit does not wait for the WAL flush.\n"
           "  PERFORM set_config('synchronous_commit', 'off', true);\n")
 
-# Migration 1020's function as it wrote it, with %SYNC% after the scope.
-_FUNCTION = """
-CREATE OR REPLACE FUNCTION roost_hold_credits(
-  p_scope jsonb, p_id uuid, p_user_id uuid, p_amount bigint, p_kind text, p_reference text,
-  p_ttl double precision
-) RETURNS TABLE (id uuid, status text, credits_limit bigint, balance bigint, limits jsonb,
-                 plan_key text, held boolean)
-LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-BEGIN
-  PERFORM roost_apply_scope(p_scope);
-%SYNC%  RETURN QUERY
-  WITH payer AS (
-    SELECT c.id, c.status, c.credits_limit, c.balance, p.limits, p.key AS plan_key FROM (
-      SELECT s.id, s.status, s.credits_limit, s.plan_id, s.created_at, false AS via_group,
-             s.credits_limit - s.credits_used - s.credits_reserved AS balance
-      FROM subscriptions s WHERE s.user_id = p_user_id AND s.status <> 'canceled'
-      UNION ALL
-      SELECT s.id, s.status, s.credits_limit, s.plan_id, s.created_at, true,
-             s.credits_limit - s.credits_used - s.credits_reserved
-      FROM user_group_memberships m
-      JOIN subscriptions s ON s.group_id = m.group_id AND s.status <> 'canceled'
-      WHERE m.user_id = p_user_id
-    ) c JOIN plans p ON p.id = c.plan_id
-    ORDER BY c.via_group, c.created_at
-    LIMIT 1
-  ),
-  held AS (
-    UPDATE subscriptions s SET credits_reserved = s.credits_reserved + p_amount
-    FROM payer
-    WHERE s.id = payer.id AND s.status IN ('trialing', 'active', 'past_due')
-      AND s.credits_used + s.credits_reserved + p_amount <= s.credits_limit
-    RETURNING s.id
-  ),
-  reserved AS (
-    INSERT INTO credit_reservations
-      (id, subscription_id, user_id, kind, reference, amount, status, expires_at, created_at)
-    SELECT p_id, held.id, p_user_id, p_kind, p_reference, p_amount, 'held',
-           now() + make_interval(secs => p_ttl), now()
-    FROM held
-    RETURNING subscription_id
-  )
-  SELECT payer.id, payer.status::text, payer.credits_limit, payer.balance, payer.limits,
-         payer.plan_key::text, EXISTS (SELECT 1 FROM reserved)
-  FROM payer;
-END $$;
-"""
+
+def _redefine(old: str, new: str) -> None:
+    """The function as the database has it, ``old`` replaced by ``new`` (migration 1020
+    wrote the rest)."""
+    bind = op.get_bind()
+    definition = str(bind.exec_driver_sql(f"SELECT pg_get_functiondef({_FUNCTION})").scalar())
+    assert old in definition, "roost_hold_credits is not the function migration 1020 wrote"
+    bind.exec_driver_sql(definition.replace(old, new, 1))
+
+
+def upgrade() -> None:
+    _redefine(_SCOPED, _SCOPED + _ASYNC)
+
+
+def downgrade() -> None:
+    _redefine(_SCOPED + _ASYNC, _SCOPED)
