@@ -176,6 +176,16 @@ async def _dbapi_error(request: Request, exc: Exception) -> JSONResponse:
         return problem(400, "a value is out of range or malformed for its field")
     if sqlstate == "57014":  # statement timeout
         return problem(503, "the database took too long to answer; try again shortly")
+    if sqlstate in ("40001", "40P01"):  # serialization failure, deadlock: nothing was changed
+        log.warning("transaction_conflict", sqlstate=sqlstate)
+        return problem(503, "the change collided with a concurrent one and was not made; "
+                       "try again", headers={"Retry-After": "1"})
+    if sqlstate == "42501":
+        # Row-level security (or a guard trigger) refused a row the service let through:
+        # the database's wall held, the transaction rolled back.  Logged: a service check
+        # in front of it is missing.
+        log.warning("database_refused_change", error=type(exc.orig).__name__)
+        return problem(403, "this account may not make this change")
     # Class 08 (connection exception: PgBouncer's "server conn crashed?", "no more
     # connections allowed"), shut-downs (57P01-57P03) and too many connections: the
     # database or the pooler in front of it is unavailable, not a bug.
