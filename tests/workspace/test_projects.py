@@ -142,7 +142,8 @@ async def test_bad_project_input_is_a_clear_4xx(client: httpx.AsyncClient, user:
 
 
 async def test_chat_sessions_and_documents_attach_to_a_visible_project_only(
-        client: httpx.AsyncClient, user: User, other_user: User) -> None:
+        client: httpx.AsyncClient, user: User, other_user: User,
+        admin_headers: dict[str, str]) -> None:
     _, headers = user
     _, bob = other_user
     project = await make_project(client, headers, "Research")
@@ -152,10 +153,20 @@ async def test_chat_sessions_and_documents_attach_to_a_visible_project_only(
                              headers=headers)
     assert made.status_code == 201, made.text
     assert made.json()["project_id"] == project["id"]
-    await client.post("/api/v1/chat/sessions", json={"title": "loose"}, headers=headers)
+    loose = await client.post("/api/v1/chat/sessions", json={"title": "loose"}, headers=headers)
     listed = (await client.get("/api/v1/chat/sessions", headers=headers,
                                params={"project_id": project["id"]})).json()["items"]
     assert [s["title"] for s in listed] == ["in project"]
+    # Moved into the project and out again (each change audited with the ids as text).
+    loose_url = f"/api/v1/chat/sessions/{loose.json()['id']}"
+    for target in (project["id"], None):
+        moved = await client.patch(loose_url, json={"project_id": target}, headers=headers)
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["project_id"] == target
+    audited = (await client.get("/api/v1/audit/logs", headers=admin_headers, params={
+        "action": "chat.session.update", "resource_id": loose.json()["id"]})).json()["items"]
+    assert sorted((tuple(r["changes"]["project_id"]) for r in audited), key=str) == sorted(
+        [(None, project["id"]), (project["id"], None)], key=str)
     # Another user's project: 404 on create and on moving a session to it.
     resp = await client.post("/api/v1/chat/sessions", json={"project_id": theirs["id"]},
                              headers=headers)

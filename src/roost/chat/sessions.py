@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -128,7 +127,7 @@ async def update_session(
         if value is None and name in ("enable_tools", "status"):
             continue  # not nullable: an explicit null means "leave it"
         if getattr(row, name) != value:
-            changes[name] = [_jsonable(getattr(row, name)), _jsonable(value)]
+            changes[name] = [getattr(row, name), value]  # as JSON: audit.record
             setattr(row, name, value)
     if changes:
         row.updated_at = utcnow()
@@ -140,10 +139,6 @@ async def update_session(
         await audit.record(session, "chat.session.update", user_id=actor.user_id,
                            resource_type=SESSION, resource_id=row.id, changes=changes)
     return row
-
-
-def _jsonable(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
 
 
 async def delete_session(session: AsyncSession, actor: Principal, session_id: uuid.UUID) -> None:
