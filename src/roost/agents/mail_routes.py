@@ -4,7 +4,6 @@ attachment's bytes, sending; and the personas' health time series."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import Depends, Query, status
@@ -22,6 +21,7 @@ from roost.db.engine import Database
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit, SettingsDep, database_dep
 from roost.http.routing import RoostRouter
+from roost.inputs import IsoDatetime
 from roost.llm.deps import CallerPrincipal
 from roost.pagination import DEFAULT_LIMIT, Page
 
@@ -96,9 +96,9 @@ async def download_attachment(attachment_id: uuid.UUID, principal: CurrentPrinci
             summary="The persona's health samples, oldest first (members)")
 async def persona_health(
     persona_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession,
-    since: Annotated[datetime | None, Query(description="From this time (inclusive); "
+    since: Annotated[IsoDatetime | None, Query(description="From this time (inclusive); "
                                                         "without it, the latest samples")] = None,
-    until: Annotated[datetime | None, Query(description="Before this time")] = None,
+    until: Annotated[IsoDatetime | None, Query(description="Before this time")] = None,
     limit: Annotated[int, Query(ge=1, le=health.MAX_SERIES_LIMIT)] = health.DEFAULT_SERIES_LIMIT,
 ) -> list[HealthMetricOut]:
     rows = await health.series(db, principal, persona_id, since=since, until=until, limit=limit)

@@ -5,7 +5,6 @@ are never read as a calendar id."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Final
 
 from fastapi import File, Query, Response, UploadFile, status
@@ -28,13 +27,14 @@ from roost.errors import PayloadTooLarge
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import DbSession
 from roost.http.routing import RoostRouter
+from roost.inputs import IsoDatetime
 
 router = RoostRouter(prefix="/api/v1/calendars", tags=["calendar"])
 
 READ_CHUNK: Final = 64 * 1024
 RANGE_HELP: Final = "With a UTC offset; the range is at most 366 days"
-Start = Annotated[datetime, Query(description="Range start (inclusive). " + RANGE_HELP)]
-End = Annotated[datetime, Query(description="Range end (exclusive). " + RANGE_HELP)]
+Start = Annotated[IsoDatetime, Query(description="Range start (inclusive). " + RANGE_HELP)]
+End = Annotated[IsoDatetime, Query(description="Range end (exclusive). " + RANGE_HELP)]
 OccurrenceLimit = Annotated[int, Query(ge=1, le=service.MAX_OCCURRENCES)]
 
 
@@ -133,7 +133,7 @@ async def update_event(calendar_id: uuid.UUID, event_id: uuid.UUID, body: EventU
             summary="Change one occurrence of a recurring event (its original start, with a "
                     "UTC offset): creates or changes its override; status cancelled removes it")
 async def change_occurrence(calendar_id: uuid.UUID, event_id: uuid.UUID,
-                            recurrence_id: datetime, body: EventUpdate,
+                            recurrence_id: IsoDatetime, body: EventUpdate,
                             principal: CurrentPrincipal, db: DbSession,
                             response: Response) -> EventOut:
     ev, created = await service.change_occurrence(db, principal, calendar_id, event_id,

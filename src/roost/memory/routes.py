@@ -16,6 +16,7 @@ from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit, SettingsDep
 from roost.http.reads import ReadSession, replica_fallback
 from roost.http.routing import RoostRouter
+from roost.inputs import IsoDatetime
 from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.embeddings import Embedder, EmbedderUnavailable
 from roost.llm import routing
@@ -98,7 +99,7 @@ async def list_memories(
     exact: Annotated[bool, Query(description="Only this scope, not narrower ones")] = False,
     memory_type: MemoryType | None = None,
     status_filter: Annotated[str | None, Query(alias="status", pattern="^(active|archived)$")] = "active",
-    as_of: Annotated[datetime | None, Query(description="What was true at this time")] = None,
+    as_of: Annotated[IsoDatetime | None, Query(description="What was true at this time")] = None,
     include_invalid: Annotated[bool, Query(description="Also facts that stopped being true")] = False,
 ) -> Page[MemoryOut]:
     scope = await service.resolve_scope(db, principal, ScopeIn(
@@ -149,7 +150,7 @@ async def search_memories(
     k: Annotated[int, Query(ge=1, le=recall.MAX_K)] = 10,
     user_id: uuid.UUID | None = None, persona_id: uuid.UUID | None = None,
     agent_id: uuid.UUID | None = None, session_id: uuid.UUID | None = None,
-    as_of: Annotated[datetime | None, Query(description="What was true at this time")] = None,
+    as_of: Annotated[IsoDatetime | None, Query(description="What was true at this time")] = None,
 ) -> SearchOut:
     scope = await service.resolve_scope(db, principal, ScopeIn(
         user_id=user_id, persona_id=persona_id, agent_id=agent_id, session_id=session_id))
@@ -180,7 +181,7 @@ async def graph_entities(
 async def graph_neighbours(
     entity_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession,
     depth: Annotated[int, Query(ge=1, le=graphq.MAX_DEPTH)] = 1,
-    as_of: Annotated[datetime | None, Query(description="The graph at this time")] = None,
+    as_of: Annotated[IsoDatetime | None, Query(description="The graph at this time")] = None,
     limit: Annotated[int, Query(ge=1, le=graphq.MAX_NEIGHBOURS)] = graphq.DEFAULT_NEIGHBOURS,
 ) -> NeighboursOut:
     [entity] = await graphq.resolve_entities(db, principal, entity_id)
@@ -198,7 +199,7 @@ async def graph_paths(
     source: Annotated[str, Query(min_length=1, max_length=255, description="Name or id")],
     target: Annotated[str, Query(min_length=1, max_length=255, description="Name or id")],
     max_hops: Annotated[int, Query(ge=1, le=graphq.MAX_HOPS)] = 3,
-    as_of: Annotated[datetime | None, Query(description="The graph at this time")] = None,
+    as_of: Annotated[IsoDatetime | None, Query(description="The graph at this time")] = None,
     user_id: uuid.UUID | None = None, persona_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=graphq.MAX_PATHS)] = graphq.DEFAULT_PATHS,
 ) -> list[PathOut]:
