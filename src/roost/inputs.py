@@ -45,6 +45,8 @@ def strict_kind(annotation: Any) -> _Kind:
         return "int"
     if annotation is float:
         return "float"
+    if get_origin(annotation) is Annotated:  # ``Annotated[int, Field(ge=0)] | None``
+        return strict_kind(get_args(annotation)[0])
     if get_origin(annotation) in (Union, types.UnionType):
         kinds = {strict_kind(a) for a in get_args(annotation) if a is not type(None)}
         others = [a for a in get_args(annotation) if a is not type(None)]

@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from tests.support.identity import make_user
 from tests.support.routes import api_routes
 
@@ -136,11 +136,16 @@ def test_strict_input_types() -> None:
         when: datetime | None = None
         count: int = 0
         ratio: float | None = None
+        # Constrained types, also inside an optional one.
+        bounded: Annotated[int, Field(ge=0)] | None = None
+        at: Annotated[datetime, Field(description="x")] | None = None
 
     assert Body.model_validate({"flag": True, "when": "2027-01-01T00:00:00Z", "count": 3}).count == 3
     assert Body.model_validate({"maybe": None, "when": None, "ratio": 1}).ratio == 1.0
+    assert Body.model_validate({"bounded": 3, "at": "2027-01-01T00:00:00Z"}).bounded == 3
     for bad in ({"flag": 0}, {"maybe": "false"}, {"when": 0}, {"when": "12.5"}, {"when": 1.5e9},
-                {"count": "3"}, {"count": True}, {"ratio": "0.5"}, {"unknown": 1}):
+                {"count": "3"}, {"count": True}, {"ratio": "0.5"}, {"unknown": 1},
+                {"bounded": False}, {"bounded": "3"}, {"at": 0}):
         with pytest.raises(ValidationError):
             Body.model_validate(bad)
 

@@ -53,17 +53,31 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
         "request_id": {"type": "string"},
         "errors": {
             "type": "array",
-            "description": "The failing fields (validation errors and malformed JSON).",
-            "items": {
-                "type": "object",
-                "required": ["loc", "msg", "type"],
-                "properties": {
-                    "loc": {"type": "array", "items": {"anyOf": [{"type": "string"},
-                                                                 {"type": "integer"}]}},
-                    "msg": {"type": "string"},
-                    "type": {"type": "string"},
+            "description": "The failing fields (validation errors and malformed JSON), or "
+                           "a workflow graph's problems (`invalid-workflow`: code, message "
+                           "and the node or edge).",
+            "items": {"anyOf": [
+                {
+                    "type": "object",
+                    "required": ["loc", "msg", "type"],
+                    "properties": {
+                        "loc": {"type": "array", "items": {"anyOf": [{"type": "string"},
+                                                                     {"type": "integer"}]}},
+                        "msg": {"type": "string"},
+                        "type": {"type": "string"},
+                    },
                 },
-            },
+                {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "node_id": {"type": ["string", "null"]},
+                        "edge_id": {"type": ["string", "null"]},
+                    },
+                },
+            ]},
         },
     },
     "additionalProperties": True,
