@@ -11,7 +11,7 @@ import icalendar
 import pytest
 from sqlalchemy import update
 
-from roost.calendar import batch
+from roost.calendar import batch, ical
 from roost.calendar.models import Event
 from roost.db.engine import Database
 from tests.calendar.conftest import Headers, make_calendar, make_event
@@ -306,3 +306,60 @@ async def test_oversized_icalendar_is_413(client: httpx.AsyncClient, user: User)
                              files={"file": ("big.ics", big)}, headers=headers)
     assert resp.status_code == 413, resp.text
     assert "iCalendar file is larger" in resp.json()["detail"]
+
+
+async def test_free_text_with_newlines_and_separators_exports_and_reimports_as_written(
+        client: httpx.AsyncClient, user: User) -> None:
+    """Names and extension fields are free text: exported escaped (a raw newline broke
+    the content line: a 500), read back unchanged.  An attendee's address holds no
+    control characters (422)."""
+    _, headers = user
+    name, description = "Team\nplans; a, b", "line one\nline two"
+    created = await client.post("/api/v1/calendars", headers=headers, json={
+        "name": name, "description": description, "timezone": "UTC"})
+    assert created.status_code == 201, created.text
+    cal = created.json()
+    event = {"summary": "Focus", "start_time": "2027-01-01T09:00:00Z",
+             "end_time": "2027-01-01T10:00:00Z", "event_type": "deep\nwork",
+             "google_event_id": "g;1,\n2", "attendees": [{"email": "ann@example.org"}]}
+    bad = await client.post(f"/api/v1/calendars/{cal['id']}/events", headers=headers, json={
+        **event, "attendees": [{"email": "ann@example.org\r\nX-EVIL:1"}]})
+    assert bad.status_code == 422, bad.text
+    await make_event(client, headers, cal["id"], **event)
+    resp = await client.get(f"/api/v1/calendars/{cal['id']}/export", headers=headers)
+    assert resp.status_code == 200, resp.text
+    lines = resp.content.decode().splitlines()
+    for line in ("X-WR-CALNAME:Team\\nplans\\; a\\, b", "X-WR-CALDESC:line one\\nline two",
+                 "X-ROOST-EVENT-TYPE:deep\\nwork", "X-GOOGLE-EVENT-ID:g\\;1\\,\\n2"):
+        assert line in lines, lines
+    assert ical.parse(resp.content, "UTC").name == name
+    # Read back as written: importing the export into the same calendar changes nothing.
+    again = await client.post(f"/api/v1/calendars/{cal['id']}/import", headers=headers,
+                              files={"file": ("team.ics", resp.content, "text/calendar")})
+    assert again.status_code == 200, again.text
+    assert again.json() == {"created": 0, "updated": 0, "unchanged": 1, "skipped": []}
+
+
+async def test_an_event_id_from_google_used_twice_is_a_409_naming_the_key(
+        client: httpx.AsyncClient, user: User) -> None:
+    """Google's event id is unique per user: a second event with it, or an import that
+    brings one in another calendar, is refused naming the columns (never the values)."""
+    _, headers = user
+    first, second = await make_calendar(client, headers, "One"), await make_calendar(
+        client, headers, "Two")
+    event = {"summary": "Sync", "start_time": "2027-01-01T09:00:00Z",
+             "end_time": "2027-01-01T10:00:00Z", "google_event_id": "g-secret-1"}
+    await make_event(client, headers, first["id"], **event)
+    again = await client.post(f"/api/v1/calendars/{second['id']}/events", headers=headers,
+                              json=event)
+    assert again.status_code == 409, again.text
+    detail = again.json()["detail"]
+    assert "the same user_id, google_event_id" in detail and "g-secret-1" not in detail
+    exported = await client.get(f"/api/v1/calendars/{first['id']}/export", headers=headers)
+    imported = await client.post(f"/api/v1/calendars/{second['id']}/import", headers=headers,
+                                 files={"file": ("one.ics", exported.content, "text/calendar")})
+    assert imported.status_code == 409 and "google_event_id" in imported.json()["detail"]
+    listed = await client.get(f"/api/v1/calendars/{second['id']}/events", headers=headers,
+                              params={"start": "2027-01-01T00:00:00Z",
+                                      "end": "2027-01-02T00:00:00Z"})
+    assert listed.json()["occurrences"] == []  # nothing half-imported

@@ -16,6 +16,7 @@ the property.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -85,7 +86,18 @@ def _text(component: Any, name: str) -> str | None:
         return None
     if isinstance(value, list):
         value = value[0]
+    if isinstance(value, icalendar.vUnknown):  # an X- property: TEXT as it was written
+        return _TEXT_ESCAPE.sub(_unescaped, str(value))
     return str(value)
+
+
+# RFC 5545 TEXT escapes (section 3.3.11): what the library undoes for the properties it
+# knows, and leaves as written for extension ones.
+_TEXT_ESCAPE = re.compile(r"\\([\\;,nN])")
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    return "\n" if match.group(1) in "nN" else match.group(1)
 
 
 def _zone_name(dt: datetime, default_tz: str) -> str:
@@ -343,11 +355,13 @@ def build(name: str, events: Iterable[Any], *, description: str | None = None,
     cal.add("PRODID", PRODID)
     cal.add("VERSION", "2.0")
     cal.add("CALSCALE", "GREGORIAN")
-    cal.add("X-WR-CALNAME", name)
+    # X- properties have no declared type: vText escapes what a free text may hold (a
+    # newline would break the content line).
+    cal.add("X-WR-CALNAME", icalendar.vText(name))
     if description:
-        cal.add("X-WR-CALDESC", description)
+        cal.add("X-WR-CALDESC", icalendar.vText(description))
     if timezone:
-        cal.add("X-WR-TIMEZONE", timezone)
+        cal.add("X-WR-TIMEZONE", icalendar.vText(timezone))
     series: dict[str, Any] = {}
     changed: dict[str, list[Any]] = {}
     rows = list(events)
@@ -398,16 +412,17 @@ def _component(ev: Any, series: Any = None) -> icalendar.Event:
     for person in ev.attendees or []:
         params = {k: person[v] for k, v in (("CN", "name"), ("ROLE", "role"),
                                              ("PARTSTAT", "status")) if person.get(v)}
-        out.add("ATTENDEE", icalendar.vCalAddress(f"mailto:{person.get('email', '')}"),
+        email = "".join(ch for ch in str(person.get("email", "")) if ch >= " ")
+        out.add("ATTENDEE", icalendar.vCalAddress(f"mailto:{email}"),
                 parameters=params)
     out.add("STATUS", ev.status.upper())
     out.add("TRANSP", "TRANSPARENT" if ev.transparent else "OPAQUE")
-    out.add("X-ROOST-EVENT-TYPE", ev.event_type)
+    out.add("X-ROOST-EVENT-TYPE", icalendar.vText(ev.event_type))
     out.add("X-ROOST-MOVABILITY", repr(float(ev.movability_score)))
     out.add("X-ROOST-MOVABLE", "TRUE" if ev.is_movable else "FALSE")
     out.add("X-ROOST-IMPORTANCE", repr(float(ev.importance_weight)))
     if ev.google_event_id:
-        out.add("X-GOOGLE-EVENT-ID", ev.google_event_id)
+        out.add("X-GOOGLE-EVENT-ID", icalendar.vText(ev.google_event_id))
     if ev.reminder_minutes is not None:
         alarm = icalendar.Alarm()
         alarm.add("ACTION", "DISPLAY")

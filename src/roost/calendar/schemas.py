@@ -43,7 +43,8 @@ class CalendarOut(BaseModel):
 
 
 class Attendee(StrictInput):
-    email: str = Field(min_length=1, max_length=320)
+    email: str = Field(min_length=1, max_length=320, pattern=r"^[^\x00-\x1f\x7f]+$",
+                       description="An address (no control characters)")
     name: str | None = Field(default=None, max_length=255)
     role: str | None = Field(default=None, max_length=64)
     status: str | None = Field(default=None, max_length=64)

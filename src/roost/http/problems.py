@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -9,10 +10,12 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import PrimaryKeyConstraint, UniqueConstraint
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from roost.context import current_context
+from roost.db.base import Base
 from roost.errors import RoostError
 
 log = structlog.get_logger(__name__)
@@ -157,7 +160,37 @@ async def _too_large(request: Request, exc: Exception) -> JSONResponse:
 
 async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
     log.warning("integrity_error", error=type(exc.__cause__ or exc).__name__)
-    return problem(409, "the change conflicts with data already stored")
+    return problem(409, "the change conflicts with data already stored" + _conflicting(exc))
+
+
+def _conflicting(exc: Exception) -> str:
+    """What a service did not check first, as far as the driver says: the columns of a
+    unique key already taken (by the constraint's name: PostgreSQL leaves the key's
+    values out of the message on tables with row-level security, and they are not
+    repeated here either), or a reference to a row that does not exist."""
+    driver = getattr(exc, "orig", None)
+    driver = getattr(driver, "__cause__", None) or driver
+    sqlstate = getattr(driver, "sqlstate", None)
+    if sqlstate == "23503":
+        return ": it refers to something that does not exist (or no longer does)"
+    columns = _unique_keys().get(str(getattr(driver, "constraint_name", None) or ""))
+    if sqlstate == "23505" and columns:
+        return f": another record already has the same {', '.join(columns)}"
+    return ""
+
+
+@functools.cache
+def _unique_keys() -> dict[str, tuple[str, ...]]:
+    """Every unique index and constraint of the models, by name: its columns."""
+    keys: dict[str, tuple[str, ...]] = {}
+    for table in Base.metadata.tables.values():
+        for index in table.indexes:
+            if index.unique and index.name:
+                keys[str(index.name)] = tuple(c.name for c in index.columns)
+        for constraint in table.constraints:
+            if isinstance(constraint, UniqueConstraint | PrimaryKeyConstraint) and constraint.name:
+                keys[str(constraint.name)] = tuple(c.name for c in constraint.columns)
+    return keys
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
