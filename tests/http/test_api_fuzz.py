@@ -9,6 +9,8 @@ the path does not serve answers 405 with a correct ``Allow`` header.
 The coverage phase sends every operation its deterministic boundary and invalid values
 (about 13,000 requests); the fuzzing and stateful phases add random ones, 6 per operation
 (each random case costs about three coverage cases: 6 keeps the test near two minutes).
+Then the fuzzing and stateful phases again as a user who is not an administrator (10 per
+operation, about 30 s): the paths that ownership checks and row-level security take.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 from tests.support.pg import PgTestServer, unique_db_name
-from tests.support.server import roost_server
+from tests.support.server import RunningServer, roost_server
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 DEAD_PROXY = "http://127.0.0.1:9"
@@ -39,9 +42,25 @@ CHECKS = ",".join([
 ])
 
 
+def _schemathesis(server: RunningServer, token: str, *extra: str) -> None:
+    result = subprocess.run(
+        [SCHEMATHESIS, "run", f"{server.base_url}/openapi.json",
+         "--checks", CHECKS, "--header", f"Authorization: Bearer {token}",
+         "--request-timeout", "20", "--exclude-path", "/metrics", *NO_OUTBOUND, *extra],
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    # The failures section first: the warnings after it can fill any tail.
+    failures = result.stdout.find("FAILURES")
+    shown = result.stdout[failures:failures + 6000] if failures >= 0 else result.stdout[-6000:]
+    assert result.returncode == 0, shown + result.stderr[-2000:]
+
+
 def test_every_operation_keeps_its_documented_contract(
     pg_server: PgTestServer, template_db: str, tmp_path: Path
 ) -> None:
+    """As the operator (every operation reachable), then as a user who is not an
+    administrator (the paths row-level security and ownership checks take: moving a
+    chat session into one's own project once answered 500 here, and only here)."""
     name = unique_db_name("fuzz")
     asyncio.run(pg_server.create_database(name, template=template_db))
     token = "rst_admin_fuzzing_token_0123456789"
@@ -53,17 +72,29 @@ def test_every_operation_keeps_its_documented_contract(
            "NO_PROXY": ""}
     try:
         with roost_server(env) as server:
-            result = subprocess.run(
-                [SCHEMATHESIS, "run", f"{server.base_url}/openapi.json",
-                 "--checks", CHECKS, "--header", f"Authorization: Bearer {token}",
-                 "--max-examples", "6", "--seed", "20261125", "--request-timeout", "20",
-                 "--exclude-path", "/metrics", *NO_OUTBOUND],
-                capture_output=True, text=True, timeout=900, check=False,
-            )
-        # The failures section first: the warnings after it can fill any tail.
-        failures = result.stdout.find("FAILURES")
-        shown = result.stdout[failures:failures + 6000] if failures >= 0 else result.stdout[-6000:]
-        assert result.returncode == 0, shown + result.stderr[-2000:]
+            _schemathesis(server, token, "--max-examples", "6", "--seed", "20261125")
+            user_key = _user_key(server.base_url, token)
+            _schemathesis(server, user_key, "--phases", "fuzzing,stateful",
+                          "--max-examples", "10", "--seed", "20261204")
         assert "Traceback" not in server.output, server.output[-4000:]
     finally:
         asyncio.run(pg_server.drop_database(name))
+
+
+def _user_key(base_url: str, admin_token: str) -> str:
+    """An API key of a user who is not an administrator (nor root: the first account
+    created is, so another one comes first)."""
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        for login in ("fuzz-root", "fuzz-user"):
+            made = http.post("/api/v1/users", headers=admin, json={
+                "username": login, "email": f"{login}@example.com",
+                "password": "a long fuzzing password"})
+            assert made.status_code == 201, made.text
+        created = http.post("/api/v1/api-keys", headers=admin, params={"user_id": made.json()["id"]},
+                            json={"name": "fuzzing"})
+        assert created.status_code == 201, created.text
+        key = str(created.json()["key"])
+        me = http.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {key}"}).json()
+        assert me["role"] == "user" and not me["is_root"], me
+        return key
