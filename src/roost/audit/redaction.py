@@ -1,12 +1,9 @@
-"""Keeps secrets out of audit ``changes`` and ``metadata``, and makes them JSON."""
+"""Keeps secrets out of audit ``changes`` and ``metadata``."""
 
 from __future__ import annotations
 
 import functools
 import re
-import uuid
-from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
 
 REDACTED = "[redacted]"
@@ -33,8 +30,7 @@ def is_secret_key(key: str) -> bool:
 
 
 def redact(value: Any, _depth: int = 0) -> Any:
-    """A copy of ``value`` with every value under a secret-looking key replaced, and ids,
-    timestamps and decimals as the strings JSON carries them in."""
+    """A copy of ``value`` with every value under a secret-looking key replaced."""
     if _depth > 32:  # hostile nesting: stop descending, keep nothing below
         return REDACTED
     if isinstance(value, dict):
@@ -44,10 +40,4 @@ def redact(value: Any, _depth: int = 0) -> Any:
         }
     if isinstance(value, list | tuple):
         return [redact(v, _depth + 1) for v in value]
-    # What a service compares and records as it is (an id, a timestamp, an amount): JSON
-    # has no such types, and a record that cannot be stored fails the whole change.
-    if isinstance(value, uuid.UUID | Decimal):
-        return str(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
     return value

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from roost import tracing
 from roost.config import Settings
 from roost.db.embedded import EmbeddedServer, start_embedded
+from roost.db.jsonvalues import json_dumps
 from roost.db.replicas import Replica, ReplicaSet, describe
 
 EMBEDDED_DATABASE = "roost"
@@ -59,7 +60,9 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         # backends) without a round trip.
         "pool_pre_ping": False,
         "connect_args": connect_args,
+        "json_serializer": json_dumps,
     }
+
 
 
 def discard_closed(engine: AsyncEngine) -> None:

@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql import ClauseElement
 
+from roost.db.jsonvalues import json_dumps
+
 _drivers: weakref.WeakKeyDictionary[SessionTransaction, Any] = weakref.WeakKeyDictionary()
 _settings: weakref.WeakKeyDictionary[SessionTransaction, dict[str, str]] = weakref.WeakKeyDictionary()
 # Sessions whose transactions begin with settings (settings_on_begin), and the sessions
@@ -211,7 +213,8 @@ def note_settings(session: AsyncSession, values: Mapping[str, str]) -> None:
 
 
 # Compiles Core statements to asyncpg's own SQL ($1, $2 ... in the order of positiontup).
-_DRIVER_DIALECT = asyncpg_dialect.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
+_DRIVER_DIALECT = asyncpg_dialect.dialect(  # type: ignore[no-untyped-call]
+    paramstyle="numeric_dollar", json_serializer=json_dumps)
 
 
 @functools.lru_cache(maxsize=256)
