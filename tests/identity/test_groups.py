@@ -91,3 +91,20 @@ async def test_admins_see_every_group(
     _, admin = await make_user(database, admin=True, username="root2")
     gid = every[0]["id"]
     assert (await client.get(f"/api/v1/groups/{gid}/members", headers=admin)).status_code == 200
+
+
+async def test_a_name_is_stripped_and_its_limit_holds_for_what_was_sent(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """128 characters at most, as the OpenAPI document says of the value sent: surrounding
+    spaces are stripped from what is stored, not discounted from the limit."""
+    _, alice = await make_user(database, username="alice")
+    made = await client.post("/api/v1/groups", headers=alice, json={"name": "  Lab  "})
+    assert made.status_code == 201 and made.json()["name"] == "Lab"
+    fits = await client.post("/api/v1/groups", headers=alice, json={"name": "x" * 128})
+    assert fits.status_code == 201, fits.text
+    for name in (" " + "y" * 128, "z" * 129):
+        too_long = await client.post("/api/v1/groups", headers=alice, json={"name": name})
+        assert too_long.status_code == 422, too_long.text
+        renamed = await client.patch(f"/api/v1/groups/{made.json()['id']}", headers=alice,
+                                     json={"name": name})
+        assert renamed.status_code == 422, renamed.text

@@ -13,7 +13,15 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 from zoneinfo import available_timezones
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+from pydantic_core import PydanticCustomError
 
 from roost.identity.models import MODEL_PREFERENCE_KEYS
 from roost.inputs import StrictInput
@@ -52,17 +60,33 @@ def _model_prefs(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+def _sent_at_most(limit: int) -> BeforeValidator:
+    """A stripped string's ``maxLength`` holds for what was sent: pydantic checks the
+    length after stripping, so 129 characters with a leading space passed a limit of 128
+    that the OpenAPI document states for the value as sent."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > limit:
+            raise PydanticCustomError("string_too_long",
+                                      "String should have at most {max_length} characters",
+                                      {"max_length": limit})
+        return value
+
+    return BeforeValidator(check)
+
+
 Str = Annotated[str, StringConstraints(strip_whitespace=True)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, max_length=255)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, max_length=255), _sent_at_most(255)]
 Password = Annotated[str, Field(min_length=1, max_length=4096)]
 Timezone = Annotated[str, Field(max_length=64), AfterValidator(_timezone)]
 PrefJson = Annotated[dict[str, Any] | list[Any] | None, _json_limit(MAX_PREFERENCE_JSON_BYTES)]
 ProfileJson = Annotated[dict[str, Any] | None, _json_limit(MAX_PROFILE_JSON_BYTES)]
-ModelName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+ModelName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+                      _sent_at_most(200)]
 Url = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500,
-                                       pattern=r"^https?://\S+$")]
+                                       pattern=r"^https?://\S+$"), _sent_at_most(500)]
 Phone = Annotated[str, StringConstraints(strip_whitespace=True, max_length=32,
-                                         pattern=r"^[0-9+()\-. x]{3,32}$")]
+                                         pattern=r"^[0-9+()\-. x]{3,32}$"), _sent_at_most(32)]
 
 
 class Input(StrictInput):
@@ -396,13 +420,14 @@ class OAuthTokenOut(BaseModel):
 
 
 class GroupIn(Input):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
+                    _sent_at_most(128)]
     description: Annotated[str | None, Field(max_length=5000)] = None
 
 
 class GroupPatchIn(Input):
     name: Annotated[str | None, StringConstraints(strip_whitespace=True, min_length=1,
-                                                  max_length=128)] = None
+                                                  max_length=128), _sent_at_most(128)] = None
     description: Annotated[str | None, Field(max_length=5000)] = None
 
 
