@@ -32,8 +32,10 @@ One embedded PostgreSQL (temporary directory), one database per part, migrated t
   simulated model call between reserve and settle, so 64 calls are in flight and the
   reservation rate is what 64 concurrent calls produce; those two scenarios run again
   with the hold in one round trip of its own (``credits.reserve_alone``, what a warm
-  metered tool call does: ``*_with_calls_alone``).  The counters are checked in SQL at
-  the end of each scenario.
+  metered tool call does: ``*_with_calls_alone``) and as a model call holds (the same
+  statement on the side pool while the request's transaction is open:
+  ``*_with_calls_model_hold``; ``reserve_call`` is the hold).  The counters are checked
+  in SQL at the end of each scenario.
 * **analytics**: ``--events`` usage events over ``--users`` users and ``--days`` days,
   generated in SQL (``generate_series``) into ``usage_records`` with every index of the
   migration, and the same rows (the same integer formulas) into a chDB ``MergeTree``
@@ -393,7 +395,7 @@ async def part_reservations(server: Any, tmp: Path, args: argparse.Namespace
         async def run(name: str, principals: list[Principal], subscriptions: list[uuid.UUID],
                       ops: int, *, naive: bool = False,
                       actuals: tuple[int, ...] = (0, 1, 2), sync_off: bool = False,
-                      call_s: float = 0.0, alone: bool = False) -> dict[str, Any]:
+                      call_s: float = 0.0, alone: str | None = None) -> dict[str, Any]:
             rng = random.Random(args.seed)
             reserve_txn: list[float] = []
             reserve_call: list[float] = []
@@ -425,11 +427,20 @@ async def part_reservations(server: Any, tmp: Path, args: argparse.Namespace
                 actual = rng.choice(actuals)
                 t0 = time.perf_counter()
                 try:
-                    if alone:  # the hold in one round trip, a transaction of its own
+                    if alone == "tool":  # the hold in one round trip, nothing else open
                         c0 = t0
                         reservation = await credits.reserve_alone(
-                            db, settings, scope_settings(who), who.user_id, 1, kind="llm")
+                            db, settings, scope_settings(who), who.user_id, 1, kind="tool")
                         c1 = time.perf_counter()
+                    elif alone == "model":  # as llm.calls.add_request: the request's
+                        # transaction open, the hold alone on the side pool within it
+                        async with db.transaction() as s:
+                            await apply_principal(s, who)
+                            c0 = time.perf_counter()
+                            reservation = await credits.reserve_alone(
+                                db, settings, scope_settings(who), who.user_id, 1,
+                                kind="llm", side=True)
+                            c1 = time.perf_counter()
                     else:
                         async with db.transaction() as s:
                             await apply_principal(s, who)
@@ -560,10 +571,18 @@ async def part_reservations(server: Any, tmp: Path, args: argparse.Namespace
             # warm metered tool call does), the payer's row locked for one statement.
             scenarios["separate_subscriptions_with_calls_alone"] = await run(
                 "separate_subscriptions_with_calls_alone", [principal(u) for u in own],
-                own_subs, ops, call_s=call_s, alone=True)
+                own_subs, ops, call_s=call_s, alone="tool")
             scenarios["one_shared_subscription_with_calls_alone"] = await run(
                 "one_shared_subscription_with_calls_alone", [principal(u, group) for u in team],
-                hot, ops, call_s=call_s, alone=True)
+                hot, ops, call_s=call_s, alone="tool")
+            # And as a model call holds: alone, on the side pool, while the request's
+            # transaction is open (roost.llm.calls.add_request).
+            scenarios["separate_subscriptions_with_calls_model_hold"] = await run(
+                "separate_subscriptions_with_calls_model_hold", [principal(u) for u in own],
+                own_subs, ops, call_s=call_s, alone="model")
+            scenarios["one_shared_subscription_with_calls_model_hold"] = await run(
+                "one_shared_subscription_with_calls_model_hold",
+                [principal(u, group) for u in team], hot, ops, call_s=call_s, alone="model")
         # The same hot row, the naive way: SELECT ... FOR UPDATE, check, UPDATE, INSERT.
         team2 = await add_users(db, n, "naive")
         group2 = await new_group(team2)

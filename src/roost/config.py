@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     pgbouncer: bool = False
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=10, ge=0, le=200)
+    db_side_pool_size: int = Field(
+        default=4, ge=1, le=50, description="Connections (opened as needed, then kept) for "
+        "single statements that commit on their own while the caller's transaction is open "
+        "(a model call's credit hold): never taken from the main pool, whose connections "
+        "those callers may all hold",
+    )
     db_connect_timeout_s: float = Field(default=5.0, gt=0)
     db_statement_timeout_ms: int = Field(default=30_000, ge=0)
     # Read replicas (docs/scale.md, "Read replicas").

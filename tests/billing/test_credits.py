@@ -14,9 +14,15 @@ from sqlalchemy import text
 
 from roost.billing import credits
 from roost.config import Settings
-from roost.db.engine import Database
+from roost.db.engine import Database, create_database
 from roost.errors import PaymentRequired
 from roost.identity.tenancy import apply_principal, scope_settings
+from roost.keyfiles import KeyMaterial
+from roost.llm import calls
+from roost.llm.gateway import LLMGateway
+from roost.llm.routing import resolve_route
+from roost.llm.types import ChatMessage as LLMMessage
+from roost.llm.types import ChatRequest
 from roost.principal import Principal
 from tests.prompts.conftest import make_group
 from tests.support.identity import make_user
@@ -123,7 +129,7 @@ async def test_plan_limits_models_and_paused_subscriptions(
     assert answer.status_code == 402 and "paused" in answer.text
     row = await _counters(database, sub["id"])
     # The 403 was decided after the payer was found and the hold taken in one statement:
-    # the hold went with the transaction's rollback.
+    # the hold was given back before the error was raised.
     assert (row.credits_used, row.credits_reserved, row.held, row.requests) == (0, 0, 0, 0)
 
 
@@ -344,3 +350,60 @@ async def test_a_hold_a_database_crash_lost_is_still_charged_at_settlement_once(
     with pytest.raises(PaymentRequired, match="balance is 0"):
         await credits.reserve_alone(database, test_settings, scope_settings(who), user_id, 1,
                                     kind="tool")
+
+
+async def test_a_model_calls_hold_commits_alone_and_goes_back_if_its_request_is_not_stored(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    test_settings: Settings, test_keys: KeyMaterial,
+) -> None:
+    """A model call's hold is taken while the request's transaction is open, on the side
+    pool (the main one here has a single connection, which that transaction holds), and
+    commits at once: the payer's row is not locked until the request commits, so another
+    hold on the same subscription goes through meanwhile.  If the request's transaction
+    rolls back, the hold is given back; if it commits, the hold stays for the call."""
+    user_id, _ = await make_user(database)
+    sub = await _setup(client, admin_headers, stub, user_id, 100)
+    who = Principal(user_id=user_id, is_admin=False, kind="api_key")
+    settings = test_settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
+    one_connection = create_database(settings, url=database.url)
+    gateway = LLMGateway.build(one_connection, settings, test_keys)
+    chat = ChatRequest(messages=[LLMMessage(role="user", content="hi")], max_tokens=500)
+    try:
+        async def store_then_fail() -> uuid.UUID:
+            async with gateway.transaction(who) as session:
+                route = await resolve_route(session, gateway, "stub-model")
+                call = await calls.add_request(session, gateway, who, chat, route,
+                                               request_type="chat")
+                assert call.reservation is not None
+                # The payer's row is free while this transaction is still open.
+                other = await asyncio.wait_for(credits.reserve_alone(
+                    database, settings, scope_settings(who), user_id, 2, kind="tool"), 10)
+                assert other is not None
+                row = await _counters(database, sub["id"])
+                assert (row.credits_reserved, row.held, row.requests) == (3, 2, 0)
+                raise LookupError(call.reservation.id)
+
+        with pytest.raises(LookupError) as failed:
+            await asyncio.wait_for(store_then_fail(), 20)
+        rolled_back = failed.value.args[0]
+        for _ in range(100):  # given back in the background
+            row = await _counters(database, sub["id"])
+            if row.held == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert (row.credits_reserved, row.held, row.requests) == (2, 1, 0)
+        async with database.transaction() as s:
+            status = await s.scalar(text("SELECT status FROM credit_reservations WHERE id = :id"),
+                                    {"id": rolled_back})
+        assert status == "released"
+
+        async with gateway.transaction(who) as session:
+            route = await resolve_route(session, gateway, "stub-model")
+            kept = await calls.add_request(session, gateway, who, chat, route,
+                                           request_type="chat")
+        await asyncio.sleep(0.2)  # nothing in the background gives a committed one back
+        row = await _counters(database, sub["id"])
+        assert (row.credits_reserved, row.held, row.requests) == (3, 2, 1)
+        assert kept.reservation is not None
+    finally:
+        await one_connection.dispose()

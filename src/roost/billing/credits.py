@@ -354,6 +354,7 @@ _HOLD_ALONE: Final = "SELECT * FROM roost_hold_credits($1, $2, $3, $4, $5, $6, $
 async def reserve_alone(
     database: Database, settings: Settings, scope: Mapping[str, str],
     user_id: uuid.UUID | None, amount: int, *, kind: str, reference: str | None = None,
+    check: Callable[[Payer], None] | None = None, side: bool = False,
 ) -> Reservation | None:
     """:func:`reserve` without a payer, in a transaction of its own, in one round trip:
     the SQL function ``roost_hold_credits`` (migration 1020) applies ``scope`` (the
@@ -366,13 +367,21 @@ async def reserve_alone(
     the same).  The same
     answers as :func:`reserve`: None when the user is not metered; 402 for a paused
     subscription, a balance that cannot cover it, or no subscription when one is
-    required, with nothing held."""
+    required, with nothing held.  ``check`` as :func:`reserve` takes it (a hold it
+    refuses is given back before its error is raised).
+
+    ``side``: the caller has a transaction of the main pool open (a model call's request
+    being stored): the hold, and whatever it reads to explain a refusal, use the side
+    pool (``Database.autocommit``).  The caller gives the hold back if that transaction
+    does not commit (``roost.db.transaction.on_rollback`` with :func:`release_alone`)."""
     if user_id is None:
         return None
     amount = max(int(amount), 1)
     reservation_id = uuid7()
     cached = METERING.listening and runtime.serves_database(database.engine.url.database)
-    async with database.autocommit() as driver:
+    if cached and METERING.active is False:
+        return None  # nobody is metered, as the cache knows: no connection taken
+    async with database.autocommit(side=side) as driver:
         # As reserve() does first: where nobody is metered, nothing is held (the cache
         # answers; once per change of subscriptions, the database).
         if cached and not await _metered(True, lambda: driver.fetchval(_BILLING_ACTIVE)):
@@ -385,19 +394,50 @@ async def reserve_alone(
                                        settings.billing_require_subscription)
         if hit and not required:
             return None
-        async with database.transaction() as session:
+        async with database.transaction(side=side) as session:
             await _check_unsubscribed(session, settings, user_id)
         return None
     payer = _payer(row)
     _check_spending(payer)
+    reservation = Reservation(id=reservation_id, subscription_id=payer.subscription_id,
+                              amount=amount, kind=kind, user_id=user_id)
+    if check is not None:
+        try:
+            check(payer)
+        except BaseException:
+            if row["held"]:
+                await release_alone(database, scope, reservation, side=side)
+            raise
     if not row["held"]:  # not enough: as the snapshot says, or taken since (read again)
         fresh = payer
         if amount <= payer.balance:
-            async with database.transaction() as session:
+            async with database.transaction(side=side) as session:
                 fresh = await payer_for(session, user_id) or payer
         raise _refuse(fresh, amount)
-    return Reservation(id=reservation_id, subscription_id=payer.subscription_id, amount=amount,
-                       kind=kind, user_id=user_id)
+    return reservation
+
+
+# release() as one statement for the driver, sent after the scope in a transaction of
+# its own (release_alone).
+_RELEASE_ALONE: Final = """
+WITH done AS (
+  UPDATE credit_reservations SET status = 'released', actual = 0, settled_at = now()
+  WHERE id = $1 AND status = 'held'
+  RETURNING subscription_id, amount
+)
+UPDATE subscriptions s SET credits_reserved = s.credits_reserved - done.amount
+FROM done WHERE s.id = done.subscription_id
+"""
+
+
+async def release_alone(database: Database, scope: Mapping[str, str],
+                        reservation: Reservation, *, side: bool = False) -> None:
+    """:func:`release` in a transaction of its own, scoped as the hold was (``scope``):
+    a hold taken alone whose work never started (its caller's transaction rolled back).
+    A hold settled or released meanwhile is left as it is."""
+    async with database.autocommit(side=side) as driver, driver.transaction():
+        await driver.execute("SELECT roost_apply_scope($1::jsonb)", json.dumps(dict(scope)))
+        await driver.execute(_RELEASE_ALONE, reservation.id)
 
 
 async def settle(session: AsyncSession, reservation: Reservation, actual: int) -> None:

@@ -90,11 +90,18 @@ class Database:
     embedded: EmbeddedServer | None = field(default=None)
     # ROOST_DATABASE_REPLICA_URLS: where ReadSession's routes read (roost.db.replicas).
     replicas: ReplicaSet | None = field(default=None)
+    # ROOST_DB_SIDE_POOL_SIZE connections for a statement sent while the caller holds a
+    # connection of the main pool in an open transaction (autocommit(side=True)).  From
+    # the main pool, N requests each holding one and waiting for a second would wait on
+    # each other once the pool is exhausted.
+    side_engine: AsyncEngine | None = field(default=None)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session inside one transaction: committed on success, rolled back on error."""
-        session = self.sessionmaker()
+    async def transaction(self, *, side: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, rolled back on error.
+        ``side``: on a connection of the side pool (see :meth:`autocommit`)."""
+        session = AsyncSession(self.side_engine, expire_on_commit=False) \
+            if side and self.side_engine is not None else self.sessionmaker()
         try:
             async with session.begin():
                 yield session
@@ -102,7 +109,7 @@ class Database:
             await close_session(session)
 
     @asynccontextmanager
-    async def autocommit(self) -> AsyncIterator[Any]:
+    async def autocommit(self, *, side: bool = False) -> AsyncIterator[Any]:
         """A pooled connection's asyncpg connection outside any transaction: each
         statement is its own implicit transaction, committed as it ends.  For work whose
         statements need no snapshot shared between them: the system's own reads, and a
@@ -114,11 +121,15 @@ class Database:
         that connection is pooled again.  Anything else that leaves the block (a
         cancellation, possibly mid-statement) closes the connection, which may still be
         busy: the server ends whatever ran, and the pool replaces it at the next checkout
-        (:func:`discard_closed`)."""
+        (:func:`discard_closed`).
+
+        ``side``: a connection of the side pool (``side_engine``), for a caller that has
+        a transaction of the main pool open meanwhile."""
         # The pool's connection itself, not an AsyncConnection around it (a greenlet and
         # its bookkeeping each way: ~80 us of a ~1 ms call).  Giving it back is
         # synchronous: the adapter began no transaction, so its reset sends nothing.
-        fairy = await self.engine.raw_connection()
+        engine = self.side_engine if side and self.side_engine is not None else self.engine
+        fairy = await engine.raw_connection()
         driver: Any = fairy.driver_connection
         # The engine's events that trace a session's transactions do not see this.
         span = tracing.start("db.transaction", kind="client", attributes={
@@ -143,6 +154,8 @@ class Database:
     async def dispose(self) -> None:
         if self.replicas is not None:
             await self.replicas.dispose()
+        if self.side_engine is not None:
+            await self.side_engine.dispose()
         await self.engine.dispose()
 
 
@@ -190,6 +203,9 @@ def create_database(settings: Settings, url: URL | None = None) -> Database:
         url, embedded = resolve_database_url(settings)
     engine = create_async_engine(url, **engine_options(settings))
     discard_closed(engine)
+    side_engine = create_async_engine(
+        url, **{**engine_options(settings), "pool_size": settings.db_side_pool_size})
+    discard_closed(side_engine)
     tracing.configure(settings)  # ROOST_OTEL_ENABLED: every process that opens the database
     tracing.instrument_engine(engine.sync_engine)
     return Database(
@@ -198,6 +214,7 @@ def create_database(settings: Settings, url: URL | None = None) -> Database:
         sessionmaker=async_sessionmaker(engine, expire_on_commit=False),
         embedded=embedded,
         replicas=create_replicas(settings, engine),
+        side_engine=side_engine,
     )
 
 

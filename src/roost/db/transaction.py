@@ -11,12 +11,15 @@ into another's.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import structlog
+from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
@@ -24,6 +27,7 @@ from sqlalchemy.sql import ClauseElement
 
 from roost.db.jsonvalues import json_dumps
 
+_log = structlog.get_logger(__name__)
 _drivers: weakref.WeakKeyDictionary[SessionTransaction, Any] = weakref.WeakKeyDictionary()
 _settings: weakref.WeakKeyDictionary[SessionTransaction, dict[str, str]] = weakref.WeakKeyDictionary()
 # Sessions whose transactions begin with settings (settings_on_begin), and the sessions
@@ -260,3 +264,52 @@ def driver_args(names: tuple[str, ...], processors: tuple[Any, ...],
     bind processor."""
     return [params[name] if process is None else process(params[name])
             for name, process in zip(names, processors, strict=True)]
+
+
+# --------------------------------------------------------------------------- on rollback
+
+RollbackHook = Callable[[], Awaitable[None]]
+# Per root transaction, what to run if it does not commit (on_rollback).
+_on_rollback: weakref.WeakKeyDictionary[SessionTransaction, list[RollbackHook]] = \
+    weakref.WeakKeyDictionary()
+_background: set[asyncio.Task[None]] = set()
+
+
+def on_rollback(session: AsyncSession, hook: RollbackHook) -> None:
+    """Run ``hook()`` in the background if the session's transaction ends without
+    committing (rolled back, or closed unfinished): for work committed on its own that
+    belongs to this transaction, such as a credit hold taken on the side pool for a
+    request this transaction stores.  A hook that fails is logged; whatever it undoes
+    needs a backstop that does not depend on it (a hold's expiry)."""
+    transaction = session.sync_session.get_transaction()
+    if transaction is None:
+        raise RuntimeError("on_rollback needs a transaction in progress")
+    _on_rollback.setdefault(transaction, []).append(hook)
+
+
+@event.listens_for(Session, "after_commit")
+def _committed(session: Session) -> None:
+    if _on_rollback and not session.in_nested_transaction():
+        transaction = session.get_transaction()
+        if transaction is not None:
+            _on_rollback.pop(transaction, None)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _ended(session: Session, transaction: SessionTransaction) -> None:
+    if not _on_rollback or transaction.parent is not None:
+        return
+    hooks = _on_rollback.pop(transaction, None)
+    if hooks:
+        loop = asyncio.get_running_loop()
+        for hook in hooks:
+            task = loop.create_task(_run_hook(hook))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+
+async def _run_hook(hook: RollbackHook) -> None:
+    try:
+        await hook()
+    except Exception:
+        _log.exception("rollback_hook_failed")

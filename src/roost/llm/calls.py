@@ -39,6 +39,8 @@ from roost.audit import service as audit
 from roost.billing import credits, limits
 from roost.billing.credits import Reservation
 from roost.db.statements import flush_pending, insert_row
+from roost.db.transaction import on_rollback
+from roost.identity.tenancy import scope_settings
 from roost.llm.base import elapsed_ms
 from roost.llm.errors import ProviderError
 from roost.llm.execution import CallStream, execute, execute_embedding
@@ -135,8 +137,11 @@ async def add_request(
     insert (what the caller added before is flushed first: the row may refer to it).
 
     A metered user's call first holds its estimated credits (roost.billing.credits): 402
-    when the balance cannot cover it, 403 when the plan does not include the model; the
-    hold commits with this transaction and is settled by the call's final one."""
+    when the balance cannot cover it, 403 when the plan does not include the model.  The
+    hold is a statement of its own on the side pool, committed at once, so the payer's
+    row is locked for that statement, not until this transaction's durable commit
+    (docs/billing.md, "A model call's hold"); it is given back if this transaction does
+    not commit, and settled by the call's final one."""
     reservation = await _hold_credits(session, gateway, principal, chat, route, request_type)
     await flush_pending(session)
     values = request_values(gateway, principal, chat, route, request_type=request_type,
@@ -153,15 +158,24 @@ async def _hold_credits(
     session: AsyncSession, gateway: LLMGateway, principal: Principal, chat: ChatRequest,
     route: Route, request_type: str,
 ) -> Reservation | None:
-    """The payer found and the estimate held in one statement (credits.reserve); the plan's
-    models checked on the payer it found (403 before the balance's 402; the hold goes with
-    the transaction's rollback then)."""
+    """The payer found and the estimate held in one round trip of its own
+    (credits.reserve_alone on the side pool: ``session``'s connection stays in its
+    transaction meanwhile); the plan's models checked on the payer it found (403 before
+    the balance's 402, the hold given back first).  Given back in the background if
+    ``session``'s transaction rolls back (the request it would pay for is not stored)."""
+    if principal.user_id is None:
+        return None
+    settings, database = gateway.settings, gateway.db
     texts = [m.text() for m in chat.messages]
-    estimate = credits.estimate_tokens(gateway.settings, texts, chat.max_tokens)
-    return await credits.reserve(
-        session, gateway.settings, principal.user_id,
-        credits.credits_for_tokens(gateway.settings, estimate), kind="llm",
-        reference=request_type, check=lambda payer: limits.check_model(payer, route.model))
+    estimate = credits.estimate_tokens(settings, texts, chat.max_tokens)
+    scope = scope_settings(principal, app_role=settings.db_app_role)
+    reservation = await credits.reserve_alone(
+        database, settings, scope, principal.user_id,
+        credits.credits_for_tokens(settings, estimate), kind="llm", reference=request_type,
+        check=lambda payer: limits.check_model(payer, route.model), side=True)
+    if reservation is not None:
+        on_rollback(session, lambda: credits.release_alone(database, scope, reservation))
+    return reservation
 
 
 async def begin(
