@@ -954,11 +954,12 @@ async def _prepare(session: AsyncSession, env: RunEnv, state: _State, offered: O
     if offered.visible:
         return await tool_calls.prepare_call(
             session, state.principal, env.tools, env.box, tool_id=offered.tool_id,
-            name=None, server=None, arguments=arguments)
+            name=None, server=None, arguments=arguments, database=env.database)
     async with env.database.transaction() as system:
         return await tool_calls.prepare_call(
             system, SYSTEM, env.tools, env.box, tool_id=offered.tool_id, name=None,
-            server=None, arguments=arguments, bill_to=state.principal.user_id)
+            server=None, arguments=arguments, bill_to=state.principal.user_id,
+            database=env.database)
 
 
 async def _begin_tool_steps(session: AsyncSession, env: RunEnv, state: _State,

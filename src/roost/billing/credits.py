@@ -40,6 +40,7 @@ from roost.billing import runtime_settings
 from roost.config import Settings
 from roost.db.base import uuid7
 from roost.db.engine import Database
+from roost.db.transaction import on_rollback
 from roost.errors import PaymentRequired
 from roost.system_settings import runtime
 
@@ -414,6 +415,23 @@ async def reserve_alone(
             async with database.transaction(side=side) as session:
                 fresh = await payer_for(session, user_id) or payer
         raise _refuse(fresh, amount)
+    return reservation
+
+
+async def hold_beside(
+    session: AsyncSession, database: Database, settings: Settings, scope: Mapping[str, str],
+    user_id: uuid.UUID | None, amount: int, *, kind: str, reference: str | None = None,
+    check: Callable[[Payer], None] | None = None,
+) -> Reservation | None:
+    """:func:`reserve_alone` on the side pool while ``session``'s transaction (the one
+    that stores what the hold pays for) is open, the hold given back in the background if
+    that transaction does not commit.  Committed when it returns, so the payer's row is
+    locked for one statement, not until that transaction's durable commit."""
+    reservation = await reserve_alone(database, settings, scope, user_id, amount, kind=kind,
+                                      reference=reference, check=check, side=True)
+    if reservation is not None:
+        held = reservation
+        on_rollback(session, lambda: release_alone(database, scope, held))
     return reservation
 
 

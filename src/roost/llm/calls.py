@@ -39,7 +39,6 @@ from roost.audit import service as audit
 from roost.billing import credits, limits
 from roost.billing.credits import Reservation
 from roost.db.statements import flush_pending, insert_row
-from roost.db.transaction import on_rollback
 from roost.identity.tenancy import scope_settings
 from roost.llm.base import elapsed_ms
 from roost.llm.errors import ProviderError
@@ -165,17 +164,13 @@ async def _hold_credits(
     ``session``'s transaction rolls back (the request it would pay for is not stored)."""
     if principal.user_id is None:
         return None
-    settings, database = gateway.settings, gateway.db
+    settings = gateway.settings
     texts = [m.text() for m in chat.messages]
     estimate = credits.estimate_tokens(settings, texts, chat.max_tokens)
-    scope = scope_settings(principal, app_role=settings.db_app_role)
-    reservation = await credits.reserve_alone(
-        database, settings, scope, principal.user_id,
-        credits.credits_for_tokens(settings, estimate), kind="llm", reference=request_type,
-        check=lambda payer: limits.check_model(payer, route.model), side=True)
-    if reservation is not None:
-        on_rollback(session, lambda: credits.release_alone(database, scope, reservation))
-    return reservation
+    return await credits.hold_beside(
+        session, gateway.db, settings, scope_settings(principal, app_role=settings.db_app_role),
+        principal.user_id, credits.credits_for_tokens(settings, estimate), kind="llm",
+        reference=request_type, check=lambda payer: limits.check_model(payer, route.model))
 
 
 async def begin(

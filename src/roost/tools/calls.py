@@ -218,12 +218,15 @@ async def _known_tool(session: AsyncSession, actor: Principal, cfg: ToolsConfig,
 async def prepare_call(
     session: AsyncSession, actor: Principal, cfg: ToolsConfig, box: SecretBox, *,
     tool_id: uuid.UUID | None, name: str | None, server: str | None, arguments: dict[str, Any],
-    bill_to: uuid.UUID | None = None,
+    bill_to: uuid.UUID | None = None, database: Database | None = None,
 ) -> PreparedCall:
     """In the caller's scoped transaction: find the tool (another tenant's is 404), check
     it is enabled and available, validate the arguments (422), and hold the call's credits
     when its user is metered (402 when the balance cannot cover it; roost.billing).
-    ``bill_to``: the user who pays when ``actor`` is the system acting for them."""
+    ``bill_to``: the user who pays when ``actor`` is the system acting for them.
+    With ``database`` (the one ``session`` is on), the hold is a statement of its own on
+    its side pool, committed at once (``credits.hold_beside``), else one of the
+    transaction's."""
     if tool_id is not None:
         known = await _known_tool(session, actor, cfg, box, tool_id)
     else:
@@ -240,7 +243,11 @@ async def prepare_call(
         settings = get_settings()
         price = await runtime.get(session, billing_settings.TOOL_CALL_CREDITS,
                                   settings.billing_tool_call_credits)
-        if price:
+        if price and database is not None:
+            reservation = await credits.hold_beside(
+                session, database, settings, scope_settings(actor, app_role=cfg.app_role),
+                payer, price, kind="tool", reference=f"tool:{known.id}")
+        elif price:
             reservation = await credits.reserve(session, settings, payer, price, kind="tool",
                                                 reference=f"tool:{known.id}")
     return PreparedCall(known.id, known.name, known.kind, known.spec, reservation)
@@ -532,7 +539,7 @@ async def call_tool(
     if prepared is None:
         async with scoped(database, actor, cfg) as session:
             prepared = await prepare_call(session, actor, cfg, box, tool_id=tool_id, name=name,
-                                          server=server, arguments=arguments)
+                                          server=server, arguments=arguments, database=database)
     result = await execute_call(prepared, database, actor, cfg, arguments, knowledge=knowledge,
                                 hosted=hosted, run_id=run_id)
     ids: dict[str, Any] = {"trace_id": trace_id, "session_id": session_id,

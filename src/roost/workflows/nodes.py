@@ -139,7 +139,7 @@ async def run_tool(env: RunEnv, principal: Principal, run: Run, node: Node,
                 tool_id = (await registry.find_tool(session, principal, ref)).id
             prepared = await tool_calls.prepare_call(
                 session, principal, env.tools, env.box, tool_id=tool_id, name=None,
-                server=None, arguments=arguments)
+                server=None, arguments=arguments, database=env.database)
     except RoostError as exc:
         raise _refusal(node, exc) from None
     result = await tool_calls.execute_call(
