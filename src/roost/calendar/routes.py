@@ -23,15 +23,14 @@ from roost.calendar.schemas import (
     Occurrence,
     OccurrencesOut,
 )
-from roost.errors import PayloadTooLarge
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import DbSession
 from roost.http.routing import RoostRouter
+from roost.http.uploads import read_capped
 from roost.inputs import IsoDatetime
 
 router = RoostRouter(prefix="/api/v1/calendars", tags=["calendar"])
 
-READ_CHUNK: Final = 64 * 1024
 RANGE_HELP: Final = "With a UTC offset; the range is at most 366 days"
 Start = Annotated[IsoDatetime, Query(description="Range start (inclusive). " + RANGE_HELP)]
 End = Annotated[IsoDatetime, Query(description="Range end (exclusive). " + RANGE_HELP)]
@@ -152,23 +151,13 @@ async def delete_event(calendar_id: uuid.UUID, event_id: uuid.UUID, principal: C
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-async def _read_capped(file: UploadFile, limit: int) -> bytes:
-    data = bytearray()
-    while piece := await file.read(READ_CHUNK):
-        data += piece
-        if len(data) > limit:
-            raise PayloadTooLarge(f"the iCalendar file is larger than {limit} bytes",
-                                  extra={"limit": limit})
-    return bytes(data)
-
-
 @router.post("/{calendar_id:uuid}/import", response_model=ImportOut,
              summary="Import an .ics file: creates its events, updates those whose UID the "
                      "calendar has (idempotent); 422 names what is malformed, 413 over 5 MiB")
 async def import_ics(calendar_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession,
                      file: Annotated[UploadFile, File(description="An iCalendar (.ics) file")],
                      ) -> ImportOut:
-    raw = await _read_capped(file, service.MAX_IMPORT_BYTES)
+    raw = await read_capped(file, service.MAX_IMPORT_BYTES, "the iCalendar file")
     return ImportOut(**await service.import_ics(db, principal, calendar_id, raw))
 
 

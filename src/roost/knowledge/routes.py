@@ -8,11 +8,11 @@ from typing import Annotated, Literal
 from fastapi import Depends, File, Form, Query, Request, Response, UploadFile, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.errors import PayloadTooLarge
 from roost.http.auth import CurrentPrincipal, scoped_request_transaction
 from roost.http.deps import Cursor, DbSession, Limit, SettingsDep, get_database
 from roost.http.reads import ReadSession, read_session, replica_fallback
 from roost.http.routing import RoostRouter
+from roost.http.uploads import read_capped
 from roost.identity.resolver import known_caller
 from roost.knowledge import search as search_mod
 from roost.knowledge import service
@@ -33,7 +33,6 @@ from roost.principal import Principal
 
 router = RoostRouter(prefix="/api/v1/knowledge", tags=["knowledge"])
 
-READ_CHUNK = 1024 * 1024
 
 
 async def get_knowledge_config(request: Request, settings: SettingsDep) -> KnowledgeConfig:
@@ -46,17 +45,6 @@ async def get_knowledge_config(request: Request, settings: SettingsDep) -> Knowl
 
 
 ConfigDep = Annotated[KnowledgeConfig, Depends(get_knowledge_config)]
-
-
-async def _read_capped(file: UploadFile, limit: int) -> bytes:
-    data = bytearray()
-    while True:
-        piece = await file.read(READ_CHUNK)
-        if not piece:
-            return bytes(data)
-        data += piece
-        if len(data) > limit:
-            raise PayloadTooLarge(f"the upload is larger than the limit of {limit} bytes")
 
 
 @router.post("/documents", response_model=UploadAccepted, status_code=status.HTTP_202_ACCEPTED,
@@ -75,7 +63,7 @@ async def upload_document(
     project_id: Annotated[uuid.UUID | None, Form()] = None,
     description: Annotated[str | None, Form(max_length=10_000)] = None,
 ) -> UploadAccepted:
-    data = await _read_capped(file, cfg.max_upload_bytes)
+    data = await read_capped(file, cfg.max_upload_bytes)
     doc, run = await service.create_upload(
         session, principal, cfg, filename=file.filename, content_type=file.content_type,
         data=data, collection=collection or None, tags=parse_tags_field(tags), group_id=group_id,
