@@ -421,7 +421,8 @@ async def test_invoices_over_http(
     resp = await client.get(f"{API}/invoices/{jan['id']}.pdf", headers=headers)
     assert resp.status_code == 200
     assert resp.headers["content-type"] == "application/pdf"
-    assert resp.headers["content-disposition"] == f'attachment; filename="{jan["number"]}.pdf"'
+    assert resp.headers["content-disposition"] == (
+        f'attachment; filename="{jan["number"]}.pdf"; filename*=UTF-8\'\'{jan["number"]}.pdf')
     page = PdfReader(io.BytesIO(resp.content)).pages[0].extract_text()
     assert jan["number"] in page and "10.00 USD" in page
 

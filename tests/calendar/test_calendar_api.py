@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import icalendar
@@ -338,6 +339,23 @@ async def test_free_text_with_newlines_and_separators_exports_and_reimports_as_w
                               files={"file": ("team.ics", resp.content, "text/calendar")})
     assert again.status_code == 200, again.text
     assert again.json() == {"created": 0, "updated": 0, "unchanged": 1, "skipped": []}
+
+
+async def test_export_of_a_calendar_named_in_any_script_names_the_download_exactly(
+        client: httpx.AsyncClient, user: User) -> None:
+    """A header carries Latin-1 only: a name with CJK characters was a 500.  The download
+    is offered under its exact name (RFC 6266 ``filename*``) and a plain ASCII one."""
+    _, headers = user
+    name = '\U0002d06e 日本 "plans"\nv2'
+    created = await client.post("/api/v1/calendars", headers=headers,
+                                json={"name": name, "timezone": "UTC"})
+    assert created.status_code == 201, created.text
+    resp = await client.get(f"/api/v1/calendars/{created.json()['id']}/export", headers=headers)
+    assert resp.status_code == 200, resp.text
+    disposition = resp.headers["content-disposition"]
+    plain, exact = disposition.split("; filename*=UTF-8''")
+    assert plain == 'attachment; filename="plans_v2.ics"', disposition
+    assert unquote(exact) == f"{name}.ics"
 
 
 async def test_an_event_id_from_google_used_twice_is_a_409_naming_the_key(

@@ -198,6 +198,28 @@ async def test_streamable_http_server_tenancy_and_ssrf(
     assert shared.status_code == 403
 
 
+async def test_headers_env_and_arguments_that_could_never_be_sent_are_refused(
+    client: httpx.AsyncClient, admin_headers: dict[str, str],
+) -> None:
+    """A header value outside printable ASCII, a header name that is not an HTTP token,
+    an environment variable name the shell could not hold and a NUL in a command line
+    were stored, and failed deep in a sync later: now each is a 422 naming the field."""
+    http = {"name": "bad-http", "transport": "streamable_http", "url": "https://example.org/mcp"}
+    for headers in ({"X-Team": "日本"}, {"X-Team": "a\r\nX-Evil: 1"}, {"Bad Name": "x"},
+                    {"X-Team": " padded "}):
+        refused = await client.post("/api/v1/mcp-servers", headers=admin_headers,
+                                    json={**http, "headers": headers})
+        assert refused.status_code == 422, refused.text
+        assert "headers" in str(refused.json()["errors"][0]["loc"]), refused.text
+    for body in ({"env": {"1BAD": "x"}}, {"env": {"OK": "a\u0000b"}}, {"args": ["a\u0000"]},
+                 {"command": "echo\u0000"}):
+        refused = await client.post("/api/v1/mcp-servers", headers=admin_headers, json={
+            **stdio_body("bad-stdio"), **body})
+        assert refused.status_code == 422, refused.text
+    listed = await client.get("/api/v1/mcp-servers", headers=admin_headers)
+    assert not [s for s in listed.json()["items"] if s["name"].startswith("bad-")]
+
+
 async def test_dependency_cycle_refused(client: httpx.AsyncClient, database: Database) -> None:
     _, alice = await make_user(database)
     tools = {t["name"]: t["id"] for t in

@@ -19,6 +19,7 @@ from roost.billing.invoice_pdf import invoice_document, render_invoice_pdf
 from roost.billing.models import Invoice
 from roost.http.auth import AdminPrincipal, CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit, SettingsDep
+from roost.http.responses import attachment_disposition
 from roost.http.routing import RoostRouter
 from roost.inputs import StrictInput
 from roost.pagination import DEFAULT_LIMIT, Page
@@ -126,7 +127,7 @@ async def get_invoice_pdf(invoice_id: uuid.UUID, principal: CurrentPrincipal,
     doc = await invoice_document(db, invoice)
     data = await asyncio.to_thread(render_invoice_pdf, doc)
     return Response(content=data, media_type="application/pdf", headers={
-        "Content-Disposition": f'attachment; filename="{invoice.number}.pdf"'})
+        "Content-Disposition": attachment_disposition(f"{invoice.number}.pdf")})
 
 
 @router.get("/subscriptions/{subscription_id:uuid}/invoice-preview",

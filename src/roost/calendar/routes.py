@@ -25,6 +25,7 @@ from roost.calendar.schemas import (
 )
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import DbSession
+from roost.http.responses import attachment_disposition
 from roost.http.routing import RoostRouter
 from roost.http.uploads import read_capped
 from roost.inputs import IsoDatetime
@@ -167,6 +168,6 @@ async def import_ics(calendar_id: uuid.UUID, principal: CurrentPrincipal, db: Db
 async def export_ics(calendar_id: uuid.UUID, principal: CurrentPrincipal,
                      db: DbSession) -> Response:
     cal, data = await service.export_ics(db, principal, calendar_id)
-    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in cal.name)[:60] or "calendar"
+    name = (cal.name.strip() or "calendar")[:60]
     return Response(content=data, media_type="text/calendar; charset=utf-8", headers={
-        "Content-Disposition": f'attachment; filename="{name}.ics"'})
+        "Content-Disposition": attachment_disposition(f"{name}.ics")})

@@ -1,9 +1,11 @@
-"""Answers serialised straight to JSON, for hot list routes whose items are plain values."""
+"""Answers built by hand: hot list routes serialised straight to JSON, downloads' headers."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from fastapi import Response
@@ -26,3 +28,15 @@ def _uuid_text(value: object) -> str:
     if isinstance(value, uuid.UUID):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def attachment_disposition(filename: str) -> str:
+    """A ``Content-Disposition`` value offering ``filename`` as a download: a plain ASCII
+    ``filename`` (anything else replaced by ``_``) for old clients, and the exact name as
+    ``filename*`` (RFC 6266: UTF-8, percent-encoded), since a header carries Latin-1 only
+    and a name may hold any character a user typed (quotes, line breaks, CJK)."""
+    plain = _NOT_PLAIN.sub("_", filename).strip("._") or "download"
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -3,15 +3,18 @@ never out: answers only say which names are set."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from roost.inputs import StrictInput
+from roost.llm.base import HEADER_VALUE_RULE, header_name_ok, header_value_ok
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class McpServerCreate(StrictInput):
@@ -30,6 +33,37 @@ class McpServerCreate(StrictInput):
                                     "at rest, never shown)")
     is_global: bool = Field(default=False, description="Visible to every user (administrators)")
     enabled: bool = True
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        """Refused here what could never be sent (httpx raised deep in a sync instead)."""
+        for name, header_value in value.items():
+            if not header_name_ok(name):
+                raise ValueError(f"header name {name[:64]!r} is not a valid HTTP token")
+            if not header_value_ok(header_value):
+                raise ValueError(f"the value of header {name!r} must be {HEADER_VALUE_RULE}, "
+                                 "without surrounding spaces")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _environment(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, env_value in value.items():
+            if _ENV_NAME.fullmatch(name) is None:
+                raise ValueError(f"environment variable name {name[:64]!r} must be letters, "
+                                 "digits and underscores, not starting with a digit")
+            if "\x00" in env_value:
+                raise ValueError(f"the value of {name!r} holds a NUL character")
+        return value
+
+    @field_validator("command", "args")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        parts = value if isinstance(value, list) else [value]
+        if any(part is not None and "\x00" in part for part in parts):
+            raise ValueError("a command or argument cannot hold a NUL character")
+        return value
 
     @model_validator(mode="after")
     def _transport_fields(self) -> McpServerCreate:
