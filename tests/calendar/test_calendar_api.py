@@ -121,6 +121,9 @@ async def test_unbounded_or_huge_ranges_are_refused(client: httpx.AsyncClient, u
     ({"recurrence_rule": "FREQ=SECONDLY"}, "not supported"),
     ({"timezone": "Mars/Olympus"}, "unknown time zone"),
     ({"end_time": "2027-01-01T08:00:00Z"}, "before"),
+    # Weekly occurrences each lasting millennia: every query of the calendar walked them
+    # all (17 s a request), then failed.
+    ({"end_time": "9999-12-29T01:00:00Z", "recurrence_rule": "FREQ=WEEKLY"}, "at most 366 days"),
 ])
 async def test_bad_events_are_refused_naming_the_problem(client: httpx.AsyncClient, user: User,
                                                          body: dict[str, Any],
@@ -132,6 +135,25 @@ async def test_bad_events_are_refused_naming_the_problem(client: httpx.AsyncClie
     resp = await client.post(f"/api/v1/calendars/{cal['id']}/events", json=full, headers=headers)
     assert resp.status_code == 422, resp.text
     assert message in resp.json()["detail"]
+
+
+async def test_a_single_event_may_last_millennia_and_its_calendar_stays_readable(
+        client: httpx.AsyncClient, user: User) -> None:
+    """Only recurring events are bounded: one event from 2027 to 9999 is one occurrence,
+    in any range it overlaps, and ranges before it or near the calendar's first instant
+    answer at once (a series' look-back once overflowed below year 1: a 500)."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    await make_event(client, headers, cal["id"], summary="Era", start_time="2027-01-01T00:00:00Z",
+                     end_time="9999-12-29T00:00:00Z")
+    await make_event(client, headers, cal["id"], summary="Season", start_time="0001-01-04T00:00:00Z",
+                     end_time="0001-10-01T00:00:00Z", recurrence_rule="FREQ=YEARLY;COUNT=2")
+    for start, end, summaries in (("5000-01-01T00:00:00Z", "5000-02-01T00:00:00Z", ["Era"]),
+                                  ("0001-01-03T00:00:00Z", "0001-02-01T00:00:00Z", ["Season"])):
+        resp = await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                                params={"start": start, "end": end})
+        assert resp.status_code == 200, resp.text
+        assert [o["summary"] for o in resp.json()["occurrences"]] == summaries
 
 
 async def test_another_tenants_ids_are_404(client: httpx.AsyncClient, user: User,
@@ -287,6 +309,15 @@ async def test_import_is_idempotent_by_uid_and_export_round_trips(client: httpx.
     (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:20270101T090000Z\r\n"
      b"DTEND:20261231T090000Z\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n", "DTEND is before"),
     (b"\xff\xfe garbage", "UTF-8"),
+    # A duration past year 9999, after a start in range, was an OverflowError: a 500.
+    (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:20270101T090000Z\r\n"
+     b"DURATION:P99999999W\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n", "outside the years 1 to 9999"),
+    (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART;VALUE=DATE:99991231\r\n"
+     b"END:VEVENT\r\nEND:VCALENDAR\r\n", "9999"),
+    (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:20270101T090000Z\r\n"
+     b"SUMMARY:a\x00b\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n", "NUL"),
+    (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:20270101T090000Z\r\n"
+     b"DURATION:P400D\r\nRRULE:FREQ=DAILY\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n", "at most 366 days"),
 ])
 async def test_malformed_icalendar_is_422_naming_the_problem(client: httpx.AsyncClient,
                                                              user: User, content: bytes,

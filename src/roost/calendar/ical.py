@@ -184,6 +184,8 @@ def parse(raw: bytes, default_tz: str) -> Parsed:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ICalError("the file is not UTF-8 text") from None
+    if "\x00" in text:  # no iCalendar value holds one, and PostgreSQL text cannot
+        raise ICalError("the file holds a NUL character")
     if "BEGIN:VCALENDAR" not in text[:4096].upper():
         raise ICalError("not an iCalendar file: it must start with BEGIN:VCALENDAR")
     try:
@@ -209,8 +211,14 @@ def parse(raw: bytes, default_tz: str) -> Parsed:
             raise ICalError(f"{where}: UID is required (import is idempotent by UID)")
         if len(uid) > 255:
             raise ICalError(f"{where}: UID is longer than 255 characters")
-        if component.get("RECURRENCE-ID") is not None:
-            found = _override(component, uid, where, default_tz)
+        try:
+            found = _override(component, uid, where, default_tz) \
+                if component.get("RECURRENCE-ID") is not None else None
+            event = _event(component, uid, where, default_tz) if found is None else None
+        except OverflowError:  # a date plus a duration past year 9999 (or before year 1)
+            raise ICalError(f"{where}: a date, or a date plus its DURATION, is outside the "
+                            "years 1 to 9999") from None
+        if found is not None:
             if isinstance(found, str):
                 skipped.append(found)
                 continue
@@ -223,7 +231,8 @@ def parse(raw: bytes, default_tz: str) -> Parsed:
         if uid in seen:
             raise ICalError(f"{where}: UID appears twice in the file")
         seen.add(uid)
-        events.append(_event(component, uid, where, default_tz))
+        assert event is not None
+        events.append(event)
     return Parsed(name=_text(cal, "X-WR-CALNAME"), events=events, skipped=skipped,
                   overrides=overrides)
 

@@ -37,6 +37,10 @@ from dateutil.rrule import rrule, rrulestr
 MAX_COUNT: Final = 50_000
 MAX_INTERVAL: Final = 10_000
 MAX_RULE_LENGTH: Final = 1000
+# A range query meets every occurrence that overlaps it: with occurrences longer than this,
+# a weekly series lasting millennia made every query of its calendar walk ~400,000 of them
+# (17 s a request).  RFC 5545 sets no bound; a year and a day covers any real use.
+MAX_OCCURRENCE: Final = timedelta(days=366)
 PROBE_YEARS: Final = 400  # the Gregorian calendar repeats every 400 years, weekdays included
 
 _FREQS: Final = ("HOURLY", "DAILY", "WEEKLY", "MONTHLY", "YEARLY")
@@ -274,6 +278,10 @@ def validate(event: Recurring) -> None:
         raise RecurrenceError("the end is before the start")
     if event.rule is None:
         return
+    if event.end - event.start > MAX_OCCURRENCE:
+        raise RecurrenceError(
+            f"an occurrence of a recurring event may last at most {MAX_OCCURRENCE.days} days "
+            f"(this one lasts {(event.end - event.start).days} days)")
     rule = parse_rule(event.rule)
     start = local(event.start, event._tz)
     # Probe in the last 400-year cycle before 9999 (moved by whole cycles, so the same
@@ -388,8 +396,8 @@ def _expand_dateutil(prep: _Prepared, found: dict[datetime, datetime],
         return
     # Local window with slack: a day for zone offsets and the DST change.
     start_l = prep.start_l
-    after = local(range_start, tz) - duration - timedelta(days=1)
-    before = local(range_end, tz) + timedelta(days=1)
+    after = _clamped(local(range_start, tz), -(duration + timedelta(days=1)))
+    before = _clamped(local(range_end, tz), timedelta(days=1))
     if start_l <= before:
         dtstart = start_l
         step = _step(prep.rule)
@@ -400,6 +408,15 @@ def _expand_dateutil(prep: _Prepared, found: dict[datetime, datetime],
             if occ > before:
                 break
             consider(occ)
+
+
+def _clamped(at: datetime, delta: timedelta) -> datetime:
+    """``at + delta``, or the first or last representable time when that is past the
+    year 1 or 9999 (a window's slack near the calendar's ends)."""
+    try:
+        return at + delta
+    except OverflowError:
+        return (datetime.min if delta < timedelta(0) else datetime.max).replace(tzinfo=at.tzinfo)
 
 
 @dataclass(frozen=True)

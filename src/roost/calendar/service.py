@@ -436,11 +436,13 @@ async def _events_in(session: AsyncSession, actor: Principal, start: datetime, e
         return found
     # An occurrence in the range starts after start - its length (at most the longest
     # series' wall-clock length, with slack for a DST change).
-    longest = max(e.end_time - e.start_time for e in series)
+    reach = max(e.end_time - e.start_time for e in series) + OVERRIDE_SLACK
+    # (An event may last millennia: not before the calendar's first instant.)
+    since = start - reach if start - recurrence.EARLIEST > reach else recurrence.EARLIEST
     have = {e.id for e in found}
     more = await session.scalars(scoped(select(Event).where(
         Event.recurrence_id.is_not(None), Event.recurrence_id < end,
-        Event.recurrence_id > start - longest - OVERRIDE_SLACK)))
+        Event.recurrence_id > since)))
     found.extend(e for e in more.all() if e.id not in have)
     return found
 
