@@ -83,3 +83,34 @@ def test_output_is_capped() -> None:
     with pytest.raises(TemplateRejected, match="longer than"):
         render_template("{% for i in range(10000) %}{% for j in range(10000) %}xxxxxxxxxx"
                         "{% endfor %}{% endfor %}", {})
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    # Values built on the way are capped before they are built (each was gigabytes).
+    ("{{ (range(10000)|join('x' * 1000))|length }}", "join would build"),
+    ("{{ ('a' * 100000)|replace('a', 'a' * 10)|replace('a', 'a' * 10)|length }}",
+     "replace would build"),
+    ("{% set a = 'a' * 100000 %}{% set b = a ~ a %}{% set c = b ~ b %}{% set d = c ~ c %}"
+     "{% set e = d ~ d %}{{ e|length }}", "~ would build"),
+    ("{% set a = 'a' * 100000 %}{% set b = a + a %}{% set c = b + b %}{% set d = c + c %}"
+     "{% set e = d + d %}{{ e|length }}", r"\+ would build"),
+    # Two nested loops in a macro called in a loop nest four deep (~10^9 steps here):
+    # the render stops at its clock, whatever the nesting.
+    ("{% macro m() %}{% for a in range(10000) %}{% for b in range(10000) %}{% endfor %}"
+     "{% endfor %}{% endmacro %}{% for a in range(10) %}{{ m() }}{% endfor %}",
+     "ran longer than"),
+])
+def test_work_and_values_a_render_builds_are_bounded(template: str, message: str) -> None:
+    with pytest.raises(TemplateRejected, match=message):
+        render_template(template, {})
+
+
+def test_recursive_loops_are_refused_and_ordinary_ones_still_work() -> None:
+    with pytest.raises(TemplateRejected, match="recursive"):
+        render_template("{% for a in range(3) recursive %}{{ loop(range(3)) }}{% endfor %}", {})
+    out = render_template(
+        "{% for l in labels %}{{ loop.index }}/{{ loop.length }}={{ l }};{% else %}none"
+        "{% endfor %}{% for x in [] %}x{% else %}none{% endfor %} {{ 'a' ~ 1 ~ none }} "
+        "{{ [1] + [2] }} {{ labels|join('-') }} {{ 'yes'|replace('s', 'S') }} "
+        "{{ [user]|join(', ', attribute='name') }}", INPUTS)
+    assert out == "1/2=yes;2/2=maybe;none a1None [1, 2] yes-maybe yeS Ada"

@@ -21,17 +21,25 @@ loops nested deeper than :data:`MAX_LOOP_DEPTH`).  At render, :func:`render_temp
 relies on the sandbox for the rest (unsafe attributes, mutating calls), multiplies and
 powers are checked for size, string formatting (``%``, ``str.format``) is refused, only
 whitelisted filters exist, ``range`` is capped, undefined variables are errors and the
-output is capped at :data:`MAX_OUTPUT_CHARS`.
+output is capped at :data:`MAX_OUTPUT_CHARS`.  What a template may build on the way is
+capped too: ``+``, ``~``, ``join`` and ``replace`` refuse a value longer than
+:data:`MAX_OUTPUT_CHARS` before building it (a few chained ``replace`` or doubled ``~``
+made gigabytes), and every ``for`` loop goes through a clock: a render that runs past
+:data:`MAX_RENDER_SECONDS` stops (a macro with two nested loops called in a loop nests
+four deep, ~10^12 steps, and the render runs in the engine's event loop).
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import math
+import time
 from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, Final
 
-from jinja2 import StrictUndefined, TemplateError, nodes
+from jinja2 import StrictUndefined, TemplateError, nodes, pass_eval_context
 from jinja2.exceptions import SecurityError
 from jinja2.filters import FILTERS
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -44,6 +52,7 @@ MAX_LOOP_DEPTH: Final = 2
 MAX_RANGE: Final = 10_000
 MAX_POWER_EXPONENT: Final = 64
 MAX_SEQUENCE_PRODUCT: Final = 100_000
+MAX_RENDER_SECONDS: Final = 2.0
 
 
 class ExpressionError(ValueError):
@@ -226,18 +235,76 @@ def _size(value: Any) -> int | None:
     return len(value) if isinstance(value, str | list | tuple) else None
 
 
+def _check_built(size: int, what: str) -> None:
+    if size > MAX_OUTPUT_CHARS:
+        raise SecurityError(f"{what} would build a value longer than {MAX_OUTPUT_CHARS} "
+                            "characters")
+
+
+# Names of the helpers the compiled code calls (a template may call them too: they only
+# time a loop or check a concatenation).
+_TIMED: Final = "_roost_timed"
+_CONCAT: Final = "_roost_concat"
+
+
+# The end of the render in progress (time.monotonic), for _timed loops.
+_DEADLINE: ContextVar[float] = ContextVar("workflow_template_deadline", default=math.inf)
+
+
+def _timed(iterable: Any) -> Iterator[Any]:
+    """Every ``for`` loop's iterable (compile_template rewrites the loops): stops the
+    render once :data:`MAX_RENDER_SECONDS` have passed."""
+    deadline = _DEADLINE.get()
+    for item in iterable:
+        if time.monotonic() > deadline:
+            raise SecurityError(f"the template ran longer than {MAX_RENDER_SECONDS} s")
+        yield item
+
+
+def _concat(*parts: Any) -> str:
+    """``a ~ b ~ ...``, size-checked before it is built."""
+    texts = [str(part) for part in parts]
+    _check_built(sum(map(len, texts)), "~")
+    return "".join(texts)
+
+
+def _join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
+    items = list(value)
+    if attribute is not None:
+        return str(FILTERS["join"](eval_ctx, items, d, attribute))
+    texts = [str(item) for item in items]
+    _check_built(sum(map(len, texts)) + len(str(d)) * max(len(texts) - 1, 0), "join")
+    return str(d).join(texts)
+
+
+def _replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: int | None = None) -> str:
+    text, old, new = str(s), str(old), str(new)
+    found = text.count(old) if old else len(text) + 1
+    if count is not None and count >= 0:
+        found = min(found, count)
+    _check_built(len(text) + found * (len(new) - len(old)), "replace")
+    return str(FILTERS["replace"](eval_ctx, text, old, new, count))
+
+
 class WorkflowSandbox(ImmutableSandboxedEnvironment):
     """The sandbox of workflow templates: immutable values, size-checked ``*`` and ``**``,
     no string formatting, whitelisted filters, a capped ``range``."""
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
 
     def __init__(self) -> None:
         super().__init__(undefined=StrictUndefined, autoescape=False, finalize=None)
         self.filters = {name: f for name, f in FILTERS.items() if name in SAFE_FILTERS}
-        self.globals = {"range": _capped_range}
+        self.filters.update(join=pass_eval_context(_join),
+                            replace=pass_eval_context(_replace))
+        self.globals = {"range": _capped_range, _TIMED: _timed, _CONCAT: _concat}
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "+":
+            sizes = (_size(left), _size(right))
+            if sizes[0] is not None and sizes[1] is not None:
+                _check_built(sizes[0] + sizes[1], "+")
+            return left + right
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > MAX_POWER_EXPONENT:
                 raise SecurityError(f"exponents above {MAX_POWER_EXPONENT} are not allowed")
@@ -279,6 +346,9 @@ def _check_tree(tree: nodes.Template) -> None:
                 and item.arg.value.startswith("_"):
             raise TemplateRejected(f"the key {item.arg.value!r} is not allowed (names "
                                    "starting with _ are unsafe)")
+    for loop in tree.find_all(nodes.For):
+        if loop.recursive:  # loop(...) would iterate past the render's clock
+            raise TemplateRejected("recursive loops are not allowed in templates")
     for used in tree.find_all(nodes.Filter):
         if used.name not in SAFE_FILTERS:
             raise TemplateRejected(f"the filter {used.name!r} is not available in templates")
@@ -304,10 +374,22 @@ def check_template(source: str) -> None:
     _parse(source)
 
 
+def _instrumented(tree: nodes.Template) -> nodes.Template:
+    """Each ``for`` loop's iterable through :func:`_timed`, each ``~`` through
+    :func:`_concat`."""
+    for loop in tree.find_all(nodes.For):
+        loop.iter = nodes.Call(nodes.Name(_TIMED, "load"), [loop.iter], [], None, None)
+    for concat in list(tree.find_all(nodes.Concat)):
+        call = nodes.Call(nodes.Name(_CONCAT, "load"), list(concat.nodes), [], None, None)
+        concat.nodes = [call]  # a Concat of one part is that part, as text
+    return tree
+
+
 @functools.lru_cache(maxsize=512)
 def compile_template(source: str) -> Any:
-    """``source`` checked (:func:`check_template`) and compiled in the sandbox."""
-    tree = _parse(source)
+    """``source`` checked (:func:`check_template`) and compiled in the sandbox, its loops
+    and ``~`` instrumented (:func:`_instrumented`)."""
+    tree = _instrumented(_parse(source))
     try:
         return _SANDBOX.from_string(tree)
     except TemplateError as exc:
@@ -340,6 +422,7 @@ def render_template(source: str, variables: Mapping[str, Any]) -> str:
     template = compile_template(source)
     out: list[str] = []
     size = 0
+    clock = _DEADLINE.set(time.monotonic() + MAX_RENDER_SECONDS)
     try:
         chunks: Iterator[str] = template.generate(dict(variables))
         for chunk in chunks:
@@ -357,4 +440,6 @@ def render_template(source: str, variables: Mapping[str, Any]) -> str:
     except (TypeError, ValueError, ArithmeticError, RecursionError, MemoryError,
             LookupError) as exc:
         raise TemplateRejected(f"template error: {type(exc).__name__}") from None
+    finally:
+        _DEADLINE.reset(clock)
     return "".join(out)
