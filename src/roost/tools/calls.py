@@ -64,6 +64,7 @@ from roost.tools import (
     lspservers,
     mcpclient,
     registry,
+    schemaregex,
     secretrefs,
     stdiopool,
     webfetch,
@@ -77,6 +78,7 @@ class ToolUnavailable(Conflict):
     title, type_slug = "Tool unavailable", "tool-unavailable"
 
 
+schemaregex.install()  # a schema's patterns are matched with a time limit (see there)
 _VALIDATORS: dict[str, Any] = {}  # schema JSON -> validator (None: invalid schema)
 _MAX_VALIDATORS = 1024
 
@@ -105,7 +107,16 @@ def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> Non
     if validator is None:
         raise ToolUnavailable("the tool's input schema is not a valid JSON Schema; "
                               "re-sync its server or ask its maintainer")
-    errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
+    try:
+        with schemaregex.budget():
+            errors = sorted(validator.iter_errors(arguments),
+                            key=lambda e: list(e.absolute_path))
+    except schemaregex.PatternTooSlow as slow:
+        raise Unprocessable(
+            f"the arguments took longer than {schemaregex.BUDGET_S} s to match the patterns "
+            f"of the tool's input schema (pattern {slow.pattern[:200]!r}): the pattern "
+            "backtracks too much for this input", extra={"pattern": slow.pattern[:200]},
+        ) from None
     if not errors:
         return
     # The shape of every 422's ``errors`` (loc, msg, type), loc starting at the body.
