@@ -208,6 +208,7 @@ def create_database(settings: Settings, url: URL | None = None) -> Database:
     discard_closed(side_engine)
     tracing.configure(settings)  # ROOST_OTEL_ENABLED: every process that opens the database
     tracing.instrument_engine(engine.sync_engine)
+    tracing.instrument_engine(side_engine.sync_engine)
     return Database(
         url=url,
         engine=engine,

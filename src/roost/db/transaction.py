@@ -301,7 +301,11 @@ def _ended(session: Session, transaction: SessionTransaction) -> None:
         return
     hooks = _on_rollback.pop(transaction, None)
     if hooks:
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # ended outside an event loop: the backstop undoes it
+            _log.warning("rollback_hooks_skipped", hooks=len(hooks))
+            return
         for hook in hooks:
             task = loop.create_task(_run_hook(hook))
             _background.add(task)
