@@ -255,6 +255,13 @@ async def test_events_stream_steps_and_resume_after_last_event_id(
     ids = [line[4:] for line in resumed.text.splitlines() if line.startswith("id: ")]
     assert ids == ["2.1", "3.0", "3.1", "end"]
     assert json.loads(resumed.text.split("data: ", 1)[1].split("\n", 1)[0])["phase"] == "finished"
+    # Unreadable ids start over; a step past any a run can have (one beyond the column's
+    # range broke the stream after it had started) reads as "end".
+    for last, expected in (("garbage", 7), ("-3", 7), ("9" * 30, 1), ("end", 1)):
+        again = await client.get(f"/api/v1/runs/{run['id']}/events",
+                                 headers={**headers, "Last-Event-ID": last}, timeout=30)
+        ids = [line[4:] for line in again.text.splitlines() if line.startswith("id: ")]
+        assert again.status_code == 200 and len(ids) == expected and ids[-1] == "end", again.text
 
 
 async def test_an_openai_client_talks_to_an_agent_as_a_model(

@@ -139,17 +139,25 @@ class RunListener:
                 del self._subscribers[key]
 
 
+_END_STEP: Final = 1 << 30  # after any step a run can have (the column is an integer)
+
+
 def parse_last_event_id(value: str | None) -> tuple[int, int]:
-    """``Last-Event-ID`` as (step, phase); anything unreadable starts from the beginning."""
+    """``Last-Event-ID`` as (step, phase); anything unreadable starts from the beginning,
+    a step past any a run can have reads as ``end`` (a number beyond the column's range
+    broke the stream once it had started)."""
     if not value:
         return (0, 1)
     if value.strip() == "end":
-        return (1 << 30, 1)
+        return (_END_STEP, 1)
     step, _, phase = value.strip().partition(".")
     try:
-        return (max(int(step), 0), 1 if phase == "1" else 0)
+        number = int(step)
     except ValueError:
         return (0, 1)
+    if number >= _END_STEP:
+        return (_END_STEP, 1)
+    return (max(number, 0), 1 if phase == "1" else 0)
 
 
 def _frame(event_id: str, kind: str, data: dict[str, Any]) -> str:
