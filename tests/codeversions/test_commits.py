@@ -217,6 +217,32 @@ async def test_limits_and_bad_bodies(client: httpx.AsyncClient,
         assert resp.status_code == 422, body
 
 
+async def test_a_rewrite_that_makes_difflib_quadratic_is_diffed_within_bounds(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """Files whose lines come back interleaved: difflib's matcher needs minutes for each
+    (quadratic); the commit and its diff answer at once, the diff shown as a rewrite of the
+    files' middles, still turning each old file into its new one."""
+    _, headers = user
+    session_id = await chat_session(client, headers)
+    lines = [f"{i}\n" for i in range(12_000)]  # 64 KB files (the tests' cap)
+    mixed = [line for pair in zip(lines[6_000:], lines[:6_000], strict=True) for line in pair]
+    names = ["a.txt", "b.txt", "c.txt"]
+    await commit(client, headers, chat_session_id=session_id,
+                 files=dict.fromkeys(names, "".join(lines)))
+    second = await commit(client, headers, chat_session_id=session_id,
+                          files=dict.fromkeys(names, "".join(mixed)))
+    assert second["files_changed"] == [
+        {"path": name, "change": "modified", "additions": 12_000, "deletions": 12_000}
+        for name in names]
+    detail = (await client.get(f"/api/v1/code-versions/{second['id']}", headers=headers)).json()
+    assert detail["diff_truncated"] is False
+    first_file = detail["diff"].split("diff --git a/b.txt")[0].splitlines()
+    assert first_file[4] == "@@ -1,12000 +1,12000 @@"
+    assert [line[1:] + "\n" for line in first_file[5:] if line.startswith("+")] == mixed
+    assert [line[1:] + "\n" for line in first_file[5:] if line.startswith("-")] == lines
+
+
 async def test_run_repositories(client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
                                 other_user: tuple[uuid.UUID, Headers], database: Database,
                                 config: CodeVersionsConfig) -> None:

@@ -12,7 +12,6 @@ Everything here is synchronous file work: services call it with ``asyncio.to_thr
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import stat
@@ -25,10 +24,10 @@ from typing import Any, Final
 from dulwich.diff_tree import tree_changes
 from dulwich.object_store import BaseObjectStore, commit_tree_changes
 from dulwich.objects import Blob, Commit, ObjectID, Tree
-from dulwich.patch import write_object_diff
 from dulwich.refs import Ref, check_ref_format
 from dulwich.repo import Repo
 
+from roost.codeversions.diffs import Budget, file_patch
 from roost.errors import Conflict, NotFound, Unprocessable
 
 MODE_FILE: Final = 0o100644
@@ -225,13 +224,11 @@ def commit_files(path: Path, *, branch: str, files: Mapping[str, bytes | None], 
         repo.close()
 
 
-def _file_patch(store: BaseObjectStore, change: Any) -> bytes:
+def _file_patch(store: BaseObjectStore, change: Any, budget: Budget) -> bytes:
     old, new = change.old, change.new
-    buf = io.BytesIO()
-    write_object_diff(buf, store,
-                      (old.path, old.mode, old.sha) if old else (None, None, None),
-                      (new.path, new.mode, new.sha) if new else (None, None, None))
-    return buf.getvalue()
+    return file_patch(store, (old.path, old.mode, old.sha) if old else (None, None, None),
+                      (new.path, new.mode, new.sha) if new else (None, None, None),
+                      budget=budget)
 
 
 def _count(patch: bytes) -> tuple[int, int]:
@@ -256,10 +253,11 @@ def diff_stat(store: BaseObjectStore, old_tree: ObjectID | None,
     """``files_changed`` ([{path, change, additions, deletions}]) and a ``git diff
     --stat``-like summary of the diff between two trees."""
     files: list[dict[str, Any]] = []
+    budget = Budget()
     for change in tree_changes(store, old_tree, new_tree):
         entry = change.new if change.new is not None and change.new.path else change.old
         assert entry is not None and entry.path is not None
-        additions, deletions = _count(_file_patch(store, change))
+        additions, deletions = _count(_file_patch(store, change, budget))
         files.append({"path": entry.path.decode("utf-8", "replace"),
                       "change": _CHANGE_NAMES.get(change.type, change.type),
                       "additions": additions, "deletions": deletions})
@@ -310,8 +308,9 @@ def patch_of(path: Path, commit_id: str, *, max_bytes: int) -> tuple[str, bool]:
             assert isinstance(parent, Commit)
             parent_tree = parent.tree
         out = bytearray()
+        budget = Budget()
         for change in tree_changes(store, parent_tree, commit.tree):
-            out += _file_patch(store, change)
+            out += _file_patch(store, change, budget)
             if len(out) > max_bytes:
                 return out[:max_bytes].decode("utf-8", "replace"), True
         return out.decode("utf-8", "replace"), False
