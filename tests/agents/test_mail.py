@@ -548,9 +548,13 @@ async def test_only_owners_and_editors_send_and_only_members_read(
     async with database.transaction() as session:
         attachment_id = await session.scalar(select(Attachment.id).where(
             Attachment.email_id == email.id))
+    send = {"to": ["bob@example.org"], "subject": "Hi", "body": "x"}
+    # With mail sending off, someone else's persona is still not found (not a 503).
+    resp = await client.post(f"/api/v1/personas/{persona.id}/emails", json=send,
+                             headers=stranger_headers)
+    assert resp.status_code == 404, resp.text
     relay = await relay_factory()
     test_settings.smtp_relay_url = SecretStr(f"smtp://127.0.0.1:{relay.port}")
-    send = {"to": ["bob@example.org"], "subject": "Hi", "body": "x"}
 
     for path in (f"/api/v1/personas/{persona.id}/emails", f"/api/v1/emails/{email.id}",
                  f"/api/v1/attachments/{attachment_id}",

@@ -357,6 +357,10 @@ async def _prepare_outbound(
     role = await persona_role(session, actor, persona_id)
     if role not in (*EDITOR_ROLES, "admin"):
         raise Forbidden("only the persona's owners and editors send its mail")
+    # After the sender's rights: someone else's persona is a 404 whatever the server's mail.
+    if cfg.relay is None:
+        raise ServiceUnavailable("sending mail is disabled: set ROOST_SMTP_RELAY_URL to an "
+                                 "SMTP relay")
     persona = await session.get(Persona, persona_id)
     assert persona is not None
     if not persona.email_address:
@@ -404,12 +408,10 @@ async def send_email(
     """Send ``body`` from the persona's address through the relay and keep it in the
     persona's mailbox (``direction`` outbound).  The actor must be an owner or editor of
     the persona; ``run_id``: the run whose agent sent it."""
-    if cfg.relay is None:
-        raise ServiceUnavailable("sending mail is disabled: set ROOST_SMTP_RELAY_URL to an "
-                                 "SMTP relay")
     async with database.transaction() as session:
         await apply_principal(session, actor, app_role=cfg.app_role)
         email, message = await _prepare_outbound(session, cfg, actor, persona_id, body, run_id)
+    assert cfg.relay is not None  # checked by _prepare_outbound
     recipients = list(dict.fromkeys([*body.to, *body.cc, *body.bcc]))
     helo = cfg.from_domain or email.from_email.rpartition("@")[2]
     failure: RoostError | None = None
