@@ -255,6 +255,11 @@ class Settings(BaseSettings):
         description="Largest upload or file ingested (the request limit max_request_bytes "
         "applies to uploads too)",
     )
+    knowledge_parse_time_limit_s: float = Field(
+        default=120.0, gt=0, le=86_400,
+        description="Seconds a document's text extraction may take (checked between PDF "
+        "pages); past it the document is refused as too complex",
+    )
     knowledge_chunk_tokens: int = Field(default=256, ge=16, le=8192)
     knowledge_chunk_overlap_tokens: int = Field(default=32, ge=0, le=4096)
     knowledge_ef_search: int = Field(default=64, ge=1, le=1000,

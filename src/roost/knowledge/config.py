@@ -23,6 +23,7 @@ from roost.knowledge.embeddings import (
     OpenAICompatibleEmbedder,
     local_model_problem,
 )
+from roost.knowledge.parsing import PARSE_TIME_LIMIT_S
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class KnowledgeConfig:
     fetch_timeout_s: float = 30.0
     fetch_max_bytes: int = 20 * 1024 * 1024
     max_upload_bytes: int = 10 * 1024 * 1024
+    parse_time_limit_s: float = PARSE_TIME_LIMIT_S
     chunk_tokens: int = 256
     overlap_tokens: int = 32
     ef_search: int = 64
@@ -94,6 +96,7 @@ class KnowledgeConfig:
             fetch_timeout_s=settings.knowledge_fetch_timeout_s,
             fetch_max_bytes=settings.knowledge_fetch_max_bytes,
             max_upload_bytes=settings.knowledge_max_upload_bytes,
+            parse_time_limit_s=settings.knowledge_parse_time_limit_s,
             chunk_tokens=settings.knowledge_chunk_tokens,
             overlap_tokens=min(settings.knowledge_chunk_overlap_tokens,
                                settings.knowledge_chunk_tokens // 2),

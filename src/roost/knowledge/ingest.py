@@ -330,7 +330,8 @@ async def _load(database: Database, cfg: KnowledgeConfig, run: IngestionRun, sou
 
 
 def _prepare(loaded: Loaded, cfg: KnowledgeConfig) -> Prepared:
-    parsed = parse_document(loaded.data, filename=loaded.filename, mime=loaded.mime)
+    parsed = parse_document(loaded.data, filename=loaded.filename, mime=loaded.mime,
+                            time_limit_s=cfg.parse_time_limit_s)
     chunks = chunk_sections(parsed.sections, chunk_tokens=cfg.chunk_tokens,
                             overlap_tokens=cfg.overlap_tokens)
     return Prepared(parsed, chunks)

@@ -7,6 +7,11 @@ into a 4xx problem instead of a 500, and no other exception type escapes
 :func:`parse_document` for bad input.
 
 Parsing is CPU-bound (PDFs especially): async callers run it in ``asyncio.to_thread``.
+A PDF is read page by page within a time limit (:data:`PARSE_TIME_LIMIT_S`): pypdf
+bounds each page (its token limit per content stream, about 5 s here), but pages may
+share one content stream, so a 10 MB file can hold a hundred thousand pages of it, days
+of work for a thread nobody can stop.  Past the limit the document is refused
+(:class:`DocumentTooComplex`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import codecs
 import io
 import logging
 import re
+import time
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,6 +37,8 @@ __all__ = [
     "MIME_TEXT",
     "SECTION_SEPARATOR",
     "CorruptDocument",
+    "DocumentTooComplex",
+    "PARSE_TIME_LIMIT_S",
     "ParseError",
     "ParsedDocument",
     "Section",
@@ -53,6 +61,8 @@ SECTION_SEPARATOR: Final = "\n\n"
 # Heading paths are shown to people and stored in chunk metadata: "Guide > Install > Linux".
 HEADING_PATH_SEPARATOR: Final = " > "
 _MAX_TITLE_CHARS: Final = 200
+#: Seconds a document's text extraction may take (ROOST_KNOWLEDGE_PARSE_TIME_LIMIT_S).
+PARSE_TIME_LIMIT_S: Final = 120.0
 
 
 class ParseError(RoostError):
@@ -71,6 +81,12 @@ class CorruptDocument(ParseError):
     """The document claims a supported type but its content is damaged."""
 
     status, title, type_slug = 422, "Corrupt document", "corrupt-document"
+
+
+class DocumentTooComplex(ParseError):
+    """Reading the document's text would take longer than the parse time limit."""
+
+    status, title, type_slug = 422, "Document too complex", "document-too-complex"
 
 
 @dataclass(frozen=True, slots=True)
@@ -738,7 +754,7 @@ def _pdf_outline_headings(reader: Any) -> dict[int, str]:
     return mapping
 
 
-def _parse_pdf(data: bytes, filename: str | None) -> ParsedDocument:
+def _parse_pdf(data: bytes, filename: str | None, time_limit_s: float) -> ParsedDocument:
     if _PDF_MAGIC not in data[:_PDF_MAGIC_WINDOW]:
         raise CorruptDocument("the file is declared as PDF but has no %PDF- header")
     try:
@@ -748,6 +764,7 @@ def _parse_pdf(data: bytes, filename: str | None) -> ParsedDocument:
             "PDF support needs the 'pypdf' package on the server; ask the operator to install it"
         ) from None
     warnings: list[str] = []
+    started = time.monotonic()
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
@@ -765,7 +782,13 @@ def _parse_pdf(data: bytes, filename: str | None) -> ParsedDocument:
         sections: list[Section] = []
         heading: str | None = None
         empty_pages = 0
+        deadline = started + time_limit_s
         for index in range(page_count):
+            if time.monotonic() > deadline:
+                raise DocumentTooComplex(
+                    f"reading the PDF's text took longer than {time_limit_s:g} s (stopped at "
+                    f"page {index + 1} of {page_count}); split it or ask the operator to "
+                    "raise ROOST_KNOWLEDGE_PARSE_TIME_LIMIT_S")
             heading = outline.get(index, heading)
             try:
                 raw = reader.pages[index].extract_text() or ""
@@ -802,18 +825,20 @@ def _parse_pdf(data: bytes, filename: str | None) -> ParsedDocument:
 # --------------------------------------------------------------------------- entry point
 
 
-def parse_document(data: bytes, *, filename: str | None = None, mime: str | None = None) -> ParsedDocument:
+def parse_document(data: bytes, *, filename: str | None = None, mime: str | None = None,
+                   time_limit_s: float = PARSE_TIME_LIMIT_S) -> ParsedDocument:
     """Detect the type of ``data`` and extract its text as sections.
 
     ``mime`` may carry parameters (``text/html; charset=iso-8859-1``): the charset is
-    honoured for text types.  Raises :class:`UnsupportedDocument` or
-    :class:`CorruptDocument`; never another exception type for bad input.
+    honoured for text types.  Raises :class:`UnsupportedDocument`,
+    :class:`CorruptDocument` or (past ``time_limit_s``, checked between PDF pages)
+    :class:`DocumentTooComplex`; never another exception type for bad input.
     """
     kind = detect_mime(data, filename=filename, mime=mime)
     _, params = _split_mime(mime)
     charset = params.get("charset")
     if kind == MIME_PDF:
-        return _parse_pdf(data, filename)
+        return _parse_pdf(data, filename, time_limit_s)
     if kind == MIME_HTML:
         return _parse_html(decode_text(data, charset=charset or _html_charset(data)), filename)
     text = decode_text(data, charset=charset)
