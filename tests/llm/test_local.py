@@ -7,11 +7,18 @@ which brings llama-cpp-python (compiled) and the model package.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import pytest
 
-from roost.llm import ChatRequest, ProviderNotSupported, StreamAccumulator, create_provider
+from roost.llm import (
+    ChatRequest,
+    ProviderNotSupported,
+    ProviderUnavailable,
+    StreamAccumulator,
+    create_provider,
+)
 from roost.llm import local as local_mod
 from roost.llm.local import LocalLlamaProvider
 
@@ -92,3 +99,53 @@ async def test_abandoned_stream_releases_the_model(smol: LocalLlamaProvider) -> 
     # The worker thread notices and frees the lock, so the next call proceeds.
     result = await asyncio.wait_for(smol.chat(REQ), timeout=60)
     assert result.content
+
+
+@pytest.mark.needs_local
+async def test_calls_waiting_for_the_model_hold_no_thread_of_the_process(
+    smol: LocalLlamaProvider, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Forty calls queue behind a generation in progress: the event loop's default
+    executor (at most 32 threads, 6 on two cores), which every other ``to_thread`` of
+    the process shares, still answers; callers who give up before their turn cost
+    nothing."""
+    started: list[ChatRequest] = []
+    first = threading.Event()
+    original = smol._chat_sync
+
+    def counting(request: ChatRequest) -> object:
+        started.append(request)
+        first.set()
+        return original(request)
+
+    monkeypatch.setattr(smol, "_chat_sync", counting)
+    smol._lock.acquire()  # a long generation in progress
+    try:
+        waiting = [asyncio.create_task(smol.chat(REQ)) for _ in range(40)]
+        # The first call is in the model's own thread, waiting at the lock.
+        assert await asyncio.wait_for(asyncio.to_thread(first.wait, 30), timeout=30)
+        answer = await asyncio.wait_for(asyncio.to_thread(lambda: 42), timeout=30)
+        assert answer == 42
+        for task in waiting[1:]:
+            task.cancel()  # their callers went away before their turn
+    finally:
+        smol._lock.release()
+    assert (await waiting[0]).content
+    assert all(task.cancelled() for task in waiting[1:])
+    await asyncio.sleep(0.2)
+    assert len(started) == 1  # the cancelled calls never ran the model
+
+
+@pytest.mark.needs_local
+async def test_a_closed_provider_fails_its_calls_instead_of_hanging() -> None:
+    provider = LocalLlamaProvider(n_ctx=512, n_threads=2)
+    await provider.aclose()
+    with pytest.raises(ProviderUnavailable):
+        await provider.chat(REQ)
+
+    async def drain() -> None:
+        async for _chunk in provider.stream_chat(REQ):
+            pass
+
+    with pytest.raises(ProviderUnavailable):
+        await asyncio.wait_for(drain(), timeout=30)

