@@ -58,6 +58,13 @@ async def test_a_granted_tool_serves_the_persona_s_agents_within_its_constraints
     bad = await client.put(f"/api/v1/personas/{persona['id']}/tools/{echo_id}", headers=alice,
                            json={"input_schema": {"type": "no-such-type"}})
     assert bad.status_code == 422
+    # Valid JSON Schema whose check of any value never ends: refused when saved.
+    endless = await client.put(f"/api/v1/personas/{persona['id']}/tools/{echo_id}",
+                               headers=alice, json={"input_schema": {"allOf": [{"$ref": "#"}]}})
+    assert endless.status_code == 422 and "without end" in endless.json()["detail"]
+    assert [g["input_schema"] for g in (await client.get(
+        f"/api/v1/personas/{persona['id']}/tools", headers=alice)).json()] == [
+        {"properties": {"text": {"type": "string", "maxLength": 20}}}]  # the grant kept
 
     agent = await create_agent(client, alice, slug="echoer", persona_id=persona["id"],
                                tool_permissions=[echo_id], is_public=False)

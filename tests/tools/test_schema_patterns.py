@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from roost.errors import Unprocessable
-from roost.tools.calls import validate_arguments
+from roost.tools.calls import check_schema_ends, validate_arguments
 
 SLOW = "^(a|a)*$"  # backtracks exponentially in re and in regex alike
 
@@ -42,3 +42,26 @@ def test_ordinary_patterns_still_decide() -> None:
         validate_arguments(schema, {"code": "EUR", "x-count": "three"})
     with pytest.raises(Unprocessable):
         validate_arguments(schema, {"code": "EUR", "other": 1})
+
+
+@pytest.mark.parametrize("schema", [
+    {"allOf": [{"$ref": "#"}]},
+    {"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/a"}]}}, "properties": {"x": {"$ref": "#/$defs/a"}}},
+])
+def test_a_schema_that_refers_to_itself_without_end_is_a_422(schema: dict[str, Any]) -> None:
+    # An MCP server's schema (or a grant's) is valid JSON Schema, but checking any value
+    # against it recursed until Python gave up: a RecursionError, a 500.
+    with pytest.raises(Unprocessable, match="without end"):
+        validate_arguments(schema, {"x": 1})
+    with pytest.raises(Unprocessable, match="without end"):
+        check_schema_ends(schema)
+
+
+def test_recursive_schemas_that_follow_the_value_are_fine() -> None:
+    tree = {"$defs": {"node": {"type": "object", "properties": {
+        "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
+        "$ref": "#/$defs/node"}
+    check_schema_ends(tree)
+    validate_arguments(tree, {"children": [{"children": [{"children": []}]}]})
+    with pytest.raises(Unprocessable, match="children"):
+        validate_arguments(tree, {"children": [{"children": 3}]})

@@ -22,7 +22,7 @@ from roost.db.base import utcnow, uuid7
 from roost.errors import NotFound, Unprocessable
 from roost.principal import Principal
 from roost.tools import registry
-from roost.tools.calls import validate_arguments
+from roost.tools.calls import check_schema_ends, validate_arguments
 from roost.tools.models import PersonaTool, Tool
 
 
@@ -67,6 +67,7 @@ async def grant_tool(session: AsyncSession, actor: Principal, persona_id: uuid.U
         except SchemaError as exc:
             raise Unprocessable(f"input_schema is not a valid JSON Schema: "
                                 f"{exc.message[:300]}") from None
+        check_schema_ends(body.input_schema)
     config = {k: v for k, v in (("input_schema", body.input_schema),
                                 ("max_calls_per_run", body.max_calls_per_run)) if v is not None}
     stmt = pg_insert(PersonaTool).values(

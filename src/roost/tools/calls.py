@@ -101,6 +101,35 @@ def _validator(schema: dict[str, Any]) -> Any:
     return validator
 
 
+_ENDLESS_SCHEMA: Final = ("the tool's input schema refers to itself without end (a $ref "
+                          "loop that never reaches a value): it cannot check any arguments")
+
+
+def check_schema_ends(schema: dict[str, Any]) -> None:
+    """422 when checking a value against ``schema`` never ends (``{"allOf": [{"$ref":
+    "#"}]}``: valid JSON Schema, an endless recursion on any input), for schemas users
+    write, refused when saved rather than on every call.  Probed with ``{}`` and with
+    each top-level property null; a loop deeper down is a 422 of the call
+    (:func:`validate_arguments`)."""
+    validator = _validator(schema)
+    if validator is None:
+        return
+    properties = schema.get("properties")
+    probes: list[Any] = [{}]
+    if isinstance(properties, dict):
+        probes.append(dict.fromkeys(properties))  # each property's own subschema, with null
+    try:
+        with schemaregex.budget():
+            for probe in probes:
+                for _ in validator.iter_errors(probe):
+                    pass
+    except RecursionError:
+        raise Unprocessable(_ENDLESS_SCHEMA.replace("the tool's input schema", "input_schema"),
+                            extra={"field": "input_schema"}) from None
+    except schemaregex.PatternTooSlow:
+        pass  # a pattern's cost depends on the input: judged per call
+
+
 def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> None:
     """Raise 422 listing each failing path (never echoing the values)."""
     validator = _validator(schema)
@@ -111,6 +140,8 @@ def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> Non
         with schemaregex.budget():
             errors = sorted(validator.iter_errors(arguments),
                             key=lambda e: list(e.absolute_path))
+    except RecursionError:
+        raise Unprocessable(_ENDLESS_SCHEMA) from None
     except schemaregex.PatternTooSlow as slow:
         raise Unprocessable(
             f"the arguments took longer than {schemaregex.BUDGET_S} s to match the patterns "
@@ -592,4 +623,5 @@ async def get_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID) ->
     return run
 
 
-__all__ = ["Tool", "ToolUnavailable", "call_tool", "get_run", "list_runs", "validate_arguments"]
+__all__ = ["Tool", "ToolUnavailable", "call_tool", "check_schema_ends", "get_run", "list_runs",
+           "validate_arguments"]
