@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.base import utcnow
@@ -111,6 +112,38 @@ async def test_cyclic_graphs_terminate(client: httpx.AsyncClient, database: Data
     for p in many:
         names = [e["name"] for e in p["entities"]]
         assert len(names) == len(set(names)) and names[0] == "K0" and names[-1] == "K1"
+
+
+async def test_a_path_walk_past_its_time_limit_is_a_422_and_nothing_lingers(
+    client: httpx.AsyncClient, database: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Layers of entities each linked to all of the next: the simple paths of six hops
+    number 12 ** 5 (a quarter of a million partial walks before the first path ends;
+    layers of 20 took the whole 30 s statement timeout, a connection held each time).
+    The walk stops at its own time limit with a 422; shorter walks are unaffected."""
+    user_id, headers = await make_user(database)
+    layers = [["src"], *([f"L{k}_{i}" for i in range(12)] for k in range(5)), ["dst"]]
+    links = [(a, "to", b) for left, right in itertools.pairwise(layers)
+             for a, b in itertools.product(left, right)]
+    for start in range(0, len(links), 50):
+        await _add(client, headers, f"layer links {start}", links[start:start + 50])
+    monkeypatch.setattr(graphq, "PATHS_TIME_LIMIT_MS", 100)
+    dense = await client.get(f"{GRAPH}/paths", headers=headers,
+                             params={"source": "src", "target": "dst", "max_hops": 6})
+    assert dense.status_code == 422, dense.text
+    assert "fewer hops" in dense.json()["detail"] and dense.json()["field"] == "max_hops"
+    # Fewer hops than the layers need: no path, found at once.
+    short = await client.get(f"{GRAPH}/paths", headers=headers,
+                             params={"source": "src", "target": "dst", "max_hops": 3})
+    assert short.status_code == 200 and short.json() == []
+    # The limit applied to the walk alone: the transaction's own timeout is back after it.
+    async with database.transaction() as session:
+        before = await session.scalar(text("SELECT current_setting('statement_timeout')"))
+        found = await graphq.paths(session, Principal(user_id=None, is_admin=True,
+                                                     kind="operator"),
+                                   "L0_0", "L1_0", max_hops=1, user_id=user_id)
+        after = await session.scalar(text("SELECT current_setting('statement_timeout')"))
+    assert after == before and len(found) == 1
 
 
 async def test_the_graph_now_and_then(client: httpx.AsyncClient, database: Database) -> None:

@@ -15,7 +15,10 @@ Both traversals are recursive CTEs that terminate on any graph, cycles included:
   never re-entered), pruned by a first recursive pass that computes every entity's
   distance to the target: a path is only extended where the target is still reachable
   within ``max_hops`` (at most ``MAX_HOPS``).  Paths come out shortest first and the
-  walk stops as soon as ``limit`` of them are found.
+  walk stops as soon as ``limit`` of them are found.  The number of simple paths can
+  still grow as (entities per hop) ** hops: layers of 14 entities each linked to the
+  next made six hops 7 s, of 20 the statement timeout; so the walk has its own time
+  limit (``PATHS_TIME_LIMIT_MS``) and past it the answer is a 422 asking for fewer hops.
 
 Each step looks relations up by the indexes on ``(source_entity_id, valid_to)`` and
 ``(target_entity_id, valid_to)`` from the entities reached so far.
@@ -29,6 +32,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.errors import NotFound, Unprocessable
@@ -43,6 +47,7 @@ DEFAULT_NEIGHBOURS: Final = 200
 MAX_NEIGHBOURS: Final = 1000
 #: Relations shown per neighbour (those linking it to the level before it).
 EDGES_PER_NEIGHBOUR: Final = 5
+PATHS_TIME_LIMIT_MS: Final = 2000
 
 
 @dataclass(frozen=True)
@@ -326,15 +331,37 @@ walk(entity_id, hops, path, rels) AS (
 SELECT path, rels FROM walk
 WHERE entity_id = ANY(CAST(:targets AS uuid[])) AND hops > 0
 LIMIT :limit"""  # noqa: S608 (fixed clauses only)
-    rows = (await session.execute(text(sql), _params(
-        owner, persona_id, as_of, sources=[e.id for e in sources],
-        targets=[e.id for e in targets], max_hops=max_hops, limit=limit))).all()
+    params = _params(owner, persona_id, as_of, sources=[e.id for e in sources],
+                     targets=[e.id for e in targets], max_hops=max_hops, limit=limit)
+    rows = await _within_time_limit(session, sql, params, max_hops)
     if not rows:
         return []
     edges = await _edges(session, {rel for row in rows for rel in row.rels})
     entities = await _entities(session, {eid for row in rows for eid in row.path})
     found = [Path([entities[e] for e in row.path], [edges[r] for r in row.rels]) for row in rows]
     return sorted(found, key=lambda p: p.hops)  # already level by level; stable
+
+
+async def _within_time_limit(session: AsyncSession, sql: str, params: dict[str, Any],
+                             max_hops: int) -> list[Any]:
+    """The path walk's rows, under ``PATHS_TIME_LIMIT_MS`` (transaction-local, restored
+    after); past it a 422 (the transaction is then aborted: the request's answer)."""
+    previous = await session.scalar(text(
+        "SELECT current_setting('statement_timeout') || "
+        "left(set_config('statement_timeout', :limit, true), 0)"),
+        {"limit": f"{PATHS_TIME_LIMIT_MS}ms"})
+    try:
+        rows = list((await session.execute(text(sql), params)).all())
+    except DBAPIError as exc:
+        if (getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)) != "57014":
+            raise
+        raise Unprocessable(
+            f"the graph has too many paths of up to {max_hops} hops between these entities "
+            f"to list them within {PATHS_TIME_LIMIT_MS / 1000:g} s: ask for fewer hops",
+            extra={"field": "max_hops"}) from None
+    await session.execute(text("SELECT set_config('statement_timeout', :previous, true)"),
+                          {"previous": previous})
+    return rows
 
 
 async def entity_history(
