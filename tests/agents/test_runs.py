@@ -4,6 +4,7 @@ cancel, idempotency, events, another tenant's runs."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from typing import Any
@@ -161,6 +162,39 @@ async def test_a_tool_comes_with_what_it_requires_in_its_users_graph_only(
     # Nearest first, transitively; another user's edges do not reach bob's runs.
     assert offered[user_id] == ["current_time", "knowledge_search", "web_fetch"]
     assert offered[bob_id] == ["current_time"]
+
+
+async def test_required_tools_in_diamonds_are_offered_once_each_without_walking_every_path(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """28 layers of two tools, each requiring both tools of the next: 2 ** 28 paths down
+    the graph (the walk once followed every one of them), 57 tools to offer."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    layers = [[f"layer{depth}_{i}" for i in range(1 if depth == 0 else 2)] for depth in range(29)]
+    async with database.transaction() as session:
+        ids = {name: (await session.execute(text(
+            "INSERT INTO tools (id, user_id, kind, name, description, input_schema) "
+            "VALUES (gen_random_uuid(), :u, 'builtin', :n, 'a layer', '{\"type\": \"object\"}') "
+            "RETURNING id"), {"u": user_id, "n": name})).scalar_one()
+            for layer in layers for name in layer}
+        for upper, lower in itertools.pairwise(layers):
+            for tool in upper:
+                for needed in lower:
+                    await session.execute(text(
+                        "INSERT INTO tool_dependencies (id, tool_id, depends_on_tool_id, user_id) "
+                        "VALUES (gen_random_uuid(), :t, :d, :u)"),
+                        {"t": ids[tool], "d": ids[needed], "u": user_id})
+    agent = await make_agent(database, user_id, tool_permissions=["layer0_0"])
+    stub.script(Reply("Done."))
+    done = await wait_for_run(client, headers, (await start(client, headers, agent.id))["id"])
+    assert done["status"] == "completed", done
+    sent = stub.requests(path="/v1/chat/completions")[-1].body
+    offered = [t["function"]["name"] for t in sent["tools"]]
+    assert sorted(offered) == sorted(name for layer in layers for name in layer)  # once each
+    depth = [int(name.removeprefix("layer").split("_")[0]) for name in offered]
+    assert depth == sorted(depth)  # nearest first
 
 
 async def test_cancel_mid_call_closes_the_run_and_its_open_step(

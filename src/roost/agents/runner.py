@@ -518,7 +518,10 @@ def _offered_tools_statement() -> Select[Any]:
             tools.c.name == any_(bindparam("names", type_=ARRAY(String)))))
         .cte("offered", recursive=True))
     required = tools.alias("required")
-    offered = offered.union_all(
+    # UNION, not UNION ALL: one row per (tool, depth).  The graph has no cycles but may
+    # have diamonds, and UNION ALL walked every path: layers of two tools each requiring
+    # both of the next made 2 ** depth rows.
+    offered = offered.union(
         select(required.c.id, offered.c.depth + literal_column("1"))
         .join_from(offered, deps, deps.c.tool_id == offered.c.id)
         .join(required, required.c.id == deps.c.depends_on_tool_id)
