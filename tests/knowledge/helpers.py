@@ -6,6 +6,7 @@ import gzip
 import json
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -41,6 +42,12 @@ def make_pdf(pages: list[str], *, title: str | None = None) -> bytes:
     if title is not None:
         objects.append(f"<< /Title ({title}) >>".encode("latin-1"))
         info_id = len(objects)
+    return pdf_file(objects, f" /Info {info_id} 0 R" if info_id else "")
+
+
+def pdf_file(objects: list[bytes], trailer_extra: str = "") -> bytes:
+    """A PDF of ``objects`` (numbered from 1, the first the catalog): header, objects,
+    cross-reference table and trailer."""
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -50,11 +57,24 @@ def make_pdf(pages: list[str], *, title: str | None = None) -> bytes:
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     for off in offsets:
         out += b"%010d 00000 n \n" % off
-    trailer = f"<< /Size {len(objects) + 1} /Root 1 0 R"
-    if info_id:
-        trailer += f" /Info {info_id} 0 R"
+    trailer = f"<< /Size {len(objects) + 1} /Root 1 0 R{trailer_extra}"
     out += f"trailer\n{trailer} >>\nstartxref\n{xref}\n%%EOF\n".encode()
     return bytes(out)
+
+
+def pages_sharing_one_stream(pages: int, operators: int) -> bytes:
+    """A PDF whose ``pages`` all draw the same compressed content stream of ``operators``
+    text operators: a few KB that take pypdf about a second per page."""
+    stream = zlib.compress(b"BT /F1 12 Tf (x) Tj ET\n" * operators, 9)
+    kids = " ".join(f"{5 + i} 0 R" for i in range(pages))
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode(),
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+               b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream
+               + b"\nendstream"]
+    objects += [b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+                b"/Resources << /Font << /F1 3 0 R >> >> /Contents 4 0 R >>"] * pages
+    return pdf_file(objects)
 
 
 # --------------------------------------------------------------------------- loopback server

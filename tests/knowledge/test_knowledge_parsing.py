@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import io
 import re
-import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +20,7 @@ from roost.knowledge.parsing import (
     detect_mime,
     parse_document,
 )
-from tests.knowledge.helpers import make_pdf
+from tests.knowledge.helpers import make_pdf, pages_sharing_one_stream
 
 # --------------------------------------------------------------------------- text
 
@@ -292,33 +291,9 @@ def test_corrupt_pdf_raises_corrupt_document(data: bytes) -> None:
     assert info.value.status == 422
 
 
-def _pages_sharing_one_stream(pages: int, operators: int) -> bytes:
-    """A PDF whose ``pages`` all draw the same compressed content stream of ``operators``
-    text operators: a few KB that take pypdf about a second per page."""
-    stream = zlib.compress(b"BT /F1 12 Tf (x) Tj ET\n" * operators, 9)
-    kids = " ".join(f"{5 + i} 0 R" for i in range(pages))
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
-               f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode(),
-               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-               b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream
-               + b"\nendstream"]
-    objects += [b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-                b"/Resources << /Font << /F1 3 0 R >> >> /Contents 4 0 R >>"] * pages
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    return bytes(out)
-
-
 def test_a_pdf_whose_text_takes_too_long_is_refused_between_pages() -> None:
     # 10,000 pages of one stream: hours of work in 1.5 MB; refused once the limit passes.
-    data = _pages_sharing_one_stream(10_000, 20_000)
+    data = pages_sharing_one_stream(10_000, 20_000)
     assert len(data) < 2 * 1024 * 1024
     with pytest.raises(DocumentTooComplex) as info:
         parse_document(data, filename="pages.pdf", time_limit_s=0.2)
@@ -326,7 +301,7 @@ def test_a_pdf_whose_text_takes_too_long_is_refused_between_pages() -> None:
     stopped = re.search(r"stopped at page (\d+) of 10000", info.value.detail)
     assert stopped is not None and int(stopped.group(1)) < 100, info.value.detail
     # The same pages, few enough for the limit: read in full.
-    small = parse_document(_pages_sharing_one_stream(2, 200), filename="two.pdf",
+    small = parse_document(pages_sharing_one_stream(2, 200), filename="two.pdf",
                            time_limit_s=60)
     assert [s.page for s in small.sections] == [1, 2] and small.sections[0].text.startswith("x")
 
