@@ -42,6 +42,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from roost.db.errors import sqlstate
+
 log = structlog.get_logger(__name__)
 
 # SQLSTATE classes and codes after which a read is retried on the primary: connection
@@ -249,10 +251,8 @@ def is_replica_failure(exc: BaseException) -> bool:
             return True
         if isinstance(current, OperationalError | InterfaceError | OSError):
             return True
-        sqlstate = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
-        if isinstance(sqlstate, str) and (
-            sqlstate.startswith(_RETRY_CLASSES) or sqlstate in _RETRY_CODES
-        ):
+        code = sqlstate(current)
+        if code is not None and (code.startswith(_RETRY_CLASSES) or code in _RETRY_CODES):
             return True
         if type(current).__module__.startswith("asyncpg") and "Connection" in type(current).__name__:
             return True  # asyncpg's ConnectionDoesNotExistError and the like

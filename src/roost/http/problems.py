@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from roost.context import current_context
 from roost.db.base import Base
+from roost.db.errors import sqlstate as sqlstate_of
 from roost.errors import RoostError
 
 log = structlog.get_logger(__name__)
@@ -204,7 +205,7 @@ async def _dbapi_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DBAPIError)
     if exc.connection_invalidated:
         return await _database_error(request, exc)
-    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or ""
+    sqlstate = sqlstate_of(exc) or ""
     if sqlstate.startswith("22"):  # data exception: out of range, bad text representation
         return problem(400, "a value is out of range or malformed for its field")
     if sqlstate == "57014":  # statement timeout

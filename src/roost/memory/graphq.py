@@ -35,6 +35,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.db.errors import sqlstate
 from roost.errors import NotFound, Unprocessable
 from roost.memory.graph import normalize
 from roost.principal import Principal
@@ -353,7 +354,7 @@ async def _within_time_limit(session: AsyncSession, sql: str, params: dict[str, 
     try:
         rows = list((await session.execute(text(sql), params)).all())
     except DBAPIError as exc:
-        if (getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)) != "57014":
+        if sqlstate(exc) != "57014":  # not the statement timeout
             raise
         raise Unprocessable(
             f"the graph has too many paths of up to {max_hops} hops between these entities "
