@@ -50,7 +50,7 @@ from roost.knowledge.fetching import fetch_url
 from roost.knowledge.index import ensure_model
 from roost.knowledge.jobs import CURATE_TASK
 from roost.knowledge.models import Document, DocumentChunk, DocumentUpload, IngestionRun
-from roost.knowledge.parsing import ParsedDocument, parse_document
+from roost.knowledge.parsing import ParsedDocument, in_parse_thread, parse_document
 from roost.knowledge.paths import (
     PathNotAllowed,
     iter_files,
@@ -351,7 +351,7 @@ async def _ingest_source(
         content_hash = sha256_hex(loaded.data)
         if not force and await _mark_unchanged(database, cfg, run, source, content_hash):
             return "unchanged"
-        prepared = await asyncio.to_thread(_prepare, loaded, cfg)
+        prepared = await in_parse_thread(_prepare, loaded, cfg)
     except _Done:
         return "skipped"
     except (RoostError, OSError) as exc:

@@ -11,7 +11,6 @@ text, Markdown and plain text as they are).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Final
 
 import httpx
@@ -22,6 +21,7 @@ from roost.knowledge.parsing import (
     HEADING_PATH_SEPARATOR,
     ParsedDocument,
     ParseError,
+    in_parse_thread,
     parse_document,
 )
 from roost.tools.builtins import BuiltinToolError
@@ -79,8 +79,8 @@ async def web_fetch(cfg: ToolsConfig, arguments: dict[str, Any]) -> dict[str, An
         raise
     try:
         # CPU-bound (HTML, PDF): off the event loop.
-        parsed = await asyncio.to_thread(parse_document, document.data,
-                                         filename=document.filename, mime=document.content_type)
+        parsed = await in_parse_thread(parse_document, document.data,
+                                       filename=document.filename, mime=document.content_type)
     except ParseError as exc:
         raise BuiltinToolError(
             f"{document.final_url[:200]} has no text to return: {exc.detail}") from None
