@@ -88,6 +88,11 @@ async def test_admins_see_every_group(
     every = (await client.get("/api/v1/groups?all=true", headers=admin_headers)).json()
     assert sorted(g["name"] for g in every) == ["A", "B"]
     assert (await client.get("/api/v1/groups?all=true", headers=alice)).status_code == 403
+    # The operator token is good credentials but no user to own a group: 403, not 401
+    # (a 401 would send clients to sign in again), as personas and documents answer.
+    for path in ("/api/v1/groups", "/api/v1/personas"):
+        as_operator = await client.post(path, headers=admin_headers, json={"name": "Ops"})
+        assert as_operator.status_code == 403, (path, as_operator.text)
     _, admin = await make_user(database, admin=True, username="root2")
     gid = every[0]["id"]
     assert (await client.get(f"/api/v1/groups/{gid}/members", headers=admin)).status_code == 200

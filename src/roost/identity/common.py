@@ -11,7 +11,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.errors import NotFound, Unauthorized, Unprocessable
+from roost.errors import Forbidden, NotFound, Unprocessable
 from roost.identity.models import User, UserGroupMembership
 from roost.principal import Principal, PrincipalKind
 from roost.security.crypto import SecretBox
@@ -67,9 +67,10 @@ def principal_for(
 
 
 def require_user(principal: Principal) -> uuid.UUID:
-    """The principal's user id; the operator token is not a user account."""
+    """The principal's user id; the operator token is not a user account (403: the
+    credentials are good, the action is not theirs, as the other domains answer)."""
     if principal.user_id is None:
-        raise Unauthorized("this action needs a user account, not the operator token")
+        raise Forbidden("this action needs a user account, not the operator token")
     return principal.user_id
 
 
