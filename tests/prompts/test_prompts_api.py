@@ -86,6 +86,22 @@ async def test_who_may_publish_where(client: httpx.AsyncClient, database: Databa
     assert resp.status_code == 422 and "group_id" in resp.json()["detail"]
 
 
+async def test_an_administrator_labels_a_users_version(
+        client: httpx.AsyncClient, user: User, admin_headers: dict[str, str]) -> None:
+    """The operator may move a user's label; the answer is the label it moved (the
+    operator's own listing does not cover the user's scope: this was a 500)."""
+    user_id, headers = user
+    await publish(client, headers, "agent.helper", "Version one")
+    v2 = await publish(client, headers, "agent.helper", "Version two", label="staging")
+    resp = await client.put("/api/v1/prompts/labels", headers=admin_headers,
+                            json={"prompt_id": v2["id"], "label": "production"})
+    assert resp.status_code == 200, resp.text
+    moved = resp.json()
+    assert (moved["scope"], moved["user_id"], moved["label"], moved["version"]) == (
+        "user", str(user_id), "production", 2)
+    assert (await resolved(client, headers, "agent.helper"))["prompt_text"] == "Version two"
+
+
 async def test_labels_staging_and_production_switch_atomically(
         client: httpx.AsyncClient, database: Database, user: User) -> None:
     _, headers = user

@@ -269,8 +269,19 @@ async def set_label(session: AsyncSession, actor: Principal, prompt_id: uuid.UUI
                      "prompt_key": row.prompt_key, "label": label, "scope": scope_of(row),
                      "from_version": previous.version if previous else None,
                      "to_version": row.version})
-    found = (await list_labels(session, actor, key=row.prompt_key, prompt_id=row.id))
-    return next(x for x in found if x.label == label)
+    # The label just moved, read by its key: a listing covers the actor's own scopes, and an
+    # administrator may label a version of someone else's.
+    moved = await session.scalar(select(SystemPromptLabel).where(
+        SystemPromptLabel.scope_id == row.scope_id, SystemPromptLabel.prompt_key == row.prompt_key,
+        SystemPromptLabel.label == label).execution_options(populate_existing=True))
+    assert moved is not None
+    return _label_out(moved, row.version)
+
+
+def _label_out(lab: SystemPromptLabel, version: int) -> LabelOut:
+    return LabelOut(scope=scope_of(lab), user_id=lab.user_id, group_id=lab.group_id,
+                    prompt_key=lab.prompt_key, label=lab.label, prompt_id=lab.prompt_id,
+                    version=version, updated_at=lab.updated_at)
 
 
 async def list_labels(session: AsyncSession, actor: Principal, *, key: str | None = None,
@@ -285,9 +296,7 @@ async def list_labels(session: AsyncSession, actor: Principal, *, key: str | Non
     rows = (await session.execute(stmt.order_by(SystemPromptLabel.prompt_key,
                                                 SystemPromptLabel.scope_id,
                                                 SystemPromptLabel.label).limit(1000))).all()
-    return [LabelOut(scope=scope_of(lab), user_id=lab.user_id, group_id=lab.group_id,
-                     prompt_key=lab.prompt_key, label=lab.label, prompt_id=lab.prompt_id,
-                     version=version, updated_at=lab.updated_at) for lab, version in rows]
+    return [_label_out(lab, version) for lab, version in rows]
 
 
 async def list_keys(session: AsyncSession, actor: Principal, *,
