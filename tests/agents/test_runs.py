@@ -231,6 +231,10 @@ async def test_idempotency_key_returns_the_first_run(
 ) -> None:
     user_id, headers = user
     agent = await make_agent(database, user_id)
+    # A run is its runner's: the operator token (no user) is refused, not a 500.
+    as_operator = await client.post(f"/api/v1/agents/{agent.id}/runs", headers=admin_headers,
+                                    json={"input": "What time is it?"})
+    assert as_operator.status_code == 403 and "operator token" in as_operator.json()["detail"]
     first = await start(client, headers, agent.id, idempotency_key="k-1")
     second = await start(client, headers, agent.id, "a different input", idempotency_key="k-1")
     assert second["id"] == first["id"] and second["input"] == "What time is it?"

@@ -337,6 +337,20 @@ async def test_an_agent_node_runs_the_agent(
     assert (agent_run["agent_id"], agent_run["input"]) == (str(agent.id), "Please: help")
 
 
+async def test_the_operator_runs_a_users_workflow_as_its_owner(
+        client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], admin_headers: Headers,
+        database: Database) -> None:
+    """As an administrator's account does: the run is the workflow owner's (this was an
+    assertion error, a 500, for the operator token)."""
+    user_id, headers = user
+    workflow_id = await publish(client, headers, *approval_graph())
+    run = await start(client, admin_headers, workflow_id, inputs={"doc": "x"})
+    mine = await client.get(f"{RUNS}/{run['id']}", headers=headers)
+    assert mine.status_code == 200 and mine.json()["waiting_for"] == ["review"]
+    assert await scalar(database, "SELECT user_id FROM runs WHERE id = :id",
+                        id=uuid.UUID(run["id"])) == user_id
+
+
 async def test_cancel_a_waiting_run(client: httpx.AsyncClient,
                                     user: tuple[uuid.UUID, Headers]) -> None:
     _, headers = user

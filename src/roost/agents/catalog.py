@@ -19,12 +19,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import Agent, Persona, PersonaMember
-from roost.agents.personas import get_persona, require_role, require_user
+from roost.agents.personas import get_persona, require_role
 from roost.agents.schemas import AgentConfig, AgentCreate, AgentOut, AgentUpdate
 from roost.agents.secrets import missing_references
 from roost.audit.service import record
 from roost.billing import credits, limits
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
+from roost.identity.common import require_user
 from roost.knowledge.models import Document
 from roost.knowledge.service import visible_to as documents_visible_to
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal

@@ -25,6 +25,7 @@ from roost.agents.models import Agent, Persona, PersonaMember
 from roost.agents.schemas import MemberAdd, PersonaCreate, PersonaOut, PersonaUpdate
 from roost.audit.service import record
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
+from roost.identity.common import require_user
 from roost.identity.models import User
 from roost.pagination import DEFAULT_LIMIT, newest_first
 from roost.principal import Principal
@@ -47,12 +48,6 @@ class MemberView:
     member: PersonaMember
     username: str | None
 
-
-def require_user(actor: Principal, what: str = "personas") -> uuid.UUID:
-    if actor.user_id is None:
-        raise Forbidden(f"{what} belong to users: call this with a user's credentials, "
-                        "not the operator token")
-    return actor.user_id
 
 
 def persona_out(view: PersonaView) -> PersonaOut:
@@ -127,7 +122,7 @@ async def _flush_email(session: AsyncSession) -> None:
 
 async def create_persona(session: AsyncSession, actor: Principal,
                          body: PersonaCreate) -> PersonaView:
-    owner = require_user(actor)
+    owner = require_user(actor, "personas")
     persona = Persona(
         owner_id=owner, name=body.name.strip(), description=body.description,
         system_prompt=body.system_prompt, default_provider=body.default_provider,

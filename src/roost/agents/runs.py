@@ -24,6 +24,7 @@ from roost.db.base import utcnow, uuid7
 from roost.db.statements import bound_insert_from, flush_pending, prefixed, with_defaults
 from roost.db.transaction import driver_fetch
 from roost.errors import Conflict, NotFound, PaymentRequired
+from roost.identity.common import require_user
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.tasks.models import BackgroundTask
@@ -61,19 +62,19 @@ async def create_run(
     """A pending run and its job, in the caller's transaction.  With an idempotency key
     already used by this user, the existing run (``created`` false)."""
     require_active(agent)
-    assert actor.user_id is not None, "runs are a user's: the operator token cannot start one"
+    runner = require_user(actor, "runs")  # a run is its runner's: not the operator token's
     run_id, job_id, now = uuid7(), uuid7(), utcnow()
     trace = trace_id or f"run-{run_id}"
     row: dict[str, Any] = dict.fromkeys(_RUN_COLUMNS)
     row.update(with_defaults(Run, dict(
-        id=run_id, agent_id=agent.id, persona_id=agent.persona_id, user_id=actor.user_id,
+        id=run_id, agent_id=agent.id, persona_id=agent.persona_id, user_id=runner,
         trace_id=trace, idempotency_key=body.idempotency_key,
         status="pending", input=body.input, source=source, config=effective_config(agent),
         task_id=job_id, created_at=now, updated_at=now)))
     # A metered user's plan first: refused, nothing is written.
-    await _check_plan(session, actor.user_id, run_id)
+    await _check_plan(session, runner, run_id)
     audit = entry_values(
-        "agent.run.create", user_id=actor.user_id, resource_type="run", resource_id=run_id,
+        "agent.run.create", user_id=runner, resource_type="run", resource_id=run_id,
         trace_id=trace, metadata={"agent_id": str(agent.id), "source": source,
                                   "task_id": str(job_id)})
     await flush_pending(session)  # as audit.record would: the record may name it
@@ -85,7 +86,7 @@ async def create_run(
         **prefixed("a_", audit)})
     if not inserted:  # the key was used: the first run is the answer
         existing = await session.scalar(select(Run).where(
-            Run.user_id == actor.user_id, Run.idempotency_key == body.idempotency_key))
+            Run.user_id == runner, Run.idempotency_key == body.idempotency_key))
         if existing is None:
             raise NotFound("the run with this idempotency key is not visible")
         return existing, False

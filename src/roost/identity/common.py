@@ -66,11 +66,14 @@ def principal_for(
     )
 
 
-def require_user(principal: Principal) -> uuid.UUID:
+def require_user(principal: Principal, what: str | None = None) -> uuid.UUID:
     """The principal's user id; the operator token is not a user account (403: the
-    credentials are good, the action is not theirs, as the other domains answer)."""
+    credentials are good, the action is not theirs).  ``what``: the things that belong
+    to users, for the message ("personas", "runs")."""
     if principal.user_id is None:
-        raise Forbidden("this action needs a user account, not the operator token")
+        raise Forbidden(f"{what} belong to users: call this with a user's credentials, not "
+                        "the operator token" if what else
+                        "this action needs a user account, not the operator token")
     return principal.user_id
 
 

@@ -25,6 +25,7 @@ from roost.audit import service as audit
 from roost.billing import credits, limits
 from roost.db.base import utcnow, uuid7
 from roost.errors import Forbidden, NotFound, PayloadTooLarge, Unprocessable
+from roost.identity.common import require_user
 from roost.knowledge.config import KnowledgeConfig, check_embedder
 from roost.knowledge.fetching import FetchInvalidURL, FetchRefused, address_refusal
 from roost.knowledge.jobs import INGEST_TASK
@@ -53,13 +54,6 @@ def sha256_hex(value: str | bytes) -> str:
 
 def upload_identity(filename: str) -> str:
     return f"upload:{filename}"
-
-
-def _require_user(actor: Principal) -> uuid.UUID:
-    if actor.user_id is None:
-        raise Forbidden("documents belong to users: call this with a user's credentials, "
-                        "not the operator token")
-    return actor.user_id
 
 
 def _check_group(actor: Principal, group_id: uuid.UUID | None) -> None:
@@ -123,7 +117,7 @@ async def create_upload(
     Uploading a file with the same name again updates that document: its chunks are
     replaced when the new ingestion finishes.
     """
-    user_id = _require_user(actor)
+    user_id = require_user(actor, "documents")
     _check_group(actor, group_id)
     await require_project(session, actor, project_id)  # another user's: 404
     if len(data) > cfg.max_upload_bytes:
@@ -322,7 +316,7 @@ async def start_run(
 ) -> IngestionRun:
     """Check the target now (so a bad one is a 4xx, not a failed run), record the run
     and queue it; the run's job does the work."""
-    user_id = _require_user(actor)
+    user_id = require_user(actor, "documents")
     _check_group(actor, body.group_id)
     await require_project(session, actor, body.project_id)
     from_web = is_web_target(body.target) if body.from_web is None else body.from_web
