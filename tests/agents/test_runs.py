@@ -235,6 +235,11 @@ async def test_idempotency_key_returns_the_first_run(
     as_operator = await client.post(f"/api/v1/agents/{agent.id}/runs", headers=admin_headers,
                                     json={"input": "What time is it?"})
     assert as_operator.status_code == 403 and "operator token" in as_operator.json()["detail"]
+    # A NUL cannot be stored in text: the database's refusal, met on the driver's own path
+    # (no SQLAlchemy around it), is a 400 like any malformed value, not a 500.
+    nul = await client.post(f"/api/v1/agents/{agent.id}/runs", headers=headers,
+                            json={"input": "before\u0000after"})
+    assert nul.status_code == 400, nul.text
     first = await start(client, headers, agent.id, idempotency_key="k-1")
     second = await start(client, headers, agent.id, "a different input", idempotency_key="k-1")
     assert second["id"] == first["id"] and second["input"] == "What time is it?"

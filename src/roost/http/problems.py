@@ -6,6 +6,7 @@ import functools
 import math
 from typing import Any
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -169,7 +170,7 @@ def _conflicting(exc: Exception) -> str:
     unique key already taken (by the constraint's name: PostgreSQL leaves the key's
     values out of the message on tables with row-level security, and they are not
     repeated here either), or a reference to a row that does not exist."""
-    driver = getattr(exc, "orig", None)
+    driver = getattr(exc, "orig", None) or exc
     driver = getattr(driver, "__cause__", None) or driver
     sqlstate = getattr(driver, "sqlstate", None)
     if sqlstate == "23503":
@@ -205,6 +206,19 @@ async def _dbapi_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DBAPIError)
     if exc.connection_invalidated:
         return await _database_error(request, exc)
+    return await _sqlstate_error(request, exc)
+
+
+async def _driver_error(request: Request, exc: Exception) -> JSONResponse:
+    """asyncpg's own error, from the hot paths that use the driver directly
+    (``roost.db.transaction``): answered by its SQLSTATE as SQLAlchemy's would be (a NUL
+    in a text value was a 500 on an agent run's input)."""
+    if (sqlstate_of(exc) or "").startswith("23"):
+        return await _integrity_error(request, exc)
+    return await _sqlstate_error(request, exc)
+
+
+async def _sqlstate_error(request: Request, exc: Exception) -> JSONResponse:
     sqlstate = sqlstate_of(exc) or ""
     if sqlstate.startswith("22"):  # data exception: out of range, bad text representation
         return problem(400, "a value is out of range or malformed for its field")
@@ -218,7 +232,7 @@ async def _dbapi_error(request: Request, exc: Exception) -> JSONResponse:
         # Row-level security (or a guard trigger) refused a row the service let through:
         # the database's wall held, the transaction rolled back.  Logged: a service check
         # in front of it is missing.
-        log.warning("database_refused_change", error=type(exc.orig).__name__)
+        log.warning("database_refused_change", error=type(getattr(exc, "orig", exc)).__name__)
         return problem(403, "this account may not make this change")
     # Class 08 (connection exception: PgBouncer's "server conn crashed?", "no more
     # connections allowed"), shut-downs (57P01-57P03) and too many connections: the
@@ -279,5 +293,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OperationalError, _database_error)
     app.add_exception_handler(InterfaceError, _database_error)
     app.add_exception_handler(DBAPIError, _dbapi_error)
+    app.add_exception_handler(asyncpg.PostgresError, _driver_error)
     app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(Exception, _unexpected)
