@@ -90,9 +90,15 @@ async def test_admins_see_every_group(
     assert (await client.get("/api/v1/groups?all=true", headers=alice)).status_code == 403
     # The operator token is good credentials but no user to own a group: 403, not 401
     # (a 401 would send clients to sign in again), as personas and documents answer.
-    for path in ("/api/v1/groups", "/api/v1/personas"):
-        as_operator = await client.post(path, headers=admin_headers, json={"name": "Ops"})
+    debate = {"topic": "t", "positions": ["a", "b"],
+              "participants": [{"id": "x", "model": "m"}, {"id": "y", "model": "m"}]}
+    for path, body in (("/api/v1/groups", {"name": "Ops"}), ("/api/v1/personas", {"name": "Ops"}),
+                       ("/api/v1/workflows", {"name": "Ops"}), ("/api/v1/calendars", {"name": "Ops"}),
+                       ("/api/v1/projects", {"name": "Ops"}), ("/api/v1/tasks-board", {"title": "Ops"}),
+                       ("/api/v1/debates", debate)):
+        as_operator = await client.post(path, headers=admin_headers, json=body)
         assert as_operator.status_code == 403, (path, as_operator.text)
+        assert "operator token" in as_operator.json()["detail"]
     _, admin = await make_user(database, admin=True, username="root2")
     gid = every[0]["id"]
     assert (await client.get(f"/api/v1/groups/{gid}/members", headers=admin)).status_code == 200

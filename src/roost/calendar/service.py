@@ -32,6 +32,7 @@ from roost.calendar.recurrence import RecurrenceError, Recurring
 from roost.calendar.schemas import CalendarCreate, CalendarUpdate, EventCreate, EventUpdate
 from roost.db.lookup import one_or_404
 from roost.errors import BadRequest, NotFound, PayloadTooLarge, Unprocessable
+from roost.identity.common import require_user
 from roost.principal import Principal
 
 log = structlog.get_logger(__name__)
@@ -59,10 +60,7 @@ class InvalidICalendar(Unprocessable):
 
 
 def _owner(actor: Principal) -> uuid.UUID:
-    if actor.user_id is None:
-        raise Unprocessable("calendars belong to a user: act as one (the operator token has "
-                            "no user)")
-    return actor.user_id
+    return require_user(actor, "calendars")
 
 
 def _visible(actor: Principal, column: Any) -> Any:

@@ -15,7 +15,8 @@ from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.debates.models import TERMINAL_STATUSES, DebateBallot, DebateSession, DebateTurn
 from roost.debates.schemas import BallotOut, DebateCreate, DebateDetail, DebateOut, TurnOut
-from roost.errors import Conflict, NotFound, Unprocessable
+from roost.errors import Conflict, NotFound
+from roost.identity.common import require_user
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.tasks.service import enqueue
@@ -50,8 +51,7 @@ async def create_debate(session: AsyncSession, actor: Principal,
                         body: DebateCreate) -> DebateSession:
     """A pending debate and its job, in the caller's transaction.  Agents must be ones
     the actor can use (else 404) and active (else 409)."""
-    if actor.user_id is None:
-        raise Unprocessable("a debate is a user's: the operator token cannot start one")
+    require_user(actor, "debates")
     agents: dict[uuid.UUID, Any] = {}
     for p in body.participants:
         if p.agent_id is not None and p.agent_id not in agents:

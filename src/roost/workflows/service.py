@@ -22,6 +22,7 @@ from roost.agents.models import Run
 from roost.audit.service import record
 from roost.db.lookup import one_or_404
 from roost.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from roost.identity.common import require_user
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.workflows import graph
@@ -40,10 +41,7 @@ class InvalidGraph(Unprocessable):
 
 
 def _owner(actor: Principal) -> uuid.UUID:
-    if actor.user_id is None:
-        raise Unprocessable("workflows belong to a user: act as one (the operator token "
-                            "has no user)")
-    return actor.user_id
+    return require_user(actor, "workflows")
 
 
 def visible(actor: Principal) -> Any:

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.db.lookup import one_or_404
 from roost.errors import BadRequest, Forbidden, NotFound, Unprocessable
+from roost.identity.common import require_user
 from roost.identity.models import UserGroupMembership
 from roost.pagination import MALFORMED_CURSOR, decode_cursor, encode_cursor, newest_first, page_of
 from roost.principal import Principal
@@ -38,10 +39,7 @@ MAX_DEPTH: Final = 100  # of a task tree (the cycle check walks at most this far
 
 
 def _owner(actor: Principal) -> uuid.UUID:
-    if actor.user_id is None:
-        raise Unprocessable("projects and tasks belong to a user: act as one (the operator "
-                            "token has no user)")
-    return actor.user_id
+    return require_user(actor, "projects and tasks")
 
 
 # --- projects ----------------------------------------------------------------------------
