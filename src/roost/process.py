@@ -1,9 +1,15 @@
 """What a long-running Roost process (``roost serve``, its ``--workers`` children,
-``roost worker``) does to itself once it has started."""
+``roost worker``) does to itself once it has started, and the threads it keeps for
+CPU-bound work on user data (:func:`cpu_bound`)."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import gc
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, TypeVar
 
 
 def freeze_startup_heap() -> None:
@@ -13,3 +19,23 @@ def freeze_startup_heap() -> None:
     and ``roost worker`` up to 4 s in that last collection after SIGTERM)."""
     gc.collect()
     gc.freeze()
+
+
+# --- CPU-bound work on user data ------------------------------------------------------
+
+#: Threads for CPU-bound work whose size users decide (documents to parse, recurring
+#: events to expand, iCalendar files, workflow graphs).  Pure Python holds the GIL, so
+#: more threads would not finish sooner; what matters is that this work waits in its own
+#: queue, not in the event loop's default executor, which every other ``to_thread`` of the
+#: process needs (password hashing, file reads): a few slow requests once held all six
+#: of its threads and logins waited minutes behind them.
+CPU_THREADS: Final = 2
+_cpu_pool = ThreadPoolExecutor(max_workers=CPU_THREADS, thread_name_prefix="roost-cpu")
+T = TypeVar("T")
+
+
+async def cpu_bound(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)`` on the CPU threads (a call whose caller went away
+    before its turn is dropped)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_cpu_pool, functools.partial(call, *args, **kwargs))

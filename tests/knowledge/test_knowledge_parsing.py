@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import asyncio
 import io
 import re
-import threading
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +18,6 @@ from roost.knowledge.parsing import (
     ParseError,
     UnsupportedDocument,
     detect_mime,
-    in_parse_thread,
     parse_document,
 )
 from tests.knowledge.helpers import make_pdf, pages_sharing_one_stream
@@ -373,19 +370,3 @@ def test_damaged_pdfs_only_ever_raise_parse_errors(flips: list[tuple[int, int]])
     except ParseError:
         pass
 
-
-async def test_parsing_waits_for_its_own_threads_not_the_process_s() -> None:
-    """Forty documents being parsed (eight ingestion jobs at once would be enough):
-    the event loop's default executor, which logins and file reads need, stays free."""
-    release = threading.Event()
-
-    def slow_parse() -> str:
-        release.wait(30)
-        return "parsed"
-
-    waiting = [asyncio.create_task(in_parse_thread(slow_parse)) for _ in range(40)]
-    try:
-        assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), timeout=30) == 42
-    finally:
-        release.set()
-    assert await asyncio.gather(*waiting) == ["parsed"] * 40

@@ -13,7 +13,6 @@ acting user's own calendars only.  Ranges are required and at most ``MAX_RANGE``
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -34,6 +33,7 @@ from roost.db.lookup import one_or_404
 from roost.errors import BadRequest, NotFound, PayloadTooLarge, Unprocessable
 from roost.identity.common import require_user
 from roost.principal import Principal
+from roost.process import cpu_bound
 
 log = structlog.get_logger(__name__)
 MAX_RANGE: Final = timedelta(days=366)
@@ -233,7 +233,7 @@ async def _derive(ev: Event) -> None:
 
     try:
         ev.recurrence_end, ev.recurrence_plan = (
-            await asyncio.to_thread(work) if ev.recurrence_rule else work())
+            await cpu_bound(work) if ev.recurrence_rule else work())
     except RecurrenceError as exc:
         raise InvalidRecurrence(f"recurrence_rule: {exc}",
                                 extra={"field": "recurrence_rule"}) from None
@@ -497,7 +497,7 @@ async def _expand(events: Sequence[Event], start: datetime, end: datetime,
                   limit: int | None = None) -> list[tuple[Any, datetime, datetime]]:
     try:
         if sum(1 for e in events if e.recurrence_rule) > INLINE_EXPANSIONS:
-            return await asyncio.to_thread(expand_events, events, start, end, limit)
+            return await cpu_bound(expand_events, events, start, end, limit)
         return expand_events(events, start, end, limit)
     except (OverflowError, ValueError) as exc:
         # A long event repeated near the end of the year 9999 (the range and the events
@@ -569,7 +569,7 @@ async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.
                               extra={"limit": MAX_IMPORT_BYTES})
     cal = await get_calendar(session, actor, calendar_id, lock=True)
     try:
-        parsed = await asyncio.to_thread(ical.parse, raw, cal.timezone)
+        parsed = await cpu_bound(ical.parse, raw, cal.timezone)
     except ical.ICalError as exc:
         raise InvalidICalendar(str(exc)) from None
     if len(parsed.events) + len(parsed.overrides) > MAX_IMPORT_EVENTS:
@@ -594,7 +594,7 @@ async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.
                            "series that is neither in the file nor in the calendar")
     created = updated = unchanged = 0
     rows_in = [*parsed.events, *overrides]  # series first: an override follows its series
-    derived = await asyncio.to_thread(_derive_all, rows_in)
+    derived = await cpu_bound(_derive_all, rows_in)
     for data, (end, plan) in zip(rows_in, derived, strict=True):
         values = {k: v for k, v in asdict(data).items() if k in IMPORTED}
         ev = existing.get((data.uid, data.recurrence_id))
@@ -649,6 +649,6 @@ async def export_ics(session: AsyncSession, actor: Principal,
     events = (await session.scalars(select(Event).where(Event.calendar_id == cal.id)
                                     .order_by(Event.start_time, Event.uid,
                                               Event.recurrence_id.nulls_first()))).all()
-    data = await asyncio.to_thread(ical.build, cal.name, events, description=cal.description,
-                                   timezone=cal.timezone)
+    data = await cpu_bound(ical.build, cal.name, events, description=cal.description,
+                           timezone=cal.timezone)
     return cal, data

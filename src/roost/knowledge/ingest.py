@@ -50,7 +50,7 @@ from roost.knowledge.fetching import fetch_url
 from roost.knowledge.index import ensure_model
 from roost.knowledge.jobs import CURATE_TASK
 from roost.knowledge.models import Document, DocumentChunk, DocumentUpload, IngestionRun
-from roost.knowledge.parsing import ParsedDocument, in_parse_thread, parse_document
+from roost.knowledge.parsing import ParsedDocument, parse_document
 from roost.knowledge.paths import (
     PathNotAllowed,
     iter_files,
@@ -58,6 +58,7 @@ from roost.knowledge.paths import (
     resolve_ingest_path,
 )
 from roost.knowledge.service import sha256_hex, upload_identity
+from roost.process import cpu_bound
 from roost.tasks.service import enqueue
 
 log = structlog.get_logger("roost.knowledge.ingest")
@@ -351,7 +352,7 @@ async def _ingest_source(
         content_hash = sha256_hex(loaded.data)
         if not force and await _mark_unchanged(database, cfg, run, source, content_hash):
             return "unchanged"
-        prepared = await in_parse_thread(_prepare, loaded, cfg)
+        prepared = await cpu_bound(_prepare, loaded, cfg)
     except _Done:
         return "skipped"
     except (RoostError, OSError) as exc:

@@ -6,9 +6,9 @@ Supported: plain text, Markdown, HTML and PDF.  Everything else is refused with
 into a 4xx problem instead of a 500, and no other exception type escapes
 :func:`parse_document` for bad input.
 
-Parsing is CPU-bound (PDFs especially): async callers run it with :func:`in_parse_thread`,
-on a small pool of its own rather than the event loop's default executor, which the rest
-of the process needs (password hashing, file reads): eight ingestion jobs parsing at once
+Parsing is CPU-bound (PDFs especially): async callers run it with
+:func:`roost.process.cpu_bound`, not the event loop's default executor, which the rest of
+the process needs (password hashing, file reads): eight ingestion jobs parsing at once
 would otherwise hold all of its threads for as long as their PDFs take.
 A PDF is read page by page within a time limit (:data:`PARSE_TIME_LIMIT_S`): pypdf
 bounds each page (its token limit per content stream, about 5 s here), but pages may
@@ -19,19 +19,17 @@ of work for a thread nobody can stop.  Past the limit the document is refused
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import io
 import logging
 import re
 import time
 import unicodedata
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import PurePosixPath
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from roost.errors import RoostError
 
@@ -50,7 +48,6 @@ __all__ = [
     "UnsupportedDocument",
     "decode_text",
     "detect_mime",
-    "in_parse_thread",
     "parse_document",
 ]
 
@@ -69,18 +66,6 @@ HEADING_PATH_SEPARATOR: Final = " > "
 _MAX_TITLE_CHARS: Final = 200
 #: Seconds a document's text extraction may take (ROOST_KNOWLEDGE_PARSE_TIME_LIMIT_S).
 PARSE_TIME_LIMIT_S: Final = 120.0
-#: Documents parsed at once per process (pure Python under the GIL: more threads would
-#: not parse faster, only hold more memory).
-PARSE_THREADS: Final = 2
-_parse_pool = ThreadPoolExecutor(max_workers=PARSE_THREADS, thread_name_prefix="roost-parse")
-T = TypeVar("T")
-
-
-async def in_parse_thread(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``call(*args, **kwargs)`` on the parsing threads (a call whose caller went away
-    before its turn is dropped)."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_parse_pool, lambda: call(*args, **kwargs))
 
 
 class ParseError(RoostError):

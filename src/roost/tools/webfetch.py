@@ -21,9 +21,9 @@ from roost.knowledge.parsing import (
     HEADING_PATH_SEPARATOR,
     ParsedDocument,
     ParseError,
-    in_parse_thread,
     parse_document,
 )
+from roost.process import cpu_bound
 from roost.tools.builtins import BuiltinToolError
 from roost.tools.config import ToolsConfig
 
@@ -79,7 +79,7 @@ async def web_fetch(cfg: ToolsConfig, arguments: dict[str, Any]) -> dict[str, An
         raise
     try:
         # CPU-bound (HTML, PDF): off the event loop.
-        parsed = await in_parse_thread(parse_document, document.data,
+        parsed = await cpu_bound(parse_document, document.data,
                                        filename=document.filename, mime=document.content_type)
     except ParseError as exc:
         raise BuiltinToolError(

@@ -10,7 +10,6 @@ edges) may be saved as a draft; publishing needs a valid, non-empty one.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 from typing import Any, Final, Literal
@@ -25,6 +24,7 @@ from roost.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from roost.identity.common import require_user
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
+from roost.process import cpu_bound
 from roost.workflows import graph
 from roost.workflows.models import Workflow, WorkflowRun, WorkflowVersion
 from roost.workflows.schemas import GraphIn, WorkflowCreate, WorkflowUpdate
@@ -61,7 +61,7 @@ async def check_graph(nodes: Sequence[Any], edges: Sequence[Any],
             "limit": too_big.limit, "count": too_big.count, "what": too_big.what})
     if len(nodes) <= INLINE_NODES:
         return graph.validate_graph(nodes, edges, viewport)
-    return await asyncio.to_thread(graph.validate_graph, nodes, edges, viewport)
+    return await cpu_bound(graph.validate_graph, nodes, edges, viewport)
 
 
 async def validate(body: GraphIn) -> list[graph.Issue]:
