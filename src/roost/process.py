@@ -8,7 +8,7 @@ import asyncio
 import functools
 import gc
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
 
@@ -37,5 +37,13 @@ T = TypeVar("T")
 async def cpu_bound(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``call(*args, **kwargs)`` on the CPU threads (a call whose caller went away
     before its turn is dropped)."""
+    return await on_executor(_cpu_pool, call, *args, **kwargs)
+
+
+async def on_executor(executor: Executor, call: Callable[..., T], *args: Any,
+                      **kwargs: Any) -> T:
+    """``call(*args, **kwargs)`` on ``executor``'s threads, awaited: cancelling the await
+    before a thread takes the call drops it (``asyncio.to_thread`` is this on the default
+    executor, which the whole process shares)."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_cpu_pool, functools.partial(call, *args, **kwargs))
+    return await loop.run_in_executor(executor, functools.partial(call, *args, **kwargs))

@@ -25,6 +25,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 import httpx
 
 from roost.errors import BadGateway, GatewayTimeout, ServiceUnavailable
+from roost.process import on_executor
 
 __all__ = [
     "LOCAL_MODEL_DIMENSIONS",
@@ -266,8 +267,7 @@ class LocalSentenceTransformerEmbedder:
         # One thread hop per batch: other requests get the loop between batches and a
         # cancelled ingestion stops after the current batch instead of the whole list.
         for batch in _batches(texts, self.batch_size):
-            out.extend(await asyncio.get_running_loop().run_in_executor(
-                loaded.executor, self._encode_sync, loaded, batch))
+            out.extend(await on_executor(loaded.executor, self._encode_sync, loaded, batch))
         return out
 
     def __repr__(self) -> str:

