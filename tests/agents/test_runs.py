@@ -241,8 +241,15 @@ async def test_idempotency_key_returns_the_first_run(
                             json={"input": "before\u0000after"})
     assert nul.status_code == 400, nul.text
     first = await start(client, headers, agent.id, idempotency_key="k-1")
-    second = await start(client, headers, agent.id, "a different input", idempotency_key="k-1")
+    second = await start(client, headers, agent.id, idempotency_key="k-1")
     assert second["id"] == first["id"] and second["input"] == "What time is it?"
+    # The same key for something else is the client's mistake: said, not hidden.
+    other_agent = await make_agent(database, user_id)
+    for agent_id, text_ in ((agent.id, "a different input"), (other_agent.id, first["input"])):
+        reused = await client.post(f"/api/v1/agents/{agent_id}/runs", headers=headers,
+                                   json={"input": text_, "idempotency_key": "k-1"})
+        assert reused.status_code == 422, reused.text
+        assert reused.json()["run_id"] == first["id"]
     async with database.transaction() as session:
         jobs = await session.scalar(text(
             "SELECT count(*) FROM background_tasks WHERE task_type = 'agents.run'"))

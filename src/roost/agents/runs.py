@@ -23,7 +23,7 @@ from roost.config import get_settings
 from roost.db.base import utcnow, uuid7
 from roost.db.statements import bound_insert_from, flush_pending, prefixed, with_defaults
 from roost.db.transaction import driver_fetch
-from roost.errors import Conflict, NotFound, PaymentRequired
+from roost.errors import Conflict, NotFound, PaymentRequired, Unprocessable
 from roost.identity.common import require_user
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
@@ -60,7 +60,10 @@ async def create_run(
     trace_id: str | None = None, source: str = "api",
 ) -> tuple[Run, bool]:
     """A pending run and its job, in the caller's transaction.  With an idempotency key
-    already used by this user, the existing run (``created`` false)."""
+    already used by this user for the same agent and input, the existing run (``created``
+    false); for another agent or input, 422 (a key names one request, as in the IETF
+    Idempotency-Key draft: answering with a run of something else would hide the
+    client's mistake)."""
     require_active(agent)
     runner = require_user(actor, "runs")  # a run is its runner's: not the operator token's
     run_id, job_id, now = uuid7(), uuid7(), utcnow()
@@ -89,6 +92,11 @@ async def create_run(
             Run.user_id == runner, Run.idempotency_key == body.idempotency_key))
         if existing is None:
             raise NotFound("the run with this idempotency key is not visible")
+        if existing.agent_id != agent.id or existing.input != body.input:
+            raise Unprocessable(
+                f"idempotency_key {body.idempotency_key!r} was used for run {existing.id}"
+                " with another agent or input: send that request again unchanged, or use a"
+                " new key", extra={"run_id": str(existing.id)})
         return existing, False
     # The row as written, known to the session without reading it back.
     run = Run(**row)

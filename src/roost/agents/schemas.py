@@ -63,7 +63,8 @@ class RunCreate(StrictInput):
     input: str = Field(min_length=1, max_length=MAX_RUN_INPUT_CHARS)
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=255,
-        description="A second request with the same key returns the first run")
+        description="A second request with the same key, agent and input returns the first "
+                    "run; the same key with another input or agent is a 422")
 
 
 class RunOut(BaseModel):
