@@ -6,18 +6,22 @@ JSON in Python mode, where strict mode would also refuse the ISO strings that JS
 timestamps are.  So :class:`StrictInput` checks, before Pydantic converts, the fields
 declared ``bool``, ``datetime``, ``int`` or ``float`` (optionally ``| None``): a boolean
 must be a JSON boolean, a number a JSON number (not ``false`` nor ``"3"``), a timestamp an
-ISO 8601 string (not a number, nor a string of digits).  Other types keep Pydantic's usual
-parsing (UUIDs and enums arrive as strings).
+ISO 8601 string (not a number, nor a string of digits) with its UTC offset: a moment a
+client stores (an expiry, a due date, a fact's start) is refused without one rather than
+guessed (server time? UTC?).  Query filters over a range (``since``/``until`` on reports
+and lists) read a bare timestamp as UTC instead: nothing is stored from them.  Other
+types keep Pydantic's usual parsing (UUIDs and enums arrive as strings).
 """
 
 from __future__ import annotations
 
 import re
 import types
-from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -59,6 +63,9 @@ class StrictInput(BaseModel):
     """Request body base: unknown fields refused, booleans and timestamps strictly typed."""
 
     model_config = ConfigDict(extra="forbid")
+    # True where the input is a model's answer, not a client's request: a timestamp
+    # without an offset is then read as UTC rather than refused.
+    naive_is_utc: ClassVar[bool] = False
 
     @classmethod
     def _field_kind(cls, name: str) -> _Kind:
@@ -78,8 +85,25 @@ class StrictInput(BaseModel):
         if kind in ("int", "float") and isinstance(value, bool | str):
             raise PydanticCustomError(f"{kind}_type", "Input should be a JSON number")
         if kind == "datetime":
-            return require_iso_timestamp(value)
+            return _with_offset(require_iso_timestamp(value), naive_is_utc=cls.naive_is_utc)
         return value
+
+
+def _with_offset(value: Any, *, naive_is_utc: bool) -> Any:
+    """A timestamp that names its UTC offset, as a datetime; a naive one refused (or read
+    as UTC for a model's answer).  A string ``fromisoformat`` cannot read is left to
+    Pydantic, which refuses it with its own message."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if value.tzinfo is not None:
+        return value
+    if naive_is_utc:
+        return value.replace(tzinfo=UTC)
+    raise PydanticCustomError(
+        "timezone_aware", "Input should carry its UTC offset, e.g. 2027-01-01T00:00:00Z or +02:00")
 
 
 def require_iso_timestamp(value: Any) -> Any:
@@ -91,8 +115,19 @@ def require_iso_timestamp(value: Any) -> Any:
         "datetime_type", "Input should be an ISO 8601 timestamp string, e.g. 2027-01-01T00:00:00Z")
 
 
-# For query parameters (always strings): ``?since=0.5`` is a mistake, not 1970.
-IsoDatetime = Annotated[datetime, BeforeValidator(require_iso_timestamp)]
+def read_as_utc(moment: datetime) -> datetime:
+    """A filter's bound: without an offset, UTC (not the server's local time, which is what
+    the driver would make of a naive value)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# For query parameters (always strings): ``?since=0.5`` is a mistake, not 1970; a bound
+# without an offset is UTC.
+IsoDatetime = Annotated[datetime, BeforeValidator(require_iso_timestamp),
+                        AfterValidator(read_as_utc)]
+# As given, for a service that refuses a time without an offset itself: in a calendar a
+# bare time reads as a wall time in some zone, so guessing UTC would be wrong.
+IsoDatetimeAsGiven = Annotated[datetime, BeforeValidator(require_iso_timestamp)]
 
 
 _Model = TypeVar("_Model", bound=BaseModel)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import httpx
@@ -79,6 +79,33 @@ async def test_timestamps_must_be_iso_strings(
     assert ok.status_code == 201, ok.text
 
 
+@pytest.mark.parametrize(("path", "field", "body"), [
+    ("/api/v1/api-keys", "expires_at", {"name": "k"}),
+    ("/api/v1/chat/sessions", "expires_at", {"title": "t"}),
+    ("/api/v1/memories", "valid_from", {"content": "Likes tea"}),
+    ("/api/v1/tasks-board", "due_date", {"title": "t"}),
+])
+async def test_a_stored_moment_needs_its_utc_offset(
+    client: httpx.AsyncClient, database: Database, path: str, field: str, body: dict[str, Any]
+) -> None:
+    """The same rule on every route: a bare timestamp is a 422 naming the field, not read
+    as UTC on some routes and refused on others; nothing is stored."""
+    _, headers = await make_user(database)
+
+    async def stored() -> list[Any]:
+        listed = await client.get(path, headers=headers)
+        assert listed.status_code == 200, listed.text
+        page = listed.json()
+        return page if isinstance(page, list) else list(page["items"])
+
+    before = await stored()
+    reply = await client.post(path, headers=headers, json={**body, field: "2020-01-01T09:00:00"})
+    assert reply.status_code == 422, reply.text
+    error = reply.json()["errors"][0]
+    assert error["loc"] == ["body", field] and "UTC offset" in error["msg"], error
+    assert await stored() == before
+
+
 @pytest.mark.parametrize("value", [0, 1, "true", "yes", None])
 async def test_booleans_must_be_json_booleans(
     client: httpx.AsyncClient, database: Database, value: Any
@@ -145,9 +172,16 @@ def test_strict_input_types() -> None:
     assert Body.model_validate({"bounded": 3, "at": "2027-01-01T00:00:00Z"}).bounded == 3
     for bad in ({"flag": 0}, {"maybe": "false"}, {"when": 0}, {"when": "12.5"}, {"when": 1.5e9},
                 {"count": "3"}, {"count": True}, {"ratio": "0.5"}, {"unknown": 1},
-                {"bounded": False}, {"bounded": "3"}, {"at": 0}):
+                {"bounded": False}, {"bounded": "3"}, {"at": 0},
+                {"when": "2027-01-01T00:00:00"}, {"at": "2027-01-01"}):
         with pytest.raises(ValidationError):
             Body.model_validate(bad)
+
+    class ModelAnswer(Body):
+        naive_is_utc = True  # a model's output, not a client's request
+
+    read = ModelAnswer.model_validate({"when": "2027-01-01T08:00:00", "at": "2027-01-01"})
+    assert read.when == datetime(2027, 1, 1, 8, tzinfo=UTC) and read.at is not None
 
 
 def _models(annotation: Any) -> list[type[BaseModel]]:

@@ -20,6 +20,7 @@ from roost.analytics.clickhouse import TABLE, Sink, safe_error, sink_for
 from roost.analytics.models import AnalyticsEvent
 from roost.config import Settings
 from roost.errors import Forbidden, RoostError, ServiceUnavailable, Unprocessable
+from roost.inputs import read_as_utc
 from roost.principal import Principal
 
 # group_by -> the ClickHouse expression of the key (a fixed whitelist, never input).
@@ -52,11 +53,9 @@ async def _select(settings: Settings, sink: Sink | None, sql: str,
 
 
 def as_utc(moment: datetime) -> datetime:
-    """Naive timestamps are UTC (the extremes of ``datetime`` stay in range)."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
+    """In UTC; naive timestamps are UTC (the extremes of ``datetime`` stay in range)."""
     try:
-        return moment.astimezone(UTC)
+        return read_as_utc(moment).astimezone(UTC)
     except OverflowError:
         return (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)
 

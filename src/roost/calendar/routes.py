@@ -28,13 +28,13 @@ from roost.http.deps import DbSession
 from roost.http.responses import attachment_disposition
 from roost.http.routing import RoostRouter
 from roost.http.uploads import read_capped
-from roost.inputs import IsoDatetime
+from roost.inputs import IsoDatetimeAsGiven
 
 router = RoostRouter(prefix="/api/v1/calendars", tags=["calendar"])
 
 RANGE_HELP: Final = "With a UTC offset; the range is at most 366 days"
-Start = Annotated[IsoDatetime, Query(description="Range start (inclusive). " + RANGE_HELP)]
-End = Annotated[IsoDatetime, Query(description="Range end (exclusive). " + RANGE_HELP)]
+Start = Annotated[IsoDatetimeAsGiven, Query(description="Range start (inclusive). " + RANGE_HELP)]
+End = Annotated[IsoDatetimeAsGiven, Query(description="Range end (exclusive). " + RANGE_HELP)]
 OccurrenceLimit = Annotated[int, Query(ge=1, le=service.MAX_OCCURRENCES)]
 
 
@@ -133,7 +133,7 @@ async def update_event(calendar_id: uuid.UUID, event_id: uuid.UUID, body: EventU
             summary="Change one occurrence of a recurring event (its original start, with a "
                     "UTC offset): creates or changes its override; status cancelled removes it")
 async def change_occurrence(calendar_id: uuid.UUID, event_id: uuid.UUID,
-                            recurrence_id: IsoDatetime, body: EventUpdate,
+                            recurrence_id: IsoDatetimeAsGiven, body: EventUpdate,
                             principal: CurrentPrincipal, db: DbSession,
                             response: Response) -> EventOut:
     ev, created = await service.change_occurrence(db, principal, calendar_id, event_id,

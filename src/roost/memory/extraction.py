@@ -18,7 +18,7 @@ import json
 import re
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, Literal
 
 from pydantic import Field, ValidationError, field_validator
@@ -61,6 +61,7 @@ class ExtractedFact(StrictInput):
     entities: list[EntityIn] = Field(default_factory=list, max_length=50)
     relationships: list[RelationshipIn] = Field(default_factory=list, max_length=50)
     valid_from: datetime | None = None
+    naive_is_utc = True  # a model's answer: a timestamp without a zone is read as UTC
 
     @field_validator("content")
     @classmethod
@@ -73,12 +74,8 @@ class ExtractedFact(StrictInput):
     @field_validator("valid_from")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        # A timestamp without a zone is read as UTC; a fact cannot start in the future.
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return min(value, utcnow())
+        # A fact cannot start in the future.
+        return None if value is None else min(value, utcnow())
 
 
 class Extraction(StrictInput):

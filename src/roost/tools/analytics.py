@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.db.base import utcnow
 from roost.errors import Forbidden, NotFound, Unprocessable
 from roost.identity.models import User
+from roost.inputs import read_as_utc
 from roost.principal import Principal
 from roost.tools import registry
 from roost.tools.models import ToolRun
@@ -70,12 +71,13 @@ def parse_window(value: str) -> timedelta:
 
 
 def parse_since(value: str) -> datetime:
-    """An ISO 8601 timestamp with its UTC offset (422 otherwise, numbers included)."""
+    """An ISO 8601 timestamp (422 otherwise, numbers included); UTC when it names no
+    offset."""
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
         raise Unprocessable(
-            "since must be an ISO 8601 timestamp with its UTC offset, e.g. "
+            "since must be an ISO 8601 timestamp, e.g. "
             "2026-12-01T00:00:00Z (in a URL, write + as %2B)"
         ) from None
     return parsed
@@ -91,9 +93,7 @@ def resolve_window(
     if isinstance(since, str):
         since = parse_since(since)
     if since is not None:
-        if since.tzinfo is None or since.utcoffset() is None:
-            # A bare timestamp is ambiguous (server time? UTC?): refuse rather than guess.
-            raise Unprocessable("since must carry its UTC offset, e.g. 2026-12-01T00:00:00Z")
+        since = read_as_utc(since)  # a filter's bound, as on every route (roost.inputs)
         if since >= until:
             raise Unprocessable("since must be in the past")
         span = until - since

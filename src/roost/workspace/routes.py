@@ -102,9 +102,9 @@ async def list_tasks(
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
     priority: TaskPriority | None = None,
     parent_id: uuid.UUID | None = None,
-    due_before: Annotated[IsoDatetime | None, Query(description="Exclusive, with an offset")
+    due_before: Annotated[IsoDatetime | None, Query(description="Exclusive; UTC without an offset")
                           ] = None,
-    due_after: Annotated[IsoDatetime | None, Query(description="Inclusive, with an offset")
+    due_after: Annotated[IsoDatetime | None, Query(description="Inclusive; UTC without an offset")
                          ] = None,
     min_score: Annotated[float | None, Query(ge=0, le=1e9)] = None,
     limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,

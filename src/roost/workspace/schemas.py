@@ -166,13 +166,6 @@ class TaskFields(_NoNul):
     def _json(cls, value: Any) -> Any:
         return _json_size(value, "the field")
 
-    @field_validator("due_date")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("due_date needs a UTC offset (e.g. 2027-01-01T17:00:00Z)")
-        return value
-
 
 class TaskCreate(TaskFields):
     title: str = Field(min_length=1, max_length=500)

@@ -26,6 +26,7 @@ from roost.db.lookup import one_or_404
 from roost.errors import BadRequest, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
 from roost.identity.models import UserGroupMembership
+from roost.inputs import read_as_utc
 from roost.pagination import MALFORMED_CURSOR, decode_cursor, encode_cursor, newest_first, page_of
 from roost.principal import Principal
 from roost.workspace.models import CLOSED_STATUSES, Project, Task
@@ -353,13 +354,10 @@ async def list_tasks(
                           (Task.priority, priority), (Task.parent_id, parent_id)):
         if value is not None:
             stmt = stmt.where(column == value)
-    for name, moment in (("due_before", due_before), ("due_after", due_after)):
-        if moment is not None and moment.tzinfo is None:
-            raise Unprocessable(f"{name} needs a UTC offset", extra={"field": name})
     if due_before is not None:
-        stmt = stmt.where(Task.due_date < due_before)
+        stmt = stmt.where(Task.due_date < read_as_utc(due_before))
     if due_after is not None:
-        stmt = stmt.where(Task.due_date >= due_after)
+        stmt = stmt.where(Task.due_date >= read_as_utc(due_after))
     if min_score is not None:
         stmt = stmt.where(Task.calculated_score >= min_score)
     if cursor is not None:
