@@ -19,6 +19,7 @@ import re
 import types
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -128,6 +129,30 @@ IsoDatetime = Annotated[datetime, BeforeValidator(require_iso_timestamp),
 # As given, for a service that refuses a time without an offset itself: in a calendar a
 # bare time reads as a wall time in some zone, so guessing UTC would be wrong.
 IsoDatetimeAsGiven = Annotated[datetime, BeforeValidator(require_iso_timestamp)]
+
+
+def parsed_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    """``value`` if it is a URL a client could open: one of ``schemes``, a host, a port in
+    range.  A pattern such as ``^https?://\\S+$`` lets ``http://[::1`` or
+    ``https://:99999/`` through, which every reader of the field then fails on."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (reading it checks it: not a number, or out of range)
+    except ValueError as exc:  # its words, not the value (which the message must not echo)
+        reason = ("its port is not a number from 0 to 65535" if "Port" in str(exc) else
+                  "its [IPv6 host] is malformed" if "IPv6" in str(exc) else "it does not parse")
+        raise PydanticCustomError("url_parsing", "Input should be a valid URL: {reason}",
+                                  {"reason": reason}) from None
+    if parts.scheme.lower() not in schemes:
+        raise PydanticCustomError("url_scheme", "URL scheme should be one of: {schemes}",
+                                  {"schemes": ", ".join(schemes)})
+    if not parts.hostname:
+        raise PydanticCustomError("url_parsing", "Input should be a valid URL: it has no host")
+    return value
+
+
+# An http(s) URL that parses (with a field's own length limit and pattern beside it).
+WebUrl = AfterValidator(parsed_url)
 
 
 _Model = TypeVar("_Model", bound=BaseModel)

@@ -79,6 +79,30 @@ async def test_timestamps_must_be_iso_strings(
     assert ok.status_code == 201, ok.text
 
 
+@pytest.mark.parametrize("url", ["http://[::1", "http://[", "https://:99999/", "http://a:b",
+                                 "https://host:" + "9" * 400])
+async def test_a_url_that_does_not_parse_is_refused(
+    client: httpx.AsyncClient, database: Database, url: str
+) -> None:
+    """A pattern like ``^https?://\\S+$`` let these through: stored, then every reader of
+    the field failed on them (registering an MCP server with one was a 500)."""
+    user_id, headers = await make_user(database)
+    for method, path, body in [
+        ("PATCH", f"/api/v1/users/{user_id}", {"avatar_url": url}),
+        ("POST", "/api/v1/agents", {"name": "a", "slug": "a", "avatar_url": url}),
+        ("POST", "/api/v1/projects", {"name": "p", "repository_url": url}),
+        ("POST", "/api/v1/mcp-servers", {"name": "m", "transport": "streamable_http", "url": url}),
+    ]:
+        reply = await client.request(method, path, headers=headers, json=body)
+        assert reply.status_code == 422, (path, reply.text)
+        error = reply.json()["errors"][0]
+        field = next(k for k in body if k.endswith("url"))
+        assert error["loc"] == ["body", field] and "valid URL" in error["msg"], error
+        assert url not in reply.text  # the value is not echoed
+    for path in ("/api/v1/agents", "/api/v1/projects", "/api/v1/mcp-servers"):
+        assert (await client.get(path, headers=headers)).json()["items"] == [], path
+
+
 @pytest.mark.parametrize(("path", "field", "body"), [
     ("/api/v1/api-keys", "expires_at", {"name": "k"}),
     ("/api/v1/chat/sessions", "expires_at", {"title": "t"}),

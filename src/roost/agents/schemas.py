@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from roost.inputs import StrictInput
+from roost.inputs import StrictInput, WebUrl
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,99}$"
 MAX_RUN_INPUT_CHARS = 100_000
@@ -135,6 +135,7 @@ _NO_SPACE = r"[^@ \t\n\r\f\v]"
 EMAIL_PATTERN = rf"^{_NO_SPACE}{{1,64}}@{_NO_SPACE}+\.{_NO_SPACE}+$"
 KEY_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@/+-]{0,254}$"
 URL_PATTERN = r"^https?://[^ \t\n\r\f\v]+$"
+AvatarUrl = Annotated[str, Field(max_length=500, pattern=URL_PATTERN), WebUrl]
 
 MemberRole = Literal["owner", "editor", "viewer"]
 SecretType = Literal["llm_provider_key", "email_imap", "email_smtp", "mcp_header", "mcp_env",
@@ -259,7 +260,7 @@ class AgentCreate(StrictInput):
     persona_id: uuid.UUID | None = Field(
         default=None, description="Bind to a persona you own or edit (its members see it)")
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
-    avatar_url: str | None = Field(default=None, max_length=500, pattern=URL_PATTERN)
+    avatar_url: AvatarUrl | None = None
     system_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     preferred_provider: str | None = Field(default=None, min_length=1, max_length=64)
     preferred_model: str | None = Field(default=None, min_length=1, max_length=255)
@@ -284,7 +285,7 @@ class AgentUpdate(StrictInput):
     slug: str | None = Field(default=None, pattern=SLUG_PATTERN)
     persona_id: uuid.UUID | None = None
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
-    avatar_url: str | None = Field(default=None, max_length=500, pattern=URL_PATTERN)
+    avatar_url: AvatarUrl | None = None
     system_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     preferred_provider: str | None = Field(default=None, min_length=1, max_length=64)
     preferred_model: str | None = Field(default=None, min_length=1, max_length=255)

@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from roost.identity.models import MODEL_PREFERENCE_KEYS
-from roost.inputs import StrictInput
+from roost.inputs import StrictInput, WebUrl
 
 MAX_PREFERENCE_JSON_BYTES = 16 * 1024
 MAX_PROFILE_JSON_BYTES = 4 * 1024
@@ -84,7 +84,7 @@ ProfileJson = Annotated[dict[str, Any] | None, _json_limit(MAX_PROFILE_JSON_BYTE
 ModelName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
                       _sent_at_most(200)]
 Url = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500,
-                                       pattern=r"^https?://\S+$"), _sent_at_most(500)]
+                                       pattern=r"^https?://\S+$"), _sent_at_most(500), WebUrl]
 Phone = Annotated[str, StringConstraints(strip_whitespace=True, max_length=32,
                                          pattern=r"^[0-9+()\-. x]{3,32}$"), _sent_at_most(32)]
 

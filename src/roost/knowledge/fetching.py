@@ -201,6 +201,15 @@ async def _resolve_checked(
 # --------------------------------------------------------------------------- urls
 
 
+def url_host(url: str) -> str | None:
+    """The host a URL names, or None for one that does not parse (``http://[::1``): the
+    check and fetch that follow refuse such a URL with a clear message."""
+    try:
+        return httpx.URL(url).host or None
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return None
+
+
 def _check_url(raw: str | httpx.URL, allowed_schemes: Sequence[str]) -> httpx.URL:
     try:
         url = raw if isinstance(raw, httpx.URL) else httpx.URL(raw)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from roost.inputs import StrictInput
+from roost.inputs import StrictInput, WebUrl
 from roost.llm.base import HEADER_VALUE_RULE, header_name_ok, header_value_ok
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -21,8 +21,8 @@ class McpServerCreate(StrictInput):
     name: str = Field(pattern=NAME_PATTERN, description="Unique per owner (or among global servers)")
     transport: Literal["stdio", "streamable_http"]
     description: str | None = Field(default=None, max_length=2000)
-    url: str | None = Field(default=None, max_length=2048,
-                            description="streamable_http: the MCP endpoint (http or https)")
+    url: Annotated[str, Field(max_length=2048), WebUrl] | None = Field(
+        default=None, description="streamable_http: the MCP endpoint (http or https)")
     command: str | None = Field(default=None, min_length=1, max_length=1024,
                                 description="stdio: the executable (administrators only)")
     args: list[str] = Field(default_factory=list, max_length=100)

@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,7 +22,7 @@ from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.errors import Conflict, Forbidden, NotFound
 from roost.identity.tenancy import scope_lazily
-from roost.knowledge.fetching import FetchError
+from roost.knowledge.fetching import FetchError, url_host
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
@@ -76,7 +75,7 @@ def server_out(row: McpServer, box: SecretBox) -> McpServerOut:
 
 
 def spec_for(row: McpServer, box: SecretBox, cfg: ToolsConfig) -> mcpclient.ServerSpec:
-    host = httpx.URL(row.url).host if row.url else None
+    host = url_host(row.url) if row.url else None
     return mcpclient.ServerSpec(
         name=row.name, transport=row.transport, url=row.url, command=row.command,
         args=tuple(str(a) for a in row.args or ()), env=_open(box, row.id, "env", row.env_encrypted),
@@ -108,7 +107,7 @@ async def create_server(
         raise Forbidden("the operator token has no user: register the server with is_global")
     if body.url is not None:
         await mcpclient.check_server_url(
-            body.url, allow_private=cfg.host_allowed(httpx.URL(body.url).host)
+            body.url, allow_private=cfg.host_allowed(url_host(body.url))
         )
     clash = await session.scalar(select(McpServer.id).where(
         McpServer.name == body.name,

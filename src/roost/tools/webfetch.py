@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import httpx
-
 from roost import __version__
-from roost.knowledge.fetching import FetchError, FetchRefused, fetch_url
+from roost.knowledge.fetching import FetchError, FetchRefused, fetch_url, url_host
 from roost.knowledge.parsing import (
     HEADING_PATH_SEPARATOR,
     ParsedDocument,
@@ -48,17 +46,10 @@ def _text(parsed: ParsedDocument) -> str:
     return "\n\n".join(parts)
 
 
-def _host(url: str) -> str | None:
-    try:
-        return httpx.URL(url).host or None
-    except (httpx.InvalidURL, ValueError, TypeError):
-        return None  # fetch_url refuses it with a clear message
-
-
 async def web_fetch(cfg: ToolsConfig, arguments: dict[str, Any]) -> dict[str, Any]:
     url = str(arguments["url"])
     max_chars = int(arguments.get("max_chars", DEFAULT_MAX_CHARS))
-    allowed = cfg.host_allowed(_host(url))
+    allowed = cfg.host_allowed(url_host(url))
     try:
         document = await fetch_url(
             url, allow_private=allowed, max_bytes=MAX_FETCH_BYTES, timeout_s=cfg.call_timeout_s,

@@ -10,7 +10,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from roost.inputs import StrictInput
+from roost.inputs import StrictInput, parsed_url
 from roost.workspace.models import MAX_WEIGHT
 
 ProjectStatus = Literal["active", "paused", "completed", "archived"]
@@ -76,10 +76,12 @@ class ProjectFields(_NoNul):
     @field_validator("repository_url")
     @classmethod
     def _repository(cls, value: str | None) -> str | None:
-        if value is not None and not REPOSITORY_URL.match(value):
+        if value is None:
+            return None
+        if not REPOSITORY_URL.match(value):
             raise ValueError("repository_url must be an http(s)://, ssh:// or git:// URL or "
                              "git@host:path")
-        return value
+        return value if "://" not in value else parsed_url(value, ("http", "https", "ssh", "git"))
 
     @field_validator("project_metadata")
     @classmethod
