@@ -96,6 +96,22 @@ async def test_validation_and_admin_only(
     assert (await _create(client, admin_headers, **{**body, "name": "p3", "type": "gemini"})
             ).status_code == 422
     assert (await _create(client, admin_headers, **{**body, "name": "bad name!"})).status_code == 422
+    # The options a provider reads are typed when registered, not found out at its first
+    # call ("timeout": "slow" made every call a 409 quoting a Python comparison).
+    for config, words in [({"timeout": "slow"}, "config.timeout"),
+                          ({"timeout": -1}, "config.timeout"),
+                          ({"connect_timeout": 1e308}, "config.connect_timeout"),
+                          ({"stream_usage": "yes"}, "config.stream_usage"),
+                          ({"default_max_tokens": 0}, "config.default_max_tokens"),
+                          ({"n_ctx": "big"}, "config.n_ctx")]:
+        bad = await _create(client, admin_headers, **{**body, "name": "p4", "config": config})
+        assert bad.status_code == 422 and words in bad.text, (config, bad.text)
+    created = await _create(client, admin_headers, **{**body, "name": "p4", "config": {
+        "timeout": 30, "connect_timeout": None, "stream_usage": False, "team": "kept"}})
+    assert created.status_code == 201 and created.json()["config"]["team"] == "kept"
+    patched = await client.patch(f"/api/v1/llm/providers/{created.json()['id']}",
+                                 json={"config": {"timeout": 0}}, headers=admin_headers)
+    assert patched.status_code == 422 and "config.timeout" in patched.text
     ollama = await _create(client, admin_headers, name="ollama", type="ollama", model="llama3.2")
     assert ollama.status_code == 201
     assert ollama.json()["type"] == "openai"

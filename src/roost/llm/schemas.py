@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
 
 from roost.inputs import StrictInput
 from roost.llm.base import AUTH_HEADER_NAMES, HEADER_VALUE_RULE, header_name_ok, header_value_ok
@@ -23,6 +23,38 @@ ProviderTypeInput = Literal[
 ]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 MAX_CONFIG_BYTES = 16 * 1024
+
+
+class ProviderOptions(StrictInput):
+    """The ``config`` keys a provider's constructor reads (roost.llm.provider_types), typed
+    and bounded: a wrong one is refused when the provider is registered, not found out at
+    its first call (``"timeout": "slow"`` made every call a confusing 409).  Other keys
+    are kept as given."""
+
+    model_config = ConfigDict(extra="allow")
+
+    timeout: float = Field(default=60, gt=0, le=3600)
+    connect_timeout: float | None = Field(default=None, gt=0, le=600)
+    retry_bad_response: bool = True
+    stream_usage: bool = True
+    anthropic_version: str = Field(default="2023-06-01", min_length=1, max_length=64,
+                                   pattern=r"^[\x21-\x7e]+$")
+    default_max_tokens: int = Field(default=1024, ge=1, le=1_000_000)
+    model_path: str | None = Field(default=None, min_length=1, max_length=4096)
+    n_ctx: int = Field(default=2048, ge=16, le=1_048_576)
+    n_threads: int | None = Field(default=None, ge=1, le=1024)
+    seed: int = Field(default=0, ge=-(2**31), le=2**32 - 1)
+    chat_format: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+def _check_options(value: dict[str, Any]) -> None:
+    try:
+        ProviderOptions.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"config.{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+            for error in exc.errors()[:5])
+        raise ValueError(problems) from None
 
 
 def _check_config(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -49,6 +81,7 @@ def _check_config(value: dict[str, Any] | None) -> dict[str, Any] | None:
                 raise ValueError(
                     f"config.extra_headers[{name!r}] must be a string of {HEADER_VALUE_RULE}"
                 )
+    _check_options(value)
     return value
 
 
