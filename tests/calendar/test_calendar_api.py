@@ -156,6 +156,26 @@ async def test_a_single_event_may_last_millennia_and_its_calendar_stays_readable
         assert [o["summary"] for o in resp.json()["occurrences"]] == summaries
 
 
+async def test_an_extra_date_whose_occurrence_ends_after_9999_is_kept_readable(
+        client: httpx.AsyncClient, user: User) -> None:
+    """An RDATE in range whose occurrence (the event's duration after it) ends past year
+    9999: the series' end overflowed, a 500; now it is a series without a known end, as a
+    rule whose last occurrence ends past 9999 already was, and a range that would hold
+    that occurrence is the usual clear 422."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    await make_event(client, headers, cal["id"], summary="Long", start_time="2027-01-01T00:00:00Z",
+                     end_time="2027-06-01T00:00:00Z", rdates=["9999-12-29T00:00:00Z"])
+    url = f"/api/v1/calendars/{cal['id']}/events"
+    resp = await client.get(url, headers=headers, params={"start": "2027-02-01T00:00:00Z",
+                                                          "end": "2027-03-01T00:00:00Z"})
+    assert resp.status_code == 200, resp.text
+    assert [o["summary"] for o in resp.json()["occurrences"]] == ["Long"], resp.json()
+    late = await client.get(url, headers=headers, params={"start": "9999-12-01T00:00:00Z",
+                                                          "end": "9999-12-30T00:00:00Z"})
+    assert late.status_code == 422 and "after the year 9999" in late.json()["detail"], late.text
+
+
 async def test_another_tenants_ids_are_404(client: httpx.AsyncClient, user: User,
                                            other_user: User) -> None:
     _, headers = user

@@ -304,7 +304,10 @@ def recurrence_end(event: Recurring) -> datetime | None:
     duration = local(event.end, tz) - local(event.start, tz)
     last = event.end
     if event.rdates:
-        last = max(last, max(to_utc(local(r, tz) + duration, tz) for r in event.rdates))
+        try:
+            last = max(last, max(to_utc(local(r, tz) + duration, tz) for r in event.rdates))
+        except OverflowError:  # an RDATE's occurrence ends after the year 9999: as below
+            return None
     if event.rule is None:
         return last
     rule = parse_rule(event.rule)
@@ -386,6 +389,8 @@ def _expand_dateutil(prep: _Prepared, found: dict[datetime, datetime],
 
     def consider(occ_local: datetime) -> None:
         s = to_utc(occ_local, tz)
+        if s >= range_end:  # cannot overlap; its end may lie past the year 9999
+            return
         e = to_utc(occ_local + duration, tz)
         if _overlaps(s, e, range_start, range_end):
             found[s] = e
