@@ -17,6 +17,7 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from roost.agents import catalog as agent_catalog
+from roost.agents import personas as agent_personas
 from roost.agents import runs as agent_runs
 from roost.chat import sessions as chat_sessions
 from roost.codeversions import service as code_versions
@@ -213,6 +214,17 @@ async def agents_page(request: Request, session: DbSession) -> Response:
 async def agent_page(agent_id: str, request: Request, session: DbSession) -> Response:
     return await _page(request, session, "agent.html", check=agent_catalog.get_agent,
                        object_id=agent_id)
+
+
+@router.get("/personas")
+async def personas_page(request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "personas.html")
+
+
+@router.get("/personas/{persona_id}")
+async def persona_page(persona_id: str, request: Request, session: DbSession) -> Response:
+    return await _page(request, session, "persona.html", check=agent_personas.get_persona,
+                       object_id=persona_id)
 
 
 @router.get("/runs/{run_id}")

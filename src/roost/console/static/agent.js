@@ -29,6 +29,14 @@ function toolRef(ref) {
   return link;
 }
 
+// The persona the agent acts as: a link, named once it is read.
+function personaLink(personaId) {
+  const link = el("a", { href: `/console/personas/${personaId}` }, "persona");
+  api(`/api/v1/personas/${personaId}`).then((persona) => { link.textContent = persona.name; })
+    .catch(() => { /* not visible to this viewer: the link stays "persona" */ });
+  return link;
+}
+
 function render() {
   document.title = `${agent.name} · Agent · Roost`;
   document.getElementById("agent-title").textContent = agent.name;
@@ -41,6 +49,8 @@ function render() {
     ...detail("Slug", el("code", {}, agent.slug)),
     ...detail("State", agent.is_active ? badge("active") : badge("inactive", "muted"),
               agent.is_public ? [" ", badge("public", "info")] : null),
+    ...detail("Persona", agent.persona_id ? personaLink(agent.persona_id)
+                                          : el("span", { class: "muted" }, "none")),
     ...detail("Model", agent.preferred_model || el("span", { class: "muted" }, "default"),
               agent.preferred_provider ? ` (provider ${agent.preferred_provider})` : null),
     ...detail("Tools", tools.length ? el("ul", { class: "plain" }, tools.map((t) => el("li", {}, toolRef(t))))

@@ -98,6 +98,16 @@ async function loadToolChoices() {
   }
 }
 
+// Personas the user may bind an agent to: those they own or edit.
+async function loadPersonas() {
+  try {
+    const page = await api("/api/v1/personas?is_active=true&limit=200");
+    const choices = page.items.filter((p) => p.my_role === "owner" || p.my_role === "editor");
+    document.getElementById("agent-persona").append(
+      ...choices.map((p) => el("option", { value: p.id }, p.name)));
+  } catch { /* the field keeps "None" */ }
+}
+
 async function loadModels() {
   try {
     const models = await api("/v1/models");
@@ -133,7 +143,7 @@ function wireCreate() {
       return;
     }
     const body = { name: text("name"), slug: text("slug"), tool_permissions: data.getAll("tools") };
-    for (const key of ["description", "preferred_model"]) if (text(key)) body[key] = text(key);
+    for (const key of ["description", "preferred_model", "persona_id"]) if (text(key)) body[key] = text(key);
     if (String(data.get("system_prompt") || "").trim()) body.system_prompt = String(data.get("system_prompt"));
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
@@ -154,4 +164,5 @@ wireSlug();
 wireCreate();
 loadToolChoices();
 loadModels();
+loadPersonas();
 loadAgents().then(() => loadRuns()).catch(showError);
