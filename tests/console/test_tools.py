@@ -172,3 +172,51 @@ async def test_a_user_adds_an_http_server_and_another_user_cannot_see_its_tools(
     await page.get_by_text("No MCP servers yet").wait_for()
     await expect(page.locator("#tools-body")).to_contain_text("current_time")
     await expect(page.locator("#tools-body")).not_to_contain_text("Return the text unchanged.")
+
+
+async def test_an_administrator_registers_and_checks_language_servers_a_user_uses_them(
+    page: Any, console: str, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """Language servers on the tools page: registered from the form (a real
+    jedi-language-server), health checked (the LSP handshake; a command that does not
+    exist is shown unhealthy with its error), deleted; a user sees the global one without
+    the form or the delete button."""
+    from playwright.async_api import expect
+
+    from tests.tools.test_lsp import JEDI
+
+    admin_id, _ = await make_user(database, admin=True)
+    await sign_in_as(page.context, console, database, test_keys, admin_id)
+    await page.goto("/console/tools")
+    await page.get_by_text("No language servers yet").wait_for()
+    for name, command in (("jedi", str(JEDI)), ("ghost", "/nonexistent/ghost-lsp")):
+        form = page.locator("#lsp-form")
+        await form.get_by_label("Name").fill(name)
+        await form.get_by_label("Language").fill("python")
+        await form.get_by_label("Command").fill(command)
+        await form.get_by_label("Files it serves").fill("*.py\n*.pyi")
+        await page.get_by_role("button", name="Register language server").click()
+        await expect(page.locator("#lsp-servers h3", has_text=name)).to_be_visible()
+    jedi, ghost = page.locator("#lsp-servers li", has_text="jedi"), page.locator(
+        "#lsp-servers li", has_text="ghost")
+    await expect(jedi).to_contain_text("*.py, *.pyi")
+    await jedi.get_by_role("button", name="Check health of jedi").click()
+    await expect(jedi.locator(".health")).to_contain_text("healthy", timeout=30_000)
+    await expect(jedi).to_contain_text("jedi-language-server")  # what it reports itself
+    await ghost.get_by_role("button", name="Check health of ghost").click()
+    await expect(ghost.locator(".health")).to_contain_text("unhealthy", timeout=30_000)
+    await expect(ghost.locator(".step-error")).to_be_visible()
+    await screenshot(page, "tools-lsp")
+    await assert_accessible(page)
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await ghost.get_by_role("button", name="Delete ghost").click()
+    await expect(page.locator("#lsp-servers li")).to_have_count(1)
+
+    user_id, _ = await make_user(database)
+    await page.context.clear_cookies()
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto("/console/tools")
+    await expect(page.locator("#lsp-servers li")).to_have_count(1)
+    await expect(page.get_by_role("button", name="Check health of jedi")).to_be_visible()
+    await expect(page.get_by_role("button", name="Delete jedi")).to_have_count(0)
+    await expect(page.locator("#lsp-form")).to_have_count(0)
