@@ -114,9 +114,20 @@ async def test_create_a_persona_and_manage_its_secrets_members_mail_and_health(
     await screenshot(page, "persona")
     await assert_accessible(page)
 
+    # A tool granted with a limit, and the agent that answers the persona's mail.
+    await page.get_by_label("Tool", exact=True).select_option(label="current_time")
+    await page.get_by_label("Calls a run (at most)").fill("3")
+    await page.get_by_role("button", name="Grant tool").click()
+    await expect(page.locator("#grants-body")).to_contain_text("current_time")
+    await expect(page.locator("#grants-body")).to_contain_text("3")
     await page.get_by_label("Description").fill("Answers the guests.")
+    await page.get_by_label("Agent that answers mail").select_option(label="Night desk")
     await page.get_by_role("button", name="Save changes").click()
     await expect(page.locator("#persona-description")).to_have_text("Answers the guests.")
+    stored = await client.get(f"/api/v1/personas/{persona_id}", headers=owner_headers)
+    assert stored.json()["email_agent_id"] == agent_id
+    grants = await client.get(f"/api/v1/personas/{persona_id}/tools", headers=owner_headers)
+    assert [(g["tool_name"], g["max_calls_per_run"]) for g in grants.json()] == [("current_time", 3)]
     assert await page.evaluate("window.pwned") is None
 
     # The viewer: the persona, without the owner's and editors' controls.
@@ -126,7 +137,9 @@ async def test_create_a_persona_and_manage_its_secrets_members_mail_and_health(
     await page.get_by_role("link", name=EVIL).click()
     await expect(page.locator("#persona-details")).to_contain_text("viewer")
     await expect(page.locator("#members-body")).to_contain_text(str(member_name))
-    for hidden in ("#edit-card", "#secrets-card", "#member-form"):
+    await expect(page.locator("#grants-body")).to_contain_text("current_time")
+    await expect(page.get_by_role("button", name="Revoke current_time")).to_have_count(0)
+    for hidden in ("#edit-card", "#secrets-card", "#member-form", "#grant-form"):
         await expect(page.locator(hidden)).to_be_hidden()
     await expect(page.get_by_role("button", name="Late check-in")).to_be_visible()
     await assert_accessible(page)

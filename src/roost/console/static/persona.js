@@ -44,7 +44,9 @@ function render() {
   field("description").value = persona.description || "";
   field("system_prompt").value = persona.system_prompt || "";
   field("is_active").checked = persona.is_active;
+  field("email_agent_id").value = persona.email_agent_id || "";
   document.getElementById("edit-card").hidden = !canEdit();
+  document.getElementById("grant-form").hidden = !canEdit();
   document.getElementById("delete-persona").hidden = !isOwner();
   document.getElementById("member-form").hidden = !isOwner();
   document.getElementById("secrets-card").hidden = !canEdit();
@@ -62,6 +64,9 @@ function changes(form) {
   }
   if (field("system_prompt").value !== (persona.system_prompt || "")) body.system_prompt = field("system_prompt").value;
   if (field("is_active").checked !== persona.is_active) body.is_active = field("is_active").checked;
+  if ((field("email_agent_id").value || null) !== (persona.email_agent_id || null)) {
+    body.email_agent_id = field("email_agent_id").value || null;
+  }
   return body;
 }
 
@@ -253,8 +258,66 @@ async function loadHealth() {
   document.getElementById("health-empty").hidden = samples.length > 0;
 }
 
+// --- tools granted ------------------------------------------------------------------------
+
+function grantRow(grant) {
+  const name = grant.tool_name || grant.tool_id;
+  return el("tr", {},
+    el("td", {}, grant.tool_name ? el("a", { href: `/console/tools/${grant.tool_id}` }, name) : name),
+    el("td", {}, grant.is_enabled ? badge("enabled", "ok") : badge("disabled", "muted")),
+    el("td", {}, grant.max_calls_per_run ?? none("no limit")),
+    el("td", {}, canEdit() ? el("button", { type: "button", class: "danger", "aria-label": `Revoke ${name}`,
+                                            onclick: () => revoke(grant, name) }, "Revoke") : null));
+}
+
+async function loadGrants() {
+  const grants = await api(`${base}/tools`);
+  document.getElementById("grants-body").replaceChildren(...grants.map(grantRow));
+  document.getElementById("grants-table").hidden = !grants.length;
+  document.getElementById("grants-empty").hidden = grants.length > 0;
+}
+
+async function revoke(grant, name) {
+  if (!window.confirm(`Revoke ${name}? The persona's agents can no longer call it through this grant.`)) return;
+  try {
+    await api(`${base}/tools/${grant.tool_id}`, { method: "DELETE" });
+    await loadGrants();
+  } catch (error) { showError(error); }
+}
+
+async function loadToolChoices() {
+  if (!canEdit()) return;
+  const page = await api("/api/v1/tools?available=true&limit=200");
+  document.getElementById("grant-tool").replaceChildren(
+    ...page.items.filter((t) => t.enabled).map((t) => el("option", { value: t.id }, t.name)));
+}
+
+function wireGrants() {
+  const form = document.getElementById("grant-form");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const toolId = form.elements.namedItem("tool_id").value;
+    if (!toolId) {
+      notify("Pick a tool to grant.");
+      return;
+    }
+    const calls = form.elements.namedItem("max_calls_per_run").value;
+    const body = { is_enabled: true, ...(calls ? { max_calls_per_run: Number(calls) } : {}) };
+    try {
+      const granted = await api(`${base}/tools/${toolId}`, { method: "PUT", body });
+      form.elements.namedItem("max_calls_per_run").value = "";
+      await loadGrants();
+      notify(`${granted.tool_name || "The tool"} is granted.`, "ok");
+    } catch (error) { showError(error); }
+  });
+}
+
 async function loadAgents() {
   const page = await api(`/api/v1/agents?persona_id=${personaId}&limit=50`);
+  const mailAgent = document.getElementById("edit-mail-agent");
+  mailAgent.replaceChildren(mailAgent.options[0],
+    ...page.items.map((agent) => el("option", { value: agent.id }, agent.name)));
+  mailAgent.value = persona.email_agent_id || "";
   document.getElementById("agents-list").replaceChildren(...page.items.map((agent) =>
     el("li", {}, el("a", { href: `/console/agents/${agent.id}` }, agent.name), " ",
        el("span", { class: "muted small" }, agent.slug))));
@@ -272,5 +335,7 @@ document.getElementById("mail-more").addEventListener("click", () => loadMail(tr
 wireEdit();
 wireMembers();
 wireSecrets();
-load().then(() => Promise.all([loadMembers(), loadSecrets(), loadAgents(), loadMail(), loadHealth()]))
+wireGrants();
+load().then(() => Promise.all([loadMembers(), loadSecrets(), loadAgents(), loadGrants(),
+                               loadToolChoices(), loadMail(), loadHealth()]))
   .catch(showError);
