@@ -82,23 +82,37 @@ def header_name_ok(name: str) -> bool:
     return _HEADER_NAME_RE.fullmatch(name) is not None
 
 
+def unsendable_header(headers: Mapping[Any, Any]) -> tuple[str, Any] | None:
+    """The first header httpx could not send, as ``("name", name)`` (not an HTTP token)
+    or ``("value", name)`` (not a string of printable ASCII without surrounding spaces);
+    None when every one can be sent.  Each caller words its own refusal."""
+    for name, value in headers.items():
+        if not isinstance(name, str) or not header_name_ok(name):
+            return "name", name
+        if not isinstance(value, str) or not header_value_ok(value):
+            return "value", name
+    return None
+
+
 def check_headers(headers: Mapping[str, Any], provider: str) -> None:
     """Raise :class:`ProviderRequestError` (never echoing a value) for a header that cannot
     be sent: a key stored before keys were validated must fail as a clear provider error,
     not as an ``UnicodeEncodeError`` deep in httpx."""
-    for name, value in headers.items():
-        if not isinstance(name, str) or not header_name_ok(name):
-            raise ProviderRequestError(
-                f"provider {provider!r}: an extra header name is not a valid HTTP token; "
-                "fix config.extra_headers", provider=provider,
-            )
-        if not isinstance(value, str) or not header_value_ok(value):
-            what = "the API key" if name.lower() in AUTH_HEADER_NAMES else f"header {name!r}"
-            fix = "set the key again" if name.lower() in AUTH_HEADER_NAMES else "fix the configuration"
-            raise ProviderRequestError(
-                f"provider {provider!r}: {what} is not a valid HTTP header value (it must be "
-                f"{HEADER_VALUE_RULE}); {fix}", provider=provider,
-            )
+    bad = unsendable_header(headers)
+    if bad is None:
+        return
+    kind, name = bad
+    if kind == "name":
+        raise ProviderRequestError(
+            f"provider {provider!r}: an extra header name is not a valid HTTP token; "
+            "fix config.extra_headers", provider=provider,
+        )
+    what = "the API key" if name.lower() in AUTH_HEADER_NAMES else f"header {name!r}"
+    fix = "set the key again" if name.lower() in AUTH_HEADER_NAMES else "fix the configuration"
+    raise ProviderRequestError(
+        f"provider {provider!r}: {what} is not a valid HTTP header value (it must be "
+        f"{HEADER_VALUE_RULE}); {fix}", provider=provider,
+    )
 
 
 class HTTPConfig(TypedDict, total=False):

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
 
 from roost.inputs import StrictInput
-from roost.llm.base import AUTH_HEADER_NAMES, HEADER_VALUE_RULE, header_name_ok, header_value_ok
+from roost.llm.base import AUTH_HEADER_NAMES, HEADER_VALUE_RULE, header_value_ok, unsendable_header
 from roost.llm.orchestration import STRATEGIES, Strategy
 
 # Accepted as ``type``: the two protocols plus names of OpenAI-compatible servers (stored
@@ -72,15 +72,14 @@ def _check_config(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if headers is not None:
         if not isinstance(headers, dict):
             raise ValueError("config.extra_headers must be an object of header names to values")
-        for name, header_value in headers.items():
-            if not header_name_ok(name):
-                raise ValueError("config.extra_headers has a name that is not a valid HTTP token")
-            if name.lower() in AUTH_HEADER_NAMES:
-                raise ValueError("config.extra_headers must not carry credentials; use api_key")
-            if not isinstance(header_value, str) or not header_value_ok(header_value):
-                raise ValueError(
-                    f"config.extra_headers[{name!r}] must be a string of {HEADER_VALUE_RULE}"
-                )
+        if any(name.lower() in AUTH_HEADER_NAMES for name in headers):
+            raise ValueError("config.extra_headers must not carry credentials; use api_key")
+        bad = unsendable_header(headers)
+        if bad is not None and bad[0] == "name":
+            raise ValueError("config.extra_headers has a name that is not a valid HTTP token")
+        if bad is not None:
+            raise ValueError(
+                f"config.extra_headers[{bad[1]!r}] must be a string of {HEADER_VALUE_RULE}")
     _check_options(value)
     return value
 

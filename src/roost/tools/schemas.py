@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from roost.inputs import StrictInput, WebUrl
-from roost.llm.base import HEADER_VALUE_RULE, header_name_ok, header_value_ok
+from roost.llm.base import HEADER_VALUE_RULE, unsendable_header
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -38,12 +38,12 @@ class McpServerCreate(StrictInput):
     @classmethod
     def _sendable_headers(cls, value: dict[str, str]) -> dict[str, str]:
         """Refused here what could never be sent (httpx raised deep in a sync instead)."""
-        for name, header_value in value.items():
-            if not header_name_ok(name):
-                raise ValueError(f"header name {name[:64]!r} is not a valid HTTP token")
-            if not header_value_ok(header_value):
-                raise ValueError(f"the value of header {name!r} must be {HEADER_VALUE_RULE}, "
-                                 "without surrounding spaces")
+        bad = unsendable_header(value)
+        if bad is not None and bad[0] == "name":
+            raise ValueError(f"header name {bad[1][:64]!r} is not a valid HTTP token")
+        if bad is not None:
+            raise ValueError(f"the value of header {bad[1]!r} must be {HEADER_VALUE_RULE}, "
+                             "without surrounding spaces")
         return value
 
     @field_validator("env")
