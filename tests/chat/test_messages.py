@@ -132,9 +132,10 @@ async def test_tool_call_fields_and_roles_without_reply(client: httpx.AsyncClien
     assert items[1]["tool_calls"][0]["arguments"] == '{"q": "roost"}'
     # A tool message needs the call it answers; only user messages are answered.
     bad = await _post(client, headers, sid, role="tool", content="x", reply=False)
-    assert bad.status_code == 400 and "tool_call_id" in bad.json()["detail"]
+    assert bad.status_code == 422 and "tool_call_id" in bad.json()["detail"]
+    assert bad.json()["field"] == "tool_call_id"
     bad = await _post(client, headers, sid, role="system", content="x")
-    assert bad.status_code == 400 and "reply=false" in bad.json()["detail"]
+    assert bad.status_code == 422 and "reply=false" in bad.json()["detail"]
 
 
 async def test_the_history_page_is_exactly_what_its_response_model_serialises(
@@ -193,7 +194,7 @@ async def test_bad_input(
     _, headers = user
     too_long = await _post(client, headers, sid, content="x" * 2001)
     assert too_long.status_code == 413 and "2000" in too_long.json()["detail"]
-    assert (await _post(client, headers, sid, content="   ")).status_code == 400
+    assert (await _post(client, headers, sid, content="   ")).status_code == 422
     malformed = await client.post(f"/api/v1/chat/sessions/{sid}/messages", json={"text": "hi"},
                                   headers=headers)
     assert malformed.status_code == 422

@@ -66,7 +66,7 @@ async def test_session_crud_is_owner_only(
     assert (await client.post("/api/v1/chat/sessions", json={"owner_id": str(user_id)},
                               headers=other)).status_code == 404
     no_owner = await client.post("/api/v1/chat/sessions", json={}, headers=admin_headers)
-    assert no_owner.status_code == 400 and "owner_id" in no_owner.json()["detail"]
+    assert no_owner.status_code == 422 and no_owner.json()["field"] == "owner_id"
 
     assert (await client.delete(f"/api/v1/chat/sessions/{sid}", headers=headers)).status_code == 204
     assert (await client.get(f"/api/v1/chat/sessions/{sid}", headers=headers)).status_code == 404

@@ -46,11 +46,11 @@ async def test_add_sync_check_an_mcp_server_then_call_its_tool_from_the_schema_f
     await page.goto("/console/tools")
     await expect(page.locator("#tools-body")).to_contain_text("current_time")  # built-ins
     await page.get_by_text("No MCP servers yet").wait_for()
-    await page.get_by_label("Name").fill("echo")
-    await page.get_by_label("Transport").select_option("stdio")
-    await page.get_by_label("Command").fill(sys.executable)
-    await page.get_by_label("Arguments").fill(str(ECHO_SERVER))
-    await page.get_by_label("Global: every user may call its tools").check()
+    await page.locator("#server-form").get_by_label("Name").fill("echo")
+    await page.locator("#server-form").get_by_label("Transport").select_option("stdio")
+    await page.locator("#server-form").get_by_label("Command").fill(sys.executable)
+    await page.locator("#server-form").get_by_label("Arguments").fill(str(ECHO_SERVER))
+    await page.locator("#server-form").get_by_label("Global: every user may call its tools").check()
     await assert_accessible(page)
     await page.get_by_role("button", name="Add server").click()
 
@@ -142,14 +142,14 @@ async def test_a_user_adds_an_http_server_and_another_user_cannot_see_its_tools(
     # Commands on the host and global servers are for administrators.
     assert await page.get_by_role("option", name="stdio").is_disabled()
     assert await page.get_by_label("Global: every user may call its tools").count() == 0
-    await page.get_by_label("Name").fill("metadata")
-    await page.get_by_label("URL").fill("http://169.254.169.254/mcp")
+    await page.locator("#server-form").get_by_label("Name").fill("metadata")
+    await page.locator("#server-form").get_by_label("URL").fill("http://169.254.169.254/mcp")
     await page.get_by_role("button", name="Add server").click()
     await expect(page.get_by_role("alert")).to_contain_text("169.254.169.254")  # refused
     await page.get_by_role("alert").click()  # on a phone it covers the button: tap it away
-    await page.get_by_label("Name").fill("remote-echo")
-    await page.get_by_label("URL").fill(http_mcp_url)
-    await page.get_by_label("Headers").fill("X-Team: blue")
+    await page.locator("#server-form").get_by_label("Name").fill("remote-echo")
+    await page.locator("#server-form").get_by_label("URL").fill(http_mcp_url)
+    await page.locator("#server-form").get_by_label("Headers").fill("X-Team: blue")
     await page.get_by_role("button", name="Add server").click()
     server = page.locator("li.server", has=page.get_by_role("heading", name="remote-echo"))
     await expect(server).to_contain_text("X-Team")  # the name, never the value

@@ -52,7 +52,7 @@ from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.db.statements import bound_insert, prefixed, row_json
 from roost.db.transaction import driver_connection, driver_fetch
-from roost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RoostError
+from roost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RoostError, Unprocessable
 from roost.llm import calls, routing
 from roost.llm.gateway import LLMGateway
 from roost.llm.orchestration import Attempt, response_confidence
@@ -195,16 +195,18 @@ def _check_content(data: MessageCreate, limit: int) -> None:
             "(runtime setting chat_max_message_chars)"
         )
     if data.role in ("user", "system", "developer") and not data.content.strip():
-        raise BadRequest("message content must not be empty")
+        raise Unprocessable("message content must not be empty", extra={"field": "content"})
     if data.reply and data.role != "user":
-        raise BadRequest(
+        raise Unprocessable(
             f"only a user message can be answered by the model; send role {data.role!r} "
-            "with reply=false to record it"
+            "with reply=false to record it", extra={"field": "reply"}
         )
     if data.role == "tool" and not data.tool_call_id:
-        raise BadRequest("a tool message needs the tool_call_id it answers")
+        raise Unprocessable("a tool message needs the tool_call_id it answers",
+                            extra={"field": "tool_call_id"})
     if data.tool_calls and data.role != "assistant":
-        raise BadRequest("only an assistant message carries tool_calls")
+        raise Unprocessable("only an assistant message carries tool_calls",
+                            extra={"field": "tool_calls"})
     if "\x00" in data.content:
         raise BadRequest("message content must not contain NUL characters")
 

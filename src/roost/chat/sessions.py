@@ -29,7 +29,7 @@ from roost.chat.schemas import (
     StatePut,
 )
 from roost.db.base import utcnow, uuid7
-from roost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RoostError
+from roost.errors import Conflict, NotFound, PayloadTooLarge, RoostError, Unprocessable
 from roost.pagination import (
     DEFAULT_LIMIT,
     newest_first,
@@ -64,7 +64,8 @@ async def create_session(session: AsyncSession, actor: Principal, data: SessionC
     if data.owner_id is not None and data.owner_id != actor.user_id and not actor.is_admin:
         raise NotFound("owner_id: only administrators may create sessions for someone else")
     if owner is None:
-        raise BadRequest("the operator token has no user: pass owner_id to name the session's owner")
+        raise Unprocessable("the operator token has no user: pass owner_id to name the "
+                            "session's owner", extra={"field": "owner_id"})
     await require_project(session, actor, data.project_id)  # another user's: 404
     row = ChatSession(
         id=uuid7(), user_id=owner, title=data.title, model=data.model, project_id=data.project_id,
