@@ -72,7 +72,7 @@ from roost.agents import memorytools
 from roost.agents.catalog import split_tool_refs
 from roost.agents.grants import Grant, grants_of
 from roost.agents.models import Agent, Persona, Run, RunStep
-from roost.agents.runs import EVENTS_CHANNEL, notify
+from roost.agents.runs import EVENTS_CHANNEL
 from roost.agents.schemas import AgentConfig
 from roost.agents.secrets import resolve_reference
 from roost.analytics.models import AnalyticsEvent
@@ -188,9 +188,6 @@ class _State:
     route: Route | None = None  # the model's providers, resolved at the first model step
     grants: dict[uuid.UUID, Grant] = field(default_factory=dict)  # the persona's tool grants
     prompt_text: str = ""  # config.system_prompt_key's version, rendered (_use_prompt)
-    # The run has not been announced ``started`` yet: its first claim does it (and stores
-    # started_at), in the first step's transaction rather than one of its own.
-    announce: bool = False
     # Finished calls' records, written by the runner's next transaction (the next step's
     # start or the run's end), before that step starts: one transaction less per call.
     pending: list[Callable[[AsyncSession], Awaitable[None]]] = field(default_factory=list)
@@ -332,8 +329,6 @@ async def _claim_step(session: AsyncSession, state: _State, **values: Any) -> _S
     meanwhile.  (Finishing a step writes only the step: the run's totals follow here, at
     its end, and when it is cancelled or failed, from the steps.)"""
     run, number = state.run, state.next_number
-    if state.announce:  # the run's first claim: listeners hear it started first
-        await notify(session, run.id, "started")
     row: dict[str, Any] = dict.fromkeys(_STEP_COLUMNS)
     now = utcnow()
     row.update(id=uuid7(), created_at=now, started_at=now, run_id=run.id,
@@ -347,7 +342,6 @@ async def _claim_step(session: AsyncSession, state: _State, **values: Any) -> _S
         "event": f"{run.id}:step:{number}:{row['status']}", **prefixed("s_", row)})
     if not inserted:
         raise _Cancelled
-    state.announce = False
     step = _Step(**row)
     state.steps.append(step)
     return step
@@ -912,10 +906,12 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
 
 async def _send_delta(env: RunEnv, run_id: uuid.UUID, number: int, text: str) -> None:
     """The model's text so far to the run's event listeners (a notification, not a row:
-    the finished step stores the whole text).  Split to fit NOTIFY's payload limit."""
-    for start in range(0, len(text), DELTA_MAX_CHARS):
-        async with env.database.transaction() as session:
-            await notify(session, run_id, f"delta:{number}:{text[start:start + DELTA_MAX_CHARS]}")
+    the finished step stores the whole text).  Split to fit NOTIFY's payload limit; one
+    statement a part, outside any transaction (its own implicit one sends it)."""
+    async with env.database.autocommit() as driver:
+        for start in range(0, len(text), DELTA_MAX_CHARS):
+            await driver.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL,
+                                 f"{run_id}:delta:{number}:{text[start:start + DELTA_MAX_CHARS]}")
 
 
 def _secret_resolver(env: RunEnv, state: _State) -> SecretResolver | None:
@@ -1172,8 +1168,8 @@ async def execute(env: RunEnv, run_id: uuid.UUID) -> str:
 
 async def _execute(env: RunEnv, state: _State, run_id: uuid.UUID) -> str:
     started = time.perf_counter()
-    if state.run.started_at is None:  # stored, and announced, by the first step's claim
-        state.run.started_at, state.announce = utcnow(), True
+    if state.run.started_at is None:  # stored by the first step's claim, which listeners hear
+        state.run.started_at = utcnow()
     try:
         for step in await _recover(env, state):  # idempotent tool calls, again in place
             given = step.input or {}
