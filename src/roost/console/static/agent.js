@@ -1,13 +1,9 @@
 // One agent: its details, a run form (to the run's page), editing, deleting, its runs.
-import { api, el, formatTime, keepDraft, notify, pageData, showError } from "./console.js";
+import { api, badge, el, formatTime, keepDraft, notify, pageData, showError } from "./console.js";
 
 const { agent_id: agentId } = pageData();
 let agent = null;
 let runsCursor = null;
-
-function badge(text, kind = text) {
-  return el("span", { class: `badge ${kind}` }, text);
-}
 
 function detail(term, ...value) {
   return [el("dt", {}, term), el("dd", {}, ...value)];

@@ -1,15 +1,11 @@
 // Agents: the user's agents (cursor pages), a create form, and recent runs.
-import { api, el, formatTime, keepDraft, notify, showError } from "./console.js";
+import { api, badge, el, formatTime, keepDraft, notify, showError } from "./console.js";
 
 const agentsBody = document.getElementById("agents-body");
 const runsBody = document.getElementById("runs-body");
 const agentNames = new Map(); // id -> name, to name the agent of each run
 let agentsCursor = null;
 let runsCursor = null;
-
-function badge(text, kind = text) {
-  return el("span", { class: `badge ${kind}` }, text);
-}
 
 function agentRow(agent) {
   const state = [agent.is_active ? badge("active") : badge("inactive", "muted")];

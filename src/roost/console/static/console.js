@@ -101,6 +101,11 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// A status word as a badge; ``kind`` picks its colour (console.css), by default the word.
+export function badge(text, kind = text) {
+  return el("span", { class: `badge ${kind}` }, text);
+}
+
 export function formatTime(value) {
   if (!value) return "";
   const date = new Date(value);

@@ -1,7 +1,7 @@
 // One debate: its set-up, the turns grouped by round, the ballots and the result (winner,
 // method, tally, ties and the missing Condorcet winner), refreshed every 1.5 s while it
 // runs; cancel while it is unfinished.
-import { api, el, formatTime, pageData, showError } from "./console.js";
+import { api, badge, el, formatTime, pageData, showError } from "./console.js";
 
 const { debate_id: debateId } = pageData();
 const $ = (id) => document.getElementById(id);
@@ -26,10 +26,6 @@ let debate = null;
 let shownTurns = -1;
 let shownBallots = -1;
 let timer = null;
-
-function badge(text, kind = text) {
-  return el("span", { class: `badge ${kind}` }, text);
-}
 
 function detail(term, ...value) {
   return [el("dt", {}, term), el("dd", {}, ...value)];

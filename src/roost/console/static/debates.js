@@ -1,7 +1,7 @@
 // Debates: the user's debates (cursor pages, a status filter) and the "New debate" form
 // (topic, positions one per line, participants: a model or an agent each, rounds, voting
 // method, weights), which starts one and opens its page.
-import { api, el, keepDraft, notify, showError } from "./console.js";
+import { api, badge, el, keepDraft, notify, showError } from "./console.js";
 import { problemMessage } from "./problems.js";
 
 const $ = (id) => document.getElementById(id);
@@ -10,10 +10,6 @@ const METHODS = { majority: "majority", weighted: "weighted", borda: "Borda", co
 let cursor = null;
 let agents = [];  // the user's active agents, for the participant pickers
 let rowCount = 0; // ever created (unique ids); the rows on screen are numbered in order
-
-function badge(text, kind = text) {
-  return el("span", { class: `badge ${kind}` }, text);
-}
 
 // --- the list -------------------------------------------------------------------------------
 

@@ -1,15 +1,11 @@
 // The tools page's language servers: the ones the user may use (own and global, cursor
 // pages), a health check (the LSP initialize/shutdown handshake), and for administrators
 // registering and deleting them.
-import { api, el, formatTime, notify, pageData, showError } from "./console.js";
+import { api, badge, el, formatTime, notify, pageData, showError } from "./console.js";
 
 const { is_admin: isAdmin } = pageData();
 const list = document.getElementById("lsp-servers");
 let cursor = null;
-
-function badge(text, kind = text) {
-  return el("span", { class: `badge ${kind}` }, text);
-}
 
 function fact(term, ...value) {
   return el("div", {}, el("dt", {}, term), el("dd", {}, ...value));

@@ -1,15 +1,11 @@
 // One persona: details, editing (owners and editors), members (owners manage them),
 // write-only secrets (owners and editors), the mailbox and the health samples.
-import { api, el, formatTime, notify, pageData, showError } from "./console.js";
+import { api, badge, el, formatTime, notify, pageData, showError } from "./console.js";
 
 const { persona_id: personaId } = pageData();
 const base = `/api/v1/personas/${personaId}`;
 let persona = null;
 let mailCursor = null;
-
-function badge(text, kind = text) {
-  return el("span", { class: `badge ${kind}` }, text);
-}
 
 function detail(term, ...value) {
   return [el("dt", {}, term), el("dd", {}, ...value)];

@@ -1,12 +1,8 @@
 // Personas: the ones the user owns or is a member of (cursor pages) and a create form.
-import { api, el, keepDraft, notify, showError } from "./console.js";
+import { api, badge, el, keepDraft, notify, showError } from "./console.js";
 
 const body = document.getElementById("personas-body");
 let cursor = null;
-
-function badge(text, kind = text) {
-  return el("span", { class: `badge ${kind}` }, text);
-}
 
 function personaRow(persona) {
   return el("tr", {},

@@ -1,7 +1,7 @@
 // One run: its header and totals, and its steps live.  The steps are read once, then the
 // run's server-sent events (step started/finished, the model's text as it streams, end)
 // update them in place; the stream is closed when the run ends.
-import { api, el, formatTime, pageData, showError } from "./console.js";
+import { api, badge, el, formatTime, pageData, showError } from "./console.js";
 
 const { run_id: runId } = pageData();
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
@@ -14,10 +14,6 @@ const steps = new Map(); // step_number -> { data, node, stream }
 let run = null;
 let source = null;
 let retryTimer = null;
-
-function badge(text, kind = text) {
-  return el("span", { class: `badge ${kind}` }, text);
-}
 
 function setLive(state, text) {
   live.dataset.state = state;

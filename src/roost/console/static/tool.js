@@ -1,6 +1,6 @@
 // One tool: what it is, a call form generated from its input JSON Schema (or raw JSON), the
 // result of a call, and its recent calls.
-import { ApiError, api, el, formatTime, notify, pageData, showError } from "./console.js";
+import { api, ApiError, badge, el, formatTime, notify, pageData, showError } from "./console.js";
 
 const { tool_id: toolId } = pageData();
 const form = document.getElementById("call-form");
@@ -10,10 +10,6 @@ const jsonArea = document.getElementById("arguments-json");
 let tool = null;
 let fields = []; // { name, kind, control, schema, required }
 let runsCursor = null;
-
-function badge(text, kind = text) {
-  return el("span", { class: `badge ${kind}` }, text);
-}
 
 const pretty = (value) => JSON.stringify(value, null, 2);
 

@@ -1,6 +1,6 @@
 // Tools: the tools the user may call (cursor pages, semantic search) and their MCP servers
 // (add, sync, health check, delete).
-import { api, el, formatTime, notify, pageData, showError } from "./console.js";
+import { api, badge, el, formatTime, notify, pageData, showError } from "./console.js";
 
 const { is_admin: isAdmin } = pageData();
 const toolsBody = document.getElementById("tools-body");
@@ -8,10 +8,6 @@ const serverList = document.getElementById("servers");
 const servers = new Map(); // id -> server, to name where a tool comes from
 let toolsCursor = null;
 let serversCursor = null;
-
-function badge(text, kind = text) {
-  return el("span", { class: `badge ${kind}` }, text);
-}
 
 // --- tools --------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 // problems listed by node and edge, the nodes at fault marked in the drawing) and Save,
 // publishing, the versions with rollback, the diff of two versions (or a version and the
 // draft), its name, description and status, and deleting it.  Its runs: workflow_runs.js.
-import { api, ApiError, el, formatTime, notify, pageData, showError } from "./console.js";
+import { api, ApiError, badge, el, formatTime, notify, pageData, showError } from "./console.js";
 import { drawGraph as drawShared, plain } from "./graph.js";
 import { problemMessage } from "./problems.js";
 
@@ -16,10 +16,6 @@ let saved = null;       // the workflow as the API last returned it
 let versions = [];      // newest first
 let dirty = false;      // the editor differs from the saved draft
 let diffPicked = false; // the reader chose what to compare
-
-function badge(text, kind = text) {
-  return el("span", { class: `badge ${kind}` }, text);
-}
 
 // --- the drawing (graph.js) ------------------------------------------------------------------
 

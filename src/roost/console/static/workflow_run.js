@@ -3,7 +3,7 @@
 // legend and the drawing's label); the steps; Approve / Reject (with a comment) for each
 // approval node it waits at, Resume when it failed, Cancel while it is unfinished.  The
 // run is read again every second while it is running or pending.
-import { api, el, formatTime, notify, pageData, showError } from "./console.js";
+import { api, badge, el, formatTime, notify, pageData, showError } from "./console.js";
 import { drawGraph } from "./graph.js";
 import { problemMessage } from "./problems.js";
 
@@ -33,10 +33,6 @@ let timer = null;
 let busy = false;            // an action or a read in flight
 let shownSteps = "";         // what the steps table and the drawing show (a signature)
 let shownWaiting = null;     // the approval forms shown (node ids)
-
-function badge(text, kind = text) {
-  return el("span", { class: `badge ${kind}` }, text);
-}
 
 function json(value) {
   return JSON.stringify(value, null, 2);

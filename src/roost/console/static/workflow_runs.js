@@ -3,7 +3,7 @@
 // while nothing is published or the workflow is archived) and the workflow's runs, newest
 // first, with "Load more".  workflow.js sends the workflow in a "roost:workflow" event
 // each time it loads or saves it (a new version published: the form follows).
-import { api, el, formatTime, notify, pageData, showError } from "./console.js";
+import { api, badge, el, formatTime, notify, pageData, showError } from "./console.js";
 import { problemMessage } from "./problems.js";
 
 const { workflow_id: workflowId } = pageData();
@@ -16,10 +16,6 @@ let workflow = null;          // as the last event gave it
 let shownVersion = null;      // the latest version the form was built for
 const graphs = new Map();     // version number -> its published graph
 let runsCursor = null;
-
-function badge(text, kind = text) {
-  return el("span", { class: `badge ${kind}` }, text);
-}
 
 function snippet(text, chars = 120) {
   const flat = String(text).replace(/\s+/g, " ").trim();

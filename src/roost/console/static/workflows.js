@@ -1,15 +1,11 @@
 // Workflows: the user's workflows (cursor pages, a status filter) and a create form (a
 // draft with an empty graph, opened on its page).
-import { api, el, formatTime, notify, showError } from "./console.js";
+import { api, badge, el, formatTime, notify, showError } from "./console.js";
 import { problemMessage } from "./problems.js";
 
 const $ = (id) => document.getElementById(id);
 const body = $("workflows-body");
 let cursor = null;
-
-function badge(text, kind = text) {
-  return el("span", { class: `badge ${kind}` }, text);
-}
 
 function workflowRow(workflow) {
   return el("tr", {},
