@@ -1,5 +1,5 @@
 // One agent: its details, a run form (to the run's page), editing, deleting, its runs.
-import { api, badge, el, formatTime, keepDraft, notify, pageData, showError } from "./console.js";
+import { api, badge, el, formatTime, keepDraft, notify, pageData, saveChanges, showError } from "./console.js";
 
 const { agent_id: agentId } = pageData();
 let agent = null;
@@ -144,16 +144,11 @@ function wireEdit() {
   const form = document.getElementById("edit-form");
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const body = changes(form);
-    if (!Object.keys(body).length) {
-      notify("Nothing has changed.", "info");
-      return;
-    }
-    try {
-      agent = await api(`/api/v1/agents/${agentId}`, { method: "PATCH", body });
+    const saved = await saveChanges(`/api/v1/agents/${agentId}`, changes(form));
+    if (saved) {
+      agent = saved;
       render();
-      notify("Saved.", "ok");
-    } catch (error) { showError(error); }
+    }
   });
   document.getElementById("delete-agent").addEventListener("click", async () => {
     if (!window.confirm(`Delete the agent “${agent?.name ?? ""}”? Its runs stay.`)) return;

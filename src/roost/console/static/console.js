@@ -101,6 +101,23 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// An edit form's PATCH of only what changed (``body``): "Nothing has changed" for an empty
+// one, the API's problem as a message; the saved object, or null when nothing was saved.
+export async function saveChanges(url, body) {
+  if (!Object.keys(body).length) {
+    notify("Nothing has changed.", "info");
+    return null;
+  }
+  try {
+    const saved = await api(url, { method: "PATCH", body });
+    notify("Saved.", "ok");
+    return saved;
+  } catch (error) {
+    showError(error);
+    return null;
+  }
+}
+
 // A status word as a badge; ``kind`` picks its colour (console.css), by default the word.
 export function badge(text, kind = text) {
   return el("span", { class: `badge ${kind}` }, text);

@@ -1,6 +1,6 @@
 // One persona: details, editing (owners and editors), members (owners manage them),
 // write-only secrets (owners and editors), the mailbox and the health samples.
-import { api, badge, el, formatTime, notify, pageData, showError } from "./console.js";
+import { api, badge, el, formatTime, notify, pageData, saveChanges, showError } from "./console.js";
 
 const { persona_id: personaId } = pageData();
 const base = `/api/v1/personas/${personaId}`;
@@ -70,16 +70,11 @@ function wireEdit() {
   const form = document.getElementById("edit-form");
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const body = changes(form);
-    if (!Object.keys(body).length) {
-      notify("Nothing has changed.", "info");
-      return;
-    }
-    try {
-      persona = await api(base, { method: "PATCH", body });
+    const saved = await saveChanges(base, changes(form));
+    if (saved) {
+      persona = saved;
       render();
-      notify("Saved.", "ok");
-    } catch (error) { showError(error); }
+    }
   });
   document.getElementById("delete-persona").addEventListener("click", async () => {
     if (!window.confirm(`Delete the persona “${persona?.name ?? ""}” with its members, secrets, agents and mail?`)) return;
