@@ -17,6 +17,7 @@ from tests.chat.conftest import add_provider
 from tests.prompts.conftest import make_group
 from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
+from tests.support.openai_stub.script import Call, Reply, ToolCalls
 
 Headers = dict[str, str]
 
@@ -122,6 +123,40 @@ async def test_a_run_whose_model_call_the_balance_cannot_cover_fails_saying_so(
     assert done["status"] == "failed"
     assert "not enough credits" in done["error_message"]
     assert stub.requests(path="/v1/chat/completions") == []
+
+
+async def test_a_run_out_of_credits_mid_run_keeps_the_steps_it_took(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    worker: Worker,  # noqa: F811 - the fixture
+) -> None:
+    """A metered user's run that calls a tool (its hold taken while the model call's
+    settlement holds the payer's row: it waited on another connection until the statement
+    timeout), then cannot pay for its second model call: the tool step and its tool run
+    stay recorded (the refusal rolls back nothing already done), no hold is left."""
+    user_id, headers = await make_user(database)
+    await add_provider(client, admin_headers, stub)
+    await _subscribe(client, admin_headers, user_id, 3)  # one model call and a tool call
+    agent = await make_agent(database, user_id, tool_permissions=["current_time"],
+                             config={"max_output_tokens": 1000})
+    stub.script(ToolCalls(Call("current_time", {"timezone": "UTC"})), Reply("Noon."))
+    run = await client.post(f"/api/v1/agents/{agent.id}/runs", headers=headers,
+                            json={"input": "What time is it?"})
+    assert run.status_code == 202, run.text
+    done = await wait_for_run(client, headers, run.json()["id"])
+    assert done["status"] == "failed" and "not enough credits" in done["error_message"], done
+    steps = (await client.get(f"/api/v1/runs/{done['id']}/steps", headers=headers)).json()
+    assert [(s["step_type"], s["status"]) for s in steps] == [
+        ("llm_call", "completed"), ("tool_call", "completed")]
+    assert steps[1]["tool_run_id"] and steps[1]["output"]["timezone"] == "UTC"
+    async with database.transaction() as s:
+        runs = (await s.execute(text(
+            "SELECT status FROM tool_runs WHERE run_id = :r"), {"r": done["id"]})).all()
+        held = await s.scalar(text(
+            "SELECT count(*) FROM credit_reservations r JOIN subscriptions s "
+            "ON s.id = r.subscription_id WHERE s.user_id = :u AND r.status = 'held'"),
+            {"u": user_id})
+    assert [r[0] for r in runs] == ["success"] and held == 0
+    assert len(stub.requests(path="/v1/chat/completions")) == 1
 
 
 async def test_a_groups_subscription_pays_for_its_members_calls(

@@ -29,14 +29,14 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 CURRENT_TIME = uuid.UUID("019ad9a0-0000-7000-8000-000000000001")  # a built-in (0500)
 
 
-def _record(actor: Principal, *, failed: bool = False, **ids: Any) -> calls._Record:
+def _record(actor: Principal, *, failed: bool = False, **ids: Any) -> calls.CallRecord:
     prepared = calls.PreparedCall(tool_id=CURRENT_TIME, name="current_time", kind="builtin",
                                   spec=None)
     result = calls.CallResult(
         output=None if failed else {"utc": "2026-12-04T15:00:00Z", "nested": {"n": [1, 2.5]}},
         failure=Unprocessable("the tool said no") if failed else None,
         started_at=utcnow(), duration_ms=7)
-    return calls._Record(actor, prepared, {"tz": "Europe/Paris", "quote": "it's \"x\""},
+    return calls.CallRecord(actor, prepared, {"tz": "Europe/Paris", "quote": "it's \"x\""},
                          result, **ids)
 
 

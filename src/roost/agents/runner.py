@@ -34,6 +34,7 @@ cancelled run (every write is conditional on ``status = 'running'``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import re
@@ -91,6 +92,7 @@ from roost.knowledge.schemas import SearchRequest
 from roost.knowledge.search import search as knowledge_search
 from roost.llm import calls, routing
 from roost.llm.gateway import LLMGateway
+from roost.llm.models import LLMRequest
 from roost.llm.orchestration import Attempt
 from roost.llm.records import CallOutcome
 from roost.llm.routing import Route
@@ -320,14 +322,17 @@ def _load_statement() -> Select[Any]:
             .where(runs.c.id == bindparam("run_id")))
 
 
-async def _claim_step(session: AsyncSession, state: _State, **values: Any) -> _Step:
+async def _claim_step(session: AsyncSession, state: _State, *,
+                      request: Mapping[str, Any] | None = None, **values: Any) -> _Step:
     """In the caller's transaction: the run's next step (``running`` unless ``status``
     says), claimed and inserted by one statement.  The claim marks the run running at this
     step with its totals so far and tells listeners (``step:<n>:<status>``); it takes the
     run's row lock, which orders the step against a concurrent cancel.  Raises
     :class:`_Cancelled` (nothing inserted) when the run was cancelled or finished
     meanwhile.  (Finishing a step writes only the step: the run's totals follow here, at
-    its end, and when it is cancelled or failed, from the steps.)"""
+    its end, and when it is cancelled or failed, from the steps.)  ``request``: a model
+    call's ``llm_requests`` row (``calls.prepare_request``), written by the same statement
+    when the step is."""
     run, number = state.run, state.next_number
     row: dict[str, Any] = dict.fromkeys(_STEP_COLUMNS)
     now = utcnow()
@@ -335,11 +340,13 @@ async def _claim_step(session: AsyncSession, state: _State, **values: Any) -> _S
                user_id=run.user_id, persona_id=run.persona_id, step_number=number,
                status="running", tokens_in=0, tokens_out=0, cost=Decimal(0))
     row.update(values)
-    inserted = await driver_fetch(session, _claim_step_statement(), {
-        "run_id": run.id, "updated_at": now, "started_at": run.started_at,
-        "steps_count": number, "tokens_in": run.tokens_in, "tokens_out": run.tokens_out,
-        "cost": run.cost, "channel": EVENTS_CHANNEL,
-        "event": f"{run.id}:step:{number}:{row['status']}", **prefixed("s_", row)})
+    inserted = await driver_fetch(
+        session, _claim_step_statement(tuple(request) if request is not None else ()), {
+            "run_id": run.id, "updated_at": now, "started_at": run.started_at,
+            "steps_count": number, "tokens_in": run.tokens_in, "tokens_out": run.tokens_out,
+            "cost": run.cost, "channel": EVENTS_CHANNEL,
+            "event": f"{run.id}:step:{number}:{row['status']}", **prefixed("s_", row),
+            **(prefixed("q_", request) if request is not None else {})})
     if not inserted:
         raise _Cancelled
     step = _Step(**row)
@@ -356,9 +363,11 @@ _OPEN = "status IN ('pending', 'running')"
 
 
 @functools.cache
-def _claim_step_statement() -> Insert:
+def _claim_step_statement(request_keys: tuple[str, ...] = ()) -> Insert:
     """``WITH claimed AS (UPDATE runs ... WHERE <open> RETURNING pg_notify(...)) INSERT
-    INTO run_steps SELECT <the step> FROM claimed``: no open run, no step."""
+    INTO run_steps SELECT <the step> FROM claimed``: no open run, no step.  With
+    ``request_keys``, also ``llm_request AS (INSERT INTO llm_requests SELECT <q_
+    parameters> FROM claimed)``: the model call's request with its step, or neither."""
     runs = cast(Table, Run.__table__)
     steps = cast(Table, RunStep.__table__)
     claimed = (update(runs).where(runs.c.id == bindparam("run_id"), text(_OPEN))
@@ -370,8 +379,12 @@ def _claim_step_statement() -> Insert:
                           .label("notified"))
                .cte("claimed"))
     step = select(*(bindparam("s_" + key, type_=steps.c[key].type) for key in _STEP_COLUMNS))
-    return (insert(steps).from_select(list(_STEP_COLUMNS), step.select_from(claimed))
-            .returning(steps.c.id))
+    statement = (insert(steps).from_select(list(_STEP_COLUMNS), step.select_from(claimed))
+                 .returning(steps.c.id))
+    if request_keys:
+        statement = statement.add_cte(
+            bound_insert_from(LLMRequest, "q_", request_keys, claimed).cte("llm_request"))
+    return statement
 
 
 @functools.cache
@@ -420,6 +433,19 @@ def _step_finish(extra: frozenset[str], audited: bool = False) -> Update:
         statement = statement.add_cte(
             bound_insert(AuditLog, "a_", _AUDIT_KEYS).cte("audit_record"))
     return statement
+
+
+_RECORDED: dict[Update, Update] = {}
+
+
+def _recorded_step_finish(statement: Update, record: tool_calls.CallRecord) -> Update:
+    """``statement`` with a tool call's ``tool_runs`` row, analytics event and audit
+    record as its CTEs (``tool_calls.CallRecord.ctes``): the tool's record and the step's
+    result in one round trip.  Built once per step-finish shape."""
+    recorded = _RECORDED.get(statement)
+    if recorded is None:
+        recorded = _RECORDED[statement] = statement.add_cte(*record.ctes())
+    return recorded
 
 
 _AUDIT_KEYS: Final = tuple(entry_values("agent.step"))  # every record has the same columns
@@ -648,11 +674,14 @@ async def _write_finish(
     session: AsyncSession, state: _State, step: _Step, *, status: str,
     output: dict[str, Any] | None = None, error: str | None = None, tokens_in: int = 0,
     tokens_out: int = 0, cost: Decimal = Decimal(0), finished_at: datetime | None = None,
-    audit: Mapping[str, Any] | None = None, **values: Any,
+    audit: Mapping[str, Any] | None = None, record: tool_calls.CallRecord | None = None,
+    **values: Any,
 ) -> bool:
     """In the caller's transaction: the step's result, only while it is still running (a
     cancelled run keeps what cancelling wrote); false when it was not.  ``audit``: an
-    audit record's values (``entry_values``), written by the same statement either way."""
+    audit record's values (``entry_values``); ``record``: a tool call's rows (its ledger
+    written first: ``tool_calls.write_ledger``); either written by the same statement
+    either way."""
     now = finished_at or utcnow()
     started = step.started_at or now
     params = {
@@ -664,8 +693,12 @@ async def _write_finish(
     if audit is not None:
         await flush_pending(session)  # as audit.record would: the record may name them
         params.update(prefixed("a_", audit))
-    changed = await driver_fetch(
-        session, _step_finish(frozenset(values), audit is not None), params)
+    if record is not None:
+        params.update(record.params)
+    statement = _step_finish(frozenset(values), audit is not None)
+    if record is not None:
+        statement = _recorded_step_finish(statement, record)
+    changed = await driver_fetch(session, statement, params)
     return bool(changed)
 
 
@@ -830,27 +863,32 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
     chat = ChatRequest(messages=_messages(state), tools=_tool_specs(state.tools),
                        temperature=state.config.temperature,
                        max_tokens=state.config.max_output_tokens)
+    call: calls.PendingCall | None = None
     try:
         async with _scoped(env, state.principal) as session:
-            await _apply_pending(session, state)  # the records of calls finished since
             if state.route is None:  # once per run (the providers do not change mid-run)
                 state.route = await routing.resolve_route(session, env.gateway, model)
-            request_id = uuid7()
+            # A metered user's credits are held first, before this transaction writes
+            # anything (402/403 ends the run, nothing called; the records of calls
+            # finished since stay pending for the run's end).
+            call, request = await calls.prepare_request(
+                session, env.gateway, state.principal, chat, state.route,
+                request_type=REQUEST_TYPE, running=True, run_id=state.run.id,
+                agent_id=state.run.agent_id)
+            await _apply_pending(session, state)  # the records of calls finished since
+            # The step and its request, stored as running, by one statement.
             step = await _claim_step(session, state, step_type="llm_call",
-                                     llm_request_id=request_id,
+                                     llm_request_id=call.request_id, request=request,
                                      input={"model": model, "messages": len(chat.messages),
                                             "tools": sorted(state.tools)})
             number = step.step_number
-            # The request is stored as running, with the step, in one transaction; a
-            # metered user's credits are held first (402/403 ends the run, nothing called:
-            # the step goes with the rollback).
-            call = await calls.add_request(
-                session, env.gateway, state.principal, chat, state.route,
-                request_type=REQUEST_TYPE, running=True, run_id=state.run.id,
-                agent_id=state.run.agent_id, request_id=request_id)
             tracing.current().set("roost.run.step_number", number)  # the step's span
     except (PaymentRequired, LimitReached) as exc:
         raise _Stop("error", status="failed", error=f"billing: {exc.detail}") from None
+    except _Cancelled:
+        if call is not None:  # held, never written: the run was cancelled meanwhile
+            await calls.give_back(env.gateway, call)
+        raise
 
     async def save(session: AsyncSession, outcome: CallOutcome) -> ChatResult:
         result = outcome.result
@@ -947,18 +985,24 @@ async def _prepare(session: AsyncSession, env: RunEnv, state: _State, offered: O
                    arguments: dict[str, Any]) -> tool_calls.PreparedCall:
     """The registry's checks of a call, and the persona grant's constraints.  A tool the
     runner may use only through the grant is another user's row: checked as the system
-    (the grant was made by someone who may use it; ``_offered_tools`` chose it)."""
+    (the grant was made by someone who may use it; ``_offered_tools`` chose it).  A metered
+    user's credits are held in ``session``'s transaction: after a model call's result it
+    holds the payer's row already (the call's settlement), which a hold on another
+    connection would wait for."""
     if offered.grant is not None:
         offered.grant.check_arguments(arguments)
     if offered.visible:
-        return await tool_calls.prepare_call(
+        prepared = await tool_calls.prepare_call(
             session, state.principal, env.tools, env.box, tool_id=offered.tool_id,
-            name=None, server=None, arguments=arguments, database=env.database)
-    async with env.database.transaction() as system:
-        return await tool_calls.prepare_call(
-            system, SYSTEM, env.tools, env.box, tool_id=offered.tool_id, name=None,
-            server=None, arguments=arguments, bill_to=state.principal.user_id,
-            database=env.database)
+            name=None, server=None, arguments=arguments, hold=False)
+    else:
+        async with env.database.transaction() as system:
+            prepared = await tool_calls.prepare_call(
+                system, SYSTEM, env.tools, env.box, tool_id=offered.tool_id, name=None,
+                server=None, arguments=arguments, hold=False)
+    reservation = await tool_calls.hold_credits(session, state.principal, env.tools,
+                                                prepared.tool_id, state.principal.user_id)
+    return dataclasses.replace(prepared, reservation=reservation)
 
 
 async def _begin_tool_steps(session: AsyncSession, env: RunEnv, state: _State,
@@ -1062,12 +1106,15 @@ def _tool_finish(state: _State, step: _Step, prepared: tool_calls.PreparedCall,
     _settle(state, step, status=status, output=result.output, error=error)
 
     async def write(session: AsyncSession) -> None:
-        # The tool run and its audit record whatever happened to the run meanwhile.
-        tool_run = await tool_calls.record_call(
-            session, state.principal, prepared, arguments, result, trace_id=state.run.trace_id,
+        # The tool run and its audit record (whatever happened to the run meanwhile) and
+        # the step's result: one statement, the record's rows its CTEs.
+        record = tool_calls.CallRecord(
+            state.principal, prepared, arguments, result, trace_id=state.run.trace_id,
             run_id=state.run.id, run_step_id=step.id)
+        await tool_calls.write_ledger(session, record)
         await _write_finish(session, state, step, status=status, output=result.output,
-                            error=error, tool_run_id=tool_run.id, finished_at=finished_at)
+                            error=error, tool_run_id=record.run.id, finished_at=finished_at,
+                            record=record)
 
     return write
 

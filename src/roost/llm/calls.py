@@ -38,7 +38,7 @@ from roost.analytics.streaming import StreamMeter
 from roost.audit import service as audit
 from roost.billing import credits, limits
 from roost.billing.credits import Reservation
-from roost.db.statements import flush_pending, insert_row
+from roost.db.statements import flush_pending, insert_row, with_defaults
 from roost.identity.tenancy import scope_settings
 from roost.llm.base import elapsed_ms
 from roost.llm.errors import ProviderError
@@ -141,16 +141,44 @@ async def add_request(
     row is locked for that statement, not until this transaction's durable commit
     (docs/billing.md, "A model call's hold"); it is given back if this transaction does
     not commit, and settled by the call's final one."""
-    reservation = await _hold_credits(session, gateway, principal, chat, route, request_type)
+    call, values = await prepare_request(
+        session, gateway, principal, chat, route, request_type=request_type,
+        session_id=session_id, running=running, run_id=run_id, agent_id=agent_id,
+        request_id=request_id)
     await flush_pending(session)
-    values = request_values(gateway, principal, chat, route, request_type=request_type,
-                            session_id=session_id, running=running)
+    await insert_row(session, LLMRequest, values)
+    return call
+
+
+async def prepare_request(
+    session: AsyncSession, gateway: LLMGateway, principal: Principal, chat: ChatRequest,
+    route: Route, *, request_type: str, session_id: uuid.UUID | None = None,
+    running: bool = False, run_id: uuid.UUID | None = None, agent_id: uuid.UUID | None = None,
+    request_id: uuid.UUID | None = None,
+) -> tuple[PendingCall, dict[str, Any]]:
+    """:func:`add_request` without writing the row: the credits held as it holds them,
+    and the ``llm_requests`` row's values (every column, defaults filled in), for a caller
+    that writes the row in a statement of its own (the agent runner: with its step, one
+    round trip).  A caller that then writes no row gives the hold back with
+    :func:`give_back` (a rollback of ``session``'s transaction does it by itself)."""
+    reservation = await _hold_credits(session, gateway, principal, chat, route, request_type)
+    values = with_defaults(LLMRequest, request_values(
+        gateway, principal, chat, route, request_type=request_type, session_id=session_id,
+        running=running))
     if request_id is not None:
         values["id"] = request_id
-    row = await insert_row(session, LLMRequest, values)
-    return PendingCall(request_id=row["id"], principal=principal, route=route, chat=chat,
+    return PendingCall(request_id=values["id"], principal=principal, route=route, chat=chat,
                        request_type=request_type, session_id=session_id, running=running,
-                       run_id=run_id, agent_id=agent_id, reservation=reservation)
+                       run_id=run_id, agent_id=agent_id, reservation=reservation), values
+
+
+async def give_back(gateway: LLMGateway, call: PendingCall) -> None:
+    """The credits held for a call whose request was never written (a transaction that
+    committed without it)."""
+    if call.reservation is not None:
+        await credits.release_alone(
+            gateway.db, scope_settings(call.principal, app_role=gateway.settings.db_app_role),
+            call.reservation)
 
 
 async def _hold_credits(

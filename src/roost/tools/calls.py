@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from jsonschema import Draft202012Validator, SchemaError
 from jsonschema.validators import validator_for
-from sqlalchemy import Insert, select
+from sqlalchemy import CTE, Insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -260,7 +260,7 @@ async def _known_tool(session: AsyncSession, actor: Principal, cfg: ToolsConfig,
 async def prepare_call(
     session: AsyncSession, actor: Principal, cfg: ToolsConfig, box: SecretBox, *,
     tool_id: uuid.UUID | None, name: str | None, server: str | None, arguments: dict[str, Any],
-    bill_to: uuid.UUID | None = None, database: Database | None = None,
+    bill_to: uuid.UUID | None = None, database: Database | None = None, hold: bool = True,
 ) -> PreparedCall:
     """In the caller's scoped transaction: find the tool (another tenant's is 404), check
     it is enabled and available, validate the arguments (422), and hold the call's credits
@@ -268,7 +268,8 @@ async def prepare_call(
     ``bill_to``: the user who pays when ``actor`` is the system acting for them.
     With ``database`` (the one ``session`` is on), the hold is a statement of its own on
     its side pool, committed at once (``credits.hold_beside``), else one of the
-    transaction's."""
+    transaction's.  ``hold=False``: no hold (the caller takes it with
+    :func:`hold_credits`)."""
     if tool_id is not None:
         known = await _known_tool(session, actor, cfg, box, tool_id)
     else:
@@ -279,20 +280,32 @@ async def prepare_call(
             raise NotFound(f"tool {tool.id} does not exist")
         known = _known(tool, row, box, cfg)
     _check(known, arguments)
-    payer = bill_to or actor.user_id
-    reservation = None
-    if payer is not None:
-        settings = get_settings()
-        price = await runtime.get(session, billing_settings.TOOL_CALL_CREDITS,
-                                  settings.billing_tool_call_credits)
-        if price and database is not None:
-            reservation = await credits.hold_beside(
-                session, database, settings, scope_settings(actor, app_role=cfg.app_role),
-                payer, price, kind="tool", reference=f"tool:{known.id}")
-        elif price:
-            reservation = await credits.reserve(session, settings, payer, price, kind="tool",
-                                                reference=f"tool:{known.id}")
+    reservation = await hold_credits(session, actor, cfg, known.id, bill_to or actor.user_id,
+                                     database=database) if hold else None
     return PreparedCall(known.id, known.name, known.kind, known.spec, reservation)
+
+
+async def hold_credits(
+    session: AsyncSession, actor: Principal, cfg: ToolsConfig, tool_id: uuid.UUID,
+    payer: uuid.UUID | None, *, database: Database | None = None,
+) -> Reservation | None:
+    """A call's credits held for ``payer`` when metered (402 when the balance cannot cover
+    it): on ``database``'s side pool, committed at once, when given; else in ``session``'s
+    transaction, which must be the one to use when it may hold the payer's row already (a
+    side connection would wait for it until the statement timeout)."""
+    if payer is None:
+        return None
+    settings = get_settings()
+    price = await runtime.get(session, billing_settings.TOOL_CALL_CREDITS,
+                              settings.billing_tool_call_credits)
+    if not price:
+        return None
+    if database is not None:
+        return await credits.hold_beside(
+            session, database, settings, scope_settings(actor, app_role=cfg.app_role),
+            payer, price, kind="tool", reference=f"tool:{tool_id}")
+    return await credits.reserve(session, settings, payer, price, kind="tool",
+                                 reference=f"tool:{tool_id}")
 
 
 def _check(known: KnownTool, arguments: dict[str, Any]) -> None:
@@ -456,23 +469,30 @@ async def record_call(
     of the call's Python time, bench/tools/overhead.py), with the call's ledger row and
     its held credits settled or given back when it had a reservation.  Returns the row as
     written (not attached to the session)."""
-    record = _Record(actor, prepared, arguments, result, trace_id=trace_id,
-                     session_id=session_id, message_id=message_id, run_id=run_id,
-                     run_step_id=run_step_id)
-    held, run, ok = prepared.reservation, record.run, result.failure is None
-    if held is not None:  # the call's ledger row, and the hold settled or given back
+    record = CallRecord(actor, prepared, arguments, result, trace_id=trace_id,
+                        session_id=session_id, message_id=message_id, run_id=run_id,
+                        run_step_id=run_step_id)
+    await write_ledger(session, record)
+    await driver_fetch(session, record.statement, record.params)
+    return record.run
+
+
+async def write_ledger(session: AsyncSession, record: CallRecord) -> None:
+    """In the caller's transaction, before the record's rows: a call that held credits
+    gets its ledger row and its hold settled (or given back when it failed); what the
+    session holds unwritten is flushed (the record's rows may refer to it)."""
+    held, run, ok = record.prepared.reservation, record.run, record.ok
+    if held is not None:
         session.add(UsageRecord(
             id=uuid7(), user_id=run.user_id, request_type="tool", model=None,
             credits_used=held.amount if ok else 0, latency_ms=run.duration_ms, success=ok,
             run_id=run.run_id, session_id=run.session_id, idempotency_key=f"tool:{run.id}",
-            api_key_id=actor.api_key_id, subscription_id=held.subscription_id))
+            api_key_id=record.actor.api_key_id, subscription_id=held.subscription_id))
         if ok:
             await credits.settle(session, held, held.amount)
         else:
             await credits.release(session, held)
-    await flush_pending(session)  # the usage row, and what the caller added, first
-    await driver_fetch(session, record.statement, record.params)
-    return run
+    await flush_pending(session)
 
 
 async def _record_alone(database: Database, actor: Principal, cfg: ToolsConfig,
@@ -485,7 +505,7 @@ async def _record_alone(database: Database, actor: Principal, cfg: ToolsConfig,
     them, and commits as the statement ends.  A scoped ``BEGIN``, the statement and a
     ``COMMIT`` were three round trips, and an ORM session before that a third of Roost's
     part of a call (bench/tools/overhead.py)."""
-    record = _Record(actor, prepared, arguments, result, **ids)
+    record = CallRecord(actor, prepared, arguments, result, **ids)
     scope = json.dumps(scope_settings(actor, app_role=cfg.app_role))
     async with database.autocommit() as driver:
         await driver.execute(_RECORD_CALL, scope, *record.rows_json())
@@ -495,9 +515,11 @@ async def _record_alone(database: Database, actor: Principal, cfg: ToolsConfig,
 _RECORD_CALL: Final = "SELECT roost_record_tool_call($1, $2, $3, $4)"
 
 
-class _Record:
+class CallRecord:
     """A call's ``tool_runs`` row, analytics event and audit record: the values, and the
-    one statement that writes them."""
+    one statement that writes them (or the three inserts as CTEs of a caller's own
+    statement, :meth:`ctes`, with :attr:`params`: the agent runner finishes its step with
+    them)."""
 
     def __init__(self, actor: Principal, prepared: PreparedCall, arguments: dict[str, Any],
                  result: CallResult, *, trace_id: str | None = None,
@@ -530,6 +552,7 @@ class _Record:
             error_message=failure.detail if failure else None,
             metadata={"tool_run_id": str(values["id"]), "tool_name": prepared.name,
                       "status": result.status, "duration_ms": result.duration_ms})
+        self.actor, self.prepared, self.ok = actor, prepared, ok
         self.run = ToolRun(**values)
         self.values, self.event, self.audit = values, event, audit
 
@@ -539,8 +562,20 @@ class _Record:
 
     @property
     def params(self) -> dict[str, Any]:
-        return {**prefixed("r_", self.values), **prefixed("e_", self.event),
-                **prefixed("a_", self.audit)}
+        """The parameters of :attr:`statement` and of :meth:`ctes` (``tr_``, ``te_``,
+        ``ta_`` prefixes: distinct from a caller's own)."""
+        return {**prefixed("tr_", self.values), **prefixed("te_", self.event),
+                **prefixed("ta_", self.audit)}
+
+    def ctes(self) -> tuple[CTE, ...]:
+        """``tool_run``, ``tool_event`` and ``tool_audit``: the three inserts as CTEs
+        (every record has the same columns: built once)."""
+        if not _RECORD_CTES:
+            _RECORD_CTES.extend((
+                bound_insert(ToolRun, "tr_", self.values).cte("tool_run"),
+                bound_insert(AnalyticsEvent, "te_", self.event).cte("tool_event"),
+                bound_insert(AuditLog, "ta_", self.audit).cte("tool_audit")))
+        return tuple(_RECORD_CTES)
 
     def rows_json(self) -> tuple[str, str, str]:
         """The three rows as ``roost_record_tool_call`` takes them (JSON by column name)."""
@@ -549,17 +584,18 @@ class _Record:
 
 
 _RECORD: list[Insert] = []  # built once: a statement built per call cost ~0.5 ms (bench)
+_RECORD_CTES: list[CTE] = []
 
 
 def _record_statement(run: Mapping[str, Any], event: Mapping[str, Any],
                       audit: Mapping[str, Any]) -> Insert:
     """``WITH tool_run AS (INSERT ...), analytics_event AS (INSERT ...) INSERT INTO
-    audit_logs ...``, each value a bound parameter named after its attribute (``r_``,
-    ``e_``, ``a_``), typed by its column."""
+    audit_logs ...``, each value a bound parameter named after its attribute (``tr_``,
+    ``te_``, ``ta_``), typed by its column."""
     if not _RECORD:
-        _RECORD.append(bound_insert(AuditLog, "a_", audit).add_cte(
-            bound_insert(ToolRun, "r_", run).cte("tool_run"),
-            bound_insert(AnalyticsEvent, "e_", event).cte("analytics_event")))
+        _RECORD.append(bound_insert(AuditLog, "ta_", audit).add_cte(
+            bound_insert(ToolRun, "tr_", run).cte("tool_run"),
+            bound_insert(AnalyticsEvent, "te_", event).cte("analytics_event")))
     return _RECORD[0]
 
 

@@ -44,7 +44,7 @@ BEGIN
   END LOOP;
 END $$;
 """)
-    # The column lists are those roost.tools.calls._Record fills, as this revision wrote
+    # The column lists are those roost.tools.calls.CallRecord fills, as this revision wrote
     # them (a migration is history); tests/tools/test_record_function.py compares them.
     # Columns not listed keep their defaults (audit_logs.seq, the chain's columns).
     op.execute("""
