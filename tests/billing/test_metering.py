@@ -125,6 +125,36 @@ async def test_a_run_whose_model_call_the_balance_cannot_cover_fails_saying_so(
     assert stub.requests(path="/v1/chat/completions") == []
 
 
+async def test_a_metered_run_with_tool_calls_completes_and_pays_for_each(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    worker: Worker,  # noqa: F811 - the fixture
+) -> None:
+    """Each hold of a metered run (model calls on a side connection, tool calls in the
+    run's transaction) is taken while the run's own transaction may hold the payer's row
+    (a settlement): none waits for it; every hold is settled at the end."""
+    user_id, headers = await make_user(database)
+    await add_provider(client, admin_headers, stub)
+    sub = await _subscribe(client, admin_headers, user_id, 100)
+    agent = await make_agent(database, user_id, tool_permissions=["current_time"])
+    stub.script(ToolCalls(Call("current_time", {"timezone": "UTC"})),
+                ToolCalls(Call("current_time", {"timezone": "Asia/Tokyo"})), Reply("Noon."))
+    run = await client.post(f"/api/v1/agents/{agent.id}/runs", headers=headers,
+                            json={"input": "What time is it?"})
+    assert run.status_code == 202, run.text
+    done = await wait_for_run(client, headers, run.json()["id"], within=20)
+    assert done["status"] == "completed" and done["output"] == "Noon.", done
+    async with database.transaction() as s:
+        row = (await s.execute(text(
+            "SELECT credits_used, credits_reserved, "
+            "(SELECT count(*) FROM credit_reservations r WHERE r.subscription_id = s.id "
+            " AND r.status = 'held') AS held, "
+            "(SELECT count(*) FROM usage_records u WHERE u.subscription_id = s.id "
+            " AND u.request_type = 'tool') AS tools "
+            "FROM subscriptions s WHERE s.id = :s"), {"s": sub})).one()
+    assert row.credits_reserved == 0 and row.held == 0 and row.tools == 2
+    assert row.credits_used >= 2
+
+
 async def test_a_run_out_of_credits_mid_run_keeps_the_steps_it_took(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
     worker: Worker,  # noqa: F811 - the fixture
