@@ -407,3 +407,35 @@ async def test_a_model_calls_hold_commits_alone_and_goes_back_if_its_request_is_
         assert kept.reservation is not None
     finally:
         await one_connection.dispose()
+
+
+async def test_a_call_whose_answer_cannot_be_stored_ends_failed_and_gives_its_hold_back(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    test_settings: Settings, test_keys: KeyMaterial,
+) -> None:
+    """The provider answered but the call's final transaction failed (here the caller's
+    hook refuses; in production a lock wait past the statement timeout): the request is
+    recorded failed in a transaction of its own, not left ``running``, and its credits
+    are given back (the caller got no answer), and the error reaches the caller."""
+    user_id, _ = await make_user(database)
+    sub = await _setup(client, admin_headers, stub, user_id, 100)
+    who = Principal(user_id=user_id, is_admin=False, kind="api_key")
+    gateway = LLMGateway.build(database, test_settings, test_keys)
+    chat = ChatRequest(messages=[LLMMessage(role="user", content="hi")], max_tokens=500)
+    async with gateway.transaction(who) as session:
+        route = await resolve_route(session, gateway, "stub-model")
+        call = await calls.add_request(session, gateway, who, chat, route, request_type="chat")
+
+    async def refuse(session: Any, outcome: Any) -> None:
+        raise LookupError("the answer has nowhere to go")
+
+    with pytest.raises(LookupError):
+        await calls.run(gateway, call, on_success=refuse)
+    row = await _counters(database, sub["id"])
+    assert (row.credits_used, row.credits_reserved, row.held, row.billed) == (0, 0, 0, 0)
+    async with database.transaction() as s:
+        status, error = (await s.execute(text(
+            "SELECT status, error_message FROM llm_requests WHERE id = :id"),
+            {"id": call.request_id})).one()
+    assert status == "failed" and "LookupError" in error
+    assert len(stub.requests(path="/v1/chat/completions")) == 1

@@ -907,7 +907,10 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
             await _finish_step(session, state, step, status="completed", output=output,
                                tokens_in=result.tokens_in, tokens_out=result.tokens_out,
                                cost=Decimal(usage.credits_used if usage else 0), audit=audit)
-            # The tool calls it asks for begin in the same transaction (one less a call).
+            # The tool calls it asks for begin in the same transaction (one less a call),
+            # their holds after this call's credits are settled (no request holds a run's
+            # rows while it holds credits on a side connection: no lock cycle).
+            await calls.settle(session, outcome)
             await _begin_tool_steps(session, env, state, result.tool_calls)
         return result
 

@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
 import anyio
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost import tracing
@@ -61,6 +62,7 @@ from roost.llm.types import ChatChunk, ChatMessage, ChatRequest
 from roost.principal import Principal
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 SuccessHook = Callable[[AsyncSession, CallOutcome], Awaitable[T]]
 FailureHook = Callable[[AsyncSession, str, Sequence[Attempt]], Awaitable[None]]
@@ -234,6 +236,28 @@ async def _store_failure(
         )
         if on_failure is not None:
             await on_failure(session, message, attempts)
+        if call.reservation is not None:  # last: see _store_success
+            await credits.release(session, call.reservation)
+
+
+async def _store_outcome(
+    gateway: LLMGateway, call: PendingCall, outcome: CallOutcome,
+    on_success: SuccessHook[Any] | None, meter: StreamMeter | None = None,
+) -> Any:
+    """:func:`_store_success`; when its transaction fails (a lock wait past the statement
+    timeout, a hook's refusal, a lost connection), the call is recorded failed in one of
+    its own, without the hook (which may be what failed), so the request does not stay
+    ``running`` and its credits are given back (the caller got no answer); the error is
+    raised either way."""
+    try:
+        return await _store_success(gateway, call, outcome, on_success, meter)
+    except Exception as exc:
+        try:
+            await _store_failure(gateway, call, exc, outcome.attempts, outcome.latency_ms, None)
+        except Exception as again:  # the database is gone: the sweeper frees the hold
+            log.warning("llm_call_unrecorded", request_id=str(call.request_id),
+                        error=type(again).__name__)
+        raise
 
 
 async def _store_success(
@@ -252,7 +276,26 @@ async def _store_success(
             audit_action=None if on_success is not None else "llm.request.complete",
             reservation=call.reservation, stream_metrics=metrics,
         )
-        return outcome if on_success is None else await on_success(session, outcome)
+        outcome.reservation = call.reservation
+        answer = outcome if on_success is None else await on_success(session, outcome)
+        # The payer's row is locked last.  The hook locks its domain's row (the chat
+        # session that stores the answer); a request that locks that row first, then
+        # holds credits for its own call on a side connection (the session's next turn),
+        # would otherwise wait for this transaction while this one waits for it, a cycle
+        # PostgreSQL cannot see (the side connection), until the statement timeout.
+        await settle(session, outcome)
+        return answer
+
+
+async def settle(session: AsyncSession, outcome: CallOutcome) -> None:
+    """The call's held credits charged with what it used, in its final transaction (once:
+    a success hook that holds credits for what comes next calls this first, so its holds
+    see the balance after this call; it must then lock nothing a request holding credits
+    on a side connection may hold: see :func:`_store_success`)."""
+    held, usage = outcome.reservation, outcome.usage
+    if held is not None and usage is not None:
+        outcome.reservation = None
+        await credits.settle(session, held, usage.credits_used)
 
 
 @overload
@@ -296,7 +339,7 @@ async def run(
                                           on_failure))
             raise
         _annotate(span, outcome)
-        return await shielded(_store_success(gateway, call, outcome, on_success))
+        return await shielded(_store_outcome(gateway, call, outcome, on_success))
 
 
 class RecordedStream(Generic[T]):
@@ -365,7 +408,7 @@ class RecordedStream(Generic[T]):
         _annotate(span, self.outcome)
         span.end()
         self.saved = await shielded(
-            _store_success(self._gateway, self.call, self.outcome, self._on_success,
+            _store_outcome(self._gateway, self.call, self.outcome, self._on_success,
                            self._meter))
 
 

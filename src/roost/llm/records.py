@@ -165,6 +165,7 @@ class CallOutcome:
     usage: UsageRecord | None = None  # set when the call is recorded
     votes: dict[str, float] = field(default_factory=dict)  # ensembles: weight per answer
     embedding: EmbeddingResult | None = None  # embeddings calls: the vectors
+    reservation: Reservation | None = None  # the credits held for it, until settled
 
 
 async def record_success(
@@ -175,7 +176,8 @@ async def record_success(
 ) -> UsageRecord:
     """Responses, usage, status ``completed``; audited unless the caller audits itself.
     ``run_id``/``agent_id``: the agent run the call was made for (usage per run);
-    ``reservation``: the credits held for the call, settled here with the actual amount;
+    ``reservation``: the credits held for the call (the usage row names its subscription;
+    the caller settles it: ``roost.llm.calls``, after its own rows);
     ``stream_metrics``: a streamed answer's ``streaming_analytics`` rows
     (``StreamMeter.row_values``), written by the same statement."""
     user_id = principal.user_id
@@ -196,8 +198,6 @@ async def record_success(
         "subscription_id": reservation.subscription_id if reservation else None,
     }
     usage = UsageRecord(**usage_values)  # as written (not attached to the session)
-    if reservation is not None:
-        await credits.settle(session, reservation, used)
     responses = [_response_values(gateway, a, outcome.request_id, user_id)
                  for a in outcome.attempts]
     event = event_values("llm.call", _call_event(principal, usage, outcome.winner.name),
@@ -268,8 +268,8 @@ async def record_failure(
     run_id: uuid.UUID | None = None, agent_id: uuid.UUID | None = None,
     reservation: Reservation | None = None,
 ) -> str:
-    """Failed attempts, a zero-credit usage row, status ``failed`` (the credits held for
-    the call go back); returns the message."""
+    """Failed attempts, a zero-credit usage row, status ``failed``; returns the message.
+    (The credits held for the call are given back by the caller: ``roost.llm.calls``.)"""
     user_id = principal.user_id
     session.add_all([_response_row(gateway, a, request_id, user_id) for a in attempts])
     message = failure_message(error, attempts)
@@ -281,8 +281,6 @@ async def record_failure(
         subscription_id=reservation.subscription_id if reservation else None,
     )
     session.add(usage)
-    if reservation is not None:
-        await credits.release(session, reservation)
     _emit_call(session, principal, usage, provider=None)
     await session.execute(
         update(LLMRequest).where(LLMRequest.id == request_id)
