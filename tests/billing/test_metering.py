@@ -3,9 +3,6 @@ limit), and the plan's max_agents and runs_per_day answer 403 naming the limit."
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
-
 import httpx
 from sqlalchemy import text
 
@@ -13,33 +10,19 @@ from roost.db.engine import Database
 from roost.tasks.worker import Worker
 from roost.tools import builtins, calls
 from tests.agents.conftest import make_agent, test_settings, wait_for_run, worker  # noqa: F401
+from tests.billing.metered import Headers, subscribe
 from tests.chat.conftest import add_provider
 from tests.prompts.conftest import make_group
 from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Reply, ToolCalls
 
-Headers = dict[str, str]
-
-
-async def _subscribe(client: httpx.AsyncClient, admin: Headers, user_id: uuid.UUID,
-                     credits: int, **limits: Any) -> str:
-    key = f"p{uuid.uuid4().hex[:8]}"
-    resp = await client.post("/api/v1/billing/plans", headers=admin, json={
-        "key": key, "name": "Tiny", "price": "1.00", "included_credits": credits,
-        "limits": limits})
-    assert resp.status_code == 201, resp.text
-    resp = await client.post("/api/v1/billing/subscriptions", headers=admin,
-                             json={"user_id": str(user_id), "plan": key})
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
-
 
 async def test_tool_calls_pay_credits_and_stop_at_the_limit(
     client: httpx.AsyncClient, admin_headers: Headers, database: Database,
 ) -> None:
     user_id, headers = await make_user(database)
-    sub = await _subscribe(client, admin_headers, user_id, 2)
+    sub = await subscribe(client, admin_headers, user_id, 2)
     call = {"arguments": {"timezone": "UTC"}}
     bad = await client.post("/api/v1/tools/by-name/current_time/call", headers=headers,
                             json={"arguments": {"timezone": "Mars/Olympus"}})
@@ -70,7 +53,7 @@ async def test_a_warm_call_by_id_still_pays_when_its_user_is_metered(
     """The process's caches answer a warm call by id without a statement before the tool
     only when nothing is to be held: a metered user's calls still hold and pay."""
     user_id, headers = await make_user(database)
-    sub = await _subscribe(client, admin_headers, user_id, 5)
+    sub = await subscribe(client, admin_headers, user_id, 5)
     path = f"/api/v1/tools/{builtins.CURRENT_TIME_ID}/call"
     for _ in range(3):  # the first fills the caches, the others are answered from them
         ok = await client.post(path, headers=headers, json={"arguments": {"timezone": "UTC"}})
@@ -86,7 +69,7 @@ async def test_plan_limits_on_agents_and_runs_per_day(
     client: httpx.AsyncClient, admin_headers: Headers, database: Database,
 ) -> None:
     user_id, headers = await make_user(database)
-    await _subscribe(client, admin_headers, user_id, 100, max_agents=1, runs_per_day=1)
+    await subscribe(client, admin_headers, user_id, 100, max_agents=1, runs_per_day=1)
     first = await client.post("/api/v1/agents", headers=headers,
                               json={"name": "One", "slug": "one"})
     assert first.status_code == 201, first.text
@@ -114,7 +97,7 @@ async def test_a_run_whose_model_call_the_balance_cannot_cover_fails_saying_so(
     user_id, headers = await make_user(database)
     await add_provider(client, admin_headers, stub)
     # One credit: the run may start, but its model call holds about 2 (its output cap).
-    await _subscribe(client, admin_headers, user_id, 1)
+    await subscribe(client, admin_headers, user_id, 1)
     agent = await make_agent(database, user_id)
     run = await client.post(f"/api/v1/agents/{agent.id}/runs", headers=headers,
                             json={"input": "What time is it?"})
@@ -134,7 +117,7 @@ async def test_a_metered_run_with_tool_calls_completes_and_pays_for_each(
     (a settlement): none waits for it; every hold is settled at the end."""
     user_id, headers = await make_user(database)
     await add_provider(client, admin_headers, stub)
-    sub = await _subscribe(client, admin_headers, user_id, 100)
+    sub = await subscribe(client, admin_headers, user_id, 100)
     agent = await make_agent(database, user_id, tool_permissions=["current_time"])
     stub.script(ToolCalls(Call("current_time", {"timezone": "UTC"})),
                 ToolCalls(Call("current_time", {"timezone": "Asia/Tokyo"})), Reply("Noon."))
@@ -165,7 +148,7 @@ async def test_a_run_out_of_credits_mid_run_keeps_the_steps_it_took(
     stay recorded (the refusal rolls back nothing already done), no hold is left."""
     user_id, headers = await make_user(database)
     await add_provider(client, admin_headers, stub)
-    await _subscribe(client, admin_headers, user_id, 3)  # one model call and a tool call
+    await subscribe(client, admin_headers, user_id, 3)  # one model call and a tool call
     agent = await make_agent(database, user_id, tool_permissions=["current_time"],
                              config={"max_output_tokens": 1000})
     stub.script(ToolCalls(Call("current_time", {"timezone": "UTC"})), Reply("Noon."))
