@@ -139,12 +139,15 @@ async def test_stdio_server_discovery_calls_and_failures(
                                     headers=admin_headers)).json()["items"]
     assert [t["name"] for t in unavailable] == ["bonus"]
 
-    # Deleting the server deletes its tools but keeps the run history.
+    # Deleting the server deletes its tools but keeps the run history, naming the tool as
+    # it was (history ids carry no foreign keys: migration 1090).
+    add_id = await tool_id(client, admin_headers, sid, "add")
     deleted = await client.delete(f"/api/v1/mcp-servers/{sid}", headers=admin_headers)
     assert deleted.status_code == 204
     kept = (await client.get("/api/v1/tool-runs", params={"tool_name": "add"},
                              headers=admin_headers)).json()["items"]
-    assert len(kept) == 1 and kept[0]["tool_id"] is None
+    assert len(kept) == 1 and kept[0]["tool_id"] == add_id
+    assert (await client.get(f"/api/v1/tools/{add_id}", headers=admin_headers)).status_code == 404
 
 
 async def test_streamable_http_server_tenancy_and_ssrf(

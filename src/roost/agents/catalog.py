@@ -101,10 +101,13 @@ def agent_out(agent: Agent) -> AgentOut:
 
 
 async def can_edit(session: AsyncSession, actor: Principal, agent: Agent) -> bool:
-    if actor.is_admin or (actor.user_id is not None and agent.user_id == actor.user_id):
+    """Its owner changes an agent of no persona; a persona's agent is the persona's: its
+    owners and editors change it, its creator only while one of them (a member removed or
+    made a viewer keeps no agent of the persona to change or run as it)."""
+    if actor.is_admin:
         return True
     if agent.persona_id is None:
-        return False
+        return actor.user_id is not None and agent.user_id == actor.user_id
     view = await get_persona(session, actor, agent.persona_id)
     return view.role in ("owner", "editor")
 
@@ -117,8 +120,8 @@ async def _editable(session: AsyncSession, actor: Principal, agent_id: uuid.UUID
     except NotFound:  # public, of a persona the actor is not a member of
         allowed = False
     if not allowed:
-        raise Forbidden(f"only the agent's owner, or an owner or editor of its persona, "
-                        f"may {doing}")
+        raise Forbidden(f"only the agent's owner or, for an agent of a persona, an owner "
+                        f"or editor of the persona may {doing}")
     return agent
 
 

@@ -187,6 +187,12 @@ def end_frame(run: Any) -> str | None:
     return _frame("end", "end", RunOut.model_validate(run).model_dump(mode="json"))
 
 
+def gone_frame(detail: str) -> str:
+    """The stream's last frame when the run can no longer be read (deleted with its user,
+    or no longer visible to the caller): an ``error`` event, then the stream ends."""
+    return f"event: error\ndata: {json.dumps({'status': 404, 'detail': detail})}\n\n"
+
+
 def keepalive() -> str:
     return ": keep-alive\n\n"
 

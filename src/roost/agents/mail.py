@@ -278,6 +278,8 @@ async def _start_run(
     agent = await session.get(Agent, persona.email_agent_id)  # in the owner's scope
     if agent is None:
         return None, "the mail agent is not visible to the persona's owner"
+    if agent.persona_id != persona.id:  # moved to another persona since it was chosen
+        return None, "the mail agent no longer belongs to the persona"
     if not agent.is_active:
         return None, "the mail agent is inactive"
     body = RunCreate(input=_run_input(persona, email_id, parsed, message_id, attachments),

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import Run
 from roost.db.engine import Database
-from roost.errors import Unprocessable
+from roost.errors import Forbidden, Unprocessable
 from roost.identity.tenancy import apply_principal
 from roost.inputs import parse_tool_arguments
 from roost.knowledge.config import KnowledgeConfig
@@ -69,7 +69,11 @@ async def remember(session: AsyncSession, actor: Principal, run: Run, query: str
 
 async def learn_from_run(session: AsyncSession, actor: Principal, run: Run, *,
                          cipher: Any = None) -> uuid.UUID:
-    """Queue learning the run's exchange (input and answer) into its scope; idempotent."""
+    """Queue learning the run's exchange (input and answer) into its scope; idempotent.
+    The scope is the run's user's memory (and their model calls): only they, or an
+    administrator, ask for it (403 for a persona member who sees the run)."""
+    if not actor.is_admin and actor.user_id != run.user_id:
+        raise Forbidden("only the user who started this run may have Roost learn from it")
     if not run.output:
         raise Unprocessable("the run has no answer to learn from yet")
     text = learning.clip_text(f"user: {run.input}\n\nassistant: {run.output}")

@@ -240,7 +240,7 @@ class RunStep(UUIDPrimaryKey, CreatedAt, Base):
     step_type: Mapped[str] = mapped_column(String(50))
     status: Mapped[str] = mapped_column(String(32), server_default=text("'running'"),
                                         default="running")
-    tool_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tools.id", ondelete="SET NULL"))
+    tool_id: Mapped[uuid.UUID | None]  # no foreign key (migration 1090): a step is history
     tool_name: Mapped[str | None] = mapped_column(String(256))
     tool_call_id: Mapped[str | None] = mapped_column(String(255))
     # The tool_runs row of a tool step (which references this step by a foreign key;

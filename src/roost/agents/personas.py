@@ -88,6 +88,21 @@ async def _roles(session: AsyncSession, actor: Principal,
     return roles
 
 
+async def role_of(session: AsyncSession, persona_id: uuid.UUID,
+                  user_id: uuid.UUID) -> Role | None:
+    """``user_id``'s role in the persona now (owner by ``owner_id``, else their membership),
+    None for a non-member, read in one statement; in the system's scope (a run's checks)
+    it sees every persona."""
+    row = (await session.execute(select(
+        Persona.owner_id == user_id,
+        select(PersonaMember.role).where(PersonaMember.persona_id == Persona.id,
+                                         PersonaMember.user_id == user_id)
+        .scalar_subquery()).where(Persona.id == persona_id))).first()
+    if row is None:
+        return None
+    return "owner" if row[0] else cast(Role | None, row[1])
+
+
 async def get_persona(session: AsyncSession, actor: Principal,
                       persona_id: uuid.UUID) -> PersonaView:
     """A persona the actor can see, with their role in it; else 404."""

@@ -21,7 +21,7 @@ from roost.agents import catalog, events, memorytools, runs
 from roost.agents.models import TERMINAL_RUN_STATUSES, Run
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate, RunOut, RunStepOut
 from roost.db.engine import Database
-from roost.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge, RoostError
+from roost.errors import BadGateway, BadRequest, GatewayTimeout, NotFound, PayloadTooLarge, RoostError
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit, get_database, get_settings_dep
 from roost.http.routing import RoostRouter
@@ -131,11 +131,15 @@ async def run_events(
         nonlocal cursor
         async with listener.subscribe(run_id) as subscription:
             while True:
-                async with database.transaction() as session:
-                    await apply_principal(session, principal, app_role=app_role)
-                    run = await runs.get_run(session, principal, run_id)
-                    steps = await runs.list_steps(session, principal, run_id,
-                                                  after=max(cursor[0] - 1, 0))
+                try:
+                    async with database.transaction() as session:
+                        await apply_principal(session, principal, app_role=app_role)
+                        run = await runs.get_run(session, principal, run_id)
+                        steps = await runs.list_steps(session, principal, run_id,
+                                                      after=max(cursor[0] - 1, 0))
+                except NotFound as exc:  # deleted since (with its user), or hidden now
+                    yield events.gone_frame(exc.detail)
+                    return
                 batch, cursor = events.step_frames(steps, cursor)
                 for frame in batch:
                     yield frame

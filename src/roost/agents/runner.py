@@ -73,6 +73,7 @@ from roost.agents import memorytools
 from roost.agents.catalog import split_tool_refs
 from roost.agents.grants import Grant, grants_of
 from roost.agents.models import Agent, Persona, Run, RunStep
+from roost.agents.personas import role_of
 from roost.agents.runs import EVENTS_CHANNEL
 from roost.agents.schemas import AgentConfig
 from roost.agents.secrets import resolve_reference
@@ -189,6 +190,7 @@ class _State:
     tools: dict[str, Offered] = field(default_factory=dict)
     route: Route | None = None  # the model's providers, resolved at the first model step
     grants: dict[uuid.UUID, Grant] = field(default_factory=dict)  # the persona's tool grants
+    member: bool = False  # the run's user is a member of its persona (grants, secrets)
     prompt_text: str = ""  # config.system_prompt_key's version, rendered (_use_prompt)
     # Finished calls' records, written by the runner's next transaction (the next step's
     # start or the run's end), before that step starts: one transaction less per call.
@@ -270,8 +272,11 @@ async def _load(env: RunEnv, run_id: uuid.UUID) -> _State | None:
                     for row in (await session.scalars(
                         select(RunStep).where(RunStep.run_id == run_id)
                         .order_by(RunStep.step_number))).all()]
+            if run.persona_id is not None:  # a public persona agent run by a non-member:
+                # neither the persona's grants nor its secrets (members' runs only)
+                state.member = await role_of(session, run.persona_id, run.user_id) is not None
             if run.status in ("pending", "running"):  # grants and tools: see _offered_tools
-                if run.persona_id is not None:
+                if state.member and run.persona_id is not None:
                     state.grants = await grants_of(session, run.persona_id)
                 state.tools = await _offered_tools(
                     lambda statement, params: driver_fetch(session, statement, params), state)
@@ -959,11 +964,13 @@ def _secret_resolver(env: RunEnv, state: _State) -> SecretResolver | None:
     """The persona's secrets, resolved when a tool's server names one (at call time only,
     as the system: the run's persona decides, not who started the run)."""
     persona_id = state.run.persona_id
-    if persona_id is None:
+    if persona_id is None or not state.member:
         return None
 
-    async def resolve(secret_type: str | None, key_name: str) -> str:
-        return await resolve_reference(env.database, env.box, persona_id, secret_type, key_name)
+    async def resolve(server_owner: uuid.UUID | None, secret_type: str | None,
+                      key_name: str) -> str:
+        return await resolve_reference(env.database, env.box, persona_id, server_owner,
+                                       secret_type, key_name)
 
     return resolve
 

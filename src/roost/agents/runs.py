@@ -15,6 +15,7 @@ from sqlalchemy.orm import make_transient_to_detached
 
 from roost.agents.catalog import require_active
 from roost.agents.models import OPEN_STEP_STATUSES, TERMINAL_RUN_STATUSES, Agent, Run, RunStep
+from roost.agents.personas import role_of
 from roost.agents.schemas import AgentConfig, RunCreate
 from roost.audit.models import AuditLog
 from roost.audit.service import entry_values, record
@@ -23,7 +24,7 @@ from roost.config import get_settings
 from roost.db.base import utcnow, uuid7
 from roost.db.statements import bound_insert_from, flush_pending, prefixed, with_defaults
 from roost.db.transaction import driver_fetch
-from roost.errors import Conflict, NotFound, PaymentRequired, Unprocessable
+from roost.errors import Conflict, Forbidden, NotFound, PaymentRequired, Unprocessable
 from roost.identity.common import require_user
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
@@ -66,6 +67,9 @@ async def create_run(
     client's mistake)."""
     require_active(agent)
     runner = require_user(actor, "runs")  # a run is its runner's: not the operator token's
+    if agent.persona_id is not None and not actor.is_admin and not agent.is_public \
+            and await role_of(session, agent.persona_id, runner) is None:
+        raise Forbidden("this agent is a persona's: only the persona's members may run it")
     run_id, job_id, now = uuid7(), uuid7(), utcnow()
     trace = trace_id or f"run-{run_id}"
     row: dict[str, Any] = dict.fromkeys(_RUN_COLUMNS)
@@ -190,16 +194,33 @@ async def list_steps(
 
 async def cancel_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID) -> Run:
     """Close the run, its open steps and their tool runs in one transaction.  The worker
-    executing it sees the run cancelled and stops (within a second)."""
+    executing it sees the run cancelled and stops (within a second).  Only the run's user
+    (or an administrator) cancels it: others who see it (the persona's members) get 403.
+    A run that finished meanwhile is not turned into a cancelled one (409)."""
     run = await get_run(session, actor, run_id)
+    if not actor.is_admin and run.user_id != actor.user_id:
+        raise Forbidden("only the user who started this run may cancel it")
     if run.status in TERMINAL_RUN_STATUSES:
         raise RunFinished(f"run {run_id} is already {run.status}")
     now = utcnow()
-    await session.execute(update(Run).where(Run.id == run_id).values(
+    closed = await session.scalar(update(Run).where(
+        Run.id == run_id, Run.status.not_in(TERMINAL_RUN_STATUSES)).values(
         status="cancelled", stop_reason="cancelled", cancel_requested_at=now, completed_at=now,
-        updated_at=now, error_message=None, **totals_from_steps(run_id)))
+        updated_at=now, error_message=None, **totals_from_steps(run_id)).returning(Run.status))
+    if closed is None:  # finished (or cancelled) since it was read
+        current = await session.scalar(select(Run.status).where(Run.id == run_id)
+                                       .execution_options(populate_existing=True))
+        raise RunFinished(f"run {run_id} is already {current}")
+    # The open steps the runner is not writing right now.  A step row it has locked (its
+    # result being recorded) is skipped, not waited for: the runner's transaction goes on
+    # to lock the run's row, which this one holds, so waiting would be a deadlock; that
+    # transaction then finds the run cancelled and starts no step (workflows lock the
+    # run's row first, as this does).
+    writable = (select(RunStep.id).where(RunStep.run_id == run_id,
+                                        RunStep.status.in_(OPEN_STEP_STATUSES))
+                .with_for_update(skip_locked=True).scalar_subquery())
     open_steps = (await session.scalars(
-        update(RunStep).where(RunStep.run_id == run_id, RunStep.status.in_(OPEN_STEP_STATUSES))
+        update(RunStep).where(RunStep.id.in_(writable))
         .values(status="cancelled", finished_at=now, error="cancelled")
         .returning(RunStep.id))).all()
     await session.execute(

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import Secret
-from roost.agents.personas import require_role
+from roost.agents.personas import require_role, role_of
 from roost.agents.schemas import MAX_SECRET_BYTES, SecretSet
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
@@ -26,6 +26,7 @@ from roost.db.engine import Database
 from roost.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
+from roost.tools.secretrefs import SecretsUnavailable
 
 _MANAGE: Final = "manage its secrets"
 
@@ -134,11 +135,19 @@ async def _resolve(session: AsyncSession, box: SecretBox, persona_id: uuid.UUID,
 
 
 async def resolve_reference(database: Database, box: SecretBox, persona_id: uuid.UUID,
-                            secret_type: str | None, key_name: str) -> str:
+                            server_owner: uuid.UUID | None, secret_type: str | None,
+                            key_name: str) -> str:
     """A ``${secret:[type/]key}`` reference of an MCP server's env or header, resolved for
     a run of the persona (roost.tools.secretrefs): by type and name, or by name alone when
-    the persona has one secret of that name."""
+    the persona has one secret of that name.  Only for a global server (``server_owner``
+    None: an administrator's) or one whose owner is an owner of the persona now: a server
+    is a URL or command its owner controls, and editors set secrets, never read them."""
     async with database.transaction() as session:
+        if server_owner is not None and await role_of(session, persona_id,
+                                                      server_owner) != "owner":
+            raise SecretsUnavailable(
+                "this MCP server was registered by a user who does not own the persona: the "
+                "persona's secrets go only to its owners' servers and to global ones")
         if secret_type is None:
             kinds = (await session.scalars(select(Secret.secret_type).where(
                 Secret.persona_id == persona_id, Secret.key_name == key_name))).all()

@@ -204,19 +204,14 @@ class UsageRecord(UUIDPrimaryKey, CreatedAt, Base):
     tokens_output: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
     credits_used: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
-    # The agent and run a call was made for, its chat session, request and provider
-    # (foreign keys by name only: this domain imports none of those).
-    agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
-    run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
-    session_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("chat_sessions.id", ondelete="SET NULL")
-    )
-    llm_request_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("llm_requests.id", ondelete="SET NULL")
-    )
-    provider_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("llm_providers.id", ondelete="SET NULL")
-    )
+    # The agent and run a call was made for, its chat session, request and provider: ids
+    # without foreign keys (migration 1090): a ledger row outlives what it names, and is
+    # often written after it was deleted (an agent deleted while its run's call answered).
+    agent_id: Mapped[uuid.UUID | None]
+    run_id: Mapped[uuid.UUID | None]
+    session_id: Mapped[uuid.UUID | None]
+    llm_request_id: Mapped[uuid.UUID | None]
+    provider_id: Mapped[uuid.UUID | None]
     success: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), default=True)
     # The ledger: what caused the event (unique), what it cost, whose subscription paid.
     # Callers that can be retried pass their own key; the default (a fresh one, also for
@@ -226,8 +221,7 @@ class UsageRecord(UUIDPrimaryKey, CreatedAt, Base):
         server_default=text("('once:'::text || (gen_random_uuid())::text)"))
     cost: Mapped[Decimal] = mapped_column(MONEY, server_default=text("0"), default=Decimal(0))
     currency: Mapped[str] = mapped_column(String(3), server_default=text("'USD'"), default="USD")
-    api_key_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("api_keys.id", ondelete="SET NULL"))
+    api_key_id: Mapped[uuid.UUID | None]  # no key either (migration 1090)
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("subscriptions.id", ondelete="SET NULL"))
 

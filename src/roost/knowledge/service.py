@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 import httpx
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import Select, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
@@ -59,6 +59,19 @@ def upload_identity(filename: str) -> str:
 def _check_group(actor: Principal, group_id: uuid.UUID | None) -> None:
     if group_id is not None and not actor.is_admin and group_id not in actor.group_ids:
         raise Forbidden("you can only share documents with a group you are a member of")
+
+
+async def _check_persona(session: AsyncSession, actor: Principal,
+                         persona_id: uuid.UUID | None) -> None:
+    """A document names a persona only its uploader is a member of (the personas domain
+    sits above this one: its SQL function ``roost_persona_role``, migration 0600, answers
+    the caller's role, NULL for none); 422 otherwise, as for any other tenant's id."""
+    if persona_id is None or actor.is_admin:
+        return
+    role = await session.scalar(text("SELECT roost_persona_role(:p)"), {"p": persona_id})
+    if role is None:
+        raise Unprocessable(f"persona_id: you are not a member of a persona with the id "
+                            f"{persona_id}")
 
 
 def visible_to(actor: Principal) -> Any:
@@ -120,6 +133,7 @@ async def create_upload(
     user_id = require_user(actor, "documents")
     _check_group(actor, group_id)
     await require_project(session, actor, project_id)  # another user's: 404
+    await _check_persona(session, actor, persona_id)
     if len(data) > cfg.max_upload_bytes:
         raise PayloadTooLarge(
             f"the upload is {len(data)} bytes; the limit is {cfg.max_upload_bytes} bytes"
@@ -319,6 +333,7 @@ async def start_run(
     user_id = require_user(actor, "documents")
     _check_group(actor, body.group_id)
     await require_project(session, actor, body.project_id)
+    await _check_persona(session, actor, body.persona_id)
     from_web = is_web_target(body.target) if body.from_web is None else body.from_web
     if from_web:
         target = precheck_url(body.target, cfg)

@@ -26,6 +26,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
@@ -39,7 +40,9 @@ from roost.analytics.streaming import StreamMeter
 from roost.audit import service as audit
 from roost.billing import credits, limits
 from roost.billing.credits import Reservation
+from roost.db.errors import sqlstate as sqlstate_of
 from roost.db.statements import flush_pending, insert_row, with_defaults
+from roost.errors import Conflict
 from roost.identity.tenancy import scope_settings
 from roost.llm.base import elapsed_ms
 from roost.llm.errors import ProviderError
@@ -254,9 +257,14 @@ async def _store_outcome(
     except Exception as exc:
         try:
             await _store_failure(gateway, call, exc, outcome.attempts, outcome.latency_ms, None)
-        except Exception as again:  # the database is gone: the sweeper frees the hold
+        except Exception as again:  # its request is gone too (a chat session deleted)
             log.warning("llm_call_unrecorded", request_id=str(call.request_id),
                         error=type(again).__name__)
+            with suppress(Exception):  # else the sweeper frees it
+                await give_back(gateway, call)
+        if sqlstate_of(exc) == "23503":  # what the answer was for was deleted meanwhile
+            raise Conflict("what this answer was for (its chat session, run or request) was "
+                           "deleted while it was being stored: the answer was not kept") from exc
         raise
 
 

@@ -75,6 +75,7 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict, repr=False)
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     allow_private: bool = False
+    owner_id: uuid.UUID | None = None  # who registered it (None: global, an administrator)
 
 
 @dataclass(frozen=True)

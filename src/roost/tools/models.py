@@ -176,13 +176,14 @@ class ToolRun(UUIDPrimaryKey, CreatedAt, Base):
         Index("ix_tool_runs_run_id", "run_id"),
     )
 
-    tool_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tools.id", ondelete="SET NULL"))
+    # The tool, run and step by id, without foreign keys (migration 1090): a tool run is
+    # history, often recorded after its tool's server or its run was deleted.
+    tool_id: Mapped[uuid.UUID | None]
     user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     session_id: Mapped[uuid.UUID | None]
     message_id: Mapped[uuid.UUID | None]
-    run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
-    run_step_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("run_steps.id", ondelete="SET NULL"))
+    run_id: Mapped[uuid.UUID | None]
+    run_step_id: Mapped[uuid.UUID | None]
     trace_id: Mapped[str] = mapped_column(String(255))
     tool_name: Mapped[str] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(32))

@@ -6,13 +6,17 @@ or, when the persona has secrets of that name under several types,
 like any value) and, in plaintext, the names it references (``config.secret_refs``) so an
 agent that would use the server can be checked at configuration time.  The value is
 resolved only when a call is made from an agent run of a persona that holds it (the
-runner passes a :data:`SecretResolver`), and never stored, logged or returned.
+runner passes a :data:`SecretResolver`), for a server registered by an administrator
+(global) or by one of the persona's owners at the time of the call, and never stored,
+logged or returned.  (A server of an editor's could otherwise name the owner's secret
+and receive it at its own URL: editors set secrets, they never read them.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
@@ -20,8 +24,10 @@ from roost.errors import Conflict
 from roost.tools import mcpclient
 
 SecretRef = tuple[str | None, str]  # (secret type or None: any type, key name)
-SecretResolver = Callable[[str | None, str], Awaitable[str]]
-"""(secret type or None, key name) -> the value; raises NotFound/Conflict (RoostError)."""
+SecretResolver = Callable[[uuid.UUID | None, str | None, str], Awaitable[str]]
+"""(the server's owner or None: global, secret type or None, key name) -> the value;
+raises NotFound/Conflict (RoostError), or :class:`SecretsUnavailable` for a server whose
+owner may not receive the persona's secrets."""
 
 REFERENCE: Final = re.compile(r"\$\{secret:(?:([a-z_]{1,50})/)?([A-Za-z0-9_.-]{1,255})\}")
 
@@ -45,10 +51,11 @@ def label(ref: SecretRef) -> str:
     return f"{ref[0]}/{ref[1]}" if ref[0] else ref[1]
 
 
-async def _substitute(values: Mapping[str, str], resolve: SecretResolver) -> dict[str, str]:
+async def _substitute(values: Mapping[str, str], resolve: SecretResolver,
+                      owner_id: uuid.UUID | None) -> dict[str, str]:
     resolved: dict[SecretRef, str] = {}
     for ref in references(values):
-        resolved[ref] = await resolve(*ref)
+        resolved[ref] = await resolve(owner_id, *ref)
     return {name: REFERENCE.sub(lambda m: resolved[(m.group(1) or None, m.group(2))], value)
             for name, value in values.items()}
 
@@ -64,5 +71,5 @@ async def resolve_spec(spec: mcpclient.ServerSpec,
             f"MCP server {spec.name!r} uses the secret(s) "
             f"{', '.join(label(r) for r in refs)} by reference: they are resolved for runs "
             "of an agent whose persona holds them, not for direct calls")
-    return dataclasses.replace(spec, env=await _substitute(spec.env, resolve),
-                               headers=await _substitute(spec.headers, resolve))
+    return dataclasses.replace(spec, env=await _substitute(spec.env, resolve, spec.owner_id),
+                               headers=await _substitute(spec.headers, resolve, spec.owner_id))

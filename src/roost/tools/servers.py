@@ -85,6 +85,7 @@ def spec_for(row: McpServer, box: SecretBox, cfg: ToolsConfig) -> mcpclient.Serv
         # stdio process, so calls see the tools the discovery saw.
         server_id=row.id,
         revision=row.last_synced_at.isoformat() if row.last_synced_at else "",
+        owner_id=row.user_id,
     )
 
 
@@ -148,8 +149,13 @@ async def list_servers(
                               limit=limit, cursor=cursor)
 
 
-async def get_server(session: AsyncSession, actor: Principal, server_id: uuid.UUID) -> McpServer:
-    row = await session.scalar(select(McpServer).where(McpServer.id == server_id, _visible(actor)))
+async def get_server(session: AsyncSession, actor: Principal, server_id: uuid.UUID, *,
+                     lock: bool = False) -> McpServer:
+    """The server, if the actor sees it (else 404).  ``lock``: its row locked for this
+    transaction (a change that must not race a deletion: a deleted row is then a 404,
+    not a failed ``UPDATE`` of nothing)."""
+    statement = select(McpServer).where(McpServer.id == server_id, _visible(actor))
+    row = await session.scalar(statement.with_for_update() if lock else statement)
     if row is None:
         raise NotFound(f"MCP server {server_id} does not exist")
     return row
@@ -232,7 +238,7 @@ async def sync_server(
     lists are marked unavailable (never deleted: their runs keep pointing at them)."""
     _, found, error = await _discover(database, actor, cfg, box, server_id, write=True)
     async with scoped(database, actor, cfg) as session:
-        row = await get_server(session, actor, server_id)
+        row = await get_server(session, actor, server_id, lock=True)  # deleted since: 404
         detail = getattr(error, "detail", None) or (str(error) if error else None)
         _health(row, found, detail)
         summary = SyncSummary(server=row)
