@@ -1,0 +1,148 @@
+"""Overlapping operations on identity: one refresh token used at once (at most one new
+session), a refresh and a logout at once, registrations of one name at once (one 201,
+the others 409), the first registrations racing for root (one root), one API key
+revoked at once (one revocation recorded), an API key revoked while it is used.  None
+answers a 5xx."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+
+from roost.config import Settings
+from roost.db.engine import Database
+from tests.identity.conftest import PASSWORD, login, password_user
+from tests.support.identity import make_user
+from tests.support.races import no_5xx, race_settings
+from tests.support.sql import fetch, scalar
+
+Headers = dict[str, str]
+
+
+@pytest.fixture
+def test_settings(test_settings: Settings) -> Settings:
+    # Many logins from one address; anyone may register.
+    return race_settings(test_settings, login_max_failures_per_ip=50, open_registration=True)
+
+
+def registration(base: str, same: str, n: int) -> dict[str, str]:
+    """The ``n``th registration of ``base``, sharing with the others its username, its
+    e-mail address or ``both``, as ``same`` says."""
+    username = base if same in ("username", "both") else f"{base}x{n}"
+    email = f"{base}@example.test" if same in ("email", "both") else f"{base}{n}@example.test"
+    return {"username": username, "email": email, "password": PASSWORD}
+
+
+async def api_key(client: httpx.AsyncClient, database: Database,
+                  name: str) -> tuple[Headers, str, Headers]:
+    """A new user's headers, and the id of a new API key of theirs and headers using it."""
+    _, headers = await make_user(database)
+    made = await client.post("/api/v1/api-keys", json={"name": name}, headers=headers)
+    assert made.status_code == 201, made.text
+    return headers, made.json()["id"], {"Authorization": f"Bearer {made.json()['key']}"}
+
+
+async def test_one_refresh_token_used_three_times_at_once_yields_at_most_one_session(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    name = f"pw-{uuid.uuid4().hex[:10]}"
+    await password_user(database, name)
+    for _ in range(3):
+        signed = await login(client, name)
+        assert signed.status_code == 200, signed.text
+        token = signed.json()["refresh_token"]
+        answers = await asyncio.gather(*(
+            client.post("/api/v1/auth/refresh", json={"refresh_token": token})
+            for _ in range(3)))
+        no_5xx(*answers)
+        codes = sorted(r.status_code for r in answers)
+        assert codes.count(200) <= 1 and all(c in (200, 401) for c in codes), (
+            codes, [r.text for r in answers])
+        # Whatever won, at most one refresh token of this session works afterwards.
+        working = 0
+        for r in answers:
+            if r.status_code == 200:
+                again = await client.post("/api/v1/auth/refresh",
+                                          json={"refresh_token": r.json()["refresh_token"]})
+                no_5xx(again)
+                working += again.status_code == 200
+        assert working <= 1
+
+
+async def test_a_refresh_and_a_logout_at_once_leave_no_working_token(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    name = f"pw-{uuid.uuid4().hex[:10]}"
+    await password_user(database, name)
+    signed = (await login(client, name)).json()
+    bearer = {"Authorization": f"Bearer {signed['access_token']}"}
+    refreshed, out = await asyncio.gather(
+        client.post("/api/v1/auth/refresh", json={"refresh_token": signed["refresh_token"]}),
+        client.post("/api/v1/auth/logout", headers=bearer))
+    no_5xx(refreshed, out)
+    assert out.status_code == 204
+    if refreshed.status_code == 200:  # the refresh came first: its new token is ended too
+        again = await client.post("/api/v1/auth/refresh",
+                                  json={"refresh_token": refreshed.json()["refresh_token"]})
+        assert again.status_code == 401, again.text
+
+
+@pytest.mark.parametrize("same", ["username", "email", "both"])
+async def test_two_registrations_of_one_name_at_once_one_is_a_409(
+    client: httpx.AsyncClient, database: Database, same: str,
+) -> None:
+    await make_user(database)  # not the first account: nobody races for root here
+    for i in range(3):
+        base = f"racer{i}{uuid.uuid4().hex[:6]}"
+        a, b = await asyncio.gather(
+            client.post("/api/v1/auth/register", json=registration(base, same, 1)),
+            client.post("/api/v1/auth/register", json=registration(base, same, 2)))
+        no_5xx(a, b)
+        assert sorted([a.status_code, b.status_code]) == [201, 409], (a.text, b.text)
+
+
+async def test_the_first_registrations_at_once_make_one_root(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    assert await scalar(database, "SELECT count(*) FROM users") == 0
+    answers = await asyncio.gather(*(
+        client.post("/api/v1/auth/register", json={
+            "username": f"first{n}", "email": f"first{n}@example.test", "password": PASSWORD})
+        for n in range(4)))
+    no_5xx(*answers)
+    roots = await fetch(database, "SELECT username, role, status FROM users WHERE is_root")
+    assert len(roots) == 1, (roots, [a.status_code for a in answers])
+
+
+async def test_one_api_key_revoked_three_times_at_once_is_recorded_revoked_once(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    headers, key_id, _ = await api_key(client, database, "thrice")
+    answers = await asyncio.gather(*(
+        client.delete(f"/api/v1/api-keys/{key_id}", headers=headers) for _ in range(3)))
+    no_5xx(*answers)
+    assert all(r.status_code in (204, 404) for r in answers), [r.text for r in answers]
+    records = await scalar(database, "SELECT count(*) FROM audit_logs "
+                                     "WHERE action = 'api_key.revoked' AND resource_id = :k",
+                           k=key_id)
+    assert records == 1, records
+
+
+async def test_an_api_key_revoked_while_it_is_used_works_no_more_after(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    headers, key_id, key = await api_key(client, database, "busy")
+    answers = await asyncio.gather(
+        *(client.post("/api/v1/chat/sessions", json={"title": "t"}, headers=key)
+          for _ in range(4)),
+        client.delete(f"/api/v1/api-keys/{key_id}", headers=headers),
+        *(client.post("/api/v1/chat/sessions", json={"title": "t"}, headers=key)
+          for _ in range(4)))
+    no_5xx(*answers)
+    assert answers[4].status_code == 204
+    assert all(r.status_code in (201, 401) for i, r in enumerate(answers) if i != 4)
+    after = await client.post("/api/v1/chat/sessions", json={"title": "t"}, headers=key)
+    assert after.status_code == 401
