@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
@@ -75,10 +75,15 @@ async def list_api_keys(
 
 
 async def revoke_api_key(session: AsyncSession, principal: Principal, key_id: uuid.UUID) -> ApiKey:
+    """Revoke the key (idempotent: revoking it again changes and records nothing).  The
+    revocation is a conditional ``UPDATE``, so of several at once exactly one revokes and
+    records it; the others see it revoked."""
     row = await owned_row(session, principal, ApiKey, key_id, "API key")
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        await session.flush()
+    revoked = await session.scalar(
+        update(ApiKey).where(ApiKey.id == row.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow()).returning(ApiKey.revoked_at))
+    await session.refresh(row)
+    if revoked is not None:
         await record(
             session, "api_key.revoked", user_id=principal.user_id or row.user_id,
             resource_type="api_key", resource_id=row.id,

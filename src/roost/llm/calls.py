@@ -42,7 +42,7 @@ from roost.billing import credits, limits
 from roost.billing.credits import Reservation
 from roost.db.errors import sqlstate as sqlstate_of
 from roost.db.statements import flush_pending, insert_row, with_defaults
-from roost.errors import Conflict
+from roost.errors import Conflict, ServiceUnavailable
 from roost.identity.tenancy import scope_settings
 from roost.llm.base import elapsed_ms
 from roost.llm.errors import ProviderError
@@ -262,9 +262,18 @@ async def _store_outcome(
                         error=type(again).__name__)
             with suppress(Exception):  # else the sweeper frees it
                 await give_back(gateway, call)
-        if sqlstate_of(exc) == "23503":  # what the answer was for was deleted meanwhile
+        # As the caller's answer (a stream ends with an error frame, not a broken body).
+        state = sqlstate_of(exc)
+        if state == "23503":  # what the answer was for was deleted meanwhile
             raise Conflict("what this answer was for (its chat session, run or request) was "
                            "deleted while it was being stored: the answer was not kept") from exc
+        if state in ("40P01", "40001"):  # a deadlock or conflict: in practice with a
+            # deletion of what it was for (a chat session's cascade locks its requests)
+            raise Conflict("the answer could not be stored: it collided with a concurrent "
+                           "change of what it was for (its chat session deleted?)") from exc
+        if state == "57014":  # the statement timeout: nothing of the final transaction stands
+            raise ServiceUnavailable("the answer could not be stored in time; try again") \
+                from exc
         raise
 
 
