@@ -7,6 +7,7 @@ a model request open."""
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from typing import Any
 
@@ -101,17 +102,6 @@ async def test_many_posts_at_once_are_all_recorded_and_answered(
     assert state["seqs"] == list(range(1, 13)), state
 
 
-async def delete_once_more_if_collided(client: httpx.AsyncClient, headers: Headers, url: str,
-                                       deleted: httpx.Response) -> httpx.Response:
-    """``deleted``, or the deletion sent again when PostgreSQL broke a deadlock between the
-    deletion's cascade and an answer being stored by aborting the deletion: a "collided,
-    try again" 503 (with Retry-After), which a client retries (docs/chat.md)."""
-    if deleted.status_code != 503:
-        return deleted
-    assert "collided" in deleted.text and deleted.headers.get("retry-after"), deleted.text
-    return await client.delete(url, headers=headers)
-
-
 @pytest.mark.parametrize("stream", [True, False])
 async def test_the_session_deleted_while_its_answer_is_written_the_answer_is_a_409(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
@@ -119,9 +109,7 @@ async def test_the_session_deleted_while_its_answer_is_written_the_answer_is_a_4
 ) -> None:
     _, headers = user
     sid, posting = await answering(client, admin_headers, headers, database, stub, stream)
-    deleted = await delete_once_more_if_collided(
-        client, headers, f"/api/v1/chat/sessions/{sid}",
-        await client.delete(f"/api/v1/chat/sessions/{sid}", headers=headers))
+    deleted = await client.delete(f"/api/v1/chat/sessions/{sid}", headers=headers)
     no_5xx(deleted)
     assert deleted.status_code == 204
     answer = await asyncio.wait_for(posting, 30)
@@ -175,11 +163,41 @@ async def test_posts_racing_a_delete_or_an_archive_are_each_kept_or_refused(
         first, changed, second = await asyncio.gather(
             post(client, headers, sid, "a", reply=i % 2 == 0), changing,
             post(client, headers, sid, "b", reply=True, stream=i % 3 == 0))
-        if change == "delete":
-            changed = await delete_once_more_if_collided(client, headers, url, changed)
         no_5xx(first, changed, second)
         assert changed.status_code == (204 if change == "delete" else 200), changed.text
         for r in (first, second):
             assert r.status_code in (201, *refused), r.text
         state = await session_state(database, sid)
         assert state["rows"] == (state["count"] or 0) and state["open"] == 0, state
+
+
+async def test_a_session_deleted_at_any_moment_of_its_answer_never_collides(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    """The deletion lands before, during or after the answer's final transaction: it is
+    always a 204 (the answer waits for it, or it for the answer), never a deadlock that
+    PostgreSQL breaks by aborting one of the two (a 503 "collided" before the answer's
+    transaction locked the session's row first)."""
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    stub.script(Reply("answer", delay_ms=150, times=None))
+    rng = random.Random(7)
+    outcomes: set[int] = set()
+    for i in range(40):
+        sid = (await new_session(client, headers))["id"]
+        posting = asyncio.ensure_future(post(client, headers, sid, "hello", stream=i % 2 == 0))
+        await asyncio.sleep(rng.uniform(0.12, 0.25))  # around the answer's storing
+        deleted = await client.delete(f"/api/v1/chat/sessions/{sid}", headers=headers)
+        answer = await asyncio.wait_for(posting, 30)
+        no_5xx(deleted, answer)
+        assert deleted.status_code == 204, deleted.text
+        if i % 2 == 0 and answer.status_code == 201:  # a stream: its last frame says
+            name, data = sse_events(answer.text)[-1]
+            outcomes.add(409 if (name, data.get("status")) == ("error", 409) else 201)
+        else:
+            assert answer.status_code in (201, 409), answer.text
+            outcomes.add(answer.status_code)
+    # Both orders happened: deleted before the answer was stored, and after.
+    assert outcomes == {201, 409}, outcomes
+    assert (await session_state(database, sid))["open"] == 0

@@ -23,6 +23,7 @@ with one, the hook audits that outcome in the domain's own terms.  See docs/chat
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -33,6 +34,7 @@ from typing import Any, Generic, TypeVar, overload
 
 import anyio
 import structlog
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost import tracing
@@ -42,6 +44,7 @@ from roost.billing import credits, limits
 from roost.billing.credits import Reservation
 from roost.db.errors import sqlstate as sqlstate_of
 from roost.db.statements import flush_pending, insert_row, with_defaults
+from roost.db.transaction import driver_fetch
 from roost.errors import Conflict, ServiceUnavailable
 from roost.identity.tenancy import scope_settings
 from roost.llm.base import elapsed_ms
@@ -277,6 +280,25 @@ async def _store_outcome(
         raise
 
 
+@functools.cache
+def _chat_session_lock() -> TextClause:
+    return text("SELECT 1 FROM chat_sessions WHERE id = :session_id FOR NO KEY UPDATE")
+
+
+async def _lock_chat_session(session: AsyncSession, call: PendingCall) -> None:
+    """An answer for a chat session locks the session's row before its request's: the
+    order the session's deletion takes (its row, then by cascade its requests).  The other
+    order (the request's row by the call's records, then the session's by the hook that
+    stores the answer) deadlocked with a deletion, which PostgreSQL broke by aborting one
+    of the two.  Now the later one waits; an answer whose session is gone is a 409."""
+    if call.session_id is None:
+        return
+    found = await driver_fetch(session, _chat_session_lock(), {"session_id": call.session_id})
+    if not found:
+        raise Conflict("the chat session this answer was for was deleted while the model "
+                       "answered: the answer was not kept")
+
+
 async def _store_success(
     gateway: LLMGateway, call: PendingCall, outcome: CallOutcome,
     on_success: SuccessHook[Any] | None, meter: StreamMeter | None = None,
@@ -287,6 +309,7 @@ async def _store_success(
         metrics = meter.row_values(str(call.request_id), call.principal.user_id,
                                    outcome.result.model or call.route.model, outcome.winner.name)
     async with gateway.transaction(call.principal) as session:
+        await _lock_chat_session(session, call)
         await record_success(
             session, gateway, call.principal, outcome, request_type=call.request_type,
             session_id=call.session_id, run_id=call.run_id, agent_id=call.agent_id,
