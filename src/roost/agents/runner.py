@@ -1082,13 +1082,29 @@ async def _run_ready(env: RunEnv, state: _State) -> None:
             _settle(state, step, status="failed", output=None, error=refusal)
             state.pending.append(_refused_finish(state, step, refusal))
             continue
-        with _step_span(state, "tool_call", {"roost.run.step_number": step.step_number,
-                                             "gen_ai.tool.name": prepared.name}):
-            result = await _guarded(env, state, tool_calls.execute_call(
-                prepared, env.database, state.principal, env.tools, arguments,
-                knowledge=env.knowledge, hosted=env.hosted, run_id=state.run.id,
-                secrets=_secret_resolver(env, state)))
+        try:
+            with _step_span(state, "tool_call", {"roost.run.step_number": step.step_number,
+                                                 "gen_ai.tool.name": prepared.name}):
+                result = await _guarded(env, state, tool_calls.execute_call(
+                    prepared, env.database, state.principal, env.tools, arguments,
+                    knowledge=env.knowledge, hosted=env.hosted, run_id=state.run.id,
+                    secrets=_secret_resolver(env, state)))
+        except Exception:  # cancelled or out of time while it ran: no record will settle it
+            await _give_back_holds(env, state, [prepared])
+            raise
         state.pending.append(_tool_finish(state, step, prepared, arguments, result))
+
+
+async def _give_back_holds(env: RunEnv, state: _State,
+                           prepared: Sequence[tool_calls.PreparedCall]) -> None:
+    """The credits held for tool calls begun but never recorded (the run ended before or
+    while they ran): given back at once (a failure here leaves them to the sweeper)."""
+    for call in prepared:
+        try:
+            await tool_calls.give_back(env.database, state.principal, env.tools, call)
+        except Exception as exc:  # the sweeper releases it later
+            log.warning("agents.hold_not_given_back", run_id=str(state.run.id),
+                        error=type(exc).__name__)
 
 
 def _grant_refusal(state: _State, step: _Step) -> str | None:
@@ -1223,6 +1239,13 @@ async def execute(env: RunEnv, run_id: uuid.UUID) -> str:
         return outcome
 
 
+async def _give_back_unrun(env: RunEnv, state: _State) -> None:
+    """The tool calls begun (their steps written, credits held) that the run ended before
+    running: their holds go back; their steps are closed with the run."""
+    unrun, state.ready = [prepared for _, prepared, _ in state.ready], []
+    await _give_back_holds(env, state, unrun)
+
+
 async def _execute(env: RunEnv, state: _State, run_id: uuid.UUID) -> str:
     started = time.perf_counter()
     if state.run.started_at is None:  # stored by the first step's claim, which listeners hear
@@ -1247,8 +1270,10 @@ async def _execute(env: RunEnv, state: _State, run_id: uuid.UUID) -> str:
             if not asked:
                 raise _Stop("final")
     except _Stop as stop:
+        await _give_back_unrun(env, state)
         outcome = await _finish_run(env, state, stop)
     except _Cancelled:
+        await _give_back_unrun(env, state)
         outcome = "cancelled"
         if state.pending:  # a call finished as the run was cancelled: its records stay
             async with _scoped(env, state.principal) as session:

@@ -308,6 +308,16 @@ async def hold_credits(
                                  reference=f"tool:{tool_id}")
 
 
+async def give_back(database: Database, actor: Principal, cfg: ToolsConfig,
+                    prepared: PreparedCall) -> None:
+    """The credits held for a prepared call that will not be recorded (its agent run was
+    cancelled or stopped before or while it ran): given back now, not by the sweeper
+    after ``ROOST_BILLING_RESERVATION_TTL_S``.  A hold settled meanwhile stays settled."""
+    if prepared.reservation is not None:
+        await credits.release_alone(database, scope_settings(actor, app_role=cfg.app_role),
+                                    prepared.reservation)
+
+
 def _check(known: KnownTool, arguments: dict[str, Any]) -> None:
     """The tool is enabled and offered, its server enabled, the arguments valid (422)."""
     if not known.enabled:
