@@ -100,11 +100,24 @@ def _with_offset(value: Any, *, naive_is_utc: bool) -> Any:
         except ValueError:
             return value
     if value.tzinfo is not None:
-        return value
+        return in_utc_range(value)
     if naive_is_utc:
         return value.replace(tzinfo=UTC)
     raise PydanticCustomError(
         "timezone_aware", "Input should carry its UTC offset, e.g. 2027-01-01T00:00:00Z or +02:00")
+
+
+def in_utc_range(moment: datetime) -> datetime:
+    """``moment`` (with its offset), refused when it is not a moment of years 1-9999 in UTC
+    (``0001-01-01T00:00:00+14:00`` is in year 0): the database's answer to it was a
+    "value out of range" that named no field."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError(
+            "datetime_range", "Input should be a moment between the years 1 and 9999 in UTC"
+        ) from None
+    return moment
 
 
 def require_iso_timestamp(value: Any) -> Any:
@@ -119,7 +132,7 @@ def require_iso_timestamp(value: Any) -> Any:
 def read_as_utc(moment: datetime) -> datetime:
     """A filter's bound: without an offset, UTC (not the server's local time, which is what
     the driver would make of a naive value)."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return in_utc_range(moment) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # For query parameters (always strings): ``?since=0.5`` is a mistake, not 1970; a bound

@@ -11,7 +11,7 @@ import binascii
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
@@ -28,7 +28,9 @@ MAX_LIMIT = 500
 
 
 def encode_cursor(values: dict[str, Any]) -> str:
-    raw = json.dumps(values, separators=(",", ":"), default=str).encode()
+    # Not ASCII-escaped: a key of non-ASCII text (a model pattern) stays short enough for
+    # the cursor's length limit (``roost.http.deps.Cursor``).
+    raw = json.dumps(values, separators=(",", ":"), default=str, ensure_ascii=False).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -46,10 +48,16 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     return value
 
 
-def cursor_int(cursor: str, key: str) -> int:
-    """The integer ``key`` of a cursor (a sequence number); anything else is a 400."""
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+def cursor_int(cursor: str, key: str, *, most: int = INT64_MAX) -> int:
+    """The integer ``key`` of a cursor (a sequence number, at most ``most``: its column's
+    range, so the database never sees a value its type cannot hold); anything else is a
+    400."""
     value = decode_cursor(cursor).get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= most:
         raise BadRequest(MALFORMED_CURSOR)
     return value
 
@@ -93,6 +101,10 @@ def _time_id(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise BadRequest(MALFORMED_CURSOR) from exc
     if at.tzinfo is None:
         raise BadRequest(MALFORMED_CURSOR)
+    try:  # a moment a UTC timestamp can hold (year 1 at +14:00 is year 0 in UTC)
+        at = at.astimezone(UTC)
+    except OverflowError as exc:
+        raise BadRequest(MALFORMED_CURSOR) from exc
     return at, last_id
 
 

@@ -14,10 +14,10 @@ from roost.agents.schemas import (
     AgentOut,
     AgentUpdate,
     MemberAdd,
-    MemberOut,
     MemberRole,
     MemberUpdate,
     PersonaCreate,
+    PersonaMemberOut,
     PersonaOut,
     PersonaUpdate,
     SecretOut,
@@ -35,9 +35,9 @@ from roost.tools.deps import ToolsEnvDep
 router = RoostRouter(prefix="/api/v1", tags=["agents"])
 
 
-def _member_out(view: personas.MemberView) -> MemberOut:
+def _member_out(view: personas.MemberView) -> PersonaMemberOut:
     m = view.member
-    return MemberOut(persona_id=m.persona_id, user_id=m.user_id, username=view.username,
+    return PersonaMemberOut(persona_id=m.persona_id, user_id=m.user_id, username=view.username,
                      role=cast(MemberRole, m.role), created_at=m.created_at)
 
 
@@ -87,25 +87,25 @@ async def delete_persona(persona_id: uuid.UUID, principal: CurrentPrincipal,
 # --- members ------------------------------------------------------------------------------
 
 
-@router.get("/personas/{persona_id}/members", response_model=list[MemberOut],
+@router.get("/personas/{persona_id}/members", response_model=list[PersonaMemberOut],
             summary="The persona's members (its owner is owner_id)")
 async def list_members(persona_id: uuid.UUID, principal: CurrentPrincipal,
-                       db: DbSession) -> list[MemberOut]:
+                       db: DbSession) -> list[PersonaMemberOut]:
     return [_member_out(v) for v in await personas.list_members(db, principal, persona_id)]
 
 
 @router.post("/personas/{persona_id}/members", status_code=status.HTTP_201_CREATED,
-             response_model=MemberOut, summary="Add a member by user id, username or e-mail "
+             response_model=PersonaMemberOut, summary="Add a member by user id, username or e-mail "
                                                "(owners)")
 async def add_member(persona_id: uuid.UUID, body: MemberAdd, principal: CurrentPrincipal,
-                     db: DbSession) -> MemberOut:
+                     db: DbSession) -> PersonaMemberOut:
     return _member_out(await personas.add_member(db, principal, persona_id, body))
 
 
-@router.patch("/personas/{persona_id}/members/{user_id}", response_model=MemberOut,
+@router.patch("/personas/{persona_id}/members/{user_id}", response_model=PersonaMemberOut,
               summary="Change a member's role (owners)")
 async def set_member_role(persona_id: uuid.UUID, user_id: uuid.UUID, body: MemberUpdate,
-                          principal: CurrentPrincipal, db: DbSession) -> MemberOut:
+                          principal: CurrentPrincipal, db: DbSession) -> PersonaMemberOut:
     return _member_out(await personas.set_member_role(db, principal, persona_id, user_id,
                                                       body.role))
 

@@ -92,19 +92,19 @@ async def cancel_run(run_id: uuid.UUID, principal: CurrentPrincipal, db: DbSessi
     return RunOut.model_validate(await runs.cancel_run(db, principal, run_id))
 
 
-class LearnOut(BaseModel):
+class RunLearnOut(BaseModel):
     task_id: uuid.UUID
     run_id: uuid.UUID
 
 
-@router.post("/runs/{run_id}/learn", response_model=LearnOut, status_code=status.HTTP_202_ACCEPTED,
+@router.post("/runs/{run_id}/learn", response_model=RunLearnOut, status_code=status.HTTP_202_ACCEPTED,
              summary="Learn facts from a finished run (its input and answer) into its user's "
                      "(and persona's) memory: a memory.learn job, idempotent")
 async def learn_from_run(run_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession,
-                         gateway: GatewayDep) -> LearnOut:
+                         gateway: GatewayDep) -> RunLearnOut:
     run = await runs.get_run(db, principal, run_id)
     task_id = await memorytools.learn_from_run(db, principal, run, cipher=gateway.cipher)
-    return LearnOut(task_id=task_id, run_id=run.id)
+    return RunLearnOut(task_id=task_id, run_id=run.id)
 
 
 @router.get("/runs/{run_id}/events", response_class=StreamingResponse,

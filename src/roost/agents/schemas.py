@@ -222,7 +222,7 @@ class MemberUpdate(StrictInput):
     role: MemberRole
 
 
-class MemberOut(BaseModel):
+class PersonaMemberOut(BaseModel):
     persona_id: uuid.UUID
     user_id: uuid.UUID
     username: str | None = Field(description="Null when your account may not see theirs")

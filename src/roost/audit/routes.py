@@ -11,7 +11,7 @@ from fastapi import Query
 from roost.audit import service
 from roost.audit.schemas import AuditRecordOut, ChainReportOut
 from roost.http.auth import AdminPrincipal
-from roost.http.deps import DbSession
+from roost.http.deps import Cursor, DbSession
 from roost.http.reads import ReadSession, replica_fallback
 from roost.http.routing import RoostRouter
 from roost.inputs import IsoDatetime
@@ -38,7 +38,7 @@ async def list_audit_logs(
     since: Annotated[IsoDatetime | None, Query(description="inclusive, ISO 8601")] = None,
     until: Annotated[IsoDatetime | None, Query(description="exclusive, ISO 8601")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Cursor = None,
 ) -> Page[AuditRecordOut]:
     filters = service.AuditFilter(
         user_id=user_id, persona_id=persona_id, run_id=run_id, action=action, category=category,

@@ -60,7 +60,7 @@ from roost.llm.records import CallOutcome
 from roost.llm.schemas import UsageOut
 from roost.llm.types import ChatMessage as LLMMessage
 from roost.llm.types import ChatRequest, ToolCall
-from roost.pagination import DEFAULT_LIMIT, cursor_int, encode_cursor, page_of
+from roost.pagination import DEFAULT_LIMIT, INT32_MAX, cursor_int, encode_cursor, page_of
 from roost.principal import Principal
 from roost.prompts import service as prompts
 from roost.security.crypto import MessageCipher
@@ -148,7 +148,7 @@ async def list_message_values(
     stmt = _history_statement(with_cursor=cursor is not None, admin=actor.is_admin)
     params: dict[str, Any] = {"session_id": session_id, "page_limit": limit + 1}
     if cursor is not None:
-        params["before_seq"] = cursor_int(cursor, "seq")
+        params["before_seq"] = cursor_int(cursor, "seq", most=INT32_MAX)
     if not actor.is_admin:
         params["user_id"] = actor.user_id
     found = await driver_fetch(session, stmt, params)  # the hot read: no ORM around it
@@ -168,7 +168,7 @@ async def read_confirming(
     longer resolves to ``actor``), scopes its implicit transaction (``scope``) and reads
     the session with its page, as the history statement does in a request's
     transaction (three round trips there, with its ``BEGIN`` and ``COMMIT``)."""
-    before = cursor_int(cursor, "seq") if cursor is not None else None
+    before = cursor_int(cursor, "seq", most=INT32_MAX) if cursor is not None else None
     owner = None if actor.is_admin else actor.user_id
     async with database.autocommit() as driver:
         found = await driver.fetch(_HISTORY, confirmation, scope, session_id, owner, before,

@@ -90,4 +90,6 @@ KeysDep = Annotated[KeyMaterial, Depends(keys_dep)]
 
 # Query parameters of every list endpoint: `?limit=` and `?cursor=`.
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=512)]
+# 2,048: the longest cursor the server issues (a price's 255-character model pattern)
+Cursor = Annotated[str | None, Query(
+    max_length=2048, description="the `next_cursor` of the previous page; absent: the first page")]

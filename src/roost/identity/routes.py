@@ -40,11 +40,12 @@ from roost.identity.schemas import (
     DeviceOut,
     DevicePatchIn,
     GroupIn,
+    GroupMemberOut,
     GroupOut,
     GroupPatchIn,
     LoginIn,
+    LoginSessionOut,
     MemberIn,
-    MemberOut,
     MemberPatchIn,
     MfaIn,
     MfaRequiredOut,
@@ -66,7 +67,6 @@ from roost.identity.schemas import (
     RateLimitsOverviewOut,
     RefreshIn,
     RegisterIn,
-    SessionOut,
     SettingsOut,
     SettingsPatchIn,
     TokensOut,
@@ -189,13 +189,13 @@ async def change_password(body: PasswordChangeIn, principal: CurrentPrincipal,
     return CountOut(count=ended)
 
 
-def _sessions_out(rows: list[Any], principal: Principal) -> list[SessionOut]:
-    return [SessionOut.model_validate(r).model_copy(update={"current": r.id == principal.session_id})
+def _sessions_out(rows: list[Any], principal: Principal) -> list[LoginSessionOut]:
+    return [LoginSessionOut.model_validate(r).model_copy(update={"current": r.id == principal.session_id})
             for r in rows]
 
 
-@auth_router.get("/sessions", response_model=list[SessionOut], summary="Your active sessions")
-async def my_sessions(principal: CurrentPrincipal, session: DbSession) -> list[SessionOut]:
+@auth_router.get("/sessions", response_model=list[LoginSessionOut], summary="Your active sessions")
+async def my_sessions(principal: CurrentPrincipal, session: DbSession) -> list[LoginSessionOut]:
     return _sessions_out(await sessions.list_sessions(session, principal), principal)
 
 
@@ -384,9 +384,9 @@ async def patch_profile(user: str, body: ProfilePatchIn, principal: CurrentPrinc
                                                        _user_ref(user)))
 
 
-@users_router.get("/{user}/sessions", response_model=list[SessionOut], summary="Active sessions")
+@users_router.get("/{user}/sessions", response_model=list[LoginSessionOut], summary="Active sessions")
 async def user_sessions(user: str, principal: CurrentPrincipal,
-                        session: DbSession) -> list[SessionOut]:
+                        session: DbSession) -> list[LoginSessionOut]:
     rows = await sessions.list_sessions(session, principal, _user_ref(user))
     return _sessions_out(rows, principal)
 
@@ -546,29 +546,29 @@ async def delete_group(group_id: uuid.UUID, principal: CurrentPrincipal,
     return _no_content()
 
 
-def _member_out(m: groups.Member) -> MemberOut:
-    return MemberOut(user_id=m.user_id, username=m.username, full_name=m.full_name, role=m.role,
+def _member_out(m: groups.Member) -> GroupMemberOut:
+    return GroupMemberOut(user_id=m.user_id, username=m.username, full_name=m.full_name, role=m.role,
                      joined_at=m.joined_at)
 
 
-@groups_router.get("/{group_id}/members", response_model=list[MemberOut], summary="Members")
+@groups_router.get("/{group_id}/members", response_model=list[GroupMemberOut], summary="Members")
 async def list_members(group_id: uuid.UUID, principal: CurrentPrincipal,
-                       session: DbSession) -> list[MemberOut]:
+                       session: DbSession) -> list[GroupMemberOut]:
     return [_member_out(m) for m in await groups.list_members(session, principal, group_id)]
 
 
-@groups_router.post("/{group_id}/members", status_code=201, response_model=MemberOut,
+@groups_router.post("/{group_id}/members", status_code=201, response_model=GroupMemberOut,
                     summary="Add a member (group admins)")
 async def add_member(group_id: uuid.UUID, body: MemberIn, principal: CurrentPrincipal,
-                     session: DbSession) -> MemberOut:
+                     session: DbSession) -> GroupMemberOut:
     return _member_out(await groups.add_member(session, principal, group_id, user=body.user,
                                                role=body.role))
 
 
-@groups_router.patch("/{group_id}/members/{user_id}", response_model=MemberOut,
+@groups_router.patch("/{group_id}/members/{user_id}", response_model=GroupMemberOut,
                      summary="Change a member's role (group admins)")
 async def patch_member(group_id: uuid.UUID, user_id: uuid.UUID, body: MemberPatchIn,
-                       principal: CurrentPrincipal, session: DbSession) -> MemberOut:
+                       principal: CurrentPrincipal, session: DbSession) -> GroupMemberOut:
     await groups.set_member_role(session, principal, group_id, user_id, body.role)
     members = await groups.list_members(session, principal, group_id)
     return _member_out(next(m for m in members if m.user_id == user_id))

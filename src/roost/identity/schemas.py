@@ -159,7 +159,7 @@ class MfaRequiredOut(BaseModel):
     methods: list[str]
 
 
-class SessionOut(BaseModel):
+class LoginSessionOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
@@ -453,7 +453,7 @@ class MemberPatchIn(Input):
     role: Literal["member", "admin"]
 
 
-class MemberOut(BaseModel):
+class GroupMemberOut(BaseModel):
     user_id: uuid.UUID
     username: str
     full_name: str | None

@@ -24,7 +24,7 @@ from roost.tools.schemas import (
     ToolAnalyticsBucket,
     ToolAnalyticsDetailOut,
     ToolAnalyticsOut,
-    ToolCall,
+    ToolCallRequest,
     ToolErrorCount,
     ToolOut,
     ToolRunOut,
@@ -175,7 +175,7 @@ async def tool_analytics_detail(
 @router.post("/tools/{tool_id}/call", response_model=ToolRunOut,
              summary="Call a tool: arguments checked against its input schema, run recorded")
 async def call_tool(
-    tool_id: uuid.UUID, body: ToolCall, principal: CallerPrincipal, env: ToolsEnvDep
+    tool_id: uuid.UUID, body: ToolCallRequest, principal: CallerPrincipal, env: ToolsEnvDep
 ) -> ToolRunOut:
     run = await calls.call_tool(
         env.database, principal, env.cfg, env.box, tool_id=tool_id, arguments=body.arguments,
@@ -188,7 +188,7 @@ async def call_tool(
 @router.post("/tools/by-name/{name}/call", response_model=ToolRunOut,
              summary="Call a tool by name (?server= when several servers offer it)")
 async def call_tool_by_name(
-    name: str, body: ToolCall, principal: CallerPrincipal, env: ToolsEnvDep,
+    name: str, body: ToolCallRequest, principal: CallerPrincipal, env: ToolsEnvDep,
     server: Annotated[str | None, Query(max_length=64)] = None,
 ) -> ToolRunOut:
     run = await calls.call_tool(

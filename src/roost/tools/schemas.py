@@ -202,7 +202,7 @@ class ToolAnalyticsDetailOut(BaseModel):
     top_errors: list[ToolErrorCount]
 
 
-class ToolCall(StrictInput):
+class ToolCallRequest(StrictInput):
     arguments: dict[str, Any] = Field(default_factory=dict)
     trace_id: str | None = Field(default=None, max_length=255,
                                  description="Trace id of the parent run; default run-{uuid}")

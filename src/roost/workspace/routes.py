@@ -19,6 +19,7 @@ from roost.principal import Principal
 from roost.workspace import service
 from roost.workspace.models import Project
 from roost.workspace.schemas import (
+    BoardTaskOut,
     ProjectCounts,
     ProjectCreate,
     ProjectDetail,
@@ -26,7 +27,6 @@ from roost.workspace.schemas import (
     ProjectStatus,
     ProjectUpdate,
     TaskCreate,
-    TaskOut,
     TaskPriority,
     TaskStatus,
     TaskUpdate,
@@ -87,13 +87,13 @@ async def delete_project(project_id: uuid.UUID, principal: CurrentPrincipal,
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@tasks.post("", status_code=status.HTTP_201_CREATED, response_model=TaskOut,
+@tasks.post("", status_code=status.HTTP_201_CREATED, response_model=BoardTaskOut,
             summary="Add a task; its calculated_score is computed at once")
-async def create_task(body: TaskCreate, principal: CurrentPrincipal, db: DbSession) -> TaskOut:
-    return TaskOut.model_validate(await service.create_task(db, principal, body))
+async def create_task(body: TaskCreate, principal: CurrentPrincipal, db: DbSession) -> BoardTaskOut:
+    return BoardTaskOut.model_validate(await service.create_task(db, principal, body))
 
 
-@tasks.get("", response_model=Page[TaskOut],
+@tasks.get("", response_model=Page[BoardTaskOut],
            summary="Your tasks, highest calculated_score first (keyset pages on score, id)")
 @replica_fallback
 async def list_tasks(
@@ -108,25 +108,25 @@ async def list_tasks(
                          ] = None,
     min_score: Annotated[float | None, Query(ge=0, le=1e9)] = None,
     limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
-) -> Page[TaskOut]:
+) -> Page[BoardTaskOut]:
     rows, next_cursor = await service.list_tasks(
         db, principal, project_id=project_id, status=status_, priority=priority,
         parent_id=parent_id, due_before=due_before, due_after=due_after, min_score=min_score,
         limit=limit, cursor=cursor)
-    return Page[TaskOut](items=[TaskOut.model_validate(r) for r in rows],
+    return Page[BoardTaskOut](items=[BoardTaskOut.model_validate(r) for r in rows],
                          next_cursor=next_cursor)
 
 
-@tasks.get("/{task_id:uuid}", response_model=TaskOut, summary="A task")
-async def get_task(task_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> TaskOut:
-    return TaskOut.model_validate(await service.get_task(db, principal, task_id))
+@tasks.get("/{task_id:uuid}", response_model=BoardTaskOut, summary="A task")
+async def get_task(task_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> BoardTaskOut:
+    return BoardTaskOut.model_validate(await service.get_task(db, principal, task_id))
 
 
-@tasks.patch("/{task_id:uuid}", response_model=TaskOut,
+@tasks.patch("/{task_id:uuid}", response_model=BoardTaskOut,
              summary="Change a task; the score is recomputed from the new values")
 async def update_task(task_id: uuid.UUID, body: TaskUpdate, principal: CurrentPrincipal,
-                      db: DbSession) -> TaskOut:
-    return TaskOut.model_validate(await service.update_task(db, principal, task_id, body))
+                      db: DbSession) -> BoardTaskOut:
+    return BoardTaskOut.model_validate(await service.update_task(db, principal, task_id, body))
 
 
 @tasks.delete("/{task_id:uuid}", status_code=status.HTTP_204_NO_CONTENT,

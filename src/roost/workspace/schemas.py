@@ -177,7 +177,7 @@ class TaskUpdate(TaskFields):
     pass
 
 
-class TaskOut(BaseModel):
+class BoardTaskOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID

@@ -14,6 +14,7 @@ the time-dependent part (due-date proximity) current.
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
 from typing import Any, Final
@@ -337,8 +338,14 @@ def _after_score(cursor: str) -> Any:
         raise BadRequest(MALFORMED_CURSOR) from exc
     if not isinstance(score, int | float) or isinstance(score, bool):
         raise BadRequest(MALFORMED_CURSOR)
-    return or_(Task.calculated_score < float(score),
-               (Task.calculated_score == float(score)) & (Task.id < last_id))
+    try:
+        at = float(score)
+    except OverflowError as exc:  # an integer beyond any float
+        raise BadRequest(MALFORMED_CURSOR) from exc
+    if not math.isfinite(at):  # JSON's NaN and Infinity, which Python's json accepts
+        raise BadRequest(MALFORMED_CURSOR)
+    return or_(Task.calculated_score < at,
+               (Task.calculated_score == at) & (Task.id < last_id))
 
 
 async def list_tasks(
