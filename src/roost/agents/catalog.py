@@ -14,12 +14,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from pydantic import ValidationError
-from sqlalchemy import case, false, func, or_, select, true
+from sqlalchemy import and_, case, false, func, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import Agent, Persona, PersonaMember
-from roost.agents.personas import get_persona, require_role
+from roost.agents.personas import get_persona, require_role, role_of
 from roost.agents.schemas import AgentConfig, AgentCreate, AgentOut, AgentUpdate
 from roost.agents.secrets import missing_references
 from roost.audit.service import record
@@ -69,6 +69,19 @@ def require_active(agent: Agent) -> Agent:
     return agent
 
 
+async def require_runnable(session: AsyncSession, actor: Principal, agent: Agent) -> Agent:
+    """``agent`` (as the actor sees it), active and runnable by the actor: a persona's
+    agent that is not public is run by the persona's members only, not by its creator
+    once removed (403).  Every way to run an agent checks this before it stores anything:
+    a run, a chat turn, a debate seat, ``/mcp``, ``/v1``."""
+    require_active(agent)
+    if agent.persona_id is not None and not actor.is_admin and not agent.is_public and (
+            actor.user_id is None
+            or await role_of(session, agent.persona_id, actor.user_id) is None):
+        raise Forbidden("this agent is a persona's: only the persona's members may run it")
+    return agent
+
+
 async def persona_of(session: AsyncSession, agent: Agent) -> Persona | None:
     if agent.persona_id is None:
         return None
@@ -89,6 +102,19 @@ def visible_agents(actor: Principal) -> Any:
     owned = select(Persona.id).where(Persona.owner_id == actor.user_id)
     return or_(Agent.user_id == actor.user_id, Agent.is_public,
                Agent.persona_id.in_(member_of), Agent.persona_id.in_(owned))
+
+
+def runnable_agents(actor: Principal) -> Any:
+    """SQL condition: agents ``actor`` may run (:func:`require_runnable`): their own of no
+    persona, public ones, and those of personas they own or are a member of."""
+    if actor.is_admin:
+        return true()
+    if actor.user_id is None:
+        return false()
+    member_of = select(PersonaMember.persona_id).where(PersonaMember.user_id == actor.user_id)
+    owned = select(Persona.id).where(Persona.owner_id == actor.user_id)
+    return or_(and_(Agent.user_id == actor.user_id, Agent.persona_id.is_(None)),
+               Agent.is_public, Agent.persona_id.in_(member_of), Agent.persona_id.in_(owned))
 
 
 def agent_out(agent: Agent) -> AgentOut:

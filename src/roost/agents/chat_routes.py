@@ -72,7 +72,8 @@ def chat_agent_handler(app: FastAPI) -> ChatHandler:
             raise PayloadTooLarge(f"an agent's input may hold {MAX_RUN_INPUT_CHARS} characters")
         async with database.transaction() as session:  # an unknown agent stores nothing
             await apply_principal(session, principal, app_role=app_role)
-            catalog.require_active(await catalog.find_agent_by_slug(session, principal, slug))
+            await catalog.require_runnable(
+                session, principal, await catalog.find_agent_by_slug(session, principal, slug))
         stored = await chat_messages.post_message(
             gateway, principal, session_id,
             body.model_copy(update={"reply": False, "stream": False, "context": None}))

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from jsonschema import Draft202012Validator, SchemaError
-from sqlalchemy import select
+from sqlalchemy import Uuid, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,6 +20,8 @@ from roost.agents.personas import get_persona, require_role
 from roost.agents.schemas import ToolGrantOut, ToolGrantSet
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
+from roost.db.engine import Database
+from roost.db.transaction import fetch_on
 from roost.errors import NotFound, Unprocessable
 from roost.principal import Principal
 from roost.tools import registry
@@ -109,9 +112,49 @@ async def revoke_tool(session: AsyncSession, actor: Principal, persona_id: uuid.
                  resource_type="tool", resource_id=tool_id)
 
 
+# A grant is in force while it is enabled and its tool is global or its tool's owner is
+# an owner or editor of the persona: a member who leaves (or becomes a viewer) takes
+# their own tools, and the MCP servers and credentials behind them, back with them (as
+# secrets by reference resolve only for the servers of the persona's owners).
+_IN_FORCE = """
+  pt.is_enabled AND (t.user_id IS NULL OR t.user_id = p.owner_id OR EXISTS (
+    SELECT 1 FROM persona_members m WHERE m.persona_id = p.id AND m.user_id = t.user_id
+       AND m.role IN ('owner', 'editor')))"""
+
+_GRANTS_OF = text(f"""
+SELECT pt.tool_id, pt.config FROM persona_tools pt
+  JOIN personas p ON p.id = pt.persona_id JOIN tools t ON t.id = pt.tool_id
+ WHERE pt.persona_id = :persona_id AND {_IN_FORCE}""",  # noqa: S608 (a constant condition)
+).columns(tool_id=Uuid, config=JSONB)
+
+# The runner's check before each granted call (as the system): the run's user is still a
+# member (owner by owner_id, or a membership) and the grant still in force.
+_STILL_GRANTED = text(f"""
+SELECT (p.owner_id = :user_id OR EXISTS (
+          SELECT 1 FROM persona_members m WHERE m.persona_id = p.id AND m.user_id = :user_id))
+         AS member,
+       EXISTS (SELECT 1 FROM persona_tools pt JOIN tools t ON t.id = pt.tool_id
+                WHERE pt.persona_id = p.id AND pt.tool_id = :tool_id AND {_IN_FORCE})
+         AS granted
+  FROM personas p WHERE p.id = :persona_id""")  # noqa: S608 (a constant condition)
+
+
 async def grants_of(session: AsyncSession, persona_id: uuid.UUID) -> dict[uuid.UUID, Grant]:
-    """The persona's enabled grants (the runner reads them as the system)."""
-    rows = (await session.scalars(select(PersonaTool).where(
-        PersonaTool.persona_id == persona_id, PersonaTool.is_enabled))).all()
+    """The persona's grants in force (the runner reads them as the system)."""
+    rows = (await session.execute(_GRANTS_OF, {"persona_id": persona_id})).all()
     return {r.tool_id: Grant(r.tool_id, (r.config or {}).get("input_schema"),
                              (r.config or {}).get("max_calls_per_run")) for r in rows}
+
+
+async def still_granted(database: Database, persona_id: uuid.UUID, user_id: uuid.UUID,
+                        tool_id: uuid.UUID) -> tuple[bool, bool]:
+    """Now, as the system, in one round trip: whether ``user_id`` is still a member of the
+    persona, and whether its grant of the tool is still in force.  A run reads its grants
+    once; a member removed, or a grant revoked, while it runs must not keep them for the
+    run's later calls."""
+    async with database.autocommit() as driver:
+        found = await fetch_on(driver, _STILL_GRANTED, {
+            "persona_id": persona_id, "user_id": user_id, "tool_id": tool_id})
+    if not found:  # the persona was deleted
+        return False, False
+    return bool(found[0]["member"]), bool(found[0]["granted"])

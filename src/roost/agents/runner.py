@@ -71,7 +71,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost import tracing
 from roost.agents import memorytools
 from roost.agents.catalog import split_tool_refs
-from roost.agents.grants import Grant, grants_of
+from roost.agents.grants import Grant, grants_of, still_granted
 from roost.agents.models import Agent, Persona, Run, RunStep
 from roost.agents.personas import role_of
 from roost.agents.runs import EVENTS_CHANNEL
@@ -85,7 +85,7 @@ from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.db.statements import bound_insert, bound_insert_from, flush_pending, prefixed
 from roost.db.transaction import driver_fetch, fetch_on
-from roost.errors import LimitReached, PaymentRequired, RoostError
+from roost.errors import Forbidden, LimitReached, PaymentRequired, RoostError
 from roost.identity.models import UserGroupMembership
 from roost.identity.tenancy import apply_principal
 from roost.knowledge.config import KnowledgeConfig
@@ -970,7 +970,7 @@ def _secret_resolver(env: RunEnv, state: _State) -> SecretResolver | None:
     async def resolve(server_owner: uuid.UUID | None, secret_type: str | None,
                       key_name: str) -> str:
         return await resolve_reference(env.database, env.box, persona_id, server_owner,
-                                       secret_type, key_name)
+                                       secret_type, key_name, runner=state.run.user_id)
 
     return resolve
 
@@ -991,6 +991,26 @@ def _parse_call(state: _State, call: ToolCall) -> tuple[Offered | None, dict[str
     return offered, parsed, None
 
 
+async def _check_still_granted(env: RunEnv, state: _State, offered: Offered) -> None:
+    """Before each call a persona's grant allows: the run's user still a member and the
+    grant still in force (read now, as the system: the run read its grants when it
+    started).  Else the run keeps neither the persona's grants nor its secrets, and a
+    tool it could use only through the grant is refused (the model is told)."""
+    assert state.run.persona_id is not None
+    member, granted = await still_granted(env.database, state.run.persona_id,
+                                          state.run.user_id, offered.tool_id)
+    if not member:
+        state.member, state.grants = False, {}
+    if member and granted:
+        return
+    state.tools = {name: dataclasses.replace(tool, grant=None) if not member
+                   or tool.tool_id == offered.tool_id else tool
+                   for name, tool in state.tools.items()}
+    if not offered.visible:
+        raise Forbidden(f"the persona's grant of tool {offered.name!r} was revoked, or this "
+                        "run's user left the persona, while the run went on")
+
+
 async def _prepare(session: AsyncSession, env: RunEnv, state: _State, offered: Offered,
                    arguments: dict[str, Any]) -> tool_calls.PreparedCall:
     """The registry's checks of a call, and the persona grant's constraints.  A tool the
@@ -1000,6 +1020,7 @@ async def _prepare(session: AsyncSession, env: RunEnv, state: _State, offered: O
     holds the payer's row already (the call's settlement), which a hold on another
     connection would wait for."""
     if offered.grant is not None:
+        await _check_still_granted(env, state, offered)
         offered.grant.check_arguments(arguments)
     if offered.visible:
         prepared = await tool_calls.prepare_call(

@@ -13,9 +13,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 
-from roost.agents.catalog import require_active
+from roost.agents.catalog import require_runnable
 from roost.agents.models import OPEN_STEP_STATUSES, TERMINAL_RUN_STATUSES, Agent, Run, RunStep
-from roost.agents.personas import role_of
 from roost.agents.schemas import AgentConfig, RunCreate
 from roost.audit.models import AuditLog
 from roost.audit.service import entry_values, record
@@ -65,11 +64,8 @@ async def create_run(
     false); for another agent or input, 422 (a key names one request, as in the IETF
     Idempotency-Key draft: answering with a run of something else would hide the
     client's mistake)."""
-    require_active(agent)
     runner = require_user(actor, "runs")  # a run is its runner's: not the operator token's
-    if agent.persona_id is not None and not actor.is_admin and not agent.is_public \
-            and await role_of(session, agent.persona_id, runner) is None:
-        raise Forbidden("this agent is a persona's: only the persona's members may run it")
+    await require_runnable(session, actor, agent)
     run_id, job_id, now = uuid7(), uuid7(), utcnow()
     trace = trace_id or f"run-{run_id}"
     row: dict[str, Any] = dict.fromkeys(_RUN_COLUMNS)

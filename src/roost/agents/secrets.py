@@ -136,13 +136,18 @@ async def _resolve(session: AsyncSession, box: SecretBox, persona_id: uuid.UUID,
 
 async def resolve_reference(database: Database, box: SecretBox, persona_id: uuid.UUID,
                             server_owner: uuid.UUID | None, secret_type: str | None,
-                            key_name: str) -> str:
+                            key_name: str, *, runner: uuid.UUID | None = None) -> str:
     """A ``${secret:[type/]key}`` reference of an MCP server's env or header, resolved for
     a run of the persona (roost.tools.secretrefs): by type and name, or by name alone when
     the persona has one secret of that name.  Only for a global server (``server_owner``
     None: an administrator's) or one whose owner is an owner of the persona now: a server
-    is a URL or command its owner controls, and editors set secrets, never read them."""
+    is a URL or command its owner controls, and editors set secrets, never read them.
+    ``runner``: the run's user, who must be a member of the persona now (a member removed
+    while their run goes on gets no secret of it any more)."""
     async with database.transaction() as session:
+        if runner is not None and await role_of(session, persona_id, runner) is None:
+            raise SecretsUnavailable("this run's user is no longer a member of the persona: "
+                                     "its secrets go only to its members' runs")
         if server_owner is not None and await role_of(session, persona_id,
                                                       server_owner) != "owner":
             raise SecretsUnavailable(

@@ -10,7 +10,7 @@ from typing import Any, Final
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.agents.catalog import get_agent, require_active
+from roost.agents.catalog import get_agent, require_runnable
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.debates.models import TERMINAL_STATUSES, DebateBallot, DebateSession, DebateTurn
@@ -50,14 +50,14 @@ def resolve_participants(body: DebateCreate,
 async def create_debate(session: AsyncSession, actor: Principal,
                         body: DebateCreate) -> DebateSession:
     """A pending debate and its job, in the caller's transaction.  Agents must be ones
-    the actor can use (else 404) and active (else 409)."""
+    the actor can see (else 404), run (a persona's: its members; else 403) and active
+    (else 409)."""
     require_user(actor, "debates")
     agents: dict[uuid.UUID, Any] = {}
     for p in body.participants:
         if p.agent_id is not None and p.agent_id not in agents:
-            agent = await get_agent(session, actor, p.agent_id)
-            require_active(agent)
-            agents[p.agent_id] = agent
+            agents[p.agent_id] = await require_runnable(
+                session, actor, await get_agent(session, actor, p.agent_id))
     debate = DebateSession(
         id=uuid7(), topic=body.topic, description=body.description, status="pending",
         current_round=0, total_rounds=body.total_rounds, voting_method=body.voting_method,
