@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
-from tests.agents.conftest import Headers, make_agent, wait_for_run
+from tests.agents.conftest import Headers, make_agent, running_worker, wait_for_run
 from tests.chat.conftest import add_provider, sse_events
 from tests.support.identity import make_user
 from tests.support.mcp_client import mcp_session
@@ -415,3 +415,37 @@ async def test_events_carry_the_model_text_as_it_streams(
     assert "".join(d["text"] for d in deltas) == words
     kinds = [name for name, _ in sse_events(streamed.text)]
     assert kinds.index("delta") > kinds.index("step") and kinds[-1] == "end"
+
+
+async def test_a_run_queued_before_its_user_was_suspended_does_not_start(
+    app: Any, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    database: Database, user: tuple[uuid.UUID, Headers], test_settings: Any,
+) -> None:
+    """Queued while no worker ran; the account is suspended; the worker that picks the
+    run up ends it failed, saying why, without asking the model (its job completes: no
+    retry); the same for a deactivated account."""
+    from tests.agents.test_races_runs import settled_job  # (which imports this module)
+
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    stub.script(Reply("Should not be asked.", times=None))
+    agent = await make_agent(database, user_id)
+    suspended = await start(client, headers, agent.id)
+    other_id, other = await make_user(database)
+    other_agent = await make_agent(database, other_id)
+    deactivated = await start(client, other, other_agent.id)
+    for uid, change in ((user_id, {"status": "suspended"}), (other_id, {"is_active": False})):
+        changed = await client.patch(f"/api/v1/users/{uid}", headers=admin_headers, json=change)
+        assert changed.status_code == 200, changed.text
+    async with running_worker(app, database, test_settings):
+        for run in (suspended, deactivated):
+            done = await wait_for_run(client, admin_headers, run["id"])
+            await settled_job(database, run["id"])
+            async with database.transaction() as s:
+                row = (await s.execute(text(
+                    "SELECT r.status, r.error_message, b.status AS job, b.attempts "
+                    "FROM runs r JOIN background_tasks b ON b.id = r.task_id "
+                    "WHERE r.id = :r"), {"r": done["id"]})).one()
+            assert (row.status, row.job) == ("failed", "completed"), row
+            assert "suspended or deactivated" in row.error_message and row.attempts == 1, row
+    assert stub.requests(path="/v1/chat/completions") == []

@@ -55,6 +55,7 @@ from sqlalchemy import (
     Table,
     Update,
     Uuid,
+    and_,
     any_,
     bindparam,
     func,
@@ -86,7 +87,7 @@ from roost.db.engine import Database
 from roost.db.statements import bound_insert, bound_insert_from, flush_pending, prefixed
 from roost.db.transaction import driver_fetch, fetch_on
 from roost.errors import Forbidden, LimitReached, PaymentRequired, RoostError
-from roost.identity.models import UserGroupMembership
+from roost.identity.models import User, UserGroupMembership
 from roost.identity.tenancy import apply_principal
 from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.schemas import SearchRequest
@@ -191,6 +192,7 @@ class _State:
     route: Route | None = None  # the model's providers, resolved at the first model step
     grants: dict[uuid.UUID, Grant] = field(default_factory=dict)  # the persona's tool grants
     member: bool = False  # the run's user is a member of its persona (grants, secrets)
+    user_active: bool = True  # the run's user's account, when the run was loaded
     prompt_text: str = ""  # config.system_prompt_key's version, rendered (_use_prompt)
     # Finished calls' records, written by the runner's next transaction (the next step's
     # start or the run's end), before that step starts: one transaction less per call.
@@ -202,6 +204,10 @@ class _State:
     @property
     def next_number(self) -> int:
         return max((s.step_number for s in self.steps), default=0) + 1
+
+
+INACTIVE_USER: Final = ("the account that started this run is suspended or deactivated: "
+                       "the run was not started (or resumed)")
 
 
 class _Stop(Exception):  # control flow: the run stops for this reason
@@ -297,7 +303,8 @@ def _loaded(row: Any) -> _State:
     principal = Principal(user_id=run.user_id, is_admin=False, kind="job",
                           group_ids=frozenset(row["group_ids"] or ()))
     return _State(run=run, agent=agent, persona=persona, principal=principal,
-                  config=AgentConfig.model_validate(run.config or {}), steps=[])
+                  config=AgentConfig.model_validate(run.config or {}), steps=[],
+                  user_active=bool(row["user_active"]))
 
 
 _LOADED: Final = ((Run, "r_"), (Agent, "a_"), (Persona, "p_"))
@@ -319,9 +326,11 @@ def _load_statement() -> Select[Any]:
     groups = (select(func.array_agg(UserGroupMembership.group_id))
               .where(UserGroupMembership.user_id == runs.c.user_id)
               .correlate(runs).scalar_subquery())
+    active = (select(and_(User.status == literal_column("'active'"), User.is_active))
+              .where(User.id == runs.c.user_id).correlate(runs).scalar_subquery())
     columns = [column.label(prefix + key) for model, prefix in _LOADED
                for key, column in model.__mapper__.columns.items()]
-    return (select(*columns, groups.label("group_ids"))
+    return (select(*columns, groups.label("group_ids"), active.label("user_active"))
             .select_from(runs.outerjoin(agents, agents.c.id == runs.c.agent_id)
                          .outerjoin(personas, personas.c.id == runs.c.persona_id))
             .where(runs.c.id == bindparam("run_id")))
@@ -1272,6 +1281,8 @@ async def _execute(env: RunEnv, state: _State, run_id: uuid.UUID) -> str:
     if state.run.started_at is None:  # stored by the first step's claim, which listeners hear
         state.run.started_at = utcnow()
     try:
+        if not state.user_active:  # suspended or deactivated since the run was queued
+            raise _Stop("error", status="failed", error=INACTIVE_USER)
         for step in await _recover(env, state):  # idempotent tool calls, again in place
             given = step.input or {}
             await _tool_step(env, state, ToolCall(
