@@ -182,6 +182,7 @@ def serve(
             config = uvicorn.Config(
                 application, host=host or settings.host, port=port or settings.port,
                 log_config=None, proxy_headers=False, lifespan="on",
+                timeout_graceful_shutdown=settings.serve_shutdown_grace_s,
             )
             queue_worker = (Worker(db, worker_config(settings),
                                    statement_timeout_ms=settings.db_statement_timeout_ms)

@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         "(off when separate `roost worker` processes run); with --workers N, one in each "
         "API process"
     )
+    serve_shutdown_grace_s: int = Field(
+        default=15, gt=0, le=3600, description="On SIGTERM/SIGINT, how long `roost serve` lets "
+        "in-flight requests finish; then it ends what is still open (event streams a client "
+        "keeps reading, answers still streaming), giving their stream slots back, and stops"
+    )
     serve_workers: int = Field(
         default=1, ge=1, le=64, description="API processes `roost serve` runs on its one port "
         "(`--workers`); above 1 a supervisor process starts and replaces them (docs/scale.md)"

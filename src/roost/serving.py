@@ -204,6 +204,7 @@ def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
             APP_FACTORY, factory=True, host=host, port=port, workers=processes,
             log_config=None, proxy_headers=False, lifespan="on",
             timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT_S,
+            timeout_graceful_shutdown=settings.serve_shutdown_grace_s,
         )
         sock = config.bind_socket()
         log.info("serve.processes_starting", processes=processes, host=host, port=port,

@@ -27,10 +27,11 @@ from roost.agents.run_routes import trace_id_for
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate
 from roost.chat import messages as chat_messages
 from roost.chat import runtime_settings as chat_settings
-from roost.chat.routes import SSE_HEADERS, sse_frame
+from roost.chat.routes import sse_frame
 from roost.chat.schemas import ExchangeOut, MessageCreate, MessageOut
 from roost.db.engine import Database
 from roost.errors import BadGateway, GatewayTimeout, PayloadTooLarge, RoostError, Unprocessable
+from roost.http.streams import SSE_HEADERS
 from roost.identity.tenancy import apply_principal
 from roost.llm.deps import app_gateway
 from roost.llm.schemas import UsageOut

@@ -25,6 +25,7 @@ from roost.errors import BadGateway, BadRequest, GatewayTimeout, NotFound, Paylo
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit, get_database, get_settings_dep
 from roost.http.routing import RoostRouter
+from roost.http.streams import SSE_HEADERS
 from roost.identity.deps import StreamSlots
 from roost.identity.tenancy import apply_principal
 from roost.llm.deps import CallerPrincipal, GatewayDep
@@ -35,7 +36,6 @@ from roost.principal import Principal
 
 router = RoostRouter(prefix="/api/v1", tags=["runs"])
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 

@@ -32,6 +32,7 @@ from roost.http.deps import Cursor, DbSession, Limit, get_database
 from roost.http.reads import ReadSession, read_session, replica_fallback
 from roost.http.responses import page_response
 from roost.http.routing import RoostRouter
+from roost.http.streams import SSE_HEADERS, until_disconnected
 from roost.identity.deps import StreamSlots
 from roost.identity.resolver import known_caller
 from roost.llm.deps import CallerPrincipal, GatewayDep
@@ -41,7 +42,6 @@ from roost.principal import Principal
 
 router = RoostRouter(prefix="/api/v1/chat", tags=["chat"])
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 ChatModelHandler = Callable[[Principal, uuid.UUID, MessageCreate], Awaitable[Any]]
 """A higher domain's answerer for messages whose model is ``<prefix>:...`` (``agent:<slug>``:
@@ -179,7 +179,9 @@ async def post_message(
         return ExchangeOut(user_message=exchange.user_message)
     if not body.stream:
         return await messages.answer(gateway, principal, exchange)
-    stream = await messages.start_stream(gateway, principal, exchange)
+    # A client that gives up before the first chunk frees its stream slot at once.
+    stream = await until_disconnected(request, messages.start_stream(gateway, principal,
+                                                                     exchange))
     events = messages.stream_events(exchange, stream)
 
     async def body_iter() -> AsyncIterator[bytes]:

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import structlog
 from sqlalchemy import delete, func, or_, select
@@ -104,6 +104,11 @@ def _split(pairs: Sequence[tuple[str, int]]) -> tuple[list[str], list[int]]:
     return [s for s, _ in pairs], [n for _, n in pairs]
 
 
+# A refused stream slot is asked for again after these pauses (0.2 s in all) before the
+# 429: long enough for a stream that just ended to give its slot back.
+ACQUIRE_RETRY_S: Final = (0.02, 0.04, 0.06, 0.08)
+
+
 class Limiter:
     """The shared counters, on a small autocommit pool of their own (built on first use)."""
 
@@ -149,8 +154,15 @@ class Limiter:
             return None
         subjects, counts = _split(limits.streams)
         lease_id = uuid7()
-        taken = await self._call("SELECT roost_stream_acquire($1, $2, $3, $4)",
-                                 lease_id, subjects, counts, self.lease_s)
+        for wait_s in (*ACQUIRE_RETRY_S, None):
+            taken = await self._call("SELECT roost_stream_acquire($1, $2, $3, $4)",
+                                     lease_id, subjects, counts, self.lease_s)
+            if taken or wait_s is None:
+                break
+            # The client's previous stream may have just ended: its slot is given back
+            # after its last byte is sent, and a quick client's next request can arrive
+            # first (a 429 now and then for a client that never had two streams open).
+            await asyncio.sleep(wait_s)
         if not taken:
             raise TooManyRequests(
                 f"too many open streams (at most {_describe(limits.streams)} at once); "

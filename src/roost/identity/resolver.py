@@ -48,7 +48,7 @@ from roost.db.transaction import (
     is_literal,
     note_settings,
 )
-from roost.errors import Unauthorized
+from roost.errors import TooManyRequests, Unauthorized
 from roost.http.auth import request_credential, scope_wanted
 from roost.http.deps import get_keys, get_settings_dep
 from roost.identity.ratelimits import Limiter, RequestLimits
@@ -286,7 +286,15 @@ async def known_caller(request: Request) -> KnownCaller | None:
     if resolved is None:
         return None
     _RESOLVED.move_to_end(key)
-    await _take_request_limits(request, resolved)
+    try:
+        await _take_request_limits(request, resolved)
+    except TooManyRequests:
+        # Charged against the limits remembered with the caller, before the database has
+        # confirmed them: an administrator may have lifted or raised them since.  The
+        # usual path looks the caller up afresh and charges the limits in force (a
+        # refused request was not charged), so a change applies on the next request.
+        _RESOLVED.pop(key, None)
+        return None
     app_role = get_settings_dep(request).db_app_role
     return KnownCaller(resolved.principal, _confirmation_json(key, resolved),
                        _scope_json(resolved.principal, app_role), key)

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from roost.errors import BadRequest, PayloadTooLarge, RoostError
 from roost.http.problems import json_error_reason, openai_code, openai_error, retry_after
 from roost.http.routing import RoostRoute, RoostRouter
+from roost.http.streams import until_disconnected
 from roost.identity.deps import StreamSlots
 from roost.llm import calls, routing
 from roost.llm.deps import CallerPrincipal, GatewayDep
@@ -188,7 +189,7 @@ async def chat_completions(
     _check_sizes(gateway, texts, "messages")
     chat = body.to_request()
     if body.stream:
-        return await _stream(gateway, principal, body, chat)
+        return await _stream(request, gateway, principal, body, chat)
     outcome = await calls.complete(gateway, principal, chat, model=body.model,
                                    ensemble_spec=body.ensemble)
     result = outcome.result
@@ -208,10 +209,12 @@ async def chat_completions(
 
 
 async def _stream(
-    gateway: LLMGateway, principal: Principal, body: ChatCompletionBody, chat: ChatRequest
+    request: Request, gateway: LLMGateway, principal: Principal, body: ChatCompletionBody,
+    chat: ChatRequest,
 ) -> Response:
-    stream = await calls.stream(gateway, principal, chat, model=body.model,
-                                ensemble_spec=body.ensemble)
+    # A client that gives up before the first chunk frees its stream slot at once.
+    stream = await until_disconnected(request, calls.stream(
+        gateway, principal, chat, model=body.model, ensemble_spec=body.ensemble))
     include_usage = bool((body.stream_options or {}).get("include_usage"))
     cid, created = completion_id(stream.request_id), int(time.time())
 
