@@ -65,6 +65,7 @@ from roost.identity.tenancy import apply_principal
 from roost.inputs import parse_tool_arguments
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
+from roost.process import cpu_bound
 
 log = structlog.get_logger(__name__)
 
@@ -297,8 +298,7 @@ async def receive(database: Database, cfg: MailConfig, raw: bytes,
     if len(raw) > cfg.max_message_bytes:
         raise mailparse.MailTooLarge(f"the message is {len(raw)} bytes; the limit is "
                                      f"{cfg.max_message_bytes}")
-    parsed = await asyncio.to_thread(mailparse.parse, raw,
-                                     max_attachment_bytes=cfg.max_attachment_bytes)
+    parsed = await cpu_bound(mailparse.parse, raw, max_attachment_bytes=cfg.max_attachment_bytes)
     message_id = parsed.message_id or f"<{uuid7()}@{cfg.from_domain or 'roost.invalid'}>"
     blobs = [(part, await store_blob(cfg.data_dir, part.data)) for part in parsed.attachments]
     delivered: list[Received] = []

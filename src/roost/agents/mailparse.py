@@ -10,12 +10,13 @@ and never rendered; :func:`html_to_text` only extracts its text for an agent's i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email import errors as email_errors
 from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
+from email.policy import Policy
 from html.parser import HTMLParser
 from typing import Final
 
@@ -23,6 +24,11 @@ from roost.agents.attachments import clean_mime, sanitize_filename
 from roost.errors import PayloadTooLarge, Unprocessable
 
 MAX_ATTACHMENTS: Final = 100
+# MIME parts the parser builds before it gives up: bodies, attachments and the multipart
+# containers around them, with room to spare.  Counted as the parser creates them, so a
+# message of tens of thousands of tiny parts is refused after a few hundred, not parsed
+# whole first (which took seconds of CPU per megabyte).
+MAX_PARTS: Final = 4 * MAX_ATTACHMENTS + 20
 MAX_REFERENCES: Final = 50  # a long thread's References keep its root and the latest ones
 MAX_HEADER_CHARS: Final = 998  # RFC 5322's line limit, and the columns' length
 MAX_ADDRESS_CHARS: Final = 320
@@ -164,10 +170,24 @@ def _check_headers(message: EmailMessage) -> None:
             raise MalformedMail(f"the message has more than one {name.title()} header")
 
 
+def _counting_factory() -> Callable[..., EmailMessage]:
+    """The parser's message factory, refusing the message past :data:`MAX_PARTS` parts."""
+    made = 0
+
+    def make(policy: Policy = policy.default) -> EmailMessage:
+        nonlocal made
+        made += 1
+        if made > MAX_PARTS + 1:  # (the parser calls it once more to try its signature)
+            raise MailTooLarge(f"the message has more than {MAX_PARTS} MIME parts")
+        return EmailMessage(policy=policy)
+
+    return make
+
+
 def parse(raw: bytes, *, max_attachment_bytes: int) -> ParsedMail:
     """The message's parts, or :class:`MalformedMail` / :class:`MailTooLarge`."""
     try:
-        message = BytesParser(policy=policy.default).parsebytes(raw)
+        message = BytesParser(_counting_factory(), policy=policy.default).parsebytes(raw)
         assert isinstance(message, EmailMessage)
         _check_headers(message)
         senders, from_header = _addresses(message, "from")

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import httpx2
@@ -139,6 +139,34 @@ async def _session(spec: ServerSpec) -> AsyncIterator[tuple[ClientSession, Initi
 _MAX_CONNECT_ATTEMPTS = 3
 
 
+# The most an MCP server's HTTP answer may hold (one JSON-RPC message, or an event
+# stream's whole body): far above any tool list page or result Roost keeps
+# (ROOST_TOOLS_MAX_OUTPUT_BYTES), far below what would strain the process.
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+
+
+class AnswerTooLarge(httpx2.StreamError):
+    """The server's answer passed :data:`MAX_MESSAGE_BYTES` (reading stopped there; the
+    SDK turns a stream error into the request's JSON-RPC error)."""
+
+
+class _CappedStream(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream, limit: int) -> None:
+        self._inner, self._limit = inner, limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._limit:
+                raise AnswerTooLarge(f"the server's answer is larger than {self._limit} bytes, "
+                                     "the most Roost reads of one MCP answer")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class PinnedTransport(httpx2.AsyncBaseTransport):
     """Sends every request for ``url``'s host to ``addresses`` (already checked) instead of
     resolving the name again; the request keeps the name in its URL, ``Host`` header and
@@ -165,9 +193,15 @@ class PinnedTransport(httpx2.AsyncBaseTransport):
                                     headers=request.headers, stream=request.stream,
                                     extensions=extensions)
             try:
-                return await self._inner.handle_async_request(pinned)
+                response = await self._inner.handle_async_request(pinned)
             except httpx2.ConnectError as exc:
                 last = exc  # the next address of the same, already checked, name
+                continue
+            # The SDK reads a JSON answer whole (``response.aread()``): a server that never
+            # ends its body would fill the memory until the call's deadline.
+            assert isinstance(response.stream, httpx2.AsyncByteStream)  # an async transport's
+            response.stream = _CappedStream(response.stream, MAX_MESSAGE_BYTES)
+            return response
         raise last or httpx2.ConnectError("no address to connect to", request=request)
 
     async def aclose(self) -> None:
