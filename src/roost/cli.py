@@ -181,7 +181,8 @@ def serve(
             application = create_app(settings, database=db, configure_logs=False)
             config = uvicorn.Config(
                 application, host=host or settings.host, port=port or settings.port,
-                log_config=None, proxy_headers=False, lifespan="on",
+                log_config=None, proxy_headers=settings.forwarded_allow_ips is not None,
+                forwarded_allow_ips=settings.forwarded_allow_ips, lifespan="on",
                 timeout_graceful_shutdown=settings.serve_shutdown_grace_s,
             )
             queue_worker = (Worker(db, worker_config(settings),

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     # --- http -----------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    forwarded_allow_ips: str | None = Field(
+        default=None, description="Comma-separated addresses (or `*`) of reverse proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto are trusted: behind a TLS-terminating proxy the "
+        "client's own address then counts for sign-in throttling and audit, and the console's "
+        "cookies are Secure. Unset: the headers are ignored (anyone could send them)"
+    )
     max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     log_level: str = "info"
     log_json: bool = True

@@ -202,7 +202,8 @@ def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
     try:
         config = uvicorn.Config(
             APP_FACTORY, factory=True, host=host, port=port, workers=processes,
-            log_config=None, proxy_headers=False, lifespan="on",
+            log_config=None, proxy_headers=settings.forwarded_allow_ips is not None,
+            forwarded_allow_ips=settings.forwarded_allow_ips, lifespan="on",
             timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT_S,
             timeout_graceful_shutdown=settings.serve_shutdown_grace_s,
         )

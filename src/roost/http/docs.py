@@ -22,6 +22,19 @@ def assets_dir() -> Path:
     return Path(str(files("fastapi_offline") / "static"))
 
 
+# The pages share the console's origin (and its cookie): never inside another site's
+# frame, no plugins, no <base> rewriting (their own inline script stays allowed).
+_PAGE_HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+                 "Referrer-Policy": "same-origin",
+                 "Content-Security-Policy": "frame-ancestors 'none'; object-src 'none'; "
+                                            "base-uri 'none'"}
+
+
+def _framed_by_none(page: HTMLResponse) -> HTMLResponse:
+    page.headers.update(_PAGE_HEADERS)
+    return page
+
+
 def install_docs(app: FastAPI, *, docs_url: str = "/docs", redoc_url: str = "/redoc") -> None:
     """Create the app with ``docs_url=None, redoc_url=None``, then call this."""
     app.mount(STATIC_URL, StaticFiles(directory=assets_dir()), name="docs-static")
@@ -29,7 +42,7 @@ def install_docs(app: FastAPI, *, docs_url: str = "/docs", redoc_url: str = "/re
     @app.get(docs_url, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
+        return _framed_by_none(get_swagger_ui_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - Swagger UI",
             swagger_js_url=f"{root}{STATIC_URL}/swagger-ui-bundle.js",
@@ -37,15 +50,15 @@ def install_docs(app: FastAPI, *, docs_url: str = "/docs", redoc_url: str = "/re
             swagger_favicon_url=f"{root}{STATIC_URL}/favicon.png",
             # No badge that sends the document to the public online validator.
             swagger_ui_parameters={"validatorUrl": None},
-        )
+        ))
 
     @app.get(redoc_url, include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(
+        return _framed_by_none(get_redoc_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{root}{STATIC_URL}/redoc.standalone.js",
             redoc_favicon_url=f"{root}{STATIC_URL}/favicon.png",
             with_google_fonts=False,
-        )
+        ))

@@ -32,6 +32,7 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -94,6 +95,8 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                if not any(name.lower() == b"x-content-type-options" for name, _ in headers):
+                    headers.append(_NOSNIFF)  # a JSON answer is never sniffed as HTML
                 message = {**message, "headers": headers}
                 response_started = True
             elif message["type"] == "http.response.body" and not message.get("more_body"):
