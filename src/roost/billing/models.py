@@ -197,7 +197,10 @@ class UsageRecord(UUIDPrimaryKey, CreatedAt, Base):
         CheckConstraint("cost >= 0", name="cost_not_negative"),
     )
 
-    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # The user whose usage it is: an id without a foreign key either (migration 1100):
+    # the ledger outlives the account (deleting a user keeps their rows; row-level
+    # security then shows them to administrators only).
+    user_id: Mapped[uuid.UUID | None]
     request_type: Mapped[str] = mapped_column(String(50))
     model: Mapped[str | None] = mapped_column(String(255))
     tokens_input: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)

@@ -258,7 +258,7 @@ def unexpected_error(exc: BaseException) -> JSONResponse:
     A lost database connection met outside SQLAlchemy's statement execution (the hot
     paths that talk to the asyncpg connection directly, ``roost.db.transaction``) arrives
     here untranslated: it is a 503 like any other, e.g. while PgBouncer restarts."""
-    if _connection_lost(exc):
+    if connection_lost(exc):
         log.error("database_unavailable", error=type(exc).__name__)
         return problem(503, "the database is unavailable; try again shortly",
                        headers={"Retry-After": "5"})
@@ -266,10 +266,9 @@ def unexpected_error(exc: BaseException) -> JSONResponse:
     return problem(500, "an unexpected error occurred; quote the request id when reporting it")
 
 
-def _connection_lost(exc: BaseException) -> bool:
-    """Whether ``exc`` or what it was raised from is a lost or refused database connection."""
-    import asyncpg
-
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` or what it was raised from is a lost or refused database connection
+    (also for answers that are not problem JSON: /mcp's tool results)."""
     lost = (asyncpg.exceptions.ConnectionDoesNotExistError,
             asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08
             asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError,

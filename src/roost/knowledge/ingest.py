@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -156,6 +156,20 @@ async def run_ingestion(
         return {"skipped": "the ingestion run no longer exists"}
     if run.status in FINAL_STATUSES:
         return _summary(run)
+    try:
+        return await _ingest(database, cfg, run, force=force, confine=confine,
+                             document_id=document_id, final_attempt=final_attempt,
+                             progress=progress)
+    except _RunGone:  # deleted meanwhile (with its owner): nothing left to write to
+        log.info("ingest_run_gone", run_id=str(run.id))
+        return {"run_id": str(run.id), "skipped": "the ingestion run was deleted while it ran"}
+
+
+async def _ingest(
+    database: Database, cfg: KnowledgeConfig, run: IngestionRun, *, force: bool,
+    confine: bool, document_id: uuid.UUID | None, final_attempt: bool,
+    progress: Progress | None,
+) -> dict[str, Any]:
     spec = cfg.spec_for(run.embedding_model)
     try:
         await ensure_model(database.engine, spec.model, spec.dimensions, spec.provider,
@@ -218,9 +232,7 @@ async def _finish(
 ) -> IngestionRun:
     async with database.transaction() as s:
         await _scoped(s, cfg, run.user_id)
-        locked = (await s.scalars(
-            select(IngestionRun).where(IngestionRun.id == run.id).with_for_update()
-        )).one()
+        locked = await _lock_run(s, run)
         if locked.status in FINAL_STATUSES:
             return locked
         errors = list(locked.errors or [])
@@ -365,10 +377,29 @@ async def _ingest_source(
     return "ingested" if written else "skipped"
 
 
-async def _lock_run(s: AsyncSession, run_id: uuid.UUID) -> IngestionRun:
-    return (await s.scalars(
-        select(IngestionRun).where(IngestionRun.id == run_id).with_for_update()
-    )).one()
+class _RunGone(Exception):
+    """The run was deleted while it ran (with its owner): it ends, nothing to retry."""
+
+
+# The owner's row first, as a deletion of the owner takes them (the user's row, then by
+# cascade the run's): in the other order a transaction holding the run's row waited, at
+# its document's foreign key, for the user's row the deletion held while the deletion
+# waited for the run's, a deadlock PostgreSQL broke by aborting the deletion.  KEY SHARE
+# blocks only a deletion (or a change of the id), never an update of the user.
+_LOCK_OWNER = text("SELECT 1 FROM users WHERE id = :user_id FOR KEY SHARE")
+
+
+async def _lock_run(s: AsyncSession, run: IngestionRun) -> IngestionRun:
+    """The run's row, locked (its owner's row locked first); :class:`_RunGone` when the
+    run or its owner was deleted meanwhile."""
+    if (await s.execute(_LOCK_OWNER, {"user_id": run.user_id})).first() is None:
+        raise _RunGone
+    locked = (await s.scalars(
+        select(IngestionRun).where(IngestionRun.id == run.id).with_for_update()
+    )).one_or_none()
+    if locked is None:
+        raise _RunGone
+    return locked
 
 
 async def _existing(s: AsyncSession, user_id: uuid.UUID, source: Source) -> Document | None:
@@ -395,7 +426,8 @@ async def _finished_before(
     async with database.transaction() as s:
         await _scoped(s, cfg, run.user_id)
         fresh = await s.get(IngestionRun, run.id)
-        assert fresh is not None
+        if fresh is None:
+            raise _RunGone
         return _done_for_run(fresh, await _existing(s, run.user_id, source), source, None)
 
 
@@ -419,7 +451,7 @@ async def _mark_unchanged(
     """Same bytes, same model, ready: count it for this run without re-embedding."""
     async with database.transaction() as s:
         await _scoped(s, cfg, run.user_id)
-        locked = await _lock_run(s, run.id)
+        locked = await _lock_run(s, run)
         doc = await _existing(s, run.user_id, source)
         if _done_for_run(locked, doc, source, content_hash):
             return True
@@ -453,7 +485,7 @@ async def _commit(
     chunks = prepared.chunks
     async with database.transaction() as s:
         await _scoped(s, cfg, run.user_id)
-        locked = await _lock_run(s, run.id)
+        locked = await _lock_run(s, run)
         doc = await _existing(s, run.user_id, source)
         if _done_for_run(locked, doc, source, content_hash):
             return False
@@ -530,7 +562,7 @@ async def _record_error(
     entry = _error_entry(source, exc)
     async with database.transaction() as s:
         await _scoped(s, cfg, run.user_id)
-        locked = await _lock_run(s, run.id)
+        locked = await _lock_run(s, run)
         if _done_for_run(locked, None, source, None):
             return
         errors = list(locked.errors or [])

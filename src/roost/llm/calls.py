@@ -60,6 +60,7 @@ from roost.llm.records import (
     public_error,
     record_failure,
     record_success,
+    record_usage_alone,
     request_values,
 )
 from roost.llm.routing import Route, resolve_route
@@ -246,6 +247,35 @@ async def _store_failure(
             await credits.release(session, call.reservation)
 
 
+async def _record_failure(
+    gateway: LLMGateway, call: PendingCall, error: BaseException, attempts: Sequence[Attempt],
+    latency_ms: int, on_failure: FailureHook | None,
+) -> None:
+    """:func:`_store_failure`, never raising an error of its own over ``error`` (which the
+    caller raises next): when the failure cannot be recorded (its request was deleted
+    meanwhile, with its user or chat session, so a foreign key refuses its responses; a
+    lost connection; a hook's refusal), a warning is logged, the call's usage row is
+    written alone (the ledger outlives the request) and the credits held are given back
+    (else the sweeper frees them)."""
+    try:
+        await _store_failure(gateway, call, error, attempts, latency_ms, on_failure)
+    except Exception as again:
+        log.warning("llm_call_unrecorded", request_id=str(call.request_id),
+                    error=type(again).__name__, sqlstate=sqlstate_of(again),
+                    cause=type(error).__name__)
+        try:
+            async with gateway.transaction(call.principal) as session:
+                await record_usage_alone(
+                    session, call.principal, call.request_id, request_type=call.request_type,
+                    model=call.route.model, latency_ms=latency_ms, session_id=call.session_id,
+                    run_id=call.run_id, agent_id=call.agent_id, reservation=call.reservation)
+        except Exception as lost:
+            log.warning("llm_usage_unrecorded", request_id=str(call.request_id),
+                        error=type(lost).__name__)
+        with suppress(Exception):  # else the sweeper frees it
+            await give_back(gateway, call)
+
+
 async def _store_outcome(
     gateway: LLMGateway, call: PendingCall, outcome: CallOutcome,
     on_success: SuccessHook[Any] | None, meter: StreamMeter | None = None,
@@ -258,13 +288,9 @@ async def _store_outcome(
     try:
         return await _store_success(gateway, call, outcome, on_success, meter)
     except Exception as exc:
-        try:
-            await _store_failure(gateway, call, exc, outcome.attempts, outcome.latency_ms, None)
-        except Exception as again:  # its request is gone too (a chat session deleted)
-            log.warning("llm_call_unrecorded", request_id=str(call.request_id),
-                        error=type(again).__name__)
-            with suppress(Exception):  # else the sweeper frees it
-                await give_back(gateway, call)
+        # Its request may be gone too (a chat session deleted): then logged, its usage
+        # row written alone.
+        await _record_failure(gateway, call, exc, outcome.attempts, outcome.latency_ms, None)
         # As the caller's answer (a stream ends with an error frame, not a broken body).
         state = sqlstate_of(exc)
         if state == "23503":  # what the answer was for was deleted meanwhile
@@ -371,12 +397,12 @@ async def run(
                 outcome = await execute(gateway, call.route, call.chat, call.request_id)
         except ProviderError as exc:
             span.set("roost.llm.attempts", len(exc.attempts))
-            await shielded(_store_failure(gateway, call, exc, exc.attempts, elapsed_ms(started),
-                                          on_failure))
+            await shielded(_record_failure(gateway, call, exc, exc.attempts,
+                                           elapsed_ms(started), on_failure))
             raise public_error(exc, exc.attempts) from exc
         except BaseException as exc:  # cancelled (client gone, job timeout, shutdown) or a bug
-            await shielded(_store_failure(gateway, call, exc, [], elapsed_ms(started),
-                                          on_failure))
+            await shielded(_record_failure(gateway, call, exc, [], elapsed_ms(started),
+                                           on_failure))
             raise
         _annotate(span, outcome)
         return await shielded(_store_outcome(gateway, call, outcome, on_success))
@@ -437,8 +463,8 @@ class RecordedStream(Generic[T]):
         try:
             if exc is not None:
                 span.__exit__(kind, exc, tb)
-                await shielded(_store_failure(self._gateway, self.call, exc, stream.attempts,
-                                              stream.latency_ms(), self._on_failure))
+                await shielded(_record_failure(self._gateway, self.call, exc, stream.attempts,
+                                               stream.latency_ms(), self._on_failure))
                 if isinstance(exc, Exception):
                     raise public_error(exc, stream.attempts) from exc
                 return  # cancellation: re-raised as it is
@@ -478,13 +504,13 @@ async def open_stream(
         await stream.start()
     except ProviderError as exc:
         span.__exit__(type(exc), exc, None)
-        await shielded(_store_failure(gateway, call, exc, exc.attempts, stream.latency_ms(),
-                                      on_failure))
+        await shielded(_record_failure(gateway, call, exc, exc.attempts, stream.latency_ms(),
+                                       on_failure))
         raise public_error(exc, exc.attempts) from exc
     except BaseException as exc:  # cancelled, or a bug: the request must not stay running
         span.__exit__(type(exc), exc, None)
-        await shielded(_store_failure(gateway, call, exc, stream.attempts, stream.latency_ms(),
-                                      on_failure))
+        await shielded(_record_failure(gateway, call, exc, stream.attempts, stream.latency_ms(),
+                                       on_failure))
         await stream.aclose()
         raise
     return RecordedStream(gateway, call, stream, on_success, on_failure, meter, span)

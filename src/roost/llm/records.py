@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any, Final, cast
 
 from sqlalchemy import Insert, Table, Update, bindparam, literal_column, null, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.analytics import streaming
@@ -26,7 +27,7 @@ from roost.analytics.outbox import emit, event_values
 from roost.audit import service as audit
 from roost.billing import credits, prices
 from roost.billing.credits import Reservation
-from roost.billing.models import UsageRecord
+from roost.billing.models import Subscription, UsageRecord
 from roost.db.base import utcnow, uuid7
 from roost.db.statements import bound_insert, flush_pending, prefixed
 from roost.db.transaction import driver_fetch
@@ -273,13 +274,10 @@ async def record_failure(
     user_id = principal.user_id
     session.add_all([_response_row(gateway, a, request_id, user_id) for a in attempts])
     message = failure_message(error, attempts)
-    usage = UsageRecord(
-        id=uuid7(), user_id=user_id, request_type=request_type, model=model, tokens_input=0,
-        tokens_output=0, credits_used=0, latency_ms=latency_ms, session_id=session_id,
-        llm_request_id=request_id, success=False, run_id=run_id, agent_id=agent_id,
-        idempotency_key=f"llm:{request_id}", api_key_id=principal.api_key_id,
-        subscription_id=reservation.subscription_id if reservation else None,
-    )
+    usage = UsageRecord(**_failure_usage(
+        principal, request_id, request_type=request_type, model=model, latency_ms=latency_ms,
+        session_id=session_id, run_id=run_id, agent_id=agent_id),
+        subscription_id=reservation.subscription_id if reservation else None)
     session.add(usage)
     _emit_call(session, principal, usage, provider=None)
     await session.execute(
@@ -296,6 +294,43 @@ async def record_failure(
                                     "error_kind": a.error_kind} for a in attempts]},
         )
     return message
+
+
+def _failure_usage(
+    principal: Principal, request_id: uuid.UUID, *, request_type: str, model: str | None,
+    latency_ms: int, session_id: uuid.UUID | None, run_id: uuid.UUID | None,
+    agent_id: uuid.UUID | None,
+) -> dict[str, Any]:
+    """A failed call's usage row (no credits), but its subscription."""
+    return {
+        "id": uuid7(), "user_id": principal.user_id, "request_type": request_type,
+        "model": model, "tokens_input": 0, "tokens_output": 0, "credits_used": 0,
+        "latency_ms": latency_ms, "session_id": session_id, "llm_request_id": request_id,
+        "success": False, "run_id": run_id, "agent_id": agent_id,
+        "idempotency_key": f"llm:{request_id}", "api_key_id": principal.api_key_id,
+    }
+
+
+async def record_usage_alone(
+    session: AsyncSession, principal: Principal, request_id: uuid.UUID, *, request_type: str,
+    model: str | None, latency_ms: int, session_id: uuid.UUID | None = None,
+    run_id: uuid.UUID | None = None, agent_id: uuid.UUID | None = None,
+    reservation: Reservation | None = None,
+) -> None:
+    """The usage row :func:`record_failure` writes, alone: for a call whose failure could
+    not be recorded because its request is gone (deleted with its user or chat session
+    while the model answered: a foreign key refuses its responses), so the ledger, which
+    outlives both (migrations 1090, 1100), still has the call.  Its subscription only if
+    that still exists; nothing when the row was written already."""
+    values: dict[str, Any] = _failure_usage(
+        principal, request_id, request_type=request_type, model=model, latency_ms=latency_ms,
+        session_id=session_id, run_id=run_id, agent_id=agent_id)
+    values["created_at"] = utcnow()
+    if reservation is not None:
+        values["subscription_id"] = select(Subscription.id).where(
+            Subscription.id == reservation.subscription_id).scalar_subquery()
+    await session.execute(pg_insert(UsageRecord).values(**values).on_conflict_do_nothing(
+        index_elements=[UsageRecord.idempotency_key]))
 
 
 def _emit_call(session: AsyncSession, principal: Principal, usage: UsageRecord,

@@ -22,6 +22,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from mcp import types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
@@ -32,13 +33,17 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 import roost
-from roost.errors import Forbidden, RoostError, ServiceUnavailable, Unauthorized
+from roost.context import current_context
+from roost.db.errors import sqlstate as sqlstate_of
+from roost.errors import Forbidden, RoostError, ServiceUnavailable
 from roost.http.auth import current_principal
+from roost.http.problems import connection_lost
 from roost.http.routing import RoostRouter
 from roost.mcpserver import tools
 from roost.principal import Principal
 
 PATH = "/mcp"
+log = structlog.get_logger(__name__)
 
 # The authenticated HTTP request being served; the SDK runs the handlers in tasks
 # started from this request's task, which inherit it.
@@ -100,14 +105,43 @@ async def _call_tool(
                 providers(request), session, principal, params.name, params.arguments or {})
             if isinstance(result, types.CallToolResult) and result.is_error:
                 await session.rollback()  # a refused call changes nothing
-    except (Forbidden, Unauthorized) as exc:  # revoked since the request began
+    except RoostError as exc:  # revoked since the request began (401, 403), or refused
         return tools.error_result(exc.detail)
+    except Exception as exc:  # the caller's transaction failed (its commit, a statement)
+        return _failed(params.name, exc)
     if isinstance(result, types.CallToolResult):
         return result
     try:  # the slow part, after the caller's transaction committed
         return await result()
     except RoostError as exc:
         return tools.error_result(exc.detail)
+    except Exception as exc:
+        return _failed(params.name, exc)
+
+
+def _failed(name: str, exc: Exception) -> types.CallToolResult:
+    """A tool call's unexpected error as a clean error result, as the REST API answers
+    one (http/problems.py): never the database's message, which names tables and
+    constraints; the exception goes to the log."""
+    state = sqlstate_of(exc)
+    if state == "23503":  # the user, tool or run it was for was deleted while it ran
+        log.warning("mcp_tool_target_deleted", tool=name, error=type(exc).__name__)
+        return tools.error_result("what this call was for was deleted meanwhile (the account, "
+                                  "the tool or its server): its result was not kept")
+    if state in ("40001", "40P01"):
+        log.warning("mcp_tool_conflict", tool=name, sqlstate=state)
+        return tools.error_result("the call collided with a concurrent change; try again")
+    if state == "57014":
+        log.warning("mcp_tool_timeout", tool=name)
+        return tools.error_result("the database took too long to answer; try again shortly")
+    if connection_lost(exc):
+        log.error("database_unavailable", tool=name, error=type(exc).__name__)
+        return tools.error_result("the database is unavailable; try again shortly")
+    log.error("mcp_tool_failed", tool=name, error=type(exc).__name__, exc_info=exc)
+    request_id = current_context().request_id
+    return tools.error_result("an unexpected error occurred; quote the request id "
+                              f"{request_id} when reporting it" if request_id else
+                              "an unexpected error occurred")
 
 
 def build_server() -> Server[Any]:

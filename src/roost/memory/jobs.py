@@ -3,11 +3,18 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
+import structlog
+from sqlalchemy import exists, select
+
 from roost.config import get_settings
+from roost.db.engine import Database
+from roost.db.errors import sqlstate
 from roost.errors import RoostError
+from roost.identity.models import User
 from roost.llm.jobs import job_gateway
 from roost.memory.extraction import ModelOutputInvalid
 from roost.memory.learning import LEARN_TASK, LearnPayload, learn, payload_text
@@ -16,6 +23,8 @@ from roost.principal import Principal
 from roost.security.crypto import DecryptionError
 from roost.tasks.handlers import PermanentError, TaskContext, task
 from roost.tasks.schedules import periodic
+
+log = structlog.get_logger(__name__)
 
 # The text (up to learning.MAX_LEARN_CHARS characters) travels encrypted: base64 of up to 4
 # bytes a character, plus the payload's other fields.
@@ -26,9 +35,13 @@ _MAX_PAYLOAD_BYTES = 256 * 1024
       max_payload_bytes=_MAX_PAYLOAD_BYTES, payload_model=LearnPayload)
 async def learn_job(ctx: TaskContext, payload: LearnPayload) -> dict[str, Any]:
     """Learn from the payload's text into its scope, acting as the scope's owner (their
-    row-level security, their LLM usage).  Unusable model output, a scope that no longer
-    exists or a refused request fail at once (no retry can help); a provider that failed or
-    timed out is retried."""
+    row-level security, their LLM usage).  A user deleted while it was queued or while it
+    learned ends it at once, completed with nothing learned (as a run of a deleted user's
+    agent ends).  Unusable model output, a scope that no longer exists or a refused
+    request fail at once (no retry can help); a provider that failed or timed out is
+    retried."""
+    if not await _user_exists(ctx.database, payload.user_id):  # no model call for nobody
+        return _user_gone(payload)
     gateway = job_gateway(ctx.database)
     try:
         text = payload_text(payload, gateway.cipher)
@@ -42,13 +55,28 @@ async def learn_job(ctx: TaskContext, payload: LearnPayload) -> dict[str, Any]:
                              source_type=payload.source_type, source_id=payload.source_id,
                              text=text, embedder=usable_embedder(gateway.settings),
                              model=payload.model)
-    except ModelOutputInvalid as exc:
-        raise PermanentError(exc.detail) from exc
-    except RoostError as exc:
-        if exc.status < 500:  # not found, refused, no provider: the same next time
+    except Exception as exc:
+        if not await _user_exists(ctx.database, payload.user_id):  # deleted meanwhile
+            return _user_gone(payload)
+        if isinstance(exc, ModelOutputInvalid):
             raise PermanentError(exc.detail) from exc
+        if isinstance(exc, RoostError) and exc.status < 500:
+            # not found, refused, no provider: the same next time
+            raise PermanentError(exc.detail) from exc
+        if sqlstate(exc) == "23503":  # what it learns for (its scope) was deleted meanwhile
+            raise PermanentError("what this learns for was deleted meanwhile") from exc
         raise
     return report.as_json()
+
+
+async def _user_exists(database: Database, user_id: uuid.UUID) -> bool:
+    async with database.transaction() as session:
+        return bool(await session.scalar(select(exists().where(User.id == user_id))))
+
+
+def _user_gone(payload: LearnPayload) -> dict[str, Any]:
+    log.info("memory.learn_user_gone", user_id=str(payload.user_id))
+    return {"skipped": "the user no longer exists", "user_id": str(payload.user_id)}
 
 
 # --- recall upkeep (helper B): decay and missing embeddings -------------------------------

@@ -69,8 +69,10 @@ class WorkflowVersion(UUIDPrimaryKey, CreatedAt, Base):
     viewport: Mapped[dict[str, Any]]
     # sha256 of the canonical JSON of nodes, edges and viewport (roost.workflows.graph).
     content_hash: Mapped[str] = mapped_column(String(64))
-    published_by: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL"))
+    # Who published it, by id without a foreign key (migration 1100): a version is history
+    # and immutable (a trigger refuses UPDATE), so ON DELETE SET NULL made its publisher
+    # impossible to delete.
+    published_by: Mapped[uuid.UUID | None]
     note: Mapped[str | None] = mapped_column(Text)
 
 
