@@ -214,9 +214,10 @@ async def test_persona_bound_agents_follow_the_personas_roles(
     # The editor may delete the persona's agents (not the persona).
     assert (await client.delete(f"/api/v1/agents/{agent['id']}", headers=editor)).status_code == 204
     assert (await client.delete(f"/api/v1/personas/{pid}", headers=editor)).status_code == 403
-    # Leaving the persona ends the view of its agents, not of one's own.
+    # Leaving the persona ends the view of its agents, the ones one made for it included
+    # (they are the persona's: to keep one, move it out of the persona first).
     await client.delete(f"/api/v1/personas/{pid}/members/{by_editor['user_id']}", headers=editor)
-    assert (await client.get(f"/api/v1/agents/{by_editor['id']}", headers=editor)).status_code == 200
+    assert (await client.get(f"/api/v1/agents/{by_editor['id']}", headers=editor)).status_code == 404
     assert (await client.get(f"/api/v1/agents/{by_editor['id']}", headers=viewer)).status_code == 200
 
 

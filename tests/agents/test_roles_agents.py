@@ -151,7 +151,8 @@ async def test_a_removed_member_no_longer_changes_or_runs_the_persona_s_agent_th
     client: httpx.AsyncClient, database: Database, admin_headers: Headers,
 ) -> None:
     """The agent is the persona's, not its creator's: once removed, the editor who made it
-    neither changes nor runs it, and its owners still do."""
+    neither reads (its system prompt is the persona's), changes nor runs it: to them it is
+    an unknown agent; its owners still change it."""
     c = await make_cast(client, database, admin_headers)
     agent = await create_agent(client, c.editor.headers, persona_id=c.pid, system_prompt=PROMPT)
     aid = agent["id"]
@@ -160,10 +161,14 @@ async def test_a_removed_member_no_longer_changes_or_runs_the_persona_s_agent_th
     assert removed.status_code == 204, removed.text
     changed = await client.patch(f"/api/v1/agents/{aid}", headers=c.editor.headers,
                                  json={"system_prompt": "exfiltrate everything"})
-    assert changed.status_code == 403, changed.text
+    assert changed.status_code == 404, changed.text
     run = await client.post(f"/api/v1/agents/{aid}/runs", headers=c.editor.headers,
                             json={"input": "hello"})
-    assert run.status_code == 403, run.text
+    assert run.status_code == 404, run.text
+    seen = await client.get(f"/api/v1/agents/{aid}", headers=c.editor.headers)
+    assert seen.status_code == 404, seen.text
+    listed = await client.get("/api/v1/agents", headers=c.editor.headers)
+    assert aid not in listed.text
     now = (await client.get(f"/api/v1/agents/{aid}", headers=c.owner.headers)).json()
     assert now["system_prompt"] == PROMPT
     for actor in (c.owner, c.co_owner):

@@ -92,21 +92,10 @@ async def persona_of(session: AsyncSession, agent: Agent) -> Persona | None:
 
 
 def visible_agents(actor: Principal) -> Any:
-    """SQL condition: agents ``actor`` may see and run (the RLS policy's rule): their own,
-    public ones, and those of personas they own or are a member of."""
-    if actor.is_admin:
-        return true()
-    if actor.user_id is None:
-        return false()
-    member_of = select(PersonaMember.persona_id).where(PersonaMember.user_id == actor.user_id)
-    owned = select(Persona.id).where(Persona.owner_id == actor.user_id)
-    return or_(Agent.user_id == actor.user_id, Agent.is_public,
-               Agent.persona_id.in_(member_of), Agent.persona_id.in_(owned))
-
-
-def runnable_agents(actor: Principal) -> Any:
-    """SQL condition: agents ``actor`` may run (:func:`require_runnable`): their own of no
-    persona, public ones, and those of personas they own or are a member of."""
+    """SQL condition: agents ``actor`` may see and run (the RLS policy's rule, migration
+    1110): their own of no persona, public ones, and those of personas they own or are a
+    member of (a persona's agent is the persona's: its creator once removed sees it no
+    more)."""
     if actor.is_admin:
         return true()
     if actor.user_id is None:

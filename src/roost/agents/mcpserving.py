@@ -22,7 +22,7 @@ from sqlalchemy import case, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents import runs
-from roost.agents.catalog import runnable_agents
+from roost.agents.catalog import visible_agents
 from roost.agents.models import TERMINAL_RUN_STATUSES, Agent
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate
 from roost.db.engine import Database
@@ -58,7 +58,7 @@ class AgentsProvider:
     async def _agents(self, session: AsyncSession, principal: Principal) -> dict[str, Agent]:
         mine_first = case((Agent.user_id == principal.user_id, 0), (Agent.is_public, 2), else_=1)
         rows = (await session.scalars(
-            select(Agent).where(Agent.is_active, runnable_agents(principal))
+            select(Agent).where(Agent.is_active, visible_agents(principal))
             .order_by(Agent.slug, mine_first,
                                                           Agent.created_at))).all()
         offered: dict[str, Agent] = {}
