@@ -53,6 +53,7 @@ from roost.tasks.handlers import (
     PermanentError,
     TaskContext,
     TaskType,
+    discover,
     get_task_type,
     task_types,
     worker_shutdown_hooks,
@@ -303,6 +304,10 @@ class Worker:
 
     async def run(self) -> None:
         cfg = self.config
+        # Every domain's job types, whoever started this worker: `roost serve`'s own
+        # worker never ran a job type no request of its process had imported yet (an
+        # agent run started by the CLI or another process stayed pending).
+        discover()
         # The worker's own bookkeeping (claim, heartbeat, completion, retry, release) does
         # not wait for its WAL flush: after a PostgreSQL crash the last moments of it may
         # be lost, and the jobs concerned simply run again, which at-least-once delivery
