@@ -113,10 +113,10 @@ def no_script_errors(page: Any) -> Iterator[None]:
     assert not errors, errors
 
 
-async def sign_in_as(context: Any, console: str, database: Database, keys: KeyMaterial,
-                     user_id: uuid.UUID) -> None:
-    """Give ``context`` a console session for ``user_id`` (a real ``sessions`` row and the
-    cookie the sign-in page would set), skipping the sign-in form."""
+async def session_cookies(database: Database, keys: KeyMaterial,
+                          user_id: uuid.UUID) -> dict[str, str]:
+    """The cookies the sign-in page would set for ``user_id`` (for a real ``sessions``
+    row): the session's and the CSRF token's, by name."""
     expires = utcnow() + timedelta(days=1)
     async with database.transaction() as session:
         row = Session(user_id=user_id, token_hash=uuid.uuid4().hex, expires_at=expires,
@@ -126,11 +126,17 @@ async def sign_in_as(context: Any, console: str, database: Database, keys: KeyMa
         session_id = row.id
     token = issue_access_token(keys.secret_key, user_id=user_id, session_id=session_id,
                                ttl_seconds=86_400)
-    csrf = uuid.uuid4().hex + uuid.uuid4().hex
+    return {SESSION_COOKIE: token, CSRF_COOKIE: uuid.uuid4().hex + uuid.uuid4().hex}
+
+
+async def sign_in_as(context: Any, console: str, database: Database, keys: KeyMaterial,
+                     user_id: uuid.UUID) -> None:
+    """Give ``context`` a console session for ``user_id`` (``session_cookies``), skipping
+    the sign-in form."""
+    cookies = await session_cookies(database, keys, user_id)
     await context.add_cookies([
-        {"name": SESSION_COOKIE, "value": token, "url": console, "httpOnly": True, "sameSite": "Strict"},
-        {"name": CSRF_COOKIE, "value": csrf, "url": console, "httpOnly": True, "sameSite": "Strict"},
-    ])
+        {"name": name, "value": value, "url": console, "httpOnly": True, "sameSite": "Strict"}
+        for name, value in cookies.items()])
 
 
 async def screenshot(page: Any, name: str) -> None:

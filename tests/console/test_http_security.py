@@ -1,0 +1,232 @@
+"""The console's HTTP security seen from outside, without a browser: the security headers
+on every kind of console answer, no CORS grant for a foreign origin, ``next=`` never
+leading off the console (as a browser would resolve it), sign-in throttling that a
+different spelling of the login does not reset, logout ending the session for every
+form of its credential, Secure cookies over https, and the CSRF token required by every
+kind of route a cookie can write through."""
+
+from __future__ import annotations
+
+import html
+import re
+import urllib.parse
+import uuid
+
+import httpx
+from fastapi import FastAPI
+
+from roost.db.engine import Database
+from roost.http.auth import CSRF_COOKIE, SESSION_COOKIE
+from roost.keyfiles import KeyMaterial
+from tests.console.conftest import session_cookies
+from tests.identity.conftest import password_user
+
+PASSWORD = "plum-velvet-orbit-93!"
+EVIL = "https://evil.example"
+
+
+async def _user(database: Database, name: str, *, admin: bool = False) -> uuid.UUID:
+    return await password_user(database, name, admin=admin, password=PASSWORD)
+
+
+def _assert_security_headers(response: httpx.Response) -> None:
+    csp = response.headers.get("content-security-policy", "")
+    assert "frame-ancestors 'none'" in csp, (response.url, csp)
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert "object-src 'none'" in csp and "base-uri 'none'" in csp
+    assert response.headers.get("x-content-type-options") == "nosniff"
+    assert response.headers.get("x-frame-options") == "DENY"
+    assert response.headers.get("referrer-policy") in ("same-origin", "no-referrer",
+                                                        "strict-origin-when-cross-origin")
+
+
+async def test_every_console_answer_carries_the_security_headers(
+    client: httpx.AsyncClient, database: Database, test_keys: KeyMaterial,
+) -> None:
+    for path in ("/console/login", "/console/register", "/console/nope/nope"):
+        answer = await client.get(path)
+        assert answer.status_code in (200, 404), (path, answer.status_code)
+        _assert_security_headers(answer)
+    user = await _user(database, "hedy")
+    client.cookies.update(await session_cookies(database, test_keys, user))
+    for path in ("/console/chat", "/console/agents", f"/console/agents/{uuid.uuid4()}",
+                 "/console/admin/users", "/console/admin/nothing", "/console/profile"):
+        answer = await client.get(path)
+        assert answer.status_code in (200, 404), (path, answer.status_code)
+        _assert_security_headers(answer)
+    client.cookies.clear()
+    admin = await _user(database, "boss", admin=True)
+    client.cookies.update(await session_cookies(database, test_keys, admin))
+    for section in ("users", "audit", "queue", "limits", "settings", "billing", "usage"):
+        answer = await client.get(f"/console/admin/{section}")
+        assert answer.status_code == 200, (section, answer.status_code)
+        _assert_security_headers(answer)
+
+
+async def test_a_foreign_origin_gets_no_cors_grant(
+    client: httpx.AsyncClient, database: Database, test_keys: KeyMaterial,
+) -> None:
+    cookies = await session_cookies(database, test_keys, await _user(database, "cora"))
+    for path in ("/api/v1/auth/me", "/api/v1/chat/sessions", "/v1/models", "/console/session"):
+        preflight = await client.options(path, headers={
+            "Origin": EVIL, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-csrf-token, content-type"})
+        assert "access-control-allow-origin" not in preflight.headers, (path, preflight.headers)
+        assert "access-control-allow-credentials" not in preflight.headers
+        got = await client.get(path, headers={"Origin": EVIL}, cookies=cookies)
+        assert got.headers.get("access-control-allow-origin") not in (EVIL, "*"), path
+        assert "access-control-allow-credentials" not in got.headers
+    # The null origin (sandboxed iframes, file://) is no better.
+    got = await client.get("/api/v1/auth/me", headers={"Origin": "null"}, cookies=cookies)
+    assert "access-control-allow-origin" not in got.headers
+
+
+def _browser_join(ref: str) -> urllib.parse.ParseResult:
+    """Resolve ``ref`` against a console page as a browser does (WHATWG strips tabs and
+    newlines anywhere, C0 controls and spaces at the ends, and reads \\ as /)."""
+    ref = re.sub(r"[\t\n\r]", "", ref).strip("\x00- ").replace("\\", "/")
+    return urllib.parse.urlparse(urllib.parse.urljoin("http://roost.test/console/login", ref))
+
+
+OFF_SITE_TARGETS = (
+    "https://evil.example/", "//evil.example/", "/\\evil.example", "\\\\evil.example",
+    "/console//evil.example", "/console/..//evil.example", "/console\\..\\evil.example",
+    "/console@evil.example", "http:/evil.example", "/%2F%2Fevil.example",
+    "/console/%0D%0ALocation:%20https://evil.example", "javascript:alert(1)",
+    " /\t/evil.example", "/\t/evil.example", "/console/\t/evil.example",
+)
+
+
+async def test_next_never_leads_off_the_console(
+    client: httpx.AsyncClient, database: Database, test_keys: KeyMaterial,
+) -> None:
+    user = await _user(database, "nina")
+    # Signed out: the sign-in form's data-next (where its script goes after signing in).
+    for target in OFF_SITE_TARGETS:
+        page = await client.get("/console/login", params={"next": target})
+        assert page.status_code == 200
+        rendered = re.search(r'data-next="([^"]*)"', page.text)
+        assert rendered and rendered[1].startswith("/console"), (target, rendered)
+        resolved = _browser_join(html.unescape(rendered[1]))
+        assert resolved.netloc == "roost.test", (target, rendered[1], resolved)
+    # Signed in: the server's own 303.
+    client.cookies.update(await session_cookies(database, test_keys, user))
+    for target in OFF_SITE_TARGETS:
+        again = await client.get("/console/login", params={"next": target})
+        assert again.status_code == 303
+        location = again.headers["location"]
+        assert "\r" not in location and "\n" not in location
+        resolved = _browser_join(location)
+        assert resolved.netloc == "roost.test" and resolved.path.startswith("/console"), (
+            target, location)
+
+
+async def test_console_sign_in_is_throttled_whatever_the_spelling_of_the_login(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    await _user(database, "brutus")
+    csrf = "c" * 43
+    client.cookies.update({CSRF_COOKIE: csrf})
+    headers = {"X-CSRF-Token": csrf}
+    statuses = []
+    for i in range(8):
+        answer = await client.post("/console/session", headers=headers,
+                                   json={"login": "brutus", "password": f"guess-{i}-wrong!!"})
+        statuses.append(answer.status_code)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+    assert statuses == [401] * 5 + [429] * 3, statuses
+    # Locked out: the right password waits too, however the account is named.
+    for login in ("brutus", "BRUTUS", "brutus@example.test", " brutus"):
+        right = await client.post("/console/session", headers=headers,
+                                  json={"login": login, "password": PASSWORD})
+        assert right.status_code == 429, (login, right.status_code)
+        assert SESSION_COOKIE not in right.headers.get("set-cookie", ""), login
+
+
+async def test_logout_ends_the_session_for_every_form_of_its_credential(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    await _user(database, "lou")
+    csrf = "c" * 43
+    client.cookies.update({CSRF_COOKIE: csrf})
+    signed = await client.post("/console/session", headers={"X-CSRF-Token": csrf},
+                               json={"login": "lou", "password": PASSWORD})
+    assert signed.status_code == 200
+    session = signed.cookies[SESSION_COOKIE]
+    new_csrf = signed.cookies[CSRF_COOKIE]
+    assert new_csrf != csrf  # rotated at sign-in: the old token is worthless
+    stale = await client.post("/api/v1/chat/sessions", json={"title": "x"},
+                              headers={"X-CSRF-Token": csrf},
+                              cookies={SESSION_COOKIE: session, CSRF_COOKIE: csrf})
+    assert stale.status_code == 403
+    out = await client.post("/console/logout", headers={"X-CSRF-Token": new_csrf},
+                            cookies={SESSION_COOKIE: session, CSRF_COOKIE: new_csrf})
+    assert out.status_code == 303
+    for path in ("/api/v1/auth/me", "/v1/models", "/console/chat"):
+        after = await client.get(path, cookies={SESSION_COOKIE: session})
+        assert after.status_code in (401, 303), (path, after.status_code)
+    # Nor is the token inside the cookie a bearer token that outlives it.
+    bearer = await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {session}"})
+    assert bearer.status_code == 401
+
+
+async def test_cookies_are_secure_when_the_console_is_served_over_https(
+    app: FastAPI, database: Database,
+) -> None:
+    await _user(database, "sam")
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="https://roost.test") as tls:
+        page = await tls.get("/console/login")
+        assert "secure" in page.headers["set-cookie"].lower()
+        csrf = page.cookies[CSRF_COOKIE]
+        signed = await tls.post("/console/session", headers={"X-CSRF-Token": csrf},
+                                json={"login": "sam", "password": PASSWORD})
+        assert signed.status_code == 200
+        for cookie in signed.headers.get_list("set-cookie"):
+            low = cookie.lower()
+            assert "secure" in low and "httponly" in low and "samesite=strict" in low, cookie
+
+
+async def test_every_kind_of_cookie_write_needs_the_csrf_token(
+    console: str, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """Streaming, gateway, multipart, MCP and known-caller routes resolve the caller their
+    own way: each must still refuse a cookie-borne write without the right CSRF header."""
+    user = await _user(database, "cathy")
+    cookies = await session_cookies(database, test_keys, user)
+    csrf = cookies[CSRF_COOKIE]
+    async with httpx.AsyncClient(base_url=console, cookies=cookies) as http:  # lifespan on
+        chat = await http.post("/api/v1/chat/sessions", headers={"X-CSRF-Token": csrf},
+                               json={"title": "mine"})
+        assert chat.status_code == 201
+        sid = chat.json()["id"]
+        some = str(uuid.uuid4())
+        writes: list[tuple[str, str, dict[str, object]]] = [
+            ("POST", "/v1/chat/completions", {"json": {"model": "x", "messages": [
+                {"role": "user", "content": "hi"}]}}),
+            ("POST", "/v1/embeddings", {"json": {"model": "x", "input": "hi"}}),
+            ("POST", f"/api/v1/chat/sessions/{sid}/messages", {"json": {"content": "hi"}}),
+            ("PATCH", f"/api/v1/chat/sessions/{sid}", {"json": {"title": "stolen"}}),
+            ("DELETE", f"/api/v1/chat/sessions/{sid}", {}),
+            ("POST", "/api/v1/knowledge/documents",
+             {"files": {"file": ("a.txt", b"hello", "text/plain")}}),
+            ("POST", "/api/v1/knowledge/search", {"json": {"query": "x"}}),
+            ("POST", f"/api/v1/tools/{some}/call", {"json": {"arguments": {}}}),
+            ("POST", f"/api/v1/agents/{some}/runs", {"json": {"input": "x"}}),
+            ("PATCH", "/api/v1/users/me/settings", {"json": {"theme": "light"}}),
+            ("POST", "/api/v1/api-keys", {"json": {"name": "stolen"}}),
+            ("POST", "/api/v1/auth/logout-all", {}),
+            ("POST", "/mcp", {"json": {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}}),
+            ("PUT", f"/api/v1/admin/limits/users/{user}", {"json": {"streams": 1}}),
+        ]
+        accept = {"Accept": "application/json, text/event-stream"}  # what /mcp asks for
+        for method, path, body in writes:
+            for token in (None, "", csrf + "x"):
+                headers = dict(accept) if token is None else {**accept, "X-CSRF-Token": token}
+                answer = await http.request(method, path, headers=headers, **body)  # type: ignore[arg-type]
+                assert answer.status_code == 403, (method, path, token, answer.status_code,
+                                                   answer.text[:200])
+        # Nothing happened.
+        still = await http.get(f"/api/v1/chat/sessions/{sid}")
+        assert still.status_code == 200 and still.json()["title"] == "mine"
+        assert (await http.get("/api/v1/auth/me")).status_code == 200

@@ -1,0 +1,94 @@
+"""An account suspended, deactivated, sent back to approval or deleted through one
+server process is refused by another on the very next request (API key, access token,
+refresh token and sign-in; REST and /mcp alike), though that process had used and
+remembered each credential; and a group outlives its deleted creator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import httpx
+
+from roost.db.engine import Database
+from roost.keyfiles import KeyMaterial
+from tests.identity.conftest import login, password_user
+from tests.support.identity import make_user
+from tests.support.lifecycle import CHANGES, assert_audit_chain_intact, end_account
+from tests.support.pg import PgTestServer
+from tests.support.server import roost_server, serve_env
+
+ME = "/api/v1/auth/me"
+MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
+TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+
+
+async def test_an_ended_account_is_refused_by_another_process_on_the_next_request(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
+    pg_server: PgTestServer, db_name: str, tmp_path: Path, test_keys: KeyMaterial,
+) -> None:
+    """The administrator works through this test's app; the account's credentials are
+    used at a ``roost serve`` of the same database, a process of its own."""
+    problems: list[str] = []
+    with contextlib.ExitStack() as stack:
+        served = await asyncio.to_thread(stack.enter_context, roost_server(
+            serve_env(pg_server, db_name, tmp_path / "served", test_keys)))
+        async with httpx.AsyncClient(base_url=served.base_url, timeout=30) as other:
+            for how in ("delete", *CHANGES):
+                name = f"ending-{how}"
+                user_id = await password_user(database, name)
+                signed_in = await login(other, name)
+                assert signed_in.status_code == 200, signed_in.text
+                tokens = signed_in.json()
+                token = {"Authorization": f"Bearer {tokens['access_token']}"}
+                made = await other.post("/api/v1/api-keys", json={"name": how}, headers=token)
+                assert made.status_code == 201, made.text
+                key = {"Authorization": f"Bearer {made.json()['key']}"}
+                for _ in range(2):  # looked up, then remembered and confirmed
+                    for credential in (key, token):
+                        assert (await other.get(ME, headers=credential)).status_code == 200
+                await end_account(client, admin_headers, user_id, how)
+                for kind, credential in (("key", key), ("token", token)):
+                    rest = await other.get(ME, headers=credential)
+                    mcp = await other.post("/mcp", json=TOOLS_LIST,
+                                           headers={**credential, **MCP_ACCEPT})
+                    if (rest.status_code, mcp.status_code) != (401, 401):
+                        problems.append(f"{how}: the {kind} answered {rest.status_code} "
+                                        f"(REST), {mcp.status_code} (/mcp)")
+                refreshed = await other.post("/api/v1/auth/refresh",
+                                             json={"refresh_token": tokens["refresh_token"]})
+                again = await login(other, name)
+                if refreshed.status_code != 401 or again.status_code not in (401, 403):
+                    problems.append(f"{how}: a refresh answered {refreshed.status_code}, "
+                                    f"a sign-in {again.status_code}")
+        await asyncio.to_thread(stack.close)
+    assert not problems, problems
+    assert "Traceback" not in served.output, served.output[-3000:]
+    await assert_audit_chain_intact(database)
+
+
+async def test_a_group_outlives_its_deleted_creator(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str],
+) -> None:
+    creator_id, creator = await make_user(database)
+    member_id, member = await make_user(database)
+    made = await client.post("/api/v1/groups", json={"name": "herons"}, headers=creator)
+    assert made.status_code == 201, made.text
+    group = f"/api/v1/groups/{made.json()['id']}"
+    added = await client.post(f"{group}/members", headers=creator,
+                              json={"user": str(member_id), "role": "member"})
+    assert added.status_code == 201, added.text
+    await end_account(client, admin_headers, creator_id)
+    for path in (group, f"{group}/members", "/api/v1/groups"):
+        seen = await client.get(path, headers=member)
+        assert seen.status_code == 200, (path, seen.text)
+    assert (await client.get(group, headers=admin_headers)).status_code == 200
+    # A plain member cannot manage it; once an administrator makes them its admin, they can.
+    refused = await client.patch(group, json={"name": "mine now"}, headers=member)
+    assert refused.status_code == 403, refused.text
+    promoted = await client.patch(f"{group}/members/{member_id}", json={"role": "admin"},
+                                  headers=admin_headers)
+    assert promoted.status_code == 200, promoted.text
+    renamed = await client.patch(group, json={"name": "mine now"}, headers=member)
+    assert renamed.status_code == 200, renamed.text
