@@ -140,7 +140,8 @@ async def create_upload(
         )
     if not data:
         raise Unprocessable("the uploaded file is empty")
-    for label, value in (("collection", collection), ("description", description)):
+    for label, value in (("collection", collection), ("description", description),
+                         ("the file's Content-Type", content_type)):
         if value is not None and "\x00" in value:
             raise Unprocessable(f"{label} must not contain NUL characters")
     name = clean_filename(filename)
