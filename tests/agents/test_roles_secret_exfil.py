@@ -120,12 +120,12 @@ async def test_an_editor_s_own_mcp_server_never_receives_the_owner_s_secret(
         assert "does not own the persona" in told[-1]["content"], told
     assert OWNERS_KEY.encode() not in t.seen
 
-    # Removed, the editor runs the persona's agent no more.
+    # Removed, the editor runs the persona's agent no more (to them it is unknown).
     assert (await client.delete(f"/api/v1/personas/{c.pid}/members/{c.editor.id}",
                                 headers=c.owner.headers)).status_code == 204
     again = await client.post(f"/api/v1/agents/{agent['id']}/runs", headers=c.editor.headers,
                               json={"input": "go"})
-    assert again.status_code == 403, again.text
+    assert again.status_code == 404, again.text
 
 
 async def test_an_outsider_s_run_of_a_public_persona_agent_gets_none_of_its_secrets(
