@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -28,34 +27,28 @@ from roost.identity.ratelimits import Limiter, RequestLimits
 from roost.identity.sessions import cleanup_expired
 from roost.keyfiles import KeyMaterial
 from roost.principal import Principal
+from tests.identity.limits import dispose_limiter, limit_settings, live_leases, until
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
 from tests.support.listening import statements
 from tests.support.openai_stub import Reply, StubServer
 from tests.support.pg import PgTestServer
-from tests.support.server import in_process
+from tests.support.server import in_process, roost_server, serve_env
 
 Headers = dict[str, str]
 LIST_KEYS = "/api/v1/api-keys"
 
 
-def _settings(tmp_path: Path, **limits: Any) -> Settings:
-    return Settings(data_dir=tmp_path / "data", log_json=True, llm_local_model=False,
-                    llm_timeout_s=30, **limits)
-
-
 @pytest.fixture
 def test_settings(tmp_path: Path) -> Settings:
-    return _settings(tmp_path, rate_limit_requests_per_minute=3)
+    return limit_settings(tmp_path, rate_limit_requests_per_minute=3)
 
 
 @pytest.fixture
 async def limited_app(app: FastAPI) -> AsyncIterator[FastAPI]:
     """The app fixture, its limiter's pool closed afterwards (ASGITransport runs no lifespan)."""
     yield app
-    limiter: Limiter | None = getattr(app.state, "rate_limiter", None)
-    if limiter is not None:
-        await limiter.dispose()
+    await dispose_limiter(app)
 
 
 async def _second_key(database: Database, user_id: uuid.UUID) -> Headers:
@@ -92,6 +85,27 @@ async def test_the_request_after_the_limit_gets_429_with_retry_after(
     assert await _statuses(client, other, 1) == [200]
 
 
+async def test_mcp_over_the_limit_is_a_problem_429_with_retry_after(
+    tmp_path: Path, database: Database, test_keys: KeyMaterial,
+) -> None:
+    settings = limit_settings(tmp_path, rate_limit_requests_per_minute=2, rate_limit_streams=1)
+    app = create_app(settings, database=database, keys=test_keys, configure_logs=False)
+    _, headers = await make_user(database)
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "limits", "version": "0"}}}
+    mcp_headers = {**headers, "Accept": "application/json, text/event-stream",
+                   "Content-Type": "application/json"}
+    async with in_process(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
+        answers = [await http.post("/mcp", headers=mcp_headers, json=init) for _ in range(3)]
+        get = await http.get("/mcp", headers=mcp_headers)
+    assert [a.status_code for a in answers] == [200, 200, 429], [a.text for a in answers]
+    refused = answers[2]
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.headers["Retry-After"].isdigit()
+    assert get.status_code == 429
+
+
 async def test_per_key_and_per_user_limits_are_independent(
     limited_app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: Headers,
 ) -> None:
@@ -121,14 +135,14 @@ async def test_two_app_instances_share_the_count(
 ) -> None:
     """Two apps with their own engines and limiters on one database: one budget."""
     _, headers = await make_user(database)
-    settings = _settings(tmp_path, rate_limit_requests_per_minute=4)
+    settings = limit_settings(tmp_path, rate_limit_requests_per_minute=4)
     async with AsyncExitStack() as stack:
         clients = []
         for port in (50101, 50102):
             db = create_database(settings, url=database.url)
             stack.push_async_callback(db.dispose)
             app = create_app(settings, database=db, keys=test_keys, configure_logs=False)
-            stack.push_async_callback(_dispose_limiter, app)
+            stack.push_async_callback(dispose_limiter, app)
             transport = httpx.ASGITransport(app=app, client=("127.0.0.1", port))
             clients.append(await stack.enter_async_context(
                 httpx.AsyncClient(transport=transport, base_url="http://roost.test")))
@@ -141,10 +155,66 @@ async def test_two_app_instances_share_the_count(
         assert (await two.get(LIST_KEYS, headers=headers)).status_code == 429
 
 
-async def _dispose_limiter(app: FastAPI) -> None:
-    limiter: Limiter | None = getattr(app.state, "rate_limiter", None)
-    if limiter is not None:
-        await limiter.dispose()
+async def _burst(bases: list[str], headers: Headers, n: int) -> list[httpx.Response]:
+    """``n`` requests at once, spread over the processes at ``bases``."""
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=n)) as http:
+        return list(await asyncio.gather(*(
+            http.get(bases[i % len(bases)] + LIST_KEYS, headers=headers) for i in range(n))))
+
+
+def _tally(answers: list[httpx.Response]) -> dict[int, int]:
+    """How many of each status; every 429 a problem with a Retry-After of 1-60 s that its
+    body repeats."""
+    counts: dict[int, int] = {}
+    for a in answers:
+        counts[a.status_code] = counts.get(a.status_code, 0) + 1
+        if a.status_code == 429:
+            retry = a.headers.get("Retry-After", "")
+            assert retry.isdigit() and 1 <= int(retry) <= 60, retry
+            assert a.headers["content-type"].startswith("application/problem+json")
+            assert a.json()["retry_after_s"] == int(retry), a.text
+    return counts
+
+
+async def test_bursts_across_two_server_processes_let_exactly_the_limit_through(
+    database: Database, pg_server: PgTestServer, db_name: str, tmp_path: Path,
+    test_keys: KeyMaterial, admin_headers: Headers,
+) -> None:
+    """Two ``roost serve`` processes, 10 requests a minute: bursts of concurrent requests
+    spread over both get exactly the limit in force, a key's own, none for a user made
+    unlimited; a change through one process applies to the next burst through the other,
+    for a caller that process remembers too."""
+    env = serve_env(pg_server, db_name, tmp_path / "data", test_keys,
+                    ROOST_RATE_LIMIT_REQUESTS_PER_MINUTE="10")
+    _, plain = await make_user(database)
+    keyed_id, keyed = await make_user(database)
+    open_id, opened = await make_user(database)
+    lowered_id, lowered = await make_user(database)
+    async with database.transaction() as session:
+        key_id = await session.scalar(select(ApiKey.id).where(ApiKey.user_id == keyed_id))
+    with roost_server(env) as one, roost_server(env) as two:
+        bases = [one.base_url, two.base_url]
+        async with httpx.AsyncClient(timeout=30, headers=admin_headers) as admin:
+
+            async def put(base: str, path: str, rpm: int | None) -> None:
+                answer = await admin.put(f"{base}/api/v1/admin/limits/{path}",
+                                         json={"requests_per_minute": rpm})
+                assert answer.status_code == 200, answer.text
+
+            await put(one.base_url, f"api-keys/{key_id}", 7)
+            await put(one.base_url, f"users/{open_id}", 0)
+            assert _tally(await _burst(bases, plain, 30)) == {200: 10, 429: 20}
+            assert _tally(await _burst(bases, keyed, 30)) == {200: 7, 429: 23}
+            assert _tally(await _burst(bases, opened, 30)) == {200: 30}
+            await put(two.base_url, f"users/{open_id}", None)  # back to the default
+            assert _tally(await _burst(bases, opened, 30)) == {200: 10, 429: 20}
+            # Process two remembers this caller; the limit is lowered through process one.
+            assert (await admin.get(f"{two.base_url}{LIST_KEYS}", headers=lowered)
+                    ).status_code == 200
+            await put(one.base_url, f"users/{lowered_id}", 2)
+            assert _tally(await _burst([two.base_url], lowered, 10)) == {200: 1, 429: 9}
+    for process in (one, two):
+        assert "Traceback" not in process.output, process.output[-3000:]
 
 
 async def test_admin_override_and_back_to_the_default(
@@ -173,6 +243,41 @@ async def test_admin_override_and_back_to_the_default(
     assert [c["after"]["requests_per_minute"] for c in changes] == [0, None]
 
 
+# A route's answer when it succeeds.  The first three take one statement for a caller the
+# process remembers (roost.identity.resolver.known_caller), which asks the limiter before
+# the database confirms the caller's limits; the last takes the usual path.
+LIFTED_ROUTES = {
+    "chat history": ("GET", "{messages}", None, 200),
+    "chat message stored": ("POST", "{messages}", {"content": "hi", "reply": False}, 201),
+    "knowledge text search": ("POST", "/api/v1/knowledge/search",
+                              {"query": "hi", "mode": "text"}, 200),
+    "api keys": ("GET", LIST_KEYS, None, 200),
+}
+
+
+@pytest.mark.parametrize("route", LIFTED_ROUTES)
+async def test_a_limit_lifted_by_an_administrator_applies_on_the_next_request(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+    route: str,
+) -> None:
+    """3 a minute; the user spends them, an administrator lifts the user's limit (0 =
+    unlimited): the very next request passes."""
+    method, url, body, ok = LIFTED_ROUTES[route]
+    user_id, headers = await make_user(database)
+    chat = await client.post("/api/v1/chat/sessions", headers=headers, json={})  # one of three
+    assert chat.status_code == 201, chat.text
+    url = url.format(messages=f"/api/v1/chat/sessions/{chat.json()['id']}/messages")
+
+    async def call() -> int:
+        return (await client.request(method, url, headers=headers, json=body)).status_code
+
+    assert [await call() for _ in range(3)] == [ok, ok, 429]
+    put = await client.put(f"/api/v1/admin/limits/users/{user_id}", headers=admin_headers,
+                           json={"requests_per_minute": 0})
+    assert put.status_code == 200 and put.json()["effective_requests_per_minute"] == 0
+    assert [await call() for _ in range(3)] == [ok, ok, ok]
+
+
 async def test_only_administrators_set_limits_and_bad_input_is_422(
     limited_app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: Headers,
 ) -> None:
@@ -199,7 +304,7 @@ async def test_without_limits_no_round_trip_is_added(
     tmp_path: Path, database: Database, test_keys: KeyMaterial,
 ) -> None:
     """Nothing configured: the limiter is never opened and no statement is added."""
-    app = create_app(_settings(tmp_path), database=database, keys=test_keys,
+    app = create_app(limit_settings(tmp_path), database=database, keys=test_keys,
                      configure_logs=False)
     _, headers = await make_user(database)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50103))
@@ -229,18 +334,11 @@ async def _open_stream(http: httpx.AsyncClient, headers: Headers, stack: AsyncEx
     return response
 
 
-async def _live_leases(database: Database, subject: str) -> int:
-    async with database.transaction() as session:
-        return int(await session.scalar(text(
-            "SELECT count(*) FROM stream_leases WHERE subject = :s AND expires_at > now()"),
-            {"s": subject}) or 0)
-
-
 async def test_concurrent_streams_are_held_refused_and_released(
     tmp_path: Path, database: Database, test_keys: KeyMaterial, stub: StubServer,
     admin_headers: Headers,
 ) -> None:
-    settings = _settings(tmp_path)
+    settings = limit_settings(tmp_path)
     app = create_app(settings, database=database, keys=test_keys, configure_logs=False)
     user_id, headers = await make_user(database)
     stub.script(Reply(" ".join(["slow"] * 200), chunk_delay_ms=300, times=None))
@@ -256,7 +354,7 @@ async def test_concurrent_streams_are_held_refused_and_released(
             async with AsyncExitStack() as second:
                 assert (await _open_stream(http, headers, first)).status_code == 200
                 assert (await _open_stream(http, headers, second)).status_code == 200
-                assert await _live_leases(database, subject) == 2
+                assert await live_leases(database, subject) == 2
                 third = await http.post("/v1/chat/completions", headers=headers, json={
                     "model": "stub-model", "stream": True,
                     "messages": [{"role": "user", "content": "one too many"}]})
@@ -267,28 +365,20 @@ async def test_concurrent_streams_are_held_refused_and_released(
                 plain = await http.get(LIST_KEYS, headers=headers)
                 assert plain.status_code == 200
             # The client closed the second stream: its slot comes back.
-            await _until(lambda: _live_leases(database, subject), 1)
+            await until(lambda: live_leases(database, subject), 1)
             again = await _open_stream(http, headers, first)
             assert again.status_code == 200
-        await _until(lambda: _live_leases(database, subject), 0)
-
-
-async def _until(probe: Any, expected: int, attempts: int = 200) -> None:
-    for _ in range(attempts):
-        if await probe() == expected:
-            return
-        await asyncio.sleep(0.05)
-    assert await probe() == expected
+        await until(lambda: live_leases(database, subject), 0)
 
 
 async def test_a_crashed_holders_leases_expire(
     tmp_path: Path, database: Database,
 ) -> None:
     """Leases are renewed while held; one whose process died stops counting at expiry."""
-    limiter = Limiter(database.url, _settings(tmp_path, rate_limit_streams=1))
+    limiter = Limiter(database.url, limit_settings(tmp_path, rate_limit_streams=1))
     user_id = uuid.uuid4()
     principal = Principal(user_id=user_id, is_admin=False, kind="session")
-    limits = RequestLimits.build(principal, _settings(tmp_path, rate_limit_streams=1),
+    limits = RequestLimits.build(principal, limit_settings(tmp_path, rate_limit_streams=1),
                                  user_rpm=None, user_streams=None, key_rpm=None,
                                  key_streams=None)
     assert limits is not None and limits.streams == ((f"u:{user_id}", 1),)
@@ -309,7 +399,7 @@ async def test_a_crashed_holders_leases_expire(
         replacement = await limiter.acquire_stream(limits)
         assert replacement is not None
         await replacement.release()
-        assert await _live_leases(database, f"u:{user_id}") == 0
+        assert await live_leases(database, f"u:{user_id}") == 0
     finally:
         await limiter.dispose()
 
@@ -361,9 +451,9 @@ async def test_every_kind_of_stream_takes_a_slot_before_any_work(
     chat = await client.post("/api/v1/chat/sessions", headers=headers, json={"title": "t"})
     assert chat.status_code == 201, chat.text
     messages = f"/api/v1/chat/sessions/{chat.json()['id']}/messages"
-    elsewhere = Limiter(database.url, _settings(tmp_path))
+    elsewhere = Limiter(database.url, limit_settings(tmp_path))
     limits = RequestLimits.build(Principal(user_id=user_id, is_admin=False, kind="session"),
-                                 _settings(tmp_path), user_rpm=0, user_streams=1,
+                                 limit_settings(tmp_path), user_rpm=0, user_streams=1,
                                  key_rpm=None, key_streams=None)
     assert limits is not None
     try:
@@ -385,6 +475,6 @@ async def test_every_kind_of_stream_takes_a_slot_before_any_work(
         # its slot back when the answer is sent.
         missing = await client.get(f"/api/v1/runs/{uuid.uuid4()}/events", headers=headers)
         assert missing.status_code == 404
-        assert await _live_leases(database, f"u:{user_id}") == 0
+        assert await live_leases(database, f"u:{user_id}") == 0
     finally:
         await elsewhere.dispose()

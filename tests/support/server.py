@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import socket
@@ -11,13 +12,16 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from roost.keyfiles import KeyMaterial
 from tests.support.cli import ROOST
+from tests.support.pg import PgTestServer
 
 
 def free_port() -> int:
@@ -47,6 +51,18 @@ class RunningServer:
     base_url: str
     process: subprocess.Popen[str]
     output: str = ""
+
+
+def serve_env(pg_server: PgTestServer, db_name: str, data_dir: Path, keys: KeyMaterial,
+              **variables: str) -> dict[str, str]:
+    """The environment of a ``roost serve`` on the test's database with the test's keys
+    (every process of one install shares them), without the local model, logging
+    warnings only; ``variables`` adds more (``ROOST_RATE_LIMIT_STREAMS="1"``)."""
+    return {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(data_dir),
+            "ROOST_ADMIN_TOKEN": keys.admin_token, "ROOST_SECRET_KEY": keys.secret_key,
+            "ROOST_MESSAGE_KEYS": ",".join(keys.message_keys),
+            "ROOST_SECRETS_KEY": base64.b64encode(keys.secrets_key).decode(),
+            "ROOST_LLM_LOCAL_MODEL": "false", "ROOST_LOG_LEVEL": "warning", **variables}
 
 
 @contextmanager

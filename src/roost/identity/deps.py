@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-import anyio
 from fastapi import Depends, Request
 
 from roost.identity.ratelimits import RequestLimits, StreamLease
@@ -38,9 +37,8 @@ class StreamSlot:
 
     async def release(self) -> None:
         lease, self._lease = self._lease, None
-        if lease is not None:
-            with anyio.CancelScope(shield=True):  # also when the client went away
-                await lease.release()
+        if lease is not None:  # also when the client went away, or the server stops
+            await lease.release_whatever_happens()
 
 
 async def stream_slot(request: Request) -> AsyncIterator[StreamSlot]:

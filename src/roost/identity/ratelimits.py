@@ -180,6 +180,8 @@ class Limiter:
         await self._call("DELETE FROM stream_leases WHERE id = $1", lease_id)
 
     async def dispose(self) -> None:
+        if _releasing:  # leases being given back by requests cancelled at shutdown
+            await asyncio.gather(*_releasing, return_exceptions=True)
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -188,6 +190,10 @@ class Limiter:
 def _describe(pairs: Sequence[tuple[str, int]]) -> str:
     return " and ".join(f"{n} for the {'API key' if s.startswith('k:') else 'user'}"
                         for s, n in pairs)
+
+
+# Lease releases still running after their request was cancelled.
+_releasing: set[asyncio.Task[None]] = set()
 
 
 class StreamLease:
@@ -207,6 +213,16 @@ class StreamLease:
             await asyncio.sleep(self._limiter.lease_s / 3)
             with contextlib.suppress(Exception):  # a missed renewal only shortens the lease
                 await self._limiter.renew(self.id)
+
+    async def release_whatever_happens(self) -> None:
+        """:meth:`release`, run to its end even when the caller is cancelled meanwhile
+        (a server stopping cancels its open requests after its grace time: a release cut
+        short left the slot taken until the lease expired).  The limiter's disposal waits
+        for such releases."""
+        task = asyncio.ensure_future(self.release())
+        _releasing.add(task)
+        task.add_done_callback(_releasing.discard)
+        await asyncio.shield(task)
 
     async def release(self) -> None:
         if self._released:
