@@ -17,7 +17,7 @@ from roost.config import Settings
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
 from tests.agents.conftest import Headers, make_agent, running_worker, wait_for_run
-from tests.agents.test_races_runs import events_of, settled_job, slow_current_time
+from tests.agents.test_races_runs import events_of, run_midway, settled_job
 from tests.agents.test_runs import start
 from tests.chat.conftest import add_provider, sse_events
 from tests.support.lifecycle import (
@@ -27,7 +27,7 @@ from tests.support.lifecycle import (
     no_open_jobs,
 )
 from tests.support.openai_stub import StubServer
-from tests.support.openai_stub.script import Call, Reply, ToolCalls
+from tests.support.openai_stub.script import Reply
 from tests.support.races import no_5xx, race_settings, until_none, wait_for_steps
 from tests.support.sql import scalar
 
@@ -53,18 +53,8 @@ async def test_an_account_ended_mid_run_ends_the_run_and_its_job_completes_once(
     how: str, phase: str,
 ) -> None:
     user_id, headers = user
-    await add_provider(client, admin_headers, stub)
-    tool_started = slow_current_time(monkeypatch, 1.5)
-    agent = await make_agent(database, user_id, tool_permissions=["current_time"])
-    if phase == "model":
-        stub.script(Reply(SLOW_ANSWER, chunk_delay_ms=250))
-    else:
-        stub.script(ToolCalls(Call("current_time", {"timezone": "UTC"})), Reply("Noon."))
-    run = await start(client, headers, agent.id)
-    if phase == "model":
-        await wait_for_steps(client, headers, run["id"])
-    else:
-        await asyncio.wait_for(tool_started.wait(), 20)
+    _, run = await run_midway(client, admin_headers, headers, stub, database, user_id,
+                              monkeypatch, phase)
     await end_account(client, admin_headers, user_id, how)
     assert (await client.get(f"/api/v1/runs/{run['id']}", headers=headers)).status_code == 401
     await no_open_jobs(database)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from roost.agents import memorytools
+from roost.agents.models import Agent
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
@@ -76,6 +77,27 @@ def slow_current_time(monkeypatch: pytest.MonkeyPatch, seconds: float) -> asynci
 
     monkeypatch.setattr(builtins, "current_time", slow)
     return started
+
+
+async def run_midway(client: httpx.AsyncClient, admin_headers: Headers, headers: Headers,
+                     stub: StubServer, database: Database, user_id: uuid.UUID,
+                     monkeypatch: pytest.MonkeyPatch, phase: str) -> tuple[Agent, dict[str, Any]]:
+    """An agent of ``user_id`` that may call ``current_time``, and a run of it once it is
+    in its model call (``phase`` "model": the answer streams for two seconds) or in its
+    tool call ("tool": the tool takes 1.5 s more)."""
+    await add_provider(client, admin_headers, stub)
+    tool_started = slow_current_time(monkeypatch, 1.5)
+    agent = await make_agent(database, user_id, tool_permissions=["current_time"])
+    if phase == "model":
+        stub.script(Reply("one two three four five six seven eight", chunk_delay_ms=250))
+    else:
+        stub.script(ToolCalls(Call("current_time", {"timezone": "UTC"})), Reply("Noon."))
+    run = await start(client, headers, agent.id)
+    if phase == "model":
+        await wait_for_steps(client, headers, run["id"])
+    else:
+        await asyncio.wait_for(tool_started.wait(), 20)
+    return agent, run
 
 
 async def assert_the_run_ends_once(client: httpx.AsyncClient, headers: Headers,
@@ -227,18 +249,8 @@ async def test_the_agent_deleted_while_its_run_is_in_flight_the_run_ends_once(
     phase: str,
 ) -> None:
     user_id, headers = user
-    await add_provider(client, admin_headers, stub)
-    tool_started = slow_current_time(monkeypatch, 1.5)
-    agent = await make_agent(database, user_id, tool_permissions=["current_time"])
-    if phase == "model":
-        stub.script(Reply("one two three four five six seven eight", chunk_delay_ms=250))
-    else:
-        stub.script(ToolCalls(Call("current_time", {"timezone": "UTC"})), Reply("Noon."))
-    run = await start(client, headers, agent.id)
-    if phase == "model":
-        await wait_for_steps(client, headers, run["id"])
-    else:
-        await asyncio.wait_for(tool_started.wait(), 20)
+    agent, run = await run_midway(client, admin_headers, headers, stub, database, user_id,
+                                  monkeypatch, phase)
     deleted = await client.delete(f"/api/v1/agents/{agent.id}", headers=headers)
     no_5xx(deleted)
     assert deleted.status_code == 204, deleted.text
