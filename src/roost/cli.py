@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -15,10 +16,20 @@ from typer.core import TyperGroup
 
 import roost
 from roost import domains
-from roost.clitools import fail, with_database
-from roost.config import get_settings
+from roost.clitools import (
+    MAX_PORT,
+    configure_cli_logging,
+    database_display_url,
+    database_url_problem,
+    describe_database_problem,
+    explain_failure,
+    fail,
+    open_database,
+    with_database,
+)
+from roost.config import Settings, get_settings
 from roost.db import backup_cli
-from roost.db.engine import Database, create_database
+from roost.db.engine import Database
 
 T = TypeVar("T")
 
@@ -82,8 +93,6 @@ console = Console()
 err = Console(stderr=True)
 
 
-
-
 def _version(value: bool) -> None:
     if value:
         console.print(f"roost {roost.__version__}")
@@ -111,14 +120,15 @@ def _configure_cli_logging(verbose: bool) -> None:
 
     from pydantic import ValidationError
 
-    from roost.logging import configure_logging
-
     try:
         settings = get_settings()
     except ValidationError as exc:  # name the variables, never echo values (may be secrets)
         problems = "; ".join(
             f"ROOST_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         raise fail("invalid configuration", problems, code=2) from None
+    url_problem = database_url_problem(settings)
+    if url_problem is not None:
+        raise fail("invalid configuration", url_problem, code=2)
     configured = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
     if configured <= logging.DEBUG:
         level = "debug"
@@ -126,7 +136,7 @@ def _configure_cli_logging(verbose: bool) -> None:
         level = "info"
     else:
         level = logging.getLevelName(max(configured, logging.WARNING)).lower()
-    configure_logging(level, settings.log_json)
+    configure_cli_logging(level, settings.log_json)
 
 
 def _graceful_server_class() -> type:
@@ -139,7 +149,8 @@ def _graceful_server_class() -> type:
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (ROOST_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (ROOST_PORT).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=MAX_PORT, help="Port (ROOST_PORT).")
+                    ] = None,
     migrate: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Apply pending migrations first.")
     ] = True,
@@ -157,7 +168,7 @@ def serve(
     import uvicorn
 
     from roost.app import create_app
-    from roost.db.migrate import upgrade
+    from roost.db.migrate import current_revisions, upgrade
     from roost.logging import configure_logging
     from roost.tasks.cli import worker_config
     from roost.tasks.worker import Worker
@@ -166,21 +177,26 @@ def serve(
     configure_logging(settings.log_level, settings.log_json)
     with_worker = settings.serve_worker if worker is None else worker
     processes = settings.serve_workers if workers is None else workers
+    bind_host, bind_port = host or settings.host, port or settings.port
     if processes > 1:
         from roost.serving import serve_processes
 
-        serve_processes(settings, host=host or settings.host, port=port or settings.port,
+        _print_start_up(settings, bind_host, bind_port, starting=True)
+        serve_processes(settings, host=bind_host, port=bind_port,
                         processes=processes, migrate=migrate, with_worker=with_worker)
         return
 
     async def run() -> None:
-        db = create_database(settings)
+        db = await open_database(settings, create_schema=False)
         try:
             if migrate:
                 await upgrade(db.engine)
+            elif not await current_revisions(db.engine):
+                raise fail("the database is not migrated", "it has no Roost tables: run "
+                           "`roost db upgrade`, or `roost serve` without --no-migrate")
             application = create_app(settings, database=db, configure_logs=False)
             config = uvicorn.Config(
-                application, host=host or settings.host, port=port or settings.port,
+                application, host=bind_host, port=bind_port,
                 log_config=None, proxy_headers=settings.forwarded_allow_ips is not None,
                 forwarded_allow_ips=settings.forwarded_allow_ips, lifespan="on",
                 timeout_graceful_shutdown=settings.serve_shutdown_grace_s,
@@ -190,7 +206,13 @@ def serve(
                             if with_worker else None)
             worker_task = asyncio.create_task(queue_worker.run()) if queue_worker else None
             try:
-                await _graceful_server_class()(config).serve()
+                server = _graceful_server_class()(config)
+                serving = asyncio.create_task(server.serve())
+                while not server.started and not serving.done():
+                    await asyncio.wait({serving}, timeout=0.05)
+                if server.started:
+                    _print_start_up(settings, bind_host, bind_port)
+                await serving
             finally:
                 if queue_worker is not None and worker_task is not None:
                     # In-flight jobs get the worker's shutdown time, then are released.
@@ -202,6 +224,29 @@ def serve(
     # Server.serve() runs on the caller's loop (only uvicorn.run() picks uvloop itself).
     with asyncio.Runner(loop_factory=_server_loop_factory()) as runner:
         runner.run(run())
+
+
+def _print_start_up(settings: Settings, host: str, port: int, *, starting: bool = False) -> None:
+    """Once, on stderr, for the person who started it: where Roost listens, where its data
+    lives, how to sign in the first time (the JSON log lines say the same for machines)."""
+    from roost.keyfiles import KEY_DIR_NAME
+
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+    base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}"
+    everywhere = " (all interfaces)" if shown != host else ""
+    token = ("ROOST_ADMIN_TOKEN" if settings.admin_token is not None
+             else str(settings.data_dir / KEY_DIR_NAME / "admin_token"))
+    lines = [
+        f"Roost {roost.__version__} {'is starting on' if starting else 'is listening on'} "
+        f"{base}{everywhere}",
+        f"  console:   {base}/console  (a new install: create the first account there; "
+        "it becomes the administrator)",
+        f"  API docs:  {base}/docs",
+        f"  data dir:  {settings.data_dir}",
+        f"  database:  {database_display_url(settings)}",
+        f"  operator token (admin rights, for scripts): {token}",
+    ]
+    err.print(Text("\n".join(lines)), soft_wrap=True, highlight=False)
 
 
 def _server_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -225,7 +270,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
         await upgrade(db.engine, revision)
         return await current_revisions(db.engine)
 
-    console.print(f"database at: {', '.join(with_database(run)) or 'base'}")
+    console.print(f"database at: {', '.join(with_database(run, create_schema=False)) or 'base'}")
 
 
 @db_app.command("downgrade")
@@ -237,7 +282,7 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, 
         await downgrade(db.engine, revision)
         return await current_revisions(db.engine)
 
-    console.print(f"database at: {', '.join(with_database(run)) or 'base'}")
+    console.print(f"database at: {', '.join(with_database(run, create_schema=False)) or 'base'}")
 
 
 @db_app.command("current")
@@ -245,7 +290,7 @@ def db_current() -> None:
     """Show the database's revision and whether it is at head."""
     from roost.db.migrate import migration_state
 
-    state = with_database(lambda db: migration_state(db.engine))
+    state = with_database(lambda db: migration_state(db.engine), create_schema=False)
     status = "head" if state.at_head else f"behind (head is {', '.join(state.heads)})"
     console.print(f"{', '.join(state.current) or 'base'} — {status}")
 
@@ -279,12 +324,15 @@ def doctor() -> None:
         failures += 0 if ok else 1
         table.add_row(name, "[green]ok[/green]" if ok else "[red]FAIL[/red]", Text(detail))
 
-    row("data dir", True, str(settings.data_dir))
-    try:
-        load_keys(settings)
-        row("keys", True, "present (values never shown)")
-    except (OSError, ValueError) as exc:
-        row("keys", False, str(exc))
+    data_problem = _data_dir_problem(settings.data_dir)
+    row("data dir", data_problem is None, str(settings.data_dir) + (
+        f": {data_problem}" if data_problem else ""))
+    if data_problem is None:
+        try:
+            load_keys(settings)
+            row("keys", True, "present (values never shown)")
+        except (OSError, ValueError) as exc:
+            row("keys", False, str(exc))
 
     async def probe(db: Database) -> None:
         source = "embedded" if db.embedded else "external"
@@ -321,12 +369,35 @@ def doctor() -> None:
                     replica.state.reason + (f" (lag {lag:.1f} s)" if lag is not None else ""))
 
     try:
-        with_database(probe, settings)
+        with_database(probe, settings, create_schema=False)
     except Exception as exc:  # report, never crash: that is the point of doctor
-        row("database", False, f"unreachable: {type(exc).__name__}: {exc}")
+        found = describe_database_problem(exc, settings)
+        if found is None:
+            row("database", False, f"{type(exc).__name__}: {exc}")
+        elif found[0].startswith("cannot reach "):
+            row("database", False, f"unreachable: {found[0].removeprefix('cannot reach ')}: "
+                f"{found[1]}")
+        else:
+            row("database", False, f"{found[0]}: {found[1]}")
     console.print(table)
     if failures:
         raise typer.Exit(1)
+
+
+def _data_dir_problem(data_dir: Path) -> str | None:
+    """Why Roost could not keep its data in ``data_dir``; None when it can (it is a
+    writable directory, or one can be created there)."""
+    import os
+
+    if data_dir.exists():
+        if not data_dir.is_dir():
+            return "not a directory"
+        return None if os.access(data_dir, os.W_OK | os.X_OK) else "not writable"
+    parent = next((p for p in data_dir.parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        return f"cannot be created ({parent} is not a directory)"
+    return None if os.access(parent, os.W_OK | os.X_OK) else \
+        f"cannot be created ({parent} is not writable)"
 
 
 # --- schema -----------------------------------------------------------------------------
@@ -354,4 +425,12 @@ def schema_coverage() -> None:
 
 
 def main() -> None:
-    app()
+    """The console script: every command, with the failures a user can fix (the database
+    or the data dir cannot be used) as one line instead of a traceback."""
+    try:
+        app()
+    except Exception as exc:
+        code = explain_failure(exc)
+        if code is None:
+            raise
+        raise SystemExit(code) from None

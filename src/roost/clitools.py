@@ -1,44 +1,132 @@
 """Helpers every ``roost`` sub-command shares (kept apart from ``roost.cli`` so domain
-CLI modules can import them without importing the whole command tree)."""
+CLI modules can import them without importing the whole command tree).
+
+Failures a user can fix are one line on stderr and a non-zero exit, never a traceback:
+a domain error (:func:`run_in_transaction`, ``identity.cliscope.run_as``), a database
+that cannot be used (:func:`explain_failure`, which ``roost.cli.main`` applies to every
+command), a file an option names (:func:`read_text` and its siblings, from
+``roost.db.cliio``), a number out of its bounds (the ``MAX_*`` below, as typer's
+``min``/``max``: a usage error, exit 2)."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Final, TypeVar
 
-import typer
+import structlog
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
-from rich.text import Text
-from sqlalchemy import String, cast, select
+from sqlalchemy import String, cast, select, text
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.config import Settings, get_settings
 from roost.context import RequestContext, set_context
-from roost.db.engine import Database, create_database
+from roost.db.cliio import fail as fail
+from roost.db.cliio import os_reason
+from roost.db.cliio import read_bytes as read_bytes
+from roost.db.cliio import read_text as read_text
+from roost.db.cliio import write_bytes as write_bytes
+from roost.db.engine import Database, create_database, to_async_url
 from roost.errors import BadRequest, NotFound, RoostError
 
 T = TypeVar("T")
 err = Console(stderr=True)
+log = structlog.get_logger(__name__)
+
+# --- bounds of numeric options (typer's min/max: out of bounds is a usage error) ---------
+MAX_DAYS: Final = 36_500  # a hundred years: expiries, retention, ages
+MAX_SECONDS: Final = 86_400.0  # a day: leases, timeouts, waits
+MAX_INT32: Final = 2**31 - 1  # a PostgreSQL integer column (version numbers)
+MAX_PORT: Final = 65_535
+MAX_LIST: Final = 500  # rows a listing prints (the API's page size)
 
 
-def with_database(fn: Callable[[Database], Awaitable[T]], settings: Settings | None = None) -> T:
-    """Open the configured database (starting the embedded one if needed), run ``fn``."""
+# --- logging ------------------------------------------------------------------------------
+
+_cli_log = {"level": "warning", "json": True}  # what roost.cli's callback configured
+
+
+def configure_cli_logging(level: str, json: bool) -> None:
+    """Commands log warnings and errors only, unless -v or ROOST_LOG_LEVEL=debug."""
+    from roost.logging import configure_logging
+
+    _cli_log.update(level=level, json=json)
+    configure_logging(level, json)
+
+
+@contextmanager
+def reported_here() -> Iterator[None]:
+    """For work whose failures the command prints itself, in words: no JSON error line
+    saying the same (unless the user asked for the logs with -v or a debug level)."""
+    from roost.logging import configure_logging
+
+    level, json = str(_cli_log["level"]), bool(_cli_log["json"])
+    if level in ("debug", "info"):
+        yield
+        return
+    configure_logging("critical", json)
+    try:
+        yield
+    finally:
+        configure_logging(level, json)
+
+
+# --- the database -------------------------------------------------------------------------
+
+
+def with_database(fn: Callable[[Database], Awaitable[T]], settings: Settings | None = None,
+                  *, create_schema: bool = True) -> T:
+    """Open the configured database (see :func:`open_database`), run ``fn``."""
 
     async def run() -> T:
-        db = create_database(settings or get_settings())
+        db = await open_database(settings or get_settings(), create_schema=create_schema)
         try:
             return await fn(db)
         finally:
             await db.dispose()
 
     return asyncio.run(run())
+
+
+async def open_database(settings: Settings, *, create_schema: bool = True) -> Database:
+    """The configured database (starting the embedded one if needed), connected once so
+    that one that cannot be used fails here, before any work (:func:`explain_failure`
+    says why in one line).
+
+    ``create_schema``: an embedded database that was never migrated (a new data dir used
+    before ``roost serve``) gets its tables now, as ``roost serve`` would; an external
+    one, or one at an older revision, is left to ``roost db upgrade``."""
+    db = create_database(settings)
+    try:
+        if create_schema and db.embedded is not None:
+            await _create_embedded_schema(db)
+        else:
+            async with db.engine.connect():
+                pass
+    except BaseException:
+        await db.dispose()
+        raise
+    return db
+
+
+async def _create_embedded_schema(db: Database) -> None:
+    from roost.db.migrate import upgrade
+
+    async with db.engine.connect() as conn:
+        never_migrated = await conn.scalar(text("SELECT to_regclass('alembic_version') IS NULL"))
+    if never_migrated:  # (upgrade serialises migrators: one creates, the others wait)
+        log.info("embedded_database_schema_creating",
+                 pgdata=str(db.embedded.pgdata if db.embedded else ""))
+        await upgrade(db.engine)
 
 
 def run_in_transaction(fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -57,12 +145,162 @@ def run_in_transaction(fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
         raise fail(exc.title, exc.detail) from exc
 
 
-def fail(title: str, message: object, *, code: int = 1) -> typer.Exit:
-    """Print ``title: message`` on stderr (the message verbatim: rich markup would eat
-    ``[local]`` in ``roost[local]``) and return the exit to raise."""
-    # soft_wrap: long messages (ids to copy) are left to the terminal, not cut into lines.
-    err.print(Text.assemble((title, "red"), ": ", str(message)), soft_wrap=True)
-    return typer.Exit(code)
+def database_url_problem(settings: Settings) -> str | None:
+    """What is wrong with ROOST_DATABASE_URL (or ROOST_DATABASE_REPLICA_URLS), without
+    echoing it (it holds a password); None when they are PostgreSQL URLs."""
+    expected = "expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+    for name, value in (("ROOST_DATABASE_URL", settings.database_url),
+                        ("ROOST_DATABASE_REPLICA_URLS", settings.database_replica_urls)):
+        if value is None:
+            continue
+        raw = value.get_secret_value()
+        for part in raw.split(",") if name.endswith("URLS") else [raw]:
+            if not part.strip() and name.endswith("URLS"):
+                continue
+            try:
+                scheme = make_url(part.strip()).drivername
+            except Exception:  # sqlalchemy's ArgumentError, or a ValueError from a port
+                return f"{name}: not a URL ({expected})"
+            try:
+                to_async_url(part.strip())
+            except ValueError:
+                return f"{name}: not a PostgreSQL URL (scheme {scheme!r}; {expected})"
+    return None
+
+
+def _database_url(settings: Settings) -> URL | None:
+    if settings.database_url is None:
+        return None
+    try:
+        return make_url(settings.database_url.get_secret_value())
+    except Exception:
+        return None
+
+
+def database_where(settings: Settings) -> str:
+    """The database a command uses, for a message: ``host:port``, a socket, or the
+    embedded server's directory; never the password."""
+    url = _database_url(settings)
+    if settings.database_url is None:
+        return f"the embedded database in {settings.pg_dir}"
+    if url is None:
+        return "ROOST_DATABASE_URL"
+    host = url.host or str(url.query.get("host") or "") or "localhost"
+    return f"{host}:{url.port or 5432}" if not host.startswith("/") else f"the socket in {host}"
+
+
+def database_display_url(settings: Settings) -> str:
+    """The external database's URL without its password, or where the embedded one lives."""
+    url = _database_url(settings)
+    if url is None:
+        return f"embedded PostgreSQL in {settings.pg_dir}"
+    return url.set(password=None).render_as_string(hide_password=True)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps (SQLAlchemy's ``orig``, ``__cause__``, ``__context__``)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        orig = getattr(e, "orig", None)
+        todo.extend([orig if isinstance(orig, BaseException) else None,
+                     e.__cause__, e.__context__])
+
+
+def _while_connecting(exc: BaseException, module: str = "asyncpg.") -> bool:
+    """Raised while the PostgreSQL driver was connecting (its frames are in the way)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith(module):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def describe_database_problem(exc: BaseException, settings: Settings | None = None
+                              ) -> tuple[str, str, int] | None:
+    """``(title, message, exit code)`` when ``exc`` says the database cannot be used
+    (unreachable, refusing the connection, the sign-in or SSL, missing, not migrated, its
+    URL's options wrong); None otherwise."""
+    settings = settings or get_settings()
+    where = database_where(settings)
+    embedded = settings.database_url is None
+    check = ("check ROOST_DATA_DIR, or run `roost doctor`" if embedded
+             else "is it running? check ROOST_DATABASE_URL")
+    reach = where if embedded else f"the database at {where}"
+    errors = list(_causes(exc))
+    coded = [e for e in errors if isinstance(getattr(e, "sqlstate", None), str)]
+    if coded:
+        found = coded[-1]  # the driver's own error, not SQLAlchemy's wrapping of it
+        state: str = found.sqlstate  # type: ignore[attr-defined]
+        said = str(found).splitlines()[0] if str(found) else state
+        if state in ("42P01", "3F000"):  # undefined table / schema
+            return ("the database is not migrated",
+                    f"{said} in {reach}: run `roost db upgrade`"
+                    + ("" if not embedded else " (or `roost serve`, which applies migrations)"),
+                    1)
+        if state.startswith("28"):  # invalid authorization
+            return (f"{reach} refused the sign-in",
+                    f"{said}; check the user and password in ROOST_DATABASE_URL", 1)
+        if state == "3D000":  # invalid catalog name
+            return (f"cannot use {reach}",
+                    f"{said}; create it, or check the database name in ROOST_DATABASE_URL", 1)
+        if state.startswith("08") or state in ("53300", "57P01", "57P02", "57P03"):
+            return f"cannot reach {reach}", f"{said}; {check}", 1
+        return None
+    for e in errors:
+        if type(e).__name__ == "ClientConfigurationError" and _while_connecting(e):
+            return "invalid configuration", f"ROOST_DATABASE_URL: {e}", 2  # its options
+        if isinstance(e, TypeError) and "unexpected keyword argument" in str(e) \
+                and _while_connecting(e, "sqlalchemy.dialects.postgresql.asyncpg"):
+            option = str(e).rpartition("argument")[2].strip()
+            return ("invalid configuration", f"ROOST_DATABASE_URL: the driver (asyncpg) has "
+                    f"no option {option}; for SSL write ssl=require, not sslmode=", 2)
+        if isinstance(e, OSError) and _while_connecting(e):
+            if isinstance(e, TimeoutError):
+                reason = f"no answer within {settings.db_connect_timeout_s:g} s"
+            elif "SSL" in str(e):
+                return (f"cannot reach {reach}", "the server refused SSL; enable SSL on the "
+                        "server, or drop the ssl option of ROOST_DATABASE_URL", 1)
+            elif isinstance(e, ConnectionRefusedError):
+                reason = "connection refused"
+            elif isinstance(e, FileNotFoundError):
+                reason = "no server socket there"
+            else:
+                reason = os_reason(e) if e.strerror else str(e)
+            return f"cannot reach {reach}", f"{reason}; {check}", 1
+    return None
+
+
+def explain_failure(exc: BaseException) -> int | None:
+    """For an exception no command caught: when it is a problem the user can fix (the
+    database cannot be used, the data dir cannot be), print it as one line and return
+    the exit code; None for anything else (a bug: its traceback is what helps)."""
+    try:
+        settings = get_settings()
+    except ValidationError:
+        return None
+    found = describe_database_problem(exc, settings)
+    if found is not None:
+        title, message, code = found
+        fail(title, message, code=code)
+        return code
+    data_dir = settings.data_dir.absolute()
+    for e in _causes(exc):
+        if isinstance(e, OSError) and e.filename is not None:
+            path = Path(str(e.filename)).absolute()
+            if path == data_dir or data_dir in path.parents:
+                what = (f"{data_dir} is not a directory" if data_dir.exists()
+                        and not data_dir.is_dir() else f"{path}: {os_reason(e)}")
+                fail("cannot use the data dir", f"{what} (ROOST_DATA_DIR must be a directory "
+                     "Roost can write, or where one can be created)")
+                return 1
+    return None
 
 
 def id_table(*columns: str, wrap: Sequence[str] = ()) -> Table:
@@ -132,8 +370,8 @@ def parse_input(model: type[M], values: dict[str, Any]) -> M:
     try:
         return model.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                             for e in exc.errors()[:5])
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}"
+                             for e in exc.errors(include_url=False)[:5])
         raise fail("Invalid input", problems) from None
 
 

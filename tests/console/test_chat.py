@@ -116,9 +116,13 @@ async def test_the_session_list_stays_small_with_thousands_of_sessions(
         loaded = int(await scroller.get_attribute("data-loaded") or 0)
         if loaded >= count:
             break
-        await scroller.evaluate("e => { e.scrollTop = e.scrollHeight; }")
+        # Scrolled to the end again while waiting: a scroll that lands while the previous
+        # page is still being added may trigger nothing (seen on a loaded CI machine).
         await page.wait_for_function(
-            "n => +document.getElementById('session-list').dataset.loaded > n", arg=loaded)
+            "n => { const e = document.getElementById('session-list');"
+            " if (+e.dataset.loaded > n) return true;"
+            " e.scrollTop = e.scrollHeight; return false; }",
+            arg=loaded, polling=250, timeout=60_000)
         assert await rows.count() < 300
     await scroller.evaluate("e => { e.scrollTop = e.scrollHeight; }")
     await expect(page.get_by_role("link", name=f"Session {count - 1:04d}", exact=True)).to_be_in_viewport()

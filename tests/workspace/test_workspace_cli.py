@@ -46,7 +46,7 @@ async def test_projects_and_the_tasks_board_from_the_command_line(
     assert _titles(out.stdout, "Fix login", "Write blog") == ["Write blog", "Fix login"]
     bad = run_roost("tasks-board", "update", blog_id, "--progress", "101", "--user", "pmx",
                     env=env)
-    assert bad.returncode != 0 and "completion_percentage" in bad.stderr
+    assert bad.returncode == 2 and "--progress" in bad.stderr  # out of its bounds: a usage error
 
     out = run_roost("tasks-board", "done", blog_id, "--user", "pmx", env=env)
     assert out.returncode == 0 and "done" in out.stdout

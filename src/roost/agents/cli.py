@@ -40,7 +40,7 @@ from roost.agents.schemas import (
     RunCreate,
     SecretSet,
 )
-from roost.clitools import fail, id_table, print_table, resolve_id, when
+from roost.clitools import MAX_LIST, MAX_SECONDS, fail, id_table, print_table, resolve_id, when
 from roost.config import get_settings
 from roost.errors import BadRequest, NotFound
 from roost.identity.cliscope import Env, UserOpt
@@ -365,8 +365,9 @@ def agents_run(
     text: Annotated[str, typer.Argument(help="The input; - reads standard input.")],
     user: UserOpt = None,
     timeout: Annotated[float | None, typer.Option(
-        min=1, help="Stop waiting after this many seconds (default: the agent's timeout "
-                    "plus a minute); the run goes on.")] = None,
+        min=1, max=MAX_SECONDS,
+        help="Stop waiting after this many seconds (default: the agent's timeout "
+             "plus a minute); the run goes on.")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait",
                                        help="Follow the run until it ends.")] = True,
 ) -> None:
@@ -411,7 +412,7 @@ def runs_ls(
     agent: Annotated[str | None, typer.Option(help="Only this agent's (slug or id).")] = None,
     status: Annotated[str | None, typer.Option(help="pending, running, completed, failed "
                                                     "or cancelled.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500, help="How many.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIST, help="How many.")] = 50,
 ) -> None:
     """The runs you can see, newest first."""
     if status is not None and status not in RUN_STATUSES:

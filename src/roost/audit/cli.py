@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from roost.clitools import fail, with_database
+from roost.clitools import MAX_DAYS, fail, with_database
 from roost.db.engine import Database
 
 audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
@@ -38,7 +38,8 @@ def audit_verify() -> None:
 
 @audit_app.command("prune")
 def audit_prune(
-    older_than_days: Annotated[int, typer.Option(min=1, help="Delete records older than this.")],
+    older_than_days: Annotated[int, typer.Option(
+        min=1, max=MAX_DAYS, help="Delete records older than this.")],
 ) -> None:
     """Apply audit retention: delete the oldest records (the pruning itself is audited)."""
     from roost.audit.service import apply_retention

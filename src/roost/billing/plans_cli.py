@@ -18,8 +18,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.billing import plans, prices, subscriptions
 from roost.billing.models import SUBSCRIPTION_STATUSES, ModelPrice, Plan
-from roost.billing.schemas import LIMIT_KEYS, PlanCreate, PriceUpdate, SubscriptionCreate
-from roost.clitools import fail, id_table, parse_input, print_table, run_in_transaction, when
+from roost.billing.schemas import (
+    LIMIT_KEYS,
+    MAX_CREDITS,
+    MAX_TRIAL_DAYS,
+    PlanCreate,
+    PriceUpdate,
+    SubscriptionCreate,
+)
+from roost.clitools import (
+    MAX_LIST,
+    fail,
+    id_table,
+    parse_input,
+    print_table,
+    run_in_transaction,
+    when,
+)
 from roost.identity.models import Group, User
 from roost.principal import OPERATOR
 
@@ -91,8 +106,10 @@ def plans_add(
     price: Annotated[str, typer.Option(help="Price per period, e.g. 19.99.")] = "0",
     currency: Annotated[str, typer.Option(help="ISO 4217 code.")] = "USD",
     period: Annotated[str, typer.Option(help="month or year.")] = "month",
-    credits: Annotated[int, typer.Option(help="Credits included per period.")] = 0,
-    trial_days: Annotated[int, typer.Option(help="Days of trial.")] = 0,
+    credits: Annotated[int, typer.Option(min=0, max=MAX_CREDITS,
+                                         help="Credits included per period.")] = 0,
+    trial_days: Annotated[int, typer.Option(min=0, max=MAX_TRIAL_DAYS, help="Days of trial.")
+                          ] = 0,
     description: Annotated[str | None, typer.Option()] = None,
     limit: Annotated[list[str] | None, typer.Option(
         "--limit", help="NAME=VALUE, repeatable: runs_per_day=10, max_agents=3, "
@@ -129,7 +146,7 @@ def subscribe(
     user: Annotated[str, typer.Argument(help="Username or e-mail.")],
     plan: Annotated[str, typer.Argument(help="The plan's key or id.")],
     trial_days: Annotated[int | None, typer.Option(
-        help="Override the plan's trial days (0: none).")] = None,
+        min=0, max=MAX_TRIAL_DAYS, help="Override the plan's trial days (0: none).")] = None,
 ) -> None:
     """Subscribe a user to a plan."""
 
@@ -151,7 +168,7 @@ def subscriptions_ls(
         help="Only this status: " + ", ".join(SUBSCRIPTION_STATUSES) + ".")] = None,
     user: Annotated[str | None, typer.Option(help="Only this user's.")] = None,
     plan: Annotated[str | None, typer.Option(help="Only this plan's (key or id).")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIST)] = 100,
 ) -> None:
     """Subscriptions, newest first."""
     if status is not None and status not in SUBSCRIPTION_STATUSES:

@@ -8,9 +8,7 @@ creates the calendar when no calendar has that name.
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -19,7 +17,7 @@ from rich.text import Text
 
 from roost.calendar import recurrence, service
 from roost.calendar.schemas import CalendarCreate
-from roost.clitools import fail, id_table, print_table
+from roost.clitools import fail, id_table, print_table, read_bytes, write_bytes
 from roost.errors import NotFound
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
@@ -41,10 +39,7 @@ def calendar_import(
         help="The time zone of a calendar this command creates.")] = "UTC",
 ) -> None:
     """Import an iCalendar file: create its events, update those whose UID is known."""
-    try:
-        raw = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
-    except OSError as exc:
-        raise fail("Cannot read the file", f"{file}: {exc.strerror}") from None
+    raw = read_bytes(file)
 
     async def go(env: Env) -> tuple[str, dict[str, Any]]:
         async with env.scoped() as session:
@@ -79,11 +74,7 @@ def calendar_export(
             return data
 
     data = _run(user, go)
-    if output == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-    else:
-        Path(output).write_bytes(data)
+    write_bytes(output, data)
 
 
 @calendar_app.command("agenda")

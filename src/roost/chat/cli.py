@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from roost.clitools import fail
+from roost.clitools import fail, open_database
 
 console = Console()
 err = Console(stderr=True)
@@ -36,7 +36,6 @@ def rotate_messages_command(
         rotate_messages,
     )
     from roost.config import get_settings
-    from roost.db.engine import create_database
     from roost.keyfiles import KEY_DIR_NAME, load_keys
     from roost.security.crypto import MessageCipher
 
@@ -49,7 +48,7 @@ def rotate_messages_command(
     checkpoint = settings.data_dir / KEY_DIR_NAME / CHECKPOINT_FILE
 
     async def run() -> RotationReport:
-        db = create_database(settings)
+        db = await open_database(settings)
         try:
             counts = await count_encrypted_rows(db)
             with Progress(

@@ -1,7 +1,9 @@
 """``roost backup [PATH]`` and ``roost restore PATH`` (roost.db.backup does the work).
 
 ``roost.cli`` calls :func:`register`.  This module sits in the foundation layer with
-``roost.db``, so it prints its own errors instead of using ``roost.clitools``.
+``roost.db``, so it prints its errors with ``roost.db.cliio`` (which ``roost.clitools``
+re-exports); a database that cannot be used is reported by ``roost.cli.main``, as for
+every command.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rich.progress import (
 from rich.text import Text
 
 from roost.config import get_settings
+from roost.db.cliio import fail, os_reason, read_text
 
 console = Console()
 err = Console(stderr=True)
@@ -34,20 +37,25 @@ PassphraseFile = Annotated[Path | None, typer.Option(
          "else (with --encrypt, or for an encrypted backup) a prompt.")]
 
 
-def _fail(title: str, message: object, code: int = 1) -> typer.Exit:
-    err.print(Text.assemble((title, "red"), ": ", str(message)), soft_wrap=True)
-    return typer.Exit(code)
-
-
 class _Bars:
-    """A rich progress bar per stage (the service's Reporter)."""
+    """A rich progress bar per stage (the service's Reporter), shown from the first stage
+    on: a backup refused before any work prints its one line and nothing else."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.current: TaskID | None = None
 
+    def __enter__(self) -> _Bars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress.live.is_started:
+            self.progress.stop()
+
     def stage(self, name: str, total: int | None) -> None:
         self._finish()
+        if not self.progress.live.is_started:
+            self.progress.start()
         self.current = self.progress.add_task(name, total=total)
 
     def advance(self, amount: int = 1) -> None:
@@ -71,10 +79,10 @@ def _progress() -> Progress:
 
 def _passphrase(file: Path | None, *, prompt: bool, confirm: bool) -> str | None:
     if file is not None:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        lines = read_text(file, what="the passphrase file").splitlines()
         value = lines[0] if lines else ""
         if not value:
-            raise _fail("empty passphrase", f"{file} has no passphrase on its first line")
+            raise fail("empty passphrase", f"{file} has no passphrase on its first line")
         return value
     configured = get_settings().backup_passphrase
     if configured is not None:
@@ -82,7 +90,7 @@ def _passphrase(file: Path | None, *, prompt: bool, confirm: bool) -> str | None
     if not prompt:
         return None
     if not sys.stdin.isatty():
-        raise _fail("passphrase needed", "give --passphrase-file or ROOST_BACKUP_PASSPHRASE "
+        raise fail("passphrase needed", "give --passphrase-file or ROOST_BACKUP_PASSPHRASE "
                     "(no terminal to prompt on)")
     typed: str = typer.prompt("Backup passphrase", hide_input=True,
                               confirmation_prompt=confirm)
@@ -115,14 +123,18 @@ def backup_command(
     settings = get_settings()
     passphrase = _passphrase(passphrase_file, prompt=encrypt, confirm=True)
     try:
-        with _progress() as progress:
-            bars = _Bars(progress)
+        with _Bars(_progress()) as bars:
             result = asyncio.run(create_backup(
                 settings, path, passphrase=passphrase, physical=physical,
                 incremental_from=incremental_from, reporter=bars))
             bars.close()
     except BackupError as exc:
-        raise _fail("backup failed", exc) from None
+        raise fail("backup failed", exc) from None
+    except OSError as exc:  # the backup directory cannot be created or written
+        if exc.filename is None:
+            raise
+        raise fail("backup failed", f"cannot create or write {exc.filename}: "
+                   f"{os_reason(exc)}") from None
     for warning in result.warnings:
         err.print(Text.assemble(("warning", "yellow"), ": ", warning), soft_wrap=True)
     console.print(Text(
@@ -151,18 +163,17 @@ def restore_command(
     try:
         encrypted = needs_passphrase(path)
     except BackupError as exc:
-        raise _fail("restore refused", exc) from None
+        raise fail("restore refused", exc) from None
     passphrase = _passphrase(passphrase_file, prompt=encrypted, confirm=False) if encrypted else None
     try:
-        with _progress() as progress:
-            bars = _Bars(progress)
+        with _Bars(_progress()) as bars:
             result = asyncio.run(restore_backup(settings, path, passphrase=passphrase,
                                                 force=force, reporter=bars))
             bars.close()
     except TargetNotEmpty as exc:
-        raise _fail("restore refused", exc) from None
+        raise fail("restore refused", exc) from None
     except BackupError as exc:
-        raise _fail("restore failed", exc) from None
+        raise fail("restore failed", exc) from None
     for warning in result.warnings:
         err.print(Text.assemble(("warning", "yellow"), ": ", warning), soft_wrap=True)
     console.print(Text(f"restored {result.tables} tables ({result.rows} rows) into "

@@ -8,12 +8,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -58,6 +59,9 @@ def head_revisions() -> tuple[str, ...]:
     return tuple(script_directory().get_heads())
 
 
+MIGRATION_LOCK: Final = 0x526F6F7374  # pg_advisory_xact_lock key ("Roost")
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "heads") -> None:
     await _run(engine, lambda cfg: command.upgrade(cfg, revision))
 
@@ -73,6 +77,10 @@ async def _run(engine: AsyncEngine, action: object) -> None:
         action(cfg)  # type: ignore[operator]
 
     async with engine.begin() as conn:
+        # One migrator at a time (`roost serve`, a command's first use of the embedded
+        # database, `roost db upgrade`, N processes starting together): the others wait
+        # here, then find the revision they wanted already applied.
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         await conn.run_sync(run)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Final, TypeVar
@@ -18,10 +17,10 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.catalog import find_agent_by_slug
-from roost.clitools import fail, id_table, print_table, resolve_id
+from roost.clitools import MAX_SECONDS, fail, id_table, print_table, read_text, resolve_id
 from roost.debates import service
 from roost.debates.models import TERMINAL_STATUSES, DebateSession
-from roost.debates.schemas import DebateCreate
+from roost.debates.schemas import MAX_ROUNDS, DebateCreate
 from roost.errors import BadRequest
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
@@ -100,7 +99,7 @@ def debates_start(
         help="ID=MODEL, ID=MODEL@PROVIDER or ID=agent:SLUG (twice at least).")] = None,
     weight: Annotated[list[str] | None, typer.Option(
         "--weight", help="ID=NUMBER: a participant's ballot weight (default 1).")] = None,
-    rounds: Annotated[int, typer.Option(min=1, help="Rounds of turns.")] = 2,
+    rounds: Annotated[int, typer.Option(min=1, max=MAX_ROUNDS, help="Rounds of turns.")] = 2,
     method: Annotated[str, typer.Option(
         help="majority, weighted, borda or condorcet.")] = "weighted",
     file: Annotated[Path | None, typer.Option(
@@ -109,13 +108,14 @@ def debates_start(
     user: UserOpt = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait",
                                        help="Wait for the debate to end, then show it.")] = False,
-    timeout: Annotated[float, typer.Option(min=1, help="Stop waiting after this many "
-                                                       "seconds.")] = 600,
+    timeout: Annotated[float, typer.Option(min=1, max=MAX_SECONDS, help="Stop waiting after "
+                                                                         "this many seconds.")
+                       ] = 600,
 ) -> None:
     """Start a debate (a worker runs it: `roost worker`); prints its id, or with --wait
     the finished debate."""
     if file is not None:
-        raw = sys.stdin.read() if str(file) == "-" else file.read_text()
+        raw = read_text(file)
         try:
             body_json: dict[str, Any] = json.loads(raw)
         except json.JSONDecodeError as exc:

@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import sys
 from datetime import timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
 
-from roost.clitools import fail, id_table, print_table, resolve_id, run_in_transaction
+from roost.clitools import (
+    MAX_DAYS,
+    MAX_LIST,
+    fail,
+    id_table,
+    print_table,
+    resolve_id,
+    run_in_transaction,
+)
 
 T = TypeVar("T")
 
@@ -24,6 +32,9 @@ err = Console(stderr=True)
 
 
 _run = run_in_transaction
+
+# identity.models.STATUSES, as a type typer offers as choices (a test keeps them equal).
+UserStatus = Literal["pending_approval", "active", "suspended"]
 
 
 async def _user_by_login(session: Any, login: str) -> Any:
@@ -39,6 +50,9 @@ async def _user_by_login(session: Any, login: str) -> Any:
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise fail("password needed", "no terminal to prompt on: pipe it with "
+                   "--password-stdin, or give --no-password", code=2)
     password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     return password
 
@@ -87,8 +101,9 @@ def users_approve(login: Annotated[str, typer.Argument(help="Username or email."
 
 @users_app.command("list")
 def users_list(
-    status: Annotated[str | None, typer.Option(help="pending_approval, active or suspended")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 100,
+    status: Annotated[UserStatus | None, typer.Option(help="Only accounts in this status.")
+                      ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIST)] = 100,
 ) -> None:
     """List accounts."""
     from roost.identity.accounts import list_users
@@ -134,7 +149,8 @@ def users_cleanup_sessions() -> None:
 def keys_create(
     user: Annotated[str, typer.Option("--user", help="Username or email of the key's owner.")],
     name: Annotated[str, typer.Option(help="What the key is for.")] = "cli",
-    expires_days: Annotated[int | None, typer.Option(min=1, help="Expire after N days.")] = None,
+    expires_days: Annotated[int | None, typer.Option(
+        min=1, max=MAX_DAYS, help="Expire after N days.")] = None,
 ) -> None:
     """Create an API key; it is printed once (stdout), store it now."""
     from roost.db.base import utcnow

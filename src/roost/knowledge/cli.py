@@ -9,6 +9,7 @@ whose content is unchanged, so an interrupted ingestion is resumed by re-running
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Annotated, Any
 
@@ -18,10 +19,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 from sqlalchemy import or_, select
 
-from roost.clitools import fail, id_table, print_table
+from roost.clitools import fail, id_table, open_database, print_table, reported_here
 
 console = Console()
 err = Console(stderr=True)
+_URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
 def ingest_command(
@@ -39,17 +41,20 @@ def ingest_command(
 ) -> None:
     """Ingest documents (text, Markdown, HTML, PDF) for search."""
     from roost.config import get_settings
-    from roost.db.engine import create_database
     from roost.errors import RoostError
     from roost.knowledge.config import KnowledgeConfig
     from roost.knowledge.ingest import run_ingestion
     from roost.knowledge.schemas import check_tags
 
+    scheme = _URL_SCHEME.match(target.strip())
+    if scheme is not None and scheme[1].lower() not in ("http", "https"):
+        raise fail("cannot ingest", f"{scheme[1]}:// URLs are not supported: give a file, a "
+                   "directory or an http(s) URL", code=2)
     settings = get_settings()
     cfg = KnowledgeConfig.from_settings(settings)
 
     async def run() -> dict[str, Any]:
-        db = create_database(settings)
+        db = await open_database(settings)
         try:
             run_id = await _create_run(db, cfg, target, recursive=recursive, collection=collection,
                                        tags=check_tags((tags or "").split(",")), user=user,
@@ -63,8 +68,9 @@ def ingest_command(
                     shown = source if len(source) <= 60 else "…" + source[-59:]
                     bar.update(task, completed=done, total=total, current=f"{outcome}: {shown}")
 
-                summary = await run_ingestion(db, run_id, cfg, force=force, confine=False,
-                                              progress=progress)
+                with reported_here():  # its errors are printed below, one per file
+                    summary = await run_ingestion(db, run_id, cfg, force=force,
+                                                  confine=False, progress=progress)
             summary["errors_detail"] = await _errors(db, run_id)
             return summary
         finally:

@@ -23,7 +23,16 @@ from rich.text import Text
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.clitools import fail, id_table, print_table, resolve_id, when, with_database
+from roost.clitools import (
+    MAX_DAYS,
+    MAX_LIST,
+    fail,
+    id_table,
+    print_table,
+    resolve_id,
+    when,
+    with_database,
+)
 from roost.config import Settings, get_settings
 from roost.context import RequestContext, set_context
 from roost.db.base import utcnow
@@ -144,7 +153,7 @@ def add_command(
     user: UserOpt = None, persona: PersonaOpt = None, agent: AgentOpt = None,
     memory_type: Annotated[str, typer.Option(
         "--type", help="fact, preference, event, relationship, skill, goal or other.")] = "fact",
-    confidence: Annotated[float, typer.Option(help="0 to 1.")] = 0.8,
+    confidence: Annotated[float, typer.Option(min=0, max=1, help="How sure, 0 to 1.")] = 0.8,
     entity: Annotated[list[str] | None, typer.Option(
         "--entity", "-e", help="An entity the fact is about, NAME or NAME:TYPE (repeatable).")] = None,
     relation: Annotated[list[str] | None, typer.Option(
@@ -186,7 +195,8 @@ def add_command(
 def search_command(
     query: Annotated[str, typer.Argument(help="What to recall.")],
     user: UserOpt = None, persona: PersonaOpt = None, agent: AgentOpt = None,
-    k: Annotated[int, typer.Option("-k", help="How many memories (1-50).")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, max=recall.MAX_K, help="How many memories.")
+                 ] = 10,
     as_of: AsOfOpt = None,
 ) -> None:
     """Recall the memories that best answer QUERY (meaning, words and the entity graph)."""
@@ -216,7 +226,8 @@ def ls_command(
     every: Annotated[bool, typer.Option("--all", help="Also facts that stopped being true.")] = False,
     archived: Annotated[bool, typer.Option("--archived", help="Archived memories instead.")] = False,
     as_of: AsOfOpt = None,
-    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIST,
+                                       help="At most this many (newest first).")] = 100,
 ) -> None:
     """List memories, newest first: what is true now (or --as-of a time)."""
     moment = _as_of(as_of)
@@ -227,7 +238,7 @@ def ls_command(
                                                 await _scope_in(session, persona, agent))
             rows, _ = await service.list_memories(
                 session, env.principal, scope, status="archived" if archived else "active",
-                as_of=moment, include_invalid=every, limit=max(1, min(limit, 500)))
+                as_of=moment, include_invalid=every, limit=limit)
             return rows
 
     rows = _run(user, go)
@@ -277,6 +288,7 @@ def graph_command(
     entity: Annotated[str, typer.Argument(help="The entity (name or id).")],
     user: UserOpt = None, persona: PersonaOpt = None,
     depth: Annotated[int, typer.Option(
+        min=0, max=graphq.MAX_DEPTH,
         help="Also list the entities within this many relations now (0: none).")] = 0,
 ) -> None:
     """An entity's relations over time, current and past, with their validity."""
@@ -291,8 +303,6 @@ def graph_command(
                     if depth > 0 else [])
             return found, edges, near
 
-    if not 0 <= depth <= graphq.MAX_DEPTH:
-        raise fail("Invalid --depth", f"must be within 0..{graphq.MAX_DEPTH}")
     found, edges, near = _run(user, go)
     now = utcnow()
     current = sum(1 for e in edges if e.current_at(now))
@@ -343,7 +353,7 @@ def embed_command(
 @memory_app.command("decay")
 def decay_command(
     days: Annotated[int | None, typer.Option(
-        help="Archive memories not recalled for this many days "
+        min=1, max=MAX_DAYS, help="Archive memories not recalled for this many days "
              "(default: ROOST_MEMORY_ARCHIVE_AFTER_DAYS).")] = None,
 ) -> None:
     """Archive the memories not recalled or changed for long (memory.decay, now)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,7 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from roost.clitools import fail, id_table, print_table
+from roost.clitools import MAX_INT32, fail, id_table, print_table, read_text
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
 from roost.prompts import service
@@ -51,7 +50,8 @@ def prompts_ls(user: UserOpt = None, category: Annotated[str | None, typer.Optio
 @prompts_app.command("show")
 def prompts_show(
     key: KeyArg, user: UserOpt = None,
-    version: Annotated[int | None, typer.Option(min=1, help="This version number.")] = None,
+    version: Annotated[int | None, typer.Option(
+        min=1, max=MAX_INT32, help="This version number.")] = None,
     label: Annotated[str | None, typer.Option(
         help="The version this label points at (default: production).")] = None,
 ) -> None:
@@ -102,10 +102,7 @@ def prompts_publish(
                      ] = None,
 ) -> None:
     """Publish a new version of KEY from a file; it gets --label (default production)."""
-    try:
-        text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise fail("Cannot read the file", f"{file}: {exc}") from None
+    text = read_text(file)
     try:
         defs: list[Any] = json.loads(variables) if variables else []
         body = PromptCreate(

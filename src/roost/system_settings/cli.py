@@ -10,17 +10,27 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from roost.clitools import id_table, print_table, run_in_transaction
+from roost.clitools import fail, id_table, print_table, run_in_transaction
 from roost.config import get_settings
 from roost.principal import OPERATOR
-from roost.system_settings import service
+from roost.system_settings import registry, service
 from roost.system_settings.schemas import SettingOut
 
 console = Console()
 settings_app = typer.Typer(help="Runtime settings: override ROOST_* defaults without a restart.",
                            no_args_is_help=True)
 
-KeyArg = Annotated[str, typer.Argument(help="The setting's key (see `roost settings ls`).")]
+
+
+def _known(key: str) -> str:
+    """A declared setting's key; any other is refused before the database is opened."""
+    if key not in {s.key for s in registry.known()}:
+        raise fail("Not found", f"no runtime setting {key!r}; `roost settings ls` lists them")
+    return key
+
+
+KeyArg = Annotated[str, typer.Argument(help="The setting's key (see `roost settings ls`).",
+                                       callback=_known)]
 
 
 def _show(value: Any) -> str:

@@ -14,7 +14,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from roost.clitools import fail, id_table, print_table, resolve_id, run_in_transaction
+from roost.clitools import (
+    MAX_LIST,
+    MAX_SECONDS,
+    fail,
+    id_table,
+    open_database,
+    print_table,
+    resolve_id,
+    run_in_transaction,
+)
 from roost.process import freeze_startup_heap
 
 if TYPE_CHECKING:
@@ -43,7 +52,7 @@ def tasks_ls(
     priority: Annotated[str | None, typer.Option(help="critical, high, normal, ...")] = None,
     task_type: Annotated[str | None, typer.Option("--type", help="Task type.")] = None,
     queue: Annotated[str | None, typer.Option(help="Queue name.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIST)] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """List jobs, newest first."""
@@ -165,7 +174,7 @@ def tasks_retry(
 def tasks_dead_letters(
     task_type: Annotated[str | None, typer.Option("--type", help="Task type.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Include retried ones.")] = False,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIST)] = 50,
 ) -> None:
     """List dead letters waiting for a decision (newest first)."""
     from roost.principal import OPERATOR
@@ -234,18 +243,19 @@ def worker_command(
         "--import", "-i", help="Import this module first (it registers handlers); "
         "repeatable.")] = None,
     lease: Annotated[float | None, typer.Option(
-        "--lease", min=0.5, help="Lease in seconds (ROOST_WORKER_LEASE_S, default 30).")] = None,
+        "--lease", min=0.5, max=MAX_SECONDS,
+        help="Lease in seconds (ROOST_WORKER_LEASE_S, default 30).")] = None,
     poll_interval: Annotated[float | None, typer.Option(
-        "--poll-interval", min=0.01, help="Polling fallback in seconds (default 1).")] = None,
+        "--poll-interval", min=0.01, max=3600,
+        help="Polling fallback in seconds (default 1).")] = None,
     shutdown_timeout: Annotated[float | None, typer.Option(
-        "--shutdown-timeout", min=0, help="On SIGTERM, seconds in-flight jobs may finish "
-        "before they are released (default 30).")] = None,
+        "--shutdown-timeout", min=0, max=MAX_SECONDS, help="On SIGTERM, seconds in-flight "
+        "jobs may finish before they are released (default 30).")] = None,
     schedules: Annotated[bool | None, typer.Option(
         "--schedules/--no-schedules", help="Fire periodic jobs from this worker.")] = None,
 ) -> None:
     """Run a queue worker until SIGTERM or Ctrl-C (a second one stops at once)."""
     from roost.config import get_settings
-    from roost.db.engine import create_database
     from roost.logging import configure_logging
     from roost.tasks.config import WorkerSettings
     from roost.tasks.handlers import discover, import_modules, worker_services
@@ -271,7 +281,7 @@ def worker_command(
     )
 
     async def run() -> None:
-        db = create_database(settings)
+        db = await open_database(settings)  # one that cannot be used: one line, not a loop
         worker = Worker(db, config, statement_timeout_ms=settings.db_statement_timeout_ms)
         loop = asyncio.get_running_loop()
         signals_seen = 0

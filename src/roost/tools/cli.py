@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import String, cast, or_, select
 
-from roost.clitools import fail, id_table, print_table, with_database
+from roost.clitools import fail, id_table, parse_input, print_table, with_database
 from roost.config import get_settings
 from roost.db.engine import Database
 from roost.errors import NotFound, RoostError
@@ -54,11 +54,18 @@ def _run(fn: Callable[[Database, ToolsConfig, SecretBox], Awaitable[T]]) -> T:
 
 
 def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    """``KEY=VALUE`` options as a dict; a malformed one is named by its option and, for a
+    header written ``Name: value``, its name, never by its value (a secret, often)."""
     out: dict[str, str] = {}
     for item in values or []:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise fail("Invalid option", f"{what} must be KEY=VALUE, got {key or item!r}=...")
+        if not sep:
+            name, colon, _ = item.partition(":")
+            hint = (f" (write {name.strip()}=VALUE, not {name.strip()}: VALUE)"
+                    if colon and name.strip() and " " not in name.strip() else "")
+            raise fail("Invalid option", f"{what} must be KEY=VALUE; one has no '='{hint}")
+        if not key:
+            raise fail("Invalid option", f"{what} must be KEY=VALUE; one has an empty KEY")
         out[key] = value
     return out
 
@@ -89,14 +96,11 @@ def add_command(
     """Register a global MCP server (give --command for stdio or --url for streamable HTTP)."""
     if (command is None) == (url is None):
         raise fail("Invalid options", "give either --command (stdio) or --url (streamable HTTP)")
-    try:
-        body = McpServerCreate(
-            name=name, transport="stdio" if command else "streamable_http", command=command,
-            args=arg or [], env=_pairs(env, "--env"), url=url, headers=_pairs(header, "--header"),
-            description=description, is_global=True,
-        )
-    except ValueError as exc:
-        raise fail("Invalid options", str(exc).splitlines()[-1]) from None
+    body = parse_input(McpServerCreate, dict(
+        name=name, transport="stdio" if command else "streamable_http", command=command,
+        args=arg or [], env=_pairs(env, "--env"), url=url, headers=_pairs(header, "--header"),
+        description=description, is_global=True,
+    ))
 
     async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> McpServer:
         async with db.transaction() as session:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +25,16 @@ from sqlalchemy import String, cast, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import OPEN_STEP_STATUSES
-from roost.clitools import fail, id_table, print_table, when
+from roost.clitools import (
+    MAX_INT32,
+    MAX_LIST,
+    MAX_SECONDS,
+    fail,
+    id_table,
+    print_table,
+    read_text,
+    when,
+)
 from roost.errors import BadRequest, NotFound
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
@@ -61,7 +69,7 @@ async def _workflow(session: AsyncSession, actor: Principal, ref: str) -> Workfl
 def workflows_ls(
     user: UserOpt = None,
     status: Annotated[str | None, typer.Option(help="draft, active or archived.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500, help="How many.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIST, help="How many.")] = 50,
 ) -> None:
     """Your workflows, newest first."""
     if status is not None and status not in WORKFLOW_STATUSES:
@@ -82,7 +90,7 @@ def workflows_ls(
 
 
 def _read_graph(source: str) -> dict[str, Any]:
-    raw = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    raw = read_text(source)
     try:
         value = json.loads(raw)
     except ValueError as exc:
@@ -109,11 +117,12 @@ def _report(issues: list[graph.Issue], nodes: int, edges: int) -> None:
 def workflows_validate(
     target: Annotated[str, typer.Argument(
         help="A JSON file ({nodes, edges, viewport}; - for standard input), or a workflow "
-             "(id, start of one, or name) whose draft to check.")],
+             "(id, start of one, or name) whose draft to check; a name ending in .json is "
+             "a file.")],
     user: UserOpt = None,
 ) -> None:
     """Check a graph: every problem, naming its node or edge; exit 1 if there is any."""
-    if target == "-" or Path(target).is_file():
+    if target == "-" or Path(target).is_file() or target.lower().endswith(".json"):
         found = _read_graph(target)
         nodes, edges = found.get("nodes", []), found.get("edges", [])
         too_big = graph.size_problem(nodes, edges)
@@ -154,7 +163,7 @@ def workflows_publish(
 def _parse_inputs(pairs: list[str], from_json: str | None) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     if from_json is not None:
-        raw = sys.stdin.read() if from_json == "-" else Path(from_json).read_text(encoding="utf-8")
+        raw = read_text(from_json)
         try:
             loaded = json.loads(raw)
         except ValueError as exc:
@@ -215,7 +224,8 @@ def _outcome(run: WorkflowRunOut) -> None:
 
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait",
                                        help="Follow the run until it ends (default).")]
-TimeoutOpt = Annotated[float, typer.Option(min=1, help="Stop following after this many seconds.")]
+TimeoutOpt = Annotated[float, typer.Option(min=1, max=MAX_SECONDS,
+                                           help="Stop following after this many seconds.")]
 
 
 @workflows_app.command("run")
@@ -226,7 +236,8 @@ def workflows_run(
         "--input", "-i", help="An input NAME=VALUE (a string); repeat for more.")] = None,
     inputs_json: Annotated[str | None, typer.Option(
         "--inputs-json", help="A JSON file of inputs ({name: value}; - for standard input).")] = None,
-    version: Annotated[int | None, typer.Option(min=1, help="Version; default the newest.")] = None,
+    version: Annotated[int | None, typer.Option(
+        min=1, max=MAX_INT32, help="Version; default the newest.")] = None,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 600,
 ) -> None:

@@ -16,12 +16,19 @@ from rich.console import Console
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.clitools import fail, id_table, parse_input, print_table, resolve_id, when
+from roost.clitools import MAX_LIST, fail, id_table, parse_input, print_table, resolve_id, when
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
 from roost.principal import Principal
 from roost.workspace import service
-from roost.workspace.models import PROJECT_STATUSES, TASK_PRIORITIES, TASK_STATUSES, Project, Task
+from roost.workspace.models import (
+    MAX_WEIGHT,
+    PROJECT_STATUSES,
+    TASK_PRIORITIES,
+    TASK_STATUSES,
+    Project,
+    Task,
+)
 from roost.workspace.schemas import ProjectCreate, ProjectUpdate, TaskCreate, TaskUpdate
 
 console = Console()
@@ -44,7 +51,7 @@ def projects_ls(
     user: UserOpt = None,
     status: Annotated[str | None, typer.Option(
         help="Only this status: " + ", ".join(PROJECT_STATUSES) + ".")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIST)] = 100,
 ) -> None:
     """Your projects and your groups', newest first."""
     if status is not None and status not in PROJECT_STATUSES:
@@ -157,7 +164,7 @@ def board_ls(
         help="Only this status: " + ", ".join(TASK_STATUSES) + ".")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Include done and cancelled tasks.")
                     ] = False,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIST)] = 100,
 ) -> None:
     """Your tasks, highest score first (open ones only unless --all or --status)."""
     if status is not None and status not in TASK_STATUSES:
@@ -189,12 +196,14 @@ def _task_fields(priority: str | None, due: str | None, urgency: float | None,
 Priority = Annotated[str | None, typer.Option(help=", ".join(TASK_PRIORITIES))]
 Due = Annotated[str | None, typer.Option("--due", help="ISO 8601 with an offset, "
                                          "e.g. 2027-01-31T17:00:00Z")]
-Urgency = Annotated[float | None, typer.Option("--urgency", help="urgency_weight, 0..10")]
-Importance = Annotated[float | None, typer.Option("--importance",
-                                                  help="importance_weight, 0..10")]
-Complexity = Annotated[float | None, typer.Option("--complexity",
-                                                  help="complexity_weight, 0..10")]
-Progress = Annotated[int | None, typer.Option("--progress", help="completion_percentage")]
+Urgency = Annotated[float | None, typer.Option("--urgency", min=0, max=MAX_WEIGHT,
+                                               help="urgency_weight")]
+Importance = Annotated[float | None, typer.Option("--importance", min=0, max=MAX_WEIGHT,
+                                                  help="importance_weight")]
+Complexity = Annotated[float | None, typer.Option("--complexity", min=0, max=MAX_WEIGHT,
+                                                  help="complexity_weight")]
+Progress = Annotated[int | None, typer.Option("--progress", min=0, max=100,
+                                              help="completion_percentage")]
 
 
 @board_app.command("add")

@@ -1,0 +1,82 @@
+"""What every ``roost`` command shares to fail cleanly: the one red line of a failure, and
+reading or writing the files its options name (``--file``, ``--inputs-json``,
+``--passphrase-file``, ``-o``) with one line naming the file and the problem instead of
+a traceback.
+
+It sits in the foundation layer with ``roost.db`` so that the backup commands
+(``roost.db.backup_cli``) use it too; ``roost.clitools`` re-exports it for the domains.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+err = Console(stderr=True)
+
+STDIN = "-"
+
+
+def fail(title: str, message: object, *, code: int = 1) -> typer.Exit:
+    """Print ``title: message`` on stderr (the message verbatim: rich markup would eat
+    ``[local]`` in ``roost[local]``) and return the exit to raise."""
+    # soft_wrap: long messages (ids to copy) are left to the terminal, not cut into lines.
+    err.print(Text.assemble((title, "red"), ": ", str(message)), soft_wrap=True)
+    return typer.Exit(code)
+
+
+def os_reason(exc: OSError) -> str:
+    """What went wrong with a file, in words (no Python class name, no errno)."""
+    reasons = {
+        errno.ENOENT: "no such file or directory", errno.EISDIR: "is a directory",
+        errno.ENOTDIR: "a part of the path is not a directory",
+        errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+        errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the device",
+        errno.EEXIST: "already exists",
+    }
+    return reasons.get(exc.errno or 0) or (exc.strerror or str(exc)).lower()
+
+
+def read_text(source: str | Path, *, what: str = "the file") -> str:
+    """The UTF-8 text of ``source`` (``-``: standard input); a file that is missing, a
+    directory, unreadable or not UTF-8 text is the command's failure (exit 1)."""
+    shown = "standard input" if str(source) == STDIN else str(source)
+    try:
+        if str(source) == STDIN:
+            return sys.stdin.read()
+        return Path(source).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise fail(f"Cannot read {what}",
+                   f"{shown}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x})"
+                   ) from None
+    except OSError as exc:
+        raise fail(f"Cannot read {what}", f"{shown}: {os_reason(exc)}") from None
+
+
+def read_bytes(source: str | Path, *, what: str = "the file") -> bytes:
+    """The bytes of ``source`` (``-``: standard input); a file that is missing, a
+    directory or unreadable is the command's failure (exit 1)."""
+    try:
+        return sys.stdin.buffer.read() if str(source) == STDIN else Path(source).read_bytes()
+    except OSError as exc:
+        raise fail(f"Cannot read {what}", f"{source}: {os_reason(exc)}") from None
+
+
+def write_bytes(target: str | Path, data: bytes, *, what: str = "the file") -> None:
+    """Write ``data`` to ``target`` (``-``: standard output); a path that cannot be written
+    (a directory, a missing parent, no permission) is the command's failure (exit 1)."""
+    if str(target) == STDIN:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    try:
+        Path(target).write_bytes(data)
+    except OSError as exc:
+        reason = (f"its directory {Path(target).parent} does not exist"
+                  if exc.errno == errno.ENOENT else os_reason(exc))
+        raise fail(f"Cannot write {what}", f"{target}: {reason}") from None

@@ -1,0 +1,516 @@
+"""The ``roost`` command line as a newcomer meets it: a database that is not there, not
+reachable, not PostgreSQL or not migrated; files that are missing, directories or not
+text; numbers out of any sane range; typos in choices.  Each is a short message naming
+what is wrong and what to do, and a non-zero exit: never a traceback, never exit 0 on a
+failure, never a command that keeps running.  Also what ``roost serve`` tells the person
+who started it, and that its worker runs jobs other processes enqueue."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import pty
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import typer.main
+
+from roost.config import Settings
+from roost.db.engine import Database
+from roost.keyfiles import load_keys
+from tests.support.cli import ROOST, command_env, run_roost
+from tests.support.identity import make_user
+from tests.support.pg import PgTestServer, unique_db_name
+from tests.support.server import free_port, roost_server
+
+Z = "00000000-0000-0000-0000-000000000000"
+REPO = Path(__file__).parent.parent
+
+
+def _env(pg_server: Any, db_name: str, data: Path, **extra: str) -> dict[str, str]:
+    return {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+            "ROOST_DATA_DIR": str(data), **extra}
+
+
+def assert_clean_failure(out: subprocess.CompletedProcess[str], *, mentions: str = "",
+                         code: int | None = None) -> None:
+    """Non-zero (``code`` if given), no traceback, a message of one or two lines on
+    stderr naming ``mentions``."""
+    shown = f"rc={out.returncode}\nstdout:\n{out.stdout[-1500:]}\nstderr:\n{out.stderr[-3000:]}"
+    assert out.returncode != 0 if code is None else out.returncode == code, shown
+    assert "Traceback" not in out.stderr + out.stdout, shown
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert 1 <= len(lines) <= 2, shown
+    if mentions:
+        assert mentions.lower() in out.stderr.lower(), shown
+
+
+def assert_usage_error(out: subprocess.CompletedProcess[str], option: str) -> None:
+    """Refused as click refuses a bad value (exit 2, the option named), before any work."""
+    shown = f"rc={out.returncode}\nstderr:\n{out.stderr[-2000:]}"
+    assert out.returncode == 2, shown
+    assert option in out.stderr and "Traceback" not in out.stderr, shown
+
+
+@pytest.fixture(scope="module")
+def keyed_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir holding Roost's keys, as `roost serve` leaves it (backups need them)."""
+    data = tmp_path_factory.mktemp("newcomer") / "data"
+    load_keys(Settings(data_dir=data, secret_key=None, message_keys=None, secrets_key=None,
+                       admin_token=None))
+    return data
+
+
+@pytest.fixture
+def refused_env(keyed_data_dir: Path) -> dict[str, str]:
+    """A database URL where nothing listens: a command that opened it would say so."""
+    return {"ROOST_DATABASE_URL": f"postgresql://roost:s3cret@127.0.0.1:{free_port()}/roost",
+            "ROOST_DATA_DIR": str(keyed_data_dir)}
+
+
+def _commands() -> Iterator[tuple[list[str], Any]]:
+    from roost.cli import app
+
+    def walk(cmd: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
+        yield path, cmd
+        if hasattr(cmd, "list_commands"):
+            ctx = typer.Context(cmd)
+            for name in cmd.list_commands(ctx):
+                yield from walk(cmd.get_command(ctx, name), [*path, name])
+
+    yield from walk(typer.main.get_command(app), [])
+
+
+# --- help and options ------------------------------------------------------------------------
+
+HELP_EVERY_COMMAND = """
+import contextlib, io, json
+import typer, typer.main
+from roost.cli import app
+
+root, paths = typer.main.get_command(app), []
+def walk(cmd, path):
+    paths.append(path)
+    if hasattr(cmd, "list_commands"):
+        ctx = typer.Context(cmd)
+        for name in cmd.list_commands(ctx):
+            walk(cmd.get_command(ctx, name), [*path, name])
+walk(root, [])
+bad = []
+for path in paths:
+    shown = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(shown), contextlib.redirect_stderr(shown):
+            code = root.main([*path, "--help"], prog_name="roost", standalone_mode=False)
+    except BaseException as exc:
+        code = repr(exc)
+    if code != 0 or "Usage" not in shown.getvalue() or "Traceback" in shown.getvalue():
+        bad.append([path, code, shown.getvalue()[-500:]])
+print(json.dumps({"commands": len(paths), "bad": bad}))
+"""
+
+
+def test_every_command_prints_its_help_without_touching_data(tmp_path: Path) -> None:
+    import json
+
+    env = command_env({"ROOST_DATA_DIR": str(tmp_path / "never-created")})
+    done = subprocess.run([sys.executable, "-c", HELP_EVERY_COMMAND], env=env, text=True,
+                          capture_output=True, timeout=120, check=False, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["commands"] > 100 and found["bad"] == [], found["bad"][:3]
+    assert not (tmp_path / "never-created").exists()
+
+
+def test_every_numeric_option_has_bounds() -> None:
+    """A number out of range is refused as the user typed it, never an overflow deep
+    inside (a timedelta, an int32 column, an interval, a port that wraps)."""
+    unbounded = []
+    for path, cmd in _commands():
+        if hasattr(cmd, "list_commands"):
+            continue
+        hints = typing.get_type_hints(inspect.unwrap(cmd.callback), include_extras=True)
+        for name, hint in hints.items():
+            if typing.get_origin(hint) is not typing.Annotated:
+                continue
+            base, *meta = typing.get_args(hint)
+            kinds = set(typing.get_args(base)) or {base}
+            if not kinds & {int, float} or bool in kinds:
+                continue
+            info = next(m for m in meta if isinstance(m, typer.models.ParameterInfo))
+            if info.min is None or info.max is None:
+                unbounded.append(f"roost {' '.join(path)} {name}")
+    assert unbounded == []
+
+
+def test_users_list_status_choices_are_the_account_statuses() -> None:
+    from roost.identity.cli import UserStatus
+    from roost.identity.models import STATUSES
+
+    assert typing.get_args(UserStatus) == STATUSES
+
+
+@pytest.mark.parametrize(("argv", "option"), [
+    (("keys", "create", "--user", "u", "--expires-days", "3000000"), "--expires-days"),
+    (("keys", "create", "--user", "u", "--expires-days", "99999999999999999999"),
+     "--expires-days"),
+    (("audit", "prune", "--older-than-days", "999999999"), "--older-than-days"),
+    (("prompts", "show", "k.x", "--version", "99999999999999999999"), "--version"),
+    (("workflows", "run", "w", "--version", "2147483648"), "--version"),
+    (("serve", "--no-migrate", "--port", "99999"), "--port"),
+    (("worker", "--lease", "inf"), "--lease"),
+    (("worker", "--lease", "nan"), "--lease"),
+    (("memory", "ls", "--limit", "100000"), "--limit"),
+    (("users", "list", "--status", "pending"), "--status"),
+])
+def test_out_of_range_numbers_and_unknown_choices_are_usage_errors(
+    argv: tuple[str, ...], option: str, refused_env: dict[str, str]
+) -> None:
+    assert_usage_error(run_roost(*argv, env=refused_env, timeout=60), option)
+
+
+# --- the database: unreachable, refusing, not PostgreSQL, not migrated ----------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ("users", "list"), ("db", "current"), ("agents", "ls"), ("settings", "ls"),
+    ("ingest", "README.md"), ("backup", "bk"), ("worker",), ("serve",),
+])
+def test_an_unreachable_database_is_one_line(argv: tuple[str, ...],
+                                              refused_env: dict[str, str],
+                                              tmp_path: Path) -> None:
+    port = refused_env["ROOST_DATABASE_URL"].rsplit(":", 1)[1].split("/")[0]
+    out = run_roost(*argv, env=refused_env, timeout=60, cwd=tmp_path)
+    assert_clean_failure(out, mentions=f"cannot reach the database at 127.0.0.1:{port}", code=1)
+    assert "ROOST_DATABASE_URL" in out.stderr and "s3cret" not in out.stderr
+
+
+@pytest.fixture
+def no_ssl_server() -> Iterator[int]:
+    """A TCP server that answers PostgreSQL's SSL request with 'N' (no SSL here)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(8)
+                conn.sendall(b"N")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    listener.close()
+
+
+def test_a_server_without_ssl_and_a_libpq_only_option_are_named(
+    no_ssl_server: int, keyed_data_dir: Path
+) -> None:
+    url = f"postgresql://roost:s3cret@127.0.0.1:{no_ssl_server}/roost"
+    env = {"ROOST_DATA_DIR": str(keyed_data_dir)}
+    refused = run_roost("users", "list", env={**env, "ROOST_DATABASE_URL": url + "?ssl=require"})
+    assert_clean_failure(refused, mentions="refused SSL", code=1)
+    libpq = run_roost("users", "list", env={**env, "ROOST_DATABASE_URL": url + "?sslmode=require"})
+    assert_clean_failure(libpq, mentions="ssl=require", code=2)
+
+
+def test_an_unknown_database_or_role_is_one_line(pg_server: PgTestServer,
+                                                 keyed_data_dir: Path) -> None:
+    env = {"ROOST_DATA_DIR": str(keyed_data_dir)}
+    missing = run_roost("users", "list", env={
+        **env, "ROOST_DATABASE_URL": pg_server.libpq_url("no_such_database_x")})
+    assert_clean_failure(missing, mentions='database "no_such_database_x" does not exist')
+    stranger = pg_server.url_for("postgres").set(drivername="postgresql", username="nobody_x")
+    refused = run_roost("users", "list", env={
+        **env, "ROOST_DATABASE_URL": stranger.render_as_string(hide_password=False)})
+    assert_clean_failure(refused, mentions="refused the sign-in")
+
+
+@pytest.mark.parametrize("url", ["notaurl", "mysql://x:s3cret@localhost/db",
+                                 "postgresql://x:s3cret@localhost:port/db"])
+def test_a_malformed_database_url_is_a_configuration_error(url: str, tmp_path: Path) -> None:
+    out = run_roost("users", "list", env={"ROOST_DATABASE_URL": url,
+                                          "ROOST_DATA_DIR": str(tmp_path / "d")})
+    assert_clean_failure(out, mentions="invalid configuration: ROOST_DATABASE_URL", code=2)
+    assert "s3cret" not in out.stderr
+
+
+async def test_an_unmigrated_database_says_run_db_upgrade(pg_server: PgTestServer,
+                                                          keyed_data_dir: Path) -> None:
+    name = unique_db_name("cliempty")
+    await pg_server.create_database(name)
+    try:
+        env = _env(pg_server, name, keyed_data_dir)
+        made = await asyncio.to_thread(run_roost, "users", "create", "alice", "--email",
+                                       "alice@example.com", "--no-password", env=env)
+        assert_clean_failure(made, mentions="roost db upgrade", code=1)
+        serving = await asyncio.to_thread(run_roost, "serve", "--no-migrate", env=env)
+        assert_clean_failure(serving, mentions="roost db upgrade", code=1)
+    finally:
+        await pg_server.drop_database(name)
+
+
+def test_a_new_embedded_data_dir_gets_its_tables_on_first_use(tmp_path: Path) -> None:
+    """As `roost serve` would: a command on a data dir never served first migrates it."""
+    env = {"ROOST_DATA_DIR": str(tmp_path / "fresh")}
+    made = run_roost("users", "create", "alice", "--email", "alice@example.com",
+                     "--no-password", env=env, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert "(root)" in made.stdout and made.stderr == ""
+    current = run_roost("db", "current", env=env, timeout=60)
+    assert current.returncode == 0 and "head" in current.stdout, current.stderr
+
+
+def test_a_data_dir_that_is_a_file_is_one_line_and_fails_doctor(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    env = {"ROOST_DATA_DIR": str(tmp_path / "afile")}
+    listed = run_roost("users", "list", env=env, timeout=60)
+    assert_clean_failure(listed, mentions=f"{tmp_path / 'afile'} is not a directory", code=1)
+    doctor = run_roost("doctor", env=env, timeout=90)
+    assert doctor.returncode == 1
+    row = next(line for line in doctor.stdout.splitlines() if "data dir" in line)
+    assert "FAIL" in row and "not a directory" in row, doctor.stdout
+
+
+# --- files an option names -------------------------------------------------------------------
+
+
+@pytest.fixture
+def bad_files(tmp_path: Path) -> dict[str, Path]:
+    (tmp_path / "a-directory").mkdir()
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00\x81bad")
+    return {"missing": tmp_path / "nonexistent.json", "directory": tmp_path / "a-directory",
+            "binary": tmp_path / "binary.json"}
+
+
+FILE_COMMANDS = {
+    "debates start --file": ("debates", "start", "--file", "{}"),
+    "workflows run --inputs-json": ("workflows", "run", "w", "--inputs-json", "{}"),
+    "workflows validate": ("workflows", "validate", "{}"),
+    "prompts publish --file": ("prompts", "publish", "k.x", "--file", "{}"),
+    "calendar import": ("calendar", "import", "{}", "-c", "Work"),
+    "backup --passphrase-file": ("backup", "bk", "--passphrase-file", "{}"),
+}
+FILE_CASES = [(command, kind) for command in FILE_COMMANDS
+              for kind in ("missing", "directory", "binary")
+              # typer checks --passphrase-file exists and is a file; binary data is read as bytes
+              if not (command == "backup --passphrase-file" and kind != "binary")
+              and not (command == "calendar import" and kind == "binary")
+              and not (command == "workflows validate" and kind == "directory")]
+
+
+@pytest.mark.parametrize(("command", "kind"), FILE_CASES)
+def test_a_file_that_cannot_be_read_is_one_line_naming_it(
+    command: str, kind: str, bad_files: dict[str, Path], refused_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Read before the database is opened (nothing listens at refused_env's URL)."""
+    path = str(bad_files[kind])
+    argv = [path if a == "{}" else a for a in FILE_COMMANDS[command]]
+    out = run_roost(*argv, env=refused_env, timeout=60, cwd=tmp_path)
+    assert_clean_failure(out, mentions=path, code=1)
+    reason = {"missing": "no such file", "directory": "is a directory",
+              "binary": "not UTF-8 text"}[kind]
+    assert reason in out.stderr, out.stderr
+
+
+async def test_calendar_export_to_a_path_that_cannot_be_written_is_one_line(
+    bad_files: dict[str, Path], database: Database, pg_server: Any, db_name: str,
+    tmp_path: Path,
+) -> None:
+    await make_user(database, username="cal-user")
+    env = _env(pg_server, db_name, tmp_path / "data")
+    ics = tmp_path / "e.ics"
+    ics.write_text("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//p//p//EN\r\nBEGIN:VEVENT\r\n"
+                   "UID:e1@x\r\nDTSTART:20270101T090000Z\r\nDTEND:20270101T100000Z\r\n"
+                   "SUMMARY:Meet\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n")
+    made = await asyncio.to_thread(run_roost, "calendar", "import", str(ics), "-c", "Work",
+                                   "--user", "cal-user", env=env)
+    assert made.returncode == 0, made.stderr
+    for target, reason in ((bad_files["directory"], "is a directory"),
+                           (tmp_path / "no" / "x.ics", "does not exist")):
+        out = await asyncio.to_thread(run_roost, "calendar", "export", "-c", "Work", "-o",
+                                      str(target), "--user", "cal-user", env=env)
+        assert_clean_failure(out, mentions=str(target), code=1)
+        assert reason in out.stderr
+
+
+def test_a_backup_directory_that_cannot_be_created_is_one_line(
+    refused_env: dict[str, str]
+) -> None:
+    out = run_roost("backup", "/proc/roost-newcomer/bk", env=refused_env, timeout=60)
+    assert_clean_failure(out, mentions="/proc/roost-newcomer", code=1)
+
+
+# --- messages that say what is wrong and what to do ------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "mentions", "code"), [
+    (("mcp", "add", "bad name!", "--command", "ls"), "name: String should match pattern", 1),
+    (("mcp", "add", "s", "--url", "https://mcp.example.com/mcp", "--header",
+      "Authorization: Bearer s3cret-token"), "write Authorization=VALUE", 1),
+    (("mcp", "add", "s", "--command", "ls", "--env", "API_KEYs3cret-token"),
+     "--env must be KEY=VALUE", 1),
+    (("mcp", "add", "s", "--url", "https://mcp.example.com/mcp", "--header",
+      "X-Key= s3cret-token"), "headers: Value error, the value of header 'X-Key'", 1),
+    (("users", "create", "bob", "--email", "bob@example.com"), "--password-stdin", 2),
+    (("settings", "get", "nokey"), "`roost settings ls`", 1),
+    (("ingest", "ftp://example.com/file.txt"), "ftp:// URLs are not supported", 2),
+])
+def test_refusals_say_what_is_wrong_and_never_echo_a_secret(
+    argv: tuple[str, ...], mentions: str, code: int, refused_env: dict[str, str]
+) -> None:
+    """Refused before the database is opened (nothing listens at refused_env's URL)."""
+    out = run_roost(*argv, env=refused_env, timeout=60)
+    assert_clean_failure(out, mentions=mentions, code=code)
+    assert "s3cret" not in out.stderr + out.stdout
+    assert "errors.pydantic.dev" not in out.stderr
+
+
+async def test_ingest_reports_a_missing_path_once_in_words(
+    database: Database, pg_server: Any, db_name: str, tmp_path: Path
+) -> None:
+    await make_user(database, username="reader")
+    out = await asyncio.to_thread(run_roost, "ingest", str(tmp_path / "nowhere.md"), "--user",
+                                  "reader", env=_env(pg_server, db_name, tmp_path / "data"))
+    assert out.returncode == 1, out.stderr
+    assert "does not exist" in out.stderr
+    assert not [line for line in out.stderr.splitlines() if line.startswith("{")], out.stderr
+
+
+# --- tenancy: another user's ids are unknown ids -----------------------------------------------
+
+
+async def test_another_users_persona_is_as_unknown_as_a_missing_one(
+    database: Database, pg_server: Any, db_name: str, tmp_path: Path
+) -> None:
+    await make_user(database, username="owner-a")
+    await make_user(database, username="other-b")
+    env = _env(pg_server, db_name, tmp_path / "data")
+    made = await asyncio.to_thread(run_roost, "personas", "create", "Ops", "--user", "owner-a",
+                                   env=env)
+    assert made.returncode == 0, made.stderr
+    persona_id = made.stdout.split("(")[1].split(")")[0]
+    for argv in (("personas", "show", persona_id), ("personas", "rm", persona_id),
+                 ("secrets", "ls", persona_id), ("agents", "create", "x2", "--persona",
+                                                 persona_id)):
+        theirs = await asyncio.to_thread(run_roost, *argv, "--user", "other-b", env=env)
+        unknown = await asyncio.to_thread(run_roost, *[Z if a == persona_id else a
+                                                       for a in argv], "--user", "other-b",
+                                          env=env)
+        assert_clean_failure(theirs, mentions="not found")
+        assert theirs.stderr.replace(persona_id, Z) == unknown.stderr
+
+
+# --- secrets typed at a terminal are not echoed --------------------------------------------------
+
+
+async def test_a_secret_typed_at_a_terminal_is_not_echoed(
+    database: Database, pg_server: Any, db_name: str, tmp_path: Path
+) -> None:
+    await make_user(database, username="secret-owner")
+    env = command_env(_env(pg_server, db_name, tmp_path / "data"))
+    made = await asyncio.to_thread(run_roost, "personas", "create", "Vault", "--user",
+                                   "secret-owner", env=env)
+    assert made.returncode == 0, made.stderr
+    secret = "TopSecretValue9-xyzzy"
+
+    def typed() -> tuple[int, str]:
+        pid, fd = pty.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.execve(ROOST, [ROOST, "secrets", "set", "Vault", "api_token", "TOK", "--user",  # noqa: S606
+                              "secret-owner"], env)
+        out, answers, deadline = b"", [secret, secret], time.monotonic() + 90
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if answers and b":" in chunk:
+                time.sleep(0.2)
+                os.write(fd, answers.pop(0).encode() + b"\r")
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+    code, shown = await asyncio.to_thread(typed)
+    assert code == 0, shown
+    assert secret not in shown
+
+
+# --- roost serve ---------------------------------------------------------------------------------
+
+
+async def test_serve_worker_runs_jobs_enqueued_by_another_process(
+    database: Database, pg_server: PgTestServer, db_name: str, tmp_path: Path
+) -> None:
+    """The worker inside `roost serve` claims every domain's job types, not only those
+    its own process happened to import."""
+    from roost.principal import OPERATOR
+    from roost.tasks import service
+
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "d"), "ROOST_LLM_LOCAL_MODEL": "false",
+           "ROOST_WORKER_SCHEDULES": "false", "ROOST_SERVE_WORKER": "true"}
+
+    async def status_of(task_id: Any) -> str:
+        async with database.transaction() as session:
+            task = await service.get_task(session, OPERATOR, task_id)
+            return str(getattr(task.status, "value", task.status))
+
+    def serve_and_wait(task_id: Any, loop: asyncio.AbstractEventLoop) -> str:
+        with roost_server(env):
+            deadline = time.monotonic() + 20
+            while True:
+                state = asyncio.run_coroutine_threadsafe(status_of(task_id), loop).result()
+                if state not in ("pending", "running") or time.monotonic() > deadline:
+                    return state
+                time.sleep(0.3)
+
+    async with database.transaction() as session:
+        task = await service.enqueue(session, "tasks.prune", {})
+    state = await asyncio.to_thread(serve_and_wait, task.id, asyncio.get_running_loop())
+    assert state == "completed", state
+
+
+def test_serve_says_where_it_listens_where_data_lives_and_how_to_sign_in(
+    tmp_path: Path, pg_server: PgTestServer, db_name: str
+) -> None:
+    data = tmp_path / "d"
+    url = pg_server.url_for(db_name).set(drivername="postgresql", password="s3cret")
+    with roost_server({"ROOST_DATABASE_URL": url.render_as_string(hide_password=False),
+                       "ROOST_DATA_DIR": str(data), "ROOST_LLM_LOCAL_MODEL": "false"}) as server:
+        pass
+    told = [line for line in server.output.splitlines() if not line.startswith("{")]
+    shown = "\n".join(told)
+    assert f"is listening on {server.base_url}" in shown, server.output[-3000:]
+    for expected in (f"{server.base_url}/console", f"{server.base_url}/docs", str(data),
+                     str(data / "keys" / "admin_token"), db_name):
+        assert expected in shown, shown
+    assert "s3cret" not in server.output
+    assert shown.count("is listening on") == 1
