@@ -81,12 +81,13 @@ def slow_current_time(monkeypatch: pytest.MonkeyPatch, seconds: float) -> asynci
 
 async def run_midway(client: httpx.AsyncClient, admin_headers: Headers, headers: Headers,
                      stub: StubServer, database: Database, user_id: uuid.UUID,
-                     monkeypatch: pytest.MonkeyPatch, phase: str) -> tuple[Agent, dict[str, Any]]:
+                     monkeypatch: pytest.MonkeyPatch, phase: str,
+                     tool_s: float = 1.5) -> tuple[Agent, dict[str, Any]]:
     """An agent of ``user_id`` that may call ``current_time``, and a run of it once it is
     in its model call (``phase`` "model": the answer streams for two seconds) or in its
-    tool call ("tool": the tool takes 1.5 s more)."""
+    tool call ("tool": the tool takes ``tool_s`` more)."""
     await add_provider(client, admin_headers, stub)
-    tool_started = slow_current_time(monkeypatch, 1.5)
+    tool_started = slow_current_time(monkeypatch, tool_s)
     agent = await make_agent(database, user_id, tool_permissions=["current_time"])
     if phase == "model":
         stub.script(Reply("one two three four five six seven eight", chunk_delay_ms=250))
@@ -223,12 +224,8 @@ async def test_a_cancel_while_a_tool_runs_closes_the_run_its_step_and_tool_run(
     user: tuple[uuid.UUID, Headers], worker: Worker, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     user_id, headers = user
-    await add_provider(client, admin_headers, stub)
-    tool_started = slow_current_time(monkeypatch, 2.5)
-    agent = await make_agent(database, user_id, tool_permissions=["current_time"])
-    stub.script(ToolCalls(Call("current_time", {"timezone": "UTC"})), Reply("Noon."))
-    run = await start(client, headers, agent.id)
-    await asyncio.wait_for(tool_started.wait(), 20)
+    _, run = await run_midway(client, admin_headers, headers, stub, database, user_id,
+                              monkeypatch, "tool", tool_s=2.5)
     cancelled = await client.post(f"/api/v1/runs/{run['id']}/cancel", headers=headers)
     no_5xx(cancelled)
     assert cancelled.status_code == 200, cancelled.text
