@@ -9,19 +9,22 @@ import uuid
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
 from roost.workflows import jobs as _workflow_jobs  # noqa: F401 - workflows.node, for the worker
+from tests.agents.conftest import running_worker, user, worker
 from tests.agents.conftest import test_settings as agents_settings
-from tests.agents.conftest import user, worker
+from tests.chat.conftest import add_provider
 from tests.support.lifecycle import end_account, jobs
 from tests.support.openai_stub import StubServer
+from tests.support.openai_stub.script import Reply
 from tests.support.races import race_settings, until_none
 from tests.support.sql import scalar
-from tests.workflows.test_races_workflows import slow_run
-from tests.workflows.test_runs import approval_graph, publish, start
+from tests.workflows.test_races_workflows import ONE_CALL, slow_run
+from tests.workflows.test_runs import approval_graph, publish, start, wait_for
 
 __all__ = ["agents_settings", "user", "worker"]  # fixtures
 
@@ -68,3 +71,25 @@ async def test_an_account_ended_while_its_workflow_runs_leaves_nothing_open(
         assert status is None, status  # gone with its owner
     else:
         assert status in ("completed", "failed", "cancelled"), status
+
+
+async def test_a_run_queued_before_its_owner_was_suspended_calls_no_model(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    database: Database, user: tuple[uuid.UUID, Headers], test_settings: Settings,
+) -> None:
+    """Queued while no worker ran; the owner is suspended; the worker that picks the node
+    up fails the run, saying why, without asking the model (its job completes, no retry)."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    stub.script(Reply("Should not be asked.", times=None))
+    run = await start(client, headers, await publish(client, headers, *ONE_CALL))
+    changed = await client.patch(f"/api/v1/users/{user_id}", headers=admin_headers,
+                                 json={"status": "suspended"})
+    assert changed.status_code == 200, changed.text
+    async with running_worker(app, database, test_settings):
+        done = await wait_for(client, admin_headers, run["id"])
+        assert await until_none(database, OPEN, within=20) == 0, await jobs(database)
+    assert done["status"] == "failed", done
+    assert "suspended or deactivated" in (done["error_message"] or ""), done
+    assert [(s, a) for _, s, a, _ in await jobs(database, "workflows.%")] == [("completed", 1)]
+    assert stub.requests(path="/v1/chat/completions") == []

@@ -36,14 +36,14 @@ from datetime import timedelta
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import func, select, text, update
+from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import OPEN_STEP_STATUSES, Run, RunStep
 from roost.agents.runs import notify, totals_from_steps
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
-from roost.identity.models import UserGroupMembership
+from roost.identity.models import User, UserGroupMembership
 from roost.principal import Principal
 from roost.tasks.service import enqueue
 from roost.workflows.engine import INLINE_TYPES, Activation, Node, Plan, Scheduler, State, make_plan
@@ -96,11 +96,23 @@ def variables(plan: Plan, inputs: Mapping[str, Any],
     return names
 
 
-async def owner_principal(session: AsyncSession, user_id: uuid.UUID) -> Principal:
-    """The run's owner as a job acts for them (their groups, never an administrator)."""
-    groups = frozenset((await session.scalars(
-        select(UserGroupMembership.group_id).where(UserGroupMembership.user_id == user_id))).all())
-    return Principal(user_id=user_id, is_admin=False, kind="job", group_ids=groups)
+INACTIVE_OWNER: Final = ("the account that started this run is suspended or deactivated: "
+                         "its nodes are not run")
+
+
+async def owner_principal(session: AsyncSession, user_id: uuid.UUID) -> Principal | None:
+    """The run's owner as a job acts for them (their groups, never an administrator), or
+    None while the account is not active: a run queued before its owner was suspended
+    must not go on calling models and tools for them (agent runs do the same)."""
+    row = (await session.execute(
+        select(and_(User.status == "active", User.is_active),
+               select(func.array_agg(UserGroupMembership.group_id))
+               .where(UserGroupMembership.user_id == user_id).scalar_subquery())
+        .where(User.id == user_id))).first()
+    if row is None or not row[0]:
+        return None
+    return Principal(user_id=user_id, is_admin=False, kind="job",
+                     group_ids=frozenset(row[1] or ()))
 
 
 async def completed_outputs(session: AsyncSession, run_id: uuid.UUID) -> dict[str, dict[str, Any]]:

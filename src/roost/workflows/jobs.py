@@ -22,6 +22,7 @@ from roost.workflows import nodes, runs
 from roost.workflows.engine import INLINE_TYPES
 from roost.workflows.execution import (
     APPROVAL_TIMEOUT_TASK,
+    INACTIVE_OWNER,
     NODE_TASK,
     Progress,
     completed_outputs,
@@ -73,6 +74,9 @@ async def run_nodes(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]
             node = plan.nodes[str(step.node_id)]
             principal = await owner_principal(session, run.user_id)
             names = variables(plan, run_inputs(run), await completed_outputs(session, run_id))
+        if principal is None:  # suspended or deactivated since the run was queued
+            await _fail(ctx, run_id, step, INACTIVE_OWNER)
+            continue
         if node.type in INLINE_TYPES:  # an inline node that failed, run again on resume
             async with database.transaction() as session:
                 progress = await Progress.open(session, run_id, job_id=ctx.task_id)
