@@ -266,8 +266,28 @@ async def test_an_unmigrated_database_says_run_db_upgrade(pg_server: PgTestServe
         assert_clean_failure(made, mentions="roost db upgrade", code=1)
         serving = await asyncio.to_thread(run_roost, "serve", "--no-migrate", env=env)
         assert_clean_failure(serving, mentions="roost db upgrade", code=1)
+        # The audit commands first call a function the migrations create.
+        for argv in (("audit", "verify"), ("audit", "prune", "--older-than-days", "30")):
+            audit = await asyncio.to_thread(run_roost, *argv, env=env)
+            assert_clean_failure(audit, mentions="roost db upgrade", code=1)
     finally:
         await pg_server.drop_database(name)
+
+
+def test_a_revision_migrations_cannot_reach_is_one_line(pg_server: PgTestServer, db_name: str,
+                                                        tmp_path: Path) -> None:
+    """`roost db upgrade|downgrade` to an unknown revision, or a relative step past the
+    last one, says so in a line (it was Alembic's traceback); the database stays as it was."""
+    env = _env(pg_server, db_name, tmp_path)
+    for argv, mentions in (
+        (("db", "upgrade", "bogus"), "cannot upgrade to 'bogus': can't locate revision"),
+        (("db", "downgrade", "bogus"), "cannot downgrade to 'bogus': can't locate revision"),
+        (("db", "downgrade", "+1"), "cannot downgrade to '+1'"),
+    ):
+        assert_clean_failure(run_roost(*argv, env=env, timeout=60), mentions=mentions, code=1)
+    assert_usage_error(run_roost("db", "upgrade", "", env=env, timeout=60), "REVISION")
+    current = run_roost("db", "current", env=env, timeout=60)
+    assert current.returncode == 0 and current.stdout.rstrip().endswith("— head"), current
 
 
 def test_a_new_embedded_data_dir_gets_its_tables_on_first_use(tmp_path: Path) -> None:

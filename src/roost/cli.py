@@ -261,28 +261,41 @@ def _server_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 # --- db ---------------------------------------------------------------------------------
 
 
+def _migrate_to(revision: str, direction: str) -> None:
+    """``roost db upgrade|downgrade REVISION``: a revision Alembic cannot go to (unknown,
+    not in that direction, a relative step past the end) is one line, exit 1."""
+    from alembic.util import CommandError
+
+    from roost.db.migrate import current_revisions, downgrade, upgrade
+
+    if not revision.strip():
+        raise typer.BadParameter("empty: give a revision (`roost db history` lists them), "
+                                 "heads, base or a relative step such as -1",
+                                 param_hint="'REVISION'")
+    migrate = upgrade if direction == "upgrade" else downgrade
+
+    async def run(db: Database) -> tuple[str, ...]:
+        await migrate(db.engine, revision)
+        return await current_revisions(db.engine)
+
+    try:
+        at = with_database(run, create_schema=False)
+    except CommandError as exc:
+        raise fail(f"cannot {direction} to {revision!r}",
+                   f"{exc}; `roost db history` lists the revisions") from None
+    console.print(f"database at: {', '.join(at) or 'base'}")
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "heads") -> None:
     """Apply migrations up to REVISION (default: the latest)."""
-    from roost.db.migrate import current_revisions, upgrade
-
-    async def run(db: Database) -> tuple[str, ...]:
-        await upgrade(db.engine, revision)
-        return await current_revisions(db.engine)
-
-    console.print(f"database at: {', '.join(with_database(run, create_schema=False)) or 'base'}")
+    _migrate_to(revision, "upgrade")
 
 
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1 or base.")]) -> None:
     """Revert migrations down to REVISION."""
-    from roost.db.migrate import current_revisions, downgrade
-
-    async def run(db: Database) -> tuple[str, ...]:
-        await downgrade(db.engine, revision)
-        return await current_revisions(db.engine)
-
-    console.print(f"database at: {', '.join(with_database(run, create_schema=False)) or 'base'}")
+    _migrate_to(revision, "downgrade")
 
 
 @db_app.command("current")

@@ -239,7 +239,9 @@ def describe_database_problem(exc: BaseException, settings: Settings | None = No
         found = coded[-1]  # the driver's own error, not SQLAlchemy's wrapping of it
         state: str = found.sqlstate  # type: ignore[attr-defined]
         said = str(found).splitlines()[0] if str(found) else state
-        if state in ("42P01", "3F000"):  # undefined table / schema
+        # Undefined table / schema, or one of the functions Roost's migrations create
+        # (roost_audit_link...): any other undefined function or operator is a bug.
+        if state in ("42P01", "3F000") or (state == "42883" and "roost_" in said):
             return ("the database is not migrated",
                     f"{said} in {reach}: run `roost db upgrade`"
                     + ("" if not embedded else " (or `roost serve`, which applies migrations)"),

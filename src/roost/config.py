@@ -155,7 +155,10 @@ class Settings(BaseSettings):
     db_app_role: str = Field(default="roost_app", pattern=r"^([a-z_][a-z0-9_]{0,62})?$")
 
     # --- audit ----------------------------------------------------------------------
-    audit_retention_days: int | None = Field(default=None, ge=1)
+    audit_retention_days: int | None = Field(
+        default=None, ge=1, le=36_500,  # a hundred years, as `roost audit prune` takes
+        description="Audit records older than this are deleted (hourly job audit.retention); "
+        "unset: kept forever")
     audit_chain_interval_ms: int = Field(
         default=200, ge=10, le=60_000,
         description="How often each process's chainer links new audit rows into the chain")
@@ -179,6 +182,16 @@ class Settings(BaseSettings):
         "from unavailable (connection errors, 5xx, 429), timeout, bad_response, unsupported",
     )
     llm_max_ensemble: int = Field(default=5, ge=1, le=20)
+    llm_stream_max_s: float = Field(
+        default=600.0, gt=0, description="Longest a streamed LLM answer may take in all, "
+        "first chunk included (keep-alives do not extend it); past it the call fails as a "
+        "time-out",
+    )
+    llm_max_answer_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest answer read from an LLM "
+        "provider: a whole answer's body, or a streamed answer's text and tool-call "
+        "arguments (UTF-8 bytes); past it the call fails as a malformed answer",
+    )
     llm_credits_per_1k_tokens: float = Field(
         default=1.0, ge=0, description="usage_records.credits_used per 1000 tokens (rounded up)"
     )

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from tests.support.cli import run_roost
@@ -15,6 +16,7 @@ from tests.support.pg import PgTestServer
 
 from roost.audit import service
 from roost.audit.models import AuditLog
+from roost.config import Settings
 from roost.context import RequestContext, reset_context, set_context
 from roost.db.engine import Database
 
@@ -129,6 +131,75 @@ async def test_deleted_row_is_detected(database: Database) -> None:
     assert "link" in (report.reason or "")
 
 
+@pytest.mark.parametrize("position", [0, 1, -1])
+@pytest.mark.parametrize("nulled", ["row_hash = NULL", "prev_hash = NULL",
+                                    "row_hash = NULL, prev_hash = NULL"])
+async def test_a_row_whose_hashes_were_nulled_is_named(database: Database, position: int,
+                                                       nulled: str) -> None:
+    """An edited row whose hash (or link) was set to NULL is reported, at that row: NULL
+    compares as unknown in SQL, so the last row passed as intact and a middle one blamed
+    the row after it."""
+    await _record_steps(database, 3)
+    async with database.transaction() as s:
+        rows = (await s.scalars(select(AuditLog).order_by(AuditLog.chain_seq))).all()
+    target = rows[position]
+    await _tamper(database, f"UPDATE audit_logs SET action = 'forged', {nulled} "
+                            f"WHERE id = '{target.id}'")
+    async with database.transaction() as s:
+        report = await service.verify_chain(s)
+    assert not report.ok, report
+    assert (report.broken_seq, report.broken_id) == (target.seq, target.id), report
+    assert "removed" in (report.reason or "")
+
+
+async def test_verify_reports_the_head_which_alone_shows_a_cut_off_end(
+    database: Database, client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    """The newest linked record's chain_seq and row_hash (the head), in the service's
+    report and the API's: it moves with every record added.  Deleting the newest records
+    leaves a chain that verifies; only a head kept elsewhere shows they are gone."""
+    async with database.transaction() as s:
+        empty = await service.verify_chain(s)
+    assert empty.ok and (empty.head_chain_seq, empty.head_hash) == (None, None)
+
+    async def head() -> tuple[int, str]:
+        async with database.transaction() as s:
+            newest = (await s.scalars(select(AuditLog).where(AuditLog.chain_seq.is_not(None))
+                                      .order_by(AuditLog.chain_seq.desc()).limit(1))).one()
+        assert newest.chain_seq is not None and newest.row_hash is not None
+        return newest.chain_seq, bytes(newest.row_hash).hex()
+
+    await _record_steps(database, 2)
+    first = (await client.get("/api/v1/audit/verify", headers=admin_headers)).json()
+    assert first["ok"] and (first["head_chain_seq"], first["head_hash"]) == await head()
+    await _record_steps(database, 1)
+    second = (await client.get("/api/v1/audit/verify", headers=admin_headers)).json()
+    assert second["ok"] and (second["head_chain_seq"], second["head_hash"]) == await head()
+    assert second["head_chain_seq"] > first["head_chain_seq"]
+    assert second["head_hash"] != first["head_hash"]
+
+    await _tamper(database, f"DELETE FROM audit_logs WHERE chain_seq > {first['head_chain_seq']}")
+    async with database.transaction() as s:
+        cut = await service.verify_chain(s)
+    assert cut.ok, "the chain alone cannot show its end was cut off"
+    assert (cut.head_chain_seq, cut.head_hash) != (second["head_chain_seq"], second["head_hash"])
+
+
+async def test_retention_beyond_the_calendar_is_refused_or_prunes_nothing(
+    database: Database,
+) -> None:
+    """ROOST_AUDIT_RETENTION_DAYS past a hundred years is a configuration error, and a
+    retention older than the calendar prunes nothing (it failed every hourly run with
+    OverflowError)."""
+    with pytest.raises(ValidationError, match="audit_retention_days"):
+        Settings(audit_retention_days=1_000_000)
+    assert Settings(audit_retention_days=36_500).audit_retention_days == 36_500
+    await _record_steps(database, 1)
+    async with database.transaction() as s:
+        assert await service.apply_retention(s, timedelta(days=1_000_000)) == 0
+    assert await _count(database) == 1
+
+
 async def test_retention_prunes_the_oldest_prefix_and_stays_verifiable(database: Database) -> None:
     old = datetime.now(UTC) - timedelta(days=40)
     async with database.transaction() as s:
@@ -209,6 +280,11 @@ async def test_cli_verify_reports_the_first_broken_link(
     env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path)}
     intact = await asyncio.to_thread(run_roost, "audit", "verify", env=env)
     assert intact.returncode == 0 and "intact" in intact.stdout and "3 records" in intact.stdout
+    async with database.transaction() as s:
+        head = (await s.scalars(select(AuditLog).order_by(AuditLog.chain_seq.desc()))).first()
+    assert head is not None and head.row_hash is not None
+    assert f"head: chain_seq {head.chain_seq}, row_hash {bytes(head.row_hash).hex()}" \
+        in intact.stdout, intact.stdout
 
     async with database.transaction() as s:
         second = (await s.scalars(select(AuditLog).order_by(AuditLog.seq).offset(1))).first()

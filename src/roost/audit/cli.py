@@ -18,21 +18,26 @@ console = Console()
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Recompute the audit hash chain and report the first broken link."""
-    from roost.audit.service import verify_chain
+    from roost.audit.service import ChainReport, verify_chain
 
-    async def run(db: Database) -> object:
+    async def run(db: Database) -> ChainReport:
         async with db.transaction() as session:
             return await verify_chain(session)
 
     with console.status("verifying the audit chain..."):
         report = with_database(run)
-    if report.ok:  # type: ignore[attr-defined]
-        console.print(f"[green]audit chain intact[/green]: {report.rows_checked} records")  # type: ignore[attr-defined]
+    # The head, kept elsewhere and compared later, shows whether the newest records were
+    # cut off (docs/operations.md, "The audit log").
+    head = (f"head: chain_seq {report.head_chain_seq}, row_hash {report.head_hash}"
+            if report.head_chain_seq is not None else "head: none (empty chain)")
+    if report.ok:
+        console.print(f"[green]audit chain intact[/green]: {report.rows_checked} records; "
+                      f"{head}", soft_wrap=True)
         return
     raise fail(
         "audit chain broken",
-        f"at seq {report.broken_seq} (id {report.broken_id}): "  # type: ignore[attr-defined]
-        f"{report.reason}; {report.rows_checked} records checked",  # type: ignore[attr-defined]
+        f"at seq {report.broken_seq} (id {report.broken_id}): "
+        f"{report.reason}; {report.rows_checked} records checked; {head}",
     )
 
 

@@ -41,3 +41,10 @@ class ChainReportOut(BaseModel):
     reason: str | None = None
     linked_now: int = Field(0, description="Committed records that were not linked yet and "
                             "that this verification linked before checking.")
+    head_chain_seq: int | None = Field(
+        None, description="The newest linked record's place in the chain (null: the chain is "
+        "empty). With head_hash, keep it outside the database: a later report whose chain "
+        "does not hold it shows the newest records were cut off, which the chain alone "
+        "cannot show.")
+    head_hash: str | None = Field(
+        None, description="That record's row_hash, hex.")

@@ -134,6 +134,12 @@ class ChainReport:
     reason: str | None = None
     linked_now: int = 0
     """Committed rows that were still unlinked and that this verification linked first."""
+    head_chain_seq: int | None = None
+    """The newest linked row's place in the chain (None: the chain is empty)."""
+    head_hash: str | None = None
+    """That row's ``row_hash`` (hex).  Kept outside the database and compared with a later
+    report, it shows the newest records were not cut off, which the chain alone cannot
+    (docs/architecture.md, "The audit log")."""
 
 
 async def link_pending(session: AsyncSession, *, limit: int = 10_000, wait: bool = True) -> int:
@@ -161,9 +167,15 @@ _FIRST_BROKEN = text(
     )
     SELECT seq, id, prev_hash, row_hash, computed, predecessor, n
     FROM chain
-    WHERE computed <> row_hash OR n = 1 OR prev_hash IS DISTINCT FROM predecessor AND n > 1
+    WHERE row_hash IS NULL OR prev_hash IS NULL OR computed IS DISTINCT FROM row_hash
+       OR n = 1 OR prev_hash IS DISTINCT FROM predecessor AND n > 1
     ORDER BY n
     """
+)
+
+_HEAD = text(
+    "SELECT chain_seq, row_hash FROM audit_logs WHERE chain_seq IS NOT NULL "
+    "ORDER BY chain_seq DESC LIMIT 1"
 )
 
 
@@ -190,22 +202,32 @@ async def verify_chain(session: AsyncSession) -> ChainReport:
         ).all()
     )
     anchors = {bytes.fromhex(a) for a in anchor_hexes if a}
+    head = (await session.execute(_HEAD)).one_or_none()
+    head_seq: int | None = head.chain_seq if head is not None else None
+    head_hash = bytes(head.row_hash).hex() if head is not None and head.row_hash else None
+
+    def report(seq: int | None = None, row_id: uuid.UUID | None = None,
+               reason: str | None = None) -> ChainReport:
+        return ChainReport(reason is None, total, seq, row_id, reason, linked_now,
+                           head_seq, head_hash)
+
     for row in (await session.execute(_FIRST_BROKEN)).all():
         seq: int = row.seq
         row_id: uuid.UUID = row.id
         prev_hash, row_hash, computed, n = row.prev_hash, row.row_hash, row.computed, row.n
+        # A linked row always has both hashes: one set to NULL was tampered with (and
+        # NULL compares as unknown, never as different, in SQL: hence IS DISTINCT FROM).
+        if row_hash is None or prev_hash is None:
+            return report(seq, row_id, "row's hash or link was removed")
         if computed != row_hash:
-            return ChainReport(False, total, seq, row_id, "row content does not match its hash",
-                               linked_now)
+            return report(seq, row_id, "row content does not match its hash")
         if n == 1:
             if prev_hash != GENESIS_HASH and bytes(prev_hash) not in anchors:
-                return ChainReport(False, total, seq, row_id,
-                                   "first row does not link to genesis or a retention anchor",
-                                   linked_now)
+                return report(seq, row_id,
+                              "first row does not link to genesis or a retention anchor")
             continue
-        return ChainReport(False, total, seq, row_id, "row does not link to the row before it",
-                           linked_now)
-    return ChainReport(True, total, linked_now=linked_now)
+        return report(seq, row_id, "row does not link to the row before it")
+    return report()
 
 
 async def apply_retention(session: AsyncSession, older_than: timedelta) -> int:
@@ -216,7 +238,10 @@ async def apply_retention(session: AsyncSession, older_than: timedelta) -> int:
     """
     if older_than < timedelta(days=1):
         raise BadRequest("audit retention must keep at least one day of records")
-    cutoff = utcnow() - older_than
+    try:
+        cutoff = utcnow() - older_than
+    except OverflowError:  # before year 1: no record is that old
+        return 0
     # Link what is pending, holding the chain lock to commit: no chainer links a row after
     # the anchor is taken, so the anchor is the hash of the last row deleted.
     await link_pending(session, limit=2_147_483_647)

@@ -69,6 +69,9 @@ _TAG = 16
 _KEY_CHECK = b"roost backup key check"
 # scrypt: 64 MiB of memory, about a quarter of a second; stored in the manifest.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**16, 8, 1
+# The most a restore derives with (a manifest is read before its MAC can be checked):
+# 1 GiB of memory (128 * n * r bytes), a few seconds per unit of p.
+SCRYPT_MAX_N, SCRYPT_MAX_R, SCRYPT_MAX_P, SCRYPT_MAX_MEMORY = 2**20, 16, 4, 2**30
 # Keys the environment may give instead of DATA_DIR/keys (roost.keyfiles.load_keys).
 _ENV_KEYS = ("secret_key", "message_keys", "secrets_key", "admin_token")
 # Row text is rendered with these settings, so a checksum does not depend on the session.
@@ -367,6 +370,11 @@ def _sha256(path: Path, on_bytes: Callable[[int], None] = lambda n: None) -> str
 # --------------------------------------------------------------------------- keys
 
 
+# A plain file name (full match): never "." or "..", nor hidden (write_keys' temporary
+# files are).
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
 def collect_keys(settings: Settings) -> dict[str, str]:
     """Every file of ``DATA_DIR/keys`` and every key the environment gives (it wins, as
     in ``load_keys``), as name -> content."""
@@ -374,8 +382,16 @@ def collect_keys(settings: Settings) -> dict[str, str]:
     key_dir = settings.data_dir / KEY_DIR_NAME
     if key_dir.is_dir():
         for path in sorted(key_dir.iterdir()):
-            if path.is_file():
+            if not path.is_file():
+                continue
+            if not _KEY_NAME.fullmatch(path.name):
+                raise BackupError(f"{path} is not a key file Roost writes (a restore would "
+                                  "refuse its name): move it out of the keys directory")
+            try:
                 keys[path.name] = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise BackupError(f"{path} is not a key file (not UTF-8 text): move it out "
+                                  "of the keys directory") from None
     for name in _ENV_KEYS:
         value = getattr(settings, name)
         if value is not None:
@@ -386,9 +402,6 @@ def collect_keys(settings: Settings) -> dict[str, str]:
 def _existing_keys(settings: Settings) -> list[str]:
     key_dir = settings.data_dir / KEY_DIR_NAME
     return sorted(p.name for p in key_dir.iterdir()) if key_dir.is_dir() else []
-
-
-_KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 
 def write_keys(settings: Settings, keys: dict[str, str]) -> None:
@@ -622,7 +635,74 @@ def read_manifest(path: Path) -> dict[str, Any]:
             raise BackupError(f"{path / MANIFEST} is corrupted (no {key!r})")
     if manifest["kind"] not in ("logical", "physical"):
         raise BackupError(f"unknown backup kind {manifest['kind']!r}")
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise BackupError(f"{path / MANIFEST} is corrupted ({problem})")
     return manifest
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the shape of a manifest (every field restore and backup read,
+    with its type), None when nothing: a corrupted or hand-edited manifest is refused
+    here, before anything is written, not by a crash half-way through a restore."""
+    files = manifest["files"]
+    if not isinstance(files, dict) or not files:
+        return "'files' is not a mapping of file names"
+    for name, entry in files.items():
+        if not isinstance(entry, dict) or not _is_int(entry.get("bytes")) \
+                or not isinstance(entry.get("sha256"), str):
+            return f"the entry of {name!r} in 'files' has no size and sha256"
+        for optional, check in (("plain_bytes", _is_int),
+                                ("plain_sha256", lambda v: isinstance(v, str))):
+            if optional in entry and not check(entry[optional]):
+                return f"the {optional!r} of {name!r} in 'files' is malformed"
+    tables = manifest["tables"]
+    if not isinstance(tables, list):
+        return "'tables' is not a list"
+    for i, table in enumerate(tables):
+        if not isinstance(table, dict) or not isinstance(table.get("schema"), str) \
+                or not isinstance(table.get("name"), str) or not _is_int(table.get("rows")) \
+                or not isinstance(table.get("checksum"), str):
+            return f"table entry {i} lacks its schema, name, rows or checksum"
+    sequences = manifest.get("sequences", {})
+    if not isinstance(sequences, dict) or not all(
+            isinstance(v, list) and len(v) == 2 and _is_int(v[0]) and isinstance(v[1], bool)
+            for v in sequences.values()):
+        return "'sequences' is malformed"
+    for key in ("roles", "alembic_revisions"):
+        if key in manifest and not _is_str_list(manifest[key]):
+            return f"{key!r} is not a list of names"
+    for key in ("backup_id", "roost_version"):
+        if key in manifest and not isinstance(manifest[key], str):
+            return f"{key!r} is not a string"
+    parent = manifest.get("incremental_from")
+    if parent is not None and not (isinstance(parent, dict)
+                                   and isinstance(parent.get("backup_id"), str)
+                                   and isinstance(parent.get("path"), str)):
+        return "'incremental_from' is malformed"
+    enc = manifest.get("encryption")
+    if enc is not None:
+        if not isinstance(enc, dict) or not all(_is_int(enc.get(k)) for k in ("n", "r", "p")) \
+                or not isinstance(enc.get("salt"), str) \
+                or not isinstance(enc.get("key_check"), str):
+            return "encryption parameters"
+        n, r, p = enc["n"], enc["r"], enc["p"]
+        # What Roost writes (SCRYPT_*) and room for a later Roost's stronger choice; more
+        # would take gigabytes of memory or hours before the passphrase is even checked.
+        if not (2 <= n <= SCRYPT_MAX_N and n & (n - 1) == 0 and 1 <= r <= SCRYPT_MAX_R
+                and 1 <= p <= SCRYPT_MAX_P and 128 * n * r <= SCRYPT_MAX_MEMORY):
+            return (f"scrypt parameters n={n}, r={r}, p={p} are outside what Roost uses "
+                    f"(n a power of two up to 2^20, r up to {SCRYPT_MAX_R}, p up to "
+                    f"{SCRYPT_MAX_P}, at most {SCRYPT_MAX_MEMORY >> 20} MiB)")
+    return None
 
 
 def needs_passphrase(path: Path) -> bool:
@@ -650,11 +730,11 @@ def _verify_files(path: Path, passphrase: str | None, scratch: Path, report: Rep
             raise BackupError("this backup is encrypted: give its passphrase "
                               "(--passphrase-file, ROOST_BACKUP_PASSPHRASE or the prompt)")
         try:
-            cipher = Cipher.derive(passphrase, base64.b64decode(enc["salt"]), int(enc["n"]),
-                                   int(enc["r"]), int(enc["p"]))
-        except (KeyError, ValueError, TypeError):
+            salt = base64.b64decode(enc["salt"], validate=True)
+            cipher = Cipher.derive(passphrase, salt, enc["n"], enc["r"], enc["p"])
+        except (ValueError, TypeError, MemoryError, OverflowError):
             raise BackupError(f"{path / MANIFEST} is corrupted (encryption parameters)") from None
-        cipher.verify_key_check(str(enc.get("key_check", "")))
+        cipher.verify_key_check(enc["key_check"])
         try:
             mac = (path / MANIFEST_MAC).read_text().strip()
         except FileNotFoundError:
@@ -700,7 +780,7 @@ def _read_keys(path: Path) -> dict[str, str]:
     try:
         keys = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(keys, dict) or not all(
-                isinstance(k, str) and _KEY_NAME.match(k) and isinstance(v, str)
+                isinstance(k, str) and _KEY_NAME.fullmatch(k) and isinstance(v, str)
                 for k, v in keys.items()):
             raise ValueError
     except ValueError:

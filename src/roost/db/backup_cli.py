@@ -97,6 +97,16 @@ def _passphrase(file: Path | None, *, prompt: bool, confirm: bool) -> str | None
     return typed
 
 
+def _from_the_driver(exc: BaseException) -> bool:
+    """Raised by the PostgreSQL driver (connecting: refused, no socket, a timeout)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg."):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def backup_command(
     path: Annotated[Path | None, typer.Argument(
         help="New directory to write (default: DATA_DIR/backups/roost-<UTC time>).")] = None,
@@ -131,8 +141,10 @@ def backup_command(
     except BackupError as exc:
         raise fail("backup failed", exc) from None
     except OSError as exc:  # the backup directory cannot be created or written
-        if exc.filename is None:
-            raise
+        if _from_the_driver(exc):
+            raise  # the database cannot be reached: roost.cli.main says so
+        if exc.filename is None:  # a write failed (the disk is full...): nothing is left
+            raise fail("backup failed", os_reason(exc)) from None
         raise fail("backup failed", f"cannot create or write {exc.filename}: "
                    f"{os_reason(exc)}") from None
     for warning in result.warnings:
