@@ -48,8 +48,8 @@ class Settings(BaseSettings):
         "(a model call's credit hold): never taken from the main pool, whose connections "
         "those callers may all hold",
     )
-    db_connect_timeout_s: float = Field(default=5.0, gt=0)
-    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    db_connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0, le=86_400_000)
     # Read replicas (docs/scale.md, "Read replicas").
     database_replica_urls: SecretStr | None = Field(
         default=None, description="Comma-separated PostgreSQL URLs of streaming replicas "
@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         "there; unset: everything runs on the primary",
     )
     replica_max_lag_s: float = Field(
-        default=5.0, gt=0, description="A replica further behind the primary than this "
+        default=5.0, gt=0, le=86_400, description="A replica further behind the primary than this "
         "(seconds) is skipped until it catches up",
     )
     replica_check_interval_s: float = Field(
@@ -74,7 +74,7 @@ class Settings(BaseSettings):
         "client's own address then counts for sign-in throttling and audit, and the console's "
         "cookies are Secure. Unset: the headers are ignored (anyone could send them)"
     )
-    max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1 << 30)
     log_level: str = "info"
     log_json: bool = True
     # Traces (docs/operations.md, "Traces"): the `otel` extra; where they go is set by the
@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     # --- identity -------------------------------------------------------------------
     access_token_ttl_s: int = Field(default=900, ge=30, le=86_400,
                                     description="Lifetime of JWT access tokens")
-    refresh_token_ttl_s: int = Field(default=30 * 86_400, ge=300,
+    refresh_token_ttl_s: int = Field(default=30 * 86_400, ge=300, le=3650 * 86_400,
                                      description="Lifetime of a login session (refresh token)")
     serve_worker: bool = Field(
         default=True, description="`roost serve` also runs a queue worker in its process "
@@ -126,10 +126,10 @@ class Settings(BaseSettings):
     open_registration: bool = Field(
         default=False, description="New self-registered accounts start active, not pending"
     )
-    login_max_failures_per_account: int = Field(default=5, ge=1)
-    login_max_failures_per_ip: int = Field(default=20, ge=1)
-    login_failure_window_s: int = Field(default=900, ge=1)
-    login_lockout_s: int = Field(default=900, ge=1)
+    login_max_failures_per_account: int = Field(default=5, ge=1, le=1_000_000)
+    login_max_failures_per_ip: int = Field(default=20, ge=1, le=1_000_000)
+    login_failure_window_s: int = Field(default=900, ge=1, le=365 * 86_400)
+    login_lockout_s: int = Field(default=900, ge=1, le=365 * 86_400)
     # Rate limits (docs/operations.md, "Rate limits and quotas"); an administrator's
     # override per user or API key replaces these defaults.
     rate_limit_requests_per_minute: int = Field(
@@ -165,7 +165,7 @@ class Settings(BaseSettings):
 
     # --- chat and the LLM gateway ---------------------------------------------------
     chat_max_message_chars: int = Field(
-        default=32_000, ge=1, description="Longest message content accepted (characters)"
+        default=32_000, ge=1, le=10_000_000, description="Longest message content accepted (characters)"
     )
     chat_context_messages: int = Field(
         default=20, ge=1, le=1000, description="Earlier messages sent to the model with a new one"
@@ -174,7 +174,7 @@ class Settings(BaseSettings):
         default=None, description="System message put before every chat session's history"
     )
     llm_timeout_s: float = Field(
-        default=120.0, gt=0, description="Per-provider time limit for one LLM call"
+        default=120.0, gt=0, le=3600, description="Per-provider time limit for one LLM call"
     )
     llm_fallback_on: str = Field(
         default="unavailable,timeout",
@@ -183,17 +183,17 @@ class Settings(BaseSettings):
     )
     llm_max_ensemble: int = Field(default=5, ge=1, le=20)
     llm_stream_max_s: float = Field(
-        default=600.0, gt=0, description="Longest a streamed LLM answer may take in all, "
+        default=600.0, gt=0, le=86_400, description="Longest a streamed LLM answer may take in all, "
         "first chunk included (keep-alives do not extend it); past it the call fails as a "
         "time-out",
     )
     llm_max_answer_bytes: int = Field(
-        default=16 * 1024 * 1024, ge=1024, description="Largest answer read from an LLM "
+        default=16 * 1024 * 1024, ge=1024, le=1 << 30, description="Largest answer read from an LLM "
         "provider: a whole answer's body, or a streamed answer's text and tool-call "
         "arguments (UTF-8 bytes); past it the call fails as a malformed answer",
     )
     llm_credits_per_1k_tokens: float = Field(
-        default=1.0, ge=0, description="usage_records.credits_used per 1000 tokens (rounded up)"
+        default=1.0, ge=0, le=1e6, description="usage_records.credits_used per 1000 tokens (rounded up)"
     )
     # --- billing (docs/billing.md) and analytics (docs/analytics.md) ------------------
     billing_require_subscription: bool = Field(
@@ -208,15 +208,15 @@ class Settings(BaseSettings):
         default="INV", pattern=r"^[A-Z0-9]{1,10}$", description="Invoice numbers: PREFIX-YYYY-NNNNNN"
     )
     billing_reservation_ttl_s: int = Field(
-        default=900, ge=30, description="A held credit reservation whose holder died is "
+        default=900, ge=30, le=7 * 86_400, description="A held credit reservation whose holder died is "
         "released after this many seconds (the sweeper job)",
     )
     billing_estimate_output_tokens: int = Field(
-        default=1024, ge=1, description="Output tokens reserved for a model call that names "
+        default=1024, ge=1, le=10_000_000, description="Output tokens reserved for a model call that names "
         "no max_tokens",
     )
     billing_tool_call_credits: int = Field(
-        default=1, ge=0, description="Credits one tool call costs"
+        default=1, ge=0, le=1_000_000_000, description="Credits one tool call costs"
     )
     stripe_secret_key: SecretStr | None = Field(
         default=None, description="Stripe API key: subscriptions and invoices sync to Stripe"
@@ -236,10 +236,10 @@ class Settings(BaseSettings):
         default=False, description="Ship the analytics outbox to ClickHouse (chDB when no "
         "URL is set; needs the 'clickhouse' extra)",
     )
-    analytics_export_interval_s: int = Field(default=60, ge=1)
+    analytics_export_interval_s: int = Field(default=60, ge=1, le=86_400)
     analytics_export_batch: int = Field(default=5000, ge=1, le=100_000)
     analytics_stream_sample_every: int = Field(
-        default=10, ge=1, description="Streamed answers: every chunk of the first 20 is "
+        default=10, ge=1, le=1_000_000, description="Streamed answers: every chunk of the first 20 is "
         "recorded, then one in N"
     )
     analytics_retention_days: int = Field(
@@ -254,10 +254,10 @@ class Settings(BaseSettings):
     )
     llm_local_threads: int | None = Field(default=None, ge=1, le=256)
     llm_health_interval_s: int = Field(
-        default=300, ge=10, description="Period of the provider health checks (task queue)"
+        default=300, ge=10, le=7 * 86_400, description="Period of the provider health checks (task queue)"
     )
     llm_orphan_after_s: float | None = Field(
-        default=None, gt=0,
+        default=None, gt=0, le=7 * 86_400,
         description="An llm_requests row still pending/running this long after it started "
         "was orphaned by a crashed process and is marked failed (task queue). Unset: "
         "ROOST_LLM_TIMEOUT_S x the enabled providers (a fallback chain's longest call) + 300 s",
@@ -273,9 +273,9 @@ class Settings(BaseSettings):
         "addresses (cloud metadata addresses stay refused)"
     )
     knowledge_fetch_timeout_s: float = Field(default=30.0, gt=0, le=600)
-    knowledge_fetch_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    knowledge_fetch_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, le=1 << 30)
     knowledge_max_upload_bytes: int = Field(
-        default=10 * 1024 * 1024, ge=1024,
+        default=10 * 1024 * 1024, ge=1024, le=1 << 30,
         description="Largest upload or file ingested (the request limit max_request_bytes "
         "applies to uploads too)",
     )
@@ -326,10 +326,10 @@ class Settings(BaseSettings):
         description="Largest tool result kept (JSON); a bigger one fails the call"
     )
     tools_health_interval_s: int = Field(
-        default=300, ge=10, description="Period of the MCP server health check job"
+        default=300, ge=10, le=7 * 86_400, description="Period of the MCP server health check job"
     )
     tools_stdio_idle_s: float = Field(
-        default=300.0, gt=0, description="A long-lived stdio MCP server process unused this "
+        default=300.0, gt=0, le=7 * 86_400, description="A long-lived stdio MCP server process unused this "
         "long is stopped (started again by the next call)"
     )
     tools_stdio_start_timeout_s: float = Field(
@@ -375,10 +375,10 @@ class Settings(BaseSettings):
     smtp_timeout_s: float = Field(default=30.0, gt=0, le=600,
                                   description="Deadline of one delivery to the relay")
     persona_health_interval_s: int = Field(
-        default=60, ge=10, description="Period of the persona health sampling job"
+        default=60, ge=10, le=86_400, description="Period of the persona health sampling job"
     )
     persona_health_retention_days: int = Field(
-        default=30, ge=1, description="Persona health samples older than this are deleted"
+        default=30, ge=1, le=36_500, description="Persona health samples older than this are deleted"
     )
 
     # --- memory: recall weighting and decay (docs/memory.md, "Recall", "Decay") ---------
@@ -392,11 +392,11 @@ class Settings(BaseSettings):
         "memories can fade to nothing; 1: recency does not matter)"
     )
     memory_archive_after_days: int = Field(
-        default=180, ge=0, description="Decay: current memories neither recalled nor changed "
+        default=180, ge=0, le=36_500, description="Decay: current memories neither recalled nor changed "
         "for this many days are archived by the memory.decay job (0: never)"
     )
     memory_decay_interval_s: int = Field(
-        default=3600, ge=60, description="Period of the memory.decay and memory.embed jobs"
+        default=3600, ge=60, le=7 * 86_400, description="Period of the memory.decay and memory.embed jobs"
     )
 
     # --- memory: the sharded store distributed_memory (docs/scale.md) --------------------
@@ -423,19 +423,19 @@ class Settings(BaseSettings):
     code_check_max_output_bytes: int = Field(
         default=256 * 1024, ge=1024, le=64 * 1024 * 1024,
         description="Output (stdout and stderr) read from one check; more kills it")
-    code_check_cpu_s: int = Field(default=300, ge=1, description="RLIMIT_CPU of a check")
-    code_check_memory_mb: int = Field(default=2048, ge=64,
+    code_check_cpu_s: int = Field(default=300, ge=1, le=86_400, description="RLIMIT_CPU of a check")
+    code_check_memory_mb: int = Field(default=2048, ge=64, le=1 << 20,
                                       description="RLIMIT_AS of a check (address space)")
-    code_check_max_file_mb: int = Field(default=64, ge=1,
+    code_check_max_file_mb: int = Field(default=64, ge=1, le=1 << 20,
                                         description="RLIMIT_FSIZE of a check (largest file)")
     code_check_max_processes: int = Field(
-        default=1024, ge=0, description="RLIMIT_NPROC of a check: processes and threads of "
+        default=1024, ge=0, le=1_000_000, description="RLIMIT_NPROC of a check: processes and threads of "
         "the user Roost runs as, all of them (not enforced for root); 0: not set")
     code_max_files: int = Field(default=200, ge=1, le=10_000,
                                 description="Files one commit may change")
-    code_max_file_bytes: int = Field(default=1024 * 1024, ge=1,
+    code_max_file_bytes: int = Field(default=1024 * 1024, ge=1, le=1 << 30,
                                      description="Largest file content in a commit")
-    code_max_commit_bytes: int = Field(default=8 * 1024 * 1024, ge=1,
+    code_max_commit_bytes: int = Field(default=8 * 1024 * 1024, ge=1, le=1 << 30,
                                        description="Total file content of one commit")
 
     @field_validator("data_dir")

@@ -16,19 +16,19 @@ class WorkerSettings(BaseSettings):
         default=None, description="Comma-separated queue names; unset: every queue"
     )
     lease_s: float = Field(
-        default=30.0, ge=0.5, description="A job is presumed lost this long after its worker's "
+        default=30.0, ge=0.5, le=86_400, description="A job is presumed lost this long after its worker's "
         "last heartbeat; heartbeats come every third of it"
     )
     poll_interval_s: float = Field(
-        default=1.0, gt=0, description="Fallback when no NOTIFY arrives (and for jobs "
+        default=1.0, gt=0, le=3600, description="Fallback when no NOTIFY arrives (and for jobs "
         "scheduled in the future)"
     )
     shutdown_timeout_s: float = Field(
-        default=30.0, ge=0, description="On SIGTERM, how long in-flight jobs may finish "
+        default=30.0, ge=0, le=86_400, description="On SIGTERM, how long in-flight jobs may finish "
         "before they are released back to the queue"
     )
     schedules: bool = Field(default=True, description="Fire periodic jobs from this worker")
     completed_retention_days: int | None = Field(
-        default=14, ge=1, description="Completed and cancelled jobs older than this are "
+        default=14, ge=1, le=36_500, description="Completed and cancelled jobs older than this are "
         "deleted by the tasks.prune schedule; unset keeps them"
     )
