@@ -80,6 +80,9 @@ class AgentsProvider:
         agent = (await self._agents(session, principal)).get(name)
         if agent is None:
             return None
+        unknown = sorted(set(arguments) - {"input"})
+        if unknown:  # the schema says additionalProperties: false (an ignored key misleads)
+            return _text({"error": f"unknown arguments: {', '.join(unknown)[:500]}"}, is_error=True)
         text = arguments.get("input")
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_RUN_INPUT_CHARS:
             return _text({"error": f"'input' must be text of 1 to {MAX_RUN_INPUT_CHARS} "

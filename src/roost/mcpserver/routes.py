@@ -27,6 +27,8 @@ from mcp import types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.exceptions import MCPError
+from mcp.types import INTERNAL_ERROR, INVALID_REQUEST
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.routing import Route
@@ -90,8 +92,13 @@ async def _list_tools(
     ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None,
 ) -> types.ListToolsResult:
     request = _current_request()
-    async with caller_transaction(request) as (session, principal):
-        found = await tools.list_all(providers(request), session, principal)
+    try:
+        async with caller_transaction(request) as (session, principal):
+            found = await tools.list_all(providers(request), session, principal)
+    except RoostError as exc:  # revoked since the request began, or refused
+        raise MCPError(INVALID_REQUEST, exc.detail) from exc
+    except Exception as exc:  # the SDK would send str(exc): the SQL, tables and all
+        raise MCPError(INTERNAL_ERROR, _failure_text("tools/list", exc)) from exc
     return types.ListToolsResult(tools=found)
 
 
@@ -120,28 +127,35 @@ async def _call_tool(
 
 
 def _failed(name: str, exc: Exception) -> types.CallToolResult:
-    """A tool call's unexpected error as a clean error result, as the REST API answers
-    one (http/problems.py): never the database's message, which names tables and
+    """A tool call's unexpected error as a clean error result."""
+    return tools.error_result(_failure_text(name, exc))
+
+
+def _failure_text(name: str, exc: Exception) -> str:
+    """An unexpected error's message for the client, as the REST API words it
+    (http/problems.py): never the database's message, which names tables and
     constraints; the exception goes to the log."""
-    state = sqlstate_of(exc)
+    state = sqlstate_of(exc) or ""
     if state == "23503":  # the user, tool or run it was for was deleted while it ran
         log.warning("mcp_tool_target_deleted", tool=name, error=type(exc).__name__)
-        return tools.error_result("what this call was for was deleted meanwhile (the account, "
-                                  "the tool or its server): its result was not kept")
+        return ("what this call was for was deleted meanwhile (the account, the tool or its "
+                "server): its result was not kept")
     if state in ("40001", "40P01"):
         log.warning("mcp_tool_conflict", tool=name, sqlstate=state)
-        return tools.error_result("the call collided with a concurrent change; try again")
+        return "the call collided with a concurrent change; try again"
     if state == "57014":
         log.warning("mcp_tool_timeout", tool=name)
-        return tools.error_result("the database took too long to answer; try again shortly")
+        return "the database took too long to answer; try again shortly"
+    if state.startswith("22"):  # data exceptions: a NUL, a number out of range (a 400 on REST)
+        log.warning("mcp_tool_bad_value", tool=name, sqlstate=state)
+        return "a value is out of range or malformed for its field"
     if connection_lost(exc):
         log.error("database_unavailable", tool=name, error=type(exc).__name__)
-        return tools.error_result("the database is unavailable; try again shortly")
+        return "the database is unavailable; try again shortly"
     log.error("mcp_tool_failed", tool=name, error=type(exc).__name__, exc_info=exc)
     request_id = current_context().request_id
-    return tools.error_result("an unexpected error occurred; quote the request id "
-                              f"{request_id} when reporting it" if request_id else
-                              "an unexpected error occurred")
+    return ("an unexpected error occurred; quote the request id "
+            f"{request_id} when reporting it" if request_id else "an unexpected error occurred")
 
 
 def build_server() -> Server[Any]:
@@ -178,5 +192,7 @@ class McpEndpoint:
 router = RoostRouter()
 # A plain Starlette route (raw ASGI, outside the OpenAPI document): the MCP transport
 # speaks JSON-RPC, not Roost's REST conventions.
-router.routes.append(Route(PATH, McpEndpoint(), methods=["GET", "POST", "DELETE"],
-                           include_in_schema=False))
+# POST only: stateless, no session to DELETE and no server-initiated messages, so no
+# GET stream (the MCP specification lets such a server answer GET with 405); an open
+# GET stream would hold a connection and tasks forever, outside the stream quota.
+router.routes.append(Route(PATH, McpEndpoint(), methods=["POST"], include_in_schema=False))

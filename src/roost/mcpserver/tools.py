@@ -11,7 +11,7 @@ hook appends its provider to ``app.state.mcp_tool_providers`` (see docs/mcp.md),
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from mcp import types
@@ -63,6 +63,13 @@ def error_result(message: str) -> types.CallToolResult:
         content=[types.TextContent(type="text", text=message)], is_error=True)
 
 
+def unknown_arguments(arguments: Mapping[str, Any], known: Iterable[str]) -> types.CallToolResult | None:
+    """The error result for arguments a tool's schema forbids (``additionalProperties:
+    false``), naming them; None when there are none."""
+    unknown = sorted(set(arguments) - set(known))
+    return error_result(f"unknown arguments: {', '.join(unknown)[:500]}") if unknown else None
+
+
 WHOAMI = types.Tool(
     name="whoami",
     description="Who Roost thinks you are: your user id, role and credential.",
@@ -104,7 +111,7 @@ class BuiltinTools:
         self, session: AsyncSession, principal: Principal, name: str, arguments: Mapping[str, Any],
     ) -> types.CallToolResult | None:
         if name == WHOAMI.name:
-            return text_result(whoami(principal))
+            return unknown_arguments(arguments, ()) or text_result(whoami(principal))
         if name == KNOWLEDGE_SEARCH.name:
             return await self._search(session, principal, arguments)
         return None
@@ -112,9 +119,9 @@ class BuiltinTools:
     async def _search(
         self, session: AsyncSession, principal: Principal, arguments: Mapping[str, Any],
     ) -> types.CallToolResult:
-        unknown = sorted(set(arguments) - set(SEARCH_FIELDS))
-        if unknown:
-            return error_result(f"unknown arguments: {', '.join(unknown)}")
+        refused = unknown_arguments(arguments, SEARCH_FIELDS)
+        if refused is not None:
+            return refused
         try:
             req = SearchRequest.model_validate({k: v for k, v in arguments.items() if v is not None})
         except ValidationError as exc:  # name the fields, never echo their values

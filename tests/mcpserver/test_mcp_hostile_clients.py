@@ -1,0 +1,131 @@
+"""/mcp as a sloppy or hostile MCP client uses it: no endless GET stream (stateless,
+nothing to stream, outside the stream quota), bad values answered as the REST API
+answers them, arguments the advertised schemas forbid refused, and a failing
+``tools/list`` answered without the database's message."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from mcp import types
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.agents import mcpserving as agents_mcpserving
+from roost.agents.models import Agent, Run
+from roost.app import create_app
+from roost.db.engine import Database
+from roost.keyfiles import KeyMaterial
+from roost.principal import Principal
+from roost.tools import mcpserving as tools_mcpserving
+from tests.identity.limits import limit_settings
+from tests.support.identity import make_user
+from tests.support.mcp_client import mcp_session
+from tests.support.server import in_process
+
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+async def add_agent(database: Database, owner: uuid.UUID, slug: str) -> None:
+    async with database.transaction() as session:
+        session.add(Agent(user_id=owner, name="Helper", slug=slug, system_prompt="Help.",
+                          tool_permissions=[], config={}))
+
+
+async def run_count(database: Database) -> int:
+    async with database.transaction() as session:
+        return int(await session.scalar(select(func.count()).select_from(Run)) or 0)
+
+
+async def test_get_and_delete_on_mcp_are_405_and_open_no_stream(
+    tmp_path: Path, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """docs/mcp.md: stateless, one JSON body per POST. A GET stream would stay open
+    forever (pings only), outside ROOST_RATE_LIMIT_STREAMS: refused at once, twice."""
+    settings = limit_settings(tmp_path, rate_limit_streams=1)
+    app = create_app(settings, database=database, keys=test_keys, configure_logs=False)
+    _, alice = await make_user(database, username="alice")
+    async with (in_process(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as http,
+                contextlib.AsyncExitStack() as streams):
+        for method in ("GET", "GET", "DELETE"):
+            reply = await streams.enter_async_context(
+                http.stream(method, "/mcp", headers={**MCP_HEADERS, **alice}))
+            assert reply.status_code == 405, (method, reply.status_code)
+            assert reply.headers["allow"] == "POST"
+            assert not reply.headers["content-type"].startswith("text/event-stream")
+
+
+@pytest.mark.parametrize(("tool", "arguments"), [
+    ("task_add", {"title": "milk\u0000eggs"}),
+    ("current_time", {"timezone": "UTC\u0000"}),
+    ("agent__helper", {"input": "hello\u0000there"}),
+])
+async def test_a_nul_in_tool_arguments_is_a_clear_error_not_an_unexpected_one(
+    app: FastAPI, database: Database, tool: str, arguments: dict[str, Any],
+) -> None:
+    """A NUL in an argument is bad input: REST answers 400 "a value is out of range or
+    malformed"; /mcp must say so too, not "an unexpected error occurred" (logged as one)."""
+    alice_id, alice = await make_user(database, username="alice")
+    await add_agent(database, alice_id, "helper")
+    async with in_process(app) as base, mcp_session(f"{base}/mcp", alice) as session:
+        result = await session.call_tool(tool, arguments)
+    assert result.is_error
+    message = result.content[0].text  # type: ignore[union-attr]
+    assert "unexpected error" not in message, message
+
+
+async def test_an_agent_tool_refuses_arguments_its_schema_forbids(
+    app: FastAPI, database: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """agent__<slug> advertises additionalProperties: false; an unknown argument (here an
+    idempotency key a client expects honoured) is an error result naming it, and no run."""
+    monkeypatch.setattr(agents_mcpserving, "WAIT_S", 0.5)  # no worker: do not wait 120 s
+    alice_id, alice = await make_user(database, username="alice")
+    await add_agent(database, alice_id, "helper")
+    async with in_process(app) as base, mcp_session(f"{base}/mcp", alice) as session:
+        tool = next(t for t in (await session.list_tools()).tools if t.name == "agent__helper")
+        assert tool.input_schema.get("additionalProperties") is False
+        result = await session.call_tool(
+            "agent__helper", {"input": "hello", "idempotency_key": "once-only"})
+    assert result.is_error, result.structured_content
+    assert "idempotency_key" in result.content[0].text  # type: ignore[union-attr]
+    assert await run_count(database) == 0
+
+
+async def test_whoami_refuses_arguments_its_schema_forbids(
+    app: FastAPI, database: Database,
+) -> None:
+    """whoami advertises no properties and additionalProperties: false, as knowledge_search
+    does (which refuses unknown arguments): an unknown argument is an error result."""
+    _, alice = await make_user(database, username="alice")
+    async with in_process(app) as base, mcp_session(f"{base}/mcp", alice) as session:
+        result = await session.call_tool("whoami", {"user_id": str(uuid.uuid4())})
+    assert result.is_error, result.structured_content
+
+
+async def test_a_failing_tools_list_does_not_send_the_database_message(
+    app: FastAPI, database: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unexpected error while listing (a statement that fails: timeout, lost connection,
+    conflict) is answered as tools/call answers it, never with the SQL and its message."""
+    _, alice = await make_user(database, username="alice")
+
+    async def failing(session: AsyncSession, principal: Principal) -> Sequence[types.Tool]:
+        await session.execute(text("SELECT id FROM tools WHERE 1 / 0 = 1"))
+        return []
+
+    monkeypatch.setattr(tools_mcpserving, "offered_tools", failing)
+    async with in_process(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
+        reply = await http.post("/mcp", headers={**MCP_HEADERS, **alice},
+                                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert reply.status_code < 500
+    body = reply.text
+    for leaked in ("SELECT", "FROM tools", "division by zero", "sqlalchemy", "asyncpg"):
+        assert leaked not in body, body
