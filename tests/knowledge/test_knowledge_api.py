@@ -184,3 +184,38 @@ async def test_sharing_needs_group_membership_and_the_operator_owns_nothing(
     r = await _upload(kclient, alice, "a.txt", b"text", group_id=str(theirs))
     assert r.status_code == 403
     assert (await _upload(kclient, admin_headers, "a.txt", b"text")).status_code == 403
+
+
+async def test_an_administrator_sharing_with_a_group_that_does_not_exist_gets_a_404(
+    kclient: httpx.AsyncClient, database: Database
+) -> None:
+    """On upload and on PATCH: the field named, not the foreign key's 409."""
+    _, root = await make_user(database, admin=True)
+    missing = "0190b5e0-0000-7000-8000-000000000000"
+    refused = await _upload(kclient, root, "x.txt", b"x", group_id=missing)
+    assert refused.status_code == 404 and "group_id" in refused.text, refused.text
+    doc = (await _upload(kclient, root, "mine.txt", b"x")).json()["document"]["id"]
+    patched = await kclient.patch(f"{API}/documents/{doc}", headers=root,
+                                  json={"group_id": missing})
+    assert patched.status_code == 404 and "group_id" in patched.text, patched.text
+
+
+@pytest.mark.parametrize("edit", [{"group_id": None}, {"is_private": True}])
+async def test_unsharing_an_upload_while_its_ingestion_waits_sticks(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig, edit: dict[str, object],
+) -> None:
+    """The owner unshares a document uploaded for a group before its job ran: the job
+    keeps the edit (document and chunks), the group's member never sees it."""
+    alice_id, alice = await make_user(database)
+    bob_id, bob = await make_user(database)
+    group = await make_group(database, "team", alice_id, bob_id)
+    up = await _upload(kclient, alice, "later.txt", b"quarterly numbers " * 20,
+                       group_id=str(group))
+    doc = up.json()["document"]["id"]
+    assert (await kclient.patch(f"{API}/documents/{doc}", headers=alice,
+                                json=edit)).status_code == 200
+    await drain_jobs(database, kcfg)
+    assert (await kclient.get(f"{API}/documents/{doc}", headers=alice)).json()["status"] == "ready"
+    assert (await kclient.get(f"{API}/documents/{doc}", headers=bob)).status_code == 404
+    assert await scalar(database, "SELECT count(*) FROM document_chunks WHERE document_id = :d "
+                                  "AND group_id IS NOT NULL", d=doc) == 0

@@ -81,6 +81,16 @@ async def test_two_users_projects_are_isolated(client: httpx.AsyncClient, user: 
     assert (await client.get(url, headers=alice)).status_code == 200
 
 
+async def test_an_administrator_filing_a_project_under_a_missing_group_gets_a_404(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """The field named, as a member gets for a group they are not in; not a 409."""
+    _, root = await make_user(database, admin=True)
+    made = await client.post("/api/v1/projects", headers=root, json={
+        "name": "p", "group_id": "0190b5e0-0000-7000-8000-000000000000"})
+    assert made.status_code == 404 and "group_id" in made.text, made.text
+
+
 async def test_group_members_see_a_group_project_and_its_admins_change_it(
         client: httpx.AsyncClient, database: Database, user: User) -> None:
     owner_id, owner = user

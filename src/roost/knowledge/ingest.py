@@ -402,12 +402,18 @@ async def _lock_run(s: AsyncSession, run: IngestionRun) -> IngestionRun:
     return locked
 
 
-async def _existing(s: AsyncSession, user_id: uuid.UUID, source: Source) -> Document | None:
+async def _existing(s: AsyncSession, user_id: uuid.UUID, source: Source, *,
+                    lock: bool = False) -> Document | None:
+    """The source's document; ``lock``: its row locked, so an owner's edit of its sharing
+    (PATCH) is either seen here or made after this transaction, never overwritten."""
     if source.document_id is not None:
-        return await s.get(Document, source.document_id)
-    return (await s.scalars(
-        select(Document).where(Document.user_id == user_id, Document.path_hash == source.path_hash)
-    )).one_or_none()
+        return await s.get(Document, source.document_id, with_for_update=lock or None,
+                           populate_existing=lock)
+    query = select(Document).where(Document.user_id == user_id,
+                                   Document.path_hash == source.path_hash)
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    return (await s.scalars(query)).one_or_none()
 
 
 def _done_for_run(run: IngestionRun, doc: Document | None, source: Source,
@@ -431,17 +437,26 @@ async def _finished_before(
         return _done_for_run(fresh, await _existing(s, run.user_id, source), source, None)
 
 
-def _scope_values(run: IngestionRun) -> dict[str, Any]:
+def _scope_of(run: IngestionRun, doc: Document | None) -> IngestionRun | Document:
+    """Where a document's scope (sharing, persona, project, tags, collection) comes from:
+    the run's options, except for the document the run was queued with (an upload),
+    which got them when it was stored and may have been edited since: the edit stands."""
+    return doc if doc is not None and doc.ingestion_run_id == run.id else run
+
+
+def _scope_values(scope: IngestionRun | Document) -> dict[str, Any]:
     return {
-        "group_id": run.group_id, "is_private": run.is_private, "persona_id": run.persona_id,
-        "project_id": run.project_id, "tags": run.tags or [], "collection": run.collection,
+        "group_id": scope.group_id, "is_private": scope.is_private,
+        "persona_id": scope.persona_id, "project_id": scope.project_id,
+        "tags": scope.tags or [], "collection": scope.collection,
     }
 
 
-def _chunk_scope(run: IngestionRun) -> dict[str, Any]:
+def _chunk_scope(user_id: uuid.UUID, scope: IngestionRun | Document) -> dict[str, Any]:
     return {
-        "user_id": run.user_id, "group_id": None if run.is_private else run.group_id,
-        "persona_id": run.persona_id, "collection": run.collection, "tags": run.tags or [],
+        "user_id": user_id, "group_id": None if scope.is_private else scope.group_id,
+        "persona_id": scope.persona_id, "collection": scope.collection,
+        "tags": scope.tags or [],
     }
 
 
@@ -452,19 +467,20 @@ async def _mark_unchanged(
     async with database.transaction() as s:
         await _scoped(s, cfg, run.user_id)
         locked = await _lock_run(s, run)
-        doc = await _existing(s, run.user_id, source)
+        doc = await _existing(s, run.user_id, source, lock=True)
         if _done_for_run(locked, doc, source, content_hash):
             return True
         if (doc is None or doc.status != "ready" or doc.content_hash != content_hash
                 or doc.embedding_model != run.embedding_model):
             return False
-        for key, value in _scope_values(run).items():
+        scope = _scope_of(run, doc)
+        for key, value in _scope_values(scope).items():
             setattr(doc, key, value)
         doc.ingestion_run_id = run.id
         doc.last_ingested_at = utcnow()
         doc.updated_at = utcnow()
         await s.execute(update(DocumentChunk).where(DocumentChunk.document_id == doc.id)
-                        .values(**_chunk_scope(run)))
+                        .values(**_chunk_scope(run.user_id, scope)))
         if source.kind == "upload":
             await s.execute(delete(DocumentUpload).where(DocumentUpload.document_id == doc.id))
         locked.totals_files += 1
@@ -486,12 +502,13 @@ async def _commit(
     async with database.transaction() as s:
         await _scoped(s, cfg, run.user_id)
         locked = await _lock_run(s, run)
-        doc = await _existing(s, run.user_id, source)
+        doc = await _existing(s, run.user_id, source, lock=True)
         if _done_for_run(locked, doc, source, content_hash):
             return False
         stamp = utcnow()
+        scope = _scope_of(run, doc)
         values: dict[str, Any] = {
-            **_scope_values(run),
+            **_scope_values(scope),
             "mime": prepared.parsed.mime, "bytes_size": len(loaded.data), "source": source.kind,
             "content_hash": content_hash, "status": "ready", "error_message": None,
             "chunk_count": len(chunks), "embedding_model": model, "ingestion_run_id": run.id,
@@ -514,10 +531,10 @@ async def _commit(
         # Replace every chunk (curated summaries too: their sources are gone).
         await s.execute(delete(DocumentChunk).where(DocumentChunk.document_id == doc_id))
         if chunks:
-            scope = _chunk_scope(run)
+            chunk_scope = _chunk_scope(run.user_id, scope)
             rows = [
                 {
-                    "id": uuid7(), "document_id": doc_id, **scope, "chunk_index": c.index,
+                    "id": uuid7(), "document_id": doc_id, **chunk_scope, "chunk_index": c.index,
                     "content": c.text, "token_count": c.token_count, "embedding": vector,
                     "embedding_model": model, "embedding_dim": dims, "is_curated": False,
                     "chunk_metadata": _chunk_metadata(c, prepared.parsed),

@@ -26,6 +26,7 @@ from roost.billing import credits, limits
 from roost.db.base import utcnow, uuid7
 from roost.errors import Forbidden, NotFound, PayloadTooLarge, Unprocessable
 from roost.identity.common import require_user
+from roost.identity.models import Group
 from roost.knowledge.config import KnowledgeConfig, check_embedder
 from roost.knowledge.fetching import FetchInvalidURL, FetchRefused, address_refusal
 from roost.knowledge.jobs import INGEST_TASK
@@ -56,8 +57,15 @@ def upload_identity(filename: str) -> str:
     return f"upload:{filename}"
 
 
-def _check_group(actor: Principal, group_id: uuid.UUID | None) -> None:
-    if group_id is not None and not actor.is_admin and group_id not in actor.group_ids:
+async def _check_group(session: AsyncSession, actor: Principal, group_id: uuid.UUID | None) -> None:
+    """A member shares with their own groups (403 otherwise); an administrator with any
+    group that exists (404 naming the field, not the foreign key's 409)."""
+    if group_id is None:
+        return
+    if actor.is_admin:
+        if await session.get(Group, group_id) is None:
+            raise NotFound(f"group {group_id} does not exist", extra={"field": "group_id"})
+    elif group_id not in actor.group_ids:
         raise Forbidden("you can only share documents with a group you are a member of")
 
 
@@ -131,7 +139,7 @@ async def create_upload(
     replaced when the new ingestion finishes.
     """
     user_id = require_user(actor, "documents")
-    _check_group(actor, group_id)
+    await _check_group(session, actor, group_id)
     await require_project(session, actor, project_id)  # another user's: 404
     await _check_persona(session, actor, persona_id)
     if len(data) > cfg.max_upload_bytes:
@@ -258,7 +266,7 @@ async def update_document(
     fields = body.model_fields_set
     changes: dict[str, Any] = {}
     if "group_id" in fields:
-        _check_group(actor, body.group_id)
+        await _check_group(session, actor, body.group_id)
     for name in ("name", "description", "collection", "tags", "group_id", "is_private"):
         if name not in fields:
             continue
@@ -332,7 +340,7 @@ async def start_run(
     """Check the target now (so a bad one is a 4xx, not a failed run), record the run
     and queue it; the run's job does the work."""
     user_id = require_user(actor, "documents")
-    _check_group(actor, body.group_id)
+    await _check_group(session, actor, body.group_id)
     await require_project(session, actor, body.project_id)
     await _check_persona(session, actor, body.persona_id)
     from_web = is_web_target(body.target) if body.from_web is None else body.from_web

@@ -26,7 +26,7 @@ from roost.audit.service import record
 from roost.db.lookup import one_or_404
 from roost.errors import BadRequest, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
-from roost.identity.models import UserGroupMembership
+from roost.identity.models import Group, UserGroupMembership
 from roost.inputs import read_as_utc
 from roost.pagination import MALFORMED_CURSOR, decode_cursor, encode_cursor, newest_first, page_of
 from roost.principal import Principal
@@ -60,8 +60,12 @@ def _project_visible(actor: Principal, *, listing: bool = False) -> Any:
     return Project.user_id == actor.user_id
 
 
-def _check_group(actor: Principal, group_id: uuid.UUID | None) -> None:
-    if group_id is not None and not actor.is_admin and group_id not in actor.group_ids:
+async def _check_group(session: AsyncSession, actor: Principal, group_id: uuid.UUID | None) -> None:
+    """A member files under their own groups, an administrator under any that exists:
+    404 naming the field otherwise."""
+    if group_id is None or (group_id in actor.group_ids and not actor.is_admin):
+        return
+    if not actor.is_admin or await session.get(Group, group_id) is None:
         raise NotFound(f"group {group_id} does not exist or you are not a member",
                        extra={"field": "group_id"})
 
@@ -81,7 +85,7 @@ def _name(value: str, field: str = "name") -> str:
 async def create_project(session: AsyncSession, actor: Principal,
                          body: ProjectCreate) -> Project:
     owner = _owner(actor)
-    _check_group(actor, body.group_id)
+    await _check_group(session, actor, body.group_id)
     values = body.model_dump(exclude_unset=True)
     values["name"] = _name(body.name)
     if values.get("status") is None:
@@ -172,7 +176,7 @@ async def update_project(session: AsyncSession, actor: Principal, project_id: uu
     if "group_id" in given and body.group_id != project.group_id:
         if project.user_id != actor.user_id and not actor.is_admin:
             raise Forbidden("only the project's owner shares it with another group")
-        _check_group(actor, body.group_id)
+        await _check_group(session, actor, body.group_id)
     changes: dict[str, Any] = {}
     for fld in sorted(given):
         value = getattr(body, fld)
