@@ -30,10 +30,14 @@ async def test_plans_subscriptions_and_prices_from_the_command_line(
     assert code != 0 and "price" in err
     code, _, err = roost("plans", "add", "bad", "--limit", "max_users=3")
     assert code != 0 and "max_users" in err
+    # No pattern at all is a mistake, not "every model" (an empty list); none says that.
+    code, _, err = roost("plans", "add", "bad", "--limit", "models_allowed=,,")
+    assert code != 0 and "models_allowed" in err
 
     code, out, err = roost("plans")
     assert code == 0, err
     assert "pro" in out and "runs_per_day=10" in out and "gpt-4o*" in out and "50,000" in out
+    assert "bad" not in out
 
     code, out, err = roost("subscribe", "carla@example.test", "pro")
     assert code == 0, err

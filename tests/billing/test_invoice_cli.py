@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from pypdf import PdfReader
 from sqlalchemy import func, select
 
@@ -84,3 +85,35 @@ async def test_invoices_from_the_command_line(
         assert bad.returncode == 1, (args, bad.stdout)
         assert message in bad.stderr, (args, bad.stderr)
         assert "Traceback" not in bad.stderr
+
+
+async def test_a_period_past_the_calendar_fails_in_one_line(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """`--period 9999-12` (whose end is in year 10000) and `--period 0000-01` fail with
+    one line naming the option, not a traceback."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    uid, _ = await make_user(database, username="carol")
+    await add_subscription(database, await add_plan(database), uid, status="canceled")
+    for month in ("9999-12", "0000-01"):
+        out = run_roost("billing", "invoice", "carol", "--period", month, env=env)
+        assert out.returncode == 1, (month, out.stdout)
+        assert "--period" in out.stderr and "Traceback" not in out.stderr, out.stderr[-500:]
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr[-500:]
+
+
+@pytest.mark.parametrize("where", ["in a missing directory", "a directory"])
+async def test_a_pdf_path_that_cannot_be_written_fails_before_issuing(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+        where: str) -> None:
+    """`--pdf PATH` that cannot be written fails in one line naming PATH, before the
+    invoice is issued (it was issued, then the write failed with a traceback)."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    uid, _ = await make_user(database, username="carol")
+    await add_subscription(database, await add_plan(database), uid, status="canceled")
+    pdf = tmp_path / "nope" / "x.pdf" if where == "in a missing directory" else tmp_path
+    out = run_roost("billing", "invoice", "carol", "--pdf", str(pdf), env=env)
+    assert out.returncode == 1, out.stdout
+    assert "Traceback" not in out.stderr and str(pdf) in out.stderr, out.stderr[-500:]
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr[-500:]
+    async with database.transaction() as session:
+        assert await session.scalar(select(func.count()).select_from(Invoice)) == 0

@@ -55,7 +55,9 @@ def subscription_of(plan: Plan, user_id: uuid.UUID | None = None, *,
     return Subscription(id=uuid7(), user_id=user_id or uuid7(), plan_id=plan.id, status=status,
                         current_period_start=period.start, current_period_end=period.end,
                         trial_end=trial_end, credits_used=0, credits_limit=1000,
-                        credits_reserved=0, created_at=period.start - timedelta(days=40))
+                        credits_reserved=0, created_at=period.start - timedelta(days=40),
+                        price=plan.price, currency=plan.currency,
+                        billing_period=plan.billing_period)
 
 
 @dataclass(frozen=True)
@@ -436,3 +438,38 @@ async def test_invoices_over_http(
     assert resp.json()["total"] == "10.25"
     async with database.transaction() as session:
         assert await session.scalar(select(func.count()).select_from(UsageRecord)) == 1
+
+
+async def test_a_period_overlapping_an_issued_invoice_is_refused(
+        client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+        user: tuple[uuid.UUID, Headers]) -> None:  # noqa: F811
+    """An invoice for a period that overlaps one already issued for the subscription (here
+    starting one second later) is a 409 naming it, not a second bill for the same usage
+    and plan fee; the issued period again returns its invoice, the next period is new."""
+    uid, _ = user
+    plan = await add_plan(database, price="10.00")
+    sub = await add_subscription(database, plan, uid)
+    await ingest(database, [usage(sub, None, "chat", "5", day=20)], uid)
+    jan = {"subscription_id": str(sub.id), "period_start": JAN.start.isoformat(),
+           "period_end": JAN.end.isoformat()}
+    first = await client.post(f"{API}/invoices", json=jan, headers=admin_headers)
+    assert first.status_code == 201, first.text
+    assert first.json()["total"] == "15.00"
+
+    for start, end in ((JAN.start + timedelta(seconds=1), JAN.end),
+                       (JAN.start - timedelta(days=1), JAN.start + timedelta(days=1)),
+                       (JAN.start + timedelta(days=30), JAN.end + timedelta(days=28))):
+        resp = await client.post(f"{API}/invoices", headers=admin_headers, json={
+            **jan, "period_start": start.isoformat(), "period_end": end.isoformat()})
+        assert resp.status_code == 409, (start, end, resp.text)
+        assert first.json()["number"] in resp.json()["detail"]
+
+    again = await client.post(f"{API}/invoices", json=jan, headers=admin_headers)
+    assert again.json()["id"] == first.json()["id"]
+    february = await client.post(f"{API}/invoices", headers=admin_headers, json={
+        **jan, "period_start": JAN.end.isoformat(),
+        "period_end": (JAN.end + timedelta(days=28)).isoformat()})
+    assert february.status_code == 201, february.text
+    assert february.json()["total"] == "10.00"
+    async with database.transaction() as session:
+        assert await session.scalar(select(func.count()).select_from(Invoice)) == 2

@@ -3,6 +3,7 @@ reports by provider, agent and API key; streamed answers leave their time to fir
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -95,6 +96,44 @@ async def test_bad_events_are_refused_whole(
     assert not_admin.status_code == 403
     async with database.transaction() as s:
         assert await s.scalar(text("SELECT count(*) FROM usage_records")) == 0
+
+
+async def test_concurrent_replays_of_one_batch_in_opposite_orders_both_succeed(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    """The same events posted twice at once in opposite orders (a client's retry racing
+    its first try): both answer 200 and each event is charged once.  The ledger inserts
+    in key order, so the two queue instead of deadlocking (a 503)."""
+    user_id, _ = await make_user(database)
+    sub = await _subscribe(client, admin_headers, user_id, credits=10**9)
+    for round_ in range(4):  # a deadlock needs the two to interleave: a few tries
+        events = [_event(user_id, f"race-{round_}-{i}", credits=1) for i in range(3000)]
+        replies = await asyncio.gather(*(
+            client.post("/api/v1/billing/usage-events", headers=admin_headers,
+                        json={"events": batch}) for batch in (events, events[::-1])))
+        assert [r.status_code for r in replies] == [200, 200], [r.text for r in replies]
+        assert sorted(r.json()["accepted"] for r in replies) == [0, 3000]
+    async with database.transaction() as s:
+        used = await s.scalar(text("SELECT credits_used FROM subscriptions WHERE id = :id"),
+                              {"id": sub["id"]})
+    assert used == 4 * 3000
+
+
+@pytest.mark.parametrize(("since", "until"), [
+    ("0001-01-01T00:00:00+14:00", "0001-01-02T00:00:00+14:00"),
+    ("9999-12-31T00:00:00-14:00", "9999-12-31T12:00:00-14:00"),
+])
+async def test_usage_report_bounds_outside_utc_years_are_422_naming_the_field(
+    client: httpx.AsyncClient, admin_headers: Headers, since: str, until: str,
+) -> None:
+    """since/until that are no moment of years 1-9999 in UTC are a 422 naming the bound
+    (as in bodies: roost.inputs.in_utc_range), not the database's "out of range" 400."""
+    for url in ("/api/v1/billing/usage", "/api/v1/llm/usage"):
+        resp = await client.get(url, headers=admin_headers,
+                                params={"since": since, "until": until})
+        assert resp.status_code == 422, (url, resp.text)
+        assert resp.json()["field"] in ("since", "until"), resp.text
+        assert resp.json()["field"] in resp.json()["detail"]
 
 
 async def test_usage_by_provider_agent_and_api_key_with_cost_and_stream_metrics(

@@ -4,17 +4,21 @@ ones; bad input is a 422 naming the field, never a 500."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from roost.audit.models import AuditLog
+from roost.billing.renewals import renew_due
 from roost.db.engine import Database
 from tests.agents.conftest import other_user, user  # noqa: F401 - fixtures
+from tests.support.identity import make_user
 
 Headers = dict[str, str]
 User = tuple[uuid.UUID, Headers]
+API = "/api/v1/billing"
 
 PRO: dict[str, Any] = {
     "key": "pro", "name": "Pro", "price": "19.99", "currency": "EUR",
@@ -117,6 +121,7 @@ async def test_bad_plans_are_refused_naming_the_field(client: httpx.AsyncClient,
         ({"limits": {"runs_per_day": -1}}, "runs_per_day"),
         ({"limits": {"models_allowed": "gpt-4o"}}, "models_allowed"),
         ({"surprise": 1}, "surprise"),
+        ({"name": "   "}, "name"),
     ]
     for change, field in bad:
         resp = await client.post("/api/v1/billing/plans", json={**PRO, **change},
@@ -134,3 +139,100 @@ async def test_bad_plans_are_refused_naming_the_field(client: httpx.AsyncClient,
     big = await make_plan(client, admin_headers, key="big", price="9999999999.99",
                           included_credits=10**12)
     assert big["price"] == "9999999999.99" and big["included_credits"] == 10**12
+
+
+async def test_plan_names_are_stripped_and_blank_ones_refused_on_patch_as_on_create(
+        client: httpx.AsyncClient, admin_headers: Headers) -> None:
+    """A name of blanks is no name: 422 naming the field on PATCH (as on create, above),
+    the stored name unchanged; a name is stored without its surrounding blanks."""
+    await make_plan(client, admin_headers, name="  Pro  ")
+    for name in ("   ", "", "\t\n"):
+        resp = await client.patch("/api/v1/billing/plans/pro", headers=admin_headers,
+                                  json={"name": name})
+        assert resp.status_code == 422, (name, resp.text)
+        assert "name" in resp.text
+    resp = await client.get("/api/v1/billing/plans/pro", headers=admin_headers)
+    assert resp.json()["name"] == "Pro"
+
+
+async def _end_the_period(database: Database, subscription_id: str) -> None:
+    async with database.transaction() as session:
+        await session.execute(text(
+            "UPDATE subscriptions SET current_period_start = now() - interval '31 days', "
+            "current_period_end = now() - interval '1 second' WHERE id = :id"),
+            {"id": subscription_id})
+
+
+async def test_a_new_price_applies_from_each_subscribers_next_period(
+        client: httpx.AsyncClient, admin_headers: Headers, database: Database) -> None:
+    """PATCH of a plan's price leaves running periods alone: the preview and the invoice
+    of the period that ran bill the price it started with; the renewed period bills the
+    new one (docs/billing.md, "Plans and subscriptions")."""
+    uid, _ = await make_user(database)
+    await make_plan(client, admin_headers, price="10.00", currency="USD", trial_days=0)
+    resp = await client.post(f"{API}/subscriptions", headers=admin_headers,
+                             json={"user_id": str(uid), "plan": "pro"})
+    assert resp.status_code == 201, resp.text
+    sub = resp.json()
+    assert (sub["price"], sub["currency"], sub["billing_period"]) == ("10.00", "USD", "month")
+    resp = await client.patch(f"{API}/plans/pro", headers=admin_headers,
+                              json={"price": "99.00"})
+    assert resp.status_code == 200, resp.text
+
+    preview = await client.get(f"{API}/subscriptions/{sub['id']}/invoice-preview",
+                               headers=admin_headers)
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["lines"][0]["amount"] == "10.00"
+    await _end_the_period(database, sub["id"])
+    issued = await client.post(f"{API}/invoices", headers=admin_headers,
+                               json={"subscription_id": sub["id"]})
+    assert issued.status_code == 201, issued.text
+    assert issued.json()["lines"][0]["amount"] == "10.00"
+
+    report = await renew_due(database)
+    assert report.renewed == 1 and not report.failed
+    renewed = (await client.get(f"{API}/subscriptions/{sub['id']}",
+                                headers=admin_headers)).json()
+    assert renewed["price"] == "99.00"
+    preview = await client.get(f"{API}/subscriptions/{sub['id']}/invoice-preview",
+                               headers=admin_headers)
+    assert preview.json()["lines"][0]["amount"] == "99.00"
+
+
+async def test_a_plans_currency_cannot_change_while_subscriptions_are_on_it(
+        client: httpx.AsyncClient, admin_headers: Headers, database: Database) -> None:
+    """A subscription keeps one currency for life (change-plan refuses another): a
+    plan's new currency with live subscriptions on it is a 409 and changes nothing, so
+    their renewals keep working.  Once they are canceled it may change, and a canceled
+    subscription's last invoice is still in the currency it ran in."""
+    uid, _ = await make_user(database)
+    await make_plan(client, admin_headers, price="10.00", currency="USD", trial_days=0)
+    resp = await client.post(f"{API}/subscriptions", headers=admin_headers,
+                             json={"user_id": str(uid), "plan": "pro"})
+    assert resp.status_code == 201, resp.text
+    sub = resp.json()
+    resp = await client.post(f"{API}/usage-events", headers=admin_headers, json={"events": [{
+        "idempotency_key": "cur-1", "user_id": str(uid), "request_type": "chat",
+        "cost": "2", "currency": "USD",
+        "occurred_at": (datetime.now(UTC) - timedelta(days=2)).isoformat()}]})
+    assert resp.status_code == 200, resp.text
+
+    changed = await client.patch(f"{API}/plans/pro", headers=admin_headers,
+                                 json={"currency": "EUR", "price": "12.00"})
+    assert changed.status_code == 409, changed.text
+    assert "1 live subscription" in changed.json()["detail"]
+    plan = (await client.get(f"{API}/plans/pro", headers=admin_headers)).json()
+    assert (plan["currency"], plan["price"]) == ("USD", "10.00")
+    await _end_the_period(database, sub["id"])
+    report = await renew_due(database)
+    assert report.renewed == 1 and not report.failed  # its usage in USD, on a USD period
+
+    resp = await client.post(f"{API}/subscriptions/{sub['id']}/cancel", headers=admin_headers)
+    assert resp.status_code == 200, resp.text
+    changed = await client.patch(f"{API}/plans/pro", headers=admin_headers,
+                                 json={"currency": "EUR"})
+    assert changed.status_code == 200, changed.text
+    last = await client.post(f"{API}/invoices", headers=admin_headers,
+                             json={"subscription_id": sub["id"]})
+    assert last.status_code == 201, last.text
+    assert (last.json()["currency"], last.json()["lines"][0]["amount"]) == ("USD", "10.00")

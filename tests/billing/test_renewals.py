@@ -100,6 +100,26 @@ async def test_missed_periods_each_get_their_invoice(database: Database) -> None
     assert [i.total for i in await _invoices(database, y.id)] == [Decimal("100.00")]
 
 
+async def test_a_plan_edited_meanwhile_applies_from_the_next_period(
+        database: Database) -> None:
+    """The period that ran is billed on the terms it started with; the missed periods
+    after it and the new one on the plan's as edited (price and billing period)."""
+    plan = await add_plan(database, price="10.00")
+    sub = await add_subscription(database, plan, await _user(database),
+                                 period=Period(datetime(2026, 2, 1, tzinfo=UTC), MARCH.start))
+    async with database.transaction() as session:
+        await session.execute(text("UPDATE plans SET price = 25, included_credits = 50 "
+                                   "WHERE id = :id"), {"id": plan.id})
+    report = await renew_due(database, now=NOW)
+    assert (report.renewed, report.invoices, report.failed) == (1, 2, [])
+    invoices = await _invoices(database, sub.id)
+    assert [(i.total, i.lines[0]["credits"]) for i in invoices] == [
+        (Decimal("10.00"), 1000), (Decimal("25.00"), 50)]
+    renewed = await _sub(database, sub.id)
+    assert (renewed.price, renewed.credits_limit, renewed.current_period_start) == (
+        Decimal("25.00"), 50, MARCH.end)
+
+
 async def test_trials_end_paused_wait_canceled_get_one_final_invoice(database: Database) -> None:
     plan = await add_plan(database, price="15.00")
     trial = await add_subscription(database, plan, await _user(database), period=MARCH,

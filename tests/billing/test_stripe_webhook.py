@@ -150,6 +150,33 @@ async def test_signed_body_that_is_not_an_event_is_400(
     assert await stripe_events(database) == []
 
 
+async def test_signed_body_nested_too_deep_to_read_is_400(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """A correctly signed body nested 30,000 deep (within this file's 64 KiB body limit)
+    is "not a Stripe event" (400), not a 500 from the parser's RecursionError."""
+    depth = 30_000
+    raw = (b'{"id": "evt_deep", "type": "x", "data": {"object": ' + b"[" * depth
+           + b"]" * depth + b"}}")
+    reply = await deliver(client, raw)
+    assert reply.status_code == 400, reply.text[:300]
+    assert reply.headers["content-type"] == PROBLEM
+    assert await stripe_events(database) == []
+
+
+async def test_oversized_signature_header_is_400_like_any_bad_signature(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """A Stripe-Signature header past 4096 characters is a 400 naming the header, as the
+    docs promise for every bad signature (it was a 422 from the header's validation)."""
+    raw, headers = signed(event("invoice.paid", {"id": "in_1"}), SECRET)
+    headers["Stripe-Signature"] += ",v1=" + "0" * 5000
+    reply = await client.post(URL, content=raw, headers=headers)
+    assert reply.status_code == 400, reply.text[:300]
+    assert "Stripe-Signature" in reply.json()["detail"]
+    assert await stripe_events(database) == []
+
+
 async def test_replayed_event_is_a_no_op(
     client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
 ) -> None:

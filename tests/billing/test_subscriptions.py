@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from roost.audit.models import AuditLog
 from roost.billing import subscriptions
@@ -43,7 +43,8 @@ async def test_subscribe_a_user_read_it_and_walk_the_lifecycle(
     user_id, headers = user
     other_id, other_headers = other_user
     await make_plan(client, admin_headers, key="pro", trial_days=14, included_credits=1000)
-    await make_plan(client, admin_headers, key="max", trial_days=0, included_credits=5000)
+    await make_plan(client, admin_headers, key="max", trial_days=0, included_credits=5000,
+                    price="49.00", billing_period="year")
 
     sub = await subscribe(client, admin_headers, user_id=str(user_id), plan="pro")
     assert sub["status"] == "trialing" and sub["plan_key"] == "pro"
@@ -51,6 +52,8 @@ async def test_subscribe_a_user_read_it_and_walk_the_lifecycle(
     assert 28 <= (end - start).days <= 31  # one calendar month
     assert _at(sub["trial_end"]) - start == timedelta(days=14)
     assert (sub["credits_limit"], sub["credits_used"], sub["balance"]) == (1000, 0, 1000)
+    # The plan's terms for this period, kept on the subscription.
+    assert (sub["price"], sub["currency"], sub["billing_period"]) == ("19.99", "EUR", "month")
 
     # One live subscription per user: 409 naming the existing one.
     resp = await client.post(SUBS, json={"user_id": str(user_id), "plan": "max"},
@@ -81,6 +84,7 @@ async def test_subscribe_a_user_read_it_and_walk_the_lifecycle(
     resp = await client.post(f"{base}/change-plan", json={"plan": "max"}, headers=admin_headers)
     assert resp.status_code == 200, resp.text
     assert resp.json()["plan_key"] == "max" and resp.json()["credits_limit"] == 5000
+    assert (resp.json()["price"], resp.json()["billing_period"]) == ("49.00", "year")
     resp = await client.post(f"{base}/change-plan", json={"plan": "nope"},
                              headers=admin_headers)
     assert resp.status_code == 404
@@ -226,3 +230,21 @@ async def test_concurrent_subscribes_give_one_subscription(
         rows = (await session.scalars(select(Subscription).where(
             Subscription.user_id == user_id))).all()
     assert len(rows) == 1
+
+
+async def test_a_row_written_without_terms_takes_its_plans(
+        client: httpx.AsyncClient, admin_headers: Headers, user: User,  # noqa: F811
+        database: Database) -> None:
+    """A subscription inserted by plain SQL, which knows nothing of the terms a period is
+    billed on, takes its plan's (the trigger of migration 1120)."""
+    plan = await make_plan(client, admin_headers, key="pro", price="7.50")
+    sub_id = uuid.uuid4()
+    async with database.transaction() as session:
+        await session.execute(text(
+            "INSERT INTO subscriptions (id, user_id, plan_id, status, current_period_start, "
+            "current_period_end, credits_limit) VALUES (:id, :user_id, :plan_id, 'active', "
+            "now(), now() + interval '1 month', 10)"),
+            {"id": sub_id, "user_id": user[0], "plan_id": plan["id"]})
+    resp = await client.get(f"{SUBS}/{sub_id}", headers=admin_headers)
+    assert (resp.json()["price"], resp.json()["currency"], resp.json()["billing_period"]) == \
+        ("7.50", "EUR", "month")

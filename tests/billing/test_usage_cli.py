@@ -38,3 +38,15 @@ async def test_usage_by_model_and_for_one_user(
 
     bad = run_roost("usage", "--by", "planet", env=env)
     assert bad.returncode != 0 and "day, model, user" in bad.stderr
+
+
+async def test_bounds_outside_utc_years_fail_in_one_line(
+        pg_server: PgTestServer, db_name: str, tmp_path: Path) -> None:
+    """`roost usage --since 0001-01-01T00:00:00+14:00 ...` (year 0 in UTC) fails with one
+    line naming the option, not a database traceback quoting the SQL."""
+    out = run_roost("usage", "--since", "0001-01-01T00:00:00+14:00",
+                    "--until", "0001-01-02T00:00:00+14:00",
+                    env=cli_env(pg_server, db_name, tmp_path))
+    assert out.returncode == 1, out.stdout
+    assert "SELECT" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-500:]
+    assert "since" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

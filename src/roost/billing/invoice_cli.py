@@ -10,6 +10,7 @@ period that starts in that month (UTC)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,10 +31,11 @@ from roost.billing.invoices import (
     draft_invoice,
     issue_invoice,
 )
-from roost.billing.models import Invoice, Plan, Subscription
+from roost.billing.models import Invoice, Subscription
 from roost.billing.renewals import period_step
 from roost.clitools import fail, id_table, print_table, run_in_transaction
 from roost.db.base import utcnow
+from roost.db.cliio import os_reason
 from roost.errors import NotFound, Unprocessable
 from roost.identity.accounts import find_user
 from roost.principal import OPERATOR
@@ -44,10 +46,18 @@ MAX_STEPS_BACK = 600
 
 
 def parse_month(value: str) -> datetime:
+    """The first moment (UTC) of the month ``YYYY-MM``; a month that is not one, or
+    whose end is past the calendar's (9999-12), is Unprocessable."""
     match = MONTH.match(value.strip())
     if match is None:
         raise Unprocessable(f"--period must be YYYY-MM, got {value[:20]!r}")
-    return datetime(int(match[1]), int(match[2]), 1, tzinfo=UTC)
+    try:
+        month = datetime(int(match[1]), int(match[2]), 1, tzinfo=UTC)
+        month + relativedelta(months=1)  # the month's end must be a date too
+    except (ValueError, OverflowError):
+        raise Unprocessable(f"--period must be a month from 0001-01 to 9999-11, got "
+                            f"{value[:20]!r}") from None
+    return month
 
 
 async def _subscription(session: AsyncSession, login: str) -> Subscription:
@@ -65,9 +75,7 @@ async def _subscription(session: AsyncSession, login: str) -> Subscription:
 
 
 async def _period_in(session: AsyncSession, sub: Subscription, month: datetime) -> Period:
-    plan = await session.get(Plan, sub.plan_id)
-    assert plan is not None  # the foreign key
-    step = period_step(plan.billing_period)
+    step = period_step(sub.billing_period)  # the periods before it: on its terms
     month_end = month + relativedelta(months=1)
     if month >= sub.current_period_end:
         raise Unprocessable(f"{month:%Y-%m} is after the subscription's current period")
@@ -106,6 +114,27 @@ async def invoice_for(session: AsyncSession, login: str, month: datetime | None,
                                config=config)
 
 
+def check_writable(target: Path) -> None:
+    """Fail in one line naming ``target`` when it cannot be written (a directory, a
+    missing directory, no permission): checked before anything is issued, so a mistyped
+    ``--pdf`` issues no invoice."""
+    if target.is_dir():
+        raise fail("Cannot write the PDF", f"{target}: is a directory")
+    if not target.parent.is_dir():
+        raise fail("Cannot write the PDF", f"{target}: its directory {target.parent} does "
+                   "not exist")
+    if not os.access(target if target.exists() else target.parent, os.W_OK):
+        raise fail("Cannot write the PDF", f"{target}: permission denied")
+
+
+def _write_pdf(target: Path, data: bytes, number: str) -> None:
+    try:
+        target.write_bytes(data)
+    except OSError as exc:  # changed since check_writable looked
+        raise fail("Cannot write the PDF", f"{target}: {os_reason(exc)} (invoice {number} "
+                   "is issued: run the command again to write it)") from None
+
+
 def _print(title: str, currency: str, lines: list[dict[str, object]], subtotal: object,
            tax_rate: object, tax: object, total: object) -> None:
     console.print(Text(title))
@@ -139,6 +168,8 @@ def add_commands(billing_app: typer.Typer) -> None:
             month = parse_month(period) if period is not None else None
         except Unprocessable as exc:
             raise fail("Invalid --period", exc.detail) from None
+        if pdf is not None:
+            check_writable(pdf)
         config = InvoiceConfig.from_settings()
 
         async def go(session: AsyncSession) -> tuple[Invoice | InvoiceDraft,
@@ -161,7 +192,7 @@ def add_commands(billing_app: typer.Typer) -> None:
                    found.tax, found.total)
             return
         if pdf is not None and doc is not None:
-            pdf.write_bytes(render_invoice_pdf(doc))
+            _write_pdf(pdf, render_invoice_pdf(doc), found.number)
         if as_json:
             typer.echo(json.dumps({
                 "id": str(found.id), "number": found.number, "status": found.status,

@@ -1,4 +1,5 @@
-"""Invoices: a pure function of the usage ledger and the plan for a period, numbered from a
+"""Invoices: a pure function of the usage ledger and the subscription's terms (the plan's
+price, currency and billing period it kept for the period) for a period, numbered from a
 gapless sequence (docs/billing.md, "Invoices").
 
 ``compute_invoice`` does no I/O: one plan line, then one usage line per (model, request
@@ -7,7 +8,8 @@ type), sorted, each summing the ledger's 6-decimal costs and rounding once to ce
 feeds it the same sums computed by PostgreSQL (exact ``numeric`` sums, so both paths give
 the same amounts), takes the next number of the year's series in the invoice's own
 transaction (a rollback gives the number back: no gap) and stores the invoice once per
-(subscription, period start): running it again returns the stored invoice unchanged.
+(subscription, period start): running it again returns the stored invoice unchanged, and
+a period overlapping an issued one is refused.
 """
 
 from __future__ import annotations
@@ -171,13 +173,16 @@ def _line_key(key: tuple[str | None, str]) -> tuple[bool, str, str]:
 
 
 def _plan_line(plan: Plan, subscription: Subscription, period: Period) -> InvoiceLine:
+    """The plan fee on the terms the subscription kept for its period (its price, billing
+    period and credits), not the plan's as edited since: those apply from the next
+    period.  The plan gives only its name."""
     in_trial = subscription.trial_end is not None and period.end <= subscription.trial_end
-    every = "monthly" if plan.billing_period == "month" else "yearly"
+    every = "monthly" if subscription.billing_period == "month" else "yearly"
     return InvoiceLine(
         kind="plan", description=f"{plan.name} plan, {every}" + (" (trial)" if in_trial else ""),
         model=None, feature=None, quantity=1, tokens_input=0, tokens_output=0,
-        credits=int(plan.included_credits or 0),
-        amount=ZERO.quantize(CENT) if in_trial else cents(Decimal(plan.price)))
+        credits=int(subscription.credits_limit or 0),
+        amount=ZERO.quantize(CENT) if in_trial else cents(Decimal(subscription.price)))
 
 
 def invoice_from_totals(plan: Plan, subscription: Subscription, totals: Iterable[UsageTotal],
@@ -189,14 +194,14 @@ def invoice_from_totals(plan: Plan, subscription: Subscription, totals: Iterable
     tax_rate = Decimal(tax_rate).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
     if not ZERO <= tax_rate <= 1:
         raise Unprocessable("the tax rate must be between 0 and 1")
-    currency = plan.currency
+    currency = subscription.currency
     lines: dict[tuple[str | None, str], list[Any]] = {}
     for t in totals:
         if t.currency != currency and t.cost != 0:
             raise Unprocessable(
                 f"usage in {t.currency} (model {t.model or '-'}, {t.request_type}) cannot be "
                 f"invoiced on a plan priced in {currency}: currencies are never mixed; price "
-                f"the model in {currency} or move the subscription to a {t.currency} plan")
+                f"the model in {currency}, or cancel and subscribe anew on a {t.currency} plan")
         acc = lines.setdefault((t.model, t.request_type), [0, 0, 0, 0, ZERO])
         acc[0] += t.events
         acc[1] += t.tokens_input
@@ -222,10 +227,11 @@ def invoice_from_totals(plan: Plan, subscription: Subscription, totals: Iterable
 
 def compute_invoice(plan: Plan, subscription: Subscription, usage_rows: Iterable[LedgerRow],
                     period: Period, tax_rate: Decimal) -> InvoiceDraft:
-    """The invoice of ``subscription`` for ``period``: a pure function (no I/O) of the plan
-    and the ledger's rows (those of other subscriptions or outside the period are
+    """The invoice of ``subscription`` for ``period``: a pure function (no I/O) of the
+    subscription's terms (price, currency, billing period, credits; the plan gives its
+    name) and the ledger's rows (those of other subscriptions or outside the period are
     ignored).  The order of the rows does not matter.  Usage in another currency than
-    the plan's is refused (Unprocessable) unless it cost nothing."""
+    the subscription's is refused (Unprocessable) unless it cost nothing."""
     return invoice_from_totals(plan, subscription, summarize(usage_rows, subscription.id, period),
                                period, tax_rate)
 
@@ -289,7 +295,9 @@ async def issue_invoice(
     now: datetime | None = None,
 ) -> Invoice:
     """The invoice of the subscription for ``[period_start, period_end)``: the stored one
-    if it exists (unchanged), else computed from the ledger, numbered
+    if it exists (unchanged); a period overlapping another invoice of the subscription
+    is a Conflict (its usage would be billed twice); else computed from the ledger and
+    the subscription's terms, numbered
     ``PREFIX-YEAR-NNNNNN`` (the year it is issued) and stored, in the caller's
     transaction.  Administrators (and Roost's own jobs) only."""
     if not actor.is_admin:
@@ -305,6 +313,18 @@ async def issue_invoice(
         Invoice.subscription_id == sub.id, Invoice.period_start == period.start))
     if existing is not None:
         return existing
+    # Another period overlapping an issued one would bill its usage (and plan fee) twice.
+    overlapping = await session.scalar(
+        select(Invoice).where(Invoice.subscription_id == sub.id,
+                              Invoice.period_start < period.end,
+                              Invoice.period_end > period.start)
+        .order_by(Invoice.period_start).limit(1))
+    if overlapping is not None:
+        raise Conflict(
+            f"the period {period.start.isoformat()} to {period.end.isoformat()} overlaps "
+            f"invoice {overlapping.number} ({overlapping.period_start.isoformat()} to "
+            f"{overlapping.period_end.isoformat()}) of this subscription: its usage is "
+            "billed there already", extra={"invoice_id": str(overlapping.id)})
     draft = await draft_invoice(session, sub, period, cfg.tax_rate)
     year = (now or utcnow()).year
     seq = await next_number(session, f"{cfg.prefix}-{year}")

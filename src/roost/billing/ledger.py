@@ -4,8 +4,11 @@ work done outside Roost), written to ``usage_records`` at thousands per second.
 Each event carries an idempotency key derived from what caused it; the insert is one
 statement over arrays (``INSERT ... SELECT FROM unnest(...) ON CONFLICT
 (idempotency_key) DO NOTHING``), so a replayed batch, or a batch replaying itself, adds
-nothing and charges nothing twice.  Only the newly written events are charged to their
-user's subscription (``credits_used``), in the same transaction.  Roost's own events
+nothing and charges nothing twice.  Events are inserted in the order of their keys and
+subscriptions charged in the order of their ids, so concurrent replays of one batch (in
+any order) queue behind each other instead of deadlocking.  Only the newly written
+events are charged to their user's subscription (``credits_used``), in the same
+transaction.  Roost's own events
 (model calls: ``llm:<request id>``, tool calls: ``tool:<tool run id>``) are written by
 the code that makes them, with the same uniqueness.
 """
@@ -63,9 +66,17 @@ ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING subscription_id, credits_used
 """)
 
+# The payers' rows are locked in id order first (ORDER BY comes before FOR UPDATE), so
+# two batches charging the same subscriptions queue instead of deadlocking.
 _CHARGE = text("""
+WITH c AS (
+  SELECT * FROM unnest(CAST(:subscription_ids AS uuid[]), CAST(:credits AS bigint[]))
+    AS c(id, credits)
+), locked AS (
+  SELECT s.id FROM subscriptions s WHERE s.id IN (SELECT id FROM c) ORDER BY s.id FOR UPDATE
+)
 UPDATE subscriptions s SET credits_used = s.credits_used + c.credits
-FROM unnest(CAST(:subscription_ids AS uuid[]), CAST(:credits AS bigint[])) AS c(id, credits)
+FROM c JOIN locked l ON l.id = c.id
 WHERE s.id = c.id
 """)
 
@@ -100,6 +111,9 @@ async def ingest(
     if missing_agents:
         raise Unprocessable(f"{len(missing_agents)} event(s) name no existing agent",
                             extra={"unknown_agent_ids": sorted(map(str, missing_agents))[:20]})
+    # In one canonical order (by key): two replays of a batch in different orders would
+    # otherwise each wait for a key the other inserted first (a deadlock, 503).
+    events = sorted(events, key=lambda e: e.idempotency_key)
     users = sorted({e.user_id for e in events})
     payers = {row.user_id: row.subscription_id
               for row in await session.execute(_PAYERS, {"user_ids": users})}
@@ -138,8 +152,10 @@ async def ingest(
         if row.subscription_id is not None and row.credits_used:
             per_subscription[row.subscription_id] += int(row.credits_used)
     if per_subscription:
-        await session.execute(_CHARGE, {"subscription_ids": list(per_subscription),
-                                        "credits": list(per_subscription.values())})
+        payers_in_order = sorted(per_subscription)
+        await session.execute(_CHARGE, {
+            "subscription_ids": payers_in_order,
+            "credits": [per_subscription[p] for p in payers_in_order]})
     result = IngestResult(accepted=len(written), duplicates=len(events) - len(written),
                           credits_charged=sum(per_subscription.values()))
     await audit.record(session, "billing.usage.ingest", user_id=actor.user_id,

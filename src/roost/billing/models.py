@@ -3,6 +3,10 @@ column: docs/seed-map.toml), with what the seed's diagram only names, designed h
 ``credit_reservations``, ``model_prices``, ``invoices``, ``invoice_sequences`` and
 ``stripe_events``.
 
+A subscription keeps its plan's terms (price, currency, billing period; its included
+credits are ``credits_limit``) for the period it is in: a plan edited meanwhile applies
+from the subscriber's next period (roost.billing.renewals).
+
 Credits are integers; money is ``Numeric`` (``decimal.Decimal`` in Python), never float.
 A subscription's balance is ``credits_limit - credits_used - credits_reserved``: a
 reservation moves credits into ``credits_reserved`` with one conditional UPDATE, so
@@ -30,6 +34,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    FetchedValue,
     ForeignKey,
     Index,
     Integer,
@@ -95,6 +100,9 @@ class Subscription(UUIDPrimaryKey, Base):
         CheckConstraint("credits_reserved >= 0", name="reserved_not_negative"),
         CheckConstraint("credits_used >= 0", name="used_not_negative"),
         CheckConstraint("credits_limit >= 0", name="limit_not_negative"),
+        CheckConstraint("price >= 0", name="price_not_negative"),
+        CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso"),
+        CheckConstraint(_in("billing_period", BILLING_PERIODS), name="billing_period"),
         # One live subscription per user and per group (canceled ones are history).
         Index("uq_subscriptions_live_user", "user_id", unique=True,
               postgresql_where=text("status <> 'canceled' AND user_id IS NOT NULL")),
@@ -116,7 +124,15 @@ class Subscription(UUIDPrimaryKey, Base):
     current_period_end: Mapped[datetime] = mapped_column()
     trial_end: Mapped[datetime | None] = mapped_column()
     credits_used: Mapped[int] = mapped_column(BigInteger, server_default=text("0"), default=0)
+    # The plan's included credits for this period (a plan change sets them at once).
     credits_limit: Mapped[int] = mapped_column(BigInteger)
+    # The plan's terms for the current period (migration 1120), kept here when it
+    # subscribes, renews or changes plan: the period is billed from them, so a plan's new
+    # price or period applies from each subscriber's next period.  A row inserted without
+    # them (plain SQL) takes its plan's (the trigger roost_subscription_terms).
+    price: Mapped[Decimal] = mapped_column(AMOUNT, server_default=FetchedValue())
+    currency: Mapped[str] = mapped_column(String(3), server_default=FetchedValue())
+    billing_period: Mapped[str] = mapped_column(String(16), server_default=FetchedValue())
     # Held by calls in flight (credit_reservations with status 'held').
     credits_reserved: Mapped[int] = mapped_column(BigInteger, server_default=text("0"),
                                                   default=0)

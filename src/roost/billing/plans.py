@@ -12,12 +12,12 @@ import uuid
 from decimal import Decimal
 from typing import Any, Final
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
-from roost.billing.models import Plan
+from roost.billing.models import Plan, Subscription
 from roost.billing.schemas import PlanCreate, PlanLimits, PlanUpdate
 from roost.db.base import utcnow
 from roost.db.lookup import one_or_404
@@ -65,7 +65,7 @@ async def create_plan(session: AsyncSession, actor: Principal, body: PlanCreate)
     if existing is not None:
         raise Conflict(f"a plan with key {body.key!r} exists already ({existing})",
                        extra={"field": "key"})
-    plan = Plan(key=body.key, name=body.name.strip() or body.key,
+    plan = Plan(key=body.key, name=body.name,
                 description=body.description, price=body.price.quantize(CENTS),
                 currency=body.currency, billing_period=body.billing_period,
                 included_credits=body.included_credits, limits=limits_json(body.limits),
@@ -88,12 +88,16 @@ def _ref_condition(ref: str) -> Any:
 
 
 async def find_plan(session: AsyncSession, actor: Principal, ref: str, *,
-                    lock: bool = False) -> Plan:
+                    lock: bool = False, share: bool = False) -> Plan:
     """The plan named by key or id.  Non-administrators see active plans only; an
-    unknown (or hidden) one is a 404."""
+    unknown (or hidden) one is a 404.  ``lock``: ``FOR UPDATE`` (to change it);
+    ``share``: ``FOR SHARE`` (a subscription takes its terms: a change of the plan waits
+    for it, and it reads the plan as changed)."""
     stmt = select(Plan).where(_ref_condition(ref))
     if not actor.is_admin:
         stmt = stmt.where(Plan.active)
+    if share and not lock:
+        stmt = stmt.with_for_update(read=True)
     return await one_or_404(session, stmt, lock=lock, missing=f"no plan with key or id {ref!r}",
                             extra={"field": "plan"})
 
@@ -116,14 +120,26 @@ async def list_plans(session: AsyncSession, actor: Principal, *,
 
 async def update_plan(session: AsyncSession, actor: Principal, ref: str,
                       body: PlanUpdate) -> Plan:
-    """Change a plan.  Subscriptions keep their current period's credits; a new price or
-    included credits apply from their next period (renewal)."""
+    """Change a plan.  Subscriptions keep their current period's terms (price, billing
+    period, credits: roost.billing.subscriptions.keep_terms); the new ones apply from
+    their next period (renewal).  The currency cannot change while live subscriptions
+    are on the plan (409): a subscription keeps one currency for life, as a plan change
+    does."""
     require_admin(actor)
     plan = await find_plan(session, actor, ref, lock=True)
     given = body.model_fields_set
     for fld in PLAN_NOT_NULL:
         if fld in given and getattr(body, fld) is None:
             raise Unprocessable(f"{fld} cannot be null", extra={"field": fld})
+    if "currency" in given and body.currency != plan.currency:
+        live = await session.scalar(select(func.count()).select_from(Subscription).where(
+            Subscription.plan_id == plan.id, Subscription.status != "canceled"))
+        if live:
+            raise Conflict(
+                f"plan {plan.key!r} has {live} live subscription(s) billed in "
+                f"{plan.currency}: its currency cannot change while they are on it (a "
+                f"subscription keeps one currency); create a plan in {body.currency} and "
+                "subscribe anew", extra={"field": "currency", "live_subscriptions": live})
     changes: dict[str, Any] = {}
     for fld in sorted(given):
         value: Any = getattr(body, fld)

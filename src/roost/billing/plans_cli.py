@@ -58,7 +58,11 @@ def _limits(pairs: list[str]) -> dict[str, Any] | None:
         if raw.lower() in ("", "none", "null"):
             limits[name] = None
         elif name == "models_allowed":
-            limits[name] = [p.strip() for p in raw.split(",") if p.strip()]
+            patterns = [p.strip() for p in raw.split(",") if p.strip()]
+            if not patterns:  # an empty list would allow every model: say none for that
+                raise fail("Invalid --limit", "models_allowed takes model names or globs "
+                           "separated by commas (gpt-4o*,claude-*), or none for every model")
+            limits[name] = patterns
         else:
             try:
                 limits[name] = int(raw)

@@ -1,7 +1,9 @@
 """Period renewal (the ``billing.renew`` job, every 5 minutes): each subscription whose
 current period has ended gets that period's invoice, then its period rolls forward
 (start = the old end, end = start + one month or year, repeated, one invoice per period,
-until the period contains now), with ``credits_used`` back to 0 (credits held by calls in
+until the period contains now), the ended period billed on the terms it ran on (the
+price, currency and billing period the subscription kept) and the next ones on the
+plan's as it is now, with ``credits_used`` back to 0 (credits held by calls in
 flight stay reserved) and a trial that is over turned ``active``.  Paused subscriptions
 are not renewed; a canceled one gets the invoice of its last period, once.
 
@@ -25,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.billing.invoices import InvoiceConfig, issue_invoice
 from roost.billing.models import Invoice, Plan, Subscription
+from roost.billing.subscriptions import keep_terms
 from roost.db.base import utcnow
 from roost.db.engine import Database
 from roost.errors import RoostError
@@ -101,12 +104,15 @@ async def renew_subscription(session: AsyncSession, subscription_id: uuid.UUID, 
               "credits_used": sub.credits_used}
     start, end, issued = sub.current_period_start, sub.current_period_end, 0
     while end <= now and issued < MAX_PERIODS:
+        # The ended period is billed on the terms it ran on (the subscription's); the
+        # ones after it on the plan's: a plan edited meanwhile applies from here.
         await issue_invoice(session, sub.id, start, end, config=config, now=now)
         issued += 1
+        keep_terms(sub, plan)
+        sub.credits_limit = plan.included_credits
         start, end = end, end + step
     sub.current_period_start, sub.current_period_end = start, end
     sub.credits_used = 0
-    sub.credits_limit = plan.included_credits  # a plan change applies from the new period
     if sub.status == "trialing" and sub.trial_end is not None and sub.trial_end <= now:
         sub.status = "active"
     sub.updated_at = now

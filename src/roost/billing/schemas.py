@@ -85,6 +85,17 @@ class PlanFields(StrictInput):
             raise ValueError("text contains a NUL character")
         return value
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        """Stored without surrounding white space; nothing but white space is no name."""
+        if value is None:
+            return None
+        value = value.strip()
+        if not value:
+            raise ValueError("name is empty (or only white space)")
+        return value
+
 
 class PlanCreate(PlanFields):
     key: str = Field(pattern=PLAN_KEY_PATTERN, description=(
@@ -180,6 +191,10 @@ class SubscriptionOut(BaseModel):
     credits_used: int
     credits_reserved: int
     balance: int = Field(description="credits_limit - credits_used - credits_reserved")
+    price: Decimal = Field(description="The plan's price this period is billed at (a plan's "
+                                       "new price applies from the next period)")
+    currency: str
+    billing_period: str
     stripe_subscription_id: str | None
     stripe_customer_id: str | None
     created_at: datetime

@@ -59,6 +59,7 @@ SUBSCRIPTION_EVENTS: Final = frozenset({
 INVOICE_EVENTS: Final = frozenset({"invoice.paid", "invoice.payment_failed"})
 HANDLED_EVENTS: Final = SUBSCRIPTION_EVENTS | INVOICE_EVENTS
 MAX_DETAIL = 500
+MAX_SIGNATURE = 4096  # Stripe's header is a timestamp and a few 64-hex signatures
 # A replay ("duplicate") does nothing and is not stored again.
 Outcome = Literal["applied", "ignored", "unknown_type", "duplicate"]
 
@@ -86,15 +87,18 @@ def verify_event(secret: str, payload: bytes, signature: str | None) -> StripeEv
         raise ServiceUnavailable(f"Stripe webhooks need {exc}") from None
     if not signature:
         raise BadRequest("missing Stripe-Signature header: webhooks must come from Stripe")
+    if len(signature) > MAX_SIGNATURE:
+        raise BadRequest(f"invalid Stripe-Signature: longer than {MAX_SIGNATURE} characters")
     try:
         event = stripe.Webhook.construct_event(payload, signature, secret)
+        values = event.to_dict()
     except stripe.SignatureVerificationError:
         raise BadRequest("invalid Stripe-Signature: the body is not signed with this "
                          "endpoint's webhook secret, or the timestamp is too old") from None
-    except (ValueError, TypeError, AttributeError, KeyError):  # signed, but not an event
-        # (not UTF-8 or JSON, or JSON that is not an object: the SDK fails as it reads it)
+    # Signed, but not an event: not UTF-8 or JSON, JSON that is not an object (the SDK
+    # fails as it reads it), or nested too deep to read (RecursionError).
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
         raise BadRequest("the body is not a Stripe event (JSON with an id and a type)") from None
-    values = event.to_dict()
     event_id, event_type = values.get("id"), values.get("type")
     data = values.get("data")
     obj = data.get("object") if isinstance(data, dict) else None

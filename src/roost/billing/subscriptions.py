@@ -4,10 +4,11 @@ An administrator subscribes a user (or a group) to an active plan: the subscript
 starts ``trialing`` (``trial_end`` = now + the trial days) when the plan or the request
 gives trial days, ``active`` otherwise; its period runs from now for one calendar month
 or year (``dateutil.relativedelta``: 31 January + 1 month is 28/29 February) and its
-credits are the plan's included credits.  One live (not canceled) subscription per user
-and per group: the service answers 409 naming the existing one (concurrent subscribes
-of one subscriber queue on a transaction advisory lock), and the partial unique indexes
-enforce it whatever writes the table.
+credits are the plan's included credits; it keeps the plan's price, currency and billing
+period as its terms for the period (:func:`keep_terms`).  One live (not canceled)
+subscription per user and per group: the service answers 409 naming the existing one
+(concurrent subscribes of one subscriber queue on a transaction advisory lock), and the
+partial unique indexes enforce it whatever writes the table.
 
 Statuses move only along :data:`TRANSITIONS`; ``canceled`` is final.
 :func:`set_status` is the one place a status changes (the admin API's cancel, pause and
@@ -68,10 +69,22 @@ class SubscriptionView:
             "current_period_end": sub.current_period_end, "trial_end": sub.trial_end,
             "credits_limit": sub.credits_limit, "credits_used": sub.credits_used,
             "credits_reserved": sub.credits_reserved, "balance": balance(sub),
+            "price": sub.price, "currency": sub.currency,
+            "billing_period": sub.billing_period,
             "stripe_subscription_id": sub.stripe_subscription_id,
             "stripe_customer_id": sub.stripe_customer_id, "created_at": sub.created_at,
             "updated_at": sub.updated_at, "canceled_at": sub.canceled_at,
         }
+
+
+def keep_terms(sub: Subscription, plan: Plan) -> None:
+    """Give ``sub`` the plan's terms for the period it is in (subscribing, renewing,
+    changing plan): invoices bill the period from them, so a plan edited meanwhile
+    applies from the subscriber's next period.  Its credits limit is set by the caller
+    (a renewal and a plan change set it; nothing else)."""
+    sub.price = plan.price
+    sub.currency = plan.currency
+    sub.billing_period = plan.billing_period
 
 
 def balance(sub: Subscription) -> int:
@@ -142,7 +155,7 @@ async def _audit(session: AsyncSession, actor: Principal, sub: Subscription, act
 async def create_subscription(session: AsyncSession, actor: Principal,
                               body: SubscriptionCreate) -> SubscriptionView:
     _require_admin(actor)
-    plan = await find_plan(session, actor, body.plan)
+    plan = await find_plan(session, actor, body.plan, share=True)  # its terms, as they are
     if not plan.active:
         raise Conflict(f"plan {plan.key!r} is inactive: nobody new subscribes to it",
                        extra={"field": "plan"})
@@ -167,6 +180,7 @@ async def create_subscription(session: AsyncSession, actor: Principal,
         current_period_start=now, current_period_end=period_end(now, plan.billing_period),
         credits_limit=plan.included_credits, credits_used=0, credits_reserved=0,
         created_at=now, updated_at=now)
+    keep_terms(sub, plan)
     session.add(sub)
     try:
         async with session.begin_nested():
@@ -294,14 +308,14 @@ async def resume(session: AsyncSession, actor: Principal, subscription_id: uuid.
 async def change_plan(session: AsyncSession, actor: Principal, subscription_id: uuid.UUID,
                       plan_ref: str) -> SubscriptionView:
     """Move a live subscription to another active plan in the same currency: its credits
-    limit becomes the new plan's included credits at once (credits used stay); the
-    period is unchanged."""
+    limit and its terms (price, billing period) become the new plan's at once (credits
+    used stay; the running period is billed on the new plan); the period is unchanged."""
     _require_admin(actor)
     sub = await get_subscription(session, actor, subscription_id, lock=True)
     if sub.status == "canceled":
         raise Conflict(f"subscription {sub.id} is canceled: subscribe anew",
                        extra={"from": "canceled"})
-    plan = await find_plan(session, actor, plan_ref)
+    plan = await find_plan(session, actor, plan_ref, share=True)
     if not plan.active:
         raise Conflict(f"plan {plan.key!r} is inactive: nobody new subscribes to it",
                        extra={"field": "plan"})
@@ -310,14 +324,16 @@ async def change_plan(session: AsyncSession, actor: Principal, subscription_id: 
     if plan.id == old.id:
         raise Conflict(f"subscription {sub.id} is on plan {plan.key!r} already",
                        extra={"field": "plan"})
-    if plan.currency != old.currency:
-        raise Conflict(f"plan {plan.key!r} is billed in {plan.currency}, the subscription's "
-                       f"plan {old.key!r} in {old.currency}: cancel and subscribe anew",
+    if plan.currency != sub.currency:
+        raise Conflict(f"plan {plan.key!r} is billed in {plan.currency}, the subscription "
+                       f"(plan {old.key!r}) in {sub.currency}: cancel and subscribe anew",
                        extra={"field": "plan"})
     changes = {"from_plan": old.key, "to_plan": plan.key,
-               "credits_limit": [sub.credits_limit, plan.included_credits]}
+               "credits_limit": [sub.credits_limit, plan.included_credits],
+               "price": [str(sub.price), str(plan.price)]}
     sub.plan_id = plan.id
     sub.credits_limit = plan.included_credits
+    keep_terms(sub, plan)
     sub.updated_at = utcnow()
     await session.flush()
     await _audit(session, actor, sub, "change_plan", changes)

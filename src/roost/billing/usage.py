@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
+from pydantic_core import PydanticCustomError
 from sqlalchemy import Date, Select, cast, column, func, select, table
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,6 +20,7 @@ from roost.config import Settings
 from roost.db.base import utcnow
 from roost.errors import Unprocessable
 from roost.identity.models import ApiKey, User
+from roost.inputs import in_utc_range
 from roost.principal import Principal
 
 GroupBy = Literal["day", "model", "user", "provider", "agent", "api_key", "request_type"]
@@ -62,7 +64,8 @@ class UsageReport:
 
 def parse_bound(value: str | None, *, name: str, end: bool) -> datetime | None:
     """An ISO timestamp or date (UTC when it names no offset).  A bare date as ``until``
-    means the end of that day, so ``since=2026-01-01&until=2026-01-31`` covers January."""
+    means the end of that day, so ``since=2026-01-01&until=2026-01-31`` covers January.
+    A moment outside years 1-9999 in UTC is a 422 naming ``name``."""
     if value is None or not value.strip():
         return None
     text = value.strip()
@@ -73,10 +76,18 @@ def parse_bound(value: str | None, *, name: str, end: bool) -> datetime | None:
         else:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise Unprocessable(f"{name} must be an ISO 8601 date or timestamp, got {text[:40]!r}") from None
+        raise Unprocessable(f"{name} must be an ISO 8601 date or timestamp, got {text[:40]!r}",
+                            extra={"field": name}) from None
     except OverflowError:  # the day after 9999-12-31
-        raise Unprocessable(f"{name} must be before the year 10000") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        raise Unprocessable(f"{name} must be before the year 10000",
+                            extra={"field": name}) from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:  # 0001-01-01T00:00:00+14:00 is in year 0 in UTC: the database cannot take it
+        return in_utc_range(moment)
+    except PydanticCustomError:
+        raise Unprocessable(f"{name} must be a moment between the years 1 and 9999 in UTC",
+                            extra={"field": name}) from None
 
 
 def resolve_range(since: str | None, until: str | None) -> tuple[datetime, datetime]:
