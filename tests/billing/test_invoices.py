@@ -473,3 +473,37 @@ async def test_a_period_overlapping_an_issued_invoice_is_refused(
     assert february.json()["total"] == "10.00"
     async with database.transaction() as session:
         assert await session.scalar(select(func.count()).select_from(Invoice)) == 2
+
+
+@pytest.mark.parametrize("owner", ["user", "group"])
+async def test_an_invoiced_user_or_group_can_be_deleted_and_the_invoice_stays(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str], owner: str,
+) -> None:
+    """The subscription goes with its user or group; its issued invoice stays, with its
+    subscription's id as history and the owner cleared (was: 409 for ever)."""
+    from tests.knowledge.support import make_group
+
+    user_id, _ = await make_user(database)
+    key = f"p{uuid.uuid4().hex[:8]}"
+    made = await client.post("/api/v1/billing/plans", headers=admin_headers, json={
+        "key": key, "name": "Team", "price": "1.00", "included_credits": 100})
+    assert made.status_code == 201, made.text
+    target: dict[str, str] = {"user_id": str(user_id)}
+    if owner == "group":
+        target = {"group_id": str(await make_group(database, "team", user_id))}
+    sub = await client.post("/api/v1/billing/subscriptions", headers=admin_headers,
+                            json={**target, "plan": key})
+    assert sub.status_code == 201, sub.text
+    sub_id = sub.json()["id"]
+    assert (await client.post(f"/api/v1/billing/subscriptions/{sub_id}/cancel",
+                              headers=admin_headers, json={})).status_code == 200
+    issued = await client.post("/api/v1/billing/invoices", headers=admin_headers,
+                               json={"subscription_id": sub_id})
+    assert issued.status_code in (200, 201), issued.text
+    url = f"/api/v1/users/{user_id}" if owner == "user" else f"/api/v1/groups/{target['group_id']}"
+    deleted = await client.delete(url, headers=admin_headers)
+    assert deleted.status_code == 204, deleted.text
+    async with database.transaction() as s:
+        kept = (await s.execute(select(Invoice.subscription_id, Invoice.user_id, Invoice.group_id)
+                                .where(Invoice.id == uuid.UUID(issued.json()["id"])))).one()
+    assert (str(kept.subscription_id), kept.user_id, kept.group_id) == (sub_id, None, None)

@@ -268,8 +268,9 @@ class Invoice(UUIDPrimaryKey, CreatedAt, Base):
 
     number: Mapped[str] = mapped_column(String(32))  # "INV-2026-000001"
     sequence: Mapped[int] = mapped_column(BigInteger)
-    subscription_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("subscriptions.id", ondelete="RESTRICT"))
+    # The subscription it billed, kept as history without a key (migration 1130): the
+    # subscription goes with its user or group, the invoice stays.
+    subscription_id: Mapped[uuid.UUID]
     user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     group_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("groups.id",
                                                                   ondelete="SET NULL"))
