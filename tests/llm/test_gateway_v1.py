@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from roost.config import Settings
 from roost.db.engine import Database
 from tests.support.identity import make_user
-from tests.support.openai_stub import Fail, Hang, Junk, Reply, StubServer
+from tests.support.openai_stub import Call, Fail, Hang, Junk, Reply, StubServer, ToolCalls
 
 Headers = dict[str, str]
 
@@ -360,6 +360,75 @@ async def test_ensemble_strategies(
     unknown = await client.post("/v1/chat/completions", headers=sdk_headers(sdk), json={
         "model": "stub-model", "messages": messages, "ensemble": {"providers": ["zzz"]}})
     assert unknown.status_code == 400 and "zzz" in unknown.json()["error"]["message"]
+
+
+async def test_an_sdk_tool_loop_sends_the_tool_calls_back_in_openais_shape(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, sdk: openai.AsyncOpenAI,
+) -> None:
+    """The assistant turn an OpenAI SDK tool loop sends back (``tool_calls`` as
+    ``{"id", "type": "function", "function": {"name", "arguments"}}``) is accepted and
+    reaches the provider unchanged."""
+    await _provider(client, admin_headers, stub, "stub")
+    stub.script(ToolCalls(Call("get_weather", {"city": "Paris"})), Reply("sunny, enjoy"))
+    tools: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    history: list[Any] = [{"role": "user", "content": "weather?"}]
+    first = await sdk.chat.completions.create(model="stub-model", messages=history, tools=tools)
+    asked = first.choices[0].message
+    assert asked.tool_calls and asked.tool_calls[0].type == "function"
+    assert asked.tool_calls[0].function.name == "get_weather"
+    history += [asked.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": asked.tool_calls[0].id, "content": "sunny"}]
+    second = await sdk.chat.completions.create(model="stub-model", messages=history, tools=tools)
+    assert second.choices[0].message.content == "sunny, enjoy"
+    sent = stub.requests(path="/v1/chat/completions")[-1].body["messages"]
+    assert sent[1]["tool_calls"] == [{"id": asked.tool_calls[0].id, "type": "function",
+                                      "function": {"name": "get_weather",
+                                                   "arguments": '{"city": "Paris"}'}}]
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("stop", ["a\u0000"]), ("stop", "\u0000"), ("response_format", {"type": "json\u0000"}),
+    ("logit_bias", {"12\u0000": 1}), ("tool_choice", {"type": "function",
+                                                      "function": {"name": "f\u0000"}}),
+])
+async def test_a_nul_in_a_stored_field_is_an_invalid_value_naming_it(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], field: str, value: Any,
+) -> None:
+    """A NUL in stop, response_format, logit_bias or tool_choice (kept with the request,
+    where JSONB holds no NUL) is a 400 invalid_value whose param names the field, as
+    documented, not a bad_request without param."""
+    await _provider(client, admin_headers, stub, "stub")
+    resp = await client.post("/v1/chat/completions", headers=user[1], json={
+        "model": "stub-model", "messages": [{"role": "user", "content": "x"}], field: value})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "invalid_value" and error["param"] == field, error
+    assert stub.requests(path="/v1/chat/completions") == []
+
+
+async def test_a_stream_broken_by_a_bug_still_ends_with_an_error_frame(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], database: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever breaks a stream off (here the final write fails with an unexpected
+    error), it ends with the error frame docs/chat.md promises and a failed request."""
+    from roost.llm import calls
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(calls, "_store_success", broken)
+    await _provider(client, admin_headers, stub, "stub")
+    resp = await client.post("/v1/chat/completions", headers=user[1], json={
+        "model": "stub-model", "messages": [{"role": "user", "content": "x"}], "stream": True})
+    assert resp.status_code == 200, resp.text
+    last = [line for line in resp.text.split("\n") if line.startswith("data: ")][-1]
+    error = json.loads(last.removeprefix("data: "))["error"]
+    assert error["code"] == "internal_error" and "boom" not in error["message"]
+    async with database.transaction() as s:
+        status: str = (await s.execute(text("SELECT status FROM llm_requests"))).scalar_one()
+    assert status == "failed"
 
 
 def sdk_headers(sdk: openai.AsyncOpenAI) -> Headers:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+import h11
+import httpx
 import pytest
 
 from roost.errors import BadGateway, GatewayTimeout
@@ -20,6 +23,7 @@ from roost.llm import (
     StreamAccumulator,
     create_provider,
 )
+from roost.llm.base import MAX_TOKEN_COUNT, token_count
 from tests.support.openai_stub import (
     Call,
     Drop,
@@ -327,3 +331,79 @@ async def test_header_values_that_cannot_be_sent_are_clear_provider_errors(
             await provider.chat(req())
     finally:
         await provider.aclose()
+
+
+class _Pieces(httpx.AsyncByteStream):
+    """A response body arriving in the given pieces."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+
+
+def _answering(handler: Callable[[httpx.Request], httpx.Response]) -> OpenAICompatibleProvider:
+    """A provider whose HTTP client answers in process (no socket is opened)."""
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return OpenAICompatibleProvider("http://127.0.0.1:9/v1", client=client, default_model="m",
+                                    max_answer_bytes=4096)
+
+
+def _sse(pieces: list[bytes]) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda request: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=_Pieces(pieces))
+
+
+async def test_stream_lines_are_split_across_pieces_and_line_endings() -> None:
+    """Events split anywhere (inside a CRLF too) and ended by CRLF, CR or LF read back
+    whole: Roost splits the stream's lines itself, to bound them."""
+    first = json.dumps({"choices": [{"index": 0, "delta": {"content": "he"}}]}).encode()
+    second = json.dumps({"choices": [{"index": 0, "delta": {"content": "llo"},
+                                      "finish_reason": "stop"}]}).encode()
+    body = b"data: " + first + b"\r\n\r\ndata: " + second + b"\r\rdata: [DONE]\n\n"
+    cut = body.index(b"\r\n") + 1  # between the CR and the LF
+    pieces = [body[:10], body[10:cut], body[cut:cut + 3], body[cut + 3:]]
+    async with _answering(_sse(pieces)) as provider:
+        chunks = [c async for c in provider.stream_chat(req())]
+    assert "".join(c.delta for c in chunks) == "hello"
+    assert chunks[-1].finish_reason == "stop"
+
+
+async def test_a_stream_line_longer_than_the_answer_limit_is_a_bad_response() -> None:
+    """A line that never ends is not held without bound."""
+    async with _answering(_sse([b"data: " + b"x" * 3000] * 3)) as provider:
+        with pytest.raises(ProviderBadResponse, match="longer than 4096"):
+            [c async for c in provider.stream_chat(req())]
+
+
+async def test_a_request_httpx_cannot_write_is_an_unavailable_provider() -> None:
+    """h11 refusing to write a request (a framing header that slipped past the checks)
+    is a provider error (502, fallback), not a 500."""
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise h11.LocalProtocolError("Too much data for declared Content-Length")
+
+    async with _answering(refuse) as provider:
+        with pytest.raises(ProviderUnavailable, match="could not be written"):
+            await provider.chat(req())
+        with pytest.raises(ProviderUnavailable, match="could not be written"):
+            [c async for c in provider.stream_chat(req())]
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("url", ["http://169.254.169.254/v1", "http://[::ffff:169.254.169.254]/v1",
+                                 "http://[fe80::1]/v1"])
+def test_a_provider_at_a_link_local_address_is_not_built(kind: str, url: str) -> None:
+    """A row stored with a link-local base_url before the check cannot become a provider
+    (built only: nothing is sent)."""
+    with pytest.raises(ProviderRequestError, match="link-local"):
+        create_provider(kind, base_url=url, model="m")
+
+
+def test_token_counts_are_kept_within_bounds() -> None:
+    assert [token_count(v) for v in (None, "", 0, 7, "7", 7.9, -5)] == [0, 0, 0, 7, 7, 7, 0]
+    assert token_count(10**12) == MAX_TOKEN_COUNT
+    for bad in (float("inf"), float("nan"), "many"):
+        with pytest.raises((ValueError, OverflowError)):
+            token_count(bad)

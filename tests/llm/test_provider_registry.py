@@ -222,3 +222,111 @@ async def test_a_stored_non_ascii_key_answers_a_clear_error_not_a_500(
     assert "ключ" not in chat.text
     synced = await client.post(f"/api/v1/llm/providers/{pid}/sync-models", headers=admin_headers)
     assert synced.status_code == 409 and "header" in synced.text
+
+
+@pytest.mark.parametrize("header", ["Content-Length", "transfer-encoding", "Host", "Connection",
+                                    "Upgrade", "Keep-Alive", "TE", "Trailer",
+                                    "Proxy-Authorization"])
+async def test_framing_and_hop_by_hop_extra_headers_are_refused(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, header: str,
+) -> None:
+    """extra_headers may not set what the HTTP client frames the request with
+    (Content-Length: 5 made every call a 500): 422 naming the header, on create and
+    update."""
+    body = {"name": "framed", "type": "openai", "base_url": stub.base_url, "model": "m"}
+    created = await _create(client, admin_headers, **body,
+                            config={"extra_headers": {header: "5"}})
+    assert created.status_code == 422, created.text
+    assert "extra_headers" in created.text and header in created.text
+    pid = (await _create(client, admin_headers, **body)).json()["id"]
+    patched = await client.patch(f"/api/v1/llm/providers/{pid}", headers=admin_headers,
+                                 json={"config": {"extra_headers": {header: "5"}}})
+    assert patched.status_code == 422, patched.text
+
+
+async def test_a_stored_framing_header_makes_the_provider_unusable_not_a_500(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+) -> None:
+    """A framing header stored before the check (written here behind the API's back):
+    calls answer a clear 409, the health check 'unhealthy', never a 500."""
+    _, user_headers = await make_user(database)
+    pid = (await _create(client, admin_headers, name="framed", type="openai",
+                         base_url=stub.base_url, model="stub-model")).json()["id"]
+    async with database.transaction() as s:
+        await s.execute(text("UPDATE llm_providers SET config = :c, updated_at = now() "
+                             "WHERE id = :i"),
+                        {"c": '{"extra_headers": {"Content-Length": "5"}}', "i": uuid.UUID(pid)})
+    chat = await client.post("/v1/chat/completions", headers=user_headers, json={
+        "model": "stub-model", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 409 and "extra_headers" in chat.text, chat.text
+    health = await client.post(f"/api/v1/llm/providers/{pid}/health", headers=admin_headers)
+    assert health.status_code == 200 and health.json()["health_status"] == "unhealthy"
+
+
+async def test_a_base_url_too_long_for_its_column_is_a_422_naming_it(
+    client: httpx.AsyncClient, admin_headers: Headers,
+) -> None:
+    """A base_url over the 500 stored characters is a 422 naming base_url, not a vague 400."""
+    long_url = "http://127.0.0.1/" + "a" * 600
+    created = await _create(client, admin_headers, name="long", type="openai", base_url=long_url)
+    assert created.status_code == 422, created.text
+    assert "base_url" in created.text and "500" in created.text
+    pid = (await _create(client, admin_headers, name="short", type="openai",
+                         base_url="http://127.0.0.1/v1")).json()["id"]
+    patched = await client.patch(f"/api/v1/llm/providers/{pid}", headers=admin_headers,
+                                 json={"base_url": long_url})
+    assert patched.status_code == 422 and "base_url" in patched.text
+
+
+async def test_credentials_in_the_base_url_are_refused(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    """user:password@ in a base_url would be stored and shown in answers and the audit
+    log: 422 pointing at api_key and extra_headers, nothing stored."""
+    url = "http://admin:hunter2@127.0.0.1:8000/v1"
+    created = await _create(client, admin_headers, name="creds", type="openai", base_url=url)
+    assert created.status_code == 422, created.text
+    assert "api_key" in created.text and "hunter2" not in created.text
+    pid = (await _create(client, admin_headers, name="plain", type="openai",
+                         base_url="http://127.0.0.1:8000/v1")).json()["id"]
+    patched = await client.patch(f"/api/v1/llm/providers/{pid}", headers=admin_headers,
+                                 json={"base_url": url})
+    assert patched.status_code == 422 and "hunter2" not in patched.text
+    async with database.transaction() as s:
+        stored: int = (await s.execute(text(
+            "SELECT count(*) FROM audit_logs WHERE changes::text LIKE '%hunter2%'"))).scalar_one()
+    assert stored == 0
+
+
+@pytest.mark.parametrize("url", [
+    "http://169.254.169.254/v1", "http://169.254.0.1:8080/v1", "http://[fe80::1]/v1",
+    "http://[::ffff:169.254.169.254]/v1", "http://[::ffff:a9fe:a9fe]/v1",
+    "http://[2002:a9fe:a9fe::]/v1", "http://[64:ff9b::a9fe:a9fe]/v1",
+    "http://2852039166/v1", "http://0xa9fea9fe/v1", "http://[fd00:ec2::254]/v1",
+], ids=["metadata", "link-local-v4", "link-local-v6", "v4-mapped", "v4-mapped-hex", "6to4",
+        "nat64", "decimal", "hex", "aws-v6-metadata"])
+async def test_link_local_base_urls_are_refused(
+    client: httpx.AsyncClient, admin_headers: Headers, url: str,
+) -> None:
+    """A base_url at a link-local address (the cloud metadata service, in any spelling)
+    is a 422 on create and update: the server would send its requests there."""
+    created = await _create(client, admin_headers, name="meta", type="openai", base_url=url)
+    assert created.status_code == 422, created.text
+    assert "link-local" in created.text or "metadata" in created.text
+    pid = (await _create(client, admin_headers, name="fine", type="openai",
+                         base_url="http://127.0.0.1:8000/v1")).json()["id"]
+    patched = await client.patch(f"/api/v1/llm/providers/{pid}", headers=admin_headers,
+                                 json={"base_url": url})
+    assert patched.status_code == 422, patched.text
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:11434/v1", "http://[::1]:8000/v1",
+                                 "http://10.1.2.3:8000/v1", "http://192.168.1.20/v1",
+                                 "http://[fd12:3456::1]/v1", "http://gpu-box.internal:8000/v1"])
+async def test_loopback_and_private_base_urls_stay_allowed(
+    client: httpx.AsyncClient, admin_headers: Headers, url: str,
+) -> None:
+    """Self-hosted models live on loopback and private addresses (registration only: no
+    call is made)."""
+    created = await _create(client, admin_headers, name="local", type="openai", base_url=url)
+    assert created.status_code == 201, created.text

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 
 from roost.billing.models import UsageRecord
 from roost.db.base import utcnow
@@ -121,3 +122,20 @@ async def test_bad_ranges_are_422_and_no_credentials_401(
         assert answer.status_code == 422, (params, answer.text)
         assert answer.headers["content-type"] == "application/problem+json"
     assert (await client.get("/api/v1/llm/usage")).status_code == 401
+
+
+@pytest.fixture
+async def user(database: Database) -> tuple[uuid.UUID, Headers]:
+    return await make_user(database)
+
+
+@pytest.mark.parametrize("bounds", [
+    {"since": "9999-12-31T00:00:00-10:00", "until": "9999-12-31T23:00:00-10:00"},
+    {"since": "0001-01-01T00:00:00+14:00", "until": "0001-01-02T00:00:00+14:00"},
+], ids=["after-9999-in-utc", "before-year-1-in-utc"])
+async def test_usage_bounds_outside_the_calendar_in_utc_are_a_422(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], bounds: dict[str, str],
+) -> None:
+    """A bound outside years 1-9999 in UTC is a 422 like other bad bounds, not a 400."""
+    resp = await client.get("/api/v1/llm/usage", params=bounds, headers=user[1])
+    assert resp.status_code == 422, resp.text

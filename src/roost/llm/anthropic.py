@@ -13,8 +13,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Unpack
 
-from roost.llm.base import HTTPOptions, HTTPProvider, decode_json_event
-from roost.llm.errors import ProviderNotSupported, ProviderUnavailable
+from roost.llm.base import (
+    HTTPOptions,
+    HTTPProvider,
+    decode_json_event,
+    token_count,
+    usable_model_ids,
+)
+from roost.llm.errors import ProviderNotSupported, ProviderUnavailable, has_surrogate
 from roost.llm.types import (
     ChatChunk,
     ChatMessage,
@@ -139,7 +145,16 @@ def to_anthropic_tool_choice(choice: str | dict[str, Any]) -> dict[str, Any]:
 
 def _message_start(obj: dict[str, Any]) -> tuple[str | None, int]:
     message = obj["message"]
-    return message.get("model"), int((message.get("usage") or {}).get("input_tokens") or 0)
+    return message.get("model"), token_count((message.get("usage") or {}).get("input_tokens"))
+
+
+def _text(value: Any) -> str:
+    """A text block's or delta's text; a lone UTF-16 surrogate makes it a malformed answer."""
+    if not isinstance(value, str):
+        raise TypeError(f"text is {type(value).__name__}")
+    if has_surrogate(value):
+        raise ValueError("the answer's text holds a lone UTF-16 surrogate")
+    return value
 
 
 class AnthropicProvider(HTTPProvider):
@@ -199,7 +214,7 @@ class AnthropicProvider(HTTPProvider):
         tool_calls: list[ToolCall] = []
         for block in data["content"]:
             if block["type"] == "text":
-                text.append(block["text"])
+                text.append(_text(block["text"]))
             elif block["type"] == "tool_use":
                 arguments = json.dumps(block["input"])
                 tool_calls.append(ToolCall(id=block["id"], name=block["name"], arguments=arguments))
@@ -208,8 +223,8 @@ class AnthropicProvider(HTTPProvider):
         return ChatResult(
             content="".join(text),
             finish_reason=STOP_REASONS.get(stop, stop),
-            tokens_in=int(usage.get("input_tokens") or 0),
-            tokens_out=int(usage.get("output_tokens") or 0),
+            tokens_in=token_count(usage.get("input_tokens")),
+            tokens_out=token_count(usage.get("output_tokens")),
             model=data.get("model"),
             tool_calls=tool_calls,
             latency_ms=latency_ms,
@@ -265,12 +280,12 @@ class AnthropicProvider(HTTPProvider):
                 delta = ToolCallDelta(index=idx, id=block["id"], name=block["name"])
                 return ChatChunk(tool_calls=[delta], raw=obj)
             if block["type"] == "text" and block.get("text"):
-                return ChatChunk(delta=block["text"], raw=obj)
+                return ChatChunk(delta=_text(block["text"]), raw=obj)
             return None
         if kind == "content_block_delta":
             delta = obj["delta"]
             if delta["type"] == "text_delta":
-                return ChatChunk(delta=delta["text"], raw=obj)
+                return ChatChunk(delta=_text(delta["text"]), raw=obj)
             if delta["type"] == "input_json_delta":
                 idx = tool_index[int(obj["index"])]
                 part = ToolCallDelta(index=idx, arguments=delta["partial_json"])
@@ -281,8 +296,8 @@ class AnthropicProvider(HTTPProvider):
             usage = obj.get("usage") or {}
             return ChatChunk(
                 finish_reason=STOP_REASONS.get(stop, stop),
-                tokens_in=int(usage["input_tokens"]) if usage.get("input_tokens") else None,
-                tokens_out=int(usage.get("output_tokens") or 0),
+                tokens_in=token_count(usage["input_tokens"]) if usage.get("input_tokens") else None,
+                tokens_out=token_count(usage.get("output_tokens")),
                 raw=obj,
             )
         return None  # message_start (handled by caller), ping, content_block_stop
@@ -294,7 +309,7 @@ class AnthropicProvider(HTTPProvider):
 
     async def list_models(self) -> list[str]:
         data, _ = await self._request_json("GET", "/v1/models")
-        return self._parse(data, lambda d: [str(m["id"]) for m in d["data"]])
+        return self._parse(data, usable_model_ids)
 
     async def health(self) -> HealthResult:
         return await self._timed_health(self.list_models)

@@ -8,6 +8,7 @@ the provider type, whether falling back can help.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any, Final, Protocol, Self, TypedDict, TypeVar, Unpack, runtime_checkable
 
 import anyio
+import h11
 import httpx
 import structlog
 
@@ -24,8 +26,10 @@ from roost.llm.errors import (
     ProviderRequestError,
     ProviderTimeout,
     ProviderUnavailable,
+    has_surrogate,
     scrub,
 )
+from roost.llm.hosts import host_refusal
 from roost.llm.types import ChatChunk, ChatRequest, ChatResult, EmbeddingResult, HealthResult
 
 log = structlog.get_logger(__name__)
@@ -38,6 +42,18 @@ T = TypeVar("T")
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 # After a stream's final event, how long the end of its body may take to arrive.
 STREAM_DRAIN_S: Final = 1.0
+# The largest answer read from a provider (ROOST_LLM_MAX_ANSWER_BYTES); an embeddings
+# answer may be larger by this much per input (16,384 dimensions of JSON floats).
+MAX_ANSWER_BYTES: Final = 16 * 1024 * 1024
+EMBEDDING_BYTES_PER_INPUT: Final = 400_000
+# Of an error answer (4xx/5xx), only this much is read: its message is all that is used.
+ERROR_BODY_BYTES: Final = 64 * 1024
+# A token count a provider reports is kept within this (two fit a PostgreSQL integer).
+MAX_TOKEN_COUNT: Final = 1_000_000_000
+# A JSON escape of a UTF-16 surrogate (``\ud800``-``\udfff``): only an answer holding one
+# needs to be searched for a lone surrogate.
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+_LINE_END: Final = re.compile(r"\r\n|\r|\n")
 
 
 @runtime_checkable
@@ -70,6 +86,18 @@ def elapsed_ms(start: float) -> int:
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 AUTH_HEADER_NAMES = frozenset({"authorization", "x-api-key"})
 HEADER_VALUE_RULE = "printable ASCII without control characters"
+# Headers that frame the message or the connection: httpx sets them itself, and one set
+# by hand (Content-Length: 5) makes every request fail before it is sent.
+FRAMING_HEADER_NAMES = frozenset({
+    "content-length", "transfer-encoding", "host", "connection", "upgrade", "keep-alive",
+    "te", "trailer",
+})
+
+
+def framing_header(name: str) -> bool:
+    """A hop-by-hop or framing header (``Proxy-*`` too), which no configuration may set."""
+    lowered = name.lower()
+    return lowered in FRAMING_HEADER_NAMES or lowered.startswith("proxy-")
 
 
 def header_value_ok(value: str) -> bool:
@@ -87,7 +115,7 @@ def unsendable_header(headers: Mapping[Any, Any]) -> tuple[str, Any] | None:
     or ``("value", name)`` (not a string of printable ASCII without surrounding spaces);
     None when every one can be sent.  Each caller words its own refusal."""
     for name, value in headers.items():
-        if not isinstance(name, str) or not header_name_ok(name):
+        if not isinstance(name, str) or not header_name_ok(name) or framing_header(name):
             return "name", name
         if not isinstance(value, str) or not header_value_ok(value):
             return "value", name
@@ -104,8 +132,9 @@ def check_headers(headers: Mapping[str, Any], provider: str) -> None:
     kind, name = bad
     if kind == "name":
         raise ProviderRequestError(
-            f"provider {provider!r}: an extra header name is not a valid HTTP token; "
-            "fix config.extra_headers", provider=provider,
+            f"provider {provider!r}: an extra header name is not a valid HTTP token or "
+            "is a framing header (Content-Length, Host, Connection...); fix "
+            "config.extra_headers", provider=provider,
         )
     what = "the API key" if name.lower() in AUTH_HEADER_NAMES else f"header {name!r}"
     fix = "set the key again" if name.lower() in AUTH_HEADER_NAMES else "fix the configuration"
@@ -131,6 +160,7 @@ class HTTPOptions(HTTPConfig, total=False):
     default_model: str | None
     name: str | None  # default: the provider type
     client: httpx.AsyncClient | None  # injected (tests, shared pools); else owned
+    max_answer_bytes: int  # ROOST_LLM_MAX_ANSWER_BYTES (default MAX_ANSWER_BYTES)
 
 
 class HTTPProvider:
@@ -151,8 +181,17 @@ class HTTPProvider:
         self.name = options.get("name") or self.provider_type
         self.retry_bad_response = options.get("retry_bad_response", True)
         self.extra_headers = dict(options.get("extra_headers") or {})
+        self.max_answer_bytes = options.get("max_answer_bytes") or MAX_ANSWER_BYTES
         connect_timeout = options.get("connect_timeout")
         client = options.get("client")
+        try:
+            refusal = host_refusal(httpx.URL(self.base_url).host)
+        except httpx.InvalidURL:
+            refusal = None  # its requests fail as an unreachable provider
+        if refusal is not None:  # a row stored before base URLs were checked
+            raise ProviderRequestError(
+                f"provider {self.name!r}: its base_url points at {refusal}; change it",
+                provider=self.name)
         # Refuse at build time what could never be sent (the registry turns this into a
         # clear "unusable provider" answer); _headers() checks again before each request.
         check_headers(self.extra_headers, self.name)
@@ -249,40 +288,90 @@ class HTTPProvider:
             retryable=self.retry_bad_response,
         )
 
+    def _unsendable(self) -> ProviderUnavailable:
+        """httpx refused to write the request (h11's LocalProtocolError): the provider's
+        configuration, not the caller, is at fault."""
+        return ProviderUnavailable(
+            f"provider {self.name!r}: the request could not be written (its configuration "
+            "makes an invalid HTTP request; check config.extra_headers)", provider=self.name)
+
     def _parse(self, data: Any, parser: Callable[[Any], T]) -> T:
         """Run a shape parser, turning any shape mismatch into ProviderBadResponse."""
         try:
             return parser(data)
         except ProviderError:
             raise
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError,
+                ArithmeticError) as exc:
             raise self._bad_response(f"unexpected shape ({type(exc).__name__}: {exc})") from exc
 
+    def _decode(self, raw: bytes | str) -> Any:
+        """JSON from a provider; ValueError for anything that is not, including text with a
+        lone UTF-16 surrogate (it can be neither stored nor sent on as UTF-8)."""
+        # Decoded strictly here: json.loads of bytes would let UTF-8-encoded surrogates in.
+        text = raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw
+        value = json.loads(text)
+        if _SURROGATE_ESCAPE.search(text) is not None and _holds_surrogate(value):
+            raise ValueError("it holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff)")
+        return value
+
+    async def _read_capped(self, resp: httpx.Response, limit: int) -> bytes | None:
+        """The body, or None past ``limit`` bytes (decoded: a gzip bomb stops too)."""
+        parts: list[bytes] = []
+        size = 0
+        async for part in resp.aiter_bytes():
+            size += len(part)
+            if size > limit:
+                return None
+            parts.append(part)
+        return b"".join(parts)
+
+    async def _error_from(self, resp: httpx.Response) -> ProviderError:
+        """The ProviderError for an answer of status 400 or more (its first
+        ERROR_BODY_BYTES only: the message is all that is used)."""
+        parts: list[bytes] = []
+        size = 0
+        async for part in resp.aiter_bytes():
+            parts.append(part)
+            size += len(part)
+            if size >= ERROR_BODY_BYTES:
+                break
+        text = b"".join(parts)[:ERROR_BODY_BYTES].decode(resp.encoding or "utf-8", "replace")
+        return self._status_error(resp.status_code, text)
+
     async def _request_json(
-        self, method: str, path: str, body: dict[str, Any] | None = None
+        self, method: str, path: str, body: dict[str, Any] | None = None, *,
+        limit: int | None = None,
     ) -> tuple[Any, int]:
-        """Send a request and return (decoded JSON, latency ms), with errors mapped."""
+        """Send a request and return (decoded JSON, latency ms), with errors mapped.  An
+        answer over ``limit`` bytes (default ``max_answer_bytes``) is a malformed one."""
+        limit = limit or self.max_answer_bytes
         start = time.perf_counter()
         try:
-            resp = await self._client.request(
+            async with self._client.stream(
                 method, f"{self.base_url}{path}", json=body, headers=self._headers()
-            )
+            ) as resp:
+                if resp.status_code >= 400:
+                    err = await self._error_from(resp)
+                    log.info("llm.provider.http_error", provider=self.name,
+                             status=resp.status_code, path=path)
+                    raise err
+                raw = await self._read_capped(resp, limit)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
+        except h11.LocalProtocolError:
+            raise self._unsendable() from None
         latency = elapsed_ms(start)
-        if resp.status_code >= 400:
-            err = self._status_error(resp.status_code, resp.text)
-            log.info(
-                "llm.provider.http_error",
-                provider=self.name,
-                status=resp.status_code,
-                path=path,
-            )
-            raise err
+        if raw is None:
+            raise self._bad_response(f"the answer is larger than {limit} bytes "
+                                     "(ROOST_LLM_MAX_ANSWER_BYTES)")
         try:
-            return resp.json(), latency
-        except ValueError:
-            raise self._bad_response(f"not JSON: {resp.text[:80]!r}") from None
+            return self._decode(raw), latency
+        except ValueError as exc:
+            if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+                shown = raw[:80].decode("utf-8", "replace")
+                raise self._bad_response(f"not JSON: {shown!r}") from None
+            raise self._bad_response(str(exc)) from None
 
     @asynccontextmanager
     async def _open_stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
@@ -292,18 +381,48 @@ class HTTPProvider:
                 "POST", f"{self.base_url}{path}", json=body, headers=self._headers()
             ) as resp:
                 if resp.status_code >= 400:
-                    await resp.aread()
-                    raise self._status_error(resp.status_code, resp.text)
+                    raise await self._error_from(resp)
                 yield resp
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
+        except h11.LocalProtocolError:
+            raise self._unsendable() from None
+
+    async def _lines(self, resp: httpx.Response) -> AsyncIterator[str]:
+        """The body's lines (``\\r\\n``, ``\\r`` or ``\\n`` ends one, as in Server-Sent
+        Events); a line longer than ``max_answer_bytes`` characters is a malformed answer
+        (a line is held whole until it ends)."""
+        pending: list[str] = []  # the pieces of the line not ended yet
+        size = 0
+        held_cr = False  # the last piece ended with "\\r": a "\\n" may follow
+        async for piece in resp.aiter_text():
+            if held_cr:
+                piece = "\r" + piece
+                held_cr = False
+            if "\n" not in piece and "\r" not in piece:
+                pending.append(piece)
+                size += len(piece)
+            else:
+                if piece.endswith("\r"):
+                    piece, held_cr = piece[:-1], True
+                lines = _LINE_END.split("".join(pending) + piece)
+                pending = [lines.pop()]
+                size = len(pending[0])
+                for line in lines:
+                    yield line
+            if size > self.max_answer_bytes:
+                raise self._bad_response(
+                    f"a stream line is longer than {self.max_answer_bytes} characters")
+        rest = "".join(pending)
+        if rest or held_cr:
+            yield rest
 
     async def _sse_events(self, resp: httpx.Response) -> AsyncIterator[tuple[str | None, str]]:
         """Minimal Server-Sent Events parser yielding (event name, data) pairs."""
         event: str | None = None
         data: list[str] = []
         try:
-            async for line in resp.aiter_lines():
+            async for line in self._lines(resp):
                 if not line:
                     if data:
                         yield event, "\n".join(data)
@@ -343,9 +462,51 @@ class HTTPProvider:
 def decode_json_event(provider: HTTPProvider, data: str) -> dict[str, Any]:
     """Decode one SSE data payload that must be a JSON object."""
     try:
-        value = json.loads(data)
-    except ValueError:
+        value = provider._decode(data)
+    except json.JSONDecodeError:
         raise provider._bad_response(f"stream event is not JSON: {data[:80]!r}") from None
+    except ValueError as exc:
+        raise provider._bad_response(f"stream event: {exc}") from None
     if not isinstance(value, dict):
         raise provider._bad_response("stream event is not a JSON object")
     return value
+
+
+def _holds_surrogate(value: Any, depth: int = 0) -> bool:
+    """A string (value or key) in decoded JSON holds a lone UTF-16 surrogate."""
+    if isinstance(value, str):
+        return has_surrogate(value)
+    if depth > 64:
+        return False
+    if isinstance(value, dict):
+        return any(has_surrogate(k) or _holds_surrogate(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_surrogate(v, depth + 1) for v in value)
+    return False
+
+
+def token_count(value: Any) -> int:
+    """A token count from a provider's usage: missing is 0, a negative one 0, a huge one
+    MAX_TOKEN_COUNT (it is the provider's word, but it must not fail the call's records);
+    not a number, or not finite, is a malformed answer (ValueError, OverflowError)."""
+    if value is None or value == "":
+        return 0
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"a token count is {value}")
+    return max(0, min(int(value), MAX_TOKEN_COUNT))
+
+
+def usable_model_ids(data: Any) -> list[str]:
+    """The model ids of a ``/models`` answer (``{"data": [{"id": ...}, ...]}``) that can be
+    stored and asked for: non-empty strings of at most 255 characters without NUL (others
+    are skipped).  A list of models none of which is usable is a malformed answer."""
+    listed = data["data"]
+    if not isinstance(listed, list):
+        raise TypeError("data is not a list")
+    ids = [m.get("id") for m in listed if isinstance(m, dict)]
+    usable = [i for i in ids if isinstance(i, str) and i.strip() and len(i) <= 255
+              and "\x00" not in i and not has_surrogate(i)]
+    if listed and not usable:
+        raise ValueError("it lists models, but none with a usable id (a non-empty string "
+                         "of at most 255 characters without NUL)")
+    return list(dict.fromkeys(usable))

@@ -48,7 +48,7 @@ from roost.db.transaction import driver_fetch
 from roost.errors import Conflict, ServiceUnavailable
 from roost.identity.tenancy import scope_settings
 from roost.llm.base import elapsed_ms
-from roost.llm.errors import ProviderError
+from roost.llm.errors import GatewayFailed, ProviderError
 from roost.llm.execution import CallStream, execute, execute_embedding
 from roost.llm.gateway import LLMGateway
 from roost.llm.models import LLMRequest
@@ -256,24 +256,36 @@ async def _record_failure(
     meanwhile, with its user or chat session, so a foreign key refuses its responses; a
     lost connection; a hook's refusal), a warning is logged, the call's usage row is
     written alone (the ledger outlives the request) and the credits held are given back
-    (else the sweeper frees them)."""
+    (else the sweeper frees them).  When the database refused a value of an attempt
+    (SQLSTATE class 22: something a provider answered), the failure is recorded once more
+    without the attempts' rows, so the request does not stay ``running``."""
     try:
         await _store_failure(gateway, call, error, attempts, latency_ms, on_failure)
+        return
     except Exception as again:
         log.warning("llm_call_unrecorded", request_id=str(call.request_id),
                     error=type(again).__name__, sqlstate=sqlstate_of(again),
                     cause=type(error).__name__)
+        refused = (sqlstate_of(again) or "").startswith("22")
+    if refused and attempts:
         try:
-            async with gateway.transaction(call.principal) as session:
-                await record_usage_alone(
-                    session, call.principal, call.request_id, request_type=call.request_type,
-                    model=call.route.model, latency_ms=latency_ms, session_id=call.session_id,
-                    run_id=call.run_id, agent_id=call.agent_id, reservation=call.reservation)
-        except Exception as lost:
-            log.warning("llm_usage_unrecorded", request_id=str(call.request_id),
-                        error=type(lost).__name__)
-        with suppress(Exception):  # else the sweeper frees it
-            await give_back(gateway, call)
+            await _store_failure(gateway, call, error, [], latency_ms, on_failure)
+            return
+        except Exception as still:
+            log.warning("llm_call_unrecorded", request_id=str(call.request_id),
+                        error=type(still).__name__, sqlstate=sqlstate_of(still),
+                        cause=type(error).__name__, attempts=False)
+    try:  # the usage row alone
+        async with gateway.transaction(call.principal) as session:
+            await record_usage_alone(
+                session, call.principal, call.request_id, request_type=call.request_type,
+                model=call.route.model, latency_ms=latency_ms, session_id=call.session_id,
+                run_id=call.run_id, agent_id=call.agent_id, reservation=call.reservation)
+    except Exception as lost:
+        log.warning("llm_usage_unrecorded", request_id=str(call.request_id),
+                    error=type(lost).__name__)
+    with suppress(Exception):  # else the sweeper frees it
+        await give_back(gateway, call)
 
 
 async def _store_outcome(
@@ -288,11 +300,21 @@ async def _store_outcome(
     try:
         return await _store_success(gateway, call, outcome, on_success, meter)
     except Exception as exc:
+        state = sqlstate_of(exc)
+        refused: GatewayFailed | None = None
+        if state is not None and state.startswith("22"):  # a value the database refuses:
+            # what the provider answered (the caller's request was stored already)
+            refused = GatewayFailed(
+                f"the provider's answer could not be stored (a value the database refuses, "
+                f"SQLSTATE {state}): the answer was not kept", timeout=False,
+                kind="bad_response")
         # Its request may be gone too (a chat session deleted): then logged, its usage
         # row written alone.
-        await _record_failure(gateway, call, exc, outcome.attempts, outcome.latency_ms, None)
+        await _record_failure(gateway, call, refused or exc, outcome.attempts,
+                              outcome.latency_ms, None)
+        if refused is not None:
+            raise refused from exc
         # As the caller's answer (a stream ends with an error frame, not a broken body).
-        state = sqlstate_of(exc)
         if state == "23503":  # what the answer was for was deleted meanwhile
             raise Conflict("what this answer was for (its chat session, run or request) was "
                            "deleted while it was being stored: the answer was not kept") from exc

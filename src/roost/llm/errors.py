@@ -13,7 +13,8 @@ the upstream's own (scrubbed, truncated) error message.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import re
+from typing import TYPE_CHECKING, Any, Final
 
 from roost.errors import BadGateway, Conflict, NotFound, RoostError
 
@@ -86,12 +87,30 @@ class AllProvidersFailed(ProviderUnavailable):
         self.errors = errors
 
 
+# A lone UTF-16 surrogate: what a JSON ``\\ud800`` escape decodes to, not valid Unicode
+# text (it cannot be encoded as UTF-8, so it can be neither stored nor sent).
+SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogate(text: str) -> bool:
+    return SURROGATE.search(text) is not None
+
+
+def clean_text(text: str) -> str:
+    """``text`` as PostgreSQL can store it: NUL dropped, lone surrogates replaced (U+FFFD)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return SURROGATE.sub("\ufffd", text)
+
+
 def scrub(text: str, *secrets: str | None, limit: int = 300) -> str:
-    """Remove secrets from upstream text and cap its length before it goes into an error."""
+    """Remove secrets from upstream text and cap its length before it goes into an error;
+    NUL characters are dropped and lone surrogates replaced (U+FFFD), so the text can be
+    stored (PostgreSQL text holds no NUL) and sent as UTF-8."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
-    text = " ".join(text.split())
+    text = " ".join(clean_text(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

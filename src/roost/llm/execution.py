@@ -107,9 +107,12 @@ class CallStream:
                                     model=res.model, tokens_in=res.tokens_in,
                                     tokens_out=res.tokens_out)
             return
+        settings = self.gateway.settings
         self._fallback = FallbackStream(
             self.route.members, self.request, retry_on=retry_predicate(self.gateway),
-            first_chunk_timeout_s=self.gateway.settings.llm_timeout_s,
+            first_chunk_timeout_s=settings.llm_timeout_s,
+            max_duration_s=settings.llm_stream_max_s,
+            max_answer_bytes=settings.llm_max_answer_bytes,
         )
         self._iter = aiter(self._fallback)
         self._first = await anext(self._iter)

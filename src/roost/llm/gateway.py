@@ -56,7 +56,8 @@ class LLMGateway:
             cipher=MessageCipher(list(keys.message_keys)),
             secret_box=SecretBox.from_keys(keys.secrets_key),
             pool=ProviderPool(
-                SecretBox.from_keys(keys.secrets_key), local_threads=settings.llm_local_threads
+                SecretBox.from_keys(keys.secrets_key), local_threads=settings.llm_local_threads,
+                max_answer_bytes=settings.llm_max_answer_bytes,
             ),
             fallback_kinds=parse_fallback_kinds(settings.llm_fallback_on),
         )

@@ -8,11 +8,19 @@ that ends in ``/v1`` (as with the official SDK) and the paths appended are
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Unpack
 
-from roost.llm.base import HTTPOptions, HTTPProvider, decode_json_event
-from roost.llm.errors import ProviderUnavailable
+from roost.llm.base import (
+    EMBEDDING_BYTES_PER_INPUT,
+    HTTPOptions,
+    HTTPProvider,
+    decode_json_event,
+    token_count,
+    usable_model_ids,
+)
+from roost.llm.errors import ProviderUnavailable, has_surrogate
 from roost.llm.types import (
     ChatChunk,
     ChatRequest,
@@ -25,14 +33,20 @@ from roost.llm.types import (
 
 
 def _text_of(content: Any) -> str:
-    """Message content as text; some servers return a list of parts instead of a string."""
+    """Message content as text; some servers return a list of parts instead of a string.
+    Text with a lone UTF-16 surrogate is a malformed answer (ValueError): it could be
+    neither stored nor sent on."""
     if content is None:
         return ""
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    raise TypeError(f"content is {type(content).__name__}")
+        text = content
+    elif isinstance(content, list):
+        text = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    else:
+        raise TypeError(f"content is {type(content).__name__}")
+    if has_surrogate(text):
+        raise ValueError("the answer's text holds a lone UTF-16 surrogate")
+    return text
 
 
 def _logprobs_of(choice: Mapping[str, Any]) -> list[float] | None:
@@ -50,8 +64,8 @@ def parse_openai_chat(data: Any, latency_ms: int = 0) -> ChatResult:
     return ChatResult(
         content=_text_of(message.get("content")),
         finish_reason=choice.get("finish_reason"),
-        tokens_in=int(usage.get("prompt_tokens") or 0),
-        tokens_out=int(usage.get("completion_tokens") or 0),
+        tokens_in=token_count(usage.get("prompt_tokens")),
+        tokens_out=token_count(usage.get("completion_tokens")),
         model=data.get("model"),
         tool_calls=[
             ToolCall(
@@ -88,8 +102,8 @@ def parse_openai_chunk(obj: dict[str, Any]) -> ChatChunk:
             for tc in delta.get("tool_calls") or []
         ]
     if isinstance(usage, dict):
-        chunk.tokens_in = int(usage.get("prompt_tokens") or 0)
-        chunk.tokens_out = int(usage.get("completion_tokens") or 0)
+        chunk.tokens_in = token_count(usage.get("prompt_tokens"))
+        chunk.tokens_out = token_count(usage.get("completion_tokens"))
     return chunk
 
 
@@ -170,11 +184,15 @@ class OpenAICompatibleProvider(HTTPProvider):
         vectors = [[float(x) for x in item["embedding"]] for item in items]
         if len(vectors) != count:
             raise ValueError(f"{len(vectors)} vectors for {count} inputs")
+        for vector in vectors:  # a finite sum has no NaN or Infinity in it (fast, in C)
+            if not math.isfinite(sum(vector)) and not all(map(math.isfinite, vector)):
+                raise ValueError("a vector holds a value that is not a finite number "
+                                 "(NaN, Infinity)")
         usage = data.get("usage") or {}
         return EmbeddingResult(
             vectors=vectors,
             model=data.get("model"),
-            tokens_in=int(usage.get("prompt_tokens") or 0),
+            tokens_in=token_count(usage.get("prompt_tokens")),
             latency_ms=latency_ms,
         )
 
@@ -186,12 +204,14 @@ class OpenAICompatibleProvider(HTTPProvider):
         body: dict[str, Any] = {"model": self._model(model), "input": texts}
         if dimensions is not None:
             body["dimensions"] = dimensions
-        data, latency = await self._request_json("POST", "/embeddings", body)
+        # Vectors as JSON floats are large: the limit grows with the inputs.
+        limit = self.max_answer_bytes + len(texts) * EMBEDDING_BYTES_PER_INPUT
+        data, latency = await self._request_json("POST", "/embeddings", body, limit=limit)
         return self._parse(data, lambda d: self._parse_embeddings(d, len(texts), latency))
 
     async def list_models(self) -> list[str]:
         data, _ = await self._request_json("GET", "/models")
-        return self._parse(data, lambda d: [str(m["id"]) for m in d["data"]])
+        return self._parse(data, usable_model_ids)
 
     async def health(self) -> HealthResult:
         return await self._timed_health(self.list_models)

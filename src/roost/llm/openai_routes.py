@@ -117,6 +117,19 @@ class ChatCompletionBody(BaseModel):
             raise ValueError("at most 4 stop sequences")
         return value
 
+    def check_stored_values(self) -> None:
+        """The values kept in ``llm_requests.model_params`` (JSONB, which holds no NUL
+        character): a NUL in one is a 400 ``invalid_value`` naming the field (``param``),
+        like any invalid field, not a failure to store the request."""
+        extra = self.model_extra or {}
+        fields = {"stop": self.stop, "tool_choice": self.tool_choice,
+                  **{k: extra[k] for k in PASSTHROUGH if k in extra}}
+        for name, value in fields.items():
+            if _holds_nul(value):
+                raise RequestValidationError([{
+                    "type": "value_error", "loc": ("body", name),
+                    "msg": "must not contain NUL characters (\\u0000)", "input": None}])
+
     def to_request(self) -> ChatRequest:
         extra = {k: v for k, v in (self.model_extra or {}).items() if k in PASSTHROUGH}
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
@@ -125,6 +138,19 @@ class ChatCompletionBody(BaseModel):
             max_tokens=self.max_completion_tokens or self.max_tokens, top_p=self.top_p,
             stop=stop, tools=self.tools, tool_choice=self.tool_choice, extra=extra,
         )
+
+
+def _holds_nul(value: Any, depth: int = 0) -> bool:
+    """A string (value or key) in a JSON value holds a NUL character."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if depth > 32:
+        return False
+    if isinstance(value, dict):
+        return any("\x00" in str(k) or _holds_nul(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v, depth + 1) for v in value)
+    return False
 
 
 class EmbeddingsBody(BaseModel):
@@ -187,6 +213,7 @@ async def chat_completions(
         return await handler(principal, body)
     texts = [m.text() for m in body.messages]
     _check_sizes(gateway, texts, "messages")
+    body.check_stored_values()
     chat = body.to_request()
     if body.stream:
         return await _stream(request, gateway, principal, body, chat)
@@ -244,6 +271,13 @@ async def _stream(
         except RoostError as err:  # recorded as failed; the client sees OpenAI's error shape
             payload = {"error": {"message": err.detail, "type": "api_error", "param": None,
                                  "code": _code_for(err)}}
+            yield f"data: {json.dumps(payload)}\n\n".encode()
+            return
+        except Exception:  # a bug: the stream still ends with the error frame it promises
+            log.exception("llm.v1.stream_failed", request_id=str(stream.request_id))
+            payload = {"error": {"message": "internal error: the answer broke off",
+                                 "type": "server_error", "param": None,
+                                 "code": "internal_error"}}
             yield f"data: {json.dumps(payload)}\n\n".encode()
             return
         outcome = stream.saved

@@ -248,6 +248,12 @@ class FallbackStream:
     delivered; once the stream ends, ``result`` holds the reassembled answer
     (also stored on the winning attempt).  After the first chunk there is no
     fallback: a later failure is raised with ``.attempts`` set.
+
+    ``max_duration_s`` bounds a provider's whole stream, first chunk included (a
+    provider sending keep-alives forever resets the HTTP read timeout with each one):
+    past it the stream fails with :class:`ProviderTimeout`.  ``max_answer_bytes`` bounds
+    the text and tool-call arguments it accumulates (UTF-8 bytes): past it the stream
+    fails with :class:`ProviderBadResponse`.
     """
 
     def __init__(
@@ -257,11 +263,15 @@ class FallbackStream:
         *,
         retry_on: RetryOn | None = None,
         first_chunk_timeout_s: float | None = None,
+        max_duration_s: float | None = None,
+        max_answer_bytes: int | None = None,
     ) -> None:
         self.providers = list(providers)
         self.request = request
         self.retry_on = retry_on
         self.first_chunk_timeout_s = first_chunk_timeout_s
+        self.max_duration_s = max_duration_s
+        self.max_answer_bytes = max_answer_bytes
         self.attempts: list[Attempt] = []
         self.winner: ProviderRef | None = None
         self.result: ChatResult | None = None
@@ -284,11 +294,35 @@ class FallbackStream:
                 provider=attempt.ref.name,
             ) from None
 
+    async def _next_chunk(self, attempt: Attempt, it: AsyncIterator[ChatChunk],
+                          deadline: float | None) -> ChatChunk:
+        """The stream's next chunk, before ``deadline`` (loop time); StopAsyncIteration at
+        its end.  Never waits across a ``yield``: the deadline covers the provider only."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await anext(it)
+        except TimeoutError:
+            raise ProviderTimeout(
+                f"provider {attempt.ref.name!r} was still streaming after "
+                f"{self.max_duration_s:g}s, the limit of a streamed answer "
+                "(ROOST_LLM_STREAM_MAX_S)", provider=attempt.ref.name,
+            ) from None
+
+    def _check_size(self, attempt: Attempt, size: int) -> None:
+        if self.max_answer_bytes is not None and size > self.max_answer_bytes:
+            raise ProviderBadResponse(
+                f"provider {attempt.ref.name!r} streamed an answer larger than "
+                f"{self.max_answer_bytes} bytes (ROOST_LLM_MAX_ANSWER_BYTES)",
+                provider=attempt.ref.name, retryable=False,
+            )
+
     async def _run(self) -> AsyncIterator[ChatChunk]:
         for ref, provider in self.providers:
             attempt = Attempt(ref=ref, started_at=utcnow(), streamed=True)
             self.attempts.append(attempt)
             start = time.perf_counter()
+            deadline = (None if self.max_duration_s is None
+                        else asyncio.get_running_loop().time() + self.max_duration_s)
             it = provider.stream_chat(self.request)
             acc = StreamAccumulator()
             try:
@@ -308,9 +342,17 @@ class FallbackStream:
             self.winner = ref
             attempt.selected = True
             try:
+                size = _chunk_size(first)
+                self._check_size(attempt, size)
                 acc.add(first)
                 yield first
-                async for chunk in it:
+                while True:
+                    try:
+                        chunk = await self._next_chunk(attempt, it, deadline)
+                    except StopAsyncIteration:
+                        break
+                    size += _chunk_size(chunk)
+                    self._check_size(attempt, size)
                     acc.add(chunk)
                     yield chunk
             except BaseException as exc:
@@ -328,6 +370,14 @@ class FallbackStream:
             attempt.confidence = response_confidence(attempt.result)
             return
         _raise_failure(self.attempts, "every provider (stream)")
+
+
+def _chunk_size(chunk: ChatChunk) -> int:
+    """What a chunk adds to the answer held in memory (UTF-8 bytes of text and arguments)."""
+    size = len(chunk.delta.encode("utf-8", "surrogatepass")) if chunk.delta else 0
+    for call in chunk.tool_calls:
+        size += len(call.arguments.encode("utf-8", "surrogatepass")) + len(call.name or "")
+    return size
 
 
 def stream_with_fallback(

@@ -52,9 +52,11 @@ class ProviderBuildError(Exception):
 
 
 class ProviderPool:
-    def __init__(self, secret_box: SecretBox, *, local_threads: int | None = None) -> None:
+    def __init__(self, secret_box: SecretBox, *, local_threads: int | None = None,
+                 max_answer_bytes: int | None = None) -> None:
         self._box = secret_box
         self._local_threads = local_threads
+        self._max_answer_bytes = max_answer_bytes
         self._entries: dict[uuid.UUID, _Entry] = {}
         self._lock = asyncio.Lock()
 
@@ -73,7 +75,7 @@ class ProviderPool:
         try:
             return create_provider(
                 row.type, name=row.name, base_url=row.base_url, api_key=api_key, model=row.model,
-                config=config,
+                config=config, max_answer_bytes=self._max_answer_bytes,
             )
         except ProviderError as exc:
             raise ProviderBuildError(row.name, exc.detail) from exc

@@ -46,8 +46,10 @@ def create_provider(
     api_key: str | None = None,
     model: str | None = None,
     config: dict[str, Any] | None = None,
+    max_answer_bytes: int | None = None,
 ) -> LLMProvider:
-    """Build a provider from an ``llm_providers``-style configuration."""
+    """Build a provider from an ``llm_providers``-style configuration; ``max_answer_bytes``
+    (ROOST_LLM_MAX_ANSWER_BYTES) bounds what an HTTP provider reads."""
     kind = type.lower().replace("-", "_").replace(".", "")
     cfg = dict(config or {})
     if kind == "local":
@@ -58,6 +60,8 @@ def create_provider(
     # HTTPOptions: the keywords every HTTP provider takes, from the row and its config.
     http = {"api_key": api_key, "default_model": model, "name": name or kind,
             **_options(cfg, HTTPConfig.__optional_keys__)}
+    if max_answer_bytes is not None:
+        http["max_answer_bytes"] = max_answer_bytes
     if kind in OPENAI_COMPATIBLE_TYPES:
         url = base_url or DEFAULT_BASE_URLS.get(kind)
         if not url:

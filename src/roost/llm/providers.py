@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit import service as audit
 from roost.db.base import utcnow, uuid7
 from roost.errors import BadRequest, Conflict, Forbidden, NotFound
-from roost.llm.errors import ProviderError
+from roost.llm.errors import ProviderError, clean_text
 from roost.llm.gateway import LLMGateway
 from roost.llm.local import find_smollm2_gguf, llama_cpp_available
 from roost.llm.models import LLMProviderRow
@@ -188,6 +188,8 @@ async def check_health(
         status, error, ms = result.status, result.error, result.response_time_ms
     except ProviderBuildError as exc:
         status, error, ms = "unhealthy", exc.reason, 0
+    if error is not None:  # the provider's words in part: storable whatever they hold
+        error = clean_text(error)
     async with gateway.transaction(actor) as session:
         row = await session.get(LLMProviderRow, provider_id, with_for_update=True)
         if row is None:

@@ -10,6 +10,7 @@ each of these writes happens; domains call that, not these functions.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 import zlib
 from collections.abc import Sequence
@@ -32,7 +33,9 @@ from roost.db.base import utcnow, uuid7
 from roost.db.statements import bound_insert, flush_pending, prefixed
 from roost.db.transaction import driver_fetch
 from roost.errors import NotFound, RoostError
+from roost.llm.base import MAX_TOKEN_COUNT
 from roost.llm.errors import (
+    SURROGATE,
     AllProvidersFailed,
     GatewayFailed,
     ModelNotFound,
@@ -40,6 +43,7 @@ from roost.llm.errors import (
     ProviderRequestError,
     ProviderTimeout,
     UpstreamRejected,
+    clean_text,
 )
 from roost.llm.gateway import LLMGateway
 from roost.llm.models import LLMRequest, LLMResponse
@@ -82,16 +86,47 @@ def decrypt_json(cipher: MessageCipher, token: bytes) -> Any:
     return json.loads(plain)
 
 
+def _label(value: Any, limit: int) -> str | None:
+    """A provider's short label (model name, finish reason) fitted to its column."""
+    if value is None:
+        return None
+    return clean_text(str(value))[:limit] or None
+
+
+def _tokens(value: int) -> int:
+    return max(0, min(int(value), MAX_TOKEN_COUNT))
+
+
+def fit_result(result: ChatResult) -> ChatResult:
+    """What a provider answered, fitted to the columns it is stored in (in place): the
+    model name to 255 characters, the finish reason to 50, without NUL or lone
+    surrogates; token counts within 0..MAX_TOKEN_COUNT; text without lone surrogates
+    (the HTTP providers refuse those already; this covers any provider)."""
+    result.model = _label(result.model, 255)
+    result.finish_reason = _label(result.finish_reason, 50)
+    result.tokens_in, result.tokens_out = _tokens(result.tokens_in), _tokens(result.tokens_out)
+    result.content = SURROGATE.sub("\ufffd", result.content)
+    for call in result.tool_calls:
+        call.id, call.name = clean_text(call.id), clean_text(call.name)
+        call.arguments = SURROGATE.sub("\ufffd", call.arguments)
+    return result
+
+
 def strip_text(value: Any, depth: int = 0) -> Any:
-    """The provider's raw answer without conversation text (that is stored encrypted)."""
+    """The provider's raw answer without conversation text (that is stored encrypted), and
+    without what JSONB cannot hold (NUL, lone surrogates) in the strings and keys left."""
     if depth > 16:
         return None
     if isinstance(value, dict):
-        return {k: ("[encrypted]" if k in _TEXT_KEYS and v not in (None, "", [])
-                    else strip_text(v, depth + 1))
+        return {clean_text(str(k)): ("[encrypted]" if k in _TEXT_KEYS and v not in (None, "", [])
+                                     else strip_text(v, depth + 1))
                 for k, v in value.items()}
     if isinstance(value, list):
         return [strip_text(v, depth + 1) for v in value[:64]]
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or Infinity
     return value
 
 
@@ -134,9 +169,10 @@ def _response_row(
 def _response_values(
     gateway: LLMGateway, attempt: Attempt, request_id: uuid.UUID, user_id: uuid.UUID | None,
 ) -> dict[str, Any]:
-    """One provider attempt's ``llm_responses`` columns (the answer encrypted)."""
+    """One provider attempt's ``llm_responses`` columns (the answer encrypted), fitted to
+    the columns (:func:`fit_result`)."""
+    res = fit_result(attempt.result) if attempt.result is not None else None
     values = attempt.to_response_row()
-    res = attempt.result
     provider_id = values["provider_id"]
     return {
         "id": uuid7(), "created_at": utcnow(), "request_id": request_id, "user_id": user_id,
@@ -149,7 +185,9 @@ def _response_values(
         "confidence": Decimal(str(round(float(values["confidence"]), 4))),
         "response_time": values["response_time"], "finish_reason": values["finish_reason"],
         "selected": values["selected"], "outcome": values["outcome"],
-        "error_kind": values["error_kind"], "error_message": values["error_message"],
+        "error_kind": values["error_kind"],
+        "error_message": clean_text(values["error_message"])
+        if values["error_message"] is not None else None,
         "started_at": values["started_at"], "finished_at": values["finished_at"],
     }
 
@@ -183,7 +221,7 @@ async def record_success(
     (``StreamMeter.row_values``), written by the same statement."""
     user_id = principal.user_id
     await flush_pending(session)  # the caller's rows first
-    result = outcome.result
+    result = fit_result(outcome.result)
     winner_id = outcome.winner.id if isinstance(outcome.winner.id, uuid.UUID) else None
     model = result.model or outcome.winner.name
     cost, currency = await prices.cost_for(session, model, result.tokens_in, result.tokens_out)
@@ -273,7 +311,7 @@ async def record_failure(
     (The credits held for the call are given back by the caller: ``roost.llm.calls``.)"""
     user_id = principal.user_id
     session.add_all([_response_row(gateway, a, request_id, user_id) for a in attempts])
-    message = failure_message(error, attempts)
+    message = clean_text(failure_message(error, attempts))
     usage = UsageRecord(**_failure_usage(
         principal, request_id, request_type=request_type, model=model, latency_ms=latency_ms,
         session_id=session_id, run_id=run_id, agent_id=agent_id),

@@ -10,7 +10,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
 
 from roost.inputs import StrictInput
-from roost.llm.base import AUTH_HEADER_NAMES, HEADER_VALUE_RULE, header_value_ok, unsendable_header
+from roost.llm.base import (
+    AUTH_HEADER_NAMES,
+    HEADER_VALUE_RULE,
+    framing_header,
+    header_value_ok,
+    unsendable_header,
+)
+from roost.llm.hosts import host_refusal
 from roost.llm.orchestration import STRATEGIES, Strategy
 
 # Accepted as ``type``: the two protocols plus names of OpenAI-compatible servers (stored
@@ -23,6 +30,7 @@ ProviderTypeInput = Literal[
 ]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 MAX_CONFIG_BYTES = 16 * 1024
+MAX_BASE_URL_CHARS = 500  # llm_providers.base_url
 
 
 class ProviderOptions(StrictInput):
@@ -74,6 +82,13 @@ def _check_config(value: dict[str, Any] | None) -> dict[str, Any] | None:
             raise ValueError("config.extra_headers must be an object of header names to values")
         if any(name.lower() in AUTH_HEADER_NAMES for name in headers):
             raise ValueError("config.extra_headers must not carry credentials; use api_key")
+        framing = sorted(name for name in headers if isinstance(name, str)
+                         and framing_header(name))
+        if framing:
+            raise ValueError(
+                f"config.extra_headers must not set {framing[0]!r}: hop-by-hop and framing "
+                "headers (Content-Length, Transfer-Encoding, Host, Connection, Upgrade, "
+                "Keep-Alive, TE, Trailer, Proxy-*) are set by Roost's HTTP client")
         bad = unsendable_header(headers)
         if bad is not None and bad[0] == "name":
             raise ValueError("config.extra_headers has a name that is not a valid HTTP token")
@@ -81,6 +96,24 @@ def _check_config(value: dict[str, Any] | None) -> dict[str, Any] | None:
             raise ValueError(
                 f"config.extra_headers[{bad[1]!r}] must be a string of {HEADER_VALUE_RULE}")
     _check_options(value)
+    return value
+
+
+def _check_base_url(value: HttpUrl | None) -> HttpUrl | None:
+    """A base URL that fits its column, carries no credentials and does not point at a
+    link-local address (the cloud metadata service); loopback and private addresses
+    stay allowed, self-hosted models live there."""
+    if value is None:
+        return None
+    if len(str(value)) > MAX_BASE_URL_CHARS:
+        raise ValueError(f"base_url must be at most {MAX_BASE_URL_CHARS} characters")
+    if value.username is not None or value.password is not None:
+        raise ValueError("base_url must not carry a user name or password (user:password@): "
+                         "pass the key as api_key, or other credentials in "
+                         "config.extra_headers")
+    refusal = host_refusal(value.host)
+    if refusal is not None:
+        raise ValueError(f"base_url must not point at {refusal}")
     return value
 
 
@@ -130,6 +163,11 @@ class ProviderCreate(StrictInput):
     def _api_key_fits_a_header(cls, value: str | None) -> str | None:
         return _check_api_key(value)
 
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_is_usable(cls, value: HttpUrl | None) -> HttpUrl | None:
+        return _check_base_url(value)
+
 
 class ProviderUpdate(StrictInput):
     model_config = ConfigDict(extra="forbid")
@@ -159,6 +197,11 @@ class ProviderUpdate(StrictInput):
     @classmethod
     def _api_key_fits_a_header(cls, value: str | None) -> str | None:
         return _check_api_key(value)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_is_usable(cls, value: HttpUrl | None) -> HttpUrl | None:
+        return _check_base_url(value)
 
 
 class ProviderOut(BaseModel):

@@ -15,13 +15,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
 class ToolCall(BaseModel):
-    """A complete function call requested by the model (OpenAI shape)."""
+    """A complete function call requested by the model.
+
+    Accepted flat (``{"id", "name", "arguments"}``, Roost's own shape) or nested as
+    OpenAI sends and expects it back in a conversation's history (``{"id", "type":
+    "function", "function": {"name", "arguments"}}``: what every OpenAI SDK tool loop
+    sends); :meth:`to_openai` gives the nested shape."""
 
     id: str
     name: str
@@ -29,6 +34,27 @@ class ToolCall(BaseModel):
     # JSON and the caller must be able to see (and reject) what was produced.
     arguments: str = "{}"
     type: Literal["function"] = "function"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _openai_shape(cls, data: Any) -> Any:
+        """OpenAI's nested ``function`` object, flattened (its ``arguments`` are JSON text
+        already; an object some clients send instead becomes that text)."""
+        if not isinstance(data, dict) or "function" not in data:
+            return data
+        function = data["function"]
+        if not isinstance(function, dict):
+            return data  # left as it is: refused for its missing name
+        flat = {k: v for k, v in data.items() if k != "function"}
+        for key in ("name", "arguments"):
+            if key in function:
+                if key in flat and flat[key] != function[key]:
+                    raise ValueError(f"{key} is given twice, differently (at the top and in "
+                                     "function)")
+                flat[key] = function[key]
+        if isinstance(flat.get("arguments"), dict):
+            flat["arguments"] = json.dumps(flat["arguments"], ensure_ascii=False)
+        return flat
 
     def to_openai(self) -> dict[str, Any]:
         return {

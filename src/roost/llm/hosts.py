@@ -1,0 +1,65 @@
+"""Where a provider's ``base_url`` may point.
+
+Self-hosted models live on loopback and private addresses, so those stay allowed; what is
+refused is a link-local address (``169.254.0.0/16``, ``fe80::/10``), the home of the
+cloud metadata services that hand out instance credentials, in any spelling (an
+IPv4-mapped, 6to4, Teredo, NAT64 or IPv4-compatible IPv6 address tunnels to the IPv4
+one), and the other metadata addresses clouds use.  Only the URL's literal host is
+checked: a host name is the operator's to choose (docs/chat.md, "Providers").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Final
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_METADATA: Final = frozenset({
+    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+    ipaddress.ip_address("fd00:ec2::254"),  # AWS IMDS over IPv6
+})
+_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches, if it tunnels to one."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if int(ip) >> 32 == 0 and int(ip) > 1:  # IPv4-compatible ::a.b.c.d ("::1" is loopback)
+        return ipaddress.IPv4Address(int(ip))
+    return None
+
+
+def address_refusal(ip: IPAddress) -> str | None:
+    """Why a provider must not be reached at ``ip``, or None when it may."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id:
+            ip = ipaddress.IPv6Address(ip.compressed.split("%", 1)[0])
+        inner = _embedded_ipv4(ip)
+        if inner is not None:
+            reason = address_refusal(inner)
+            return f"{reason} (embedded in {ip})" if reason else None
+    if ip.is_link_local:
+        return "a link-local address (where cloud metadata services live)"
+    if ip in _METADATA:
+        return "a cloud metadata address"
+    return None
+
+
+def host_refusal(host: str | None) -> str | None:
+    """Why a URL whose host is ``host`` (as parsed: no brackets) must not be used as a
+    provider's base URL, or None.  Host names are not resolved."""
+    if not host:
+        return None
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return address_refusal(ip)

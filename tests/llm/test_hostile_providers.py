@@ -1,0 +1,432 @@
+"""Misbehaving providers behind the gateway: junk a provider answers (odd characters,
+impossible numbers, values too long to store, endless streams) is the provider's fault, a
+502/504 with the request recorded ``failed``, or fitted and kept; never a 500, never a
+400 blaming the caller, never a request left ``running``.
+
+The providers are tiny scripted HTTP servers on 127.0.0.1 (``RawServer``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from roost.config import Settings
+from roost.db.engine import Database
+from tests.support.identity import make_user
+
+Headers = dict[str, str]
+Handler = Callable[[str, bytes, asyncio.StreamWriter], Awaitable[None]]
+CHAT: dict[str, Any] = {"model": "raw-model",
+                        "messages": [{"role": "user", "content": "hello"}]}
+STREAM_MAX_S = 3.0
+MAX_ANSWER_BYTES = 4096
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", llm_timeout_s=1.5, llm_local_model=False,
+                    llm_stream_max_s=STREAM_MAX_S, llm_max_answer_bytes=MAX_ANSWER_BYTES,
+                    chat_max_message_chars=1000, max_request_bytes=256 * 1024)
+
+
+@pytest.fixture
+async def user(database: Database) -> tuple[uuid.UUID, Headers]:
+    return await make_user(database)
+
+
+class RawServer:
+    """A tiny HTTP/1.1 server on 127.0.0.1 whose every answer is written by ``handler``."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            length = 0
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value.strip())
+            body = await reader.readexactly(length) if length else b""
+            await self.handler(lines[0].split(" ")[1], body, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> RawServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+def json_answer(payload: Any, status: int = 200, *, raw: bytes | None = None) -> Handler:
+    async def handler(path: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        data = raw if raw is not None else json.dumps(payload).encode()
+        writer.write(f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
+                     f"content-length: {len(data)}\r\nconnection: close\r\n\r\n".encode() + data)
+        await writer.drain()
+    return handler
+
+
+def sse_answer(events: list[str], *,
+               then: Callable[[asyncio.StreamWriter], Awaitable[None]] | None = None) -> Handler:
+    async def handler(path: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                     b"connection: close\r\n\r\n")
+        for event in events:
+            writer.write(event.encode())
+            await writer.drain()
+        if then is not None:
+            await then(writer)
+    return handler
+
+
+def chat_payload(content: Any = "hi", **over: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "id": "x", "object": "chat.completion", "model": "raw-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+    }
+    payload.update(over)
+    return payload
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+    obj = {"id": "x", "object": "chat.completion.chunk", "model": "raw-model",
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+def frames(body: str) -> list[str]:
+    return [line.removeprefix("data: ") for line in body.split("\n") if line.startswith("data: ")]
+
+
+async def register(client: httpx.AsyncClient, admin: Headers, base_url: str, name: str = "raw",
+                   **fields: Any) -> str:
+    body = {"name": name, "type": "openai", "base_url": base_url, "model": "raw-model", **fields}
+    resp = await client.post("/api/v1/llm/providers", json=body, headers=admin)
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
+async def requests(database: Database) -> list[tuple[str, str | None]]:
+    """Every llm_requests row's (status, error_message), oldest first."""
+    async with database.transaction() as s:
+        rows = (await s.execute(text(
+            "SELECT status, error_message FROM llm_requests ORDER BY created_at"))).all()
+    return [(str(row.status), row.error_message) for row in rows]
+
+
+async def statuses(database: Database) -> list[str]:
+    return [status for status, _ in await requests(database)]
+
+
+async def post(client: httpx.AsyncClient, url: str, body: Any, headers: Headers) -> tuple[int, str]:
+    """(status, body); an exception escaping the app (an answer that could not even be
+    rendered) counts as the 500 a real server would send."""
+    try:
+        resp = await client.post(url, json=body, headers=headers)
+    except Exception as exc:
+        return 500, repr(exc)[:300]
+    return resp.status_code, resp.text
+
+
+# --------------------------------------------------------------------------- whole answers
+
+
+async def test_an_answer_with_a_lone_surrogate_is_a_502_and_a_failed_request(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database,
+) -> None:
+    """Answer text with a lone surrogate (it can be neither stored nor sent on) is a
+    malformed answer: 502 and the request failed, not a 500 with it left running."""
+    async with RawServer(json_answer(chat_payload("bad \ud800 text"))) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", CHAT, user[1])
+    assert status == 502, body
+    assert "surrogate" in json.loads(body)["error"]["message"]
+    assert await statuses(database) == ["failed"]
+
+
+async def test_an_anthropic_answer_with_a_lone_surrogate_is_a_502(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database,
+) -> None:
+    """The same from an Anthropic-typed provider (its own answer parser)."""
+    answer = {"type": "message", "model": "raw-model", "stop_reason": "end_turn",
+              "content": [{"type": "text", "text": "bad \ud800"}],
+              "usage": {"input_tokens": 3, "output_tokens": 2}}
+    async with RawServer(json_answer(answer)) as server:
+        await register(client, admin_headers, server.base_url, type="anthropic")
+        status, body = await post(client, "/v1/chat/completions", CHAT, user[1])
+    assert status == 502, body
+    assert await statuses(database) == ["failed"]
+
+
+async def test_an_infinite_usage_is_a_502(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database,
+) -> None:
+    """A token count of 1e999 (infinity) is a malformed answer: 502, not 500."""
+    usage = {"prompt_tokens": 1e999, "completion_tokens": 1}
+    async with RawServer(json_answer(chat_payload("ok", usage=usage))) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", CHAT, user[1])
+    assert status == 502, body
+    assert await statuses(database) == ["failed"]
+
+
+@pytest.mark.parametrize(("payload", "check"), [
+    (chat_payload("ok", usage={"prompt_tokens": 3_000_000_000, "completion_tokens": 1}),
+     lambda answer: answer["usage"]["prompt_tokens"] == 1_000_000_000),
+    (chat_payload("ok", model="m" * 400),
+     lambda answer: answer["model"] == "m" * 255),
+    ({**chat_payload("ok"), "choices": [{"index": 0, "finish_reason": "f" * 80,
+                                         "message": {"role": "assistant", "content": "ok"}}]},
+     lambda answer: answer["choices"][0]["finish_reason"] == "f" * 50),
+    (chat_payload("ok", id="a\u0000b", model="raw\u0000model"),
+     lambda answer: answer["model"] == "rawmodel"),
+], ids=["tokens-over-int4", "model-over-255", "finish-reason-over-50", "nul-in-raw-response"])
+async def test_answer_values_too_big_for_their_columns_are_fitted_and_kept(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database, payload: dict[str, Any], check: Callable[[dict[str, Any]], bool],
+) -> None:
+    """Token counts past a PostgreSQL integer, a model name or finish reason longer than
+    its column, a NUL in the raw answer: fitted (clamped, cut, dropped) and the answer
+    kept, not the caller's 400 with the request left running."""
+    async with RawServer(json_answer(payload)) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", CHAT, user[1])
+    assert status == 200, body
+    assert check(json.loads(body)), body
+    assert await statuses(database) == ["completed"]
+
+
+async def test_negative_usage_counts_as_none(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database,
+) -> None:
+    """A negative token count is no count, not the caller's 422 (the price of the call
+    would be negative)."""
+    payload = chat_payload("", usage={"prompt_tokens": 10, "completion_tokens": -1_000_000})
+    async with RawServer(json_answer(payload)) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", CHAT, user[1])
+    assert status == 200, body
+    assert json.loads(body)["usage"] == {"prompt_tokens": 10, "completion_tokens": 0,
+                                         "total_tokens": 10}
+    assert await statuses(database) == ["completed"]
+
+
+async def test_an_answer_larger_than_the_limit_is_a_502(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database,
+) -> None:
+    """A whole answer past ROOST_LLM_MAX_ANSWER_BYTES is not read to its end: 502."""
+    async with RawServer(json_answer(chat_payload("x" * (MAX_ANSWER_BYTES + 1)))) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", CHAT, user[1])
+    assert status == 502, body
+    assert "ROOST_LLM_MAX_ANSWER_BYTES" in json.loads(body)["error"]["message"]
+    assert await statuses(database) == ["failed"]
+
+
+async def test_a_value_the_database_still_refuses_is_a_502_not_the_callers_400(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Should an answer value slip past the fitting, the database's refusal (SQLSTATE
+    class 22) is the provider's fault: 502, the request failed."""
+    from roost.llm import records
+    monkeypatch.setattr(records, "fit_result", lambda result: result)
+    async with RawServer(json_answer(chat_payload("ok", model="m" * 400))) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", CHAT, user[1])
+    assert status == 502, body
+    assert "could not be stored" in json.loads(body)["error"]["message"]
+    assert await statuses(database) == ["failed"]
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"data": [{"index": 0, "embedding": [NaN, Infinity, 1.0]}], "model": "raw-model"}',
+    b'{"data": [{"index": 1e999, "embedding": [1.0]}], "model": "raw-model"}',
+], ids=["nan-in-vector", "infinite-index"])
+async def test_embeddings_with_numbers_that_are_not_finite_are_a_502(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database, raw: bytes,
+) -> None:
+    """NaN or Infinity in a vector (JSON cannot carry them on) or an index of 1e999 is a
+    malformed answer: 502, not a 500."""
+    async with RawServer(json_answer(None, raw=raw)) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/embeddings", {"model": "raw-model", "input": "x"},
+                                  user[1])
+    assert status == 502, body
+    assert await statuses(database) == ["failed"]
+
+
+# --------------------------------------------------------------------------- upstream errors
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("raw", [b'{"error": {"message": "upstream \\ud800 broke"}}',
+                                 b'{"error": {"message": "upstream \\u0000 broke"}}'],
+                         ids=["surrogate", "nul"])
+async def test_an_upstream_error_message_with_odd_characters_is_a_502_and_recorded(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database, raw: bytes, stream: bool,
+) -> None:
+    """An upstream error text with a lone surrogate or a NUL is quoted cleaned up: a 502
+    and a failed request whose reason was stored."""
+    async with RawServer(json_answer(None, 500, raw=raw)) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", {**CHAT, "stream": stream},
+                                  user[1])
+    assert status == 502, body
+    assert "upstream" in json.loads(body)["error"]["message"]
+    [(state, reason)] = await requests(database)
+    assert state == "failed" and reason is not None and "broke" in reason
+
+
+# --------------------------------------------------------------------------- streams
+
+
+async def test_a_stream_with_a_lone_surrogate_ends_with_an_error_frame(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database,
+) -> None:
+    """A delta with a lone surrogate after the first chunk: the stream ends with the
+    error frame docs/chat.md promises and the request is failed, not left running."""
+    events = [chunk({"role": "assistant", "content": "ok "}),
+              'data: {"id":"x","choices":[{"index":0,"delta":{"content":"bad \\ud800"},'
+              '"finish_reason":null}]}\n\n',
+              chunk({}, "stop"), "data: [DONE]\n\n"]
+    async with RawServer(sse_answer(events)) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", {**CHAT, "stream": True},
+                                  user[1])
+    assert status == 200, body
+    assert json.loads(frames(body)[-1])["error"]["code"] == "provider_error", body
+    assert await statuses(database) == ["failed"]
+
+
+async def test_a_stream_of_keepalives_forever_ends_at_the_stream_limit(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database,
+) -> None:
+    """One chunk then keep-alives forever (each resets the HTTP read timeout): the call
+    ends at ROOST_LLM_STREAM_MAX_S with a time-out frame and a failed request."""
+    async def forever(writer: asyncio.StreamWriter) -> None:
+        while True:
+            writer.write(b": ping\n\n")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+
+    async with RawServer(sse_answer([chunk({"content": "a"})], then=forever)) as server:
+        await register(client, admin_headers, server.base_url)
+        async with asyncio.timeout(STREAM_MAX_S + 10):  # fails rather than hangs
+            status, body = await post(client, "/v1/chat/completions",
+                                      {**CHAT, "stream": True}, user[1])
+    assert status == 200, body
+    error = json.loads(frames(body)[-1])["error"]
+    assert error["code"] == "provider_timeout" and "ROOST_LLM_STREAM_MAX_S" in error["message"]
+    [(state, reason)] = await requests(database)
+    assert state == "failed" and reason is not None and "ROOST_LLM_STREAM_MAX_S" in reason
+
+
+async def test_a_stream_of_content_without_end_stops_at_the_size_limit(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database,
+) -> None:
+    """Content that never ends is not accumulated without bound: past
+    ROOST_LLM_MAX_ANSWER_BYTES the stream ends with an error frame, the request failed."""
+    async def forever(writer: asyncio.StreamWriter) -> None:
+        while True:
+            writer.write(chunk({"content": "x" * 500}).encode())
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    async with RawServer(sse_answer([], then=forever)) as server:
+        await register(client, admin_headers, server.base_url)
+        async with asyncio.timeout(STREAM_MAX_S + 10):
+            status, body = await post(client, "/v1/chat/completions",
+                                      {**CHAT, "stream": True}, user[1])
+    assert status == 200, body
+    assert "ROOST_LLM_MAX_ANSWER_BYTES" in json.loads(frames(body)[-1])["error"]["message"]
+    assert await statuses(database) == ["failed"]
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@pytest.mark.parametrize("raw", [b'{"error": {"message": "down \\ud800"}}',
+                                 b'{"error": {"message": "down \\u0000"}}'],
+                         ids=["surrogate", "nul"])
+async def test_a_health_check_of_a_provider_failing_with_odd_text_is_unhealthy(
+    client: httpx.AsyncClient, admin_headers: Headers, raw: bytes,
+) -> None:
+    """A provider failing with odd error text is checked unhealthy (the reason stored
+    cleaned up), not a 400 with no result stored."""
+    async with RawServer(json_answer(None, 503, raw=raw)) as server:
+        pid = await register(client, admin_headers, server.base_url)
+        status, body = await post(client, f"/api/v1/llm/providers/{pid}/health", None,
+                                  admin_headers)
+    assert status == 200, body
+    checked = json.loads(body)
+    assert checked["health_status"] == "unhealthy" and "down" in checked["health_error"]
+
+
+async def test_a_model_sync_keeps_only_usable_ids(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """Listed ids that are null, empty, not strings, too long or hold a NUL are skipped:
+    no model named 'None' or '' is routed."""
+    raw = json.dumps({"data": [{"id": "real"}, {"id": None}, {"id": ""}, {"id": 5},
+                               {"id": "a\u0000b"}, {"id": "m" * 256}, {"name": "no id"}]})
+    async with RawServer(json_answer(None, raw=raw.encode())) as server:
+        pid = await register(client, admin_headers, server.base_url)
+        synced = await client.post(f"/api/v1/llm/providers/{pid}/sync-models",
+                                   headers=admin_headers)
+        listed = await client.get("/v1/models", headers=user[1])
+    assert synced.status_code == 200, synced.text
+    assert synced.json()["models"] == {"real": True, "raw-model": True}
+    assert sorted(m["id"] for m in listed.json()["data"]) == ["raw-model", "real"]
+
+
+@pytest.mark.parametrize("raw", [b'{"data": [{"id": "a\\u0000b"}, {"id": null}]}',
+                                 b'{"data": [{"id": "a\\ud800"}]}'], ids=["nul", "surrogate"])
+async def test_a_model_sync_with_no_usable_id_is_a_clear_409(
+    client: httpx.AsyncClient, admin_headers: Headers, raw: bytes,
+) -> None:
+    """A model list none of whose ids can be stored is a 409 saying so, not a vague 400."""
+    async with RawServer(json_answer(None, raw=raw)) as server:
+        pid = await register(client, admin_headers, server.base_url)
+        status, body = await post(client, f"/api/v1/llm/providers/{pid}/sync-models", None,
+                                  admin_headers)
+    assert status == 409, body
+    assert "malformed answer" in json.loads(body)["detail"]
