@@ -160,6 +160,26 @@ async def test_a_junk_ballot_fails_the_debate_with_the_reason(
     assert [b["participant_id"] for b in done["ballots"]] == ["alice"]  # kept
 
 
+async def test_nul_characters_in_model_answers_are_dropped_not_retried(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """Turns and ballots holding U+0000 (which PostgreSQL cannot store) are saved without
+    it: the debate completes with one model call each, not six retries per turn."""
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    stub.script(Reply("for\x00 fish\nConfidence: 0.5"), Reply("for dogs\x00\nConfidence: 0.5"),
+                Reply('{"ranking": ["fish", "dogs"], "confidence": 0.5}\x00'),
+                Reply('{"ranking": ["fish", "dogs"],\x00 "confidence": 0.5}'))
+    created = await start(client, headers, topic="Best pet?", positions=["fish", "dogs"],
+                          participants=[{"id": "x", "model": "stub-model"},
+                                        {"id": "y", "model": "stub-model"}], total_rounds=1)
+    done = await wait_for_debate(client, headers, created["id"])
+    assert done["status"] == "completed" and done["final_winner"] == "fish", done
+    assert done["turns"][0]["content"] == "for fish\nConfidence: 0.5"
+    assert len(stub.requests(path="/v1/chat/completions")) == 4
+
+
 async def test_an_unknown_model_fails_the_debate_at_once(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
     user: tuple[uuid.UUID, Headers], worker: Worker,
@@ -232,6 +252,22 @@ async def test_bad_input_is_422(
     assert resp.status_code == 404, resp.text
     async with database.transaction() as session:
         assert await session.scalar(text("SELECT count(*) FROM debate_sessions")) == 0
+
+
+@pytest.mark.parametrize("weight", [1e-7, 2.5e-7, 1.0000004, 0.30000000000000004])
+async def test_a_weight_the_database_would_round_is_422(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], weight: float,
+) -> None:
+    """Weights are stored with 6 decimal places: 1e-7 would become 0 (the debate failing
+    after every model call) and 1.0000004 would tie with 1, though the arithmetic is
+    exact.  Such a weight is refused at once, naming the field."""
+    _, headers = user
+    resp = await client.post("/api/v1/debates", headers=headers, json={
+        "topic": "t", "positions": ["a", "b"],
+        "participants": [{"id": "x", "model": "m", "weight": weight},
+                         {"id": "y", "model": "m", "weight": 0.000001}]})
+    assert resp.status_code == 422, resp.text
+    assert "weight" in resp.text, resp.text
 
 
 async def test_another_tenant_sees_nothing_and_cancel(

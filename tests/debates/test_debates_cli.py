@@ -66,3 +66,24 @@ async def test_start_and_show_from_the_command_line(
     code, out, err = await asyncio.to_thread(
         roost, "debates", "start", "t", "-p", "a", "-p", "b", "-P", "x=m", "--user", "dora")
     assert code == 1 and "participants" in err
+
+
+async def test_start_with_a_file_of_the_wrong_shape_fails_in_one_line(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+) -> None:
+    """`debates start --file F` with a JSON array, participants that are a number, or JSON
+    nested 100,000 deep: one red line saying what was expected, exit 1, no traceback."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="dora")
+    good = {"topic": "t", "positions": ["a", "b"],
+            "participants": [{"id": "x", "model": "m"}, {"id": "y", "model": "m"}]}
+    files = {"list.json": ("[1, 2]", "a JSON object"),
+             "number.json": (json.dumps({**good, "participants": 5}), "participants: expected"),
+             "deep.json": ("[" * 100_000 + "]" * 100_000, "nested too deep")}
+    for name, (content, words) in files.items():
+        path = tmp_path / name
+        path.write_text(content)
+        out = await asyncio.to_thread(run_roost, "debates", "start", "--file", str(path),
+                                      "--user", "dora", env=env)
+        assert out.returncode == 1, out.stderr[-300:]
+        assert "Traceback" not in out.stderr and words in out.stderr, (name, out.stderr[-300:])

@@ -87,6 +87,24 @@ def test_a_loop_counts_its_iterations_and_the_state_survives_json() -> None:
     assert names(s.finish("l", "done", all_handles=False)) == ["e"]
 
 
+def test_a_loop_whose_body_returns_straight_to_it_counts_its_iterations() -> None:
+    """The body edge from a loop to itself is a return edge: the loop goes on (its count
+    kept) rather than being entered afresh, so it stops at max_iterations."""
+    nodes = [node("s", "start"), node("l", "loop", max_iterations=2), node("e", "end")]
+    edges = [edge("1", "s", "l"), edge("2", "l", "l", "body"), edge("3", "l", "e", "done")]
+    s = scheduler(nodes, edges)
+    assert s.plan.back_edges == frozenset({"2"})
+    s.begin()
+    (entry,) = s.finish("s")
+    assert s.loop_step("l", from_body=entry.from_body, go_on=True) == "body"
+    (again,) = s.finish("l", "body", all_handles=False)
+    assert again.from_body and again.iteration == 1
+    assert s.loop_step("l", from_body=True, go_on=True) == "body"
+    (again,) = s.finish("l", "body", all_handles=False)
+    assert s.loop_step("l", from_body=True, go_on=True) == "done"
+    assert names(s.finish("l", "done", all_handles=False)) == ["e"]
+
+
 def test_a_node_after_a_dead_loop_is_dead_too() -> None:
     nodes = [node("s", "start"), node("c", "condition", expression="x"),
              node("l", "loop", max_iterations=3), node("body", "template", template="x"),

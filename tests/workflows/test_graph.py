@@ -97,6 +97,47 @@ def test_a_cycle_through_a_loop_node_is_allowed() -> None:
     assert problems(graph) == []
 
 
+def test_a_loop_whose_body_goes_straight_back_to_it_is_allowed() -> None:
+    """A loop's ``body`` edge may lead back to the loop itself (an empty body)."""
+    graph = {"nodes": [node("s", "start"), node("again", "loop", max_iterations=3),
+                       node("e", "end")],
+             "edges": [edge("1", "s", "again"), edge("2", "again", "again", "body"),
+                       edge("3", "again", "e", "done")]}
+    assert problems(graph) == []
+
+
+@pytest.mark.parametrize("done_edges", [
+    # what follows 'done' leads back into the loop
+    [edge("4", "again", "t", "done"), edge("5", "t", "again")],
+    # what follows 'done' is also in the body, and leads back into the loop
+    [edge("4", "again", "t", "done"), edge("5", "b", "t"), edge("6", "t", "again")],
+    # 'done' straight back to the loop
+    [edge("4", "again", "again", "done")],
+])
+def test_a_cycle_back_through_a_loops_done_output_is_refused(done_edges: list[Any]) -> None:
+    """Every exit of such a loop enters it afresh (its iteration count starts again): the
+    run would never end, so the graph is refused naming the loop's cycle."""
+    graph = {"nodes": [node("s", "start"), node("again", "loop", max_iterations=3),
+                       node("b", "template", template="b"), node("t", "template", template="t"),
+                       node("e", "end")],
+             "edges": [edge("1", "s", "again"), edge("2", "again", "b", "body"),
+                       edge("3", "b", "again"), *done_edges,
+                       edge("9", "again", "e", "done")]}
+    issue = only(problems(graph), "cycle")
+    assert "'again'" in issue.message and "done" in issue.message
+
+
+def test_nested_loops_are_allowed() -> None:
+    """An inner loop's ``done`` going back to the outer loop is the outer loop's body."""
+    graph = {"nodes": [node("s", "start"), node("outer", "loop", max_iterations=2),
+                       node("inner", "loop", max_iterations=2),
+                       node("b", "template", template="b"), node("e", "end")],
+             "edges": [edge("1", "s", "outer"), edge("2", "outer", "inner", "body"),
+                       edge("3", "inner", "b", "body"), edge("4", "b", "inner"),
+                       edge("5", "inner", "outer", "done"), edge("6", "outer", "e", "done")]}
+    assert problems(graph) == []
+
+
 def test_exactly_one_start() -> None:
     none = simple_graph()
     none["nodes"][0]["type"] = "llm"

@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
+from roost.workflows import execution
 from roost.workflows import jobs as _workflow_jobs  # noqa: F401 - workflows.node, for the worker
 from roost.workflows import runs as wf_runs
 from tests.agents.conftest import make_agent, other_user, test_settings, user, worker
@@ -122,6 +123,25 @@ async def test_a_run_executes_its_pinned_version(
     assert (await wait_for(client, headers, again["id"]))["output"] == "v2 yes"
 
 
+async def test_a_model_answer_with_a_nul_character_is_stored_without_it(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """An llm node answering with U+0000 (which jsonb cannot store) completes, the
+    character dropped; the model is asked once, not once per job retry, and the run does
+    not stay `running`."""
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    stub.script(*[Reply("half\x00half") for _ in range(3)])
+    nodes, edges = linear()
+    workflow_id = await publish(client, headers, nodes, edges)
+    run = await start(client, headers, workflow_id, inputs={"question": "q"})
+    done = await wait_for(client, headers, run["id"])
+    assert done["status"] == "completed", done
+    assert done["output"] == "HALFHALF!", done["output"]
+    assert len(stub.requests(path="/v1/chat/completions")) == 1
+
+
 def ten_nodes() -> tuple[list[Any], list[Any]]:
     """start -> draft (llm) -> fan (parallel) -> [tone (llm), stamp (tool), size
     (template)] -> merge (join all) -> check (condition) -> true: ok (end) /
@@ -212,6 +232,43 @@ async def test_a_loop_runs_its_body_until_its_condition_fails(
     iterations = await fetch(database, "SELECT iteration FROM run_steps WHERE run_id = :r "
                                        "AND node_id = 'body' ORDER BY step_number", r=run["id"])
     assert [r.iteration for r in iterations] == [0, 1, 2]
+
+
+async def test_a_loop_whose_body_returns_straight_to_it_stops_at_max_iterations(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loop whose ``body`` edge goes back to itself iterates max_iterations times and the
+    run completes (it used to spin in the POST until the steps cap, then answer 500)."""
+    monkeypatch.setattr(execution, "MAX_STEPS_PER_RUN", 300)  # a regression fails fast
+    _, headers = user
+    nodes = [node("s", "start"), node("again", "loop", max_iterations=3),
+             node("e", "end", output="x")]
+    edges = [edge("1", "s", "again"), edge("2", "again", "again", "body"),
+             edge("3", "again", "e", "done")]
+    workflow_id = await publish(client, headers, nodes, edges)
+    run = await start(client, headers, workflow_id)
+    assert run["status"] == "completed", run
+    ran = await node_runs(database, run["id"])
+    assert len(ran["again"]) == 4 and len(ran["e"]) == 1, ran
+
+
+async def test_a_run_reaching_the_steps_cap_fails_naming_it(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Loops of inline nodes that reach MAX_STEPS_PER_RUN give a failed run naming the
+    cap, not a 500."""
+    monkeypatch.setattr(execution, "MAX_STEPS_PER_RUN", 50)
+    _, headers = user
+    nodes = [node("start", "start"), node("lp", "loop", max_iterations=1000),
+             node("body", "template", template="x"), node("done", "end", output="x")]
+    edges = [edge("e1", "start", "lp"), edge("e2", "lp", "body", "body"),
+             edge("e3", "body", "lp"), edge("e4", "lp", "done", "done")]
+    workflow_id = await publish(client, headers, nodes, edges)
+    run = await start(client, headers, workflow_id)
+    assert run["status"] == "failed", run
+    assert "limit of 50 steps" in run["error_message"], run["error_message"]
 
 
 def approval_graph(**review: Any) -> tuple[list[Any], list[Any]]:
@@ -384,6 +441,23 @@ async def test_bad_run_requests(client: httpx.AsyncClient, user: tuple[uuid.UUID
     answer = await client.post(f"{API}/{workflow_id}/runs", headers=headers, json=body)
     assert answer.status_code == status, answer.text
     assert words in answer.json()["detail"]
+
+
+async def test_an_idempotency_key_used_for_another_workflow_is_a_409(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A key already used for a run of workflow A, sent to workflow B: 409, not A's run
+    passed off as B's; sent to A again: A's run."""
+    _, headers = user
+    first_wf = await publish(client, headers, *approval_graph(), name="one")
+    second_wf = await publish(client, headers, *approval_graph(), name="two")
+    first = await start(client, headers, first_wf, inputs={"doc": "x"}, idempotency_key="k")
+    second = await client.post(f"{API}/{second_wf}/runs", headers=headers,
+                               json={"inputs": {"doc": "y"}, "idempotency_key": "k"})
+    assert second.status_code == 409, second.text
+    again = await client.post(f"{API}/{first_wf}/runs", headers=headers,
+                              json={"inputs": {"doc": "x"}, "idempotency_key": "k"})
+    assert again.status_code == 200 and again.json()["id"] == first["id"], again.text
 
 
 async def test_runs_are_their_owners(

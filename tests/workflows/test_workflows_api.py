@@ -96,6 +96,26 @@ async def test_invalid_graphs_are_refused_naming_nodes_and_edges(
     assert patched.json()["errors"][0]["node_id"] == "l"
 
 
+async def test_a_cycle_back_through_a_loops_done_output_is_refused_at_save(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A loop whose ``done`` branch leads back into it would never end: 422
+    invalid-workflow naming the cycle, nothing saved."""
+    _, headers = await make_user(database)
+    nodes = [node("start", "start"), node("again", "loop", max_iterations=3),
+             node("b", "template", template="b"), node("t", "template", template="t"),
+             node("done", "end", output="x")]
+    edges = [edge("e1", "start", "again"), edge("e2", "again", "b", "body"),
+             edge("e3", "b", "again"), edge("e4", "again", "t", "done"),
+             edge("e5", "t", "again"), edge("e6", "again", "done", "done")]
+    answer = await client.post(API, headers=headers,
+                               json={"name": "Again", "nodes": nodes, "edges": edges})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["type"].endswith("invalid-workflow")
+    assert [e["code"] for e in answer.json()["errors"]] == ["cycle"]
+    assert (await client.get(API, headers=headers)).json()["items"] == []
+
+
 async def test_hostile_template_refused_at_save(client: httpx.AsyncClient,
                                                 database: Database) -> None:
     _, headers = await make_user(database)
@@ -195,3 +215,25 @@ async def test_another_users_workflow_is_404(client: httpx.AsyncClient,
         count = await session.scalar(text("SELECT count(*) FROM workflows"))
     assert count == 1
     assert (await client.get(f"{API}/{uuid.uuid4()}", headers=alice)).status_code == 404
+
+
+@pytest.mark.parametrize("ref", ["²", "¹", "\u0661"])  # \u0661: Arabic-Indic one
+async def test_a_diff_ref_of_non_ascii_digits_is_a_422(client: httpx.AsyncClient,
+                                                      database: Database, ref: str) -> None:
+    """`from=²` is not a version number (str.isdigit says it is): 422 like `from=x`."""
+    _, headers = await make_user(database)
+    created = await _create(client, headers, **simple_graph())
+    answer = await client.get(f"{API}/{created['id']}/diff", headers=headers,
+                              params={"from": ref})
+    assert answer.status_code == 422, answer.text
+
+
+async def test_rollback_to_a_version_out_of_range_is_a_422(client: httpx.AsyncClient,
+                                                          database: Database) -> None:
+    """Rollback to version 2**31 is out of range (422, like the version of a run), not a
+    generic 400 from the database."""
+    _, headers = await make_user(database)
+    created = await _create(client, headers, **simple_graph())
+    answer = await client.post(f"{API}/{created['id']}/rollback", headers=headers,
+                               json={"version": 2**31})
+    assert answer.status_code == 422, answer.text

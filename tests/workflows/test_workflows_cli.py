@@ -85,3 +85,31 @@ async def test_run_and_resume_from_the_command_line(
     run_id = ran.stdout.split("Run ", 1)[1].split()[0]
     done = run_roost("workflows", "resume", run_id, "--user", "rita", env=env)
     assert done.returncode == 1 and "only a failed run can be resumed" in done.stderr
+
+
+async def test_deep_json_files_and_pattern_characters_fail_in_one_line(
+    pg_server: PgTestServer, db_name: str, database: Database, client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """`validate FILE` and `run --inputs-json FILE` with JSON nested 100,000 deep: one
+    line naming the file, exit 1, no RecursionError traceback.  `publish %` names no
+    workflow (a reference is not a LIKE pattern): the user's only workflow stays as it
+    was."""
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "cli-data")}
+    _, headers = await make_user(database, username="wanda")
+    created = await client.post("/api/v1/workflows", headers=headers,
+                                json={"name": "Digest", **simple_graph()})
+    assert created.status_code == 201
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"nodes": ' + "[" * 100_000 + "]" * 100_000 + ', "edges": []}')
+    for args in (("workflows", "validate", str(deep)),
+                 ("workflows", "run", "Digest", "--user", "wanda", "--inputs-json", str(deep))):
+        out = run_roost(*args, env=env)
+        assert out.returncode == 1, out.stderr[-300:]
+        assert "Traceback" not in out.stderr and "nested too deep" in out.stderr, \
+            (args[:2], out.stderr[-300:])
+    out = run_roost("workflows", "publish", "%", "--user", "wanda", env=env)
+    assert out.returncode == 1 and "no workflow you can see" in out.stderr, out.stdout
+    shown = await client.get(f"/api/v1/workflows/{created.json()['id']}", headers=headers)
+    assert shown.json()["latest_version"] in (0, None), shown.json()

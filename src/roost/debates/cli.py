@@ -117,9 +117,19 @@ def debates_start(
     if file is not None:
         raw = read_text(file)
         try:
-            body_json: dict[str, Any] = json.loads(raw)
+            loaded: Any = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise fail("Invalid input", f"the file is not JSON: {exc.msg}") from None
+        except RecursionError:
+            raise fail("Invalid input", "the file is not JSON: nested too deep") from None
+        if not isinstance(loaded, dict):
+            raise fail("Invalid input", "the file must hold a JSON object (the API's body: "
+                                        "topic, positions, participants...), not "
+                                        f"{_json_kind(loaded)}")
+        if not isinstance(loaded.get("participants", []), list):
+            raise fail("Invalid input", "participants: expected a list of objects, not "
+                                        f"{_json_kind(loaded['participants'])}")
+        body_json: dict[str, Any] = loaded
     else:
         if topic is None:
             raise fail("Invalid input", "give a topic (or --file)")
@@ -166,6 +176,15 @@ def debates_start(
     _print_debate(out)
     if out.debate.status != "completed":
         raise typer.Exit(1 if out.debate.status in TERMINAL_STATUSES else 2)
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in words (never the value: it may be huge)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    names = {dict: "an object", list: "a list", str: "a string", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), "something else")
 
 
 def _reasons(exc: ValidationError) -> str:

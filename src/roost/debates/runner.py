@@ -162,6 +162,12 @@ async def _call(env: DebateEnv, state: _State, participant: dict[str, Any], chat
                       f"{exc.detail}") from None
 
 
+def _text(outcome: CallOutcome) -> str:
+    """The model's answer without NUL characters: PostgreSQL's text and jsonb cannot store
+    U+0000, and asking again (the job's retries) would not help."""
+    return (outcome.result.content or "").replace("\x00", "")
+
+
 def _raw(outcome: CallOutcome) -> dict[str, Any]:
     r = outcome.result
     return {"model": r.model, "provider": outcome.winner.name, "finish_reason": r.finish_reason,
@@ -186,7 +192,7 @@ async def _turn(env: DebateEnv, state: _State, number: int, round_number: int,
             await _claim(session, debate.id, current_round=round_number)
         except _Cancelled:
             return None  # cancelled meanwhile: the call is recorded, no turn
-        content = outcome.result.content or ""
+        content = _text(outcome)
         row = (await session.execute(
             pg_insert(DebateTurn).values(
                 id=uuid7(), session_id=debate.id, round_number=round_number, turn_number=number,
@@ -230,8 +236,7 @@ async def _ballot(env: DebateEnv, state: _State, participant: dict[str, Any]) ->
     async def save(session: AsyncSession,
                    outcome: CallOutcome) -> DebateBallot | str | None:
         try:
-            ranking, confidence = prompts.parse_ballot(outcome.result.content or "",
-                                                       state.positions)
+            ranking, confidence = prompts.parse_ballot(_text(outcome), state.positions)
         except prompts.BallotError as exc:
             await record(session, "debate.ballot.invalid", user_id=debate.created_by,
                          category="error", resource_type=RESOURCE, resource_id=debate.id,
@@ -248,7 +253,7 @@ async def _ballot(env: DebateEnv, state: _State, participant: dict[str, Any]) ->
                 id=uuid7(), session_id=debate.id, participant_id=pid, ranking=ranking,
                 weight=Decimal(str(participant.get("weight", 1))),
                 confidence=Decimal(str(round(confidence, 4))), raw_response={
-                    **_raw(outcome), "content": (outcome.result.content or "")[:4000]},
+                    **_raw(outcome), "content": _text(outcome)[:4000]},
                 tokens_used=outcome.result.tokens_total, llm_request_id=outcome.request_id,
                 created_at=utcnow())
             .on_conflict_do_nothing(index_elements=["session_id", "participant_id"])

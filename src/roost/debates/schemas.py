@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from roost.inputs import StrictInput
 
@@ -29,8 +29,19 @@ class ParticipantIn(StrictInput):
     provider: str | None = Field(default=None, min_length=1, max_length=64)
     position: str | None = Field(default=None, description="The position it argues; default: "
                                                            "round-robin over the positions")
-    weight: float = Field(default=1.0, gt=0, le=1000,
-                          description="Its ballot's weight (weighted, borda, condorcet)")
+    weight: float = Field(default=1.0, ge=0.000001, le=1000,
+                          description="Its ballot's weight (weighted, borda, condorcet): "
+                                      "0.000001 to 1000, at most 6 decimal places")
+
+    @field_validator("weight")
+    @classmethod
+    def _six_decimals(cls, value: float) -> float:
+        """Weights are stored as NUMERIC(12, 6) and counted exactly: one with more decimal
+        places would be rounded (1.0000004 tying with 1), so it is refused."""
+        exponent = Decimal(repr(value)).as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -6:
+            raise ValueError("a weight has at most 6 decimal places")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from pathlib import Path
@@ -51,12 +52,17 @@ workflows_app = typer.Typer(help="Workflows: list, validate, publish, run, resum
 
 
 
+_ID_PREFIX = re.compile(r"[0-9a-fA-F-]{1,36}")  # as clitools.resolve_id
+
+
 async def _workflow(session: AsyncSession, actor: Principal, ref: str) -> Workflow:
-    """A workflow the actor can see, by exact name or id (or a unique start of one)."""
-    rows = (await session.scalars(select(Workflow).where(
-        service.visible(actor),
-        or_(Workflow.name == ref, cast(Workflow.id, String).like(ref.lower() + "%")),
-    ).limit(3))).all()
+    """A workflow the actor can see, by exact name or id (or a unique start of one: hex
+    digits and dashes only, so ``%`` or ``_`` is never a pattern matching any id)."""
+    named = Workflow.name == ref
+    if _ID_PREFIX.fullmatch(ref):
+        named = or_(named, cast(Workflow.id, String).like(ref.lower() + "%"))
+    rows = (await session.scalars(select(Workflow).where(service.visible(actor), named)
+                                  .limit(3))).all()
     if not rows:
         raise NotFound(f"no workflow you can see is named {ref!r} or has an id starting with it")
     if len(rows) > 1:
@@ -89,12 +95,19 @@ def workflows_ls(
     print_table(console, table)
 
 
-def _read_graph(source: str) -> dict[str, Any]:
-    raw = read_text(source)
+def _load_json(raw: str, source: str) -> Any:
+    """``raw`` parsed, or one red line naming ``source`` (exit 1): not JSON, or nested too
+    deep for the parser."""
     try:
-        value = json.loads(raw)
+        return json.loads(raw)
     except ValueError as exc:
         raise fail("Not JSON", f"{source}: {exc}") from None
+    except RecursionError:
+        raise fail("Not JSON", f"{source}: nested too deep") from None
+
+
+def _read_graph(source: str) -> dict[str, Any]:
+    value = _load_json(read_text(source), source)
     if not isinstance(value, dict) or not isinstance(value.get("nodes", []), list) \
             or not isinstance(value.get("edges", []), list):
         raise fail("Not a workflow graph",
@@ -163,11 +176,7 @@ def workflows_publish(
 def _parse_inputs(pairs: list[str], from_json: str | None) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     if from_json is not None:
-        raw = read_text(from_json)
-        try:
-            loaded = json.loads(raw)
-        except ValueError as exc:
-            raise fail("Not JSON", f"{from_json}: {exc}") from None
+        loaded = _load_json(read_text(from_json), from_json)
         if not isinstance(loaded, dict):
             raise fail("Invalid inputs", f"{from_json}: expected a JSON object of inputs")
         inputs.update(loaded)

@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from roost.workflows.graph import Handle
+from roost.workflows.graph import Handle, loop_return_edges
 
 # Nodes the engine computes itself, in the transaction that finished their predecessor
 # (no input or output: nothing to retry).  The others (model, agent, tool and knowledge
@@ -59,7 +59,7 @@ class Plan:
     start: str
     outgoing: dict[str, tuple[Edge, ...]]
     incoming: dict[str, tuple[Edge, ...]]
-    back_edges: frozenset[str]  # edges into a loop node from its own body
+    back_edges: frozenset[str]  # edges into a loop node from its own body (or itself)
 
     def entries(self, node_id: str) -> int:
         """How many incoming edges make up one round (a loop's body edges do not)."""
@@ -82,18 +82,9 @@ def make_plan(nodes: list[Any], edges: list[Any]) -> Plan:
         outgoing[edge.source].append(edge)
         incoming[edge.target].append(edge)
     start = next(n.id for n in by_id.values() if n.type == "start")
-    back: set[str] = set()
-    for loop in (n for n in by_id.values() if n.type == "loop"):
-        # Nodes reachable from the loop's body handle without passing through the loop.
-        seen: set[str] = set()
-        todo = [e.target for e in outgoing[loop.id] if e.handle == "body"]
-        while todo:
-            current = todo.pop()
-            if current in seen or current == loop.id:
-                continue
-            seen.add(current)
-            todo.extend(e.target for e in outgoing[current])
-        back.update(e.id for e in incoming[loop.id] if e.source in seen)
+    back = loop_return_edges((n.id for n in by_id.values() if n.type == "loop"),
+                             [(e.id, e.source, e.handle, e.target)
+                              for out in outgoing.values() for e in out])
     return Plan(nodes=by_id, start=start,
                 outgoing={k: tuple(v) for k, v in outgoing.items()},
                 incoming={k: tuple(v) for k, v in incoming.items()},

@@ -96,6 +96,24 @@ def variables(plan: Plan, inputs: Mapping[str, Any],
     return names
 
 
+def storable(value: Any) -> Any:
+    """``value`` with every NUL character dropped from its strings (dict keys included):
+    PostgreSQL's jsonb and text cannot store U+0000, and a model or a tool may answer with
+    one; retrying would only ask again."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
+
+
+def steps_cap_reason() -> str:
+    return (f"the run reached the limit of {MAX_STEPS_PER_RUN} steps per run "
+            "(a loop that never ends?)")
+
+
 INACTIVE_OWNER: Final = ("the account that started this run is suspended or deactivated: "
                          "its nodes are not run")
 
@@ -178,7 +196,7 @@ class Progress:
                       task_id: uuid.UUID | None = None,
                       input_: dict[str, Any] | None = None) -> uuid.UUID:
         if self.next_number > MAX_STEPS_PER_RUN:
-            raise NodeFailed(f"the run reached {MAX_STEPS_PER_RUN} steps; a loop runs away?")
+            raise NodeFailed(steps_cap_reason())
         now = utcnow()
         done = status not in OPEN_STEP_STATUSES
         step = RunStep(
@@ -187,7 +205,8 @@ class Progress:
             node_id=node.id, iteration=activation.iteration, task_id=task_id,
             input={"type": node.type, **({"from_body": True} if activation.from_body else {}),
                    **(input_ or {})},
-            output=output, error=error, started_at=now if status != "pending" else None,
+            output=storable(output), error=storable(error),
+            started_at=now if status != "pending" else None,
             finished_at=now if done else None, duration_ms=0 if done else None,
             created_at=now)
         self.session.add(step)
@@ -199,6 +218,7 @@ class Progress:
                        chosen: Handle | None = None, all_handles: bool = True) -> bool:
         """``step`` finished with ``output``: record it and schedule what follows.  False
         when the step was closed meanwhile (the run cancelled): nothing happens then."""
+        output = storable(output)
         now = utcnow()
         started = step.started_at or now
         closed = (await self.session.execute(
@@ -220,11 +240,11 @@ class Progress:
         now = utcnow()
         await self.session.execute(
             update(RunStep).where(RunStep.id == step.id, RunStep.status.in_(OPEN_STEP_STATUSES))
-            .values(status="failed", error=reason[:4000], finished_at=now,
+            .values(status="failed", error=storable(reason)[:4000], finished_at=now,
                     started_at=step.started_at or now)
             .execution_options(synchronize_session=False))
         self.changed.append(f"step:{step.step_number}:failed")
-        self.failure = f"node {step.node_id!r} failed: {reason}"[:4000]
+        self.failure = storable(f"node {step.node_id!r} failed: {reason}")[:4000]
 
     # --- scheduling ----------------------------------------------------------------------
 
@@ -232,8 +252,18 @@ class Progress:
         await self.schedule([self.scheduler.begin()])
 
     async def schedule(self, activations: list[Activation]) -> None:
+        """Run or store each activation and what it causes in turn.  A run that reaches
+        :data:`MAX_STEPS_PER_RUN` fails naming the cap (its later activations dropped)."""
         todo = list(activations)
+        try:
+            await self._schedule(todo)
+        except NodeFailed as exc:  # the steps cap, from _insert
+            self.failure = exc.reason[:4000]
+
+    async def _schedule(self, todo: list[Activation]) -> None:
         while todo:
+            if self.next_number > MAX_STEPS_PER_RUN:
+                raise NodeFailed(steps_cap_reason())
             activation = todo.pop(0)
             node = self.plan.nodes[activation.node_id]
             if node.type == "approval":

@@ -8,7 +8,8 @@ A graph is what an XYFlow (React Flow) canvas saves: ``nodes`` (objects with ``i
 they come and validates only what it executes: a node's ``id``, ``type`` and ``data``
 (per type, :data:`NODE_TYPES`), every edge's ends and handles, and the graph's shape:
 exactly one ``start``, at least one ``end``, every node reachable from the start, no
-cycle that does not pass through a ``loop`` node.
+cycle except one that goes back into a ``loop`` node from its ``body`` (see
+:func:`loop_return_edges`).
 
 :func:`validate_graph` returns every problem found (up to :data:`MAX_ISSUES`), each
 naming the node or edge by id; :func:`size_problem` is checked first and alone, so a
@@ -363,6 +364,7 @@ def validate_graph(nodes: Sequence[Any], edges: Sequence[Any],
     outgoing: dict[str, int] = dict.fromkeys(types, 0)
     edge_ids: set[str] = set()
     links: set[tuple[str, Handle, str, Handle]] = set()
+    kept: list[tuple[str, str, Handle, str]] = []
     for index, edge in enumerate(edges):
         if not isinstance(edge, dict):
             issues.add("invalid_edge", f"edges[{index}] is not an object")
@@ -412,6 +414,7 @@ def validate_graph(nodes: Sequence[Any], edges: Sequence[Any],
                                          "same handles", edge=edge_id)
             continue
         links.add(link)
+        kept.append((edge_id, source, source_handle, target))
         successors[source].append(target)
         outgoing[source] += 1
         incoming[target] += 1
@@ -431,11 +434,53 @@ def validate_graph(nodes: Sequence[Any], edges: Sequence[Any],
                 issues.add("unreachable", f"node {node_id!r} cannot be reached from the start "
                                           f"node {starts[0]!r}", node=node_id)
     loops = {n for n, t in types.items() if t.name == "loop"}
-    for cycle in _cycles_avoiding(loops, successors):
+    returns = loop_return_edges(loops, kept)
+    forward: dict[str, list[str]] = {n: [] for n in types}
+    for edge_id, source, _, target in kept:
+        if edge_id not in returns:
+            forward[source].append(target)
+    for cycle in _cycles(forward):
         shown = " -> ".join(repr(n) for n in cycle[:8]) + (" ..." if len(cycle) > 8 else "")
-        issues.add("cycle", f"cycle without a loop node: {shown}; route repetition through "
-                            "a loop node", node=cycle[0])
+        issues.add("cycle", f"cycle that does not return through a loop node's body: "
+                            f"{shown}; route repetition through a loop node's 'body' output "
+                            "(what follows its 'done' output must not lead back into it)",
+                   node=cycle[0])
     return issues.items
+
+
+def loop_return_edges(loops: Iterable[str],
+                      edges: Sequence[tuple[str, str, Handle, str]]) -> set[str]:
+    """The ids of the edges by which each loop's body hands back to the loop: edges
+    ``(id, source, source_handle, target)`` into a loop node from a node its ``body``
+    output reaches without passing through the loop, or from the loop's own ``body``
+    output straight back to itself; an edge from a node its ``done`` output also reaches
+    that way is not one (leaving the loop must not lead back into it).  The validator
+    refuses any cycle left once these edges are removed; the engine counts an arrival on
+    one as the loop's next iteration, not a fresh entry."""
+    outgoing: dict[str, list[tuple[str, Handle, str]]] = {}
+    incoming: dict[str, list[tuple[str, str]]] = {}
+    for edge_id, source, handle, target in edges:
+        outgoing.setdefault(source, []).append((edge_id, handle, target))
+        incoming.setdefault(target, []).append((edge_id, source))
+
+    def reached(loop: str, handle: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [t for _, h, t in outgoing.get(loop, ()) if h == handle]
+        while todo:
+            current = todo.pop()
+            if current in seen or current == loop:
+                continue
+            seen.add(current)
+            todo.extend(t for _, _, t in outgoing.get(current, ()))
+        return seen
+
+    found: set[str] = set()
+    for loop in loops:
+        body, after = reached(loop, "body"), reached(loop, "done")
+        found.update(e for e, h, t in outgoing.get(loop, ()) if h == "body" and t == loop)
+        found.update(e for e, source in incoming.get(loop, ())
+                     if source in body and source not in after)
+    return found
 
 
 def _reachable(start: str, successors: dict[str, list[str]]) -> set[str]:
@@ -449,11 +494,9 @@ def _reachable(start: str, successors: dict[str, list[str]]) -> set[str]:
     return seen
 
 
-def _cycles_avoiding(excluded: set[str], successors: dict[str, list[str]]) -> list[list[str]]:
-    """One cycle per strongly connected component of the graph without ``excluded`` nodes
-    (Tarjan, iterative): each is a cycle that passes through no loop node."""
-    graph = {n: [m for m in succ if m not in excluded]
-             for n, succ in successors.items() if n not in excluded}
+def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of ``graph`` that holds one (Tarjan,
+    iterative)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     on_stack: set[str] = set()

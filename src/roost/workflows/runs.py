@@ -73,7 +73,8 @@ async def start_run(session: AsyncSession, actor: Principal, workflow_id: uuid.U
     """A run of the workflow's version ``body.version`` (the newest by default), started
     in the caller's transaction: the start node and everything up to the first calling
     node run now; those get their jobs.  With an idempotency key already used by this
-    user, the existing run (``created`` false)."""
+    user for this workflow, the existing run (``created`` false); used for another run
+    (an agent's, another workflow's), 409."""
     workflow = await service.get_workflow(session, actor, workflow_id)
     if workflow.status == "archived":
         raise Conflict(f"workflow {workflow_id} is archived: make it active to run it")
@@ -102,6 +103,8 @@ async def start_run(session: AsyncSession, actor: Principal, workflow_id: uuid.U
             Run.user_id == workflow.user_id, Run.idempotency_key == body.idempotency_key))
         if existing is None or existing.kind != "workflow":
             raise Conflict("this idempotency key was used for another run")
+        if (existing.config or {}).get("workflow_id") != str(workflow.id):
+            raise Conflict("this idempotency key was used for a run of another workflow")
         return existing, False
     session.add(WorkflowRun(run_id=run_id, workflow_id=workflow.id, version_id=version.id,
                             version=version.version, user_id=workflow.user_id, state={},

@@ -53,7 +53,8 @@ class PublishIn(StrictInput):
 
 
 class RollbackIn(StrictInput):
-    version: int = Field(ge=1, description="The version whose graph becomes the draft")
+    version: int = Field(ge=1, le=1_000_000_000,
+                         description="The version whose graph becomes the draft")
 
 
 class IssueOut(BaseModel):

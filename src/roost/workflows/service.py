@@ -10,6 +10,7 @@ edges) may be saved as a draft; publishing needs a valid, non-empty one.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any, Final, Literal
@@ -256,7 +257,7 @@ def parse_ref(value: str, name: str) -> Ref:
     """A query parameter naming a version: its number, or ``draft``."""
     if value == "draft":
         return "draft"
-    if value.isdigit() and 0 < len(value) <= 9 and int(value) >= 1:
+    if re.fullmatch(r"[0-9]{1,9}", value) and int(value) >= 1:  # not isdigit(): '²'
         return int(value)
     raise Unprocessable(f"{name} must be a version number (1, 2, ...) or 'draft'",
                         extra={"field": name})
