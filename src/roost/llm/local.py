@@ -103,6 +103,32 @@ class _Failed:
         self.exc = exc
 
 
+_PLAIN_BUFFERS = threading.Lock()
+
+
+def _plain_cpu_buffers() -> None:
+    """Load models into plain CPU buffers, not llama.cpp's "extra" buffer types (AMX and
+    repacked weights): on CPUs with AMX (Sapphire Rapids and later) llama-cpp-python
+    0.3.36 repacks the Q4_1 SmolLM2 weights for AMX and its first decode segfaults,
+    taking the whole server down. ``Llama()`` does not expose ``use_extra_bufts``, so
+    the defaults it starts from are wrapped once (a no-op where the field is absent)."""
+    import llama_cpp.llama_cpp as bindings
+
+    with _PLAIN_BUFFERS:
+        defaults = bindings.llama_model_default_params
+        if getattr(defaults, "roost_plain", False):
+            return
+
+        def plain() -> Any:
+            params = defaults()
+            if hasattr(params, "use_extra_bufts"):
+                params.use_extra_bufts = False
+            return params
+
+        plain.roost_plain = True  # type: ignore[attr-defined]
+        bindings.llama_model_default_params = plain
+
+
 class LocalLlamaProvider:
     provider_type = "local"
     config_keys = ("n_ctx", "n_threads", "seed", "chat_format")  # from llm_providers.config
@@ -171,6 +197,7 @@ class LocalLlamaProvider:
         if self._llama is None:
             from llama_cpp import Llama
 
+            _plain_cpu_buffers()
             start = time.perf_counter()
             self._llama = Llama(model_path=str(self.model_path), **self._llama_kwargs)
             params = inspect.signature(self._llama.create_chat_completion).parameters
