@@ -15,7 +15,7 @@ import httpx
 from roost.db.engine import Database
 from roost.tools.models import McpServer, Tool
 from tests.agents.api import Headers, add_member, create_persona, named_user
-from tests.support.identity import make_user
+from tests.support.identity import join_group, make_user
 
 
 @dataclass(eq=False)
@@ -73,9 +73,8 @@ async def make_cast(client: httpx.AsyncClient, database: Database,
     group = await client.post("/api/v1/groups", json={"name": f"team-{uuid.uuid4().hex[:6]}"},
                               headers=owner.headers)
     assert group.status_code == 201, group.text
-    added = await client.post(f"/api/v1/groups/{group.json()['id']}/members",
-                              json={"user": str(group_peer.id)}, headers=owner.headers)
-    assert added.status_code == 201, added.text
+    await join_group(client, owner.headers, group.json()["id"], str(group_peer.id),
+                     group_peer.headers)
     return Cast(pid=pid, persona=persona, owner=owner, co_owner=co_owner, editor=editor,
                 viewer=viewer, outsider=outsider, group_peer=group_peer,
                 admin=Actor("admin", admin_id, admin),

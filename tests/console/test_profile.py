@@ -21,6 +21,7 @@ from roost.security.totp import current_totp_step, totp_code_at
 from tests.console.conftest import assert_accessible, screenshot, sign_in_as
 from tests.console.test_auth import PASSWORD, _password_user
 from tests.identity.conftest import wait_for_fresh_totp_step
+from tests.support.identity import make_user
 from tests.support.server import free_port, in_process
 
 pytestmark = pytest.mark.needs_browser
@@ -91,6 +92,40 @@ async def test_theme_choice_is_kept(page: Any, console: str, database: Database,
     assert await page.locator("html").get_attribute("data-theme") == "light"
     async with database.transaction() as session:
         assert (await session.get_one(User, user_id)).theme == "light"
+
+
+async def test_group_invitations_are_accepted_or_declined_on_the_profile(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """A group admin's invitations wait on the invitee's profile (docs/identity.md,
+    "Groups"): Accept joins the group with the invited role, Decline drops it."""
+    _, alice = await make_user(database, username="inviting-alice")
+    bob_id, bob = await make_user(database, username="invited-bob")
+    for name, role in (("Herons", "admin"), ("<b>Gulls</b>", "member")):
+        group = await client.post("/api/v1/groups", headers=alice, json={"name": name})
+        assert group.status_code == 201, group.text
+        invited = await client.post(f"/api/v1/groups/{group.json()['id']}/members",
+                                    headers=alice, json={"user": str(bob_id), "role": role})
+        assert invited.status_code == 202, invited.text
+    await sign_in_as(page.context, console, database, test_keys, bob_id)
+    await page.goto("/console/profile")
+    herons = page.locator("#invitations li").filter(has_text="Herons")
+    await herons.get_by_text("as a group admin, invited by inviting-alice").wait_for()
+    await page.locator("#invitations li").filter(has_text="<b>Gulls</b>").wait_for()  # text
+    await assert_accessible(page)
+    await screenshot(page, "profile-group-invitations")
+    await page.get_by_role("button", name="Accept the invitation to Herons").click()
+    await page.get_by_text("You joined Herons.").wait_for()
+    await herons.wait_for(state="detached")
+    mine = (await client.get("/api/v1/groups", headers=bob)).json()
+    assert [(g["name"], g["my_role"]) for g in mine] == [("Herons", "admin")]
+    await page.get_by_role("button", name="Decline the invitation to <b>Gulls</b>").click()
+    await page.get_by_text("No invitations.").wait_for()
+    left = (await client.get("/api/v1/groups/invitations", headers=bob)).json()
+    assert left["items"] == []
+    assert [g["name"] for g in (await client.get("/api/v1/groups", headers=bob)).json()] == [
+        "Herons"]
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
 """Stored XSS: hostile data from users and from an anonymous attacker (sign-in attempts,
-registrations, names, personas, agents, chats, groups, limits, a model provider's model
-ids and errors, failed jobs) shown on an administrator's and another user's console
-pages, and a hostile model answer and model error in the chat.  The browser first runs
-with the page's CSP *bypassed*, so a markup sink would really execute: the DOM never gets
-the payload's elements and ``window.__xss`` stays unset (not merely CSP saving the day),
-while the payloads are shown as text; then with the CSP on, where not a single violation
-is reported (an injected handler that CSP blocked would still be an injection)."""
+registrations, names, personas, agents, chats, groups and their invitations, limits, a
+model provider's model ids and errors, failed jobs) shown on an administrator's and
+another user's console pages, and a hostile model answer and model error in the chat.
+The browser first runs with the page's CSP *bypassed*, so a markup sink would really
+execute: the DOM never gets the payload's elements and ``window.__xss`` stays unset (not
+merely CSP saving the day), while the payloads are shown as text; then with the CSP on,
+where not a single violation is reported (an injected handler that CSP blocked would
+still be an injection)."""
 
 from __future__ import annotations
 
@@ -106,6 +107,13 @@ async def _seed(client: httpx.AsyncClient, database: Database, admin_headers: di
     added = await client.post(f"/api/v1/groups/{group.json()['id']}/members",
                               headers=boss_headers, json={"user": "mallory"})
     assert added.status_code == 201, added.text
+    # Mallory's own group (a hostile name) invites the victim: their profile lists it.
+    theirs = await client.post("/api/v1/groups", headers=mh,
+                               json={"name": SHORT.replace("=4>", "=5>")})
+    assert theirs.status_code == 201, theirs.text
+    invited = await client.post(f"/api/v1/groups/{theirs.json()['id']}/members", headers=mh,
+                                json={"user": "victim"})
+    assert invited.status_code == 202, invited.text
     for path in (f"/api/v1/admin/limits/users/{mallory}",
                  f"/api/v1/admin/limits/api-keys/{seeded['key_id']}"):
         put = await client.put(path, headers=admin_headers, json={"requests_per_minute": 7})
@@ -204,7 +212,7 @@ async def test_hostile_data_never_runs_on_an_administrator_s_or_another_user_s_p
     # The payloads did reach these pages, shown as text.
     missing = [where for where in ("users", "users pending", "audit", "groups", "limits",
                                    "queue", "providers", "group members", "/console/personas",
-                                   "/console/agents") if not shown[where]]
+                                   "/console/agents", "/console/profile") if not shown[where]]
     assert not missing, missing
 
     # With the CSP on: not a single violation (nothing injected for it to block).

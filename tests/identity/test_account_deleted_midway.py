@@ -14,7 +14,7 @@ import httpx
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from tests.identity.conftest import login, password_user
-from tests.support.identity import make_user
+from tests.support.identity import join_group, make_user
 from tests.support.lifecycle import CHANGES, assert_audit_chain_intact, end_account
 from tests.support.pg import PgTestServer
 from tests.support.server import roost_server, serve_env
@@ -76,19 +76,14 @@ async def test_a_group_outlives_its_deleted_creator(
     made = await client.post("/api/v1/groups", json={"name": "herons"}, headers=creator)
     assert made.status_code == 201, made.text
     group = f"/api/v1/groups/{made.json()['id']}"
-    added = await client.post(f"{group}/members", headers=creator,
-                              json={"user": str(member_id), "role": "member"})
-    assert added.status_code == 201, added.text
+    await join_group(client, creator, made.json()["id"], member_id, member)
     await end_account(client, admin_headers, creator_id)
     for path in (group, f"{group}/members", "/api/v1/groups"):
         seen = await client.get(path, headers=member)
         assert seen.status_code == 200, (path, seen.text)
     assert (await client.get(group, headers=admin_headers)).status_code == 200
-    # A plain member cannot manage it; once an administrator makes them its admin, they can.
-    refused = await client.patch(group, json={"name": "mine now"}, headers=member)
-    assert refused.status_code == 403, refused.text
-    promoted = await client.patch(f"{group}/members/{member_id}", json={"role": "admin"},
-                                  headers=admin_headers)
-    assert promoted.status_code == 200, promoted.text
+    # The creator was its only admin: the member left is its admin now, and manages it.
+    members = (await client.get(f"{group}/members", headers=member)).json()
+    assert [(m["user_id"], m["role"]) for m in members] == [(str(member_id), "admin")]
     renamed = await client.patch(group, json={"name": "mine now"}, headers=member)
     assert renamed.status_code == 200, renamed.text

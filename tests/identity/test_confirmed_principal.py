@@ -14,7 +14,7 @@ from sqlalchemy import text
 from roost.db.engine import Database
 from roost.identity import resolver
 from roost.security.passwords import hash_password
-from tests.support.identity import make_user
+from tests.support.identity import join_group, make_user
 
 ME = "/api/v1/auth/me"
 
@@ -87,9 +87,7 @@ async def test_a_new_group_membership_scopes_the_next_request(
     created = await client.post("/api/v1/groups", headers=alice, json={"name": "confirmed"})
     assert created.status_code == 201, created.text
     group_id = created.json()["id"]
-    added = await client.post(f"/api/v1/groups/{group_id}/members", headers=alice,
-                              json={"user": "confirm-bob"})
-    assert added.status_code in (200, 201), added.text
+    await join_group(client, alice, group_id, "confirm-bob", bob)
     assert [g["id"] for g in (await client.get("/api/v1/groups", headers=bob)).json()] == [
         group_id]
     await _sql(database, "DELETE FROM user_group_memberships WHERE group_id = :g "

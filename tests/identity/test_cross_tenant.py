@@ -32,6 +32,12 @@ async def test_cross_tenant_matrix(client: httpx.AsyncClient, database: Database
     pending = (await client.post("/api/v1/auth/passkeys/register/begin", headers=alice,
                                  json={})).json()
 
+    carol_id, carol = await make_user(database, username="carol")
+    invited = await client.post(f"/api/v1/groups/{group['id']}/members", headers=alice,
+                                json={"user": str(carol_id)})
+    assert invited.status_code == 202, invited.text
+    invitation = invited.json()["id"]
+
     _, bob = await make_user(database, username="bob")
     a, s, g = alice_id, alice_tokens["session_id"], group["id"]
     cases: list[tuple[str, str, dict[str, object] | None, int]] = [
@@ -70,6 +76,10 @@ async def test_cross_tenant_matrix(client: httpx.AsyncClient, database: Database
         ("POST", f"/api/v1/groups/{g}/members", {"user": "bob"}, 404),
         ("PATCH", f"/api/v1/groups/{g}/members/{a}", {"role": "member"}, 404),
         ("DELETE", f"/api/v1/groups/{g}/members/{a}", None, 404),
+        ("GET", f"/api/v1/groups/{g}/invitations", None, 404),
+        ("DELETE", f"/api/v1/groups/{g}/invitations/{invitation}", None, 404),
+        ("POST", f"/api/v1/groups/invitations/{invitation}/accept", None, 404),
+        ("POST", f"/api/v1/groups/invitations/{invitation}/decline", None, 404),
         ("GET", "/api/v1/users", None, 403),
         ("POST", "/api/v1/users", {"username": "x1x", "email": "x@example.com"}, 403),
         ("GET", "/api/v1/groups?all=true", None, 403),
@@ -92,6 +102,9 @@ async def test_cross_tenant_matrix(client: httpx.AsyncClient, database: Database
     devices = (await client.get("/api/v1/users/me/devices", headers=alice)).json()
     assert [(d["id"], d["is_trusted"]) for d in devices] == [(device, False)]
     assert (await client.get(f"/api/v1/groups/{g}", headers=alice)).json()["name"] == "secret-club"
+    assert [i["id"] for i in (await client.get("/api/v1/groups/invitations",
+                                                headers=carol)).json()["items"]] == [invitation]
+    assert (await client.get("/api/v1/groups/invitations", headers=bob)).json()["items"] == []
     assert (await client.get("/api/v1/users/me/profile", headers=alice)).json()["bio"] == "alice-bio"
     assert (await client.get("/api/v1/users/me/settings", headers=alice)).json()["theme"] == "dark"
     oauth = (await client.get("/api/v1/users/me/oauth/github", headers=alice)).json()

@@ -6,7 +6,7 @@ import httpx
 from sqlalchemy import text
 
 from roost.db.engine import Database
-from tests.support.identity import make_user
+from tests.support.identity import join_group, make_user
 
 
 async def test_group_lifecycle_and_roles(client: httpx.AsyncClient, database: Database) -> None:
@@ -25,10 +25,16 @@ async def test_group_lifecycle_and_roles(client: httpx.AsyncClient, database: Da
     assert (await client.get(f"/api/v1/groups/{gid}", headers=bob)).status_code == 404
     assert (await client.get(f"/api/v1/groups/{gid}/members", headers=bob)).status_code == 404
 
-    added = await client.post(f"/api/v1/groups/{gid}/members", headers=alice,
-                              json={"user": "BOB"})
-    assert added.status_code == 201 and added.json()["username"] == "bob"
-    assert added.json()["role"] == "member"
+    # A group admin invites (202); the membership exists once bob accepts.
+    invited = await client.post(f"/api/v1/groups/{gid}/members", headers=alice,
+                                json={"user": "BOB"})
+    assert invited.status_code == 202 and invited.json()["username"] == "bob", invited.text
+    assert invited.json()["role"] == "member"
+    assert (await client.get(f"/api/v1/groups/{gid}", headers=bob)).status_code == 404
+    accepted = await client.post(
+        f"/api/v1/groups/invitations/{invited.json()['id']}/accept", headers=bob)
+    assert accepted.status_code == 201 and accepted.json()["username"] == "bob"
+    assert accepted.json()["role"] == "member"
     again = await client.post(f"/api/v1/groups/{gid}/members", headers=alice,
                               json={"user": str(bob_id)})
     assert again.status_code == 409
@@ -50,8 +56,7 @@ async def test_group_lifecycle_and_roles(client: httpx.AsyncClient, database: Da
     promoted = await client.patch(f"/api/v1/groups/{gid}/members/{bob_id}", headers=alice,
                                   json={"role": "admin"})
     assert promoted.json()["role"] == "admin"
-    assert (await client.post(f"/api/v1/groups/{gid}/members", headers=bob,
-                              json={"user": "carol@example.test"})).status_code == 201
+    await join_group(client, bob, gid, "carol@example.test", carol)
     renamed = await client.patch(f"/api/v1/groups/{gid}", headers=bob,
                                  json={"name": "Research Lab"})
     assert renamed.json()["name"] == "Research Lab" and renamed.json()["description"] == "R&D"
@@ -74,8 +79,9 @@ async def test_group_lifecycle_and_roles(client: httpx.AsyncClient, database: Da
 
     async with database.transaction() as session:
         actions = set((await session.scalars(text("SELECT action FROM audit_logs"))).all())
-    assert {"group.created", "group.member_added", "group.member_role_changed",
-            "group.updated", "group.member_left", "group.deleted"} <= actions
+    assert {"group.created", "group.member_invited", "group.invitation_accepted",
+            "group.member_role_changed", "group.updated", "group.member_left",
+            "group.deleted"} <= actions
 
 
 async def test_admins_see_every_group(

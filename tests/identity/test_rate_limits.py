@@ -98,12 +98,10 @@ async def test_mcp_over_the_limit_is_a_problem_429_with_retry_after(
                    "Content-Type": "application/json"}
     async with in_process(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
         answers = [await http.post("/mcp", headers=mcp_headers, json=init) for _ in range(3)]
-        get = await http.get("/mcp", headers=mcp_headers)
     assert [a.status_code for a in answers] == [200, 200, 429], [a.text for a in answers]
     refused = answers[2]
     assert refused.headers["content-type"].startswith("application/problem+json")
     assert refused.headers["Retry-After"].isdigit()
-    assert get.status_code == 429
 
 
 async def test_per_key_and_per_user_limits_are_independent(

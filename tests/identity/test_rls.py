@@ -13,7 +13,7 @@ from roost.db.engine import Database
 from roost.identity.tenancy import apply_principal, clear_principal, current_scope
 from roost.principal import Principal
 from tests.identity.conftest import login, password_user
-from tests.support.identity import make_user
+from tests.support.identity import join_group, make_user
 
 OWNED = ("sessions", "api_keys", "registered_devices", "passkey_credentials",
          "user_oauth_tokens", "user_profiles", "user_two_factor_auth")
@@ -96,11 +96,11 @@ async def test_groups_share_members_not_their_private_rows(
     client: httpx.AsyncClient, database: Database
 ) -> None:
     alice, alice_h = await make_user(database, username="alice")
-    bob, _bob_h = await make_user(database, username="bob")
+    bob, bob_h = await make_user(database, username="bob")
     carol, _ = await make_user(database, username="carol")
     gid = uuid.UUID((await client.post("/api/v1/groups", headers=alice_h,
                                        json={"name": "team"})).json()["id"])
-    await client.post(f"/api/v1/groups/{gid}/members", headers=alice_h, json={"user": "bob"})
+    await join_group(client, alice_h, gid, "bob", bob_h)
     async with database.transaction() as session:
         await apply_principal(session, _as(bob, gid))
         people = set((await session.execute(text("SELECT id FROM users"))).scalars().all())

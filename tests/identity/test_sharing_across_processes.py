@@ -18,7 +18,7 @@ import httpx
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from roost.knowledge.models import Document, DocumentChunk
-from tests.support.identity import make_user
+from tests.support.identity import join_group, make_user
 from tests.support.mcp_client import mcp_session
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Reply
@@ -90,10 +90,8 @@ async def test_what_a_group_shares_is_gone_on_the_next_request_through_another_p
             group = (await http.post(f"{A}/api/v1/groups", headers=alice,
                                      json={"name": f"team-{uuid.uuid4().hex[:6]}"})).json()
             gid = group["id"]
-            for who in (bob_id, carol_id):
-                added = await http.post(f"{A}/api/v1/groups/{gid}/members", headers=alice,
-                                        json={"user": str(who)})
-                assert added.status_code == 201, added.text
+            for who, their in ((bob_id, bob), (carol_id, carol)):
+                await join_group(http, alice, gid, who, their, base_url=A)
             doc = await _shared_document(database, alice_id, uuid.UUID(gid))
             project = await http.post(f"{A}/api/v1/projects", headers=alice,
                                       json={"name": "Heron", "group_id": gid})

@@ -1,7 +1,9 @@
-"""Test helper other domains use: an active user and Authorization headers for it.
+"""Test helpers other domains use: an active user and Authorization headers for it, and
+a user joining a group.
 
     user_id, headers = await make_user(database)
     user_id, headers = await make_user(database, admin=True, username="alice")
+    await join_group(client, alice, group_id, bob_id, bob)
 
 The account is created through the identity service (no password, so no hashing
 cost) and the headers carry a freshly created API key, which the app accepts as
@@ -11,6 +13,9 @@ cost) and the headers carry a freshly created API key, which the app accepts as
 from __future__ import annotations
 
 import uuid
+from typing import Any
+
+import httpx
 
 from roost.db.engine import Database
 from roost.identity.accounts import create_user
@@ -31,3 +36,24 @@ async def make_user(
         )
         created = await create_api_key(session, principal_for(user), name="test helper")
     return user.id, {"Authorization": f"Bearer {created.key}"}
+
+
+async def join_group(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], group_id: uuid.UUID | str,
+    user: uuid.UUID | str, user_headers: dict[str, str], *, role: str = "member",
+    base_url: str = "",
+) -> dict[str, Any]:
+    """``user`` (an id, username or e-mail) joins the group as a plain group admin's
+    additions do (docs/identity.md, "Groups"): invited by one of its admins
+    (``admin_headers``, 202), then accepting with their own ``user_headers`` (201).
+    ``base_url`` prefixes the paths (a client without one, talking to a served process).
+    The membership's JSON."""
+    invited = await client.post(f"{base_url}/api/v1/groups/{group_id}/members",
+                                headers=admin_headers, json={"user": str(user), "role": role})
+    assert invited.status_code == 202, invited.text
+    accepted = await client.post(
+        f"{base_url}/api/v1/groups/invitations/{invited.json()['id']}/accept",
+        headers=user_headers)
+    assert accepted.status_code == 201, accepted.text
+    membership: dict[str, Any] = accepted.json()
+    return membership

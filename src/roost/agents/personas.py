@@ -253,7 +253,8 @@ async def _usernames(session: AsyncSession, actor: Principal,
 
 
 async def _lookup_user(session: AsyncSession, ref: str) -> uuid.UUID:
-    # SECURITY DEFINER lookup (migration 0200): an owner may add someone they cannot see.
+    # SECURITY DEFINER lookup (migrations 0200, 1140): an owner may add someone they cannot
+    # see; a text that is a UUID matches only the account with that id, never a username.
     found = await session.scalar(text("SELECT roost_lookup_user_id(:ref)"), {"ref": ref.strip()})
     if found is None:
         raise NotFound("no active account with that username, e-mail or id")

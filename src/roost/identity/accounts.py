@@ -22,6 +22,7 @@ from roost.identity.common import (
     normalize_email,
     normalize_username,
 )
+from roost.identity.groups import hand_over_groups_of
 from roost.identity.models import ROLES, STATUSES, TIERS, Session, User
 from roost.principal import Principal
 from roost.security.passwords import check_password_policy, hash_password
@@ -211,6 +212,8 @@ async def delete_user(session: AsyncSession, principal: Principal, user_id: uuid
     user = await load_user(session, user_id)
     if user.is_root:
         raise Forbidden("the root account cannot be deleted")
+    # A group whose last admin this is gets its longest-standing member as admin.
+    await hand_over_groups_of(session, principal, user_id)
     await session.delete(user)
     await session.flush()
     await record(

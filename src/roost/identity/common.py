@@ -17,10 +17,15 @@ from roost.principal import Principal, PrincipalKind
 from roost.security.crypto import SecretBox
 
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
+# 32 hex digits once the hyphens are gone: a text that could be read as an account's id.
+_UUID_SHAPED_RE = re.compile(r"^[0-9a-f]{32}$")
 MAX_EMAIL_LENGTH = 255
 
 
 def normalize_username(raw: str) -> str:
+    """``raw`` stripped and lower-cased, or 422 naming the field.  A username spelled like
+    a UUID is refused: where a username, e-mail or id is accepted (adding a group or
+    persona member), such a name would pass for another account's id."""
     username = raw.strip().lower()
     if not USERNAME_RE.fullmatch(username):
         raise Unprocessable(
@@ -28,6 +33,9 @@ def normalize_username(raw: str) -> str:
             "starting with a letter or digit",
             extra={"field": "username"},
         )
+    if _UUID_SHAPED_RE.fullmatch(username.replace("-", "")):
+        raise Unprocessable("username must not look like an id (a UUID): choose another",
+                            extra={"field": "username"})
     return username
 
 

@@ -1,10 +1,24 @@
-"""Groups: create/rename/delete, members with role ``member``/``admin``.
+"""Groups: create/rename/delete, members with role ``member``/``admin``, invitations.
 
 Who may do what: any signed-in user creates a group and becomes its admin; members see
 the group and its member list; group admins (and site administrators) rename, delete
 and manage members; anyone may leave.  A group someone cannot see is "not found",
-whether or not it exists.  The last admin cannot leave or be demoted while other
-members remain, so a group always has someone in charge.
+whether or not it exists.
+
+Joining takes consent.  A group has authority over its members (a group-scope
+``chat.system`` prompt overrides theirs, documents shared with it enter their searches),
+so a group admin who is not a site administrator does not add people: they *invite*
+them (``group_invitations``), and the membership exists once the invitee accepts, with
+the role the invitation names.  The invitee may decline; the group's admins list and
+revoke pending invitations.  Site administrators (and the operator token) add members
+directly.
+
+A group always has someone in charge: the last admin cannot leave or be demoted while
+other members remain, and deleting the last admin's account hands the group to its
+longest-standing member (:func:`hand_over_groups_of`).  Every change that can take an
+admin away locks the group's row first (``roost_lock_group``, migration 1140), so two
+at once cannot both pass the count.  A group left without any admin (its last member
+gone) drops its pending invitations: nobody joins a group nobody runs.
 """
 
 from __future__ import annotations
@@ -13,14 +27,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
-from roost.errors import Conflict, Forbidden, NotFound
+from roost.db.errors import sqlstate
+from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
-from roost.identity.models import Group, User, UserGroupMembership
+from roost.identity.models import Group, GroupInvitation, User, UserGroupMembership
+from roost.pagination import newest_first
 from roost.principal import Principal
 
 
@@ -37,6 +53,19 @@ class Member:
     full_name: str | None
     role: str
     joined_at: datetime
+
+
+@dataclass(frozen=True)
+class Invitation:
+    id: uuid.UUID
+    group_id: uuid.UUID
+    group_name: str | None
+    user_id: uuid.UUID
+    username: str | None
+    role: str
+    invited_by: uuid.UUID | None
+    invited_by_username: str | None
+    created_at: datetime
 
 
 async def _my_role(session: AsyncSession, principal: Principal, group_id: uuid.UUID) -> str | None:
@@ -61,6 +90,37 @@ async def _manageable(session: AsyncSession, principal: Principal, group_id: uui
     if view.my_role != "admin" and not principal.is_admin:
         raise Forbidden("only the group's admins can do this")
     return view
+
+
+async def _lock_group(session: AsyncSession, principal: Principal, group_id: uuid.UUID) -> None:
+    """``SELECT ... FOR UPDATE`` of the group's row, before counting its admins: every
+    change that can take an admin away takes it, so they run one after the other.
+    Site administrators lock it directly; members through ``roost_lock_group`` (the
+    groups UPDATE policy, which a row lock needs, admits only the group's admins)."""
+    if principal.is_admin:
+        found = await session.scalar(
+            select(Group.id).where(Group.id == group_id).with_for_update())
+    else:
+        found = await session.scalar(text("SELECT roost_lock_group(:g)"), {"g": group_id})
+    if found is None:  # deleted meanwhile, or left
+        raise NotFound("no such group")
+
+
+async def _locked(
+    session: AsyncSession, principal: Principal, group_id: uuid.UUID, *, manage: bool
+) -> None:
+    """The group checked (visible; ``manage``: the caller is its admin), then locked, then
+    checked again: a request that waited for the lock acts on what the one before it
+    left (an admin it demoted or removed meanwhile is refused here, not by the database)."""
+    await (_manageable if manage else _visible)(session, principal, group_id)
+    await _lock_group(session, principal, group_id)
+    if principal.is_admin:
+        return
+    role = await _my_role(session, principal, group_id)
+    if role is None:
+        raise NotFound("no such group")
+    if manage and role != "admin":
+        raise Forbidden("only the group's admins can do this")
 
 
 async def _flush_unique(session: AsyncSession, message: str) -> None:
@@ -115,8 +175,13 @@ async def get_group(session: AsyncSession, principal: Principal, group_id: uuid.
 
 async def update_group(
     session: AsyncSession, principal: Principal, group_id: uuid.UUID, *,
-    name: str | None = None, description: str | None = None, set_description: bool = False,
+    name: str | None = None, set_name: bool = False,
+    description: str | None = None, set_description: bool = False,
 ) -> GroupView:
+    """Rename (``set_name``: ``name`` was sent; a group must have one, so null is a 422)
+    or describe (``set_description``: ``description`` was sent; null clears it)."""
+    if set_name and name is None:
+        raise Unprocessable("name cannot be null: a group needs a name", extra={"field": "name"})
     view = await _manageable(session, principal, group_id)
     before = {"name": view.group.name, "description": view.group.description}
     if name is not None:
@@ -152,62 +217,259 @@ async def list_members(session: AsyncSession, principal: Principal, group_id: uu
 
 
 async def _resolve_user(session: AsyncSession, ref: str) -> uuid.UUID:
-    # SECURITY DEFINER lookup: a group admin may add someone they cannot see yet.
+    # SECURITY DEFINER lookup: a group admin may name someone they cannot see yet.  A
+    # text that is a UUID matches only the account with that id (migration 1140).
     found = await session.scalar(text("SELECT roost_lookup_user_id(:ref)"), {"ref": ref.strip()})
     if found is None:
         raise NotFound("no active account with that username, email or id")
     return uuid.UUID(str(found))
 
 
+async def _member_named(session: AsyncSession, membership: UserGroupMembership) -> Member:
+    named = (await session.execute(
+        select(User.username, User.full_name).where(User.id == membership.user_id))).one_or_none()
+    username, full_name = (named[0], named[1]) if named is not None else (str(membership.user_id), None)
+    return Member(membership.user_id, username, full_name, membership.role, membership.joined_at)
+
+
+async def _is_member(session: AsyncSession, group_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    # The caller is the group's admin (who sees its members) or a site administrator.
+    found = await session.scalar(select(UserGroupMembership.id).where(
+        UserGroupMembership.group_id == group_id, UserGroupMembership.user_id == user_id))
+    return found is not None
+
+
 async def add_member(
     session: AsyncSession, principal: Principal, group_id: uuid.UUID, *, user: str,
     role: str = "member",
-) -> Member:
+) -> Member | Invitation:
+    """A site administrator (or the operator) adds the member: a :class:`Member`.  A group
+    admin invites them: a pending :class:`Invitation` (the same one when they are invited
+    already, unchanged), which becomes a membership when they accept.  409 when they are
+    a member already."""
     await _manageable(session, principal, group_id)
     user_id = await _resolve_user(session, user)
+    if not principal.is_admin:
+        return await _invite(session, principal, group_id, user_id, role)
     membership = UserGroupMembership(user_id=user_id, group_id=group_id, role=role)
     session.add(membership)
     await _flush_unique(session, "that user is already a member of the group")
+    # An invitation still pending is answered by the membership itself.
+    await session.execute(delete(GroupInvitation).where(
+        GroupInvitation.group_id == group_id, GroupInvitation.user_id == user_id))
     await record(session, "group.member_added", user_id=principal.user_id, resource_type="group",
                  resource_id=group_id, changes={"member": str(user_id), "role": role})
-    named = (await session.execute(
-        select(User.username, User.full_name).where(User.id == user_id))).one_or_none()
-    username, full_name = (named[0], named[1]) if named is not None else (str(user_id), None)
-    return Member(user_id, username, full_name, role, membership.joined_at)
+    return await _member_named(session, membership)
+
+
+async def _invite(
+    session: AsyncSession, principal: Principal, group_id: uuid.UUID, user_id: uuid.UUID,
+    role: str,
+) -> Invitation:
+    if await _is_member(session, group_id, user_id):
+        raise Conflict("that user is already a member of the group")
+    pending = await session.scalar(select(GroupInvitation).where(
+        GroupInvitation.group_id == group_id, GroupInvitation.user_id == user_id))
+    if pending is not None:
+        return (await _named(session, [pending]))[0]
+    invitation = GroupInvitation(group_id=group_id, user_id=user_id, role=role,
+                                 invited_by=principal.user_id)
+    session.add(invitation)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        # Invited at the same moment by another admin of the group: that invitation.
+        pending = await session.scalar(select(GroupInvitation).where(
+            GroupInvitation.group_id == group_id, GroupInvitation.user_id == user_id))
+        if pending is None:
+            raise Conflict("the group or that account changed meanwhile: try again") from None
+        return (await _named(session, [pending]))[0]
+    await record(session, "group.member_invited", user_id=principal.user_id,
+                 resource_type="group", resource_id=group_id,
+                 changes={"member": str(user_id), "role": role, "invitation": str(invitation.id)})
+    return (await _named(session, [invitation]))[0]
+
+
+async def _named(session: AsyncSession, rows: list[GroupInvitation]) -> list[Invitation]:
+    """``rows`` with the group's name and the invitee's and inviter's usernames (through
+    ``roost_group_invitation_names``: an invitee may not read the group or the inviter
+    before joining, a group admin not the invitee's account)."""
+    if not rows:
+        return []
+    names = {
+        uuid.UUID(str(row[0])): (row[1], row[2], row[3])
+        for row in (await session.execute(
+            text("SELECT id, group_name, username, invited_by_username "
+                 "FROM roost_group_invitation_names(CAST(:ids AS uuid[]))"),
+            {"ids": [r.id for r in rows]})).tuples().all()
+    }
+    out = []
+    for r in rows:
+        group_name, username, inviter = names.get(r.id, (None, None, None))
+        out.append(Invitation(r.id, r.group_id, group_name, r.user_id, username, r.role,
+                              r.invited_by, inviter, r.created_at))
+    return out
+
+
+async def my_invitations(
+    session: AsyncSession, principal: Principal, *, limit: int, cursor: str | None = None,
+) -> tuple[list[Invitation], str | None]:
+    """The caller's pending invitations, newest first."""
+    me = require_user(principal, "group invitations")
+    rows, next_cursor = await newest_first(
+        session, select(GroupInvitation).where(GroupInvitation.user_id == me),
+        GroupInvitation.created_at, GroupInvitation.id, limit=limit, cursor=cursor)
+    return await _named(session, rows), next_cursor
+
+
+async def group_invitations(
+    session: AsyncSession, principal: Principal, group_id: uuid.UUID, *, limit: int,
+    cursor: str | None = None,
+) -> tuple[list[Invitation], str | None]:
+    """A group's pending invitations, newest first (its admins, site administrators)."""
+    await _manageable(session, principal, group_id)
+    rows, next_cursor = await newest_first(
+        session, select(GroupInvitation).where(GroupInvitation.group_id == group_id),
+        GroupInvitation.created_at, GroupInvitation.id, limit=limit, cursor=cursor)
+    return await _named(session, rows), next_cursor
+
+
+async def _my_invitation(session: AsyncSession, me: uuid.UUID,
+                         invitation_id: uuid.UUID) -> GroupInvitation:
+    row = await session.scalar(select(GroupInvitation).where(
+        GroupInvitation.id == invitation_id, GroupInvitation.user_id == me))
+    if row is None:  # another's is the same answer as none
+        raise NotFound("no such invitation")
+    return row
+
+
+async def _take_invitation(session: AsyncSession, invitation: GroupInvitation) -> None:
+    """Delete the invitation; NotFound when it was revoked, declined or withdrawn since
+    it was read (then nothing this transaction did stands)."""
+    gone = await session.execute(
+        delete(GroupInvitation).where(GroupInvitation.id == invitation.id)
+        .returning(GroupInvitation.id).execution_options(synchronize_session=False))
+    if gone.first() is None:
+        raise NotFound("no such invitation")
+    session.expunge(invitation)
+
+
+async def accept_invitation(
+    session: AsyncSession, principal: Principal, invitation_id: uuid.UUID
+) -> Member:
+    """Join the group with the invited role; the invitation is gone."""
+    me = require_user(principal, "group invitations")
+    invitation = await _my_invitation(session, me, invitation_id)
+    group_id, role = invitation.group_id, invitation.role
+    membership = UserGroupMembership(user_id=me, group_id=group_id, role=role)
+    session.add(membership)
+    # The membership first: the row-level security of memberships admits it only while
+    # the invitation is there (migration 1140); then the invitation goes, and if it went
+    # meanwhile (revoked, or withdrawn as its group lost its last admin), so does this.
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        if sqlstate(exc) == "23503":  # the group was deleted meanwhile
+            raise NotFound("no such invitation") from None
+        raise Conflict("you are already a member of that group") from None
+    except DBAPIError as exc:
+        if sqlstate(exc) == "42501":  # the invitation went meanwhile: the wall refused
+            raise NotFound("no such invitation") from None
+        raise
+    await _take_invitation(session, invitation)
+    await record(session, "group.invitation_accepted", user_id=me, resource_type="group",
+                 resource_id=group_id,
+                 changes={"member": str(me), "role": role, "invitation": str(invitation_id)})
+    return await _member_named(session, membership)
+
+
+async def decline_invitation(
+    session: AsyncSession, principal: Principal, invitation_id: uuid.UUID
+) -> None:
+    me = require_user(principal, "group invitations")
+    invitation = await _my_invitation(session, me, invitation_id)
+    group_id = invitation.group_id
+    await _take_invitation(session, invitation)
+    await record(session, "group.invitation_declined", user_id=me, resource_type="group",
+                 resource_id=group_id, changes={"member": str(me), "invitation": str(invitation_id)})
+
+
+async def revoke_invitation(
+    session: AsyncSession, principal: Principal, group_id: uuid.UUID, invitation_id: uuid.UUID
+) -> None:
+    """A group admin (or a site administrator) withdraws a pending invitation."""
+    await _manageable(session, principal, group_id)
+    invitation = await session.scalar(select(GroupInvitation).where(
+        GroupInvitation.id == invitation_id, GroupInvitation.group_id == group_id))
+    if invitation is None:
+        raise NotFound("no such invitation")
+    member = invitation.user_id
+    await _take_invitation(session, invitation)
+    await record(session, "group.invitation_revoked", user_id=principal.user_id,
+                 resource_type="group", resource_id=group_id,
+                 changes={"member": str(member), "invitation": str(invitation_id)})
 
 
 async def _membership(
-    session: AsyncSession, group_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool = True
+    session: AsyncSession, group_id: uuid.UUID, user_id: uuid.UUID
 ) -> UserGroupMembership:
-    # FOR UPDATE (against a concurrent "last admin" change) needs the UPDATE policy, which
-    # a plain member leaving does not pass; they are no admin, so there is no race.
-    stmt = select(UserGroupMembership).where(UserGroupMembership.group_id == group_id,
-                                             UserGroupMembership.user_id == user_id)
-    row = await session.scalar(stmt.with_for_update() if lock else stmt)
+    # Read after the group's lock: populate_existing so the role is the committed one.
+    row = await session.scalar(
+        select(UserGroupMembership).where(UserGroupMembership.group_id == group_id,
+                                          UserGroupMembership.user_id == user_id)
+        .execution_options(populate_existing=True))
     if row is None:
         raise NotFound("that user is not a member of the group")
     return row
 
 
-async def _is_last_admin(session: AsyncSession, group_id: uuid.UUID, membership: UserGroupMembership) -> bool:
-    if membership.role != "admin":
-        return False
+async def _admin_counts(session: AsyncSession, group_id: uuid.UUID) -> tuple[int, int]:
     admins, members = (await session.execute(
         select(func.count().filter(UserGroupMembership.role == "admin"), func.count())
         .where(UserGroupMembership.group_id == group_id)
     )).one()
-    return bool(admins == 1 and members > 1)
+    return int(admins), int(members)
+
+
+async def _is_last_admin(session: AsyncSession, group_id: uuid.UUID, membership: UserGroupMembership) -> bool:
+    if membership.role != "admin":
+        return False
+    admins, members = await _admin_counts(session, group_id)
+    return admins == 1 and members > 1
+
+
+async def _drop_invitations_if_adminless(
+    session: AsyncSession, principal: Principal, group_id: uuid.UUID
+) -> None:
+    """A group left without an admin (its last member gone, or a lone admin demoting
+    themself) withdraws its pending invitations: their sender no longer answers for
+    them.  Called while the caller still may delete them (before its own membership
+    goes, for someone leaving)."""
+    gone = await session.execute(
+        delete(GroupInvitation).where(GroupInvitation.group_id == group_id)
+        .returning(GroupInvitation.id).execution_options(synchronize_session=False))
+    dropped = [str(i) for i in gone.scalars().all()]
+    if dropped:
+        await record(session, "group.invitations_withdrawn", user_id=principal.user_id,
+                     resource_type="group", resource_id=group_id,
+                     changes={"invitations": dropped, "reason": "the group has no admin left"})
 
 
 async def set_member_role(
     session: AsyncSession, principal: Principal, group_id: uuid.UUID, user_id: uuid.UUID, role: str
 ) -> UserGroupMembership:
-    await _manageable(session, principal, group_id)
+    await _locked(session, principal, group_id, manage=True)
     membership = await _membership(session, group_id, user_id)
     if membership.role == role:
         return membership
     if role != "admin" and await _is_last_admin(session, group_id, membership):
         raise Conflict("the group needs at least one admin: promote someone else first")
+    if role != "admin" and membership.role == "admin":
+        admins, _ = await _admin_counts(session, group_id)
+        if admins == 1:  # a lone admin stepping down: nobody runs the group any more
+            await _drop_invitations_if_adminless(session, principal, group_id)
     before = membership.role
     membership.role = role
     await session.flush()
@@ -221,13 +483,53 @@ async def remove_member(
     session: AsyncSession, principal: Principal, group_id: uuid.UUID, user_id: uuid.UUID
 ) -> None:
     leaving = user_id == principal.user_id
-    view = await (_visible if leaving else _manageable)(session, principal, group_id)
-    lock = view.my_role == "admin" or principal.is_admin
-    membership = await _membership(session, group_id, user_id, lock=lock)
+    await _locked(session, principal, group_id, manage=not leaving)
+    membership = await _membership(session, group_id, user_id)
     if await _is_last_admin(session, group_id, membership):
         raise Conflict("the last admin cannot leave while others remain: promote someone first")
+    if membership.role == "admin":
+        admins, _ = await _admin_counts(session, group_id)
+        if admins == 1:  # the last member, and its admin, goes
+            await _drop_invitations_if_adminless(session, principal, group_id)
     await session.delete(membership)
     await session.flush()
     await record(session, "group.member_left" if leaving else "group.member_removed",
                  user_id=principal.user_id, resource_type="group", resource_id=group_id,
                  changes={"member": str(user_id)})
+
+
+async def hand_over_groups_of(
+    session: AsyncSession, principal: Principal, user_id: uuid.UUID
+) -> None:
+    """Before ``user_id``'s account is deleted (by a site administrator, in the same
+    transaction): each group whose last admin they are gets a new one, the member who
+    joined it first (``joined_at``, then id); a group they are alone in withdraws its
+    pending invitations.  Groups are locked in id order, so two deletions cannot
+    deadlock."""
+    group_ids = (await session.scalars(
+        select(UserGroupMembership.group_id)
+        .where(UserGroupMembership.user_id == user_id, UserGroupMembership.role == "admin")
+        .order_by(UserGroupMembership.group_id))).all()
+    for group_id in group_ids:
+        await _lock_group(session, principal, group_id)
+        others = await session.scalar(select(func.count()).where(
+            UserGroupMembership.group_id == group_id, UserGroupMembership.role == "admin",
+            UserGroupMembership.user_id != user_id))
+        if others:
+            continue
+        heir = await session.scalar(
+            select(UserGroupMembership)
+            .where(UserGroupMembership.group_id == group_id,
+                   UserGroupMembership.user_id != user_id)
+            .order_by(UserGroupMembership.joined_at, UserGroupMembership.id).limit(1)
+            .execution_options(populate_existing=True))
+        if heir is None:
+            await _drop_invitations_if_adminless(session, principal, group_id)
+            continue
+        heir.role = "admin"
+        await session.flush()
+        await record(session, "group.member_role_changed", user_id=principal.user_id,
+                     resource_type="group", resource_id=group_id,
+                     changes={"member": str(heir.user_id), "before": "member", "after": "admin",
+                              "reason": "the account of the group's last admin was deleted",
+                              "previous_admin": str(user_id)})

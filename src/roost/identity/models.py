@@ -1,5 +1,5 @@
 """Identity tables: users, sessions, API keys, 2FA, passkeys, devices, OAuth tokens,
-profiles, groups and memberships, plus the login throttle and ceremony challenges.
+profiles, groups, memberships and invitations, plus the login throttle and ceremony challenges.
 
 One ``users`` table holds every account (``docs/seed-map.toml`` says where each seed
 column lives).  Its design choices:
@@ -324,6 +324,30 @@ class UserGroupMembership(UUIDPrimaryKey, Base):
         CheckConstraint("role IN ('member', 'admin')", name="role"),
         UniqueConstraint("user_id", "group_id", name="uq_user_group_memberships_user_group"),
         Index("ix_user_group_memberships_group_id", "group_id"),
+    )
+
+
+class GroupInvitation(UUIDPrimaryKey, CreatedAt, Base):
+    """A group admin's offer of a membership, pending until the invitee accepts (a
+    membership with ``role``) or declines; the group's admins may revoke it.  Site
+    administrators add members directly and make none (``roost.identity.groups``)."""
+
+    __tablename__ = "group_invitations"
+
+    group_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), nullable=False
+    )
+    user_id: Mapped[uuid.UUID] = _owner_fk()
+    role: Mapped[str] = mapped_column(String(16), server_default=text("'member'"), default="member")
+    invited_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+
+    __table_args__ = (
+        CheckConstraint("role IN ('member', 'admin')", name="role"),
+        UniqueConstraint("group_id", "user_id", name="uq_group_invitations_group_user"),
+        Index("ix_group_invitations_user_id", "user_id"),
+        Index("ix_group_invitations_invited_by", "invited_by"),
     )
 
 

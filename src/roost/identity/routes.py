@@ -11,11 +11,12 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 
 from roost.context import current_context
 from roost.errors import Unprocessable
 from roost.http.auth import AdminPrincipal, CurrentPrincipal
-from roost.http.deps import DbSession, SettingsDep, get_keys, get_settings_dep
+from roost.http.deps import Cursor, DbSession, Limit, SettingsDep, get_keys, get_settings_dep
 from roost.http.routing import RoostRouter
 from roost.identity import (
     accounts,
@@ -40,6 +41,7 @@ from roost.identity.schemas import (
     DeviceOut,
     DevicePatchIn,
     GroupIn,
+    GroupInvitationOut,
     GroupMemberOut,
     GroupOut,
     GroupPatchIn,
@@ -76,6 +78,7 @@ from roost.identity.schemas import (
     UserOut,
     UserPatchIn,
 )
+from roost.pagination import DEFAULT_LIMIT, Page
 from roost.principal import Principal
 from roost.system_settings import runtime
 
@@ -525,21 +528,60 @@ async def list_groups(principal: CurrentPrincipal, session: DbSession,
                                                             all_groups=all_groups)]
 
 
-@groups_router.get("/{group_id}", response_model=GroupOut, summary="A group")
+def _invitation_out(i: groups.Invitation) -> GroupInvitationOut:
+    return GroupInvitationOut(
+        id=i.id, group_id=i.group_id, group_name=i.group_name, user_id=i.user_id,
+        username=i.username, role=i.role, invited_by=i.invited_by,
+        invited_by_username=i.invited_by_username, created_at=i.created_at)
+
+
+def _invitations_page(rows: list[groups.Invitation], next_cursor: str | None) -> Page[GroupInvitationOut]:
+    return Page[GroupInvitationOut](items=[_invitation_out(i) for i in rows], next_cursor=next_cursor)
+
+
+# "invitations" is no group id: the group routes take only a UUID ({group_id:uuid}), so
+# no other method of theirs answers at /invitations (a PATCH there is a 405, not a 422).
+@groups_router.get("/invitations", response_model=Page[GroupInvitationOut],
+                   summary="Your pending invitations to join groups, newest first")
+async def my_invitations(principal: CurrentPrincipal, session: DbSession,
+                         limit: Limit = DEFAULT_LIMIT,
+                         cursor: Cursor = None) -> Page[GroupInvitationOut]:
+    return _invitations_page(*await groups.my_invitations(session, principal, limit=limit,
+                                                          cursor=cursor))
+
+
+@groups_router.post("/invitations/{invitation_id}/accept", status_code=201,
+                    response_model=GroupMemberOut,
+                    summary="Accept an invitation: join the group with the role it names")
+async def accept_invitation(invitation_id: uuid.UUID, principal: CurrentPrincipal,
+                            session: DbSession) -> GroupMemberOut:
+    return _member_out(await groups.accept_invitation(session, principal, invitation_id))
+
+
+@groups_router.post("/invitations/{invitation_id}/decline", status_code=204,
+                    summary="Decline an invitation (it is gone)")
+async def decline_invitation(invitation_id: uuid.UUID, principal: CurrentPrincipal,
+                             session: DbSession) -> Response:
+    await groups.decline_invitation(session, principal, invitation_id)
+    return _no_content()
+
+
+@groups_router.get("/{group_id:uuid}", response_model=GroupOut, summary="A group")
 async def get_group(group_id: uuid.UUID, principal: CurrentPrincipal, session: DbSession) -> GroupOut:
     return _group_out(await groups.get_group(session, principal, group_id))
 
 
-@groups_router.patch("/{group_id}", response_model=GroupOut, summary="Rename or describe a group")
+@groups_router.patch("/{group_id:uuid}", response_model=GroupOut, summary="Rename or describe a group")
 async def patch_group(group_id: uuid.UUID, body: GroupPatchIn, principal: CurrentPrincipal,
                       session: DbSession) -> GroupOut:
+    sent = body.model_fields_set
     view = await groups.update_group(session, principal, group_id, name=body.name,
-                                     description=body.description,
-                                     set_description="description" in body.model_fields_set)
+                                     set_name="name" in sent, description=body.description,
+                                     set_description="description" in sent)
     return _group_out(view)
 
 
-@groups_router.delete("/{group_id}", status_code=204, summary="Delete a group")
+@groups_router.delete("/{group_id:uuid}", status_code=204, summary="Delete a group")
 async def delete_group(group_id: uuid.UUID, principal: CurrentPrincipal,
                        session: DbSession) -> Response:
     await groups.delete_group(session, principal, group_id)
@@ -551,21 +593,30 @@ def _member_out(m: groups.Member) -> GroupMemberOut:
                      joined_at=m.joined_at)
 
 
-@groups_router.get("/{group_id}/members", response_model=list[GroupMemberOut], summary="Members")
+@groups_router.get("/{group_id:uuid}/members", response_model=list[GroupMemberOut], summary="Members")
 async def list_members(group_id: uuid.UUID, principal: CurrentPrincipal,
                        session: DbSession) -> list[GroupMemberOut]:
     return [_member_out(m) for m in await groups.list_members(session, principal, group_id)]
 
 
-@groups_router.post("/{group_id}/members", status_code=201, response_model=GroupMemberOut,
-                    summary="Add a member (group admins)")
+@groups_router.post(
+    "/{group_id:uuid}/members", status_code=201, response_model=GroupMemberOut,
+    responses={201: {"description": "Added (a site administrator or the operator token)"},
+               202: {"model": GroupInvitationOut,
+                     "description": "Invited (a group admin): the person becomes a member when "
+                                    "they accept; inviting them again answers the same pending "
+                                    "invitation"}},
+    summary="Add a member (site administrators) or invite someone (group admins)")
 async def add_member(group_id: uuid.UUID, body: MemberIn, principal: CurrentPrincipal,
-                     session: DbSession) -> GroupMemberOut:
-    return _member_out(await groups.add_member(session, principal, group_id, user=body.user,
-                                               role=body.role))
+                     session: DbSession) -> GroupMemberOut | JSONResponse:
+    added = await groups.add_member(session, principal, group_id, user=body.user, role=body.role)
+    if isinstance(added, groups.Invitation):
+        return JSONResponse(status_code=status.HTTP_202_ACCEPTED,
+                            content=_invitation_out(added).model_dump(mode="json"))
+    return _member_out(added)
 
 
-@groups_router.patch("/{group_id}/members/{user_id}", response_model=GroupMemberOut,
+@groups_router.patch("/{group_id:uuid}/members/{user_id}", response_model=GroupMemberOut,
                      summary="Change a member's role (group admins)")
 async def patch_member(group_id: uuid.UUID, user_id: uuid.UUID, body: MemberPatchIn,
                        principal: CurrentPrincipal, session: DbSession) -> GroupMemberOut:
@@ -574,11 +625,28 @@ async def patch_member(group_id: uuid.UUID, user_id: uuid.UUID, body: MemberPatc
     return _member_out(next(m for m in members if m.user_id == user_id))
 
 
-@groups_router.delete("/{group_id}/members/{user_id}", status_code=204,
+@groups_router.delete("/{group_id:uuid}/members/{user_id}", status_code=204,
                       summary="Remove a member (group admins) or leave (yourself)")
 async def remove_member(group_id: uuid.UUID, user_id: uuid.UUID, principal: CurrentPrincipal,
                         session: DbSession) -> Response:
     await groups.remove_member(session, principal, group_id, user_id)
+    return _no_content()
+
+
+@groups_router.get("/{group_id:uuid}/invitations", response_model=Page[GroupInvitationOut],
+                   summary="The group's pending invitations, newest first (group admins)")
+async def list_group_invitations(group_id: uuid.UUID, principal: CurrentPrincipal,
+                                 session: DbSession, limit: Limit = DEFAULT_LIMIT,
+                                 cursor: Cursor = None) -> Page[GroupInvitationOut]:
+    return _invitations_page(*await groups.group_invitations(session, principal, group_id,
+                                                             limit=limit, cursor=cursor))
+
+
+@groups_router.delete("/{group_id:uuid}/invitations/{invitation_id}", status_code=204,
+                      summary="Revoke a pending invitation (group admins)")
+async def revoke_invitation(group_id: uuid.UUID, invitation_id: uuid.UUID,
+                            principal: CurrentPrincipal, session: DbSession) -> Response:
+    await groups.revoke_invitation(session, principal, group_id, invitation_id)
     return _no_content()
 
 

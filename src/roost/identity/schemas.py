@@ -461,6 +461,21 @@ class GroupMemberOut(BaseModel):
     joined_at: datetime
 
 
+class GroupInvitationOut(BaseModel):
+    """A pending invitation to join a group: the membership exists once the invitee
+    accepts it (``POST /api/v1/groups/invitations/{id}/accept``)."""
+
+    id: uuid.UUID
+    group_id: uuid.UUID
+    group_name: str | None = Field(description="null if the group is gone meanwhile")
+    user_id: uuid.UUID = Field(description="the invitee")
+    username: str | None = Field(description="the invitee's username")
+    role: Literal["member", "admin"] = Field(description="the role the membership will have")
+    invited_by: uuid.UUID | None = Field(description="null once the inviter's account is gone")
+    invited_by_username: str | None
+    created_at: datetime
+
+
 # --- rate limits (administrators; roost.identity.ratelimits) ------------------------------
 
 

@@ -21,6 +21,45 @@ $("account-form").addEventListener("submit", async (event) => {
   } catch (error) { showError(error); }
 });
 
+// --- group invitations -------------------------------------------------------------------
+
+let invitationsCursor = null;
+
+function invitationRow(invitation) {
+  const group = invitation.group_name || "a group";
+  const role = invitation.role === "admin" ? "as a group admin" : "as a member";
+  const by = invitation.invited_by_username ? `invited by ${invitation.invited_by_username}` : "invited";
+  const answer = (verb) => async () => {
+    try {
+      await api(`/api/v1/groups/invitations/${invitation.id}/${verb}`, { method: "POST" });
+      notify(verb === "accept" ? `You joined ${group}.` : `Invitation to ${group} declined.`, "ok");
+      await loadInvitations();
+    } catch (error) { showError(error); await loadInvitations(); }
+  };
+  return el("li", { class: "item-row", dataset: { id: invitation.id } },
+    el("span", {}, el("strong", {}, group), " ",
+       el("span", { class: "muted" }, `${role}, ${by} · ${formatTime(invitation.created_at)}`)),
+    el("span", { class: "row" },
+      el("button", { type: "button", "aria-label": `Accept the invitation to ${group}`,
+                     onclick: answer("accept") }, "Accept"),
+      el("button", { type: "button", class: "ghost", "aria-label": `Decline the invitation to ${group}`,
+                     onclick: answer("decline") }, "Decline")));
+}
+
+async function loadInvitations(more = false) {
+  const list = $("invitations");
+  const query = more && invitationsCursor ? `?cursor=${encodeURIComponent(invitationsCursor)}` : "";
+  const page = await api(`/api/v1/groups/invitations${query}`);
+  if (!more) list.replaceChildren();
+  list.querySelector(".empty")?.remove();
+  list.append(...page.items.map(invitationRow));
+  if (!list.children.length) list.append(el("li", { class: "empty" }, "No invitations."));
+  invitationsCursor = page.next_cursor;
+  $("invitations-more").hidden = !invitationsCursor;
+}
+
+$("invitations-more").addEventListener("click", () => loadInvitations(true).catch(showError));
+
 // --- API keys -----------------------------------------------------------------------------
 
 async function loadKeys() {
@@ -165,5 +204,6 @@ $("logout-all").addEventListener("click", async () => {
   location.assign("/console/login");
 });
 
-Promise.all([loadAccount(), loadKeys(), loadTwoFactor(), loadPasskeys(), loadSessions()])
+Promise.all([loadAccount(), loadInvitations(), loadKeys(), loadTwoFactor(), loadPasskeys(),
+             loadSessions()])
   .catch(showError);
