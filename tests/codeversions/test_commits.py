@@ -130,9 +130,41 @@ async def test_branches(client: httpx.AsyncClient, user: tuple[uuid.UUID, Header
     assert [v["id"] for v in only_feature] == [feature["id"]]
 
 
+async def test_a_branch_that_clashes_with_another_as_a_path_is_a_409(
+        client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+        config: CodeVersionsConfig) -> None:
+    """Git keeps branches as files under refs/heads: main/x cannot exist beside main, nor
+    feat beside feat/x.  Such a branch is a 409 naming the other, nothing committed (main/x
+    was a 500, NotADirectoryError; feat a 409 "moved while committing: try again" that no
+    retry could fix)."""
+    user_id, headers = user
+    session_id = await chat_session(client, headers)
+    main = await commit(client, headers, chat_session_id=session_id, files={"a.py": "1"})
+    await commit(client, headers, chat_session_id=session_id, branch="feat/x", files={"a.py": "2"})
+    for branch, other in (("main/x", "main"), ("feat", "feat/x"), ("feat/x/y", "feat/x")):
+        refused = await commit(client, headers, 409, chat_session_id=session_id, branch=branch,
+                               files={"a.py": "3"})
+        assert refused["detail"].startswith(
+            f"branch {branch} conflicts with existing branch {other}"), refused
+    await commit(client, headers, chat_session_id=session_id, branch="feature",  # a prefix only
+                 files={"a.py": "4"})
+    listed = (await client.get(f"/api/v1/code-versions?chat_session_id={session_id}",
+                               headers=headers)).json()["items"]
+    assert sorted(v["branch"] for v in listed) == ["feat/x", "feature", "main"]
+    repo = open_repo(config, user_id, session_id)
+    try:
+        assert repo.refs[b"refs/heads/main"].decode() == main["version_hash"]
+    finally:
+        repo.close()
+
+
 HOSTILE = ["../escape.py", "a/../../escape.py", "/etc/passwd", "/tmp/x", "a//b", "./a",
            "a/./b", ".git/config", "sub/.GIT/hooks/pre-commit", "a\\..\\b", "C:/x",
-           "tab\there", "nul\x00", "a/", "x" * 300]
+           "tab\there", "nul\x00", "a/", "x" * 300,
+           # C1 controls (U+009B is the one-byte CSI: ESC [ to a terminal), line separators
+           # and bidirectional formatting (evil\u202egnp.py shows as evilyp.png): were committed
+           "a\u009b31mred.py", "a\u0085b.py", "a\u0080.py", "a\u2028b.py", "evil\u202egnp.py",
+           "x\u2066y.py"]
 
 
 @pytest.mark.parametrize("path", HOSTILE)

@@ -77,6 +77,29 @@ async def test_a_running_validation_is_not_queued_twice(
     assert resp.status_code == 409
 
 
+async def test_asking_again_while_queued_returns_the_queued_validation(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    """While a validation is queued (pending, its job not finished), asking again answers
+    it as it is (202, the same job) and queues nothing (five asks queued five jobs, each
+    running every check); once its job is finished for good, a new one is queued."""
+    _, headers = user
+    session_id = await chat_session(client, headers)
+    version = await commit(client, headers, chat_session_id=session_id, files={"app.py": "ok"})
+    url = f"/api/v1/code-versions/{version['id']}/validate"
+    answers = [await client.post(url, headers=headers) for _ in range(5)]
+    assert [a.status_code for a in answers] == [202] * 5
+    assert len({a.json()["validation_task_id"] for a in answers}) == 1
+    async with database.transaction() as s:
+        assert await s.scalar(text("SELECT count(*) FROM background_tasks "
+                                   "WHERE task_type = 'codeversions.validate'")) == 1
+        await s.execute(text("UPDATE background_tasks SET status = 'cancelled' WHERE id = :t"),
+                        {"t": answers[0].json()["validation_task_id"]})
+    again = await client.post(url, headers=headers)
+    assert again.status_code == 202
+    assert again.json()["validation_task_id"] != answers[0].json()["validation_task_id"]
+
+
 def _limits(**kw: float) -> Limits:
     values = {"timeout_s": 30.0, "max_output_bytes": 64 * 1024, "cpu_s": 30,
               "memory_bytes": 1024 * 1024 * 1024, "file_bytes": 1024 * 1024, "processes": 0}

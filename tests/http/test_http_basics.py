@@ -22,7 +22,7 @@ from roost.app import create_app
 from roost.config import Settings
 from roost.db.engine import Database, create_database
 from roost.db.migrate import downgrade
-from roost.http.routing import RoostRoute, RoostRouter
+from roost.http.routing import MAX_JSON_DEPTH, RoostRoute, RoostRouter
 from roost.keyfiles import KeyMaterial
 from roost.logging import configure_logging
 
@@ -132,6 +132,63 @@ async def test_lone_surrogates_are_malformed_json(
     body = reply.json()
     assert "lone UTF-16 surrogate" in body["detail"] and "string at name" in body["detail"]
     assert body["request_id"] == reply.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400", "-1E+400",
+                                    "1" + "0" * 400 + ".5"])
+async def test_numbers_json_cannot_carry_are_malformed_json(
+    echo_app: FastAPI, client: httpx.AsyncClient, number: str
+) -> None:
+    """NaN and Infinity are not JSON, and 1e400 reads as infinity: Python's json took all
+    three (a prompt rendered "nan"; jsonb refuses them later).  A 400, as malformed JSON."""
+    reply = await client.post("/_test/echo", content=f'{{"name": "x", "count": {number}}}',
+                              headers={"content-type": "application/json"})
+    assert reply.status_code == 400, reply.text
+    assert reply.headers["content-type"] == PROBLEM
+    detail = reply.json()["detail"]
+    assert "not valid JSON" in detail and "finite" in detail
+
+
+async def test_json_nested_deeper_than_the_limit_is_malformed(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Arrays and objects nest at most MAX_JSON_DEPTH (100) levels in a body: deeper was
+    a 500 when a route answered with the value (metadata 300 deep could be stored, not
+    serialized), and far deeper the decoder ran out of stack."""
+
+    @app.post("/_test/any")
+    async def anything(body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    def nested(levels: int) -> str:  # the document is level 1: {"d": [[...[1]...]]}
+        return '{"d": ' + "[" * (levels - 1) + "1" + "]" * (levels - 1) + "}"
+
+    json_headers = {"content-type": "application/json"}
+    deepest = await client.post("/_test/any", content=nested(MAX_JSON_DEPTH), headers=json_headers)
+    assert deepest.status_code == 200, deepest.text
+    assert deepest.json() == json.loads(nested(MAX_JSON_DEPTH))
+    for levels in (MAX_JSON_DEPTH + 1, 300, 30_000):  # 30,000: past the decoder's stack
+        reply = await client.post("/_test/any", content=nested(levels), headers=json_headers)
+        assert reply.status_code == 400, (levels, reply.text)
+        assert reply.headers["content-type"] == PROBLEM
+        assert f"nested deeper than {MAX_JSON_DEPTH} levels" in reply.json()["detail"]
+    wide = {"items": [[{"a": [i]}] for i in range(500)]}  # many brackets, shallow: fine
+    assert (await client.post("/_test/any", json=wide)).json() == wide
+
+
+async def test_v1_answers_json_it_refuses_in_openai_shape(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    """The OpenAI-compatible routes decode bodies as strictly, answering OpenAI's 400."""
+    headers = {**admin_headers, "content-type": "application/json"}
+    messages = '[{"role": "user", "content": "hi"}]'
+    for extra, words in (('"temperature": NaN', "finite"), ('"temperature": 1e400', "finite"),
+                         ('"metadata": ' + "[" * 200 + "]" * 200, "nested deeper")):
+        body = f'{{"model": "m", "messages": {messages}, {extra}}}'
+        reply = await client.post("/v1/chat/completions", content=body, headers=headers)
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "invalid_json" and words in error["message"], error
 
 
 def test_every_route_decodes_json_bodies_strictly(app: FastAPI) -> None:

@@ -240,3 +240,61 @@ async def test_roost_memory_graph_shows_an_entitys_history(
     assert (utcnow() - timedelta(days=400)).strftime("%Y-%m-%d") in acme_line
     missing = await asyncio.to_thread(run_roost, "memory", "graph", "Nobody", "--user", "gina", env=env)
     assert missing.returncode == 1 and "no entity named 'Nobody'" in missing.stderr
+
+
+async def _names(client: httpx.AsyncClient, headers: Headers) -> list[str]:
+    found = await client.get(f"{GRAPH}/entities", headers=headers)
+    assert found.status_code == 200, found.text
+    return sorted(e["name"] for e in found.json())
+
+
+async def test_deleting_memories_removes_the_entities_nothing_uses(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """Deleting or forgetting memories removes the entities no relation references and no
+    memory of the user names any more, and no other (they stayed listed with 0 relations,
+    and no API removed them)."""
+    _, alice = await make_user(database)
+    _, bob = await make_user(database)
+    secret = await _add(client, alice, "Ada has a secret diagnosis", [("Ada", "has", "Diagnosis")],
+                        entities=[{"name": "Ada", "type": "person"}])
+    await _add(client, alice, "Ada knows Bob", [("Ada", "knows", "Bob")])
+    await _add(client, alice, "Zed is a name", [], entities=[{"name": " Zed "}])
+    tea = await _add(client, alice, "Zed likes tea", [("zed", "likes", "Tea")])
+    await _add(client, bob, "Bob's Ada has a diagnosis too", [("Ada", "has", "Diagnosis")])
+    assert (await client.delete(f"{API}/{secret['id']}", headers=alice)).status_code == 204
+    assert await _names(client, alice) == ["Ada", "Bob", "Tea", "Zed"]  # Ada: still related
+    assert (await client.delete(f"{API}/{tea['id']}", headers=alice)).status_code == 204
+    assert await _names(client, alice) == ["Ada", "Bob", "Zed"]  # still named (any case)
+    forgot = await client.post(f"{API}/forget", headers=alice, json={})
+    assert forgot.json() == {"deleted": 2}
+    assert await _names(client, alice) == []
+    assert await _names(client, bob) == ["Ada", "Diagnosis"]  # another user's: untouched
+
+
+async def test_concurrent_memories_naming_the_same_entities_do_not_deadlock(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """Memories added at once that name the same entities in opposite orders all succeed:
+    the entities are written in one order (most were 503s after a deadlock, 40P01, when
+    each was upserted in the memory's own order).  Deletes lock them in the same order."""
+    _, headers = await make_user(database)
+    names = [f"E{j}" for j in range(8)]
+
+    async def add(i: int) -> httpx.Response:
+        ordered = names if i % 2 else names[::-1]
+        pair = ("P", "Q") if i % 2 else ("Q", "P")
+        return await client.post(API, headers=headers, json={
+            "content": f"fact {i}", "entities": [{"name": n} for n in ordered],
+            "relationships": [{"source": pair[0], "relation": "r", "target": pair[1]}]})
+
+    added = await asyncio.gather(*(add(i) for i in range(12)))
+    assert [a.status_code for a in added] == [201] * 12, [a.text for a in added]
+    assert await _names(client, headers) == sorted([*names, "P", "Q"])
+
+    async def delete_or_add(i: int) -> httpx.Response:
+        if i % 2:
+            return await client.delete(f"{API}/{added[i].json()['id']}", headers=headers)
+        return await add(i + 100)
+
+    mixed = await asyncio.gather(*(delete_or_add(i) for i in range(12)))
+    assert sorted(m.status_code for m in mixed) == [201] * 6 + [204] * 6, [m.text for m in mixed]
+    assert await _names(client, headers) == sorted([*names, "P", "Q"])

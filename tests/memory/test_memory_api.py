@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text
 
+from roost.config import Settings
 from roost.db.base import utcnow
 from roost.db.engine import Database
+from roost.http.routing import MAX_JSON_DEPTH
 from roost.memory import service
 from roost.memory.models import Memory
 from tests.agents.conftest import make_agent
 from tests.support.identity import make_user
 
 API = "/api/v1/memories"
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    # The hashing embedder: no local model to load (a first add took 14 s).
+    return Settings(data_dir=tmp_path / "data", log_json=True, max_request_bytes=64 * 1024,
+                    llm_local_model=False, knowledge_embedding_provider="hash")
 
 
 async def _add(client: httpx.AsyncClient, headers: dict[str, str], content: str, **extra: Any) -> Any:
@@ -108,3 +120,64 @@ async def test_bad_input(client: httpx.AsyncClient, database: Database) -> None:
     # Ids are matched as UUIDs (so PATCH /search is a 405, not a bad id): this is no path.
     assert (await client.get(f"{API}/not-an-id", headers=headers)).status_code == 404
     assert (await client.get(API)).status_code == 401
+
+
+async def test_blank_content_is_invalid_input(client: httpx.AsyncClient, database: Database) -> None:
+    """A content of only white space is a 422 naming content, on POST and PATCH (it was a
+    409 from the database's check constraint); around real text it is dropped."""
+    _, headers = await make_user(database)
+    posted = await client.post(API, headers=headers, json={"content": "   \n\t "})
+    fact = await _add(client, headers, "  Ada likes tea \n")
+    assert fact["content"] == "Ada likes tea"
+    patched = await client.patch(f"{API}/{fact['id']}", headers=headers, json={"content": "    "})
+    for answer in (posted, patched):
+        assert answer.status_code == 422, answer.text
+        assert [e["loc"][-1] for e in answer.json()["errors"]] == ["content"]
+    assert (await client.get(f"{API}/{fact['id']}", headers=headers)).json()["content"] == \
+        "Ada likes tea"
+
+
+async def test_a_fact_valid_from_the_future_is_not_true_now(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """A fact is true from valid_from: one valid from 2100 is neither listed nor recalled
+    as true now, and is both at a time after 2100 (it was listed and recalled now)."""
+    _, headers = await make_user(database)
+    later = await _add(client, headers, "Ada will live on Mars", valid_from="2100-01-01T00:00:00Z")
+    await _add(client, headers, "Ada lives on Earth and likes Mars bars")
+
+    async def seen(**params: str) -> tuple[list[str], list[str]]:
+        listed = (await client.get(API, headers=headers, params=params)).json()["items"]
+        found = (await client.get(f"{API}/search", headers=headers,
+                                  params={"q": "Mars", **params})).json()["items"]
+        return [m["content"] for m in listed], [i["memory"]["content"] for i in found]
+
+    assert await seen() == (["Ada lives on Earth and likes Mars bars"],
+                            ["Ada lives on Earth and likes Mars bars"])
+    listed, found = await seen(as_of="2100-06-01T00:00:00Z")
+    assert "Ada will live on Mars" in listed and "Ada will live on Mars" in found
+    every = (await client.get(API, headers=headers, params={"include_invalid": "true"})).json()
+    assert later["id"] in [m["id"] for m in every["items"]]
+
+
+async def test_metadata_nests_as_deep_as_a_body_may(client: httpx.AsyncClient,
+                                                    database: Database) -> None:
+    """Metadata as deep as a request body may nest is stored and answered; one level more
+    is malformed JSON, nothing stored (300 levels was a 500: the answer could not be
+    serialized)."""
+    _, headers = await make_user(database)
+    json_headers = {**headers, "Content-Type": "application/json"}
+
+    def body(levels: int) -> str:  # the body is level 1, metadata 2, then the arrays
+        return '{"content": "deep", "metadata": {"d": ' + "[" * (levels - 2) + "1" \
+            + "]" * (levels - 2) + "}}"
+
+    stored = await client.post(API, headers=json_headers, content=body(MAX_JSON_DEPTH))
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["metadata"] == json.loads(body(MAX_JSON_DEPTH))["metadata"]
+    listed = await client.get(API, headers=headers)
+    assert listed.status_code == 200 and len(listed.json()["items"]) == 1
+    for levels in (MAX_JSON_DEPTH + 1, 300):
+        refused = await client.post(API, headers=json_headers, content=body(levels))
+        assert refused.status_code == 400, refused.text
+        assert "nested deeper" in refused.json()["detail"]
+    assert len((await client.get(API, headers=headers)).json()["items"]) == 1

@@ -145,6 +145,27 @@ async def test_confidence_and_recency_order_equal_matches(
     assert 0.45 < found[1]["score"] / found[0]["score"] < 0.55
 
 
+async def test_very_old_memories_are_recalled_at_the_floor_weight(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """Recall still answers when a memory is so old that 0.5 ** (age / half_life) would
+    underflow float8 (more than 1,074 half-lives: a century at 30 days, or as_of 2200):
+    PostgreSQL's power() failed the statement (a 400); the exponent is capped, the memory
+    keeps the floor's weight."""
+    _, headers = await make_user(database)
+    old = await _add(client, headers, "Ada likes green tea")
+    new = await _add(client, headers, "Ada likes green tea")
+    async with database.transaction() as s:
+        await s.execute(text("UPDATE memories SET created_at = now() - interval '100 years', "
+                             "updated_at = now() - interval '100 years' WHERE id = :id"),
+                        {"id": uuid.UUID(old["id"])})
+    found = await _search(client, headers, "tea")
+    assert [i["memory"]["id"] for i in found] == [new["id"], old["id"]]
+    assert 0.49 < found[1]["score"] / found[0]["score"] < 0.51  # the floor, 0.5
+    later = await _search(client, headers, "tea", as_of="2200-01-01T00:00:00Z")
+    assert {i["memory"]["id"] for i in later} == {old["id"], new["id"]}
+
+
 async def test_as_of_finds_what_was_true_then(client: httpx.AsyncClient, database: Database) -> None:
     user_id, headers = await make_user(database)
     past = utcnow() - timedelta(days=60)
@@ -365,5 +386,27 @@ async def test_memory_cli_add_search_ls_forget(
     gone = await asyncio.to_thread(roost, "forget", memory_id[:13], "--user", "mina")
     assert gone.returncode == 0, gone.stderr
     assert "Forgot 1 memory" in gone.stdout
+    async with database.transaction() as s:
+        assert await s.scalar(text("SELECT count(*) FROM memories")) == 0
+
+
+async def test_memory_cli_refuses_bad_input_in_one_line(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+) -> None:
+    """roost memory answers a blank fact and an --as-of outside years 1-9999 in UTC with
+    one line on stderr, as the API answers 422s (they were CheckViolation and DataError
+    tracebacks)."""
+    await make_user(database, username="mina")
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "cli-data"),
+           "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER": "hash"}
+    for args, says in ((("add", "   ", "--user", "mina"), "content"),
+                       (("search", "x", "--user", "mina", "--as-of", "0001-01-01T00:00:00+14:00"),
+                        "between the years 1 and 9999"),
+                       (("ls", "--user", "mina", "--as-of", "9999-12-31T23:59:59-14:00"),
+                        "between the years 1 and 9999")):
+        out = await asyncio.to_thread(run_roost, "memory", *args, env=env)
+        assert out.returncode == 1, (args, out.stdout, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1 and says in out.stderr, (args, out.stderr)
     async with database.transaction() as s:
         assert await s.scalar(text("SELECT count(*) FROM memories")) == 0

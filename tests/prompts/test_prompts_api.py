@@ -11,6 +11,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from roost.db.engine import Database
+from roost.prompts import service
+from roost.prompts.render import MAX_RENDERED_CHARS, RenderedTooLong
 from tests.prompts.conftest import Headers, User, make_group, publish, resolved
 from tests.support.identity import make_user
 
@@ -198,6 +200,34 @@ async def test_render_validates_variables(client: httpx.AsyncClient, user: User)
     assert resp.status_code == 422
 
 
+async def test_rendering_is_bounded(client: httpx.AsyncClient, database: Database,
+                                    user: User) -> None:
+    """A rendered prompt is at most MAX_RENDERED_CHARS characters, counted before anything
+    is substituted, on the API and where chat and agents use prompts: 10,000 placeholders
+    times a 200-character value is a 422 (100,000 placeholders made a 2 kB value a 40 MB
+    answer)."""
+    user_id, headers = user
+    text_ = "{{a}}" * 10_000
+    bomb = await publish(client, headers, "bomb", text_, variables=[{"name": "a"}])
+
+    async def render(value: str) -> httpx.Response:
+        return await client.post("/api/v1/prompts/render", headers=headers,
+                                 json={"key": "bomb", "values": {"a": value}})
+
+    at_limit = await render("x" * (MAX_RENDERED_CHARS // 10_000))
+    assert at_limit.status_code == 200 and len(at_limit.json()["text"]) == MAX_RENDERED_CHARS
+    for answer in (await render("x" * 200), await client.post(
+            f"/api/v1/prompts/{bomb['id']}/render", headers=headers,
+            json={"values": {"a": "x" * 101}})):
+        assert answer.status_code == 422, answer.status_code
+        problem = answer.json()
+        assert problem["title"] == "Rendered prompt too long"
+        assert problem["limit"] == MAX_RENDERED_CHARS and len(answer.content) < 1000
+    async with database.transaction() as session:
+        with pytest.raises(RenderedTooLong):
+            await service.use(session, user_id, "bomb", values={"a": "x" * 200})
+
+
 async def test_another_users_prompts_are_404(client: httpx.AsyncClient, user: User,
                                              other_user: User) -> None:
     _, headers = user
@@ -251,6 +281,11 @@ async def test_list_filters_and_pages(client: httpx.AsyncClient, user: User) -> 
     ({"prompt_key": "ok", "prompt_text": "x", "scope": "planet"}, 422),
     ({"prompt_key": "ok", "prompt_text": "x", "variables": [{"name": "1x"}]}, 422),
     ({"prompt_key": "ok", "prompt_text": "x", "surprise": 1}, 422),
+    # NUL: PostgreSQL cannot store it (was the database's generic 400).
+    ({"prompt_key": "ok", "prompt_text": "a\u0000b"}, 422),
+    ({"prompt_key": "ok", "prompt_text": "x", "description": "\u0000"}, 422),
+    ({"prompt_key": "ok", "prompt_text": "{{a}}", "variables": [{"name": "a", "default": "\u0000"}]},
+     422),
 ])
 async def test_bad_bodies_are_4xx_problems(client: httpx.AsyncClient, user: User,
                                            body: dict[str, object], status: int) -> None:

@@ -63,3 +63,24 @@ async def test_publish_show_and_list_from_the_command_line(
     assert out.returncode == 1 and "Cannot read the file" in out.stderr
     out = roost("show", "support.reply", "--version", "1", "--label", "x", "--user", "otto")
     assert out.returncode == 1 and "not both" in out.stderr
+
+
+async def test_publish_refuses_nul_and_non_finite_defaults_in_one_line(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """A text file holding NUL and a default of 1e400 (infinity to Python's json) or NaN
+    are refused with one line naming the field (they were DBAPIError tracebacks)."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="petra")
+    text_file, nul_file = tmp_path / "p.txt", tmp_path / "nul.txt"
+    text_file.write_text("hi {{a}}")
+    nul_file.write_bytes(b"a\x00b")
+    for args, says in (
+            (("--file", str(text_file), "--variables",
+              '[{"name": "a", "default": 1e400, "type": "number"}]'),
+             "default: Input should be a finite number"),
+            (("--file", str(text_file), "--variables", '[{"name": "a", "default": NaN}]'),
+             "default: Input should be a finite number"),
+            (("--file", str(nul_file)), "prompt_text: String should not contain NUL")):
+        out = run_roost("prompts", "publish", "k", *args, "--user", "petra", env=env)
+        assert out.returncode == 1, (args, out.stdout)
+        assert len(out.stderr.strip().splitlines()) == 1 and says in out.stderr, out.stderr

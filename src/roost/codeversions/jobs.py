@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import exists, update
 
 from roost.codeversions.config import CodeVersionsConfig
 from roost.codeversions.models import CodeVersion
-from roost.codeversions.service import VALIDATE_TASK
+from roost.codeversions.service import DEAD_JOB_STATUSES, VALIDATE_TASK
 from roost.codeversions.validation import validate
 from roost.config import get_settings
 from roost.db.engine import Database
@@ -38,10 +38,6 @@ async def validate_job(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, A
     return await validate(ctx.database, job_config(), version_id)
 
 
-# Jobs that can no longer validate: finished one way or another (or gone).
-_DEAD_JOB_STATUSES: Final = ("completed", "failed", "cancelled", "dead_letter")
-
-
 async def sweep(database: Database) -> int:
     """Mark ``error`` every validation left pending or running whose job is finished,
     dead-lettered or gone (its last worker died with no retries left), so the version can
@@ -52,7 +48,7 @@ async def sweep(database: Database) -> int:
                 CodeVersion.validation_status.in_(("pending", "running")),
                 CodeVersion.validation_task_id.is_not(None),
                 ~exists().where(BackgroundTask.id == CodeVersion.validation_task_id,
-                                BackgroundTask.status.not_in(_DEAD_JOB_STATUSES)),
+                                BackgroundTask.status.not_in(DEAD_JOB_STATUSES)),
             ).values(validation_status="error")
             .execution_options(synchronize_session=False))
     return int(getattr(result, "rowcount", 0) or 0)

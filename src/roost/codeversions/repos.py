@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,16 +60,31 @@ def repo_path(root: Path, owner: uuid.UUID, key: uuid.UUID) -> Path:
     return root / str(owner) / f"{key}.git"
 
 
+def _refused_character(c: str) -> bool:
+    """Control characters (C0, DEL, C1: category Cc; U+009B is the one-byte CSI terminals
+    read as ESC [), the line and paragraph separators (U+2028, U+2029: line breaks to
+    some viewers) and the invisible bidirectional formatting characters (U+061C, U+200E,
+    U+200F, U+202A-U+202E, U+2066-U+2069), which make a name read differently from what
+    it is (``evil\u202egnp.py`` shows as ``evilyp.png``)."""
+    return unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI_CONTROLS
+
+
+_BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                                  "\u2066\u2067\u2068\u2069")
+
+
 def check_path(path: str) -> bytes:
     """A relative POSIX path inside the repository, as git stores it; refuses (422) absolute
-    paths, ``..`` and ``.`` segments, empty segments, backslashes, control characters,
-    ``.git`` anywhere and over-long names."""
+    paths, ``..`` and ``.`` segments, empty segments, backslashes, control characters (C0,
+    DEL and C1), line separators and bidirectional formatting characters, ``.git``
+    anywhere and over-long names."""
     if not path:
         raise PathRefused(path, "empty")
     if len(path) > MAX_PATH_CHARS:
         raise PathRefused(path, f"longer than {MAX_PATH_CHARS} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
-        raise PathRefused(path, "contains control characters")
+    if any(_refused_character(c) for c in path):
+        raise PathRefused(path, "contains control, line-separator or bidirectional formatting "
+                                "characters")
     if "\\" in path:
         raise PathRefused(path, "contains a backslash (use / between directories)")
     if path.startswith("/"):
@@ -182,15 +198,33 @@ def plan_changes(store: BaseObjectStore, tree_id: ObjectID | None,
     return changes
 
 
+def branch_clash(repo: Repo, branch: str) -> str | None:
+    """An existing branch that ``branch`` cannot live beside, as git stores branches
+    (files under ``refs/heads``): ``main/x`` when ``main`` exists, ``feat`` when
+    ``feat/x`` does.  None when there is none."""
+    for raw in sorted(repo.refs.keys(base=Ref(b"refs/heads/"))):
+        other = raw.decode("utf-8", "replace")
+        if other != branch and (branch.startswith(other + "/") or other.startswith(branch + "/")):
+            return other
+    return None
+
+
 def commit_files(path: Path, *, branch: str, files: Mapping[str, bytes | None], message: str,
                  author: bytes, timestamp: int) -> CommitOutcome:
     """Commit the changes on ``branch`` (created from ``HEAD``'s commit, or as the first
-    commit, when it does not exist); the outcome has the real diff against the parent."""
+    commit, when it does not exist); the outcome has the real diff against the parent.
+    A new branch that clashes with an existing one as a path is a 409."""
     ref = check_branch(branch)
     repo = _open(path, create=True)
     try:
         store = repo.object_store
         tip = _tip(repo, ref)
+        if tip is None:
+            clash = branch_clash(repo, branch)
+            if clash is not None:
+                raise Conflict(f"branch {branch} conflicts with existing branch {clash}: git "
+                               "cannot keep both (one would be a directory of the other); "
+                               "choose another name")
         parent = tip if tip is not None else _tip(repo, Ref(b"HEAD"))
         parent_tree: ObjectID | None = None
         if parent is not None:
@@ -213,8 +247,11 @@ def commit_files(path: Path, *, branch: str, files: Mapping[str, bytes | None], 
         commit.encoding = b"UTF-8"
         commit.message = message.encode("utf-8") + (b"" if message.endswith("\n") else b"\n")
         store.add_object(commit)
-        moved = (repo.refs.add_if_new(ref, commit.id) if tip is None
-                 else repo.refs.set_if_equals(ref, tip, commit.id))
+        try:
+            moved = (repo.refs.add_if_new(ref, commit.id) if tip is None
+                     else repo.refs.set_if_equals(ref, tip, commit.id))
+        except (NotADirectoryError, IsADirectoryError):  # a clash that appeared meanwhile
+            raise Conflict(f"branch {branch} conflicts with another branch's path") from None
         if not moved:
             raise Conflict(f"branch {branch} moved while committing: try again")
         files_changed, summary = diff_stat(store, parent_tree, new_tree)

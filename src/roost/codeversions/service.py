@@ -28,10 +28,13 @@ from roost.codeversions.models import CodeVersion
 from roost.errors import Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
+from roost.tasks.models import BackgroundTask
 from roost.tasks.service import enqueue
 
 RESOURCE: Final = "code_version"
 VALIDATE_TASK: Final = "codeversions.validate"
+# Jobs that can no longer validate: finished one way or another (the sweep's view too).
+DEAD_JOB_STATUSES: Final = ("completed", "failed", "cancelled", "dead_letter")
 
 
 async def repository_of(session: AsyncSession, actor: Principal, *,
@@ -160,7 +163,9 @@ async def version_diff(config: CodeVersionsConfig, version: CodeVersion) -> tupl
 async def request_validation(session: AsyncSession, actor: Principal, config: CodeVersionsConfig,
                              version_id: uuid.UUID) -> CodeVersion:
     """Queue the configured checks on the version (status ``pending``); 409 while a
-    validation of it is running, 422 when no check is configured."""
+    validation of it is running, 422 when no check is configured.  A validation still
+    queued (``pending`` with a job not known to have finished) is returned as it is:
+    asking again queues nothing."""
     version = await get_version(session, actor, version_id)
     if not config.checks:
         raise Unprocessable("no checks are configured (ROOST_CODE_CHECKS)")
@@ -169,6 +174,13 @@ async def request_validation(session: AsyncSession, actor: Principal, config: Co
     assert locked is not None
     if locked.validation_status == "running":
         raise Conflict(f"code version {version_id} is being validated: wait for the result")
+    if locked.validation_status == "pending" and locked.validation_task_id is not None:
+        # A job this actor cannot see (queued by an administrator) or that is gone counts
+        # as queued: the sweep marks a validation whose job is gone "error" within a minute.
+        job_status = await session.scalar(select(BackgroundTask.status).where(
+            BackgroundTask.id == locked.validation_task_id))
+        if job_status is None or str(job_status.value) not in DEAD_JOB_STATUSES:
+            return locked
     job = await enqueue(session, VALIDATE_TASK, {"version_id": str(version_id)})
     locked.validation_status = "pending"
     locked.validation_task_id = job.id

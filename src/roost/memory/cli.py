@@ -13,11 +13,12 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Final, TypeVar
 
 import typer
 from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 from rich.console import Console
 from rich.text import Text
 from sqlalchemy import text
@@ -41,6 +42,7 @@ from roost.errors import BadRequest, NotFound, RoostError
 from roost.identity.accounts import find_user
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
+from roost.inputs import read_as_utc
 from roost.memory import graphq, recall, service
 from roost.memory.models import Memory
 from roost.memory.schemas import EntityIn, ForgetIn, MemoryCreate, RelationshipIn, ScopeIn
@@ -87,13 +89,18 @@ def _num(value: float | None) -> str:
 
 
 def _as_of(value: str | None) -> datetime | None:
+    """``--as-of`` as the API reads ``as_of``: ISO 8601, UTC without an offset, and a
+    moment of years 1-9999 in UTC (``0001-01-01T00:00:00+14:00`` is in year 0)."""
     if value is None:
         return None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise fail("Invalid --as-of", f"{value!r} is not an ISO 8601 date or time") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    try:
+        return read_as_utc(moment)
+    except PydanticCustomError as exc:
+        raise fail("Invalid --as-of", exc.message()) from None
 
 
 # --- scope --------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 neighbours of an entity, paths between two, and an entity's history.
 
 Relations are followed in both directions.  Every query looks at one user's graph
-(optionally one persona's) and at the relations true *now* (``valid_to`` NULL or later
-than now) or, with ``as_of``, at that moment (``valid_from <= as_of < valid_to``).
+(optionally one persona's) and at the relations true *now* (``valid_from`` now or
+earlier, ``valid_to`` NULL or later than now) or, with ``as_of``, at that moment
+(``valid_from <= as_of < valid_to``).
 
 Both traversals are recursive CTEs that terminate on any graph, cycles included:
 
@@ -167,7 +168,8 @@ def _as_uuid(value: str) -> uuid.UUID | None:
 def _relation_where(as_of: datetime | None, alias: str = "r") -> str:
     """The relations true now, or at ``:as_of``, of ``:uid`` (and ``:pid`` if bound)."""
     if as_of is None:
-        return f"{alias}.user_id = :uid AND ({alias}.valid_to IS NULL OR {alias}.valid_to > now())"
+        return (f"{alias}.user_id = :uid AND {alias}.valid_from <= now() "
+                f"AND ({alias}.valid_to IS NULL OR {alias}.valid_to > now())")
     return (f"{alias}.user_id = :uid AND {alias}.valid_from <= :as_of "
             f"AND ({alias}.valid_to IS NULL OR {alias}.valid_to > :as_of)")
 
@@ -235,7 +237,8 @@ async def find_entities(
 SELECT {_ENTITY_COLUMNS}, c.current_relations, c.all_relations
 FROM memory_entities e,
 LATERAL (
-  SELECT count(*) FILTER (WHERE r.valid_to IS NULL OR r.valid_to > now()) AS current_relations,
+  SELECT count(*) FILTER (WHERE r.valid_from <= now()
+                           AND (r.valid_to IS NULL OR r.valid_to > now())) AS current_relations,
          count(*) AS all_relations
   FROM memory_relations r WHERE r.source_entity_id = e.id OR r.target_entity_id = e.id
 ) c

@@ -521,7 +521,8 @@ def _plan(pending: list[_Pending], decisions: list[Decision], report: LearnRepor
         if updates:
             first = updates[0]
             plans.append(_Plan("update", item, [_target(first)],
-                               content=(first.content or item.fact.content).strip(),
+                               # a blank content is no content: the fact's own
+                               content=(first.content or "").strip() or item.fact.content.strip(),
                                reason=first.reason, vector=item.vector))
         elif invalidations:
             targets = list(dict.fromkeys(_target(d) for d in invalidations))
@@ -674,15 +675,15 @@ async def _extend_graph(session: AsyncSession, memory: Memory, fact: ExtractedFa
     memory.entities = [*memory.entities, *new_entities]
     memory.relationships = [*memory.relationships, *(r.model_dump() for r in new_relations)]
     types = {graph.normalize(e.name): e.type for e in fact.entities}
-    for entity in new_entities:
-        await graph.upsert_entity(session, user_id=memory.user_id, persona_id=memory.persona_id,
-                                  name=entity["name"], entity_type=entity["type"])
+    ids = await graph.upsert_entities(
+        session, user_id=memory.user_id, persona_id=memory.persona_id,
+        entities=[*((e["name"], e["type"]) for e in new_entities),
+                  *((name, types.get(graph.normalize(name), "thing"))
+                    for r in new_relations for name in (r.source, r.target))])
     for relation in new_relations:
-        ends = [await graph.upsert_entity(session, user_id=memory.user_id,
-                                          persona_id=memory.persona_id, name=name,
-                                          entity_type=types.get(graph.normalize(name), "thing"))
-                for name in (relation.source, relation.target)]
         session.add(MemoryRelation(
-            user_id=memory.user_id, persona_id=memory.persona_id, source_entity_id=ends[0],
-            target_entity_id=ends[1], relation=relation.relation.strip()[:128],
+            user_id=memory.user_id, persona_id=memory.persona_id,
+            source_entity_id=ids[graph.normalize(relation.source)],
+            target_entity_id=ids[graph.normalize(relation.target)],
+            relation=relation.relation.strip()[:128],
             memory_id=memory.id, valid_from=max(at, memory.valid_from)))

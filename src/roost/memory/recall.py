@@ -26,13 +26,13 @@ of candidates computed in one SQL statement:
 The lists are fused by reciprocal rank fusion (``sum(1 / (60 + rank))``, added in a fixed
 order so equal ranks give equal sums, scaled so rank 1 in one list is 1.0), then
 multiplied by the memory's ``confidence`` and a recency weight
-``floor + (1 - floor) * 0.5 ** (age / half_life)``, where age runs from the memory's last
-creation, change or recall (``ROOST_MEMORY_RECENCY_HALF_LIFE_DAYS``,
+``floor + (1 - floor) * 0.5 ** min(age / half_life, MAX_HALF_LIVES)``, where age runs
+from the memory's last creation, change or recall (``ROOST_MEMORY_RECENCY_HALF_LIFE_DAYS``,
 ``ROOST_MEMORY_RECENCY_FLOOR``).  Equal scores go to the stronger text match, then the
 closer vector, then the memory that became true last (``valid_from``).  By default only
-current, active memories are found; ``as_of`` finds what was true (and not yet archived)
-then.  ``touch`` counts the returned memories as accessed, in one ``UPDATE`` that also
-returns them (without their vectors).
+current, active memories are found (valid from now or earlier, not closed); ``as_of``
+finds what was true (and not yet archived) then.  ``touch`` counts the returned memories
+as accessed, in one ``UPDATE`` that also returns them (without their vectors).
 """
 
 from __future__ import annotations
@@ -101,6 +101,10 @@ TEXT_MATCHES_MAX: Final = 1000
 #: Entity names are matched against the query's phrases of up to this many words.
 MAX_PHRASE_WORDS: Final = 5
 MAX_PHRASES: Final = 300
+#: The recency weight's exponent is capped here: 0.5 ** 1000 (about 1e-301) is nothing
+#: already, and beyond about 1074 half-lives PostgreSQL's power() underflows float8 and
+#: fails the statement (a year-old memory with a one-day half-life, or ``as_of`` 2200).
+MAX_HALF_LIVES: Final = 1000
 GRAPH_NAMED: Final = 1.0
 GRAPH_NEIGHBOUR: Final = 0.5
 EMBED_BATCH: Final = 64
@@ -249,6 +253,7 @@ def _memory_filters(scope: Scope, as_of: datetime | None, alias: str = "m") -> l
             where.append(f"{alias}.{column} = :{name}")
     if as_of is None:
         where.append(f"{alias}.status = 'active'")
+        where.append(f"{alias}.valid_from <= now()")
         where.append(f"({alias}.valid_to IS NULL OR {alias}.valid_to > now())")
     else:
         where.append(f"{alias}.valid_from <= :as_of")
@@ -262,6 +267,7 @@ def _relation_filters(scope: Scope, as_of: datetime | None, alias: str = "r") ->
     if scope.persona_id is not None:
         where.append(f"{alias}.persona_id = :pid")
     if as_of is None:
+        where.append(f"{alias}.valid_from <= now()")
         where.append(f"({alias}.valid_to IS NULL OR {alias}.valid_to > now())")
     else:
         where.append(f"{alias}.valid_from <= :as_of")
@@ -389,9 +395,9 @@ fused AS (
 SELECT f.id, f.sim, f.trank, f.gscore,
        f.rrf * (CAST(:rrf AS float8) + 1) * m.confidence::float8
        * (CAST(:floor AS float8) + (1 - CAST(:floor AS float8)) * power(0.5::float8,
-          greatest(extract(epoch FROM ({reference} - greatest(m.created_at, m.updated_at,
-                                                              m.last_accessed)))::float8, 0)
-          / 86400.0 / CAST(:half_life AS float8))) AS score
+          least(greatest(extract(epoch FROM ({reference} - greatest(m.created_at, m.updated_at,
+                                                                    m.last_accessed)))::float8, 0)
+                / 86400.0 / CAST(:half_life AS float8), {MAX_HALF_LIVES}))) AS score
 FROM fused f JOIN memories m ON m.id = f.id
 ORDER BY score DESC, f.trank DESC NULLS LAST, f.sim DESC NULLS LAST, m.valid_from DESC, f.id
 LIMIT :k"""  # noqa: S608 (only fixed clauses, a checked model name and ints)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from roost.inputs import StrictInput
 from roost.memory.models import MAX_CONTENT_CHARS
 
 MemoryType = Literal["fact", "preference", "event", "relationship", "skill", "goal", "other"]
+# A fact's text, white space around it dropped: one of only white space is no fact (422
+# naming content, not the database's check constraint).
+Content = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                           max_length=MAX_CONTENT_CHARS)]
 
 
 class ScopeIn(StrictInput):
@@ -42,7 +46,7 @@ class RelationshipIn(StrictInput):
 
 
 class MemoryCreate(ScopeIn):
-    content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
+    content: Content
     memory_type: MemoryType = "fact"
     confidence: float = Field(default=0.8, ge=0, le=1)
     entities: list[EntityIn] = Field(default_factory=list, max_length=50)
@@ -54,7 +58,7 @@ class MemoryCreate(ScopeIn):
 class MemoryUpdate(StrictInput):
     model_config = ConfigDict(extra="forbid")
 
-    content: str | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_CHARS)
+    content: Content | None = None
     memory_type: MemoryType | None = None
     confidence: float | None = Field(default=None, ge=0, le=1)
     metadata: dict[str, Any] | None = None

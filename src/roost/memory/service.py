@@ -16,7 +16,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, delete, select, text
+from sqlalchemy import Select, Uuid, any_, bindparam, delete, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
@@ -130,8 +131,9 @@ async def list_memories(
     memory_type: str | None = None, status: str | None = "active", as_of: datetime | None = None,
     include_invalid: bool = False, limit: int = DEFAULT_LIMIT, cursor: str | None = None,
 ) -> tuple[list[Memory], str | None]:
-    """Newest first.  By default what is true now; ``as_of``: what was true then (valid
-    from before it, not yet closed at it); ``include_invalid``: every version."""
+    """Newest first.  By default what is true now (valid from now or before, not closed);
+    ``as_of``: what was true then (valid from before it, not yet closed at it);
+    ``include_invalid``: every version, future ones included."""
     stmt = scope.where(select(Memory), exact=exact)
     if memory_type is not None:
         stmt = stmt.where(Memory.memory_type == memory_type)
@@ -141,7 +143,8 @@ async def list_memories(
         stmt = stmt.where(Memory.valid_from <= as_of,
                           (Memory.valid_to.is_(None)) | (Memory.valid_to > as_of))
     elif not include_invalid:
-        stmt = stmt.where(Memory.valid_to.is_(None))
+        stmt = stmt.where(Memory.valid_from <= func.now(),
+                          (Memory.valid_to.is_(None)) | (Memory.valid_to > func.now()))
     return await newest_first(session, stmt, Memory.created_at, Memory.id, limit=limit,
                               cursor=cursor)
 
@@ -196,21 +199,29 @@ async def invalidate(session: AsyncSession, actor: Principal, memory: Memory, *,
 
 
 async def delete_memory(session: AsyncSession, actor: Principal, memory_id: uuid.UUID) -> None:
+    """Delete one memory, its relations and the entities nothing uses any more."""
     memory = await get_memory(session, actor, memory_id, lock=True)
+    entities = await graph.entities_of(session, [memory.id])
     await session.delete(memory)
     await session.flush()
+    await graph.remove_orphans(session, entities)
     await record(session, "memory.delete", user_id=actor.user_id, persona_id=memory.persona_id,
                  resource_type=RESOURCE, resource_id=memory_id)
 
 
 async def forget(session: AsyncSession, actor: Principal, body: ForgetIn) -> int:
     """Delete every memory of one scope, and nothing of any other (the statement names the
-    user and each scope column; row-level security stands behind it)."""
+    user and each scope column; row-level security stands behind it), with their relations
+    and the entities nothing uses any more."""
     scope = await resolve_scope(session, actor, body)
     narrower = body.include_narrower
-    chosen = scope.where(select(Memory.id), exact=not narrower)
-    result = await session.execute(delete(Memory).where(Memory.id.in_(chosen)))
+    chosen = list((await session.scalars(scope.where(select(Memory.id), exact=not narrower))).all())
+    entities = await graph.entities_of(session, chosen)
+    # One array parameter, however many rows (a list would be a parameter each).
+    ids = bindparam("ids", chosen, type_=ARRAY(Uuid()))
+    result = await session.execute(delete(Memory).where(Memory.id == any_(ids)))
     deleted = int(getattr(result, "rowcount", 0) or 0)
+    await graph.remove_orphans(session, entities)
     await record(session, "memory.forget", user_id=actor.user_id, persona_id=scope.persona_id,
                  resource_type=RESOURCE, metadata={
                      "user_id": str(scope.user_id), "deleted": deleted,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from roost.inputs import StrictInput
 
@@ -18,22 +20,44 @@ MAX_TEXT = 100_000
 Value = str | int | float | bool | None
 
 
+def _no_nul(value: str) -> str:
+    """PostgreSQL text (and jsonb) cannot hold NUL: refused here, naming the field, rather
+    than by the database as a bare "malformed value"."""
+    if "\x00" in value:
+        raise PydanticCustomError("string_nul", "String should not contain NUL characters (\\u0000)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
 class VariableDef(StrictInput):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     type: VarType = "string"
     required: bool = True
     default: Value = None
-    description: str | None = Field(default=None, max_length=1000)
+    description: Text | None = Field(default=None, max_length=1000)
+
+    @field_validator("default")
+    @classmethod
+    def _storable(cls, value: Value) -> Value:
+        # A default is stored as JSON: a finite number, a string without NUL (the CLI's
+        # --variables reads 1e400 as infinity and accepts NaN).
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PydanticCustomError("finite_number", "Input should be a finite number")
+        if isinstance(value, str):
+            _no_nul(value)
+        return value
 
 
 class PromptCreate(StrictInput):
     prompt_key: str = Field(pattern=KEY_PATTERN, description="e.g. chat.system, agent.system")
-    prompt_text: str = Field(min_length=1, max_length=MAX_TEXT,
-                             description="The text; {{name}} inserts a variable")
-    prompt_name: str | None = Field(default=None, min_length=1, max_length=255,
-                                    description="Default: the key")
-    prompt_category: str = Field(default="general", min_length=1, max_length=100)
-    description: str | None = Field(default=None, max_length=20_000)
+    prompt_text: Text = Field(min_length=1, max_length=MAX_TEXT,
+                              description="The text; {{name}} inserts a variable")
+    prompt_name: Text | None = Field(default=None, min_length=1, max_length=255,
+                                     description="Default: the key")
+    prompt_category: Text = Field(default="general", min_length=1, max_length=100)
+    description: Text | None = Field(default=None, max_length=20_000)
     variables: list[VariableDef] = Field(default_factory=list, max_length=100)
     scope: Scope = Field(default="user", description=(
         "user: yours; group: group_id's (its administrators); factory: Roost's default "
