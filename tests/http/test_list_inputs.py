@@ -66,6 +66,7 @@ async def _every_list(client: httpx.AsyncClient, app: FastAPI, headers: Headers,
         "{session_id}": await _created(client, "/api/v1/chat/sessions", {"title": "t"}, headers),
         "{persona_id}": await _created(client, "/api/v1/personas", {"name": "p"}, headers),
         "{workflow_id}": await _created(client, "/api/v1/workflows", {"name": "w"}, headers),
+        "{group_id}": await _created(client, "/api/v1/groups", {"name": "g"}, headers),
     }
     found = []
     for path, ops in app.openapi()["paths"].items():
