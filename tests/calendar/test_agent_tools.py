@@ -4,6 +4,7 @@ rules (bounded ranges, busy time, who may move what, another user's ids)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -251,3 +252,44 @@ async def test_calendar_tools_rules(
                               headers=headers)).json()
     assert after["start_time"].startswith("2027-05-03T12:00:00")
 
+
+async def test_create_event_ending_after_9999_is_a_tool_error(
+        database: Database, test_settings: Settings, user: tuple[uuid.UUID, Headers]) -> None:
+    """calendar_create_event whose end would be after the year 9999 is the tool's 422, not
+    an OverflowError out of the tool."""
+    call = await _tools(database, test_settings, user[0])
+    with pytest.raises(Unprocessable):
+        await call(agenttools.CREATE_EVENT_ID, summary="late", start="9999-12-31T23:50:00Z",
+                   duration_minutes=20)
+
+
+@pytest.mark.parametrize("allow_conflict", [False, True])
+async def test_move_event_ending_after_9999_is_a_tool_error(
+        database: Database, test_settings: Settings, client: httpx.AsyncClient,
+        user: tuple[uuid.UUID, Headers], allow_conflict: bool) -> None:
+    """calendar_move_event to a start whose end would be after the year 9999 is a clear
+    4xx for the model, not an OverflowError out of the tool."""
+    user_id, headers = user
+    cal = await make_calendar(client, headers)
+    ev = await make_event(client, headers, cal["id"], summary="x", start_time="2027-01-01T09:00:00Z",
+                            end_time="2027-01-01T10:00:00Z")
+    call = await _tools(database, test_settings, user_id)
+    with pytest.raises(Unprocessable):
+        await call(agenttools.MOVE_EVENT_ID, event_id=ev["id"],
+                   new_start="9999-12-31T23:30:00Z", allow_conflict=allow_conflict)
+
+
+async def test_parallel_creates_without_a_calendar_share_one_default_calendar(
+        database: Database, test_settings: Settings, user: tuple[uuid.UUID, Headers]) -> None:
+    """Two calendar_create_event calls at once for a user without a calendar (an agent's
+    parallel tool calls) both land in the one "Default Calendar", never a raw
+    IntegrityError out of the tool."""
+    call = await _tools(database, test_settings, user[0])
+    results = await asyncio.gather(
+        call(agenttools.CREATE_EVENT_ID, summary="a", start="2027-05-03T08:00:00Z",
+             duration_minutes=30, allow_conflict=True),
+        call(agenttools.CREATE_EVENT_ID, summary="b", start="2027-05-04T08:00:00Z",
+             duration_minutes=30, allow_conflict=True), return_exceptions=True)
+    assert not any(isinstance(r, BaseException) for r in results), results
+    assert len({r["event"]["calendar_id"] for r in results  # type: ignore[index]
+                }) == 1

@@ -12,7 +12,7 @@ import icalendar
 import pytest
 from sqlalchemy import update
 
-from roost.calendar import batch, ical
+from roost.calendar import batch, ical, recurrence
 from roost.calendar.models import Event
 from roost.db.engine import Database
 from tests.calendar.conftest import Headers, make_calendar, make_event
@@ -432,3 +432,54 @@ async def test_an_event_id_from_google_used_twice_is_a_409_naming_the_key(
                               params={"start": "2027-01-01T00:00:00Z",
                                       "end": "2027-01-02T00:00:00Z"})
     assert listed.json()["occurrences"] == []  # nothing half-imported
+
+
+class _Counting:
+    """A dateutil rrule that counts what a query iterates (and stops at a cap)."""
+
+    seen = 0
+    CAP = 500_000
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __iter__(self) -> Any:
+        return iter(self._inner)
+
+    def xafter(self, dt: Any, count: int | None = None, inc: bool = False) -> Any:
+        """dateutil's own ``xafter``: every occurrence from DTSTART on, those after ``dt``
+        yielded (here each one counted)."""
+        for occ in self._inner:
+            _Counting.seen += 1
+            if _Counting.seen > _Counting.CAP:
+                return
+            if occ >= dt if inc else occ > dt:
+                yield occ
+
+
+@pytest.mark.parametrize("rule", [
+    "FREQ=HOURLY;BYSETPOS=1",  # not moved forward: BYSETPOS
+    "FREQ=YEARLY;BYMONTH=" + ",".join(str(m) for m in range(1, 13)) + ";BYMONTHDAY="
+    + ",".join(str(d) for d in range(1, 32)) + ";BYHOUR=" + ",".join(str(h) for h in range(24)),
+])
+async def test_a_one_day_query_of_a_series_from_year_one_is_bounded_work(
+        client: httpx.AsyncClient, user: User, monkeypatch: pytest.MonkeyPatch,
+        rule: str) -> None:
+    """A one-day query of a series that started in year 1 does bounded work: it does not
+    iterate the rule's ~17 million hours since DTSTART (about 150 s of one CPU, on the
+    event loop) on every request."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    await make_event(client, headers, cal["id"], summary="old", start_time="0001-01-03T00:00:00Z",
+                     end_time="0001-01-03T00:30:00Z", recurrence_rule=rule)
+    real = recurrence._build
+    monkeypatch.setattr(recurrence, "_build", lambda *a: _Counting(real(*a)))
+    _Counting.seen = 0
+    resp = await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                            params={"start": "2027-03-01T00:00:00Z",
+                                    "end": "2027-03-02T00:00:00Z"})
+    assert resp.status_code == 200, resp.text
+    assert _Counting.seen < 100_000, f"{_Counting.seen} occurrences iterated for one day"

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import icalendar
+import pytest
 
 from roost.db.engine import Database
 from tests.agents.test_agents_cli import cli_env
@@ -57,3 +58,20 @@ async def test_import_agenda_export_from_the_command_line(
     out = run_roost("calendar", "import", str(bad), "--calendar", "Personal", "--user", "cal",
                     env=env)
     assert out.returncode == 1 and "BEGIN:VCALENDAR" in out.stderr
+
+
+@pytest.mark.parametrize("ref", ["", "%", "_"])
+async def test_an_empty_or_wildcard_calendar_reference_names_no_calendar(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+        ref: str) -> None:
+    """`--calendar ""` (an unset shell variable) or `%` is not a name or id start of any
+    calendar: export fails instead of writing the user's only calendar."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="cal")
+    ics = tmp_path / "a.ics"
+    ics.write_text("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nEND:VCALENDAR\r\n")
+    made = run_roost("calendar", "import", str(ics), "--calendar", "Private", "--user", "cal",
+                     env=env)
+    assert made.returncode == 0, made.stderr
+    out = run_roost("calendar", "export", "--calendar", ref, "--user", "cal", env=env)
+    assert out.returncode == 1 and "Private" not in out.stdout, out.stdout

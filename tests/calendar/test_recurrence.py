@@ -188,3 +188,35 @@ def _instant(value: object) -> datetime:
     # all-day: local midnight in the default zone the import used
     return datetime.combine(value, datetime.min.time(),  # type: ignore[arg-type]
                             tzinfo=BERLIN).astimezone(UTC)
+
+
+_T0 = datetime(2027, 1, 4, 9, tzinfo=UTC)
+_ALL_MINUTES = ",".join(str(i) for i in range(60))
+
+
+@pytest.mark.parametrize("rule", [
+    f"FREQ=HOURLY;BYMINUTE={_ALL_MINUTES};BYSECOND={_ALL_MINUTES}",  # every second
+    "FREQ=DAILY;BYHOUR=" + ",".join(str(h) for h in range(24)) + f";BYMINUTE={_ALL_MINUTES}",
+    "FREQ=YEARLY;BYMONTH=" + ",".join(str(m) for m in range(1, 13)) + ";BYMONTHDAY="
+    + ",".join(str(d) for d in range(1, 32)) + ";BYHOUR=" + ",".join(str(h) for h in range(24))
+    + f";BYMINUTE={_ALL_MINUTES}",  # every minute of every day
+    "FREQ=HOURLY;BYMINUTE=0,30",
+])
+def test_rules_denser_than_hourly_are_refused(rule: str) -> None:
+    """A rule whose BY* lists make it occur more than once an hour (SECONDLY or MINUTELY in
+    disguise) is refused like FREQ=SECONDLY/MINUTELY: a month's query would expand
+    millions of occurrences."""
+    with pytest.raises(RecurrenceError, match="at most one occurrence an hour"):
+        validate(Recurring(start=_T0, end=_T0 + timedelta(minutes=1), rule=rule))
+
+
+@pytest.mark.parametrize("rule", [
+    "FREQ=HOURLY", "FREQ=HOURLY;INTERVAL=2;BYMINUTE=0,30",
+    "FREQ=DAILY;BYHOUR=" + ",".join(str(h) for h in range(24)),
+    "FREQ=YEARLY;BYMONTH=" + ",".join(str(m) for m in range(1, 13)) + ";BYMONTHDAY="
+    + ",".join(str(d) for d in range(1, 32)) + ";BYHOUR=" + ",".join(str(h) for h in range(24)),
+    "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR;BYHOUR=9,10,11,12;BYMINUTE=0,15,30,45",
+])
+def test_rules_at_most_hourly_are_accepted(rule: str) -> None:
+    """Up to one occurrence an hour on average over the rule's period is fine."""
+    validate(Recurring(start=_T0, end=_T0 + timedelta(minutes=1), rule=rule))

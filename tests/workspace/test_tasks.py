@@ -188,3 +188,31 @@ async def test_the_hourly_refresh_follows_the_clock(client: httpx.AsyncClient, u
     fresh = (await client.get(f"/api/v1/tasks-board/{task['id']}", headers=headers)).json()
     assert fresh["calculated_score"] == expected(fresh, datetime.now(UTC)) == 6.0
     assert fresh["updated_at"] == task["updated_at"]
+
+
+async def _chain(client: httpx.AsyncClient, headers: dict[str, str], n: int,
+                 name: str) -> list[dict[str, Any]]:
+    chain = [await make_task(client, headers, f"{name}0")]
+    for i in range(1, n):
+        chain.append(await make_task(client, headers, f"{name}{i}", parent_id=chain[-1]["id"]))
+    return chain
+
+
+async def test_a_task_tree_deeper_than_100_levels_is_refused(client: httpx.AsyncClient,
+                                                             user: User) -> None:
+    """A task below the 100th level (on create, or a subtree moved under a deep task) is a
+    422: the cycle check walks at most 100 ancestors, so a cycle through a deeper chain
+    was stored."""
+    _, headers = user
+    chain = await _chain(client, headers, 100, "t")
+    resp = await client.post("/api/v1/tasks-board", headers=headers,
+                             json={"title": "deep", "parent_id": chain[-1]["id"]})
+    assert resp.status_code == 422, resp.text
+    other = await _chain(client, headers, 2, "u")
+    resp = await client.patch(f"/api/v1/tasks-board/{other[0]['id']}", headers=headers,
+                              json={"parent_id": chain[-2]["id"]})
+    assert resp.status_code == 422, resp.text
+    assert "deeper than 100" in resp.json()["detail"]
+    resp = await client.patch(f"/api/v1/tasks-board/{chain[0]['id']}", headers=headers,
+                              json={"parent_id": chain[-1]["id"]})
+    assert resp.status_code == 422 and "cycle" in resp.json()["detail"], resp.text

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from roost.db.engine import Database
 from tests.agents.test_agents_cli import cli_env
 from tests.support.cli import run_roost
@@ -66,3 +68,19 @@ async def test_projects_and_the_tasks_board_from_the_command_line(
     assert out.returncode == 0 and "archived" in out.stdout
     out = run_roost("projects", "ls", "--status", "archived", "--user", "pmx", env=env)
     assert "Website" in out.stdout
+
+
+@pytest.mark.parametrize("ref", ["", "%", "_"])
+async def test_an_empty_or_wildcard_project_name_archives_nothing(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+        ref: str) -> None:
+    """`roost projects archive "$UNSET"` (or `%`) names no project: it fails instead of
+    archiving the user's only project (the name is used as a LIKE prefix of the id)."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="wsx")
+    made = run_roost("projects", "add", "Website", "--user", "wsx", env=env)
+    assert made.returncode == 0, made.stderr
+    out = run_roost("projects", "archive", ref, "--user", "wsx", env=env)
+    assert out.returncode == 1, out.stdout
+    listed = run_roost("projects", "ls", "--status", "archived", "--user", "wsx", env=env)
+    assert "Website" not in listed.stdout

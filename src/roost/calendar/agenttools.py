@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.calendar import recurrence, service
 from roost.calendar.models import Calendar, Event
-from roost.calendar.schemas import CalendarCreate, EventCreate, EventUpdate
+from roost.calendar.schemas import EventCreate, EventUpdate
 from roost.db.engine import Database
 from roost.errors import Unprocessable
 from roost.identity.tenancy import apply_principal
@@ -109,7 +109,10 @@ class _CreateArgs(_Args):
         if (self.end is None) == (self.duration_minutes is None):
             raise ValueError("give either end or duration_minutes")
         if self.end is None:
-            self.end = self.start + timedelta(minutes=self.duration_minutes or 0)
+            try:
+                self.end = self.start + timedelta(minutes=self.duration_minutes or 0)
+            except OverflowError:
+                raise ValueError("the event would end after the year 9999") from None
         if self.end <= self.start:
             raise ValueError("end must be after start")
         if self.end - self.start > MAX_EVENT_LENGTH:
@@ -203,7 +206,7 @@ async def _calendar(session: AsyncSession, actor: Principal,
             return cal
     if calendars:
         return calendars[0]
-    return await service.create_calendar(session, actor, CalendarCreate(name=DEFAULT_CALENDAR))
+    return await service.ensure_calendar(session, actor, DEFAULT_CALENDAR)
 
 
 async def _busy_at(session: AsyncSession, actor: Principal, start: datetime, end: datetime,
@@ -305,6 +308,11 @@ def builtin_tools(app_role: str | None) -> dict[uuid.UUID, Tool]:
             before = {"start": _iso(ev.start_time), "end": _iso(ev.end_time)}
             if args.new_start is not None:
                 start = args.new_start
+                try:
+                    start + length
+                except OverflowError:
+                    raise Unprocessable("new_start: the event would end after the year 9999",
+                                        extra={"field": "new_start"}) from None
                 if not args.allow_conflict:
                     busy = await _busy_at(session, actor, start, start + length, exclude=ev.id)
                     if busy:

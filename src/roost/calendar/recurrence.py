@@ -16,7 +16,8 @@ Semantics (docs/calendar.md, "Recurrence"):
 - UNTIL is inclusive; a UTC UNTIL is compared as an instant, a floating or DATE UNTIL in
   the event's zone (a DATE covers its whole day).  A rule without COUNT or UNTIL never
   ends: ranges are always bounded by the caller.
-- SECONDLY and MINUTELY rules are refused, and so is a rule with no occurrence in the
+- SECONDLY and MINUTELY rules are refused, so is a rule that occurs more than once an
+  hour on average over its period (``density_error``), and so is a rule with no occurrence in the
   first 370 years (e.g. BYMONTH=2;BYMONTHDAY=30), which dateutil would otherwise search
   up to the year 9999 on every query.
 """
@@ -263,13 +264,108 @@ def _built(text: str, dtstart: datetime, until: datetime | None, keep: bool) -> 
 
 def _step(rule: Rule) -> timedelta | None:
     """How far DTSTART may be moved forward without changing the rule's later occurrences:
-    whole periods of an HOURLY, DAILY or WEEKLY rule without COUNT or BYSETPOS."""
-    if "COUNT" in rule.parts or "BYSETPOS" in rule.parts:
+    whole periods of an HOURLY, DAILY or WEEKLY rule without COUNT (MONTHLY and YEARLY
+    rules move by whole months: ``_moved_start``)."""
+    if "COUNT" in rule.parts:
         return None
     interval = int(rule.parts.get("INTERVAL", "1"))
     unit = {"HOURLY": timedelta(hours=1), "DAILY": timedelta(days=1),
             "WEEKLY": timedelta(weeks=1)}.get(rule.freq)
     return None if unit is None else unit * interval
+
+
+def _moved_start(rule: Rule, dtstart: datetime, after: datetime) -> tuple[Rule, datetime]:
+    """The rule and DTSTART to expand from so that the walk starts near ``after`` (local
+    times): DTSTART moved forward by whole periods (INTERVAL hours, days, weeks, months or
+    years) to the last period start before ``after``.  A rule with COUNT is not moved (its
+    count runs from DTSTART; it has at most ``MAX_COUNT`` occurrences).  Periods keep their
+    alignment (BYSETPOS picks within each period as before); the occurrences before the new
+    DTSTART in its first period are dropped, and they all lie before ``after``.  What
+    dateutil takes from DTSTART when the rule does not say (the day of the month, the
+    month) is written into the rule, since a month-start DTSTART would change it."""
+    step = _step(rule)
+    if step is not None:
+        if dtstart < after - step:
+            dtstart += step * ((after - dtstart) // step)
+        return rule, dtstart
+    if "COUNT" in rule.parts or rule.freq not in ("MONTHLY", "YEARLY"):
+        return rule, dtstart
+    interval = int(rule.parts.get("INTERVAL", "1"))
+    months = 12 * interval if rule.freq == "YEARLY" else interval
+    start_month, after_month = (dtstart.year * 12 + dtstart.month - 1,
+                                after.year * 12 + after.month - 1)
+    k = (after_month - start_month) // months - 1  # a whole period before ``after``'s
+    if k <= 0:
+        return rule, dtstart
+    year, index = divmod(start_month + k * months, 12)
+    if year < 1:  # pragma: no cover - after is later than dtstart
+        return rule, dtstart
+    return _with_defaults(rule, dtstart.month, dtstart.day), dtstart.replace(
+        year=year, month=index + 1, day=1)
+
+
+def _with_defaults(rule: Rule, month: int, day: int) -> Rule:
+    """``rule`` with the parts dateutil would take from a DTSTART on ``month``/``day``
+    written out (a MONTHLY or YEARLY rule without a day part: BYMONTHDAY, and BYMONTH
+    for YEARLY)."""
+    parts = rule.parts
+    if any(p in parts for p in ("BYWEEKNO", "BYYEARDAY", "BYMONTHDAY", "BYDAY")):
+        return rule
+    extra = [f"BYMONTHDAY={day}"]
+    if rule.freq == "YEARLY" and "BYMONTH" not in parts:
+        extra.append(f"BYMONTH={month}")
+    added = dict(parts) | dict(e.split("=") for e in extra)
+    return Rule(";".join([rule.text, *extra]), added, rule.until)
+
+
+def _sizes(rule: Rule, part: str, default: int = 1) -> int:
+    value = rule.parts.get(part)
+    return default if value is None else len(set(value.split(",")))
+
+
+def density_error(rule: Rule) -> str | None:
+    """Why a rule occurs more often than once an hour on average over one of its periods
+    (its BY* lists finer than FREQ multiplied, an upper bound), None when it does not:
+    ``FREQ=HOURLY;BYMINUTE=0,...,59`` is FREQ=MINUTELY in disguise and makes every range
+    query expand 60 occurrences an hour."""
+    freq = rule.freq
+    interval = int(rule.parts.get("INTERVAL", "1"))
+    per_hour = _sizes(rule, "BYMINUTE") * _sizes(rule, "BYSECOND")
+    if freq == "HOURLY":
+        count, hours = per_hour, interval
+    else:
+        days, period = 1, 1
+        if freq == "WEEKLY":
+            days, period = min(7, _sizes(rule, "BYDAY")), 7
+        elif freq == "MONTHLY":
+            days, period = min(31, _month_days_bound(rule)), 31
+        elif freq == "YEARLY":
+            period = 366
+            if "BYYEARDAY" in rule.parts:
+                days = _sizes(rule, "BYYEARDAY")
+            elif "BYWEEKNO" in rule.parts:
+                days = _sizes(rule, "BYWEEKNO") * _sizes(rule, "BYDAY", 7)
+            elif any(p in rule.parts for p in ("BYMONTH", "BYMONTHDAY", "BYDAY")):
+                months = _sizes(rule, "BYMONTH", 12 if "BYMONTHDAY" in rule.parts
+                                or "BYDAY" in rule.parts else 1)
+                days = months * _month_days_bound(rule)
+            days = min(days, period)
+        count, hours = days * _sizes(rule, "BYHOUR") * per_hour, 24 * period * interval
+    if "BYSETPOS" in rule.parts:
+        count = min(count, _sizes(rule, "BYSETPOS"))
+    if count <= hours:
+        return None
+    return (f"the rule occurs up to {count} times in {hours} hours (its BY* lists "
+            "multiplied): at most one occurrence an hour on average is supported")
+
+
+def _month_days_bound(rule: Rule) -> int:
+    """At most how many days of a month a rule's BYMONTHDAY or BYDAY picks (1: DTSTART's)."""
+    if "BYMONTHDAY" in rule.parts:
+        return _sizes(rule, "BYMONTHDAY")
+    if "BYDAY" in rule.parts:
+        return sum(5 if day in _WEEKDAYS else 1 for day in set(rule.parts["BYDAY"].split(",")))
+    return 1
 
 
 def validate(event: Recurring) -> None:
@@ -283,6 +379,9 @@ def validate(event: Recurring) -> None:
             f"an occurrence of a recurring event may last at most {MAX_OCCURRENCE.days} days "
             f"(this one lasts {(event.end - event.start).days} days)")
     rule = parse_rule(event.rule)
+    dense = density_error(rule)
+    if dense is not None:
+        raise RecurrenceError(dense)
     start = local(event.start, event._tz)
     # Probe in the last 400-year cycle before 9999 (moved by whole cycles, so the same
     # weekdays and leap years): dateutil stops at the year 9999, so a rule that never
@@ -404,11 +503,8 @@ def _expand_dateutil(prep: _Prepared, found: dict[datetime, datetime],
     after = _clamped(local(range_start, tz), -(duration + timedelta(days=1)))
     before = _clamped(local(range_end, tz), timedelta(days=1))
     if start_l <= before:
-        dtstart = start_l
-        step = _step(prep.rule)
-        if step is not None and dtstart < after - step:
-            dtstart += step * ((after - dtstart) // step)
-        built = _build(prep.rule, dtstart, _local_until(prep.rule, tz))
+        rule, dtstart = _moved_start(prep.rule, start_l, after)
+        built = _build(rule, dtstart, _local_until(prep.rule, tz))
         for occ in built.xafter(max(after, start_l), inc=True):
             if occ > before:
                 break

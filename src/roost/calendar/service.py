@@ -13,6 +13,7 @@ acting user's own calendars only.  Ranges are required and at most ``MAX_RANGE``
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -22,6 +23,7 @@ from typing import Any, Final
 import numpy as np
 import structlog
 from sqlalchemy import String, cast, delete, false, null, or_, select, true
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
@@ -49,6 +51,11 @@ IMPORTED: Final = ("summary", "description", "start_time", "end_time", "timezone
                    "exdates", "attendees", "reminder_minutes", "status", "transparent",
                    "event_type", "movability_score", "is_movable", "importance_weight",
                    "google_event_id")
+
+
+# A reference that may be the start of an id (as the CLI prints them; clitools._ID_PREFIX):
+# anything else, an empty one or LIKE wildcards included, is matched by name only.
+ID_PREFIX: Final = re.compile(r"^[0-9a-fA-F-]{1,36}$")
 
 
 class InvalidRecurrence(Unprocessable):
@@ -110,6 +117,21 @@ async def create_calendar(session: AsyncSession, actor: Principal,
     return cal
 
 
+async def ensure_calendar(session: AsyncSession, actor: Principal, name: str) -> Calendar:
+    """The user's calendar called ``name``, created (UTC) when missing: two callers at once
+    (an agent's parallel tool calls) both get the one calendar, never a unique violation."""
+    owner = _owner(actor)
+    made = await session.scalar(
+        pg_insert(Calendar).values(user_id=owner, name=_name(name))
+        .on_conflict_do_nothing(index_elements=["user_id", "name"]).returning(Calendar.id))
+    if made is not None:
+        await record(session, "calendar.create", user_id=owner, resource_type="calendar",
+                     resource_id=made, changes={"name": name, "timezone": "UTC"})
+    return await one_or_404(session, select(Calendar).where(
+        Calendar.user_id == owner, Calendar.name == _name(name)).execution_options(
+        populate_existing=True), missing="calendar not found")
+
+
 def _name(name: str) -> str:
     stripped = name.strip()
     if not stripped:
@@ -137,7 +159,8 @@ async def find_calendar(session: AsyncSession, actor: Principal, ref: str) -> Ca
     owner = _owner(actor)
     rows = (await session.scalars(select(Calendar).where(
         Calendar.user_id == owner,
-        or_(Calendar.name == ref, cast(Calendar.id, String).like(ref.lower() + "%")),
+        or_(Calendar.name == ref, cast(Calendar.id, String).like(ref.lower() + "%")
+            if ID_PREFIX.match(ref) else false()),
     ).limit(3))).all()
     exact = [c for c in rows if c.name == ref]
     if exact:

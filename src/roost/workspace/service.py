@@ -15,6 +15,7 @@ the time-dependent part (due-date proximity) current.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from datetime import datetime
 from typing import Any, Final
@@ -38,6 +39,11 @@ TASK_NOT_NULL: Final = ("title", "status", "priority", "completion_percentage",
                         "importance_weight", "urgency_weight", "complexity_weight",
                         "user_priority_weight", "task_type")
 MAX_DEPTH: Final = 100  # of a task tree (the cycle check walks at most this far)
+
+
+# A reference that may be the start of an id (as the CLI prints them; clitools._ID_PREFIX):
+# anything else, an empty one or LIKE wildcards included, is matched by name only.
+ID_PREFIX: Final = re.compile(r"^[0-9a-fA-F-]{1,36}$")
 
 
 def _owner(actor: Principal) -> uuid.UUID:
@@ -125,7 +131,8 @@ async def find_project(session: AsyncSession, actor: Principal, ref: str) -> Pro
     """A project the actor sees by exact name, id or a unique start of an id (CLI)."""
     rows = (await session.scalars(select(Project).where(
         _project_visible(actor, listing=True),
-        or_(Project.name == ref, cast(Project.id, String).like(ref.lower() + "%")),
+        or_(Project.name == ref, cast(Project.id, String).like(ref.lower() + "%")
+            if ID_PREFIX.match(ref) else false()),
     ).limit(3))).all()
     exact = [p for p in rows if p.name == ref]
     if len(exact) == 1 or (exact and all(p.name == ref for p in rows)):
@@ -260,18 +267,33 @@ async def _check_parent(session: AsyncSession, actor: Principal, task: Task,
         raise NotFound(f"task {parent_id} does not exist", extra={"field": "parent_id"}) from None
     if parent.user_id != task.user_id:
         raise NotFound(f"task {parent_id} does not exist", extra={"field": "parent_id"})
-    if task.id is None:  # a new task has no descendants
-        return
     ancestors = text("""
         WITH RECURSIVE up(id, parent_id, depth) AS (
           SELECT id, parent_id, 1 FROM tasks WHERE id = :start
           UNION ALL
           SELECT t.id, t.parent_id, up.depth + 1 FROM tasks t JOIN up ON t.id = up.parent_id
            WHERE up.depth < :max
-        ) SELECT 1 FROM up WHERE id = :task LIMIT 1""")
-    if await session.scalar(ancestors, {"start": parent_id, "task": task.id, "max": MAX_DEPTH}):
+        ) SELECT coalesce(bool_or(id = :task), false), max(depth) FROM up""")
+    row = (await session.execute(ancestors, {
+        "start": parent_id, "task": task.id, "max": MAX_DEPTH})).one()
+    cycle, levels = bool(row[0]), int(row[1])
+    if cycle:
         raise Unprocessable("parent_id would make a cycle: the parent is this task or one of "
                             "its subtasks", extra={"field": "parent_id"})
+    height: int = 1  # the levels of the task's own subtree (a new task has no subtasks)
+    if task.id is not None and levels < MAX_DEPTH:
+        height = await session.scalar(text("""
+            WITH RECURSIVE down(id, depth) AS (
+              SELECT id, 1 FROM tasks WHERE id = :task
+              UNION ALL
+              SELECT t.id, down.depth + 1 FROM tasks t JOIN down ON t.parent_id = down.id
+               WHERE down.depth < :max
+            ) SELECT max(depth) FROM down"""), {"task": task.id, "max": MAX_DEPTH}) or 1
+        height = int(height)
+    if levels >= MAX_DEPTH or levels + height > MAX_DEPTH:
+        # the walk stopped at the limit: a cycle through a deeper tree is refused too
+        raise Unprocessable(f"parent_id would make a task tree deeper than {MAX_DEPTH} levels "
+                            "(or a cycle through one)", extra={"field": "parent_id"})
 
 
 def _task_values(body: TaskCreate | TaskUpdate) -> dict[str, Any]:
