@@ -67,6 +67,10 @@ class StrictInput(BaseModel):
     # True where the input is a model's answer, not a client's request: a timestamp
     # without an offset is then read as UTC rather than refused.
     naive_is_utc: ClassVar[bool] = False
+    # True where every text is stored as text (PostgreSQL keeps no NUL in text or jsonb):
+    # a NUL anywhere in a field is a 422 naming it, not the database's anonymous 400.
+    # Off by default: encrypted fields (chat messages) may hold any character.
+    refuse_nul: ClassVar[bool] = False
 
     @classmethod
     def _field_kind(cls, name: str) -> _Kind:
@@ -78,6 +82,8 @@ class StrictInput(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _json_types(cls, value: Any, info: ValidationInfo) -> Any:
+        if cls.refuse_nul and _holds_nul(value):
+            raise PydanticCustomError("nul_character", "must not contain a NUL character")
         kind = cls._field_kind(info.field_name or "")
         if not kind or value is None:
             return value
@@ -88,6 +94,16 @@ class StrictInput(BaseModel):
         if kind == "datetime":
             return _with_offset(require_iso_timestamp(value), naive_is_utc=cls.naive_is_utc)
         return value
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _with_offset(value: Any, *, naive_is_utc: bool) -> Any:

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from roost.calendar import recurrence, service
 from roost.calendar.schemas import CalendarCreate
-from roost.clitools import fail, id_table, print_table, read_bytes, write_bytes
+from roost.clitools import fail, id_table, parse_input, print_table, read_bytes, write_bytes
 from roost.errors import NotFound
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
@@ -40,14 +40,15 @@ def calendar_import(
 ) -> None:
     """Import an iCalendar file: create its events, update those whose UID is known."""
     raw = read_bytes(file)
+    # Checked now (one line, as the API would refuse it), used if no calendar matches.
+    new_calendar = parse_input(CalendarCreate, {"name": calendar, "timezone": timezone})
 
     async def go(env: Env) -> tuple[str, dict[str, Any]]:
         async with env.scoped() as session:
             try:
                 cal = await service.find_calendar(session, env.principal, calendar)
             except NotFound:
-                cal = await service.create_calendar(session, env.principal, CalendarCreate(
-                    name=calendar, timezone=timezone))
+                cal = await service.create_calendar(session, env.principal, new_calendar)
             return cal.name, await service.import_ics(session, env.principal, cal.id, raw)
 
     name, result = _run(user, go)

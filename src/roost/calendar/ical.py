@@ -153,15 +153,30 @@ def _attendees(component: Any) -> list[dict[str, Any]] | None:
     return people
 
 
-def _reminder(component: Any) -> int | None:
+MAX_REMINDER_MINUTES = 40_320  # four weeks, as the API's reminder_minutes
+
+
+def _reminder(component: Any, where: str) -> int | None:
     for alarm in component.walk("VALARM"):
         try:
             trigger = alarm.decoded("TRIGGER")
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError, OverflowError):
             continue
         if isinstance(trigger, timedelta) and trigger <= timedelta(0):
-            return int(-trigger.total_seconds() // 60)
+            minutes = int(-trigger.total_seconds() // 60)
+            if minutes > MAX_REMINDER_MINUTES:
+                raise ICalError(f"{where}: VALARM TRIGGER is more than {MAX_REMINDER_MINUTES} "
+                                "minutes (four weeks) before the event")
+            return minutes
     return None
+
+
+def _bounded(component: Any, name: str, most: int, where: str) -> str | None:
+    """A property kept as it is (an id: cutting it would make another), or refused."""
+    value = _text(component, name) or None
+    if value is not None and len(value) > most:
+        raise ICalError(f"{where}: {name} is longer than {most} characters")
+    return value
 
 
 def _float(component: Any, name: str, default: float, where: str,
@@ -308,14 +323,14 @@ def _event(component: Any, uid: str, where: str, default_tz: str) -> EventData:
         recurrence_rule=rule,
         rdates=_dates(component, "RDATE", tz_name, where),
         exdates=_dates(component, "EXDATE", tz_name, where),
-        attendees=_attendees(component), reminder_minutes=_reminder(component),
+        attendees=_attendees(component), reminder_minutes=_reminder(component, where),
         status=(_text(component, "STATUS") or "CONFIRMED").lower(),
         transparent=(_text(component, "TRANSP") or "").upper() == "TRANSPARENT",
         event_type=(_text(component, "X-ROOST-EVENT-TYPE") or "meeting")[:50],
         movability_score=_float(component, "X-ROOST-MOVABILITY", 0.5, where, 0, 1),
         importance_weight=_float(component, "X-ROOST-IMPORTANCE", 1.0, where, 0, 1000),
         is_movable=(_text(component, "X-ROOST-MOVABLE") or "TRUE").upper() != "FALSE",
-        google_event_id=(_text(component, "X-GOOGLE-EVENT-ID") or None),
+        google_event_id=_bounded(component, "X-GOOGLE-EVENT-ID", 255, where),
     )
     if data.location is not None:
         data.location = data.location[:1000]

@@ -372,12 +372,14 @@ def validate(event: Recurring) -> None:
     """Refuse a rule that cannot be expanded or never occurs (see the module's notes)."""
     if event.end < event.start:
         raise RecurrenceError("the end is before the start")
-    if event.rule is None:
+    if event.rule is None and not event.rdates:
         return
-    if event.end - event.start > MAX_OCCURRENCE:
+    if event.end - event.start > MAX_OCCURRENCE:  # RDATEs alone make a series too
         raise RecurrenceError(
             f"an occurrence of a recurring event may last at most {MAX_OCCURRENCE.days} days "
             f"(this one lasts {(event.end - event.start).days} days)")
+    if event.rule is None:
+        return
     rule = parse_rule(event.rule)
     dense = density_error(rule)
     if dense is not None:

@@ -15,6 +15,7 @@ COLOR = r"^#[0-9a-fA-F]{6}$"
 
 
 class CalendarCreate(StrictInput):
+    refuse_nul = True
     name: str = Field(min_length=1, max_length=255)
     description: str | None = Field(default=None, max_length=20_000)
     timezone: str = Field(default="UTC", min_length=1, max_length=64,
@@ -23,6 +24,7 @@ class CalendarCreate(StrictInput):
 
 
 class CalendarUpdate(StrictInput):
+    refuse_nul = True
     name: str | None = Field(default=None, min_length=1, max_length=255)
     description: str | None = Field(default=None, max_length=20_000)
     timezone: str | None = Field(default=None, min_length=1, max_length=64)
@@ -43,6 +45,7 @@ class CalendarOut(BaseModel):
 
 
 class Attendee(StrictInput):
+    refuse_nul = True
     email: str = Field(min_length=1, max_length=320, pattern=r"^[^\x00-\x1f\x7f]+$",
                        description="An address (no control characters)")
     name: str | None = Field(default=None, max_length=255)
@@ -52,6 +55,8 @@ class Attendee(StrictInput):
 
 class EventFields(StrictInput):
     """Fields an event is created or changed with (all optional here: PATCH)."""
+
+    refuse_nul = True
 
     summary: str | None = Field(default=None, min_length=1, max_length=1000)
     description: str | None = Field(default=None, max_length=100_000)

@@ -244,6 +244,8 @@ async def _derive(ev: Event) -> None:
         if outside is not None:
             raise Unprocessable(f"{field}: {outside.isoformat()} is not "
                                 f"{recurrence.LIMITS_TEXT}", extra={"field": field})
+    if ev.all_day:
+        _whole_days(ev)
     if ev.recurrence_id is not None and (ev.recurrence_rule or ev.rdates or ev.exdates):
         raise InvalidRecurrence("a changed occurrence (recurrence_id) has no recurrence_rule, "
                                 "rdates or exdates of its own: change the series instead",
@@ -260,6 +262,24 @@ async def _derive(ev: Event) -> None:
     except RecurrenceError as exc:
         raise InvalidRecurrence(f"recurrence_rule: {exc}",
                                 extra={"field": "recurrence_rule"}) from None
+
+
+def _whole_days(ev: Event) -> None:
+    """An all-day event spans whole days of its zone: it starts and ends at a local
+    midnight and lasts a day or more (09:00-10:00 exported as DATE values would be a day
+    of no length, read back at midnight)."""
+    try:
+        tz = recurrence.zone(ev.timezone)
+    except RecurrenceError:
+        return  # the zone's own check names it
+    for field in ("start_time", "end_time"):
+        at = recurrence.local(getattr(ev, field), tz)
+        if (at.hour, at.minute, at.second, at.microsecond) != (0, 0, 0, 0):
+            raise Unprocessable(f"{field}: an all-day event starts and ends at midnight in its "
+                                f"time zone ({ev.timezone})", extra={"field": field})
+    if ev.end_time <= ev.start_time:
+        raise Unprocessable("end_time: an all-day event lasts at least one day",
+                            extra={"field": "end_time"})
 
 
 def _apply(ev: Event, values: dict[str, Any]) -> None:
@@ -629,7 +649,8 @@ async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.
                 ev.reminder_minutes = null()  # type: ignore[assignment]
             session.add(ev)
             created += 1
-        elif any(_differs(getattr(ev, k), v) for k, v in values.items()):
+        elif any(_rule_differs(getattr(ev, k), v) if k == "recurrence_rule"
+                 else _differs(getattr(ev, k), v) for k, v in values.items()):
             for k, v in values.items():
                 setattr(ev, k, v)
             ev.recurrence_end, ev.recurrence_plan = end, plan
@@ -656,6 +677,17 @@ def _derive_all(events: Sequence[ical.EventData]) -> list[tuple[datetime | None,
     return [_derived(Recurring(
         start=e.start_time, end=e.end_time, timezone=e.timezone, rule=e.recurrence_rule,
         rdates=e.rdates, exdates=e.exdates)) for e in events]
+
+
+def _rule_differs(old: str | None, new: str | None) -> bool:
+    """Two RRULE values differ by their parts, not their order: an export writes the
+    parts in the iCalendar library's order (FREQ first), which imports back unchanged."""
+    if old is None or new is None or old == new:
+        return old != new
+    try:
+        return recurrence.parse_rule(old).parts != recurrence.parse_rule(new).parts
+    except RecurrenceError:
+        return True
 
 
 def _differs(old: Any, new: Any) -> bool:
