@@ -12,10 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from roost.calendar import agenttools
-from roost.config import Settings
 from roost.db.engine import Database
-from roost.principal import Principal
 from tests.agents.test_agents_cli import cli_env
 from tests.calendar.conftest import Headers, make_calendar, make_event
 from tests.support.cli import run_roost
@@ -23,22 +20,11 @@ from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
 
 User = tuple[uuid.UUID, Headers]
-SIXTY = ",".join(str(i) for i in range(60))
 
 
 def _body(**extra: Any) -> dict[str, Any]:
     return {"summary": "x", "start_time": "2027-01-01T09:00:00Z",
             "end_time": "2027-01-01T10:00:00Z", **extra}
-
-
-async def _tools(database: Database, settings: Settings, user_id: uuid.UUID) -> Any:
-    tools = agenttools.builtin_tools(settings.db_app_role)
-    actor = Principal(user_id=user_id, is_admin=False, kind="job")
-
-    async def call(tool_id: uuid.UUID, **arguments: Any) -> dict[str, Any]:
-        return await tools[tool_id](database, actor, arguments, None)
-
-    return call
 
 
 async def test_export_then_import_of_api_made_series_changes_nothing(

@@ -31,6 +31,7 @@ import httpx
 
 from roost import __version__
 from roost.errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, PayloadTooLarge
+from roost.security.addresses import IPAddress, embedded_ipv4
 
 __all__ = [
     "FetchError",
@@ -46,7 +47,6 @@ __all__ = [
     "fetch_url",
 ]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: ``async (host, port) -> addresses``; tests inject one instead of touching DNS.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
@@ -63,7 +63,6 @@ _METADATA_ADDRESSES: Final = frozenset(
         ipaddress.ip_address("fd00:ec2::254"),  # AWS IMDS over IPv6
     }
 )
-_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
 # Trying every A/AAAA record of a big site would stretch the deadline for nothing.
 _MAX_CONNECT_ATTEMPTS: Final = 3
 
@@ -109,28 +108,12 @@ class FetchedDocument:
 # --------------------------------------------------------------------------- addresses
 
 
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address tunnels to, if any: these reach v4 hosts."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    # IPv4-compatible (deprecated ::a.b.c.d); "::" and "::1" are handled as v6 below.
-    if int(ip) >> 32 == 0 and int(ip) > 1:
-        return ipaddress.IPv4Address(int(ip))
-    return None
-
-
 def address_refusal(ip: IPAddress, *, allow_private: bool = False) -> str | None:
     """Why the server must not connect to ``ip``, or ``None`` if it may."""
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id:
             ip = ipaddress.IPv6Address(ip.compressed.split("%", 1)[0])
-        inner = _embedded_ipv4(ip)
+        inner = embedded_ipv4(ip)
         if inner is not None:
             reason = address_refusal(inner, allow_private=allow_private)
             return f"{reason} (embedded in {ip})" if reason else None

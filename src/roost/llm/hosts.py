@@ -13,28 +13,12 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from roost.security.addresses import IPAddress, embedded_ipv4
 
 _METADATA: Final = frozenset({
     ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
     ipaddress.ip_address("fd00:ec2::254"),  # AWS IMDS over IPv6
 })
-_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address reaches, if it tunnels to one."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    if int(ip) >> 32 == 0 and int(ip) > 1:  # IPv4-compatible ::a.b.c.d ("::1" is loopback)
-        return ipaddress.IPv4Address(int(ip))
-    return None
 
 
 def address_refusal(ip: IPAddress) -> str | None:
@@ -42,7 +26,7 @@ def address_refusal(ip: IPAddress) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id:
             ip = ipaddress.IPv6Address(ip.compressed.split("%", 1)[0])
-        inner = _embedded_ipv4(ip)
+        inner = embedded_ipv4(ip)
         if inner is not None:
             reason = address_refusal(inner)
             return f"{reason} (embedded in {ip})" if reason else None
