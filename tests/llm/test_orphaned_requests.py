@@ -44,6 +44,7 @@ async def test_stale_pending_and_running_requests_are_failed_with_a_reason(
     from roost.llm.jobs import sweep_orphans
 
     monkeypatch.setenv("ROOST_LLM_TIMEOUT_S", "30")
+    monkeypatch.setenv("ROOST_LLM_STREAM_MAX_S", "120")  # under the 300 s margin
     monkeypatch.delenv("ROOST_LLM_ORPHAN_AFTER_S", raising=False)
     get_settings.cache_clear()
     try:

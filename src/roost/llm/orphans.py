@@ -22,14 +22,16 @@ async def orphan_threshold_s(session: AsyncSession, settings: Settings) -> float
 
     ``ROOST_LLM_ORPHAN_AFTER_S`` when set; else the longest a live call can take before
     its own final write (each provider of a fallback chain gets ``ROOST_LLM_TIMEOUT_S``)
-    plus a margin for streams, which may go on after their first chunk.
+    plus what a stream may take after its first chunk (``ROOST_LLM_STREAM_MAX_S``, at
+    least the margin), so a live stream is never swept.
     """
     if settings.llm_orphan_after_s is not None:
         return float(settings.llm_orphan_after_s)
     enabled = await session.scalar(
         select(func.count()).select_from(LLMProviderRow).where(LLMProviderRow.enabled)
     )
-    return settings.llm_timeout_s * max(1, int(enabled or 0)) + ORPHAN_MARGIN_S
+    return (settings.llm_timeout_s * max(1, int(enabled or 0))
+            + max(ORPHAN_MARGIN_S, settings.llm_stream_max_s))
 
 
 async def fail_orphaned_requests(session: AsyncSession, older_than_s: float) -> list[uuid.UUID]:
