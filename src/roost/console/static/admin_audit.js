@@ -151,8 +151,15 @@ verifyButton.addEventListener("click", async () => {
       const linked = report.linked_now
         ? ` ${report.linked_now} recent ${report.linked_now === 1 ? "entry was" : "entries were"} linked first.`
         : "";
+      // The head (newest entry's number and hash): kept outside the database, it shows
+      // a later cut of the newest entries, which no chain can show by itself.
+      const head = report.head_hash
+        ? [" Head: entry #", el("code", {}, String(report.head_chain_seq)), ", hash ",
+          el("code", {}, report.head_hash), " (keep it elsewhere to detect removed newest entries)."]
+        : [];
       verifyResult.replaceChildren(el("strong", {}, "Chain intact"),
-        `${count} checked: every entry matches its hash and links to the one before.${linked}`);
+        `${count} checked: every entry matches its hash and links to the one before.${linked}`,
+        ...head);
     } else {
       verifyResult.className = "result broken";
       verifyResult.replaceChildren(el("strong", {}, `Chain broken at entry #${report.broken_seq}`),
