@@ -19,6 +19,7 @@ from roost.agents import runner
 from roost.agents.models import Agent
 from roost.config import Settings
 from roost.db.engine import Database
+from roost.knowledge.config import KnowledgeConfig
 from roost.llm import jobs as llm_jobs
 from roost.llm.deps import app_gateway
 from roost.security.crypto import SecretBox
@@ -48,15 +49,16 @@ async def other_user(database: Database) -> tuple[uuid.UUID, Headers]:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(app: FastAPI, database: Database,
-                         settings: Settings) -> AsyncIterator[Worker]:
+async def running_worker(app: FastAPI, database: Database, settings: Settings,
+                         knowledge: KnowledgeConfig | None = None) -> AsyncIterator[Worker]:
     """A worker in this process whose runs use the app's gateway and keys (the app must
-    have started: its start-up builds the gateway)."""
+    have started: its start-up builds the gateway); ``knowledge``: its runs may search
+    documents (retrieval, the knowledge_search tool) with that configuration."""
     gateway = app_gateway(app)
     env = runner.RunEnv(database=database, gateway=gateway,
                         tools=ToolsConfig.from_settings(settings),
-                        box=SecretBox.from_keys(app.state.keys.secrets_key), knowledge=None,
-                        hosted=agent_jobs.hosted_builtins(settings, None))
+                        box=SecretBox.from_keys(app.state.keys.secrets_key), knowledge=knowledge,
+                        hosted=agent_jobs.hosted_builtins(settings, knowledge))
     agent_jobs.env_override, llm_jobs.gateway_override = env, gateway
     try:
         async with in_process_worker(database) as w:

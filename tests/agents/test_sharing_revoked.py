@@ -17,11 +17,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
 from tests.agents.api import Headers, add_member, create_agent, create_persona, named_user
-from tests.agents.conftest import wait_for_run
+from tests.agents.conftest import running_worker, wait_for_run
 from tests.agents.roles import make_cast, private_tool
 from tests.chat.conftest import add_provider
 from tests.support.identity import make_user
@@ -159,3 +160,47 @@ async def test_a_tool_a_former_editor_granted_is_no_longer_offered_to_the_person
     assert (await wait_for_run(client, c.owner.headers, run["id"]))["status"] == "completed"
     offered = json.dumps(stub.requests(path="/v1/chat/completions")[-1].body.get("tools", []))
     assert "editors_private_tool" not in offered
+
+
+async def test_a_run_stops_seeing_a_group_s_documents_once_its_user_leaves_the_group(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    database: Database, test_settings: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """A run's searches use the user's groups as they are at each step, not as they were
+    when it started: removed from the group while a tool runs, the run's next
+    knowledge_search no longer finds the group's document."""
+    from roost.knowledge.config import EmbedderSpec, KnowledgeConfig
+    from tests.agents.conftest import make_agent
+    from tests.agents.test_races_runs import slow_current_time
+    from tests.agents.test_runs import start
+    from tests.knowledge.support import ingest, make_group, principal
+
+    alice_id, alice = await make_user(database)
+    bob_id, _ = await make_user(database)
+    group = await make_group(database, "team", alice_id, bob_id)
+    (tmp_path / "plan.txt").write_text("The zebra migration plan is shared with the team.")
+    cfg = KnowledgeConfig(ingest_roots=(tmp_path,), chunk_tokens=64, overlap_tokens=8,
+                          embedder=EmbedderSpec("hash", "dev-hashing-384", 384))
+    await ingest(database, principal(bob_id, group), cfg, str(tmp_path / "plan.txt"),
+                 group_id=group)  # here, with the hash embedder: its queued job is dropped
+    async with database.transaction() as s:
+        await s.execute(text("DELETE FROM background_tasks"))
+    await add_provider(client, admin_headers, stub)
+    tool_started = slow_current_time(monkeypatch, 1.5)
+    agent = await make_agent(database, alice_id,
+                             tool_permissions=["knowledge_search", "current_time"])
+    search = Call("knowledge_search", {"query": "zebra migration plan"})
+    stub.script(ToolCalls(search), ToolCalls(Call("current_time", {"timezone": "UTC"})),
+                ToolCalls(search), Reply("Done."))
+    run = await start(client, alice, agent.id)
+    async with running_worker(app, database, test_settings, knowledge=cfg):
+        await asyncio.wait_for(tool_started.wait(), 20)
+        async with database.transaction() as s:  # removed from the group while the tool runs
+            await s.execute(text("DELETE FROM user_group_memberships WHERE user_id = :u"),
+                            {"u": alice_id})
+        assert (await wait_for_run(client, alice, run["id"]))["status"] == "completed"
+    steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=alice)).json()
+    calls = [st for st in steps if st["step_type"] == "tool_call"]
+    found = [st["output"] for st in calls if "zebra" in json.dumps(st["input"])]
+    assert len(found) == 2, calls
+    assert [len(f["results"]) for f in found] == [1, 0], found

@@ -363,6 +363,9 @@ async def _claim_step(session: AsyncSession, state: _State, *,
             **(prefixed("q_", request) if request is not None else {})})
     if not inserted:
         raise _Cancelled
+    groups = frozenset(inserted[0]["group_ids"] or ())
+    if groups != state.principal.group_ids:
+        state.principal = dataclasses.replace(state.principal, group_ids=groups)
     step = _Step(**row)
     state.steps.append(step)
     return step
@@ -393,8 +396,12 @@ def _claim_step_statement(request_keys: tuple[str, ...] = ()) -> Insert:
                           .label("notified"))
                .cte("claimed"))
     step = select(*(bindparam("s_" + key, type_=steps.c[key].type) for key in _STEP_COLUMNS))
+    # The user's groups as they are now, with the claim (no extra round trip): a member
+    # removed from a group mid-run stops seeing its documents from the next step on.
+    groups = (select(func.array_agg(UserGroupMembership.group_id))
+              .where(UserGroupMembership.user_id == bindparam("s_user_id")).scalar_subquery())
     statement = (insert(steps).from_select(list(_STEP_COLUMNS), step.select_from(claimed))
-                 .returning(steps.c.id))
+                 .returning(steps.c.id, groups.label("group_ids")))
     if request_keys:
         statement = statement.add_cte(
             bound_insert_from(LLMRequest, "q_", request_keys, claimed).cte("llm_request"))
