@@ -176,7 +176,10 @@ async def finish_login(
     ) if cred_id else None
     if stored is None:
         raise await fail("unknown_credential")
-    handle = (credential.get("response") or {}).get("userHandle")
+    response = credential.get("response")
+    if not isinstance(response, dict):  # the browser's assertion is an object: forged
+        raise await fail("bad_assertion", stored.user_id)
+    handle = response.get("userHandle")
     if handle is not None:
         try:
             matches = hmac.compare_digest(_b64url_decode(str(handle)), user_handle(stored.user_id))

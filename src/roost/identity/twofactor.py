@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.db.base import utcnow
 from roost.errors import BadRequest, Conflict, Forbidden, NotFound
+from roost.identity import throttle
 from roost.identity.common import load_user, require_user
 from roost.identity.config import IdentityConfig
 from roost.identity.models import UserTwoFactorAuth
@@ -161,8 +162,18 @@ async def _require_code(
     row = await _row(session, user_id)
     if row is None or not row.is_enabled:
         raise BadRequest("two-factor authentication is not on")
+    # A stolen session alone must not guess its way to turning the second factor off (or
+    # to new backup codes): wrong codes count under the same key as at sign-in, and lock.
+    from roost.identity.sessions import ClientInfo, commit_auth_failure  # (imports this)
+
+    mfa_key = throttle.second_factor_key(user_id)
+    await throttle.check_not_locked(session, [mfa_key])
     if await consume_code(session, cfg, user_id, code) is None:
+        await commit_auth_failure(session, cfg, action="auth.mfa_failed", user_id=user_id,
+                                  login=str(user_id), client=ClientInfo(), reason="bad_code",
+                                  account_key=mfa_key, account_scope="second_factor")
         raise Forbidden("the code is incorrect or was already used")
+    await throttle.clear(session, mfa_key)
     return row
 
 

@@ -1,0 +1,65 @@
+"""Sign-in flows against a holder of a stolen session or a forged passkey assertion: the
+second factor cannot be guessed off (or into new backup codes) without the sign-in's
+lockout, and a malformed assertion is a refused sign-in, never a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from roost.db.engine import Database
+from roost.security.totp import current_totp_step, totp_code_at
+from tests.identity.conftest import ORIGIN, bearer, password_user, wait_for_fresh_totp_step
+from tests.support.soft_authenticator import SoftAuthenticator
+
+
+async def _enrol(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
+    secret: str = (await client.post("/api/v1/auth/2fa/setup", headers=headers)).json()["secret"]
+    wait_for_fresh_totp_step(margin_s=10.0)
+    confirmed = await client.post("/api/v1/auth/2fa/confirm", headers=headers,
+                                  json={"code": totp_code_at(secret, current_totp_step() - 1)})
+    assert confirmed.status_code == 200, confirmed.text
+    return secret
+
+
+async def test_disable_2fa_code_guessing_is_throttled(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """A stolen session cannot guess the code at /2fa/disable without limit (locks like login/2fa)."""
+    await password_user(database, "gues")
+    headers = await bearer(client, "gues")
+    secret = await _enrol(client, headers)
+    step = current_totp_step()
+    valid = {totp_code_at(secret, s) for s in range(step - 2, step + 3)}
+    wrong = [c for c in (f"{n:06d}" for n in range(100)) if c not in valid][:10]
+    for code in wrong:  # the limit is 3 in these tests
+        r = await client.post("/api/v1/auth/2fa/disable", headers=headers, json={"code": code})
+        assert r.status_code in (403, 429)
+    r = await client.post("/api/v1/auth/2fa/disable", headers=headers,
+                          json={"code": totp_code_at(secret, step + 1)})
+    assert r.status_code == 429, f"10 wrong codes, then the right one still disables 2FA: {r.status_code}"
+
+
+async def test_passkey_login_finish_non_object_response_is_4xx(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """A passkey assertion whose "response" is not an object gets 401/422, never a 500."""
+    await password_user(database, "pkh")
+    headers = await bearer(client, "pkh")
+    auth = SoftAuthenticator()
+    begin = (await client.post("/api/v1/auth/passkeys/register/begin", headers=headers,
+                               json={})).json()
+    cred = auth.create(begin["options"], origin=ORIGIN)
+    fin = await client.post("/api/v1/auth/passkeys/register/finish", headers=headers,
+                            json={"challenge_id": begin["challenge_id"], "credential": cred})
+    assert fin.status_code == 201, fin.text
+    start = (await client.post("/api/v1/auth/passkeys/login/begin")).json()
+    good: dict[str, Any] = auth.get(start["options"], origin=ORIGIN)
+    answers: list[int] = []
+    for response in ("x", [1]):
+        s = (await client.post("/api/v1/auth/passkeys/login/begin")).json()
+        r = await client.post("/api/v1/auth/passkeys/login/finish", json={
+            "challenge_id": s["challenge_id"], "credential": dict(good, response=response)})
+        answers.append(r.status_code)
+    assert all(c in (400, 401, 422) for c in answers), answers
