@@ -11,6 +11,7 @@ from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator
@@ -442,6 +443,25 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("analytics_clickhouse_url")
+    @classmethod
+    def _clickhouse_url(cls, value: str | None) -> str | None:
+        """A server URL that parses (http or https, a host, a port in range): one that
+        does not would fail every export and report at run time instead of at start."""
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value)
+            port_ok = parts.port is None or 0 < parts.port
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if parts.scheme == "chdb":  # an embedded chDB at a path of its own
+            return value
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+            raise ValueError("expected http[s]://user:password@host:port/database "
+                             "(or chdb:///path)")
+        return value
 
     @property
     def pg_dir(self) -> Path:

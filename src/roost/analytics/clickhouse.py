@@ -210,10 +210,14 @@ def close_chdb() -> None:
 
 
 def public_location(url: str) -> str:
-    """``url`` without user, password or query: scheme://host:port/database."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
+    """``url`` without user, password or query: scheme://host:port/database (never
+    raises: a URL that does not parse is shown without its host)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a port out of range, an unclosed IPv6 bracket
+        return f"{url.split(':', 1)[0][:20]}://<unparseable>"
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
@@ -292,7 +296,10 @@ def safe_error(exc: BaseException, settings: Settings) -> str:
     message = f"{type(exc).__name__}: {exc}".replace("\n", " ").strip()
     url = settings.analytics_clickhouse_url
     if url:
-        password = urlsplit(url).password
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
         if password:
             message = message.replace(password, "***")
         message = message.replace(url, public_location(url))

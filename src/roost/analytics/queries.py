@@ -62,15 +62,17 @@ def as_utc(moment: datetime) -> datetime:
 
 # What ClickHouse's DateTime64 holds: wider ranges are clamped to it.
 CH_MIN: Final = datetime(1900, 1, 1, tzinfo=UTC)
-CH_MAX: Final = datetime(2299, 12, 31, tzinfo=UTC)
+CH_MAX: Final = datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
-def _check_range(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+def _check_range(since: datetime, until: datetime) -> tuple[datetime, datetime] | None:
+    """[since, until) within the years ClickHouse's DateTime64 holds; None when the
+    range lies wholly outside them (nothing can be stored there: an empty answer)."""
     since, until = as_utc(since), as_utc(until)
-    since, until = min(max(since, CH_MIN), CH_MAX), min(max(until, CH_MIN), CH_MAX)
     if until <= since:
         raise Unprocessable("until must be after since")
-    return since, until
+    since, until = min(max(since, CH_MIN), CH_MAX), min(max(until, CH_MIN), CH_MAX)
+    return (since, until) if since < until else None
 
 
 async def usage_from_clickhouse(settings: Settings, group_by: str, since: datetime,
@@ -82,7 +84,10 @@ async def usage_from_clickhouse(settings: Settings, group_by: str, since: dateti
     key = USAGE_KEYS.get(group_by)
     if key is None:
         raise Unprocessable(f"group_by must be one of {', '.join(USAGE_KEYS)}")
-    since, until = _check_range(since, until)
+    checked = _check_range(since, until)
+    if checked is None:
+        return []
+    since, until = checked
     params: dict[str, Any] = {"since": since, "until": until}
     user_filter = ""
     if user_id is not None:
@@ -112,7 +117,10 @@ async def events_from_clickhouse(settings: Settings, group_by: str, since: datet
     key = EVENT_KEYS.get(group_by)
     if key is None:
         raise Unprocessable(f"group_by must be one of {', '.join(EVENT_KEYS)}")
-    since, until = _check_range(since, until)
+    checked = _check_range(since, until)
+    if checked is None:
+        return []
+    since, until = checked
     sql = (f"SELECT {key} AS key, count() AS events FROM {TABLE} FINAL WHERE {_RANGE} "  # noqa: S608
            "GROUP BY key ORDER BY key")  # key from the whitelist
     rows = await _select(settings, sink, sql, {"since": since, "until": until})

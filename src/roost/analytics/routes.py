@@ -84,7 +84,7 @@ async def events(
     since: Since = None, until: Until = None,
 ) -> EventCountsOut:
     until_ = queries.as_utc(until) if until else utcnow()
-    since_ = queries.as_utc(since) if since else max(until_, queries.CH_MIN) - timedelta(days=7)
+    since_ = queries.as_utc(since) if since else until_ - timedelta(days=7)
     rows = await queries.events_from_clickhouse(settings, group_by, since_, until_)
     return EventCountsOut(source=source, group_by=group_by, since=since_, until=until_,
                           items=[EventCountOut(**r) for r in rows])
