@@ -11,7 +11,6 @@ command), a file an option names (:func:`read_text` and its siblings, from
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
-from sqlalchemy import String, cast, select, text
+from sqlalchemy import select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,6 +35,7 @@ from roost.db.cliio import read_bytes as read_bytes
 from roost.db.cliio import read_text as read_text
 from roost.db.cliio import write_bytes as write_bytes
 from roost.db.engine import Database, create_database, to_async_url
+from roost.db.lookup import id_starts_with, is_id_prefix
 from roost.errors import BadRequest, NotFound, RoostError
 
 T = TypeVar("T")
@@ -339,9 +339,6 @@ def print_table(console: Console, table: Table) -> None:
         console.width = width
 
 
-_ID_PREFIX = re.compile(r"^[0-9a-fA-F-]{1,36}$")
-
-
 async def resolve_id(session: AsyncSession, column: Any, text: str, what: str) -> uuid.UUID:
     """The id in ``column`` that ``text`` (a full id or a unique prefix of one, as the
     tables print them) names; a clear error when none or several do."""
@@ -349,10 +346,10 @@ async def resolve_id(session: AsyncSession, column: Any, text: str, what: str) -
         return uuid.UUID(text)
     except ValueError:
         pass
-    if not _ID_PREFIX.match(text):
+    if not is_id_prefix(text):
         raise BadRequest(f"{text!r} is not an id or the start of one (hex digits and dashes)")
     rows: Sequence[Any] = (await session.scalars(
-        select(column).where(cast(column, String).like(text.lower() + "%")).order_by(column).limit(6)
+        select(column).where(id_starts_with(column, text)).order_by(column).limit(6)
     )).all()
     if not rows:
         raise NotFound(f"no {what} id starts with {text!r}")

@@ -13,7 +13,6 @@ acting user's own calendars only.  Ranges are required and at most ``MAX_RANGE``
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -22,7 +21,7 @@ from typing import Any, Final
 
 import numpy as np
 import structlog
-from sqlalchemy import String, cast, delete, false, null, or_, select, true
+from sqlalchemy import delete, false, null, or_, select, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,7 +30,7 @@ from roost.calendar import batch, ical, recurrence
 from roost.calendar.models import Calendar, Event
 from roost.calendar.recurrence import RecurrenceError, Recurring
 from roost.calendar.schemas import CalendarCreate, CalendarUpdate, EventCreate, EventUpdate
-from roost.db.lookup import one_or_404
+from roost.db.lookup import id_starts_with, one_or_404
 from roost.errors import BadRequest, NotFound, PayloadTooLarge, Unprocessable
 from roost.identity.common import require_user
 from roost.principal import Principal
@@ -52,10 +51,6 @@ IMPORTED: Final = ("summary", "description", "start_time", "end_time", "timezone
                    "event_type", "movability_score", "is_movable", "importance_weight",
                    "google_event_id")
 
-
-# A reference that may be the start of an id (as the CLI prints them; clitools._ID_PREFIX):
-# anything else, an empty one or LIKE wildcards included, is matched by name only.
-ID_PREFIX: Final = re.compile(r"^[0-9a-fA-F-]{1,36}$")
 
 
 class InvalidRecurrence(Unprocessable):
@@ -159,8 +154,7 @@ async def find_calendar(session: AsyncSession, actor: Principal, ref: str) -> Ca
     owner = _owner(actor)
     rows = (await session.scalars(select(Calendar).where(
         Calendar.user_id == owner,
-        or_(Calendar.name == ref, cast(Calendar.id, String).like(ref.lower() + "%")
-            if ID_PREFIX.match(ref) else false()),
+        or_(Calendar.name == ref, id_starts_with(Calendar.id, ref)),
     ).limit(3))).all()
     exact = [c for c in rows if c.name == ref]
     if exact:

@@ -4,9 +4,10 @@ does not exist or is not the actor's (the same answer, so ids leak nothing)."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import re
+from typing import Any, Final, TypeVar
 
-from sqlalchemy import Select
+from sqlalchemy import ColumnElement, Select, String, cast, false
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.errors import NotFound
@@ -21,3 +22,19 @@ async def one_or_404(session: AsyncSession, stmt: Select[T], *, lock: bool = Fal
     if found is None:
         raise NotFound(missing, extra=extra)
     return found
+
+
+# The start of an id as tables print them: hex digits and dashes only, so a reference
+# such as "", "%" or "_" never becomes a LIKE pattern that matches every id.
+ID_PREFIX: Final = re.compile(r"[0-9a-fA-F-]{1,36}")
+
+
+def is_id_prefix(ref: str) -> bool:
+    return ID_PREFIX.fullmatch(ref) is not None
+
+
+def id_starts_with(column: Any, ref: str) -> ColumnElement[bool]:
+    """SQL: the id in ``column`` starts with ``ref`` (false for a ref no id can start with)."""
+    if not is_id_prefix(ref):
+        return false()
+    return cast(column, String).like(ref.lower() + "%")

@@ -10,7 +10,6 @@ user): the ``memory.embed`` and ``memory.decay`` jobs, run now.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -38,6 +37,7 @@ from roost.config import Settings, get_settings
 from roost.context import RequestContext, set_context
 from roost.db.base import utcnow
 from roost.db.engine import Database
+from roost.db.lookup import is_id_prefix
 from roost.errors import BadRequest, NotFound, RoostError
 from roost.identity.accounts import find_user
 from roost.identity.cliscope import Env, UserOpt
@@ -50,7 +50,6 @@ from roost.memory.schemas import EntityIn, ForgetIn, MemoryCreate, RelationshipI
 console = Console()
 T = TypeVar("T")
 PREVIEW_CHARS: Final = 200
-_ID_START: Final = re.compile(r"[0-9a-fA-F-]{1,36}")
 
 memory_app = typer.Typer(help="Long-term memory: add, search, list, forget, the entity graph.",
                          no_args_is_help=True)
@@ -108,7 +107,7 @@ def _as_of(value: str | None) -> datetime | None:
 
 async def _one(session: AsyncSession, sql: str, ref: str, what: str) -> uuid.UUID:
     # Only hex digits and dashes start an id: nothing else reaches LIKE as a pattern.
-    prefix = ref.lower() + "%" if _ID_START.fullmatch(ref) else ""
+    prefix = ref.lower() + "%" if is_id_prefix(ref) else ""
     rows: list[object] = list((await session.execute(
         text(sql), {"ref": ref, "prefix": prefix})).scalars().all())
     if not rows:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.text import Text
-from sqlalchemy import String, cast, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import OPEN_STEP_STATUSES
@@ -36,6 +35,7 @@ from roost.clitools import (
     read_text,
     when,
 )
+from roost.db.lookup import id_starts_with
 from roost.errors import BadRequest, NotFound
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
@@ -52,15 +52,10 @@ workflows_app = typer.Typer(help="Workflows: list, validate, publish, run, resum
 
 
 
-_ID_PREFIX = re.compile(r"[0-9a-fA-F-]{1,36}")  # as clitools.resolve_id
-
-
 async def _workflow(session: AsyncSession, actor: Principal, ref: str) -> Workflow:
     """A workflow the actor can see, by exact name or id (or a unique start of one: hex
     digits and dashes only, so ``%`` or ``_`` is never a pattern matching any id)."""
-    named = Workflow.name == ref
-    if _ID_PREFIX.fullmatch(ref):
-        named = or_(named, cast(Workflow.id, String).like(ref.lower() + "%"))
+    named = or_(Workflow.name == ref, id_starts_with(Workflow.id, ref))
     rows = (await session.scalars(select(Workflow).where(service.visible(actor), named)
                                   .limit(3))).all()
     if not rows:

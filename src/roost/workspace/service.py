@@ -15,16 +15,15 @@ the time-dependent part (due-date proximity) current.
 from __future__ import annotations
 
 import math
-import re
 import uuid
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import String, cast, delete, false, func, or_, select, text, true, update
+from sqlalchemy import delete, false, func, or_, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
-from roost.db.lookup import one_or_404
+from roost.db.lookup import id_starts_with, one_or_404
 from roost.errors import BadRequest, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
 from roost.identity.models import Group, UserGroupMembership
@@ -40,10 +39,6 @@ TASK_NOT_NULL: Final = ("title", "status", "priority", "completion_percentage",
                         "user_priority_weight", "task_type")
 MAX_DEPTH: Final = 100  # of a task tree (the cycle check walks at most this far)
 
-
-# A reference that may be the start of an id (as the CLI prints them; clitools._ID_PREFIX):
-# anything else, an empty one or LIKE wildcards included, is matched by name only.
-ID_PREFIX: Final = re.compile(r"^[0-9a-fA-F-]{1,36}$")
 
 
 def _owner(actor: Principal) -> uuid.UUID:
@@ -131,8 +126,7 @@ async def find_project(session: AsyncSession, actor: Principal, ref: str) -> Pro
     """A project the actor sees by exact name, id or a unique start of an id (CLI)."""
     rows = (await session.scalars(select(Project).where(
         _project_visible(actor, listing=True),
-        or_(Project.name == ref, cast(Project.id, String).like(ref.lower() + "%")
-            if ID_PREFIX.match(ref) else false()),
+        or_(Project.name == ref, id_starts_with(Project.id, ref)),
     ).limit(3))).all()
     exact = [p for p in rows if p.name == ref]
     if len(exact) == 1 or (exact and all(p.name == ref for p in rows)):
