@@ -263,18 +263,27 @@ async def test_a_stored_framing_header_makes_the_provider_unusable_not_a_500(
     assert health.status_code == 200 and health.json()["health_status"] == "unhealthy"
 
 
+async def _refused_on_create_and_update(
+    client: httpx.AsyncClient, admin_headers: Headers, base_url: str,
+) -> tuple[httpx.Response, httpx.Response]:
+    """``base_url`` given to a new provider, then to an existing one: both answers."""
+    created = await _create(client, admin_headers, name="refused", type="openai",
+                            base_url=base_url)
+    pid = (await _create(client, admin_headers, name="fine", type="openai",
+                         base_url="http://127.0.0.1:8000/v1")).json()["id"]
+    patched = await client.patch(f"/api/v1/llm/providers/{pid}", headers=admin_headers,
+                                 json={"base_url": base_url})
+    return created, patched
+
+
 async def test_a_base_url_too_long_for_its_column_is_a_422_naming_it(
     client: httpx.AsyncClient, admin_headers: Headers,
 ) -> None:
     """A base_url over the 500 stored characters is a 422 naming base_url, not a vague 400."""
-    long_url = "http://127.0.0.1/" + "a" * 600
-    created = await _create(client, admin_headers, name="long", type="openai", base_url=long_url)
+    created, patched = await _refused_on_create_and_update(
+        client, admin_headers, "http://127.0.0.1/" + "a" * 600)
     assert created.status_code == 422, created.text
     assert "base_url" in created.text and "500" in created.text
-    pid = (await _create(client, admin_headers, name="short", type="openai",
-                         base_url="http://127.0.0.1/v1")).json()["id"]
-    patched = await client.patch(f"/api/v1/llm/providers/{pid}", headers=admin_headers,
-                                 json={"base_url": long_url})
     assert patched.status_code == 422 and "base_url" in patched.text
 
 
@@ -283,14 +292,10 @@ async def test_credentials_in_the_base_url_are_refused(
 ) -> None:
     """user:password@ in a base_url would be stored and shown in answers and the audit
     log: 422 pointing at api_key and extra_headers, nothing stored."""
-    url = "http://admin:hunter2@127.0.0.1:8000/v1"
-    created = await _create(client, admin_headers, name="creds", type="openai", base_url=url)
+    created, patched = await _refused_on_create_and_update(
+        client, admin_headers, "http://admin:hunter2@127.0.0.1:8000/v1")
     assert created.status_code == 422, created.text
     assert "api_key" in created.text and "hunter2" not in created.text
-    pid = (await _create(client, admin_headers, name="plain", type="openai",
-                         base_url="http://127.0.0.1:8000/v1")).json()["id"]
-    patched = await client.patch(f"/api/v1/llm/providers/{pid}", headers=admin_headers,
-                                 json={"base_url": url})
     assert patched.status_code == 422 and "hunter2" not in patched.text
     async with database.transaction() as s:
         stored: int = (await s.execute(text(
@@ -310,13 +315,9 @@ async def test_link_local_base_urls_are_refused(
 ) -> None:
     """A base_url at a link-local address (the cloud metadata service, in any spelling)
     is a 422 on create and update: the server would send its requests there."""
-    created = await _create(client, admin_headers, name="meta", type="openai", base_url=url)
+    created, patched = await _refused_on_create_and_update(client, admin_headers, url)
     assert created.status_code == 422, created.text
     assert "link-local" in created.text or "metadata" in created.text
-    pid = (await _create(client, admin_headers, name="fine", type="openai",
-                         base_url="http://127.0.0.1:8000/v1")).json()["id"]
-    patched = await client.patch(f"/api/v1/llm/providers/{pid}", headers=admin_headers,
-                                 json={"base_url": url})
     assert patched.status_code == 422, patched.text
 
 
