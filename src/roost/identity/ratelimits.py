@@ -117,6 +117,10 @@ class Limiter:
         self._settings = settings
         self._engine: AsyncEngine | None = None
         self.lease_s = float(settings.rate_limit_lease_s)
+        # Leases this process holds, so that disposal gives back those whose request was
+        # cancelled at shutdown before its own release began (uvicorn cancels the open
+        # requests and starts the lifespan's shutdown in the same breath).
+        self.held: dict[uuid.UUID, StreamLease] = {}
 
     def _pool(self) -> AsyncEngine:
         if self._engine is None:
@@ -169,6 +173,7 @@ class Limiter:
                 "close one or try again later",
                 extra={"retry_after_s": STREAM_RETRY_AFTER_S})
         lease = StreamLease(self, lease_id)
+        self.held[lease_id] = lease
         lease.start()
         return lease
 
@@ -182,6 +187,9 @@ class Limiter:
     async def dispose(self) -> None:
         if _releasing:  # leases being given back by requests cancelled at shutdown
             await asyncio.gather(*_releasing, return_exceptions=True)
+        if self.held:  # requests cancelled before their release began
+            await asyncio.gather(*(lease.release() for lease in list(self.held.values())),
+                                 return_exceptions=True)
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -228,6 +236,7 @@ class StreamLease:
         if self._released:
             return
         self._released = True
+        self._limiter.held.pop(self.id, None)
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
