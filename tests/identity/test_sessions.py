@@ -17,7 +17,7 @@ from roost.identity import sessions as sessions_service
 from roost.identity.models import ApiKey, Session, User
 from roost.keyfiles import KeyMaterial
 from roost.security import passwords
-from roost.security.tokens import issue_access_token
+from roost.security.tokens import hash_refresh_token, issue_access_token
 from tests.identity.conftest import PASSWORD, bearer, login, password_user
 from tests.support.identity import make_user
 
@@ -63,6 +63,63 @@ async def test_login_refresh_logout(client: httpx.AsyncClient, database: Databas
     assert (await client.post("/api/v1/auth/logout", headers=fresh)).status_code == 204
     gone = await client.get("/api/v1/auth/me", headers=fresh)
     assert gone.status_code == 401 and gone.headers["www-authenticate"] == "Bearer"
+
+
+async def _refresh(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await client.post("/api/v1/auth/refresh", json={"refresh_token": token})
+
+
+async def test_a_refresh_token_replaced_several_rotations_ago_still_ends_the_session(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A thief who copied the first refresh token and waits until the owner has
+    refreshed twice is caught as surely as one who uses it at once."""
+    await password_user(database, "ria")
+    first = (await login(client, "ria")).json()
+    second = (await _refresh(client, first["refresh_token"])).json()
+    third = (await _refresh(client, second["refresh_token"])).json()
+    current = {"Authorization": f"Bearer {third['access_token']}"}
+    assert (await client.get("/api/v1/auth/me", headers=current)).status_code == 200
+
+    assert (await _refresh(client, first["refresh_token"])).status_code == 401
+    assert (await client.get("/api/v1/auth/me", headers=current)).status_code == 401
+    assert (await _refresh(client, third["refresh_token"])).status_code == 401
+    assert "session.refresh_reuse" in await _actions(database)
+
+
+async def test_a_made_up_refresh_token_naming_a_session_ends_nothing(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """Someone who knows a session's id cannot end it by sending tokens in its name:
+    only a token Roost issued (its MAC checks) counts as a replaced one."""
+    await password_user(database, "sid")
+    tokens = (await login(client, "sid")).json()
+    session_id, nonce, mac = tokens["refresh_token"].split(".")
+    assert session_id == uuid.UUID(tokens["session_id"]).hex
+    forged = f"{session_id}.{'A' * len(nonce)}.{mac}"
+    assert (await _refresh(client, forged)).status_code == 401
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert (await client.get("/api/v1/auth/me", headers=headers)).status_code == 200
+    assert (await _refresh(client, tokens["refresh_token"])).status_code == 200
+
+
+async def test_a_refresh_token_from_before_the_signed_format_still_rotates(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """Sessions opened by an older Roost (opaque refresh tokens) keep working after an
+    upgrade, and replaying their replaced token still ends them."""
+    await password_user(database, "old")
+    tokens = (await login(client, "old")).json()
+    opaque = "o" * 43
+    async with database.transaction() as session:
+        await session.execute(update(Session)
+                              .where(Session.id == uuid.UUID(tokens["session_id"]))
+                              .values(token_hash=hash_refresh_token(opaque)))
+    rotated = await _refresh(client, opaque)
+    assert rotated.status_code == 200
+    assert (await _refresh(client, opaque)).status_code == 401
+    headers = {"Authorization": f"Bearer {rotated.json()['access_token']}"}
+    assert (await client.get("/api/v1/auth/me", headers=headers)).status_code == 401
 
 
 async def test_logout_everywhere_and_admin_revocation(

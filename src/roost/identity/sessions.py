@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.analytics.outbox import emit as emit_event
 from roost.audit.service import record
-from roost.db.base import utcnow
+from roost.db.base import utcnow, uuid7
 from roost.errors import BadRequest, Forbidden, Unauthorized
 from roost.identity import ratelimits, throttle, twofactor
 from roost.identity.accounts import find_user
@@ -47,6 +47,8 @@ from roost.security.tokens import (
     hash_refresh_token,
     hash_token,
     issue_access_token,
+    issue_refresh_token,
+    refresh_token_session,
 )
 
 MFA_CHALLENGE_TTL = timedelta(minutes=5)
@@ -152,10 +154,11 @@ async def start_session(
         session, user.id, user_agent=client.user_agent, ip=client.ip,
         device_name=client.device_name, device_type=client.device_type,
     )
-    refresh = generate_refresh_token()
+    session_id = uuid7()
+    refresh = issue_refresh_token(cfg.jwt_secret, session_id)
     expires_at = utcnow() + timedelta(seconds=cfg.refresh_ttl_s)
     row = Session(
-        user_id=user.id, token_hash=hash_refresh_token(refresh), expires_at=expires_at,
+        id=session_id, user_id=user.id, token_hash=hash_refresh_token(refresh), expires_at=expires_at,
         auth_method=method, device_id=device_id, ip_address=client.ip,
         user_agent=client.user_agent[:1000] if client.user_agent else None,
         last_used_at=utcnow(),
@@ -286,9 +289,15 @@ async def refresh(
         select(Session).where(Session.token_hash == digest).with_for_update()
     )
     if row is None:
+        # A token Roost issued for a session (its MAC says so) that is no longer the
+        # session's current one was replaced by a refresh, however long ago; a token from
+        # before that format is recognised only while it is the last one replaced.
+        issued_for = refresh_token_session(cfg.jwt_secret, refresh_token)
         reused = await session.scalar(
-            select(Session.id).where(Session.previous_token_hash == digest,
-                                     Session.revoked_at.is_(None))
+            select(Session.id).where(
+                Session.id == issued_for if issued_for is not None
+                else Session.previous_token_hash == digest,
+                Session.revoked_at.is_(None))
         )
         if reused is not None:
             # The old token was used after it had been replaced: one of the two holders is
@@ -305,7 +314,7 @@ async def refresh(
     user = await load_user(session, row.user_id)
     if user.status != "active" or not user.is_active:
         raise Unauthorized("session has ended: sign in again")
-    new_refresh = generate_refresh_token()
+    new_refresh = issue_refresh_token(cfg.jwt_secret, row.id)
     row.previous_token_hash, row.token_hash = row.token_hash, hash_refresh_token(new_refresh)
     row.last_used_at = utcnow()
     if client.ip:

@@ -17,6 +17,7 @@ Access tokens are short-lived HS256 JWTs with ``iss="roost"``, ``typ="access"``,
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import math
@@ -47,7 +48,9 @@ __all__ = [
     "hash_refresh_token",
     "hash_token",
     "issue_access_token",
+    "issue_refresh_token",
     "looks_like_api_key",
+    "refresh_token_session",
     "verify_api_key",
     "verify_token_hash",
 ]
@@ -136,8 +139,39 @@ def api_key_prefix(value: str) -> str | None:
 
 
 def generate_refresh_token() -> str:
-    """An opaque 256-bit refresh token (url-safe text); store only its hash."""
+    """An opaque 256-bit token (url-safe text); store only its hash."""
     return secrets.token_urlsafe(32)
+
+
+_REFRESH_RE = re.compile(r"^([0-9a-f]{32})\.([A-Za-z0-9_-]{43})\.([A-Za-z0-9_-]{43})$")
+
+
+def _refresh_mac(secret: str, session_id: uuid.UUID, nonce: str) -> str:
+    mac = hmac.new(secret.encode("utf-8"), b"roost-refresh\x00" + session_id.bytes
+                   + nonce.encode("ascii"), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def issue_refresh_token(secret: str, session_id: uuid.UUID) -> str:
+    """A session's refresh token: ``<session id>.<256-bit nonce>.<HMAC>``; store only
+    its hash.  The MAC lets :func:`refresh_token_session` tell a token Roost issued for
+    a session (and since replaced: a copy) from a made-up one, however many rotations
+    ago it was replaced."""
+    nonce = secrets.token_urlsafe(32)
+    return f"{session_id.hex}.{nonce}.{_refresh_mac(secret, session_id, nonce)}"
+
+
+def refresh_token_session(secret: str, token: str) -> uuid.UUID | None:
+    """The session ``token`` was issued for, when its MAC proves Roost issued it;
+    ``None`` for a forged token, another shape, or a token from before the format."""
+    match = _REFRESH_RE.fullmatch(token)
+    if match is None:
+        return None
+    session_id = uuid.UUID(hex=match.group(1))
+    if not constant_time_equals(_refresh_mac(secret, session_id, match.group(2)),
+                                match.group(3)):
+        return None
+    return session_id
 
 
 def hash_refresh_token(token: str) -> str:
