@@ -193,6 +193,15 @@ def gone_frame(detail: str) -> str:
     return f"event: error\ndata: {json.dumps({'status': 404, 'detail': detail})}\n\n"
 
 
+def signed_out_frame() -> str:
+    """The stream's last frame when the credential it was opened with has ended
+    (revoked, expired, its user suspended) or stands for other rights now (role or
+    groups changed): an ``error`` event with 401, then the stream ends; reconnecting
+    with a valid credential resumes it (``Last-Event-ID``)."""
+    detail = "your credential has ended or changed since this stream opened; reconnect"
+    return f"event: error\ndata: {json.dumps({'status': 401, 'detail': detail})}\n\n"
+
+
 def keepalive() -> str:
     return ": keep-alive\n\n"
 

@@ -27,6 +27,7 @@ from roost.http.deps import Cursor, DbSession, Limit, get_database, get_settings
 from roost.http.routing import RoostRouter
 from roost.http.streams import SSE_HEADERS
 from roost.identity.deps import StreamSlots
+from roost.identity.resolver import still_signed_in
 from roost.identity.tenancy import apply_principal
 from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.llm.openai_routes import ChatCompletionBody, ModelHandler
@@ -134,6 +135,11 @@ async def run_events(
                 try:
                     async with database.transaction() as session:
                         await apply_principal(session, principal, app_role=app_role)
+                        # Never ends by itself: the caller's rights are checked whenever
+                        # it wakes, as a new request's would be.
+                        if not await still_signed_in(session, principal):
+                            yield events.signed_out_frame()
+                            return
                         run = await runs.get_run(session, principal, run_id)
                         steps = await runs.list_steps(session, principal, run_id,
                                                       after=max(cursor[0] - 1, 0))

@@ -360,3 +360,36 @@ async def resolve_bearer(session: AsyncSession, token: str, request: Request) ->
     if token.count(".") == 2:  # a JWS compact serialisation
         return await resolve_access_token(session, token, request)
     return None
+
+
+_STILL_LIVE: dict[str, str] = {
+    table: f"""
+SELECT coalesce((
+  SELECT array_agg(m.group_id ORDER BY m.group_id::text)
+  FROM user_group_memberships m WHERE m.user_id = u.id), '{{}}'::uuid[]) AS groups,
+  (u.role = 'admin' OR u.is_superuser OR u.is_root) AS is_admin
+FROM {table} c JOIN users u ON u.id = c.user_id
+WHERE c.id = $1 AND c.user_id = $2 AND c.revoked_at IS NULL
+  AND (c.expires_at IS NULL OR c.expires_at > now()) AND u.status = 'active' AND u.is_active
+"""  # noqa: S608 (the table is a constant)
+    for table in ("api_keys", "sessions")
+}
+
+
+async def still_signed_in(session: AsyncSession, principal: Principal) -> bool:
+    """Whether the credential a long-lived response was opened with still stands for the
+    same principal (not revoked, expired, suspended, re-roled or moved between groups):
+    a stream that never ends by itself (a run's events) asks this whenever it wakes, as
+    every new request's resolution would.  Run in a transaction scoped to ``principal``
+    (RLS lets a user read their own credentials and memberships); the operator and the
+    system have no credential row."""
+    if principal.kind == "api_key":
+        table, credential = "api_keys", principal.api_key_id
+    elif principal.kind == "session":
+        table, credential = "sessions", principal.session_id
+    else:
+        return True
+    driver = await driver_connection(session)
+    row = await driver.fetchrow(_STILL_LIVE[table], credential, principal.user_id)
+    return (row is not None and bool(row["is_admin"]) == principal.is_admin
+            and frozenset(row["groups"] or ()) == principal.group_ids)
