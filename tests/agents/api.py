@@ -10,7 +10,7 @@ import httpx
 from sqlalchemy import text
 
 from roost.db.engine import Database
-from tests.support.identity import make_user
+from tests.support.identity import join_persona, make_user
 
 Headers = dict[str, str]
 
@@ -31,7 +31,13 @@ async def create_persona(client: httpx.AsyncClient, headers: Headers,
 
 
 async def add_member(client: httpx.AsyncClient, headers: Headers, persona_id: str, user: str,
-                     role: str) -> dict[str, Any]:
+                     role: str, user_headers: Headers | None = None) -> dict[str, Any]:
+    """``user`` joins the persona (docs/agents.md, "Personas and members"): invited by an
+    owner (``headers``, 202), accepting with their own ``user_headers`` (201); without
+    ``user_headers``, ``headers`` are a site administrator's, who adds them at once (201).
+    The membership's JSON."""
+    if user_headers is not None:
+        return await join_persona(client, headers, persona_id, user, user_headers, role=role)
     resp = await client.post(f"/api/v1/personas/{persona_id}/members",
                              json={"user": user, "role": role}, headers=headers)
     assert resp.status_code == 201, resp.text

@@ -67,9 +67,9 @@ async def make_cast(client: httpx.AsyncClient, database: Database,
     persona = await create_persona(client, owner.headers, name="Secret Project Falcon",
                                    description="confidential-description", **persona_fields)
     pid = persona["id"]
-    await add_member(client, owner.headers, pid, str(co_owner.id), "owner")
-    await add_member(client, owner.headers, pid, str(editor.id), "editor")
-    await add_member(client, owner.headers, pid, str(viewer.id), "viewer")
+    await add_member(client, owner.headers, pid, str(co_owner.id), "owner", co_owner.headers)
+    await add_member(client, owner.headers, pid, str(editor.id), "editor", editor.headers)
+    await add_member(client, owner.headers, pid, str(viewer.id), "viewer", viewer.headers)
     group = await client.post("/api/v1/groups", json={"name": f"team-{uuid.uuid4().hex[:6]}"},
                               headers=owner.headers)
     assert group.status_code == 201, group.text

@@ -181,8 +181,8 @@ async def test_persona_bound_agents_follow_the_personas_roles(
     _, viewer_name, viewer = await named_user(database, "viewer")
     _, _, stranger = await named_user(database, "stranger")
     pid = (await create_persona(client, owner))["id"]
-    await add_member(client, owner, pid, editor_name, "editor")
-    await add_member(client, owner, pid, viewer_name, "viewer")
+    await add_member(client, owner, pid, editor_name, "editor", editor)
+    await add_member(client, owner, pid, viewer_name, "viewer", viewer)
 
     # Binding takes an owner or editor of the persona: 403 for a viewer, 404 for a stranger.
     as_viewer = await client.post("/api/v1/agents", json={"name": "x", "slug": "x",

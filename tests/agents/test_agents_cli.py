@@ -42,7 +42,7 @@ async def test_personas_agents_secrets_and_runs_from_the_command_line(
 ) -> None:
     env = cli_env(pg_server, db_name, tmp_path)
     owner_id, _ = await make_user(database, username="olga")
-    await make_user(database, username="victor")
+    victor_id, _ = await make_user(database, username="victor")
     await make_user(database, username="stan")
 
     def roost(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -57,12 +57,17 @@ async def test_personas_agents_secrets_and_runs_from_the_command_line(
     hidden = roost("personas", "show", "Desk", "--user", "victor")
     assert hidden.returncode == 1 and "no persona you can see" in hidden.stderr
 
-    async with database.transaction() as session:  # victor joins as a viewer
+    async with database.transaction() as session:  # victor is invited as a viewer
         owner = Principal(user_id=owner_id, is_admin=False, kind="system")
         await apply_principal(session, owner)
         [view], _ = await personas.list_personas(session, owner)
-        await personas.add_member(session, owner, view.persona.id,
-                                  MemberAdd(user="victor", role="viewer"))
+        invited = await personas.add_member(session, owner, view.persona.id,
+                                            MemberAdd(user="victor", role="viewer"))
+    assert isinstance(invited, personas.InvitationView)
+    async with database.transaction() as session:  # and joins
+        victor = Principal(user_id=victor_id, is_admin=False, kind="system")
+        await apply_principal(session, victor)
+        await personas.accept_invitation(session, victor, invited.id)
     shown = roost("personas", "show", "Desk", "--user", "victor")
     assert shown.returncode == 0, shown.stderr
     assert "victor" in shown.stdout and "viewer" in shown.stdout and "Be kind." in shown.stdout

@@ -70,9 +70,9 @@ async def test_members_roles_and_what_each_may_do(
     viewer_id, _, viewer = await named_user(database, "viewer")
     stranger_id, _, stranger = await named_user(database, "stranger")
     pid = (await create_persona(client, owner, name="Team"))["id"]
-    added = await add_member(client, owner, pid, editor_name, "editor")
+    added = await add_member(client, owner, pid, editor_name, "editor", editor)
     assert added["user_id"] == str(editor_id) and added["username"] == editor_name
-    await add_member(client, owner, pid, str(viewer_id), "viewer")  # by id
+    await add_member(client, owner, pid, str(viewer_id), "viewer", viewer)  # by id
 
     # Viewers read, never change.
     assert (await client.get(f"/api/v1/personas/{pid}", headers=viewer)).json()["my_role"] == "viewer"
@@ -122,18 +122,21 @@ async def test_members_roles_and_what_each_may_do(
     assert (await client.delete(f"/api/v1/personas/{pid}/members/{viewer_id}",
                                 headers=owner)).status_code == 204
     assert (await client.get(f"/api/v1/personas/{pid}/members", headers=owner)).json() == []
-    actions = [r["action"] for r in await audit_rows(database, "persona.member.")]
-    assert actions == ["persona.member.add", "persona.member.add", "persona.member.role",
-                       "persona.member.role", "persona.member.remove", "persona.member.remove"]
+    actions = [r["action"] for r in await audit_rows(database, "persona.") if r["action"]
+               .startswith(("persona.member", "persona.invitation"))]
+    assert actions == ["persona.member_invited", "persona.invitation_accepted",
+                       "persona.member_invited", "persona.invitation_accepted",
+                       "persona.member.role", "persona.member.role", "persona.member.remove",
+                       "persona.member.remove"]
 
 
 async def test_member_mistakes(
     client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
 ) -> None:
     owner_id, owner = user
-    _, name, _ = await named_user(database, "member")
+    _, name, member = await named_user(database, "member")
     pid = (await create_persona(client, owner))["id"]
-    await add_member(client, owner, pid, name, "viewer")
+    await add_member(client, owner, pid, name, "viewer", member)
     members = f"/api/v1/personas/{pid}/members"
     again = await client.post(members, json={"user": name, "role": "editor"}, headers=owner)
     assert again.status_code == 409

@@ -336,7 +336,8 @@ async def test_the_user_deleted_while_their_run_s_events_stream_it_ends_with_an_
     code, body = await asyncio.wait_for(streaming, 30)
     assert code == 200
     name, data = sse_events(body)[-1]
-    assert (name, data["status"]) == ("error", 404), body[-500:]
+    # The user's credential went with them: the stream ends as signed out (401).
+    assert (name, data["status"]) == ("error", 401), body[-500:]
     assert await until_none(
         database, "SELECT (SELECT count(*) FROM runs WHERE id = :r "
                   "AND status IN ('pending', 'running')) "

@@ -90,7 +90,7 @@ async def test_only_owners_manage_members_and_nobody_escalates_a_role(
     c = await make_cast(client, database, admin_headers)
     chk = Checker()
     members = f"/api/v1/personas/{c.pid}/members"
-    newbie_id, newbie_name, _ = await named_user(database, "newbie")
+    newbie_id, newbie_name, newbie = await named_user(database, "newbie")
 
     for actor, code in ((c.editor, 403), (c.viewer, 403), (c.outsider, 404),
                         (c.group_peer, 404)):
@@ -128,10 +128,14 @@ async def test_only_owners_manage_members_and_nobody_escalates_a_role(
     resp = await client.post(members, json={"user": group_id, "role": "viewer"},
                              headers=c.owner.headers)
     chk.check("POST /members {group id}", c.owner, resp, 404)
-    # A member-owner and an administrator manage members.
+    # A member-owner and an administrator manage members (an owner invites: the
+    # newbie joins on accepting).
     resp = await client.post(members, json={"user": newbie_name, "role": "viewer"},
                              headers=c.co_owner.headers)
-    chk.check("POST /personas/{id}/members", c.co_owner, resp, 201)
+    chk.check("POST /personas/{id}/members", c.co_owner, resp, 202)
+    resp = await client.post(f"/api/v1/personas/invitations/{resp.json()['id']}/accept",
+                             headers=newbie)
+    chk.check("POST /personas/invitations/{id}/accept", "newbie", resp, 201)
     resp = await client.patch(f"{members}/{newbie_id}", json={"role": "editor"},
                               headers=c.admin.headers)
     chk.check("PATCH /members/{newbie}", c.admin, resp, 200)

@@ -17,6 +17,7 @@ from tests.agents.api import Headers, create_agent
 from tests.agents.conftest import wait_for_run
 from tests.agents.roles import Cast, Checker, make_cast, synced_tool, tool_steps
 from tests.chat.conftest import add_provider, new_session
+from tests.support.identity import join_persona
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Reply, ToolCalls
 from tests.support.sql import fetch, scalar
@@ -156,9 +157,7 @@ async def test_an_outsider_s_run_of_a_public_persona_agent_gets_none_of_its_tool
         "args": [str(ECHO_SERVER)]})
     assert (await client.get(f"/api/v1/tools/{echo_id}",
                              headers=c.outsider.headers)).status_code == 404
-    added = await client.post(f"/api/v1/personas/{c.pid}/members", headers=c.owner.headers,
-                              json={"user": str(c.admin.id), "role": "editor"})
-    assert added.status_code == 201, added.text
+    await join_persona(client, c.owner.headers, c.pid, c.admin.id, c.admin.headers)
     grant = await client.put(f"/api/v1/personas/{c.pid}/tools/{echo_id}",
                              headers=c.admin.headers, json={})
     assert grant.status_code == 200, grant.text

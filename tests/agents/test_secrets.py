@@ -131,8 +131,8 @@ async def test_who_may_manage_secrets(
     editor_id, editor_name, editor = await named_user(database, "editor")
     viewer_id, viewer_name, viewer = await named_user(database, "viewer")
     pid = (await create_persona(client, owner))["id"]
-    await add_member(client, owner, pid, editor_name, "editor")
-    await add_member(client, owner, pid, viewer_name, "viewer")
+    await add_member(client, owner, pid, editor_name, "editor", editor)
+    await add_member(client, owner, pid, viewer_name, "viewer", viewer)
     url = f"/api/v1/personas/{pid}/secrets"
     set_by_editor = await client.put(url, json=secret(), headers=editor)
     assert set_by_editor.status_code == 200

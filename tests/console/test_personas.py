@@ -47,7 +47,7 @@ async def test_create_a_persona_and_manage_its_secrets_members_mail_and_health(
     from playwright.async_api import expect
 
     owner_id, owner_headers = await make_user(database)
-    member_id, _ = await make_user(database)
+    member_id, member_headers = await make_user(database)
     async with database.transaction() as session:
         member_name = await session.scalar(text("SELECT username FROM users WHERE id = :id"),
                                            {"id": member_id})
@@ -78,10 +78,16 @@ async def test_create_a_persona_and_manage_its_secrets_members_mail_and_health(
     listed = await client.get(f"/api/v1/personas/{persona_id}/secrets", headers=owner_headers)
     assert listed.status_code == 200 and SECRET not in listed.text
 
-    # A member, by username, as a viewer.
+    # A member, by username, as a viewer: invited, a member once they accept.
     await page.get_by_label("User", exact=True).fill(str(member_name))
     await page.get_by_label("Role").select_option("viewer")
     await page.get_by_role("button", name="Add member").click()
+    await page.get_by_text("is invited as a viewer").wait_for()
+    mine = (await client.get("/api/v1/personas/invitations", headers=member_headers)).json()
+    accepted = await client.post(f"/api/v1/personas/invitations/{mine['items'][0]['id']}/accept",
+                                 headers=member_headers)
+    assert accepted.status_code == 201, accepted.text
+    await page.reload()
     await expect(page.locator("#members-body")).to_contain_text(str(member_name))
     await expect(page.locator("#members-body")).to_contain_text("viewer")
 

@@ -1,5 +1,6 @@
 """The profile page: API keys shown once, TOTP turned on in the browser, passkeys added and
-used to sign in (Chromium's virtual authenticator over CDP), theme."""
+used to sign in (Chromium's virtual authenticator over CDP), theme, group and persona
+invitations."""
 
 from __future__ import annotations
 
@@ -126,6 +127,42 @@ async def test_group_invitations_are_accepted_or_declined_on_the_profile(
     assert left["items"] == []
     assert [g["name"] for g in (await client.get("/api/v1/groups", headers=bob)).json()] == [
         "Herons"]
+
+
+async def test_persona_invitations_are_accepted_or_declined_on_the_profile(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """A persona owner's invitations wait on the invitee's profile (docs/agents.md,
+    "Personas and members"), apart from group invitations: Accept joins the persona with
+    the invited role, Decline drops it."""
+    _, olga = await make_user(database, username="owning-olga")
+    bob_id, bob = await make_user(database, username="invited-bob")
+    for name, role in (("Night desk", "editor"), ("<b>Concierge</b>", "viewer")):
+        persona = await client.post("/api/v1/personas", headers=olga, json={"name": name})
+        assert persona.status_code == 201, persona.text
+        invited = await client.post(f"/api/v1/personas/{persona.json()['id']}/members",
+                                    headers=olga, json={"user": str(bob_id), "role": role})
+        assert invited.status_code == 202, invited.text
+    await sign_in_as(page.context, console, database, test_keys, bob_id)
+    await page.goto("/console/profile")
+    await page.locator("#invitations").get_by_text("No invitations.").wait_for()  # no group's
+    desk = page.locator("#persona-invitations li").filter(has_text="Night desk")
+    await desk.get_by_text("as an editor, invited by owning-olga").wait_for()
+    await page.locator("#persona-invitations li").filter(has_text="<b>Concierge</b>").wait_for()
+    await assert_accessible(page)
+    await screenshot(page, "profile-persona-invitations")
+    await page.get_by_role("button", name="Accept the invitation to Night desk").click()
+    await page.get_by_text("You joined Night desk.").wait_for()
+    await desk.wait_for(state="detached")
+    mine = (await client.get("/api/v1/personas", headers=bob)).json()["items"]
+    assert [(p["name"], p["my_role"]) for p in mine] == [("Night desk", "editor")]
+    await page.get_by_role("button", name="Decline the invitation to <b>Concierge</b>").click()
+    await page.get_by_text("No persona invitations.").wait_for()
+    left = (await client.get("/api/v1/personas/invitations", headers=bob)).json()
+    assert left["items"] == []
+    mine = (await client.get("/api/v1/personas", headers=bob)).json()["items"]
+    assert [p["name"] for p in mine] == ["Night desk"]
 
 
 @pytest.fixture

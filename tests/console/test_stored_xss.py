@@ -23,7 +23,7 @@ from roost.identity.models import User
 from roost.keyfiles import KeyMaterial
 from tests.chat.conftest import add_provider
 from tests.console.conftest import sign_in_as
-from tests.support.identity import make_user
+from tests.support.identity import join_persona, make_user
 from tests.support.openai_stub import Fail, Models, Reply, StubServer
 
 pytestmark = pytest.mark.needs_browser
@@ -93,11 +93,15 @@ async def _seed(client: httpx.AsyncClient, database: Database, admin_headers: di
         "name": P, "slug": "evil-agent", "description": P, "system_prompt": P,
         "persona_id": seeded["persona"], "preferred_model": P[:200]})
     assert agent.status_code == 201, agent.text
-    victim, _ = await make_user(database, username="victim")
+    victim, victim_headers = await make_user(database, username="victim")
     seeded["victim"] = victim
-    member = await client.post(f"/api/v1/personas/{seeded['persona']}/members", headers=mh,
-                               json={"user": "victim", "role": "viewer"})
-    assert member.status_code == 201, member.text
+    await join_persona(client, mh, seeded["persona"], "victim", victim_headers, role="viewer")
+    # Another persona of hostile name invites the victim: their profile lists it.
+    pending = await client.post("/api/v1/personas", headers=mh, json={"name": P})
+    assert pending.status_code == 201, pending.text
+    invited = await client.post(f"/api/v1/personas/{pending.json()['id']}/members", headers=mh,
+                                json={"user": "victim", "role": "viewer"})
+    assert invited.status_code == 202, invited.text
     chat = await client.post("/api/v1/chat/sessions", headers=mh, json={"title": P})
     assert chat.status_code == 201, chat.text
     # Admin-side objects that carry their names.

@@ -218,7 +218,7 @@ def _as(user_id: uuid.UUID) -> Principal:
 async def test_the_database_admits_a_membership_only_by_invitation(
         client: httpx.AsyncClient, database: Database) -> None:
     """Row-level security, the second wall: a group admin cannot write someone else's
-    membership; an invitee inserts their own only as invited (not as admin when invited
+    membership, nor move one to another account; an invitee inserts their own only as invited (not as admin when invited
     as member); invitations are seen by the invitee and the group's admins only."""
     alice_id, alice = await make_user(database)
     bob_id, _ = await make_user(database)
@@ -251,6 +251,13 @@ async def test_the_database_admits_a_membership_only_by_invitation(
         assert len((await session.execute(text("SELECT * FROM group_invitations"))).all()) == 1
         await session.execute(insert, row(bob_id, "member"))
     assert await _members(database, str(gid)) == 2
+    with pytest.raises(DBAPIError, match="keeps its group and its user"):
+        async with database.transaction() as session:  # bob's membership made carol's
+            await apply_principal(session, Principal(user_id=alice_id, is_admin=False,
+                                                     kind="session", group_ids=frozenset({gid})))
+            await session.execute(text("UPDATE user_group_memberships SET user_id = :c "
+                                       "WHERE group_id = :g AND user_id = :b"),
+                                  {"c": carol_id, "g": gid, "b": bob_id})
 
 
 async def test_a_group_left_without_an_admin_withdraws_its_invitations(
@@ -312,7 +319,7 @@ async def test_naming_a_member_by_id_never_finds_a_lookalike_username(
     pid = (await client.post("/api/v1/personas", headers=alice, json={"name": "B"})).json()["id"]
     added = await client.post(f"/api/v1/personas/{pid}/members", headers=alice,
                               json={"user": str(victim_id), "role": "viewer"})
-    assert added.status_code == 201 and added.json()["user_id"] == str(victim_id), added.text
+    assert added.status_code == 202 and added.json()["user_id"] == str(victim_id), added.text
 
 
 async def test_a_group_s_name_cannot_be_set_to_null(
@@ -394,3 +401,21 @@ async def test_two_admins_leaving_at_once_while_a_member_stays_leave_one_admin(
         no_5xx(one, two)
         assert sorted([one.status_code, two.status_code]) == [204, 409], (one.text, two.text)
         assert await _admins(database, gid) == 1
+
+
+async def test_inviting_one_person_concurrently_answers_one_invitation(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A group admin's double click invites the person once; every request answers that
+    invitation, none fails."""
+    _, owner = await make_user(database)
+    gid = await _group(client, owner)
+    invitee = f"twice-{uuid.uuid4().hex[:8]}"
+    await make_user(database, username=invitee)
+    answers = await asyncio.gather(*(
+        client.post(f"{G}/{gid}/members", headers=owner, json={"user": invitee})
+        for _ in range(5)))
+    assert [a.status_code for a in answers] == [202] * 5, [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert await scalar(database, "SELECT count(*) FROM group_invitations "
+                        "WHERE group_id = :g", g=uuid.UUID(gid)) == 1

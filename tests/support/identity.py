@@ -1,9 +1,10 @@
 """Test helpers other domains use: an active user and Authorization headers for it, and
-a user joining a group.
+a user joining a group or a persona.
 
     user_id, headers = await make_user(database)
     user_id, headers = await make_user(database, admin=True, username="alice")
     await join_group(client, alice, group_id, bob_id, bob)
+    await join_persona(client, alice, persona_id, bob_id, bob, role="viewer")
 
 The account is created through the identity service (no password, so no hashing
 cost) and the headers carry a freshly created API key, which the app accepts as
@@ -53,6 +54,27 @@ async def join_group(
     assert invited.status_code == 202, invited.text
     accepted = await client.post(
         f"{base_url}/api/v1/groups/invitations/{invited.json()['id']}/accept",
+        headers=user_headers)
+    assert accepted.status_code == 201, accepted.text
+    membership: dict[str, Any] = accepted.json()
+    return membership
+
+
+async def join_persona(
+    client: httpx.AsyncClient, owner_headers: dict[str, str], persona_id: uuid.UUID | str,
+    user: uuid.UUID | str, user_headers: dict[str, str], *, role: str = "editor",
+    base_url: str = "",
+) -> dict[str, Any]:
+    """``user`` (an id, username or e-mail) joins the persona as an owner's additions do
+    (docs/agents.md, "Personas and members"): invited by one of its owners
+    (``owner_headers``, 202), then accepting with their own ``user_headers`` (201).
+    ``base_url`` prefixes the paths (a client without one, talking to a served process).
+    The membership's JSON."""
+    invited = await client.post(f"{base_url}/api/v1/personas/{persona_id}/members",
+                                headers=owner_headers, json={"user": str(user), "role": role})
+    assert invited.status_code == 202, invited.text
+    accepted = await client.post(
+        f"{base_url}/api/v1/personas/invitations/{invited.json()['id']}/accept",
         headers=user_headers)
     assert accepted.status_code == 201, accepted.text
     membership: dict[str, Any] = accepted.json()

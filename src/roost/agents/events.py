@@ -188,8 +188,8 @@ def end_frame(run: Any) -> str | None:
 
 
 def gone_frame(detail: str) -> str:
-    """The stream's last frame when the run can no longer be read (deleted with its user,
-    or no longer visible to the caller): an ``error`` event, then the stream ends."""
+    """The stream's last frame when the run can no longer be read (deleted, or no longer
+    visible to the caller): an ``error`` event, then the stream ends."""
     return f"event: error\ndata: {json.dumps({'status': 404, 'detail': detail})}\n\n"
 
 

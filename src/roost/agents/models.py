@@ -35,6 +35,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -109,6 +110,28 @@ class PersonaMember(UUIDPrimaryKey, CreatedAt, Base):
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     role: Mapped[str] = mapped_column(String(50), server_default=text("'editor'"),
                                       default="editor")
+
+
+class PersonaInvitation(UUIDPrimaryKey, CreatedAt, Base):
+    """A persona owner's offer of a membership, pending until the invitee accepts (a
+    membership with ``role``) or declines; the persona's owners may revoke it.  Site
+    administrators add members directly and make none (``roost.agents.personas``;
+    row-level security: migration 1150)."""
+
+    __tablename__ = "persona_invitations"
+    __table_args__ = (
+        CheckConstraint(_in("role", MEMBER_ROLES), name="role"),
+        UniqueConstraint("persona_id", "user_id", name="uq_persona_invitations_persona_user"),
+        Index("ix_persona_invitations_user_id", "user_id"),
+        Index("ix_persona_invitations_invited_by", "invited_by"),
+    )
+
+    persona_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"))
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(50), server_default=text("'editor'"),
+                                      default="editor")
+    invited_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"))
 
 
 class Secret(UUIDPrimaryKey, Timestamps, Base):

@@ -7,6 +7,13 @@ editors change it; owners (``owner_id``, or a member with role ``owner``) delete
 manage its members; any member may leave.  Administrators may do everything.  A persona
 the caller cannot see is "not found" whether or not it exists; one they see but may not
 change is 403 (the repository's convention: knowledge documents, groups).
+
+Joining takes consent, as for groups (``roost.identity.groups``): a persona's owner who
+is not a site administrator does not add people, they *invite* them
+(``persona_invitations``, migration 1150), and the membership exists once the invitee
+accepts, with the role the invitation names.  The invitee may decline; the persona's
+owners list and revoke pending invitations.  Site administrators (and the operator
+token) add members directly.
 """
 
 from __future__ import annotations
@@ -17,13 +24,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal, cast
 
-from sqlalchemy import false, or_, select, text, true
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, false, or_, select, text, true
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.agents.models import Agent, Persona, PersonaMember
+from roost.agents.models import Agent, Persona, PersonaInvitation, PersonaMember
 from roost.agents.schemas import MemberAdd, PersonaCreate, PersonaOut, PersonaUpdate
 from roost.audit.service import record
+from roost.db.errors import sqlstate
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
 from roost.identity.models import User
@@ -49,6 +58,17 @@ class MemberView:
     username: str | None
 
 
+@dataclass(frozen=True)
+class InvitationView:
+    id: uuid.UUID
+    persona_id: uuid.UUID
+    persona_name: str | None
+    user_id: uuid.UUID
+    username: str | None  # None when the caller may not see the invitee's account
+    role: Role
+    invited_by: uuid.UUID | None
+    invited_by_username: str | None
+    created_at: datetime
 
 def persona_out(view: PersonaView) -> PersonaOut:
     p = view.persona
@@ -267,11 +287,17 @@ async def _username(session: AsyncSession, actor: Principal, persona_id: uuid.UU
 
 
 async def add_member(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,
-                     body: MemberAdd) -> MemberView:
+                     body: MemberAdd) -> MemberView | InvitationView:
+    """A site administrator (or the operator) adds the member: a :class:`MemberView`.  A
+    persona's owner invites them: a pending :class:`InvitationView` (the same one when
+    they are invited already, unchanged), which becomes a membership when they accept.
+    409 when they own the persona or are a member already."""
     view = await require_role(session, actor, persona_id, "owner", "manage its members")
     user_id = await _lookup_user(session, body.user)
     if user_id == view.persona.owner_id:
         raise Conflict("that user owns the persona already")
+    if not actor.is_admin:
+        return await _invite(session, actor, persona_id, user_id, body.role)
     member = PersonaMember(persona_id=persona_id, user_id=user_id, role=body.role)
     session.add(member)
     try:
@@ -280,10 +306,179 @@ async def add_member(session: AsyncSession, actor: Principal, persona_id: uuid.U
     except IntegrityError:
         raise Conflict("that user is already a member of the persona") from None
     await session.refresh(member)
+    # An invitation still pending is answered by the membership itself.
+    await session.execute(delete(PersonaInvitation).where(
+        PersonaInvitation.persona_id == persona_id, PersonaInvitation.user_id == user_id))
     await record(session, "persona.member.add", user_id=actor.user_id, persona_id=persona_id,
                  resource_type="persona", resource_id=persona_id,
                  changes={"member": str(user_id), "role": body.role})
     return MemberView(member, await _username(session, actor, persona_id, user_id))
+
+
+# --- invitations ------------------------------------------------------------------------
+
+
+async def _pending(session: AsyncSession, persona_id: uuid.UUID,
+                   user_id: uuid.UUID) -> PersonaInvitation | None:
+    return await session.scalar(select(PersonaInvitation).where(
+        PersonaInvitation.persona_id == persona_id, PersonaInvitation.user_id == user_id))
+
+
+async def _invite(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,
+                  user_id: uuid.UUID, role: Role) -> InvitationView:
+    # The caller owns the persona: its members are theirs to see.
+    member = await session.scalar(select(PersonaMember.id).where(
+        PersonaMember.persona_id == persona_id, PersonaMember.user_id == user_id))
+    if member is not None:
+        raise Conflict("that user is already a member of the persona")
+    pending = await _pending(session, persona_id, user_id)
+    if pending is not None:
+        return (await _named(session, [pending]))[0]
+    invitation_id = await session.scalar(
+        pg_insert(PersonaInvitation)
+        .values(persona_id=persona_id, user_id=user_id, role=role, invited_by=actor.user_id)
+        .on_conflict_do_nothing(index_elements=["persona_id", "user_id"])
+        .returning(PersonaInvitation.id))
+    if invitation_id is None:
+        # Invited at the same moment by another request (this statement waited for it to
+        # commit): that invitation.
+        pending = await _pending(session, persona_id, user_id)
+        if pending is None:
+            raise Conflict("the persona or that account changed meanwhile: try again")
+        return (await _named(session, [pending]))[0]
+    invitation = await session.get_one(PersonaInvitation, invitation_id)
+    await record(session, "persona.member_invited", user_id=actor.user_id,
+                 persona_id=persona_id, resource_type="persona", resource_id=persona_id,
+                 changes={"member": str(user_id), "role": role, "invitation": str(invitation.id)})
+    return (await _named(session, [invitation]))[0]
+
+
+async def _named(session: AsyncSession,
+                 rows: Sequence[PersonaInvitation]) -> list[InvitationView]:
+    """``rows`` with the persona's name and the inviter's username (through
+    ``roost_persona_invitation_names``: an invitee may not read the persona or the
+    inviter before joining) and the invitee's username as far as the users policy shows
+    it to the caller (themself, people sharing a group with them, administrators'
+    everyone): inviting someone by e-mail does not tell their username."""
+    if not rows:
+        return []
+    names = {
+        uuid.UUID(str(row[0])): (row[1], row[2])
+        for row in (await session.execute(
+            text("SELECT id, persona_name, invited_by_username "
+                 "FROM roost_persona_invitation_names(CAST(:ids AS uuid[]))"),
+            {"ids": [r.id for r in rows]})).tuples().all()
+    }
+    usernames = dict((await session.execute(
+        select(User.id, User.username).where(User.id.in_({r.user_id for r in rows}))
+    )).tuples().all())
+    out = []
+    for r in rows:
+        persona_name, inviter = names.get(r.id, (None, None))
+        out.append(InvitationView(r.id, r.persona_id, persona_name, r.user_id,
+                                  usernames.get(r.user_id), cast(Role, r.role), r.invited_by,
+                                  inviter, r.created_at))
+    return out
+
+
+async def my_invitations(
+    session: AsyncSession, actor: Principal, *, limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> tuple[list[InvitationView], str | None]:
+    """The caller's pending invitations to join personas, newest first."""
+    me = require_user(actor, "persona invitations")
+    rows, next_cursor = await newest_first(
+        session, select(PersonaInvitation).where(PersonaInvitation.user_id == me),
+        PersonaInvitation.created_at, PersonaInvitation.id, limit=limit, cursor=cursor)
+    return await _named(session, rows), next_cursor
+
+
+async def persona_invitations(
+    session: AsyncSession, actor: Principal, persona_id: uuid.UUID, *,
+    limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+) -> tuple[list[InvitationView], str | None]:
+    """A persona's pending invitations, newest first (its owners, site administrators)."""
+    await require_role(session, actor, persona_id, "owner", "manage its members")
+    rows, next_cursor = await newest_first(
+        session, select(PersonaInvitation).where(PersonaInvitation.persona_id == persona_id),
+        PersonaInvitation.created_at, PersonaInvitation.id, limit=limit, cursor=cursor)
+    return await _named(session, rows), next_cursor
+
+
+async def _my_invitation(session: AsyncSession, me: uuid.UUID,
+                         invitation_id: uuid.UUID) -> PersonaInvitation:
+    row = await session.scalar(select(PersonaInvitation).where(
+        PersonaInvitation.id == invitation_id, PersonaInvitation.user_id == me))
+    if row is None:  # another's is the same answer as none
+        raise NotFound("no such invitation")
+    return row
+
+
+async def _take_invitation(session: AsyncSession, invitation: PersonaInvitation) -> None:
+    """Delete the invitation; NotFound when it was revoked or declined since it was read
+    (then nothing this transaction did stands)."""
+    gone = await session.execute(
+        delete(PersonaInvitation).where(PersonaInvitation.id == invitation.id)
+        .returning(PersonaInvitation.id).execution_options(synchronize_session=False))
+    if gone.first() is None:
+        raise NotFound("no such invitation")
+    session.expunge(invitation)
+
+
+async def accept_invitation(session: AsyncSession, actor: Principal,
+                            invitation_id: uuid.UUID) -> MemberView:
+    """Join the persona with the invited role; the invitation is gone."""
+    me = require_user(actor, "persona invitations")
+    invitation = await _my_invitation(session, me, invitation_id)
+    persona_id, role = invitation.persona_id, invitation.role
+    member = PersonaMember(persona_id=persona_id, user_id=me, role=role)
+    session.add(member)
+    # The membership first: the row-level security of persona_members admits it only
+    # while the invitation is there (migration 1150); then the invitation goes, and if it
+    # went meanwhile (revoked, declined in another tab), so does this.
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        if sqlstate(exc) == "23503":  # the persona was deleted meanwhile
+            raise NotFound("no such invitation") from None
+        raise Conflict("you are already a member of that persona") from None
+    except DBAPIError as exc:
+        if sqlstate(exc) == "42501":  # the invitation went meanwhile: the wall refused
+            raise NotFound("no such invitation") from None
+        raise
+    await _take_invitation(session, invitation)
+    await session.refresh(member)
+    await record(session, "persona.invitation_accepted", user_id=me, persona_id=persona_id,
+                 resource_type="persona", resource_id=persona_id,
+                 changes={"member": str(me), "role": role, "invitation": str(invitation_id)})
+    return MemberView(member, await _username(session, actor, persona_id, me))
+
+
+async def decline_invitation(session: AsyncSession, actor: Principal,
+                             invitation_id: uuid.UUID) -> None:
+    me = require_user(actor, "persona invitations")
+    invitation = await _my_invitation(session, me, invitation_id)
+    persona_id = invitation.persona_id
+    await _take_invitation(session, invitation)
+    await record(session, "persona.invitation_declined", user_id=me, persona_id=persona_id,
+                 resource_type="persona", resource_id=persona_id,
+                 changes={"member": str(me), "invitation": str(invitation_id)})
+
+
+async def revoke_invitation(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,
+                            invitation_id: uuid.UUID) -> None:
+    """A persona's owner (or a site administrator) withdraws a pending invitation."""
+    await require_role(session, actor, persona_id, "owner", "manage its members")
+    invitation = await session.scalar(select(PersonaInvitation).where(
+        PersonaInvitation.id == invitation_id, PersonaInvitation.persona_id == persona_id))
+    if invitation is None:
+        raise NotFound("no such invitation")
+    member = invitation.user_id
+    await _take_invitation(session, invitation)
+    await record(session, "persona.invitation_revoked", user_id=actor.user_id,
+                 persona_id=persona_id, resource_type="persona", resource_id=persona_id,
+                 changes={"member": str(member), "invitation": str(invitation_id)})
 
 
 async def _member(session: AsyncSession, persona_id: uuid.UUID,

@@ -7,6 +7,7 @@ import uuid
 from typing import Annotated, cast
 
 from fastapi import Query, Response, status
+from fastapi.responses import JSONResponse
 
 from roost.agents import catalog, grants, personas, secrets
 from roost.agents.schemas import (
@@ -17,6 +18,7 @@ from roost.agents.schemas import (
     MemberRole,
     MemberUpdate,
     PersonaCreate,
+    PersonaInvitationOut,
     PersonaMemberOut,
     PersonaOut,
     PersonaUpdate,
@@ -41,6 +43,19 @@ def _member_out(view: personas.MemberView) -> PersonaMemberOut:
                      role=cast(MemberRole, m.role), created_at=m.created_at)
 
 
+def _invitation_out(i: personas.InvitationView) -> PersonaInvitationOut:
+    return PersonaInvitationOut(
+        id=i.id, persona_id=i.persona_id, persona_name=i.persona_name, user_id=i.user_id,
+        username=i.username, role=i.role, invited_by=i.invited_by,
+        invited_by_username=i.invited_by_username, created_at=i.created_at)
+
+
+def _invitations_page(rows: list[personas.InvitationView],
+                      next_cursor: str | None) -> Page[PersonaInvitationOut]:
+    return Page[PersonaInvitationOut](items=[_invitation_out(i) for i in rows],
+                                      next_cursor=next_cursor)
+
+
 # --- personas -----------------------------------------------------------------------------
 
 
@@ -61,6 +76,33 @@ async def list_personas(
                                                       limit=limit, cursor=cursor)
     return Page[PersonaOut](items=[personas.persona_out(v) for v in views],
                             next_cursor=next_cursor)
+
+
+# Declared before /personas/{persona_id}: "invitations" is no persona id.
+@router.get("/personas/invitations", response_model=Page[PersonaInvitationOut],
+            summary="Your pending invitations to join personas, newest first")
+async def my_invitations(principal: CurrentPrincipal, db: DbSession,
+                         limit: Limit = DEFAULT_LIMIT,
+                         cursor: Cursor = None) -> Page[PersonaInvitationOut]:
+    return _invitations_page(*await personas.my_invitations(db, principal, limit=limit,
+                                                            cursor=cursor))
+
+
+@router.post("/personas/invitations/{invitation_id}/accept",
+             status_code=status.HTTP_201_CREATED, response_model=PersonaMemberOut,
+             summary="Accept an invitation: join the persona with the role it names")
+async def accept_invitation(invitation_id: uuid.UUID, principal: CurrentPrincipal,
+                            db: DbSession) -> PersonaMemberOut:
+    return _member_out(await personas.accept_invitation(db, principal, invitation_id))
+
+
+@router.post("/personas/invitations/{invitation_id}/decline",
+             status_code=status.HTTP_204_NO_CONTENT,
+             summary="Decline an invitation (it is gone)")
+async def decline_invitation(invitation_id: uuid.UUID, principal: CurrentPrincipal,
+                             db: DbSession) -> Response:
+    await personas.decline_invitation(db, principal, invitation_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/personas/{persona_id}", response_model=PersonaOut)
@@ -94,12 +136,23 @@ async def list_members(persona_id: uuid.UUID, principal: CurrentPrincipal,
     return [_member_out(v) for v in await personas.list_members(db, principal, persona_id)]
 
 
-@router.post("/personas/{persona_id}/members", status_code=status.HTTP_201_CREATED,
-             response_model=PersonaMemberOut, summary="Add a member by user id, username or e-mail "
-                                               "(owners)")
+@router.post(
+    "/personas/{persona_id}/members", status_code=status.HTTP_201_CREATED,
+    response_model=PersonaMemberOut,
+    responses={201: {"description": "Added (a site administrator or the operator token)"},
+               202: {"model": PersonaInvitationOut,
+                     "description": "Invited (a persona's owner): the person becomes a member "
+                                    "when they accept; inviting them again answers the same "
+                                    "pending invitation"}},
+    summary="Add a member (site administrators) or invite someone (owners), by user id, "
+            "username or e-mail")
 async def add_member(persona_id: uuid.UUID, body: MemberAdd, principal: CurrentPrincipal,
-                     db: DbSession) -> PersonaMemberOut:
-    return _member_out(await personas.add_member(db, principal, persona_id, body))
+                     db: DbSession) -> PersonaMemberOut | JSONResponse:
+    added = await personas.add_member(db, principal, persona_id, body)
+    if isinstance(added, personas.InvitationView):
+        return JSONResponse(status_code=status.HTTP_202_ACCEPTED,
+                            content=_invitation_out(added).model_dump(mode="json"))
+    return _member_out(added)
 
 
 @router.patch("/personas/{persona_id}/members/{user_id}", response_model=PersonaMemberOut,
@@ -116,6 +169,24 @@ async def set_member_role(persona_id: uuid.UUID, user_id: uuid.UUID, body: Membe
 async def remove_member(persona_id: uuid.UUID, user_id: uuid.UUID,
                         principal: CurrentPrincipal, db: DbSession) -> Response:
     await personas.remove_member(db, principal, persona_id, user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/personas/{persona_id}/invitations", response_model=Page[PersonaInvitationOut],
+            summary="The persona's pending invitations, newest first (owners)")
+async def list_persona_invitations(persona_id: uuid.UUID, principal: CurrentPrincipal,
+                                   db: DbSession, limit: Limit = DEFAULT_LIMIT,
+                                   cursor: Cursor = None) -> Page[PersonaInvitationOut]:
+    return _invitations_page(*await personas.persona_invitations(db, principal, persona_id,
+                                                                 limit=limit, cursor=cursor))
+
+
+@router.delete("/personas/{persona_id}/invitations/{invitation_id}",
+               status_code=status.HTTP_204_NO_CONTENT,
+               summary="Revoke a pending invitation (owners)")
+async def revoke_invitation(persona_id: uuid.UUID, invitation_id: uuid.UUID,
+                            principal: CurrentPrincipal, db: DbSession) -> Response:
+    await personas.revoke_invitation(db, principal, persona_id, invitation_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -5,6 +5,7 @@ Secrets go in, never out: answers name a secret (type and key name), never its v
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -150,6 +151,16 @@ def _not_blank(value: str) -> str:
 
 
 Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_not_blank)]
+
+
+def _one_line(value: str) -> str:
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
+        raise ValueError("must not contain control characters or line breaks")
+    return value
+
+
+# A persona's name is its mail's sender name: one header line (docs/agents-mail.md).
+PersonaName = Annotated[Name, AfterValidator(_one_line)]
 ToolRef = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_not_blank)]
 
 
@@ -161,7 +172,7 @@ def _refuse_nulls(body: BaseModel, fields: tuple[str, ...]) -> None:
 
 
 class PersonaCreate(StrictInput):
-    name: Name
+    name: PersonaName
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     system_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     default_provider: str | None = Field(default=None, min_length=1, max_length=64,
@@ -177,7 +188,7 @@ class PersonaCreate(StrictInput):
 class PersonaUpdate(StrictInput):
     """Only the fields given change; ``null`` clears the optional ones."""
 
-    name: Name | None = None
+    name: PersonaName | None = None
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     system_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     default_provider: str | None = Field(default=None, min_length=1, max_length=64)
@@ -227,6 +238,24 @@ class PersonaMemberOut(BaseModel):
     user_id: uuid.UUID
     username: str | None = Field(description="Null when your account may not see theirs")
     role: MemberRole
+    created_at: datetime
+
+
+class PersonaInvitationOut(BaseModel):
+    """A pending invitation to join a persona: the membership exists once the invitee
+    accepts it (``POST /api/v1/personas/invitations/{id}/accept``)."""
+
+    id: uuid.UUID
+    persona_id: uuid.UUID
+    persona_name: str | None = Field(description="null if the persona is gone meanwhile")
+    user_id: uuid.UUID = Field(description="the invitee")
+    username: str | None = Field(
+        description="the invitee's username; null when your account may not see theirs "
+                    "(a persona's owner sees it once the invitee shares a group with them, "
+                    "or joins)")
+    role: MemberRole = Field(description="the role the membership will have")
+    invited_by: uuid.UUID | None = Field(description="null once the inviter's account is gone")
+    invited_by_username: str | None
     created_at: datetime
 
 

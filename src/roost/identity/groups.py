@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -272,19 +273,20 @@ async def _invite(
         GroupInvitation.group_id == group_id, GroupInvitation.user_id == user_id))
     if pending is not None:
         return (await _named(session, [pending]))[0]
-    invitation = GroupInvitation(group_id=group_id, user_id=user_id, role=role,
-                                 invited_by=principal.user_id)
-    session.add(invitation)
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError:
-        # Invited at the same moment by another admin of the group: that invitation.
+    invitation_id = await session.scalar(
+        pg_insert(GroupInvitation)
+        .values(group_id=group_id, user_id=user_id, role=role, invited_by=principal.user_id)
+        .on_conflict_do_nothing(index_elements=["group_id", "user_id"])
+        .returning(GroupInvitation.id))
+    if invitation_id is None:
+        # Invited at the same moment by another request (this statement waited for it to
+        # commit): that invitation.
         pending = await session.scalar(select(GroupInvitation).where(
             GroupInvitation.group_id == group_id, GroupInvitation.user_id == user_id))
         if pending is None:
-            raise Conflict("the group or that account changed meanwhile: try again") from None
+            raise Conflict("the group or that account changed meanwhile: try again")
         return (await _named(session, [pending]))[0]
+    invitation = await session.get_one(GroupInvitation, invitation_id)
     await record(session, "group.member_invited", user_id=principal.user_id,
                  resource_type="group", resource_id=group_id,
                  changes={"member": str(user_id), "role": role, "invitation": str(invitation.id)})

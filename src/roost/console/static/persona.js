@@ -128,7 +128,12 @@ function wireMembers() {
         body: { user, role: form.elements.namedItem("role").value } });
       form.reset();
       await loadMembers();
-      notify(`${added.username || user} is now ${added.role === "editor" ? "an" : "a"} ${added.role}.`, "ok");
+      const role = `${/^[aeiou]/.test(added.role) ? "an" : "a"} ${added.role}`;
+      // An owner's addition is an invitation (202): the person joins once they accept it
+      // on their profile; a site administrator's is the membership itself.
+      notify("invited_by" in added
+        ? `${added.username || user} is invited as ${role}: they join once they accept.`
+        : `${added.username || user} is now ${role}.`, "ok");
     } catch (error) { showError(error); }
   });
 }

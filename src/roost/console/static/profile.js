@@ -21,44 +21,65 @@ $("account-form").addEventListener("submit", async (event) => {
   } catch (error) { showError(error); }
 });
 
-// --- group invitations -------------------------------------------------------------------
+// --- invitations (groups, personas) ------------------------------------------------------
 
-let invitationsCursor = null;
+const article = (word) => (/^[aeiou]/.test(word) ? "an" : "a");
 
-function invitationRow(invitation) {
-  const group = invitation.group_name || "a group";
-  const role = invitation.role === "admin" ? "as a group admin" : "as a member";
+// The two kinds of invitation differ only in where they live and what they name.
+const INVITATIONS = {
+  group: {
+    path: "/api/v1/groups/invitations", list: "invitations", more: "invitations-more",
+    empty: "No invitations.",
+    name: (invitation) => invitation.group_name || "a group",
+    role: (invitation) => (invitation.role === "admin" ? "as a group admin" : "as a member"),
+  },
+  persona: {
+    path: "/api/v1/personas/invitations", list: "persona-invitations",
+    more: "persona-invitations-more", empty: "No persona invitations.",
+    name: (invitation) => invitation.persona_name || "a persona",
+    role: (invitation) => `as ${article(invitation.role)} ${invitation.role}`,
+  },
+};
+const invitationCursors = {};
+
+function invitationRow(kind, invitation) {
+  const { path, name, role } = INVITATIONS[kind];
+  const what = name(invitation);
   const by = invitation.invited_by_username ? `invited by ${invitation.invited_by_username}` : "invited";
   const answer = (verb) => async () => {
     try {
-      await api(`/api/v1/groups/invitations/${invitation.id}/${verb}`, { method: "POST" });
-      notify(verb === "accept" ? `You joined ${group}.` : `Invitation to ${group} declined.`, "ok");
-      await loadInvitations();
-    } catch (error) { showError(error); await loadInvitations(); }
+      await api(`${path}/${invitation.id}/${verb}`, { method: "POST" });
+      notify(verb === "accept" ? `You joined ${what}.` : `Invitation to ${what} declined.`, "ok");
+      await loadInvitations(kind);
+    } catch (error) { showError(error); await loadInvitations(kind); }
   };
   return el("li", { class: "item-row", dataset: { id: invitation.id } },
-    el("span", {}, el("strong", {}, group), " ",
-       el("span", { class: "muted" }, `${role}, ${by} · ${formatTime(invitation.created_at)}`)),
+    el("span", {}, el("strong", {}, what), " ",
+       el("span", { class: "muted" }, `${role(invitation)}, ${by} · ${formatTime(invitation.created_at)}`)),
     el("span", { class: "row" },
-      el("button", { type: "button", "aria-label": `Accept the invitation to ${group}`,
+      el("button", { type: "button", "aria-label": `Accept the invitation to ${what}`,
                      onclick: answer("accept") }, "Accept"),
-      el("button", { type: "button", class: "ghost", "aria-label": `Decline the invitation to ${group}`,
+      el("button", { type: "button", class: "ghost", "aria-label": `Decline the invitation to ${what}`,
                      onclick: answer("decline") }, "Decline")));
 }
 
-async function loadInvitations(more = false) {
-  const list = $("invitations");
-  const query = more && invitationsCursor ? `?cursor=${encodeURIComponent(invitationsCursor)}` : "";
-  const page = await api(`/api/v1/groups/invitations${query}`);
+async function loadInvitations(kind, more = false) {
+  const { path, list: listId, more: moreId, empty } = INVITATIONS[kind];
+  const list = $(listId);
+  const cursor = invitationCursors[kind];
+  const query = more && cursor ? `?cursor=${encodeURIComponent(cursor)}` : "";
+  const page = await api(`${path}${query}`);
   if (!more) list.replaceChildren();
   list.querySelector(".empty")?.remove();
-  list.append(...page.items.map(invitationRow));
-  if (!list.children.length) list.append(el("li", { class: "empty" }, "No invitations."));
-  invitationsCursor = page.next_cursor;
-  $("invitations-more").hidden = !invitationsCursor;
+  list.append(...page.items.map((invitation) => invitationRow(kind, invitation)));
+  if (!list.children.length) list.append(el("li", { class: "empty" }, empty));
+  invitationCursors[kind] = page.next_cursor;
+  $(moreId).hidden = !page.next_cursor;
 }
 
-$("invitations-more").addEventListener("click", () => loadInvitations(true).catch(showError));
+for (const kind of Object.keys(INVITATIONS)) {
+  $(INVITATIONS[kind].more).addEventListener("click", () => loadInvitations(kind, true).catch(showError));
+}
 
 // --- API keys -----------------------------------------------------------------------------
 
@@ -204,6 +225,6 @@ $("logout-all").addEventListener("click", async () => {
   location.assign("/console/login");
 });
 
-Promise.all([loadAccount(), loadInvitations(), loadKeys(), loadTwoFactor(), loadPasskeys(),
+Promise.all([loadAccount(), loadInvitations("group"), loadInvitations("persona"), loadKeys(), loadTwoFactor(), loadPasskeys(),
              loadSessions()])
   .catch(showError);
