@@ -23,8 +23,10 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import select, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.config import Settings, get_settings
@@ -106,6 +108,11 @@ async def open_database(settings: Settings, *, create_schema: bool = True) -> Da
     before ``roost serve``) gets its tables now, as ``roost serve`` would; an external
     one, or one at an older revision, is left to ``roost db upgrade``."""
     db = create_database(settings)
+    # A failed statement's message (and traceback) would carry its parameters: a new
+    # account's password hash, a secret being stored.  Commands never need them.
+    for engine in (db.engine, db.side_engine):
+        if engine is not None:
+            engine.sync_engine.hide_parameters = True
     try:
         if create_schema and db.embedded is not None:
             await _create_embedded_schema(db)
@@ -131,7 +138,8 @@ async def _create_embedded_schema(db: Database) -> None:
 
 def run_in_transaction(fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """``fn(session)`` in one transaction, as the operator, with a CLI correlation id;
-    a domain error becomes one red line and exit code 1."""
+    a domain error, or a statement the database refused (a value too long for its
+    column), becomes one red line and exit code 1."""
 
     async def in_tx(db: Database) -> T:
         set_context(RequestContext(request_id=f"cli-{uuid.uuid4().hex[:12]}",
@@ -143,6 +151,13 @@ def run_in_transaction(fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
         return with_database(in_tx)
     except RoostError as exc:
         raise fail(exc.title, exc.detail) from exc
+    except DBAPIError as exc:
+        if describe_database_problem(exc, get_settings()) is not None:
+            raise  # a database that cannot be used: explain_failure says so
+        # The database's reason only ("<class 'asyncpg…'>: value too long for …"), never
+        # the statement or its parameters.
+        reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+        raise fail("the database refused the change", reason.split("'>: ", 1)[-1]) from None
 
 
 def database_url_problem(settings: Settings) -> str | None:
@@ -315,6 +330,13 @@ def id_table(*columns: str, wrap: Sequence[str] = ()) -> Table:
         else:
             table.add_column(name, no_wrap=True, overflow="ignore")
     return table
+
+
+def add_text_row(table: Table, *cells: str) -> None:
+    """Add a row whose cells print as they are: rich reads brackets in a plain string as
+    markup (``[bold]`` styles, a stray ``[/]`` is a MarkupError), and stored text (an
+    error message, a name) must neither crash the table nor change its look."""
+    table.add_row(*(Text(cell) for cell in cells))
 
 
 def print_table(console: Console, table: Table) -> None:

@@ -27,6 +27,22 @@ async def test_events_valid_range_outside_clickhouse_years_is_answered(
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.parametrize(("until", "status"), [
+    ("0001-01-01T00:00:30Z", 200), ("0001-01-07T23:59:59Z", 200),
+    # The default range starts at the first moment there is: empty, so refused.
+    ("0001-01-01T00:00:00+00:00", 422),
+])
+async def test_events_until_in_the_first_week_of_year_1_is_not_a_500(
+        client: httpx.AsyncClient, admin_headers: dict[str, str], until: str,
+        status: int) -> None:
+    """No since: the default 7 days before until would start before year 1; the range
+    starts at year 1 instead (and lies outside ClickHouse's years: empty)."""
+    r = await client.get(f"{AN}/events", params={"until": until}, headers=admin_headers)
+    assert r.status_code == status, r.text
+    if status == 200:
+        assert r.json()["items"] == [] and r.json()["since"].startswith("0001-01-01T00:00:00")
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:99999/db", "http://[::1/db"])
 @pytest.mark.parametrize("method,path,expected", [
     ("GET", "/export", {200}), ("POST", "/export", {200, 503}), ("GET", "/events", {503})])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -128,11 +129,34 @@ async def test_every_change_is_audited_with_old_and_new_value(
         ("system_settings.update", admin_id, "chat_max_message_chars"),
         ("system_settings.update", admin_id, "chat_max_message_chars"),
         ("system_settings.reset", admin_id, "chat_max_message_chars")]
-    assert [(r.changes["old"], r.changes["new"]) for r in rows] == [
-        (None, "500"), ("500", "600"), ("600", None)]
+    # The key is under "setting": the audit log redacts a field named "key".
+    assert [r.changes for r in rows] == [
+        {"setting": "chat_max_message_chars", "old": None, "new": "500"},
+        {"setting": "chat_max_message_chars", "old": "500", "new": "600"},
+        {"setting": "chat_max_message_chars", "old": "600", "new": None}]
     async with database.transaction() as s:  # updated_by and the seed's description kept
         row = (await s.execute(text("SELECT count(*) FROM system_settings"))).scalar()
     assert row == 0
+
+
+async def test_concurrent_first_overrides_each_audit_the_value_they_replaced(
+        client: httpx.AsyncClient, admin_headers: Headers, database: Database) -> None:
+    """Concurrent PUTs of a key without an override: one creates it (old=null), each other
+    one names the value it replaced, so the entries chain from null to the final value."""
+    n = 12
+    rs = await asyncio.gather(*[client.put("/api/v1/admin/settings/chat_context_messages",
+                                           json={"value": 10 + i}, headers=admin_headers)
+                                for i in range(n)])
+    assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
+    async with database.transaction() as s:
+        changes = (await s.execute(text(
+            "SELECT changes FROM audit_logs WHERE action = 'system_settings.update'"
+            " ORDER BY seq"))).scalars().all()
+        final = await s.scalar(text(
+            "SELECT value FROM system_settings WHERE key = 'chat_context_messages'"))
+    assert len(changes) == n
+    assert [c["old"] for c in changes] == [None, *[c["new"] for c in changes[:-1]]], changes
+    assert changes[-1]["new"] == final
 
 
 async def test_overrides_change_behaviour_without_a_restart(

@@ -46,3 +46,13 @@ async def test_settings_from_the_command_line(
             "SELECT action FROM audit_logs WHERE resource_type = 'system_setting' "
             "ORDER BY seq"))).scalars().all()
     assert actions == ["system_settings.update", "system_settings.reset"]
+
+
+async def test_a_value_nested_too_deeply_is_a_clean_error(
+        pg_server: PgTestServer, db_name: str, tmp_path: Path) -> None:
+    """VALUE '[[[[...' 5000 deep: one line and exit 1, not a RecursionError traceback."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    out = run_roost("settings", "set", "chat_context_messages", "[" * 5000 + "]" * 5000,
+                    env=env)
+    assert out.returncode == 1, (out.stdout, out.stderr[-1500:])
+    assert "Traceback" not in out.stderr and "nested too deeply" in out.stderr, out.stderr[-1500:]

@@ -182,6 +182,8 @@ async def test_retrying_a_dead_letter_whose_job_was_pruned_makes_a_new_job(
     r = await client.post(f"{API}/dead-letters/{letters[0]['id']}/retry", headers=admin_headers)
     assert r.status_code == 200
     assert r.json()["id"] != str(task_id) and r.json()["payload"] == {"label": "gone"}
+    # The dead letter keeps no max_retries: the task type's (test.record: 0), not 3.
+    assert r.json()["max_retries"] == 0
 
 
 async def test_stats(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,36 @@ async def test_tasks_commands(
     assert bad.returncode == 2
     assert await scalar(database, "SELECT count(*) FROM audit_logs WHERE action LIKE 'task.%'"
                         " AND correlation_id LIKE 'cli-%'") == 4  # retry, pause, resume, cancel
+
+
+async def test_tables_print_stored_text_verbatim(
+    pg_server: Any, db_name: str, database: Database, tmp_path: Path
+) -> None:
+    """`tasks ls` and `tasks dead-letters` print an error message holding brackets as
+    stored: not read as rich markup (a stray `[/]` was a MarkupError traceback)."""
+    env = {**_env(pg_server, db_name, tmp_path), "COLUMNS": "300"}
+    doomed = await _dead_letter(database)
+    message = "KeyError [/] in [bold]x[/bold]"
+    async with database.transaction() as session:
+        await session.execute(text("UPDATE background_tasks SET error_message = :m"),
+                              {"m": message})
+        await session.execute(text("UPDATE dead_letter_queue SET error_message = :m"),
+                              {"m": message})
+    for args in (["tasks", "ls"], ["tasks", "dead-letters"]):
+        r = _roost(env, *args)
+        assert r.returncode == 0, (args, r.stderr[-1500:])
+        assert message in r.stdout and str(doomed) in r.stdout, (args, r.stdout)
+
+
+async def _dead_letter(database: Database) -> uuid.UUID:
+    """A test.record job (no retries) whose only attempt's lease ran out: dead-lettered."""
+    async with database.transaction() as session:
+        doomed = await service.enqueue(session, "test.record", {"label": "m"}, max_retries=0)
+        await session.execute(text(
+            "UPDATE background_tasks SET status = 'running', worker_id = 'w', attempts = 1,"
+            " lease_expires_at = now() - interval '1 second' WHERE id = :id"), {"id": doomed.id})
+    await reap_expired(database)
+    return uuid.UUID(str(doomed.id))
 
 
 async def test_worker_refuses_a_module_it_cannot_import(

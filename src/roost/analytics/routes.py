@@ -4,7 +4,7 @@ by ClickHouse).  Administrators only, except ``GET /streaming`` (a user's own st
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import Depends, Query
@@ -75,6 +75,15 @@ async def run_export(_admin: AdminPrincipal, _db: DbSession, settings: SettingsD
     return ExportRunOut(**result.as_dict())
 
 
+def _week_before(until: datetime) -> datetime:
+    """The default start: 7 days before ``until``, or the first moment ``datetime`` holds
+    when that is earlier (``until`` in the first week of year 1)."""
+    try:
+        return until - timedelta(days=7)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
 @router.get("/events", response_model=EventCountsOut,
             summary="Event counts by day or type, answered by ClickHouse (default: last 7 days)")
 async def events(
@@ -84,7 +93,7 @@ async def events(
     since: Since = None, until: Until = None,
 ) -> EventCountsOut:
     until_ = queries.as_utc(until) if until else utcnow()
-    since_ = queries.as_utc(since) if since else until_ - timedelta(days=7)
+    since_ = queries.as_utc(since) if since else _week_before(until_)
     rows = await queries.events_from_clickhouse(settings, group_by, since_, until_)
     return EventCountsOut(source=source, group_by=group_by, since=since_, until=until_,
                           items=[EventCountOut(**r) for r in rows])

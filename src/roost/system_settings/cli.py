@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from roost.clitools import fail, id_table, print_table, run_in_transaction
+from roost.clitools import add_text_row, fail, id_table, print_table, run_in_transaction
 from roost.config import get_settings
 from roost.principal import OPERATOR
 from roost.system_settings import registry, service
@@ -43,6 +43,8 @@ def parse_value(raw: str) -> Any:
         return json.loads(raw)
     except ValueError:
         return raw
+    except RecursionError:  # '[[[[...' thousands deep: the parser's stack runs out
+        raise fail("Invalid value", "nested too deeply") from None
 
 
 @settings_app.command("ls")
@@ -52,7 +54,7 @@ def settings_ls() -> None:
         lambda s: service.list_settings(s, OPERATOR, get_settings()))
     table = id_table("key", "value", "source", "default", "description", wrap=("description",))
     for o in found:
-        table.add_row(o.key, _show(o.value), o.source, _show(o.default), o.description)
+        add_text_row(table, o.key, _show(o.value), o.source, _show(o.default), o.description)
     print_table(console, table)
 
 
@@ -69,8 +71,9 @@ def settings_set(
     value: Annotated[str, typer.Argument(help="The value: JSON, or else taken as text.")],
 ) -> None:
     """Override a setting (checked against its schema)."""
+    parsed = parse_value(value)  # a value that cannot be read: refused before the database
     o = run_in_transaction(
-        lambda s: service.set_setting(s, OPERATOR, get_settings(), key, parse_value(value)))
+        lambda s: service.set_setting(s, OPERATOR, get_settings(), key, parsed))
     console.print(Text(f"{o.key} = {_show(o.value)} (override)"))
 
 

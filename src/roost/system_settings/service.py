@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -46,7 +46,14 @@ def _out(setting: RuntimeSetting, settings: Settings, row: SystemSetting | None)
 
 async def _row(session: AsyncSession, key: str, *, lock: bool = False) -> SystemSetting | None:
     stmt = select(SystemSetting).where(SystemSetting.key == key)
-    return await session.scalar(stmt.with_for_update() if lock else stmt)
+    if lock:
+        # FOR UPDATE locks no row while the key has no override: two first overrides
+        # would both read "none" and audit old=null.  A transaction lock on the key
+        # orders them (the second reads the first's value once it has committed).
+        await session.execute(text("SELECT pg_advisory_xact_lock(7263117, "
+                                   "hashtext('roost.setting:' || :key))"), {"key": key})
+        stmt = stmt.with_for_update()
+    return await session.scalar(stmt)
 
 
 async def list_settings(session: AsyncSession, actor: Principal, settings: Settings, *,
@@ -86,9 +93,10 @@ async def set_setting(session: AsyncSession, actor: Principal, settings: Setting
     ).returning(SystemSetting)
     row = (await session.scalars(upsert, execution_options={"populate_existing": True})).one()
     await runtime.notify(session, key)
+    # "setting", not "key": the audit log redacts a field named "key" as a secret.
     await audit.record(session, "system_settings.update", user_id=actor.user_id,
                        resource_type="system_setting", resource_id=key,
-                       changes={"key": key, "old": old_value, "new": encoded})
+                       changes={"setting": key, "old": old_value, "new": encoded})
     return _out(setting, settings, row)
 
 
@@ -104,5 +112,5 @@ async def reset_setting(session: AsyncSession, actor: Principal, settings: Setti
         await runtime.notify(session, key)
         await audit.record(session, "system_settings.reset", user_id=actor.user_id,
                            resource_type="system_setting", resource_id=key,
-                           changes={"key": key, "old": old_value, "new": None})
+                           changes={"setting": key, "old": old_value, "new": None})
     return _out(setting, settings, None)

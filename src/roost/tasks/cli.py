@@ -17,6 +17,7 @@ from rich.table import Table
 from roost.clitools import (
     MAX_LIST,
     MAX_SECONDS,
+    add_text_row,
     fail,
     id_table,
     open_database,
@@ -82,9 +83,9 @@ def tasks_ls(
     table = id_table("id", "type", "queue", "status", "priority", "tries", "scheduled", "error",
                      wrap=("error",))
     for r in rows:
-        table.add_row(str(r.id), r.task_type, r.queue, r.status.value, r.priority.value,
-                      f"{r.retry_count}/{r.max_retries}", _fmt_time(r.scheduled_at),
-                      (r.error_message or "")[:60])
+        add_text_row(table, str(r.id), r.task_type, r.queue, r.status.value,
+                     r.priority.value, f"{r.retry_count}/{r.max_retries}",
+                     _fmt_time(r.scheduled_at), (r.error_message or "")[:60])
     print_table(console, table)
 
 
@@ -190,8 +191,8 @@ def tasks_dead_letters(
 
     table = id_table("id", "task", "type", "moved", "retried", "error", wrap=("error",))
     for r in _run(run):
-        table.add_row(str(r.id), str(r.original_task_id or "-"), r.task_type,
-                      _fmt_time(r.moved_at), _fmt_time(r.retried_at), r.error_message[:70])
+        add_text_row(table, str(r.id), str(r.original_task_id or "-"), r.task_type,
+                     _fmt_time(r.moved_at), _fmt_time(r.retried_at), r.error_message[:70])
     print_table(console, table)
 
 

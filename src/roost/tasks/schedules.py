@@ -24,17 +24,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import structlog
-from croniter import croniter  # type: ignore[import-untyped]
-from sqlalchemy import select, text
+from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped]
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.engine import Database
-from roost.tasks.handlers import get_task_type, task, validate_task_type_name
+from roost.tasks.handlers import TaskType, get_task_type, task, validate_task_type_name
 from roost.tasks.models import DEFAULT_QUEUE, TaskPriority, TaskSchedule
 
 log = structlog.get_logger("roost.tasks.schedules")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FIRE_RETRY = timedelta(minutes=1)  # after a schedule failed to fire
 H = TypeVar("H", bound=Callable[..., Any])
 
 
@@ -77,6 +79,19 @@ class Schedule:
 _schedules: dict[str, Schedule] = {}
 
 
+def _check_cron(name: str, cron: str) -> None:
+    """Refuse what is not a 5-field cron expression (or an ``@daily``-like alias), and one
+    that never fires (``0 0 30 2 *``): it would fail at every sync and tick."""
+    # croniter also takes a 6th field (seconds): ``* * * * * *`` would fire every second.
+    if not (len(cron.split()) == 5 or cron.strip().startswith("@")) or not croniter.is_valid(
+            cron):
+        raise ValueError(f"schedule {name!r}: {cron!r} is not a valid 5-field cron expression")
+    try:
+        croniter(cron, EPOCH).get_next(datetime)
+    except CroniterBadDateError:
+        raise ValueError(f"schedule {name!r}: {cron!r} never fires") from None
+
+
 def register_schedule(
     name: str,
     task_type: str,
@@ -98,8 +113,8 @@ def register_schedule(
         raise ValueError(f"schedule {name!r}: give exactly one of every= or cron=")
     if every is not None and (every.total_seconds() < 1 or every.total_seconds() % 1):
         raise ValueError(f"schedule {name!r}: every= must be a whole number of seconds >= 1")
-    if cron is not None and not croniter.is_valid(cron):
-        raise ValueError(f"schedule {name!r}: {cron!r} is not a valid cron expression")
+    if cron is not None:
+        _check_cron(name, cron)
     if not name or len(name) > 200:
         raise ValueError("schedule names are 1-200 characters")
     schedule = Schedule(
@@ -141,7 +156,9 @@ def unregister_schedule(name: str) -> None:
 
 
 async def sync_schedules(database: Database) -> None:
-    """Write the registered schedules to ``task_schedules`` (workers call it at start)."""
+    """Write the registered schedules to ``task_schedules`` (workers call it at start).
+    Each is written on its own savepoint: one that fails is logged and left out, not
+    every other schedule with it."""
     async with database.transaction() as session:
         now: datetime = (await session.execute(text("SELECT now()"))).scalar_one()
         for s in sorted(_schedules.values(), key=lambda x: x.name):  # one lock order
@@ -149,45 +166,56 @@ async def sync_schedules(database: Database) -> None:
             if tt is None:
                 log.warning("schedule_without_handler", schedule=s.name, task_type=s.task_type)
                 continue
-            values = {
-                "name": s.name, "task_type": s.task_type,
-                "queue": s.queue or tt.queue or DEFAULT_QUEUE,
-                "priority": s.priority or tt.priority, "payload": s.payload,
-                "interval_seconds": s.interval_seconds, "cron": s.cron,
-                "next_run_at": s.first_run(now),
-            }
-            stmt = pg_insert(TaskSchedule).values(**values)
-            excluded = stmt.excluded
-            timing_changed = (
-                TaskSchedule.interval_seconds.is_distinct_from(excluded.interval_seconds)
-                | TaskSchedule.cron.is_distinct_from(excluded.cron)
-            )
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["name"],
-                set_={
-                    "task_type": excluded.task_type, "queue": excluded.queue,
-                    "priority": excluded.priority, "payload": excluded.payload,
-                    "interval_seconds": excluded.interval_seconds, "cron": excluded.cron,
-                    # Keep the timing unless the period itself changed.
-                    "next_run_at": text(
-                        "CASE WHEN task_schedules.interval_seconds IS DISTINCT FROM "
-                        "excluded.interval_seconds OR task_schedules.cron IS DISTINCT FROM "
-                        "excluded.cron THEN excluded.next_run_at "
-                        "ELSE task_schedules.next_run_at END"
-                    ),
-                    "updated_at": now,
-                },
-                # Rewrite the row only when something differs: N workers starting at once
-                # would otherwise queue on the same row locks for nothing.
-                where=(
-                    timing_changed
-                    | TaskSchedule.task_type.is_distinct_from(excluded.task_type)
-                    | TaskSchedule.queue.is_distinct_from(excluded.queue)
-                    | TaskSchedule.priority.is_distinct_from(excluded.priority)
-                    | TaskSchedule.payload.is_distinct_from(excluded.payload)
-                ),
-            )
-            await session.execute(stmt)
+            try:
+                async with session.begin_nested():
+                    await _write_schedule(session, s, tt, now)
+            except Exception as exc:  # one broken schedule must not stop every other one
+                log.error("schedule_sync_failed", schedule=s.name,
+                          error=f"{type(exc).__name__}: {exc}")
+
+
+async def _write_schedule(session: AsyncSession, s: Schedule, tt: TaskType,
+                          now: datetime) -> None:
+    """Insert or update one schedule's row (its timing kept unless the period changed)."""
+    values = {
+        "name": s.name, "task_type": s.task_type,
+        "queue": s.queue or tt.queue or DEFAULT_QUEUE,
+        "priority": s.priority or tt.priority, "payload": s.payload,
+        "interval_seconds": s.interval_seconds, "cron": s.cron,
+        "next_run_at": s.first_run(now),
+    }
+    stmt = pg_insert(TaskSchedule).values(**values)
+    excluded = stmt.excluded
+    timing_changed = (
+        TaskSchedule.interval_seconds.is_distinct_from(excluded.interval_seconds)
+        | TaskSchedule.cron.is_distinct_from(excluded.cron)
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["name"],
+        set_={
+            "task_type": excluded.task_type, "queue": excluded.queue,
+            "priority": excluded.priority, "payload": excluded.payload,
+            "interval_seconds": excluded.interval_seconds, "cron": excluded.cron,
+            # Keep the timing unless the period itself changed.
+            "next_run_at": text(
+                "CASE WHEN task_schedules.interval_seconds IS DISTINCT FROM "
+                "excluded.interval_seconds OR task_schedules.cron IS DISTINCT FROM "
+                "excluded.cron THEN excluded.next_run_at "
+                "ELSE task_schedules.next_run_at END"
+            ),
+            "updated_at": now,
+        },
+        # Rewrite the row only when something differs: N workers starting at once
+        # would otherwise queue on the same row locks for nothing.
+        where=(
+            timing_changed
+            | TaskSchedule.task_type.is_distinct_from(excluded.task_type)
+            | TaskSchedule.queue.is_distinct_from(excluded.queue)
+            | TaskSchedule.priority.is_distinct_from(excluded.priority)
+            | TaskSchedule.payload.is_distinct_from(excluded.payload)
+        ),
+    )
+    await session.execute(stmt)
 
 
 async def fire_due(database: Database) -> float:
@@ -209,17 +237,32 @@ async def fire_due(database: Database) -> float:
             )
         ).all()
         for row in due:
-            spec = _schedules[row.name]
-            period = spec.period_start(now)
-            job, created = await enqueue_or_existing(
-                session, row.task_type, dict(row.payload), priority=row.priority,
-                queue=row.queue, idempotency_key=f"schedule:{row.name}:{period.isoformat()}",
-            )
-            row.last_run_at = now
-            row.next_run_at = spec.next_after(now)
-            row.updated_at = now
+            name, spec = row.name, _schedules[row.name]
+            try:  # each on its own savepoint: one that fails must not stop the others
+                async with session.begin_nested():
+                    period = spec.period_start(now)
+                    job, created = await enqueue_or_existing(
+                        session, row.task_type, dict(row.payload), priority=row.priority,
+                        queue=row.queue,
+                        idempotency_key=f"schedule:{row.name}:{period.isoformat()}",
+                    )
+                    row.last_run_at = now
+                    row.next_run_at = spec.next_after(now)
+                    row.updated_at = now
+                    if created:
+                        row.last_task_id = job.id
+                    await session.flush()
+            except Exception as exc:
+                # The savepoint's rollback expired the row: update it by name.  Retried a
+                # minute later, not at every tick.
+                log.error("schedule_fire_failed", schedule=name,
+                          error=f"{type(exc).__name__}: {exc}")
+                await session.execute(
+                    update(TaskSchedule).where(TaskSchedule.name == name)
+                    .values(next_run_at=now + FIRE_RETRY, updated_at=now)
+                    .execution_options(synchronize_session=False))
+                continue
             if created:
-                row.last_task_id = job.id
                 log.info("schedule_fired", schedule=row.name, period=period.isoformat(),
                          task_id=str(job.id))
     async with database.transaction() as session:

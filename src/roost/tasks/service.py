@@ -56,12 +56,17 @@ DLQ_RESOURCE = "dead_letter"
 # --- enqueue ----------------------------------------------------------------------------
 
 
-def _resolve_type(task_type: str) -> TaskType:
+def _find_type(task_type: str) -> TaskType | None:
     tt = get_task_type(task_type)
     if tt is None:
         # The handler may live in a domain's jobs.py this process has not imported yet.
         discover()
         tt = get_task_type(task_type)
+    return tt
+
+
+def _resolve_type(task_type: str) -> TaskType:
+    tt = _find_type(task_type)
     if tt is None:
         known = sorted(task_types())
         shown = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "")
@@ -543,9 +548,13 @@ async def retry_dead_letter(
              "dead_letter_id": str(letter.id)},
         ]
     else:
+        # The dead letter does not keep max_retries: the task type's, as at enqueue (the
+        # column default for a type no longer registered).
+        tt = _find_type(letter.task_type)
         task = BackgroundTask(
             id=uuid7(), task_type=letter.task_type, payload=letter.payload,
             priority=letter.priority, queue=letter.queue, status=TaskStatus.QUEUED,
+            **({"max_retries": tt.max_retries} if tt is not None else {}),
         )
         session.add(task)
     await session.flush()
