@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -219,3 +220,106 @@ async def test_unsharing_an_upload_while_its_ingestion_waits_sticks(
     assert (await kclient.get(f"{API}/documents/{doc}", headers=bob)).status_code == 404
     assert await scalar(database, "SELECT count(*) FROM document_chunks WHERE document_id = :d "
                                   "AND group_id IS NOT NULL", d=doc) == 0
+
+
+HERONS = b"Herons wade in shallow water and hunt fish with their sharp beaks. " * 5
+
+
+async def test_the_latest_upload_of_a_name_decides_its_sharing_even_before_the_first_job(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig,
+) -> None:
+    """x.txt shared with a group, then uploaded again without one before the first job
+    ran: the first run finds its upload superseded and writes nothing, so the second
+    upload's bytes are never shared with the group."""
+    alice_id, alice = await make_user(database)
+    bob_id, bob = await make_user(database)
+    group = await make_group(database, "team", alice_id, bob_id)
+    first = await _upload(kclient, alice, "x.txt", HERONS, group_id=str(group))
+    assert first.status_code == 202, first.text
+    second = await _upload(kclient, alice, "x.txt", b"secret salary numbers " * 10)
+    assert second.status_code == 202, second.text
+    doc_id = second.json()["document"]["id"]
+    assert second.json()["document"]["group_id"] is None
+    await drain_jobs(database, kcfg)
+    doc = (await kclient.get(f"{API}/documents/{doc_id}", headers=alice)).json()
+    assert (doc["status"], doc["group_id"]) == ("ready", None), doc
+    assert doc["ingestion_run_id"] == second.json()["ingestion_run"]["id"]
+    assert (await kclient.get(f"{API}/documents/{doc_id}", headers=bob)).status_code == 404
+    found = (await kclient.post(f"{API}/search", headers=bob,
+                                json={"query": "salary", "mode": "text"})).json()
+    assert found["results"] == [], found
+    assert await scalar(database, "SELECT count(*) FROM document_chunks "
+                                  "WHERE group_id IS NOT NULL") == 0
+
+
+async def test_a_document_deleted_while_its_upload_is_ingested_stays_deleted(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import roost.knowledge.ingest as ingest_mod
+
+    _, headers = await make_user(database)
+    up = (await _upload(kclient, headers, "d.txt", HERONS)).json()
+    doc_id = up["document"]["id"]
+    real = ingest_mod.cpu_bound
+
+    async def deleting(fn: Any, *args: Any) -> Any:  # the owner deletes it mid-parse
+        r = await kclient.delete(f"{API}/documents/{doc_id}", headers=headers)
+        assert r.status_code == 204, r.text
+        return await real(fn, *args)
+
+    monkeypatch.setattr(ingest_mod, "cpu_bound", deleting)
+    await drain_jobs(database, kcfg)
+    assert await fetch(database, "SELECT name, status FROM documents") == []
+    assert await scalar(database, "SELECT count(*) FROM document_chunks") == 0
+    run = (await kclient.get(f"{API}/ingestion-runs/{up['ingestion_run']['id']}",
+                             headers=headers)).json()
+    assert (run["status"], run["totals_files"]) == ("success", 0), run
+
+
+async def test_a_renamed_upload_is_not_overwritten_by_an_upload_of_its_old_name(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig,
+) -> None:
+    _, headers = await make_user(database)
+    first = (await _upload(kclient, headers, "draft.txt", b"the original final text " * 5)).json()
+    await drain_jobs(database, kcfg)
+    doc_id = first["document"]["id"]
+    r = await kclient.patch(f"{API}/documents/{doc_id}", headers=headers,
+                            json={"name": "final.txt"})
+    assert r.status_code == 200, r.text
+    new = (await _upload(kclient, headers, "draft.txt", b"a brand new draft " * 5)).json()
+    assert new["document"]["id"] != doc_id
+    await drain_jobs(database, kcfg)
+    kept = (await kclient.get(f"{API}/documents/{doc_id}", headers=headers)).json()
+    assert (kept["name"], kept["status"]) == ("final.txt", "ready"), kept
+    chunks = (await kclient.get(f"{API}/documents/{doc_id}/chunks", headers=headers)).json()
+    assert "original" in chunks[0]["content"], chunks
+
+    # Uploading final.txt again replaces the renamed document, as for any upload.
+    again = (await _upload(kclient, headers, "final.txt", b"the final text, revised " * 5)).json()
+    assert again["document"]["id"] == doc_id
+    # Renaming onto the name of another upload is refused; both stay as they were.
+    clash = await kclient.patch(f"{API}/documents/{doc_id}", headers=headers,
+                                json={"name": "draft.txt"})
+    assert clash.status_code == 409, clash.text
+    assert "draft.txt" in clash.json()["detail"]
+    names = await fetch(database, "SELECT name FROM documents ORDER BY name")
+    assert [n.name for n in names] == ["draft.txt", "final.txt"]
+
+
+async def test_patching_collection_to_empty_means_no_collection(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig,
+) -> None:
+    """As on upload, an empty collection means none (not a collection named "")."""
+    _, headers = await make_user(database)
+    doc = (await _upload(kclient, headers, "a.txt", b"words", collection="")).json()["document"]
+    assert doc["collection"] is None
+    await drain_jobs(database, kcfg)
+    r = await kclient.patch(f"{API}/documents/{doc['id']}", headers=headers,
+                            json={"collection": "notes"})
+    assert (r.status_code, r.json()["collection"]) == (200, "notes"), r.text
+    r = await kclient.patch(f"{API}/documents/{doc['id']}", headers=headers,
+                            json={"collection": ""})
+    assert (r.status_code, r.json()["collection"]) == (200, None), r.text
+    assert [c.collection for c in await fetch(database,
+                                              "SELECT collection FROM document_chunks")] == [None]

@@ -37,3 +37,26 @@ async def test_roost_ingest_a_directory(
 
     missing = run_roost("ingest", str(docs), "--user", "nobody", env=env)
     assert missing.returncode == 2 and "no user" in missing.stderr
+
+
+async def test_roost_ingest_refuses_bad_options_in_one_line_before_storing_anything(
+    database: Database, pg_server: Any, db_name: str, tmp_path: Path
+) -> None:
+    """The API's own checks (IngestionRunCreate): a too long collection or tag is a
+    usage error (exit 2) naming the option, with no traceback and no run recorded."""
+    await make_user(database, username="olive")
+    f = tmp_path / "a.txt"
+    f.write_text("Herons wade in shallow water.")
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path / "d"),
+           "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER": "hash", "ROOST_LOG_LEVEL": "warning"}
+    for option, value, named in (("--collection", "c" * 200, "collection"),
+                                 ("--tags", "t" * 200, "tag")):
+        out = run_roost("ingest", str(f), "--user", "olive", option, value, env=env)
+        assert out.returncode == 2, (out.returncode, out.stdout[-1000:], out.stderr[-1000:])
+        assert "Traceback" not in out.stderr + out.stdout, out.stderr[-2000:]
+        assert named in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert await fetch(database, "SELECT id FROM ingestion_runs") == []
+    # An empty collection means none, as on upload.
+    out = run_roost("ingest", str(f), "--user", "olive", "--collection", "", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [r.collection for r in await fetch(database, "SELECT collection FROM documents")] == [None]

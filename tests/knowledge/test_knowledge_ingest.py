@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from roost.db.engine import Database
 from roost.knowledge.config import KnowledgeConfig
-from tests.knowledge.support import ingest, mixed_directory, principal
+from roost.knowledge.ingest import run_ingestion
+from roost.knowledge.paths import MAX_WALK_DEPTH
+from tests.knowledge.support import ingest, mixed_directory, principal, start_run
 from tests.support.identity import make_user
 from tests.support.sql import fetch, scalar
 
@@ -88,3 +92,61 @@ async def test_reingesting_a_changed_file_replaces_its_chunks_without_duplicates
     single = await ingest(database, who, kcfg, str(files["notes.txt"]))
     assert single["status"] == "success" and single["totals_files"] == 1
     assert await scalar(database, "SELECT count(*) FROM documents") == docs_before
+
+
+async def test_a_recursive_run_over_a_very_deep_tree_ends_with_the_deep_part_an_error(
+    database: Database, kcfg: KnowledgeConfig, ingest_root: Path
+) -> None:
+    """A 1,200-level tree (deeper than Python's recursion limit) is walked without
+    recursion: below MAX_WALK_DEPTH levels it is one error entry, the rest is ingested
+    and the run ends (partial), never raising with the run left "running"."""
+    user_id, _ = await make_user(database)
+    (ingest_root / "top.txt").write_text("Herons wade in shallow water.")
+    deep = ingest_root / "deep"
+    deep.mkdir()
+    levels = 1200
+    cur = os.open(deep, os.O_RDONLY)  # by directory fd: the path grows too long to repeat
+    for _ in range(levels):
+        os.mkdir("a", dir_fd=cur)
+        nxt = os.open("a", os.O_RDONLY, dir_fd=cur)
+        os.close(cur)
+        cur = nxt
+    leaf = os.open("leaf.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=cur)
+    os.write(leaf, b"too deep to be read")
+    os.close(leaf)
+    os.close(cur)
+    try:
+        run = await ingest(database, principal(user_id), kcfg, ".", recursive=True)
+    finally:  # iteratively: pytest's own (recursive) clean-up cannot remove this tree
+        paths = [deep / Path(*["a"] * n) for n in range(levels + 1)]
+        (paths[-1] / "leaf.txt").unlink()
+        for level in reversed(paths):
+            level.rmdir()
+    assert (run["status"], run["totals_files"]) == ("partial", 1), run
+    [error] = run["errors"]
+    assert f"more than {MAX_WALK_DEPTH} levels" in error["error"], error
+    assert [d.name for d in await fetch(database, "SELECT name FROM documents")] == ["top.txt"]
+
+
+async def test_an_unexpected_error_mid_run_fails_the_run_instead_of_leaving_it_running(
+    database: Database, kcfg: KnowledgeConfig, ingest_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug (any exception) on the last attempt ends the run failed with the reason;
+    on an earlier attempt it is raised, so the queue retries the run."""
+    import roost.knowledge.ingest as ingest_mod
+
+    user_id, _ = await make_user(database)
+    (ingest_root / "a.txt").write_text("Some text.")
+
+    def broken(*args: object, **kwargs: object) -> list[Path]:
+        raise ValueError("a bug in the walk")
+
+    monkeypatch.setattr(ingest_mod, "iter_files", broken)
+    run_id = await start_run(database, principal(user_id), kcfg, ".")
+    with pytest.raises(ValueError, match="a bug in the walk"):
+        await run_ingestion(database, run_id, kcfg, final_attempt=False)
+    summary = await run_ingestion(database, run_id, kcfg, final_attempt=True)
+    assert "a bug in the walk" in summary["fatal"]
+    [run] = await fetch(database, "SELECT status, errors FROM ingestion_runs")
+    assert run.status == "failed" and "ValueError: a bug in the walk" in run.errors[0]["error"]

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from roost.errors import Forbidden, NotFound, PayloadTooLarge
+from roost.knowledge import paths
 from roost.knowledge.paths import (
     PathNotAllowed,
     iter_files,
@@ -191,6 +192,23 @@ def test_iter_files_on_a_single_file_and_unreadable_dirs(tree: dict[str, Path]) 
     errors: list[Path] = []
     assert list(iter_files(root / "missing", True, on_error=lambda p, e: errors.append(p))) == []
     assert errors == [(root / "missing").resolve()]
+
+
+def test_iter_files_reports_directories_deeper_than_the_limit_and_walks_the_rest(
+    tree: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Depth first in sorted order, as before the walk lost its recursion; a directory
+    below MAX_WALK_DEPTH levels is one ``on_error`` report, its siblings still walked."""
+    root = tree["root"]
+    (root / "docs" / "deep" / "deeper").mkdir()
+    (root / "docs" / "deep" / "deeper" / "d.txt").write_text("d")
+    (root / "docs" / "z.txt").write_text("z")
+    monkeypatch.setattr(paths, "MAX_WALK_DEPTH", 2)
+    errors: list[tuple[Path, str]] = []
+    files = list(iter_files(root, True, on_error=lambda p, e: errors.append((p, str(e)))))
+    assert _names(files, root) == ["a.md", "docs/b.txt", "docs/deep/c.html", "docs/z.txt"]
+    assert [(p.relative_to(root.resolve()).as_posix(), "more than 2 levels" in e)
+            for p, e in errors] == [("docs/deep/deeper", True)]
 
 
 # --------------------------------------------------------------------------- read_ingest_file

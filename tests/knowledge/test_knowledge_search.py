@@ -298,3 +298,25 @@ async def test_hybrid_search_uses_text_and_vectors(
     assert hybrid.results[0].text_rank is not None and hybrid.results[0].vector_similarity is not None
     none = await _search(database, who, kcfg, query="quartzite", tags=["other"])
     assert none.results == []
+
+
+async def test_text_search_finds_each_word_of_the_document(
+    database: Database, kcfg: KnowledgeConfig, ingest_root: Path
+) -> None:
+    """The query's lexemes are searched as plainto_tsquery stemmed them, not stemmed a
+    second time ('agreed' -> 'agre', never 'agr'), in text and hybrid mode alike; an
+    apostrophe in a word does not break the query."""
+    user_id, _ = await make_user(database)
+    words = ["agreed", "universities", "generously", "herons", "O'Brien's"]
+    (ingest_root / "w.txt").write_text(" ".join(words) + ".")
+    (ingest_root / "other.txt").write_text("Nothing relevant: pasta and tomatoes.")
+    who = principal(user_id)
+    await ingest(database, who, kcfg, str(ingest_root))
+    for mode in ("text", "hybrid"):
+        for word in words:
+            found = await _search(database, who, kcfg, query=word, mode=mode, k=1)
+            assert [h.document.name for h in found.results] == ["w.txt"], (mode, word)
+    # Any of the terms matches; stop words alone match nothing (and do not fail).
+    anyof = await _search(database, who, kcfg, query="agreed pasta", mode="text")
+    assert {h.document.name for h in anyof.results} == {"w.txt", "other.txt"}
+    assert (await _search(database, who, kcfg, query="the of and", mode="text")).results == []

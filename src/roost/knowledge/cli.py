@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 from sqlalchemy import or_, select
 
-from roost.clitools import fail, id_table, open_database, print_table, reported_here
+from roost.clitools import fail, id_table, open_database, parse_input, print_table, reported_here
 
 console = Console()
 err = Console(stderr=True)
@@ -44,20 +44,28 @@ def ingest_command(
     from roost.errors import RoostError
     from roost.knowledge.config import KnowledgeConfig
     from roost.knowledge.ingest import run_ingestion
-    from roost.knowledge.schemas import check_tags
+    from roost.knowledge.schemas import IngestionRunCreate
 
     scheme = _URL_SCHEME.match(target.strip())
     if scheme is not None and scheme[1].lower() not in ("http", "https"):
         raise fail("cannot ingest", f"{scheme[1]}:// URLs are not supported: give a file, a "
                    "directory or an http(s) URL", code=2)
+    try:  # the API's own checks (lengths, tags), before anything is stored
+        body = parse_input(IngestionRunCreate, {
+            "target": target, "recursive": recursive, "collection": collection or None,
+            "tags": (tags or "").split(","), "is_private": private})
+    except typer.Exit:
+        raise typer.Exit(2) from None  # bad options: a usage error, as this command's others
+    except RoostError as exc:  # a bad tag (check_tags)
+        raise fail("cannot ingest", exc.detail, code=2) from None
     settings = get_settings()
     cfg = KnowledgeConfig.from_settings(settings)
 
     async def run() -> dict[str, Any]:
         db = await open_database(settings)
         try:
-            run_id = await _create_run(db, cfg, target, recursive=recursive, collection=collection,
-                                       tags=check_tags((tags or "").split(",")), user=user,
+            run_id = await _create_run(db, cfg, target, recursive=recursive,
+                                       collection=body.collection, tags=body.tags, user=user,
                                        group=group, private=private)
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), TextColumn("{task.fields[current]}", markup=False),

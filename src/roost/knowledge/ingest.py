@@ -161,8 +161,22 @@ async def run_ingestion(
                              document_id=document_id, final_attempt=final_attempt,
                              progress=progress)
     except _RunGone:  # deleted meanwhile (with its owner): nothing left to write to
-        log.info("ingest_run_gone", run_id=str(run.id))
-        return {"run_id": str(run.id), "skipped": "the ingestion run was deleted while it ran"}
+        return _gone(run)
+    except Exception as exc:
+        # A bug or an outage mid-run: retried while attempts remain (finished sources are
+        # skipped then); on the last one the run ends failed, never left "running".
+        if not final_attempt:
+            raise
+        log.exception("ingest_run_crashed", run_id=str(run.id))
+        try:
+            return await _fail_run(database, cfg, run, _error_entry(None, exc))
+        except _RunGone:
+            return _gone(run)
+
+
+def _gone(run: IngestionRun) -> dict[str, Any]:
+    log.info("ingest_run_gone", run_id=str(run.id))
+    return {"run_id": str(run.id), "skipped": "the ingestion run was deleted while it ran"}
 
 
 async def _ingest(
@@ -324,9 +338,9 @@ async def _load(database: Database, cfg: KnowledgeConfig, run: IngestionRun, sou
         async with database.transaction() as s:
             await _scoped(s, cfg, run.user_id)
             upload = await s.get(DocumentUpload, source.document_id)
-            if upload is None:
-                raise _Done()
             doc = await s.get(Document, source.document_id)
+            if upload is None or _upload_superseded(run, source, doc):
+                raise _Done()
             if doc is not None and doc.status == "pending":
                 doc.status = "processing"
             return Loaded(upload.data, upload.filename, upload.content_type)
@@ -437,6 +451,12 @@ async def _finished_before(
         return _done_for_run(fresh, await _existing(s, run.user_id, source), source, None)
 
 
+def _upload_superseded(run: IngestionRun, source: Source, doc: Document | None) -> bool:
+    """An upload's document deleted, or uploaded again (a later run owns it and its
+    bytes, scope included) since this run was queued: this run has nothing to write."""
+    return source.kind == "upload" and (doc is None or doc.ingestion_run_id != run.id)
+
+
 def _scope_of(run: IngestionRun, doc: Document | None) -> IngestionRun | Document:
     """Where a document's scope (sharing, persona, project, tags, collection) comes from:
     the run's options, except for the document the run was queued with (an upload),
@@ -470,6 +490,8 @@ async def _mark_unchanged(
         doc = await _existing(s, run.user_id, source, lock=True)
         if _done_for_run(locked, doc, source, content_hash):
             return True
+        if _upload_superseded(run, source, doc):
+            raise _Done()
         if (doc is None or doc.status != "ready" or doc.content_hash != content_hash
                 or doc.embedding_model != run.embedding_model):
             return False
@@ -503,7 +525,7 @@ async def _commit(
         await _scoped(s, cfg, run.user_id)
         locked = await _lock_run(s, run)
         doc = await _existing(s, run.user_id, source, lock=True)
-        if _done_for_run(locked, doc, source, content_hash):
+        if _done_for_run(locked, doc, source, content_hash) or _upload_superseded(run, source, doc):
             return False
         stamp = utcnow()
         scope = _scope_of(run, doc)
@@ -587,6 +609,8 @@ async def _record_error(
             errors.append(entry)
         locked.errors = errors
         doc = await _existing(s, run.user_id, source)
+        if _upload_superseded(run, source, doc):
+            doc = None  # a later upload's (or gone): its own run reports on it
         if doc is not None:
             # The chunks of an earlier successful ingestion stay searchable.
             doc.status = "error"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from roost.errors import Forbidden, NotFound, PayloadTooLarge
 
-__all__ = ["PathNotAllowed", "iter_files", "read_ingest_file", "resolve_ingest_path"]
+__all__ = ["MAX_WALK_DEPTH", "PathNotAllowed", "iter_files", "read_ingest_file", "resolve_ingest_path"]
 
 
 class PathNotAllowed(Forbidden):
@@ -93,6 +93,11 @@ def resolve_ingest_path(
     raise NotFound(f"the ingest path {raw!r} does not exist in the allowed ingest directories")
 
 
+#: Directory levels a walk descends below its root; a deeper directory is reported to
+#: ``on_error`` and skipped (no real document tree is that deep; a generated one is).
+MAX_WALK_DEPTH = 256
+
+
 def iter_files(
     root: Path | str,
     recursive: bool = True,
@@ -105,9 +110,11 @@ def iter_files(
     Symlinked files are followed only when their target stays inside ``root``;
     symlinked directories are never descended into (that is how walks loop forever or
     leave the tree).  Hidden entries (dot-names) are skipped unless ``skip_hidden`` is
-    false.  Directories that cannot be read are reported to ``on_error`` and skipped,
-    so one unreadable folder does not stop a large ingestion.  A file yielded twice
-    through two links is yielded once.
+    false.  Directories that cannot be read, or lie more than :data:`MAX_WALK_DEPTH`
+    levels down, are reported to ``on_error`` and skipped, so one bad folder does not
+    stop a large ingestion.  A file yielded twice through two links is yielded once.
+    The walk keeps its own stack (depth first, as a recursive one would), so a very
+    deep tree cannot exhaust Python's recursion limit.
     """
     real_root = Path(os.path.realpath(os.path.abspath(root)))
     if real_root.is_file():
@@ -115,42 +122,52 @@ def iter_files(
         return
     seen: set[Path] = set()
 
-    def walk(directory: Path) -> Iterator[Path]:
+    def entries_of(directory: Path) -> Iterator[os.DirEntry[str]]:
         try:
             with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                return iter(sorted(it, key=lambda e: e.name))
         except OSError as exc:
             if on_error is not None:
                 on_error(directory, exc)
-            return
-        for entry in entries:
-            if skip_hidden and entry.name.startswith("."):
-                continue
-            path = Path(entry.path)
-            try:
-                if entry.is_symlink():
-                    target = Path(os.path.realpath(path))
-                    if not _within(target, real_root) or not target.is_file():
-                        continue  # escapes the root, dangles, or is a directory link
-                    if skip_hidden and any(
-                        part.startswith(".") for part in target.relative_to(real_root).parts
-                    ):
-                        continue  # a visible link must not expose a hidden file
-                    if target not in seen:
-                        seen.add(target)
-                        yield target
-                elif entry.is_dir(follow_symlinks=False):
-                    if recursive:
-                        yield from walk(path)
-                elif entry.is_file(follow_symlinks=False):
-                    if path not in seen:
-                        seen.add(path)
-                        yield path
-            except OSError as exc:
-                if on_error is not None:
-                    on_error(path, exc)
+            return iter(())
 
-    yield from walk(real_root)
+    stack = [entries_of(real_root)]  # one iterator per open directory level
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        if skip_hidden and entry.name.startswith("."):
+            continue
+        path = Path(entry.path)
+        try:
+            if entry.is_symlink():
+                target = Path(os.path.realpath(path))
+                if not _within(target, real_root) or not target.is_file():
+                    continue  # escapes the root, dangles, or is a directory link
+                if skip_hidden and any(
+                    part.startswith(".") for part in target.relative_to(real_root).parts
+                ):
+                    continue  # a visible link must not expose a hidden file
+                if target not in seen:
+                    seen.add(target)
+                    yield target
+            elif entry.is_dir(follow_symlinks=False):
+                if not recursive:
+                    continue
+                if len(stack) > MAX_WALK_DEPTH:
+                    if on_error is not None:
+                        on_error(path, OSError(f"the directory is more than {MAX_WALK_DEPTH} "
+                                               "levels below the ingested one: not read"))
+                    continue
+                stack.append(entries_of(path))
+            elif entry.is_file(follow_symlinks=False):
+                if path not in seen:
+                    seen.add(path)
+                    yield path
+        except OSError as exc:
+            if on_error is not None:
+                on_error(path, exc)
 
 
 def read_ingest_file(path: Path, *, max_bytes: int) -> bytes:

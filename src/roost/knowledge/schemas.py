@@ -139,6 +139,12 @@ class DocumentUpdate(_KnowledgeInput):
     group_id: uuid.UUID | None = None
     is_private: bool | None = None
 
+    @field_validator("collection")
+    @classmethod
+    def _empty_collection_is_none(cls, value: str | None) -> str | None:
+        # As on upload: an empty collection means none (not a collection named "").
+        return value or None
+
 
 class IngestionRunOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)

@@ -128,9 +128,11 @@ def vector_query_sql(model: str, dims: int, filters: list[str], *, limit: str = 
 
 def text_query_sql(filters: list[str], model: str | None, *, limit: str = "limit") -> str:
     # Any of the query's stemmed terms (plainto_tsquery ANDs them; a paraphrased question
-    # rarely contains every word of the passage it asks about).
-    tsq = (f"to_tsquery('{TEXT_SEARCH_CONFIG}', "
-           f"replace(plainto_tsquery('{TEXT_SEARCH_CONFIG}', :qtext)::text, ' & ', ' | '))")
+    # rarely contains every word of the passage it asks about).  Cast back with ::tsquery,
+    # not to_tsquery: that would stem the stemmed lexemes again ('agre' -> 'agr') and
+    # miss the very word searched for.
+    tsq = (f"replace(plainto_tsquery('{TEXT_SEARCH_CONFIG}', :qtext)::text, ' & ', ' | ')"
+           "::tsquery")
     where = ["c.content_tsv @@ q.query", *filters]
     if model is not None:
         where.insert(0, model_predicate(model, "c"))

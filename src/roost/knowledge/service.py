@@ -24,7 +24,7 @@ from sqlalchemy.orm import defer
 from roost.audit import service as audit
 from roost.billing import credits, limits
 from roost.db.base import utcnow, uuid7
-from roost.errors import Forbidden, NotFound, PayloadTooLarge, Unprocessable
+from roost.errors import Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
 from roost.identity.common import require_user
 from roost.identity.models import Group
 from roost.knowledge.config import KnowledgeConfig, check_embedder
@@ -110,8 +110,9 @@ async def _check_document_limit(session: AsyncSession, user_id: uuid.UUID, name:
     if payer is None or payer.limits.get("max_documents") is None:
         return
     owned = select(func.count()).select_from(Document).where(Document.user_id == user_id)
+    replaced = sha256_hex(upload_identity(name))  # the key create_upload upserts on
     if await session.scalar(select(Document.id).where(Document.user_id == user_id,
-                                                      Document.name == name).limit(1)):
+                                                      Document.path_hash == replaced)):
         return
     await limits.check_count(session, user_id, "max_documents",
                              int(await session.scalar(owned) or 0), payer=payer)
@@ -254,6 +255,19 @@ async def delete_document(session: AsyncSession, actor: Principal, document_id: 
     )
 
 
+async def _rekey_upload(session: AsyncSession, doc: Document) -> None:
+    """An upload is keyed on its name (a re-upload of that name replaces it): a renamed
+    upload takes its new name's key, so an upload of its old name is a new document, not
+    an overwrite of this one; 409 if another upload of the owner has that name."""
+    path_hash = sha256_hex(upload_identity(doc.name))
+    taken = await session.scalar(select(Document.id).where(
+        Document.user_id == doc.user_id, Document.path_hash == path_hash, Document.id != doc.id))
+    if taken is not None:
+        raise Conflict(f"the owner already has an uploaded document named {doc.name!r} "
+                       f"({taken}): delete or rename it first", extra={"field": "name"})
+    doc.path_hash = path_hash
+
+
 async def update_document(
     session: AsyncSession, actor: Principal, document_id: uuid.UUID, body: DocumentUpdate
 ) -> Document:
@@ -278,6 +292,8 @@ async def update_document(
             setattr(doc, name, value)
     if not changes:
         return doc
+    if "name" in changes and doc.source == "upload":
+        await _rekey_upload(session, doc)
     doc.updated_at = utcnow()
     await session.flush()
     await session.execute(
