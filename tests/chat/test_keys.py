@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import text
 
-from roost.chat.keys import ENCRYPTED_COLUMNS, rotate_messages
+from roost.chat.keys import ENCRYPTED_COLUMNS, key_fingerprint, rotate_messages
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from roost.security.crypto import MessageCipher
@@ -165,3 +166,59 @@ async def test_a_wrong_or_malformed_key_stops_the_server_with_a_clear_error(
     else:
         assert "ROOST_MESSAGE_KEYS entry 1 is not a valid Fernet key" in message
     assert "not-a-fernet-key" not in message  # the key itself is never printed
+
+
+async def test_rotate_messages_with_a_corrupt_checkpoint_starts_over_without_a_traceback(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], test_keys: KeyMaterial,
+    tmp_path: Path, pg_server: PgTestServer, db_name: str,
+) -> None:
+    """A checkpoint that is not the command's JSON object is ignored, as unparsable JSON is."""
+    _, headers = user
+    sid = (await new_session(client, headers))["id"]
+    resp = await client.post(f"/api/v1/chat/sessions/{sid}/messages",
+                             json={"content": "hello", "reply": False}, headers=headers)
+    assert resp.status_code == 201
+    data_dir = tmp_path / "d"
+    (data_dir / "keys").mkdir(parents=True)
+    (data_dir / "keys" / "rotate-messages.checkpoint.json").write_text("[]")
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(data_dir),
+           "ROOST_MESSAGE_KEYS": test_keys.message_keys[0]}
+    out = run_roost("keys", "rotate-messages", env=env)
+    assert "Traceback" not in out.stdout + out.stderr, out.stderr[-2000:]
+    assert out.returncode == 0
+
+
+@pytest.mark.parametrize("saved", [
+    '"x"', "null", "[]",
+    {"table": "chat_messages", "last_id": "zzz"},
+    {"table": "chat_messages", "last_id": 7},
+    {"table": "users", "last_id": None},
+    {"table": None, "last_id": None, "done_tables": 5},
+    {"table": None, "last_id": None, "done_tables": [["chat_messages"]]},
+])
+async def test_a_checkpoint_of_the_wrong_shape_is_ignored(
+    database: Database, test_keys: KeyMaterial, tmp_path: Path, saved: str | dict[str, object],
+) -> None:
+    """A damaged or hand-edited checkpoint of this rotation does not crash the run: it
+    starts over (re-encrypting is idempotent)."""
+    keys = (Fernet.generate_key().decode(), test_keys.message_keys[0])
+    checkpoint = tmp_path / "cp.json"
+    if isinstance(saved, dict):
+        saved = json.dumps({"fingerprint": key_fingerprint(keys), **saved})
+    checkpoint.write_text(saved)
+    report = await rotate_messages(database, MessageCipher(list(keys)), keys,
+                                   checkpoint=checkpoint)
+    assert report.ok and report.resumed_from is None
+
+
+def test_rotate_messages_without_any_message_key_refuses(tmp_path: Path) -> None:
+    """Pointed at a data directory without key files, the command names it and makes no
+    fresh key (nothing stored would open with it)."""
+    data_dir = tmp_path / "empty"
+    env = {"ROOST_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+           "ROOST_DATA_DIR": str(data_dir)}
+    out = run_roost("keys", "rotate-messages", env=env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert str(data_dir / "keys" / "message_keys") in " ".join(out.stderr.split())
+    assert "Traceback" not in out.stderr
+    assert not (data_dir / "keys" / "message_keys").exists()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -247,3 +249,38 @@ async def test_lone_surrogates_are_400_where_the_body_is_decoded(
                            headers=as_json)
     assert ok.status_code == 201, ok.text
     assert ok.json()["user_message"]["content"] == "smile \U0001f600"
+
+
+async def test_a_history_event_for_a_session_deleted_meanwhile_is_a_404(
+    client: httpx.AsyncClient, user: User, database: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A history event posted while its session is deleted is a 404 like any post to a
+    session that is gone, not a 409 'conflicts with data already stored'."""
+    from roost.chat import history
+
+    _, h = user
+    sid = (await new_session(client, h))["id"]
+    checked = history.get_session
+
+    async def then_deleted(*args: Any, **kwargs: Any) -> Any:
+        row = await checked(*args, **kwargs)
+        async with database.transaction() as s:  # a concurrent DELETE commits now
+            await s.execute(text("DELETE FROM chat_sessions WHERE id = :s"), {"s": sid})
+        return row
+
+    monkeypatch.setattr(history, "get_session", then_deleted)
+    resp = await client.post(f"/api/v1/chat/sessions/{sid}/history", json={"message": {"a": 1}}, headers=h)
+    assert resp.status_code == 404, resp.text
+
+
+async def test_the_state_limit_is_measured_in_bytes_as_its_error_says(
+    client: httpx.AsyncClient, user: User,
+) -> None:
+    """A 180,000-byte state is under the 262,144-byte limit the 413 names."""
+    _, h = user
+    sid = (await new_session(client, h))["id"]
+    body = json.dumps({"state": {"notes": "日本語" * 20000}}, ensure_ascii=False).encode()
+    assert len(body) < 200_000
+    resp = await client.put(f"/api/v1/chat/sessions/{sid}/state", content=body,
+                            headers={**h, "content-type": "application/json"})
+    assert resp.status_code == 200, resp.text  # was 413 "larger than 262144 bytes"

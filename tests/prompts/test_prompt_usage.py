@@ -163,3 +163,29 @@ async def test_chat_takes_chat_system_by_resolution_order(
             "SELECT average_satisfaction, rating_count FROM system_prompts WHERE id = :id"),
             {"id": mine["id"]})).one()
     assert tuple(satisfaction) == (2.0, 1)  # the changed rating replaced the first
+
+
+async def test_a_cleared_rating_leaves_the_versions_mean(
+        client: httpx.AsyncClient, database: Database, user: User) -> None:
+    """``record_rating(None, previous)`` takes ``previous`` out of the mean and the count
+    (migration 1160); none left is no mean at all."""
+    from roost.prompts.service import record_rating
+
+    _, headers = user
+    version = await publish(client, headers, "chat.system", "Be brief.")
+
+    async def rate(rating: float | None, previous: float | None = None) -> tuple[Any, ...]:
+        async with database.transaction() as session:
+            await record_rating(session, uuid.UUID(version["id"]), rating, previous)
+            return tuple((await session.execute(text(
+                "SELECT average_satisfaction, rating_count FROM system_prompts WHERE id = :id"),
+                {"id": version["id"]})).one())
+
+    for rating in (5.0, 3.0):
+        await rate(rating)
+    assert await rate(1.0) == (3.0, 3)
+    assert await rate(None, 5.0) == (2.0, 2)
+    assert await rate(None, None) == (2.0, 2)  # nothing was rated: nothing changes
+    assert await rate(None, 3.0) == (1.0, 1)
+    assert await rate(None, 1.0) == (None, 0)
+    assert await rate(4.0) == (4.0, 1)

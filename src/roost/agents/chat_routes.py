@@ -98,11 +98,14 @@ def chat_agent_handler(app: FastAPI) -> ChatHandler:
             if done.status != "completed":
                 raise BadGateway(f"the agent's run {done.id} ended {done.status}"
                                  + (f": {done.error_message}" if done.error_message else ""))
-            answer = await chat_messages.post_message(gateway, principal, session_id, MessageCreate(
-                content=done.output or "", role="assistant", reply=False,
-                conversation_domain="agent"))
+            # As a model's answer: not a user's message (no length limit), and kept if
+            # the session was closed while the agent worked (docs/chat.md).
+            answer = await chat_messages.store_answer(
+                gateway, principal, session_id, content=done.output or "",
+                fields={"conversation_domain": "agent"},
+                metadata={"run_id": str(run.id), "agent": slug})
             return ExchangeOut(
-                user_message=user_message, assistant_message=answer.user_message,
+                user_message=user_message, assistant_message=answer,
                 provider=f"agent:{slug}", run_id=run.id,
                 usage=UsageOut(tokens_input=done.tokens_in, tokens_output=done.tokens_out,
                                credits_used=0, latency_ms=None, model=body.model))

@@ -40,6 +40,12 @@ def rotate_messages_command(
     from roost.security.crypto import MessageCipher
 
     settings = get_settings()
+    key_file = settings.data_dir / KEY_DIR_NAME / "message_keys"
+    if settings.message_keys is None and not key_file.exists():
+        # load_keys would make a fresh key: nothing stored opens with it (a wrong DATA_DIR).
+        raise fail("no message keys to rotate",
+                   f"{key_file} does not exist and ROOST_MESSAGE_KEYS is not set; point "
+                   "ROOST_DATA_DIR at the server's data directory", code=2)
     try:
         keys = load_keys(settings)
         cipher = MessageCipher(list(keys.message_keys))

@@ -9,6 +9,7 @@ import uuid
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
@@ -22,7 +23,7 @@ from roost.chat.schemas import (
 )
 from roost.chat.sessions import SESSION, get_session
 from roost.db.base import utcnow, uuid7
-from roost.errors import PayloadTooLarge
+from roost.errors import NotFound, PayloadTooLarge
 from roost.llm.gateway import LLMGateway
 from roost.pagination import (
     DEFAULT_LIMIT,
@@ -53,13 +54,21 @@ async def add_event(
 ) -> HistoryEventOut:
     chat_session = await get_session(session, actor, session_id)
     raw = json.dumps(data.message, separators=(",", ":"), ensure_ascii=False)
-    if len(raw) > _MAX_EVENT_BYTES:
+    if len(raw.encode()) > _MAX_EVENT_BYTES:  # bytes, as the 413 says (not characters)
         raise PayloadTooLarge(f"history event is larger than {_MAX_EVENT_BYTES} bytes")
     row = ChatHistoryEvent(id=uuid7(), session_id=session_id, user_id=chat_session.user_id,
                            event_type=data.event_type, message=gateway.cipher.encrypt(raw),
                            created_at=utcnow())
     session.add(row)
-    await session.flush()
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        # The session was deleted since it was read (no lock: events are many and
+        # cheap): as gone as if it had been before.
+        if "fk_chat_history_session_id_chat_sessions" in str(exc.orig):
+            raise NotFound(f"no chat session with id {session_id}") from None
+        raise
     await audit.record(session, "chat.history.create", user_id=actor.user_id,
                        resource_type=SESSION, resource_id=session_id,
                        metadata={"event_id": str(row.id), "event_type": data.event_type})

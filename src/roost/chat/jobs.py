@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -17,6 +18,7 @@ from roost.llm.jobs import job_gateway
 from roost.principal import Principal
 from roost.tasks import service as tasks
 from roost.tasks.handlers import PermanentError, TaskContext, task
+from roost.tasks.models import TaskStatus
 
 SUMMARIZE = "chat.summarize"
 
@@ -37,10 +39,26 @@ async def summarize(ctx: TaskContext, payload: SummarizePayload) -> dict[str, An
     return {"summary_id": str(row.id), "messages": row.message_count}
 
 
+# A job that ended without writing the summary: asking again queues a new one.
+_GAVE_UP = (TaskStatus.DEAD_LETTER, TaskStatus.CANCELLED)
+
+
+def summary_key(session_id: uuid.UUID, message_count: int, model: str | None,
+                requested_by: uuid.UUID | None) -> str:
+    """The idempotency key's stem: one job per session version, model and requester (an
+    administrator's job for a user is not visible to the user, so it must not stand in the
+    user's way); hashed, as a model name alone may fill the key's 255 characters."""
+    parts = (session_id, message_count, model, requested_by)
+    digest = hashlib.sha256("|".join("" if p is None else str(p) for p in parts).encode())
+    return f"{SUMMARIZE}:{digest.hexdigest()}"
+
+
 async def enqueue_summary(
     gateway: LLMGateway, actor: Principal, session_id: uuid.UUID, *, model: str | None = None
-) -> uuid.UUID:
-    """Queue a summary of a session the actor may see; one job per session version."""
+) -> tuple[uuid.UUID, str]:
+    """Queue a summary of a session the actor may see; one job per session version (a new
+    one once the last has given up).  Returns the job's id and its status (``queued`` for
+    a new or waiting job, else the status of the job already at work or done)."""
     async with gateway.transaction(actor) as session:
         chat_session = await sessions.get_session(session, actor, session_id)
         has_messages = await session.scalar(
@@ -48,11 +66,18 @@ async def enqueue_summary(
         )
         if has_messages is None:
             raise Conflict("the session has no messages to summarise")
-        job = await tasks.enqueue(
-            session, SUMMARIZE, SummarizePayload(session_id=session_id, model=model),
-            idempotency_key=f"{SUMMARIZE}:{session_id}:{chat_session.message_count}:{model or ''}",
-        )
+        stem = summary_key(session_id, chat_session.message_count, model, actor.user_id)
+        generation = 0  # keys "<stem>:<n>": each a unique-index lookup, few in practice
+        while True:
+            job, created = await tasks.enqueue_or_existing(
+                session, SUMMARIZE, SummarizePayload(session_id=session_id, model=model),
+                idempotency_key=f"{stem}:{generation}",
+            )
+            if created or job.status not in _GAVE_UP:
+                break
+            generation += 1
         await audit.record(session, "chat.summary.request", user_id=actor.user_id,
                            resource_type=sessions.SESSION, resource_id=session_id,
                            metadata={"task_id": str(job.id), "model": model})
-        return job.id
+        waiting = created or job.status in (TaskStatus.PENDING, TaskStatus.QUEUED)
+        return job.id, "queued" if waiting else str(job.status)

@@ -121,6 +121,20 @@ class RotationReport:
         return not self.undecryptable
 
 
+def _is_table(value: object) -> bool:
+    return any(value == table for table, _ in ENCRYPTED_COLUMNS)
+
+
+def _is_uuid(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass
 class _Checkpoint:
     path: Path | None
@@ -137,10 +151,14 @@ class _Checkpoint:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return cls(path, fingerprint)
-        if data.get("fingerprint") != fingerprint:  # a different rotation: start over
+        if not isinstance(data, dict) or data.get("fingerprint") != fingerprint:
+            return cls(path, fingerprint)  # not ours, or a different rotation: start over
+        table, last_id, done = data.get("table"), data.get("last_id"), data.get("done_tables", [])
+        if not (_is_table(table) or table is None) or not (_is_uuid(last_id) or last_id is None) \
+                or not isinstance(done, list) or not all(_is_table(t) for t in done):
+            log.warning("chat.keys.checkpoint_ignored", path=str(path))  # hand-edited, damaged
             return cls(path, fingerprint)
-        return cls(path, fingerprint, data.get("table"), data.get("last_id"),
-                   list(data.get("done_tables", [])))
+        return cls(path, fingerprint, table, last_id, list(done))
 
     def save(self) -> None:
         if self.path is None:

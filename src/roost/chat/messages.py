@@ -22,6 +22,7 @@ from sqlalchemy import (
     Insert,
     Integer,
     Select,
+    String,
     Table,
     Update,
     Uuid,
@@ -71,6 +72,8 @@ log = structlog.get_logger(__name__)
 MESSAGE = "chat_message"
 CHAT_PROMPT_KEY = "chat.system"  # chat sessions' system prompt (docs/prompts.md)
 _TOOL_CALLS = TypeAdapter(list[ToolCall])
+_TOOL_NAME_CHARS: Final = cast(String, ChatMessage.__table__.c.tool_call_name.type).length or 256
+_TOOL_ID_CHARS: Final = cast(String, ChatMessage.__table__.c.tool_call_id.type).length or 128
 
 
 # What a message answer shows: read as plain rows on the history path (no ORM entities,
@@ -323,6 +326,22 @@ async def _record_message(
     return Exchange(session_id=session_id, owner_id=found["user_id"], user_message=message)
 
 
+async def store_answer(
+    gateway: LLMGateway, actor: Principal, session_id: uuid.UUID, *, content: str,
+    fields: dict[str, Any], metadata: dict[str, Any],
+) -> MessageOut:
+    """Store an answer worked out for the session (an agent's run) as its assistant
+    message, audited ``chat.message.reply``, as a model's answer is: no user-input checks
+    (its length is not the user's message limit) and stored even if the session was
+    closed or expired meanwhile."""
+    async with gateway.transaction(actor) as session:
+        _, message = await _store_recorded(
+            session, gateway, actor, session_id, role="assistant", content=content,
+            tool_calls=None, fields=fields, require_open=False, action="chat.message.reply",
+            metadata=metadata)
+    return message
+
+
 async def _store_recorded(
     session: AsyncSession, gateway: LLMGateway, actor: Principal, session_id: uuid.UUID, *,
     role: str, content: str, tool_calls: list[ToolCall] | None, fields: dict[str, Any],
@@ -526,6 +545,12 @@ def usage_out(usage: UsageRecord) -> UsageOut:
                     model=usage.model)
 
 
+def _fitted(value: str, length: int) -> str:
+    """A provider's tool call id or name fitted to its plain-text column (no NUL, at most
+    ``length`` characters): the full value stays in the encrypted ``tool_calls``."""
+    return value.replace("\x00", "")[:length]
+
+
 def _reply_hooks(
     gateway: LLMGateway, actor: Principal, exchange: Exchange
 ) -> tuple[calls.SuccessHook[ExchangeOut], calls.FailureHook]:
@@ -541,8 +566,10 @@ def _reply_hooks(
         _, answer = await _store_recorded(
             session, gateway, actor, exchange.session_id, role="assistant",
             content=result.content, tool_calls=result.tool_calls or None, fields={
-                "tool_call_name": result.tool_calls[0].name if result.tool_calls else None,
-                "tool_call_id": result.tool_calls[0].id if result.tool_calls else None,
+                "tool_call_name": (_fitted(result.tool_calls[0].name, _TOOL_NAME_CHARS)
+                                   if result.tool_calls else None),
+                "tool_call_id": (_fitted(result.tool_calls[0].id, _TOOL_ID_CHARS)
+                                 if result.tool_calls else None),
                 "tokens_in": result.tokens_in, "tokens_out": result.tokens_out,
                 "model": model, "llm_request_id": outcome.request_id,
                 "confidence_score": float(response_confidence(result))},

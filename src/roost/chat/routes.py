@@ -255,5 +255,5 @@ async def request_summary(
     ``GET .../summary`` returns it once a worker has written it."""
     from roost.chat.jobs import enqueue_summary
 
-    task_id = await enqueue_summary(gateway, principal, session_id, model=model)
-    return SummaryRequested(session_id=session_id, task_id=task_id, status="queued")
+    task_id, state = await enqueue_summary(gateway, principal, session_id, model=model)
+    return SummaryRequested(session_id=session_id, task_id=task_id, status=state)

@@ -4,6 +4,7 @@ annotated by the session's owner.
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import structlog
@@ -41,6 +42,10 @@ SUMMARY_PROMPT = (
 )
 SUMMARY_MAX_MESSAGES = 200
 SUMMARY_MAX_CHARS = 24_000
+SUMMARY_MAX_TOPICS = 20
+SUMMARY_TOPIC_CHARS = 200
+# What jsonb cannot hold (U+0000, lone surrogates): dropped from the model's topics.
+_NOT_JSONB = re.compile("[\x00\ud800-\udfff]")
 
 
 def summary_out(cipher: MessageCipher, row: ChatSessionSummary) -> SummaryOut:
@@ -91,7 +96,7 @@ async def update_summary(
             setattr(row, name, value)
     row.updated_at = utcnow()
     await session.flush()
-    if "session_rating" in changes and row.session_rating is not None:
+    if "session_rating" in changes:  # set, changed or cleared (None)
         await _rate_prompt(session, session_id, row.session_rating,
                            changes["session_rating"][0])
     await audit.record(session, "chat.summary.update", user_id=actor.user_id,
@@ -99,10 +104,11 @@ async def update_summary(
     return summary_out(gateway.cipher, row)
 
 
-async def _rate_prompt(session: AsyncSession, session_id: uuid.UUID, rating: float,
+async def _rate_prompt(session: AsyncSession, session_id: uuid.UUID, rating: float | None,
                        previous: float | None) -> None:
     """A session's rating feeds the average_satisfaction of the chat.system version its
-    replies used (docs/prompts.md); a changed rating replaces the previous one."""
+    replies used (docs/prompts.md); a changed rating replaces the previous one, a cleared
+    one (None) leaves the mean."""
     prompt_id = await session.scalar(select(ChatSession.system_prompt_id)
                                      .where(ChatSession.id == session_id))
     if prompt_id is not None:
@@ -117,11 +123,13 @@ def _parse_summary(text: str) -> tuple[str, list[str]]:
     for line in lines:
         head, sep, rest = line.partition(":")
         if sep and head.strip().strip("*#- ").lower() in ("topics", "key topics"):
-            topics.extend(t.strip(" .*-") for t in rest.split(",") if t.strip(" .*-"))
+            # A provider's text is fitted to the jsonb column, never refused (docs/chat.md).
+            cleaned = (_NOT_JSONB.sub("", t).strip(" .*-") for t in rest.split(","))
+            topics.extend(t[:SUMMARY_TOPIC_CHARS] for t in cleaned if t)
         else:
             kept.append(line)
     summary = "\n".join(kept).strip() or text.strip()
-    return summary, topics[:20]
+    return summary, topics[:SUMMARY_MAX_TOPICS]
 
 
 async def summarize_session(

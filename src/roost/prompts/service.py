@@ -422,10 +422,11 @@ async def record_outcome(session: AsyncSession, prompt_id: uuid.UUID, success: b
                           {"id": prompt_id, "ok": success})
 
 
-async def record_rating(session: AsyncSession, prompt_id: uuid.UUID, rating: float,
+async def record_rating(session: AsyncSession, prompt_id: uuid.UUID, rating: float | None,
                         previous: float | None = None) -> None:
     """Feedback (0-5) on answers the version produced: average_satisfaction, the running
-    mean; ``previous``: the rating this one replaces (counted once, not twice)."""
+    mean; ``previous``: the rating this one replaces (counted once, not twice); ``rating``
+    None: ``previous`` was cleared and leaves the mean (migration 1160)."""
     await session.execute(text("SELECT roost_prompt_rated(:id, :r, :p)"),
                           {"id": prompt_id, "r": rating, "p": previous})
 
