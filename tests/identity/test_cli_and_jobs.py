@@ -17,6 +17,7 @@ from roost.db.engine import Database
 from roost.identity.models import Session
 from tests.identity.conftest import PASSWORD, login, password_user
 from tests.support.cli import run_roost
+from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
 
 
@@ -89,3 +90,50 @@ async def test_cleanup_is_scheduled_with_the_task_queue(
     assert result["sessions"] == 1
     async with database.transaction() as session:
         assert (await session.scalars(select(Session.id))).all() == []
+
+
+def _cli_env(pg_server: PgTestServer, db_name: str, tmp_path: Path) -> dict[str, str]:
+    return {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path)}
+
+
+async def test_cli_users_create_refuses_a_too_long_full_name_in_one_line(
+    tmp_path: Path, pg_server: PgTestServer, db_name: str
+) -> None:
+    """`roost users create --full-name <300 characters>` is one clear error line: no
+    traceback, and never the new account's password hash on stderr."""
+    answer = await asyncio.to_thread(
+        run_roost, "users", "create", "longname", "--email", "longname@example.test",
+        "--full-name", "N" * 300, "--password-stdin",
+        env=_cli_env(pg_server, db_name, tmp_path), stdin=PASSWORD + "\n")
+    assert "$argon2id$" not in answer.stdout + answer.stderr, "the password hash is printed"
+    assert "Traceback" not in answer.stderr, answer.stderr[-2000:]
+    assert answer.returncode == 1
+    assert "full name must be at most 255 characters" in answer.stderr
+
+
+async def test_cli_lists_print_names_like_markup_as_typed(
+    client: httpx.AsyncClient, tmp_path: Path, pg_server: PgTestServer, db_name: str,
+    database: Database, admin_headers: dict[str, str]
+) -> None:
+    """`roost keys list`, `roost limits show` and `roost limits set` print keys a user named '[/]' or
+    '[bold red]…' as typed, without crashing (rich markup in stored text)."""
+    _, headers = await make_user(database, username="markup")
+    keys = []
+    for name in ("[/]", "[bold red]look[/bold red]"):
+        made = await client.post("/api/v1/api-keys", headers=headers, json={"name": name})
+        assert made.status_code == 201
+        keys.append(made.json()["id"])
+    env = _cli_env(pg_server, db_name, tmp_path)
+    listed = await asyncio.to_thread(run_roost, "keys", "list", "--user", "markup", env=env)
+    assert listed.returncode == 0, listed.stderr[-1500:]
+    assert "[/]" in listed.stdout and "[bold red]look[/bold red]" in listed.stdout, listed.stdout
+    put = await client.put(f"/api/v1/admin/limits/api-keys/{keys[0]}", headers=admin_headers,
+                           json={"requests_per_minute": 5})
+    assert put.status_code == 200, put.text
+    shown = await asyncio.to_thread(run_roost, "limits", "show", env=env)
+    assert shown.returncode == 0, shown.stderr[-1500:]
+    assert "[/]" in shown.stdout, shown.stdout
+    changed = await asyncio.to_thread(run_roost, "limits", "set", "--key", keys[1],
+                                      "--streams", "2", env=env)
+    assert changed.returncode == 0, changed.stderr[-1500:]
+    assert "[bold red]look[/bold red]" in changed.stdout, changed.stdout

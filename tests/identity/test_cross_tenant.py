@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy import text
 
 from roost.db.engine import Database
-from tests.identity.conftest import ORIGIN, login, password_user
+from tests.identity.conftest import ORIGIN, bearer, login, password_user
 from tests.support.identity import make_user
 from tests.support.soft_authenticator import SoftAuthenticator
 
@@ -116,3 +116,45 @@ async def test_cross_tenant_matrix(client: httpx.AsyncClient, database: Database
             "SELECT count(*) FROM api_keys WHERE name = 'planted'"))).scalar_one()
     assert planted == 0
     assert uuid.UUID(str(a))
+
+
+async def test_admin_naming_an_unknown_account_gets_404(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    """An administrator naming an account that does not exist gets 404 ("no such user"),
+    not an empty success (and no `session.revoked_by_admin` audit of a ghost)."""
+    ghost = uuid.uuid4()
+    answers = [
+        await client.get(f"/api/v1/users/{ghost}/sessions", headers=admin_headers),
+        await client.post(f"/api/v1/users/{ghost}/sessions/revoke", headers=admin_headers),
+        await client.get(f"/api/v1/api-keys?user_id={ghost}", headers=admin_headers),
+        await client.get(f"/api/v1/users/{ghost}/devices", headers=admin_headers),
+        await client.get(f"/api/v1/users/{ghost}/oauth", headers=admin_headers),
+    ]
+    assert [a.status_code for a in answers] == [404] * 5, [a.text for a in answers]
+    assert {a.json()["detail"] for a in answers} == {"no such user"}
+
+
+async def test_a_device_is_reached_only_under_its_owner(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """/users/{another user's id}/devices/{my device} is a 404 for a non-administrator
+    (another user's id is 404 unless administrator), not served as /users/me; an
+    administrator must name the device's owner too."""
+    await password_user(database, "dpa")
+    other = await password_user(database, "dpb")
+    await password_user(database, "dpadmin", admin=True)
+    headers = await bearer(client, "dpa")
+    admin = await bearer(client, "dpadmin")
+    device = (await client.get("/api/v1/users/me/devices", headers=headers)).json()[0]["id"]
+    for method, body in (("PATCH", {"is_trusted": True}), ("DELETE", None)):
+        for who, path_user in ((headers, other), (admin, other), (admin, "me")):
+            answer = await client.request(method, f"/api/v1/users/{path_user}/devices/{device}",
+                                          headers=who, json=body)
+            assert answer.status_code == 404, (method, answer.text)
+    devices = (await client.get("/api/v1/users/me/devices", headers=headers)).json()
+    assert [(d["id"], d["is_trusted"]) for d in devices] == [(device, False)]
+    owner = (await client.get("/api/v1/users/me", headers=headers)).json()["id"]
+    trusted = await client.patch(f"/api/v1/users/{owner}/devices/{device}", headers=admin,
+                                 json={"is_trusted": True})
+    assert trusted.status_code == 200 and trusted.json()["is_trusted"] is True

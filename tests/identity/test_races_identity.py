@@ -7,16 +7,21 @@ answers a 5xx."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
-from tests.identity.conftest import PASSWORD, login, password_user
+from roost.identity.apikeys import MAX_KEYS_PER_USER
+from roost.identity.passkeys import MAX_PASSKEYS_PER_USER
+from tests.identity.conftest import ORIGIN, PASSWORD, bearer, login, password_user
 from tests.support.identity import make_user
 from tests.support.races import no_5xx, race_settings
+from tests.support.soft_authenticator import SoftAuthenticator
 from tests.support.sql import fetch, scalar
 
 Headers = dict[str, str]
@@ -146,3 +151,49 @@ async def test_an_api_key_revoked_while_it_is_used_works_no_more_after(
     assert all(r.status_code in (201, 401) for i, r in enumerate(answers) if i != 4)
     after = await client.post("/api/v1/chat/sessions", json={"title": "t"}, headers=key)
     assert after.status_code == 401
+
+
+async def test_parallel_key_creations_stop_at_the_cap(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """Concurrent key creations cannot push an account beyond its 100 active API keys:
+    the count and the insert run under a lock on the owner."""
+    uid, headers = await make_user(database, username="racer")  # holds one key already
+    for i in range(MAX_KEYS_PER_USER - 10):
+        made = await client.post("/api/v1/api-keys", headers=headers, json={"name": f"k{i}"})
+        assert made.status_code == 201
+    answers = await asyncio.gather(*(client.post("/api/v1/api-keys", headers=headers,
+                                                 json={"name": f"r{i}"}) for i in range(20)))
+    no_5xx(*answers)
+    assert sorted(a.status_code for a in answers) == [201] * 9 + [400] * 11
+    active = await scalar(database, "SELECT count(*) FROM api_keys WHERE user_id = :u "
+                          "AND revoked_at IS NULL", u=uid)
+    assert active == MAX_KEYS_PER_USER
+
+
+async def test_passkey_ceremonies_begun_below_the_cap_cannot_all_finish(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """The cap of 50 passkeys is checked again when a registration finishes (under a
+    lock), not only when it begins."""
+    uid = await password_user(database, "pkmax")
+    headers = await bearer(client, "pkmax")
+    async with database.transaction() as session:
+        for i in range(MAX_PASSKEYS_PER_USER - 1):
+            cred_id = base64.urlsafe_b64encode(f"fake-{i:04d}".encode()).rstrip(b"=").decode()
+            await session.execute(text(
+                "INSERT INTO passkey_credentials (id, user_id, credential_id, public_key, "
+                "sign_count, credential_name, backed_up) VALUES (gen_random_uuid(), :u, :c, "
+                "'\\x00'::bytea, 0, 'x', false)"), {"u": uid, "c": cred_id})
+    begun = [await client.post("/api/v1/auth/passkeys/register/begin", headers=headers, json={})
+             for _ in range(3)]
+    assert all(b.status_code == 200 for b in begun), [b.text for b in begun]
+    finished = []
+    for b in begun:
+        cred = SoftAuthenticator().create(b.json()["options"], origin=ORIGIN)
+        finished.append((await client.post(
+            "/api/v1/auth/passkeys/register/finish", headers=headers,
+            json={"challenge_id": b.json()["challenge_id"], "credential": cred})).status_code)
+    assert finished == [201, 400, 400], finished
+    listed = (await client.get("/api/v1/auth/passkeys", headers=headers)).json()
+    assert len(listed) == MAX_PASSKEYS_PER_USER

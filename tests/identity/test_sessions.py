@@ -200,11 +200,11 @@ async def test_unknown_user_and_wrong_password_look_the_same(
 ) -> None:
     await password_user(database, "dee")
     hashes: list[str] = []
-    real_dummy, real_verify = passwords.dummy_verify, passwords.verify_password
+    real_dummy, real_check = passwords.dummy_verify, passwords.check_password
     monkeypatch.setattr(sessions_service, "dummy_verify",
-                        lambda: (hashes.append("dummy"), real_dummy())[1])
-    monkeypatch.setattr(sessions_service, "verify_password",
-                        lambda h, p: (hashes.append("real"), real_verify(h, p))[1])
+                        lambda p="": (hashes.append("dummy"), real_dummy(p))[1])
+    monkeypatch.setattr(sessions_service, "check_password",
+                        lambda h, p: (hashes.append("real"), real_check(h, p))[1])
     wrong = await login(client, "dee", "Not-the-password-42")
     unknown = await login(client, "nobody-here", "Not-the-password-42")
     assert wrong.status_code == unknown.status_code == 401

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import bcrypt
 import pytest
 from argon2 import PasswordHasher
@@ -10,6 +12,8 @@ from roost.errors import Unprocessable
 from roost.security import passwords
 from roost.security.passwords import (
     MAX_PASSWORD_LENGTH,
+    PasswordCheck,
+    check_password,
     check_password_policy,
     dummy_verify,
     hash_password,
@@ -88,6 +92,55 @@ def test_dummy_verify_burns_a_real_argon2_verification(monkeypatch: pytest.Monke
     dummy_verify()
     assert len(calls) == 2
     assert calls[0].startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+
+
+COMPOSED = unicodedata.normalize("NFC", "crème brûlée kettle 73")
+DECOMPOSED = unicodedata.normalize("NFD", COMPOSED)
+
+
+def test_unicode_spellings_of_one_password_are_one_password() -> None:
+    assert COMPOSED != DECOMPOSED
+    for typed in (COMPOSED, DECOMPOSED):
+        stored = hash_password(typed)
+        assert check_password(stored, COMPOSED) == PasswordCheck(True)
+        assert check_password(stored, DECOMPOSED) == PasswordCheck(True)
+    # NFKC: compatibility forms too (a fullwidth capital A is an "A").
+    assert verify_password(hash_password("\uff21lpine kettle 73"), "Alpine kettle 73")
+
+
+def test_a_hash_of_the_password_as_typed_verifies_and_asks_for_a_rehash() -> None:
+    old = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1).hash(DECOMPOSED)
+    assert check_password(old, DECOMPOSED) == PasswordCheck(True, rehash=True)
+    assert not check_password(old, "violet harbour kettle 74").ok
+    legacy = bcrypt.hashpw(DECOMPOSED.encode(), bcrypt.gensalt(rounds=4)).decode()
+    assert check_password(legacy, DECOMPOSED).ok
+
+
+def test_a_wrong_password_and_an_unknown_name_cost_the_same(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two verifications for text whose normalised form differs (both forms are tried),
+    one otherwise: dummy_verify spends exactly what check_password does."""
+    calls: list[str] = []
+    real = passwords._hasher
+
+    class Spy:
+        def hash(self, password: str) -> str:
+            return real.hash(password)
+
+        def verify(self, stored: str, password: str) -> bool:
+            calls.append(stored)
+            return real.verify(stored, password)
+
+    stored = hash_password(GOOD)
+    monkeypatch.setattr(passwords, "_hasher", Spy())
+    for typed in (DECOMPOSED, "violet harbour kettle 74"):
+        calls.clear()
+        assert not check_password(stored, typed).ok
+        spent = len(calls)
+        calls.clear()
+        dummy_verify(typed)
+        assert len(calls) == spent == (2 if typed == DECOMPOSED else 1)
 
 
 # --- policy -----------------------------------------------------------------------------

@@ -15,11 +15,12 @@ from sqlalchemy import exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
-from roost.errors import BadRequest, Conflict, Forbidden, NotFound
+from roost.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import (
     is_admin_user,
     load_user,
     normalize_email,
+    normalize_login,
     normalize_username,
 )
 from roost.identity.groups import hand_over_groups_of
@@ -30,6 +31,20 @@ from roost.security.passwords import check_password_policy, hash_password
 # Serialises "is this the first account?" so two simultaneous first registrations
 # cannot both become root (the partial unique index would also refuse the second).
 _FIRST_USER_LOCK = text("SELECT pg_advisory_xact_lock(7263117, 200)")
+MAX_FULL_NAME_LENGTH = 255  # users.full_name
+
+
+def _check_full_name(full_name: str | None) -> None:
+    """422 for what the column cannot hold: every caller (the API's schema, the CLI, imports)
+    gets the same clear answer instead of the database's error."""
+    if full_name is None:
+        return
+    if len(full_name) > MAX_FULL_NAME_LENGTH:
+        raise Unprocessable(f"full name must be at most {MAX_FULL_NAME_LENGTH} characters",
+                            extra={"field": "full_name"})
+    if "\x00" in full_name:
+        raise Unprocessable("full name must not contain NUL characters",
+                            extra={"field": "full_name"})
 
 
 async def _check_unique(session: AsyncSession, username: str, email: str) -> None:
@@ -77,6 +92,7 @@ async def create_user(
         raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
     if (role != "user" or tier != "free" or status is not None) and not admin_created:
         raise Forbidden("only an administrator can choose a role, tier or status")
+    _check_full_name(full_name)
     hashed = None
     if password is not None:
         check_password_policy(password, username=username, email=email)
@@ -132,10 +148,12 @@ async def list_users(
 
 
 async def find_user(session: AsyncSession, login: str) -> User | None:
-    """By username or email (case-insensitive)."""
-    value = login.strip().lower()
+    """By username or email (case-insensitive; Unicode spellings normalised as
+    registration stores them, :func:`normalize_login`)."""
+    value = normalize_login(login)
+    plain = login.strip().lower()  # addresses stored before normalisation (imports)
     return await session.scalar(
-        select(User).where(or_(User.username == value, User.email == value))
+        select(User).where(or_(User.username == value, User.email.in_((value, plain))))
     )
 
 

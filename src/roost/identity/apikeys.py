@@ -12,7 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.db.base import utcnow
 from roost.errors import BadRequest, Unprocessable
-from roost.identity.common import load_user, owned_row, target_user_id
+from roost.identity.common import (
+    existing_target_user_id,
+    load_user,
+    lock_owner_quota,
+    owned_row,
+    target_user_id,
+)
 from roost.identity.models import ApiKey
 from roost.principal import Principal
 from roost.security.tokens import generate_api_key
@@ -45,6 +51,7 @@ async def create_api_key(
                                 extra={"field": "expires_at"})
         if expires_at <= utcnow():
             raise Unprocessable("expires_at must be in the future", extra={"field": "expires_at"})
+    await lock_owner_quota(session, owner, "api_keys")  # count and insert as one step
     count = len((await session.scalars(
         select(ApiKey.id).where(ApiKey.user_id == owner, ApiKey.revoked_at.is_(None))
     )).all())
@@ -67,7 +74,7 @@ async def list_api_keys(
     session: AsyncSession, principal: Principal, *, user_id: uuid.UUID | None = None,
     include_revoked: bool = False,
 ) -> list[ApiKey]:
-    owner = target_user_id(principal, user_id)
+    owner = await existing_target_user_id(session, principal, user_id)
     stmt = select(ApiKey).where(ApiKey.user_id == owner).order_by(ApiKey.created_at.desc())
     if not include_revoked:
         stmt = stmt.where(ApiKey.revoked_at.is_(None))

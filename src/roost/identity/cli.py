@@ -14,6 +14,7 @@ from rich.console import Console
 from roost.clitools import (
     MAX_DAYS,
     MAX_LIST,
+    add_text_row,
     fail,
     id_table,
     print_table,
@@ -114,7 +115,7 @@ def users_list(
     for u in rows:
         role = u.role + (" (root)" if u.is_root else "")
         last = u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "-"
-        table.add_row(u.username, u.email, role, u.status, u.tier, last, str(u.id))
+        add_text_row(table, u.username, u.email, role, u.status, u.tier, last, str(u.id))
     print_table(console, table)
 
 
@@ -181,9 +182,9 @@ def keys_list(user: Annotated[str, typer.Option("--user", help="Username or emai
 
     table = id_table("id", "prefix", "name", "created", "last used", "expires", wrap=("name",))
     for k in _run(go):
-        table.add_row(str(k.id), k.prefix, k.name, k.created_at.strftime("%Y-%m-%d %H:%M"),
-                      k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "-",
-                      k.expires_at.strftime("%Y-%m-%d") if k.expires_at else "-")
+        add_text_row(table, str(k.id), k.prefix, k.name, k.created_at.strftime("%Y-%m-%d %H:%M"),
+                     k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "-",
+                     k.expires_at.strftime("%Y-%m-%d") if k.expires_at else "-")
     print_table(console, table)
 
 
@@ -229,8 +230,9 @@ def _limits_table(rows: list[Any]) -> Any:
 
     table = id_table("kind", "name", "requests/min", "streams", "id")
     for r in rows:
-        table.add_row(r.kind, r.name, show(r.requests_per_minute, r.effective_requests_per_minute),
-                      show(r.streams, r.effective_streams), str(r.id))
+        add_text_row(table, r.kind, r.name,
+                     show(r.requests_per_minute, r.effective_requests_per_minute),
+                     show(r.streams, r.effective_streams), str(r.id))
     return table
 
 

@@ -4,11 +4,12 @@ rest, and principal checks.  (The system principal, ``SYSTEM``, is in ``roost.pr
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from typing import Protocol, TypeVar
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.errors import Forbidden, NotFound, Unprocessable
@@ -56,6 +57,19 @@ def normalize_email(raw: str) -> str:
     return checked.normalized.lower()
 
 
+def normalize_login(raw: str) -> str:
+    """A sign-in name as it is stored: NFC, stripped, lower-cased, and an e-mail address
+    in :func:`normalize_email`'s form (macOS keyboards send "é" decomposed; registration
+    stored it composed).  Text that is no valid address is returned plain-normalised."""
+    value = unicodedata.normalize("NFC", raw).strip().lower()
+    if "@" in value:
+        try:
+            return normalize_email(value)
+        except Unprocessable:
+            pass
+    return value
+
+
 def is_admin_user(user: User) -> bool:
     return user.role == "admin" or user.is_superuser or user.is_root
 
@@ -95,6 +109,17 @@ def target_user_id(principal: Principal, user_id: uuid.UUID | None) -> uuid.UUID
     return user_id
 
 
+async def existing_target_user_id(
+    session: AsyncSession, principal: Principal, user_id: uuid.UUID | None
+) -> uuid.UUID:
+    """:func:`target_user_id`, and for an administrator naming another account, that the
+    account exists (404 "no such user", not an empty answer about nobody)."""
+    owner = target_user_id(principal, user_id)
+    if owner != principal.user_id:
+        await load_user(session, owner)
+    return owner
+
+
 class _UserOwned(Protocol):
     @property
     def user_id(self) -> uuid.UUID: ...
@@ -121,6 +146,15 @@ async def load_user(session: AsyncSession, user_id: uuid.UUID) -> User:
     if user is None:
         raise NotFound("no such user")
     return user
+
+
+async def lock_owner_quota(session: AsyncSession, user_id: uuid.UUID, what: str) -> None:
+    """Serialise "count, then insert" of one account's ``what`` (API keys, passkeys) until
+    the transaction ends, so parallel requests cannot all pass a per-account cap.  An
+    advisory lock, not ``FOR UPDATE`` on ``users``: it needs no UPDATE right on the row
+    and does not hold up the account's other writes."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(7263117, hashtext(:k))"),
+                          {"k": f"roost.identity.{what}:{user_id}"})
 
 
 async def group_ids_of(session: AsyncSession, user_id: uuid.UUID) -> frozenset[uuid.UUID]:

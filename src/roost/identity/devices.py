@@ -15,7 +15,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
-from roost.identity.common import owned_row, target_user_id
+from roost.errors import NotFound
+from roost.identity.common import existing_target_user_id, owned_row
 from roost.identity.models import RegisteredDevice, Session
 from roost.principal import Principal
 
@@ -72,17 +73,30 @@ async def record_login_device(
 async def list_devices(
     session: AsyncSession, principal: Principal, user_id: uuid.UUID | None = None
 ) -> list[RegisteredDevice]:
-    owner = target_user_id(principal, user_id)
+    owner = await existing_target_user_id(session, principal, user_id)
     return list((await session.scalars(
         select(RegisteredDevice).where(RegisteredDevice.user_id == owner)
         .order_by(RegisteredDevice.last_used_at.desc().nulls_last())
     )).all())
 
 
-async def set_trusted(
-    session: AsyncSession, principal: Principal, device_id: uuid.UUID, trusted: bool
+async def _device_of(
+    session: AsyncSession, principal: Principal, device_id: uuid.UUID, user_id: uuid.UUID | None
 ) -> RegisteredDevice:
+    """The device ``device_id`` of the account ``user_id`` names (the caller for None):
+    another user's id is 404 unless administrator, and a device of anyone else is 404."""
+    owner = await existing_target_user_id(session, principal, user_id)
     device = await owned_row(session, principal, RegisteredDevice, device_id, "device")
+    if device.user_id != owner:
+        raise NotFound("no such device")
+    return device
+
+
+async def set_trusted(
+    session: AsyncSession, principal: Principal, device_id: uuid.UUID, trusted: bool,
+    user_id: uuid.UUID | None = None,
+) -> RegisteredDevice:
+    device = await _device_of(session, principal, device_id, user_id)
     if device.is_trusted != trusted:
         device.is_trusted = trusted
         await session.flush()
@@ -92,8 +106,11 @@ async def set_trusted(
     return device
 
 
-async def revoke_device(session: AsyncSession, principal: Principal, device_id: uuid.UUID) -> None:
-    device = await owned_row(session, principal, RegisteredDevice, device_id, "device")
+async def revoke_device(
+    session: AsyncSession, principal: Principal, device_id: uuid.UUID,
+    user_id: uuid.UUID | None = None,
+) -> None:
+    device = await _device_of(session, principal, device_id, user_id)
     revoked = await session.execute(
         update(Session)
         .where(Session.device_id == device.id, Session.revoked_at.is_(None))

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.db.base import utcnow
 from roost.errors import NotFound, Unprocessable
-from roost.identity.common import load_user, target_user_id
+from roost.identity.common import existing_target_user_id, load_user, target_user_id
 from roost.identity.config import IdentityConfig
 from roost.identity.models import UserOAuthToken
 from roost.principal import Principal
@@ -168,7 +168,7 @@ async def update_after_refresh(
 async def list_tokens(
     session: AsyncSession, principal: Principal, user_id: uuid.UUID | None = None
 ) -> list[UserOAuthToken]:
-    owner = target_user_id(principal, user_id)
+    owner = await existing_target_user_id(session, principal, user_id)
     return list((await session.scalars(
         select(UserOAuthToken).where(UserOAuthToken.user_id == owner)
         .order_by(UserOAuthToken.service)

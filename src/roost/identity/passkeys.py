@@ -24,7 +24,7 @@ from roost.audit.service import record
 from roost.db.base import utcnow
 from roost.errors import BadRequest, Conflict, Unauthorized, Unprocessable
 from roost.identity import throttle
-from roost.identity.common import load_user, owned_row, require_user
+from roost.identity.common import load_user, lock_owner_quota, owned_row, require_user
 from roost.identity.config import IdentityConfig
 from roost.identity.models import AuthChallenge, PasskeyCredential
 from roost.identity.sessions import (
@@ -82,15 +82,21 @@ async def _take_challenge(
     return row
 
 
+async def _passkeys_below_cap(session: AsyncSession, user_id: uuid.UUID) -> list[str]:
+    """The account's credential ids, or 400 when it holds the most it may."""
+    existing = list((await session.scalars(
+        select(PasskeyCredential.credential_id).where(PasskeyCredential.user_id == user_id)
+    )).all())
+    if len(existing) >= MAX_PASSKEYS_PER_USER:
+        raise BadRequest(f"an account may hold at most {MAX_PASSKEYS_PER_USER} passkeys")
+    return existing
+
+
 async def begin_register(
     session: AsyncSession, cfg: IdentityConfig, principal: Principal, name: str | None = None
 ) -> tuple[uuid.UUID, dict[str, Any]]:
     user = await load_user(session, require_user(principal))
-    existing = list((await session.scalars(
-        select(PasskeyCredential.credential_id).where(PasskeyCredential.user_id == user.id)
-    )).all())
-    if len(existing) >= MAX_PASSKEYS_PER_USER:
-        raise BadRequest(f"an account may hold at most {MAX_PASSKEYS_PER_USER} passkeys")
+    existing = await _passkeys_below_cap(session, user.id)
     options, challenge = begin_registration(
         cfg.rp, user_handle=user_handle(user.id), user_name=user.username,
         display_name=user.full_name or user.username,
@@ -121,6 +127,10 @@ async def finish_register(
     )
     if taken is not None:
         raise Conflict("this passkey is already registered")
+    # Checked again here, under a lock: ceremonies begun in parallel below the cap must
+    # not all finish.
+    await lock_owner_quota(session, user_id, "passkeys")
+    await _passkeys_below_cap(session, user_id)
     row = PasskeyCredential(
         user_id=user_id, credential_id=credential_id, public_key=verified.public_key,
         sign_count=verified.sign_count, aaguid=verified.aaguid,

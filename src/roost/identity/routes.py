@@ -419,17 +419,15 @@ async def list_devices(user: str, principal: CurrentPrincipal,
                     summary="Trust or distrust a device")
 async def patch_device(user: str, device_id: uuid.UUID, body: DevicePatchIn,
                        principal: CurrentPrincipal, session: DbSession) -> DeviceOut:
-    _user_ref(user)
-    return DeviceOut.model_validate(
-        await devices.set_trusted(session, principal, device_id, body.is_trusted))
+    return DeviceOut.model_validate(await devices.set_trusted(
+        session, principal, device_id, body.is_trusted, _user_ref(user)))
 
 
 @users_router.delete("/{user}/devices/{device_id}", status_code=204,
                      summary="Revoke a device (ends its sessions)")
 async def delete_device(user: str, device_id: uuid.UUID, principal: CurrentPrincipal,
                         session: DbSession) -> Response:
-    _user_ref(user)
-    await devices.revoke_device(session, principal, device_id)
+    await devices.revoke_device(session, principal, device_id, _user_ref(user))
     return _no_content()
 
 

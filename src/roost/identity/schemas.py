@@ -342,6 +342,8 @@ class SettingsOut(SettingsBase):
 class SettingsPatchIn(SettingsBase, Input):
     """Only the fields sent change; ``web_search_api_key`` is write-only ("" clears it)."""
 
+    # The themes the console has; a name stored before this rule still reads (SettingsOut).
+    theme: Literal["dark", "light"] = "dark"
     web_search_api_key: Annotated[str | None, Field(max_length=512)] = None
 
 

@@ -29,18 +29,24 @@ from roost.db.base import utcnow, uuid7
 from roost.errors import BadRequest, Forbidden, Unauthorized
 from roost.identity import ratelimits, throttle, twofactor
 from roost.identity.accounts import find_user
-from roost.identity.common import load_user, owned_row, require_user, target_user_id
+from roost.identity.common import (
+    existing_target_user_id,
+    load_user,
+    owned_row,
+    require_user,
+)
 from roost.identity.config import IdentityConfig
 from roost.identity.devices import record_login_device
 from roost.identity.models import AuthChallenge, Session, User, UserTwoFactorAuth
 from roost.principal import Principal
 from roost.security.passwords import (
     MAX_PASSWORD_LENGTH,
+    PasswordCheck,
+    check_password,
     check_password_policy,
     dummy_verify,
     hash_password,
     needs_rehash,
-    verify_password,
 )
 from roost.security.tokens import (
     generate_refresh_token,
@@ -83,17 +89,27 @@ class MfaRequired:
     methods: list[str] = field(default_factory=lambda: ["totp", "backup_code"])
 
 
+# An account has two sign-in names (username and e-mail), each locking on its own; the
+# account's total may reach this many times the per-name limit before it locks too.
+_USER_LIMIT_FACTOR = 2
+
+
 def _limits(cfg: IdentityConfig) -> throttle.Limits:
     return throttle.Limits(cfg.max_failures_per_account, cfg.max_failures_per_ip,
-                           cfg.failure_window_s, cfg.lockout_s)
+                           cfg.failure_window_s, cfg.lockout_s,
+                           per_user=cfg.max_failures_per_account * _USER_LIMIT_FACTOR)
+
+
+async def _check(stored: str | None, password: str) -> PasswordCheck:
+    """argon2/bcrypt off the event loop; a dummy hash when there is nothing to compare."""
+    if stored is None:
+        await asyncio.to_thread(dummy_verify, password)
+        return PasswordCheck(False)
+    return await asyncio.to_thread(check_password, stored, password)
 
 
 async def _verify(stored: str | None, password: str) -> bool:
-    """argon2/bcrypt off the event loop; a dummy hash when there is nothing to compare."""
-    if stored is None:
-        await asyncio.to_thread(dummy_verify)
-        return False
-    return await asyncio.to_thread(verify_password, stored, password)
+    return (await _check(stored, password)).ok
 
 
 async def commit_auth_failure(
@@ -115,16 +131,21 @@ async def commit_auth_failure(
     error, and the counters and audit records must survive.  Committing here (rather than
     writing through a second connection) holds one pooled connection per request, so a
     flood of failed logins cannot starve the pool.  Call it only before the transaction
-    has written anything that must not be kept.  ``account_key`` replaces the account's
-    password counter (second-factor failures count under their own key, reported as
+    has written anything that must not be kept.  A failure counts against the name
+    ``login`` and, when it names one, the account (``throttle``'s docstring); ``account_key``
+    replaces both (second-factor failures count under their own key, reported as
     ``account_scope`` in the lockout record).
     """
     limits = _limits(cfg)
     locked: list[str] = []
     if count:
-        acct = account_key or throttle.account_key(user_id, login)
-        if await throttle.record_failure(session, acct, limits.per_account, limits):
-            locked.append(account_scope)
+        counters = [(account_key, limits.per_account, account_scope)] if account_key else [
+            (throttle.login_key(login), limits.per_account, "account")]
+        if account_key is None and user_id is not None:
+            counters.append((throttle.account_key(user_id), limits.per_user, "account_total"))
+        for key, limit, scope in counters:
+            if await throttle.record_failure(session, key, limit, limits):
+                locked.append(scope)
         ip = throttle.ip_key(client.ip)
         if ip and await throttle.record_failure(session, ip, limits.per_ip, limits):
             locked.append("ip")
@@ -179,15 +200,19 @@ async def login(
 ) -> IssuedTokens | MfaRequired:
     """Password sign-in: tokens, or an MFA challenge when TOTP is enabled."""
     user = await find_user(session, login) if len(login) <= 255 else None
-    acct = throttle.account_key(user.id if user else None, login)
-    keys = [acct] + ([k] if (k := throttle.ip_key(client.ip)) else [])
+    # The name's counter decides, known or not; the account's total only once it is
+    # over the higher limit (throttle's docstring).
+    name_key = throttle.login_key(login[:255])
+    keys = [name_key] + ([k] if (k := throttle.ip_key(client.ip)) else [])
+    if user is not None:
+        keys.append(throttle.account_key(user.id))
     await throttle.check_not_locked(session, keys)
     if len(password) > MAX_PASSWORD_LENGTH:
-        ok = False
+        check = PasswordCheck(False)
         await asyncio.to_thread(dummy_verify)
     else:
-        ok = await _verify(user.hashed_password if user else None, password)
-    if not ok or user is None:
+        check = await _check(user.hashed_password if user else None, password)
+    if not check.ok or user is None:
         # Analytics (docs/analytics.md): method and outcome only, never what was typed.
         emit_event(session, "auth.login", {"method": "password", "success": False},
                    user_id=user.id if user else None)
@@ -205,12 +230,14 @@ async def login(
                                   count=False)
         raise
     assert user.hashed_password is not None
-    if needs_rehash(user.hashed_password):
-        # Imported bcrypt (or weaker argon2) hashes become argon2id while we hold the password.
+    if check.rehash or needs_rehash(user.hashed_password):
+        # Imported bcrypt (or weaker argon2) hashes become argon2id, and hashes of a password
+        # as typed become hashes of its normalised form, while we hold the password.
         user.hashed_password = await asyncio.to_thread(hash_password, password)
         await record(session, "user.password_rehashed", user_id=user.id, category="system",
                      resource_type="user", resource_id=user.id)
-    await throttle.clear(session, acct)
+    await throttle.clear(session, name_key)
+    await throttle.clear(session, throttle.account_key(user.id))
     tfa = await session.scalar(
         select(UserTwoFactorAuth).where(UserTwoFactorAuth.user_id == user.id)
     )
@@ -248,7 +275,7 @@ async def complete_mfa(
     # The password counter is cleared by every correct password; wrong codes count under
     # their own key, which only a correct code clears (or the window/lockout ending).
     mfa_key = throttle.second_factor_key(user.id)
-    keys = [throttle.account_key(user.id, user.username), mfa_key]
+    keys = [throttle.account_key(user.id), mfa_key]
     if ip := throttle.ip_key(client.ip):
         keys.append(ip)
     await throttle.check_not_locked(session, keys)
@@ -342,7 +369,7 @@ async def revoke_all_sessions(
     *, except_current: bool = False,
 ) -> int:
     """Logout everywhere (own sessions) or admin revocation (anyone's)."""
-    owner = target_user_id(principal, user_id)
+    owner = await existing_target_user_id(session, principal, user_id)
     stmt = update(Session).where(Session.user_id == owner, Session.revoked_at.is_(None))
     if except_current and principal.session_id is not None:
         stmt = stmt.where(Session.id != principal.session_id)
@@ -357,7 +384,7 @@ async def revoke_all_sessions(
 async def list_sessions(
     session: AsyncSession, principal: Principal, user_id: uuid.UUID | None = None
 ) -> list[Session]:
-    owner = target_user_id(principal, user_id)
+    owner = await existing_target_user_id(session, principal, user_id)
     return list((await session.scalars(
         select(Session).where(Session.user_id == owner, Session.revoked_at.is_(None),
                               Session.expires_at > func.now())
@@ -383,8 +410,8 @@ async def change_password(
 ) -> int:
     """Needs the current password; ends every other session.  Returns how many."""
     user = await load_user(session, require_user(principal))
-    acct = throttle.account_key(user.id, user.username)
-    await throttle.check_not_locked(session, [acct])
+    await throttle.check_not_locked(
+        session, [throttle.login_key(user.username), throttle.account_key(user.id)])
     if not await _verify(user.hashed_password, current_password):
         await commit_auth_failure(session, cfg, action="user.password_change_failed",
                                   user_id=user.id, login=user.username, client=client,

@@ -1,9 +1,12 @@
-"""Login throttling: temporary lockout after N failures per account and per address.
+"""Login throttling: temporary lockout after N failures per sign-in name and per address.
 
 Counters live in ``auth_throttle``; the sign-in code commits them before answering
-401, so a failed attempt always counts.  A name that
-matches no account gets a counter of its own, keyed by a hash of the name, so
-unknown names lock out exactly like real ones and the answer reveals nothing.  Wrong
+401, so a failed attempt always counts.  The 429 at sign-in is decided by the name as
+typed (normalised, :func:`login_key`), whether or not it names an account: an account's
+username and e-mail lock separately, exactly like two unknown names, so locking one out
+never confirms that the other belongs to it.  A per-account counter
+(:func:`account_key`) with a higher limit caps the total of wrong passwords over all of
+an account's names.  Wrong
 second-factor codes count against the account under a key of their own
 (:func:`second_factor_key`) that a correct password does not clear.
 """
@@ -22,13 +25,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.base import utcnow
 from roost.errors import TooManyRequests
+from roost.identity.common import normalize_login
 from roost.identity.models import AuthThrottle
 
 
-def account_key(user_id: uuid.UUID | None, login: str) -> str:
-    if user_id is not None:
-        return f"user:{user_id}"
-    return "login:" + hashlib.sha256(login.strip().lower().encode()).hexdigest()[:40]
+def login_key(login: str) -> str:
+    """The counter of one sign-in name, known or not (a hash: unknown names are not kept)."""
+    return "login:" + hashlib.sha256(normalize_login(login).encode()).hexdigest()[:40]
+
+
+def account_key(user_id: uuid.UUID) -> str:
+    """Every wrong password of one account, whichever of its names was typed."""
+    return f"user:{user_id}"
 
 
 def ip_key(ip: str | None) -> str | None:
@@ -36,18 +44,19 @@ def ip_key(ip: str | None) -> str | None:
 
 
 def second_factor_key(user_id: uuid.UUID) -> str:
-    """Wrong TOTP/backup codes of one account.  Kept apart from :func:`account_key`, which
-    a correct password clears: only a correct second factor (or the end of the window or
+    """Wrong TOTP/backup codes of one account.  Kept apart from the password counters,
+    which a correct password clears: only a correct second factor (or the end of the window or
     lockout) clears this one, so knowing the password does not buy unlimited guesses."""
     return f"mfa:{user_id}"
 
 
 @dataclass(frozen=True)
 class Limits:
-    per_account: int
+    per_account: int  # per sign-in name (login_key) and per second factor
     per_ip: int
     window_s: int
     lockout_s: int
+    per_user: int  # all of an account's names together (account_key)
 
 
 async def check_not_locked(session: AsyncSession, keys: list[str]) -> None:

@@ -11,14 +11,20 @@ to argon2id while it holds the plaintext.
 
 The policy follows NIST SP 800-63B section 3.1.1.2: a length floor, a length ceiling
 (here to bound hashing work), no composition rules, and a block list of common and
-context-specific passwords.
+context-specific passwords.  Passwords are NFKC-normalised before hashing and
+verifying (SP 800-63B 5.1.1.2, RFC 8265's OpaqueString idea): "è" typed precomposed or
+decomposed (as some keyboards and operating systems send it) is the same password.
+Hashes made before normalisation still verify with the password as typed, and
+:func:`check_password` then asks for a re-hash of the normalised form.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import unicodedata
 from functools import lru_cache
+from typing import NamedTuple
 
 import bcrypt
 from argon2 import PasswordHasher
@@ -33,11 +39,14 @@ __all__ = [
     "ARGON2_TIME_COST",
     "MAX_PASSWORD_LENGTH",
     "MIN_PASSWORD_LENGTH",
+    "PasswordCheck",
+    "check_password",
     "check_password_policy",
     "dummy_verify",
     "hash_password",
     "is_bcrypt_hash",
     "needs_rehash",
+    "normalize_password",
     "verify_password",
 ]
 
@@ -62,37 +71,68 @@ _hasher = PasswordHasher(
 )
 
 
+def normalize_password(password: str) -> str:
+    """The form that is hashed: NFKC, so canonically (and compatibly) equal spellings of
+    one password are one password."""
+    return unicodedata.normalize("NFKC", password)
+
+
 def hash_password(password: str) -> str:
-    """argon2id hash in PHC string format (``$argon2id$v=19$m=19456,t=2,p=1$...``)."""
-    return _hasher.hash(password)
+    """argon2id hash in PHC string format (``$argon2id$v=19$m=19456,t=2,p=1$...``) of the
+    normalised password."""
+    return _hasher.hash(normalize_password(password))
 
 
 def is_bcrypt_hash(stored_hash: str) -> bool:
     return stored_hash.startswith(_BCRYPT_PREFIXES)
 
 
-def verify_password(stored_hash: str, password: str) -> bool:
-    """True when ``password`` matches an argon2 or bcrypt ``stored_hash``; never raises.
+class PasswordCheck(NamedTuple):
+    ok: bool
+    # The password matched only as typed (a hash made before normalisation): store a
+    # hash of the normalised form while the plaintext is at hand.
+    rehash: bool = False
 
-    Unknown or malformed hashes verify as False (and still cost a dummy hash so the
-    answer's timing does not reveal that the stored hash was odd).
-    """
-    if len(password) > MAX_PASSWORD_LENGTH:
-        # No stored password can be this long: refuse without hashing megabytes.
-        return False
+
+def _verify_one(stored_hash: str, password: str) -> bool:
     if stored_hash.startswith("$argon2"):
         try:
             return _hasher.verify(stored_hash, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
-    if is_bcrypt_hash(stored_hash):
-        secret = password.encode("utf-8")[:_BCRYPT_MAX_BYTES]
-        try:
-            return bcrypt.checkpw(secret, stored_hash.encode("ascii"))
-        except (ValueError, UnicodeEncodeError):
-            return False
-    dummy_verify()
-    return False
+    secret = password.encode("utf-8")[:_BCRYPT_MAX_BYTES]
+    try:
+        return bcrypt.checkpw(secret, stored_hash.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        return False
+
+
+def check_password(stored_hash: str, password: str) -> PasswordCheck:
+    """Does ``password`` match an argon2 or bcrypt ``stored_hash``?  Never raises.
+
+    The normalised form is tried first, then, when it differs, the form as typed (hashes
+    stored before normalisation, imported ones): a wrong password costs as many
+    verifications as :func:`dummy_verify` spends for the same text.  Unknown or malformed
+    hashes verify as False (and still cost a dummy hash so the answer's timing does not
+    reveal that the stored hash was odd).
+    """
+    if len(password) > MAX_PASSWORD_LENGTH:
+        # No stored password can be this long: refuse without hashing megabytes.
+        return PasswordCheck(False)
+    if not (stored_hash.startswith("$argon2") or is_bcrypt_hash(stored_hash)):
+        dummy_verify(password)
+        return PasswordCheck(False)
+    normalized = normalize_password(password)
+    if _verify_one(stored_hash, normalized):
+        return PasswordCheck(True)
+    if normalized != password and _verify_one(stored_hash, password):
+        return PasswordCheck(True, rehash=True)
+    return PasswordCheck(False)
+
+
+def verify_password(stored_hash: str, password: str) -> bool:
+    """True when ``password`` matches ``stored_hash`` (:func:`check_password`)."""
+    return check_password(stored_hash, password).ok
 
 
 def needs_rehash(stored_hash: str) -> bool:
@@ -110,16 +150,20 @@ def _dummy_hash() -> str:
     return _hasher.hash(secrets.token_urlsafe(16))
 
 
-def dummy_verify() -> None:
-    """Spend about one argon2 verification, for logins naming an unknown user.
+def dummy_verify(password: str = "") -> None:
+    """Spend what :func:`check_password` spends on a wrong ``password``, for logins naming
+    an unknown user: one argon2 verification, two when the normalised form differs.
 
     Without it "no such user" answers faster than "wrong password", which tells an
     attacker which accounts exist.
     """
-    try:
-        _hasher.verify(_dummy_hash(), "not the password")
-    except VerificationError:
-        pass
+    rounds = 2 if len(password) <= MAX_PASSWORD_LENGTH and (
+        normalize_password(password) != password) else 1
+    for _ in range(rounds):
+        try:
+            _hasher.verify(_dummy_hash(), "not the password")
+        except VerificationError:
+            pass
 
 
 # --- policy --------------------------------------------------------------------------
@@ -183,7 +227,9 @@ def check_password_policy(
 
     Messages tell the person what to change; they never echo the password.
     ``extra`` carries ``{"field": "password", "rule": <rule name>}`` for clients.
+    The normalised form (what is hashed) is judged.
     """
+    password = normalize_password(password)
     if len(password) < min_length:
         raise _violation(
             f"Password must be at least {min_length} characters long; "

@@ -1,0 +1,107 @@
+"""How what is typed at sign-in is read: Unicode spellings of the e-mail and the password
+(NFC/NFKC, as registration and hashing store them), and lockouts decided by the name
+typed, so that locking one of an account's names says nothing about its other one."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import httpx
+from argon2 import PasswordHasher
+from sqlalchemy import select, text, update
+
+from roost.db.engine import Database
+from roost.identity.models import User
+from roost.security.passwords import verify_password
+from tests.identity.conftest import PASSWORD, login, password_user
+
+
+async def _create(client: httpx.AsyncClient, admin: dict[str, str], username: str, email: str,
+                  password: str = PASSWORD) -> httpx.Response:
+    return await client.post("/api/v1/users", headers=admin, json={
+        "username": username, "email": email, "password": password})
+
+
+async def test_an_email_typed_decomposed_signs_in(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    """An e-mail stored as 'josé@…' (NFC, as registration normalises it) signs in when
+    typed decomposed (NFD, as macOS keyboards send it)."""
+    nfc = unicodedata.normalize("NFC", "josé@example.test")
+    made = await _create(client, admin_headers, "jose", nfc)
+    assert made.status_code == 201, made.text
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfd != nfc
+    answer = await login(client, nfd)
+    assert answer.status_code == 200, answer.text
+    assert (await login(client, " JOSÉ@Example.TEST ")).status_code == 200
+
+
+async def test_a_password_typed_decomposed_signs_in(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    """A password set with precomposed 'è/û' also verifies when typed decomposed (NIST
+    SP 800-63B, which docs/identity.md follows, asks verifiers to normalise)."""
+    pw = unicodedata.normalize("NFC", "crème-brûlée-Ovens-42")
+    assert (await _create(client, admin_headers, "chef", "chef@example.test", pw)).status_code == 201
+    assert (await login(client, "chef", pw)).status_code == 200
+    nfd = unicodedata.normalize("NFD", pw)
+    assert nfd != pw
+    answer = await login(client, "chef", nfd)
+    assert answer.status_code == 200, answer.text
+
+
+async def test_a_hash_of_the_password_as_typed_still_verifies_and_is_renewed(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """Hashes stored before normalisation (of the decomposed text as typed) keep working,
+    and the first sign-in replaces them with a hash of the normalised form."""
+    user_id = await password_user(database, "olde")
+    typed = unicodedata.normalize("NFD", "crème-brûlée-Ovens-42")
+    async with database.transaction() as session:
+        await session.execute(update(User).where(User.id == user_id).values(
+            hashed_password=PasswordHasher(time_cost=2, memory_cost=19_456,
+                                           parallelism=1).hash(typed)))
+    assert (await login(client, "olde", typed)).status_code == 200
+    async with database.transaction() as session:
+        stored = await session.scalar(select(User.hashed_password).where(User.id == user_id))
+    assert stored is not None
+    assert PasswordHasher().verify(stored, unicodedata.normalize("NFKC", typed))
+    assert verify_password(stored, typed)
+    assert (await login(client, "olde", unicodedata.normalize("NFC", typed))).status_code == 200
+
+
+async def test_locking_a_username_out_does_not_confirm_its_email(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """Locking a username out does not reveal which e-mail belongs to it: the name typed
+    decides the 429, so the e-mail answers as an unrelated name's e-mail does."""
+    await password_user(database, "alias")  # alias@example.test
+    for _ in range(3):  # the per-name limit is 3 in these tests
+        await login(client, "alias", "Wrong-password-99")
+    real = await login(client, "alias@example.test", "Wrong-password-99")
+    for _ in range(3):
+        await login(client, "noalias", "Wrong-password-99")
+    fake = await login(client, "noalias@example.test", "Wrong-password-99")
+    assert real.status_code == fake.status_code == 401, (real.status_code, fake.status_code)
+    # Other spellings of one name are that name: they are locked out with it.
+    assert (await login(client, " ALIAS ", "Wrong-password-99")).status_code == 429
+
+
+async def test_the_account_total_caps_guesses_over_all_its_names(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """The username and the e-mail lock separately, but the account's wrong passwords
+    together lock it at twice the per-name limit (6 here), even for the right password."""
+    await password_user(database, "capped")
+    for _ in range(3):
+        assert (await login(client, "capped", "Wrong-password-99")).status_code == 401
+    for _ in range(3):
+        assert (await login(client, "capped@example.test", "Wrong-password-99")).status_code == 401
+    # Both names are locked now, and so is the account as a whole.
+    assert (await login(client, "capped@example.test")).status_code == 429
+    async with database.transaction() as session:
+        scopes = (await session.execute(text(
+            "SELECT metadata->>'scope' FROM audit_logs WHERE action = 'auth.lockout' "
+            "ORDER BY seq"))).scalars().all()
+    assert scopes == ["account", "account", "account_total"]
