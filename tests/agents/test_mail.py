@@ -511,6 +511,55 @@ async def test_sending_goes_through_the_relay_and_is_kept(
         assert resp.status_code == 422, resp.text
 
 
+async def test_a_persona_name_is_one_line_of_the_sender_header(
+    client: httpx.AsyncClient, database: Database, relay_factory: Callable[..., Any],
+    test_settings: Settings, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A persona name with a line break or a control character is refused (422); one
+    stored before that rule still sends, its white space folded to one line."""
+    owner, headers = user
+    for name in ("Iris\nBcc: evil@example.org", "Iris\u2028x", "Iris\x07"):
+        resp = await client.post("/api/v1/personas", json={"name": name}, headers=headers)
+        assert resp.status_code == 422, (name, resp.text)
+    persona = await make_persona(database, owner, address(), name="Iris\r\nBcc: evil@example.org")
+    refused = await client.patch(f"/api/v1/personas/{persona.id}", json={"name": "I\nris"},
+                                 headers=headers)
+    assert refused.status_code == 422, refused.text
+    relay = await relay_factory()
+    test_settings.smtp_relay_url = SecretStr(f"smtp://127.0.0.1:{relay.port}")
+    sent = await client.post(f"/api/v1/personas/{persona.id}/emails", headers=headers,
+                             json={"to": ["bob@example.org"], "subject": "Hi", "body": "x"})
+    assert sent.status_code == 201, sent.text
+    [(_, rcpt, _)] = relay.received
+    assert rcpt == ["bob@example.org"]
+    got = relay.parsed()
+    assert got["From"].addresses[0].display_name == "Iris Bcc: evil@example.org"
+    assert got["Bcc"] is None
+
+
+async def test_a_subject_with_any_line_break_is_refused_before_sending(
+    client: httpx.AsyncClient, database: Database, relay_factory: Callable[..., Any],
+    test_settings: Settings, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """Not only CR/LF: every character Python's email package breaks a line at (U+2028,
+    vertical tab, NEL, ...) makes the subject a 422, and nothing is sent."""
+    owner, headers = user
+    persona = await make_persona(database, owner, address())
+    relay = await relay_factory()
+    test_settings.smtp_relay_url = SecretStr(f"smtp://127.0.0.1:{relay.port}")
+    for subject in ("Hi\u2028Bcc: evil@example.org", "Hi\x0bthere", "Hi\x85there",
+                    "Hi\x0cthere", "Hi\x1ethere", "Hi\u2029there"):
+        sent = await client.post(f"/api/v1/personas/{persona.id}/emails", headers=headers,
+                                 json={"to": ["bob@example.org"], "subject": subject,
+                                       "body": "x"})
+        assert sent.status_code == 422, (subject, sent.status_code, sent.text)
+    assert relay.received == []
+    tabbed = await client.post(f"/api/v1/personas/{persona.id}/emails", headers=headers,
+                               json={"to": ["bob@example.org"], "subject": "Hi\tthere",
+                                     "body": "x"})
+    assert tabbed.status_code == 201, tabbed.text
+
+
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 async def test_a_relay_login_is_used_and_its_failure_reported(
     client: httpx.AsyncClient, database: Database, relay_factory: Callable[..., Any],

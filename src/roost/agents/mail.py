@@ -26,6 +26,7 @@ import asyncio
 import ipaddress
 import smtplib
 import ssl
+import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -349,7 +350,13 @@ def _send_blocking(relay: Relay, helo: str, timeout_s: float, message: EmailMess
 
 def _address(value: str, name: str | None = None) -> Address:
     local, _, domain = value.rpartition("@")
-    return Address(display_name=name or "", username=local, domain=domain)
+    return Address(display_name=_display_name(name or ""), username=local, domain=domain)
+
+
+def _display_name(name: str) -> str:
+    """A persona's name as one header line: line breaks and other white space become one
+    space, control characters go (the API refuses them; older names may hold them)."""
+    return "".join(c for c in " ".join(name.split()) if unicodedata.category(c) != "Cc")
 
 
 async def _prepare_outbound(

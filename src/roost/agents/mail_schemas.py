@@ -14,6 +14,9 @@ from roost.inputs import StrictInput
 
 MAX_RECIPIENTS = 50
 MAX_BODY_CHARS = 1_000_000
+# A subject is one header line: no NUL and none of the line breaks Python's email package
+# folds at (str.splitlines: CR, LF, VT, FF, FS, GS, RS, NEL, U+2028, U+2029).
+SUBJECT_PATTERN = r"^[^\x00\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]*$"
 
 
 def _checked_addresses(values: list[str]) -> list[str]:
@@ -34,7 +37,7 @@ class EmailSend(StrictInput):
     to: list[str] = Field(min_length=1, max_length=MAX_RECIPIENTS)
     cc: list[str] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
     bcc: list[str] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
-    subject: str = Field(max_length=998, pattern=r"^[^\r\n\x00]*$")
+    subject: str = Field(max_length=998, pattern=SUBJECT_PATTERN)
     body: str = Field(max_length=MAX_BODY_CHARS, pattern=r"^[^\x00]*$")
     in_reply_to: uuid.UUID | None = Field(
         default=None, description="An email of this persona's mailbox the message answers: "

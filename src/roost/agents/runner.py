@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
 import json
 import re
 import time
@@ -115,6 +116,10 @@ CANCEL_POLL_S: Final = 1.0
 MAX_TOOL_RESULT_CHARS: Final = 16_000  # a tool's output as the model sees it
 DELTA_FLUSH_S: Final = 0.1  # streamed model text goes to listeners at most this often
 DELTA_MAX_CHARS: Final = 1500  # NOTIFY payloads stop at 8000 bytes (4 bytes a character)
+# The tool calls of one model answer that run; those after are failed steps the model is
+# told of (max_steps counts model calls: without this one answer could ask for thousands).
+MAX_TOOL_CALLS_PER_TURN: Final = 32
+TOOL_CALL_ID_MAX_CHARS: Final = 255  # run_steps.tool_call_id
 _FUNCTION_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -612,12 +617,21 @@ def _system_prompt(state: _State) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
-def _tool_message(step: _Step) -> ChatMessage:
+def _stored_call_id(call_id: str) -> str:
+    """A model's tool call id as ``run_steps.tool_call_id`` holds it: a longer one (the
+    model's choice) is cut and made unique again by its hash; the model is answered with
+    its own id (``_messages`` maps it back from the model step's output)."""
+    if len(call_id) <= TOOL_CALL_ID_MAX_CHARS:
+        return call_id
+    return f"{call_id[:TOOL_CALL_ID_MAX_CHARS - 65]}#{hashlib.sha256(call_id.encode()).hexdigest()}"
+
+
+def _tool_message(step: _Step, call_id: str | None) -> ChatMessage:
     if step.status == "completed":
         content = _result_text(step.output or {})
     else:
         content = json.dumps({"error": step.error or step.status}, ensure_ascii=False)
-    return ChatMessage(role="tool", tool_call_id=step.tool_call_id,
+    return ChatMessage(role="tool", tool_call_id=call_id,
                        content=content[:MAX_TOOL_RESULT_CHARS])
 
 
@@ -634,28 +648,33 @@ def _messages(state: _State) -> list[ChatMessage]:
     system = _system_prompt(state)
     if system:
         messages.insert(0, ChatMessage(role="system", content=system))
+    asked: dict[str, str] = {}  # the last model step's call ids, by their stored form
     for step in state.steps:
         if step.step_type == "llm_call" and step.status == "completed":
             out = step.output or {}
             calls_ = [ToolCall(**c) for c in out.get("tool_calls", [])]
+            asked = {_stored_call_id(c.id): c.id for c in calls_}
             messages.append(ChatMessage(role="assistant", content=out.get("content") or None,
                                         tool_calls=calls_ or None))
         elif step.step_type == "tool_call" and step.status in ("completed", "failed",
                                                                "interrupted"):
-            messages.append(_tool_message(step))
+            stored = step.tool_call_id
+            messages.append(_tool_message(step, asked.get(stored or "", stored)))
     return messages
 
 
-def _pending_tool_calls(state: _State) -> list[ToolCall]:
-    """Tool calls of the last completed model step that have no finished step yet."""
+def _pending_tool_calls(state: _State) -> list[tuple[int, ToolCall]]:
+    """Tool calls of the last completed model step that have no step yet, with their
+    places in that step's answer."""
     last = next((s for s in reversed(state.steps)
                  if s.step_type == "llm_call" and s.status == "completed"), None)
     if last is None:
         return []
     done = {s.tool_call_id for s in state.steps
             if s.step_type == "tool_call" and s.step_number > last.step_number}
-    return [ToolCall(**c) for c in (last.output or {}).get("tool_calls", [])
-            if c.get("id") not in done]
+    asked = [ToolCall(**c) for c in (last.output or {}).get("tool_calls", [])]
+    return [(place, call) for place, call in enumerate(asked)
+            if _stored_call_id(call.id) not in done]
 
 
 # --- steps ------------------------------------------------------------------------------------
@@ -969,7 +988,11 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
 async def _send_delta(env: RunEnv, run_id: uuid.UUID, number: int, text: str) -> None:
     """The model's text so far to the run's event listeners (a notification, not a row:
     the finished step stores the whole text).  Split to fit NOTIFY's payload limit; one
-    statement a part, outside any transaction (its own implicit one sends it)."""
+    statement a part, outside any transaction (its own implicit one sends it).  A NUL,
+    which no NOTIFY payload holds, is left out (the step's record decides about it)."""
+    text = text.replace("\x00", "")
+    if not text:
+        return
     async with env.database.autocommit() as driver:
         for start in range(0, len(text), DELTA_MAX_CHARS):
             await driver.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL,
@@ -991,9 +1014,15 @@ def _secret_resolver(env: RunEnv, state: _State) -> SecretResolver | None:
     return resolve
 
 
-def _parse_call(state: _State, call: ToolCall) -> tuple[Offered | None, dict[str, Any], str | None]:
-    """The offered tool and the arguments of a model's tool call, or what is wrong with it
-    (an unknown or unpermitted tool, arguments that are not a JSON object)."""
+def _parse_call(state: _State, call: ToolCall,
+                place: int = 0) -> tuple[Offered | None, dict[str, Any], str | None]:
+    """The offered tool and the arguments of a model's tool call (at ``place`` in its
+    model step's answer), or what is wrong with it (one call too many, an unknown or
+    unpermitted tool, arguments that are not a JSON object; arguments PostgreSQL could not
+    store, a NUL in one, are the tool registry's 422, roost.tools.calls)."""
+    if place >= MAX_TOOL_CALLS_PER_TURN:
+        return None, {}, (f"not run: one answer may ask for at most "
+                          f"{MAX_TOOL_CALLS_PER_TURN} tool calls")
     offered = state.tools.get(call.name)
     if offered is None:
         return None, {}, (f"unknown tool {call.name!r}: this agent may call "
@@ -1053,14 +1082,15 @@ async def _prepare(session: AsyncSession, env: RunEnv, state: _State, offered: O
 
 
 async def _begin_tool_steps(session: AsyncSession, env: RunEnv, state: _State,
-                            tool_calls_: Sequence[ToolCall]) -> None:
+                            tool_calls_: Sequence[ToolCall], first_place: int = 0) -> None:
     """In the caller's transaction (the model step's result, or a transaction of its own):
     a step per tool call, committed ``running`` with the tool registry's checks (the tool
     is usable, the arguments match its schema), ready to run once it commits.  A call the
     model got wrong is written as a failed step at once; the model is told of it.  A run
-    cancelled meanwhile gets no new steps."""
-    for call in tool_calls_:
-        offered, arguments, problem = _parse_call(state, call)
+    cancelled meanwhile gets no new steps.  ``first_place``: the first call's place in
+    its model step's answer."""
+    for place, call in enumerate(tool_calls_, start=first_place):
+        offered, arguments, problem = _parse_call(state, call, place)
         prepared: tool_calls.PreparedCall | None = None
         if problem is None and offered is not None:
             try:
@@ -1073,7 +1103,8 @@ async def _begin_tool_steps(session: AsyncSession, env: RunEnv, state: _State,
             step = await _claim_step(
                 session, state, step_type="tool_call",
                 tool_id=offered.tool_id if offered else None,
-                tool_name=offered.name if offered else call.name[:256], tool_call_id=call.id,
+                tool_name=offered.name if offered else call.name[:256],
+                tool_call_id=_stored_call_id(call.id),
                 input={"function": call.name,
                        "arguments": call.arguments[:MAX_TOOL_RESULT_CHARS]}, **failed)
         except _Cancelled:
@@ -1087,14 +1118,14 @@ class _Refused(Exception):  # a retried tool call the model can no longer make
 
 
 async def _tool_step(env: RunEnv, state: _State, call: ToolCall,
-                     step: _Step | None = None) -> None:
+                     step: _Step | None = None, place: int = 0) -> None:
     """A tool call whose step was not begun with its model step's result (a run resumed
-    after a crash): begun in a transaction of its own (or, for a step being retried, its
-    checks made again), then run."""
+    after a crash; ``place`` in that step's answer): begun in a transaction of its own (or,
+    for a step being retried, its checks made again), then run."""
     if step is None:
         async with _scoped(env, state.principal) as session:
             await _apply_pending(session, state)
-            await _begin_tool_steps(session, env, state, [call])
+            await _begin_tool_steps(session, env, state, [call], first_place=place)
     else:
         offered, arguments, problem = _parse_call(state, call)
         async with _scoped(env, state.principal) as session:
@@ -1300,8 +1331,8 @@ async def _execute(env: RunEnv, state: _State, run_id: uuid.UUID) -> str:
         await _remember(env, state)
         while True:
             await _run_ready(env, state)
-            for call in _pending_tool_calls(state):
-                await _tool_step(env, state, call)
+            for place, call in _pending_tool_calls(state):
+                await _tool_step(env, state, call, place=place)
             _check_limits(state)
             with _step_span(state, "llm_call") as span:
                 asked = await _model_step(env, state)
