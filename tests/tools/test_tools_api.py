@@ -305,3 +305,40 @@ async def test_each_user_has_their_own_dependency_graph(
         f"/api/v1/tools/{tool}/dependencies", headers=headers)).json()]
         for who, headers, tool in (("alice", alice, a), ("bob", bob, b), ("bob_a", bob, a))}
     assert listed == {"alice": [b], "bob": [a], "bob_a": []}
+
+
+async def test_a_url_on_port_zero_is_refused_at_registration(
+    client: httpx.AsyncClient, admin_headers: dict[str, str],
+) -> None:
+    """``http://127.0.0.1:0/mcp`` parses, yet no server listens on port 0: it was stored,
+    and every sync failed to connect.  Now a 422 naming the url."""
+    refused = await client.post("/api/v1/mcp-servers", headers=admin_headers, json={
+        "name": "port-zero", "transport": "streamable_http",
+        "url": "http://127.0.0.1:0/mcp", "is_global": True})
+    assert refused.status_code == 422, refused.text
+    assert "url" in str(refused.json()["errors"][0]["loc"]), refused.text
+
+
+@pytest.mark.parametrize(("name", "arguments"), [
+    ("current_time", b'{"timezone": "Europe/Paris\\u0000"}'),
+    ("knowledge_search", b'{"query": "vacation\\u0000days"}'),
+], ids=["current_time", "knowledge_search"])
+async def test_a_builtins_string_argument_refuses_a_nul_in_its_schema(
+    client: httpx.AsyncClient, database: Database, name: str, arguments: bytes,
+) -> None:
+    """docs/tools.md: the built-ins' string arguments refuse NUL bytes in the input schema
+    (migration 1170 for these two, as 0520 for web_fetch and lsp_diagnostics): a 422, no
+    run; once a 400 for a run that could not be recorded (current_time) or a 500
+    (knowledge_search)."""
+    _, alice = await make_user(database)
+    listed = (await client.get("/api/v1/tools", params={"kind": "builtin", "limit": 100},
+                               headers=alice)).json()["items"]
+    schema = next(t["input_schema"] for t in listed if t["name"] == name)
+    strings = [p for p in schema["properties"].values() if p.get("type") == "string"]
+    assert strings and all(p.get("pattern") == "^[^\\x00]*$" for p in strings), strings
+    called = await client.post(f"/api/v1/tools/by-name/{name}/call",
+                               content=b'{"arguments": ' + arguments + b"}",
+                               headers={**alice, "Content-Type": "application/json"})
+    assert called.status_code == 422, called.text[:300]
+    assert called.json()["type"] == "https://roost.dev/problems/validation-error", called.text
+    assert (await client.get("/api/v1/tool-runs", headers=alice)).json()["items"] == []

@@ -39,3 +39,41 @@ async def test_roost_mcp_and_tools_commands(pg_server: PgTestServer, db_name: st
     assert removed.returncode == 0
     missing = run_roost("mcp", "sync", "echo", env=env)
     assert missing.returncode == 1 and "no MCP server" in missing.stderr
+
+
+async def test_roost_mcp_and_lsp_name_a_server_literally_not_by_a_like_pattern(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """``roost mcp rm %`` (or ``_``) names no server: '%' and '_' are no id prefix, yet the
+    id prefix was matched with LIKE unescaped, so it deleted whatever single server there
+    was (roost.db.lookup.id_starts_with now); the same for ``roost lsp rm``."""
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "d")}
+    added = run_roost("mcp", "add", "echo", "--command", sys.executable, "--arg",
+                      str(ECHO_SERVER), env=env)
+    assert added.returncode == 0, added.stderr
+    added = run_roost("lsp", "add", "pyls", "--command", sys.executable,
+                      "--language", "python", env=env)
+    assert added.returncode == 0, added.stderr
+    for ref in ("%", "_"):
+        removed = run_roost("mcp", "rm", ref, env=env)
+        assert removed.returncode == 1 and "no MCP server" in removed.stderr, removed.stdout
+        removed = run_roost("lsp", "rm", ref, env=env)
+        assert removed.returncode == 1 and "no language server" in removed.stderr, removed.stdout
+    assert "echo" in run_roost("mcp", "ls", env=env).stdout
+    assert "pyls" in run_roost("lsp", "ls", env=env).stdout
+
+
+async def test_roost_tools_call_with_a_nul_in_its_arguments_is_no_traceback(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """``roost tools call current_time --args '{"timezone": "a\\u0000"}'``: a one-line
+    error and exit 1, not a traceback ending in UntranslatableCharacterError."""
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "d")}
+    called = run_roost("tools", "call", "current_time", "--args",
+                       '{"timezone": "a\\u0000"}', env=env)
+    assert called.returncode == 1
+    assert "CharacterError" not in called.stderr, called.stderr[-800:]
+    assert "/timezone" in called.stderr, called.stderr[-800:]
+    assert len(called.stderr.strip().splitlines()) <= 3, called.stderr[-800:]

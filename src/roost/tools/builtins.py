@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.errors import Unprocessable
+from roost.inputs import parse_tool_arguments
 from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.schemas import SearchRequest
 from roost.knowledge.search import search
@@ -44,8 +45,10 @@ async def knowledge_search(
     session: AsyncSession, actor: Principal, cfg: KnowledgeConfig, arguments: dict[str, Any]
 ) -> dict[str, Any]:
     """Hybrid search of the documents the caller may read (their RLS scope)."""
-    request = SearchRequest(query=arguments["query"], k=arguments.get("k", 5),
-                            collection=arguments.get("collection"))
+    # What the schema let by and the request's model refuses: a 422, not a 500.
+    request = parse_tool_arguments(SearchRequest, "knowledge_search", {
+        "query": arguments.get("query"), "k": arguments.get("k", 5),
+        "collection": arguments.get("collection")})
     found = await search(session, actor, cfg, request)
     return {
         "query": found.query,

@@ -32,8 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from jsonschema import Draft202012Validator, SchemaError
-from jsonschema.validators import validator_for
+from jsonschema import SchemaError
 from sqlalchemy import CTE, Insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
@@ -59,11 +58,13 @@ from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
 from roost.system_settings import runtime
+from roost.tasks.payloads import PayloadError, dump_json_object
 from roost.tools import (
     builtins,
     lspservers,
     mcpclient,
     registry,
+    schemacheck,
     schemaregex,
     secretrefs,
     stdiopool,
@@ -78,7 +79,6 @@ class ToolUnavailable(Conflict):
     title, type_slug = "Tool unavailable", "tool-unavailable"
 
 
-schemaregex.install()  # a schema's patterns are matched with a time limit (see there)
 _VALIDATORS: dict[str, Any] = {}  # schema JSON -> validator (None: invalid schema)
 _MAX_VALIDATORS = 1024
 
@@ -90,9 +90,7 @@ def _validator(schema: dict[str, Any]) -> Any:
     if key in _VALIDATORS:
         return _VALIDATORS[key]
     try:
-        cls = validator_for(schema, default=Draft202012Validator)
-        cls.check_schema(schema)
-        validator: Any = cls(schema)
+        validator: Any = schemacheck.build(schema)  # no remote $ref is ever fetched
     except SchemaError:
         validator = None
     if len(_VALIDATORS) >= _MAX_VALIDATORS:
@@ -103,6 +101,13 @@ def _validator(schema: dict[str, Any]) -> Any:
 
 _ENDLESS_SCHEMA: Final = ("the tool's input schema refers to itself without end (a $ref "
                           "loop that never reaches a value): it cannot check any arguments")
+_DANGLING_REF: Final = ("the tool's input schema has a $ref that resolves nowhere ({ref}; "
+                        "only references within the schema are followed, never fetched)")
+
+
+def _dangling(exc: schemacheck.Unresolvable) -> str:
+    ref = str(getattr(exc, "ref", "") or "")[:200].replace("\x00", "")
+    return _DANGLING_REF.format(ref=repr(ref) if ref else "unknown")
 
 
 def check_schema_ends(schema: dict[str, Any]) -> None:
@@ -126,6 +131,9 @@ def check_schema_ends(schema: dict[str, Any]) -> None:
     except RecursionError:
         raise Unprocessable(_ENDLESS_SCHEMA.replace("the tool's input schema", "input_schema"),
                             extra={"field": "input_schema"}) from None
+    except schemacheck.Unresolvable as exc:
+        raise Unprocessable(_dangling(exc).replace("the tool's input schema", "input_schema"),
+                            extra={"field": "input_schema"}) from None
     except schemaregex.PatternTooSlow:
         pass  # a pattern's cost depends on the input: judged per call
 
@@ -142,6 +150,9 @@ def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> Non
                             key=lambda e: list(e.absolute_path))
     except RecursionError:
         raise Unprocessable(_ENDLESS_SCHEMA) from None
+    except schemacheck.Unresolvable as exc:  # as an invalid schema: the tool's to fix
+        raise ToolUnavailable(_dangling(exc) + "; re-sync its server or ask its maintainer"
+                              ) from None
     except schemaregex.PatternTooSlow as slow:
         raise Unprocessable(
             f"the arguments took longer than {schemaregex.BUDGET_S} s to match the patterns "
@@ -325,7 +336,12 @@ def _check(known: KnownTool, arguments: dict[str, Any]) -> None:
     if not known.available:
         raise ToolUnavailable(f"tool {known.name!r} is no longer offered by its server; "
                               "sync the server to refresh its tools")
-    validate_arguments(known.input_schema, arguments)
+    validate_arguments(known.input_schema, arguments)  # a schema's own NUL pattern first
+    try:  # a NUL, NaN or a runaway nesting: the run could not be recorded once it ran
+        dump_json_object(arguments, what="the arguments")
+    except PayloadError as exc:
+        raise Unprocessable(f"the arguments cannot be recorded: {exc}",
+                            extra={"field": "arguments"}) from None
     if known.kind == "mcp" and not known.server_enabled:
         raise ToolUnavailable(f"MCP server {known.server_name!r} is disabled")
 

@@ -14,11 +14,12 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import String, cast, or_, select
+from sqlalchemy import or_, select
 
 from roost.clitools import fail, id_table, parse_input, print_table, with_database
 from roost.config import get_settings
 from roost.db.engine import Database
+from roost.db.lookup import id_starts_with
 from roost.errors import NotFound, RoostError
 from roost.keyfiles import load_keys
 from roost.knowledge.config import KnowledgeConfig
@@ -73,7 +74,7 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
 async def _server_id(db: Database, ref: str) -> uuid.UUID:
     async with db.transaction() as session:
         rows = (await session.scalars(select(McpServer.id).where(or_(
-            McpServer.name == ref, cast(McpServer.id, String).like(ref.lower() + "%")
+            McpServer.name == ref, id_starts_with(McpServer.id, ref)
         )).limit(3))).all()
     if not rows:
         raise NotFound(f"no MCP server is named {ref!r} or has an id starting with it")

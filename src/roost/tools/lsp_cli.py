@@ -14,11 +14,12 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 from rich.text import Text
-from sqlalchemy import String, cast, or_, select
+from sqlalchemy import or_, select
 
 from roost.clitools import fail, id_table, print_table, with_database
 from roost.config import get_settings
 from roost.db.engine import Database
+from roost.db.lookup import id_starts_with
 from roost.errors import NotFound, RoostError
 from roost.principal import SYSTEM
 from roost.tools import lspservers
@@ -49,7 +50,7 @@ def _run(fn: Callable[[Database, ToolsConfig], Awaitable[T]]) -> T:
 async def _server_id(db: Database, ref: str) -> uuid.UUID:
     async with db.transaction() as session:
         rows = (await session.scalars(select(LspServer.id).where(or_(
-            LspServer.name == ref, cast(LspServer.id, String).like(ref.lower() + "%")
+            LspServer.name == ref, id_starts_with(LspServer.id, ref)
         )).limit(3))).all()
     if not rows:
         raise NotFound(f"no language server is named {ref!r} or has an id starting with it")

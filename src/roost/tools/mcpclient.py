@@ -42,6 +42,7 @@ from mcp.types import InitializeResult, PaginatedRequestParams
 
 from roost.errors import BadGateway, GatewayTimeout
 from roost.knowledge.fetching import FetchError, IPAddress, check_destination
+from roost.tasks.payloads import PayloadError, dump_json_object
 
 if TYPE_CHECKING:
     from roost.tools.stdiopool import StdioPool
@@ -232,7 +233,8 @@ def failure_of(spec: ServerSpec, exc: BaseException) -> McpError:
         return McpError(f"MCP server {spec.name!r}: command {spec.command!r} was not found")
     if isinstance(exc, PermissionError):
         return McpError(f"MCP server {spec.name!r}: command {spec.command!r} is not executable")
-    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    said = str(exc).replace("\x00", "").strip()  # the server's words: no NUL to record
+    text = said.splitlines()[0][:300] if said else ""
     what = type(exc).__name__ + (f": {text}" if text else "")
     return McpError(f"MCP server {spec.name!r} failed: {what}")
 
@@ -312,6 +314,11 @@ async def call_tool(
                 f"the result of {name!r} is {size} bytes; the limit is {max_bytes} bytes "
                 "(ROOST_TOOLS_MAX_OUTPUT_BYTES)"
             )
+        try:  # a NUL (or a lone surrogate) that no text or jsonb column can hold: malformed
+            dump_json_object(output, what="the result")
+        except PayloadError as exc:
+            raise McpError(f"MCP server {spec.name!r} returned a result for {name!r} that "
+                           f"cannot be recorded: {exc}") from None
         texts = [c.get("text", "") for c in output.get("content", []) if c.get("type") == "text"]
         return CallOutcome(output=output, is_error=bool(result.is_error), text="\n".join(texts),
                            size=size)

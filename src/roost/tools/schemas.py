@@ -7,6 +7,7 @@ import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -44,6 +45,14 @@ class McpServerCreate(StrictInput):
         if bad is not None:
             raise ValueError(f"the value of header {bad[1]!r} must be {HEADER_VALUE_RULE}, "
                              "without surrounding spaces")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _a_port(cls, value: str | None) -> str | None:
+        # Port 0 parses, yet no server listens there: every sync would fail to connect.
+        if value is not None and urlsplit(value).port == 0:
+            raise ValueError("the URL's port must be from 1 to 65535")
         return value
 
     @field_validator("env")
@@ -204,7 +213,7 @@ class ToolAnalyticsDetailOut(BaseModel):
 
 class ToolCallRequest(StrictInput):
     arguments: dict[str, Any] = Field(default_factory=dict)
-    trace_id: str | None = Field(default=None, max_length=255,
+    trace_id: str | None = Field(default=None, max_length=255, pattern=r"^[^\x00]*$",
                                  description="Trace id of the parent run; default run-{uuid}")
     session_id: uuid.UUID | None = None
     message_id: uuid.UUID | None = None

@@ -26,6 +26,7 @@ from roost.knowledge.fetching import FetchError, url_host
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
+from roost.tasks.payloads import PayloadError, dump_json_object
 from roost.tasks.service import enqueue
 from roost.tools import mcpclient, secretrefs, stdiopool
 from roost.tools.config import ToolsConfig
@@ -263,6 +264,11 @@ async def sync_server(
     return summary
 
 
+def _printable(name: str) -> str:
+    """A listed name as ``skipped`` can name it (recorded: no NUL, no lone surrogate)."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 async def _upsert_tools(
     session: AsyncSession, server: McpServer, found: mcpclient.Discovery, summary: SyncSummary
 ) -> None:
@@ -276,16 +282,24 @@ async def _upsert_tools(
         schema = item.get("inputSchema") or {"type": "object"}
         if not name:
             continue
-        if len(json.dumps(schema).encode()) > MAX_SCHEMA_BYTES:
-            summary.skipped[name] = f"input schema larger than {MAX_SCHEMA_BYTES} bytes"
+        if name in seen:  # listed twice (or two names equal once cut): the first one counts
+            summary.skipped[_printable(name)] = "listed more than once (names are cut at 256 characters)"
             continue
-        seen.add(name)
-        values: dict[str, Any] = {
+        if len(json.dumps(schema).encode()) > MAX_SCHEMA_BYTES:
+            summary.skipped[_printable(name)] = f"input schema larger than {MAX_SCHEMA_BYTES} bytes"
+            continue
+        stored: dict[str, Any] = {
             "title": item.get("title"), "description": item.get("description"),
             "input_schema": schema, "output_schema": item.get("outputSchema"),
-            "annotations": item.get("annotations"), "available": True,
-            "last_discovered_at": now,
+            "annotations": item.get("annotations"),
         }
+        try:  # a NUL (or a lone surrogate): no text or jsonb column can hold it
+            dump_json_object({"name": name, **stored}, what="the tool")
+        except PayloadError as exc:
+            summary.skipped[_printable(name)] = f"cannot be stored: {exc}"
+            continue
+        seen.add(name)
+        values: dict[str, Any] = {**stored, "available": True, "last_discovered_at": now}
         tool = existing.get(name)
         if tool is None:
             session.add(Tool(mcp_server_id=server.id, user_id=server.user_id, kind="mcp",

@@ -1,0 +1,188 @@
+"""What a stdio MCP server lists or answers, and what a caller sends it, that PostgreSQL
+cannot store (a NUL: text and jsonb cannot hold U+0000) or that clashes: a call is refused
+before the tool runs, a result is a recorded failed run, a listed tool is skipped and
+named in ``skipped``; never a 400 blaming the request, with nothing recorded."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from roost.db.engine import Database
+from tests.support.identity import make_user
+from tests.tools.test_tools_api import tool_id
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+# A raw JSON-RPC MCP server over stdio.  Its plan (a JSON file named by argv[1]) says what
+# it lists and how it answers calls; every tools/call is appended to plan["marker"] first,
+# so a test knows whether the tool ran.
+HOSTILE = r'''
+import json, sys
+plan = json.load(open(sys.argv[1]))
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n"); sys.stdout.flush()
+for line in sys.stdin:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    method, mid = msg.get("method"), msg.get("id")
+    if mid is None:
+        continue
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": mid, "result": {"protocolVersion": "2025-06-18",
+              "capabilities": {"tools": {}}, "serverInfo": {"name": "hostile", "version": "1"}}})
+    elif method == "tools/list":
+        send({"jsonrpc": "2.0", "id": mid, "result": {"tools": plan["tools"]}})
+    elif method == "tools/call":
+        with open(plan["marker"], "a") as marker:
+            marker.write("called\n")
+        send({"jsonrpc": "2.0", "id": mid, "result": plan["result"]})
+    else:
+        send({"jsonrpc": "2.0", "id": mid, "result": {}})
+'''
+
+TEXT_OK: dict[str, Any] = {"content": [{"type": "text", "text": "ok"}]}
+
+
+def hostile_body(tmp_path: Path, name: str, tools: list[dict[str, Any]],
+                 result: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
+    """A global stdio server running :data:`HOSTILE`, and the file its calls are marked in."""
+    script = tmp_path / "hostile_mcp.py"
+    script.write_text(HOSTILE)
+    marker = tmp_path / f"{name}.calls"
+    plan_file = tmp_path / f"{name}.json"
+    plan_file.write_text(json.dumps({"tools": tools, "result": result or TEXT_OK,
+                                     "marker": str(marker)}))
+    return {"name": name, "transport": "stdio", "command": sys.executable,
+            "args": [str(script), str(plan_file)], "is_global": True}, marker
+
+
+def tool(name: str, schema: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "description": "d", "inputSchema": schema or {"type": "object"},
+            **extra}
+
+
+async def _register(client: httpx.AsyncClient, headers: dict[str, str],
+                    body: dict[str, Any]) -> str:
+    created = await client.post("/api/v1/mcp-servers", json=body, headers=headers)
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+async def _synced_tool(client: httpx.AsyncClient, headers: dict[str, str], body: dict[str, Any],
+                       name: str = "a") -> str:
+    sid = await _register(client, headers, body)
+    synced = await client.post(f"/api/v1/mcp-servers/{sid}/sync", headers=headers)
+    assert synced.status_code == 200, synced.text
+    return await tool_id(client, headers, sid, name)
+
+
+def _calls(marker: Path) -> int:
+    return len(marker.read_text().splitlines()) if marker.exists() else 0
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"arguments": {"text": "a\\u0000b"}}',
+    b'{"arguments": {"text": "ok", "k\\u0000": 1}}',
+    b'{"arguments": {"text": "ok"}, "trace_id": "run-\\u0000"}',
+], ids=["nul-in-value", "nul-in-key", "nul-in-trace-id"])
+async def test_a_call_that_could_never_be_recorded_is_refused_before_the_tool_runs(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
+    tmp_path: Path, payload: bytes,
+) -> None:
+    """A NUL (PostgreSQL cannot store it) in an MCP tool's arguments or the trace id: a 422
+    before the tool runs, as for the built-ins, never a tool that ran (side effects done)
+    with no ``tool_runs`` row, no audit record and a 400."""
+    body, marker = hostile_body(tmp_path, "nulargs", [tool(
+        "a", {"type": "object", "properties": {"text": {"type": "string"}}})])
+    tid = await _synced_tool(client, admin_headers, body)
+    _, alice = await make_user(database)
+    called = await client.post(f"/api/v1/tools/{tid}/call", content=payload,
+                               headers={**alice, "Content-Type": "application/json"})
+    assert (called.status_code, _calls(marker)) == (422, 0), called.text[:300]
+    assert called.json()["type"] == "https://roost.dev/problems/validation-error"
+    assert (await client.get("/api/v1/tool-runs", headers=alice)).json()["items"] == []
+
+
+@pytest.mark.parametrize("result", [
+    {"content": [{"type": "text", "text": "a\u0000b"}]},
+    {"content": [{"type": "text", "text": "ok"}], "structuredContent": {"k\u0000": 1}},
+    {"content": [{"type": "text", "text": "bad\u0000thing"}], "isError": True},
+], ids=["nul-text", "nul-key", "nul-error"])
+async def test_a_result_holding_a_nul_is_a_recorded_failed_run(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
+    tmp_path: Path, result: dict[str, Any],
+) -> None:
+    """A server answering a NUL: a 502 carrying ``tool_run_id``, the run recorded with status
+    ``error`` and audited (docs: a malformed result is a failed run), not a 400 'bad
+    request' with no trace that the tool ran."""
+    body, marker = hostile_body(tmp_path, "nulresult", [tool("a")], result)
+    tid = await _synced_tool(client, admin_headers, body)
+    _, alice = await make_user(database)
+    called = await client.post(f"/api/v1/tools/{tid}/call", headers=alice,
+                               json={"arguments": {}})
+    assert _calls(marker) == 1
+    assert called.status_code == 502 and "tool_run_id" in called.json(), called.text[:300]
+    assert "cannot be recorded" in called.json()["detail"]
+    runs = (await client.get("/api/v1/tool-runs", headers=alice)).json()["items"]
+    assert [r["status"] for r in runs] == ["error"], runs
+    async with database.transaction() as session:
+        audited = await session.scalar(text(
+            "SELECT count(*) FROM audit_logs WHERE action = 'tool.call' AND resource_id = :t"
+        ), {"t": tid})
+    assert audited == 1
+
+
+# ----------------------------------------------------------- discovery
+
+
+@pytest.mark.parametrize(("tools", "named"), [
+    ([tool("a", description="x\u0000y"), tool("b")], "a"),
+    ([tool("a\u0000z"), tool("b")], "a\\x00z"),
+    ([tool("a", {"type": "object", "description": "\u0000"}), tool("b")], "a"),
+    ([tool("a", title="t\u0000"), tool("b")], "a"),
+], ids=["description", "name", "schema", "title"])
+async def test_a_listed_tool_that_cannot_be_stored_is_the_servers_fault_not_a_400(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], tmp_path: Path,
+    tools: list[dict[str, Any]], named: str,
+) -> None:
+    """A server listing a tool with a NUL somewhere: that tool skipped and named in
+    ``skipped`` (a NUL in its name written \\x00), like an oversized schema, the others
+    registered; once a 400 'a value is out of range or malformed for its field', which
+    blamed a request that sent nothing, and lost the health check the sync made."""
+    body, _ = hostile_body(tmp_path, "nulsync", tools)
+    sid = await _register(client, admin_headers, body)
+    synced = await client.post(f"/api/v1/mcp-servers/{sid}/sync", headers=admin_headers)
+    assert synced.status_code == 200, synced.text[:300]
+    assert synced.json()["added"] == ["b"], synced.json()
+    assert "cannot be stored" in synced.json()["skipped"][named], synced.json()
+    server = (await client.get(f"/api/v1/mcp-servers/{sid}", headers=admin_headers)).json()
+    assert server["last_health_check_at"] is not None, server
+
+
+@pytest.mark.parametrize("tools", [
+    [tool("a"), tool("a"), tool("b")],
+    [tool("x" * 300 + "1"), tool("x" * 300 + "2"), tool("b")],
+], ids=["same-name-twice", "names-equal-once-cut-at-256"])
+async def test_a_listing_with_a_name_twice_syncs_once_each(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], tmp_path: Path,
+    tools: list[dict[str, Any]],
+) -> None:
+    """A server listing the same tool name twice (or two names equal once Roost cuts them at
+    256 characters): the first registered, the repeat skipped and named; once a 409 'the
+    change conflicts with data already stored' for a sync of a fresh server."""
+    body, _ = hostile_body(tmp_path, "dupsync", tools)
+    sid = await _register(client, admin_headers, body)
+    synced = await client.post(f"/api/v1/mcp-servers/{sid}/sync", headers=admin_headers)
+    assert synced.status_code == 200, synced.text[:300]
+    first = tools[0]["name"][:256]
+    assert synced.json()["added"] == [first, "b"], synced.json()
+    assert "more than once" in synced.json()["skipped"][first], synced.json()
