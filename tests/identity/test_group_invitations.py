@@ -218,8 +218,9 @@ def _as(user_id: uuid.UUID) -> Principal:
 async def test_the_database_admits_a_membership_only_by_invitation(
         client: httpx.AsyncClient, database: Database) -> None:
     """Row-level security, the second wall: a group admin cannot write someone else's
-    membership, nor move one to another account; an invitee inserts their own only as invited (not as admin when invited
-    as member); invitations are seen by the invitee and the group's admins only."""
+    membership, nor move one to another account; an invitee inserts their own only as
+    invited (not as admin when invited as member); invitations are seen by the invitee
+    and the group's admins only."""
     alice_id, alice = await make_user(database)
     bob_id, _ = await make_user(database)
     carol_id, _ = await make_user(database)
