@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from roost.config import Settings
 from roost.db.engine import Database
@@ -173,3 +173,100 @@ async def test_signing_in_and_moving_around_with_the_keyboard_alone(page: Any, d
     await page.keyboard.press("Tab")
     outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline == "solid"
+
+
+# --- signing out on a shared computer, with several tabs ----------------------------------
+
+
+async def _sign_in_with_the_form(page: Any, login: str) -> None:
+    await page.get_by_label("Username or email").fill(login)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in", exact=True).click()
+
+
+async def _drafts(page: Any) -> list[str]:
+    return list(await page.evaluate(
+        "Object.keys(sessionStorage).filter(k => k.startsWith('roost-draft:'))"))
+
+
+async def test_signing_out_does_not_hand_drafts_to_the_next_user(
+    page: Any, console: str, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """After A signs out, B signing in in the same tab does not see what A was typing."""
+    alice = await _password_user(database, "alice")
+    await _password_user(database, "bobby")
+    await sign_in_as(page.context, console, database, test_keys, alice)
+    await page.goto("/console/memory")
+    await page.locator("#add-content").fill("alice's private note: my bank PIN is 4321")
+    assert len(await _drafts(page)) == 1
+    await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(re.compile(r"/console/login"))
+    assert await _drafts(page) == []
+    await _sign_in_with_the_form(page, "bobby")
+    await page.wait_for_url(re.compile(r"/console/chat"))
+    await page.goto("/console/memory")
+    await page.get_by_role("heading", name="Memory", exact=True).wait_for()
+    await page.wait_for_timeout(300)  # the module has run (keepDraft fills the field at once)
+    assert await page.locator("#add-content").input_value() == ""
+
+
+async def test_a_draft_is_not_shown_to_another_user_after_an_expired_sign_in(
+    page: Any, console: str, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """The session ends without a sign-out; whoever signs in next at ``?next=`` finds the
+    field empty, and the other user's draft is gone from the tab."""
+    alice = await _password_user(database, "alice")
+    await _password_user(database, "bobby")
+    await sign_in_as(page.context, console, database, test_keys, alice)
+    await page.goto("/console/memory")
+    await page.locator("#add-content").fill("alice's half-typed secret")
+    async with database.transaction() as session:
+        await session.execute(update(Session).where(Session.user_id == alice)
+                              .values(revoked_at=func.now()))
+    await page.reload()
+    await page.wait_for_url(re.compile(r"/console/login\?next="))
+    await _sign_in_with_the_form(page, "bobby")
+    await page.wait_for_url(re.compile(r"/console/memory$"))
+    await page.get_by_role("heading", name="Memory", exact=True).wait_for()
+    await page.wait_for_timeout(300)  # the module has run (keepDraft fills the field at once)
+    assert await page.locator("#add-content").input_value() == ""
+    assert await _drafts(page) == []
+
+
+async def test_sign_out_in_an_older_tab_really_signs_out(
+    page: Any, console: str, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """Clicking Sign out in a tab opened before the last sign-in (whose CSRF token is no
+    longer the cookie's) ends the session."""
+    alice = await _password_user(database, "alice")
+    await sign_in_as(page.context, console, database, test_keys, alice)
+    await page.goto("/console/memory")
+    await page.get_by_role("heading", name="Memory", exact=True).wait_for()
+    # In a second tab: sign out and back in (a new CSRF token comes with the new session).
+    other = await page.context.new_page()
+    await other.goto("/console/memory")
+    await other.get_by_role("button", name="Sign out").click()
+    await other.wait_for_url(re.compile(r"/console/login"))
+    await _sign_in_with_the_form(other, "alice")
+    await other.wait_for_url(re.compile(r"/console/chat"))
+    # Back in the first tab, open all along: sign out there.
+    await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(re.compile(r"/console/login$"))
+    me = await page.context.request.get(f"{console}/api/v1/auth/me")
+    assert me.status == 401, "still signed in after Sign out"
+
+
+async def test_a_failed_sign_out_says_so_and_stays(
+    page: Any, console: str, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """A sign-out the server refuses is not dressed up as one that worked."""
+    alice = await _password_user(database, "alice")
+    await sign_in_as(page.context, console, database, test_keys, alice)
+    await page.goto("/console/memory")
+    await page.get_by_role("heading", name="Memory", exact=True).wait_for()
+    await page.route("**/console/logout", lambda route: route.fulfill(
+        status=403, content_type="application/problem+json", body='{"status": 403}'))
+    await page.get_by_role("button", name="Sign out").click()
+    await page.get_by_role("alert").filter(
+        has_text="Sign-out failed: reload the page and sign out again").wait_for()
+    assert page.url.endswith("/console/memory")

@@ -46,7 +46,7 @@ async def test_cross_tenant_matrix(client: httpx.AsyncClient, database: Database
         ("DELETE", f"/api/v1/users/{a}", None, 404),
         ("POST", f"/api/v1/users/{a}/approve", None, 403),
         ("GET", f"/api/v1/users/{a}/settings", None, 404),
-        ("PATCH", f"/api/v1/users/{a}/settings", {"theme": "pwned"}, 404),
+        ("PATCH", f"/api/v1/users/{a}/settings", {"theme": "light"}, 404),
         ("GET", f"/api/v1/users/{a}/profile", None, 404),
         ("PATCH", f"/api/v1/users/{a}/profile", {"bio": "pwned"}, 404),
         ("GET", f"/api/v1/users/{a}/sessions", None, 404),

@@ -33,7 +33,7 @@ DOWNLOAD_HEADERS = {"X-Content-Type-Options": "nosniff",
                     "Cache-Control": "private, no-store"}
 
 
-@router.get("/personas/{persona_id}/emails", response_model=Page[EmailOut],
+@router.get("/personas/{persona_id:uuid}/emails", response_model=Page[EmailOut],
             summary="The persona's mail, newest first (members)")
 async def list_emails(
     persona_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession,
@@ -47,7 +47,7 @@ async def list_emails(
                           next_cursor=next_cursor)
 
 
-@router.post("/personas/{persona_id}/emails", status_code=status.HTTP_201_CREATED,
+@router.post("/personas/{persona_id:uuid}/emails", status_code=status.HTTP_201_CREATED,
              response_model=EmailOut,
              summary="Send an email from the persona's address (owners and editors)")
 async def send_email(
@@ -92,7 +92,7 @@ async def download_attachment(attachment_id: uuid.UUID, principal: CurrentPrinci
                         headers=DOWNLOAD_HEADERS)
 
 
-@router.get("/personas/{persona_id}/health", response_model=list[HealthMetricOut],
+@router.get("/personas/{persona_id:uuid}/health", response_model=list[HealthMetricOut],
             summary="The persona's health samples, oldest first (members)")
 async def persona_health(
     persona_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession,

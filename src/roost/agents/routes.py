@@ -105,20 +105,20 @@ async def decline_invitation(invitation_id: uuid.UUID, principal: CurrentPrincip
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/personas/{persona_id}", response_model=PersonaOut)
+@router.get("/personas/{persona_id:uuid}", response_model=PersonaOut)
 async def get_persona(persona_id: uuid.UUID, principal: CurrentPrincipal,
                       db: DbSession) -> PersonaOut:
     return personas.persona_out(await personas.get_persona(db, principal, persona_id))
 
 
-@router.patch("/personas/{persona_id}", response_model=PersonaOut,
+@router.patch("/personas/{persona_id:uuid}", response_model=PersonaOut,
               summary="Change a persona (owners and editors)")
 async def update_persona(persona_id: uuid.UUID, body: PersonaUpdate,
                          principal: CurrentPrincipal, db: DbSession) -> PersonaOut:
     return personas.persona_out(await personas.update_persona(db, principal, persona_id, body))
 
 
-@router.delete("/personas/{persona_id}", status_code=status.HTTP_204_NO_CONTENT,
+@router.delete("/personas/{persona_id:uuid}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Delete a persona with its members, secrets, agents and mail (owners)")
 async def delete_persona(persona_id: uuid.UUID, principal: CurrentPrincipal,
                          db: DbSession) -> Response:
@@ -129,7 +129,7 @@ async def delete_persona(persona_id: uuid.UUID, principal: CurrentPrincipal,
 # --- members ------------------------------------------------------------------------------
 
 
-@router.get("/personas/{persona_id}/members", response_model=list[PersonaMemberOut],
+@router.get("/personas/{persona_id:uuid}/members", response_model=list[PersonaMemberOut],
             summary="The persona's members (its owner is owner_id)")
 async def list_members(persona_id: uuid.UUID, principal: CurrentPrincipal,
                        db: DbSession) -> list[PersonaMemberOut]:
@@ -137,7 +137,7 @@ async def list_members(persona_id: uuid.UUID, principal: CurrentPrincipal,
 
 
 @router.post(
-    "/personas/{persona_id}/members", status_code=status.HTTP_201_CREATED,
+    "/personas/{persona_id:uuid}/members", status_code=status.HTTP_201_CREATED,
     response_model=PersonaMemberOut,
     responses={201: {"description": "Added (a site administrator or the operator token)"},
                202: {"model": PersonaInvitationOut,
@@ -155,7 +155,7 @@ async def add_member(persona_id: uuid.UUID, body: MemberAdd, principal: CurrentP
     return _member_out(added)
 
 
-@router.patch("/personas/{persona_id}/members/{user_id}", response_model=PersonaMemberOut,
+@router.patch("/personas/{persona_id:uuid}/members/{user_id}", response_model=PersonaMemberOut,
               summary="Change a member's role (owners)")
 async def set_member_role(persona_id: uuid.UUID, user_id: uuid.UUID, body: MemberUpdate,
                           principal: CurrentPrincipal, db: DbSession) -> PersonaMemberOut:
@@ -163,7 +163,7 @@ async def set_member_role(persona_id: uuid.UUID, user_id: uuid.UUID, body: Membe
                                                       body.role))
 
 
-@router.delete("/personas/{persona_id}/members/{user_id}",
+@router.delete("/personas/{persona_id:uuid}/members/{user_id}",
                status_code=status.HTTP_204_NO_CONTENT,
                summary="Remove a member (owners), or leave (yourself)")
 async def remove_member(persona_id: uuid.UUID, user_id: uuid.UUID,
@@ -172,7 +172,7 @@ async def remove_member(persona_id: uuid.UUID, user_id: uuid.UUID,
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/personas/{persona_id}/invitations", response_model=Page[PersonaInvitationOut],
+@router.get("/personas/{persona_id:uuid}/invitations", response_model=Page[PersonaInvitationOut],
             summary="The persona's pending invitations, newest first (owners)")
 async def list_persona_invitations(persona_id: uuid.UUID, principal: CurrentPrincipal,
                                    db: DbSession, limit: Limit = DEFAULT_LIMIT,
@@ -181,7 +181,7 @@ async def list_persona_invitations(persona_id: uuid.UUID, principal: CurrentPrin
                                                                  limit=limit, cursor=cursor))
 
 
-@router.delete("/personas/{persona_id}/invitations/{invitation_id}",
+@router.delete("/personas/{persona_id:uuid}/invitations/{invitation_id}",
                status_code=status.HTTP_204_NO_CONTENT,
                summary="Revoke a pending invitation (owners)")
 async def revoke_invitation(persona_id: uuid.UUID, invitation_id: uuid.UUID,
@@ -193,7 +193,7 @@ async def revoke_invitation(persona_id: uuid.UUID, invitation_id: uuid.UUID,
 # --- secrets ------------------------------------------------------------------------------
 
 
-@router.get("/personas/{persona_id}/secrets", response_model=list[SecretOut],
+@router.get("/personas/{persona_id:uuid}/secrets", response_model=list[SecretOut],
             summary="The persona's secrets: types, names and times, never values "
                     "(owners and editors)")
 async def list_secrets(
@@ -204,7 +204,7 @@ async def list_secrets(
     return [SecretOut.model_validate(r) for r in rows]
 
 
-@router.put("/personas/{persona_id}/secrets", response_model=SecretOut,
+@router.put("/personas/{persona_id:uuid}/secrets", response_model=SecretOut,
             summary="Set a secret (create or replace its value; owners and editors)")
 async def set_secret(persona_id: uuid.UUID, body: SecretSet, principal: CurrentPrincipal,
                      db: DbSession, env: ToolsEnvDep) -> SecretOut:
@@ -212,7 +212,7 @@ async def set_secret(persona_id: uuid.UUID, body: SecretSet, principal: CurrentP
     return SecretOut.model_validate(row)
 
 
-@router.delete("/personas/{persona_id}/secrets/{secret_id}",
+@router.delete("/personas/{persona_id:uuid}/secrets/{secret_id}",
                status_code=status.HTTP_204_NO_CONTENT,
                summary="Delete a secret (owners and editors)")
 async def delete_secret(persona_id: uuid.UUID, secret_id: uuid.UUID,
@@ -224,14 +224,14 @@ async def delete_secret(persona_id: uuid.UUID, secret_id: uuid.UUID,
 # --- tools granted to a persona ------------------------------------------------------------
 
 
-@router.get("/personas/{persona_id}/tools", response_model=list[ToolGrantOut],
+@router.get("/personas/{persona_id:uuid}/tools", response_model=list[ToolGrantOut],
             summary="Tools granted to the persona (members)")
 async def list_tool_grants(persona_id: uuid.UUID, principal: CurrentPrincipal,
                            db: DbSession) -> list[ToolGrantOut]:
     return await grants.list_grants(db, principal, persona_id)
 
 
-@router.put("/personas/{persona_id}/tools/{tool_id}", response_model=ToolGrantOut,
+@router.put("/personas/{persona_id:uuid}/tools/{tool_id}", response_model=ToolGrantOut,
             summary="Grant the persona a tool you may use, with constraints (owners and "
                     "editors): its agents may then use it in any member's runs")
 async def grant_tool(persona_id: uuid.UUID, tool_id: uuid.UUID, body: ToolGrantSet,
@@ -239,7 +239,7 @@ async def grant_tool(persona_id: uuid.UUID, tool_id: uuid.UUID, body: ToolGrantS
     return await grants.grant_tool(db, principal, persona_id, tool_id, body)
 
 
-@router.delete("/personas/{persona_id}/tools/{tool_id}", status_code=status.HTTP_204_NO_CONTENT,
+@router.delete("/personas/{persona_id:uuid}/tools/{tool_id}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Revoke the persona's grant of a tool (owners and editors)")
 async def revoke_tool(persona_id: uuid.UUID, tool_id: uuid.UUID, principal: CurrentPrincipal,
                       db: DbSession) -> Response:

@@ -1,5 +1,6 @@
 // The console's shared module: API calls with the session cookie and CSRF header, problem
-// details shown as messages, sign-in expiry (drafts kept), theme, navigation on phones.
+// details shown as messages, sign-in expiry (drafts kept per user, dropped on sign-out),
+// sign-out, theme, navigation on phones.
 
 export const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content ?? "";
 
@@ -12,10 +13,15 @@ export class ApiError extends Error {
 }
 
 const DRAFT_PREFIX = "roost-draft:";
+// The signed-in user's id (base.html): drafts are theirs alone, never the next user's.
+const viewerId = () => document.querySelector('meta[name="roost-user"]')?.content ?? "";
 
-// Keep what the user typed in a field across a sign-in (expired session, reload).
+// Keep what the user typed in a field across a sign-in (expired session, reload), for
+// the same user only: another user signing in in this tab never sees it.
 export function keepDraft(field, key = location.pathname) {
-  const storeKey = DRAFT_PREFIX + key + "#" + field.id;
+  const user = viewerId();
+  if (!user) return () => {};
+  const storeKey = DRAFT_PREFIX + user + ":" + key + "#" + field.id;
   const saved = sessionStorage.getItem(storeKey);
   if (saved && !field.value) field.value = saved;
   field.addEventListener("input", () => {
@@ -134,8 +140,38 @@ export function pageData() {
   return node ? JSON.parse(node.textContent) : {};
 }
 
+// Drafts in this tab's storage but ``keep`` (a user id's, or none: all of them).
+function dropDrafts(keep = null) {
+  const mine = keep ? DRAFT_PREFIX + keep + ":" : null;
+  for (const name of Object.keys(sessionStorage)) {
+    if (name.startsWith(DRAFT_PREFIX) && !(mine && name.startsWith(mine))) sessionStorage.removeItem(name);
+  }
+}
+
+// POST /console/logout; true when the session has ended.  A tab opened before the last
+// sign-in (here or in another tab) holds a stale CSRF token, refused with 403: it asks a
+// fresh page for the current token and tries once more.
+async function signOut() {
+  const post = async (token) => {
+    const response = await fetch("/console/logout", { method: "POST", headers: { "X-CSRF-Token": token },
+                                                      credentials: "same-origin", redirect: "manual" });
+    return response.type === "opaqueredirect" || response.ok;  // the 303 to the sign-in page
+  };
+  try {
+    if (await post(csrf())) return true;
+    const html = await (await fetch("/console/login", { credentials: "same-origin" })).text();
+    const fresh = new DOMParser().parseFromString(html, "text/html")
+      .querySelector('meta[name="csrf-token"]')?.content;
+    return Boolean(fresh) && await post(fresh);
+  } catch {
+    return false;  // offline, server down: still signed in
+  }
+}
+
 // Every page: theme switch, sign-out, the phone menu, the "session expired" hint.
 function wireChrome() {
+  const user = viewerId();
+  if (user) dropDrafts(user);  // another user signed in in this tab: theirs are gone
   const toggle = document.getElementById("theme-toggle");
   toggle?.addEventListener("click", async () => {
     const next = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
@@ -148,12 +184,12 @@ function wireChrome() {
   });
   document.getElementById("logout-form")?.addEventListener("submit", async (event) => {
     event.preventDefault();
-    try {
-      await fetch("/console/logout", { method: "POST", headers: { "X-CSRF-Token": csrf() },
-                                       credentials: "same-origin", redirect: "manual" });
-    } finally {
-      location.assign("/console/login");
+    if (!await signOut()) {
+      notify("Sign-out failed: reload the page and sign out again");
+      return;
     }
+    dropDrafts();  // whoever uses this tab next must not find what was being typed
+    location.assign("/console/login");
   });
   const navToggle = document.querySelector(".nav-toggle");
   navToggle?.addEventListener("click", () => {
