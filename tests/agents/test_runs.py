@@ -18,6 +18,7 @@ from roost.tasks.worker import Worker
 from tests.agents.conftest import Headers, make_agent, running_worker, wait_for_run
 from tests.chat.conftest import add_provider, sse_events
 from tests.support.identity import make_user
+from tests.support.lifecycle import assert_audit_chain_intact, no_open_jobs
 from tests.support.mcp_client import mcp_session
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Hang, Reply, ToolCalls
@@ -449,3 +450,34 @@ async def test_a_run_queued_before_its_user_was_suspended_does_not_start(
             assert (row.status, row.job) == ("failed", "completed"), row
             assert "suspended or deactivated" in row.error_message and row.attempts == 1, row
     assert stub.requests(path="/v1/chat/completions") == []
+
+
+@pytest.mark.parametrize("deleted", ["agent", "persona"])
+async def test_a_run_queued_for_a_deleted_agent_fails_without_asking_the_model(
+    app: Any, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    database: Database, user: tuple[uuid.UUID, Headers], test_settings: Any, deleted: str,
+) -> None:
+    """Queued while no worker ran; its agent (or the persona it belongs to, which deletes
+    its agents) is deleted; the worker ends the run failed, saying why, as a debate does:
+    the model is not asked on the agent's behalf without its instructions."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    made = await client.post("/api/v1/personas", headers=headers, json={"name": "P"})
+    assert made.status_code == 201, made.text
+    persona = made.json()
+    agent = await make_agent(database, user_id, preferred_model="stub-model",
+                             persona_id=persona["id"])
+    run = await start(client, headers, agent.id, "hi")
+    url = (f"/api/v1/agents/{agent.id}" if deleted == "agent"
+           else f"/api/v1/personas/{persona['id']}")
+    gone = await client.delete(url, headers=headers)
+    assert gone.status_code == 204, gone.text
+    async with running_worker(app, database, test_settings):
+        await no_open_jobs(database, within=25)
+    done = await wait_for_run(client, headers, run["id"])
+    async with database.transaction() as s:
+        error = await s.scalar(text("SELECT error_message FROM runs WHERE id = :r"),
+                               {"r": run["id"]})
+    assert done["status"] == "failed" and "agent was deleted" in (error or ""), (done, error)
+    assert stub.requests(path="/v1/chat/completions") == []
+    await assert_audit_chain_intact(database)

@@ -1,7 +1,8 @@
 """An account suspended, deactivated, sent back to approval or deleted through one
 server process is refused by another on the very next request (API key, access token,
 refresh token and sign-in; REST and /mcp alike), though that process had used and
-remembered each credential; and a group outlives its deleted creator."""
+remembered each credential; and a group, or a persona with another owner, outlives its
+deleted creator."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import httpx
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from tests.identity.conftest import login, password_user
-from tests.support.identity import join_group, make_user
+from tests.support.identity import join_group, join_persona, make_user
 from tests.support.lifecycle import CHANGES, assert_audit_chain_intact, end_account
 from tests.support.pg import PgTestServer
 from tests.support.server import roost_server, serve_env
+from tests.support.sql import fetch
 
 ME = "/api/v1/auth/me"
 MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
@@ -87,3 +89,41 @@ async def test_a_group_outlives_its_deleted_creator(
     assert [(m["user_id"], m["role"]) for m in members] == [(str(member_id), "admin")]
     renamed = await client.patch(group, json={"name": "mine now"}, headers=member)
     assert renamed.status_code == 200, renamed.text
+
+
+async def test_a_persona_with_another_owner_outlives_its_deleted_creator(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str],
+) -> None:
+    """Deleting the account of a persona's owner (``owner_id``) hands the persona to its
+    longest-standing member with role owner (as a group outlives its creator): they keep
+    it, with the agents they made in it, and own it now (no longer a member row).  A
+    persona with no other owner is deleted, audited as its owner's deletion would be."""
+    creator_id, creator = await make_user(database)
+    first_id, first = await make_user(database)
+    second_id, second = await make_user(database)
+    editor_id, editor = await make_user(database)
+    made = await client.post("/api/v1/personas", headers=creator, json={"name": "Desk"})
+    alone = await client.post("/api/v1/personas", headers=creator, json={"name": "Alone"})
+    assert (made.status_code, alone.status_code) == (201, 201), (made.text, alone.text)
+    persona, lone = made.json()["id"], alone.json()["id"]
+    await join_persona(client, creator, persona, first_id, first, role="owner")
+    await join_persona(client, creator, persona, second_id, second, role="owner")
+    await join_persona(client, creator, lone, editor_id, editor, role="editor")
+    agent = await client.post("/api/v1/agents", headers=first, json={
+        "name": "A", "slug": "a1", "persona_id": persona, "system_prompt": "x"})
+    assert agent.status_code == 201, agent.text
+    await end_account(client, admin_headers, creator_id)
+    kept = await client.get(f"/api/v1/personas/{persona}", headers=first)
+    assert kept.status_code == 200, kept.text
+    assert (kept.json()["owner_id"], kept.json()["my_role"]) == (str(first_id), "owner")
+    assert (await client.get(f"/api/v1/agents/{agent.json()['id']}",
+                             headers=first)).status_code == 200
+    members = (await client.get(f"/api/v1/personas/{persona}/members", headers=second)).json()
+    assert [(m["user_id"], m["role"]) for m in members] == [(str(second_id), "owner")]
+    assert (await client.get(f"/api/v1/personas/{lone}", headers=editor)).status_code == 404
+    records = await fetch(database, "SELECT action, resource_id FROM audit_logs "
+                                    "WHERE action IN ('persona.owner_changed', 'persona.delete')"
+                                    " ORDER BY created_at")
+    assert [(r.action, r.resource_id) for r in records] == [
+        ("persona.owner_changed", persona), ("persona.delete", lone)]
+    await assert_audit_chain_intact(database)

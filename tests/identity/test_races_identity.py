@@ -1,8 +1,9 @@
 """Overlapping operations on identity: one refresh token used at once (at most one new
 session), a refresh and a logout at once, registrations of one name at once (one 201,
 the others 409), the first registrations racing for root (one root), one API key
-revoked at once (one revocation recorded), an API key revoked while it is used.  None
-answers a 5xx."""
+revoked at once (one revocation recorded), an API key revoked while it is used; one
+account, group, persona, agent or LLM provider deleted four times at once (one 204, one
+audit record, the others 404).  None answers a 5xx."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from roost.config import Settings
 from roost.db.engine import Database
 from roost.identity.apikeys import MAX_KEYS_PER_USER
 from roost.identity.passkeys import MAX_PASSKEYS_PER_USER
+from tests.chat.conftest import add_provider
 from tests.identity.conftest import ORIGIN, PASSWORD, bearer, login, password_user
 from tests.support.identity import make_user
+from tests.support.openai_stub import StubServer
 from tests.support.races import no_5xx, race_settings
 from tests.support.soft_authenticator import SoftAuthenticator
 from tests.support.sql import fetch, scalar
@@ -197,3 +200,42 @@ async def test_passkey_ceremonies_begun_below_the_cap_cannot_all_finish(
     assert finished == [201, 400, 400], finished
     listed = (await client.get("/api/v1/auth/passkeys", headers=headers)).json()
     assert len(listed) == MAX_PASSKEYS_PER_USER
+
+
+async def test_a_deletion_raced_by_another_is_a_404_and_audited_once(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database, stub: StubServer,
+) -> None:
+    """Four DELETEs of one account, group, persona, agent or LLM provider at once: exactly
+    one deletes it (204, one audit record), the others find it gone (404), as for
+    memories, projects, workflows, chat sessions and calendars."""
+    _, headers = await make_user(database)
+    problems: list[str] = []
+
+    async def race(url: str, who: Headers, resource_id: str, action: str) -> None:
+        answers = await asyncio.gather(*(client.delete(url, headers=who) for _ in range(4)))
+        for answer in answers:
+            no_5xx(answer)
+        codes = sorted(a.status_code for a in answers)
+        audited = await scalar(database, "SELECT count(*) FROM audit_logs WHERE action = :a "
+                                         "AND resource_id = :r", a=action, r=resource_id)
+        if codes != [204, 404, 404, 404] or audited != 1:
+            problems.append(f"{url.split('/')[3]}: answers {codes}, {audited} {action} records")
+
+    def made(answer: httpx.Response) -> str:
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["id"])
+
+    victim_id, _ = await make_user(database)
+    group = made(await client.post("/api/v1/groups", headers=headers, json={"name": "g"}))
+    persona = made(await client.post("/api/v1/personas", headers=headers, json={"name": "P"}))
+    agent = made(await client.post("/api/v1/agents", headers=headers, json={
+        "name": "A", "slug": "a1", "system_prompt": "x"}))
+    provider = str((await add_provider(client, admin_headers, stub))["id"])
+    await asyncio.gather(
+        race(f"/api/v1/users/{victim_id}", admin_headers, str(victim_id), "user.deleted"),
+        race(f"/api/v1/groups/{group}", headers, group, "group.deleted"),
+        race(f"/api/v1/personas/{persona}", headers, persona, "persona.delete"),
+        race(f"/api/v1/agents/{agent}", headers, agent, "agent.delete"),
+        race(f"/api/v1/llm/providers/{provider}", admin_headers, provider,
+             "llm.provider.delete"))
+    assert not problems, problems

@@ -24,6 +24,7 @@ from roost.agents.schemas import AgentConfig, AgentCreate, AgentOut, AgentUpdate
 from roost.agents.secrets import missing_references
 from roost.audit.service import record
 from roost.billing import credits, limits
+from roost.db.lookup import one_or_404
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
 from roost.knowledge.models import Document
@@ -354,6 +355,9 @@ async def delete_agent(session: AsyncSession, actor: Principal, agent_id: uuid.U
     """Delete an agent; its runs stay (``agent_id`` becomes NULL), a persona whose mail it
     answered stores mail only."""
     agent = await _editable(session, actor, agent_id, "delete it")
+    # Locked: a second deletion at once waits, then finds it gone (404, one record).
+    await one_or_404(session, select(Agent.id).where(Agent.id == agent_id), lock=True,
+                     missing=f"agent {agent_id} does not exist")
     await session.delete(agent)
     await session.flush()
     await record(session, "agent.delete", user_id=actor.user_id, persona_id=agent.persona_id,

@@ -33,6 +33,7 @@ from roost.agents.models import Agent, Persona, PersonaInvitation, PersonaMember
 from roost.agents.schemas import MemberAdd, PersonaCreate, PersonaOut, PersonaUpdate
 from roost.audit.service import record
 from roost.db.errors import sqlstate
+from roost.db.lookup import one_or_404
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
 from roost.identity.models import User
@@ -231,6 +232,9 @@ async def delete_persona(session: AsyncSession, actor: Principal, persona_id: uu
     """Delete a persona with its members, secrets, agents and mail (ON DELETE CASCADE);
     its runs stay, unbound."""
     view = await require_role(session, actor, persona_id, "owner", "delete it")
+    # Locked: a second deletion at once waits, then finds it gone (404, one record).
+    await one_or_404(session, select(Persona.id).where(Persona.id == persona_id), lock=True,
+                     missing=f"persona {persona_id} does not exist")
     agents = list((await session.scalars(
         select(Agent.id).where(Agent.persona_id == persona_id))).all())
     await session.delete(view.persona)

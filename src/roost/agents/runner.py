@@ -213,6 +213,9 @@ class _State:
 
 INACTIVE_USER: Final = ("the account that started this run is suspended or deactivated: "
                        "the run was not started (or resumed)")
+AGENT_DELETED: Final = ("the agent was deleted (with its persona, or alone) before the run "
+                        "started (or resumed): the model was not asked without its "
+                        "instructions")
 
 
 class _Stop(Exception):  # control flow: the run stops for this reason
@@ -1321,6 +1324,10 @@ async def _execute(env: RunEnv, state: _State, run_id: uuid.UUID) -> str:
     try:
         if not state.user_active:  # suspended or deactivated since the run was queued
             raise _Stop("error", status="failed", error=INACTIVE_USER)
+        # An agent's run always names its agent when created; deleting the agent (or its
+        # persona) sets agent_id NULL (runs stay): nothing left to run it as.
+        if state.agent is None and state.run.kind == "agent":
+            raise _Stop("error", status="failed", error=AGENT_DELETED)
         for step in await _recover(env, state):  # idempotent tool calls, again in place
             given = step.input or {}
             await _tool_step(env, state, ToolCall(

@@ -15,6 +15,7 @@ from sqlalchemy import exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
+from roost.db.lookup import one_or_404
 from roost.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import (
     is_admin_user,
@@ -227,17 +228,68 @@ async def delete_user(session: AsyncSession, principal: Principal, user_id: uuid
         raise NotFound("no such user") if user_id != principal.user_id else Forbidden(
             "deleting an account needs an administrator"
         )
-    user = await load_user(session, user_id)
+    # The account's row locked first: a second deletion at once waits for this one, then
+    # finds no row (404, one record).  FOR NO KEY UPDATE: a row that names the account
+    # (a membership added under a group's lock, which this deletion may wait for below)
+    # needs only KEY SHARE on it, so the two cannot wait for each other.
+    user = await one_or_404(
+        session, select(User).where(User.id == user_id)
+        .with_for_update(key_share=True).execution_options(populate_existing=True),
+        missing="no such user")
     if user.is_root:
         raise Forbidden("the root account cannot be deleted")
-    # A group whose last admin this is gets its longest-standing member as admin.
+    # A group whose last admin this is gets its longest-standing member as admin; a
+    # persona they created, its longest-standing other owner.
     await hand_over_groups_of(session, principal, user_id)
+    await _hand_over_personas_of(session, principal, user_id)
     await session.delete(user)
     await session.flush()
     await record(
         session, "user.deleted", user_id=principal.user_id, resource_type="user",
         resource_id=user_id, changes={"username": user.username},
     )
+
+
+# Personas belong to a higher domain (agents, migration 0600), which this one must not
+# import: their tables by name, as workspace counts what a project groups.
+_OWNED_PERSONAS = text(
+    "SELECT id, name FROM personas WHERE owner_id = :u ORDER BY id FOR UPDATE")
+_PERSONA_HEIR = text(
+    "SELECT user_id FROM persona_members WHERE persona_id = :p AND role = 'owner' "
+    "AND user_id <> :u ORDER BY created_at, id LIMIT 1")
+_TAKE_OVER_PERSONA = text(
+    "WITH member AS (DELETE FROM persona_members WHERE persona_id = :p AND user_id = :h) "
+    "UPDATE personas SET owner_id = :h, updated_at = now() WHERE id = :p")
+_PERSONA_AGENTS = text("SELECT id FROM agents WHERE persona_id = :p ORDER BY id")
+_DELETE_PERSONA = text("DELETE FROM personas WHERE id = :p")
+
+
+async def _hand_over_personas_of(
+    session: AsyncSession, principal: Principal, user_id: uuid.UUID
+) -> None:
+    """Before ``user_id``'s account is deleted (same transaction): each persona they own
+    (``owner_id``) passes to the member with role ``owner`` who joined it first
+    (``created_at``, then id), whose member row goes (an owner is no member), audited as
+    ``persona.owner_changed``; one with no other owner is deleted with its agents, mail
+    and secrets, audited as ``persona.delete`` (as ``roost.agents.personas.delete_persona``
+    records it).  Personas are locked in id order, so two deletions cannot deadlock."""
+    owned = (await session.execute(_OWNED_PERSONAS, {"u": user_id})).tuples().all()
+    for persona_id, name in owned:
+        heir = await session.scalar(_PERSONA_HEIR, {"p": persona_id, "u": user_id})
+        if heir is not None:
+            await session.execute(_TAKE_OVER_PERSONA, {"p": persona_id, "h": heir})
+            await record(session, "persona.owner_changed", user_id=principal.user_id,
+                         persona_id=persona_id, resource_type="persona",
+                         resource_id=persona_id,
+                         changes={"before": str(user_id), "after": str(heir),
+                                  "reason": "the account of the persona's owner was deleted"})
+            continue
+        agents = (await session.scalars(_PERSONA_AGENTS, {"p": persona_id})).all()
+        await session.execute(_DELETE_PERSONA, {"p": persona_id})
+        await record(session, "persona.delete", user_id=principal.user_id,
+                     persona_id=persona_id, resource_type="persona", resource_id=persona_id,
+                     changes={"name": name, "agents_deleted": [str(a) for a in agents],
+                              "reason": "the account of the persona's owner was deleted"})
 
 
 def describe(user: User) -> dict[str, Any]:

@@ -109,19 +109,21 @@ async def _lock_group(session: AsyncSession, principal: Principal, group_id: uui
 
 async def _locked(
     session: AsyncSession, principal: Principal, group_id: uuid.UUID, *, manage: bool
-) -> None:
+) -> GroupView:
     """The group checked (visible; ``manage``: the caller is its admin), then locked, then
     checked again: a request that waited for the lock acts on what the one before it
-    left (an admin it demoted or removed meanwhile is refused here, not by the database)."""
-    await (_manageable if manage else _visible)(session, principal, group_id)
+    left (an admin it demoted or removed meanwhile is refused here, not by the database;
+    a group it deleted is not found)."""
+    view = await (_manageable if manage else _visible)(session, principal, group_id)
     await _lock_group(session, principal, group_id)
     if principal.is_admin:
-        return
+        return view
     role = await _my_role(session, principal, group_id)
     if role is None:
         raise NotFound("no such group")
     if manage and role != "admin":
         raise Forbidden("only the group's admins can do this")
+    return GroupView(view.group, role)
 
 
 async def _flush_unique(session: AsyncSession, message: str) -> None:
@@ -198,7 +200,8 @@ async def update_group(
 
 
 async def delete_group(session: AsyncSession, principal: Principal, group_id: uuid.UUID) -> None:
-    view = await _manageable(session, principal, group_id)
+    # Locked: a second deletion at once waits, then finds the group gone (404, one record).
+    view = await _locked(session, principal, group_id, manage=True)
     await session.delete(view.group)
     await session.flush()
     await record(session, "group.deleted", user_id=principal.user_id, resource_type="group",

@@ -162,7 +162,12 @@ async def delete_provider(
     session: AsyncSession, gateway: LLMGateway, actor: Principal, provider_id: uuid.UUID
 ) -> None:
     row = await get_provider(session, actor, provider_id)
-    await session.execute(delete(LLMProviderRow).where(LLMProviderRow.id == row.id))
+    # A deletion at once with this one: the second waits for the row, then deletes
+    # nothing, and is a 404 (one audit record).
+    gone = await session.scalar(delete(LLMProviderRow).where(LLMProviderRow.id == row.id)
+                                .returning(LLMProviderRow.id))
+    if gone is None:
+        raise NotFound(f"no LLM provider with id {provider_id}")
     await audit.record(session, "llm.provider.delete", user_id=actor.user_id,
                        resource_type=RESOURCE, resource_id=row.id, changes={"name": row.name})
     await gateway.pool.forget(row.id)
