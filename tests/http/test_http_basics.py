@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.dependencies.models import Dependant
 from pydantic import BaseModel, Field
 from tests.support.routes import api_routes
@@ -352,3 +352,42 @@ def test_logs_go_to_the_stderr_of_the_moment_not_the_one_configured() -> None:
     out = second.getvalue()
     assert "stdlib after the swap" in out and "structlog after the swap" in out
     assert "Logging error" not in out
+
+
+@pytest.mark.parametrize(("path", "target"), [("/console", "/console/"),
+                                              ("/api/v1/auth/me/", "/api/v1/auth/me"),
+                                              ("/console?next=x", "/console/?next=x")])
+async def test_trailing_slash_redirects_are_paths_not_the_host_header(
+    client: httpx.AsyncClient, path: str, target: str,
+) -> None:
+    """Starlette's slash redirect would build ``http://<Host header>/...``: a spoofed Host
+    (or a proxy passing one along) must not choose where the browser goes."""
+    reply = await client.get(path, headers={"Host": "evil.example"})
+    assert reply.status_code == 307
+    assert reply.headers["location"] == target
+    unparsable = await client.get(path, headers={"Host": "[evil"})  # no URL holds it
+    assert unparsable.status_code == 307
+
+
+async def test_api_answers_are_not_stored_by_caches(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: dict[str, str],
+) -> None:
+    """Every /api and /v1 answer, success or problem, says ``no-store``; a route's own
+    Cache-Control stands, and the console's static files keep theirs."""
+
+    @app.get("/api/_test/cached")
+    async def cached() -> Response:
+        return Response("{}", media_type="application/json",
+                        headers={"Cache-Control": "private, max-age=60"})
+
+    own = await client.get("/api/_test/cached")
+    assert own.headers.get_list("cache-control") == ["private, max-age=60"]
+    for path, headers in (("/api/v1/auth/me", admin_headers), ("/api/v1/auth/me", {}),
+                          ("/api/v1/no/such/thing", admin_headers), ("/v1/models", {}),
+                          ("/v1/models", admin_headers)):
+        reply = await client.get(path, headers=headers)
+        assert reply.headers["cache-control"] == "no-store", (path, reply.status_code)
+    static = await client.get("/console/static/console.css")
+    assert static.status_code == 200 and static.headers["cache-control"] == "public, max-age=3600"
+    health = await client.get("/health")
+    assert "cache-control" not in health.headers

@@ -52,13 +52,14 @@ async def test_405_allow_names_every_method_of_the_path(
     client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     # GET and POST are two routes on /api/v1/api-keys; Starlette named only the first.
+    # HEAD is served wherever GET is.
     reply = await client.put("/api/v1/api-keys", headers=admin_headers)
     assert reply.status_code == 405
     assert reply.headers["content-type"] == PROBLEM
-    assert reply.headers["allow"] == "GET, POST"
-    assert "allowed: GET, POST" in reply.json()["detail"]
+    assert reply.headers["allow"] == "GET, HEAD, POST"
+    assert "allowed: GET, HEAD, POST" in reply.json()["detail"]
     one = await client.delete("/health")
-    assert one.status_code == 405 and one.headers["allow"] == "GET"
+    assert one.status_code == 405 and one.headers["allow"] == "GET, HEAD"
     item = await client.post(f"/api/v1/api-keys/{uuid.uuid4()}", headers=admin_headers)
     assert item.status_code == 405 and item.headers["allow"] == "DELETE"
 

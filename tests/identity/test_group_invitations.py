@@ -169,7 +169,7 @@ async def test_invitations_is_no_group_id(client: httpx.AsyncClient, database: D
     _, alice = await make_user(database)
     patched = await client.patch(MINE, headers=alice, json={"name": "x"})
     assert patched.status_code == 405, patched.text
-    assert patched.headers["Allow"] == "GET"
+    assert patched.headers["Allow"] == "GET, HEAD"
     assert (await client.get(f"{G}/not-a-group", headers=alice)).status_code == 404
 
 

@@ -67,6 +67,7 @@ from roost.inputs import parse_tool_arguments
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.process import cpu_bound
+from roost.tools.schemacheck import NO_NUL_PATTERN
 
 log = structlog.get_logger(__name__)
 
@@ -498,7 +499,6 @@ SEND_EMAIL_TOOL_DESCRIPTION: Final = (
     "Send an email from your persona's address. to: recipient addresses; subject; body "
     "(plain text); in_reply_to: the id of an email in your mailbox to answer (threads the "
     "reply).")
-_NO_NUL = "^[^\\x00]*$"
 SEND_EMAIL_TOOL_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
     "additionalProperties": False,
@@ -509,7 +509,7 @@ SEND_EMAIL_TOOL_SCHEMA: Final[dict[str, Any]] = {
         "cc": {"type": "array", "maxItems": MAX_RECIPIENTS,
                "items": {"type": "string", "minLength": 3, "maxLength": 320}},
         "subject": {"type": "string", "maxLength": 998, "pattern": "^[^\\r\\n\\x00]*$"},
-        "body": {"type": "string", "maxLength": 1_000_000, "pattern": _NO_NUL},
+        "body": {"type": "string", "maxLength": 1_000_000, "pattern": NO_NUL_PATTERN},
         "in_reply_to": {"type": "string", "format": "uuid"},
     },
 }

@@ -1,5 +1,6 @@
 """Pure-ASGI middleware: request id, request context, access log, metrics, body limit,
-NUL characters in the path or query.
+content codings, NUL characters in the path or query, ``Cache-Control`` of API answers,
+redirects to this server as paths.
 
 Written against raw ASGI rather than ``BaseHTTPMiddleware`` so streamed responses (SSE)
 pass through untouched and the per-request cost stays small.
@@ -11,10 +12,11 @@ import re
 import time
 import uuid
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import structlog
 from prometheus_client import Counter, Histogram
+from starlette.datastructures import URL
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from roost import tracing
@@ -33,6 +35,8 @@ LATENCY = Histogram(
 )
 
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
+_NO_STORE = (b"cache-control", b"no-store")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -58,6 +62,44 @@ def _nul_in(scope: Scope) -> str | None:
     if "\x00" in scope.get("path", ""):
         return "the path holds a NUL character (U+0000), which no name or id may hold"
     return None
+
+
+def _content_coding(scope: Scope) -> str | None:
+    """The request's ``Content-Encoding`` when it names a coding other than identity."""
+    value = _header(scope, b"content-encoding")
+    if value is None or all(c.strip().lower() in ("", "identity") for c in value.split(",")):
+        return None
+    return value[:64]
+
+
+def _route_path(scope: Scope) -> str:
+    """The path without the root path the app is mounted at (``--root-path``)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def _is_api(scope: Scope) -> bool:
+    path = _route_path(scope)
+    return path.startswith("/api/") or path == "/v1" or path.startswith("/v1/")
+
+
+def _relative_location(scope: Scope, location: bytes) -> bytes:
+    """A Location back to this server as a path.  Starlette's trailing-slash redirect
+    (``/console`` -> ``/console/``) builds an absolute URL from the request's Host header,
+    which a client or a confused proxy chooses: a path goes to the same place with no host
+    to spoof.  Locations elsewhere (another host) stay as they are."""
+    try:
+        parts = urlsplit(location.decode("latin-1"))
+        own = URL(scope=scope)
+        if (parts.scheme.lower(), parts.netloc.lower()) != (own.scheme, own.netloc.lower()):
+            return location
+    except ValueError:  # a Host header no URL can hold ("[x"): no browser follows it either
+        return location
+    relative = urlunsplit(("", "", parts.path, parts.query, parts.fragment))
+    if not relative.startswith("/") or relative.startswith("//"):  # "//x" names a host
+        return location
+    return relative.encode("latin-1")
 
 
 class RequestContextMiddleware:
@@ -86,6 +128,7 @@ class RequestContextMiddleware:
         span = tracing.request_span(scope["method"], scope.get("path"),
                                     scope.get("headers", ()), request_id)
         status = 500
+        api = _is_api(scope)
         response_started = response_complete = False
         started = time.perf_counter()
 
@@ -97,6 +140,14 @@ class RequestContextMiddleware:
                 headers.append((b"x-request-id", request_id.encode()))
                 if not any(name.lower() == b"x-content-type-options" for name, _ in headers):
                     headers.append(_NOSNIFF)  # a JSON answer is never sniffed as HTML
+                # API answers are one user's data: no cache keeps them (a shared proxy, the
+                # browser's disk after sign-out), unless the route said otherwise.
+                if api and not any(name.lower() == b"cache-control" for name, _ in headers):
+                    headers.append(_NO_STORE)
+                if status in _REDIRECTS:
+                    headers = [(name, _relative_location(scope, value))
+                               if name.lower() == b"location" else (name, value)
+                               for name, value in headers]
                 message = {**message, "headers": headers}
                 response_started = True
             elif message["type"] == "http.response.body" and not message.get("more_body"):
@@ -108,8 +159,18 @@ class RequestContextMiddleware:
             if nul is not None:
                 await problem(422, nul)(scope, _empty_receive, send_with_id)
                 return
+            coding = _content_coding(scope)
+            if coding is not None:
+                # Roost decodes no content coding: a gzip body read as JSON is garbage, and
+                # one that happens to parse would be stored as if the header were absent.
+                await problem(415, f"Content-Encoding {coding!r} is not supported: send the "
+                              "body unencoded (identity)",
+                              headers={"Accept-Encoding": "identity"})(
+                    scope, _empty_receive, send_with_id)
+                return
             declared = _header(scope, b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            if (declared is not None and declared.isascii() and declared.isdigit()
+                    and int(declared) > self.max_body_bytes):
                 await self._reject_too_large(scope, send_with_id)
                 return
             await self.app(scope, self._limited(receive), send_with_id)

@@ -30,6 +30,7 @@ PROBLEM_STATUSES: dict[int, str] = {
     404: "No such resource (or not visible to the principal)",
     409: "Conflicts with stored data",
     413: "Request body larger than ROOST_MAX_REQUEST_BYTES",
+    415: "A body not sent as application/json, or a Content-Encoding other than identity",
     422: "Invalid or missing fields (listed in errors, values never echoed)",
     429: "Too many attempts; retry later",
     500: "Unexpected error (only the request id is given)",

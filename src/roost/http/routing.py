@@ -14,6 +14,11 @@ the value:
   Roost takes is that deep, and answering with such a value (metadata stored as given)
   failed in the serializer, a 500; deeper still, the decoder itself runs out of stack.
 
+Two things ``json`` raises as other errors than ``JSONDecodeError`` (which FastAPI answered
+with a bare "There was an error parsing the body") are malformed JSON too: bytes that are
+not UTF-8, UTF-16 or UTF-32 text, and an integer of more than 4300 digits (Python's limit
+on converting digits to ``int``).
+
 Every router is a :class:`RoostRouter`, whose routes are ``RoostRoute`` (a test checks
 every route).
 """
@@ -23,14 +28,17 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response, params
+from fastapi.datastructures import DefaultPlaceholder
+from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute, APIRouter
 from starlette._utils import get_route_path  # what FastAPI's own matching uses
 from starlette.routing import Match
-from starlette.types import Scope
+from starlette.types import Message, Receive, Scope, Send
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -81,6 +89,22 @@ MAX_JSON_DEPTH: Final = 100
 """How deep arrays and objects may nest in a request body (the document itself is level 1)."""
 
 
+class NotUnicodeError(json.JSONDecodeError):
+    """The body's bytes are not text in the encoding JSON's first bytes say (UTF-8 mostly)."""
+
+    def __init__(self, exc: UnicodeDecodeError) -> None:
+        super().__init__(f"the body is not valid {exc.encoding.upper()} text (byte "
+                         f"{exc.start}); JSON must be UTF-8", "", 0)
+
+
+class IntegerTooLongError(json.JSONDecodeError):
+    """An integer with more digits than Python converts (``sys.get_int_max_str_digits``)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"an integer has more than {sys.get_int_max_str_digits()} digits",
+                         "", 0)
+
+
 class NestedTooDeepError(json.JSONDecodeError):
     """Arrays and objects nested deeper than ``MAX_JSON_DEPTH``."""
 
@@ -115,16 +139,26 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 def loads_strict(data: bytes | str) -> Any:
     """``json.loads`` that accepts JSON only: a ``JSONDecodeError`` (``LoneSurrogateError``,
-    ``NotJSONNumberError``, ``NestedTooDeepError``) for a string with a lone surrogate, a
-    number that is not finite, or nesting deeper than ``MAX_JSON_DEPTH``.  A document with
-    no more brackets than that cannot be too deep, and an ASCII one without ``\\u`` escapes
-    holds no surrogate: each check is skipped when it cannot fail."""
+    ``NotJSONNumberError``, ``NestedTooDeepError``, ``NotUnicodeError``,
+    ``IntegerTooLongError``) for a string with a lone surrogate, a number that is not
+    finite, nesting deeper than ``MAX_JSON_DEPTH``, bytes that are not Unicode text or an
+    integer too long to convert.  A document with no more brackets than that cannot be too
+    deep, and an ASCII one without ``\\u`` escapes holds no surrogate: each check is
+    skipped when it cannot fail."""
     try:
         # _finite costs about 0.4 us a float (a regular expression finding the numbers
         # that could overflow cost more on any large body, floats or not).
         value = json.loads(data, parse_constant=_not_a_number, parse_float=_finite)
     except RecursionError:
         raise NestedTooDeepError() from None
+    except UnicodeDecodeError as exc:
+        raise NotUnicodeError(exc) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # the only other one: int() refusing too many digits
+        if "digits" not in str(exc):
+            raise
+        raise IntegerTooLongError() from None
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     if (isinstance(value, dict | list) and raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH
             and _deeper_than(value, MAX_JSON_DEPTH)):
@@ -144,14 +178,70 @@ class StrictJSONRequest(Request):
         return self._json
 
 
+def _is_json(content_type: str | None) -> bool:
+    """``application/json`` or ``application/*+json`` (what FastAPI decodes as JSON)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/")
+                                            and media.endswith("+json"))
+
+
+def _without_body(send: Send) -> Send:
+    """``send`` for a HEAD answer: the GET answer's status and headers, no body."""
+    async def head_send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return head_send
+
+
 class RoostRoute(APIRoute):
-    """Hands the endpoint (and FastAPI's body parsing) a ``StrictJSONRequest``."""
+    """Hands the endpoint (and FastAPI's body parsing) a ``StrictJSONRequest``; answers a
+    body that is not declared JSON with 415 (FastAPI handed the bytes to validation, a
+    422 "Input should be a valid dictionary"); serves HEAD wherever it serves GET.
+
+    FastAPI's routes, unlike Starlette's, do not serve HEAD (RFC 9110 9.1: a server
+    serves HEAD wherever it serves GET; uptime checkers probe ``/health`` with it).  HEAD
+    runs the GET endpoint (which sees GET) and drops the body; it is not an operation of
+    the OpenAPI document.  A streamed GET (server-sent events) has no HEAD: it would take
+    a stream slot and run a stream whose every byte is dropped."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        self.serves_head = "GET" in (self.methods or ()) and not self._streams()
+
+    def _streams(self) -> bool:
+        response_class = self.response_class
+        if isinstance(response_class, DefaultPlaceholder):
+            response_class = response_class.value
+        return (issubclass(response_class, StreamingResponse)
+                or any("text/event-stream" in (answer.get("content") or {})
+                       for answer in self.responses.values()))
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is Match.PARTIAL and self.serves_head and scope.get("method") == "HEAD":
+            return Match.FULL, child_scope
+        return match, child_scope
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.serves_head and scope.get("method") == "HEAD":
+            await super().handle({**scope, "method": "GET"}, receive, _without_body(send))
+            return
+        await super().handle(scope, receive, send)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+        handler = super().get_route_handler()  # also called by APIRoute.__init__
+        json_body = self.body_field is not None and not isinstance(
+            self.body_field.field_info, params.Form)  # File is a Form too
 
         async def route(request: Request) -> Response:
-            return await handler(StrictJSONRequest(request.scope, request.receive))
+            strict = StrictJSONRequest(request.scope, request.receive)
+            if json_body and not _is_json(strict.headers.get("content-type")) \
+                    and await strict.body():
+                raise HTTPException(415, "the request body must be JSON, sent with "
+                                         "'Content-Type: application/json'")
+            return await handler(strict)
 
         return route
 

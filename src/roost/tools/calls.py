@@ -183,6 +183,8 @@ def _describe(error: Any) -> str:
         return f"required property {', '.join(repr(m) for m in missing)} is missing"
     if validator == "additionalProperties":
         return "unexpected property (not allowed by the schema)"
+    if validator == "pattern" and expected == schemacheck.NO_NUL_PATTERN:
+        return "must not contain a NUL character (U+0000)"
     if validator in ("type", "enum", "const", "format", "pattern", "minimum", "maximum",
                      "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
                      "minItems", "maxItems"):

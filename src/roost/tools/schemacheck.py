@@ -28,6 +28,10 @@ from roost.tools import schemaregex
 
 schemaregex.install()
 
+# The pattern Roost's own tool schemas give a string that PostgreSQL must be able to store
+# (text and jsonb hold no U+0000); a failure of it is described as such.
+NO_NUL_PATTERN: Final = "^[^\\x00]*$"
+
 # A registry with no ``retrieve``: a $ref outside the schema resolves nowhere (it is never
 # fetched); jsonschema adds the metaschemas to it.
 _OFFLINE: Final[Registry[Any]] = Registry()
