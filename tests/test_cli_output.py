@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from roost.db.engine import Database
-from tests.support.cli import run_roost
+from tests.support.cli import ROOST, command_env, run_roost
 from tests.support.identity import make_user
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -133,3 +134,24 @@ def test_invalid_configuration_names_the_variable_without_its_value() -> None:
     assert out.returncode == 2
     assert "ROOST_DB_POOL_SIZE" in out.stderr and "s3cret" not in out.stderr + out.stdout
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ("prompts", "publish", "k", "--file", "-"),
+    ("calendar", "import", "-", "--calendar", "cal"),
+    ("debates", "start", "--file", "-"),
+    ("workflows", "validate", "-"),
+    ("agents", "run", "a", "-"),
+    ("secrets", "set", "p", "other", "K"),
+    ("users", "create", "bob", "--email", "b@x.test", "--password-stdin"),
+], ids=lambda a: " ".join(a[:2]))
+def test_a_closed_stdin_is_one_line(argv: tuple[str, ...], tmp_path: Path) -> None:
+    """With standard input closed (`roost ... <&-`), a command that reads it says so in
+    one line, exit 1, never an AttributeError traceback."""
+    env = command_env({"ROOST_DATA_DIR": str(tmp_path / "d"),
+                       "ROOST_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x"})
+    out = subprocess.run(["sh", "-c", 'exec "$@" <&-', "sh", ROOST, *argv], env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert "Traceback" not in out.stderr and "AttributeError" not in out.stderr, \
+        out.stderr[-1500:]
+    assert out.returncode == 1, out.stderr

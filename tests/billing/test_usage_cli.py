@@ -50,3 +50,18 @@ async def test_bounds_outside_utc_years_fail_in_one_line(
     assert out.returncode == 1, out.stdout
     assert "SELECT" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-500:]
     assert "since" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+async def test_usage_by_model_prints_a_model_name_with_brackets(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+) -> None:
+    """`roost usage --by model` lists a ledger row whose model is "[/]x" literally."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    dora, _ = await make_user(database, username="dora")
+    async with database.transaction() as s:
+        s.add(UsageRecord(id=uuid7(), user_id=dora, request_type="chat", model="[/]x",
+                          tokens_input=1, tokens_output=1, credits_used=0,
+                          cost=Decimal("0.1")))
+    out = run_roost("usage", "--by", "model", env=env)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "[/]x" in out.stdout

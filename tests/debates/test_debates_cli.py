@@ -87,3 +87,32 @@ async def test_start_with_a_file_of_the_wrong_shape_fails_in_one_line(
                                       "--user", "dora", env=env)
         assert out.returncode == 1, out.stderr[-300:]
         assert "Traceback" not in out.stderr and words in out.stderr, (name, out.stderr[-300:])
+
+
+async def test_debates_show_and_ls_print_positions_with_brackets(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, worker: Worker,
+) -> None:
+    """Positions "[/]" and "[bold]b" of a finished debate print as they are in
+    `roost debates show` and `ls`, never a traceback."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    _, headers = await make_user(database, username="dora")
+    await add_provider(client, admin_headers, stub)
+    stub.script(Reply("I argue.\nConfidence: 0.6"), Reply("Me too."),
+                Reply(json={"ranking": ["[/]", "[bold]b"], "confidence": 0.9}),
+                Reply(json={"ranking": ["[/]", "[bold]b"], "confidence": 0.4}))
+    started = await asyncio.to_thread(
+        run_roost, "debates", "start", "Which?", "-p", "[/]", "-p", "[bold]b",
+        "-P", "ann=stub-model", "-P", "bob=stub-model@stub", "--rounds", "1",
+        "--method", "majority", "--user", "dora", env=env)
+    assert started.returncode == 0, started.stderr[-2000:]
+    debate_id = started.stdout.strip()
+    done = await wait_for_debate(client, headers, debate_id)
+    assert done["status"] == "completed", done
+    shown = await asyncio.to_thread(run_roost, "debates", "show", debate_id, "--user", "dora",
+                                    env=env)
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr[-2000:]
+    assert "[bold]b" in shown.stdout and "[/] > [bold]b" in shown.stdout
+    listed = await asyncio.to_thread(run_roost, "debates", "ls", "--user", "dora", env=env)
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr[-2000:]
+    assert done["final_winner"] in listed.stdout

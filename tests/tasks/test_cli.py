@@ -125,3 +125,17 @@ async def test_worker_refuses_a_database_without_the_task_tables(
         assert "roost db upgrade" in result.stderr
     finally:
         await pg_server.drop_database(name)
+
+
+async def test_tasks_ls_json_is_one_object_per_line(
+    pg_server: Any, db_name: str, database: Database, tmp_path: Path
+) -> None:
+    """`roost tasks ls --json` prints one JSON object per line, as its --help says."""
+    async with database.transaction() as session:
+        for _ in range(2):
+            await service.enqueue(session, "test.noop", {"who": "json"})
+    out = _roost(_env(pg_server, db_name, tmp_path), "tasks", "ls", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2, out.stdout
+    assert all(json.loads(line)["task_type"] == "test.noop" for line in lines)

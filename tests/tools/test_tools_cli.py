@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.agents.test_agents_cli import cli_env
 from tests.support.cli import run_roost
 from tests.support.pg import PgTestServer
 from tests.tools.conftest import ECHO_SERVER
@@ -77,3 +80,131 @@ async def test_roost_tools_call_with_a_nul_in_its_arguments_is_no_traceback(
     assert "CharacterError" not in called.stderr, called.stderr[-800:]
     assert "/timezone" in called.stderr, called.stderr[-800:]
     assert len(called.stderr.strip().splitlines()) <= 3, called.stderr[-800:]
+
+
+# --- stored and remote text with brackets prints as it is (not rich markup) -----------
+
+MARKUP = "[/]"
+
+HOSTILE_MCP = '''
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("hostile", version="1.0")
+
+
+@server.tool(description="[/] closes nothing; [bold]loud[/bold]")
+def echo(text: str) -> str:
+    return text
+
+
+@server.tool(name="bad[/]name", description="A name the registry skips.")
+def bad(text: str) -> str:
+    return text
+
+
+server.run()
+'''
+
+
+def _clean(out: subprocess.CompletedProcess[str], code: int = 0) -> None:
+    """Exit ``code`` and no traceback."""
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.returncode == code, (out.returncode, out.stderr[-2000:])
+
+
+async def test_mcp_ls_prints_a_stdio_argument_with_brackets(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """`roost mcp ls` lists a server whose stdio argument is "[/]" as it is, no traceback."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    added = await asyncio.to_thread(run_roost, "mcp", "add", "brackets", "--command",
+                                    sys.executable, "--arg", str(ECHO_SERVER), "--arg",
+                                    MARKUP, env=env)
+    _clean(added)
+    listed = await asyncio.to_thread(run_roost, "mcp", "ls", env=env)
+    _clean(listed)
+    assert MARKUP in listed.stdout
+
+
+async def test_tools_ls_prints_a_hostile_servers_description_as_it_is(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """A tool description "[/] ..." from an MCP server is listed by `roost tools ls`
+    literally, never a MarkupError traceback."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    script = tmp_path / "hostile_mcp.py"
+    script.write_text(HOSTILE_MCP)
+    added = await asyncio.to_thread(run_roost, "mcp", "add", "hostile", "--command",
+                                    sys.executable, "--arg", str(script), env=env)
+    _clean(added)
+    synced = await asyncio.to_thread(run_roost, "mcp", "sync", "hostile", env=env)
+    _clean(synced)
+    listed = await asyncio.to_thread(run_roost, "tools", "ls", "--server", "hostile", env=env)
+    _clean(listed)
+    assert "[/] closes nothing; [bold]loud[/bold]" in listed.stdout
+    assert "bad[/]name" in listed.stdout
+    found = await asyncio.to_thread(run_roost, "tools", "search", "closes nothing", env=env)
+    assert "Traceback" not in found.stderr, found.stderr[-2000:]
+
+
+async def test_tools_stats_prints_a_tool_name_with_brackets(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """After a call of the MCP tool "bad[/]name", `roost tools stats` lists it literally."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    script = tmp_path / "hostile_mcp.py"
+    script.write_text(HOSTILE_MCP)
+    _clean(await asyncio.to_thread(run_roost, "mcp", "add", "hostile", "--command",
+                                   sys.executable, "--arg", str(script), env=env))
+    _clean(await asyncio.to_thread(run_roost, "mcp", "sync", "hostile", env=env))
+    _clean(await asyncio.to_thread(run_roost, "tools", "call", "bad[/]name", "--args",
+                                   '{"text": "hi"}', env=env))
+    stats = await asyncio.to_thread(run_roost, "tools", "stats", env=env)
+    _clean(stats)
+    assert "bad[/]name" in stats.stdout
+
+
+LSP = r'''
+import json, sys
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+def read():
+    length = 0
+    while True:
+        line = inp.readline()
+        if not line:
+            sys.exit(0)
+        if line in (b"\r\n", b"\n"):
+            break
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return json.loads(inp.read(length))
+def send(msg):
+    body = json.dumps(msg).encode()
+    out.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    out.flush()
+while True:
+    m = read()
+    if m.get("method") == "initialize":
+        send({"jsonrpc": "2.0", "id": m["id"], "result": {"capabilities": {},
+              "serverInfo": {"name": "[/]evil", "version": "[bold]1"}}})
+    elif m.get("method") == "shutdown":
+        send({"jsonrpc": "2.0", "id": m["id"], "result": None})
+    elif m.get("method") == "exit":
+        sys.exit(0)
+'''
+
+
+async def test_lsp_check_prints_server_info_with_brackets(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """`roost lsp check` prints a language server's serverInfo "[/]evil" literally."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    script = tmp_path / "lsp.py"
+    script.write_text(LSP)
+    added = await asyncio.to_thread(run_roost, "lsp", "add", "evil", "--command",
+                                    sys.executable, "--arg", str(script), "--language",
+                                    "python", env=env)
+    _clean(added)
+    checked = await asyncio.to_thread(run_roost, "lsp", "check", "evil", env=env)
+    _clean(checked)
+    assert "[/]evil" in checked.stdout

@@ -40,7 +40,16 @@ from roost.agents.schemas import (
     RunCreate,
     SecretSet,
 )
-from roost.clitools import MAX_LIST, MAX_SECONDS, fail, id_table, print_table, resolve_id, when
+from roost.clitools import (
+    MAX_LIST,
+    MAX_SECONDS,
+    fail,
+    id_table,
+    print_table,
+    read_text,
+    resolve_id,
+    when,
+)
 from roost.config import get_settings
 from roost.errors import BadRequest, NotFound
 from roost.identity.cliscope import Env, UserOpt
@@ -374,7 +383,7 @@ def agents_run(
     """Start a run (a worker executes it: `roost worker`), print each step as it finishes
     (standard error), then the answer (standard output)."""
     if text == "-":
-        text = sys.stdin.read()
+        text = read_text(text, what="the input")
     try:
         body = RunCreate(input=text)
     except ValidationError as exc:
@@ -476,11 +485,11 @@ def runs_cancel(run: Annotated[str, typer.Argument(help="Id (or a unique start o
 def _read_value() -> str:
     """The secret from standard input (one trailing newline dropped) or, on a terminal, a
     hidden prompt typed twice."""
-    if sys.stdin.isatty():
+    if sys.stdin is not None and sys.stdin.isatty():  # None: closed, read_text says so
         value: str = typer.prompt("Value", hide_input=True, confirmation_prompt=True,
                                   err=True)
         return value
-    raw = sys.stdin.read()
+    raw = read_text("-", what="the secret")
     return raw[:-1] if raw.endswith("\n") else raw
 
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from roost.billing import usage
-from roost.clitools import fail, print_table, with_database
+from roost.clitools import add_text_row, fail, print_table, with_database
 from roost.config import get_settings
 from roost.db.engine import Database
 from roost.errors import RoostError
@@ -68,9 +68,9 @@ def _print(report: usage.UsageReport, source: Literal["postgres", "clickhouse"] 
         table.add_column(name, justify="right", no_wrap=True)
     for row in report.rows:
         key = row.username or row.label or row.key or "(none)"
-        table.add_row(key, f"{row.requests:,}", f"{row.tokens_input:,}",
-                      f"{row.tokens_output:,}", f"{row.credits_used:,}", f"{row.cost:.6f}",
-                      f"{row.failures:,}")
+        add_text_row(table, key, f"{row.requests:,}", f"{row.tokens_input:,}",
+                     f"{row.tokens_output:,}", f"{row.credits_used:,}", f"{row.cost:.6f}",
+                     f"{row.failures:,}")
     totals = report.totals()
     table.add_section()
     table.add_row("total", f"{totals['requests']:,}", f"{totals['tokens_input']:,}",

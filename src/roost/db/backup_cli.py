@@ -89,7 +89,7 @@ def _passphrase(file: Path | None, *, prompt: bool, confirm: bool) -> str | None
         return configured.get_secret_value()
     if not prompt:
         return None
-    if not sys.stdin.isatty():
+    if sys.stdin is None or not sys.stdin.isatty():
         raise fail("passphrase needed", "give --passphrase-file or ROOST_BACKUP_PASSPHRASE "
                     "(no terminal to prompt on)")
     typed: str = typer.prompt("Backup passphrase", hide_input=True,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import sys
 from pathlib import Path
+from typing import TextIO
 
 import typer
 from rich.console import Console
@@ -42,13 +43,21 @@ def os_reason(exc: OSError) -> str:
     return reasons.get(exc.errno or 0) or (exc.strerror or str(exc)).lower()
 
 
+def stdin() -> TextIO:
+    """Standard input, for a command that reads it; closed (``roost ... <&-``: Python then
+    sets ``sys.stdin`` to None) is the command's failure (exit 1), not an AttributeError."""
+    if sys.stdin is None:
+        raise fail("Cannot read standard input", "standard input is closed")
+    return sys.stdin
+
+
 def read_text(source: str | Path, *, what: str = "the file") -> str:
     """The UTF-8 text of ``source`` (``-``: standard input); a file that is missing, a
     directory, unreadable or not UTF-8 text is the command's failure (exit 1)."""
     shown = "standard input" if str(source) == STDIN else str(source)
     try:
         if str(source) == STDIN:
-            return sys.stdin.read()
+            return stdin().read()
         return Path(source).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise fail(f"Cannot read {what}",
@@ -62,7 +71,7 @@ def read_bytes(source: str | Path, *, what: str = "the file") -> bytes:
     """The bytes of ``source`` (``-``: standard input); a file that is missing, a
     directory or unreadable is the command's failure (exit 1)."""
     try:
-        return sys.stdin.buffer.read() if str(source) == STDIN else Path(source).read_bytes()
+        return stdin().buffer.read() if str(source) == STDIN else Path(source).read_bytes()
     except OSError as exc:
         raise fail(f"Cannot read {what}", f"{source}: {os_reason(exc)}") from None
 

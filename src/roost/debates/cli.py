@@ -17,7 +17,15 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.catalog import find_agent_by_slug
-from roost.clitools import MAX_SECONDS, fail, id_table, print_table, read_text, resolve_id
+from roost.clitools import (
+    MAX_SECONDS,
+    add_text_row,
+    fail,
+    id_table,
+    print_table,
+    read_text,
+    resolve_id,
+)
 from roost.debates import service
 from roost.debates.models import TERMINAL_STATUSES, DebateSession
 from roost.debates.schemas import MAX_ROUNDS, DebateCreate
@@ -68,14 +76,14 @@ def _print_debate(view: service.DebateView) -> None:
     turns = id_table("turn", "round", "participant", "position", "confidence", "content",
                      wrap=("content",))
     for t in view.turns:
-        turns.add_row(str(t.turn_number), str(t.round_number), t.participant_id, t.position,
-                      str(t.confidence), Text(" ".join(t.content.split())[:400]))
+        add_text_row(turns, str(t.turn_number), str(t.round_number), t.participant_id,
+                     t.position, str(t.confidence), " ".join(t.content.split())[:400])
     print_table(console, turns)
     if view.ballots:
         ballots = id_table("participant", "weight", "confidence", "ranking", wrap=("ranking",))
         for b in view.ballots:
-            ballots.add_row(b.participant_id, str(b.weight), str(b.confidence),
-                            Text(" > ".join(str(r) for r in b.ranking)))
+            add_text_row(ballots, b.participant_id, str(b.weight), str(b.confidence),
+                         " > ".join(str(r) for r in b.ranking))
         print_table(console, ballots)
     result = (d.meta or {}).get("result")
     if result:
@@ -223,8 +231,8 @@ def debates_ls(user: UserOpt = None) -> None:
 
     table = id_table("id", "status", "method", "winner", "topic", wrap=("topic",))
     for d in _run(user, go):
-        table.add_row(str(d.id), d.status, d.voting_method, d.final_winner or "-",
-                      Text(d.topic[:200]))
+        add_text_row(table, str(d.id), d.status, d.voting_method, d.final_winner or "-",
+                     d.topic[:200])
     print_table(console, table)
 
 

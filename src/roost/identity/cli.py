@@ -20,6 +20,7 @@ from roost.clitools import (
     print_table,
     resolve_id,
     run_in_transaction,
+    stdin,
 )
 
 T = TypeVar("T")
@@ -50,8 +51,8 @@ async def _user_by_login(session: Any, login: str) -> Any:
 
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    if not sys.stdin.isatty():
+        return stdin().readline().rstrip("\r\n")
+    if sys.stdin is None or not sys.stdin.isatty():  # None: closed (`<&-`)
         raise fail("password needed", "no terminal to prompt on: pipe it with "
                    "--password-stdin, or give --no-password", code=2)
     password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
@@ -166,7 +167,7 @@ def keys_create(
                                     user_id=owner.id)
 
     created = _run(go)
-    err.print(f"API key {created.row.prefix} for {user} (shown once):")
+    err.print(f"API key {created.row.prefix} for {user} (shown once):", markup=False)
     print(created.key)  # plain stdout so scripts can capture it
 
 

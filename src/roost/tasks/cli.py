@@ -77,8 +77,8 @@ def tasks_ls(
 
     rows = _run(run)
     if as_json:
-        for row in rows:
-            console.print_json(row.model_dump_json())
+        for row in rows:  # one line each (print_json would indent), for jq and grep
+            typer.echo(row.model_dump_json())
         return
     table = id_table("id", "type", "queue", "status", "priority", "tries", "scheduled", "error",
                      wrap=("error",))

@@ -14,9 +14,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 from sqlalchemy import or_, select
 
-from roost.clitools import fail, id_table, parse_input, print_table, with_database
+from roost.clitools import add_text_row, fail, id_table, parse_input, print_table, with_database
 from roost.config import get_settings
 from roost.db.engine import Database
 from roost.db.lookup import id_starts_with
@@ -108,8 +109,8 @@ def add_command(
             return await servers.create_server(session, SYSTEM, cfg, box, body)
 
     row = _run(go)
-    console.print(f"Registered MCP server {row.name} ({row.id}); discover its tools with "
-                  f"`roost mcp sync {row.name}`")
+    console.print(Text(f"Registered MCP server {row.name} ({row.id}); discover its tools "
+                       f"with `roost mcp sync {row.name}`"))
 
 
 @mcp_app.command("ls")
@@ -123,9 +124,9 @@ def ls_command() -> None:
     table = id_table("id", "name", "owner", "transport", "endpoint", "health", "latency ms",
                      wrap=("endpoint",))
     for row in _run(go):
-        table.add_row(str(row.id), row.name, str(row.user_id) if row.user_id else "global",
-                      row.transport, row.url or " ".join([row.command or "", *map(str, row.args)]),
-                      row.health_status, "" if row.latency_ms is None else str(row.latency_ms))
+        add_text_row(table, str(row.id), row.name, str(row.user_id) if row.user_id else "global",
+                     row.transport, row.url or " ".join([row.command or "", *map(str, row.args)]),
+                     row.health_status, "" if row.latency_ms is None else str(row.latency_ms))
     print_table(console, table)
 
 
@@ -136,10 +137,12 @@ def sync_command(server: Annotated[str, typer.Argument(help="Server name or id")
         return await servers.sync_server(db, SYSTEM, cfg, box, await _server_id(db, server))
 
     found = _run(go)
-    console.print(f"{found.server.name}: {len(found.added)} added, {len(found.updated)} "
-                  f"updated, {len(found.unavailable)} unavailable, {len(found.skipped)} skipped")
+    # Text: names and reasons come from the server, and brackets in them are not markup.
+    console.print(Text(f"{found.server.name}: {len(found.added)} added, {len(found.updated)} "
+                       f"updated, {len(found.unavailable)} unavailable, "
+                       f"{len(found.skipped)} skipped"))
     for name, reason in found.skipped.items():
-        console.print(f"  skipped {name}: {reason}")
+        console.print(Text(f"  skipped {name}: {reason}"))
 
 
 @mcp_app.command("check")
@@ -149,9 +152,9 @@ def check_command(server: Annotated[str, typer.Argument(help="Server name or id"
         return await servers.check_server(db, SYSTEM, cfg, box, await _server_id(db, server))
 
     row = _run(go)
-    console.print(f"{row.name}: {row.health_status}"
-                  + (f" in {row.latency_ms} ms" if row.health_status == "healthy" else
-                     f": {row.health_error}"))
+    console.print(Text(f"{row.name}: {row.health_status}"
+                       + (f" in {row.latency_ms} ms" if row.health_status == "healthy" else
+                          f": {row.health_error}")))
     if row.health_status != "healthy":
         raise typer.Exit(1)
 
@@ -165,7 +168,13 @@ def rm_command(server: Annotated[str, typer.Argument(help="Server name or id")])
             await servers.delete_server(session, SYSTEM, server_id)
 
     _run(go)
-    console.print(f"Deleted MCP server {server}")
+    console.print(Text(f"Deleted MCP server {server}"))
+
+
+def _first_line(description: str | None) -> str:
+    """A tool description's first line, for a table cell."""
+    lines = (description or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 @tools_app.command("ls")
@@ -181,8 +190,8 @@ def tools_ls_command(
 
     table = id_table("id", "name", "kind", "available", "description", wrap=("description",))
     for tool in _run(go):
-        table.add_row(str(tool.id), tool.name, tool.kind, "yes" if tool.available else "no",
-                      (tool.description or "").strip().splitlines()[0] if tool.description else "")
+        add_text_row(table, str(tool.id), tool.name, tool.kind,
+                     "yes" if tool.available else "no", _first_line(tool.description))
     print_table(console, table)
 
 
@@ -264,8 +273,8 @@ def tools_search_command(
     table = id_table("id", "name", "score", "description", wrap=("description",))
     for hit in _run(go):
         tool = hit.tool
-        table.add_row(str(tool.id), tool.name, f"{hit.score:.3f}",
-                      (tool.description or "").strip().splitlines()[0] if tool.description else "")
+        add_text_row(table, str(tool.id), tool.name, f"{hit.score:.3f}",
+                     _first_line(tool.description))
     print_table(console, table)
 
 
@@ -300,11 +309,11 @@ def tools_stats_command(
         return "" if value is None else f"{value:.0f}"
 
     for row in report.items:
-        table.add_row(row.tool_name, str(row.tool_id) if row.tool_id else "(deleted)",
-                      str(row.calls), str(row.successes), str(row.errors), str(row.timeouts),
-                      "" if row.error_rate is None else f"{row.error_rate:.1%}",
-                      ms(row.p50_ms), ms(row.p95_ms),
-                      row.last_called_at.strftime("%Y-%m-%d %H:%M:%S") if row.last_called_at else "")
+        add_text_row(table, row.tool_name, str(row.tool_id) if row.tool_id else "(deleted)",
+                     str(row.calls), str(row.successes), str(row.errors), str(row.timeouts),
+                     "" if row.error_rate is None else f"{row.error_rate:.1%}",
+                     ms(row.p50_ms), ms(row.p95_ms),
+                     row.last_called_at.strftime("%Y-%m-%d %H:%M:%S") if row.last_called_at else "")
     console.print(f"Tool runs from {report.window.since:%Y-%m-%d %H:%M:%S} to "
                   f"{report.window.until:%Y-%m-%d %H:%M:%S} UTC"
                   + (f", user {report.user_id}" if report.user_id else ", all users"))

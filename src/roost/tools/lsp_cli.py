@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.text import Text
 from sqlalchemy import or_, select
 
-from roost.clitools import fail, id_table, print_table, with_database
+from roost.clitools import add_text_row, fail, id_table, print_table, with_database
 from roost.config import get_settings
 from roost.db.engine import Database
 from roost.db.lookup import id_starts_with
@@ -80,8 +80,8 @@ def add_command(
             return await lspservers.create_server(session, SYSTEM, body)
 
     row = _run(go)
-    console.print(f"Registered language server {row.name} ({row.id}); check it with "
-                  f"`roost lsp check {row.name}`")
+    console.print(Text(f"Registered language server {row.name} ({row.id}); check it with "
+                       f"`roost lsp check {row.name}`"))
 
 
 @lsp_app.command("ls")
@@ -95,11 +95,10 @@ def ls_command() -> None:
     table = id_table("id", "name", "owner", "language", "command", "patterns", "health",
                      "latency ms", wrap=("command",))
     for row in _run(go):
-        table.add_row(str(row.id), row.name, str(row.user_id) if row.user_id else "global",
-                      # Text: a command or glob with [brackets] is not rich markup.
-                      row.language, Text(" ".join([row.command, *map(str, row.args)])),
-                      Text(" ".join(map(str, row.file_patterns))), row.health_status,
-                      "" if row.latency_ms is None else str(row.latency_ms))
+        add_text_row(table, str(row.id), row.name, str(row.user_id) if row.user_id else "global",
+                     row.language, " ".join([row.command, *map(str, row.args)]),
+                     " ".join(map(str, row.file_patterns)), row.health_status,
+                     "" if row.latency_ms is None else str(row.latency_ms))
     print_table(console, table)
 
 
@@ -112,8 +111,9 @@ def check_command(server: Annotated[str, typer.Argument(help="Server name or id"
     row = _run(go)
     info = row.server_info or {}
     about = " ".join(str(info[k]) for k in ("name", "version") if info.get(k))
-    console.print(f"{row.name}: {row.health_status} in {row.latency_ms} ms"
-                  + (f" ({about})" if about else ""))
+    # Text: the server's own name and version (serverInfo) are not rich markup.
+    console.print(Text(f"{row.name}: {row.health_status} in {row.latency_ms} ms"
+                       + (f" ({about})" if about else "")))
 
 
 @lsp_app.command("rm")
@@ -125,4 +125,4 @@ def rm_command(server: Annotated[str, typer.Argument(help="Server name or id")])
             await lspservers.delete_server(session, SYSTEM, server_id)
 
     _run(go)
-    console.print(f"Deleted language server {server}")
+    console.print(Text(f"Deleted language server {server}"))
