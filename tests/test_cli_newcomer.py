@@ -312,6 +312,76 @@ def test_a_data_dir_that_is_a_file_is_one_line_and_fails_doctor(tmp_path: Path) 
     assert "FAIL" in row and "not a directory" in row, doctor.stdout
 
 
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("ROOST_CODE_CHECKS", "notjson", "not valid JSON"),
+    ("ROOST_CODE_CHECKS", '[["ruff"', "not valid JSON"),
+    ("ROOST_LOG_LEVEL", "warnig", "'debug', 'info', 'warning', 'error' or 'critical'"),
+])
+def test_a_setting_that_does_not_parse_is_a_configuration_error(
+    name: str, value: str, says: str, refused_env: dict[str, str],
+) -> None:
+    """Like every bad setting: one line naming the variable (never its value), exit 2; not
+    pydantic-settings' traceback for a JSON one, not a log level typo run at info."""
+    out = run_roost("users", "list", env={**refused_env, name: value}, timeout=60)
+    assert_clean_failure(out, mentions=f"invalid configuration: {name}: ", code=2)
+    assert says in out.stderr and value not in out.stderr, out.stderr
+
+
+def test_a_libpq_only_option_in_a_replica_url_is_a_configuration_error(
+    refused_env: dict[str, str],
+) -> None:
+    """sslmode= in a replica URL is named at start, as for ROOST_DATABASE_URL (asyncpg
+    has no such option): not a replica that is only ever 'unreachable: TypeError'."""
+    replica = f"postgresql://roost:s3cret@127.0.0.1:{free_port()}/roost?sslmode=require"
+    out = run_roost("doctor", env={**refused_env, "ROOST_DATABASE_REPLICA_URLS": replica},
+                    timeout=60)
+    assert_clean_failure(out, mentions="ROOST_DATABASE_REPLICA_URLS: the driver (asyncpg) "
+                         "has no option sslmode; for SSL write ssl=require", code=2)
+    assert "s3cret" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("ROOST_SECRETS_KEY", "sh0rt-v4lue", "ROOST_SECRETS_KEY must decode to exactly 32 bytes"),
+    ("ROOST_MESSAGE_KEYS", "not-a-fernet-key", "ROOST_MESSAGE_KEYS entry 1 is not a valid"),
+    ("ROOST_SECRET_KEY", "sh0rt-v4lue", "ROOST_SECRET_KEY is too short: at least 32 bytes"),
+])
+def test_serve_refuses_a_key_it_cannot_use_before_any_work(
+    name: str, value: str, says: str, refused_env: dict[str, str],
+) -> None:
+    """One line naming the variable, exit 2, before the database is even tried (it is
+    unreachable here): not a traceback, nor a server whose every sign-in is a 500."""
+    out = run_roost("serve", "--port", str(free_port()), env={**refused_env, name: value},
+                    timeout=60)
+    assert_clean_failure(out, mentions=f"invalid configuration: {says}", code=2)
+    assert value not in out.stderr
+
+
+def test_serve_with_a_key_file_others_can_read_is_one_line(
+    tmp_path: Path, refused_env: dict[str, str],
+) -> None:
+    data = tmp_path / "data"
+    load_keys(Settings(data_dir=data, secret_key=None, message_keys=None, secrets_key=None,
+                       admin_token=None))
+    key_file = data / "keys" / "secret_key"
+    key_file.chmod(0o644)
+    out = run_roost("serve", "--port", str(free_port()),
+                    env={**refused_env, "ROOST_DATA_DIR": str(data)}, timeout=60)
+    assert_clean_failure(out, mentions=f"{key_file} is readable by group or others (mode 644);"
+                         f" run: chmod 600 {key_file}", code=2)
+
+
+def test_serve_on_a_port_in_use_is_one_line(refused_env: dict[str, str]) -> None:
+    """Said before any work (the database here is unreachable), and only once: no
+    'Task exception was never retrieved' traceback after it."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        out = run_roost("serve", "--port", str(port), env=refused_env, timeout=60, fresh=True)
+    assert_clean_failure(out, mentions=f"cannot listen on 127.0.0.1:{port}: address already "
+                         "in use", code=1)
+
+
 # --- files an option names -------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from roost.clitools import (
     explain_failure,
     fail,
     open_database,
+    settings_problem,
     with_database,
 )
 from roost.config import Settings, get_settings
@@ -119,17 +120,16 @@ def _configure_cli_logging(verbose: bool) -> None:
     import logging
 
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     try:
         settings = get_settings()
-    except ValidationError as exc:  # name the variables, never echo values (may be secrets)
-        problems = "; ".join(
-            f"ROOST_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        raise fail("invalid configuration", problems, code=2) from None
+    except (ValidationError, SettingsError) as exc:  # names the variables, never the values
+        raise fail("invalid configuration", settings_problem(exc), code=2) from None
     url_problem = database_url_problem(settings)
     if url_problem is not None:
         raise fail("invalid configuration", url_problem, code=2)
-    configured = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
+    configured = logging.getLevelNamesMapping()[settings.log_level.upper()]
     if configured <= logging.DEBUG:
         level = "debug"
     elif verbose:
@@ -169,7 +169,9 @@ def serve(
 
     from roost.app import create_app
     from roost.db.migrate import current_revisions, upgrade
+    from roost.keyfiles import load_keys
     from roost.logging import configure_logging
+    from roost.serving import HeadLimitedHttpTools, listening_socket
     from roost.tasks.cli import worker_config
     from roost.tasks.worker import Worker
 
@@ -186,6 +188,10 @@ def serve(
                         processes=processes, migrate=migrate, with_worker=with_worker)
         return
 
+    # A key it cannot use, a port in use: said before the database is started or migrated.
+    keys = load_keys(settings)
+    sock = listening_socket(bind_host, bind_port)
+
     async def run() -> None:
         db = await open_database(settings, create_schema=False)
         try:
@@ -194,12 +200,13 @@ def serve(
             elif not await current_revisions(db.engine):
                 raise fail("the database is not migrated", "it has no Roost tables: run "
                            "`roost db upgrade`, or `roost serve` without --no-migrate")
-            application = create_app(settings, database=db, configure_logs=False)
+            application = create_app(settings, database=db, keys=keys, configure_logs=False)
             config = uvicorn.Config(
                 application, host=bind_host, port=bind_port,
                 log_config=None, proxy_headers=settings.forwarded_allow_ips is not None,
                 forwarded_allow_ips=settings.forwarded_allow_ips, lifespan="on",
                 timeout_graceful_shutdown=settings.serve_shutdown_grace_s,
+                http=HeadLimitedHttpTools,
             )
             queue_worker = (Worker(db, worker_config(settings),
                                    statement_timeout_ms=settings.db_statement_timeout_ms)
@@ -207,7 +214,7 @@ def serve(
             worker_task = asyncio.create_task(queue_worker.run()) if queue_worker else None
             try:
                 server = _graceful_server_class()(config)
-                serving = asyncio.create_task(server.serve())
+                serving = asyncio.create_task(server.serve(sockets=[sock]))
                 while not server.started and not serving.done():
                     await asyncio.wait({serving}, timeout=0.05)
                 if server.started:
@@ -222,7 +229,7 @@ def serve(
             await db.dispose()
 
     # Server.serve() runs on the caller's loop (only uvicorn.run() picks uvloop itself).
-    with asyncio.Runner(loop_factory=_server_loop_factory()) as runner:
+    with sock, asyncio.Runner(loop_factory=_server_loop_factory()) as runner:
         runner.run(run())
 
 

@@ -11,6 +11,8 @@ command), a file an option names (:func:`read_text` and its siblings, from
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from typing import Any, Final, TypeVar
 
 import structlog
 from pydantic import BaseModel, ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
@@ -35,10 +38,13 @@ from roost.db.cliio import fail as fail
 from roost.db.cliio import os_reason
 from roost.db.cliio import read_bytes as read_bytes
 from roost.db.cliio import read_text as read_text
+from roost.db.cliio import stdin as stdin
 from roost.db.cliio import write_bytes as write_bytes
+from roost.db.embedded import EmbeddedServerError
 from roost.db.engine import Database, create_database, to_async_url
 from roost.db.lookup import id_starts_with, is_id_prefix
 from roost.errors import BadRequest, NotFound, RoostError
+from roost.keyfiles import KeyConfigError
 
 T = TypeVar("T")
 err = Console(stderr=True)
@@ -160,6 +166,26 @@ def run_in_transaction(fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
         raise fail("the database refused the change", reason.split("'>: ", 1)[-1]) from None
 
 
+def settings_problem(exc: BaseException) -> str | None:
+    """What is wrong with the ROOST_* settings when ``exc`` says so (pydantic's validation,
+    pydantic-settings' parsing of a JSON value, a key Roost cannot use), naming the
+    variables, never their values (they may be secrets); None for any other error."""
+    if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
+        return "; ".join(
+            f"ROOST_{str(e['loc'][0]).upper() if e['loc'] else 'SETTINGS'}: {e['msg']}"
+            for e in exc.errors(include_url=False))
+    if isinstance(exc, SettingsError):  # 'error parsing value for field "x" from source ...'
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = f"ROOST_{field.group(1).upper()}" if field else "a ROOST_ setting"
+        cause = exc.__cause__
+        if isinstance(cause, json.JSONDecodeError):  # its message has no part of the value
+            return f"{name}: not valid JSON ({cause.msg} at character {cause.pos})"
+        return f"{name}: cannot be parsed"
+    if isinstance(exc, KeyConfigError):
+        return str(exc)
+    return None
+
+
 def database_url_problem(settings: Settings) -> str | None:
     """What is wrong with ROOST_DATABASE_URL (or ROOST_DATABASE_REPLICA_URLS), without
     echoing it (it holds a password); None when they are PostgreSQL URLs."""
@@ -177,10 +203,28 @@ def database_url_problem(settings: Settings) -> str | None:
             except Exception:  # sqlalchemy's ArgumentError, or a ValueError from a port
                 return f"{name}: not a URL ({expected})"
             try:
-                to_async_url(part.strip())
+                url = to_async_url(part.strip())
             except ValueError:
                 return f"{name}: not a PostgreSQL URL (scheme {scheme!r}; {expected})"
+            unknown = sorted(set(url.query) - _DRIVER_OPTIONS)
+            if unknown:  # a replica's would only show as an unusable replica, at run time
+                return _no_driver_option(name, unknown[0])
     return None
+
+
+# What a URL's query may set: asyncpg.connect's keywords, and SQLAlchemy's asyncpg
+# dialect's own (libpq's sslmode, application_name... are not among them).
+_DRIVER_OPTIONS: Final = frozenset({
+    "host", "port", "passfile", "service", "servicefile", "timeout", "statement_cache_size",
+    "max_cached_statement_lifetime", "max_cacheable_statement_size", "command_timeout",
+    "ssl", "direct_tls", "server_settings", "target_session_attrs", "krbsrvname", "gsslib",
+    "prepared_statement_cache_size", "prepared_statement_name_func",
+})
+
+
+def _no_driver_option(name: str, option: str) -> str:
+    return (f"{name}: the driver (asyncpg) has no option {option}; for SSL write "
+            "ssl=require, not sslmode=")
 
 
 def _database_url(settings: Settings) -> URL | None:
@@ -276,8 +320,7 @@ def describe_database_problem(exc: BaseException, settings: Settings | None = No
         if isinstance(e, TypeError) and "unexpected keyword argument" in str(e) \
                 and _while_connecting(e, "sqlalchemy.dialects.postgresql.asyncpg"):
             option = str(e).rpartition("argument")[2].strip()
-            return ("invalid configuration", f"ROOST_DATABASE_URL: the driver (asyncpg) has "
-                    f"no option {option}; for SSL write ssl=require, not sslmode=", 2)
+            return "invalid configuration", _no_driver_option("ROOST_DATABASE_URL", option), 2
         if isinstance(e, OSError) and _while_connecting(e):
             if isinstance(e, TimeoutError):
                 reason = f"no answer within {settings.db_connect_timeout_s:g} s"
@@ -298,10 +341,19 @@ def explain_failure(exc: BaseException) -> int | None:
     """For an exception no command caught: when it is a problem the user can fix (the
     database cannot be used, the data dir cannot be), print it as one line and return
     the exit code; None for anything else (a bug: its traceback is what helps)."""
+    for e in _causes(exc):
+        problem = settings_problem(e)
+        if problem is not None:
+            fail("invalid configuration", problem, code=2)
+            return 2
     try:
         settings = get_settings()
-    except ValidationError:
+    except (ValidationError, SettingsError):
         return None
+    for e in _causes(exc):
+        if isinstance(e, EmbeddedServerError):
+            fail("cannot start the embedded database", e)
+            return 1
     found = describe_database_problem(exc, settings)
     if found is not None:
         title, message, code = found

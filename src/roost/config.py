@@ -76,7 +76,8 @@ class Settings(BaseSettings):
         "cookies are Secure. Unset: the headers are ignored (anyone could send them)"
     )
     max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1 << 30)
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info", description="debug, info, warning, error or critical (any case)")
     log_json: bool = True
     # Traces (docs/operations.md, "Traces"): the `otel` extra; where they go is set by the
     # standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER...).
@@ -443,6 +444,12 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: object) -> object:
+        # A typo (warnig) is refused at start, never silently run at info.
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("analytics_clickhouse_url")
     @classmethod

@@ -13,8 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roost.config import Settings
+from roost.security.crypto import decode_aes_key, validate_fernet_key
+from roost.security.tokens import MIN_JWT_SECRET_BYTES
 
 KEY_DIR_NAME = "keys"
+
+
+class KeyConfigError(ValueError):
+    """A key Roost cannot use (a setting, or a key file of the data dir): the message
+    names the variable or the file, never the value; the CLI prints it as one line
+    ("invalid configuration: ...", exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,7 @@ def _read_or_create(path: Path, make: str) -> str:
     if path.exists():
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
-            raise PermissionError(
+            raise KeyConfigError(
                 f"{path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}"
             )
         return path.read_text(encoding="utf-8").strip()
@@ -54,26 +62,33 @@ def load_keys(settings: Settings) -> KeyMaterial:
     """Keys from settings when given, else from ``DATA_DIR/keys/*`` (created on first run)."""
     key_dir = settings.data_dir / KEY_DIR_NAME
 
-    def pick(value: object, name: str, make: str) -> str:
+    def pick(value: object, name: str, make: str) -> tuple[str, str]:
+        """The key and where it came from (for a message: the variable, or the file)."""
         secret = getattr(value, "get_secret_value", None)
         if secret is not None:
-            return str(secret())
-        return _read_or_create(key_dir / name, make)
+            return str(secret()), f"ROOST_{name.upper()}"
+        return _read_or_create(key_dir / name, make), str(key_dir / name)
 
-    secret_key = pick(settings.secret_key, "secret_key", secrets.token_urlsafe(48))
-    message_raw = pick(settings.message_keys, "message_keys", _fernet_key())
-    secrets_raw = pick(
-        settings.secrets_key, "secrets_key", base64.b64encode(secrets.token_bytes(32)).decode()
-    )
-    admin_token = pick(settings.admin_token, "admin_token", "rst_admin_" + secrets.token_urlsafe(32))
-
+    # Checked here, at start: a bad key would otherwise fail later, in the middle of the
+    # work (every sign-in a 500 with a short JWT secret, the app's start with a bad Fernet
+    # key).
+    secret_key, where = pick(settings.secret_key, "secret_key", secrets.token_urlsafe(48))
+    if len(secret_key.encode("utf-8")) < MIN_JWT_SECRET_BYTES:
+        raise KeyConfigError(f"{where} is too short: at least {MIN_JWT_SECRET_BYTES} bytes "
+                             "(e.g. python -c \"import secrets; print(secrets.token_urlsafe(48))\")")
+    message_raw, where = pick(settings.message_keys, "message_keys", _fernet_key())
     message_keys = tuple(k.strip() for k in message_raw.split(",") if k.strip())
     if not message_keys:
-        raise ValueError("ROOST_MESSAGE_KEYS is empty: give at least one Fernet key")
+        raise KeyConfigError(f"{where} is empty: give at least one Fernet key")
+    secrets_raw, secrets_where = pick(
+        settings.secrets_key, "secrets_key", base64.b64encode(secrets.token_bytes(32)).decode()
+    )
+    admin_token, _ = pick(settings.admin_token, "admin_token",
+                          "rst_admin_" + secrets.token_urlsafe(32))
     try:
-        secrets_key = base64.b64decode(secrets_raw, validate=True)
+        for position, key in enumerate(message_keys, start=1):
+            validate_fernet_key(key, position=position, setting=where)
+        secrets_key = decode_aes_key(secrets_raw, setting=secrets_where)
     except ValueError as exc:
-        raise ValueError("ROOST_SECRETS_KEY is not valid base64") from exc
-    if len(secrets_key) != 32:
-        raise ValueError("ROOST_SECRETS_KEY must decode to exactly 32 bytes (AES-256)")
+        raise KeyConfigError(str(exc)) from None
     return KeyMaterial(secret_key, message_keys, secrets_key, admin_token)

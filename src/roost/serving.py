@@ -38,9 +38,11 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.config import STARTUP_FAILURE
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from roost.app import create_app
+from roost.clitools import fail
 from roost.config import Settings, get_settings
 from roost.process import freeze_startup_heap
 
@@ -50,6 +52,58 @@ APP_FACTORY: Final = "roost.serving:served_app"
 METRICS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 STARTUP_GRACE_S: Final = 120.0  # a child still starting is not pinged (it cannot answer)
 HEALTHCHECK_TIMEOUT_S: Final = 10  # a started child that does not answer is hung
+MAX_REQUEST_HEAD_BYTES: Final = 64 * 1024
+"""The most a request line and headers may take (docs/operations.md): more is a 431."""
+
+
+class HeadLimitedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a limit on a request's head (request line and
+    headers).  httptools buffers a header for as long as the client sends it and has no
+    limit of its own (nor has uvicorn for it): an anonymous client held 200 MB of one
+    server's memory with one header.  The bytes read while a head is being parsed are
+    counted here, before the parser sees them; past ``MAX_REQUEST_HEAD_BYTES`` the answer
+    is a 431 and the connection is closed.  (uvicorn's h11 protocol has a limit,
+    ``h11_max_incomplete_event_size``, but parses slower.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_left: int | None = MAX_REQUEST_HEAD_BYTES  # None while reading a body
+
+    def on_headers_complete(self) -> None:
+        self._head_left = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._head_left = MAX_REQUEST_HEAD_BYTES  # what follows is the next request's head
+        super().on_message_complete()
+
+    def data_received(self, data: bytes) -> None:
+        left = self._head_left
+        if left is None or len(data) <= left:
+            if left is not None:
+                self._head_left = left - len(data)
+            super().data_received(data)
+            return
+        # The head may end within what is allowed, the body following in the same read.
+        self._head_left = 0
+        super().data_received(data[:left])
+        if self.transport.is_closing():
+            return
+        if self._head_left == 0:
+            self._send_head_too_large()
+            return
+        self.data_received(data[left:])
+
+    def _send_head_too_large(self) -> None:
+        self.logger.warning("Request head larger than %d bytes.", MAX_REQUEST_HEAD_BYTES)
+        if self.cycle is None or self.cycle.response_complete:  # not amid another answer
+            message = (f"request line and headers are larger than the limit of "
+                       f"{MAX_REQUEST_HEAD_BYTES} bytes").encode("ascii")
+            self.transport.write(b"".join([
+                STATUS_LINE[431], b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-length: ", str(len(message)).encode("ascii"), b"\r\n",
+                b"connection: close\r\n\r\n", message]))
+        self.transport.close()
 
 
 class GracefulServer(uvicorn.Server):
@@ -100,6 +154,15 @@ class Supervisor(Multiprocess):
     """uvicorn's supervisor (restart of dead children, SIGTERM to all, SIGHUP rolling
     restart), starting :class:`_Child` processes."""
 
+    startup_failed = False  # a child exited STARTUP_FAILURE: the supervisor exits 3 too
+
+    def run(self) -> None:
+        super().run()
+        if self.startup_failed:
+            # Never exit 0 then: a service manager would take it for a clean stop.
+            raise fail("the API processes could not start",
+                       "their log lines above say why", code=STARTUP_FAILURE)
+
     def init_processes(self) -> None:
         for _ in range(self.processes_num):
             child = _Child(self.config, self.sockets)
@@ -119,6 +182,7 @@ class Supervisor(Multiprocess):
                 # The app cannot start (database unreachable, bad settings): a restart
                 # would fail the same way, so stop like a single `roost serve` would.
                 log.error("serve.child_start_failed", pid=child.pid)
+                self.startup_failed = True
                 self.should_exit.set()
                 return
             if self.should_exit.is_set():
@@ -128,6 +192,29 @@ class Supervisor(Multiprocess):
             replacement = _Child(self.config, self.sockets)
             replacement.start()
             self.processes[idx] = replacement
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The socket ``roost serve`` listens on, bound before the app starts.  An address in
+    use, or a host that does not resolve, is one line, exit 1 (uvicorn would log it and
+    exit 3 from inside its serving task: asyncio's "Task exception was never retrieved"
+    traceback after it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+    try:
+        address = socket.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM,
+                                     flags=socket.AI_PASSIVE)[0][4]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:  # socket.gaierror too
+        raise fail(f"cannot listen on {host}:{port}",
+                   (exc.strerror or str(exc)).lower()) from None
+    sock.set_inheritable(True)  # the children of --workers accept on it
+    return sock
 
 
 def _forget_metrics(pid: int | None) -> None:
@@ -206,8 +293,9 @@ def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
             forwarded_allow_ips=settings.forwarded_allow_ips, lifespan="on",
             timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT_S,
             timeout_graceful_shutdown=settings.serve_shutdown_grace_s,
+            http=HeadLimitedHttpTools,
         )
-        sock = config.bind_socket()
+        sock = listening_socket(host, port)
         log.info("serve.processes_starting", processes=processes, host=host, port=port,
                  queue_workers=processes if with_worker else 0)
         try:

