@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,10 @@ import pytest
 
 from roost.config import Settings
 from roost.db.engine import Database
+from roost.tasks.worker import Worker
 from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
+from tests.support.workers import in_process_worker
 
 
 @pytest.fixture
@@ -50,6 +53,28 @@ async def new_session(
     assert resp.status_code == 201, resp.text
     result: dict[str, Any] = resp.json()
     return result
+
+
+async def post_message(client: httpx.AsyncClient, headers: dict[str, str], session_id: str,
+                       **body: Any) -> httpx.Response:
+    """``POST`` a message to a session; the answer as it came."""
+    return await client.post(f"/api/v1/chat/sessions/{session_id}/messages", json=body,
+                             headers=headers)
+
+
+@pytest.fixture
+async def sid(client: httpx.AsyncClient, admin_headers: dict[str, str], stub: StubServer,
+              user: tuple[uuid.UUID, dict[str, str]]) -> str:
+    """A session of ``user``'s, answered by the stub provider."""
+    await add_provider(client, admin_headers, stub)
+    return str((await new_session(client, user[1]))["id"])
+
+
+@pytest.fixture
+async def worker(database: Database) -> AsyncIterator[Worker]:
+    """A queue worker running this test's jobs (summaries and the like)."""
+    async with in_process_worker(database) as running:
+        yield running
 
 
 def sse_events(text: str) -> list[tuple[str, Any]]:

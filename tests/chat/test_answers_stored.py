@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
 
 import httpx
-import pytest
 from fastapi import FastAPI
 
 from roost.config import Settings
 from roost.db.engine import Database
-from tests.chat.conftest import add_provider, new_session
+from tests.chat.conftest import add_provider, post_message
 from tests.support.openai_stub import Reply, StubServer
 from tests.support.openai_stub.script import Call, ToolCalls
 
@@ -23,24 +21,13 @@ User = tuple[uuid.UUID, Headers]
 API = "/api/v1/chat/sessions"
 
 
-async def _post(client: httpx.AsyncClient, headers: Headers, sid: str, **body: Any) -> httpx.Response:
-    return await client.post(f"{API}/{sid}/messages", json=body, headers=headers)
-
-
-@pytest.fixture
-async def sid(client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User) -> str:
-    """A session of ``user``'s, answered by the stub provider."""
-    await add_provider(client, admin_headers, stub)
-    return str((await new_session(client, user[1]))["id"])
-
-
 async def test_a_long_tool_call_id_from_the_provider_does_not_lose_the_answer(
     client: httpx.AsyncClient, user: User, sid: str, stub: StubServer,
 ) -> None:
     """A 145-character tool call id (the column holds 128) is fitted; the answer is kept."""
     _, h = user
     stub.script(ToolCalls(Call("lookup", id="call_" + "i" * 140)))
-    resp = await _post(client, h, sid, content="call a tool")
+    resp = await post_message(client, h, sid, content="call a tool")
     assert resp.status_code == 201, resp.text  # was 502 "could not be stored (22001)"
     answer = resp.json()["assistant_message"]
     assert answer["tool_calls"][0]["id"] == "call_" + "i" * 140  # the full id is kept there

@@ -7,29 +7,16 @@ import uuid
 from typing import Any
 
 import httpx
-import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
-from tests.chat.conftest import add_provider, new_session, sse_events
+from tests.chat.conftest import add_provider, new_session, post_message, sse_events
 from tests.support.openai_stub import Drop, Fail, Hang, Junk, StubServer
 
 Headers = dict[str, str]
 User = tuple[uuid.UUID, Headers]
-
-
-async def _post(client: httpx.AsyncClient, headers: Headers, session_id: str, **body: Any) -> httpx.Response:
-    return await client.post(f"/api/v1/chat/sessions/{session_id}/messages", json=body,
-                             headers=headers)
-
-
-@pytest.fixture
-async def sid(client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User) -> str:
-    """A session of ``user``'s, answered by the stub provider."""
-    await add_provider(client, admin_headers, stub)
-    return str((await new_session(client, user[1]))["id"])
 
 
 async def _request_rows(database: Database, session_id: str) -> list[Any]:
@@ -47,7 +34,7 @@ async def test_a_message_is_answered_and_both_are_stored_encrypted(
     await add_provider(client, admin_headers, stub)
     session = await new_session(client, headers)
     secret = "my bank PIN is 4421, please remember it"
-    resp = await _post(client, headers, session["id"], content=secret)
+    resp = await post_message(client, headers, session["id"], content=secret)
     assert resp.status_code == 201, resp.text
     body = resp.json()
     assert body["user_message"]["content"] == secret
@@ -96,12 +83,12 @@ async def test_history_is_newest_first_and_stable_under_concurrent_posts(
     session = await new_session(client, headers)
     sid = session["id"]
     for i in range(7):
-        resp = await _post(client, headers, sid, content=f"m{i}", reply=False)
+        resp = await post_message(client, headers, sid, content=f"m{i}", reply=False)
         assert resp.status_code == 201
     page1 = (await client.get(f"/api/v1/chat/sessions/{sid}/messages?limit=3", headers=headers)).json()
     assert [m["content"] for m in page1["items"]] == ["m6", "m5", "m4"]
     # New messages arrive (concurrently) between page reads.
-    posts = await asyncio.gather(*[_post(client, headers, sid, content=f"new{i}", reply=False)
+    posts = await asyncio.gather(*[post_message(client, headers, sid, content=f"new{i}", reply=False)
                                    for i in range(5)])
     assert all(p.status_code == 201 for p in posts)
     seqs = sorted(p.json()["user_message"]["seq"] for p in posts)
@@ -120,21 +107,21 @@ async def test_tool_call_fields_and_roles_without_reply(client: httpx.AsyncClien
     _, headers = user
     sid = (await new_session(client, headers))["id"]
     call = {"id": "call_1", "name": "web.search", "arguments": '{"q": "roost"}'}
-    resp = await _post(client, headers, sid, role="assistant", content="", reply=False,
+    resp = await post_message(client, headers, sid, role="assistant", content="", reply=False,
                        tool_calls=[call])
     assert resp.status_code == 201, resp.text
     assert resp.json()["user_message"]["tool_calls"][0]["name"] == "web.search"
-    resp = await _post(client, headers, sid, role="tool", content='{"hits": 3}', reply=False,
+    resp = await post_message(client, headers, sid, role="tool", content='{"hits": 3}', reply=False,
                        tool_call_id="call_1", tool_call_name="web.search")
     assert resp.status_code == 201, resp.text
     items = (await client.get(f"/api/v1/chat/sessions/{sid}/messages", headers=headers)).json()["items"]
     assert items[0]["role"] == "tool" and items[0]["tool_call_id"] == "call_1"
     assert items[1]["tool_calls"][0]["arguments"] == '{"q": "roost"}'
     # A tool message needs the call it answers; only user messages are answered.
-    bad = await _post(client, headers, sid, role="tool", content="x", reply=False)
+    bad = await post_message(client, headers, sid, role="tool", content="x", reply=False)
     assert bad.status_code == 422 and "tool_call_id" in bad.json()["detail"]
     assert bad.json()["field"] == "tool_call_id"
-    bad = await _post(client, headers, sid, role="system", content="x")
+    bad = await post_message(client, headers, sid, role="system", content="x")
     assert bad.status_code == 422 and "reply=false" in bad.json()["detail"]
 
 
@@ -150,14 +137,14 @@ async def test_the_history_page_is_exactly_what_its_response_model_serialises(
     _, headers = user
     call = {"id": "call_9", "name": "calc", "arguments": '{"x": 1.5}'}
     posted = [
-        await _post(client, headers, sid, content="Grüße, \"quoted\" 🦜\n", reply=False,
+        await post_message(client, headers, sid, content="Grüße, \"quoted\" 🦜\n", reply=False,
                     conversation_domain="travel", plan_step=2, confidence_score=0.1 + 0.2,
                     embedding_model_used="all-MiniLM-L6-v2"),
-        await _post(client, headers, sid, role="assistant", content="", reply=False,
+        await post_message(client, headers, sid, role="assistant", content="", reply=False,
                     tool_calls=[call]),
-        await _post(client, headers, sid, role="tool", content="3", reply=False,
+        await post_message(client, headers, sid, role="tool", content="3", reply=False,
                     tool_call_id="call_9", tool_call_name="calc"),
-        await _post(client, headers, sid, content="and now answer"),  # the model's reply too
+        await post_message(client, headers, sid, content="and now answer"),  # the model's reply too
     ]
     assert all(p.status_code == 201 for p in posted), [p.text for p in posted]
     resp = await client.get(f"/api/v1/chat/sessions/{sid}/messages?limit=3", headers=headers)
@@ -178,7 +165,7 @@ async def test_without_a_provider_chat_answers_409_with_a_hint_and_stores_nothin
 ) -> None:
     _, headers = user
     sid = (await new_session(client, headers))["id"]
-    resp = await _post(client, headers, sid, content="hello?")
+    resp = await post_message(client, headers, sid, content="hello?")
     assert resp.status_code == 409
     problem = resp.json()
     assert resp.headers["content-type"].startswith("application/problem+json")
@@ -192,24 +179,24 @@ async def test_bad_input(
     other_user: User,
 ) -> None:
     _, headers = user
-    too_long = await _post(client, headers, sid, content="x" * 2001)
+    too_long = await post_message(client, headers, sid, content="x" * 2001)
     assert too_long.status_code == 413 and "2000" in too_long.json()["detail"]
-    assert (await _post(client, headers, sid, content="   ")).status_code == 422
+    assert (await post_message(client, headers, sid, content="   ")).status_code == 422
     malformed = await client.post(f"/api/v1/chat/sessions/{sid}/messages", json={"text": "hi"},
                                   headers=headers)
     assert malformed.status_code == 422
-    unknown_model = await _post(client, headers, sid, content="hi", model="no-such-model")
+    unknown_model = await post_message(client, headers, sid, content="hi", model="no-such-model")
     assert unknown_model.status_code == 404 and "no-such-model" in unknown_model.json()["detail"]
     # Another user's session looks like no session at all.
     _, other_headers = other_user
     for resp in (
-        await _post(client, other_headers, sid, content="hi"),
+        await post_message(client, other_headers, sid, content="hi"),
         await client.get(f"/api/v1/chat/sessions/{sid}", headers=other_headers),
         await client.get(f"/api/v1/chat/sessions/{sid}/messages", headers=other_headers),
         await client.delete(f"/api/v1/chat/sessions/{sid}", headers=other_headers),
     ):
         assert resp.status_code == 404, resp.text
-    assert (await _post(client, headers, str(uuid.uuid4()), content="hi")).status_code == 404
+    assert (await post_message(client, headers, str(uuid.uuid4()), content="hi")).status_code == 404
 
 
 async def test_a_recorded_message_gets_its_position_owner_and_audit_record(
@@ -220,9 +207,9 @@ async def test_a_recorded_message_gets_its_position_owner_and_audit_record(
     and its audit record: each part checked here, and a refused post writes none."""
     user_id, headers = user
     sid = str((await new_session(client, headers))["id"])
-    first = await _post(client, headers, sid, content="a note", reply=False)
+    first = await post_message(client, headers, sid, content="a note", reply=False)
     calls = [{"id": "call_1", "type": "function", "name": "lookup", "arguments": "{\"q\": \"x\"}"}]
-    second = await _post(client, headers, sid, role="assistant", content="", reply=False,
+    second = await post_message(client, headers, sid, role="assistant", content="", reply=False,
                          tool_calls=calls, conversation_domain="travel", plan_step=3)
     assert first.status_code == 201 and second.status_code == 201, second.text
     assert first.json()["user_message"]["seq"] == 1
@@ -230,15 +217,15 @@ async def test_a_recorded_message_gets_its_position_owner_and_audit_record(
     assert stored["seq"] == 2 and stored["tool_calls"] == calls
     assert stored["conversation_domain"] == "travel" and stored["plan_step"] == 3
     # An administrator records a message in the user's session: it is the user's.
-    by_admin = await _post(client, admin_headers, sid, content="from support", reply=False)
+    by_admin = await post_message(client, admin_headers, sid, content="from support", reply=False)
     assert by_admin.status_code == 201 and by_admin.json()["user_message"]["seq"] == 3
     # Refused: another user's session (404), an expired one (409); nothing written.
     _, other_headers = other_user
-    assert (await _post(client, other_headers, sid, content="x", reply=False)).status_code == 404
+    assert (await post_message(client, other_headers, sid, content="x", reply=False)).status_code == 404
     async with database.transaction() as s:
         await s.execute(text("UPDATE chat_sessions SET expires_at = now() - interval '1 minute' "
                              "WHERE id = :s"), {"s": sid})
-    expired = await _post(client, headers, sid, content="too late", reply=False)
+    expired = await post_message(client, headers, sid, content="too late", reply=False)
     assert expired.status_code == 409 and "expired" in expired.json()["detail"]
 
     session = (await client.get(f"/api/v1/chat/sessions/{sid}", headers=headers)).json()
@@ -268,12 +255,12 @@ async def test_a_failing_provider_keeps_the_message_and_marks_the_request_failed
 ) -> None:
     _, headers = user
     stub.script(Junk("text", times=None))
-    resp = await _post(client, headers, sid, content="keep me")
+    resp = await post_message(client, headers, sid, content="keep me")
     assert resp.status_code == 502
     assert "malformed" in resp.json()["detail"]
     stub.reset()
     stub.script(Fail(500, times=None))
-    resp = await _post(client, headers, sid, content="keep me too")
+    resp = await post_message(client, headers, sid, content="keep me too")
     assert resp.status_code == 502 and "HTTP 500" in resp.json()["detail"]
     items = (await client.get(f"/api/v1/chat/sessions/{sid}/messages", headers=headers)).json()["items"]
     assert [m["content"] for m in items] == ["keep me too", "keep me"]
@@ -295,7 +282,7 @@ async def test_a_hanging_provider_times_out_and_the_next_one_answers(
     await add_provider(client, admin_headers, stub_b, name="second", priority=2)
     stub.script(Hang(times=None))
     sid = (await new_session(client, headers))["id"]
-    resp = await _post(client, headers, sid, content="anyone there?")
+    resp = await post_message(client, headers, sid, content="anyone there?")
     assert resp.status_code == 201, resp.text
     assert resp.json()["provider"] == "second"
     request_id = resp.json()["request_id"]
@@ -304,7 +291,7 @@ async def test_a_hanging_provider_times_out_and_the_next_one_answers(
         ("first", "timeout", False), ("second", "success", True)]
     # Both hang: 504, the message is kept.
     stub_b.script(Hang(times=None))
-    resp = await _post(client, headers, sid, content="still there?")
+    resp = await post_message(client, headers, sid, content="still there?")
     assert resp.status_code == 504
     assert (await _request_rows(database, sid))[-1].status == "failed"
 
@@ -314,7 +301,7 @@ async def test_streamed_answer_as_server_sent_events(
     database: Database,
 ) -> None:
     _, headers = user
-    resp = await _post(client, headers, sid, content="stream this please", stream=True)
+    resp = await post_message(client, headers, sid, content="stream this please", stream=True)
     assert resp.status_code == 201
     assert resp.headers["content-type"].startswith("text/event-stream")
     events = sse_events(resp.text)
@@ -336,7 +323,7 @@ async def test_a_stream_that_breaks_midway_fails_the_request_and_keeps_the_messa
 ) -> None:
     _, headers = user
     stub.script(Drop(after=2))
-    resp = await _post(client, headers, sid, content="one two three four five", stream=True)
+    resp = await post_message(client, headers, sid, content="one two three four five", stream=True)
     events = sse_events(resp.text)
     assert [e[0] for e in events][-1] == "error"
     assert events[-1][1]["status"] == 502
@@ -353,7 +340,7 @@ async def test_context_passages_reach_the_model_for_that_answer_only(
     before the question, are not stored as conversation, and are not sent again later."""
     headers = user[1]
     passages = [{"source": "handbook.pdf #3", "text": "The office cat is called Miso."}]
-    resp = await _post(client, headers, sid, content="What is the cat called?", context=passages)
+    resp = await post_message(client, headers, sid, content="What is the cat called?", context=passages)
     assert resp.status_code == 201, resp.text
     sent = stub.requests(path="/v1/chat/completions")[-1].body["messages"]
     assert sent[-1] == {"role": "user", "content": "What is the cat called?"}
@@ -361,10 +348,10 @@ async def test_context_passages_reach_the_model_for_that_answer_only(
     assert "[1] handbook.pdf #3\nThe office cat is called Miso." in sent[-2]["content"]
     stored = (await client.get(f"/api/v1/chat/sessions/{sid}/messages", headers=headers)).json()
     assert all("Miso" not in m["content"] or m["role"] == "assistant" for m in stored["items"])
-    await _post(client, headers, sid, content="And the dog?")
+    await post_message(client, headers, sid, content="And the dog?")
     later = stub.requests(path="/v1/chat/completions")[-1].body["messages"]
     assert not any("Miso" in (m.get("content") or "") and m["role"] == "system" for m in later)
-    too_many = await _post(client, headers, sid, content="x", context=passages * 13)
+    too_many = await post_message(client, headers, sid, content="x", context=passages * 13)
     assert too_many.status_code == 422
-    empty = await _post(client, headers, sid, content="x", context=[{"source": "a", "text": ""}])
+    empty = await post_message(client, headers, sid, content="x", context=[{"source": "a", "text": ""}])
     assert empty.status_code == 422

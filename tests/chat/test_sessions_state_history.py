@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,7 +14,7 @@ from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.llm import jobs as llm_jobs
-from roost.tasks.worker import Worker, WorkerConfig
+from roost.tasks.worker import Worker
 from tests.chat.conftest import add_provider, new_session
 from tests.support.identity import make_user
 from tests.support.openai_stub import Reply, StubServer
@@ -168,18 +166,6 @@ async def test_history_event_log_is_encrypted_and_replays_in_order(
     assert all(b"PostgreSQL" not in bytes(b) for b in blobs)
     bad = await client.post(url, json={"event_type": "Bad Type!", "message": {}}, headers=headers)
     assert bad.status_code == 422
-
-
-@pytest.fixture
-async def worker(database: Database) -> AsyncIterator[Worker]:
-    w = Worker(database, WorkerConfig(concurrency=2, lease_s=5, poll_interval_s=0.2,
-                                      schedules=False, shutdown_timeout_s=2))
-    task = asyncio.create_task(w.run())
-    await asyncio.wait_for(w.started.wait(), 15)
-    yield w
-    w.stop(force=True)
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(task, 20)
 
 
 async def test_summary_is_written_by_the_model_through_the_task_queue(

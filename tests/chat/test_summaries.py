@@ -5,10 +5,7 @@ by an administrator), what is kept of the model's text, and the rating's effect 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -19,37 +16,14 @@ from roost.chat.summaries import _parse_summary
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from roost.security.crypto import MessageCipher
-from roost.tasks.worker import Worker, WorkerConfig
-from tests.chat.conftest import add_provider, new_session
+from roost.tasks.worker import Worker
+from tests.chat.conftest import add_provider, new_session, post_message
 from tests.support.openai_stub import Reply, StubServer
 
 Headers = dict[str, str]
 User = tuple[uuid.UUID, Headers]
 API = "/api/v1/chat/sessions"
 TERMINAL_TASK = ("completed", "failed", "dead_letter", "cancelled")
-
-
-async def _post(client: httpx.AsyncClient, headers: Headers, sid: str, **body: Any) -> httpx.Response:
-    return await client.post(f"{API}/{sid}/messages", json=body, headers=headers)
-
-
-@pytest.fixture
-async def sid(client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User) -> str:
-    """A session of ``user``'s, answered by the stub provider."""
-    await add_provider(client, admin_headers, stub)
-    return str((await new_session(client, user[1]))["id"])
-
-
-@pytest.fixture
-async def worker(database: Database) -> AsyncIterator[Worker]:
-    w = Worker(database, WorkerConfig(concurrency=2, lease_s=5, poll_interval_s=0.2,
-                                      schedules=False, shutdown_timeout_s=2))
-    task = asyncio.create_task(w.run())
-    await asyncio.wait_for(w.started.wait(), 15)
-    yield w
-    w.stop(force=True)
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(task, 20)
 
 
 @pytest.fixture
@@ -89,7 +63,7 @@ async def test_a_summary_can_be_requested_again_after_its_job_failed(
     """Once the cause of a failed summary is fixed, asking again writes the summary."""
     _, h = user
     sid = (await new_session(client, h))["id"]
-    assert (await _post(client, h, sid, content="remember PostgreSQL", reply=False)).status_code == 201
+    assert (await post_message(client, h, sid, content="remember PostgreSQL", reply=False)).status_code == 201
     url = f"{API}/{sid}/summary"
     first = await client.post(url, headers=h)  # no provider yet: the job fails for good
     assert first.status_code == 202, first.text
@@ -110,7 +84,7 @@ async def test_an_administrators_summary_request_does_not_lock_the_owner_out(
     """After an administrator asked for a user's summary, the user may ask too (202)."""
     _, h = user
     sid = (await new_session(client, h))["id"]
-    assert (await _post(client, h, sid, content="x", reply=False)).status_code == 201
+    assert (await post_message(client, h, sid, content="x", reply=False)).status_code == 201
     assert (await client.post(f"{API}/{sid}/summary", headers=admin_headers)).status_code == 202
     mine = await client.post(f"{API}/{sid}/summary", headers=h)
     assert mine.status_code == 202, mine.text  # was 409 "idempotency_key ... used by another job"
@@ -127,7 +101,7 @@ async def test_a_nul_in_the_models_topics_line_does_not_lose_the_summary(
     _, h = user
     await add_provider(client, admin_headers, stub)
     sid = (await new_session(client, h))["id"]
-    assert (await _post(client, h, sid, content="remember PostgreSQL", reply=False)).status_code == 201
+    assert (await post_message(client, h, sid, content="remember PostgreSQL", reply=False)).status_code == 201
     stub.script(Reply("A summary.\nTopics: Post\x00greSQL, pgvector", times=None))
     queued = await client.post(f"{API}/{sid}/summary", headers=h)
     assert queued.status_code == 202
@@ -144,7 +118,7 @@ async def test_a_cleared_session_rating_no_longer_counts_for_the_prompt(
     pub = await client.post("/api/v1/prompts", headers=h, json={
         "prompt_key": "chat.system", "prompt_text": "Be brief.", "scope": "user"})
     assert pub.status_code == 201, pub.text
-    assert (await _post(client, h, sid, content="hello")).status_code == 201
+    assert (await post_message(client, h, sid, content="hello")).status_code == 201
     await _insert_summary(database, test_keys, sid, uid)
     for rating in (5, None, 1):
         resp = await client.patch(f"{API}/{sid}/summary", json={"session_rating": rating},
@@ -152,8 +126,6 @@ async def test_a_cleared_session_rating_no_longer_counts_for_the_prompt(
         assert resp.status_code == 200, resp.text
     version = (await client.get(f"/api/v1/prompts/{pub.json()['id']}", headers=h)).json()
     assert version["average_satisfaction"] == 1.0  # was 3.0: the cleared 5 still counted
-
-
 
 
 def test_the_models_topics_are_fitted_to_their_column() -> None:
