@@ -53,27 +53,19 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 $$;
 """
 
+# One trigger function for both kinds of membership: TG_ARGV[0] names what the member
+# belongs to ("persona", "group"), whose id is in the column "<it>_id".
 KEEP_KEYS = r"""
-CREATE FUNCTION roost_persona_member_keys() RETURNS trigger
+CREATE FUNCTION roost_membership_keys() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
+DECLARE
+  container text := TG_ARGV[0];
 BEGIN
-  IF NEW.persona_id IS DISTINCT FROM OLD.persona_id OR NEW.user_id IS DISTINCT FROM OLD.user_id
+  IF to_jsonb(NEW) ->> (container || '_id') IS DISTINCT FROM to_jsonb(OLD) ->> (container || '_id')
+     OR NEW.user_id IS DISTINCT FROM OLD.user_id
   THEN
-    RAISE EXCEPTION 'a persona membership keeps its persona and its user: remove it and invite'
-      USING ERRCODE = '42501';
-  END IF;
-  RETURN NEW;
-END $$;
-"""
-
-GROUP_KEEP_KEYS = r"""
-CREATE FUNCTION roost_group_member_keys() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
-BEGIN
-  IF NEW.group_id IS DISTINCT FROM OLD.group_id OR NEW.user_id IS DISTINCT FROM OLD.user_id
-  THEN
-    RAISE EXCEPTION 'a group membership keeps its group and its user: remove it and invite'
-      USING ERRCODE = '42501';
+    RAISE EXCEPTION 'a % membership keeps its % and its user: remove it and invite',
+      container, container USING ERRCODE = '42501';
   END IF;
   RETURN NEW;
 END $$;
@@ -141,20 +133,17 @@ def upgrade() -> None:
     op.execute("DROP POLICY persona_members_insert_5 ON persona_members")
     op.execute(MEMBER_INSERT_AFTER)
     op.execute(KEEP_KEYS)
-    op.execute("CREATE TRIGGER persona_members_keep_keys BEFORE UPDATE ON persona_members "
-               "FOR EACH ROW EXECUTE FUNCTION roost_persona_member_keys()")
-    op.execute(GROUP_KEEP_KEYS)
-    op.execute("CREATE TRIGGER user_group_memberships_keep_keys BEFORE UPDATE ON "
-               "user_group_memberships FOR EACH ROW EXECUTE FUNCTION roost_group_member_keys()")
+    for table, container in (("persona_members", "persona"), ("user_group_memberships", "group")):
+        op.execute(f"CREATE TRIGGER {table}_keep_keys BEFORE UPDATE ON {table} "
+                   f"FOR EACH ROW EXECUTE FUNCTION roost_membership_keys('{container}')")
     op.execute(INVITATION_NAMES)
 
 
 def downgrade() -> None:
     op.execute("DROP FUNCTION roost_persona_invitation_names(uuid[])")
-    op.execute("DROP TRIGGER user_group_memberships_keep_keys ON user_group_memberships")
-    op.execute("DROP FUNCTION roost_group_member_keys()")
-    op.execute("DROP TRIGGER persona_members_keep_keys ON persona_members")
-    op.execute("DROP FUNCTION roost_persona_member_keys()")
+    for table in ("persona_members", "user_group_memberships"):
+        op.execute(f"DROP TRIGGER {table}_keep_keys ON {table}")
+    op.execute("DROP FUNCTION roost_membership_keys()")
     op.execute("DROP POLICY persona_members_insert ON persona_members")
     op.execute(MEMBER_INSERT_BEFORE)
     op.execute("DROP TABLE persona_invitations")  # its policies go with it
