@@ -117,3 +117,89 @@ async def test_cli_import_creating_a_calendar_with_a_too_long_name_is_one_line(
                     env=env)
     assert out.returncode == 1, out.stdout
     assert "Traceback" not in out.stderr and "ValidationError" not in out.stderr, out.stderr
+
+
+HEAD = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n"
+TAIL = "END:VCALENDAR\r\n"
+
+
+def _vevent(extra: str = "",
+            start: str = "DTSTART:20270101T090000Z\r\nDTEND:20270101T100000Z\r\n") -> str:
+    return f"BEGIN:VEVENT\r\nUID:u1\r\n{start}SUMMARY:x\r\n{extra}END:VEVENT\r\n"
+
+
+async def _import(client: httpx.AsyncClient, headers: Headers, cal_id: str,
+                  raw: str) -> httpx.Response:
+    return await client.post(f"/api/v1/calendars/{cal_id}/import", headers=headers,
+                             files={"file": ("c.ics", raw.encode(), "text/calendar")})
+
+
+@pytest.mark.parametrize("zone", ["America", "Etc", "__pycache__"])
+async def test_a_zone_naming_a_folder_of_the_zone_database_is_a_422(
+        client: httpx.AsyncClient, user: User, zone: str) -> None:
+    """A time zone naming a folder of the zone database (a group of zones) is a 422 naming
+    the time zone on calendar create and update and event create, not a 500 (the zone
+    loader's IsADirectoryError)."""
+    _, headers = user
+    resp = await client.post("/api/v1/calendars", json={"name": "Z", "timezone": zone},
+                             headers=headers)
+    assert resp.status_code == 422 and "time zone" in resp.text, resp.text
+    cal = await make_calendar(client, headers, name=f"Z {zone}")
+    resp = await client.patch(f"/api/v1/calendars/{cal['id']}", json={"timezone": zone},
+                              headers=headers)
+    assert resp.status_code == 422 and "time zone" in resp.text, resp.text
+    resp = await client.post(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                             json=_body(timezone=zone))
+    assert resp.status_code == 422 and "time zone" in resp.text, resp.text
+
+
+async def test_an_imported_tzid_naming_a_folder_of_zones_is_a_422(
+        client: httpx.AsyncClient, user: User) -> None:
+    """An .ics with TZID=America (which the iCalendar library tries to open as a zone) is a
+    422 saying what is wrong, without the server's paths."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    raw = HEAD + _vevent(start="DTSTART;TZID=America:20270101T090000\r\n"
+                               "DTEND;TZID=America:20270101T100000\r\n") + TAIL
+    resp = await _import(client, headers, cal["id"], raw)
+    assert resp.status_code == 422, resp.text
+    assert "TZID" in resp.json()["detail"] and "zoneinfo" not in resp.text, resp.text
+
+
+async def test_an_imported_rdate_series_whose_occurrences_last_centuries_is_refused(
+        client: httpx.AsyncClient, user: User) -> None:
+    """As on create: an RDATE series' occurrence lasts at most 366 days, on import too."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    raw = HEAD + _vevent(start="DTSTART:20270101T090000Z\r\nDTEND:29000101T000000Z\r\n",
+                         extra="RDATE:20280101T090000Z\r\n") + TAIL
+    resp = await _import(client, headers, cal["id"], raw)
+    assert resp.status_code == 422, resp.text
+    assert "VEVENT #1" in resp.json()["detail"] and "366 days" in resp.text, resp.text
+
+
+def _stamps(n: int) -> str:
+    return ",".join(f"{2027 + i // 300:04d}{1 + (i // 25) % 12:02d}{1 + i % 25:02d}T090000Z"
+                    for i in range(n))
+
+
+@pytest.mark.parametrize(("prop", "value", "limit"), [
+    ("RDATE", _stamps(1001), "1000 RDATE"),
+    ("EXDATE", _stamps(5001), "5000 EXDATE"),
+    ("DESCRIPTION", "d" * 100_001, "100000 characters"),
+])
+async def test_an_import_keeps_to_the_apis_limits_of_an_event(
+        client: httpx.AsyncClient, user: User, prop: str, value: str, limit: str) -> None:
+    """An import refuses what the API refuses (1,000 RDATEs, 5,000 EXDATEs, a 100,000
+    character description): 422 naming the VEVENT and the limit, nothing stored."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    raw = HEAD + _vevent(extra=f"{prop}:{value}\r\n") + TAIL
+    resp = await _import(client, headers, cal["id"], raw)
+    assert resp.status_code == 422, resp.text[:300]
+    detail = resp.json()["detail"]
+    assert "VEVENT #1" in detail and limit in detail, detail
+    got = await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                           params={"start": "2027-01-01T00:00:00Z",
+                                   "end": "2027-12-31T00:00:00Z"})
+    assert got.json()["occurrences"] == [], got.text

@@ -5,11 +5,13 @@ zone, rule or length of the event."""
 from __future__ import annotations
 
 import uuid
+from datetime import date, datetime
 from typing import Any
 
 import httpx
 import pytest
 
+from roost.calendar import recurrence
 from tests.calendar.conftest import Headers, make_calendar
 
 User = tuple[uuid.UUID, Headers]
@@ -104,3 +106,48 @@ async def test_a_range_at_the_end_of_9999_is_expanded_in_every_zone(
     else:
         assert got.status_code == 200, got.text
         assert len(got.json()["occurrences"]) == want, got.json()
+
+
+@pytest.mark.parametrize(("rule", "occurrence"), [
+    ("FREQ=MONTHLY;INTERVAL=120;COUNT=900", "9997-01-01T09:00:00Z"),
+    ("FREQ=MONTHLY;INTERVAL=10000;COUNT=50000", "9527-01-01T09:00:00Z"),
+])
+async def test_a_monthly_count_reaching_past_9999_runs_to_the_calendars_end(
+        client: httpx.AsyncClient, user: User, rule: str, occurrence: str) -> None:
+    """A MONTHLY rule whose COUNT would reach past the year 9999 is accepted (not a 500):
+    its occurrences stop with the calendar, and the last ones are expanded."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    resp = await client.post(f"/api/v1/calendars/{cal['id']}/events", headers=headers, json={
+        "summary": "x", "start_time": "2027-01-01T09:00:00Z",
+        "end_time": "2027-01-01T10:00:00Z", "recurrence_rule": rule})
+    assert resp.status_code == 201, resp.text
+    year = int(occurrence[:4])
+    got = await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                           params={"start": f"{year - 1}-06-01T00:00:00Z",
+                                   "end": f"{year}-06-01T00:00:00Z"})
+    assert got.status_code == 200, got.text
+    starts = [o["start"].replace("+00:00", "Z") for o in got.json()["occurrences"]]
+    assert starts == [occurrence], got.json()
+
+
+def test_the_month_plan_of_a_count_past_9999_looks_at_a_few_months_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The month plan finds that COUNT=50,000 every 10,000 months ends past 9999 (never
+    ending) by month arithmetic: a couple of month lookups, no walk over the occurrences;
+    and a COUNT ending in December 9999 has a last date."""
+    looked: list[int] = []
+    month_days = recurrence._month_days
+
+    def counted(month: int) -> tuple[int, int]:
+        looked.append(month)
+        return month_days(month)
+
+    monkeypatch.setattr(recurrence, "_month_days", counted)
+    start = datetime(2027, 1, 1, 9)
+    plan = recurrence._month_plan("FREQ=MONTHLY;INTERVAL=10000;COUNT=50000", start, "UTC")
+    assert plan is not None and plan.last is None
+    assert len(looked) <= 2, looked
+    # 2027-01 + 25 x 3,827 months = December 9999: the last month that exists
+    plan = recurrence._month_plan("FREQ=MONTHLY;INTERVAL=3827;COUNT=26", start, "UTC")
+    assert plan is not None and plan.last == date(9999, 12, 1).toordinal()

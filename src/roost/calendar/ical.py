@@ -26,6 +26,7 @@ import icalendar
 
 from roost.calendar import recurrence
 from roost.calendar.recurrence import RecurrenceError
+from roost.calendar.schemas import MAX_DESCRIPTION, MAX_EXDATES, MAX_RDATES
 
 PRODID: Final = "-//Roost//calendar//EN"
 MAX_ATTENDEES: Final = 500
@@ -123,7 +124,8 @@ def _instant(value: date | datetime, tz_name: str) -> datetime:
     return recurrence.to_utc(datetime.combine(value, datetime.min.time()), tz)
 
 
-def _dates(component: Any, name: str, tz_name: str, where: str) -> list[datetime]:
+def _dates(component: Any, name: str, tz_name: str, where: str, most: int) -> list[datetime]:
+    """RDATE or EXDATE values as UTC instants, at most ``most`` of them (the API's limit)."""
     value = component.get(name)
     if value is None:
         return []
@@ -132,6 +134,8 @@ def _dates(component: Any, name: str, tz_name: str, where: str) -> list[datetime
         for dt in getattr(item, "dts", []):
             if isinstance(dt.dt, tuple | timedelta):
                 raise ICalError(f"{where}: {name} with a PERIOD value is not supported")
+            if len(found) == most:
+                raise ICalError(f"{where}: more than {most} {name} values")
             found.append(_instant(dt.dt, tz_name))
     return found
 
@@ -207,6 +211,9 @@ def parse(raw: bytes, default_tz: str) -> Parsed:
         cal = icalendar.Calendar.from_ical(text)
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise ICalError(f"malformed iCalendar: {str(exc)[:200]}") from None
+    except OSError:  # the library opens a TZID naming a folder of zones ("America") as one
+        raise ICalError("a TZID names a group of time zones (such as America), not a zone: "
+                        "use an IANA name such as America/New_York") from None
     if getattr(cal, "name", None) != "VCALENDAR":
         raise ICalError("not an iCalendar file: the top component must be VCALENDAR")
     events: list[EventData] = []
@@ -307,6 +314,9 @@ def _event(component: Any, uid: str, where: str, default_tz: str) -> EventData:
         raise ICalError(f"{where}: {exc}") from None
     if end_time < start_time:
         raise ICalError(f"{where}: DTEND is before DTSTART")
+    description = _text(component, "DESCRIPTION")
+    if description is not None and len(description) > MAX_DESCRIPTION:  # the API's limit
+        raise ICalError(f"{where}: DESCRIPTION is longer than {MAX_DESCRIPTION} characters")
     rule: str | None = None
     rrules = component.get("RRULE")
     if rrules is not None:
@@ -318,11 +328,11 @@ def _event(component: Any, uid: str, where: str, default_tz: str) -> EventData:
     data = EventData(
         uid=uid, summary=(_text(component, "SUMMARY") or "(no title)")[:1000],
         start_time=start_time, end_time=end_time, timezone=tz_name, all_day=all_day,
-        description=_text(component, "DESCRIPTION"),
+        description=description,
         location=(_text(component, "LOCATION") or None),
         recurrence_rule=rule,
-        rdates=_dates(component, "RDATE", tz_name, where),
-        exdates=_dates(component, "EXDATE", tz_name, where),
+        rdates=_dates(component, "RDATE", tz_name, where, MAX_RDATES),
+        exdates=_dates(component, "EXDATE", tz_name, where, MAX_EXDATES),
         attendees=_attendees(component), reminder_minutes=_reminder(component, where),
         status=(_text(component, "STATUS") or "CONFIRMED").lower(),
         transparent=(_text(component, "TRANSP") or "").upper() == "TRANSPARENT",
@@ -345,10 +355,11 @@ def _event(component: Any, uid: str, where: str, default_tz: str) -> EventData:
     if outside is not None:
         raise ICalError(f"{where}: {outside.isoformat()} is not {recurrence.LIMITS_TEXT}")
     try:
-        recurrence.validate(recurrence.Recurring(
-            start=data.start_time, end=data.end_time, timezone=tz_name, rule=rule))
+        recurrence.validate(recurrence.Recurring(  # as the API does: RDATEs make a series
+            start=data.start_time, end=data.end_time, timezone=tz_name, rule=rule,
+            rdates=data.rdates, exdates=data.exdates))
     except RecurrenceError as exc:
-        raise ICalError(f"{where}: RRULE: {exc}") from None
+        raise ICalError(f"{where}: {'RRULE' if rule else 'RDATE'}: {exc}") from None
     return data
 
 

@@ -25,6 +25,7 @@ Semantics (docs/calendar.md, "Recurrence"):
 from __future__ import annotations
 
 import re
+from calendar import monthrange
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -87,7 +88,7 @@ def out_of_limits(*times: datetime) -> datetime | None:
 def zone(name: str) -> ZoneInfo:
     try:
         return _zone(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder ("America")
         raise RecurrenceError(f"unknown time zone {name!r} (use an IANA name such as "
                               "Europe/Berlin or UTC)") from None
 
@@ -719,9 +720,11 @@ class _MonthPlan:
 def _month_days(month: int) -> tuple[int, int]:
     """The ordinal of the month's first day and its number of days."""
     year, index = divmod(month, 12)
-    first = date(year, index + 1, 1).toordinal()
-    following = date(year + (index == 11), (index + 1) % 12 + 1, 1).toordinal()
-    return first, following - first
+    # monthrange: December 9999 has no following month to subtract from
+    return date(year, index + 1, 1).toordinal(), monthrange(year, index + 1)[1]
+
+
+_LAST_MONTH: Final = 9999 * 12 + 11  # December 9999, as months since year 0
 
 
 @lru_cache(maxsize=65536)
@@ -763,7 +766,11 @@ def _month_plan(rule_value: str, start_l: datetime, tz_name: str) -> _MonthPlan 
     if "COUNT" in parts:
         # DTSTART's month counts only when its occurrence is not before DTSTART's date.
         skipped = 1 if plan.day_of(plan.anchor) < first else 0
-        last = plan.day_of(plan.anchor + (int(parts["COUNT"]) - 1 + skipped) * interval)
+        month = plan.anchor + (int(parts["COUNT"]) - 1 + skipped) * interval
+        # A COUNT reaching past the year 9999: the occurrences stop with the calendar
+        # (dateutil's too), so there is no last date to stop at (one month's arithmetic,
+        # not a walk: its date would not exist).
+        last = plan.day_of(month) if month <= _LAST_MONTH else None
     until = _local_until(rule, _zone(tz_name))
     if until is not None:
         last = until.toordinal() - (1 if time > until - until.replace(

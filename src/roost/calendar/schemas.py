@@ -11,6 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from roost.inputs import StrictInput
 
 EventStatus = Literal["confirmed", "tentative", "cancelled"]
+# An event's limits, on the API and on import alike (roost.calendar.ical).
+MAX_DESCRIPTION = 100_000
+MAX_RDATES = 1000
+MAX_EXDATES = 5000
 COLOR = r"^#[0-9a-fA-F]{6}$"
 
 
@@ -59,7 +63,7 @@ class EventFields(StrictInput):
     refuse_nul = True
 
     summary: str | None = Field(default=None, min_length=1, max_length=1000)
-    description: str | None = Field(default=None, max_length=100_000)
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
     start_time: datetime | None = Field(default=None, description="With a UTC offset")
     end_time: datetime | None = None
     timezone: str | None = Field(default=None, max_length=64, description=(
@@ -75,8 +79,8 @@ class EventFields(StrictInput):
     attendees: list[Attendee] | None = Field(default=None, max_length=500)
     recurrence_rule: str | None = Field(default=None, max_length=1000, description=(
         "RFC 5545 RRULE value, e.g. FREQ=WEEKLY;BYDAY=MO,WE;UNTIL=20271231T235959Z"))
-    rdates: list[datetime] | None = Field(default=None, max_length=1000)
-    exdates: list[datetime] | None = Field(default=None, max_length=5000)
+    rdates: list[datetime] | None = Field(default=None, max_length=MAX_RDATES)
+    exdates: list[datetime] | None = Field(default=None, max_length=MAX_EXDATES)
     status: EventStatus | None = None
     transparent: bool | None = None
     google_event_id: str | None = Field(default=None, min_length=1, max_length=255)
