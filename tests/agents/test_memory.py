@@ -89,3 +89,24 @@ async def test_learning_from_a_run_is_queued_once(
         jobs = (await s.execute(text(
             "SELECT count(*) FROM background_tasks WHERE task_type = 'memory.learn'"))).scalar()
     assert jobs == 1
+
+
+async def test_memory_add_with_unusable_content_is_a_failed_step_the_model_is_told_of(
+    admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker, client: httpx.AsyncClient,
+) -> None:
+    """A model asking to remember blank text or text holding a NUL gets a failed step
+    saying why; the run goes on and nothing is stored."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, tool_permissions=["memory_add"])
+    stub.script(ToolCalls(Call("memory_add", {"content": "   "}),
+                          Call("memory_add", {"content": "half\x00way"})), Reply("Sorry."))
+    run = await _run(client, headers, agent.id, "Remember nothing.")
+    assert (run["status"], run["output"]) == ("completed", "Sorry."), run
+    steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
+    tools = [s for s in steps if s["step_type"] == "tool_call"]
+    assert [s["status"] for s in tools] == ["failed", "failed"], tools
+    assert "blank" in tools[0]["error"] and "NUL" in tools[1]["error"], tools
+    async with database.transaction() as s:
+        assert (await s.execute(text("SELECT count(*) FROM memories"))).scalar_one() == 0

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from roost.config import Settings
 from roost.db.engine import Database
@@ -300,6 +301,66 @@ async def test_junk_output_stores_nothing(database: Database, gateway: LLMGatewa
     assert failures[0][0] == len(cases) + 1
 
 
+async def test_a_nul_in_an_extracted_fact_is_unusable_model_output(
+        database: Database, gateway: LLMGateway, stub: StubServer) -> None:
+    """A fact, entity or relation holding NUL (which PostgreSQL text and jsonb cannot keep) is
+    ModelOutputInvalid naming the field, nothing stored, a failed memory.learn audit record
+    (it was the database's raw error)."""
+    user_id, _ = await make_user(database)
+    cases = [(fact("The user likes \x00 tea"), "facts.0.content"),
+             (fact("The user likes tea", entities=[{"name": "t\x00", "type": "x"}]),
+              "facts.0.entities"),
+             (fact("The user likes tea", relationships=[
+                 {"source": "a", "relation": "r\x00", "target": "b"}]), "facts.0.relationships")]
+    for answer, where in cases:
+        stub.script(extracted(answer))
+        with pytest.raises(ModelOutputInvalid, match="NUL") as caught:
+            await run_learn(database, gateway, user_id, "I like tea")
+        assert where in caught.value.detail, caught.value.detail
+    assert await rows(database, "SELECT id FROM memories") == []
+    failures = await rows(database, "SELECT count(*) FROM audit_logs WHERE action = 'memory.learn' "
+                                    "AND NOT success")
+    assert failures[0][0] == len(cases)
+
+
+async def test_a_nul_in_a_reconciliation_decision_is_unusable_model_output(
+        database: Database, gateway: LLMGateway, stub: StubServer) -> None:
+    """An update decision whose content holds NUL is ModelOutputInvalid; the memory is unchanged."""
+    user_id, _ = await make_user(database)
+    old = await remember(database, user_id, "The user likes tea")
+    stub.script(extracted(fact("The user likes black tea")),
+                decided({"fact_index": 0, "action": "update", "target_id": str(old.id),
+                         "content": "The user likes \x00 tea"}))
+    with pytest.raises(ModelOutputInvalid, match=r"decisions\.0\.content"):
+        await run_learn(database, gateway, user_id, "I like black tea")
+    assert [r[0] for r in await rows(database, "SELECT content FROM memories")] == [
+        "The user likes tea"]
+
+
+async def test_an_update_naming_blank_entities_is_applied(
+        database: Database, gateway: LLMGateway, stub: StubServer) -> None:
+    """Blank entity names and relation ends in an update decision's fact are skipped (as on
+    add) and the update applied (it was a KeyError: '' in _extend_graph, a retried job)."""
+    user_id, _ = await make_user(database)
+    old = await remember(database, user_id, "The user likes coffee")
+    blank = {"entities": [{"name": " ", "type": "thing"}, {"name": "Coffee", "type": "drink"}],
+             "relationships": [{"source": " ", "relation": "likes", "target": "coffee"},
+                               {"source": "user", "relation": " ", "target": "coffee"},
+                               {"source": "user", "relation": "likes", "target": "coffee"}]}
+    stub.script(extracted(fact("The user likes strong coffee", **blank)),
+                decided({"fact_index": 0, "action": "update", "target_id": str(old.id)}))
+    report = await run_learn(database, gateway, user_id, "I like strong coffee")
+    assert report.updated == [old.id]
+    assert [r[0] for r in await rows(database, "SELECT content FROM memories")] == [
+        "The user likes strong coffee"]
+    graph = await rows(database, "SELECT s.name, r.relation, t.name FROM memory_relations r "
+                                 "JOIN memory_entities s ON s.id = r.source_entity_id "
+                                 "JOIN memory_entities t ON t.id = r.target_entity_id")
+    assert [tuple(g) for g in graph] == [("user", "likes", "Coffee")]
+    names = await rows(database, "SELECT name FROM memory_entities ORDER BY name")
+    assert [n[0] for n in names] == ["Coffee", "user"]
+
+
 async def test_a_decision_naming_another_scope_does_nothing(
     database: Database, gateway: LLMGateway, stub: StubServer,
 ) -> None:
@@ -381,6 +442,51 @@ async def test_junk_output_fails_the_job_cleanly(
     assert "sorry" not in job["error"]
     assert await rows(database, "SELECT id FROM memories") == []
     assert len(stub.requests("/v1/chat/completions")) == 1
+
+
+async def test_a_nul_answer_fails_the_learn_job_at_once_without_echoing_it(
+        database: Database, gateway: LLMGateway, client: httpx.AsyncClient, stub: StubServer,
+        worker: Worker) -> None:
+    """A NUL in the model's answer dead-letters the job at once (no retry paying for the model
+    again) and its error never shows the model's output (it held the SQL statement)."""
+    _, headers = await make_user(database)
+    stub.script(extracted(fact("The user's secret is hunter2\x00")))
+    queued = await client.post(f"{API}/learn", headers=headers, json={"text": "I like tea."})
+    assert queued.status_code == 202, queued.text
+    job = await _wait(client, headers, queued.json()["task_id"])
+    assert job["status"] == "dead_letter", job
+    assert "facts.0.content: must not contain a NUL character" in job["error"]
+    assert "hunter2" not in job["error"]
+    assert len(stub.requests("/v1/chat/completions")) == 1
+
+
+class _DataException(Exception):
+    sqlstate = "22P05"  # untranslatable character, as asyncpg names it
+
+
+async def test_a_value_the_database_refuses_fails_the_learn_job_at_once(
+        database: Database, gateway: LLMGateway, client: httpx.AsyncClient, worker: Worker,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data error (SQLSTATE class 22) while storing what was learnt dead-letters the job at
+    once with a generic error: neither the job's error nor its stack shows the statement or
+    its parameters (the model's text)."""
+    from roost.memory import jobs
+
+    async def refused(*args: Any, **kwargs: Any) -> LearnReport:
+        raise DBAPIError("INSERT INTO memories (content) VALUES ($1)",
+                         ("The user's secret is hunter2",), _DataException("invalid byte"))
+
+    monkeypatch.setattr(jobs, "learn", refused)
+    _, headers = await make_user(database)
+    queued = await client.post(f"{API}/learn", headers=headers, json={"text": "I like tea."})
+    job = await _wait(client, headers, queued.json()["task_id"])
+    assert job["status"] == "dead_letter", job
+    assert "the database refused a value to store (SQLSTATE 22P05)" in job["error"]
+    [(stack, history)] = await rows(database, "SELECT error_stack, retry_history::text FROM "
+                                              "dead_letter_queue WHERE original_task_id = :t",
+                                    t=queued.json()["task_id"])
+    for error in (job["error"], stack, history):
+        assert "hunter2" not in error and "INSERT" not in error, error
 
 
 async def test_learn_from_a_chat_session(

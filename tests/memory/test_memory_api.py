@@ -83,6 +83,55 @@ async def test_what_was_true_then_and_what_is_true_now(client: httpx.AsyncClient
     assert closed["valid_to"] is not None and closed["invalidated_by_id"] == new["id"]
 
 
+async def test_a_memory_archived_later_is_listed_as_of_a_time_before(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """GET /memories?as_of= reads the status at that time, as search as_of does: a memory
+    archived by decay after as_of is listed then (it was left out); ?status=archived lists
+    what was archived by then."""
+    _, headers = await make_user(database)
+    memory = await _add(client, headers, "Ada likes tea", valid_from="2020-01-01T00:00:00Z")
+    async with database.transaction() as s:
+        await s.execute(text("UPDATE memories SET status = 'archived', archived_at = now() "
+                             "WHERE id = :id"), {"id": memory["id"]})
+    then = {"as_of": "2021-01-01T00:00:00Z"}
+    found = (await client.get(f"{API}/search", headers=headers,
+                              params={"q": "tea", **then})).json()["items"]
+    assert [i["memory"]["id"] for i in found] == [memory["id"]]
+    listed = (await client.get(API, headers=headers, params=then)).json()["items"]
+    assert [m["id"] for m in listed] == [memory["id"]]
+    archived_then = await client.get(API, headers=headers, params={"status": "archived", **then})
+    assert archived_then.json()["items"] == []
+    now = (await client.get(API, headers=headers, params={"as_of": utcnow().isoformat()})).json()
+    assert now["items"] == []
+    archived_now = await client.get(API, headers=headers, params={
+        "status": "archived", "as_of": (utcnow() + timedelta(seconds=1)).isoformat()})
+    assert [m["id"] for m in archived_now.json()["items"]] == [memory["id"]]
+
+
+async def test_a_nul_in_a_memory_body_is_a_422_naming_the_field(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """A NUL in any text of a memory body is a 422 naming the field (PostgreSQL keeps no NUL
+    in text or jsonb: it was the database's anonymous 400); nothing is stored or changed."""
+    _, headers = await make_user(database)
+    fact = await _add(client, headers, "Ada likes tea")
+    bad: list[tuple[str, str, dict[str, Any], str]] = [
+        ("POST", API, {"content": "Ada \x00 tea"}, "content"),
+        ("POST", API, {"content": "x", "entities": [{"name": "A\x00"}]}, "entities"),
+        ("POST", API, {"content": "x", "relationships": [
+            {"source": "a", "relation": "r\x00", "target": "b"}]}, "relationships"),
+        ("POST", API, {"content": "x", "metadata": {"k": "v\x00"}}, "metadata"),
+        ("PATCH", f"{API}/{fact['id']}", {"content": "Ada \x00 tea"}, "content"),
+        ("PATCH", f"{API}/{fact['id']}", {"reason": "\x00"}, "reason"),
+        ("POST", f"{API}/learn", {"text": "I like \x00 tea"}, "text"),
+    ]
+    for method, url, body, field in bad:
+        answer = await client.request(method, url, headers=headers, json=body)
+        assert answer.status_code == 422, (body, answer.text)
+        assert field in [str(part) for e in answer.json()["errors"] for part in e["loc"]], answer.text
+    listed = (await client.get(API, headers=headers)).json()["items"]
+    assert [m["content"] for m in listed] == ["Ada likes tea"]
+
+
 async def test_forget_touches_one_scope_only(client: httpx.AsyncClient, database: Database) -> None:
     alice, alice_h = await make_user(database)
     bob, bob_h = await make_user(database)

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,7 +20,7 @@ from roost.agents.models import Run
 from roost.db.engine import Database
 from roost.errors import Forbidden, Unprocessable
 from roost.identity.tenancy import apply_principal
-from roost.inputs import parse_tool_arguments
+from roost.inputs import StrictInput, parse_tool_arguments
 from roost.knowledge.config import KnowledgeConfig
 from roost.memory import learning, recall, service
 from roost.memory.models import MAX_CONTENT_CHARS
@@ -41,11 +41,21 @@ class _SearchArgs(BaseModel):
     k: int = Field(default=5, ge=1, le=20)
 
 
-class _AddArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _AddArgs(StrictInput):
+    # A model's arguments: a NUL or blank content is a clear failed step (the model is
+    # told why), not an error of storing it.
+    refuse_nul = True
+
     content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
     memory_type: MemoryType = "fact"
     confidence: float = Field(default=0.8, ge=0, le=1)
+
+    @field_validator("content")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
 
 
 def run_scope(run: Run) -> service.Scope:

@@ -62,6 +62,7 @@ class ExtractedFact(StrictInput):
     relationships: list[RelationshipIn] = Field(default_factory=list, max_length=50)
     valid_from: datetime | None = None
     naive_is_utc = True  # a model's answer: a timestamp without a zone is read as UTC
+    refuse_nul = True  # stored as text and jsonb, which keep no NUL
 
     @field_validator("content")
     @classmethod
@@ -85,6 +86,8 @@ class Extraction(StrictInput):
 class Decision(StrictInput):
     """One reconciliation decision.  ``target_id`` is kept as text: an id that is not one of
     the candidates shown (malformed, or naming any other row) is ignored, not an error."""
+
+    refuse_nul = True  # its content and reason are stored as text
 
     fact_index: int = Field(ge=0)
     action: Literal["add", "update", "invalidate", "noop"]

@@ -37,9 +37,9 @@ async def learn_job(ctx: TaskContext, payload: LearnPayload) -> dict[str, Any]:
     """Learn from the payload's text into its scope, acting as the scope's owner (their
     row-level security, their LLM usage).  A user deleted while it was queued or while it
     learned ends it at once, completed with nothing learned (as a run of a deleted user's
-    agent ends).  Unusable model output, a scope that no longer exists or a refused
-    request fail at once (no retry can help); a provider that failed or timed out is
-    retried."""
+    agent ends).  Unusable model output, a scope that no longer exists, a value the
+    database refuses or a refused request fail at once (no retry can help); a provider
+    that failed or timed out is retried."""
     if not await _user_exists(ctx.database, payload.user_id):  # no model call for nobody
         return _user_gone(payload)
     gateway = job_gateway(ctx.database)
@@ -63,8 +63,16 @@ async def learn_job(ctx: TaskContext, payload: LearnPayload) -> dict[str, Any]:
         if isinstance(exc, RoostError) and exc.status < 500:
             # not found, refused, no provider: the same next time
             raise PermanentError(exc.detail) from exc
-        if sqlstate(exc) == "23503":  # what it learns for (its scope) was deleted meanwhile
+        state = sqlstate(exc) or ""
+        if state == "23503":  # what it learns for (its scope) was deleted meanwhile
             raise PermanentError("what this learns for was deleted meanwhile") from exc
+        if state.startswith("22"):  # a value the database refuses: the same next time.  The
+            # error's statement and parameters (the model's text) are kept out of the job's
+            # error and stack (``from None``).
+            log.warning("memory.learn_value_refused", sqlstate=state,
+                        user_id=str(payload.user_id))
+            raise PermanentError(
+                f"the database refused a value to store (SQLSTATE {state})") from None
         raise
     return report.as_json()
 

@@ -666,9 +666,12 @@ async def _extend_graph(session: AsyncSession, memory: Memory, fact: ExtractedFa
                  graph.normalize(str(i.get("target", "")))) for i in items if isinstance(i, dict)}
 
     have_names, have_triples = names(memory.entities), triples(memory.relationships)
-    new_entities = [e.model_dump() for e in fact.entities if graph.normalize(e.name) not in have_names]
+    # Blank names and ends are skipped, as graph.attach does on add (no entity to link).
+    new_entities = [e.model_dump() for e in fact.entities
+                    if graph.normalize(e.name) and graph.normalize(e.name) not in have_names]
     new_relations = [r for r in fact.relationships
-                     if (graph.normalize(r.source), r.relation.strip(), graph.normalize(r.target))
+                     if graph.normalize(r.source) and r.relation.strip() and graph.normalize(r.target)
+                     and (graph.normalize(r.source), r.relation.strip(), graph.normalize(r.target))
                      not in have_triples]
     if not (new_entities or new_relations):
         return

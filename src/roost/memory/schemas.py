@@ -23,6 +23,7 @@ class ScopeIn(StrictInput):
     to one persona, agent or chat session."""
 
     model_config = ConfigDict(extra="forbid")
+    refuse_nul = True  # every memory body is stored as text or jsonb (its subclasses too)
 
     user_id: uuid.UUID | None = Field(default=None, description="Administrators only; default: you")
     persona_id: uuid.UUID | None = None
@@ -32,6 +33,7 @@ class ScopeIn(StrictInput):
 
 class EntityIn(StrictInput):
     model_config = ConfigDict(extra="forbid")
+    refuse_nul = True
 
     name: str = Field(min_length=1, max_length=255)
     type: str = Field(default="thing", min_length=1, max_length=64)
@@ -39,6 +41,7 @@ class EntityIn(StrictInput):
 
 class RelationshipIn(StrictInput):
     model_config = ConfigDict(extra="forbid")
+    refuse_nul = True
 
     source: str = Field(min_length=1, max_length=255)
     relation: str = Field(min_length=1, max_length=128)
@@ -57,6 +60,7 @@ class MemoryCreate(ScopeIn):
 
 class MemoryUpdate(StrictInput):
     model_config = ConfigDict(extra="forbid")
+    refuse_nul = True
 
     content: Content | None = None
     memory_type: MemoryType | None = None

@@ -133,11 +133,16 @@ async def list_memories(
 ) -> tuple[list[Memory], str | None]:
     """Newest first.  By default what is true now (valid from now or before, not closed);
     ``as_of``: what was true then (valid from before it, not yet closed at it);
-    ``include_invalid``: every version, future ones included."""
+    ``include_invalid``: every version, future ones included.  With ``as_of`` the status
+    is the one at that time (as a search ``as_of`` reads it): a memory archived later was
+    still active then."""
     stmt = scope.where(select(Memory), exact=exact)
     if memory_type is not None:
         stmt = stmt.where(Memory.memory_type == memory_type)
-    if status is not None:
+    if status is not None and as_of is not None:  # archived by then, or not yet
+        stmt = stmt.where((Memory.archived_at <= as_of) if status == "archived" else
+                          Memory.archived_at.is_(None) | (Memory.archived_at > as_of))
+    elif status is not None:
         stmt = stmt.where(Memory.status == status)
     if as_of is not None:
         stmt = stmt.where(Memory.valid_from <= as_of,
