@@ -70,3 +70,24 @@ async def test_plans_subscriptions_and_prices_from_the_command_line(
     code, out, err = roost("prices")
     assert code == 0, err
     assert "my-model*" in out and "0.750000" in out and "gpt-4o*" in out
+
+
+async def test_the_cancel_reason_is_checked_like_the_apis(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """`roost billing cancel --reason` refuses what the API refuses (a control character,
+    over 500 characters) instead of writing it to the audit log; nothing is canceled."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="dora")
+
+    def roost(*args: str) -> tuple[int, str, str]:
+        out = run_roost("billing", *args, env=env)
+        return out.returncode, out.stdout, out.stderr
+
+    assert roost("plans", "add", "ok", "--name", "Ok", "--price", "1")[0] == 0
+    assert roost("subscribe", "dora", "ok")[0] == 0
+    for reason in ("bad\x01reason", "x" * 5000):
+        code, out, err = roost("cancel", "dora", "--reason", reason)
+        assert code != 0 and "reason" in err, (out, err)
+        assert "Traceback" not in err
+    code, out, err = roost("subscriptions", "--status", "canceled")
+    assert code == 0 and "dora" not in out, (out, err)

@@ -98,6 +98,20 @@ async def test_bad_events_are_refused_whole(
         assert await s.scalar(text("SELECT count(*) FROM usage_records")) == 0
 
 
+async def test_an_event_whose_model_holds_a_control_character_is_a_422_naming_it(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    """Not the database's anonymous 400 for a NUL (PostgreSQL keeps none in text)."""
+    user_id, _ = await make_user(database)
+    for model in ("gpt\x00x", "gpt\x01x", "gpt\nx"):
+        resp = await client.post("/api/v1/billing/usage-events", headers=admin_headers,
+                                 json={"events": [_event(user_id, "k1", model=model)]})
+        assert resp.status_code == 422, (model, resp.text)
+        assert "model" in str(resp.json()["errors"]), resp.text
+    async with database.transaction() as s:
+        assert await s.scalar(text("SELECT count(*) FROM usage_records")) == 0
+
+
 async def test_concurrent_replays_of_one_batch_in_opposite_orders_both_succeed(
     client: httpx.AsyncClient, admin_headers: Headers, database: Database,
 ) -> None:

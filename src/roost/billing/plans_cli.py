@@ -24,6 +24,7 @@ from roost.billing.schemas import (
     MAX_TRIAL_DAYS,
     PlanCreate,
     PriceUpdate,
+    StatusChange,
     SubscriptionCreate,
 )
 from roost.clitools import (
@@ -218,10 +219,12 @@ def cancel(
     reason: Annotated[str | None, typer.Option(help="Kept in the audit log.")] = None,
 ) -> None:
     """Cancel a user's live subscription."""
+    # The API's checks on the reason (length, no control characters) before it is audited.
+    body = parse_input(StatusChange, {"reason": reason})
 
     async def go(session: AsyncSession) -> subscriptions.SubscriptionView:
         sub = await subscriptions.find_user_subscription(session, OPERATOR, user)
-        return await subscriptions.cancel(session, OPERATOR, sub.id, reason)
+        return await subscriptions.cancel(session, OPERATOR, sub.id, body.reason)
 
     sub = run_in_transaction(go).subscription
     console.print(Text(f"Canceled subscription {sub.id} of {user}"))

@@ -8,7 +8,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 from roost.billing.usage import GroupBy
 from roost.inputs import IsoDatetime, StrictInput
@@ -50,9 +51,18 @@ class UsageReportOut(BaseModel):
     totals: UsageTotalsOut
 
 
+def _no_control(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise PydanticCustomError("control_character", "must not contain a control character")
+    return value
+
+
 Key = Annotated[str, StringConstraints(min_length=1, max_length=200,
                                        pattern=r"^[\x21-\x7e]+$")]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+# A model name is stored as text and shown in reports: no NUL (PostgreSQL refuses it with
+# an anonymous 400) nor other control characters, a 422 naming the field instead.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=255),
+                 AfterValidator(_no_control)]
 Count = Annotated[int, Field(ge=0, le=1_000_000_000)]
 
 

@@ -57,6 +57,7 @@ from roost.llm.records import (
     REQUEST_RESOURCE,
     CallOutcome,
     mark_running,
+    partial_credits,
     public_error,
     record_failure,
     record_success,
@@ -65,7 +66,7 @@ from roost.llm.records import (
 )
 from roost.llm.routing import Route, resolve_route
 from roost.llm.schemas import EnsembleSpec
-from roost.llm.types import ChatChunk, ChatMessage, ChatRequest
+from roost.llm.types import ChatChunk, ChatMessage, ChatRequest, ChatResult, fill_missing_usage
 from roost.principal import Principal
 
 T = TypeVar("T")
@@ -203,7 +204,9 @@ async def _hold_credits(
         return None
     settings = gateway.settings
     texts = [m.text() for m in chat.messages]
-    estimate = credits.estimate_tokens(settings, texts, chat.max_tokens)
+    # An ensemble asks every member, and each answer is billed (records.billed_tokens).
+    asked = len(route.members) if route.mode == "ensemble" else 1
+    estimate = credits.estimate_tokens(settings, texts, chat.max_tokens) * max(1, asked)
     return await credits.hold_beside(
         session, gateway.db, settings, scope_settings(principal, app_role=settings.db_app_role),
         principal.user_id, credits.credits_for_tokens(settings, estimate), kind="llm",
@@ -231,7 +234,7 @@ async def begin(
 
 async def _store_failure(
     gateway: LLMGateway, call: PendingCall, error: BaseException, attempts: Sequence[Attempt],
-    latency_ms: int, on_failure: FailureHook | None,
+    latency_ms: int, on_failure: FailureHook | None, partial: ChatResult | None = None,
 ) -> None:
     async with gateway.transaction(call.principal) as session:
         message = await record_failure(
@@ -239,17 +242,32 @@ async def _store_failure(
             request_type=call.request_type, model=call.route.model, latency_ms=latency_ms,
             session_id=call.session_id, run_id=call.run_id, agent_id=call.agent_id,
             audit_action=None if on_failure is not None else "llm.request.fail",
-            reservation=call.reservation,
+            reservation=call.reservation, partial=partial,
         )
         if on_failure is not None:
             await on_failure(session, message, attempts)
         if call.reservation is not None:  # last: see _store_success
-            await credits.release(session, call.reservation)
+            used = partial_credits(gateway, partial)
+            if used:  # the tokens a cut stream delivered are paid for
+                await credits.settle(session, call.reservation, used)
+            else:
+                await credits.release(session, call.reservation)
+
+
+def _delivered(stream: CallStream) -> ChatResult | None:
+    """What a stream that broke off (the client went away, the provider failed mid-way)
+    had delivered, its token counts the provider's when it sent them, else estimated as
+    for any answer without usage (``fill_missing_usage``); None when no text or tool call
+    was delivered (nothing to pay)."""
+    result = stream.accumulator.result(latency_ms=stream.latency_ms())
+    if not (result.content or result.tool_calls):
+        return None
+    return fill_missing_usage(result, stream.request)
 
 
 async def _record_failure(
     gateway: LLMGateway, call: PendingCall, error: BaseException, attempts: Sequence[Attempt],
-    latency_ms: int, on_failure: FailureHook | None,
+    latency_ms: int, on_failure: FailureHook | None, partial: ChatResult | None = None,
 ) -> None:
     """:func:`_store_failure`, never raising an error of its own over ``error`` (which the
     caller raises next): when the failure cannot be recorded (its request was deleted
@@ -260,7 +278,7 @@ async def _record_failure(
     (SQLSTATE class 22: something a provider answered), the failure is recorded once more
     without the attempts' rows, so the request does not stay ``running``."""
     try:
-        await _store_failure(gateway, call, error, attempts, latency_ms, on_failure)
+        await _store_failure(gateway, call, error, attempts, latency_ms, on_failure, partial)
         return
     except Exception as again:
         log.warning("llm_call_unrecorded", request_id=str(call.request_id),
@@ -269,7 +287,7 @@ async def _record_failure(
         refused = (sqlstate_of(again) or "").startswith("22")
     if refused and attempts:
         try:
-            await _store_failure(gateway, call, error, [], latency_ms, on_failure)
+            await _store_failure(gateway, call, error, [], latency_ms, on_failure, partial)
             return
         except Exception as still:
             log.warning("llm_call_unrecorded", request_id=str(call.request_id),
@@ -351,6 +369,10 @@ async def _store_success(
     gateway: LLMGateway, call: PendingCall, outcome: CallOutcome,
     on_success: SuccessHook[Any] | None, meter: StreamMeter | None = None,
 ) -> Any:
+    for attempt in outcome.attempts:  # the other ensemble members' answers are billed too:
+        # estimated as the answer's are when their provider sent no usage
+        if attempt.ok and attempt.result is not None and attempt.result is not outcome.result:
+            fill_missing_usage(attempt.result, call.chat)
     metrics: list[dict[str, Any]] = []
     if meter is not None:  # a streamed answer: its time to first token and chunks
         meter.finish(outcome.result.tokens_out)
@@ -486,7 +508,8 @@ class RecordedStream(Generic[T]):
             if exc is not None:
                 span.__exit__(kind, exc, tb)
                 await shielded(_record_failure(self._gateway, self.call, exc, stream.attempts,
-                                               stream.latency_ms(), self._on_failure))
+                                               stream.latency_ms(), self._on_failure,
+                                               _delivered(stream)))
                 if isinstance(exc, Exception):
                     raise public_error(exc, stream.attempts) from exc
                 return  # cancellation: re-raised as it is

@@ -207,6 +207,21 @@ class CallOutcome:
     reservation: Reservation | None = None  # the credits held for it, until settled
 
 
+def billed_tokens(outcome: CallOutcome) -> tuple[int, int]:
+    """The input and output tokens a call is billed for: its answer's, plus those of every
+    other ensemble member that answered (each was asked, and its provider paid, whichever
+    answer won), priced at the answer's model.  A fallback chain has one answer."""
+    result = outcome.result
+    tokens_in, tokens_out = result.tokens_in, result.tokens_out
+    for attempt in outcome.attempts:
+        if attempt.ok and not attempt.selected and attempt.result is not None \
+                and attempt.result is not result:
+            member = fit_result(attempt.result)
+            tokens_in += member.tokens_in
+            tokens_out += member.tokens_out
+    return min(tokens_in, MAX_TOKEN_COUNT), min(tokens_out, MAX_TOKEN_COUNT)
+
+
 async def record_success(
     session: AsyncSession, gateway: LLMGateway, principal: Principal, outcome: CallOutcome, *,
     request_type: str, session_id: uuid.UUID | None = None, audit_action: str | None = None,
@@ -224,12 +239,13 @@ async def record_success(
     result = fit_result(outcome.result)
     winner_id = outcome.winner.id if isinstance(outcome.winner.id, uuid.UUID) else None
     model = result.model or outcome.winner.name
-    cost, currency = await prices.cost_for(session, model, result.tokens_in, result.tokens_out)
-    used = credits_for(gateway, result.tokens_total)
+    tokens_in, tokens_out = billed_tokens(outcome)
+    cost, currency = await prices.cost_for(session, model, tokens_in, tokens_out)
+    used = credits_for(gateway, tokens_in + tokens_out)
     usage_values: dict[str, Any] = {
         "id": uuid7(), "created_at": utcnow(), "user_id": user_id,
-        "request_type": request_type, "model": model, "tokens_input": result.tokens_in,
-        "tokens_output": result.tokens_out, "credits_used": used,
+        "request_type": request_type, "model": model, "tokens_input": tokens_in,
+        "tokens_output": tokens_out, "credits_used": used,
         "latency_ms": outcome.latency_ms, "session_id": session_id,
         "llm_request_id": outcome.request_id, "provider_id": winner_id, "success": True,
         "run_id": run_id, "agent_id": agent_id, "idempotency_key": f"llm:{outcome.request_id}",
@@ -305,17 +321,28 @@ async def record_failure(
     error: BaseException, attempts: Sequence[Attempt], *, request_type: str, model: str | None,
     latency_ms: int, session_id: uuid.UUID | None = None, audit_action: str | None = None,
     run_id: uuid.UUID | None = None, agent_id: uuid.UUID | None = None,
-    reservation: Reservation | None = None,
+    reservation: Reservation | None = None, partial: ChatResult | None = None,
 ) -> str:
     """Failed attempts, a zero-credit usage row, status ``failed``; returns the message.
-    (The credits held for the call are given back by the caller: ``roost.llm.calls``.)"""
+    ``partial``: what a stream delivered before it broke off (the client went away), its
+    token counts filled in (``fill_missing_usage``): the usage row bills those tokens
+    (:func:`partial_credits`), still ``success`` false.  (The credits held for the call
+    are settled for that amount, or given back, by the caller: ``roost.llm.calls``.)"""
     user_id = principal.user_id
     session.add_all([_response_row(gateway, a, request_id, user_id) for a in attempts])
     message = clean_text(failure_message(error, attempts))
-    usage = UsageRecord(**_failure_usage(
+    values = _failure_usage(
         principal, request_id, request_type=request_type, model=model, latency_ms=latency_ms,
-        session_id=session_id, run_id=run_id, agent_id=agent_id),
-        subscription_id=reservation.subscription_id if reservation else None)
+        session_id=session_id, run_id=run_id, agent_id=agent_id)
+    if partial is not None:
+        result = fit_result(partial)
+        values["model"] = result.model or model
+        values["tokens_input"], values["tokens_output"] = result.tokens_in, result.tokens_out
+        values["credits_used"] = partial_credits(gateway, result)
+        values["cost"], values["currency"] = await prices.cost_for(
+            session, values["model"], result.tokens_in, result.tokens_out)
+    usage = UsageRecord(**values,
+                        subscription_id=reservation.subscription_id if reservation else None)
     session.add(usage)
     _emit_call(session, principal, usage, provider=None)
     await session.execute(
@@ -332,6 +359,14 @@ async def record_failure(
                                     "error_kind": a.error_kind} for a in attempts]},
         )
     return message
+
+
+def partial_credits(gateway: LLMGateway, partial: ChatResult | None) -> int:
+    """The credits a failed call pays: those of the tokens a stream delivered before it
+    broke off (``partial``), nothing when it delivered none."""
+    if partial is None:
+        return 0
+    return credits_for(gateway, _tokens(partial.tokens_in) + _tokens(partial.tokens_out))
 
 
 def _failure_usage(
