@@ -160,6 +160,29 @@ async def test_a_junk_ballot_fails_the_debate_with_the_reason(
     assert [b["participant_id"] for b in done["ballots"]] == ["alice"]  # kept
 
 
+async def test_a_deeply_nested_ballot_fails_the_debate_without_retrying(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """A ballot of thousands of nested brackets is an invalid ballot (the debate fails with
+    the reason after one ballot call), not a RecursionError crashing the job six times."""
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    deep = '{"ranking": ' + "[" * 5000 + "]" * 5000 + ', "confidence": 0.5}'
+    stub.script(*turns(2), *[Reply(deep)] * 6)
+    created = await start(client, headers, topic="Best pet?", positions=["fish", "dogs"],
+                          participants=[{"id": "alice", "model": "stub-model"},
+                                        {"id": "bob", "model": "stub-model"}],
+                          total_rounds=1)
+    done = await wait_for_debate(client, headers, created["id"], within=40)
+    assert done["status"] == "failed", done
+    assert "ballot of participant 'alice' is not valid" in done["error_message"]
+    assert "nested too deeply" in done["error_message"]
+    asked = [r for r in stub.requests(path="/v1/chat/completions")
+             if "Rank every position" in r.body["messages"][-1]["content"]]
+    assert len(asked) == 1, len(asked)
+
+
 async def test_nul_characters_in_model_answers_are_dropped_not_retried(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
     user: tuple[uuid.UUID, Headers], worker: Worker,

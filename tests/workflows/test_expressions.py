@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from roost.workflows.expressions import (
@@ -12,6 +15,27 @@ from roost.workflows.expressions import (
     expression_names,
     render_template,
 )
+
+
+def _render_in_child(template: str, within: float = 20) -> str:
+    """Render in a child process capped at 2 GB and ``within`` seconds (a regression must
+    not hang or exhaust the test run): 'REJECTED', 'RENDERED', or 'KILLED' (it ran past
+    the time or memory cap)."""
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))\n"
+            "from roost.workflows.expressions import render_template, TemplateRejected\n"
+            "try:\n"
+            "    render_template(sys.argv[1], {})\n"
+            "    print('RENDERED')\n"
+            "except TemplateRejected:\n"
+            "    print('REJECTED')\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, template], capture_output=True,
+                              text=True, timeout=within, check=False)
+    except subprocess.TimeoutExpired:
+        return "KILLED"
+    return done.stdout.strip() or "KILLED"
+
 
 INPUTS = {"score": 0.7, "labels": ["yes", "maybe"], "user": {"name": "Ada", "tags": ["a"]},
           "count": 3}
@@ -114,3 +138,45 @@ def test_recursive_loops_are_refused_and_ordinary_ones_still_work() -> None:
         "{{ [1] + [2] }} {{ labels|join('-') }} {{ 'yes'|replace('s', 'S') }} "
         "{{ [user]|join(', ', attribute='name') }}", INPUTS)
     assert out == "1/2=yes;2/2=maybe;none a1None [1, 2] yes-maybe yeS Ada"
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    # A list of one 10,000-item list repeated 1000 times (by reference) is 10^7 items:
+    # its text was 58.9 million characters, built before the output cap looked at it.
+    ("{% set r = range(10000)|list %}{{ ([r] * 1000)|length }}", "repeating a value"),
+    ("{% set s = 'x' * 100000 %}{{ ([s] * 20)|tojson|length }}", "tojson would build"),
+    ("{% set s = 'x' * 100000 %}{{ ([s] * 20)|string|length }}", "string would build"),
+    ("{% set s = 'x' * 100000 %}{{ [s] * 20 }}", "the output would build"),
+    ("{% set s = 'x' * 100000 %}{{ ([s] * 20) ~ 'x' }}", "~ would build"),
+    ("{{ [1, 2]|tojson(indent=1000000000) }}", "tojson indents"),
+    ("{{ [range(10000)|list, range(10000)|list]|sum(start=[])|length }}", "numbers only"),
+])
+def test_values_built_past_the_cap_are_refused_before_they_exist(template: str,
+                                                                  message: str) -> None:
+    with pytest.raises(TemplateRejected, match=message):
+        render_template(template, {})
+
+
+@pytest.mark.parametrize(("template", "within"), [
+    # summing lists is quadratic with no loop for the clock (minutes, in the event loop)
+    ("{{ ([[1] * 10000] * 2000)|sum(start=[])|length }}", 20),
+    ("{{ ([[1] * 10] * 10)|sum(start=[])|length }}", 20),
+    # each exponent <= 64, but the number had 56 million bits (15 s of CPU)
+    ("{{ ((((10 ** 64) ** 64) ** 64) ** 64) > 0 }}", 10),
+    ("{% set a = 10 ** 64 %}{% set b = a ** 64 %}{{ (b * b * b * b * b * b * b * b) > 0 }}", 10),
+    # 2^40 macro calls, no for loop: stops at the render's clock
+    ("{% macro m(n) %}{% if n > 0 %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}"
+     "{{ m(40) }}", 20),
+])
+def test_work_without_a_loop_is_bounded(template: str, within: float) -> None:
+    assert _render_in_child(template, within) == "REJECTED"
+
+
+def test_ordinary_json_sums_numbers_and_macros_still_work() -> None:
+    out = render_template(
+        "{% macro m(n) %}{% if n > 0 %}{{ m(n - 1) }}{{ n }}{% endif %}{% endmacro %}"
+        "{{ user|tojson }} {{ [1, 2]|tojson(indent=1) }} {{ [1, 2.5]|sum(start=1) }} "
+        "{{ (10 ** 64) ** 2 > 0 }} {{ 3 * 4 }} {{ [[1], [2]] * 2 }} {{ m(3) }} "
+        "{{ '<&>'|tojson }} {{ labels|string }}", INPUTS)
+    assert out == ('{"name": "Ada", "tags": ["a"]} [\n 1,\n 2\n] 4.5 True 12 '
+                   '[[1], [2], [1], [2]] 123 "\\u003c\\u0026\\u003e" [\'yes\', \'maybe\']')

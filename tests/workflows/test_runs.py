@@ -324,6 +324,24 @@ async def test_an_approval_nobody_decides_is_rejected_at_its_timeout(
     assert done["output"] == "kept memo: no decision before the timeout", done
 
 
+@pytest.mark.parametrize("timeout_s", [365 * 24 * 3600 + 1, 10**12, 10**20])
+async def test_an_approval_timeout_beyond_a_year_is_refused_at_save(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], timeout_s: int,
+) -> None:
+    """A timeout past what a date holds is a 422 at save, not a workflow that saves and
+    publishes but answers 422/500 at every run."""
+    _, headers = user
+    nodes, edges = approval_graph(timeout_s=timeout_s)
+    created = await client.post(API, headers=headers,
+                                json={"name": "slow", "nodes": nodes, "edges": edges})
+    assert created.status_code == 422, created.text
+    assert "timeout_s" in created.text
+    year = approval_graph(timeout_s=365 * 24 * 3600)
+    workflow_id = await publish(client, headers, *year)
+    run = await start(client, headers, workflow_id, inputs={"doc": "x"})
+    assert run["waiting_for"] == ["review"], run
+
+
 async def test_approvers_limit_who_may_decide(
     client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
 ) -> None:

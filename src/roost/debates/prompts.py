@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 MAX_TURN_CHARS_SEEN: Final = 4000  # of each earlier turn, in a later prompt
+MAX_BALLOT_CHARS: Final = 100_000  # a ranking of at most 20 positions is far shorter
 _CONFIDENCE = re.compile(r"^\W*confidence\W*[:=]\s*([01](?:\.\d+)?|\.\d+)\s*$",
                          re.IGNORECASE | re.MULTILINE)
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
@@ -88,10 +89,16 @@ def parse_ballot(text: str, positions: Sequence[str]) -> tuple[list[str], float]
     body = _FENCE.sub("", text.strip()).strip()
     if not body.startswith("{") and "{" in body and "}" in body:
         body = body[body.index("{"):body.rindex("}") + 1]
+    if len(body) > MAX_BALLOT_CHARS:
+        raise BallotError(f"the answer is longer than {MAX_BALLOT_CHARS} characters")
     try:
         data: Any = json.loads(body)
     except json.JSONDecodeError as exc:
         raise BallotError(f"the answer is not JSON ({exc.msg})") from None
+    except RecursionError:  # thousands of nested brackets
+        raise BallotError("the answer is nested too deeply") from None
+    except ValueError:  # an integer of more digits than int() converts
+        raise BallotError("the answer holds a number too long to read") from None
     if not isinstance(data, Mapping):
         raise BallotError("the answer is not a JSON object")
     ranking = data.get("ranking")

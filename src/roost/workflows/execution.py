@@ -48,7 +48,7 @@ from roost.principal import Principal
 from roost.tasks.service import enqueue
 from roost.workflows.engine import INLINE_TYPES, Activation, Node, Plan, Scheduler, State, make_plan
 from roost.workflows.expressions import ExpressionError, TemplateRejected, evaluate, render_template
-from roost.workflows.graph import Handle
+from roost.workflows.graph import MAX_APPROVAL_TIMEOUT_S, Handle
 from roost.workflows.models import WorkflowRun, WorkflowVersion
 from roost.workflows.nodes import NodeFailed
 
@@ -356,7 +356,8 @@ class Progress:
         if isinstance(timeout, int) and timeout > 0:
             await enqueue(self.session, APPROVAL_TIMEOUT_TASK,
                           {"run_id": str(self.run.id), "step_id": str(step_id)},
-                          delay=timedelta(seconds=timeout))
+                          # a graph saved before timeout_s had a maximum may hold more
+                          delay=timedelta(seconds=min(timeout, MAX_APPROVAL_TIMEOUT_S)))
 
     # --- the end of the transaction ------------------------------------------------------
 

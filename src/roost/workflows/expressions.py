@@ -22,24 +22,28 @@ relies on the sandbox for the rest (unsafe attributes, mutating calls), multipli
 powers are checked for size, string formatting (``%``, ``str.format``) is refused, only
 whitelisted filters exist, ``range`` is capped, undefined variables are errors and the
 output is capped at :data:`MAX_OUTPUT_CHARS`.  What a template may build on the way is
-capped too: ``+``, ``~``, ``join`` and ``replace`` refuse a value longer than
-:data:`MAX_OUTPUT_CHARS` before building it (a few chained ``replace`` or doubled ``~``
-made gigabytes), and every ``for`` loop goes through a clock: a render that runs past
-:data:`MAX_RENDER_SECONDS` stops (a macro with two nested loops called in a loop nests
-four deep, ~10^12 steps, and the render runs in the engine's event loop).
+capped too: ``+``, ``~``, ``join``, ``replace``, ``string``, ``tojson`` and each output
+value's text refuse a value longer than :data:`MAX_OUTPUT_CHARS` before (or, for
+``tojson``, while) building it (a few chained ``replace``, doubled ``~`` or the text of a
+list repeated by reference made gigabytes), integers stay under :data:`MAX_INT_BITS`,
+``sum`` adds numbers only, and every ``for`` loop and every call goes through a clock: a
+render that runs past :data:`MAX_RENDER_SECONDS` stops (a macro with two nested loops
+called in a loop nests four deep, ~10^12 steps, a macro calling itself twice makes 2^n
+calls, and the render runs in the engine's event loop).
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import json
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any, Final
 
-from jinja2 import StrictUndefined, TemplateError, nodes, pass_eval_context
+from jinja2 import StrictUndefined, TemplateError, nodes, pass_environment, pass_eval_context
 from jinja2.exceptions import SecurityError
 from jinja2.filters import FILTERS
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -52,6 +56,8 @@ MAX_LOOP_DEPTH: Final = 2
 MAX_RANGE: Final = 10_000
 MAX_POWER_EXPONENT: Final = 64
 MAX_SEQUENCE_PRODUCT: Final = 100_000
+MAX_INT_BITS: Final = 100_000  # about 30,000 digits: more than str() may print anyway
+MAX_JSON_INDENT: Final = 16
 MAX_RENDER_SECONDS: Final = 2.0
 
 
@@ -241,6 +247,58 @@ def _check_built(size: int, what: str) -> None:
                             "characters")
 
 
+def _walk(value: Any) -> Iterator[Any]:
+    """``value`` and every value nested in it, a list repeated by reference once per time
+    (``[r] * 1000`` is 1000 items, but its text or sum holds each of r's items 1000 times).
+    A container's items are reached only when the caller asks for the next value."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        yield item
+        if isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+
+
+def _nested_items(value: Any, limit: int) -> int:
+    """How many items ``value``'s containers hold, all levels, counted to just past
+    ``limit``."""
+    count = 0
+    for item in _walk(value):
+        if isinstance(item, Mapping | list | tuple | set | frozenset):
+            count += len(item)
+            if count > limit:
+                break
+    return count
+
+
+def _text_size(value: Any, limit: int) -> int:
+    """About how long ``str(value)`` is, counted to just past ``limit``."""
+    size = 0
+    for item in _walk(value):
+        if isinstance(item, str):
+            size += len(item) + 2
+        elif isinstance(item, int) and not isinstance(item, bool):
+            size += item.bit_length() * 3 // 10 + 1
+        elif isinstance(item, Mapping | list | tuple | set | frozenset):
+            size += 2 + 4 * len(item)
+        else:
+            size += 5
+        if size > limit:
+            break
+    return size
+
+
+def _text(value: Any, what: str) -> str:
+    """``str(value)``, size-checked before it is built (str of a list repeated by
+    reference was tens of millions of characters)."""
+    if not isinstance(value, str):
+        _check_built(_text_size(value, MAX_OUTPUT_CHARS), what)
+    return str(value)
+
+
 # Names of the helpers the compiled code calls (a template may call them too: they only
 # time a loop or check a concatenation).
 _TIMED: Final = "_roost_timed"
@@ -263,7 +321,7 @@ def _timed(iterable: Any) -> Iterator[Any]:
 
 def _concat(*parts: Any) -> str:
     """``a ~ b ~ ...``, size-checked before it is built."""
-    texts = [str(part) for part in parts]
+    texts = [_text(part, "~") for part in parts]
     _check_built(sum(map(len, texts)), "~")
     return "".join(texts)
 
@@ -272,18 +330,54 @@ def _join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
     items = list(value)
     if attribute is not None:
         return str(FILTERS["join"](eval_ctx, items, d, attribute))
-    texts = [str(item) for item in items]
+    texts = [_text(item, "join") for item in items]
     _check_built(sum(map(len, texts)) + len(str(d)) * max(len(texts) - 1, 0), "join")
     return str(d).join(texts)
 
 
 def _replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: int | None = None) -> str:
-    text, old, new = str(s), str(old), str(new)
+    text, old, new = _text(s, "replace"), _text(old, "replace"), _text(new, "replace")
     found = text.count(old) if old else len(text) + 1
     if count is not None and count >= 0:
         found = min(found, count)
     _check_built(len(text) + found * (len(new) - len(old)), "replace")
     return str(FILTERS["replace"](eval_ctx, text, old, new, count))
+
+
+def _string(value: Any) -> str:
+    return _text(value, "string")
+
+
+def _output(value: Any) -> str:
+    """Every ``{{ ... }}`` value (the environment's finalize), size-checked as text."""
+    return _text(value, "the output")
+
+
+def _tojson(value: Any, indent: int | None = None) -> str:
+    """Jinja's ``tojson`` (sorted keys, HTML-safe), its text counted while it is built:
+    the pure-Python encoder yields it piece by piece."""
+    if indent is not None and (not isinstance(indent, int) or not 0 <= indent <= MAX_JSON_INDENT):
+        raise SecurityError(f"tojson indents by 0 to {MAX_JSON_INDENT} spaces")
+    size, chunks = 0, []
+    for chunk in json.JSONEncoder(sort_keys=True, indent=indent).iterencode(value):
+        size += len(chunk)
+        _check_built(size, "tojson")
+        chunks.append(chunk)
+    return ("".join(chunks).replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("&", "\\u0026").replace("'", "\\u0027"))
+
+
+def _sum(environment: Any, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
+    """Jinja's ``sum`` of numbers only: summing lists copies the total at every step
+    (quadratic, with no loop for the clock to stop) and can flatten millions of items."""
+    if isinstance(start, bool) or not isinstance(start, int | float):
+        raise SecurityError("sum adds numbers only (start must be a number)")
+    return FILTERS["sum"](environment, iterable, attribute, start)
+
+
+def _check_bits(bits: int) -> None:
+    if bits > MAX_INT_BITS:
+        raise SecurityError(f"numbers beyond {MAX_INT_BITS} bits are not allowed")
 
 
 class WorkflowSandbox(ImmutableSandboxedEnvironment):
@@ -293,10 +387,10 @@ class WorkflowSandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%", "+"})
 
     def __init__(self) -> None:
-        super().__init__(undefined=StrictUndefined, autoescape=False, finalize=None)
+        super().__init__(undefined=StrictUndefined, autoescape=False, finalize=_output)
         self.filters = {name: f for name, f in FILTERS.items() if name in SAFE_FILTERS}
-        self.filters.update(join=pass_eval_context(_join),
-                            replace=pass_eval_context(_replace))
+        self.filters.update(join=pass_eval_context(_join), replace=pass_eval_context(_replace),
+                            string=_string, tojson=_tojson, sum=pass_environment(_sum))
         self.globals = {"range": _capped_range, _TIMED: _timed, _CONCAT: _concat}
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -308,18 +402,34 @@ class WorkflowSandbox(ImmutableSandboxedEnvironment):
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > MAX_POWER_EXPONENT:
                 raise SecurityError(f"exponents above {MAX_POWER_EXPONENT} are not allowed")
+            if isinstance(left, int) and isinstance(right, int) and right > 0:
+                # chained powers: ((10 ** 64) ** 64) ** 64 took seconds, one more minutes
+                _check_bits(abs(left).bit_length() * right)
             return left ** right
         if operator == "%":
             if isinstance(left, str):
                 raise SecurityError("string formatting with % is not allowed in templates")
             return left % right
-        # "*": repeating a string or list is size-checked
+        if isinstance(left, int) and isinstance(right, int):
+            _check_bits(abs(left).bit_length() + abs(right).bit_length())
+            return left * right
+        # "*": repeating a string or list is size-checked, counting the items of the lists
+        # it holds (each is repeated too, by reference)
         for seq, times in ((left, right), (right, left)):
             n = _size(seq)
+            if isinstance(seq, list | tuple):
+                n = _nested_items(seq, MAX_SEQUENCE_PRODUCT)
             if n is not None and isinstance(times, int) and n * max(times, 0) > MAX_SEQUENCE_PRODUCT:
                 raise SecurityError(f"repeating a value beyond {MAX_SEQUENCE_PRODUCT} items "
                                     "is not allowed")
         return left * right
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        # every call (a macro calling itself twice makes 2^n calls with no loop) goes
+        # through the render's clock
+        if time.monotonic() > _DEADLINE.get():
+            raise SecurityError(f"the template ran longer than {MAX_RENDER_SECONDS} s")
+        return super().call(context, obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         if isinstance(getattr(value, "__self__", None), str) and getattr(

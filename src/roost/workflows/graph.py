@@ -41,6 +41,8 @@ MAX_EDGES: Final = 5000
 MAX_ISSUES: Final = 100
 MAX_ID_CHARS: Final = 255
 MAX_JSON_DEPTH: Final = 32
+# An approval waits at most a year (a larger delay is past what a date can hold).
+MAX_APPROVAL_TIMEOUT_S: Final = 365 * 24 * 3600
 
 DEFAULT_VIEWPORT: Final[dict[str, Any]] = {"x": 0, "y": 0, "zoom": 1}
 
@@ -130,7 +132,8 @@ NODE_TYPES: Final[dict[str, NodeType]] = {t.name: t for t in (
                          "and 'rejected'.",
              _schema({"message": _TEMPLATE,
                       "approvers": {"type": "array", "items": _NAME, "maxItems": 100},
-                      "timeout_s": {"type": "integer", "minimum": 1}}),
+                      "timeout_s": {"type": "integer", "minimum": 1,
+                                    "maximum": MAX_APPROVAL_TIMEOUT_S}}),
              inputs=_ONE, outputs=frozenset({"approved", "rejected"}), templates=("message",)),
     NodeType("loop", "Repeat: 'body' while data.condition holds (at most max_iterations "
                      "times), then 'done'. The only node a cycle may pass through.",
