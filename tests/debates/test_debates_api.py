@@ -264,6 +264,9 @@ async def test_bad_input_is_422(
         {**good, "total_rounds": 0},
         {**good, "total_rounds": "2"},
         {**good, "extra": 1},
+        {**good, "topic": "t\x00"},  # a NUL: named, not the database's anonymous 400
+        {**good, "positions": ["a\x00", "b"]},
+        {**good, "participants": [{"id": "x", "model": "m\x00"}, {"id": "y", "model": "m"}]},
     ]
     for body in cases:
         resp = await client.post("/api/v1/debates", json=body, headers=headers)

@@ -451,6 +451,8 @@ async def test_cancel_a_waiting_run(client: httpx.AsyncClient,
     ({"inputs": {"doc": "x"}, "version": "one"}, 422, ""),
     ({"inputs": ["doc"]}, 422, ""),
     ({"inputs": {"doc": "x"}, "surprise": True}, 422, ""),
+    ({"inputs": {"doc": "half\x00way"}}, 422, "see errors"),
+    ({"inputs": {"doc": "x"}, "idempotency_key": "k\x00"}, 422, "see errors"),
 ])
 async def test_bad_run_requests(client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
                                 body: dict[str, Any], status: int, words: str) -> None:

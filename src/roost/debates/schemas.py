@@ -23,6 +23,8 @@ class ParticipantIn(StrictInput):
     """An agent of yours (its instructions and preferred model), or a model (optionally on
     one named provider)."""
 
+    refuse_nul = True  # stored as text and jsonb, which hold no NUL
+
     id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
     agent_id: uuid.UUID | None = None
     model: str | None = Field(default=None, min_length=1, max_length=255)
@@ -53,6 +55,7 @@ class ParticipantIn(StrictInput):
 
 
 class DebateCreate(StrictInput):
+    refuse_nul = True  # stored as text and jsonb, which hold no NUL
     topic: str = Field(min_length=1, max_length=4000)
     description: str | None = Field(default=None, max_length=20_000)
     positions: list[str] = Field(min_length=2, max_length=MAX_POSITIONS)

@@ -48,11 +48,13 @@ class WorkflowUpdate(StrictInput):
 
 
 class PublishIn(StrictInput):
+    refuse_nul = True  # stored as text and jsonb, which hold no NUL
     note: str | None = Field(default=None, max_length=2000,
                              description="What changed, kept with the version")
 
 
 class RollbackIn(StrictInput):
+    refuse_nul = True  # stored as text and jsonb, which hold no NUL
     version: int = Field(ge=1, le=1_000_000_000,
                          description="The version whose graph becomes the draft")
 
@@ -134,6 +136,7 @@ MAX_INPUT_JSON_CHARS = 100_000
 
 
 class WorkflowRunCreate(StrictInput):
+    refuse_nul = True  # stored as text and jsonb, which hold no NUL
     inputs: dict[str, Any] = Field(
         default_factory=dict,
         description="The run's input variables: the names the start node's data.inputs lists")
@@ -145,6 +148,7 @@ class WorkflowRunCreate(StrictInput):
 
 
 class ApprovalIn(StrictInput):
+    refuse_nul = True  # stored as text and jsonb, which hold no NUL
     approved: bool
     comment: str | None = Field(default=None, max_length=2000)
 
