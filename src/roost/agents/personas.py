@@ -26,16 +26,16 @@ from typing import Any, Final, Literal, cast
 
 from sqlalchemy import delete, false, or_, select, text, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import Agent, Persona, PersonaInvitation, PersonaMember
 from roost.agents.schemas import MemberAdd, PersonaCreate, PersonaOut, PersonaUpdate
 from roost.audit.service import record
-from roost.db.errors import sqlstate
 from roost.db.lookup import one_or_404
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
+from roost.identity.invitations import join_as_invited, my_invitation, take_invitation
 from roost.identity.models import User
 from roost.pagination import DEFAULT_LIMIT, newest_first
 from roost.principal import Principal
@@ -409,49 +409,16 @@ async def persona_invitations(
     return await _named(session, rows), next_cursor
 
 
-async def _my_invitation(session: AsyncSession, me: uuid.UUID,
-                         invitation_id: uuid.UUID) -> PersonaInvitation:
-    row = await session.scalar(select(PersonaInvitation).where(
-        PersonaInvitation.id == invitation_id, PersonaInvitation.user_id == me))
-    if row is None:  # another's is the same answer as none
-        raise NotFound("no such invitation")
-    return row
-
-
-async def _take_invitation(session: AsyncSession, invitation: PersonaInvitation) -> None:
-    """Delete the invitation; NotFound when it was revoked or declined since it was read
-    (then nothing this transaction did stands)."""
-    gone = await session.execute(
-        delete(PersonaInvitation).where(PersonaInvitation.id == invitation.id)
-        .returning(PersonaInvitation.id).execution_options(synchronize_session=False))
-    if gone.first() is None:
-        raise NotFound("no such invitation")
-    session.expunge(invitation)
-
-
 async def accept_invitation(session: AsyncSession, actor: Principal,
                             invitation_id: uuid.UUID) -> MemberView:
     """Join the persona with the invited role; the invitation is gone."""
     me = require_user(actor, "persona invitations")
-    invitation = await _my_invitation(session, me, invitation_id)
+    invitation = await my_invitation(session, PersonaInvitation, me, invitation_id)
     persona_id, role = invitation.persona_id, invitation.role
     member = PersonaMember(persona_id=persona_id, user_id=me, role=role)
-    session.add(member)
-    # The membership first: the row-level security of persona_members admits it only
-    # while the invitation is there (migration 1150); then the invitation goes, and if it
-    # went meanwhile (revoked, declined in another tab), so does this.
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError as exc:
-        if sqlstate(exc) == "23503":  # the persona was deleted meanwhile
-            raise NotFound("no such invitation") from None
-        raise Conflict("you are already a member of that persona") from None
-    except DBAPIError as exc:
-        if sqlstate(exc) == "42501":  # the invitation went meanwhile: the wall refused
-            raise NotFound("no such invitation") from None
-        raise
-    await _take_invitation(session, invitation)
+    # Withdrawn meanwhile (revoked, declined in another tab): nothing stands.
+    await join_as_invited(session, member, "persona")
+    await take_invitation(session, invitation)
     await session.refresh(member)
     await record(session, "persona.invitation_accepted", user_id=me, persona_id=persona_id,
                  resource_type="persona", resource_id=persona_id,
@@ -462,9 +429,9 @@ async def accept_invitation(session: AsyncSession, actor: Principal,
 async def decline_invitation(session: AsyncSession, actor: Principal,
                              invitation_id: uuid.UUID) -> None:
     me = require_user(actor, "persona invitations")
-    invitation = await _my_invitation(session, me, invitation_id)
+    invitation = await my_invitation(session, PersonaInvitation, me, invitation_id)
     persona_id = invitation.persona_id
-    await _take_invitation(session, invitation)
+    await take_invitation(session, invitation)
     await record(session, "persona.invitation_declined", user_id=me, persona_id=persona_id,
                  resource_type="persona", resource_id=persona_id,
                  changes={"member": str(me), "invitation": str(invitation_id)})
@@ -479,7 +446,7 @@ async def revoke_invitation(session: AsyncSession, actor: Principal, persona_id:
     if invitation is None:
         raise NotFound("no such invitation")
     member = invitation.user_id
-    await _take_invitation(session, invitation)
+    await take_invitation(session, invitation)
     await record(session, "persona.invitation_revoked", user_id=actor.user_id,
                  persona_id=persona_id, resource_type="persona", resource_id=persona_id,
                  changes={"member": str(member), "invitation": str(invitation_id)})

@@ -29,13 +29,13 @@ from datetime import datetime
 
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
-from roost.db.errors import sqlstate
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
+from roost.identity.invitations import join_as_invited, my_invitation, take_invitation
 from roost.identity.models import Group, GroupInvitation, User, UserGroupMembership
 from roost.pagination import newest_first
 from roost.principal import Principal
@@ -340,50 +340,17 @@ async def group_invitations(
     return await _named(session, rows), next_cursor
 
 
-async def _my_invitation(session: AsyncSession, me: uuid.UUID,
-                         invitation_id: uuid.UUID) -> GroupInvitation:
-    row = await session.scalar(select(GroupInvitation).where(
-        GroupInvitation.id == invitation_id, GroupInvitation.user_id == me))
-    if row is None:  # another's is the same answer as none
-        raise NotFound("no such invitation")
-    return row
-
-
-async def _take_invitation(session: AsyncSession, invitation: GroupInvitation) -> None:
-    """Delete the invitation; NotFound when it was revoked, declined or withdrawn since
-    it was read (then nothing this transaction did stands)."""
-    gone = await session.execute(
-        delete(GroupInvitation).where(GroupInvitation.id == invitation.id)
-        .returning(GroupInvitation.id).execution_options(synchronize_session=False))
-    if gone.first() is None:
-        raise NotFound("no such invitation")
-    session.expunge(invitation)
-
-
 async def accept_invitation(
     session: AsyncSession, principal: Principal, invitation_id: uuid.UUID
 ) -> Member:
     """Join the group with the invited role; the invitation is gone."""
     me = require_user(principal, "group invitations")
-    invitation = await _my_invitation(session, me, invitation_id)
+    invitation = await my_invitation(session, GroupInvitation, me, invitation_id)
     group_id, role = invitation.group_id, invitation.role
     membership = UserGroupMembership(user_id=me, group_id=group_id, role=role)
-    session.add(membership)
-    # The membership first: the row-level security of memberships admits it only while
-    # the invitation is there (migration 1140); then the invitation goes, and if it went
-    # meanwhile (revoked, or withdrawn as its group lost its last admin), so does this.
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError as exc:
-        if sqlstate(exc) == "23503":  # the group was deleted meanwhile
-            raise NotFound("no such invitation") from None
-        raise Conflict("you are already a member of that group") from None
-    except DBAPIError as exc:
-        if sqlstate(exc) == "42501":  # the invitation went meanwhile: the wall refused
-            raise NotFound("no such invitation") from None
-        raise
-    await _take_invitation(session, invitation)
+    # Withdrawn meanwhile (revoked, or its group lost its last admin): nothing stands.
+    await join_as_invited(session, membership, "group")
+    await take_invitation(session, invitation)
     await record(session, "group.invitation_accepted", user_id=me, resource_type="group",
                  resource_id=group_id,
                  changes={"member": str(me), "role": role, "invitation": str(invitation_id)})
@@ -394,9 +361,9 @@ async def decline_invitation(
     session: AsyncSession, principal: Principal, invitation_id: uuid.UUID
 ) -> None:
     me = require_user(principal, "group invitations")
-    invitation = await _my_invitation(session, me, invitation_id)
+    invitation = await my_invitation(session, GroupInvitation, me, invitation_id)
     group_id = invitation.group_id
-    await _take_invitation(session, invitation)
+    await take_invitation(session, invitation)
     await record(session, "group.invitation_declined", user_id=me, resource_type="group",
                  resource_id=group_id, changes={"member": str(me), "invitation": str(invitation_id)})
 
@@ -411,7 +378,7 @@ async def revoke_invitation(
     if invitation is None:
         raise NotFound("no such invitation")
     member = invitation.user_id
-    await _take_invitation(session, invitation)
+    await take_invitation(session, invitation)
     await record(session, "group.invitation_revoked", user_id=principal.user_id,
                  resource_type="group", resource_id=group_id,
                  changes={"member": str(member), "invitation": str(invitation_id)})
