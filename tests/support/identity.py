@@ -39,6 +39,23 @@ async def make_user(
     return user.id, {"Authorization": f"Bearer {created.key}"}
 
 
+async def _join(
+    client: httpx.AsyncClient, collection: str, inviter: dict[str, str], container_id: Any,
+    user: uuid.UUID | str, user_headers: dict[str, str], role: str, base_url: str,
+) -> dict[str, Any]:
+    """Invited to ``/api/v1/<collection>/<id>`` by ``inviter`` (202), then accepting with
+    the invitee's own headers (201): the membership's JSON."""
+    invited = await client.post(f"{base_url}/api/v1/{collection}/{container_id}/members",
+                                headers=inviter, json={"user": str(user), "role": role})
+    assert invited.status_code == 202, invited.text
+    accepted = await client.post(
+        f"{base_url}/api/v1/{collection}/invitations/{invited.json()['id']}/accept",
+        headers=user_headers)
+    assert accepted.status_code == 201, accepted.text
+    membership: dict[str, Any] = accepted.json()
+    return membership
+
+
 async def join_group(
     client: httpx.AsyncClient, admin_headers: dict[str, str], group_id: uuid.UUID | str,
     user: uuid.UUID | str, user_headers: dict[str, str], *, role: str = "member",
@@ -49,15 +66,8 @@ async def join_group(
     (``admin_headers``, 202), then accepting with their own ``user_headers`` (201).
     ``base_url`` prefixes the paths (a client without one, talking to a served process).
     The membership's JSON."""
-    invited = await client.post(f"{base_url}/api/v1/groups/{group_id}/members",
-                                headers=admin_headers, json={"user": str(user), "role": role})
-    assert invited.status_code == 202, invited.text
-    accepted = await client.post(
-        f"{base_url}/api/v1/groups/invitations/{invited.json()['id']}/accept",
-        headers=user_headers)
-    assert accepted.status_code == 201, accepted.text
-    membership: dict[str, Any] = accepted.json()
-    return membership
+    return await _join(client, "groups", admin_headers, group_id, user, user_headers, role,
+                       base_url)
 
 
 async def join_persona(
@@ -70,12 +80,5 @@ async def join_persona(
     (``owner_headers``, 202), then accepting with their own ``user_headers`` (201).
     ``base_url`` prefixes the paths (a client without one, talking to a served process).
     The membership's JSON."""
-    invited = await client.post(f"{base_url}/api/v1/personas/{persona_id}/members",
-                                headers=owner_headers, json={"user": str(user), "role": role})
-    assert invited.status_code == 202, invited.text
-    accepted = await client.post(
-        f"{base_url}/api/v1/personas/invitations/{invited.json()['id']}/accept",
-        headers=user_headers)
-    assert accepted.status_code == 201, accepted.text
-    membership: dict[str, Any] = accepted.json()
-    return membership
+    return await _join(client, "personas", owner_headers, persona_id, user, user_headers,
+                       role, base_url)
