@@ -75,7 +75,9 @@ def test_overlong_password_is_refused_without_hashing() -> None:
     assert not verify_password(stored, "a" * (MAX_PASSWORD_LENGTH + 1))
 
 
-def test_dummy_verify_burns_a_real_argon2_verification(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The stored hashes argon2 is asked to verify against, in order (a spy on the hasher)."""
     calls: list[str] = []
     real = passwords._hasher
 
@@ -88,6 +90,11 @@ def test_dummy_verify_burns_a_real_argon2_verification(monkeypatch: pytest.Monke
             return real.verify(stored, password)
 
     monkeypatch.setattr(passwords, "_hasher", Spy())
+    return calls
+
+
+def test_dummy_verify_burns_a_real_argon2_verification(verifications: list[str]) -> None:
+    calls = verifications
     dummy_verify()
     dummy_verify()
     assert len(calls) == 2
@@ -116,24 +123,11 @@ def test_a_hash_of_the_password_as_typed_verifies_and_asks_for_a_rehash() -> Non
     assert check_password(legacy, DECOMPOSED).ok
 
 
-def test_a_wrong_password_and_an_unknown_name_cost_the_same(
-    monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_wrong_password_and_an_unknown_name_cost_the_same(verifications: list[str]) -> None:
     """Two verifications for text whose normalised form differs (both forms are tried),
     one otherwise: dummy_verify spends exactly what check_password does."""
-    calls: list[str] = []
-    real = passwords._hasher
-
-    class Spy:
-        def hash(self, password: str) -> str:
-            return real.hash(password)
-
-        def verify(self, stored: str, password: str) -> bool:
-            calls.append(stored)
-            return real.verify(stored, password)
-
+    calls = verifications
     stored = hash_password(GOOD)
-    monkeypatch.setattr(passwords, "_hasher", Spy())
     for typed in (DECOMPOSED, "violet harbour kettle 74"):
         calls.clear()
         assert not check_password(stored, typed).ok
