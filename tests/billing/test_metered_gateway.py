@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ from fastapi import FastAPI
 from roost.config import Settings
 from roost.db.engine import Database
 from tests.billing.metered import Headers, metered_settings, settled, subscribe
-from tests.chat.conftest import add_provider
+from tests.chat.conftest import add_provider, new_session, post_message
 from tests.support.identity import make_user
 from tests.support.openai_stub import Reply, StubServer
 from tests.support.server import in_process
@@ -53,6 +54,35 @@ async def test_an_ensemble_bills_the_tokens_of_every_member_that_answered(
     assert (state["held"], state["reserved"]) == (0, 0), state
     assert await _usage_tokens(database, user_id) == members.n
     assert state["used"] == members.n, (state, members.n)
+
+
+async def test_each_ensemble_member_is_priced_at_its_own_model(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+) -> None:
+    """Two providers with different default models, one priced 1,000x the other: the
+    ensemble's cost is each member's tokens at its own model's price, whichever won
+    (not the winner's price for every member)."""
+    user_id, headers = await make_user(database)
+    await add_provider(client, admin_headers, stub, name="cheap", model="cheap-model")
+    await add_provider(client, admin_headers, stub, name="dear", model="dear-model")
+    for pattern, price in (("cheap-model", "1"), ("dear-model", "1000")):
+        resp = await client.post("/api/v1/billing/prices", headers=admin_headers, json={
+            "model_pattern": pattern, "input_per_million": price,
+            "output_per_million": price})
+        assert resp.status_code == 201, resp.text
+    session = await new_session(client, headers)
+    resp = await post_message(client, headers, session["id"], content="hello",
+                              ensemble={"strategy": "weighted_vote"})
+    assert resp.status_code in (200, 201), resp.text
+    members = await fetch(database, "SELECT r.model, r.tokens_total FROM llm_responses r "
+                                    "WHERE r.outcome = 'success' ORDER BY r.model")
+    assert [m.model for m in members] == ["cheap-model", "dear-model"]
+    per_million = {"cheap-model": Decimal(1), "dear-model": Decimal(1000)}
+    expected = sum((Decimal(m.tokens_total) * per_million[m.model] / 10**6 for m in members),
+                   Decimal(0))
+    [usage] = await fetch(database, "SELECT cost FROM usage_records WHERE user_id = :u",
+                          u=user_id)
+    assert usage.cost == expected.quantize(Decimal("0.000001")), (usage.cost, expected)
 
 
 async def test_an_ensemble_holds_credits_for_every_member_it_asks(

@@ -58,6 +58,7 @@ LIVE_STATUSES: Final = ("trialing", "active", "past_due", "paused")
 RESERVATION_STATUSES: Final = ("held", "settled", "released")
 INVOICE_STATUSES: Final = ("open", "paid", "void")
 MONEY = Numeric(18, 6)  # prices per million tokens need the decimals
+MAX_MONEY: Final = Decimal("999999999999.999999")  # the largest MONEY value
 AMOUNT = Numeric(14, 2)  # invoice amounts
 
 

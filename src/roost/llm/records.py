@@ -28,7 +28,7 @@ from roost.analytics.outbox import emit, event_values
 from roost.audit import service as audit
 from roost.billing import credits, prices
 from roost.billing.credits import Reservation
-from roost.billing.models import Subscription, UsageRecord
+from roost.billing.models import MAX_MONEY, Subscription, UsageRecord
 from roost.db.base import utcnow, uuid7
 from roost.db.statements import bound_insert, flush_pending, prefixed
 from roost.db.transaction import driver_fetch
@@ -207,19 +207,41 @@ class CallOutcome:
     reservation: Reservation | None = None  # the credits held for it, until settled
 
 
+def _other_answers(outcome: CallOutcome) -> list[ChatResult]:
+    """The answers of the ensemble members that answered but were not chosen (each was
+    asked, and its provider paid, whichever answer won).  A fallback chain has none."""
+    return [fit_result(attempt.result) for attempt in outcome.attempts
+            if attempt.ok and not attempt.selected and attempt.result is not None
+            and attempt.result is not outcome.result]
+
+
 def billed_tokens(outcome: CallOutcome) -> tuple[int, int]:
-    """The input and output tokens a call is billed for: its answer's, plus those of every
-    other ensemble member that answered (each was asked, and its provider paid, whichever
-    answer won), priced at the answer's model.  A fallback chain has one answer."""
+    """The input and output tokens a call is billed for: its answer's plus those of every
+    other ensemble member that answered."""
     result = outcome.result
     tokens_in, tokens_out = result.tokens_in, result.tokens_out
-    for attempt in outcome.attempts:
-        if attempt.ok and not attempt.selected and attempt.result is not None \
-                and attempt.result is not result:
-            member = fit_result(attempt.result)
-            tokens_in += member.tokens_in
-            tokens_out += member.tokens_out
+    for member in _other_answers(outcome):
+        tokens_in += member.tokens_in
+        tokens_out += member.tokens_out
     return min(tokens_in, MAX_TOKEN_COUNT), min(tokens_out, MAX_TOKEN_COUNT)
+
+
+async def billed_cost(session: AsyncSession, outcome: CallOutcome,
+                      model: str | None) -> tuple[Decimal, str]:
+    """What a call cost: its answer's tokens at ``model``'s price, plus each other ensemble
+    member's answer at the price of the model that member used (a cheap member that lost
+    the vote is not billed at the dear winner's price, nor the other way round).  A member
+    priced in another currency than the answer's is counted at the answer's price: no
+    exchange rates are kept."""
+    result = fit_result(outcome.result)
+    cost, currency = await prices.cost_for(session, model, result.tokens_in, result.tokens_out)
+    for member in _other_answers(outcome):
+        own, own_currency = await prices.cost_for(session, member.model or model,
+                                                  member.tokens_in, member.tokens_out)
+        if own_currency != currency:
+            own, _ = await prices.cost_for(session, model, member.tokens_in, member.tokens_out)
+        cost += own
+    return min(cost, MAX_MONEY), currency  # absurd prices times absurd counts still fit
 
 
 async def record_success(
@@ -240,7 +262,7 @@ async def record_success(
     winner_id = outcome.winner.id if isinstance(outcome.winner.id, uuid.UUID) else None
     model = result.model or outcome.winner.name
     tokens_in, tokens_out = billed_tokens(outcome)
-    cost, currency = await prices.cost_for(session, model, tokens_in, tokens_out)
+    cost, currency = await billed_cost(session, outcome, model)
     used = credits_for(gateway, tokens_in + tokens_out)
     usage_values: dict[str, Any] = {
         "id": uuid7(), "created_at": utcnow(), "user_id": user_id,
