@@ -20,7 +20,7 @@ import httpx
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from fastapi import FastAPI
-from jsonschema import validate
+from jsonschema import ValidationError, validate
 from pydantic import SecretStr
 from sqlalchemy import func, select, text, update
 
@@ -553,6 +553,10 @@ async def test_a_subject_with_any_line_break_is_refused_before_sending(
                                  json={"to": ["bob@example.org"], "subject": subject,
                                        "body": "x"})
         assert sent.status_code == 422, (subject, sent.status_code, sent.text)
+        # The send_email tool's schema, which the model reads, refuses it as well.
+        with pytest.raises(ValidationError):
+            validate({"to": ["bob@example.org"], "subject": subject, "body": "x"},
+                     mail.SEND_EMAIL_TOOL_SCHEMA)
     assert relay.received == []
     tabbed = await client.post(f"/api/v1/personas/{persona.id}/emails", headers=headers,
                                json={"to": ["bob@example.org"], "subject": "Hi\tthere",

@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents import mailparse
 from roost.agents.attachments import StoredBlob, store_blob
-from roost.agents.mail_schemas import EmailSend
+from roost.agents.mail_schemas import SUBJECT_PATTERN, EmailSend
 from roost.agents.models import Agent, Attachment, Email, Persona, Run
 from roost.agents.runs import create_run
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate
@@ -508,7 +508,8 @@ SEND_EMAIL_TOOL_SCHEMA: Final[dict[str, Any]] = {
                "items": {"type": "string", "minLength": 3, "maxLength": 320}},
         "cc": {"type": "array", "maxItems": MAX_RECIPIENTS,
                "items": {"type": "string", "minLength": 3, "maxLength": 320}},
-        "subject": {"type": "string", "maxLength": 998, "pattern": "^[^\\r\\n\\x00]*$"},
+        # Every line break the API refuses (migration 1180 gives the stored row the same).
+        "subject": {"type": "string", "maxLength": 998, "pattern": SUBJECT_PATTERN},
         "body": {"type": "string", "maxLength": 1_000_000, "pattern": NO_NUL_PATTERN},
         "in_reply_to": {"type": "string", "format": "uuid"},
     },
