@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from roost.config import Settings
 from roost.db.engine import Database
 from tests.support.identity import make_user
 from tests.tools.test_tools_api import tool_id
@@ -44,7 +45,10 @@ for line in sys.stdin:
     elif method == "tools/call":
         with open(plan["marker"], "a") as marker:
             marker.write("called\n")
-        send({"jsonrpc": "2.0", "id": mid, "result": plan["result"]})
+        if plan.get("garble"):  # the answer as a line that is not JSON-RPC
+            sys.stdout.write("{'id': %d, oops\n" % mid); sys.stdout.flush()
+        else:
+            send({"jsonrpc": "2.0", "id": mid, "result": plan["result"]})
     else:
         send({"jsonrpc": "2.0", "id": mid, "result": {}})
 '''
@@ -53,14 +57,16 @@ TEXT_OK: dict[str, Any] = {"content": [{"type": "text", "text": "ok"}]}
 
 
 def hostile_body(tmp_path: Path, name: str, tools: list[dict[str, Any]],
-                 result: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
-    """A global stdio server running :data:`HOSTILE`, and the file its calls are marked in."""
+                 result: dict[str, Any] | None = None, *,
+                 garble: bool = False) -> tuple[dict[str, Any], Path]:
+    """A global stdio server running :data:`HOSTILE`, and the file its calls are marked in;
+    ``garble``: it answers calls with a line that is not JSON-RPC."""
     script = tmp_path / "hostile_mcp.py"
     script.write_text(HOSTILE)
     marker = tmp_path / f"{name}.calls"
     plan_file = tmp_path / f"{name}.json"
     plan_file.write_text(json.dumps({"tools": tools, "result": result or TEXT_OK,
-                                     "marker": str(marker)}))
+                                     "marker": str(marker), "garble": garble}))
     return {"name": name, "transport": "stdio", "command": sys.executable,
             "args": [str(script), str(plan_file)], "is_global": True}, marker
 
@@ -186,3 +192,22 @@ async def test_a_listing_with_a_name_twice_syncs_once_each(
     first = tools[0]["name"][:256]
     assert synced.json()["added"] == [first, "b"], synced.json()
     assert "more than once" in synced.json()["skipped"][first], synced.json()
+
+
+async def test_an_answer_that_is_not_json_rpc_is_a_bad_gateway_naming_it(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
+    tmp_path: Path, test_settings: Settings,
+) -> None:
+    """The server answers a call with a line that is not JSON-RPC (the SDK skips it): when
+    the call's time runs out the answer is a 502 saying so, not a bare 504 timeout; the
+    failed run is recorded."""
+    body, marker = hostile_body(tmp_path, "garbled", [tool("a")], garble=True)
+    tid = await _synced_tool(client, admin_headers, body)
+    _, alice = await make_user(database)
+    test_settings.tools_call_timeout_s = 1.0  # read on every call
+    called = await client.post(f"/api/v1/tools/{tid}/call", json={"arguments": {}},
+                               headers=alice)
+    assert (called.status_code, _calls(marker)) == (502, 1), called.text[:300]
+    assert "not JSON-RPC" in called.json()["detail"]
+    [run] = (await client.get("/api/v1/tool-runs", headers=alice)).json()["items"]
+    assert run["status"] == "error" and "not JSON-RPC" in run["error"]

@@ -24,7 +24,10 @@ successful call resets the backoff.
 
 **Timeouts.** A call that runs out of time is cancelled: the SDK sends
 ``notifications/cancelled`` for it and the session stays usable (a well-behaved server
-stops the work).  Because a server that *hangs* (its event loop blocked) would take
+stops the work).  Lines on the server's stdout that are not JSON-RPC are skipped (a stray
+``print`` must not break a working server), but a call that runs out of time after such a
+line came is a 502 naming it, not a 504: its answer may have been that line.
+Because a server that *hangs* (its event loop blocked) would take
 every later call down with it, the timeout also starts a ping; a server that does not
 answer it within ``ping_timeout_s`` is stopped and the next call starts a new one (no
 backoff: a hang is not a crash loop).  Calls that arrive meanwhile wait for the ping.
@@ -114,6 +117,10 @@ class _Process:
         self.crash: str | None = None  # why it ended on its own ("it ...")
         self.retiring = False  # close once the running calls are done
         self.probe: asyncio.Task[None] | None = None
+        # Lines on its stdout that are not JSON-RPC (the SDK skips them) and the first
+        # one's error: a call that then runs out of time says so (502, not 504).
+        self.garbled = 0
+        self.first_garbled: str | None = None
         self._wake = asyncio.Event()
         self.task = asyncio.create_task(self._own(), name=f"roost-mcp-stdio:{spec.name}")
 
@@ -160,6 +167,10 @@ class _Process:
         """Pass messages to the session; end of file means the process is gone."""
         async with send:
             async for item in read:
+                if isinstance(item, Exception):
+                    self.garbled += 1
+                    if self.first_garbled is None:
+                        self.first_garbled = " ".join(str(item).split())[:200]
                 await send.send(item)
             if self.stop_reason is None and self.ready.done():
                 # Recorded before the session sees EOF, so the failing call finds it.
@@ -248,6 +259,7 @@ class StdioPool:
         assert proc.session is not None
         proc.inflight += 1
         succeeded = False
+        garbled = proc.garbled
         try:
             yield proc.session
             succeeded = True
@@ -257,6 +269,11 @@ class StdioPool:
         except Exception as exc:
             if isinstance(exc, McpTimeout):
                 proc.suspect()  # the call's deadline passed: is the server alive?
+                if proc.garbled > garbled:  # what may have been its answer was junk
+                    raise McpError(
+                        f"MCP server {spec.name!r} wrote {proc.garbled - garbled} line(s) "
+                        f"that are not JSON-RPC during the call, and no valid answer before "
+                        f"the deadline ({proc.first_garbled})") from None
             if proc.crash is not None:
                 raise McpError(f"MCP server {spec.name!r} failed during the call: it "
                                f"{proc.crash}{self._retry_note(proc.key)}") from None
