@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -293,3 +294,60 @@ async def test_cli_verify_reports_the_first_broken_link(
     broken = await asyncio.to_thread(run_roost, "audit", "verify", env=env)
     assert broken.returncode == 1
     assert f"seq {second.seq}" in broken.stderr
+
+
+# --- a retention record whose anchor is not one ---------------------------------------
+
+
+async def _record_steps(database: Database, n: int) -> None:
+    """n records, linked as a running Roost's chainer links them."""
+    async with database.transaction() as s:
+        for i in range(n):
+            await service.record(s, "thing.step", metadata={"i": i})
+    async with database.transaction() as s:
+        await service.link_pending(s)
+
+
+async def _bogus_retention_record(database: Database, anchor_json: str) -> None:
+    """A plain INSERT (no trigger bypassed): allowed to every role that inserts audit rows."""
+    async with database.transaction() as s:
+        await s.execute(text(
+            "INSERT INTO audit_logs (id, created_at, action, event_category, success, changes) "
+            "VALUES (gen_random_uuid(), now(), 'audit.retention', 'system', true, "
+            "jsonb_build_object('anchor_hash', CAST(:anchor AS jsonb)))"),
+            {"anchor": anchor_json})
+
+
+@pytest.mark.parametrize("anchor", ['"zz"', '"abc"', "123", '{"x": 1}'])
+async def test_verify_with_a_malformed_retention_anchor_reports_not_raises(
+    database: Database, anchor: str,
+) -> None:
+    """verify_chain answers a report (a malformed anchor is no anchor), it does not raise."""
+    await _record_steps(database, 2)
+    await _bogus_retention_record(database, anchor)
+    async with database.transaction() as s:
+        report = await service.verify_chain(s)  # ValueError from bytes.fromhex today
+    assert report.ok, report  # every row links: the bogus record is itself chained properly
+
+
+async def test_cli_verify_with_a_malformed_anchor_prints_no_traceback(
+    database: Database, pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """`roost audit verify` gives a clear report, not a Python traceback."""
+    await _record_steps(database, 2)
+    await _bogus_retention_record(database, '"not hex"')
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path)}
+    answer = await asyncio.to_thread(run_roost, "audit", "verify", env=env)
+    assert "Traceback" not in answer.stderr + answer.stdout, answer.stderr[-2000:]
+    assert answer.returncode == 0 and "intact" in answer.stdout, answer.stdout
+
+
+async def test_api_verify_with_a_malformed_anchor_is_not_500(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str],
+) -> None:
+    """GET /api/v1/audit/verify answers its report, not a 500."""
+    await _record_steps(database, 2)
+    await _bogus_retention_record(database, '"zz"')
+    answer = await client.get("/api/v1/audit/verify", headers=admin_headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["ok"] is True

@@ -192,16 +192,14 @@ async def verify_chain(session: AsyncSession) -> ChainReport:
     total: int = (
         await session.execute(text("SELECT count(*) FROM audit_logs WHERE chain_seq IS NOT NULL"))
     ).scalar_one()
-    anchor_hexes: list[str | None] = list(
-        (
-            await session.scalars(
-                select(AuditLog.changes["anchor_hash"].astext).where(
-                    AuditLog.action == RETENTION_ACTION
-                )
-            )
-        ).all()
-    )
-    anchors = {bytes.fromhex(a) for a in anchor_hexes if a}
+    # Only what a retention run writes (64 hex digits) is an anchor: any role that may
+    # insert audit rows can insert a record with another value, which must not stop the
+    # check (it is linked, and so verified, like any other row).
+    anchor_text = AuditLog.changes["anchor_hash"].astext
+    anchor_hexes = (await session.scalars(
+        select(anchor_text).where(AuditLog.action == RETENTION_ACTION,
+                                  anchor_text.regexp_match("^[0-9a-f]{64}$")))).all()
+    anchors = {bytes.fromhex(a) for a in anchor_hexes}
     head = (await session.execute(_HEAD)).one_or_none()
     head_seq: int | None = head.chain_seq if head is not None else None
     head_hash = bytes(head.row_hash).hex() if head is not None and head.row_hash else None
