@@ -8,6 +8,7 @@ change it describes.  It takes no lock: the row is inserted unlinked and the cha
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypedDict, Unpack
@@ -196,7 +197,7 @@ async def verify_chain(session: AsyncSession) -> ChainReport:
     # insert audit rows can insert a record with another value, which must not stop the
     # check (it is linked, and so verified, like any other row).
     anchor_text = AuditLog.changes["anchor_hash"].astext
-    anchor_hexes = (await session.scalars(
+    anchor_hexes: Sequence[str] = (await session.scalars(
         select(anchor_text).where(AuditLog.action == RETENTION_ACTION,
                                   anchor_text.regexp_match("^[0-9a-f]{64}$")))).all()
     anchors = {bytes.fromhex(a) for a in anchor_hexes}
