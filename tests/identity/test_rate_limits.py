@@ -128,6 +128,39 @@ async def test_per_key_and_per_user_limits_are_independent(
     assert "5 for the user" in refused.json()["detail"]
 
 
+async def test_a_key_made_with_a_throttled_key_keeps_its_limits(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+) -> None:
+    """The holder of a key an administrator limited to 2 a minute makes a new key with it:
+    the new key has the same limits (not none of its own); a key made at sign-in (a
+    session) or by an administrator starts without limits of its own."""
+    user_id, key_a = await make_user(database)
+    async with database.transaction() as session:
+        key_a_id = await session.scalar(select(ApiKey.id).where(
+            ApiKey.user_id == user_id, ApiKey.name == "test helper"))
+    put = await client.put(f"/api/v1/admin/limits/api-keys/{key_a_id}", headers=admin_headers,
+                           json={"requests_per_minute": 2, "streams": 1})
+    assert put.status_code == 200, put.text
+    roomy = await client.put(f"/api/v1/admin/limits/users/{user_id}", headers=admin_headers,
+                             json={"requests_per_minute": 100})  # only the keys' limits bite
+    assert roomy.status_code == 200, roomy.text
+    made = await client.post(LIST_KEYS, headers=key_a, json={"name": "escape"})
+    assert made.status_code == 201, made.text
+    async with database.transaction() as session:
+        limits = (await session.execute(select(ApiKey.rate_limit_rpm, ApiKey.rate_limit_streams)
+                                        .where(ApiKey.id == uuid.UUID(made.json()["id"])))).one()
+    assert tuple(limits) == (2, 1)
+    minted = {"Authorization": f"Bearer {made.json()['key']}"}
+    assert await _statuses(client, minted, 3) == [200, 200, 429]
+    by_admin = await client.post(f"{LIST_KEYS}?user_id={user_id}", headers=admin_headers,
+                                 json={"name": "fresh"})
+    assert by_admin.status_code == 201, by_admin.text
+    async with database.transaction() as session:
+        fresh = (await session.execute(select(ApiKey.rate_limit_rpm).where(
+            ApiKey.id == uuid.UUID(by_admin.json()["id"])))).scalar_one()
+    assert fresh is None
+
+
 async def test_two_app_instances_share_the_count(
     tmp_path: Path, database: Database, test_keys: KeyMaterial,
 ) -> None:

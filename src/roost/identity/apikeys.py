@@ -60,6 +60,14 @@ async def create_api_key(
                          "revoke unused ones first")
     full_key, prefix, digest = generate_api_key()
     row = ApiKey(user_id=owner, name=name, prefix=prefix, key_hash=digest, expires_at=expires_at)
+    if principal.api_key_id is not None and owner == principal.user_id:
+        # A key made with a key keeps that key's own limits: a holder of a key an
+        # administrator throttled must not mint themself an unthrottled one.
+        limits = (await session.execute(
+            select(ApiKey.rate_limit_rpm, ApiKey.rate_limit_streams)
+            .where(ApiKey.id == principal.api_key_id))).one_or_none()
+        if limits is not None:
+            row.rate_limit_rpm, row.rate_limit_streams = limits
     session.add(row)
     await session.flush()
     await record(
