@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from fastapi import FastAPI
 
 from roost.app import create_app
 from roost.config import Settings
@@ -200,3 +201,39 @@ async def test_rejected_requests_and_closed_sessions_leave_nothing_behind(
         grown = process.memory_info().rss - rss_before
         # 250 leaked sessions at the SDK issue's ~22 KiB each would be ~5.5 MiB.
         assert grown < 4 * 1024 * 1024, f"RSS grew by {grown / 1024:.0f} KiB"
+
+
+async def test_listed_tools_are_callable_at_mcp(app: FastAPI, database: Database) -> None:
+    """Every tool tools/list offers can be called at /mcp: none answers "not available here"."""
+    _, alice = await make_user(database, username="alice")
+    calls_to_try = {
+        "tasks_list": {}, "task_add": {"title": "buy milk"},
+        "memory_search": {"query": "herons"}, "memory_add": {"content": "I like herons"},
+        "calendar_list_events": {"start": "2027-03-01T00:00:00Z", "end": "2027-03-02T00:00:00Z"},
+    }
+    refused: dict[str, str] = {}
+    async with in_process(app) as base, mcp_session(f"{base}/mcp", alice) as session:
+        listed = {t.name for t in (await session.list_tools()).tools}
+        for name, arguments in calls_to_try.items():
+            if name not in listed:
+                continue
+            result = await session.call_tool(name, arguments)
+            text = result.content[0].text if result.content else ""  # type: ignore[union-attr]
+            if result.is_error and "not available here" in text:
+                refused[name] = text
+    assert refused == {}, refused
+    assert "current_time" in listed  # the built-ins the tools domain runs are still offered
+
+
+async def test_mcp_requests_counted_under_their_route(app: FastAPI, database: Database) -> None:
+    """/metrics counts /mcp requests under route "/mcp", not "unmatched" (meant for no route)."""
+    _, alice = await make_user(database, username="alice")
+    async with in_process(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
+        reply = await http.post("/mcp", headers={**MCP_HEADERS, **alice}, json={
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "whoami", "arguments": {}}})
+        assert reply.status_code == 200, reply.text
+        metrics = (await http.get("/metrics")).text
+    lines = [ln for ln in metrics.splitlines()
+             if ln.startswith("roost_http_requests_total{") and 'method="POST"' in ln]
+    assert any('route="/mcp"' in ln for ln in lines), lines

@@ -176,6 +176,9 @@ class McpEndpoint:
     """The raw ASGI app behind ``/mcp``: authenticate, then hand over to the SDK."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Named in the scope as FastAPI's own routes are (a plain Starlette route is not),
+        # so the request's metrics and trace span say "/mcp", not "unmatched".
+        scope.setdefault("route", MCP_ROUTE)
         request = Request(scope, receive)
         runtime: McpRuntime | None = getattr(request.app.state, "mcp", None)
         if runtime is None:
@@ -195,4 +198,5 @@ router = RoostRouter()
 # POST only: stateless, no session to DELETE and no server-initiated messages, so no
 # GET stream (the MCP specification lets such a server answer GET with 405); an open
 # GET stream would hold a connection and tasks forever, outside the stream quota.
-router.routes.append(Route(PATH, McpEndpoint(), methods=["POST"], include_in_schema=False))
+MCP_ROUTE = Route(PATH, McpEndpoint(), methods=["POST"], include_in_schema=False)
+router.routes.append(MCP_ROUTE)

@@ -22,6 +22,11 @@ KNOWLEDGE_SEARCH_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000002")
 # Migration 0520; run by roost.tools.webfetch and roost.tools.lspservers.
 WEB_FETCH_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000003")
 LSP_DIAGNOSTICS_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000004")
+# The built-ins this domain runs itself (roost.tools.calls._run), anywhere; the other
+# built-in rows (send_email, memory, tasks, calendar) are run by their domains
+# inside agent runs only (``hosted``).
+OWN_IDS: Final = frozenset({CURRENT_TIME_ID, KNOWLEDGE_SEARCH_ID, WEB_FETCH_ID,
+                            LSP_DIAGNOSTICS_ID})
 
 
 class BuiltinToolError(Unprocessable):

@@ -11,7 +11,9 @@ MCP names: a built-in keeps its name; an MCP server's tool is ``<server>__<tool>
 Characters an MCP tool name may not hold become ``_``; a name already taken (another
 owner's server of the same name, or ``/mcp``'s own tools) gets ``_2``, ``_3``... in
 creation order.  A built-in that ``/mcp`` already offers itself (``knowledge_search``)
-is left out.
+is left out, and so are the built-ins other domains run inside agent runs only
+(``send_email``, the memory, task-board and calendar tools: they need the calling run),
+so every tool listed can be called.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from roost.errors import RoostError
 from roost.knowledge.config import KnowledgeConfig
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
-from roost.tools import calls
+from roost.tools import builtins, calls
 from roost.tools.config import ToolsConfig
 from roost.tools.models import McpServer, Tool
 
@@ -93,6 +95,8 @@ async def offered_tools(session: AsyncSession, principal: Principal) -> list[Off
     for tool, server in (await session.execute(stmt)).tuples().all():
         if tool.kind != "mcp" and tool.name in RESERVED:
             continue  # /mcp offers it itself
+        if tool.kind == "builtin" and tool.id not in builtins.OWN_IDS:
+            continue  # run by its domain inside agent runs only
         base = tool.name if server is None else f"{server}{SEPARATOR}{tool.name}"
         name = mcp_name(base, taken)
         taken.add(name)
