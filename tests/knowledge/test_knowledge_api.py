@@ -8,12 +8,15 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from roost.agents.models import Persona
 from roost.db.engine import Database
+from roost.identity.tenancy import apply_principal
 from roost.knowledge.config import KnowledgeConfig
 from roost.pagination import encode_cursor
 from tests.knowledge.helpers import make_pdf
-from tests.knowledge.support import drain_jobs, make_group
+from tests.knowledge.support import drain_jobs, make_group, principal
 from tests.support.identity import make_user
 from tests.support.sql import fetch, scalar
 
@@ -201,6 +204,29 @@ async def test_an_administrator_sharing_with_a_group_that_does_not_exist_gets_a_
     assert patched.status_code == 404 and "group_id" in patched.text, patched.text
 
 
+async def test_an_administrator_naming_a_persona_that_does_not_exist_is_refused(
+    kclient: httpx.AsyncClient, database: Database,
+) -> None:
+    """persona_id must name an existing persona (docs: else 422), for an administrator
+    too (any persona that exists, member or not), on upload and for a run."""
+    _, root = await make_user(database, admin=True)
+    owner_id, _ = await make_user(database)
+    missing = "0190a1b2-0000-7000-8000-000000000001"
+    upload = await _upload(kclient, root, "a.txt", b"words", persona_id=missing)
+    assert upload.status_code == 422 and "persona_id" in upload.text, upload.text
+    run = await kclient.post(f"{API}/ingestion-runs", headers=root,
+                             json={"target": "https://example.com/", "persona_id": missing})
+    assert run.status_code == 422 and "persona_id" in run.text, run.text
+    assert await fetch(database, "SELECT id FROM documents") == []
+    async with database.transaction() as s:
+        persona = Persona(owner_id=owner_id, name="someone else's")
+        s.add(persona)
+        await s.flush()
+        persona_id = persona.id
+    ok = await _upload(kclient, root, "a.txt", b"words", persona_id=str(persona_id))
+    assert ok.status_code == 202 and ok.json()["document"]["persona_id"] == str(persona_id)
+
+
 @pytest.mark.parametrize("edit", [{"group_id": None}, {"is_private": True}])
 async def test_unsharing_an_upload_while_its_ingestion_waits_sticks(
     kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig, edit: dict[str, object],
@@ -250,6 +276,67 @@ async def test_the_latest_upload_of_a_name_decides_its_sharing_even_before_the_f
     assert found["results"] == [], found
     assert await scalar(database, "SELECT count(*) FROM document_chunks "
                                   "WHERE group_id IS NOT NULL") == 0
+
+
+async def test_reuploading_without_the_group_unshares_the_old_chunks_too(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig,
+) -> None:
+    """Re-uploading a group-shared file without the group unshares the document, and its
+    chunks with it (as PATCH does): row-level security must not leave the old chunks
+    readable by the group, neither while the new upload waits nor after its ingestion
+    failed (the document then keeps its old chunks)."""
+    alice_id, alice = await make_user(database)
+    bob_id, _ = await make_user(database)
+    team = await make_group(database, "team", alice_id, bob_id)
+    first = await _upload(kclient, alice, "plan.txt", b"confidential merger herons " * 20,
+                          group_id=str(team))
+    assert first.status_code == 202, first.text
+    await drain_jobs(database, kcfg)
+    again = await _upload(kclient, alice, "plan.txt", b"%PDF-1.4 broken", "application/pdf")
+    assert again.status_code == 202 and again.json()["document"]["group_id"] is None
+
+    async def bob_sees() -> tuple[int, int]:
+        async with database.transaction() as s:
+            await apply_principal(s, principal(bob_id, team), app_role="roost_app")
+            chunks = (await s.execute(text("SELECT count(*) FROM document_chunks"))).scalar()
+            docs = (await s.execute(text("SELECT count(*) FROM documents"))).scalar()
+        return int(chunks or 0), int(docs or 0)
+
+    assert await bob_sees() == (0, 0), "unshared document, yet its chunks reach the group"
+    await drain_jobs(database, kcfg)
+    doc = (await kclient.get(f"{API}/documents/{first.json()['document']['id']}",
+                             headers=alice)).json()
+    assert (doc["status"], doc["group_id"], doc["chunk_count"]) == ("error", None, 2), doc
+    assert await bob_sees() == (0, 0), "after the failed re-upload the chunks stay shared"
+
+
+async def test_a_failed_reupload_into_another_collection_moves_the_old_chunks_with_it(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig,
+) -> None:
+    """The document's collection and its chunks' agree: after a re-upload into collection
+    "new" whose ingestion fails (the old chunks are kept), a search in "new" finds the
+    document's chunks and a search in "old" (where it no longer is) finds nothing."""
+    _, alice = await make_user(database)
+    first = await _upload(kclient, alice, "n.txt", b"notes about herons " * 20,
+                          collection="old")
+    await drain_jobs(database, kcfg)
+    doc_id = first.json()["document"]["id"]
+    again = await _upload(kclient, alice, "n.txt", b"\x89PNG\r\n\x1a\n" + bytes(100),
+                          "image/png", collection="new")
+    assert again.status_code == 202, again.text
+    await drain_jobs(database, kcfg)
+    doc = (await kclient.get(f"{API}/documents/{doc_id}", headers=alice)).json()
+    assert (doc["status"], doc["collection"]) == ("error", "new"), doc
+
+    async def hits(collection: str) -> set[str]:
+        r = await kclient.post(f"{API}/search", headers=alice, json={
+            "query": "herons", "mode": "text", "collection": collection})
+        assert r.status_code == 200, r.text
+        return {h["document"]["collection"] or "" for h in r.json()["results"]}
+
+    assert (await hits("old"), await hits("new")) == (set(), {"new"})
+    rows = await fetch(database, "SELECT DISTINCT collection FROM document_chunks")
+    assert [r.collection for r in rows] == ["new"]
 
 
 async def test_a_document_deleted_while_its_upload_is_ingested_stays_deleted(
@@ -305,6 +392,29 @@ async def test_a_renamed_upload_is_not_overwritten_by_an_upload_of_its_old_name(
     assert "draft.txt" in clash.json()["detail"]
     names = await fetch(database, "SELECT name FROM documents ORDER BY name")
     assert [n.name for n in names] == ["draft.txt", "final.txt"]
+
+
+@pytest.mark.parametrize(("name", "stored"), [
+    ("dir/notes.txt", "notes.txt"), ("bad\nname", "badname"), ("\u202etxt.exe", "txt.exe"),
+    ("\u202e ", None), (" ", None),
+])
+async def test_renaming_follows_the_upload_name_rules(
+    kclient: httpx.AsyncClient, database: Database, name: str, stored: str | None,
+) -> None:
+    """A PATCHed name is cleaned as an uploaded one (last path segment, printable, trimmed),
+    a 422 when nothing is left: so an upload of the new name replaces the renamed
+    document, as the docs say, and no name carries newlines, RTL overrides or nothing."""
+    _, headers = await make_user(database)
+    doc = (await _upload(kclient, headers, "p.txt", b"words")).json()["document"]
+    r = await kclient.patch(f"{API}/documents/{doc['id']}", headers=headers, json={"name": name})
+    if stored is None:
+        assert r.status_code == 422 and "name" in r.json()["detail"], r.text
+        assert (await kclient.get(f"{API}/documents/{doc['id']}",
+                                  headers=headers)).json()["name"] == "p.txt"
+        return
+    assert (r.status_code, r.json()["name"]) == (200, stored), r.text
+    again = (await _upload(kclient, headers, stored, b"new words")).json()
+    assert again["document"]["id"] == doc["id"], "uploading the new name made a new document"
 
 
 async def test_patching_collection_to_empty_means_no_collection(

@@ -230,6 +230,64 @@ def test_html_with_unclosed_boilerplate_does_not_crash() -> None:
     assert doc.text == "before"
 
 
+def test_an_end_tag_in_a_hidden_element_closes_its_unclosed_children() -> None:
+    """As a browser does: </section> closes the <div> left open in it, so the hidden
+    <div>'s own end tag ends the hidden part and the text after it is kept."""
+    page = b"<div hidden><section><div>secret</section></div>visible <nav><b>menu</i></nav>end"
+    assert parse_document(page, filename="p.html").text == "visible end"
+
+
+def test_html_end_tags_inside_a_skipped_element_are_found_without_a_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Parsing HTML does work proportional to its size: an end tag inside <nav>/<script>
+    must not scan the whole list of open tags (a 10 MB upload of
+    "<nav><b><b>...</i></i>..." pinned a worker thread for hours)."""
+    import roost.knowledge.parsing as parsing
+
+    scanned = [0]
+
+    class CountingList(list[str]):
+        def __contains__(self, item: object) -> bool:
+            scanned[0] += len(self)
+            return super().__contains__(item)
+
+    real_init = parsing._HtmlExtractor.__init__
+
+    def init(self: parsing._HtmlExtractor) -> None:
+        real_init(self)
+        self._skip = CountingList()
+
+    monkeypatch.setattr(parsing._HtmlExtractor, "__init__", init)
+    n = 20_000
+    data = b"<html><body><nav>" + b"<b>" * n + b"</i>" * n + b"</nav><p>hi</p></body></html>"
+    parsed = parsing.parse_document(data, filename="x.html", mime="text/html")
+    assert parsed.text == "hi"
+    assert scanned[0] <= 50 * len(data), (
+        f"{scanned[0]} open tags compared for a {len(data)}-byte page: quadratic")
+
+
+@pytest.mark.parametrize("page", [
+    b"<nav>" + b"<b>" * 5000 + b"</i>" * 5000 + b"</nav><p>hi</p>",
+    b"<body>" + b"<div>" * 20_000 + b"hi" + b"</div>" * 20_000,
+    b"<p>" + b"<br>\n " * 20_000 + b"hi",
+], ids=["nesting-in-nav", "nested-divs", "line-breaks"])
+def test_html_parsing_takes_memory_in_proportion_to_the_text_not_the_tags(page: bytes) -> None:
+    """Runs of tags with no text (nested <div>s, <br>s, tags inside a skipped <nav>) kept
+    a string or a list entry each: ~30 bytes of memory per byte of such a page (300 MB
+    for 5 MB of <div>s)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        doc = parse_document(page, filename="p.html")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert doc.text == "hi"
+    assert peak <= 4 * len(page), f"{peak} bytes of memory to parse a {len(page)}-byte page"
+
+
 def test_html_with_unclosed_title_and_headings_keeps_the_text() -> None:
     doc = parse_document(b"<title>T<body><h1>Head<p>para text</p>", filename="p.html")
     assert doc.title == "T"

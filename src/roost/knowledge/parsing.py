@@ -25,6 +25,7 @@ import logging
 import re
 import time
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -535,6 +536,8 @@ _HTML_VOID: Final = frozenset(
      "source", "track", "wbr"}
 )  # fmt: skip
 _INLINE_WS_RE: Final = re.compile(r"[ \t\r\f\v]+")
+# Whitespace the cleaner collapses outside <pre> (with _INLINE_WS_RE, _SPACE_AROUND_NL_RE).
+_SOFT_WS: Final = " \t\r\f\v\n"
 _SPACE_AROUND_NL_RE: Final = re.compile(r" *\n *")
 _PRE_OPEN: Final = "\x02"
 _PRE_CLOSE: Final = "\x03"
@@ -558,6 +561,10 @@ class _HtmlExtractor(HTMLParser):
         self.first_h1: str | None = None
         self.blocks: list[_HtmlBlock] = []
         self._skip: list[str] = []  # open elements whose content is dropped
+        # How many of each name _skip holds: an end tag finds its element in O(1), not by
+        # a scan of _skip (quadratic for "<nav><b><b>...</i></i>...").
+        self._skip_open: Counter[str] = Counter()
+        self._skip_names: dict[str, str] = {}  # one string per tag name, not per element
         self._in_title = False
         self._pre = 0
         self._main = 0
@@ -578,17 +585,27 @@ class _HtmlExtractor(HTMLParser):
             block.heading, block.in_main = heading, self._main > 0
 
     def _emit(self, text: str) -> None:
-        if self._heading_tag is not None:
-            self._heading_parts.append(text)
-        else:
-            self._block.parts.append(text)
+        parts = self._heading_parts if self._heading_tag is not None else self._block.parts
+        if parts and not text.strip(_SOFT_WS) and not parts[-1].strip(_SOFT_WS):
+            # Whitespace after whitespace (runs of empty <div>s or <br>s, indentation) is
+            # merged into one part as the cleaner would squeeze it (a space, a line break
+            # or a blank line): memory grows with the text, not with the tags.
+            breaks = min((parts[-1] + text).count("\n"), 2)
+            parts[-1] = "\n" * breaks or " "
+            return
+        parts.append(text)
+
+    def _push_skip(self, tag: str) -> None:
+        if tag not in _HTML_VOID:
+            tag = self._skip_names.setdefault(tag, tag)
+            self._skip.append(tag)
+            self._skip_open[tag] += 1
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         # <title> holds only text, so any tag means an unclosed title ended before it.
         self._in_title = False
         if self._skip:
-            if tag not in _HTML_VOID:
-                self._skip.append(tag)
+            self._push_skip(tag)
             return
         if tag == "title":
             self._in_title = not self.title_parts  # only the first <title> names the page
@@ -601,8 +618,7 @@ class _HtmlExtractor(HTMLParser):
             or (attr.get("aria-hidden") or "").lower() == "true"
         )
         if hidden:
-            if tag not in _HTML_VOID:
-                self._skip.append(tag)
+            self._push_skip(tag)
             return
         if tag in _HTML_MAIN:
             self._main += 1
@@ -626,10 +642,14 @@ class _HtmlExtractor(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         if self._skip:
-            if tag in self._skip:
+            if self._skip_open[tag]:
                 # Pop up to the matching open tag: tolerates unclosed children.
-                while self._skip and self._skip.pop() != tag:
-                    pass
+                while (popped := self._skip.pop()) != tag:
+                    self._skip_open[popped] -= 1
+                self._skip_open[tag] -= 1
+                if not self._skip:
+                    self._skip_open.clear()
+                    self._skip_names.clear()
             return
         if tag == "title":
             self._in_title = False

@@ -74,12 +74,20 @@ async def _check_persona(session: AsyncSession, actor: Principal,
     """A document names a persona only its uploader is a member of (the personas domain
     sits above this one: its SQL function ``roost_persona_role``, migration 0600, answers
     the caller's role, NULL for none); 422 otherwise, as for any other tenant's id."""
-    if persona_id is None or actor.is_admin:
+    if persona_id is None:
+        return
+    if actor.is_admin:
+        # An administrator names any persona that exists (its owner: the same domain's
+        # ``roost_persona_owner``, NULL for none).
+        owner = await session.scalar(text("SELECT roost_persona_owner(:p)"), {"p": persona_id})
+        if owner is None:
+            raise Unprocessable(f"persona_id: there is no persona with the id {persona_id}",
+                                extra={"field": "persona_id"})
         return
     role = await session.scalar(text("SELECT roost_persona_role(:p)"), {"p": persona_id})
     if role is None:
         raise Unprocessable(f"persona_id: you are not a member of a persona with the id "
-                            f"{persona_id}")
+                            f"{persona_id}", extra={"field": "persona_id"})
 
 
 def visible_to(actor: Principal) -> Any:
@@ -92,11 +100,14 @@ def visible_to(actor: Principal) -> Any:
     )
 
 
-def clean_filename(filename: str | None) -> str:
+def clean_filename(filename: str | None,
+                   problem: str = "the uploaded file needs a file name") -> str:
+    """A document's name, uploaded or given by a rename: the last path segment, printable
+    characters only, trimmed; 422 with ``problem`` when nothing is left."""
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
-    name = "".join(ch for ch in name if ch.isprintable())
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
     if not name:
-        raise Unprocessable("the uploaded file needs a file name")
+        raise Unprocessable(problem)
     return name[:MAX_NAME_CHARS]
 
 
@@ -188,6 +199,9 @@ async def create_upload(
     doc = (await session.scalars(
         select(Document).where(Document.id == doc_id).execution_options(populate_existing=True)
     )).one()
+    # A re-upload changes the document's scope now; its old chunks stay (until the new
+    # ingestion replaces them, for good if it fails) and must follow it at once.
+    await _copy_scope_to_chunks(session, doc)
     await audit.record(
         session, "knowledge.document.uploaded", user_id=user_id, resource_type="document",
         resource_id=doc_id,
@@ -255,6 +269,18 @@ async def delete_document(session: AsyncSession, actor: Principal, document_id: 
     )
 
 
+async def _copy_scope_to_chunks(session: AsyncSession, doc: Document) -> None:
+    """The chunks' copies of their document's scope (effective sharing group, persona,
+    collection, tags) follow a change of it in the same transaction: row-level security
+    and search read them, so chunks must never stay shared after their document is not."""
+    await session.execute(
+        update(DocumentChunk).where(DocumentChunk.document_id == doc.id).values(
+            group_id=None if doc.is_private else doc.group_id, persona_id=doc.persona_id,
+            collection=doc.collection, tags=doc.tags,
+        )
+    )
+
+
 async def _rekey_upload(session: AsyncSession, doc: Document) -> None:
     """An upload is keyed on its name (a re-upload of that name replaces it): a renamed
     upload takes its new name's key, so an upload of its old name is a new document, not
@@ -287,6 +313,10 @@ async def update_document(
         value = getattr(body, name)
         if name in ("name", "is_private", "tags") and value is None:
             raise Unprocessable(f"{name} cannot be null")
+        if name == "name":
+            # The upload's rules: a name an upload could have (its key, see _rekey_upload).
+            value = clean_filename(value, "name needs a printable character other than a "
+                                          "space (and is only what follows the last slash)")
         if getattr(doc, name) != value:
             changes[name] = str(value) if isinstance(value, uuid.UUID) else value
             setattr(doc, name, value)
@@ -296,12 +326,7 @@ async def update_document(
         await _rekey_upload(session, doc)
     doc.updated_at = utcnow()
     await session.flush()
-    await session.execute(
-        update(DocumentChunk).where(DocumentChunk.document_id == doc.id).values(
-            group_id=None if doc.is_private else doc.group_id,
-            collection=doc.collection, tags=doc.tags,
-        )
-    )
+    await _copy_scope_to_chunks(session, doc)
     await audit.record(session, "knowledge.document.updated", user_id=actor.user_id,
                        resource_type="document", resource_id=doc.id, changes=changes)
     return doc
