@@ -384,6 +384,17 @@ def id_table(*columns: str, wrap: Sequence[str] = ()) -> Table:
     return table
 
 
+# Control characters a terminal acts on (C0 but tab and newline, DEL, C1): ESC starts
+# sequences that set the window's title, clear the screen or move the cursor.
+_CONTROL: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` (stored text a model or another user wrote) safe to print to a terminal:
+    each control character but tab and newline shown as its escape (``\\x1b``)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def add_text_row(table: Table, *cells: str) -> None:
     """Add a row whose cells print as they are: rich reads brackets in a plain string as
     markup (``[bold]`` styles, a stray ``[/]`` is a MarkupError), and stored text (an

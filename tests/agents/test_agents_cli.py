@@ -21,7 +21,7 @@ from roost.principal import Principal
 from roost.security.crypto import SecretBox
 from roost.tasks.worker import Worker
 from tests.agents.api import columns_holding
-from tests.agents.conftest import Headers, make_agent
+from tests.agents.conftest import Headers, make_agent, wait_for_run
 from tests.chat.conftest import add_provider
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
@@ -141,3 +141,68 @@ async def test_agents_run_prints_each_step_then_the_answer(
         < lines.index("[2] tool_call completed current_time") \
         < lines.index("[3] llm_call completed")
     assert "Europe/Paris" in lines
+
+
+async def test_agents_run_with_a_nul_in_the_input_is_a_clear_error(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+) -> None:
+    """`roost agents run SLUG -` with a NUL on stdin: exit 1 naming it, no traceback (it was
+    the database's CharacterNotInRepertoireError); as the API's 422."""
+    user_id, _ = await make_user(database, username="nina")
+    agent = await make_agent(database, user_id)
+    done = await asyncio.to_thread(
+        run_roost, "agents", "run", agent.slug, "-", "--user", "nina", "--no-wait",
+        env=cli_env(pg_server, db_name, tmp_path), stdin="before\u0000after")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "NUL" in done.stderr, done.stderr[-2000:]
+
+
+async def test_a_like_wildcard_is_no_id_and_names_no_agent_or_persona(
+    pg_server: PgTestServer, db_name: str, client: httpx.AsyncClient, database: Database,
+    tmp_path: Path,
+) -> None:
+    """`%` or `_` is neither a slug, a name nor the start of an id (hex digits and
+    dashes): nothing is run, deleted or shown (`roost agents rm _%` deleted the user's
+    only agent)."""
+    user_id, headers = await make_user(database, username="carl")
+    agent = await make_agent(database, user_id)
+    made = await client.post("/api/v1/personas", json={"name": "Desk"}, headers=headers)
+    assert made.status_code == 201, made.text
+    env = cli_env(pg_server, db_name, tmp_path)
+    outcomes = []
+    for args, says in ((("agents", "run", "%", "hi", "--no-wait"), "no agent"),
+                       (("agents", "rm", "_%"), "no agent"),
+                       (("agents", "show", "_"), "no agent"),
+                       (("runs", "ls", "--agent", "%"), "no agent"),
+                       (("personas", "show", "%"), "no persona")):
+        done = await asyncio.to_thread(run_roost, *args, "--user", "carl", env=env)
+        outcomes.append((args, done.returncode, says in done.stderr))
+    assert outcomes == [(args, 1, True) for args, _, _ in outcomes]
+    assert (await client.get(f"/api/v1/agents/{agent.id}", headers=headers)).status_code == 200
+    assert (await client.get("/api/v1/runs", headers=headers)).json()["items"] == []
+    # The start of an id still names the agent.
+    shown = await asyncio.to_thread(run_roost, "agents", "show", str(agent.id)[:13].upper(),
+                                    "--user", "carl", env=env)
+    assert shown.returncode == 0 and agent.slug in shown.stdout, shown.stderr[-2000:]
+
+
+async def test_runs_show_prints_no_terminal_escapes_from_the_model(
+    pg_server: PgTestServer, db_name: str, client: httpx.AsyncClient, admin_headers: Headers,
+    stub: StubServer, database: Database, worker: Worker, tmp_path: Path,
+) -> None:
+    """A model's answer with a window-title and a clear-screen sequence: `roost runs show`
+    prints the escapes visibly (`\\x1b`), never the control characters themselves."""
+    await add_provider(client, admin_headers, stub)
+    user_id, headers = await make_user(database, username="tess")
+    agent = await make_agent(database, user_id)
+    stub.script(Reply("fine\u001b]0;owned\u0007\u001b[2Jdone"))
+    resp = await client.post(f"/api/v1/agents/{agent.id}/runs", json={"input": "go"},
+                             headers=headers)
+    done = await wait_for_run(client, headers, resp.json()["id"])
+    assert done["status"] == "completed", done
+    shown = await asyncio.to_thread(run_roost, "runs", "show", done["id"], "--user", "tess",
+                                    env=cli_env(pg_server, db_name, tmp_path))
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "\u001b" not in shown.stdout and "\u0007" not in shown.stdout, repr(shown.stdout[-600:])
+    assert "\\x1b]0;owned\\x07" in shown.stdout.replace("\n", ""), repr(shown.stdout[-600:])

@@ -70,3 +70,27 @@ async def test_an_agent_answers_in_a_chat_session(
         count = (await session.execute(text(
             "SELECT count(*) FROM chat_messages WHERE session_id = :s"), {"s": sid})).scalar()
     assert count == 4
+
+
+async def test_a_nul_for_an_agent_is_refused_before_anything_is_stored(
+    app: Any, database: Database, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A run's input is stored as text, which holds no NUL: a chat message to an agent
+    holding one is 422 (nothing stored), `/v1` with `agent:<slug>` a 400; never a 500
+    from building the run."""
+    user_id, headers = user
+    await make_agent(database, user_id, slug="clock")
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://roost.test") as http:
+        sid = (await http.post("/api/v1/chat/sessions", json={}, headers=headers)).json()["id"]
+        chat = await http.post(f"/api/v1/chat/sessions/{sid}/messages", headers=headers,
+                               json={"content": "a\u0000b", "model": "agent:clock"})
+        assert chat.status_code == 422, chat.text
+        v1 = await http.post("/v1/chat/completions", headers=headers, json={
+            "model": "agent:clock", "messages": [{"role": "user", "content": "a\u0000b"}]})
+        assert v1.status_code == 400, v1.text
+        assert (await http.get("/api/v1/runs", headers=headers)).json()["items"] == []
+    async with database.transaction() as session:
+        count = (await session.execute(text(
+            "SELECT count(*) FROM chat_messages WHERE session_id = :s"), {"s": sid})).scalar()
+    assert count == 0

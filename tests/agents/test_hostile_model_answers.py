@@ -55,6 +55,28 @@ async def test_tool_arguments_holding_a_nul_are_a_failed_step_the_model_is_told_
     assert len(told) == 2 and "NUL" in told[0]["content"]
 
 
+async def test_tool_arguments_with_a_raw_nul_are_a_failed_step_not_a_failed_run(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """A raw NUL character in the arguments' text (not JSON's escape of one) is stored as
+    the escape (llm.records.fit_result): inside a string the registry refuses the NUL,
+    outside one the arguments are not JSON; each a failed step, the run goes on (the
+    model step's output could not be stored and failed the run)."""
+    owner, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, owner, tool_permissions=["current_time"])
+    stub.script(ToolCalls(Call("current_time", '{"timezone": "Europe/\u0000Paris"}'),
+                          Call("current_time", '{"timezone"\u0000: "UTC"}')),
+                Reply("done"))
+    done, steps = await run_agent(client, headers, agent.id)
+    assert (done["status"], done["output"]) == ("completed", "done"), done["error_message"]
+    assert [(s["step_type"], s["status"]) for s in steps] == [
+        ("llm_call", "completed"), ("tool_call", "failed"), ("tool_call", "failed"),
+        ("llm_call", "completed")]
+    assert "NUL" in steps[1]["error"] and "not valid JSON" in steps[2]["error"], steps
+
+
 async def test_a_tool_call_id_longer_than_its_column_is_answered_with_that_id(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
     user: tuple[uuid.UUID, Headers], worker: Worker,

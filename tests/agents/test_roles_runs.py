@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import httpx
+import pytest
 from sqlalchemy import text
 
 from roost.db.engine import Database
@@ -17,6 +18,7 @@ from tests.agents.api import Headers, create_agent
 from tests.agents.conftest import wait_for_run
 from tests.agents.roles import Cast, Checker, make_cast, synced_tool, tool_steps
 from tests.chat.conftest import add_provider, new_session
+from tests.llm.agent_models import agent_models  # noqa: F401 (a fixture)
 from tests.support.identity import join_persona
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Reply, ToolCalls
@@ -201,20 +203,28 @@ async def test_administrators_and_the_operator_cancel_any_run(
         assert resp.json()["status"] == "cancelled", (actor.name, resp.text)
 
 
+@pytest.mark.usefixtures("agent_models")
 async def test_an_outsider_reaches_no_private_persona_agent_by_its_slug(
     client: httpx.AsyncClient, database: Database, admin_headers: Headers, stub: StubServer,
 ) -> None:
     """model "agent:<slug>" on /v1/chat/completions and in a chat session resolves only
-    agents the caller may see: another tenant's persona agent is a 404, nothing started."""
+    agents the caller may see: another tenant's persona agent is a 404 (/v1's
+    model_not_found), nothing started."""
     await add_provider(client, admin_headers, stub)
     c = await make_cast(client, database, admin_headers)
     chk = Checker()
     agent = await create_agent(client, c.owner.headers, persona_id=c.pid)
     model = f"agent:{agent['slug']}"
+    # The agent code answers this model (a check of its own: no text for the agent).
+    resp = await client.post("/v1/chat/completions", headers=c.owner.headers, json={
+        "model": model, "messages": [{"role": "user", "content": " "}]})
+    assert resp.status_code == 400 and "no text for the agent" in resp.text, resp.text
     for actor in (c.outsider, c.group_peer):
         resp = await client.post("/v1/chat/completions", headers=actor.headers, json={
             "model": model, "messages": [{"role": "user", "content": "hi"}]})
         chk.check("POST /v1/chat/completions model=agent:<persona slug>", actor, resp, 404)
+        chk.that(resp.status_code != 404 or resp.json()["error"]["code"] == "model_not_found",
+                 f"/v1 as {actor.name}: {resp.text[:200]}")
         chat = await new_session(client, actor.headers)
         resp = await client.post(f"/api/v1/chat/sessions/{chat['id']}/messages",
                                  headers=actor.headers, json={"content": "hi", "model": model})

@@ -236,11 +236,11 @@ async def test_idempotency_key_returns_the_first_run(
     as_operator = await client.post(f"/api/v1/agents/{agent.id}/runs", headers=admin_headers,
                                     json={"input": "What time is it?"})
     assert as_operator.status_code == 403 and "operator token" in as_operator.json()["detail"]
-    # A NUL cannot be stored in text: the database's refusal, met on the driver's own path
-    # (no SQLAlchemy around it), is a 400 like any malformed value, not a 500.
+    # A NUL cannot be stored in text: refused by the body (422 naming the field, as the CLI
+    # refuses it), never the database's error, never a 500.
     nul = await client.post(f"/api/v1/agents/{agent.id}/runs", headers=headers,
                             json={"input": "before\u0000after"})
-    assert nul.status_code == 400, nul.text
+    assert nul.status_code == 422 and "input" in nul.text, nul.text
     first = await start(client, headers, agent.id, idempotency_key="k-1")
     second = await start(client, headers, agent.id, idempotency_key="k-1")
     assert second["id"] == first["id"] and second["input"] == "What time is it?"
@@ -481,3 +481,35 @@ async def test_a_run_queued_for_a_deleted_agent_fails_without_asking_the_model(
     assert done["status"] == "failed" and "agent was deleted" in (error or ""), (done, error)
     assert stub.requests(path="/v1/chat/completions") == []
     await assert_audit_chain_intact(database)
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"input": " \n\t "}, "input"), ({"input": "before\u0000after"}, "input"),
+    ({"input": "x", "idempotency_key": "k\u0000"}, "idempotency_key")])
+async def test_a_blank_input_or_a_nul_is_422_naming_the_field(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+    fields: dict[str, str], field: str,
+) -> None:
+    """White space alone gives the model nothing (docs: empty input is 422); a run's input
+    and key are stored as text, which holds no NUL: 422 naming the field, nothing stored."""
+    user_id, headers = user
+    agent = await make_agent(database, user_id)
+    resp = await client.post(f"/api/v1/agents/{agent.id}/runs", json=fields, headers=headers)
+    assert resp.status_code == 422, resp.text
+    assert field in resp.text and "before" not in resp.text  # the value is not echoed
+    assert (await client.get("/api/v1/runs", headers=headers)).json()["items"] == []
+
+
+async def test_an_unusable_traceparent_is_ignored_and_the_run_starts_a_new_trace(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """W3C Trace Context: an invalid traceparent (here longer than any valid one) starts a
+    new trace; it never refuses the run (it was a 422)."""
+    user_id, headers = user
+    agent = await make_agent(database, user_id)
+    resp = await client.post(f"/api/v1/agents/{agent.id}/runs", json={"input": "x"},
+                             headers={**headers, "traceparent": "x" * 200})
+    assert resp.status_code == 202, (resp.status_code, resp.text[:300])
+    runs: list[dict[str, Any]] = (await client.get("/api/v1/runs", headers=headers)).json()["items"]
+    assert len(runs) == 1 and runs[0]["trace_id"].startswith("00-")
+    assert "x" * 32 not in runs[0]["trace_id"]

@@ -43,7 +43,9 @@ ChatHandler = Callable[[Principal, uuid.UUID, MessageCreate], Awaitable[Any]]
 
 def _transcript(history: list[MessageOut], extra: str) -> str:
     """The run's input: the newest message alone, or the conversation as a transcript
-    (oldest turns dropped first to fit the run's input limit); retrieved excerpts first."""
+    (oldest turns dropped first to fit the run's input limit); retrieved excerpts first.
+    A NUL is left out: chat keeps messages encrypted, with any character, but a run's
+    input is text, which holds none."""
     turns = [m for m in reversed(history) if m.role in ("user", "assistant") and m.content]
     text = turns[-1].content if len(turns) == 1 else ""
     while len(turns) > 1:
@@ -52,7 +54,7 @@ def _transcript(history: list[MessageOut], extra: str) -> str:
             break
         turns = turns[1:]
         text = turns[-1].content if len(turns) == 1 else ""
-    return f"{extra}\n\n{text}" if extra else text
+    return (f"{extra}\n\n{text}" if extra else text).replace("\x00", "")
 
 
 def chat_agent_handler(app: FastAPI) -> ChatHandler:
@@ -68,6 +70,9 @@ def chat_agent_handler(app: FastAPI) -> ChatHandler:
             raise Unprocessable("an agent answers user messages only", extra={"field": "role"})
         if body.ensemble is not None:
             raise Unprocessable("an agent cannot answer as an ensemble", extra={"field": "ensemble"})
+        if "\x00" in body.content:  # refused before anything is stored, as a run's input is
+            raise Unprocessable("a message to an agent must not contain a NUL character",
+                                extra={"field": "content"})
         excerpts = "\n\n".join(m.text() for m in chat_messages.context_messages(body))
         if len(body.content) + len(excerpts) > MAX_RUN_INPUT_CHARS:
             raise PayloadTooLarge(f"an agent's input may hold {MAX_RUN_INPUT_CHARS} characters")

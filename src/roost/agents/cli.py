@@ -19,7 +19,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
-from sqlalchemy import String, cast, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents import catalog, personas, runs, secrets
@@ -46,11 +46,13 @@ from roost.clitools import (
     fail,
     id_table,
     print_table,
+    printable,
     read_text,
     resolve_id,
     when,
 )
 from roost.config import get_settings
+from roost.db.lookup import id_starts_with
 from roost.errors import BadRequest, NotFound
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
@@ -82,12 +84,13 @@ def _invalid(exc: ValidationError) -> typer.Exit:
 
 
 def _plain(value: object) -> Text:
-    return Text("" if value is None else str(value))
-
+    # Stored text (a model's answer, another member's names) printed without the control
+    # sequences it may hold: no retitled window or cleared screen.
+    return Text("" if value is None else printable(str(value)))
 
 
 def _short(text: str | None, limit: int = PREVIEW_CHARS) -> str:
-    flat = " ".join((text or "").split())
+    flat = printable(" ".join((text or "").split()))
     return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 
@@ -98,7 +101,7 @@ async def _persona_id(session: AsyncSession, actor: Principal, ref: str) -> uuid
     """A persona the actor can see, by exact name or id (or a unique start of one)."""
     rows = (await session.scalars(select(Persona.id).where(
         personas.visible_personas(actor),
-        or_(Persona.name == ref, cast(Persona.id, String).like(ref.lower() + "%")),
+        or_(Persona.name == ref, id_starts_with(Persona.id, ref)),  # never "%" or "_"
     ).limit(3))).all()
     if not rows:
         raise NotFound(f"no persona you can see is named {ref!r} or has an id starting with it")
@@ -114,7 +117,7 @@ async def _agent(session: AsyncSession, actor: Principal, ref: str) -> Agent:
     except NotFound:
         pass
     rows = (await session.scalars(select(Agent).where(
-        catalog.visible_agents(actor), cast(Agent.id, String).like(ref.lower() + "%"),
+        catalog.visible_agents(actor), id_starts_with(Agent.id, ref),  # never "%" or "_"
     ).limit(3))).all()
     if not rows:
         raise NotFound(f"no agent you can see has the slug {ref!r} or an id starting with it")
@@ -332,7 +335,7 @@ def _step_line(step: RunStep) -> Text:
     tokens = f", {step.tokens_in}+{step.tokens_out} tokens" if step.tokens_in else ""
     colour = {"completed": "green", "running": "yellow"}.get(step.status, "red")
     line = Text.assemble(f"[{step.step_number}] {step.step_type} ", (step.status, colour),
-                         f" {what}{took}{tokens}")
+                         f" {printable(str(what))}{took}{tokens}")
     output = step.output or {}
     if step.error:
         line.append(f"\n    error: {_short(step.error)}", "red")
@@ -340,7 +343,7 @@ def _step_line(step: RunStep) -> Text:
         calls = [str((c.get("function") or {}).get("name") or c.get("name") or "?")
                  for c in output.get("tool_calls") or [] if isinstance(c, dict)]
         if calls:
-            line.append(f"\n    calls {', '.join(calls)}")
+            line.append(f"\n    calls {printable(', '.join(calls))}")
         elif output.get("content"):
             line.append(f"\n    says {_short(str(output['content']))}")
     elif output:
@@ -404,10 +407,11 @@ def agents_run(
         console.print(str(run.id))
         return
     if done.status == "completed":
-        print(done.output or "")  # plain stdout: scripts capture the answer
+        # Plain stdout: scripts capture the answer as it is; a terminal gets it printable.
+        print(printable(done.output or "") if sys.stdout.isatty() else done.output or "")
         return
     if done.status in TERMINAL_RUN_STATUSES:
-        raise fail(f"Run {done.status}", done.error_message or done.stop_reason or "")
+        raise fail(f"Run {done.status}", printable(done.error_message or done.stop_reason or ""))
     raise fail("Still running", f"run {done.id} is {done.status}; follow it with "
                                 f"`roost runs show {done.id}`", code=2)
 

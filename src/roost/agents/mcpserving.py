@@ -84,9 +84,10 @@ class AgentsProvider:
         if unknown:  # the schema says additionalProperties: false (an ignored key misleads)
             return _text({"error": f"unknown arguments: {', '.join(unknown)[:500]}"}, is_error=True)
         text = arguments.get("input")
-        if not isinstance(text, str) or not text.strip() or len(text) > MAX_RUN_INPUT_CHARS:
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_RUN_INPUT_CHARS \
+                or "\x00" in text:  # stored as text, which holds no NUL
             return _text({"error": f"'input' must be text of 1 to {MAX_RUN_INPUT_CHARS} "
-                                   "characters"}, is_error=True)
+                                   "characters without NUL"}, is_error=True)
 
         async def run_it() -> types.CallToolResult:
             # After /mcp's transaction committed: the run in a transaction of its own (a

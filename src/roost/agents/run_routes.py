@@ -30,7 +30,8 @@ from roost.identity.deps import StreamSlots
 from roost.identity.resolver import still_signed_in
 from roost.identity.tenancy import apply_principal
 from roost.llm.deps import CallerPrincipal, GatewayDep
-from roost.llm.openai_routes import ChatCompletionBody, ModelHandler
+from roost.llm.errors import ModelNotFound
+from roost.llm.openai_routes import ChatCompletionBody, ModelHandler, error_code
 from roost.llm.types import ChatMessage
 from roost.pagination import DEFAULT_LIMIT, Page
 from roost.principal import Principal
@@ -54,7 +55,9 @@ def trace_id_for(traceparent: str | None, run_hint: str) -> str:
              summary="Start a run of an agent (queued; follow it with /runs/{id}/events)")
 async def start_run(
     agent_id: uuid.UUID, body: RunCreate, principal: CurrentPrincipal, db: DbSession,
-    traceparent: Annotated[str | None, Header(max_length=128)] = None,
+    # No length limit: an unusable traceparent is ignored (a new trace), as W3C Trace
+    # Context asks, never a reason to refuse the run.
+    traceparent: Annotated[str | None, Header()] = None,
 ) -> RunOut:
     agent = await catalog.get_agent(db, principal, agent_id)
     run, _created = await runs.create_run(
@@ -203,12 +206,19 @@ def openai_agent_handler(app: FastAPI) -> ModelHandler:
         text = _run_input(body.messages)
         if not text.strip():
             raise BadRequest("the messages hold no text for the agent")
+        if "\x00" in text:  # a run's input is stored as text, which holds no NUL
+            raise BadRequest("the messages hold a NUL character, which an agent's input "
+                             "cannot")
         if len(text) > MAX_RUN_INPUT_CHARS:
             raise PayloadTooLarge(f"the agent's input is {len(text)} characters; the limit "
                                   f"is {MAX_RUN_INPUT_CHARS}")
         async with database.transaction() as session:
             await apply_principal(session, principal, app_role=app_role)
-            agent = await catalog.find_agent_by_slug(session, principal, slug)
+            try:
+                agent = await catalog.find_agent_by_slug(session, principal, slug)
+            except NotFound:  # unknown or not visible alike: /v1's unknown model
+                raise ModelNotFound(f"no model {body.model!r}: no agent {slug!r} is "
+                                    "visible to you") from None
             run, _ = await runs.create_run(session, principal, agent, RunCreate(input=text),
                                            trace_id=trace_id_for(None, secrets.token_hex(8)),
                                            source="openai")
@@ -237,10 +247,12 @@ def openai_agent_handler(app: FastAPI) -> ModelHandler:
                     "usage": usage, "system_fingerprint": None,
                     "roost": {"run_id": str(run.id), "stop_reason": done.stop_reason}}
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
             frame = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                     "model": body.model, "choices": [{"index": 0, "delta": delta,
-                                                       "finish_reason": finish}]}
+                     "model": body.model, "choices": [] if delta is None else [{
+                         "index": 0, "delta": delta, "finish_reason": finish}], **extra}
             return f"data: {json.dumps(frame, separators=(',', ':'))}\n\n"
 
         async def stream() -> AsyncIterator[str]:
@@ -253,16 +265,18 @@ def openai_agent_handler(app: FastAPI) -> ModelHandler:
                     if not waiter.done():
                         yield events.keepalive()
                 done = waiter.result()
-                content, _ = answer(done)
+                content, usage = answer(done)
             except RoostError as err:
                 payload = {"error": {"message": err.detail, "type": "api_error",
-                                     "param": None, "code": None}}
+                                     "param": None, "code": error_code(err)}}
                 yield f"data: {json.dumps(payload)}\n\n"
                 return
             finally:
                 waiter.cancel()
             yield chunk({"content": content})
             yield chunk({}, "stop")
+            if include_usage:  # as the gateway's own streams: choices [] and the usage
+                yield chunk(None, usage=usage)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -11,7 +11,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from roost.inputs import StrictInput, WebUrl
 
@@ -61,11 +69,18 @@ class AgentConfig(StrictInput):
 
 
 class RunCreate(StrictInput):
+    refuse_nul = True  # stored as text, which holds no NUL: a 422 naming the field
+
     input: str = Field(min_length=1, max_length=MAX_RUN_INPUT_CHARS)
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=255,
         description="A second request with the same key, agent and input returns the first "
                     "run; the same key with another input or agent is a 422")
+
+    @field_validator("input")
+    @classmethod
+    def _input_not_blank(cls, value: str) -> str:
+        return _not_blank(value)  # white space alone gives the model nothing to do
 
 
 class RunOut(BaseModel):

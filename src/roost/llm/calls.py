@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
@@ -276,7 +276,9 @@ async def _record_failure(
     written alone (the ledger outlives the request) and the credits held are given back
     (else the sweeper frees them).  When the database refused a value of an attempt
     (SQLSTATE class 22: something a provider answered), the failure is recorded once more
-    without the attempts' rows, so the request does not stay ``running``."""
+    without the attempts' rows, so the request does not stay ``running``; when the
+    attempts' provider was deleted meanwhile, once more with attempts that no longer
+    name it (:func:`_provider_gone`)."""
     try:
         await _store_failure(gateway, call, error, attempts, latency_ms, on_failure, partial)
         return
@@ -285,9 +287,11 @@ async def _record_failure(
                     error=type(again).__name__, sqlstate=sqlstate_of(again),
                     cause=type(error).__name__)
         refused = (sqlstate_of(again) or "").startswith("22")
-    if refused and attempts:
-        try:
-            await _store_failure(gateway, call, error, [], latency_ms, on_failure, partial)
+        gone = _provider_gone(again)
+    if (refused or gone) and attempts:
+        try:  # a deleted provider's attempts are kept, their link to it dropped
+            await _store_failure(gateway, call, error, [] if refused else _unlinked(attempts),
+                                 latency_ms, on_failure, partial)
             return
         except Exception as still:
             log.warning("llm_call_unrecorded", request_id=str(call.request_id),
@@ -314,36 +318,60 @@ async def _store_outcome(
     timeout, a hook's refusal, a lost connection), the call is recorded failed in one of
     its own, without the hook (which may be what failed), so the request does not stay
     ``running`` and its credits are given back (the caller got no answer); the error is
-    raised either way."""
+    raised either way.  An answer whose provider was deleted while it answered is kept,
+    its attempts no longer naming the provider (:func:`_provider_gone`)."""
     try:
         return await _store_success(gateway, call, outcome, on_success, meter)
-    except Exception as exc:
-        state = sqlstate_of(exc)
-        refused: GatewayFailed | None = None
-        if state is not None and state.startswith("22"):  # a value the database refuses:
-            # what the provider answered (the caller's request was stored already)
-            refused = GatewayFailed(
-                f"the provider's answer could not be stored (a value the database refuses, "
-                f"SQLSTATE {state}): the answer was not kept", timeout=False,
-                kind="bad_response")
-        # Its request may be gone too (a chat session deleted): then logged, its usage
-        # row written alone.
-        await _record_failure(gateway, call, refused or exc, outcome.attempts,
-                              outcome.latency_ms, None)
-        if refused is not None:
-            raise refused from exc
-        # As the caller's answer (a stream ends with an error frame, not a broken body).
-        if state == "23503":  # what the answer was for was deleted meanwhile
-            raise Conflict("what this answer was for (its chat session, run or request) was "
-                           "deleted while it was being stored: the answer was not kept") from exc
-        if state in ("40P01", "40001"):  # a deadlock or conflict: in practice with a
-            # deletion of what it was for (a chat session's cascade locks its requests)
-            raise Conflict("the answer could not be stored: it collided with a concurrent "
-                           "change of what it was for (its chat session deleted?)") from exc
-        if state == "57014":  # the statement timeout: nothing of the final transaction stands
-            raise ServiceUnavailable("the answer could not be stored in time; try again") \
-                from exc
-        raise
+    except Exception as first:
+        exc = first
+    if _provider_gone(exc):
+        outcome.attempts = _unlinked(outcome.attempts)
+        try:
+            return await _store_success(gateway, call, outcome, on_success, meter)
+        except Exception as again:
+            exc = again
+    state = sqlstate_of(exc)
+    refused: GatewayFailed | None = None
+    if state is not None and state.startswith("22"):  # a value the database refuses:
+        # what the provider answered (the caller's request was stored already)
+        refused = GatewayFailed(
+            f"the provider's answer could not be stored (a value the database refuses, "
+            f"SQLSTATE {state}): the answer was not kept", timeout=False,
+            kind="bad_response")
+    # Its request may be gone too (a chat session deleted): then logged, its usage
+    # row written alone.
+    await _record_failure(gateway, call, refused or exc, outcome.attempts,
+                          outcome.latency_ms, None)
+    if refused is not None:
+        raise refused from exc
+    # As the caller's answer (a stream ends with an error frame, not a broken body).
+    if state == "23503":  # what the answer was for was deleted meanwhile
+        raise Conflict("what this answer was for (its chat session, run or request) was "
+                       "deleted while it was being stored: the answer was not kept") from exc
+    if state in ("40P01", "40001"):  # a deadlock or conflict: in practice with a
+        # deletion of what it was for (a chat session's cascade locks its requests)
+        raise Conflict("the answer could not be stored: it collided with a concurrent "
+                       "change of what it was for (its chat session deleted?)") from exc
+    if state == "57014":  # the statement timeout: nothing of the final transaction stands
+        raise ServiceUnavailable("the answer could not be stored in time; try again") \
+            from exc
+    raise exc
+
+
+# The foreign key of an attempt's row (llm_responses) to its provider.
+_PROVIDER_FK = "fk_llm_responses_provider_id_llm_providers"
+
+
+def _provider_gone(exc: BaseException) -> bool:
+    """The database refused an attempt's row: its provider was deleted (by an
+    administrator) while the call ran.  Not the call's fault: its records are kept."""
+    return sqlstate_of(exc) == "23503" and _PROVIDER_FK in str(exc)
+
+
+def _unlinked(attempts: Sequence[Attempt]) -> list[Attempt]:
+    """``attempts`` naming their provider by name only (as the foreign key's ON DELETE
+    SET NULL leaves the rows written before the deletion)."""
+    return [replace(a, ref=replace(a.ref, id=None)) for a in attempts]
 
 
 @functools.cache

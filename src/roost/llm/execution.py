@@ -14,6 +14,7 @@ from typing import TypeVar
 import structlog
 
 from roost.db.base import utcnow
+from roost.llm import leases
 from roost.llm.base import LLMProvider, elapsed_ms
 from roost.llm.errors import AllProvidersFailed, ProviderError, ProviderNotSupported, ProviderTimeout
 from roost.llm.gateway import LLMGateway
@@ -156,7 +157,7 @@ async def _embed_call(
     timeout_s: float, name: str,
 ) -> EmbeddingResult:
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(timeout_s), leases.held(provider):
             if dimensions is not None and isinstance(provider, OpenAICompatibleProvider):
                 return await provider.embed(texts, model, dimensions=dimensions)
             return await provider.embed(texts, model)

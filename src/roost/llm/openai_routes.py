@@ -48,7 +48,8 @@ PASSTHROUGH = ("seed", "logprobs", "top_logprobs", "presence_penalty", "frequenc
 MAX_EMBEDDING_INPUTS = 2048
 
 
-def _code_for(exc: RoostError) -> str | None:
+def error_code(exc: RoostError) -> str | None:
+    """The ``code`` of /v1's error shape for ``exc`` (also an agent model's stream)."""
     slug = exc.type_slug
     return {
         "model-not-found": "model_not_found", "no-llm-provider": "no_provider",
@@ -81,7 +82,7 @@ class OpenAIRoute(RoostRoute):
                                     code="invalid_value")
             except RoostError as exc:
                 param = "model" if exc.type_slug == "model-not-found" else None
-                return openai_error(exc.status, exc.detail, code=_code_for(exc), param=param,
+                return openai_error(exc.status, exc.detail, code=error_code(exc), param=param,
                                     headers=retry_after(exc))
 
         return route
@@ -270,7 +271,7 @@ async def _stream(
                     finish = chunk.finish_reason or finish
         except RoostError as err:  # recorded as failed; the client sees OpenAI's error shape
             payload = {"error": {"message": err.detail, "type": "api_error", "param": None,
-                                 "code": _code_for(err)}}
+                                 "code": error_code(err)}}
             yield f"data: {json.dumps(payload)}\n\n".encode()
             return
         except Exception:  # a bug: the stream still ends with the error frame it promises

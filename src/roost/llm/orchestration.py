@@ -28,6 +28,7 @@ from uuid import UUID
 import structlog
 
 from roost.db.base import utcnow
+from roost.llm import leases
 from roost.llm.base import LLMProvider, elapsed_ms
 from roost.llm.errors import (
     AllProvidersFailed,
@@ -154,7 +155,7 @@ async def _run_attempt(
     start = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
-            result = await provider.chat(request)
+            result = await leases.chat(provider, request)
     except TimeoutError:
         err = ProviderTimeout(
             f"provider {attempt.ref.name!r} did not answer within {timeout_s}s",
@@ -323,7 +324,7 @@ class FallbackStream:
             start = time.perf_counter()
             deadline = (None if self.max_duration_s is None
                         else asyncio.get_running_loop().time() + self.max_duration_s)
-            it = provider.stream_chat(self.request)
+            it = leases.stream_chat(provider, self.request)
             acc = StreamAccumulator()
             try:
                 first = await self._first_chunk(attempt, it)

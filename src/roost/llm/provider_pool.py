@@ -3,7 +3,8 @@
 A provider instance holds an HTTP connection pool (or, for the local model, a loaded
 llama.cpp context that takes seconds to load), so it is built once per row version and
 kept: the pool rebuilds an instance when its row's ``updated_at`` changes and closes
-instances whose rows are gone.  The API key is decrypted here, at build time, and lives
+instances whose rows are gone, each once the calls using it have ended
+(``roost.llm.leases``).  The API key is decrypted here, at build time, and lives
 only inside the provider object.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from roost.llm import leases
 from roost.llm.base import LLMProvider
 from roost.llm.errors import ProviderError
 from roost.llm.models import LLMProviderRow
@@ -94,8 +96,8 @@ class ProviderPool:
             provider = self._build(row)
             old = self._entries.get(row.id)
             self._entries[row.id] = _Entry(row.updated_at, provider)
-        if old is not None:
-            await _close_quietly(old.provider)
+        if old is not None:  # closed once the calls still using it end
+            await leases.retire(old.provider)
         return provider
 
     async def members(
@@ -115,18 +117,11 @@ class ProviderPool:
     async def forget(self, provider_id: uuid.UUID) -> None:
         async with self._lock:
             entry = self._entries.pop(provider_id, None)
-        if entry is not None:
-            await _close_quietly(entry.provider)
+        if entry is not None:  # closed once the calls still using it end
+            await leases.retire(entry.provider)
 
     async def aclose(self) -> None:
         async with self._lock:
             entries, self._entries = list(self._entries.values()), {}
         for entry in entries:
-            await _close_quietly(entry.provider)
-
-
-async def _close_quietly(provider: LLMProvider) -> None:
-    try:
-        await provider.aclose()
-    except Exception as exc:  # closing must never take a request down
-        log.warning("llm.provider.close_failed", provider=provider.name, error=type(exc).__name__)
+            await leases.close(entry.provider)

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit import service as audit
 from roost.db.base import utcnow, uuid7
 from roost.errors import BadRequest, Conflict, Forbidden, NotFound
+from roost.llm import leases
 from roost.llm.errors import ProviderError, clean_text
 from roost.llm.gateway import LLMGateway
 from roost.llm.local import find_smollm2_gguf, llama_cpp_available
@@ -189,10 +190,13 @@ async def check_health(
             raise NotFound(f"no LLM provider with id {provider_id}")
     try:
         provider = await gateway.pool.get(snapshot)
-        result = await provider.health()
+        async with leases.held(provider):  # not closed under it by an edit
+            result = await provider.health()
         status, error, ms = result.status, result.error, result.response_time_ms
     except ProviderBuildError as exc:
         status, error, ms = "unhealthy", exc.reason, 0
+    except ProviderError as exc:  # an instance replaced meanwhile (leases.held)
+        status, error, ms = "unhealthy", exc.detail, 0
     if error is not None:  # the provider's words in part: storable whatever they hold
         error = clean_text(error)
     async with gateway.transaction(actor) as session:
@@ -229,7 +233,8 @@ async def sync_models(gateway: LLMGateway, actor: Principal, provider_id: uuid.U
     except ProviderBuildError as exc:
         raise Conflict(f"cannot sync models: {exc.reason}") from exc
     try:
-        listed = await provider.list_models()
+        async with leases.held(provider):  # not closed under it by an edit
+            listed = await provider.list_models()
     except ProviderError as exc:
         # The provider's state, not the request, is at fault: a 409 the admin can act on.
         raise Conflict(f"cannot list the models of provider {snapshot.name!r}: {exc.detail}",

@@ -101,14 +101,17 @@ def fit_result(result: ChatResult) -> ChatResult:
     """What a provider answered, fitted to the columns it is stored in (in place): the
     model name to 255 characters, the finish reason to 50, without NUL or lone
     surrogates; token counts within 0..MAX_TOKEN_COUNT; text without lone surrogates
-    (the HTTP providers refuse those already; this covers any provider)."""
+    (the HTTP providers refuse those already; this covers any provider).  A raw NUL in a
+    tool call's arguments becomes the six characters ``\\u0000``: the arguments stay what
+    the model sent (invalid JSON, or a JSON string holding a NUL, which the tool registry
+    refuses as a failed step) and can be stored in JSONB, which holds no NUL."""
     result.model = _label(result.model, 255)
     result.finish_reason = _label(result.finish_reason, 50)
     result.tokens_in, result.tokens_out = _tokens(result.tokens_in), _tokens(result.tokens_out)
     result.content = SURROGATE.sub("\ufffd", result.content)
     for call in result.tool_calls:
         call.id, call.name = clean_text(call.id), clean_text(call.name)
-        call.arguments = SURROGATE.sub("\ufffd", call.arguments)
+        call.arguments = SURROGATE.sub("\ufffd", call.arguments.replace("\x00", "\\u0000"))
     return result
 
 

@@ -1,0 +1,16 @@
+"""Model "agent:<slug>" of /v1/chat/completions, registered as the agents' start-up does
+(roost.agents.startup): the ASGI ``client`` fixture runs no lifespan, so without this
+fixture such a model never reaches the agent code.  Import the fixture into a test module
+to use it."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import FastAPI
+
+
+@pytest.fixture
+def agent_models(app: FastAPI) -> None:
+    from roost.agents.run_routes import openai_agent_handler
+
+    app.state.openai_model_handlers = {"agent": openai_agent_handler(app)}

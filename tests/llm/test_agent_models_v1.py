@@ -1,0 +1,109 @@
+"""Model "agent:<slug>" of /v1/chat/completions (docs/agents.md): errors and stream
+frames as for any other model of the gateway."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from roost.config import Settings
+from roost.db.engine import Database
+from tests.agents.conftest import make_agent, running_worker
+from tests.llm.agent_models import agent_models  # noqa: F401 (a fixture)
+from tests.support.identity import make_user
+from tests.support.openai_stub import Fail, Reply, StubServer
+
+Headers = dict[str, str]
+MSG = [{"role": "user", "content": "hello"}]
+pytestmark = pytest.mark.usefixtures("agent_models")
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", llm_timeout_s=5.0, llm_local_model=False,
+                    knowledge_embedding_provider="hash")
+
+
+@pytest.fixture
+async def user(database: Database) -> tuple[uuid.UUID, Headers]:
+    return await make_user(database)
+
+
+async def _provider(client: httpx.AsyncClient, admin: Headers, stub: StubServer) -> None:
+    body = {"name": "stub", "type": "openai", "base_url": stub.base_url, "model": "stub-model"}
+    resp = await client.post("/api/v1/llm/providers", json=body, headers=admin)
+    assert resp.status_code == 201, resp.text
+
+
+async def _post(client: httpx.AsyncClient, headers: Headers, **body: Any) -> httpx.Response:
+    return await client.post("/v1/chat/completions", headers=headers,
+                             json={"messages": MSG, **body})
+
+
+def _frames(body: str) -> list[Any]:
+    return [data if data == "[DONE]" else json.loads(data)
+            for line in body.split("\n") if line.startswith("data: ")
+            for data in [line.removeprefix("data: ")]]
+
+
+async def test_an_agent_model_one_may_not_see_is_model_not_found(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    """An unknown agent, or another tenant's private one, is /v1's 404 model_not_found with
+    param "model", the same for both; no run is started."""
+    await _provider(client, admin_headers, stub)
+    other_id, _ = await make_user(database)
+    await make_agent(database, other_id, slug="secret-bot")
+    for model in ("agent:secret-bot", "agent:never-was"):
+        resp = await _post(client, user[1], model=model)
+        assert resp.status_code == 404, resp.text
+        error = resp.json()["error"]
+        assert (error["code"], error["param"]) == ("model_not_found", "model"), error
+    async with database.transaction() as s:
+        assert (await s.execute(text("SELECT count(*) FROM runs"))).scalar_one() == 0
+
+
+async def test_an_agent_stream_with_include_usage_ends_with_the_usage_chunk(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], database: Database, test_settings: Settings,
+) -> None:
+    """stream_options.include_usage adds the usage chunk (choices []) after the stop chunk,
+    before [DONE], as for any model of /v1/chat/completions."""
+    await _provider(client, admin_headers, stub)
+    other_id, _ = await make_user(database)
+    await make_agent(database, other_id, slug="pub", is_public=True)  # another's public agent
+    stub.script(Reply("streamed answer"))
+    async with running_worker(app, database, test_settings):
+        resp = await _post(client, user[1], model="agent:pub", stream=True,
+                           stream_options={"include_usage": True})
+    frames = _frames(resp.text)
+    assert frames[-1] == "[DONE]", frames
+    assert frames[-3]["choices"][0]["finish_reason"] == "stop", frames
+    assert frames[-2]["choices"] == [] and frames[-2]["usage"]["total_tokens"] > 0, frames
+
+
+async def test_a_failed_agent_stream_ends_with_an_error_frame_with_a_code(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], database: Database, test_settings: Settings,
+) -> None:
+    """A failed agent run streamed ends with an error frame carrying the code of the whole
+    answer's 502 (the gateway's own mapping), not code null."""
+    await _provider(client, admin_headers, stub)
+    await make_agent(database, user[0], slug="failing")
+    stub.script(Fail(400, "rejected", times=None))
+    async with running_worker(app, database, test_settings):
+        whole = await _post(client, user[1], model="agent:failing")
+        streamed = await _post(client, user[1], model="agent:failing", stream=True)
+    assert whole.status_code == 502, whole.text
+    code = whole.json()["error"]["code"]
+    assert code
+    error = _frames(streamed.text)[-1]["error"]
+    assert error["code"] == code, error

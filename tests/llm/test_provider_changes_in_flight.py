@@ -1,0 +1,176 @@
+"""An administrator editing or deleting a provider while calls on it are in flight: the
+calls finish (its instance is closed only once they end, roost.llm.leases) and are
+recorded at once, their attempts no longer naming a deleted provider."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from roost.config import Settings
+from roost.db.engine import Database
+from roost.llm import leases
+from roost.llm.errors import ProviderUnavailable
+from roost.llm.types import ChatRequest, ChatResult
+from tests.support.identity import make_user
+from tests.support.openai_stub import Fail, Reply, StubServer
+
+Headers = dict[str, str]
+MSG = [{"role": "user", "content": "hello"}]
+SLOW_STREAM = Reply(" ".join(f"w{i}" for i in range(20)), chunk_delay_ms=50)
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", llm_timeout_s=5.0, llm_local_model=False)
+
+
+@pytest.fixture
+async def user(database: Database) -> tuple[uuid.UUID, Headers]:
+    return await make_user(database)
+
+
+async def _provider(client: httpx.AsyncClient, admin: Headers, stub: StubServer) -> str:
+    body = {"name": "stub", "type": "openai", "base_url": stub.base_url, "model": "stub-model"}
+    resp = await client.post("/api/v1/llm/providers", json=body, headers=admin)
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
+async def _post(client: httpx.AsyncClient, headers: Headers, **body: Any) -> httpx.Response:
+    payload = {"model": "stub-model", "messages": MSG, **body}
+    return await client.post("/v1/chat/completions", headers=headers, json=payload)
+
+
+async def _delete_soon(client: httpx.AsyncClient, admin: Headers, pid: str) -> int:
+    await asyncio.sleep(0.3)
+    return (await client.delete(f"/api/v1/llm/providers/{pid}", headers=admin)).status_code
+
+
+async def _requests(database: Database) -> list[tuple[str, int, int]]:
+    """Each request's status, its attempts' rows, and those of them naming a provider."""
+    async with database.transaction() as s:
+        rows = await s.execute(text(
+            "SELECT q.status, count(r.id), count(r.provider_id) FROM llm_requests q "
+            "LEFT JOIN llm_responses r ON r.request_id = q.id "
+            "GROUP BY q.id, q.status, q.created_at ORDER BY q.created_at"))
+        return [(row[0], row[1], row[2]) for row in rows]
+
+
+def _frames(body: str) -> list[Any]:
+    return [data if data == "[DONE]" else json.loads(data)
+            for line in body.split("\n") if line.startswith("data: ")
+            for data in [line.removeprefix("data: ")]]
+
+
+async def test_a_stream_whose_provider_is_deleted_meanwhile_finishes_and_is_recorded(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    pid = await _provider(client, admin_headers, stub)
+    stub.script(SLOW_STREAM)
+    resp, deleted = await asyncio.gather(_post(client, user[1], stream=True),
+                                         _delete_soon(client, admin_headers, pid))
+    assert deleted == 204
+    frames = _frames(resp.text)
+    assert frames[-1] == "[DONE]", resp.text
+    assert "w19" in "".join(f["choices"][0]["delta"].get("content", "")
+                            for f in frames[:-1] if f["choices"])
+    assert await _requests(database) == [("completed", 1, 0)]
+
+
+async def test_a_call_whose_provider_is_deleted_meanwhile_is_answered_and_recorded(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    pid = await _provider(client, admin_headers, stub)
+    stub.script(Reply("slow answer", delay_ms=800))
+    resp, deleted = await asyncio.gather(_post(client, user[1]),
+                                         _delete_soon(client, admin_headers, pid))
+    assert deleted == 204
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["message"]["content"] == "slow answer"
+    assert await _requests(database) == [("completed", 1, 0)]
+
+
+async def test_a_failed_call_whose_provider_is_deleted_meanwhile_is_recorded_failed(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    pid = await _provider(client, admin_headers, stub)
+    stub.script(Fail(400, "rejected", delay_ms=800))
+    resp, deleted = await asyncio.gather(_post(client, user[1]),
+                                         _delete_soon(client, admin_headers, pid))
+    assert deleted == 204
+    assert resp.status_code == 400, resp.text
+    assert await _requests(database) == [("failed", 1, 0)]  # not left running
+
+
+async def test_editing_a_provider_does_not_break_the_streams_in_flight_on_it(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    """Even a change of weight rebuilds the instance: the old one serves its stream to
+    the end, the next call uses the new one."""
+    pid = await _provider(client, admin_headers, stub)
+    stub.script(SLOW_STREAM)
+
+    async def edit_then_call() -> None:
+        await asyncio.sleep(0.3)
+        resp = await client.patch(f"/api/v1/llm/providers/{pid}", json={"weight": 2},
+                                  headers=admin_headers)
+        assert resp.status_code == 200, resp.text
+        assert (await _post(client, user[1])).status_code == 200
+
+    resp, _ = await asyncio.gather(_post(client, user[1], stream=True), edit_then_call())
+    assert _frames(resp.text)[-1] == "[DONE]", resp.text
+    assert [status for status, _, _ in await _requests(database)] == ["completed", "completed"]
+
+
+class _Provider:
+    """Just enough of a provider to count its closes."""
+
+    name, default_model = "counted", None
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        return ChatResult(content="ok")
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+async def test_an_instance_is_closed_when_its_last_call_ends_and_then_refuses_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A retired instance in use is closed by its last call's end, once, an unused one
+    after the grace period; a call that starts on it later (a route resolved long before
+    the edit) is an unavailable provider, which the gateway may fall back from, never an
+    internal error."""
+    monkeypatch.setattr(leases, "GRACE_S", 0.01)
+    idle = _Provider()
+    await leases.retire(idle)  # type: ignore[arg-type]
+    assert idle.closed == 0
+    await asyncio.sleep(0.1)
+    assert idle.closed == 1
+    provider = _Provider()
+    request = ChatRequest(messages=[])
+    async with leases.held(provider):  # type: ignore[arg-type]
+        async with leases.held(provider):  # type: ignore[arg-type]
+            await leases.retire(provider)  # type: ignore[arg-type]
+        assert provider.closed == 0
+        assert (await leases.chat(provider, request)).content == "ok"  # type: ignore[arg-type]
+    assert provider.closed == 1
+    with pytest.raises(ProviderUnavailable):
+        await leases.chat(provider, request)  # type: ignore[arg-type]
+    await leases.retire(provider)  # type: ignore[arg-type]
+    assert provider.closed == 1
