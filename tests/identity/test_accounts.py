@@ -7,7 +7,7 @@ from sqlalchemy import func, select, text
 
 from roost.db.engine import Database
 from roost.identity.models import User
-from tests.identity.conftest import PASSWORD, login
+from tests.identity.conftest import PASSWORD, login, password_user
 
 
 async def _count_users(database: Database) -> int:
@@ -105,6 +105,24 @@ async def test_admin_created_accounts_and_roles(
     assert promote.status_code == 403
     assert (await client.get("/api/v1/auth/me", headers=plain_headers)).json()["role"] == "user"
     assert plain.json()["role"] == "user"
+
+
+async def test_approve_is_for_pending_accounts_only(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str]
+) -> None:
+    """Approving lifts no suspension (409, still suspended); an active account approved
+    again is unchanged (200)."""
+    uid = await password_user(database, "apsus")
+    suspended = await client.patch(f"/api/v1/users/{uid}", headers=admin_headers,
+                                   json={"status": "suspended"})
+    assert suspended.status_code == 200
+    refused = await client.post(f"/api/v1/users/{uid}/approve", headers=admin_headers)
+    assert refused.status_code == 409, refused.text
+    after = await client.get(f"/api/v1/users/{uid}", headers=admin_headers)
+    assert after.json()["status"] == "suspended"
+    await client.patch(f"/api/v1/users/{uid}", headers=admin_headers, json={"status": "active"})
+    again = await client.post(f"/api/v1/users/{uid}/approve", headers=admin_headers)
+    assert again.status_code == 200 and again.json()["status"] == "active"
 
 
 async def test_bad_input_is_refused_and_nothing_is_stored(

@@ -1,17 +1,20 @@
-"""Sign-in flows against a holder of a stolen session or a forged passkey assertion: the
-second factor cannot be guessed off (or into new backup codes) without the sign-in's
-lockout, and a malformed assertion is a refused sign-in, never a 500."""
+"""Sign-in flows against a holder of a stolen session or a forged passkey: the second
+factor cannot be guessed off (or into new backup codes) without the sign-in's lockout, a
+malformed assertion is a refused sign-in, never a 500, and a registration whose public key
+could never verify a sign-in is refused."""
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
+import cbor2
 import httpx
 
 from roost.db.engine import Database
 from roost.security.totp import current_totp_step, totp_code_at
 from tests.identity.conftest import ORIGIN, bearer, password_user, wait_for_fresh_totp_step
-from tests.support.soft_authenticator import SoftAuthenticator
+from tests.support.soft_authenticator import SoftAuthenticator, b64url_decode, b64url_encode
 
 
 async def _enrol(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
@@ -63,3 +66,32 @@ async def test_passkey_login_finish_non_object_response_is_4xx(
             "challenge_id": s["challenge_id"], "credential": dict(good, response=response)})
         answers.append(r.status_code)
     assert all(c in (400, 401, 422) for c in answers), answers
+
+
+async def test_passkey_with_an_unusable_public_key_is_refused(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """A registration whose COSE key is no P-256 point (attestation `none` signs nothing,
+    so only Roost can notice) is a 400 and stores nothing; the key could never sign in."""
+    await password_user(database, "pkbad")
+    headers = await bearer(client, "pkbad")
+    auth = SoftAuthenticator()
+    begin = (await client.post("/api/v1/auth/passkeys/register/begin", headers=headers,
+                               json={})).json()
+    cred = auth.create(begin["options"], origin=ORIGIN)
+    att = cbor2.loads(b64url_decode(cred["response"]["attestationObject"]))
+    cred_id = b64url_decode(cred["rawId"])
+    # authData: rp id hash, flags, counter (37 bytes), AAGUID (16), id length, id, key.
+    att["authData"] = (att["authData"][:53] + struct.pack(">H", len(cred_id)) + cred_id
+                       + cbor2.dumps({1: 2, 3: -7, -1: 1, -2: b"x", -3: b"y"}))
+    cred["response"]["attestationObject"] = b64url_encode(cbor2.dumps(att))
+    refused = await client.post("/api/v1/auth/passkeys/register/finish", headers=headers,
+                                json={"challenge_id": begin["challenge_id"], "credential": cred})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["detail"] == "passkey public key is invalid"
+    assert (await client.get("/api/v1/auth/passkeys", headers=headers)).json() == []
+    start = (await client.post("/api/v1/auth/passkeys/login/begin")).json()
+    signin = await client.post("/api/v1/auth/passkeys/login/finish", json={
+        "challenge_id": start["challenge_id"],
+        "credential": auth.get(start["options"], origin=ORIGIN)})
+    assert signin.status_code == 401, signin.text

@@ -80,6 +80,10 @@ async def test_profile_read_write(client: httpx.AsyncClient, database: Database)
     account = await client.patch("/api/v1/users/me", headers=headers,
                                  json={"full_name": "Pia Lund", "username": "pia.lund"})
     assert account.json()["username"] == "pia.lund"
+    # What the column cannot hold is the 422 registration gives, and nothing changes.
+    nul = await client.patch("/api/v1/users/me", headers=headers, json={"full_name": "a\x00b"})
+    assert nul.status_code == 422 and nul.json()["field"] == "full_name", nul.text
+    assert (await client.get("/api/v1/users/me", headers=headers)).json()["full_name"] == "Pia Lund"
     _, other = await make_user(database, username="taken")
     clash = await client.patch("/api/v1/users/me", headers=headers, json={"username": "taken"})
     assert clash.status_code == 409 and clash.json()["field"] == "username"

@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 
 from roost.db.engine import Database
 from roost.identity.models import UserTwoFactorAuth
-from roost.security.totp import current_totp_step, totp_code_at
+from roost.security.totp import current_totp_step, hash_backup_code, totp_code_at
 from tests.identity.conftest import ORIGIN, bearer, login, password_user, wait_for_fresh_totp_step
 from tests.support.soft_authenticator import SoftAuthenticator
 
@@ -87,6 +87,38 @@ async def test_totp_enrol_login_backup_codes_disable(
     assert not (await login(client, "tina")).json()["mfa_required"]
     assert {"2fa.enabled", "2fa.backup_code_used", "2fa.disabled", "auth.mfa_failed",
             "auth.mfa_challenge"} <= await _actions(database)
+
+
+async def test_an_all_digit_backup_code_signs_in_however_it_is_typed(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """Crockford backup codes can be all digits: typed without the dash (10 digits, not a
+    TOTP code's 6) it is still a backup code, and still works only once."""
+    uid = await password_user(database, "tdig")
+    headers = await bearer(client, "tdig")
+    secret = (await client.post("/api/v1/auth/2fa/setup", headers=headers)).json()["secret"]
+    wait_for_fresh_totp_step()
+    confirmed = await client.post("/api/v1/auth/2fa/confirm", headers=headers,
+                                  json={"code": totp_code_at(secret, current_totp_step())})
+    assert confirmed.status_code == 200, confirmed.text
+    async with database.transaction() as session:
+        await session.execute(text(
+            "UPDATE user_two_factor_auth SET backup_codes = jsonb_build_array("
+            "CAST(:a AS text), CAST(:b AS text)) WHERE user_id = :u"),
+            {"a": hash_backup_code("12345-67890"), "b": hash_backup_code("24680-13579"),
+             "u": uid})
+
+    async def second_step(code: str) -> int:
+        token = (await login(client, "tdig")).json()["mfa_token"]
+        answer = await client.post("/api/v1/auth/login/2fa",
+                                   json={"mfa_token": token, "code": code})
+        return answer.status_code
+
+    assert await second_step("1234567890") == 200
+    assert await second_step("24680 13579") == 200
+    assert await second_step("12345-67890") == 401  # used up
+    status = (await client.get("/api/v1/auth/2fa", headers=headers)).json()
+    assert status["backup_codes_remaining"] == 0
 
 
 async def test_mfa_challenge_gives_up_after_repeated_wrong_codes(

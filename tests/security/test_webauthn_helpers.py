@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import struct
+from typing import Any
+
+import cbor2
 import pytest
-from tests.support.soft_authenticator import SoftAuthenticator, b64url_decode
+from tests.support.soft_authenticator import SoftAuthenticator, b64url_decode, b64url_encode
 
 from roost.errors import BadRequest, Unauthorized
 from roost.security.webauthn_helpers import (
@@ -93,3 +97,43 @@ def test_sign_in_failures_are_generic_unauthorized() -> None:
             public_key=b"not a cose key",
             current_sign_count=0,
         )
+
+
+def _registration(
+    *, public_key: object = None, statement: object = None
+) -> tuple[dict[str, Any], bytes]:
+    """A soft authenticator's registration with its COSE public key and/or attStmt
+    replaced (attestation `none` signs neither, so verification alone cannot notice)."""
+    options, challenge = begin_registration(RP, user_handle=b"h" * 16, user_name="alice")
+    cred = SoftAuthenticator().create(options, origin=ORIGIN)
+    att = cbor2.loads(b64url_decode(cred["response"]["attestationObject"]))
+    if public_key is not None:
+        cred_id = b64url_decode(cred["rawId"])
+        att["authData"] = (att["authData"][:53] + struct.pack(">H", len(cred_id)) + cred_id
+                           + cbor2.dumps(public_key))
+    if statement is not None:
+        att["attStmt"] = statement
+    cred["response"]["attestationObject"] = b64url_encode(cbor2.dumps(att))
+    return cred, challenge
+
+
+@pytest.mark.parametrize("key", [
+    {1: 2, 3: -7, -1: 1, -2: b"x", -3: b"y"},  # not a point on P-256
+    {1: 2, 3: -7, -1: 1, -2: "x" * 32, -3: "y" * 32},  # coordinates are no byte strings
+    {1: 2, 3: -7, -1: 99, -2: b"x" * 32, -3: b"y" * 32},  # unknown curve
+    {1: 2, 3: -257, -1: 1, -2: b"x" * 32, -3: b"y" * 32},  # an RSA algorithm on an EC key
+    {1: 1, 3: -8, -1: 6, -2: b"x"},  # Ed25519 key of the wrong length
+    {1: 3, 3: -257, -1: b"\x00", -2: b"\x01\x00\x01"},  # RSA modulus 0
+])
+def test_registration_with_an_unusable_public_key_is_refused(key: dict[int, Any]) -> None:
+    cred, challenge = _registration(public_key=key)
+    with pytest.raises(BadRequest, match="passkey public key is invalid"):
+        finish_registration(RP, credential=cred, expected_challenge=challenge)
+
+
+@pytest.mark.parametrize("statement", [{"foo": 1}, {"sig": b"x"}, [1], "x"])
+def test_none_attestation_with_a_statement_is_refused(statement: object) -> None:
+    """WebAuthn's `none` format carries an empty attStmt map; anything else is refused."""
+    cred, challenge = _registration(statement=statement)
+    with pytest.raises(BadRequest, match="attestation statement"):
+        finish_registration(RP, credential=cred, expected_challenge=challenge)

@@ -35,9 +35,9 @@ _FIRST_USER_LOCK = text("SELECT pg_advisory_xact_lock(7263117, 200)")
 MAX_FULL_NAME_LENGTH = 255  # users.full_name
 
 
-def _check_full_name(full_name: str | None) -> None:
-    """422 for what the column cannot hold: every caller (the API's schema, the CLI, imports)
-    gets the same clear answer instead of the database's error."""
+def check_full_name(full_name: str | None) -> None:
+    """422 for what the column cannot hold: every caller (the API's schema, the CLI, imports,
+    a profile edit) gets the same clear answer instead of the database's error."""
     if full_name is None:
         return
     if len(full_name) > MAX_FULL_NAME_LENGTH:
@@ -93,7 +93,7 @@ async def create_user(
         raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
     if (role != "user" or tier != "free" or status is not None) and not admin_created:
         raise Forbidden("only an administrator can choose a role, tier or status")
-    _check_full_name(full_name)
+    check_full_name(full_name)
     hashed = None
     if password is not None:
         check_password_policy(password, username=username, email=email)
@@ -215,11 +215,16 @@ async def admin_update(
 
 
 async def approve(session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> User:
+    """``pending_approval -> active``; approving an active account again changes nothing.
+    A suspended account is 409: lifting a suspension is a deliberate status change
+    (``PATCH /users/{id} {"status": "active"}``), not an approval."""
     user = await load_user(session, user_id) if principal.is_admin else None
     if user is None:
         raise Forbidden("approving accounts needs an administrator")
     if user.status == "active":
         return user
+    if user.status != "pending_approval":
+        raise Conflict(f"the account is {user.status}, not awaiting approval")
     return await admin_update(session, principal, user_id, {"status": "active"})
 
 

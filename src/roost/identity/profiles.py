@@ -127,6 +127,8 @@ async def update_account(
         if field in changes:
             own[field] = changes[field]
     changed = [f for f, v in own.items() if v != getattr(user, f)]
+    if "full_name" in changed:
+        accounts.check_full_name(own["full_name"])  # the 422 registration gives
     for field in changed:
         setattr(user, field, own[field])
     if changed:

@@ -23,6 +23,7 @@ from roost.identity.config import IdentityConfig
 from roost.identity.models import UserTwoFactorAuth
 from roost.principal import Principal
 from roost.security.totp import (
+    TOTP_DIGITS,
     generate_backup_codes,
     hash_backup_code,
     match_backup_code,
@@ -135,14 +136,15 @@ async def consume_code(
     if row is None or not row.is_enabled or row.secret_key_encrypted is None:
         return None
     cleaned = "".join(code.split())
-    if cleaned.isdigit():
+    # Only six digits can be a TOTP code; a backup code may be all digits too (Crockford
+    # base32), typed without its dash, so anything else goes to the backup codes.
+    if len(cleaned) == TOTP_DIGITS and cleaned.isascii() and cleaned.isdigit():
         step = verify_totp(_secret(cfg, row), cleaned, last_used_step=row.last_used_step)
-        if step is None:
-            return None
-        row.last_used_step = step
-        row.last_used_at = utcnow()
-        await session.flush()
-        return "totp"
+        if step is not None:
+            row.last_used_step = step
+            row.last_used_at = utcnow()
+            await session.flush()
+            return "totp"
     stored = list(row.backup_codes or [])
     index = match_backup_code(code, stored)
     if index is None:

@@ -22,10 +22,21 @@ from webauthn import (
     verify_authentication_response,
     verify_registration_response,
 )
-from webauthn.helpers import options_to_json_dict
+from webauthn.helpers import (
+    decode_credential_public_key,
+    decoded_public_key_to_cryptography,
+    options_to_json_dict,
+    parse_cbor,
+)
+from webauthn.helpers.algorithms import get_ec2_sig_alg, is_rsa_pkcs, is_rsa_pss
+from webauthn.helpers.decode_credential_public_key import (
+    DecodedEC2PublicKey,
+    DecodedRSAPublicKey,
+)
 from webauthn.helpers.exceptions import WebAuthnException
 from webauthn.helpers.structs import (
     AttestationConveyancePreference,
+    AttestationFormat,
     AuthenticatorSelectionCriteria,
     PublicKeyCredentialDescriptor,
     ResidentKeyRequirement,
@@ -127,6 +138,11 @@ def finish_registration(
         raise BadRequest(f"passkey registration could not be verified: {exc}") from None
     except (ValueError, TypeError, KeyError):  # malformed base64/JSON from the client
         raise BadRequest("passkey registration response is malformed") from None
+    if verified.fmt == AttestationFormat.NONE and not _empty_statement(verified.attestation_object):
+        raise BadRequest("passkey registration could not be verified: a `none` attestation "
+                         "must have an empty attestation statement")
+    if not _usable_public_key(verified.credential_public_key):
+        raise BadRequest("passkey public key is invalid")
     return RegisteredPasskey(
         credential_id=verified.credential_id,
         public_key=verified.credential_public_key,
@@ -136,6 +152,33 @@ def finish_registration(
         device_type=str(verified.credential_device_type.value),
         user_verified=verified.user_verified,
     )
+
+
+def _empty_statement(attestation_object: bytes) -> bool:
+    """WebAuthn's `none` format has an empty ``attStmt`` map; py_webauthn only looks for
+    the fields it knows, so ``{"foo": 1}`` (or a list) would pass."""
+    try:
+        statement = parse_cbor(attestation_object).get("attStmt")
+    except (WebAuthnException, AttributeError):
+        return False
+    return isinstance(statement, dict) and not statement
+
+
+def _usable_public_key(cose_key: bytes) -> bool:
+    """Whether a sign-in could ever verify against ``cose_key``.  With a `none`
+    attestation nothing signed at registration, so py_webauthn never built the key: an
+    off-curve point or a key that does not fit its algorithm would be stored and then
+    fail every sign-in."""
+    try:
+        decoded = decode_credential_public_key(cose_key)
+        decoded_public_key_to_cryptography(decoded)  # refuses points off the curve
+        if isinstance(decoded, DecodedEC2PublicKey):
+            get_ec2_sig_alg(decoded.alg)
+        elif isinstance(decoded, DecodedRSAPublicKey):
+            return is_rsa_pkcs(decoded.alg) or is_rsa_pss(decoded.alg)
+    except (WebAuthnException, ValueError, TypeError, KeyError, IndexError):
+        return False
+    return True
 
 
 def begin_authentication(
