@@ -398,8 +398,9 @@ def printable(text: str) -> str:
 def add_text_row(table: Table, *cells: str) -> None:
     """Add a row whose cells print as they are: rich reads brackets in a plain string as
     markup (``[bold]`` styles, a stray ``[/]`` is a MarkupError), and stored text (an
-    error message, a name) must neither crash the table nor change its look."""
-    table.add_row(*(Text(cell) for cell in cells))
+    error message, a name) must neither crash the table nor change its look, nor reach
+    the terminal as a control sequence (:func:`printable`)."""
+    table.add_row(*(Text(printable(cell)) for cell in cells))
 
 
 def print_table(console: Console, table: Table) -> None:

@@ -78,10 +78,13 @@ async def test_tables_print_stored_text_verbatim(
     pg_server: Any, db_name: str, database: Database, tmp_path: Path
 ) -> None:
     """`tasks ls` and `tasks dead-letters` print an error message holding brackets as
-    stored: not read as rich markup (a stray `[/]` was a MarkupError traceback)."""
+    stored: not read as rich markup (a stray `[/]` was a MarkupError traceback); a control
+    sequence in it (ESC: clear the screen) is shown as its escape, never sent to the
+    terminal."""
     env = {**_env(pg_server, db_name, tmp_path), "COLUMNS": "300"}
     doomed = await _dead_letter(database)
-    message = "KeyError [/] in [bold]x[/bold]"
+    shown = "KeyError [/] in [bold]x[/bold] \\x1b[2J"
+    message = shown.replace("\\x1b", "\x1b")
     async with database.transaction() as session:
         await session.execute(text("UPDATE background_tasks SET error_message = :m"),
                               {"m": message})
@@ -90,7 +93,8 @@ async def test_tables_print_stored_text_verbatim(
     for args in (["tasks", "ls"], ["tasks", "dead-letters"]):
         r = _roost(env, *args)
         assert r.returncode == 0, (args, r.stderr[-1500:])
-        assert message in r.stdout and str(doomed) in r.stdout, (args, r.stdout)
+        assert shown in r.stdout and str(doomed) in r.stdout, (args, r.stdout)
+        assert "\x1b" not in r.stdout, (args, r.stdout)
 
 
 async def _dead_letter(database: Database) -> uuid.UUID:
