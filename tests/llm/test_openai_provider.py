@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+import tracemalloc
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import h11
 import httpx
@@ -407,3 +411,94 @@ def test_token_counts_are_kept_within_bounds() -> None:
     for bad in (float("inf"), float("nan"), "many"):
         with pytest.raises((ValueError, OverflowError)):
             token_count(bad)
+
+
+# --------------------------------------------------------------------------- content codings
+
+MB = 1024 * 1024
+BOMB_SIZE = 128 * MB  # what a bomb decodes to
+PEAK_AT_MOST = 64 * MB  # a 4 KiB answer limit must not cost the bomb's size
+
+
+@functools.cache
+def _gzip_zeros(total: int, stacked: bool) -> bytes:
+    """``total`` zero bytes gzipped (~130 KB for 128 MiB), gzipped again when ``stacked``
+    (~300 bytes)."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    out = [comp.compress(bytes(MB)) for _ in range(total // MB)]
+    out.append(comp.flush())
+    return gzip.compress(b"".join(out), 9) if stacked else b"".join(out)
+
+
+def _encoded(coding: str, body: bytes, status: int = 200,
+             ctype: str = "application/json") -> Callable[[httpx.Request], httpx.Response]:
+    """An answer whose body comes as from the network (raw, not read yet)."""
+    return lambda request: httpx.Response(status, stream=_Pieces([body]), headers={
+        "content-type": ctype, "content-encoding": coding})
+
+
+async def _peak_of(work: Callable[[], Awaitable[object]]) -> int:
+    tracemalloc.start()
+    try:
+        await work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("coding", ["gzip", "gzip, gzip"])
+@pytest.mark.parametrize("status", [200, 500])
+async def test_a_compressed_answer_is_capped_by_its_decoded_size_holding_about_the_cap(
+    coding: str, status: int
+) -> None:
+    """A small compressed answer decoding to 128 MiB stops at the answer limit (or, for
+    an error answer, at the part of it that is read) without being decoded whole: httpx
+    decodes each network chunk whole."""
+    bomb = _gzip_zeros(BOMB_SIZE, coding == "gzip, gzip")
+    expected = ProviderBadResponse if status == 200 else ProviderUnavailable
+
+    async def work() -> None:
+        async with _answering(_encoded(coding, bomb, status)) as provider:
+            with pytest.raises(expected, match="larger than 4096" if status == 200 else "500"):
+                await provider.list_models()
+
+    peak = await _peak_of(work)
+    assert peak < PEAK_AT_MOST, f"{len(bomb)} bytes of {coding!r} held {peak // MB} MiB"
+
+
+async def test_a_compressed_stream_is_capped_by_its_decoded_size_holding_about_the_cap() -> None:
+    bomb = _gzip_zeros(BOMB_SIZE, True)
+
+    async def work() -> None:
+        async with _answering(_encoded("gzip, gzip", bomb, ctype="text/event-stream")) as provider:
+            with pytest.raises(ProviderBadResponse, match="longer than 4096"):
+                [c async for c in provider.stream_chat(req())]
+
+    peak = await _peak_of(work)
+    assert peak < PEAK_AT_MOST, f"a {len(bomb)} byte stream held {peak // MB} MiB"
+
+
+async def test_compressed_answers_in_the_codings_roost_asks_for_are_read() -> None:
+    answer = json.dumps({"object": "list", "data": [{"id": "m-1"}]}).encode()
+    async with _answering(_encoded("deflate, gzip", gzip.compress(zlib.compress(answer)))) as p:
+        assert await p.list_models() == ["m-1"]
+    event = json.dumps({"choices": [{"index": 0, "delta": {"content": "zipped"},
+                                     "finish_reason": "stop"}]})
+    stream = gzip.compress(f"data: {event}\n\ndata: [DONE]\n\n".encode())
+    async with _answering(_encoded("gzip", stream, ctype="text/event-stream")) as p:
+        assert "".join([c.delta async for c in p.stream_chat(req())]) == "zipped"
+
+
+@pytest.mark.parametrize("coding", ["zstd", "br"])
+async def test_an_answer_in_a_coding_roost_did_not_ask_for_is_a_bad_response(coding: str) -> None:
+    async with _answering(_encoded(coding, b"\x28\xb5\x2f\xfd compressed")) as provider:
+        with pytest.raises(ProviderBadResponse, match=f"'{coding}', which Roost did not ask for"):
+            await provider.list_models()
+        with pytest.raises(ProviderBadResponse, match=f"'{coding}', which Roost did not ask for"):
+            [c async for c in provider.stream_chat(req())]
+
+
+async def test_a_provider_asks_only_for_the_codings_it_decodes() -> None:
+    """httpx would also offer zstd (and br) when their packages are installed."""
+    async with OpenAICompatibleProvider("http://127.0.0.1:9/v1") as provider:
+        assert provider._client.headers["accept-encoding"] == "gzip, deflate"

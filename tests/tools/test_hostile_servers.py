@@ -8,12 +8,15 @@ stops reading far short of what the server would send."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import gzip
 import json
 import socket
 import threading
 import time
+import tracemalloc
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import pytest
@@ -37,11 +40,35 @@ HOLD_S = 120  # how long the server keeps a connection it is done writing to
 CLOSE = b"Connection: close\r\n"
 
 
+# A compression bomb decodes to this; Roost must hold about its cap (5 MiB a fetch, 16 MiB
+# an MCP answer), never the bomb.
+BOMB_SIZE = 128 * MB
+PEAK_AT_MOST = 64 * MB
+ZSTD_HELLO = bytes.fromhex("28b52ffd2005290000") + b"hello"  # one raw block, no checksum
+
+
+@functools.cache
 def _gzip_zeros(total: int) -> bytes:
     comp = zlib.compressobj(9, zlib.DEFLATED, 31)
     out = [comp.compress(b"\0" * MB) for _ in range(total // MB)]
     out.append(comp.flush())
     return b"".join(out)
+
+
+def _bomb(coding: str) -> bytes:
+    """BOMB_SIZE zeros, gzipped (~130 KB) or gzipped twice (~300 bytes)."""
+    return {"gzip": _gzip_zeros(BOMB_SIZE),
+            "gzip, gzip": gzip.compress(_gzip_zeros(BOMB_SIZE), 9)}[coding]
+
+
+async def _peak_of(work: Callable[[], Awaitable[httpx.Response]]) -> tuple[httpx.Response, int]:
+    """``work``'s answer and the most memory Python held meanwhile."""
+    tracemalloc.start()
+    try:
+        answer = await work()
+        return answer, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 Route = Callable[[socket.socket, str, bytes], None]
@@ -201,6 +228,10 @@ def _web_routes(h: Hostile) -> dict[str, Route]:
                                b"<html><body><p>hello</p></body></html>", sized=True),
         "/bad-gzip": answer("/bad-gzip", OK + b"Content-Encoding: gzip\r\nContent-Length: 10\r\n",
                             b"not gzip!!"),
+        "/zstd": answer("/zstd", OK + b"Content-Encoding: zstd\r\n", ZSTD_HELLO, sized=True),
+        "/stacked-gzip-bomb": answer("/stacked-gzip-bomb",
+                                     OK + b"Content-Encoding: gzip, gzip\r\n",
+                                     _bomb("gzip, gzip"), sized=True),
         "/to-file": answer("/to-file", b"HTTP/1.1 302 Found\r\nLocation: file:///etc/passwd\r\n"
                            b"Content-Length: 0\r\n"),
         "/early-hints": answer("/early-hints", b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
@@ -217,6 +248,8 @@ HOSTILE_RESPONSES = {
     "/huge-length": (502, "fetch-failed"), "/bad-length": (502, "fetch-failed"),
     "/garbage": (502, "fetch-failed"), "/huge-header": (502, "fetch-failed"),
     "/bad-gzip": (502, "fetch-failed"),
+    "/zstd": (502, "fetch-failed"),  # Roost asks for gzip and deflate only
+    "/stacked-gzip-bomb": (413, "fetch-too-large"),
     "/bad-utf8": (422, "tool-failed"),  # a NUL: binary, not text
     "/to-file": (403, "fetch-refused"),  # a redirect to file://
     "/bad-charset": (200, "hello"), "/early-hints": (200, "ok"),
@@ -246,6 +279,25 @@ async def test_web_fetch_of_a_hostile_response_ends_in_a_clear_answer(
             assert run["status"] == ("timeout" if status == 504 else "error"), (path, run)
             assert run["error"] == body["detail"], (path, run)
         assert hostile.sent.get(path, 0) < READ_AT_MOST, (path, hostile.sent.get(path))
+
+
+@pytest.mark.parametrize("coding", ["gzip", "gzip, gzip"])
+async def test_web_fetch_of_a_compression_bomb_is_a_413_holding_about_its_cap(
+    client: httpx.AsyncClient, database: Database, hostile: Hostile, coding: str,
+) -> None:
+    """A few hundred bytes decoding to 128 MiB stop at the 5 MiB cap: the answer is
+    decoded in bounded pieces (httpx decodes each network chunk whole)."""
+    bomb = _bomb(coding)
+    path = "/bomb-" + coding.replace(", ", "-")
+    hostile.routes[path] = lambda conn, method, body: hostile.send(path, conn, OK + (
+        b"Content-Encoding: %s\r\nContent-Length: %d\r\n\r\n" % (coding.encode(), len(bomb))
+    ) + bomb)
+    _, alice = await make_user(database)
+    answer, peak = await _peak_of(lambda: client.post(
+        FETCH, headers=alice, json={"arguments": {"url": hostile.url(path)}}))
+    assert answer.status_code == 413, answer.text[:300]
+    assert answer.json()["type"] == PROBLEMS + "fetch-too-large"
+    assert peak < PEAK_AT_MOST, f"web_fetch held {peak // MB} MiB for {len(bomb)} bytes"
 
 
 # url -> (status, problem); a trailing-dot name is refused or unresolvable, as the
@@ -405,3 +457,66 @@ async def test_an_mcp_server_on_loopback_is_allowed_only_by_its_allow_listed_nam
             wrong.append((host, answer.status_code, answer.text[:300]))
     assert not wrong, wrong
     assert len(hostile.requests) == before
+
+
+def _mcp_encoded_route(h: Hostile, path: str, coding: str,
+                       listing: Callable[[object], bytes]) -> None:
+    """An MCP endpoint answering initialize properly, and tools/list with
+    ``listing(message id)`` as a body encoded with ``coding``."""
+
+    def route(conn: socket.socket, method: str, body: bytes) -> None:
+        if method != "POST":
+            h.send(path, conn, b"HTTP/1.1 405 Method Not Allowed\r\n" + CLOSE
+                   + b"Content-Length: 0\r\n\r\n")
+            return
+        msg = json.loads(body or b"{}")
+        if msg.get("id") is None:  # a notification
+            h.send(path, conn, b"HTTP/1.1 202 Accepted\r\n" + CLOSE + b"Content-Length: 0\r\n\r\n")
+        elif msg.get("method") == "initialize":
+            h.send(path, conn, _json_response(INIT_RESULT, msg["id"]))
+        else:
+            payload = listing(msg["id"])
+            h.send(path, conn, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + CLOSE
+                   + b"Content-Encoding: %s\r\nContent-Length: %d\r\n\r\n"
+                   % (coding.encode(), len(payload)) + payload)
+
+    h.routes[path] = route
+
+
+@pytest.mark.parametrize("coding", ["gzip", "gzip, gzip"])
+async def test_an_mcp_answer_decoding_past_the_cap_is_cut_off_holding_about_it(
+    client: httpx.AsyncClient, database: Database, hostile: Hostile, coding: str,
+) -> None:
+    """The 16 MiB cap counts decoded bytes: a small compressed answer decoding to 128 MiB
+    is a 502 having held about the cap (the SDK reads a JSON answer whole)."""
+    path = "/mcp-bomb-" + coding.replace(", ", "-")
+    bomb = _bomb(coding)
+    _mcp_encoded_route(hostile, path, coding, lambda msg_id: bomb)
+    _, alice = await make_user(database)
+    server = await _new_server(client, alice, hostile.url(path), path[1:])
+    synced, peak = await _peak_of(lambda: client.post(f"/api/v1/mcp-servers/{server}/sync",
+                                                      headers=alice))
+    assert synced.status_code == 502, synced.text[:300]
+    assert f"larger than {MAX_MESSAGE_BYTES} bytes" in synced.json()["detail"]
+    assert peak < PEAK_AT_MOST, f"an MCP sync held {peak // MB} MiB"
+
+
+async def test_mcp_answers_are_decoded_only_in_the_codings_roost_asks_for(
+    client: httpx.AsyncClient, database: Database, hostile: Hostile,
+) -> None:
+    """A gzip answer is read (decoded once, by Roost's transport); a zstd one, which
+    Roost does not ask for, is a 502 saying so."""
+    _mcp_encoded_route(hostile, "/mcp-gzip", "gzip", lambda msg_id: gzip.compress(json.dumps(
+        {"jsonrpc": "2.0", "id": msg_id, "result": {"tools": [FLOOD_TOOL]}}).encode()))
+    _mcp_encoded_route(hostile, "/mcp-zstd", "zstd", lambda msg_id: ZSTD_HELLO)
+    _, alice = await make_user(database)
+
+    server = await _new_server(client, alice, hostile.url("/mcp-gzip"), "gzip")
+    synced = await client.post(f"/api/v1/mcp-servers/{server}/sync", headers=alice)
+    assert synced.status_code == 200, synced.text
+    assert await tool_id(client, alice, server, "flood")
+
+    server = await _new_server(client, alice, hostile.url("/mcp-zstd"), "zstd")
+    synced = await client.post(f"/api/v1/mcp-servers/{server}/sync", headers=alice)
+    assert synced.status_code == 502, synced.text
+    assert "'zstd', which Roost did not ask for" in synced.json()["detail"]

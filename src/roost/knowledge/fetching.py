@@ -13,8 +13,10 @@ loopback services, the private network, link-local cloud metadata.  So, for ever
    resolved again, which defeats DNS rebinding between check and connect;
 4. redirects are followed by hand, at most ``max_redirects``, each re-checked.
 
-The body is streamed and cut off past ``max_bytes`` (after content decoding, so a gzip
-bomb is stopped too), and one deadline covers the whole fetch.  Proxy variables from
+The body is streamed and cut off past ``max_bytes`` of decoded content: it is decoded in
+bounded pieces (:func:`roost.security.decompression.decoded_body`), so a compression bomb is
+stopped at the cap, and a coding Roost did not ask for (only gzip and deflate) is refused.
+One deadline covers the whole fetch.  Proxy variables from
 the environment are ignored: a proxy would connect to the name on its own terms.
 """
 
@@ -32,6 +34,7 @@ import httpx
 from roost import __version__
 from roost.errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, PayloadTooLarge
 from roost.security.addresses import IPAddress, embedded_ipv4
+from roost.security.decompression import ACCEPT_ENCODING, DecodingRefused, decoded_body
 
 __all__ = [
     "FetchError",
@@ -246,8 +249,8 @@ async def _fetch_hop(
         "Host": url.netloc.decode("ascii"),
         "User-Agent": user_agent,
         "Accept": "text/html,application/xhtml+xml,text/plain,text/markdown,application/pdf,*/*;q=0.5",
-        # Only codings httpx always decodes; the size limit applies after decoding.
-        "Accept-Encoding": "gzip, deflate",
+        # Only what _read_response decodes itself; the size limit applies after decoding.
+        "Accept-Encoding": ACCEPT_ENCODING,
     }
     extensions = {"sni_hostname": host} if url.scheme == "https" else {}
     last_error: Exception | None = None
@@ -290,10 +293,13 @@ async def _read_response(original: str, url: httpx.URL, response: httpx.Response
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise FetchTooLarge(f"{_shown(url)} is {int(declared)} bytes; the limit is {max_bytes} bytes")
     body = bytearray()
-    async for piece in response.aiter_bytes():
-        body += piece
-        if len(body) > max_bytes:
-            raise FetchTooLarge(f"{_shown(url)} is larger than the limit of {max_bytes} bytes")
+    try:
+        async for piece in decoded_body(response):  # decoded in bounded pieces
+            body += piece
+            if len(body) > max_bytes:
+                raise FetchTooLarge(f"{_shown(url)} is larger than the limit of {max_bytes} bytes")
+    except DecodingRefused as exc:
+        raise FetchError(f"the answer of {_shown(url)} {exc}") from None
     document = FetchedDocument(
         url=original,
         final_url=str(url),

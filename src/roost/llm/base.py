@@ -7,6 +7,7 @@ the provider type, whether falling back can help.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import re
@@ -31,6 +32,7 @@ from roost.llm.errors import (
 )
 from roost.llm.hosts import host_refusal
 from roost.llm.types import ChatChunk, ChatRequest, ChatResult, EmbeddingResult, HealthResult
+from roost.security.decompression import ACCEPT_ENCODING, DecodingRefused, decoded_body
 
 log = structlog.get_logger(__name__)
 
@@ -203,6 +205,8 @@ class HTTPProvider:
             # Never follow redirects: a redirect could carry the API key header
             # to a host the operator did not configure.
             follow_redirects=False,
+            # Only what _answer_bytes decodes (httpx would offer zstd and br when installed).
+            headers={"Accept-Encoding": ACCEPT_ENCODING},
         )
 
     def __repr__(self) -> str:
@@ -315,11 +319,32 @@ class HTTPProvider:
             raise ValueError("it holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff)")
         return value
 
+    async def _answer_bytes(self, resp: httpx.Response) -> AsyncIterator[bytes]:
+        """The decoded body in bounded pieces: not ``aiter_bytes()``, which decodes a
+        network chunk whole (a few hundred bytes of stacked gzip would become gigabytes
+        before any cap is checked).  A coding Roost did not ask for is a malformed answer."""
+        try:
+            async for piece in decoded_body(resp):
+                yield piece
+        except DecodingRefused as exc:
+            raise self._bad_response(f"the answer {exc}") from None
+
+    async def _answer_text(self, resp: httpx.Response) -> AsyncIterator[str]:
+        """The decoded body as text (as ``aiter_text()``: the answer's charset, else
+        UTF-8, undecodable bytes replaced)."""
+        # httpx's encoding is one Python knows (an unknown charset falls back to UTF-8).
+        decoder = codecs.getincrementaldecoder(resp.encoding or "utf-8")("replace")
+        async for piece in self._answer_bytes(resp):
+            if text := decoder.decode(piece):
+                yield text
+        if text := decoder.decode(b"", final=True):
+            yield text
+
     async def _read_capped(self, resp: httpx.Response, limit: int) -> bytes | None:
-        """The body, or None past ``limit`` bytes (decoded: a gzip bomb stops too)."""
+        """The body, or None past ``limit`` bytes (decoded: a compression bomb stops too)."""
         parts: list[bytes] = []
         size = 0
-        async for part in resp.aiter_bytes():
+        async for part in self._answer_bytes(resp):
             size += len(part)
             if size > limit:
                 return None
@@ -331,11 +356,12 @@ class HTTPProvider:
         ERROR_BODY_BYTES only: the message is all that is used)."""
         parts: list[bytes] = []
         size = 0
-        async for part in resp.aiter_bytes():
-            parts.append(part)
-            size += len(part)
-            if size >= ERROR_BODY_BYTES:
-                break
+        with suppress(ProviderBadResponse):  # an undecodable body: the status alone
+            async for part in self._answer_bytes(resp):
+                parts.append(part)
+                size += len(part)
+                if size >= ERROR_BODY_BYTES:
+                    break
         text = b"".join(parts)[:ERROR_BODY_BYTES].decode(resp.encoding or "utf-8", "replace")
         return self._status_error(resp.status_code, text)
 
@@ -395,7 +421,7 @@ class HTTPProvider:
         pending: list[str] = []  # the pieces of the line not ended yet
         size = 0
         held_cr = False  # the last piece ended with "\\r": a "\\n" may follow
-        async for piece in resp.aiter_text():
+        async for piece in self._answer_text(resp):
             if held_cr:
                 piece = "\r" + piece
                 held_cr = False

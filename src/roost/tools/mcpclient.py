@@ -15,7 +15,9 @@ is never resolved again, so a DNS answer that changes between check and connecti
 (rebinding) cannot move the session to a private address.  The name still goes out as
 ``Host`` and TLS SNI, and certificates are verified against it.  Environment proxies are
 ignored (a proxy would resolve the name on its own terms).  The SDK follows redirects
-only within the endpoint's origin, and the transport refuses any other host.
+only within the endpoint's origin, and the transport refuses any other host.  The
+transport also decodes answers itself (it asks for gzip and deflate only), in bounded
+pieces, so :data:`MAX_MESSAGE_BYTES` caps what a compressed answer decodes to.
 
 Failures become :class:`McpError` subclasses whose ``detail`` is safe to show: the
 server's own stderr is discarded, env values and headers are never part of a message.
@@ -42,6 +44,7 @@ from mcp.types import InitializeResult, PaginatedRequestParams
 
 from roost.errors import BadGateway, GatewayTimeout
 from roost.knowledge.fetching import FetchError, IPAddress, check_destination
+from roost.security.decompression import ACCEPT_ENCODING, DecodingRefused, decoded
 from roost.tasks.payloads import PayloadError, dump_json_object
 
 if TYPE_CHECKING:
@@ -151,18 +154,29 @@ class AnswerTooLarge(httpx2.StreamError):
     SDK turns a stream error into the request's JSON-RPC error)."""
 
 
+class AnswerUndecodable(httpx2.StreamError):
+    """The server's answer uses a content coding Roost did not ask for, or is corrupt."""
+
+
 class _CappedStream(httpx2.AsyncByteStream):
-    def __init__(self, inner: httpx2.AsyncByteStream, limit: int) -> None:
-        self._inner, self._limit = inner, limit
+    """The answer decoded here, in bounded pieces, and capped at ``limit`` decoded bytes:
+    httpx would decode each network chunk whole, whatever it grows to."""
+
+    def __init__(self, inner: httpx2.AsyncByteStream, content_encoding: str | None,
+                 limit: int) -> None:
+        self._inner, self._content_encoding, self._limit = inner, content_encoding, limit
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         seen = 0
-        async for chunk in self._inner:
-            seen += len(chunk)
-            if seen > self._limit:
-                raise AnswerTooLarge(f"the server's answer is larger than {self._limit} bytes, "
-                                     "the most Roost reads of one MCP answer")
-            yield chunk
+        try:
+            async for chunk in decoded(self._inner, self._content_encoding):
+                seen += len(chunk)
+                if seen > self._limit:
+                    raise AnswerTooLarge(f"the server's answer is larger than {self._limit} "
+                                         "bytes, the most Roost reads of one MCP answer")
+                yield chunk
+        except DecodingRefused as exc:
+            raise AnswerUndecodable(f"the server's answer {exc}") from None
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -184,6 +198,8 @@ class PinnedTransport(httpx2.AsyncBaseTransport):
             raise httpx2.ConnectError("refused: not the host the SSRF check accepted",
                                       request=request)
         extensions = dict(request.extensions)
+        headers = request.headers.copy()
+        headers["Accept-Encoding"] = ACCEPT_ENCODING  # what _CappedStream decodes
         if request.url.scheme == "https":
             extensions["sni_hostname"] = self._host.decode("ascii")
         last: httpx2.ConnectError | None = None
@@ -191,7 +207,7 @@ class PinnedTransport(httpx2.AsyncBaseTransport):
             # A copy: the client keeps the original (with the name) as response.request,
             # which the SDK's same-origin redirect check compares against.
             pinned = httpx2.Request(request.method, request.url.copy_with(host=str(ip)),
-                                    headers=request.headers, stream=request.stream,
+                                    headers=headers, stream=request.stream,
                                     extensions=extensions)
             try:
                 response = await self._inner.handle_async_request(pinned)
@@ -199,9 +215,14 @@ class PinnedTransport(httpx2.AsyncBaseTransport):
                 last = exc  # the next address of the same, already checked, name
                 continue
             # The SDK reads a JSON answer whole (``response.aread()``): a server that never
-            # ends its body would fill the memory until the call's deadline.
+            # ends its body, or a small compressed one that decodes to gigabytes, would fill
+            # the memory.  Decoded here, so the client sees an unencoded answer.
             assert isinstance(response.stream, httpx2.AsyncByteStream)  # an async transport's
-            response.stream = _CappedStream(response.stream, MAX_MESSAGE_BYTES)
+            coding = response.headers.get("content-encoding")
+            if coding is not None:
+                del response.headers["content-encoding"]
+                response.headers.pop("content-length", None)  # the encoded size
+            response.stream = _CappedStream(response.stream, coding, MAX_MESSAGE_BYTES)
             return response
         raise last or httpx2.ConnectError("no address to connect to", request=request)
 
