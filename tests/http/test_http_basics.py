@@ -22,6 +22,8 @@ from roost.app import create_app
 from roost.config import Settings
 from roost.db.engine import Database, create_database
 from roost.db.migrate import downgrade
+from roost.errors import Conflict
+from roost.http.problems import problem
 from roost.http.routing import MAX_JSON_DEPTH, RoostRoute, RoostRouter
 from roost.keyfiles import KeyMaterial
 from roost.logging import configure_logging
@@ -391,3 +393,16 @@ async def test_api_answers_are_not_stored_by_caches(
     assert static.status_code == 200 and static.headers["cache-control"] == "public, max-age=3600"
     health = await client.get("/health")
     assert "cache-control" not in health.headers
+
+
+def test_an_errors_extra_members_never_replace_the_problems_own() -> None:
+    """A domain error whose ``extra`` names a member of the answer itself (an account's
+    ``status``, say) keeps the problem's ``status`` and ``detail``: it was a TypeError,
+    so a 500, when ``extra`` was spread as keyword arguments."""
+    error = Conflict("the account is suspended",
+                     extra={"status": "suspended", "detail": "x", "field": "user"})
+    answer = problem(error.status, error.detail, title=error.title,
+                     type_slug=error.type_slug, extra=error.extra)
+    body = json.loads(bytes(answer.body))
+    assert (answer.status_code, body["status"], body["detail"], body["field"]) == (
+        409, 409, "the account is suspended", "user")

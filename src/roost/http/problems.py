@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -79,9 +80,11 @@ def openai_error(
 
 def problem(
     status: int, detail: str, *, title: str | None = None, type_slug: str | None = None,
-    headers: dict[str, str] | None = None, **extra: Any,
+    headers: dict[str, str] | None = None, extra: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
-    """The error answer: problem JSON, or OpenAI's shape for a request under /v1."""
+    """The error answer: problem JSON, or OpenAI's shape for a request under /v1.
+    ``extra``: members to add (``errors``, ``tool_run_id``...); one named as a member of
+    the answer itself (``status``, ``detail``...) never replaces it."""
     if is_openai_path(current_context().path):
         return openai_error(status, detail, code=openai_code(type_slug or _slug(status)),
                             headers=headers)
@@ -94,7 +97,8 @@ def problem(
     request_id = current_context().request_id
     if request_id:
         body["request_id"] = request_id
-    body.update(extra)
+    for key, value in (extra or {}).items():
+        body.setdefault(key, value)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
@@ -122,7 +126,7 @@ async def _roost_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RoostError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else retry_after(exc)
     return problem(exc.status, exc.detail, title=exc.title, type_slug=exc.type_slug,
-                   headers=headers, **exc.extra)
+                   headers=headers, extra=exc.extra)
 
 
 def json_error_reason(exc: RequestValidationError) -> str:
@@ -140,9 +144,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = _validation_errors(exc)
     if any(e["type"] == "json_invalid" for e in errors):
         return problem(400, f"request body is not valid JSON: {json_error_reason(exc)}",
-                       type_slug="malformed-json", errors=errors)
+                       type_slug="malformed-json", extra={"errors": errors})
     return problem(422, "request has invalid or missing fields; see errors",
-                   type_slug="validation-error", errors=errors)
+                   type_slug="validation-error", extra={"errors": errors})
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
