@@ -12,11 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
-from roost.llm import leases
+from roost.llm import leases, routing
+from roost.llm.deps import app_gateway
 from roost.llm.errors import ProviderUnavailable
 from roost.llm.types import ChatRequest, ChatResult
 from tests.support.identity import make_user
@@ -174,3 +176,25 @@ async def test_an_instance_is_closed_when_its_last_call_ends_and_then_refuses_ca
         await leases.chat(provider, request)  # type: ignore[arg-type]
     await leases.retire(provider)  # type: ignore[arg-type]
     assert provider.closed == 1
+
+
+async def test_a_route_kept_across_calls_is_stale_once_a_provider_of_it_is_edited(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    database: Database,
+) -> None:
+    """An agent run keeps its route across steps: once an administrator edits one of its
+    providers (and the pool replaces the instance), the route says it is stale, so the
+    run's next step resolves it again and uses the edited provider, not the retired
+    instance (closed after its grace period: every later step would have failed)."""
+    pid = await _provider(client, admin_headers, stub)
+    gateway = app_gateway(app)
+    async with database.transaction() as session:
+        kept = await routing.resolve_route(session, gateway, "stub-model")
+    assert not kept.stale()
+    edited = await client.patch(f"/api/v1/llm/providers/{pid}", headers=admin_headers,
+                                json={"weight": 2})
+    assert edited.status_code == 200, edited.text
+    async with database.transaction() as session:  # any later call meets the new row
+        fresh = await routing.resolve_route(session, gateway, "stub-model")
+    assert kept.stale() and not fresh.stale()
+    assert fresh.members[0][1] is not kept.members[0][1]

@@ -909,7 +909,9 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
     call: calls.PendingCall | None = None
     try:
         async with _scoped(env, state.principal) as session:
-            if state.route is None:  # once per run (the providers do not change mid-run)
+            # Once per run, and again after an administrator edited or removed one of
+            # its providers (the old instance is retired: later steps use the new one).
+            if state.route is None or state.route.stale():
                 state.route = await routing.resolve_route(session, env.gateway, model)
             # A metered user's credits are held first, before this transaction writes
             # anything (402/403 ends the run, nothing called; the records of calls

@@ -83,6 +83,11 @@ async def retire(provider: LLMProvider) -> None:
         asyncio.get_running_loop().call_later(GRACE_S, _close_if_idle, provider)
 
 
+def retired(provider: LLMProvider) -> bool:
+    """Replaced or dropped by the pool (closing, or closed already)."""
+    return provider in _retiring or provider in _closed
+
+
 def _close_if_idle(provider: LLMProvider) -> None:
     if provider in _retiring and _uses.get(provider, 0) == 0:
         task = asyncio.ensure_future(close(provider))

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.errors import BadRequest
+from roost.llm import leases
 from roost.llm.base import LLMProvider
 from roost.llm.errors import ModelNotFound, NoProvider
 from roost.llm.gateway import LLMGateway
@@ -42,6 +43,12 @@ class Route:
 
     def refs(self) -> list[ProviderRef]:
         return [ref for ref, _ in self.members]
+
+    def stale(self) -> bool:
+        """A member's provider was edited or removed since the route was resolved (its
+        instance retired): a caller that keeps a route across calls (an agent run's
+        steps) resolves it again, so it uses the edited providers."""
+        return any(leases.retired(provider) for _, provider in self.members)
 
 
 def serves(row: LLMProviderRow, model: str) -> bool:
