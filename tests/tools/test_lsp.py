@@ -231,9 +231,21 @@ async def test_roost_lsp_commands(pg_server: PgTestServer, db_name: str, tmp_pat
     failed = run_roost("lsp", "check", "ghost", env=env)
     assert failed.returncode == 1 and "not found" in failed.stderr
     invalid = run_roost("lsp", "add", "bad name", "--command", "x", "--language", "python", env=env)
-    assert invalid.returncode == 1 and "Invalid options" in invalid.stderr
+    assert invalid.returncode == 1 and "Invalid input" in invalid.stderr
 
     removed = run_roost("lsp", "rm", "jedi", env=env)
     assert removed.returncode == 0 and "Deleted" in removed.stdout
     missing = run_roost("lsp", "check", "jedi", env=env)
     assert missing.returncode == 1 and "no language server" in missing.stderr
+
+
+async def test_roost_lsp_add_with_a_bad_option_says_which_and_why(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """``roost lsp add "bad name"`` printed only pydantic's "For further information visit
+    https://errors.pydantic.dev/..." line; now the option and the rule, as ``roost mcp add``."""
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path / "d")}
+    invalid = run_roost("lsp", "add", "bad name", "--command", "x", "--language", "python", env=env)
+    assert invalid.returncode == 1, invalid.stderr
+    assert "errors.pydantic.dev" not in invalid.stderr, invalid.stderr
+    assert "name: String should match pattern" in invalid.stderr, invalid.stderr

@@ -180,3 +180,23 @@ async def test_the_server_deleted_while_its_sync_writes_both_end_and_nothing_is_
     assert listed.json()["items"] == [], listed.text
     assert await scalar(database, "SELECT count(*) FROM tools WHERE mcp_server_id = :s",
                         s=server) == 0
+
+
+async def test_inverse_dependency_edges_added_at_once_never_close_a_cycle(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """a -> b and b -> a sent together each found no path back and both were stored (a
+    2-cycle); the writers of a user's graph now take turns: one 201, one 409."""
+    _, alice = await make_user(database)
+    tools = (await client.get("/api/v1/tools", params={"kind": "builtin"}, headers=alice)).json()
+    ids = sorted(t["id"] for t in tools["items"])
+    pairs = [(ids[i], ids[j]) for i in range(len(ids)) for j in range(i + 1, len(ids))][:6]
+    for a, b in pairs:
+        got = await asyncio.gather(
+            client.post(f"/api/v1/tools/{a}/dependencies", headers=alice,
+                        json={"depends_on_tool_id": b}),
+            client.post(f"/api/v1/tools/{b}/dependencies", headers=alice,
+                        json={"depends_on_tool_id": a}),
+        )
+        no_5xx(*got)
+        assert sorted(r.status_code for r in got) == [201, 409], [r.text for r in got]

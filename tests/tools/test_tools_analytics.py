@@ -272,3 +272,32 @@ async def test_roost_tools_stats(pg_server: PgTestServer, db_name: str, tmp_path
     assert bad_sort.returncode == 1 and "error_rate" in bad_sort.stderr
     empty = run_roost("tools", "stats", "--tool", "nothing_like_it", env=env)
     assert empty.returncode == 0 and "No tool runs" in empty.stdout
+
+
+# Windows that reach before year 1 or after year 9999 once turned into UTC bounds.
+OUTSIDE_THE_CALENDAR: list[dict[str, str]] = [
+    {"window": "999999d"}, {"window": "999999w"},
+    {"since": "0001-01-01T00:00:00+23:59"}, {"since": "9999-12-31T23:59:59-23:59"},
+]
+
+
+async def test_windows_reaching_outside_the_calendar_are_a_422(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """999999d, or a since whose UTC moment is in year 0 or 10000, overflowed into a 500."""
+    _, alice = await make_user(database)
+    for params in OUTSIDE_THE_CALENDAR:
+        for url in (LIST, detail_url(CURRENT_TIME_ID)):
+            resp = await client.get(url, params=params, headers=alice)
+            assert resp.status_code == 422, (params, resp.text)
+            assert "31 days" in resp.json()["detail"] or "years 1 and 9999" in resp.json()["detail"]
+
+
+async def test_roost_tools_stats_with_a_window_outside_the_calendar(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path / "d")}
+    for option, value in (("--window", "999999d"), ("--since", "0001-01-01T00:00:00+23:59")):
+        got = run_roost("tools", "stats", option, value, env=env)
+        assert got.returncode == 1, got.stderr
+        assert "Traceback" not in got.stderr + got.stdout and "─╯" not in got.stderr, got.stderr

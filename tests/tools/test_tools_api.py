@@ -223,6 +223,54 @@ async def test_headers_env_and_arguments_that_could_never_be_sent_are_refused(
     assert not [s for s in listed.json()["items"] if s["name"].startswith("bad-")]
 
 
+async def test_an_invalid_header_name_is_refused_without_echoing_it(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A name that is not an HTTP token may be a mistyped "Authorization: Bearer <token>":
+    the 422 says what is wrong with it, never what it is; a framing header is named."""
+    _, alice = await make_user(database)
+    http = {"name": "bad-header", "transport": "streamable_http", "url": "https://example.org/mcp"}
+    refused = await client.post("/api/v1/mcp-servers", headers=alice, json={
+        **http, "headers": {"Authorization: Bearer dG9rZW4tU0VDUkVU": "dmFsdWU="}})
+    assert refused.status_code == 422, refused.text
+    assert "not a valid HTTP token" in refused.text and "dG9r" not in refused.text
+    framing = await client.post("/api/v1/mcp-servers", headers=alice, json={
+        **http, "headers": {"Content-Length": "1"}})
+    assert framing.status_code == 422, framing.text
+    assert "'Content-Length' is a hop-by-hop or framing header" in framing.text
+
+
+async def test_an_mcp_url_with_a_malformed_idna_host_is_a_400(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """``http://xn--/mcp`` (an A-label with no punycode) parsed, then raised idna's error
+    when its host was first read: a 500.  Now an invalid URL, as any URL that does not parse."""
+    _, alice = await make_user(database)
+    for url in ("http://xn--/mcp", "http://xn--a/mcp"):
+        got = await client.post("/api/v1/mcp-servers", headers=alice, json={
+            "name": "idna", "transport": "streamable_http", "url": url})
+        assert got.status_code == 400, (url, got.text)
+        assert got.json()["title"] == "Invalid URL", got.text
+
+
+async def test_a_nul_in_a_servers_text_is_a_422_naming_the_field(
+    client: httpx.AsyncClient, database: Database, http_mcp_url: str,
+) -> None:
+    """A NUL in an MCP or language server's description or name reached the database,
+    which answered an anonymous 400; now a 422 naming the field."""
+    _, alice = await make_user(database)
+    got = await client.post("/api/v1/mcp-servers", headers=alice, json={
+        "name": "nul-desc", "transport": "streamable_http", "url": http_mcp_url,
+        "description": "a\x00b"})
+    assert got.status_code == 422, got.text
+    assert got.json()["errors"][0]["loc"][-1] == "description", got.text
+    got = await client.post("/api/v1/lsp-servers", headers=alice, json={
+        "name": "nul", "language": "python", "command": "pylsp", "file_patterns": ["*.py"],
+        "args": ["--x", "a\x00"]})
+    assert got.status_code == 422, got.text
+    assert "args" in got.json()["errors"][0]["loc"], got.text
+
+
 async def test_dependency_cycle_refused(client: httpx.AsyncClient, database: Database) -> None:
     _, alice = await make_user(database)
     tools = {t["name"]: t["id"] for t in

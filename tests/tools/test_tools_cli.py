@@ -82,6 +82,45 @@ async def test_roost_tools_call_with_a_nul_in_its_arguments_is_no_traceback(
     assert len(called.stderr.strip().splitlines()) <= 3, called.stderr[-800:]
 
 
+async def test_roost_tools_call_with_deeply_nested_args_is_no_traceback(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """``--args '{"a": {"a": ...'`` 5000 deep ran json.loads out of stack: a RecursionError
+    traceback; now one red line and exit 1."""
+    called = run_roost("tools", "call", "current_time", "--args", '{"a": ' * 5000,
+                       env=cli_env(pg_server, db_name, tmp_path))
+    assert called.returncode == 1, called.stderr[-600:]
+    assert "nested too deeply" in called.stderr, called.stderr[-600:]
+    assert "Traceback" not in called.stderr and "─╯" not in called.stderr, called.stderr[-600:]
+
+
+async def test_roost_mcp_add_with_a_malformed_idna_url_is_no_traceback(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """``http://xn--/mcp`` (an A-label with no punycode) raised idna's error unhandled."""
+    added = run_roost("mcp", "add", "x", "--url", "http://xn--/mcp",
+                      env=cli_env(pg_server, db_name, tmp_path))
+    assert added.returncode == 1, added.stderr[-600:]
+    assert "not a valid URL" in added.stderr, added.stderr[-600:]
+    assert "Traceback" not in added.stderr and "─╯" not in added.stderr, added.stderr[-600:]
+
+
+TOKEN = "dG9rZW4tU0VDUkVUdmFsdWU="  # base64: ends with '=' padding
+
+
+async def test_roost_mcp_add_header_with_a_base64_token_never_prints_it(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """``--header "Authorization: Bearer <token>="`` was split at the token's padding and
+    the error echoed the "name" (most of the token); now it names the option and the fix."""
+    added = run_roost("mcp", "add", "x", "--url", "https://example.com/mcp",
+                      "--header", f"Authorization: Bearer {TOKEN}",
+                      env=cli_env(pg_server, db_name, tmp_path))
+    assert added.returncode == 1, added.stdout
+    assert TOKEN[:8] not in added.stderr + added.stdout, added.stderr
+    assert "write Authorization=VALUE" in added.stderr, added.stderr
+
+
 # --- stored and remote text with brackets prints as it is (not rich markup) -----------
 
 MARKUP = "[/]"

@@ -199,6 +199,7 @@ def url_host(url: str) -> str | None:
 def _check_url(raw: str | httpx.URL, allowed_schemes: Sequence[str]) -> httpx.URL:
     try:
         url = raw if isinstance(raw, httpx.URL) else httpx.URL(raw)
+        host = url.host  # decoded on first read: "xn--" raises idna's error (a ValueError)
     except (httpx.InvalidURL, ValueError, TypeError):
         raise FetchInvalidURL(f"{str(raw)[:200]!r} is not a valid URL") from None
     allowed = {s.lower() for s in allowed_schemes}
@@ -207,7 +208,7 @@ def _check_url(raw: str | httpx.URL, allowed_schemes: Sequence[str]) -> httpx.UR
         raise FetchRefused(f"URL scheme {shown!r} is not allowed; use one of: {', '.join(sorted(allowed))}")
     if url.scheme not in ("http", "https"):
         raise FetchRefused(f"URL scheme {url.scheme!r} cannot be fetched over HTTP")
-    if not url.host:
+    if not host:
         raise FetchInvalidURL(f"{str(raw)[:200]!r} has no host")
     if url.userinfo:
         # Credentials in URLs end up in logs, and "http://good@evil/" confuses readers.
@@ -270,6 +271,11 @@ async def _fetch_hop(
             except httpx.ConnectError as exc:
                 last_error = exc
                 continue  # next address of the same, already checked, name
+            except (ValueError, httpx.InvalidURL):
+                # httpx builds a redirect's next request even when it does not follow it:
+                # a Location it cannot parse (a malformed IDNA host) fails in send.
+                raise FetchInvalidURL(
+                    f"{_shown(url)} redirected to a URL that is not valid") from None
             try:
                 return await _read_response(original, url, response, max_bytes)
             finally:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
+from pydantic_core import PydanticCustomError
 from sqlalchemy import Float, Select, and_, cast, func, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -93,19 +94,22 @@ def resolve_window(
     if isinstance(since, str):
         since = parse_since(since)
     if since is not None:
-        since = read_as_utc(since)  # a filter's bound, as on every route (roost.inputs)
+        try:  # a filter's bound, as on every route (roost.inputs)
+            since = read_as_utc(since)
+        except PydanticCustomError as exc:  # outside validation nothing makes it a 422
+            raise Unprocessable(f"since: {exc.message()}") from None
         if since >= until:
             raise Unprocessable("since must be in the past")
         span = until - since
     else:
         span = parse_window(window) if window is not None else DEFAULT_WINDOW
-        since = until - span
+    # Checked before ``until - span``, which overflows for 999999d (before year 1).
     if span > MAX_WINDOW:
         raise Unprocessable(
             f"the window is too large: at most {MAX_WINDOW.days} days (31d), "
             f"asked for {span.total_seconds() / 86400:.1f} days"
         )
-    return Window(since=since, until=until)
+    return Window(since=until - span if since is None else since, until=until)
 
 
 def check_sort(value: str) -> Sort:

@@ -61,11 +61,14 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in values or []:
         key, sep, value = item.partition("=")
-        if not sep:
+        # No name holds ':' or a space: "Authorization: Bearer <base64>=" is the header
+        # form, split at the token's padding, and its KEY is mostly the secret.
+        if not sep or ":" in key or " " in key:
             name, colon, _ = item.partition(":")
             hint = (f" (write {name.strip()}=VALUE, not {name.strip()}: VALUE)"
                     if colon and name.strip() and " " not in name.strip() else "")
-            raise fail("Invalid option", f"{what} must be KEY=VALUE; one has no '='{hint}")
+            problem = "has no '='" if not sep else "has ':' or a space in its KEY"
+            raise fail("Invalid option", f"{what} must be KEY=VALUE; one {problem}{hint}")
         if not key:
             raise fail("Invalid option", f"{what} must be KEY=VALUE; one has an empty KEY")
         out[key] = value
@@ -206,6 +209,8 @@ def tools_call_command(
         parsed = json.loads(arguments)
     except json.JSONDecodeError as exc:
         raise fail("Invalid --args", f"not JSON: {exc.msg} at character {exc.pos}") from None
+    except RecursionError:  # '{"a": {"a": ...' thousands deep: the parser's stack runs out
+        raise fail("Invalid --args", "nested too deeply") from None
     if not isinstance(parsed, dict):
         raise fail("Invalid --args", "must be a JSON object")
 

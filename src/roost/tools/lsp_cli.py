@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.text import Text
 from sqlalchemy import or_, select
 
-from roost.clitools import add_text_row, fail, id_table, print_table, with_database
+from roost.clitools import add_text_row, fail, id_table, parse_input, print_table, with_database
 from roost.config import get_settings
 from roost.db.engine import Database
 from roost.db.lookup import id_starts_with
@@ -69,11 +69,10 @@ def add_command(
         "--pattern", help="Files it serves, e.g. '*.py' (repeat)")] = None,
 ) -> None:
     """Register a global language server."""
-    try:
-        body = LspServerCreate(name=name, language=language, command=command, args=arg or [],
-                               file_patterns=pattern or [], is_global=True)
-    except ValueError as exc:
-        raise fail("Invalid options", str(exc).splitlines()[-1]) from None
+    body = parse_input(LspServerCreate, dict(
+        name=name, language=language, command=command, args=arg or [],
+        file_patterns=pattern or [], is_global=True,
+    ))
 
     async def go(db: Database, cfg: ToolsConfig) -> LspServer:
         async with db.transaction() as session:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
@@ -76,6 +76,7 @@ async def add_dependency(
     target = await get_tool(session, actor, depends_on)
     if tool.id == target.id:
         raise Conflict("a tool cannot depend on itself")
+    await _lock_graph(session, actor.user_id)  # "no path back, then insert" as one step
     path = await _path(session, target.id, tool.id, actor.user_id)
     if path is not None:
         names = dict((await session.execute(
@@ -96,6 +97,22 @@ async def add_dependency(
                  resource_id=tool.id,
                  changes={"depends_on_tool_id": str(target.id), "dependency_type": dependency_type})
     return edge
+
+
+async def _lock_graph(session: AsyncSession, user_id: uuid.UUID | None) -> None:
+    """Serialise the writers of ``user_id``'s dependency graph until the transaction ends:
+    otherwise ``a -> b`` and ``b -> a`` added at once each find no path back and together
+    close a cycle.  The system's edges (no owner) are in every user's graph: a user holds
+    the system's lock shared, a writer of system edges holds it alone."""
+    system = {"k": "roost.tools.dependencies:system"}
+    if user_id is None:
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(7263117, hashtext(:k))"), system)
+        return
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock_shared(7263117, hashtext(:k))"), system)
+    await session.execute(text("SELECT pg_advisory_xact_lock(7263117, hashtext(:k))"),
+                          {"k": f"roost.tools.dependencies:{user_id}"})
 
 
 def _in_graph_of(user_id: uuid.UUID | None) -> Any:

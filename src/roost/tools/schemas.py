@@ -12,13 +12,14 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from roost.inputs import StrictInput, WebUrl
-from roost.llm.base import HEADER_VALUE_RULE, unsendable_header
+from roost.llm.base import HEADER_VALUE_RULE, header_name_ok, unsendable_header
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class McpServerCreate(StrictInput):
+    refuse_nul = True  # stored as text, which holds no NUL: a 422 naming the field
     name: str = Field(pattern=NAME_PATTERN, description="Unique per owner (or among global servers)")
     transport: Literal["stdio", "streamable_http"]
     description: str | None = Field(default=None, max_length=2000)
@@ -40,8 +41,13 @@ class McpServerCreate(StrictInput):
     def _sendable_headers(cls, value: dict[str, str]) -> dict[str, str]:
         """Refused here what could never be sent (httpx raised deep in a sync instead)."""
         bad = unsendable_header(value)
+        if bad is not None and bad[0] == "name" and header_name_ok(bad[1]):
+            raise ValueError(f"header {bad[1][:64]!r} is a hop-by-hop or framing header, "
+                             "which cannot be set")
         if bad is not None and bad[0] == "name":
-            raise ValueError(f"header name {bad[1][:64]!r} is not a valid HTTP token")
+            # Not echoed: a mistyped "Authorization: Bearer <token>" may hold the token.
+            raise ValueError("a header name is not a valid HTTP token (letters, digits "
+                             "and !#$%&'*+-.^_`|~, no spaces or ':')")
         if bad is not None:
             raise ValueError(f"the value of header {bad[1]!r} must be {HEADER_VALUE_RULE}, "
                              "without surrounding spaces")
@@ -264,6 +270,7 @@ LspArg = Annotated[str, Field(max_length=1000, pattern=r"^[^\x00]*$")]
 
 
 class LspServerCreate(StrictInput):
+    refuse_nul = True  # stored as text and jsonb, which hold no NUL
     name: str = Field(pattern=NAME_PATTERN, description="Unique per owner (or among global servers)")
     language: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_+#.-]{0,99}$",
                           description="LSP language id sent with each document, e.g. python")
