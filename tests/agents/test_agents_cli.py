@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+from sqlalchemy import text
 
 from roost.agents import personas
 from roost.agents.schemas import MemberAdd
@@ -206,3 +207,27 @@ async def test_runs_show_prints_no_terminal_escapes_from_the_model(
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "\u001b" not in shown.stdout and "\u0007" not in shown.stdout, repr(shown.stdout[-600:])
     assert "\\x1b]0;owned\\x07" in shown.stdout.replace("\n", ""), repr(shown.stdout[-600:])
+
+
+CRLF_VALUE = "sk-crlf-7e3a91-the-plaintext-nobody-may-see"
+
+
+async def test_cli_secrets_set_drops_a_trailing_crlf(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+) -> None:
+    """`roost secrets set` fed "value\\r\\n" (a Windows line end) stores "value", no stray CR."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="olga")
+    created = run_roost("personas", "create", "Desk", "--user", "olga", env=env)
+    assert created.returncode == 0, created.stderr
+    set_ = run_roost("secrets", "set", "Desk", "other", "CRLF", "--user", "olga", env=env,
+                     stdin=CRLF_VALUE + "\r\n")
+    assert set_.returncode == 0, set_.stderr
+    assert CRLF_VALUE not in set_.stdout + set_.stderr
+    assert await columns_holding(database, CRLF_VALUE) == []
+    async with database.transaction() as session:
+        pid = (await session.execute(text(
+            "SELECT id FROM personas WHERE name = 'Desk'"))).scalar_one()
+    box = SecretBox.from_keys(load_keys(Settings(data_dir=tmp_path / "cli-data")).secrets_key)
+    stored = await resolve_secret(database, box, pid, "other", "CRLF")
+    assert stored == CRLF_VALUE, f"stored value ends with {stored[-2:]!r}"

@@ -233,3 +233,21 @@ async def test_row_level_security_hides_other_tenants_personas_in_sql(
             "SELECT (SELECT count(*) FROM personas), (SELECT count(*) FROM agents), "
             "(SELECT count(*) FROM secrets), (SELECT count(*) FROM persona_members)"))).one()
     assert tuple(counts) == (0, 0, 0, 0)
+
+
+async def test_an_email_address_that_grows_when_lower_cased_is_a_422_naming_the_field(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """An address valid as sent (320 chars max) but longer once lower-cased: 422 naming
+    email_address, not a generic 400 from the database."""
+    _, headers = user
+    address = "a@" + "\u0130" * 300 + ".te"  # 305 characters; "İ".lower() is 2 characters
+    assert len(address) <= 320
+    resp = await client.post("/api/v1/personas", headers=headers,
+                             json={"name": "Desk", "email_address": address})
+    assert resp.status_code == 422, resp.text
+    assert "email_address" in resp.text
+    pid = (await create_persona(client, headers))["id"]
+    patched = await client.patch(f"/api/v1/personas/{pid}", headers=headers,
+                                 json={"email_address": address})
+    assert patched.status_code == 422, patched.text

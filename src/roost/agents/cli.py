@@ -487,14 +487,15 @@ def runs_cancel(run: Annotated[str, typer.Argument(help="Id (or a unique start o
 
 
 def _read_value() -> str:
-    """The secret from standard input (one trailing newline dropped) or, on a terminal, a
-    hidden prompt typed twice."""
+    """The secret from standard input (one trailing line end dropped, a Windows CRLF
+    whole: a stray CR would break every header the secret goes into) or, on a terminal,
+    a hidden prompt typed twice."""
     if sys.stdin is not None and sys.stdin.isatty():  # None: closed, read_text says so
         value: str = typer.prompt("Value", hide_input=True, confirmation_prompt=True,
                                   err=True)
         return value
     raw = read_text("-", what="the secret")
-    return raw[:-1] if raw.endswith("\n") else raw
+    return raw.removesuffix("\r\n") if raw.endswith("\r\n") else raw.removesuffix("\n")
 
 
 @secrets_app.command("set")

@@ -149,6 +149,7 @@ MAX_SECRET_BYTES = 64 * 1024
 # fuzzers generating from the schema use) disagree on what Unicode white space is.
 _NO_SPACE = r"[^@ \t\n\r\f\v]"
 EMAIL_PATTERN = rf"^{_NO_SPACE}{{1,64}}@{_NO_SPACE}+\.{_NO_SPACE}+$"
+MAX_EMAIL_CHARS = 320  # personas.email_address
 KEY_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@/+-]{0,254}$"
 URL_PATTERN = r"^https?://[^ \t\n\r\f\v]+$"
 AvatarUrl = Annotated[str, Field(max_length=500, pattern=URL_PATTERN), WebUrl]
@@ -186,6 +187,20 @@ def _refuse_nulls(body: BaseModel, fields: tuple[str, ...]) -> None:
         raise ValueError(f"{', '.join(nulled)} cannot be null")
 
 
+def _lowered_email(value: str | None) -> str | None:
+    """Stored lower-cased (unique case-insensitively): some letters grow when lowered
+    ("İ" is two characters), so the limit is checked again on what is stored."""
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    if len(lowered) > MAX_EMAIL_CHARS:
+        raise ValueError(f"must be at most {MAX_EMAIL_CHARS} characters once lower-cased")
+    return lowered
+
+
+PersonaEmail = Annotated[str | None, AfterValidator(_lowered_email)]
+
+
 class PersonaCreate(StrictInput):
     name: PersonaName
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
@@ -194,8 +209,8 @@ class PersonaCreate(StrictInput):
                                          description="A registered LLM provider's name")
     default_model: str | None = Field(default=None, min_length=1, max_length=255)
     fallback_providers: list[ProviderName] = Field(default_factory=list, max_length=10)
-    email_address: str | None = Field(
-        default=None, max_length=320, pattern=EMAIL_PATTERN,
+    email_address: PersonaEmail = Field(
+        default=None, max_length=MAX_EMAIL_CHARS, pattern=EMAIL_PATTERN,
         description="Mail to this address reaches the persona (unique, case-insensitive)")
     is_active: bool = True
 
@@ -209,7 +224,8 @@ class PersonaUpdate(StrictInput):
     default_provider: str | None = Field(default=None, min_length=1, max_length=64)
     default_model: str | None = Field(default=None, min_length=1, max_length=255)
     fallback_providers: list[ProviderName] | None = Field(default=None, max_length=10)
-    email_address: str | None = Field(default=None, max_length=320, pattern=EMAIL_PATTERN)
+    email_address: PersonaEmail = Field(default=None, max_length=MAX_EMAIL_CHARS,
+                                        pattern=EMAIL_PATTERN)
     email_agent_id: uuid.UUID | None = Field(
         default=None, description="The persona's agent that inbound mail starts a run of")
     is_active: bool | None = None
