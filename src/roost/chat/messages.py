@@ -415,11 +415,17 @@ async def _system_message(
 async def _context(
     session: AsyncSession, gateway: LLMGateway, session_id: uuid.UUID, owner_id: uuid.UUID
 ) -> list[LLMMessage]:
-    """The last messages of the session, oldest first, as the model will see them."""
+    """The last messages of the session, oldest first, as the model will see them (never
+    starting with a tool result)."""
     limit = await runtime.get(session, runtime_settings.CONTEXT_MESSAGES,
                               gateway.settings.chat_context_messages)
     rows = await driver_fetch(session, _context_statement(),
                               {"session_id": session_id, "context_limit": limit})
+    # A window that starts inside a tool exchange would send tool results without the
+    # assistant message that called them, which providers refuse (400): they are left
+    # out (the window's size is a cap, so it is not widened back to their call).
+    while rows and rows[-1]["role"] == "tool":
+        rows.pop()
     texts = decrypt_many(gateway.cipher, [row["content"] for row in rows])  # one batch
     out: list[LLMMessage] = []
     system = await _system_message(session, gateway, session_id, owner_id)

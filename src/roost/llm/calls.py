@@ -56,6 +56,8 @@ from roost.llm.orchestration import Attempt
 from roost.llm.records import (
     REQUEST_RESOURCE,
     CallOutcome,
+    billed_tokens,
+    counts_only,
     mark_running,
     partial_credits,
     public_error,
@@ -235,6 +237,7 @@ async def begin(
 async def _store_failure(
     gateway: LLMGateway, call: PendingCall, error: BaseException, attempts: Sequence[Attempt],
     latency_ms: int, on_failure: FailureHook | None, partial: ChatResult | None = None,
+    delivered: bool = True,
 ) -> None:
     async with gateway.transaction(call.principal) as session:
         message = await record_failure(
@@ -242,13 +245,13 @@ async def _store_failure(
             request_type=call.request_type, model=call.route.model, latency_ms=latency_ms,
             session_id=call.session_id, run_id=call.run_id, agent_id=call.agent_id,
             audit_action=None if on_failure is not None else "llm.request.fail",
-            reservation=call.reservation, partial=partial,
+            reservation=call.reservation, partial=partial, delivered=delivered,
         )
         if on_failure is not None:
             await on_failure(session, message, attempts)
         if call.reservation is not None:  # last: see _store_success
-            used = partial_credits(gateway, partial)
-            if used:  # the tokens a cut stream delivered are paid for
+            used = partial_credits(gateway, partial, delivered=delivered)
+            if used:  # the tokens the caller received are paid for
                 await credits.settle(session, call.reservation, used)
             else:
                 await credits.release(session, call.reservation)
@@ -268,19 +271,23 @@ def _delivered(stream: CallStream) -> ChatResult | None:
 async def _record_failure(
     gateway: LLMGateway, call: PendingCall, error: BaseException, attempts: Sequence[Attempt],
     latency_ms: int, on_failure: FailureHook | None, partial: ChatResult | None = None,
+    delivered: bool = True,
 ) -> None:
     """:func:`_store_failure`, never raising an error of its own over ``error`` (which the
     caller raises next): when the failure cannot be recorded (its request was deleted
     meanwhile, with its user or chat session, so a foreign key refuses its responses; a
     lost connection; a hook's refusal), a warning is logged, the call's usage row is
-    written alone (the ledger outlives the request) and the credits held are given back
-    (else the sweeper frees them).  When the database refused a value of an attempt
-    (SQLSTATE class 22: something a provider answered), the failure is recorded once more
-    without the attempts' rows, so the request does not stay ``running``; when the
+    written alone (the ledger outlives the request: the tokens of ``partial``, what the
+    call produced) and the credits held are settled for what it bills (``partial`` when
+    ``delivered``) or given back (else the sweeper frees them).  When the database
+    refused a value of an attempt (SQLSTATE class 22: something a provider answered),
+    the failure is recorded once more without the attempts' rows (and of ``partial``
+    only its token counts), so the request does not stay ``running``; when the
     attempts' provider was deleted meanwhile, once more with attempts that no longer
     name it (:func:`_provider_gone`)."""
     try:
-        await _store_failure(gateway, call, error, attempts, latency_ms, on_failure, partial)
+        await _store_failure(gateway, call, error, attempts, latency_ms, on_failure, partial,
+                             delivered)
         return
     except Exception as again:
         log.warning("llm_call_unrecorded", request_id=str(call.request_id),
@@ -288,38 +295,65 @@ async def _record_failure(
                     cause=type(error).__name__)
         refused = (sqlstate_of(again) or "").startswith("22")
         gone = _provider_gone(again)
+    if refused:  # the refused value may be the answer's own: its token counts are kept
+        partial = counts_only(partial)
     if (refused or gone) and attempts:
         try:  # a deleted provider's attempts are kept, their link to it dropped
             await _store_failure(gateway, call, error, [] if refused else _unlinked(attempts),
-                                 latency_ms, on_failure, partial)
+                                 latency_ms, on_failure, partial, delivered)
             return
         except Exception as still:
             log.warning("llm_call_unrecorded", request_id=str(call.request_id),
                         error=type(still).__name__, sqlstate=sqlstate_of(still),
                         cause=type(error).__name__, attempts=False)
-    try:  # the usage row alone
+    used = partial_credits(gateway, partial, delivered=delivered)
+    settled = False
+    try:  # the usage row alone, and the hold settled for what it bills
         async with gateway.transaction(call.principal) as session:
             await record_usage_alone(
-                session, call.principal, call.request_id, request_type=call.request_type,
-                model=call.route.model, latency_ms=latency_ms, session_id=call.session_id,
-                run_id=call.run_id, agent_id=call.agent_id, reservation=call.reservation)
+                session, gateway, call.principal, call.request_id,
+                request_type=call.request_type, model=call.route.model, latency_ms=latency_ms,
+                session_id=call.session_id, run_id=call.run_id, agent_id=call.agent_id,
+                reservation=call.reservation, partial=partial, delivered=delivered)
+            if used and call.reservation is not None:
+                # A savepoint: a hold gone with its user's subscription cannot be charged,
+                # and the usage row stays all the same.
+                with suppress(Exception):
+                    async with session.begin_nested():
+                        await credits.settle(session, call.reservation, used)
+                    settled = True
     except Exception as lost:
+        settled = False  # its commit failed: the settlement with it
         log.warning("llm_usage_unrecorded", request_id=str(call.request_id),
                     error=type(lost).__name__)
-    with suppress(Exception):  # else the sweeper frees it
-        await give_back(gateway, call)
+    if not settled:
+        with suppress(Exception):  # else the sweeper frees it
+            await give_back(gateway, call)
+
+
+def _produced(outcome: CallOutcome) -> ChatResult:
+    """A call's answer that could not be stored, as a failure's ``partial``: with the
+    tokens the call is billed for (an ensemble's other answers' too: ``billed_tokens``)."""
+    tokens_in, tokens_out = billed_tokens(outcome)
+    return outcome.result.model_copy(update={"tokens_in": tokens_in, "tokens_out": tokens_out})
 
 
 async def _store_outcome(
     gateway: LLMGateway, call: PendingCall, outcome: CallOutcome,
-    on_success: SuccessHook[Any] | None, meter: StreamMeter | None = None,
+    on_success: SuccessHook[Any] | None, meter: StreamMeter | None = None, *,
+    delivered: bool = False,
 ) -> Any:
     """:func:`_store_success`; when its transaction fails (a lock wait past the statement
     timeout, a hook's refusal, a lost connection), the call is recorded failed in one of
     its own, without the hook (which may be what failed), so the request does not stay
-    ``running`` and its credits are given back (the caller got no answer); the error is
-    raised either way.  An answer whose provider was deleted while it answered is kept,
-    its attempts no longer naming the provider (:func:`_provider_gone`)."""
+    ``running`` and its credits are given back unless the caller received the answer
+    (below); the error is raised either way.  An answer whose provider was deleted while it answered is kept,
+    its attempts no longer naming the provider (:func:`_provider_gone`).
+
+    The failure's usage row keeps the tokens the provider reported (:func:`_produced`);
+    they are paid for when the caller received the answer (``delivered``: a stream's
+    deltas were sent already; a stream cut by the deletion of its chat session must not
+    be free), not otherwise (a non-streamed caller gets the error, not the answer)."""
     try:
         return await _store_success(gateway, call, outcome, on_success, meter)
     except Exception as first:
@@ -341,7 +375,7 @@ async def _store_outcome(
     # Its request may be gone too (a chat session deleted): then logged, its usage
     # row written alone.
     await _record_failure(gateway, call, refused or exc, outcome.attempts,
-                          outcome.latency_ms, None)
+                          outcome.latency_ms, None, _produced(outcome), delivered)
     if refused is not None:
         raise refused from exc
     # As the caller's answer (a stream ends with an error frame, not a broken body).
@@ -548,7 +582,7 @@ class RecordedStream(Generic[T]):
         span.end()
         self.saved = await shielded(
             _store_outcome(self._gateway, self.call, self.outcome, self._on_success,
-                           self._meter))
+                           self._meter, delivered=True))
 
 
 @overload

@@ -347,25 +347,22 @@ async def record_failure(
     latency_ms: int, session_id: uuid.UUID | None = None, audit_action: str | None = None,
     run_id: uuid.UUID | None = None, agent_id: uuid.UUID | None = None,
     reservation: Reservation | None = None, partial: ChatResult | None = None,
+    delivered: bool = True,
 ) -> str:
     """Failed attempts, a zero-credit usage row, status ``failed``; returns the message.
-    ``partial``: what a stream delivered before it broke off (the client went away), its
-    token counts filled in (``fill_missing_usage``): the usage row bills those tokens
-    (:func:`partial_credits`), still ``success`` false.  (The credits held for the call
-    are settled for that amount, or given back, by the caller: ``roost.llm.calls``.)"""
+    ``partial``: what the call produced, its token counts filled in
+    (``fill_missing_usage``): what a stream delivered before it broke off (the client
+    went away), or an answer that could not be stored.  The usage row keeps its tokens,
+    still ``success`` false, and bills them (:func:`partial_credits`) when ``delivered``
+    (the caller received it), else not (credits and cost 0).  (The credits held for the
+    call are settled for that amount, or given back, by the caller: ``roost.llm.calls``.)"""
     user_id = principal.user_id
     session.add_all([_response_row(gateway, a, request_id, user_id) for a in attempts])
     message = clean_text(failure_message(error, attempts))
     values = _failure_usage(
         principal, request_id, request_type=request_type, model=model, latency_ms=latency_ms,
         session_id=session_id, run_id=run_id, agent_id=agent_id)
-    if partial is not None:
-        result = fit_result(partial)
-        values["model"] = result.model or model
-        values["tokens_input"], values["tokens_output"] = result.tokens_in, result.tokens_out
-        values["credits_used"] = partial_credits(gateway, result)
-        values["cost"], values["currency"] = await prices.cost_for(
-            session, values["model"], result.tokens_in, result.tokens_out)
+    await _partial_usage(session, gateway, values, partial, delivered=delivered)
     usage = UsageRecord(**values,
                         subscription_id=reservation.subscription_id if reservation else None)
     session.add(usage)
@@ -386,12 +383,41 @@ async def record_failure(
     return message
 
 
-def partial_credits(gateway: LLMGateway, partial: ChatResult | None) -> int:
-    """The credits a failed call pays: those of the tokens a stream delivered before it
-    broke off (``partial``), nothing when it delivered none."""
-    if partial is None:
+def partial_credits(gateway: LLMGateway, partial: ChatResult | None, *,
+                    delivered: bool = True) -> int:
+    """The credits a failed call pays: those of the tokens its caller received
+    (``partial`` when ``delivered``: a stream that broke off, an answer streamed whole
+    that could not be stored), nothing when it received none."""
+    if partial is None or not delivered:
         return 0
     return credits_for(gateway, _tokens(partial.tokens_in) + _tokens(partial.tokens_out))
+
+
+def counts_only(partial: ChatResult | None) -> ChatResult | None:
+    """``partial``'s token counts alone (in range), for a failure whose record the
+    database refused a value of: the value may be ``partial``'s own (its model name)."""
+    if partial is None:
+        return None
+    return ChatResult(content="", tokens_in=_tokens(partial.tokens_in),
+                      tokens_out=_tokens(partial.tokens_out))
+
+
+async def _partial_usage(
+    session: AsyncSession, gateway: LLMGateway, values: dict[str, Any],
+    partial: ChatResult | None, *, delivered: bool,
+) -> None:
+    """A failed call's usage row (``values``, in place) with the tokens of what it
+    produced (``partial``): the ledger keeps what the provider consumed; credits and cost
+    only for what its caller received (``delivered``)."""
+    if partial is None:
+        return
+    result = fit_result(partial)
+    values["model"] = result.model or values["model"]
+    values["tokens_input"], values["tokens_output"] = result.tokens_in, result.tokens_out
+    if delivered:
+        values["credits_used"] = partial_credits(gateway, result)
+        values["cost"], values["currency"] = await prices.cost_for(
+            session, values["model"], result.tokens_in, result.tokens_out)
 
 
 def _failure_usage(
@@ -410,19 +436,23 @@ def _failure_usage(
 
 
 async def record_usage_alone(
-    session: AsyncSession, principal: Principal, request_id: uuid.UUID, *, request_type: str,
-    model: str | None, latency_ms: int, session_id: uuid.UUID | None = None,
-    run_id: uuid.UUID | None = None, agent_id: uuid.UUID | None = None,
-    reservation: Reservation | None = None,
+    session: AsyncSession, gateway: LLMGateway, principal: Principal, request_id: uuid.UUID,
+    *, request_type: str, model: str | None, latency_ms: int,
+    session_id: uuid.UUID | None = None, run_id: uuid.UUID | None = None,
+    agent_id: uuid.UUID | None = None, reservation: Reservation | None = None,
+    partial: ChatResult | None = None, delivered: bool = True,
 ) -> None:
     """The usage row :func:`record_failure` writes, alone: for a call whose failure could
     not be recorded because its request is gone (deleted with its user or chat session
     while the model answered: a foreign key refuses its responses), so the ledger, which
-    outlives both (migrations 1090, 1100), still has the call.  Its subscription only if
-    that still exists; nothing when the row was written already."""
+    outlives both (migrations 1090, 1100), still has the call, with the tokens of what it
+    produced (``partial``, billed when ``delivered``, as :func:`record_failure` does).
+    Its subscription only if that still exists; nothing when the row was written
+    already."""
     values: dict[str, Any] = _failure_usage(
         principal, request_id, request_type=request_type, model=model, latency_ms=latency_ms,
         session_id=session_id, run_id=run_id, agent_id=agent_id)
+    await _partial_usage(session, gateway, values, partial, delivered=delivered)
     values["created_at"] = utcnow()
     if reservation is not None:
         values["subscription_id"] = select(Subscription.id).where(
