@@ -435,7 +435,8 @@ async def resolve_id(session: AsyncSession, column: Any, text: str, what: str) -
     if not is_id_prefix(text):
         raise BadRequest(f"{text!r} is not an id or the start of one (hex digits and dashes)")
     rows: Sequence[Any] = (await session.scalars(
-        select(column).where(id_starts_with(column, text)).order_by(column).limit(6)
+        # distinct: a column may repeat an id (a job dead-lettered twice has two letters)
+        select(column).where(id_starts_with(column, text)).distinct().order_by(column).limit(6)
     )).all()
     if not rows:
         raise NotFound(f"no {what} id starts with {text!r}")

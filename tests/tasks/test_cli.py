@@ -11,12 +11,14 @@ from typing import Any
 from sqlalchemy import text
 
 from roost.db.engine import Database
+from roost.principal import OPERATOR
 from roost.tasks import service
 from roost.tasks.worker import reap_expired
 from tests.support.cli import run_roost
 from tests.support.sql import scalar
 from tests.tasks import handlers  # noqa: F401  (registers the test task types)
 from tests.tasks.support import REPO
+from tests.tasks.test_api import _dead_letter as _dead_letter_named
 
 
 def _roost(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -143,3 +145,26 @@ async def test_tasks_ls_json_is_one_object_per_line(
     lines = out.stdout.splitlines()
     assert len(lines) == 2, out.stdout
     assert all(json.loads(line)["task_type"] == "test.noop" for line in lines)
+
+
+async def test_cli_retry_by_unique_start_of_a_job_that_died_twice(
+    pg_server: Any, db_name: str, database: Database, tmp_path: Path
+) -> None:
+    """`roost tasks retry <unique start of the dead job's id>` retries its newest dead letter."""
+    job = await _dead_letter_named(database, "twice")
+    async with database.transaction() as session:
+        letter = await session.scalar(text("SELECT id FROM dead_letter_queue"))
+        await service.retry_dead_letter(session, OPERATOR, letter)
+        await session.execute(text(
+            "UPDATE background_tasks SET status = 'running', worker_id = 'w', attempts = 2,"
+            " lease_expires_at = now() - interval '1 second' WHERE id = :id"), {"id": job})
+    await reap_expired(database)
+    assert await scalar(database, "SELECT status::text FROM background_tasks WHERE id = :id",
+                        id=job) == "dead_letter"
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "data"), "ROOST_LOG_LEVEL": "warning"}
+    # 30 characters reach past uuid7's time bits: unique among every job and dead letter id.
+    done = run_roost("tasks", "retry", str(job)[:30], env=env, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert await scalar(database, "SELECT status::text FROM background_tasks WHERE id = :id",
+                        id=job) == "queued"

@@ -205,3 +205,21 @@ async def test_prune_deletes_old_finished_jobs_only(
     assert await jobs.prune_finished(ctx, {}) == {"deleted": 2, "retention_days": 14}
     left = {r[0] for r in await fetch(runs_table, "SELECT id FROM background_tasks")}
     assert left == {ids[2], ids[3]}
+
+
+@pytest.mark.parametrize("options", [
+    pytest.param({"every": timedelta(seconds=2**31)}, id="interval-beyond-int4-seconds"),
+    pytest.param({"every": timedelta(days=999_999_999)}, id="interval-huge"),
+    pytest.param({"every": timedelta(minutes=5), "payload": {"a": "\x00"}}, id="payload-nul"),
+    pytest.param({"every": timedelta(minutes=5), "queue": "q" * 65}, id="queue-too-long"),
+    pytest.param({"every": timedelta(minutes=5), "queue": " q"}, id="queue-spaced"),
+])
+def test_a_schedule_no_worker_could_store_is_refused_at_registration(
+    options: dict[str, object],
+) -> None:
+    """What task_schedules cannot hold (an int4 interval, jsonb without NUL, a 64-character
+    queue) would fail at every worker's sync and never fire: a ValueError up front, as for
+    a cron expression that never fires."""
+    with pytest.raises(ValueError, match="unstorable"):
+        register_schedule("unstorable", "test.record", **options)  # type: ignore[arg-type]
+    assert "unstorable" not in schedules._schedules

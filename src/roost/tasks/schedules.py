@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.db.engine import Database
 from roost.tasks.handlers import TaskType, get_task_type, task, validate_task_type_name
 from roost.tasks.models import DEFAULT_QUEUE, TaskPriority, TaskSchedule
+from roost.tasks.payloads import PayloadError, dump_json_object
 
 log = structlog.get_logger("roost.tasks.schedules")
 
@@ -77,6 +78,7 @@ class Schedule:
 
 
 _schedules: dict[str, Schedule] = {}
+MAX_INTERVAL_S = 2**31 - 1  # task_schedules.interval_seconds is an int4
 
 
 def _check_cron(name: str, cron: str) -> None:
@@ -113,10 +115,22 @@ def register_schedule(
         raise ValueError(f"schedule {name!r}: give exactly one of every= or cron=")
     if every is not None and (every.total_seconds() < 1 or every.total_seconds() % 1):
         raise ValueError(f"schedule {name!r}: every= must be a whole number of seconds >= 1")
+    # What a worker could not store (task_schedules.interval_seconds is an int4, queue a
+    # varchar(64), payload jsonb) would fail at every sync and never fire: refused here.
+    if every is not None and every.total_seconds() > MAX_INTERVAL_S:
+        raise ValueError(f"schedule {name!r}: every= may be at most {MAX_INTERVAL_S} seconds")
     if cron is not None:
         _check_cron(name, cron)
     if not name or len(name) > 200:
         raise ValueError("schedule names are 1-200 characters")
+    if queue is not None and (not queue or len(queue) > 64 or queue != queue.strip()):
+        raise ValueError(f"schedule {name!r}: queue must be 1-64 characters without "
+                         "surrounding spaces")
+    try:
+        dump_json_object(dict(payload or {}))
+    except (PayloadError, RecursionError) as exc:
+        reason = str(exc) if isinstance(exc, PayloadError) else "nested too deeply"
+        raise ValueError(f"schedule {name!r}'s payload cannot be stored: {reason}") from None
     schedule = Schedule(
         name=name, task_type=task_type, every=every, cron=cron, payload=dict(payload or {}),
         queue=queue, priority=TaskPriority(priority) if priority is not None else None,
