@@ -44,15 +44,23 @@ async def test_disable_2fa_code_guessing_is_throttled(
     assert r.status_code == 429, f"10 wrong codes, then the right one still disables 2FA: {r.status_code}"
 
 
+async def _registration_begun(client: httpx.AsyncClient, database: Database,
+                              username: str) -> tuple[dict[str, str], SoftAuthenticator,
+                                                      dict[str, Any]]:
+    """A new password user signed in, a soft authenticator, and a passkey registration
+    begun for them: the headers, the authenticator and the begin answer."""
+    await password_user(database, username)
+    headers = await bearer(client, username)
+    begin = (await client.post("/api/v1/auth/passkeys/register/begin", headers=headers,
+                               json={})).json()
+    return headers, SoftAuthenticator(), begin
+
+
 async def test_passkey_login_finish_non_object_response_is_4xx(
     client: httpx.AsyncClient, database: Database
 ) -> None:
     """A passkey assertion whose "response" is not an object gets 401/422, never a 500."""
-    await password_user(database, "pkh")
-    headers = await bearer(client, "pkh")
-    auth = SoftAuthenticator()
-    begin = (await client.post("/api/v1/auth/passkeys/register/begin", headers=headers,
-                               json={})).json()
+    headers, auth, begin = await _registration_begun(client, database, "pkh")
     cred = auth.create(begin["options"], origin=ORIGIN)
     fin = await client.post("/api/v1/auth/passkeys/register/finish", headers=headers,
                             json={"challenge_id": begin["challenge_id"], "credential": cred})
@@ -73,11 +81,7 @@ async def test_passkey_with_an_unusable_public_key_is_refused(
 ) -> None:
     """A registration whose COSE key is no P-256 point (attestation `none` signs nothing,
     so only Roost can notice) is a 400 and stores nothing; the key could never sign in."""
-    await password_user(database, "pkbad")
-    headers = await bearer(client, "pkbad")
-    auth = SoftAuthenticator()
-    begin = (await client.post("/api/v1/auth/passkeys/register/begin", headers=headers,
-                               json={})).json()
+    headers, auth, begin = await _registration_begun(client, database, "pkbad")
     cred = auth.create(begin["options"], origin=ORIGIN)
     att = cbor2.loads(b64url_decode(cred["response"]["attestationObject"]))
     cred_id = b64url_decode(cred["rawId"])

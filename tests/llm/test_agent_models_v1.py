@@ -3,7 +3,6 @@ frames as for any other model of the gateway."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from roost.config import Settings
 from roost.db.engine import Database
 from tests.agents.conftest import make_agent, running_worker
 from tests.llm.agent_models import agent_models  # noqa: F401 (a fixture)
+from tests.llm.sse import v1_frames
 from tests.support.identity import make_user
 from tests.support.openai_stub import Fail, Reply, StubServer
 
@@ -45,12 +45,6 @@ async def _provider(client: httpx.AsyncClient, admin: Headers, stub: StubServer)
 async def _post(client: httpx.AsyncClient, headers: Headers, **body: Any) -> httpx.Response:
     return await client.post("/v1/chat/completions", headers=headers,
                              json={"messages": MSG, **body})
-
-
-def _frames(body: str) -> list[Any]:
-    return [data if data == "[DONE]" else json.loads(data)
-            for line in body.split("\n") if line.startswith("data: ")
-            for data in [line.removeprefix("data: ")]]
 
 
 async def test_an_agent_model_one_may_not_see_is_model_not_found(
@@ -84,7 +78,7 @@ async def test_an_agent_stream_with_include_usage_ends_with_the_usage_chunk(
     async with running_worker(app, database, test_settings):
         resp = await _post(client, user[1], model="agent:pub", stream=True,
                            stream_options={"include_usage": True})
-    frames = _frames(resp.text)
+    frames = v1_frames(resp.text)
     assert frames[-1] == "[DONE]", frames
     assert frames[-3]["choices"][0]["finish_reason"] == "stop", frames
     assert frames[-2]["choices"] == [] and frames[-2]["usage"]["total_tokens"] > 0, frames
@@ -105,5 +99,5 @@ async def test_a_failed_agent_stream_ends_with_an_error_frame_with_a_code(
     assert whole.status_code == 502, whole.text
     code = whole.json()["error"]["code"]
     assert code
-    error = _frames(streamed.text)[-1]["error"]
+    error = v1_frames(streamed.text)[-1]["error"]
     assert error["code"] == code, error

@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
+from tests.llm.sse import v1_frames
 from tests.support.identity import make_user
 
 Headers = dict[str, str]
@@ -117,10 +118,6 @@ def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
     obj = {"id": "x", "object": "chat.completion.chunk", "model": "raw-model",
            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
     return f"data: {json.dumps(obj)}\n\n"
-
-
-def frames(body: str) -> list[str]:
-    return [line.removeprefix("data: ") for line in body.split("\n") if line.startswith("data: ")]
 
 
 async def register(client: httpx.AsyncClient, admin: Headers, base_url: str, name: str = "raw",
@@ -331,7 +328,7 @@ async def test_a_stream_with_a_lone_surrogate_ends_with_an_error_frame(
         status, body = await post(client, "/v1/chat/completions", {**CHAT, "stream": True},
                                   user[1])
     assert status == 200, body
-    assert json.loads(frames(body)[-1])["error"]["code"] == "provider_error", body
+    assert v1_frames(body)[-1]["error"]["code"] == "provider_error", body
     assert await statuses(database) == ["failed"]
 
 
@@ -353,7 +350,7 @@ async def test_a_stream_of_keepalives_forever_ends_at_the_stream_limit(
             status, body = await post(client, "/v1/chat/completions",
                                       {**CHAT, "stream": True}, user[1])
     assert status == 200, body
-    error = json.loads(frames(body)[-1])["error"]
+    error = v1_frames(body)[-1]["error"]
     assert error["code"] == "provider_timeout" and "ROOST_LLM_STREAM_MAX_S" in error["message"]
     [(state, reason)] = await requests(database)
     assert state == "failed" and reason is not None and "ROOST_LLM_STREAM_MAX_S" in reason
@@ -377,7 +374,7 @@ async def test_a_stream_of_content_without_end_stops_at_the_size_limit(
             status, body = await post(client, "/v1/chat/completions",
                                       {**CHAT, "stream": True}, user[1])
     assert status == 200, body
-    assert "ROOST_LLM_MAX_ANSWER_BYTES" in json.loads(frames(body)[-1])["error"]["message"]
+    assert "ROOST_LLM_MAX_ANSWER_BYTES" in v1_frames(body)[-1]["error"]["message"]
     assert await statuses(database) == ["failed"]
 
 

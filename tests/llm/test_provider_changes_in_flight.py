@@ -5,7 +5,6 @@ recorded at once, their attempts no longer naming a deleted provider."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from roost.llm import leases, routing
 from roost.llm.deps import app_gateway
 from roost.llm.errors import ProviderUnavailable
 from roost.llm.types import ChatRequest, ChatResult
+from tests.llm.sse import v1_frames
 from tests.support.identity import make_user
 from tests.support.openai_stub import Fail, Reply, StubServer
 
@@ -66,12 +66,6 @@ async def _requests(database: Database) -> list[tuple[str, int, int]]:
         return [(row[0], row[1], row[2]) for row in rows]
 
 
-def _frames(body: str) -> list[Any]:
-    return [data if data == "[DONE]" else json.loads(data)
-            for line in body.split("\n") if line.startswith("data: ")
-            for data in [line.removeprefix("data: ")]]
-
-
 async def test_a_stream_whose_provider_is_deleted_meanwhile_finishes_and_is_recorded(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
     user: tuple[uuid.UUID, Headers], database: Database,
@@ -81,7 +75,7 @@ async def test_a_stream_whose_provider_is_deleted_meanwhile_finishes_and_is_reco
     resp, deleted = await asyncio.gather(_post(client, user[1], stream=True),
                                          _delete_soon(client, admin_headers, pid))
     assert deleted == 204
-    frames = _frames(resp.text)
+    frames = v1_frames(resp.text)
     assert frames[-1] == "[DONE]", resp.text
     assert "w19" in "".join(f["choices"][0]["delta"].get("content", "")
                             for f in frames[:-1] if f["choices"])
@@ -132,7 +126,7 @@ async def test_editing_a_provider_does_not_break_the_streams_in_flight_on_it(
         assert (await _post(client, user[1])).status_code == 200
 
     resp, _ = await asyncio.gather(_post(client, user[1], stream=True), edit_then_call())
-    assert _frames(resp.text)[-1] == "[DONE]", resp.text
+    assert v1_frames(resp.text)[-1] == "[DONE]", resp.text
     assert [status for status, _, _ in await _requests(database)] == ["completed", "completed"]
 
 
