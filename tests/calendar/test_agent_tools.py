@@ -293,3 +293,37 @@ async def test_parallel_creates_without_a_calendar_share_one_default_calendar(
     assert not any(isinstance(r, BaseException) for r in results), results
     assert len({r["event"]["calendar_id"] for r in results  # type: ignore[index]
                 }) == 1
+
+
+@pytest.mark.parametrize("field", ["summary", "location", "description"])
+async def test_create_event_with_a_nul_is_a_tool_error(
+        database: Database, test_settings: Settings, user: tuple[uuid.UUID, Headers],
+        field: str) -> None:
+    """A NUL in calendar_create_event's texts is the tool's 422 the model sees (the
+    event's own checks), not a ValidationError escaping the tool call."""
+    call = await _tools(database, test_settings, user[0])
+    args: dict[str, Any] = {"summary": "Dentist", "start": "2027-05-03T08:00:00Z",
+                            "duration_minutes": 30, field: "a\x00b"}
+    with pytest.raises(Unprocessable, match=field):
+        await call(agenttools.CREATE_EVENT_ID, **args)
+
+
+@pytest.mark.parametrize("extra", [{}, {"working_hours": {"start": "09:00", "end": "17:00"}},
+                                   {"working_hours": {"timezone": "Pacific/Kiritimati"}}])
+async def test_move_event_to_the_next_free_slot_searches_up_to_the_calendars_end(
+        database: Database, test_settings: Settings, client: httpx.AsyncClient,
+        user: tuple[uuid.UUID, Headers], extra: dict[str, Any]) -> None:
+    """calendar_move_event's next_free_slot near the year 9999 searches up to 9999-12-30
+    (recurrence.LATEST): a slot there, or the tool's 422, never an OverflowError."""
+    user_id, headers = user
+    cal = await make_calendar(client, headers)
+    ev = await make_event(client, headers, cal["id"], summary="late",
+                          start_time="9999-12-20T09:00:00Z", end_time="9999-12-20T10:00:00Z")
+    call = await _tools(database, test_settings, user_id)
+    moved = await call(agenttools.MOVE_EVENT_ID, event_id=ev["id"], next_free_slot=True,
+                       search_days=62, **extra)
+    assert "9999-12-20" <= moved["event"]["start"] < "9999-12-30"
+    long = await make_event(client, headers, cal["id"], summary="long",
+                            start_time="9000-01-01T00:00:00Z", end_time="9999-12-20T00:00:00Z")
+    with pytest.raises(Unprocessable, match="9999-12-30"):
+        await call(agenttools.MOVE_EVENT_ID, event_id=long["id"], next_free_slot=True, **extra)

@@ -203,3 +203,18 @@ async def test_an_import_keeps_to_the_apis_limits_of_an_event(
                            params={"start": "2027-01-01T00:00:00Z",
                                    "end": "2027-12-31T00:00:00Z"})
     assert got.json()["occurrences"] == [], got.text
+
+
+@pytest.mark.parametrize("tags", ["not json", "{}", "[1]", '["a\\\\u0000b"]',
+                                  "[" + ",".join(['"t"'] * 201) + "]"],
+                         ids=["not-json", "object", "number", "nul", "201-tags"])
+async def test_an_imported_x_roost_tags_that_is_not_a_list_of_tags_is_a_422(
+        client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], tags: str) -> None:
+    """Roost's own tags property is checked as the API checks tags (a JSON list of at most
+    200 texts without NUL), a 422 naming it."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    raw = HEAD + _vevent(f"X-ROOST-CATEGORY:work\r\nX-ROOST-TAGS:{tags}\r\n") + TAIL
+    resp = await _import(client, headers, cal["id"], raw)
+    assert resp.status_code == 422, resp.text
+    assert "X-ROOST-TAGS" in resp.json()["detail"]

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import icalendar
+import pytest
 
 from tests.calendar.conftest import Headers, make_calendar
 
@@ -135,3 +136,86 @@ async def test_a_thousand_events_round_trip_without_semantic_difference(
     again = await client.post(f"/api/v1/calendars/{cal['id']}/import",
                               files={"file": ("again.ics", exported.content)}, headers=headers)
     assert again.json() == {"created": 0, "updated": 0, "unchanged": 1000, "skipped": []}
+
+
+async def _round_trip(client: httpx.AsyncClient, headers: Headers, cal_id: str
+                      ) -> dict[str, Any]:
+    """Export the calendar and import the file into the same calendar: the counts."""
+    exported = await client.get(f"/api/v1/calendars/{cal_id}/export", headers=headers)
+    assert exported.status_code == 200, exported.text
+    again = await client.post(f"/api/v1/calendars/{cal_id}/import", headers=headers, files={
+        "file": ("cal.ics", exported.content, "text/calendar")})
+    assert again.status_code == 200, again.text
+    counts: dict[str, Any] = again.json()
+    return counts
+
+
+EVENT = {"summary": "s", "start_time": "2027-01-04T09:00:00Z",
+         "end_time": "2027-01-04T10:00:00Z"}
+
+
+@pytest.mark.parametrize("fields", [
+    {"semantic_tags": ["deep-work"]},                   # no category: not "general" as a tag
+    {"category": "work", "semantic_tags": ["focus"]},   # the category is not made a tag
+    {"category": "work"},                               # no tags: not ["work"]
+    {"semantic_tags": []},
+    {"category": "a,b;c", "semantic_tags": ["x,y", "new\nline", "back\\slash", '"q"', "general"]},
+])
+async def test_export_and_reimport_keep_an_events_category_and_tags(
+        client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+        fields: dict[str, Any]) -> None:
+    """A calendar's own export reads back unchanged, category and tags included
+    (X-ROOST-CATEGORY and X-ROOST-TAGS; CATEGORIES stays for other clients)."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    made = await client.post(f"/api/v1/calendars/{cal['id']}/events",
+                             json={**EVENT, **fields}, headers=headers)
+    assert made.status_code == 201, made.text
+    exported = await client.get(f"/api/v1/calendars/{cal['id']}/export", headers=headers)
+    (comp,) = icalendar.Calendar.from_ical(exported.content).walk("VEVENT")
+    if fields.get("semantic_tags"):
+        assert str(comp["CATEGORIES"].cats[0]) == made.json()["category"]
+    counts = await _round_trip(client, headers, cal["id"])
+    got = (await client.get(f"/api/v1/calendars/{cal['id']}/events/{made.json()['id']}",
+                            headers=headers)).json()
+    assert (got["category"], got["semantic_tags"]) == (
+        made.json()["category"], made.json()["semantic_tags"])
+    assert counts == {"created": 0, "updated": 0, "unchanged": 1, "skipped": []}
+
+
+@pytest.mark.parametrize(("fields", "stored"), [
+    ({"summary": "line one\r\nline two"}, {"summary": "line one\nline two"}),
+    ({"description": "a\rb"}, {"description": "a\nb"}),
+    ({"google_event_id": "g\r\n1"}, {"google_event_id": "g\n1"}),
+    ({"location": ""}, {"location": None}),
+    ({"description": ""}, {"description": None}),
+])
+async def test_free_text_is_stored_as_an_export_reads_it_back(
+        client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+        fields: dict[str, Any], stored: dict[str, Any]) -> None:
+    """Line breaks are stored as LF (iCalendar TEXT has no CR) and an empty description or
+    location as none: export and re-import then change nothing."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    made = await client.post(f"/api/v1/calendars/{cal['id']}/events",
+                             json={**EVENT, **fields}, headers=headers)
+    assert made.status_code == 201, made.text
+    assert {k: made.json()[k] for k in stored} == stored
+    counts = await _round_trip(client, headers, cal["id"])
+    got = (await client.get(f"/api/v1/calendars/{cal['id']}/events/{made.json()['id']}",
+                            headers=headers)).json()
+    assert {k: got[k] for k in stored} == stored
+    assert counts == {"created": 0, "updated": 0, "unchanged": 1, "skipped": []}
+
+
+@pytest.mark.parametrize("uid", ["meeting\r\n42", "a\tb", "a\x7fb"])
+async def test_a_uid_with_a_control_character_is_a_422(
+        client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], uid: str) -> None:
+    """A UID with a control character would be exported as another UID (a CR written as a
+    newline): re-importing would duplicate the event. Refused instead."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    made = await client.post(f"/api/v1/calendars/{cal['id']}/events",
+                             json={**EVENT, "uid": uid}, headers=headers)
+    assert made.status_code == 422, made.text
+    assert "uid" in made.text

@@ -151,3 +151,29 @@ def test_the_month_plan_of_a_count_past_9999_looks_at_a_few_months_only(
     # 2027-01 + 25 x 3,827 months = December 9999: the last month that exists
     plan = recurrence._month_plan("FREQ=MONTHLY;INTERVAL=3827;COUNT=26", start, "UTC")
     assert plan is not None and plan.last == date(9999, 12, 1).toordinal()
+
+
+@pytest.mark.parametrize("extra", [
+    {"rdates": ["0001-01-01T00:00:00+14:00"]},  # in the year 0 in UTC
+    {"exdates": ["0001-01-01T00:00:00+14:00"]},
+    {"rdates": ["9999-12-31T23:59:59-14:00"]},  # in the year 10000 in UTC
+    {"exdates": ["9999-12-31T23:59:59-14:00"]},
+])
+async def test_rdates_or_exdates_outside_years_1_to_9999_in_utc_are_a_422_naming_the_field(
+        client: httpx.AsyncClient, user: User, extra: dict[str, Any]) -> None:
+    """An RDATE/EXDATE whose UTC instant is not representable is a 422 naming the field
+    and the limits (as start_time gets), on create and on change, not a 500."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    series = {"summary": "s", "start_time": "2027-03-22T09:00:00Z",
+              "end_time": "2027-03-22T10:00:00Z", "recurrence_rule": "FREQ=DAILY;COUNT=3"}
+    url = f"/api/v1/calendars/{cal['id']}/events"
+    (field,) = extra
+    created = await client.post(url, json={**series, **extra}, headers=headers)
+    assert created.status_code == 422, created.text
+    assert created.json()["field"] == field and "9999-12-30" in created.json()["detail"]
+    ok = await client.post(url, json=series, headers=headers)
+    assert ok.status_code == 201, ok.text
+    patched = await client.patch(f"{url}/{ok.json()['id']}", json=extra, headers=headers)
+    assert patched.status_code == 422, patched.text
+    assert patched.json()["field"] == field

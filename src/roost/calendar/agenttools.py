@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -154,8 +154,11 @@ def _windows(start: datetime, end: datetime,
         return [(start, end)]
     tz = recurrence.zone(hours.timezone)
     day = start.astimezone(tz).date() - timedelta(days=1)
+    # Not past 9999-12-30: a later local day starts after recurrence.LATEST, and its next
+    # would not be a date.
+    last = min(end.astimezone(tz).date(), date.max - timedelta(days=1))
     out = []
-    while day <= end.astimezone(tz).date():
+    while day <= last:
         if day.isoweekday() in hours.weekdays:
             ws = recurrence.to_utc(datetime.combine(day, hours.start), tz)
             we = recurrence.to_utc(datetime.combine(day, hours.end), tz)
@@ -282,17 +285,20 @@ def builtin_tools(app_role: str | None) -> dict[uuid.UUID, Tool]:
                            run_id: uuid.UUID | None) -> dict[str, Any]:
         args = parse_tool_arguments(_CreateArgs, "calendar_create_event", arguments)
         end = args.end if args.end is not None else args.start  # the validator set it
+        # The event's own checks (a NUL in a text, ...) as a 422 the model sees, not a
+        # ValidationError escaping the tool call.
+        body = parse_tool_arguments(EventCreate, "calendar_create_event", {
+            "start_time": args.start, "end_time": end, **args.model_dump(
+                include={"summary", "description", "location", "category",
+                         "movability_score"}, exclude_none=True)})
 
         async def work(session: AsyncSession) -> dict[str, Any]:
             if not args.allow_conflict:
-                busy = await _busy_at(session, actor, args.start, end)
+                busy = await _busy_at(session, actor, body.start_time, body.end_time)
                 if busy:
                     raise _conflict(busy)
             cal = await _calendar(session, actor, args.calendar_id)
-            fields = args.model_dump(include={"summary", "description", "location", "category",
-                                              "movability_score"}, exclude_none=True)
-            ev = await service.create_event(session, actor, cal.id, EventCreate(
-                start_time=args.start, end_time=end, **fields))
+            ev = await service.create_event(session, actor, cal.id, body)
             return {"created": True, "event": _event_out(ev)}
 
         return await scoped(database, actor, work)
@@ -319,12 +325,20 @@ def builtin_tools(app_role: str | None) -> dict[uuid.UUID, Tool]:
                         raise _conflict(busy)
             else:
                 after = max(ev.end_time, datetime.now(UTC))
-                slots = await free_slots(session, actor, after,
-                                         after + timedelta(days=args.search_days), length,
-                                         hours=args.working_hours, exclude=ev.id)
+                # The search stops at the calendar's last day (recurrence.LATEST).
+                window = timedelta(days=args.search_days)
+                capped = recurrence.LATEST - after < window
+                until = max(recurrence.LATEST, after) if capped else after + window
+                try:
+                    slots = await free_slots(session, actor, after, until, length,
+                                             hours=args.working_hours, exclude=ev.id)
+                except OverflowError:  # a slot of a long event ending after the year 9999
+                    slots = []
                 if not slots:
                     raise Unprocessable(f"no free slot of {length} in the {args.search_days} "
-                                        "days after the event")
+                                        "days after the event" + (
+                                            " (the calendar ends on 9999-12-30)" if capped
+                                            else ""))
                 start = slots[0][0]
             moved = await service.update_event(session, actor, ev.calendar_id, ev.id,
                                                EventUpdate(start_time=start,

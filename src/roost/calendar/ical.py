@@ -2,7 +2,8 @@
 (the ``icalendar`` package parses and serialises; the rules are checked here).
 
 Import reads each VEVENT's UID, DTSTART, DTEND or DURATION, SUMMARY, DESCRIPTION,
-LOCATION, CATEGORIES (the first is ``category``, all of them ``semantic_tags``), RRULE,
+LOCATION, CATEGORIES (the first is ``category``, all of them ``semantic_tags``, unless
+Roost's own X-ROOST-CATEGORY and X-ROOST-TAGS are there), RRULE,
 RDATE, EXDATE, ATTENDEE, STATUS, TRANSP, the first VALARM's TRIGGER (``reminder_minutes``)
 and Roost's own ``X-ROOST-*`` properties (what a Roost export writes for the columns
 RFC 5545 has no property for).  A VEVENT with RECURRENCE-ID (one changed occurrence of a
@@ -16,6 +17,7 @@ the property.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ import icalendar
 
 from roost.calendar import recurrence
 from roost.calendar.recurrence import RecurrenceError
-from roost.calendar.schemas import MAX_DESCRIPTION, MAX_EXDATES, MAX_RDATES
+from roost.calendar.schemas import MAX_DESCRIPTION, MAX_EXDATES, MAX_RDATES, MAX_TAGS
 
 PRODID: Final = "-//Roost//calendar//EN"
 MAX_ATTENDEES: Final = 500
@@ -346,10 +348,7 @@ def _event(component: Any, uid: str, where: str, default_tz: str) -> EventData:
         data.location = data.location[:1000]
     if data.status not in ("confirmed", "tentative", "cancelled"):
         data.status = "confirmed"
-    categories = _categories(component)
-    if categories:
-        data.category = categories[0][:50]
-        data.semantic_tags = categories
+    _read_categories(component, data, where)
     outside = recurrence.out_of_limits(data.start_time, data.end_time, *data.rdates,
                                        *data.exdates)
     if outside is not None:
@@ -361,6 +360,32 @@ def _event(component: Any, uid: str, where: str, default_tz: str) -> EventData:
     except RecurrenceError as exc:
         raise ICalError(f"{where}: {'RRULE' if rule else 'RDATE'}: {exc}") from None
     return data
+
+
+def _read_categories(component: Any, data: EventData, where: str) -> None:
+    """``category`` and ``semantic_tags``: from Roost's own X-ROOST-CATEGORY and
+    X-ROOST-TAGS when the file has them (a Roost export: they read back exactly), else
+    from CATEGORIES (the first is the category, all of them the tags)."""
+    own = _text(component, "X-ROOST-CATEGORY")
+    if own is None:
+        categories = _categories(component)
+        if categories:
+            data.category = categories[0][:50]
+            data.semantic_tags = categories
+        return
+    data.category = own[:50] or "general"
+    raw = _text(component, "X-ROOST-TAGS")
+    if raw is None:
+        return
+    try:
+        tags = json.loads(raw)
+    except ValueError:
+        tags = None
+    if (not isinstance(tags, list) or len(tags) > MAX_TAGS
+            or not all(isinstance(t, str) and "\x00" not in t for t in tags)):
+        raise ICalError(f"{where}: X-ROOST-TAGS must be a JSON list of at most {MAX_TAGS} "
+                        "strings")
+    data.semantic_tags = tags
 
 
 def _categories(component: Any) -> list[str]:
@@ -438,6 +463,12 @@ def _component(ev: Any, series: Any = None) -> icalendar.Event:
     categories = [ev.category, *[t for t in tags if t != ev.category]] if tags else [ev.category]
     if tags or ev.category != "general":  # none read: "general" and no tags (import's default)
         out.add("CATEGORIES", [str(c) for c in categories])
+    if ev.semantic_tags is not None or ev.category != "general":
+        # CATEGORIES for other clients; these read back as they are (the category need
+        # not be a tag, the tags need not hold it).
+        out.add("X-ROOST-CATEGORY", icalendar.vText(ev.category))
+        if ev.semantic_tags is not None:
+            out.add("X-ROOST-TAGS", icalendar.vText(json.dumps(list(ev.semantic_tags))))
     if ev.recurrence_rule:
         out.add("RRULE", icalendar.vRecur.from_ical(ev.recurrence_rule))
     if ev.rdates:

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from roost.inputs import StrictInput
 
@@ -15,7 +15,11 @@ EventStatus = Literal["confirmed", "tentative", "cancelled"]
 MAX_DESCRIPTION = 100_000
 MAX_RDATES = 1000
 MAX_EXDATES = 5000
+MAX_TAGS = 200
 COLOR = r"^#[0-9a-fA-F]{6}$"
+# An address or an iCalendar UID: no control characters (an export would write a CR as a
+# newline: another UID, a duplicate on re-import).
+NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
 
 
 class CalendarCreate(StrictInput):
@@ -50,7 +54,7 @@ class CalendarOut(BaseModel):
 
 class Attendee(StrictInput):
     refuse_nul = True
-    email: str = Field(min_length=1, max_length=320, pattern=r"^[^\x00-\x1f\x7f]+$",
+    email: str = Field(min_length=1, max_length=320, pattern=NO_CONTROL,
                        description="An address (no control characters)")
     name: str | None = Field(default=None, max_length=255)
     role: str | None = Field(default=None, max_length=64)
@@ -86,16 +90,29 @@ class EventFields(StrictInput):
     google_event_id: str | None = Field(default=None, min_length=1, max_length=255)
     semantic_keywords: list[str] | None = Field(default=None, max_length=200)
     semantic_category: str | None = Field(default=None, max_length=100)
-    semantic_tags: list[str] | None = Field(default=None, max_length=200)
+    semantic_tags: list[str] | None = Field(default=None, max_length=MAX_TAGS)
     semantic_embedding_id: str | None = Field(default=None, max_length=255)
+
+    @field_validator("summary", "description", "location", "google_event_id")
+    @classmethod
+    def _as_exported(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Text as an iCalendar export reads back: line breaks as LF (RFC 5545 TEXT has
+        no CR), an empty description or location as none."""
+        if value is None:
+            return None
+        value = value.replace("\r\n", "\n").replace("\r", "\n")
+        if not value and info.field_name in ("description", "location"):
+            return None
+        return value
 
 
 class EventCreate(EventFields):
     summary: str = Field(min_length=1, max_length=1000)
     start_time: datetime = Field(description="With a UTC offset")
     end_time: datetime = Field(description="With a UTC offset; >= start_time")
-    uid: str | None = Field(default=None, min_length=1, max_length=255,
-                            description="iCalendar UID; default: generated")
+    uid: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_CONTROL,
+                            description="iCalendar UID (no control characters); default: "
+                            "generated")
 
 
 class EventUpdate(EventFields):

@@ -206,7 +206,11 @@ def _aware(values: Sequence[datetime] | None, field: str) -> list[datetime]:
         if v.tzinfo is None:
             raise Unprocessable(f"{field}: every date-time needs a UTC offset",
                                 extra={"field": field})
-        out.append(v.astimezone(UTC))
+        try:
+            out.append(v.astimezone(UTC))
+        except OverflowError:  # 0001-01-01T00:00:00+14:00 is in year 0 in UTC
+            raise Unprocessable(f"{field}: {v.isoformat()} is not {recurrence.LIMITS_TEXT}",
+                                extra={"field": field}) from None
     return sorted(set(out))
 
 
