@@ -83,7 +83,7 @@ class StrictInput(BaseModel):
     @classmethod
     def _json_types(cls, value: Any, info: ValidationInfo) -> Any:
         if cls.refuse_nul and _holds_nul(value):
-            raise PydanticCustomError("nul_character", "must not contain a NUL character")
+            raise _nul_refused()
         kind = cls._field_kind(info.field_name or "")
         if not kind or value is None:
             return value
@@ -94,6 +94,18 @@ class StrictInput(BaseModel):
         if kind == "datetime":
             return _with_offset(require_iso_timestamp(value), naive_is_utc=cls.naive_is_utc)
         return value
+
+
+def _nul_refused() -> PydanticCustomError:
+    return PydanticCustomError("nul_character", "must not contain a NUL character")
+
+
+def no_nul(value: Any) -> Any:
+    """A ``BeforeValidator`` for one text field of a model that does not refuse NUL in
+    every field (``refuse_nul``): a NUL is a 422 naming the field."""
+    if isinstance(value, str) and "\x00" in value:
+        raise _nul_refused()
+    return value
 
 
 def _holds_nul(value: Any) -> bool:

@@ -237,3 +237,21 @@ async def test_rollback_to_a_version_out_of_range_is_a_422(client: httpx.AsyncCl
     answer = await client.post(f"{API}/{created['id']}/rollback", headers=headers,
                                json={"version": 2**31})
     assert answer.status_code == 422, answer.text
+
+
+@pytest.mark.parametrize("field", ["name", "description"])
+async def test_a_nul_in_a_workflows_text_is_a_422_naming_it(
+    client: httpx.AsyncClient, database: Database, field: str,
+) -> None:
+    """A NUL in the name or description (text holds none) is a 422 naming the field, on
+    create and on update, not the database's anonymous 400; nothing changes."""
+    _, headers = await make_user(database)
+    created = await client.post(API, headers=headers,
+                                json={"name": "Flow", field: "a\x00b", **simple_graph()})
+    assert created.status_code == 422, created.text
+    assert field in created.text and "NUL" in created.text
+    wf = await _create(client, headers, **simple_graph())
+    patched = await client.patch(f"{API}/{wf['id']}", headers=headers, json={field: "a\x00b"})
+    assert patched.status_code == 422, patched.text
+    assert field in patched.text
+    assert (await client.get(f"{API}/{wf['id']}", headers=headers)).json()["name"] == wf["name"]

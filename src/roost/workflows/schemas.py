@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from roost.inputs import StrictInput
+from roost.inputs import StrictInput, no_nul
 
 WorkflowStatus = Literal["draft", "active", "archived"]
 NAME = Field(min_length=1, max_length=100)
 DESCRIPTION = Field(default=None, max_length=10_000)
+# The graph's own fields may not refuse NUL generically (the graph validator names the
+# node or edge); the workflow's texts do, naming the field.
+Text = Annotated[str, BeforeValidator(no_nul)]
 
 
 class GraphIn(StrictInput):
@@ -30,16 +33,16 @@ class GraphIn(StrictInput):
 
 
 class WorkflowCreate(GraphIn):
-    name: str = NAME
-    description: str | None = DESCRIPTION
+    name: Text = NAME
+    description: Text | None = DESCRIPTION
     project_id: uuid.UUID | None = None
 
 
 class WorkflowUpdate(StrictInput):
     """What is given changes; a graph given in part (only ``nodes``) keeps the rest."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=100)
-    description: str | None = DESCRIPTION
+    name: Text | None = Field(default=None, min_length=1, max_length=100)
+    description: Text | None = DESCRIPTION
     project_id: uuid.UUID | None = None
     nodes: list[Any] | None = None
     edges: list[Any] | None = None
