@@ -268,6 +268,8 @@ async def test_encrypted_backup_into_an_external_database_and_force(
                                              str(encrypted_backup), env=env, timeout=300)
             assert forced.returncode == 0, forced.stderr
             assert await table_snapshot(dsn(db)) == source.before
+            # The replaced database is kept aside, under a name the output gives.
+            assert f"kept as '{name}_replaced_" in forced.stderr, forced.stderr
             second = workdir / "backups" / "of-external"
             taken = await asyncio.to_thread(
                 run_roost, "backup", str(second),
@@ -280,6 +282,13 @@ async def test_encrypted_backup_into_an_external_database_and_force(
             await db.dispose()
     finally:
         await pg_server.drop_database(name)
+        admin = await pg_server.connect_admin()
+        try:
+            for row in await admin.fetch("SELECT datname FROM pg_database "
+                                         "WHERE starts_with(datname, $1)", f"{name}_replaced_"):
+                await admin.execute(f'DROP DATABASE "{row[0]}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
 def _nothing_written(target: Path) -> None:

@@ -15,11 +15,13 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -27,6 +29,7 @@ from tests.support.cli import run_roost
 from tests.support.pg import PgTestServer, unique_db_name
 
 from roost.config import Settings
+from roost.db import backup as backup_mod
 from roost.keyfiles import load_keys
 
 PASSPHRASE = "correct horse battery staple"
@@ -201,6 +204,183 @@ def test_hostile_scrypt_parameters_are_refused_before_deriving(
     done = run_roost("restore", str(backup), "--passphrase-file", str(pass_file),
                      env=target.env, timeout=60)
     _refused_cleanly(done, target, "is corrupted")
+
+
+def _exec(url: str, sql: str) -> None:
+    async def go() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def _fetchval(url: str, sql: str, *args: object) -> object:
+    async def go() -> object:
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetchval(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def _databases_like(url: str, prefix: str) -> list[str]:
+    names = _fetchval(url, "SELECT coalesce(array_agg(datname ORDER BY datname), '{}') "
+                           "FROM pg_database WHERE starts_with(datname, $1)", prefix)
+    assert isinstance(names, list)
+    return names
+
+
+def _db_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+def _lie_about_rows(m: Manifest) -> None:
+    m["tables"][0]["rows"] += 7
+
+
+@pytest.mark.parametrize("broken", ["manifest-a-directory", "manifest-a-fifo",
+                                    "manifest-a-link-to-dev-zero", "keys-a-fifo"])
+def test_a_backup_file_that_is_not_a_regular_file_is_refused_at_once(
+    plain: Path, target: Place, tmp_path: Path, broken: str,
+) -> None:
+    """manifest.json a directory (it was an IsADirectoryError traceback), a FIFO (the
+    restore hung forever), a symlink to /dev/zero (it ate memory); a file of the backup a
+    FIFO: one line, exit 1, at once."""
+    backup = _copy(plain, tmp_path)
+    name = "keys.json" if broken == "keys-a-fifo" else "manifest.json"
+    (backup / name).unlink()
+    if broken == "manifest-a-directory":
+        (backup / name).mkdir()
+    elif broken == "manifest-a-link-to-dev-zero":
+        (backup / name).symlink_to("/dev/zero")
+    else:
+        os.mkfifo(backup / name)
+    try:
+        done = run_roost("restore", str(backup), env=target.env, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"restore hangs on {broken}")
+    _refused_cleanly(done, target, str(backup / name))
+
+
+def test_a_manifest_with_lying_row_counts_leaves_the_empty_target_empty(
+    plain: Path, target: Place, tmp_path: Path,
+) -> None:
+    """A hand-edited manifest whose row counts lie (the files' checksums match) is only
+    found out after pg_restore: the empty target is emptied again and no key is written,
+    so a retry needs no --force (all tables and keys were left written)."""
+    backup = _copy(plain, tmp_path)
+    _edit_manifest(backup, _lie_about_rows)
+    done = run_roost("restore", str(backup), env=target.env, timeout=300)
+    _refused_cleanly(done, target, "does not match the manifest")
+    again = run_roost("restore", str(plain), env=target.env, timeout=300)
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_force_restore_that_fails_keeps_the_old_database_and_keys(
+    plain: Path, target: Place, tmp_path: Path,
+) -> None:
+    """--force with a backup that fails its check after pg_restore: it was restored into
+    a staging database, dropped again; the old database and key files are untouched (they
+    were dropped and overwritten before the check)."""
+    _exec(target.url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)")
+    keys = target.data_dir / "keys"
+    keys.mkdir(parents=True)
+    (keys / "secret_key").write_text("old-secret\n")
+    backup = _copy(plain, tmp_path)
+    _edit_manifest(backup, _lie_about_rows)
+    done = run_roost("restore", str(backup), "--force", env=target.env, timeout=300)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "does not match the manifest" in done.stderr and "nothing was replaced" in done.stderr
+    assert _fetchval(target.url, "SELECT x FROM precious") == 42
+    assert (keys / "secret_key").read_text() == "old-secret\n"
+    assert sorted(p.name for p in target.data_dir.iterdir()) == ["keys"]
+    name = _db_name(target.url)
+    assert _databases_like(target.url, name) == [name], "the staging database is left"
+
+
+def test_a_force_restore_keeps_the_replaced_database_and_keys_aside(
+    plain: Path, target: Place, tmp_path: Path,
+) -> None:
+    """--force that succeeds: the old database is renamed aside, the old key files are
+    copied aside, and the output says where."""
+    _exec(target.url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)")
+    keys = target.data_dir / "keys"
+    keys.mkdir(parents=True)
+    (keys / "secret_key").write_text("old-secret\n")
+    name = _db_name(target.url)
+    try:
+        done = run_roost("restore", str(plain), "--force", env=target.env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert _tables(target.url) > 1
+        assert _fetchval(target.url, "SELECT to_regclass('public.precious') IS NULL")
+        aside = [d for d in _databases_like(target.url, name) if d != name]
+        assert len(aside) == 1 and aside[0].startswith(f"{name}_replaced_"), aside
+        assert aside[0] in done.stderr, done.stderr
+        old_url = urlsplit(target.url)._replace(path=f"/{aside[0]}").geturl()
+        assert _fetchval(old_url, "SELECT x FROM precious") == 42
+        kept = [p for p in target.data_dir.iterdir() if p.name.startswith("keys.replaced-")]
+        assert len(kept) == 1 and str(kept[0]) in done.stderr, done.stderr
+        assert (kept[0] / "secret_key").read_text() == "old-secret\n"
+        assert (keys / "secret_key").read_text() != "old-secret\n"
+    finally:
+        for leftover in _databases_like(target.url, name):
+            if leftover != name:
+                _exec(target.url, f'DROP DATABASE "{leftover}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("broken", ["data-dir-is-a-file", "keys-dir-is-a-file"])
+def test_a_data_dir_where_keys_cannot_be_written_is_refused_before_restoring(
+    plain: Path, target: Place, tmp_path: Path, broken: str,
+) -> None:
+    """The database was restored, then writing the keys failed: a database without its
+    keys. The data dir is checked first."""
+    env = dict(target.env)
+    if broken == "data-dir-is-a-file":
+        data_file = tmp_path / "afile"
+        data_file.write_text("x")
+        env["ROOST_DATA_DIR"] = str(data_file)
+    else:
+        target.data_dir.mkdir(parents=True)
+        (target.data_dir / "keys").write_text("x")
+    done = run_roost("restore", str(plain), env=env, timeout=300)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "is not a directory" in done.stderr, done.stderr
+    assert _tables(target.url) == 0
+
+
+def test_a_base_backup_with_links_out_of_the_restore_dir_is_refused(tmp_path: Path) -> None:
+    """A base.tar with a symlink to an absolute path or a hard link to ../../outside.txt
+    was unpacked as is (filter "tar") and moved into DATA_DIR/pg."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours")
+    for link in ("symlink", "hardlink"):
+        base = tmp_path / f"base-{link}.tar"
+        with tarfile.open(base, "w") as tar:
+            info = tarfile.TarInfo(f"evil-{link}")
+            if link == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, str(outside)
+            else:
+                info.type, info.linkname = tarfile.LNKTYPE, "../../outside.txt"
+            tar.addfile(info)
+        wal = tmp_path / "pg_wal.tar"
+        with tarfile.open(wal, "w"):
+            pass
+        manifest = tmp_path / "backup_manifest"
+        manifest.write_text("{}")
+        into = tmp_path / f"s-{link}" / "data"
+        into.parent.mkdir()
+        with pytest.raises(backup_mod.BackupError, match="never does"):
+            backup_mod._unpack({"base.tar": base, "pg_wal.tar": wal,
+                                "backup_manifest": manifest}, into)
+        assert [p.name for p in into.iterdir()] == []
+        assert outside.stat().st_nlink == 1
 
 
 # --- backup of a data dir or to a disk it cannot use ----------------------------------------

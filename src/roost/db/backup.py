@@ -19,28 +19,32 @@ decrypt), ``manifest.json`` holds a key check (a wrong passphrase is named as su
 ``manifest.mac`` is the HMAC of the manifest.
 
 Restore verifies everything (manifest, every file's checksum, decryption, the dump's
-table of contents) before it writes anything, refuses a target that holds data unless
-``force``, restores in one transaction, writes the keys, and checks every table's row
-count and checksum against the manifest.
+table of contents, a writable data dir) before it writes anything, refuses a target that
+holds data unless ``force``, restores in one transaction (with ``force``, into a staging
+database), checks every table's row count and checksum against the manifest, then swaps
+the staging database in (the old one kept under another name) and writes the keys (the
+old ones copied aside).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import hmac
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -72,6 +76,8 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**16, 8, 1
 # The most a restore derives with (a manifest is read before its MAC can be checked):
 # 1 GiB of memory (128 * n * r bytes), a few seconds per unit of p.
 SCRYPT_MAX_N, SCRYPT_MAX_R, SCRYPT_MAX_P, SCRYPT_MAX_MEMORY = 2**20, 16, 4, 2**30
+# The most read into memory from a backup's small files (manifest, its MAC, keys.json).
+SMALL_FILE_MAX = 64 * 1024 * 1024
 # Keys the environment may give instead of DATA_DIR/keys (roost.keyfiles.load_keys).
 _ENV_KEYS = ("secret_key", "message_keys", "secrets_key", "admin_token")
 # Row text is rendered with these settings, so a checksum does not depend on the session.
@@ -358,6 +364,48 @@ def _private_open(path: Path) -> Iterator[Any]:
         yield handle
 
 
+def _regular_file_problem(path: Path) -> str | None:
+    """Why ``path`` is no regular file a backup may hold (a FIFO would hang a reader, a
+    device or a symlink to one never ends), None when it is one."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link, not a file of the backup"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file"
+    return None
+
+
+def _read_small(path: Path) -> bytes:
+    """A small file of a backup (manifest, MAC, keys): a regular file, not a link,
+    never more than SMALL_FILE_MAX bytes; anything else is a BackupError."""
+    try:
+        # O_NONBLOCK: a FIFO swapped in after a check opens at once instead of waiting.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BackupError(f"{path} is a symbolic link, not a file of the backup") from None
+        raise BackupError(f"{path} cannot be read ({exc.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise BackupError(f"{path} is not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        if info.st_size > SMALL_FILE_MAX:
+            raise BackupError(f"{path} is {info.st_size} bytes: more than a backup's "
+                              f"{path.name} ever is ({SMALL_FILE_MAX >> 20} MiB)")
+        try:
+            return handle.read(SMALL_FILE_MAX + 1)[:SMALL_FILE_MAX]
+        except OSError as exc:
+            raise BackupError(f"{path} cannot be read ({exc.strerror})") from None
+
+
 def _sha256(path: Path, on_bytes: Callable[[int], None] = lambda n: None) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -399,9 +447,50 @@ def collect_keys(settings: Settings) -> dict[str, str]:
     return keys
 
 
+def _check_data_dir(settings: Settings) -> None:
+    """DATA_DIR and DATA_DIR/keys are directories this user can write (or can be
+    created): checked before a restore writes anything, so a database is never restored
+    without the keys that decrypt it."""
+    key_dir = settings.data_dir / KEY_DIR_NAME
+    for path in (settings.data_dir, key_dir):
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                raise BackupError(f"{path} is not a directory: the restore could not write "
+                                  "the keys there (check ROOST_DATA_DIR)")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise BackupError(f"{path} is not writable by this user: the restore could "
+                                  "not write the keys there")
+            continue
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise BackupError(f"{path} cannot be created ({parent} is not a writable "
+                              "directory): the restore could not write the keys there")
+        return
+
+
 def _existing_keys(settings: Settings) -> list[str]:
     key_dir = settings.data_dir / KEY_DIR_NAME
+    if key_dir.exists() and not key_dir.is_dir():
+        raise BackupError(f"{key_dir} is not a directory (check ROOST_DATA_DIR)")
     return sorted(p.name for p in key_dir.iterdir()) if key_dir.is_dir() else []
+
+
+def _stamp() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+
+
+def _keys_aside(settings: Settings, stamp: str) -> Path | None:
+    """A copy of the key files a restore is about to replace (without them the old
+    database or cluster kept aside could not be decrypted)."""
+    key_dir = settings.data_dir / KEY_DIR_NAME
+    if not key_dir.is_dir() or not any(key_dir.iterdir()):
+        return None
+    aside = settings.data_dir / f"{KEY_DIR_NAME}.replaced-{stamp}"
+    shutil.copytree(key_dir, aside, symlinks=True)
+    os.chmod(aside, 0o700)
+    return aside
 
 
 def write_keys(settings: Settings, keys: dict[str, str]) -> None:
@@ -620,10 +709,14 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise BackupError(f"{path} is not a backup directory")
     try:
-        body = (path / MANIFEST).read_bytes()
+        body = _read_small(path / MANIFEST)
     except FileNotFoundError:
         raise BackupError(f"{path} has no {MANIFEST}: not a Roost backup, or an "
                           "incomplete one") from None
+    return _parse_manifest(path, body)
+
+
+def _parse_manifest(path: Path, body: bytes) -> dict[str, Any]:
     try:
         manifest = json.loads(body)
     except ValueError:
@@ -721,8 +814,14 @@ def _verify_files(path: Path, passphrase: str | None, scratch: Path, report: Rep
                   names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Path]]:
     """The manifest (its MAC, the passphrase), every file's size and sha256, and
     ``names`` in plain text (decrypted into ``scratch`` when encrypted)."""
-    manifest = read_manifest(path)
-    body = (path / MANIFEST).read_bytes()
+    if not path.is_dir():
+        raise BackupError(f"{path} is not a backup directory")
+    try:
+        # Read once: the MAC is checked on the very bytes that were parsed.
+        body = _read_small(path / MANIFEST)
+    except FileNotFoundError:
+        raise BackupError(f"{path} has no {MANIFEST}") from None
+    manifest = _parse_manifest(path, body)
     cipher: Cipher | None = None
     enc = manifest.get("encryption")
     if enc is not None:
@@ -736,7 +835,7 @@ def _verify_files(path: Path, passphrase: str | None, scratch: Path, report: Rep
             raise BackupError(f"{path / MANIFEST} is corrupted (encryption parameters)") from None
         cipher.verify_key_check(enc["key_check"])
         try:
-            mac = (path / MANIFEST_MAC).read_text().strip()
+            mac = _read_small(path / MANIFEST_MAC).decode("ascii", "replace").strip()
         except FileNotFoundError:
             raise BackupError(f"{path / MANIFEST_MAC} is missing") from None
         if not hmac.compare_digest(mac, cipher.mac(body)):
@@ -751,8 +850,9 @@ def _verify_files(path: Path, passphrase: str | None, scratch: Path, report: Rep
         if "/" in name or name.startswith("."):
             raise BackupError(f"{path / MANIFEST} names an unexpected file {name!r}")
         stored = path / name
-        if not stored.is_file():
-            raise BackupError(f"{stored} is missing")
+        problem = _regular_file_problem(stored)
+        if problem is not None:
+            raise BackupError(f"{stored} {problem}")
         size = stored.stat().st_size
         if size != entry.get("bytes"):
             raise BackupError(f"{stored} is {size} bytes, the manifest says "
@@ -778,12 +878,12 @@ def _verify_files(path: Path, passphrase: str | None, scratch: Path, report: Rep
 
 def _read_keys(path: Path) -> dict[str, str]:
     try:
-        keys = json.loads(path.read_text(encoding="utf-8"))
+        keys = json.loads(_read_small(path).decode("utf-8"))
         if not isinstance(keys, dict) or not all(
                 isinstance(k, str) and _KEY_NAME.fullmatch(k) and isinstance(v, str)
                 for k, v in keys.items()):
             raise ValueError
-    except ValueError:
+    except (ValueError, FileNotFoundError):
         raise BackupError(f"{KEYS} in the backup is not a key list") from None
     return keys
 
@@ -823,6 +923,7 @@ async def _restore_verified(settings: Settings, verified: _Verified, force: bool
                             report: Reporter) -> RestoreResult:
     manifest = verified.manifest
     warnings: list[str] = []
+    _check_data_dir(settings)
     # What is there already?  An embedded cluster that does not exist yet is not started
     # (that would write a new one) until everything is known to be restorable.
     occupied: list[str] = []
@@ -831,6 +932,7 @@ async def _restore_verified(settings: Settings, verified: _Verified, force: bool
         occupied.append(f"{settings.data_dir / KEY_DIR_NAME} holds keys "
                         f"({', '.join(existing_keys)})")
     target: Target | None = None
+    has_tables = False
     fresh_cluster = settings.uses_embedded_db and not (settings.pg_dir / "PG_VERSION").exists()
     if not fresh_cluster:
         target = await asyncio.to_thread(open_target, settings)
@@ -840,6 +942,7 @@ async def _restore_verified(settings: Settings, verified: _Verified, force: bool
         finally:
             await conn.close()
         if tables:
+            has_tables = True
             occupied.append(f"the {target.label} has {len(tables)} tables")
     if occupied and not force:
         raise TargetNotEmpty("the target is not empty: " + "; ".join(occupied)
@@ -847,21 +950,51 @@ async def _restore_verified(settings: Settings, verified: _Verified, force: bool
                              "--force to replace what is there")
     if target is None:
         target = await asyncio.to_thread(open_target, settings)
-    if occupied:
-        await _empty_target(target)
-    await _ensure_roles(target, manifest.get("roles", []), warnings)
+    # A database with data is replaced only once the restore is checked: restored into a
+    # staging database beside it, then swapped in (the old one kept under another name).
+    staging: Target | None = None
+    if has_tables:
+        staging, why_not = await _create_staging(target)
+        if staging is None:
+            warnings.append(f"no staging database could be created ({why_not}): the "
+                            "database was emptied before restoring into it")
+            await _empty_target(target)
+    into = staging or target
     tables_expected: list[dict[str, Any]] = manifest["tables"]
-    report.stage("restoring", len(tables_expected))
-    dbname, env = target.libpq_args()
+    try:
+        await _ensure_roles(into, manifest.get("roles", []), warnings)
+        report.stage("restoring", len(tables_expected))
+        dbname, env = into.libpq_args()
 
-    def on_line(line: str) -> None:
-        if "processing data for table" in line:
-            report.advance()
+        def on_line(line: str) -> None:
+            if "processing data for table" in line:
+                report.advance()
 
-    await _run_client(
-        [str(pg_bin("pg_restore")), "--verbose", "--no-owner", "--exit-on-error",
-         "--single-transaction", f"--dbname={dbname}", str(verified.dump)],
-        env, "pg_restore", on_line)
+        await _run_client(
+            [str(pg_bin("pg_restore")), "--verbose", "--no-owner", "--exit-on-error",
+             "--single-transaction", f"--dbname={dbname}", str(verified.dump)],
+            env, "pg_restore", on_line)
+        # The restored data is checked against the manifest, table by table.
+        mismatches = await _compare(into, manifest, report)
+        if mismatches:
+            if staging is None and not has_tables:
+                await _empty_target(target)  # it was empty: left as it was
+            kept = ("the database that was there is gone (no staging database)"
+                    if staging is None and has_tables else "nothing was replaced")
+            raise BackupError("the restored data does not match the manifest ("
+                              + "; ".join(mismatches[:10]) + f"): {kept}")
+    except BaseException:
+        if staging is not None:
+            await _drop_database(staging)
+        raise
+    if staging is not None:
+        aside = await _swap_in(target, staging)
+        warnings.append(f"the database that was there is kept as {aside!r} on the same "
+                        "server: drop it when the restore is known good")
+    if existing_keys:
+        kept_keys = await asyncio.to_thread(_keys_aside, settings, _stamp())
+        if kept_keys is not None:
+            warnings.append(f"the key files that were there are kept in {kept_keys}")
     await asyncio.to_thread(write_keys, settings, verified.keys)
     overridden = [k for k in _ENV_KEYS if getattr(settings, k) is not None
                   and verified.keys.get(k, "").strip() != getattr(settings, k).get_secret_value()]
@@ -869,7 +1002,15 @@ async def _restore_verified(settings: Settings, verified: _Verified, force: bool
         warnings.append("the environment sets " + ", ".join(f"ROOST_{k.upper()}" for k in overridden)
                         + " to other values than the backup's keys, and the environment wins: "
                         "unset them to use the restored keys")
-    # The restored data is checked against the manifest, table by table.
+    _check_revision(manifest, warnings)
+    return RestoreResult(tables=len(tables_expected),
+                         rows=sum(t["rows"] for t in tables_expected),
+                         target=target.label, warnings=warnings)
+
+
+async def _compare(target: Target, manifest: dict[str, Any], report: Reporter) -> list[str]:
+    """How the restored database differs from the manifest (nothing: an empty list)."""
+    tables_expected: list[dict[str, Any]] = manifest["tables"]
     report.stage("checking", len(tables_expected))
     conn = await _connect(target)
     try:
@@ -897,13 +1038,86 @@ async def _restore_verified(settings: Settings, verified: _Verified, force: bool
                                   f"behind the backup's {value[0]}")
     finally:
         await conn.close()
-    if mismatches:
-        raise BackupError("restored, but the data does not match the manifest: "
-                          + "; ".join(mismatches[:10]))
-    _check_revision(manifest, warnings)
-    return RestoreResult(tables=len(tables_expected),
-                         rows=sum(t["rows"] for t in tables_expected),
-                         target=target.label, warnings=warnings)
+    return mismatches
+
+
+def _side_name(name: str, suffix: str) -> str:
+    """``name`` + ``suffix`` within PostgreSQL's 63 bytes of a database name."""
+    return name.encode()[:63 - len(suffix)].decode("utf-8", "ignore") + suffix
+
+
+async def _admin_connect(target: Target) -> asyncpg.Connection:
+    """The target's server, in its ``postgres`` database (creating, renaming and dropping
+    a database is done from another database than it)."""
+    conn: asyncpg.Connection = await asyncpg.connect(target.url.set(
+        drivername="postgresql", database="postgres").render_as_string(hide_password=False))
+    return conn
+
+
+async def _create_staging(target: Target) -> tuple[Target | None, str]:
+    """An empty ``<name>_restoring`` database beside the target (a leftover of an
+    interrupted restore is dropped first); None and why when the server does not let
+    this user."""
+    name = _side_name(str(target.url.database), "_restoring")
+    try:
+        admin = await _admin_connect(target)
+    except (OSError, asyncpg.PostgresError) as exc:
+        return None, f"cannot connect to the postgres database: {exc}"
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {_ident(name)}")
+    except asyncpg.PostgresError as exc:
+        return None, f"CREATE DATABASE {name}: {exc}"
+    finally:
+        await admin.close()
+    return replace(target, url=target.url.set(database=name)), ""
+
+
+async def _drop_database(staging: Target) -> None:
+    """A staging database, after a restore into it failed (best effort: it is dropped
+    again by the next restore)."""
+    try:
+        admin = await _admin_connect(staging)
+        try:
+            await admin.execute(
+                f"DROP DATABASE IF EXISTS {_ident(str(staging.url.database))} WITH (FORCE)")
+        finally:
+            await admin.close()
+    except (OSError, asyncpg.PostgresError):
+        pass
+
+
+async def _swap_in(target: Target, staging: Target) -> str:
+    """The staging database renamed to the target's name, the target's database renamed
+    aside first (its sessions ended: a running Roost would hold the name); returns the
+    name it is kept under."""
+    name = str(target.url.database)
+    aside = _side_name(name, f"_replaced_{_stamp()}")
+    admin = await _admin_connect(target)
+    try:
+        for attempt in range(5):
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE datname = $1 AND pid <> pg_backend_pid()", name)
+            try:
+                await admin.execute(f"ALTER DATABASE {_ident(name)} RENAME TO {_ident(aside)}")
+                break
+            except asyncpg.ObjectInUseError:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.2)
+        try:
+            await admin.execute(f"ALTER DATABASE {_ident(str(staging.url.database))} "
+                                f"RENAME TO {_ident(name)}")
+        except asyncpg.PostgresError:
+            await admin.execute(f"ALTER DATABASE {_ident(aside)} RENAME TO {_ident(name)}")
+            raise
+    except asyncpg.PostgresError as exc:
+        await _drop_database(staging)
+        raise BackupError(f"the restored database could not replace {name!r} ({exc}): "
+                          "nothing was replaced") from None
+    finally:
+        await admin.close()
+    return aside
 
 
 def _check_revision(manifest: dict[str, Any], warnings: list[str]) -> None:
@@ -1097,12 +1311,19 @@ def _physical_chain(path: Path) -> list[Path]:
 
 
 def _unpack(plain: dict[str, Path], into: Path) -> None:
+    """The archives of a base backup into ``into``.  The "data" filter refuses absolute
+    paths and any link pointing outside ``into`` (a base backup has none: tablespaces
+    are not supported), and device files."""
     into.mkdir(mode=0o700)
-    with tarfile.open(plain["base.tar"]) as tar:
-        tar.extractall(into, filter="tar")
-    (into / "pg_wal").mkdir(mode=0o700, exist_ok=True)
-    with tarfile.open(plain["pg_wal.tar"]) as tar:
-        tar.extractall(into / "pg_wal", filter="tar")
+    try:
+        with tarfile.open(plain["base.tar"]) as tar:
+            tar.extractall(into, filter="data")
+        (into / "pg_wal").mkdir(mode=0o700, exist_ok=True)
+        with tarfile.open(plain["pg_wal.tar"]) as tar:
+            tar.extractall(into / "pg_wal", filter="data")
+    except tarfile.TarError as exc:
+        raise BackupError(f"the backup's archives hold what a base backup never does "
+                          f"({exc})") from None
     shutil.copyfile(plain["backup_manifest"], into / "backup_manifest")
 
 
@@ -1135,6 +1356,7 @@ async def _restore_physical(settings: Settings, path: Path, passphrase: str | No
                           "ROOST_DATABASE_URL); for another server use a logical backup, "
                           "or restore the physical one into an embedded data dir first")
     # The target first (files only: nothing is started or written)...
+    _check_data_dir(settings)
     pgdata = settings.pg_dir
     occupied: list[str] = []
     existing_keys = _existing_keys(settings)
@@ -1167,11 +1389,15 @@ async def _restore_physical(settings: Settings, path: Path, passphrase: str | No
     if pgdata.exists() and not has_cluster:
         pgdata.rmdir()
     if has_cluster:
-        aside = pgdata.with_name(f"pg.replaced-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+        aside = pgdata.with_name(f"pg.replaced-{_stamp()}")
         os.rename(pgdata, aside)
         warnings.append(f"the cluster that was there is kept in {aside}: delete it when "
                         "the restore is known good")
     await asyncio.to_thread(_install_pgdata, data, pgdata)
+    if existing_keys:
+        kept_keys = await asyncio.to_thread(_keys_aside, settings, _stamp())
+        if kept_keys is not None:
+            warnings.append(f"the key files that were there are kept in {kept_keys}")
     await asyncio.to_thread(write_keys, settings, keys)
     try:
         target = await asyncio.to_thread(open_target, settings)

@@ -166,8 +166,9 @@ def restore_command(
     """Restore a backup into an empty data dir (embedded) or database (ROOST_DATABASE_URL).
 
     Checks the manifest, every file's checksum and the dump before writing anything;
-    refuses a target that holds data unless --force; restores in one transaction, writes
-    the keys, then checks every table's row count and checksum against the manifest.
+    refuses a target that holds data unless --force; restores in one transaction (with
+    --force into a staging database), checks every table's row count and checksum against
+    the manifest, then swaps it in (the old database and keys kept aside) and writes the keys.
     """
     from roost.db.backup import BackupError, TargetNotEmpty, needs_passphrase, restore_backup
 
