@@ -6,7 +6,9 @@ and chunks (``docs/seed-map.toml`` says where each column lives).
 Chunks carry copies of their document's owner, effective sharing group, persona,
 collection and tags so filtered vector search and row-level security read one row
 per candidate instead of joining ``documents`` for each: the service rewrites them in
-the same transaction whenever the document's own values change.
+the same transaction whenever the document's own values change, and migration 1190's
+triggers clear a deleted group's or persona's id from them (and a persona's from
+documents and ingestion runs, which have no foreign key to it).
 
 ``embedding`` is a ``vector`` without a fixed dimension; ``embedding_model`` and
 ``embedding_dim`` say what produced it.  Each model gets a partial HNSW index on
