@@ -105,6 +105,31 @@ def test_a_loop_whose_body_returns_straight_to_it_counts_its_iterations() -> Non
     assert names(s.finish("l", "done", all_handles=False)) == ["e"]
 
 
+def test_a_loop_whose_body_returns_on_two_edges_goes_on_once_per_round() -> None:
+    """A condition whose true and false edges both return to the loop: one body round
+    (one live arrival, one dead) starts one next iteration, and the count survives JSON."""
+    nodes = [node("s", "start"), node("l", "loop", max_iterations=3),
+             node("c", "condition", expression="x"), node("e", "end")]
+    edges = [edge("1", "s", "l"), edge("2", "l", "c", "body"), edge("3", "c", "l", "true"),
+             edge("4", "c", "l", "false"), edge("5", "l", "e", "done")]
+    s = scheduler(nodes, edges)
+    assert s.plan.back_edges == frozenset({"3", "4"})
+    s.begin()
+    (entry,) = s.finish("s")
+    assert s.loop_step("l", from_body=entry.from_body, go_on=True) == "body"
+    assert names(s.finish("l", "body", all_handles=False)) == ["c"]
+    (again,) = s.finish("c", "true", all_handles=False)
+    assert again.from_body and again.iteration == 1
+    assert s.loop_step("l", from_body=True, go_on=True) == "body"
+    assert names(s.finish("l", "body", all_handles=False)) == ["c"]
+    arrival = s.plan.outgoing["c"][1]  # the false edge, live, then (after a crash) the true
+    assert s.deliver(arrival, True) == (None, [])
+    s = Scheduler(s.plan, State.load(json.loads(json.dumps(s.state.dump()))))
+    activation, dead = s.deliver(s.plan.outgoing["c"][0], False)
+    assert activation is not None and activation.from_body and dead == []
+    assert s.state.returns == {}
+
+
 def test_a_node_after_a_dead_loop_is_dead_too() -> None:
     nodes = [node("s", "start"), node("c", "condition", expression="x"),
              node("l", "loop", max_iterations=3), node("body", "template", template="x"),

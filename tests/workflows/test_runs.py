@@ -253,6 +253,54 @@ async def test_a_loop_whose_body_returns_straight_to_it_stops_at_max_iterations(
     assert len(ran["again"]) == 4 and len(ran["e"]) == 1, ran
 
 
+async def test_a_condition_whose_both_outcomes_return_to_a_loop_iterates_max_times(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """A loop (max 3) whose body is a condition with true and false edges both back to the
+    loop runs 3 iterations and completes once (not one loop activation per edge)."""
+    _, headers = user
+    nodes = [node("start", "start"), node("lp", "loop", max_iterations=3),
+             node("c", "condition", expression="True"),
+             node("done", "end", output="{{ lp.iteration }}")]
+    edges = [edge("e1", "start", "lp"), edge("e2", "lp", "c", "body"),
+             edge("e3", "c", "lp", "true"), edge("e5", "c", "lp", "false"),
+             edge("e4", "lp", "done", "done")]
+    workflow_id = await publish(client, headers, nodes, edges)
+    run = await start(client, headers, workflow_id)
+    done = await wait_for(client, headers, run["id"], within=60)
+    counts: dict[str, int] = {}
+    for step in done["steps"]:
+        counts[step["node_id"]] = counts.get(step["node_id"], 0) + 1
+    assert (done["status"], done["outputs"], counts) == (
+        "completed", {"done": "3"}, {"start": 1, "lp": 4, "c": 3, "done": 1}), (
+        done["status"], done["outputs"], counts)
+
+
+async def test_an_approval_whose_both_outcomes_return_to_a_loop_waits_once_per_iteration(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """An approval in a loop body, approved and rejected both going back to the loop: one
+    decision starts one next iteration (one approval waiting), not two."""
+    _, headers = user
+    nodes = [node("start", "start"), node("lp", "loop", max_iterations=3),
+             node("ok", "approval", message="again?"), node("done", "end", output="y")]
+    edges = [edge("e1", "start", "lp"), edge("e2", "lp", "ok", "body"),
+             edge("e3", "ok", "lp", "approved"), edge("e5", "ok", "lp", "rejected"),
+             edge("e4", "lp", "done", "done")]
+    workflow_id = await publish(client, headers, nodes, edges)
+    run = await start(client, headers, workflow_id)
+    for i in range(3):
+        got = await wait_for(client, headers, run["id"],
+                             lambda r: bool(r["waiting_for"]) or r["status"] in TERMINAL,
+                             within=10)
+        assert got["waiting_for"] == ["ok"], (i, got["status"], got["waiting_for"])
+        decided = await client.post(f"{RUNS}/{run['id']}/approvals/ok", headers=headers,
+                                    json={"approved": i % 2 == 0})
+        assert decided.status_code == 200, decided.text
+    done = await wait_for(client, headers, run["id"], within=10)
+    assert done["status"] == "completed", done["status"]
+
+
 async def test_a_run_reaching_the_steps_cap_fails_naming_it(
     client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
     monkeypatch: pytest.MonkeyPatch,
@@ -269,6 +317,69 @@ async def test_a_run_reaching_the_steps_cap_fails_naming_it(
     run = await start(client, headers, workflow_id)
     assert run["status"] == "failed", run
     assert "limit of 50 steps" in run["error_message"], run["error_message"]
+
+
+async def test_starting_a_run_does_not_execute_a_whole_loop_inside_the_request(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], worker: Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """POST /runs answers 202 with the run still running once the request's time budget
+    is spent (here none at all, so the test does not depend on this machine's speed): the
+    loop's template nodes run on the queue (a job computes the inline nodes left)."""
+    monkeypatch.setattr(execution, "INLINE_SECONDS_PER_REQUEST", 0.0)
+    _, headers = user
+    nodes = [node("start", "start"), node("lp", "loop", max_iterations=30),
+             node("b", "template", template="x"), node("done", "end", output="y")]
+    edges = [edge("e1", "start", "lp"), edge("e2", "lp", "b", "body"),
+             edge("e3", "b", "lp"), edge("e4", "lp", "done", "done")]
+    workflow_id = await publish(client, headers, nodes, edges)
+    run = await start(client, headers, workflow_id)
+    rendered = sum(1 for s in run["steps"] if s["node_id"] == "b")
+    assert run["status"] == "running" and rendered < 30, (run["status"], rendered)
+    done = await wait_for(client, headers, run["id"], within=120)
+    counts: dict[str, int] = {}
+    for step in done["steps"]:
+        counts[step["node_id"]] = counts.get(step["node_id"], 0) + 1
+    assert (done["status"], counts) == (
+        "completed", {"start": 1, "lp": 31, "b": 30, "done": 1}), (done["status"], counts)
+
+
+async def test_a_request_computes_a_bounded_number_of_inline_nodes(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], worker: Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Starting a run and deciding an approval compute at most INLINE_STEPS_PER_REQUEST
+    inline nodes; the next one is stored pending with a job, which finishes the run."""
+    monkeypatch.setattr(execution, "INLINE_STEPS_PER_REQUEST", 5)
+    _, headers = user
+    nodes = [node("start", "start"), node("lp", "loop", max_iterations=10),
+             node("b", "template", template="x"), node("ok", "approval", message="go?"),
+             node("lp2", "loop", max_iterations=10), node("b2", "template", template="x"),
+             node("done", "end", output="y")]
+    edges = [edge("e1", "start", "lp"), edge("e2", "lp", "b", "body"), edge("e3", "b", "lp"),
+             edge("e4", "lp", "ok", "done"), edge("e5", "ok", "lp2", "approved"),
+             edge("e6", "lp2", "b2", "body"), edge("e7", "b2", "lp2"),
+             edge("e8", "lp2", "done", "done")]
+    workflow_id = await publish(client, headers, nodes, edges)
+    run = await start(client, headers, workflow_id)
+    assert run["status"] == "running", run
+    assert [(s["node_id"], s["status"]) for s in run["steps"]] == [
+        ("start", "completed"), ("lp", "completed"), ("b", "completed"),
+        ("lp", "completed"), ("b", "completed"), ("lp", "pending")], run["steps"]
+    waiting = await wait_for(client, headers, run["id"],
+                             lambda r: bool(r["waiting_for"]) or r["status"] in TERMINAL)
+    assert waiting["waiting_for"] == ["ok"], waiting
+    decided = await client.post(f"{RUNS}/{run['id']}/approvals/ok", headers=headers,
+                                json={"approved": True})
+    assert decided.status_code == 200, decided.text
+    assert decided.json()["status"] == "running", decided.json()
+    done = await wait_for(client, headers, run["id"])
+    counts: dict[str, int] = {}
+    for step in done["steps"]:
+        counts[step["node_id"]] = counts.get(step["node_id"], 0) + 1
+    assert (done["status"], counts) == ("completed", {
+        "start": 1, "lp": 11, "b": 10, "ok": 1, "lp2": 11, "b2": 10, "done": 1}), (
+        done["status"], counts)
 
 
 def approval_graph(**review: Any) -> tuple[list[Any], list[Any]]:

@@ -11,9 +11,11 @@ otherwise.  What a node does with what arrives (:meth:`Scheduler.deliver`):
   join downstream of an untaken branch stops waiting for it);
 * ``join`` ``all`` runs once every incoming edge has delivered and one at least was live;
   ``join`` ``any`` runs on the first live arrival, and absorbs the rest of that round;
-* ``loop`` runs on every arrival from its body (live or dead: the body is over either
-  way) and on each live arrival from outside; a loop never reached delivers dead on its
-  ``done`` edges only.  Its body's edges stay untouched when it exits.
+* ``loop`` runs once per round of its return edges (the edges back from its body: once
+  each has delivered, live or dead, the body is over either way: a condition whose two
+  outcomes both return makes one iteration, not two) and on each live arrival from
+  outside; a loop never reached delivers dead on its ``done`` edges only.  Its body's
+  edges stay untouched when it exits.
 
 "Round": a node's arrivals are counted until every incoming edge delivered once, then
 the count starts again (a node inside a loop body sees one round per iteration).  The
@@ -108,16 +110,19 @@ class State:
     rounds: dict[str, list[int]] = field(default_factory=dict)  # node: [seen, live, fired]
     iterations: dict[str, int] = field(default_factory=dict)  # node: activations so far
     loops: dict[str, int] = field(default_factory=dict)  # loop: body iterations this time
+    returns: dict[str, int] = field(default_factory=dict)  # loop: return edges delivered
 
     @classmethod
     def load(cls, raw: dict[str, Any] | None) -> State:
         raw = raw or {}
         return cls(rounds={k: list(v) for k, v in (raw.get("rounds") or {}).items()},
                    iterations=dict(raw.get("iterations") or {}),
-                   loops=dict(raw.get("loops") or {}))
+                   loops=dict(raw.get("loops") or {}),
+                   returns=dict(raw.get("returns") or {}))
 
     def dump(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "iterations": self.iterations, "loops": self.loops}
+        return {"rounds": self.rounds, "iterations": self.iterations, "loops": self.loops,
+                "returns": self.returns}
 
 
 class Scheduler:
@@ -164,7 +169,7 @@ class Scheduler:
         target = self.plan.nodes[edge.target]
         outgoing = self.plan.outgoing[target.id]
         if target.type == "loop" and edge.id in self.plan.back_edges:
-            return self._activate(target.id, from_body=True), []
+            return self._returned(target.id), []
         round_ = self.state.rounds.setdefault(target.id, [0, 0, 0])
         round_[0] += 1
         round_[1] += int(live)
@@ -188,6 +193,17 @@ class Scheduler:
                         if target.type != "loop" or e.handle == "done"]
             del self.state.rounds[target.id]
         return activation, dead
+
+    def _returned(self, loop_id: str) -> Activation | None:
+        """One return edge of ``loop_id`` delivered: the loop goes on once all of them
+        did (one body round), however many they are and whichever were live."""
+        expected = sum(1 for e in self.plan.incoming[loop_id] if e.id in self.plan.back_edges)
+        seen = self.state.returns.get(loop_id, 0) + 1
+        if seen < expected:
+            self.state.returns[loop_id] = seen
+            return None
+        self.state.returns.pop(loop_id, None)
+        return self._activate(loop_id, from_body=True)
 
     def loop_step(self, node_id: str, *, from_body: bool, go_on: bool) -> Handle:
         """A loop node ran: ``body`` while ``go_on`` and under its ``max_iterations``,

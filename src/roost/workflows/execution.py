@@ -12,7 +12,11 @@ parallel, join, loop: committed ``completed`` in the same transaction, their suc
 scheduled in turn), stores an ``approval`` node as ``waiting``, and stores each calling
 node (llm, agent, tool, knowledge) as ``pending`` with the queue job that will run it.
 So a node's result is committed before any of its successors exists, and a successor
-exists exactly when its job does.
+exists exactly when its job does.  Outside a ``workflows.node`` job (starting a run, an
+approval decided or timed out) at most :data:`INLINE_STEPS_PER_REQUEST` inline nodes, and
+:data:`INLINE_SECONDS_PER_REQUEST` of them, are computed: the request answers at once, and
+the inline nodes left are stored ``pending`` with one job that computes them (a loop of
+heavy templates runs on the queue, not inside an API request).
 
 **Jobs** (``workflows.node``) run the steps they own (``run_steps.task_id``): a job that
 finishes a node keeps the first calling node it activates for itself and enqueues a job
@@ -29,6 +33,7 @@ schedule their successors as ``pending`` without a job until the run is resumed.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,6 +63,9 @@ NODE_TASK: Final = "workflows.node"
 APPROVAL_TIMEOUT_TASK: Final = "workflows.approval_timeout"
 STEP_TYPE: Final = "workflow_node"
 MAX_STEPS_PER_RUN: Final = 100_000  # loops included: a runaway graph stops here
+# Inline nodes a transaction outside a job computes before handing the rest to a job.
+INLINE_STEPS_PER_REQUEST: Final = 100
+INLINE_SECONDS_PER_REQUEST: Final = 5.0  # far above a small graph's, even on a loaded machine
 _IDENTIFIER_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 _plans: dict[uuid.UUID, Plan] = {}  # version id -> plan: versions are immutable
@@ -166,6 +174,9 @@ class Progress:
     failure: str | None = None
     next_number: int = 0
     changed: list[str] = field(default_factory=list)
+    inline_ran: int = 0  # inline nodes computed in this transaction
+    inline_since: float | None = None  # when the first of them was (time.monotonic)
+    deferred_job: uuid.UUID | None = None  # the job computing the inline nodes left over
 
     @classmethod
     async def open(cls, session: AsyncSession, run_id: uuid.UUID, *,
@@ -268,11 +279,37 @@ class Progress:
             node = self.plan.nodes[activation.node_id]
             if node.type == "approval":
                 await self._wait_for_approval(activation, node)
+            elif node.type in INLINE_TYPES and self._over_budget():
+                await self._insert(activation, node, status="pending",
+                                   task_id=await self._deferred_job())
             elif node.type in INLINE_TYPES:
                 todo.extend(await self._inline(activation, node))
             else:
                 await self._insert(activation, node, status="pending",
                                    task_id=await self._job_for_step())
+
+    def _over_budget(self) -> bool:
+        """Whether the next inline node is left to a job: outside one (an API request holding
+        the run's lock), only :data:`INLINE_STEPS_PER_REQUEST` nodes and
+        :data:`INLINE_SECONDS_PER_REQUEST` are spent here (a loop may have 100,000 steps)."""
+        if self.job_id is not None:
+            return False
+        now = time.monotonic()
+        if self.inline_since is None:
+            self.inline_since = now
+        if (self.inline_ran >= INLINE_STEPS_PER_REQUEST
+                or now - self.inline_since >= INLINE_SECONDS_PER_REQUEST):
+            return True
+        self.inline_ran += 1
+        return False
+
+    async def _deferred_job(self) -> uuid.UUID | None:
+        """One job for the inline nodes left over (it computes them in order, as a resumed
+        run's, :func:`redo_inline`); none while the run is not running."""
+        if self.active and self.deferred_job is None:
+            self.deferred_job = (await enqueue(self.session, NODE_TASK,
+                                               {"run_id": str(self.run.id)})).id
+        return self.deferred_job if self.active else None
 
     async def _job_for_step(self) -> uuid.UUID | None:
         """The job that will run a new calling node: this job for the first one, a new
@@ -410,7 +447,8 @@ class Progress:
 
 
 async def redo_inline(progress: Progress, step: RunStep) -> None:
-    """A resumed run: compute again an inline node whose step failed."""
+    """Compute an inline node's existing step: one whose step failed (a resumed run), or
+    one a request left to a job (:meth:`Progress._over_budget`)."""
     node = progress.plan.nodes[str(step.node_id)]
     from_body = bool((step.input or {}).get("from_body"))
     activation = Activation(str(step.node_id), int(step.iteration or 0), from_body)

@@ -77,10 +77,10 @@ async def run_nodes(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]
         if principal is None:  # suspended or deactivated since the run was queued
             await _fail(ctx, run_id, step, INACTIVE_OWNER)
             continue
-        if node.type in INLINE_TYPES:  # an inline node that failed, run again on resume
+        if node.type in INLINE_TYPES:  # failed (run again on resume), or left by a request
             async with database.transaction() as session:
                 progress = await Progress.open(session, run_id, job_id=ctx.task_id)
-                if progress is not None:
+                if progress is not None and progress.active:  # not cancelled meanwhile
                     await redo_inline(progress, step)
                     await progress.close()
             continue

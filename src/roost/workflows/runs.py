@@ -71,8 +71,10 @@ def _check_inputs(declared: list[str], inputs: dict[str, Any]) -> str:
 async def start_run(session: AsyncSession, actor: Principal, workflow_id: uuid.UUID,
                     body: WorkflowRunCreate, *, source: str = "api") -> tuple[Run, bool]:
     """A run of the workflow's version ``body.version`` (the newest by default), started
-    in the caller's transaction: the start node and everything up to the first calling
-    node run now; those get their jobs.  With an idempotency key already used by this
+    in the caller's transaction: the start node and the inline nodes up to the first
+    calling node run now (within the request's budget,
+    :data:`~roost.workflows.execution.INLINE_STEPS_PER_REQUEST`: a job computes the rest);
+    calling nodes get their jobs.  With an idempotency key already used by this
     user for this workflow, the existing run (``created`` false); used for another run
     (an agent's, another workflow's), 409."""
     workflow = await service.get_workflow(session, actor, workflow_id)
