@@ -48,6 +48,26 @@ async def test_deleting_a_group_unshares_the_chunks_of_its_documents_too(
         chunks, found.text)
 
 
+async def _filed_under_a_persona(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig,
+    owner: dict[str, str], member: tuple[uuid.UUID, dict[str, str]], *, role: str,
+    text: bytes,
+) -> tuple[str, str, str]:
+    """A persona of ``owner`` that ``member`` joins with ``role`` and files a document
+    under, ingested: the persona's, the document's and the ingestion run's ids."""
+    made = await kclient.post("/api/v1/personas", json={"name": "pp"}, headers=owner)
+    assert made.status_code == 201, made.text
+    per = made.json()["id"]
+    member_id, member_headers = member
+    await join_persona(kclient, owner, per, member_id, member_headers, role=role)
+    r = await kclient.post(f"{API}/documents", headers=member_headers,
+                           files={"file": ("p.txt", text, "text/plain")},
+                           data={"persona_id": per})
+    assert r.status_code == 202, r.text
+    await drain_jobs(database, kcfg)
+    return per, r.json()["document"]["id"], r.json()["ingestion_run"]["id"]
+
+
 async def test_deleting_a_persona_detaches_the_documents_filed_under_it(
     kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig,
 ) -> None:
@@ -56,16 +76,8 @@ async def test_deleting_a_persona_detaches_the_documents_filed_under_it(
     listing or searching by the persona finds nothing."""
     _, a = await make_user(database)
     b_id, b = await make_user(database)
-    made = await kclient.post("/api/v1/personas", json={"name": "pp"}, headers=a)
-    assert made.status_code == 201, made.text
-    per = made.json()["id"]
-    await join_persona(kclient, a, per, b_id, b, role="editor")
-    r = await kclient.post(f"{API}/documents", headers=b,
-                           files={"file": ("p.txt", b"quokka notes quokka", "text/plain")},
-                           data={"persona_id": per})
-    assert r.status_code == 202, r.text
-    doc, run = r.json()["document"]["id"], r.json()["ingestion_run"]["id"]
-    await drain_jobs(database, kcfg)
+    per, doc, run = await _filed_under_a_persona(kclient, database, kcfg, a, (b_id, b),
+                                                 role="editor", text=b"quokka notes quokka")
     # The owner deletes it: row-level security hides b's document from a, yet it is cleared.
     assert (await kclient.delete(f"/api/v1/personas/{per}", headers=a)).status_code == 204
     got = await kclient.get(f"{API}/documents/{doc}", headers=b)
@@ -90,16 +102,8 @@ async def test_an_account_deletion_that_deletes_a_persona_clears_its_members_doc
     a_id, a = await make_user(database)
     b_id, b = await make_user(database)
     _, admin = await make_user(database, admin=True)
-    made = await kclient.post("/api/v1/personas", json={"name": "gone"}, headers=a)
-    assert made.status_code == 201, made.text
-    per = made.json()["id"]
-    await join_persona(kclient, a, per, b_id, b, role="viewer")
-    r = await kclient.post(f"{API}/documents", headers=b,
-                           files={"file": ("v.txt", b"wombat notes", "text/plain")},
-                           data={"persona_id": per})
-    assert r.status_code == 202, r.text
-    doc = r.json()["document"]["id"]
-    await drain_jobs(database, kcfg)
+    _, doc, _ = await _filed_under_a_persona(kclient, database, kcfg, a, (b_id, b),
+                                             role="viewer", text=b"wombat notes")
     gone = await kclient.delete(f"/api/v1/users/{a_id}", headers=admin)
     assert gone.status_code == 204, gone.text
     got = await kclient.get(f"{API}/documents/{doc}", headers=b)
