@@ -249,6 +249,30 @@ async def test_bad_input(database: Database) -> None:
             await shards.put(s, SYSTEM, content="x")
 
 
+async def test_nul_and_float4_overflow_are_refused_before_the_database(database: Database) -> None:
+    """A NUL (PostgreSQL keeps none in text or jsonb) or an embedding value beyond float4's
+    range is a 422 naming the field; a NUL in a shard key finds no row (404); nothing stored."""
+    alice, _ = await make_user(database)
+    me = _as(alice)
+    async with scoped(database, me) as s:
+        for kwargs, field in (({"content": "a\x00b"}, "content"),
+                              ({"content": "x", "metadata": {"k": "v\x00"}}, "metadata"),
+                              ({"content": "x", "metadata": {"k\x00": ["v"]}}, "metadata"),
+                              ({"content": "x", "node_id": "n\x00"}, "node_id"),
+                              ({"content": "x", "embedding": [1e40]}, "embedding"),
+                              ({"content": "x", "embedding": [0.5, -1e39]}, "embedding")):
+            with pytest.raises(Unprocessable) as caught:
+                await shards.put(s, me, **kwargs)
+            assert caught.value.extra == {"field": field}, kwargs
+        with pytest.raises(NotFound):
+            await shards.get(s, me, f"{alice}\x00", uuid.uuid4())
+        with pytest.raises(NotFound):
+            await shards.delete(s, me, f"{alice}\x00", uuid.uuid4())
+        assert (await s.scalar(select(DistributedMemory.id))) is None
+        row = await shards.put(s, me, content="x", embedding=[3.4e38, -3.4e38])
+        assert (await shards.get(s, me, row.shard_key, row.id)).content == "x"
+
+
 # --------------------------------------------------------------------------- tenancy
 
 

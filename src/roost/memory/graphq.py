@@ -38,7 +38,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.errors import sqlstate
 from roost.errors import NotFound, Unprocessable
+from roost.memory import service
 from roost.memory.graph import normalize
+from roost.memory.schemas import ScopeIn
 from roost.principal import Principal
 
 MAX_DEPTH: Final = 6
@@ -118,6 +120,14 @@ def _owner(actor: Principal, user_id: uuid.UUID | None) -> uuid.UUID:
     return owner
 
 
+async def _check_persona(session: AsyncSession, actor: Principal, owner: uuid.UUID,
+                         persona_id: uuid.UUID | None) -> None:
+    """404 for a persona the owner's memory may not be scoped to (another tenant's, or
+    unknown), as everywhere else, rather than an empty answer."""
+    if persona_id is not None:
+        await service.resolve_scope(session, actor, ScopeIn(user_id=owner, persona_id=persona_id))
+
+
 _ENTITY_COLUMNS = "e.id, e.name, e.entity_type, e.user_id, e.persona_id"
 
 
@@ -140,8 +150,10 @@ async def resolve_entities(
         if row is None or not (actor.is_admin or row.user_id == actor.user_id) \
                 or (user_id is not None and row.user_id != user_id):
             raise NotFound(f"no entity with id {entity_id}")
+        await _check_persona(session, actor, row.user_id, persona_id)
         return [_entity(row)]
     owner = _owner(actor, user_id)
+    await _check_persona(session, actor, owner, persona_id)
     name = normalize(str(ref))
     if not name:
         raise Unprocessable("name an entity", extra={"field": "entity"})
@@ -224,6 +236,7 @@ async def find_entities(
     """The user's entities whose name contains ``q`` (all when None), most connected
     first, with how many relations they have now and ever."""
     owner = _owner(actor, user_id)
+    await _check_persona(session, actor, owner, persona_id)
     where = ["e.user_id = :uid"]
     params: dict[str, Any] = {"uid": owner, "limit": limit}
     if persona_id is not None:

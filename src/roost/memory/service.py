@@ -53,10 +53,20 @@ class Scope:
 
 
 # Existence under the actor's row-level security: a row they may not see is "no such".
-_EXISTS = {
-    "persona_id": ("personas", "persona"),
-    "agent_id": ("agents", "agent"),
-    "session_id": ("chat_sessions", "chat session"),
+# Each id must also be the scope's user's (an administrator sees every row, and a
+# memory's scope must not reach another user's persona, agent or chat session): a
+# persona they own or are a member of, an agent they own or of such a persona (not
+# another user's public agent: deleting it would delete the memories with it), their
+# own chat session.
+_USERS_PERSONA = ("(p.owner_id = :user_id OR EXISTS (SELECT 1 FROM persona_members m"
+                  " WHERE m.persona_id = p.id AND m.user_id = :user_id))")
+_EXISTS = {  # constant clauses only
+    "persona_id": ("persona",
+                   f"SELECT 1 FROM personas p WHERE p.id = :id AND {_USERS_PERSONA}"),  # noqa: S608
+    "agent_id": ("agent", "SELECT 1 FROM agents a WHERE a.id = :id AND (a.user_id = :user_id"  # noqa: S608
+                          " OR EXISTS (SELECT 1 FROM personas p WHERE p.id = a.persona_id"
+                          f" AND {_USERS_PERSONA}))"),
+    "session_id": ("chat session", "SELECT 1 FROM chat_sessions WHERE id = :id AND user_id = :user_id"),
 }
 
 
@@ -69,15 +79,11 @@ async def resolve_scope(session: AsyncSession, actor: Principal, given: ScopeIn)
     if given.user_id is not None and actor.is_admin and user_id != actor.user_id:
         if await session.scalar(text("SELECT 1 FROM users WHERE id = :id"), {"id": user_id}) is None:
             raise NotFound(f"no user with id {user_id}")
-    for field, (table, noun) in _EXISTS.items():
+    for field, (noun, sql) in _EXISTS.items():
         value = getattr(given, field)
         if value is None:
             continue
-        sql = f"SELECT 1 FROM {table} WHERE id = :id"  # noqa: S608 (constant table names)
-        if table == "chat_sessions":
-            sql += " AND user_id = :user_id"
-        found = await session.scalar(text(sql), {"id": value, "user_id": user_id})
-        if found is None:
+        if await session.scalar(text(sql), {"id": value, "user_id": user_id}) is None:
             raise NotFound(f"no {noun} with id {value}")
     return Scope(user_id, given.persona_id, given.agent_id, given.session_id)
 

@@ -57,6 +57,7 @@ SHARD_KEY_CHARS: Final = 64
 MAX_EMBEDDING_DIMENSIONS: Final = 16_000  # pgvector's limit for ``vector``
 MAX_NODE_CHARS: Final = 255
 _PERSONA_CHARS: Final = 22  # 16 bytes in unpadded base64url
+_FLOAT32_MAX: Final = 3.4028234663852886e38  # pgvector stores float4: larger is an overflow
 _BOUND = re.compile(r"FOR VALUES WITH \(modulus (\d+), remainder (\d+)\)", re.IGNORECASE)
 
 
@@ -99,6 +100,7 @@ def this_node() -> str:
 def lookup(shard_key: str, row_id: uuid.UUID) -> Select[DistributedMemory]:
     """One row by its full primary key: the statement names ``shard_key``, so one
     partition (one Citus shard) is read."""
+    _check_key(shard_key)
     return select(DistributedMemory).where(DistributedMemory.shard_key == shard_key,
                                            DistributedMemory.id == row_id)
 
@@ -108,7 +110,25 @@ def scope_rows(shard_key: str) -> Select[DistributedMemory]:
     return select(DistributedMemory).where(DistributedMemory.shard_key == shard_key)
 
 
+def _check_key(shard_key: str) -> None:
+    # PostgreSQL keeps no NUL in text: no row has such a key (not the database's error).
+    if "\x00" in shard_key:
+        raise NotFound("no stored memory under that shard key")
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 def _check_content(content: str) -> str:
+    if "\x00" in content:
+        raise Unprocessable("content must not contain a NUL character", extra={"field": "content"})
     if not content.strip():
         raise Unprocessable("content is empty", extra={"field": "content"})
     if len(content) > MAX_CONTENT_CHARS:
@@ -126,13 +146,16 @@ def _check_embedding(embedding: Sequence[float] | None) -> list[float] | None:
                             extra={"field": "embedding"})
     if not all(math.isfinite(v) for v in values):
         raise Unprocessable("an embedding's values are finite numbers", extra={"field": "embedding"})
+    if any(abs(v) > _FLOAT32_MAX for v in values):
+        raise Unprocessable(f"an embedding's values are within ±{_FLOAT32_MAX:.7g} (float4)",
+                            extra={"field": "embedding"})
     return values
 
 
 def _check_nodes(nodes: Iterable[str]) -> list[str]:
     names = list(dict.fromkeys(nodes))  # in order, once each
-    if any(not n or len(n) > MAX_NODE_CHARS for n in names):
-        raise Unprocessable(f"a node name has 1 to {MAX_NODE_CHARS} characters",
+    if any(not n or len(n) > MAX_NODE_CHARS or "\x00" in n for n in names):
+        raise Unprocessable(f"a node name has 1 to {MAX_NODE_CHARS} characters, no NUL",
                             extra={"field": "nodes"})
     return names
 
@@ -151,9 +174,11 @@ async def put(
     administrator, ``user_id``'s.  Another tenant's user or persona id is a 404."""
     scope = await resolve_scope(session, actor, ScopeIn(user_id=user_id, persona_id=persona_id))
     node = node_id if node_id is not None else this_node()
-    if not node or len(node) > MAX_NODE_CHARS:
-        raise Unprocessable(f"a node name has 1 to {MAX_NODE_CHARS} characters",
+    if not node or len(node) > MAX_NODE_CHARS or "\x00" in node:
+        raise Unprocessable(f"a node name has 1 to {MAX_NODE_CHARS} characters, no NUL",
                             extra={"field": "node_id"})
+    if _holds_nul(metadata):
+        raise Unprocessable("metadata must not contain a NUL character", extra={"field": "metadata"})
     row = DistributedMemory(
         shard_key=shard_key_for(scope.user_id, scope.persona_id), user_id=scope.user_id,
         content=_check_content(content), embedding=_check_embedding(embedding),
@@ -255,6 +280,8 @@ async def layout(session: AsyncSession) -> list[Partition]:
 
 async def partition_for_key(session: AsyncSession, shard_key: str) -> str:
     """The partition a key hashes to, by PostgreSQL's own hash partitioning function."""
+    if "\x00" in shard_key:
+        raise NotFound(f"no partition of {TABLE} takes that shard key")
     name = await session.scalar(text(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid, "
         "LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid), "
