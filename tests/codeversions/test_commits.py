@@ -3,6 +3,7 @@ real commit (read back with dulwich), the real diff, and hostile input is refuse
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -164,7 +165,10 @@ HOSTILE = ["../escape.py", "a/../../escape.py", "/etc/passwd", "/tmp/x", "a//b",
            # C1 controls (U+009B is the one-byte CSI: ESC [ to a terminal), line separators
            # and bidirectional formatting (evil\u202egnp.py shows as evilyp.png): were committed
            "a\u009b31mred.py", "a\u0085b.py", "a\u0080.py", "a\u2028b.py", "evil\u202egnp.py",
-           "x\u2066y.py"]
+           "x\u2066y.py",
+           # .git as NTFS and HFS+ read it (git refuses to check them out: no clone worked)
+           ".git./config", "git~1/config", "GIT~1 ./x", ".git /x", ".git::$INDEX_ALLOCATION/x",
+           "sub/.git:stream", ".g\u200cit/config", ".git\ufeff/x", "a/b::$DATA"]
 
 
 @pytest.mark.parametrize("path", HOSTILE)
@@ -179,6 +183,28 @@ async def test_hostile_paths_are_refused(
     assert resp.status_code == 422, resp.text
     assert resp.json()["detail"].startswith("file path ")
     assert not any(p.name == "escape.py" for p in Path(config.repos_root).parent.rglob("*"))
+
+
+async def test_a_repository_with_names_near_dot_git_still_clones_with_git(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], config: CodeVersionsConfig,
+    tmp_path: Path,
+) -> None:
+    """Names git accepts next to the refused ones (.gitignore, git~12, a.git) are
+    committed, and ``git clone`` checks the repository out."""
+    owner, headers = user
+    session_id = await chat_session(client, headers)
+    files = {".gitignore": "x\n", "git~12/a": "x\n", "a.git/b": "x\n", ".git-x/c": "x\n"}
+    resp = await client.post("/api/v1/code-versions", headers=headers, json={
+        "chat_session_id": session_id, "message": "m", "files": files})
+    assert resp.status_code == 201, resp.text
+    bare = repos.repo_path(config.repos_root, owner, uuid.UUID(session_id))
+    proc = await asyncio.create_subprocess_exec(
+        "git", "clone", "-q", str(bare), str(tmp_path / "clone"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert all((tmp_path / "clone" / name).is_file() for name in files)
 
 
 async def test_paths_through_files_and_symlinks_are_refused(

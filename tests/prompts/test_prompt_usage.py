@@ -189,3 +189,54 @@ async def test_a_cleared_rating_leaves_the_versions_mean(
     assert await rate(None, 3.0) == (1.0, 1)
     assert await rate(None, 1.0) == (None, 0)
     assert await rate(4.0) == (4.0, 1)
+
+
+async def test_a_changed_rating_leaves_the_version_that_counted_it(
+        client: httpx.AsyncClient, app: FastAPI, admin_headers: dict[str, str],
+        stub: StubServer, database: Database, user: User) -> None:
+    """A rating given before any reply counts nowhere; changed after a reply, it counts in
+    that reply's version (the old one is not taken out of a version that never counted
+    it: the mean went to -1); changed after a newer version answered, it leaves the old
+    version for the new one; cleared, it leaves the version that counted it (migration
+    1200)."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    v1 = await publish(client, headers, "chat.system", "Be brief.")
+    a, b = (await new_session(client, headers))["id"], (await new_session(client, headers))["id"]
+    async with database.transaction() as session:
+        for sid in (a, b):
+            await session.execute(text(
+                "INSERT INTO chat_session_summaries (id, session_id, user_id, started_at, "
+                "ended_at, message_count, summary) VALUES (gen_random_uuid(), :sid, :uid, "
+                "now(), now(), 8, :summary)"), {"sid": sid, "uid": user_id,
+                                                "summary": app_gateway(app).cipher.encrypt("x")})
+
+    async def rate(sid: str, rating: float | None) -> None:
+        r = await client.patch(f"/api/v1/chat/sessions/{sid}/summary", headers=headers,
+                               json={"session_rating": rating})
+        assert r.status_code == 200, r.text
+
+    async def ask(sid: str) -> None:
+        r = await client.post(f"/api/v1/chat/sessions/{sid}/messages", headers=headers,
+                              json={"content": "Hello"})
+        assert r.status_code == 201, r.text
+
+    async def stats(version: dict[str, Any]) -> tuple[Any, ...]:
+        async with database.transaction() as session:
+            return tuple((await session.execute(text(
+                "SELECT average_satisfaction, rating_count FROM system_prompts WHERE id = :id"),
+                {"id": version["id"]})).one())
+
+    await rate(a, 5.0)  # no reply yet: no version counts it
+    await ask(b)
+    await rate(b, 3.0)
+    assert await stats(v1) == (3.0, 1)
+    await ask(a)
+    await rate(a, 1.0)  # the 5 was never counted: nothing to take out
+    assert await stats(v1) == (2.0, 2)
+    v2 = await publish(client, headers, "chat.system", "Be very brief.")
+    await ask(a)
+    await rate(a, 4.0)  # leaves v1, counts in v2
+    assert (await stats(v1), await stats(v2)) == ((3.0, 1), (4.0, 1))
+    await rate(a, None)
+    assert (await stats(v1), await stats(v2)) == ((3.0, 1), (None, 0))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import pty
+import select
 import subprocess
 from pathlib import Path
 
 from roost.db.engine import Database
 from tests.agents.test_agents_cli import cli_env
-from tests.support.cli import run_roost
+from tests.support.cli import ROOST, command_env, run_roost
 from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
 
@@ -84,3 +88,60 @@ async def test_publish_refuses_nul_and_non_finite_defaults_in_one_line(
         out = run_roost("prompts", "publish", "k", *args, "--user", "petra", env=env)
         assert out.returncode == 1, (args, out.stdout)
         assert len(out.stderr.strip().splitlines()) == 1 and says in out.stderr, out.stderr
+
+
+async def test_publish_refuses_huge_or_deep_variables_json_in_one_line(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """--variables with a 5,000-digit integer (over Python's digit limit) or 100,000
+    nested brackets (deeper than the stack) is one line, exit 1 (they were tracebacks)."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="petra")
+    f = tmp_path / "p.txt"
+    f.write_text("hi {{a}}")
+    for variables in ('[{"name": "a", "type": "integer", "default": ' + "9" * 5000 + "}]",
+                      "[" * 100_000):
+        out = run_roost("prompts", "publish", "k", "--file", str(f), "--variables", variables,
+                        "--user", "petra", env=env)
+        assert out.returncode == 1, out.stdout
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr[-500:]
+        assert "Invalid --variables" in out.stderr, out.stderr[-500:]
+
+
+async def test_show_prints_control_sequences_escaped_to_a_terminal(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """A prompt's text (a group's: another member wrote it) reaches a terminal without its
+    control sequences (no retitled window); piped, it is the text as stored."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="petra")
+    f = tmp_path / "p.txt"
+    f.write_text("Be brief.\x1b]0;owned\x07\x1b[2J")
+    assert run_roost("prompts", "publish", "k", "--file", str(f), "--user", "petra",
+                     env=env).returncode == 0
+    piped = run_roost("prompts", "show", "k", "--user", "petra", env=env)
+    assert piped.returncode == 0 and "Be brief.\x1b]0;owned\x07\x1b[2J" in piped.stdout
+
+    def on_a_terminal() -> bytes:
+        leader, follower = pty.openpty()
+        try:
+            proc = subprocess.run([ROOST, "prompts", "show", "k", "--user", "petra"],
+                                  env=command_env(env), stdin=subprocess.DEVNULL,
+                                  stdout=follower, stderr=subprocess.PIPE, timeout=120,
+                                  check=False)
+            os.close(follower)
+            assert proc.returncode == 0, proc.stderr
+            out = b""
+            while select.select([leader], [], [], 1)[0]:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # the terminal's other end is closed: all read
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            return out
+        finally:
+            os.close(leader)
+
+    shown = await asyncio.to_thread(on_a_terminal)
+    assert b"Be brief.\\x1b]0;owned\\x07\\x1b[2J" in shown, shown
+    assert b"\x1b]0;" not in shown and b"\x1b[2J" not in shown

@@ -97,22 +97,21 @@ async def update_summary(
     row.updated_at = utcnow()
     await session.flush()
     if "session_rating" in changes:  # set, changed or cleared (None)
-        await _rate_prompt(session, session_id, row.session_rating,
-                           changes["session_rating"][0])
+        await _rate_prompt(session, session_id, row.session_rating)
     await audit.record(session, "chat.summary.update", user_id=actor.user_id,
                        resource_type=SESSION, resource_id=session_id, changes=changes)
     return summary_out(gateway.cipher, row)
 
 
-async def _rate_prompt(session: AsyncSession, session_id: uuid.UUID, rating: float | None,
-                       previous: float | None) -> None:
+async def _rate_prompt(session: AsyncSession, session_id: uuid.UUID,
+                       rating: float | None) -> None:
     """A session's rating feeds the average_satisfaction of the chat.system version its
-    replies used (docs/prompts.md); a changed rating replaces the previous one, a cleared
-    one (None) leaves the mean."""
+    replies used (docs/prompts.md); a changed rating replaces the previous one in the
+    version that counted it (not always the current one: rated before any reply, or
+    before a newer version answered), a cleared one (None) leaves the mean."""
     prompt_id = await session.scalar(select(ChatSession.system_prompt_id)
                                      .where(ChatSession.id == session_id))
-    if prompt_id is not None:
-        await prompts.record_rating(session, prompt_id, rating, previous)
+    await prompts.record_session_rating(session, session_id, prompt_id, rating)
 
 
 def _parse_summary(text: str) -> tuple[str, list[str]]:

@@ -73,6 +73,23 @@ _BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u2
                                   "\u2066\u2067\u2068\u2069")
 
 
+# Names Windows and macOS file systems open as ``.git`` and that git therefore refuses to
+# check out (verify_path with core.protectNTFS, on by default, and core.protectHFS): a
+# repository holding one could not be cloned.  NTFS drops trailing dots and spaces,
+# ``::$INDEX_ALLOCATION`` (any ``:`` stream) names the directory itself, ``git~1`` is the
+# short name; HFS+ ignores these code points inside names.
+_NTFS_DOT_GIT: Final = re.compile(r"(?:\.git|git~1)[. ]*(?::.*)?", re.IGNORECASE | re.DOTALL)
+_HFS_IGNORED: Final = frozenset("\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                                "\u206a\u206b\u206c\u206d\u206e\u206f\ufeff")
+
+
+def _names_dot_git(segment: str) -> bool:
+    """Whether git (protectNTFS, protectHFS) reads ``segment`` as ``.git``."""
+    if segment.casefold() == ".git" or _NTFS_DOT_GIT.fullmatch(segment):
+        return True
+    return "".join(c for c in segment if c not in _HFS_IGNORED).casefold() == ".git"
+
+
 def check_path(path: str) -> bytes:
     """A relative POSIX path inside the repository, as git stores it; refuses (422) absolute
     paths, ``..`` and ``.`` segments, empty segments, backslashes, control characters (C0,
@@ -94,8 +111,10 @@ def check_path(path: str) -> bytes:
     for segment in path.split("/"):
         if segment in ("", ".", ".."):
             raise PathRefused(path, "has an empty, '.' or '..' segment")
-        if segment.casefold() == ".git":
+        if _names_dot_git(segment):
             raise PathRefused(path, "names .git (the repository's own data)")
+        if "::" in segment:
+            raise PathRefused(path, "contains '::' (an NTFS stream name)")
         if len(segment.encode()) > MAX_SEGMENT_BYTES:
             raise PathRefused(path, f"has a name longer than {MAX_SEGMENT_BYTES} bytes")
     try:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from roost.clitools import MAX_INT32, fail, id_table, print_table, read_text
+from roost.clitools import MAX_INT32, fail, id_table, print_table, printable, read_text
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
 from roost.prompts import service
@@ -78,7 +78,9 @@ def prompts_show(
                            + (f" default={var['default']!r}" if var.get("default") is not None
                               else "")))
     console.print()
-    sys.stdout.write(p.prompt_text.rstrip("\n") + "\n")
+    # A group's prompt is another member's text: no control sequences to a terminal.
+    shown = p.prompt_text.rstrip("\n")
+    sys.stdout.write((printable(shown) if sys.stdout.isatty() else shown) + "\n")
 
 
 @prompts_app.command("publish")
@@ -105,12 +107,16 @@ def prompts_publish(
     text = read_text(file)
     try:
         defs: list[Any] = json.loads(variables) if variables else []
+    except json.JSONDecodeError as exc:
+        raise fail("Invalid --variables", f"not JSON: {exc.msg}") from None
+    except (ValueError, RecursionError):
+        # json's own limits: an integer of over 4,300 digits, nesting deeper than the stack.
+        raise fail("Invalid --variables", "a number too long or nesting too deep") from None
+    try:
         body = PromptCreate(
             prompt_key=key, prompt_text=text, prompt_name=name, prompt_category=category,
             variables=[VariableDef.model_validate(v) for v in defs],
             scope=_scope(scope), group_id=group, label=label or None)
-    except json.JSONDecodeError as exc:
-        raise fail("Invalid --variables", f"not JSON: {exc.msg}") from None
     except (ValidationError, TypeError) as exc:
         raise fail("Invalid input", _first_error(exc)) from None
 

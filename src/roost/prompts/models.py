@@ -106,3 +106,20 @@ class SystemPromptLabel(UUIDPrimaryKey, CreatedAt, Base):
     prompt_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("system_prompts.id", ondelete="CASCADE"))
     updated_at: Mapped[datetime] = mapped_column(server_default=text("now()"), nullable=False)
+
+
+class SystemPromptRating(Base):
+    """The version a chat session's rating counts in (the ``chat.system`` version of its
+    replies when it was rated) and that rating: a changed or cleared rating leaves that
+    version's mean, not the version the session's replies use now (migration 1200).  Only
+    ``roost_session_rated`` (SECURITY DEFINER) reads and writes it: no grants, no policy."""
+
+    __tablename__ = "system_prompt_ratings"
+    __table_args__ = (Index("ix_system_prompt_ratings_prompt_id", "prompt_id"),)
+
+    # By name: chat's tables are above this domain (a session's rating, chat/summaries.py).
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("chat_sessions.id", ondelete="CASCADE"), primary_key=True)
+    prompt_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("system_prompts.id", ondelete="CASCADE"))
+    rating: Mapped[float] = mapped_column(Float)

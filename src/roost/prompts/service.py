@@ -431,6 +431,15 @@ async def record_rating(session: AsyncSession, prompt_id: uuid.UUID, rating: flo
                           {"id": prompt_id, "r": rating, "p": previous})
 
 
+async def record_session_rating(session: AsyncSession, session_id: uuid.UUID,
+                                prompt_id: uuid.UUID | None, rating: float | None) -> None:
+    """A chat session's rating (None: cleared): its previous rating leaves the version that
+    counted it, ``rating`` counts in ``prompt_id`` (the version its replies use now; None:
+    no reply yet, no version to count it) (migration 1200)."""
+    await session.execute(text("SELECT roost_session_rated(:sid, :id, :r)"),
+                          {"sid": session_id, "id": prompt_id, "r": rating})
+
+
 # --- factory defaults -------------------------------------------------------------------
 
 
