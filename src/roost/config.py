@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         "in-flight requests finish; then it ends what is still open (event streams a client "
         "keeps reading, answers still streaming), giving their stream slots back, and stops"
     )
+    serve_body_timeout_s: int = Field(
+        default=60, ge=1, le=3600, description="How long a request's body may go without "
+        "a byte arriving, from the end of its head on (docs/operations.md, \"Request "
+        "limits\"): then the answer is a 408 and the connection is closed"
+    )
     serve_workers: int = Field(
         default=1, ge=1, le=64, description="API processes `roost serve` runs on its one port "
         "(`--workers`); above 1 a supervisor process starts and replaces them (docs/scale.md)"

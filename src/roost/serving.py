@@ -63,19 +63,83 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
     server's memory with one header.  The bytes read while a head is being parsed are
     counted here, before the parser sees them; past ``MAX_REQUEST_HEAD_BYTES`` the answer
     is a 431 and the connection is closed.  (uvicorn's h11 protocol has a limit,
-    ``h11_max_incomplete_event_size``, but parses slower.)"""
+    ``h11_max_incomplete_event_size``, but parses slower.)  A body has a time limit too:
+    ``serve_body_timeout_s`` without a byte of it is a 408 (docs/operations.md)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_left: int | None = MAX_REQUEST_HEAD_BYTES  # None while reading a body
+        self._body_timeout_s = get_settings().serve_body_timeout_s
+        self._body_timer: asyncio.TimerHandle | None = None  # set while a body is awaited
+        self._body_seen = 0.0  # loop time the head ended or the body's last bytes came
 
     def on_headers_complete(self) -> None:
         self._head_left = None
         super().on_headers_complete()
+        # Neither uvicorn nor httptools time a body out: a client that sent a head and
+        # then stalled held its connection and request task for as long as it liked.
+        # As nginx's client_body_timeout, the limit is on the time between two reads;
+        # on_message_complete (at once for a request without a body) cancels it.
+        self._cancel_body_timer()
+        self._body_seen = self.loop.time()
+        self._body_timer = self.loop.call_later(self._body_timeout_s, self._body_timed_out)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_seen = self.loop.time()  # the timer checks it (cheaper than re-arming)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._head_left = MAX_REQUEST_HEAD_BYTES  # what follows is the next request's head
+        self._cancel_body_timer()
         super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_body_timer()
+        super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        self._cancel_body_timer()  # the connection is another protocol's from now on
+        super().handle_websocket_upgrade()
+
+    def shutdown(self) -> None:
+        """On SIGTERM uvicorn lets a request finish within the grace period, then cancels
+        its task (a traceback in the log): a request whose body is still awaited is
+        answered 503 and closed at once instead (nothing of it has been acted on)."""
+        if (self._body_timer is not None and not self.pipeline  # not amid another answer
+                and (self.cycle is None or not self.cycle.response_started)):
+            self._abandon_body(503, "the server is shutting down; send the request again")
+            return
+        super().shutdown()
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        now = self.loop.time()
+        if self.pipeline or self.flow.read_paused or (self.cycle is not None
+                                                      and self.cycle.waiting_for_100_continue):
+            # The body waits on Roost, not on the client: an earlier request still being
+            # answered, a full buffer the app has not read yet, no "100 Continue" sent yet.
+            self._body_seen = now
+        if now - self._body_seen < self._body_timeout_s:
+            self._body_timer = self.loop.call_later(
+                self._body_timeout_s - (now - self._body_seen), self._body_timed_out)
+            return
+        self._body_timer = None
+        self.logger.warning("No bytes of a request body for %d s.", self._body_timeout_s)
+        self._abandon_body(408, f"no bytes of the request body arrived for "
+                                f"{self._body_timeout_s} seconds")
+
+    def _abandon_body(self, status: int, message: str) -> None:
+        """Answer a request whose body has not arrived (unless the app already answered)
+        and close the connection: the request's task then reads a disconnect."""
+        self._cancel_body_timer()
+        if not self.transport.is_closing() and (self.cycle is None
+                                                or not self.cycle.response_started):
+            self._send_plain(status, message)
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         left = self._head_left
@@ -97,13 +161,17 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
     def _send_head_too_large(self) -> None:
         self.logger.warning("Request head larger than %d bytes.", MAX_REQUEST_HEAD_BYTES)
         if self.cycle is None or self.cycle.response_complete:  # not amid another answer
-            message = (f"request line and headers are larger than the limit of "
-                       f"{MAX_REQUEST_HEAD_BYTES} bytes").encode("ascii")
-            self.transport.write(b"".join([
-                STATUS_LINE[431], b"content-type: text/plain; charset=utf-8\r\n",
-                b"content-length: ", str(len(message)).encode("ascii"), b"\r\n",
-                b"connection: close\r\n\r\n", message]))
+            self._send_plain(431, f"request line and headers are larger than the limit of "
+                                  f"{MAX_REQUEST_HEAD_BYTES} bytes")
         self.transport.close()
+
+    def _send_plain(self, status: int, message: str) -> None:
+        """A short plain-text answer written before the connection is closed."""
+        body = message.encode("ascii")
+        self.transport.write(b"".join([
+            STATUS_LINE[status], b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: ", str(len(body)).encode("ascii"), b"\r\n",
+            b"connection: close\r\n\r\n", body]))
 
 
 class GracefulServer(uvicorn.Server):

@@ -52,6 +52,25 @@ async def test_a_body_the_json_decoder_refuses_is_a_malformed_json_400_saying_wh
     assert openai.json()["error"]["code"] == "invalid_json", openai.text
 
 
+async def test_a_json_body_in_utf16_or_utf32_is_malformed_json_not_decoded(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """docs/operations.md: a body that is not UTF-8 is malformed JSON (400).  Python's
+    json.loads guesses UTF-16 and UTF-32 from the bytes: such a body was decoded and the
+    group stored (201).  A UTF-8 byte order mark is still dropped."""
+    _, headers = await make_user(database)
+    json_headers = {**headers, "content-type": "application/json"}
+    for encoding in ("utf-16", "utf-16-le", "utf-32", "utf-32-be"):
+        reply = await client.post("/api/v1/groups", headers=json_headers,
+                                  content=f'{{"name": "g-{encoding}"}}'.encode(encoding))
+        assert problem_of(reply, 400)["type"].endswith("/malformed-json"), reply.text
+    listed = await client.get("/api/v1/groups", headers=headers)
+    assert not any(g["name"].startswith("g-utf") for g in listed.json()), listed.text
+    with_bom = await client.post("/api/v1/groups", headers=json_headers,
+                                 content='{"name": "g-bom"}'.encode("utf-8-sig"))
+    assert with_bom.status_code == 201, with_bom.text
+
+
 async def test_a_content_encoding_roost_does_not_decode_is_refused_with_415(
     client: httpx.AsyncClient, database: Database
 ) -> None:
@@ -162,3 +181,73 @@ async def test_request_heads_have_a_size_limit(
             assert large.status_code == 400, large.text
             assert problem_of(large, 400)["type"].endswith("/malformed-json"), large.text
         assert "Traceback" not in server.output, server.output[-4000:]
+
+
+async def _post_head_and_first_byte(
+    host: str, port: int, headers: dict[str, str], length: int = 100
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A POST that declares ``length`` bytes of JSON body and sends only the first one."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"POST /api/v1/groups HTTP/1.1\r\nHost: x\r\n"
+                 b"Authorization: " + headers["Authorization"].encode() + b"\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: "
+                 + str(length).encode() + b"\r\n\r\n{")
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_request_body_that_stalls_is_answered_408_and_closed(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+    test_keys: KeyMaterial
+) -> None:
+    """A client that sends a head and a byte of its body, then nothing, no longer holds a
+    connection and a request task of `roost serve` for as long as it likes (slowloris):
+    after ROOST_SERVE_BODY_TIMEOUT_S without a byte it gets a 408 and the connection is
+    closed.  The limit is between two reads: a body that keeps coming, slowly, is served."""
+    _, headers = await make_user(database)
+    env = serve_env(pg_server, db_name, tmp_path / "data", test_keys,
+                    ROOST_SERVE_BODY_TIMEOUT_S="2")
+    with roost_server(env) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        reader, writer = await _post_head_and_first_byte(host, int(port), headers)
+        try:
+            answer = await asyncio.wait_for(reader.read(1000), 60)  # the old code: forever
+            assert await asyncio.wait_for(reader.read(1000), 10) == b""  # then closed
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        body = b'{"name": "slow but steady"}'
+        reader, writer = await _post_head_and_first_byte(host, int(port), headers, len(body))
+        try:
+            for at in range(1, len(body), 9):  # 3 s in all, 1 s between the pieces
+                await asyncio.sleep(1)
+                writer.write(body[at:at + 9])
+                await writer.drain()
+            answer = await asyncio.wait_for(reader.read(1000), 30)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 201"), answer
+    assert "Traceback" not in server.output, server.output[-3000:]
+
+
+async def test_stopping_the_server_while_a_body_has_stalled_answers_503_without_a_traceback(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+    test_keys: KeyMaterial
+) -> None:
+    """SIGTERM while a client's body has stalled (well within the body timeout): the
+    request, not acted on yet, is answered 503 and closed at once, rather than held for the
+    whole grace period and then cancelled with an 'Exception in ASGI application'
+    traceback in the log."""
+    _, headers = await make_user(database)
+    env = serve_env(pg_server, db_name, tmp_path / "data", test_keys,
+                    ROOST_SERVE_SHUTDOWN_GRACE_S="2")
+    with roost_server(env) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        reader, writer = await _post_head_and_first_byte(host, int(port), headers)
+        await asyncio.sleep(1)
+    try:
+        answer = await asyncio.wait_for(reader.read(1000), 10)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert "Traceback" not in server.output, server.output[-3000:]

@@ -14,10 +14,12 @@ the value:
   Roost takes is that deep, and answering with such a value (metadata stored as given)
   failed in the serializer, a 500; deeper still, the decoder itself runs out of stack.
 
+A body is UTF-8 (RFC 8259 8.1; a leading UTF-8 byte order mark is dropped): ``json``
+would guess UTF-16 or UTF-32 from bytes and decode them, so the bytes are decoded here.
 Two things ``json`` raises as other errors than ``JSONDecodeError`` (which FastAPI answered
 with a bare "There was an error parsing the body") are malformed JSON too: bytes that are
-not UTF-8, UTF-16 or UTF-32 text, and an integer of more than 4300 digits (Python's limit
-on converting digits to ``int``).
+not UTF-8 text (UTF-16 and UTF-32 included), and an integer of more than 4300 digits
+(Python's limit on converting digits to ``int``).
 
 Every router is a :class:`RoostRouter`, whose routes are ``RoostRoute`` (a test checks
 every route).
@@ -90,7 +92,7 @@ MAX_JSON_DEPTH: Final = 100
 
 
 class NotUnicodeError(json.JSONDecodeError):
-    """The body's bytes are not text in the encoding JSON's first bytes say (UTF-8 mostly)."""
+    """The body's bytes are not UTF-8 text."""
 
     def __init__(self, exc: UnicodeDecodeError) -> None:
         super().__init__(f"the body is not valid {exc.encoding.upper()} text (byte "
@@ -141,14 +143,18 @@ def loads_strict(data: bytes | str) -> Any:
     """``json.loads`` that accepts JSON only: a ``JSONDecodeError`` (``LoneSurrogateError``,
     ``NotJSONNumberError``, ``NestedTooDeepError``, ``NotUnicodeError``,
     ``IntegerTooLongError``) for a string with a lone surrogate, a number that is not
-    finite, nesting deeper than ``MAX_JSON_DEPTH``, bytes that are not Unicode text or an
-    integer too long to convert.  A document with no more brackets than that cannot be too
-    deep, and an ASCII one without ``\\u`` escapes holds no surrogate: each check is
-    skipped when it cannot fail."""
+    finite, nesting deeper than ``MAX_JSON_DEPTH``, bytes that are not UTF-8 text (a
+    leading UTF-8 byte order mark is dropped; UTF-16 and UTF-32, which ``json.loads``
+    would detect and decode, are refused) or an integer too long to convert.  A document
+    with no more brackets than that cannot be too deep, and an ASCII one without ``\\u``
+    escapes holds no surrogate: each check is skipped when it cannot fail."""
     try:
+        # Decoded here, as UTF-8 only; "surrogatepass" as json.loads does, so the raw
+        # bytes of a surrogate are named as a lone surrogate below.
+        text = data.decode("utf-8-sig", "surrogatepass") if isinstance(data, bytes) else data
         # _finite costs about 0.4 us a float (a regular expression finding the numbers
         # that could overflow cost more on any large body, floats or not).
-        value = json.loads(data, parse_constant=_not_a_number, parse_float=_finite)
+        value = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
     except RecursionError:
         raise NestedTooDeepError() from None
     except UnicodeDecodeError as exc:
