@@ -15,6 +15,7 @@ from sqlalchemy import text
 from roost.config import Settings
 from roost.db.engine import Database
 from tests.agents.conftest import make_agent, running_worker
+from tests.chat.conftest import add_provider
 from tests.llm.agent_models import agent_models  # noqa: F401 (a fixture)
 from tests.llm.sse import v1_frames
 from tests.support.identity import make_user
@@ -36,12 +37,6 @@ async def user(database: Database) -> tuple[uuid.UUID, Headers]:
     return await make_user(database)
 
 
-async def _provider(client: httpx.AsyncClient, admin: Headers, stub: StubServer) -> None:
-    body = {"name": "stub", "type": "openai", "base_url": stub.base_url, "model": "stub-model"}
-    resp = await client.post("/api/v1/llm/providers", json=body, headers=admin)
-    assert resp.status_code == 201, resp.text
-
-
 async def _post(client: httpx.AsyncClient, headers: Headers, **body: Any) -> httpx.Response:
     return await client.post("/v1/chat/completions", headers=headers,
                              json={"messages": MSG, **body})
@@ -53,7 +48,7 @@ async def test_an_agent_model_one_may_not_see_is_model_not_found(
 ) -> None:
     """An unknown agent, or another tenant's private one, is /v1's 404 model_not_found with
     param "model", the same for both; no run is started."""
-    await _provider(client, admin_headers, stub)
+    await add_provider(client, admin_headers, stub)
     other_id, _ = await make_user(database)
     await make_agent(database, other_id, slug="secret-bot")
     for model in ("agent:secret-bot", "agent:never-was"):
@@ -71,7 +66,7 @@ async def test_an_agent_stream_with_include_usage_ends_with_the_usage_chunk(
 ) -> None:
     """stream_options.include_usage adds the usage chunk (choices []) after the stop chunk,
     before [DONE], as for any model of /v1/chat/completions."""
-    await _provider(client, admin_headers, stub)
+    await add_provider(client, admin_headers, stub)
     other_id, _ = await make_user(database)
     await make_agent(database, other_id, slug="pub", is_public=True)  # another's public agent
     stub.script(Reply("streamed answer"))
@@ -90,7 +85,7 @@ async def test_a_failed_agent_stream_ends_with_an_error_frame_with_a_code(
 ) -> None:
     """A failed agent run streamed ends with an error frame carrying the code of the whole
     answer's 502 (the gateway's own mapping), not code null."""
-    await _provider(client, admin_headers, stub)
+    await add_provider(client, admin_headers, stub)
     await make_agent(database, user[0], slug="failing")
     stub.script(Fail(400, "rejected", times=None))
     async with running_worker(app, database, test_settings):

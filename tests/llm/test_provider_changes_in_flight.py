@@ -20,6 +20,7 @@ from roost.llm import leases, routing
 from roost.llm.deps import app_gateway
 from roost.llm.errors import ProviderUnavailable
 from roost.llm.types import ChatRequest, ChatResult
+from tests.chat.conftest import add_provider
 from tests.llm.sse import v1_frames
 from tests.support.identity import make_user
 from tests.support.openai_stub import Fail, Reply, StubServer
@@ -37,13 +38,6 @@ def test_settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 async def user(database: Database) -> tuple[uuid.UUID, Headers]:
     return await make_user(database)
-
-
-async def _provider(client: httpx.AsyncClient, admin: Headers, stub: StubServer) -> str:
-    body = {"name": "stub", "type": "openai", "base_url": stub.base_url, "model": "stub-model"}
-    resp = await client.post("/api/v1/llm/providers", json=body, headers=admin)
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
 
 
 async def _post(client: httpx.AsyncClient, headers: Headers, **body: Any) -> httpx.Response:
@@ -70,7 +64,7 @@ async def test_a_stream_whose_provider_is_deleted_meanwhile_finishes_and_is_reco
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
     user: tuple[uuid.UUID, Headers], database: Database,
 ) -> None:
-    pid = await _provider(client, admin_headers, stub)
+    pid = str((await add_provider(client, admin_headers, stub))["id"])
     stub.script(SLOW_STREAM)
     resp, deleted = await asyncio.gather(_post(client, user[1], stream=True),
                                          _delete_soon(client, admin_headers, pid))
@@ -86,7 +80,7 @@ async def test_a_call_whose_provider_is_deleted_meanwhile_is_answered_and_record
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
     user: tuple[uuid.UUID, Headers], database: Database,
 ) -> None:
-    pid = await _provider(client, admin_headers, stub)
+    pid = str((await add_provider(client, admin_headers, stub))["id"])
     stub.script(Reply("slow answer", delay_ms=800))
     resp, deleted = await asyncio.gather(_post(client, user[1]),
                                          _delete_soon(client, admin_headers, pid))
@@ -100,7 +94,7 @@ async def test_a_failed_call_whose_provider_is_deleted_meanwhile_is_recorded_fai
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
     user: tuple[uuid.UUID, Headers], database: Database,
 ) -> None:
-    pid = await _provider(client, admin_headers, stub)
+    pid = str((await add_provider(client, admin_headers, stub))["id"])
     stub.script(Fail(400, "rejected", delay_ms=800))
     resp, deleted = await asyncio.gather(_post(client, user[1]),
                                          _delete_soon(client, admin_headers, pid))
@@ -115,7 +109,7 @@ async def test_editing_a_provider_does_not_break_the_streams_in_flight_on_it(
 ) -> None:
     """Even a change of weight rebuilds the instance: the old one serves its stream to
     the end, the next call uses the new one."""
-    pid = await _provider(client, admin_headers, stub)
+    pid = str((await add_provider(client, admin_headers, stub))["id"])
     stub.script(SLOW_STREAM)
 
     async def edit_then_call() -> None:
@@ -180,7 +174,7 @@ async def test_a_route_kept_across_calls_is_stale_once_a_provider_of_it_is_edite
     providers (and the pool replaces the instance), the route says it is stale, so the
     run's next step resolves it again and uses the edited provider, not the retired
     instance (closed after its grace period: every later step would have failed)."""
-    pid = await _provider(client, admin_headers, stub)
+    pid = str((await add_provider(client, admin_headers, stub))["id"])
     gateway = app_gateway(app)
     async with database.transaction() as session:
         kept = await routing.resolve_route(session, gateway, "stub-model")
