@@ -59,3 +59,14 @@ def simple_graph(prompt: str = "Summarize: {{ input }}") -> dict[str, Any]:
     return {"nodes": [node("s", "start"), node("l", "llm", prompt=prompt), node("e", "end")],
             "edges": [edge("e1", "s", "l"), edge("e2", "l", "e")],
             "viewport": {"x": 0, "y": 0, "zoom": 1}}
+
+
+def template_loop(iterations: int, body: str = "b") -> tuple[list[dict[str, Any]],
+                                                          list[dict[str, Any]]]:
+    """start -> a loop of ``iterations`` over one template node ``body`` -> end: its nodes
+    and edges (an inline-only graph, computed without any model or tool)."""
+    nodes = [node("start", "start"), node("lp", "loop", max_iterations=iterations),
+             node(body, "template", template="x"), node("done", "end", output="y")]
+    edges = [edge("e1", "start", "lp"), edge("e2", "lp", body, "body"),
+             edge("e3", body, "lp"), edge("e4", "lp", "done", "done")]
+    return nodes, edges

@@ -23,7 +23,7 @@ from tests.chat.conftest import add_provider
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Fail, Reply
 from tests.support.sql import fetch, scalar
-from tests.workflows.graphs import edge, node
+from tests.workflows.graphs import edge, node, template_loop
 
 __all__ = ["other_user", "test_settings", "user", "worker"]
 
@@ -309,11 +309,7 @@ async def test_a_run_reaching_the_steps_cap_fails_naming_it(
     cap, not a 500."""
     monkeypatch.setattr(execution, "MAX_STEPS_PER_RUN", 50)
     _, headers = user
-    nodes = [node("start", "start"), node("lp", "loop", max_iterations=1000),
-             node("body", "template", template="x"), node("done", "end", output="x")]
-    edges = [edge("e1", "start", "lp"), edge("e2", "lp", "body", "body"),
-             edge("e3", "body", "lp"), edge("e4", "lp", "done", "done")]
-    workflow_id = await publish(client, headers, nodes, edges)
+    workflow_id = await publish(client, headers, *template_loop(1000, body="body"))
     run = await start(client, headers, workflow_id)
     assert run["status"] == "failed", run
     assert "limit of 50 steps" in run["error_message"], run["error_message"]
@@ -328,11 +324,7 @@ async def test_starting_a_run_does_not_execute_a_whole_loop_inside_the_request(
     loop's template nodes run on the queue (a job computes the inline nodes left)."""
     monkeypatch.setattr(execution, "INLINE_SECONDS_PER_REQUEST", 0.0)
     _, headers = user
-    nodes = [node("start", "start"), node("lp", "loop", max_iterations=30),
-             node("b", "template", template="x"), node("done", "end", output="y")]
-    edges = [edge("e1", "start", "lp"), edge("e2", "lp", "b", "body"),
-             edge("e3", "b", "lp"), edge("e4", "lp", "done", "done")]
-    workflow_id = await publish(client, headers, nodes, edges)
+    workflow_id = await publish(client, headers, *template_loop(30))
     run = await start(client, headers, workflow_id)
     rendered = sum(1 for s in run["steps"] if s["node_id"] == "b")
     assert run["status"] == "running" and rendered < 30, (run["status"], rendered)
