@@ -11,6 +11,7 @@ import contextlib
 from pathlib import Path
 
 import httpx
+from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
@@ -19,7 +20,7 @@ from tests.support.identity import join_group, join_persona, make_user
 from tests.support.lifecycle import CHANGES, assert_audit_chain_intact, end_account
 from tests.support.pg import PgTestServer
 from tests.support.server import roost_server, serve_env
-from tests.support.sql import fetch
+from tests.support.sql import fetch, scalar
 
 ME = "/api/v1/auth/me"
 MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
@@ -126,4 +127,36 @@ async def test_a_persona_with_another_owner_outlives_its_deleted_creator(
                                     " ORDER BY created_at")
     assert [(r.action, r.resource_id) for r in records] == [
         ("persona.owner_changed", persona), ("persona.delete", lone)]
+    await assert_audit_chain_intact(database)
+
+
+async def test_a_deletion_that_closes_a_lock_cycle_with_a_job_is_done_again_not_refused(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str],
+) -> None:
+    """A job writing for the account (a call it stores names the account, so it holds the
+    account's row as a foreign key does) and then touching the account's persona, while
+    the deletion has taken the persona and waits for the account's row: a lock cycle the
+    database ends as a deadlock.  The deletion is done again and succeeds, and the job's
+    own work stands; the administrator once got a 503 (seen in CI with a memory job)."""
+    user_id, headers = await make_user(database)
+    made = await client.post("/api/v1/personas", headers=headers, json={"name": "Kestrel"})
+    assert made.status_code == 201, made.text
+    async with database.transaction() as job:
+        await job.execute(text("SELECT 1 FROM users WHERE id = :u FOR KEY SHARE"),
+                          {"u": user_id})
+        deletion = asyncio.create_task(end_account(client, admin_headers, user_id))
+        deadline = asyncio.get_running_loop().time() + 15
+        while not await scalar(database, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                         "wait_event_type = 'Lock' AND query LIKE 'DELETE FROM users%'"):
+            assert asyncio.get_running_loop().time() < deadline, "the deletion never waited"
+            assert not deletion.done(), deletion
+            await asyncio.sleep(0.05)
+        await job.execute(text("UPDATE personas SET updated_at = now() WHERE id = :p"),
+                          {"p": made.json()["id"]})
+    await deletion  # a 204, not a 503
+    assert await scalar(database, "SELECT count(*) FROM users WHERE id = :u", u=user_id) == 0
+    assert await scalar(database, "SELECT count(*) FROM personas WHERE id = :p",
+                        p=made.json()["id"]) == 0
+    assert await scalar(database, "SELECT count(*) FROM audit_logs WHERE action = "
+                                  "'user.deleted' AND resource_id = :u", u=str(user_id)) == 1
     await assert_audit_chain_intact(database)

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from roost.context import current_context
 from roost.db.base import Base
+from roost.db.errors import RETRYABLE_SQLSTATES
 from roost.db.errors import sqlstate as sqlstate_of
 from roost.errors import RoostError
 
@@ -228,7 +229,7 @@ async def _sqlstate_error(request: Request, exc: Exception) -> JSONResponse:
         return problem(400, "a value is out of range or malformed for its field")
     if sqlstate == "57014":  # statement timeout
         return problem(503, "the database took too long to answer; try again shortly")
-    if sqlstate in ("40001", "40P01"):  # serialization failure, deadlock: nothing was changed
+    if sqlstate in RETRYABLE_SQLSTATES:  # serialization failure, deadlock: nothing was changed
         log.warning("transaction_conflict", sqlstate=sqlstate)
         return problem(503, "the change collided with a concurrent one and was not made; "
                        "try again", headers={"Retry-After": "1"})

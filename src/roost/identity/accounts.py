@@ -15,6 +15,7 @@ from sqlalchemy import exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
+from roost.db.errors import retrying_deadlocks
 from roost.db.lookup import one_or_404
 from roost.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import (
@@ -233,6 +234,13 @@ async def delete_user(session: AsyncSession, principal: Principal, user_id: uuid
         raise NotFound("no such user") if user_id != principal.user_id else Forbidden(
             "deleting an account needs an administrator"
         )
+    # A job of the account's writing at the same moment (a call it stores, a task it
+    # finishes) can close a lock cycle with the deletion's many rows: the database ends one
+    # side, and when it is this one the deletion is done again (was a 503 to the admin).
+    await retrying_deadlocks(session, lambda: _delete_user(session, principal, user_id))
+
+
+async def _delete_user(session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> None:
     # The account's row locked first: a second deletion at once waits for this one, then
     # finds no row (404, one record).  FOR NO KEY UPDATE: a row that names the account
     # (a membership added under a group's lock, which this deletion may wait for below)

@@ -42,6 +42,7 @@ from roost.analytics.streaming import StreamMeter
 from roost.audit import service as audit
 from roost.billing import credits, limits
 from roost.billing.credits import Reservation
+from roost.db.errors import RETRYABLE_SQLSTATES
 from roost.db.errors import sqlstate as sqlstate_of
 from roost.db.statements import flush_pending, insert_row, with_defaults
 from roost.db.transaction import driver_fetch
@@ -382,7 +383,7 @@ async def _store_outcome(
     if state == "23503":  # what the answer was for was deleted meanwhile
         raise Conflict("what this answer was for (its chat session, run or request) was "
                        "deleted while it was being stored: the answer was not kept") from exc
-    if state in ("40P01", "40001"):  # a deadlock or conflict: in practice with a
+    if state in RETRYABLE_SQLSTATES:  # a deadlock or conflict: in practice with a
         # deletion of what it was for (a chat session's cascade locks its requests)
         raise Conflict("the answer could not be stored: it collided with a concurrent "
                        "change of what it was for (its chat session deleted?)") from exc

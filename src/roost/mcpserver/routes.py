@@ -36,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 
 import roost
 from roost.context import current_context
+from roost.db.errors import RETRYABLE_SQLSTATES
 from roost.db.errors import sqlstate as sqlstate_of
 from roost.errors import Forbidden, RoostError, ServiceUnavailable
 from roost.http.auth import current_principal
@@ -140,7 +141,7 @@ def _failure_text(name: str, exc: Exception) -> str:
         log.warning("mcp_tool_target_deleted", tool=name, error=type(exc).__name__)
         return ("what this call was for was deleted meanwhile (the account, the tool or its "
                 "server): its result was not kept")
-    if state in ("40001", "40P01"):
+    if state in RETRYABLE_SQLSTATES:
         log.warning("mcp_tool_conflict", tool=name, sqlstate=state)
         return "the call collided with a concurrent change; try again"
     if state == "57014":
