@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.config import Settings, get_settings
 from roost.context import RequestContext, set_context
 from roost.db.cliio import fail as fail
+from roost.db.cliio import load_json as load_json
 from roost.db.cliio import os_reason
 from roost.db.cliio import read_bytes as read_bytes
 from roost.db.cliio import read_text as read_text

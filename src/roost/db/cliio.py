@@ -10,9 +10,10 @@ It sits in the foundation layer with ``roost.db`` so that the backup commands
 from __future__ import annotations
 
 import errno
+import json
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import typer
 from rich.console import Console
@@ -29,6 +30,20 @@ def fail(title: str, message: object, *, code: int = 1) -> typer.Exit:
     # soft_wrap: long messages (ids to copy) are left to the terminal, not cut into lines.
     err.print(Text.assemble((title, "red"), ": ", str(message)), soft_wrap=True)
     return typer.Exit(code)
+
+
+def load_json(raw: str, title: str, source: str = "not JSON") -> Any:
+    """``raw`` parsed as JSON, or one red line ``title: source: why`` (exit 1): where the
+    parser stopped, or json's own limits (an integer of over 4,300 digits, nesting deeper
+    than the stack: a RecursionError's traceback otherwise)."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise fail(title, f"{source}: {exc.msg} at character {exc.pos}") from None
+    except ValueError:
+        raise fail(title, f"{source}: a number too long") from None
+    except RecursionError:
+        raise fail(title, f"{source}: nested too deeply") from None
 
 
 def os_reason(exc: OSError) -> str:

@@ -5,7 +5,6 @@ through the same services as the API.  A worker (``roost worker``) runs the deba
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Final, TypeVar
@@ -22,6 +21,7 @@ from roost.clitools import (
     add_text_row,
     fail,
     id_table,
+    load_json,
     print_table,
     read_text,
     resolve_id,
@@ -124,12 +124,7 @@ def debates_start(
     the finished debate."""
     if file is not None:
         raw = read_text(file)
-        try:
-            loaded: Any = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise fail("Invalid input", f"the file is not JSON: {exc.msg}") from None
-        except RecursionError:
-            raise fail("Invalid input", "the file is not JSON: nested too deep") from None
+        loaded: Any = load_json(raw, "Invalid input", "the file is not JSON")
         if not isinstance(loaded, dict):
             raise fail("Invalid input", "the file must hold a JSON object (the API's body: "
                                         "topic, positions, participants...), not "

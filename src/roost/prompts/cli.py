@@ -6,7 +6,6 @@ in that user's row-level-security scope, through the same services as the API.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Any
 
@@ -15,7 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from roost.clitools import MAX_INT32, fail, id_table, print_table, printable, read_text
+from roost.clitools import MAX_INT32, fail, id_table, load_json, print_table, printable, read_text
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
 from roost.prompts import service
@@ -105,13 +104,7 @@ def prompts_publish(
 ) -> None:
     """Publish a new version of KEY from a file; it gets --label (default production)."""
     text = read_text(file)
-    try:
-        defs: list[Any] = json.loads(variables) if variables else []
-    except json.JSONDecodeError as exc:
-        raise fail("Invalid --variables", f"not JSON: {exc.msg}") from None
-    except (ValueError, RecursionError):
-        # json's own limits: an integer of over 4,300 digits, nesting deeper than the stack.
-        raise fail("Invalid --variables", "a number too long or nesting too deep") from None
+    defs: Any = load_json(variables, "Invalid --variables") if variables else []
     try:
         body = PromptCreate(
             prompt_key=key, prompt_text=text, prompt_name=name, prompt_category=category,

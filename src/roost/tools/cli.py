@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 from sqlalchemy import or_, select
 
-from roost.clitools import add_text_row, fail, id_table, parse_input, print_table, with_database
+from roost.clitools import add_text_row, fail, id_table, load_json, parse_input, print_table, with_database
 from roost.config import get_settings
 from roost.db.engine import Database
 from roost.db.lookup import id_starts_with
@@ -205,12 +205,7 @@ def tools_call_command(
     server: Annotated[str | None, typer.Option(help="The MCP server, when several offer it")] = None,
 ) -> None:
     """Call a tool as the operator and print its result (the run is recorded)."""
-    try:
-        parsed = json.loads(arguments)
-    except json.JSONDecodeError as exc:
-        raise fail("Invalid --args", f"not JSON: {exc.msg} at character {exc.pos}") from None
-    except RecursionError:  # '{"a": {"a": ...' thousands deep: the parser's stack runs out
-        raise fail("Invalid --args", "nested too deeply") from None
+    parsed = load_json(arguments, "Invalid --args")
     if not isinstance(parsed, dict):
         raise fail("Invalid --args", "must be a JSON object")
 

@@ -12,7 +12,6 @@ nodes: ``roost serve`` runs one, or ``roost worker``); ``resume`` goes on with a
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +30,7 @@ from roost.clitools import (
     MAX_SECONDS,
     fail,
     id_table,
+    load_json,
     print_table,
     read_text,
     when,
@@ -90,19 +90,8 @@ def workflows_ls(
     print_table(console, table)
 
 
-def _load_json(raw: str, source: str) -> Any:
-    """``raw`` parsed, or one red line naming ``source`` (exit 1): not JSON, or nested too
-    deep for the parser."""
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise fail("Not JSON", f"{source}: {exc}") from None
-    except RecursionError:
-        raise fail("Not JSON", f"{source}: nested too deep") from None
-
-
 def _read_graph(source: str) -> dict[str, Any]:
-    value = _load_json(read_text(source), source)
+    value = load_json(read_text(source), "Not JSON", source)
     if not isinstance(value, dict) or not isinstance(value.get("nodes", []), list) \
             or not isinstance(value.get("edges", []), list):
         raise fail("Not a workflow graph",
@@ -171,7 +160,7 @@ def workflows_publish(
 def _parse_inputs(pairs: list[str], from_json: str | None) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     if from_json is not None:
-        loaded = _load_json(read_text(from_json), from_json)
+        loaded = load_json(read_text(from_json), "Not JSON", from_json)
         if not isinstance(loaded, dict):
             raise fail("Invalid inputs", f"{from_json}: expected a JSON object of inputs")
         inputs.update(loaded)
