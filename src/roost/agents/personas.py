@@ -35,7 +35,12 @@ from roost.audit.service import record
 from roost.db.lookup import one_or_404
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
-from roost.identity.invitations import join_as_invited, my_invitation, take_invitation
+from roost.identity.invitations import (
+    join_as_invited,
+    my_invitation,
+    pending_invitations,
+    take_invitation,
+)
 from roost.identity.models import User
 from roost.pagination import DEFAULT_LIMIT, newest_first
 from roost.principal import Principal
@@ -391,9 +396,8 @@ async def my_invitations(
 ) -> tuple[list[InvitationView], str | None]:
     """The caller's pending invitations to join personas, newest first."""
     me = require_user(actor, "persona invitations")
-    rows, next_cursor = await newest_first(
-        session, select(PersonaInvitation).where(PersonaInvitation.user_id == me),
-        PersonaInvitation.created_at, PersonaInvitation.id, limit=limit, cursor=cursor)
+    rows, next_cursor = await pending_invitations(
+        session, PersonaInvitation, PersonaInvitation.user_id, me, limit=limit, cursor=cursor)
     return await _named(session, rows), next_cursor
 
 
@@ -403,9 +407,8 @@ async def persona_invitations(
 ) -> tuple[list[InvitationView], str | None]:
     """A persona's pending invitations, newest first (its owners, site administrators)."""
     await require_role(session, actor, persona_id, "owner", "manage its members")
-    rows, next_cursor = await newest_first(
-        session, select(PersonaInvitation).where(PersonaInvitation.persona_id == persona_id),
-        PersonaInvitation.created_at, PersonaInvitation.id, limit=limit, cursor=cursor)
+    rows, next_cursor = await pending_invitations(
+        session, PersonaInvitation, PersonaInvitation.persona_id, persona_id, limit=limit, cursor=cursor)
     return await _named(session, rows), next_cursor
 
 

@@ -35,9 +35,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
-from roost.identity.invitations import join_as_invited, my_invitation, take_invitation
+from roost.identity.invitations import (
+    join_as_invited,
+    my_invitation,
+    pending_invitations,
+    take_invitation,
+)
 from roost.identity.models import Group, GroupInvitation, User, UserGroupMembership
-from roost.pagination import newest_first
 from roost.principal import Principal
 
 
@@ -322,9 +326,8 @@ async def my_invitations(
 ) -> tuple[list[Invitation], str | None]:
     """The caller's pending invitations, newest first."""
     me = require_user(principal, "group invitations")
-    rows, next_cursor = await newest_first(
-        session, select(GroupInvitation).where(GroupInvitation.user_id == me),
-        GroupInvitation.created_at, GroupInvitation.id, limit=limit, cursor=cursor)
+    rows, next_cursor = await pending_invitations(
+        session, GroupInvitation, GroupInvitation.user_id, me, limit=limit, cursor=cursor)
     return await _named(session, rows), next_cursor
 
 
@@ -334,9 +337,8 @@ async def group_invitations(
 ) -> tuple[list[Invitation], str | None]:
     """A group's pending invitations, newest first (its admins, site administrators)."""
     await _manageable(session, principal, group_id)
-    rows, next_cursor = await newest_first(
-        session, select(GroupInvitation).where(GroupInvitation.group_id == group_id),
-        GroupInvitation.created_at, GroupInvitation.id, limit=limit, cursor=cursor)
+    rows, next_cursor = await pending_invitations(
+        session, GroupInvitation, GroupInvitation.group_id, group_id, limit=limit, cursor=cursor)
     return await _named(session, rows), next_cursor
 
 

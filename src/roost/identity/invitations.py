@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.errors import sqlstate
 from roost.errors import Conflict, NotFound
+from roost.pagination import newest_first
 
 Invitation = TypeVar("Invitation")
 
@@ -27,6 +28,19 @@ async def my_invitation(session: AsyncSession, model: type[Invitation], me: uuid
     if row is None:
         raise NotFound("no such invitation")
     return row
+
+
+async def pending_invitations(
+    session: AsyncSession, model: type[Invitation], column: Any, value: uuid.UUID, *,
+    limit: int, cursor: str | None,
+) -> tuple[list[Invitation], str | None]:
+    """A page of the pending invitations whose ``column`` is ``value`` (the invitee's,
+    or a group's or persona's), newest first, and the next page's cursor."""
+    table: Any = model
+    rows, next_cursor = await newest_first(session, select(table).where(column == value),
+                                           table.created_at, table.id, limit=limit,
+                                           cursor=cursor)
+    return list(rows), next_cursor
 
 
 async def take_invitation(session: AsyncSession, invitation: Any) -> None:
