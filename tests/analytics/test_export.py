@@ -22,7 +22,7 @@ from sqlalchemy import select
 from structlog.testing import capture_logs
 
 from roost.analytics import export
-from roost.analytics.clickhouse import ChdbSink, EventRow, chdb_path
+from roost.analytics.clickhouse import ChdbSink, EventRow, chdb_path, public_location
 from roost.analytics.models import AnalyticsEvent
 from roost.analytics.queries import events_from_clickhouse, usage_from_clickhouse
 from roost.config import Settings
@@ -351,3 +351,15 @@ async def test_export_status_shows_what_the_workers_passes_did(
     recovered = (await client.get("/api/v1/analytics/export", headers=admin_headers)).json()
     assert recovered["last_error"] is None and recovered["last_error_at"] is None
     assert recovered["last_success_at"] is not None
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://alice:pw@[::1]:8123/db", "http://[::1]:8123/db"),
+    ("https://[2001:db8::5]/analytics", "https://[2001:db8::5]/analytics"),
+    ("http://bob:pw@clickhouse.internal:8123/db?password=x", "http://clickhouse.internal:8123/db"),
+])
+def test_the_servers_location_is_a_url_without_credentials(url: str, shown: str) -> None:
+    """GET /export's location (and the 503s naming the server): the URL without user,
+    password or query, one that reads back (an IPv6 host keeps its brackets:
+    ``http://::1:8123/db`` was shown)."""
+    assert public_location(url) == shown

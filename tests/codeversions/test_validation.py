@@ -11,12 +11,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
 
 from roost.codeversions import checks, jobs
 from roost.codeversions.checks import Limits, run_check
 from roost.codeversions.config import CodeVersionsConfig
 from roost.codeversions.validation import validate
+from roost.config import Settings
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
 from tests.codeversions.conftest import APP_SAYS_OK, Headers, chat_session, commit, wait_validated
@@ -224,3 +226,22 @@ async def test_a_validation_whose_job_died_for_good_is_swept_and_can_run_again(
     assert again.status_code == 202, again.text
     assert again.json()["validation_status"] == "pending"
     assert again.json()["validation_task_id"] != queued.json()["validation_task_id"]
+
+
+async def test_run_checks_refused_without_checks_commits_nothing(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], app: FastAPI,
+    test_settings: Settings,
+) -> None:
+    """A commit refused with 422 (``run_checks`` with no check configured) leaves nothing
+    in the repository: the same commit without ``run_checks`` is then made (it was
+    "nothing to commit", a git commit no version row would ever name)."""
+    app.state.code_versions_config = CodeVersionsConfig.from_settings(
+        test_settings.model_copy(update={"code_checks": []}))
+    _, headers = user
+    session_id = await chat_session(client, headers)
+    body = {"chat_session_id": session_id, "files": {"a.py": "x"}, "message": "m"}
+    refused = await client.post("/api/v1/code-versions", json={**body, "run_checks": True},
+                                headers=headers)
+    assert refused.status_code == 422 and "no checks" in refused.text, refused.text
+    made = await client.post("/api/v1/code-versions", json=body, headers=headers)
+    assert made.status_code == 201, made.text

@@ -215,6 +215,7 @@ def public_location(url: str) -> str:
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
         port = f":{parts.port}" if parts.port else ""
     except ValueError:  # a port out of range, an unclosed IPv6 bracket
         return f"{url.split(':', 1)[0][:20]}://<unparseable>"

@@ -33,6 +33,8 @@ ConfigDep = Annotated[CodeVersionsConfig, Depends(code_versions_config)]
              summary="Commit files to the git repository of your chat session or run")
 async def create_code_version(body: CodeVersionCreate, principal: CurrentPrincipal,
                               db: DbSession, config: ConfigDep) -> CodeVersionOut:
+    if body.run_checks:  # refused before the commit: git keeps what a rollback cannot undo
+        service.require_checks(config)
     version = await service.commit(
         db, principal, config, files=body.files, message=body.message, branch=body.branch,
         chat_session_id=body.chat_session_id, run_id=body.run_id)

@@ -160,6 +160,12 @@ async def version_diff(config: CodeVersionsConfig, version: CodeVersion) -> tupl
                                    version.version_hash, max_bytes=config.max_diff_bytes)
 
 
+def require_checks(config: CodeVersionsConfig) -> None:
+    """422 when no check is configured: nothing to validate with."""
+    if not config.checks:
+        raise Unprocessable("no checks are configured (ROOST_CODE_CHECKS)")
+
+
 async def request_validation(session: AsyncSession, actor: Principal, config: CodeVersionsConfig,
                              version_id: uuid.UUID) -> CodeVersion:
     """Queue the configured checks on the version (status ``pending``); 409 while a
@@ -167,8 +173,7 @@ async def request_validation(session: AsyncSession, actor: Principal, config: Co
     queued (``pending`` with a job not known to have finished) is returned as it is:
     asking again queues nothing."""
     version = await get_version(session, actor, version_id)
-    if not config.checks:
-        raise Unprocessable("no checks are configured (ROOST_CODE_CHECKS)")
+    require_checks(config)
     locked = await session.get(CodeVersion, version_id, with_for_update=True,
                                populate_existing=True)
     assert locked is not None
