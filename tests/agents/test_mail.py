@@ -379,6 +379,85 @@ async def test_oversized_and_malformed_mail_is_refused_and_stored_nowhere(
     assert not (test_settings.data_dir / "attachments").exists()
 
 
+@pytest.mark.parametrize("header", [
+    b"From: m\xffallory@example.org\r\n",
+    b"From: <m\x00allory@example.org>\r\n",
+], ids=["invalid-utf8", "nul"])
+async def test_a_from_address_with_nul_or_invalid_utf8_is_malformed(
+    database: Database, listener: MailServer, user: tuple[uuid.UUID, Headers], header: bytes,
+) -> None:
+    """No valid From address: 554 at once, not 451 (the sender would retry for days)."""
+    owner, _ = user
+    persona = await make_persona(database, owner, address())
+    to = str(persona.email_address)
+    code, reply = await smtp_raw(listener.port, to,
+                                 header + f"To: {to}\r\nSubject: hi\r\n\r\nbody\r\n".encode())
+    assert code == 554 and b"From" in reply
+    assert await emails_of(database, persona.id) == []
+
+
+async def test_a_utf8_from_address_is_stored_as_text(
+    database: Database, listener: MailServer, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """An internationalized sender (RFC 6532: raw UTF-8 in the header) is a valid From."""
+    owner, _ = user
+    persona = await make_persona(database, owner, address())
+    to = str(persona.email_address)
+    raw = f"From: M\u00e4llory <m\u00e4llory@example.org>\r\nTo: {to}\r\n\r\nx\r\n".encode()
+    code, _ = await smtp_raw(listener.port, to, raw)
+    assert code == 250
+    [email] = await emails_of(database, persona.id)
+    assert email.from_email == "m\u00e4llory@example.org"
+
+
+@pytest.mark.parametrize("header", [b"Message-ID", b"In-Reply-To", b"References"])
+async def test_a_message_id_with_nul_is_no_message_id(
+    database: Database, listener: MailServer, user: tuple[uuid.UUID, Headers],
+    mail_cfg: mail.MailConfig, header: bytes,
+) -> None:
+    """A NUL in a Message-ID, In-Reply-To or References token: the token is ignored and
+    the mail stored (with a Message-ID of Roost's when it had none other), never 451."""
+    owner, _ = user
+    persona = await make_persona(database, owner, address())
+    to = str(persona.email_address)
+    raw = (f"From: Mallory <{SENDER}>\r\nTo: {to}\r\n".encode()
+           + header + b": <a\x00b@x.org>\r\nSubject: hi\r\n\r\nbody\r\n")
+    code, _ = await smtp_raw(listener.port, to, raw)
+    assert code == 250
+    [email] = await emails_of(database, persona.id)
+    assert email.message_id and email.message_id.endswith(
+        f"@{mail_cfg.from_domain or 'roost.invalid'}>")
+    assert email.in_reply_to is None and email.thread_id == email.message_id
+
+
+async def smtp_lines(port: int, lines: list[bytes]) -> list[bytes]:
+    """Raw SMTP commands; the last line of each answer (the greeting first)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answers = [await reader.readline()]
+    for line in lines:
+        writer.write(line + b"\r\n")
+        await writer.drain()
+        answer = await reader.readline()
+        while answer[3:4] == b"-":
+            answer = await reader.readline()
+        answers.append(answer)
+    writer.close()
+    await writer.wait_closed()
+    return answers
+
+
+@pytest.mark.parametrize("rcpt", [b"a\x00b@roost.example.org", b"a\xff\xfeb@roost.example.org",
+                                  "n\u00f6body@roost.example.org".encode()],
+                         ids=["nul", "invalid-utf8", "utf8"])
+async def test_a_recipient_with_nul_or_invalid_utf8_is_no_mailbox(
+    listener: MailServer, rcpt: bytes,
+) -> None:
+    """Such an address is nobody's: 550 5.1.1 without a database query, not 451."""
+    answers = await smtp_lines(listener.port, [
+        b"EHLO x", b"MAIL FROM:<a@example.org> SMTPUTF8", b"RCPT TO:<" + rcpt + b">"])
+    assert answers[-2].startswith(b"250") and answers[-1].startswith(b"550 5.1.1"), answers
+
+
 async def test_mail_to_a_persona_with_a_mail_agent_starts_a_run(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
     listener: MailServer, user: tuple[uuid.UUID, Headers], worker: Worker,

@@ -164,10 +164,14 @@ async def persona_role(session: AsyncSession, actor: Principal, persona_id: uuid
 
 async def find_persona_id(database: Database, address: str) -> uuid.UUID | None:
     """The active persona receiving mail at ``address`` (as the system: the sender is
-    nobody in particular)."""
+    nobody in particular).  An address that is not UTF-8 or holds a control character is
+    nobody's, and is not sent to PostgreSQL (its text cannot hold it)."""
+    text = mailparse.address_text(address)
+    if text is None:
+        return None
     async with database.transaction() as session:
         return await session.scalar(select(Persona.id).where(
-            func.lower(Persona.email_address) == address.strip().lower(), Persona.is_active))
+            func.lower(Persona.email_address) == text.strip().lower(), Persona.is_active))
 
 
 async def _thread_of(session: AsyncSession, persona_id: uuid.UUID,

@@ -32,7 +32,10 @@ MAX_PARTS: Final = 4 * MAX_ATTACHMENTS + 20
 MAX_REFERENCES: Final = 50  # a long thread's References keep its root and the latest ones
 MAX_HEADER_CHARS: Final = 998  # RFC 5322's line limit, and the columns' length
 MAX_ADDRESS_CHARS: Final = 320
-_MSG_ID = re.compile(r"<[^<>\s]{1,996}>")
+# A token holding a control character (NUL among them) or a lone surrogate (the parser's
+# stand-in for a byte that is not UTF-8) is no message id: PostgreSQL text cannot hold it.
+_MSG_ID = re.compile(r"<[^<>\s\x00-\x1f\x7f\ud800-\udfff]{1,996}>")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNIQUE_HEADERS: Final = ("from", "subject", "message-id", "in-reply-to", "to", "cc")
 
 
@@ -84,6 +87,17 @@ def clean_text(value: str | None, limit: int | None = None) -> str | None:
     return value[:limit] if limit is not None else value
 
 
+def address_text(value: str) -> str | None:
+    """An addr-spec as the parser or the SMTP envelope gives it (bytes that are not ASCII
+    surrogate-escaped) as text, or None when it is no address Roost can store or look up:
+    not UTF-8, or holding a control character such as NUL."""
+    try:
+        text = value.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeError:
+        return None
+    return None if _CONTROL.search(text) else text
+
+
 def message_ids(value: str | None) -> list[str]:
     """The ``<id>`` tokens of a Message-ID, In-Reply-To or References value."""
     return _MSG_ID.findall(value or "")
@@ -97,8 +111,8 @@ def _addresses(message: EmailMessage, name: str) -> tuple[list[str], str | None]
     header = message[name]
     if header is None:
         return [], None
-    specs = [a.addr_spec for a in getattr(header, "addresses", ())
-             if a.addr_spec and "@" in a.addr_spec and len(a.addr_spec) <= MAX_ADDRESS_CHARS]
+    found = (address_text(a.addr_spec) for a in getattr(header, "addresses", ()))
+    specs = [a for a in found if a and "@" in a and len(a) <= MAX_ADDRESS_CHARS]
     return specs, clean_text(_one_line(str(header)))
 
 

@@ -2,7 +2,8 @@
 mail.  It is the last hop, never a relay: a recipient that is not an active persona's
 address is refused at RCPT (550), so it cannot forward mail anywhere.
 
-Replies: unknown mailbox 550 5.1.1; too many recipients 452 4.5.3; a message over
+Replies: unknown mailbox 550 5.1.1 (also an address that is not UTF-8 or holds a control
+character: no query is made); too many recipients 452 4.5.3; a message over
 ``ROOST_SMTP_MAX_MESSAGE_BYTES`` 552 (aiosmtpd, at MAIL ... SIZE= or during DATA); an
 attachment over ``ROOST_SMTP_MAX_ATTACHMENT_BYTES`` 552 5.3.4; a malformed message
 554 5.6.0; a database failure 451 4.3.0 (the sender retries: storing is idempotent on
