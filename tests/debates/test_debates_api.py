@@ -3,6 +3,7 @@ method, a Condorcet cycle, junk ballots, bad input, another tenant, cancel, resu
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.chat.conftest import add_provider
 from tests.debates.conftest import Headers, start, wait_for_debate
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Fail, Reply
+from tests.support.sql import scalar
 
 POSITIONS = ["fish", "dogs", "cats"]
 # alice (1): fish > dogs > cats; bob (1): dogs > fish > cats; carol (2.5): cats > fish > dogs
@@ -342,3 +344,84 @@ async def test_a_debate_whose_job_died_for_good_is_failed_by_the_sweep(
     assert [str(d) for d in await debate_jobs.sweep(database)] == [created["id"]]
     failed = (await client.get(f"/api/v1/debates/{created['id']}", headers=headers)).json()
     assert failed["status"] == "failed" and "no retries left" in failed["error_message"]
+
+
+async def _until_updates_wait(database: Database, waiting: int,
+                              *tasks: asyncio.Task[httpx.Response]) -> None:
+    """Until ``waiting`` UPDATEs of debate_sessions wait on a row lock (or a task ended)."""
+    for _ in range(200):
+        count = await scalar(database, "SELECT count(*) FROM pg_stat_activity WHERE "
+                             "wait_event_type = 'Lock' AND query ILIKE 'UPDATE debate_sessions%'")
+        if count >= waiting or any(t.done() for t in tasks):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def test_a_cancel_racing_the_runner_s_last_write_is_409_and_the_debate_stays_completed(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    """A cancel that read the debate open, then waited on the row the runner was completing:
+    409, the debate stays completed with its winner, no `debate.cancel` audited."""
+    _, headers = user
+    created = await start(client, headers, topic="t", positions=["a", "b"], participants=[
+        {"id": "x", "model": "m"}, {"id": "y", "model": "m"}])
+    debate_id = created["id"]
+    async with database.transaction() as session:
+        # The runner's last write (_decide): completed, the row locked until commit.
+        await session.execute(text(
+            "UPDATE debate_sessions SET status = 'completed', final_winner = 'a', "
+            "completed_at = now() WHERE id = :d"), {"d": debate_id})
+        cancel = asyncio.create_task(client.post(f"/api/v1/debates/{debate_id}/cancel",
+                                                 headers=headers))
+        await _until_updates_wait(database, 1, cancel)
+    resp = await cancel
+    assert resp.status_code == 409, resp.text
+    after = (await client.get(f"/api/v1/debates/{debate_id}", headers=headers)).json()
+    assert (after["status"], after["final_winner"]) == ("completed", "a")
+    assert await scalar(database, "SELECT count(*) FROM audit_logs WHERE "
+                        "action = 'debate.cancel' AND resource_id = :d", d=debate_id) == 0
+
+
+async def test_of_two_concurrent_cancels_one_is_200_and_audited_the_other_409(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    _, headers = user
+    created = await start(client, headers, topic="t", positions=["a", "b"], participants=[
+        {"id": "x", "model": "m"}, {"id": "y", "model": "m"}])
+    debate_id = created["id"]
+    async with database.transaction() as session:
+        # Hold the row so both cancels read it open and then queue on it.
+        await session.execute(text("SELECT 1 FROM debate_sessions WHERE id = :d FOR UPDATE"),
+                              {"d": debate_id})
+        cancels = [asyncio.create_task(client.post(f"/api/v1/debates/{debate_id}/cancel",
+                                                   headers=headers)) for _ in range(2)]
+        await _until_updates_wait(database, 2, *cancels)
+    codes = sorted(r.status_code for r in await asyncio.gather(*cancels))
+    assert codes == [200, 409], codes
+    assert await scalar(database, "SELECT count(*) FROM audit_logs WHERE "
+                        "action = 'debate.cancel' AND resource_id = :d", d=debate_id) == 1
+
+
+async def test_a_turn_longer_than_100_000_characters_is_stored_cut(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """A provider ignoring the 800-token cap: the turn keeps its first 100,000 characters
+    (its confidence read from the whole answer), the answer's length in raw_response."""
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    stub.script(Reply("x" * 150_000 + "\nConfidence: 0.4"), Reply("short.\nConfidence: 0.6"),
+                *ballots({"alice": ["fish", "dogs"], "bob": ["fish", "dogs"]}))
+    created = await start(client, headers, topic="t", positions=["fish", "dogs"],
+                          participants=[{"id": "alice", "model": "stub-model"},
+                                        {"id": "bob", "model": "stub-model"}], total_rounds=1)
+    done = await wait_for_debate(client, headers, created["id"])
+    assert done["status"] == "completed", done["error_message"]
+    first, second = done["turns"]
+    assert first["content"] == "x" * 100_000 and float(first["confidence"]) == 0.4
+    assert second["content"] == "short.\nConfidence: 0.6"
+    raw = await scalar(database, "SELECT raw_response FROM debate_turns WHERE id = :t",
+                       t=first["id"])
+    assert raw["truncated_from"] == 150_016, raw
+    assert "truncated_from" not in await scalar(
+        database, "SELECT raw_response FROM debate_turns WHERE id = :t", t=second["id"])

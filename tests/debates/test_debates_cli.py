@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
@@ -116,3 +117,23 @@ async def test_debates_show_and_ls_print_positions_with_brackets(
     listed = await asyncio.to_thread(run_roost, "debates", "ls", "--user", "dora", env=env)
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr[-2000:]
     assert done["final_winner"] in listed.stdout
+
+
+@pytest.mark.parametrize(("slug", "words"), [("a\\u0000b", "NUL"), ("a\\ud800b", "surrogate")])
+async def test_start_with_an_unstorable_agent_slug_fails_in_one_line(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path, slug: str,
+    words: str,
+) -> None:
+    """`debates start --file F` whose agent_id slug holds a NUL or a lone surrogate (no
+    PostgreSQL text): one red line naming the field, exit 1; not a database error's
+    traceback from looking the slug up."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="dora")
+    path = tmp_path / "body.json"
+    path.write_text('{"topic": "t", "positions": ["a", "b"], "participants": ['
+                    f'{{"id": "x", "model": "m"}}, {{"id": "y", "agent_id": "{slug}"}}]}}')
+    out = await asyncio.to_thread(run_roost, "debates", "start", "--file", str(path),
+                                  "--user", "dora", env=env)
+    assert out.returncode == 1, (out.returncode, out.stderr[-500:])
+    assert "Traceback" not in out.stderr and "Error" not in out.stderr, out.stderr[-1500:]
+    assert "participants.1.agent_id" in out.stderr and words in out.stderr, out.stderr[-500:]

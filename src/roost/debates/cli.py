@@ -60,11 +60,21 @@ def _participant(spec: str, weights: dict[str, float]) -> dict[str, Any]:
     return item
 
 
-async def _agent_id(session: AsyncSession, actor: Principal, ref: str) -> str:
+async def _agent_id(session: AsyncSession, actor: Principal, ref: str, where: str) -> str:
+    """``ref`` (an agent's id or slug, at ``where`` in the body) as the agent's id."""
     try:
         return str(uuid.UUID(ref))
     except ValueError:
-        return str((await find_agent_by_slug(session, actor, ref)).id)
+        pass
+    # Text PostgreSQL cannot hold (a NUL; a lone surrogate, not UTF-8) would make the
+    # lookup a database error's traceback rather than this one line.
+    if "\x00" in ref:
+        raise BadRequest(f"{where}: must not contain a NUL character")
+    try:
+        ref.encode()
+    except UnicodeEncodeError:
+        raise BadRequest(f"{where}: must not contain a lone UTF-16 surrogate") from None
+    return str((await find_agent_by_slug(session, actor, ref)).id)
 
 
 def _print_debate(view: service.DebateView) -> None:
@@ -152,9 +162,10 @@ def debates_start(
 
     async def go(env: Env) -> service.DebateView | DebateSession:
         async with env.scoped() as session:
-            for p in body_json.get("participants", []):
+            for i, p in enumerate(body_json.get("participants", [])):
                 if isinstance(p, dict) and isinstance(p.get("agent_id"), str):
-                    p["agent_id"] = await _agent_id(session, env.principal, p["agent_id"])
+                    p["agent_id"] = await _agent_id(session, env.principal, p["agent_id"],
+                                                    f"participants.{i}.agent_id")
             try:
                 body = DebateCreate.model_validate(body_json)
             except ValidationError as exc:

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 MAX_TURN_CHARS_SEEN: Final = 4000  # of each earlier turn, in a later prompt
 MAX_BALLOT_CHARS: Final = 100_000  # a ranking of at most 20 positions is far shorter
-_CONFIDENCE = re.compile(r"^\W*confidence\W*[:=]\s*([01](?:\.\d+)?|\.\d+)\s*$",
-                         re.IGNORECASE | re.MULTILINE)
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
+# A turn is asked for at most 800 tokens; a provider that answers megabytes anyway has the
+# rest cut, so 400 turns cannot make a debate's answer gigabytes.
+MAX_TURN_CHARS: Final = 100_000
+# Within one line: a pattern that may cross newlines (``\W``, ``\s``) backtracks over
+# every later line from every line start, quadratic on an answer of blank lines.
+_CONFIDENCE = re.compile(r"^[^\w\n]*confidence[^\w\n]*[:=][^\S\n]*([01](?:\.\d+)?|\.\d+)"
+                         r"[^\S\n]*$", re.IGNORECASE | re.MULTILINE)
+_FENCE: Final = "```"
 
 
 class BallotError(ValueError):
@@ -83,14 +89,24 @@ def turn_confidence(content: str) -> float:
     return min(max(float(found[-1]), 0.0), 1.0)
 
 
+def _unfenced(body: str) -> str:
+    """``body`` (stripped) without a Markdown code fence around it (```json ... ```)."""
+    if body.startswith(_FENCE):
+        body = body[len(_FENCE):].lstrip(string.ascii_letters)  # the language tag
+    if body.endswith(_FENCE):
+        body = body[:-len(_FENCE)]
+    return body.strip()
+
+
 def parse_ballot(text: str, positions: Sequence[str]) -> tuple[list[str], float]:
     """The ranking (each position once, spelled as the debate spells it; matched without
     regard to case or surrounding spaces) and confidence of a ballot answer."""
-    body = _FENCE.sub("", text.strip()).strip()
+    body = text.strip()
+    if len(body) > MAX_BALLOT_CHARS:  # first: nothing below reads a huge answer
+        raise BallotError(f"the answer is longer than {MAX_BALLOT_CHARS} characters")
+    body = _unfenced(body)
     if not body.startswith("{") and "{" in body and "}" in body:
         body = body[body.index("{"):body.rindex("}") + 1]
-    if len(body) > MAX_BALLOT_CHARS:
-        raise BallotError(f"the answer is longer than {MAX_BALLOT_CHARS} characters")
     try:
         data: Any = json.loads(body)
     except json.JSONDecodeError as exc:

@@ -193,11 +193,15 @@ async def _turn(env: DebateEnv, state: _State, number: int, round_number: int,
         except _Cancelled:
             return None  # cancelled meanwhile: the call is recorded, no turn
         content = _text(outcome)
+        raw = _raw(outcome)
+        if len(content) > prompts.MAX_TURN_CHARS:
+            raw["truncated_from"] = len(content)  # characters the model answered
         row = (await session.execute(
             pg_insert(DebateTurn).values(
                 id=uuid7(), session_id=debate.id, round_number=round_number, turn_number=number,
-                participant_id=pid, position=position, content=content,
-                raw_response=_raw(outcome), tokens_used=outcome.result.tokens_total,
+                participant_id=pid, position=position,
+                content=content[:prompts.MAX_TURN_CHARS],
+                raw_response=raw, tokens_used=outcome.result.tokens_total,
                 response_time=outcome.latency_ms,
                 confidence=Decimal(str(round(prompts.turn_confidence(content), 4))),
                 llm_request_id=outcome.request_id, created_at=utcnow())

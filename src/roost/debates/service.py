@@ -133,10 +133,16 @@ async def cancel_debate(session: AsyncSession, actor: Principal,
     debate = await get_debate(session, actor, debate_id)
     if debate.status in TERMINAL_STATUSES:
         raise DebateFinished(f"debate {debate_id} is already {debate.status}")
-    await session.execute(
-        update(DebateSession).where(DebateSession.id == debate_id)
-        .values(status="cancelled", completed_at=utcnow())
-        .execution_options(synchronize_session=False))
+    # Conditional on the debate still being open: the runner's last write (or another
+    # cancel) may have finished it since it was read; the row lock orders the two.
+    changed = (await session.execute(
+        update(DebateSession).where(DebateSession.id == debate_id,
+                                    DebateSession.status.notin_(TERMINAL_STATUSES))
+        .values(status="cancelled", completed_at=utcnow()).returning(DebateSession.id)
+        .execution_options(synchronize_session=False))).first()
+    if changed is None:
+        debate = await get_debate(session, actor, debate_id)
+        raise DebateFinished(f"debate {debate_id} is already {debate.status}")
     await record(session, "debate.cancel", user_id=actor.user_id, resource_type=RESOURCE,
                  resource_id=debate_id, metadata={"was": debate.status})
     return await get_debate(session, actor, debate_id)
