@@ -8,8 +8,10 @@ import sys
 import pytest
 
 from roost.workflows.expressions import (
+    MAX_TEMPLATE_DEPTH,
     ExpressionError,
     TemplateRejected,
+    check_template,
     compile_expression,
     evaluate,
     expression_names,
@@ -101,6 +103,36 @@ def test_renders_templates_in_the_sandbox() -> None:
 def test_unsafe_operations_are_refused_at_render(template: str) -> None:
     with pytest.raises(TemplateRejected):
         render_template(template, {**INPUTS, "key": "__class__"})
+
+
+@pytest.mark.parametrize("template", ["{{ q | dictsort }}", "{{ q | truncate(1) }}",
+                                      "{{ q | truncate(9, leeway=-1) }}"])
+def test_a_filter_misused_at_render_is_a_template_error(template: str) -> None:
+    """dictsort of a string raises AttributeError, truncate below its leeway Jinja's own
+    assert: a TemplateRejected like any render error (the node fails), not a raw
+    exception (a 500 when the run starts)."""
+    with pytest.raises(TemplateRejected, match="template error"):
+        render_template(template, {"q": "abc"})
+
+
+@pytest.mark.parametrize("template", [
+    "{{ x" + " | upper" * 6000 + " }}",  # Jinja's recursive walks overflowed
+    "{{ " + "a." * 10000 + "b }}",
+    "{{ " + "1 + " * 10000 + "1 }}",
+    "{{ x" + " | upper" * 200 + " }}",  # Python's compiler: too many nested parentheses
+    "{% if x %}" * 100 + "y" + "{% endif %}" * 100,  # too many levels of indentation
+], ids=["filters", "attributes", "plus", "200-filters", "100-ifs"])
+def test_a_template_nested_too_deep_is_refused_at_save(template: str) -> None:
+    with pytest.raises(TemplateRejected, match=f"nests deeper than {MAX_TEMPLATE_DEPTH}"):
+        check_template(template)
+
+
+def test_a_template_nested_within_the_limit_renders() -> None:
+    levels = MAX_TEMPLATE_DEPTH - 5
+    assert render_template("{{ x" + " | upper" * levels + " }}", {"x": "a"}) == "A"
+    assert render_template("{{ " + "1 + " * levels + "1 }}", {}) == str(levels + 1)
+    nested_ifs = "{% if x %}" * levels + "y" + "{% endif %}" * levels
+    assert render_template(nested_ifs, {"x": True}) == "y"
 
 
 def test_output_is_capped() -> None:

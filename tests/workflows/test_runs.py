@@ -417,11 +417,14 @@ async def test_an_approval_waits_for_its_decision(
                         r=rejected["id"]) == 1
 
 
+@pytest.mark.parametrize("timeout_s", [1, 1.0])
 async def test_an_approval_nobody_decides_is_rejected_at_its_timeout(
     client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], worker: Worker,
+    timeout_s: float,
 ) -> None:
+    """1.0 too: JSON Schema counts it as an integer, so the graph saves with it."""
     _, headers = user
-    workflow_id = await publish(client, headers, *approval_graph(timeout_s=1))
+    workflow_id = await publish(client, headers, *approval_graph(timeout_s=timeout_s))
     run = await start(client, headers, workflow_id, inputs={"doc": "memo"})
     done = await wait_for(client, headers, run["id"])
     assert done["output"] == "kept memo: no decision before the timeout", done
@@ -443,6 +446,34 @@ async def test_an_approval_timeout_beyond_a_year_is_refused_at_save(
     workflow_id = await publish(client, headers, *year)
     run = await start(client, headers, workflow_id, inputs={"doc": "x"})
     assert run["waiting_for"] == ["review"], run
+
+
+@pytest.mark.parametrize("template", ["{{ q | dictsort }}", "{{ q | truncate(1) }}"])
+async def test_a_template_misusing_a_filter_fails_its_node_when_the_run_starts(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], template: str,
+) -> None:
+    """dictsort of a string (AttributeError), truncate below its leeway (an assert): the
+    run starts (202) and fails naming the node, as for any template error, not a 500."""
+    _, headers = user
+    workflow_id = await publish(
+        client, headers,
+        [node("s", "start", inputs=["q"]), node("t", "template", template=template),
+         node("e", "end", output="{{ t.output }}")],
+        [edge("1", "s", "t"), edge("2", "t", "e")])
+    run = await start(client, headers, workflow_id, inputs={"q": "abc"})
+    assert run["status"] == "failed" and "'t'" in run["error_message"], run
+    assert "template error" in run["error_message"]
+
+
+async def test_an_approval_message_misusing_a_filter_fails_the_run(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    _, headers = user
+    nodes, edges = approval_graph()
+    nodes[1]["data"]["message"] = "{{ doc | dictsort }}"
+    workflow_id = await publish(client, headers, nodes, edges)
+    run = await start(client, headers, workflow_id, inputs={"doc": "x"})
+    assert run["status"] == "failed" and "'review'" in run["error_message"], run
 
 
 async def test_approvers_limit_who_may_decide(

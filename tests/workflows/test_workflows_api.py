@@ -126,6 +126,30 @@ async def test_hostile_template_refused_at_save(client: httpx.AsyncClient,
     assert error["code"] == "invalid_template" and error["node_id"] == "l"
 
 
+@pytest.mark.parametrize("template", ["{{ x" + " | upper" * 6000 + " }}",
+                                      "{{ " + "a." * 10000 + "b }}",
+                                      "{{ " + "1 + " * 10000 + "1 }}"],
+                         ids=["filters", "attributes", "plus"])
+async def test_a_long_chain_in_a_template_is_a_422_naming_the_node(
+    client: httpx.AsyncClient, database: Database, template: str,
+) -> None:
+    """40-50 kB of chained filters, attributes or operators (under the template size cap)
+    nest the template's tree thousands deep: a 422 at save, an error at /validate, not a
+    RecursionError's 500."""
+    _, headers = await make_user(database)
+    graph = simple_graph(prompt=template)
+    saved = await client.post(API, headers=headers, json={"name": "Chain", **graph})
+    checked = await client.post(f"{API}/validate", headers=headers, json=graph)
+    assert (saved.status_code, checked.status_code) == (422, 200), (saved.text[:300],
+                                                                    checked.text[:300])
+    assert checked.json()["valid"] is False
+    for answer in (saved, checked):
+        [error] = answer.json()["errors"]
+        assert error["code"] == "invalid_template" and error["node_id"] == "l"
+        assert "nests deeper than" in error["message"]
+    assert (await client.get(API, headers=headers)).json()["items"] == []
+
+
 async def test_publish_versions_diff_rollback(client: httpx.AsyncClient,
                                               database: Database) -> None:
     user_id, headers = await make_user(database)

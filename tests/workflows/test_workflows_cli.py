@@ -91,10 +91,10 @@ async def test_deep_json_files_and_pattern_characters_fail_in_one_line(
     pg_server: PgTestServer, db_name: str, database: Database, client: httpx.AsyncClient,
     tmp_path: Path,
 ) -> None:
-    """`validate FILE` and `run --inputs-json FILE` with JSON nested 100,000 deep: one
-    line naming the file, exit 1, no RecursionError traceback.  `publish %` names no
-    workflow (a reference is not a LIKE pattern): the user's only workflow stays as it
-    was."""
+    """`validate FILE` and `run --inputs-json FILE` with JSON nested 100,000 deep, `run`
+    with an input holding a NUL, `validate` of a template chaining 6,000 filters: one line,
+    exit 1, no traceback.  `publish %` names no workflow (a reference is not a LIKE
+    pattern): the user's only workflow stays as it was."""
     env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
            "ROOST_DATA_DIR": str(tmp_path / "cli-data")}
     _, headers = await make_user(database, username="wanda")
@@ -109,6 +109,16 @@ async def test_deep_json_files_and_pattern_characters_fail_in_one_line(
         assert out.returncode == 1, out.stderr[-300:]
         assert "Traceback" not in out.stderr and "nested too deep" in out.stderr, \
             (args[:2], out.stderr[-300:])
+    nul = tmp_path / "nul.json"
+    nul.write_text('{"doc": "a\\u0000b"}')
+    chain = tmp_path / "chain.json"
+    chain.write_text(json.dumps(simple_graph(prompt="{{ x" + " | upper" * 6000 + " }}")))
+    for args, words in ((("workflows", "run", "Digest", "--user", "wanda", "--inputs-json",
+                          str(nul)), "must not contain a NUL"),
+                        (("workflows", "validate", str(chain)), "1 problem(s)")):
+        out = run_roost(*args, env=env)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-300:]
+        assert words in out.stderr, (args[:2], out.stderr[-300:])
     out = run_roost("workflows", "publish", "%", "--user", "wanda", env=env)
     assert out.returncode == 1 and "no workflow you can see" in out.stderr, out.stdout
     shown = await client.get(f"/api/v1/workflows/{created.json()['id']}", headers=headers)

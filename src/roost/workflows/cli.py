@@ -31,6 +31,7 @@ from roost.clitools import (
     fail,
     id_table,
     load_json,
+    parse_input,
     print_table,
     read_text,
     when,
@@ -235,14 +236,14 @@ def workflows_run(
     timeout: TimeoutOpt = 600,
 ) -> None:
     """Run a published version of a workflow; print each node as it finishes."""
-    inputs = _parse_inputs(input_ or [], inputs_json)
+    # checked as the API checks its body (a NUL in an input: one red line, no traceback)
+    body = parse_input(WorkflowRunCreate, {"inputs": _parse_inputs(input_ or [], inputs_json),
+                                           "version": version})
 
     async def go(env: Env) -> WorkflowRunOut:
         async with env.scoped() as session:
             w = await _workflow(session, env.principal, workflow)
-            run, _ = await runs.start_run(session, env.principal, w.id,
-                                          WorkflowRunCreate(inputs=inputs, version=version),
-                                          source="cli")
+            run, _ = await runs.start_run(session, env.principal, w.id, body, source="cli")
         console.print(Text(f"Run {run.id} of {w.name} started"))
         if not wait:
             async with env.scoped() as session:

@@ -390,7 +390,8 @@ class Progress:
                                      input_={"message": shown,
                                              "approvers": node.data.get("approvers") or []})
         timeout = node.data.get("timeout_s")
-        if isinstance(timeout, int) and timeout > 0:
+        # JSON Schema counts 1.0 as an integer, so a graph may hold one (bool is no number)
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
             await enqueue(self.session, APPROVAL_TIMEOUT_TASK,
                           {"run_id": str(self.run.id), "step_id": str(step_id)},
                           # a graph saved before timeout_s had a maximum may hold more

@@ -17,7 +17,8 @@ expression at save time; :func:`evaluate` runs it (again checked) at run time.
 compiled in a :class:`jinja2.sandbox.ImmutableSandboxedEnvironment` subclass.  At save,
 :func:`check_template` parses the template and refuses what the sandbox would only
 catch at render (attributes or keys starting with ``_``, ``include``/``import``/``extends``,
-loops nested deeper than :data:`MAX_LOOP_DEPTH`).  At render, :func:`render_template`
+loops nested deeper than :data:`MAX_LOOP_DEPTH`, a syntax tree nested deeper than
+:data:`MAX_TEMPLATE_DEPTH`).  At render, :func:`render_template`
 relies on the sandbox for the rest (unsafe attributes, mutating calls), multiplies and
 powers are checked for size, string formatting (``%``, ``str.format``) is refused, only
 whitelisted filters exist, ``range`` is capped, undefined variables are errors and the
@@ -53,6 +54,10 @@ MAX_EXPRESSION_NODES: Final = 200
 MAX_TEMPLATE_CHARS: Final = 50_000
 MAX_OUTPUT_CHARS: Final = 1_000_000
 MAX_LOOP_DEPTH: Final = 2
+# How deep a template's syntax tree may nest (blocks in blocks, a filter applied to a
+# filter's result, a.b.c, 1 + 1 + 1...): the code Jinja generates nests as deep, and Python
+# refuses 100 indentation levels or 200 nested parentheses; Jinja's walks of the tree recurse.
+MAX_TEMPLATE_DEPTH: Final = 50
 MAX_RANGE: Final = 10_000
 MAX_POWER_EXPONENT: Final = 64
 MAX_SEQUENCE_PRODUCT: Final = 100_000
@@ -466,15 +471,24 @@ def _check_tree(tree: nodes.Template) -> None:
         if test.name not in _SANDBOX.tests:
             raise TemplateRejected(f"the test {test.name!r} does not exist")
 
-    def depth(node: nodes.Node, level: int) -> None:
+
+def _check_depth(tree: nodes.Template) -> None:
+    """The tree nested at most :data:`MAX_TEMPLATE_DEPTH` deep, its loops at most
+    :data:`MAX_LOOP_DEPTH`: walked with a stack, not recursion, stopping at the first node
+    too deep (before Jinja's recursive walks: 6,000 chained filters overflowed them, and
+    the error's traceback took seconds)."""
+    stack: list[tuple[nodes.Node, int, int]] = [(tree, 0, 0)]
+    while stack:
+        node, level, loops = stack.pop()
+        if level > MAX_TEMPLATE_DEPTH:
+            raise TemplateRejected(f"the template nests deeper than {MAX_TEMPLATE_DEPTH} "
+                                   "levels (blocks, chained filters or attributes, operators)")
         for child in node.iter_child_nodes():
-            inner = level + 1 if isinstance(child, nodes.For) else level
+            inner = loops + 1 if isinstance(child, nodes.For) else loops
             if inner > MAX_LOOP_DEPTH:
                 raise TemplateRejected(f"loops nested deeper than {MAX_LOOP_DEPTH} are not "
                                        "allowed")
-            depth(child, inner)
-
-    depth(tree, 0)
+            stack.append((child, level + 1, inner))
 
 
 def check_template(source: str) -> None:
@@ -504,7 +518,8 @@ def compile_template(source: str) -> Any:
         return _SANDBOX.from_string(tree)
     except TemplateError as exc:
         raise TemplateRejected(f"template error: {exc.message or 'invalid'}") from None
-    except (RecursionError, MemoryError):
+    except (RecursionError, MemoryError, SyntaxError):
+        # SyntaxError: Python's compiler refusing the generated code (too deeply nested)
         raise TemplateRejected("the template is too deeply nested") from None
 
 
@@ -522,7 +537,11 @@ def _parse(source: str) -> nodes.Template:
             from None
     except (RecursionError, MemoryError):
         raise TemplateRejected("the template is too deeply nested") from None
-    _check_tree(tree)
+    _check_depth(tree)
+    try:
+        _check_tree(tree)
+    except (RecursionError, MemoryError):
+        raise TemplateRejected("the template is too deeply nested") from None
     return tree
 
 
@@ -547,8 +566,10 @@ def render_template(source: str, variables: Mapping[str, Any]) -> str:
         raise TemplateRejected(f"unsafe operation refused by the sandbox: {exc}") from None
     except TemplateError as exc:
         raise TemplateRejected(f"template error: {exc.message or type(exc).__name__}") from None
-    except (TypeError, ValueError, ArithmeticError, RecursionError, MemoryError,
-            LookupError) as exc:
+    except Exception as exc:
+        # whatever else a filter or operator raises on the values it got (dictsort of a
+        # string: AttributeError, truncate below its leeway: AssertionError, TypeError,
+        # RecursionError...) is the template's fault too: the node fails, not the request
         raise TemplateRejected(f"template error: {type(exc).__name__}") from None
     finally:
         _DEADLINE.reset(clock)
