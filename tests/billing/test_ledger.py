@@ -112,6 +112,30 @@ async def test_an_event_whose_model_holds_a_control_character_is_a_422_naming_it
         assert await s.scalar(text("SELECT count(*) FROM usage_records")) == 0
 
 
+async def test_an_event_the_price_table_prices_above_the_cap_is_a_422_naming_it(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    """A cost from the price table has the cap a sent cost has (10^6): not the database's
+    anonymous 400 for a value its numeric cannot hold."""
+    user_id, _ = await make_user(database)
+    await _subscribe(client, admin_headers, user_id)
+    model = f"pricey-{uuid.uuid4().hex[:6]}"
+    resp = await client.post("/api/v1/billing/prices", headers=admin_headers, json={
+        "model_pattern": model, "input_per_million": "999999999.999999",
+        "output_per_million": "999999999.999999"})
+    assert resp.status_code == 201, resp.text
+    key = f"k-{uuid.uuid4().hex}"
+    huge = _event(user_id, key, model=model, tokens_input=1_000_000_000,
+                  tokens_output=1_000_000_000)
+    resp = await client.post("/api/v1/billing/usage-events", headers=admin_headers,
+                             json={"events": [_event(user_id, "fine"), huge]})
+    assert resp.status_code == 422, resp.text
+    assert key in resp.text and resp.json()["field"] == "cost", resp.text
+    async with database.transaction() as s:
+        assert await s.scalar(text("SELECT count(*) FROM usage_records WHERE user_id = :u"),
+                              {"u": user_id}) == 0
+
+
 async def test_concurrent_replays_of_one_batch_in_opposite_orders_both_succeed(
     client: httpx.AsyncClient, admin_headers: Headers, database: Database,
 ) -> None:

@@ -1,7 +1,10 @@
 """Tool calls, agents and runs against a plan: tool calls hold and pay credits (402 at the
-limit), and the plan's max_agents and runs_per_day answer 403 naming the limit."""
+limit), and the plan's max_agents, runs_per_day and max_documents answer 403 naming the
+limit, also to many creates at once."""
 
 from __future__ import annotations
+
+import asyncio
 
 import httpx
 from sqlalchemy import text
@@ -88,6 +91,41 @@ async def test_plan_limits_on_agents_and_runs_per_day(
     async with database.transaction() as s:
         assert await s.scalar(text("SELECT count(*) FROM runs WHERE user_id = :u"),
                               {"u": user_id}) == 1
+
+
+async def test_count_limits_hold_when_many_are_created_at_once(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    """max_agents, runs_per_day and max_documents of 1 each let exactly one of 8 parallel
+    creates through (the others: 403 naming the limit), not all 8 counting 0 at once."""
+    user_id, headers = await make_user(database)
+    await subscribe(client, admin_headers, user_id, 1000, max_agents=1, runs_per_day=1,
+                    max_documents=1)
+    agents = await asyncio.gather(*(
+        client.post("/api/v1/agents", headers=headers, json={"name": f"A{i}", "slug": f"a{i}"})
+        for i in range(8)))
+    assert sorted(r.status_code for r in agents) == [201] + [403] * 7, \
+        [r.text for r in agents]
+    agent_id = next(r.json()["id"] for r in agents if r.status_code == 201)
+    runs = await asyncio.gather(*(
+        client.post(f"/api/v1/agents/{agent_id}/runs", headers=headers,
+                    json={"input": f"hi {i}"}) for i in range(8)))
+    assert sorted(r.status_code for r in runs) == [202] + [403] * 7, [r.text for r in runs]
+    documents = await asyncio.gather(*(
+        client.post("/api/v1/knowledge/documents", headers=headers,
+                    files={"file": (f"d{i}.txt", b"some words", "text/plain")})
+        for i in range(8)))
+    assert sorted(r.status_code for r in documents) == [202] + [403] * 7, \
+        [r.text for r in documents]
+    assert {r.json()["limit"] for r in (*agents, *runs, *documents)
+            if r.status_code == 403} == {"max_agents", "runs_per_day", "max_documents"}
+    async with database.transaction() as s:
+        counts = (await s.execute(text(
+            "SELECT (SELECT count(*) FROM agents WHERE user_id = :u) AS agents, "
+            "(SELECT count(*) FROM runs WHERE user_id = :u) AS runs, "
+            "(SELECT count(*) FROM documents WHERE user_id = :u) AS documents"),
+            {"u": user_id})).one()
+    assert tuple(counts) == (1, 1, 1)
 
 
 async def test_a_run_whose_model_call_the_balance_cannot_cover_fails_saying_so(

@@ -8,15 +8,20 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
+import pytest
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.models import AuditLog
 from roost.billing import jobs as billing_jobs
-from roost.billing.invoices import Period
+from roost.billing import renewals
+from roost.billing.invoices import Period, issue_invoice
 from roost.billing.models import Invoice, Subscription
 from roost.billing.renewals import renew_due
 from roost.db.engine import Database
+from roost.errors import Unprocessable
 from roost.tasks.models import BackgroundTask
 from roost.tasks.schedules import schedules
 from roost.tasks.service import enqueue
@@ -158,6 +163,48 @@ async def test_one_bad_ledger_does_not_stop_the_others(database: Database) -> No
     assert report.failed == [str(bad.id)] and report.renewed == 1
     assert len(await _invoices(database, good.id)) == 1
     assert await _invoices(database, bad.id) == []
+    assert (await _sub(database, bad.id)).current_period_start == MARCH.start
+
+
+async def test_an_invoice_too_big_to_store_fails_its_subscription_alone(
+        database: Database) -> None:
+    """Two ledger rows the ledger holds (numeric(18, 6)) sum to more than an invoice
+    amount holds (numeric(14, 2)): that subscription fails, named; the others renew."""
+    plan = await add_plan(database)
+    subs = [await add_subscription(database, plan, await _user(database), period=MARCH)
+            for _ in range(2)]
+    bad, good = sorted(subs, key=lambda s: s.id)  # the bad one comes first
+    await ingest(database, [Row(bad.id, datetime(2026, 3, 3, tzinfo=UTC), "gpt-4o", "chat",
+                                1, 1, 1, Decimal("900000000000"), "USD", f"t:{uuid.uuid4()}")
+                            for _ in range(2)])
+    report = await renew_due(database, now=NOW)
+    assert report.failed == [str(bad.id)] and report.renewed == 1, report
+    assert (await _sub(database, good.id)).current_period_start == MARCH.end
+    assert await _invoices(database, bad.id) == []
+    with pytest.raises(Unprocessable, match=str(bad.id)):
+        async with database.transaction() as session:
+            await issue_invoice(session, bad.id, MARCH.start, MARCH.end)
+
+
+async def test_a_write_the_database_refuses_fails_its_subscription_alone(
+        database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any database error while renewing one subscription (its transaction rolled back)
+    leaves the others to renew, not the whole job failed every 5 minutes."""
+    plan = await add_plan(database)
+    subs = [await add_subscription(database, plan, await _user(database), period=MARCH)
+            for _ in range(2)]
+    bad, good = sorted(subs, key=lambda s: s.id)
+
+    async def refused(session: AsyncSession, subscription_id: uuid.UUID,
+                      *args: Any, **kwargs: Any) -> Any:
+        if subscription_id == bad.id:
+            await session.execute(text("SELECT 1 / 0"))  # division_by_zero, a DBAPIError
+        return await issue_invoice(session, subscription_id, *args, **kwargs)
+
+    monkeypatch.setattr(renewals, "issue_invoice", refused)
+    report = await renew_due(database, now=NOW)
+    assert report.failed == [str(bad.id)] and report.renewed == 1, report
+    assert (await _sub(database, good.id)).current_period_start == MARCH.end
     assert (await _sub(database, bad.id)).current_period_start == MARCH.start
 
 

@@ -296,3 +296,42 @@ async def test_without_a_webhook_secret_the_endpoint_says_it_is_not_configured(
     assert reply.headers["content-type"] == PROBLEM
     assert "ROOST_STRIPE_WEBHOOK_SECRET" in reply.json()["detail"]
     assert await count(database, select(StripeEvent)) == 0
+
+
+@pytest.mark.parametrize("owner", ["user", "group"])
+async def test_invoice_paid_for_the_invoice_a_deleted_account_left_is_applied(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
+    user_id: uuid.UUID, owner: str,
+) -> None:
+    """The invoice is kept after its user or group (and subscription) is deleted: Stripe's
+    invoice.paid for it marks it paid, the event keeping no subscription (not a 409 Stripe
+    retries for days)."""
+    from tests.knowledge.support import make_group
+
+    plan = f"p{uuid.uuid4().hex[:8]}"
+    assert (await client.post("/api/v1/billing/plans", headers=admin_headers, json={
+        "key": plan, "name": "Gone", "price": "10.00", "included_credits": 10,
+    })).status_code == 201
+    group_id = await make_group(database, "team", user_id) if owner == "group" else None
+    target = {"group_id": str(group_id)} if group_id else {"user_id": str(user_id)}
+    made = await client.post("/api/v1/billing/subscriptions", headers=admin_headers,
+                             json={**target, "plan": plan})
+    assert made.status_code == 201, made.text
+    sub_id = made.json()["id"]
+    assert (await client.post(f"/api/v1/billing/subscriptions/{sub_id}/cancel",
+                              headers=admin_headers, json={})).status_code == 200
+    inv = await client.post("/api/v1/billing/invoices", headers=admin_headers,
+                            json={"subscription_id": sub_id})
+    assert inv.status_code == 201, inv.text
+    gone = f"/api/v1/groups/{group_id}" if group_id else f"/api/v1/users/{user_id}"
+    assert (await client.delete(gone, headers=admin_headers)).status_code == 204
+    paid = event("invoice.paid", {"id": "in_gone",
+                                  "metadata": {"roost_invoice_id": inv.json()["id"]}})
+    reply = await deliver(client, paid)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["outcome"] == "applied", reply.text
+    async with database.transaction() as session:
+        invoice = await session.get(Invoice, uuid.UUID(inv.json()["id"]))
+        assert invoice is not None and invoice.status == "paid"
+        row = await session.get(StripeEvent, paid["id"])
+        assert row is not None and row.subscription_id is None

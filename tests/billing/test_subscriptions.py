@@ -248,3 +248,42 @@ async def test_a_row_written_without_terms_takes_its_plans(
     resp = await client.get(f"{SUBS}/{sub_id}", headers=admin_headers)
     assert (resp.json()["price"], resp.json()["currency"], resp.json()["billing_period"]) == \
         ("7.50", "EUR", "month")
+
+
+async def test_resume_ends_a_trial_early_and_the_period_bills_the_plan_fee(
+        client: httpx.AsyncClient, admin_headers: Headers, user: User) -> None:  # noqa: F811
+    """``active`` ends the trial: ``trial_end`` becomes now, so the period is no longer
+    billed as "(trial)" at 0.00 (nor sent to Stripe as a trial)."""
+    await make_plan(client, admin_headers, key="pro", price="25.00", trial_days=60)
+    sub = await subscribe(client, admin_headers, user_id=str(user[0]), plan="pro")
+    assert sub["status"] == "trialing"
+    resumed = await client.post(f"{SUBS}/{sub['id']}/resume", headers=admin_headers, json={})
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["status"] == "active"
+    assert _at(resumed.json()["trial_end"]) < _at(sub["trial_end"]) - timedelta(days=59)
+    preview = await client.get(f"{SUBS}/{sub['id']}/invoice-preview", headers=admin_headers)
+    plan_line = preview.json()["lines"][0]
+    assert plan_line["amount"] == "25.00" and "(trial)" not in plan_line["description"], \
+        plan_line
+
+
+async def test_a_plan_ref_holding_a_control_character_is_a_422_naming_the_plan(
+        client: httpx.AsyncClient, admin_headers: Headers, user: User,  # noqa: F811
+        other_user: User) -> None:  # noqa: F811
+    """Not the database's anonymous 400 for a NUL: subscribe, change-plan and ?plan=."""
+    await make_plan(client, admin_headers, key="pro")
+    sub = await subscribe(client, admin_headers, user_id=str(user[0]), plan="pro")
+    for ref in ("pro\x00", "pro\x01", "pro\n"):
+        replies = [
+            await client.post(SUBS, headers=admin_headers,
+                              json={"user_id": str(other_user[0]), "plan": ref}),
+            await client.post(f"{SUBS}/{sub['id']}/change-plan", headers=admin_headers,
+                              json={"plan": ref}),
+            await client.get(SUBS, headers=admin_headers, params={"plan": ref}),
+        ]
+        for resp in replies:
+            assert resp.status_code == 422, (resp.request.url, resp.text)
+            assert "'plan'" in resp.text or "plan" in str(resp.json().get("errors")), \
+                (resp.request.url, resp.text)
+    got = await client.get(f"{SUBS}/{sub['id']}", headers=admin_headers)
+    assert got.json()["plan_key"] == "pro"

@@ -247,6 +247,7 @@ async def _check_agent_limit(session: AsyncSession, owner: uuid.UUID) -> None:
     payer = await credits.payer_for(session, owner)
     if payer is None or payer.limits.get("max_agents") is None:
         return
+    await limits.lock_count(session, owner, "max_agents")
     count = await session.scalar(select(func.count()).select_from(Agent).where(
         Agent.user_id == owner))
     await limits.check_count(session, owner, "max_agents", int(count or 0), payer=payer)

@@ -143,6 +143,7 @@ async def _check_plan(session: AsyncSession, user_id: uuid.UUID, run_id: uuid.UU
             f"(plan {payer.plan_key!r})", extra={"balance": 0, "needed": 1,
                                                  "subscription_id": str(payer.subscription_id)})
     if payer.limits.get("runs_per_day") is not None:
+        await limits.lock_count(session, user_id, "runs_per_day")
         today = datetime.combine(utcnow().date(), time(), UTC)
         started = await session.scalar(select(func.count()).select_from(Run).where(
             Run.user_id == user_id, Run.created_at >= today, Run.id != run_id))

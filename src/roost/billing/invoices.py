@@ -26,7 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
 from roost.billing import stripe_sync
-from roost.billing.models import INVOICE_STATUSES, Invoice, Plan, Subscription, UsageRecord
+from roost.billing.models import (
+    INVOICE_STATUSES,
+    MAX_AMOUNT,
+    Invoice,
+    Plan,
+    Subscription,
+    UsageRecord,
+)
 from roost.config import Settings, get_settings
 from roost.db.base import utcnow
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
@@ -218,6 +225,12 @@ def invoice_from_totals(plan: Plan, subscription: Subscription, totals: Iterable
     all_lines = (_plan_line(plan, subscription, period), *usage)
     subtotal = sum((line.amount for line in all_lines), ZERO.quantize(CENT))
     tax = cents(subtotal * tax_rate)
+    if subtotal + tax > MAX_AMOUNT:  # the total holds the most (tax is at most the subtotal)
+        raise Unprocessable(
+            f"the invoice of subscription {subscription.id} for {period.start.isoformat()} "
+            f"to {period.end.isoformat()} would total {subtotal + tax} {currency}: more than "
+            f"an invoice holds ({MAX_AMOUNT})",
+            extra={"subscription_id": str(subscription.id)})
     return InvoiceDraft(
         subscription_id=subscription.id, plan_id=plan.id, user_id=subscription.user_id,
         group_id=subscription.group_id, period_start=period.start, period_end=period.end,

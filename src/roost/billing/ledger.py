@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit import service as audit
 from roost.billing import prices
 from roost.billing.credits import credits_for_tokens
-from roost.billing.usage_schemas import UsageEventIn
+from roost.billing.usage_schemas import MAX_EVENT_COST, UsageEventIn
 from roost.config import Settings
 from roost.db.base import utcnow, uuid7
 from roost.errors import Forbidden, Unprocessable
@@ -129,6 +129,13 @@ async def ingest(
                     f"event {event.idempotency_key!r} says {currency} but its model is priced "
                     f"in {priced_in}: send its cost, or the price table's currency")
             currency = currency or priced_in
+            # The cap a sent cost has: a bigger one would not fit the ledger's numeric
+            # (an anonymous 400) or would make an invoice no amount can hold.
+            if cost > MAX_EVENT_COST:
+                raise Unprocessable(
+                    f"event {event.idempotency_key!r} would cost {cost} {currency} by the "
+                    f"price table: more than one event may cost ({MAX_EVENT_COST})", extra={"field": "cost",
+                                                     "idempotency_key": event.idempotency_key})
         credits = event.credits if event.credits is not None else credits_for_tokens(
             settings, event.tokens_input + event.tokens_output)
         columns["ids"].append(uuid7())

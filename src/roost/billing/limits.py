@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.billing.credits import Payer, payer_for
 from roost.errors import LimitReached
+from roost.identity.common import lock_owner_quota
 
 COUNT_LIMITS: Final = ("max_agents", "max_documents", "runs_per_day")
 LIMIT_KEYS: Final = ("models_allowed", *COUNT_LIMITS)
@@ -31,6 +32,15 @@ def check_model(payer: Payer | None, model: str | None) -> None:
             f"the plan {payer.plan_key!r} does not include the model {model[:200]!r} "
             f"(allowed: {', '.join(allowed)})",
             extra={"limit": "models_allowed", "plan": payer.plan_key})
+
+
+async def lock_count(session: AsyncSession, user_id: uuid.UUID, limit: str) -> None:
+    """Call before counting for ``check_count``: parallel creates of one user's agents,
+    documents or runs queue here until the transaction ends, so each counts the ones
+    committed before it and they cannot all pass the limit together."""
+    if limit not in COUNT_LIMITS:
+        raise ValueError(f"unknown count limit {limit!r}")
+    await lock_owner_quota(session, user_id, f"billing.{limit}")
 
 
 async def check_count(session: AsyncSession, user_id: uuid.UUID | None, limit: str,

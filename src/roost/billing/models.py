@@ -60,6 +60,7 @@ INVOICE_STATUSES: Final = ("open", "paid", "void")
 MONEY = Numeric(18, 6)  # prices per million tokens need the decimals
 MAX_MONEY: Final = Decimal("999999999999.999999")  # the largest MONEY value
 AMOUNT = Numeric(14, 2)  # invoice amounts
+MAX_AMOUNT: Final = Decimal("999999999999.99")  # the largest AMOUNT value
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

@@ -9,7 +9,8 @@ are not renewed; a canceled one gets the invoice of its last period, once.
 
 Each subscription is renewed in its own transaction, locked ``FOR UPDATE SKIP LOCKED``:
 two workers never renew the same one, and one that fails (a currency mismatch in its
-ledger) is logged and left for the next run without holding up the others.  Re-running
+ledger, an invoice too big to store, any write the database refuses) is logged and left
+for the next run without holding up the others.  Re-running
 is harmless: an invoice exists once per (subscription, period start) and a renewed
 subscription is no longer due."""
 
@@ -22,6 +23,7 @@ from datetime import datetime
 import structlog
 from dateutil.relativedelta import relativedelta
 from sqlalchemy import ColumnElement, and_, exists, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
@@ -30,6 +32,7 @@ from roost.billing.models import Invoice, Plan, Subscription
 from roost.billing.subscriptions import keep_terms
 from roost.db.base import utcnow
 from roost.db.engine import Database
+from roost.db.errors import sqlstate
 from roost.errors import RoostError
 
 log = structlog.get_logger("roost.billing.renewals")
@@ -150,6 +153,15 @@ async def renew_due(database: Database, *, now: datetime | None = None,
             except RoostError as exc:
                 log.warning("billing.renew_failed", subscription_id=str(sub_id),
                             error=exc.detail)
+                report.failed.append(str(sub_id))
+                continue
+            except DBAPIError as exc:
+                # The database refused this one's writes (its transaction is rolled
+                # back): the others still renew.  A lost connection fails the job.
+                if exc.connection_invalidated:
+                    raise
+                log.warning("billing.renew_failed", subscription_id=str(sub_id),
+                            error=type(exc.orig).__name__, sqlstate=sqlstate(exc))
                 report.failed.append(str(sub_id))
                 continue
             report.invoices += issued

@@ -15,6 +15,7 @@ from roost.billing.schemas import (
     ChangePlan,
     PlanCreate,
     PlanOut,
+    PlanRef,
     PlanUpdate,
     PriceCreate,
     PriceOut,
@@ -98,7 +99,7 @@ async def list_subscriptions(
     principal: CurrentPrincipal, db: DbSession,
     status_: Annotated[SubscriptionStatus | None, Query(alias="status")] = None,
     user_id: uuid.UUID | None = None, group_id: uuid.UUID | None = None,
-    plan: Annotated[str | None, Query(max_length=64, description="key or id")] = None,
+    plan: Annotated[PlanRef | None, Query(max_length=64, description="key or id")] = None,
     limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
 ) -> Page[SubscriptionOut]:
     rows, next_cursor = await subscriptions.list_subscriptions(

@@ -10,9 +10,16 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from roost.inputs import StrictInput
 
@@ -38,6 +45,16 @@ def _no_control(value: str | None, field: str) -> str | None:
     if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(f"{field} contains a control character")
     return value
+
+
+def _plan_ref(value: str) -> str:
+    _no_control(value, "plan")
+    return value
+
+
+# A plan's key or id, as a subscription names it: no NUL (PostgreSQL refuses it with an
+# anonymous 400) nor other control characters, a 422 naming the field instead.
+PlanRef = Annotated[str, AfterValidator(_plan_ref)]
 
 
 # --- plans -------------------------------------------------------------------------------
@@ -151,7 +168,7 @@ class PlanOut(BaseModel):
 class SubscriptionCreate(StrictInput):
     user_id: uuid.UUID | None = Field(default=None, description="The subscriber: a user...")
     group_id: uuid.UUID | None = Field(default=None, description="...or a group (one of the two)")
-    plan: str = Field(min_length=1, max_length=64, description="The plan's key or id")
+    plan: PlanRef = Field(min_length=1, max_length=64, description="The plan's key or id")
     trial_days: int | None = Field(default=None, ge=0, le=MAX_TRIAL_DAYS, description=(
         "Overrides the plan's trial days (0: no trial)"))
 
@@ -163,7 +180,8 @@ class SubscriptionCreate(StrictInput):
 
 
 class ChangePlan(StrictInput):
-    plan: str = Field(min_length=1, max_length=64, description="The new plan's key or id")
+    plan: PlanRef = Field(min_length=1, max_length=64,
+                          description="The new plan's key or id")
 
 
 class StatusChange(StrictInput):

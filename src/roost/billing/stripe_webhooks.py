@@ -269,9 +269,14 @@ async def process_event(session: AsyncSession, event: StripeEventIn) -> WebhookR
         outcome, detail, subscription_id = "ignored", ignored.reason, ignored.subscription_id
     if applied is not None:
         outcome, subscription_id = "applied", applied.subscription_id
+    # The subscription if it still exists: an invoice a deleted user or group left behind
+    # names one that went with its owner (the foreign key would refuse it: a 409 Stripe
+    # retries for days).
+    still = (None if subscription_id is None else
+             select(Subscription.id).where(Subscription.id == subscription_id).scalar_subquery())
     await session.execute(
         update(StripeEvent).where(StripeEvent.id == event.id)
-        .values(outcome=outcome, detail=detail, subscription_id=subscription_id))
+        .values(outcome=outcome, detail=detail, subscription_id=still))
     if applied is not None:
         await record(session, f"billing.stripe.{event.type}", user_id=applied.user_id,
                      resource_type=applied.resource_type, resource_id=applied.resource_id,

@@ -269,8 +269,12 @@ async def set_status(session: AsyncSession, actor: Principal, sub: Subscription,
     sub.updated_at = now
     if new_status == "canceled":
         sub.canceled_at = now
-    await session.flush()
     changes: dict[str, Any] = {"from": old, "to": new_status}
+    if new_status == "active" and sub.trial_end is not None and sub.trial_end > now:
+        # Active ends the trial (resume ends it early): its period bills the plan fee.
+        changes["trial_end"] = {"from": sub.trial_end.isoformat(), "to": now.isoformat()}
+        sub.trial_end = now
+    await session.flush()
     if reason:
         changes["reason"] = reason
     await _audit(session, actor, sub, action, changes)

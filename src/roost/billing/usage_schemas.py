@@ -15,6 +15,7 @@ from roost.billing.usage import GroupBy
 from roost.inputs import IsoDatetime, StrictInput
 
 MAX_BATCH = 10_000
+MAX_EVENT_COST = Decimal("1000000")  # one event's cost, sent or from the price table
 
 
 class UsageRowOut(BaseModel):
@@ -79,7 +80,7 @@ class UsageEventIn(StrictInput):
     tokens_output: Count = 0
     credits: Count | None = Field(default=None, description="Default: from the tokens "
                                                             "(ROOST_LLM_CREDITS_PER_1K_TOKENS)")
-    cost: Annotated[Decimal, Field(ge=0, le=Decimal("1000000"), max_digits=18,
+    cost: Annotated[Decimal, Field(ge=0, le=MAX_EVENT_COST, max_digits=18,
                                    decimal_places=6)] | None = Field(
         default=None, description="Default: from the model price table")
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] | None = None

@@ -120,6 +120,7 @@ async def _check_document_limit(session: AsyncSession, user_id: uuid.UUID, name:
     payer = await credits.payer_for(session, user_id)
     if payer is None or payer.limits.get("max_documents") is None:
         return
+    await limits.lock_count(session, user_id, "max_documents")
     owned = select(func.count()).select_from(Document).where(Document.user_id == user_id)
     replaced = sha256_hex(upload_identity(name))  # the key create_upload upserts on
     if await session.scalar(select(Document.id).where(Document.user_id == user_id,
