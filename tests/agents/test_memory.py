@@ -110,3 +110,32 @@ async def test_memory_add_with_unusable_content_is_a_failed_step_the_model_is_to
     assert "blank" in tools[0]["error"] and "NUL" in tools[1]["error"], tools
     async with database.transaction() as s:
         assert (await s.execute(text("SELECT count(*) FROM memories"))).scalar_one() == 0
+
+
+async def test_a_long_input_or_search_query_still_recalls_its_first_1000_characters(
+    admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker, client: httpx.AsyncClient,
+) -> None:
+    """A run's input and a memory_search query longer than recall's 1,000 characters are
+    cut to them: the memory_recall step and the tool failed ("q must be at most 1000
+    characters") for 1,001-2,000 characters, cut only to 2,000."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    async with database.transaction() as s:
+        await s.execute(text(
+            "INSERT INTO memories (id, user_id, content, content_sha256) "
+            "VALUES (gen_random_uuid(), :u, 'The user keeps bees in the garden', 'x')"),
+            {"u": user_id})
+    agent = await make_agent(database, user_id, tool_permissions=["memory_search"],
+                             config={"memory_k": 5})
+    long_query = "Tell me about the bees in my garden, please. " * 33  # 1,485 characters
+    stub.script(ToolCalls(Call("memory_search", {"query": long_query})), Reply("Bees."))
+    run = await _run(client, headers, agent.id, long_query + " And the honey?")
+    assert run["status"] == "completed", run
+    steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
+    assert [(s["step_type"], s["status"]) for s in steps] == [
+        ("memory_recall", "completed"), ("llm_call", "completed"),
+        ("tool_call", "completed"), ("llm_call", "completed")], steps
+    assert len(steps[0]["input"]["query"]) == 1000
+    assert "bees" in steps[0]["output"]["memories"][0]["content"]
+    assert "bees" in str(steps[2]["output"])

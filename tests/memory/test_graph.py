@@ -1,5 +1,6 @@
 """Graph queries: neighbours and paths by recursive CTE (cycles included), the temporal
-graph (now and as_of), an entity's history, isolation, and ``roost memory graph``."""
+graph (now and as_of), an entity's history, isolation, and ``roost memory graph``; the
+entities deleted memories alone named leave with them (cascades and migration 1210)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from sqlalchemy import text
 from roost.config import Settings
 from roost.db.base import utcnow
 from roost.db.engine import Database
+from roost.db.migrate import downgrade, upgrade
 from roost.memory import graphq, service
 from roost.memory.models import Memory
 from roost.principal import Principal
+from tests.agents.conftest import make_agent
+from tests.chat.conftest import new_session
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
@@ -269,6 +273,78 @@ async def test_deleting_memories_removes_the_entities_nothing_uses(
     assert forgot.json() == {"deleted": 2}
     assert await _names(client, alice) == []
     assert await _names(client, bob) == ["Ada", "Diagnosis"]  # another user's: untouched
+
+
+async def test_entities_named_with_a_sharp_s_or_a_no_break_space_go_with_their_only_memory(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """Names are compared as graph.normalize writes them (case folded, Unicode white space):
+    the clean-up compared them in SQL (lower, regexp \\s, btrim), and Straße (strasse),
+    Ada<U+00A0>Lovelace and a 255-character name of ß (folded to 510, cut) stayed listed."""
+    _, headers = await make_user(database)
+    names = ["Straße", "Ada\u00a0Lovelace", "ß" * 255]
+    fact = await _add(client, headers, "The office is on the Straße", [],
+                      entities=[{"name": n} for n in names])
+    assert len(await _names(client, headers)) == 3
+    assert (await client.delete(f"{API}/{fact['id']}", headers=headers)).status_code == 204
+    assert await _names(client, headers) == []
+
+
+async def test_an_entity_a_live_memory_names_with_a_sharp_s_is_kept(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """Deleting a memory keeps the entities another live memory names (Weiß was deleted:
+    SQL's lower() of the name was not its case-folded normalised name)."""
+    _, headers = await make_user(database)
+    await _add(client, headers, "Weiß is a name", [], entities=[{"name": "Weiß"}])
+    other = await _add(client, headers, "Weiß knows Bob", [("Weiß", "knows", "Bob")])
+    assert (await client.delete(f"{API}/{other['id']}", headers=headers)).status_code == 204
+    assert await _names(client, headers) == ["Weiß"]
+
+
+async def test_deleting_an_agent_or_a_chat_session_removes_the_entities_only_their_memories_named(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """Memories deleted by a foreign key's cascade (an agent's, a chat session's) take the
+    entities only they named with them (they stayed: only the memory service cleaned up);
+    an entity a live memory names stays."""
+    user_id, headers = await make_user(database)
+    agent = await make_agent(database, user_id)
+    chat = await new_session(client, headers)
+    await _add(client, headers, "Kestrel project uses Falcon", [("Kestrel", "uses", "Falcon")],
+               agent_id=str(agent.id), entities=[{"name": "Kestrel"}])
+    await _add(client, headers, "Ada likes Zurich", [("Ada", "likes", "Zurich")],
+               session_id=chat["id"])
+    await _add(client, headers, "Falcon is fast", [], entities=[{"name": "falcon"}])
+    assert await _names(client, headers) == ["Ada", "Falcon", "Kestrel", "Zurich"]
+    gone = await client.delete(f"/api/v1/agents/{agent.id}", headers=headers)
+    assert gone.status_code == 204, gone.text
+    assert await _names(client, headers) == ["Ada", "Falcon", "Zurich"]
+    gone = await client.delete(f"/api/v1/chat/sessions/{chat['id']}", headers=headers)
+    assert gone.status_code == 204, gone.text
+    assert await _names(client, headers) == ["Falcon"]
+    assert [m["content"] for m in (await client.get(API, headers=headers)).json()["items"]] \
+        == ["Falcon is fast"]
+
+
+async def test_the_migration_names_the_entities_of_existing_memories_and_removes_orphans(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """Migration 1210 fills ``entity_names`` with graph.normalize's names and removes the
+    entities earlier deletions left; the trigger is in place after it."""
+    _, headers = await make_user(database)
+    kept = await _add(client, headers, "The office is on the Straße", [("Straße", "in", "Bern")],
+                      entities=[{"name": "Straße"}, {"name": "Ada\u00a0 Lovelace"}])
+    left = await _add(client, headers, "Zed likes tea", [("Zed", "likes", "Tea")])
+    await downgrade(database.engine, "1200")
+    async with database.transaction() as session:  # no trigger yet: Zed and Tea stay
+        await session.execute(text("DELETE FROM memories WHERE id = :id"),
+                              {"id": uuid.UUID(left["id"])})
+    assert await _names(client, headers) == ["Ada Lovelace", "Bern", "Straße", "Tea", "Zed"]
+    await upgrade(database.engine)
+    async with database.transaction() as session:
+        named = await session.scalar(text("SELECT entity_names FROM memories WHERE id = :id"),
+                                     {"id": uuid.UUID(kept["id"])})
+    assert named == ["ada lovelace", "bern", "strasse"]
+    assert await _names(client, headers) == ["Ada Lovelace", "Bern", "Straße"]
+    assert (await client.delete(f"{API}/{kept['id']}", headers=headers)).status_code == 204
+    assert await _names(client, headers) == []
 
 
 async def test_concurrent_memories_naming_the_same_entities_do_not_deadlock(

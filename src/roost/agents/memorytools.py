@@ -69,10 +69,16 @@ def recalled_lines(found: list[recall.Recalled]) -> list[dict[str, Any]]:
             for r in found]
 
 
+def recall_query(text: str) -> str:
+    """What of ``text`` (a run's input, a tool's query) recall searches for: its first
+    ``recall.MAX_QUERY_CHARS`` characters, so a longer one still recalls (not a 422)."""
+    return text.strip()[:recall.MAX_QUERY_CHARS]
+
+
 async def remember(session: AsyncSession, actor: Principal, run: Run, query: str, *,
                    knowledge: KnowledgeConfig | None, k: int) -> list[dict[str, Any]]:
     """The ``k`` memories of the run's scope that best fit ``query`` (the run's input)."""
-    found = await recall.search(session, actor, run_scope(run), query[:2000],
+    found = await recall.search(session, actor, run_scope(run), recall_query(query),
                                 embedder=recall.usable_embedder(knowledge=knowledge), k=k)
     return recalled_lines(found)
 

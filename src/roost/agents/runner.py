@@ -884,7 +884,7 @@ async def _remember(env: RunEnv, state: _State) -> None:
 
 
 async def _remember_step(env: RunEnv, state: _State, k: int) -> None:
-    query = state.run.input[:2000]
+    query = memorytools.recall_query(state.run.input)
     step = await _start_step(env, state, step_type="memory_recall", input={"query": query, "k": k})
     try:
         async with _scoped(env, state.principal) as session:

@@ -2,19 +2,26 @@
 closed when it is invalidated, and entities no relation or memory uses any more removed
 when memories are deleted.  (Queries over it: neighbours and paths by recursive CTE.)
 
+**One normaliser.**  :func:`normalize` is the only one: a memory keeps the normalised
+names it uses (``entity_names``, :func:`names`, written with it), and the clean-up after
+memories are deleted (the trigger ``roost_memory_orphans`` of migration 1210, which runs
+for every deletion of memories, cascades of agents, chat sessions, personas and users
+included) compares ``normalized_name`` with those, never a name normalised in SQL (whose
+``lower`` and ``\\s`` differ from ``casefold`` and Python's white space: ß, U+00A0).
+
 **Lock order.**  Every writer locks a scope's entity rows in one order, by normalised
 name (code point order, ``COLLATE "C"`` in SQL): :func:`upsert_entities` writes them in
-one multi-row statement in that order and :func:`remove_orphans` locks them in it before
-deleting.  Concurrent memories naming the same entities in different orders then wait
-for each other instead of deadlocking (12 concurrent adds naming 8 entities in opposite
-orders were mostly 503s, ``40P01``, when each entity had its own upsert in the memory's
-order)."""
+one multi-row statement in that order and the clean-up trigger locks its candidates in
+it before deleting.  Concurrent memories naming the same entities in different orders
+then wait for each other instead of deadlocking (12 concurrent adds naming 8 entities in
+opposite orders were mostly 503s, ``40P01``, when each entity had its own upsert in the
+memory's order)."""
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -44,33 +51,6 @@ DO UPDATE SET updated_at = now(),
 RETURNING id, normalized_name
 """)
 
-# How SQL compares a name in a memory's ``entities`` with an entity's normalised name:
-# spacing collapsed, lower-cased (normalize() case-folds: the two differ only for the few
-# letters whose case folding is not their lower case, such as ß).
-_NAMED = ("lower(btrim(regexp_replace(x.value->>'name', '\\s+', ' ', 'g'))) "
-          "= lower(e.normalized_name)")
-
-# The candidates no relation references and no memory of the entity's owner and persona
-# still names, locked in the writers' order, then deleted.  A statement of its own after
-# the lock: it sees what a writer that held one of them committed meanwhile.
-_LOCK_CANDIDATES = text("""
-SELECT e.id FROM memory_entities e
-WHERE e.id = ANY(CAST(:ids AS uuid[]))
-ORDER BY e.normalized_name COLLATE "C", e.persona_id
-FOR UPDATE
-""")
-_DELETE_ORPHANS = text(f"""
-DELETE FROM memory_entities e
-WHERE e.id = ANY(CAST(:ids AS uuid[]))
-  AND NOT EXISTS (SELECT 1 FROM memory_relations r WHERE r.source_entity_id = e.id)
-  AND NOT EXISTS (SELECT 1 FROM memory_relations r WHERE r.target_entity_id = e.id)
-  AND NOT EXISTS (
-    SELECT 1 FROM memories m, jsonb_array_elements(m.entities) x
-    WHERE m.user_id = e.user_id AND m.persona_id IS NOT DISTINCT FROM e.persona_id
-      AND jsonb_typeof(x.value) = 'object' AND {_NAMED})
-""")  # noqa: S608 (a fixed clause)
-
-
 def normalize(name: str) -> str:
     """How entity names are matched: case and spacing do not matter."""
     return _SPACES.sub(" ", name).strip().casefold()[:255]
@@ -98,15 +78,18 @@ async def upsert_entities(session: AsyncSession, *, user_id: uuid.UUID,
     return {row.normalized_name: row.id for row in found}
 
 
+def names(entities: Iterable[Any], relationships: Iterable[Any]) -> list[str]:
+    """The normalised names a memory's ``entities`` and ``relationships`` JSON use: the
+    entities :func:`attach` links it to (``Memory.entity_names``, sorted, no blanks)."""
+    named = {normalize(str(item.get("name", ""))) for item in _dicts(entities)}
+    ends = {normalize(end) for s, _, t in _triples(relationships) for end in (s, t)}
+    return sorted((named | ends) - {""})
+
+
 async def attach(session: AsyncSession, memory: Memory) -> None:
     """Entities and relations of ``memory`` (its ``entities`` and ``relationships`` JSON)
     as graph rows, valid from the memory's ``valid_from``."""
-    triples = []
-    for item in _dicts(memory.relationships):
-        source, relation, target = (str(item.get(k, "")).strip()
-                                    for k in ("source", "relation", "target"))
-        if source and relation and target and normalize(source) and normalize(target):
-            triples.append((source, relation, target))
+    triples = _triples(memory.relationships)
     named = [(str(item.get("name", "")), str(item.get("type") or "thing"))
              for item in _dicts(memory.entities)]
     ids = await upsert_entities(
@@ -129,33 +112,15 @@ async def close(session: AsyncSession, memory_id: uuid.UUID, at: datetime) -> No
                           .values(valid_to=at))
 
 
-async def entities_of(session: AsyncSession, memory_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-    """The entities the memories use: their relations' ends and the entities their
-    ``entities`` name (to pass to :func:`remove_orphans` once they are deleted)."""
-    if not memory_ids:
-        return []
-    found = await session.execute(text(f"""
-        SELECT r.source_entity_id FROM memory_relations r WHERE r.memory_id = ANY(CAST(:ids AS uuid[]))
-        UNION
-        SELECT r.target_entity_id FROM memory_relations r WHERE r.memory_id = ANY(CAST(:ids AS uuid[]))
-        UNION
-        SELECT e.id FROM memories m, jsonb_array_elements(m.entities) x, memory_entities e
-        WHERE m.id = ANY(CAST(:ids AS uuid[])) AND jsonb_typeof(x.value) = 'object'
-          AND e.user_id = m.user_id AND e.persona_id IS NOT DISTINCT FROM m.persona_id
-          AND {_NAMED}"""), {"ids": list(memory_ids)})  # noqa: S608 (a fixed clause)
-    return list(found.scalars())
-
-
-async def remove_orphans(session: AsyncSession, entity_ids: Sequence[uuid.UUID]) -> int:
-    """Delete those of ``entity_ids`` that no relation references and no memory of their
-    owner (and persona) names any more: what deleting memories left unused.  Returns how
-    many were deleted."""
-    if not entity_ids:
-        return 0
-    ids = sorted(set(entity_ids))
-    await session.execute(_LOCK_CANDIDATES, {"ids": ids})
-    result = await session.execute(_DELETE_ORPHANS, {"ids": ids})
-    return int(getattr(result, "rowcount", 0) or 0)
+def _triples(relationships: Iterable[Any]) -> list[tuple[str, str, str]]:
+    """The relationships that make relations: source, relation and target not blank."""
+    triples = []
+    for item in _dicts(relationships):
+        source, relation, target = (str(item.get(k, "")).strip()
+                                    for k in ("source", "relation", "target"))
+        if source and relation and target and normalize(source) and normalize(target):
+            triples.append((source, relation, target))
+    return triples
 
 
 def _dicts(items: Iterable[Any]) -> Iterable[dict[str, Any]]:

@@ -677,6 +677,7 @@ async def _extend_graph(session: AsyncSession, memory: Memory, fact: ExtractedFa
         return
     memory.entities = [*memory.entities, *new_entities]
     memory.relationships = [*memory.relationships, *(r.model_dump() for r in new_relations)]
+    memory.entity_names = graph.names(memory.entities, memory.relationships)
     types = {graph.normalize(e.name): e.type for e in fact.entities}
     ids = await graph.upsert_entities(
         session, user_id=memory.user_id, persona_id=memory.persona_id,

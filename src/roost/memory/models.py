@@ -35,7 +35,7 @@ from sqlalchemy import (
     literal_column,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
 from roost.db.base import Base, CreatedAt, Timestamps, UUIDPrimaryKey, utcnow, uuid7
@@ -74,6 +74,10 @@ class Memory(UUIDPrimaryKey, Timestamps, Base):
     entities: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"), default=list)
     relationships: Mapped[list[Any]] = mapped_column(
         JSONB, server_default=text("'[]'::jsonb"), default=list)
+    # The normalised names ``entities`` and ``relationships`` use (graph.names, written
+    # with them): what the entity clean-up after a deletion compares (migration 1210).
+    entity_names: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), server_default=text("'{}'::text[]"), default=list)
     confidence: Mapped[Decimal] = mapped_column(
         Numeric(5, 4), server_default=text("0.8"), default=Decimal("0.8"))
     access_count: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
@@ -119,6 +123,7 @@ class Memory(UUIDPrimaryKey, Timestamps, Base):
         Index("ix_memories_source", "user_id", "source_type", "source_id"),
         Index("ix_memories_current", "user_id", "valid_to", "status"),
         Index("ix_memories_content_tsv", "content_tsv", postgresql_using="gin"),
+        Index("ix_memories_entity_names", "entity_names", postgresql_using="gin"),
         # One user's entries together, with what recall filters on, for index-only scans
         # of that user under row-level security too (migration 0830): the full-text
         # vectors of short memories (bounded so an entry always fits a B-tree page), the
@@ -169,8 +174,8 @@ class MemoryHistory(UUIDPrimaryKey, CreatedAt, Base):
 
 
 class MemoryEntity(UUIDPrimaryKey, Timestamps, Base):
-    """A thing facts are about, once per scope owner (``normalized_name``: lower-cased,
-    spaces collapsed)."""
+    """A thing facts are about, once per scope owner (``normalized_name``: graph.normalize's,
+    case-folded, spaces collapsed)."""
 
     __tablename__ = "memory_entities"
 

@@ -97,12 +97,14 @@ async def add_memory(
     source_type: str = "manual", source_id: uuid.UUID | None = None,
     run_id: uuid.UUID | None = None, audit: bool = True,
 ) -> Memory:
+    entities = [e.model_dump() for e in body.entities]
+    relationships = [r.model_dump() for r in body.relationships]
     memory = Memory(
         user_id=scope.user_id, persona_id=scope.persona_id, agent_id=scope.agent_id,
         session_id=scope.session_id, content=body.content.strip(),
         memory_type=body.memory_type, confidence=Decimal(str(round(body.confidence, 4))),
-        entities=[e.model_dump() for e in body.entities],
-        relationships=[r.model_dump() for r in body.relationships],
+        entities=entities, relationships=relationships,
+        entity_names=graph.names(entities, relationships),
         memory_metadata=body.metadata, valid_from=body.valid_from or utcnow(),
         source_type=source_type, source_id=source_id, run_id=run_id,
         content_sha256=content_hash(body.content),
@@ -210,12 +212,11 @@ async def invalidate(session: AsyncSession, actor: Principal, memory: Memory, *,
 
 
 async def delete_memory(session: AsyncSession, actor: Principal, memory_id: uuid.UUID) -> None:
-    """Delete one memory, its relations and the entities nothing uses any more."""
+    """Delete one memory, its relations and (the trigger of migration 1210, see graph) the
+    entities nothing uses any more."""
     memory = await get_memory(session, actor, memory_id, lock=True)
-    entities = await graph.entities_of(session, [memory.id])
     await session.delete(memory)
     await session.flush()
-    await graph.remove_orphans(session, entities)
     await record(session, "memory.delete", user_id=actor.user_id, persona_id=memory.persona_id,
                  resource_type=RESOURCE, resource_id=memory_id)
 
@@ -227,12 +228,10 @@ async def forget(session: AsyncSession, actor: Principal, body: ForgetIn) -> int
     scope = await resolve_scope(session, actor, body)
     narrower = body.include_narrower
     chosen = list((await session.scalars(scope.where(select(Memory.id), exact=not narrower))).all())
-    entities = await graph.entities_of(session, chosen)
     # One array parameter, however many rows (a list would be a parameter each).
     ids = bindparam("ids", chosen, type_=ARRAY(Uuid()))
     result = await session.execute(delete(Memory).where(Memory.id == any_(ids)))
     deleted = int(getattr(result, "rowcount", 0) or 0)
-    await graph.remove_orphans(session, entities)
     await record(session, "memory.forget", user_id=actor.user_id, persona_id=scope.persona_id,
                  resource_type=RESOURCE, metadata={
                      "user_id": str(scope.user_id), "deleted": deleted,
