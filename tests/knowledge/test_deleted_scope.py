@@ -3,15 +3,20 @@ chunks' copies of the scope and by their ingestion runs (migration 1190's trigge
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import uuid
+from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.db.migrate import downgrade, upgrade
-from roost.knowledge.config import KnowledgeConfig
-from tests.knowledge.support import drain_jobs
+from roost.knowledge.config import EmbedderSpec, KnowledgeConfig, get_embedder, set_embedder
+from roost.knowledge.ingest import run_ingestion
+from tests.knowledge.support import PARAGRAPH, drain_jobs, principal, start_run
 from tests.support.identity import join_group, join_persona, make_user
 from tests.support.sql import fetch
 
@@ -144,3 +149,87 @@ async def test_the_migration_clears_what_already_named_a_deleted_group_or_person
           FROM documents d JOIN document_chunks c ON c.document_id = d.id
           JOIN ingestion_runs r ON r.id = d.ingestion_run_id WHERE d.id = :d""", d=doc)
     assert [tuple(x) for x in rows] == [(None, None, None, None)], rows
+
+
+class GatedEmbedder:
+    """Sets ``entered``, then waits for ``release`` before embedding: the test acts while
+    a run is between its reads and the transaction that writes its document."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.model_name = inner.model_name
+        self.dimensions = inner.dimensions
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        self.entered.set()
+        await self.release.wait()
+        result: list[list[float]] = await self.inner.embed(texts)
+        return result
+
+
+def _gated(kcfg: KnowledgeConfig) -> tuple[KnowledgeConfig, GatedEmbedder]:
+    spec = EmbedderSpec("hash", f"gate-{uuid.uuid4().hex[:6]}", 384)
+    gate = GatedEmbedder(get_embedder(spec))
+    set_embedder(spec, gate)
+    return dataclasses.replace(kcfg, embedder=spec), gate
+
+
+async def test_a_persona_deleted_while_a_file_run_embeds_is_not_written_back(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig, ingest_root: Path,
+) -> None:
+    """A persona deleted while a file run filed under it embeds: the document and chunks
+    the run writes afterwards take the run's options as they are then (cleared by the
+    trigger), not as they were when the run began."""
+    a_id, a = await make_user(database)
+    made = await kclient.post("/api/v1/personas", json={"name": "pf"}, headers=a)
+    assert made.status_code == 201, made.text
+    per = made.json()["id"]
+    (ingest_root / "f.txt").write_text("capybara facts " + PARAGRAPH)
+    cfg, gate = _gated(kcfg)
+    made = await kclient.post(f"{API}/ingestion-runs", headers=a,
+                              json={"target": "f.txt", "persona_id": per})
+    assert made.status_code == 202, made.text
+    run_id = uuid.UUID(made.json()["id"])
+    async with database.transaction() as s:  # run here, with the gated model
+        await s.execute(text("UPDATE ingestion_runs SET embedding_model = :m WHERE id = :r"),
+                        {"m": cfg.embedder.model, "r": run_id})
+    task = asyncio.create_task(run_ingestion(database, run_id, cfg))
+    await asyncio.wait_for(gate.entered.wait(), 20)
+    assert (await kclient.delete(f"/api/v1/personas/{per}", headers=a)).status_code == 204
+    gate.release.set()
+    summary = await asyncio.wait_for(task, 30)
+    docs = await fetch(database, "SELECT persona_id FROM documents WHERE user_id = :u", u=a_id)
+    chunks = await fetch(database, "SELECT persona_id FROM document_chunks WHERE user_id = :u",
+                         u=a_id)
+    assert summary["status"] == "success" and docs and chunks, summary
+    assert {r[0] for r in docs} | {r[0] for r in chunks} == {None}, (docs, chunks)
+
+
+async def test_a_group_deleted_while_a_file_run_embeds_leaves_the_file_shared_with_nobody(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig, ingest_root: Path,
+) -> None:
+    """A group deleted while a file run sharing with it embeds: the file is still ingested,
+    shared with nobody, instead of the run failing on the documents' foreign key."""
+    a_id, a = await make_user(database)
+    g = await kclient.post("/api/v1/groups", json={"name": f"g-{uuid.uuid4().hex[:8]}"},
+                           headers=a)
+    assert g.status_code == 201, g.text
+    gid = uuid.UUID(g.json()["id"])
+    (ingest_root / "g.txt").write_text("okapi facts " + PARAGRAPH)
+    cfg, gate = _gated(kcfg)
+    run_id = await start_run(database, principal(a_id, gid), cfg, "g.txt", group_id=gid)
+    task = asyncio.create_task(run_ingestion(database, run_id, cfg))
+    await asyncio.wait_for(gate.entered.wait(), 20)
+    assert (await kclient.delete(f"/api/v1/groups/{gid}", headers=a)).status_code == 204
+    gate.release.set()
+    summary = await asyncio.wait_for(task, 30)
+    [run] = await fetch(database, "SELECT status, errors FROM ingestion_runs WHERE id = :r",
+                        r=run_id)
+    docs = await fetch(database, "SELECT group_id FROM documents WHERE user_id = :u", u=a_id)
+    chunks = await fetch(database, "SELECT group_id FROM document_chunks WHERE user_id = :u",
+                         u=a_id)
+    assert run.status == "success", (summary, run.errors)
+    assert docs and chunks and {r[0] for r in docs} | {c[0] for c in chunks} == {None}, (
+        docs, chunks)

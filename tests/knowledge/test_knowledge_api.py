@@ -145,6 +145,31 @@ async def test_other_users_documents_and_runs_are_404(
     assert (await kclient.get(f"{API}/documents/{doc_id}", headers=alice)).status_code == 200
 
 
+async def test_an_administrator_reads_changes_and_deletes_another_users_document(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig
+) -> None:
+    """Documents are visible to administrators, who may change or delete any (signed in
+    as a user of their own, not only with the operator token); search stays scoped."""
+    _, alice = await make_user(database)
+    _, admin = await make_user(database, admin=True)
+    r = await _upload(kclient, alice, "adm.txt", b"aardwolf notes for the administrator")
+    doc_id = r.json()["document"]["id"]
+    await drain_jobs(database, kcfg)
+    got = await kclient.get(f"{API}/documents/{doc_id}", headers=admin)
+    assert got.status_code == 200, got.text
+    chunks = await kclient.get(f"{API}/documents/{doc_id}/chunks", headers=admin)
+    assert chunks.status_code == 200, chunks.text
+    listed = await kclient.get(f"{API}/documents", headers=admin)
+    assert doc_id in [d["id"] for d in listed.json()["items"]], listed.text
+    found = await kclient.post(f"{API}/search", headers=admin,
+                               json={"query": "aardwolf", "k": 5, "mode": "text"})
+    assert found.status_code == 200 and found.json()["results"] == [], found.text
+    p = await kclient.patch(f"{API}/documents/{doc_id}", headers=admin, json={"collection": "x"})
+    assert p.status_code == 200 and p.json()["collection"] == "x", p.text
+    assert (await kclient.delete(f"{API}/documents/{doc_id}", headers=admin)).status_code == 204
+    assert (await kclient.get(f"{API}/documents/{doc_id}", headers=alice)).status_code == 404
+
+
 async def test_file_ingestion_is_confined_to_the_allowed_roots(
     kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig, ingest_root: Path,
     tmp_path: Path,

@@ -267,6 +267,19 @@ async def test_hostile_tags_are_a_422_naming_the_problem(
     assert await scalar(database, "SELECT count(*) FROM documents") == 0
 
 
+@pytest.mark.parametrize("tags", ["[" * 5000, "[" * 2000 + "]" * 2000])
+async def test_deeply_nested_tags_within_the_field_limit_are_a_422(
+    kclient: httpx.AsyncClient, database: Database, tags: str,
+) -> None:
+    """Thousands of nested arrays (under the form field's 8192 characters) exhaust the JSON
+    parser's recursion: a 422 like any malformed tags, not a 500."""
+    _, headers = await make_user(database)
+    answer = await _upload(kclient, headers, "h.txt", b"hostile form", tags=tags)
+    assert answer.status_code == 422, (answer.status_code, answer.text[:500])
+    assert "tags is not a valid JSON array" in answer.json()["detail"], answer.text[:500]
+    assert await scalar(database, "SELECT count(*) FROM documents") == 0
+
+
 async def test_an_endless_upload_without_a_length_is_cut_off_early(
     kclient: httpx.AsyncClient, database: Database,
 ) -> None:

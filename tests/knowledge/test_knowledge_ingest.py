@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
+import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from roost.db.engine import Database
-from roost.knowledge.config import KnowledgeConfig
+from roost.knowledge.config import EmbedderSpec, KnowledgeConfig
+from roost.knowledge.index import _LOCK_KEY
 from roost.knowledge.ingest import run_ingestion
 from roost.knowledge.paths import MAX_WALK_DEPTH
-from tests.knowledge.support import ingest, mixed_directory, principal, start_run
+from tests.knowledge.support import PARAGRAPH, ingest, mixed_directory, principal, start_run
 from tests.support.identity import make_user
 from tests.support.sql import fetch, scalar
 
@@ -150,3 +155,60 @@ async def test_an_unexpected_error_mid_run_fails_the_run_instead_of_leaving_it_r
     assert "a bug in the walk" in summary["fatal"]
     [run] = await fetch(database, "SELECT status, errors FROM ingestion_runs")
     assert run.status == "failed" and "ValueError: a bug in the walk" in run.errors[0]["error"]
+
+
+async def test_a_database_error_mid_run_is_reported_without_its_statement(
+    database: Database, kcfg: KnowledgeConfig, ingest_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run's ``errors`` (read by its owner) name a database error's SQLSTATE class,
+    never the statement and parameters the driver's message repeats."""
+    import roost.knowledge.ingest as ingest_mod
+
+    user_id, _ = await make_user(database)
+    (ingest_root / "a.txt").write_text(PARAGRAPH)
+
+    async def failing(session: object, rows: object) -> None:
+        await session.execute(text("SELECT CAST(:v AS integer)"),  # type: ignore[attr-defined]
+                              {"v": "secret-parameter"})
+
+    monkeypatch.setattr(ingest_mod, "insert_chunks", failing)
+    run_id = await start_run(database, principal(user_id), kcfg, "a.txt")
+    summary = await run_ingestion(database, run_id, kcfg, final_attempt=True)
+    [run] = await fetch(database, "SELECT status, errors FROM ingestion_runs")
+    [error] = run.errors
+    assert run.status == "failed" and "SQLSTATE class 22" in error["error"], (summary, error)
+    assert "secret-parameter" not in str(error) and "CAST" not in str(error), error
+
+
+async def test_first_ingestions_of_a_new_model_at_once_do_not_deadlock(
+    database: Database, kcfg: KnowledgeConfig, ingest_root: Path,
+) -> None:
+    """Two runs of a model with no index yet wait together for ``ensure_model``'s lock:
+    the one that gets it builds the index CONCURRENTLY, which waits for every statement
+    open in the database; the other must not be waiting inside one (both succeed)."""
+    user_id, _ = await make_user(database)
+    names = ["aardvark.txt", "bison.txt"]
+    for name in names:
+        (ingest_root / name).write_text(name + " " + PARAGRAPH)
+    cfg = dataclasses.replace(kcfg, embedder=EmbedderSpec("hash", f"new-{uuid.uuid4().hex[:6]}",
+                                                          384))
+    runs = [await start_run(database, principal(user_id), cfg, name) for name in names]
+    # Both runs reach the lock while something else holds it (as a third worker building
+    # another model's index would); then it is released.
+    async with database.engine.connect() as conn:
+        holder = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+        tasks = [asyncio.create_task(run_ingestion(database, r, cfg)) for r in runs]
+        for _ in range(200):  # both runs begun (then at the lock: polling or blocked on it)
+            running = (await holder.execute(text(
+                "SELECT count(*) FROM ingestion_runs WHERE status = 'running'"))).scalar_one()
+            if running == len(runs):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        await holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    statuses = await fetch(database, "SELECT status, errors FROM ingestion_runs")
+    assert [x.status for x in statuses] == ["success"] * len(names), [
+        (x.status, str(x.errors)[:300]) for x in statuses]

@@ -17,12 +17,14 @@ would leave a generic plan unable to prove it); :func:`model_predicate` and
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import time
 from typing import Final
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from roost.errors import Conflict, Unprocessable
 from roost.knowledge.models import (
@@ -38,6 +40,10 @@ MAX_DIMENSIONS: Final = 16000
 _INDEX_PREFIX: Final = "ix_document_chunks_embedding_"
 # Serialises index creation across processes (session-level advisory lock).
 _LOCK_KEY: Final = 7263117_0400
+# How long a process waits for another's index build before giving up (the job is then
+# retried), and how often it asks meanwhile.
+LOCK_WAIT_S: Final = 900.0
+_LOCK_POLL_S: Final = 0.2
 
 # (database URL, model) -> dimensions, for models known to be registered there.
 _registered: dict[tuple[str, str], int] = {}
@@ -116,7 +122,7 @@ async def ensure_model(engine: AsyncEngine, model: str, dimensions: int, provide
         return
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+        await _take_lock(conn)
         # Building an index over a large table outlasts the per-statement timeout that
         # protects requests; this dedicated connection lifts it until it is released.
         await conn.execute(text("SET statement_timeout = 0"))
@@ -149,6 +155,23 @@ async def ensure_model(engine: AsyncEngine, model: str, dimensions: int, provide
             await conn.execute(text("RESET statement_timeout"))
             await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
     _registered[key] = dimensions
+
+
+async def _take_lock(conn: AsyncConnection) -> None:
+    """The session-level advisory lock, asked for again and again with
+    ``pg_try_advisory_lock`` rather than waited for in ``pg_advisory_lock``: the holder's
+    ``CREATE INDEX CONCURRENTLY`` waits for every statement open in the database, a
+    blocked ``pg_advisory_lock`` among them, which waits for the holder (a deadlock
+    PostgreSQL ends by failing one).  Between tries no statement is open."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while not (await conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                  {"k": _LOCK_KEY})).scalar_one():
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"another process has been creating an embedding model's index for over "
+                f"{LOCK_WAIT_S:.0f} s (advisory lock {_LOCK_KEY}); the ingestion is retried "
+                "later")
+        await asyncio.sleep(_LOCK_POLL_S)
 
 
 async def _ensure_model_in_transaction(engine: AsyncEngine, model: str, dimensions: int,

@@ -35,11 +35,13 @@ from typing import Any
 import structlog
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
+from roost.db.errors import sqlstate
 from roost.errors import NotFound, RoostError
 from roost.identity.tenancy import apply_principal
 from roost.knowledge.bulk import insert_chunks
@@ -121,6 +123,15 @@ async def _scoped(session: AsyncSession, cfg: KnowledgeConfig, user_id: uuid.UUI
 def _error_entry(source: Source | None, exc: BaseException | str) -> dict[str, Any]:
     if isinstance(exc, RoostError):
         message, kind = exc.detail, exc.type_slug
+    elif isinstance(exc, BaseException) and (isinstance(exc, DBAPIError)
+                                             or sqlstate(exc) is not None):
+        # The owner reads ``errors``: a database error's text holds the whole statement
+        # and its parameters (other rows' ids, a document's text); the log has it all.
+        code = sqlstate(exc)
+        message = ("a database error stopped the ingestion"
+                   + (f" (SQLSTATE class {code[:2]})" if code else "")
+                   + "; the worker's log has the details")
+        kind = "error"
     elif isinstance(exc, BaseException):
         message, kind = f"{type(exc).__name__}: {exc}", "error"
     else:
@@ -457,11 +468,15 @@ def _upload_superseded(run: IngestionRun, source: Source, doc: Document | None) 
     return source.kind == "upload" and (doc is None or doc.ingestion_run_id != run.id)
 
 
-def _scope_of(run: IngestionRun, doc: Document | None) -> IngestionRun | Document:
+def _scope_of(locked: IngestionRun, doc: Document | None) -> IngestionRun | Document:
     """Where a document's scope (sharing, persona, project, tags, collection) comes from:
     the run's options, except for the document the run was queued with (an upload),
-    which got them when it was stored and may have been edited since: the edit stands."""
-    return doc if doc is not None and doc.ingestion_run_id == run.id else run
+    which got them when it was stored and may have been edited since: the edit stands.
+    ``locked`` is the run's row as locked in the writing transaction, never the copy
+    read when the run began: a group, persona or project deleted since cleared it there
+    (a foreign key's SET NULL, the persona trigger), and a stale id would either point
+    at nothing or fail the insert on the foreign key."""
+    return doc if doc is not None and doc.ingestion_run_id == locked.id else locked
 
 
 def _scope_values(scope: IngestionRun | Document) -> dict[str, Any]:
@@ -495,7 +510,7 @@ async def _mark_unchanged(
         if (doc is None or doc.status != "ready" or doc.content_hash != content_hash
                 or doc.embedding_model != run.embedding_model):
             return False
-        scope = _scope_of(run, doc)
+        scope = _scope_of(locked, doc)
         for key, value in _scope_values(scope).items():
             setattr(doc, key, value)
         doc.ingestion_run_id = run.id
@@ -528,7 +543,7 @@ async def _commit(
         if _done_for_run(locked, doc, source, content_hash) or _upload_superseded(run, source, doc):
             return False
         stamp = utcnow()
-        scope = _scope_of(run, doc)
+        scope = _scope_of(locked, doc)
         values: dict[str, Any] = {
             **_scope_values(scope),
             "mime": prepared.parsed.mime, "bytes_size": len(loaded.data), "source": source.kind,

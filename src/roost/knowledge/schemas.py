@@ -59,7 +59,7 @@ def parse_tags_field(raw: str | None) -> list[str]:
     if text.startswith("["):
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             raise Unprocessable("tags is not a valid JSON array; send [\"a\", \"b\"] or a,b") from None
         if not isinstance(value, list):
             raise Unprocessable("tags must be a JSON array of strings or comma-separated")

@@ -91,9 +91,13 @@ async def _check_persona(session: AsyncSession, actor: Principal,
 
 
 def visible_to(actor: Principal) -> Any:
-    """SQL condition: documents ``actor`` may read."""
+    """SQL condition: documents ``actor`` may read: an administrator reads (and so may
+    change or delete, :func:`_owned_document`) every one, signed in as a user or not;
+    search keeps its own, narrower scope (:func:`roost.knowledge.search.build_filters`)."""
+    if actor.is_admin:
+        return Document.id.is_not(None)
     if actor.user_id is None:
-        return Document.id.is_not(None) if actor.is_admin else Document.id.is_(None)
+        return Document.id.is_(None)
     shared = Document.group_id.in_(list(actor.group_ids)) & ~Document.is_private
     return or_(Document.user_id == actor.user_id, shared) if actor.group_ids else (
         Document.user_id == actor.user_id
