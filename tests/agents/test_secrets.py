@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from roost.agents import secrets as secrets_service
 from roost.agents.models import SECRET_TYPES
 from roost.agents.schemas import MAX_SECRET_BYTES, SecretType
 from roost.agents.secrets import resolve_secret
@@ -188,6 +189,34 @@ async def test_bad_secrets_are_refused_without_echoing_them(
     assert (await client.delete(f"{url}/not-a-uuid", headers=headers)).status_code == 422
     assert (await client.get(url, params={"secret_type": "nope"},
                              headers=headers)).status_code == 422
+
+
+async def test_a_persona_holds_a_bounded_number_of_secrets(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """New secrets beyond the cap are a 400 (also when set at the same time); replacing
+    one is always allowed, and deleting one makes room."""
+    assert secrets_service.MAX_SECRETS_PER_PERSONA == 200
+    monkeypatch.setattr(secrets_service, "MAX_SECRETS_PER_PERSONA", 3)
+    _, headers = user
+    pid = (await create_persona(client, headers))["id"]
+    url = f"/api/v1/personas/{pid}/secrets"
+    for i in range(2):
+        assert (await client.put(url, json=secret(key_name=f"k{i}"),
+                                 headers=headers)).status_code == 200
+    racing = await asyncio.gather(*(client.put(url, json=secret(key_name=f"r{i}"),
+                                               headers=headers) for i in range(4)))
+    assert sorted(r.status_code for r in racing) == [200, 400, 400, 400], [r.text for r in racing]
+    refused = next(r for r in racing if r.status_code == 400)
+    assert "at most 3 secrets" in refused.json()["detail"] and VALUE not in refused.text
+    listed = (await client.get(url, headers=headers)).json()
+    assert len(listed) == 3
+    assert (await client.put(url, json=secret(VALUE + "-2", key_name="k0"),
+                             headers=headers)).status_code == 200
+    assert (await client.delete(f"{url}/{listed[0]['id']}", headers=headers)).status_code == 204
+    assert (await client.put(url, json=secret(key_name="k9"),
+                             headers=headers)).status_code == 200
 
 
 async def test_a_pg_dump_of_the_database_holds_no_secret_in_plaintext(

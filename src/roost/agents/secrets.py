@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import Final
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,12 +23,16 @@ from roost.agents.schemas import MAX_SECRET_BYTES, SecretSet
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
-from roost.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from roost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unprocessable
+from roost.identity.common import lock_owner_quota
 from roost.principal import Principal
 from roost.security.crypto import SecretBox
 from roost.tools.secretrefs import SecretsUnavailable
 
 _MANAGE: Final = "manage its secrets"
+# Enough for any set of tools' credentials; bounds what an editor can pile up (each value
+# up to 64 KiB) and what one unpaged list answers.
+MAX_SECRETS_PER_PERSONA: Final = 200
 
 
 def _aad(secret_id: uuid.UUID) -> bytes:
@@ -61,6 +65,12 @@ async def set_secret(session: AsyncSession, actor: Principal, box: SecretBox,
         Secret.key_name == body.key_name).with_for_update())
     created = row is None
     if row is None:
+        await lock_owner_quota(session, persona_id, "persona_secrets")  # count and insert as one step
+        count = await session.scalar(select(func.count()).select_from(Secret).where(
+            Secret.persona_id == persona_id))
+        if (count or 0) >= MAX_SECRETS_PER_PERSONA:
+            raise BadRequest(f"a persona may hold at most {MAX_SECRETS_PER_PERSONA} secrets; "
+                             "delete unused ones first")
         row = Secret(id=uuid7(), persona_id=persona_id, secret_type=body.secret_type,
                      key_name=body.key_name, created_by=actor.user_id)
         row.encrypted_value = _seal(box, row.id, value)

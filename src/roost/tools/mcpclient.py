@@ -254,6 +254,12 @@ def failure_of(spec: ServerSpec, exc: BaseException) -> McpError:
         return McpError(f"MCP server {spec.name!r}: command {spec.command!r} was not found")
     if isinstance(exc, PermissionError):
         return McpError(f"MCP server {spec.name!r}: command {spec.command!r} is not executable")
+    if isinstance(exc, UnicodeEncodeError) or any(
+            kind.__name__ == "LocalProtocolError" for kind in type(exc).__mro__):
+        # The request could not be sent (httpx2, httpcore, h11): their message quotes the
+        # offending header value, which may be a secret.
+        return McpError(f"MCP server {spec.name!r} failed: {type(exc).__name__}: the request "
+                        "could not be sent (a header value is not sendable)")
     said = str(exc).replace("\x00", "").strip()  # the server's words: no NUL to record
     text = said.splitlines()[0][:300] if said else ""
     what = type(exc).__name__ + (f": {text}" if text else "")

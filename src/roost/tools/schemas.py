@@ -7,15 +7,25 @@ import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from roost.inputs import StrictInput, WebUrl
 from roost.llm.base import HEADER_VALUE_RULE, header_name_ok, unsendable_header
+from roost.tools.secretrefs import MARKER, REFERENCE_RULE, malformed
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_references(values: dict[str, str], what: str) -> None:
+    """A ``${secret:`` that does not parse as a reference would be sent as it stands:
+    refused, naming the entry (not echoing the value)."""
+    for name, value in values.items():
+        if malformed(value):
+            raise ValueError(f"the value of {what} {name[:64]!r} holds '{MARKER}' that is "
+                             f"not a secret reference: write {REFERENCE_RULE}")
 
 
 class McpServerCreate(StrictInput):
@@ -51,6 +61,7 @@ class McpServerCreate(StrictInput):
         if bad is not None:
             raise ValueError(f"the value of header {bad[1]!r} must be {HEADER_VALUE_RULE}, "
                              "without surrounding spaces")
+        _check_references(value, "header")
         return value
 
     @field_validator("url")
@@ -70,6 +81,18 @@ class McpServerCreate(StrictInput):
                                  "digits and underscores, not starting with a digit")
             if "\x00" in env_value:
                 raise ValueError(f"the value of {name!r} holds a NUL character")
+        _check_references(value, "environment variable")
+        return value
+
+    @field_validator("url", "args")
+    @classmethod
+    def _no_reference(cls, value: Any) -> Any:
+        # Secrets are substituted only in env values and headers: anywhere else a
+        # reference would be sent (or run) as it stands.
+        parts = value if isinstance(value, list) else [value]
+        if any(part is not None and MARKER in unquote(part) for part in parts):
+            raise ValueError("secret references (${secret:..}) are resolved only in env "
+                             "values and headers, not in a URL or a command's arguments")
         return value
 
     @field_validator("command", "args")

@@ -213,9 +213,15 @@ async def _discover(
         if write:
             _check_write(actor, row)
         spec = spec_for(row, box, cfg)
+    # Secret references resolve only in an agent run of a persona: discovery goes
+    # without the entries holding them, never sending a literal `${secret:..}`.
+    spec, left_out = secretrefs.without_references(spec)
     try:
         return row, await mcpclient.discover(spec, cfg.call_timeout_s), None
     except (mcpclient.McpError, FetchError) as exc:
+        if left_out and isinstance(exc, mcpclient.McpError):
+            exc.detail += (f" (sent without {', '.join(left_out)}: they reference persona "
+                           "secrets, which only an agent run of the persona resolves)")
         return row, None, exc
 
 

@@ -1,0 +1,273 @@
+"""Persona secrets referenced by MCP servers' headers and args (roost.tools.secretrefs),
+against a real loopback streamable-HTTP MCP server that records every request's headers:
+a discovery or health check never sends a literal ``${secret:..}``, a resolved value that
+cannot be sent fails the call naming the secret (never quoting it), and a reference where
+none is resolved, or one that does not parse, is refused at registration."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from fastapi import FastAPI
+
+from roost.config import Settings
+from roost.db.engine import Database
+from roost.tasks.worker import Worker
+from roost.tools import mcpclient
+from tests.agents.api import columns_holding, create_agent, create_persona
+from tests.agents.conftest import running_worker, wait_for_run
+from tests.chat.conftest import add_provider
+from tests.support.identity import make_user
+from tests.support.openai_stub import StubServer
+from tests.support.openai_stub.script import Call, Reply, ToolCalls
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+Headers = dict[str, str]
+ECHO_SERVER = Path(__file__).with_name("mcp_echo_server.py")
+TOOL = {"name": "whoami", "description": "Says hello.",
+        "inputSchema": {"type": "object", "properties": {}}}
+
+
+class Recorder(ThreadingHTTPServer):
+    seen: list[dict[str, str]]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Recorder
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _reply(self, code: int, body: dict[str, Any] | None = None) -> None:
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Mcp-Session-Id", "s1")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.server.seen.append(dict(self.headers))
+        self._reply(405)
+
+    def do_DELETE(self) -> None:
+        self._reply(200)
+
+    def do_POST(self) -> None:
+        self.server.seen.append(dict(self.headers))
+        length = int(self.headers.get("Content-Length", "0"))
+        message = json.loads(self.rfile.read(length))
+        method = message.get("method")
+        if "id" not in message:
+            self._reply(202)
+            return
+        if method == "initialize":
+            result: dict[str, Any] = {
+                "protocolVersion": message["params"]["protocolVersion"],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "recorder", "version": "1"}}
+        elif method == "tools/list":
+            result = {"tools": [TOOL]}
+        elif method == "tools/call":
+            result = {"content": [{"type": "text", "text": "hello"}], "isError": False}
+        else:
+            result = {}
+        self._reply(200, {"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    server = Recorder(("127.0.0.1", 0), _Handler)
+    server.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+async def worker(app: FastAPI, client: Any, database: Database,
+                 test_settings: Settings) -> AsyncIterator[Worker]:
+    async with running_worker(app, database, test_settings) as w:
+        yield w
+
+
+async def _setup(client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+                 database: Database, recorder: Recorder, header: str, value: str | None,
+                 ) -> tuple[Headers, dict[str, Any], dict[str, Any], str]:
+    """A user, their streamable-HTTP server with ``X-Token: header``, synced; their persona
+    holding ``tok`` = value; an agent allowed the tool."""
+    await add_provider(client, admin_headers, stub, name=f"stub-{uuid.uuid4().hex[:6]}")
+    _, headers = await make_user(database)
+    port = recorder.server_address[1]
+    server = await client.post("/api/v1/mcp-servers", headers=headers, json={
+        "name": f"rec-{uuid.uuid4().hex[:6]}", "transport": "streamable_http",
+        "url": f"http://127.0.0.1:{port}/mcp", "headers": {"X-Token": header}})
+    assert server.status_code == 201, server.text
+    persona = await create_persona(client, headers)
+    if value is not None:
+        stored = await client.put(f"/api/v1/personas/{persona['id']}/secrets", headers=headers,
+                                  json={"secret_type": "mcp_header", "key_name": "tok",
+                                        "value": value})
+        assert stored.status_code == 200, stored.text
+    return headers, server.json(), persona, f"http://127.0.0.1:{port}/mcp"
+
+
+async def _run_tool(client: httpx.AsyncClient, headers: Headers, stub: StubServer,
+                    persona: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    agent = await create_agent(client, headers, persona_id=persona["id"],
+                               tool_permissions=["whoami"])
+    stub.script(ToolCalls(Call("whoami", {})), Reply("done"))
+    run = (await client.post(f"/api/v1/agents/{agent['id']}/runs", json={"input": "go"},
+                             headers=headers)).json()
+    done = await wait_for_run(client, headers, run["id"])
+    steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
+    return done, steps
+
+
+def _sent_tokens(recorder: Recorder) -> list[str | None]:
+    return [h.get("X-Token") or h.get("x-token") for h in recorder.seen]
+
+
+async def test_a_sync_goes_without_the_headers_that_reference_secrets(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    recorder: Recorder,
+) -> None:
+    """Discovery has no persona: the header is left out, never sent as `${secret:..}`."""
+    headers, server, _, _ = await _setup(client, admin_headers, stub, database, recorder,
+                                         "Bearer ${secret:tok}", "v-123")
+    synced = await client.post(f"/api/v1/mcp-servers/{server['id']}/sync", headers=headers)
+    assert synced.status_code == 200, synced.text
+    assert synced.json()["added"] == ["whoami"]
+    assert recorder.seen and _sent_tokens(recorder) == [None] * len(recorder.seen)
+
+
+async def test_a_health_check_goes_without_the_headers_that_reference_secrets(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    recorder: Recorder,
+) -> None:
+    headers, server, _, _ = await _setup(client, admin_headers, stub, database, recorder,
+                                         "${secret:tok}", "v-123")
+    checked = await client.post(f"/api/v1/mcp-servers/{server['id']}/check", headers=headers)
+    assert checked.status_code == 200, checked.text
+    assert checked.json()["health_status"] == "healthy"
+    assert recorder.seen and _sent_tokens(recorder) == [None] * len(recorder.seen)
+
+
+async def test_a_failed_sync_names_the_headers_left_out(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, headers = await make_user(database)
+    server = (await client.post("/api/v1/mcp-servers", headers=headers, json={
+        "name": "gone", "transport": "streamable_http", "url": f"http://127.0.0.1:{port}/mcp",
+        "headers": {"X-Token": "Bearer ${secret:tok}", "X-Plain": "p"}})).json()
+    synced = await client.post(f"/api/v1/mcp-servers/{server['id']}/sync", headers=headers)
+    assert synced.status_code >= 500, synced.text
+    assert "header 'X-Token'" in synced.json()["detail"], synced.text
+    assert "X-Plain" not in synced.json()["detail"]
+
+
+@pytest.mark.parametrize("value", [
+    "line1\r\nX-Evil: injected-5ecret-zz91",
+    "trailing-5ecret-zz91 ",
+    "nul\x00-5ecret-zz91",
+])
+async def test_an_unsendable_secret_fails_the_call_naming_it_never_quoting_it(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    recorder: Recorder, worker: Worker, value: str,
+) -> None:
+    """A secret unfit for a header fails the call with an error that names, not holds, it."""
+    headers, server, persona, _ = await _setup(client, admin_headers, stub, database,
+                                               recorder, "Bearer ${secret:tok}", None)
+    assert (await client.post(f"/api/v1/mcp-servers/{server['id']}/sync",
+                              headers=headers)).status_code == 200
+    stored = await client.put(f"/api/v1/personas/{persona['id']}/secrets", headers=headers,
+                              json={"secret_type": "mcp_header", "key_name": "tok",
+                                    "value": value})
+    assert stored.status_code == 200, stored.text
+    recorder.seen.clear()
+    stub.reset()
+    _, steps = await _run_tool(client, headers, stub, persona)
+    assert not any("X-Evil" in h for h in recorder.seen)  # no header was smuggled
+    tool_step = next(s for s in steps if s["step_type"] == "tool_call")
+    assert tool_step["status"] == "failed"
+    assert "tok" in tool_step["error"] and "X-Token" in tool_step["error"], tool_step["error"]
+    leaks = {
+        "the run step's error": "5ecret-zz91" in (tool_step["error"] or ""),
+        "a database column": await columns_holding(database, "5ecret-zz91"),
+        "the model's next prompt": any("5ecret-zz91" in json.dumps(r.body)
+                                       for r in stub.requests()),
+    }
+    assert not any(leaks.values()), (leaks, tool_step["error"])
+
+
+async def test_an_unsendable_header_error_is_never_quoted() -> None:
+    """Second guard: the HTTP library's refusal quotes the header value; never passed on."""
+    spec = mcpclient.ServerSpec(name="s", transport="streamable_http", url="http://x/mcp")
+    for exc in (httpx2.LocalProtocolError("Illegal header value b'Bearer 5ecret-zz91 '"),
+                UnicodeEncodeError("ascii", "5ecret-zz91\u00e9", 11, 12, "not ascii")):
+        detail = mcpclient.failure_of(spec, exc).detail
+        assert "5ecret" not in detail and "could not be sent" in detail, detail
+
+
+async def test_a_reference_in_a_url_is_refused(
+    client: httpx.AsyncClient, database: Database, recorder: Recorder,
+) -> None:
+    """Only env values and headers are resolved: a URL's reference would go out as-is."""
+    _, headers = await make_user(database)
+    port = recorder.server_address[1]
+    for url in (f"http://127.0.0.1:{port}/mcp?key=${{secret:tok}}",
+                f"http://127.0.0.1:{port}/mcp?key=$%7Bsecret:tok%7D"):
+        server = await client.post("/api/v1/mcp-servers", headers=headers, json={
+            "name": "urlref", "transport": "streamable_http", "url": url})
+        assert server.status_code == 422, server.text
+        assert "URL" in server.text
+
+
+async def test_a_reference_in_stdio_args_is_refused(
+    client: httpx.AsyncClient, admin_headers: Headers,
+) -> None:
+    server = await client.post("/api/v1/mcp-servers", headers=admin_headers, json={
+        "name": f"argref-{uuid.uuid4().hex[:6]}", "transport": "stdio",
+        "command": sys.executable, "args": [str(ECHO_SERVER), "--token=${secret:tok}"],
+        "is_global": True})
+    assert server.status_code == 422, server.text
+
+
+@pytest.mark.parametrize("value", ["Bearer ${secret:Api_Token/tok}", "${secret:my tok}",
+                                   "${secret:" + "k" * 300 + "}", "${secret:${secret:tok}}"])
+async def test_a_malformed_reference_is_refused_naming_the_field(
+    client: httpx.AsyncClient, database: Database, admin_headers: Headers, recorder: Recorder,
+    value: str,
+) -> None:
+    """Looks like a reference, does not parse: 422 naming the header or env (no echo)."""
+    _, headers = await make_user(database)
+    port = recorder.server_address[1]
+    server = await client.post("/api/v1/mcp-servers", headers=headers, json={
+        "name": f"bad-{uuid.uuid4().hex[:6]}", "transport": "streamable_http",
+        "url": f"http://127.0.0.1:{port}/mcp", "headers": {"X-Token": value}})
+    assert server.status_code == 422, server.text
+    assert "X-Token" in server.text and "my tok" not in server.text
+    stdio = await client.post("/api/v1/mcp-servers", headers=admin_headers, json={
+        "name": f"bad-{uuid.uuid4().hex[:6]}", "transport": "stdio", "is_global": True,
+        "command": sys.executable, "args": [str(ECHO_SERVER)], "env": {"TOKEN": value}})
+    assert stdio.status_code == 422, stdio.text
+    assert "TOKEN" in stdio.text
