@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 import types
-from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -130,21 +130,35 @@ def _with_offset(value: Any, *, naive_is_utc: bool) -> Any:
     if value.tzinfo is not None:
         return in_utc_range(value)
     if naive_is_utc:
-        return value.replace(tzinfo=UTC)
+        return in_utc_range(value.replace(tzinfo=UTC))
     raise PydanticCustomError(
         "timezone_aware", "Input should carry its UTC offset, e.g. 2027-01-01T00:00:00Z or +02:00")
+
+
+# The first and last moments ``datetime`` holds: asyncpg stores them as PostgreSQL's
+# ``-infinity`` and ``infinity``, and reads those back as naive datetimes, which no aware
+# one compares with (a TypeError, a 500, wherever such a row is checked against the time).
+_FIRST: Final = datetime.min.replace(tzinfo=UTC)
+_LAST: Final = datetime.max.replace(tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 def in_utc_range(moment: datetime) -> datetime:
     """``moment`` (with its offset), refused when it is not a moment of years 1-9999 in UTC
     (``0001-01-01T00:00:00+14:00`` is in year 0): the database's answer to it was a
-    "value out of range" that named no field."""
+    "value out of range" that named no field.  The very first and last moments
+    (``0001-01-01T00:00:00Z``, ``9999-12-31T23:59:59.999999Z``) move one microsecond
+    inwards, so that nothing is stored as an infinity by accident."""
     try:
         moment.astimezone(UTC)
     except OverflowError:
         raise PydanticCustomError(
             "datetime_range", "Input should be a moment between the years 1 and 9999 in UTC"
         ) from None
+    if moment == _FIRST:
+        return _FIRST + _MICROSECOND
+    if moment == _LAST:
+        return _LAST - _MICROSECOND
     return moment
 
 

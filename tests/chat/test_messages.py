@@ -249,6 +249,31 @@ async def test_a_recorded_message_gets_its_position_owner_and_audit_record(
     assert [r.user_id for r in records][:2] == [user_id, user_id]
 
 
+async def test_the_first_and_last_moments_as_expiry_are_kept_finite(
+    client: httpx.AsyncClient, user: User, sid: str, database: Database,
+) -> None:
+    """``expires_at`` at the last microsecond of year 9999 (a "never expires") or at the
+    first of year 1 is kept one microsecond inwards, not stored as PostgreSQL's
+    ``infinity``, which came back naive and made every post a 500."""
+    _, headers = user
+    resp = await client.patch(f"/api/v1/chat/sessions/{sid}",
+                              json={"expires_at": "9999-12-31T23:59:59.999999Z"}, headers=headers)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["expires_at"] in ("9999-12-31T23:59:59.999998Z",
+                                         "9999-12-31T23:59:59.999998+00:00")
+    answered = await post_message(client, headers, sid, content="hello")
+    assert answered.status_code == 201, answered.text
+
+    past = (await new_session(client, headers, expires_at="0001-01-01T00:00:00Z"))["id"]
+    for reply in (False, True):
+        refused = await post_message(client, headers, past, content="hello", reply=reply)
+        assert refused.status_code == 409 and "expired" in refused.json()["detail"], refused.text
+    async with database.transaction() as s:
+        infinite = await s.scalar(text(
+            "SELECT count(*) FROM chat_sessions WHERE NOT isfinite(expires_at)"))
+    assert infinite == 0
+
+
 async def test_a_failing_provider_keeps_the_message_and_marks_the_request_failed(
     client: httpx.AsyncClient, stub: StubServer, user: User, sid: str,
     database: Database,

@@ -78,6 +78,25 @@ async def test_a_summary_can_be_requested_again_after_its_job_failed(
     assert (await client.get(url, headers=h)).status_code == 200
 
 
+async def test_an_agents_session_is_summarised_by_the_default_model(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User,
+    database: Database, worker: Worker, job_gateway: None,
+) -> None:
+    """No provider serves ``agent:<slug>``: the summary's job asks the default model
+    (it tried to route the agent's name and failed for good)."""
+    _, h = user
+    await add_provider(client, admin_headers, stub)
+    sid = (await new_session(client, h, model="agent:clock"))["id"]
+    assert (await post_message(client, h, sid, content="remember PostgreSQL",
+                               reply=False)).status_code == 201
+    stub.script(Reply("Summary.\nTopics: PostgreSQL"))
+    asked = await client.post(f"{API}/{sid}/summary", headers=h)
+    assert asked.status_code == 202, asked.text
+    assert await _wait_task(database, asked.json()["task_id"]) == "completed"
+    summary = (await client.get(f"{API}/{sid}/summary", headers=h)).json()
+    assert summary["key_topics"] == ["PostgreSQL"]
+
+
 async def test_an_administrators_summary_request_does_not_lock_the_owner_out(
     client: httpx.AsyncClient, admin_headers: Headers, user: User,
 ) -> None:

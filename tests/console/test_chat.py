@@ -1,7 +1,7 @@
 """The chat page in a real browser: a streamed answer, a virtualised list of thousands of
 sessions, a long conversation read backwards page by page, other users' chats out of
-sight, rename and delete, markup shown as text, and a draft that survives an expired
-sign-in."""
+sight, rename and delete, markup shown as text, a title cut whole from the first line, and
+a draft that survives an expired sign-in."""
 
 from __future__ import annotations
 
@@ -96,6 +96,29 @@ async def test_a_new_chat_gets_a_streamed_answer(
     await page.reload()
     await expect(page.locator(".message")).to_have_count(2)
     await expect(page.locator(".message.assistant")).to_contain_text("stub-model")
+
+
+async def test_a_chat_is_named_after_a_first_line_with_an_emoji_at_the_cut(
+    page: Any, console: str, client: httpx.AsyncClient, admin_headers: dict[str, str],
+    stub: StubServer, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """The title is cut between characters, not UTF-16 units: an emoji straddling the cut
+    is kept whole (half of it was refused by the server, and the chat stayed untitled)."""
+    await add_provider(client, admin_headers, stub)
+    user_id, headers = await make_user(database)
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto("/console/chat")
+    await page.get_by_role("button", name="Start a new chat").click()
+    await page.wait_for_url(CHAT_URL)
+    sid = page.url.rsplit("/", 1)[1]
+    box = page.get_by_label("Message", exact=True)
+    # 58 letters, then an emoji: UTF-16 units 59 and 60, which slice(0, 59) split.
+    await box.fill("a" * 58 + "\U0001F600 and the rest of a long first line")
+    await box.press("Enter")
+    title = "a" * 58 + "\U0001F600…"
+    await expect(page.get_by_role("heading", level=1)).to_have_text(title)
+    got = (await client.get(f"/api/v1/chat/sessions/{sid}", headers=headers)).json()
+    assert got["title"] == title
 
 
 async def test_the_session_list_stays_small_with_thousands_of_sessions(

@@ -49,11 +49,22 @@ roost.agents), registered at start-up in ``app.state.chat_model_handlers``; it a
 this route's shapes (the exchange as JSON, or the same server-sent events)."""
 
 
-def model_handler(request: Request, body: MessageCreate) -> ChatModelHandler | None:
-    if not body.reply or body.model is None or ":" not in body.model:
-        return None  # a provider's model names may hold ':' too ("llama3:8b"): no handler
+async def model_handler(
+    request: Request, body: MessageCreate, db: AsyncSession, principal: Principal,
+    session_id: uuid.UUID,
+) -> tuple[ChatModelHandler, MessageCreate] | None:
+    """The handler that answers ``body`` and the body naming its model: the model the post
+    names, else the session's (docs/chat.md), which may be an ``agent:<slug>`` too."""
     handlers: dict[str, ChatModelHandler] = getattr(request.app.state, "chat_model_handlers", {})
-    return handlers.get(body.model.partition(":")[0])
+    if not body.reply or not handlers:
+        return None
+    model = body.model
+    if model is None:
+        model = (await sessions.get_session(db, principal, session_id)).model
+    if model is None or ":" not in model:
+        return None  # a provider's model names may hold ':' too ("llama3:8b"): no handler
+    handler = handlers.get(model.partition(":")[0])
+    return None if handler is None else (handler, body.model_copy(update={"model": model}))
 
 
 def sse_frame(event: str, data: dict[str, Any]) -> bytes:
@@ -168,13 +179,14 @@ async def post_message(
     async with scoped_request_transaction(request) as (db, principal):
         if body.stream and body.reply:  # a concurrent-stream slot first (429: nothing stored)
             await slot.acquire()
-        handler = model_handler(request, body)
-        if handler is None:
+        handled = await model_handler(request, body, db, principal, session_id)
+        if handled is None:
             exchange = await messages.post_message(gateway, principal, session_id, body,
                                                    session=db)
     # Committed (and its connection released) before any model or agent is asked.
-    if handler is not None:
-        return await handler(principal, session_id, body)
+    if handled is not None:
+        handler, named = handled
+        return await handler(principal, session_id, named)
     if exchange.request_id is None:
         return ExchangeOut(user_message=exchange.user_message)
     if not body.stream:

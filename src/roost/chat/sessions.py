@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from sqlalchemy import delete, select
@@ -41,6 +41,15 @@ log = structlog.get_logger(__name__)
 
 SESSION = "chat_session"
 _MAX_STATE_BYTES = 256 * 1024
+# A session's model "agent:<slug>" names an agent (roost.agents answers the session's
+# posts: the routes' chat_model_handlers), not a model an LLM provider serves.
+AGENT_MODEL_PREFIX: Final = "agent:"
+
+
+def provider_model(model: str | None) -> str | None:
+    """A session's ``model`` as a provider's model: None (the default model) when it
+    names an agent."""
+    return None if model is None or model.startswith(AGENT_MODEL_PREFIX) else model
 
 
 def session_out(row: ChatSession) -> SessionOut:

@@ -22,7 +22,7 @@ from roost.chat.schemas import (
     SummaryOut,
     SummaryUpdate,
 )
-from roost.chat.sessions import SESSION, get_session
+from roost.chat.sessions import SESSION, get_session, provider_model
 from roost.db.base import utcnow, uuid7
 from roost.errors import Conflict, NotFound
 from roost.llm import calls, routing
@@ -165,7 +165,9 @@ async def summarize_session(
         chat = ChatRequest(messages=[LLMMessage(role="system", content=SUMMARY_PROMPT),
                                      LLMMessage(role="user", content=transcript)],
                            temperature=0.2, max_tokens=300)
-        route = await routing.resolve_route(session, gateway, model or chat_session.model)
+        # An agent's session is summarised by the default model (an agent writes no summary).
+        route = await routing.resolve_route(session, gateway,
+                                            model or provider_model(chat_session.model))
         call = await calls.add_request(session, gateway, owner, chat, route,
                                        request_type="summary", session_id=session_id)
         await audit.record(session, "llm.request.create", user_id=owner.user_id,

@@ -2,7 +2,7 @@
 // end; only the rows near the viewport are in the DOM, so 10,000 sessions cost what 40 do);
 // the conversation shows the newest page first and loads older pages on scrolling up; the
 // composer streams the answer (server-sent events over fetch) into the assistant's bubble.
-import { api, ApiError, el, formatTime, keepDraft, notify, pageData, showError } from "./console.js";
+import { api, ApiError, clip, el, formatTime, keepDraft, notify, pageData, showError } from "./console.js";
 
 const SESSION_PAGE = 100;
 const MESSAGE_PAGE = 50;
@@ -537,10 +537,10 @@ const CONTEXT_PASSAGES = 4;
 
 async function retrieve(question) {
   const found = await api("/api/v1/knowledge/search", { method: "POST",
-    body: { query: question.slice(0, 2000), k: CONTEXT_PASSAGES, mode: "hybrid" } });
+    body: { query: clip(question, 2000), k: CONTEXT_PASSAGES, mode: "hybrid" } });
   return found.results.map((hit) => ({
     label: `${hit.document.name}${hit.page ? `, page ${hit.page}` : ""} (passage ${hit.chunk_index + 1})`,
-    text: hit.content.slice(0, 8000),
+    text: clip(hit.content, 8000),
     score: hit.score,
   }));
 }
@@ -556,7 +556,7 @@ async function autoTitle(content) {
   if (!session || session.title || session.message_count > 0 || conversation.titled) return;
   conversation.titled = true;  // once, even if a second message is sent meanwhile
   const firstLine = content.trim().split("\n")[0];
-  const title = firstLine.length > 60 ? `${firstLine.slice(0, 59)}…` : firstLine;
+  const title = clip(firstLine, 60) === firstLine ? firstLine : `${clip(firstLine, 59)}…`;
   try {
     const updated = await api(sessionApi(sessionId), { method: "PATCH", body: { title } });
     showSession(updated);

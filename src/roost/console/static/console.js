@@ -129,6 +129,13 @@ export function badge(text, kind = text) {
   return el("span", { class: `badge ${kind}` }, text);
 }
 
+// ``text`` cut to at most ``size`` characters, between code points: ``slice`` counts UTF-16
+// units and can split an emoji, and the server refuses the lone half left in a text sent back.
+export function clip(text, size) {
+  const chars = Array.from(text);
+  return chars.length > size ? chars.slice(0, size).join("") : text;
+}
+
 export function formatTime(value) {
   if (!value) return "";
   const date = new Date(value);
