@@ -11,6 +11,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import text
 
 from roost.db.engine import Database
+from roost.db.migrate import downgrade, upgrade
 from roost.keyfiles import KeyMaterial
 from tests.chat.conftest import add_provider, new_session, post_message, sse_events
 from tests.support.openai_stub import Drop, Fail, Hang, Junk, StubServer
@@ -272,6 +273,26 @@ async def test_the_first_and_last_moments_as_expiry_are_kept_finite(
         infinite = await s.scalar(text(
             "SELECT count(*) FROM chat_sessions WHERE NOT isfinite(expires_at)"))
     assert infinite == 0
+
+
+async def test_the_migration_makes_infinite_expiries_stored_before_finite(
+    client: httpx.AsyncClient, user: User, sid: str, database: Database,
+) -> None:
+    """Migration 1220 moves an ``expires_at`` stored as ``infinity`` / ``-infinity`` (by
+    the code before it) one microsecond inwards: the session takes answered posts again,
+    the expired one refuses them with a 409, neither with a 500."""
+    _, headers = user
+    past = (await new_session(client, headers))["id"]
+    await downgrade(database.engine, "1210")
+    async with database.transaction() as s:
+        await s.execute(text("UPDATE chat_sessions SET expires_at = CASE WHEN id = :sid "
+                             "THEN timestamptz 'infinity' ELSE timestamptz '-infinity' END "
+                             "WHERE id IN (:sid, :past)"), {"sid": sid, "past": past})
+    await upgrade(database.engine)
+    answered = await post_message(client, headers, sid, content="hello")
+    assert answered.status_code == 201, answered.text
+    refused = await post_message(client, headers, past, content="hello")
+    assert refused.status_code == 409 and "expired" in refused.json()["detail"], refused.text
 
 
 async def test_a_failing_provider_keeps_the_message_and_marks_the_request_failed(
