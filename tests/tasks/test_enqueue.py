@@ -102,6 +102,8 @@ async def test_unknown_task_type_is_rejected(database: Database) -> None:
         ({"x": "\ud800"}, "not valid Unicode"),
         ({1: "x"}, "not a string"),
         (["not", "an", "object"], "JSON object"),
+        # More than 4300 digits: json.dumps refuses it (a bare ValueError was a 500).
+        ({"n": 10**5000}, "cannot be written as JSON"),
     ],
 )
 async def test_malformed_payloads_are_rejected(
@@ -148,6 +150,7 @@ async def test_payload_model_is_validated_at_enqueue(database: Database) -> None
         {"max_retries": 101},
         {"queue": ""},
         {"queue": " padded "},
+        {"queue": "a\x00b"},
         {"idempotency_key": ""},
         {"scheduled_at": datetime(2030, 1, 1)},  # naive on purpose
         {"scheduled_at": datetime.now(UTC), "delay": timedelta(seconds=1)},

@@ -213,6 +213,7 @@ async def test_prune_deletes_old_finished_jobs_only(
     pytest.param({"every": timedelta(minutes=5), "payload": {"a": "\x00"}}, id="payload-nul"),
     pytest.param({"every": timedelta(minutes=5), "queue": "q" * 65}, id="queue-too-long"),
     pytest.param({"every": timedelta(minutes=5), "queue": " q"}, id="queue-spaced"),
+    pytest.param({"every": timedelta(minutes=5), "queue": "q\x00"}, id="queue-nul"),
 ])
 def test_a_schedule_no_worker_could_store_is_refused_at_registration(
     options: dict[str, object],
@@ -223,3 +224,18 @@ def test_a_schedule_no_worker_could_store_is_refused_at_registration(
     with pytest.raises(ValueError, match="unstorable"):
         register_schedule("unstorable", "test.record", **options)  # type: ignore[arg-type]
     assert "unstorable" not in schedules._schedules
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param("unstorable.\x00x", id="nul"),
+    pytest.param("unstorable.\udcff", id="lone-surrogate"),
+    pytest.param(" unstorable ", id="surrounding-spaces"),
+])
+def test_a_schedule_name_no_worker_could_store_is_refused(name: str) -> None:
+    """task_schedules.name cannot hold a NUL or a lone surrogate: every worker's sync would
+    fail (schedule_sync_failed) and the schedule never fire."""
+    try:
+        with pytest.raises(ValueError, match="schedule name"):
+            register_schedule(name, "test.record", every=timedelta(hours=1))
+    finally:
+        schedules.unregister_schedule(name)

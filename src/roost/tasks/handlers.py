@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import os
 import sys
 import uuid
@@ -24,6 +25,7 @@ import structlog
 from pydantic import BaseModel
 
 from roost.tasks.models import DEFAULT_QUEUE, TaskPriority
+from roost.tasks.payloads import is_storable_text
 
 if TYPE_CHECKING:
     from roost.db.engine import Database
@@ -91,6 +93,11 @@ def validate_task_type_name(name: str) -> None:
         )
 
 
+def valid_queue_name(queue: str) -> bool:
+    """What ``background_tasks.queue`` (varchar(64)) can hold, without surrounding spaces."""
+    return 0 < len(queue) <= 64 and queue == queue.strip() and is_storable_text(queue)
+
+
 def task(
     name: str,
     *,
@@ -112,8 +119,12 @@ def task(
     validate_task_type_name(name)
     if not 0 <= max_retries <= MAX_RETRIES_LIMIT:
         raise ValueError(f"max_retries must be within 0..{MAX_RETRIES_LIMIT}")
-    if queue != queue.strip() or not 0 < len(queue) <= 64:
-        raise ValueError("queue must be 1-64 characters without surrounding spaces")
+    if not valid_queue_name(queue):
+        raise ValueError("queue must be 1-64 characters without surrounding spaces or NUL "
+                         "characters")
+    # A retry's delay is stored as an interval: NaN, infinity or a negative one could not be.
+    if not all(math.isfinite(s) and s >= 0 for s in (backoff_base_s, backoff_max_s)):
+        raise ValueError("backoff_base_s and backoff_max_s must be finite numbers >= 0")
 
     def register(fn: H) -> H:
         existing = _task_types.get(name)

@@ -47,4 +47,19 @@ def dump_json_object(value: Any, *, what: str = "payload") -> str:
     if not isinstance(value, dict):
         raise PayloadError(f"{what} must be a JSON object, got {type(value).__name__}")
     _check(value, 0, "$")
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:  # an integer of more than 4300 digits (sys.set_int_max_str_digits)
+        raise PayloadError(f"{what} cannot be written as JSON: {exc}") from None
+
+
+def storable_text(value: str) -> str:
+    """``value`` as PostgreSQL text and jsonb can hold it: a NUL becomes ``\\x00`` and a
+    lone surrogate its backslash escape (``\\udcff``), as Python would write them.  For
+    text the worker records but did not choose: exception messages and tracebacks."""
+    return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def is_storable_text(value: str) -> bool:
+    """No NUL and no lone surrogate: text PostgreSQL can store as it is."""
+    return storable_text(value) == value

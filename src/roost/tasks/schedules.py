@@ -30,9 +30,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.engine import Database
-from roost.tasks.handlers import TaskType, get_task_type, task, validate_task_type_name
+from roost.tasks.handlers import (
+    TaskType,
+    get_task_type,
+    task,
+    valid_queue_name,
+    validate_task_type_name,
+)
 from roost.tasks.models import DEFAULT_QUEUE, TaskPriority, TaskSchedule
-from roost.tasks.payloads import PayloadError, dump_json_object
+from roost.tasks.payloads import PayloadError, dump_json_object, is_storable_text
 
 log = structlog.get_logger("roost.tasks.schedules")
 
@@ -121,11 +127,12 @@ def register_schedule(
         raise ValueError(f"schedule {name!r}: every= may be at most {MAX_INTERVAL_S} seconds")
     if cron is not None:
         _check_cron(name, cron)
-    if not name or len(name) > 200:
-        raise ValueError("schedule names are 1-200 characters")
-    if queue is not None and (not queue or len(queue) > 64 or queue != queue.strip()):
+    if not name or len(name) > 200 or name != name.strip() or not is_storable_text(name):
+        raise ValueError(f"schedule name {name!r} must be 1-200 characters without "
+                         "surrounding spaces, NUL characters or lone surrogates")
+    if queue is not None and not valid_queue_name(queue):
         raise ValueError(f"schedule {name!r}: queue must be 1-64 characters without "
-                         "surrounding spaces")
+                         "surrounding spaces or NUL characters")
     try:
         dump_json_object(dict(payload or {}))
     except (PayloadError, RecursionError) as exc:

@@ -36,6 +36,7 @@ from roost.tasks.handlers import (
     discover,
     get_task_type,
     task_types,
+    valid_queue_name,
 )
 from roost.tasks.models import (
     READY_STATUSES,
@@ -144,8 +145,9 @@ def _values(
     """The new row's values; ``payload`` is its checked JSON text."""
     if max_retries is not None and not 0 <= max_retries <= MAX_RETRIES_LIMIT:
         raise Unprocessable(f"max_retries must be within 0..{MAX_RETRIES_LIMIT}")
-    if queue is not None and (not queue or len(queue) > 64 or queue != queue.strip()):
-        raise Unprocessable("queue must be 1-64 characters without surrounding spaces")
+    if queue is not None and not valid_queue_name(queue):
+        raise Unprocessable("queue must be 1-64 characters without surrounding spaces or "
+                            "NUL characters")
     return {
         "id": uuid7(),
         "task_type": tt.name,

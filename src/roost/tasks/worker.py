@@ -40,6 +40,7 @@ import asyncpg
 import structlog
 from pydantic import ValidationError
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from roost import tracing
 from roost.audit.chainer import run_chainer
@@ -59,13 +60,17 @@ from roost.tasks.handlers import (
     worker_shutdown_hooks,
 )
 from roost.tasks.models import READY_PREDICATE
-from roost.tasks.payloads import PayloadError, dump_json_object
+from roost.tasks.payloads import PayloadError, dump_json_object, storable_text
 
 log = structlog.get_logger("roost.tasks.worker")
 
 MAX_ERROR_CHARS = 4000
 MAX_STACK_CHARS = 32_000
 HISTORY_STACK_CHARS = 4000
+# The longest delay before a retry, whatever the task type's backoff: PostgreSQL's
+# interval arithmetic stops a little past 290,000 years, and a failed retry write would
+# leave the job running until its lease expired (then retried at once).
+MAX_BACKOFF_S = 100 * 365 * 86_400.0
 FLUSH_BATCH = 500
 # A finished job frees a slot, so the dispatcher usually acknowledges it with its next
 # claim; the flush loop writes what is still unacknowledged after this long.
@@ -211,7 +216,8 @@ _STUCK_SQL = text(
 def backoff_delay(tt: TaskType, retry_count: int) -> float:
     """Exponential backoff with "equal jitter": half fixed, half random, so retries of
     jobs that failed together (a provider outage) spread out instead of stampeding."""
-    ceiling = min(tt.backoff_max_s, tt.backoff_base_s * 2.0 ** max(0, retry_count - 1))
+    ceiling = min(tt.backoff_max_s, MAX_BACKOFF_S,
+                  tt.backoff_base_s * 2.0 ** max(0, retry_count - 1))
     return float(ceiling / 2 + random.uniform(0, ceiling / 2))  # noqa: S311 - jitter, not security
 
 
@@ -219,10 +225,38 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat()
 
 
+def _message(exc: BaseException) -> str | None:
+    """``str(exc)``, or None when the exception's ``__str__`` itself fails."""
+    try:
+        return str(exc)
+    except Exception:
+        return None
+
+
 def _error_text(exc: BaseException) -> str:
-    message = str(exc)
-    return (f"{type(exc).__name__}: {message}" if message else type(exc).__name__)[
-        :MAX_ERROR_CHARS]
+    """``Type: message`` as PostgreSQL can store it (an exception's message may hold a NUL
+    or a lone surrogate: text read from a binary file, an undecodable file name)."""
+    message = _message(exc)
+    if message is None:
+        text = f"{type(exc).__name__} (message unavailable)"
+    else:
+        text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return storable_text(text)[:MAX_ERROR_CHARS]
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """The database could not be reached (as opposed to refusing what was written)."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig if isinstance(exc.orig, BaseException) else exc
+    # OperatorInterventionError: the server shuts down or cancelled the statement.
+    return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError
+                      | asyncpg.PostgresConnectionError | asyncpg.OperatorInterventionError)
 
 
 def _result_json(result: Any) -> str | None:
@@ -445,6 +479,9 @@ class Worker:
         return jobs
 
     def _start(self, job: ClaimedJob) -> None:
+        old = self._inflight.get(job.id)
+        if old is not None:  # its lease was taken over and this worker claimed it again
+            self._lose(old, "claimed again after its lease was taken over")
         self._inflight[job.id] = job
         self.jobs_started += 1
         job.task = asyncio.create_task(self._execute(job), name=f"roost-task-{job.id}")
@@ -462,7 +499,9 @@ class Worker:
         except Exception as exc:  # bookkeeping failed: the lease will expire and it retries
             log.error("task_bookkeeping_failed", task_id=str(job.id), error=_error_text(exc))
         finally:
-            self._inflight.pop(job.id, None)
+            # Only this attempt's entry: the job may have been claimed again meanwhile.
+            if self._inflight.get(job.id) is job:
+                del self._inflight[job.id]
             self._wake.set()
 
     async def _run_job(self, job: ClaimedJob) -> None:
@@ -566,16 +605,36 @@ class Worker:
         permanent: bool = False, message: str | None = None,
     ) -> None:
         self.jobs_failed += 1
-        error = message or _error_text(exc)
+        error = storable_text(message) if message is not None else _error_text(exc)
         span = tracing.current()  # the job's (roost.tracing)
         span.set("roost.task.outcome", outcome)
-        span.fail(exc if message is None else message)
-        stack = "".join(traceback.format_exception(exc))[-MAX_STACK_CHARS:]
-        retry_count = job.retry_count + 1
-        entry = self._history_entry(job, outcome, error, stack)
+        span.fail(exc if message is None and _message(exc) is not None else error)
+        stack = storable_text("".join(traceback.format_exception(exc))[-MAX_STACK_CHARS:])
         log.warning("task_failed", task_id=str(job.id), task_type=job.task_type,
                     attempt=job.attempts, error=error)
-        if permanent or tt is None or retry_count > job.max_retries:
+        dead = permanent or tt is None or job.retry_count + 1 > job.max_retries
+        try:
+            await self._record_failure(job, tt if not dead else None, outcome, error, stack)
+        except Exception as write_exc:
+            if _connection_lost(write_exc):
+                raise  # the lease expires and the job runs again, as after a crash
+            # Still record the attempt's end (else the job stays running until its lease
+            # expires and runs again): with text that cannot be what failed.
+            log.error("task_bookkeeping_failed", task_id=str(job.id), error=_error_text(write_exc),
+                      retrying_with="generic error text")
+            generic = (f"{_ascii(type(exc).__name__)} (its error could not be recorded: "
+                       f"{_ascii(type(write_exc).__name__)})")
+            await self._record_failure(job, tt if not dead else None, outcome, generic, None)
+
+    async def _record_failure(
+        self, job: ClaimedJob, retry_with: TaskType | None, outcome: str, error: str,
+        stack: str | None,
+    ) -> None:
+        """Write a failed attempt: a retry after ``retry_with``'s backoff, or (None) the
+        dead letters."""
+        retry_count = job.retry_count + 1
+        entry = self._history_entry(job, outcome, error, stack)
+        if retry_with is None:
             async with self.database.transaction() as session:
                 letter = await service.move_to_dead_letter(
                     session, job.id, attempts=job.attempts, worker_id=self.worker_id,
@@ -586,7 +645,7 @@ class Worker:
                 log.error("task_dead_lettered", task_id=str(job.id), task_type=job.task_type,
                           dead_letter_id=str(letter.id))
             return
-        delay = backoff_delay(tt, retry_count)
+        delay = backoff_delay(retry_with, retry_count)
         entry["next_attempt_in_s"] = round(delay, 3)
         assert self._pool is not None
         await self._pool.execute(
