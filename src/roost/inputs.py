@@ -15,6 +15,7 @@ types keep Pydantic's usual parsing (UUIDs and enums arrive as strings).
 
 from __future__ import annotations
 
+import json
 import re
 import types
 from datetime import UTC, datetime, timedelta
@@ -204,6 +205,13 @@ def parsed_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
     if not parts.hostname:
         raise PydanticCustomError("url_parsing", "Input should be a valid URL: it has no host")
     return value
+
+
+def json_size(value: Any) -> int:
+    """The bytes ``value`` takes as compact UTF-8 JSON: what an "at most N bytes of JSON"
+    limit counts (not ``json.dumps``'s ASCII escapes, six bytes for an "é", nor its
+    spaced separators)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 # An http(s) URL that parses (with a field's own length limit and pattern beside it).

@@ -223,3 +223,16 @@ async def test_agents_attach_to_a_visible_project_only(
     # null detaches it.
     resp = await client.patch(agent_url, json={"project_id": None}, headers=headers)
     assert resp.status_code == 200 and resp.json()["project_id"] is None
+
+
+async def test_project_metadata_limit_counts_utf8_bytes_not_ascii_escapes(
+        client: httpx.AsyncClient, user: User) -> None:
+    """64 KiB of compact UTF-8 JSON: 15,000 "é" (30 KB; 90 KB as ASCII escapes) fit,
+    33,000 (66 KB) do not."""
+    _, h = user
+    fits = await client.post("/api/v1/projects", headers=h, json={
+        "name": "x", "project_metadata": {"notes": "é" * 15_000}})
+    assert fits.status_code == 201, fits.text
+    too_big = await client.post("/api/v1/projects", headers=h, json={
+        "name": "x", "project_metadata": {"notes": "é" * 33_000}})
+    assert too_big.status_code == 422 and "65536 bytes" in too_big.text, too_big.text

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from roost.db.engine import Database
 from tests.agents.test_agents_cli import cli_env
+from tests.knowledge.support import make_group
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
+from tests.workspace.conftest import make_project, make_task
 
 
 def _titles(stdout: str, *titles: str) -> list[str]:
@@ -84,3 +87,62 @@ async def test_an_empty_or_wildcard_project_name_archives_nothing(
     assert out.returncode == 1, out.stdout
     listed = run_roost("projects", "ls", "--status", "archived", "--user", "wsx", env=env)
     assert "Website" not in listed.stdout
+
+
+async def test_a_project_name_several_projects_share_resolves_to_none(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """Two projects named dup: `archive dup`, `show dup`, `--project dup` act on neither and
+    ask for the full id, which still works."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="dupx")
+    ids = []
+    for _ in range(2):
+        made = run_roost("projects", "add", "dup", "--user", "dupx", env=env)
+        assert made.returncode == 0, made.stderr
+        ids.append(made.stdout.split()[0])
+    for cmd in (("projects", "archive", "dup"), ("projects", "show", "dup"),
+                ("tasks-board", "ls", "--project", "dup")):
+        out = run_roost(*cmd, "--user", "dupx", env=env)
+        assert out.returncode == 1 and "several" in out.stderr, (cmd, out.stdout, out.stderr)
+    archived = run_roost("projects", "ls", "--status", "archived", "--user", "dupx", env=env)
+    assert "dup" not in archived.stdout
+    by_id = run_roost("projects", "archive", ids[1], "--user", "dupx", env=env)
+    assert by_id.returncode == 0, by_id.stderr
+
+
+async def test_a_project_is_found_by_its_exact_name_that_is_also_an_id_start(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """`roost projects show 0` shows the one project named "0", whatever ids start with 0
+    (UUIDv7 ids of projects made now all start with 0)."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="pfx")
+    for name in ("a", "b", "c", "0"):
+        assert run_roost("projects", "add", name, "--user", "pfx", env=env).returncode == 0
+    out = run_roost("projects", "show", "0", "--user", "pfx", env=env)
+    assert out.returncode == 0 and "name         0\n" in out.stdout, out.stderr
+
+
+async def test_stored_control_characters_are_printed_escaped(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+        client: httpx.AsyncClient) -> None:
+    """A group project's name (or a task title) holding ESC sequences reaches no terminal:
+    every command that prints a stored string shows them as escapes."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    owner_id, owner = await make_user(database, username="ownr")
+    member_id, _ = await make_user(database, username="mmbr")
+    team = await make_group(database, "team-esc", owner_id, member_id)
+    evil = "Site\x1b]0;pwned\x07\x1b[2J"
+    project = await make_project(client, owner, evil, group_id=str(team), description=evil,
+                                 local_path=evil)
+    task = await make_task(client, owner, evil)
+    outs = {" ".join(cmd[:3]): run_roost(*cmd, env=env) for cmd in (
+        ("projects", "ls", "--user", "mmbr"),
+        ("projects", "show", project["id"], "--user", "mmbr"),
+        ("projects", "add", evil, "--user", "ownr"),
+        ("tasks-board", "ls", "--user", "ownr"),
+        ("tasks-board", "add", evil, "--user", "ownr"),
+        ("tasks-board", "update", task["id"], "--progress", "5", "--user", "ownr"),
+        ("tasks-board", "done", task["id"], "--user", "ownr"))}
+    for cmd, out in outs.items():
+        assert out.returncode == 0, (cmd, out.stderr)
+        assert "\x1b" not in out.stdout and "\\x1b]0;pwned" in out.stdout, (cmd, out.stdout)

@@ -6,7 +6,6 @@ a 422 naming it, not silently ignored) and bound every string and JSON value.
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import date, datetime
 from functools import lru_cache
@@ -24,7 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from roost.identity.models import MODEL_PREFERENCE_KEYS
-from roost.inputs import StrictInput, WebUrl
+from roost.inputs import StrictInput, WebUrl, json_size
 
 MAX_PREFERENCE_JSON_BYTES = 16 * 1024
 MAX_PROFILE_JSON_BYTES = 4 * 1024
@@ -34,7 +33,7 @@ LANGUAGE_TAG = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$"  # BCP 47, e.g. "en", "
 
 def _json_limit(limit: int) -> Any:
     def check(value: Any) -> Any:
-        if value is not None and len(json.dumps(value, separators=(",", ":"))) > limit:
+        if value is not None and json_size(value) > limit:
             raise ValueError(f"must be at most {limit} bytes of JSON")
         return value
 

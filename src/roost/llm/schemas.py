@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
 
-from roost.inputs import StrictInput
+from roost.inputs import StrictInput, json_size
 from roost.llm.base import (
     AUTH_HEADER_NAMES,
     HEADER_VALUE_RULE,
@@ -68,7 +67,7 @@ def _check_options(value: dict[str, Any]) -> None:
 def _check_config(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None:
         return None
-    if len(json.dumps(value)) > MAX_CONFIG_BYTES:
+    if json_size(value) > MAX_CONFIG_BYTES:
         raise ValueError(f"config is larger than {MAX_CONFIG_BYTES} bytes")
     for secret_key in ("api_key", "apikey", "key", "token", "password", "secret"):
         if secret_key in {k.lower() for k in value}:

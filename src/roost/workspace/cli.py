@@ -16,7 +16,17 @@ from rich.console import Console
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.clitools import MAX_LIST, fail, id_table, parse_input, print_table, resolve_id, when
+from roost.clitools import (
+    MAX_LIST,
+    add_text_row,
+    fail,
+    id_table,
+    parse_input,
+    print_table,
+    printable,
+    resolve_id,
+    when,
+)
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
 from roost.principal import Principal
@@ -65,8 +75,8 @@ def projects_ls(
 
     table = id_table("id", "name", "status", "language", "created", wrap=("name",))
     for p in _run(user, go):
-        table.add_row(str(p.id), Text(p.name), p.status, Text(p.programming_language or "-"),
-                      when(p.created_at))
+        add_text_row(table, str(p.id), p.name, p.status, p.programming_language or "-",
+                     when(p.created_at))
     print_table(console, table)
 
 
@@ -92,7 +102,7 @@ def projects_add(
             return await service.create_project(session, env.principal, body)
 
     project = _run(user, go)
-    console.print(Text(f"{project.id}  {project.name}"))
+    console.print(Text(printable(f"{project.id}  {project.name}")))
 
 
 @projects_app.command("show")
@@ -112,7 +122,7 @@ def projects_show(project: ProjectRef, user: UserOpt = None) -> None:
                          ("repository", found.repository_url or "-"),
                          ("path", found.local_path or "-"),
                          ("dates", f"{found.start_date or '-'} .. {found.end_date or '-'}")):
-        console.print(Text(f"{label:12} {value}"))
+        console.print(Text(printable(f"{label:12} {value}")))
     console.print(Text("groups       " + ", ".join(f"{v} {k.replace('_', ' ')}"
                                                    for k, v in counts.items())))
 
@@ -128,7 +138,7 @@ def projects_archive(project: ProjectRef, user: UserOpt = None) -> None:
                                                 ProjectUpdate(status="archived"))
 
     done = _run(user, go)
-    console.print(Text(f"{done.name}: archived"))
+    console.print(Text(printable(f"{done.name}: archived")))
 
 
 # --- tasks board -------------------------------------------------------------------------
@@ -151,8 +161,8 @@ def _print_tasks(rows: list[Task]) -> None:
     table = id_table("id", "score", "title", "status", "priority", "due", "done %",
                      wrap=("title",))
     for t in rows:
-        table.add_row(str(t.id), f"{t.calculated_score:.2f}", Text(t.title), t.status,
-                      t.priority, when(t.due_date), str(t.completion_percentage))
+        add_text_row(table, str(t.id), f"{t.calculated_score:.2f}", t.title, t.status,
+                     t.priority, when(t.due_date), str(t.completion_percentage))
     print_table(console, table)
 
 
@@ -225,7 +235,7 @@ def board_add(
             return await service.create_task(session, env.principal, body)
 
     task = _run(user, go)
-    console.print(Text(f"{task.id}  score {task.calculated_score:.2f}  {task.title}"))
+    console.print(Text(printable(f"{task.id}  score {task.calculated_score:.2f}  {task.title}")))
 
 
 @board_app.command("update")
@@ -250,7 +260,8 @@ def board_update(
             return await service.update_task(session, env.principal, task_id, body)
 
     changed = _run(user, go)
-    console.print(Text(f"{changed.id}  score {changed.calculated_score:.2f}  {changed.title}"))
+    console.print(Text(printable(
+        f"{changed.id}  score {changed.calculated_score:.2f}  {changed.title}")))
 
 
 @board_app.command("done")
@@ -264,7 +275,7 @@ def board_done(task: TaskRef, user: UserOpt = None) -> None:
                 status="done", completion_percentage=100))
 
     changed = _run(user, go)
-    console.print(Text(f"{changed.title}: done"))
+    console.print(Text(printable(f"{changed.title}: done")))
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from datetime import date, datetime
@@ -10,7 +9,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from roost.inputs import StrictInput, parsed_url
+from roost.inputs import StrictInput, json_size, parsed_url
 from roost.workspace.models import MAX_WEIGHT
 
 ProjectStatus = Literal["active", "paused", "completed", "archived"]
@@ -40,7 +39,7 @@ def _nul_free(value: Any, field: str) -> None:
 
 
 def _json_size(value: Any, field: str) -> Any:
-    if value is not None and len(json.dumps(value)) > MAX_JSON_BYTES:
+    if value is not None and json_size(value) > MAX_JSON_BYTES:
         raise ValueError(f"{field} is larger than {MAX_JSON_BYTES} bytes as JSON")
     return value
 

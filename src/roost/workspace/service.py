@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.db.lookup import id_starts_with, one_or_404
 from roost.errors import BadRequest, Forbidden, NotFound, Unprocessable
-from roost.identity.common import require_user
+from roost.identity.common import lock_owner_quota, require_user
 from roost.identity.models import Group, UserGroupMembership
 from roost.inputs import read_as_utc
 from roost.pagination import MALFORMED_CURSOR, decode_cursor, encode_cursor, newest_first, page_of
@@ -123,19 +123,28 @@ async def require_project(session: AsyncSession, actor: Principal,
 
 
 async def find_project(session: AsyncSession, actor: Principal, ref: str) -> Project:
-    """A project the actor sees by exact name, id or a unique start of an id (CLI)."""
-    rows = (await session.scalars(select(Project).where(
-        _project_visible(actor, listing=True),
-        or_(Project.name == ref, id_starts_with(Project.id, ref)),
-    ).limit(3))).all()
-    exact = [p for p in rows if p.name == ref]
-    if len(exact) == 1 or (exact and all(p.name == ref for p in rows)):
-        return exact[0]
-    if not rows:
-        raise NotFound(f"you have no project named {ref!r} or with an id starting with it")
-    if len(rows) > 1:
-        raise BadRequest(f"{ref!r} names several projects; use the full id")
-    return rows[0]
+    """A project the actor sees by its full id, exact name or a unique start of an id
+    (CLI).  The name is looked up on its own: a name that is also the start of other
+    projects' ids ("0") still finds its project; one several projects share finds none."""
+    visible = _project_visible(actor, listing=True)
+    full_id = _full_id(ref)
+    wheres = [Project.name == ref, id_starts_with(Project.id, ref)]
+    if full_id is not None:  # a full id wins over a project named like it
+        wheres.insert(0, Project.id == full_id)
+    for where in wheres:
+        rows = (await session.scalars(select(Project).where(visible, where).limit(2))).all()
+        if len(rows) > 1:
+            raise BadRequest(f"{ref!r} names several projects; use the full id")
+        if rows:
+            return rows[0]
+    raise NotFound(f"you have no project named {ref!r} or with an id starting with it")
+
+
+def _full_id(ref: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(ref) if len(ref) == 36 else None
+    except ValueError:
+        return None
 
 
 async def list_projects(session: AsyncSession, actor: Principal, *, status: str | None = None,
@@ -250,9 +259,19 @@ async def get_task(session: AsyncSession, actor: Principal, task_id: uuid.UUID,
     return found
 
 
+async def _lock_tree(session: AsyncSession, owner: uuid.UUID) -> None:
+    """Serialise the parent changes of one owner's tasks until the transaction ends.  The
+    cycle check walks committed rows: two re-parentings checked at once ("A under C",
+    "C under B" while B is under A) would each pass and together store a cycle.  Taken
+    before any task row is locked, so that two tasks moved under each other wait in turn
+    instead of deadlocking on each other's row."""
+    await lock_owner_quota(session, owner, "task-tree")
+
+
 async def _check_parent(session: AsyncSession, actor: Principal, task: Task,
                         parent_id: uuid.UUID | None) -> None:
-    """The parent is a task of the same owner and not the task itself or a descendant."""
+    """The parent is a task of the same owner and not the task itself or a descendant
+    (the caller holds :func:`_lock_tree`)."""
     if parent_id is None:
         return
     try:
@@ -270,6 +289,8 @@ async def _check_parent(session: AsyncSession, actor: Principal, task: Task,
         ) SELECT coalesce(bool_or(id = :task), false), max(depth) FROM up""")
     row = (await session.execute(ancestors, {
         "start": parent_id, "task": task.id, "max": MAX_DEPTH})).one()
+    if row[1] is None:  # the parent was deleted since it was read
+        raise NotFound(f"task {parent_id} does not exist", extra={"field": "parent_id"})
     cycle, levels = bool(row[0]), int(row[1])
     if cycle:
         raise Unprocessable("parent_id would make a cycle: the parent is this task or one of "
@@ -302,6 +323,8 @@ async def create_task(session: AsyncSession, actor: Principal, body: TaskCreate)
     values = {k: v for k, v in _task_values(body).items() if v is not None}
     task = Task(user_id=owner, **{k: v for k, v in values.items() if k != "parent_id"})
     await require_project(session, actor, body.project_id)
+    if body.parent_id is not None:
+        await _lock_tree(session, owner)
     await _check_parent(session, actor, task, body.parent_id)
     task.parent_id = body.parent_id
     session.add(task)
@@ -315,8 +338,10 @@ async def create_task(session: AsyncSession, actor: Principal, body: TaskCreate)
 
 async def update_task(session: AsyncSession, actor: Principal, task_id: uuid.UUID,
                       body: TaskUpdate) -> Task:
-    task = await get_task(session, actor, task_id, lock=True)
     given = body.model_fields_set
+    if "parent_id" in given:  # the owner's tree lock first, then the row (_lock_tree)
+        await _lock_tree(session, (await get_task(session, actor, task_id)).user_id)
+    task = await get_task(session, actor, task_id, lock=True)
     for fld in TASK_NOT_NULL:
         if fld in given and getattr(body, fld) is None:
             raise Unprocessable(f"{fld} cannot be null", extra={"field": fld})

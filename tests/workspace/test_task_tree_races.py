@@ -1,0 +1,101 @@
+"""Parent changes of one owner's tasks sent at once: the cycle check sees the other's
+change (no cycle stored), nothing deadlocks, and a parent deleted meanwhile is a 4xx."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.db.engine import Database
+from roost.principal import Principal
+from roost.workspace import service
+from roost.workspace.models import Task
+from tests.support.races import no_5xx
+from tests.support.sql import scalar
+from tests.workspace.conftest import Headers, User, make_task
+
+CYCLE_THROUGH = """
+WITH RECURSIVE up(id, depth) AS (
+  SELECT parent_id, 1 FROM tasks WHERE id = CAST(:t AS uuid)
+  UNION ALL
+  SELECT t.parent_id, up.depth + 1 FROM tasks t JOIN up ON t.id = up.id WHERE up.depth < 10
+) SELECT count(*) FROM up WHERE id = CAST(:t AS uuid)"""
+
+
+async def _move(client: httpx.AsyncClient, headers: Headers, task: dict[str, Any],
+                parent: dict[str, Any]) -> httpx.Response:
+    return await client.patch(f"/api/v1/tasks-board/{task['id']}",
+                              json={"parent_id": parent["id"]}, headers=headers)
+
+
+async def test_concurrent_re_parentings_never_make_a_cycle(client: httpx.AsyncClient,
+                                                           user: User,
+                                                           database: Database) -> None:
+    """B is under A; "A under C" and "C under B" sent at once: one is refused (a cycle)."""
+    _, h = user
+    for _ in range(30):
+        a = await make_task(client, h, "A")
+        b = await make_task(client, h, "B", parent_id=a["id"])
+        c = await make_task(client, h, "C")
+        r1, r2 = await asyncio.gather(_move(client, h, a, c), _move(client, h, c, b))
+        no_5xx(r1, r2)
+        assert int(await scalar(database, CYCLE_THROUGH, t=a["id"])) == 0, (
+            "A -> C -> B -> A stored", r1.status_code, r2.status_code)
+        assert sorted((r1.status_code, r2.status_code)) == [200, 422]
+
+
+async def test_two_tasks_moved_under_each_other_at_once_wait_in_turn(
+        client: httpx.AsyncClient, user: User) -> None:
+    """"A under B" and "B under A" at once: one 200, the other 422 (no deadlock, no 503)."""
+    _, h = user
+    for _ in range(30):
+        a, b = await make_task(client, h, "A"), await make_task(client, h, "B")
+        r1, r2 = await asyncio.gather(_move(client, h, a, b), _move(client, h, b, a))
+        no_5xx(r1, r2)
+        assert sorted((r1.status_code, r2.status_code)) == [200, 422], (r1.text, r2.text)
+
+
+async def test_a_parent_deleted_meanwhile_is_a_4xx_not_a_500(client: httpx.AsyncClient,
+                                                             user: User) -> None:
+    """Subtasks created or moved under a task deleted at the same time: 404/409, never 500."""
+    _, h = user
+    for _ in range(15):
+        parent = await make_task(client, h, "P")
+        kids = [await make_task(client, h, f"k{i}") for i in range(2)]
+        answers = await asyncio.gather(
+            *[_move(client, h, k, parent) for k in kids],
+            *[client.post("/api/v1/tasks-board", json={"title": "k", "parent_id": parent["id"]},
+                          headers=h) for _ in range(2)],
+            client.delete(f"/api/v1/tasks-board/{parent['id']}", headers=h))
+        no_5xx(*answers)
+
+
+async def test_a_parent_deleted_between_its_check_and_the_tree_walk_is_a_404(
+        client: httpx.AsyncClient, user: User, database: Database,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race made certain: the parent is deleted (and committed) right after it
+    was read, before the ancestor walk; moving or creating a subtask under it is a 404
+    naming parent_id."""
+    _, h = user
+    parents = [await make_task(client, h, "P1"), await make_task(client, h, "P2")]
+    kid = await make_task(client, h, "kid")
+    real = service.get_task
+
+    async def then_deleted(session: AsyncSession, actor: Principal, task_id: uuid.UUID,
+                           *, lock: bool = False) -> Task:
+        found = await real(session, actor, task_id, lock=lock)
+        if str(task_id) in {p["id"] for p in parents}:
+            await scalar(database, "DELETE FROM tasks WHERE id = :t RETURNING id", t=task_id)
+        return found
+
+    monkeypatch.setattr(service, "get_task", then_deleted)
+    answers = [await _move(client, h, kid, parents[0]),
+               await client.post("/api/v1/tasks-board", headers=h,
+                                 json={"title": "k", "parent_id": parents[1]["id"]})]
+    for resp in answers:
+        assert resp.status_code == 404 and resp.json().get("field") == "parent_id", resp.text
