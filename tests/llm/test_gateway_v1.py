@@ -386,18 +386,27 @@ async def test_an_sdk_tool_loop_sends_the_tool_calls_back_in_openais_shape(
                                                    "arguments": '{"city": "Paris"}'}}]
 
 
+def _nested(value: Any, depth: int) -> Any:
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
 @pytest.mark.parametrize(("field", "value"), [
     ("stop", ["a\u0000"]), ("stop", "\u0000"), ("response_format", {"type": "json\u0000"}),
     ("logit_bias", {"12\u0000": 1}), ("tool_choice", {"type": "function",
                                                       "function": {"name": "f\u0000"}}),
+    ("response_format", _nested("bad\u0000", 40)), ("tool_choice", _nested(["x\u0000"], 90)),
+    ("logit_bias", _nested({"k\u0000": 1}, 60)),
 ])
 async def test_a_nul_in_a_stored_field_is_an_invalid_value_naming_it(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
     user: tuple[uuid.UUID, Headers], field: str, value: Any,
 ) -> None:
     """A NUL in stop, response_format, logit_bias or tool_choice (kept with the request,
-    where JSONB holds no NUL) is a 400 invalid_value whose param names the field, as
-    documented, not a bad_request without param."""
+    where JSONB holds no NUL), at any depth the JSON parser accepts, is a 400
+    invalid_value whose param names the field, as documented, not a bad_request without
+    param."""
     await _provider(client, admin_headers, stub, "stub")
     resp = await client.post("/v1/chat/completions", headers=user[1], json={
         "model": "stub-model", "messages": [{"role": "user", "content": "x"}], field: value})

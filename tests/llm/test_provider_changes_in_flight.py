@@ -1,6 +1,7 @@
 """An administrator editing or deleting a provider while calls on it are in flight: the
 calls finish (its instance is closed only once they end, roost.llm.leases) and are
-recorded at once, their attempts no longer naming a deleted provider."""
+recorded at once, their attempts no longer naming a deleted provider; a health check or
+model sync overlapping an edit stores nothing about the old server as the edited one's."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from roost.llm.types import ChatRequest, ChatResult
 from tests.chat.conftest import add_provider
 from tests.llm.sse import v1_frames
 from tests.support.identity import make_user
-from tests.support.openai_stub import Fail, Reply, StubServer
+from tests.support.openai_stub import Fail, Models, Reply, StubServer
 
 Headers = dict[str, str]
 MSG = [{"role": "user", "content": "hello"}]
@@ -186,3 +187,52 @@ async def test_a_route_kept_across_calls_is_stale_once_a_provider_of_it_is_edite
         fresh = await routing.resolve_route(session, gateway, "stub-model")
     assert kept.stale() and not fresh.stale()
     assert fresh.members[0][1] is not kept.members[0][1]
+
+
+async def _patch_soon(client: httpx.AsyncClient, admin: Headers, pid: str,
+                      **fields: Any) -> httpx.Response:
+    await asyncio.sleep(0.3)
+    return await client.patch(f"/api/v1/llm/providers/{pid}", json=fields, headers=admin)
+
+
+async def test_a_model_sync_overlapping_a_base_url_change_is_a_409_storing_nothing(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, stub_b: StubServer,
+) -> None:
+    """A model sync whose slow answer comes from the old base_url, after an edit moved the
+    provider to another server, stores none of the old server's models (routing would send
+    them to the new one): a 409 saying to sync again, which then lists the new server's."""
+    pid = str((await add_provider(client, admin_headers, stub))["id"])
+    stub.script(Models(ids=("old-only",), delay_ms=800))
+    stub_b.script(Models(ids=("new-only",), times=None))
+    synced, changed = await asyncio.gather(
+        client.post(f"/api/v1/llm/providers/{pid}/sync-models", headers=admin_headers),
+        _patch_soon(client, admin_headers, pid, base_url=stub_b.base_url))
+    assert changed.status_code == 200, changed.text
+    assert synced.status_code == 409 and "sync again" in synced.text, synced.text
+    row = (await client.get(f"/api/v1/llm/providers/{pid}", headers=admin_headers)).json()
+    assert row["base_url"] == stub_b.base_url
+    assert row["models"] == {"stub-model": True} and row["last_models_sync"] is None, row
+    again = await client.post(f"/api/v1/llm/providers/{pid}/sync-models", headers=admin_headers)
+    assert again.status_code == 200, again.text
+    assert set(again.json()["models"]) == {"new-only", "stub-model"}
+
+
+async def test_a_health_check_overlapping_a_base_url_change_stores_no_stale_status(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+) -> None:
+    """A health check whose slow 'healthy' comes from the old base_url, after an edit moved
+    the provider to a dead port, is not stored as the new URL's health: the answer is the
+    row as it stands, and the next check tells the truth."""
+    pid = str((await add_provider(client, admin_headers, stub))["id"])
+    stub.script(Models(delay_ms=800))
+    dead = "http://127.0.0.1:9/v1"
+    checked, changed = await asyncio.gather(
+        client.post(f"/api/v1/llm/providers/{pid}/health", headers=admin_headers),
+        _patch_soon(client, admin_headers, pid, base_url=dead))
+    assert changed.status_code == 200, changed.text
+    assert checked.status_code == 200, checked.text
+    row = (await client.get(f"/api/v1/llm/providers/{pid}", headers=admin_headers)).json()
+    assert row["base_url"] == dead and checked.json() == row
+    assert row["health_status"] == "unknown" and row["last_health_check_at"] is None, row
+    again = await client.post(f"/api/v1/llm/providers/{pid}/health", headers=admin_headers)
+    assert again.status_code == 200 and again.json()["health_status"] == "unhealthy", again.text

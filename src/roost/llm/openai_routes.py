@@ -141,16 +141,22 @@ class ChatCompletionBody(BaseModel):
         )
 
 
-def _holds_nul(value: Any, depth: int = 0) -> bool:
-    """A string (value or key) in a JSON value holds a NUL character."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if depth > 32:
-        return False
-    if isinstance(value, dict):
-        return any("\x00" in str(k) or _holds_nul(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v, depth + 1) for v in value)
+def _holds_nul(value: Any) -> bool:
+    """A string (value or key) in a JSON value holds a NUL character, at any depth (walked
+    with a stack, not recursion: the body's parser already bounds nesting at 100 levels,
+    and a NUL missed deeper down failed later as the database's anonymous 400)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            if any("\x00" in str(k) for k in item):
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 

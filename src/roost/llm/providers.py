@@ -48,6 +48,14 @@ def _normalise_type(kind: str, base_url: str | None) -> tuple[str, str | None]:
     return "openai", base_url or DEFAULT_BASE_URLS.get(kind)
 
 
+def _unchanged_since(snapshot: LLMProviderRow, row: LLMProviderRow) -> bool:
+    """``row`` (read again, locked) is still the version a health check or model sync
+    called: every edit sets ``updated_at`` (and the pool builds a new instance for it), so
+    an answer got before an edit (a new ``base_url``, key, type...) describes another
+    server and must not be stored as the edited provider's."""
+    return row.updated_at == snapshot.updated_at
+
+
 def _recount(row: LLMProviderRow) -> None:
     models = dict(row.models or {})
     row.total_models = len(models)
@@ -203,6 +211,8 @@ async def check_health(
         row = await session.get(LLMProviderRow, provider_id, with_for_update=True)
         if row is None:
             raise NotFound(f"no LLM provider with id {provider_id}")
+        if not _unchanged_since(snapshot, row):
+            return row  # edited meanwhile: its health is for the next check to tell
         previous = row.health_status
         # Written with an UPDATE that leaves updated_at alone: a health check is not an
         # edit, and must not make the pool rebuild the provider.
@@ -243,6 +253,8 @@ async def sync_models(gateway: LLMGateway, actor: Principal, provider_id: uuid.U
         row = await session.get(LLMProviderRow, provider_id, with_for_update=True)
         if row is None:
             raise NotFound(f"no LLM provider with id {provider_id}")
+        if not _unchanged_since(snapshot, row):
+            raise Conflict("the provider changed during the sync; sync again")
         before = dict(row.models or {})
         models = {m: bool(before.get(m, True)) for m in listed}
         if row.model and row.model not in models:
