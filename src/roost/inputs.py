@@ -83,7 +83,7 @@ class StrictInput(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _json_types(cls, value: Any, info: ValidationInfo) -> Any:
-        if cls.refuse_nul and _holds_nul(value):
+        if cls.refuse_nul and holds_nul(value):
             raise _nul_refused()
         kind = cls._field_kind(info.field_name or "")
         if not kind or value is None:
@@ -109,13 +109,22 @@ def no_nul(value: Any) -> Any:
     return value
 
 
-def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
+def holds_nul(value: Any) -> bool:
+    """A string (value or key) in a JSON value holds a NUL character, at any depth (walked
+    with a stack, not recursion: a body's parser bounds nesting, other callers' values
+    need not be)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            if any("\x00" in str(k) for k in item):
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
     return False
 
 

@@ -33,6 +33,7 @@ from roost.http.problems import json_error_reason, openai_code, openai_error, re
 from roost.http.routing import RoostRoute, RoostRouter
 from roost.http.streams import until_disconnected
 from roost.identity.deps import StreamSlots
+from roost.inputs import holds_nul
 from roost.llm import calls, routing
 from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.llm.gateway import LLMGateway
@@ -126,7 +127,7 @@ class ChatCompletionBody(BaseModel):
         fields = {"stop": self.stop, "tool_choice": self.tool_choice,
                   **{k: extra[k] for k in PASSTHROUGH if k in extra}}
         for name, value in fields.items():
-            if _holds_nul(value):
+            if holds_nul(value):
                 raise RequestValidationError([{
                     "type": "value_error", "loc": ("body", name),
                     "msg": "must not contain NUL characters (\\u0000)", "input": None}])
@@ -139,25 +140,6 @@ class ChatCompletionBody(BaseModel):
             max_tokens=self.max_completion_tokens or self.max_tokens, top_p=self.top_p,
             stop=stop, tools=self.tools, tool_choice=self.tool_choice, extra=extra,
         )
-
-
-def _holds_nul(value: Any) -> bool:
-    """A string (value or key) in a JSON value holds a NUL character, at any depth (walked
-    with a stack, not recursion: the body's parser already bounds nesting at 100 levels,
-    and a NUL missed deeper down failed later as the database's anonymous 400)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-        elif isinstance(item, dict):
-            if any("\x00" in str(k) for k in item):
-                return True
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
 
 
 class EmbeddingsBody(BaseModel):

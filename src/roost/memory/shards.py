@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.config import get_settings
 from roost.errors import Forbidden, NotFound, Unprocessable
+from roost.inputs import holds_nul
 from roost.memory.models import MAX_CONTENT_CHARS, DistributedMemory
 from roost.memory.schemas import ScopeIn
 from roost.memory.service import resolve_scope
@@ -116,16 +117,6 @@ def _check_key(shard_key: str) -> None:
         raise NotFound("no stored memory under that shard key")
 
 
-def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_holds_nul(v) for v in value)
-    return False
-
-
 def _check_content(content: str) -> str:
     if "\x00" in content:
         raise Unprocessable("content must not contain a NUL character", extra={"field": "content"})
@@ -177,7 +168,7 @@ async def put(
     if not node or len(node) > MAX_NODE_CHARS or "\x00" in node:
         raise Unprocessable(f"a node name has 1 to {MAX_NODE_CHARS} characters, no NUL",
                             extra={"field": "node_id"})
-    if _holds_nul(metadata):
+    if holds_nul(metadata):
         raise Unprocessable("metadata must not contain a NUL character", extra={"field": "metadata"})
     row = DistributedMemory(
         shard_key=shard_key_for(scope.user_id, scope.persona_id), user_id=scope.user_id,
