@@ -13,7 +13,14 @@ from sqlalchemy import select, text
 from roost.db.engine import Database
 from roost.identity.models import UserTwoFactorAuth
 from roost.security.totp import current_totp_step, hash_backup_code, totp_code_at
-from tests.identity.conftest import ORIGIN, bearer, login, password_user, wait_for_fresh_totp_step
+from tests.identity.conftest import (
+    ORIGIN,
+    PASSWORD,
+    bearer,
+    login,
+    password_user,
+    wait_for_fresh_totp_step,
+)
 from tests.support.soft_authenticator import SoftAuthenticator
 
 
@@ -136,6 +143,59 @@ async def test_mfa_challenge_gives_up_after_repeated_wrong_codes(
     blocked = await client.post("/api/v1/auth/login/2fa", json={
         "mfa_token": token, "code": totp_code_at(secret, current_totp_step() + 1)})
     assert blocked.status_code == 429
+
+
+async def test_a_sign_in_challenge_begun_with_the_old_password_ends_when_it_changes(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """A password change ends every other session, so a second-factor step won with the
+    old password must not still turn into a new session afterwards."""
+    await password_user(database, "mfachange")
+    headers = await bearer(client, "mfachange")
+    secret = (await client.post("/api/v1/auth/2fa/setup", headers=headers)).json()["secret"]
+    wait_for_fresh_totp_step(8)
+    step = current_totp_step()
+    confirmed = await client.post("/api/v1/auth/2fa/confirm", headers=headers,
+                                  json={"code": totp_code_at(secret, step - 1)})
+    assert confirmed.status_code == 200, confirmed.text
+    challenge = (await login(client, "mfachange")).json()  # someone who knew the old password
+    assert challenge["mfa_required"] is True
+    changed = await client.post("/api/v1/auth/password", headers=headers, json={
+        "current_password": PASSWORD, "new_password": "lantern-Violet-88-oak"})
+    assert changed.status_code == 200, changed.text
+    finished = await client.post("/api/v1/auth/login/2fa", json={
+        "mfa_token": challenge["mfa_token"], "code": totp_code_at(secret, step)})
+    assert finished.status_code == 401, finished.text
+    assert "sign in again" in finished.json()["detail"]
+
+
+async def test_logout_everywhere_and_admin_revocation_end_pending_second_factor_steps(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str]
+) -> None:
+    """Ending all of an account's sessions also ends its sign-ins waiting for a code."""
+    user_id = await password_user(database, "mfaend")
+    headers = await bearer(client, "mfaend")
+    secret = (await client.post("/api/v1/auth/2fa/setup", headers=headers)).json()["secret"]
+    wait_for_fresh_totp_step()
+    confirmed = await client.post("/api/v1/auth/2fa/confirm", headers=headers,
+                                  json={"code": totp_code_at(secret, current_totp_step())})
+    codes = confirmed.json()["backup_codes"]
+    pending = (await login(client, "mfaend")).json()["mfa_token"]
+    assert (await client.post("/api/v1/auth/logout-all", headers=headers)).status_code == 200
+    ended = await client.post("/api/v1/auth/login/2fa",
+                              json={"mfa_token": pending, "code": codes[0]})
+    assert ended.status_code == 401 and "sign in again" in ended.json()["detail"], ended.text
+    pending = (await login(client, "mfaend")).json()["mfa_token"]
+    revoked = await client.post(f"/api/v1/users/{user_id}/sessions/revoke",
+                                headers=admin_headers)
+    assert revoked.status_code == 200, revoked.text
+    ended = await client.post("/api/v1/auth/login/2fa",
+                              json={"mfa_token": pending, "code": codes[1]})
+    assert ended.status_code == 401 and "sign in again" in ended.json()["detail"], ended.text
+    # A sign-in begun afterwards completes as usual.
+    fresh = (await login(client, "mfaend")).json()["mfa_token"]
+    done = await client.post("/api/v1/auth/login/2fa", json={"mfa_token": fresh, "code": codes[2]})
+    assert done.status_code == 200, done.text
 
 
 async def test_second_factor_guessing_locks_the_account_across_addresses(

@@ -13,7 +13,7 @@ from sqlalchemy import select, text, update
 from roost.db.engine import Database
 from roost.identity.models import User
 from roost.security.passwords import verify_password
-from tests.identity.conftest import PASSWORD, login, password_user
+from tests.identity.conftest import PASSWORD, bearer, login, password_user
 
 
 async def _create(client: httpx.AsyncClient, admin: dict[str, str], username: str, email: str,
@@ -49,6 +49,39 @@ async def test_a_password_typed_decomposed_signs_in(
     assert nfd != pw
     answer = await login(client, "chef", nfd)
     assert answer.status_code == 200, answer.text
+
+
+# 1222 characters as typed ("e" + combining acute, as some keyboards send "é"), 622 once
+# NFKC-normalised: the policy judges the normalised form, and so does sign-in.
+LONG_DECOMPOSED = "lantern-Violet-88-oak " + "e\u0301" * 600
+
+
+async def test_a_long_decomposed_password_accepted_at_creation_signs_in(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    """A password longer than the limit as typed but not once normalised is accepted, and
+    then signs in: the length limit reads the same form at both ends."""
+    made = await _create(client, admin_headers, "decomposed", "decomposed@example.test",
+                         LONG_DECOMPOSED)
+    assert made.status_code == 201, made.text
+    signed_in = await login(client, "decomposed", LONG_DECOMPOSED)
+    assert signed_in.status_code == 200, signed_in.text
+    over = await _create(client, admin_headers, "overlong", "overlong@example.test",
+                         LONG_DECOMPOSED + "e\u0301" * 403)  # 1025 normalised
+    assert over.status_code == 422 and over.json()["rule"] == "max_length", over.text
+
+
+async def test_a_long_decomposed_password_set_by_a_change_signs_in(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """A new password a password change accepted (200) signs in afterwards."""
+    await password_user(database, "decomposed2")
+    headers = await bearer(client, "decomposed2")
+    changed = await client.post("/api/v1/auth/password", headers=headers, json={
+        "current_password": PASSWORD, "new_password": LONG_DECOMPOSED})
+    assert changed.status_code == 200, changed.text
+    signed_in = await login(client, "decomposed2", LONG_DECOMPOSED)
+    assert signed_in.status_code == 200, signed_in.text
 
 
 async def test_a_hash_of_the_password_as_typed_still_verifies_and_is_renewed(

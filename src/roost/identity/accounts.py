@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select, text, update
+from sqlalchemy import delete, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
@@ -26,7 +26,7 @@ from roost.identity.common import (
     normalize_username,
 )
 from roost.identity.groups import hand_over_groups_of
-from roost.identity.models import ROLES, STATUSES, TIERS, Session, User
+from roost.identity.models import ROLES, STATUSES, TIERS, AuthChallenge, Session, User
 from roost.principal import Principal
 from roost.security.passwords import check_password_policy, hash_password
 
@@ -159,12 +159,24 @@ async def find_user(session: AsyncSession, login: str) -> User | None:
     )
 
 
-async def _revoke_all_sessions(session: AsyncSession, user_id: uuid.UUID) -> None:
-    await session.execute(
-        update(Session)
-        .where(Session.user_id == user_id, Session.revoked_at.is_(None))
-        .values(revoked_at=func.now())
-    )
+async def end_sign_ins(
+    session: AsyncSession, user_id: uuid.UUID, *, keep: uuid.UUID | None = None
+) -> int:
+    """Revoke the account's sign-in sessions (all but ``keep``) and its unfinished
+    second-factor sign-ins; returns how many sessions ended.
+
+    A challenge is a session in waiting: one won with the password before a password
+    change, logout everywhere, revocation or suspension must not turn into a session after
+    it.  Passkey challenges need no ending: sign-in ones name no account (the credential
+    does), and registering one needs a session that is still valid when it finishes.
+    """
+    stmt = update(Session).where(Session.user_id == user_id, Session.revoked_at.is_(None))
+    if keep is not None:
+        stmt = stmt.where(Session.id != keep)
+    ended = await session.execute(stmt.values(revoked_at=func.now()))
+    await session.execute(delete(AuthChallenge).where(
+        AuthChallenge.user_id == user_id, AuthChallenge.purpose == "mfa_login"))
+    return int(ended.rowcount)  # type: ignore[attr-defined]
 
 
 async def admin_update(
@@ -204,7 +216,7 @@ async def admin_update(
     # Losing access takes effect on the next request: end every login session (API keys
     # are refused by the resolver while the account is not active).
     if after.get("status") in ("suspended", "pending_approval") or after.get("is_active") is False:
-        await _revoke_all_sessions(session, user.id)
+        await end_sign_ins(session, user.id)
     action = "user.approved" if (
         before.get("status") == "pending_approval" and after.get("status") == "active"
     ) else "user.role_changed" if "role" in after or "is_superuser" in after else "user.updated"

@@ -28,7 +28,7 @@ from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.errors import BadRequest, Forbidden, Unauthorized
 from roost.identity import ratelimits, throttle, twofactor
-from roost.identity.accounts import find_user
+from roost.identity.accounts import end_sign_ins, find_user
 from roost.identity.common import (
     existing_target_user_id,
     load_user,
@@ -40,13 +40,13 @@ from roost.identity.devices import record_login_device
 from roost.identity.models import AuthChallenge, Session, User, UserTwoFactorAuth
 from roost.principal import Principal
 from roost.security.passwords import (
-    MAX_PASSWORD_LENGTH,
     PasswordCheck,
     check_password,
     check_password_policy,
     dummy_verify,
     hash_password,
     needs_rehash,
+    password_too_long,
 )
 from roost.security.tokens import (
     generate_refresh_token,
@@ -207,7 +207,7 @@ async def login(
     if user is not None:
         keys.append(throttle.account_key(user.id))
     await throttle.check_not_locked(session, keys)
-    if len(password) > MAX_PASSWORD_LENGTH:
+    if password_too_long(password):
         check = PasswordCheck(False)
         await asyncio.to_thread(dummy_verify)
     else:
@@ -370,11 +370,8 @@ async def revoke_all_sessions(
 ) -> int:
     """Logout everywhere (own sessions) or admin revocation (anyone's)."""
     owner = await existing_target_user_id(session, principal, user_id)
-    stmt = update(Session).where(Session.user_id == owner, Session.revoked_at.is_(None))
-    if except_current and principal.session_id is not None:
-        stmt = stmt.where(Session.id != principal.session_id)
-    result = await session.execute(stmt.values(revoked_at=func.now()))
-    count = int(result.rowcount)  # type: ignore[attr-defined]
+    count = await end_sign_ins(session, owner,
+                               keep=principal.session_id if except_current else None)
     action = "auth.logout_all" if owner == principal.user_id else "session.revoked_by_admin"
     await record(session, action, user_id=principal.user_id, category="access",
                  resource_type="user", resource_id=owner, metadata={"sessions": count})
@@ -419,10 +416,8 @@ async def change_password(
         raise Forbidden("current password is incorrect")
     check_password_policy(new_password, username=user.username, email=user.email)
     user.hashed_password = await asyncio.to_thread(hash_password, new_password)
-    stmt = update(Session).where(Session.user_id == user.id, Session.revoked_at.is_(None))
-    if principal.session_id is not None:
-        stmt = stmt.where(Session.id != principal.session_id)
-    ended = int((await session.execute(stmt.values(revoked_at=func.now()))).rowcount)  # type: ignore[attr-defined]
+    # Also ends sign-ins half done with the old password (a second-factor step pending).
+    ended = await end_sign_ins(session, user.id, keep=principal.session_id)
     await record(session, "user.password_changed", user_id=user.id, resource_type="user",
                  resource_id=user.id, metadata={"other_sessions_ended": ended})
     return ended

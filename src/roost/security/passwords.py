@@ -47,6 +47,7 @@ __all__ = [
     "is_bcrypt_hash",
     "needs_rehash",
     "normalize_password",
+    "password_too_long",
     "verify_password",
 ]
 
@@ -58,6 +59,9 @@ MIN_PASSWORD_LENGTH = 12
 # Long enough for any passphrase or manager-generated secret, short enough that a
 # request cannot make us hash megabytes (argon2 pre-hashes the input, bcrypt would not).
 MAX_PASSWORD_LENGTH = 1024
+# A cheap bound on the text as typed (the API's schema allows as much), checked before
+# normalising: 1024 normalised characters may be typed as more (a decomposed "é" is two).
+MAX_TYPED_PASSWORD_LENGTH = 4096
 # bcrypt only ever looked at the first 72 bytes; legacy systems truncated silently,
 # and bcrypt>=5 refuses longer input instead, so truncate the same way to verify.
 _BCRYPT_MAX_BYTES = 72
@@ -75,6 +79,14 @@ def normalize_password(password: str) -> str:
     """The form that is hashed: NFKC, so canonically (and compatibly) equal spellings of
     one password are one password."""
     return unicodedata.normalize("NFKC", password)
+
+
+def password_too_long(password: str) -> bool:
+    """Longer than any password the policy accepts, which judges the normalised form: one
+    test for the policy, sign-in and the dummy verification, so a password accepted when
+    it was set always signs in.  Megabytes are refused before they are normalised."""
+    return (len(password) > MAX_TYPED_PASSWORD_LENGTH
+            or len(normalize_password(password)) > MAX_PASSWORD_LENGTH)
 
 
 def hash_password(password: str) -> str:
@@ -116,7 +128,7 @@ def check_password(stored_hash: str, password: str) -> PasswordCheck:
     hashes verify as False (and still cost a dummy hash so the answer's timing does not
     reveal that the stored hash was odd).
     """
-    if len(password) > MAX_PASSWORD_LENGTH:
+    if password_too_long(password):
         # No stored password can be this long: refuse without hashing megabytes.
         return PasswordCheck(False)
     if not (stored_hash.startswith("$argon2") or is_bcrypt_hash(stored_hash)):
@@ -157,7 +169,7 @@ def dummy_verify(password: str = "") -> None:
     Without it "no such user" answers faster than "wrong password", which tells an
     attacker which accounts exist.
     """
-    rounds = 2 if len(password) <= MAX_PASSWORD_LENGTH and (
+    rounds = 2 if not password_too_long(password) and (
         normalize_password(password) != password) else 1
     for _ in range(rounds):
         try:
@@ -229,6 +241,10 @@ def check_password_policy(
     ``extra`` carries ``{"field": "password", "rule": <rule name>}`` for clients.
     The normalised form (what is hashed) is judged.
     """
+    too_long = _violation(f"Password must be at most {max_length} characters long.",
+                          "max_length")
+    if password_too_long(password):  # sign-in's own test: what passes here signs in
+        raise too_long
     password = normalize_password(password)
     if len(password) < min_length:
         raise _violation(
@@ -237,7 +253,7 @@ def check_password_policy(
             "min_length",
         )
     if len(password) > max_length:
-        raise _violation(f"Password must be at most {max_length} characters long.", "max_length")
+        raise too_long
     lowered = password.casefold()
     compact = "".join(lowered.split())  # "pass word 123" is still "password123"
 
