@@ -234,3 +234,25 @@ async def test_operator_token_cannot_own_agents(
                              headers=admin_headers)).status_code == 200
     assert (await client.patch(f"/api/v1/agents/{agent['id']}", json={"is_active": False},
                                headers=admin_headers)).status_code == 200
+
+
+async def test_a_nul_in_an_agent_s_text_is_a_422_naming_the_field(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """An agent's text is stored as text (and jsonb), which holds no NUL: refused as a
+    run's input is, a 422 naming the field (on create and on change), not the
+    database's anonymous 400; nothing stored or changed."""
+    _, headers = user
+    agent = await create_agent(client, headers, description="kept")
+    for field, value in (("name", "a\x00b"), ("description", "a\x00"),
+                         ("system_prompt", "x\x00y"), ("preferred_model", "m\x00"),
+                         ("preferred_provider", "p\x00"), ("tool_permissions", ["t\x00"])):
+        created = await client.post("/api/v1/agents", headers=headers, json={
+            "name": "A", "slug": f"s-{uuid.uuid4().hex[:8]}", field: value})
+        changed = await client.patch(f"/api/v1/agents/{agent['id']}", headers=headers,
+                                     json={field: value})
+        for resp in (created, changed):
+            assert resp.status_code == 422 and field in resp.text, (field, resp.text)
+    listed = (await client.get("/api/v1/agents", headers=headers)).json()["items"]
+    assert [a["id"] for a in listed] == [agent["id"]]
+    assert (await client.get(f"/api/v1/agents/{agent['id']}", headers=headers)).json() == agent

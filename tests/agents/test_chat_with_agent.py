@@ -94,3 +94,57 @@ async def test_a_nul_for_an_agent_is_refused_before_anything_is_stored(
         count = (await session.execute(text(
             "SELECT count(*) FROM chat_messages WHERE session_id = :s"), {"s": sid})).scalar()
     assert count == 0
+
+
+async def test_a_message_and_its_excerpts_are_checked_against_the_run_s_input_limit(
+    app: Any, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker, client: httpx.AsyncClient,
+) -> None:
+    """The run's input is the excerpts, a blank line, then the message: when that fits
+    the run's input limit exactly the run starts; two characters more (the blank line
+    the check once left out) are a 413 with nothing stored, never a 500 after the
+    message was stored."""
+    from roost.agents.schemas import MAX_RUN_INPUT_CHARS
+    from roost.chat.messages import context_messages
+    from roost.chat.schemas import MessageCreate
+
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    await make_agent(database, user_id, slug="clock")
+    stub.script(Reply("Noted."), Reply("Noted again."))
+    context = [{"source": f"s{i}", "text": "e" * 8000} for i in range(9)]
+    body = MessageCreate.model_validate({"content": "x", "context": context})
+    excerpts = len("\n\n".join(m.text() for m in context_messages(body)))
+    fits = MAX_RUN_INPUT_CHARS - excerpts - 2  # under chat's 32 000 characters
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://roost.test") as http:
+        sid = (await http.post("/api/v1/chat/sessions", json={}, headers=headers)).json()["id"]
+        url = f"/api/v1/chat/sessions/{sid}/messages"
+        over = await http.post(url, headers=headers, timeout=60, json={
+            "content": "q" * (fits + 2), "model": "agent:clock", "context": context})
+        assert over.status_code == 413, over.text[:300]
+        assert (await http.get(url, headers=headers)).json()["items"] == []
+        ok = await http.post(url, headers=headers, timeout=60, json={
+            "content": "q" * fits, "model": "agent:clock", "context": context})
+        assert ok.status_code == 201, ok.text[:300]
+        stored = (await http.get(url, headers=headers)).json()["items"]
+        run = (await http.get(f"/api/v1/runs/{ok.json()['run_id']}", headers=headers)).json()
+        assert [m["role"] for m in reversed(stored)] == ["user", "assistant"]
+        assert len(run["input"]) == MAX_RUN_INPUT_CHARS
+        assert run["input"].endswith("e\n\n" + "q" * fits)
+
+        # The next turn: the transcript of the whole conversation would fit but for the
+        # blank line after the excerpts, so its oldest turn is left out.
+        answer = stored[0]["content"]
+        context = context[:6]
+        body = MessageCreate.model_validate({"content": "x", "context": context})
+        excerpts = len("\n\n".join(m.text() for m in context_messages(body)))
+        earlier = len(f"user: {'q' * fits}\n\nassistant: {answer}\n\nuser: ")
+        question = "w" * (MAX_RUN_INPUT_CHARS - excerpts - earlier)
+        assert 0 < len(question) <= 32_000
+        turn = await http.post(url, headers=headers, timeout=60, json={
+            "content": question, "model": "agent:clock", "context": context})
+        assert turn.status_code == 201, turn.text[:300]
+        run = (await http.get(f"/api/v1/runs/{turn.json()['run_id']}", headers=headers)).json()
+    assert run["input"].endswith(f"e\n\nassistant: {answer}\n\nuser: {question}")
+    assert len(run["input"]) <= MAX_RUN_INPUT_CHARS

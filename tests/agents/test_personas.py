@@ -251,3 +251,26 @@ async def test_an_email_address_that_grows_when_lower_cased_is_a_422_naming_the_
     patched = await client.patch(f"/api/v1/personas/{pid}", headers=headers,
                                  json={"email_address": address})
     assert patched.status_code == 422, patched.text
+
+
+async def test_a_nul_in_a_persona_s_text_is_a_422_naming_the_field(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A persona's text is stored as text (and jsonb), which holds no NUL: a 422 naming
+    the field (on create and on change), not the database's anonymous 400; nothing
+    stored or changed."""
+    _, headers = user
+    persona = await create_persona(client, headers, description="kept")
+    for field, value in (("description", "a\x00"), ("system_prompt", "x\x00y"),
+                         ("default_model", "m\x00"), ("default_provider", "p\x00"),
+                         ("fallback_providers", ["f\x00"])):
+        created = await client.post("/api/v1/personas", headers=headers,
+                                    json={"name": "P", field: value})
+        changed = await client.patch(f"/api/v1/personas/{persona['id']}", headers=headers,
+                                     json={field: value})
+        for resp in (created, changed):
+            assert resp.status_code == 422 and field in resp.text, (field, resp.text)
+    listed = (await client.get("/api/v1/personas", headers=headers)).json()["items"]
+    assert [p["id"] for p in listed] == [persona["id"]]
+    assert (await client.get(f"/api/v1/personas/{persona['id']}",
+                             headers=headers)).json() == persona

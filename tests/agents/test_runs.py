@@ -14,8 +14,10 @@ import pytest
 from sqlalchemy import text
 
 from roost.db.engine import Database
+from roost.llm import routing
 from roost.tasks.worker import Worker
 from tests.agents.conftest import Headers, make_agent, running_worker, wait_for_run
+from tests.billing.metered import metered_user, settled, subscribe
 from tests.chat.conftest import add_provider, sse_events
 from tests.support.identity import make_user
 from tests.support.lifecycle import assert_audit_chain_intact, no_open_jobs
@@ -135,6 +137,35 @@ async def test_a_timeout_ends_the_run_and_closes_the_call_it_cut_off(
     end = "complete" if done["status"] == "completed" else "fail"
     assert ended[0] == ["agent.run.create", f"agent.run.{end}"]
     assert ended[1] == 1
+
+
+async def test_a_run_out_of_time_as_its_model_step_starts_leaves_nothing_running_or_held(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    worker: Worker, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run's time passes between its limit check and its model call (here while the
+    step resolves its route): the call is never made, and its request is closed
+    (failed) and a metered user's held credits given back, not left running and held."""
+    owner, headers = await metered_user(client, admin_headers, stub, database, 100_000)
+    resolve = routing.resolve_route
+
+    async def slow_route(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return await resolve(*args, **kwargs)
+
+    monkeypatch.setattr(routing, "resolve_route", slow_route)
+    agent = await make_agent(database, owner, config={"timeout_s": 0.2})
+    done = await wait_for_run(client, headers, (await start(client, headers, agent.id))["id"])
+    assert (done["status"], done["stop_reason"]) == ("completed", "timeout"), done
+    async with database.transaction() as session:
+        steps = (await session.execute(text(
+            "SELECT s.status, s.error, r.status AS request FROM run_steps s "
+            "JOIN llm_requests r ON r.id = s.llm_request_id WHERE s.run_id = :r"),
+            {"r": done["id"]})).all()
+    assert [(s.status, s.request) for s in steps] == [("failed", "failed")], steps
+    assert "not asked" in steps[0].error and stub.requests(path="/v1/chat/completions") == []
+    ledger = await settled(database, owner)
+    assert (ledger["held"], ledger["reserved"], ledger["used"]) == (0, 0, 0), ledger
 
 
 async def test_a_tool_comes_with_what_it_requires_in_its_users_graph_only(
@@ -257,6 +288,33 @@ async def test_idempotency_key_returns_the_first_run(
         created = await session.scalar(text(
             "SELECT count(*) FROM audit_logs WHERE action = 'agent.run.create'"))
     assert jobs == 1 and created == 1  # the replay wrote neither a job nor a record
+
+
+@pytest.mark.parametrize("plan", ["runs_per_day", "balance"])
+async def test_an_idempotent_retry_returns_the_first_run_at_the_plan_s_limits(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database, plan: str,
+) -> None:
+    """The same idempotency key and input again return the first run (docs: a replay
+    writes nothing), even when the plan would refuse a new run now: the first run used
+    up its runs_per_day, or the balance is 0 since."""
+    user_id, headers = await make_user(database)
+    await subscribe(client, admin_headers, user_id, 10_000,
+                    **({"runs_per_day": 1} if plan == "runs_per_day" else {}))
+    agent = await make_agent(database, user_id)
+    first = await start(client, headers, agent.id, text_="hi", idempotency_key="retry-1")
+    if plan == "balance":
+        async with database.transaction() as session:
+            await session.execute(text("UPDATE subscriptions SET credits_used = credits_limit "
+                                       "WHERE user_id = :u"), {"u": user_id})
+    again = await start(client, headers, agent.id, text_="hi", idempotency_key="retry-1")
+    assert again["id"] == first["id"]
+    # A new run is refused all the same, and a reused key for another input still a 422.
+    new = await client.post(f"/api/v1/agents/{agent.id}/runs", headers=headers,
+                            json={"input": "hi", "idempotency_key": "retry-2"})
+    assert new.status_code == (403 if plan == "runs_per_day" else 402), new.text
+    reused = await client.post(f"/api/v1/agents/{agent.id}/runs", headers=headers,
+                               json={"input": "other", "idempotency_key": "retry-1"})
+    assert reused.status_code == 422 and reused.json()["run_id"] == first["id"], reused.text
 
 
 async def test_another_tenant_sees_no_agent_and_no_run(

@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, status
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 
 from roost.agents import catalog, events, runs
 from roost.agents.models import TERMINAL_RUN_STATUSES, Run
@@ -43,18 +44,36 @@ ChatHandler = Callable[[Principal, uuid.UUID, MessageCreate], Awaitable[Any]]
 
 def _transcript(history: list[MessageOut], extra: str) -> str:
     """The run's input: the newest message alone, or the conversation as a transcript
-    (oldest turns dropped first to fit the run's input limit); retrieved excerpts first.
-    A NUL is left out: chat keeps messages encrypted, with any character, but a run's
-    input is text, which holds none."""
+    (oldest turns dropped first to fit the run's input limit); retrieved excerpts first."""
     turns = [m for m in reversed(history) if m.role in ("user", "assistant") and m.content]
     text = turns[-1].content if len(turns) == 1 else ""
     while len(turns) > 1:
         text = "\n\n".join(f"{m.role}: {m.content}" for m in turns)
-        if len(text) + len(extra) <= MAX_RUN_INPUT_CHARS:
+        if len(_with_excerpts(extra, text)) <= MAX_RUN_INPUT_CHARS:
             break
         turns = turns[1:]
         text = turns[-1].content if len(turns) == 1 else ""
+    return _with_excerpts(extra, text)
+
+
+def _with_excerpts(extra: str, text: str) -> str:
+    """``text`` after the retrieved excerpts (their separator counts toward the limit).
+    A NUL is left out: chat keeps messages encrypted, with any character, but a run's
+    input is text, which holds none."""
     return (f"{extra}\n\n{text}" if extra else text).replace("\x00", "")
+
+
+def _check_input(extra: str, content: str) -> None:
+    """The run's input at its shortest (the message alone after its excerpts; more turns
+    are added only while they fit) is refused before anything is stored."""
+    try:
+        RunCreate(input=_with_excerpts(extra, content))
+    except ValidationError as exc:
+        if any(e["type"] == "string_too_long" for e in exc.errors()):
+            raise PayloadTooLarge(f"an agent's input (the message after its context "
+                                  f"excerpts) may hold {MAX_RUN_INPUT_CHARS} characters") from None
+        raise Unprocessable("the message is not a valid input for an agent's run",
+                            extra={"field": "content"}) from None
 
 
 def chat_agent_handler(app: FastAPI) -> ChatHandler:
@@ -74,8 +93,7 @@ def chat_agent_handler(app: FastAPI) -> ChatHandler:
             raise Unprocessable("a message to an agent must not contain a NUL character",
                                 extra={"field": "content"})
         excerpts = "\n\n".join(m.text() for m in chat_messages.context_messages(body))
-        if len(body.content) + len(excerpts) > MAX_RUN_INPUT_CHARS:
-            raise PayloadTooLarge(f"an agent's input may hold {MAX_RUN_INPUT_CHARS} characters")
+        _check_input(excerpts, body.content)
         async with database.transaction() as session:  # an unknown agent stores nothing
             await apply_principal(session, principal, app_role=app_role)
             await catalog.require_runnable(

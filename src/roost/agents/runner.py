@@ -967,7 +967,11 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
                      success=False, error_message=message[:1000],
                      metadata={"step_number": number, "type": "llm_call"})
 
+    opened = False  # once streamed() begins, open_stream records the call's end itself
+
     async def streamed() -> ChatResult:
+        nonlocal opened
+        opened = True
         stream = await calls.open_stream(env.gateway, call, on_success=save, on_failure=failed)
         pending, flushed_at = "", time.monotonic()
         async with stream:
@@ -987,7 +991,21 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
     except RoostError as exc:
         raise _Stop("error", status="failed",
                     error=f"the model call of step {number} failed: {exc.detail}") from None
+    except BaseException as exc:
+        if not opened:  # out of time or cancelled before the model was asked: the request
+            # is closed (failed, its credits given back) as a call that fails to start is
+            await calls.close_unasked(env.gateway, call, _unasked(exc), failed)
+        raise
     return list(result.tool_calls)
+
+
+def _unasked(exc: BaseException) -> BaseException:
+    """Why a model step's call was never made, as its request's error."""
+    if isinstance(exc, _Stop):
+        return RoostError(f"not asked: the run stopped ({exc.reason}) before the call")
+    if isinstance(exc, _Cancelled):
+        return RoostError("not asked: the run was cancelled before the call")
+    return exc
 
 
 async def _send_delta(env: RunEnv, run_id: uuid.UUID, number: int, text: str) -> None:

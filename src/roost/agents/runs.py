@@ -23,7 +23,14 @@ from roost.config import get_settings
 from roost.db.base import utcnow, uuid7
 from roost.db.statements import bound_insert_from, flush_pending, prefixed, with_defaults
 from roost.db.transaction import driver_fetch
-from roost.errors import Conflict, Forbidden, NotFound, PaymentRequired, Unprocessable
+from roost.errors import (
+    Conflict,
+    Forbidden,
+    LimitReached,
+    NotFound,
+    PaymentRequired,
+    Unprocessable,
+)
 from roost.identity.common import require_user
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
@@ -74,8 +81,21 @@ async def create_run(
         trace_id=trace, idempotency_key=body.idempotency_key,
         status="pending", input=body.input, source=source, config=effective_config(agent),
         task_id=job_id, created_at=now, updated_at=now)))
+    # A retry is answered before the plan is checked: the run it replays may be the one
+    # that used up the day's runs (a replay writes nothing).
+    replayed = await _replayed(session, runner, agent, body)
+    if replayed is not None:
+        return replayed, False
     # A metered user's plan first: refused, nothing is written.
-    await _check_plan(session, runner, run_id)
+    try:
+        await _check_plan(session, runner, run_id)
+    except (PaymentRequired, LimitReached):
+        # A retry that raced its first request (committed while this one waited for the
+        # plan's lock) is still a replay.
+        replayed = await _replayed(session, runner, agent, body)
+        if replayed is None:
+            raise
+        return replayed, False
     audit = entry_values(
         "agent.run.create", user_id=runner, resource_type="run", resource_id=run_id,
         trace_id=trace, metadata={"agent_id": str(agent.id), "source": source,
@@ -88,21 +108,31 @@ async def create_run(
         **prefixed("j_", job_values(RUN_TASK, {"run_id": str(run_id)}, job_id=job_id)),
         **prefixed("a_", audit)})
     if not inserted:  # the key was used: the first run is the answer
-        existing = await session.scalar(select(Run).where(
-            Run.user_id == runner, Run.idempotency_key == body.idempotency_key))
+        existing = await _replayed(session, runner, agent, body)
         if existing is None:
             raise NotFound("the run with this idempotency key is not visible")
-        if existing.agent_id != agent.id or existing.input != body.input:
-            raise Unprocessable(
-                f"idempotency_key {body.idempotency_key!r} was used for run {existing.id}"
-                " with another agent or input: send that request again unchanged, or use a"
-                " new key", extra={"run_id": str(existing.id)})
         return existing, False
     # The row as written, known to the session without reading it back.
     run = Run(**row)
     make_transient_to_detached(run)
     session.add(run)
     return run, True
+
+
+async def _replayed(session: AsyncSession, runner: uuid.UUID, agent: Agent,
+                    body: RunCreate) -> Run | None:
+    """The run this user started with ``body``'s idempotency key (None: no key, or no
+    such run visible); 422 when it was of another agent or input."""
+    if body.idempotency_key is None:
+        return None
+    existing = await session.scalar(select(Run).where(
+        Run.user_id == runner, Run.idempotency_key == body.idempotency_key))
+    if existing is not None and (existing.agent_id != agent.id or existing.input != body.input):
+        raise Unprocessable(
+            f"idempotency_key {body.idempotency_key!r} was used for run {existing.id}"
+            " with another agent or input: send that request again unchanged, or use a"
+            " new key", extra={"run_id": str(existing.id)})
+    return existing
 
 
 _RUN_COLUMNS: Final = tuple(Run.__mapper__.columns.keys())

@@ -202,6 +202,8 @@ PersonaEmail = Annotated[str | None, AfterValidator(_lowered_email)]
 
 
 class PersonaCreate(StrictInput):
+    refuse_nul = True  # stored as text and jsonb, which hold no NUL: a 422 naming the field
+
     name: PersonaName
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     system_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
@@ -217,6 +219,8 @@ class PersonaCreate(StrictInput):
 
 class PersonaUpdate(StrictInput):
     """Only the fields given change; ``null`` clears the optional ones."""
+
+    refuse_nul = True  # stored as text and jsonb, which hold no NUL: a 422 naming the field
 
     name: PersonaName | None = None
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
@@ -315,6 +319,8 @@ class SecretOut(BaseModel):
 
 
 class AgentCreate(StrictInput):
+    refuse_nul = True  # stored as text and jsonb, which hold no NUL: a 422 naming the field
+
     name: Name
     slug: str = Field(pattern=SLUG_PATTERN, description="Unique among your agents")
     persona_id: uuid.UUID | None = Field(
@@ -340,6 +346,8 @@ class AgentCreate(StrictInput):
 class AgentUpdate(StrictInput):
     """Only the fields given change; ``null`` clears the optional ones (``persona_id``:
     unbinds the agent)."""
+
+    refuse_nul = True  # stored as text and jsonb, which hold no NUL: a 422 naming the field
 
     name: Name | None = None
     slug: str | None = Field(default=None, pattern=SLUG_PATTERN)

@@ -269,6 +269,14 @@ def _delivered(stream: CallStream) -> ChatResult | None:
     return fill_missing_usage(result, stream.request)
 
 
+async def close_unasked(gateway: LLMGateway, call: PendingCall, error: BaseException,
+                        on_failure: FailureHook | None = None) -> None:
+    """A prepared call that was never made (its caller stopped first: out of time,
+    cancelled): its request recorded failed with ``error`` and its credits given back,
+    as a call that fails to start is; shielded from the caller's cancellation."""
+    await shielded(_record_failure(gateway, call, error, [], 0, on_failure))
+
+
 async def _record_failure(
     gateway: LLMGateway, call: PendingCall, error: BaseException, attempts: Sequence[Attempt],
     latency_ms: int, on_failure: FailureHook | None, partial: ChatResult | None = None,
