@@ -13,7 +13,9 @@ is discarded (it may print tracebacks or paths), its environment is a minimal on
 is stopped with it (SIGTERM, then SIGKILL) however the operation ends.
 
 Failures are :class:`LspError` (502) or :class:`LspTimeout` (504), whose ``detail`` is
-safe to show.
+safe to show.  What the server says (an error's message, capabilities, diagnostics) is
+made storable before it leaves this module: a NUL or a lone surrogate is escaped
+(:func:`storable`), as no text or jsonb column can hold them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import time
@@ -33,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 
 from roost import __version__
 from roost.errors import BadGateway, GatewayTimeout
+from roost.tasks.payloads import storable_text
 
 MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024  # one JSON-RPC message from the server
 MAX_HEADER_LINES: Final = 16
@@ -67,6 +71,22 @@ class Handshake:
     capabilities: dict[str, Any]
     server_info: dict[str, Any] | None
     latency_ms: int  # process start to the initialize answer
+
+
+def storable(value: Any) -> Any:
+    """A server's JSON value as PostgreSQL can store it: NULs and lone surrogates in
+    strings and keys escaped (storable_text), NaN and infinities (Python's json reads
+    them) made null.  The server's answer is recorded, not refused: a check of it must
+    still be recorded."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(str(k)): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def uri_key(uri: str) -> str:
@@ -210,7 +230,7 @@ class _Connection:
             code = error.get("code") if isinstance(error, dict) else None
             future.set_exception(LspError(
                 f"language server {self._spec.name!r} answered with error {code}: "
-                f"{str(what)[:300] or 'no detail'}"))
+                f"{storable_text(str(what)[:300]) or 'no detail'}"))
         else:
             future.set_result(message.get("result"))
 
@@ -353,11 +373,12 @@ async def _guarded(spec: LspSpec, timeout_s: float, doing: str) -> AsyncIterator
 
 async def handshake(spec: LspSpec, timeout_s: float) -> Handshake:
     """Start the server, initialize, shut it down: its capabilities and start-up latency."""
-    async with _guarded(spec, timeout_s, "the initialize/shutdown handshake"), \
-            _session(spec) as (conn, result, latency):
-        await conn.shutdown()
-    capabilities = result.get("capabilities")
-    info = result.get("serverInfo")
+    async with _guarded(spec, timeout_s, "the initialize/shutdown handshake"):
+        async with _session(spec) as (conn, result, latency):
+            await conn.shutdown()
+        # Guarded too: cleaning a deeply nested answer may fail (RecursionError), a 502.
+        capabilities = storable(result.get("capabilities"))
+        info = storable(result.get("serverInfo"))
     return Handshake(capabilities=capabilities if isinstance(capabilities, dict) else {},
                      server_info=info if isinstance(info, dict) else None, latency_ms=latency)
 
@@ -368,18 +389,21 @@ async def diagnostics(
     """Open ``path`` (absolute, inside ``spec.root``) with ``text`` and return the
     diagnostics the server publishes for it, shaped by :func:`shape_diagnostic`."""
     uri = path.as_uri()
-    async with _guarded(spec, timeout_s, "diagnostics"), _session(spec) as (conn, _, _):
-        await conn.notify("textDocument/didOpen", {"textDocument": {
-            "uri": uri, "languageId": language_id, "version": 1, "text": text}})
-        found = await conn.diagnostics_for(uri)
-        # We have what we came for: a server slow or unable to shut down is stopped anyway.
-        with contextlib.suppress(LspError, TimeoutError):
-            async with asyncio.timeout(SHUTDOWN_GRACE_S):
-                await conn.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
-                await conn.shutdown()
-    shaped = [shape_diagnostic(d) for d in found if isinstance(d, dict)]
-    return sorted((d for d in shaped if d is not None),
-                  key=lambda d: (d["line"], d["range"]["start"]["character"]))
+    async with _guarded(spec, timeout_s, "diagnostics"):
+        async with _session(spec) as (conn, _, _):
+            await conn.notify("textDocument/didOpen", {"textDocument": {
+                "uri": uri, "languageId": language_id, "version": 1, "text": text}})
+            found = await conn.diagnostics_for(uri)
+            # We have what we came for: a server slow or unable to shut down is stopped anyway.
+            with contextlib.suppress(LspError, TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_GRACE_S):
+                    await conn.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+                    await conn.shutdown()
+        # Guarded too: a diagnostic shaped in a way not foreseen is a 502 naming the
+        # server, never a 500.
+        shaped = [shape_diagnostic(d) for d in found if isinstance(d, dict)]
+        return sorted((d for d in shaped if d is not None),
+                      key=lambda d: (d["line"], d["range"]["start"]["character"]))
 
 
 def _position(value: Any) -> dict[str, int] | None:
@@ -399,12 +423,13 @@ def shape_diagnostic(raw: dict[str, Any]) -> dict[str, Any] | None:
     end = _position(where.get("end")) if isinstance(where, dict) else None
     if start is None or not isinstance(raw.get("message"), str):
         return None
-    code = raw.get("code")
+    code, severity = raw.get("code"), raw.get("severity")
     return {
         "range": {"start": start, "end": end or start},
         "line": start["line"] + 1,
-        "severity": SEVERITIES.get(raw.get("severity"), "error"),  # type: ignore[arg-type]
-        "message": raw["message"][:2000],
-        "source": raw["source"][:200] if isinstance(raw.get("source"), str) else None,
-        "code": code if isinstance(code, str | int) and not isinstance(code, bool) else None,
+        # Anything but a known number (an object or a list cannot even be looked up).
+        "severity": SEVERITIES.get(severity, "error") if isinstance(severity, int) else "error",
+        "message": storable_text(raw["message"][:2000]),
+        "source": storable_text(raw["source"][:200]) if isinstance(raw.get("source"), str) else None,
+        "code": storable(code) if isinstance(code, str | int) and not isinstance(code, bool) else None,
     }

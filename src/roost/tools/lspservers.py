@@ -221,13 +221,19 @@ def _read_text(target: Path, shown: str) -> str:
         fd = os.open(target, flags)
     except FileNotFoundError:
         raise BuiltinToolError(f"no file {shown!r} in the tools workspace") from None
+    except IsADirectoryError:
+        raise BuiltinToolError(f"{shown!r} is not a file") from None
     except OSError:
         raise WorkspacePathRefused(f"{shown!r} cannot be opened (not a plain file)") from None
-    with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(handle.fileno())
-        if not stat.S_ISREG(mode.st_mode):
+    try:
+        # Checked on the descriptor, before fdopen: a directory opens (O_RDONLY) but
+        # fdopen refuses it, and a failed fdopen does not close the descriptor.
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise BuiltinToolError(f"{shown!r} is not a file")
-        data = handle.read(MAX_FILE_BYTES + 1)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
     if len(data) > MAX_FILE_BYTES:
         raise BuiltinToolError(f"{shown!r} is larger than {MAX_FILE_BYTES} bytes")
     if b"\x00" in data:

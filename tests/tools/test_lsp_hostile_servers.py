@@ -1,0 +1,195 @@
+"""Language servers that answer badly (a NUL in their answers, a severity that is an
+object) and odd workspace entries (a directory named like a source file): their health
+checks are recorded and ``lsp_diagnostics`` answers 200, 422 or 502, never a 400 or a 500.
+The server is a small fake one (a Python script) whose answers its argument bends."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from roost.config import Settings
+from roost.db.engine import Database
+from roost.tools.builtins import BuiltinToolError
+from roost.tools.lspservers import _read_text
+from tests.support.identity import make_user
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+SERVERS = "/api/v1/lsp-servers"
+DIAGNOSE = "/api/v1/tools/by-name/lsp_diagnostics/call"
+
+# A minimal language server; its first argument says how to bend its answers.
+FAKE = """
+import json, sys
+def read():
+    headers = {}
+    while True:
+        line = sys.stdin.buffer.readline()
+        if not line:
+            sys.exit(0)
+        if line in (b"\\r\\n", b"\\n"):
+            break
+        k, _, v = line.decode().partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return json.loads(sys.stdin.buffer.read(int(headers["content-length"])))
+def send(msg):
+    body = json.dumps(msg).encode()
+    sys.stdout.buffer.write(b"Content-Length: %d\\r\\n\\r\\n" % len(body) + body)
+    sys.stdout.buffer.flush()
+MODE = sys.argv[1]
+while True:
+    m = read()
+    meth = m.get("method")
+    if meth == "initialize":
+        if MODE == "init_error_nul":
+            send({"jsonrpc": "2.0", "id": m["id"], "error": {"code": -1, "message": "bad\\u0000thing"}})
+            continue
+        caps = {"textDocumentSync": 1}
+        info = {"name": "fake", "version": "1"}
+        if MODE == "caps_nul":
+            caps = {"x\\u0000y": "a\\u0000b", "lone": "\\ud800"}
+        if MODE == "info_nul":
+            info = {"name": "fa\\u0000ke"}
+        send({"jsonrpc": "2.0", "id": m["id"], "result": {"capabilities": caps, "serverInfo": info}})
+    elif meth == "shutdown":
+        send({"jsonrpc": "2.0", "id": m["id"], "result": None})
+    elif meth == "exit":
+        sys.exit(0)
+    elif meth == "textDocument/didOpen":
+        uri = m["params"]["textDocument"]["uri"]
+        d = {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 1}},
+             "message": "m", "severity": 1}
+        if MODE == "sev_dict":
+            d["severity"] = {"a": 1}
+        if MODE == "sev_list":
+            d["severity"] = [1]
+        if MODE == "msg_nul":
+            d.update(message="a\\u0000b", source="s\\u0000", code="c\\u0000")
+        send({"jsonrpc": "2.0", "method": "textDocument/publishDiagnostics",
+              "params": {"uri": uri, "diagnostics": [d]}})
+"""
+
+
+async def register(client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path,
+                   mode: str) -> str:
+    script = tmp_path / "fake_lsp.py"
+    script.write_text(textwrap.dedent(FAKE))
+    created = await client.post(SERVERS, headers=admin, json={
+        "name": "fake", "language": "python", "command": sys.executable,
+        "args": [str(script), mode], "file_patterns": ["*.py"], "is_global": True})
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+async def check_audits(database: Database, server_id: str) -> list[tuple[bool, str | None]]:
+    async with database.transaction() as session:
+        rows = await session.execute(text(
+            "SELECT success, error_message FROM audit_logs WHERE action = 'lsp_server.check' "
+            "AND resource_id = :id ORDER BY seq"), {"id": server_id})
+        return [(r.success, r.error_message) for r in rows]
+
+
+@pytest.fixture
+def workspace(test_settings: Settings) -> Path:
+    root = test_settings.data_dir / "workspace"
+    root.mkdir(parents=True)
+    (root / "a.py").write_text("x = 1\n")
+    return root
+
+
+@pytest.mark.parametrize("mode", ["caps_nul", "info_nul"])
+async def test_a_check_of_a_server_answering_with_a_nul_records_it_escaped(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
+    tmp_path: Path, mode: str,
+) -> None:
+    """A NUL (or a lone surrogate) in the server's capabilities or serverInfo is escaped
+    as PostgreSQL can store it: the check is healthy and recorded, not a 400."""
+    sid = await register(client, admin_headers, tmp_path, mode)
+    checked = await client.post(f"{SERVERS}/{sid}/check", headers=admin_headers)
+    assert checked.status_code == 200, checked.text
+    row = (await client.get(f"{SERVERS}/{sid}", headers=admin_headers)).json()
+    assert row["health_status"] == "healthy" and row["last_checked_at"] is not None
+    if mode == "caps_nul":
+        assert row["capabilities"] == {"x\\x00y": "a\\x00b", "lone": "\\ud800"}
+    else:
+        assert row["server_info"] == {"name": "fa\\x00ke"}
+    assert await check_audits(database, sid) == [(True, None)]
+
+
+async def test_a_check_failing_with_a_nul_in_the_error_is_recorded_then_a_502(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
+    tmp_path: Path,
+) -> None:
+    sid = await register(client, admin_headers, tmp_path, "init_error_nul")
+    checked = await client.post(f"{SERVERS}/{sid}/check", headers=admin_headers)
+    assert checked.status_code == 502, checked.text
+    assert "bad\\x00thing" in checked.json()["detail"]
+    row = (await client.get(f"{SERVERS}/{sid}", headers=admin_headers)).json()
+    assert row["health_status"] == "unhealthy" and "bad\\x00thing" in row["health_error"]
+    [(success, error)] = await check_audits(database, sid)
+    assert not success and error is not None and "bad\\x00thing" in error
+
+
+@pytest.mark.parametrize("mode", ["sev_dict", "sev_list"])
+async def test_lsp_diagnostics_with_a_severity_not_a_number_is_an_error(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
+    workspace: Path, tmp_path: Path, mode: str,
+) -> None:
+    """A severity that is an object or a list (unhashable) is shaped as "error", not a 500."""
+    await register(client, admin_headers, tmp_path, mode)
+    _, alice = await make_user(database)
+    called = await client.post(DIAGNOSE, headers=alice, json={"arguments": {"path": "a.py"}})
+    assert called.status_code == 200, called.text
+    assert [d["severity"] for d in called.json()["output"]["diagnostics"]] == ["error"]
+
+
+async def test_lsp_diagnostics_with_a_nul_in_a_diagnostic_is_recorded_escaped(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
+    workspace: Path, tmp_path: Path,
+) -> None:
+    await register(client, admin_headers, tmp_path, "msg_nul")
+    _, alice = await make_user(database)
+    called = await client.post(DIAGNOSE, headers=alice, json={"arguments": {"path": "a.py"}})
+    assert called.status_code == 200, called.text
+    [found] = called.json()["output"]["diagnostics"]
+    assert (found["message"], found["source"], found["code"]) == ("a\\x00b", "s\\x00", "c\\x00")
+
+
+async def test_lsp_diagnostics_failing_with_a_nul_in_the_error_is_a_502(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
+    workspace: Path, tmp_path: Path,
+) -> None:
+    await register(client, admin_headers, tmp_path, "init_error_nul")
+    _, alice = await make_user(database)
+    called = await client.post(DIAGNOSE, headers=alice, json={"arguments": {"path": "a.py"}})
+    assert called.status_code == 502, called.text
+    assert "bad\\x00thing" in called.json()["detail"]
+
+
+async def test_lsp_diagnostics_on_a_directory_is_a_422(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
+    workspace: Path, tmp_path: Path,
+) -> None:
+    """A workspace directory whose name matches ``*.py`` is a 422 "not a file", not a 500."""
+    (workspace / "pkg.py").mkdir()
+    await register(client, admin_headers, tmp_path, "ok")
+    _, alice = await make_user(database)
+    called = await client.post(DIAGNOSE, headers=alice, json={"arguments": {"path": "pkg.py"}})
+    assert called.status_code == 422, called.text
+    assert "is not a file" in called.json()["detail"]
+
+
+async def test_reading_a_directory_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    (tmp_path / "pkg.py").mkdir()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(BuiltinToolError, match="is not a file"):
+            _read_text(tmp_path / "pkg.py", "pkg.py")
+    assert len(os.listdir("/proc/self/fd")) == before
