@@ -35,15 +35,22 @@ def fail(title: str, message: object, *, code: int = 1) -> typer.Exit:
 def load_json(raw: str, title: str, source: str = "not JSON") -> Any:
     """``raw`` parsed as JSON, or one red line ``title: source: why`` (exit 1): where the
     parser stopped, or json's own limits (an integer of over 4,300 digits, nesting deeper
-    than the stack: a RecursionError's traceback otherwise)."""
+    than the stack: a RecursionError's traceback otherwise), or a lone surrogate (the
+    database's traceback otherwise)."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise fail(title, f"{source}: {exc.msg} at character {exc.pos}") from None
     except ValueError:
         raise fail(title, f"{source}: a number too long") from None
     except RecursionError:
         raise fail(title, f"{source}: nested too deeply") from None
+    try:  # a lone surrogate escape (\ud800) parses, but no stored text can hold it
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise fail(title, f"{source}: holds a lone surrogate (\\ud800-\\udfff), "
+                          "which is no character") from None
+    return value
 
 
 def os_reason(exc: OSError) -> str:
