@@ -114,8 +114,11 @@ def test_the_batch_expansion_equals_one_event_at_a_time(seed: int, plans: str) -
         got = expand_events(rows, start, end)
         assert [(ev.id, s, e) for ev, s, e in got] == [(ev.id, s, e) for ev, s, e in want]
         assert all(s.tzinfo is not None and e.tzinfo is not None for _, s, e in got)
-        limited = expand_events(rows, start, end, limit=5)
-        assert [(ev.id, s) for ev, s, _ in limited] == [(ev.id, s) for ev, s, _ in want[:5]]
+        # A limit is met expanding growing spans from the start: the same first ones.
+        for limit in (5, len(want) // 2 + 1, len(want) + 1):
+            limited = expand_events(rows, start, end, limit=limit)
+            assert [(ev.id, s, e) for ev, s, e in limited] == \
+                [(ev.id, s, e) for ev, s, e in want[:limit]]
 
 
 def test_no_events_and_no_occurrences() -> None:
@@ -136,9 +139,9 @@ def test_the_collector_is_paused_during_an_expansion_and_restored_after(
     assert gc.isenabled()
     original = batch.expand_many
 
-    def watching(events: Any, window: Any) -> Any:
+    def watching(events: Any, window: Any, budget: int | None = None) -> Any:
         seen.append(gc.isenabled())
-        return original(events, window)
+        return original(events, window, budget)
 
     monkeypatch.setattr(batch, "expand_many", watching)
     assert len(expand_events([row], start, end)) == 3

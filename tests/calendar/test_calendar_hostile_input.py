@@ -218,3 +218,159 @@ async def test_an_imported_x_roost_tags_that_is_not_a_list_of_tags_is_a_422(
     resp = await _import(client, headers, cal["id"], raw)
     assert resp.status_code == 422, resp.text
     assert "X-ROOST-TAGS" in resp.json()["detail"]
+
+
+async def test_an_imported_x_roost_tags_nested_thousands_deep_is_a_422(
+        client: httpx.AsyncClient, user: User) -> None:
+    """X-ROOST-TAGS of 100,000 nested JSON lists (the parser's RecursionError) is a 422
+    naming it, not a 500."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    tags = "[" * 100_000 + "]" * 100_000
+    raw = HEAD + _vevent(f"X-ROOST-CATEGORY:a\r\nX-ROOST-TAGS:{tags}\r\n") + TAIL
+    resp = await _import(client, headers, cal["id"], raw)
+    assert resp.status_code == 422, resp.text
+    assert "X-ROOST-TAGS" in resp.json()["detail"], resp.text
+
+
+async def test_an_import_with_more_categories_than_the_tag_limit_is_a_422(
+        client: httpx.AsyncClient, user: User) -> None:
+    """CATEGORIES become the tags: more than 200 (the API's limit, which an export's
+    X-ROOST-TAGS would not import back past) is a 422 naming CATEGORIES; 200 import and
+    their export imports back unchanged."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    many = HEAD + _vevent("CATEGORIES:" + ",".join(f"c{i}" for i in range(201)) + "\r\n") + TAIL
+    resp = await _import(client, headers, cal["id"], many)
+    assert resp.status_code == 422, resp.text
+    assert "CATEGORIES" in resp.json()["detail"] and "200" in resp.text, resp.text
+    enough = HEAD + _vevent("CATEGORIES:" + ",".join(f"c{i}" for i in range(200)) + "\r\n") + TAIL
+    assert (await _import(client, headers, cal["id"], enough)).status_code == 200
+    export = await client.get(f"/api/v1/calendars/{cal['id']}/export", headers=headers)
+    again = await _import(client, headers, cal["id"], export.text)
+    assert again.status_code == 200 and again.json()["unchanged"] == 1, again.text
+
+
+async def test_an_imported_attendee_address_with_a_control_character_is_a_422(
+        client: httpx.AsyncClient, user: User) -> None:
+    """An ATTENDEE address with a tab (which the API refuses, and an export would drop) is a
+    422 naming the VEVENT and ATTENDEE, nothing stored."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    raw = HEAD + _vevent("ATTENDEE;CN=Bob:mailto:a\tb@example.org\r\n") + TAIL
+    resp = await _import(client, headers, cal["id"], raw)
+    assert resp.status_code == 422, resp.text
+    detail = resp.json()["detail"]
+    assert "VEVENT #1" in detail and "ATTENDEE" in detail, detail
+    events = await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                              params={"start": "2027-01-01T00:00:00Z",
+                                      "end": "2027-02-01T00:00:00Z"})
+    assert events.json()["occurrences"] == [], events.text
+
+
+async def test_an_attendee_name_with_a_crlf_reads_back_from_the_export_unchanged(
+        client: httpx.AsyncClient, user: User) -> None:
+    """An attendee's name, role and status are stored with line breaks as LF (as summary
+    and the other texts), so the export imports back unchanged."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    ev = await make_event(client, headers, cal["id"], **_body(attendees=[
+        {"email": "a@example.org", "name": "Ann\r\nSmith", "role": "A\rB"}]))
+    assert ev["attendees"][0]["name"] == "Ann\nSmith", ev
+    export = await client.get(f"/api/v1/calendars/{cal['id']}/export", headers=headers)
+    again = await _import(client, headers, cal["id"], export.text)
+    assert again.status_code == 200 and again.json()["unchanged"] == 1, again.text
+
+
+@pytest.mark.parametrize("zone", ["right/Europe/Berlin", "posix/Europe/Berlin", "localtime",
+                                  "posixrules"])
+async def test_zones_outside_the_iana_names_are_a_422(
+        client: httpx.AsyncClient, user: User, zone: str) -> None:
+    """A zone the host's zone database has beside the IANA names (leap-second 'right/',
+    'posix/', the server's own 'localtime') is a 422 like an unknown zone; an imported TZID
+    naming one keeps its instants in UTC."""
+    _, headers = user
+    resp = await client.post("/api/v1/calendars", headers=headers,
+                             json={"name": "z", "timezone": zone})
+    assert resp.status_code == 422 and "time zone" in resp.text, resp.text
+    cal = await make_calendar(client, headers)
+    resp = await client.post(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                             json=_body(timezone=zone))
+    assert resp.status_code == 422 and "time zone" in resp.text, resp.text
+    raw = HEAD + _vevent(start=f"DTSTART;TZID={zone}:20270101T090000\r\n") + TAIL
+    resp = await _import(client, headers, cal["id"], raw)
+    if resp.status_code == 200:  # the host has no such file: the library's floating time
+        events = await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                                  params={"start": "2027-01-01T00:00:00Z",
+                                          "end": "2027-01-02T00:00:00Z"})
+        assert events.json()["occurrences"][0]["timezone"] == "UTC", \
+            events.text
+
+
+def _vtimezone(rule: str, tzid: str = "Bogus") -> str:
+    return (f"BEGIN:VTIMEZONE\r\nTZID:{tzid}\r\nBEGIN:STANDARD\r\nDTSTART:16010101T000000\r\n"
+            f"TZOFFSETFROM:+0100\r\nTZOFFSETTO:+0000\r\nRRULE:{rule}\r\nEND:STANDARD\r\n"
+            "BEGIN:DAYLIGHT\r\nDTSTART:16010101T000000\r\nTZOFFSETFROM:+0000\r\n"
+            "TZOFFSETTO:+0100\r\nRRULE:FREQ=YEARLY;BYMONTH=3;BYDAY=-1SU\r\nEND:DAYLIGHT\r\n"
+            "END:VTIMEZONE\r\n")
+
+
+@pytest.mark.parametrize("rule", [
+    "FREQ=HOURLY", "FREQ=MINUTELY", "FREQ=DAILY",
+    "FREQ=YEARLY;BYMONTH=10;BYDAY=-1SU;BYHOUR=0,1,2,3,4,5,6,7,8,9,10,11",
+    "FREQ=YEARLY;BYMONTH=1,2,3,4,5,6,7,8,9,10,11,12;BYMONTHDAY=1,2,3,4,5,6,7,8,9,10",
+    "FREQ=MONTHLY;BYDAY=SU,MO",
+], ids=["hourly", "minutely", "daily", "byhour", "daily-by-monthday", "monthly-two-days"])
+async def test_an_imported_vtimezone_changing_more_than_twice_a_month_is_refused(
+        client: httpx.AsyncClient, user: User, rule: str) -> None:
+    """A VTIMEZONE observance repeating more often than DST rules do (the iCalendar library
+    would make every transition since 1601: minutes of CPU) is a 422 naming VTIMEZONE and
+    the rule, refused before it is read."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    raw = HEAD + _vtimezone(rule) + _vevent(
+        start="DTSTART;TZID=Bogus:20270101T090000\r\nDTEND;TZID=Bogus:20270101T100000\r\n"
+    ) + TAIL
+    resp = await _import(client, headers, cal["id"], raw)
+    assert resp.status_code == 422, resp.text
+    detail = resp.json()["detail"]
+    assert "VTIMEZONE" in detail and rule.split(";")[0] in detail, detail
+
+
+async def test_an_imported_outlook_style_vtimezone_still_imports(
+        client: httpx.AsyncClient, user: User) -> None:
+    """The rules real VTIMEZONEs have (yearly, the last or the nth Sunday of a month, the
+    old BYMONTHDAY=8..14;BYDAY=SU form, folded lines) import, and keep the instants."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    for rule in ("FREQ=YEARLY;BYMONTH=10;BYDAY=-1SU",
+                 "FREQ=YEARLY;BYMONTH=11;BYMONTHDAY=1,2,3,4,5,6,7;BYDAY=SU",
+                 "FREQ=YEARLY;BYMONTH=10;\r\n BYDAY=1SU;UNTIL=20361231T000000Z"):
+        raw = HEAD + _vtimezone(rule, "Custom") + _vevent(
+            start="DTSTART;TZID=Custom:20270101T090000\r\n"
+                  "DTEND;TZID=Custom:20270101T100000\r\n") + TAIL
+        resp = await _import(client, headers, cal["id"], raw)
+        assert resp.status_code == 200, resp.text
+    events = await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                              params={"start": "2027-01-01T00:00:00Z",
+                                      "end": "2027-01-02T00:00:00Z"})
+    assert events.json()["occurrences"][0]["start"] == "2027-01-01T09:00:00Z", events.text
+
+
+async def test_an_import_with_too_many_vtimezones_or_transitions_is_a_422(
+        client: httpx.AsyncClient, user: User) -> None:
+    """More than 100 VTIMEZONE components in one file, or more than 5,000 RDATE values in
+    their observances (each a transition the library computes), is a 422 naming them."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    zones = "".join(_vtimezone("FREQ=YEARLY;BYMONTH=10;BYDAY=-1SU", f"Z{i}") for i in range(101))
+    resp = await _import(client, headers, cal["id"], HEAD + zones + _vevent() + TAIL)
+    assert resp.status_code == 422, resp.text
+    assert "100 VTIMEZONE" in resp.json()["detail"], resp.text
+    rdates = ",".join(f"{1700 + i // 12:04d}{1 + i % 12:02d}01T000000" for i in range(5001))
+    zone = ("BEGIN:VTIMEZONE\r\nTZID:Q\r\nBEGIN:DAYLIGHT\r\nDTSTART:16010101T000000\r\n"
+            "TZOFFSETFROM:+0000\r\nTZOFFSETTO:+0100\r\nRDATE:" + rdates +
+            "\r\nEND:DAYLIGHT\r\nEND:VTIMEZONE\r\n")
+    resp = await _import(client, headers, cal["id"], HEAD + zone + _vevent() + TAIL)
+    assert resp.status_code == 422, resp.text
+    assert "5000 RDATE" in resp.json()["detail"], resp.text

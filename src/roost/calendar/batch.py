@@ -158,12 +158,28 @@ def collector_paused() -> Iterator[None]:
                 gc.enable()
 
 
-def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints]:
+class TooManyOccurrences(Exception):
+    """An expansion would make more occurrences than its budget."""
+
+    def __init__(self, budget: int) -> None:
+        super().__init__(f"more than {budget} occurrences")
+        self.budget = budget
+
+
+def _within(count: int, budget: int | None) -> None:
+    if budget is not None and count > budget:
+        raise TooManyOccurrences(budget)
+
+
+def expand_many(events: Sequence[Any], window: Window,
+                budget: int | None = None) -> tuple[Ints, Ints, Ints]:
     """The occurrences of ``events`` (rows with ``start_time``, ``end_time``, ``timezone``,
     ``recurrence_rule``, ``rdates``, ``exdates`` and optionally ``recurrence_plan``, what
     ``plan_of`` gave at the last write) overlapping the window, as three arrays: start and
     end (µs since 0001-01-01 UTC) and the event's position in ``events``; ordered by
-    start, end and position, each (event, start) once, EXDATEs removed."""
+    start, end and position, each (event, start) once, EXDATEs removed.  More than
+    ``budget`` of them (counted as they are made, before any is built past it) raises
+    :class:`TooManyOccurrences`."""
     range_start, range_end = window.start, window.end
     rs, re_ = _us(range_start), _us(range_end)
     # Each candidate's plan: stored with it, or compiled (and cached) for a row without;
@@ -193,6 +209,7 @@ def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints
         found: dict[datetime, datetime] = {}
         prep = _prepare(ev.start_time, ev.end_time, ev.timezone, ev.recurrence_rule, True)
         _expand_dateutil(prep, found, ev.rdates or (), range_start, range_end)
+        _within(len(one_s) + len(found), budget)
         for s, e in found.items():
             one_s.append(_us(s))
             one_e.append(_us(e))
@@ -215,8 +232,10 @@ def expand_many(events: Sequence[Any], window: Window) -> tuple[Ints, Ints, Ints
             in_zone.append((table[mine], event[mine]))
         if not any(len(event) for _, event in in_zone):
             continue
-        zone_s, zone_e, zone_i, exact = _expand_zone(tz_name, in_zone[0], in_zone[1], window,
-                                                     rs, re_)
+        made = len(one_s) + sum(map(len, parts_s))
+        zone_s, zone_e, zone_i, exact = _expand_zone(
+            tz_name, in_zone[0], in_zone[1], window, rs, re_,
+            None if budget is None else budget - made)
         parts_s.append(zone_s)
         parts_e.append(zone_e)
         parts_i.append(zone_i)
@@ -281,7 +300,8 @@ _EPOCH_ORDINAL = 719_163  # date(1970, 1, 1).toordinal(): numpy's datetime64 day
 _EPOCH_MONTH = 1970 * 12  # months since year 0 of 1970-01
 
 
-def _day_rows(table: Ints, wlo_of: WindowStart, last_day: int) -> tuple[Ints, Ints, Ints, Ints]:
+def _day_rows(table: Ints, wlo_of: WindowStart, last_day: int,
+              budget: int | None) -> tuple[Ints, Ints, Ints, Ints]:
     """The DAYS plans' occurrence dates within each row's ``wlo..last_day``: (row, date
     ordinal), and the rows' time of day and duration."""
     anchor, period, first, last, time_us, duration_us = table.T
@@ -289,11 +309,12 @@ def _day_rows(table: Ints, wlo_of: WindowStart, last_day: int) -> tuple[Ints, In
     hi = np.where(last < 0, last_day, np.minimum(last_day, last))
     n_min = -((anchor - lo) // period)  # ceil((lo - anchor) / period)
     n_max = (hi - anchor) // period
-    row, k = _ranges(np.maximum(n_max - n_min + 1, 0))
+    row, k = _ranges(np.maximum(n_max - n_min + 1, 0), budget)
     return row, anchor[row] + (n_min[row] + k) * period[row], time_us, duration_us
 
 
-def _month_rows(table: Ints, wlo_of: WindowStart, last_day: int) -> tuple[Ints, Ints, Ints, Ints]:
+def _month_rows(table: Ints, wlo_of: WindowStart, last_day: int,
+                budget: int | None) -> tuple[Ints, Ints, Ints, Ints]:
     """The MONTH plans' occurrence dates (``recurrence._MonthPlan.days`` over arrays)."""
     anchor, interval, monthday, weekday, nth, first, last, time_us, duration_us = table.T
     lo = np.maximum(first, wlo_of(time_us, duration_us))
@@ -301,7 +322,7 @@ def _month_rows(table: Ints, wlo_of: WindowStart, last_day: int) -> tuple[Ints, 
     month_lo, month_hi = _month_index(lo), _month_index(hi)
     k_min = np.maximum(0, -((anchor - month_lo) // interval))  # ceil, from the anchor on
     k_max = (month_hi - anchor) // interval
-    row, k = _ranges(np.where(hi >= lo, np.maximum(k_max - k_min + 1, 0), 0))
+    row, k = _ranges(np.where(hi >= lo, np.maximum(k_max - k_min + 1, 0), 0), budget)
     month = anchor[row] + (k_min[row] + k) * interval[row]
     month_first = _month_start(month)
     length = _month_start(month + 1) - month_first
@@ -329,9 +350,11 @@ def _month_start(months: Ints) -> Ints:
     return days + _EPOCH_ORDINAL
 
 
-def _ranges(counts: Ints) -> tuple[Ints, Ints]:
-    """For row r with counts[r] items: each item's row and its number within the row."""
+def _ranges(counts: Ints, budget: int | None = None) -> tuple[Ints, Ints]:
+    """For row r with counts[r] items: each item's row and its number within the row
+    (:class:`TooManyOccurrences` when they are more than ``budget``)."""
     total = int(counts.sum())
+    _within(total, budget)
     row = np.repeat(np.arange(len(counts)), counts)
     k = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
     return row, k
@@ -339,7 +362,7 @@ def _ranges(counts: Ints) -> tuple[Ints, Ints]:
 
 def _expand_zone(
     tz_name: str, day_plans: tuple[Ints, Ints], month_plans: tuple[Ints, Ints],
-    window: Window, rs: int, re_: int,
+    window: Window, rs: int, re_: int, budget: int | None = None,
 ) -> tuple[Ints, Ints, Ints, list[tuple[int, int, int, int]]]:
     """One zone's DAYS and MONTH plans expanded (``plan_of``'s rows as tables, with each
     row's event position); occurrences on a day whose offset changes within the
@@ -353,7 +376,9 @@ def _expand_zone(
     found = []
     for (table, event), rows_of in ((day_plans, _day_rows), (month_plans, _month_rows)):
         if len(table):
-            row, day, time_us, duration_us = rows_of(table, wlo_of, last_day)
+            row, day, time_us, duration_us = rows_of(table, wlo_of, last_day, budget)
+            if budget is not None:
+                budget -= len(row)
             found.append((event[row], day, time_us[row], duration_us[row]))
     event = np.concatenate([f[0] for f in found])
     day = np.concatenate([f[1] for f in found])

@@ -28,10 +28,27 @@ import icalendar
 
 from roost.calendar import recurrence
 from roost.calendar.recurrence import RecurrenceError
-from roost.calendar.schemas import MAX_DESCRIPTION, MAX_EXDATES, MAX_RDATES, MAX_TAGS
+from roost.calendar.schemas import (
+    MAX_DESCRIPTION,
+    MAX_EMAIL,
+    MAX_EXDATES,
+    MAX_RDATES,
+    MAX_TAGS,
+    NO_CONTROL,
+)
 
 PRODID: Final = "-//Roost//calendar//EN"
 MAX_ATTENDEES: Final = 500
+# A file's own time zones: the library turns every VTIMEZONE into transitions from the
+# observance's DTSTART (often 1601) on; a rule repeating more often than a few times a
+# month (FREQ=HOURLY, BYHOUR, ...) costs minutes of CPU for zones kept as UTC anyway.
+MAX_VTIMEZONES: Final = 100
+MAX_ZONE_RULES: Final = 200  # RRULEs of STANDARD/DAYLIGHT observances in one file
+MAX_ZONE_RDATES: Final = 5_000  # and their RDATE values (each a transition too)
+ZONE_FREQS: Final = ("YEARLY", "MONTHLY")
+ZONE_RULE_PARTS: Final = frozenset(("FREQ", "UNTIL", "COUNT", "INTERVAL", "BYMONTH", "BYDAY",
+                                    "BYMONTHDAY", "BYSETPOS", "WKST"))
+ZONE_RULE_PER_YEAR: Final = 24  # a DST rule changes once or twice a year
 
 
 class ICalError(ValueError):
@@ -142,15 +159,23 @@ def _dates(component: Any, name: str, tz_name: str, where: str, most: int) -> li
     return found
 
 
-def _attendees(component: Any) -> list[dict[str, Any]] | None:
+_ADDRESS = re.compile(NO_CONTROL)
+
+
+def _attendees(component: Any, where: str) -> list[dict[str, Any]] | None:
     value = component.get("ATTENDEE")
     if value is None:
         return None
     people: list[dict[str, Any]] = []
     for item in (value if isinstance(value, list) else [value])[:MAX_ATTENDEES]:
         address = str(item)
-        person: dict[str, Any] = {
-            "email": address[7:] if address.lower().startswith("mailto:") else address}
+        email = address[7:] if address.lower().startswith("mailto:") else address
+        # The API's rules for an address (schemas.Attendee): export drops control
+        # characters, so one kept here would not read back.
+        if email and (len(email) > MAX_EMAIL or not _ADDRESS.fullmatch(email)):
+            raise ICalError(f"{where}: ATTENDEE address {email[:80]!r} holds a control "
+                            f"character or is longer than {MAX_EMAIL} characters")
+        person: dict[str, Any] = {"email": email}
         params = getattr(item, "params", {})
         for key, out in (("CN", "name"), ("ROLE", "role"), ("PARTSTAT", "status")):
             if params.get(key):
@@ -209,6 +234,7 @@ def parse(raw: bytes, default_tz: str) -> Parsed:
         raise ICalError("the file holds a NUL character")
     if "BEGIN:VCALENDAR" not in text[:4096].upper():
         raise ICalError("not an iCalendar file: it must start with BEGIN:VCALENDAR")
+    _check_timezones(text)
     try:
         cal = icalendar.Calendar.from_ical(text)
     except (ValueError, KeyError, IndexError, TypeError) as exc:
@@ -259,6 +285,66 @@ def parse(raw: bytes, default_tz: str) -> Parsed:
         events.append(event)
     return Parsed(name=_text(cal, "X-WR-CALNAME"), events=events, skipped=skipped,
                   overrides=overrides)
+
+
+_FOLD = re.compile(r"\r?\n[ \t]")
+_LINES = re.compile(r"\r\n|\n|\r")
+
+
+def _check_timezones(text: str) -> None:
+    """Refuse, before the library reads them, VTIMEZONEs that would cost it minutes: more
+    than ``MAX_VTIMEZONES``, more than ``MAX_ZONE_RULES`` observance RRULEs or
+    ``MAX_ZONE_RDATES`` RDATE values, or a rule repeating more often than
+    ``ZONE_RULE_PER_YEAR`` times a year (one pass over the unfolded lines)."""
+    if "VTIMEZONE" not in text.upper():
+        return
+    zones = rules = rdates = 0
+    in_zone = in_observance = False
+    for line in _LINES.split(_FOLD.sub("", text)):
+        upper = line.upper()
+        if upper.startswith(("BEGIN:", "END:")):
+            begin, name = upper.startswith("BEGIN:"), upper.split(":", 1)[1].strip()
+            if name == "VTIMEZONE":
+                in_zone, in_observance = begin, False
+                zones += begin
+                if zones > MAX_VTIMEZONES:
+                    raise ICalError(f"more than {MAX_VTIMEZONES} VTIMEZONE components")
+            elif in_zone and name in ("STANDARD", "DAYLIGHT"):
+                in_observance = begin
+            continue
+        if in_observance and upper.startswith(("RRULE:", "RRULE;")):
+            rules += 1
+            if rules > MAX_ZONE_RULES:
+                raise ICalError(f"more than {MAX_ZONE_RULES} RRULEs in VTIMEZONE components")
+            _check_zone_rule(upper.split(":", 1)[1] if ":" in upper else "")
+        elif in_observance and upper.startswith(("RDATE:", "RDATE;")):
+            rdates += upper.count(",") + 1
+            if rdates > MAX_ZONE_RDATES:
+                raise ICalError(f"more than {MAX_ZONE_RDATES} RDATE values in VTIMEZONE "
+                                "components")
+
+
+def _check_zone_rule(value: str) -> None:
+    where = f"VTIMEZONE: RRULE {value[:80]!r}"
+    parts: dict[str, list[str]] = {}
+    for part in value.split(";"):
+        key, _, values = part.partition("=")
+        parts[key.strip()] = values.split(",")
+    freq = (parts.get("FREQ") or [""])[0]
+    if freq not in ZONE_FREQS:
+        raise ICalError(f"{where}: a time zone's rule must be FREQ=YEARLY or FREQ=MONTHLY")
+    other = sorted(set(parts) - ZONE_RULE_PARTS)
+    if other:
+        raise ICalError(f"{where}: {other[0]} is not supported in a time zone's rule")
+    # At most how often a year it changes the offset (BYSETPOS only selects).
+    days = [len(parts[k]) if k == "BYMONTHDAY" else
+            sum(1 if d.strip()[:-2] else 5 for d in parts[k])  # -1SU: one a month, SU: 5
+            for k in ("BYMONTHDAY", "BYDAY") if k in parts]
+    months = len(parts["BYMONTH"]) if "BYMONTH" in parts else \
+        1 if freq == "YEARLY" and not days else 12
+    if months * min(days, default=1) > ZONE_RULE_PER_YEAR:
+        raise ICalError(f"{where}: a time zone's rule may change the offset at most "
+                        f"{ZONE_RULE_PER_YEAR} times a year")
 
 
 def _override(component: Any, uid: str, where: str, default_tz: str) -> Override | str:
@@ -335,7 +421,7 @@ def _event(component: Any, uid: str, where: str, default_tz: str) -> EventData:
         recurrence_rule=rule,
         rdates=_dates(component, "RDATE", tz_name, where, MAX_RDATES),
         exdates=_dates(component, "EXDATE", tz_name, where, MAX_EXDATES),
-        attendees=_attendees(component), reminder_minutes=_reminder(component, where),
+        attendees=_attendees(component, where), reminder_minutes=_reminder(component, where),
         status=(_text(component, "STATUS") or "CONFIRMED").lower(),
         transparent=(_text(component, "TRANSP") or "").upper() == "TRANSPARENT",
         event_type=(_text(component, "X-ROOST-EVENT-TYPE") or "meeting")[:50],
@@ -369,6 +455,9 @@ def _read_categories(component: Any, data: EventData, where: str) -> None:
     own = _text(component, "X-ROOST-CATEGORY")
     if own is None:
         categories = _categories(component)
+        if len(categories) > MAX_TAGS:  # they become the tags, which export writes back
+            raise ICalError(f"{where}: more than {MAX_TAGS} CATEGORIES (the API's limit of "
+                            "semantic_tags)")
         if categories:
             data.category = categories[0][:50]
             data.semantic_tags = categories
@@ -379,7 +468,7 @@ def _read_categories(component: Any, data: EventData, where: str) -> None:
         return
     try:
         tags = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: lists nested thousands deep
         tags = None
     if (not isinstance(tags, list) or len(tags) > MAX_TAGS
             or not all(isinstance(t, str) and "\x00" not in t for t in tags)):

@@ -32,7 +32,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from math import gcd
 from typing import Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from dateutil.rrule import rrule, rrulestr
 
@@ -85,8 +85,22 @@ def out_of_limits(*times: datetime) -> datetime | None:
     return next((t for t in times if not EARLIEST <= t <= LATEST), None)
 
 
+@lru_cache(maxsize=1)
+def _iana_names() -> frozenset[str]:
+    """The IANA zone names: what ZoneInfo opens less the host's own files beside them
+    (``localtime``: the server's zone; ``right/``: leap-second clocks, wrong times;
+    ``posix/``, ``posixrules``)."""
+    return frozenset(name for name in available_timezones()
+                     if name not in ("localtime", "posixrules")
+                     and not name.startswith(("right/", "posix/")))
+
+
 def zone(name: str) -> ZoneInfo:
+    """The zone of an IANA name (what a write or an import gives); RecurrenceError else.
+    (Stored rows are expanded with ``_zone``: they were checked when written.)"""
     try:
+        if name not in _iana_names():
+            raise ValueError(name)
         return _zone(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder ("America")
         raise RecurrenceError(f"unknown time zone {name!r} (use an IANA name such as "

@@ -16,6 +16,7 @@ MAX_DESCRIPTION = 100_000
 MAX_RDATES = 1000
 MAX_EXDATES = 5000
 MAX_TAGS = 200
+MAX_EMAIL = 320
 COLOR = r"^#[0-9a-fA-F]{6}$"
 # An address or an iCalendar UID: no control characters (an export would write a CR as a
 # newline: another UID, a duplicate on re-import).
@@ -54,11 +55,22 @@ class CalendarOut(BaseModel):
 
 class Attendee(StrictInput):
     refuse_nul = True
-    email: str = Field(min_length=1, max_length=320, pattern=NO_CONTROL,
+    email: str = Field(min_length=1, max_length=MAX_EMAIL, pattern=NO_CONTROL,
                        description="An address (no control characters)")
     name: str | None = Field(default=None, max_length=255)
     role: str | None = Field(default=None, max_length=64)
     status: str | None = Field(default=None, max_length=64)
+
+    @field_validator("name", "role", "status")
+    @classmethod
+    def _as_exported(cls, value: str | None) -> str | None:
+        """Line breaks as LF, as an export reads them back (as EventFields' text)."""
+        return None if value is None else _lf(value)
+
+
+def _lf(value: str) -> str:
+    """Line breaks as LF: RFC 5545 TEXT has no CR."""
+    return value.replace("\r\n", "\n").replace("\r", "\n")
 
 
 class EventFields(StrictInput):
@@ -100,7 +112,7 @@ class EventFields(StrictInput):
         no CR), an empty description or location as none."""
         if value is None:
             return None
-        value = value.replace("\r\n", "\n").replace("\r", "\n")
+        value = _lf(value)
         if not value and info.field_name in ("description", "location"):
             return None
         return value

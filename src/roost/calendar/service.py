@@ -42,6 +42,11 @@ MAX_IMPORT_BYTES: Final = 5 * 1024 * 1024
 MAX_IMPORT_EVENTS: Final = 20_000
 DEFAULT_OCCURRENCES: Final = 1000
 MAX_OCCURRENCES: Final = 10_000
+# What one range query may expand (free/busy has no limit; an agenda expands from the
+# range's start until it has its limit): past it, a 422 asking for a narrower range.
+MAX_EXPANDED: Final = 200_000
+FIRST_SPAN: Final = timedelta(days=1)  # an agenda with a limit expands [start, start + 1 day),
+SPAN_GROWTH: Final = 4  # then a span 4 times longer, until it has its limit or the range
 INLINE_EXPANSIONS: Final = 50  # more recurring events than this: expanded in a thread
 
 # Columns an import sets (and compares, to count unchanged events).
@@ -492,9 +497,21 @@ def expand_events(events: Sequence[Any], start: datetime, end: datetime,
     end, then event id).  Rows with a ``recurrence_id`` (overrides) replace the occurrence
     of their series (same ``calendar_id`` and ``uid``) that starts at it; a cancelled
     override shows nothing.  Expanded all at once (roost.calendar.batch), with the
-    garbage collector paused (``batch.collector_paused``)."""
+    garbage collector paused (``batch.collector_paused``).  With a ``limit``, the range is
+    expanded from its start in growing spans (``FIRST_SPAN``, ``SPAN_GROWTH``) until one
+    has ``limit`` occurrences: the first ones of the range are the first ones of a span
+    that starts with it (a later occurrence starts after the span's end).  More than
+    ``MAX_EXPANDED`` occurrences expanded raise ``batch.TooManyOccurrences``."""
     with batch.collector_paused():
-        return _expand_all(events, start, end, limit)
+        if limit is None:
+            return _expand_all(events, start, end, None)
+        span = FIRST_SPAN
+        while True:
+            until = end if end - start <= span else start + span  # (no overflow in 9999)
+            found = _expand_all(events, start, until, limit)
+            if len(found) >= limit or until == end:
+                return found
+            span *= SPAN_GROWTH
 
 
 def _expand_all(events: Sequence[Any], start: datetime, end: datetime,
@@ -505,7 +522,7 @@ def _expand_all(events: Sequence[Any], start: datetime, end: datetime,
         else []
     if overrides:
         events = [ev for ev in events if ev.recurrence_id is None]
-    starts, ends, index = batch.expand_many(events, window)
+    starts, ends, index = batch.expand_many(events, window, MAX_EXPANDED)
     if overrides:
         # Occurrences of a series that an override replaces are dropped...
         series: dict[tuple[Any, str], list[int]] = {}
@@ -540,6 +557,10 @@ async def _expand(events: Sequence[Event], start: datetime, end: datetime,
         if sum(1 for e in events if e.recurrence_rule) > INLINE_EXPANSIONS:
             return await cpu_bound(expand_events, events, start, end, limit)
         return expand_events(events, start, end, limit)
+    except batch.TooManyOccurrences as exc:
+        raise Unprocessable(f"the range has more than {exc.budget} occurrences to expand: "
+                            "query a narrower range", extra={"field": "end",
+                                                             "limit": exc.budget}) from None
     except (OverflowError, ValueError) as exc:
         # A long event repeated near the end of the year 9999 (the range and the events
         # are inside the limits, an occurrence's end may not be): refused, not a 500.
