@@ -6,12 +6,14 @@ read back unchanged."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from roost.calendar import ical
 from roost.db.engine import Database
 from tests.agents.test_agents_cli import cli_env
 from tests.calendar.conftest import Headers, make_calendar, make_event
@@ -374,3 +376,26 @@ async def test_an_import_with_too_many_vtimezones_or_transitions_is_a_422(
     resp = await _import(client, headers, cal["id"], HEAD + zone + _vevent() + TAIL)
     assert resp.status_code == 422, resp.text
     assert "5000 RDATE" in resp.json()["detail"], resp.text
+
+
+def _corp_time_file(offset: str, with_zone: bool = True) -> bytes:
+    zone = ("BEGIN:VTIMEZONE\r\nTZID:Corp Time\r\nBEGIN:STANDARD\r\n"
+            f"DTSTART:19700101T000000\r\nTZOFFSETFROM:{offset}\r\nTZOFFSETTO:{offset}\r\n"
+            "END:STANDARD\r\nEND:VTIMEZONE\r\n") if with_zone else ""
+    return ("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\n" + zone
+            + "BEGIN:VEVENT\r\nUID:corp-1\r\nSUMMARY:Stand-up\r\n"
+            "DTSTART;TZID=Corp Time:20260105T090000\r\n"
+            "DTEND;TZID=Corp Time:20260105T093000\r\n"
+            "END:VEVENT\r\nEND:VCALENDAR\r\n").encode()
+
+
+def test_a_files_own_custom_zone_is_never_another_files() -> None:
+    """Two accounts' files each define a custom zone named "Corp Time": each file's events
+    are read with its own definition (the library's per-process cache kept the first one:
+    the second account's 09:00 at -03:00 was stored as 04:00 UTC, the first's +05:00)."""
+    first = ical.parse(_corp_time_file("+0500"), "UTC").events[0]
+    second = ical.parse(_corp_time_file("-0300"), "UTC").events[0]
+    assert first.start_time == datetime(2026, 1, 5, 4, 0, tzinfo=UTC)
+    assert second.start_time == datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+    undefined = ical.parse(_corp_time_file("+0500", with_zone=False), "UTC").events[0]
+    assert undefined.start_time != first.start_time  # not the other file's definition

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -224,8 +225,23 @@ def _float(component: Any, name: str, default: float, where: str,
     return value
 
 
+# The library keeps every custom VTIMEZONE it reads in one cache per process, by TZID, the
+# first definition winning: a file's own "Corp Time" took the one another account imported
+# earlier (its events' instants computed with someone else's offsets), and the cache grew
+# with every import.  Each parse starts from an empty cache, one parse at a time (they run
+# on the CPU threads, roost.process.cpu_bound).
+_PARSING = threading.Lock()
+
+
 def parse(raw: bytes, default_tz: str) -> Parsed:
-    """Every VEVENT of a VCALENDAR; :class:`ICalError` when the file is malformed."""
+    """Every VEVENT of a VCALENDAR; :class:`ICalError` when the file is malformed.  Only
+    the file's own VTIMEZONEs define its custom zones."""
+    with _PARSING:
+        icalendar.timezone.tzp.use_zoneinfo()  # the default provider, with an empty cache
+        return _parse(raw, default_tz)
+
+
+def _parse(raw: bytes, default_tz: str) -> Parsed:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
