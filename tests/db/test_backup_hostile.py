@@ -1,6 +1,7 @@
 """``roost restore`` of corrupted or hand-edited backups and ``roost backup`` of a data dir
 or disk it cannot use: one clear line, exit 1, and nothing written (docs/operations.md:
-"a corrupted backup ... is a clear error (exit 1) with nothing written").
+"a corrupted backup ... is a clear error (exit 1) with nothing written"); backup and
+restore of databases with unusual names.
 
 The backups are of an external database (a copy of the migrated template) and its data
 dir's keys, restored into an empty external database: lighter than test_backup.py's
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import asyncpg
 import pytest
@@ -206,6 +207,74 @@ def test_hostile_scrypt_parameters_are_refused_before_deriving(
     _refused_cleanly(done, target, "is corrupted")
 
 
+def test_a_manifest_naming_a_file_with_a_nul_byte_is_refused(
+    plain: Path, target: Place, tmp_path: Path,
+) -> None:
+    """Only the files a backup holds may be named: a NUL byte in a name was a ValueError
+    traceback (open() refuses it)."""
+    backup = _copy(plain, tmp_path)
+    _edit_manifest(backup, lambda m: m["files"].update({"a\x00b": {"bytes": 1, "sha256": "x"}}))
+    _refused_cleanly(run_roost("restore", str(backup), env=target.env), target,
+                     "names an unexpected file")
+
+
+_NESTED = b"[" * 200000 + b"]" * 200000
+
+
+@pytest.mark.parametrize(("file", "mentions"), [
+    ("manifest.json", "manifest.json is corrupted"),
+    ("keys.json", "keys.json in the backup is not a key list"),
+])
+def test_json_nested_too_deeply_is_refused_in_one_line(
+    plain: Path, target: Place, tmp_path: Path, file: str, mentions: str,
+) -> None:
+    """A manifest or keys.json of deeply nested arrays is corrupted (it was a RecursionError
+    traceback)."""
+    backup = _copy(plain, tmp_path)
+    if file == "manifest.json":
+        (backup / file).write_bytes(_NESTED)
+    else:
+        _rewrite_file(backup, file, _NESTED)
+    _refused_cleanly(run_roost("restore", str(backup), env=target.env, timeout=300), target,
+                     mentions)
+
+
+def test_an_incremental_whose_parent_manifest_is_nested_too_deeply_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """The parent of an incremental backup, whose manifest is nested too deeply, is no
+    parent: one line (it was a RecursionError traceback)."""
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    (parent / "manifest.json").write_bytes(_NESTED)
+    backup = tmp_path / "phys"
+    backup.mkdir()
+    (backup / "keys.json").write_text("{}")
+    (backup / "manifest.json").write_text(json.dumps({
+        "format": "roost-backup/1", "kind": "physical", "tables": [], "backup_id": "abc",
+        "files": {"keys.json": {"bytes": 2, "sha256": hashlib.sha256(b"{}").hexdigest()}},
+        "incremental_from": {"backup_id": "zzz", "path": str(parent)}}))
+    done = run_roost("restore", str(backup), env={"ROOST_DATA_DIR": str(tmp_path / "data")},
+                     timeout=60)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "is missing (or is another backup)" in done.stderr, done.stderr
+
+
+# What os.environ holds for an environment variable of bytes that are not UTF-8.
+_NOT_UTF8 = os.fsdecode(b"pass\xffword")
+
+
+def test_a_passphrase_that_is_not_utf8_on_restore_is_named_as_such(
+    encrypted: Path, target: Place,
+) -> None:
+    """It was reported as a corrupted manifest (its UnicodeEncodeError is a ValueError)."""
+    done = run_roost("restore", str(encrypted), env={
+        **target.env, "ROOST_BACKUP_PASSPHRASE": _NOT_UTF8}, timeout=120, fresh=True)
+    _refused_cleanly(done, target, "the passphrase is not valid UTF-8 text")
+    assert "corrupted" not in done.stderr, done.stderr
+
+
 def _exec(url: str, sql: str) -> None:
     async def go() -> None:
         conn = await asyncpg.connect(url)
@@ -334,6 +403,93 @@ def test_a_force_restore_keeps_the_replaced_database_and_keys_aside(
                 _exec(target.url, f'DROP DATABASE "{leftover}" WITH (FORCE)')
 
 
+# --- unusual database names ----------------------------------------------------------------
+
+
+def _url_of(pg_server: PgTestServer, name: str) -> str:
+    """ROOST_DATABASE_URL of database ``name``, percent-encoded as a URL must be."""
+    base = urlsplit(pg_server.libpq_url("postgres"))
+    return base._replace(path="/" + quote(name, safe="")).geturl()
+
+
+@pytest.mark.parametrize("quirk", ["space", "quote"])
+def test_a_database_whose_name_needs_quoting_is_backed_up_and_restored_into(
+    pg_server: PgTestServer, template_db: str, source: Place, plain: Path, tmp_path: Path,
+    quirk: str,
+) -> None:
+    """pg_dump and pg_restore refused a database name with a space ("unexpected spaces
+    found"): the URL SQLAlchemy renders for them left it unencoded."""
+    odd = {"space": " ", "quote": "' \\"}[quirk]
+    name = f"odd{odd}db {uuid.uuid4().hex[:6]}"
+    from_name, into_name = f"{name} src", f"{name} dst"
+    _exec(pg_server.libpq_url("postgres"),
+          f'CREATE DATABASE "{from_name}" TEMPLATE "{template_db}"')
+    _exec(pg_server.libpq_url("postgres"), f'CREATE DATABASE "{into_name}"')
+    try:
+        out = tmp_path / "b"
+        done = run_roost("backup", str(out), env={
+            **source.env, "ROOST_DATABASE_URL": _url_of(pg_server, from_name)}, timeout=300)
+        assert done.returncode == 0, done.stderr
+        into = Place(_url_of(pg_server, into_name), tmp_path / "data")
+        done = run_roost("restore", str(out), env=into.env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert _tables(into.url) == _tables(source.url) > 1
+    finally:
+        for db in (from_name, into_name):
+            _exec(pg_server.libpq_url("postgres"), f'DROP DATABASE "{db}" WITH (FORCE)')
+
+
+def _drop_databases_like(pg_server: PgTestServer, prefix: str) -> None:
+    admin = pg_server.libpq_url("postgres")
+    for db in _databases_like(admin, prefix):
+        _exec(admin, f'DROP DATABASE "{db}" WITH (FORCE)')
+
+
+def test_a_force_restore_into_a_63_byte_name_ending_in_restoring_keeps_the_old_data(
+    pg_server: PgTestServer, plain: Path, tmp_path: Path,
+) -> None:
+    """The staging name (the name + "_restoring", cut to PostgreSQL's 63 bytes) was the
+    target's own: the restore dropped the target, failed, then dropped the restored copy
+    too."""
+    name = ("p" + uuid.uuid4().hex + "q" * 30)[:53] + "_restoring"
+    assert len(name.encode()) == 63
+    _exec(pg_server.libpq_url("postgres"), f'CREATE DATABASE "{name}"')
+    place = Place(pg_server.libpq_url(name), tmp_path / "data")
+    try:
+        _exec(place.url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)")
+        done = run_roost("restore", str(plain), "--force", env=place.env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert _tables(place.url) > 1
+        aside = [d for d in _databases_like(place.url, name[:30]) if d != name]
+        assert len(aside) == 1 and aside[0] in done.stderr, (aside, done.stderr)
+        old_url = urlsplit(place.url)._replace(path=f"/{aside[0]}").geturl()
+        assert _fetchval(old_url, "SELECT x FROM precious") == 42
+    finally:
+        _drop_databases_like(pg_server, name[:30])
+
+
+def test_a_force_restore_leaves_a_database_named_like_its_staging_one_alone(
+    plain: Path, target: Place, tmp_path: Path,
+) -> None:
+    """A database named <target>_restoring is not necessarily a leftover of a restore: it
+    was dropped (a staging database is created under a name no database has)."""
+    name = _db_name(target.url)
+    neighbour = f"{name}_restoring"
+    _exec(target.url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (1)")
+    _exec(target.url, f'CREATE DATABASE "{neighbour}"')
+    neighbour_url = urlsplit(target.url)._replace(path=f"/{neighbour}").geturl()
+    try:
+        _exec(neighbour_url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (7)")
+        done = run_roost("restore", str(plain), "--force", env=target.env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert _fetchval(neighbour_url, "SELECT x FROM precious") == 7
+        assert sorted(d for d in _databases_like(target.url, name) if "_replaced_" not in d) \
+            == [name, neighbour], "a staging database is left"
+    finally:
+        for db in _databases_like(target.url, f"{name}_"):
+            _exec(target.url, f'DROP DATABASE "{db}" WITH (FORCE)')
+
+
 @pytest.mark.parametrize("broken", ["data-dir-is-a-file", "keys-dir-is-a-file"])
 def test_a_data_dir_where_keys_cannot_be_written_is_refused_before_restoring(
     plain: Path, target: Place, tmp_path: Path, broken: str,
@@ -406,6 +562,19 @@ def test_a_file_in_the_keys_directory_that_is_no_key_is_named(
     assert "Traceback" not in done.stderr, done.stderr
     assert str(data_dir / "keys" / name) in done.stderr and mentions in done.stderr
     assert not out.exists()
+
+
+def test_a_passphrase_that_is_not_utf8_on_backup_is_one_line(
+    source: Place, tmp_path: Path,
+) -> None:
+    """It was a UnicodeEncodeError traceback, after the whole dump."""
+    out = tmp_path / "b"
+    done = run_roost("backup", str(out), env={
+        **source.env, "ROOST_BACKUP_PASSPHRASE": _NOT_UTF8}, timeout=300, fresh=True)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "the passphrase is not valid UTF-8 text" in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture

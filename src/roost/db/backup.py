@@ -36,6 +36,7 @@ import hmac
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import subprocess
@@ -66,6 +67,8 @@ DUMP = "database.dump"
 PHYSICAL_FILES = ("base.tar", "pg_wal.tar", "backup_manifest")
 KEYS = "keys.json"
 ENC_SUFFIX = ".enc"
+# Every file a backup holds (besides the manifest and its MAC), plain or encrypted.
+_BACKUP_FILES = frozenset(n + e for n in (DUMP, KEYS, *PHYSICAL_FILES) for e in ("", ENC_SUFFIX))
 BACKUPS_DIR = "backups"
 CHUNK = 1024 * 1024
 _MAGIC = b"ROOSTENC1\n"
@@ -150,18 +153,31 @@ class Target:
 
     def libpq_args(self) -> tuple[str, dict[str, str]]:
         """``--dbname`` for the client programs, without the password (that goes in the
-        environment, never on a command line other users can read)."""
-        url = self.url.set(drivername="postgresql", password=None)
+        environment, never on a command line other users can read): a libpq
+        ``key='value'`` string, since SQLAlchemy renders a URL with a space or a quote
+        in the database or user name unencoded, which libpq refuses."""
+        url = self.url
+        params = {key: str(value) for key, value in (
+            ("host", url.host), ("port", url.port), ("user", url.username),
+            ("dbname", url.database)) if value is not None}
+        # The query's parameters after the URL's parts, as libpq reads a URI.
+        params.update({key: value if isinstance(value, str) else ",".join(value)
+                       for key, value in url.query.items()})
         env = dict(os.environ)  # PGSSLROOTCERT and the like still apply
-        if self.url.password:
-            env["PGPASSWORD"] = str(self.url.password)
-        return url.render_as_string(hide_password=False), env
+        if url.password:
+            env["PGPASSWORD"] = str(url.password)
+        return " ".join(f"{key}={_conninfo_value(value)}" for key, value in params.items()), env
 
     @property
     def label(self) -> str:
         if self.embedded is not None:
             return f"embedded PostgreSQL in {self.embedded.pgdata}"
         return f"database {self.url.database!r} on {self.url.host or 'local socket'}"
+
+
+def _conninfo_value(value: str) -> str:
+    """A value of a libpq connection string: quoted, its quotes and backslashes escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def open_target(settings: Settings) -> Target:
@@ -281,9 +297,7 @@ class Cipher:
     @classmethod
     def derive(cls, passphrase: str, salt: bytes, n: int = SCRYPT_N, r: int = SCRYPT_R,
                p: int = SCRYPT_P) -> Cipher:
-        if not passphrase:
-            raise BackupError("the passphrase is empty")
-        raw = Scrypt(salt=salt, length=64, n=n, r=r, p=p).derive(passphrase.encode("utf-8"))
+        raw = Scrypt(salt=salt, length=64, n=n, r=r, p=p).derive(_passphrase_bytes(passphrase))
         return cls(raw[:32], raw[32:])
 
     def key_check(self) -> str:
@@ -302,6 +316,18 @@ class Cipher:
 
     def mac(self, data: bytes) -> str:
         return hmac.new(self.mac_key, data, hashlib.sha256).hexdigest()
+
+
+def _passphrase_bytes(passphrase: str) -> bytes:
+    """The passphrase as scrypt takes it; a BackupError (never a ValueError, which a
+    restore reports as corrupted encryption parameters) when it is empty or not text (an
+    environment variable of bytes that are not UTF-8 arrives with surrogates)."""
+    if not passphrase:
+        raise BackupError("the passphrase is empty")
+    try:
+        return passphrase.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BackupError("the passphrase is not valid UTF-8 text") from None
 
 
 def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
@@ -555,8 +581,8 @@ async def create_backup(settings: Settings, path: Path | None = None, *,
     import roost
 
     report = reporter or _Silent()
-    if passphrase is not None and not passphrase:
-        raise BackupError("the passphrase is empty")
+    if passphrase is not None:
+        _passphrase_bytes(passphrase)  # refused before anything is dumped
     physical = physical or incremental_from is not None
     path = (path or default_backup_path(settings)).expanduser().absolute()
     if path.exists():
@@ -719,7 +745,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
 def _parse_manifest(path: Path, body: bytes) -> dict[str, Any]:
     try:
         manifest = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise BackupError(f"{path / MANIFEST} is corrupted (not JSON)") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BackupError(f"{path / MANIFEST} is not a {FORMAT} manifest")
@@ -847,7 +873,7 @@ def _verify_files(path: Path, passphrase: str | None, scratch: Path, report: Rep
             raise BackupError(f"{path / MANIFEST} lists no {needed}")
     total = 0
     for name, entry in files.items():
-        if "/" in name or name.startswith("."):
+        if name not in _BACKUP_FILES:  # never a path, nor a NUL byte open() refuses
             raise BackupError(f"{path / MANIFEST} names an unexpected file {name!r}")
         stored = path / name
         problem = _regular_file_problem(stored)
@@ -883,7 +909,7 @@ def _read_keys(path: Path) -> dict[str, str]:
                 isinstance(k, str) and _KEY_NAME.fullmatch(k) and isinstance(v, str)
                 for k, v in keys.items()):
             raise ValueError
-    except (ValueError, FileNotFoundError):
+    except (ValueError, RecursionError, FileNotFoundError):  # RecursionError: nested too deeply
         raise BackupError(f"{KEYS} in the backup is not a key list") from None
     return keys
 
@@ -1043,7 +1069,20 @@ async def _compare(target: Target, manifest: dict[str, Any], report: Reporter) -
 
 def _side_name(name: str, suffix: str) -> str:
     """``name`` + ``suffix`` within PostgreSQL's 63 bytes of a database name."""
-    return name.encode()[:63 - len(suffix)].decode("utf-8", "ignore") + suffix
+    return name.encode()[:63 - len(suffix.encode())].decode("utf-8", "ignore") + suffix
+
+
+async def _unused_side_name(admin: asyncpg.Connection, name: str, suffix: str) -> str:
+    """A name beside ``name`` that no database on the server has: ``name`` + ``suffix``,
+    else with a random tag too.  Cut to 63 bytes, ``name`` + ``suffix`` can be ``name``
+    itself (a 63-byte name ending in ``suffix``), and a database of that name may be
+    someone's own: a side name is never either (CREATE and RENAME refuse a name taken
+    meanwhile)."""
+    candidate = _side_name(name, suffix)
+    while candidate == name or await admin.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", candidate):
+        candidate = _side_name(name, f"{suffix}_{secrets.token_hex(4)}")
+    return candidate
 
 
 async def _admin_connect(target: Target) -> asyncpg.Connection:
@@ -1055,16 +1094,16 @@ async def _admin_connect(target: Target) -> asyncpg.Connection:
 
 
 async def _create_staging(target: Target) -> tuple[Target | None, str]:
-    """An empty ``<name>_restoring`` database beside the target (a leftover of an
-    interrupted restore is dropped first); None and why when the server does not let
-    this user."""
-    name = _side_name(str(target.url.database), "_restoring")
+    """An empty ``<name>_restoring`` database beside the target, under a name no
+    database has (a leftover of an interrupted restore is never dropped: a database of
+    that name may not be one); None and why when the server does not let this user."""
+    name = str(target.url.database)
     try:
         admin = await _admin_connect(target)
     except (OSError, asyncpg.PostgresError) as exc:
         return None, f"cannot connect to the postgres database: {exc}"
     try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)")
+        name = await _unused_side_name(admin, name, "_restoring")
         await admin.execute(f"CREATE DATABASE {_ident(name)}")
     except asyncpg.PostgresError as exc:
         return None, f"CREATE DATABASE {name}: {exc}"
@@ -1092,9 +1131,9 @@ async def _swap_in(target: Target, staging: Target) -> str:
     aside first (its sessions ended: a running Roost would hold the name); returns the
     name it is kept under."""
     name = str(target.url.database)
-    aside = _side_name(name, f"_replaced_{_stamp()}")
     admin = await _admin_connect(target)
     try:
+        aside = await _unused_side_name(admin, name, f"_replaced_{_stamp()}")
         for attempt in range(5):
             await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                 "WHERE datname = $1 AND pid <> pg_backend_pid()", name)
