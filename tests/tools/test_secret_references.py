@@ -144,28 +144,21 @@ def _sent_tokens(recorder: Recorder) -> list[str | None]:
     return [h.get("X-Token") or h.get("x-token") for h in recorder.seen]
 
 
-async def test_a_sync_goes_without_the_headers_that_reference_secrets(
+@pytest.mark.parametrize(("action", "value", "expected"), [
+    ("sync", "Bearer ${secret:tok}", {"added": ["whoami"]}),
+    ("check", "${secret:tok}", {"health_status": "healthy"}),
+])
+async def test_discovery_and_checks_go_without_the_headers_that_reference_secrets(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
-    recorder: Recorder,
+    recorder: Recorder, action: str, value: str, expected: dict[str, object],
 ) -> None:
-    """Discovery has no persona: the header is left out, never sent as `${secret:..}`."""
+    """Discovery and health checks have no persona: the header is left out, never sent
+    as `${secret:..}`."""
     headers, server, _, _ = await _setup(client, admin_headers, stub, database, recorder,
-                                         "Bearer ${secret:tok}", "v-123")
-    synced = await client.post(f"/api/v1/mcp-servers/{server['id']}/sync", headers=headers)
-    assert synced.status_code == 200, synced.text
-    assert synced.json()["added"] == ["whoami"]
-    assert recorder.seen and _sent_tokens(recorder) == [None] * len(recorder.seen)
-
-
-async def test_a_health_check_goes_without_the_headers_that_reference_secrets(
-    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
-    recorder: Recorder,
-) -> None:
-    headers, server, _, _ = await _setup(client, admin_headers, stub, database, recorder,
-                                         "${secret:tok}", "v-123")
-    checked = await client.post(f"/api/v1/mcp-servers/{server['id']}/check", headers=headers)
-    assert checked.status_code == 200, checked.text
-    assert checked.json()["health_status"] == "healthy"
+                                         value, "v-123")
+    answer = await client.post(f"/api/v1/mcp-servers/{server['id']}/{action}", headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert {key: answer.json()[key] for key in expected} == expected
     assert recorder.seen and _sent_tokens(recorder) == [None] * len(recorder.seen)
 
 
