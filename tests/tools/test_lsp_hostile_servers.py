@@ -137,15 +137,21 @@ async def test_a_check_failing_with_a_nul_in_the_error_is_recorded_then_a_502(
     assert not success and error is not None and "bad\\x00thing" in error
 
 
+async def diagnose(client: httpx.AsyncClient, admin: dict[str, str], database: Database,
+                   tmp_path: Path, mode: str, path: str) -> httpx.Response:
+    """A user's ``lsp_diagnostics`` call of ``path`` through a fake server in ``mode``."""
+    await register(client, admin, tmp_path, mode)
+    _, alice = await make_user(database)
+    return await client.post(DIAGNOSE, headers=alice, json={"arguments": {"path": path}})
+
+
 @pytest.mark.parametrize("mode", ["sev_dict", "sev_list"])
 async def test_lsp_diagnostics_with_a_severity_not_a_number_is_an_error(
     client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
     workspace: Path, tmp_path: Path, mode: str,
 ) -> None:
     """A severity that is an object or a list (unhashable) is shaped as "error", not a 500."""
-    await register(client, admin_headers, tmp_path, mode)
-    _, alice = await make_user(database)
-    called = await client.post(DIAGNOSE, headers=alice, json={"arguments": {"path": "a.py"}})
+    called = await diagnose(client, admin_headers, database, tmp_path, mode, "a.py")
     assert called.status_code == 200, called.text
     assert [d["severity"] for d in called.json()["output"]["diagnostics"]] == ["error"]
 
@@ -154,9 +160,7 @@ async def test_lsp_diagnostics_with_a_nul_in_a_diagnostic_is_recorded_escaped(
     client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
     workspace: Path, tmp_path: Path,
 ) -> None:
-    await register(client, admin_headers, tmp_path, "msg_nul")
-    _, alice = await make_user(database)
-    called = await client.post(DIAGNOSE, headers=alice, json={"arguments": {"path": "a.py"}})
+    called = await diagnose(client, admin_headers, database, tmp_path, "msg_nul", "a.py")
     assert called.status_code == 200, called.text
     [found] = called.json()["output"]["diagnostics"]
     assert (found["message"], found["source"], found["code"]) == ("a\\x00b", "s\\x00", "c\\x00")
@@ -166,9 +170,7 @@ async def test_lsp_diagnostics_failing_with_a_nul_in_the_error_is_a_502(
     client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
     workspace: Path, tmp_path: Path,
 ) -> None:
-    await register(client, admin_headers, tmp_path, "init_error_nul")
-    _, alice = await make_user(database)
-    called = await client.post(DIAGNOSE, headers=alice, json={"arguments": {"path": "a.py"}})
+    called = await diagnose(client, admin_headers, database, tmp_path, "init_error_nul", "a.py")
     assert called.status_code == 502, called.text
     assert "bad\\x00thing" in called.json()["detail"]
 
@@ -179,9 +181,7 @@ async def test_lsp_diagnostics_on_a_directory_is_a_422(
 ) -> None:
     """A workspace directory whose name matches ``*.py`` is a 422 "not a file", not a 500."""
     (workspace / "pkg.py").mkdir()
-    await register(client, admin_headers, tmp_path, "ok")
-    _, alice = await make_user(database)
-    called = await client.post(DIAGNOSE, headers=alice, json={"arguments": {"path": "pkg.py"}})
+    called = await diagnose(client, admin_headers, database, tmp_path, "ok", "pkg.py")
     assert called.status_code == 422, called.text
     assert "is not a file" in called.json()["detail"]
 
