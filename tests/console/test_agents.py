@@ -180,3 +180,41 @@ async def test_an_agent_answers_in_the_chat_when_picked_as_the_model(
     await expect(page.locator(".message")).to_have_count(2)
     await screenshot(page, "chat-with-agent")
     await assert_accessible(page)
+
+
+async def _scrolls_sideways(page: Any) -> bool:
+    wider: bool = await page.evaluate(
+        "document.documentElement.scrollWidth > document.documentElement.clientWidth")
+    return wider
+
+
+async def test_long_unbroken_names_in_headings_wrap(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """Long names without spaces in page headings (agent, persona, the event being edited)
+    wrap: no page scrolls sideways."""
+    user_id, headers = await make_user(database)
+    persona = await client.post("/api/v1/personas", json={"name": "P" * 100}, headers=headers)
+    assert persona.status_code == 201, persona.text
+    agent = await make_agent(database, user_id, name="A" * 100)
+    cal = await client.post("/api/v1/calendars", json={"name": "Cal"}, headers=headers)
+    assert cal.status_code == 201, cal.text
+    ev = await client.post(f"/api/v1/calendars/{cal.json()['id']}/events", headers=headers, json={
+        "summary": "S" * 200, "start_time": "2020-01-06T12:00:00Z",
+        "end_time": "2020-01-06T12:15:00Z", "recurrence_rule": "FREQ=DAILY"})
+    assert ev.status_code == 201, ev.text
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    overflowing: list[str] = []
+    for url, title, name in ((f"/console/personas/{persona.json()['id']}", "#persona-title", "P"),
+                             (f"/console/agents/{agent.id}", "#agent-title", "A")):
+        await page.goto(url)
+        await page.locator(title).filter(has_text=name * 10).wait_for()
+        if await _scrolls_sideways(page):
+            overflowing.append(url)
+    await page.goto("/console/calendar")
+    await page.locator("#agenda-body tr[data-event-id] button").first.click()
+    await page.locator("#event-title").filter(has_text="S" * 10).wait_for()
+    if await _scrolls_sideways(page):
+        overflowing.append("/console/calendar (editing)")
+    assert not overflowing, overflowing

@@ -4,6 +4,7 @@ another user's events never show; titles are text, never markup."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,39 @@ async def test_calendars_events_and_import(page: Any, console: str, client: http
     saved = tmp_path / "export.ics"
     await download.save_as(str(saved))
     assert "Imported lunch" in saved.read_text()
+
+
+async def test_calendar_quick_next_next_shows_the_named_week(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """Two quick clicks on Next, the first week's answer arriving last: the agenda shows the
+    week its date field names, not the late answer's."""
+    user_id, headers = await make_user(database)
+    cal = await client.post("/api/v1/calendars", json={"name": "Daily"}, headers=headers)
+    assert cal.status_code == 201, cal.text
+    ev = await client.post(f"/api/v1/calendars/{cal.json()['id']}/events", headers=headers, json={
+        "summary": "Standup", "start_time": "2020-01-06T12:00:00Z",
+        "end_time": "2020-01-06T12:15:00Z", "recurrence_rule": "FREQ=DAILY"})
+    assert ev.status_code == 201, ev.text
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto("/console/calendar")
+    await page.locator("#agenda-body tr[data-event-id]").nth(6).wait_for()
+    calls = {"n": 0}
+
+    async def slow_first(route: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            await asyncio.sleep(2)
+        await route.continue_()
+    await page.route("**/api/v1/calendars/agenda?*", slow_first)
+    await page.locator("#agenda-next").click()
+    await page.locator("#agenda-next").click()
+    await page.wait_for_timeout(3500)  # past the slow answer
+    start = await page.locator("#agenda-start").input_value()
+    first_day: str = await page.locator("#agenda-body tr.day th").first.inner_text()
+    expected: str = await page.evaluate(
+        "v => { const [y, m, d] = v.split('-').map(Number); return new Date(y, m - 1, d, 12)"
+        ".toLocaleDateString([], { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' }); }",
+        start)
+    assert first_day == expected, (start, first_day)

@@ -234,3 +234,18 @@ async def test_a_runs_versions_and_another_users_version_is_not_found(
         await assert_accessible(other)
     finally:
         await context.close()
+
+
+async def test_code_versions_malformed_run_id_in_url_says_so(
+    page: Any, console: str, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """A code-versions link with a malformed run id: the notice names the field, not the
+    API's bare "see errors"."""
+    user_id, _ = await make_user(database)
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto("/console/code?run_id=nope")
+    notice = page.locator("#notice")
+    await notice.wait_for()
+    message = await notice.inner_text()
+    assert "run_id" in message and "see errors" not in message, message
+    assert "undefined" not in await page.locator("main").inner_text()

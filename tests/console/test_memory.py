@@ -307,3 +307,25 @@ async def test_phone_width(
     assert width <= 390  # long content wraps, nothing scrolls sideways
     await screenshot(page, "memory-phone")
     await assert_accessible(page)
+
+
+async def test_memory_next_double_click_moves_one_page(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """A double click on Next moves one page: it says Page 2, and Previous goes back to the
+    first page (the buttons are disabled while a page loads)."""
+    user_id, headers = await make_user(database)
+    for index in range(45):
+        await _add(client, headers, f"fact number {index:03d}")
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto("/console/memory")
+    await page.locator("#memories .memory").nth(19).wait_for()
+    await page.locator("#memories-next").dblclick()
+    await page.wait_for_timeout(1500)  # a second Next, if one got through, has landed
+    summary = await page.locator("#view-summary").inner_text()
+    assert "Page 2." in summary, summary
+    await page.locator("#memories-prev").click()
+    await page.wait_for_timeout(1000)
+    summary = await page.locator("#view-summary").inner_text()
+    assert "Page" not in summary, summary

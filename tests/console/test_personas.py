@@ -184,3 +184,24 @@ async def test_a_strangers_persona_is_not_found_and_the_owner_deletes_it(
     await page.get_by_text("No personas yet").wait_for()
     gone = await client.get(f"/api/v1/personas/{persona_id}", headers=owner_headers)
     assert gone.status_code == 404
+
+
+async def test_persona_secret_refused_name_says_which_field(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """A refused secret name: the notice names the field and its rule (the 422's field
+    errors), not the API's bare "see errors"."""
+    user_id, headers = await make_user(database)
+    created = await client.post("/api/v1/personas", json={"name": "Helper"}, headers=headers)
+    assert created.status_code == 201, created.text
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto(f"/console/personas/{created.json()['id']}")
+    await page.locator("#secret-name").fill("my token")
+    await page.locator("#secret-value").fill("s3cret")
+    await page.locator("#secret-form button[type=submit]").click()
+    notice = page.locator("#notice")
+    await notice.wait_for()
+    message = await notice.inner_text()
+    assert "key_name" in message and "pattern" in message, message
+    assert "see errors" not in message, message

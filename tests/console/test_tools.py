@@ -220,3 +220,21 @@ async def test_an_administrator_registers_and_checks_language_servers_a_user_use
     await expect(page.get_by_role("button", name="Check health of jedi")).to_be_visible()
     await expect(page.get_by_role("button", name="Delete jedi")).to_have_count(0)
     await expect(page.locator("#lsp-form")).to_have_count(0)
+
+
+async def test_mcp_server_refused_name_says_which_field(
+    page: Any, console: str, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """Adding an MCP server with a refused name: the notice says the name is wrong and why,
+    not the API's bare "see errors"."""
+    user_id, _ = await make_user(database)
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto("/console/tools")
+    await page.locator("#server-name").fill("bad name with spaces!")
+    await page.locator("#server-url").fill("http://127.0.0.1:9/mcp")
+    await page.locator("#server-form button[type=submit]").click()
+    notice = page.locator("#notice")
+    await notice.wait_for()
+    message = await notice.inner_text()
+    assert "name: " in message and "pattern" in message, message
+    assert "see errors" not in message and "undefined" not in message, message

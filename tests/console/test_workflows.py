@@ -192,3 +192,79 @@ async def test_another_users_workflow_is_not_found(
     await assert_accessible(page)
     await page.goto("/console/workflows")
     await page.get_by_text("No workflows yet").wait_for()  # not in the list either
+
+
+async def _make_workflows(client: httpx.AsyncClient, headers: dict[str, str], count: int) -> None:
+    for index in range(count):
+        answer = await client.post("/api/v1/workflows", headers=headers, json={"name": f"wf-{index:03d}"})
+        assert answer.status_code == 201, answer.text
+
+
+async def _listed_names(page: Any) -> list[str]:
+    names: list[str] = await page.locator("#workflows-body tr td.wide a").all_inner_texts()
+    return names
+
+
+async def test_workflows_load_more_double_click_lists_each_once(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """A quick double click on "Load more" loads the next page once: each workflow is listed
+    once (the button is disabled while its page loads)."""
+    user_id, headers = await make_user(database)
+    await _make_workflows(client, headers, 30)
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    cursors: list[str] = []
+    page.on("request", lambda request: cursors.append(request.url)
+            if "/api/v1/workflows?" in request.url and "cursor=" in request.url else None)
+    await page.goto("/console/workflows")
+    await page.locator("#workflows-body tr").nth(24).wait_for()
+    await page.locator("#workflows-more").dblclick()
+    await page.locator("#workflows-more").wait_for(state="hidden")
+    await page.wait_for_timeout(1000)  # a second page, if one was asked for, has landed
+    names = await _listed_names(page)
+    assert len(names) == len(set(names)) == 30, names
+    assert len(cursors) == 1, cursors
+
+
+async def test_workflows_filter_change_drops_a_late_page(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """Changing the status filter while "Load more" is loading: the late page of the old
+    filter is dropped, the list shows the new filter's rows only."""
+    user_id, headers = await make_user(database)
+    await _make_workflows(client, headers, 30)
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto("/console/workflows")
+    await page.locator("#workflows-body tr").nth(24).wait_for()
+
+    async def slow_next_page(route: Any) -> None:
+        if "cursor=" in route.request.url:
+            await asyncio.sleep(1.5)
+        await route.continue_()
+    await page.route("**/api/v1/workflows?*", slow_next_page)
+    await page.locator("#workflows-more").click()
+    await page.locator("#status-filter").select_option("archived")
+    await page.wait_for_timeout(3000)  # past the slow page's answer
+    assert await _listed_names(page) == []
+    assert await page.locator("#workflows-empty").is_visible()
+
+
+async def test_workflow_description_preview_keeps_emoji_whole(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """The list's 140-character description preview is cut between characters, never
+    through an emoji (half a surrogate pair)."""
+    user_id, headers = await make_user(database)
+    answer = await client.post("/api/v1/workflows", headers=headers,
+                               json={"name": "emoji", "description": "a" * 139 + "😀" * 5})
+    assert answer.status_code == 201, answer.text
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto("/console/workflows")
+    preview = page.locator("#workflows-body tr td.wide div")
+    await preview.wait_for()
+    # Compared in the page: a lone surrogate cannot travel to Python as text.
+    whole: bool = await preview.evaluate("n => n.textContent === 'a'.repeat(139) + '\\u{1F600}'")
+    assert whole

@@ -4,12 +4,8 @@
 // model price table (edit, add, remove), the analytics export (status, "Export now") and
 // streaming metrics per model.  Money is sent and shown as decimal strings.
 
-import { api, el, formatTime, notify } from "./console.js";
+import { api, el, formatTime, notify, showError } from "./console.js";
 import { invoiceRow, money, period, statusBadge } from "./billing.js";
-import { problemMessage } from "./problems.js";
-
-// A 422's field errors say more than its summary.
-const showError = (error) => notify(problemMessage(error));
 
 const $ = (id) => document.getElementById(id);
 const number = (value) => Number(value).toLocaleString();

@@ -1,6 +1,6 @@
 // Administration: the job queue.  Counts by status and priority, dead letters waiting
 // (details with the error as text, retry), recent jobs by status; cursor pages.
-import { api, el, formatTime, notify, showError } from "./console.js";
+import { api, clip, el, formatTime, notify, showError } from "./console.js";
 
 const PRIORITIES = ["critical", "high", "normal", "low", "background"];
 const STATUSES = ["pending", "queued", "running", "paused", "completed", "failed", "stuck", "cancelled", "dead_letter"];
@@ -56,7 +56,7 @@ let deadCursor = null;
 
 function firstLine(text) {
   const line = (text || "").split("\n", 1)[0];
-  return line.length > 160 ? `${line.slice(0, 160)}…` : line;
+  return clip(line, 161, "…");
 }
 
 // Details load when first opened: the stack and history are in the single-letter answer.

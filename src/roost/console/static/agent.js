@@ -1,5 +1,5 @@
 // One agent: its details, a run form (to the run's page), editing, deleting, its runs.
-import { api, badge, el, formatTime, keepDraft, notify, pageData, saveChanges, showError } from "./console.js";
+import { api, badge, clip, el, formatTime, keepDraft, notify, pageData, saveChanges, showError } from "./console.js";
 
 const { agent_id: agentId } = pageData();
 let agent = null;
@@ -78,7 +78,7 @@ async function load() {
 
 function runRow(run) {
   return el("tr", {},
-    el("td", {}, el("a", { href: `/console/runs/${run.id}` }, run.input.slice(0, 80) || run.id)),
+    el("td", {}, el("a", { href: `/console/runs/${run.id}` }, clip(run.input, 80) || run.id)),
     el("td", {}, badge(run.status)),
     el("td", {}, formatTime(run.created_at)));
 }

@@ -1,5 +1,5 @@
 // Agents: the user's agents (cursor pages), a create form, and recent runs.
-import { api, badge, el, formatTime, keepDraft, notify, showError } from "./console.js";
+import { api, badge, clip, el, formatTime, keepDraft, notify, showError } from "./console.js";
 
 const agentsBody = document.getElementById("agents-body");
 const runsBody = document.getElementById("runs-body");
@@ -52,7 +52,7 @@ function runRow(run) {
   const link = run.agent_id ? el("a", { href: `/console/agents/${run.agent_id}` }, agent || "agent") : null;
   if (link && !agent) nameLater(run.agent_id, link);
   return el("tr", {},
-    el("td", {}, el("a", { href: `/console/runs/${run.id}` }, run.input.slice(0, 80) || run.id),
+    el("td", {}, el("a", { href: `/console/runs/${run.id}` }, clip(run.input, 80) || run.id),
        el("div", { class: "muted small" }, `${run.source} · ${run.id.slice(0, 8)}`)),
     el("td", {}, badge(run.status)),
     el("td", {}, link || el("span", { class: "muted" }, "deleted agent")),

@@ -1,8 +1,7 @@
 // Calendar: the user's calendars (create, delete, export link), an agenda of a week or a
 // month (occurrences expanded by the server), the event form (create and edit, with an
 // RRULE field) and the .ics import.
-import { api, el, notify, showError } from "./console.js";
-import { problemMessage } from "./problems.js";
+import { api, el, latestLoad, notify, showError } from "./console.js";
 
 const $ = (id) => document.getElementById(id);
 const BROWSER_TZ = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
@@ -95,6 +94,8 @@ function occurrenceRow(occ) {
     el("td", {}, edit, " ", remove));
 }
 
+const loading = latestLoad();  // quick Next, Next: the week the date field names wins
+
 async function loadAgenda() {
   const start = rangeStart();
   const end = new Date(start);
@@ -104,8 +105,9 @@ async function loadAgenda() {
   const path = id ? `/api/v1/calendars/${id}/events` : "/api/v1/calendars/agenda";
   let answer;
   try {
-    answer = await api(`${path}?${query}`);
+    answer = await loading((signal) => api(`${path}?${query}`, { signal }));
   } catch (error) { showError(error); return; }
+  if (!answer) return;  // a newer load replaced this one
   const rows = [];
   let day = "";
   for (const occ of answer.occurrences) {
@@ -201,7 +203,7 @@ function wireEventForm() {
       resetForm();
       await loadAgenda();
     } catch (error) {
-      notify(problemMessage(error));
+      showError(error);
     } finally {
       button.disabled = false;
     }
@@ -221,7 +223,7 @@ function wireCalendarForm() {
       $("calendar-form").reset();
       notify(`Created ${name}`, "ok");
       await refresh();
-    } catch (error) { notify(problemMessage(error)); }
+    } catch (error) { showError(error); }
   });
 }
 
@@ -241,7 +243,7 @@ function wireImport() {
       await loadAgenda();
     } catch (error) {
       $("import-result").textContent = "";
-      notify(problemMessage(error));
+      showError(error);
     }
   });
 }

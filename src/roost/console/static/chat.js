@@ -556,7 +556,7 @@ async function autoTitle(content) {
   if (!session || session.title || session.message_count > 0 || conversation.titled) return;
   conversation.titled = true;  // once, even if a second message is sent meanwhile
   const firstLine = content.trim().split("\n")[0];
-  const title = clip(firstLine, 60) === firstLine ? firstLine : `${clip(firstLine, 59)}…`;
+  const title = clip(firstLine, 60, "…");
   try {
     const updated = await api(sessionApi(sessionId), { method: "PATCH", body: { title } });
     showSession(updated);

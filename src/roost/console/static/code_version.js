@@ -2,8 +2,7 @@
 // against the parent (text in a <pre>, one styled line each: never parsed as HTML), and its
 // validation: the status in words, each check's command, outcome, exit code, duration and
 // output; "Validate" queues the checks and the page asks every second until they finish.
-import { api, el, formatTime, notify, pageData, showError } from "./console.js";
-import { problemMessage } from "./problems.js";
+import { api, el, formatTime, pageData, showError } from "./console.js";
 import { FINAL, shortHash, statusBadge, statusSentence } from "./code_status.js";
 
 const { version_id: versionId } = pageData();
@@ -164,7 +163,7 @@ $("validate").addEventListener("click", async () => {
     renderValidation();
     schedule();
   } catch (error) {
-    notify(problemMessage(error));
+    showError(error);
     button.disabled = waiting(version);
   }
 });

@@ -1,7 +1,7 @@
 // Code versions: the commits the user can see, newest first (cursor pages), narrowed by
 // chat session, run and branch.  The filters live in the URL (?chat_session_id=, ?run_id=,
 // ?branch=; ?session_id= is read as the chat session), so other pages can link here.
-import { api, el, formatTime, notify, showError } from "./console.js";
+import { api, el, formatTime, latestLoad, notify, showError } from "./console.js";
 import { shortHash, statusBadge } from "./code_status.js";
 
 const $ = (id) => document.getElementById(id);
@@ -10,6 +10,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const FIELDS = [["chat_session_id", "filter-chat", "chat session"], ["run_id", "filter-run", "run"],
                 ["branch", "filter-branch", "branch"]];
 let cursor = null;
+const loading = latestLoad($("versions-more"));
 
 function filtersFromUrl() {
   const params = new URLSearchParams(location.search);
@@ -56,7 +57,8 @@ function versionRow(version) {
 async function loadVersions(more = false) {
   const query = new URLSearchParams({ limit: "25", ...filters });
   if (more && cursor) query.set("cursor", cursor);
-  const page = await api(`/api/v1/code-versions?${query}`);
+  const page = await loading((signal) => api(`/api/v1/code-versions?${query}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   if (!more) body.replaceChildren();
   for (const version of page.items) body.append(versionRow(version));
   cursor = page.next_cursor;

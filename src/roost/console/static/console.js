@@ -83,9 +83,21 @@ document.addEventListener("keydown", (event) => {
   if (event.key === "Escape") { const box = document.getElementById("notice"); if (box) box.hidden = true; }
 });
 
+// A problem's message for the notice: a 422's field errors say more than its summary
+// ("request has invalid or missing fields; see errors"), so they replace its "see errors".
+export function problemMessage(error) {
+  if (!(error instanceof ApiError)) return String(error?.message || error);
+  const errors = Array.isArray(error.problem?.errors) ? error.problem.errors : [];
+  const details = errors.filter((e) => e && e.msg).map((e) => {
+    const where = (e.loc || []).filter((part) => part !== "body").join(".");
+    return where ? `${where}: ${e.msg}` : e.msg;
+  });
+  if (!details.length) return error.message;
+  return `${error.message.replace(/;\s*see errors$/, "")}: ${details.slice(0, 5).join("; ")}`;
+}
+
 export function showError(error) {
-  const message = error instanceof ApiError ? error.message : String(error?.message || error);
-  notify(message, "error");
+  notify(problemMessage(error), "error");
 }
 
 // Small DOM builder: el("li", {class: "x", onclick: f}, "text", child...).  Text is always
@@ -131,9 +143,36 @@ export function badge(text, kind = text) {
 
 // ``text`` cut to at most ``size`` characters, between code points: ``slice`` counts UTF-16
 // units and can split an emoji, and the server refuses the lone half left in a text sent back.
-export function clip(text, size) {
+// A cut text ends with ``more`` (e.g. "…"), counted in ``size``.
+export function clip(text, size, more = "") {
   const chars = Array.from(text);
-  return chars.length > size ? chars.slice(0, size).join("") : text;
+  return chars.length > size ? chars.slice(0, Math.max(0, size - more.length)).join("") + more : text;
+}
+
+// A list's loads, the latest winning: ``load(fetch)`` calls ``fetch(signal)`` and resolves to
+// its answer, or to null once a newer load of the same list has started (this one is then
+// aborted), so a late page never lands under a newer filter or page.  ``buttons`` ("Load
+// more", "Next") are disabled while a load is in flight: a double click loads one page, once.
+export function latestLoad(...buttons) {
+  let current = null;
+  return async (fetch) => {
+    current?.abort();
+    const mine = new AbortController();
+    current = mine;
+    for (const button of buttons) button.disabled = true;
+    try {
+      const answer = await fetch(mine.signal);
+      return current === mine ? answer : null;
+    } catch (error) {
+      if (current !== mine) return null;
+      throw error;
+    } finally {
+      if (current === mine) {
+        current = null;
+        for (const button of buttons) button.disabled = false;
+      }
+    }
+  };
 }
 
 export function formatTime(value) {

@@ -1,13 +1,13 @@
 // Debates: the user's debates (cursor pages, a status filter) and the "New debate" form
 // (topic, positions one per line, participants: a model or an agent each, rounds, voting
 // method, weights), which starts one and opens its page.
-import { api, badge, el, keepDraft, notify, showError } from "./console.js";
-import { problemMessage } from "./problems.js";
+import { api, badge, el, keepDraft, latestLoad, notify, showError } from "./console.js";
 
 const $ = (id) => document.getElementById(id);
 const body = $("debates-body");
 const METHODS = { majority: "majority", weighted: "weighted", borda: "Borda", condorcet: "Condorcet" };
 let cursor = null;
+const loading = latestLoad($("debates-more"));
 let agents = [];  // the user's active agents, for the participant pickers
 let rowCount = 0; // ever created (unique ids); the rows on screen are numbered in order
 
@@ -29,7 +29,8 @@ async function loadDebates(more = false) {
   const status = $("status-filter").value;
   if (status) query.set("status", status);
   if (more && cursor) query.set("cursor", cursor);
-  const page = await api(`/api/v1/debates?${query}`);
+  const page = await loading((signal) => api(`/api/v1/debates?${query}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   if (!more) body.replaceChildren();
   for (const debate of page.items) body.append(debateRow(debate));
   cursor = page.next_cursor;
@@ -201,7 +202,7 @@ function wireForm() {
       forgetPositions();
       location.assign(`/console/debates/${debate.id}`);
     } catch (error) {
-      notify(problemMessage(error));
+      showError(error);
       button.disabled = false;
     }
   });

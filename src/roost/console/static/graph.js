@@ -3,6 +3,8 @@
 // missing or overlap), edges as curves with their handle or label.  Used by the workflow
 // page (problems marked) and the workflow run page (each node's status, in colour and in
 // words).
+import { clip as clipText } from "./console.js";
+
 const SVG = "http://www.w3.org/2000/svg";
 
 export function svg(tag, attrs = {}, ...children) {
@@ -23,7 +25,7 @@ export const plain = (value) => value !== null && typeof value === "object" && !
 
 export function clip(text, chars) {
   const flat = String(text).replace(/\s+/g, " ").trim();
-  return flat.length > chars ? `${flat.slice(0, Math.max(1, chars - 1))}…` : flat;
+  return clipText(flat, Math.max(2, chars), "…");
 }
 
 function nodeBox(node, index, minHeight) {

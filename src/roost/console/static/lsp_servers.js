@@ -1,11 +1,12 @@
 // The tools page's language servers: the ones the user may use (own and global, cursor
 // pages), a health check (the LSP initialize/shutdown handshake), and for administrators
 // registering and deleting them.
-import { api, badge, el, formatTime, notify, pageData, showError } from "./console.js";
+import { api, badge, el, formatTime, latestLoad, notify, pageData, showError } from "./console.js";
 
 const { is_admin: isAdmin } = pageData();
 const list = document.getElementById("lsp-servers");
 let cursor = null;
+const loading = latestLoad(document.getElementById("lsp-more"));
 
 function fact(term, ...value) {
   return el("div", {}, el("dt", {}, term), el("dd", {}, ...value));
@@ -74,7 +75,8 @@ async function remove(server) {
 async function load(more = false) {
   const query = new URLSearchParams({ limit: "50" });
   if (more && cursor) query.set("cursor", cursor);
-  const page = await api(`/api/v1/lsp-servers?${query}`);
+  const page = await loading((signal) => api(`/api/v1/lsp-servers?${query}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   if (!more) list.replaceChildren();
   for (const server of page.items) put(server);
   cursor = page.next_cursor;

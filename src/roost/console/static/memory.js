@@ -3,7 +3,7 @@
 // ends), recall with each signal's score, the entity graph (an entity's relations over
 // time and its neighbours), and forgetting a whole scope.
 
-import { api, ApiError, el, formatTime, keepDraft, notify, showError } from "./console.js";
+import { api, ApiError, clip, el, formatTime, keepDraft, latestLoad, notify, showError } from "./console.js";
 
 const BASE = "/api/v1/memories";
 const PAGE_SIZE = 20;
@@ -23,7 +23,7 @@ function badge(text, kind = "") {
 // Names in aria-labels: long memories are cut, the visible text stays whole.
 function short(text, size = 60) {
   const flat = String(text).replace(/\s+/g, " ").trim();
-  return flat.length > size ? `${flat.slice(0, size - 1)}…` : flat;
+  return clip(flat, size, "…");
 }
 
 const number = (value, digits = 2) => Number(value).toFixed(digits);
@@ -58,6 +58,7 @@ function memoryMeta(memory) {
 
 const cursors = [null];  // the cursor of every page seen so far; the last is this page's
 let nextCursor = null;
+const loading = latestLoad($("memories-prev"), $("memories-next"));
 
 function viewOptions() {
   const value = $("as-of").value;
@@ -81,7 +82,8 @@ async function loadMemories() {
   if (cursor) query.set("cursor", cursor);
   if (options.asOf) query.set("as_of", options.asOf.toISOString());
   if (options.includeInvalid) query.set("include_invalid", "true");
-  const page = await api(`${BASE}?${query}`);
+  const page = await loading((signal) => api(`${BASE}?${query}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   nextCursor = page.next_cursor;
   $("memories-prev").disabled = cursors.length <= 1;
   $("memories-next").disabled = !nextCursor;

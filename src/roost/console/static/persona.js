@@ -1,6 +1,6 @@
 // One persona: details, editing (owners and editors), members (owners manage them),
 // write-only secrets (owners and editors), the mailbox and the health samples.
-import { api, badge, el, formatTime, notify, pageData, saveChanges, showError } from "./console.js";
+import { api, badge, el, formatTime, latestLoad, notify, pageData, saveChanges, showError } from "./console.js";
 
 const { persona_id: personaId } = pageData();
 const base = `/api/v1/personas/${personaId}`;
@@ -200,10 +200,13 @@ function mailRow(email) {
     el("td", {}, formatTime(email.received_at || email.sent_at || email.created_at)));
 }
 
+const loadingMail = latestLoad(document.getElementById("mail-more"));
+
 async function loadMail(more = false) {
   const query = new URLSearchParams({ limit: "20" });
   if (more && mailCursor) query.set("cursor", mailCursor);
-  const page = await api(`${base}/emails?${query}`);
+  const page = await loadingMail((signal) => api(`${base}/emails?${query}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   const body = document.getElementById("mail-body");
   if (!more) body.replaceChildren();
   for (const email of page.items) body.append(mailRow(email));

@@ -1,13 +1,14 @@
 // Personas: the ones the user owns or is a member of (cursor pages) and a create form.
-import { api, badge, el, keepDraft, notify, showError } from "./console.js";
+import { api, badge, clip, el, keepDraft, latestLoad, notify, showError } from "./console.js";
 
 const body = document.getElementById("personas-body");
 let cursor = null;
+const loading = latestLoad(document.getElementById("personas-more"));
 
 function personaRow(persona) {
   return el("tr", {},
     el("td", {}, el("a", { href: `/console/personas/${persona.id}` }, persona.name),
-       persona.description ? el("div", { class: "muted small" }, persona.description.slice(0, 120)) : null),
+       persona.description ? el("div", { class: "muted small" }, clip(persona.description, 120)) : null),
     el("td", {}, persona.my_role || el("span", { class: "muted" }, "administrator")),
     el("td", {}, persona.email_address || el("span", { class: "muted" }, "none")),
     el("td", {}, persona.is_active ? badge("active") : badge("inactive", "muted")));
@@ -16,7 +17,8 @@ function personaRow(persona) {
 async function load(more = false) {
   const query = new URLSearchParams({ limit: "25" });
   if (more && cursor) query.set("cursor", cursor);
-  const page = await api(`/api/v1/personas?${query}`);
+  const page = await loading((signal) => api(`/api/v1/personas?${query}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   if (!more) body.replaceChildren();
   for (const persona of page.items) body.append(personaRow(persona));
   cursor = page.next_cursor;

@@ -1,6 +1,6 @@
 // Tools: the tools the user may call (cursor pages, semantic search) and their MCP servers
 // (add, sync, health check, delete).
-import { api, badge, el, formatTime, notify, pageData, showError } from "./console.js";
+import { api, badge, el, formatTime, latestLoad, notify, pageData, showError } from "./console.js";
 
 const { is_admin: isAdmin } = pageData();
 const toolsBody = document.getElementById("tools-body");
@@ -8,6 +8,9 @@ const serverList = document.getElementById("servers");
 const servers = new Map(); // id -> server, to name where a tool comes from
 let toolsCursor = null;
 let serversCursor = null;
+// The tool list (pages, a search) and the server list each show the latest load only.
+const loadingTools = latestLoad(document.getElementById("tools-more"));
+const loadingServers = latestLoad(document.getElementById("servers-more"));
 
 // --- tools --------------------------------------------------------------------------------
 
@@ -42,7 +45,8 @@ function showTools(any, caption) {
 async function loadTools(more = false) {
   const query = new URLSearchParams({ limit: "50" });
   if (more && toolsCursor) query.set("cursor", toolsCursor);
-  const page = await api(`/api/v1/tools?${query}`);
+  const page = await loadingTools((signal) => api(`/api/v1/tools?${query}`, { signal }));
+  if (!page) return;
   if (!more) toolsBody.replaceChildren();
   for (const tool of page.items) toolsBody.append(toolRow(tool));
   toolsCursor = page.next_cursor;
@@ -52,7 +56,9 @@ async function loadTools(more = false) {
 }
 
 async function search(q) {
-  const found = await api(`/api/v1/tools/search?${new URLSearchParams({ q, k: "20" })}`);
+  const found = await loadingTools((signal) => api(`/api/v1/tools/search?${new URLSearchParams({ q, k: "20" })}`,
+                                                   { signal }));
+  if (!found) return;
   toolsBody.replaceChildren(...found.items.map((hit) => toolRow(hit.tool, hit.score)));
   toolsCursor = null;
   document.getElementById("tools-more").hidden = true;
@@ -186,7 +192,8 @@ async function remove(server) {
 async function loadServers(more = false) {
   const query = new URLSearchParams({ limit: "50" });
   if (more && serversCursor) query.set("cursor", serversCursor);
-  const page = await api(`/api/v1/mcp-servers?${query}`);
+  const page = await loadingServers((signal) => api(`/api/v1/mcp-servers?${query}`, { signal }));
+  if (!page) return;
   if (!more) {
     serverList.replaceChildren();
     servers.clear();

@@ -4,7 +4,7 @@
 // (ClickHouse).  Cost stays the API's decimal string in the table and the totals; only the
 // bar heights use it as a number.
 
-import { api, el, showError } from "./console.js";
+import { api, clip, el, showError } from "./console.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
@@ -43,7 +43,7 @@ function rowLabel(row, groupBy) {
 }
 
 function short(text, max = 14) {
-  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
+  return clip(text, max, "…");
 }
 
 // 1, 2 or 5 times a power of ten, at least ``value``: round numbers on the axis.

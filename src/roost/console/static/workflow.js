@@ -3,9 +3,8 @@
 // problems listed by node and edge, the nodes at fault marked in the drawing) and Save,
 // publishing, the versions with rollback, the diff of two versions (or a version and the
 // draft), its name, description and status, and deleting it.  Its runs: workflow_runs.js.
-import { api, ApiError, badge, el, formatTime, notify, pageData, showError } from "./console.js";
+import { api, ApiError, badge, el, formatTime, notify, pageData, problemMessage, showError } from "./console.js";
 import { drawGraph as drawShared, plain } from "./graph.js";
-import { problemMessage } from "./problems.js";
 
 const { workflow_id: workflowId } = pageData();
 const BASE = `/api/v1/workflows/${workflowId}`;
@@ -235,7 +234,7 @@ async function publish(event) {
       showProblems({ message: `Not published: ${counted(issues.length, "problem")} in the saved draft:`,
                      issues, graph: graphOf(saved), source: "(the saved draft)" });
     }
-    notify(problemMessage(error));
+    showError(error);
   } finally {
     button.disabled = false;
   }
@@ -309,7 +308,7 @@ async function saveDetails(event) {
   try {
     setSaved(await api(BASE, { method: "PATCH", body }));
     notify("Saved.", "ok");
-  } catch (error) { notify(problemMessage(error)); }
+  } catch (error) { showError(error); }
 }
 
 async function changeStatus(event) {
@@ -324,7 +323,7 @@ async function changeStatus(event) {
     notify(`The workflow is now ${status}.`, "ok");
   } catch (error) {
     $("edit-status").value = saved.status;
-    notify(problemMessage(error));
+    showError(error);
   }
 }
 

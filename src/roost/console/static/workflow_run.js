@@ -5,7 +5,6 @@
 // run is read again every second while it is running or pending.
 import { api, badge, el, formatTime, notify, pageData, showError } from "./console.js";
 import { drawGraph } from "./graph.js";
-import { problemMessage } from "./problems.js";
 
 const { run_id: runId } = pageData();
 const BASE = `/api/v1/workflow-runs/${runId}`;
@@ -95,7 +94,7 @@ function approvalForm(nodeId) {
       notify(approved ? `Approved ${nodeId}.` : `Rejected ${nodeId}.`, "ok");
       render();
     } catch (error) {
-      notify(problemMessage(error));
+      showError(error);
       buttons.forEach((b) => { b.disabled = false; });
     } finally {
       busy = false;
@@ -246,7 +245,7 @@ async function act(button, path, done) {
     notify(done, "ok");
     render();
   } catch (error) {
-    notify(problemMessage(error));
+    showError(error);
   } finally {
     button.disabled = false;
     busy = false;

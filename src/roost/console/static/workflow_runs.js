@@ -3,8 +3,7 @@
 // while nothing is published or the workflow is archived) and the workflow's runs, newest
 // first, with "Load more".  workflow.js sends the workflow in a "roost:workflow" event
 // each time it loads or saves it (a new version published: the form follows).
-import { api, badge, el, formatTime, notify, pageData, showError } from "./console.js";
-import { problemMessage } from "./problems.js";
+import { api, badge, clip, el, formatTime, latestLoad, pageData, showError } from "./console.js";
 
 const { workflow_id: workflowId } = pageData();
 const BASE = `/api/v1/workflows/${workflowId}`;
@@ -19,7 +18,7 @@ let runsCursor = null;
 
 function snippet(text, chars = 120) {
   const flat = String(text).replace(/\s+/g, " ").trim();
-  return flat.length > chars ? `${flat.slice(0, chars - 1)}…` : flat;
+  return clip(flat, chars, "…");
 }
 
 // --- the run form -------------------------------------------------------------------------------
@@ -100,7 +99,7 @@ async function startRun(event) {
     const run = await api(`${BASE}/runs`, { method: "POST", body });
     location.assign(`/console/workflow-runs/${run.id}`);
   } catch (error) {
-    notify(problemMessage(error));
+    showError(error);
     button.disabled = false;
   }
 }
@@ -126,12 +125,15 @@ function runRow(run) {
     el("td", { class: "wide wrap" }, result));
 }
 
+const loadingRuns = latestLoad($("runs-more"));
+
 async function loadRuns(more = false) {
   const query = new URLSearchParams({ limit: "20" });
   const status = $("runs-status").value;
   if (status) query.set("status", status);
   if (more && runsCursor) query.set("cursor", runsCursor);
-  const page = await api(`${BASE}/runs?${query}`);
+  const page = await loadingRuns((signal) => api(`${BASE}/runs?${query}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   const body = $("runs-body");
   if (!more) body.replaceChildren();
   for (const run of page.items) body.append(runRow(run));

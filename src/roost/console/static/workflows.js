@@ -1,16 +1,16 @@
 // Workflows: the user's workflows (cursor pages, a status filter) and a create form (a
 // draft with an empty graph, opened on its page).
-import { api, badge, el, formatTime, notify, showError } from "./console.js";
-import { problemMessage } from "./problems.js";
+import { api, badge, clip, el, formatTime, latestLoad, notify, showError } from "./console.js";
 
 const $ = (id) => document.getElementById(id);
 const body = $("workflows-body");
 let cursor = null;
+const loading = latestLoad($("workflows-more"));
 
 function workflowRow(workflow) {
   return el("tr", {},
     el("td", { class: "wide" }, el("a", { href: `/console/workflows/${workflow.id}` }, workflow.name),
-       workflow.description ? el("div", { class: "muted small" }, workflow.description.slice(0, 140)) : null),
+       workflow.description ? el("div", { class: "muted small" }, clip(workflow.description, 140)) : null),
     el("td", {}, badge(workflow.status, workflow.status === "archived" ? "muted" : workflow.status)),
     el("td", {}, workflow.latest_version ? `version ${workflow.latest_version}`
                                          : el("span", { class: "muted" }, "not published")),
@@ -22,7 +22,8 @@ async function loadWorkflows(more = false) {
   const status = $("status-filter").value;
   if (status) query.set("status", status);
   if (more && cursor) query.set("cursor", cursor);
-  const page = await api(`/api/v1/workflows?${query}`);
+  const page = await loading((signal) => api(`/api/v1/workflows?${query}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   if (!more) body.replaceChildren();
   for (const workflow of page.items) body.append(workflowRow(workflow));
   cursor = page.next_cursor;
@@ -51,7 +52,7 @@ $("create-form").addEventListener("submit", async (event) => {
     const workflow = await api("/api/v1/workflows", { method: "POST", body: payload });
     location.assign(`/console/workflows/${workflow.id}`);
   } catch (error) {
-    notify(problemMessage(error));
+    showError(error);
     button.disabled = false;
   }
 });

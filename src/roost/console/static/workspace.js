@@ -2,7 +2,6 @@
 // and urgency that re-sort it, done, delete, add), the projects list (create, archive,
 // details with counts of what each groups).
 import { api, el, notify, showError } from "./console.js";
-import { problemMessage } from "./problems.js";
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 50;
@@ -20,7 +19,7 @@ async function patchTask(task, body, message) {
     await api(`/api/v1/tasks-board/${task.id}`, { method: "PATCH", body });
     notify(message, "ok");
     await loadBoard();
-  } catch (error) { notify(problemMessage(error)); await loadBoard(); }
+  } catch (error) { showError(error); await loadBoard(); }
 }
 
 function weightInput(task, field, label) {
@@ -100,7 +99,7 @@ function wireTaskForm() {
       $("task-title").value = "";
       notify("Task added", "ok");
       await loadBoard();
-    } catch (error) { notify(problemMessage(error)); }
+    } catch (error) { showError(error); }
   });
 }
 
@@ -168,7 +167,7 @@ function wireProjectForm() {
       $("project-name").value = "";
       notify(`Created ${name}`, "ok");
       await loadProjects();
-    } catch (error) { notify(problemMessage(error)); }
+    } catch (error) { showError(error); }
   });
 }
 
