@@ -13,6 +13,7 @@ the Message-ID).  No reply carries an exception's text.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any, Final
 
@@ -94,6 +95,10 @@ class MailServer:
                     timeout=IDLE_TIMEOUT_S)
 
     async def start(self) -> None:
+        # aiosmtpd logs every command a client sends at INFO ("mail.log"): strangers'
+        # addresses and raw bytes (lone surrogates, which no UTF-8 stream can write) in
+        # the log.  Roost logs what it decides itself; aiosmtpd only its warnings.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol, self.host, self.port,
                                                 reuse_port=self.reuse_port or None)
