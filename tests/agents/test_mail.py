@@ -744,6 +744,13 @@ async def test_the_send_email_tool_sends_from_the_run_s_persona(
     assert relay.parsed()["Subject"] == "From the agent"
     with pytest.raises(Unprocessable):
         await mail.send_email_tool(database, cfg, actor, {"to": "not a list"}, run_id=run_id)
+    # No hidden recipients for an agent: its schema has no bcc, and the tool refuses one.
+    with pytest.raises(ValidationError):
+        validate({**arguments, "bcc": ["eve@example.org"]}, mail.SEND_EMAIL_TOOL_SCHEMA)
+    with pytest.raises(Unprocessable, match="bcc"):
+        await mail.send_email_tool(database, cfg, actor,
+                                   {**arguments, "bcc": ["eve@example.org"]}, run_id=run_id)
+    assert len(relay.received) == 1 and len(await emails_of(database, persona.id)) == 1
     assert EmailSend.model_validate({"to": ["x@example.org"], "subject": "", "body": ""})
 
 

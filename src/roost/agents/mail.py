@@ -23,6 +23,7 @@ audited as a failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import smtplib
 import ssl
@@ -38,6 +39,7 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import structlog
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -338,7 +340,7 @@ def _send_blocking(relay: Relay, helo: str, timeout_s: float, message: EmailMess
                                   timeout=timeout_s, context=context)
     else:
         client = smtplib.SMTP(relay.host, relay.port, local_hostname=helo, timeout=timeout_s)
-    with client:
+    try:
         client.ehlo()
         if relay.scheme == "smtp" and client.has_extn("starttls"):
             client.starttls(context=context)
@@ -349,13 +351,54 @@ def _send_blocking(relay: Relay, helo: str, timeout_s: float, message: EmailMess
                 "(use smtps:// or a relay on loopback)")
         if relay.username:
             client.login(relay.username, relay.password or "")
-        refused = client.send_message(message, from_addr=sender, to_addrs=recipients)
-    return dict(refused)
+        return dict(client.send_message(message, from_addr=sender, to_addrs=recipients))
+    finally:
+        # Not ``with client``: its QUIT raises on any reply but 221, and a relay that has
+        # queued the message (or refused it) cannot change that with its goodbye.
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            client.quit()
+        client.close()
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether the relay stopped answering: smtplib reports a read that timed out as
+    :class:`smtplib.SMTPServerDisconnected`, the timeout being its context."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _ascii_domain(domain: str) -> str:
+    """``domain`` as SMTP commands and mail headers carry it: an internationalized name in
+    its IDNA form (``xn--…``, IDNA 2008 as the recipients' check uses), the same domain
+    for every relay, with or without SMTPUTF8."""
+    if domain.isascii():
+        return domain
+    try:
+        return validate_email(f"x@{domain}", check_deliverability=False,
+                              globally_deliverable=False).ascii_domain
+    except EmailNotValidError as exc:
+        raise Unprocessable(f"the mail domain {domain[:100]!r} is not a valid "
+                            f"internationalized domain name: {exc}") from None
+
+
+def _ascii_address(value: str) -> str:
+    local, _, domain = value.rpartition("@")
+    return f"{local}@{_ascii_domain(domain)}"
+
+
+def _mail_domain(cfg: MailConfig, sender: str) -> str:
+    """The domain of the Message-IDs Roost writes and of its EHLO."""
+    return _ascii_domain(cfg.from_domain or sender.rpartition("@")[2])
 
 
 def _address(value: str, name: str | None = None) -> Address:
     local, _, domain = value.rpartition("@")
-    return Address(display_name=_display_name(name or ""), username=local, domain=domain)
+    return Address(display_name=_display_name(name or ""), username=local,
+                   domain=_ascii_domain(domain))
 
 
 def _display_name(name: str) -> str:
@@ -386,8 +429,8 @@ async def _prepare_outbound(
             Email.id == body.in_reply_to, Email.persona_id == persona_id))
         if parent is None:
             raise NotFound(f"email {body.in_reply_to} is not in this persona's mailbox")
-    domain = cfg.from_domain or persona.email_address.rpartition("@")[2]
-    message_id = make_msgid(idstring=uuid7().hex, domain=domain)
+    message_id = make_msgid(idstring=uuid7().hex,
+                            domain=_mail_domain(cfg, persona.email_address))
     message = EmailMessage()
     message["From"] = _address(persona.email_address, persona.name)
     message["To"] = [_address(a) for a in body.to]
@@ -422,19 +465,19 @@ async def send_email(
     """Send ``body`` from the persona's address through the relay and keep it in the
     persona's mailbox (``direction`` outbound).  The actor must be an owner or editor of
     the persona; ``run_id``: the run whose agent sent it."""
+    # Before the row exists (EmailSend has checked each domain: this does not fail).
+    recipients = list(dict.fromkeys(_ascii_address(a) for a in [*body.to, *body.cc, *body.bcc]))
     async with database.transaction() as session:
         await apply_principal(session, actor, app_role=cfg.app_role)
         email, message = await _prepare_outbound(session, cfg, actor, persona_id, body, run_id)
     assert cfg.relay is not None  # checked by _prepare_outbound
-    recipients = list(dict.fromkeys([*body.to, *body.cc, *body.bcc]))
-    helo = cfg.from_domain or email.from_email.rpartition("@")[2]
+    helo = _mail_domain(cfg, email.from_email)
     failure: RoostError | None = None
     refused: dict[str, Any] = {}
     try:
         refused = await asyncio.to_thread(_send_blocking, cfg.relay, helo, cfg.timeout_s,
-                                          message, email.from_email, recipients)
-    except TimeoutError:
-        failure = GatewayTimeout(f"the SMTP relay did not answer within {cfg.timeout_s:g} s")
+                                          message, _ascii_address(email.from_email),
+                                          recipients)
     except smtplib.SMTPResponseException as exc:
         reply = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) \
             else str(exc.smtp_error)
@@ -444,8 +487,12 @@ async def send_email(
         failure = BadGateway(f"the SMTP relay refused every recipient "
                              f"({', '.join(sorted(exc.recipients))[:300]})")
     except (smtplib.SMTPException, OSError) as exc:
-        failure = BadGateway(f"the SMTP relay could not be reached or used: "
-                             f"{type(exc).__name__}: {str(exc)[:300]}")
+        if _timed_out(exc):  # connecting, or a reply (greeting, after DATA, ...)
+            failure = GatewayTimeout(f"the SMTP relay did not answer within "
+                                     f"{cfg.timeout_s:g} s")
+        else:
+            failure = BadGateway(f"the SMTP relay could not be reached or used: "
+                                 f"{type(exc).__name__}: {str(exc)[:300]}")
     async with database.transaction() as session:
         await apply_principal(session, actor, app_role=cfg.app_role)
         sent: Email | None = None
@@ -530,6 +577,12 @@ async def send_email_tool(database: Database, cfg: MailConfig, actor: Principal,
         persona_id = await session.scalar(select(Run.persona_id).where(Run.id == run_id))
     if persona_id is None:
         raise Unprocessable("this run's agent has no persona, so no mailbox to send from")
+    # The schema the model is offered has no bcc (an agent's mail has no hidden
+    # recipients); EmailSend, the API's body, has.
+    extra = sorted(set(arguments) - set(SEND_EMAIL_TOOL_SCHEMA["properties"]))
+    if extra:
+        raise Unprocessable(f"send_email arguments are not valid: {', '.join(extra)[:200]}: "
+                            "not an argument of send_email")
     body = parse_tool_arguments(EmailSend, "send_email", arguments)
     email = await send_email(database, cfg, actor, persona_id, body, run_id=run_id)
     return {"email_id": str(email.id), "message_id": email.message_id,
