@@ -1,21 +1,25 @@
 """A tool's input schema is written by whoever defined the tool (a user's MCP server, a
 persona's tool): validating arguments against it must never fetch a URL it names, fail
 with a 500 on a ``$ref`` that resolves nowhere or a number too large for a float, nor
-hold the event loop comparing every pair of an array's items (roost.tools.schemacheck)."""
+hold the event loop comparing every pair of an array's items (roost.tools.schemacheck),
+nor with a 500 on a schema nested too deep to check (the metaschema check recurses)."""
 
 from __future__ import annotations
 
 import json
 import socket
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.errors import RoostError, Unprocessable
 from roost.tools.calls import ToolUnavailable, check_schema_ends, validate_arguments
+from tests.agents.api import create_persona
 from tests.support.identity import make_user
 from tests.tools.test_hostile_servers import CLOSE, Hostile, _json_response
 from tests.tools.test_tools_api import tool_id
@@ -148,3 +152,70 @@ async def test_a_tool_schema_cannot_make_roost_fetch_a_url(
     assert called.status_code == 409, called.text[:300]
     assert "resolves nowhere" in called.json()["detail"]
     assert "tools/call" not in called_tools
+
+
+def deep_schema(depth: int) -> dict[str, Any]:
+    """``{"not": {"not": ...}}``, ``depth`` levels: valid JSON Schema, 7 bytes a level."""
+    schema: dict[str, Any] = {}
+    for _ in range(depth):
+        schema = {"not": schema}
+    return schema
+
+
+@pytest.mark.parametrize("depth", [200, 2000])
+def test_a_schema_nested_too_deep_to_check_is_an_invalid_schema_not_a_500(depth: int) -> None:
+    """The metaschema check recurses per level (a RecursionError past ~150 levels, 1.4 KB);
+    2,000 levels overflow even the cache key's json.dumps.  A call: the 409 of an invalid
+    schema, every time; a schema a user saves is left to its own check."""
+    for _ in range(2):  # the second answered from the validator cache
+        with pytest.raises(ToolUnavailable, match="not a valid JSON Schema"):
+            validate_arguments(deep_schema(depth), {})
+    check_schema_ends(deep_schema(depth))
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_calling_a_tool_whose_schema_nests_too_deep_is_a_409_not_a_500(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A tool stored with a 200-level schema (a sync now skips such a tool; one stored
+    before, or written otherwise): the call is refused as for an invalid schema."""
+    owner, headers = await make_user(database)
+    server_id, tool = uuid.uuid4(), uuid.uuid4()
+    async with database.transaction() as session:
+        await session.execute(text(
+            "INSERT INTO mcp_servers (id, user_id, name, transport, url) VALUES "
+            "(:id, :uid, 'deep', 'streamable_http', 'https://mcp.example.com/mcp')"
+        ), {"id": server_id, "uid": owner})
+        await session.execute(text(
+            "INSERT INTO tools (id, user_id, mcp_server_id, kind, name, input_schema) "
+            "VALUES (:id, :uid, :sid, 'mcp', 'deep_tool', CAST(:schema AS jsonb))"
+        ), {"id": tool, "uid": owner, "sid": server_id, "schema": json.dumps(deep_schema(200))})
+    for _ in range(2):
+        called = await client.post(f"/api/v1/tools/{tool}/call", headers=headers,
+                                   json={"arguments": {}})
+        assert called.status_code == 409, called.text[:300]
+        assert "not a valid JSON Schema" in called.json()["detail"]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_grant_schema_is_checked_under_its_own_draft_when_saved(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A grant's ``input_schema`` is checked as its calls build it, under its ``$schema``:
+    ``exclusiveMinimum: 5`` is invalid under draft-04 (a boolean there) and was saved (a
+    2020-12 check), then every call was a 409 blaming the tool."""
+    _, headers = await make_user(database)
+    listed = await client.get("/api/v1/tools", params={"name": "current_time"}, headers=headers)
+    tool = listed.json()["items"][0]["id"]
+    persona = await create_persona(client, headers)
+    url = f"/api/v1/personas/{persona['id']}/tools/{tool}"
+    draft4 = "http://json-schema.org/draft-04/schema#"
+    refused = await client.put(url, headers=headers, json={"input_schema": {
+        "$schema": draft4, "exclusiveMinimum": 5}})
+    assert refused.status_code == 422, refused.text[:300]
+    assert "not a valid JSON Schema" in refused.json()["detail"]
+    saved = await client.put(url, headers=headers, json={"input_schema": {
+        "$schema": draft4, "minimum": 5, "exclusiveMinimum": True}})
+    assert saved.status_code == 200, saved.text[:300]
+    deep = await client.put(url, headers=headers, json={"input_schema": deep_schema(97)})
+    assert deep.status_code in (200, 422), deep.text[:300]  # within the request depth cap

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from roost.config import Settings
 from roost.db.engine import Database
 from tests.support.identity import make_user
+from tests.tools.test_hostile_schemas import deep_schema
 from tests.tools.test_tools_api import tool_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -155,12 +156,14 @@ async def test_a_result_holding_a_nul_is_a_recorded_failed_run(
     ([tool("a\u0000z"), tool("b")], "a\\x00z"),
     ([tool("a", {"type": "object", "description": "\u0000"}), tool("b")], "a"),
     ([tool("a", title="t\u0000"), tool("b")], "a"),
-], ids=["description", "name", "schema", "title"])
+    ([tool("a", {"type": "object", "not": deep_schema(80)}), tool("b")], "a"),
+], ids=["description", "name", "schema", "title", "schema-nested-deeper-than-64"])
 async def test_a_listed_tool_that_cannot_be_stored_is_the_servers_fault_not_a_400(
     client: httpx.AsyncClient, admin_headers: dict[str, str], tmp_path: Path,
     tools: list[dict[str, Any]], named: str,
 ) -> None:
-    """A server listing a tool with a NUL somewhere: that tool skipped and named in
+    """A server listing a tool with a NUL somewhere (or a schema nested deeper than 64
+    levels, which checking would recurse through): that tool skipped and named in
     ``skipped`` (a NUL in its name written \\x00), like an oversized schema, the others
     registered; once a 400 'a value is out of range or malformed for its field', which
     blamed a request that sent nothing, and lost the health check the sync made."""

@@ -148,6 +148,9 @@ async def test_stdio_server_discovery_calls_and_failures(
                              headers=admin_headers)).json()["items"]
     assert len(kept) == 1 and kept[0]["tool_id"] == add_id
     assert (await client.get(f"/api/v1/tools/{add_id}", headers=admin_headers)).status_code == 404
+    by_id = (await client.get("/api/v1/tool-runs", params={"tool_id": add_id},
+                              headers=admin_headers)).json()["items"]
+    assert [r["id"] for r in by_id] == [kept[0]["id"]]  # still found by the deleted tool's id
 
 
 async def test_streamable_http_server_tenancy_and_ssrf(

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import Draft202012Validator, SchemaError
+from jsonschema import SchemaError
 from sqlalchemy import Uuid, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -24,7 +24,7 @@ from roost.db.engine import Database
 from roost.db.transaction import fetch_on
 from roost.errors import NotFound, Unprocessable
 from roost.principal import Principal
-from roost.tools import registry
+from roost.tools import registry, schemacheck
 from roost.tools.calls import check_schema_ends, validate_arguments
 from roost.tools.models import PersonaTool, Tool
 
@@ -65,11 +65,14 @@ async def grant_tool(session: AsyncSession, actor: Principal, persona_id: uuid.U
     await require_role(session, actor, persona_id, "editor", "grant it tools")
     tool = await registry.get_tool(session, actor, tool_id)
     if body.input_schema is not None:
-        try:
-            Draft202012Validator.check_schema(body.input_schema)
+        try:  # as calls build it: under its own $schema's draft (2020-12 by default)
+            schemacheck.build(body.input_schema)
         except SchemaError as exc:
             raise Unprocessable(f"input_schema is not a valid JSON Schema: "
                                 f"{exc.message[:300]}") from None
+        except RecursionError:
+            raise Unprocessable("input_schema is not a valid JSON Schema: nested too deep "
+                                "to check") from None
         check_schema_ends(body.input_schema)
     config = {k: v for k, v in (("input_schema", body.input_schema),
                                 ("max_calls_per_run", body.max_calls_per_run)) if v is not None}

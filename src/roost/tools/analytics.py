@@ -122,7 +122,7 @@ def check_sort(value: str) -> Sort:
 
 @dataclass(frozen=True)
 class ToolStats:
-    tool_id: uuid.UUID | None  # None: the tool was deleted (its runs keep the name)
+    tool_id: uuid.UUID | None  # as its runs were written (it may name a deleted tool)
     tool_name: str
     calls: int
     successes: int

@@ -85,13 +85,17 @@ _MAX_VALIDATORS = 1024
 
 def _validator(schema: dict[str, Any]) -> Any:
     """The schema's validator, checked against its metaschema once: that check cost
-    0.3 ms of every call (bench/tools/overhead.py)."""
-    key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    0.3 ms of every call (bench/tools/overhead.py).  ``None`` for an invalid schema, and
+    for one nested too deep to check (the metaschema check recurses once per level)."""
+    try:
+        key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    except RecursionError:  # deeper than any sync or request stores: not worth a cache slot
+        return None
     if key in _VALIDATORS:
         return _VALIDATORS[key]
     try:
         validator: Any = schemacheck.build(schema)  # no remote $ref is ever fetched
-    except SchemaError:
+    except (SchemaError, RecursionError):
         validator = None
     if len(_VALIDATORS) >= _MAX_VALIDATORS:
         _VALIDATORS.pop(next(iter(_VALIDATORS)))  # the oldest; schemas rarely change

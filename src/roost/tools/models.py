@@ -6,7 +6,8 @@ those names (``docs/seed-map.toml`` says where each column lives).
 Ownership: ``user_id`` NULL means *global* (managed by administrators, visible to every
 user); otherwise the row is its owner's.  A tool discovered on a server copies the
 server's owner.  ``tool_runs`` outlive what they describe: deleting a server deletes its
-tools, and their runs keep ``tool_name`` with ``tool_id`` set to NULL.
+tools, and their runs keep ``tool_name`` and ``tool_id`` as written (an id that may name
+a deleted tool: no foreign key, migration 1090).
 
 Secrets of a server (stdio ``env`` values, streamable-HTTP ``headers``) are stored only
 as AES-256-GCM ciphertext bound to their row (``env_encrypted``, ``headers_encrypted``)

@@ -168,7 +168,8 @@ def _check_write(actor: Principal, row: McpServer) -> None:
 
 
 async def delete_server(session: AsyncSession, actor: Principal, server_id: uuid.UUID) -> None:
-    """Delete the server and its tools; their tool runs stay (tool_id becomes NULL)."""
+    """Delete the server and its tools; their tool runs stay as written (their tool_id
+    then names a deleted tool: history ids have no foreign keys, migration 1090)."""
     row = await get_server(session, actor, server_id)
     _check_write(actor, row)
     await session.delete(row)
