@@ -119,14 +119,17 @@ async def test_debates_show_and_ls_print_positions_with_brackets(
     assert done["final_winner"] in listed.stdout
 
 
-@pytest.mark.parametrize(("slug", "words"), [("a\\u0000b", "NUL"), ("a\\ud800b", "surrogate")])
+@pytest.mark.parametrize(("slug", "words"), [
+    ("a\\u0000b", ("participants.1.agent_id", "NUL")),
+    ("a\\ud800b", ("not JSON", "lone surrogate")),  # refused as the file is read
+])
 async def test_start_with_an_unstorable_agent_slug_fails_in_one_line(
     pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path, slug: str,
-    words: str,
+    words: tuple[str, str],
 ) -> None:
     """`debates start --file F` whose agent_id slug holds a NUL or a lone surrogate (no
-    PostgreSQL text): one red line naming the field, exit 1; not a database error's
-    traceback from looking the slug up."""
+    PostgreSQL text): one red line naming the field (the surrogate: the file), exit 1; not
+    a database error's traceback from looking the slug up."""
     env = cli_env(pg_server, db_name, tmp_path)
     await make_user(database, username="dora")
     path = tmp_path / "body.json"
@@ -136,4 +139,4 @@ async def test_start_with_an_unstorable_agent_slug_fails_in_one_line(
                                   "--user", "dora", env=env)
     assert out.returncode == 1, (out.returncode, out.stderr[-500:])
     assert "Traceback" not in out.stderr and "Error" not in out.stderr, out.stderr[-1500:]
-    assert "participants.1.agent_id" in out.stderr and words in out.stderr, out.stderr[-500:]
+    assert all(word in out.stderr for word in words), out.stderr[-500:]
