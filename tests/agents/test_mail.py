@@ -37,6 +37,7 @@ from roost.tasks.worker import Worker
 from roost.tools.models import Tool
 from tests.agents.conftest import Headers, make_agent, wait_for_run
 from tests.chat.conftest import add_provider
+from tests.support.loopback import loopback_servers
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Reply, ToolCalls
 
@@ -155,26 +156,21 @@ class Relay:
 
 @pytest.fixture
 async def relay_factory() -> AsyncIterator[Callable[..., Any]]:
-    servers: list[asyncio.Server] = []
+    async with loopback_servers() as serve:
+        async def start(*, auth: bool = False) -> Relay:
+            relay = Relay()
 
-    async def start(*, auth: bool = False) -> Relay:
-        relay = Relay()
+            def protocol() -> SMTP:
+                if auth:
+                    return SMTP(relay, hostname="relay.example.org", auth_required=True,
+                                auth_require_tls=False, authenticator=relay.authenticate)
+                return SMTP(relay, hostname="relay.example.org")
 
-        def protocol() -> SMTP:
-            if auth:
-                return SMTP(relay, hostname="relay.example.org", auth_required=True,
-                            auth_require_tls=False, authenticator=relay.authenticate)
-            return SMTP(relay, hostname="relay.example.org")
+            relay.port = await serve(
+                asyncio.get_running_loop().create_server(protocol, "127.0.0.1", 0))
+            return relay
 
-        server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", 0)
-        servers.append(server)
-        relay.port = server.sockets[0].getsockname()[1]
-        return relay
-
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
+        yield start
 
 
 # --- inbound ------------------------------------------------------------------------------

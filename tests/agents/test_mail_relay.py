@@ -20,6 +20,7 @@ from roost.config import Settings
 from roost.db.engine import Database
 from tests.agents.conftest import Headers
 from tests.agents.test_mail import address, make_persona, relay_factory  # noqa: F401
+from tests.support.loopback import loopback_servers
 
 BODY: dict[str, Any] = {"to": ["bob@example.org"], "subject": "Hi", "body": "x"}
 
@@ -81,18 +82,13 @@ class ScriptedRelay:
 
 @pytest.fixture
 async def scripted_relay() -> AsyncIterator[Callable[[str], Any]]:
-    servers: list[asyncio.Server] = []
+    async with loopback_servers() as serve:
+        async def start(mode: str) -> ScriptedRelay:
+            relay = ScriptedRelay(mode=mode)
+            relay.port = await serve(asyncio.start_server(relay.handle, "127.0.0.1", 0))
+            return relay
 
-    async def start(mode: str) -> ScriptedRelay:
-        relay = ScriptedRelay(mode=mode)
-        server = await asyncio.start_server(relay.handle, "127.0.0.1", 0)
-        servers.append(server)
-        relay.port = server.sockets[0].getsockname()[1]
-        return relay
-
-    yield start
-    for server in servers:
-        server.close()
+        yield start
 
 
 async def outbound_rows(database: Database, persona_id: uuid.UUID) -> list[Email]:

@@ -1,0 +1,29 @@
+"""asyncio servers a test starts on loopback (an SMTP relay, a scripted peer), each on a
+port the system picks, all closed when the test ends."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+Serve = Callable[[Awaitable[Any]], Awaitable[int]]
+
+
+@contextlib.asynccontextmanager
+async def loopback_servers() -> AsyncIterator[Serve]:
+    """``serve(loop.create_server(..., "127.0.0.1", 0))`` (or ``asyncio.start_server``):
+    the started server's port; every server is closed on the way out."""
+    servers: list[Any] = []
+
+    async def serve(started: Awaitable[Any]) -> int:
+        server = await started
+        servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    try:
+        yield serve
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
