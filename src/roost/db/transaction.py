@@ -174,7 +174,15 @@ async def begin_with_settings(session: AsyncSession, values: Mapping[str, str], 
     adapted._transaction = _BegunTransaction(driver)  # type: ignore[union-attr]
     try:
         await driver.execute(f"{begin}; {statements}")
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError) and not driver.is_in_transaction():
+            # Cancelled in flight (a client hung up): the BEGIN's answer is not read yet
+            # and the transaction may still begin.  The adapter keeps it, so the session's
+            # end (or the pool's reset) sends a ROLLBACK, harmless when none is open: the
+            # connection never goes back to the pool inside a transaction (the next user
+            # of it got "cannot use Connection.transaction() in a manually started
+            # transaction").
+            raise
         adapted._transaction = None  # type: ignore[union-attr]
         if driver.is_in_transaction():
             await driver.execute("ROLLBACK")
