@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from sqlalchemy import text
 
 from roost.db.engine import Database, close_session
+from roost.db.transaction import begin_with_settings
 
 
 def _checked_out(database: Database) -> int:
@@ -49,3 +51,29 @@ async def test_a_cancelled_close_still_returns_the_connection(database: Database
     except asyncio.CancelledError:
         pass
     assert _checked_out(database) == before
+
+
+async def test_a_scoped_begin_cancelled_in_flight_leaves_no_transaction_on_its_connection(
+    database: Database,
+) -> None:
+    """A client hanging up while its request's ``BEGIN`` (sent with the scope in one
+    round trip) is still on the wire: the connection goes back to the pool outside any
+    transaction, so its next user can begin one (it got "cannot use
+    Connection.transaction() in a manually started transaction")."""
+    before = _checked_out(database)
+    session = database.sessionmaker()
+    raw = await (await session.connection()).get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    task = asyncio.ensure_future(begin_with_settings(
+        session, {"roost.cancel_probe": "1"}, first="SELECT pg_sleep(0.5)"))
+    await asyncio.sleep(0.15)  # BEGIN and the sleep are on the server
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await close_session(session)
+    assert _checked_out(database) == before
+    assert not driver.is_in_transaction()
+    async with driver.transaction():  # what the next user of the connection does
+        assert await driver.fetchval("SELECT current_setting('roost.cancel_probe', true)") in (
+            None, "")
