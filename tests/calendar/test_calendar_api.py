@@ -338,6 +338,20 @@ async def test_import_is_idempotent_by_uid_and_export_round_trips(client: httpx.
      b"SUMMARY:a\x00b\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n", "NUL"),
     (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:20270101T090000Z\r\n"
      b"DURATION:P400D\r\nRRULE:FREQ=DAILY\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n", "at most 366 days"),
+    # A property RFC 5545 allows once, given twice: import read the first (UID, SUMMARY) or
+    # none (two DURATIONs stored an event of no length).
+    (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:20270101T090000Z\r\n"
+     b"DURATION:PT1H\r\nDURATION:PT2H\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+     "DURATION appears more than once"),
+    (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nUID:y\r\nDTSTART:20270101T090000Z\r\n"
+     b"END:VEVENT\r\nEND:VCALENDAR\r\n", "UID appears more than once"),
+    (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:20270101T090000Z\r\n"
+     b"DTEND:20270101T100000Z\r\nDURATION:PT2H\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+     "DTEND and DURATION are both given"),
+    # A VEVENT inside another one was imported as an event of its own.
+    (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:20270101T090000Z\r\n"
+     b"BEGIN:VEVENT\r\nUID:y\r\nDTSTART:20270101T090000Z\r\nEND:VEVENT\r\n"
+     b"END:VEVENT\r\nEND:VCALENDAR\r\n", "nested inside another component"),
 ])
 async def test_malformed_icalendar_is_422_naming_the_problem(client: httpx.AsyncClient,
                                                              user: User, content: bytes,

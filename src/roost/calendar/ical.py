@@ -232,6 +232,13 @@ def _float(component: Any, name: str, default: float, where: str,
 # on the CPU threads, roost.process.cpu_bound).
 _PARSING = threading.Lock()
 
+# The VEVENT properties RFC 5545 (3.6.1) allows once, that import reads or that decide an
+# event's meaning: the library keeps every copy as a list, and import read the first one
+# (a second UID, SUMMARY) or none at all (two DURATIONs: an event of no length).
+_ONCE: Final = ("UID", "DTSTART", "DTEND", "DURATION", "RECURRENCE-ID", "SUMMARY",
+                "DESCRIPTION", "LOCATION", "STATUS", "TRANSP", "CLASS", "PRIORITY",
+                "SEQUENCE", "ORGANIZER", "DTSTAMP")
+
 
 def parse(raw: bytes, default_tz: str) -> Parsed:
     """Every VEVENT of a VCALENDAR; :class:`ICalError` when the file is malformed.  Only
@@ -265,9 +272,22 @@ def _parse(raw: bytes, default_tz: str) -> Parsed:
     skipped: list[str] = []
     seen: set[str] = set()
     seen_overrides: set[tuple[str, datetime]] = set()
-    for index, component in enumerate(cal.walk("VEVENT"), start=1):
+    vevents = [c for c in cal.subcomponents if getattr(c, "name", None) == "VEVENT"]
+    if len(cal.walk("VEVENT")) != len(vevents):
+        # RFC 5545 places a VEVENT right in the VCALENDAR; one nested in another
+        # component (a VEVENT, a VTODO) is a broken file, not an event to import as well.
+        raise ICalError("a VEVENT is nested inside another component: events must be "
+                        "components of the VCALENDAR itself")
+    for index, component in enumerate(vevents, start=1):
+        for prop in _ONCE:
+            if isinstance(component.get(prop), list):
+                raise ICalError(f"VEVENT #{index}: {prop} appears more than once (RFC 5545 "
+                                "allows it once in an event)")
         uid = _text(component, "UID")
         where = f"VEVENT #{index}" + (f" (UID {uid[:80]})" if uid else "")
+        if component.get("DTEND") is not None and component.get("DURATION") is not None:
+            raise ICalError(f"{where}: DTEND and DURATION are both given (RFC 5545 allows "
+                            "one of them)")
         errors = [(prop, msg) for prop, msg in getattr(component, "errors", [])
                   if prop in ("DTSTART", "DTEND", "DURATION", "RRULE", "EXDATE", "RDATE", "UID",
                               "RECURRENCE-ID")]
