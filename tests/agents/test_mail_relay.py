@@ -143,6 +143,30 @@ async def test_a_message_the_relay_queued_is_sent_whatever_its_goodbye(
     assert row.sent_at is not None and str(row.id) == resp.json()["id"]
 
 
+async def test_an_inactive_persona_sends_no_mail(
+    client: httpx.AsyncClient, database: Database,
+    scripted_relay: Callable[[str], Any], test_settings: Settings,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    """An inactive persona's mailbox is off both ways: inbound mail to it is refused, and
+    sending from it is a 409 saying how to turn it on; nothing stored, nothing relayed."""
+    relay = await scripted_relay("quit_421")
+    pid = await persona_sending_through(database, user[0], test_settings, relay, timeout_s=3)
+    off = await client.patch(f"/api/v1/personas/{pid}", json={"is_active": False},
+                             headers=user[1])
+    assert off.status_code == 200, off.text
+    resp = await client.post(f"/api/v1/personas/{pid}/emails", json=BODY, headers=user[1])
+    assert resp.status_code == 409, resp.text
+    assert "inactive" in resp.json()["detail"]
+    assert relay.messages == [] and await outbound_rows(database, pid) == []
+    on = await client.patch(f"/api/v1/personas/{pid}", json={"is_active": True},
+                            headers=user[1])
+    assert on.status_code == 200, on.text
+    resp = await client.post(f"/api/v1/personas/{pid}/emails", json=BODY, headers=user[1])
+    assert resp.status_code == 201, resp.text
+    assert len(relay.messages) == 1
+
+
 # --- internationalized domains --------------------------------------------------------------
 
 

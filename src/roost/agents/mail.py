@@ -56,6 +56,7 @@ from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.errors import (
     BadGateway,
+    Conflict,
     Forbidden,
     GatewayTimeout,
     NotFound,
@@ -420,6 +421,9 @@ async def _prepare_outbound(
                                  "SMTP relay")
     persona = await session.get(Persona, persona_id)
     assert persona is not None
+    if not persona.is_active:  # its mailbox is off: inbound mail to it is refused too
+        raise Conflict(f"persona {persona_id} is inactive: set is_active to true to send "
+                       "its mail")
     if not persona.email_address:
         raise Unprocessable(f"persona {persona_id} has no email address to send from; set "
                             "its email_address first")
