@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from tests.support.cli import run_roost
+from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
 
 from roost.audit import service
@@ -222,6 +223,36 @@ async def test_retention_prunes_the_oldest_prefix_and_stays_verifiable(database:
             await service.apply_retention(s, timedelta(hours=1))
 
 
+async def test_retention_of_every_record_keeps_the_newest_so_the_head_never_goes_back(
+    database: Database,
+) -> None:
+    """docs/operations.md: retention deletes only the oldest records and never moves the
+    head back: with every record older than the cutoff it keeps the newest and links its
+    own record after it (it deleted them all, and its record restarted the chain at 1)."""
+    old = datetime.now(UTC) - timedelta(days=40)
+    async with database.transaction() as s:
+        for i in range(3):
+            s.add(AuditLog(action="old.event", created_at=old + timedelta(minutes=i)))
+            await s.flush()
+    async with database.transaction() as s:
+        before = await service.verify_chain(s)
+    assert before.ok and before.head_chain_seq == 3
+    async with database.transaction() as s:
+        assert await service.apply_retention(s, timedelta(days=30)) == 2
+    async with database.transaction() as s:
+        after = await service.verify_chain(s)
+        kept = (await s.execute(select(AuditLog.action, AuditLog.chain_seq)
+                                .order_by(AuditLog.seq))).all()
+    assert after.ok, after
+    assert [tuple(row) for row in kept] == [("old.event", 3), (service.RETENTION_ACTION, 4)]
+    assert after.head_chain_seq == 4
+    async with database.transaction() as s:  # the next run prunes it: a younger one follows
+        assert await service.apply_retention(s, timedelta(days=30)) == 1
+    async with database.transaction() as s:
+        again = await service.verify_chain(s)
+    assert again.ok and again.head_chain_seq == 5, again
+
+
 async def test_admin_query_filters_and_paginates(
     database: Database, client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
@@ -351,3 +382,42 @@ async def test_api_verify_with_a_malformed_anchor_is_not_500(
     answer = await client.get("/api/v1/audit/verify", headers=admin_headers)
     assert answer.status_code == 200, answer.text
     assert answer.json()["ok"] is True
+
+
+# --- the request id as the records' correlation id ------------------------------------
+
+
+async def test_a_request_id_too_long_for_the_audit_log_is_replaced_not_a_failed_write(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """An X-Request-ID becomes each audit record's correlation_id (64 characters): the
+    middleware accepted up to 128, and a longer one failed every audited write with a 400.
+    Now a longer one is replaced by a generated id, as a malformed one is."""
+    _, headers = await make_user(database)
+    longest = "r" * 64
+    kept = await client.post("/api/v1/api-keys", json={"name": "kept-id"},
+                             headers={**headers, "X-Request-ID": longest})
+    assert kept.status_code == 201, kept.text
+    assert kept.headers["x-request-id"] == longest
+    too_long = "r" * 100
+    replaced = await client.post("/api/v1/api-keys", json={"name": "replaced-id"},
+                                 headers={**headers, "X-Request-ID": too_long})
+    assert replaced.status_code == 201, replaced.text
+    assert replaced.headers["x-request-id"] != too_long
+    async with database.transaction() as s:
+        ids = set((await s.scalars(select(AuditLog.correlation_id))).all())
+    assert {longest, replaced.headers["x-request-id"]} <= ids
+
+
+async def test_failed_logins_with_a_long_request_id_still_count(client: httpx.AsyncClient) -> None:
+    """Wrong passwords sent with a long X-Request-ID still count toward the lockout: the
+    throttle counters commit with the auth.login_failed record, and a failed audit insert
+    rolled both back (no lockout, nothing audited)."""
+    long_id = {"X-Request-ID": "q" * 100}
+    for _ in range(6):
+        await client.post("/api/v1/auth/login",
+                          json={"login": "ghost-probe", "password": "nope-nope-1"},
+                          headers=long_id)
+    final = await client.post("/api/v1/auth/login",
+                              json={"login": "ghost-probe", "password": "nope-nope-1"})
+    assert final.status_code == 429, final.text

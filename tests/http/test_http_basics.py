@@ -304,6 +304,11 @@ async def test_request_id_is_echoed_generated_and_logged(
 
         hostile = await client.get("/health", headers={"X-Request-ID": "x" * 500})
         assert hostile.headers["x-request-id"] != "x" * 500
+        # 64 at most: the id is the audit records' correlation_id (docs/architecture.md)
+        longest = await client.get("/health", headers={"X-Request-ID": "x" * 64})
+        assert longest.headers["x-request-id"] == "x" * 64
+        too_long = await client.get("/health", headers={"X-Request-ID": "x" * 65})
+        assert too_long.headers["x-request-id"] != "x" * 65
 
         problem = await client.get("/missing", headers={"X-Request-ID": "req-for-problem"})
         assert problem.json()["request_id"] == "req-for-problem"

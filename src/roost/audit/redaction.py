@@ -12,10 +12,15 @@ REDACTED = "[redacted]"
 # "refreshToken", "X-Api-Key"), so counters such as "tokens_in" stay visible.
 _SECRET_WORDS = frozenset(
     {"password", "passwd", "passphrase", "secret", "token", "apikey", "authorization",
-     "credential", "credentials", "cookie", "otp", "totp", "signature", "pin"}
+     "credential", "credentials", "cookie", "otp", "totp", "signature", "pin",
+     # plurals of a map or list of them ("secrets": {"OPENAI": ...}); not a general
+     # plural rule, which would hide "tokens_in"
+     "secrets", "passwords", "passphrases", "apikeys", "cookies"}
 )
 _SECRET_PAIRS = ("api_key", "private_key", "backup_code", "session_key", "recovery_code")
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+# Word boundaries: "refreshToken" (lower to upper) and after an acronym, "DBPassword",
+# "OpenAIAPIKey" (an upper letter before an upper one starting a word).
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -36,7 +36,9 @@ class AuditRecordOut(BaseModel):
 class ChainReportOut(BaseModel):
     ok: bool
     rows_checked: int
-    broken_seq: int | None = None
+    broken_seq: int | None = Field(
+        None, description="The first broken record's seq (insertion order, as in the log's "
+        "listing), not its chain_seq (its place in the chain, as head_chain_seq).")
     broken_id: uuid.UUID | None = None
     reason: str | None = None
     linked_now: int = Field(0, description="Committed records that were not linked yet and "

@@ -131,6 +131,8 @@ class ChainReport:
     ok: bool
     rows_checked: int
     broken_seq: int | None = None
+    """The first broken row's ``seq`` (insertion order, as the log's listing and filters
+    use), not its ``chain_seq`` (its place in the chain, as ``head_chain_seq``)."""
     broken_id: uuid.UUID | None = None
     reason: str | None = None
     linked_now: int = 0
@@ -171,6 +173,7 @@ _FIRST_BROKEN = text(
     WHERE row_hash IS NULL OR prev_hash IS NULL OR computed IS DISTINCT FROM row_hash
        OR n = 1 OR prev_hash IS DISTINCT FROM predecessor AND n > 1
     ORDER BY n
+    LIMIT 2
     """
 )
 
@@ -210,6 +213,8 @@ async def verify_chain(session: AsyncSession) -> ChainReport:
         return ChainReport(reason is None, total, seq, row_id, reason, linked_now,
                            head_seq, head_hash)
 
+    # At most two rows: the first row (always listed: its link is checked against the
+    # anchors here) and the first broken one after it.
     for row in (await session.execute(_FIRST_BROKEN)).all():
         seq: int = row.seq
         row_id: uuid.UUID = row.id
@@ -233,7 +238,9 @@ async def apply_retention(session: AsyncSession, older_than: timedelta) -> int:
     """Delete the oldest records created before now - ``older_than``; audited itself.
 
     Only a prefix of the chain is removed (every row before the first row that is still
-    young enough), so the rest stays verifiable from the recorded anchor.
+    young enough), so the rest stays verifiable from the recorded anchor.  The newest
+    linked row is always kept, however old: the retention record links after it, so the
+    head never goes back (with none left it would restart the chain at ``chain_seq`` 1).
     """
     if older_than < timedelta(days=1):
         raise BadRequest("audit retention must keep at least one day of records")
@@ -246,16 +253,20 @@ async def apply_retention(session: AsyncSession, older_than: timedelta) -> int:
     await link_pending(session, limit=2_147_483_647)
     boundary: int | None = (
         await session.execute(
-            text("SELECT min(chain_seq) FROM audit_logs WHERE created_at >= :cutoff"),
+            # The first young row, else the newest (kept: see above).  Two subqueries, so
+            # max() stays one probe of the chain_seq index.
+            text("SELECT coalesce((SELECT min(chain_seq) FROM audit_logs WHERE created_at >= :cutoff), "
+                 "(SELECT max(chain_seq) FROM audit_logs))"),
             {"cutoff": cutoff},
         )
     ).scalar_one()
+    if boundary is None:  # an empty chain
+        return 0
     await session.execute(
         text("SELECT set_config('roost.audit_retention_cutoff', :c, true)"),
         {"c": cutoff.isoformat()},
     )
-    condition = "chain_seq IS NOT NULL AND created_at < :cutoff" + (
-        " AND chain_seq < :boundary" if boundary is not None else "")
+    condition = "chain_seq IS NOT NULL AND created_at < :cutoff AND chain_seq < :boundary"
     params: dict[str, Any] = {"cutoff": cutoff, "boundary": boundary}
     last = (
         await session.execute(

@@ -37,7 +37,10 @@ LATENCY = Histogram(
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _NO_STORE = (b"cache-control", b"no-store")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# At most 64: the id is each audit record's correlation_id (String(64)), and a longer
+# one failed every audited write of the request (and rolled back a failed login's
+# throttle counters with its record).  A longer id is replaced, as a malformed one.
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
