@@ -121,7 +121,7 @@ async def test_labels_staging_and_production_switch_atomically(
     assert resp.json()["version"] == 2 and resp.json()["label"] == "production"
     assert (await resolved(client, headers, "agent.helper"))["prompt_text"] == "Version two"
     labels = (await client.get("/api/v1/prompts/labels", headers=headers,
-                               params={"key": "agent.helper"})).json()
+                               params={"key": "agent.helper"})).json()["items"]
     assert sorted((x["label"], x["version"]) for x in labels) == [("production", 2),
                                                                   ("staging", 2)]
     # The switch is audited with where the label came from.
@@ -247,7 +247,7 @@ async def test_another_users_prompts_are_404(client: httpx.AsyncClient, user: Us
     assert resp.status_code == 404
     listed = (await client.get("/api/v1/prompts", headers=other)).json()["items"]
     assert all(p["prompt_key"] != "private.notes" for p in listed)
-    labels = (await client.get("/api/v1/prompts/labels", headers=other)).json()
+    labels = (await client.get("/api/v1/prompts/labels", headers=other)).json()["items"]
     assert all(x["prompt_key"] != "private.notes" for x in labels)
     unknown = uuid.uuid4()
     assert (await client.get(f"/api/v1/prompts/{unknown}", headers=headers)).status_code == 404

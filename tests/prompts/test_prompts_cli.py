@@ -9,11 +9,37 @@ import select
 import subprocess
 from pathlib import Path
 
+import httpx
+
 from roost.db.engine import Database
 from tests.agents.test_agents_cli import cli_env
+from tests.prompts.conftest import make_group, publish
 from tests.support.cli import ROOST, command_env, run_roost
 from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
+
+
+def on_a_terminal(env: dict[str, str], *args: str) -> bytes:
+    """What ``roost *args`` prints to a terminal (a pseudo-terminal as its stdout)."""
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([ROOST, *args], env=command_env(env), stdin=subprocess.DEVNULL,
+                              stdout=follower, stderr=subprocess.PIPE, timeout=120,
+                              check=False)
+        os.close(follower)
+        assert proc.returncode == 0, proc.stderr
+        out = b""
+        while select.select([leader], [], [], 1)[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        os.close(leader)
 
 
 async def test_publish_show_and_list_from_the_command_line(
@@ -120,28 +146,27 @@ async def test_show_prints_control_sequences_escaped_to_a_terminal(
     piped = run_roost("prompts", "show", "k", "--user", "petra", env=env)
     assert piped.returncode == 0 and "Be brief.\x1b]0;owned\x07\x1b[2J" in piped.stdout
 
-    def on_a_terminal() -> bytes:
-        leader, follower = pty.openpty()
-        try:
-            proc = subprocess.run([ROOST, "prompts", "show", "k", "--user", "petra"],
-                                  env=command_env(env), stdin=subprocess.DEVNULL,
-                                  stdout=follower, stderr=subprocess.PIPE, timeout=120,
-                                  check=False)
-            os.close(follower)
-            assert proc.returncode == 0, proc.stderr
-            out = b""
-            while select.select([leader], [], [], 1)[0]:
-                try:
-                    chunk = os.read(leader, 65536)
-                except OSError:  # the terminal's other end is closed: all read
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            return out
-        finally:
-            os.close(leader)
-
-    shown = await asyncio.to_thread(on_a_terminal)
+    shown = await asyncio.to_thread(on_a_terminal, env, "prompts", "show", "k", "--user", "petra")
     assert b"Be brief.\\x1b]0;owned\\x07\\x1b[2J" in shown, shown
     assert b"\x1b]0;" not in shown and b"\x1b[2J" not in shown
+
+
+async def test_a_group_category_reaches_the_terminal_escaped(
+        client: httpx.AsyncClient, pg_server: PgTestServer, db_name: str,
+        database: Database, tmp_path: Path) -> None:
+    """A group prompt's category and string default (a group administrator's text) reach a
+    member's terminal with their control sequences escaped, in `prompts ls` and `show`."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    member_id, _ = await make_user(database, username="mara")
+    lead_id, lead = await make_user(database)
+    g = await make_group(database, (lead_id, "admin"), (member_id, "member"))
+    hostile = "ops\x1b]0;owned\x07\x1b[2J"
+    await publish(client, lead, "team.k", "Be nice to {{who}}.", scope="group",
+                  group_id=str(g), prompt_category=hostile,
+                  variables=[{"name": "who", "default": hostile}])
+    listed = await asyncio.to_thread(on_a_terminal, env, "prompts", "ls", "--user", "mara")
+    shown = await asyncio.to_thread(on_a_terminal, env, "prompts", "show", "team.k",
+                                    "--user", "mara")
+    for out in (listed, shown):
+        assert b"\x1b]0;owned" not in out and b"\x1b[2J" not in out, out
+    assert b"ops\\x1b]0;owned" in shown, shown

@@ -14,7 +14,16 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from roost.clitools import MAX_INT32, fail, id_table, load_json, print_table, printable, read_text
+from roost.clitools import (
+    MAX_INT32,
+    add_text_row,
+    fail,
+    id_table,
+    load_json,
+    print_table,
+    printable,
+    read_text,
+)
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
 from roost.prompts import service
@@ -40,9 +49,10 @@ def prompts_ls(user: UserOpt = None, category: Annotated[str | None, typer.Optio
     table = id_table("key", "scope", "category", "versions", "labels", "used", "success")
     for k in keys:
         labels = ", ".join(f"{name}→v{v}" for name, v in sorted(k.labels.items()))
-        table.add_row(Text(k.prompt_key), k.scope, Text(k.prompt_category), str(k.versions),
-                      Text(labels or "-"), str(k.usage_count),
-                      "-" if k.success_rate is None else f"{k.success_rate:.0%}")
+        # The category is a group's administrator's text: escaped like every stored string.
+        add_text_row(table, k.prompt_key, k.scope, k.prompt_category, str(k.versions),
+                     labels or "-", str(k.usage_count),
+                     "-" if k.success_rate is None else f"{k.success_rate:.0%}")
     print_table(console, table)
 
 
@@ -66,18 +76,20 @@ def prompts_show(
             return service.prompt_out(row, (await service.labels_of(session, [row.id]))[row.id])
 
     p = _run(user, go)
-    console.print(Text(f"{p.prompt_key} v{p.version} ({p.scope}"
-                       + (f", labels: {', '.join(p.labels)}" if p.labels else "") + ")"))
-    console.print(Text(f"id {p.id} · category {p.prompt_category} · used {p.usage_count} times"
-                       + ("" if p.success_rate is None else f" · success {p.success_rate:.0%}")
-                       + ("" if p.is_active else " · INACTIVE")))
+    # A group's prompt is another member's text: its category, defaults and text reach a
+    # terminal without control sequences.
+    console.print(Text(printable(f"{p.prompt_key} v{p.version} ({p.scope}"
+                       + (f", labels: {', '.join(p.labels)}" if p.labels else "") + ")")))
+    console.print(Text(printable(
+        f"id {p.id} · category {p.prompt_category} · used {p.usage_count} times"
+        + ("" if p.success_rate is None else f" · success {p.success_rate:.0%}")
+        + ("" if p.is_active else " · INACTIVE"))))
     for var in p.variables:
-        console.print(Text(f"  {{{{{var['name']}}}}} {var.get('type', 'string')}"
-                           + (" required" if var.get("required") else "")
-                           + (f" default={var['default']!r}" if var.get("default") is not None
-                              else "")))
+        console.print(Text(printable(
+            f"  {{{{{var['name']}}}}} {var.get('type', 'string')}"
+            + (" required" if var.get("required") else "")
+            + (f" default={var['default']!r}" if var.get("default") is not None else ""))))
     console.print()
-    # A group's prompt is another member's text: no control sequences to a terminal.
     shown = p.prompt_text.rstrip("\n")
     sys.stdout.write((printable(shown) if sys.stdout.isatty() else shown) + "\n")
 

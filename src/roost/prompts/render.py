@@ -27,6 +27,8 @@ from roost.errors import Unprocessable
 PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,63})\s*\}\}")
 TYPES: Final = {"string": (str,), "number": (int, float), "integer": (int,),
                 "boolean": (bool,)}
+FLOAT_DIGITS: Final = 10**16
+"""From here on, Python prints a whole float with an exponent (1e+16)."""
 MAX_RENDERED_CHARS: Final = 1_000_000
 """The longest rendered prompt (ten times the longest text), wherever a prompt is rendered."""
 
@@ -48,6 +50,21 @@ def _type_ok(kind: str, value: Any) -> bool:
     if kind != "boolean" and isinstance(value, bool):
         return False  # True is an int in Python, not a number in a prompt
     return isinstance(value, TYPES[kind])
+
+
+def _as_text(kind: str, value: Any) -> str:
+    """A value as the rendered text has it: booleans as JSON writes them; a number as a
+    float prints when it is a whole one of 16 digits or more.  The database keeps no
+    difference between 1e16 and 10000000000000000 (a stored default of 1.5e300 comes back
+    as a 301-digit integer), so a default and the same value supplied render alike."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if kind == "number" and isinstance(value, int) and abs(value) >= FLOAT_DIGITS:
+        try:
+            return str(float(value))
+        except OverflowError:  # beyond a float's range: only the digits say it
+            return str(value)
+    return str(value)
 
 
 def check_definitions(text: str, variables: Sequence[Mapping[str, Any]]) -> None:
@@ -97,7 +114,7 @@ def render(text: str, variables: Sequence[Mapping[str, Any]], values: Mapping[st
             continue
         else:
             value = ""
-        resolved[name] = str(value).lower() if isinstance(value, bool) else str(value)
+        resolved[name] = _as_text(str(var.get("type", "string")), value)
     if missing:
         raise InvalidVariables(f"missing required variable {missing[0]!r}",
                                extra={"variables": missing})

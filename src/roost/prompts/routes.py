@@ -87,12 +87,14 @@ async def render(body: RenderRequest, principal: CurrentPrincipal,
                        scope=service.scope_of(row), text=service.render_row(row, body.values))
 
 
-@router.get("/labels", response_model=list[LabelOut],
-            summary="Labels of your scopes and the versions they point at")
+@router.get("/labels", response_model=Page[LabelOut],
+            summary="Labels of your scopes and the versions they point at, by key")
 async def list_labels(principal: CurrentPrincipal, db: DbSession,
                       key: Annotated[str | None, Query(pattern=KEY_PATTERN)] = None,
-                      ) -> list[LabelOut]:
-    return await service.list_labels(db, principal, key=key)
+                      limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> Page[LabelOut]:
+    items, next_cursor = await service.list_labels(db, principal, key=key, limit=limit,
+                                                   cursor=cursor)
+    return Page[LabelOut](items=items, next_cursor=next_cursor)
 
 
 @router.put("/labels", response_model=LabelOut,

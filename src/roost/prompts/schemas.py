@@ -42,11 +42,16 @@ class VariableDef(StrictInput):
     @classmethod
     def _storable(cls, value: Value) -> Value:
         # A default is stored as JSON: a finite number, a string without NUL (the CLI's
-        # --variables reads 1e400 as infinity and accepts NaN).
+        # --variables reads 1e400 as infinity and accepts NaN) and no longer than a text
+        # (a longer one would be stored in every version, yet hardly ever render).
         if isinstance(value, float) and not math.isfinite(value):
             raise PydanticCustomError("finite_number", "Input should be a finite number")
         if isinstance(value, str):
             _no_nul(value)
+            if len(value) > MAX_TEXT:
+                raise PydanticCustomError(
+                    "string_too_long", "String should have at most {max_length} characters",
+                    {"max_length": MAX_TEXT})
         return value
 
 

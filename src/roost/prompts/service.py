@@ -14,29 +14,48 @@ statement on the labels' unique index (docs/prompts.md, bench/workspace/prompts.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import func, select, text, true
+from sqlalchemy import ColumnElement, func, literal, select, text, true, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
 from roost.db.base import uuid7
-from roost.errors import Forbidden, NotFound, Unprocessable
+from roost.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.models import Group, UserGroupMembership
-from roost.pagination import newest_first, where_equal
+from roost.pagination import (
+    MALFORMED_CURSOR,
+    cursor_uuid,
+    decode_cursor,
+    encode_cursor,
+    newest_first,
+    page_of,
+    where_equal,
+)
 from roost.principal import Principal
 from roost.prompts import cache
 from roost.prompts.models import NIL_SCOPE, SystemPrompt, SystemPromptLabel
 from roost.prompts.render import check_definitions, render
-from roost.prompts.schemas import KeyOut, LabelOut, PromptCreate, PromptOut, Scope
+from roost.prompts.schemas import (
+    KEY_PATTERN,
+    LABEL_PATTERN,
+    KeyOut,
+    LabelOut,
+    PromptCreate,
+    PromptOut,
+    Scope,
+)
 from roost.system_settings import runtime
 
 DEFAULT_LABEL: Final = "production"
 RESOURCE: Final = "system_prompt"
+MAX_LABELS: Final = 100
+"""Labels of one key in one scope: what /keys answers per key stays bounded."""
 
 # Both lookups rank the same way: the user's scope, then their groups' (oldest membership
 # first), then the factory's.  :uid may be NULL (the operator): the factory only.
@@ -159,8 +178,10 @@ async def create_version(session: AsyncSession, actor: Principal,
 
 
 async def _lock(session: AsyncSession, scope: uuid.UUID, key: str) -> None:
-    """Publishes of one key in one scope take turns for the next number (the unique index
-    would otherwise turn the loser into a 409); held to commit."""
+    """Publishes and label moves of one key in one scope take turns: for the next number
+    (the unique index would otherwise turn the loser into a 409) and for a label's
+    previous version (``FOR UPDATE`` locks nothing while the label does not exist yet);
+    held to commit."""
     await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
                           {"k": f"system_prompts:{scope}:{key}"})
 
@@ -246,10 +267,18 @@ async def set_active(session: AsyncSession, actor: Principal, prompt_id: uuid.UU
 
 async def _move_label(session: AsyncSession, row: SystemPrompt, label: str) -> uuid.UUID | None:
     """Point ``label`` of the version's scope and key at it: one upsert, so readers see the
-    old version or the new one, never none.  Returns the version it pointed at before."""
+    old version or the new one, never none.  Returns the version it pointed at before.
+    A scope's key has at most ``MAX_LABELS`` labels (409 for a new one past that)."""
+    await _lock(session, row.scope_id, row.prompt_key)
+    of_key = (SystemPromptLabel.scope_id == row.scope_id,
+              SystemPromptLabel.prompt_key == row.prompt_key)
     before = await session.scalar(select(SystemPromptLabel.prompt_id).where(
-        SystemPromptLabel.scope_id == row.scope_id, SystemPromptLabel.prompt_key == row.prompt_key,
-        SystemPromptLabel.label == label).with_for_update())
+        *of_key, SystemPromptLabel.label == label))
+    if before is None and (await session.scalar(
+            select(func.count()).where(*of_key)) or 0) >= MAX_LABELS:
+        raise Conflict(f"prompt {row.prompt_key!r} has {MAX_LABELS} labels in this scope, the "
+                       "most it may have: move one of them instead",
+                       extra={"limit": MAX_LABELS})
     await session.execute(insert(SystemPromptLabel).values(
         id=uuid7(), user_id=row.user_id, group_id=row.group_id, prompt_key=row.prompt_key,
         label=label, prompt_id=row.id,
@@ -284,19 +313,38 @@ def _label_out(lab: SystemPromptLabel, version: int) -> LabelOut:
                     version=version, updated_at=lab.updated_at)
 
 
+def _label_cursor(lab: LabelOut) -> str:
+    return encode_cursor({"k": lab.prompt_key, "s": str(lab.user_id or lab.group_id or NIL_SCOPE),
+                          "l": lab.label})
+
+
+def _after_label(cursor: str) -> ColumnElement[bool]:
+    """Labels after the cursor's, in (key, scope, label) order; its key and label must be
+    ones a label can have (400 otherwise, never a value the database chokes on)."""
+    after = decode_cursor(cursor)
+    key, label = after.get("k"), after.get("l")
+    if not (isinstance(key, str) and re.fullmatch(KEY_PATTERN, key)
+            and isinstance(label, str) and re.fullmatch(LABEL_PATTERN, label)):
+        raise BadRequest(MALFORMED_CURSOR)
+    lab = SystemPromptLabel
+    return (tuple_(lab.prompt_key, lab.scope_id, lab.label)
+            > tuple_(literal(key), literal(cursor_uuid(cursor, "s")), literal(label)))
+
+
 async def list_labels(session: AsyncSession, actor: Principal, *, key: str | None = None,
-                      prompt_id: uuid.UUID | None = None) -> list[LabelOut]:
+                      limit: int, cursor: str | None) -> tuple[list[LabelOut], str | None]:
+    """One page of the labels of the actor's scopes, by key, scope and label."""
     stmt = (select(SystemPromptLabel, SystemPrompt.version)
             .join(SystemPrompt, SystemPrompt.id == SystemPromptLabel.prompt_id)
             .where(_own_scopes(actor, SystemPromptLabel.scope_id)))
     if key is not None:
         stmt = stmt.where(SystemPromptLabel.prompt_key == key)
-    if prompt_id is not None:
-        stmt = stmt.where(SystemPromptLabel.prompt_id == prompt_id)
+    if cursor is not None:
+        stmt = stmt.where(_after_label(cursor))
     rows = (await session.execute(stmt.order_by(SystemPromptLabel.prompt_key,
                                                 SystemPromptLabel.scope_id,
-                                                SystemPromptLabel.label).limit(1000))).all()
-    return [_label_out(lab, version) for lab, version in rows]
+                                                SystemPromptLabel.label).limit(limit + 1))).all()
+    return page_of([_label_out(lab, version) for lab, version in rows], limit, _label_cursor)
 
 
 async def list_keys(session: AsyncSession, actor: Principal, *,
@@ -313,12 +361,21 @@ async def list_keys(session: AsyncSession, actor: Principal, *,
             .order_by(p.prompt_key, p.user_id.is_(None), p.group_id.is_(None)).limit(1000))
     if category is not None:
         stmt = stmt.where(p.prompt_category == category)
+    rows = (await session.execute(stmt)).all()
+    # The labels of the keys listed (at most MAX_LABELS each), not the first so many of all.
     labels: dict[tuple[str, uuid.UUID | None, uuid.UUID | None], dict[str, int]] = {}
-    for lab in await list_labels(session, actor):
-        labels.setdefault((lab.prompt_key, lab.user_id, lab.group_id), {})[lab.label] = lab.version
+    if rows:
+        scoped = [(r[1] or r[2] or NIL_SCOPE, r[0]) for r in rows]
+        found = await session.execute(
+            select(SystemPromptLabel.prompt_key, SystemPromptLabel.user_id,
+                   SystemPromptLabel.group_id, SystemPromptLabel.label, SystemPrompt.version)
+            .join(SystemPrompt, SystemPrompt.id == SystemPromptLabel.prompt_id)
+            .where(tuple_(SystemPromptLabel.scope_id, SystemPromptLabel.prompt_key)
+                   .in_(scoped)))
+        for key, user_id, group_id, label, version in found:
+            labels.setdefault((key, user_id, group_id), {})[label] = version
     out = []
-    for key, user_id, group_id, count, latest, usage, successes, outcomes, cats in (
-            await session.execute(stmt)).all():
+    for key, user_id, group_id, count, latest, usage, successes, outcomes, cats in rows:
         out.append(KeyOut(
             prompt_key=key, prompt_category=cats[-1] if cats else "general",
             scope="user" if user_id else "group" if group_id else "factory",

@@ -1,0 +1,57 @@
+"""Variable defaults as publishing stores them and rendering uses them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from roost.config import Settings
+from roost.prompts.schemas import MAX_TEXT
+from tests.prompts.conftest import User, publish
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    """The default request limit (10 MiB), as a server has it: room for long defaults."""
+    return Settings(data_dir=tmp_path / "data", log_json=True)
+
+
+async def test_a_string_default_longer_than_a_text_is_refused(
+        client: httpx.AsyncClient, user: User) -> None:
+    """A string default longer than a prompt's text may be is a 422 naming its field at
+    publish (one of 2,000,000 characters was stored and could never render)."""
+    _, headers = user
+    for length in (MAX_TEXT + 1, 2_000_000):
+        resp = await client.post("/api/v1/prompts", headers=headers, json={
+            "prompt_key": "huge.default", "prompt_text": "{{a}}",
+            "variables": [{"name": "a", "required": False, "default": "x" * length}]})
+        assert resp.status_code == 422, resp.text[:500]
+        assert resp.headers["content-type"].startswith("application/problem+json")
+        assert "default" in resp.text and "x" * 100 not in resp.text  # named, not echoed
+    v = await publish(client, headers, "huge.default", "{{a}}", variables=[
+        {"name": "a", "required": False, "default": "x" * MAX_TEXT}])
+    resp = await client.post(f"/api/v1/prompts/{v['id']}/render", headers=headers, json={})
+    assert resp.status_code == 200, resp.text[:500]
+    assert len(resp.json()["text"]) == MAX_TEXT
+
+
+async def test_a_number_default_renders_as_the_same_value_supplied(
+        client: httpx.AsyncClient, user: User) -> None:
+    """A number default renders as the same number supplied as a value does (the database
+    gave 1.5e300 back as a 301-digit integer); whole numbers stay whole."""
+    _, headers = user
+    v = await publish(client, headers, "flt.k", "{{a}}|{{b}}|{{c}}|{{d}}|{{e}}", variables=[
+        {"name": "a", "type": "number", "default": 1.5e300},
+        {"name": "b", "type": "number", "default": 0.1},
+        {"name": "c", "type": "number", "default": 3},
+        {"name": "d", "type": "number", "default": 1e16},
+        {"name": "e", "type": "integer", "default": 10**20}])
+    by_default = await client.post(f"/api/v1/prompts/{v['id']}/render", headers=headers,
+                                   json={})
+    supplied = await client.post(f"/api/v1/prompts/{v['id']}/render", headers=headers, json={
+        "values": {"a": 1.5e300, "b": 0.1, "c": 3, "d": 1e16, "e": 10**20}})
+    assert by_default.status_code == supplied.status_code == 200, by_default.text
+    assert by_default.json()["text"] == supplied.json()["text"] == (
+        "1.5e+300|0.1|3|1e+16|100000000000000000000")
