@@ -252,6 +252,44 @@ async def test_an_agent_runs_steps_carry_the_runs_trace_id(
     assert tool.attributes["roost.tool.status"] == "success"
 
 
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENTS = {  # header -> whether W3C Trace Context lets the request join that trace
+    "garbage": ("garbage", False),
+    "zero span id": (f"00-{CALLER_TRACE}-0000000000000000-01", False),
+    "upper-case hex": (f"00-{CALLER_TRACE.upper()}-00F067AA0BA902B7-01", False),
+    "version ff": (f"ff-{CALLER_TRACE}-00f067aa0ba902b7-01", False),
+    "version 00 with more fields": (f"00-{CALLER_TRACE}-00f067aa0ba902b7-01-extra", False),
+    "usable": (f"00-{CALLER_TRACE}-00f067aa0ba902b7-01", True),
+    "a later version with more fields": (f"01-{CALLER_TRACE}-00f067aa0ba902b7-01-extra", True),
+}
+
+
+@pytest.mark.parametrize("case", TRACEPARENTS)
+async def test_a_run_is_in_the_trace_of_the_request_that_started_it_whatever_its_traceparent(
+    client: httpx.AsyncClient, database: Database, spans: Any, case: str,
+) -> None:
+    """The run's stored trace id is its request's span's: the caller's trace when its
+    traceparent is usable, a new one when OpenTelemetry ignores it (the run once kept
+    the caller's ids the span refused, or a trace of its own for garbage)."""
+    header, usable = TRACEPARENTS[case]
+    user_id, headers = await make_user(database)
+    agent = await make_agent(database, user_id)
+    started = await client.post(f"/api/v1/agents/{agent.id}/runs", json={"input": "hi"},
+                                headers={**headers, "traceparent": header})
+    assert started.status_code == 202, started.text
+    stored = started.json()["trace_id"].split("-")[1]
+    request_span = one(spans, "POST /api/v1/agents/{agent_id}/runs")
+    assert f"{request_span.context.trace_id:032x}" == stored
+    assert (stored == CALLER_TRACE) is usable, stored
+
+
+@pytest.mark.parametrize("case", TRACEPARENTS)
+def test_a_headers_trace_id_follows_w3c_trace_context(case: str) -> None:
+    """tracing.header_trace_id reads a header as the request's span does, tracing on or off."""
+    header, usable = TRACEPARENTS[case]
+    assert tracing.header_trace_id(header) == (CALLER_TRACE if usable else None)
+
+
 def test_a_stored_trace_id_maps_to_one_trace() -> None:
     trace_hex, parent_hex = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
     assert tracing.trace_ids(f"00-{trace_hex}-{parent_hex}-01") == (

@@ -257,6 +257,30 @@ def traceparent() -> str | None:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 
+# A ``traceparent`` header as W3C Trace Context (and OpenTelemetry's propagator) reads it:
+# lower-case hex only; a version above 00 may carry more fields.
+_HEADER = re.compile(r"[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})"
+                     r"(-.*|[ \t]*)")
+MAX_TRACEPARENT_CHARS: Final = 512  # longer is ignored, as OpenTelemetry's propagator does
+
+
+def header_trace_id(traceparent: str | None) -> str | None:
+    """The trace id a caller's ``traceparent`` header names, or None when W3C Trace
+    Context says to ignore it (as the request's span does: the two must agree): not
+    lower-case hex, an all-zero trace or span id, version ff, or version 00 with more
+    fields."""
+    if not traceparent or len(traceparent) > MAX_TRACEPARENT_CHARS:
+        return None
+    match = _HEADER.fullmatch(traceparent)
+    if match is None:
+        return None
+    version, trace, span_id, _flags, rest = match.groups()
+    if trace == "0" * 32 or span_id == "0" * 16 or version == "ff" or (
+            version == "00" and rest.startswith("-")):
+        return None
+    return trace
+
+
 def trace_ids(trace_id: str) -> tuple[int, int, bool]:
     """The OpenTelemetry trace id, parent span id and sampled flag a stored ``trace_id``
     stands for: its fields when it is a W3C ``traceparent`` (runs started through the API

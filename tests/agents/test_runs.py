@@ -558,6 +558,30 @@ async def test_a_blank_input_or_a_nul_is_422_naming_the_field(
     assert (await client.get("/api/v1/runs", headers=headers)).json()["items"] == []
 
 
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.mark.parametrize(("traceparent", "joins"), [
+    (f"00-{CALLER_TRACE}-00f067aa0ba902b7-01", True),
+    (f"00-{CALLER_TRACE.upper()}-00F067AA0BA902B7-01", False),
+    (f"00-{CALLER_TRACE}-0000000000000000-01", False),
+    (f"ff-{CALLER_TRACE}-00f067aa0ba902b7-01", False)])
+async def test_with_tracing_off_a_run_joins_the_callers_trace_only_by_w3c_rules(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+    traceparent: str, joins: bool,
+) -> None:
+    """Tracing off, the run takes the caller's trace from a traceparent W3C Trace Context
+    accepts (lower-case hex, no all-zero id, not version ff), the same rules as the request
+    span's when tracing is on; any other starts a new trace."""
+    user_id, headers = user
+    agent = await make_agent(database, user_id)
+    resp = await client.post(f"/api/v1/agents/{agent.id}/runs", json={"input": "x"},
+                             headers={**headers, "traceparent": traceparent})
+    assert resp.status_code == 202, resp.text
+    trace = resp.json()["trace_id"].split("-")[1]
+    assert (trace == CALLER_TRACE) is joins, trace
+
+
 async def test_an_unusable_traceparent_is_ignored_and_the_run_starts_a_new_trace(
     client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
 ) -> None:

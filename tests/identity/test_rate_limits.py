@@ -309,6 +309,34 @@ async def test_a_limit_lifted_by_an_administrator_applies_on_the_next_request(
     assert [await call() for _ in range(3)] == [ok, ok, ok]
 
 
+async def test_a_raised_or_lowered_limit_counts_the_minutes_requests_at_the_new_pace(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+) -> None:
+    """1 a minute, spent, raised to 5: the request already made counts as one of five, so
+    four more pass at once (the old limit's spacing kept it refused for a minute). Then
+    lowered to 1 with one request made: refused for about a minute, never longer."""
+    user_id, headers = await make_user(database)
+    url = f"/api/v1/admin/limits/users/{user_id}"
+
+    async def limit(rpm: int) -> None:
+        put = await client.put(url, headers=admin_headers, json={"requests_per_minute": rpm})
+        assert put.status_code == 200 and put.json()["effective_requests_per_minute"] == rpm
+
+    await limit(1)
+    assert await _statuses(client, headers, 2) == [200, 429]
+    await limit(5)
+    assert await _statuses(client, headers, 5) == [200, 200, 200, 200, 429]
+
+    other_id, other = await make_user(database)
+    url = f"/api/v1/admin/limits/users/{other_id}"
+    await limit(5)
+    assert await _statuses(client, other, 1) == [200]
+    await limit(1)
+    refused = await client.get(LIST_KEYS, headers=other)
+    assert refused.status_code == 429
+    assert 50 <= int(refused.headers["retry-after"]) <= 60, refused.headers
+
+
 async def test_only_administrators_set_limits_and_bad_input_is_422(
     limited_app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: Headers,
 ) -> None:

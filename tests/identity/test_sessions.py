@@ -288,6 +288,74 @@ async def test_api_keys_create_list_use_revoke_expire(
     assert not_a_session.status_code == 400 and "/api/v1/api-keys" in not_a_session.json()["detail"]
 
 
+@pytest.mark.parametrize("name", ["ci\u0000key", "\u0000"])
+async def test_a_nul_in_an_api_key_name_is_a_422_naming_the_field(
+    client: httpx.AsyncClient, database: Database, name: str,
+) -> None:
+    """A key's name is stored as text, which holds no NUL: a 422 naming `name`, not the
+    database's anonymous 400, and no key made."""
+    _, headers = await make_user(database)  # with its one key, "test helper"
+    answer = await client.post("/api/v1/api-keys", headers=headers, json={"name": name})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["loc"][-1] == "name", answer.text
+    keys = (await client.get("/api/v1/api-keys", headers=headers)).json()
+    assert [k["name"] for k in keys] == ["test helper"]
+
+
+async def _revoked_keys(database: Database, user_id: uuid.UUID, revoked_days_ago: list[float],
+                        **values: object) -> list[uuid.UUID]:
+    """Keys of ``user_id`` revoked that many days ago (``values``: more columns)."""
+    now = datetime.now(UTC)
+    rows = [ApiKey(user_id=user_id, name=f"k{i}", prefix=f"{i:08d}", key_hash=f"{uuid.uuid4().hex:0<64}",
+                   revoked_at=now - timedelta(days=days), **values)
+            for i, days in enumerate(revoked_days_ago)]
+    async with database.transaction() as session:
+        session.add_all(rows)
+    return [r.id for r in rows]
+
+
+async def test_listing_revoked_api_keys_gives_the_most_recently_revoked_hundred(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A create-then-revoke loop does not grow one answer without end: with
+    include_revoked, every active key and the 100 most recently revoked."""
+    user_id, headers = await make_user(database)  # with its one key, "test helper"
+    await _revoked_keys(database, user_id, [10 + i / 100 for i in range(20)])
+    newer = await _revoked_keys(database, user_id, [1 + i / 100 for i in range(100)])
+    active = await client.post("/api/v1/api-keys", headers=headers, json={"name": "live"})
+    assert active.status_code == 201, active.text
+    listed = await client.get("/api/v1/api-keys?include_revoked=true", headers=headers)
+    assert listed.status_code == 200
+    ids = [k["id"] for k in listed.json() if k["revoked_at"]]
+    assert set(ids) == {str(i) for i in newer} and len(ids) == 100
+    unrevoked = [k["name"] for k in listed.json() if not k["revoked_at"]]
+    assert unrevoked == ["live", "test helper"]  # newest first
+    assert [k["name"] for k in (await client.get("/api/v1/api-keys", headers=headers)).json()] \
+        == unrevoked
+
+
+async def test_cleanup_deletes_api_keys_revoked_or_expired_thirty_days_ago(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """Ended keys do not pile up: thirty days after their revocation or expiry the hourly
+    clean-up deletes them (their history stays in the audit log); others are kept."""
+    user_id, headers = await make_user(database)
+    old_revoked, recent_revoked = await _revoked_keys(database, user_id, [31, 29])
+    now = datetime.now(UTC)
+    expired = await _revoked_keys(database, user_id, [0], expires_at=now - timedelta(days=31))
+    async with database.transaction() as session:
+        await session.execute(update(ApiKey).where(ApiKey.id.in_(expired)).values(revoked_at=None))
+    live = await client.post("/api/v1/api-keys", headers=headers, json={"name": "live"})
+    async with database.transaction() as session:
+        report = await sessions_service.cleanup_expired(session)
+    assert report.api_keys == 2
+    async with database.transaction() as session:
+        left = set((await session.scalars(select(ApiKey.id).where(ApiKey.user_id == user_id))).all())
+    assert old_revoked not in left and not left & set(expired)
+    assert {recent_revoked, uuid.UUID(live.json()["id"])} < left  # and "test helper"
+    assert len(left) == 3
+
+
 async def test_cleanup_removes_expired_sessions(
     client: httpx.AsyncClient, database: Database
 ) -> None:

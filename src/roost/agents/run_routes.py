@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import secrets
 import time
 import uuid
@@ -38,15 +37,13 @@ from roost.principal import Principal
 
 router = RoostRouter(prefix="/api/v1", tags=["runs"])
 
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
-
-
 def trace_id_for(traceparent: str | None, run_hint: str) -> str:
-    """A W3C ``traceparent`` naming the run as a span of the caller's trace (from the
-    request's ``traceparent``, else the request's own span when tracing is on: the run's
-    spans join the request's trace) or of a new one; unique per run."""
-    match = _TRACEPARENT.match((traceparent or tracing.traceparent() or "").strip().lower())
-    trace = match.group(1) if match and match.group(1) != "0" * 32 else secrets.token_hex(16)
+    """A W3C ``traceparent`` naming the run as a span of the request's trace, or of a new
+    one; unique per run.  Tracing on, that is the request's own span's trace (which took
+    the caller's ``traceparent`` only when usable), so the run's spans join it; off, the
+    caller's trace when its ``traceparent`` is usable by the same W3C rules."""
+    trace = (tracing.header_trace_id(tracing.traceparent() or traceparent)
+             or secrets.token_hex(16))
     return f"00-{trace}-{run_hint}-01"
 
 

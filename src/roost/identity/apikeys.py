@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
@@ -24,6 +24,8 @@ from roost.principal import Principal
 from roost.security.tokens import generate_api_key
 
 MAX_KEYS_PER_USER = 100
+MAX_REVOKED_LISTED = 100  # ?include_revoked=true lists the most recently revoked this many
+ENDED_KEY_RETENTION = timedelta(days=30)  # then the hourly clean-up deletes a key
 
 
 @dataclass(frozen=True)
@@ -82,11 +84,29 @@ async def list_api_keys(
     session: AsyncSession, principal: Principal, *, user_id: uuid.UUID | None = None,
     include_revoked: bool = False,
 ) -> list[ApiKey]:
+    """The owner's unrevoked keys (at most MAX_KEYS_PER_USER), newest first; with
+    ``include_revoked``, also the MAX_REVOKED_LISTED most recently revoked: a loop that
+    creates and revokes keys must not grow one answer without end."""
     owner = await existing_target_user_id(session, principal, user_id)
     stmt = select(ApiKey).where(ApiKey.user_id == owner).order_by(ApiKey.created_at.desc())
-    if not include_revoked:
+    if include_revoked:
+        newest_revoked = (
+            select(ApiKey.id).where(ApiKey.user_id == owner, ApiKey.revoked_at.is_not(None))
+            .order_by(ApiKey.revoked_at.desc()).limit(MAX_REVOKED_LISTED))
+        stmt = stmt.where(or_(ApiKey.revoked_at.is_(None), ApiKey.id.in_(newest_revoked)))
+    else:
         stmt = stmt.where(ApiKey.revoked_at.is_(None))
     return list((await session.scalars(stmt)).all())
+
+
+async def purge_ended(session: AsyncSession) -> int:
+    """Delete keys revoked or expired more than ENDED_KEY_RETENTION ago (identity's hourly
+    clean-up): no key works again, the audit log keeps their history, and usage rows
+    keep their ids without a foreign key."""
+    cutoff = func.now() - ENDED_KEY_RETENTION
+    ended = await session.execute(
+        delete(ApiKey).where(or_(ApiKey.revoked_at < cutoff, ApiKey.expires_at < cutoff)))
+    return int(ended.rowcount)  # type: ignore[attr-defined]
 
 
 async def revoke_api_key(session: AsyncSession, principal: Principal, key_id: uuid.UUID) -> ApiKey:

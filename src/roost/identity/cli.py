@@ -135,7 +135,8 @@ def users_revoke_sessions(login: Annotated[str, typer.Argument(help="Username or
 
 @users_app.command("cleanup-sessions")
 def users_cleanup_sessions() -> None:
-    """Delete expired sessions, expired sign-in challenges and old lockout counters.
+    """Delete expired sessions, expired sign-in challenges, old lockout counters and API
+    keys revoked or expired 30 days ago.
 
     The task queue runs this hourly as ``identity.cleanup_sessions``."""
     from roost.config import get_settings
@@ -144,7 +145,7 @@ def users_cleanup_sessions() -> None:
     window = get_settings().login_failure_window_s
     report = _run(lambda session: cleanup_expired(session, failure_window_s=window))
     console.print(f"deleted {report.sessions} session(s), {report.challenges} challenge(s), "
-                  f"{report.throttle_rows} lockout counter(s)")
+                  f"{report.throttle_rows} lockout counter(s), {report.api_keys} API key(s)")
 
 
 @keys_app.command("create")

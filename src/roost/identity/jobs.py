@@ -1,4 +1,5 @@
-"""Identity's periodic job for the task queue: expired sessions, challenges, counters."""
+"""Identity's periodic job for the task queue: expired sessions, challenges, counters,
+ended API keys."""
 
 from __future__ import annotations
 
@@ -19,4 +20,5 @@ async def cleanup_sessions(ctx: TaskContext, payload: dict[str, Any]) -> dict[st
         report = await cleanup_expired(session,
                                        failure_window_s=get_settings().login_failure_window_s)
     return {"sessions": report.sessions, "challenges": report.challenges,
-            "throttle_rows": report.throttle_rows, "rate_limit_rows": report.rate_limit_rows}
+            "throttle_rows": report.throttle_rows, "rate_limit_rows": report.rate_limit_rows,
+            "api_keys": report.api_keys}

@@ -369,13 +369,15 @@ class AuthThrottle(Base):
 
 class RateLimitState(Base):
     """GCRA's theoretical arrival time per limited subject (``u:<user id>``,
-    ``k:<api key id>``); written only by ``roost_rate_take`` (migration 0940).  UNLOGGED:
-    after a crash every subject starts with a full minute."""
+    ``k:<api key id>``); written only by ``roost_rate_take`` (migrations 0940, 1230).
+    UNLOGGED: after a crash every subject starts with a full minute."""
 
     __tablename__ = "rate_limit_state"
 
     subject: Mapped[str] = mapped_column(String(80), primary_key=True)
     tat: Mapped[datetime]
+    # The limit ``tat`` was charged under: a changed limit rescales it (migration 1230).
+    per_period: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = ({"prefixes": ["UNLOGGED"]},)
 

@@ -12,7 +12,9 @@ no round trip at all.  When something is:
   allowed while that time, advanced by ``60 / limit`` seconds, stays within a minute of
   now; so ``limit`` requests may come at once, then one every ``60 / limit`` seconds.
   ``roost_rate_take`` (migration 0940) checks and charges all the request's subjects in
-  one statement, or none of them, and says how long to wait when refused.
+  one statement, or none of them, and says how long to wait when refused.  The row keeps
+  the limit it was charged under (migration 1230): after an administrator's change the
+  time is rescaled to the new pace, so the change applies on the next request.
 - **Concurrent streams** are leases: ``roost_stream_acquire`` counts a subject's live
   leases under an advisory lock and inserts one per subject when every subject has room.
   The holder renews its lease every third of ``ROOST_RATE_LIMIT_LEASE_S`` and deletes it

@@ -266,6 +266,8 @@ class DevicePatchIn(Input):
 
 
 class ApiKeyIn(Input):
+    refuse_nul = True  # the name is stored as text, which holds no NUL: a 422 naming it
+
     name: Annotated[str, Field(min_length=1, max_length=100)]
     expires_at: datetime | None = None
 

@@ -27,7 +27,7 @@ from roost.analytics.outbox import emit as emit_event
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.errors import BadRequest, Forbidden, Unauthorized
-from roost.identity import ratelimits, throttle, twofactor
+from roost.identity import apikeys, ratelimits, throttle, twofactor
 from roost.identity.accounts import end_sign_ins, find_user
 from roost.identity.common import (
     existing_target_user_id,
@@ -429,11 +429,13 @@ class CleanupReport:
     challenges: int
     throttle_rows: int
     rate_limit_rows: int = 0  # idle rate-limit counters and expired stream leases
+    api_keys: int = 0  # keys revoked or expired over apikeys.ENDED_KEY_RETENTION ago
 
 
 async def cleanup_expired(session: AsyncSession, *, failure_window_s: int = 900) -> CleanupReport:
-    """Delete expired sessions (and revoked ones after a day), expired sign-in challenges
-    and finished throttle counters.  Run periodically (task queue or CLI)."""
+    """Delete expired sessions (and revoked ones after a day), expired sign-in challenges,
+    finished throttle counters and API keys ended 30 days ago.  Run periodically (task
+    queue or CLI)."""
     cutoff = utcnow() - REVOKED_RETENTION
     sessions = await session.execute(
         delete(Session).where(or_(Session.expires_at < func.now(), Session.revoked_at < cutoff))
@@ -443,9 +445,10 @@ async def cleanup_expired(session: AsyncSession, *, failure_window_s: int = 900)
     )
     pruned = await throttle.prune(session, failure_window_s)
     report = CleanupReport(int(sessions.rowcount), int(challenges.rowcount), pruned,  # type: ignore[attr-defined]
-                           await ratelimits.prune(session))
-    if report.sessions or report.challenges:
+                           await ratelimits.prune(session), await apikeys.purge_ended(session))
+    if report.sessions or report.challenges or report.api_keys:
         await record(session, "identity.cleanup", category="system",
                      changes={"sessions": report.sessions, "challenges": report.challenges,
-                              "throttle_rows": report.throttle_rows})
+                              "throttle_rows": report.throttle_rows,
+                              "api_keys": report.api_keys})
     return report
