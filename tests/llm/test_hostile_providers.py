@@ -287,6 +287,60 @@ async def test_embeddings_with_numbers_that_are_not_finite_are_a_502(
     assert await statuses(database) == ["failed"]
 
 
+def _vectors(*items: tuple[Any, list[float]]) -> bytes:
+    """An embeddings answer of (index, vector) items."""
+    return json.dumps({"data": [{"index": i, "embedding": v} for i, v in items],
+                       "model": "raw-model"}).encode()
+
+
+@pytest.mark.parametrize(("raw", "body"), [
+    (_vectors((0, [1.0, 0.0]), (0, [0.0, 1.0])), {"input": ["a", "b"]}),
+    (_vectors((0, [1.0, 0.0]), (2, [0.0, 1.0])), {"input": ["a", "b"]}),
+    (_vectors((-1, [1.0, 0.0]), (0, [0.0, 1.0])), {"input": ["a", "b"]}),
+    (_vectors((0.5, [1.0, 0.0]), (1, [0.0, 1.0])), {"input": ["a", "b"]}),
+    (_vectors((0, [])), {"input": "a"}),
+    (_vectors((0, [1.0]), (1, [2.0, 3.0])), {"input": ["a", "b"]}),
+    (_vectors((0, [1.0, 2.0])), {"input": "a", "dimensions": 3}),
+    (_vectors((0, [1e39, 1.0])), {"input": "a", "encoding_format": "base64"}),
+    (_vectors((0, [-1e39, 1.0])), {"input": "a"}),
+], ids=["duplicate-index", "index-out-of-range", "negative-index", "fractional-index",
+        "empty-vector", "ragged", "other-dimensions", "beyond-float32-base64",
+        "beyond-float32"])
+async def test_embeddings_that_are_not_one_embedding_space_are_a_502(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database, raw: bytes, body: dict[str, Any],
+) -> None:
+    """Vectors that cannot be matched to the inputs (indexes not exactly 0..n-1, once
+    each), that are not one space (empty, of different lengths, not the dimensions asked)
+    or hold a value float32 cannot (1e39: base64, the SDK's default, packs float32) are a
+    malformed answer: a 502 recorded failed, never a 200 with unusable vectors nor a 500."""
+    async with RawServer(json_answer(None, raw=raw)) as server:
+        await register(client, admin_headers, server.base_url)
+        status, answer = await post(client, "/v1/embeddings",
+                                    {"model": "raw-model", **body}, user[1])
+    assert status == 502, answer
+    assert json.loads(answer)["error"]["code"] == "provider_error", answer
+    assert await statuses(database) == ["failed"]
+
+
+async def test_embeddings_are_matched_to_the_inputs_by_index(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """Vectors answered out of order are given back in the inputs' order; an answer
+    without indexes is read in its own order."""
+    for raw, expected in [(_vectors((1, [0.0, 1.0]), (0, [1.0, 0.0])), [[1.0, 0.0], [0.0, 1.0]]),
+                          (b'{"data": [{"embedding": [1.0, 0.0]}, {"embedding": [0.0, 1.0]}]}',
+                           [[1.0, 0.0], [0.0, 1.0]])]:
+        async with RawServer(json_answer(None, raw=raw)) as server:
+            pid = await register(client, admin_headers, server.base_url)
+            resp = await client.post("/v1/embeddings", headers=user[1],
+                                     json={"model": "raw-model", "input": ["a", "b"]})
+            assert (await client.delete(f"/api/v1/llm/providers/{pid}",
+                                        headers=admin_headers)).status_code == 204
+        assert resp.status_code == 200, resp.text
+        assert [d["embedding"] for d in resp.json()["data"]] == expected
+
+
 # --------------------------------------------------------------------------- upstream errors
 
 

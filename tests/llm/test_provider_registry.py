@@ -331,3 +331,64 @@ async def test_loopback_and_private_base_urls_stay_allowed(
     call is made)."""
     created = await _create(client, admin_headers, name="local", type="openai", base_url=url)
     assert created.status_code == 201, created.text
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("model", "m\u0000"), ("config", {"team": {"x": ["\u0000"]}}), ("config", {"k\u0000": 1}),
+    ("modelsdev_provider_id", "\u0000"), ("disabled_models", ["m\u0000"]),
+])
+async def test_a_provider_field_with_nul_is_a_422_naming_it(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    field: str, value: Any,
+) -> None:
+    """A NUL (which PostgreSQL's text and jsonb refuse) in a provider's model, a config
+    value or key at any depth, modelsdev_provider_id or disabled_models is a 422 naming
+    the field, on create and update, not the database's anonymous 400; nothing changes."""
+    body = {"name": "p", "type": "openai", "base_url": stub.base_url, "model": "m"}
+    if field != "disabled_models":
+        resp = await _create(client, admin_headers, **{**body, field: value})
+        assert resp.status_code == 422, resp.text
+        assert field in resp.text and "NUL" in resp.text, resp.text
+    created = await _create(client, admin_headers, **body)
+    assert created.status_code == 201, created.text
+    resp = await client.patch(f"/api/v1/llm/providers/{created.json()['id']}",
+                              headers=admin_headers, json={field: value})
+    assert resp.status_code == 422, resp.text
+    assert field in resp.text and "NUL" in resp.text, resp.text
+    after = await client.get(f"/api/v1/llm/providers/{created.json()['id']}",
+                             headers=admin_headers)
+    assert after.json()["model"] == "m" and after.json()["models"] == {"m": True}
+
+
+async def test_a_disabled_default_model_is_no_longer_routed(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+) -> None:
+    """``disabled_models`` ("model ids this provider must not be routed for") holds for the
+    provider's default model too: gone from /v1/models, a 404 model_not_found for chat and
+    embeddings, and no default for a call that names no model; enabled again, it is back."""
+    _, user_headers = await make_user(database)
+    pid = (await _create(client, admin_headers, name="s", type="openai", base_url=stub.base_url,
+                         model="stub-model")).json()["id"]
+    patched = await client.patch(f"/api/v1/llm/providers/{pid}", headers=admin_headers,
+                                 json={"disabled_models": ["stub-model"]})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["models"] == {"stub-model": False}
+    listed = await client.get("/v1/models", headers=user_headers)
+    assert listed.json()["data"] == [], listed.text
+    chat = await client.post("/v1/chat/completions", headers=user_headers, json={
+        "model": "stub-model", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 404 and chat.json()["error"]["code"] == "model_not_found"
+    emb = await client.post("/v1/embeddings", headers=user_headers,
+                            json={"model": "stub-model", "input": "a"})
+    assert emb.status_code == 404 and emb.json()["error"]["code"] == "model_not_found"
+    session = await client.post("/api/v1/chat/sessions", headers=user_headers,
+                                json={"title": "t"})
+    assert session.status_code == 201, session.text
+    reply = await client.post(f"/api/v1/chat/sessions/{session.json()['id']}/messages",
+                              headers=user_headers, json={"content": "hi"})
+    assert reply.status_code == 409 and "default model" in reply.text, reply.text
+    again = await client.patch(f"/api/v1/llm/providers/{pid}", headers=admin_headers,
+                               json={"disabled_models": []})
+    assert again.json()["models"] == {"stub-model": True}
+    listed = await client.get("/v1/models", headers=user_headers)
+    assert [m["id"] for m in listed.json()["data"]] == ["stub-model"], listed.text

@@ -220,10 +220,12 @@ async def begin(
     gateway: LLMGateway, principal: Principal, chat: ChatRequest, *, model: str | None,
     request_type: str, ensemble_spec: EnsembleSpec | None = None,
 ) -> PendingCall:
-    """Step 1 in a transaction of its own: route (404/409 before anything is stored), the
+    """Step 1 in a transaction of its own: route (404/409, for embeddings a 400 for a model
+    without an embeddings API, before anything is stored), the
     ``pending`` request, audited ``llm.request.create``."""
     async with gateway.transaction(principal) as session:
-        route = await resolve_route(session, gateway, model, ensemble_spec)
+        route = await resolve_route(session, gateway, model, ensemble_spec,
+                                    embeddings=request_type == "embedding")
         call = await add_request(session, gateway, principal, chat, route,
                                  request_type=request_type)
         await audit.record(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Final
 
-from roost.errors import BadGateway, Conflict, NotFound, RoostError
+from roost.errors import BadGateway, BadRequest, Conflict, NotFound, RoostError
 
 if TYPE_CHECKING:
     from roost.llm.orchestration import Attempt
@@ -123,6 +123,12 @@ class NoProvider(Conflict):
 
 class ModelNotFound(NotFound):
     type_slug = "model-not-found"
+
+
+class ModelCannotEmbed(BadRequest):
+    """Embeddings asked of a model whose providers have no embeddings API."""
+
+    type_slug = "model-without-embeddings"
 
 
 class GatewayFailed(RoostError):

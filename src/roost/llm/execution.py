@@ -9,7 +9,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -34,6 +34,7 @@ from roost.llm.types import (
     ChatResult,
     EmbeddingResult,
     StreamAccumulator,
+    estimate_tokens,
     fill_missing_usage,
 )
 
@@ -192,9 +193,14 @@ async def execute_embedding(
             break
         attempt.finished_at, attempt.latency_ms = utcnow(), elapsed_ms(t0)
         attempt.outcome, attempt.selected, attempt.confidence = "success", True, 1.0
+        raw: dict[str, Any] = {"dimensions": result.dimensions, "count": len(result.vectors)}
+        if result.tokens_in <= 0:  # no usage reported (many self-hosted servers): estimated
+            # as a chat prompt's is, so embeddings are billed, and the answer says so
+            result.tokens_in = sum(estimate_tokens(text) for text in texts)
+            raw["usage_estimated"] = ["tokens_in"]
         attempt.result = ChatResult(
             content="", model=result.model or route.model, tokens_in=result.tokens_in,
-            finish_reason="stop", raw={"dimensions": result.dimensions, "count": len(result.vectors)},
+            finish_reason="stop", raw=raw,
         )
         return CallOutcome(request_id=request_id, result=attempt.result, winner=ref,
                            attempts=attempts, latency_ms=elapsed_ms(started), embedding=result)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Unpack
+from typing import Any, Final, Unpack
 
 from roost.llm.base import (
     EMBEDDING_BYTES_PER_INPUT,
@@ -30,6 +30,8 @@ from roost.llm.types import (
     ToolCall,
     ToolCallDelta,
 )
+
+FLOAT32_MAX: Final = 3.4028234663852886e38  # the largest finite float32
 
 
 def _text_of(content: Any) -> str:
@@ -179,15 +181,34 @@ class OpenAICompatibleProvider(HTTPProvider):
 
     # --- embeddings, models, health --------------------------------------------------
 
-    def _parse_embeddings(self, data: Any, count: int, latency_ms: int) -> EmbeddingResult:
-        items = sorted(data["data"], key=lambda item: int(item.get("index", 0)))
-        vectors = [[float(x) for x in item["embedding"]] for item in items]
-        if len(vectors) != count:
-            raise ValueError(f"{len(vectors)} vectors for {count} inputs")
-        for vector in vectors:  # a finite sum has no NaN or Infinity in it (fast, in C)
+    def _parse_embeddings(
+        self, data: Any, count: int, latency_ms: int, dimensions: int | None = None,
+    ) -> EmbeddingResult:
+        """One vector per input, matched by ``index`` (its position when absent): anything
+        that is not one embedding space (indexes not exactly 0..count-1, an empty vector,
+        vectors of different lengths or of another length than the ``dimensions`` asked,
+        a value that is not a finite float32) is a malformed answer (ValueError)."""
+        items = data["data"]
+        if len(items) != count:
+            raise ValueError(f"{len(items)} vectors for {count} inputs")
+        slots: list[list[float] | None] = [None] * count
+        for position, item in enumerate(items):
+            index = item.get("index", position)
+            if type(index) is not int or not 0 <= index < count or slots[index] is not None:
+                raise ValueError(f"the vectors' indexes are not 0 to {count - 1}, once each")
+            slots[index] = [float(x) for x in item["embedding"]]
+        vectors = [vector for vector in slots if vector is not None]
+        width = dimensions or len(vectors[0])
+        for vector in vectors:
+            if not vector or len(vector) != width:
+                raise ValueError(f"the vectors are not all {width} numbers long")
+            # A finite sum has no NaN or Infinity in it (fast, in C).
             if not math.isfinite(sum(vector)) and not all(map(math.isfinite, vector)):
                 raise ValueError("a vector holds a value that is not a finite number "
                                  "(NaN, Infinity)")
+            # Vectors are float32 (base64 answers pack them so, pgvector stores them so).
+            if max(vector) > FLOAT32_MAX or min(vector) < -FLOAT32_MAX:
+                raise ValueError("a vector holds a value beyond float32's range")
         usage = data.get("usage") or {}
         return EmbeddingResult(
             vectors=vectors,
@@ -207,7 +228,7 @@ class OpenAICompatibleProvider(HTTPProvider):
         # Vectors as JSON floats are large: the limit grows with the inputs.
         limit = self.max_answer_bytes + len(texts) * EMBEDDING_BYTES_PER_INPUT
         data, latency = await self._request_json("POST", "/embeddings", body, limit=limit)
-        return self._parse(data, lambda d: self._parse_embeddings(d, len(texts), latency))
+        return self._parse(data, lambda d: self._parse_embeddings(d, len(texts), latency, dimensions))
 
     async def list_models(self) -> list[str]:
         data, _ = await self._request_json("GET", "/models")

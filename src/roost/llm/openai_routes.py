@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Literal
 
 import structlog
@@ -33,7 +34,7 @@ from roost.http.problems import json_error_reason, openai_code, openai_error, re
 from roost.http.routing import RoostRoute, RoostRouter
 from roost.http.streams import until_disconnected
 from roost.identity.deps import StreamSlots
-from roost.inputs import holds_nul
+from roost.inputs import StrictInput, holds_nul
 from roost.llm import calls, routing
 from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.llm.gateway import LLMGateway
@@ -59,6 +60,24 @@ def error_code(exc: RoostError) -> str | None:
     }.get(slug) or openai_code(slug)
 
 
+# What pydantic adds to an error's ``loc`` beyond the fields: a union member's label
+# ("str", "list[str]", "function-after[...]", a model's class name) and a dict's key (the
+# caller's data, not echoed).  ``param`` names the field as the caller wrote it.
+_TYPE_LABELS = frozenset({"str", "int", "float", "bool", "bytes", "none", "list", "dict", "any"})
+_NOT_A_FIELD = re.compile(r"[^a-z0-9_]")
+
+
+def field_path(loc: Sequence[int | str]) -> list[str]:
+    """The body's field (and list indexes) an error's ``loc`` points at."""
+    return [str(part) for part in loc if part != "body" and (
+        isinstance(part, int)
+        or not (part in _TYPE_LABELS or _NOT_A_FIELD.search(part)))]
+
+
+# The errors about the ``model`` asked for: their ``param`` names it.
+MODEL_ERRORS = frozenset({"model-not-found", "model-without-embeddings"})
+
+
 class OpenAIRoute(RoostRoute):
     """Answers errors (auth, validation, domain, providers) in OpenAI's error shape, with
     the field (``param``) and the gateway's codes; everything else under /v1 (unknown
@@ -73,7 +92,7 @@ class OpenAIRoute(RoostRoute):
             except RequestValidationError as exc:
                 errors = exc.errors()
                 first = errors[0] if errors else {}
-                loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+                loc = field_path(first.get("loc", ()))
                 if first.get("type") == "json_invalid":
                     return openai_error(
                         400, f"the request body is not valid JSON: {json_error_reason(exc)}",
@@ -82,7 +101,7 @@ class OpenAIRoute(RoostRoute):
                 return openai_error(400, message, param=".".join(loc) or None,
                                     code="invalid_value")
             except RoostError as exc:
-                param = "model" if exc.type_slug == "model-not-found" else None
+                param = "model" if exc.type_slug in MODEL_ERRORS else None
                 return openai_error(exc.status, exc.detail, code=error_code(exc), param=param,
                                     headers=retry_after(exc))
 
@@ -142,7 +161,10 @@ class ChatCompletionBody(BaseModel):
         )
 
 
-class EmbeddingsBody(BaseModel):
+class EmbeddingsBody(StrictInput):
+    """Strictly typed (``dimensions: "8"`` or ``true`` is refused, not read as 8 or 1);
+    unknown keys are ignored, as OpenAI's API does."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=255)

@@ -2,7 +2,8 @@
 
 The enabled providers whose default model is the name, or whose synced ``models`` have
 it enabled, in ``priority`` order (then name); without a name, every enabled provider
-with a default model.  An ensemble narrows that list to the providers it names.
+with a default model.  A model disabled in ``models`` is not routed, the default one
+included.  An ensemble narrows that list to the providers it names.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.errors import BadRequest
 from roost.llm import leases
 from roost.llm.base import LLMProvider
-from roost.llm.errors import ModelNotFound, NoProvider
+from roost.llm.errors import ModelCannotEmbed, ModelNotFound, NoProvider
 from roost.llm.gateway import LLMGateway
 from roost.llm.models import LLMProviderRow
 from roost.llm.orchestration import ProviderRef, Strategy
+from roost.llm.provider_types import OPENAI_COMPATIBLE_TYPES
 from roost.llm.schemas import EnsembleSpec
 from roost.principal import Principal
 from roost.system_settings import runtime
@@ -52,7 +54,20 @@ class Route:
 
 
 def serves(row: LLMProviderRow, model: str) -> bool:
-    return row.model == model or bool((row.models or {}).get(model))
+    """``model`` is the row's default model or a synced one, and not disabled
+    (``disabled_models`` turns off the default model too)."""
+    enabled = (row.models or {}).get(model)
+    return enabled is not False and (row.model == model or bool(enabled))
+
+
+def default_model(row: LLMProviderRow) -> str | None:
+    """The row's default model, unless it is disabled."""
+    return row.model if row.model and serves(row, row.model) else None
+
+
+def embeds(row: LLMProviderRow) -> bool:
+    """The row's type has an embeddings API (Anthropic's and the local model's have none)."""
+    return row.type in OPENAI_COMPATIBLE_TYPES
 
 
 # The enabled providers in routing order, per process: one entry, kept by NOTIFY
@@ -87,9 +102,10 @@ async def enabled_providers(session: AsyncSession) -> list[LLMProviderRow]:
 
 async def resolve_route(
     session: AsyncSession, gateway: LLMGateway, model: str | None,
-    ensemble_spec: EnsembleSpec | None = None,
+    ensemble_spec: EnsembleSpec | None = None, *, embeddings: bool = False,
 ) -> Route:
-    """Which providers to ask, in order.  409 without providers, 404 for an unknown model."""
+    """Which providers to ask, in order.  409 without providers, 404 for an unknown model;
+    for ``embeddings`` only the providers with an embeddings API (400 when none is left)."""
     rows = await enabled_providers(session)
     if not rows:
         raise NoProvider(ADD_PROVIDER_HINT)
@@ -98,12 +114,18 @@ async def resolve_route(
         if not candidates:
             raise _unknown_model(model)
     else:
-        candidates = [r for r in rows if r.model]
+        candidates = [r for r in rows if default_model(r)]
         if not candidates:
             raise NoProvider(
                 "no enabled LLM provider has a default model: name a model, or give a "
                 "provider a default model"
             )
+    if embeddings:  # the caller's mistake, before anything is recorded: not a 502
+        candidates = [r for r in candidates if embeds(r)]
+        if not candidates:
+            raise ModelCannotEmbed(
+                f"model {model!r} has no provider with an embeddings API (Anthropic's and "
+                "the local model's have none); GET /v1/models lists the models available")
     mode: Literal["fallback", "ensemble"] = "fallback"
     config = None
     if ensemble_spec is not None:
@@ -136,8 +158,9 @@ async def list_models(session: AsyncSession) -> list[tuple[str, str, datetime]]:
     seen: dict[str, tuple[str, str, datetime]] = {}
     for row in await enabled_providers(session):
         names = [m for m, on in (row.models or {}).items() if on]
-        if row.model and row.model not in names:
-            names.insert(0, row.model)
+        default = default_model(row)
+        if default and default not in names:
+            names.insert(0, default)
         for name in names:
             seen.setdefault(name, (name, row.name, row.created_at))
     return list(seen.values())

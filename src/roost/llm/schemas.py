@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
 
-from roost.inputs import StrictInput, json_size
+from roost.inputs import StrictInput, holds_nul, json_size
 from roost.llm.base import (
     AUTH_HEADER_NAMES,
     HEADER_VALUE_RULE,
@@ -126,6 +126,19 @@ def _check_api_key(value: str | None) -> str | None:
     return value
 
 
+# The fields kept as text or jsonb, which hold no NUL (the name has its pattern, the key
+# its own rule: printable ASCII).
+STORED_AS_TEXT = ("model", "config", "modelsdev_provider_id")
+
+
+def _check_no_nul(value: Any) -> Any:
+    """A NUL anywhere in the value (a config key or value at any depth) is a 422 naming the
+    field, not the database's anonymous 400."""
+    if holds_nul(value):
+        raise ValueError("must not contain a NUL character (\\u0000)")
+    return value
+
+
 class ProviderCreate(StrictInput):
     model_config = ConfigDict(extra="forbid")
 
@@ -151,6 +164,11 @@ class ProviderCreate(StrictInput):
         "anthropic_version, default_max_tokens; local: model_path, n_ctx, n_threads",
     )
     modelsdev_provider_id: str | None = Field(default=None, max_length=255)
+
+    @field_validator(*STORED_AS_TEXT, mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return _check_no_nul(value)
 
     @field_validator("config")
     @classmethod
@@ -186,6 +204,11 @@ class ProviderUpdate(StrictInput):
         default=None, max_length=10_000,
         description="Model ids (from the last sync) this provider must not be routed for",
     )
+
+    @field_validator(*STORED_AS_TEXT, "disabled_models", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return _check_no_nul(value)
 
     @field_validator("config")
     @classmethod
