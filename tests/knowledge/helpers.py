@@ -62,6 +62,23 @@ def pdf_file(objects: list[bytes], trailer_extra: str = "") -> bytes:
     return bytes(out)
 
 
+def surrogate_pdf() -> bytes:
+    """A one-page PDF whose font's ToUnicode map turns 'A' into a lone surrogate (U+D800):
+    its text reads "<U+D800> hello herons"."""
+    cmap = (b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap /CMapName /X def "
+            b"1 begincodespacerange <00> <FF> endcodespacerange 1 beginbfchar <41> <D800> "
+            b"endbfchar endcmap CMapName currentdict /CMap defineresource pop end end")
+    stream = b"BT /F1 12 Tf 72 720 Td (A hello herons) Tj ET"
+    return pdf_file([
+        b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+        b"/Resources << /Font << /F1 5 0 R >> >> /Contents 4 0 R >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /ToUnicode 6 0 R >>",
+        b"<< /Length %d >>\nstream\n" % len(cmap) + cmap + b"\nendstream",
+    ])
+
+
 def pages_sharing_one_stream(pages: int, operators: int) -> bytes:
     """A PDF whose ``pages`` all draw the same compressed content stream of ``operators``
     text operators: a few KB that take pypdf about a second per page."""

@@ -42,8 +42,9 @@ async def test_roost_ingest_a_directory(
 async def test_roost_ingest_refuses_bad_options_in_one_line_before_storing_anything(
     database: Database, pg_server: Any, db_name: str, tmp_path: Path
 ) -> None:
-    """The API's own checks (IngestionRunCreate): a too long collection or tag is a
-    usage error (exit 2) naming the option, with no traceback and no run recorded."""
+    """The API's own checks (IngestionRunCreate): a too long collection or tag, or a
+    path that does not exist, is a usage error (exit 2) naming the problem, with no
+    traceback and no run recorded."""
     await make_user(database, username="olive")
     f = tmp_path / "a.txt"
     f.write_text("Herons wade in shallow water.")
@@ -55,6 +56,10 @@ async def test_roost_ingest_refuses_bad_options_in_one_line_before_storing_anyth
         assert out.returncode == 2, (out.returncode, out.stdout[-1000:], out.stderr[-1000:])
         assert "Traceback" not in out.stderr + out.stdout, out.stderr[-2000:]
         assert named in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    # A path that does not exist is a typo, not a failed run left in the history.
+    out = run_roost("ingest", str(tmp_path / "missing"), "--user", "olive", env=env)
+    assert out.returncode == 2, (out.returncode, out.stdout[-1000:], out.stderr[-1000:])
+    assert "does not exist" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert await fetch(database, "SELECT id FROM ingestion_runs") == []
     # An empty collection means none, as on upload.
     out = run_roost("ingest", str(f), "--user", "olive", "--collection", "", env=env)

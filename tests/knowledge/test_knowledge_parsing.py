@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +22,7 @@ from roost.knowledge.parsing import (
     detect_mime,
     parse_document,
 )
-from tests.knowledge.helpers import make_pdf, pages_sharing_one_stream
+from tests.knowledge.helpers import make_pdf, pages_sharing_one_stream, surrogate_pdf
 
 # --------------------------------------------------------------------------- text
 
@@ -39,6 +41,22 @@ def test_text_encodings_fall_back_sensibly() -> None:
     # A declared charset wins over guessing.
     koi8 = "Привет".encode("koi8_r")
     assert parse_document(koi8, filename=None, mime="text/plain; charset=koi8-r").text == "Привет"
+
+
+@pytest.mark.parametrize("charset", ["rot13", "base64", "hex", "zlib", "undefined", "nonsense"])
+def test_a_declared_charset_that_is_not_a_text_encoding_is_ignored(charset: str) -> None:
+    """Codecs that are no text encodings (rot13, base64...) or decode nothing
+    ("undefined") are ignored as an unknown name is: UTF-8 and the fallbacks decide."""
+    doc = parse_document("héron".encode(), filename=None, mime=f"text/plain; charset={charset}")
+    assert doc.text == "héron"
+
+
+def test_text_that_decodes_to_lone_surrogates_is_made_storable() -> None:
+    """A declared UTF-7 can spell a lone surrogate ("+2AA-" is U+D800), which neither
+    PostgreSQL nor the tokenizer take: it becomes U+FFFD."""
+    data = b"herons wade in shallow water " * 4 + b"+2AA-"
+    doc = parse_document(data, filename=None, mime="text/plain; charset=utf-7")
+    assert doc.text.endswith("water \ufffd") and doc.text.isprintable()
 
 
 def test_title_falls_back_to_first_line_without_filename() -> None:
@@ -160,6 +178,57 @@ def test_markdown_title_from_first_h1_without_front_matter() -> None:
     assert doc.title == "The Title"
 
 
+@pytest.mark.parametrize(("line", "heading"), [
+    ("# Title", "Title"),
+    ("##   Spaced   out  ", "Spaced   out"),
+    ("### Closed ###", "Closed"),
+    ("# Closed \t#   ", "Closed"),
+    ("# Hash#tag#", "Hash#tag#"),  # a closing sequence follows a space
+    ("#\tTabbed", "Tabbed"),
+    ("   # Indented", "Indented"),
+])
+def test_markdown_atx_headings(line: str, heading: str) -> None:
+    doc = parse_document(f"{line}\n\nbody".encode(), filename="x.md")
+    assert [(s.heading, s.text) for s in doc.sections] == [(heading, "body")]
+
+
+@pytest.mark.parametrize("line", ["#NoSpace", "####### seven", "    # four spaces in"])
+def test_markdown_lines_that_are_no_atx_headings_stay_text(line: str) -> None:
+    doc = parse_document(line.encode(), filename="x.md")
+    assert [(s.heading, s.text) for s in doc.sections] == [(None, line.strip())]
+
+
+@pytest.mark.parametrize("line", ["#", "##  ", "# ##", "### ### "])
+def test_markdown_empty_atx_headings_are_dropped(line: str) -> None:
+    doc = parse_document(f"{line}\nbody".encode(), filename="x.md")
+    assert [(s.heading, s.text) for s in doc.sections] == [(None, "body")]
+
+
+def test_markdown_front_matter_title_is_trimmed_and_never_the_next_line() -> None:
+    doc = parse_document(b"---\ntitle:   Spaced   Title   \n---\nbody\n", filename="x.md")
+    assert doc.title == "Spaced Title"
+    doc = parse_document(b"---\ntitle:\nauthor: me\n---\n# Heading\n", filename="x.md")
+    assert doc.title == "Heading"
+
+
+def test_a_markdown_heading_line_of_spaces_parses_in_linear_time() -> None:
+    """'# a<1 MB of spaces>b' took the ATX heading regex quadratic time (its lazy
+    "(.*?)" before "[ \\t]*$": 1.5 s at 16 KB, hours at 1 MB); it now takes well under a
+    second.  Run in a child process, so a regression fails here instead of hanging."""
+    code = ("from roost.knowledge.parsing import parse_document\n"
+            "d = parse_document(b'# a' + b' ' * 1_000_000 + b'b', filename='x.md')\n"
+            "assert d.title == 'a b', d.title\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        _out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("parsing one 1 MB Markdown line did not end in 60 s: a quadratic regex")
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
 # --------------------------------------------------------------------------- html
 
 HTML = """<!DOCTYPE html>
@@ -223,6 +292,18 @@ def test_html_meta_charset_is_honoured() -> None:
     page = '<html><head><meta charset="iso-8859-1"></head><body><p>déjà vu</p></body></html>'
     doc = parse_document(page.encode("latin-1"), filename="p.html")
     assert doc.text == "déjà vu"
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "UTF-16LE", "utf-16be", "utf-32"])
+def test_an_html_meta_charset_of_utf16_or_utf32_in_ascii_bytes_means_utf8(charset: str) -> None:
+    """WHATWG: a <meta> readable as ASCII cannot be in UTF-16/32; the page is UTF-8."""
+    page = f'<html><head><meta charset="{charset}"></head><body><p>déjà vu</p></body></html>'
+    assert parse_document(page.encode(), filename="p.html").text == "déjà vu"
+
+
+def test_an_html_meta_charset_naming_no_text_encoding_is_ignored() -> None:
+    page = "<html><meta charset=base64><p>déjà vu</p></html>"
+    assert parse_document(page.encode(), filename="p.html").text == "déjà vu"
 
 
 def test_html_with_unclosed_boilerplate_does_not_crash() -> None:
@@ -309,6 +390,15 @@ def test_pdf_pages_and_title() -> None:
         (3, "Chapter two is here."),
     ]
     assert doc.warnings == ["1 of 3 pages had no extractable text"]
+
+
+def test_pdf_title_and_text_are_made_storable() -> None:
+    """A NUL in a PDF's /Title is dropped, a lone surrogate from a ToUnicode map becomes
+    U+FFFD: PostgreSQL (the chunks' jsonb metadata too) can hold neither."""
+    doc = parse_document(make_pdf(["words"], title="a\x00b"), filename="t.pdf")
+    assert doc.title == "ab"
+    doc = parse_document(surrogate_pdf(), filename="s.pdf")
+    assert doc.text == "\ufffd hello herons" and doc.title == "\ufffd hello herons"
 
 
 def test_pdf_outline_becomes_section_headings() -> None:

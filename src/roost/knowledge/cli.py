@@ -129,6 +129,9 @@ async def _create_run(
             group_id = found.id
         web = is_web_target(target)
         resolved = precheck_url(target, cfg) if web else await asyncio.to_thread(os.path.realpath, target)
+        if not web and not await asyncio.to_thread(os.path.exists, resolved):
+            # A typo is a usage error (exit 2), not a failed run left in the history.
+            raise NotFound(f"the path {target!r} does not exist")
         run = IngestionRun(user_id=owner.id, target=resolved, source="web" if web else "file",
                            from_web=web, recursive=recursive, tags=tags, collection=collection,
                            group_id=group_id, is_private=private,

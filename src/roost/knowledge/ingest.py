@@ -17,7 +17,8 @@ dies mid-run:
   HTTP calls), so no database transaction waits on a model.
 
 A source that cannot be ingested (unsupported type, corrupt PDF, too large, refused
-URL, unreadable file) becomes an entry in the run's ``errors``; the run goes on.  An
+URL, unreadable file, a bug it sets off, a value the database refuses) becomes an entry
+in the run's ``errors``; the run goes on.  A failure of the database itself is raised.  An
 embedding backend that is down raises, so the queue retries the run later (finished
 sources are skipped); on the last attempt the run is marked failed instead.
 """
@@ -35,7 +36,7 @@ from typing import Any
 import structlog
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
@@ -95,7 +96,9 @@ class Source:
 
     @property
     def path_hash(self) -> str:
-        return sha256_hex(self.identity)
+        # A file name the OS gave as bytes that are not UTF-8 holds surrogate escapes:
+        # hashed as those very bytes (any other name as its UTF-8, as ever).
+        return sha256_hex(self.identity.encode("utf-8", "surrogateescape"))
 
 
 @dataclass
@@ -123,12 +126,13 @@ async def _scoped(session: AsyncSession, cfg: KnowledgeConfig, user_id: uuid.UUI
 def _error_entry(source: Source | None, exc: BaseException | str) -> dict[str, Any]:
     if isinstance(exc, RoostError):
         message, kind = exc.detail, exc.type_slug
-    elif isinstance(exc, BaseException) and (isinstance(exc, DBAPIError)
+    elif isinstance(exc, BaseException) and (isinstance(exc, SQLAlchemyError)
                                              or sqlstate(exc) is not None):
         # The owner reads ``errors``: a database error's text holds the whole statement
         # and its parameters (other rows' ids, a document's text); the log has it all.
         code = sqlstate(exc)
-        message = ("a database error stopped the ingestion"
+        message = (f"{type(exc).__name__}: a database error "
+                   + ("refused this source" if source is not None else "stopped the ingestion")
                    + (f" (SQLSTATE class {code[:2]})" if code else "")
                    + "; the worker's log has the details")
         kind = "error"
@@ -336,7 +340,13 @@ async def _sources(
 
 
 def _file_source(path: Path) -> Source:
-    return Source("file", str(path), str(path), path.name[:255], path=path)
+    # Shown and stored (name, path, errors) with a name's bytes that are not UTF-8 as
+    # U+FFFD: PostgreSQL text cannot hold the surrogate escapes Python reads them as.
+    return Source("file", str(path), _repaired(str(path)), _repaired(path.name)[:255], path=path)
+
+
+def _repaired(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _name_from_url(url: str) -> str:
@@ -364,7 +374,7 @@ async def _load(database: Database, cfg: KnowledgeConfig, run: IngestionRun, sou
                       uri=fetched.final_url)
     assert source.path is not None
     data = await asyncio.to_thread(read_ingest_file, source.path, max_bytes=cfg.max_upload_bytes)
-    return Loaded(data, source.path.name, None)
+    return Loaded(data, _repaired(source.path.name), None)
 
 
 def _prepare(loaded: Loaded, cfg: KnowledgeConfig) -> Prepared:
@@ -378,7 +388,44 @@ def _prepare(loaded: Loaded, cfg: KnowledgeConfig) -> Prepared:
 # --- one source -------------------------------------------------------------------------
 
 
+# SQLSTATE classes a source's own values set off (22 data exception: a NUL, a number out
+# of range; 23 integrity constraint; 54 program limit: a value too large to index): the
+# transaction of that source rolled back, the connection is sound, the run goes on.
+_SOURCE_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+
+
+def _unsafe_to_go_on(exc: Exception) -> bool:
+    """Whether ``exc`` is the database's (or the network's) failure rather than one
+    source's: a lost connection, a transaction the server ended, a pool timeout."""
+    if isinstance(exc, OSError):  # loading's own OSErrors were recorded per source already
+        return True
+    code = sqlstate(exc)
+    if code is not None:
+        return code[:2] not in _SOURCE_SQLSTATE_CLASSES or bool(
+            getattr(exc, "connection_invalidated", False))
+    return isinstance(exc, SQLAlchemyError)
+
+
 async def _ingest_source(
+    database: Database, cfg: KnowledgeConfig, run: IngestionRun, source: Source, *, force: bool
+) -> str:
+    """One source, whose failure is one entry in the run's ``errors``: a bug it sets off
+    (an odd codec, a value the database refuses) too, logged with its traceback, and the
+    run goes on with the next source.  The run's own failures (no embedder, an embedding
+    server down, the database gone, the run deleted) are raised."""
+    try:
+        return await _ingest_one(database, cfg, run, source, force=force)
+    except (_RunGone, EmbedderUnavailable, EmbeddingError):
+        raise
+    except Exception as exc:
+        if _unsafe_to_go_on(exc):
+            raise
+        log.exception("ingest_source_crashed", run_id=str(run.id), source=source.display)
+        await _record_error(database, cfg, run, source, exc)
+        return "error"
+
+
+async def _ingest_one(
     database: Database, cfg: KnowledgeConfig, run: IngestionRun, source: Source, *, force: bool
 ) -> str:
     spec = cfg.spec_for(run.embedding_model)
@@ -552,7 +599,7 @@ async def _commit(
             "last_ingested_at": stamp, "updated_at": stamp,
         }
         if source.kind == "file":
-            values["path"] = str(source.path)
+            values["path"] = source.display  # its name made valid UTF-8 (_file_source)
         if source.kind == "web":
             values["uri"] = source.uri
         created = doc is None

@@ -337,8 +337,14 @@ def decode_text(data: bytes, *, charset: str | None = None) -> str:
         candidates: list[str] = []
         if charset:
             try:
-                candidates.append(codecs.lookup(charset).name)
+                codec = codecs.lookup(charset)
             except LookupError:
+                codec = None
+            # "rot13", "base64" and the like are codecs but no text encodings: ignored as
+            # an unknown name is (decoding with them raises LookupError).
+            if codec is not None and getattr(codec, "_is_text_encoding", True):
+                candidates.append(codec.name)
+            else:
                 log.debug("ignoring unknown declared charset %r", charset)
         # UTF-8 is strict enough that a successful decode is almost always right; cp1252
         # is the usual culprit otherwise, and latin-1 can decode anything as a last resort.
@@ -347,19 +353,26 @@ def decode_text(data: bytes, *, charset: str | None = None) -> str:
             try:
                 text = data.decode(encoding)
                 break
-            except UnicodeDecodeError:
+            except (UnicodeError, LookupError):  # "undefined" refuses everything
                 continue
         assert text is not None  # latin-1 never fails
     if _control_ratio(text) > 0.05:
         raise UnsupportedDocument(
             "the content is binary, not text; upload text, Markdown, HTML or PDF instead"
         )
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    return _storable(text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 # --------------------------------------------------------------------------- helpers
 
 _BLANK_LINES_RE: Final = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
+_SURROGATE_RE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    """``text`` as PostgreSQL (and the tokenizer) can take it: NULs dropped, lone
+    surrogates (a PDF's ToUnicode map, a "utf-7" or escape codec) replaced by U+FFFD."""
+    return _SURROGATE_RE.sub("\ufffd", text.replace("\x00", ""))
 
 
 def _tidy(text: str) -> str:
@@ -371,7 +384,7 @@ def _tidy(text: str) -> str:
 def _short_title(text: str | None) -> str | None:
     if not text:
         return None
-    title = " ".join(text.split())
+    title = " ".join(_storable(text).split())  # a PDF's /Title or bookmark may hold NULs
     if not title:
         return None
     if len(title) > _MAX_TITLE_CHARS:
@@ -415,12 +428,15 @@ def _parse_text(text: str, filename: str | None) -> ParsedDocument:
 
 # --------------------------------------------------------------------------- markdown
 
-_ATX_RE: Final = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+# Only the opening of an ATX heading: its text and closing "#"s are cut with string
+# methods, as a lazy "(.*?)" before "[ \t]*$" backtracks quadratically on a line of
+# spaces ("# a<300 KB of spaces>b" took minutes).
+_ATX_RE: Final = re.compile(r" {0,3}(#{1,6})(?:[ \t]|$)")
 _SETEXT_RE: Final = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE_RE: Final = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _BLOCK_END_RE: Final = re.compile(r"^ {0,3}(?:`{3,}|~{3,}|(?:([-*_])[ \t]*)(?:\1[ \t]*){2,}$)")
 _NOT_SETEXT_RE: Final = re.compile(r"^\s*(?:[-*+>|]|\d+[.)]|#{1,6}(?:\s|$))")
-_FRONT_MATTER_TITLE_RE: Final = re.compile(r"^title:\s*(.+?)\s*$", re.M)
+_FRONT_MATTER_TITLE_RE: Final = re.compile(r"^title:(.*)$", re.M)  # stripped after: linear
 
 
 def _strip_front_matter(text: str) -> tuple[str, str | None]:
@@ -432,8 +448,18 @@ def _strip_front_matter(text: str) -> tuple[str, str | None]:
     after = text.find("\n", end + 4)
     block = text[4:end]
     match = _FRONT_MATTER_TITLE_RE.search(block)
-    title = match.group(1).strip("'\"") if match else None
+    title = match.group(1).strip().strip("'\"") if match else None
     return (text[after + 1 :] if after != -1 else ""), title
+
+
+def _atx_text(rest: str) -> str:
+    """The text of an ATX heading from what follows its opening "#"s: without the
+    optional closing sequence ("## Title ##"), which must follow a space or a tab."""
+    text = rest.strip(" \t")
+    unclosed = text.rstrip("#")
+    if not unclosed or unclosed.endswith((" ", "\t")):
+        text = unclosed
+    return text.strip()
 
 
 def _parse_markdown(text: str, filename: str | None) -> ParsedDocument:
@@ -483,9 +509,9 @@ def _parse_markdown(text: str, filename: str | None) -> ParsedDocument:
             continue
         atx = _ATX_RE.match(line)
         if atx:
-            title = (atx.group(2) or "").strip()
-            if title:
-                start_section(len(atx.group(1)), title)
+            heading_text = _atx_text(line[atx.end():])
+            if heading_text:
+                start_section(len(atx.group(1)), heading_text)
             opened_paragraph = False
             continue
         setext = _SETEXT_RE.match(line)
@@ -695,7 +721,16 @@ class _HtmlExtractor(HTMLParser):
 
 def _html_charset(data: bytes) -> str | None:
     match = _HTML_META_CHARSET_RE.search(data[:2048])
-    return match.group(1).decode("ascii", "replace") if match else None
+    if match is None:
+        return None
+    name = match.group(1).decode("ascii", "replace")
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        return name  # decode_text ignores it
+    # A <meta> read as ASCII means the page is not UTF-16/32 (those have a BOM, or NULs
+    # _utf16_without_bom finds): WHATWG's prescan takes such a declaration as UTF-8.
+    return "utf-8" if codec.startswith(("utf-16", "utf-32")) else name
 
 
 def _clean_html_text(parts: list[str]) -> str:
@@ -819,7 +854,7 @@ def _parse_pdf(data: bytes, filename: str | None, time_limit_s: float) -> Parsed
                 # One broken page should not cost the rest of the document.
                 warnings.append(f"page {index + 1}: text could not be extracted ({exc})")
                 continue
-            body = _tidy(raw.replace("\x00", ""))
+            body = _tidy(_storable(raw))
             if body:
                 sections.append(Section(body, page=index + 1, heading=heading))
             else:

@@ -38,6 +38,10 @@ def check_tags(tags: list[str] | None) -> list[str]:
             raise Unprocessable("tags must be strings")
         if "\x00" in raw:
             raise Unprocessable("tags must not contain NUL characters")
+        try:  # a JSON escape of a lone surrogate ("\ud800") decodes to no character
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Unprocessable("tags must be valid Unicode") from None
         tag = raw.strip()
         if not tag:
             continue
