@@ -27,7 +27,9 @@ from roost.config import Settings
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from roost.knowledge.models import Document, DocumentChunk
-from tests.support.identity import make_user
+from tests.agents.api import create_agent, create_persona
+from tests.agents.conftest import make_agent
+from tests.support.identity import join_persona, make_user
 from tests.support.mcp_client import mcp_session
 from tests.support.pg import PgTestServer
 from tests.support.server import RunningServer, in_process, roost_server
@@ -237,3 +239,21 @@ async def test_mcp_requests_counted_under_their_route(app: FastAPI, database: Da
     lines = [ln for ln in metrics.splitlines()
              if ln.startswith("roost_http_requests_total{") and 'method="POST"' in ln]
     assert any('route="/mcp"' in ln for ln in lines), lines
+
+
+async def test_an_agent_tool_names_the_persona_s_agent_before_a_stranger_s_public_one(
+    app: FastAPI, client: httpx.AsyncClient, database: Database,
+) -> None:
+    """agent__<slug> resolves a slug as /v1 does: your own agent, then your personas' (public
+    too or not), then a public one, however old the stranger's public agent is."""
+    stranger, _ = await make_user(database, username="stranger")
+    _, owner = await make_user(database, username="owner")
+    member_id, member = await make_user(database, username="member")
+    await make_agent(database, stranger, name="Squatter", slug="team-bot", is_public=True)
+    persona = await create_persona(client, owner)
+    await create_agent(client, owner, name="Ours", slug="team-bot", persona_id=persona["id"],
+                       is_public=True)
+    await join_persona(client, owner, persona["id"], str(member_id), member, role="viewer")
+    async with in_process(app) as base, mcp_session(f"{base}/mcp", member) as session:
+        titles = {t.name: t.title for t in (await session.list_tools()).tools}
+    assert titles.get("agent__team-bot") == "Ours", titles

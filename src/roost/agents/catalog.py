@@ -55,10 +55,9 @@ async def get_agent(session: AsyncSession, actor: Principal, agent_id: uuid.UUID
 async def find_agent_by_slug(session: AsyncSession, actor: Principal, slug: str) -> Agent:
     """``slug`` resolved for the actor: their own agent first, then one of their personas',
     then the oldest public one."""
-    mine = case((Agent.user_id == actor.user_id, 0), (Agent.is_public, 2), else_=1)
     agent = await session.scalar(
         select(Agent).where(Agent.slug == slug, visible_agents(actor))
-        .order_by(mine, Agent.created_at).limit(1))
+        .order_by(slug_rank(actor), Agent.created_at).limit(1))
     if agent is None:
         raise NotFound(f"no agent with slug {slug!r}")
     return agent
@@ -101,10 +100,25 @@ def visible_agents(actor: Principal) -> Any:
         return true()
     if actor.user_id is None:
         return false()
+    return or_(_own_agent(actor), Agent.is_public, _persona_agent(actor))
+
+
+def slug_rank(actor: Principal) -> Any:
+    """SQL ordering key of the agents sharing a slug, for the actor: their own agent (0),
+    then one of their personas' (1), then a public one (2): a persona's agent that is
+    public too still ranks as the persona's, before a stranger's public one."""
+    return case((_own_agent(actor), 0), (_persona_agent(actor), 1), else_=2)
+
+
+def _own_agent(actor: Principal) -> Any:
+    return and_(Agent.user_id == actor.user_id, Agent.persona_id.is_(None))
+
+
+def _persona_agent(actor: Principal) -> Any:
+    """An agent of a persona the actor owns or is a member of."""
     member_of = select(PersonaMember.persona_id).where(PersonaMember.user_id == actor.user_id)
     owned = select(Persona.id).where(Persona.owner_id == actor.user_id)
-    return or_(and_(Agent.user_id == actor.user_id, Agent.persona_id.is_(None)),
-               Agent.is_public, Agent.persona_id.in_(member_of), Agent.persona_id.in_(owned))
+    return or_(Agent.persona_id.in_(member_of), Agent.persona_id.in_(owned))
 
 
 def agent_out(agent: Agent) -> AgentOut:

@@ -18,11 +18,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 from mcp import types
-from sqlalchemy import case, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents import runs
-from roost.agents.catalog import visible_agents
+from roost.agents.catalog import slug_rank, visible_agents
 from roost.agents.models import TERMINAL_RUN_STATUSES, Agent
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate
 from roost.db.engine import Database
@@ -56,11 +56,9 @@ class AgentsProvider:
         self.database, self.app_role = database, app_role
 
     async def _agents(self, session: AsyncSession, principal: Principal) -> dict[str, Agent]:
-        mine_first = case((Agent.user_id == principal.user_id, 0), (Agent.is_public, 2), else_=1)
         rows = (await session.scalars(
             select(Agent).where(Agent.is_active, visible_agents(principal))
-            .order_by(Agent.slug, mine_first,
-                                                          Agent.created_at))).all()
+            .order_by(Agent.slug, slug_rank(principal), Agent.created_at))).all()
         offered: dict[str, Agent] = {}
         for agent in rows:  # a slug resolves as roost.agents.catalog.find_agent_by_slug
             offered.setdefault(_INVALID.sub("_", PREFIX + agent.slug)[:128], agent)

@@ -9,7 +9,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import FastAPI, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
@@ -36,6 +36,10 @@ from roost.pagination import DEFAULT_LIMIT, Page
 from roost.principal import Principal
 
 router = RoostRouter(prefix="/api/v1", tags=["runs"])
+# How long past its timeout_s an "agent:<slug>" model waits for the run before 504 (a
+# worker may pick it up late; the run goes on either way).
+WAIT_GRACE_S: Final = 30.0
+
 
 def trace_id_for(traceparent: str | None, run_hint: str) -> str:
     """A W3C ``traceparent`` naming the run as a span of the request's trace, or of a new
@@ -219,11 +223,14 @@ def openai_agent_handler(app: FastAPI) -> ModelHandler:
             run, _ = await runs.create_run(session, principal, agent, RunCreate(input=text),
                                            trace_id=trace_id_for(None, secrets.token_hex(8)),
                                            source="openai")
-        limit_s = float(run.config.get("timeout_s", 600)) + 30
+        limit_s = float(run.config.get("timeout_s", 600)) + WAIT_GRACE_S
         created = int(time.time())
         cid = f"chatcmpl-{run.id.hex}"
 
         def answer(done: Run) -> tuple[str, dict[str, int]]:
+            if done.status not in TERMINAL_RUN_STATUSES:  # the wait gave up: it goes on
+                raise GatewayTimeout(f"the agent's run {run.id} is still {done.status}; "
+                                     f"follow it at /api/v1/runs/{run.id}")
             if done.status != "completed":
                 raise BadGateway(f"the agent's run {done.id} ended {done.status}"
                                  + (f": {done.error_message}" if done.error_message else ""))
@@ -233,9 +240,6 @@ def openai_agent_handler(app: FastAPI) -> ModelHandler:
 
         if not body.stream:
             done = await _wait_terminal(database, principal, app_role, listener, run.id, limit_s)
-            if done.status not in TERMINAL_RUN_STATUSES:
-                raise GatewayTimeout(f"the agent's run {run.id} is still {done.status}; "
-                                     f"follow it at /api/v1/runs/{run.id}")
             content, usage = answer(done)
             return {"id": cid, "object": "chat.completion", "created": created,
                     "model": body.model, "choices": [{
