@@ -47,6 +47,8 @@ async def list_tasks(
 
 
 @router.post("", response_model=TaskDetailOut, status_code=status.HTTP_201_CREATED,
+             responses={200: {"model": TaskDetailOut,
+                              "description": "The existing job of a used idempotency key"}},
              summary="Enqueue a job (200 with the existing job for a used idempotency key)")
 async def enqueue_task(
     body: EnqueueIn, session: DbSession, admin: AdminPrincipal, response: Response

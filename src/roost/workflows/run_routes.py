@@ -23,6 +23,8 @@ NodeId = Annotated[str, Path(min_length=1, max_length=255)]
 
 @router.post("/api/v1/workflows/{workflow_id:uuid}/runs", status_code=status.HTTP_202_ACCEPTED,
              response_model=WorkflowRunOut,
+             responses={200: {"model": WorkflowRunOut,
+                              "description": "The first run of a used idempotency key"}},
              summary="Run a published version of the workflow (the newest by default); "
                      "follow it with /api/v1/runs/{id}/events")
 async def start_run(workflow_id: uuid.UUID, body: WorkflowRunCreate,
