@@ -34,6 +34,7 @@ import errno
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import secrets
@@ -147,9 +148,28 @@ class Target:
     url: URL  # SQLAlchemy URL (any driver)
     embedded: EmbeddedServer | None = None
 
-    @property
-    def dsn(self) -> str:
-        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    def connect_kwargs(self, **changes: Any) -> dict[str, Any]:
+        """``asyncpg.connect``'s keywords for the URL (with ``changes``, e.g. another
+        database), made by SQLAlchemy's asyncpg dialect as for the engine: the query's
+        options are asyncpg's (``ssl=require``, ``command_timeout=``), never server
+        settings as a DSN's unknown keys would be.  The dialect hands them on as text;
+        asyncpg wants their numbers as numbers."""
+        from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+        from sqlalchemy.util import coerce_kw_type
+
+        dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+        kwargs: dict[str, Any] = dialect.create_connect_args(  # type: ignore[no-untyped-call]
+            self.url.set(**changes))[1]
+        for sqlalchemy_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+            kwargs.pop(sqlalchemy_only, None)
+        try:
+            for key, kind in _NUMERIC_OPTIONS.items():
+                coerce_kw_type(kwargs, key, kind)
+        except ValueError:
+            raise BackupError("ROOST_DATABASE_URL: a value of "
+                              f"{', '.join(_NUMERIC_OPTIONS)} is not a number (or a boolean)"
+                              ) from None
+        return kwargs
 
     def libpq_args(self) -> tuple[str, dict[str, str]]:
         """``--dbname`` for the client programs, without the password (that goes in the
@@ -160,9 +180,18 @@ class Target:
         params = {key: str(value) for key, value in (
             ("host", url.host), ("port", url.port), ("user", url.username),
             ("dbname", url.database)) if value is not None}
-        # The query's parameters after the URL's parts, as libpq reads a URI.
-        params.update({key: value if isinstance(value, str) else ",".join(value)
-                       for key, value in url.query.items()})
+        # The query's parameters after the URL's parts, as libpq reads a URI: those
+        # libpq has too, under its names (asyncpg's own only tune the driver).
+        for key, value in url.query.items():
+            text = value if isinstance(value, str) else ",".join(value)
+            if key in _LIBPQ_OPTIONS:
+                params[key] = text
+            elif key == "ssl":  # asyncpg's values are libpq's sslmode names
+                params["sslmode"] = text.replace("_", "-")
+            elif key == "timeout":  # libpq: whole seconds
+                params["connect_timeout"] = str(max(1, math.ceil(_number(text))))
+            elif key == "direct_tls" and text.lower() in ("true", "1", "yes", "on"):
+                params["sslnegotiation"] = "direct"
         env = dict(os.environ)  # PGSSLROOTCERT and the like still apply
         if url.password:
             env["PGPASSWORD"] = str(url.password)
@@ -173,6 +202,24 @@ class Target:
         if self.embedded is not None:
             return f"embedded PostgreSQL in {self.embedded.pgdata}"
         return f"database {self.url.database!r} on {self.url.host or 'local socket'}"
+
+
+# What the URL's query may hold are asyncpg's options (roost.clitools checks their names
+# at start); these have the same name and meaning in libpq's client programs.
+_LIBPQ_OPTIONS = frozenset({"host", "port", "passfile", "service", "servicefile",
+                            "target_session_attrs", "krbsrvname", "gsslib"})
+# asyncpg's options that are numbers (a URL's query is text).
+_NUMERIC_OPTIONS: dict[str, type] = {
+    "statement_cache_size": int, "max_cached_statement_lifetime": int,
+    "max_cacheable_statement_size": int, "timeout": float, "command_timeout": float,
+    "direct_tls": bool}
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise BackupError(f"ROOST_DATABASE_URL: timeout={text} is not a number") from None
 
 
 def _conninfo_value(value: str) -> str:
@@ -189,8 +236,9 @@ def open_target(settings: Settings) -> Target:
 
 
 async def _connect(target: Target) -> asyncpg.Connection:
-    conn: asyncpg.Connection = await asyncpg.connect(
-        target.dsn, server_settings={"application_name": "roost-backup", **_STABLE_SETTINGS})
+    conn: asyncpg.Connection = await asyncpg.connect(**{
+        **target.connect_kwargs(),
+        "server_settings": {"application_name": "roost-backup", **_STABLE_SETTINGS}})
     return conn
 
 
@@ -461,6 +509,10 @@ def collect_keys(settings: Settings) -> dict[str, str]:
             if not _KEY_NAME.fullmatch(path.name):
                 raise BackupError(f"{path} is not a key file Roost writes (a restore would "
                                   "refuse its name): move it out of the keys directory")
+            if path.stat().st_size > SMALL_FILE_MAX:  # never read whole into memory
+                raise BackupError(f"{path} is {path.stat().st_size} bytes, not a key file (a "
+                                  f"restore reads at most {SMALL_FILE_MAX >> 20} MiB of keys): "
+                                  "move it out of the keys directory")
             try:
                 keys[path.name] = path.read_text(encoding="utf-8")
             except UnicodeDecodeError:
@@ -470,7 +522,17 @@ def collect_keys(settings: Settings) -> dict[str, str]:
         value = getattr(settings, name)
         if value is not None:
             keys[name] = value.get_secret_value() + "\n"
+    size = len(keys_json(keys))
+    if size > SMALL_FILE_MAX:  # a backup restore would refuse
+        raise BackupError(f"the keys in {key_dir} and the environment take {size} bytes, more "
+                          f"than a restore reads ({SMALL_FILE_MAX >> 20} MiB): move what is no "
+                          "key out of the keys directory")
     return keys
+
+
+def keys_json(keys: dict[str, str]) -> bytes:
+    """The content of a backup's keys.json."""
+    return json.dumps(keys, sort_keys=True).encode()
 
 
 def _check_data_dir(settings: Settings) -> None:
@@ -557,12 +619,18 @@ async def _run_client(args: list[str], env: dict[str, str], what: str,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     assert proc.stderr is not None
     tail: list[str] = []
-    async for raw in proc.stderr:
-        line = raw.decode("utf-8", "replace").rstrip()
-        on_line(line)
-        if ": error:" in line or "FATAL" in line or "ERROR" in line or len(tail) < 5:
-            tail.append(line)
-    code = await proc.wait()
+    try:
+        async for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            on_line(line)
+            if ": error:" in line or "FATAL" in line or "ERROR" in line or len(tail) < 5:
+                tail.append(line)
+        code = await proc.wait()
+    except BaseException:  # cancelled (SIGTERM, Ctrl-C) or failed: the program stops too,
+        if proc.returncode is None:  # never writing on into a directory being removed
+            proc.kill()
+            await proc.wait()
+        raise
     if code != 0:
         errors = [t for t in tail if "error" in t.lower() or "fatal" in t.lower()] or tail
         raise BackupError(f"{what} failed (exit {code}): " + " | ".join(errors[-4:]))
@@ -591,9 +659,15 @@ async def create_backup(settings: Settings, path: Path | None = None, *,
     if not keys:
         raise BackupError(f"no keys in {settings.data_dir / KEY_DIR_NAME} nor in the "
                           "environment: is ROOST_DATA_DIR the data dir Roost runs with?")
+    if settings.uses_embedded_db and not (settings.pg_dir / "PG_VERSION").exists():
+        # Starting the embedded server would create an empty cluster, and back that up.
+        raise BackupError(f"no database to back up: {settings.pg_dir} holds no database "
+                          "cluster and ROOST_DATABASE_URL is unset: set ROOST_DATABASE_URL, or "
+                          "ROOST_DATA_DIR to the data dir Roost runs with")
     target = await asyncio.to_thread(open_target, settings)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    # A short fixed prefix: the backup's own name may take all of a file name's 255 bytes.
+    work = Path(tempfile.mkdtemp(prefix=".roost-backup-", dir=path.parent))
     warnings: list[str] = []
     try:
         if physical:
@@ -610,7 +684,7 @@ async def create_backup(settings: Settings, path: Path | None = None, *,
         manifest["created_at"] = datetime.now(UTC).isoformat()
         manifest["source"] = "embedded" if target.embedded is not None else "external"
         with _private_open(work / KEYS) as handle:
-            handle.write(json.dumps(keys, sort_keys=True).encode())
+            handle.write(keys_json(keys))
         files: dict[str, dict[str, Any]] = {}
         cipher: Cipher | None = None
         if passphrase is not None:
@@ -704,13 +778,28 @@ async def _dump(target: Target, work: Path, report: Reporter) -> dict[str, Any]:
                     sums.append({"schema": s.schema, "name": s.name, "rows": s.rows,
                                  "checksum": s.checksum})
                     report.advance()
-            finally:
-                await dump  # the snapshot must outlive pg_dump's use of it
+            except BaseException:
+                dump.cancel()  # the backup fails: pg_dump is stopped, not waited for
+                await asyncio.gather(dump, return_exceptions=True)
+                raise
+            await dump  # the snapshot must outlive pg_dump's use of it
             os.chmod(work / DUMP, 0o600)
             manifest["tables"] = sums
             return manifest
+    except asyncpg.PostgresError as exc:
+        raise _refused(exc) from None
     finally:
         await conn.close()
+
+
+def _refused(exc: asyncpg.PostgresError) -> BackupError:
+    """A statement of the backup the server refused, once connected (a role that cannot
+    read a table or sequence, a statement_timeout...)."""
+    said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        return BackupError(f"{said}: back up as the database's owner or a superuser (the "
+                           "user of ROOST_DATABASE_URL must read every table)")
+    return BackupError(f"the database refused a statement of the backup: {said}")
 
 
 # --------------------------------------------------------------------------- restore
@@ -1088,8 +1177,7 @@ async def _unused_side_name(admin: asyncpg.Connection, name: str, suffix: str) -
 async def _admin_connect(target: Target) -> asyncpg.Connection:
     """The target's server, in its ``postgres`` database (creating, renaming and dropping
     a database is done from another database than it)."""
-    conn: asyncpg.Connection = await asyncpg.connect(target.url.set(
-        drivername="postgresql", database="postgres").render_as_string(hide_password=False))
+    conn: asyncpg.Connection = await asyncpg.connect(**target.connect_kwargs(database="postgres"))
     return conn
 
 
@@ -1180,8 +1268,7 @@ async def _empty_target(target: Target) -> None:
     """``--force``: the embedded database is dropped and created again; an external
     database loses every schema of its own (public is created again, empty)."""
     if target.embedded is not None:
-        admin = await asyncpg.connect(target.url.set(
-            drivername="postgresql", database="postgres").render_as_string(hide_password=False))
+        admin = await _admin_connect(target)
         try:
             name = _ident(str(target.url.database))
             await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -1289,6 +1376,8 @@ async def _basebackup(target: Target, work: Path, report: Reporter,
             manifest["tables"] = sums
             size_kb = int(await conn.fetchval(
                 "SELECT sum(pg_database_size(oid)) / 1024 FROM pg_database"))
+    except asyncpg.PostgresError as exc:
+        raise _refused(exc) from None
     finally:
         await conn.close()
     dbname, env = target.libpq_args()

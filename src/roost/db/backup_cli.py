@@ -9,9 +9,11 @@ every command.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -30,6 +32,8 @@ from roost.db.cliio import fail, os_reason, read_text
 
 console = Console()
 err = Console(stderr=True)
+
+T = TypeVar("T")
 
 PassphraseFile = Annotated[Path | None, typer.Option(
     "--passphrase-file", exists=True, dir_okay=False, readable=True,
@@ -97,6 +101,27 @@ def _passphrase(file: Path | None, *, prompt: bool, confirm: bool) -> str | None
     return typed
 
 
+def _run(work: Coroutine[Any, Any, T], what: str) -> T:
+    """``asyncio.run(work)``, SIGTERM (systemd, docker stop, a timeout) cancelling it as
+    Ctrl-C does: the client program (pg_dump...) is stopped with Roost, a partial backup
+    is removed and a restore's staging database dropped; exit 143, as for the signal."""
+
+    async def cancellable() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await work
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(cancellable())
+    except asyncio.CancelledError:
+        raise fail(f"{what} stopped", "terminated (SIGTERM)", code=128 + signal.SIGTERM) from None
+
+
 def _from_the_driver(exc: BaseException) -> bool:
     """Raised by the PostgreSQL driver (connecting: refused, no socket, a timeout)."""
     tb = exc.__traceback__
@@ -134,9 +159,9 @@ def backup_command(
     passphrase = _passphrase(passphrase_file, prompt=encrypt, confirm=True)
     try:
         with _Bars(_progress()) as bars:
-            result = asyncio.run(create_backup(
+            result = _run(create_backup(
                 settings, path, passphrase=passphrase, physical=physical,
-                incremental_from=incremental_from, reporter=bars))
+                incremental_from=incremental_from, reporter=bars), "backup")
             bars.close()
     except BackupError as exc:
         raise fail("backup failed", exc) from None
@@ -180,8 +205,8 @@ def restore_command(
     passphrase = _passphrase(passphrase_file, prompt=encrypted, confirm=False) if encrypted else None
     try:
         with _Bars(_progress()) as bars:
-            result = asyncio.run(restore_backup(settings, path, passphrase=passphrase,
-                                                force=force, reporter=bars))
+            result = _run(restore_backup(settings, path, passphrase=passphrase,
+                                         force=force, reporter=bars), "restore")
             bars.close()
     except TargetNotEmpty as exc:
         raise fail("restore refused", exc) from None
