@@ -47,3 +47,22 @@ async def test_connections_opened_in_a_burst_are_kept_for_the_next(
         assert await _burst(small_pool, 4) == first  # no new backend, none closed
     # Beyond both settings a transaction waits for a connection; still no new one.
     assert await _burst(small_pool, 6) == first
+
+
+async def test_the_urls_numeric_driver_options_are_passed_as_numbers(
+    pg_server: PgTestServer, db_name: str, test_settings: Settings,
+) -> None:
+    """``?statement_cache_size=0&command_timeout=30`` in ROOST_DATABASE_URL (asyncpg's
+    options, as the docs say): the engine connects with them (the query's text reached
+    asyncpg as text, and every command failed with a TypeError); a value that is not a
+    number is a ValueError naming the option."""
+    url = pg_server.url_for(db_name).update_query_dict(
+        {"statement_cache_size": "0", "command_timeout": "30", "direct_tls": "false"})
+    database = create_database(test_settings, url=url)
+    try:
+        async with database.transaction() as session:
+            assert await session.scalar(text("SELECT 1")) == 1
+    finally:
+        await database.dispose()
+    with pytest.raises(ValueError, match="command_timeout=abc is not a number"):
+        create_database(test_settings, url=url.update_query_dict({"command_timeout": "abc"}))

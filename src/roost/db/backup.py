@@ -155,20 +155,18 @@ class Target:
         settings as a DSN's unknown keys would be.  The dialect hands them on as text;
         asyncpg wants their numbers as numbers."""
         from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
-        from sqlalchemy.util import coerce_kw_type
 
+        from roost.db.engine import url_number_options
+
+        url = self.url.set(**changes)
         dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
-        kwargs: dict[str, Any] = dialect.create_connect_args(  # type: ignore[no-untyped-call]
-            self.url.set(**changes))[1]
+        kwargs: dict[str, Any] = dialect.create_connect_args(url)[1]  # type: ignore[no-untyped-call]
         for sqlalchemy_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
             kwargs.pop(sqlalchemy_only, None)
         try:
-            for key, kind in _NUMERIC_OPTIONS.items():
-                coerce_kw_type(kwargs, key, kind)
-        except ValueError:
-            raise BackupError("ROOST_DATABASE_URL: a value of "
-                              f"{', '.join(_NUMERIC_OPTIONS)} is not a number (or a boolean)"
-                              ) from None
+            kwargs.update(url_number_options(url))
+        except ValueError as exc:
+            raise BackupError(str(exc)) from None
         return kwargs
 
     def libpq_args(self) -> tuple[str, dict[str, str]]:
@@ -208,11 +206,6 @@ class Target:
 # at start); these have the same name and meaning in libpq's client programs.
 _LIBPQ_OPTIONS = frozenset({"host", "port", "passfile", "service", "servicefile",
                             "target_session_attrs", "krbsrvname", "gsslib"})
-# asyncpg's options that are numbers (a URL's query is text).
-_NUMERIC_OPTIONS: dict[str, type] = {
-    "statement_cache_size": int, "max_cached_statement_lifetime": int,
-    "max_cacheable_statement_size": int, "timeout": float, "command_timeout": float,
-    "direct_tls": bool}
 
 
 def _number(text: str) -> float:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 from sqlalchemy import event, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.util import asbool
 
 from roost import tracing
 from roost.config import Settings
@@ -31,8 +33,40 @@ def to_async_url(raw: str) -> URL:
     return url.set(drivername="postgresql+asyncpg")
 
 
-def engine_options(settings: Settings) -> dict[str, Any]:
+# asyncpg's connect options that are numbers or booleans.  SQLAlchemy's dialect hands a
+# URL's query on as text, and asyncpg then failed comparing it with a number
+# (``?statement_cache_size=0``: a TypeError traceback from every command).
+URL_NUMBER_OPTIONS: Final[dict[str, type]] = {
+    "statement_cache_size": int, "max_cached_statement_lifetime": int,
+    "max_cacheable_statement_size": int, "timeout": float, "command_timeout": float,
+    "direct_tls": bool}
+
+
+def url_number_options(url: URL) -> dict[str, Any]:
+    """The URL's numeric and boolean asyncpg options as values of their types;
+    ``ValueError`` naming the option whose text is not one."""
+    options: dict[str, Any] = {}
+    for key, kind in URL_NUMBER_OPTIONS.items():
+        text = url.query.get(key)
+        if text is None:
+            continue
+        try:
+            if not isinstance(text, str):
+                raise ValueError
+            options[key] = asbool(text) if kind is bool else kind(text)
+            if kind is float and not math.isfinite(options[key]):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"ROOST_DATABASE_URL: {key}={text!s:.40} is not "
+                             f"{'true or false' if kind is bool else 'a number'}") from None
+    return options
+
+
+def engine_options(settings: Settings, url: URL | None = None) -> dict[str, Any]:
+    """The engine's options; ``url``'s numeric asyncpg options (``command_timeout=``...)
+    as numbers, below Roost's own settings."""
     connect_args: dict[str, Any] = {
+        **(url_number_options(url) if url is not None else {}),
         "timeout": settings.db_connect_timeout_s,
         "server_settings": {
             "application_name": "roost",
@@ -201,10 +235,10 @@ def create_database(settings: Settings, url: URL | None = None) -> Database:
     embedded = None
     if url is None:
         url, embedded = resolve_database_url(settings)
-    engine = create_async_engine(url, **engine_options(settings))
+    engine = create_async_engine(url, **engine_options(settings, url))
     discard_closed(engine)
     side_engine = create_async_engine(
-        url, **{**engine_options(settings), "pool_size": settings.db_side_pool_size})
+        url, **{**engine_options(settings, url), "pool_size": settings.db_side_pool_size})
     discard_closed(side_engine)
     tracing.configure(settings)  # ROOST_OTEL_ENABLED: every process that opens the database
     tracing.instrument_engine(engine.sync_engine)
@@ -234,7 +268,7 @@ def create_replicas(settings: Settings, primary: AsyncEngine) -> ReplicaSet | No
         return None
     replicas = []
     for replica_url in urls:
-        options = engine_options(settings)
+        options = engine_options(settings, replica_url)
         connect_args = options["connect_args"]
         connect_args["server_settings"] = {
             **connect_args["server_settings"], "application_name": "roost-replica-read"}

@@ -126,7 +126,7 @@ class Limiter:
 
     def _pool(self) -> AsyncEngine:
         if self._engine is None:
-            options = engine_options(self._settings)
+            options = engine_options(self._settings, self._url)
             # Up to ten, opened as needed and kept (engine_options: no overflow connection
             # closed at check-in, so none opened again a few requests later).
             options.update(pool_size=10, max_overflow=0, isolation_level="AUTOCOMMIT")
