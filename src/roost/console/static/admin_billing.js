@@ -4,7 +4,7 @@
 // model price table (edit, add, remove), the analytics export (status, "Export now") and
 // streaming metrics per model.  Money is sent and shown as decimal strings.
 
-import { api, el, formatTime, notify, showError } from "./console.js";
+import { api, el, formatTime, notify, showError, submitOnce } from "./console.js";
 import { invoiceRow, money, period, statusBadge } from "./billing.js";
 
 const $ = (id) => document.getElementById(id);
@@ -106,8 +106,7 @@ async function setPlanActive(plan, active) {
 
 const optionalInt = (value) => (value.trim() === "" ? null : Number(value));
 
-$("plan-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
+submitOnce($("plan-form"), async (event) => {
   const form = event.target;
   const models = form.models_allowed.value.split(",").map((s) => s.trim()).filter(Boolean);
   const body = {
@@ -120,12 +119,10 @@ $("plan-form").addEventListener("submit", async (event) => {
               max_documents: optionalInt(form.max_documents.value),
               runs_per_day: optionalInt(form.runs_per_day.value) },
   };
-  try {
-    const plan = await api("/api/v1/billing/plans", { method: "POST", body });
-    form.reset();
-    notify(`Plan ${plan.key} created.`, "ok");
-    await loadPlans();
-  } catch (error) { showError(error); }
+  const plan = await api("/api/v1/billing/plans", { method: "POST", body });
+  form.reset();
+  notify(`Plan ${plan.key} created.`, "ok");
+  await loadPlans();
 });
 
 // --- subscriptions ---------------------------------------------------------------------------
@@ -338,19 +335,16 @@ async function loadPrices() {
   $("prices-empty").hidden = items.length > 0;
 }
 
-$("price-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
+submitOnce($("price-form"), async (event) => {
   const form = event.target;
   const body = { model_pattern: form.model_pattern.value.trim(),
                  input_per_million: form.input_per_million.value.trim(),
                  output_per_million: form.output_per_million.value.trim(),
                  currency: form.currency.value.trim().toUpperCase() || "USD" };
-  try {
-    const price = await api("/api/v1/billing/prices", { method: "POST", body });
-    form.reset();
-    notify(`Price of ${price.model_pattern} added.`, "ok");
-    await loadPrices();
-  } catch (error) { showError(error); }
+  const price = await api("/api/v1/billing/prices", { method: "POST", body });
+  form.reset();
+  notify(`Price of ${price.model_pattern} added.`, "ok");
+  await loadPrices();
 });
 
 // --- analytics -------------------------------------------------------------------------------

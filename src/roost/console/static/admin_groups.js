@@ -1,6 +1,6 @@
 // Administration: groups.  Every group (?all=true), create, delete, and one group's
 // members: list, add (the API takes a username, email or id), remove.
-import { api, el, formatTime, notify, showError } from "./console.js";
+import { api, el, formatTime, notify, showError, submitOnce } from "./console.js";
 
 const tbody = document.getElementById("groups");
 const empty = document.getElementById("groups-empty");
@@ -100,17 +100,14 @@ async function removeMember(member) {
   } catch (error) { showError(error); }
 }
 
-memberForm.addEventListener("submit", async (event) => {
-  event.preventDefault();
+submitOnce(memberForm, async () => {
   const user = memberUser.value.trim();
   if (!openGroup || !user) { notify("Enter a username, email or user id."); return; }
-  try {
-    const member = await api(`/api/v1/groups/${openGroup.id}/members`, {
-      method: "POST", body: { user, role: memberRole.value } });
-    memberForm.reset();
-    notify(`${member.username} added to ${openGroup.name}.`, "ok");
-    await loadMembers();
-  } catch (error) { showError(error); }
+  const member = await api(`/api/v1/groups/${openGroup.id}/members`, {
+    method: "POST", body: { user, role: memberRole.value } });
+  memberForm.reset();
+  notify(`${member.username} added to ${openGroup.name}.`, "ok");
+  await loadMembers();
 });
 
 document.getElementById("close-members").addEventListener("click", () => {
@@ -120,18 +117,15 @@ document.getElementById("close-members").addEventListener("click", () => {
 });
 
 const createForm = document.getElementById("create-form");
-createForm.addEventListener("submit", async (event) => {
-  event.preventDefault();
+submitOnce(createForm, async () => {
   const name = document.getElementById("group-name").value.trim();
   const description = document.getElementById("group-description").value.trim();
   if (!name) { notify("Give the group a name."); return; }
-  try {
-    const group = await api("/api/v1/groups", { method: "POST", body: description ? { name, description } : { name } });
-    createForm.reset();
-    notify(`Group ${group.name} created.`, "ok");
-    await loadGroups();
-    await openMembers(group);
-  } catch (error) { showError(error); }
+  const group = await api("/api/v1/groups", { method: "POST", body: description ? { name, description } : { name } });
+  createForm.reset();
+  notify(`Group ${group.name} created.`, "ok");
+  await loadGroups();
+  await openMembers(group);
 });
 
 loadGroups();

@@ -1,6 +1,6 @@
 // Administration: accounts.  List by status (keyset pages: ?after=<last id>), approve,
 // suspend and reactivate (PATCH status), create.
-import { api, el, formatTime, notify, pageData, showError } from "./console.js";
+import { api, el, formatTime, notify, pageData, showError, submitOnce } from "./console.js";
 
 const PAGE = 50;
 const STATUS_LABELS = { pending_approval: "Pending approval", active: "Active", suspended: "Suspended" };
@@ -101,19 +101,16 @@ document.getElementById("refresh").addEventListener("click", () => { lastId = nu
 more.addEventListener("click", () => load(false));
 
 const form = document.getElementById("create-form");
-form.addEventListener("submit", async (event) => {
-  event.preventDefault();
+submitOnce(form, async () => {
   const value = (id) => document.getElementById(id).value;
   const body = { username: value("new-username").trim(), email: value("new-email").trim(), role: value("new-role") };
   if (!body.username || !body.email) { notify("Fill in a username and an email."); return; }
   if (value("new-full-name").trim()) body.full_name = value("new-full-name").trim();
   if (value("new-password")) body.password = value("new-password");
-  try {
-    const user = await api("/api/v1/users", { method: "POST", body });
-    form.reset();
-    if (!filter.value || filter.value === user.status) replaceRow(user);
-    notify(`Account ${user.username} created.`, "ok");
-  } catch (error) { showError(error); }
+  const user = await api("/api/v1/users", { method: "POST", body });
+  form.reset();
+  if (!filter.value || filter.value === user.status) replaceRow(user);
+  notify(`Account ${user.username} created.`, "ok");
 });
 
 load(true);

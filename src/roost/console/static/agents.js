@@ -1,5 +1,5 @@
 // Agents: the user's agents (cursor pages), a create form, and recent runs.
-import { api, badge, clip, el, formatTime, keepDraft, notify, showError } from "./console.js";
+import { api, badge, clip, el, formatTime, keepDraft, LEAVING, notify, showError, submitOnce } from "./console.js";
 
 const agentsBody = document.getElementById("agents-body");
 const runsBody = document.getElementById("runs-body");
@@ -129,8 +129,7 @@ function wireCreate() {
   const form = document.getElementById("create-form");
   const prompt = document.getElementById("agent-prompt");
   const forget = keepDraft(prompt);
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  submitOnce(form, async () => {
     const data = new FormData(form);
     const text = (key) => String(data.get(key) || "").trim();
     if (!text("name") || !text("slug")) {
@@ -141,16 +140,10 @@ function wireCreate() {
     const body = { name: text("name"), slug: text("slug"), tool_permissions: data.getAll("tools") };
     for (const key of ["description", "preferred_model", "persona_id"]) if (text(key)) body[key] = text(key);
     if (String(data.get("system_prompt") || "").trim()) body.system_prompt = String(data.get("system_prompt"));
-    const button = form.querySelector("button[type=submit]");
-    button.disabled = true;
-    try {
-      const agent = await api("/api/v1/agents", { method: "POST", body });
-      forget();
-      location.assign(`/console/agents/${agent.id}`);
-    } catch (error) {
-      showError(error);
-      button.disabled = false;
-    }
+    const agent = await api("/api/v1/agents", { method: "POST", body });
+    forget();
+    location.assign(`/console/agents/${agent.id}`);
+    return LEAVING;
   });
 }
 

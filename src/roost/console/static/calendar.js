@@ -1,7 +1,7 @@
 // Calendar: the user's calendars (create, delete, export link), an agenda of a week or a
 // month (occurrences expanded by the server), the event form (create and edit, with an
 // RRULE field) and the .ics import.
-import { api, el, latestLoad, notify, showError } from "./console.js";
+import { api, el, latestLoad, notify, showError, submitOnce } from "./console.js";
 
 const $ = (id) => document.getElementById(id);
 const BROWSER_TZ = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
@@ -180,8 +180,7 @@ function eventBody() {
 
 function wireEventForm() {
   $("event-cancel").addEventListener("click", resetForm);
-  $("event-form").addEventListener("submit", async (event) => {
-    event.preventDefault();
+  submitOnce($("event-form"), async () => {
     let body;
     try { body = eventBody(); } catch (error) {
       notify(error.message);
@@ -190,23 +189,15 @@ function wireEventForm() {
     }
     const calendarId = editing ? editing.calendarId : $("event-calendar").value;
     if (!calendarId) { notify("Create a calendar first"); return; }
-    const button = $("event-save");
-    button.disabled = true;
-    try {
-      if (editing) {
-        await api(`/api/v1/calendars/${calendarId}/events/${editing.eventId}`, { method: "PATCH", body });
-        notify("Event saved", "ok");
-      } else {
-        await api(`/api/v1/calendars/${calendarId}/events`, { method: "POST", body });
-        notify("Event created", "ok");
-      }
-      resetForm();
-      await loadAgenda();
-    } catch (error) {
-      showError(error);
-    } finally {
-      button.disabled = false;
+    if (editing) {
+      await api(`/api/v1/calendars/${calendarId}/events/${editing.eventId}`, { method: "PATCH", body });
+      notify("Event saved", "ok");
+    } else {
+      await api(`/api/v1/calendars/${calendarId}/events`, { method: "POST", body });
+      notify("Event created", "ok");
     }
+    resetForm();
+    await loadAgenda();
   });
 }
 
@@ -214,22 +205,18 @@ function wireEventForm() {
 
 function wireCalendarForm() {
   $("calendar-timezone").placeholder = BROWSER_TZ;
-  $("calendar-form").addEventListener("submit", async (event) => {
-    event.preventDefault();
+  submitOnce($("calendar-form"), async () => {
     const name = $("calendar-name").value.trim();
     if (!name) { notify("Give the calendar a name"); $("calendar-name").focus(); return; }
-    try {
-      await api("/api/v1/calendars", { method: "POST", body: { name, timezone: $("calendar-timezone").value.trim() || BROWSER_TZ } });
-      $("calendar-form").reset();
-      notify(`Created ${name}`, "ok");
-      await refresh();
-    } catch (error) { showError(error); }
+    await api("/api/v1/calendars", { method: "POST", body: { name, timezone: $("calendar-timezone").value.trim() || BROWSER_TZ } });
+    $("calendar-form").reset();
+    notify(`Created ${name}`, "ok");
+    await refresh();
   });
 }
 
 function wireImport() {
-  $("import-form").addEventListener("submit", async (event) => {
-    event.preventDefault();
+  submitOnce($("import-form"), async () => {
     const file = $("import-file").files[0];
     const calendarId = $("import-calendar").value;
     if (!calendarId) { notify("Create a calendar first"); return; }

@@ -175,6 +175,38 @@ export function latestLoad(...buttons) {
   };
 }
 
+// What a ``submitOnce`` handler returns when it leaves the page (``location.assign``): its
+// buttons stay disabled until the page is gone, so a click meanwhile sends nothing twice.
+export const LEAVING = Symbol("leaving the page");
+
+// ``form``'s submit, sent once at a time: ``send(event)`` runs with the form's submit buttons
+// disabled and the form busy, so a double click (or Enter pressed twice) creates one object,
+// not two.  An error ``send`` leaves uncaught is shown; the buttons are enabled again when it
+// ends, unless it returned ``LEAVING``.
+export function submitOnce(form, send) {
+  let busy = false;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (busy) return;
+    busy = true;
+    const buttons = [...form.elements].filter((field) => field.type === "submit" && !field.disabled);
+    for (const button of buttons) button.disabled = true;
+    form.setAttribute("aria-busy", "true");
+    let outcome;
+    try {
+      outcome = await send(event);
+    } catch (error) {
+      showError(error);
+    } finally {
+      form.removeAttribute("aria-busy");
+      if (outcome !== LEAVING) {
+        busy = false;
+        for (const button of buttons) button.disabled = false;
+      }
+    }
+  });
+}
+
 export function formatTime(value) {
   if (!value) return "";
   const date = new Date(value);

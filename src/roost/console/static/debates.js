@@ -1,7 +1,7 @@
 // Debates: the user's debates (cursor pages, a status filter) and the "New debate" form
 // (topic, positions one per line, participants: a model or an agent each, rounds, voting
 // method, weights), which starts one and opens its page.
-import { api, badge, el, keepDraft, latestLoad, notify, showError } from "./console.js";
+import { api, badge, el, keepDraft, latestLoad, LEAVING, notify, showError, submitOnce } from "./console.js";
 
 const $ = (id) => document.getElementById(id);
 const body = $("debates-body");
@@ -184,8 +184,7 @@ function wireForm() {
     for (const select of document.querySelectorAll("#participants select[name=position]")) positionOptions(select);
   });
   $("debate-method").addEventListener("change", syncWeights);
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  submitOnce(form, async () => {
     let payload;
     try {
       payload = formBody();
@@ -194,17 +193,11 @@ function wireForm() {
       if (error.field) $(error.field).focus();
       return;
     }
-    const button = form.querySelector("button[type=submit]");
-    button.disabled = true;
-    try {
-      const debate = await api("/api/v1/debates", { method: "POST", body: payload });
-      forgetTopic();
-      forgetPositions();
-      location.assign(`/console/debates/${debate.id}`);
-    } catch (error) {
-      showError(error);
-      button.disabled = false;
-    }
+    const debate = await api("/api/v1/debates", { method: "POST", body: payload });
+    forgetTopic();
+    forgetPositions();
+    location.assign(`/console/debates/${debate.id}`);
+    return LEAVING;
   });
 }
 

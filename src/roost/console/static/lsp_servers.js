@@ -1,7 +1,7 @@
 // The tools page's language servers: the ones the user may use (own and global, cursor
 // pages), a health check (the LSP initialize/shutdown handshake), and for administrators
 // registering and deleting them.
-import { api, badge, el, formatTime, latestLoad, notify, pageData, showError } from "./console.js";
+import { api, badge, el, formatTime, latestLoad, notify, pageData, showError, submitOnce } from "./console.js";
 
 const { is_admin: isAdmin } = pageData();
 const list = document.getElementById("lsp-servers");
@@ -89,8 +89,7 @@ const lines = (value) => String(value || "").split("\n").map((l) => l.trim()).fi
 function wireForm() {
   const form = document.getElementById("lsp-form");
   if (!form) return;
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  submitOnce(form, async () => {
     const data = new FormData(form);
     const text = (key) => String(data.get(key) || "").trim();
     const missing = ["name", "language", "command"].find((key) => !text(key));
@@ -102,18 +101,10 @@ function wireForm() {
     const body = { name: text("name"), language: text("language"), command: text("command"),
                    args: lines(data.get("args")), file_patterns: lines(data.get("file_patterns")),
                    is_global: data.get("is_global") === "on" };
-    const button = form.querySelector("button[type=submit]");
-    button.disabled = true;
-    try {
-      const created = await api("/api/v1/lsp-servers", { method: "POST", body });
-      put(created);
-      form.reset();
-      notify(`Registered ${created.name}: check its health to start it once.`, "ok");
-    } catch (error) {
-      showError(error);
-    } finally {
-      button.disabled = false;
-    }
+    const created = await api("/api/v1/lsp-servers", { method: "POST", body });
+    put(created);
+    form.reset();
+    notify(`Registered ${created.name}: check its health to start it once.`, "ok");
   });
 }
 

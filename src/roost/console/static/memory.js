@@ -3,7 +3,7 @@
 // ends), recall with each signal's score, the entity graph (an entity's relations over
 // time and its neighbours), and forgetting a whole scope.
 
-import { api, ApiError, clip, el, formatTime, keepDraft, latestLoad, notify, showError } from "./console.js";
+import { api, ApiError, clip, el, formatTime, keepDraft, latestLoad, notify, showError, submitOnce } from "./console.js";
 
 const BASE = "/api/v1/memories";
 const PAGE_SIZE = 20;
@@ -238,8 +238,7 @@ function wireAdd() {
   const form = $("add-form");
   const content = $("add-content");
   const forgetDraft = keepDraft(content);
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  submitOnce(form, async () => {
     const text = content.value.trim();
     if (!text) {
       notify("Write what to remember.");
@@ -252,21 +251,13 @@ function wireAdd() {
       $("add-confidence").focus();
       return;
     }
-    const button = form.querySelector("button[type=submit]");
-    button.disabled = true;
-    try {
-      await api(BASE, { method: "POST", body: {
-        content: text, memory_type: $("add-type").value, confidence,
-      } });
-      form.reset();
-      forgetDraft();
-      notify("Remembered.", "ok");
-      await firstPage();
-    } catch (error) {
-      showError(error);
-    } finally {
-      button.disabled = false;
-    }
+    await api(BASE, { method: "POST", body: {
+      content: text, memory_type: $("add-type").value, confidence,
+    } });
+    form.reset();
+    forgetDraft();
+    notify("Remembered.", "ok");
+    await firstPage();
   });
 }
 

@@ -1,6 +1,6 @@
 // One persona: details, editing (owners and editors), members (owners manage them),
 // write-only secrets (owners and editors), the mailbox and the health samples.
-import { api, badge, el, formatTime, latestLoad, notify, pageData, saveChanges, showError } from "./console.js";
+import { api, badge, el, formatTime, latestLoad, notify, pageData, saveChanges, showError, submitOnce } from "./console.js";
 
 const { persona_id: personaId } = pageData();
 const base = `/api/v1/personas/${personaId}`;
@@ -115,26 +115,23 @@ async function removeMember(member, who) {
 
 function wireMembers() {
   const form = document.getElementById("member-form");
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  submitOnce(form, async () => {
     const user = form.elements.namedItem("user").value.trim();
     if (!user) {
       notify("Name the user to add: a username, e-mail address or id.");
       form.elements.namedItem("user").focus();
       return;
     }
-    try {
-      const added = await api(`${base}/members`, { method: "POST",
-        body: { user, role: form.elements.namedItem("role").value } });
-      form.reset();
-      await loadMembers();
-      const role = `${/^[aeiou]/.test(added.role) ? "an" : "a"} ${added.role}`;
-      // An owner's addition is an invitation (202): the person joins once they accept it
-      // on their profile; a site administrator's is the membership itself.
-      notify("invited_by" in added
-        ? `${added.username || user} is invited as ${role}: they join once they accept.`
-        : `${added.username || user} is now ${role}.`, "ok");
-    } catch (error) { showError(error); }
+    const added = await api(`${base}/members`, { method: "POST",
+      body: { user, role: form.elements.namedItem("role").value } });
+    form.reset();
+    await loadMembers();
+    const role = `${/^[aeiou]/.test(added.role) ? "an" : "a"} ${added.role}`;
+    // An owner's addition is an invitation (202): the person joins once they accept it
+    // on their profile; a site administrator's is the membership itself.
+    notify("invited_by" in added
+      ? `${added.username || user} is invited as ${role}: they join once they accept.`
+      : `${added.username || user} is now ${role}.`, "ok");
   });
 }
 
@@ -168,8 +165,7 @@ async function deleteSecret(secret) {
 
 function wireSecrets() {
   const form = document.getElementById("secret-form");
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  submitOnce(form, async () => {
     const field = (name) => form.elements.namedItem(name);
     if (!field("key_name").value.trim() || !field("value").value) {
       notify("A secret needs a name and a value.");
@@ -179,12 +175,10 @@ function wireSecrets() {
     const body = { secret_type: field("secret_type").value, key_name: field("key_name").value.trim(),
                    value: field("value").value };
     field("value").value = ""; // out of the page at once, whatever the answer
-    try {
-      const saved = await api(`${base}/secrets`, { method: "PUT", body });
-      field("key_name").value = "";
-      await loadSecrets();
-      notify(`Secret ${saved.key_name} saved.`, "ok");
-    } catch (error) { showError(error); }
+    const saved = await api(`${base}/secrets`, { method: "PUT", body });
+    field("key_name").value = "";
+    await loadSecrets();
+    notify(`Secret ${saved.key_name} saved.`, "ok");
   });
 }
 
@@ -293,8 +287,7 @@ async function loadToolChoices() {
 
 function wireGrants() {
   const form = document.getElementById("grant-form");
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  submitOnce(form, async () => {
     const toolId = form.elements.namedItem("tool_id").value;
     if (!toolId) {
       notify("Pick a tool to grant.");
@@ -302,12 +295,10 @@ function wireGrants() {
     }
     const calls = form.elements.namedItem("max_calls_per_run").value;
     const body = { is_enabled: true, ...(calls ? { max_calls_per_run: Number(calls) } : {}) };
-    try {
-      const granted = await api(`${base}/tools/${toolId}`, { method: "PUT", body });
-      form.elements.namedItem("max_calls_per_run").value = "";
-      await loadGrants();
-      notify(`${granted.tool_name || "The tool"} is granted.`, "ok");
-    } catch (error) { showError(error); }
+    const granted = await api(`${base}/tools/${toolId}`, { method: "PUT", body });
+    form.elements.namedItem("max_calls_per_run").value = "";
+    await loadGrants();
+    notify(`${granted.tool_name || "The tool"} is granted.`, "ok");
   });
 }
 

@@ -1,5 +1,5 @@
 // Personas: the ones the user owns or is a member of (cursor pages) and a create form.
-import { api, badge, clip, el, keepDraft, latestLoad, notify, showError } from "./console.js";
+import { api, badge, clip, el, keepDraft, latestLoad, LEAVING, notify, showError, submitOnce } from "./console.js";
 
 const body = document.getElementById("personas-body");
 let cursor = null;
@@ -40,8 +40,7 @@ async function loadModels() {
 function wireCreate() {
   const form = document.getElementById("create-form");
   const forget = keepDraft(document.getElementById("persona-prompt"));
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  submitOnce(form, async () => {
     const data = new FormData(form);
     const text = (key) => String(data.get(key) || "").trim();
     if (!text("name")) {
@@ -52,16 +51,10 @@ function wireCreate() {
     const payload = { name: text("name") };
     for (const key of ["description", "default_model", "email_address"]) if (text(key)) payload[key] = text(key);
     if (text("system_prompt")) payload.system_prompt = String(data.get("system_prompt"));
-    const button = form.querySelector("button[type=submit]");
-    button.disabled = true;
-    try {
-      const persona = await api("/api/v1/personas", { method: "POST", body: payload });
-      forget();
-      location.assign(`/console/personas/${persona.id}`);
-    } catch (error) {
-      showError(error);
-      button.disabled = false;
-    }
+    const persona = await api("/api/v1/personas", { method: "POST", body: payload });
+    forget();
+    location.assign(`/console/personas/${persona.id}`);
+    return LEAVING;
   });
 }
 

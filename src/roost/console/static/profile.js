@@ -1,4 +1,4 @@
-import { api, el, formatTime, notify, showError, ApiError } from "./console.js";
+import { api, el, formatTime, notify, showError, submitOnce, ApiError } from "./console.js";
 import { createCredential } from "./webauthn.js";
 
 const $ = (id) => document.getElementById(id);
@@ -102,19 +102,16 @@ async function loadKeys() {
   }
 }
 
-$("key-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
+submitOnce($("key-form"), async () => {
   const name = $("key-name").value.trim();
   if (!name) { notify("Give the key a name."); return; }
   const body = { name };
   if ($("key-expires").value) body.expires_at = new Date($("key-expires").value + "T23:59:59").toISOString();
-  try {
-    const created = await api("/api/v1/api-keys", { method: "POST", body });
-    $("new-key-value").textContent = created.key;
-    $("new-key").hidden = false;
-    $("key-form").reset();
-    await loadKeys();
-  } catch (error) { showError(error); }
+  const created = await api("/api/v1/api-keys", { method: "POST", body });
+  $("new-key-value").textContent = created.key;
+  $("new-key").hidden = false;
+  $("key-form").reset();
+  await loadKeys();
 });
 
 $("copy-key").addEventListener("click", async () => {

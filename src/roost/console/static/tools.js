@@ -1,6 +1,6 @@
 // Tools: the tools the user may call (cursor pages, semantic search) and their MCP servers
 // (add, sync, health check, delete).
-import { api, badge, el, formatTime, latestLoad, notify, pageData, showError } from "./console.js";
+import { api, badge, el, formatTime, latestLoad, notify, pageData, showError, submitOnce } from "./console.js";
 
 const { is_admin: isAdmin } = pageData();
 const toolsBody = document.getElementById("tools-body");
@@ -235,8 +235,7 @@ function wireAddServer() {
   };
   transport.addEventListener("change", toggle);
   toggle();
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  submitOnce(form, async () => {
     const body = { name: field("name").value.trim(), transport: transport.value };
     if (field("description").value.trim()) body.description = field("description").value.trim();
     if (transport.value === "stdio") {
@@ -252,20 +251,12 @@ function wireAddServer() {
       body.headers = headers;
     }
     if (isAdmin && field("is_global")?.checked) body.is_global = true;
-    const button = form.querySelector("button[type=submit]");
-    button.disabled = true;
-    try {
-      const server = await api("/api/v1/mcp-servers", { method: "POST", body });
-      putServer(server);
-      form.reset();
-      toggle();
-      notify(`Added ${server.name}: sync it to list its tools.`, "ok");
-      document.querySelector(`#server-${server.id} button`)?.focus();
-    } catch (error) {
-      showError(error);
-    } finally {
-      button.disabled = false;
-    }
+    const server = await api("/api/v1/mcp-servers", { method: "POST", body });
+    putServer(server);
+    form.reset();
+    toggle();
+    notify(`Added ${server.name}: sync it to list its tools.`, "ok");
+    document.querySelector(`#server-${server.id} button`)?.focus();
   });
 }
 

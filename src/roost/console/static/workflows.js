@@ -1,6 +1,6 @@
 // Workflows: the user's workflows (cursor pages, a status filter) and a create form (a
 // draft with an empty graph, opened on its page).
-import { api, badge, clip, el, formatTime, latestLoad, notify, showError } from "./console.js";
+import { api, badge, clip, el, formatTime, latestLoad, LEAVING, notify, showError, submitOnce } from "./console.js";
 
 const $ = (id) => document.getElementById(id);
 const body = $("workflows-body");
@@ -35,8 +35,7 @@ async function loadWorkflows(more = false) {
   $("workflows-more").hidden = !cursor;
 }
 
-$("create-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
+submitOnce($("create-form"), async () => {
   const name = $("workflow-name").value.trim();
   if (!name) {
     notify("A workflow needs a name.");
@@ -46,15 +45,9 @@ $("create-form").addEventListener("submit", async (event) => {
   const payload = { name };
   const description = $("workflow-description").value.trim();
   if (description) payload.description = description;
-  const button = event.target.querySelector("button[type=submit]");
-  button.disabled = true;
-  try {
-    const workflow = await api("/api/v1/workflows", { method: "POST", body: payload });
-    location.assign(`/console/workflows/${workflow.id}`);
-  } catch (error) {
-    showError(error);
-    button.disabled = false;
-  }
+  const workflow = await api("/api/v1/workflows", { method: "POST", body: payload });
+  location.assign(`/console/workflows/${workflow.id}`);
+  return LEAVING;
 });
 $("workflows-more").addEventListener("click", () => loadWorkflows(true).catch(showError));
 $("status-filter").addEventListener("change", () => loadWorkflows().catch(showError));

@@ -1,7 +1,7 @@
 // Projects and tasks: the tasks board (highest calculated score first, inline importance
 // and urgency that re-sort it, done, delete, add), the projects list (create, archive,
 // details with counts of what each groups).
-import { api, el, notify, showError } from "./console.js";
+import { api, el, notify, showError, submitOnce } from "./console.js";
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 50;
@@ -87,19 +87,16 @@ async function loadMore() {
 }
 
 function wireTaskForm() {
-  $("task-form").addEventListener("submit", async (event) => {
-    event.preventDefault();
+  submitOnce($("task-form"), async () => {
     const title = $("task-title").value.trim();
     if (!title) { notify("Give the task a title"); $("task-title").focus(); return; }
     const body = { title, priority: $("task-priority").value };
     if ($("task-due").value) body.due_date = new Date($("task-due").value).toISOString();
     if ($("task-project").value) body.project_id = $("task-project").value;
-    try {
-      await api("/api/v1/tasks-board", { method: "POST", body });
-      $("task-title").value = "";
-      notify("Task added", "ok");
-      await loadBoard();
-    } catch (error) { showError(error); }
+    await api("/api/v1/tasks-board", { method: "POST", body });
+    $("task-title").value = "";
+    notify("Task added", "ok");
+    await loadBoard();
   });
 }
 
@@ -155,19 +152,16 @@ async function loadProjects() {
 }
 
 function wireProjectForm() {
-  $("project-form").addEventListener("submit", async (event) => {
-    event.preventDefault();
+  submitOnce($("project-form"), async () => {
     const name = $("project-name").value.trim();
     if (!name) { notify("Give the project a name"); $("project-name").focus(); return; }
     const body = { name };
     if ($("project-language").value.trim()) body.programming_language = $("project-language").value.trim();
     if ($("project-repository").value.trim()) body.repository_url = $("project-repository").value.trim();
-    try {
-      await api("/api/v1/projects", { method: "POST", body });
-      $("project-name").value = "";
-      notify(`Created ${name}`, "ok");
-      await loadProjects();
-    } catch (error) { showError(error); }
+    await api("/api/v1/projects", { method: "POST", body });
+    $("project-name").value = "";
+    notify(`Created ${name}`, "ok");
+    await loadProjects();
   });
 }
 
