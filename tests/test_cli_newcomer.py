@@ -255,6 +255,59 @@ def test_a_malformed_database_url_is_a_configuration_error(url: str, tmp_path: P
     assert "s3cret" not in out.stderr
 
 
+@pytest.fixture
+def http_server() -> Iterator[int]:
+    """A TCP server that answers anything with an HTTP 400 (not PostgreSQL)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(1000)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    listener.close()
+
+
+def test_a_database_url_at_a_server_that_is_not_postgresql_asks_about_the_port(
+    http_server: int, keyed_data_dir: Path,
+) -> None:
+    """A URL without any ssl option at a web server: 'no PostgreSQL server answered', never
+    'drop the ssl option' (asyncpg's own SSL attempt got the web server's answer)."""
+    url = f"postgresql://roost:s3cret@127.0.0.1:{http_server}/roost"
+    out = run_roost("users", "list", env={"ROOST_DATA_DIR": str(keyed_data_dir),
+                                          "ROOST_DATABASE_URL": url}, timeout=60)
+    assert_clean_failure(out, mentions=f"no PostgreSQL server answered at 127.0.0.1:"
+                         f"{http_server} (is this the right port?)", code=1)
+    assert "ssl option" not in out.stderr and "s3cret" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("port", ["0", "99999"])
+def test_a_database_url_port_out_of_range_is_a_configuration_error(
+    port: str, keyed_data_dir: Path,
+) -> None:
+    """Not 5432 in place of 0, nor 'connection refused' for 99999."""
+    url = f"postgresql://roost:s3cret@127.0.0.1:{port}/roost"
+    out = run_roost("users", "list", env={"ROOST_DATA_DIR": str(keyed_data_dir),
+                                          "ROOST_DATABASE_URL": url}, timeout=60)
+    assert_clean_failure(out, mentions="invalid configuration: ROOST_DATABASE_URL: the port "
+                         "must be 1-65535", code=2)
+    assert "s3cret" not in out.stderr
+
+
 async def test_an_unmigrated_database_says_run_db_upgrade(pg_server: PgTestServer,
                                                           keyed_data_dir: Path) -> None:
     name = unique_db_name("cliempty")
@@ -288,6 +341,35 @@ def test_a_revision_migrations_cannot_reach_is_one_line(pg_server: PgTestServer,
     assert_usage_error(run_roost("db", "upgrade", "", env=env, timeout=60), "REVISION")
     current = run_roost("db", "current", env=env, timeout=60)
     assert current.returncode == 0 and current.stdout.rstrip().endswith("— head"), current
+
+
+def test_db_downgrade_minus_one_steps_back_as_its_help_says(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """`roost db downgrade -1` (the help's own example) was 'No such option: -1'."""
+    env = _env(pg_server, db_name, tmp_path)
+    down = run_roost("db", "downgrade", "-1", env=env, timeout=120)
+    assert down.returncode == 0, down.stderr[-2000:]
+    current = run_roost("db", "current", env=env, timeout=60)
+    assert current.returncode == 0 and "behind (head is" in current.stdout, current
+
+
+def test_serve_no_migrate_on_a_database_behind_head_refuses(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """--no-migrate on a database one revision behind: refused, naming both revisions
+    (it served, failing request by request on what the last migration adds)."""
+    env = _env(pg_server, db_name, tmp_path, ROOST_LLM_LOCAL_MODEL="false",
+               ROOST_SERVE_WORKER="false")
+    down = run_roost("db", "downgrade", "--", "-1", env=env, timeout=120)
+    assert down.returncode == 0, down.stderr
+    try:
+        out = run_roost("serve", "--no-migrate", "--port", str(free_port()), env=env,
+                        timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("serve --no-migrate ran on a database behind head")
+    assert_clean_failure(out, mentions="head is", code=1)
+    assert "run `roost db upgrade`" in out.stderr, out.stderr
 
 
 def test_a_new_embedded_data_dir_gets_its_tables_on_first_use(tmp_path: Path) -> None:
@@ -325,6 +407,90 @@ def test_a_setting_that_does_not_parse_is_a_configuration_error(
     out = run_roost("users", "list", env={**refused_env, name: value}, timeout=60)
     assert_clean_failure(out, mentions=f"invalid configuration: {name}: ", code=2)
     assert says in out.stderr and value not in out.stderr, out.stderr
+
+
+def test_a_data_dir_under_an_unknown_users_home_is_one_line(
+    refused_env: dict[str, str],
+) -> None:
+    """ROOST_DATA_DIR=~nosuchuser/roost: one line naming the variable (it was two
+    tracebacks: the home directory could not be determined)."""
+    out = run_roost("users", "list", env={**refused_env,
+                                          "ROOST_DATA_DIR": "~nosuchuser_x/roost"}, timeout=60)
+    assert_clean_failure(out, mentions="invalid configuration: ROOST_DATA_DIR: ", code=2)
+
+
+def test_a_dot_env_file_that_is_not_utf8_is_one_line(refused_env: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".env").write_bytes(b"ROOST_PORT=\xff\xfe8000\n")
+    out = run_roost("users", "list", env=refused_env, timeout=60, cwd=work)
+    assert_clean_failure(out, mentions="invalid configuration: .env (in the working "
+                         "directory) is not UTF-8 text", code=2)
+
+
+def test_an_empty_data_dir_variable_means_the_default_not_the_working_directory(
+    refused_env: dict[str, str], tmp_path: Path,
+) -> None:
+    """ROOST_DATA_DIR= (empty) was Path("."): serve wrote keys/ into the directory it was
+    started from."""
+    work, xdg = tmp_path / "work", tmp_path / "xdg"
+    work.mkdir()
+    out = run_roost("serve", "--port", str(free_port()), timeout=60, cwd=work,
+                    env={**refused_env, "ROOST_DATA_DIR": "", "XDG_DATA_HOME": str(xdg)})
+    assert out.returncode == 1, out.stderr  # the database is unreachable
+    assert not (work / "keys").exists(), out.stderr
+    assert (xdg / "roost" / "keys" / "secret_key").exists(), out.stderr
+
+
+def test_a_misspelt_roost_variable_is_named_with_the_setting_it_may_mean(
+    refused_env: dict[str, str],
+) -> None:
+    """A warning, not a refusal: the command goes on (to the unreachable database)."""
+    out = run_roost("users", "list", env={**refused_env,
+                                          "ROOST_DATABSE_URL": "postgresql://x@h/db"},
+                    timeout=60)
+    assert out.returncode == 1 and "cannot reach the database" in out.stderr, out.stderr
+    assert ("warning: ROOST_DATABSE_URL is not a Roost setting (did you mean "
+            "ROOST_DATABASE_URL?); it is ignored") in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("ROOST_WORKER_CONCURRENCY", "0"), ("ROOST_WORKER_CONCURRENCY", "abc"),
+    ("ROOST_WORKER_LEASE_S", "-5"),
+])
+def test_a_bad_worker_setting_is_a_configuration_error(
+    name: str, value: str, refused_env: dict[str, str],
+) -> None:
+    """Like ROOST_PORT=0: one line naming the variable, exit 2 (it was a traceback)."""
+    out = run_roost("worker", env={**refused_env, name: value}, timeout=60)
+    assert_clean_failure(out, mentions=f"invalid configuration: {name}: ", code=2)
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_an_unknown_llm_fallback_kind_is_refused_at_start(
+    command: str, refused_env: dict[str, str],
+) -> None:
+    """ROOST_LLM_FALLBACK_ON=bogus: serve exited with a traceback in its log, and a worker
+    ran, dead-lettering every LLM job; now the settings refuse it before any work."""
+    out = run_roost(command, env={**refused_env, "ROOST_LLM_FALLBACK_ON": "timeout,bogus"},
+                    timeout=60)
+    assert_clean_failure(out, mentions="invalid configuration: ROOST_LLM_FALLBACK_ON: ", code=2)
+    assert "unknown kinds ['bogus']" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ("runs", "ls", "--agent", "\udce9x", "--user", "someone"),
+    ("runs", "ls", "--user", "\udce9"),
+    ("users", "list", "--status", "\udce9"),
+])
+def test_an_argument_that_is_not_utf8_is_a_usage_error(
+    argv: tuple[str, ...], refused_env: dict[str, str],
+) -> None:
+    """"\udce9": how Python reads the byte 0xE9 (a Latin-1 "é") in argv.  Refused once, for
+    every command, before any work (it reached the database driver: a traceback)."""
+    out = run_roost(*argv, env=refused_env, timeout=60, fresh=True)
+    assert_clean_failure(out, mentions="invalid argument: '\\xe9", code=2)
 
 
 def test_a_libpq_only_option_in_a_replica_url_is_a_configuration_error(
@@ -368,6 +534,25 @@ def test_serve_with_a_key_file_others_can_read_is_one_line(
                     env={**refused_env, "ROOST_DATA_DIR": str(data)}, timeout=60)
     assert_clean_failure(out, mentions=f"{key_file} is readable by group or others (mode 644);"
                          f" run: chmod 600 {key_file}", code=2)
+
+
+def test_a_key_file_that_is_not_text_is_one_line_naming_it(
+    tmp_path: Path, refused_env: dict[str, str],
+) -> None:
+    """A corrupted (binary) key file: serve says which file, exit 2 (it was a
+    UnicodeDecodeError traceback), and doctor's keys row names it too."""
+    data = tmp_path / "data"
+    load_keys(Settings(data_dir=data, secret_key=None, message_keys=None, secrets_key=None,
+                       admin_token=None))
+    key_file = data / "keys" / "secret_key"
+    key_file.write_bytes(b"\xff\xfe\x00garbage")
+    env = {**refused_env, "ROOST_DATA_DIR": str(data)}
+    out = run_roost("serve", "--port", str(free_port()), env=env, timeout=60)
+    assert_clean_failure(out, mentions=f"invalid configuration: {key_file} is not a key "
+                         "(not UTF-8 text)", code=2)
+    doctor = run_roost("doctor", env=env, timeout=90)
+    row = next(line for line in doctor.stdout.splitlines() if line.lstrip("│ ").startswith("keys"))
+    assert "FAIL" in row and "not a key" in doctor.stdout, doctor.stdout
 
 
 def test_serve_on_a_port_in_use_is_one_line(refused_env: dict[str, str]) -> None:
@@ -483,7 +668,7 @@ async def test_ingest_reports_a_missing_path_once_in_words(
     await make_user(database, username="reader")
     out = await asyncio.to_thread(run_roost, "ingest", str(tmp_path / "nowhere.md"), "--user",
                                   "reader", env=_env(pg_server, db_name, tmp_path / "data"))
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == 2, out.stderr  # a bad argument, as docs/knowledge.md says
     # Words, not lines: the message wraps where the terminal's width and the (varying)
     # length of the temporary path put it.
     assert " ".join(out.stderr.split()).count("does not exist") == 1, out.stderr

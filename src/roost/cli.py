@@ -25,6 +25,7 @@ from roost.clitools import (
     explain_failure,
     fail,
     open_database,
+    require_head_schema,
     settings_problem,
     with_database,
 )
@@ -126,6 +127,10 @@ def _configure_cli_logging(verbose: bool) -> None:
         settings = get_settings()
     except (ValidationError, SettingsError) as exc:  # names the variables, never the values
         raise fail("invalid configuration", settings_problem(exc), code=2) from None
+    except UnicodeDecodeError:  # pydantic-settings reads the .env file as UTF-8
+        raise fail("invalid configuration", f"{Settings.model_config.get('env_file')} (in "
+                   "the working directory) is not UTF-8 text", code=2) from None
+    _warn_unknown_variables()
     url_problem = database_url_problem(settings)
     if url_problem is not None:
         raise fail("invalid configuration", url_problem, code=2)
@@ -137,6 +142,31 @@ def _configure_cli_logging(verbose: bool) -> None:
     else:
         level = logging.getLevelName(max(configured, logging.WARNING)).lower()
     configure_cli_logging(level, settings.log_json)
+
+
+# ROOST_ variables that are not settings: read by the docs' loader and the test harness.
+_OTHER_VARIABLES = ("ROOST_DOCS_DIR", "ROOST_TEST_")
+
+
+def _warn_unknown_variables() -> None:
+    """A misspelt ROOST_ variable (ROOST_DATABSE_URL) would be silently ignored: named on
+    stderr with the setting it may mean.  A warning, not a refusal (another version's
+    setting, a wrapper script's own variable)."""
+    import difflib
+    import os
+    import sys
+
+    from roost.tasks.config import WorkerSettings
+
+    known = [f"{cls.model_config.get('env_prefix', '')}{name}".upper()
+             for cls in (Settings, WorkerSettings) for name in cls.model_fields]
+    for name in sorted(os.environ):
+        if not name.startswith("ROOST_") or name in known or name.startswith(_OTHER_VARIABLES):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        print(f"warning: {name} is not a Roost setting{hint}; it is ignored",
+              file=sys.stderr)
 
 
 def _graceful_server_class() -> type:
@@ -168,7 +198,7 @@ def serve(
     import uvicorn
 
     from roost.app import create_app
-    from roost.db.migrate import current_revisions, upgrade
+    from roost.db.migrate import upgrade
     from roost.keyfiles import load_keys
     from roost.logging import configure_logging
     from roost.serving import HeadLimitedHttpTools, listening_socket
@@ -197,9 +227,8 @@ def serve(
         try:
             if migrate:
                 await upgrade(db.engine)
-            elif not await current_revisions(db.engine):
-                raise fail("the database is not migrated", "it has no Roost tables: run "
-                           "`roost db upgrade`, or `roost serve` without --no-migrate")
+            else:
+                await require_head_schema(db)
             application = create_app(settings, database=db, keys=keys, configure_logs=False)
             config = uvicorn.Config(
                 application, host=bind_host, port=bind_port,
@@ -299,7 +328,8 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
     _migrate_to(revision, "upgrade")
 
 
-@db_app.command("downgrade")
+# -1 (a relative step) is a revision, not an option.
+@db_app.command("downgrade", context_settings={"ignore_unknown_options": True})
 def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1 or base.")]) -> None:
     """Revert migrations down to REVISION."""
     _migrate_to(revision, "downgrade")
@@ -447,6 +477,16 @@ def schema_coverage() -> None:
 def main() -> None:
     """The console script: every command, with the failures a user can fix (the database
     or the data dir cannot be used) as one line instead of a traceback."""
+    import os
+    import sys
+
+    for arg in sys.argv[1:]:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the locale could not decode (surrogateescape)
+            shown = os.fsencode(arg).decode("utf-8", "backslashreplace")
+            fail("invalid argument", f"'{shown}' is not UTF-8 text")
+            raise SystemExit(2) from None
     try:
         app()
     except Exception as exc:

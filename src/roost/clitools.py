@@ -22,7 +22,7 @@ from typing import Any, Final, TypeVar
 
 import structlog
 from pydantic import BaseModel, ValidationError
-from pydantic_settings import SettingsError
+from pydantic_settings import BaseSettings, SettingsError
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
@@ -132,6 +132,21 @@ async def open_database(settings: Settings, *, create_schema: bool = True) -> Da
     return db
 
 
+async def require_head_schema(db: Database) -> None:
+    """For ``roost serve --no-migrate``: a database not at this Roost's migration head
+    would fail request by request (a missing table or column); refused before serving."""
+    from roost.db.migrate import migration_state
+
+    state = await migration_state(db.engine)
+    if not state.current:
+        raise fail("the database is not migrated", "it has no Roost tables: run "
+                   "`roost db upgrade`, or `roost serve` without --no-migrate")
+    if not state.at_head:
+        raise fail("the database is not at this Roost's schema",
+                   f"database at {', '.join(state.current)}, head is {', '.join(state.heads)}: "
+                   "run `roost db upgrade`, or `roost serve` without --no-migrate")
+
+
 async def _create_embedded_schema(db: Database) -> None:
     from roost.db.migrate import upgrade
 
@@ -171,9 +186,10 @@ def settings_problem(exc: BaseException) -> str | None:
     """What is wrong with the ROOST_* settings when ``exc`` says so (pydantic's validation,
     pydantic-settings' parsing of a JSON value, a key Roost cannot use), naming the
     variables, never their values (they may be secrets); None for any other error."""
-    if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
+    prefix = _env_prefix(exc.title) if isinstance(exc, ValidationError) else None
+    if isinstance(exc, ValidationError) and prefix is not None:
         return "; ".join(
-            f"ROOST_{str(e['loc'][0]).upper() if e['loc'] else 'SETTINGS'}: {e['msg']}"
+            f"{prefix}{str(e['loc'][0]).upper() if e['loc'] else 'SETTINGS'}: {e['msg']}"
             for e in exc.errors(include_url=False))
     if isinstance(exc, SettingsError):  # 'error parsing value for field "x" from source ...'
         field = re.search(r'field "([^"]+)"', str(exc))
@@ -184,6 +200,20 @@ def settings_problem(exc: BaseException) -> str | None:
         return f"{name}: cannot be parsed"
     if isinstance(exc, KeyConfigError):
         return str(exc)
+    return None
+
+
+def _env_prefix(title: str) -> str | None:
+    """The variables' prefix of the settings class a ValidationError is titled after
+    (Settings: ROOST_, a domain's own, such as the worker's: ROOST_WORKER_); None when
+    the error is not about settings (a request body, a file's contents)."""
+    todo: list[type[BaseSettings]] = [BaseSettings]
+    while todo:
+        cls = todo.pop()
+        prefix = cls.model_config.get("env_prefix") or ""
+        if cls.__name__ == title and prefix.startswith("ROOST_"):
+            return prefix
+        todo.extend(cls.__subclasses__())
     return None
 
 
@@ -207,6 +237,9 @@ def database_url_problem(settings: Settings) -> str | None:
                 url = to_async_url(part.strip())
             except ValueError:
                 return f"{name}: not a PostgreSQL URL (scheme {scheme!r}; {expected})"
+            if url.port is not None and not 0 < url.port <= MAX_PORT:
+                # (0 would quietly be 5432, 99999 a "connection refused")
+                return f"{name}: the port must be 1-{MAX_PORT} ({expected})"
             unknown = sorted(set(url.query) - _DRIVER_OPTIONS)
             if unknown:  # a replica's would only show as an unusable replica, at run time
                 return _no_driver_option(name, unknown[0])
@@ -246,7 +279,14 @@ def database_where(settings: Settings) -> str:
     if url is None:
         return "ROOST_DATABASE_URL"
     host = url.host or str(url.query.get("host") or "") or "localhost"
-    return f"{host}:{url.port or 5432}" if not host.startswith("/") else f"the socket in {host}"
+    port = 5432 if url.port is None else url.port  # as given, even out of range
+    return f"{host}:{port}" if not host.startswith("/") else f"the socket in {host}"
+
+
+def _sets_ssl(settings: Settings) -> bool:
+    """ROOST_DATABASE_URL asks for SSL itself (without: asyncpg only tries it)."""
+    url = _database_url(settings)
+    return url is not None and bool({"ssl", "direct_tls"} & set(url.query))
 
 
 def database_display_url(settings: Settings) -> str:
@@ -325,9 +365,12 @@ def describe_database_problem(exc: BaseException, settings: Settings | None = No
         if isinstance(e, OSError) and _while_connecting(e):
             if isinstance(e, TimeoutError):
                 reason = f"no answer within {settings.db_connect_timeout_s:g} s"
-            elif "SSL" in str(e):
+            elif "SSL" in str(e) and _sets_ssl(settings):
                 return (f"cannot reach {reach}", "the server refused SSL; enable SSL on the "
                         "server, or drop the ssl option of ROOST_DATABASE_URL", 1)
+            elif "SSL" in str(e):  # asyncpg's SSL request (ssl=prefer) got no PostgreSQL reply
+                return (f"cannot reach {reach}", f"no PostgreSQL server answered at {where} "
+                        "(is this the right port?)", 1)
             elif isinstance(e, ConnectionRefusedError):
                 reason = "connection refused"
             elif isinstance(e, FileNotFoundError):
@@ -349,7 +392,7 @@ def explain_failure(exc: BaseException) -> int | None:
             return 2
     try:
         settings = get_settings()
-    except (ValidationError, SettingsError):
+    except (ValidationError, SettingsError, UnicodeDecodeError):
         return None
     for e in _causes(exc):
         if isinstance(e, EmbeddedServerError):

@@ -14,12 +14,25 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("roost", appauthor=False))
+
+
+# Provider error kinds (``ProviderError.kind``) an operator may list in LLM_FALLBACK_ON.
+FALLBACK_KINDS = ("unavailable", "timeout", "bad_response", "unsupported")
+
+
+def parse_fallback_kinds(raw: str) -> frozenset[str]:
+    """The kinds ROOST_LLM_FALLBACK_ON lists (checked when the settings load)."""
+    kinds = frozenset(k.strip() for k in raw.split(",") if k.strip())
+    unknown = kinds - set(FALLBACK_KINDS)
+    if unknown:
+        raise ValueError(f"unknown kinds {sorted(unknown)}; use any of {', '.join(FALLBACK_KINDS)}")
+    return kinds
 
 
 def default_node_id() -> str:
@@ -445,10 +458,37 @@ class Settings(BaseSettings):
     code_max_commit_bytes: int = Field(default=8 * 1024 * 1024, ge=1, le=1 << 30,
                                        description="Total file content of one commit")
 
-    @field_validator("data_dir")
+    @field_validator("data_dir", "tools_workspace_dir", mode="before")
     @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+    def _empty_path_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        # ROOST_DATA_DIR= (empty) would be Path("."): keys and the database written into
+        # whatever directory the command was started from.  Empty means unset, as for the
+        # optional string settings.
+        if isinstance(value, str) and not value.strip():
+            return default_data_dir() if info.field_name == "data_dir" else None
+        return value
+
+    @field_validator("data_dir", "tools_workspace_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        try:
+            return value.expanduser() if value is not None else None
+        except RuntimeError as exc:  # ~name of a user this system does not know
+            raise ValueError(f"cannot expand ~: {exc}") from None
+
+    @field_validator("llm_fallback_on")
+    @classmethod
+    def _fallback_kinds(cls, value: str) -> str:
+        parse_fallback_kinds(value)  # a typo refused at start, not at the first fallback
+        return value
+
+    @field_validator("smtp_listen")
+    @classmethod
+    def _smtp_port(cls, value: str) -> str:
+        # The pattern allows 5 digits: 99999 would listen on 99999 % 65536.
+        if value and not 1 <= int(value.rpartition(":")[2]) <= 65535:
+            raise ValueError("the port must be 1-65535")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -17,6 +17,8 @@ from roost.security.crypto import decode_aes_key, validate_fernet_key
 from roost.security.tokens import MIN_JWT_SECRET_BYTES
 
 KEY_DIR_NAME = "keys"
+# The operator token has admin rights: an empty or truncated one would let anyone in.
+MIN_ADMIN_TOKEN_CHARS = 32
 
 
 class KeyConfigError(ValueError):
@@ -43,15 +45,23 @@ def _read_or_create(path: Path, make: str) -> str:
             raise KeyConfigError(
                 f"{path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}"
             )
-        return path.read_text(encoding="utf-8").strip()
+        return _read_key(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process created it first: use theirs
-        return path.read_text(encoding="utf-8").strip()
+        return _read_key(path)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(make + "\n")
     return make
+
+
+def _read_key(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:  # a corrupted file: never a new key over it (data is lost)
+        raise KeyConfigError(f"{path} is not a key (not UTF-8 text): restore it from a "
+                             "backup") from None
 
 
 def _fernet_key() -> str:
@@ -83,8 +93,12 @@ def load_keys(settings: Settings) -> KeyMaterial:
     secrets_raw, secrets_where = pick(
         settings.secrets_key, "secrets_key", base64.b64encode(secrets.token_bytes(32)).decode()
     )
-    admin_token, _ = pick(settings.admin_token, "admin_token",
-                          "rst_admin_" + secrets.token_urlsafe(32))
+    admin_token, admin_where = pick(settings.admin_token, "admin_token",
+                                    "rst_admin_" + secrets.token_urlsafe(32))
+    if len(admin_token) < MIN_ADMIN_TOKEN_CHARS:
+        raise KeyConfigError(f"{admin_where} is too short: at least {MIN_ADMIN_TOKEN_CHARS} "
+                             "characters (e.g. python -c \"import secrets; "
+                             "print('rst_admin_' + secrets.token_urlsafe(32))\")")
     try:
         for position, key in enumerate(message_keys, start=1):
             validate_fernet_key(key, position=position, setting=where)

@@ -42,7 +42,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from roost.app import create_app
-from roost.clitools import fail
+from roost.clitools import fail, require_head_schema
 from roost.config import Settings, get_settings
 from roost.process import freeze_startup_heap
 
@@ -345,6 +345,8 @@ def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
         try:
             if migrate:
                 await upgrade(db.engine)
+            else:
+                await require_head_schema(db)
         finally:
             await db.dispose()
 

@@ -113,7 +113,10 @@ def parse_relay_url(url: str) -> Relay:
 def parse_listen(value: str) -> tuple[str, int]:
     """``host:port`` (``[::1]:2525`` for IPv6) of the SMTP listener."""
     host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
+    number = int(port)
+    if not 0 <= number <= 65535:  # (0, a port the system picks, is how tests listen)
+        raise ValueError(f"ROOST_SMTP_LISTEN: port {number} is not 0-65535")
+    return host.strip("[]"), number
 
 
 @dataclass(frozen=True)

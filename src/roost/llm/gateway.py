@@ -15,26 +15,13 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.config import Settings
+from roost.config import Settings, parse_fallback_kinds
 from roost.db.engine import Database
 from roost.identity.tenancy import apply_principal
 from roost.keyfiles import KeyMaterial
 from roost.llm.provider_pool import ProviderPool
 from roost.principal import Principal
 from roost.security.crypto import MessageCipher, SecretBox
-
-# Provider error kinds (``ProviderError.kind``) an operator may list in LLM_FALLBACK_ON.
-FALLBACK_KINDS = ("unavailable", "timeout", "bad_response", "unsupported")
-
-
-def parse_fallback_kinds(raw: str) -> frozenset[str]:
-    kinds = frozenset(k.strip() for k in raw.split(",") if k.strip())
-    unknown = kinds - set(FALLBACK_KINDS)
-    if unknown:
-        raise ValueError(
-            f"ROOST_LLM_FALLBACK_ON has unknown kinds {sorted(unknown)}; use any of {FALLBACK_KINDS}"
-        )
-    return kinds
 
 
 @dataclass

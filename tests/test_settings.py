@@ -1,0 +1,79 @@
+"""Settings and key files a first start may meet: each bad one refused when it is read
+(naming the setting or the file), never used as it is or left to fail later."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from roost.agents.mail import parse_listen
+from roost.config import Settings, default_data_dir
+from roost.keyfiles import KeyConfigError, load_keys
+
+
+def _keyed(data: Path) -> Settings:
+    """Settings whose every key comes from the files of ``data``."""
+    return Settings(data_dir=data, secret_key=None, message_keys=None, secrets_key=None,
+                    admin_token=None)
+
+
+@pytest.mark.parametrize("content", ["", "x", "rst_admin_short"])
+def test_an_empty_or_truncated_admin_token_file_is_refused(tmp_path: Path, content: str) -> None:
+    """The operator token has admin rights: a truncated file was used as it was."""
+    data = tmp_path / "data"
+    load_keys(_keyed(data))
+    token_file = data / "keys" / "admin_token"
+    token_file.write_text(content)
+    with pytest.raises(KeyConfigError, match=f"{token_file} is too short: at least 32"):
+        load_keys(_keyed(data))
+
+
+def test_a_short_admin_token_variable_is_refused(tmp_path: Path) -> None:
+    settings = _keyed(tmp_path / "data").model_copy(update={"admin_token": SecretStr("x" * 31)})
+    with pytest.raises(KeyConfigError, match="ROOST_ADMIN_TOKEN is too short"):
+        load_keys(settings)
+    load_keys(settings.model_copy(update={"admin_token": SecretStr("x" * 32)}))
+
+
+def test_a_key_file_that_is_not_text_is_refused_naming_it(tmp_path: Path) -> None:
+    """Never a new key written over it: what the old one encrypted would be lost."""
+    data = tmp_path / "data"
+    load_keys(_keyed(data))
+    key_file = data / "keys" / "message_keys"
+    key_file.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(KeyConfigError, match=f"{key_file} is not a key"):
+        load_keys(_keyed(data))
+    assert key_file.read_bytes() == b"\xff\xfe\x00garbage"
+
+
+def test_empty_path_settings_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ROOST_DATA_DIR= was Path("."): the directory a command was started from."""
+    monkeypatch.setenv("ROOST_DATA_DIR", "")
+    monkeypatch.setenv("ROOST_TOOLS_WORKSPACE_DIR", " ")
+    settings = Settings()
+    assert settings.data_dir == default_data_dir()
+    assert settings.tools_workspace_dir is None
+
+
+def test_a_home_directory_that_cannot_be_found_is_a_validation_error() -> None:
+    for field in ("data_dir", "tools_workspace_dir"):
+        with pytest.raises(ValidationError, match=f"{field}\n.*cannot expand ~"):
+            Settings.model_validate({field: "~nosuchuser_x/roost"})
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "127.0.0.1:0", "[::1]:65536"])
+def test_an_smtp_listen_port_out_of_range_is_refused(listen: str) -> None:
+    """99999 listened on 99999 % 65536 = 34463."""
+    with pytest.raises(ValidationError, match=r"smtp_listen\n.*the port must be 1-65535"):
+        Settings(smtp_listen=listen)
+    with pytest.raises(ValueError, match="ROOST_SMTP_LISTEN: port 99999"):
+        parse_listen("127.0.0.1:99999")
+    assert Settings(smtp_listen="[::1]:65535").smtp_listen == "[::1]:65535"
+
+
+def test_an_unknown_llm_fallback_kind_is_a_validation_error() -> None:
+    with pytest.raises(ValidationError, match=r"unknown kinds \['bogus'\]; use any of"):
+        Settings(llm_fallback_on="timeout, bogus")
+    assert Settings(llm_fallback_on="").llm_fallback_on == ""
