@@ -295,6 +295,18 @@ def test_a_database_url_at_a_server_that_is_not_postgresql_asks_about_the_port(
     assert "ssl option" not in out.stderr and "s3cret" not in out.stderr, out.stderr
 
 
+
+def test_a_database_url_option_that_is_not_a_number_is_a_configuration_error(
+    keyed_data_dir: Path,
+) -> None:
+    """``?command_timeout=abc``: one line naming the option, not a traceback."""
+    url = "postgresql://roost:s3cret@127.0.0.1:5/roost?command_timeout=abc"
+    out = run_roost("users", "list", env={"ROOST_DATA_DIR": str(keyed_data_dir),
+                                          "ROOST_DATABASE_URL": url}, timeout=60)
+    assert_clean_failure(out, mentions="invalid configuration: ROOST_DATABASE_URL: "
+                         "command_timeout=abc is not a number", code=2)
+    assert "s3cret" not in out.stderr
+
 @pytest.mark.parametrize("port", ["0", "99999"])
 def test_a_database_url_port_out_of_range_is_a_configuration_error(
     port: str, keyed_data_dir: Path,

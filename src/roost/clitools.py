@@ -42,7 +42,7 @@ from roost.db.cliio import read_text as read_text
 from roost.db.cliio import stdin as stdin
 from roost.db.cliio import write_bytes as write_bytes
 from roost.db.embedded import EmbeddedServerError
-from roost.db.engine import Database, create_database, to_async_url
+from roost.db.engine import Database, create_database, to_async_url, url_number_options
 from roost.db.lookup import id_starts_with, is_id_prefix
 from roost.errors import BadRequest, NotFound, RoostError
 from roost.keyfiles import KeyConfigError
@@ -243,6 +243,10 @@ def database_url_problem(settings: Settings) -> str | None:
             unknown = sorted(set(url.query) - _DRIVER_OPTIONS)
             if unknown:  # a replica's would only show as an unusable replica, at run time
                 return _no_driver_option(name, unknown[0])
+            try:
+                url_number_options(url)
+            except ValueError as exc:  # its message names ROOST_DATABASE_URL
+                return str(exc).replace("ROOST_DATABASE_URL", name, 1)
     return None
 
 
