@@ -17,9 +17,11 @@ from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
+from roost.keyfiles import KeyMaterial
 from roost.llm import leases, routing
 from roost.llm.deps import app_gateway
 from roost.llm.errors import ProviderUnavailable
+from roost.llm.gateway import LLMGateway
 from roost.llm.types import ChatRequest, ChatResult
 from tests.chat.conftest import add_provider
 from tests.llm.sse import v1_frames
@@ -187,6 +189,48 @@ async def test_a_route_kept_across_calls_is_stale_once_a_provider_of_it_is_edite
         fresh = await routing.resolve_route(session, gateway, "stub-model")
     assert kept.stale() and not fresh.stale()
     assert fresh.members[0][1] is not kept.members[0][1]
+
+
+async def test_a_provider_deleted_or_disabled_through_another_process_is_closed_here(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    test_settings: Settings, test_keys: KeyMaterial, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the process that deletes a provider is told to drop its instance: every other
+    one (API server or worker) that built one closes it at its next route, a call still in
+    flight on it first finishing; a disabled provider's instance is closed alike, the
+    others' are kept."""
+    monkeypatch.setattr(leases, "GRACE_S", 0.05)
+    ids = {name: str((await add_provider(client, admin_headers, stub, name=name,
+                                         model=f"m-{name}"))["id"])
+           for name in ("gone", "off", "kept")}
+    other = LLMGateway.build(database, test_settings, test_keys)  # another process's
+    try:
+        instances = {}
+        for name in ids:
+            async with other.transaction(None) as session:
+                route = await routing.resolve_route(session, other, f"m-{name}")
+            instances[name] = route.members[0][1]
+        async with leases.held(instances["gone"]):  # a call in flight there meanwhile
+            deleted = await client.delete(f"/api/v1/llm/providers/{ids['gone']}",
+                                          headers=admin_headers)
+            assert deleted.status_code == 204, deleted.text
+            off = await client.patch(f"/api/v1/llm/providers/{ids['off']}",
+                                     headers=admin_headers, json={"enabled": False})
+            assert off.status_code == 200, off.text
+            async with other.transaction(None) as session:  # its next call
+                route = await routing.resolve_route(session, other, "m-kept")
+            assert route.members[0][1] is instances["kept"]
+            assert leases.retired(instances["gone"]) and leases.retired(instances["off"])
+            await asyncio.sleep(0.2)  # past the grace period: the idle one is closed ...
+            async with leases.held(instances["gone"]):  # ... not the one in use
+                pass
+        for name in ("gone", "off"):  # the in-flight call has ended: both closed
+            with pytest.raises(ProviderUnavailable):
+                async with leases.held(instances[name]):
+                    pass
+        assert not leases.retired(instances["kept"])
+    finally:
+        await other.pool.aclose()
 
 
 async def _patch_soon(client: httpx.AsyncClient, admin: Headers, pid: str,

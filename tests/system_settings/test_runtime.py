@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import text
@@ -80,6 +83,56 @@ async def test_cache_is_invalidated_by_notify_and_dropped_after_a_reconnect(
     finally:
         await listener.stop()
     assert not CACHE.listening and not CACHE.values
+
+
+LATE_CHANNEL = "roost_test_late_cache"
+
+
+class _ImportingMeanwhile(asyncpg.Connection):  # type: ignore[misc]
+    """A real connection on which another task imports a module that registers a cache
+    (``runtime.watch``) while the listener waits for ``SELECT current_database()``."""
+
+    made: list[runtime.NotifiedCache[str, str]]
+
+    async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        if "current_database" not in query or self.made:
+            return await super().fetchval(query, *args, **kwargs)
+
+        async def import_module() -> None:
+            self.made.append(runtime.NotifiedCache[str, str](LATE_CHANNEL, 10))
+
+        importing = asyncio.create_task(import_module())  # runs during the query
+        value = await super().fetchval(query, *args, **kwargs)
+        await importing
+        return value
+
+
+async def test_a_cache_registered_while_the_listener_connects_is_notified(
+        database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache whose module is imported while the LISTEN connection is being set up listens
+    on its channel once the listener is up: it never answers a value its notification
+    replaced."""
+    made: list[runtime.NotifiedCache[str, str]] = []
+    monkeypatch.setattr(_ImportingMeanwhile, "made", made, raising=False)
+    monkeypatch.setattr(runtime.asyncpg, "connect",
+                        partial(asyncpg.connect, connection_class=_ImportingMeanwhile))
+    listener = SettingsListener(asyncpg_dsn(database))
+    await listener.start()
+    try:
+        await asyncio.wait_for(listener.connected.wait(), 10)
+        [cache] = made
+        assert cache.listening
+        cache.put("k", "old", cache.generation)
+        assert cache.get("k") == (True, "old")
+        async with database.transaction() as s:  # what the table's trigger sends
+            await s.execute(text("SELECT pg_notify(:c, 'x')"), {"c": LATE_CHANNEL})
+        deadline = time.monotonic() + 10
+        while cache.get("k") != (False, None):
+            assert time.monotonic() < deadline, "the cache still answers the replaced value"
+            await asyncio.sleep(0.02)
+    finally:
+        await listener.stop()
+        runtime._WATCHES[:] = [w for w in runtime._WATCHES if w.channel != LATE_CHANNEL]
 
 
 async def test_the_writing_process_reads_its_own_change_at_once(

@@ -3,8 +3,9 @@
 A provider instance holds an HTTP connection pool (or, for the local model, a loaded
 llama.cpp context that takes seconds to load), so it is built once per row version and
 kept: the pool rebuilds an instance when its row's ``updated_at`` changes and closes
-instances whose rows are gone, each once the calls using it have ended
-(``roost.llm.leases``).  The API key is decrypted here, at build time, and lives
+instances whose rows are gone or disabled (in every process: routing hands the pool the
+enabled rows it read, :meth:`ProviderPool.retain`), each once the calls using it have
+ended (``roost.llm.leases``).  The API key is decrypted here, at build time, and lives
 only inside the provider object.
 """
 
@@ -42,6 +43,7 @@ def provider_ref(row: LLMProviderRow) -> ProviderRef:
 class _Entry:
     version: datetime
     provider: LLMProvider
+    built: int  # the pool's build count when it was built (see ProviderPool.retain)
 
 
 class ProviderBuildError(Exception):
@@ -60,6 +62,7 @@ class ProviderPool:
         self._local_threads = local_threads
         self._max_answer_bytes = max_answer_bytes
         self._entries: dict[uuid.UUID, _Entry] = {}
+        self._built = 0
         self._lock = asyncio.Lock()
 
     def _build(self, row: LLMProviderRow) -> LLMProvider:
@@ -95,7 +98,8 @@ class ProviderPool:
                 return entry.provider
             provider = self._build(row)
             old = self._entries.get(row.id)
-            self._entries[row.id] = _Entry(row.updated_at, provider)
+            self._built += 1
+            self._entries[row.id] = _Entry(row.updated_at, provider, self._built)
         if old is not None:  # closed once the calls still using it end
             await leases.retire(old.provider)
         return provider
@@ -113,6 +117,26 @@ class ProviderPool:
                 log.warning("llm.provider.unusable", provider=row.name, reason=exc.reason)
                 failed.append(exc)
         return out, failed
+
+    def mark(self) -> int:
+        """Taken before reading the rows handed to :meth:`retain`."""
+        return self._built
+
+    async def retain(self, rows: list[LLMProviderRow], mark: int) -> None:
+        """Retire the instances of providers not among ``rows`` (every enabled provider,
+        read after :meth:`mark` gave ``mark``): a provider deleted or disabled through
+        another process, whose ``forget`` ran there only.  An instance built since the
+        mark is kept: a concurrent call read a newer row for it (a provider just added)
+        than these rows.  An instance still in use is closed when its last call ends, an
+        idle one after the grace period (``roost.llm.leases``)."""
+        wanted = {row.id for row in rows}
+        if wanted.issuperset(self._entries):
+            return  # the usual case: nothing to lock
+        async with self._lock:
+            gone = [self._entries.pop(i) for i, entry in list(self._entries.items())
+                    if i not in wanted and entry.built <= mark]
+        for entry in gone:
+            await leases.retire(entry.provider)
 
     async def forget(self, provider_id: uuid.UUID) -> None:
         async with self._lock:

@@ -106,7 +106,11 @@ async def resolve_route(
 ) -> Route:
     """Which providers to ask, in order.  409 without providers, 404 for an unknown model;
     for ``embeddings`` only the providers with an embeddings API (400 when none is left)."""
+    mark = gateway.pool.mark()
     rows = await enabled_providers(session)
+    # Instances of providers deleted or disabled since (through whichever process) are
+    # closed: this process's own deletions are the only ones it is told about otherwise.
+    await gateway.pool.retain(rows, mark)
     if not rows:
         raise NoProvider(ADD_PROVIDER_HINT)
     if model:

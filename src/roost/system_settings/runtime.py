@@ -301,9 +301,13 @@ class SettingsListener:
                 closed = asyncio.Event()
                 self._conn.add_termination_listener(lambda _c, ev=closed: ev.set())
                 await self._conn.add_listener(CHANNEL, self._on_notify)
-                for w in _WATCHES:
-                    await self._conn.add_listener(w.channel, _relay(w))
+                subscribed: set[str] = set()
+                await _subscribe_all(self._conn, subscribed)
                 _Listened.database = await self._conn.fetchval("SELECT current_database()")
+                # A cache registered during that wait (a module imported meanwhile) was
+                # left to this connection by subscribe(): listen on it before any cache
+                # answers, with no await between the last check and "connected".
+                await _subscribe_all(self._conn, subscribed)
                 self._cache.drop()  # whatever changed while nobody listened
                 self._cache.listening, pause = True, 0.5
                 for w in _WATCHES:
@@ -345,6 +349,15 @@ async def worker_listener(database: Any, settings: Any) -> AsyncIterator[Setting
         yield listener
     finally:
         await listener.stop()
+
+
+async def _subscribe_all(conn: asyncpg.Connection, subscribed: set[str]) -> None:
+    """LISTEN on every registered channel not in ``subscribed`` yet (those registered
+    while it awaits included)."""
+    while missing := [w for w in _WATCHES if w.channel not in subscribed]:
+        for w in missing:
+            await conn.add_listener(w.channel, _relay(w))
+            subscribed.add(w.channel)
 
 
 def _relay(w: Watch) -> Callable[[object, int, str, str], None]:
