@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from roost.workflows.graph import (
+    MAX_LLM_OUTPUT_TOKENS,
     MAX_NODES,
     NODE_TYPES,
     Issue,
@@ -227,3 +228,83 @@ def test_hash_and_diff() -> None:
     assert diff_items(a["edges"], b["edges"])["removed"] == ["e-review-done"]
     assert content_hash(a["nodes"], a["edges"], a["viewport"]) != \
         content_hash(b["nodes"], b["edges"], b["viewport"])
+
+
+def _one(kind: str, **data: Any) -> dict[str, Any]:
+    """start -> a node of ``kind`` with ``data`` -> end."""
+    return {"nodes": [node("s", "start"), node("x", kind, **data), node("e", "end")],
+            "edges": [edge("1", "s", "x"), edge("2", "x", "e")]}
+
+
+@pytest.mark.parametrize("bad", ["-" * 36, "0" * 36, "a-" * 18, "0" * 32,
+                                 "{12345678-1234-1234-1234-123456789abc}"])
+def test_knowledge_document_ids_that_are_not_uuids_are_refused_at_save(bad: str) -> None:
+    """Only the 8-4-4-4-12 form is an id: 36 dashes once passed, and failed the run."""
+    issue = only(problems(_one("knowledge", query="q", document_ids=[bad])), "invalid_data")
+    assert issue.node_id == "x" and "data.document_ids[0]" in issue.message
+    assert problems(_one("knowledge", query="q",
+                         document_ids=["0190a5b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b"])) == []
+
+
+@pytest.mark.parametrize("arguments", [
+    {"q": {"deep": ["{{ ''.__class__ }}"]}},
+    {"q": [{"r": "{{ broken"}]},
+    {"q": {"deep": "x" * 50_001}},
+])
+def test_nested_tool_argument_templates_are_checked_at_save(arguments: dict[str, Any]) -> None:
+    """The run renders every string of a tool's arguments at any depth: each is checked at
+    save like a top-level one (the sandbox, the 50,000-character limit), naming its path."""
+    issue = only(problems(_one("tool", tool="t", arguments=arguments)), "invalid_template")
+    assert issue.node_id == "x" and issue.message.startswith("data.arguments.q"), issue
+
+
+def test_tool_arguments_nested_deeper_than_json_allows_are_refused_once() -> None:
+    deep: Any = "{{ q }}"
+    for _ in range(200):
+        deep = {"k": [deep]}
+    issues = problems(_one("tool", tool="t", arguments={"q": deep}))
+    assert [i.code for i in issues] == ["invalid_node"] and "deeper" in issues[0].message
+
+
+@pytest.mark.parametrize("name", ["inputs", "nodes"])
+def test_names_templates_already_use_are_refused(name: str) -> None:
+    """'inputs' and 'nodes' are the run's inputs and every node's output in templates: an
+    input, an output_key or a node id of that name would be silently shadowed."""
+    start = {"nodes": [node("s", "start", inputs=[name]), node("e", "end")],
+             "edges": [edge("1", "s", "e")]}
+    issue = only(problems(start), "invalid_data")
+    assert issue.node_id == "s" and f"{name!r} is reserved" in issue.message
+    keyed = _one("template", template="T", output_key=name)
+    issue = only(problems(keyed), "invalid_data")
+    assert issue.node_id == "x" and "data.output_key" in issue.message
+    named = {"nodes": [node("s", "start"), node(name, "template", template="T"),
+                       node("e", "end")],
+             "edges": [edge("1", "s", name), edge("2", name, "e")]}
+    issue = only(problems(named), "invalid_node")
+    assert issue.node_id == name and "reserved" in issue.message
+
+
+@pytest.mark.parametrize("body_edges", [
+    # the body goes on to a join that 'done' feeds too: the loop never iterates
+    [edge("2", "lp", "x", "body"), edge("3", "x", "j"), edge("6", "j", "e")],
+    # no body edge at all
+    [edge("3", "x", "j"), edge("6", "j", "e"), edge("7", "s", "x")],
+])
+def test_a_loop_whose_body_never_returns_to_it_is_refused(body_edges: list[Any]) -> None:
+    """Such a loop never ends an iteration, so its 'done' branch never comes: a join it
+    feeds would wait forever and the run end "completed" having reached no end node."""
+    graph = {"nodes": [node("s", "start"), node("lp", "loop", max_iterations=3),
+                       node("x", "template", template="X"), node("y", "template", template="Y"),
+                       node("j", "join"), node("e", "end", output="{{ j.output }}")],
+             "edges": [edge("1", "s", "lp"), edge("4", "lp", "y", "done"), edge("5", "y", "j"),
+                       *body_edges]}
+    issue = only(problems(graph), "loop_no_return")
+    assert issue.node_id == "lp" and "back" in issue.message
+
+
+def test_an_llm_nodes_max_tokens_is_at_most_what_the_node_asks_for() -> None:
+    """max_tokens above MAX_LLM_OUTPUT_TOKENS was accepted, then silently lowered at run."""
+    issue = only(problems(_one("llm", prompt="p", max_tokens=MAX_LLM_OUTPUT_TOKENS + 1)),
+                 "invalid_data")
+    assert f"data.max_tokens: must be at most {MAX_LLM_OUTPUT_TOKENS}" in issue.message
+    assert problems(_one("llm", prompt="p", max_tokens=MAX_LLM_OUTPUT_TOKENS)) == []

@@ -101,6 +101,8 @@ class Activation:
     node_id: str
     iteration: int
     from_body: bool = False
+    arrived: tuple[str, ...] | None = field(default=None, compare=False)
+    """A join's: the nodes whose branches arrived live this round (None: not a join)."""
 
 
 @dataclass
@@ -111,6 +113,7 @@ class State:
     iterations: dict[str, int] = field(default_factory=dict)  # node: activations so far
     loops: dict[str, int] = field(default_factory=dict)  # loop: body iterations this time
     returns: dict[str, int] = field(default_factory=dict)  # loop: return edges delivered
+    arrived: dict[str, list[str]] = field(default_factory=dict)  # join: live sources this round
 
     @classmethod
     def load(cls, raw: dict[str, Any] | None) -> State:
@@ -118,11 +121,12 @@ class State:
         return cls(rounds={k: list(v) for k, v in (raw.get("rounds") or {}).items()},
                    iterations=dict(raw.get("iterations") or {}),
                    loops=dict(raw.get("loops") or {}),
-                   returns=dict(raw.get("returns") or {}))
+                   returns=dict(raw.get("returns") or {}),
+                   arrived={k: list(v) for k, v in (raw.get("arrived") or {}).items()})
 
     def dump(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "iterations": self.iterations, "loops": self.loops,
-                "returns": self.returns}
+                "returns": self.returns, "arrived": self.arrived}
 
 
 class Scheduler:
@@ -132,10 +136,11 @@ class Scheduler:
     def begin(self) -> Activation:
         return self._activate(self.plan.start)
 
-    def _activate(self, node_id: str, *, from_body: bool = False) -> Activation:
+    def _activate(self, node_id: str, *, from_body: bool = False,
+                  arrived: tuple[str, ...] | None = None) -> Activation:
         iteration = self.state.iterations.get(node_id, 0)
         self.state.iterations[node_id] = iteration + 1
-        return Activation(node_id, iteration, from_body)
+        return Activation(node_id, iteration, from_body, arrived)
 
     def finish(self, node_id: str, chosen: Handle | None = None, *,
                all_handles: bool = True) -> list[Activation]:
@@ -177,13 +182,18 @@ class Scheduler:
         complete = round_[0] >= expected
         activation: Activation | None = None
         mode = target.data.get("mode", "all") if target.type == "join" else None
+        if mode is not None and live:  # what the join's output lists: this round's only
+            sources = self.state.arrived.setdefault(target.id, [])
+            if edge.source not in sources:
+                sources.append(edge.source)
         if mode == "all":
             if complete and round_[1] > 0:
-                activation = self._activate(target.id)
+                activation = self._activate(target.id,
+                                            arrived=tuple(self.state.arrived[target.id]))
         elif mode == "any":
             if live and not round_[2]:
                 round_[2] = 1
-                activation = self._activate(target.id)
+                activation = self._activate(target.id, arrived=(edge.source,))
         elif live:
             activation = self._activate(target.id)
         dead: list[Edge] = []
@@ -192,6 +202,7 @@ class Scheduler:
                 dead = [e for e in outgoing
                         if target.type != "loop" or e.handle == "done"]
             del self.state.rounds[target.id]
+            self.state.arrived.pop(target.id, None)
         return activation, dead
 
     def _returned(self, loop_id: str) -> Activation | None:

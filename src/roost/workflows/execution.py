@@ -93,13 +93,15 @@ def variables(plan: Plan, inputs: Mapping[str, Any],
     each finished node's output under its id (when the id is an identifier) and its
     ``output_key``, and all of them as ``nodes['any id']``."""
     names: dict[str, Any] = dict(inputs)
-    names["inputs"] = dict(inputs)
     for node_id, output in outputs.items():
         if _identifier(node_id):
             names[node_id] = output
         key = plan.nodes[node_id].data.get("output_key") if node_id in plan.nodes else None
         if isinstance(key, str) and key:
             names[key] = output
+    # Last, so they win over a name a graph saved before they were reserved gives
+    # (graph.RESERVED_NAMES: the validator now refuses such names).
+    names["inputs"] = dict(inputs)
     names["nodes"] = dict(outputs)
     return names
 
@@ -215,6 +217,9 @@ class Progress:
             step_number=self.next_number, step_type=STEP_TYPE, status=status,
             node_id=node.id, iteration=activation.iteration, task_id=task_id,
             input={"type": node.type, **({"from_body": True} if activation.from_body else {}),
+                   # a join left to a job computes its output from these (redo_inline)
+                   **({"arrived": list(activation.arrived)}
+                      if activation.arrived is not None else {}),
                    **(input_ or {})},
             output=storable(output), error=storable(error),
             started_at=now if status != "pending" else None,
@@ -361,8 +366,12 @@ class Progress:
             rendered = render_template(source, self.names()) if isinstance(source, str) else None
             return {"output": rendered}, None, True
         if node.type == "join":
+            # The branches that arrived this round (a join in a loop must not list an earlier
+            # iteration's); a step stored before they were recorded: every finished source.
+            sources = activation.arrived
             arrived = {e.source: self.outputs[e.source].get("output")
-                       for e in self.plan.incoming[node.id] if e.source in self.outputs}
+                       for e in self.plan.incoming[node.id] if e.source in self.outputs
+                       and (sources is None or e.source in sources)}
             return {"output": arrived}, None, True
         if node.type == "condition":
             holds = bool(evaluate(str(data["expression"]), self.names()))
@@ -378,17 +387,32 @@ class Progress:
             return {"output": done, "iteration": done, "continue": chosen == "body"}, chosen, False
         raise NodeFailed(f"node type {node.type!r} is not computed inline")
 
-    async def _wait_for_approval(self, activation: Activation, node: Node) -> None:
+    async def _wait_for_approval(self, activation: Activation, node: Node,
+                                 step: RunStep | None = None) -> None:
+        """Store the approval ``waiting`` with its rendered message; ``step``: its existing
+        step (a resumed run whose message failed), made to wait again."""
         message = node.data.get("message")
         try:
             shown = render_template(message, self.names()) if isinstance(message, str) else None
         except (ExpressionError, TemplateRejected) as exc:
+            if step is not None:
+                await self.fail(step, str(exc))
+                return
             await self._insert(activation, node, status="failed", error=str(exc)[:4000])
             self.failure = f"node {node.id!r} failed: {exc}"[:4000]
             return
-        step_id = await self._insert(activation, node, status="waiting",
-                                     input_={"message": shown,
-                                             "approvers": node.data.get("approvers") or []})
+        shown_input = {"message": shown, "approvers": node.data.get("approvers") or []}
+        if step is None:
+            step_id = await self._insert(activation, node, status="waiting", input_=shown_input)
+        else:
+            step_id = step.id
+            await self.session.execute(
+                update(RunStep).where(RunStep.id == step.id)
+                .values(status="waiting", input={**(step.input or {}), **shown_input},
+                        error=None, finished_at=None, duration_ms=None,
+                        started_at=step.started_at or utcnow())
+                .execution_options(synchronize_session=False))
+            self.changed.append(f"step:{step.step_number}:waiting")
         timeout = node.data.get("timeout_s")
         # JSON Schema counts 1.0 as an integer, so a graph may hold one (bool is no number)
         if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
@@ -451,8 +475,14 @@ async def redo_inline(progress: Progress, step: RunStep) -> None:
     """Compute an inline node's existing step: one whose step failed (a resumed run), or
     one a request left to a job (:meth:`Progress._over_budget`)."""
     node = progress.plan.nodes[str(step.node_id)]
-    from_body = bool((step.input or {}).get("from_body"))
-    activation = Activation(str(step.node_id), int(step.iteration or 0), from_body)
+    stored = step.input or {}
+    arrived = stored.get("arrived")
+    activation = Activation(str(step.node_id), int(step.iteration or 0),
+                            bool(stored.get("from_body")),
+                            tuple(map(str, arrived)) if isinstance(arrived, list) else None)
+    if node.type == "approval":  # its message failed: rendered again, then it waits
+        await progress._wait_for_approval(activation, node, step)
+        return
     await progress.schedule(await progress._inline(activation, node, step))
 
 

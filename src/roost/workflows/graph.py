@@ -43,6 +43,11 @@ MAX_ID_CHARS: Final = 255
 MAX_JSON_DEPTH: Final = 32
 # An approval waits at most a year (a larger delay is past what a date can hold).
 MAX_APPROVAL_TIMEOUT_S: Final = 365 * 24 * 3600
+# The most output tokens an llm node asks for (a larger max_tokens is refused at save).
+MAX_LLM_OUTPUT_TOKENS: Final = 4096
+# Names templates already give a meaning (the run's inputs, every node's output): an
+# input, an output_key or a node id so named would be shadowed, so none may take them.
+RESERVED_NAMES: Final = frozenset({"inputs", "nodes"})
 
 DEFAULT_VIEWPORT: Final[dict[str, Any]] = {"x": 0, "y": 0, "zoom": 1}
 
@@ -79,7 +84,9 @@ _LABEL: Final = {"type": "string", "maxLength": 200}
 _TEMPLATE: Final = {"type": "string", "maxLength": MAX_TEMPLATE_CHARS}
 _NAME: Final = {"type": "string", "minLength": 1, "maxLength": 255}
 _IDENT: Final = {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]{0,63}$"}
-_UUID: Final = {"type": "string", "pattern": "^[0-9a-fA-F-]{36}$"}
+_HEX: Final = "[0-9a-fA-F]"
+_UUID: Final = {"type": "string",
+                "pattern": f"^{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}$"}
 
 
 def _schema(properties: dict[str, Any], required: Sequence[str] = ()) -> dict[str, Any]:
@@ -100,7 +107,8 @@ NODE_TYPES: Final[dict[str, NodeType]] = {t.name: t for t in (
              _schema({"prompt": {**_TEMPLATE, "minLength": 1}, "system": _TEMPLATE,
                       "model": _NAME, "provider": _NAME,
                       "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-                      "max_tokens": {"type": "integer", "minimum": 1, "maximum": 1_000_000}},
+                      "max_tokens": {"type": "integer", "minimum": 1,
+                                     "maximum": MAX_LLM_OUTPUT_TOKENS}},
                      ["prompt"]),
              inputs=_ONE, outputs=_ONE, templates=("prompt", "system")),
     NodeType("agent", "Run one of your agents (slug or id) with a templated input.",
@@ -253,11 +261,27 @@ def _check_data(issues: _Issues, node_id: str, spec: NodeType, data: dict[str, A
         if isinstance(source, str):
             _check_template(issues, node_id, f"data.{name}", source)
     for name in spec.template_objects:
+        # The run renders every string at any depth (nodes._rendered_arguments): each is
+        # checked here, iteratively; deeper than MAX_JSON_DEPTH is refused anyway.
         values = data.get(name)
-        if isinstance(values, dict):
-            for key, source in values.items():
-                if isinstance(source, str):
-                    _check_template(issues, node_id, f"data.{name}.{key}", source)
+        stack: list[tuple[str, Any, int]] = [
+            (f"data.{name}.{key}", value, 1) for key, value in reversed(values.items())
+        ] if isinstance(values, dict) else []
+        while stack and not issues.full:
+            where, value, depth = stack.pop()
+            if isinstance(value, str):
+                _check_template(issues, node_id, where, value)
+            elif depth < MAX_JSON_DEPTH and isinstance(value, dict):
+                stack.extend((f"{where}.{key}", child, depth + 1)
+                             for key, child in reversed(value.items()))
+            elif depth < MAX_JSON_DEPTH and isinstance(value, list):
+                stack.extend((f"{where}[{i}]", child, depth + 1)
+                             for i, child in reversed(list(enumerate(value))))
+    for field_name, names in _named(spec, data):
+        for reserved in sorted(RESERVED_NAMES & names):
+            issues.add("invalid_data", f"{spec.name} node: data.{field_name}: {reserved!r} is "
+                                       "reserved (templates see the run's inputs as 'inputs' "
+                                       "and every node's output as 'nodes')", node=node_id)
     for name in spec.expressions:
         source = data.get(name)
         if isinstance(source, str):
@@ -265,6 +289,16 @@ def _check_data(issues: _Issues, node_id: str, spec: NodeType, data: dict[str, A
                 compile_expression(source)
             except ExpressionError as exc:
                 issues.add("invalid_expression", f"data.{name}: {exc}", node=node_id)
+
+
+def _named(spec: NodeType, data: dict[str, Any]) -> list[tuple[str, set[str]]]:
+    """The names ``data`` gives template variables: ``output_key``, a start's ``inputs``."""
+    found = [("output_key", {data["output_key"]})] if isinstance(data.get("output_key"),
+                                                                  str) else []
+    inputs = data.get("inputs") if spec.name == "start" else None
+    if isinstance(inputs, list):
+        found.append(("inputs", {i for i in inputs if isinstance(i, str)}))
+    return found
 
 
 def _check_template(issues: _Issues, node_id: str, where: str, source: str) -> None:
@@ -331,6 +365,10 @@ def validate_graph(nodes: Sequence[Any], edges: Sequence[Any],
             issues.add("duplicate_node_id", f"node {node_id!r} appears more than once",
                        node=node_id)
             continue
+        if node_id in RESERVED_NAMES:
+            issues.add("invalid_node", f"node id {node_id!r} is reserved (templates see the "
+                                       "run's inputs as 'inputs' and every node's output as "
+                                       "'nodes'); choose another id", node=node_id)
         problem = _json_problem(node)
         if problem:
             issues.add("invalid_node", f"node {node_id!r} {problem}", node=node_id)
@@ -438,6 +476,12 @@ def validate_graph(nodes: Sequence[Any], edges: Sequence[Any],
                                           f"node {starts[0]!r}", node=node_id)
     loops = {n for n, t in types.items() if t.name == "loop"}
     returns = loop_return_edges(loops, kept)
+    for loop in sorted(loops):
+        if not any(edge_id in returns and target == loop for edge_id, _, _, target in kept):
+            issues.add("loop_no_return",
+                       f"loop node {loop!r}: its 'body' output never leads back to it, so "
+                       "no iteration would end and its 'done' output would never go on; "
+                       "connect the body's last node back to the loop", node=loop)
     forward: dict[str, list[str]] = {n: [] for n in types}
     for edge_id, source, _, target in kept:
         if edge_id not in returns:

@@ -38,10 +38,10 @@ from roost.tools import calls as tool_calls
 from roost.tools import registry
 from roost.workflows.engine import Node
 from roost.workflows.expressions import ExpressionError, TemplateRejected, render_template
+from roost.workflows.graph import MAX_LLM_OUTPUT_TOKENS
 
 REQUEST_TYPE: Final = "workflow_node"
 AGENT_POLL_S: Final = 0.25
-MAX_LLM_OUTPUT_TOKENS: Final = 4096
 
 
 class NodeFailed(Exception):
@@ -96,6 +96,7 @@ async def run_llm(env: RunEnv, principal: Principal, run: Run, node: Node,
     system = render(node, "system", variables, required=False)
     messages = ([ChatMessage(role="system", content=system)] if system else []) + [
         ChatMessage(role="user", content=prompt)]
+    # A graph saved before max_tokens had its maximum may ask for more: held to it.
     chat = ChatRequest(model=node.data.get("model"), messages=messages,
                        temperature=node.data.get("temperature"),
                        max_tokens=min(int(node.data.get("max_tokens") or MAX_LLM_OUTPUT_TOKENS),
@@ -168,7 +169,10 @@ async def run_knowledge(env: RunEnv, principal: Principal, run: Run, node: Node,
     query = (render(node, "query", variables) or "").strip()[:2000]
     if not query:
         raise NodeFailed(f"node {node.id!r}: the query rendered empty")
-    ids = [uuid.UUID(str(d)) for d in node.data.get("document_ids") or []] or None
+    try:
+        ids = [uuid.UUID(str(d)) for d in node.data.get("document_ids") or []] or None
+    except ValueError:  # a graph saved before the ids' pattern was strict: no retry fixes it
+        raise NodeFailed(f"node {node.id!r}: data.document_ids holds a malformed id") from None
     request = SearchRequest(query=query, k=int(node.data.get("top_k") or 5), document_ids=ids)
     try:
         async with scoped(env, principal) as session:

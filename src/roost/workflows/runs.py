@@ -205,6 +205,9 @@ async def resume_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID)
             or_(RunStep.status.in_(("failed", "interrupted")),
                 and_(RunStep.status.in_(("pending", "running")), jobless)))
         .order_by(RunStep.step_number))).all())
+    if not again:  # the steps cap, say: going on would only "complete" a run cut short
+        raise RunNotResumable(f"run {run_id} has no node to run again: "
+                              f"{(progress.run.error_message or 'it failed')[:500]}")
     await session.execute(update(Run).where(Run.id == run_id).values(
         status="running", stop_reason=None, error_message=None, completed_at=None,
         updated_at=utcnow()))
