@@ -15,7 +15,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,35 +23,11 @@ import pytest
 from sqlalchemy import make_url
 from tests.support.cli import ROOST, command_env, run_roost
 from tests.support.pg import PgTestServer, unique_db_name
+from tests.support.places import Place
 
 from roost.config import Settings
 from roost.db.backup import SMALL_FILE_MAX, Target
 from roost.keyfiles import load_keys
-
-
-@dataclass
-class Place:
-    """A database and a data dir, as ``roost`` is pointed at them."""
-
-    url: str
-    data_dir: Path
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"ROOST_DATABASE_URL": self.url, "ROOST_DATA_DIR": str(self.data_dir)}
-
-
-@pytest.fixture(scope="module")
-def source(pg_server: PgTestServer, template_db: str,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Place]:
-    name = unique_db_name("command_src")
-    asyncio.run(pg_server.create_database(name, template=template_db))
-    data_dir = tmp_path_factory.mktemp("command-source")
-    load_keys(Settings(data_dir=data_dir))
-    try:
-        yield Place(pg_server.libpq_url(name), data_dir)
-    finally:
-        asyncio.run(pg_server.drop_database(name))
 
 
 def _exec(url: str, sql: str) -> None:

@@ -19,7 +19,6 @@ import subprocess
 import tarfile
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -28,38 +27,12 @@ import asyncpg
 import pytest
 from tests.support.cli import run_roost
 from tests.support.pg import PgTestServer, unique_db_name
+from tests.support.places import Place
 
-from roost.config import Settings
 from roost.db import backup as backup_mod
-from roost.keyfiles import load_keys
 
 PASSPHRASE = "correct horse battery staple"
 Manifest = dict[str, Any]
-
-
-@dataclass
-class Place:
-    """A database and a data dir, as ``roost`` is pointed at them."""
-
-    url: str
-    data_dir: Path
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"ROOST_DATABASE_URL": self.url, "ROOST_DATA_DIR": str(self.data_dir)}
-
-
-@pytest.fixture(scope="module")
-def source(pg_server: PgTestServer, template_db: str,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Place]:
-    name = unique_db_name("hostile_src")
-    asyncio.run(pg_server.create_database(name, template=template_db))
-    data_dir = tmp_path_factory.mktemp("hostile-source")
-    load_keys(Settings(data_dir=data_dir))
-    try:
-        yield Place(pg_server.libpq_url(name), data_dir)
-    finally:
-        asyncio.run(pg_server.drop_database(name))
 
 
 @pytest.fixture(scope="module")
