@@ -8,6 +8,7 @@ who started it, and that its worker runs jobs other processes enqueue."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import pty
@@ -196,9 +197,10 @@ def test_an_unreachable_database_is_one_line(argv: tuple[str, ...],
     assert "ROOST_DATABASE_URL" in out.stderr and "s3cret" not in out.stderr
 
 
-@pytest.fixture
-def no_ssl_server() -> Iterator[int]:
-    """A TCP server that answers PostgreSQL's SSL request with 'N' (no SSL here)."""
+@contextlib.contextmanager
+def _answering_server(read: int, answer: bytes) -> Iterator[int]:
+    """A TCP server on loopback that reads up to ``read`` bytes of each connection and
+    answers ``answer``; yields its port."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
@@ -212,15 +214,24 @@ def no_ssl_server() -> Iterator[int]:
             except OSError:
                 continue
             with conn:
-                conn.recv(8)
-                conn.sendall(b"N")
+                conn.recv(read)
+                conn.sendall(answer)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join()
-    listener.close()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+@pytest.fixture
+def no_ssl_server() -> Iterator[int]:
+    """A TCP server that answers PostgreSQL's SSL request with 'N' (no SSL here)."""
+    with _answering_server(8, b"N") as port:
+        yield port
 
 
 def test_a_server_without_ssl_and_a_libpq_only_option_are_named(
@@ -258,28 +269,8 @@ def test_a_malformed_database_url_is_a_configuration_error(url: str, tmp_path: P
 @pytest.fixture
 def http_server() -> Iterator[int]:
     """A TCP server that answers anything with an HTTP 400 (not PostgreSQL)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.recv(1000)
-                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join()
-    listener.close()
+    with _answering_server(1000, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n") as port:
+        yield port
 
 
 def test_a_database_url_at_a_server_that_is_not_postgresql_asks_about_the_port(
