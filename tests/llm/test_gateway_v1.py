@@ -14,11 +14,13 @@ import httpx
 import openai
 import pytest
 from fastapi import FastAPI
+from openai.lib.streaming.chat import ChatCompletionStreamState
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from roost.config import Settings
 from roost.db.engine import Database
+from tests.llm.sse import v1_frames
 from tests.support.identity import make_user
 from tests.support.openai_stub import Call, Fail, Hang, Junk, Reply, StubServer, ToolCalls
 
@@ -442,3 +444,86 @@ async def test_a_stream_broken_by_a_bug_still_ends_with_an_error_frame(
 
 def sdk_headers(sdk: openai.AsyncOpenAI) -> Headers:
     return {"Authorization": f"Bearer {sdk.api_key}"}
+
+
+ONE_TWO_THREE: Any = [{"role": "user", "content": "one two three"}]
+
+
+async def _final(stream: openai.AsyncStream[Any]) -> Any:
+    """The completion the SDK's stream helper assembles from the chunks."""
+    state: ChatCompletionStreamState[Any] = ChatCompletionStreamState()
+    async for chunk in stream:
+        state.handle_chunk(chunk)
+    return state.get_final_completion()
+
+
+async def test_logprobs_asked_for_are_returned_in_a_whole_answer(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    """logprobs: true (passed to the provider, which answers them) gives the provider's
+    choices[0].logprobs (docs/chat.md tells ensemble users to send it); not asked, null."""
+    await _provider(client, admin_headers, stub, "stub")
+    resp = await client.post("/v1/chat/completions", headers=user[1], json={
+        "model": "stub-model", "messages": ONE_TWO_THREE, "logprobs": True, "top_logprobs": 2})
+    assert resp.status_code == 200, resp.text
+    assert stub.requests(path="/v1/chat/completions")[-1].body.get("logprobs") is True
+    logprobs = resp.json()["choices"][0]["logprobs"]
+    assert logprobs is not None and logprobs["content"][0]["token"] == "echo:", logprobs
+    assert logprobs["content"][0]["logprob"] == pytest.approx(-0.05)
+    plain = await client.post("/v1/chat/completions", headers=user[1], json={
+        "model": "stub-model", "messages": ONE_TWO_THREE})
+    assert plain.json()["choices"][0]["logprobs"] is None
+
+
+async def test_logprobs_asked_for_are_returned_in_a_stream(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    """Streamed with logprobs: true, each content chunk carries its tokens' logprobs."""
+    await _provider(client, admin_headers, stub, "stub")
+    resp = await client.post("/v1/chat/completions", headers=user[1], json={
+        "model": "stub-model", "messages": ONE_TWO_THREE, "logprobs": True, "stream": True})
+    frames = v1_frames(resp.text)[:-1]
+    content = [f for f in frames if f["choices"][0]["delta"].get("content")]
+    assert content and all(f["choices"][0]["logprobs"] is not None for f in content), content
+    tokens = [t["token"] for f in content for t in f["choices"][0]["logprobs"]["content"]]
+    assert "".join(tokens) == "".join(f["choices"][0]["delta"]["content"] for f in content)
+
+
+async def test_a_streamed_tool_call_without_arguments_has_arguments_text(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    sdk: openai.AsyncOpenAI,
+) -> None:
+    """A tool call whose arguments are empty has function.arguments "{}" once the SDK
+    assembled the stream, as in the whole answer, not None (json.loads fails on it in
+    every tool loop)."""
+    await _provider(client, admin_headers, stub, "stub")
+    stub.script(ToolCalls(Call("now", "")), ToolCalls(Call("now", "")))
+    final = await _final(await sdk.chat.completions.create(
+        model="stub-model", messages=ONE_TWO_THREE, stream=True))
+    calls = final.choices[0].message.tool_calls
+    assert calls is not None and calls[0].function.name == "now"
+    assert calls[0].function.arguments == "{}", calls[0].function
+    whole = await sdk.chat.completions.create(model="stub-model", messages=ONE_TWO_THREE)
+    assert whole.choices[0].message.tool_calls is not None
+    assert whole.choices[0].message.tool_calls[0].function.arguments == "{}"
+
+
+async def test_a_streamed_ensemble_answer_keeps_its_tool_calls(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, stub_b: StubServer,
+    sdk: openai.AsyncOpenAI,
+) -> None:
+    """An ensemble answer that calls a tool streams its tool_calls (as the whole answer
+    has them), not just finish_reason "tool_calls" with no call in it."""
+    await _provider(client, admin_headers, stub, "a")
+    await _provider(client, admin_headers, stub_b, "b")
+    for server in (stub, stub_b):
+        server.script(ToolCalls(Call("lookup", {"q": 1})))
+    final = await _final(await sdk.chat.completions.create(
+        model="stub-model", messages=ONE_TWO_THREE, stream=True,
+        extra_body={"ensemble": {"strategy": "weighted_vote"}}))
+    assert final.choices[0].finish_reason == "tool_calls"
+    calls = final.choices[0].message.tool_calls
+    assert calls and calls[0].function.name == "lookup" and calls[0].id, final.choices[0]
+    assert json.loads(calls[0].function.arguments) == {"q": 1}

@@ -481,3 +481,31 @@ async def test_a_model_sync_with_no_usable_id_is_a_clear_409(
                                   admin_headers)
     assert status == 409, body
     assert "malformed answer" in json.loads(body)["detail"]
+
+
+async def test_a_provider_repeating_the_tool_calls_id_and_name_is_relayed_once(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A provider that repeats a tool call's id and name in every delta (Roost's own record
+    keeps them once) does not reach the client as id "call_1call_1", name "lookuplookup":
+    OpenAI clients join every string they get for an index, so the stream sends them
+    once, and the arguments piece by piece."""
+
+    def part(args: str) -> str:
+        return chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                      "function": {"name": "lookup", "arguments": args}}]})
+
+    events = [chunk({"role": "assistant"}), part('{"q": '), part('"roost"}'),
+              chunk({}, "tool_calls"), "data: [DONE]\n\n"]
+    async with RawServer(sse_answer(events)) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", {**CHAT, "stream": True},
+                                  user[1])
+    assert status == 200, body
+    deltas = [call for frame in v1_frames(body)[:-1]
+              for call in frame["choices"][0]["delta"].get("tool_calls", [])]
+    joined = {key: "".join(d.get(key, "") for d in deltas) for key in ("id", "type")}
+    joined["name"] = "".join(d["function"].get("name", "") for d in deltas)
+    joined["arguments"] = "".join(d["function"]["arguments"] for d in deltas)
+    assert joined == {"id": "call_1", "type": "function", "name": "lookup",
+                      "arguments": '{"q": "roost"}'}, deltas

@@ -34,6 +34,7 @@ from roost.llm.types import (
     ChatResult,
     EmbeddingResult,
     StreamAccumulator,
+    ToolCallDelta,
     estimate_tokens,
     fill_missing_usage,
 )
@@ -80,7 +81,7 @@ class CallStream:
     ``await start()`` fetches the first chunk (falling back between providers until one
     produces it) so a failure before any output can still be an ordinary error answer.
     An ensemble cannot stream (the winner is known only at the end): its answer arrives
-    as one chunk.
+    as one chunk (text, tool calls and logprobs).
     """
 
     def __init__(self, gateway: LLMGateway, route: Route, chat: ChatRequest, request_id: uuid.UUID) -> None:
@@ -105,9 +106,14 @@ class CallStream:
         if self.route.mode == "ensemble":
             self._ensemble = await execute(self.gateway, self.route, self.request, self.request_id)
             res = self._ensemble.result
+            # The whole answer as one chunk: its tool calls and logprobs too.
+            calls = [ToolCallDelta(index=i, id=tc.id, name=tc.name, arguments=tc.arguments)
+                     for i, tc in enumerate(res.tool_calls)]
             self._first = ChatChunk(delta=res.content, finish_reason=res.finish_reason,
-                                    model=res.model, tokens_in=res.tokens_in,
-                                    tokens_out=res.tokens_out)
+                                    tool_calls=calls, model=res.model,
+                                    tokens_in=res.tokens_in, tokens_out=res.tokens_out,
+                                    logprobs=res.logprobs,
+                                    choice_logprobs=res.choice_logprobs)
             return
         settings = self.gateway.settings
         self._fallback = FallbackStream(

@@ -51,11 +51,16 @@ def _text_of(content: Any) -> str:
     return text
 
 
-def _logprobs_of(choice: Mapping[str, Any]) -> list[float] | None:
+def _choice_logprobs(choice: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The choice's logprobs object (``{"content": [{"token", "logprob", ...}]}``), if any."""
     lp = choice.get("logprobs")
     if not isinstance(lp, dict) or not isinstance(lp.get("content"), list):
         return None
-    return [float(t["logprob"]) for t in lp["content"]]
+    return lp
+
+
+def _logprobs_of(lp: Mapping[str, Any] | None) -> list[float] | None:
+    return None if lp is None else [float(t["logprob"]) for t in lp["content"]]
 
 
 def parse_openai_chat(data: Any, latency_ms: int = 0) -> ChatResult:
@@ -63,6 +68,7 @@ def parse_openai_chat(data: Any, latency_ms: int = 0) -> ChatResult:
     choice = data["choices"][0]
     message = choice["message"]
     usage = data.get("usage") or {}
+    logprobs = _choice_logprobs(choice)
     return ChatResult(
         content=_text_of(message.get("content")),
         finish_reason=choice.get("finish_reason"),
@@ -77,7 +83,8 @@ def parse_openai_chat(data: Any, latency_ms: int = 0) -> ChatResult:
             )
             for i, tc in enumerate(message.get("tool_calls") or [])
         ],
-        logprobs=_logprobs_of(choice),
+        logprobs=_logprobs_of(logprobs),
+        choice_logprobs=logprobs,
         latency_ms=latency_ms,
         raw=data,
     )
@@ -93,7 +100,8 @@ def parse_openai_chunk(obj: dict[str, Any]) -> ChatChunk:
         delta = choice.get("delta") or {}
         chunk.delta = _text_of(delta.get("content"))
         chunk.finish_reason = choice.get("finish_reason")
-        chunk.logprobs = _logprobs_of(choice)
+        chunk.choice_logprobs = _choice_logprobs(choice)
+        chunk.logprobs = _logprobs_of(chunk.choice_logprobs)
         chunk.tool_calls = [
             ToolCallDelta(
                 index=int(tc.get("index", 0)),

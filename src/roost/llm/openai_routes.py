@@ -39,7 +39,7 @@ from roost.llm import calls, routing
 from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.llm.gateway import LLMGateway
 from roost.llm.schemas import EnsembleSpec
-from roost.llm.types import ChatMessage, ChatRequest, ChatResult
+from roost.llm.types import ChatMessage, ChatRequest, ChatResult, ToolCallDelta
 from roost.principal import Principal
 
 log = structlog.get_logger(__name__)
@@ -184,6 +184,11 @@ def _check_sizes(gateway: LLMGateway, texts: list[str], what: str) -> None:
             )
 
 
+def _asked_logprobs(body: ChatCompletionBody) -> bool:
+    """Whether the caller sent ``logprobs: true`` (passed through to the provider)."""
+    return bool((body.model_extra or {}).get("logprobs"))
+
+
 def completion_id(request_id: Any) -> str:
     return f"chatcmpl-{request_id.hex if hasattr(request_id, 'hex') else request_id}"
 
@@ -231,13 +236,14 @@ async def chat_completions(
     outcome = await calls.complete(gateway, principal, chat, model=body.model,
                                    ensemble_spec=body.ensemble)
     result = outcome.result
+    logprobs = result.choice_logprobs if _asked_logprobs(body) else None
     return {
         "id": completion_id(outcome.request_id),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": result.model or body.model,
         "choices": [{"index": 0, "message": _message(result),
-                     "finish_reason": result.finish_reason or "stop", "logprobs": None}],
+                     "finish_reason": result.finish_reason or "stop", "logprobs": logprobs}],
         "usage": {"prompt_tokens": result.tokens_in, "completion_tokens": result.tokens_out,
                   "total_tokens": result.tokens_total},
         "system_fingerprint": None,
@@ -254,13 +260,16 @@ async def _stream(
     stream = await until_disconnected(request, calls.stream(
         gateway, principal, chat, model=body.model, ensemble_spec=body.ensemble))
     include_usage = bool((body.stream_options or {}).get("include_usage"))
+    logprobs = _asked_logprobs(body)
     cid, created = completion_id(stream.request_id), int(time.time())
+    calls_sent: dict[int, ToolCallDelta] = {}  # per tool call index: what the client has
 
-    def frame(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    def frame(delta: dict[str, Any], finish: str | None = None,
+              choice_logprobs: dict[str, Any] | None = None, **extra: Any) -> bytes:
         chunk = {"id": cid, "object": "chat.completion.chunk", "created": created,
                  "model": body.model,
                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
-                              "logprobs": None}], **extra}
+                              "logprobs": choice_logprobs if logprobs else None}], **extra}
         return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
 
     async def events() -> AsyncIterator[bytes]:
@@ -270,14 +279,10 @@ async def _stream(
             async with stream:
                 async for chunk in stream.chunks():
                     if chunk.delta:
-                        yield frame({"content": chunk.delta})
+                        yield frame({"content": chunk.delta},
+                                    choice_logprobs=chunk.choice_logprobs)
                     for tc in chunk.tool_calls:
-                        yield frame({"tool_calls": [{
-                            "index": tc.index,
-                            **({"id": tc.id, "type": "function"} if tc.id else {}),
-                            "function": {k: v for k, v in (("name", tc.name),
-                                                             ("arguments", tc.arguments)) if v},
-                        }]})
+                        yield frame({"tool_calls": [_tool_call_delta(tc, calls_sent)]})
                     finish = chunk.finish_reason or finish
         except RoostError as err:  # recorded as failed; the client sees OpenAI's error shape
             payload = {"error": {"message": err.detail, "type": "api_error", "param": None,
@@ -293,6 +298,9 @@ async def _stream(
             return
         outcome = stream.saved
         assert outcome is not None
+        for index, sent in sorted(calls_sent.items()):
+            if not sent.arguments:  # no arguments at all: "{}", as the whole answer has them
+                yield frame({"tool_calls": [{"index": index, "function": {"arguments": "{}"}}]})
         yield frame({}, finish or outcome.result.finish_reason or "stop")
         if include_usage:
             res = outcome.result
@@ -305,6 +313,25 @@ async def _stream(
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _tool_call_delta(tc: ToolCallDelta, sent: dict[int, ToolCallDelta]) -> dict[str, Any]:
+    """``tc`` as OpenAI streams a tool call: its id, type and name only the first time its
+    index has them (some providers repeat them in every delta, and OpenAI clients join
+    every string they get for an index: "call_1call_1"), ``arguments`` always a string
+    (a client's assembled call has text to parse even when it has no arguments).
+    ``sent`` keeps, per index, what the client has been sent."""
+    seen = sent.setdefault(tc.index, ToolCallDelta(index=tc.index))
+    out: dict[str, Any] = {"index": tc.index}
+    function: dict[str, Any] = {}
+    if tc.id and not seen.id:
+        out["id"], out["type"], seen.id = tc.id, "function", tc.id
+    if tc.name and not seen.name:
+        function["name"] = seen.name = tc.name
+    function["arguments"] = tc.arguments
+    seen.arguments = seen.arguments or tc.arguments  # their first piece: whether any came
+    out["function"] = function
+    return out
 
 
 @router.get("/models", response_model=None)

@@ -147,6 +147,11 @@ class ChatResult(BaseModel):
     # Per-token log probabilities when the server returned them; the ensemble
     # uses them for its confidence score.
     logprobs: list[float] | None = None
+    # The choice's whole logprobs object as an OpenAI-compatible server sent it
+    # (``{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}``), which /v1 gives
+    # back to a caller that asked for logprobs; no larger than the answer it came in
+    # (ROOST_LLM_MAX_ANSWER_BYTES).  Whole answers only: a stream's are on its chunks.
+    choice_logprobs: dict[str, Any] | None = None
     latency_ms: int = 0
     raw: dict[str, Any] = Field(default_factory=dict)
 
@@ -165,6 +170,7 @@ class ChatChunk(BaseModel):
     tokens_in: int | None = None
     tokens_out: int | None = None
     logprobs: list[float] | None = None
+    choice_logprobs: dict[str, Any] | None = None  # this chunk's, as ChatResult's
     raw: dict[str, Any] = Field(default_factory=dict)
 
 
