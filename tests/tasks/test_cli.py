@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from roost.db.engine import Database
@@ -21,8 +22,9 @@ from tests.tasks.support import REPO
 from tests.tasks.test_api import _dead_letter as _dead_letter_named
 
 
-def _roost(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return run_roost(*args, env=env, cwd=REPO)
+def _roost(env: dict[str, str], *args: str,
+           timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return run_roost(*args, env=env, cwd=REPO, timeout=timeout)
 
 
 def _env(pg_server: Any, db_name: str, tmp_path: Path) -> dict[str, str]:
@@ -116,6 +118,24 @@ async def test_worker_refuses_a_module_it_cannot_import(
     result = _roost(_env(pg_server, db_name, tmp_path), "worker", "--import", "no_such_module_x")
     assert result.returncode == 2
     assert "cannot import" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    pytest.param(("--queues", ""), {}, "no queue names given", id="empty-option"),
+    pytest.param(("--queues", ",", "-q", " "), {}, "no queue names given", id="commas-only"),
+    pytest.param((), {"ROOST_WORKER_QUEUES": " , "}, "no queue names given", id="commas-env"),
+    pytest.param(("--queues", "ok," + "q" * 65), {}, "invalid queue name", id="too-long"),
+])
+async def test_worker_refuses_queues_that_name_no_queue(
+    pg_server: Any, db_name: str, tmp_path: Path, args: tuple[str, ...], env: dict[str, str],
+    message: str,
+) -> None:
+    """Queue names given that name none must not start a worker of every queue (what
+    leaving them unset means), nor may a name no job could carry start one of no job."""
+    result = _roost({**_env(pg_server, db_name, tmp_path), **env}, "worker", "--no-schedules",
+                    *args, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
 
 
 async def test_worker_refuses_a_database_without_the_task_tables(

@@ -156,7 +156,7 @@ async def test_a_schedule_fires_once_per_period_with_three_workers(
     rows = await fetch(runs_table, "SELECT idempotency_key, status::text, id FROM background_tasks"
                        " WHERE idempotency_key LIKE 'schedule:test.every_second:%'"
                        " ORDER BY idempotency_key")
-    periods = [datetime.fromisoformat(r[0].split(":", 2)[2]) for r in rows]
+    periods = [datetime.fromisoformat(r[0].split(":", 3)[3]) for r in rows]
     assert len(periods) >= 4
     assert len(set(periods)) == len(periods)
     # One job per one-second period, none skipped while the workers ran.

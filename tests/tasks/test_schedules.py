@@ -13,9 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.models import AuditLog
 from roost.db.engine import Database
 from roost.tasks import schedules
+from roost.tasks.handlers import TaskType
 from roost.tasks.schedules import Schedule, fire_due, register_schedule, sync_schedules
 from tests.support.sql import fetch
 from tests.tasks import handlers  # noqa: F401  (registers test.record)
+from tests.tasks.conftest import StartWorker
+from tests.tasks.support import wait_until
 
 
 def test_interval_periods_are_aligned_on_the_epoch() -> None:
@@ -48,6 +51,12 @@ def test_cron_periods() -> None:
         ({"cron": "0 0 * * * 0 0"}, "not a valid 5-field"),
         ({"cron": "0 0 30 2 *"}, "never fires"),  # 30 February
         ({"cron": "0 0 31 4 *"}, "never fires"),
+        # croniter's R draws a new time at each call: periods would differ per worker and
+        # per tick, and one period fire several times.
+        ({"cron": "R * * * *"}, "random"),
+        ({"cron": "0 r * * *"}, "random"),
+        ({"cron": "R(0-29)/10 * * * *"}, "random"),
+        ({"cron": "0 0 * * R"}, "random"),
     ],
 )
 def test_bad_schedules_are_refused(kwargs: dict[str, object], message: str) -> None:
@@ -58,7 +67,8 @@ def test_bad_schedules_are_refused(kwargs: dict[str, object], message: str) -> N
         schedules.unregister_schedule("bad")
 
 
-@pytest.mark.parametrize("cron", ["0 3 * * *", "@daily", "0 0 29 2 *", "0 0 L 2 *"])
+@pytest.mark.parametrize("cron", ["0 3 * * *", "@daily", "0 0 29 2 *", "0 0 L 2 *",
+                                  "0 9 1 mar,apr *", "0 9 * * fri"])
 def test_five_field_and_alias_crons_are_accepted(cron: str) -> None:
     try:
         assert register_schedule("good", "test.record", cron=cron).cron == cron
@@ -115,7 +125,7 @@ async def test_concurrent_ticks_fire_each_period_once(
         await asyncio.sleep(0.05)
     rows = await fetch(runs_table, "SELECT idempotency_key FROM background_tasks"
                        " WHERE idempotency_key LIKE :k ORDER BY 1", k=f"schedule:{fast_schedule}:%")
-    periods = [datetime.fromisoformat(r[0].split(":", 2)[2]) for r in rows]
+    periods = [datetime.fromisoformat(r[0].split(":", 3)[3]) for r in rows]
     assert 2 <= len(periods) <= 4
     assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(periods))
     state = (await fetch(runs_table, "SELECT last_task_id, next_run_at, last_run_at"
@@ -239,3 +249,107 @@ def test_a_schedule_name_no_worker_could_store_is_refused(name: str) -> None:
             register_schedule(name, "test.record", every=timedelta(hours=1))
     finally:
         schedules.unregister_schedule(name)
+
+
+@pytest.mark.parametrize(("task_type", "payload", "message"), [
+    pytest.param("test.small", {"blob": "x" * 2000}, "at most 1024 bytes", id="too-large"),
+    pytest.param("test.typed", {"name": ""}, "does not match", id="not-its-model"),
+])
+def test_a_schedule_whose_payload_its_task_type_refuses_is_refused(
+    task_type: str, payload: dict[str, object], message: str
+) -> None:
+    """A payload the registered task type refuses at every enqueue (over its
+    max_payload_bytes, or not its payload_model) would fail at every tick, forever: a
+    ValueError at registration, by the enqueue's own check."""
+    try:
+        with pytest.raises(ValueError, match=message):
+            register_schedule("unenqueueable", task_type, every=timedelta(hours=1),
+                              payload=payload)
+    finally:
+        schedules.unregister_schedule("unenqueueable")
+
+
+def test_periodic_refuses_a_payload_its_own_task_type_refuses() -> None:
+    from roost.tasks.handlers import TaskContext, unregister
+    from roost.tasks.schedules import periodic
+
+    async def handler(ctx: TaskContext, payload: dict[str, object]) -> None:
+        return None
+
+    try:
+        with pytest.raises(ValueError, match="at most 16 bytes"):
+            periodic("test.periodic_small", every=timedelta(hours=1), payload={"a": "x" * 50},
+                     max_payload_bytes=16)(handler)
+    finally:
+        schedules.unregister_schedule("test.periodic_small")
+        unregister("test.periodic_small")
+
+
+async def test_a_changed_schedule_fires_its_current_period_at_once(runs_table: Database) -> None:
+    """Changing the timing restarts it: an interval schedule's current period fires at
+    once, though the old spec fired a period starting at the same time (the job's key
+    names the spec, so the new job is not taken for the old one)."""
+    name = "test.respecified"
+    # Hourly both ways: the two specs' current periods are the same hour.
+    before_the_hour = (await fetch(runs_table, "SELECT 3600 - extract(epoch FROM now())::int"
+                                   " % 3600"))[0][0]
+    if before_the_hour < 10:
+        await asyncio.sleep(before_the_hour + 1)
+    register_schedule(name, "test.record", cron="0 * * * *", payload={"label": "old"})
+    try:
+        await sync_schedules(runs_table)
+        await fetch(runs_table, "UPDATE task_schedules SET next_run_at = now()"  # its time came
+                    " WHERE name = :n RETURNING name", n=name)
+        await fire_due(runs_table)
+        schedules.unregister_schedule(name)
+        register_schedule(name, "test.record", every=timedelta(hours=1),
+                          payload={"label": "new"})
+        await sync_schedules(runs_table)  # the timing changed: its current hour is due
+        await fire_due(runs_table)
+        rows = await fetch(runs_table, "SELECT payload->>'label', idempotency_key"
+                           " FROM background_tasks WHERE idempotency_key LIKE :k ORDER BY id",
+                           k=f"schedule:{name}:%")
+        assert [r[0] for r in rows] == ["old", "new"]
+        periods = {datetime.fromisoformat(r[1].split(":", 3)[3]) for r in rows}
+        assert len(periods) == 1  # the same hour, once per spec
+    finally:
+        schedules.unregister_schedule(name)
+
+
+async def test_a_schedule_whose_sync_failed_is_written_again_later(
+    runs_table: Database, start_worker: StartWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A schedule whose row could not be written at the worker's start (a lock timeout)
+    is tried again FIRE_RETRY later (a minute; a second here), until it is written."""
+    real = schedules._write_schedule
+    failures = 0
+
+    async def flaky_write(session: AsyncSession, s: Schedule, tt: TaskType,
+                          now: datetime) -> None:
+        nonlocal failures
+        if s.name == "test.resynced" and failures < 2:
+            failures += 1
+            raise RuntimeError("transient: lock timeout")
+        await real(session, s, tt, now)
+
+    monkeypatch.setattr(schedules, "_write_schedule", flaky_write)
+    monkeypatch.setattr(schedules, "FIRE_RETRY", timedelta(seconds=1))
+    register_schedule("test.resynced", "test.record", every=timedelta(hours=1),
+                      payload={"label": "resynced"})
+    try:
+        await start_worker(schedules=True, queues=("test-nothing",))
+
+        async def written() -> bool:
+            return bool(await fetch(runs_table, "SELECT 1 FROM task_schedules"
+                                    " WHERE name = 'test.resynced'"))
+
+        await wait_until(written, within=20, interval=0.2, what="the schedule's row")
+        assert failures == 2
+
+        async def fired() -> bool:  # and it fires its current period
+            return bool(await fetch(runs_table, "SELECT 1 FROM background_tasks"
+                                    " WHERE idempotency_key LIKE 'schedule:test.resynced:%'"))
+
+        await wait_until(fired, within=20, interval=0.2, what="its first period's job")
+    finally:
+        schedules.unregister_schedule("test.resynced")

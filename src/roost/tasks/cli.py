@@ -259,7 +259,12 @@ def worker_command(
     from roost.config import get_settings
     from roost.logging import configure_logging
     from roost.tasks.config import WorkerSettings
-    from roost.tasks.handlers import discover, import_modules, worker_services
+    from roost.tasks.handlers import (
+        discover,
+        import_modules,
+        valid_queue_name,
+        worker_services,
+    )
     from roost.tasks.worker import Worker, parse_queues
 
     settings = get_settings()
@@ -270,11 +275,22 @@ def worker_command(
         import_modules(list(imports or []))
     except ImportError as exc:
         raise fail("cannot import", exc, code=2) from exc
+    # Queues given that name none ("", ","; an empty ROOST_WORKER_QUEUES is unset) must
+    # not turn into a worker of every queue; nor may a name no job could carry.
+    given = queues if queues is not None else (ws.queues or None)
+    picked = parse_queues(given)
+    if given is not None and picked is None:
+        raise fail("no queue names given", "--queues or ROOST_WORKER_QUEUES names no queue; "
+                   "leave both unset to take jobs from every queue", code=2)
+    bad = [q for q in picked or () if not valid_queue_name(q)]
+    if bad:
+        raise fail("invalid queue name", f"{bad[0]!r}: a queue name is 1-64 characters "
+                   "without NUL characters", code=2)
     base = worker_config(settings, ws)
     config = replace(
         base,
         concurrency=concurrency or base.concurrency,
-        queues=parse_queues(queues) if queues else base.queues,
+        queues=picked,
         lease_s=lease or base.lease_s,
         poll_interval_s=poll_interval or base.poll_interval_s,
         shutdown_timeout_s=base.shutdown_timeout_s if shutdown_timeout is None else shutdown_timeout,

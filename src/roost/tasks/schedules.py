@@ -8,8 +8,10 @@ whatever the number of workers, comes from two walls:
 
 1. the schedule's row is locked ``FOR UPDATE SKIP LOCKED`` and its ``next_run_at`` moved
    past the period in the same transaction as the enqueue, so one worker fires a period;
-2. the job's idempotency key is ``schedule:<name>:<period start>``, so even a worker with
-   a stale view cannot add a second job for the same period.
+2. the job's idempotency key is ``schedule:<name>:<spec>:<period start>`` (``<spec>`` a
+   short digest of what the row fires), so even a worker with a stale view cannot add a
+   second job for the same period, while a changed schedule (whose timing restarts)
+   still fires its current period although the old one fired it already.
 
 Missed periods (no worker running) are not replayed: the first tick afterwards fires the
 current period once.  An interval schedule fires its current period as soon as it is
@@ -18,7 +20,10 @@ first registered; a cron schedule waits for its next time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -30,6 +35,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.engine import Database
+from roost.errors import RoostError
 from roost.tasks.handlers import (
     TaskType,
     get_task_type,
@@ -94,10 +100,34 @@ def _check_cron(name: str, cron: str) -> None:
     if not (len(cron.split()) == 5 or cron.strip().startswith("@")) or not croniter.is_valid(
             cron):
         raise ValueError(f"schedule {name!r}: {cron!r} is not a valid 5-field cron expression")
+    # croniter's ``R`` (``R``, ``R(0-29)``, ``R/15``) draws a new value at each call: every
+    # worker, at every tick, would see other periods and fire one several times.  No month
+    # or day name starts with an R; ``H`` is refused by croniter (no hash id is given).
+    if any(re.match(r"[rR]", f) for f in cron.split()):
+        raise ValueError(f"schedule {name!r}: {cron!r} has a random (R) field; "
+                         "give fixed times")
     try:
         croniter(cron, EPOCH).get_next(datetime)
     except CroniterBadDateError:
         raise ValueError(f"schedule {name!r}: {cron!r} never fires") from None
+
+
+def _check_payload(name: str, task_type: str, payload: dict[str, Any]) -> None:
+    """Refuse a payload no worker could store, or that its task type (when registered
+    already) refuses at every enqueue (``payload_model``, ``max_payload_bytes``): the
+    schedule would fail at every tick and never fire."""
+    from roost.tasks.service import payload_json  # the enqueue's own check
+
+    tt = get_task_type(task_type)
+    try:
+        if tt is not None:
+            payload_json(tt, payload)
+        else:
+            dump_json_object(payload)
+    except (PayloadError, RoostError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ValueError(f"schedule {name!r}'s payload cannot be stored or enqueued: "
+                         f"{reason}") from None
 
 
 def register_schedule(
@@ -133,11 +163,7 @@ def register_schedule(
     if queue is not None and not valid_queue_name(queue):
         raise ValueError(f"schedule {name!r}: queue must be 1-64 characters without "
                          "surrounding spaces or NUL characters")
-    try:
-        dump_json_object(dict(payload or {}))
-    except (PayloadError, RecursionError) as exc:
-        reason = str(exc) if isinstance(exc, PayloadError) else "nested too deeply"
-        raise ValueError(f"schedule {name!r}'s payload cannot be stored: {reason}") from None
+    _check_payload(name, task_type, dict(payload or {}))
     schedule = Schedule(
         name=name, task_type=task_type, every=every, cron=cron, payload=dict(payload or {}),
         queue=queue, priority=TaskPriority(priority) if priority is not None else None,
@@ -176,13 +202,16 @@ def unregister_schedule(name: str) -> None:
     _schedules.pop(name, None)
 
 
-async def sync_schedules(database: Database) -> None:
-    """Write the registered schedules to ``task_schedules`` (workers call it at start).
-    Each is written on its own savepoint: one that fails is logged and left out, not
-    every other schedule with it."""
+async def sync_schedules(database: Database, names: Collection[str] | None = None) -> list[str]:
+    """Write the registered schedules (or those of ``names``) to ``task_schedules``
+    (workers call it at start).  Each is written on its own savepoint: one that fails is
+    logged and left out, not every other schedule with it; returns the names of those
+    that failed, for the caller to try again later."""
+    failed: list[str] = []
     async with database.transaction() as session:
         now: datetime = (await session.execute(text("SELECT now()"))).scalar_one()
-        for s in sorted(_schedules.values(), key=lambda x: x.name):  # one lock order
+        chosen = [s for s in _schedules.values() if names is None or s.name in names]
+        for s in sorted(chosen, key=lambda x: x.name):  # one lock order
             tt = get_task_type(s.task_type)
             if tt is None:
                 log.warning("schedule_without_handler", schedule=s.name, task_type=s.task_type)
@@ -193,6 +222,18 @@ async def sync_schedules(database: Database) -> None:
             except Exception as exc:  # one broken schedule must not stop every other one
                 log.error("schedule_sync_failed", schedule=s.name,
                           error=f"{type(exc).__name__}: {exc}")
+                failed.append(s.name)
+    return failed
+
+
+def _spec_digest(row: TaskSchedule) -> str:
+    """12 hex digits of what a schedule's row fires and when, for its jobs' keys: a
+    changed schedule's periods are not its old ones (the old spec may have fired the
+    period the new one restarts at).  From the row, so every worker keys alike."""
+    spec = [row.task_type, row.queue, str(row.priority), row.payload,
+            row.interval_seconds, row.cron]
+    raw = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:12]
 
 
 async def _write_schedule(session: AsyncSession, s: Schedule, tt: TaskType,
@@ -262,10 +303,11 @@ async def fire_due(database: Database) -> float:
             try:  # each on its own savepoint: one that fails must not stop the others
                 async with session.begin_nested():
                     period = spec.period_start(now)
+                    # At most 9 + 200 + 1 + 12 + 1 + 25 characters: within varchar(255).
+                    key = f"schedule:{row.name}:{_spec_digest(row)}:{period.isoformat()}"
                     job, created = await enqueue_or_existing(
                         session, row.task_type, dict(row.payload), priority=row.priority,
-                        queue=row.queue,
-                        idempotency_key=f"schedule:{row.name}:{period.isoformat()}",
+                        queue=row.queue, idempotency_key=key,
                     )
                     row.last_run_at = now
                     row.next_run_at = spec.next_after(now)

@@ -79,7 +79,9 @@ def _resolve_type(task_type: str) -> TaskType:
     return tt
 
 
-def _payload_json(tt: TaskType, payload: dict[str, Any] | BaseModel | None) -> str:
+def payload_json(tt: TaskType, payload: dict[str, Any] | BaseModel | None) -> str:
+    """The payload as the JSON text to store, once it passed every check of its task type
+    (``payload_model``, jsonb, ``max_payload_bytes``); schedules check theirs with it."""
     if isinstance(payload, BaseModel):
         payload = payload.model_dump(mode="json")
     payload = {} if payload is None else payload
@@ -151,7 +153,7 @@ def _values(
     return {
         "id": uuid7(),
         "task_type": tt.name,
-        "payload": _payload_json(tt, payload),
+        "payload": payload_json(tt, payload),
         "priority": _priority(priority, tt.priority).value,
         "max_retries": tt.max_retries if max_retries is None else max_retries,
         "queue": queue or tt.queue,

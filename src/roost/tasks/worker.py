@@ -748,16 +748,21 @@ class Worker:
     async def _schedule_loop(self) -> None:
         # A stopping worker fires nothing more: a job it enqueued now would wait for
         # another worker (or the next start) while it drains.
-        synced = False
+        # Schedules whose row could not be written (None: all, not tried yet) are tried
+        # again every FIRE_RETRY until they are.
+        unsynced: list[str] | None = None
+        next_sync = 0.0
         while not self._stopping:
             wait = 5.0
             try:
-                if not synced:
-                    await schedules_mod.sync_schedules(self.database)
-                    synced = True
+                if unsynced != [] and time.monotonic() >= next_sync:
+                    unsynced = await schedules_mod.sync_schedules(self.database, unsynced)
+                    next_sync = time.monotonic() + schedules_mod.FIRE_RETRY.total_seconds()
                 wait = await schedules_mod.fire_due(self.database)
             except Exception as exc:
                 log.warning("schedules_failed", error=_error_text(exc))
+            if unsynced != [] and next_sync > time.monotonic():  # else the 5 s of a failure
+                wait = min(wait, next_sync - time.monotonic())
             await asyncio.sleep(min(max(wait, 0.05), 30.0))
 
     # --- shutdown ----------------------------------------------------------------------
