@@ -19,11 +19,10 @@ from sqlalchemy.exc import DBAPIError
 from roost.db.engine import Database
 from roost.identity.tenancy import apply_principal
 from roost.principal import Principal
-from tests.agents.api import create_persona, named_user
+from tests.agents.api import Headers, create_persona, named_user
 from tests.support.identity import join_group, join_persona, make_user
 from tests.support.sql import fetch, scalar
 
-Headers = dict[str, str]
 P = "/api/v1/personas"
 MINE = f"{P}/invitations"
 
@@ -309,3 +308,45 @@ async def test_inviting_one_person_concurrently_answers_one_invitation(
     assert len({a.json()["id"] for a in answers}) == 1
     assert await scalar(database, "SELECT count(*) FROM persona_invitations "
                         "WHERE persona_id = :p", p=uuid.UUID(persona["id"])) == 1
+
+
+async def test_a_co_owner_s_invitations_are_withdrawn_when_they_stop_being_one(
+    client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+) -> None:
+    """Nobody joins on the word of an owner the persona no longer has: a co-owner removed,
+    demoted, leaving or whose account is deleted takes their pending invitations with
+    them (``persona.invitations_withdrawn``); the other owners' stay."""
+    _, olga = await make_user(database)
+    pid = (await create_persona(client, olga))["id"]
+    co_owners = [await make_user(database) for _ in range(4)]
+    for co_id, co in co_owners:
+        await join_persona(client, olga, pid, co_id, co, role="owner")
+    invitees = [await make_user(database) for _ in co_owners]
+    sent = [await _invite(client, co, pid, str(invitee_id), role="owner")
+            for (_, co), (invitee_id, _) in zip(co_owners, invitees, strict=True)]
+    stay_id, stay = await make_user(database)
+    kept = await _invite(client, olga, pid, str(stay_id))
+
+    (removed_id, _), (demoted_id, demoted), (leaving_id, leaving), (deleted_id, _) = co_owners
+    steps = (
+        client.delete(f"{P}/{pid}/members/{removed_id}", headers=olga),
+        client.patch(f"{P}/{pid}/members/{demoted_id}", headers=olga, json={"role": "editor"}),
+        client.delete(f"{P}/{pid}/members/{leaving_id}", headers=leaving),
+        client.delete(f"/api/v1/users/{deleted_id}", headers=admin_headers),
+    )
+    for step in steps:
+        answer = await step
+        assert answer.status_code in (200, 204), answer.text
+
+    for invitation, (_, invitee) in zip(sent, invitees, strict=True):
+        accepted = await client.post(f"{MINE}/{invitation['id']}/accept", headers=invitee)
+        assert accepted.status_code == 404, accepted.text
+        assert (await client.get(f"{P}/{pid}", headers=invitee)).status_code == 404
+    pending = (await client.get(f"{P}/{pid}/invitations", headers=olga)).json()["items"]
+    assert [i["id"] for i in pending] == [kept["id"]]
+    # The demoted co-owner, an editor now, invites nobody either.
+    again = await client.post(f"{P}/{pid}/members", headers=demoted,
+                              json={"user": str(invitees[1][0]), "role": "owner"})
+    assert again.status_code == 403, again.text
+    assert (await client.post(f"{MINE}/{kept['id']}/accept", headers=stay)).status_code == 201
+    assert (await _actions(database, pid)).count("persona.invitations_withdrawn") == 4

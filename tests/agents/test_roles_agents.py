@@ -231,3 +231,33 @@ async def test_a_public_persona_agent_is_read_and_run_by_everyone_and_changed_by
     chk.that((now["system_prompt"], now["is_public"], now["persona_id"]) == (PROMPT, True, c.pid),
              f"an outsider changed the public persona agent: {now}")
     chk.done()
+
+
+async def test_only_the_agent_s_owner_files_a_persona_agent_in_a_project(
+    client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+) -> None:
+    """A project groups its owner's own things (docs/workspace.md): an editor of the
+    persona changes its agent but does not file the owner's agent in their own project
+    (403, as for moving it to another persona); the agent's owner and administrators do."""
+    c = await make_cast(client, database, admin_headers)
+    agent = await create_agent(client, c.owner.headers, persona_id=c.pid)
+    for actor in (c.editor, c.co_owner):
+        proj = await client.post("/api/v1/projects", headers=actor.headers,
+                                 json={"name": f"{actor.name}-private"})
+        assert proj.status_code == 201, proj.text
+        resp = await client.patch(f"/api/v1/agents/{agent['id']}", headers=actor.headers,
+                                  json={"project_id": proj.json()["id"]})
+        assert resp.status_code == 403, resp.text
+    mine = await client.post("/api/v1/projects", headers=c.owner.headers,
+                             json={"name": "owner-project"})
+    assert mine.status_code == 201, mine.text
+    filed = await client.patch(f"/api/v1/agents/{agent['id']}", headers=c.owner.headers,
+                               json={"project_id": mine.json()["id"]})
+    assert filed.status_code == 200 and filed.json()["project_id"] == mine.json()["id"]
+    unfiled = await client.patch(f"/api/v1/agents/{agent['id']}", headers=c.admin.headers,
+                                 json={"project_id": None})
+    assert unfiled.status_code == 200 and unfiled.json()["project_id"] is None, unfiled.text
+    # Naming the project it is in already changes nothing and is no refusal.
+    same = await client.patch(f"/api/v1/agents/{agent['id']}", headers=c.editor.headers,
+                              json={"project_id": None, "description": "kept"})
+    assert same.status_code == 200, same.text

@@ -336,6 +336,10 @@ async def update_agent(session: AsyncSession, actor: Principal, agent_id: uuid.U
     if "slug" in values:
         await _slug_free(session, agent.user_id, values["slug"], agent.id)
     if "project_id" in values and values["project_id"] != agent.project_id:
+        # Filing an agent is its owner's, as binding it is: an editor of its persona would
+        # otherwise list the owner's agent among their own project's things.
+        if not actor.is_admin and agent.user_id != actor.user_id:
+            raise Forbidden("only the agent's owner may move it to another project")
         await require_project(session, actor, values["project_id"])
     if "tool_permissions" in values:
         values["tool_permissions"] = await check_tools(

@@ -318,7 +318,9 @@ class Email(UUIDPrimaryKey, CreatedAt, Base):
     )
 
     persona_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"))
-    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # The persona's owner (inbound) or the sender (outbound); the mail is the persona's, so
+    # it stays when that account goes (migration 1250; its members read it by persona_id).
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     direction: Mapped[str] = mapped_column(String(50))
     message_id: Mapped[str | None] = mapped_column(String(998))
@@ -351,9 +353,12 @@ class Attachment(UUIDPrimaryKey, CreatedAt, Base):
 
     email_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("emails.id", ondelete="CASCADE"))
     run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    # SET NULL (migration 1250): an artifact stays with its run when the persona goes (the
+    # run's user still reads it), a mail attachment with its email when the account goes;
+    # each goes only with its email or run (the cascades above).
     persona_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("personas.id", ondelete="CASCADE"))
-    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+        ForeignKey("personas.id", ondelete="SET NULL"))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     name: Mapped[str] = mapped_column(String(255))
     file_path: Mapped[str] = mapped_column(Text)
     file_size: Mapped[int]

@@ -306,6 +306,8 @@ async def add_member(session: AsyncSession, actor: Principal, persona_id: uuid.U
     if user_id == view.persona.owner_id:
         raise Conflict("that user owns the persona already")
     if not actor.is_admin:
+        if view.persona.owner_id != actor.user_id:
+            await _hold_own_membership(session, actor, persona_id)
         return await _invite(session, actor, persona_id, user_id, body.role)
     member = PersonaMember(persona_id=persona_id, user_id=user_id, role=body.role)
     session.add(member)
@@ -331,6 +333,41 @@ async def _pending(session: AsyncSession, persona_id: uuid.UUID,
                    user_id: uuid.UUID) -> PersonaInvitation | None:
     return await session.scalar(select(PersonaInvitation).where(
         PersonaInvitation.persona_id == persona_id, PersonaInvitation.user_id == user_id))
+
+
+async def _hold_own_membership(session: AsyncSession, actor: Principal,
+                               persona_id: uuid.UUID) -> None:
+    """A co-owner (a member with role ``owner``) invites only while they are one: their
+    membership is share-locked until the invitation commits, so removing or demoting them
+    meanwhile waits, then withdraws it (:func:`_withdraw_invitations_of`)."""
+    role = await session.scalar(select(PersonaMember.role).where(
+        PersonaMember.persona_id == persona_id, PersonaMember.user_id == actor.user_id)
+        .with_for_update(read=True).execution_options(populate_existing=True))
+    if role != "owner":
+        raise Forbidden("only the persona's owners may manage its members; you are no "
+                        "longer one")
+
+
+async def _withdraw_invitations_of(session: AsyncSession, actor: Principal,
+                                   member: PersonaMember, reason: str) -> None:
+    """A co-owner removed, leaving or demoted no longer answers for the invitations they
+    sent: they are withdrawn (nobody becomes an owner on the word of someone the owners
+    removed).  Called while ``member`` is still an owner, so row-level security lets the
+    deletion through for someone leaving; the row is locked first, so an invitation they
+    are sending at that moment commits before (and is withdrawn) or fails after."""
+    await session.execute(select(PersonaMember.id).where(PersonaMember.id == member.id)
+                          .with_for_update())
+    gone = await session.execute(
+        delete(PersonaInvitation).where(PersonaInvitation.persona_id == member.persona_id,
+                                        PersonaInvitation.invited_by == member.user_id)
+        .returning(PersonaInvitation.id).execution_options(synchronize_session=False))
+    dropped = [str(i) for i in gone.scalars().all()]
+    if dropped:
+        await record(session, "persona.invitations_withdrawn", user_id=actor.user_id,
+                     persona_id=member.persona_id, resource_type="persona",
+                     resource_id=member.persona_id,
+                     changes={"invited_by": str(member.user_id), "invitations": dropped,
+                              "reason": reason})
 
 
 async def _invite(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,
@@ -469,6 +506,8 @@ async def set_member_role(session: AsyncSession, actor: Principal, persona_id: u
     await require_role(session, actor, persona_id, "owner", "manage its members")
     member = await _member(session, persona_id, user_id)
     before = member.role
+    if before == "owner" and role != "owner":
+        await _withdraw_invitations_of(session, actor, member, "their owner role was taken")
     if before != role:
         member.role = role
         await session.flush()
@@ -486,6 +525,10 @@ async def remove_member(session: AsyncSession, actor: Principal, persona_id: uui
     else:
         await require_role(session, actor, persona_id, "owner", "manage its members")
     member = await _member(session, persona_id, user_id)
+    if member.role == "owner":
+        await _withdraw_invitations_of(
+            session, actor, member,
+            "they left the persona" if user_id == actor.user_id else "they were removed")
     await session.delete(member)
     await session.flush()
     await record(session, "persona.member.remove", user_id=actor.user_id,

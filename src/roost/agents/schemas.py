@@ -289,7 +289,10 @@ class PersonaInvitationOut(BaseModel):
                     "(a persona's owner sees it once the invitee shares a group with them, "
                     "or joins)")
     role: MemberRole = Field(description="the role the membership will have")
-    invited_by: uuid.UUID | None = Field(description="null once the inviter's account is gone")
+    invited_by: uuid.UUID | None = Field(
+        description="who sent it (null when no account did, such as the operator token); a "
+                    "co-owner's invitations are withdrawn when they stop being one or their "
+                    "account is deleted")
     invited_by_username: str | None
     created_at: datetime
 

@@ -287,6 +287,10 @@ _TAKE_OVER_PERSONA = text(
     "UPDATE personas SET owner_id = :h, updated_at = now() WHERE id = :p")
 _PERSONA_AGENTS = text("SELECT id FROM agents WHERE persona_id = :p ORDER BY id")
 _DELETE_PERSONA = text("DELETE FROM personas WHERE id = :p")
+# Only a persona's owners invite: their invitations stand while they are one
+# (roost.agents.personas withdraws them when an owner is removed, leaves or is demoted).
+_WITHDRAW_PERSONA_INVITATIONS = text(
+    "DELETE FROM persona_invitations WHERE invited_by = :u RETURNING persona_id, id")
 
 
 async def _hand_over_personas_of(
@@ -297,7 +301,9 @@ async def _hand_over_personas_of(
     (``created_at``, then id), whose member row goes (an owner is no member), audited as
     ``persona.owner_changed``; one with no other owner is deleted with its agents, mail
     and secrets, audited as ``persona.delete`` (as ``roost.agents.personas.delete_persona``
-    records it).  Personas are locked in id order, so two deletions cannot deadlock."""
+    records it).  Personas are locked in id order, so two deletions cannot deadlock.
+    The invitations they sent to personas that remain are withdrawn, audited as
+    ``persona.invitations_withdrawn``."""
     owned = (await session.execute(_OWNED_PERSONAS, {"u": user_id})).tuples().all()
     for persona_id, name in owned:
         heir = await session.scalar(_PERSONA_HEIR, {"p": persona_id, "u": user_id})
@@ -315,6 +321,15 @@ async def _hand_over_personas_of(
                      persona_id=persona_id, resource_type="persona", resource_id=persona_id,
                      changes={"name": name, "agents_deleted": [str(a) for a in agents],
                               "reason": "the account of the persona's owner was deleted"})
+    withdrawn: dict[uuid.UUID, list[str]] = {}
+    for persona_id, invitation_id in (await session.execute(
+            _WITHDRAW_PERSONA_INVITATIONS, {"u": user_id})).tuples().all():
+        withdrawn.setdefault(persona_id, []).append(str(invitation_id))
+    for persona_id, invitations in withdrawn.items():
+        await record(session, "persona.invitations_withdrawn", user_id=principal.user_id,
+                     persona_id=persona_id, resource_type="persona", resource_id=persona_id,
+                     changes={"invited_by": str(user_id), "invitations": invitations,
+                              "reason": "the inviter's account was deleted"})
 
 
 def describe(user: User) -> dict[str, Any]:
