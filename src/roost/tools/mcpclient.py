@@ -29,13 +29,14 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import httpx2
+from jsonschema import SchemaError
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -46,11 +47,14 @@ from roost.errors import BadGateway, GatewayTimeout
 from roost.knowledge.fetching import FetchError, IPAddress, check_destination
 from roost.security.decompression import ACCEPT_ENCODING, DecodingRefused, decoded
 from roost.tasks.payloads import PayloadError, dump_json_object
+from roost.tools import schemacheck, schemaregex
 
 if TYPE_CHECKING:
     from roost.tools.stdiopool import StdioPool
 
 MAX_PAGES = 100  # tools/list pages followed in one discovery
+# Tools one server may list: each is a row, an embedding and a line of every tool list.
+MAX_TOOLS: Final = 1000
 
 
 class McpError(BadGateway):
@@ -117,6 +121,36 @@ async def check_server_url(url: str, *, allow_private: bool) -> list[IPAddress]:
         raise
 
 
+class _BudgetedValidator:
+    """A result's check against its tool's output schema with all its pattern matches in
+    one :func:`schemaregex.budget` (as an arguments' check): the SDK checks on the event
+    loop, and without a budget each match had its own 0.5 s (100 strings: 50 s)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def iter_errors(self, instance: Any) -> Iterator[Any]:
+        with schemaregex.budget():  # the SDK's best_match consumes it at once
+            yield from self._inner.iter_errors(instance)
+
+
+class RoostClientSession(ClientSession):
+    """The SDK's session, checking a result's structured content with the validator of
+    :mod:`roost.tools.schemacheck` under one time budget (:exc:`schemaregex.PatternTooSlow`
+    past it)."""
+
+    def _output_schema_validator(self, name: str, output_schema: dict[str, Any]) -> Any:
+        # Cached in the SDK's dict, which it clears when a listing changes the schema.
+        if (validator := self._tool_output_validators.get(name)) is not None:
+            return validator
+        try:
+            built = _BudgetedValidator(schemacheck.build(output_schema))
+        except (SchemaError, RecursionError) as exc:
+            raise RuntimeError(f"Invalid schema for tool {name}: {str(exc)[:300]}") from None
+        self._tool_output_validators[name] = built  # type: ignore[assignment]
+        return built
+
+
 @asynccontextmanager
 async def _session(spec: ServerSpec) -> AsyncIterator[tuple[ClientSession, InitializeResult]]:
     if spec.transport == "stdio":
@@ -127,7 +161,7 @@ async def _session(spec: ServerSpec) -> AsyncIterator[tuple[ClientSession, Initi
         # The server's stderr is discarded: it may print its secrets or tracebacks.
         with open(os.devnull, "w") as errlog:  # noqa: ASYNC230 - /dev/null never blocks
             async with stdio_client(params, errlog=errlog) as (read, write), \
-                    ClientSession(read, write) as session:
+                    RoostClientSession(read, write) as session:
                 yield session, await session.initialize()
     else:
         if not spec.url:
@@ -135,7 +169,7 @@ async def _session(spec: ServerSpec) -> AsyncIterator[tuple[ClientSession, Initi
         addresses = await check_server_url(spec.url, allow_private=spec.allow_private)
         async with pinned_http_client(spec.url, addresses, dict(spec.headers)) as client, \
                 streamable_http_client(spec.url, http_client=client) as (read, write), \
-                ClientSession(read, write) as session:
+                RoostClientSession(read, write) as session:
             yield session, await session.initialize()
 
 
@@ -280,6 +314,10 @@ async def _guarded(spec: ServerSpec, timeout_s: float, doing: str) -> AsyncItera
             f"MCP server {spec.name!r} did not finish {doing} within {timeout_s:g} s"
         ) from None
     except Exception as exc:
+        # An inner deadline's or check's own error, wrapped by the SDK's task group: as it is.
+        inner = innermost(exc)
+        if isinstance(inner, McpError | FetchError):
+            raise inner from None
         raise failure_of(spec, exc) from None
 
 
@@ -294,15 +332,25 @@ async def discover(spec: ServerSpec, timeout_s: float) -> Discovery:
             params = PaginatedRequestParams(cursor=cursor) if cursor else None
             page = await session.list_tools(params=params)
             tools.extend(_dump(t) for t in page.tools)
+            if len(tools) > MAX_TOOLS:
+                raise McpError(f"MCP server {spec.name!r} listed more than {MAX_TOOLS} tools, "
+                               "the most Roost keeps of one server")
             cursor = page.next_cursor
             if not cursor:
                 break
         else:
             raise McpError(f"MCP server {spec.name!r} listed more than {MAX_PAGES} pages of tools")
-        return Discovery(
+        found = Discovery(
             capabilities=_dump(init.capabilities), server_info=_dump(init.server_info),
             tools=tools, latency_ms=latency,
         )
+    try:  # a NUL (or a lone surrogate): the server's health could not be recorded
+        dump_json_object({"capabilities": found.capabilities, "server_info": found.server_info},
+                         what="the initialize answer")
+    except PayloadError as exc:
+        raise McpError(f"MCP server {spec.name!r}: its initialize answer cannot be stored: "
+                       f"{exc}") from None
+    return found
 
 
 @asynccontextmanager
@@ -331,7 +379,13 @@ async def call_tool(
         whole += pool.limits.start_timeout_s + pool.limits.ping_timeout_s
     async with _guarded(spec, whole, doing), _call_session(spec, pool) as session:
         async with _guarded(spec, timeout_s, doing):
-            result = await session.call_tool(name, arguments)
+            try:
+                result = await session.call_tool(name, arguments)
+            except schemaregex.PatternTooSlow as slow:
+                raise McpError(
+                    f"the result of {name!r} took longer than {schemaregex.BUDGET_S} s to check "
+                    f"against the tool's output schema (pattern {slow.pattern[:200]!r}): the "
+                    "pattern backtracks too much for this result") from None
         output = _dump(result)
         output.pop("resultType", None)
         output.pop("result_type", None)

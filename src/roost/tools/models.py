@@ -48,6 +48,8 @@ RUN_STATUSES: Final = ("running", "success", "error", "timeout")
 DEPENDENCY_TYPES: Final = ("requires", "recommends", "optional")
 TOOL_KINDS: Final = ("mcp", "builtin")
 MAX_SCHEMA_BYTES: Final = 10 * 1024
+#: A discovered tool's description is cut there (the rest would only be embedded and listed).
+MAX_DESCRIPTION_CHARS: Final = 10 * 1024
 MAX_PREVIEW_CHARS: Final = 2 * 1024
 #: The default embedder's tool-description index (migration 0510): the knowledge
 #: domain's local model, all-MiniLM-L6-v2, 384 dimensions, same HNSW options.
@@ -226,7 +228,8 @@ class PersonaTool(UUIDPrimaryKey, CreatedAt, Base):
         Index("ix_persona_tools_user_id", "user_id"),
     )
 
-    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # Who granted it; the grant is the persona's and stays when they go (migration 1250).
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     persona_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"))
     tool_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tools.id", ondelete="CASCADE"))
     is_enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), default=True)

@@ -30,7 +30,7 @@ from roost.tasks.payloads import PayloadError, dump_json_object
 from roost.tasks.service import enqueue
 from roost.tools import mcpclient, secretrefs, stdiopool
 from roost.tools.config import ToolsConfig
-from roost.tools.models import MAX_SCHEMA_BYTES, McpServer, Tool
+from roost.tools.models import MAX_DESCRIPTION_CHARS, MAX_SCHEMA_BYTES, McpServer, Tool
 from roost.tools.schemas import McpServerCreate, McpServerOut
 from roost.tools.search import EMBED_TASK
 
@@ -285,18 +285,29 @@ async def _upsert_tools(
     now = utcnow()
     seen: set[str] = set()
     for item in found.tools:
-        name = str(item.get("name", ""))[:256]
+        name = str(item.get("name", ""))
         schema = item.get("inputSchema") or {"type": "object"}
         if not name:
             continue
-        if name in seen:  # listed twice (or two names equal once cut): the first one counts
-            summary.skipped[_printable(name)] = "listed more than once (names are cut at 256 characters)"
+        if len(name) > 256:  # a cut name is not the tool's: calling it would reach another
+            summary.skipped[_printable(name[:256]) + "..."] = "name longer than 256 characters"
             continue
-        if len(json.dumps(schema).encode()) > MAX_SCHEMA_BYTES:
-            summary.skipped[_printable(name)] = f"input schema larger than {MAX_SCHEMA_BYTES} bytes"
+        if name in seen:  # listed twice: the first one counts
+            summary.skipped[_printable(name)] = "listed more than once"
             continue
+        too_large = next((what for what, value in (
+            ("input schema", schema), ("output schema", item.get("outputSchema")),
+            ("annotations", item.get("annotations")),
+        ) if len(json.dumps(value).encode()) > MAX_SCHEMA_BYTES), None)
+        if too_large is not None:
+            summary.skipped[_printable(name)] = f"{too_large} larger than {MAX_SCHEMA_BYTES} bytes"
+            continue
+        # A title or description is only shown and embedded: cut to what is kept.
+        title, description = item.get("title"), item.get("description")
         stored: dict[str, Any] = {
-            "title": item.get("title"), "description": item.get("description"),
+            "title": title[:256] if isinstance(title, str) else title,
+            "description": (description[:MAX_DESCRIPTION_CHARS]
+                            if isinstance(description, str) else description),
             "input_schema": schema, "output_schema": item.get("outputSchema"),
             "annotations": item.get("annotations"),
         }

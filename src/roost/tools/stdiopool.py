@@ -66,7 +66,14 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.message import SessionMessage
 
-from roost.tools.mcpclient import McpError, McpTimeout, ServerSpec, failure_of, innermost
+from roost.tools.mcpclient import (
+    McpError,
+    McpTimeout,
+    RoostClientSession,
+    ServerSpec,
+    failure_of,
+    innermost,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -140,7 +147,7 @@ class _Process:
                         SessionMessage | Exception](0)
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._forward, read, send)
-                        async with ClientSession(receive, write) as session:
+                        async with RoostClientSession(receive, write) as session:
                             with anyio.fail_after(self.pool.limits.start_timeout_s):
                                 await session.initialize()
                             self.session = session
