@@ -337,6 +337,21 @@ async def test_a_group_s_name_cannot_be_set_to_null(
     assert (cleared.json()["name"], cleared.json()["description"]) == ("kept", None)
 
 
+async def test_a_nul_in_a_group_s_name_or_description_is_a_422_naming_the_field(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """Text holds no NUL: a 422 naming the field on create and on change (it was the
+    database's generic 400), nothing stored or changed."""
+    _, alice = await make_user(database)
+    for body in ({"name": "a\u0000b"}, {"name": "ok", "description": "x\u0000"}):
+        made = await client.post(G, headers=alice, json=body)
+        assert made.status_code == 422, made.text
+        assert next(iter(body.keys() - {"name"}), "name") in made.text
+    gid = (await client.post(G, headers=alice, json={"name": "kept-nul"})).json()["id"]
+    refused = await client.patch(f"{G}/{gid}", headers=alice, json={"name": "a\u0000"})
+    assert refused.status_code == 422 and "name" in refused.text, refused.text
+    assert (await client.get(f"{G}/{gid}", headers=alice)).json()["name"] == "kept-nul"
+
+
 async def test_deleting_the_last_admin_s_account_hands_the_group_to_its_eldest_member(
         client: httpx.AsyncClient, database: Database, admin_headers: Headers) -> None:
     """The member who joined first becomes admin, audited, in the deletion's

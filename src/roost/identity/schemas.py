@@ -423,12 +423,16 @@ class OAuthTokenOut(BaseModel):
 
 
 class GroupIn(Input):
+    refuse_nul = True  # stored as text, which holds no NUL: a 422 naming the field
+
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
                     _sent_at_most(128)]
     description: Annotated[str | None, Field(max_length=5000)] = None
 
 
 class GroupPatchIn(Input):
+    refuse_nul = True
+
     name: Annotated[str | None, StringConstraints(strip_whitespace=True, min_length=1,
                                                   max_length=128), _sent_at_most(128)] = None
     description: Annotated[str | None, Field(max_length=5000)] = None
