@@ -19,6 +19,7 @@ from roost.security.crypto import MessageCipher
 from roost.tasks.worker import Worker
 from tests.chat.conftest import add_provider, new_session, post_message
 from tests.support.openai_stub import Reply, StubServer
+from tests.support.workers import in_process_worker
 
 Headers = dict[str, str]
 User = tuple[uuid.UUID, Headers]
@@ -58,24 +59,71 @@ async def _insert_summary(database: Database, keys: KeyMaterial, sid: str, owner
 
 async def test_a_summary_can_be_requested_again_after_its_job_failed(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User,
-    database: Database, worker: Worker, job_gateway: None,
+    database: Database, job_gateway: None,
 ) -> None:
-    """Once the cause of a failed summary is fixed, asking again writes the summary."""
+    """Once the job of a summary gave up (dead_letter), asking again queues a new job
+    (not the dead one handed back as 'queued') that writes the summary."""
     _, h = user
+    await add_provider(client, admin_headers, stub)
     sid = (await new_session(client, h))["id"]
     assert (await post_message(client, h, sid, content="remember PostgreSQL", reply=False)).status_code == 201
     url = f"{API}/{sid}/summary"
-    first = await client.post(url, headers=h)  # no provider yet: the job fails for good
+    first = await client.post(url, headers=h)
     assert first.status_code == 202, first.text
-    assert await _wait_task(database, first.json()["task_id"]) == "dead_letter"
-    await add_provider(client, admin_headers, stub)
+    async with database.transaction() as s:  # as a job does once its retries are spent
+        await s.execute(text("UPDATE background_tasks SET status = 'dead_letter' WHERE id = :i"),
+                        {"i": first.json()["task_id"]})
     stub.script(Reply("Summary.\nTopics: PostgreSQL"))
     again = await client.post(url, headers=h)
     assert again.status_code == 202, again.text
     assert again.json()["task_id"] != first.json()["task_id"], "the dead job was handed back as 'queued'"
     assert again.json()["status"] == "queued"
-    await _wait_task(database, again.json()["task_id"])
+    async with in_process_worker(database):
+        assert await _wait_task(database, again.json()["task_id"]) == "completed"
     assert (await client.get(url, headers=h)).status_code == 200
+
+
+async def test_a_summary_by_a_model_no_provider_serves_is_refused_when_asked(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, user: User,
+    database: Database,
+) -> None:
+    """?model= naming a model no provider serves is a 404 at once (as a message post naming
+    it is), and without providers a 409: never a job accepted (202) that dead-letters out of
+    the user's sight, again at every ask."""
+    _, h = user
+    sid = (await new_session(client, h))["id"]
+    assert (await post_message(client, h, sid, content="x", reply=False)).status_code == 201
+    url = f"{API}/{sid}/summary"
+    assert (await client.post(url, headers=h)).status_code == 409  # no provider yet
+    await add_provider(client, admin_headers, stub)
+    assert (await post_message(client, h, sid, content="x", model="no-such-model")
+            ).status_code == 404
+    refused = await client.post(url, params={"model": "no-such-model"}, headers=h)
+    assert refused.status_code == 404, refused.text
+    async with database.transaction() as s:
+        queued = (await s.execute(text(
+            "SELECT count(*) FROM background_tasks WHERE task_type = 'chat.summarize'"))).scalar_one()
+    assert queued == 0
+
+
+async def test_a_session_with_huge_provider_token_counts_can_still_be_summarised(
+    client: httpx.AsyncClient, user: User, sid: str, stub: StubServer, worker: Worker,
+    database: Database, job_gateway: None,
+) -> None:
+    """Token counts a provider inflated (each fitted to 10**9, as documented) do not make
+    the session's summary impossible: their total (over the int32 column) is fitted too."""
+    _, h = user
+    stub.script(Reply("a", usage=(10**9, 10**9)), Reply("b", usage=(10**9, 10**9)),
+                Reply("A summary.\nTopics: x"))
+    for content in ("one", "two"):
+        resp = await post_message(client, h, sid, content=content)
+        assert resp.status_code == 201, resp.text
+    queued = await client.post(f"{API}/{sid}/summary", headers=h)
+    assert queued.status_code == 202, queued.text
+    status = await _wait_task(database, queued.json()["task_id"])
+    got = await client.get(f"{API}/{sid}/summary", headers=h)
+    assert got.status_code == 200, (status, got.text)
+    assert got.json()["total_tokens_used"] == 2**31 - 1
 
 
 async def test_an_agents_session_is_summarised_by_the_default_model(
@@ -98,11 +146,10 @@ async def test_an_agents_session_is_summarised_by_the_default_model(
 
 
 async def test_an_administrators_summary_request_does_not_lock_the_owner_out(
-    client: httpx.AsyncClient, admin_headers: Headers, user: User,
+    client: httpx.AsyncClient, admin_headers: Headers, user: User, sid: str,
 ) -> None:
     """After an administrator asked for a user's summary, the user may ask too (202)."""
     _, h = user
-    sid = (await new_session(client, h))["id"]
     assert (await post_message(client, h, sid, content="x", reply=False)).status_code == 201
     assert (await client.post(f"{API}/{sid}/summary", headers=admin_headers)).status_code == 202
     mine = await client.post(f"{API}/{sid}/summary", headers=h)

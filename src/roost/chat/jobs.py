@@ -13,6 +13,7 @@ from roost.audit import service as audit
 from roost.chat import sessions, summaries
 from roost.chat.models import ChatMessage
 from roost.errors import Conflict, NotFound
+from roost.llm import routing
 from roost.llm.gateway import LLMGateway
 from roost.llm.jobs import job_gateway
 from roost.principal import Principal
@@ -66,6 +67,10 @@ async def enqueue_summary(
         )
         if has_messages is None:
             raise Conflict("the session has no messages to summarise")
+        # The model the job will ask, routed now as a message post's is: 404 for a model
+        # no provider serves, 409 without providers, rather than a job that dead-letters.
+        await routing.resolve_route(session, gateway,
+                                    model or sessions.provider_model(chat_session.model))
         stem = summary_key(session_id, chat_session.message_count, model, actor.user_id)
         generation = 0  # keys "<stem>:<n>": each a unique-index lookup, few in practice
         while True:

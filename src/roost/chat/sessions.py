@@ -30,6 +30,8 @@ from roost.chat.schemas import (
 )
 from roost.db.base import utcnow, uuid7
 from roost.errors import Conflict, NotFound, PayloadTooLarge, RoostError, Unprocessable
+from roost.identity.common import principal_for
+from roost.identity.models import User, UserGroupMembership
 from roost.pagination import (
     DEFAULT_LIMIT,
     newest_first,
@@ -75,7 +77,7 @@ async def create_session(session: AsyncSession, actor: Principal, data: SessionC
     if owner is None:
         raise Unprocessable("the operator token has no user: pass owner_id to name the "
                             "session's owner", extra={"field": "owner_id"})
-    await require_project(session, actor, data.project_id)  # another user's: 404
+    await _require_owner_project(session, actor, owner, data.project_id)
     row = ChatSession(
         id=uuid7(), user_id=owner, title=data.title, model=data.model, project_id=data.project_id,
         enable_tools=data.enable_tools, external_id=data.external_id, expires_at=data.expires_at,
@@ -94,6 +96,22 @@ async def create_session(session: AsyncSession, actor: Principal, data: SessionC
                  "enable_tools": data.enable_tools, "external_id": data.external_id},
     )
     return row
+
+
+async def _require_owner_project(session: AsyncSession, actor: Principal, owner_id: uuid.UUID,
+                                 project_id: uuid.UUID | None) -> None:
+    """The session's project must be one its owner sees (another user's: 404 naming
+    project_id): an administrator who sees every project must not file a user's session
+    in a project the user cannot open."""
+    if project_id is None or owner_id == actor.user_id:
+        await require_project(session, actor, project_id)
+        return
+    user = await session.get(User, owner_id)
+    if user is None:
+        raise NotFound("owner_id names no user")
+    groups = frozenset((await session.scalars(select(UserGroupMembership.group_id).where(
+        UserGroupMembership.user_id == owner_id))).all())
+    await require_project(session, principal_for(user, group_ids=groups), project_id)
 
 
 def _session_conflict(exc: IntegrityError, external_id: str | None) -> RoostError:
@@ -131,7 +149,7 @@ async def update_session(
 ) -> ChatSession:
     row = await get_session(session, actor, session_id, lock=True)
     if "project_id" in data.model_fields_set and data.project_id != row.project_id:
-        await require_project(session, actor, data.project_id)
+        await _require_owner_project(session, actor, row.user_id, data.project_id)
     changes: dict[str, Any] = {}
     for name, value in data.model_dump(exclude_unset=True).items():
         if value is None and name in ("enable_tools", "status"):

@@ -30,6 +30,7 @@ from roost.llm.gateway import LLMGateway
 from roost.llm.records import REQUEST_RESOURCE, CallOutcome
 from roost.llm.types import ChatMessage as LLMMessage
 from roost.llm.types import ChatRequest
+from roost.pagination import INT32_MAX
 from roost.principal import Principal
 from roost.prompts import service as prompts
 from roost.security.crypto import MessageCipher
@@ -183,7 +184,10 @@ async def summarize_session(
         )).one_or_none()
         values = dict(
             started_at=stats[1], ended_at=stats[2], message_count=int(stats[0]),
-            total_tokens_used=int(stats[3] or 0), summary=gateway.cipher.encrypt(text),
+            # Each count is fitted to 10**9 (a provider's), their sum to the int32 column:
+            # a long or inflated session is still summarised (docs/chat.md).
+            total_tokens_used=min(int(stats[3] or 0), INT32_MAX),
+            summary=gateway.cipher.encrypt(text),
             key_topics=topics, search_keywords=[t.lower() for t in topics], tools_used=tools,
             model=outcome.result.model or outcome.winner.name, llm_request_id=call.request_id,
         )
