@@ -21,6 +21,7 @@ from roost.db.engine import Database
 from roost.db.migrate import downgrade, upgrade
 from roost.memory import graphq, service
 from roost.memory.models import Memory
+from roost.pagination import encode_cursor
 from roost.principal import Principal
 from tests.agents.conftest import make_agent
 from tests.chat.conftest import new_session
@@ -374,3 +375,59 @@ async def test_concurrent_memories_naming_the_same_entities_do_not_deadlock(
     mixed = await asyncio.gather(*(delete_or_add(i) for i in range(12)))
     assert sorted(m.status_code for m in mixed) == [201] * 6 + [204] * 6, [m.text for m in mixed]
     assert await _names(client, headers) == sorted([*names, "P", "Q"])
+
+
+async def test_graph_entities_of_an_unknown_user_is_a_404(
+        client: httpx.AsyncClient, database: Database, admin_headers: Headers) -> None:
+    """An administrator naming an unknown user_id gets a 404 from graph/entities, as from
+    the memory list (not an empty 200); another user's id is a 404 for a non-admin."""
+    other, _ = await make_user(database)
+    _, headers = await make_user(database)
+    unknown = str(uuid.uuid4())
+    listed = await client.get(API, headers=admin_headers, params={"user_id": unknown})
+    assert listed.status_code == 404
+    answer = await client.get(f"{GRAPH}/entities", headers=admin_headers,
+                              params={"user_id": unknown})
+    assert answer.status_code == 404, (answer.status_code, answer.text)
+    assert (await client.get(f"{GRAPH}/entities", headers=admin_headers,
+                             params={"user_id": str(other)})).status_code == 200
+    assert (await client.get(f"{GRAPH}/entities", headers=headers,
+                             params={"user_id": str(other)})).status_code == 404
+
+
+async def test_an_entitys_history_is_paged(client: httpx.AsyncClient, database: Database) -> None:
+    """An entity's history answers a page (default 50, at most 500) oldest first, and
+    next_cursor walks the rest: a hub entity's thousands of relations, each with its
+    memory's text, are never one answer."""
+    _, headers = await make_user(database)
+    for i in range(3):
+        await _add(client, headers, f"hub fact {i}",
+                   [("Hub", "links", f"N{i}-{j}") for j in range(50)])
+    hub = await _entity_id(client, headers, "Hub")
+    url = f"{GRAPH}/entities/{hub}/history"
+    first = (await client.get(url, headers=headers)).json()
+    assert len(first["items"]) == 50 and first["next_cursor"]
+    seen: list[tuple[str, str]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 40} | ({"cursor": cursor} if cursor else {})
+        answer = await client.get(url, headers=headers, params=params)
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        seen += [(h["valid_from"], h["id"]) for h in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 150 and len(set(seen)) == 150
+    assert [h["id"] for h in first["items"]] == [i for _, i in seen[:50]]
+    assert [v for v, _ in seen] == sorted(v for v, _ in seen)  # oldest first
+    key = {"f": "2024-01-01T00:00:00+00:00", "c": "2024-01-01T00:00:00+00:00",
+           "id": str(uuid.uuid4())}
+    for params in ({"limit": 501}, {"limit": 0}, {"cursor": "bm90IGpzb24"},
+                   {"cursor": encode_cursor({**key, "c": 1})},
+                   {"cursor": encode_cursor({**key, "f": "2024-01-01T00:00:00"})},
+                   {"cursor": encode_cursor({**key, "f": "0001-01-01T00:00:00+14:00"})}):
+        bad = await client.get(url, headers=headers, params=params)
+        assert bad.status_code in (400, 422), (params, bad.status_code, bad.text)
+    assert (await client.get(url, headers=headers,
+                             params={"cursor": encode_cursor(key)})).json()["items"] != []

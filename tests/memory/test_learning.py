@@ -215,7 +215,7 @@ async def test_a_contradiction_closes_the_old_fact(
         SELECT t.name, r.valid_from, r.valid_to FROM memory_relations r
         JOIN memory_entities t ON t.id = r.target_entity_id ORDER BY r.valid_from""")
     assert [tuple(e) for e in edges] == [("Paris", past, moved), ("Lyon", moved, None)]
-    history = (await client.get(f"{API}/{old.id}/history", headers=headers)).json()
+    history = (await client.get(f"{API}/{old.id}/history", headers=headers)).json()["items"]
     assert history[-1]["event"] == "invalidate" and history[-1]["related_memory_id"] == str(new_id)
 
 

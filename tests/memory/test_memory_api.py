@@ -48,7 +48,7 @@ async def test_add_list_get_update_history_delete(client: httpx.AsyncClient, dat
     changed = await client.patch(f"{API}/{fact['id']}", headers=headers,
                                  json={"content": "Ada lives in Lyon", "reason": "moved"})
     assert changed.status_code == 200 and changed.json()["content"] == "Ada lives in Lyon"
-    events = (await client.get(f"{API}/{fact['id']}/history", headers=headers)).json()
+    events = (await client.get(f"{API}/{fact['id']}/history", headers=headers)).json()["items"]
     assert [(e["event"], e["new_content"]) for e in events] == [
         ("add", "Ada lives in Paris"), ("update", "Ada lives in Lyon")]
     assert events[1]["old_content"] == "Ada lives in Paris" and events[1]["reason"] == "moved"
@@ -230,3 +230,60 @@ async def test_metadata_nests_as_deep_as_a_body_may(client: httpx.AsyncClient,
         assert refused.status_code == 400, refused.text
         assert "nested deeper" in refused.json()["detail"]
     assert len((await client.get(API, headers=headers)).json()["items"]) == 1
+
+
+async def test_a_patch_that_changes_nothing_records_nothing(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """A PATCH that changes nothing ({}, only nulls, the same values) adds no 'update'
+    history row, no memory.update audit, and leaves updated_at (recency) as it was."""
+    _, headers = await make_user(database)
+    fact = await _add(client, headers, "Ada likes tea", metadata={"k": 1})
+    for body in ({}, {"content": None, "memory_type": None},
+                 {"content": " Ada likes tea ", "memory_type": "fact", "confidence": 0.8,
+                  "metadata": {"k": 1}, "reason": "same"}):
+        answer = await client.patch(f"{API}/{fact['id']}", headers=headers, json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["updated_at"] == fact["updated_at"]
+    events = (await client.get(f"{API}/{fact['id']}/history", headers=headers)).json()["items"]
+    assert [e["event"] for e in events] == ["add"]
+    assert await _update_audits(database, fact["id"]) == []
+    changed = await client.patch(f"{API}/{fact['id']}", headers=headers,
+                                 json={"confidence": 0.9, "content": "Ada likes tea"})
+    assert changed.status_code == 200, changed.text
+    events = (await client.get(f"{API}/{fact['id']}/history", headers=headers)).json()["items"]
+    assert [e["event"] for e in events] == ["add", "update"]
+    assert await _update_audits(database, fact["id"]) == [{"confidence": True}]
+
+
+async def _update_audits(database: Database, memory_id: str) -> list[Any]:
+    async with database.transaction() as session:
+        return list((await session.scalars(text(
+            "SELECT changes FROM audit_logs WHERE action = 'memory.update' "
+            "AND resource_id = :id ORDER BY seq"), {"id": memory_id})).all())
+
+
+async def test_a_memorys_history_is_paged(client: httpx.AsyncClient, database: Database) -> None:
+    """A memory's history is a page (default 50, at most 500), oldest first; next_cursor
+    walks the rest (each event may carry two texts of 4,000 characters)."""
+    _, headers = await make_user(database)
+    fact = await _add(client, headers, "Ada is 30")
+    for age in range(31, 36):
+        answer = await client.patch(f"{API}/{fact['id']}", headers=headers,
+                                    json={"content": f"Ada is {age}"})
+        assert answer.status_code == 200, answer.text
+    url = f"{API}/{fact['id']}/history"
+    whole = (await client.get(url, headers=headers)).json()
+    assert whole["next_cursor"] is None
+    assert [e["new_content"] for e in whole["items"]] == [f"Ada is {a}" for a in range(30, 36)]
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = (await client.get(url, headers=headers,
+                                 params={"limit": 4} | ({"cursor": cursor} if cursor else {}))).json()
+        seen += [e["id"] for e in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [e["id"] for e in whole["items"]]
+    for params in ({"limit": 501}, {"cursor": "bm90IGpzb24"}):
+        assert (await client.get(url, headers=headers, params=params)).status_code in (400, 422)

@@ -410,3 +410,42 @@ async def test_memory_cli_refuses_bad_input_in_one_line(
         assert len(out.stderr.strip().splitlines()) == 1 and says in out.stderr, (args, out.stderr)
     async with database.transaction() as s:
         assert await s.scalar(text("SELECT count(*) FROM memories")) == 0
+
+
+async def test_a_recall_does_not_wait_for_a_memory_another_transaction_holds(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """Access counting is best-effort: a memory another transaction has locked (a
+    concurrent recall counting it, an edit) is found uncounted, not waited for; waiting
+    is what made overlapping recalls deadlock (they lock their rows in different orders)."""
+    _, headers = await make_user(database)
+    held = await _add(client, headers, "Ada drinks tea in Paris")
+    free = await _add(client, headers, "Ada buys tea in London")
+    async with database.transaction() as session:
+        await session.execute(text("SELECT id FROM memories WHERE id = :id FOR NO KEY UPDATE"),
+                              {"id": held["id"]})
+        # Bounded only so the old behaviour (waiting for this transaction) fails, not hangs.
+        found = _by_content(await asyncio.wait_for(_search(client, headers, "Ada tea"), 60))
+    assert found[held["content"]]["memory"]["access_count"] == 0
+    assert found[free["content"]]["memory"]["access_count"] == 1
+    found = _by_content(await _search(client, headers, "Ada tea"))
+    assert found[held["content"]]["memory"]["access_count"] == 1  # counted once free again
+
+
+async def test_concurrent_recalls_of_one_users_memories_do_not_deadlock(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """Several searches of one user's memory at once (parallel agent runs) all answer 200,
+    none a 503 from a deadlock in recall's access counting."""
+    _, headers = await make_user(database)
+    for i in range(60):
+        await _add(client, headers, f"Ada fact number {i} about tea and Paris",
+                   relationships=[{"source": "Ada", "relation": f"r{i % 5}",
+                                   "target": f"T{i % 7}"}])
+    queries = ["Ada tea", "Paris tea", "fact number", "Ada Paris", "tea"] * 3
+
+    async def search(q: str) -> int:
+        answer = await client.get(f"{API}/search", headers=headers, params={"q": q, "k": 50})
+        return answer.status_code
+
+    for _ in range(4):
+        codes = await asyncio.gather(*(search(q) for q in queries))
+        assert set(codes) == {200}, codes

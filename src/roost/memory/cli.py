@@ -302,8 +302,8 @@ def graph_command(
                                     list[graphq.Neighbour]]:
         async with env.scoped() as session:
             given = await _scope_in(session, persona, None)
-            found, edges = await graphq.entity_history(session, env.principal, entity,
-                                                       persona_id=given.persona_id)
+            found, edges, _ = await graphq.entity_history(session, env.principal, entity,
+                                                          persona_id=given.persona_id)
             near = (await graphq.neighbours(session, env.principal, entity, depth=depth,
                                             persona_id=given.persona_id)
                     if depth > 0 else [])

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import text
@@ -37,10 +37,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.errors import sqlstate
-from roost.errors import NotFound, Unprocessable
+from roost.errors import BadRequest, NotFound, Unprocessable
 from roost.memory import service
 from roost.memory.graph import normalize
 from roost.memory.schemas import ScopeIn
+from roost.pagination import MALFORMED_CURSOR, decode_cursor, encode_cursor, page_of
 from roost.principal import Principal
 
 MAX_DEPTH: Final = 6
@@ -235,8 +236,10 @@ async def find_entities(
 ) -> list[EntitySummary]:
     """The user's entities whose name contains ``q`` (all when None), most connected
     first, with how many relations they have now and ever."""
-    owner = _owner(actor, user_id)
-    await _check_persona(session, actor, owner, persona_id)
+    # The scope's checks: another user's id, or an unknown one (administrators), and a
+    # persona the user's memory may not have, are 404s like everywhere else.
+    owner = (await service.resolve_scope(
+        session, actor, ScopeIn(user_id=user_id, persona_id=persona_id))).user_id
     where = ["e.user_id = :uid"]
     params: dict[str, Any] = {"uid": owner, "limit": limit}
     if persona_id is not None:
@@ -384,17 +387,51 @@ async def _within_time_limit(session: AsyncSession, sql: str, params: dict[str, 
 async def entity_history(
     session: AsyncSession, actor: Principal, entity_name_or_id: str | uuid.UUID, *,
     user_id: uuid.UUID | None = None, persona_id: uuid.UUID | None = None,
-) -> tuple[list[EntityRef], list[Edge]]:
-    """Every relation the entity has had, current and past, oldest first, each with its
-    validity and the memory that asserted it."""
+    limit: int | None = None, cursor: str | None = None,
+) -> tuple[list[EntityRef], list[Edge], str | None]:
+    """The relations the entity has had, current and past, oldest first (by
+    ``valid_from``, ``created_at``, id), each with its validity and the memory that
+    asserted it: a page of ``limit`` after ``cursor`` and the cursor after it (None: the
+    last page; ``limit`` None: every relation, for the CLI)."""
     found = await resolve_entities(session, actor, entity_name_or_id, user_id=user_id,
                                    persona_id=persona_id)
-    sql = _EDGE_SELECT.format(content=", m.content AS memory_content") + """
+    params: dict[str, Any] = {"ids": [e.id for e in found]}
+    after = ""
+    if cursor is not None:
+        params["after_from"], params["after_created"], params["after_id"] = _history_key(cursor)
+        after = ("AND (r.valid_from, r.created_at, r.id) > (CAST(:after_from AS timestamptz), "
+                 "CAST(:after_created AS timestamptz), CAST(:after_id AS uuid))")
+    page = ""
+    if limit is not None:
+        page = "LIMIT :limit"
+        params["limit"] = limit + 1
+    sql = _EDGE_SELECT.format(content=", m.content AS memory_content, r.created_at") + f"""
 LEFT JOIN memories m ON m.id = r.memory_id
-WHERE r.source_entity_id = ANY(CAST(:ids AS uuid[])) OR r.target_entity_id = ANY(CAST(:ids AS uuid[]))
-ORDER BY r.valid_from, r.created_at, r.id"""
-    rows = (await session.execute(text(sql), {"ids": [e.id for e in found]})).all()
-    return found, [_edge(r, content=True) for r in rows]
+WHERE (r.source_entity_id = ANY(CAST(:ids AS uuid[]))
+       OR r.target_entity_id = ANY(CAST(:ids AS uuid[]))) {after}
+ORDER BY r.valid_from, r.created_at, r.id {page}"""
+    rows = (await session.execute(text(sql), params)).all()
+    next_cursor = None
+    if limit is not None:
+        rows, next_cursor = page_of(rows, limit, lambda r: encode_cursor(
+            {"f": r.valid_from.isoformat(), "c": r.created_at.isoformat(), "id": str(r.id)}))
+    return found, [_edge(r, content=True) for r in rows], next_cursor
+
+
+def _history_key(cursor: str) -> tuple[datetime, datetime, uuid.UUID]:
+    """The (valid_from, created_at, id) after which an entity history's page starts."""
+    after = decode_cursor(cursor)
+    try:
+        key = (datetime.fromisoformat(str(after["f"])), datetime.fromisoformat(str(after["c"])),
+               uuid.UUID(str(after["id"])))
+    except (KeyError, ValueError) as exc:
+        raise BadRequest(MALFORMED_CURSOR) from exc
+    if key[0].tzinfo is None or key[1].tzinfo is None:
+        raise BadRequest(MALFORMED_CURSOR)
+    try:  # a moment a UTC timestamp can hold (year 1 at +14:00 is year 0 in UTC)
+        return key[0].astimezone(UTC), key[1].astimezone(UTC), key[2]
+    except OverflowError as exc:
+        raise BadRequest(MALFORMED_CURSOR) from exc
 
 
 async def _edges(session: AsyncSession, ids: set[uuid.UUID]) -> dict[uuid.UUID, Edge]:

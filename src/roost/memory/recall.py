@@ -32,7 +32,10 @@ from the memory's last creation, change or recall (``ROOST_MEMORY_RECENCY_HALF_L
 closer vector, then the memory that became true last (``valid_from``).  By default only
 current, active memories are found (valid from now or earlier, not closed); ``as_of``
 finds what was true (and not yet archived) then.  ``touch`` counts the returned memories
-as accessed, in one ``UPDATE`` that also returns them (without their vectors).
+as accessed, in one ``UPDATE`` that also returns them (without their vectors); the count
+is best-effort: a memory another transaction has locked (a concurrent recall counting it,
+an edit) is returned uncounted rather than waited for (``FOR NO KEY UPDATE SKIP LOCKED``),
+so concurrent recalls of overlapping memories never deadlock.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from typing import Any, Final
 import structlog
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import aliased, defer
 
 from roost.config import Settings, get_settings
 from roost.db.engine import Database
@@ -448,17 +451,25 @@ async def search(
     ids = [row.id for row in rows]
     # The memories without their vectors (a TOAST read each; recall's callers show text).
     no_vector = defer(Memory.embedding, raiseload=True)
+    found: list[Memory] = []
     if touch:
-        found = (await session.scalars(
-            update(Memory).where(Memory.id.in_(ids))
+        # Counting is best-effort: a memory another transaction holds (a concurrent
+        # recall's count, an edit) is skipped, not waited for.  Waiting would make
+        # overlapping recalls lock their rows in different orders and deadlock.
+        held = aliased(Memory)
+        free = (select(held.id).where(held.id.in_(ids))
+                .with_for_update(key_share=True, skip_locked=True))
+        found = list((await session.scalars(
+            update(Memory).where(Memory.id.in_(free.scalar_subquery()))
             .values(access_count=Memory.access_count + 1, last_accessed=func.now(),
                     updated_at=Memory.updated_at)
             .returning(Memory).options(no_vector),
             execution_options={"synchronize_session": False, "populate_existing": True},
-        )).all()
-    else:
-        found = (await session.scalars(
-            select(Memory).where(Memory.id.in_(ids)).options(no_vector))).all()
+        )).all())
+    rest = set(ids) - {m.id for m in found}
+    if rest:  # not counted (skipped, or touch=False): read as they are
+        found += (await session.scalars(
+            select(Memory).where(Memory.id.in_(rest)).options(no_vector))).all()
     by_id = {m.id: m for m in found}
     return [Recalled(by_id[row.id], float(row.score), _opt(row.sim), _opt(row.trank),
                      _opt(row.gscore))

@@ -210,12 +210,14 @@ async def graph_paths(
 
 
 @router.get("/graph/entities/{entity_id}/history", response_model=EntityHistoryOut,
-            summary="Every relation an entity has had, current and past, with its validity")
-async def graph_history(entity_id: uuid.UUID, principal: CurrentPrincipal,
-                        db: DbSession) -> EntityHistoryOut:
-    [entity], edges = await graphq.entity_history(db, principal, entity_id)
+            summary="The relations an entity has had, current and past, with their validity, "
+            "oldest first (a page)")
+async def graph_history(entity_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession,
+                        limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> EntityHistoryOut:
+    [entity], edges, next_cursor = await graphq.entity_history(db, principal, entity_id,
+                                                               limit=limit, cursor=cursor)
     now = utcnow()
-    return EntityHistoryOut(entity=_entity(entity), items=[
+    return EntityHistoryOut(entity=_entity(entity), next_cursor=next_cursor, items=[
         HistoryEdgeOut(**_edge(e, None, now).model_dump(), memory_content=e.memory_content)
         for e in edges])
 
@@ -235,11 +237,13 @@ async def get_memory(memory_id: uuid.UUID, principal: CurrentPrincipal, db: DbSe
     return MemoryOut.model_validate(await service.get_memory(db, principal, memory_id))
 
 
-@router.get("/{memory_id:uuid}/history", response_model=list[HistoryOut],
-            summary="How a memory came to be what it is (add, updates, invalidation)")
-async def memory_history(memory_id: uuid.UUID, principal: CurrentPrincipal,
-                         db: DbSession) -> list[HistoryOut]:
-    return [HistoryOut.model_validate(h) for h in await service.history(db, principal, memory_id)]
+@router.get("/{memory_id:uuid}/history", response_model=Page[HistoryOut],
+            summary="How a memory came to be what it is (add, updates, invalidation), "
+            "oldest first")
+async def memory_history(memory_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession,
+                         limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> Page[HistoryOut]:
+    rows, next_cursor = await service.history(db, principal, memory_id, limit=limit, cursor=cursor)
+    return Page(items=[HistoryOut.model_validate(h) for h in rows], next_cursor=next_cursor)
 
 
 @router.patch("/{memory_id:uuid}", response_model=MemoryOut, summary="Change a memory (history kept)")

@@ -6,9 +6,9 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from roost.inputs import StrictInput
+from roost.inputs import StrictInput, json_size
 from roost.memory.models import MAX_CONTENT_CHARS
 
 MemoryType = Literal["fact", "preference", "event", "relationship", "skill", "goal", "other"]
@@ -16,6 +16,19 @@ MemoryType = Literal["fact", "preference", "event", "relationship", "skill", "go
 # naming content, not the database's check constraint).
 Content = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
                                            max_length=MAX_CONTENT_CHARS)]
+
+MAX_METADATA_BYTES = 64 * 1024
+"""A memory's metadata as compact JSON, at most (a project's cap): every list page and
+search answer carries it, so one blob must not inflate them."""
+
+
+def _metadata_size(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and json_size(value) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
+    return value
+
+
+Metadata = Annotated[dict[str, Any], AfterValidator(_metadata_size)]
 
 
 class ScopeIn(StrictInput):
@@ -54,7 +67,7 @@ class MemoryCreate(ScopeIn):
     confidence: float = Field(default=0.8, ge=0, le=1)
     entities: list[EntityIn] = Field(default_factory=list, max_length=50)
     relationships: list[RelationshipIn] = Field(default_factory=list, max_length=50)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     valid_from: datetime | None = Field(default=None, description="Default: now")
 
 
@@ -65,7 +78,7 @@ class MemoryUpdate(StrictInput):
     content: Content | None = None
     memory_type: MemoryType | None = None
     confidence: float | None = Field(default=None, ge=0, le=1)
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
     reason: str | None = Field(default=None, max_length=1000)
 
 
@@ -199,6 +212,8 @@ class HistoryEdgeOut(EdgeOut):
 class EntityHistoryOut(BaseModel):
     entity: EntityOut
     items: list[HistoryEdgeOut]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as ?cursor= to get the next page; null on the last page")
 
 
 # --- learning (roost.memory.learning) -------------------------------------------------------

@@ -26,7 +26,7 @@ from roost.errors import NotFound, Unprocessable
 from roost.memory import graph
 from roost.memory.models import Memory, MemoryHistory
 from roost.memory.schemas import ForgetIn, MemoryCreate, MemoryUpdate, ScopeIn
-from roost.pagination import DEFAULT_LIMIT, newest_first
+from roost.pagination import DEFAULT_LIMIT, after_time_id, newest_first, page_of, time_id_cursor
 from roost.principal import Principal
 
 RESOURCE = "memory"
@@ -162,27 +162,44 @@ async def list_memories(
                               cursor=cursor)
 
 
-async def history(session: AsyncSession, actor: Principal, memory_id: uuid.UUID) -> list[MemoryHistory]:
+async def history(session: AsyncSession, actor: Principal, memory_id: uuid.UUID, *,
+                  limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+                  ) -> tuple[list[MemoryHistory], str | None]:
+    """A page of the memory's history, oldest first (each row may carry two texts of
+    4,000 characters: a memory changed thousands of times is never one answer)."""
     await get_memory(session, actor, memory_id)
-    return list((await session.scalars(
-        select(MemoryHistory).where(MemoryHistory.memory_id == memory_id)
-        .order_by(MemoryHistory.created_at, MemoryHistory.id))).all())
+    stmt = select(MemoryHistory).where(MemoryHistory.memory_id == memory_id)
+    if cursor is not None:
+        stmt = stmt.where(after_time_id(cursor, MemoryHistory.created_at, MemoryHistory.id))
+    rows = (await session.scalars(
+        stmt.order_by(MemoryHistory.created_at, MemoryHistory.id).limit(limit + 1))).all()
+    return page_of(rows, limit, lambda row: time_id_cursor(row.created_at, row.id))
 
 
 async def update_memory(session: AsyncSession, actor: Principal, memory_id: uuid.UUID,
                         body: MemoryUpdate) -> Memory:
     memory = await get_memory(session, actor, memory_id, lock=True)
     old_content, old_confidence = memory.content, memory.confidence
-    if body.content is not None:
+    # Only what differs is a change: a PATCH that changes nothing ({}, nulls, the same
+    # values) leaves no history row, no audit and updated_at (recency) as it was.
+    changed: dict[str, bool] = {}
+    if body.content is not None and body.content.strip() != memory.content:
         memory.content = body.content.strip()
         memory.content_sha256 = content_hash(body.content)
         memory.embedding = memory.embedding_model = memory.embedding_dim = None  # re-embedded
-    if body.confidence is not None:
-        memory.confidence = Decimal(str(round(body.confidence, 4)))
-    if body.memory_type is not None:
+        changed["content"] = True
+    confidence = None if body.confidence is None else Decimal(str(round(body.confidence, 4)))
+    if confidence is not None and confidence != memory.confidence:
+        memory.confidence = confidence
+        changed["confidence"] = True
+    if body.memory_type is not None and body.memory_type != memory.memory_type:
         memory.memory_type = body.memory_type
-    if body.metadata is not None:
+        changed["memory_type"] = True
+    if body.metadata is not None and body.metadata != memory.memory_metadata:
         memory.memory_metadata = body.metadata
+        changed["metadata"] = True
+    if not changed:
+        return memory
     memory.updated_at = utcnow()
     session.add(MemoryHistory(memory_id=memory.id, user_id=memory.user_id, event="update",
                               old_content=old_content, new_content=memory.content,
@@ -190,8 +207,7 @@ async def update_memory(session: AsyncSession, actor: Principal, memory_id: uuid
                               reason=body.reason, actor_id=actor.user_id))
     await session.flush()
     await record(session, "memory.update", user_id=actor.user_id, persona_id=memory.persona_id,
-                 resource_type=RESOURCE, resource_id=memory.id,
-                 changes={k: True for k in body.model_fields_set if k != "reason"})
+                 resource_type=RESOURCE, resource_id=memory.id, changes=changed)
     return memory
 
 

@@ -120,6 +120,9 @@ function memoryItem(memory) {
     history);
 }
 
+// Histories (a memory's, an entity's) are paged, at most 500 a page: the oldest 500 are shown.
+const HISTORY_LIMIT = 500;
+
 async function toggleHistory(memory, toggle, holder) {
   const open = toggle.getAttribute("aria-expanded") !== "true";
   toggle.setAttribute("aria-expanded", String(open));
@@ -127,8 +130,12 @@ async function toggleHistory(memory, toggle, holder) {
   if (!open) return;
   holder.replaceChildren(el("p", { class: "muted" }, "Loading the history…"));
   try {
-    const events = await api(`${BASE}/${memory.id}/history`);
-    holder.replaceChildren(await historyList(events));
+    // A page (at most 500 events an answer): a memory changed more often shows its oldest 500.
+    const page = await api(`${BASE}/${memory.id}/history?limit=${HISTORY_LIMIT}`);
+    holder.replaceChildren(await historyList(page.items));
+    if (page.next_cursor !== null) {
+      holder.append(el("p", { class: "muted" }, `The oldest ${HISTORY_LIMIT} events are shown; it has more.`));
+    }
   } catch (error) {
     holder.replaceChildren(el("p", { class: "muted" }, "The history could not be loaded."));
     showError(error);
@@ -409,9 +416,9 @@ function relationText(edge) {
   return `${edge.source_name} — ${edge.relation} → ${edge.target_name}`;
 }
 
-function historyTable(entity, items) {
+function historyTable(entity, items, more) {
   if (!items.length) return el("p", { class: "empty" }, "No relations recorded.");
-  return el("table", {},
+  const table = el("table", {},
     el("caption", { class: "visually-hidden" }, `Relations of ${entity.name} over time, oldest first`),
     el("thead", {}, el("tr", {},
       ["Relation", "From", "Until", "Now", "Asserted by"].map((h) => el("th", { scope: "col" }, h)))),
@@ -422,20 +429,23 @@ function historyTable(entity, items) {
       el("td", {}, edge.current ? badge("current", "ok") : badge("past")),
       el("td", { class: "wrap" }, edge.memory_content
         ?? el("span", { class: "muted" }, "memory deleted"))))));
+  if (!more) return table;
+  return el("div", {}, table,
+    el("p", { class: "muted" }, `The oldest ${HISTORY_LIMIT} relations are shown; it has more.`));
 }
 
 async function showEntity(entityId) {
   const token = ++entityToken;
   try {
     const [history, near] = await Promise.all([
-      api(`${BASE}/graph/entities/${entityId}/history`),
+      api(`${BASE}/graph/entities/${entityId}/history?limit=${HISTORY_LIMIT}`),
       api(`${BASE}/graph/entities/${entityId}/neighbours?depth=1`),
     ]);
     if (token !== entityToken) return;
     const entity = history.entity;
     $("entity-detail").hidden = false;
     $("entity-name").textContent = `${entity.name} (${entity.entity_type})`;
-    $("entity-history").replaceChildren(historyTable(entity, history.items));
+    $("entity-history").replaceChildren(historyTable(entity, history.items, history.next_cursor !== null));
     $("entity-neighbours").replaceChildren(...(near.items.length ? near.items.map((n) => el("li", {},
       el("button", { type: "button", class: "secondary", onclick: () => showEntity(n.entity.id) },
         n.entity.name),
