@@ -139,6 +139,12 @@ class Settings(BaseSettings):
         "a byte arriving, from the end of its head on (docs/operations.md, \"Request "
         "limits\"): then the answer is a 408 and the connection is closed"
     )
+    serve_head_timeout_s: int = Field(
+        default=30, ge=1, le=3600, description="How long a request's line and headers may "
+        "take to arrive, from the connection's opening or the head's first byte on "
+        "(docs/operations.md, \"Request limits\"): then the answer is a 408 (or, when not "
+        "a byte came, nothing) and the connection is closed"
+    )
     serve_workers: int = Field(
         default=1, ge=1, le=64, description="API processes `roost serve` runs on its one port "
         "(`--workers`); above 1 a supervisor process starts and replaces them (docs/scale.md)"

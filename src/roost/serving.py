@@ -63,8 +63,9 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
     server's memory with one header.  The bytes read while a head is being parsed are
     counted here, before the parser sees them; past ``MAX_REQUEST_HEAD_BYTES`` the answer
     is a 431 and the connection is closed.  (uvicorn's h11 protocol has a limit,
-    ``h11_max_incomplete_event_size``, but parses slower.)  A body has a time limit too:
-    ``serve_body_timeout_s`` without a byte of it is a 408 (docs/operations.md)."""
+    ``h11_max_incomplete_event_size``, but parses slower.)  A head has a time limit too,
+    ``serve_head_timeout_s`` for all of it, and a body ``serve_body_timeout_s`` without a
+    byte of it: then the answer is a 408 (docs/operations.md)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -72,9 +73,19 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
         self._body_timeout_s = get_settings().serve_body_timeout_s
         self._body_timer: asyncio.TimerHandle | None = None  # set while a body is awaited
         self._body_seen = 0.0  # loop time the head ended or the body's last bytes came
+        self._head_timeout_s = get_settings().serve_head_timeout_s
+        self._head_timer: asyncio.TimerHandle | None = None  # set while a head is awaited
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # uvicorn times neither a new connection's first head nor a head begun on a kept-
+        # alive one (its first byte cancels the keep-alive timer): a client that sent
+        # nothing, or half a head, held its connection for as long as it liked.
+        self._start_head_timer()
 
     def on_headers_complete(self) -> None:
         self._head_left = None
+        self._cancel_head_timer()
         super().on_headers_complete()
         # Neither uvicorn nor httptools time a body out: a client that sent a head and
         # then stalled held its connection and request task for as long as it liked.
@@ -94,11 +105,13 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
         self._cancel_body_timer()
         super().connection_lost(exc)
 
     def handle_websocket_upgrade(self) -> None:
-        self._cancel_body_timer()  # the connection is another protocol's from now on
+        self._cancel_head_timer()  # the connection is another protocol's from now on
+        self._cancel_body_timer()
         super().handle_websocket_upgrade()
 
     def shutdown(self) -> None:
@@ -115,6 +128,35 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+
+    def _start_head_timer(self) -> None:
+        """The whole head has ``serve_head_timeout_s`` (unlike a body, not between two
+        reads: a head trickled a byte at a time is still bounded), as nginx's
+        ``client_header_timeout``."""
+        self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            # A head begun while an earlier request is answered: no answer can be written
+            # amid that one, and the connection is held by it anyway.  Once it is done,
+            # uvicorn's keep-alive timer closes the connection if no more bytes come.
+            self._start_head_timer()
+            return
+        if self._head_left == MAX_REQUEST_HEAD_BYTES:  # not a byte of a head: just close
+            self.transport.close()
+            return
+        self.logger.warning("Request head not complete after %d s.", self._head_timeout_s)
+        self._send_plain(408, f"the request line and headers did not arrive within "
+                              f"{self._head_timeout_s} seconds")
+        self.transport.close()
 
     def _body_timed_out(self) -> None:
         now = self.loop.time()
@@ -143,6 +185,8 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         left = self._head_left
+        if left is not None and self._head_timer is None:
+            self._start_head_timer()  # the first bytes of the next request's head
         if left is None or len(data) <= left:
             if left is not None:
                 self._head_left = left - len(data)

@@ -4,6 +4,7 @@ the media type of a JSON body, bodies the JSON decoder refuses, and HEAD."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import uuid
 from pathlib import Path
@@ -250,4 +251,81 @@ async def test_stopping_the_server_while_a_body_has_stalled_answers_503_without_
     finally:
         writer.close()
     assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert "Traceback" not in server.output, server.output[-3000:]
+
+
+async def _answer_before_close(reader: asyncio.StreamReader, wait_s: float) -> bytes | None:
+    """What the server sends before it closes the connection, or None when the connection
+    is still open after ``wait_s``."""
+    answer = b""
+    try:
+        async with asyncio.timeout(wait_s):
+            while chunk := await reader.read(1000):
+                answer += chunk
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return answer
+
+
+async def _held_head(host: str, port: int, first_bytes: bytes, *, kept_alive: bool = False,
+                     trickle: bool = False) -> bytes | None:
+    """Open a connection (after one whole request on it when ``kept_alive``), send
+    ``first_bytes`` of a head and then nothing (or, with ``trickle``, a byte of it every
+    half second): what the server answers before closing, None if still open at 30 s."""
+    reader, writer = await asyncio.open_connection(host, port)
+
+    async def trickle_bytes() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                await asyncio.sleep(0.5)
+                writer.write(b"x")
+                await writer.drain()
+
+    trickling: asyncio.Task[None] | None = None
+    try:
+        if kept_alive:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await asyncio.wait_for(reader.readexactly(length), 30)
+        if first_bytes:
+            writer.write(first_bytes)
+            await writer.drain()
+        if trickle:
+            trickling = asyncio.create_task(trickle_bytes())
+        return await _answer_before_close(reader, 30)
+    finally:
+        if trickling is not None:
+            trickling.cancel()
+        writer.close()
+
+
+async def test_a_request_head_that_does_not_arrive_in_time_is_answered_408_and_closed(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path, test_keys: KeyMaterial
+) -> None:
+    """A client that opens a connection and sends half a request head (or nothing, or
+    the head a byte at a time, or half the next head on a kept-alive connection) no
+    longer holds the connection for as long as it likes (slowloris on the head): after
+    ROOST_SERVE_HEAD_TIMEOUT_S for the whole head the answer is a 408 and the connection
+    is closed (a connection that sent no byte is just closed)."""
+    env = serve_env(pg_server, db_name, tmp_path / "data", test_keys,
+                    ROOST_SERVE_HEAD_TIMEOUT_S="2")
+    half = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: "
+    with roost_server(env) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        nothing, half_head, trickled, next_head = await asyncio.gather(
+            _held_head(host, int(port), b""),
+            _held_head(host, int(port), half),
+            _held_head(host, int(port), half, trickle=True),
+            _held_head(host, int(port), half, kept_alive=True))
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            assert (await client.get("/health")).status_code == 200  # a timely head is served
+    assert nothing == b"", nothing  # the old code: all of them still open (None)
+    for answer in (half_head, trickled, next_head):
+        assert answer is not None and answer.startswith(b"HTTP/1.1 408"), answer
     assert "Traceback" not in server.output, server.output[-3000:]
