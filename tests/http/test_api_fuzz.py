@@ -49,9 +49,11 @@ def _schemathesis(server: RunningServer, token: str, *extra: str) -> None:
          "--request-timeout", "20", "--exclude-path", "/metrics", *NO_OUTBOUND, *extra],
         capture_output=True, text=True, timeout=900, check=False,
     )
-    # The failures section first: the warnings after it can fill any tail.
-    failures = result.stdout.find("FAILURES")
-    shown = result.stdout[failures:failures + 6000] if failures >= 0 else result.stdout[-6000:]
+    # The errors and failures sections first: the warnings after them can fill any tail
+    # (a run with only an error, such as a request past its timeout, showed just warnings).
+    sections = [result.stdout[at:at + 6000] for at in (
+        result.stdout.find(title) for title in ("ERRORS", "FAILURES")) if at >= 0]
+    shown = "\n".join(sections) or result.stdout[-6000:]
     assert result.returncode == 0, shown + result.stderr[-2000:]
 
 
