@@ -12,7 +12,6 @@ import contextlib
 import inspect
 import os
 import pty
-import select
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import typer.main
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.keyfiles import load_keys
-from tests.support.cli import ROOST, command_env, run_roost
+from tests.support.cli import ROOST, command_env, readable, run_roost
 from tests.support.identity import make_user
 from tests.support.pg import PgTestServer, unique_db_name
 from tests.support.server import free_port, roost_server
@@ -722,8 +721,7 @@ async def test_a_secret_typed_at_a_terminal_is_not_echoed(
                               "secret-owner"], env)
         out, answers, deadline = b"", [secret, secret], time.monotonic() + 90
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if not ready:
+            if not readable(fd, 0.5):
                 continue
             try:
                 chunk = os.read(fd, 4096)

@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import make_url
 from tests.support.cli import ROOST, command_env, run_roost
 from tests.support.pg import PgTestServer, unique_db_name
-from tests.support.places import Place
+from tests.support.places import Place, public_tables
 
 from roost.config import Settings
 from roost.db.backup import SMALL_FILE_MAX, Target
@@ -241,18 +241,6 @@ def test_sigterm_during_a_backup_stops_pg_dump_and_leaves_nothing(
                 pass
 
 
-def _tables(url: str) -> int:
-    async def count() -> int:
-        conn = await asyncpg.connect(url)
-        try:
-            return int(await conn.fetchval(
-                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))
-        finally:
-            await conn.close()
-
-    return asyncio.run(count())
-
-
 def test_sigterm_during_a_restore_stops_pg_restore_and_writes_nothing(
     big: Place, tmp_path: Path, pg_server: PgTestServer,
 ) -> None:
@@ -280,7 +268,7 @@ def test_sigterm_during_a_restore_stops_pg_restore_and_writes_nothing(
         assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, stderr)
         assert "Traceback" not in stderr and "restore stopped" in stderr, stderr
         assert not restoring(), "pg_restore still runs after roost restore was terminated"
-        assert _tables(target.url) == 0
+        assert public_tables(target.url) == 0
         keys = target.data_dir / "keys"
         assert not keys.exists() or not any(keys.iterdir())
     finally:

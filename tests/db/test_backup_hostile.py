@@ -27,7 +27,7 @@ import asyncpg
 import pytest
 from tests.support.cli import run_roost
 from tests.support.pg import PgTestServer, unique_db_name
-from tests.support.places import Place
+from tests.support.places import Place, public_tables
 
 from roost.db import backup as backup_mod
 
@@ -93,25 +93,13 @@ def _rewrite_file(backup: Path, name: str, data: bytes) -> None:
     _edit_manifest(backup, fix)
 
 
-def _tables(url: str) -> int:
-    async def count() -> int:
-        conn = await asyncpg.connect(url)
-        try:
-            return int(await conn.fetchval(
-                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))
-        finally:
-            await conn.close()
-
-    return asyncio.run(count())
-
-
 def _refused_cleanly(done: subprocess.CompletedProcess[str], target: Place,
                      mentions: str) -> None:
     """Exit 1, one line naming the problem, no table restored, no key file written."""
     assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
     assert "Traceback" not in done.stderr, done.stderr
     assert mentions in done.stderr, done.stderr
-    assert _tables(target.url) == 0, "nothing may be restored from a corrupted backup"
+    assert public_tables(target.url) == 0, "nothing may be restored from a corrupted backup"
     keys = target.data_dir / "keys"
     assert not keys.exists() or not any(keys.iterdir()), "no key file may be written"
 
@@ -359,7 +347,7 @@ def test_a_force_restore_keeps_the_replaced_database_and_keys_aside(
     try:
         done = run_roost("restore", str(plain), "--force", env=target.env, timeout=300)
         assert done.returncode == 0, done.stderr
-        assert _tables(target.url) > 1
+        assert public_tables(target.url) > 1
         assert _fetchval(target.url, "SELECT to_regclass('public.precious') IS NULL")
         aside = [d for d in _databases_like(target.url, name) if d != name]
         assert len(aside) == 1 and aside[0].startswith(f"{name}_replaced_"), aside
@@ -406,7 +394,7 @@ def test_a_database_whose_name_needs_quoting_is_backed_up_and_restored_into(
         into = Place(_url_of(pg_server, into_name), tmp_path / "data")
         done = run_roost("restore", str(out), env=into.env, timeout=300)
         assert done.returncode == 0, done.stderr
-        assert _tables(into.url) == _tables(source.url) > 1
+        assert public_tables(into.url) == public_tables(source.url) > 1
     finally:
         for db in (from_name, into_name):
             _exec(pg_server.libpq_url("postgres"), f'DROP DATABASE "{db}" WITH (FORCE)')
@@ -432,7 +420,7 @@ def test_a_force_restore_into_a_63_byte_name_ending_in_restoring_keeps_the_old_d
         _exec(place.url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)")
         done = run_roost("restore", str(plain), "--force", env=place.env, timeout=300)
         assert done.returncode == 0, done.stderr
-        assert _tables(place.url) > 1
+        assert public_tables(place.url) > 1
         aside = [d for d in _databases_like(place.url, name[:30]) if d != name]
         assert len(aside) == 1 and aside[0] in done.stderr, (aside, done.stderr)
         old_url = urlsplit(place.url)._replace(path=f"/{aside[0]}").geturl()
@@ -481,7 +469,7 @@ def test_a_data_dir_where_keys_cannot_be_written_is_refused_before_restoring(
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr, done.stderr
     assert "is not a directory" in done.stderr, done.stderr
-    assert _tables(target.url) == 0
+    assert public_tables(target.url) == 0
 
 
 def test_a_base_backup_with_links_out_of_the_restore_dir_is_refused(tmp_path: Path) -> None:

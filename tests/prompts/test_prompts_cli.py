@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
-import select
 import subprocess
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import httpx
 from roost.db.engine import Database
 from tests.agents.test_agents_cli import cli_env
 from tests.prompts.conftest import make_group, publish
-from tests.support.cli import ROOST, command_env, run_roost
+from tests.support.cli import ROOST, command_env, readable, run_roost
 from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
 
@@ -29,7 +28,7 @@ def on_a_terminal(env: dict[str, str], *args: str) -> bytes:
         os.close(follower)
         assert proc.returncode == 0, proc.stderr
         out = b""
-        while select.select([leader], [], [], 1)[0]:
+        while readable(leader, 1):
             try:
                 chunk = os.read(leader, 65536)
             except OSError:  # the terminal's other end is closed: all read

@@ -15,6 +15,7 @@ import io
 import json
 import locale
 import os
+import selectors
 import shutil
 import socket
 import subprocess
@@ -139,3 +140,12 @@ def run_roost(*args: str, env: dict[str, str], timeout: float = 120,
         [ROOST, *args], env=full_env, capture_output=True, text=True, timeout=timeout,
         check=False, input=stdin if stdin is not None else "", cwd=workdir,
     )
+
+
+def readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` (a pseudo-terminal's end) has something to read within ``timeout``
+    seconds.  Poll-based: ``select.select`` refuses a descriptor numbered 1024 or more
+    ("filedescriptor out of range in select()"), which a long test worker reaches."""
+    with selectors.DefaultSelector() as chosen:
+        chosen.register(fd, selectors.EVENT_READ)
+        return bool(chosen.select(timeout))

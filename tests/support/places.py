@@ -3,8 +3,11 @@ restore tests)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+
+import asyncpg
 
 
 @dataclass
@@ -17,3 +20,17 @@ class Place:
     @property
     def env(self) -> dict[str, str]:
         return {"ROOST_DATABASE_URL": self.url, "ROOST_DATA_DIR": str(self.data_dir)}
+
+
+def public_tables(url: str) -> int:
+    """How many tables the database at ``url`` has in its public schema (0: nothing was
+    restored into it)."""
+    async def count() -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            return int(await conn.fetchval(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
