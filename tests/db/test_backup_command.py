@@ -18,27 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 from sqlalchemy import make_url
 from tests.support.cli import ROOST, command_env, run_roost
 from tests.support.pg import PgTestServer, unique_db_name
-from tests.support.places import Place, public_tables
+from tests.support.places import Place, execute_sql, public_tables
 
 from roost.config import Settings
 from roost.db.backup import SMALL_FILE_MAX, Target
 from roost.keyfiles import load_keys
-
-
-def _exec(url: str, sql: str) -> None:
-    async def go() -> None:
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
 
 
 def _clean(done: subprocess.CompletedProcess[str], code: int = 1) -> None:
@@ -111,7 +99,7 @@ def test_a_role_that_cannot_read_the_tables_gets_one_line(
     permission problem, exit 1, nothing left (it was an InsufficientPrivilegeError
     traceback)."""
     role = unique_db_name("command_role")
-    _exec(source.url, f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    execute_sql(source.url, f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
     try:
         dbname = urlsplit(source.url).path.lstrip("/")
         url = pg_server.url_for(dbname).set(
@@ -123,7 +111,7 @@ def test_a_role_that_cannot_read_the_tables_gets_one_line(
         assert "owner or a superuser" in done.stderr, done.stderr
         assert list(tmp_path.iterdir()) == []
     finally:
-        _exec(source.url, f"DROP OWNED BY {role}; DROP ROLE {role}")
+        execute_sql(source.url, f"DROP OWNED BY {role}; DROP ROLE {role}")
 
 
 def test_a_data_dir_without_a_database_is_not_backed_up_as_an_empty_one(
@@ -183,7 +171,7 @@ def big(pg_server: PgTestServer, template_db: str, source: Place) -> Iterator[Pl
     name = unique_db_name("command_big")
     asyncio.run(pg_server.create_database(name, template=template_db))
     url = pg_server.libpq_url(name)
-    _exec(url, "CREATE TABLE public.command_big AS SELECT g, md5(g::text) AS h "
+    execute_sql(url, "CREATE TABLE public.command_big AS SELECT g, md5(g::text) AS h "
                "FROM generate_series(1, 1500000) g")
     try:
         yield Place(url, source.data_dir)

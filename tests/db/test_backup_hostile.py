@@ -27,7 +27,7 @@ import asyncpg
 import pytest
 from tests.support.cli import run_roost
 from tests.support.pg import PgTestServer, unique_db_name
-from tests.support.places import Place, public_tables
+from tests.support.places import Place, execute_sql, public_tables
 
 from roost.db import backup as backup_mod
 
@@ -236,17 +236,6 @@ def test_a_passphrase_that_is_not_utf8_on_restore_is_named_as_such(
     assert "corrupted" not in done.stderr, done.stderr
 
 
-def _exec(url: str, sql: str) -> None:
-    async def go() -> None:
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
-
-
 def _fetchval(url: str, sql: str, *args: object) -> object:
     async def go() -> object:
         conn = await asyncpg.connect(url)
@@ -317,7 +306,7 @@ def test_a_force_restore_that_fails_keeps_the_old_database_and_keys(
     """--force with a backup that fails its check after pg_restore: it was restored into
     a staging database, dropped again; the old database and key files are untouched (they
     were dropped and overwritten before the check)."""
-    _exec(target.url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)")
+    execute_sql(target.url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)")
     keys = target.data_dir / "keys"
     keys.mkdir(parents=True)
     (keys / "secret_key").write_text("old-secret\n")
@@ -339,7 +328,7 @@ def test_a_force_restore_keeps_the_replaced_database_and_keys_aside(
 ) -> None:
     """--force that succeeds: the old database is renamed aside, the old key files are
     copied aside, and the output says where."""
-    _exec(target.url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)")
+    execute_sql(target.url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)")
     keys = target.data_dir / "keys"
     keys.mkdir(parents=True)
     (keys / "secret_key").write_text("old-secret\n")
@@ -361,7 +350,7 @@ def test_a_force_restore_keeps_the_replaced_database_and_keys_aside(
     finally:
         for leftover in _databases_like(target.url, name):
             if leftover != name:
-                _exec(target.url, f'DROP DATABASE "{leftover}" WITH (FORCE)')
+                execute_sql(target.url, f'DROP DATABASE "{leftover}" WITH (FORCE)')
 
 
 # --- unusual database names ----------------------------------------------------------------
@@ -383,9 +372,9 @@ def test_a_database_whose_name_needs_quoting_is_backed_up_and_restored_into(
     odd = {"space": " ", "quote": "' \\"}[quirk]
     name = f"odd{odd}db {uuid.uuid4().hex[:6]}"
     from_name, into_name = f"{name} src", f"{name} dst"
-    _exec(pg_server.libpq_url("postgres"),
+    execute_sql(pg_server.libpq_url("postgres"),
           f'CREATE DATABASE "{from_name}" TEMPLATE "{template_db}"')
-    _exec(pg_server.libpq_url("postgres"), f'CREATE DATABASE "{into_name}"')
+    execute_sql(pg_server.libpq_url("postgres"), f'CREATE DATABASE "{into_name}"')
     try:
         out = tmp_path / "b"
         done = run_roost("backup", str(out), env={
@@ -397,13 +386,13 @@ def test_a_database_whose_name_needs_quoting_is_backed_up_and_restored_into(
         assert public_tables(into.url) == public_tables(source.url) > 1
     finally:
         for db in (from_name, into_name):
-            _exec(pg_server.libpq_url("postgres"), f'DROP DATABASE "{db}" WITH (FORCE)')
+            execute_sql(pg_server.libpq_url("postgres"), f'DROP DATABASE "{db}" WITH (FORCE)')
 
 
 def _drop_databases_like(pg_server: PgTestServer, prefix: str) -> None:
     admin = pg_server.libpq_url("postgres")
     for db in _databases_like(admin, prefix):
-        _exec(admin, f'DROP DATABASE "{db}" WITH (FORCE)')
+        execute_sql(admin, f'DROP DATABASE "{db}" WITH (FORCE)')
 
 
 def test_a_force_restore_into_a_63_byte_name_ending_in_restoring_keeps_the_old_data(
@@ -414,10 +403,10 @@ def test_a_force_restore_into_a_63_byte_name_ending_in_restoring_keeps_the_old_d
     too."""
     name = ("p" + uuid.uuid4().hex + "q" * 30)[:53] + "_restoring"
     assert len(name.encode()) == 63
-    _exec(pg_server.libpq_url("postgres"), f'CREATE DATABASE "{name}"')
+    execute_sql(pg_server.libpq_url("postgres"), f'CREATE DATABASE "{name}"')
     place = Place(pg_server.libpq_url(name), tmp_path / "data")
     try:
-        _exec(place.url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)")
+        execute_sql(place.url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)")
         done = run_roost("restore", str(plain), "--force", env=place.env, timeout=300)
         assert done.returncode == 0, done.stderr
         assert public_tables(place.url) > 1
@@ -436,11 +425,11 @@ def test_a_force_restore_leaves_a_database_named_like_its_staging_one_alone(
     was dropped (a staging database is created under a name no database has)."""
     name = _db_name(target.url)
     neighbour = f"{name}_restoring"
-    _exec(target.url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (1)")
-    _exec(target.url, f'CREATE DATABASE "{neighbour}"')
+    execute_sql(target.url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (1)")
+    execute_sql(target.url, f'CREATE DATABASE "{neighbour}"')
     neighbour_url = urlsplit(target.url)._replace(path=f"/{neighbour}").geturl()
     try:
-        _exec(neighbour_url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (7)")
+        execute_sql(neighbour_url, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (7)")
         done = run_roost("restore", str(plain), "--force", env=target.env, timeout=300)
         assert done.returncode == 0, done.stderr
         assert _fetchval(neighbour_url, "SELECT x FROM precious") == 7
@@ -448,7 +437,7 @@ def test_a_force_restore_leaves_a_database_named_like_its_staging_one_alone(
             == [name, neighbour], "a staging database is left"
     finally:
         for db in _databases_like(target.url, f"{name}_"):
-            _exec(target.url, f'DROP DATABASE "{db}" WITH (FORCE)')
+            execute_sql(target.url, f'DROP DATABASE "{db}" WITH (FORCE)')
 
 
 @pytest.mark.parametrize("broken", ["data-dir-is-a-file", "keys-dir-is-a-file"])

@@ -34,3 +34,15 @@ def public_tables(url: str) -> int:
             await conn.close()
 
     return asyncio.run(count())
+
+
+def execute_sql(url: str, sql: str) -> None:
+    """Run ``sql`` on the database at ``url`` (a test's setup or tampering)."""
+    async def go() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
