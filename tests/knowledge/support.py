@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import text
 
 from roost.db.engine import Database
@@ -104,3 +105,11 @@ async def make_group(database: Database, name: str, *members: uuid.UUID) -> uuid
         for member in members:
             s.add(UserGroupMembership(user_id=member, group_id=group.id))
         return group.id
+
+
+async def upload(client: httpx.AsyncClient, headers: dict[str, str], name: str, data: bytes,
+                 content_type: str = "text/plain", **form: str) -> httpx.Response:
+    """``POST /api/v1/knowledge/documents`` of ``data`` as the file ``name`` (``form``: the
+    other fields, such as collection or tags)."""
+    return await client.post("/api/v1/knowledge/documents", headers=headers,
+                             files={"file": (name, data, content_type)}, data=form)

@@ -16,17 +16,11 @@ from roost.identity.tenancy import apply_principal
 from roost.knowledge.config import KnowledgeConfig
 from roost.pagination import encode_cursor
 from tests.knowledge.helpers import make_pdf
-from tests.knowledge.support import drain_jobs, make_group, principal
+from tests.knowledge.support import drain_jobs, make_group, principal, upload
 from tests.support.identity import make_user
 from tests.support.sql import fetch, scalar
 
 API = "/api/v1/knowledge"
-
-
-async def _upload(client: httpx.AsyncClient, headers: dict[str, str], name: str, data: bytes,
-                  content_type: str = "text/plain", **form: str) -> httpx.Response:
-    return await client.post(f"{API}/documents", headers=headers,
-                             files={"file": (name, data, content_type)}, data=form)
 
 
 async def test_upload_is_ingested_in_the_background_then_listed_fetched_and_deleted(
@@ -34,7 +28,7 @@ async def test_upload_is_ingested_in_the_background_then_listed_fetched_and_dele
 ) -> None:
     _, headers = await make_user(database)
     pdf = make_pdf(["Chapter one talks about rivers.", "Chapter two is about mountains."])
-    r = await _upload(kclient, headers, "atlas.pdf", pdf, "application/pdf",
+    r = await upload(kclient, headers, "atlas.pdf", pdf, "application/pdf",
                       collection="geo", tags='["maps", "nature"]')
     assert r.status_code == 202, r.text
     body = r.json()
@@ -56,7 +50,7 @@ async def test_upload_is_ingested_in_the_background_then_listed_fetched_and_dele
     assert [d["id"] for d in listed["items"]] == [doc["id"]]
 
     # Same file name again: the same document, chunks replaced, never duplicated.
-    r2 = await _upload(kclient, headers, "atlas.pdf", make_pdf(["Only one page now."]),
+    r2 = await upload(kclient, headers, "atlas.pdf", make_pdf(["Only one page now."]),
                        "application/pdf")
     assert r2.json()["document"]["id"] == doc["id"]
     await drain_jobs(database, kcfg)
@@ -73,18 +67,18 @@ async def test_upload_is_ingested_in_the_background_then_listed_fetched_and_dele
 
 async def test_bad_uploads(kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig) -> None:
     _, headers = await make_user(database)
-    too_big = await _upload(kclient, headers, "big.txt", b"a " * (40 * 1024))
+    too_big = await upload(kclient, headers, "big.txt", b"a " * (40 * 1024))
     assert too_big.status_code == 413
     assert too_big.headers["content-type"].startswith("application/problem+json")
-    assert (await _upload(kclient, headers, "empty.txt", b"")).status_code == 422
+    assert (await upload(kclient, headers, "empty.txt", b"")).status_code == 422
     many = [f"{i:03d}" + "t" * 87 for i in range(60)]
-    bad_tags = await _upload(kclient, headers, "t.txt", b"x", tags=json.dumps(many))
+    bad_tags = await upload(kclient, headers, "t.txt", b"x", tags=json.dumps(many))
     assert bad_tags.status_code == 422 and "5120" in bad_tags.json()["detail"]
 
     # An unsupported or corrupt file is accepted, then recorded as the document's error.
-    r = await _upload(kclient, headers, "photo.png", b"\x89PNG\r\n\x1a\n" + bytes(300), "image/png")
+    r = await upload(kclient, headers, "photo.png", b"\x89PNG\r\n\x1a\n" + bytes(300), "image/png")
     assert r.status_code == 202
-    bad_pdf = await _upload(kclient, headers, "bad.pdf", b"%PDF-1.7 not really", "application/pdf")
+    bad_pdf = await upload(kclient, headers, "bad.pdf", b"%PDF-1.7 not really", "application/pdf")
     await drain_jobs(database, kcfg)
     for resp, kind in ((r, "unsupported-document"), (bad_pdf, "corrupt-document")):
         doc = (await kclient.get(f"{API}/documents/{resp.json()['document']['id']}",
@@ -99,7 +93,7 @@ async def test_documents_and_runs_page_newest_first(
     kclient: httpx.AsyncClient, database: Database
 ) -> None:
     _, headers = await make_user(database)
-    uploads = [(await _upload(kclient, headers, f"{i}.txt", b"some text")).json() for i in range(3)]
+    uploads = [(await upload(kclient, headers, f"{i}.txt", b"some text")).json() for i in range(3)]
     for path, key in (("documents", "document"), ("ingestion-runs", "ingestion_run")):
         first = (await kclient.get(f"{API}/{path}", params={"limit": 2}, headers=headers)).json()
         rest = (await kclient.get(f"{API}/{path}", headers=headers,
@@ -132,7 +126,7 @@ async def test_other_users_documents_and_runs_are_404(
 ) -> None:
     _, alice = await make_user(database)
     _, bob = await make_user(database)
-    doc = (await _upload(kclient, alice, "a.txt", b"alice's text")).json()
+    doc = (await upload(kclient, alice, "a.txt", b"alice's text")).json()
     doc_id, run_id = doc["document"]["id"], doc["ingestion_run"]["id"]
     assert (await kclient.get(f"{API}/documents/{doc_id}", headers=bob)).status_code == 404
     assert (await kclient.delete(f"{API}/documents/{doc_id}", headers=bob)).status_code == 404
@@ -152,7 +146,7 @@ async def test_an_administrator_reads_changes_and_deletes_another_users_document
     as a user of their own, not only with the operator token); search stays scoped."""
     _, alice = await make_user(database)
     _, admin = await make_user(database, admin=True)
-    r = await _upload(kclient, alice, "adm.txt", b"aardwolf notes for the administrator")
+    r = await upload(kclient, alice, "adm.txt", b"aardwolf notes for the administrator")
     doc_id = r.json()["document"]["id"]
     await drain_jobs(database, kcfg)
     got = await kclient.get(f"{API}/documents/{doc_id}", headers=admin)
@@ -210,9 +204,9 @@ async def test_sharing_needs_group_membership_and_the_operator_owns_nothing(
     _, alice = await make_user(database)
     bob_id, _ = await make_user(database)
     theirs = await make_group(database, "bobs-team", bob_id)
-    r = await _upload(kclient, alice, "a.txt", b"text", group_id=str(theirs))
+    r = await upload(kclient, alice, "a.txt", b"text", group_id=str(theirs))
     assert r.status_code == 403
-    assert (await _upload(kclient, admin_headers, "a.txt", b"text")).status_code == 403
+    assert (await upload(kclient, admin_headers, "a.txt", b"text")).status_code == 403
 
 
 async def test_an_administrator_sharing_with_a_group_that_does_not_exist_gets_a_404(
@@ -221,9 +215,9 @@ async def test_an_administrator_sharing_with_a_group_that_does_not_exist_gets_a_
     """On upload and on PATCH: the field named, not the foreign key's 409."""
     _, root = await make_user(database, admin=True)
     missing = "0190b5e0-0000-7000-8000-000000000000"
-    refused = await _upload(kclient, root, "x.txt", b"x", group_id=missing)
+    refused = await upload(kclient, root, "x.txt", b"x", group_id=missing)
     assert refused.status_code == 404 and "group_id" in refused.text, refused.text
-    doc = (await _upload(kclient, root, "mine.txt", b"x")).json()["document"]["id"]
+    doc = (await upload(kclient, root, "mine.txt", b"x")).json()["document"]["id"]
     patched = await kclient.patch(f"{API}/documents/{doc}", headers=root,
                                   json={"group_id": missing})
     assert patched.status_code == 404 and "group_id" in patched.text, patched.text
@@ -237,8 +231,8 @@ async def test_an_administrator_naming_a_persona_that_does_not_exist_is_refused(
     _, root = await make_user(database, admin=True)
     owner_id, _ = await make_user(database)
     missing = "0190a1b2-0000-7000-8000-000000000001"
-    upload = await _upload(kclient, root, "a.txt", b"words", persona_id=missing)
-    assert upload.status_code == 422 and "persona_id" in upload.text, upload.text
+    uploaded = await upload(kclient, root, "a.txt", b"words", persona_id=missing)
+    assert uploaded.status_code == 422 and "persona_id" in uploaded.text, uploaded.text
     run = await kclient.post(f"{API}/ingestion-runs", headers=root,
                              json={"target": "https://example.com/", "persona_id": missing})
     assert run.status_code == 422 and "persona_id" in run.text, run.text
@@ -248,7 +242,7 @@ async def test_an_administrator_naming_a_persona_that_does_not_exist_is_refused(
         s.add(persona)
         await s.flush()
         persona_id = persona.id
-    ok = await _upload(kclient, root, "a.txt", b"words", persona_id=str(persona_id))
+    ok = await upload(kclient, root, "a.txt", b"words", persona_id=str(persona_id))
     assert ok.status_code == 202 and ok.json()["document"]["persona_id"] == str(persona_id)
 
 
@@ -261,7 +255,7 @@ async def test_unsharing_an_upload_while_its_ingestion_waits_sticks(
     alice_id, alice = await make_user(database)
     bob_id, bob = await make_user(database)
     group = await make_group(database, "team", alice_id, bob_id)
-    up = await _upload(kclient, alice, "later.txt", b"quarterly numbers " * 20,
+    up = await upload(kclient, alice, "later.txt", b"quarterly numbers " * 20,
                        group_id=str(group))
     doc = up.json()["document"]["id"]
     assert (await kclient.patch(f"{API}/documents/{doc}", headers=alice,
@@ -285,9 +279,9 @@ async def test_the_latest_upload_of_a_name_decides_its_sharing_even_before_the_f
     alice_id, alice = await make_user(database)
     bob_id, bob = await make_user(database)
     group = await make_group(database, "team", alice_id, bob_id)
-    first = await _upload(kclient, alice, "x.txt", HERONS, group_id=str(group))
+    first = await upload(kclient, alice, "x.txt", HERONS, group_id=str(group))
     assert first.status_code == 202, first.text
-    second = await _upload(kclient, alice, "x.txt", b"secret salary numbers " * 10)
+    second = await upload(kclient, alice, "x.txt", b"secret salary numbers " * 10)
     assert second.status_code == 202, second.text
     doc_id = second.json()["document"]["id"]
     assert second.json()["document"]["group_id"] is None
@@ -313,11 +307,11 @@ async def test_reuploading_without_the_group_unshares_the_old_chunks_too(
     alice_id, alice = await make_user(database)
     bob_id, _ = await make_user(database)
     team = await make_group(database, "team", alice_id, bob_id)
-    first = await _upload(kclient, alice, "plan.txt", b"confidential merger herons " * 20,
+    first = await upload(kclient, alice, "plan.txt", b"confidential merger herons " * 20,
                           group_id=str(team))
     assert first.status_code == 202, first.text
     await drain_jobs(database, kcfg)
-    again = await _upload(kclient, alice, "plan.txt", b"%PDF-1.4 broken", "application/pdf")
+    again = await upload(kclient, alice, "plan.txt", b"%PDF-1.4 broken", "application/pdf")
     assert again.status_code == 202 and again.json()["document"]["group_id"] is None
 
     async def bob_sees() -> tuple[int, int]:
@@ -342,11 +336,11 @@ async def test_a_failed_reupload_into_another_collection_moves_the_old_chunks_wi
     "new" whose ingestion fails (the old chunks are kept), a search in "new" finds the
     document's chunks and a search in "old" (where it no longer is) finds nothing."""
     _, alice = await make_user(database)
-    first = await _upload(kclient, alice, "n.txt", b"notes about herons " * 20,
+    first = await upload(kclient, alice, "n.txt", b"notes about herons " * 20,
                           collection="old")
     await drain_jobs(database, kcfg)
     doc_id = first.json()["document"]["id"]
-    again = await _upload(kclient, alice, "n.txt", b"\x89PNG\r\n\x1a\n" + bytes(100),
+    again = await upload(kclient, alice, "n.txt", b"\x89PNG\r\n\x1a\n" + bytes(100),
                           "image/png", collection="new")
     assert again.status_code == 202, again.text
     await drain_jobs(database, kcfg)
@@ -371,7 +365,7 @@ async def test_a_document_deleted_while_its_upload_is_ingested_stays_deleted(
     import roost.knowledge.ingest as ingest_mod
 
     _, headers = await make_user(database)
-    up = (await _upload(kclient, headers, "d.txt", HERONS)).json()
+    up = (await upload(kclient, headers, "d.txt", HERONS)).json()
     doc_id = up["document"]["id"]
     real = ingest_mod.cpu_bound
 
@@ -393,13 +387,13 @@ async def test_a_renamed_upload_is_not_overwritten_by_an_upload_of_its_old_name(
     kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig,
 ) -> None:
     _, headers = await make_user(database)
-    first = (await _upload(kclient, headers, "draft.txt", b"the original final text " * 5)).json()
+    first = (await upload(kclient, headers, "draft.txt", b"the original final text " * 5)).json()
     await drain_jobs(database, kcfg)
     doc_id = first["document"]["id"]
     r = await kclient.patch(f"{API}/documents/{doc_id}", headers=headers,
                             json={"name": "final.txt"})
     assert r.status_code == 200, r.text
-    new = (await _upload(kclient, headers, "draft.txt", b"a brand new draft " * 5)).json()
+    new = (await upload(kclient, headers, "draft.txt", b"a brand new draft " * 5)).json()
     assert new["document"]["id"] != doc_id
     await drain_jobs(database, kcfg)
     kept = (await kclient.get(f"{API}/documents/{doc_id}", headers=headers)).json()
@@ -408,7 +402,7 @@ async def test_a_renamed_upload_is_not_overwritten_by_an_upload_of_its_old_name(
     assert "original" in chunks[0]["content"], chunks
 
     # Uploading final.txt again replaces the renamed document, as for any upload.
-    again = (await _upload(kclient, headers, "final.txt", b"the final text, revised " * 5)).json()
+    again = (await upload(kclient, headers, "final.txt", b"the final text, revised " * 5)).json()
     assert again["document"]["id"] == doc_id
     # Renaming onto the name of another upload is refused; both stay as they were.
     clash = await kclient.patch(f"{API}/documents/{doc_id}", headers=headers,
@@ -430,7 +424,7 @@ async def test_renaming_follows_the_upload_name_rules(
     a 422 when nothing is left: so an upload of the new name replaces the renamed
     document, as the docs say, and no name carries newlines, RTL overrides or nothing."""
     _, headers = await make_user(database)
-    doc = (await _upload(kclient, headers, "p.txt", b"words")).json()["document"]
+    doc = (await upload(kclient, headers, "p.txt", b"words")).json()["document"]
     r = await kclient.patch(f"{API}/documents/{doc['id']}", headers=headers, json={"name": name})
     if stored is None:
         assert r.status_code == 422 and "name" in r.json()["detail"], r.text
@@ -438,7 +432,7 @@ async def test_renaming_follows_the_upload_name_rules(
                                   headers=headers)).json()["name"] == "p.txt"
         return
     assert (r.status_code, r.json()["name"]) == (200, stored), r.text
-    again = (await _upload(kclient, headers, stored, b"new words")).json()
+    again = (await upload(kclient, headers, stored, b"new words")).json()
     assert again["document"]["id"] == doc["id"], "uploading the new name made a new document"
 
 
@@ -447,7 +441,7 @@ async def test_patching_collection_to_empty_means_no_collection(
 ) -> None:
     """As on upload, an empty collection means none (not a collection named "")."""
     _, headers = await make_user(database)
-    doc = (await _upload(kclient, headers, "a.txt", b"words", collection="")).json()["document"]
+    doc = (await upload(kclient, headers, "a.txt", b"words", collection="")).json()["document"]
     assert doc["collection"] is None
     await drain_jobs(database, kcfg)
     r = await kclient.patch(f"{API}/documents/{doc['id']}", headers=headers,

@@ -19,17 +19,11 @@ from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.ingest import run_ingestion
 from roost.knowledge.parsing import ParsedDocument
 from tests.knowledge.helpers import make_pdf, surrogate_pdf
-from tests.knowledge.support import drain_jobs, ingest, principal, start_run
+from tests.knowledge.support import drain_jobs, ingest, principal, start_run, upload
 from tests.support.identity import make_user
 from tests.support.sql import fetch, scalar
 
 API = "/api/v1/knowledge"
-
-
-async def _upload(client: httpx.AsyncClient, headers: dict[str, str], name: str, data: bytes,
-                  content_type: str = "text/plain", **form: str) -> httpx.Response:
-    return await client.post(f"{API}/documents", headers=headers,
-                             files={"file": (name, data, content_type)}, data=form)
 
 
 async def _outcome(client: httpx.AsyncClient, headers: dict[str, str],
@@ -64,7 +58,7 @@ async def test_a_declared_charset_that_is_not_a_text_encoding_is_ignored(
     """A Content-Type charset naming a codec that is no text encoding (or one that
     decodes nothing) is ignored as an unknown name is, not a crash of the run."""
     _, headers = await make_user(database)
-    answer = await _upload(kclient, headers, "c.txt", b"herons wade in water",
+    answer = await upload(kclient, headers, "c.txt", b"herons wade in water",
                            f"text/plain; charset={charset}")
     assert answer.status_code == 202, answer.text
     await drain_jobs(database, kcfg)
@@ -80,7 +74,7 @@ async def test_an_html_meta_charset_of_utf16_in_ascii_bytes_is_read_as_utf8(
     _, headers = await make_user(database)
     page = (b'<html><head><meta charset="utf-16"></head>'
             b"<body><p>Herons wade in water.</p></body></html>")
-    answer = await _upload(kclient, headers, "p.html", page, "text/html")
+    answer = await upload(kclient, headers, "p.html", page, "text/html")
     assert answer.status_code == 202, answer.text
     await drain_jobs(database, kcfg)
     doc, _run, chunks = await _outcome(kclient, headers, answer)
@@ -109,7 +103,7 @@ async def test_a_nul_in_a_pdf_title_is_dropped(
     """A NUL in a PDF's /Title is dropped as in its page text: the chunks' metadata
     (jsonb) cannot hold one."""
     _, headers = await make_user(database)
-    answer = await _upload(kclient, headers, "t.pdf",
+    answer = await upload(kclient, headers, "t.pdf",
                            make_pdf(["herons wade in water"], title="a\x00b"), "application/pdf")
     assert answer.status_code == 202, answer.text
     await drain_jobs(database, kcfg)
@@ -137,7 +131,7 @@ async def test_pdf_text_mapped_to_lone_surrogates_is_stored_with_replacement_cha
     """A ToUnicode map giving U+D800 (no character) makes U+FFFD (which the tokenizer
     may leave out of the chunk), not a crash of the tokenizer or of the database."""
     _, headers = await make_user(database)
-    answer = await _upload(kclient, headers, "s.pdf", surrogate_pdf(), "application/pdf")
+    answer = await upload(kclient, headers, "s.pdf", surrogate_pdf(), "application/pdf")
     assert answer.status_code == 202, answer.text
     await drain_jobs(database, kcfg)
     doc, run, chunks = await _outcome(kclient, headers, answer)
@@ -153,7 +147,7 @@ async def test_tags_with_a_lone_surrogate_escape_are_a_422(
 ) -> None:
     """Upload tags '["\\ud800"]' (a JSON escape of a lone surrogate) get a 422, not a 500."""
     _, headers = await make_user(database)
-    answer = await _upload(kclient, headers, "s.txt", b"words", tags='["\\ud800"]')
+    answer = await upload(kclient, headers, "s.txt", b"words", tags='["\\ud800"]')
     assert answer.status_code == 422, (answer.status_code, answer.text[:300])
     assert "valid Unicode" in answer.json()["detail"]
     assert await scalar(database, "SELECT count(*) FROM documents") == 0

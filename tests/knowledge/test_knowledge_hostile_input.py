@@ -17,19 +17,13 @@ import pytest
 from roost.db.engine import Database
 from roost.knowledge.config import KnowledgeConfig
 from tests.knowledge.helpers import LoopbackServer, pdf_file
-from tests.knowledge.support import drain_jobs
+from tests.knowledge.support import drain_jobs, upload
 from tests.support.identity import make_user
 from tests.support.sql import scalar
 
 API = "/api/v1/knowledge"
 FETCH_REFUSED = "https://roost.dev/problems/fetch-refused"
 INVALID_URL = "https://roost.dev/problems/invalid-url"
-
-
-async def _upload(client: httpx.AsyncClient, headers: dict[str, str], name: str, data: bytes,
-                  content_type: str = "text/plain", **form: str) -> httpx.Response:
-    return await client.post(f"{API}/documents", headers=headers,
-                             files={"file": (name, data, content_type)}, data=form)
 
 
 async def _run_errors(client: httpx.AsyncClient, headers: dict[str, str],
@@ -139,16 +133,16 @@ async def test_an_upload_s_name_becomes_a_plain_label(
     user_id, headers = await make_user(database)
     stored = {}
     for sent in NAMES:
-        answer = await _upload(kclient, headers, sent, b"plain words about herons")
+        answer = await upload(kclient, headers, sent, b"plain words about herons")
         assert answer.status_code == 202, (sent[:40], answer.text)
         stored[sent] = answer.json()["document"]["name"]
     assert stored == NAMES
     for nameless in ("/", " ", "\\"):
-        refused = await _upload(kclient, headers, nameless, b"words")
+        refused = await upload(kclient, headers, nameless, b"words")
         assert refused.status_code == 422, (nameless, refused.text)
         assert refused.json()["detail"] == "the uploaded file needs a file name"
     # A name past the multipart parser's header limit: the whole request is malformed.
-    too_long = await _upload(kclient, headers, "x" * 5000 + ".txt", b"words")
+    too_long = await upload(kclient, headers, "x" * 5000 + ".txt", b"words")
     assert too_long.status_code == 400, too_long.text
     assert too_long.json()["detail"] == "Invalid multipart data."
     # One document per name (a name uploaded again replaces its document).
@@ -176,7 +170,7 @@ async def test_a_hostile_content_type_is_refused_or_read_for_what_the_file_is(
     content_type: str, outcome: int | str,
 ) -> None:
     _, headers = await make_user(database)
-    answer = await _upload(kclient, headers, "c.txt", "words + é\n".encode(), content_type)
+    answer = await upload(kclient, headers, "c.txt", "words + é\n".encode(), content_type)
     if isinstance(outcome, int):
         assert answer.status_code == outcome, answer.text
         assert answer.json()["detail"]
@@ -235,7 +229,7 @@ async def test_a_malformed_upload_ends_ready_or_with_a_clear_error(
     name: str, data: bytes, content_type: str, chunks: list[str], error: str | None,
 ) -> None:
     _, headers = await make_user(database)
-    answer = await _upload(kclient, headers, name, data, content_type)
+    answer = await upload(kclient, headers, name, data, content_type)
     assert answer.status_code == 202, answer.text
     await drain_jobs(database, kcfg)
     doc_id = answer.json()["document"]["id"]
@@ -261,7 +255,7 @@ async def test_hostile_tags_are_a_422_naming_the_problem(
         (json.dumps([1, 2]), "tags must be strings"),
         ("[" * 10_000, "request has invalid or missing fields; see errors"),
     ):
-        answer = await _upload(kclient, headers, "t.txt", b"words", tags=tags)
+        answer = await upload(kclient, headers, "t.txt", b"words", tags=tags)
         assert answer.status_code == 422, (tags[:30], answer.text)
         assert answer.json()["detail"] == detail, (tags[:30], answer.text)
     assert await scalar(database, "SELECT count(*) FROM documents") == 0
@@ -274,7 +268,7 @@ async def test_deeply_nested_tags_within_the_field_limit_are_a_422(
     """Thousands of nested arrays (under the form field's 8192 characters) exhaust the JSON
     parser's recursion: a 422 like any malformed tags, not a 500."""
     _, headers = await make_user(database)
-    answer = await _upload(kclient, headers, "h.txt", b"hostile form", tags=tags)
+    answer = await upload(kclient, headers, "h.txt", b"hostile form", tags=tags)
     assert answer.status_code == 422, (answer.status_code, answer.text[:500])
     assert "tags is not a valid JSON array" in answer.json()["detail"], answer.text[:500]
     assert await scalar(database, "SELECT count(*) FROM documents") == 0
