@@ -210,6 +210,8 @@ def serve(
     with_worker = settings.serve_worker if worker is None else worker
     processes = settings.serve_workers if workers is None else workers
     bind_host, bind_port = host or settings.host, port or settings.port
+    if with_worker:
+        worker_config(settings)  # ROOST_WORKER_* read now: a mistake is said before any start
     if processes > 1:
         from roost.serving import serve_processes
 

@@ -138,6 +138,21 @@ async def test_worker_refuses_queues_that_name_no_queue(
     assert message in result.stderr
 
 
+@pytest.mark.parametrize("queues", [",", " , ", "ok,bad\tname," + "q" * 65])
+def test_serve_refuses_a_worker_queue_setting_that_names_no_queue(
+    tmp_path: Path, queues: str
+) -> None:
+    """`roost serve` runs a worker too: ROOST_WORKER_QUEUES="," must not make it a worker
+    of every queue; it is said before the database starts, as `roost worker` says it."""
+    env = {"ROOST_DATABASE_URL": "postgresql://roost:pw@127.0.0.1:1/nowhere",
+           "ROOST_DATA_DIR": str(tmp_path / "data"), "ROOST_WORKER_QUEUES": queues}
+    result = _roost(env, "serve", "--port", "1", timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "ROOST_WORKER_QUEUES" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "every queue" in result.stderr or "invalid queue name" in result.stderr
+
+
 async def test_worker_refuses_a_database_without_the_task_tables(
     pg_server: Any, tmp_path: Path
 ) -> None:

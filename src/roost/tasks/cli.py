@@ -277,7 +277,7 @@ def worker_command(
         raise fail("cannot import", exc, code=2) from exc
     # Queues given that name none ("", ","; an empty ROOST_WORKER_QUEUES is unset) must
     # not turn into a worker of every queue; nor may a name no job could carry.
-    given = queues if queues is not None else (ws.queues or None)
+    given = queues if queues is not None else ws.queues
     picked = parse_queues(given)
     if given is not None and picked is None:
         raise fail("no queue names given", "--queues or ROOST_WORKER_QUEUES names no queue; "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,25 @@ class WorkerSettings(BaseSettings):
         "before they are released back to the queue"
     )
     schedules: bool = Field(default=True, description="Fire periodic jobs from this worker")
+
+    @field_validator("queues")
+    @classmethod
+    def _names_a_queue(cls, value: str | None) -> str | None:
+        """Set to names that name none (","), it must not mean every queue (what unset
+        means) for ``roost worker`` nor for the worker in ``roost serve``; "" is unset."""
+        from roost.tasks.handlers import valid_queue_name
+        from roost.tasks.worker import parse_queues
+
+        if not value:
+            return None
+        names = parse_queues(value)
+        if names is None:
+            raise ValueError("no queue names given; leave it unset to take jobs from every queue")
+        bad = [name for name in names if not valid_queue_name(name)]
+        if bad:
+            raise ValueError(f"invalid queue name {bad[0][:80]!r}: a queue name is 1-64 "
+                             "characters without NUL characters")
+        return value
     completed_retention_days: int | None = Field(
         default=14, ge=1, le=36_500, description="Completed and cancelled jobs older than this are "
         "deleted by the tasks.prune schedule; unset keeps them"
