@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
+from roost.llm.types import ChatChunk, StreamAccumulator, ToolCallDelta
 from tests.llm.sse import v1_frames
 from tests.support.identity import make_user
 
@@ -509,3 +510,25 @@ async def test_a_provider_repeating_the_tool_calls_id_and_name_is_relayed_once(
     joined["arguments"] = "".join(d["function"]["arguments"] for d in deltas)
     assert joined == {"id": "call_1", "type": "function", "name": "lookup",
                       "arguments": '{"q": "roost"}'}, deltas
+
+
+async def test_a_streamed_tool_call_without_an_id_reaches_the_client_with_one(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A provider streaming a tool call with no id: the client still gets one (it answers
+    the call with a tool message naming it), the same one the stored answer keeps."""
+    piece = {"index": 0, "function": {"name": "lookup", "arguments": '{"q": 1}'}}
+    events = [chunk({"role": "assistant"}), chunk({"tool_calls": [piece]}),
+              chunk({}, "tool_calls"), "data: [DONE]\n\n"]
+    async with RawServer(sse_answer(events)) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", {**CHAT, "stream": True},
+                                  user[1])
+        assert status == 200, body
+    deltas = [call for frame in v1_frames(body)[:-1]
+              for call in frame["choices"][0]["delta"].get("tool_calls", [])]
+    assert [d.get("id") for d in deltas if "id" in d] == ["call_0"], deltas
+    assert deltas[0]["type"] == "function"
+    kept = StreamAccumulator()
+    kept.add(ChatChunk(tool_calls=[ToolCallDelta(index=0, name="lookup", arguments="{}")]))
+    assert [call.id for call in kept.result().tool_calls] == ["call_0"]

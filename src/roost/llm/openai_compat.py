@@ -29,6 +29,7 @@ from roost.llm.types import (
     HealthResult,
     ToolCall,
     ToolCallDelta,
+    fallback_tool_call_id,
 )
 
 FLOAT32_MAX: Final = 3.4028234663852886e38  # the largest finite float32
@@ -77,7 +78,7 @@ def parse_openai_chat(data: Any, latency_ms: int = 0) -> ChatResult:
         model=data.get("model"),
         tool_calls=[
             ToolCall(
-                id=str(tc.get("id") or f"call_{i}"),
+                id=str(tc.get("id") or fallback_tool_call_id(i)),
                 name=tc["function"]["name"],
                 arguments=tc["function"].get("arguments") or "{}",
             )

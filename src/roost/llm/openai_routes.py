@@ -39,7 +39,13 @@ from roost.llm import calls, routing
 from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.llm.gateway import LLMGateway
 from roost.llm.schemas import EnsembleSpec
-from roost.llm.types import ChatMessage, ChatRequest, ChatResult, ToolCallDelta
+from roost.llm.types import (
+    ChatMessage,
+    ChatRequest,
+    ChatResult,
+    ToolCallDelta,
+    fallback_tool_call_id,
+)
 from roost.principal import Principal
 
 log = structlog.get_logger(__name__)
@@ -316,7 +322,8 @@ async def _stream(
 
 
 def _tool_call_delta(tc: ToolCallDelta, sent: dict[int, ToolCallDelta]) -> dict[str, Any]:
-    """``tc`` as OpenAI streams a tool call: its id, type and name only the first time its
+    """``tc`` as OpenAI streams a tool call: its id (made up when the provider's first
+    piece has none: clients answer a call by its id), type and name only the first time its
     index has them (some providers repeat them in every delta, and OpenAI clients join
     every string they get for an index: "call_1call_1"), ``arguments`` always a string
     (a client's assembled call has text to parse even when it has no arguments).
@@ -324,8 +331,9 @@ def _tool_call_delta(tc: ToolCallDelta, sent: dict[int, ToolCallDelta]) -> dict[
     seen = sent.setdefault(tc.index, ToolCallDelta(index=tc.index))
     out: dict[str, Any] = {"index": tc.index}
     function: dict[str, Any] = {}
-    if tc.id and not seen.id:
-        out["id"], out["type"], seen.id = tc.id, "function", tc.id
+    if not seen.id:  # a provider that gives none: the id a non-streamed answer would have
+        seen.id = tc.id or fallback_tool_call_id(tc.index)
+        out["id"], out["type"] = seen.id, "function"
     if tc.name and not seen.name:
         function["name"] = seen.name = tc.name
     function["arguments"] = tc.arguments

@@ -246,8 +246,9 @@ class StreamAccumulator:
 
     def result(self, *, latency_ms: int = 0) -> ChatResult:
         tool_calls = [
-            ToolCall(id=t["id"], name=t["name"], arguments=t["arguments"] or "{}")
-            for _, t in sorted(self._tools.items())
+            ToolCall(id=t["id"] or fallback_tool_call_id(index), name=t["name"],
+                     arguments=t["arguments"] or "{}")
+            for index, t in sorted(self._tools.items())
         ]
         return ChatResult(
             content=self.content,
@@ -260,6 +261,11 @@ class StreamAccumulator:
             latency_ms=latency_ms,
             raw={"streamed": True, "chunks": self.chunks},
         )
+
+
+def fallback_tool_call_id(index: int) -> str:
+    """The id of a tool call a provider gave none (a tool's answer names its call by id)."""
+    return f"call_{index}"
 
 
 def estimate_tokens(text: str) -> int:
