@@ -146,3 +146,18 @@ async def test_stored_control_characters_are_printed_escaped(
     for cmd, out in outs.items():
         assert out.returncode == 0, (cmd, out.stderr)
         assert "\x1b" not in out.stdout and "\\x1b]0;pwned" in out.stdout, (cmd, out.stdout)
+
+
+async def test_a_name_with_bidi_controls_cannot_reorder_the_listing(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """A project name holding a right-to-left override (U+202E) would make the terminal
+    show the text after it reversed ("Trojan Source"): it is printed as its escape."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="bidi")
+    name = "invoice\u202etxt.exe"
+    out = run_roost("projects", "add", name, "--user", "bidi", env=env)
+    assert out.returncode == 0, out.stderr
+    listed = run_roost("projects", "ls", "--user", "bidi", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "\u202e" not in listed.stdout
+    assert "invoice\\u202etxt.exe" in listed.stdout.replace("\n", ""), listed.stdout
