@@ -315,6 +315,50 @@ async def test_a_run_reaching_the_steps_cap_fails_naming_it(
     assert "limit of 50 steps" in run["error_message"], run["error_message"]
 
 
+def _big_template_loop(iterations: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """template_loop whose body renders 1,000 characters each time."""
+    nodes, edges = template_loop(iterations)
+    for item in nodes:
+        if item["id"] == "b":
+            item["data"]["template"] = "{{ 'x' * 1000 }}"
+    return nodes, edges
+
+
+async def test_a_run_reaching_the_stored_output_cap_fails_naming_it(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loop keeping a large output would store up to 100,000 of them: the run fails
+    naming the cap on what one run may store, with its steps under it."""
+    monkeypatch.setattr(execution, "MAX_STORED_CHARS_PER_RUN", 20_000)
+    _, headers = user
+    workflow_id = await publish(client, headers, *_big_template_loop(1000))
+    run = await start(client, headers, workflow_id)
+    assert run["status"] == "failed", run["status"]
+    assert "characters of stored output" in run["error_message"], run["error_message"]
+    stored = await fetch(database, "SELECT count(*) AS n, sum(length(output::text)) AS chars "
+                                   "FROM run_steps WHERE run_id = :r", r=run["id"])
+    assert 10 < stored[0].n < 60 and stored[0].chars <= 25_000, stored
+
+
+async def test_the_stored_output_cap_counts_across_the_jobs_of_a_run(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], worker: Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Computed by jobs a few nodes at a time, the run still stops at the cap: what it
+    stored is counted with the run, not per transaction."""
+    monkeypatch.setattr(execution, "MAX_STORED_CHARS_PER_RUN", 20_000)
+    monkeypatch.setattr(execution, "INLINE_SECONDS_PER_REQUEST", 0.0)
+    monkeypatch.setattr(execution, "INLINE_STEPS_PER_REQUEST", 3)
+    _, headers = user
+    workflow_id = await publish(client, headers, *_big_template_loop(1000))
+    run = await start(client, headers, workflow_id)
+    done = await wait_for(client, headers, run["id"], within=120)
+    assert done["status"] == "failed", done["status"]
+    assert "characters of stored output" in done["error_message"], done["error_message"]
+    assert len(done["steps"]) < 60, len(done["steps"])
+
+
 async def test_starting_a_run_does_not_execute_a_whole_loop_inside_the_request(
     client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], worker: Worker,
     monkeypatch: pytest.MonkeyPatch,

@@ -63,6 +63,9 @@ NODE_TASK: Final = "workflows.node"
 APPROVAL_TIMEOUT_TASK: Final = "workflows.approval_timeout"
 STEP_TYPE: Final = "workflow_node"
 MAX_STEPS_PER_RUN: Final = 100_000  # loops included: a runaway graph stops here
+# What a run's steps may store in all (their outputs and inputs as JSON characters): each
+# output is capped, but 100,000 steps of a big one would fill the disk.
+MAX_STORED_CHARS_PER_RUN: Final = 64_000_000
 # Inline nodes a transaction outside a job computes before handing the rest to a job.
 INLINE_STEPS_PER_REQUEST: Final = 100
 INLINE_SECONDS_PER_REQUEST: Final = 5.0  # far above a small graph's, even on a loaded machine
@@ -117,6 +120,18 @@ def storable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [storable(v) for v in value]
     return value
+
+
+def stored_size(value: Any) -> int:
+    """About what ``value`` takes in a step's jsonb column (its JSON text's length)."""
+    if value is None:
+        return 0
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+
+
+def stored_cap_reason() -> str:
+    return (f"the run's steps reached the limit of {MAX_STORED_CHARS_PER_RUN:,} characters "
+            "of stored output per run (a loop that keeps a large output?)")
 
 
 def steps_cap_reason() -> str:
@@ -175,6 +190,7 @@ class Progress:
     kept_for_job: bool = False
     failure: str | None = None
     next_number: int = 0
+    stored_chars: int = 0  # what the run's steps store so far (MAX_STORED_CHARS_PER_RUN)
     changed: list[str] = field(default_factory=list)
     inline_ran: int = 0  # inline nodes computed in this transaction
     inline_since: float | None = None  # when the first of them was (time.monotonic)
@@ -193,7 +209,8 @@ class Progress:
         outputs = await completed_outputs(session, run_id)
         return cls(session=session, run=run, wrun=wrun, plan=plan,
                    scheduler=Scheduler(plan, State.load(wrun.state)), outputs=outputs,
-                   job_id=job_id, next_number=run.steps_count + 1)
+                   job_id=job_id, next_number=run.steps_count + 1,
+                   stored_chars=int((wrun.state or {}).get("stored_chars") or 0))
 
     @property
     def active(self) -> bool:
@@ -201,6 +218,14 @@ class Progress:
 
     def names(self) -> dict[str, Any]:
         return variables(self.plan, run_inputs(self.run), self.outputs)
+
+    def _store(self, *values: Any) -> None:
+        """Count ``values`` as stored by the run; NodeFailed when they would take it past
+        :data:`MAX_STORED_CHARS_PER_RUN`."""
+        size = sum(stored_size(v) for v in values)
+        if self.stored_chars + size > MAX_STORED_CHARS_PER_RUN:
+            raise NodeFailed(stored_cap_reason())
+        self.stored_chars += size
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -210,6 +235,8 @@ class Progress:
                       input_: dict[str, Any] | None = None) -> uuid.UUID:
         if self.next_number > MAX_STEPS_PER_RUN:
             raise NodeFailed(steps_cap_reason())
+        output, input_ = storable(output), storable(input_)
+        self._store(output, input_)
         now = utcnow()
         done = status not in OPEN_STEP_STATUSES
         step = RunStep(
@@ -221,7 +248,7 @@ class Progress:
                    **({"arrived": list(activation.arrived)}
                       if activation.arrived is not None else {}),
                    **(input_ or {})},
-            output=storable(output), error=storable(error),
+            output=output, error=storable(error),
             started_at=now if status != "pending" else None,
             finished_at=now if done else None, duration_ms=0 if done else None,
             created_at=now)
@@ -235,6 +262,11 @@ class Progress:
         """``step`` finished with ``output``: record it and schedule what follows.  False
         when the step was closed meanwhile (the run cancelled): nothing happens then."""
         output = storable(output)
+        try:
+            self._store(output)
+        except NodeFailed as exc:  # the step fails, naming the cap, and so the run
+            await self.fail(step, exc.reason)
+            return True
         now = utcnow()
         started = step.started_at or now
         closed = (await self.session.execute(
@@ -344,6 +376,11 @@ class Progress:
         if step is None:
             await self._insert(activation, node, status="completed", output=output)
         else:
+            try:
+                self._store(output)
+            except NodeFailed as exc:
+                await self.fail(step, exc.reason)
+                return []
             await self.session.execute(
                 update(RunStep).where(RunStep.id == step.id)
                 .values(status="completed", output=output, error=None, finished_at=utcnow(),
@@ -427,7 +464,7 @@ class Progress:
         """Store the scheduler's state and the run's counters; end the run when it failed
         or when nothing is left to run; tell listeners."""
         await self.session.flush()
-        self.wrun.state = self.scheduler.state.dump()
+        self.wrun.state = {**self.scheduler.state.dump(), "stored_chars": self.stored_chars}
         values: dict[str, Any] = {"steps_count": self.next_number - 1, "updated_at": utcnow()}
         end: str | None = None
         if self.failure is not None and self.run.status == "running":
