@@ -4,6 +4,7 @@ real commit (read back with dulwich), the real diff, and hostile input is refuse
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -15,9 +16,10 @@ from dulwich.objects import Blob, Commit
 from dulwich.repo import Repo
 from sqlalchemy import text
 
-from roost.codeversions import repos
+from roost.codeversions import repos, service
 from roost.codeversions.config import CodeVersionsConfig
 from roost.db.engine import Database
+from roost.errors import PayloadTooLarge
 from tests.codeversions.conftest import Headers, chat_session, commit, make_run
 
 
@@ -356,3 +358,107 @@ async def test_commit_is_audited(client: httpx.AsyncClient, user: tuple[uuid.UUI
             "AND resource_id = :id"), {"id": version["id"]})).one()
     assert row.user_id == user_id
     assert row.metadata["version_hash"] == version["version_hash"]
+
+
+def git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "HOME": "/tmp",
+                               "GIT_CONFIG_NOSYSTEM": "1"})
+
+
+async def test_a_bare_cr_is_part_of_its_line_as_in_git(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """Lines end at LF only, as git counts them: a\\rb -> a\\rc is one line changed (it
+    was counted as 1 addition and 0 deletions: CR split the line)."""
+    _, headers = user
+    sid = await chat_session(client, headers)
+    await commit(client, headers, chat_session_id=sid, files={"m.txt": "a\rb\n"})
+    second = await commit(client, headers, chat_session_id=sid, files={"m.txt": "a\rc\n"})
+    assert second["files_changed"] == [
+        {"path": "m.txt", "change": "modified", "additions": 1, "deletions": 1}]
+    assert second["diff_summary"].endswith("1 insertion(+), 1 deletion(-)")
+
+
+async def test_the_diff_of_a_file_with_bare_crs_applies_with_git(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], config: CodeVersionsConfig,
+    tmp_path: Path,
+) -> None:
+    """The version's diff applies with git apply on its parent (it had a "No newline at
+    end of file" mid-file: git called it a corrupt patch)."""
+    owner, headers = user
+    sid = await chat_session(client, headers)
+    first = await commit(client, headers, chat_session_id=sid, files={"m.txt": "x\ry\rz\n"})
+    second = await commit(client, headers, chat_session_id=sid, files={"m.txt": "x\rY\rz\n"})
+    detail = (await client.get(f"/api/v1/code-versions/{second['id']}", headers=headers)).json()
+    assert "No newline" not in detail["diff"]
+    clone = tmp_path / "clone"
+    bare = repos.repo_path(config.repos_root, owner, uuid.UUID(sid))
+    assert git("clone", "-q", str(bare), str(clone)).returncode == 0
+    assert git("checkout", "-q", first["version_hash"], cwd=clone).returncode == 0
+    (tmp_path / "p.diff").write_bytes(detail["diff"].encode())
+    res = git("apply", str(tmp_path / "p.diff"), cwd=clone)
+    assert res.returncode == 0, (res.stderr, detail["diff"])
+    assert (clone / "m.txt").read_bytes() == b"x\rY\rz\n"
+
+
+async def test_deeply_nested_paths_are_refused_before_anything_is_written(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], config: CodeVersionsConfig,
+) -> None:
+    """A commit writes a tree per directory: paths ~500 directories deep (within 1,024
+    characters) wrote 10,000 objects for 20 two-byte files (100,000 objects, 400 MB,
+    100 s at 200 files).  More than MAX_PATH_SEGMENTS names is a 422, nothing written;
+    exactly that many is committed."""
+    owner, headers = user
+    sid = await chat_session(client, headers)
+    files = {"/".join([str(i)] + ["a"] * 505) + f"/f{i}": "x\n" for i in range(20)}
+    resp = await client.post("/api/v1/code-versions", headers=headers, json={
+        "chat_session_id": sid, "message": "m", "files": files})
+    assert resp.status_code == 422, resp.text
+    assert "names deep" in resp.json()["detail"]
+    assert not repos.repo_path(config.repos_root, owner, uuid.UUID(sid)).exists()
+    deepest = "/".join(["d"] * (repos.MAX_PATH_SEGMENTS - 1) + ["f"])
+    await commit(client, headers, 422, chat_session_id=sid, files={"d/" + deepest: "x\n"})
+    await commit(client, headers, chat_session_id=sid, files={deepest: "x\n"})
+
+
+def test_a_commit_touching_too_many_directories_is_refused(
+    config: CodeVersionsConfig,
+) -> None:
+    """200 files each MAX_PATH_SEGMENTS deep in their own directories would still be 6,200
+    trees: past MAX_COMMIT_DIRECTORIES it is a 413, like the other per-commit limits."""
+    wide = CodeVersionsConfig(repos_root=config.repos_root, max_files=200)
+    deep = "/".join(["a"] * (repos.MAX_PATH_SEGMENTS - 2))
+    with pytest.raises(PayloadTooLarge, match="directories"):
+        service.encode_files(wide, {f"{i}/{deep}/f": "x" for i in range(200)})
+    shallow = service.encode_files(wide, {f"src/pkg{i % 20}/m{i}.py": "x" for i in range(200)})
+    assert len(shallow) == 200
+
+
+async def test_a_branch_named_head_is_refused(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """HEAD is not a git branch name (git branch HEAD refuses it; it was created as
+    refs/heads/HEAD): a 422 as for other names that are not branches."""
+    _, headers = user
+    sid = await chat_session(client, headers)
+    await commit(client, headers, chat_session_id=sid, files={"a": "1\n"})
+    assert git("check-ref-format", "--branch", "HEAD").returncode != 0
+    refused = await commit(client, headers, 422, chat_session_id=sid, branch="HEAD",
+                           files={"b": "1\n"})
+    assert "branch must be a git branch name" in refused["detail"]
+    await commit(client, headers, chat_session_id=sid, branch="feat/HEAD", files={"b": "1\n"})
+
+
+async def test_a_first_commit_under_main_is_a_409_and_main_stays_committable(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """main, HEAD's branch, counts as existing in an empty repository: a first commit on
+    main/x is a 409 (it was committed, and every commit to main was a 409 after it)."""
+    _, headers = user
+    sid = await chat_session(client, headers)
+    refused = await commit(client, headers, 409, chat_session_id=sid, branch="main/x",
+                           files={"a": "1\n"})
+    assert refused["detail"].startswith("branch main/x conflicts with existing branch main")
+    first = await commit(client, headers, chat_session_id=sid, files={"b": "1\n"})
+    assert first["parent_hash"] is None and first["branch"] == "main"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import accumulate
@@ -30,6 +31,10 @@ CONTEXT_LINES: Final = 3
 # this machine.  A big file with a few dozen edits costs lines x edits: well within it.
 DIFF_BUDGET: Final = 10_000_000
 _NO_NEWLINE: Final = b"\n\\ No newline at end of file\n"
+# A line ends at LF only, as git reads it: a bare CR is a character of its line
+# (bytes.splitlines, like dulwich's Blob.splitlines, also breaks at CR, which gave
+# miscounted lines and a patch git apply refused as corrupt).
+_LINE: Final = re.compile(rb"[^\n]*\n|[^\n]+\Z")
 
 Opcode = tuple[Literal["replace", "delete", "insert", "equal"], int, int, int, int]
 FileSide = tuple[bytes | None, int | None, ObjectID | None]
@@ -140,6 +145,12 @@ def _ended(line: bytes, may_be_last: bool) -> bytes:
     return line + _NO_NEWLINE
 
 
+def split_lines(data: bytes) -> list[bytes]:
+    """``data``'s lines as git splits them (at LF only), each with its LF (the last may
+    have none)."""
+    return _LINE.findall(data)
+
+
 def _blob(store: BaseObjectStore, mode: int | None, sha: ObjectID | None) -> bytes:
     if sha is None:
         return b""
@@ -162,7 +173,6 @@ def file_patch(store: BaseObjectStore, old: FileSide, new: FileSide, *,
     if is_binary(before) or is_binary(after):
         out.write(b"Binary files " + old_name + b" and " + new_name + b" differ\n")
     else:
-        out.writelines(unified_lines(before.splitlines(keepends=True),
-                                     after.splitlines(keepends=True), old_name, new_name,
+        out.writelines(unified_lines(split_lines(before), split_lines(after), old_name, new_name,
                                      budget=budget))
     return out.getvalue()

@@ -17,7 +17,7 @@ import re
 import stat
 import unicodedata
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -38,6 +38,12 @@ MODE_GITLINK: Final = 0o160000
 DEFAULT_BRANCH: Final = "main"
 MAX_PATH_CHARS: Final = 1024
 MAX_SEGMENT_BYTES: Final = 255
+# A commit writes one tree object per directory it touches: 200 files 500 directories deep
+# (short names, within MAX_PATH_CHARS) wrote 100,000 objects (400 MB, 100 s under the
+# repository's lock).  Paths have at most MAX_PATH_SEGMENTS names, a commit touches at most
+# MAX_COMMIT_DIRECTORIES directories.
+MAX_PATH_SEGMENTS: Final = 32
+MAX_COMMIT_DIRECTORIES: Final = 1000
 COMMITTER: Final = b"Roost <roost@localhost>"
 _BRANCH: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 _STAT_WIDTH: Final = 40
@@ -94,7 +100,7 @@ def check_path(path: str) -> bytes:
     """A relative POSIX path inside the repository, as git stores it; refuses (422) absolute
     paths, ``..`` and ``.`` segments, empty segments, backslashes, control characters (C0,
     DEL and C1), line separators and bidirectional formatting characters, ``.git``
-    anywhere and over-long names."""
+    anywhere, over-long names and paths more than :data:`MAX_PATH_SEGMENTS` deep."""
     if not path:
         raise PathRefused(path, "empty")
     if len(path) > MAX_PATH_CHARS:
@@ -108,7 +114,10 @@ def check_path(path: str) -> bytes:
         raise PathRefused(path, "is absolute (paths are relative to the repository)")
     if re.match(r"^[A-Za-z]:", path):
         raise PathRefused(path, "starts with a drive letter")
-    for segment in path.split("/"):
+    segments = path.split("/")
+    if len(segments) > MAX_PATH_SEGMENTS:
+        raise PathRefused(path, f"is more than {MAX_PATH_SEGMENTS} names deep")
+    for segment in segments:
         if segment in ("", ".", ".."):
             raise PathRefused(path, "has an empty, '.' or '..' segment")
         if _names_dot_git(segment):
@@ -123,13 +132,25 @@ def check_path(path: str) -> bytes:
         raise PathRefused(path, "is not valid UTF-8") from None
 
 
+def directories(paths: Iterable[bytes]) -> set[bytes]:
+    """The directories (with the root, ``b""``) holding ``paths``: the trees a commit of
+    them writes."""
+    out = {b""}
+    for path in paths:
+        parts = path.split(b"/")
+        out.update(b"/".join(parts[:i]) for i in range(1, len(parts)))
+    return out
+
+
 def check_branch(branch: str) -> Ref:
-    """``refs/heads/<branch>`` for a plain branch name (422 otherwise)."""
+    """``refs/heads/<branch>`` for a plain branch name (422 otherwise).  ``HEAD`` is not
+    one (``git branch HEAD`` refuses it: ``HEAD`` would then name two things)."""
     ref = Ref(b"refs/heads/" + branch.encode("utf-8", "replace"))
-    if not _BRANCH.match(branch) or not check_ref_format(ref) or branch.endswith("/"):
+    if (not _BRANCH.match(branch) or not check_ref_format(ref) or branch.endswith("/")
+            or branch == "HEAD"):
         raise Unprocessable("branch must be a git branch name: letters, digits, '.', '_', "
                             "'-' and '/', starting with a letter or digit, no '..', not "
-                            "ending in '.lock'", extra={"field": "branch"})
+                            "ending in '.lock', not HEAD", extra={"field": "branch"})
     return ref
 
 
@@ -220,9 +241,12 @@ def plan_changes(store: BaseObjectStore, tree_id: ObjectID | None,
 def branch_clash(repo: Repo, branch: str) -> str | None:
     """An existing branch that ``branch`` cannot live beside, as git stores branches
     (files under ``refs/heads``): ``main/x`` when ``main`` exists, ``feat`` when
-    ``feat/x`` does.  None when there is none."""
-    for raw in sorted(repo.refs.keys(base=Ref(b"refs/heads/"))):
-        other = raw.decode("utf-8", "replace")
+    ``feat/x`` does.  ``main`` (``HEAD``'s branch) counts as existing even in an empty
+    repository: a first commit on ``main/x`` would leave ``HEAD`` on a branch that could
+    never be created.  None when there is none."""
+    names = {raw.decode("utf-8", "replace")
+             for raw in repo.refs.keys(base=Ref(b"refs/heads/"))} | {DEFAULT_BRANCH}
+    for other in sorted(names):
         if other != branch and (branch.startswith(other + "/") or other.startswith(branch + "/")):
             return other
     return None

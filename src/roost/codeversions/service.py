@@ -62,13 +62,19 @@ async def repository_of(session: AsyncSession, actor: Principal, *,
 
 
 def encode_files(config: CodeVersionsConfig, files: dict[str, str | None]) -> dict[str, bytes | None]:
-    """The files as bytes, within the size limits (413) and with checked paths (422)."""
+    """The files as bytes, within the size and directory limits (413) and with checked
+    paths (422)."""
     if len(files) > config.max_files:
         raise PayloadTooLarge(f"a commit changes at most {config.max_files} files")
     out: dict[str, bytes | None] = {}
     total = 0
+    paths = [repos.check_path(path) for path in files]
+    # Each directory is a tree object the commit writes (and its diff reads): refused
+    # before anything is written.
+    if len(repos.directories(paths)) > repos.MAX_COMMIT_DIRECTORIES:
+        raise PayloadTooLarge(f"a commit touches at most {repos.MAX_COMMIT_DIRECTORIES} "
+                              "directories")
     for path, content in files.items():
-        repos.check_path(path)
         if content is None:
             out[path] = None
             continue
