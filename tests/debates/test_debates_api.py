@@ -4,6 +4,7 @@ method, a Condorcet cycle, junk ballots, bad input, another tenant, cancel, resu
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -145,6 +146,29 @@ async def test_an_agent_participant_speaks_with_its_instructions(
     assert "You are rex" in seen[1].body["messages"][0]["content"]
 
 
+async def test_a_ballot_s_token_cap_fits_the_ranking_it_asks_for(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """20 positions of 255 characters (the most allowed) need far more than 300 tokens to
+    be ranked in JSON: the ballot's max_tokens leaves room for the answer it asks for, so a
+    real model is not cut off mid-JSON after every turn was paid for."""
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    positions = [(f"{i:02d} " + "word " * 51)[:255] for i in range(20)]
+    answer = {"ranking": positions, "confidence": 0.5}
+    stub.script(*turns(2), *[Reply(json=answer)] * 2)
+    created = await start(client, headers, topic="t", positions=positions, total_rounds=1,
+                          participants=[{"id": "x", "model": "stub-model"},
+                                        {"id": "y", "model": "stub-model"}])
+    done = await wait_for_debate(client, headers, created["id"])
+    assert done["status"] == "completed", done["error_message"]
+    ballot = next(s for s in stub.requests(path="/v1/chat/completions")
+                  if s.body.get("response_format"))
+    # about 4 characters a token in English: the answer fits with room to spare
+    assert ballot.body["max_tokens"] * 4 >= 2 * len(json.dumps(answer)), ballot.body["max_tokens"]
+
+
 async def test_a_junk_ballot_fails_the_debate_with_the_reason(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
     user: tuple[uuid.UUID, Headers], worker: Worker,
@@ -267,6 +291,8 @@ async def test_bad_input_is_422(
         {**good, "total_rounds": "2"},
         {**good, "extra": 1},
         {**good, "topic": "t\x00"},  # a NUL: named, not the database's anonymous 400
+        {**good, "topic": "   "},  # blank, as blank positions are
+        {**good, "topic": "\t\n"},
         {**good, "positions": ["a\x00", "b"]},
         {**good, "participants": [{"id": "x", "model": "m\x00"}, {"id": "y", "model": "m"}]},
     ]

@@ -29,14 +29,14 @@ from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.agents.models import Agent
+from roost.agents.catalog import AgentInactive, get_agent, require_runnable
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.debates import prompts, voting
 from roost.debates.models import DebateBallot, DebateSession, DebateTurn
 from roost.debates.service import RESOURCE, ballots_of, turns_of
-from roost.errors import RoostError
+from roost.errors import Forbidden, NotFound, RoostError
 from roost.llm import calls
 from roost.llm.gateway import LLMGateway
 from roost.llm.orchestration import Attempt
@@ -49,7 +49,15 @@ log = structlog.get_logger(__name__)
 
 OPEN: Final = ("pending", "active", "voting")
 TURN_MAX_TOKENS: Final = 800
-BALLOT_MAX_TOKENS: Final = 300
+BALLOT_MAX_TOKENS: Final = 300  # a ballot's cap before its positions' share
+BALLOT_TOKENS_PER_POSITION: Final = 10  # a position's quotes, comma and indentation
+
+
+def ballot_max_tokens(positions: Sequence[str]) -> int:
+    """The ballot's token cap: room for the ranking it asks for, every position written out
+    once (about two characters a token, twice what English text takes), so 20 positions of
+    255 characters are not cut off mid-JSON."""
+    return BALLOT_MAX_TOKENS + sum(len(p) // 2 + BALLOT_TOKENS_PER_POSITION for p in positions)
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,9 @@ class _State:
     turns: list[DebateTurn]
     ballots: dict[str, DebateBallot]
     instructions: dict[str, str | None] = field(default_factory=dict)
-    missing_agents: list[str] = field(default_factory=list)  # participants whose agent is gone
+    # why an agent participant can no longer be run by the owner (deleted, made private,
+    # deactivated, its persona left): the debate fails
+    unavailable_agents: list[str] = field(default_factory=list)
 
     @property
     def participants(self) -> list[dict[str, Any]]:
@@ -95,26 +105,39 @@ def schedule(participants: int, rounds: int) -> list[tuple[int, int, int]]:
 
 
 async def _load(env: DebateEnv, debate_id: uuid.UUID) -> _State | None:
-    """The debate, its stored turns and ballots, and its agents' instructions (as the
-    system: the debate's row decides whose scope the rest runs in)."""
+    """The debate and its stored turns and ballots (as the system: the debate's row decides
+    whose scope the rest runs in), and its agents' instructions (as the owner)."""
     async with env.database.transaction() as session:
         debate = await session.get(DebateSession, debate_id)
         if debate is None:
             return None
         turns = await turns_of(session, debate_id)
         ballots = {b.participant_id: b for b in await ballots_of(session, debate_id)}
-        instructions: dict[str, str | None] = {}
-        missing: list[str] = []
-        for p in debate.participants:
-            if p.get("agent_id"):
-                agent = await session.get(Agent, uuid.UUID(str(p["agent_id"])))
-                if agent is None:
-                    missing.append(str(p["id"]))
-                else:
-                    instructions[str(p["id"])] = agent.system_prompt
     principal = Principal(user_id=debate.created_by, is_admin=False, kind="job")
-    return _State(debate=debate, principal=principal, turns=turns, ballots=ballots,
-                  instructions=instructions, missing_agents=missing)
+    state = _State(debate=debate, principal=principal, turns=turns, ballots=ballots)
+    await _load_agents(env, state)
+    return state
+
+
+async def _load_agents(env: DebateEnv, state: _State) -> None:
+    """Each agent participant's instructions, when the owner may still run its agent: the
+    checks of :func:`~roost.debates.service.create_debate` again, in the owner's scope (row
+    level security), since the agent may have been deleted, made private or deactivated,
+    or the owner removed from its persona while the debate waited or between attempts."""
+    async with env.gateway.transaction(state.principal) as session:
+        for p in state.participants:
+            if not p.get("agent_id"):
+                continue
+            pid = str(p["id"])
+            try:
+                agent = await require_runnable(session, state.principal, await get_agent(
+                    session, state.principal, uuid.UUID(str(p["agent_id"]))))
+            except (NotFound, Forbidden, AgentInactive) as exc:
+                state.unavailable_agents.append(
+                    f"the agent of participant {pid!r} is no longer available to the "
+                    f"debate's owner: {exc.detail}")
+            else:
+                state.instructions[pid] = agent.system_prompt
 
 
 async def _claim(session: AsyncSession, debate_id: uuid.UUID, **values: Any) -> None:
@@ -230,7 +253,7 @@ async def _turn(env: DebateEnv, state: _State, number: int, round_number: int,
 async def _ballot(env: DebateEnv, state: _State, participant: dict[str, Any]) -> None:
     debate = state.debate
     pid = str(participant["id"])
-    chat = ChatRequest(max_tokens=BALLOT_MAX_TOKENS, temperature=0,
+    chat = ChatRequest(max_tokens=ballot_max_tokens(state.positions), temperature=0,
                        extra={"response_format": {"type": "json_object"}}, messages=[
         ChatMessage(role="system", content=prompts.system_prompt(
             pid, state.instructions.get(pid), judging=True)),
@@ -333,9 +356,8 @@ async def execute(env: DebateEnv, debate_id: uuid.UUID) -> str:
     try:
         async with env.database.transaction() as session:
             await _claim(session, debate_id, started_at=debate.started_at or utcnow())
-        if state.missing_agents:
-            raise _Failed(f"the agent of participant(s) {', '.join(state.missing_agents)} "
-                          "no longer exists")
+        if state.unavailable_agents:
+            raise _Failed("; ".join(state.unavailable_agents))
         stored = {t.turn_number for t in state.turns}
         for number, round_number, index in schedule(len(participants), debate.total_rounds):
             if number not in stored:

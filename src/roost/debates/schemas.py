@@ -63,6 +63,13 @@ class DebateCreate(StrictInput):
     total_rounds: int = Field(default=2, ge=1, le=MAX_ROUNDS)
     voting_method: VotingMethod = "weighted"
 
+    @field_validator("topic")
+    @classmethod
+    def _topic_not_blank(cls, value: str) -> str:
+        if not value.strip():  # white space alone gives the participants nothing to argue
+            raise ValueError("the topic must not be blank")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         cleaned = [p.strip() for p in self.positions]

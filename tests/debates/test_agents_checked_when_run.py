@@ -1,0 +1,109 @@
+"""An agent participant is checked again when its debate runs, in its owner's scope: an
+agent made private, deactivated, or of a persona the owner has left since the debate was
+started fails the debate with the reason, its instructions never sent to a model."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from roost.agents.models import Persona, PersonaMember
+from roost.config import Settings
+from roost.db.engine import Database
+from tests.agents.conftest import make_agent, running_worker
+from tests.chat.conftest import add_provider
+from tests.debates.conftest import Headers, start, wait_for_debate
+from tests.support.openai_stub import StubServer
+from tests.support.openai_stub.script import Reply
+
+SECRET = "SECRET INSTRUCTIONS 12345"
+
+
+def body(agent_id: uuid.UUID) -> dict[str, Any]:
+    return {"topic": "t", "positions": ["a", "b"], "total_rounds": 1,
+            "participants": [{"id": "x", "agent_id": str(agent_id)},
+                             {"id": "y", "model": "stub-model"}]}
+
+
+async def run_after(app: FastAPI, client: httpx.AsyncClient, database: Database,
+                    settings: Settings, stub: StubServer, headers: Headers,
+                    debate_id: str, change: str, **params: Any) -> dict[str, Any]:
+    """Apply ``change`` (SQL, as the system) to the waiting debate's world, then run it."""
+    async with database.transaction() as session:
+        await session.execute(text(change), params)
+    stub.script(Reply("for a.\nConfidence: 0.5"), Reply("for b.\nConfidence: 0.5"),
+                *[Reply(json={"ranking": ["a", "b"], "confidence": 0.5})] * 2)
+    async with running_worker(app, database, settings):
+        return await wait_for_debate(client, headers, debate_id)
+
+
+def assert_failed_unused(done: dict[str, Any], stub: StubServer) -> None:
+    assert done["status"] == "failed", done["status"]
+    assert "the agent of participant 'x' is no longer available" in done["error_message"]
+    assert done["turns"] == []
+    seen = stub.requests(path="/v1/chat/completions")
+    assert not any(SECRET in json.dumps(s.body) for s in seen)
+
+
+async def test_another_users_agent_made_private_before_the_debate_runs_fails_it(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    database: Database, test_settings: Settings, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A public agent its owner makes private is no longer one the debate's owner can see:
+    its instructions must not reach another tenant's debate."""
+    _, headers = user
+    other_id, _ = other_user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, other_id, is_public=True, preferred_model="stub-model",
+                             system_prompt=SECRET)
+    created = await start(client, headers, **body(agent.id))
+    done = await run_after(app, client, database, test_settings, stub, headers, created["id"],
+                           "UPDATE agents SET is_public = false WHERE id = :a", a=agent.id)
+    assert_failed_unused(done, stub)
+    assert "does not exist" in done["error_message"]  # as invisible as at creation
+
+
+async def test_an_agent_deactivated_before_the_debate_runs_fails_it(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    database: Database, test_settings: Settings, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """Creation refuses an inactive agent (409); one deactivated while the debate waits
+    is not run either."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, preferred_model="stub-model",
+                             system_prompt=SECRET)
+    created = await start(client, headers, **body(agent.id))
+    done = await run_after(app, client, database, test_settings, stub, headers, created["id"],
+                           "UPDATE agents SET is_active = false WHERE id = :a", a=agent.id)
+    assert_failed_unused(done, stub)
+    assert "inactive" in done["error_message"]
+
+
+async def test_a_persona_agent_whose_member_left_before_the_debate_runs_fails_it(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    database: Database, test_settings: Settings, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A persona's (private) agent is run by the persona's members only: a member removed
+    while their debate waits no longer has it run."""
+    user_id, headers = user
+    other_id, _ = other_user
+    await add_provider(client, admin_headers, stub)
+    async with database.transaction() as session:
+        persona = Persona(owner_id=other_id, name="Team")
+        session.add(persona)
+        await session.flush()
+        session.add(PersonaMember(persona_id=persona.id, user_id=user_id, role="editor"))
+    agent = await make_agent(database, other_id, persona_id=persona.id,
+                             preferred_model="stub-model", system_prompt=SECRET)
+    created = await start(client, headers, **body(agent.id))
+    done = await run_after(app, client, database, test_settings, stub, headers, created["id"],
+                           "DELETE FROM persona_members WHERE user_id = :u", u=user_id)
+    assert_failed_unused(done, stub)
