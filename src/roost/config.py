@@ -270,7 +270,7 @@ class Settings(BaseSettings):
     )
     analytics_retention_days: int = Field(
         default=30, ge=1, le=3650, description="Outbox events and streaming metrics older "
-        "than this are deleted (daily job analytics.prune); the outbox's unexported ones too, "
+        "than this are deleted (job analytics.prune, every 6 hours); the outbox's unexported ones too, "
         "so an install without ClickHouse does not grow without end"
     )
     llm_local_model: bool = Field(

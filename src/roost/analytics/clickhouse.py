@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 import time
 import uuid
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from roost.config import Settings
 from roost.errors import ServiceUnavailable
@@ -292,16 +293,26 @@ def sink_for(settings: Settings) -> Sink:
     return ChdbSink(chdb_path(settings))
 
 
+# user:password@ in any URL of a message (the client may quote its own form of the URL).
+_USERINFO: Final = re.compile(r"(://[^/@\s:]*):[^/@\s]*@")
+# A password this long is masked wherever it appears; a shorter one only in a URL's
+# user:password@ (masking every "1" of a password "1" would garble hosts and ports).
+_MASK_ANYWHERE_LEN: Final = 6
+
+
 def safe_error(exc: BaseException, settings: Settings) -> str:
     """``exc`` as one line for logs and answers, with the URL's password masked."""
     message = f"{type(exc).__name__}: {exc}".replace("\n", " ").strip()
     url = settings.analytics_clickhouse_url
     if url:
+        message = message.replace(url, public_location(url))
+        message = _USERINFO.sub(r"\1:***@", message)
         try:
             password = urlsplit(url).password
         except ValueError:
             password = None
-        if password:
-            message = message.replace(password, "***")
-        message = message.replace(url, public_location(url))
+        # As written in the URL and percent-decoded (how the client sends it).
+        for form in {password, unquote(password)} if password else ():
+            if len(form) >= _MASK_ANYWHERE_LEN:
+                message = message.replace(form, "***")
     return message[:500]

@@ -36,6 +36,9 @@ EVENT_KEYS: Final[dict[str, str]] = {
     "day": "toString(toDate(timestamp))",
     "event_type": "toString(event_type)",
 }
+# toString(sum(cost)) trims trailing zeros ("0.09", "0"): costs are read back with the
+# six decimals PostgreSQL's numeric(18, 6) gives, so a report reads the same from either.
+COST_PLACES: Final = Decimal("0.000001")
 _RANGE = ("timestamp >= {since:DateTime64(6, 'UTC')} AND timestamp < {until:DateTime64(6, 'UTC')}")
 
 
@@ -105,7 +108,7 @@ async def usage_from_clickhouse(settings: Settings, group_by: str, since: dateti
     return [{
         "key": str(r["key"]) or None, "requests": int(r["requests"]),
         "tokens_input": int(r["tokens_input"]), "tokens_output": int(r["tokens_output"]),
-        "credits": int(r["credits"]), "cost": Decimal(str(r["cost"])),
+        "credits": int(r["credits"]), "cost": Decimal(str(r["cost"])).quantize(COST_PLACES),
         "failures": int(r["failures"]),
     } for r in rows]
 

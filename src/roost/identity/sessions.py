@@ -288,6 +288,10 @@ async def complete_mfa(
         attempts = bump.scalar_one_or_none() or MFA_MAX_ATTEMPTS
         if attempts >= MFA_MAX_ATTEMPTS:  # guessing: make them start over
             await session.execute(delete(AuthChallenge).where(AuthChallenge.id == challenge.id))
+        # Before the commit below, as login() does: the sign-in failed at its second step.
+        emit_event(session, "auth.login",
+                   {"method": "password", "second_factor": None, "success": False},
+                   user_id=user.id)
         await commit_auth_failure(session, cfg, action="auth.mfa_failed", user_id=user.id,
                                   login=user.username, client=client, reason="bad_code",
                                   account_key=mfa_key, account_scope="second_factor")
@@ -304,7 +308,12 @@ async def complete_mfa(
     client = ClientInfo(client.ip, client.user_agent,
                         client.device_name or payload.get("device_name"),
                         client.device_type or payload.get("device_type"))
-    return await start_session(session, cfg, user, method=method, client=client)
+    issued = await start_session(session, cfg, user, method=method, client=client)
+    # The sign-in is complete only now (login() writes no event for the password step).
+    emit_event(session, "auth.login",
+               {"method": "password", "second_factor": method, "success": True},
+               user_id=user.id, session_id=issued.session_id)
+    return issued
 
 
 async def refresh(
