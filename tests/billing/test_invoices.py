@@ -369,8 +369,10 @@ async def test_invoices_over_http(
                              headers=other_user[1])).status_code == 404
 
     # Users may not issue; bad bodies are 4xx.
-    body = {"subscription_id": str(sub.id), "period_start": "2026-01-01T00:00:00Z",
-            "period_end": "2026-02-01T00:00:00Z"}
+    # The period before the current one (the subscription was created 40 days before that).
+    body = {"subscription_id": str(sub.id),
+            "period_start": (open_period.start - timedelta(days=30)).isoformat(),
+            "period_end": open_period.start.isoformat()}
     assert (await client.post(f"{API}/invoices", json=body, headers=headers)).status_code == 403
     for bad in ({"subscription_id": str(sub.id), "period_start": "2026-01-01T00:00:00Z"},
                 {**body, "period_start": "2026-01-01T00:00:00"},
@@ -507,3 +509,34 @@ async def test_an_invoiced_user_or_group_can_be_deleted_and_the_invoice_stays(
         kept = (await s.execute(select(Invoice.subscription_id, Invoice.user_id, Invoice.group_id)
                                 .where(Invoice.id == uuid.UUID(issued.json()["id"])))).one()
     assert (str(kept.subscription_id), kept.user_id, kept.group_id) == (sub_id, None, None)
+
+
+async def test_a_named_period_outside_the_subscriptions_life_is_refused(
+        client: httpx.AsyncClient, admin_headers: Headers, database: Database) -> None:
+    """A period named for an invoice that starts before the subscription was created (a
+    second in 2020 for one created in 2025), or after it was canceled, is a 422 naming
+    period_start, not a numbered invoice charging the plan's price; nothing is issued."""
+    uid, _ = await make_user(database)
+    plan = await add_plan(database, price="10.00")
+    sub = await add_subscription(database, plan, uid, period=JAN)  # created 2025-11-22
+    resp = await client.post(f"{API}/invoices", headers=admin_headers, json={
+        "subscription_id": str(sub.id), "period_start": "2020-01-01T00:00:00Z",
+        "period_end": "2020-01-01T00:00:01Z"})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["field"] == "period_start", resp.text
+    async with database.transaction() as session:
+        await session.execute(text("UPDATE subscriptions SET status = 'canceled', "
+                                   "canceled_at = :at WHERE id = :id"),
+                              {"at": JAN.end, "id": sub.id})
+    resp = await client.post(f"{API}/invoices", headers=admin_headers, json={
+        "subscription_id": str(sub.id), "period_start": JAN.end.isoformat(),
+        "period_end": (JAN.end + timedelta(days=28)).isoformat()})
+    assert resp.status_code == 422, resp.text
+    async with database.transaction() as session:
+        assert await session.scalar(select(func.count()).select_from(Invoice).where(
+            Invoice.subscription_id == sub.id)) == 0
+    # The subscription's own period is still issued.
+    resp = await client.post(f"{API}/invoices", headers=admin_headers, json={
+        "subscription_id": str(sub.id), "period_start": JAN.start.isoformat(),
+        "period_end": JAN.end.isoformat()})
+    assert resp.status_code == 201 and resp.json()["total"] == "10.00", resp.text

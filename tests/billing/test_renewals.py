@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -231,3 +232,27 @@ async def test_the_renew_job_runs_on_the_maintenance_queue(database: Database) -
     assert done.status == "completed", done.error_message
     assert done.result == {"renewed": 1, "invoices": 1, "finalized": 0, "failed": []}
     assert len(await _invoices(database, sub.id)) == 1
+
+
+async def test_periods_spent_paused_are_not_billed_when_it_resumes(
+        client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database) -> None:
+    """A subscription paused for about 100 days (it allows nothing, and is not renewed)
+    is billed, once resumed, the period it was paused in and no other: resuming issues
+    that period's invoice and starts a new period then, so the next renewal run has
+    nothing to catch up."""
+    uid = await _user(database)
+    plan = await add_plan(database, price="10.00")
+    start = datetime.now(UTC) - timedelta(days=100)
+    sub = await add_subscription(database, plan, uid, status="paused",
+                                 period=Period(start, start + timedelta(days=30)))
+    assert (await renew_due(database)).invoices == 0
+    before = datetime.now(UTC)
+    resp = await client.post(f"/api/v1/billing/subscriptions/{sub.id}/resume",
+                             headers=admin_headers)
+    assert resp.status_code == 200, resp.text
+    assert (await renew_due(database)).invoices == 0
+    [paused_in] = await _invoices(database, sub.id)
+    assert (paused_in.period_start, paused_in.total) == (start, Decimal("10.00"))
+    after = await _sub(database, sub.id)
+    assert after.status == "active" and after.current_period_start >= before
+    assert after.current_period_end > datetime.now(UTC) and after.credits_used == 0

@@ -486,10 +486,18 @@ async def release_expired(session: AsyncSession, batch: int = 1000) -> int:
     return sum(int(r.amount) for r in rows)
 
 
-def credits_for_tokens(settings: Settings, tokens: int) -> int:
-    """Credits for ``tokens`` model tokens (ROOST_LLM_CREDITS_PER_1K_TOKENS, rounded up)."""
+# What one ledger row's credits may be: ``usage_records.credits_used`` is an int4.
+MAX_RECORD_CREDITS: Final = 2**31 - 1
+
+
+def credits_for_tokens(settings: Settings, tokens: int, *, capped: bool = True) -> int:
+    """Credits for ``tokens`` model tokens (ROOST_LLM_CREDITS_PER_1K_TOKENS, rounded up),
+    at most MAX_RECORD_CREDITS: a model call's tokens at the highest rate (10^6 per 1000)
+    come to more, and its usage row must not fail (the call is billed that much).
+    ``capped=False``: the exact amount, for a caller that refuses more (the ingest)."""
     rate = settings.llm_credits_per_1k_tokens
-    return math.ceil(tokens * rate / 1000) if tokens > 0 and rate > 0 else 0
+    exact = math.ceil(tokens * rate / 1000) if tokens > 0 and rate > 0 else 0
+    return min(exact, MAX_RECORD_CREDITS) if capped else exact
 
 
 def estimate_tokens(settings: Settings, texts: list[str], max_output_tokens: int | None) -> int:

@@ -360,6 +360,22 @@ async def issue_invoice(
     return invoice
 
 
+def _within_life(sub: Subscription, start: datetime) -> None:
+    """A named period starts while the subscription lived: one starting before it was
+    created, or after it was canceled, would bill a plan fee for time it did not exist
+    (and take the period start its real period has)."""
+    if start < sub.created_at:
+        raise Unprocessable(
+            f"the period starts {start.isoformat()}, before the subscription was created "
+            f"({sub.created_at.isoformat()}): there is nothing to bill",
+            extra={"field": "period_start"})
+    if sub.canceled_at is not None and start >= sub.canceled_at:
+        raise Unprocessable(
+            f"the period starts {start.isoformat()}, after the subscription was canceled "
+            f"({sub.canceled_at.isoformat()}): there is nothing to bill",
+            extra={"field": "period_start"})
+
+
 async def issue_current(session: AsyncSession, actor: Principal, subscription_id: uuid.UUID,
                         *, period_start: datetime | None = None,
                         period_end: datetime | None = None,
@@ -375,6 +391,8 @@ async def issue_current(session: AsyncSession, actor: Principal, subscription_id
         _aware(period_start, "period_start")
         _aware(period_end, "period_end")
     sub = await _subscription_for_update(session, subscription_id)
+    if period_start is not None:
+        _within_life(sub, period_start)
     start = period_start or sub.current_period_start
     end = period_end or sub.current_period_end
     if end > utcnow() and sub.status != "canceled":

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
 from roost.billing import prices
-from roost.billing.credits import credits_for_tokens
+from roost.billing.credits import MAX_RECORD_CREDITS, credits_for_tokens
 from roost.billing.usage_schemas import MAX_EVENT_COST, UsageEventIn
 from roost.config import Settings
 from roost.db.base import utcnow, uuid7
@@ -137,7 +137,15 @@ async def ingest(
                     f"price table: more than one event may cost ({MAX_EVENT_COST})", extra={"field": "cost",
                                                      "idempotency_key": event.idempotency_key})
         credits = event.credits if event.credits is not None else credits_for_tokens(
-            settings, event.tokens_input + event.tokens_output)
+            settings, event.tokens_input + event.tokens_output, capped=False)
+        # Credits from the tokens at a high rate: more than a ledger row holds would be
+        # an anonymous 400 (int4 out of range) instead of naming the event.
+        if credits > MAX_RECORD_CREDITS:
+            raise Unprocessable(
+                f"event {event.idempotency_key!r} would use {credits} credits by its tokens "
+                f"(ROOST_LLM_CREDITS_PER_1K_TOKENS): more than one event may use "
+                f"({MAX_RECORD_CREDITS}); send its credits",
+                extra={"field": "credits", "idempotency_key": event.idempotency_key})
         columns["ids"].append(uuid7())
         columns["keys"].append(event.idempotency_key)
         columns["user_ids"].append(event.user_id)

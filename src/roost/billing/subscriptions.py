@@ -13,7 +13,9 @@ partial unique indexes enforce it whatever writes the table.
 Statuses move only along :data:`TRANSITIONS`; ``canceled`` is final.
 :func:`set_status` is the one place a status changes (the admin API's cancel, pause and
 resume, and Stripe's webhook with ``actor=roost.principal.SYSTEM``).  Every change is
-audited and followed by :func:`roost.billing.stripe_sync.enqueue_sync`.
+audited and followed by :func:`roost.billing.stripe_sync.enqueue_sync`.  Leaving
+``paused`` after the period ended bills that period and starts a new one then (the
+periods spent paused are not billed).
 
 Reads: administrators see every subscription; anyone else their own and their groups'
 (row-level security says so too); another user's is a 404.
@@ -33,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
 from roost.billing import stripe_sync
+from roost.billing.invoices import issue_invoice
 from roost.billing.models import Plan, Subscription
 from roost.billing.plans import find_plan, plans_by_id
 from roost.billing.schemas import SubscriptionCreate
@@ -265,11 +268,13 @@ async def set_status(session: AsyncSession, actor: Principal, sub: Subscription,
                        f"(from {old}: {allowed})",
                        extra={"from": old, "to": new_status})
     now = utcnow()
+    changes: dict[str, Any] = {"from": old, "to": new_status}
+    if old == "paused" and new_status != "canceled" and sub.current_period_end <= now:
+        changes["period"] = await _restart_period(session, sub, now)
     sub.status = new_status
     sub.updated_at = now
     if new_status == "canceled":
         sub.canceled_at = now
-    changes: dict[str, Any] = {"from": old, "to": new_status}
     if new_status == "active" and sub.trial_end is not None and sub.trial_end > now:
         # Active ends the trial (resume ends it early): its period bills the plan fee.
         changes["trial_end"] = {"from": sub.trial_end.isoformat(), "to": now.isoformat()}
@@ -281,6 +286,22 @@ async def set_status(session: AsyncSession, actor: Principal, sub: Subscription,
     if sync:
         await stripe_sync.enqueue_sync(session, "subscription", sub.id)
     return sub
+
+
+async def _restart_period(session: AsyncSession, sub: Subscription,
+                          now: datetime) -> dict[str, str]:
+    """A paused subscription leaving ``paused`` after its period ended (renewal skipped
+    it): that period is billed, as renewal would have, and a new one starts now on the
+    plan's terms; the periods it spent paused (it allowed nothing) are not billed."""
+    await issue_invoice(session, sub.id, sub.current_period_start, sub.current_period_end)
+    plan = await session.get(Plan, sub.plan_id)
+    assert plan is not None  # the foreign key
+    before = f"{sub.current_period_start.isoformat()} to {sub.current_period_end.isoformat()}"
+    keep_terms(sub, plan)
+    sub.credits_limit = plan.included_credits
+    sub.credits_used = 0
+    sub.current_period_start, sub.current_period_end = now, period_end(now, plan.billing_period)
+    return {"from": before, "to": f"{now.isoformat()} to {sub.current_period_end.isoformat()}"}
 
 
 async def _lifecycle(session: AsyncSession, actor: Principal, subscription_id: uuid.UUID,
