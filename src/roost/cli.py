@@ -201,7 +201,7 @@ def serve(
     from roost.db.migrate import upgrade
     from roost.keyfiles import load_keys
     from roost.logging import configure_logging
-    from roost.serving import HeadLimitedHttpTools, listening_socket
+    from roost.serving import HeadLimitedHttpTools, connection_limit, listening_socket
     from roost.tasks.cli import worker_config
     from roost.tasks.worker import Worker
 
@@ -237,7 +237,7 @@ def serve(
                 log_config=None, proxy_headers=settings.forwarded_allow_ips is not None,
                 forwarded_allow_ips=settings.forwarded_allow_ips, lifespan="on",
                 timeout_graceful_shutdown=settings.serve_shutdown_grace_s,
-                http=HeadLimitedHttpTools,
+                http=HeadLimitedHttpTools, limit_concurrency=connection_limit(settings),
             )
             queue_worker = (Worker(db, worker_config(settings),
                                    statement_timeout_ms=settings.db_statement_timeout_ms)

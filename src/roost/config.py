@@ -145,6 +145,12 @@ class Settings(BaseSettings):
         "(docs/operations.md, \"Request limits\"): then the answer is a 408 (or, when not "
         "a byte came, nothing) and the connection is closed"
     )
+    serve_max_connections: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Open connections (and requests in "
+        "progress) one API process serves; above it a new request is answered 503 at once "
+        "(docs/operations.md, \"Request limits\"), before the process runs out of file "
+        "descriptors"
+    )
     serve_workers: int = Field(
         default=1, ge=1, le=64, description="API processes `roost serve` runs on its one port "
         "(`--workers`); above 1 a supervisor process starts and replaces them (docs/scale.md)"

@@ -306,6 +306,33 @@ class Supervisor(Multiprocess):
             self.processes[idx] = replacement
 
 
+# Descriptors a process keeps for what is not a client's connection: the database pool,
+# LISTEN connections, log and key files, a local model's files.
+_RESERVED_DESCRIPTORS: Final = 256
+
+
+def connection_limit(settings: Settings) -> int:
+    """``ROOST_SERVE_MAX_CONNECTIONS`` (uvicorn's ``limit_concurrency``: above it a new
+    request is a 503), the process's open-files limit raised to fit it when the hard limit
+    allows (the soft one is often 1024); lowered to fit, with a warning, when it does not:
+    a process out of descriptors cannot even answer 503, nor open a database connection."""
+    import resource
+
+    wanted = settings.serve_max_connections
+    needed = wanted + _RESERVED_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return wanted
+    limit = max(soft // 2, soft - _RESERVED_DESCRIPTORS)
+    log.warning("serve.connections_lowered", wanted=wanted, limit=limit, open_files=soft)
+    return limit
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
     """The socket ``roost serve`` listens on, bound before the app starts.  An address in
     use, or a host that does not resolve, is one line, exit 1 (uvicorn would log it and
@@ -407,7 +434,7 @@ def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
             forwarded_allow_ips=settings.forwarded_allow_ips, lifespan="on",
             timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT_S,
             timeout_graceful_shutdown=settings.serve_shutdown_grace_s,
-            http=HeadLimitedHttpTools,
+            http=HeadLimitedHttpTools, limit_concurrency=connection_limit(settings),
         )
         sock = listening_socket(host, port)
         log.info("serve.processes_starting", processes=processes, host=host, port=port,

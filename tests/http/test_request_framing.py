@@ -329,3 +329,30 @@ async def test_a_request_head_that_does_not_arrive_in_time_is_answered_408_and_c
     for answer in (half_head, trickled, next_head):
         assert answer is not None and answer.startswith(b"HTTP/1.1 408"), answer
     assert "Traceback" not in server.output, server.output[-3000:]
+
+
+async def test_connections_over_the_cap_are_answered_503_and_served_again_once_closed(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path, test_keys: KeyMaterial
+) -> None:
+    """Clients holding connections open (each within the head's time) no longer take the
+    process to its open-files limit, where it could answer nothing: past
+    ROOST_SERVE_MAX_CONNECTIONS a request is a 503 at once, and served again when they go."""
+    env = serve_env(pg_server, db_name, tmp_path / "data", test_keys,
+                    ROOST_SERVE_MAX_CONNECTIONS="3")
+    with roost_server(env) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        held = [await asyncio.open_connection(host, int(port)) for _ in range(3)]
+        try:
+            for _, writer in held:
+                writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # a head not finished
+                await writer.drain()
+            await asyncio.sleep(0.3)
+            async with httpx.AsyncClient(base_url=server.base_url) as client:
+                assert (await client.get("/health")).status_code == 503
+        finally:
+            for _, writer in held:
+                writer.close()
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            assert (await client.get("/health")).status_code == 200
+    assert "Traceback" not in server.output, server.output[-3000:]
