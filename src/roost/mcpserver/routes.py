@@ -28,7 +28,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
-from mcp.types import INTERNAL_ERROR, INVALID_REQUEST
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.routing import Route
@@ -46,6 +46,9 @@ from roost.mcpserver import tools
 from roost.principal import Principal
 
 PATH = "/mcp"
+PAGE_SIZE = 500
+"""Tools per ``tools/list`` answer; the rest follow with MCP's ``cursor``/``nextCursor``
+(public agents, which any user may create, are listed to every user)."""
 log = structlog.get_logger(__name__)
 
 # The authenticated HTTP request being served; the SDK runs the handlers in tasks
@@ -93,6 +96,7 @@ async def _list_tools(
     ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None,
 ) -> types.ListToolsResult:
     request = _current_request()
+    start = _page_start(params.cursor if params is not None else None)
     try:
         async with caller_transaction(request) as (session, principal):
             found = await tools.list_all(providers(request), session, principal)
@@ -100,7 +104,18 @@ async def _list_tools(
         raise MCPError(INVALID_REQUEST, exc.detail) from exc
     except Exception as exc:  # the SDK would send str(exc): the SQL, tables and all
         raise MCPError(INTERNAL_ERROR, _failure_text("tools/list", exc)) from exc
-    return types.ListToolsResult(tools=found)
+    end = start + PAGE_SIZE
+    return types.ListToolsResult(tools=found[start:end],
+                                 next_cursor=str(end) if end < len(found) else None)
+
+
+def _page_start(cursor: str | None) -> int:
+    """The offset a ``tools/list`` cursor (the offset this server gave as ``nextCursor``) names."""
+    if cursor is None:
+        return 0
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 9):
+        raise MCPError(INVALID_PARAMS, "invalid cursor: pass a nextCursor from tools/list")
+    return int(cursor)
 
 
 async def _call_tool(

@@ -23,6 +23,7 @@ from roost.knowledge import search as search_mod
 from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.schemas import MAX_QUERY_CHARS, SearchRequest
 from roost.principal import Principal
+from roost.tools.registry import shown_name
 
 Deferred = Callable[[], Awaitable[types.CallToolResult]]
 """Work a provider's ``call_tool`` hands back to run after the caller's transaction has
@@ -167,4 +168,4 @@ async def call(
                 return result
     except RoostError as exc:
         return error_result(exc.detail)
-    return error_result(f"unknown tool: {name}")
+    return error_result(f"unknown tool: {shown_name(name)}")  # not the whole body back

@@ -10,10 +10,12 @@ available tool the principal owns plus the global ones, and calls one through
 MCP names: a built-in keeps its name; an MCP server's tool is ``<server>__<tool>``.
 Characters an MCP tool name may not hold become ``_``; a name already taken (another
 owner's server of the same name, or ``/mcp``'s own tools) gets ``_2``, ``_3``... in
-creation order.  A built-in that ``/mcp`` already offers itself (``knowledge_search``)
+creation order; one that would start with ``agent__`` (the agents' tools) takes ``mcp_``
+before it.  A built-in that ``/mcp`` already offers itself (``knowledge_search``)
 is left out, and so are the built-ins other domains run inside agent runs only
-(``send_email``, the memory, task-board and calendar tools: they need the calling run),
-so every tool listed can be called.
+(``send_email``, the memory, task-board and calendar tools: they need the calling run)
+and the tools of a server that references a persona's secret (``${secret:...}``: only
+an agent run of that persona can call them), so every tool listed can be called.
 """
 
 from __future__ import annotations
@@ -44,17 +46,25 @@ MAX_NAME = 128
 SEPARATOR = "__"
 RESERVED = frozenset({"whoami", "knowledge_search"})
 """Names ``/mcp`` answers itself (``roost.mcpserver.tools``); never listed by this provider."""
+AGENTS_PREFIX = "agent__"
+"""The agents domain's names at ``/mcp`` (``agent__<slug>``): a server's tool whose name
+would start so (a server called ``agent``) takes :data:`OWN_PREFIX` before it, or it
+would hide the caller's agent of that slug (the first provider to name a tool wins)."""
+OWN_PREFIX = "mcp_"
 _INVALID = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def mcp_name(base: str, taken: set[str]) -> str:
     """``base`` made a valid MCP tool name, distinct from every name in ``taken``."""
-    name = _INVALID.sub("_", base)[:MAX_NAME] or "tool"
+    valid = _INVALID.sub("_", base)
+    if valid.startswith(AGENTS_PREFIX):
+        valid = OWN_PREFIX + valid
+    name = valid[:MAX_NAME] or "tool"
     n = 1
     while name in taken:
         n += 1
         suffix = f"_{n}"
-        name = _INVALID.sub("_", base)[: MAX_NAME - len(suffix)] + suffix
+        name = valid[: MAX_NAME - len(suffix)] + suffix
     return name
 
 
@@ -81,7 +91,7 @@ async def offered_tools(session: AsyncSession, principal: Principal) -> list[Off
     """The principal's own and the global tools that may be called now, in a stable
     order (creation) so the same rows always get the same names."""
     stmt = (
-        select(Tool, McpServer.name)
+        select(Tool, McpServer.name, McpServer.config)
         .outerjoin(McpServer, McpServer.id == Tool.mcp_server_id)
         .where(
             or_(Tool.user_id.is_(None), Tool.user_id == principal.user_id),
@@ -92,11 +102,13 @@ async def offered_tools(session: AsyncSession, principal: Principal) -> list[Off
     )
     taken = set(RESERVED)
     found: list[Offered] = []
-    for tool, server in (await session.execute(stmt)).tuples().all():
+    for tool, server, config in (await session.execute(stmt)).tuples().all():
         if tool.kind != "mcp" and tool.name in RESERVED:
             continue  # /mcp offers it itself
         if tool.kind == "builtin" and tool.id not in builtins.OWN_IDS:
             continue  # run by its domain inside agent runs only
+        if (config or {}).get("secret_refs"):
+            continue  # needs a persona's secret: callable from its agent runs only
         base = tool.name if server is None else f"{server}{SEPARATOR}{tool.name}"
         name = mcp_name(base, taken)
         taken.add(name)

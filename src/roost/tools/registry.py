@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import or_, select, text
+from sqlalchemy import case, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
@@ -48,23 +48,46 @@ async def get_tool(session: AsyncSession, actor: Principal, tool_id: uuid.UUID) 
     return tool
 
 
+SHOWN_NAME_CHARS = 100
+"""How much of an unknown name an answer echoes (a name is as long as the body allows)."""
+
+
+def shown_name(name: str) -> str:
+    """``name`` as an answer may echo it: its first :data:`SHOWN_NAME_CHARS` and ``...``."""
+    return name if len(name) <= SHOWN_NAME_CHARS else name[:SHOWN_NAME_CHARS] + "..."
+
+
 async def find_tool(
     session: AsyncSession, actor: Principal, name: str, server: str | None = None
 ) -> Tool:
-    """The tool called ``name`` (on the MCP server named ``server``, if given)."""
+    """The tool called ``name`` (on the MCP server named ``server``, if given).
+
+    Without ``server`` a built-in wins over servers' tools of its name (``?server=``
+    cannot name a built-in), and several servers' tools are a 409.  With ``server``,
+    server names are unique per owner only: the caller's own server wins over a global
+    one of that name (which wins over other users', seen by administrators); a 409 only
+    for several of the same rank."""
     stmt = select(Tool).where(Tool.name == name, visible(actor))
-    if server is not None:
+    if server is None:
+        rank = case((Tool.mcp_server_id.is_(None), 0), else_=1)
+    else:
         stmt = stmt.join(McpServer, McpServer.id == Tool.mcp_server_id).where(
             McpServer.name == server
         )
-    found = list((await session.scalars(stmt.order_by(Tool.created_at).limit(10))).all())
+        rank = case((Tool.user_id == actor.user_id, 0), (Tool.user_id.is_(None), 1), else_=2)
+    found = (await session.execute(
+        stmt.add_columns(rank).order_by(rank, Tool.created_at).limit(10))).tuples().all()
     if not found:
-        where = f" on server {server!r}" if server else ""
-        raise NotFound(f"no tool named {name!r}{where}")
-    if len(found) > 1:
-        raise Conflict(f"{len(found)} tools are named {name!r}; call it by id or pass "
-                       "?server=<MCP server name>")
-    return found[0]
+        where = f" on server {shown_name(server)!r}" if server else ""
+        raise NotFound(f"no tool named {shown_name(name)!r}{where}")
+    best: list[Tool] = [tool for tool, r in found if r == found[0][1]]
+    if len(best) > 1:
+        if server is not None:
+            raise Conflict(f"{len(best)} tools named {shown_name(name)!r} are on servers "
+                           f"named {shown_name(server)!r}; call it by id")
+        raise Conflict(f"{len(best)} tools are named {shown_name(name)!r}; call it by id or "
+                       "pass ?server=<MCP server name>")
+    return best[0]
 
 
 async def add_dependency(
