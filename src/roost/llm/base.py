@@ -56,6 +56,8 @@ MAX_TOKEN_COUNT: Final = 1_000_000_000
 # needs to be searched for a lone surrogate.
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 _LINE_END: Final = re.compile(r"\r\n|\r|\n")
+# An extra header's value at least this long is removed from the errors a provider quotes.
+MIN_SECRET_CHARS: Final = 8
 
 
 @runtime_checkable
@@ -265,7 +267,10 @@ class HTTPProvider:
         return headers
 
     def _safe(self, text: str) -> str:
-        return scrub(text, self._api_key)
+        # Extra headers may carry credentials (docs/chat.md sends them there); a value too
+        # short to be one is left, or an error quoting "1" or "v2" would be garbled.
+        secrets = [v for v in self.extra_headers.values() if len(v) >= MIN_SECRET_CHARS]
+        return scrub(text, self._api_key, *secrets)
 
     def _status_error(self, status: int, body: str) -> ProviderError:
         message = self._safe(self._upstream_message(body)) or "(empty body)"

@@ -32,7 +32,6 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -81,7 +80,9 @@ class LLMProviderRow(UUIDPrimaryKey, Timestamps, Base):
     last_models_sync: Mapped[datetime | None]
 
     __table_args__ = (
-        UniqueConstraint("name", name="uq_llm_providers_name"),
+        # Names are unique whatever their case ("P1" after "p1" is a 409), also for two
+        # creates or renames at once.
+        Index("uq_llm_providers_lower_name", text("lower(name)"), unique=True),
         CheckConstraint("type IN ('openai', 'anthropic', 'local')", name="type"),
         CheckConstraint(
             "health_status IN ('healthy', 'degraded', 'unhealthy', 'unknown')", name="health_status"

@@ -9,11 +9,12 @@ the pool's provider objects (``roost.llm.provider_pool``).
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import structlog
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
@@ -26,7 +27,7 @@ from roost.llm.local import find_smollm2_gguf, llama_cpp_available
 from roost.llm.models import LLMProviderRow
 from roost.llm.provider_pool import ProviderBuildError, api_key_aad
 from roost.llm.provider_types import DEFAULT_BASE_URLS
-from roost.llm.schemas import ProviderCreate, ProviderUpdate
+from roost.llm.schemas import MAX_MODELS, ProviderCreate, ProviderUpdate
 from roost.principal import Principal
 
 log = structlog.get_logger(__name__)
@@ -34,6 +35,10 @@ log = structlog.get_logger(__name__)
 RESOURCE = "llm_provider"
 LOCAL_PROVIDER_NAME = "local"
 LOCAL_MODEL_NAME = "SmolLM2-135M-Instruct"
+NAME_INDEX = "uq_llm_providers_lower_name"
+# What an answer shows instead of an extra header's value (routes.provider_out); a PATCH
+# sending it back keeps the value stored.
+MASKED = "***"
 
 
 def _require_admin(actor: Principal) -> None:
@@ -69,9 +74,13 @@ async def list_providers(session: AsyncSession, actor: Principal) -> list[LLMPro
     return list(rows.all())
 
 
-async def get_provider(session: AsyncSession, actor: Principal, provider_id: uuid.UUID) -> LLMProviderRow:
+async def get_provider(
+    session: AsyncSession, actor: Principal, provider_id: uuid.UUID, *, lock: bool = False
+) -> LLMProviderRow:
+    """``lock``: read it FOR UPDATE, so an edit racing a deletion waits for it and is a
+    404 (not an UPDATE that finds no row)."""
     _require_admin(actor)
-    row = await session.get(LLMProviderRow, provider_id)
+    row = await session.get(LLMProviderRow, provider_id, with_for_update=lock)
     if row is None:
         raise NotFound(f"no LLM provider with id {provider_id}")
     return row
@@ -82,6 +91,42 @@ async def _name_taken(session: AsyncSession, name: str, exclude: uuid.UUID | Non
     if exclude is not None:
         stmt = stmt.where(LLMProviderRow.id != exclude)
     return (await session.scalar(stmt)) is not None
+
+
+async def _flush_name(session: AsyncSession, name: str) -> None:
+    """Flush; a name taken meanwhile by a create or rename at once (whatever its case:
+    the unique index is on lower(name)) is the 409 :func:`_name_taken` gives."""
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        if NAME_INDEX in str(exc.orig):
+            raise Conflict(f"an LLM provider named {name!r} already exists") from None
+        raise
+
+
+def _weight(value: float) -> Decimal:
+    """The weight as stored (``Numeric(5, 2)``, which rounds half away from zero), so the
+    answer to a create or edit shows what a GET and the votes will use."""
+    return Decimal(str(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def _unmasked_config(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """``new`` with each extra header sent back as :data:`MASKED` (as answers show it)
+    given its stored value again; a masked value for a header not stored is a 400."""
+    headers = new.get("extra_headers")
+    if not isinstance(headers, dict) or MASKED not in headers.values():
+        return new
+    stored = {str(k).lower(): v for k, v in (old.get("extra_headers") or {}).items()}
+    kept: dict[str, Any] = {}
+    for name, value in headers.items():
+        if value == MASKED:
+            if name.lower() not in stored:
+                raise BadRequest(f"config.extra_headers[{name!r}] is {MASKED!r} (a hidden "
+                                 "value) but the provider has no such header; send its value")
+            value = stored[name.lower()]
+        kept[name] = value
+    return {**new, "extra_headers": kept}
 
 
 async def create_provider(
@@ -97,7 +142,7 @@ async def create_provider(
         )
     row = LLMProviderRow(
         id=uuid7(), name=data.name, type=kind, base_url=base_url, model=data.model,
-        weight=Decimal(str(data.weight)), priority=data.priority, enabled=data.enabled,
+        weight=_weight(data.weight), priority=data.priority, enabled=data.enabled,
         config=data.config, modelsdev_provider_id=data.modelsdev_provider_id,
         models={data.model: True} if data.model else {},
         health_status="unknown", response_time=0,
@@ -106,7 +151,7 @@ async def create_provider(
     if data.api_key:
         row.api_key_encrypted = gateway.secret_box.encrypt(data.api_key, api_key_aad(row.id)).decode()
     session.add(row)
-    await session.flush()
+    await _flush_name(session, row.name)
     await audit.record(
         session, "llm.provider.create", user_id=actor.user_id, resource_type=RESOURCE,
         resource_id=row.id,
@@ -121,7 +166,7 @@ async def update_provider(
     session: AsyncSession, gateway: LLMGateway, actor: Principal, provider_id: uuid.UUID,
     data: ProviderUpdate,
 ) -> LLMProviderRow:
-    row = await get_provider(session, actor, provider_id)
+    row = await get_provider(session, actor, provider_id, lock=True)
     changes: dict[str, Any] = {}
     fields = data.model_dump(exclude_unset=True)
     if "name" in fields and fields["name"] is not None and fields["name"] != row.name:
@@ -141,6 +186,9 @@ async def update_provider(
             gateway.secret_box.encrypt(key, api_key_aad(row.id)).decode() if key else None
         )
         changes["api_key_set"] = key is not None
+    if fields.get("config") is not None:
+        fields["config"] = _unmasked_config(fields["config"], row.config or {})
+    old_model = row.model
     for name in ("model", "priority", "enabled", "config", "modelsdev_provider_id"):
         if name in ("priority", "enabled", "config") and fields.get(name) is None:
             continue  # not nullable: an explicit null means "leave it"
@@ -151,8 +199,14 @@ async def update_provider(
                 changes["config"] = "changed"
             setattr(row, name, fields[name])
     if "weight" in fields and fields["weight"] is not None:
-        changes["weight"] = [float(row.weight), fields["weight"]]
-        row.weight = Decimal(str(fields["weight"]))
+        weight = _weight(fields["weight"])
+        changes["weight"] = [float(row.weight), float(weight)]
+        row.weight = weight
+    if old_model and old_model != row.model and row.last_models_sync is None:
+        # Never synced: the old default was in models only as the default (a typo fixed
+        # must not stay listed and routed).  After a sync it may be one the provider
+        # listed; the next sync drops it if not.
+        row.models = {m: on for m, on in (row.models or {}).items() if m != old_model}
     if "model" in fields and data.model and data.model not in (row.models or {}):
         row.models = {**(row.models or {}), data.model: True}
     if data.disabled_models is not None:
@@ -161,7 +215,7 @@ async def update_provider(
         changes["disabled_models"] = sorted(disabled & set(row.models))
     _recount(row)
     row.updated_at = utcnow()
-    await session.flush()
+    await _flush_name(session, row.name)
     await audit.record(session, "llm.provider.update", user_id=actor.user_id,
                        resource_type=RESOURCE, resource_id=row.id, changes=changes)
     return row
@@ -256,7 +310,12 @@ async def sync_models(gateway: LLMGateway, actor: Principal, provider_id: uuid.U
         if not _unchanged_since(snapshot, row):
             raise Conflict("the provider changed during the sync; sync again")
         before = dict(row.models or {})
-        models = {m: bool(before.get(m, True)) for m in listed}
+        # At most MAX_MODELS kept (the first listed, the default model among them): the
+        # list goes into every answer about the provider.
+        kept = listed[:MAX_MODELS]
+        if row.model and row.model not in kept and len(kept) == MAX_MODELS:
+            kept = kept[:-1]
+        models = {m: bool(before.get(m, True)) for m in kept}
         if row.model and row.model not in models:
             models[row.model] = bool(before.get(row.model, True))
         await session.execute(

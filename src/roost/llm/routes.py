@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Query, Response, status
 
@@ -28,11 +28,20 @@ from roost.llm.schemas import (
 router = RoostRouter(prefix="/api/v1/llm", tags=["llm"])
 
 
+def _shown_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with each extra header's value masked: they may carry credentials
+    (docs/chat.md), shown no more than the api_key is."""
+    headers = config.get("extra_headers")
+    if not isinstance(headers, dict):
+        return config
+    return {**config, "extra_headers": {name: providers.MASKED for name in headers}}
+
+
 def provider_out(row: LLMProviderRow) -> ProviderOut:
     return ProviderOut(
         id=row.id, name=row.name, type=row.type, base_url=row.base_url, model=row.model,
         weight=float(row.weight), priority=row.priority, enabled=row.enabled,
-        config=row.config or {}, has_api_key=row.api_key_encrypted is not None,
+        config=_shown_config(row.config or {}), has_api_key=row.api_key_encrypted is not None,
         health_status=row.health_status, health_error=row.health_error,
         last_health_check_at=row.last_health_check_at, response_time=row.response_time,
         modelsdev_provider_id=row.modelsdev_provider_id,

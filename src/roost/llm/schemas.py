@@ -30,6 +30,10 @@ ProviderTypeInput = Literal[
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 MAX_CONFIG_BYTES = 16 * 1024
 MAX_BASE_URL_CHARS = 500  # llm_providers.base_url
+# The most model ids a provider keeps: a PATCH's disabled_models, and a sync (the first
+# ones listed; a 30,000-model list made every provider answer ~400 KB).
+MAX_MODELS = 10_000
+SECRET_CONFIG_KEYS = frozenset({"api_key", "apikey", "key", "token", "password", "secret"})
 
 
 class ProviderOptions(StrictInput):
@@ -64,17 +68,42 @@ def _check_options(value: dict[str, Any]) -> None:
         raise ValueError(problems) from None
 
 
+def _secret_key(value: Any, top: bool = True) -> str | None:
+    """The first key naming a secret at any depth (``{"auth": {"api_key": ...}}`` too);
+    the names of ``extra_headers`` are header names, whose values answers never show."""
+    if isinstance(value, list):
+        return next((k for v in value if (k := _secret_key(v, False)) is not None), None)
+    if not isinstance(value, dict):
+        return None
+    for key, item in value.items():
+        if str(key).lower() in SECRET_CONFIG_KEYS:
+            return str(key)
+        if top and key == "extra_headers":
+            continue
+        found = _secret_key(item, False)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_model(value: str | None) -> str | None:
+    """A model id someone can ask for: not blank (null leaves the provider without one)."""
+    if value is not None and not value.strip():
+        raise ValueError("model must not be empty or only spaces; send null for no default")
+    return value
+
+
 def _check_config(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None:
         return None
     if json_size(value) > MAX_CONFIG_BYTES:
         raise ValueError(f"config is larger than {MAX_CONFIG_BYTES} bytes")
-    for secret_key in ("api_key", "apikey", "key", "token", "password", "secret"):
-        if secret_key in {k.lower() for k in value}:
-            raise ValueError(
-                f"config must not hold secrets ({secret_key!r}); pass the key as api_key, "
-                "which is stored encrypted"
-            )
+    secret_key = _secret_key(value)
+    if secret_key is not None:
+        raise ValueError(
+            f"config must not hold secrets ({secret_key!r}); pass the key as api_key, "
+            "which is stored encrypted"
+        )
     headers = value.get("extra_headers")
     if headers is not None:
         if not isinstance(headers, dict):
@@ -175,6 +204,11 @@ class ProviderCreate(StrictInput):
     def _no_secrets_in_config(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _check_config(value) or {}
 
+    @field_validator("model")
+    @classmethod
+    def _model_not_blank(cls, value: str | None) -> str | None:
+        return _check_model(value)
+
     @field_validator("api_key")
     @classmethod
     def _api_key_fits_a_header(cls, value: str | None) -> str | None:
@@ -201,7 +235,7 @@ class ProviderUpdate(StrictInput):
     config: dict[str, Any] | None = None
     modelsdev_provider_id: str | None = Field(default=None, max_length=255)
     disabled_models: list[str] | None = Field(
-        default=None, max_length=10_000,
+        default=None, max_length=MAX_MODELS,
         description="Model ids (from the last sync) this provider must not be routed for",
     )
 
@@ -214,6 +248,11 @@ class ProviderUpdate(StrictInput):
     @classmethod
     def _no_secrets_in_config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         return _check_config(value)
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_blank(cls, value: str | None) -> str | None:
+        return _check_model(value)
 
     @field_validator("api_key")
     @classmethod
