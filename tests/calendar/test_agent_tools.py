@@ -327,3 +327,25 @@ async def test_move_event_to_the_next_free_slot_searches_up_to_the_calendars_end
                             start_time="9000-01-01T00:00:00Z", end_time="9999-12-20T00:00:00Z")
     with pytest.raises(Unprocessable, match="9999-12-30"):
         await call(agenttools.MOVE_EVENT_ID, event_id=long["id"], next_free_slot=True, **extra)
+
+
+async def test_an_agent_moves_an_event_longer_than_a_range_query_checking_all_of_it(
+        database: Database, client: httpx.AsyncClient, test_settings: Settings,
+        user: tuple[uuid.UUID, Headers]) -> None:
+    """calendar_move_event with new_start checks an event lasting over a year for conflicts
+    over all of its length (a range query's 366 days at a time), never answering 'the range
+    is longer than 366 days' to an agent that gave no range."""
+    user_id, headers = user
+    cal = await make_calendar(client, headers)
+    ev = await make_event(client, headers, cal["id"], summary="Sabbatical",
+                          start_time="2027-03-01T09:00:00Z", end_time="2028-06-01T09:00:00Z")
+    await make_event(client, headers, cal["id"], summary="late", is_movable=False,
+                     start_time="2031-02-01T09:00:00Z", end_time="2031-02-01T10:00:00Z")
+    call = await _tools(database, test_settings, user_id)
+    with pytest.raises(Unprocessable, match="2031-02-01T09:00:00Z"):  # in its second year
+        await call(agenttools.MOVE_EVENT_ID, event_id=ev["id"],
+                   new_start="2030-01-01T09:00:00Z")
+    moved = await call(agenttools.MOVE_EVENT_ID, event_id=ev["id"],
+                       new_start="2032-01-01T09:00:00Z")
+    assert (moved["event"]["start"], moved["event"]["end"]) == (
+        "2032-01-01T09:00:00Z", "2033-04-03T09:00:00Z")  # 458 days

@@ -497,3 +497,19 @@ async def test_a_one_day_query_of_a_series_from_year_one_is_bounded_work(
                                     "end": "2027-03-02T00:00:00Z"})
     assert resp.status_code == 200, resp.text
     assert _Counting.seen < 100_000, f"{_Counting.seen} occurrences iterated for one day"
+
+
+async def test_a_count_series_with_a_sub_second_start_has_count_occurrences(
+        client: httpx.AsyncClient, user: User) -> None:
+    """A daily COUNT=3 series given a 09:00:00.5 start has three occurrences: times are
+    stored in whole seconds (the rule's own occurrences have none smaller; DTSTART's stood
+    beside them as a fourth)."""
+    _, h = user
+    cal = await make_calendar(client, h)
+    await make_event(client, h, cal["id"], summary="x", start_time="2027-03-01T09:00:00.5Z",
+                     end_time="2027-03-01T10:00:00.5Z", recurrence_rule="FREQ=DAILY;COUNT=3")
+    r = await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=h, params={
+        "start": "2027-03-01T00:00:00Z", "end": "2027-03-10T00:00:00Z"})
+    assert r.status_code == 200, r.text
+    assert [o["start"] for o in r.json()["occurrences"]] == [
+        "2027-03-01T09:00:00Z", "2027-03-02T09:00:00Z", "2027-03-03T09:00:00Z"]

@@ -87,3 +87,26 @@ async def test_free_busy_over_more_than_max_expanded_occurrences_is_a_422(
         "start": "2027-01-01T00:00:00Z", "end": "2027-02-01T00:00:00Z"})
     assert resp.status_code == 200, resp.text
     assert len(resp.json()["busy"]) == 31 * 24 * 30, resp.json()["busy"][:3]
+
+
+@pytest.mark.parametrize("rule", [
+    "FREQ=HOURLY;BYMONTH=2;BYMONTHDAY=29;BYHOUR=0;COUNT=50000",
+    "FREQ=DAILY;BYMONTH=2;BYMONTHDAY=29;COUNT=100",
+])
+async def test_a_count_rule_walked_over_millennia_is_a_422(
+        client: httpx.AsyncClient, user: User, rule: str) -> None:
+    """A COUNT rule is walked from DTSTART at every write and query: one whose occurrences
+    are spread over more than MAX_COUNT of its periods (a leap day at a time) cost seconds
+    of CPU each time, on the event loop.  Refused, naming why; the same days as a YEARLY
+    rule are fine."""
+    _, h = user
+    cal = await make_calendar(client, h)
+    times = {"summary": "x", "start_time": "8000-01-01T00:00:00Z",
+             "end_time": "8000-01-01T01:00:00Z"}
+    r = await client.post(f"/api/v1/calendars/{cal['id']}/events", headers=h,
+                          json={**times, "recurrence_rule": rule})
+    assert r.status_code == 422, r.text
+    assert "COUNT" in r.json()["detail"]
+    ok = await client.post(f"/api/v1/calendars/{cal['id']}/events", headers=h, json={
+        **times, "recurrence_rule": "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29;COUNT=50000"})
+    assert ok.status_code == 201, ok.text

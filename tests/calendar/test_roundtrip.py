@@ -13,7 +13,7 @@ import httpx
 import icalendar
 import pytest
 
-from tests.calendar.conftest import Headers, make_calendar
+from tests.calendar.conftest import Headers, make_calendar, make_event
 
 ZONES = ["Europe/Berlin", "America/New_York", "Asia/Tokyo", "UTC", "Australia/Sydney"]
 RULES = ["FREQ=WEEKLY;BYDAY=MO,WE", "FREQ=DAILY;COUNT=10", "FREQ=MONTHLY;BYMONTHDAY=15",
@@ -219,3 +219,94 @@ async def test_a_uid_with_a_control_character_is_a_422(
                              json={**EVENT, "uid": uid}, headers=headers)
     assert made.status_code == 422, made.text
     assert "uid" in made.text
+
+
+async def test_sub_second_times_are_stored_as_whole_seconds_and_read_back_unchanged(
+        client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers]) -> None:
+    """iCalendar has no fractions of a second: an event is stored in whole seconds, so its
+    export reads back unchanged (it was counted updated)."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    made = await make_event(client, headers, cal["id"], summary="x",
+                            start_time="2027-03-01T09:00:00.5Z",
+                            end_time="2027-03-01T10:00:00.25Z",
+                            rdates=["2027-03-05T09:00:00.75Z"])
+    assert (made["start_time"], made["end_time"], made["rdates"]) == (
+        "2027-03-01T09:00:00Z", "2027-03-01T10:00:00Z", ["2027-03-05T09:00:00Z"])
+    counts = await _round_trip(client, headers, cal["id"])
+    assert counts == {"created": 0, "updated": 0, "unchanged": 1, "skipped": []}
+
+
+async def test_an_all_day_event_in_another_zone_than_its_calendar_reads_back_unchanged(
+        client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers]) -> None:
+    """An all-day event's DATE values are days of its own zone: an export names the zone
+    (X-ROOST-TIMEZONE) when it is not the calendar's, so the event keeps its zone and days
+    (it came back a UTC event nine hours later)."""
+    _, headers = user
+    cal = await make_calendar(client, headers, timezone="UTC")
+    ev = await make_event(client, headers, cal["id"], summary="Tokyo holiday", all_day=True,
+                          timezone="Asia/Tokyo", start_time="2027-03-01T00:00:00+09:00",
+                          end_time="2027-03-02T00:00:00+09:00")
+    counts = await _round_trip(client, headers, cal["id"])
+    after = (await client.get(f"/api/v1/calendars/{cal['id']}/events/{ev['id']}",
+                              headers=headers)).json()
+    assert (after["timezone"], after["start_time"], after["end_time"]) == (
+        ev["timezone"], ev["start_time"], ev["end_time"])
+    assert counts == {"created": 0, "updated": 0, "unchanged": 1, "skipped": []}
+
+
+async def test_an_unknown_x_roost_timezone_is_a_422(
+        client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers]) -> None:
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    ics = ("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:a\r\n"
+           "DTSTART;VALUE=DATE:20270301\r\nX-ROOST-TIMEZONE:Mars/Olympus\r\nEND:VEVENT\r\n"
+           "END:VCALENDAR\r\n")
+    resp = await client.post(f"/api/v1/calendars/{cal['id']}/import", headers=headers,
+                             files={"file": ("a.ics", ics.encode(), "text/calendar")})
+    assert resp.status_code == 422, resp.text
+    assert "X-ROOST-TIMEZONE" in resp.text
+
+
+async def test_a_changed_day_of_an_all_day_series_in_another_zone_is_not_duplicated(
+        client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers]) -> None:
+    """An override's DATE RECURRENCE-ID is a day of its series' zone: re-importing the
+    export (with or without the series) finds the existing override instead of moving the
+    series and adding a second one."""
+    _, headers = user
+    cal = await make_calendar(client, headers, timezone="America/Los_Angeles")
+    ev = await make_event(client, headers, cal["id"], summary="Holiday", all_day=True,
+                          timezone="Pacific/Auckland", start_time="2027-03-01T00:00:00+13:00",
+                          end_time="2027-03-02T00:00:00+13:00",
+                          recurrence_rule="FREQ=WEEKLY;COUNT=5")
+    changed = await client.put(
+        f"/api/v1/calendars/{cal['id']}/events/{ev['id']}/occurrences/2027-03-07T11:00:00Z",
+        json={"summary": "moved"}, headers=headers)
+    assert changed.status_code == 201, changed.text
+    counts = await _round_trip(client, headers, cal["id"])
+    assert counts == {"created": 0, "updated": 0, "unchanged": 2, "skipped": []}
+    # The override alone (its series only in the calendar): read in the series' zone too.
+    exported = await client.get(f"/api/v1/calendars/{cal['id']}/export", headers=headers)
+    parsed = icalendar.Calendar.from_ical(exported.content)
+    parsed.subcomponents = [c for c in parsed.subcomponents
+                            if c.name != "VEVENT" or c.get("RECURRENCE-ID") is not None]
+    alone = await client.post(f"/api/v1/calendars/{cal['id']}/import", headers=headers, files={
+        "file": ("o.ics", parsed.to_ical(), "text/calendar")})
+    assert alone.json() == {"created": 0, "updated": 0, "unchanged": 1, "skipped": []}
+    listed = await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                              params={"start": "2027-02-28T00:00:00Z",
+                                      "end": "2027-04-05T00:00:00Z"})
+    assert [o["summary"] for o in listed.json()["occurrences"]] == [
+        "Holiday", "moved", "Holiday", "Holiday", "Holiday"]
+
+
+async def test_a_rule_with_zero_padded_numbers_reads_back_unchanged(
+        client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers]) -> None:
+    """INTERVAL=002 is exported as INTERVAL=2: the same rule, counted unchanged."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    await make_event(client, headers, cal["id"], summary="x", start_time="2027-03-01T09:00:00Z",
+                     end_time="2027-03-01T10:00:00Z",
+                     recurrence_rule="FREQ=MONTHLY;INTERVAL=002;BYDAY=+01MO;COUNT=010")
+    counts = await _round_trip(client, headers, cal["id"])
+    assert counts == {"created": 0, "updated": 0, "unchanged": 1, "skipped": []}

@@ -214,8 +214,15 @@ async def _calendar(session: AsyncSession, actor: Principal,
 
 async def _busy_at(session: AsyncSession, actor: Principal, start: datetime, end: datetime,
                    exclude: uuid.UUID | None = None) -> list[tuple[datetime, datetime]]:
-    busy, _ = await service.freebusy(session, actor, start, end, exclude=exclude)
-    return busy
+    """The busy time in ``[start, end)``, asked ``service.MAX_RANGE`` at a time: an event
+    lasting longer than a range query may (the agent gave no range) is checked too."""
+    busy: list[tuple[datetime, datetime]] = []
+    while start < end:
+        until = end if end - start <= service.MAX_RANGE else start + service.MAX_RANGE
+        part, _ = await service.freebusy(session, actor, start, until, exclude=exclude)
+        busy.extend(part)
+        start = until
+    return recurrence.merge(busy)  # a busy span across two parts is one
 
 
 def _conflict(busy: list[tuple[datetime, datetime]]) -> Unprocessable:

@@ -8,11 +8,12 @@ RDATE, EXDATE, ATTENDEE, STATUS, TRANSP, the first VALARM's TRIGGER (``reminder_
 and Roost's own ``X-ROOST-*`` properties (what a Roost export writes for the columns
 RFC 5545 has no property for).  A VEVENT with RECURRENCE-ID (one changed occurrence of a
 series: moved, changed or STATUS:CANCELLED) is an override (``Parsed.overrides``), read
-like any VEVENT, its RECURRENCE-ID like its DTSTART (TZID, floating, DATE); one with
-RANGE=THISANDFUTURE or an RRULE/RDATE of its own is listed in ``skipped``.  Export writes
-each override after its series, with a RECURRENCE-ID of the series' type (DATE for an
-all-day series).  Anything malformed raises :class:`ICalError` naming the component and
-the property.
+like any VEVENT, its RECURRENCE-ID like its DTSTART (TZID, floating; a DATE is a day of
+its series' zone, resolved by the importer); one with RANGE=THISANDFUTURE or an RRULE/RDATE
+of its own is listed in ``skipped``.  Export writes each override after its series, with a
+RECURRENCE-ID of the series' type (DATE for an all-day series), and X-ROOST-TIMEZONE on an
+all-day event whose zone is not the calendar's (DATE values carry no zone).  Anything
+malformed raises :class:`ICalError` naming the component and the property.
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ class Override:
 
     where: str
     data: EventData
+    # A DATE RECURRENCE-ID: a day of the series' zone (the importer reads it in the zone
+    # of the series, which may not be in this file; ``recurrence_id`` is its midnight in
+    # the calendar's zone until then).
+    day: date | None = None
 
 
 @dataclass
@@ -405,7 +410,8 @@ def _override(component: Any, uid: str, where: str, default_tz: str) -> Override
         return f"{what} has a recurrence (RRULE, RDATE or EXDATE) of its own: not supported"
     data = _event(component, uid, where, default_tz)
     data.recurrence_id = recurrence_id
-    return Override(where=where, data=data)
+    return Override(where=where, data=data,
+                    day=None if isinstance(value, datetime) else value)
 
 
 def _event(component: Any, uid: str, where: str, default_tz: str) -> EventData:
@@ -421,7 +427,8 @@ def _event(component: Any, uid: str, where: str, default_tz: str) -> EventData:
     if not isinstance(start, date):
         raise ICalError(f"{where}: DTSTART is not a date or date-time")
     all_day = not isinstance(start, datetime)
-    tz_name = _zone_name(start, default_tz) if isinstance(start, datetime) else default_tz
+    tz_name = _zone_name(start, default_tz) if isinstance(start, datetime) \
+        else _all_day_zone(component, default_tz, where)
     if end is not None and (not isinstance(end, date)
                             or isinstance(end, datetime) == all_day):
         raise ICalError(f"{where}: DTEND must be of the same type as DTSTART (DATE or DATE-TIME)")
@@ -482,6 +489,19 @@ def _event(component: Any, uid: str, where: str, default_tz: str) -> EventData:
     except RecurrenceError as exc:
         raise ICalError(f"{where}: {'RRULE' if rule else 'RDATE'}: {exc}") from None
     return data
+
+
+def _all_day_zone(component: Any, default_tz: str, where: str) -> str:
+    """The zone of an all-day event: Roost's own X-ROOST-TIMEZONE (what an export writes
+    when it is not the calendar's: DATE values carry none), else the calendar's."""
+    name = _text(component, "X-ROOST-TIMEZONE")
+    if name is None:
+        return default_tz
+    try:
+        recurrence.zone(name)
+    except RecurrenceError as exc:
+        raise ICalError(f"{where}: X-ROOST-TIMEZONE: {exc}") from None
+    return name
 
 
 def _read_categories(component: Any, data: EventData, where: str) -> None:
@@ -558,11 +578,11 @@ def build(name: str, events: Iterable[Any], *, description: str | None = None,
     for ev in rows:
         if getattr(ev, "recurrence_id", None) is not None:
             if ev.uid not in series:  # no series in this export: on its own
-                cal.add_component(_component(ev, ev))
+                cal.add_component(_component(ev, ev, timezone))
             continue
-        cal.add_component(_component(ev))
+        cal.add_component(_component(ev, None, timezone))
         for over in sorted(changed.get(ev.uid, ()), key=lambda o: o.recurrence_id):
-            cal.add_component(_component(over, ev))
+            cal.add_component(_component(over, ev, timezone))
     add_missing = getattr(cal, "add_missing_timezones", None)
     if add_missing is not None:
         add_missing()
@@ -570,8 +590,10 @@ def build(name: str, events: Iterable[Any], *, description: str | None = None,
     return data
 
 
-def _component(ev: Any, series: Any = None) -> icalendar.Event:
-    """A VEVENT; with ``series``, an override of it (RECURRENCE-ID of the series' type)."""
+def _component(ev: Any, series: Any = None, timezone: str | None = None) -> icalendar.Event:
+    """A VEVENT; with ``series``, an override of it (RECURRENCE-ID of the series' type).
+    An all-day event whose zone is not the calendar's (``timezone``) gets X-ROOST-TIMEZONE:
+    its DATE values are days of that zone, which import would read in the calendar's."""
     out = icalendar.Event()
     out.add("UID", ev.uid)
     out.add("DTSTAMP", (ev.updated_at or datetime.now(UTC)).astimezone(UTC))
@@ -579,6 +601,8 @@ def _component(ev: Any, series: Any = None) -> icalendar.Event:
         out.add("RECURRENCE-ID", _when(ev.recurrence_id, series.timezone, series.all_day))
     out.add("DTSTART", _when(ev.start_time, ev.timezone, ev.all_day))
     out.add("DTEND", _when(ev.end_time, ev.timezone, ev.all_day))
+    if ev.all_day and ev.timezone != timezone:
+        out.add("X-ROOST-TIMEZONE", icalendar.vText(ev.timezone))
     out.add("SUMMARY", ev.summary)
     if ev.description:
         out.add("DESCRIPTION", ev.description)

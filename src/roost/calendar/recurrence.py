@@ -19,7 +19,9 @@ Semantics (docs/calendar.md, "Recurrence"):
 - SECONDLY and MINUTELY rules are refused, so is a rule that occurs more than once an
   hour on average over its period (``density_error``), and so is a rule with no occurrence in the
   first 370 years (e.g. BYMONTH=2;BYMONTHDAY=30), which dateutil would otherwise search
-  up to the year 9999 on every query.
+  up to the year 9999 on every query, and so is a COUNT rule dateutil walks (no
+  arithmetic plan) whose occurrences are spread over more than ``MAX_COUNT`` of its
+  periods (``_check_count_walk``).
 """
 
 from __future__ import annotations
@@ -412,6 +414,44 @@ def validate(event: Recurring) -> None:
     if first is None:
         raise RecurrenceError("the recurrence rule has no occurrence (check its BYMONTH, "
                               "BYMONTHDAY, BYSETPOS... combination)")
+    _check_count_walk(event.rule, start, event.timezone)
+
+
+def _walk_unit(rule: Rule) -> timedelta:
+    """What dateutil steps through per candidate period of a rule: INTERVAL periods, an
+    HOURLY rule's at least a day (it skips a day its BY* parts rule out at once; a MONTHLY
+    or YEARLY period counts as 31 or 366 days)."""
+    interval = int(rule.parts.get("INTERVAL", "1"))
+    if rule.freq == "HOURLY":
+        return max(timedelta(hours=interval), timedelta(days=1))
+    return timedelta(days=interval * {"DAILY": 1, "WEEKLY": 7, "MONTHLY": 31,
+                                      "YEARLY": 366}[rule.freq])
+
+
+def _check_count_walk(value: str, start: datetime, tz_name: str) -> None:
+    """Refuse a COUNT rule whose occurrences dateutil finds only by walking more than
+    ``MAX_COUNT`` of its periods: a COUNT rule is walked from DTSTART on every query and at
+    every write, and ``FREQ=HOURLY;BYMONTH=2;BYMONTHDAY=29;BYHOUR=0;COUNT=50000`` (one
+    occurrence in four years) walked every day up to the year 9999: seconds of CPU each
+    time.  Rules the arithmetic plans expand (``_plan``, ``_month_plan``) are not walked
+    by queries and need no check.  This walk stops at the first occurrence past the
+    limit: at most one gap of the rule beyond it (a 400-year cycle, as ``validate``'s
+    probe)."""
+    rule = parse_rule(value)
+    if "COUNT" not in rule.parts or _plan(value, start, tz_name) is not None \
+            or _month_plan(value, start, tz_name) is not None:
+        return
+    limit = _clamped(start, _walk_unit(rule) * MAX_COUNT)
+    try:
+        sparse = any(occ > limit for occ in rrulestr(rule.text, dtstart=start, cache=False))
+    except (ValueError, OverflowError):
+        return  # near the year 9999: dateutil stops there (recurrence_end does the same)
+    if sparse:
+        raise RecurrenceError(
+            f"the rule's {rule.parts['COUNT']} occurrences (COUNT) are spread over more than "
+            f"{MAX_COUNT} of its periods (FREQ and INTERVAL; days for HOURLY): a rule this "
+            "sparse costs seconds on every query; use a coarser FREQ (such as YEARLY), a "
+            "smaller COUNT or UNTIL")
 
 
 def recurrence_end(event: Recurring) -> datetime | None:

@@ -13,6 +13,7 @@ acting user's own calendars only.  Ranges are required and at most ``MAX_RANGE``
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -212,7 +213,7 @@ def _aware(values: Sequence[datetime] | None, field: str) -> list[datetime]:
             raise Unprocessable(f"{field}: every date-time needs a UTC offset",
                                 extra={"field": field})
         try:
-            out.append(v.astimezone(UTC))
+            out.append(_whole_seconds(v.astimezone(UTC)))
         except OverflowError:  # 0001-01-01T00:00:00+14:00 is in year 0 in UTC
             raise Unprocessable(f"{field}: {v.isoformat()} is not {recurrence.LIMITS_TEXT}",
                                 extra={"field": field}) from None
@@ -299,8 +300,16 @@ def _apply(ev: Event, values: dict[str, Any]) -> None:
         elif key in ("start_time", "end_time"):
             if value.tzinfo is None:
                 raise Unprocessable(f"{key} needs a UTC offset", extra={"field": key})
-            value = value.astimezone(UTC)
+            value = _whole_seconds(value.astimezone(UTC))
         setattr(ev, key, value)
+
+
+def _whole_seconds(at: datetime) -> datetime:
+    """A time as an event stores it: whole seconds.  iCalendar has none smaller (an export
+    would read back changed), and a rule's occurrences after DTSTART have none (dateutil
+    and the arithmetic plans drop them): a 09:00:00.5 DTSTART was a fourth occurrence
+    beside 09:00:00 of a COUNT=3 series."""
+    return at.replace(microsecond=0)
 
 
 async def create_event(session: AsyncSession, actor: Principal, calendar_id: uuid.UUID,
@@ -644,11 +653,17 @@ async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.
         rows = await session.scalars(select(Event).where(Event.calendar_id == cal.id,
                                                          Event.uid.in_(uids[i:i + 1000])))
         existing.update({(e.uid, e.recurrence_id): e for e in rows.all()})
-    in_file = {e.uid for e in parsed.events}
+    in_file = {e.uid: e for e in parsed.events}
     skipped = list(parsed.skipped)
     overrides: list[ical.EventData] = []
     for over in parsed.overrides:
-        if over.data.uid in in_file or (over.data.uid, None) in existing:
+        series = in_file.get(over.data.uid) or existing.get((over.data.uid, None))
+        if series is not None:
+            if over.day is not None:
+                # A DATE RECURRENCE-ID is a day of the series' zone (an all-day series
+                # need not be in the calendar's): its midnight there is the occurrence.
+                over.data.recurrence_id = recurrence.all_day_bounds(
+                    over.day, over.day, series.timezone)[0]
             overrides.append(over.data)
         else:
             stamp = (over.data.recurrence_id or over.data.start_time).strftime("%Y%m%dT%H%M%SZ")
@@ -699,14 +714,31 @@ def _derive_all(events: Sequence[ical.EventData]) -> list[tuple[datetime | None,
 
 
 def _rule_differs(old: str | None, new: str | None) -> bool:
-    """Two RRULE values differ by their parts, not their order: an export writes the
-    parts in the iCalendar library's order (FREQ first), which imports back unchanged."""
+    """Two RRULE values differ by their parts' values, not their order or spelling: an
+    export writes the parts in the iCalendar library's order (FREQ first) and its numbers
+    without leading zeros or "+" (INTERVAL=002 as 2), which import back unchanged."""
     if old is None or new is None or old == new:
         return old != new
     try:
-        return recurrence.parse_rule(old).parts != recurrence.parse_rule(new).parts
+        return _rule_values(old) != _rule_values(new)
     except RecurrenceError:
         return True
+
+
+_NUMBERED: Final = re.compile(r"([+-]?)(\d+)([A-Z]{2})?")  # 002, +1, -1FR
+
+
+def _rule_values(rule: str) -> dict[str, list[Any]]:
+    """A valid rule's parts with their numbers as numbers (UNTIL and weekdays as text)."""
+    values: dict[str, list[Any]] = {}
+    for key, text in recurrence.parse_rule(rule).parts.items():
+        items: list[Any] = []
+        for item in text.split(","):
+            match = _NUMBERED.fullmatch(item) if key != "UNTIL" else None
+            items.append(item if match is None else (
+                -int(match[2]) if match[1] == "-" else int(match[2]), match[3]))
+        values[key] = items
+    return values
 
 
 def _differs(old: Any, new: Any) -> bool:
