@@ -185,10 +185,15 @@ async def _thread_of(session: AsyncSession, persona_id: uuid.UUID,
     answered = ([parsed.in_reply_to] if parsed.in_reply_to else []) + \
         list(reversed(parsed.references))
     if answered:
-        known = dict((await session.execute(
-            select(Email.message_id, func.coalesce(Email.thread_id, Email.message_id))
-            .where(Email.persona_id == persona_id, Email.message_id.in_(answered))
-            .order_by(Email.created_at))).tuples().all())
+        # A Message-ID stored twice (a received mail reusing one the persona sent): the
+        # persona's own sent mail decides, else the first stored; a later copy must not
+        # steer the replies to a mail into a thread its sender chose.
+        known: dict[str, str] = {}
+        for message_id, thread in (await session.execute(
+                select(Email.message_id, func.coalesce(Email.thread_id, Email.message_id))
+                .where(Email.persona_id == persona_id, Email.message_id.in_(answered))
+                .order_by(Email.direction != "outbound", Email.created_at))).tuples():
+            known.setdefault(message_id, thread)
         for message_id in answered:  # the most recent message it answers first
             if message_id in known:
                 return str(known[message_id])

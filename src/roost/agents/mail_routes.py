@@ -20,6 +20,7 @@ from roost.agents.mail_schemas import (
 from roost.db.engine import Database
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit, SettingsDep, database_dep
+from roost.http.responses import attachment_disposition
 from roost.http.routing import RoostRouter
 from roost.inputs import IsoDatetime
 from roost.llm.deps import CallerPrincipal
@@ -88,8 +89,8 @@ async def download_attachment(attachment_id: uuid.UUID, principal: CurrentPrinci
     attachment = await attachments.get_attachment(db, principal, attachment_id)
     path = attachments.open_path(settings.data_dir, attachment)
     return FileResponse(path, media_type=attachment.mime_type or attachments.DEFAULT_MIME,
-                        filename=attachment.name, content_disposition_type="attachment",
-                        headers=DOWNLOAD_HEADERS)
+                        headers={**DOWNLOAD_HEADERS,
+                                 "Content-Disposition": attachment_disposition(attachment.name)})
 
 
 @router.get("/personas/{persona_id:uuid}/health", response_model=list[HealthMetricOut],
