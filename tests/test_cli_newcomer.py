@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import typer
 import typer.main
@@ -372,6 +373,89 @@ def test_serve_no_migrate_on_a_database_behind_head_refuses(
         pytest.fail("serve --no-migrate ran on a database behind head")
     assert_clean_failure(out, mentions="head is", code=1)
     assert "run `roost db upgrade`" in out.stderr, out.stderr
+
+
+async def set_revision(pg_server: PgTestServer, name: str, revision: str) -> None:
+    """Stamp the database at ``revision``, as a newer Roost's migration would leave it."""
+    conn = await asyncpg.connect(pg_server.libpq_url(name))
+    try:
+        await conn.execute("UPDATE alembic_version SET version_num = $1", revision)
+    finally:
+        await conn.close()
+
+
+async def test_serve_on_a_database_a_newer_roost_migrated_is_one_line(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """A database at a revision this Roost does not know (a newer Roost migrated it, then
+    the software was rolled back): `roost serve`, with or without --no-migrate, in one
+    process or several, refuses in one line naming the revision and saying to upgrade
+    Roost (it was Alembic's "Can't locate revision" traceback); so does `roost db upgrade`."""
+    await set_revision(pg_server, db_name, "9999")
+    env = _env(pg_server, db_name, tmp_path, ROOST_LLM_LOCAL_MODEL="false",
+               ROOST_SERVE_WORKER="false")
+    for extra in ((), ("--no-migrate",), ("--workers", "2")):
+        out = await asyncio.to_thread(run_roost, "serve", "--port", str(free_port()), *extra,
+                                      env=env, timeout=120)
+        if extra[:1] == ("--workers",):  # the supervisor says it is starting first
+            out.stderr = out.stderr.split("\n", 6)[-1]
+        assert_clean_failure(out, mentions="migrated by a newer Roost (revision 9999", code=1)
+        assert "upgrade Roost" in out.stderr, out.stderr
+    upgrade = await asyncio.to_thread(run_roost, "db", "upgrade", env=env, timeout=120)
+    assert_clean_failure(upgrade, mentions="cannot upgrade to 'heads': migrated by a newer "
+                         "Roost (revision 9999", code=1)
+
+
+async def test_db_upgrade_on_a_read_only_database_is_one_line(
+    pg_server: PgTestServer, tmp_path: Path,
+) -> None:
+    """`roost db upgrade` on a read-only database (a standby, default_transaction_read_only)
+    says so in one line, exit 1: the database's reason, not a traceback ending in the
+    whole CREATE TABLE statement."""
+    name = unique_db_name("cliro")
+    await pg_server.create_database(name)
+    try:
+        env = _env(pg_server, name, tmp_path)
+        up = await asyncio.to_thread(run_roost, "db", "upgrade", "0860", env=env, timeout=300)
+        assert up.returncode == 0, up.stderr[-2000:]
+        admin = await pg_server.connect_admin()
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        finally:
+            await admin.close()
+        upgrade = await asyncio.to_thread(run_roost, "db", "upgrade", env=env, timeout=120)
+        assert_clean_failure(upgrade, mentions="is read-only: cannot execute CREATE TABLE in "
+                             "a read-only transaction", code=1)
+        assert "[SQL:" not in upgrade.stderr, upgrade.stderr  # SQLAlchemy's statement
+    finally:
+        admin = await pg_server.connect_admin()
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        finally:
+            await admin.close()
+        await pg_server.drop_database(name)
+
+
+async def test_db_upgrade_as_a_user_without_the_right_is_one_line(
+    pg_server: PgTestServer, tmp_path: Path,
+) -> None:
+    """A user of ROOST_DATABASE_URL that may not create what the migrations create: the
+    database's "permission denied" in one line, exit 1, not a traceback."""
+    name, role = unique_db_name("clinoright"), unique_db_name("weak")
+    await pg_server.create_database(name)
+    admin = await pg_server.connect_admin()
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        url = pg_server.url_for(name).set(drivername="postgresql", username=role)
+        env = {"ROOST_DATABASE_URL": url.render_as_string(hide_password=False),
+               "ROOST_DATA_DIR": str(tmp_path)}
+        upgrade = await asyncio.to_thread(run_roost, "db", "upgrade", env=env, timeout=120)
+        assert_clean_failure(upgrade, mentions="refused: permission denied", code=1)
+        assert "[SQL:" not in upgrade.stderr, upgrade.stderr
+    finally:
+        await pg_server.drop_database(name)
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
 
 
 def test_a_new_embedded_data_dir_gets_its_tables_on_first_use(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from roost.clitools import (
     explain_failure,
     fail,
     open_database,
-    require_head_schema,
+    prepare_schema,
     settings_problem,
     with_database,
 )
@@ -198,7 +198,6 @@ def serve(
     import uvicorn
 
     from roost.app import create_app
-    from roost.db.migrate import upgrade
     from roost.keyfiles import load_keys
     from roost.logging import configure_logging
     from roost.serving import HeadLimitedHttpTools, connection_limit, listening_socket
@@ -227,10 +226,7 @@ def serve(
     async def run() -> None:
         db = await open_database(settings, create_schema=False)
         try:
-            if migrate:
-                await upgrade(db.engine)
-            else:
-                await require_head_schema(db)
+            await prepare_schema(db, migrate=migrate)
             application = create_app(settings, database=db, keys=keys, configure_logs=False)
             config = uvicorn.Config(
                 application, host=bind_host, port=bind_port,
@@ -304,7 +300,7 @@ def _migrate_to(revision: str, direction: str) -> None:
     not in that direction, a relative step past the end) is one line, exit 1."""
     from alembic.util import CommandError
 
-    from roost.db.migrate import current_revisions, downgrade, upgrade
+    from roost.db.migrate import current_revisions, downgrade, migration_state, upgrade
 
     if not revision.strip():
         raise typer.BadParameter("empty: give a revision (`roost db history` lists them), "
@@ -313,6 +309,9 @@ def _migrate_to(revision: str, direction: str) -> None:
     migrate = upgrade if direction == "upgrade" else downgrade
 
     async def run(db: Database) -> tuple[str, ...]:
+        state = await migration_state(db.engine)
+        if state.unknown:  # no revision of this Roost is reachable from there
+            raise fail(f"cannot {direction} to {revision!r}", state.unknown_reason())
         await migrate(db.engine, revision)
         return await current_revisions(db.engine)
 
@@ -343,7 +342,8 @@ def db_current() -> None:
     from roost.db.migrate import migration_state
 
     state = with_database(lambda db: migration_state(db.engine), create_schema=False)
-    status = "head" if state.at_head else f"behind (head is {', '.join(state.heads)})"
+    status = ("head" if state.at_head else state.unknown_reason() if state.unknown
+              else f"behind (head is {', '.join(state.heads)})")
     console.print(f"{', '.join(state.current) or 'base'} — {status}")
 
 
@@ -409,10 +409,11 @@ def doctor() -> None:
             else:
                 row("pgvector", True, f"version {vector}")
         state = await migration_state(db.engine)
+        where = ", ".join(state.current) or "base"
         row("migrations", state.at_head,
             "at head" if state.at_head else
-            f"at {', '.join(state.current) or 'base'}, head is {', '.join(state.heads)}: "
-            "run 'roost db upgrade'")
+            f"at {where}: {state.unknown_reason()}" if state.unknown else
+            f"at {where}, head is {', '.join(state.heads)}: run 'roost db upgrade'")
         if db.replicas is not None:  # ROOST_DATABASE_REPLICA_URLS: each one's health
             await db.replicas.check()
             for replica in db.replicas.replicas:

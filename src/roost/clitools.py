@@ -132,12 +132,19 @@ async def open_database(settings: Settings, *, create_schema: bool = True) -> Da
     return db
 
 
-async def require_head_schema(db: Database) -> None:
-    """For ``roost serve --no-migrate``: a database not at this Roost's migration head
-    would fail request by request (a missing table or column); refused before serving."""
-    from roost.db.migrate import migration_state
+async def prepare_schema(db: Database, *, migrate: bool) -> None:
+    """For ``roost serve`` (one process, or the supervisor of several): apply the pending
+    migrations, or with ``--no-migrate`` refuse a database not at this Roost's head (it
+    would fail request by request on a missing table or column).  A database a newer
+    Roost migrated is refused either way, in one line (Alembic's traceback otherwise)."""
+    from roost.db.migrate import migration_state, upgrade
 
     state = await migration_state(db.engine)
+    if state.unknown:
+        raise fail("cannot use the database", state.unknown_reason())
+    if migrate:
+        await upgrade(db.engine)
+        return
     if not state.current:
         raise fail("the database is not migrated", "it has no Roost tables: run "
                    "`roost db upgrade`, or `roost serve` without --no-migrate")
@@ -329,8 +336,9 @@ def _while_connecting(exc: BaseException, module: str = "asyncpg.") -> bool:
 def describe_database_problem(exc: BaseException, settings: Settings | None = None
                               ) -> tuple[str, str, int] | None:
     """``(title, message, exit code)`` when ``exc`` says the database cannot be used
-    (unreachable, refusing the connection, the sign-in or SSL, missing, not migrated, its
-    URL's options wrong); None otherwise."""
+    (unreachable, refusing the connection, the sign-in or SSL, missing, not migrated,
+    read-only, the user without a right it needs, its URL's options wrong); None
+    otherwise.  The message is the database's first line, never the statement."""
     settings = settings or get_settings()
     where = database_where(settings)
     embedded = settings.database_url is None
@@ -358,6 +366,13 @@ def describe_database_problem(exc: BaseException, settings: Settings | None = No
                     f"{said}; create it, or check the database name in ROOST_DATABASE_URL", 1)
         if state.startswith("08") or state in ("53300", "57P01", "57P02", "57P03"):
             return f"cannot reach {reach}", f"{said}; {check}", 1
+        if state == "25006":  # read_only_sql_transaction: a standby, or a read-only default
+            return (f"{reach} is read-only", f"{said}; "
+                    + ("check ROOST_DATA_DIR" if embedded else "point ROOST_DATABASE_URL at "
+                       "the primary, or turn off default_transaction_read_only"), 1)
+        if state == "42501" and said.startswith("permission denied"):  # not an RLS refusal
+            return (f"{reach} refused", f"{said}; the user of ROOST_DATABASE_URL lacks the "
+                    "right (migrations need the database's owner)", 1)
         return None
     for e in errors:
         if type(e).__name__ == "ClientConfigurationError" and _while_connecting(e):

@@ -42,7 +42,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from roost.app import create_app
-from roost.clitools import fail, require_head_schema
+from roost.clitools import fail, prepare_schema
 from roost.config import Settings, get_settings
 from roost.process import freeze_startup_heap
 
@@ -404,7 +404,6 @@ def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
                     migrate: bool, with_worker: bool) -> None:
     """Run ``processes`` API processes on ``host:port`` until SIGTERM/SIGINT."""
     from roost.db.engine import create_database
-    from roost.db.migrate import upgrade
     from roost.keyfiles import load_keys
 
     load_keys(settings)  # generated once here, never by N children at the same moment
@@ -414,10 +413,7 @@ def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
         # whole life; the pool itself is closed at once.
         db = create_database(settings)
         try:
-            if migrate:
-                await upgrade(db.engine)
-            else:
-                await require_head_schema(db)
+            await prepare_schema(db, migrate=migrate)
         finally:
             await db.dispose()
 

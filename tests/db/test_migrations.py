@@ -1,21 +1,29 @@
-"""Migrations: a full round trip, and no drift between the models and the migrations."""
+"""Migrations: a full round trip, no drift between the models and the migrations, and
+the state a database is in against this Roost's scripts (at head, behind, or migrated by
+a newer Roost)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import asyncpg
 import pytest_asyncio
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
+from tests.support.cli import run_roost
 from tests.support.pg import PgTestServer, unique_db_name
 
 from roost.config import Settings
 from roost.db.engine import Database, create_database
 from roost.db.migrate import (
+    MigrationState,
     current_revisions,
     downgrade,
     head_revisions,
+    known_revisions,
     migration_state,
     skip_partitions,
     upgrade,
@@ -100,3 +108,35 @@ def test_history_is_one_line() -> None:
     revisions = list(script_directory().walk_revisions())
     assert [r.down_revision for r in revisions][-1] is None
     assert all(isinstance(r.down_revision, str | None) for r in revisions), "merge revisions"
+
+
+def test_a_revision_the_scripts_do_not_hold_is_unknown_not_behind() -> None:
+    heads = head_revisions()
+    older = next(iter(known_revisions() - set(heads)))
+    assert MigrationState(current=(older,), heads=heads).unknown == ()
+    newer = MigrationState(current=("9999",), heads=heads)
+    assert newer.pending and newer.unknown == ("9999",)
+    assert "newer Roost (revision 9999 unknown" in newer.unknown_reason()
+
+
+async def test_doctor_and_db_current_say_a_newer_roost_migrated_the_database(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """A database at a revision this Roost does not know is not "behind": doctor and
+    `roost db current` said to run `roost db upgrade` (which then fails: "Can't locate
+    revision '9999'"); they say the revision is unknown to this Roost: upgrade Roost."""
+    conn = await asyncpg.connect(pg_server.libpq_url(db_name))
+    try:
+        await conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    finally:
+        await conn.close()
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "data")}
+    doctor = await asyncio.to_thread(run_roost, "doctor", env=env, timeout=120)
+    row = " ".join(x for x in doctor.stdout.splitlines() if "migrations" in x or "9999" in x)
+    assert doctor.returncode == 1 and "newer Roost" in row and "9999" in row, doctor.stdout
+    assert "roost db upgrade" not in row, row
+    current = await asyncio.to_thread(run_roost, "db", "current", env=env, timeout=120)
+    assert current.returncode == 0, current.stderr
+    assert current.stdout.startswith("9999 — migrated by a newer Roost"), current.stdout
+    assert "behind" not in current.stdout and "upgrade Roost" in current.stdout, current.stdout

@@ -16,6 +16,7 @@ import structlog
 from fastapi import FastAPI, Response
 from fastapi.dependencies.models import Dependant
 from pydantic import BaseModel, Field
+from sqlalchemy import text
 from tests.support.routes import api_routes
 
 from roost.app import create_app
@@ -61,6 +62,19 @@ async def test_health_503_when_schema_is_behind(
     assert reply.status_code == 503
     body = reply.json()
     assert body["migrations"] == "behind" and "roost db upgrade" in body["reason"]
+
+
+async def test_health_503_when_a_newer_roost_migrated_the_schema(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """A rolled-back Roost on a database a newer one migrated: not "behind" (upgrading
+    the database cannot help), "newer", and the reason says to upgrade Roost."""
+    async with database.engine.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    reply = await client.get("/health")
+    assert reply.status_code == 503
+    body = reply.json()
+    assert body["migrations"] == "newer" and "upgrade Roost" in body["reason"], body
 
 
 @pytest.fixture

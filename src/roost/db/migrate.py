@@ -59,6 +59,12 @@ def head_revisions() -> tuple[str, ...]:
     return tuple(script_directory().get_heads())
 
 
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every revision this Roost's scripts hold (parsed once per process)."""
+    return frozenset(script.revision for script in script_directory().walk_revisions())
+
+
 MIGRATION_LOCK: Final = 0x526F6F7374  # pg_advisory_xact_lock key ("Roost")
 
 
@@ -104,6 +110,22 @@ class MigrationState:
     @property
     def pending(self) -> bool:
         return not self.at_head
+
+    @property
+    def unknown(self) -> tuple[str, ...]:
+        """Current revisions this Roost's scripts do not hold: a newer Roost migrated the
+        database (then the software was rolled back). Not "behind": no upgrade this Roost
+        can run reaches them (Alembic: "Can't locate revision")."""
+        known = known_revisions()
+        return tuple(rev for rev in self.current if rev not in known)
+
+    def unknown_reason(self) -> str:
+        """One line for an operator about :attr:`unknown` (doctor, ``roost db current``,
+        ``roost serve``, ``roost db upgrade``)."""
+        revs = ", ".join(self.unknown)
+        noun = "revision" if len(self.unknown) == 1 else "revisions"
+        return (f"migrated by a newer Roost ({noun} {revs} unknown to this one, whose head "
+                f"is {', '.join(self.heads)}): upgrade Roost")
 
 
 async def migration_state(engine: AsyncEngine) -> MigrationState:

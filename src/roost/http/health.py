@@ -25,7 +25,7 @@ async def _check(db: Database) -> tuple[str, str]:
     async with db.engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
     state = await migration_state(db.engine)
-    return "ok", "head" if state.at_head else "behind"
+    return "ok", "head" if state.at_head else "newer" if state.unknown else "behind"
 
 
 @router.get("/health", summary="Liveness and readiness: database reachable, schema at head")
@@ -46,11 +46,11 @@ async def health(request: Request) -> JSONResponse:
             status_code=503,
         )
     if migrations != "head":
+        reason = ("database schema is newer than this Roost's: upgrade Roost"
+                  if migrations == "newer" else "database schema is behind: run 'roost db upgrade'")
         return JSONResponse(
             {"status": "unavailable", "database": database, "migrations": migrations,
-             "reason": "database schema is behind: run 'roost db upgrade'"},
-            status_code=503,
-        )
+             "reason": reason}, status_code=503)
     body: dict[str, object] = {"status": "ok", "database": database, "migrations": migrations}
     if db.replicas is not None:
         # Counts only: /health answers anyone, and a replica's address is not theirs to
