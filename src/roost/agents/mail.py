@@ -193,7 +193,7 @@ async def _thread_of(session: AsyncSession, persona_id: uuid.UUID,
                 select(Email.message_id, func.coalesce(Email.thread_id, Email.message_id))
                 .where(Email.persona_id == persona_id, Email.message_id.in_(answered))
                 .order_by(Email.direction != "outbound", Email.created_at))).tuples():
-            known.setdefault(message_id, str(thread))
+            known.setdefault(str(message_id), str(thread))
         for message_id in answered:  # the most recent message it answers first
             if message_id in known:
                 return str(known[message_id])
