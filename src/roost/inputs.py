@@ -4,8 +4,10 @@ Pydantic's lax mode turns ``0`` into ``False`` and ``0`` into 1970-01-01.  Its s
 mode cannot simply be switched on for request bodies: FastAPI validates the decoded
 JSON in Python mode, where strict mode would also refuse the ISO strings that JSON
 timestamps are.  So :class:`StrictInput` checks, before Pydantic converts, the fields
-declared ``bool``, ``datetime``, ``int`` or ``float`` (optionally ``| None``): a boolean
-must be a JSON boolean, a number a JSON number (not ``false`` nor ``"3"``), a timestamp an
+declared ``bool``, ``date``, ``datetime``, ``int`` or ``float`` (optionally ``| None``): a
+boolean must be a JSON boolean, a number a JSON number (not ``false`` nor ``"3"``), a day an
+ISO ``YYYY-MM-DD`` string (not a number, which lax parsing takes as seconds since 1970, nor
+a timestamp), a timestamp an
 ISO 8601 string (not a number, nor a string of digits) with its UTC offset: a moment a
 client stores (an expiry, a due date, a fact's start) is refused without one rather than
 guessed (server time? UTC?).  Query filters over a range (``since``/``until`` on reports
@@ -18,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import types
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
@@ -36,17 +38,20 @@ from pydantic_core import PydanticCustomError
 from roost.errors import Unprocessable
 
 _NUMERIC = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
-_Kind = Literal["bool", "datetime", "int", "float", ""]
+_ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_Kind = Literal["bool", "date", "datetime", "int", "float", ""]
 _KINDS: dict[type, dict[str, _Kind]] = {}
 
 
 def strict_kind(annotation: Any) -> _Kind:
-    """What StrictInput checks for a field of this type: ``bool``, ``datetime``, ``int``
-    or ``float`` (also with ``| None``); an empty string for any other type."""
+    """What StrictInput checks for a field of this type: ``bool``, ``date``, ``datetime``,
+    ``int`` or ``float`` (also with ``| None``); an empty string for any other type."""
     if annotation is bool:
         return "bool"
     if annotation is datetime:
         return "datetime"
+    if annotation is date:  # after datetime, which is a date too
+        return "date"
     if annotation is int:
         return "int"
     if annotation is float:
@@ -92,6 +97,8 @@ class StrictInput(BaseModel):
             raise PydanticCustomError("bool_type", "Input should be a JSON boolean (true or false)")
         if kind in ("int", "float") and isinstance(value, bool | str):
             raise PydanticCustomError(f"{kind}_type", "Input should be a JSON number")
+        if kind == "date":
+            return require_iso_day(value)
         if kind == "datetime":
             return _with_offset(require_iso_timestamp(value), naive_is_utc=cls.naive_is_utc)
         return value
@@ -179,6 +186,16 @@ def require_iso_timestamp(value: Any) -> Any:
         return value
     raise PydanticCustomError(
         "datetime_type", "Input should be an ISO 8601 timestamp string, e.g. 2027-01-01T00:00:00Z")
+
+
+def require_iso_day(value: Any) -> Any:
+    """An ISO ``YYYY-MM-DD`` string (or a date), never a number (lax parsing reads ``0`` as
+    1970-01-01) nor a timestamp.  A day that does not exist (``2027-02-30``) is left to
+    Pydantic, which refuses it with its own message."""
+    if (isinstance(value, date) and not isinstance(value, datetime)) or (
+            isinstance(value, str) and _ISO_DAY.match(value)):
+        return value
+    raise PydanticCustomError("date_type", "Input should be an ISO 8601 date string, e.g. 2027-01-31")
 
 
 def read_as_utc(moment: datetime) -> datetime:

@@ -152,3 +152,23 @@ async def test_oauth_ciphertext_is_bound_to_its_row(database: Database) -> None:
         with pytest.raises(DecryptionError):
             await oauth.get_credentials(session, cfg, pb, "github")
     assert uuid.UUID(str(a))
+
+
+async def test_a_date_of_birth_sent_as_a_number_is_refused_and_not_stored(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A JSON number is no date: {"date_of_birth": 0} is refused, not stored as 1970-01-01."""
+    _, headers = await make_user(database)
+    answer = await client.patch("/api/v1/users/me/profile", headers=headers,
+                                json={"date_of_birth": 0})
+    assert answer.status_code == 422, answer.text
+    profile = (await client.get("/api/v1/users/me/profile", headers=headers)).json()
+    assert profile["date_of_birth"] is None
+    stamp = await client.patch("/api/v1/users/me/profile", headers=headers,
+                               json={"date_of_birth": "1990-05-17T00:00:00Z"})
+    assert stamp.status_code == 422, stamp.text
+    day = await client.patch("/api/v1/users/me/profile", headers=headers,
+                             json={"date_of_birth": "1990-05-17"})
+    assert day.status_code == 200, day.text
+    profile = (await client.get("/api/v1/users/me/profile", headers=headers)).json()
+    assert profile["date_of_birth"] == "1990-05-17"

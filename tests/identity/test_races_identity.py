@@ -3,7 +3,8 @@ session), a refresh and a logout at once, registrations of one name at once (one
 the others 409), the first registrations racing for root (one root), one API key
 revoked at once (one revocation recorded), an API key revoked while it is used; one
 account, group, persona, agent or LLM provider deleted four times at once (one 204, one
-audit record, the others 404).  None answers a 5xx."""
+audit record, the others 404); a sign-in during a password change or a suspension (no
+session of it survives).  None answers a 5xx."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from tests.support.soft_authenticator import SoftAuthenticator
 from tests.support.sql import fetch, scalar
 
 Headers = dict[str, str]
+NEW_PASSWORD = "violet-Harbor-stone-9-lantern"
 
 
 @pytest.fixture
@@ -239,3 +241,59 @@ async def test_a_deletion_raced_by_another_is_a_404_and_audited_once(
         race(f"/api/v1/llm/providers/{provider}", admin_headers, provider,
              "llm.provider.delete"))
     assert not problems, problems
+
+
+async def test_a_sign_in_with_the_old_password_during_a_password_change_keeps_no_session(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """Changing the password ends every other session: one opened with the old password
+    while the change ran must not survive it."""
+    survivors: list[int] = []
+    for attempt in range(10):
+        name = f"race-{uuid.uuid4().hex[:8]}"
+        await password_user(database, name)
+        mine = (await login(client, name)).json()
+        headers = {"Authorization": f"Bearer {mine['access_token']}"}
+
+        async def old_password_sign_in(delay: float, who: str = name) -> httpx.Response:
+            await asyncio.sleep(delay)
+            return await login(client, who)
+
+        changed, old = await asyncio.gather(
+            client.post("/api/v1/auth/password", headers=headers,
+                        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD}),
+            old_password_sign_in(0.01 * attempt))
+        assert changed.status_code == 200, changed.text
+        if old.status_code == 200:
+            stolen = {"Authorization": f"Bearer {old.json()['access_token']}"}
+            if (await client.get("/api/v1/auth/me", headers=stolen)).status_code == 200:
+                survivors.append(attempt)
+    assert survivors == [], f"old-password sessions alive after the change: {survivors}"
+
+
+async def test_a_sign_in_during_a_suspension_keeps_no_session_once_it_is_lifted(
+    client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+) -> None:
+    """Suspension revokes every session: a sign-in that ran alongside it must not hand
+    out one that works again once the suspension is lifted."""
+    survivors: list[int] = []
+    for attempt in range(10):
+        name = f"srace-{uuid.uuid4().hex[:8]}"
+        user_id = await password_user(database, name)
+
+        async def suspend(delay: float, who: uuid.UUID = user_id) -> httpx.Response:
+            await asyncio.sleep(delay)
+            return await client.patch(f"/api/v1/users/{who}", headers=admin_headers,
+                                      json={"status": "suspended"})
+
+        signed_in, suspended = await asyncio.gather(login(client, name),
+                                                    suspend(0.008 * attempt))
+        assert suspended.status_code == 200, suspended.text
+        lifted = await client.patch(f"/api/v1/users/{user_id}", headers=admin_headers,
+                                    json={"status": "active"})
+        assert lifted.status_code == 200, lifted.text
+        if signed_in.status_code == 200:
+            token = {"Authorization": f"Bearer {signed_in.json()['access_token']}"}
+            if (await client.get("/api/v1/auth/me", headers=token)).status_code == 200:
+                survivors.append(attempt)
+    assert survivors == [], f"sessions opened during the suspension still work: {survivors}"

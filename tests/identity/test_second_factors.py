@@ -21,6 +21,7 @@ from tests.identity.conftest import (
     password_user,
     wait_for_fresh_totp_step,
 )
+from tests.support.identity import make_user
 from tests.support.soft_authenticator import SoftAuthenticator
 
 
@@ -345,3 +346,13 @@ async def test_devices_are_recorded_trusted_and_revoked(
     assert (await client.get("/api/v1/auth/me", headers=desk)).status_code == 200
     assert {"device.trusted", "device.revoked"} <= await _actions(database)
     assert uuid.UUID(phone_id)
+
+
+async def test_resetting_ones_own_second_factor_without_being_an_admin_is_a_403(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """DELETE /users/{own id}/2fa by a non-administrator says it needs an administrator
+    (403, as PATCH of one's own role does), not "no such user" about one's own account."""
+    user_id, headers = await make_user(database)
+    answer = await client.delete(f"/api/v1/users/{user_id}/2fa", headers=headers)
+    assert answer.status_code == 403, answer.text

@@ -14,7 +14,8 @@ from sqlalchemy import select, text, update
 
 from roost.db.engine import Database
 from roost.identity import sessions as sessions_service
-from roost.identity.models import ApiKey, Session, User
+from roost.identity.common import MAX_LISTED
+from roost.identity.models import ApiKey, RegisteredDevice, Session, User
 from roost.keyfiles import KeyMaterial
 from roost.security import passwords
 from roost.security.tokens import hash_refresh_token, issue_access_token
@@ -398,3 +399,37 @@ async def test_failed_login_flood_does_not_starve_a_small_pool(
         await small.dispose()
     # Every failure was counted (each account locks after three in these tests).
     assert (await _actions(database)).count("auth.login_failed") >= 6
+
+
+async def test_a_password_change_on_an_account_without_one_is_a_409_never_counted(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """An account created without a password has none to change: a clear 409 (not
+    "current password is incorrect"), and no failed attempt counted toward a lockout."""
+    _, headers = await make_user(database)
+    for _ in range(5):  # past the per-account limit (3): still 409, never 429
+        answer = await client.post("/api/v1/auth/password", headers=headers, json={
+            "current_password": PASSWORD, "new_password": "violet-Harbor-stone-9-lantern"})
+        assert answer.status_code == 409, answer.text
+        assert "no password" in answer.json()["detail"]
+    assert "user.password_change_failed" not in await _actions(database)
+
+
+async def test_the_session_and_device_lists_hold_the_newest_hundred(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """Listed without paging, so bounded: an account with more sessions and devices than
+    MAX_LISTED is shown the newest that many, never all."""
+    user_id, headers = await make_user(database)
+    async with database.transaction() as session:
+        for n in range(MAX_LISTED + 5):
+            session.add(RegisteredDevice(user_id=user_id, device_name=f"box {n}",
+                                         device_type="server", fingerprint=f"{n:064x}"))
+            session.add(Session(user_id=user_id, token_hash=f"{n:064x}",
+                                expires_at=datetime.now(UTC) + timedelta(days=1)))
+    listed = await client.get("/api/v1/auth/sessions", headers=headers)
+    assert listed.status_code == 200, listed.text
+    assert len(listed.json()) == MAX_LISTED
+    devices = await client.get("/api/v1/users/me/devices", headers=headers)
+    assert devices.status_code == 200, devices.text
+    assert len(devices.json()) == MAX_LISTED

@@ -212,6 +212,9 @@ async def admin_update(
         setattr(user, field, value)
     if not after:
         return user
+    # Flushed (the row written, so locked) before the sessions are ended: a sign-in running
+    # alongside then either sees the new status or has its session ended below
+    # (sessions.lock_for_sign_in).
     await session.flush()
     # Losing access takes effect on the next request: end every login session (API keys
     # are refused by the resolver while the account is not active).

@@ -21,6 +21,9 @@ USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
 # 32 hex digits once the hyphens are gone: a text that could be read as an account's id.
 _UUID_SHAPED_RE = re.compile(r"^[0-9a-f]{32}$")
 MAX_EMAIL_LENGTH = 255
+# Sessions and devices are listed in one answer, without paging: the newest this many
+# (an account signed in from a script every minute must not make its list unbounded).
+MAX_LISTED = 100
 
 
 def normalize_username(raw: str) -> str:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
 from roost.errors import NotFound
-from roost.identity.common import existing_target_user_id, owned_row
+from roost.identity.common import MAX_LISTED, existing_target_user_id, owned_row
 from roost.identity.models import RegisteredDevice, Session
 from roost.principal import Principal
 
@@ -76,7 +76,9 @@ async def list_devices(
     owner = await existing_target_user_id(session, principal, user_id)
     return list((await session.scalars(
         select(RegisteredDevice).where(RegisteredDevice.user_id == owner)
-        .order_by(RegisteredDevice.last_used_at.desc().nulls_last())
+        .order_by(RegisteredDevice.last_used_at.desc().nulls_last(),
+                  RegisteredDevice.id.desc())
+        .limit(MAX_LISTED)
     )).all())
 
 

@@ -26,10 +26,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.analytics.outbox import emit as emit_event
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
-from roost.errors import BadRequest, Forbidden, Unauthorized
+from roost.errors import BadRequest, Conflict, Forbidden, Unauthorized
 from roost.identity import apikeys, ratelimits, throttle, twofactor
 from roost.identity.accounts import end_sign_ins, find_user
 from roost.identity.common import (
+    MAX_LISTED,
     existing_target_user_id,
     load_user,
     owned_row,
@@ -168,9 +169,29 @@ def check_standing(user: User) -> None:
         raise Forbidden("this account is suspended; contact an administrator")
 
 
+async def lock_for_sign_in(session: AsyncSession, user: User) -> None:
+    """Lock the account's row until the sign-in commits, and read ``user`` afresh.
+
+    A password change or a suspension writes this row before it ends the account's
+    sign-ins (``accounts.end_sign_ins``).  A sign-in whose checks ran meanwhile either
+    waits here for it to commit and then sees the new password or status, or holds it up
+    until its own session is committed, which the ending then finds.  Taken after the slow
+    password check, never around it: that would serialise an account's sign-ins.
+    FOR NO KEY UPDATE, as the sign-in writes the row itself (``last_login_at``)."""
+    fresh = await session.scalar(
+        select(User).where(User.id == user.id).with_for_update(key_share=True)
+        .execution_options(populate_existing=True))
+    if fresh is None:  # deleted meanwhile
+        raise Unauthorized(BAD_CREDENTIALS)
+
+
 async def start_session(
     session: AsyncSession, cfg: IdentityConfig, user: User, *, method: str, client: ClientInfo,
 ) -> IssuedTokens:
+    """A new session for ``user``, whose standing is checked again under the row's lock
+    (:func:`lock_for_sign_in`): no session outlives a suspension that ran alongside."""
+    await lock_for_sign_in(session, user)
+    check_standing(user)
     device_id = await record_login_device(
         session, user.id, user_agent=client.user_agent, ip=client.ip,
         device_name=client.device_name, device_type=client.device_type,
@@ -207,11 +228,19 @@ async def login(
     if user is not None:
         keys.append(throttle.account_key(user.id))
     await throttle.check_not_locked(session, keys)
+    checked = user.hashed_password if user else None
     if password_too_long(password):
         check = PasswordCheck(False)
         await asyncio.to_thread(dummy_verify)
     else:
-        check = await _check(user.hashed_password if user else None, password)
+        check = await _check(checked, password)
+    if check.ok and user is not None:
+        # A password change that committed during the check ended the sessions this one
+        # would join: the old password is a wrong one now.  The lock also covers the
+        # second-factor challenge below, which the change deletes likewise.
+        await lock_for_sign_in(session, user)
+        if user.hashed_password != checked:
+            check = PasswordCheck(False)
     if not check.ok or user is None:
         # Analytics (docs/analytics.md): method and outcome only, never what was typed.
         emit_event(session, "auth.login", {"method": "password", "success": False},
@@ -296,6 +325,9 @@ async def complete_mfa(
                                   login=user.username, client=client, reason="bad_code",
                                   account_key=mfa_key, account_scope="second_factor")
         raise Unauthorized("incorrect authentication code")
+    # Before the challenge's row: a password change or suspension ending the sign-ins locks
+    # the account's row first, then deletes the challenge; waiting for it, this finds none.
+    await lock_for_sign_in(session, user)
     # Single use: only the request that deletes the challenge goes on.
     gone = await session.execute(
         delete(AuthChallenge).where(AuthChallenge.id == challenge.id).returning(AuthChallenge.id)
@@ -394,7 +426,7 @@ async def list_sessions(
     return list((await session.scalars(
         select(Session).where(Session.user_id == owner, Session.revoked_at.is_(None),
                               Session.expires_at > func.now())
-        .order_by(Session.created_at.desc())
+        .order_by(Session.created_at.desc(), Session.id.desc()).limit(MAX_LISTED)
     )).all())
 
 
@@ -416,6 +448,10 @@ async def change_password(
 ) -> int:
     """Needs the current password; ends every other session.  Returns how many."""
     user = await load_user(session, require_user(principal))
+    if user.hashed_password is None:
+        # Nothing to be wrong about: no "incorrect" answer, and no failure counted.
+        raise Conflict("this account has no password (it signs in with API keys or "
+                       "passkeys): there is none to change")
     await throttle.check_not_locked(
         session, [throttle.login_key(user.username), throttle.account_key(user.id)])
     if not await _verify(user.hashed_password, current_password):
@@ -425,6 +461,10 @@ async def change_password(
         raise Forbidden("current password is incorrect")
     check_password_policy(new_password, username=user.username, email=user.email)
     user.hashed_password = await asyncio.to_thread(hash_password, new_password)
+    # The row written (and so locked) before the sessions are ended: a sign-in with the old
+    # password then either sees the new hash or has its session ended here
+    # (lock_for_sign_in).
+    await session.flush()
     # Also ends sign-ins half done with the old password (a second-factor step pending).
     ended = await end_sign_ins(session, user.id, keep=principal.session_id)
     await record(session, "user.password_changed", user_id=user.id, resource_type="user",

@@ -205,7 +205,9 @@ async def regenerate_backup_codes(
 async def admin_reset(session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> None:
     """For a user who lost their authenticator and backup codes."""
     if not principal.is_admin:
-        raise NotFound("no such user")
+        # One's own account exists: say what is missing (as admin_update does), not 404.
+        raise NotFound("no such user") if user_id != principal.user_id else Forbidden(
+            "resetting two-factor needs an administrator")
     await load_user(session, user_id)
     row = await _row(session, user_id)
     if row is None:
