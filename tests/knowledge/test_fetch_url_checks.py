@@ -1,17 +1,30 @@
 """The fetcher's URL check: a host that is not valid IDNA (``xn--`` with no punycode)
 is an invalid URL (400), on the first URL and on a redirect's target alike.  httpx parses
 such a URL and raises idna's error only when the host is first read: that error once
-escaped as a 500 from ingestion, ``web_fetch`` and MCP server registration."""
+escaped as a 500 from ingestion, ``web_fetch`` and MCP server registration.  Likewise a
+port outside 1-65535, which httpx parses and then fails on deep in its connection code
+(an ExceptionGroup that crashed the ingestion of the source)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import httpx
 import pytest
 
+from roost.db.engine import Database
+from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.fetching import FetchInvalidURL, check_destination, fetch_url
+from tests.knowledge.helpers import LoopbackServer
+from tests.knowledge.support import ingest, principal
+from tests.support.identity import make_user
+from tests.support.sql import fetch
 
 PUBLIC = "http://93.184.216.34/page"  # never contacted: the mock transport answers instead
 BAD_IDNA = ("http://xn--/page", "http://xn--a/page")
+BAD_PORTS = ("http://127.0.0.1:70000/doc.html", "http://example.com:99999/doc.html",
+             "http://example.com:0/doc.html")
+API = "/api/v1/knowledge"
 
 
 @pytest.mark.parametrize("url", BAD_IDNA)
@@ -29,3 +42,43 @@ async def test_a_redirect_to_a_malformed_idna_host_is_an_invalid_url(url: str) -
 
     with pytest.raises(FetchInvalidURL):
         await fetch_url(PUBLIC, transport=httpx.MockTransport(answer))
+
+
+@pytest.mark.parametrize("url", BAD_PORTS)
+async def test_a_port_out_of_range_is_an_invalid_url(url: str) -> None:
+    with pytest.raises(FetchInvalidURL, match="outside 1-65535"):
+        await fetch_url(url, allow_private=True)
+    with pytest.raises(FetchInvalidURL, match="outside 1-65535"):
+        await check_destination(url, allow_private=True)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"Location": url})
+
+    with pytest.raises(FetchInvalidURL, match="outside 1-65535"):
+        await fetch_url(PUBLIC, transport=httpx.MockTransport(answer))
+
+
+async def test_a_port_out_of_range_is_refused_at_once(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig
+) -> None:
+    """``POST /ingestion-runs`` of such a URL: 400 invalid-url, no run queued."""
+    alice_id, alice = await make_user(database)
+    r = await kclient.post(f"{API}/ingestion-runs", headers=alice,
+                           json={"target": "http://example.com:99999/doc.html"})
+    assert r.status_code == 400 and r.json()["type"].endswith("invalid-url"), r.text
+    assert await fetch(database, "SELECT id FROM ingestion_runs WHERE user_id = :u",
+                       u=alice_id) == []
+
+
+async def test_a_redirect_to_a_port_out_of_range_is_a_fetch_error(
+    database: Database, kcfg: KnowledgeConfig, loopback: LoopbackServer
+) -> None:
+    """A page redirecting to such a URL fails its source cleanly (invalid-url), not as
+    an unexpected crash of the ingestion (type ``error``, ExceptionGroup)."""
+    alice_id, _ = await make_user(database)
+    cfg = dataclasses.replace(kcfg, allow_private_fetch=True)
+    target = loopback.url("/redirect?to=http://127.0.0.1:70000/doc.html")
+    run = await ingest(database, principal(alice_id), cfg, target)
+    assert run["status"] == "failed" and len(run["errors"]) == 1, run
+    error = run["errors"][0]
+    assert error["type"] == "invalid-url" and "outside 1-65535" in error["error"], error

@@ -79,10 +79,9 @@ HOSTILE_URLS = [
         "file:///etc/passwd", "gopher://127.0.0.1:70/_x", "ftp://example.com/x",
         "data:text/plain,hello", "dict://127.0.0.1:11211/stat", "javascript:alert(1)",
         "http://example.com@127.0.0.1/",  # a user name, not a host
-        "http://[::1/")),
+        "http://[::1/",
+        "http://127.0.0.1:99999/", "http://127.0.0.1:-1/")),  # a port outside 1-65535
     ("http://127.0.0.1#@example.com/", 403, FETCH_REFUSED),
-    ("http://127.0.0.1:99999/", 403, FETCH_REFUSED),
-    ("http://127.0.0.1:-1/", 403, FETCH_REFUSED),
     ("http://example.com/" + "x" * 100_000, 422, None),
     ("http://\x00example.com/", 422, None),
     # Names no resolver answers: accepted, then the run fails.

@@ -19,10 +19,10 @@ from roost.app import create_app
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
-from roost.knowledge import service
+from roost.knowledge import index, service
 from roost.knowledge.config import EmbedderSpec, KnowledgeConfig
 from roost.knowledge.embeddings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_NAME
-from tests.knowledge.support import principal, start_run
+from tests.knowledge.support import drain_jobs, principal, start_run, upload
 from tests.support.identity import make_user
 from tests.support.sql import fetch
 from tests.tasks.support import WorkerProcess, wait_until
@@ -136,3 +136,32 @@ async def test_file_ingestion_without_roots_names_the_setting_in_the_api(
         run = await client.post(f"{API}/ingestion-runs", headers=headers,
                                 json={"target": os.fspath(tmp_path)})
     assert run.status_code == 403 and "ROOST_KNOWLEDGE_INGEST_ROOTS" in run.json()["detail"]
+
+
+async def test_search_with_a_model_registered_at_other_dimensions_is_409(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig, ksettings: Settings,
+    test_keys: KeyMaterial, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server configured with a model name already registered at other dimensions
+    answers vector and hybrid searches with the same 409 as its ingestions, naming the
+    conflict (not the vector cast's generic 400); text search has no vectors and works."""
+    _, alice = await make_user(database)
+    r = await upload(kclient, alice, "a.txt", b"otter river notes otter swimming")
+    assert r.status_code == 202, r.text
+    await drain_jobs(database, kcfg)
+    model = kcfg.embedder.model
+    settings = ksettings.model_copy(update={"knowledge_embedding_dimensions": 256,
+                                            "knowledge_embedding_model": model})
+    app = create_app(settings, database=database, keys=test_keys, configure_logs=False)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://roost.test") as c:
+        for mode in ("vector", "hybrid", "text", "vector"):
+            if mode == "text":  # then as a process that has not met the model yet
+                monkeypatch.setattr(index, "_registered", {})
+            r = await c.post(f"{API}/search", headers=alice, json={"query": "otter", "mode": mode})
+            if mode == "text":
+                assert r.status_code == 200 and len(r.json()["results"]) == 1, r.text
+                continue
+            assert r.status_code == 409, (mode, r.status_code, r.text[:300])
+            assert f"registered with {kcfg.embedder.dimensions} dimensions, not 256" in \
+                r.json()["detail"], r.text

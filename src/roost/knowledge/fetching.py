@@ -47,6 +47,7 @@ __all__ = [
     "Resolver",
     "address_refusal",
     "check_destination",
+    "check_port",
     "fetch_url",
 ]
 
@@ -196,6 +197,14 @@ def url_host(url: str) -> str | None:
         return None
 
 
+def check_port(url: httpx.URL) -> None:
+    """400 for a port outside 1-65535: httpx parses any digits, and the connection
+    would fail deep inside its task group rather than as a clear fetch error."""
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise FetchInvalidURL(f"{_shown(url)} is not a valid URL: the port {url.port} is "
+                              "outside 1-65535")
+
+
 def _check_url(raw: str | httpx.URL, allowed_schemes: Sequence[str]) -> httpx.URL:
     try:
         url = raw if isinstance(raw, httpx.URL) else httpx.URL(raw)
@@ -213,6 +222,7 @@ def _check_url(raw: str | httpx.URL, allowed_schemes: Sequence[str]) -> httpx.UR
     if url.userinfo:
         # Credentials in URLs end up in logs, and "http://good@evil/" confuses readers.
         raise FetchInvalidURL("URLs with a user name or password are not accepted")
+    check_port(url)
     return url
 
 

@@ -47,6 +47,11 @@ _LOCK_POLL_S: Final = 0.2
 
 # (database URL, model) -> dimensions, for models known to be registered there.
 _registered: dict[tuple[str, str], int] = {}
+# Models found not registered (check_dimensions), and when: asked again only after
+# _ABSENT_RECHECK_S, so searches before a model's first ingestion do not each take a
+# second pooled connection.
+_absent: dict[tuple[str, str], float] = {}
+_ABSENT_RECHECK_S: Final = 30.0
 
 
 def check_model_name(model: str) -> str:
@@ -155,6 +160,28 @@ async def ensure_model(engine: AsyncEngine, model: str, dimensions: int, provide
             await conn.execute(text("RESET statement_timeout"))
             await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
     _registered[key] = dimensions
+
+
+async def check_dimensions(engine: AsyncEngine, model: str, dimensions: int) -> None:
+    """409, as :func:`ensure_model` gives, when ``model`` is registered with other
+    dimensions: a search would cast its vectors to a dimension they do not have.  The
+    registration is read once per process (``engine``: the schema owner's, as
+    ``embedding_models`` is the administrators' under row-level security); a model not
+    registered yet has no chunks to search."""
+    key = (engine.url.render_as_string(hide_password=True), model)
+    known = DEFAULT_DIMENSIONS if model == DEFAULT_MODEL else _registered.get(key)
+    if known is None:
+        if time.monotonic() - _absent.get(key, -_ABSENT_RECHECK_S) < _ABSENT_RECHECK_S:
+            return
+        async with engine.connect() as conn:
+            found = await conn.scalar(
+                text("SELECT dimensions FROM embedding_models WHERE name = :n"), {"n": model})
+        if found is None:
+            _absent[key] = time.monotonic()
+            return
+        known = _registered[key] = int(found)
+    if known != dimensions:
+        raise Conflict(_dimension_conflict(model, known, dimensions))
 
 
 async def _take_lock(conn: AsyncConnection) -> None:

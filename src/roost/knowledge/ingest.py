@@ -43,7 +43,7 @@ from roost.audit import service as audit
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.db.errors import sqlstate
-from roost.errors import NotFound, RoostError
+from roost.errors import LimitReached, NotFound, RoostError
 from roost.identity.tenancy import apply_principal
 from roost.knowledge.bulk import insert_chunks
 from roost.knowledge.chunking import Chunk, chunk_sections
@@ -60,7 +60,7 @@ from roost.knowledge.paths import (
     read_ingest_file,
     resolve_ingest_path,
 )
-from roost.knowledge.service import sha256_hex, upload_identity
+from roost.knowledge.service import check_document_limit, sha256_hex, upload_identity
 from roost.process import cpu_bound
 from roost.tasks.service import enqueue
 
@@ -432,6 +432,7 @@ async def _ingest_one(
     try:
         if await _finished_before(database, cfg, run, source):
             return "skipped"
+        await _precheck_document_limit(database, cfg, run, source)
         loaded = await _load(database, cfg, run, source)
         content_hash = sha256_hex(loaded.data)
         if not force and await _mark_unchanged(database, cfg, run, source, content_hash):
@@ -444,8 +445,12 @@ async def _ingest_one(
         return "error"
     embedder = get_embedder(spec)
     vectors = await embedder.embed([c.text for c in prepared.chunks]) if prepared.chunks else []
-    written = await _commit(database, cfg, run, source, loaded, content_hash, prepared, vectors,
-                            spec.model, spec.dimensions)
+    try:
+        written = await _commit(database, cfg, run, source, loaded, content_hash, prepared,
+                                vectors, spec.model, spec.dimensions)
+    except LimitReached as exc:  # another run or upload took the plan's last document
+        await _record_error(database, cfg, run, source, exc)
+        return "error"
     return "ingested" if written else "skipped"
 
 
@@ -486,6 +491,19 @@ async def _existing(s: AsyncSession, user_id: uuid.UUID, source: Source, *,
     if lock:
         query = query.with_for_update().execution_options(populate_existing=True)
     return (await s.scalars(query)).one_or_none()
+
+
+async def _precheck_document_limit(
+    database: Database, cfg: KnowledgeConfig, run: IngestionRun, source: Source
+) -> None:
+    """A new document past the plan's max_documents is refused before it is fetched,
+    read or embedded (403, one entry in the run's errors); :func:`_commit` checks again
+    under the lock.  An upload's document was counted when it was stored."""
+    if source.kind == "upload":
+        return
+    async with database.transaction() as s:
+        await _scoped(s, cfg, run.user_id)
+        await check_document_limit(s, run.user_id, source.path_hash)
 
 
 def _done_for_run(run: IngestionRun, doc: Document | None, source: Source,
@@ -604,6 +622,8 @@ async def _commit(
             values["uri"] = source.uri
         created = doc is None
         if doc is None:
+            # The plan's max_documents, counted under its lock (parallel runs, uploads).
+            await check_document_limit(s, run.user_id, source.path_hash)
             stmt = pg_insert(Document).values(
                 id=uuid7(), user_id=run.user_id, path_hash=source.path_hash, name=source.name,
                 **values,

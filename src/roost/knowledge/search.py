@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import URL, Connection, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from roost.db.engine import Database
 from roost.db.transaction import driver_connection, local_settings, note_settings
 from roost.db.vector import ensure_vector_codec
 from roost.knowledge.config import KnowledgeConfig, get_embedder
 from roost.knowledge.embeddings import Embedder
-from roost.knowledge.index import model_predicate, vector_expression
+from roost.knowledge.index import check_dimensions, model_predicate, vector_expression
 from roost.knowledge.models import TEXT_SEARCH_CONFIG
 from roost.knowledge.schemas import (
     SearchDocument,
@@ -243,6 +243,10 @@ async def search(
 ) -> SearchResponse:
     """``req`` in the session's transaction (scoped to ``actor``), one statement.
     ``vector``: the query's embedding when the caller has it already."""
+    if req.mode != "text":
+        bind = session.bind
+        assert bind is not None  # the process's sessions are bound to an engine
+        await _check_model(bind if isinstance(bind, AsyncEngine) else bind.engine, cfg, req)
     if vector is None and req.mode != "text":
         vector = await query_vector(cfg, req, embedder)
     return await _search(await driver_connection(session), _session_url(session), actor, cfg,
@@ -259,9 +263,18 @@ async def search_confirming(
     longer resolves to ``actor``) and scope the statement's implicit transaction
     (``scope``) before it searches (roost.identity.resolver.KnownCaller).  ``vector``:
     the query's embedding (None in text mode)."""
+    if req.mode != "text":
+        await _check_model(database.engine, cfg, req)
     async with database.autocommit() as driver:
         return await _search(driver, database.url, actor, cfg, req, vector,
                              confirmation=confirmation, scope=scope)
+
+
+async def _check_model(engine: AsyncEngine, cfg: KnowledgeConfig, req: SearchRequest) -> None:
+    """409 for a model registered with other dimensions than the configured ones (a
+    misconfigured server), not the vector cast's failure; text search has no vectors."""
+    spec = cfg.spec_for(req.embedding_model)
+    await check_dimensions(engine, spec.model, spec.dimensions)
 
 
 async def _search(

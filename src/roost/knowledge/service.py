@@ -28,7 +28,7 @@ from roost.errors import Conflict, Forbidden, NotFound, PayloadTooLarge, Unproce
 from roost.identity.common import require_user
 from roost.identity.models import Group
 from roost.knowledge.config import KnowledgeConfig, check_embedder
-from roost.knowledge.fetching import FetchInvalidURL, FetchRefused, address_refusal
+from roost.knowledge.fetching import FetchInvalidURL, FetchRefused, address_refusal, check_port
 from roost.knowledge.jobs import INGEST_TASK
 from roost.knowledge.models import Document, DocumentChunk, DocumentUpload, IngestionRun
 from roost.knowledge.paths import resolve_ingest_path
@@ -118,17 +118,18 @@ def clean_filename(filename: str | None,
 # --- documents --------------------------------------------------------------------------
 
 
-async def _check_document_limit(session: AsyncSession, user_id: uuid.UUID, name: str) -> None:
-    """The plan's max_documents (403 naming it) for a metered user; re-uploading a file
-    of the same name replaces that document, so it does not count."""
+async def check_document_limit(session: AsyncSession, user_id: uuid.UUID,
+                               path_hash: str) -> None:
+    """The plan's max_documents (403 naming it) for a metered user, before an upload or
+    an ingestion writes the document keyed ``path_hash``: one already stored under that
+    key is replaced, so it does not count."""
     payer = await credits.payer_for(session, user_id)
     if payer is None or payer.limits.get("max_documents") is None:
         return
     await limits.lock_count(session, user_id, "max_documents")
     owned = select(func.count()).select_from(Document).where(Document.user_id == user_id)
-    replaced = sha256_hex(upload_identity(name))  # the key create_upload upserts on
     if await session.scalar(select(Document.id).where(Document.user_id == user_id,
-                                                      Document.path_hash == replaced)):
+                                                      Document.path_hash == path_hash)):
         return
     await limits.check_count(session, user_id, "max_documents",
                              int(await session.scalar(owned) or 0), payer=payer)
@@ -171,7 +172,8 @@ async def create_upload(
             raise Unprocessable(f"{label} must not contain NUL characters")
     name = clean_filename(filename)
     check_embedder(cfg.embedder)  # 409 now rather than a document stuck "processing"
-    await _check_document_limit(session, user_id, name)
+    # The key create_upload upserts on: a re-upload of that name is not one more.
+    await check_document_limit(session, user_id, sha256_hex(upload_identity(name)))
     model = cfg.embedder.model
     run = IngestionRun(
         user_id=user_id, target=name, source="upload", tags=tags or [], collection=collection,
@@ -255,7 +257,17 @@ async def get_document(session: AsyncSession, actor: Principal, document_id: uui
 async def _owned_document(
     session: AsyncSession, actor: Principal, document_id: uuid.UUID
 ) -> Document:
-    doc = await get_document(session, actor, document_id)
+    """The document to change or delete, its row locked until the transaction ends: a
+    concurrent change waits and then reads the row as committed (its scope copies are
+    written from that, never from a stale view), and one deleted meanwhile answers 404."""
+    doc = (await session.scalars(
+        _documents_query(actor).where(Document.id == document_id).with_for_update()
+        .execution_options(populate_existing=True)
+    )).one_or_none()
+    if doc is None:
+        # Row-level security lets only the owner (or an administrator) lock it: a group
+        # member who sees it gets the 403 below, anyone else (or after a delete) 404.
+        doc = await get_document(session, actor, document_id)
     if not actor.is_admin and doc.user_id != actor.user_id:
         raise Forbidden("only the document's owner may change or delete it")
     return doc
@@ -366,6 +378,7 @@ def precheck_url(target: str, cfg: KnowledgeConfig) -> str:
         raise FetchInvalidURL("web ingestion needs an http:// or https:// URL with a host")
     if url.userinfo:
         raise FetchInvalidURL("URLs with a user name or password are not accepted")
+    check_port(url)
     host = url.host
     if host == "localhost" or host.endswith(".localhost"):
         host = "127.0.0.1"
