@@ -6,31 +6,18 @@ lists."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import text
 
-from roost.config import Settings
 from roost.db.engine import Database
 from roost.db.migrate import downgrade, upgrade
 from roost.llm.schemas import MAX_MODELS
+from tests.llm.test_provider_registry import Headers, _create, test_settings  # noqa: F401
 from tests.support.identity import make_user
 from tests.support.openai_stub import Fail, Models, StubServer
 
-Headers = dict[str, str]
 PROVIDERS = "/api/v1/llm/providers"
-
-
-@pytest.fixture
-def test_settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", llm_timeout_s=2.0, llm_local_model=False)
-
-
-async def _create(client: httpx.AsyncClient, headers: Headers, **body: Any) -> httpx.Response:
-    return await client.post(PROVIDERS, json=body, headers=headers)
 
 
 async def _same_name_count(database: Database, name: str) -> int:

@@ -15,7 +15,6 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 from sqlalchemy import and_, case, false, func, or_, select, true
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import Agent, Persona, PersonaMember
@@ -24,6 +23,7 @@ from roost.agents.schemas import AgentConfig, AgentCreate, AgentOut, AgentUpdate
 from roost.agents.secrets import missing_references
 from roost.audit.service import record
 from roost.billing import credits, limits
+from roost.db.errors import flush_unique
 from roost.db.lookup import one_or_404
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
@@ -234,13 +234,7 @@ async def check_documents(session: AsyncSession, actor: Principal,
 
 
 async def _flush_slug(session: AsyncSession, slug: str) -> None:
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError as exc:
-        if SLUG_INDEX in str(exc.orig):
-            raise Conflict(f"you already have an agent with the slug {slug!r}") from None
-        raise
+    await flush_unique(session, SLUG_INDEX, f"you already have an agent with the slug {slug!r}")
 
 
 async def _slug_free(session: AsyncSession, owner: uuid.UUID, slug: str,

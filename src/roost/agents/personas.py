@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.agents.models import Agent, Persona, PersonaInvitation, PersonaMember
 from roost.agents.schemas import MemberAdd, PersonaCreate, PersonaOut, PersonaUpdate
 from roost.audit.service import record
+from roost.db.errors import flush_unique
 from roost.db.lookup import one_or_404
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
@@ -152,13 +153,7 @@ async def require_role(session: AsyncSession, actor: Principal, persona_id: uuid
 
 async def _flush_email(session: AsyncSession) -> None:
     # Other tenants' personas are invisible under RLS: the unique index is the check.
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError as exc:
-        if EMAIL_INDEX in str(exc.orig):
-            raise Conflict("another persona already uses that e-mail address") from None
-        raise
+    await flush_unique(session, EMAIL_INDEX, "another persona already uses that e-mail address")
 
 
 async def create_persona(session: AsyncSession, actor: Principal,

@@ -6,8 +6,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from roost.errors import Conflict
 
 T = TypeVar("T")
 
@@ -47,3 +49,16 @@ async def retrying_deadlocks(session: AsyncSession, work: Callable[[], Awaitable
                 raise
         await asyncio.sleep(0.05 * attempt)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def flush_unique(session: AsyncSession, index: str, conflict: str) -> None:
+    """Flush in a savepoint: a row that breaks the unique ``index`` (its value taken by
+    another request at the same time, after this one's own check) is the 409
+    ``conflict``, and the transaction stays usable; any other error is raised."""
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        if index in str(exc.orig):
+            raise Conflict(conflict) from None
+        raise

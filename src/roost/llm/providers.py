@@ -14,11 +14,11 @@ from typing import Any
 
 import structlog
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
 from roost.db.base import utcnow, uuid7
+from roost.db.errors import flush_unique
 from roost.errors import BadRequest, Conflict, Forbidden, NotFound
 from roost.llm import leases
 from roost.llm.errors import ProviderError, clean_text
@@ -96,13 +96,7 @@ async def _name_taken(session: AsyncSession, name: str, exclude: uuid.UUID | Non
 async def _flush_name(session: AsyncSession, name: str) -> None:
     """Flush; a name taken meanwhile by a create or rename at once (whatever its case:
     the unique index is on lower(name)) is the 409 :func:`_name_taken` gives."""
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError as exc:
-        if NAME_INDEX in str(exc.orig):
-            raise Conflict(f"an LLM provider named {name!r} already exists") from None
-        raise
+    await flush_unique(session, NAME_INDEX, f"an LLM provider named {name!r} already exists")
 
 
 def _weight(value: float) -> Decimal:
