@@ -41,7 +41,8 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         value = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+    # RecursionError: a forged cursor of nested arrays deeper than json can parse
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadRequest(MALFORMED_CURSOR) from exc
     if not isinstance(value, dict):
         raise BadRequest(MALFORMED_CURSOR)

@@ -62,7 +62,7 @@ def settings_ls() -> None:
 def settings_get(key: KeyArg) -> None:
     """One setting, with its JSON Schema."""
     o = run_in_transaction(lambda s: service.read_setting(s, OPERATOR, get_settings(), key))
-    console.print_json(json.dumps(o.model_dump(mode="json", by_alias=True)))
+    console.print_json(json.dumps(o.model_dump(mode="json", by_alias=True)), ensure_ascii=True)
 
 
 @settings_app.command("set")

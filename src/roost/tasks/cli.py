@@ -101,7 +101,8 @@ def tasks_show(task_id: Annotated[str, typer.Argument(help=JOB_ID_HELP)]) -> Non
         ident = await resolve_id(session, Task.id, task_id, "job")
         return TaskDetailOut.model_validate(await service.get_task(session, OPERATOR, ident))
 
-    console.print_json(_run(run).model_dump_json())
+    # ASCII only: stored text (an error, a result) may hold C1 controls or bidi overrides
+    console.print_json(_run(run).model_dump_json(), ensure_ascii=True)
 
 
 @tasks_app.command("cancel")
@@ -214,7 +215,7 @@ def tasks_stats(
         data = asdict(s)
         for t, raw in zip(s.throughput, data["throughput"], strict=True):
             raw["per_second"] = round(t.per_second, 3)
-        console.print_json(json.dumps(data, default=str))
+        console.print_json(json.dumps(data, default=str), ensure_ascii=True)
         return
     from roost.tasks.models import TaskPriority, TaskStatus
 

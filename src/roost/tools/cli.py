@@ -219,7 +219,7 @@ def tools_call_command(
                                      arguments=parsed, knowledge=knowledge)
 
     run = _run(go)
-    console.print_json(json.dumps(run.output))
+    console.print_json(json.dumps(run.output), ensure_ascii=True)
 
 
 def _knowledge() -> KnowledgeConfig | None:
