@@ -23,7 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from roost.identity.models import MODEL_PREFERENCE_KEYS
-from roost.inputs import StrictInput, WebUrl, json_size
+from roost.inputs import StrictInput, WebUrl, json_size, no_nul
 
 MAX_PREFERENCE_JSON_BYTES = 16 * 1024
 MAX_PROFILE_JSON_BYTES = 4 * 1024
@@ -103,10 +103,12 @@ class RegisterIn(Input):
 
 
 class LoginIn(Input):
-    login: Annotated[str, Field(min_length=1, max_length=255,
-                                description="username or email")]
+    # NUL checked per field (a 422 naming it, before the password is): not in the
+    # password, which is hashed, never stored, and may hold any character.
+    login: Annotated[str, BeforeValidator(no_nul), Field(min_length=1, max_length=255,
+                                                         description="username or email")]
     password: Password
-    device_name: Annotated[str | None, Field(max_length=255)] = None
+    device_name: Annotated[str | None, BeforeValidator(no_nul), Field(max_length=255)] = None
     device_type: Literal["desktop", "mobile", "tablet", "cli", "server", "unknown"] | None = None
 
 
