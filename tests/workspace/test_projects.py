@@ -236,3 +236,27 @@ async def test_project_metadata_limit_counts_utf8_bytes_not_ascii_escapes(
     too_big = await client.post("/api/v1/projects", headers=h, json={
         "name": "x", "project_metadata": {"notes": "é" * 33_000}})
     assert too_big.status_code == 422 and "65536 bytes" in too_big.text, too_big.text
+
+
+async def test_a_group_admin_s_change_of_a_shared_project_is_audited_as_theirs(
+        client: httpx.AsyncClient, database: Database, user: User) -> None:
+    """The audit record of a project change names who made it (the group admin), as every
+    domain's records do, and the project's owner beside it; the owner's own change names
+    only the owner."""
+    owner_id, owner = user
+    admin_id, group_admin = await make_user(database)
+    team = await make_group(database, "team-audit", owner_id, admin_id)
+    async with database.transaction() as s:
+        await s.execute(text("UPDATE user_group_memberships SET role = 'admin' "
+                             "WHERE user_id = :u AND group_id = :g"), {"u": admin_id, "g": team})
+    project = await make_project(client, owner, "Heron", group_id=str(team))
+    url = f"/api/v1/projects/{project['id']}"
+    changed = await client.patch(url, json={"name": "Theirs now"}, headers=group_admin)
+    assert changed.status_code == 200, changed.text
+    assert (await client.patch(url, json={"name": "Mine again"}, headers=owner)).status_code == 200
+    async with database.transaction() as s:
+        rows = (await s.execute(text(
+            "SELECT user_id, changes FROM audit_logs WHERE action = 'project.update' "
+            "AND resource_id = :p ORDER BY seq"), {"p": project["id"]})).all()
+    assert [r.user_id for r in rows] == [admin_id, owner_id], rows
+    assert rows[0].changes["owner"] == str(owner_id) and "owner" not in rows[1].changes, rows

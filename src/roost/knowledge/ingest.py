@@ -44,6 +44,8 @@ from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.db.errors import sqlstate
 from roost.errors import LimitReached, NotFound, RoostError
+from roost.identity.common import is_admin_user
+from roost.identity.models import User, UserGroupMembership
 from roost.identity.tenancy import apply_principal
 from roost.knowledge.bulk import insert_chunks
 from roost.knowledge.chunking import Chunk, chunk_sections
@@ -533,15 +535,34 @@ def _upload_superseded(run: IngestionRun, source: Source, doc: Document | None) 
     return source.kind == "upload" and (doc is None or doc.ingestion_run_id != run.id)
 
 
-def _scope_of(locked: IngestionRun, doc: Document | None) -> IngestionRun | Document:
+async def _scope_of(s: AsyncSession, locked: IngestionRun,
+                    doc: Document | None) -> IngestionRun | Document:
     """Where a document's scope (sharing, persona, project, tags, collection) comes from:
     the run's options, except for the document the run was queued with (an upload),
     which got them when it was stored and may have been edited since: the edit stands.
     ``locked`` is the run's row as locked in the writing transaction, never the copy
     read when the run began: a group, persona or project deleted since cleared it there
     (a foreign key's SET NULL, the persona trigger), and a stale id would either point
-    at nothing or fail the insert on the foreign key."""
-    return doc if doc is not None and doc.ingestion_run_id == locked.id else locked
+    at nothing or fail the insert on the foreign key.  Sharing with a group requires
+    membership: an owner who has left the group (or was removed) since the run started
+    shares nothing more with it; the run's group is cleared, as a deletion clears it."""
+    if doc is not None and doc.ingestion_run_id == locked.id:
+        return doc
+    if locked.group_id is not None and not await _may_share(s, locked.user_id, locked.group_id):
+        locked.group_id = None
+    return locked
+
+
+async def _may_share(s: AsyncSession, user_id: uuid.UUID, group_id: uuid.UUID) -> bool:
+    """A member of the group, or an administrator (who shares with any group, as the API
+    lets them).  The job's row-level-security scope is the owner's: they see their own
+    membership and user rows."""
+    member = await s.scalar(select(UserGroupMembership.user_id).where(
+        UserGroupMembership.user_id == user_id, UserGroupMembership.group_id == group_id))
+    if member is not None:
+        return True
+    owner = await s.get(User, user_id)
+    return owner is not None and is_admin_user(owner)
 
 
 def _scope_values(scope: IngestionRun | Document) -> dict[str, Any]:
@@ -575,7 +596,7 @@ async def _mark_unchanged(
         if (doc is None or doc.status != "ready" or doc.content_hash != content_hash
                 or doc.embedding_model != run.embedding_model):
             return False
-        scope = _scope_of(locked, doc)
+        scope = await _scope_of(s, locked, doc)
         for key, value in _scope_values(scope).items():
             setattr(doc, key, value)
         doc.ingestion_run_id = run.id
@@ -608,7 +629,7 @@ async def _commit(
         if _done_for_run(locked, doc, source, content_hash) or _upload_superseded(run, source, doc):
             return False
         stamp = utcnow()
-        scope = _scope_of(locked, doc)
+        scope = await _scope_of(s, locked, doc)
         values: dict[str, Any] = {
             **_scope_values(scope),
             "mime": prepared.parsed.mime, "bytes_size": len(loaded.data), "source": source.kind,

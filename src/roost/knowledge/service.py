@@ -322,8 +322,12 @@ async def update_document(
     doc = await _owned_document(session, actor, document_id)
     fields = body.model_fields_set
     changes: dict[str, Any] = {}
-    if "group_id" in fields:
-        await _check_group(session, actor, body.group_id)
+    # Membership is checked for what would newly be shared: a group_id sent back unchanged
+    # (by an owner who has left the group since) shares nothing new; a private document
+    # made public again shares it with its group anew.
+    group_id = body.group_id if "group_id" in fields else doc.group_id
+    if group_id != doc.group_id or (doc.is_private and body.is_private is False):
+        await _check_group(session, actor, group_id)
     for name in ("name", "description", "collection", "tags", "group_id", "is_private"):
         if name not in fields:
             continue

@@ -198,8 +198,8 @@ async def update_project(session: AsyncSession, actor: Principal, project_id: uu
     _check_dates(project)
     await session.flush()
     await session.refresh(project)
-    await record(session, "project.update", user_id=project.user_id, resource_type="project",
-                 resource_id=project.id, changes=changes)
+    await record(session, "project.update", user_id=actor.user_id, resource_type="project",
+                 resource_id=project.id, changes={**changes, **_owner_if_other(actor, project.user_id)})
     return project
 
 
@@ -211,8 +211,9 @@ async def delete_project(session: AsyncSession, actor: Principal,
         raise Forbidden("only the project's owner deletes it")
     project = await get_project(session, actor, project_id, lock=True)
     await session.execute(delete(Project).where(Project.id == project.id))
-    await record(session, "project.delete", user_id=project.user_id, resource_type="project",
-                 resource_id=project.id, changes={"name": project.name})
+    await record(session, "project.delete", user_id=actor.user_id, resource_type="project",
+                 resource_id=project.id,
+                 changes={"name": project.name, **_owner_if_other(actor, project.user_id)})
 
 
 # The tables whose rows a project groups.  They belong to higher domains (agents,
@@ -355,10 +356,11 @@ async def update_task(session: AsyncSession, actor: Principal, task_id: uuid.UUI
         setattr(task, key, value)
     await session.flush()
     await session.refresh(task)
-    await record(session, "task.update", user_id=task.user_id, resource_type="task",
+    await record(session, "task.update", user_id=actor.user_id, resource_type="task",
                  resource_id=task.id, changes={"fields": sorted(given),
                                                "score": {"before": before,
-                                                         "after": task.calculated_score}})
+                                                         "after": task.calculated_score},
+                                               **_owner_if_other(actor, task.user_id)})
     return task
 
 
@@ -366,8 +368,9 @@ async def delete_task(session: AsyncSession, actor: Principal, task_id: uuid.UUI
     """Delete a task; its subtasks stay, without a parent."""
     task = await get_task(session, actor, task_id, lock=True)
     await session.execute(delete(Task).where(Task.id == task.id))
-    await record(session, "task.delete", user_id=task.user_id, resource_type="task",
-                 resource_id=task.id, changes={"title": task.title})
+    await record(session, "task.delete", user_id=actor.user_id, resource_type="task",
+                 resource_id=task.id,
+                 changes={"title": task.title, **_owner_if_other(actor, task.user_id)})
 
 
 def score_cursor(task: Task) -> str:
@@ -435,6 +438,12 @@ async def refresh_scores(session: AsyncSession) -> int:
         ).values(due_date=Task.due_date, updated_at=Task.updated_at)
         .execution_options(synchronize_session=False))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _owner_if_other(actor: Principal, owner: uuid.UUID) -> dict[str, str]:
+    """An audit record names who acted (``user_id``), as every domain's do; a change of
+    someone else's row (a group admin's, an administrator's) also names its owner."""
+    return {} if actor.user_id == owner else {"owner": str(owner)}
 
 
 def _plain(value: Any) -> Any:
