@@ -237,7 +237,8 @@ def _one(kind: str, **data: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("bad", ["-" * 36, "0" * 36, "a-" * 18, "0" * 32,
-                                 "{12345678-1234-1234-1234-123456789abc}"])
+                                 "{12345678-1234-1234-1234-123456789abc}",
+                                 "01234567-89ab-cdef-0123-456789abcdef\n"])
 def test_knowledge_document_ids_that_are_not_uuids_are_refused_at_save(bad: str) -> None:
     """Only the 8-4-4-4-12 form is an id: 36 dashes once passed, and failed the run."""
     issue = only(problems(_one("knowledge", query="q", document_ids=[bad])), "invalid_data")

@@ -279,3 +279,62 @@ async def test_a_nul_in_a_workflows_text_is_a_422_naming_it(
     assert patched.status_code == 422, patched.text
     assert field in patched.text
     assert (await client.get(f"{API}/{wf['id']}", headers=headers)).json()["name"] == wf["name"]
+
+
+def _templated(inputs: list[str]) -> dict[str, Any]:
+    return {"nodes": [node("s", "start", inputs=inputs), node("t", "template", template="Hi"),
+                      node("e", "end", output="{{ t.output }}")],
+            "edges": [edge("e1", "s", "t"), edge("e2", "t", "e")]}
+
+
+async def test_a_viewport_number_too_large_for_a_float_is_a_422_not_a_500(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """A viewport coordinate like 10**400 (math.isfinite overflows on it) is an
+    invalid_viewport problem at /validate, create and update, not a 500."""
+    _, headers = await make_user(database)
+    g = {"nodes": [node("s", "start"), node("e", "end")], "edges": [edge("x", "s", "e")],
+         "viewport": {"x": 10**400, "y": 0, "zoom": 1}}
+    checked = await client.post(f"{API}/validate", headers=headers, json=g)
+    assert checked.status_code == 200, checked.text
+    assert [e["code"] for e in checked.json()["errors"]] == ["invalid_viewport"]
+    created = await client.post(API, headers=headers, json={"name": "x", **g})
+    assert created.status_code == 422, created.text
+    wf = await _create(client, headers, **_templated(["q"]))
+    patched = await client.patch(f"{API}/{wf['id']}", headers=headers,
+                                 json={"viewport": {"x": 0, "y": 0, "zoom": 10**400}})
+    assert patched.status_code == 422, patched.text
+    shown = (await client.get(f"{API}/{wf['id']}", headers=headers)).json()
+    assert shown["viewport"] == wf["viewport"]
+
+
+async def test_a_document_id_with_a_trailing_newline_is_refused_at_save(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """document_ids are 8-4-4-4-12 hex UUIDs: one ending in a newline (which a schema
+    pattern ending in $ let through) is invalid_data at save, not a failure at run time."""
+    _, headers = await make_user(database)
+    g = {"nodes": [node("s", "start"),
+                   node("k", "knowledge", query="x",
+                        document_ids=["01234567-89ab-cdef-0123-456789abcdef\n"]),
+                   node("e", "end")], "edges": [edge("e1", "s", "k"), edge("e2", "k", "e")]}
+    checked = await client.post(f"{API}/validate", headers=headers, json=g)
+    assert checked.status_code == 200, checked.text
+    assert [(e["code"], e["node_id"]) for e in checked.json()["errors"]] == \
+        [("invalid_data", "k")]
+
+
+async def test_an_input_name_with_a_trailing_newline_is_not_an_identifier(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """A start input, an output_key or a run's input named "q\\n" is refused: names are
+    identifiers, a final newline included."""
+    _, headers = await make_user(database)
+    checked = await client.post(f"{API}/validate", headers=headers, json=_templated(["q\n"]))
+    assert [e["code"] for e in checked.json()["errors"]] == ["invalid_data"], checked.text
+    keyed = _templated(["q"])
+    keyed["nodes"][1]["data"]["output_key"] = "inputs\n"
+    checked = await client.post(f"{API}/validate", headers=headers, json=keyed)
+    assert [e["code"] for e in checked.json()["errors"]] == ["invalid_data"], checked.text
+    wf = await _create(client, headers, **_templated([]))
+    assert (await client.post(f"{API}/{wf['id']}/publish", headers=headers)).status_code == 201
+    run = await client.post(f"{API}/{wf['id']}/runs", headers=headers,
+                            json={"inputs": {"q\n": 1}})
+    assert run.status_code == 422 and "identifiers" in run.text, run.text

@@ -123,3 +123,40 @@ async def test_deep_json_files_and_pattern_characters_fail_in_one_line(
     assert out.returncode == 1 and "no workflow you can see" in out.stderr, out.stdout
     shown = await client.get(f"/api/v1/workflows/{created.json()['id']}", headers=headers)
     assert shown.json()["latest_version"] in (0, None), shown.json()
+
+
+def test_validate_of_a_viewport_number_too_large_for_a_float_is_one_line(
+        tmp_path: Path) -> None:
+    """`validate FILE.json` with viewport.x = 10**400 reports invalid_viewport (exit 1),
+    no traceback; no database needed."""
+    f = tmp_path / "big.json"
+    f.write_text('{"nodes": [], "edges": [], "viewport": {"x": 1' + "0" * 400
+                 + ', "y": 0, "zoom": 1}}')
+    done = run_roost("workflows", "validate", str(f),
+                     env={"ROOST_DATA_DIR": str(tmp_path / "cli-data")})
+    assert "Traceback" not in done.stderr, done.stderr[-1500:]
+    assert done.returncode == 1 and "invalid_viewport" in done.stdout, done.stdout
+
+
+async def test_publish_note_over_2000_characters_is_refused_as_by_the_api(
+    pg_server: PgTestServer, db_name: str, database: Database, client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """`publish --note` obeys the API's limits on a note (PublishIn): 3,000 characters is
+    one red line, exit 1, and no version is stored."""
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "cli-data")}
+    _, headers = await make_user(database, username="wanda")
+    created = await client.post("/api/v1/workflows", headers=headers,
+                                json={"name": "Digest", **simple_graph()})
+    assert created.status_code == 201, created.text
+    wf = created.json()["id"]
+    api = await client.post(f"/api/v1/workflows/{wf}/publish", headers=headers,
+                            json={"note": "n" * 3000})
+    assert api.status_code == 422
+    done = run_roost("workflows", "publish", wf, "--user", "wanda", "--note", "n" * 3000,
+                     env=env)
+    assert done.returncode == 1 and "note" in done.stderr, done.stdout
+    assert "Traceback" not in done.stderr, done.stderr[-1500:]
+    versions = await client.get(f"/api/v1/workflows/{wf}/versions", headers=headers)
+    assert versions.json() == [], versions.text

@@ -43,7 +43,7 @@ from roost.identity.cliscope import run_as as _run
 from roost.principal import Principal
 from roost.workflows import graph, runs, service
 from roost.workflows.models import WORKFLOW_STATUSES, Workflow, WorkflowVersion
-from roost.workflows.schemas import WorkflowRunCreate, WorkflowRunOut
+from roost.workflows.schemas import PublishIn, WorkflowRunCreate, WorkflowRunOut
 
 console = Console()
 T = TypeVar("T")
@@ -147,10 +147,12 @@ def workflows_publish(
     note: Annotated[str | None, typer.Option(help="What changed, kept with the version.")] = None,
 ) -> None:
     """Publish the workflow's draft as its next immutable version."""
+    body = parse_input(PublishIn, {"note": note})  # the API's limits on a note
+
     async def go(env: Env) -> tuple[Workflow, WorkflowVersion]:
         async with env.scoped() as session:
             w = await _workflow(session, env.principal, workflow)
-            version = await service.publish(session, env.principal, w.id, note=note)
+            version = await service.publish(session, env.principal, w.id, note=body.note)
             return w, version
 
     w, version = _run(user, go)

@@ -23,7 +23,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as SchemaError
@@ -41,6 +41,10 @@ MAX_EDGES: Final = 5000
 MAX_ISSUES: Final = 100
 MAX_ID_CHARS: Final = 255
 MAX_JSON_DEPTH: Final = 32
+# Templates a graph may hold: each is parsed at save (tens of microseconds) and rendered by
+# a run, so a small body of many short strings must not buy seconds of work.
+MAX_ARGUMENT_TEMPLATES: Final = 1000  # strings in one tool node's arguments, at any depth
+MAX_TEMPLATES: Final = 10_000  # in the whole graph
 # An approval waits at most a year (a larger delay is past what a date can hold).
 MAX_APPROVAL_TIMEOUT_S: Final = 365 * 24 * 3600
 # The most output tokens an llm node asks for (a larger max_tokens is refused at save).
@@ -83,10 +87,14 @@ _NONE: Final[frozenset[Handle]] = frozenset()
 _LABEL: Final = {"type": "string", "maxLength": 200}
 _TEMPLATE: Final = {"type": "string", "maxLength": MAX_TEMPLATE_CHARS}
 _NAME: Final = {"type": "string", "minLength": 1, "maxLength": 255}
-_IDENT: Final = {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]{0,63}$"}
+# A name templates see (an input, an output_key), without anchors: use re.fullmatch.
+IDENTIFIER: Final = "[A-Za-z][A-Za-z0-9_]{0,63}"
+# Patterns end in \Z, not $: jsonschema uses re.search, where $ also matches before a
+# final newline ("q\n" would pass).
+_IDENT: Final = {"type": "string", "pattern": f"^{IDENTIFIER}\\Z"}
 _HEX: Final = "[0-9a-fA-F]"
 _UUID: Final = {"type": "string",
-                "pattern": f"^{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}$"}
+                "pattern": f"^{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}\\Z"}
 
 
 def _schema(properties: dict[str, Any], required: Sequence[str] = ()) -> dict[str, Any]:
@@ -192,9 +200,33 @@ def size_problem(nodes: Sequence[Any], edges: Sequence[Any]) -> SizeProblem | No
     return None
 
 
+def within(values: Iterable[Any], budget: int) -> bool:
+    """Whether ``values`` hold at most ``budget`` JSON values and string characters
+    together: a walk that stops once past it, so it is cheap whatever their size."""
+    stack = list(values)
+    spent = len(stack)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            spent += len(item)
+        elif isinstance(item, dict):
+            spent += 2 * len(item)  # its keys and its values
+            if spent <= budget:
+                stack.extend(item)
+                stack.extend(item.values())
+        elif isinstance(item, list):
+            spent += len(item)
+            if spent <= budget:
+                stack.extend(item)
+        if spent > budget:
+            return False
+    return True
+
+
 class _Issues:
     def __init__(self) -> None:
         self.items: list[Issue] = []
+        self.templates = 0  # checked so far, against MAX_TEMPLATES
 
     def add(self, code: str, message: str, *, node: str | None = None,
             edge: str | None = None) -> None:
@@ -204,6 +236,10 @@ class _Issues:
     @property
     def full(self) -> bool:
         return len(self.items) >= MAX_ISSUES
+
+    @property
+    def templates_full(self) -> bool:
+        return self.templates > MAX_TEMPLATES
 
 
 def _json_problem(value: Any) -> str | None:
@@ -267,9 +303,17 @@ def _check_data(issues: _Issues, node_id: str, spec: NodeType, data: dict[str, A
         stack: list[tuple[str, Any, int]] = [
             (f"data.{name}.{key}", value, 1) for key, value in reversed(values.items())
         ] if isinstance(values, dict) else []
-        while stack and not issues.full:
+        strings = 0
+        while stack and not issues.full and not issues.templates_full:
             where, value, depth = stack.pop()
             if isinstance(value, str):
+                strings += 1
+                if strings > MAX_ARGUMENT_TEMPLATES:
+                    issues.add("too_many_templates",
+                               f"data.{name} holds more than {MAX_ARGUMENT_TEMPLATES} strings "
+                               f"(each is a template); the limit is {MAX_ARGUMENT_TEMPLATES} "
+                               "per node", node=node_id)
+                    break
                 _check_template(issues, node_id, where, value)
             elif depth < MAX_JSON_DEPTH and isinstance(value, dict):
                 stack.extend((f"{where}.{key}", child, depth + 1)
@@ -302,6 +346,13 @@ def _named(spec: NodeType, data: dict[str, Any]) -> list[tuple[str, set[str]]]:
 
 
 def _check_template(issues: _Issues, node_id: str, where: str, source: str) -> None:
+    issues.templates += 1
+    if issues.templates_full:  # reported once, at the first template past the limit
+        if issues.templates == MAX_TEMPLATES + 1:
+            issues.add("too_many_templates",
+                       f"the workflow holds more than {MAX_TEMPLATES} templates; the limit "
+                       f"is {MAX_TEMPLATES} per workflow", node=node_id)
+        return
     try:
         check_template(source)
     except TemplateRejected as exc:
@@ -325,14 +376,24 @@ def _allowed(handles: frozenset[Handle]) -> str:
     return ", ".join(sorted("null" if h is None else repr(h) for h in handles))
 
 
+def _finite(value: Any) -> TypeGuard[int | float]:
+    """A number a float holds: not NaN or Infinity, nor an integer past a float's range
+    (10**400: math.isfinite raises OverflowError on it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def validate_viewport(viewport: Any) -> list[Issue]:
     if not isinstance(viewport, dict):
         return [Issue("invalid_viewport", "viewport must be an object {x, y, zoom}")]
     issues = []
     for key in ("x", "y", "zoom"):
         value = viewport.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) \
-                or not math.isfinite(value):
+        if not _finite(value):
             issues.append(Issue("invalid_viewport", f"viewport.{key} must be a finite number"))
         elif key == "zoom" and value <= 0:
             issues.append(Issue("invalid_viewport", "viewport.zoom must be greater than 0"))

@@ -22,7 +22,7 @@ from roost.identity.models import User
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.tasks.service import enqueue
-from roost.workflows import execution, service
+from roost.workflows import execution, graph, service
 from roost.workflows.execution import NODE_TASK, Progress, plan_of, run_inputs
 from roost.workflows.models import WorkflowRun
 from roost.workflows.schemas import (
@@ -34,7 +34,7 @@ from roost.workflows.schemas import (
     WorkflowRunSummary,
 )
 
-_NAME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+_NAME: Final = re.compile(graph.IDENTIFIER)  # fullmatch: "q\n" is no identifier
 
 
 class RunNotResumable(Conflict):
@@ -48,7 +48,7 @@ class NotWaiting(Conflict):
 def _check_inputs(declared: list[str], inputs: dict[str, Any]) -> str:
     """The inputs as the run stores them (JSON), after checking them against the start
     node's ``data.inputs`` (when it names any: all of them, and only them)."""
-    bad = [k for k in inputs if not _NAME.match(k)]
+    bad = [k for k in inputs if not _NAME.fullmatch(k)]
     if bad:
         raise Unprocessable(f"input names must be identifiers (a letter, then letters, "
                             f"digits or _): {bad[0][:64]!r}", extra={"field": "inputs"})

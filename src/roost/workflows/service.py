@@ -31,8 +31,9 @@ from roost.workflows.models import Workflow, WorkflowRun, WorkflowVersion
 from roost.workflows.schemas import GraphIn, WorkflowCreate, WorkflowUpdate
 from roost.workspace.service import require_project
 
-# Graphs this small are validated inline; larger ones in a thread (it is CPU work).
-INLINE_NODES: Final = 50
+# Graphs this small (JSON values plus string characters: graph.within) are validated
+# inline; larger ones in a thread (it is CPU work, parsing templates most of it).
+INLINE_SIZE: Final = 20_000
 
 Ref = int | Literal["draft"]
 
@@ -60,7 +61,7 @@ async def check_graph(nodes: Sequence[Any], edges: Sequence[Any],
     if too_big is not None:
         raise PayloadTooLarge(too_big.message, extra={
             "limit": too_big.limit, "count": too_big.count, "what": too_big.what})
-    if len(nodes) <= INLINE_NODES:
+    if graph.within((nodes, edges, viewport), INLINE_SIZE):
         return graph.validate_graph(nodes, edges, viewport)
     return await cpu_bound(graph.validate_graph, nodes, edges, viewport)
 
