@@ -69,11 +69,11 @@ def sanitize_filename(name: str | None, mime_type: str | None = None) -> str:
 def clean_mime(mime_type: str | None) -> str:
     """A well-formed ``type/subtype`` (lower case), else ``application/octet-stream``."""
     value = (mime_type or "").strip().lower()
-    return value if _MIME.match(value) else DEFAULT_MIME
+    return value if _MIME.fullmatch(value) else DEFAULT_MIME
 
 
 def blob_path(data_dir: Path, sha256: str) -> Path:
-    if not _SHA256.match(sha256):
+    if not _SHA256.fullmatch(sha256):  # fullmatch: $ also matches before a final newline
         raise ValueError("not a sha256 hex digest")
     return data_dir / BLOB_DIR / sha256[:2] / sha256
 
