@@ -254,11 +254,13 @@ async def test_multipart_mail_keeps_bodies_and_attachments_on_disk(
     got = await client.get(f"/api/v1/attachments/{files[0]['id']}/content", headers=headers)
     assert got.status_code == 200 and got.content == report
     assert got.headers["content-type"] == "application/pdf"
-    assert got.headers["content-disposition"] == 'attachment; filename="report.pdf"'
+    assert got.headers["content-disposition"] == (
+        'attachment; filename="report.pdf"; filename*=UTF-8\'\'report.pdf')
     assert got.headers["x-content-type-options"] == "nosniff"
     hostile = await client.get(f"/api/v1/attachments/{files[2]['id']}/content",
                                headers=headers)
-    assert hostile.headers["content-disposition"] == 'attachment; filename="evil_name_.pdf"'
+    assert hostile.headers["content-disposition"].startswith(
+        'attachment; filename="evil_name_.pdf"; filename*=UTF-8\'\'')
 
 
 async def test_replies_join_their_thread(
