@@ -256,3 +256,24 @@ async def test_a_nul_in_an_agent_s_text_is_a_422_naming_the_field(
     listed = (await client.get("/api/v1/agents", headers=headers)).json()["items"]
     assert [a["id"] for a in listed] == [agent["id"]]
     assert (await client.get(f"/api/v1/agents/{agent['id']}", headers=headers)).json() == agent
+
+
+async def test_one_tool_id_spelt_several_ways_in_tool_permissions_is_kept_once(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """Duplicates are dropped on the canonical id: one tool's id in several spellings
+    (upper case, no dashes, braces, urn:uuid:) is one entry, on create and on PATCH."""
+    _, headers = user
+    tools = (await client.get("/api/v1/tools", params={"name": "current_time"},
+                              headers=headers)).json()["items"]
+    tool_id = tools[0]["id"]
+    spellings = [tool_id, tool_id.upper(), uuid.UUID(tool_id).hex, "{" + tool_id + "}",
+                 f"urn:uuid:{tool_id}"]
+    resp = await client.post("/api/v1/agents", headers=headers, json={
+        "name": "x", "slug": "dup-ids", "tool_permissions": spellings})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["tool_permissions"] == [tool_id], resp.json()["tool_permissions"]
+    patched = await client.patch(f"/api/v1/agents/{resp.json()['id']}", headers=headers,
+                                 json={"tool_permissions": [tool_id.upper(), tool_id]})
+    assert patched.status_code == 200
+    assert patched.json()["tool_permissions"] == [tool_id], patched.json()["tool_permissions"]

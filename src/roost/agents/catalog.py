@@ -173,7 +173,9 @@ async def check_tools(session: AsyncSession, actor: Principal, refs: list[str],
                       persona_id: uuid.UUID | None = None) -> list[str]:
     """``refs`` (tool ids or names, duplicates dropped) when each names a tool the actor
     can see, or (by id) one granted to the agent's persona; 422 naming those that do not."""
-    wanted = list(dict.fromkeys(r.strip() for r in refs))
+    # An id's spellings (upper case, no dashes, braces, urn:uuid:) are one tool: kept once.
+    wanted = list(dict.fromkeys(str(uuid.UUID(r)) if _is_uuid(r) else r
+                                for r in (r.strip() for r in refs)))
     ids = {r: uuid.UUID(r) for r in wanted if _is_uuid(r)}
     names = [r for r in wanted if r not in ids]
     if not wanted:

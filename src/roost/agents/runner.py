@@ -104,6 +104,7 @@ from roost.principal import SYSTEM, Principal
 from roost.prompts import service as prompts
 from roost.prompts.models import SystemPrompt
 from roost.security.crypto import SecretBox
+from roost.tools import builtins
 from roost.tools import calls as tool_calls
 from roost.tools.config import ToolsConfig
 from roost.tools.models import Tool, ToolDependency
@@ -209,6 +210,16 @@ class _State:
     @property
     def next_number(self) -> int:
         return max((s.step_number for s in self.steps), default=0) + 1
+
+    @property
+    def stranger(self) -> bool:
+        """A run of a (public) agent by someone who neither owns it (an agent of no
+        persona) nor is a member of its persona: the agent's author wrote its prompt and
+        the persona's members read the run, so it is offered none of the runner's own
+        tools and no built-in acting on the runner's data (``_offered_tools``)."""
+        if self.run.persona_id is not None:
+            return not self.member
+        return self.agent is None or self.agent.user_id != self.run.user_id
 
 
 INACTIVE_USER: Final = ("the account that started this run is suspended or deactivated: "
@@ -502,17 +513,24 @@ async def _offered_tools(fetch: _Fetch, state: _State) -> dict[str, Offered]:
     runner's own, and those granted to the agent's persona (``persona_tools``) — with the
     tools they require (``tool_dependencies``), keyed by the function name the model
     sees.  Read as the system (a granted tool is another user's row), so the rule is
-    spelled out here: a tool the runner may not use is never offered."""
+    spelled out here: a tool the runner may not use is never offered.  A stranger's run
+    (``_State.stranger``) is offered global tools only, built-ins acting on the runner's
+    own data left out (``roost.tools.builtins.personal``)."""
     wanted = [str(t) for t in (state.agent.tool_permissions if state.agent else [])]
     if not wanted:
         return {}
     ids, names = split_tool_refs(wanted)
+    stranger = state.stranger
+    # A stranger's run resolves ids and names to global tools only (its grants are none):
+    # never to the runner's own tool the agent's author happened to name.
     rows = await fetch(_offered_tools_statement(), {
-        "runner_id": state.run.user_id, "granted": list(state.grants), "ids": ids,
-        "names": names})
+        "runner_id": None if stranger else state.run.user_id, "granted": list(state.grants),
+        "ids": ids, "names": names})
     offered: dict[str, Offered] = {}
     for row in rows:
         tool = _OfferRow(**{key: row[key] for key in _OFFER_COLUMNS})
+        if stranger and builtins.personal(tool.id, tool.kind):
+            continue  # the model is not told: the agent runs with the rest
         base = _FUNCTION_NAME.sub("_", tool.name)[:60] or "tool"
         function, n = base, 2
         while function in offered:
@@ -877,7 +895,9 @@ async def _remember(env: RunEnv, state: _State) -> None:
     """Once per run, when the agent asks for it (``memory_k``): the memories of the run's
     user and persona that best fit the input, as a step (roost.memory)."""
     k = state.config.memory_k
-    if k == 0 or any(s.step_type == "memory_recall" for s in state.steps):
+    # Not in a stranger's run: the runner's memories would be in a step the persona's
+    # members read (state.stranger).
+    if k == 0 or state.stranger or any(s.step_type == "memory_recall" for s in state.steps):
         return
     with _step_span(state, "memory_recall"):
         await _remember_step(env, state, k)

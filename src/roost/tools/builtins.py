@@ -27,6 +27,18 @@ LSP_DIAGNOSTICS_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000004")
 # inside agent runs only (``hosted``).
 OWN_IDS: Final = frozenset({CURRENT_TIME_ID, KNOWLEDGE_SEARCH_ID, WEB_FETCH_ID,
                             LSP_DIAGNOSTICS_ID})
+# The built-ins that neither read nor change their caller's own data (rows, documents,
+# memories, calendars, tasks, mail, language servers): the only built-ins offered in a
+# stranger's run of a public agent, whose author wrote the prompt and whose persona's
+# members read the run (docs/agents.md, "Public agents").  Every other built-in, a new one
+# included, acts on its caller's data until it is listed here after a review.
+IMPERSONAL_IDS: Final = frozenset({CURRENT_TIME_ID, WEB_FETCH_ID})
+
+
+def personal(tool_id: uuid.UUID, kind: str) -> bool:
+    """A built-in that acts on its caller's own data (see ``IMPERSONAL_IDS``).  Another
+    kind of tool (an MCP server's) is its owner's: a global one sees no caller's rows."""
+    return kind == "builtin" and tool_id not in IMPERSONAL_IDS
 
 
 class BuiltinToolError(Unprocessable):
