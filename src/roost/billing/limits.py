@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import uuid
+from collections.abc import Sequence
 from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,17 +22,39 @@ LIMIT_KEYS: Final = ("models_allowed", *COUNT_LIMITS)
 
 def check_model(payer: Payer | None, model: str | None) -> None:
     """403 when the payer's plan lists the models it allows and ``model`` is none of them
-    (a call that names no model uses the provider's default and is allowed)."""
+    (a call that names no model: :func:`allowed_defaults`)."""
     if payer is None or model is None:
         return
     allowed = payer.limits.get("models_allowed")
     if not allowed:
         return
-    if not any(fnmatch.fnmatchcase(model, pattern) for pattern in allowed):
+    if not _includes(allowed, model):
         raise LimitReached(
             f"the plan {payer.plan_key!r} does not include the model {model[:200]!r} "
             f"(allowed: {', '.join(allowed)})",
             extra={"limit": "models_allowed", "plan": payer.plan_key})
+
+
+def allowed_defaults(payer: Payer | None, models: Sequence[str | None]) -> list[bool]:
+    """For a call that names no model, answered by a provider's default model (``models``,
+    one per provider it may ask): which of them the payer's plan includes, so the others
+    are not asked (not naming a model must not reach a model the plan excludes); 403
+    when it includes none."""
+    allowed = payer.limits.get("models_allowed") if payer is not None else None
+    if not allowed:
+        return [True] * len(models)
+    assert payer is not None
+    included = [model is not None and _includes(allowed, model) for model in models]
+    if not any(included):
+        raise LimitReached(
+            f"the plan {payer.plan_key!r} includes no provider's default model "
+            f"(allowed: {', '.join(allowed)}): name a model it includes",
+            extra={"limit": "models_allowed", "plan": payer.plan_key})
+    return included
+
+
+def _includes(allowed: Sequence[str], model: str) -> bool:
+    return any(fnmatch.fnmatchcase(model, pattern) for pattern in allowed)
 
 
 async def lock_count(session: AsyncSession, user_id: uuid.UUID, limit: str) -> None:

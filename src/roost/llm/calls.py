@@ -41,7 +41,7 @@ from roost import tracing
 from roost.analytics.streaming import StreamMeter
 from roost.audit import service as audit
 from roost.billing import credits, limits
-from roost.billing.credits import Reservation
+from roost.billing.credits import Payer, Reservation
 from roost.db.errors import RETRYABLE_SQLSTATES
 from roost.db.errors import sqlstate as sqlstate_of
 from roost.db.statements import flush_pending, insert_row, with_defaults
@@ -174,7 +174,8 @@ async def prepare_request(
     that writes the row in a statement of its own (the agent runner: with its step, one
     round trip).  A caller that then writes no row gives the hold back with
     :func:`give_back` (a rollback of ``session``'s transaction does it by itself)."""
-    reservation = await _hold_credits(session, gateway, principal, chat, route, request_type)
+    reservation, route = await _hold_credits(session, gateway, principal, chat, route,
+                                             request_type)
     values = with_defaults(LLMRequest, request_values(
         gateway, principal, chat, route, request_type=request_type, session_id=session_id,
         running=running))
@@ -197,23 +198,37 @@ async def give_back(gateway: LLMGateway, call: PendingCall) -> None:
 async def _hold_credits(
     session: AsyncSession, gateway: LLMGateway, principal: Principal, chat: ChatRequest,
     route: Route, request_type: str,
-) -> Reservation | None:
+) -> tuple[Reservation | None, Route]:
     """The payer found and the estimate held in one round trip of its own
     (credits.reserve_alone on the side pool: ``session``'s connection stays in its
     transaction meanwhile); the plan's models checked on the payer it found (403 before
     the balance's 402, the hold given back first).  Given back in the background if
-    ``session``'s transaction rolls back (the request it would pay for is not stored)."""
+    ``session``'s transaction rolls back (the request it would pay for is not stored).
+    Returns the hold and the route to call: for a call that names no model, without the
+    providers whose default model the plan excludes (:func:`limits.allowed_defaults`)."""
     if principal.user_id is None:
-        return None
+        return None, route
     settings = gateway.settings
     texts = [m.text() for m in chat.messages]
     # An ensemble asks every member, and each answer is billed (records.billed_tokens).
     asked = len(route.members) if route.mode == "ensemble" else 1
     estimate = credits.estimate_tokens(settings, texts, chat.max_tokens) * max(1, asked)
-    return await credits.hold_beside(
+    allowed = route
+
+    def check(payer: Payer) -> None:
+        nonlocal allowed
+        if route.model is not None:
+            limits.check_model(payer, route.model)
+            return
+        # Each provider answers with its default model: the plan's own are asked only.
+        allowed = route.narrowed(limits.allowed_defaults(
+            payer, [provider.default_model for _, provider in route.members]))
+
+    reservation = await credits.hold_beside(
         session, gateway.db, settings, scope_settings(principal, app_role=settings.db_app_role),
         principal.user_id, credits.credits_for_tokens(settings, estimate), kind="llm",
-        reference=request_type, check=lambda payer: limits.check_model(payer, route.model))
+        reference=request_type, check=check)
+    return reservation, allowed
 
 
 async def begin(
@@ -232,7 +247,7 @@ async def begin(
             session, "llm.request.create", user_id=principal.user_id,
             resource_type=REQUEST_RESOURCE, resource_id=call.request_id,
             metadata={"model": model, "type": request_type, "mode": route.mode,
-                      "providers": [ref.name for ref in route.refs()]},
+                      "providers": [ref.name for ref in call.route.refs()]},
         )
     return call
 
@@ -269,6 +284,26 @@ def _delivered(stream: CallStream) -> ChatResult | None:
     if not (result.content or result.tool_calls):
         return None
     return fill_missing_usage(result, stream.request)
+
+
+def _bill_attempt(attempts: Sequence[Attempt], partial: ChatResult | None) -> None:
+    """The answering attempt of a stream that broke off, with the token counts its call
+    is billed (``partial``'s, estimated ones marked as such): its ``llm_responses`` row
+    must agree with the usage row, not show the zeros of a provider that sent no usage
+    before the break."""
+    if partial is None:
+        return
+    for attempt in attempts:
+        if not attempt.selected:
+            continue
+        if attempt.result is None:  # its stream not closed yet: what it delivered
+            attempt.result = partial.model_copy()
+            continue
+        attempt.result.tokens_in, attempt.result.tokens_out = (
+            partial.tokens_in, partial.tokens_out)
+        if "usage_estimated" in partial.raw:
+            attempt.result.raw = {**attempt.result.raw,
+                                  "usage_estimated": partial.raw["usage_estimated"]}
 
 
 async def close_unasked(gateway: LLMGateway, call: PendingCall, error: BaseException,
@@ -580,9 +615,10 @@ class RecordedStream(Generic[T]):
         try:
             if exc is not None:
                 span.__exit__(kind, exc, tb)
+                partial = _delivered(stream)
+                _bill_attempt(stream.attempts, partial)
                 await shielded(_record_failure(self._gateway, self.call, exc, stream.attempts,
-                                               stream.latency_ms(), self._on_failure,
-                                               _delivered(stream)))
+                                               stream.latency_ms(), self._on_failure, partial))
                 if isinstance(exc, Exception):
                     raise public_error(exc, stream.attempts) from exc
                 return  # cancellation: re-raised as it is

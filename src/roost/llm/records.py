@@ -363,10 +363,15 @@ async def record_failure(
         principal, request_id, request_type=request_type, model=model, latency_ms=latency_ms,
         session_id=session_id, run_id=run_id, agent_id=agent_id)
     await _partial_usage(session, gateway, values, partial, delivered=delivered)
+    # What the call produced came from its selected attempt's provider: the usage row
+    # and the event name it (usage by provider keeps the tokens billed).
+    producer = next((a.ref for a in attempts if a.selected), None) if partial else None
+    if producer is not None and isinstance(producer.id, uuid.UUID):
+        values["provider_id"] = producer.id
     usage = UsageRecord(**values,
                         subscription_id=reservation.subscription_id if reservation else None)
     session.add(usage)
-    _emit_call(session, principal, usage, provider=None)
+    _emit_call(session, principal, usage, provider=producer.name if producer else None)
     await session.execute(
         update(LLMRequest).where(LLMRequest.id == request_id)
         .values(status="failed", completed_at=utcnow(), error_message=message[:4000])

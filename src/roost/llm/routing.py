@@ -8,7 +8,8 @@ included.  An ensemble narrows that list to the providers it names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -45,6 +46,17 @@ class Route:
 
     def refs(self) -> list[ProviderRef]:
         return [ref for ref, _ in self.members]
+
+    def narrowed(self, keep: Sequence[bool]) -> Route:
+        """The route with only the members ``keep`` says (one flag per member, in order);
+        an ensemble's config names those left."""
+        members = [member for member, kept in zip(self.members, keep, strict=True) if kept]
+        if len(members) == len(self.members):
+            return self
+        config = self.ensemble_config
+        if config is not None:
+            config = {**config, "providers": [ref.name for ref, _ in members]}
+        return replace(self, members=members, ensemble_config=config)
 
     def stale(self) -> bool:
         """A member's provider was edited or removed since the route was resolved (its
