@@ -197,6 +197,14 @@ def _check_content(data: MessageCreate, limit: int) -> None:
             f"message content is {len(data.content)} characters; the limit is {limit} "
             "(runtime setting chat_max_message_chars)"
         )
+    # A message's tool calls are part of it: sent back as context on every later reply
+    # (and billed as tokens), they count toward the same limit.
+    size = len(data.content) + sum(len(c.id) + len(c.name) + len(c.arguments)
+                                   for c in data.tool_calls or ())
+    if size > limit:
+        raise PayloadTooLarge(
+            f"message content and tool calls are {size} characters; the limit is {limit} "
+            "(runtime setting chat_max_message_chars)", extra={"field": "tool_calls"})
     if data.role in ("user", "system", "developer") and not data.content.strip():
         raise Unprocessable("message content must not be empty", extra={"field": "content"})
     if data.reply and data.role != "user":
