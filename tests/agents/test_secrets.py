@@ -24,6 +24,7 @@ from roost.identity.tenancy import apply_principal
 from roost.keyfiles import KeyMaterial
 from roost.principal import Principal
 from roost.security.crypto import DecryptionError, SecretBox
+from roost.tools import secretrefs
 from tests.agents.api import (
     Headers,
     add_member,
@@ -44,6 +45,7 @@ def secret(value: str = VALUE, **fields: str) -> dict[str, str]:
 
 def test_secret_types_match_the_table() -> None:
     assert SecretType.__args__ == SECRET_TYPES  # type: ignore[attr-defined]
+    assert secretrefs.SECRET_TYPES == SECRET_TYPES  # what a server's reference may name
 
 
 async def test_set_replace_list_delete_and_the_value_never_leaves(
@@ -217,6 +219,29 @@ async def test_a_persona_holds_a_bounded_number_of_secrets(
     assert (await client.delete(f"{url}/{listed[0]['id']}", headers=headers)).status_code == 204
     assert (await client.put(url, json=secret(key_name="k9"),
                              headers=headers)).status_code == 200
+
+
+async def test_setting_a_secret_while_its_persona_is_deleted_answers_200_or_404(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A PUT racing the persona's deletion: 200 (before it) or 404 (gone), never the
+    wall's 403 or a 409 "set at the same time"; nothing of the persona is left."""
+    _, headers = user
+    answers: list[tuple[int, str]] = []
+    for _ in range(6):
+        persona = await create_persona(client, headers)
+        url = f"/api/v1/personas/{persona['id']}/secrets"
+        puts = [client.put(url, headers=headers, json=secret(key_name=f"k{i}"))
+                for i in range(3)]
+        *set_, deleted = await asyncio.gather(
+            *puts, client.delete(f"/api/v1/personas/{persona['id']}", headers=headers))
+        assert deleted.status_code == 204, deleted.text
+        answers += [(a.status_code, a.json().get("detail", "")) for a in set_]
+        async with database.transaction() as session:
+            assert await session.scalar(text(
+                "SELECT count(*) FROM secrets WHERE persona_id = :p"), {"p": persona["id"]}) == 0
+    wrong = [a for a in answers if a[0] not in (200, 404)]
+    assert not wrong, wrong
 
 
 async def test_a_pg_dump_of_the_database_holds_no_secret_in_plaintext(

@@ -23,8 +23,9 @@ from fastapi import FastAPI
 
 from roost.config import Settings
 from roost.db.engine import Database
+from roost.errors import RoostError
 from roost.tasks.worker import Worker
-from roost.tools import mcpclient
+from roost.tools import mcpclient, secretrefs
 from tests.agents.api import columns_holding, create_agent, create_persona
 from tests.agents.conftest import running_worker, wait_for_run
 from tests.chat.conftest import add_provider
@@ -264,3 +265,128 @@ async def test_a_malformed_reference_is_refused_naming_the_field(
         "command": sys.executable, "args": [str(ECHO_SERVER)], "env": {"TOKEN": value}})
     assert stdio.status_code == 422, stdio.text
     assert "TOKEN" in stdio.text
+
+
+class _QuotingHandler(_Handler):
+    """An MCP server that, like many APIs, quotes the credential it was sent in an error."""
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        message = json.loads(self.rfile.read(length))
+        if "id" not in message:
+            self._reply(202)
+            return
+        method = message.get("method")
+        result: dict[str, Any] = {}
+        if method == "initialize":
+            result = {"protocolVersion": message["params"]["protocolVersion"],
+                      "capabilities": {"tools": {}}, "serverInfo": {"name": "q", "version": "1"}}
+        elif method == "tools/list":
+            result = {"tools": [TOOL]}
+        elif method == "tools/call":
+            token = self.headers.get("X-Token", "")
+            result = {"content": [{"type": "text", "text": f"401 invalid credentials: {token}"},
+                                  {"type": "text", "text": json.dumps({"sent": token})}],
+                      "isError": True}
+        self._reply(200, {"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+
+async def test_a_secret_the_server_quotes_back_is_hidden_before_it_is_recorded(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    worker: Worker,
+) -> None:
+    """The server answers "401 invalid credentials: Bearer <value>": the value is replaced
+    by [secret tok] in the run's steps, every column and the model's next prompt."""
+    quoting = Recorder(("127.0.0.1", 0), _QuotingHandler)
+    quoting.seen = []
+    threading.Thread(target=quoting.serve_forever, daemon=True).start()
+    value = 'pv-8c1f2a77-"quoted"-value-nobody-sees'
+    try:
+        headers, server, persona, _ = await _setup(client, admin_headers, stub, database,
+                                                   quoting, "Bearer ${secret:tok}", value)
+        assert (await client.post(f"/api/v1/mcp-servers/{server['id']}/sync",
+                                  headers=headers)).status_code == 200
+        stub.reset()
+        _, steps = await _run_tool(client, headers, stub, persona)
+    finally:
+        quoting.shutdown()
+        quoting.server_close()
+    tool_step = next(s for s in steps if s["step_type"] == "tool_call")
+    assert "[secret tok]" in (tool_step["error"] or ""), tool_step
+    escaped = json.dumps(value)[1:-1]  # as quoted inside the JSON text
+    leaks = {form: {"run steps": form in json.dumps(steps),
+                    "columns": await columns_holding(database, form),
+                    "the model's prompt": any(form in json.dumps(r.body)
+                                              for r in stub.requests())}
+             for form in (value, escaped)}
+    assert not any(any(where.values()) for where in leaks.values()), leaks
+
+
+async def test_hide_replaces_every_form_of_a_long_enough_value() -> None:
+    revealed = secretrefs._revealed({(None, "tok"): "a b/c\"d-long", (None, "pin"): "1234"})
+    hidden = secretrefs.hide({"t": ["x a b/c\"d-long", 'j "a b/c\\\"d-long"',
+                                    "u a%20b%2Fc%22d-long", "pin 1234"]}, revealed)
+    assert hidden == {"t": ["x [secret tok]", 'j "[secret tok]"', "u [secret tok]",
+                            "pin 1234"]}  # too short to hide: shown as it is
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("${secret:t}" * 5, "at most 4"),
+    ("x" * 8193, "at most 8192 characters"),
+    ("${secret:nosuchtype/tok}", "'nosuchtype'"),
+])
+async def test_a_value_too_large_or_naming_an_unknown_type_is_refused_at_registration(
+    client: httpx.AsyncClient, database: Database, admin_headers: Headers, recorder: Recorder,
+    value: str, says: str,
+) -> None:
+    """More than 4 references, more than 8 KiB, or a type no secret has: 422 naming the
+    header or env variable."""
+    _, headers = await make_user(database)
+    port = recorder.server_address[1]
+    server = await client.post("/api/v1/mcp-servers", headers=headers, json={
+        "name": f"big-{uuid.uuid4().hex[:6]}", "transport": "streamable_http",
+        "url": f"http://127.0.0.1:{port}/mcp", "headers": {"X-Token": value}})
+    assert server.status_code == 422, server.text
+    assert "X-Token" in server.text and says in server.text, server.text
+    stdio = await client.post("/api/v1/mcp-servers", headers=admin_headers, json={
+        "name": f"big-{uuid.uuid4().hex[:6]}", "transport": "stdio", "is_global": True,
+        "command": sys.executable, "args": [str(ECHO_SERVER)], "env": {"TOKEN": value}})
+    assert stdio.status_code == 422, stdio.text
+    assert "TOKEN" in stdio.text and says in stdio.text, stdio.text
+
+
+async def test_a_stored_value_is_not_substituted_beyond_the_cap() -> None:
+    """A value stored before the caps (1000 references to a 64 KiB secret) is refused at
+    call time, before a 62 MiB header is built."""
+    value = "${secret:t}" * 1000
+    spec = mcpclient.ServerSpec(name="amp", transport="streamable_http",
+                                url="http://127.0.0.1:9/mcp", headers={"X-Token": value})
+
+    async def resolve(owner: uuid.UUID | None, kind: str | None, key: str) -> str:
+        return "a" * 65536
+
+    with pytest.raises(secretrefs.SecretsUnavailable, match="X-Token") as caught:
+        await secretrefs.resolve_spec(spec, resolve)
+    assert "aaaa" not in caught.value.detail
+    assert isinstance(caught.value, RoostError)
+
+
+async def test_an_ambiguous_reference_is_refused_at_configuration(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    recorder: Recorder,
+) -> None:
+    """An untyped ${secret:tok} the persona holds under two types could never resolve:
+    422 at agent creation, asking for ${secret:TYPE/tok}."""
+    headers, server, persona, _ = await _setup(client, admin_headers, stub, database,
+                                               recorder, "Bearer ${secret:tok}", "v-1234567")
+    assert (await client.post(f"/api/v1/mcp-servers/{server['id']}/sync",
+                              headers=headers)).status_code == 200
+    other = await client.put(f"/api/v1/personas/{persona['id']}/secrets", headers=headers,
+                             json={"secret_type": "api_token", "key_name": "tok",
+                                   "value": "v-7654321"})
+    assert other.status_code == 200, other.text
+    resp = await client.post("/api/v1/agents", headers=headers, json={
+        "name": "A", "slug": f"a-{uuid.uuid4().hex[:6]}", "persona_id": persona["id"],
+        "tool_permissions": ["whoami"]})
+    assert resp.status_code == 422, resp.text
+    assert "${secret:TYPE/tok}" in resp.text and "api_token, mcp_header" in resp.text

@@ -14,7 +14,7 @@ import uuid
 from typing import Final
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import Secret
@@ -23,6 +23,7 @@ from roost.agents.schemas import MAX_SECRET_BYTES, SecretSet
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
+from roost.db.errors import sqlstate
 from roost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unprocessable
 from roost.identity.common import lock_owner_quota
 from roost.principal import Principal
@@ -78,9 +79,17 @@ async def set_secret(session: AsyncSession, actor: Principal, box: SecretBox,
         try:
             async with session.begin_nested():
                 await session.flush()
-        except IntegrityError:  # set concurrently by someone else
+        except IntegrityError as exc:
+            if sqlstate(exc) == "23503":  # the persona was deleted meanwhile
+                raise NotFound(f"persona {persona_id} does not exist") from None
             raise Conflict(f"the secret {body.secret_type}/{body.key_name} was set at the "
                            "same time by another request; try again") from None
+        except DBAPIError as exc:
+            # The wall refused the row the role check let through: the persona (or the
+            # actor's membership) went meanwhile.  (No query here: the transaction is done.)
+            if sqlstate(exc) == "42501":
+                raise NotFound(f"persona {persona_id} does not exist") from None
+            raise
     else:
         row.encrypted_value = _seal(box, row.id, value)  # a new nonce: updated_at moves
         await session.flush()
@@ -178,9 +187,20 @@ async def resolve_reference(database: Database, box: SecretBox, persona_id: uuid
 async def missing_references(session: AsyncSession, persona_id: uuid.UUID,
                              labels: list[str]) -> list[str]:
     """Which ``[type/]key`` labels the persona holds no secret for (configuration time:
-    names only, nothing is decrypted)."""
+    names only, nothing is decrypted); 422 for an untyped label it holds under several
+    types, which no call could resolve (resolve_reference answers 409)."""
     held = (await session.execute(select(Secret.secret_type, Secret.key_name).where(
         Secret.persona_id == persona_id))).tuples().all()
-    names = {key for _, key in held}
+    kinds: dict[str, list[str]] = {}
+    for kind, key in held:
+        kinds.setdefault(key, []).append(kind)
+    ambiguous = [label for label in labels if "/" not in label and len(kinds.get(label, [])) > 1]
+    if ambiguous:
+        key = ambiguous[0]
+        raise Unprocessable(
+            f"tool_permissions: these tools' servers use the secret {key!r} without its type, "
+            f"and the persona holds secrets of that name of the types "
+            f"{', '.join(sorted(kinds[key]))}; name the type in the server's reference: "
+            f"${{secret:TYPE/{key}}}")
     typed = {f"{kind}/{key}" for kind, key in held}
-    return [label for label in labels if label not in (typed if "/" in label else names)]
+    return [label for label in labels if label not in (typed if "/" in label else kinds)]

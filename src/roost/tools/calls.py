@@ -395,17 +395,22 @@ async def _run(
     secrets: secretrefs.SecretResolver | None = None,
 ) -> dict[str, Any]:
     if prepared.spec is not None:
-        spec = await secretrefs.resolve_spec(prepared.spec, secrets)
-        outcome = await mcpclient.call_tool(
-            spec, prepared.name, arguments, timeout_s=cfg.call_timeout_s,
-            max_bytes=cfg.max_output_bytes, pool=stdiopool.default_pool(stdio_limits(cfg)),
-        )
-        if outcome.is_error:
-            raise mcpclient.McpError(
-                f"tool {prepared.name!r} reported an error: {outcome.text[:500] or 'no detail'}",
-                extra={"output": outcome.output},
+        spec, revealed = await secretrefs.resolve_spec(prepared.spec, secrets)
+        try:
+            outcome = await mcpclient.call_tool(
+                spec, prepared.name, arguments, timeout_s=cfg.call_timeout_s,
+                max_bytes=cfg.max_output_bytes, pool=stdiopool.default_pool(stdio_limits(cfg)),
             )
-        return outcome.output
+        except RoostError as exc:
+            secretrefs.hide_error(exc, revealed)  # a server's error may quote what it got
+            raise
+        # Hidden before anything is cut, recorded, returned or shown to a model.
+        output: dict[str, Any] = secretrefs.hide(outcome.output, revealed)
+        if outcome.is_error:
+            detail = secretrefs.hide(outcome.text, revealed)[:500] or "no detail"
+            raise mcpclient.McpError(f"tool {prepared.name!r} reported an error: {detail}",
+                                     extra={"output": output})
+        return output
     if prepared.tool_id == builtins.CURRENT_TIME_ID:
         return await builtins.current_time(arguments)
     if prepared.tool_id == builtins.WEB_FETCH_ID:

@@ -13,19 +13,41 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from roost.inputs import StrictInput, WebUrl
 from roost.llm.base import HEADER_VALUE_RULE, header_name_ok, unsendable_header
-from roost.tools.secretrefs import MARKER, REFERENCE_RULE, malformed
+from roost.tools.secretrefs import (
+    MARKER,
+    MAX_REFERENCES_PER_VALUE,
+    MAX_VALUE_CHARS,
+    REFERENCE,
+    REFERENCE_RULE,
+    SECRET_TYPES,
+    malformed,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _check_references(values: dict[str, str], what: str) -> None:
-    """A ``${secret:`` that does not parse as a reference would be sent as it stands:
-    refused, naming the entry (not echoing the value)."""
+    """A ``${secret:`` that does not parse as a reference would be sent as it stands, one
+    of a type no secret has could never resolve, and a value too long or with too many
+    references would be built anew, that large, for every call: refused, naming the entry
+    (not echoing the value)."""
     for name, value in values.items():
+        if len(value) > MAX_VALUE_CHARS:
+            raise ValueError(f"the value of {what} {name[:64]!r} may be at most "
+                             f"{MAX_VALUE_CHARS} characters")
         if malformed(value):
             raise ValueError(f"the value of {what} {name[:64]!r} holds '{MARKER}' that is "
                              f"not a secret reference: write {REFERENCE_RULE}")
+        found = REFERENCE.findall(value)
+        if len(found) > MAX_REFERENCES_PER_VALUE:
+            raise ValueError(f"the value of {what} {name[:64]!r} holds {len(found)} secret "
+                             f"references; at most {MAX_REFERENCES_PER_VALUE} are allowed")
+        unknown = [kind for kind, _ in found if kind and kind not in SECRET_TYPES]
+        if unknown:
+            raise ValueError(f"the value of {what} {name[:64]!r} references a secret of type "
+                             f"{unknown[0]!r}, which no secret has: the types are "
+                             f"{', '.join(SECRET_TYPES)}")
 
 
 class McpServerCreate(StrictInput):

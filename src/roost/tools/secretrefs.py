@@ -15,16 +15,21 @@ and receive it at its own URL: editors set secrets, they never read them.)
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Final
+from typing import Any, Final
+from urllib.parse import quote
 
-from roost.errors import Conflict
+from roost.errors import Conflict, RoostError
 from roost.llm.base import HEADER_VALUE_RULE, header_value_ok
 from roost.tools import mcpclient
 
 SecretRef = tuple[str | None, str]  # (secret type or None: any type, key name)
+Revealed = tuple[tuple[str, str], ...]
+"""What one call was given: (a form of a substituted value, its ``[secret <label>]``
+stand-in), longest first, for :func:`hide`."""
 SecretResolver = Callable[[uuid.UUID | None, str | None, str], Awaitable[str]]
 """(the server's owner or None: global, secret type or None, key name) -> the value;
 raises NotFound/Conflict (RoostError), or :class:`SecretsUnavailable` for a server whose
@@ -34,6 +39,19 @@ REFERENCE: Final = re.compile(r"\$\{secret:(?:([a-z_]{1,50})/)?([A-Za-z0-9_.-]{1
 MARKER: Final = "${secret:"
 REFERENCE_RULE: Final = ("${secret:key} or ${secret:type/key} (type: lowercase letters and "
                          "'_'; key: letters, digits, '_', '.' and '-', up to 255)")
+# The types a persona's secret can have.  Declared here, in the lower domain, so that a
+# server's reference can be checked at registration; roost.agents.models.SECRET_TYPES
+# (the table's check constraint) must list the same (a test holds them equal).
+SECRET_TYPES: Final = ("llm_provider_key", "email_imap", "email_smtp", "mcp_header", "mcp_env",
+                       "api_token", "other")
+# Bounds on what one env value or header becomes: a reference repeated a thousand times
+# would otherwise turn an 11 KB registration into a 62 MiB header per call.
+MAX_VALUE_CHARS: Final = 8192  # a literal value, at registration
+MAX_REFERENCES_PER_VALUE: Final = 4  # reference occurrences in one value, at registration
+MAX_RESOLVED_CHARS: Final = 128 * 1024  # one value, substituted (the largest secret, twice)
+# Shorter values are not hidden in what a server answers: "[secret x]" in place of every
+# "yes" or "1" would garble answers and tell more than it hides.
+MIN_HIDDEN_CHARS: Final = 8
 
 
 class SecretsUnavailable(Conflict):
@@ -72,20 +90,30 @@ def _unfit(where: str, value: str) -> str | None:
 
 
 async def _substitute(values: Mapping[str, str], resolve: SecretResolver,
-                      owner_id: uuid.UUID | None, *, server: str,
-                      where: str) -> dict[str, str]:
-    resolved: dict[SecretRef, str] = {}
+                      owner_id: uuid.UUID | None, resolved: dict[SecretRef, str], *,
+                      server: str, where: str) -> dict[str, str]:
+    """``values`` with their references replaced; ``resolved`` collects the values."""
     for ref in references(values):
-        resolved[ref] = await resolve(owner_id, *ref)
+        if ref not in resolved:
+            resolved[ref] = await resolve(owner_id, *ref)
     out: dict[str, str] = {}
     for name, value in values.items():
+        found = [(m.group(1) or None, m.group(2)) for m in REFERENCE.finditer(value)]
+        named = ", ".join(label(r) for r in dict.fromkeys(found))
+        # Measured before it is built (a row stored before the registration caps, or
+        # large secrets): never more than MAX_RESOLVED_CHARS in memory for one value.
+        size = len(REFERENCE.sub("", value)) + sum(len(resolved[r]) for r in found)
+        if size > MAX_RESOLVED_CHARS:
+            raise SecretsUnavailable(
+                f"MCP server {server!r}: the {where} {name!r} with the persona's secret(s) "
+                f"{named} substituted would be {size} characters, more than "
+                f"{MAX_RESOLVED_CHARS}; reference fewer or shorter secrets")
         out[name] = REFERENCE.sub(
             lambda m: resolved[(m.group(1) or None, m.group(2))], value)
         rule = _unfit(where, out[name])
         if rule is not None:
             # Checked here, not left to the HTTP library or the OS: their errors quote
             # the whole value (a secret) and would be recorded and shown to the model.
-            named = ", ".join(label(r) for r in references({name: value}))
             raise SecretsUnavailable(
                 f"MCP server {server!r}: the {where} {name!r} with the persona's secret(s) "
                 f"{named} substituted is not {rule}; set the secret anew")
@@ -105,19 +133,57 @@ def without_references(spec: mcpclient.ServerSpec) -> tuple[mcpclient.ServerSpec
     return dataclasses.replace(spec, env=env, headers=headers), left_out
 
 
-async def resolve_spec(spec: mcpclient.ServerSpec,
-                       resolve: SecretResolver | None) -> mcpclient.ServerSpec:
-    """``spec`` with its references replaced by the secrets' values (at call time)."""
+async def resolve_spec(spec: mcpclient.ServerSpec, resolve: SecretResolver | None
+                       ) -> tuple[mcpclient.ServerSpec, Revealed]:
+    """``spec`` with its references replaced by the secrets' values (at call time), and
+    what to :func:`hide` in whatever comes back from the call."""
     refs = references(spec.env) + references(spec.headers)
     if not refs:
-        return spec
+        return spec, ()
     if resolve is None:
         raise SecretsUnavailable(
             f"MCP server {spec.name!r} uses the secret(s) "
             f"{', '.join(label(r) for r in refs)} by reference: they are resolved for runs "
             "of an agent whose persona holds them, not for direct calls")
-    return dataclasses.replace(
-        spec, env=await _substitute(spec.env, resolve, spec.owner_id, server=spec.name,
-                                    where="environment variable"),
-        headers=await _substitute(spec.headers, resolve, spec.owner_id, server=spec.name,
-                                  where="header"))
+    resolved: dict[SecretRef, str] = {}
+    env = await _substitute(spec.env, resolve, spec.owner_id, resolved, server=spec.name,
+                            where="environment variable")
+    headers = await _substitute(spec.headers, resolve, spec.owner_id, resolved,
+                                server=spec.name, where="header")
+    return dataclasses.replace(spec, env=env, headers=headers), _revealed(resolved)
+
+
+def _revealed(resolved: Mapping[SecretRef, str]) -> Revealed:
+    # The value as sent, and as a server would quote it inside JSON text or a URL.
+    forms: dict[str, str] = {}
+    for ref, value in resolved.items():
+        for form in (value, json.dumps(value, ensure_ascii=False)[1:-1], quote(value, safe="")):
+            if len(form) >= MIN_HIDDEN_CHARS:
+                forms.setdefault(form, f"[secret {label(ref)}]")
+    return tuple(sorted(forms.items(), key=lambda item: -len(item[0])))
+
+
+def hide(data: Any, revealed: Revealed) -> Any:
+    """``data`` (text, or JSON-like lists and dicts of it) with every secret value the
+    call was given replaced by ``[secret <label>]``: a server may quote back what it was
+    sent ("401 invalid credentials: Bearer ..."), and nothing it answers may carry the
+    value into a row, a log, an answer or the model's prompt."""
+    if not revealed:
+        return data
+    if isinstance(data, str):
+        for form, stand_in in revealed:
+            data = data.replace(form, stand_in)
+        return data
+    if isinstance(data, dict):
+        return {hide(k, revealed): hide(v, revealed) for k, v in data.items()}
+    if isinstance(data, list):
+        return [hide(item, revealed) for item in data]
+    return data
+
+
+def hide_error(exc: RoostError, revealed: Revealed) -> None:
+    """:func:`hide` in a failure's detail and extra, in place (then re-raised)."""
+    if revealed:
+        exc.detail = hide(exc.detail, revealed)
+        exc.args = (exc.detail,)
+        exc.extra = hide(exc.extra, revealed)
