@@ -24,7 +24,6 @@ from roost.identity.tenancy import apply_principal
 from roost.keyfiles import KeyMaterial
 from roost.principal import Principal
 from roost.security.crypto import DecryptionError, SecretBox
-from roost.tools import secretrefs
 from tests.agents.api import (
     Headers,
     add_member,
@@ -45,7 +44,6 @@ def secret(value: str = VALUE, **fields: str) -> dict[str, str]:
 
 def test_secret_types_match_the_table() -> None:
     assert SecretType.__args__ == SECRET_TYPES  # type: ignore[attr-defined]
-    assert secretrefs.SECRET_TYPES == SECRET_TYPES  # what a server's reference may name
 
 
 async def test_set_replace_list_delete_and_the_value_never_leaves(

@@ -44,11 +44,10 @@ from roost.db.base import Base, CreatedAt, Timestamps, UUIDPrimaryKey
 from roost.identity import models as _identity_models  # noqa: F401 - "users", for the foreign keys
 from roost.prompts import models as _prompt_models  # noqa: F401 - "system_prompts"
 from roost.tools import models as _tools_models  # noqa: F401 - "tools", for the foreign keys
+from roost.tools.secretrefs import SECRET_TYPES as SECRET_TYPES  # declared where checked
 from roost.workspace import models as _workspace_models  # noqa: F401 - "projects"
 
 MEMBER_ROLES: Final = ("owner", "editor", "viewer")
-SECRET_TYPES: Final = ("llm_provider_key", "email_imap", "email_smtp", "mcp_header", "mcp_env",
-                       "api_token", "other")
 RUN_STATUSES: Final = ("pending", "running", "completed", "failed", "cancelled")
 TERMINAL_RUN_STATUSES: Final = ("completed", "failed", "cancelled")
 STOP_REASONS: Final = ("final", "max_steps", "budget", "timeout", "cancelled", "error")
