@@ -12,6 +12,8 @@ import httpx
 from sqlalchemy import text
 
 from roost.agents import personas
+from roost.agents.cli import _step_line
+from roost.agents.models import RunStep
 from roost.agents.schemas import MemberAdd
 from roost.agents.secrets import resolve_secret
 from roost.config import Settings
@@ -231,3 +233,20 @@ async def test_cli_secrets_set_drops_a_trailing_crlf(
     box = SecretBox.from_keys(load_keys(Settings(data_dir=tmp_path / "cli-data")).secrets_key)
     stored = await resolve_secret(database, box, pid, "other", "CRLF")
     assert stored == CRLF_VALUE, f"stored value ends with {stored[-2:]!r}"
+
+
+def test_a_step_line_names_the_model_that_answered() -> None:
+    """`roost agents run` prints each step: an agent without a model of its own stores its
+    model step before routing picks one, so the line names the model of the step's output;
+    a step naming none shows no empty name (no stray comma)."""
+    step = RunStep(id=uuid.uuid4(), run_id=uuid.uuid4(), step_number=1, step_type="llm_call",
+                   status="completed", input={"model": None, "tools": ["current_time"],
+                                              "messages": 2},
+                   output={"model": "gpt-4o-mini", "content": "It is noon.", "tool_calls": [],
+                           "finish_reason": "stop"},
+                   tokens_in=9, tokens_out=9, duration_ms=56)
+    first = _step_line(step).plain.splitlines()[0]
+    assert first == "[1] llm_call completed gpt-4o-mini, 56 ms, 9+9 tokens", first
+    step.output = {"content": "It is noon.", "tool_calls": []}
+    first = _step_line(step).plain.splitlines()[0]
+    assert first == "[1] llm_call completed, 56 ms, 9+9 tokens", first

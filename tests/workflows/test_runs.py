@@ -192,6 +192,68 @@ async def test_a_graph_with_a_parallel_branch_and_a_condition(
                         r=run["id"]) == 1
 
 
+def brief() -> tuple[list[Any], list[Any]]:
+    """The README's "Brief": two llm nodes in parallel, joined."""
+    return ([node("start", "start", inputs=["topic", "tokens_in"]), node("fan", "parallel"),
+             node("facts", "llm", prompt="Three facts about {{ topic }}"),
+             node("risks", "llm", prompt="Two risks of {{ topic }}"),
+             node("both", "join"),
+             node("done", "end", output="{{ facts.output }} / {{ risks.output }}")],
+            [edge("a", "start", "fan"), edge("b", "fan", "facts"), edge("c", "fan", "risks"),
+             edge("d", "facts", "both"), edge("e", "risks", "both"),
+             edge("f", "both", "done")])
+
+
+async def run_books(database: Database, run_id: str) -> tuple[Any, Any]:
+    """The run row's tokens and cost, and the sums of its model calls' usage records."""
+    [run] = await fetch(database, "SELECT tokens_in, tokens_out, cost FROM runs "
+                        "WHERE id = :r", r=run_id)
+    [usage] = await fetch(database, "SELECT coalesce(sum(tokens_input), 0) AS tin, "
+                          "coalesce(sum(tokens_output), 0) AS tout, "
+                          "coalesce(sum(credits_used), 0) AS credits FROM usage_records "
+                          "WHERE run_id = :r AND llm_request_id IS NOT NULL", r=run_id)
+    return run, usage
+
+
+async def test_a_workflow_run_counts_the_tokens_and_cost_of_its_llm_nodes(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """A workflow run is a run: `GET /api/v1/runs/{id}` gives the tokens and cost (credits)
+    its llm nodes spent, as their outputs and usage records say; a start input named
+    `tokens_in` counts for nothing.  A run that fails counts the nodes that answered."""
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    workflow_id = await publish(client, headers, *brief(), name="Brief")
+    run = await start(client, headers, workflow_id,
+                      inputs={"topic": "heat pumps", "tokens_in": "1000000"})
+    done = await wait_for(client, headers, run["id"])
+    assert done["status"] == "completed", done
+    outputs = [s["output"] for s in done["steps"] if s["node_id"] in ("facts", "risks")]
+    spent_in, spent_out = (sum(o["tokens_in"] for o in outputs),
+                           sum(o["tokens_out"] for o in outputs))
+    assert spent_in > 0 and spent_out > 0 and all(o["cost"] > 0 for o in outputs), outputs
+    generic = (await client.get(f"/api/v1/runs/{run['id']}", headers=headers)).json()
+    assert (generic["tokens_in"], generic["tokens_out"]) == (spent_in, spent_out), generic
+    row, usage = await run_books(database, run["id"])
+    assert (row.tokens_in, row.tokens_out, row.cost) == (usage.tin, usage.tout, usage.credits)
+    assert float(generic["cost"]) == sum(o["cost"] for o in outputs) > 0, generic
+
+    nodes = [node("s", "start"), node("first", "llm", prompt="one"),
+             node("second", "llm", prompt="two after {{ first.output }}"),
+             node("e", "end", output="{{ second.output }}")]
+    edges = [edge("1", "s", "first"), edge("2", "first", "second"), edge("3", "second", "e")]
+    stub.script(Reply("A"), Fail(400, "the prompt is refused"))
+    failing = await start(client, headers, await publish(client, headers, nodes, edges))
+    failed = await wait_for(client, headers, failing["id"])
+    assert failed["status"] == "failed", failed
+    first = next(s for s in failed["steps"] if s["node_id"] == "first")["output"]
+    row, usage = await run_books(database, failing["id"])
+    assert (row.tokens_in, row.tokens_out) == (first["tokens_in"], first["tokens_out"]), row
+    assert (row.tokens_in, row.tokens_out, row.cost) == (usage.tin, usage.tout, usage.credits)
+    assert row.cost > 0, row
+
+
 async def test_the_false_branch_and_a_join_after_an_untaken_branch(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
     user: tuple[uuid.UUID, Headers], worker: Worker,

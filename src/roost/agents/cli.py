@@ -330,12 +330,16 @@ def agents_rm(agent: Annotated[str, typer.Argument(help="Slug or id.")],
 
 
 def _step_line(step: RunStep) -> Text:
-    what = step.tool_name or (step.input or {}).get("model") or ""
+    # routing picks the model of an agent without one after the step is stored: the
+    # model that answered is in its output
+    what = (step.tool_name or (step.input or {}).get("model")
+            or (step.output or {}).get("model") or "")
+    named = f" {printable(str(what))}" if what else ""
     took = f", {step.duration_ms} ms" if step.duration_ms is not None else ""
     tokens = f", {step.tokens_in}+{step.tokens_out} tokens" if step.tokens_in else ""
     colour = {"completed": "green", "running": "yellow"}.get(step.status, "red")
     line = Text.assemble(f"[{step.step_number}] {step.step_type} ", (step.status, colour),
-                         f" {printable(str(what))}{took}{tokens}")
+                         f"{named}{took}{tokens}")
     output = step.output or {}
     if step.error:
         line.append(f"\n    error: {_short(step.error)}", "red")

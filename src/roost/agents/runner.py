@@ -83,6 +83,7 @@ from roost.analytics.models import AnalyticsEvent
 from roost.analytics.outbox import event_values
 from roost.audit.models import AuditLog
 from roost.audit.service import entry_values, record
+from roost.billing.models import UsageRecord
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.db.statements import bound_insert, bound_insert_from, flush_pending, prefixed
@@ -954,6 +955,7 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
         if call is not None:  # held, never written: the run was cancelled meanwhile
             await calls.give_back(env.gateway, call)
         raise
+    request_id = call.request_id
 
     async def save(session: AsyncSession, outcome: CallOutcome) -> ChatResult:
         result = outcome.result
@@ -980,8 +982,16 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
         return result
 
     async def failed(session: AsyncSession, message: str, attempts: Sequence[Attempt]) -> None:
+        # What a stream delivered before it broke off is billed: its usage row, written
+        # first in this transaction, gives the step's tokens and cost (so the run's).
+        spent = (await session.execute(
+            select(UsageRecord.tokens_input, UsageRecord.tokens_output,
+                   UsageRecord.credits_used)
+            .where(UsageRecord.llm_request_id == request_id))).first()
+        tokens_in, tokens_out, used = spent or (0, 0, 0)
         with suppress(_Cancelled):
-            await _finish_step(session, state, step, status="failed", error=message[:4000])
+            await _finish_step(session, state, step, status="failed", error=message[:4000],
+                               tokens_in=tokens_in, tokens_out=tokens_out, cost=Decimal(used))
         await record(session, "agent.step.fail", user_id=state.run.user_id, category="error",
                      resource_type="run", resource_id=state.run.id, trace_id=state.run.trace_id,
                      success=False, error_message=message[:1000],

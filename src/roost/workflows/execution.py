@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any, Final
 
 import structlog
@@ -158,6 +159,17 @@ async def owner_principal(session: AsyncSession, user_id: uuid.UUID) -> Principa
                      group_ids=frozenset(row[1] or ()))
 
 
+def spent(step: RunStep, output: Mapping[str, Any]) -> dict[str, Any]:
+    """SET values: an llm node's tokens and cost, which its output names, in its step's
+    columns (the run's totals sum those: ``totals_from_steps``).  Only an llm node's: other
+    outputs may hold anything under those names (a start node's are the run's inputs)."""
+    if (step.input or {}).get("type") != "llm":
+        return {}
+    return {"tokens_in": int(output.get("tokens_in") or 0),
+            "tokens_out": int(output.get("tokens_out") or 0),
+            "cost": Decimal(str(output.get("cost") or 0))}
+
+
 async def completed_outputs(session: AsyncSession, run_id: uuid.UUID) -> dict[str, dict[str, Any]]:
     """Each node's latest completed output (a loop's body: its last iteration)."""
     rows = (await session.execute(
@@ -273,7 +285,8 @@ class Progress:
             update(RunStep).where(RunStep.id == step.id, RunStep.status.in_(OPEN_STEP_STATUSES))
             .values(status="completed", output=output, error=None, finished_at=now,
                     started_at=started,
-                    duration_ms=int((now - started).total_seconds() * 1000))
+                    duration_ms=int((now - started).total_seconds() * 1000),
+                    **spent(step, output))
             .returning(RunStep.id).execution_options(synchronize_session=False))).first()
         if closed is None:
             return False

@@ -126,6 +126,8 @@ async def run_llm(env: RunEnv, principal: Principal, run: Run, node: Node,
     return {"output": result.content or "", "model": result.model,
             "provider": outcome.winner.name, "finish_reason": result.finish_reason,
             "tokens_in": result.tokens_in, "tokens_out": result.tokens_out,
+            # the credits its usage record charged: the step's cost, summed into the run's
+            "cost": outcome.usage.credits_used if outcome.usage else 0,
             "llm_request_id": str(outcome.request_id)}
 
 
