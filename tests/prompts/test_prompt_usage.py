@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.llm.deps import app_gateway
+from roost.prompts.service import use
 from roost.tasks.worker import Worker
 from tests.agents.conftest import make_agent, test_settings, wait_for_run, worker
 from tests.chat.conftest import add_provider, new_session
@@ -240,3 +241,21 @@ async def test_a_changed_rating_leaves_the_version_that_counted_it(
     assert (await stats(v1), await stats(v2)) == ((3.0, 1), (4.0, 1))
     await rate(a, None)
     assert (await stats(v1), await stats(v2)) == ((3.0, 1), (None, 0))
+
+
+async def test_a_busy_versions_usage_counter_passes_int4(
+        client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+        user: User) -> None:
+    """A factory version used 2**31-1 times still serves the next chat reply (the counter
+    is an int4: the next use was 'integer out of range', failing every reply)."""
+    user_id, _ = user
+    f = await publish(client, admin_headers, "chat.system", "Be kind.", scope="factory")
+    async with database.transaction() as session:
+        await session.execute(text("UPDATE system_prompts SET usage_count = 2147483647 "
+                                   "WHERE id = :id"), {"id": f["id"]})
+    async with database.transaction() as session:
+        used = await use(session, user_id, "chat.system")
+    assert used is not None and used.text == "Be kind."
+    async with database.transaction() as session:
+        assert await session.scalar(text("SELECT usage_count FROM system_prompts WHERE id = :id"),
+                                    {"id": f["id"]}) == 2**31

@@ -337,3 +337,35 @@ async def test_row_level_security_hides_other_users_rows(
                     "INSERT INTO system_prompts (id, user_id, is_factory_default, prompt_key, "
                     f"prompt_name, prompt_text) VALUES (gen_random_uuid(), {values}, 'x', "
                     "'x', 'x')"))
+
+
+async def test_keys_category_filter_picks_whole_keys_by_their_latest_category(
+        client: httpx.AsyncClient, user: User) -> None:
+    """/keys?category=alpha never answers a key whose labels point past its latest version
+    (the filter counted only alpha's versions but listed all of the key's labels)."""
+    _, headers = user
+    await publish(client, headers, "cat.k", "v1", prompt_category="alpha")
+    await publish(client, headers, "cat.k", "v2", prompt_category="beta")
+    keys = (await client.get("/api/v1/prompts/keys", headers=headers,
+                             params={"category": "alpha"})).json()
+    listed = [k for k in keys if k["prompt_key"] == "cat.k"]
+    for k in listed:
+        assert all(v <= k["latest_version"] for v in k["labels"].values()), k
+    assert listed == []  # its latest version is in beta: the key is beta's, whole
+    [k] = [k for k in (await client.get("/api/v1/prompts/keys", headers=headers,
+                                        params={"category": "beta"})).json()
+           if k["prompt_key"] == "cat.k"]
+    assert (k["prompt_category"], k["versions"], k["latest_version"], k["labels"]) == (
+        "beta", 2, 2, {"production": 2})
+
+
+async def test_text_length_errors_speak_of_characters(client: httpx.AsyncClient,
+                                                      user: User) -> None:
+    """An empty name or an overlong description is refused in characters, like the other
+    text fields ("String should have at least 1 character"), not as a list's "items"."""
+    _, headers = user
+    for field, value in (("prompt_name", ""), ("description", "d" * 20_001)):
+        resp = await client.post("/api/v1/prompts", headers=headers, json={
+            "prompt_key": "named", "prompt_text": "x", field: value})
+        assert resp.status_code == 422, resp.text
+        assert "item" not in resp.text and "character" in resp.text, resp.text

@@ -169,3 +169,19 @@ async def test_a_group_category_reaches_the_terminal_escaped(
     for out in (listed, shown):
         assert b"\x1b]0;owned" not in out and b"\x1b[2J" not in out, out
     assert b"ops\\x1b]0;owned" in shown, shown
+
+
+async def test_publish_variables_must_be_a_json_list(pg_server: PgTestServer, db_name: str,
+                                                database: Database, tmp_path: Path) -> None:
+    """--variables that is not a JSON list (an object, null, a number) is refused saying
+    it must be a list of definitions, not with Python's "'NoneType' object is not
+    iterable" or a per-key error from iterating the object's keys."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="petra")
+    f = tmp_path / "p.txt"
+    f.write_text("hi {{a}}")
+    for variables in ('{"name": "a"}', "null", "5"):
+        out = await asyncio.to_thread(run_roost, "prompts", "publish", "k", "--file", str(f),
+                                      "--variables", variables, "--user", "petra", env=env)
+        assert out.returncode == 1, out.stdout
+        assert "iterable" not in out.stderr and "list" in out.stderr.lower(), out.stderr

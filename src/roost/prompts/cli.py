@@ -117,6 +117,9 @@ def prompts_publish(
     """Publish a new version of KEY from a file; it gets --label (default production)."""
     text = read_text(file)
     defs: Any = load_json(variables, "Invalid --variables") if variables else []
+    if not isinstance(defs, list):  # an object's keys or a number are no definitions
+        raise fail("Invalid --variables", 'expected a JSON list of definitions, e.g. '
+                   '[{"name": "x", "type": "string"}]')
     try:
         body = PromptCreate(
             prompt_key=key, prompt_text=text, prompt_name=name, prompt_category=category,

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Computed,
@@ -76,12 +77,13 @@ class SystemPrompt(UUIDPrimaryKey, Timestamps, Base):
         ForeignKey("users.id", ondelete="SET NULL"))
     # Usage, fed by chat replies and agent runs through SECURITY DEFINER functions (a
     # user's transaction may not update a factory row): roost_prompt_used/_outcome/_rated.
-    usage_count: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
+    # bigint: a busy factory version passes int4's 2,147,483,647 uses (migration 1270).
+    usage_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"), default=0)
     last_used_at: Mapped[datetime | None]
     average_satisfaction: Mapped[float | None] = mapped_column(Float)
-    rating_count: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
+    rating_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"), default=0)
     success_rate: Mapped[float | None] = mapped_column(Float)
-    outcome_count: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
+    outcome_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"), default=0)
 
 
 class SystemPromptLabel(UUIDPrimaryKey, CreatedAt, Base):

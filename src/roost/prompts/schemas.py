@@ -36,7 +36,7 @@ class VariableDef(StrictInput):
     type: VarType = "string"
     required: bool = True
     default: Value = None
-    description: Text | None = Field(default=None, max_length=1000)
+    description: Annotated[str, Field(max_length=1000), AfterValidator(_no_nul)] | None = None
 
     @field_validator("default")
     @classmethod
@@ -59,10 +59,12 @@ class PromptCreate(StrictInput):
     prompt_key: str = Field(pattern=KEY_PATTERN, description="e.g. chat.system, agent.system")
     prompt_text: Text = Field(min_length=1, max_length=MAX_TEXT,
                               description="The text; {{name}} inserts a variable")
-    prompt_name: Text | None = Field(default=None, min_length=1, max_length=255,
-                                     description="Default: the key")
+    # The lengths inside the optional type: on ``Text | None`` pydantic counted "items".
+    prompt_name: Annotated[str, Field(min_length=1, max_length=255),
+                           AfterValidator(_no_nul)] | None = Field(
+        default=None, description="Default: the key")
     prompt_category: Text = Field(default="general", min_length=1, max_length=100)
-    description: Text | None = Field(default=None, max_length=20_000)
+    description: Annotated[str, Field(max_length=20_000), AfterValidator(_no_nul)] | None = None
     variables: list[VariableDef] = Field(default_factory=list, max_length=100)
     scope: Scope = Field(default="user", description=(
         "user: yours; group: group_id's (its administrators); factory: Roost's default "

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, func, literal, select, text, true, tuple_
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import ColumnElement, func, literal, select, text, tuple_
+from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
@@ -40,7 +40,7 @@ from roost.pagination import (
 from roost.principal import Principal
 from roost.prompts import cache
 from roost.prompts.models import NIL_SCOPE, SystemPrompt, SystemPromptLabel
-from roost.prompts.render import check_definitions, render
+from roost.prompts.render import check_definitions, placeholders, render
 from roost.prompts.schemas import (
     KEY_PATTERN,
     LABEL_PATTERN,
@@ -351,16 +351,19 @@ async def list_keys(session: AsyncSession, actor: Principal, *,
                     category: str | None = None) -> list[KeyOut]:
     """Each key of the actor's scopes: versions, labels and usage per scope."""
     p = SystemPrompt
+    # A key's category is its latest version's; ``category`` picks whole keys by it (the
+    # counts and labels are always of all the key's versions, never of some).
+    latest_category: ColumnElement[str] = func.array_agg(
+        aggregate_order_by(p.prompt_category, p.version.desc()))[1]
     stmt = (select(p.prompt_key, p.user_id, p.group_id, func.count(),
                    func.max(p.version), func.sum(p.usage_count),
                    func.sum(p.success_rate * p.outcome_count),
-                   func.sum(p.outcome_count),
-                   func.array_agg(p.prompt_category).filter(true()))
+                   func.sum(p.outcome_count), latest_category)
             .where(_own_scopes(actor, p.scope_id))
             .group_by(p.prompt_key, p.user_id, p.group_id)
             .order_by(p.prompt_key, p.user_id.is_(None), p.group_id.is_(None)).limit(1000))
     if category is not None:
-        stmt = stmt.where(p.prompt_category == category)
+        stmt = stmt.having(latest_category == category)
     rows = (await session.execute(stmt)).all()
     # The labels of the keys listed (at most MAX_LABELS each), not the first so many of all.
     labels: dict[tuple[str, uuid.UUID | None, uuid.UUID | None], dict[str, int]] = {}
@@ -375,9 +378,9 @@ async def list_keys(session: AsyncSession, actor: Principal, *,
         for key, user_id, group_id, label, version in found:
             labels.setdefault((key, user_id, group_id), {})[label] = version
     out = []
-    for key, user_id, group_id, count, latest, usage, successes, outcomes, cats in rows:
+    for key, user_id, group_id, count, latest, usage, successes, outcomes, cat in rows:
         out.append(KeyOut(
-            prompt_key=key, prompt_category=cats[-1] if cats else "general",
+            prompt_key=key, prompt_category=cat or "general",
             scope="user" if user_id else "group" if group_id else "factory",
             user_id=user_id, group_id=group_id, versions=count, latest_version=latest,
             labels=labels.get((key, user_id, group_id), {}), usage_count=int(usage or 0),
@@ -458,10 +461,16 @@ async def resolve_cached(session: AsyncSession, user_id: uuid.UUID | None, key: 
             return found
     generation = cache.CACHE.generation
     row = await resolve(session, user_id, key, label)
-    resolved = None if row is None else cache.Resolved(
-        id=row.id, version=row.version, prompt_text=row.prompt_text,
-        variables=tuple(row.variables or ()))
-    if cached:
+    if row is None:
+        if cached:
+            cache.CACHE.put(entry, None, generation)
+        return None
+    if not cached:
+        return cache.Resolved(id=row.id, version=row.version, prompt_text=row.prompt_text,
+                              variables=tuple(row.variables or ()))
+    # One copy of the version for every entry that resolves to it (cache.shared).
+    resolved, fits = cache.shared(row.id, row.version, row.prompt_text, row.variables or ())
+    if fits:
         cache.CACHE.put(entry, resolved, generation)
     return resolved
 
@@ -510,6 +519,10 @@ class FactoryPrompt:
     variables: tuple[Mapping[str, Any], ...] = ()
 
 
+DATE_VARIABLE: Final[Mapping[str, Any]] = {
+    "name": "date", "type": "string", "required": False,
+    "description": "Today's date (UTC, ISO 8601)"}
+
 AGENT_SYSTEM: Final = FactoryPrompt(
     key="agent.system", name="Agent instructions", category="agents",
     text=("You are {{agent_name}}, an agent working for {{user_name}}. Today is {{date}}. "
@@ -520,8 +533,7 @@ AGENT_SYSTEM: Final = FactoryPrompt(
                 "description": "The agent's name"},
                {"name": "user_name", "type": "string", "required": False, "default": "the user",
                 "description": "The run's user"},
-               {"name": "date", "type": "string", "required": False,
-                "description": "Today's date (UTC, ISO 8601)"}),
+               DATE_VARIABLE),
 )
 
 
@@ -531,19 +543,26 @@ def factory_defaults(chat_system_prompt: str | None) -> list[FactoryPrompt]:
     user or group publishes one, as before prompts existed)."""
     out = [AGENT_SYSTEM]
     if chat_system_prompt:
+        # {{date}}, the value chat offers, is defined when the text uses it; any other
+        # placeholder is refused by seed_factory (it would reach the model as braces).
+        uses_date = "date" in placeholders(chat_system_prompt)
         out.append(FactoryPrompt(key="chat.system", name="Chat system message",
                                  category="chat", text=chat_system_prompt,
                                  description="Put before every chat session's history "
-                                             "(ROOST_CHAT_SYSTEM_PROMPT)"))
+                                             "(ROOST_CHAT_SYSTEM_PROMPT)",
+                                 variables=(DATE_VARIABLE,) if uses_date else ()))
     return out
 
 
 async def seed_factory(session: AsyncSession, defaults: Sequence[FactoryPrompt]) -> list[str]:
     """As the owner, at start-up: publish each default whose newest factory version has
     other text, with the production label (idempotent; an administrator's newer factory
-    version of the same text stays).  Returns the keys published."""
+    version of the same text stays).  Returns the keys published.  A default whose text
+    uses a placeholder it does not define (ROOST_CHAT_SYSTEM_PROMPT with ``{{name}}``) is
+    :class:`InvalidVariables`, as the same text published through the API is."""
     published = []
     for d in defaults:
+        check_definitions(d.text, d.variables)
         await _lock(session, NIL_SCOPE, d.key)  # concurrent start-ups: one publishes
         newest = await session.scalar(
             select(SystemPrompt.prompt_text).where(SystemPrompt.scope_id == NIL_SCOPE,
