@@ -23,7 +23,7 @@ def default_data_dir() -> Path:
 
 
 # Provider error kinds (``ProviderError.kind``) an operator may list in LLM_FALLBACK_ON.
-FALLBACK_KINDS = ("unavailable", "timeout", "bad_response", "unsupported")
+FALLBACK_KINDS = ("unavailable", "timeout", "auth", "model_missing", "bad_response", "unsupported")
 
 
 def parse_fallback_kinds(raw: str) -> frozenset[str]:
@@ -209,9 +209,11 @@ class Settings(BaseSettings):
         default=120.0, gt=0, le=3600, description="Per-provider time limit for one LLM call"
     )
     llm_fallback_on: str = Field(
-        default="unavailable,timeout",
+        default="unavailable,timeout,auth,model_missing",
         description="Provider error kinds that move on to the next provider: comma-separated "
-        "from unavailable (connection errors, 5xx, 429), timeout, bad_response, unsupported",
+        "from unavailable (connection errors, 5xx, 429), timeout, auth (401/403: the "
+        "provider refused Roost's key), model_missing (404: it does not serve the model), "
+        "bad_response, unsupported",
     )
     llm_max_ensemble: int = Field(default=5, ge=1, le=20)
     llm_stream_max_s: float = Field(

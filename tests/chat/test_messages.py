@@ -313,6 +313,10 @@ async def test_a_failing_provider_keeps_the_message_and_marks_the_request_failed
     reqs = await _request_rows(database, sid)
     assert [r.status for r in reqs] == ["failed", "failed"]
     assert all(r.error_message and r.completed_at for r in reqs)
+    # The problem names the failed call's record, which its owner can read.
+    assert resp.json()["llm_request_id"] == str(reqs[-1].id), resp.text
+    record = await client.get(f"/api/v1/llm/requests/{reqs[-1].id}", headers=headers)
+    assert record.status_code == 200 and record.json()["status"] == "failed", record.text
     async with database.transaction() as s:
         outcomes = (await s.execute(text(
             "SELECT outcome, error_kind FROM llm_responses ORDER BY created_at"))).all()

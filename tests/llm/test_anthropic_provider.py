@@ -10,6 +10,7 @@ from roost.llm import (
     AnthropicProvider,
     ChatMessage,
     ChatRequest,
+    ProviderAuthError,
     ProviderBadResponse,
     ProviderNotSupported,
     ProviderRequestError,
@@ -133,7 +134,7 @@ async def test_errors(claude: AnthropicProvider, stub: StubServer) -> None:
 async def test_missing_key_error_does_not_leak(stub: StubServer) -> None:
     stub.script(Fail(401, "invalid x-api-key"))
     async with AnthropicProvider(stub.root_url, api_key=SECRET, default_model="c") as p:
-        with pytest.raises(ProviderRequestError) as info:
+        with pytest.raises(ProviderAuthError) as info:
             await p.chat(req())
     assert info.value.upstream_status == 401
     assert SECRET not in str(info.value)

@@ -20,7 +20,9 @@ from roost.llm import (
     ChatMessage,
     ChatRequest,
     OpenAICompatibleProvider,
+    ProviderAuthError,
     ProviderBadResponse,
+    ProviderModelMissing,
     ProviderRequestError,
     ProviderTimeout,
     ProviderUnavailable,
@@ -184,7 +186,7 @@ async def test_server_errors_are_retryable(
     assert (await provider.chat(req())).content.startswith("echo:")
 
 
-@pytest.mark.parametrize("status", [400, 404, 422])
+@pytest.mark.parametrize("status", [400, 422])
 async def test_client_errors_are_not_retryable(
     provider: OpenAICompatibleProvider, stub: StubServer, status: int
 ) -> None:
@@ -192,6 +194,19 @@ async def test_client_errors_are_not_retryable(
     with pytest.raises(ProviderRequestError) as info:
         await provider.chat(req())
     assert not info.value.retryable and info.value.upstream_status == status
+
+
+@pytest.mark.parametrize(("status", "error"), [
+    (401, ProviderAuthError), (403, ProviderAuthError), (404, ProviderModelMissing)])
+async def test_a_refused_key_or_a_missing_model_is_retryable(
+    provider: OpenAICompatibleProvider, stub: StubServer, status: int, error: type[Exception]
+) -> None:
+    """401/403 (Roost's key) and 404 (the model is not there) are the provider's side, not
+    the request's: another provider may answer."""
+    stub.script(Fail(status, times=None))
+    with pytest.raises(error) as info:
+        await provider.chat(req())
+    assert info.value.retryable and info.value.upstream_status == status  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("step", "error"), [
@@ -267,7 +282,7 @@ async def test_api_key_never_leaks(stub: StubServer) -> None:
     stub.script(Fail(401, "Incorrect API key provided: sk-ve...89", times=None))
     async with OpenAICompatibleProvider(stub.base_url, api_key=secret, default_model="m") as p:
         assert secret not in repr(p)
-        with pytest.raises(ProviderRequestError) as info:
+        with pytest.raises(ProviderAuthError) as info:
             await p.chat(req())
         assert info.value.upstream_status == 401
         assert secret not in str(info.value) and secret not in info.value.detail

@@ -21,8 +21,10 @@ from roost.llm.anthropic import AnthropicProvider
 from roost.llm.base import HTTPProvider, LLMProvider
 from roost.llm.errors import (
     AllProvidersFailed,
+    ProviderAuthError,
     ProviderBadResponse,
     ProviderError,
+    ProviderModelMissing,
     ProviderNotSupported,
     ProviderRequestError,
     ProviderTimeout,
@@ -70,8 +72,10 @@ __all__ = [
     "HealthResult",
     "LLMProvider",
     "OpenAICompatibleProvider",
+    "ProviderAuthError",
     "ProviderBadResponse",
     "ProviderError",
+    "ProviderModelMissing",
     "ProviderNotSupported",
     "ProviderRef",
     "ProviderRequestError",

@@ -22,8 +22,10 @@ import httpx
 import structlog
 
 from roost.llm.errors import (
+    ProviderAuthError,
     ProviderBadResponse,
     ProviderError,
+    ProviderModelMissing,
     ProviderRequestError,
     ProviderTimeout,
     ProviderUnavailable,
@@ -277,6 +279,12 @@ class HTTPProvider:
         detail = f"provider {self.name!r} answered HTTP {status}: {message}"
         if status >= 500 or status in RETRYABLE_4XX:
             return ProviderUnavailable(detail, provider=self.name, upstream_status=status)
+        if status in (401, 403):  # the provider's configuration in Roost, not the request
+            return ProviderAuthError(
+                f"{detail} (the provider refused Roost's credentials: an administrator must "
+                "fix its API key)", provider=self.name, upstream_status=status)
+        if status == 404:
+            return ProviderModelMissing(detail, provider=self.name, upstream_status=status)
         return ProviderRequestError(detail, provider=self.name, upstream_status=status)
 
     def _transport_error(self, exc: httpx.HTTPError) -> ProviderError:

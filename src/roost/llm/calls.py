@@ -551,7 +551,7 @@ async def run(
             span.set("roost.llm.attempts", len(exc.attempts))
             await shielded(_record_failure(gateway, call, exc, exc.attempts,
                                            elapsed_ms(started), on_failure))
-            raise public_error(exc, exc.attempts) from exc
+            raise public_error(exc, exc.attempts, call.request_id) from exc
         except BaseException as exc:  # cancelled (client gone, job timeout, shutdown) or a bug
             await shielded(_record_failure(gateway, call, exc, [], elapsed_ms(started),
                                            on_failure))
@@ -620,7 +620,7 @@ class RecordedStream(Generic[T]):
                 await shielded(_record_failure(self._gateway, self.call, exc, stream.attempts,
                                                stream.latency_ms(), self._on_failure, partial))
                 if isinstance(exc, Exception):
-                    raise public_error(exc, stream.attempts) from exc
+                    raise public_error(exc, stream.attempts, self.call.request_id) from exc
                 return  # cancellation: re-raised as it is
         finally:
             await stream.aclose()
@@ -660,7 +660,7 @@ async def open_stream(
         span.__exit__(type(exc), exc, None)
         await shielded(_record_failure(gateway, call, exc, exc.attempts, stream.latency_ms(),
                                        on_failure))
-        raise public_error(exc, exc.attempts) from exc
+        raise public_error(exc, exc.attempts, call.request_id) from exc
     except BaseException as exc:  # cancelled, or a bug: the request must not stay running
         span.__exit__(type(exc), exc, None)
         await shielded(_record_failure(gateway, call, exc, stream.attempts, stream.latency_ms(),

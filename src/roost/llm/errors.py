@@ -63,6 +63,22 @@ class ProviderRequestError(ProviderError):
     default_retryable = False
 
 
+class ProviderAuthError(ProviderError):
+    """The provider refused Roost's credentials (401/403: its API key is wrong or revoked):
+    Roost's configuration, not the request, is at fault, so another provider may answer."""
+
+    kind = "auth"
+    default_retryable = True
+
+
+class ProviderModelMissing(ProviderError):
+    """The provider answered 404 (it does not serve the model, e.g. removed since the last
+    sync): another provider serving it may answer."""
+
+    kind = "model_missing"
+    default_retryable = True
+
+
 class ProviderBadResponse(ProviderError):
     """The provider answered, but not with something we can parse (junk, wrong shape)."""
 

@@ -3,8 +3,9 @@ requests orphaned by a crashed process."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from sqlalchemy import select
@@ -36,26 +37,34 @@ def job_gateway(database: Database) -> LLMGateway:
     return gateway
 
 
+# Providers probed at once by the periodic check: each probe is bounded
+# (ROOST_LLM_TIMEOUT_S), so one slow provider delays only its own result.
+HEALTH_CHECK_CONCURRENCY: Final = 8
+
+
 async def check_all(gateway: LLMGateway) -> dict[str, Any]:
-    """Probe every enabled provider; a local model is checked without loading it."""
+    """Probe every enabled provider, several at once; a local model is checked without
+    loading it."""
     async with gateway.db.transaction() as session:
         rows = list((await session.scalars(
             select(LLMProviderRow).where(LLMProviderRow.enabled).order_by(LLMProviderRow.name)
         )).all())
-    results: dict[str, Any] = {}
-    for row in rows:
+    slots = asyncio.Semaphore(HEALTH_CHECK_CONCURRENCY)
+
+    async def check(row: LLMProviderRow) -> str:
         if row.type == "local" and not (row.config or {}).get("model_path"):
             # Loading a model into the worker just to probe it would cost its memory.
-            results[row.name] = "healthy" if llama_cpp_available() and find_smollm2_gguf() else \
-                "unhealthy"
-            continue
+            return "healthy" if llama_cpp_available() and find_smollm2_gguf() else "unhealthy"
         try:
-            checked = await providers.check_health(gateway, None, row.id, always_audit=False)
-            results[row.name] = checked.health_status
+            async with slots:
+                checked = await providers.check_health(gateway, None, row.id, always_audit=False)
+            return checked.health_status
         except Exception as exc:  # one broken provider must not stop the others
             log.warning("llm.health_check_failed", provider=row.name, error=type(exc).__name__)
-            results[row.name] = f"error: {type(exc).__name__}"
-    return results
+            return f"error: {type(exc).__name__}"
+
+    statuses = await asyncio.gather(*(check(row) for row in rows))
+    return {row.name: status for row, status in zip(rows, statuses, strict=True)}
 
 
 @periodic("llm.health_check", every=timedelta(seconds=get_settings().llm_health_interval_s),

@@ -4,7 +4,8 @@
 
 Point any OpenAI client at ``http://<roost>/v1``.  Requests are routed by model name to
 the enabled providers that serve it, falling back down the priority order on
-connection errors, timeouts and 5xx (``ROOST_LLM_FALLBACK_ON``); the Roost extension
+connection errors, timeouts, 5xx, a refused key and a missing model
+(``ROOST_LLM_FALLBACK_ON``); the Roost extension
 ``ensemble`` (in the body, ``extra_body`` in the SDK) asks several providers at once.
 Every call is recorded (``llm_requests``, ``llm_responses``, ``usage_records``).
 
@@ -108,10 +109,24 @@ class OpenAIRoute(RoostRoute):
                                     code="invalid_value")
             except RoostError as exc:
                 param = "model" if exc.type_slug in MODEL_ERRORS else None
-                return openai_error(exc.status, exc.detail, code=error_code(exc), param=param,
-                                    headers=retry_after(exc))
+                answer = openai_error(exc.status, exc.detail, code=error_code(exc),
+                                      param=param, headers=retry_after(exc))
+                return _with_llm_request(answer, exc.extra.get("llm_request_id"))
 
         return route
+
+
+def _with_llm_request(answer: Response, llm_request_id: str | None) -> Response:
+    """A failed model call's error names its recorded request in ``error.roost.request_id``
+    (where a success names it in ``roost.request_id``), so its owner can read every
+    attempt with ``GET /api/v1/llm/requests/{id}``."""
+    if llm_request_id is None:
+        return answer
+    body = json.loads(bytes(answer.body))
+    body["error"]["roost"] = {"request_id": llm_request_id}
+    answer.body = answer.render(body)
+    answer.headers["content-length"] = str(len(answer.body))
+    return answer
 
 
 router = RoostRouter(prefix="/v1", tags=["openai-compatible"], route_class=OpenAIRoute)

@@ -8,9 +8,11 @@ the pool's provider objects (``roost.llm.provider_pool``).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import delete, func, select, update
@@ -21,7 +23,8 @@ from roost.db.base import utcnow, uuid7
 from roost.db.errors import flush_unique
 from roost.errors import BadRequest, Conflict, Forbidden, NotFound
 from roost.llm import leases
-from roost.llm.errors import ProviderError, clean_text
+from roost.llm.base import LLMProvider
+from roost.llm.errors import ProviderError, ProviderTimeout, clean_text
 from roost.llm.gateway import LLMGateway
 from roost.llm.local import find_smollm2_gguf, llama_cpp_available
 from roost.llm.models import LLMProviderRow
@@ -31,6 +34,7 @@ from roost.llm.schemas import MAX_MODELS, ProviderCreate, ProviderUpdate
 from roost.principal import Principal
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 RESOURCE = "llm_provider"
 LOCAL_PROVIDER_NAME = "local"
@@ -65,6 +69,21 @@ def _recount(row: LLMProviderRow) -> None:
     models = dict(row.models or {})
     row.total_models = len(models)
     row.enabled_models = sum(1 for enabled in models.values() if enabled)
+
+
+async def _bounded(gateway: LLMGateway, provider: LLMProvider,
+                   call: Callable[[], Awaitable[T]]) -> T:
+    """``call()`` within ROOST_LLM_TIMEOUT_S in all, as a model call is: httpx's read
+    timeout restarts with every byte, so a provider trickling its answer would otherwise
+    hold a health check or model sync (and the periodic check) forever.  Past it:
+    :class:`ProviderTimeout`."""
+    limit = gateway.settings.llm_timeout_s
+    try:
+        async with asyncio.timeout(limit), leases.held(provider):  # not closed under it by an edit
+            return await call()
+    except TimeoutError:
+        raise ProviderTimeout(f"provider {provider.name!r} did not answer within {limit:g} s "
+                              "(ROOST_LLM_TIMEOUT_S)", provider=provider.name) from None
 
 
 async def list_providers(session: AsyncSession, actor: Principal) -> list[LLMProviderRow]:
@@ -246,12 +265,11 @@ async def check_health(
             raise NotFound(f"no LLM provider with id {provider_id}")
     try:
         provider = await gateway.pool.get(snapshot)
-        async with leases.held(provider):  # not closed under it by an edit
-            result = await provider.health()
+        result = await _bounded(gateway, provider, provider.health)
         status, error, ms = result.status, result.error, result.response_time_ms
     except ProviderBuildError as exc:
         status, error, ms = "unhealthy", exc.reason, 0
-    except ProviderError as exc:  # an instance replaced meanwhile (leases.held)
+    except ProviderError as exc:  # timed out, or an instance replaced meanwhile (leases.held)
         status, error, ms = "unhealthy", exc.detail, 0
     if error is not None:  # the provider's words in part: storable whatever they hold
         error = clean_text(error)
@@ -291,8 +309,7 @@ async def sync_models(gateway: LLMGateway, actor: Principal, provider_id: uuid.U
     except ProviderBuildError as exc:
         raise Conflict(f"cannot sync models: {exc.reason}") from exc
     try:
-        async with leases.held(provider):  # not closed under it by an edit
-            listed = await provider.list_models()
+        listed = await _bounded(gateway, provider, provider.list_models)
     except ProviderError as exc:
         # The provider's state, not the request, is at fault: a 409 the admin can act on.
         raise Conflict(f"cannot list the models of provider {snapshot.name!r}: {exc.detail}",

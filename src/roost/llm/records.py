@@ -40,6 +40,7 @@ from roost.llm.errors import (
     GatewayFailed,
     ModelNotFound,
     ProviderError,
+    ProviderModelMissing,
     ProviderRequestError,
     ProviderTimeout,
     UpstreamRejected,
@@ -499,17 +500,26 @@ def failure_message(error: BaseException, attempts: Sequence[Attempt]) -> str:
     return f"internal error ({type(error).__name__})"
 
 
-def public_error(error: BaseException, attempts: Sequence[Attempt]) -> RoostError:
-    """What the caller sees for a failed call (a 4xx/5xx problem, never a stack trace)."""
+def public_error(error: BaseException, attempts: Sequence[Attempt],
+                 request_id: uuid.UUID | None = None) -> RoostError:
+    """What the caller sees for a failed call (a 4xx/5xx problem, never a stack trace).
+    ``request_id`` (the call's ``llm_requests`` row) is named in it as ``llm_request_id``,
+    so its owner can read every attempt (``GET /api/v1/llm/requests/{id}``)."""
+    answer = _public_error(error, attempts)
+    if request_id is not None and answer is not error:
+        answer.extra = {**answer.extra, "llm_request_id": str(request_id)}
+    return answer
+
+
+def _public_error(error: BaseException, attempts: Sequence[Attempt]) -> RoostError:
     if isinstance(error, ProviderRequestError):
-        upstream = error.upstream_status
-        if upstream in (401, 403):
-            return GatewayFailed(
-                f"{error.detail} (the provider refused Roost's credentials: an administrator "
-                "must fix its API key)", timeout=False, kind=error.kind)
-        if upstream == 404:
-            return ModelNotFound(error.detail)
         return UpstreamRejected(error.detail)
+    # A 404 is the model's absence only when every provider asked said so (one may have
+    # dropped it since the last sync while the next one serves it).
+    if isinstance(error, ProviderModelMissing) or (
+            isinstance(error, AllProvidersFailed) and error.errors
+            and all(isinstance(e, ProviderModelMissing) for e in error.errors)):
+        return ModelNotFound(failure_message(error, attempts))
     if isinstance(error, ProviderError):
         timeouts = bool(attempts) and all(a.outcome == "timeout" for a in attempts if not a.ok)
         is_timeout = isinstance(error, ProviderTimeout) or (

@@ -158,11 +158,16 @@ async def resolve_route(
         limit = min(ensemble_spec.n or gateway.settings.llm_max_ensemble,
                     gateway.settings.llm_max_ensemble)
         candidates = candidates[:limit]
-        config = {"strategy": ensemble_spec.strategy, "providers": [r.name for r in candidates]}
     members, failed = await gateway.pool.members(candidates)
+    reasons = "; ".join(f"{e.name}: {e.reason}" for e in failed)
     if not members:
-        reasons = "; ".join(f"{e.name}: {e.reason}" for e in failed)
         raise NoProvider(f"no configured LLM provider can be used ({reasons})")
+    if failed and ensemble_spec is not None and ensemble_spec.providers:
+        # An ensemble asks every provider it names, or is refused: never fewer, silently.
+        raise NoProvider(f"the ensemble names providers that cannot be used ({reasons})")
+    if ensemble_spec is not None:  # the members asked, not the rows they were built from
+        config = {"strategy": ensemble_spec.strategy,
+                  "providers": [ref.name for ref, _ in members]}
     return Route(
         members=members, mode=mode, model=model,
         strategy=ensemble_spec.strategy if ensemble_spec else None, ensemble_config=config,
