@@ -301,6 +301,27 @@ async def test_an_entity_a_live_memory_names_with_a_sharp_s_is_kept(
     assert await _names(client, headers) == ["Weiß"]
 
 
+async def test_a_name_of_only_format_characters_names_no_entity(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """An entity or a relation's end named only by zero-width characters (format characters,
+    Unicode category Cf: U+200B, U+FEFF) is blank, skipped like one of white space: no
+    invisible entities, the memory stored."""
+    _, headers = await make_user(database)
+    fact = await _add(client, headers, "a fact", [("\u200b", "likes", "\ufeff")],
+                      entities=[{"name": "\u200b\u200b"}])
+    assert await _names(client, headers) == []
+    assert (await client.delete(f"{API}/{fact['id']}", headers=headers)).status_code == 204
+
+
+async def test_names_differing_only_by_format_characters_are_one_entity(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """'Ada' and 'Ada<U+200B>' (and 'A<U+200D>da') are one entity, named without them."""
+    _, headers = await make_user(database)
+    for name in ("Ada\u200b", "Ada", "A\u200dda"):
+        await _add(client, headers, f"fact {uuid.uuid4()}", [], entities=[{"name": name}])
+    assert await _names(client, headers) == ["Ada"]
+
+
 async def test_deleting_an_agent_or_a_chat_session_removes_the_entities_only_their_memories_named(
         client: httpx.AsyncClient, database: Database) -> None:
     """Memories deleted by a foreign key's cascade (an agent's, a chat session's) take the

@@ -461,27 +461,32 @@ async def test_a_nul_answer_fails_the_learn_job_at_once_without_echoing_it(
 
 
 class _DataException(Exception):
-    sqlstate = "22P05"  # untranslatable character, as asyncpg names it
+    def __init__(self, message: str, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate  # as asyncpg names it
 
 
+# 22P05: an untranslatable character; 23514: a check constraint's violation.
+@pytest.mark.parametrize("state", ["22P05", "23514"])
 async def test_a_value_the_database_refuses_fails_the_learn_job_at_once(
         database: Database, gateway: LLMGateway, client: httpx.AsyncClient, worker: Worker,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A data error (SQLSTATE class 22) while storing what was learnt dead-letters the job at
-    once with a generic error: neither the job's error nor its stack shows the statement or
-    its parameters (the model's text)."""
+        monkeypatch: pytest.MonkeyPatch, state: str) -> None:
+    """A data error (SQLSTATE class 22) or a check violation (23514) while storing what was
+    learnt dead-letters the job at once (a retry would pay the model again for the same
+    refusal) with a generic error: neither the job's error nor its stack shows the
+    statement or its parameters (the model's text)."""
     from roost.memory import jobs
 
     async def refused(*args: Any, **kwargs: Any) -> LearnReport:
         raise DBAPIError("INSERT INTO memories (content) VALUES ($1)",
-                         ("The user's secret is hunter2",), _DataException("invalid byte"))
+                         ("The user's secret is hunter2",), _DataException("refused", state))
 
     monkeypatch.setattr(jobs, "learn", refused)
     _, headers = await make_user(database)
     queued = await client.post(f"{API}/learn", headers=headers, json={"text": "I like tea."})
     job = await _wait(client, headers, queued.json()["task_id"])
     assert job["status"] == "dead_letter", job
-    assert "the database refused a value to store (SQLSTATE 22P05)" in job["error"]
+    assert f"the database refused a value to store (SQLSTATE {state})" in job["error"]
     [(stack, history)] = await rows(database, "SELECT error_stack, retry_history::text FROM "
                                               "dead_letter_queue WHERE original_task_id = :t",
                                     t=queued.json()["task_id"])
@@ -546,3 +551,87 @@ async def test_learn_bad_input(database: Database, gateway: LLMGateway,
     assert model.status_code == 404
     assert (await client.get(f"{API}/learn/{uuid.uuid4()}", headers=headers)).status_code == 404
     assert await rows(database, "SELECT id FROM background_tasks WHERE task_type = 'memory.learn'") == []
+
+
+# --- names compared as graph.normalize compares them (casefold, Python's white space) ------
+
+
+@pytest.mark.parametrize(("stored", "learned"), [("Straße", "STRASSE"),
+                                                 ("Ada\u00a0Lovelace", "Ada Lovelace")])
+async def test_a_memory_naming_the_entity_differently_spelt_is_a_candidate(
+        database: Database, gateway: LLMGateway, stub: StubServer, stored: str,
+        learned: str) -> None:
+    """A stored memory naming 'Straße' (or 'Ada<U+00A0>Lovelace') is a candidate for a fact
+    naming 'STRASSE' ('Ada Lovelace'): one entity for graph.normalize, so the model is asked
+    to reconcile them (PostgreSQL's lower keeps ß, its \\s misses U+00A0)."""
+    user_id, _ = await make_user(database)
+    old = await remember(database, user_id, "qwerty uiop", entities=[{"name": stored}])
+    stub.script(extracted(fact("zxcvb nmlkj", entities=[{"name": learned}])),
+                decided({"fact_index": 0, "action": "add"}))
+    report = await run_learn(database, gateway, user_id, "text")
+    assert len(report.request_ids) == 2
+    shown = json.loads(chat_requests(stub)[1]["messages"][-1]["content"])
+    assert shown["new_facts"][0]["candidate_ids"] == [str(old.id)]
+
+
+async def test_the_previous_version_of_a_differently_spelt_subject_comes_first(
+        database: Database, gateway: LLMGateway, stub: StubServer) -> None:
+    """The memory stating the same relation of the subject stored as 'Straße' is the first
+    candidate for a fact about 'STRASSE', before one merely naming it."""
+    user_id, _ = await make_user(database)
+    old = await remember(database, user_id, "qwerty uiop",
+                         relationships=[{"source": "Straße", "relation": "has_pet", "target": "Miso"}])
+    await remember(database, user_id, "asdfg hjkl", entities=[{"name": "strasse"}])
+    stub.script(extracted(fact("zxcvb nmlkj", relationships=[
+        {"source": "STRASSE", "relation": "has_pet", "target": "Indigo"}])),
+        decided({"fact_index": 0, "action": "add"}))
+    report = await run_learn(database, gateway, user_id, "text")
+    assert len(report.request_ids) == 2
+    shown = json.loads(chat_requests(stub)[1]["messages"][-1]["content"])
+    assert shown["new_facts"][0]["candidate_ids"][0] == str(old.id)
+
+
+async def test_learned_updates_keep_a_memory_within_50_entities(
+        database: Database, gateway: LLMGateway, stub: StubServer) -> None:
+    """Repeated learned updates naming new entities keep the memory within the 50 entities
+    (and 50 relationships) a memory may name: the ones it has stay, new ones fill the room."""
+    user_id, _ = await make_user(database)
+    a = await remember(database, user_id, "The user likes tea",
+                       entities=[{"name": "tea"}],
+                       relationships=[{"source": "user", "relation": "likes", "target": "tea"}])
+    for round_ in range(3):
+        stub.script(extracted(fact(
+            f"The user likes tea variant {round_}",
+            entities=[{"name": f"tea-{round_}-{j}"} for j in range(50)],
+            relationships=[{"source": "user", "relation": "likes", "target": f"tea-{round_}-{j}"}
+                           for j in range(50)])),
+            decided({"fact_index": 0, "action": "update", "target_id": str(a.id)}))
+        report = await run_learn(database, gateway, user_id, f"x{round_}")
+        assert report.updated == [a.id]
+    [(entities, relationships)] = await rows(
+        database, "SELECT entities, relationships FROM memories WHERE id = :i", i=a.id)
+    assert len(entities) == 50 and len(relationships) == 50
+    assert entities[0]["name"] == "tea" and entities[-1]["name"] == "tea-0-48"
+    [(relations,)] = await rows(database, "SELECT count(*) FROM memory_relations "
+                                          "WHERE memory_id = :i", i=a.id)
+    assert relations == 50
+
+
+async def test_a_relation_added_by_an_update_closes_no_earlier_than_it_started(
+        database: Database, gateway: LLMGateway, stub: StubServer) -> None:
+    """A memory true since 2020 gains a relation (true from now) by a learned update, then is
+    invalidated by a fact true since 2021: the invalidation is applied and the relation
+    closes when it started, not before (a check violation failed the learn job)."""
+    user_id, _ = await make_user(database)
+    old = await remember(database, user_id, "Ada works at Acme",
+                         valid_from=datetime(2020, 1, 1, tzinfo=UTC))
+    stub.script(extracted(fact("Ada works at Acme in Paris", relationships=[
+        {"source": "Ada", "relation": "works_in", "target": "Paris"}])),
+        decided({"fact_index": 0, "action": "update", "target_id": str(old.id)}))
+    assert (await run_learn(database, gateway, user_id, "x")).updated == [old.id]
+    stub.script(extracted(fact("Ada works at Initech", valid_from="2021-06-01T00:00:00Z")),
+                decided({"fact_index": 0, "action": "invalidate", "target_id": str(old.id)}))
+    assert (await run_learn(database, gateway, user_id, "y")).invalidated == [old.id]
+    got = await rows(database, "SELECT valid_from, valid_to FROM memory_relations "
+                               "WHERE memory_id = :i", i=old.id)
+    assert len(got) == 1 and got[0].valid_to == got[0].valid_from, got

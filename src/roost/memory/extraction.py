@@ -30,7 +30,7 @@ from roost.llm import calls
 from roost.llm.gateway import LLMGateway
 from roost.llm.types import ChatMessage, ChatRequest
 from roost.memory.models import MAX_CONTENT_CHARS, MEMORY_TYPES
-from roost.memory.schemas import EntityIn, MemoryType, RelationshipIn
+from roost.memory.schemas import MAX_GRAPH_ITEMS, EntityIn, MemoryType, RelationshipIn
 from roost.principal import Principal
 
 EXTRACT_REQUEST: Final = "memory_extract"
@@ -58,8 +58,8 @@ class ExtractedFact(StrictInput):
     content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
     memory_type: MemoryType = "fact"
     confidence: float = Field(ge=0, le=1)
-    entities: list[EntityIn] = Field(default_factory=list, max_length=50)
-    relationships: list[RelationshipIn] = Field(default_factory=list, max_length=50)
+    entities: list[EntityIn] = Field(default_factory=list, max_length=MAX_GRAPH_ITEMS)
+    relationships: list[RelationshipIn] = Field(default_factory=list, max_length=MAX_GRAPH_ITEMS)
     valid_from: datetime | None = None
     naive_is_utc = True  # a model's answer: a timestamp without a zone is read as UTC
     refuse_nul = True  # stored as text and jsonb, which keep no NUL

@@ -20,12 +20,13 @@ memory's order)."""
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text, update
+from sqlalchemy import func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.base import uuid7
@@ -51,9 +52,17 @@ DO UPDATE SET updated_at = now(),
 RETURNING id, normalized_name
 """)
 
+def clean(name: str) -> str:
+    """``name`` as an entity is named: format characters (Unicode category Cf: zero-width
+    spaces and joiners, the byte order mark, bidirectional marks) dropped, white space
+    collapsed and trimmed.  Invisible, they would make look-alike or invisible entities."""
+    visible = "".join(c for c in name if unicodedata.category(c) != "Cf")
+    return _SPACES.sub(" ", visible).strip()
+
+
 def normalize(name: str) -> str:
-    """How entity names are matched: case and spacing do not matter."""
-    return _SPACES.sub(" ", name).strip().casefold()[:255]
+    """How entity names are matched: case, spacing and format characters do not matter."""
+    return clean(name).casefold()[:255]
 
 
 async def upsert_entities(session: AsyncSession, *, user_id: uuid.UUID,
@@ -67,7 +76,7 @@ async def upsert_entities(session: AsyncSession, *, user_id: uuid.UUID,
     for name, entity_type in entities:
         key = normalize(name)
         if key and key not in chosen:
-            chosen[key] = (_SPACES.sub(" ", name).strip()[:255], entity_type[:64] or "thing")
+            chosen[key] = (clean(name)[:255], entity_type[:64] or "thing")
     if not chosen:
         return {}
     keys = sorted(chosen)
@@ -105,11 +114,13 @@ async def attach(session: AsyncSession, memory: Memory) -> None:
 
 
 async def close(session: AsyncSession, memory_id: uuid.UUID, at: datetime) -> None:
-    """The relations a memory asserted stop being true at ``at`` (its invalidation)."""
+    """The relations a memory asserted stop being true at ``at`` (its invalidation), or
+    where they started if later: a learned update adds relations true from then on, and
+    the memory may be invalidated as of an earlier time (a fact's ``valid_from``)."""
     await session.execute(update(MemoryRelation)
                           .where(MemoryRelation.memory_id == memory_id,
                                  MemoryRelation.valid_to.is_(None))
-                          .values(valid_to=at))
+                          .values(valid_to=func.greatest(at, MemoryRelation.valid_from)))
 
 
 def _triples(relationships: Iterable[Any]) -> list[tuple[str, str, str]]:

@@ -66,9 +66,10 @@ async def learn_job(ctx: TaskContext, payload: LearnPayload) -> dict[str, Any]:
         state = sqlstate(exc) or ""
         if state == "23503":  # what it learns for (its scope) was deleted meanwhile
             raise PermanentError("what this learns for was deleted meanwhile") from exc
-        if state.startswith("22"):  # a value the database refuses: the same next time.  The
-            # error's statement and parameters (the model's text) are kept out of the job's
-            # error and stack (``from None``).
+        if state.startswith("22") or state == "23514":  # a value (or a check constraint)
+            # the database refuses: the same next time.  The error's statement and
+            # parameters (the model's text) are kept out of the job's error and stack
+            # (``from None``).
             log.warning("memory.learn_value_refused", sqlstate=state,
                         user_id=str(payload.user_id))
             raise PermanentError(

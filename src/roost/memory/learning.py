@@ -55,7 +55,7 @@ from roost.llm.gateway import LLMGateway
 from roost.memory import graph, service
 from roost.memory.extraction import Decision, ExtractedFact, extract, reconcile
 from roost.memory.models import SOURCE_TYPES, TEXT_SEARCH_CONFIG, Memory, MemoryHistory, MemoryRelation
-from roost.memory.schemas import MAX_LEARN_CHARS, MemoryCreate, ScopeIn
+from roost.memory.schemas import MAX_GRAPH_ITEMS, MAX_LEARN_CHARS, MemoryCreate, ScopeIn
 from roost.memory.service import Scope
 from roost.principal import Principal
 from roost.security.crypto import MessageCipher
@@ -436,28 +436,24 @@ async def _text_overlap(session: AsyncSession, scope: Scope, content: str) -> li
     return list((await session.scalars(stmt)).all())
 
 
-_ENTITY_MATCH = sql(
-    "EXISTS (SELECT 1 FROM jsonb_array_elements(memories.entities) AS e"
-    " WHERE jsonb_typeof(e) = 'object'"
-    " AND lower(regexp_replace(btrim(e->>'name'), '\\s+', ' ', 'g')) = ANY(:entity_names))"
-)
+# Names are compared as graph.normalize made them, in Python: a memory's stored
+# ``entity_names`` (GIN-indexed) and its relations' entities' ``normalized_name``, never a
+# name normalised in SQL (whose ``lower`` and ``\\s`` differ from casefold and Python's white
+# space: ß, U+00A0).
+_ENTITY_MATCH = sql("memories.entity_names && CAST(:entity_names AS text[])")
 
 
 # 2: the memory states one of the fact's relations of the same subject (a previous
-# version); 1: it names the subject; 0: it only shares another entity.  Names are
-# compared as graph.normalize does (case and spacing ignored).
+# version); 1: it names the subject (an entity or a relation's end); 0: it only shares
+# another entity.
 _SUBJECT_RANK = """(CASE
-  WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(memories.relationships) AS r
-               WHERE jsonb_typeof(r) = 'object'
-                 AND lower(regexp_replace(btrim(r->>'source'), '\\s+', ' ', 'g')) = ANY(:subjects)
-                 AND lower(btrim(r->>'relation')) = ANY(:relations)) THEN 2
-  WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(memories.entities) AS e
-               WHERE jsonb_typeof(e) = 'object'
-                 AND lower(regexp_replace(btrim(e->>'name'), '\\s+', ' ', 'g')) = ANY(:subjects))
-    OR EXISTS (SELECT 1 FROM jsonb_array_elements(memories.relationships) AS r
-               WHERE jsonb_typeof(r) = 'object'
-                 AND lower(regexp_replace(btrim(r->>'source'), '\\s+', ' ', 'g')) = ANY(:subjects))
-  THEN 1 ELSE 0 END)"""
+  WHEN EXISTS (SELECT 1 FROM memory_relations r
+               JOIN memory_entities s ON s.id = r.source_entity_id
+               WHERE r.memory_id = memories.id
+                 AND s.normalized_name = ANY(CAST(:subjects AS text[]))
+                 AND lower(btrim(r.relation)) = ANY(CAST(:relations AS text[]))) THEN 2
+  WHEN memories.entity_names && CAST(:subjects AS text[]) THEN 1
+  ELSE 0 END)"""
 
 
 def fact_subject(fact: ExtractedFact) -> tuple[list[str], list[str]]:
@@ -673,6 +669,14 @@ async def _extend_graph(session: AsyncSession, memory: Memory, fact: ExtractedFa
                      if graph.normalize(r.source) and r.relation.strip() and graph.normalize(r.target)
                      and (graph.normalize(r.source), r.relation.strip(), graph.normalize(r.target))
                      not in have_triples]
+    # A memory names at most MAX_GRAPH_ITEMS entities and as many relationships, as one
+    # POSTed or extracted: what it has stays, the new ones fill the room left (every list
+    # page and search answer carries them; repeated updates must not grow them unbounded).
+    offered = len(new_entities) + len(new_relations)
+    new_entities = new_entities[:max(0, MAX_GRAPH_ITEMS - len(memory.entities))]
+    new_relations = new_relations[:max(0, MAX_GRAPH_ITEMS - len(memory.relationships))]
+    if dropped := offered - len(new_entities) - len(new_relations):
+        log.info("memory.learn_graph_full", memory_id=str(memory.id), dropped=dropped)
     if not (new_entities or new_relations):
         return
     memory.entities = [*memory.entities, *new_entities]

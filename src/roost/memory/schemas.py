@@ -18,6 +18,9 @@ Content = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
                                            max_length=MAX_CONTENT_CHARS)]
 
 MAX_METADATA_BYTES = 64 * 1024
+MAX_GRAPH_ITEMS = 50
+"""The entities, and the relationships, one memory may name (POST, extraction, a learned
+update's additions)."""
 """A memory's metadata as compact JSON, at most (a project's cap): every list page and
 search answer carries it, so one blob must not inflate them."""
 
@@ -65,8 +68,8 @@ class MemoryCreate(ScopeIn):
     content: Content
     memory_type: MemoryType = "fact"
     confidence: float = Field(default=0.8, ge=0, le=1)
-    entities: list[EntityIn] = Field(default_factory=list, max_length=50)
-    relationships: list[RelationshipIn] = Field(default_factory=list, max_length=50)
+    entities: list[EntityIn] = Field(default_factory=list, max_length=MAX_GRAPH_ITEMS)
+    relationships: list[RelationshipIn] = Field(default_factory=list, max_length=MAX_GRAPH_ITEMS)
     metadata: Metadata = Field(default_factory=dict)
     valid_from: datetime | None = Field(default=None, description="Default: now")
 
