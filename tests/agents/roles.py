@@ -111,7 +111,7 @@ class Checker:
 
 
 async def private_tool(database: Database, owner: uuid.UUID | None,
-                       name: str = "private_echo") -> uuid.UUID:
+                       name: str = "private_echo", description: str | None = None) -> uuid.UUID:
     """An MCP tool (and its server, never reached) owned by ``owner``, inserted as the
     system."""
     async with database.transaction() as session:
@@ -120,7 +120,7 @@ async def private_tool(database: Database, owner: uuid.UUID | None,
         session.add(server)
         await session.flush()
         tool = Tool(user_id=owner, created_by=owner, mcp_server_id=server.id, kind="mcp",
-                    name=name, input_schema={"type": "object"})
+                    name=name, description=description, input_schema={"type": "object"})
         session.add(tool)
         await session.flush()
         return tool.id

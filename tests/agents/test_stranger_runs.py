@@ -6,7 +6,6 @@ agent's author wrote the prompt, the persona's members read the run."""
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import httpx
@@ -17,27 +16,13 @@ from roost.config import Settings
 from roost.db.engine import Database
 from roost.knowledge.config import EmbedderSpec, KnowledgeConfig
 from roost.tasks.worker import Worker
-from roost.tools.models import McpServer, Tool
 from tests.agents.api import Headers, add_member, create_agent, create_persona, named_user
 from tests.agents.conftest import running_worker, wait_for_run
+from tests.agents.roles import private_tool
 from tests.chat.conftest import add_provider
 from tests.knowledge.support import ingest, principal
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Reply, ToolCalls
-
-
-async def _tool(database: Database, owner: uuid.UUID | None, name: str,
-                description: str) -> uuid.UUID:
-    async with database.transaction() as session:
-        server = McpServer(user_id=owner, name=f"srv-{uuid.uuid4().hex[:8]}",
-                           transport="streamable_http", url="http://127.0.0.1:9/mcp")
-        session.add(server)
-        await session.flush()
-        tool = Tool(user_id=owner, created_by=owner, mcp_server_id=server.id, kind="mcp",
-                    name=name, description=description, input_schema={"type": "object"})
-        session.add(tool)
-        await session.flush()
-        return tool.id
 
 
 def _offered(stub: StubServer, index: int = -1) -> list[str]:
@@ -65,8 +50,8 @@ async def test_a_public_agent_naming_a_tool_is_not_given_the_runners_own_tool_of
     await add_provider(client, admin_headers, stub)
     a_id, _, alice = await named_user(database, "alice")
     b_id, _, bob = await named_user(database, "bob")
-    await _tool(database, a_id, "drop_everything", "ALICE-TOOL")
-    bobs = await _tool(database, b_id, "drop_everything", "BOB-PRIVATE-TOOL")
+    await private_tool(database, a_id, "drop_everything", "ALICE-TOOL")
+    bobs = await private_tool(database, b_id, "drop_everything", "BOB-PRIVATE-TOOL")
     pub = await create_agent(client, alice, slug="pubtool", is_public=True,
                              tool_permissions=["drop_everything", "current_time"])
     stub.script(Reply("ok"))
