@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 
 class AuditRecordOut(BaseModel):
@@ -22,8 +21,10 @@ class AuditRecordOut(BaseModel):
     event_category: str
     resource_type: str | None
     resource_id: str | None
-    changes: dict[str, Any] | None
-    metadata: dict[str, Any] | None = Field(validation_alias="event_metadata")
+    # Any JSON: Roost writes objects, but a role that inserts audit records directly may
+    # store another JSON value, and the listing must still answer.
+    changes: JsonValue
+    metadata: JsonValue = Field(validation_alias="event_metadata")
     description: str | None
     ip_address: str | None
     user_agent: str | None

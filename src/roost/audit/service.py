@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import select, text
+from sqlalchemy import func, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from roost.audit.models import EVENT_CATEGORIES, AuditLog
 from roost.audit.redaction import redact
@@ -26,6 +28,18 @@ from roost.pagination import DEFAULT_LIMIT, cursor_int, encode_cursor, page_of
 
 GENESIS_HASH = bytes(32)
 RETENTION_ACTION = "audit.retention"
+FUTURE_SKEW = timedelta(hours=1)
+"""How far ahead of the clock a record may be dated (migration 1280's insert check);
+retention counts a record dated further ahead, stored before that check, as old."""
+
+# A date no Python datetime holds (before year 1, after 9999: stored before migration 1280
+# refused them) is read clamped to that range: one such record must not fail every
+# listing page that holds it.
+_READABLE_CREATED_AT = func.greatest(
+    func.least(AuditLog.created_at,
+               literal_column("timestamptz '9999-12-31 23:59:59.999999+00'")),
+    literal_column("timestamptz '0001-01-01 00:00:00+00'"),
+)
 
 
 class AuditFields(TypedDict, total=False):
@@ -101,7 +115,7 @@ async def query(
     cursor: str | None = None,
 ) -> tuple[list[AuditLog], str | None]:
     """Newest first, keyset-paginated on ``seq``."""
-    stmt = select(AuditLog)
+    stmt = select(AuditLog, _READABLE_CREATED_AT).options(defer(AuditLog.created_at))
     for column, value in (
         (AuditLog.user_id, filters.user_id),
         (AuditLog.persona_id, filters.persona_id),
@@ -122,7 +136,11 @@ async def query(
         stmt = stmt.where(AuditLog.created_at < filters.until)
     if cursor is not None:
         stmt = stmt.where(AuditLog.seq < cursor_int(cursor, "seq"))
-    rows = (await session.scalars(stmt.order_by(AuditLog.seq.desc()).limit(limit + 1))).all()
+    rows: list[AuditLog] = []
+    for row, created_at in (await session.execute(
+            stmt.order_by(AuditLog.seq.desc()).limit(limit + 1))).tuples():
+        set_committed_value(row, "created_at", created_at)  # loaded, not a change to flush
+        rows.append(row)
     return page_of(rows, limit, lambda row: encode_cursor({"seq": row.seq}))
 
 
@@ -254,10 +272,12 @@ async def apply_retention(session: AsyncSession, older_than: timedelta) -> int:
     boundary: int | None = (
         await session.execute(
             # The first young row, else the newest (kept: see above).  Two subqueries, so
-            # max() stays one probe of the chain_seq index.
-            text("SELECT coalesce((SELECT min(chain_seq) FROM audit_logs WHERE created_at >= :cutoff), "
-                 "(SELECT max(chain_seq) FROM audit_logs))"),
-            {"cutoff": cutoff},
+            # max() stays one probe of the chain_seq index.  A row dated beyond the skew
+            # (stored before migration 1280) counts as old: else it would stay young, and
+            # keep itself and every row after it, forever (the guard lets it be deleted).
+            text("SELECT coalesce((SELECT min(chain_seq) FROM audit_logs WHERE created_at >= :cutoff "
+                 "AND created_at <= now() + :skew), (SELECT max(chain_seq) FROM audit_logs))"),
+            {"cutoff": cutoff, "skew": FUTURE_SKEW},
         )
     ).scalar_one()
     if boundary is None:  # an empty chain
@@ -266,8 +286,9 @@ async def apply_retention(session: AsyncSession, older_than: timedelta) -> int:
         text("SELECT set_config('roost.audit_retention_cutoff', :c, true)"),
         {"c": cutoff.isoformat()},
     )
-    condition = "chain_seq IS NOT NULL AND created_at < :cutoff AND chain_seq < :boundary"
-    params: dict[str, Any] = {"cutoff": cutoff, "boundary": boundary}
+    condition = ("chain_seq IS NOT NULL AND (created_at < :cutoff OR created_at > now() + :skew) "
+                 "AND chain_seq < :boundary")
+    params: dict[str, Any] = {"cutoff": cutoff, "boundary": boundary, "skew": FUTURE_SKEW}
     last = (
         await session.execute(
             text(f"SELECT row_hash FROM audit_logs WHERE {condition} ORDER BY chain_seq DESC LIMIT 1"),  # noqa: S608
