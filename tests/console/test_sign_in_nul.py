@@ -42,3 +42,14 @@ async def test_sign_in_with_a_nul_in_the_device_name_is_a_422_naming_the_field(
     assert answer.status_code == 422, (answer.status_code, answer.text)
     assert "device_name" in answer.text
 
+
+
+async def test_sign_in_with_null_device_fields_is_answered_not_a_500(
+    client: httpx.AsyncClient,
+) -> None:
+    """``device_name: null`` (what the OpenAPI schema allows, and a fuzzer sends) is no
+    device name: a wrong login is a 401, never a 500 from the name's length check."""
+    answer = await client.post("/api/v1/auth/login", json={
+        "login": "nobody", "password": "not-the-password-1", "device_name": None,
+        "device_type": None})
+    assert answer.status_code == 401, (answer.status_code, answer.text)

@@ -44,7 +44,7 @@ from roost.db.base import Base, CreatedAt, Timestamps, UUIDPrimaryKey
 from roost.identity import models as _identity_models  # noqa: F401 - "users", for the foreign keys
 from roost.prompts import models as _prompt_models  # noqa: F401 - "system_prompts"
 from roost.tools import models as _tools_models  # noqa: F401 - "tools", for the foreign keys
-from roost.tools.secretrefs import SECRET_TYPES as SECRET_TYPES  # declared where checked
+from roost.tools.models import SECRET_TYPES as SECRET_TYPES  # declared where checked
 from roost.workspace import models as _workspace_models  # noqa: F401 - "projects"
 
 MEMBER_ROLES: Final = ("owner", "editor", "viewer")

@@ -108,7 +108,7 @@ class LoginIn(Input):
     login: Annotated[str, BeforeValidator(no_nul), Field(min_length=1, max_length=255,
                                                          description="username or email")]
     password: Password
-    device_name: Annotated[str | None, BeforeValidator(no_nul), Field(max_length=255)] = None
+    device_name: Annotated[str, BeforeValidator(no_nul), Field(max_length=255)] | None = None
     device_type: Literal["desktop", "mobile", "tablet", "cli", "server", "unknown"] | None = None
 
 

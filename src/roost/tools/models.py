@@ -42,6 +42,12 @@ from roost.db.base import Base, CreatedAt, Timestamps, UUIDPrimaryKey
 from roost.db.vector import VectorType
 from roost.identity import models as _identity_models  # noqa: F401 - "users", for the foreign keys
 
+# The types a persona's secret can have (the secrets table's check constraint, in
+# roost.agents.models).  Declared here, in the lower domain and a module light enough for
+# any command to import, so that a server's reference can be checked at registration.
+SECRET_TYPES: Final = ("llm_provider_key", "email_imap", "email_smtp", "mcp_header", "mcp_env",
+                       "api_token", "other")
+
 TRANSPORTS: Final = ("stdio", "streamable_http")
 HEALTH_STATUSES: Final = ("unknown", "healthy", "unhealthy")
 RUN_STATUSES: Final = ("running", "success", "error", "timeout")

@@ -13,13 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from roost.inputs import StrictInput, WebUrl
 from roost.llm.base import HEADER_VALUE_RULE, header_name_ok, unsendable_header
+from roost.tools.models import SECRET_TYPES
 from roost.tools.secretrefs import (
     MARKER,
     MAX_REFERENCES_PER_VALUE,
     MAX_VALUE_CHARS,
     REFERENCE,
     REFERENCE_RULE,
-    SECRET_TYPES,
     malformed,
 )
 

@@ -39,11 +39,6 @@ REFERENCE: Final = re.compile(r"\$\{secret:(?:([a-z_]{1,50})/)?([A-Za-z0-9_.-]{1
 MARKER: Final = "${secret:"
 REFERENCE_RULE: Final = ("${secret:key} or ${secret:type/key} (type: lowercase letters and "
                          "'_'; key: letters, digits, '_', '.' and '-', up to 255)")
-# The types a persona's secret can have (the secrets table's check constraint, in
-# roost.agents.models).  Declared here, in the lower domain, so that a server's reference
-# can be checked at registration.
-SECRET_TYPES: Final = ("llm_provider_key", "email_imap", "email_smtp", "mcp_header", "mcp_env",
-                       "api_token", "other")
 # Bounds on what one env value or header becomes: a reference repeated a thousand times
 # would otherwise turn an 11 KB registration into a 62 MiB header per call.
 MAX_VALUE_CHARS: Final = 8192  # a literal value, at registration
