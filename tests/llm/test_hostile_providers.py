@@ -484,6 +484,20 @@ async def test_a_model_sync_with_no_usable_id_is_a_clear_409(
     assert "malformed answer" in json.loads(body)["detail"]
 
 
+async def _streamed_tool_call_deltas(client: httpx.AsyncClient, admin_headers: Headers,
+                                     headers: Headers, pieces: list[str]) -> list[Any]:
+    """The tool-call deltas a /v1 streaming client gets from a provider that streams
+    ``pieces`` (SSE chunks) between its role chunk and its tool_calls finish."""
+    events = [chunk({"role": "assistant"}), *pieces, chunk({}, "tool_calls"), "data: [DONE]\n\n"]
+    async with RawServer(sse_answer(events)) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", {**CHAT, "stream": True},
+                                  headers)
+    assert status == 200, body
+    return [call for frame in v1_frames(body)[:-1]
+            for call in frame["choices"][0]["delta"].get("tool_calls", [])]
+
+
 async def test_a_provider_repeating_the_tool_calls_id_and_name_is_relayed_once(
     client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
 ) -> None:
@@ -496,15 +510,8 @@ async def test_a_provider_repeating_the_tool_calls_id_and_name_is_relayed_once(
         return chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
                                       "function": {"name": "lookup", "arguments": args}}]})
 
-    events = [chunk({"role": "assistant"}), part('{"q": '), part('"roost"}'),
-              chunk({}, "tool_calls"), "data: [DONE]\n\n"]
-    async with RawServer(sse_answer(events)) as server:
-        await register(client, admin_headers, server.base_url)
-        status, body = await post(client, "/v1/chat/completions", {**CHAT, "stream": True},
-                                  user[1])
-    assert status == 200, body
-    deltas = [call for frame in v1_frames(body)[:-1]
-              for call in frame["choices"][0]["delta"].get("tool_calls", [])]
+    deltas = await _streamed_tool_call_deltas(client, admin_headers, user[1],
+                                              [part('{"q": '), part('"roost"}')])
     joined = {key: "".join(d.get(key, "") for d in deltas) for key in ("id", "type")}
     joined["name"] = "".join(d["function"].get("name", "") for d in deltas)
     joined["arguments"] = "".join(d["function"]["arguments"] for d in deltas)
@@ -518,15 +525,8 @@ async def test_a_streamed_tool_call_without_an_id_reaches_the_client_with_one(
     """A provider streaming a tool call with no id: the client still gets one (it answers
     the call with a tool message naming it), the same one the stored answer keeps."""
     piece = {"index": 0, "function": {"name": "lookup", "arguments": '{"q": 1}'}}
-    events = [chunk({"role": "assistant"}), chunk({"tool_calls": [piece]}),
-              chunk({}, "tool_calls"), "data: [DONE]\n\n"]
-    async with RawServer(sse_answer(events)) as server:
-        await register(client, admin_headers, server.base_url)
-        status, body = await post(client, "/v1/chat/completions", {**CHAT, "stream": True},
-                                  user[1])
-        assert status == 200, body
-    deltas = [call for frame in v1_frames(body)[:-1]
-              for call in frame["choices"][0]["delta"].get("tool_calls", [])]
+    deltas = await _streamed_tool_call_deltas(client, admin_headers, user[1],
+                                              [chunk({"tool_calls": [piece]})])
     assert [d.get("id") for d in deltas if "id" in d] == ["call_0"], deltas
     assert deltas[0]["type"] == "function"
     kept = StreamAccumulator()
