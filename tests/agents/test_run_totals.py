@@ -19,7 +19,7 @@ from tests.chat.conftest import add_provider
 from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Drop
-from tests.support.sql import fetch
+from tests.support.sql import fetch, run_and_usage
 
 __all__ = ["worker"]
 
@@ -31,13 +31,7 @@ def test_settings(tmp_path: Path) -> Settings:
 
 async def run_books(database: Database, run_id: str) -> dict[str, Any]:
     """The run row's totals, the sums of its model calls' usage rows, its agent.run events."""
-    [run] = await fetch(database, "SELECT status, tokens_in, tokens_out, cost FROM runs "
-                        "WHERE id = :r", r=run_id)
-    [usage] = await fetch(database, "SELECT coalesce(sum(tokens_input), 0) AS tin, "
-                          "coalesce(sum(tokens_output), 0) AS tout, "
-                          "coalesce(sum(credits_used), 0) AS credits FROM usage_records "
-                          "WHERE run_id = :r AND request_type <> 'tool_call' "
-                          "AND llm_request_id IS NOT NULL", r=run_id)
+    run, usage = await run_and_usage(database, run_id)
     events = await fetch(database, "SELECT event_data FROM clickhouse_analytics "
                          "WHERE event_type = 'agent.run' AND event_data->>'run_id' = :r",
                          r=run_id)

@@ -56,6 +56,16 @@ async def _books(database: Database, user_id: uuid.UUID) -> dict[str, Any]:
             "events": [e.event_data for e in events], "state": state}
 
 
+async def _stream_cut_by_the_provider(client: httpx.AsyncClient, stub: StubServer,
+                                      headers: Headers) -> None:
+    """A /v1 stream the provider drops after delivering ten of its fifty words."""
+    stub.script(Drop(" ".join(["word"] * 50), after=10))
+    resp = await client.post("/v1/chat/completions", headers=headers, json={
+        "model": "stub-model", "stream": True, "max_tokens": 500,
+        "messages": [{"role": "user", "content": "hello there"}]})
+    assert resp.status_code == 200
+
+
 def _event_agrees(books: dict[str, Any]) -> None:
     usage = books["usage"]
     [event] = books["events"]
@@ -72,11 +82,7 @@ async def test_a_stream_the_provider_cuts_records_its_billed_tokens_on_its_attem
     llm_responses row shows the same tokens (not 0)."""
     await add_provider(client, admin_headers, stub)
     user_id, headers = await _user(client, admin_headers, database)
-    stub.script(Drop(" ".join(["word"] * 50), after=10))
-    resp = await client.post("/v1/chat/completions", headers=headers, json={
-        "model": "stub-model", "stream": True, "max_tokens": 500,
-        "messages": [{"role": "user", "content": "hello there"}]})
-    assert resp.status_code == 200
+    await _stream_cut_by_the_provider(client, stub, headers)
     books = await _books(database, user_id)
     assert books["req"].status == "failed"
     usage = books["usage"]
@@ -97,11 +103,7 @@ async def test_a_billed_broken_stream_names_its_provider_in_the_ledger(
     provider that produced the text (usage by provider must not lose billed tokens)."""
     provider = await add_provider(client, admin_headers, stub)
     user_id, headers = await _user(client, admin_headers, database)
-    stub.script(Drop(" ".join(["word"] * 50), after=10))
-    resp = await client.post("/v1/chat/completions", headers=headers, json={
-        "model": "stub-model", "stream": True, "max_tokens": 500,
-        "messages": [{"role": "user", "content": "hello there"}]})
-    assert resp.status_code == 200
+    await _stream_cut_by_the_provider(client, stub, headers)
     books = await _books(database, user_id)
     assert books["usage"].credits_used > 0
     assert str(books["usage"].provider_id) == provider["id"], books["usage"].provider_id

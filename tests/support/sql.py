@@ -27,3 +27,16 @@ async def function_inserts(database: Database, function: str) -> dict[str, set[s
                         name=function)
     return {table: {c.strip().strip('"') for c in columns.split(",")}
             for table, columns in re.findall(r"INSERT INTO (\w+) \(([^)]*)\)", body)}
+
+
+async def run_and_usage(database: Database, run_id: str) -> tuple[Any, Any]:
+    """A run row's status, tokens and cost, and the sums (tin, tout, credits) of the usage
+    records of its model calls: what a run reports against what the ledger billed."""
+    [run] = await fetch(database, "SELECT status, tokens_in, tokens_out, cost FROM runs "
+                        "WHERE id = :r", r=run_id)
+    [usage] = await fetch(database, "SELECT coalesce(sum(tokens_input), 0) AS tin, "
+                          "coalesce(sum(tokens_output), 0) AS tout, "
+                          "coalesce(sum(credits_used), 0) AS credits FROM usage_records "
+                          "WHERE run_id = :r AND request_type <> 'tool_call' "
+                          "AND llm_request_id IS NOT NULL", r=run_id)
+    return run, usage

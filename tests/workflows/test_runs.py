@@ -22,7 +22,7 @@ from tests.agents.conftest import make_agent, other_user, test_settings, user, w
 from tests.chat.conftest import add_provider
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Fail, Reply
-from tests.support.sql import fetch, scalar
+from tests.support.sql import fetch, run_and_usage, scalar
 from tests.workflows.graphs import edge, node, template_loop
 
 __all__ = ["other_user", "test_settings", "user", "worker"]
@@ -204,17 +204,6 @@ def brief() -> tuple[list[Any], list[Any]]:
              edge("f", "both", "done")])
 
 
-async def run_books(database: Database, run_id: str) -> tuple[Any, Any]:
-    """The run row's tokens and cost, and the sums of its model calls' usage records."""
-    [run] = await fetch(database, "SELECT tokens_in, tokens_out, cost FROM runs "
-                        "WHERE id = :r", r=run_id)
-    [usage] = await fetch(database, "SELECT coalesce(sum(tokens_input), 0) AS tin, "
-                          "coalesce(sum(tokens_output), 0) AS tout, "
-                          "coalesce(sum(credits_used), 0) AS credits FROM usage_records "
-                          "WHERE run_id = :r AND llm_request_id IS NOT NULL", r=run_id)
-    return run, usage
-
-
 async def test_a_workflow_run_counts_the_tokens_and_cost_of_its_llm_nodes(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
     user: tuple[uuid.UUID, Headers], worker: Worker,
@@ -235,7 +224,7 @@ async def test_a_workflow_run_counts_the_tokens_and_cost_of_its_llm_nodes(
     assert spent_in > 0 and spent_out > 0 and all(o["cost"] > 0 for o in outputs), outputs
     generic = (await client.get(f"/api/v1/runs/{run['id']}", headers=headers)).json()
     assert (generic["tokens_in"], generic["tokens_out"]) == (spent_in, spent_out), generic
-    row, usage = await run_books(database, run["id"])
+    row, usage = await run_and_usage(database, run["id"])
     assert (row.tokens_in, row.tokens_out, row.cost) == (usage.tin, usage.tout, usage.credits)
     assert float(generic["cost"]) == sum(o["cost"] for o in outputs) > 0, generic
 
@@ -248,7 +237,7 @@ async def test_a_workflow_run_counts_the_tokens_and_cost_of_its_llm_nodes(
     failed = await wait_for(client, headers, failing["id"])
     assert failed["status"] == "failed", failed
     first = next(s for s in failed["steps"] if s["node_id"] == "first")["output"]
-    row, usage = await run_books(database, failing["id"])
+    row, usage = await run_and_usage(database, failing["id"])
     assert (row.tokens_in, row.tokens_out) == (first["tokens_in"], first["tokens_out"]), row
     assert (row.tokens_in, row.tokens_out, row.cost) == (usage.tin, usage.tout, usage.credits)
     assert row.cost > 0, row
