@@ -1,6 +1,7 @@
 """A worker process killed with SIGKILL mid-run: another worker resumes the run from its
 last committed step; completed steps are not repeated (checked in SQL); an interrupted
-model call is asked again; a non-idempotent tool call is not, and the model is told."""
+model call is asked again; a non-idempotent tool call is not, and the model is told; an
+idempotent one is retried with the arguments the model sent."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from roost.agents import jobs as agent_jobs
+from roost.agents import runner
 from roost.db.engine import Database
-from tests.agents.conftest import Headers, make_agent
+from roost.tasks.worker import Worker
+from tests.agents.conftest import Headers, make_agent, wait_for_run
 from tests.chat.conftest import add_provider
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Hang, Reply, ToolCalls
@@ -119,3 +124,37 @@ async def test_a_non_idempotent_tool_cut_off_by_a_crash_is_not_run_again(
     assert told["role"] == "tool" and "interrupted" in told["content"]
     assert await scalar(database, "SELECT count(*) FROM tool_runs WHERE run_id = :r",
                         r=run["id"]) == 0
+
+
+async def test_an_idempotent_call_retried_after_a_crash_gets_its_whole_arguments(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """An idempotent tool call cut off by a crash is retried with the arguments the model
+    sent (from its model step's answer), not the copy kept in the step's input, which is
+    cut to 16 000 characters: longer arguments (valid JSON, white space) stay valid."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, tool_permissions=["current_time"])
+    arguments = '{"timezone": "UTC"' + " " * 20_000 + "}"
+    stub.script(ToolCalls(Call("current_time", arguments)), Reply("done"), Reply("done"))
+    run = (await client.post(f"/api/v1/agents/{agent.id}/runs", json={"input": "time?"},
+                             headers=headers)).json()
+    done = await wait_for_run(client, headers, run["id"])
+    assert done["status"] == "completed", done
+    async with database.transaction() as session:  # as a worker killed mid-tool-call leaves it
+        await session.execute(text("DELETE FROM run_steps WHERE run_id = :r AND step_number = 3"),
+                              {"r": run["id"]})
+        await session.execute(text(
+            "UPDATE run_steps SET status = 'running', output = NULL, finished_at = NULL, "
+            "tool_run_id = NULL WHERE run_id = :r AND step_number = 2"), {"r": run["id"]})
+        await session.execute(text(
+            "UPDATE runs SET status = 'running', stop_reason = NULL, completed_at = NULL, "
+            "output = NULL WHERE id = :r"), {"r": run["id"]})
+    env = agent_jobs.env_override  # the worker's, as the next attempt of the job has it
+    assert env is not None
+    assert await runner.execute(env, uuid.UUID(run["id"])) == "completed"
+    steps = await fetch(database, "SELECT step_number, status, error FROM run_steps "
+                                  "WHERE run_id = :r ORDER BY step_number", r=run["id"])
+    assert [(s.step_number, s.status) for s in steps] == [
+        (1, "completed"), (2, "completed"), (3, "completed")], steps

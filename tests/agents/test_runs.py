@@ -25,6 +25,7 @@ from tests.support.mcp_client import mcp_session
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Hang, Reply, ToolCalls
 from tests.support.server import in_process
+from tests.support.sql import fetch
 
 
 async def start(client: httpx.AsyncClient, headers: Headers, agent_id: uuid.UUID,
@@ -107,6 +108,34 @@ async def test_max_steps_stops_a_looping_agent(
     done = await wait_for_run(client, headers, (await start(client, headers, agent.id))["id"])
     assert (done["status"], done["stop_reason"]) == ("completed", "max_steps")
     assert len(stub.requests(path="/v1/chat/completions")) == 2
+
+
+async def test_a_credit_budget_of_zero_is_refused_and_one_stored_before_still_runs(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """config.max_cost 0 would stop every run before its first model call: a 422 when
+    configured (create or change), as max_tokens 0 is.  An agent stored with it before
+    still reads and runs (its runs stop at once, budget), never a 500."""
+    user_id, headers = user
+    for config in ({"max_cost": 0}, {"max_tokens": 0}):
+        made = await client.post("/api/v1/agents", headers=headers, json={
+            "name": "A", "slug": f"a-{uuid.uuid4().hex[:8]}", "config": config})
+        assert made.status_code == 422, (config, made.text)
+    agent = await make_agent(database, user_id)
+    changed = await client.patch(f"/api/v1/agents/{agent.id}", headers=headers,
+                                 json={"config": {"max_cost": 0}})
+    assert changed.status_code == 422, changed.text
+    assert "max_cost" in changed.text
+    async with database.transaction() as session:  # as stored before it was refused
+        await session.execute(text("UPDATE agents SET config = '{\"max_cost\": 0}' "
+                                   "WHERE id = :a"), {"a": agent.id})
+    read = await client.get(f"/api/v1/agents/{agent.id}", headers=headers)
+    assert read.status_code == 200 and read.json()["config"]["max_cost"] == 0, read.text
+    await add_provider(client, admin_headers, stub)
+    done = await wait_for_run(client, headers, (await start(client, headers, agent.id))["id"])
+    assert (done["status"], done["stop_reason"]) == ("completed", "budget"), done
+    assert stub.requests(path="/v1/chat/completions") == []
 
 
 async def test_a_timeout_ends_the_run_and_closes_the_call_it_cut_off(
@@ -539,6 +568,49 @@ async def test_a_run_queued_for_a_deleted_agent_fails_without_asking_the_model(
     assert done["status"] == "failed" and "agent was deleted" in (error or ""), (done, error)
     assert stub.requests(path="/v1/chat/completions") == []
     await assert_audit_chain_intact(database)
+
+
+async def _job_history(database: Database, run_id: str) -> tuple[int, int]:
+    """The run's job's retry count, and how many dead letters it left."""
+    [row] = await fetch(database, "SELECT t.retry_count, (SELECT count(*) FROM "
+                        "dead_letter_queue d WHERE d.original_task_id = t.id) FROM runs r "
+                        "JOIN background_tasks t ON t.id = r.task_id WHERE r.id = :r", r=run_id)
+    return int(row[0]), int(row[1])
+
+
+async def test_a_run_whose_model_no_provider_serves_fails_at_its_first_attempt(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """A model no provider serves is a model call that fails (stop_reason error, naming
+    the model): not a crash the job retries five times and dead-letters."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, preferred_model="no-such-model-xyz")
+    done = await wait_for_run(client, headers, (await start(client, headers, agent.id))["id"],
+                              within=60)
+    assert (done["status"], done["stop_reason"]) == ("failed", "error"), done
+    assert "no-such-model-xyz" in done["error_message"], done
+    assert await _job_history(database, done["id"]) == (0, 0)
+    assert stub.requests(path="/v1/chat/completions") == []
+
+
+async def test_a_run_after_its_only_provider_was_deleted_fails_at_its_first_attempt(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """No provider left: the run fails at its first attempt (stop_reason error, saying
+    so), not after six attempts of its job and a dead letter for the operator."""
+    user_id, headers = user
+    provider = await add_provider(client, admin_headers, stub)
+    gone = await client.delete(f"/api/v1/llm/providers/{provider['id']}", headers=admin_headers)
+    assert gone.status_code == 204, gone.text
+    agent = await make_agent(database, user_id)
+    done = await wait_for_run(client, headers, (await start(client, headers, agent.id))["id"],
+                              within=60)
+    assert (done["status"], done["stop_reason"]) == ("failed", "error"), done
+    assert done["error_message"].startswith("the model call failed: "), done
+    assert await _job_history(database, done["id"]) == (0, 0)
 
 
 @pytest.mark.parametrize(("fields", "field"), [

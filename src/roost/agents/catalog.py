@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import Agent, Persona, PersonaMember
 from roost.agents.personas import get_persona, require_role, role_of
-from roost.agents.schemas import AgentConfig, AgentCreate, AgentOut, AgentUpdate
+from roost.agents.schemas import STORED, AgentConfig, AgentCreate, AgentOut, AgentUpdate
 from roost.agents.secrets import missing_references
 from roost.audit.service import record
 from roost.billing import credits, limits
@@ -124,7 +124,8 @@ def _persona_agent(actor: Principal) -> Any:
 def agent_out(agent: Agent) -> AgentOut:
     out = AgentOut.model_validate(agent)
     try:  # every limit as a run would apply it
-        out.config = AgentConfig.model_validate(agent.config or {}).model_dump(mode="json")
+        out.config = AgentConfig.model_validate(agent.config or {}, context=STORED).model_dump(
+            mode="json")
     except ValidationError:  # stored before a limit changed: shown as stored
         pass
     return out

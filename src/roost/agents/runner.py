@@ -77,7 +77,7 @@ from roost.agents.grants import Grant, grants_of, still_granted
 from roost.agents.models import Agent, Persona, Run, RunStep
 from roost.agents.personas import role_of
 from roost.agents.runs import EVENTS_CHANNEL
-from roost.agents.schemas import AgentConfig
+from roost.agents.schemas import STORED, AgentConfig
 from roost.agents.secrets import resolve_reference
 from roost.analytics.models import AnalyticsEvent
 from roost.analytics.outbox import event_values
@@ -323,7 +323,7 @@ def _loaded(row: Any) -> _State:
     principal = Principal(user_id=run.user_id, is_admin=False, kind="job",
                           group_ids=frozenset(row["group_ids"] or ()))
     return _State(run=run, agent=agent, persona=persona, principal=principal,
-                  config=AgentConfig.model_validate(run.config or {}), steps=[],
+                  config=AgentConfig.model_validate(run.config or {}, context=STORED), steps=[],
                   user_active=bool(row["user_active"]))
 
 
@@ -699,6 +699,26 @@ def _pending_tool_calls(state: _State) -> list[tuple[int, ToolCall]]:
             if _stored_call_id(call.id) not in done]
 
 
+def _asked_call(state: _State, step: _Step) -> ToolCall:
+    """The model's call a tool step was begun for, as the model sent it: from the answer
+    of the model step before it, matched by call id (the step's input keeps the arguments
+    cut to MAX_TOOL_RESULT_CHARS: not a call to retry); from that input when none matches."""
+    asker = next((s for s in reversed(state.steps) if s.step_type == "llm_call"
+                  and s.status == "completed" and s.step_number < step.step_number), None)
+    if asker is not None:
+        answer = [ToolCall(**c) for c in (asker.output or {}).get("tool_calls", [])]
+        asked = [c for c in answer if _stored_call_id(c.id) == step.tool_call_id]
+        # One id twice in an answer (the model's choice): its steps took them in order.
+        earlier = sum(1 for s in state.steps if s.step_type == "tool_call"
+                      and asker.step_number < s.step_number < step.step_number
+                      and s.tool_call_id == step.tool_call_id)
+        if earlier < len(asked):
+            return asked[earlier]
+    given = step.input or {}
+    return ToolCall(id=step.tool_call_id or "", name=str(given.get("function", "")),
+                    arguments=str(given.get("arguments", "{}")))
+
+
 # --- steps ------------------------------------------------------------------------------------
 
 
@@ -951,6 +971,14 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
             tracing.current().set("roost.run.step_number", number)  # the step's span
     except (PaymentRequired, LimitReached) as exc:
         raise _Stop("error", status="failed", error=f"billing: {exc.detail}") from None
+    except RoostError as exc:
+        # No provider serves the model (any more), or none is left: the call cannot be
+        # made, and the job's retries would not change that (a 5xx may pass: retried).
+        # Nothing is held: the transaction rolled back gives a hold back by itself.
+        if exc.status >= 500:
+            raise
+        raise _Stop("error", status="failed",
+                    error=f"the model call failed: {exc.detail}") from None
     except _Cancelled:
         if call is not None:  # held, never written: the run was cancelled meanwhile
             await calls.give_back(env.gateway, call)
@@ -1379,10 +1407,7 @@ async def _execute(env: RunEnv, state: _State, run_id: uuid.UUID) -> str:
         if state.agent is None and state.run.kind == "agent":
             raise _Stop("error", status="failed", error=AGENT_DELETED)
         for step in await _recover(env, state):  # idempotent tool calls, again in place
-            given = step.input or {}
-            await _tool_step(env, state, ToolCall(
-                id=step.tool_call_id or "", name=str(given.get("function", "")),
-                arguments=str(given.get("arguments", "{}"))), step=step)
+            await _tool_step(env, state, _asked_call(state, step), step=step)
         await _use_prompt(env, state)
         await _retrieve(env, state)
         await _remember(env, state)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import make_transient_to_detached
 
 from roost.agents.catalog import require_runnable
 from roost.agents.models import OPEN_STEP_STATUSES, TERMINAL_RUN_STATUSES, Agent, Run, RunStep
-from roost.agents.schemas import AgentConfig, RunCreate
+from roost.agents.schemas import STORED, AgentConfig, RunCreate
 from roost.audit.models import AuditLog
 from roost.audit.service import entry_values, record
 from roost.billing import credits, limits
@@ -48,7 +48,7 @@ class RunFinished(Conflict):
 
 def effective_config(agent: Agent) -> dict[str, Any]:
     """The agent's config with every default filled in (what the run keeps)."""
-    return AgentConfig.model_validate(agent.config or {}).model_dump(mode="json")
+    return AgentConfig.model_validate(agent.config or {}, context=STORED).model_dump(mode="json")
 
 
 async def notify(session: AsyncSession, run_id: uuid.UUID, what: str) -> None:

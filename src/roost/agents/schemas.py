@@ -9,7 +9,7 @@ import unicodedata
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -39,7 +40,7 @@ class AgentConfig(StrictInput):
                                                "(budget)")
     max_cost: float | None = Field(default=None, ge=0, le=1_000_000,
                                    description="Credits (usage_records.credits_used, all steps) "
-                                               "before it stops (budget)")
+                                               "before it stops (budget); more than 0")
     timeout_s: float = Field(default=600, gt=0, le=86_400,
                              description="Wall time from the run's start before it stops "
                                          "(timeout)")
@@ -66,6 +67,21 @@ class AgentConfig(StrictInput):
     system_prompt_label: str = Field(
         default="production", pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
         description="The label of system_prompt_key to use (e.g. staging)")
+
+    @field_validator("max_cost")
+    @classmethod
+    def _some_budget(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # 0 credits would stop every run before its first model call (as max_tokens 0,
+        # refused): refused when configured; a config stored with it before still loads
+        # (read with STORED, as a run or agent_out reads it) and stops its runs at once.
+        if value == 0 and not (info.context or {}).get("stored"):
+            raise ValueError("must be greater than 0 (leave it out for no credit limit)")
+        return value
+
+
+# The validation context of a config read back from the database (AgentConfig): what
+# was accepted when stored loads, though a write would be refused now.
+STORED: Final = {"stored": True}
 
 
 class RunCreate(StrictInput):
