@@ -120,15 +120,20 @@ def _first_table_without_rows(m: Manifest) -> None:
     (_first_table_without_rows, "table entry 0"),
     (lambda m: m.update(sequences={"public.s": "1"}), "'sequences'"),
     (lambda m: m.update(roles="roost_app"), "'roles'"),
+    (lambda m: m["roles"].append("bad\u0000role"), "role name 'bad\\x00role'"),
+    (lambda m: m["roles"].append("r" * 64), "role name 'rrr"),
+    (lambda m: m["roles"].append("pg_monitor"), "role name 'pg_monitor'"),
 ], ids=["file-entry-a-string", "file-size-a-string", "files-a-list", "tables-a-number",
-        "table-without-fields", "table-without-rows", "sequence-malformed", "roles-a-string"])
+        "table-without-fields", "table-without-rows", "sequence-malformed", "roles-a-string",
+        "role-with-a-nul-byte", "role-over-63-bytes", "role-reserved-pg"])
 def test_a_manifest_of_the_wrong_shape_is_refused_before_anything_is_written(
     plain: Path, target: Place, tmp_path: Path, edit: Callable[[Manifest], None],
     mentions: str,
 ) -> None:
     """Each field the restore reads is checked (type and presence) with the manifest: a
     table entry without its row count was found only after pg_restore had restored the
-    database and the keys were written."""
+    database and the keys were written; a role name with a NUL byte was a traceback of
+    the server's refusal to create it."""
     backup = _copy(plain, tmp_path)
     _edit_manifest(backup, edit)
     done = run_roost("restore", str(backup), env=target.env)
@@ -298,6 +303,26 @@ def test_a_manifest_with_lying_row_counts_leaves_the_empty_target_empty(
     _refused_cleanly(done, target, "does not match the manifest")
     again = run_roost("restore", str(plain), env=target.env, timeout=300)
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("left_out", ["one-table", "every-table"])
+def test_a_table_the_manifest_leaves_out_is_found_by_the_check(
+    plain: Path, target: Place, tmp_path: Path, left_out: str,
+) -> None:
+    """The files' checksums do not cover the manifest's table list: a table left out of it
+    was restored unchecked (exit 0; "restored 0 tables" with the list emptied although all
+    were restored).  The check names it and the empty target is left empty."""
+    backup = _copy(plain, tmp_path)
+    removed: list[str] = []
+
+    def leave_out(m: Manifest) -> None:
+        gone = m["tables"][:1] if left_out == "one-table" else m["tables"]
+        removed.extend(f"{t['schema']}.{t['name']}" for t in gone)
+        m["tables"] = [t for t in m["tables"] if t not in gone]
+
+    _edit_manifest(backup, leave_out)
+    done = run_roost("restore", str(backup), env=target.env, timeout=300)
+    _refused_cleanly(done, target, f"{removed[0]} is not in the manifest")
 
 
 def test_a_force_restore_that_fails_keeps_the_old_database_and_keys(
@@ -556,4 +581,18 @@ def test_a_disk_that_fills_up_after_the_dump_is_one_line_and_leaves_nothing(
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr, done.stderr
     assert "backup failed: no space left on the device" in done.stderr, done.stderr
+    assert list(tiny_fs.iterdir()) == []
+
+
+def test_a_restore_with_a_full_tmpdir_is_one_line_and_writes_nothing(
+    encrypted: Path, target: Place, tiny_fs: Path,
+) -> None:
+    """An encrypted backup is decrypted into TMPDIR: a TMPDIR without room for the dump
+    was an ENOSPC traceback.  One line that says where and what to do, exit 1."""
+    subprocess.run(["mount", "-o", "remount,size=64k", str(tiny_fs)], check=True)
+    env = {**target.env, "ROOST_BACKUP_PASSPHRASE": PASSPHRASE, "TMPDIR": str(tiny_fs)}
+    done = run_roost("restore", str(encrypted), env=env, timeout=300)
+    _refused_cleanly(done, target, "restore failed: no space left on the device")
+    assert "set TMPDIR to a directory with room" in done.stderr, done.stderr
+    assert not (target.data_dir / "keys").exists()
     assert list(tiny_fs.iterdir()) == []

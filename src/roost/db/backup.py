@@ -850,6 +850,16 @@ def _is_str_list(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
+def _is_role_name(value: str) -> bool:
+    """A name PostgreSQL could have given a role the schema grants to: 1-63 bytes of
+    UTF-8, no NUL (the server refuses it mid-restore), not a reserved ``pg_`` name."""
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:  # a lone surrogate (\ud800) from the JSON
+        return False
+    return 1 <= size <= 63 and "\0" not in value and not value.startswith("pg_")
+
+
 def _manifest_problem(manifest: dict[str, Any]) -> str | None:
     """What is wrong with the shape of a manifest (every field restore and backup read,
     with its type), None when nothing: a corrupted or hand-edited manifest is refused
@@ -881,6 +891,9 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
     for key in ("roles", "alembic_revisions"):
         if key in manifest and not _is_str_list(manifest[key]):
             return f"{key!r} is not a list of names"
+    bad_role = next((r for r in manifest.get("roles", []) if not _is_role_name(r)), None)
+    if bad_role is not None:
+        return f"role name {bad_role!r} is not one PostgreSQL allows (1-63 bytes, no NUL, no pg_)"
     for key in ("backup_id", "roost_version"):
         if key in manifest and not isinstance(manifest[key], str):
             return f"{key!r} is not a string"
@@ -1136,6 +1149,11 @@ async def _compare(target: Target, manifest: dict[str, Any], report: Reporter) -
                 elif got.checksum != entry["checksum"]:
                     mismatches.append(f"{got.qualified}: content differs from the backup")
             report.advance()
+        # The files' checksums do not cover the table list: a table the dump restores that
+        # the manifest leaves out (edited) would go unchecked, and uncounted in the result.
+        listed = {(entry["schema"], entry["name"]) for entry in tables_expected}
+        mismatches += [f"{schema}.{name} is not in the manifest"
+                       for schema, name in sorted(found - listed)]
         # Sequences are not transactional: pg_dump reads them after the manifest did,
         # so a busy database's are restored at, or past, the manifest's values.
         sequences = await sequence_values(conn)
@@ -1287,9 +1305,9 @@ async def _ensure_roles(target: Target, roles: list[str], warnings: list[str]) -
     conn = await _connect(target)
     try:
         for role in roles:
-            if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
-                continue
-            try:
+            try:  # the look-up too: a name the server cannot take is refused there
+                if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                    continue
                 await conn.execute(f"CREATE ROLE {_ident(role)} NOLOGIN")
                 if not await conn.fetchval("SELECT rolsuper FROM pg_roles "
                                            "WHERE rolname = current_user"):

@@ -9,8 +9,10 @@ every command.
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 import sys
+import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -132,6 +134,17 @@ def _from_the_driver(exc: BaseException) -> bool:
     return False
 
 
+def _file_failure(title: str, exc: OSError, full_hint: str = "") -> typer.Exit:
+    """The one line for a file that cannot be created or written (``full_hint`` added when
+    the disk is full); the caller re-raises the driver's own OSErrors (_from_the_driver)."""
+    reason = os_reason(exc)
+    if exc.errno == errno.ENOSPC and full_hint:
+        reason += f" ({full_hint})"
+    if exc.filename is None:  # a write failed (the disk is full...)
+        return fail(title, reason)
+    return fail(title, f"cannot create or write {exc.filename}: {reason}")
+
+
 def backup_command(
     path: Annotated[Path | None, typer.Argument(
         help="New directory to write (default: DATA_DIR/backups/roost-<UTC time>).")] = None,
@@ -168,10 +181,7 @@ def backup_command(
     except OSError as exc:  # the backup directory cannot be created or written
         if _from_the_driver(exc):
             raise  # the database cannot be reached: roost.cli.main says so
-        if exc.filename is None:  # a write failed (the disk is full...): nothing is left
-            raise fail("backup failed", os_reason(exc)) from None
-        raise fail("backup failed", f"cannot create or write {exc.filename}: "
-                   f"{os_reason(exc)}") from None
+        raise _file_failure("backup failed", exc) from None  # nothing is left
     for warning in result.warnings:
         err.print(Text.assemble(("warning", "yellow"), ": ", warning), soft_wrap=True)
     console.print(Text(
@@ -212,6 +222,12 @@ def restore_command(
         raise fail("restore refused", exc) from None
     except BackupError as exc:
         raise fail("restore failed", exc) from None
+    except OSError as exc:  # the scratch directory (TMPDIR), the data dir or its keys
+        if _from_the_driver(exc):
+            raise
+        raise _file_failure("restore failed", exc, full_hint=(
+            f"the backup is decrypted and unpacked in {tempfile.gettempdir()} first: if "
+            "that is the full one, set TMPDIR to a directory with room")) from None
     for warning in result.warnings:
         err.print(Text.assemble(("warning", "yellow"), ": ", warning), soft_wrap=True)
     console.print(Text(f"restored {result.tables} tables ({result.rows} rows) into "
