@@ -285,6 +285,17 @@ def test_names_templates_already_use_are_refused(name: str) -> None:
     assert issue.node_id == name and "reserved" in issue.message
 
 
+@pytest.mark.parametrize("name", [".", ".."])
+def test_node_ids_a_url_cannot_carry_are_refused(name: str) -> None:
+    """An approval's id is a segment of its decision URL, and browsers drop "." and ".."
+    segments (even percent-encoded): such an approval could not be decided."""
+    named = {"nodes": [node("s", "start"), node(name, "approval", message="ok?"),
+                       node("e", "end")],
+             "edges": [edge("1", "s", name), edge("2", name, "e", "approved")]}
+    issue = only(problems(named), "invalid_node")
+    assert issue.node_id == name and "URL" in issue.message
+
+
 @pytest.mark.parametrize("body_edges", [
     # the body goes on to a join that 'done' feeds too: the loop never iterates
     [edge("2", "lp", "x", "body"), edge("3", "x", "j"), edge("6", "j", "e")],

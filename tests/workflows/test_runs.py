@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -512,6 +513,31 @@ async def test_an_approval_waits_for_its_decision(
                         r=rejected["id"]) == 1
 
 
+def approval_with_id(node_id: str) -> tuple[list[Any], list[Any]]:
+    nodes = [node("s", "start"), node(node_id, "approval", message="ok?"),
+             node("yes", "end", output="yes"), node("no", "end", output="no")]
+    edges = [edge("1", "s", node_id), edge("2", node_id, "yes", "approved"),
+             edge("3", node_id, "no", "rejected")]
+    return nodes, edges
+
+
+@pytest.mark.parametrize("node_id", ["review/1", "a/b/c"])
+async def test_an_approval_whose_node_id_holds_a_slash_is_decided(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], node_id: str,
+) -> None:
+    """A node id may be any 1-255 characters: the console sends it URL-encoded
+    (review%2F1), which the server decodes before routing (this was a 404, the run stuck
+    waiting)."""
+    _, headers = user
+    workflow_id = await publish(client, headers, *approval_with_id(node_id))
+    run = await start(client, headers, workflow_id)
+    assert run["waiting_for"] == [node_id], run
+    url = f"{RUNS}/{run['id']}/approvals/{quote(node_id, safe='')}"
+    answer = await client.post(url, headers=headers, json={"approved": True})
+    assert answer.status_code == 200, (answer.status_code, answer.text[:300])
+    assert answer.json()["output"] == "yes"
+
+
 @pytest.mark.parametrize("timeout_s", [1, 1.0])
 async def test_an_approval_nobody_decides_is_rejected_at_its_timeout(
     client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], worker: Worker,
@@ -639,6 +665,67 @@ async def test_an_agent_node_runs_the_agent(
     child = next(s for s in done["steps"] if s["node_id"] == "helper")["output"]["run_id"]
     agent_run = (await client.get(f"/api/v1/runs/{child}", headers=headers)).json()
     assert (agent_run["agent_id"], agent_run["input"]) == (str(agent.id), "Please: help")
+
+
+def agent_graph(agent_slug: str) -> tuple[list[Any], list[Any]]:
+    nodes = [node("s", "start"), node("a", "agent", agent=agent_slug, input="go"),
+             node("e", "end", output="{{ a.output }}")]
+    return nodes, [edge("1", "s", "a"), edge("2", "a", "e")]
+
+
+async def test_cancelling_a_workflow_run_cancels_its_agent_nodes_agent_run(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """The agent run an agent node started is cancelled with the workflow run (it went on
+    calling the model, and the node's job kept its worker slot polling it)."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id)
+    workflow_id = await publish(client, headers, *agent_graph(agent.slug))
+    stub.script(Reply("slow", delay_ms=4000))
+    run = await start(client, headers, workflow_id)
+    deadline = asyncio.get_running_loop().time() + 20
+    child = None
+    while child is None:
+        child = await scalar(database, "SELECT id FROM runs WHERE kind = 'agent' AND "
+                                       "user_id = :u", u=user_id)
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.1)
+    cancelled = await client.post(f"{RUNS}/{run['id']}/cancel", headers=headers)
+    assert cancelled.status_code == 200, cancelled.text
+    # In the cancel's own transaction, not later.
+    assert await scalar(database, "SELECT status FROM runs WHERE id = :i", i=child) == \
+        "cancelled"
+    done = await wait_for(client, headers, run["id"])
+    assert done["status"] == "cancelled"
+
+
+async def test_resume_after_a_failed_agent_node_runs_the_agent_again(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """The agent run failed (a 400 from the model), and so the node and the workflow run:
+    once the cause is fixed, resume runs the agent again (this found the failed agent run
+    again by its idempotency key, and the node failed at once)."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id)
+    workflow_id = await publish(client, headers, *agent_graph(agent.slug))
+    stub.script(Fail(400, "refused"), Fail(400, "refused"), Fail(400, "refused"))
+    run = await start(client, headers, workflow_id)
+    failed = await wait_for(client, headers, run["id"], within=60)
+    assert failed["status"] == "failed", failed
+    stub.reset()
+    stub.script(Reply("fixed answer"))
+    resumed = await client.post(f"{RUNS}/{run['id']}/resume", headers=headers)
+    assert resumed.status_code == 200, resumed.text
+    done = await wait_for(client, headers, run["id"], within=60)
+    assert (done["status"], done["output"]) == ("completed", "fixed answer"), \
+        done["error_message"]
+    statuses = await fetch(database, "SELECT status FROM runs WHERE kind = 'agent' AND "
+                                     "user_id = :u ORDER BY created_at", u=user_id)
+    assert [r.status for r in statuses] == ["failed", "completed"]
 
 
 async def test_the_operator_runs_a_users_workflow_as_its_owner(

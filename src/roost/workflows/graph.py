@@ -53,6 +53,11 @@ MAX_LLM_OUTPUT_TOKENS: Final = 4096
 # input, an output_key or a node id so named would be shadowed, so none may take them.
 RESERVED_NAMES: Final = frozenset({"inputs", "nodes"})
 
+# Ids a URL cannot carry as a path segment: browsers drop them (even percent-encoded), so
+# an approval so named could not be decided from the console.  Refused at save only: a
+# stored version keeps running.
+DOT_SEGMENTS: Final = frozenset({".", ".."})
+
 DEFAULT_VIEWPORT: Final[dict[str, Any]] = {"x": 0, "y": 0, "zoom": 1}
 
 Handle = str | None  # None: the node's single, unnamed handle (XYFlow's null handle id)
@@ -426,6 +431,10 @@ def validate_graph(nodes: Sequence[Any], edges: Sequence[Any],
             issues.add("duplicate_node_id", f"node {node_id!r} appears more than once",
                        node=node_id)
             continue
+        if node_id in DOT_SEGMENTS:
+            issues.add("invalid_node", f"node id {node_id!r} cannot be used in a URL (the "
+                                       "approvals route names the node); choose another id",
+                       node=node_id)
         if node_id in RESERVED_NAMES:
             issues.add("invalid_node", f"node id {node_id!r} is reserved (templates see the "
                                        "run's inputs as 'inputs' and every node's output as "

@@ -20,11 +20,12 @@ from typing import Any, Final
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from roost.agents import catalog
-from roost.agents.models import TERMINAL_RUN_STATUSES, Run
+from roost.agents.models import TERMINAL_RUN_STATUSES, Run, RunStep
 from roost.agents.runner import RunEnv
-from roost.agents.runs import create_run
+from roost.agents.runs import RunFinished, cancel_run, create_run
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate
 from roost.errors import RoostError
 from roost.identity.tenancy import apply_principal
@@ -187,30 +188,59 @@ async def run_knowledge(env: RunEnv, principal: Principal, run: Run, node: Node,
             "query": query}
 
 
+def agent_run_key(step_id: uuid.UUID, task_id: uuid.UUID | None) -> str:
+    """The idempotency key of the agent run a step's job starts: the same for the job's
+    retries (a job resumed after a crash finds its run), new for the job a resume gives
+    the step (the agent runs again rather than handing back the failed run)."""
+    return f"workflow-step:{step_id}:{task_id}"
+
+
+def agent_trace_prefix(run: Run) -> str:
+    """What the trace id of every agent run a workflow run starts begins with."""
+    return f"{run.trace_id}/"
+
+
+async def _cancel_child(env: RunEnv, principal: Principal, child_id: uuid.UUID) -> None:
+    try:
+        async with scoped(env, principal) as session:
+            await cancel_run(session, principal, child_id)
+    except RunFinished:  # it finished meanwhile
+        pass
+
+
 async def run_agent(env: RunEnv, principal: Principal, run: Run, node: Node,
                     variables: Mapping[str, Any], *, step_id: uuid.UUID) -> dict[str, Any]:
-    """A run of the agent, started once per step (its idempotency key is the step's id,
-    so a job resumed after a crash finds it), then waited for: its own job executes it."""
+    """A run of the agent, started once per step and job (:func:`agent_run_key`), then
+    waited for: its own job executes it.  The workflow run cancelled meanwhile, the agent
+    run is cancelled too (when the cancel did not already catch it: started just after)."""
     text = (render(node, "input", variables) or "").strip()[:MAX_RUN_INPUT_CHARS]
     if not text:
         raise NodeFailed(f"node {node.id!r}: the agent's input rendered empty")
     ref = str(node.data.get("agent", ""))
     try:
         async with scoped(env, principal) as session:
+            task_id = await session.scalar(select(RunStep.task_id).where(RunStep.id == step_id))
             agent_id = _uuid(ref)
             agent = (await catalog.get_agent(session, principal, agent_id) if agent_id
                      else await catalog.find_agent_by_slug(session, principal, ref))
             child, _ = await create_run(
                 session, principal, agent,
-                RunCreate(input=text, idempotency_key=f"workflow-step:{step_id}"),
-                trace_id=f"{run.trace_id}/{node.id}/{step_id}", source="workflow")
+                RunCreate(input=text, idempotency_key=agent_run_key(step_id, task_id)),
+                # unique like the key: each job's agent run is a run of its own
+                trace_id=f"{agent_trace_prefix(run)}{node.id}/{step_id}/{task_id}",
+                source="workflow")
     except RoostError as exc:
         raise _refusal(node, exc) from None
+    parent = aliased(Run)
+    parent_status = select(parent.status).where(parent.id == run.id).scalar_subquery()
     while True:
         async with env.database.transaction() as session:
-            status, output, error = (await session.execute(
-                select(Run.status, Run.output, Run.error_message)
+            status, output, error, parent_now = (await session.execute(
+                select(Run.status, Run.output, Run.error_message, parent_status)
                 .where(Run.id == child.id))).one()
+        if parent_now == "cancelled" and status not in TERMINAL_RUN_STATUSES:
+            await _cancel_child(env, principal, child.id)
+            raise NodeFailed(f"node {node.id!r}: the workflow run was cancelled")
         if status in TERMINAL_RUN_STATUSES:
             break
         await asyncio.sleep(AGENT_POLL_S)

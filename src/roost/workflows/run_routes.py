@@ -73,7 +73,9 @@ async def cancel_run(run_id: uuid.UUID, principal: CurrentPrincipal,
     return await runs.read_run(db, principal, run_id)
 
 
-@router.post("/api/v1/workflow-runs/{run_id:uuid}/approvals/{node_id}",
+# ``:path``: a node id may hold "/" (the console sends it encoded, which the server decodes
+# before routing).
+@router.post("/api/v1/workflow-runs/{run_id:uuid}/approvals/{node_id:path}",
              response_model=WorkflowRunOut,
              summary="Approve or reject the approval node the run waits at")
 async def decide(run_id: uuid.UUID, node_id: NodeId, body: ApprovalIn,
