@@ -182,6 +182,69 @@ async def test_an_initialize_answer_that_cannot_be_stored_makes_the_server_unhea
     assert await _tools(client, alice, sid) == {}
 
 
+MB = 1024 * 1024
+
+
+async def test_a_huge_server_info_is_stored_cut_to_its_known_strings(
+    client: httpx.AsyncClient, database: Database, plans: Plans,
+) -> None:
+    """``serverInfo`` with a 4 MB name and keys of the server's own: the check is healthy,
+    and what is stored (and returned by every GET and list of servers) is its name, title
+    and version cut at 256 characters, as a tool's title is; not the 4 MB."""
+    _, alice = await make_user(database)
+    info = {"name": "n" * (4 * MB), "version": "1", "title": "t" * 300,
+            "icons": [{"src": "https://x.example/i.png"}] * 1000, "extra": "e" * MB}
+    sid = await _server(client, alice, plans.url("/a", {"init": {**INIT, "serverInfo": info},
+                                                        "tools": [tool("a")]}))
+    checked = await client.post(f"/api/v1/mcp-servers/{sid}/check", headers=alice)
+    assert checked.status_code == 200, checked.text[:300]
+    assert checked.json()["health_status"] == "healthy", checked.json()["health_error"]
+    assert checked.json()["server_info"] == {"name": "n" * 256, "title": "t" * 256,
+                                             "version": "1"}
+    listed = await client.get("/api/v1/mcp-servers", headers=alice)
+    assert listed.status_code == 200 and len(listed.content) < 64 * 1024, len(listed.content)
+
+
+async def test_initialize_capabilities_over_10_kb_make_the_server_unhealthy_not_stored(
+    client: httpx.AsyncClient, database: Database, plans: Plans,
+) -> None:
+    """Capabilities of 1 MB (``experimental`` holds anything): the check answers 200
+    recording the server unhealthy ("its initialize answer is too large"), the sync 502;
+    nothing of them is stored or returned with the list of servers."""
+    _, alice = await make_user(database)
+    init = {**INIT, "capabilities": {"tools": {}, "experimental": {"x": {"blob": "b" * MB}}}}
+    sid = await _server(client, alice, plans.url("/a", {"init": init, "tools": [tool("a")]}))
+    checked = await client.post(f"/api/v1/mcp-servers/{sid}/check", headers=alice)
+    assert checked.status_code == 200, checked.text[:300]
+    assert checked.json()["health_status"] == "unhealthy"
+    assert "initialize answer is too large" in checked.json()["health_error"]
+    assert f"over {MAX_SCHEMA_BYTES}" in checked.json()["health_error"]
+    synced = await _sync(client, alice, sid)
+    assert synced.status_code == 502, synced.text[:300]
+    assert "initialize answer is too large" in synced.json()["detail"]
+    listed = await client.get("/api/v1/mcp-servers", headers=alice)
+    assert listed.status_code == 200 and len(listed.content) < 64 * 1024, len(listed.content)
+    assert await _tools(client, alice, sid) == {}
+
+
+@pytest.mark.parametrize("url", [" http://127.0.0.1:{port}/a", "http://127.0.0.1:{port}/a ",
+                                 "\thttp://127.0.0.1:{port}/a", "\x01http://127.0.0.1:{port}/a"],
+                         ids=["leading-space", "trailing-space", "leading-tab", "leading-control"])
+async def test_a_server_url_with_spaces_around_it_is_a_422_saying_so(
+    client: httpx.AsyncClient, database: Database, plans: Plans, url: str,
+) -> None:
+    """A URL with a space (or control character) before or after it: a 422 naming that,
+    as other URL fields of Roost answer; not the SSRF guard's 403 "URL scheme 'no scheme'
+    is not allowed" (the field's parser dropped the space, the guard's did not)."""
+    _, alice = await make_user(database)
+    created = await client.post("/api/v1/mcp-servers", headers=alice, json={
+        "name": "spaced", "transport": "streamable_http", "url": url.format(port=plans.port)})
+    assert created.status_code == 422, created.text
+    assert "leading or trailing spaces" in created.json()["detail"], created.text
+    listed = await client.get("/api/v1/mcp-servers", headers=alice)
+    assert listed.json()["items"] == [], listed.text
+
+
 async def test_a_tool_title_over_256_characters_is_cut_and_the_tool_synced(
     client: httpx.AsyncClient, database: Database, plans: Plans,
 ) -> None:

@@ -1,10 +1,12 @@
 """What a stdio MCP server lists or answers, and what a caller sends it, that PostgreSQL
 cannot store (a NUL: text and jsonb cannot hold U+0000) or that clashes: a call is refused
 before the tool runs, a result is a recorded failed run, a listed tool is skipped and
-named in ``skipped``; never a 400 blaming the request, with nothing recorded."""
+named in ``skipped``; never a 400 blaming the request, with nothing recorded.  An answer
+(one line) past ``MAX_MESSAGE_BYTES`` is cut off there, in calls, discovery and checks."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
+from roost.tools.mcpclient import MAX_MESSAGE_BYTES
 from tests.support.identity import make_user
 from tests.tools.test_hostile_schemas import deep_schema
 from tests.tools.test_tools_api import tool_id
@@ -209,3 +212,82 @@ async def test_an_answer_that_is_not_json_rpc_is_a_bad_gateway_naming_it(
     assert "not JSON-RPC" in called.json()["detail"]
     [run] = (await client.get("/api/v1/tool-runs", headers=alice)).json()["items"]
     assert run["status"] == "error" and "not JSON-RPC" in run["error"]
+
+
+# A stdio MCP server answering ``argv[1]`` (tools/list or tools/call) with one endless line
+# (no newline): it writes at most ``argv[2]`` MiB and records in ``argv[3]`` how many MiB
+# it managed to write.
+ENDLESS_LINE = r'''
+import json, sys
+endless, cap, count = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n"); sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, mid = msg.get("method"), msg.get("id")
+    if mid is None:
+        continue
+    if method == endless:
+        sys.stdout.write('{"jsonrpc": "2.0", "id": %d, "result": {"content": '
+                         '[{"type": "text", "text": "' % mid)
+        chunk = "q" * (1 << 20)
+        try:
+            for written in range(1, cap + 1):
+                sys.stdout.write(chunk); sys.stdout.flush()
+                with open(count, "w") as out:
+                    out.write(str(written))
+        except BrokenPipeError:
+            break
+    elif method == "initialize":
+        send({"jsonrpc": "2.0", "id": mid, "result": {"protocolVersion": "2025-06-18",
+              "capabilities": {"tools": {}}, "serverInfo": {"name": "e", "version": "1"}}})
+    elif method == "tools/list":
+        send({"jsonrpc": "2.0", "id": mid, "result": {"tools": [
+            {"name": "a", "inputSchema": {"type": "object"}}]}})
+    else:
+        send({"jsonrpc": "2.0", "id": mid, "result": {}})
+'''
+
+
+def _endless_body(tmp_path: Path, name: str, endless: str) -> tuple[dict[str, Any], Path]:
+    """A global stdio server running :data:`ENDLESS_LINE`, and its count of MiB written."""
+    script, count = tmp_path / "endless.py", tmp_path / f"{name}.written"
+    script.write_text(ENDLESS_LINE)
+    return {"name": name, "transport": "stdio", "command": sys.executable,
+            "args": [str(script), endless, "400", str(count)], "is_global": True}, count
+
+
+async def test_a_stdio_answer_larger_than_the_message_cap_is_cut_off_in_a_call(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], tmp_path: Path,
+) -> None:
+    """A (long-lived) stdio server answering a call with one endless line: a 502 once the
+    line passes ``MAX_MESSAGE_BYTES`` (as a streamable-HTTP answer is cut off), never a
+    504 after reading (and, in the SDK's reader, re-copying) all it wrote until the
+    deadline; the next call starts a new process (after the crash backoff)."""
+    body, count = _endless_body(tmp_path, "endless", "tools/call")
+    tid = await _synced_tool(client, admin_headers, body)
+    called = await asyncio.wait_for(client.post(
+        f"/api/v1/tools/{tid}/call", headers=admin_headers, json={"arguments": {}}), 120)
+    written = int(count.read_text()) if count.exists() else 0
+    assert called.status_code == 502, (written, called.text[:300])
+    detail = called.json()["detail"]
+    assert f"wrote an answer larger than {MAX_MESSAGE_BYTES} bytes" in detail, detail
+    assert written < 400, written  # cut off, not read to the end
+
+
+async def test_a_stdio_listing_larger_than_the_message_cap_makes_the_server_unhealthy(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], tmp_path: Path,
+) -> None:
+    """Discovery and health checks (a fresh process each) read through the same transport:
+    a tools/list answer of one endless line is a 502 sync and an unhealthy check naming
+    the cap, not a timeout."""
+    body, _ = _endless_body(tmp_path, "endless-list", "tools/list")
+    sid = await _register(client, admin_headers, body)
+    synced = await asyncio.wait_for(client.post(
+        f"/api/v1/mcp-servers/{sid}/sync", headers=admin_headers), 120)
+    assert synced.status_code == 502, synced.text[:300]
+    assert f"larger than {MAX_MESSAGE_BYTES} bytes" in synced.json()["detail"], synced.text
+    checked = await client.post(f"/api/v1/mcp-servers/{sid}/check", headers=admin_headers)
+    assert checked.status_code == 200, checked.text[:300]
+    assert checked.json()["health_status"] == "unhealthy"
+    assert f"larger than {MAX_MESSAGE_BYTES} bytes" in checked.json()["health_error"]

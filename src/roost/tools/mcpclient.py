@@ -19,6 +19,12 @@ only within the endpoint's origin, and the transport refuses any other host.  Th
 transport also decodes answers itself (it asks for gzip and deflate only), in bounded
 pieces, so :data:`MAX_MESSAGE_BYTES` caps what a compressed answer decodes to.
 
+**stdio** servers are spoken to through :func:`stdio_transport`, the SDK's
+``stdio_client`` with a reader of Roost's own: the SDK's re-joined the whole partial
+line with every chunk (quadratic, on the event loop) and had no size cap, so one
+endless line was read until the deadline.  Here a line grows without re-copying and
+passing :data:`MAX_MESSAGE_BYTES` ends the session (:class:`StdioAnswerTooLarge`).
+
 Failures become :class:`McpError` subclasses whose ``detail`` is safe to show: the
 server's own stderr is discarded, env values and headers are never part of a message.
 """
@@ -35,19 +41,26 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import anyio.lowlevel
 import httpx2
+from anyio.abc import ByteReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
 from jsonschema import SchemaError
+from mcp.client import stdio as sdk_stdio
+from mcp.client._transport import TransportStreams
 from mcp.client.session import ClientSession
-from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
+from mcp.shared.message import SessionMessage
 from mcp.types import InitializeResult, PaginatedRequestParams
 
 from roost.errors import BadGateway, GatewayTimeout
+from roost.inputs import json_size
 from roost.knowledge.fetching import FetchError, IPAddress, check_destination
 from roost.security.decompression import ACCEPT_ENCODING, DecodingRefused, decoded
 from roost.tasks.payloads import PayloadError, dump_json_object
 from roost.tools import schemacheck, schemaregex
+from roost.tools.models import MAX_SCHEMA_BYTES
 
 if TYPE_CHECKING:
     from roost.tools.stdiopool import StdioPool
@@ -67,6 +80,17 @@ class McpTimeout(McpError, GatewayTimeout):
 
 class McpOutputTooLarge(McpError):
     status, title, type_slug = 502, "Tool output too large", "tool-output-too-large"
+
+
+class StdioAnswerTooLarge(McpError):
+    """A stdio server wrote a line (one JSON-RPC message) longer than
+    :data:`MAX_MESSAGE_BYTES`: reading stopped there and the session ended; ``what`` says
+    so after "it" (the pool's crash reason)."""
+
+    def __init__(self, name: str) -> None:
+        self.what = (f"wrote an answer larger than {MAX_MESSAGE_BYTES} bytes, the most Roost "
+                     "reads of one MCP answer")
+        super().__init__(f"MCP server {name!r} {self.what}")
 
 
 @dataclass(frozen=True)
@@ -154,15 +178,9 @@ class RoostClientSession(ClientSession):
 @asynccontextmanager
 async def _session(spec: ServerSpec) -> AsyncIterator[tuple[ClientSession, InitializeResult]]:
     if spec.transport == "stdio":
-        if not spec.command:
-            raise McpError(f"MCP server {spec.name!r} has no command")
-        params = StdioServerParameters(command=spec.command, args=list(spec.args),
-                                       env=dict(spec.env) or None)
-        # The server's stderr is discarded: it may print its secrets or tracebacks.
-        with open(os.devnull, "w") as errlog:  # noqa: ASYNC230 - /dev/null never blocks
-            async with stdio_client(params, errlog=errlog) as (read, write), \
-                    RoostClientSession(read, write) as session:
-                yield session, await session.initialize()
+        async with stdio_transport(spec) as (read, write), \
+                RoostClientSession(read, write) as session:
+            yield session, await session.initialize()
     else:
         if not spec.url:
             raise McpError(f"MCP server {spec.name!r} has no URL")
@@ -171,6 +189,106 @@ async def _session(spec: ServerSpec) -> AsyncIterator[tuple[ClientSession, Initi
                 streamable_http_client(spec.url, http_client=client) as (read, write), \
                 RoostClientSession(read, write) as session:
             yield session, await session.initialize()
+
+
+async def _read_messages(stdout: ByteReceiveStream,
+                         send: MemoryObjectSendStream[SessionMessage | Exception],
+                         name: str) -> StdioAnswerTooLarge | None:
+    """Send each line of ``stdout`` parsed as the SDK does (a line that is not JSON-RPC,
+    or not UTF-8, is an ``Exception`` item the session skips) until end of file, or until
+    a line grows past :data:`MAX_MESSAGE_BYTES`: then reading stops, and the error is
+    returned for the caller to send before it ends the stream."""
+    line = bytearray()  # grows in place: a long line is not copied again per chunk
+    async for chunk in stdout:
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            line += memoryview(chunk)[start:len(chunk) if end < 0 else end]
+            if len(line) > MAX_MESSAGE_BYTES:
+                return StdioAnswerTooLarge(name)
+            if end < 0:
+                break
+            try:
+                item = sdk_stdio._parse_line(line.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                item = exc
+            line.clear()
+            start = end + 1
+            await send.send(item)
+    return None
+
+
+@asynccontextmanager
+async def stdio_transport(spec: ServerSpec) -> AsyncIterator[TransportStreams]:
+    """The SDK's ``stdio_client`` (its process start, shutdown sequence and streams) with
+    :func:`_read_messages` as the reader: one transport for calls (the pool), discovery
+    and health checks.  A body that fails after the server's answer was too large fails
+    with :class:`StdioAnswerTooLarge` (not the session's "Connection closed")."""
+    if not spec.command:
+        raise McpError(f"MCP server {spec.name!r} has no command")
+    # The server's stderr is discarded: it may print its secrets or tracebacks.
+    with open(os.devnull, "w") as errlog:  # noqa: ASYNC230 - /dev/null never blocks
+        process = await sdk_stdio._create_platform_compatible_process(
+            command=spec.command, args=list(spec.args),
+            env=sdk_stdio.get_default_environment() | dict(spec.env), errlog=errlog)
+    # No await until the task group is entered (a cancellation would leak the process).
+    read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
+    writer_done = anyio.Event()
+    too_large: list[StdioAnswerTooLarge] = []
+
+    async def stdout_reader() -> None:
+        assert process.stdout is not None
+        try:
+            try:
+                async with read_writer:
+                    if (failed := await _read_messages(process.stdout, read_writer,
+                                                       spec.name)) is not None:
+                        too_large.append(failed)  # before the session can see it
+                        await read_writer.send(failed)
+            finally:
+                # After the end of file went to the session (a server still writing
+                # would hold it back): what the server writes on is read and dropped,
+                # so it is not stuck on a full pipe while shutdown waits for it.
+                await sdk_stdio._drain_stdout(process)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, ConnectionError):
+            pass  # the session is gone, or shutdown closed the pipe under the read
+
+    async def stdin_writer() -> None:
+        assert process.stdin is not None
+        try:
+            async with write_reader:
+                async for message in write_reader:
+                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
+                    await process.stdin.send((data + "\n").encode())
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            await read_writer.aclose()  # the session sees the end, not a hanging request
+        finally:
+            writer_done.set()
+
+    async def shutdown() -> None:  # the SDK's order: stop traffic, flush, stop the server
+        read_stream.close()
+        write_stream.close()
+        with anyio.move_on_after(sdk_stdio._WRITER_FLUSH_TIMEOUT):
+            await writer_done.wait()
+        await sdk_stdio._stop_server_process(process)
+        await sdk_stdio._aclose_all(read_stream, write_stream, read_writer, write_reader)
+        await anyio.lowlevel.checkpoint()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stdout_reader)
+            tg.start_soon(stdin_writer)
+            try:
+                yield read_stream, write_stream
+            finally:
+                with anyio.CancelScope(shield=True):  # the process must not outlive this
+                    await shutdown()
+                tg.cancel_scope.cancel()
+    except Exception:
+        if too_large:
+            raise too_large[0] from None
+        raise
 
 
 # Trying every address of a big site would stretch the deadline for nothing (as fetching).
@@ -321,6 +439,18 @@ async def _guarded(spec: ServerSpec, timeout_s: float, doing: str) -> AsyncItera
         raise failure_of(spec, exc) from None
 
 
+# What is kept of ``serverInfo`` (stored, and returned with every list of servers): its
+# strings cut as a tool's title is; icons and keys of the server's own are left out.
+_SERVER_INFO_KEYS: Final = ("name", "title", "version", "description", "websiteUrl")
+MAX_SERVER_INFO_CHARS: Final = 256
+
+
+def _server_info(info: Any) -> dict[str, Any]:
+    dumped = _dump(info)
+    return {key: dumped[key][:MAX_SERVER_INFO_CHARS] for key in _SERVER_INFO_KEYS
+            if isinstance(dumped.get(key), str)}
+
+
 async def discover(spec: ServerSpec, timeout_s: float) -> Discovery:
     """Initialize and list every tool (all pages)."""
     started = time.perf_counter()
@@ -341,9 +471,13 @@ async def discover(spec: ServerSpec, timeout_s: float) -> Discovery:
         else:
             raise McpError(f"MCP server {spec.name!r} listed more than {MAX_PAGES} pages of tools")
         found = Discovery(
-            capabilities=_dump(init.capabilities), server_info=_dump(init.server_info),
+            capabilities=_dump(init.capabilities), server_info=_server_info(init.server_info),
             tools=tools, latency_ms=latency,
         )
+    # Stored and returned with every list of servers: bounded as a tool's schemas are.
+    if (size := json_size(found.capabilities)) > MAX_SCHEMA_BYTES:
+        raise McpError(f"MCP server {spec.name!r}: its initialize answer is too large: "
+                       f"capabilities of {size} bytes, over {MAX_SCHEMA_BYTES}")
     try:  # a NUL (or a lone surrogate): the server's health could not be recorded
         dump_json_object({"capabilities": found.capabilities, "server_info": found.server_info},
                          what="the initialize answer")

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
-from roost.errors import Conflict, Forbidden, NotFound
+from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.tenancy import scope_lazily
 from roost.knowledge.fetching import FetchError, url_host
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
@@ -108,6 +108,12 @@ async def create_server(
     if owner is None and not body.is_global:
         raise Forbidden("the operator token has no user: register the server with is_global")
     if body.url is not None:
+        # The URL parsers disagree on them (the field's check drops leading spaces and
+        # control characters, the SSRF guard's sees no scheme): refused as every URL
+        # field of Roost refuses them, not guessed at.
+        if body.url[0] <= " " or body.url[-1] <= " " or body.url != body.url.strip():
+            raise Unprocessable("url: the URL has leading or trailing spaces (or control "
+                                "characters): remove them")
         await mcpclient.check_server_url(
             body.url, allow_private=cfg.host_allowed(url_host(body.url))
         )

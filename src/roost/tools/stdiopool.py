@@ -5,9 +5,10 @@ process (the API server, each worker).
 registered server, under a *fingerprint* of its spec (command, args, env and the
 registration's revision, which moves on every discovery): a changed registration gets a
 new process and the old one is closed as soon as its calls have finished.  Each process
-is owned by one background task that enters the SDK's ``stdio_client`` and
-``ClientSession`` and exits them again (anyio scopes must be left by the task that
-entered them); callers only *lease* the session.
+is owned by one background task that enters the stdio transport
+(:func:`~roost.tools.mcpclient.stdio_transport`) and ``ClientSession`` and exits them
+again (anyio scopes must be left by the task that entered them); callers only *lease*
+the session.
 
 **Sharing.** Concurrent calls share the one session: the SDK multiplexes requests by
 JSON-RPC id, so ten calls of a tool that sleeps 1 s take about 1 s in total (tested),
@@ -15,7 +16,8 @@ not 10.  Nothing is serialized; a server that cannot handle concurrent requests 
 them in its own order, which is its business.
 
 **Crashes.** A forwarder sits between the transport's read stream and the session and
-notices end of file (the process exited or closed its stdout, even between calls).  The
+notices end of file (the process exited or closed its stdout, even between calls, or the
+transport gave up on an answer larger than ``MAX_MESSAGE_BYTES``).  The
 call that was running fails with a clear :class:`~roost.tools.mcpclient.McpError`; the
 next call starts a new process, after an exponential backoff (0.5 s doubling to 30 s)
 during which calls fail at once saying when the next start will be tried.  A start that
@@ -51,7 +53,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -63,7 +64,6 @@ import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp.client._transport import ReadStream
 from mcp.client.session import ClientSession
-from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.message import SessionMessage
 
 from roost.tools.mcpclient import (
@@ -71,8 +71,10 @@ from roost.tools.mcpclient import (
     McpTimeout,
     RoostClientSession,
     ServerSpec,
+    StdioAnswerTooLarge,
     failure_of,
     innermost,
+    stdio_transport,
 )
 
 log = structlog.get_logger(__name__)
@@ -135,26 +137,20 @@ class _Process:
 
     async def _own(self) -> None:
         spec = self.spec
-        assert spec.command is not None
-        params = StdioServerParameters(command=spec.command, args=list(spec.args),
-                                       env=dict(spec.env) or None)
         error: BaseException | None = None
         try:
-            # The server's stderr is discarded: it may print its secrets or tracebacks.
-            with open(os.devnull, "w") as errlog:  # noqa: ASYNC230 - /dev/null never blocks
-                async with stdio_client(params, errlog=errlog) as (read, write):
-                    send, receive = anyio.create_memory_object_stream[
-                        SessionMessage | Exception](0)
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._forward, read, send)
-                        async with RoostClientSession(receive, write) as session:
-                            with anyio.fail_after(self.pool.limits.start_timeout_s):
-                                await session.initialize()
-                            self.session = session
-                            self.ready.set_result(None)
-                            log.info("tools.stdio_started", server=spec.name)
-                            await self._serve()
-                        tg.cancel_scope.cancel()
+            async with stdio_transport(spec) as (read, write):
+                send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._forward, read, send)
+                    async with RoostClientSession(receive, write) as session:
+                        with anyio.fail_after(self.pool.limits.start_timeout_s):
+                            await session.initialize()
+                        self.session = session
+                        self.ready.set_result(None)
+                        log.info("tools.stdio_started", server=spec.name)
+                        await self._serve()
+                    tg.cancel_scope.cancel()
         except Exception as exc:
             error = exc
         except asyncio.CancelledError:  # close() ran out of patience, or the loop ends
@@ -172,19 +168,22 @@ class _Process:
     async def _forward(self, read: ReadStream[SessionMessage | Exception],
                        send: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
         """Pass messages to the session; end of file means the process is gone."""
+        gave_up: str | None = None  # the transport's reason to end the session, if it had one
         async with send:
             async for item in read:
-                if isinstance(item, Exception):
+                if isinstance(item, StdioAnswerTooLarge):
+                    gave_up = item.what
+                elif isinstance(item, Exception):
                     self.garbled += 1
                     if self.first_garbled is None:
                         self.first_garbled = " ".join(str(item).split())[:200]
                 await send.send(item)
             if self.stop_reason is None and self.ready.done():
                 # Recorded before the session sees EOF, so the failing call finds it.
-                self.pool._failed(self, "exited (or closed its standard output)")
+                self.pool._failed(self, gave_up or "exited (or closed its standard output)")
             elif self.stop_reason is None:
-                self.crash = "exited during start-up (its stderr is discarded: run the " \
-                    "command by hand to see why)"
+                self.crash = gave_up or "exited during start-up (its stderr is discarded: " \
+                    "run the command by hand to see why)"
             self._wake.set()
 
     async def _serve(self) -> None:
