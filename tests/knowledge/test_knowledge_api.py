@@ -15,7 +15,7 @@ from roost.db.engine import Database
 from roost.identity.tenancy import apply_principal
 from roost.knowledge.config import KnowledgeConfig
 from roost.pagination import encode_cursor
-from tests.knowledge.helpers import make_pdf
+from tests.knowledge.helpers import make_pdf, pdf_file
 from tests.knowledge.support import drain_jobs, make_group, principal, upload
 from tests.support.identity import make_user
 from tests.support.sql import fetch, scalar
@@ -87,6 +87,73 @@ async def test_bad_uploads(kclient: httpx.AsyncClient, database: Database, kcfg:
         run = (await kclient.get(f"{API}/ingestion-runs/{resp.json()['ingestion_run']['id']}",
                                  headers=headers)).json()
         assert run["status"] == "failed" and run["errors"][0]["type"] == kind
+
+
+TYPOGRAPHIC = "It\u2019s the team\u2019s plan \u2014 \u201ctwelve dollars\u201d per seat, billed monthly."
+
+
+@pytest.mark.parametrize(("name", "content_type", "data", "needle"), [
+    # A UTF-8 page served with the common default header charset=iso-8859-1.
+    ("pricing.html", "text/html; charset=iso-8859-1",
+     f"<html><body><p>{TYPOGRAPHIC}</p></body></html>".encode(), "\u201ctwelve dollars\u201d"),
+    ("prices.txt", "text/plain; charset=iso-8859-1", TYPOGRAPHIC.encode(), "It\u2019s the team"),
+    # Plain ASCII declared UTF-16 (no BOM, no NULs: it cannot be UTF-16).
+    ("table.csv", "text/csv; charset=utf-16", b"city,seats\nParis,12\n", "Paris"),
+])
+async def test_text_whose_declared_charset_does_not_fit_its_bytes_is_still_read(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig,
+    name: str, content_type: str, data: bytes, needle: str,
+) -> None:
+    """A text file whose declared charset does not fit its bytes (a server's default
+    latin-1 on UTF-8, UTF-16 on ASCII) is ingested as the text it is, not refused as
+    binary nor read as garbage."""
+    _, h = await make_user(database)
+    r = await upload(kclient, h, name, data, content_type)
+    assert r.status_code == 202, r.text
+    await drain_jobs(database, kcfg)
+    doc = (await kclient.get(f"{API}/documents/{r.json()['document']['id']}", headers=h)).json()
+    assert doc["status"] == "ready", doc["error_message"]
+    chunks = (await kclient.get(f"{API}/documents/{doc['id']}/chunks", headers=h)).json()
+    assert needle in " ".join(c["content"] for c in chunks)
+
+
+@pytest.mark.parametrize(("name", "content_type", "data", "reason"), [
+    # A scan: one page, no text layer.
+    ("scan.pdf", "application/pdf",
+     pdf_file([b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>"]), "OCR"),
+    ("app.html", "text/html",
+     b"<html><head><script>var x = 1;</script><style>p {}</style></head><body></body></html>",
+     "no text was found"),
+    ("draft.md", "text/markdown", b"---\ntitle: Draft\n---\n", "no text was found"),
+])
+async def test_a_document_without_text_ends_in_error_saying_so(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig,
+    name: str, content_type: str, data: bytes, reason: str,
+) -> None:
+    """A document with no text to search (a scanned PDF, a page of scripts, front matter
+    only) is not a silent ``ready`` with 0 chunks: it ends ``error`` with the reason, as
+    its run's ``no-text`` entry, and the run ``failed``; a version with text that was
+    ingested before keeps its chunks."""
+    _, h = await make_user(database)
+    earlier = name.endswith(".md")  # this one had a version with text before
+    if earlier:
+        await upload(kclient, h, name, b"hello herons", content_type)
+        await drain_jobs(database, kcfg)
+    r = await upload(kclient, h, name, data, content_type)
+    assert r.status_code == 202, r.text
+    await drain_jobs(database, kcfg)
+    doc = (await kclient.get(f"{API}/documents/{r.json()['document']['id']}", headers=h)).json()
+    run = (await kclient.get(f"{API}/ingestion-runs/{r.json()['ingestion_run']['id']}",
+                             headers=h)).json()
+    assert doc["status"] == "error" and reason in doc["error_message"], doc
+    assert run["status"] == "failed" and run["totals_files"] == 0
+    assert [e["type"] for e in run["errors"]] == ["no-text"]
+    assert run["errors"][0]["error"] == doc["error_message"]
+    if earlier:  # its chunks are still searchable
+        chunks = (await kclient.get(f"{API}/documents/{doc['id']}/chunks", headers=h)).json()
+        assert [c["content"] for c in chunks] == ["hello herons"]
 
 
 async def test_documents_and_runs_page_newest_first(

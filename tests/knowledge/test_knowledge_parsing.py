@@ -43,6 +43,34 @@ def test_text_encodings_fall_back_sensibly() -> None:
     assert parse_document(koi8, filename=None, mime="text/plain; charset=koi8-r").text == "Привет"
 
 
+@pytest.mark.parametrize("charset", ["iso-8859-1", "latin-1", "us-ascii", "windows-1252"])
+def test_utf8_text_declared_latin1_is_read_as_utf8(charset: str) -> None:
+    """A server's default charset on a UTF-8 file: strict UTF-8 holding non-ASCII wins (a
+    legacy text almost never is valid UTF-8), so no "itâ€™s" mojibake nor a C1 control
+    that would refuse the file as binary."""
+    data = "it\u2019s \u201cfine\u201d \u2014 d\u00e9j\u00e0 vu".encode()
+    doc = parse_document(data, filename=None, mime=f"text/plain; charset={charset}")
+    assert doc.text == "it\u2019s \u201cfine\u201d \u2014 d\u00e9j\u00e0 vu"
+
+
+def test_latin1_labels_mean_cp1252_as_in_whatwg() -> None:
+    data = "\u201cquoted\u201d caf\u00e9".encode("cp1252")
+    doc = parse_document(data, filename=None, mime="text/plain; charset=iso-8859-1")
+    assert doc.text == "\u201cquoted\u201d caf\u00e9"
+
+
+def test_a_declared_utf16_is_honoured_only_where_the_bytes_can_be_utf16() -> None:
+    """ASCII bytes (no BOM, no NULs) declared UTF-16 are UTF-8; UTF-16 without a BOM
+    whose bytes are no UTF-8 is read as declared."""
+    ascii_csv = parse_document(b"city,seats\nParis,12\n", filename=None,
+                               mime="text/csv; charset=utf-16")
+    assert ascii_csv.text == "city,seats\nParis,12"
+    chinese = "\u4e2d\u6587\u6587\u4ef6\u5939".encode("utf-16-le")
+    assert b"\x00" not in chinese
+    doc = parse_document(chinese, filename=None, mime="text/plain; charset=utf-16-le")
+    assert doc.text == "\u4e2d\u6587\u6587\u4ef6\u5939"
+
+
 @pytest.mark.parametrize("charset", ["rot13", "base64", "hex", "zlib", "undefined", "nonsense"])
 def test_a_declared_charset_that_is_not_a_text_encoding_is_ignored(charset: str) -> None:
     """Codecs that are no text encodings (rot13, base64...) or decode nothing

@@ -16,7 +16,7 @@ dies mid-run:
   transaction, off the event loop (threads for CPU work; the embedder's own threads or
   HTTP calls), so no database transaction waits on a model.
 
-A source that cannot be ingested (unsupported type, corrupt PDF, too large, refused
+A source that cannot be ingested (unsupported type, corrupt PDF, no text, too large, refused
 URL, unreadable file, a bug it sets off, a value the database refuses) becomes an entry
 in the run's ``errors``; the run goes on.  A failure of the database itself is raised.  An
 embedding backend that is down raises, so the queue retries the run later (finished
@@ -55,7 +55,7 @@ from roost.knowledge.fetching import fetch_url
 from roost.knowledge.index import ensure_model
 from roost.knowledge.jobs import CURATE_TASK
 from roost.knowledge.models import Document, DocumentChunk, DocumentUpload, IngestionRun
-from roost.knowledge.parsing import ParsedDocument, parse_document
+from roost.knowledge.parsing import NoTextFound, ParsedDocument, parse_document
 from roost.knowledge.paths import (
     PathNotAllowed,
     iter_files,
@@ -384,6 +384,12 @@ def _prepare(loaded: Loaded, cfg: KnowledgeConfig) -> Prepared:
                             time_limit_s=cfg.parse_time_limit_s)
     chunks = chunk_sections(parsed.sections, chunk_tokens=cfg.chunk_tokens,
                             overlap_tokens=cfg.overlap_tokens)
+    if not chunks:
+        # Not a silent "ready" with nothing to search: the source's error (its document
+        # keeps the chunks of an earlier version), with the parser's reason when it has one.
+        raise NoTextFound(parsed.warnings[0] if parsed.warnings else
+                          "no text was found in the document (only markup, scripts or "
+                          "front matter, or nothing at all)")
     return Prepared(parsed, chunks)
 
 

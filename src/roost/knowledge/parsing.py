@@ -43,6 +43,7 @@ __all__ = [
     "SECTION_SEPARATOR",
     "CorruptDocument",
     "DocumentTooComplex",
+    "NoTextFound",
     "ParseError",
     "ParsedDocument",
     "Section",
@@ -91,6 +92,15 @@ class DocumentTooComplex(ParseError):
     """Reading the document's text would take longer than the parse time limit."""
 
     status, title, type_slug = 422, "Document too complex", "document-too-complex"
+
+
+class NoTextFound(ParseError):
+    """The document parsed but holds no text to search (a scanned PDF, a page of scripts).
+
+    Raised by ingestion, not by :func:`parse_document`: an empty result is an answer for
+    other readers (a web fetch tool), but a document nobody can find is an error."""
+
+    status, title, type_slug = 422, "No text found", "no-text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,8 +321,48 @@ def _control_ratio(text: str) -> float:
     return bad / len(sample)
 
 
+_LEGACY_LATIN: Final = {"ascii": "cp1252", "iso8859-1": "cp1252"}  # codecs.lookup names
+
+
+def _strict_utf8(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _decode_declared(data: bytes, declared: str | None) -> str:
+    """Decode BOM-less, NUL-less text with the declared charset unless the bytes say otherwise.
+
+    A declared charset is often a server's default rather than the file's: UTF-8 wins
+    when the bytes are strict UTF-8 holding non-ASCII (text in a legacy encoding almost
+    never is), or when UTF-16/32 is declared (no BOM, no NULs: it cannot be); a declared
+    charset whose reading is mostly control characters is passed over too.  Then UTF-8,
+    cp1252 and latin-1 (which decodes anything) decide, the first readable as text.
+    """
+    utf8 = _strict_utf8(data)
+    if declared is not None and utf8 is not None and (
+            not data.isascii() or declared.startswith(("utf-16", "utf-32"))):
+        declared = None
+    candidates = ([declared] if declared else []) + ["utf-8", "cp1252", "latin-1"]
+    first: str | None = None
+    for encoding in candidates:
+        try:
+            text = utf8 if encoding == "utf-8" else data.decode(encoding)
+        except (UnicodeError, LookupError):  # "undefined" refuses everything
+            continue
+        if text is None:
+            continue
+        if _control_ratio(text) <= 0.05:
+            return text
+        first = first if first is not None else text
+    assert first is not None  # latin-1 never fails
+    return first  # refused as binary by the caller
+
+
 def decode_text(data: bytes, *, charset: str | None = None) -> str:
-    """Decode text bytes: BOM, then the declared charset, then UTF-8, then cp1252/latin-1.
+    """Decode text bytes: BOM, then the declared charset, then UTF-8, then cp1252/latin-1
+    (see :func:`_decode_declared` for when the declared charset is passed over).
 
     Raises :class:`UnsupportedDocument` for content that is binary rather than text.
     Newlines are normalised to ``\\n``.
@@ -334,7 +384,7 @@ def decode_text(data: bytes, *, charset: str | None = None) -> str:
             raise UnsupportedDocument(
                 "the content is binary, not text; upload text, Markdown, HTML or PDF instead"
             )
-        candidates: list[str] = []
+        declared: str | None = None
         if charset:
             try:
                 codec = codecs.lookup(charset)
@@ -343,19 +393,12 @@ def decode_text(data: bytes, *, charset: str | None = None) -> str:
             # "rot13", "base64" and the like are codecs but no text encodings: ignored as
             # an unknown name is (decoding with them raises LookupError).
             if codec is not None and getattr(codec, "_is_text_encoding", True):
-                candidates.append(codec.name)
+                # Labels for latin-1 and ASCII mean windows-1252, as in WHATWG's Encoding
+                # standard: servers send them by default for what is mostly cp1252 text.
+                declared = _LEGACY_LATIN.get(codec.name, codec.name)
             else:
                 log.debug("ignoring unknown declared charset %r", charset)
-        # UTF-8 is strict enough that a successful decode is almost always right; cp1252
-        # is the usual culprit otherwise, and latin-1 can decode anything as a last resort.
-        candidates += ["utf-8", "cp1252", "latin-1"]
-        for encoding in candidates:
-            try:
-                text = data.decode(encoding)
-                break
-            except (UnicodeError, LookupError):  # "undefined" refuses everything
-                continue
-        assert text is not None  # latin-1 never fails
+        text = _decode_declared(data, declared)
     if _control_ratio(text) > 0.05:
         raise UnsupportedDocument(
             "the content is binary, not text; upload text, Markdown, HTML or PDF instead"
