@@ -206,6 +206,15 @@ def test_markdown_title_from_first_h1_without_front_matter() -> None:
     assert doc.title == "The Title"
 
 
+def test_a_markdown_outline_of_headings_only_is_its_text() -> None:
+    """A file of headings and nothing under them (an outline) is searchable by them, not
+    a document without text."""
+    doc = parse_document(b"# Plan\n\n## Hire two engineers\n## Ship the console\n",
+                         filename="plan.md")
+    assert doc.title == "Plan"
+    assert [s.text for s in doc.sections] == ["Plan\nHire two engineers\nShip the console"]
+
+
 @pytest.mark.parametrize(("line", "heading"), [
     ("# Title", "Title"),
     ("##   Spaced   out  ", "Spaced   out"),

@@ -514,6 +514,7 @@ def _parse_markdown(text: str, filename: str | None) -> ParsedDocument:
     heading: str | None = None
     first_h1: str | None = None
     fence: str | None = None
+    titles: list[str] = []  # every heading, in order
 
     def flush() -> None:
         chunk = _tidy("\n".join(body))
@@ -526,6 +527,7 @@ def _parse_markdown(text: str, filename: str | None) -> ParsedDocument:
         flush()
         if level == 1 and first_h1 is None:
             first_h1 = title
+        titles.append(title)
         _push_heading(stack, level, title)
         heading = _heading_path(stack)
 
@@ -569,6 +571,8 @@ def _parse_markdown(text: str, filename: str | None) -> ParsedDocument:
         opened_paragraph = bool(line.strip()) and after_block
         body.append(line)
     flush()
+    if not sections and titles:  # an outline, headings only: they are its text
+        sections.append(Section("\n".join(titles)))
 
     title = _short_title(fm_title) or _short_title(first_h1) or _title_from_filename(filename)
     return ParsedDocument(MIME_MARKDOWN, title or _first_line(sections), sections)
