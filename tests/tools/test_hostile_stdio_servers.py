@@ -2,7 +2,8 @@
 cannot store (a NUL: text and jsonb cannot hold U+0000) or that clashes: a call is refused
 before the tool runs, a result is a recorded failed run, a listed tool is skipped and
 named in ``skipped``; never a 400 blaming the request, with nothing recorded.  An answer
-(one line) past ``MAX_MESSAGE_BYTES`` is cut off there, in calls, discovery and checks."""
+(one line) past ``MAX_MESSAGE_BYTES`` is cut off there, in calls, discovery and checks.
+A server that ignores SIGTERM, and what it started, end with its session."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from typing import Any
 
 import httpx
 import pytest
+from mcp.client.session import ClientSession
 from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
-from roost.tools.mcpclient import MAX_MESSAGE_BYTES
+from roost.tools.mcpclient import MAX_MESSAGE_BYTES, ServerSpec, stdio_transport
 from tests.support.identity import make_user
 from tests.tools.test_hostile_schemas import deep_schema
+from tests.tools.test_stdio_pool import alive
 from tests.tools.test_tools_api import tool_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -291,3 +294,64 @@ async def test_a_stdio_listing_larger_than_the_message_cap_makes_the_server_unhe
     assert checked.status_code == 200, checked.text[:300]
     assert checked.json()["health_status"] == "unhealthy"
     assert f"larger than {MAX_MESSAGE_BYTES} bytes" in checked.json()["health_error"]
+
+
+# ----------------------------------------------------------- stopping
+
+
+# A stdio MCP server that ignores SIGTERM and starts a child that does too (SIG_IGN is
+# inherited) and holds its stdout; it writes "<its pid> <the child's pid>" to argv[2].
+# argv[1] "stays": it lives on after its stdin is closed; "leaves-a-child": it exits then,
+# its child running on.
+STUBBORN = r'''
+import json, os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+mode, pids = sys.argv[1], sys.argv[2]
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                         stdin=subprocess.DEVNULL)
+with open(pids + ".tmp", "w") as out:
+    out.write(f"{os.getpid()} {child.pid}")
+os.replace(pids + ".tmp", pids)
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("id") is None:
+        continue
+    result = {"protocolVersion": "2025-06-18", "capabilities": {},
+              "serverInfo": {"name": "stubborn", "version": "1"}} \
+        if msg.get("method") == "initialize" else {}
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}) + "\n")
+    sys.stdout.flush()
+while mode == "stays":
+    time.sleep(1)
+'''
+
+
+async def _gone(pid: int, timeout_s: float = 10.0) -> bool:
+    """Whether ``pid`` ends (or is a zombie: dead, its parent gone) within ``timeout_s``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while alive(pid):
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("mode", ["stays", "leaves-a-child"])
+async def test_a_stdio_server_and_its_child_are_gone_when_the_session_ends(
+    tmp_path: Path, mode: str,
+) -> None:
+    """The stdio transport runs a server in a process group of its own and stops it as
+    the SDK did (stdin closed, 2 s, SIGTERM to the group, SIGKILL 2 s later): a server that
+    ignores SIGTERM and its child that does too are gone when the session ends, and so is
+    a child left running by a server that exited on its own; the child holding the
+    server's stdout does not hold the session's end up."""
+    script, pids = tmp_path / "stubborn.py", tmp_path / f"{mode}.pids"
+    script.write_text(STUBBORN)
+    spec = ServerSpec(name="stubborn", transport="stdio", command=sys.executable,
+                      args=(str(script), mode, str(pids)))
+    async with asyncio.timeout(60):
+        async with stdio_transport(spec) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            server, child = map(int, pids.read_text().split())
+            assert alive(server) and alive(child)
+        assert await _gone(server) and await _gone(child), (mode, alive(server), alive(child))

@@ -19,11 +19,13 @@ only within the endpoint's origin, and the transport refuses any other host.  Th
 transport also decodes answers itself (it asks for gzip and deflate only), in bounded
 pieces, so :data:`MAX_MESSAGE_BYTES` caps what a compressed answer decodes to.
 
-**stdio** servers are spoken to through :func:`stdio_transport`, the SDK's
-``stdio_client`` with a reader of Roost's own: the SDK's re-joined the whole partial
-line with every chunk (quadratic, on the event loop) and had no size cap, so one
-endless line was read until the deadline.  Here a line grows without re-copying and
-passing :data:`MAX_MESSAGE_BYTES` ends the session (:class:`StdioAnswerTooLarge`).
+**stdio** servers are spoken to through :func:`stdio_transport`, which does what the SDK's
+``stdio_client`` does (start the process in a group of its own, stop it: stdin closed,
+2 s, SIGTERM to the group, SIGKILL 2 s later) in code of Roost's own, on public SDK names
+only (the SDK's helpers are private), with a reader of its own: the SDK's re-joined the
+whole partial line with every chunk (quadratic, on the event loop) and had no size cap,
+so one endless line was read until the deadline.  Here a line grows without re-copying
+and passing :data:`MAX_MESSAGE_BYTES` ends the session (:class:`StdioAnswerTooLarge`).
 
 Failures become :class:`McpError` subclasses whose ``detail`` is safe to show: the
 server's own stderr is discarded, env values and headers are never part of a message.
@@ -33,26 +35,27 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from subprocess import DEVNULL, PIPE
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.lowlevel
 import httpx2
-from anyio.abc import ByteReceiveStream
-from anyio.streams.memory import MemoryObjectSendStream
+import structlog
+from anyio.abc import AsyncResource, ByteReceiveStream, Process
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from jsonschema import SchemaError
-from mcp.client import stdio as sdk_stdio
-from mcp.client._transport import TransportStreams
 from mcp.client.session import ClientSession
+from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
 from mcp.shared.message import SessionMessage
-from mcp.types import InitializeResult, PaginatedRequestParams
+from mcp.types import InitializeResult, PaginatedRequestParams, jsonrpc_message_adapter
 
 from roost.errors import BadGateway, GatewayTimeout
 from roost.inputs import json_size
@@ -64,6 +67,8 @@ from roost.tools.models import MAX_SCHEMA_BYTES
 
 if TYPE_CHECKING:
     from roost.tools.stdiopool import StdioPool
+
+log = structlog.get_logger(__name__)
 
 MAX_PAGES = 100  # tools/list pages followed in one discovery
 # Tools one server may list: each is a row, an embedding and a line of every tool list.
@@ -178,8 +183,8 @@ class RoostClientSession(ClientSession):
 @asynccontextmanager
 async def _session(spec: ServerSpec) -> AsyncIterator[tuple[ClientSession, InitializeResult]]:
     if spec.transport == "stdio":
-        async with stdio_transport(spec) as (read, write), \
-                RoostClientSession(read, write) as session:
+        async with stdio_transport(spec) as (stdout, stdin), \
+                RoostClientSession(stdout, stdin) as session:
             yield session, await session.initialize()
     else:
         if not spec.url:
@@ -191,13 +196,37 @@ async def _session(spec: ServerSpec) -> AsyncIterator[tuple[ClientSession, Initi
             yield session, await session.initialize()
 
 
+# The stdio server's process is Roost's own code, not the SDK's (its helpers are private
+# and may change in any release), with the SDK's behaviour.  POSIX: the server leads a
+# process group of its own, which is what SIGTERM and SIGKILL are sent to.
+_STDIN_GRACE_S: Final = 2.0  # to exit on its own once its stdin is closed
+_TERM_GRACE_S: Final = 2.0  # from SIGTERM to the group until SIGKILL
+_REAP_S: Final = 2.0  # for the event loop to see a killed server exit
+_FLUSH_S: Final = 0.5  # for the writer to pass on what the session sent before the end
+_POLL_S: Final = 0.01
+
+# The session's ends of a stdio transport: what the server wrote (a message, or an error
+# for a line that is not one), and what to send it.
+StdioStreams = tuple[MemoryObjectReceiveStream[SessionMessage | Exception],
+                     MemoryObjectSendStream[SessionMessage]]
+
+
+def _parse_line(line: bytes | bytearray) -> SessionMessage | Exception:
+    """One line of the server's stdout read as the SDK reads it: a JSON-RPC message, or
+    why it is not one (not UTF-8, not JSON, not JSON-RPC) as an item the session skips."""
+    try:
+        message = jsonrpc_message_adapter.validate_json(line.decode("utf-8"), by_name=False)
+        return SessionMessage(message)
+    except ValueError as exc:  # UnicodeDecodeError and pydantic's ValidationError are
+        return exc
+
+
 async def _read_messages(stdout: ByteReceiveStream,
                          send: MemoryObjectSendStream[SessionMessage | Exception],
                          name: str) -> StdioAnswerTooLarge | None:
-    """Send each line of ``stdout`` parsed as the SDK does (a line that is not JSON-RPC,
-    or not UTF-8, is an ``Exception`` item the session skips) until end of file, or until
-    a line grows past :data:`MAX_MESSAGE_BYTES`: then reading stops, and the error is
-    returned for the caller to send before it ends the stream."""
+    """Send each line of ``stdout`` parsed by :func:`_parse_line` until end of file, or
+    until a line grows past :data:`MAX_MESSAGE_BYTES`: then reading stops, and the error
+    is returned for the caller to send before it ends the stream."""
     line = bytearray()  # grows in place: a long line is not copied again per chunk
     async for chunk in stdout:
         start = 0
@@ -208,29 +237,108 @@ async def _read_messages(stdout: ByteReceiveStream,
                 return StdioAnswerTooLarge(name)
             if end < 0:
                 break
-            try:
-                item = sdk_stdio._parse_line(line.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                item = exc
+            item = _parse_line(line)
             line.clear()
             start = end + 1
             await send.send(item)
     return None
 
 
+async def _drain(stdout: ByteReceiveStream) -> None:
+    """Read and drop what the server still writes until its stdout ends or :func:`_stop`
+    closes it (shielded): a server blocked on a full pipe could not exit."""
+    with anyio.CancelScope(shield=True), suppress(
+            anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+        while True:
+            await stdout.receive()
+
+
+async def _close_quietly(stream: AsyncResource | None) -> None:
+    """Close a pipe that may already be closed or broken."""
+    if stream is not None:
+        with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await stream.aclose()
+
+
+async def _exited_within(process: Process, seconds: float) -> bool:
+    """Whether the server exited within ``seconds``, by its return code: waiting for the
+    process would also wait for its pipes, which a child of it may hold open."""
+    with anyio.move_on_after(seconds):
+        while process.returncode is None:  # noqa: ASYNC110 - no event says it (as the SDK)
+            await anyio.sleep(_POLL_S)
+    return process.returncode is not None
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # members it may not signal, or zombies: no proof that the group is gone
+    return True
+
+
+def _signal_group(group: int, sig: signal.Signals) -> bool:
+    """Send ``sig`` to the group; False when the group is gone."""
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # some members it may not signal: the others got it
+    return True
+
+
+async def _end_group(process: Process) -> None:
+    """SIGTERM to the server's process group, SIGKILL to what is left of it after
+    :data:`_TERM_GRACE_S`."""
+    group = process.pid  # start_new_session; not os.getpgid(), which fails once it is reaped
+    if not _signal_group(group, signal.SIGTERM):
+        return
+    with anyio.move_on_after(_TERM_GRACE_S):
+        while _group_alive(group):  # noqa: ASYNC110 - nothing signals a group's end
+            await anyio.sleep(_POLL_S)
+        return
+    _signal_group(group, signal.SIGKILL)
+
+
+async def _stop(process: Process) -> None:
+    """Stop the server in the SDK's order (MCP's shutdown sequence): close its stdin;
+    one that has not exited within :data:`_STDIN_GRACE_S` gets :func:`_end_group`.  What
+    a server that exited on its own left running in its group is killed (as a language
+    server's leftovers are).  Then its pipes are closed, even ones a process that left
+    the group still holds."""
+    await _close_quietly(process.stdin)
+    if not await _exited_within(process, _STDIN_GRACE_S):
+        await _end_group(process)
+        await _exited_within(process, _REAP_S)
+    else:
+        _signal_group(process.pid, signal.SIGKILL)
+    if process.returncode is None:  # SIGKILL did not end it (stuck in the kernel)
+        log.warning("tools.stdio_unkillable", pid=process.pid)
+        await _close_quietly(process.stdout)  # ends the drain
+        return
+    with anyio.move_on_after(_REAP_S):  # exited: this closes its pipes and returns
+        await process.aclose()
+
+
 @asynccontextmanager
-async def stdio_transport(spec: ServerSpec) -> AsyncIterator[TransportStreams]:
-    """The SDK's ``stdio_client`` (its process start, shutdown sequence and streams) with
-    :func:`_read_messages` as the reader: one transport for calls (the pool), discovery
-    and health checks.  A body that fails after the server's answer was too large fails
-    with :class:`StdioAnswerTooLarge` (not the session's "Connection closed")."""
+async def stdio_transport(spec: ServerSpec) -> AsyncIterator[StdioStreams]:
+    """A stdio server's process and the session's streams, like the SDK's
+    ``stdio_client`` (process start, shutdown sequence and streams) in code of Roost's
+    own, with :func:`_read_messages` as the reader: one transport for calls (the pool),
+    discovery and health checks.  Shutdown always runs (shielded, every wait bounded),
+    so the process and its group never outlive the transport.  A body that fails after
+    the server's answer was too large fails with :class:`StdioAnswerTooLarge` (not the
+    session's "Connection closed")."""
     if not spec.command:
         raise McpError(f"MCP server {spec.name!r} has no command")
-    # The server's stderr is discarded: it may print its secrets or tracebacks.
-    with open(os.devnull, "w") as errlog:  # noqa: ASYNC230 - /dev/null never blocks
-        process = await sdk_stdio._create_platform_compatible_process(
-            command=spec.command, args=list(spec.args),
-            env=sdk_stdio.get_default_environment() | dict(spec.env), errlog=errlog)
+    process = await anyio.open_process(
+        [spec.command, *spec.args], stdin=PIPE, stdout=PIPE,
+        stderr=DEVNULL,  # the server's stderr is discarded: it may print secrets
+        env=get_default_environment() | dict(spec.env),
+        start_new_session=True)  # its own process group: a kill reaches its children
     # No await until the task group is entered (a cancellation would leak the process).
     read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
@@ -250,7 +358,7 @@ async def stdio_transport(spec: ServerSpec) -> AsyncIterator[TransportStreams]:
                 # After the end of file went to the session (a server still writing
                 # would hold it back): what the server writes on is read and dropped,
                 # so it is not stuck on a full pipe while shutdown waits for it.
-                await sdk_stdio._drain_stdout(process)
+                await _drain(process.stdout)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, ConnectionError):
             pass  # the session is gone, or shutdown closed the pipe under the read
 
@@ -266,14 +374,15 @@ async def stdio_transport(spec: ServerSpec) -> AsyncIterator[TransportStreams]:
         finally:
             writer_done.set()
 
-    async def shutdown() -> None:  # the SDK's order: stop traffic, flush, stop the server
-        read_stream.close()
+    async def shutdown() -> None:  # stop traffic, let the writer flush, stop the server
+        read_stream.close()  # the reader drains: a server stuck writing reads its stdin
         write_stream.close()
-        with anyio.move_on_after(sdk_stdio._WRITER_FLUSH_TIMEOUT):
+        with anyio.move_on_after(_FLUSH_S):
             await writer_done.wait()
-        await sdk_stdio._stop_server_process(process)
-        await sdk_stdio._aclose_all(read_stream, write_stream, read_writer, write_reader)
-        await anyio.lowlevel.checkpoint()
+        await _stop(process)
+        for stream in (read_stream, write_stream, read_writer, write_reader):
+            stream.close()
+        await anyio.lowlevel.checkpoint()  # the pipe tasks end on their own first
 
     try:
         async with anyio.create_task_group() as tg:
@@ -382,13 +491,19 @@ class PinnedTransport(httpx2.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+# The SDK's own HTTP client timeouts (seconds), kept here rather than imported from its
+# private module: a call's deadline (Roost's, around the session) bounds every call anyway.
+_HTTP_TIMEOUT_S: Final = 30.0
+_SSE_READ_TIMEOUT_S: Final = 300.0  # between two events of a server's stream
+
+
 def pinned_http_client(
     url: str, addresses: Sequence[IPAddress], headers: dict[str, str]
 ) -> httpx2.AsyncClient:
     """The SDK's client settings (its timeouts, no redirects) on a :class:`PinnedTransport`."""
     return httpx2.AsyncClient(
         headers=headers, transport=PinnedTransport(url, addresses), trust_env=False,
-        timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT),
+        timeout=httpx2.Timeout(_HTTP_TIMEOUT_S, read=_SSE_READ_TIMEOUT_S),
     )
 
 

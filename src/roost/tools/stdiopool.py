@@ -37,8 +37,8 @@ backoff: a hang is not a crash loop).  Calls that arrive meanwhile wait for the 
 **Limits and shutdown.** A process idle for ``idle_s`` is closed; at most
 ``max_processes`` run per pool, the least recently used idle one making room for a new
 one (all busy: the call fails at once, saying so).  :meth:`StdioPool.close` stops them
-all; the SDK closes each server's stdin, waits 2 s, sends SIGTERM to its process group
-and SIGKILL 2 s later.  The API's lifespan (``roost.tools.startup``) and the worker's
+all; the transport closes each server's stdin, waits 2 s, sends SIGTERM to its process
+group and SIGKILL 2 s later.  The API's lifespan (``roost.tools.startup``) and the worker's
 shutdown hook (``roost.tools.jobs``) close the pool of their process.  A Roost process
 killed with SIGKILL leaves its servers with a closed stdin, on which MCP servers exit.
 
@@ -61,8 +61,7 @@ from dataclasses import dataclass
 
 import anyio
 import structlog
-from anyio.streams.memory import MemoryObjectSendStream
-from mcp.client._transport import ReadStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.client.session import ClientSession
 from mcp.shared.message import SessionMessage
 
@@ -165,7 +164,7 @@ class _Process:
                 self.ready.exception()  # the waiters have it: no "never retrieved" warning
             self.pool._ended(self)
 
-    async def _forward(self, read: ReadStream[SessionMessage | Exception],
+    async def _forward(self, read: MemoryObjectReceiveStream[SessionMessage | Exception],
                        send: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
         """Pass messages to the session; end of file means the process is gone."""
         gave_up: str | None = None  # the transport's reason to end the session, if it had one
