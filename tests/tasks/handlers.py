@@ -104,6 +104,31 @@ async def too_slow(ctx: TaskContext, payload: dict[str, Any]) -> None:
     await asyncio.sleep(30)
 
 
+@task("test.cancelled_inside", max_retries=2, backoff_base_s=0.05, backoff_max_s=0.1)
+async def cancelled_inside(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Its first attempt awaits an inner task it cancelled itself: a CancelledError out of
+    the handler's own code, though nobody cancelled the job."""
+    if ctx.attempt == 1:
+        inner = asyncio.create_task(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        inner.cancel()
+        await inner
+    return {"attempt": ctx.attempt}
+
+
+class _Upstream(BaseModel):
+    n: int
+
+
+@task("test.own_validation", max_retries=3, backoff_base_s=0.05, backoff_max_s=0.1)
+async def own_validation(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Its first attempt parses a malformed upstream answer (a pydantic ValidationError of
+    the handler's own, not of the payload's model): a transient failure."""
+    if ctx.attempt == 1:
+        _Upstream.model_validate({"n": "not a number"})
+    return {"attempt": ctx.attempt}
+
+
 @task("test.sync", max_retries=0)
 def sync_handler(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
     time.sleep(0.01)

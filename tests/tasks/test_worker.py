@@ -145,6 +145,43 @@ async def test_handler_exceptions_never_kill_the_worker(
     assert worker.started.is_set()
 
 
+async def test_a_cancelled_error_raised_by_the_handler_fails_the_attempt(
+    runs_table: Database, start_worker: StartWorker
+) -> None:
+    """A CancelledError out of the handler's own code (an inner task it awaited was
+    cancelled) fails the attempt at once, like any other exception, and is retried: the
+    job is not left running until its lease expires and then reaped as a dead worker's."""
+    worker = await start_worker(lease_s=3.0)
+    job = await enqueue(runs_table, "test.cancelled_inside")
+    await wait_until(lambda: _status_is(runs_table, job.id, TaskStatus.COMPLETED,
+                                        TaskStatus.DEAD_LETTER), what="the job's end")
+    row = await _task(runs_table, job.id)
+    assert row.status == TaskStatus.COMPLETED and row.result == {"attempt": 2}
+    first = row.retry_history[0]
+    assert first["outcome"] == "error", first
+    assert first["error"] == "CancelledError" and first["worker_id"] == worker.worker_id
+    assert "cancelled_inside" in first["stack"]
+
+
+async def test_a_validation_error_of_the_handlers_own_is_retried(
+    runs_table: Database, start_worker: StartWorker
+) -> None:
+    """Only a payload that no longer fits its payload_model skips the retries; a pydantic
+    ValidationError the handler raises itself (a malformed upstream answer) is an
+    ordinary failure."""
+    await start_worker()
+    job = await enqueue(runs_table, "test.own_validation")
+    await wait_until(lambda: _status_is(runs_table, job.id, TaskStatus.COMPLETED,
+                                        TaskStatus.DEAD_LETTER), what="the job's end")
+    row = await _task(runs_table, job.id)
+    assert row.status == TaskStatus.COMPLETED, (row.status, row.error_message)
+    assert row.result == {"attempt": 2}
+    assert row.retry_history[0]["outcome"] == "error"
+    assert row.retry_history[0]["error"].startswith("ValidationError: ")
+    assert await scalar(runs_table, "SELECT count(*) FROM dead_letter_queue"
+                        " WHERE original_task_id = :t", t=job.id) == 0
+
+
 async def test_jobs_wait_for_scheduled_at_and_follow_priority(
     runs_table: Database, start_worker: StartWorker
 ) -> None:

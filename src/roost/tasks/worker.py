@@ -516,11 +516,25 @@ class Worker:
             scheduled_at=job.scheduled_at, worker_id=self.worker_id, database=self.database,
         )
         token = set_context(RequestContext(request_id=f"task-{job.id}"))
-        started = time.monotonic()
         try:
             payload: Any = job.payload
             if tt.payload_model is not None:
-                payload = tt.payload_model.model_validate(job.payload)
+                # Only here is a ValidationError permanent: a payload enqueued before its
+                # model changed never fits.  One the handler raises itself (a malformed
+                # upstream answer) is an ordinary failure, retried like any other.
+                try:
+                    payload = tt.payload_model.model_validate(job.payload)
+                except ValidationError as exc:
+                    await self._fail(job, tt, exc, outcome="permanent_error", permanent=True)
+                    return
+            await self._call(job, tt, ctx, payload)
+        finally:
+            reset_context(token)
+
+    async def _call(self, job: ClaimedJob, tt: TaskType, ctx: TaskContext, payload: Any) -> None:
+        """Run the handler and record how the attempt ended."""
+        started = time.monotonic()
+        try:
             if tt.is_async:
                 call = tt.handler(ctx, payload)
             else:
@@ -530,13 +544,21 @@ class Worker:
                     result = await call
             else:
                 result = await call
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if job.releasing and not job.lost:
                 await self._release(job)
-            elif not job.lost:
-                raise
+                return
+            if job.lost:
+                return
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # cancelled from outside (the event loop is closing)
+            # Nobody cancelled this job: the handler's own code raised it (it awaited an
+            # inner task that was cancelled).  A failure like any other, recorded now
+            # rather than left running until its lease expires.
+            await self._fail(job, tt, exc, outcome="error")
             return
-        except (PermanentError, ValidationError) as exc:
+        except PermanentError as exc:
             await self._fail(job, tt, exc, outcome="permanent_error", permanent=True)
             return
         except TimeoutError as exc:
@@ -547,8 +569,6 @@ class Worker:
         except BaseException as exc:  # a handler must never kill the worker
             await self._fail(job, tt, exc, outcome="error")
             return
-        finally:
-            reset_context(token)
         self._complete(job, result)
 
     # --- outcomes ----------------------------------------------------------------------
