@@ -7,6 +7,7 @@ import hashlib
 import secrets
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -21,9 +22,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import roost
-from roost.errors import Unauthorized
+from roost.errors import TooManyRequests, Unauthorized
 from roost.http.auth import CSRF_COOKIE, SESSION_COOKIE, current_principal
 from roost.http.deps import get_keys, get_settings_dep
+from roost.http.problems import retry_after
+from roost.http.routing import RoostRoute
 from roost.identity.models import User
 from roost.principal import Principal
 from roost.security.tokens import issue_access_token
@@ -185,3 +188,31 @@ def render(
     if new:
         set_csrf_cookie(response, request, token)
     return response
+
+
+def too_many_requests_page(request: Request, exc: TooManyRequests) -> HTMLResponse:
+    """The page of a signed-in user over their rate limit, with ``Retry-After``."""
+    response = render(request, "error.html", viewer=None, status_code=429,
+                      title="Too many requests",
+                      message=f"{exc.detail[:1].upper()}{exc.detail[1:]}.")
+    response.headers.update(retry_after(exc) or {})
+    return response
+
+
+class PageRoute(RoostRoute):
+    """A console route whose pages answer a viewer over their rate limit (the resolver's
+    429, raised while :func:`viewer` resolves the cookie) with an HTML page, not problem
+    JSON; the JSON endpoints (sign-in, sign-out: POST) keep the problem answer."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def page(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except TooManyRequests as exc:
+                if request.method != "GET":  # HEAD runs as GET
+                    raise
+                return too_many_requests_page(request, exc)
+
+        return page

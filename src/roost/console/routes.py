@@ -23,6 +23,7 @@ from roost.chat import sessions as chat_sessions
 from roost.codeversions import service as code_versions
 from roost.console.deps import (
     SECURITY_HEADERS,
+    PageRoute,
     Viewer,
     asset,
     clear_session_cookie,
@@ -49,7 +50,8 @@ from roost.tools import registry as tool_registry
 from roost.workflows import runs as workflow_runs
 from roost.workflows import service as workflow_service
 
-router = RoostRouter(prefix="/console", tags=["console"], include_in_schema=False)
+router = RoostRouter(prefix="/console", tags=["console"], include_in_schema=False,
+                     route_class=PageRoute)
 root_router = RoostRouter(tags=["console"], include_in_schema=False)
 Config = Annotated[IdentityConfig, Depends(identity_config)]
 

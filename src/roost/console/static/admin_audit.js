@@ -1,6 +1,6 @@
 // Administration: the audit log.  Entries newest first with the API's filters, cursor
 // pages, and a check of the hash chain.
-import { api, el, formatTime, showError } from "./console.js";
+import { api, el, formatTime, latestLoad, showError } from "./console.js";
 
 const PAGE = 50;
 const tbody = document.getElementById("entries");
@@ -11,7 +11,7 @@ const userSelect = document.getElementById("f-user");
 const knownActions = new Set();
 const names = new Map();  // user id -> Promise of a display name
 let cursor = null;
-let request = null;
+const loading = latestLoad(more);
 
 // --- actors: user ids shown as usernames --------------------------------------------------
 
@@ -106,26 +106,18 @@ function rememberActions(entries) {
 }
 
 async function load(reset) {
-  request?.abort();
-  const controller = new AbortController();
-  request = controller;
   const params = filterParams();
   if (!reset && cursor) params.set("cursor", cursor);
-  more.disabled = true;
   try {
-    const page = await api(`/api/v1/audit/logs?${params}`, { signal: controller.signal });
+    const page = await loading((signal) => api(`/api/v1/audit/logs?${params}`, { signal }));
+    if (!page) return;  // a newer load replaced this one
     if (reset) tbody.replaceChildren();
     tbody.append(...page.items.map(row));
     rememberActions(page.items);
     cursor = page.next_cursor;
     more.hidden = !cursor;
     empty.hidden = tbody.children.length > 0;
-  } catch (error) {
-    if (error.name !== "AbortError") showError(error);
-  } finally {
-    more.disabled = false;
-    if (request === controller) request = null;
-  }
+  } catch (error) { showError(error); }
 }
 
 form.addEventListener("submit", (event) => { event.preventDefault(); load(true); });

@@ -4,7 +4,7 @@
 // model price table (edit, add, remove), the analytics export (status, "Export now") and
 // streaming metrics per model.  Money is sent and shown as decimal strings.
 
-import { api, el, formatTime, notify, showError, submitOnce } from "./console.js";
+import { api, el, formatTime, latestLoad, notify, showError, submitOnce } from "./console.js";
 import { invoiceRow, money, period, statusBadge } from "./billing.js";
 
 const $ = (id) => document.getElementById(id);
@@ -16,6 +16,7 @@ const users = new Map();  // id -> user (the accounts the users API listed)
 const groups = new Map();  // id -> group name
 let usersLoaded = null;
 let subsCursor = null;
+const loadingSubs = latestLoad($("subs-more"));
 let subsShown = [];
 
 // --- users (subscriber names and the lookup) -------------------------------------------------
@@ -173,7 +174,8 @@ async function loadSubscriptions({ more = false } = {}) {
   const params = new URLSearchParams({ limit: String(PAGE) });
   if ($("subs-status").value) params.set("status", $("subs-status").value);
   if (more && subsCursor) params.set("cursor", subsCursor);
-  const page = await api(`/api/v1/billing/subscriptions?${params}`);
+  const page = await loadingSubs((signal) => api(`/api/v1/billing/subscriptions?${params}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   subsShown = more ? [...subsShown, ...page.items] : page.items;
   subsCursor = page.next_cursor;
   renderSubscriptions();

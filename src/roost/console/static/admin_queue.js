@@ -1,6 +1,6 @@
 // Administration: the job queue.  Counts by status and priority, dead letters waiting
 // (details with the error as text, retry), recent jobs by status; cursor pages.
-import { api, clip, el, formatTime, notify, showError } from "./console.js";
+import { api, clip, el, formatTime, latestLoad, notify, showError } from "./console.js";
 
 const PRIORITIES = ["critical", "high", "normal", "low", "background"];
 const STATUSES = ["pending", "queued", "running", "paused", "completed", "failed", "stuck", "cancelled", "dead_letter"];
@@ -53,6 +53,7 @@ const deadBody = document.getElementById("dead");
 const deadEmpty = document.getElementById("dead-empty");
 const deadMore = document.getElementById("dead-more");
 let deadCursor = null;
+const loadingDead = latestLoad(deadMore);
 
 function firstLine(text) {
   const line = (text || "").split("\n", 1)[0];
@@ -112,7 +113,8 @@ async function loadDead(reset) {
   const params = new URLSearchParams({ retried: "false", limit: "25" });
   if (!reset && deadCursor) params.set("cursor", deadCursor);
   try {
-    const page = await api(`/api/v1/tasks/dead-letters?${params}`);
+    const page = await loadingDead((signal) => api(`/api/v1/tasks/dead-letters?${params}`, { signal }));
+    if (!page) return;  // a newer load replaced this one
     if (reset) deadBody.replaceChildren();
     deadBody.append(...page.items.map(letterRow));
     deadCursor = page.next_cursor;
@@ -128,7 +130,7 @@ const tasksEmpty = document.getElementById("tasks-empty");
 const tasksMore = document.getElementById("tasks-more");
 const taskStatus = document.getElementById("task-status");
 let tasksCursor = null;
-let tasksRequest = null;
+const loadingTasks = latestLoad(tasksMore);
 
 function taskRow(t) {
   return el("tr", {},
@@ -141,24 +143,18 @@ function taskRow(t) {
 }
 
 async function loadTasks(reset) {
-  tasksRequest?.abort();
-  const controller = new AbortController();
-  tasksRequest = controller;
   const params = new URLSearchParams({ limit: "25" });
   if (taskStatus.value) params.set("status", taskStatus.value);
   if (!reset && tasksCursor) params.set("cursor", tasksCursor);
   try {
-    const page = await api(`/api/v1/tasks?${params}`, { signal: controller.signal });
+    const page = await loadingTasks((signal) => api(`/api/v1/tasks?${params}`, { signal }));
+    if (!page) return;  // a newer load replaced this one
     if (reset) tasksBody.replaceChildren();
     tasksBody.append(...page.items.map(taskRow));
     tasksCursor = page.next_cursor;
     tasksMore.hidden = !tasksCursor;
     tasksEmpty.hidden = tasksBody.children.length > 0;
-  } catch (error) {
-    if (error.name !== "AbortError") showError(error);
-  } finally {
-    if (tasksRequest === controller) tasksRequest = null;
-  }
+  } catch (error) { showError(error); }
 }
 
 function refreshAll() {

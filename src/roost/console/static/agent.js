@@ -1,9 +1,10 @@
 // One agent: its details, a run form (to the run's page), editing, deleting, its runs.
-import { api, badge, clip, el, formatTime, keepDraft, notify, pageData, saveChanges, showError } from "./console.js";
+import { api, badge, clip, el, formatTime, keepDraft, latestLoad, notify, pageData, saveChanges, showError } from "./console.js";
 
 const { agent_id: agentId } = pageData();
 let agent = null;
 let runsCursor = null;
+const loadingRuns = latestLoad(document.getElementById("runs-more"));
 
 function detail(term, ...value) {
   return [el("dt", {}, term), el("dd", {}, ...value)];
@@ -86,7 +87,8 @@ function runRow(run) {
 async function loadRuns(more = false) {
   const query = new URLSearchParams({ agent_id: agentId, limit: "20" });
   if (more && runsCursor) query.set("cursor", runsCursor);
-  const page = await api(`/api/v1/runs?${query}`);
+  const page = await loadingRuns((signal) => api(`/api/v1/runs?${query}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   const body = document.getElementById("runs-body");
   if (!more) body.replaceChildren();
   for (const run of page.items) body.append(runRow(run));

@@ -1,11 +1,13 @@
 // Agents: the user's agents (cursor pages), a create form, and recent runs.
-import { api, badge, clip, el, formatTime, keepDraft, LEAVING, notify, showError, submitOnce } from "./console.js";
+import { api, badge, clip, el, formatTime, keepDraft, latestLoad, LEAVING, notify, showError, submitOnce } from "./console.js";
 
 const agentsBody = document.getElementById("agents-body");
 const runsBody = document.getElementById("runs-body");
 const agentNames = new Map(); // id -> name, to name the agent of each run
 let agentsCursor = null;
 let runsCursor = null;
+const loadingAgents = latestLoad(document.getElementById("agents-more"));
+const loadingRuns = latestLoad(document.getElementById("runs-more"));
 
 function agentRow(agent) {
   const state = [agent.is_active ? badge("active") : badge("inactive", "muted")];
@@ -22,7 +24,8 @@ function agentRow(agent) {
 async function loadAgents(more = false) {
   const query = new URLSearchParams({ limit: "25" });
   if (more && agentsCursor) query.set("cursor", agentsCursor);
-  const page = await api(`/api/v1/agents?${query}`);
+  const page = await loadingAgents((signal) => api(`/api/v1/agents?${query}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   if (!more) agentsBody.replaceChildren();
   for (const agent of page.items) {
     agentNames.set(agent.id, agent.name);
@@ -62,7 +65,8 @@ function runRow(run) {
 async function loadRuns(more = false) {
   const query = new URLSearchParams({ limit: "20" });
   if (more && runsCursor) query.set("cursor", runsCursor);
-  const page = await api(`/api/v1/runs?${query}`);
+  const page = await loadingRuns((signal) => api(`/api/v1/runs?${query}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   if (!more) runsBody.replaceChildren();
   for (const run of page.items) runsBody.append(runRow(run));
   runsCursor = page.next_cursor;

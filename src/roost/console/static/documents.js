@@ -2,7 +2,7 @@
 // progress), the ingestion runs (polled while any is pending or running), the documents
 // list with pages and delete, and hybrid search with every score the API returns.
 
-import { api, ApiError, csrf, el, formatTime, notify, showError, signInAgain } from "./console.js";
+import { api, ApiError, csrf, el, formatTime, latestLoad, notify, showError, signInAgain } from "./console.js";
 
 const BASE = "/api/v1/knowledge";
 const POLL_MS = 2000;
@@ -164,12 +164,16 @@ function schedulePoll() {
 
 const cursors = [null];  // the cursor of every page seen so far; the last is this page's
 let nextCursor = null;
+// Previous and Next are disabled while a page loads (a double click moves one page), and a
+// page overtaken by a newer load (a poll, a delete) is dropped.
+const loading = latestLoad($("docs-prev"), $("docs-next"));
 
 async function loadDocuments() {
   const cursor = cursors[cursors.length - 1];
   const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
   if (cursor) query.set("cursor", cursor);
-  const page = await api(`${BASE}/documents?${query}`);
+  const page = await loading((signal) => api(`${BASE}/documents?${query}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   nextCursor = page.next_cursor;
   $("docs-prev").disabled = cursors.length <= 1;
   $("docs-next").disabled = !nextCursor;

@@ -1,4 +1,4 @@
-import { api, el, formatTime, notify, showError, submitOnce, ApiError } from "./console.js";
+import { api, el, formatTime, latestLoad, notify, showError, submitOnce, ApiError } from "./console.js";
 import { createCredential } from "./webauthn.js";
 
 const $ = (id) => document.getElementById(id);
@@ -41,6 +41,8 @@ const INVITATIONS = {
   },
 };
 const invitationCursors = {};
+const invitationLoads = Object.fromEntries(
+  Object.entries(INVITATIONS).map(([kind, { more }]) => [kind, latestLoad($(more))]));
 
 function invitationRow(kind, invitation) {
   const { path, name, role } = INVITATIONS[kind];
@@ -68,7 +70,8 @@ async function loadInvitations(kind, more = false) {
   const list = $(listId);
   const cursor = invitationCursors[kind];
   const query = more && cursor ? `?cursor=${encodeURIComponent(cursor)}` : "";
-  const page = await api(`${path}${query}`);
+  const page = await invitationLoads[kind]((signal) => api(`${path}${query}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   if (!more) list.replaceChildren();
   list.querySelector(".empty")?.remove();
   list.append(...page.items.map((invitation) => invitationRow(kind, invitation)));

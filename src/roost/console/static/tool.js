@@ -1,6 +1,6 @@
 // One tool: what it is, a call form generated from its input JSON Schema (or raw JSON), the
 // result of a call, and its recent calls.
-import { api, ApiError, badge, el, formatTime, notify, pageData, showError } from "./console.js";
+import { api, ApiError, badge, el, formatTime, latestLoad, notify, pageData, showError } from "./console.js";
 
 const { tool_id: toolId } = pageData();
 const form = document.getElementById("call-form");
@@ -10,6 +10,7 @@ const jsonArea = document.getElementById("arguments-json");
 let tool = null;
 let fields = []; // { name, kind, control, schema, required }
 let runsCursor = null;
+const loadingRuns = latestLoad(document.getElementById("runs-more"));
 
 const pretty = (value) => JSON.stringify(value, null, 2);
 
@@ -340,7 +341,8 @@ function runRow(run) {
 async function loadRuns(more = false) {
   const query = new URLSearchParams({ tool_id: toolId, limit: "10" });
   if (more && runsCursor) query.set("cursor", runsCursor);
-  const page = await api(`/api/v1/tool-runs?${query}`);
+  const page = await loadingRuns((signal) => api(`/api/v1/tool-runs?${query}`, { signal }));
+  if (!page) return;  // a newer load replaced this one
   const body = document.getElementById("runs-body");
   if (!more) body.replaceChildren();
   for (const run of page.items) body.append(runRow(run));

@@ -1,12 +1,15 @@
 // Projects and tasks: the tasks board (highest calculated score first, inline importance
 // and urgency that re-sort it, done, delete, add), the projects list (create, archive,
 // details with counts of what each groups).
-import { api, el, notify, showError, submitOnce } from "./console.js";
+import { api, el, latestLoad, notify, showError, submitOnce } from "./console.js";
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 50;
 let projects = [];
 let nextCursor = null;
+// The board's loads, first pages and "Load more" alike: a filter change drops a page still
+// loading, and a double click on "Load more" loads one page.
+const loadingBoard = latestLoad($("board-more"));
 
 function projectName(id) {
   return projects.find((p) => p.id === id)?.name ?? "";
@@ -67,7 +70,8 @@ function boardQuery(cursor) {
 
 async function loadBoard() {
   try {
-    const page = await api(boardQuery(null));
+    const page = await loadingBoard((signal) => api(boardQuery(null), { signal }));
+    if (!page) return;  // a newer load replaced this one
     $("board-body").replaceChildren(...page.items.map(taskRow));
     nextCursor = page.next_cursor;
     $("board-more").hidden = !nextCursor;
@@ -79,7 +83,8 @@ async function loadBoard() {
 async function loadMore() {
   if (!nextCursor) return;
   try {
-    const page = await api(boardQuery(nextCursor));
+    const page = await loadingBoard((signal) => api(boardQuery(nextCursor), { signal }));
+    if (!page) return;  // a newer load replaced this one
     $("board-body").append(...page.items.map(taskRow));
     nextCursor = page.next_cursor;
     $("board-more").hidden = !nextCursor;
