@@ -397,8 +397,8 @@ async def test_serve_on_a_database_a_newer_roost_migrated_is_one_line(
     for extra in ((), ("--no-migrate",), ("--workers", "2")):
         out = await asyncio.to_thread(run_roost, "serve", "--port", str(free_port()), *extra,
                                       env=env, timeout=120)
-        if extra[:1] == ("--workers",):  # the supervisor says it is starting first
-            out.stderr = out.stderr.split("\n", 6)[-1]
+        # The refusal comes first: no start banner (the supervisor printed one before it).
+        assert "is starting on" not in out.stderr, out.stderr
         assert_clean_failure(out, mentions="migrated by a newer Roost (revision 9999", code=1)
         assert "upgrade Roost" in out.stderr, out.stderr
     upgrade = await asyncio.to_thread(run_roost, "db", "upgrade", env=env, timeout=120)
@@ -876,3 +876,17 @@ def test_serve_says_where_it_listens_where_data_lives_and_how_to_sign_in(
         assert expected in shown, shown
     assert "s3cret" not in server.output
     assert shown.count("is listening on") == 1
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_a_chat_system_prompt_with_a_placeholder_chat_does_not_fill_is_refused_at_start(
+    command: str, refused_env: dict[str, str],
+) -> None:
+    """ROOST_CHAT_SYSTEM_PROMPT="Hello {{name}}": start-up only logged
+    prompts.factory_refused and chat sent the raw text, braces and all, to the model; now
+    the settings refuse it before any work, naming the one placeholder chat fills."""
+    out = run_roost(command, env={**refused_env,
+                                  "ROOST_CHAT_SYSTEM_PROMPT": "Hello {{ name }}, it is {{date}}."},
+                    timeout=60)
+    assert_clean_failure(out, mentions="invalid configuration: ROOST_CHAT_SYSTEM_PROMPT: ", code=2)
+    assert "{{date}}" in out.stderr and "'name'" in out.stderr, out.stderr

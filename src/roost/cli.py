@@ -214,9 +214,10 @@ def serve(
     if processes > 1:
         from roost.serving import serve_processes
 
-        _print_start_up(settings, bind_host, bind_port, starting=True)
         serve_processes(settings, host=bind_host, port=bind_port,
-                        processes=processes, migrate=migrate, with_worker=with_worker)
+                        processes=processes, migrate=migrate, with_worker=with_worker,
+                        announce=lambda: _print_start_up(settings, bind_host, bind_port,
+                                                         starting=True))
         return
 
     # A key it cannot use, a port in use: said before the database is started or migrated.

@@ -6,11 +6,12 @@ when not given by the environment, generated once into ``ROOST_DATA_DIR`` (0600)
 
 from __future__ import annotations
 
+import re
 import socket
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -33,6 +34,13 @@ def parse_fallback_kinds(raw: str) -> frozenset[str]:
     if unknown:
         raise ValueError(f"unknown kinds {sorted(unknown)}; use any of {', '.join(FALLBACK_KINDS)}")
     return kinds
+
+
+# A prompt's ``{{name}}`` placeholder (roost.prompts.render): here so that the settings can
+# check ROOST_CHAT_SYSTEM_PROMPT with the very pattern prompts are rendered with.
+PROMPT_PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,63})\s*\}\}")
+CHAT_PROMPT_VALUES: Final = ("date",)
+"""The placeholders chat fills in ROOST_CHAT_SYSTEM_PROMPT (today's date, UTC)."""
 
 
 def default_node_id() -> str:
@@ -494,6 +502,18 @@ class Settings(BaseSettings):
     @classmethod
     def _fallback_kinds(cls, value: str) -> str:
         parse_fallback_kinds(value)  # a typo refused at start, not at the first fallback
+        return value
+
+    @field_validator("chat_system_prompt")
+    @classmethod
+    def _chat_prompt_placeholders(cls, value: str | None) -> str | None:
+        # Any other {{name}} has no value: start-up refused to publish it and chat sent the
+        # raw braces to the model; refused here, so no server runs with it.
+        unknown = sorted({n for n in PROMPT_PLACEHOLDER.findall(value or "")
+                          if n not in CHAT_PROMPT_VALUES})
+        if unknown:
+            allowed = ", ".join(f"{{{{{n}}}}}" for n in CHAT_PROMPT_VALUES)
+            raise ValueError(f"unknown placeholders {unknown}; the only one chat fills is {allowed}")
         return value
 
     @field_validator("smtp_listen")

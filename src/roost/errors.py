@@ -17,10 +17,15 @@ class RoostError(Exception):
     title: str = "Bad request"
     type_slug: str = "bad-request"
 
-    def __init__(self, detail: str, *, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, detail: str, *, extra: dict[str, Any] | None = None,
+                 retry_helps: bool | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra or {}
+        # Whether the same request sent again may succeed; None: as its status says (a 5xx
+        # may).  False where a retry would repeat what was done (a second agent run): /v1
+        # tells OpenAI SDKs not to retry it on their own (``x-should-retry: false``).
+        self.retry_helps = retry_helps
 
 
 class BadRequest(RoostError):

@@ -30,7 +30,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -401,8 +401,11 @@ def run_queue_worker(app: FastAPI, settings: Settings) -> None:
 
 
 def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
-                    migrate: bool, with_worker: bool) -> None:
-    """Run ``processes`` API processes on ``host:port`` until SIGTERM/SIGINT."""
+                    migrate: bool, with_worker: bool,
+                    announce: Callable[[], None] = lambda: None) -> None:
+    """Run ``processes`` API processes on ``host:port`` until SIGTERM/SIGINT.  ``announce``
+    (the start banner) runs once the database is checked and the port is bound: a refused
+    database or a port in use is the only thing said, as with one process."""
     from roost.db.engine import create_database
     from roost.keyfiles import load_keys
 
@@ -433,6 +436,7 @@ def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
             http=HeadLimitedHttpTools, limit_concurrency=connection_limit(settings),
         )
         sock = listening_socket(host, port)
+        announce()
         log.info("serve.processes_starting", processes=processes, host=host, port=port,
                  queue_workers=processes if with_worker else 0)
         try:

@@ -11,10 +11,13 @@ from typing import Any
 import cbor2
 import httpx
 
+from roost.config import Settings
 from roost.db.engine import Database
+from roost.identity.passkeys import PASSKEY_BEGINS_PER_FAILURE
 from roost.security.totp import current_totp_step, totp_code_at
 from tests.identity.conftest import ORIGIN, bearer, password_user, wait_for_fresh_totp_step
 from tests.support.soft_authenticator import SoftAuthenticator, b64url_decode, b64url_encode
+from tests.support.sql import scalar
 
 
 async def _enrol(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
@@ -99,3 +102,44 @@ async def test_passkey_with_an_unusable_public_key_is_refused(
         "challenge_id": start["challenge_id"],
         "credential": auth.get(start["options"], origin=ORIGIN)})
     assert signin.status_code == 401, signin.text
+
+
+async def test_registrations_from_one_address_are_throttled(
+    client: httpx.AsyncClient, database: Database, test_settings: Settings,
+) -> None:
+    """Each registration costs an argon2 hash and stores an account (pending approval): one
+    address could repeat it without limit.  Past ROOST_LOGIN_MAX_FAILURES_PER_IP in the
+    window it is 429 with Retry-After, and nothing more is stored; a taken name is refused
+    before its hash, so repeating one costs no argon2 work and is not counted."""
+    limit = test_settings.login_max_failures_per_ip
+
+    async def register(n: int) -> httpx.Response:
+        return await client.post("/api/v1/auth/register", json={
+            "username": f"flood{n}", "email": f"flood{n}@example.test",
+            "password": "violet-Harbor-stone-9-lantern"})
+
+    assert (await register(0)).status_code == 201
+    assert [(await register(0)).status_code for _ in range(limit)] == [409] * limit
+    answers = [await register(n) for n in range(1, limit + 1)]
+    assert [a.status_code for a in answers] == [201] * (limit - 1) + [429], answers[-1].text
+    refused = answers[-1]
+    assert int(refused.headers["Retry-After"]) > 0, refused.headers
+    assert refused.json()["retry_after_s"] > 0 and "registrations" in refused.json()["detail"]
+    stored = await scalar(database, "SELECT count(*) FROM users WHERE username LIKE 'flood%'")
+    assert stored == limit
+
+
+async def test_passkey_sign_in_begins_from_one_address_are_throttled(
+    client: httpx.AsyncClient, database: Database, test_settings: Settings,
+) -> None:
+    """Each begin stores a challenge row for anyone who asks, signed in or not: past ten
+    times ROOST_LOGIN_MAX_FAILURES_PER_IP begins from one address in the window (successful
+    sign-ins count too, and an office shares one address), 429 with Retry-After and no
+    row stored."""
+    limit = test_settings.login_max_failures_per_ip * PASSKEY_BEGINS_PER_FAILURE
+    answers = [await client.post("/api/v1/auth/passkeys/login/begin") for _ in range(limit + 1)]
+    assert [a.status_code for a in answers] == [200] * limit + [429], answers[-1].text
+    assert int(answers[-1].headers["Retry-After"]) > 0, answers[-1].headers
+    stored = await scalar(database, "SELECT count(*) FROM auth_challenges "
+                          "WHERE purpose = 'passkey_login'")
+    assert stored == limit

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +22,11 @@ from sqlalchemy import text
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.identity.apikeys import MAX_KEYS_PER_USER
+from roost.identity.config import IdentityConfig
+from roost.identity.models import User
 from roost.identity.passkeys import MAX_PASSKEYS_PER_USER
+from roost.identity.sessions import ClientInfo, start_session
+from roost.security.crypto import SecretBox
 from tests.chat.conftest import add_provider
 from tests.identity.conftest import ORIGIN, PASSWORD, bearer, login, password_user
 from tests.support.identity import make_user
@@ -297,3 +304,65 @@ async def test_a_sign_in_during_a_suspension_keeps_no_session_once_it_is_lifted(
             if (await client.get("/api/v1/auth/me", headers=token)).status_code == 200:
                 survivors.append(attempt)
     assert survivors == [], f"sessions opened during the suspension still work: {survivors}"
+
+
+async def _ending_during_a_sign_in(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID,
+    end: Coroutine[Any, Any, httpx.Response],
+) -> uuid.UUID:
+    """A sign-in past its password check (the account's row locked, its session inserted,
+    not yet committed) while ``end`` ends the account's sessions: the sign-in's session,
+    once both are done.  ``end`` either waits for the sign-in to commit, and so ends its
+    session too, or would run wholly after it."""
+    cfg = IdentityConfig(jwt_secret="x" * 48, box=SecretBox.from_keys(secrets.token_bytes(32)))
+    async with database.transaction() as session:
+        user = await session.get(User, user_id)
+        assert user is not None
+        issued = await start_session(session, cfg, user, method="password",
+                                     client=ClientInfo("127.0.0.1", DEVICE_AGENT))
+        ending = asyncio.create_task(end)
+        await asyncio.sleep(0.5)  # the ending runs now: it must wait for this commit
+    answer = await ending
+    no_5xx(answer)
+    assert answer.status_code in (200, 204), answer.text
+    return issued.session_id
+
+
+DEVICE_AGENT = "RaceBrowser/1.0"
+
+
+@pytest.mark.parametrize("who", ["self", "admin"])
+async def test_logging_out_everywhere_during_a_sign_in_ends_its_session(
+    client: httpx.AsyncClient, database: Database, admin_headers: Headers, who: str,
+) -> None:
+    """Log out everywhere (or an administrator's revocation of the account's sessions)
+    that ran while a sign-in was past its password check: the sign-in's session ended
+    too (it was invisible to the ending's statement until it committed, and survived)."""
+    user_id, headers = await make_user(database)
+    end = (client.post("/api/v1/auth/logout-all", headers=headers) if who == "self" else
+           client.post(f"/api/v1/users/{user_id}/sessions/revoke", headers=admin_headers))
+    session_id = await _ending_during_a_sign_in(client, database, user_id, end)
+    alive = await scalar(database, "SELECT count(*) FROM sessions WHERE id = :id "
+                         "AND revoked_at IS NULL", id=session_id)
+    assert alive == 0, "the sign-in's session outlived the ending"
+
+
+async def test_revoking_a_device_during_a_sign_in_on_it_ends_its_session(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """Revoking a device while a sign-in from it was past its password check: that
+    sign-in's session ended too (it survived, its device id set to null)."""
+    name = f"drace-{uuid.uuid4().hex[:8]}"
+    user_id = await password_user(database, name)
+    first = await client.post("/api/v1/auth/login", json={"login": name, "password": PASSWORD},
+                              headers={"User-Agent": DEVICE_AGENT})
+    assert first.status_code == 200, first.text
+    headers = {"Authorization": f"Bearer {first.json()['access_token']}"}
+    listed = await client.get("/api/v1/users/me/devices", headers=headers)
+    assert listed.status_code == 200 and len(listed.json()) == 1, listed.text
+    device = listed.json()[0]["id"]
+    end = client.delete(f"/api/v1/users/me/devices/{device}", headers=headers)
+    session_id = await _ending_during_a_sign_in(client, database, user_id, end)
+    alive = await scalar(database, "SELECT count(*) FROM sessions WHERE id = :id "
+                         "AND revoked_at IS NULL", id=session_id)
+    assert alive == 0, "the sign-in's session outlived its device's revocation"

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from roost.app import create_app
 from roost.config import Settings
@@ -27,6 +27,7 @@ from roost.identity.ratelimits import Limiter, RequestLimits
 from roost.identity.sessions import cleanup_expired
 from roost.keyfiles import KeyMaterial
 from roost.principal import Principal
+from tests.console.conftest import session_cookies
 from tests.identity.limits import dispose_limiter, limit_settings, live_leases, until
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
@@ -125,7 +126,93 @@ async def test_per_key_and_per_user_limits_are_independent(
     # Key B has no limit of its own, only the user's: 5 - 2 used = 3 more.
     assert await _statuses(client, key_b, 4) == [200, 200, 200, 429]
     refused = await client.get(LIST_KEYS, headers=key_b)
-    assert "5 for the user" in refused.json()["detail"]
+    assert "your account's limit of 5 requests per minute" in refused.json()["detail"]
+
+
+async def test_a_refusal_names_the_limit_that_refused(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+) -> None:
+    """With both the user and the key limited, the 429 says which one refused: the key's
+    own limit, or the account's (all the user's keys together)."""
+    user_id, key_a = await make_user(database)
+    key_b = await _second_key(database, user_id)
+    async with database.transaction() as session:
+        key_a_id = await session.scalar(select(ApiKey.id).where(
+            ApiKey.user_id == user_id, ApiKey.name == "test helper"))
+    for path, rpm in ((f"users/{user_id}", 4), (f"api-keys/{key_a_id}", 2)):
+        put = await client.put(f"/api/v1/admin/limits/{path}", headers=admin_headers,
+                               json={"requests_per_minute": rpm})
+        assert put.status_code == 200, put.text
+    assert await _statuses(client, key_a, 2) == [200, 200]
+    by_key = await client.get(LIST_KEYS, headers=key_a)
+    assert by_key.status_code == 429
+    assert by_key.json()["detail"].startswith(
+        "rate limit reached: the API key's limit of 2 requests per minute; try again in ")
+    assert by_key.json()["retry_after_s"] == int(by_key.headers["Retry-After"])
+    assert await _statuses(client, key_b, 2) == [200, 200]  # the user's 4 are used up
+    by_user = await client.get(LIST_KEYS, headers=key_b)
+    assert by_user.status_code == 429
+    assert "your account's limit of 4 requests per minute" in by_user.json()["detail"]
+    # Key A is now over both: it is still refused, naming one of them.
+    both = (await client.get(LIST_KEYS, headers=key_a)).json()["detail"]
+    assert "the API key's limit of 2" in both or "your account's limit of 4" in both
+
+
+async def test_revoked_and_expired_keys_limits_are_neither_listed_nor_set(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+) -> None:
+    """A revoked or expired key authenticates no more: the overview leaves out its
+    override and setting its limits is a 409 (a live key's still 200)."""
+    user_id, _ = await make_user(database)
+    ids: dict[str, str] = {}
+    for name in ("live", "revoked", "expired"):
+        made = await client.post(f"{LIST_KEYS}?user_id={user_id}", headers=admin_headers,
+                                 json={"name": name})
+        assert made.status_code == 201, made.text
+        ids[name] = made.json()["id"]
+        put = await client.put(f"/api/v1/admin/limits/api-keys/{ids[name]}",
+                               headers=admin_headers, json={"requests_per_minute": 7})
+        assert put.status_code == 200, put.text
+    gone = await client.delete(f"{LIST_KEYS}/{ids['revoked']}", headers=admin_headers)
+    assert gone.status_code in (200, 204), gone.text
+    async with database.transaction() as session:
+        await session.execute(update(ApiKey).where(ApiKey.id == uuid.UUID(ids["expired"]))
+                              .values(expires_at=text("now() - interval '1 minute'")))
+    overview = (await client.get("/api/v1/admin/limits", headers=admin_headers)).json()
+    assert [o["id"] for o in overview["overrides"] if o["kind"] == "api_key"] == [ids["live"]]
+    for name in ("revoked", "expired"):
+        put = await client.put(f"/api/v1/admin/limits/api-keys/{ids[name]}",
+                               headers=admin_headers, json={"requests_per_minute": 1})
+        assert put.status_code == 409, put.text
+        assert "revoked or expired" in put.json()["detail"]
+    async with database.transaction() as session:
+        kept = (await session.execute(select(ApiKey.rate_limit_rpm).where(
+            ApiKey.id.in_([uuid.UUID(i) for i in ids.values()])))).scalars().all()
+    assert kept == [7, 7, 7]  # nothing changed by the refused PUTs
+    live = await client.put(f"/api/v1/admin/limits/api-keys/{ids['live']}",
+                            headers=admin_headers, json={})
+    assert live.status_code == 200, live.text
+
+
+async def test_a_console_page_over_the_limit_is_an_html_page(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """A signed-in user over their limit who opens a console page (even the sign-in page)
+    gets an HTML 429 page saying when to try again, with Retry-After, not problem JSON."""
+    user_id, headers = await make_user(database)
+    cookies = await session_cookies(database, test_keys, user_id)
+    assert await _statuses(client, headers, 3) == [200, 200, 200]
+    for path in ("/console/chat", "/console/login", "/console/no-such-page"):
+        page = await client.get(path, cookies=cookies)
+        assert page.status_code == 429, (path, page.status_code)
+        assert page.headers["content-type"].startswith("text/html"), path
+        assert page.headers["Retry-After"].isdigit(), path
+        assert "Content-Security-Policy" in page.headers
+        assert "your account&#39;s limit of 3 requests per minute; try again in" in page.text
+    # The API still answers problem JSON.
+    api = await client.get(LIST_KEYS, headers=headers)
+    assert api.status_code == 429
+    assert api.headers["content-type"].startswith("application/problem+json")
 
 
 async def test_a_key_made_with_a_throttled_key_keeps_its_limits(

@@ -89,8 +89,8 @@ async def test_embeddings_of_a_model_without_an_embeddings_api_are_a_400_naming_
 
 @pytest.mark.parametrize(("field", "value", "param"), [
     ("input", True, "input"),
-    ("input", [1, 2, 3], "input"),
-    ("input", ["a", 2], "input"),
+    ("input", [1, 2, 3], "input.0"),  # the list's first item that is not a string
+    ("input", ["a", 2], "input.1"),
     ("dimensions", "8", "dimensions"),
     ("dimensions", True, "dimensions"),
     ("encoding_format", "hex", "encoding_format"),
@@ -100,8 +100,9 @@ async def test_an_invalid_embeddings_field_is_named_as_param(
     user: tuple[uuid.UUID, Headers], field: str, value: Any, param: str,
 ) -> None:
     """A wrong type (a bool, token ids, a number as a string) is invalid_value with param
-    naming the field as the caller wrote it, not the validator's union branch
-    ("input.str", "input.list[str].0"), and never coerced (``dimensions: true`` is not 1)."""
+    naming the field (and a list's item) as the caller wrote it, not the validator's
+    union branch ("input.str", "input.list[str].0"), and never coerced (``dimensions:
+    true`` is not 1)."""
     await add_provider(client, admin_headers, stub)
     resp = await client.post("/v1/embeddings", headers=user[1],
                              json={"model": "stub-model", "input": "a", field: value})

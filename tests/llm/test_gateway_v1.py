@@ -388,6 +388,57 @@ async def test_an_sdk_tool_loop_sends_the_tool_calls_back_in_openais_shape(
                                                    "arguments": '{"city": "Paris"}'}}]
 
 
+async def test_a_custom_tool_call_is_refused_as_such(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, sdk: openai.AsyncOpenAI,
+) -> None:
+    """An assistant turn with a ``custom`` tool call (the SDK's free-text tools) is a 400
+    naming the call and saying only function tool calls are supported, not "name: Field
+    required"; nothing reaches the provider."""
+    await _provider(client, admin_headers, stub, "stub")
+    history: Any = [{"role": "user", "content": "run it"}, {"role": "assistant", "tool_calls": [
+        {"id": "call_1", "type": "custom", "custom": {"name": "shell", "input": "ls"}}]}]
+    with pytest.raises(openai.BadRequestError) as err:
+        await sdk.chat.completions.create(model="stub-model", messages=history)
+    assert err.value.param == "messages.1.tool_calls.0", err.value.body
+    assert "only function tool calls" in err.value.message and "required" not in err.value.message
+    assert stub.requests(path="/v1/chat/completions") == []
+
+
+async def test_a_malformed_content_part_is_named_in_the_error(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    """content as a list whose part is not an object: the error names the part
+    (messages.0.content.0, "must be an object"), not "should be a valid string" for a list,
+    which is allowed."""
+    await _provider(client, admin_headers, stub, "stub")
+    resp = await client.post("/v1/chat/completions", headers=user[1], json={
+        "model": "stub-model", "messages": [{"role": "user", "content": ["hello"]}]})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_value", "messages.0.content.0"), error
+    assert "must be an object" in error["message"], error
+    resp = await client.post("/v1/chat/completions", headers=user[1], json={
+        "model": "stub-model", "messages": [{"role": "user", "content": 7}]})
+    assert resp.json()["error"]["param"] == "messages.0.content", resp.text
+
+
+async def test_a_trailing_slash_is_a_404_in_openais_shape(
+    user: tuple[uuid.UUID, Headers], client: httpx.AsyncClient,
+) -> None:
+    """POST /v1/chat/completions/ is a 404 naming the path without the slash, in OpenAI's
+    shape, not a 307 redirect with an empty body."""
+    for method, path in (("POST", "/v1/chat/completions/"), ("POST", "/v1/embeddings/"),
+                         ("GET", "/v1/models/")):
+        resp = await client.request(method, path, headers=user[1], json={})
+        if path == "/v1/models/":  # the one model named "" (GET /v1/models/{model})
+            assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
+            continue
+        assert resp.status_code == 404, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "not_found" and path.rstrip("/") + ")" in error["message"], error
+
+
 def _nested(value: Any, depth: int) -> Any:
     for _ in range(depth):
         value = {"k": value}

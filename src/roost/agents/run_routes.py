@@ -228,12 +228,15 @@ def openai_agent_handler(app: FastAPI) -> ModelHandler:
         cid = f"chatcmpl-{run.id.hex}"
 
         def answer(done: Run) -> tuple[str, dict[str, int]]:
+            # Not for an SDK's own retries (retry_helps=False): each would start another
+            # run of the agent, its tools' side effects again (and a live run goes on).
             if done.status not in TERMINAL_RUN_STATUSES:  # the wait gave up: it goes on
                 raise GatewayTimeout(f"the agent's run {run.id} is still {done.status}; "
-                                     f"follow it at /api/v1/runs/{run.id}")
+                                     f"follow it at /api/v1/runs/{run.id}", retry_helps=False)
             if done.status != "completed":
                 raise BadGateway(f"the agent's run {done.id} ended {done.status}"
-                                 + (f": {done.error_message}" if done.error_message else ""))
+                                 + (f": {done.error_message}" if done.error_message else ""),
+                                 retry_helps=False)
             usage = {"prompt_tokens": done.tokens_in, "completion_tokens": done.tokens_out,
                      "total_tokens": done.tokens_in + done.tokens_out}
             return done.output or "", usage

@@ -409,10 +409,13 @@ async def _system_message(
     """The ``chat.system`` prompt for the session's owner (theirs, their group's, the
     factory default: docs/prompts.md), its use counted and noted on the session (a rating
     of the session rates it); ROOST_CHAT_SYSTEM_PROMPT when no version resolves."""
-    used = await prompts.use(session, owner_id, CHAT_PROMPT_KEY,
-                             values={"date": utcnow().date().isoformat()})
+    values = {"date": utcnow().date().isoformat()}
+    used = await prompts.use(session, owner_id, CHAT_PROMPT_KEY, values=values)
     if used is None:
-        return gateway.settings.chat_system_prompt
+        # The setting may use {{date}} only (the settings refuse any other placeholder):
+        # rendered as its factory version is, never the braces.
+        text = gateway.settings.chat_system_prompt
+        return prompts.render_chat_setting(text, values) if text else text
     await session.execute(
         update(ChatSession).where(ChatSession.id == session_id,
                                   ChatSession.system_prompt_id.is_distinct_from(used.prompt_id))

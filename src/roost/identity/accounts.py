@@ -8,6 +8,7 @@ The first account ever created is the root: ``is_root``, ``is_superuser``, role
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -21,6 +22,7 @@ from roost.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessabl
 from roost.identity.common import (
     is_admin_user,
     load_user,
+    lock_sign_ins,
     normalize_email,
     normalize_login,
     normalize_username,
@@ -98,7 +100,10 @@ async def create_user(
     hashed = None
     if password is not None:
         check_password_policy(password, username=username, email=email)
-        hashed = hash_password(password)  # before the lock: hashing takes ~50 ms
+        # A taken name is refused before the hash: repeating it costs no argon2 work.
+        await _check_unique(session, username, email)
+        # Before the lock, off the event loop: hashing takes ~50 ms.
+        hashed = await asyncio.to_thread(hash_password, password)
 
     await session.execute(_FIRST_USER_LOCK)
     await _check_unique(session, username, email)
@@ -170,6 +175,7 @@ async def end_sign_ins(
     it.  Passkey challenges need no ending: sign-in ones name no account (the credential
     does), and registering one needs a session that is still valid when it finishes.
     """
+    await lock_sign_ins(session, user_id)
     stmt = update(Session).where(Session.user_id == user_id, Session.revoked_at.is_(None))
     if keep is not None:
         stmt = stmt.where(Session.id != keep)

@@ -53,23 +53,34 @@ async def create_api_key(
                                 extra={"field": "expires_at"})
         if expires_at <= utcnow():
             raise Unprocessable("expires_at must be in the future", extra={"field": "expires_at"})
+    parent = None
+    if principal.api_key_id is not None and owner == principal.user_id:
+        parent = (await session.execute(
+            select(ApiKey.rate_limit_rpm, ApiKey.rate_limit_streams, ApiKey.expires_at)
+            .where(ApiKey.id == principal.api_key_id))).one_or_none()
+    if parent is not None and parent.expires_at is not None:
+        # A key made with a key that expires expires no later: a leaked short-lived key
+        # must not mint its holder a permanent one.
+        if expires_at is None:
+            expires_at = parent.expires_at
+        elif expires_at > parent.expires_at:
+            raise Unprocessable(
+                "expires_at must not be later than the expiry of the API key this request "
+                f"is made with ({parent.expires_at.isoformat()})", extra={"field": "expires_at"})
     await lock_owner_quota(session, owner, "api_keys")  # count and insert as one step
     count = len((await session.scalars(
-        select(ApiKey.id).where(ApiKey.user_id == owner, ApiKey.revoked_at.is_(None))
+        select(ApiKey.id).where(ApiKey.user_id == owner, ApiKey.revoked_at.is_(None),
+                                or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > func.now()))
     )).all())
     if count >= MAX_KEYS_PER_USER:
         raise BadRequest(f"an account may hold at most {MAX_KEYS_PER_USER} active keys; "
                          "revoke unused ones first")
     full_key, prefix, digest = generate_api_key()
     row = ApiKey(user_id=owner, name=name, prefix=prefix, key_hash=digest, expires_at=expires_at)
-    if principal.api_key_id is not None and owner == principal.user_id:
+    if parent is not None:
         # A key made with a key keeps that key's own limits: a holder of a key an
         # administrator throttled must not mint themself an unthrottled one.
-        limits = (await session.execute(
-            select(ApiKey.rate_limit_rpm, ApiKey.rate_limit_streams)
-            .where(ApiKey.id == principal.api_key_id))).one_or_none()
-        if limits is not None:
-            row.rate_limit_rpm, row.rate_limit_streams = limits
+        row.rate_limit_rpm, row.rate_limit_streams = parent.rate_limit_rpm, parent.rate_limit_streams
     session.add(row)
     await session.flush()
     await record(

@@ -112,6 +112,16 @@ def target_user_id(principal: Principal, user_id: uuid.UUID | None) -> uuid.UUID
     return user_id
 
 
+async def lock_sign_ins(session: AsyncSession, user_id: uuid.UUID) -> None:
+    """Lock the account's row, as a sign-in does once its password check passed
+    (``sessions.lock_for_sign_in``), before ending the account's sessions: a sign-in
+    running alongside then either commits first, and its session is among those ended,
+    or waits and begins after the ending.  Unlocked, the ending's statement could not see
+    the sign-in's uncommitted session, which outlived it."""
+    await session.execute(select(User.id).where(User.id == user_id)
+                          .with_for_update(key_share=True))
+
+
 async def existing_target_user_id(
     session: AsyncSession, principal: Principal, user_id: uuid.UUID | None
 ) -> uuid.UUID:

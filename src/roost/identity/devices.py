@@ -16,7 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
 from roost.errors import NotFound
-from roost.identity.common import MAX_LISTED, existing_target_user_id, owned_row
+from roost.identity.common import (
+    MAX_LISTED,
+    existing_target_user_id,
+    lock_sign_ins,
+    owned_row,
+)
 from roost.identity.models import RegisteredDevice, Session
 from roost.principal import Principal
 
@@ -113,6 +118,7 @@ async def revoke_device(
     user_id: uuid.UUID | None = None,
 ) -> None:
     device = await _device_of(session, principal, device_id, user_id)
+    await lock_sign_ins(session, device.user_id)  # a sign-in from it running alongside
     revoked = await session.execute(
         update(Session)
         .where(Session.device_id == device.id, Session.revoked_at.is_(None))

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +32,7 @@ from roost.identity.sessions import (
     IssuedTokens,
     check_standing,
     commit_auth_failure,
+    count_address_work,
     start_session,
 )
 from roost.principal import Principal
@@ -144,7 +145,16 @@ async def finish_register(
     return row
 
 
+PASSKEY_BEGINS_PER_FAILURE: Final = 10
+"""Passkey sign-in begins an address may make per ROOST_LOGIN_MAX_FAILURES_PER_IP."""
+
+
 async def begin_login(session: AsyncSession, cfg: IdentityConfig) -> tuple[uuid.UUID, dict[str, Any]]:
+    # Anyone may begin, and each begin stores a row: limited per address. Successful
+    # sign-ins count too, so the allowance is ten times the failures' (an office behind
+    # one address signs in often).
+    await count_address_work(session, cfg, "passkey_begin", "passkey sign-ins begun",
+                             times=PASSKEY_BEGINS_PER_FAILURE)
     options, challenge = begin_authentication(cfg.rp)
     row = AuthChallenge(user_id=None, purpose="passkey_login", challenge=challenge,
                         expires_at=utcnow() + CHALLENGE_TTL)

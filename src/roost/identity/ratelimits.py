@@ -44,9 +44,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 
 from roost.audit.service import record
 from roost.config import Settings
-from roost.db.base import uuid7
+from roost.db.base import utcnow, uuid7
 from roost.db.engine import discard_closed, engine_options
-from roost.errors import Forbidden, NotFound, TooManyRequests, Unprocessable
+from roost.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unprocessable
 from roost.identity.models import ApiKey, RateLimitState, User
 from roost.identity.models import StreamLease as StreamLeaseRow
 from roost.principal import Principal
@@ -150,9 +150,26 @@ class Limiter:
                                         subjects, counts, PERIOD_S))
         if wait_s > 0:
             seconds = max(1, math.ceil(wait_s))
+            subject, limit = await self._refusing(limits.requests)
             raise TooManyRequests(
-                f"rate limit reached ({_describe(limits.requests)} requests per minute); "
+                f"rate limit reached: {_whose(subject)} limit of {limit} requests per minute; "
                 f"try again in {seconds} s", extra={"retry_after_s": seconds})
+
+    async def _refusing(self, pairs: Sequence[tuple[str, int]]) -> tuple[str, int]:
+        """Which of a refused request's subjects refused it (the one with the longest
+        wait; ``roost_rate_take`` keeps a refused request's times): a round trip more
+        only when both the user and the key are limited."""
+        if len(pairs) > 1:
+            subjects, counts = _split(pairs)
+            refusing = await self._call(
+                "SELECT v.s FROM unnest($1::text[], $2::int[]) AS v(s, l) "
+                "JOIN rate_limit_state r ON r.subject = v.s "
+                "ORDER BY extract(epoch FROM r.tat - clock_timestamp()) + $3 / v.l DESC "
+                "LIMIT 1", subjects, counts, PERIOD_S)
+            for subject, limit in pairs:
+                if subject == refusing:
+                    return subject, limit
+        return pairs[0]
 
     async def acquire_stream(self, limits: RequestLimits) -> StreamLease | None:
         """A lease on one stream slot in every subject, or 429; ``None`` when unlimited."""
@@ -200,6 +217,10 @@ class Limiter:
 def _describe(pairs: Sequence[tuple[str, int]]) -> str:
     return " and ".join(f"{n} for the {'API key' if s.startswith('k:') else 'user'}"
                         for s, n in pairs)
+
+
+def _whose(subject: str) -> str:
+    return "the API key's" if subject.startswith("k:") else "your account's"
 
 
 # Lease releases still running after their request was cancelled.
@@ -296,10 +317,16 @@ def _require_admin(principal: Principal) -> None:
         raise Forbidden("rate limits are set by an administrator")
 
 
+# An API key that still authenticates (as the resolver's lookup checks it).
+_KEY_LIVE = (ApiKey.revoked_at.is_(None),
+             or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > func.now()))
+
+
 async def list_overrides(
     session: AsyncSession, principal: Principal, settings: Settings
 ) -> list[Override]:
-    """Every user and API key with an override, users first."""
+    """Every user and live API key (neither revoked nor expired: they authenticate no
+    more) with an override, users first."""
     _require_admin(principal)
     users = (await session.scalars(
         select(User).where(or_(User.rate_limit_rpm.is_not(None),
@@ -307,7 +334,8 @@ async def list_overrides(
     )).all()
     keys = (await session.scalars(
         select(ApiKey).where(or_(ApiKey.rate_limit_rpm.is_not(None),
-                                 ApiKey.rate_limit_streams.is_not(None)))
+                                 ApiKey.rate_limit_streams.is_not(None)),
+                             *_KEY_LIVE)
         .order_by(ApiKey.user_id, ApiKey.name)
     )).all()
     return [_override(u, settings) for u in users] + [_override(k, settings) for k in keys]
@@ -342,6 +370,10 @@ async def set_limits(
         if value is not None and value < 0:
             raise Unprocessable(f"{field} must be 0 (unlimited) or more", extra={"field": field})
     row = await _load(session, kind, row_id)
+    if isinstance(row, ApiKey) and (row.revoked_at is not None or (
+            row.expires_at is not None and row.expires_at <= utcnow())):
+        raise Conflict("the API key is revoked or expired: it authenticates no more, so "
+                       "its limits cannot be set")
     before = {"requests_per_minute": row.rate_limit_rpm, "streams": row.rate_limit_streams}
     after = {"requests_per_minute": requests_per_minute, "streams": streams}
     if before != after:

@@ -133,6 +133,8 @@ def _tokens(issued: sessions.IssuedTokens) -> TokensOut:
                   summary="Create an account (the first becomes root; later ones await approval "
                           "unless open registration is on)")
 async def register(body: RegisterIn, session: DbSession, cfg: Config) -> UserOut:
+    # Each costs an argon2 hash and may store an account: limited per address.
+    await sessions.count_address_work(session, cfg, "register", "registrations")
     user = await accounts.create_user(
         session, None, username=body.username, email=body.email, password=body.password,
         full_name=body.full_name,

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.analytics.outbox import emit as emit_event
 from roost.audit.service import record
+from roost.context import current_context
 from roost.db.base import utcnow, uuid7
 from roost.errors import BadRequest, Conflict, Forbidden, Unauthorized
 from roost.identity import apikeys, ratelimits, throttle, twofactor
@@ -160,6 +161,24 @@ async def commit_auth_failure(
                      metadata={"scope": scope, "login": meta["login"],
                                "lockout_s": limits.lockout_s})
     await session.commit()
+
+
+async def count_address_work(session: AsyncSession, cfg: IdentityConfig, kind: str,
+                             what: str, *, times: int = 1) -> None:
+    """One more ``kind`` of work from the request's address that anyone may ask for
+    (a registration's argon2 hash and account, a passkey sign-in's challenge row): 429
+    with Retry-After once the address made ``times`` x ``ROOST_LOGIN_MAX_FAILURES_PER_IP``
+    of them in the window, for the lockout time, as sign-in failures are limited.  Counted in the
+    request's transaction: what then fails cheaply (a taken name, a weak password) is
+    not counted, and the counter's row lock keeps one address's attempts in turn."""
+    key = throttle.address_work_key(kind, current_context().ip_address)
+    if key is None:
+        return
+    limits = _limits(cfg)
+    await throttle.check_not_locked(session, [key], what)
+    if await throttle.record_failure(session, key, limits.per_ip * times, limits):
+        await record(session, "auth.lockout", category="access",
+                     metadata={"scope": f"{kind}_ip", "lockout_s": limits.lockout_s})
 
 
 def check_standing(user: User) -> None:

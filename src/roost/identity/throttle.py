@@ -8,7 +8,9 @@ never confirms that the other belongs to it.  A per-account counter
 (:func:`account_key`) with a higher limit caps the total of wrong passwords over all of
 an account's names.  Wrong
 second-factor codes count against the account under a key of their own
-(:func:`second_factor_key`) that a correct password does not clear.
+(:func:`second_factor_key`) that a correct password does not clear.  Registrations and
+passkey sign-in begins count per address whether they succeed or not
+(:func:`address_work_key`, ``sessions.count_address_work``).
 """
 
 from __future__ import annotations
@@ -59,7 +61,14 @@ class Limits:
     per_user: int  # all of an account's names together (account_key)
 
 
-async def check_not_locked(session: AsyncSession, keys: list[str]) -> None:
+def address_work_key(kind: str, ip: str | None) -> str | None:
+    """Attempts from one address at work anyone may ask for, failed or not (``kind``:
+    ``register``, ``passkey_begin``): each costs a hash or stores a row."""
+    return f"{kind}:ip:{ip}" if ip else None
+
+
+async def check_not_locked(session: AsyncSession, keys: list[str],
+                           what: str = "failed sign-in attempts") -> None:
     """429 with Retry-After while any of ``keys`` is locked out."""
     until = await session.scalar(
         select(func.max(AuthThrottle.locked_until)).where(
@@ -69,7 +78,7 @@ async def check_not_locked(session: AsyncSession, keys: list[str]) -> None:
     if until is not None:
         seconds = max(1, math.ceil((until - utcnow()).total_seconds()))
         raise TooManyRequests(
-            f"too many failed sign-in attempts; try again in {math.ceil(seconds / 60)} minute(s)",
+            f"too many {what}; try again in {math.ceil(seconds / 60)} minute(s)",
             extra={"retry_after_s": seconds},
         )
 

@@ -22,7 +22,7 @@ import re
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import structlog
 from fastapi import Request, Response
@@ -30,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from roost.errors import BadRequest, PayloadTooLarge, RoostError
+from roost.errors import BadRequest, NotFound, PayloadTooLarge, RoostError
 from roost.http.problems import json_error_reason, openai_code, openai_error, retry_after
 from roost.http.routing import RoostRoute, RoostRouter
 from roost.http.streams import until_disconnected
@@ -85,6 +85,42 @@ def field_path(loc: Sequence[int | str]) -> list[str]:
 MODEL_ERRORS = frozenset({"model-not-found", "model-without-embeddings"})
 
 
+# OpenAI SDKs retry 408, 409, 429 and 5xx answers on their own (twice by default) unless
+# the answer says ``x-should-retry: false``: said of every answer a retry cannot change.
+NO_RETRY: Final = {"x-should-retry": "false"}
+_RETRIED_4XX: Final = frozenset({408, 429})
+
+
+def _retry_useless(exc: RoostError) -> bool:
+    """Whether sending the request again cannot help: a 4xx other than 408/429 (the
+    request itself, or the configuration, must change first: 409 ``no_provider``), or an
+    error that says so (an agent's run that failed or goes on: a retry starts another).
+    A provider's failure or timeout (502/504) may pass: a retry may help."""
+    if exc.retry_helps is not None:
+        return not exc.retry_helps
+    return exc.status < 500 and exc.status not in _RETRIED_4XX
+
+
+def _reported_error(errors: Sequence[Any]) -> dict[str, Any]:
+    """The validation error to report: the first, or for a field several union members
+    refused (``content: ["hello"]``: not a string, and its part 0 not an object) the one
+    that went deepest into the value, the member its shape matched (not "should be a
+    valid string" for a list, which is allowed)."""
+    if not errors:
+        return {}
+    first: dict[str, Any] = errors[0]
+    field = field_path(first.get("loc", ()))
+    same_field = [e for e in errors if field_path(e.get("loc", ()))[:len(field)] == field]
+    return max(same_field, key=lambda e: len(field_path(e.get("loc", ()))))
+
+
+def _message_of(error: dict[str, Any]) -> str:
+    """A validation error's message in JSON's words (an object, not a "dictionary")."""
+    if error.get("type") in ("dict_type", "model_type", "model_attributes_type"):
+        return "must be an object"
+    return str(error.get("msg", "invalid"))
+
+
 class OpenAIRoute(RoostRoute):
     """Answers errors (auth, validation, domain, providers) in OpenAI's error shape, with
     the field (``param``) and the gateway's codes; everything else under /v1 (unknown
@@ -97,20 +133,20 @@ class OpenAIRoute(RoostRoute):
             try:
                 return await handler(request)
             except RequestValidationError as exc:
-                errors = exc.errors()
-                first = errors[0] if errors else {}
+                first = _reported_error(exc.errors())
                 loc = field_path(first.get("loc", ()))
                 if first.get("type") == "json_invalid":
                     return openai_error(
                         400, f"the request body is not valid JSON: {json_error_reason(exc)}",
-                        code="invalid_json")
-                message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid')}"
+                        code="invalid_json", headers=NO_RETRY)
+                message = f"{'.'.join(loc) or 'body'}: {_message_of(first)}"
                 return openai_error(400, message, param=".".join(loc) or None,
-                                    code="invalid_value")
+                                    code="invalid_value", headers=NO_RETRY)
             except RoostError as exc:
                 param = "model" if exc.type_slug in MODEL_ERRORS else None
+                headers = {**(retry_after(exc) or {}), **(NO_RETRY if _retry_useless(exc) else {})}
                 answer = openai_error(exc.status, exc.detail, code=error_code(exc),
-                                      param=param, headers=retry_after(exc))
+                                      param=param, headers=headers or None)
                 return _with_llm_request(answer, exc.extra.get("llm_request_id"))
 
         return route
@@ -130,6 +166,7 @@ def _with_llm_request(answer: Response, llm_request_id: str | None) -> Response:
 
 
 router = RoostRouter(prefix="/v1", tags=["openai-compatible"], route_class=OpenAIRoute)
+SLASHED_METHODS: Final = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 class ChatCompletionBody(BaseModel):
@@ -402,3 +439,17 @@ async def embeddings(
         "usage": {"prompt_tokens": result.tokens_in, "total_tokens": result.tokens_in},
         "roost": {"request_id": str(outcome.request_id), "provider": outcome.winner.name},
     }
+
+
+# ``/chat/completions/`` and ``/embeddings/`` (a trailing slash): a 404 in OpenAI's shape
+# naming the path without it, not the app's 307 redirect (whose empty body an SDK cannot
+# read, and which a POST's client may not follow).  The routes' own paths only: a
+# catch-all "/{path}/" would turn every unknown path's 404 into a redirect to it.
+@router.api_route("/chat/completions/", methods=SLASHED_METHODS, include_in_schema=False,
+                  response_model=None)
+@router.api_route("/embeddings/", methods=SLASHED_METHODS, include_in_schema=False,
+                  response_model=None)
+async def trailing_slash(request: Request) -> None:
+    path = request.url.path
+    raise NotFound(f"no route for {request.method} {path}: drop the trailing slash "
+                   f"({path.rstrip('/')})")

@@ -39,7 +39,11 @@ class ToolCall(BaseModel):
     @classmethod
     def _openai_shape(cls, data: Any) -> Any:
         """OpenAI's nested ``function`` object, flattened (its ``arguments`` are JSON text
-        already; an object some clients send instead becomes that text)."""
+        already; an object some clients send instead becomes that text).  Another type
+        (OpenAI's ``custom`` tool calls, free text input) is refused as such, not for a
+        missing name."""
+        if isinstance(data, dict) and data.get("type", "function") != "function":
+            raise ValueError('only function tool calls are supported (type "function")')
         if not isinstance(data, dict) or "function" not in data:
             return data
         function = data["function"]

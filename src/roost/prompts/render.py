@@ -18,13 +18,12 @@ a 422 (:class:`RenderedTooLong`).  Without it a 100,000-character text of ``{{a}
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from roost.config import PROMPT_PLACEHOLDER as PLACEHOLDER
 from roost.errors import Unprocessable
 
-PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,63})\s*\}\}")
 TYPES: Final = {"string": (str,), "number": (int, float), "integer": (int,),
                 "boolean": (bool,)}
 FLOAT_DIGITS: Final = 10**16

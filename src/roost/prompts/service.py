@@ -554,6 +554,12 @@ def factory_defaults(chat_system_prompt: str | None) -> list[FactoryPrompt]:
     return out
 
 
+def render_chat_setting(text: str, values: Mapping[str, Any]) -> str:
+    """ROOST_CHAT_SYSTEM_PROMPT filled as its factory version is (``{{date}}`` only: the
+    settings refuse any other placeholder), for when no ``chat.system`` version resolves."""
+    return render(text, (DATE_VARIABLE,), values)
+
+
 async def seed_factory(session: AsyncSession, defaults: Sequence[FactoryPrompt]) -> list[str]:
     """As the owner, at start-up: publish each default whose newest factory version has
     other text, with the production label (idempotent; an administrator's newer factory

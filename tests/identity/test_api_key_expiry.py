@@ -1,0 +1,76 @@
+"""API keys and their expiry (docs/identity.md, "API keys"): keys that have expired do not
+count toward the cap of 100 active keys, and a key made with a key that expires expires
+no later than it."""
+
+from __future__ import annotations
+
+import httpx
+from sqlalchemy import text, update
+
+from roost.db.engine import Database
+from roost.identity.apikeys import MAX_KEYS_PER_USER
+from roost.identity.models import ApiKey
+from tests.support.identity import make_user
+
+KEYS = "/api/v1/api-keys"
+
+
+async def test_expired_keys_do_not_count_toward_the_active_key_cap(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """An account holds at most 100 *active* keys: keys that have expired do not block a
+    new one (the cap still holds for live keys)."""
+    user_id, headers = await make_user(database)  # one key ("test helper")
+    for i in range(MAX_KEYS_PER_USER - 1):
+        made = await client.post(KEYS, headers=headers, json={
+            "name": f"short-{i}", "expires_at": "2099-01-01T00:00:00Z"})
+        assert made.status_code == 201, made.text
+    full = await client.post(KEYS, headers=headers, json={"name": "one too many"})
+    assert full.status_code == 400, full.text
+    assert "at most 100 active keys" in full.json()["detail"]
+    async with database.transaction() as session:  # time passes: the 99 have expired
+        await session.execute(
+            update(ApiKey).where(ApiKey.user_id == user_id, ApiKey.name != "test helper")
+            .values(expires_at=text("now() - interval '1 hour'")))
+    fresh = await client.post(KEYS, headers=headers, json={"name": "fresh"})
+    assert fresh.status_code == 201, fresh.text
+
+
+async def test_a_key_made_with_an_expiring_key_does_not_outlive_it(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str],
+) -> None:
+    """A leaked short-lived key cannot mint a permanent one: without an expiry the new key
+    takes its parent's, a later one is a 422 naming the parent's expiry, an earlier one
+    stands.  Keys made at sign-in or by an administrator are not capped."""
+    user_id, headers = await make_user(database)
+    parent = await client.post(KEYS, headers=headers, json={
+        "name": "one day", "expires_at": "2030-01-01T00:00:00Z"})
+    assert parent.status_code == 201, parent.text
+    parent_expiry = parent.json()["expires_at"]
+    with_parent = {"Authorization": f"Bearer {parent.json()['key']}"}
+
+    child = await client.post(KEYS, json={"name": "child"}, headers=with_parent)
+    assert child.status_code == 201, child.text
+    assert child.json()["expires_at"] == parent_expiry
+
+    later = await client.post(KEYS, headers=with_parent, json={
+        "name": "later", "expires_at": "2031-01-01T00:00:00Z"})
+    assert later.status_code == 422, later.text
+    assert later.json()["field"] == "expires_at"
+    assert "2030-01-01" in later.json()["detail"]
+
+    earlier = await client.post(KEYS, headers=with_parent, json={
+        "name": "earlier", "expires_at": "2029-06-01T00:00:00Z"})
+    assert earlier.status_code == 201, earlier.text
+    assert earlier.json()["expires_at"].startswith("2029-06-01")
+
+    # The helper's key never expires: its keys need not either; nor an administrator's.
+    for made in (await client.post(KEYS, headers=headers, json={"name": "forever"}),
+                 await client.post(f"{KEYS}?user_id={user_id}", headers=admin_headers,
+                                   json={"name": "by admin"})):
+        assert made.status_code == 201, made.text
+        assert made.json()["expires_at"] is None
+    async with database.transaction() as session:
+        stored = await session.scalar(text("SELECT count(*) FROM api_keys WHERE user_id = :u "
+                                           "AND name = 'later'"), {"u": user_id})
+    assert stored == 0
