@@ -33,12 +33,14 @@ def _fresh_sinks() -> Iterator[None]:
     ServerSink.forget_clients()
 
 
-def llm_call(model: str = "gpt-test", provider: str = "stub", *, tokens_input: int = 10,
+def llm_call(model: str = "gpt-test", provider: str = "stub", *,
+             provider_id: str | None = None, tokens_input: int = 10,
              tokens_output: int = 5, credits: int = 2, cost: str = "0.001500",
              success: bool = True, agent_id: uuid.UUID | None = None,
              api_key_id: uuid.UUID | None = None) -> dict[str, Any]:
     """The event_data of an ``llm.call`` event, as the LLM domain writes it."""
     return {"request_id": str(uuid.uuid4()), "model": model, "provider": provider,
+            "provider_id": provider_id,
             "request_type": "chat", "tokens_input": tokens_input,
             "tokens_output": tokens_output, "credits": credits, "cost": cost,
             "currency": "USD", "latency_ms": 120, "success": success,

@@ -49,7 +49,7 @@ class _Answers(Sink):
         raise AssertionError("not shipped here")
 
     async def select(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return [{"key": model, "requests": 1, "tokens_input": 0, "tokens_output": 0,
+        return [{"key": model, "name": "", "requests": 1, "tokens_input": 0, "tokens_output": 0,
                  "credits": 0, "cost": cost, "failures": 0}
                 for model, cost in (("m0", "0"), ("m1", "0.09"), ("m2", "12.345678"))]
 

@@ -63,12 +63,12 @@ async def test_export_ships_in_batches_and_usage_groups_from_clickhouse(
     database: Database, test_settings: Settings, user: User, other_user: User,
 ) -> None:
     alice, bob = user[0], other_user[0]
-    agent, key = uuid.uuid4(), uuid.uuid4()
+    agent, key, other_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     await add_events(database, [("llm.call", llm_call("m1", agent_id=agent, api_key_id=key))
                                 for _ in range(60)], user_id=alice)
     await add_events(database, [
-        ("llm.call", llm_call("m2", "other", tokens_input=100, tokens_output=50, credits=7,
-                              cost="0.250000", success=False)),
+        ("llm.call", llm_call("m2", "other", provider_id=str(other_id), tokens_input=100,
+                              tokens_output=50, credits=7, cost="0.250000", success=False)),
         ("tool.call", {"tool": "search", "status": "ok", "duration_ms": 12}),
     ], user_id=bob)
     await add_events(database, [("auth.login", {"method": "password", "success": True})])
@@ -82,7 +82,7 @@ async def test_export_ships_in_batches_and_usage_groups_from_clickhouse(
     since, until = window()
     by_model = {r["key"]: r for r in await usage_from_clickhouse(
         test_settings, "model", since, until, None)}
-    assert by_model["m1"] == {"key": "m1", "requests": 60, "tokens_input": 600,
+    assert by_model["m1"] == {"key": "m1", "name": None, "requests": 60, "tokens_input": 600,
                               "tokens_output": 300, "credits": 120,
                               "cost": Decimal("0.09"), "failures": 0}
     assert by_model["m2"]["failures"] == 1 and by_model["m2"]["cost"] == Decimal("0.25")
@@ -91,7 +91,7 @@ async def test_export_ships_in_batches_and_usage_groups_from_clickhouse(
         test_settings, "user", since, until, None)}
     assert by_user == {str(alice): 60, str(bob): 1}
     only_bob = await usage_from_clickhouse(test_settings, "provider", since, until, bob)
-    assert [(r["key"], r["tokens_input"]) for r in only_bob] == [("other", 100)]
+    assert [(r["key"], r["tokens_input"]) for r in only_bob] == [(str(other_id), 100)]
     by_agent = {r["key"]: r["requests"] for r in await usage_from_clickhouse(
         test_settings, "agent", since, until, None)}
     assert by_agent == {None: 1, str(agent): 60}

@@ -5,9 +5,12 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
+from sqlalchemy import update
+
 from roost.billing.models import UsageRecord
 from roost.db.base import uuid7
 from roost.db.engine import Database
+from roost.identity.models import User
 from tests.agents.test_agents_cli import cli_env
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
@@ -65,3 +68,27 @@ async def test_usage_by_model_prints_a_model_name_with_brackets(
     out = run_roost("usage", "--by", "model", env=env)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "[/]x" in out.stdout
+
+
+async def test_usage_for_one_administrator_shows_only_theirs(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """`roost usage --user <an administrator>` shows that user's usage, not everyone's;
+    a suspended user's usage is shown too, and an unknown user fails in one line."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    ada, _ = await make_user(database, username="ada", admin=True)
+    emil, _ = await make_user(database, username="emil")
+    async with database.transaction() as s:
+        for user, model in ((ada, "model-of-ada"), (emil, "model-of-emil")):
+            s.add(UsageRecord(id=uuid7(), user_id=user, request_type="chat", model=model,
+                              tokens_input=10, tokens_output=1, credits_used=1,
+                              cost=Decimal("0.1")))
+        await s.execute(update(User).where(User.id == emil).values(status="suspended"))
+    out = run_roost("usage", "--by", "model", "--user", "ada", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "model-of-ada" in out.stdout
+    assert "model-of-emil" not in out.stdout, out.stdout
+    suspended = run_roost("usage", "--by", "model", "--user", "emil", env=env)
+    assert suspended.returncode == 0, suspended.stderr
+    assert "model-of-emil" in suspended.stdout and "model-of-ada" not in suspended.stdout
+    unknown = run_roost("usage", "--user", "nobody-here", env=env)
+    assert unknown.returncode != 0 and "nobody-here" in unknown.stderr, unknown.stderr

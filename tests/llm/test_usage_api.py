@@ -139,3 +139,57 @@ async def test_usage_bounds_outside_the_calendar_in_utc_are_a_422(
     """A bound outside years 1-9999 in UTC is a 422 like other bad bounds, not a 400."""
     resp = await client.get("/api/v1/llm/usage", params=bounds, headers=user[1])
     assert resp.status_code == 422, resp.text
+
+
+@pytest.mark.needs_clickhouse
+async def test_llm_usage_honours_source_clickhouse_as_billing_usage_does(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """/api/v1/llm/usage is "the same report": source=clickhouse is honoured, not ignored."""
+    for path in ("/api/v1/llm/usage", "/api/v1/billing/usage"):
+        answer = await client.get(path, params={"source": "clickhouse"}, headers=user[1])
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["source"] == "clickhouse", (path, answer.json())
+        bad = await client.get(path, params={"source": "mysql"}, headers=user[1])
+        assert bad.status_code == 422, bad.text
+
+
+@pytest.mark.parametrize("path", ["/api/v1/llm/usage", "/api/v1/billing/usage"])
+async def test_an_administrator_reads_one_users_usage_with_user_id(
+    client: httpx.AsyncClient, database: Database, path: str,
+) -> None:
+    """?user_id= is honoured for administrators (even one naming an administrator); a user
+    may name only themself (another user: 403); a malformed id is a 422."""
+    alice, alice_h, bob, _, admin_h = await _seed(database)
+    models = await client.get(path, params={**MARCH, "group_by": "model",
+                                            "user_id": str(bob)}, headers=admin_h)
+    assert models.status_code == 200, models.text
+    assert {k: r["requests"] for k, r in _by_key(models.json()).items()} == {"claude-b": 1}
+    assert models.json()["totals"]["tokens_input"] == 100
+    nobody = await client.get(path, params={**MARCH, "user_id": str(uuid.uuid4())},
+                              headers=admin_h)
+    assert nobody.status_code == 200 and nobody.json()["rows"] == [], nobody.text
+
+    own = await client.get(path, params={**MARCH, "group_by": "user", "user_id": str(alice)},
+                           headers=alice_h)
+    assert own.status_code == 200, own.text
+    assert [r["key"] for r in own.json()["rows"]] == [str(alice)]
+    other = await client.get(path, params={**MARCH, "user_id": str(bob)}, headers=alice_h)
+    assert other.status_code == 403, other.text
+    assert other.headers["content-type"] == "application/problem+json"
+    malformed = await client.get(path, params={"user_id": "bob"}, headers=admin_h)
+    assert malformed.status_code == 422, malformed.text
+
+
+@pytest.mark.needs_clickhouse
+async def test_user_id_filters_the_clickhouse_report_too(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """The same filter from ClickHouse: nothing of the others' (here nothing shipped at
+    all), and a user naming another is refused there as well."""
+    _, alice_h, bob, _, admin_h = await _seed(database)
+    params = {**MARCH, "source": "clickhouse", "user_id": str(bob)}
+    ok = await client.get("/api/v1/billing/usage", params=params, headers=admin_h)
+    assert ok.status_code == 200 and ok.json()["source"] == "clickhouse", ok.text
+    refused = await client.get("/api/v1/billing/usage", params=params, headers=alice_h)
+    assert refused.status_code == 403, refused.text

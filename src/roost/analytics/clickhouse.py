@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     timestamp DateTime64(6, 'UTC'),
     model LowCardinality(String) MATERIALIZED JSONExtractString(event_data, 'model'),
     provider LowCardinality(String) MATERIALIZED JSONExtractString(event_data, 'provider'),
+    provider_id String MATERIALIZED JSONExtractString(event_data, 'provider_id'),
     request_type LowCardinality(String) MATERIALIZED JSONExtractString(event_data, 'request_type'),
     agent_id String MATERIALIZED JSONExtractString(event_data, 'agent_id'),
     run_id String MATERIALIZED JSONExtractString(event_data, 'run_id'),
@@ -77,6 +78,13 @@ ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(timestamp)
 ORDER BY (event_type, toDate(timestamp), id)
 """
+# A table created by an older Roost gets the columns added since (idempotent; ClickHouse
+# computes a MATERIALIZED column added later from the JSON of the rows already stored).
+UPGRADE_TABLE: Final = (
+    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS provider_id String "
+    "MATERIALIZED JSONExtractString(event_data, 'provider_id') AFTER provider",
+)
+SCHEMA: Final = (CREATE_TABLE, *UPGRADE_TABLE)
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,8 @@ class _ChdbEngine:
             session = self._open(path)
             try:
                 if path not in self.ready:
-                    session.query(CREATE_TABLE)
+                    for statement in SCHEMA:
+                        session.query(statement)
                     self.ready.add(path)
                 result = session.query(sql, fmt, params=dict(params) if params else None)
                 return str(result.data()) if result is not None else ""
@@ -252,7 +261,8 @@ class ServerSink(Sink):
                 client = clickhouse_connect.get_client(dsn=self.url, **http)
                 self._clients[self.url] = client
             if self.url not in self._ready:
-                client.command(CREATE_TABLE)
+                for statement in SCHEMA:
+                    client.command(statement)
                 self._ready.add(self.url)
             return client
 

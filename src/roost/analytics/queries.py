@@ -28,9 +28,14 @@ USAGE_KEYS: Final[dict[str, str]] = {
     "day": "toString(toDate(timestamp))",
     "user": "ifNull(toString(user_id), '')",
     "model": "toString(model)",
-    "provider": "toString(provider)",
+    "provider": "provider_id",
     "agent": "agent_id",
     "api_key": "api_key_id",
+}
+# group_by -> a name the event itself gives, for keys it lacks: events written before
+# llm.call carried provider_id group under no key, one row per provider name.
+USAGE_NAMES: Final[dict[str, str]] = {
+    "provider": "if(provider_id = '', toString(provider), '')",
 }
 EVENT_KEYS: Final[dict[str, str]] = {
     "day": "toString(toDate(timestamp))",
@@ -82,8 +87,9 @@ async def usage_from_clickhouse(settings: Settings, group_by: str, since: dateti
                                 until: datetime, user_id: uuid.UUID | None,
                                 sink: Sink | None = None) -> list[dict[str, Any]]:
     """LLM usage from ClickHouse (``llm.call`` events in [since, until)), one dict per key:
-    key (None for events without one), requests, tokens_input, tokens_output, credits,
-    cost (Decimal), failures; sorted by key.  ``user_id`` restricts to one user."""
+    key (None for events without one), name (the event's own name for a key it lacks,
+    else None), requests, tokens_input, tokens_output, credits, cost (Decimal), failures;
+    sorted by key.  ``user_id`` restricts to one user."""
     key = USAGE_KEYS.get(group_by)
     if key is None:
         raise Unprocessable(f"group_by must be one of {', '.join(USAGE_KEYS)}")
@@ -96,17 +102,20 @@ async def usage_from_clickhouse(settings: Settings, group_by: str, since: dateti
     if user_id is not None:
         user_filter = " AND user_id = {user_id:UUID}"
         params["user_id"] = user_id
-    # key comes from the whitelist above; values are bound parameters.
+    name = USAGE_NAMES.get(group_by, "''")
+    # key and name come from the whitelists above; values are bound parameters.
     sql = (
-        f"SELECT {key} AS key, count() AS requests, sum(tokens_input) AS tokens_input, "  # noqa: S608
+        f"SELECT {key} AS key, {name} AS name, count() AS requests, "  # noqa: S608
+        "sum(tokens_input) AS tokens_input, "
         "sum(tokens_output) AS tokens_output, sum(credits) AS credits, "
         "toString(sum(cost)) AS cost, countIf(NOT success) AS failures "
         f"FROM {TABLE} FINAL WHERE event_type = 'llm.call' AND {_RANGE}{user_filter} "
-        "GROUP BY key ORDER BY key"
+        "GROUP BY key, name ORDER BY key, name"
     )
     rows = await _select(settings, sink, sql, params)
     return [{
-        "key": str(r["key"]) or None, "requests": int(r["requests"]),
+        "key": str(r["key"]) or None, "name": str(r["name"]) or None,
+        "requests": int(r["requests"]),
         "tokens_input": int(r["tokens_input"]), "tokens_output": int(r["tokens_output"]),
         "credits": int(r["credits"]), "cost": Decimal(str(r["cost"])).quantize(COST_PLACES),
         "failures": int(r["failures"]),

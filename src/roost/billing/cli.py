@@ -5,19 +5,21 @@ same services as the API."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.billing import usage
 from roost.clitools import add_text_row, fail, print_table, with_database
 from roost.config import get_settings
 from roost.db.engine import Database
-from roost.errors import RoostError
-from roost.identity.cliscope import acting_principal
-from roost.principal import OPERATOR, Principal
+from roost.errors import NotFound, RoostError
+from roost.identity.accounts import find_user
+from roost.principal import OPERATOR
 
 console = Console()
 billing_app = typer.Typer(help="Plans, subscriptions, model prices and invoices.",
@@ -45,19 +47,30 @@ def usage_command(
     settings = get_settings()
 
     async def go(db: Database) -> usage.UsageReport:
-        actor: Principal = OPERATOR if user is None else await acting_principal(db, user)
-        if source == "clickhouse":
-            return await usage.clickhouse_report(settings, actor, group_by=grouping,
-                                                 since=since, until=until)
+        # As the operator with the user as a filter: acting as the user would show an
+        # administrator everyone's usage, and a suspended user's none.
         async with db.transaction() as session:
-            return await usage.usage_report(session, actor, group_by=grouping, since=since,
-                                            until=until)
+            user_id = None if user is None else await _user_id(session, user)
+            if source == "clickhouse":
+                return await usage.clickhouse_report(session, settings, OPERATOR,
+                                                     group_by=grouping, since=since,
+                                                     until=until, user_id=user_id)
+            return await usage.usage_report(session, OPERATOR, group_by=grouping, since=since,
+                                            until=until, user_id=user_id)
 
     try:
         report = with_database(go)
     except RoostError as exc:
         raise fail("usage", exc.detail) from None
     _print(report, source)
+
+
+async def _user_id(session: AsyncSession, login: str) -> uuid.UUID:
+    """The id of the account ``login`` names (username or e-mail), whatever its status."""
+    found = await find_user(session, login)
+    if found is None:
+        raise NotFound(f"no user {login!r}")
+    return found.id
 
 
 def _print(report: usage.UsageReport, source: Literal["postgres", "clickhouse"] | str) -> None:

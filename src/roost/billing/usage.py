@@ -1,10 +1,13 @@
 """Usage reports: ``usage_records`` (the ledger) summed per UTC day, user, model,
 provider, agent, API key or request type over a time range, with tokens, credits and cost.
-Administrators see everyone's events; anyone else only their own (row-level security
-says so too; the explicit filter keeps the answer right under any role)."""
+Administrators see everyone's events (or one user's, ``user_id``); anyone else only their
+own (row-level security says so too; the explicit filter keeps the answer right under any
+role)."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -18,7 +21,7 @@ from roost.analytics.queries import usage_from_clickhouse
 from roost.billing.models import UsageRecord
 from roost.config import Settings
 from roost.db.base import utcnow
-from roost.errors import Unprocessable
+from roost.errors import Forbidden, Unprocessable
 from roost.identity.models import ApiKey, User
 from roost.inputs import in_utc_range
 from roost.principal import Principal
@@ -29,6 +32,16 @@ GROUP_BYS: tuple[GroupBy, ...] = ("day", "model", "user", "provider", "agent", "
 # Tables of higher domains, by name only (this domain imports none of them).
 _PROVIDERS = table("llm_providers", column("id"), column("name"))
 _AGENTS = table("agents", column("id"), column("name"))
+_USERS = User.__table__
+_KEYS = ApiKey.__table__
+# group_by -> the ledger's column and the table (and its column) naming its ids: the
+# PostgreSQL report joins it, the ClickHouse one looks its keys up in it (_names).
+_NAMED: dict[str, tuple[Any, Any, Any]] = {
+    "user": (UsageRecord.user_id, _USERS, _USERS.c.username),
+    "provider": (UsageRecord.provider_id, _PROVIDERS, _PROVIDERS.c.name),
+    "agent": (UsageRecord.agent_id, _AGENTS, _AGENTS.c.name),
+    "api_key": (UsageRecord.api_key_id, _KEYS, _KEYS.c.name),
+}
 _ZERO = Decimal(0)
 DEFAULT_DAYS = 30
 MAX_RANGE_DAYS = 366
@@ -128,35 +141,57 @@ def _grouped(group_by: GroupBy) -> Select[Any]:
         col = UsageRecord.model if group_by == "model" else UsageRecord.request_type
         return (select(col.label("key"), *_sums()).group_by(col)
                 .order_by(func.count().desc(), col))
-    if group_by in ("provider", "agent", "api_key"):
-        ref, named = {
-            "provider": (UsageRecord.provider_id, _PROVIDERS),
-            "agent": (UsageRecord.agent_id, _AGENTS),
-            "api_key": (UsageRecord.api_key_id, ApiKey.__table__),
-        }[group_by]
-        label = named.c.name.label("label")
-        return (select(ref.label("key"), label, *_sums())
-                .outerjoin(named, named.c.id == ref)
-                .group_by(ref, named.c.name)
-                .order_by(func.count().desc(), named.c.name))
-    return (select(UsageRecord.user_id.label("key"), User.username, *_sums())
-            .outerjoin(User, User.id == UsageRecord.user_id)
-            .group_by(UsageRecord.user_id, User.username)
-            .order_by(func.count().desc(), User.username))
+    ref, named, name = _NAMED[group_by]  # user, provider, agent, api_key
+    field = name.label("username" if group_by == "user" else "label")
+    return (select(ref.label("key"), field, *_sums())
+            .outerjoin(named, named.c.id == ref)
+            .group_by(ref, name)
+            .order_by(func.count().desc(), name))
+
+
+async def _names(session: AsyncSession, group_by: GroupBy,
+                 keys: Iterable[str | None]) -> dict[str, str]:
+    """The username or name of each key that is an id of ``group_by``'s table (as the
+    PostgreSQL report joins it), for keys found elsewhere (ClickHouse)."""
+    if group_by not in _NAMED:
+        return {}
+    _, named, name = _NAMED[group_by]
+    ids: set[uuid.UUID] = set()
+    for key in keys:
+        try:
+            if key is not None:
+                ids.add(uuid.UUID(key))
+        except ValueError:  # not an id (an event written by hand): stays unnamed
+            continue
+    if not ids:
+        return {}
+    found = await session.execute(select(named.c.id, name).where(named.c.id.in_(ids)))
+    return {str(i): n for i, n in found.tuples()}
+
+
+def _reader_scope(actor: Principal, user_id: uuid.UUID | None) -> tuple[bool, uuid.UUID | None]:
+    """(whether ``actor`` may read any usage, whose): an administrator reads ``user_id``'s
+    (None: everyone's), anyone else only their own, and naming another user is a 403."""
+    if actor.is_admin:
+        return True, user_id
+    if user_id is not None and user_id != actor.user_id:
+        raise Forbidden("only administrators may read another user's usage")
+    return actor.user_id is not None, actor.user_id
 
 
 async def usage_report(
     session: AsyncSession, actor: Principal, *, group_by: GroupBy = "day",
-    since: str | None = None, until: str | None = None,
+    since: str | None = None, until: str | None = None, user_id: uuid.UUID | None = None,
 ) -> UsageReport:
     if group_by not in GROUP_BYS:
         raise Unprocessable(f"group_by must be one of {', '.join(GROUP_BYS)}")
     start, end = resolve_range(since, until)
     stmt = _grouped(group_by).where(UsageRecord.created_at >= start, UsageRecord.created_at < end)
-    if not actor.is_admin:
-        if actor.user_id is None:
-            return UsageReport(group_by, start, end, [])
-        stmt = stmt.where(UsageRecord.user_id == actor.user_id)
+    allowed, whose = _reader_scope(actor, user_id)
+    if not allowed:
+        return UsageReport(group_by, start, end, [])
+    if whose is not None:
+        stmt = stmt.where(UsageRecord.user_id == whose)
     rows = []
     for found in (await session.execute(stmt)).mappings():
         key = found["key"]
@@ -173,28 +208,35 @@ async def usage_report(
     return UsageReport(group_by, start, end, rows)
 
 
-
-
 async def clickhouse_report(
-    settings: Settings, actor: Principal, *, group_by: GroupBy = "day",
-    since: str | None = None, until: str | None = None,
+    session: AsyncSession, settings: Settings, actor: Principal, *,
+    group_by: GroupBy = "day", since: str | None = None, until: str | None = None,
+    user_id: uuid.UUID | None = None,
 ) -> UsageReport:
     """The same report from the analytics export (``llm.call`` events in ClickHouse or
-    chDB): what has been shipped so far, never read from PostgreSQL."""
+    chDB): what has been shipped so far; only the names of users, providers, agents and
+    API keys are read from PostgreSQL (``session``)."""
     if group_by not in GROUP_BYS or group_by == "request_type":
-        allowed = ", ".join(g for g in GROUP_BYS if g != "request_type")
-        raise Unprocessable(f"with source=clickhouse, group_by must be one of {allowed}")
+        choices = ", ".join(g for g in GROUP_BYS if g != "request_type")
+        raise Unprocessable(f"with source=clickhouse, group_by must be one of {choices}")
     start, end = resolve_range(since, until)
-    if not actor.is_admin and actor.user_id is None:
+    allowed, whose = _reader_scope(actor, user_id)
+    if not allowed:
         return UsageReport(group_by, start, end, [])
-    found = await usage_from_clickhouse(settings, group_by, start, end,
-                                        None if actor.is_admin else actor.user_id)
-    rows = [UsageRow(key=None if r["key"] is None else str(r["key"]), username=None,
-                     requests=int(r["requests"]), tokens_input=int(r["tokens_input"]),
-                     tokens_output=int(r["tokens_output"]), credits_used=int(r["credits"]),
-                     avg_latency_ms=None, failures=int(r["failures"]),
-                     cost=Decimal(r["cost"]))
-            for r in found]
+    found = await usage_from_clickhouse(settings, group_by, start, end, whose)
+    names = await _names(session, group_by, (r["key"] for r in found))
+    rows = []
+    for r in found:
+        key = None if r["key"] is None else str(r["key"])
+        # The name in PostgreSQL, as the ledger's report joins it; else the provider's
+        # name an event written before llm.call carried provider_id gave.
+        name = names.get(key) if key is not None else None
+        rows.append(UsageRow(
+            key=key, username=name if group_by == "user" else None,
+            requests=int(r["requests"]), tokens_input=int(r["tokens_input"]),
+            tokens_output=int(r["tokens_output"]), credits_used=int(r["credits"]),
+            avg_latency_ms=None, failures=int(r["failures"]), cost=Decimal(r["cost"]),
+            label=None if group_by == "user" else name or r.get("name")))
     return UsageReport(group_by, start, end, rows)
 
 

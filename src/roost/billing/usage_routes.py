@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Literal
 
 from fastapi import Query
@@ -35,6 +36,10 @@ def report_out(report: usage.UsageReport,
                           totals=UsageTotalsOut(**report.totals()))
 
 
+UserId = Annotated[uuid.UUID | None, Query(description="Only this user's usage "
+                                            "(administrators; anyone else: only themself)")]
+
+
 @router.get("/usage", response_model=UsageReportOut,
             summary="Usage and cost per day, user, model, provider, agent, API key or request "
                     "type (administrators: everyone's; source=clickhouse: from the export)")
@@ -42,14 +47,15 @@ def report_out(report: usage.UsageReport,
 async def get_usage(
     principal: CurrentPrincipal, db: ReadSession, settings: SettingsDep,
     group_by: usage.GroupBy = "day", since: Since = None, until: Until = None,
-    source: Literal["postgres", "clickhouse"] = "postgres",
+    source: Literal["postgres", "clickhouse"] = "postgres", user_id: UserId = None,
 ) -> UsageReportOut:
+    """Also ``GET /api/v1/llm/usage`` (the same handler, so the same parameters)."""
     if source == "clickhouse":
-        report = await usage.clickhouse_report(settings, principal, group_by=group_by,
-                                               since=since, until=until)
+        report = await usage.clickhouse_report(db, settings, principal, group_by=group_by,
+                                               since=since, until=until, user_id=user_id)
         return report_out(report, "clickhouse")
     return report_out(await usage.usage_report(db, principal, group_by=group_by, since=since,
-                                               until=until))
+                                               until=until, user_id=user_id))
 
 
 @router.post("/usage-events", response_model=UsageEventsOut,
@@ -61,4 +67,4 @@ async def post_usage_events(body: UsageEventsIn, principal: AdminPrincipal, db: 
                           credits_charged=result.credits_charged)
 
 
-__all__ = ["report_out", "router"]
+__all__ = ["get_usage", "report_out", "router"]

@@ -479,7 +479,10 @@ def _call_event(principal: Principal, usage: UsageRecord, provider: str | None) 
         return str(value) if value is not None else None
 
     return {
+        # provider_id keys the ClickHouse usage report as the ledger's; the name is kept
+        # for readers of the event (and a provider deleted since).
         "request_id": ref(usage.llm_request_id), "model": usage.model, "provider": provider,
+        "provider_id": ref(usage.provider_id),
         "request_type": usage.request_type, "tokens_input": usage.tokens_input,
         "tokens_output": usage.tokens_output, "credits": usage.credits_used,
         "cost": str(usage.cost if usage.cost is not None else Decimal(0)),
