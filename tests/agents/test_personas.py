@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 from sqlalchemy import text
 
 from roost.db.engine import Database
@@ -27,7 +28,7 @@ async def test_persona_lifecycle_and_pagination(
 ) -> None:
     user_id, headers = user
     created = await create_persona(client, headers, name="  Ada  ", system_prompt="Be terse.",
-                                   fallback_providers=["b", "c"], email_address="Ada@Example.TEST")
+                                   email_address="Ada@Example.TEST")
     assert created["owner_id"] == str(user_id) and created["my_role"] == "owner"
     assert created["name"] == "Ada" and created["email_address"] == "ada@example.test"
     pid = created["id"]
@@ -272,5 +273,55 @@ async def test_a_nul_in_a_persona_s_text_is_a_422_naming_the_field(
             assert resp.status_code == 422 and field in resp.text, (field, resp.text)
     listed = (await client.get("/api/v1/personas", headers=headers)).json()["items"]
     assert [p["id"] for p in listed] == [persona["id"]]
+    assert (await client.get(f"/api/v1/personas/{persona['id']}",
+                             headers=headers)).json() == persona
+
+
+async def test_the_owner_leaving_or_removed_is_a_409(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+    admin_headers: Headers,
+) -> None:
+    """The persona's owner (``owner_id``) is no member row and ownership does not move:
+    leaving, being removed (by a co-owner, an administrator) or being re-roled is a 409
+    saying so, not "not a member" (404); nothing changes."""
+    owner_id, owner = user
+    co_id, co_name, co = await named_user(database, "co")
+    pid = (await create_persona(client, owner))["id"]
+    await add_member(client, owner, pid, co_name, "owner", co)
+    left = await client.delete(f"/api/v1/personas/{pid}/members/{owner_id}", headers=owner)
+    assert left.status_code == 409, left.text
+    assert "cannot leave it; delete it instead" in left.json()["detail"]
+    for headers in (co, admin_headers):
+        removed = await client.delete(f"/api/v1/personas/{pid}/members/{owner_id}",
+                                      headers=headers)
+        assert removed.status_code == 409, removed.text
+        for who in (owner, headers):
+            demoted = await client.patch(f"/api/v1/personas/{pid}/members/{owner_id}",
+                                         json={"role": "viewer"}, headers=who)
+            assert demoted.status_code == 409, demoted.text
+            assert "ownership does not move" in demoted.json()["detail"]
+    persona = (await client.get(f"/api/v1/personas/{pid}", headers=owner)).json()
+    assert (persona["owner_id"], persona["my_role"]) == (str(owner_id), "owner")
+    members = (await client.get(f"/api/v1/personas/{pid}/members", headers=owner)).json()
+    assert [(m["user_id"], m["role"]) for m in members] == [(str(co_id), "owner")]
+    assert await audit_rows(database, "persona.member.re") == []
+
+
+@pytest.mark.parametrize("address", [
+    "a\x01b@example.test", "a\x1b[2Jb@example.test", "a\u0085b@example.test",
+    "a\u2028b@example.test", "a\u2029b@example.test", "a\x7fb@example.test"])
+async def test_an_email_address_with_a_control_character_is_a_422_naming_the_field(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], address: str,
+) -> None:
+    """Mail never reaches such an address and it would go raw into a From header: 422
+    naming email_address, on create and on change; nothing stored."""
+    _, headers = user
+    created = await client.post("/api/v1/personas", headers=headers,
+                                json={"name": "x", "email_address": address})
+    assert created.status_code == 422 and "email_address" in created.text, created.text
+    persona = await create_persona(client, headers)
+    changed = await client.patch(f"/api/v1/personas/{persona['id']}", headers=headers,
+                                 json={"email_address": address})
+    assert changed.status_code == 422 and "email_address" in changed.text, changed.text
     assert (await client.get(f"/api/v1/personas/{persona['id']}",
                              headers=headers)).json() == persona

@@ -112,13 +112,14 @@ async def test_only_owners_manage_members_and_nobody_escalates_a_role(
                         (c.group_peer, 404)):
         resp = await client.delete(f"{members}/{c.co_owner.id}", headers=actor.headers)
         chk.check("DELETE /members/{co_owner}", actor, resp, code)
-    # The owner (owner_id) is no member row: nobody re-roles or removes them.
+    # The owner (owner_id) is no member row and ownership does not move: nobody re-roles
+    # or removes them (409, as adding them is).
     for actor in (c.co_owner, c.admin):
         resp = await client.patch(f"{members}/{c.owner.id}", json={"role": "viewer"},
                                   headers=actor.headers)
-        chk.check("PATCH /members/{owner_id}", actor, resp, 404)
+        chk.check("PATCH /members/{owner_id}", actor, resp, 409)
         resp = await client.delete(f"{members}/{c.owner.id}", headers=actor.headers)
-        chk.check("DELETE /members/{owner_id}", actor, resp, 404)
+        chk.check("DELETE /members/{owner_id}", actor, resp, 409)
     resp = await client.post(members, json={"user": str(c.owner.id), "role": "viewer"},
                              headers=c.co_owner.headers)
     chk.check("POST /members {owner_id}", c.co_owner, resp, 409)

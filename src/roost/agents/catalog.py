@@ -18,7 +18,7 @@ from sqlalchemy import and_, case, false, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import Agent, Persona, PersonaMember
-from roost.agents.personas import get_persona, require_role, role_of
+from roost.agents.personas import check_providers, get_persona, require_role, role_of
 from roost.agents.schemas import STORED, AgentConfig, AgentCreate, AgentOut, AgentUpdate
 from roost.agents.secrets import missing_references
 from roost.audit.service import record
@@ -271,6 +271,7 @@ async def create_agent(session: AsyncSession, actor: Principal, body: AgentCreat
     await _slug_free(session, owner, body.slug)
     await require_project(session, actor, body.project_id)  # another user's: 404
     await _check_agent_limit(session, owner)
+    await check_providers(session, preferred_provider=body.preferred_provider)
     agent = Agent(
         user_id=owner, persona_id=body.persona_id, project_id=body.project_id,
         name=body.name.strip(), slug=body.slug,
@@ -332,6 +333,8 @@ async def update_agent(session: AsyncSession, actor: Principal, agent_id: uuid.U
                                "bind agents to it")
     if "slug" in values:
         await _slug_free(session, agent.user_id, values["slug"], agent.id)
+    if "preferred_provider" in values:
+        await check_providers(session, preferred_provider=values["preferred_provider"])
     if "project_id" in values and values["project_id"] != agent.project_id:
         # Filing an agent is its owner's, as binding it is: an editor of its persona would
         # otherwise list the owner's agent among their own project's things.

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal, cast
 
-from sqlalchemy import delete, false, or_, select, text, true
+from sqlalchemy import delete, false, func, or_, select, text, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -43,6 +43,7 @@ from roost.identity.invitations import (
     take_invitation,
 )
 from roost.identity.models import User
+from roost.llm.models import LLMProviderRow
 from roost.pagination import DEFAULT_LIMIT, newest_first
 from roost.principal import Principal
 
@@ -156,9 +157,30 @@ async def _flush_email(session: AsyncSession) -> None:
     await flush_unique(session, EMAIL_INDEX, "another persona already uses that e-mail address")
 
 
+async def check_providers(session: AsyncSession, **fields: str | Sequence[str] | None) -> None:
+    """422 naming the field and the names when a provider field (``default_provider=``,
+    ``fallback_providers=``, an agent's ``preferred_provider=``) names no registered LLM
+    provider: a run prefers them (``runner._model_step``), so a typo would silently route
+    nowhere.  Names match case-insensitively (unique so since migration 1260); a provider
+    disabled is still registered."""
+    wanted = {field: [value] if isinstance(value, str) else list(value or [])
+              for field, value in fields.items()}
+    names = {n.lower() for values in wanted.values() for n in values}
+    if not names:
+        return
+    known: set[str] = set((await session.scalars(select(func.lower(LLMProviderRow.name)).where(
+        func.lower(LLMProviderRow.name).in_(names)))).all())
+    for field, values in wanted.items():
+        unknown = sorted({n for n in values if n.lower() not in known})
+        if unknown:
+            raise Unprocessable(f"{field}: no LLM provider is named {unknown}")
+
+
 async def create_persona(session: AsyncSession, actor: Principal,
                          body: PersonaCreate) -> PersonaView:
     owner = require_user(actor, "personas")
+    await check_providers(session, default_provider=body.default_provider,
+                          fallback_providers=body.fallback_providers)
     persona = Persona(
         owner_id=owner, name=body.name.strip(), description=body.description,
         system_prompt=body.system_prompt, default_provider=body.default_provider,
@@ -196,8 +218,15 @@ async def list_personas(
 async def update_persona(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,
                          body: PersonaUpdate) -> PersonaView:
     view = await require_role(session, actor, persona_id, "editor", "change it")
-    persona = view.persona
+    # Locked (and read again): a deletion at the same moment makes this a 404, not an
+    # UPDATE that finds no row.
+    persona = await one_or_404(
+        session, select(Persona).where(Persona.id == persona_id)
+        .execution_options(populate_existing=True), lock=True,
+        missing=f"persona {persona_id} does not exist")
     values: dict[str, Any] = body.model_dump(exclude_unset=True)
+    await check_providers(session, **{f: values[f] for f in ("default_provider",
+                                                              "fallback_providers") if f in values})
     if "name" in values:
         values["name"] = values["name"].strip()
     if "email_address" in values:
@@ -487,10 +516,19 @@ async def revoke_invitation(session: AsyncSession, actor: Principal, persona_id:
                  changes={"member": str(member), "invitation": str(invitation_id)})
 
 
-async def _member(session: AsyncSession, persona_id: uuid.UUID,
-                  user_id: uuid.UUID) -> PersonaMember:
-    row = await session.scalar(select(PersonaMember).where(
-        PersonaMember.persona_id == persona_id, PersonaMember.user_id == user_id))
+async def _member(session: AsyncSession, persona: Persona, user_id: uuid.UUID, owner: str, *,
+                  lock: bool = False) -> PersonaMember:
+    """The membership (``lock``: FOR UPDATE, read again: a removal or the persona's
+    deletion at the same moment makes this a 404, not an UPDATE finding no row); for the
+    persona's owner (``owner_id``), who is no member (ownership does not move), a 409
+    saying ``owner``."""
+    if user_id == persona.owner_id:
+        raise Conflict(owner)
+    stmt = select(PersonaMember).where(PersonaMember.persona_id == persona.id,
+                                       PersonaMember.user_id == user_id)
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    row = await session.scalar(stmt)
     if row is None:
         raise NotFound(f"user {user_id} is not a member of the persona")
     return row
@@ -498,8 +536,10 @@ async def _member(session: AsyncSession, persona_id: uuid.UUID,
 
 async def set_member_role(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,
                           user_id: uuid.UUID, role: Role) -> MemberView:
-    await require_role(session, actor, persona_id, "owner", "manage its members")
-    member = await _member(session, persona_id, user_id)
+    view = await require_role(session, actor, persona_id, "owner", "manage its members")
+    member = await _member(session, view.persona, user_id,
+                           "the persona's owner (owner_id) has no member role to change: "
+                           "ownership does not move", lock=True)
     before = member.role
     if before == "owner" and role != "owner":
         await _withdraw_invitations_of(session, actor, member, "their owner role was taken")
@@ -516,16 +556,24 @@ async def remove_member(session: AsyncSession, actor: Principal, persona_id: uui
                         user_id: uuid.UUID) -> None:
     """An owner removes anyone; any member may remove themself (leave)."""
     if user_id == actor.user_id:
-        await get_persona(session, actor, persona_id)
+        view = await get_persona(session, actor, persona_id)
     else:
-        await require_role(session, actor, persona_id, "owner", "manage its members")
-    member = await _member(session, persona_id, user_id)
+        view = await require_role(session, actor, persona_id, "owner", "manage its members")
+    # Not locked: row-level security lets a member delete their own row, not lock it.
+    member = await _member(
+        session, view.persona, user_id,
+        "the persona's owner cannot leave it; delete it instead" if user_id == actor.user_id
+        else "the persona's owner (owner_id) cannot be removed: ownership does not move")
     if member.role == "owner":
         await _withdraw_invitations_of(
             session, actor, member,
             "they left the persona" if user_id == actor.user_id else "they were removed")
-    await session.delete(member)
-    await session.flush()
+    # Removed by another request meanwhile (this statement waited for it): one record.
+    gone = await session.scalar(delete(PersonaMember).where(PersonaMember.id == member.id)
+                                .returning(PersonaMember.id)
+                                .execution_options(synchronize_session=False))
+    if gone is None:
+        raise NotFound(f"user {user_id} is not a member of the persona")
     await record(session, "persona.member.remove", user_id=actor.user_id,
                  persona_id=persona_id, resource_type="persona", resource_id=persona_id,
                  changes={"member": str(user_id), "role": member.role,

@@ -939,6 +939,16 @@ async def _remember_step(env: RunEnv, state: _State, k: int) -> None:
         await _finish_step(session, state, step, status=status, output=output, error=error)
 
 
+def _preferred_providers(state: _State) -> list[str]:
+    """The providers the run's model calls go to first, in order: the agent's, then its
+    persona's default and fallbacks (docs/agents.md, "Providers"); the others follow."""
+    persona = state.persona
+    names = [state.agent.preferred_provider if state.agent else None,
+             persona.default_provider if persona else None,
+             *(persona.fallback_providers or [] if persona else [])]
+    return list(dict.fromkeys(n.strip() for n in names if isinstance(n, str) and n.strip()))
+
+
 async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
     """One model call as a step; returns its tool calls (none: the final answer)."""
     agent = state.agent
@@ -953,7 +963,8 @@ async def _model_step(env: RunEnv, state: _State) -> list[ToolCall]:
             # Once per run, and again after an administrator edited or removed one of
             # its providers (the old instance is retired: later steps use the new one).
             if state.route is None or state.route.stale():
-                state.route = await routing.resolve_route(session, env.gateway, model)
+                state.route = await routing.resolve_route(session, env.gateway, model,
+                                                          prefer=_preferred_providers(state))
             # A metered user's credits are held first, before this transaction writes
             # anything (402/403 ends the run, nothing called; the records of calls
             # finished since stay pending for the run's end).

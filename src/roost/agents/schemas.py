@@ -173,13 +173,16 @@ AvatarUrl = Annotated[str, Field(max_length=500, pattern=URL_PATTERN), WebUrl]
 MemberRole = Literal["owner", "editor", "viewer"]
 SecretType = Literal["llm_provider_key", "email_imap", "email_smtp", "mcp_header", "mcp_env",
                      "api_token", "other"]
-ProviderName = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be blank")
     return value
+
+
+# A registered LLM provider's name (the services check that one is: 422 otherwise).
+ProviderName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_not_blank)]
 
 
 Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_not_blank)]
@@ -208,7 +211,9 @@ def _lowered_email(value: str | None) -> str | None:
     ("İ" is two characters), so the limit is checked again on what is stored."""
     if value is None:
         return None
-    lowered = value.strip().lower()
+    # Mail can never reach an address with a control character or a line break (nor
+    # should one go into a From header): the pattern refuses only ASCII white space.
+    lowered = _one_line(value).strip().lower()
     if len(lowered) > MAX_EMAIL_CHARS:
         raise ValueError(f"must be at most {MAX_EMAIL_CHARS} characters once lower-cased")
     return lowered
@@ -223,10 +228,13 @@ class PersonaCreate(StrictInput):
     name: PersonaName
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     system_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
-    default_provider: str | None = Field(default=None, min_length=1, max_length=64,
-                                         description="A registered LLM provider's name")
+    default_provider: ProviderName | None = Field(
+        default=None, description="A registered LLM provider's name, preferred for its agents' "
+                                  "model calls")
     default_model: str | None = Field(default=None, min_length=1, max_length=255)
-    fallback_providers: list[ProviderName] = Field(default_factory=list, max_length=10)
+    fallback_providers: list[ProviderName] = Field(
+        default_factory=list, max_length=10,
+        description="Registered LLM providers' names, preferred next, in this order")
     email_address: PersonaEmail = Field(
         default=None, max_length=MAX_EMAIL_CHARS, pattern=EMAIL_PATTERN,
         description="Mail to this address reaches the persona (unique, case-insensitive)")
@@ -241,7 +249,7 @@ class PersonaUpdate(StrictInput):
     name: PersonaName | None = None
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     system_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    default_provider: str | None = Field(default=None, min_length=1, max_length=64)
+    default_provider: ProviderName | None = None
     default_model: str | None = Field(default=None, min_length=1, max_length=255)
     fallback_providers: list[ProviderName] | None = Field(default=None, max_length=10)
     email_address: PersonaEmail = Field(default=None, max_length=MAX_EMAIL_CHARS,
@@ -347,7 +355,9 @@ class AgentCreate(StrictInput):
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     avatar_url: AvatarUrl | None = None
     system_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    preferred_provider: str | None = Field(default=None, min_length=1, max_length=64)
+    preferred_provider: ProviderName | None = Field(
+        default=None, description="A registered LLM provider's name, preferred for its runs' "
+                                  "model calls (before its persona's)")
     preferred_model: str | None = Field(default=None, min_length=1, max_length=255)
     tool_permissions: list[ToolRef] = Field(
         default_factory=list, max_length=100,
@@ -374,7 +384,7 @@ class AgentUpdate(StrictInput):
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     avatar_url: AvatarUrl | None = None
     system_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    preferred_provider: str | None = Field(default=None, min_length=1, max_length=64)
+    preferred_provider: ProviderName | None = None
     preferred_model: str | None = Field(default=None, min_length=1, max_length=255)
     tool_permissions: list[ToolRef] | None = Field(default=None, max_length=100)
     document_ids: list[uuid.UUID] | None = Field(default=None, max_length=100)

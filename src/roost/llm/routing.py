@@ -3,7 +3,9 @@
 The enabled providers whose default model is the name, or whose synced ``models`` have
 it enabled, in ``priority`` order (then name); without a name, every enabled provider
 with a default model.  A model disabled in ``models`` is not routed, the default one
-included.  An ensemble narrows that list to the providers it names.
+included.  ``prefer`` (an agent's and its persona's providers) moves the providers it
+names to the front, in its order: a preference, not a restriction.  An ensemble narrows
+that list to the providers it names.
 """
 
 from __future__ import annotations
@@ -115,9 +117,13 @@ async def enabled_providers(session: AsyncSession) -> list[LLMProviderRow]:
 async def resolve_route(
     session: AsyncSession, gateway: LLMGateway, model: str | None,
     ensemble_spec: EnsembleSpec | None = None, *, embeddings: bool = False,
+    prefer: Sequence[str] = (),
 ) -> Route:
     """Which providers to ask, in order.  409 without providers, 404 for an unknown model;
-    for ``embeddings`` only the providers with an embeddings API (400 when none is left)."""
+    for ``embeddings`` only the providers with an embeddings API (400 when none is left).
+    ``prefer``: those of the providers serving the model that it names (case-insensitively)
+    come first, in its order, then the others in theirs; a name no provider serving the
+    model has (deleted, disabled since) is skipped."""
     mark = gateway.pool.mark()
     rows = await enabled_providers(session)
     # Instances of providers deleted or disabled since (through whichever process) are
@@ -142,6 +148,11 @@ async def resolve_route(
             raise ModelCannotEmbed(
                 f"model {model!r} has no provider with an embeddings API (Anthropic's and "
                 "the local model's have none); GET /v1/models lists the models available")
+    if prefer:
+        rank: dict[str, int] = {}
+        for name in prefer:
+            rank.setdefault(name.lower(), len(rank))
+        candidates.sort(key=lambda r: rank.get(r.name.lower(), len(rank)))  # stable
     mode: Literal["fallback", "ensemble"] = "fallback"
     config = None
     if ensemble_spec is not None:

@@ -1,0 +1,121 @@
+"""Overlapping operations on a persona and its members: a change that read the persona
+or a membership, then waited for its deletion by another transaction, is a 404 (never
+a 500 from an UPDATE or DELETE that found no row), and a removal writes one record."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from roost.config import Settings
+from roost.db.engine import Database
+from tests.agents.api import Headers, add_member, create_persona, named_user
+from tests.support.races import race_settings
+from tests.support.sql import scalar
+
+
+@pytest.fixture
+def test_settings(test_settings: Settings) -> Settings:
+    return race_settings(test_settings)
+
+
+async def _until_waiting(database: Database, table: str,
+                         task: asyncio.Task[httpx.Response]) -> None:
+    """Until a statement on ``table`` in this test's database waits for a lock (the
+    request has read the row and now waits for the deletion to commit), or ``task`` ends."""
+    for _ in range(200):
+        count = await scalar(database, "SELECT count(*) FROM pg_stat_activity WHERE "
+                             "datname = current_database() AND wait_event_type = 'Lock' "
+                             "AND query ILIKE :q", q=f"%{table}%")
+        if count >= 1 or task.done():
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _removals(database: Database, persona_id: str) -> int:
+    return int(await scalar(database, "SELECT count(*) FROM audit_logs WHERE "
+                            "action = 'persona.member.remove' AND persona_id = :p",
+                            p=persona_id))
+
+
+async def test_a_change_waiting_on_the_persona_s_deletion_is_a_404(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+) -> None:
+    _, h = user
+    pid = (await create_persona(client, h))["id"]
+    async with database.transaction() as session:
+        await session.execute(text("DELETE FROM personas WHERE id = :p"), {"p": pid})
+        patch = asyncio.create_task(client.patch(f"/api/v1/personas/{pid}",
+                                                 json={"name": "renamed"}, headers=h))
+        await _until_waiting(database, "personas", patch)
+    resp = await patch
+    assert resp.status_code == 404, resp.text
+    assert await scalar(database, "SELECT count(*) FROM audit_logs WHERE "
+                        "action = 'persona.update' AND persona_id = :p", p=pid) == 0
+
+
+@pytest.mark.parametrize("deleted", ["member", "persona"])
+async def test_a_role_change_waiting_on_the_member_s_removal_is_a_404(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+    deleted: str,
+) -> None:
+    """The membership removed (or the whole persona deleted) while the role change
+    waits: 404, and no role record."""
+    _, h = user
+    e_id, e_name, editor = await named_user(database, "ed")
+    pid = (await create_persona(client, h))["id"]
+    await add_member(client, h, pid, e_name, "editor", editor)
+    async with database.transaction() as session:
+        if deleted == "member":
+            await session.execute(text("DELETE FROM persona_members WHERE persona_id = :p "
+                                       "AND user_id = :u"), {"p": pid, "u": e_id})
+        else:
+            await session.execute(text("DELETE FROM personas WHERE id = :p"), {"p": pid})
+        patch = asyncio.create_task(client.patch(f"/api/v1/personas/{pid}/members/{e_id}",
+                                                 json={"role": "viewer"}, headers=h))
+        await _until_waiting(database, "persona_members", patch)
+    resp = await patch
+    assert resp.status_code == 404, resp.text
+    assert await scalar(database, "SELECT count(*) FROM audit_logs WHERE "
+                        "action = 'persona.member.role' AND persona_id = :p", p=pid) == 0
+
+
+@pytest.mark.parametrize("who", ["owner", "member"])
+async def test_a_removal_waiting_on_another_removal_is_a_404_and_no_record(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+    who: str,
+) -> None:
+    """Removed (or leaving) while another transaction removes the membership: 404, and
+    no second ``persona.member.remove`` record."""
+    _, h = user
+    e_id, e_name, editor = await named_user(database, "ed")
+    pid = (await create_persona(client, h))["id"]
+    await add_member(client, h, pid, e_name, "editor", editor)
+    async with database.transaction() as session:
+        await session.execute(text("DELETE FROM persona_members WHERE persona_id = :p "
+                                   "AND user_id = :u"), {"p": pid, "u": e_id})
+        gone = asyncio.create_task(client.delete(f"/api/v1/personas/{pid}/members/{e_id}",
+                                                 headers=h if who == "owner" else editor))
+        await _until_waiting(database, "persona_members", gone)
+    resp = await gone
+    assert resp.status_code == 404, resp.text
+    assert await _removals(database, pid) == 0
+
+
+async def test_two_removals_at_once_write_one_record(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """The owner removes a member as they leave: one 204, one 404, one record."""
+    _, h = user
+    e_id, e_name, editor = await named_user(database, "ed")
+    pid = (await create_persona(client, h))["id"]
+    await add_member(client, h, pid, e_name, "editor", editor)
+    answers = await asyncio.gather(
+        client.delete(f"/api/v1/personas/{pid}/members/{e_id}", headers=h),
+        client.delete(f"/api/v1/personas/{pid}/members/{e_id}", headers=editor))
+    assert sorted(r.status_code for r in answers) == [204, 404], [r.text for r in answers]
+    assert await _removals(database, pid) == 1
