@@ -12,7 +12,7 @@ import httpx
 import pytest
 from dulwich.diff_tree import tree_changes
 from dulwich.object_store import commit_tree_changes
-from dulwich.objects import Blob, Commit
+from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
 from sqlalchemy import text
 
@@ -462,3 +462,81 @@ async def test_a_first_commit_under_main_is_a_409_and_main_stays_committable(
     assert refused["detail"].startswith("branch main/x conflicts with existing branch main")
     first = await commit(client, headers, chat_session_id=sid, files={"b": "1\n"})
     assert first["parent_hash"] is None and first["branch"] == "main"
+
+
+def _big_root(config: CodeVersionsConfig, owner: uuid.UUID, sid: str, parent_id: str,
+              entries: int) -> None:
+    """``entries`` files in the repository's root, written directly (what many commits of
+    200 files make)."""
+    repo = open_repo(config, owner, sid)
+    try:
+        store = repo.object_store
+        blob = Blob.from_string(b"x\n")
+        store.add_object(blob)
+        parent = repo[parent_id.encode()]
+        assert isinstance(parent, Commit)
+        tree = commit_tree_changes(store, parent.tree, [
+            (f"file{i:05d}.py".encode(), repos.MODE_FILE, blob.id) for i in range(entries)])
+        big = Commit()
+        big.tree, big.parents = tree, [parent.id]
+        big.author = big.committer = b"t <t@t>"
+        big.author_time = big.commit_time = 0
+        big.author_timezone = big.commit_timezone = 0
+        big.message = b"many\n"
+        store.add_object(big)
+        repo.refs[b"refs/heads/main"] = big.id
+    finally:
+        repo.close()
+
+
+async def test_a_commit_parses_a_big_directory_a_few_times_not_once_per_file(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], config: CodeVersionsConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """20 files into a 5,000-file directory parsed that tree 47 times (200 files into a
+    100,000-file one: 20 s under the repository's lock); now a few times."""
+    owner, headers = user
+    sid = await chat_session(client, headers)
+    first = await commit(client, headers, chat_session_id=sid, files={"seed.py": "x\n"})
+    _big_root(config, owner, sid, first["version_hash"], 5000)
+    parses: list[int] = []
+    original = Tree._deserialize
+
+    def counting(self: Tree, chunks: list[bytes]) -> None:
+        size = sum(len(chunk) for chunk in chunks)
+        if size > 100_000:  # the 5,000-entry root tree (about 190 KB)
+            parses.append(size)
+        original(self, chunks)
+
+    monkeypatch.setattr(Tree, "_deserialize", counting)
+    done = await commit(client, headers, chat_session_id=sid,
+                        files={f"new{i}.py": "y\n" for i in range(20)})
+    assert len(parses) <= 5, f"the 5,000-entry tree was parsed {len(parses)} times"
+    assert len(done["files_changed"]) == 20 and "20 files changed" in done["diff_summary"]
+
+
+async def test_a_commit_growing_a_directory_past_its_entry_limit_is_refused(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], config: CodeVersionsConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A directory holds at most MAX_DIRECTORY_ENTRIES names: a 422 naming it, nothing
+    committed; changing files of a full directory still works."""
+    monkeypatch.setattr(repos, "MAX_DIRECTORY_ENTRIES", 30)
+    owner, headers = user
+    sid = await chat_session(client, headers)
+    first = await commit(client, headers, chat_session_id=sid,
+                         files={"seed.py": "x\n", "src/a.py": "a\n"})
+    _big_root(config, owner, sid, first["version_hash"], 27)  # 29 names in the root
+    refused = await commit(client, headers, 422, chat_session_id=sid,
+                           files={"n1.py": "y\n", "n2.py": "y\n", "src/b.py": "b\n"})
+    assert "directory the repository's root would hold more than 30 entries" in \
+        refused["detail"]
+    await commit(client, headers, 422, chat_session_id=sid,
+                 files={"deep/x.py": "y\n", "deep2/y.py": "y\n"})
+    await commit(client, headers, chat_session_id=sid, files={"n1.py": "y\n"})  # the 30th
+    await commit(client, headers, chat_session_id=sid,
+                 files={"seed.py": "changed\n", "src/b.py": "b\n"})
+    monkeypatch.setattr(repos, "MAX_DIRECTORY_ENTRIES", 2)
+    refused = await commit(client, headers, 422, chat_session_id=sid,
+                           files={"src/c.py": "c\n"})
+    assert "directory src would hold" in refused["detail"]

@@ -4,20 +4,22 @@ the API, and the check runner alone for the hostile cases (hang, flood, limits).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from roost.codeversions import checks, jobs
+from roost.codeversions import checks, jobs, repos
 from roost.codeversions.checks import Limits, run_check
 from roost.codeversions.config import CodeVersionsConfig
-from roost.codeversions.validation import validate
+from roost.codeversions.validation import run_checks, validate
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
@@ -245,3 +247,84 @@ async def test_run_checks_refused_without_checks_commits_nothing(
     assert refused.status_code == 422 and "no checks" in refused.text, refused.text
     made = await client.post("/api/v1/code-versions", json=body, headers=headers)
     assert made.status_code == 201, made.text
+
+
+async def _awaiting_retry(client: httpx.AsyncClient, headers: Headers,
+                          database: Database) -> dict[str, Any]:
+    """A version whose validation job's attempt raised and waits for its retry: the job
+    row as the worker's retry leaves it (status 'failed', scheduled later)."""
+    sid = await chat_session(client, headers)
+    version = await commit(client, headers, chat_session_id=sid, files={"app.py": "ok\n"})
+    queued = await client.post(f"/api/v1/code-versions/{version['id']}/validate",
+                               headers=headers)
+    assert queued.status_code == 202, queued.text
+    async with database.transaction() as s:
+        await s.execute(text(
+            "UPDATE background_tasks SET status = 'failed', retry_count = 1, attempts = 1, "
+            "error_message = 'boom', scheduled_at = now() + interval '5 seconds' "
+            "WHERE id = :id"), {"id": queued.json()["validation_task_id"]})
+    answer: dict[str, Any] = queued.json()
+    return answer
+
+
+async def test_asking_again_while_the_job_waits_for_its_retry_queues_nothing(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    """A job in 'failed' will be retried (docs/tasks.md): asking again returns it, queues
+    nothing (a second job was queued beside it)."""
+    _, headers = user
+    queued = await _awaiting_retry(client, headers, database)
+    again = await client.post(f"/api/v1/code-versions/{queued['id']}/validate",
+                              headers=headers)
+    assert again.status_code == 202, again.text
+    assert again.json()["validation_task_id"] == queued["validation_task_id"]
+    async with database.transaction() as s:
+        count = await s.scalar(text(
+            "SELECT count(*) FROM background_tasks WHERE task_type = 'codeversions.validate' "
+            "AND payload->>'version_id' = :v"), {"v": queued["id"]})
+    assert count == 1
+
+
+async def test_the_sweep_leaves_a_validation_whose_job_will_be_retried(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    """The sweep marks 'error' only validations whose job is gone for good, not one whose
+    job awaits its retry (which would then overwrite the 'error')."""
+    _, headers = user
+    queued = await _awaiting_retry(client, headers, database)
+    assert await jobs.sweep(database) == 0
+    now = (await client.get(f"/api/v1/code-versions/{queued['id']}", headers=headers)).json()
+    assert now["validation_status"] == "pending"
+
+
+async def test_a_check_that_exits_leaves_no_process_behind(tmp_path: Path) -> None:
+    """What a check started in the background does not outlive the check, which has no
+    wall-clock limit left to kill it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    env = checks.environment(tmp_path / "scratch")
+    marker = tmp_path / "survived"
+    (work / "child.py").write_text(
+        f"import pathlib, time\ntime.sleep(3)\npathlib.Path({str(marker)!r}).write_text('x')\n")
+    code = ("import subprocess, sys; subprocess.Popen([sys.executable, 'child.py'], "
+            "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print('done')")
+    result = await run_check((PY, "-c", code), work, env,
+                             Limits(timeout_s=30, cpu_s=30, processes=0))
+    assert result.outcome == "passed", result
+    await asyncio.sleep(4.5)  # past the child's 3 s: it wrote the marker if still alive
+    assert not marker.exists(), "the check's child kept running after the check ended"
+
+
+async def test_a_tree_too_big_to_check_out_is_an_error_not_a_full_disk(tmp_path: Path) -> None:
+    """The checkout stops past max_checkout_bytes: the validation is an error saying so."""
+    repository = tmp_path / "r.git"
+    done = repos.commit_files(repository, branch="main", message="big", author=b"a <a@b>",
+                              timestamp=0, files={f"f{i}.txt": b"x" * 600_000 for i in range(4)})
+    config = CodeVersionsConfig(repos_root=tmp_path, checks=(APP_SAYS_OK_T,),
+                                max_checkout_bytes=2 * 1024 * 1024)
+    status, results = await run_checks(config, repository, done.commit_id)
+    assert status == "error"
+    assert "more than 2 MiB" in results["checkout"]["output_tail"]
+    roomy = dataclasses.replace(config, max_checkout_bytes=3 * 1024 * 1024)
+    status, results = await run_checks(roomy, repository, done.commit_id)
+    assert "checkout" not in results  # written: the check ran (and failed: no app.py)

@@ -411,10 +411,19 @@ async def test_physical_full_then_incremental_backup_and_restore(
         assert sent.status_code == 201, sent.text
     expected = await table_snapshot(dsn(source.db))
     increment = workdir / "backups" / "physical-increment"
-    done = await asyncio.to_thread(
-        run_roost, "backup", "--incremental-from", str(full), str(increment),
-        env=env_for(source.data_dir, ROOST_BACKUP_PASSPHRASE=PASSPHRASE), timeout=300)
+    # The code versions' repositories (DATA_DIR/repos) are in a physical backup too.
+    repo_objects = source.data_dir / "repos" / "owner" / "session.git" / "objects" / "ab"
+    repo_objects.mkdir(parents=True)
+    (repo_objects / "cdef").write_bytes(b"object")
+    (repo_objects / "cdef").chmod(0o444)
+    try:
+        done = await asyncio.to_thread(
+            run_roost, "backup", "--incremental-from", str(full), str(increment),
+            env=env_for(source.data_dir, ROOST_BACKUP_PASSPHRASE=PASSPHRASE), timeout=300)
+    finally:
+        shutil.rmtree(source.data_dir / "repos")  # the other tests' backups have none
     assert done.returncode == 0, done.stderr
+    assert (increment / "repos.tar.enc").exists() and not (full / "repos.tar").exists()
     assert (increment / "base.tar.enc").exists() and not (increment / "base.tar").exists()
     # smaller than the full one: only changed blocks
     assert (increment / "base.tar.enc").stat().st_size < (full / "base.tar").stat().st_size
@@ -429,6 +438,8 @@ async def test_physical_full_then_incremental_backup_and_restore(
         env=env_for(target, ROOST_BACKUP_PASSPHRASE=PASSPHRASE), timeout=600)
     assert done.returncode == 0, done.stderr
     assert "changed during the backup" not in done.stderr
+    restored = target / "repos" / "owner" / "session.git" / "objects" / "ab" / "cdef"
+    assert restored.read_bytes() == b"object" and restored.stat().st_mode & 0o777 == 0o444
     db = await asyncio.to_thread(create_database, settings_for(target))
     try:
         await _restored_checks(source, target, db, expected, (MESSAGE, later))

@@ -8,7 +8,8 @@ a subprocess with a wall-clock timeout, resource limits and a cap on the output 
   ``exec``s the check, rather than by ``preexec_fn``, which is unsafe in a process with
   threads (the worker runs ``asyncio.to_thread`` jobs).
 * **Own process group** (``start_new_session``): a timeout, a flood or a cancelled job
-  kills the check and everything it started.
+  kills the check and everything it started; what it started is killed too when it
+  exits by itself.
 * **Clean environment**: ``PATH`` (Roost's ``bin`` first), ``HOME`` and ``TMPDIR`` in a
   scratch directory, ``LANG``; none of Roost's ``ROOST_*`` settings or keys.
 * **Output cap**: stdout and stderr (merged) are read up to ``max_output_bytes``; a check
@@ -179,6 +180,9 @@ async def run_check(argv: tuple[str, ...], cwd: Path, env: dict[str, str],
         if proc.returncode is None:
             _kill(proc)
             await asyncio.shield(proc.wait())
+        # The group's other processes (a server or sleeper the check started in the
+        # background) must not outlive the check, which has ended however it went.
+        _kill(proc)
     code = proc.returncode
     text = _tail(tail)
     if outcome == "timeout":

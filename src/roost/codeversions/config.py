@@ -20,6 +20,7 @@ class CodeVersionsConfig:
     max_file_bytes: int = _MB
     max_commit_bytes: int = 8 * _MB
     max_diff_bytes: int = _MB  # the diff returned with a version (GET /code-versions/{id})
+    max_checkout_bytes: int = 512 * _MB  # the files a validation writes to its scratch dir
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CodeVersionsConfig:

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from dulwich.diff_tree import tree_changes
 from dulwich.object_store import BaseObjectStore, commit_tree_changes
-from dulwich.objects import Blob, Commit, ObjectID, Tree
+from dulwich.objects import Blob, Commit, ObjectID, RawObjectID, ShaFile, Tree
 from dulwich.refs import Ref, check_ref_format
 from dulwich.repo import Repo
 
@@ -44,6 +44,9 @@ MAX_SEGMENT_BYTES: Final = 255
 # MAX_COMMIT_DIRECTORIES directories.
 MAX_PATH_SEGMENTS: Final = 32
 MAX_COMMIT_DIRECTORIES: Final = 1000
+# A directory is one tree object that every commit under it parses and rewrites whole:
+# commits may not grow one past this many entries.
+MAX_DIRECTORY_ENTRIES: Final = 10_000
 COMMITTER: Final = b"Roost <roost@localhost>"
 _BRANCH: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 _STAT_WIDTH: Final = 40
@@ -178,8 +181,40 @@ def _tip(repo: Repo, ref: Ref) -> ObjectID | None:
         return None
 
 
-def _lookup(store: BaseObjectStore, tree_id: ObjectID | None,
-            parts: list[bytes]) -> tuple[int, int] | None:
+TreeCache = dict[ObjectID, Tree]
+
+
+def _tree(store: BaseObjectStore, cache: TreeCache, tree_id: ObjectID) -> Tree:
+    """The tree ``tree_id``, parsed once per commit: a 100,000-entry directory is 4 MB to
+    parse, and every file of a request walks it (200 files took 20 s under the lock)."""
+    tree = cache.get(tree_id)
+    if tree is None:
+        obj = store[tree_id]
+        assert isinstance(obj, Tree)
+        cache[tree_id] = tree = obj
+    return tree
+
+
+class _TreeCachingStore(BaseObjectStore):
+    """Reads of ``store`` that answer the trees in ``cache`` without parsing them again
+    (the diff of a commit walks the trees its planning already read)."""
+
+    def __init__(self, store: BaseObjectStore, cache: TreeCache) -> None:
+        super().__init__(object_format=store.object_format)
+        self._store, self._cache = store, cache
+
+    def get_raw(self, name: RawObjectID | ObjectID) -> tuple[int, bytes]:
+        return self._store.get_raw(name)
+
+    def __getitem__(self, sha1: ObjectID | RawObjectID) -> ShaFile:
+        if len(sha1) == self.object_format.oid_length:  # a raw id: never cached
+            return self._store[sha1]
+        cached = self._cache.get(ObjectID(sha1))
+        return cached if cached is not None else self._store[sha1]
+
+
+def _lookup(store: BaseObjectStore, tree_id: ObjectID | None, parts: list[bytes],
+            cache: TreeCache) -> tuple[int, int] | None:
     """Walk ``parts`` from ``tree_id``: None when the path is absent, else ``(depth, mode)``
     of the first entry that is not a directory (``depth == len(parts)`` for the path's
     own entry) or of the path itself when it is a directory."""
@@ -187,8 +222,7 @@ def _lookup(store: BaseObjectStore, tree_id: ObjectID | None,
         return None
     current: ObjectID = tree_id
     for depth, part in enumerate(parts, start=1):
-        tree = store[current]
-        assert isinstance(tree, Tree)
+        tree = _tree(store, cache, current)
         if part not in tree:
             return None
         mode, sha = tree[part]
@@ -198,12 +232,49 @@ def _lookup(store: BaseObjectStore, tree_id: ObjectID | None,
     return None  # pragma: no cover - parts is never empty
 
 
+def _subtree(store: BaseObjectStore, tree_id: ObjectID | None, parts: list[bytes],
+             cache: TreeCache) -> Tree | None:
+    """The directory at ``parts`` (``[]``: the root) if it exists as a directory."""
+    if tree_id is None:
+        return None
+    tree = _tree(store, cache, tree_id)
+    for part in parts:
+        if part not in tree:
+            return None
+        mode, sha = tree[part]
+        if not stat.S_ISDIR(mode):
+            return None
+        tree = _tree(store, cache, sha)
+    return tree
+
+
+def check_directory_sizes(store: BaseObjectStore, tree_id: ObjectID | None,
+                          written: Iterable[bytes], cache: TreeCache) -> None:
+    """Refuse (422) a commit that adds names to a directory so that it holds more than
+    :data:`MAX_DIRECTORY_ENTRIES`: every later commit under it parses that tree again."""
+    added: dict[bytes, set[bytes]] = {}
+    for raw in written:
+        parts = raw.split(b"/")
+        for i, part in enumerate(parts):
+            added.setdefault(b"/".join(parts[:i]), set()).add(part)
+    for directory, names in added.items():
+        tree = _subtree(store, tree_id, directory.split(b"/") if directory else [], cache)
+        new = names if tree is None else {name for name in names if name not in tree}
+        if new and (len(tree) if tree is not None else 0) + len(new) > MAX_DIRECTORY_ENTRIES:
+            shown = directory.decode("utf-8", "replace") or "the repository's root"
+            raise Unprocessable(f"directory {shown} would hold more than "
+                                f"{MAX_DIRECTORY_ENTRIES} entries", extra={"field": "files"})
+
+
 def plan_changes(store: BaseObjectStore, tree_id: ObjectID | None,
-                 files: Mapping[str, bytes | None]) -> list[tuple[bytes, int | None, ObjectID | None]]:
+                 files: Mapping[str, bytes | None], cache: TreeCache | None = None,
+                 ) -> list[tuple[bytes, int | None, ObjectID | None]]:
     """The tree changes that write (bytes) or delete (None) each file, blobs stored;
     refuses paths that break :func:`check_path`, that go through a file, a symbolic link
-    or a submodule, that name a directory, a symlink or (to delete) nothing, and a request
-    naming both a path and something under it."""
+    or a submodule, that name a directory, a symlink or (to delete) nothing, a request
+    naming both a path and something under it, and one that makes a directory hold more
+    than :data:`MAX_DIRECTORY_ENTRIES` entries.  ``cache`` keeps the trees parsed."""
+    cache = {} if cache is None else cache
     encoded = {path: check_path(path) for path in files}
     names = set(encoded.values())
     changes: list[tuple[bytes, int | None, ObjectID | None]] = []
@@ -212,7 +283,7 @@ def plan_changes(store: BaseObjectStore, tree_id: ObjectID | None,
         for i in range(1, len(parts)):
             if b"/".join(parts[:i]) in names:
                 raise PathRefused(path, "is under another path of the same commit")
-        found = _lookup(store, tree_id, parts)
+        found = _lookup(store, tree_id, parts, cache)
         mode: int | None = None
         if found is not None:
             depth, mode = found
@@ -235,6 +306,8 @@ def plan_changes(store: BaseObjectStore, tree_id: ObjectID | None,
         blob = Blob.from_string(content)
         store.add_object(blob)
         changes.append((raw, MODE_EXEC if mode == MODE_EXEC else MODE_FILE, blob.id))
+    check_directory_sizes(store, tree_id, (raw for raw, _, sha in changes if sha is not None),
+                          cache)
     return changes
 
 
@@ -274,11 +347,13 @@ def commit_files(path: Path, *, branch: str, files: Mapping[str, bytes | None], 
             parent_commit = store[parent]
             assert isinstance(parent_commit, Commit)
             parent_tree = parent_commit.tree
-        changes = plan_changes(store, parent_tree, files)
+        cache: TreeCache = {}
+        changes = plan_changes(store, parent_tree, files, cache)
         base = Tree()  # a copy: commit_tree_changes changes the tree it is given
         if parent_tree is not None:
-            base = Tree.from_string(store[parent_tree].as_raw_string())
+            base = Tree.from_string(_tree(store, cache, parent_tree).as_raw_string())
         new_tree = commit_tree_changes(store, base, changes)
+        cache[new_tree] = base  # the new root, as the diff below reads it
         if new_tree == parent_tree:
             raise NothingToCommit("nothing to commit: the files already have this content")
         commit = Commit()
@@ -297,7 +372,8 @@ def commit_files(path: Path, *, branch: str, files: Mapping[str, bytes | None], 
             raise Conflict(f"branch {branch} conflicts with another branch's path") from None
         if not moved:
             raise Conflict(f"branch {branch} moved while committing: try again")
-        files_changed, summary = diff_stat(store, parent_tree, new_tree)
+        files_changed, summary = diff_stat(_TreeCachingStore(store, cache), parent_tree,
+                                           new_tree)
         return CommitOutcome(commit.id.decode(), parent.decode() if parent else None,
                              files_changed, summary)
     finally:
@@ -398,12 +474,14 @@ def patch_of(path: Path, commit_id: str, *, max_bytes: int) -> tuple[str, bool]:
         repo.close()
 
 
-def checkout(path: Path, commit_id: str, dest: Path) -> int:
+def checkout(path: Path, commit_id: str, dest: Path, *, max_bytes: int | None = None) -> int:
     """Write the commit's regular files under ``dest`` (an empty directory); symbolic links
     and submodules are skipped, every path is checked again and opened without following
-    links.  Returns the number of files written."""
+    links.  More than ``max_bytes`` of files in all is refused (422, the checkout stops
+    there: many commits add up to a tree no scratch directory should hold).  Returns the
+    number of files written."""
     repo = _open(path, create=False)
-    written = 0
+    written = total = 0
     try:
         commit = _commit(repo, commit_id)
         store = repo.object_store
@@ -418,6 +496,10 @@ def checkout(path: Path, commit_id: str, dest: Path) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             blob = store[entry.sha]
             assert isinstance(blob, Blob)
+            total += blob.raw_length()
+            if max_bytes is not None and total > max_bytes:
+                raise Unprocessable(f"the commit's files take more than {max_bytes >> 20} "
+                                    "MiB: too big to check out for validation")
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                          0o755 if mode == MODE_EXEC else 0o644)
             with os.fdopen(fd, "wb") as f:

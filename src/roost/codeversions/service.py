@@ -34,7 +34,8 @@ from roost.tasks.service import enqueue
 RESOURCE: Final = "code_version"
 VALIDATE_TASK: Final = "codeversions.validate"
 # Jobs that can no longer validate: finished one way or another (the sweep's view too).
-DEAD_JOB_STATUSES: Final = ("completed", "failed", "cancelled", "dead_letter")
+# Not "failed": to the queue that is an attempt that raised and waits for its retry.
+DEAD_JOB_STATUSES: Final = ("completed", "cancelled", "dead_letter")
 
 
 async def repository_of(session: AsyncSession, actor: Principal, *,

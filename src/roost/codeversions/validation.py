@@ -32,7 +32,8 @@ async def run_checks(config: CodeVersionsConfig, repository: Path,
         work = scratch / "work"
         work.mkdir()
         try:
-            await asyncio.to_thread(repos.checkout, repository, commit_id, work)
+            await asyncio.to_thread(repos.checkout, repository, commit_id, work,
+                                    max_bytes=config.max_checkout_bytes)
         except (RoostError, OSError) as exc:
             detail = exc.detail if isinstance(exc, RoostError) else f"checkout failed: {exc.strerror}"
             failed = checks.CheckResult((), "error", None, 0, detail, False)

@@ -11,8 +11,11 @@ A backup is a directory:
 ``keys.json``
     Roost's keys (``DATA_DIR/keys`` and keys given by the environment), without which
     chat messages and stored secrets cannot be decrypted.
+``repos.tar``
+    the code versions' git repositories (``DATA_DIR/repos``, when it exists), taken after
+    the database, so every version the dump holds finds its commit.
 
-With a passphrase both files are stored encrypted (``*.enc``): scrypt derives an AES-256
+With a passphrase every file is stored encrypted (``*.enc``): scrypt derives an AES-256
 key and an HMAC key; each file is AES-256-GCM in 1 MiB chunks whose nonces carry the
 chunk number and a last-chunk flag (a truncated, reordered or altered file fails to
 decrypt), ``manifest.json`` holds a key check (a wrong passphrase is named as such) and
@@ -67,9 +70,14 @@ MANIFEST_MAC = "manifest.mac"
 DUMP = "database.dump"
 PHYSICAL_FILES = ("base.tar", "pg_wal.tar", "backup_manifest")
 KEYS = "keys.json"
+REPOS = "repos.tar"
+# DATA_DIR/repos: the code versions' git repositories (roost.codeversions.config; this
+# layer cannot import it).  A backup without them restores as before.
+REPOS_DIR_NAME = "repos"
 ENC_SUFFIX = ".enc"
 # Every file a backup holds (besides the manifest and its MAC), plain or encrypted.
-_BACKUP_FILES = frozenset(n + e for n in (DUMP, KEYS, *PHYSICAL_FILES) for e in ("", ENC_SUFFIX))
+_BACKUP_FILES = frozenset(n + e for n in (DUMP, KEYS, REPOS, *PHYSICAL_FILES)
+                          for e in ("", ENC_SUFFIX))
 BACKUPS_DIR = "backups"
 CHUNK = 1024 * 1024
 _MAGIC = b"ROOSTENC1\n"
@@ -584,6 +592,98 @@ def write_keys(settings: Settings, keys: dict[str, str]) -> None:
         os.replace(temp, key_dir / name)
 
 
+# --------------------------------------------------------------------------- repositories
+
+
+def _repos_dir(settings: Settings) -> Path:
+    return settings.data_dir / REPOS_DIR_NAME
+
+
+def _pack_repos(settings: Settings, out: Path, report: Reporter) -> bool:
+    """``DATA_DIR/repos`` as a tar in ``out`` (False when there is none): directories,
+    regular files and symbolic links as they are (links never followed), modes kept;
+    anything else (a FIFO, a socket) and files that vanish meanwhile (a commit's lock
+    files) left out."""
+    root = _repos_dir(settings)
+    if root.is_symlink() or not root.is_dir():
+        return False
+    walked: list[tuple[Path, int]] = []
+    for here, dirs, files in os.walk(root):  # never into a linked directory
+        for name in (*dirs, *files):
+            path = Path(here) / name
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode) \
+                    or stat.S_ISLNK(info.st_mode):
+                walked.append((path, info.st_size if stat.S_ISREG(info.st_mode) else 0))
+    report.stage("repositories", sum(size for _, size in walked))
+    with _private_open(out) as handle, tarfile.open(fileobj=handle, mode="w") as tar:
+        for path, size in walked:
+            try:
+                tar.add(path, arcname=str(path.relative_to(root)), recursive=False)
+            except FileNotFoundError:
+                continue
+            report.advance(size)
+    return True
+
+
+def _check_repos_target(settings: Settings, occupied: list[str]) -> None:
+    """``DATA_DIR/repos`` named in ``occupied`` when it holds something."""
+    root = _repos_dir(settings)
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise BackupError(f"{root} is not a directory: the restore could not write the code "
+                          "repositories there")
+    if root.is_dir() and any(root.iterdir()):
+        occupied.append(f"{root} holds code repositories")
+
+
+def _repos_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """tarfile's "data" filter, keeping a file's mode but for group/other write (the
+    filter adds owner write, and git keeps its objects read-only)."""
+    checked = tarfile.data_filter(member, dest)
+    if checked.isreg():
+        checked = checked.replace(mode=(member.mode & 0o755) | stat.S_IRUSR, deep=False)
+    return checked
+
+
+def _unpack_repos(settings: Settings, archive: Path, report: Reporter) -> Path:
+    """The repositories of ``archive`` in a new directory beside ``DATA_DIR/repos`` (put
+    in place by :func:`_install_repos`).  The filter refuses absolute paths, links pointing
+    outside, devices, and clears setuid bits and group/other write."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".repos-restoring-", dir=settings.data_dir))
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            report.stage("repositories", len(members))
+            for member in members:
+                tar.extract(member, staging, filter=_repos_filter)
+                report.advance()
+    except tarfile.TarError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BackupError(f"the backup's {REPOS} holds what Roost never writes ({exc})") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    os.chmod(staging, 0o700)
+    return staging
+
+
+def _install_repos(settings: Settings, staging: Path, warnings: list[str]) -> None:
+    """``staging`` becomes ``DATA_DIR/repos``; what was there is kept beside it."""
+    root = _repos_dir(settings)
+    if root.is_dir() and any(root.iterdir()):
+        aside = root.with_name(f"{REPOS_DIR_NAME}.replaced-{_stamp()}")
+        os.rename(root, aside)
+        warnings.append(f"the code repositories that were there are kept in {aside}: "
+                        "delete them when the restore is known good")
+    elif root.is_dir():
+        root.rmdir()
+    os.rename(staging, root)
+
+
 # --------------------------------------------------------------------------- backup
 
 
@@ -672,6 +772,9 @@ async def create_backup(settings: Settings, path: Path | None = None, *,
         else:
             manifest = await _dump(target, work, report)
             plain = [DUMP, KEYS]
+        # After the database: a commit is in its repository before its row is committed.
+        if await asyncio.to_thread(_pack_repos, settings, work / REPOS, report):
+            plain.append(REPOS)
         manifest["backup_id"] = uuid.uuid4().hex
         manifest["roost_version"] = roost.__version__
         manifest["created_at"] = datetime.now(UTC).isoformat()
@@ -811,6 +914,7 @@ class _Verified:
     manifest: dict[str, Any]
     dump: Path
     keys: dict[str, str]
+    repos: Path | None = None  # repos.tar in plain text (older backups have none)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -927,14 +1031,17 @@ def _verify(path: Path, passphrase: str | None, scratch: Path,
             report: Reporter) -> _Verified:
     """Everything that can be checked without the target: nothing is written outside
     ``scratch``."""
-    manifest, plain = _verify_files(path, passphrase, scratch, report, (DUMP, KEYS))
-    return _Verified(manifest, plain[DUMP], _read_keys(plain[KEYS]))
+    manifest, plain = _verify_files(path, passphrase, scratch, report, (DUMP, KEYS),
+                                    optional=(REPOS,))
+    return _Verified(manifest, plain[DUMP], _read_keys(plain[KEYS]), plain.get(REPOS))
 
 
 def _verify_files(path: Path, passphrase: str | None, scratch: Path, report: Reporter,
-                  names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Path]]:
+                  names: tuple[str, ...], optional: tuple[str, ...] = (),
+                  ) -> tuple[dict[str, Any], dict[str, Path]]:
     """The manifest (its MAC, the passphrase), every file's size and sha256, and
-    ``names`` in plain text (decrypted into ``scratch`` when encrypted)."""
+    ``names`` (and those of ``optional`` the backup holds) in plain text (decrypted into
+    ``scratch`` when encrypted)."""
     if not path.is_dir():
         raise BackupError(f"{path} is not a backup directory")
     try:
@@ -966,6 +1073,7 @@ def _verify_files(path: Path, passphrase: str | None, scratch: Path, report: Rep
     for needed in (name + suffix for name in names):
         if needed not in files:
             raise BackupError(f"{path / MANIFEST} lists no {needed}")
+    names = (*names, *(name for name in optional if name + suffix in files))
     total = 0
     for name, entry in files.items():
         if name not in _BACKUP_FILES:  # never a path, nor a NUL byte open() refuses
@@ -1042,7 +1150,6 @@ async def restore_backup(settings: Settings, path: Path, *, passphrase: str | No
 
 async def _restore_verified(settings: Settings, verified: _Verified, force: bool,
                             report: Reporter) -> RestoreResult:
-    manifest = verified.manifest
     warnings: list[str] = []
     _check_data_dir(settings)
     # What is there already?  An embedded cluster that does not exist yet is not started
@@ -1052,6 +1159,8 @@ async def _restore_verified(settings: Settings, verified: _Verified, force: bool
     if existing_keys:
         occupied.append(f"{settings.data_dir / KEY_DIR_NAME} holds keys "
                         f"({', '.join(existing_keys)})")
+    if verified.repos is not None:
+        _check_repos_target(settings, occupied)
     target: Target | None = None
     has_tables = False
     fresh_cluster = settings.uses_embedded_db and not (settings.pg_dir / "PG_VERSION").exists()
@@ -1071,6 +1180,22 @@ async def _restore_verified(settings: Settings, verified: _Verified, force: bool
                              "--force to replace what is there")
     if target is None:
         target = await asyncio.to_thread(open_target, settings)
+    # Unpacked (and so checked) before the database is touched; put in place at the end.
+    repos = (await asyncio.to_thread(_unpack_repos, settings, verified.repos, report)
+             if verified.repos is not None else None)
+    try:
+        return await _restore_database(settings, verified, target, has_tables, repos,
+                                       report, warnings)
+    finally:
+        if repos is not None and repos.exists():  # not put in place: the restore failed
+            shutil.rmtree(repos, ignore_errors=True)
+
+
+async def _restore_database(settings: Settings, verified: _Verified, target: Target,
+                            has_tables: bool, repos: Path | None, report: Reporter,
+                            warnings: list[str]) -> RestoreResult:
+    manifest = verified.manifest
+    existing_keys = _existing_keys(settings)
     # A database with data is replaced only once the restore is checked: restored into a
     # staging database beside it, then swapped in (the old one kept under another name).
     staging: Target | None = None
@@ -1117,6 +1242,8 @@ async def _restore_verified(settings: Settings, verified: _Verified, force: bool
         if kept_keys is not None:
             warnings.append(f"the key files that were there are kept in {kept_keys}")
     await asyncio.to_thread(write_keys, settings, verified.keys)
+    if repos is not None:
+        await asyncio.to_thread(_install_repos, settings, repos, warnings)
     overridden = [k for k in _ENV_KEYS if getattr(settings, k) is not None
                   and verified.keys.get(k, "").strip() != getattr(settings, k).get_secret_value()]
     if overridden:
@@ -1467,25 +1594,28 @@ def _unpack(plain: dict[str, Path], into: Path) -> None:
 
 
 def _prepare_physical(path: Path, passphrase: str | None, scratch: Path, report: Reporter,
-                      ) -> tuple[list[Path], Path, dict[str, Any], dict[str, str]]:
+                      ) -> tuple[list[Path], Path, dict[str, Any], dict[str, str], Path | None]:
     """Every backup of the chain verified, unpacked and combined into one data
-    directory in ``scratch``; returns it, the last backup's manifest and its keys."""
+    directory in ``scratch``; returns it, the last backup's manifest, keys and
+    repositories (each backup holds all of them)."""
     chain = _physical_chain(path)
     dirs: list[Path] = []
     manifest: dict[str, Any] = {}
     keys: dict[str, str] = {}
+    repos: Path | None = None
     for i, backup_dir in enumerate(chain):
         sub = scratch / f"b{i}"
         sub.mkdir()
         manifest, plain = _verify_files(backup_dir, passphrase, sub, report,
-                                        (*PHYSICAL_FILES, KEYS))
+                                        (*PHYSICAL_FILES, KEYS), optional=(REPOS,))
         keys = _read_keys(plain[KEYS])
+        repos = plain.get(REPOS)
         _unpack(plain, sub / "data")
         for name in PHYSICAL_FILES:
             if plain[name].parent == sub:
                 plain[name].unlink()  # decrypted copies: unpacked now
         dirs.append(sub / "data")
-    return dirs, (dirs[0] if len(dirs) == 1 else scratch / "combined"), manifest, keys
+    return dirs, (dirs[0] if len(dirs) == 1 else scratch / "combined"), manifest, keys, repos
 
 
 async def _restore_physical(settings: Settings, path: Path, passphrase: str | None,
@@ -1508,13 +1638,30 @@ async def _restore_physical(settings: Settings, path: Path, passphrase: str | No
             raise BackupError(f"a PostgreSQL server runs on {pgdata}: stop every Roost "
                               "process of this data dir first")
         occupied.append(f"{pgdata} holds a database cluster")
+    if {REPOS, REPOS + ENC_SUFFIX} & set(read_manifest(path)["files"]):
+        _check_repos_target(settings, occupied)
     if occupied and not force:
         raise TargetNotEmpty("the target is not empty: " + "; ".join(occupied)
                              + ". Restore into an empty data dir, or give --force to "
                              "replace what is there")
     # ...then everything the backup holds, checked and combined in the scratch dir.
-    chain, data, manifest, keys = await asyncio.to_thread(
+    chain, data, manifest, keys, repos_tar = await asyncio.to_thread(
         _prepare_physical, path, passphrase, scratch, report)
+    repos = (await asyncio.to_thread(_unpack_repos, settings, repos_tar, report)
+             if repos_tar is not None else None)
+    try:
+        return await _install_physical(settings, chain, data, manifest, keys, repos,
+                                       existing_keys, has_cluster, report)
+    finally:
+        if repos is not None and repos.exists():  # not put in place: the restore failed
+            shutil.rmtree(repos, ignore_errors=True)
+
+
+async def _install_physical(settings: Settings, chain: list[Path], data: Path,
+                            manifest: dict[str, Any], keys: dict[str, str],
+                            repos: Path | None, existing_keys: list[str], has_cluster: bool,
+                            report: Reporter) -> RestoreResult:
+    pgdata = settings.pg_dir
     if len(chain) > 1:
         report.stage("combining", None)
         await _run_client([str(pg_bin("pg_combinebackup")), f"--output={data}",
@@ -1538,6 +1685,8 @@ async def _restore_physical(settings: Settings, path: Path, passphrase: str | No
         if kept_keys is not None:
             warnings.append(f"the key files that were there are kept in {kept_keys}")
     await asyncio.to_thread(write_keys, settings, keys)
+    if repos is not None:
+        await asyncio.to_thread(_install_repos, settings, repos, warnings)
     try:
         target = await asyncio.to_thread(open_target, settings)
     except (OSError, subprocess.SubprocessError) as exc:

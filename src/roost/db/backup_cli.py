@@ -160,7 +160,8 @@ def backup_command(
         help="A physical backup this one adds the changed blocks to (implies --physical; "
         "restore needs every backup of the chain).")] = None,
 ) -> None:
-    """Back up the database (pg_dump, one consistent snapshot) and Roost's keys.
+    """Back up the database (pg_dump, one consistent snapshot), Roost's keys and the code
+    versions' git repositories (DATA_DIR/repos).
 
     Writes a manifest with the versions, the sha256 of every file and per table its row
     count and content checksum; with a passphrase everything but the manifest is
@@ -194,8 +195,8 @@ def backup_command(
 def restore_command(
     path: Annotated[Path, typer.Argument(help="The backup directory.")],
     force: Annotated[bool, typer.Option(
-        "--force", help="Replace the data of a target that is not empty (its database and "
-        "keys).")] = False,
+        "--force", help="Replace the data of a target that is not empty (its database, "
+        "keys and code repositories).")] = False,
     passphrase_file: PassphraseFile = None,
 ) -> None:
     """Restore a backup into an empty data dir (embedded) or database (ROOST_DATABASE_URL).
@@ -203,7 +204,8 @@ def restore_command(
     Checks the manifest, every file's checksum and the dump before writing anything;
     refuses a target that holds data unless --force; restores in one transaction (with
     --force into a staging database), checks every table's row count and checksum against
-    the manifest, then swaps it in (the old database and keys kept aside) and writes the keys.
+    the manifest, then swaps it in (the old database, keys and code repositories kept
+    aside) and writes the keys and repositories.
     """
     from roost.db.backup import BackupError, TargetNotEmpty, needs_passphrase, restore_backup
 

@@ -1,0 +1,112 @@
+"""``roost backup`` and ``roost restore`` keep the code versions' git repositories
+(``DATA_DIR/repos``): the repository is the truth about the code, and a restored row
+whose repository is missing answered 404 "repository is missing"."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import stat
+import tarfile
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from dulwich.repo import Repo
+
+from roost.codeversions import repos
+from roost.config import Settings
+from roost.db import backup
+from roost.keyfiles import load_keys
+from tests.codeversions.conftest import Headers, chat_session, commit
+from tests.support.cli import run_roost
+from tests.support.pg import PgTestServer, unique_db_name
+
+PASSPHRASE = "correct horse battery staple"
+
+
+def _objects(repository: Path) -> dict[str, int]:
+    """The repository's loose object files and their modes."""
+    return {str(p.relative_to(repository)): stat.S_IMODE(p.stat().st_mode)
+            for p in (repository / "objects").rglob("*") if p.is_file()}
+
+
+async def test_a_backup_holds_the_repositories_and_a_restore_puts_them_back(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], test_settings: Settings,
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    owner, headers = user
+    sid = await chat_session(client, headers)
+    version = await commit(client, headers, chat_session_id=sid, files={"app.py": "print(1)\n"})
+    source = repos.repo_path(test_settings.data_dir / "repos", owner, uuid.UUID(sid))
+    load_keys(Settings(data_dir=test_settings.data_dir))
+    out = tmp_path / "backup"
+    done = await asyncio.to_thread(run_roost, "backup", str(out), env={
+        "ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+        "ROOST_DATA_DIR": str(test_settings.data_dir),
+        "ROOST_BACKUP_PASSPHRASE": PASSPHRASE}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "repos.tar.enc" in manifest["files"], sorted(manifest["files"])
+    assert not (out / "repos.tar").exists()  # encrypted like the dump
+
+    target_db = unique_db_name("cvrestore")
+    await pg_server.create_database(target_db)
+    target = tmp_path / "restored"
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(target_db), "ROOST_DATA_DIR": str(target),
+           "ROOST_BACKUP_PASSPHRASE": PASSPHRASE}
+    try:
+        done = await asyncio.to_thread(run_roost, "restore", str(out), env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        restored = repos.repo_path(target / "repos", owner, uuid.UUID(sid))
+        repo = Repo(str(restored))
+        try:
+            assert repo.refs[b"refs/heads/main"].decode() == version["version_hash"]
+        finally:
+            repo.close()
+        assert _objects(restored) == _objects(source)  # modes kept (git's objects: 0444)
+        diff, _ = repos.patch_of(restored, version["version_hash"], max_bytes=1 << 20)
+        assert "+print(1)" in diff
+
+        # A target with repositories is not empty; --force sets them aside.
+        again = await asyncio.to_thread(run_roost, "restore", str(out), env=env, timeout=300)
+        assert again.returncode != 0
+        assert "holds code repositories" in again.stderr, again.stderr
+        (restored / "marker").write_text("old")
+        forced = await asyncio.to_thread(run_roost, "restore", "--force", str(out), env=env,
+                                         timeout=300)
+        assert forced.returncode == 0, forced.stderr
+        aside = [p for p in target.iterdir() if p.name.startswith("repos.replaced-")]
+        assert len(aside) == 1, sorted(p.name for p in target.iterdir())
+        assert (repos.repo_path(aside[0], owner, uuid.UUID(sid)) / "marker").exists()
+        assert not (restored / "marker").exists()
+        assert not [p for p in target.iterdir() if p.name.startswith(".repos-restoring-")]
+    finally:
+        await pg_server.drop_database(target_db)
+
+
+@pytest.mark.parametrize("member", ["../escaped", "link-out", "device"])
+def test_a_repository_archive_reaching_outside_is_refused(tmp_path: Path, member: str) -> None:
+    """A repos.tar with a path or link leading out of DATA_DIR/repos, or a device,
+    writes nothing."""
+    archive = tmp_path / "repos.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo(member)
+        if member == "link-out":
+            info.type, info.linkname = tarfile.SYMTYPE, "../../outside"
+            tar.addfile(info)
+            info = tarfile.TarInfo("link-out/x")
+        if member == "device":
+            info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+            tar.addfile(info)
+        else:
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    data_dir = tmp_path / "data"
+    settings = Settings(data_dir=data_dir)
+    with pytest.raises(backup.BackupError, match=r"repos\.tar holds what Roost never writes"):
+        backup._unpack_repos(settings, archive, backup._Silent())
+    assert list(data_dir.iterdir()) == []
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "outside").exists()
