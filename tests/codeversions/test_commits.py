@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from roost.codeversions import repos, service
 from roost.codeversions.config import CodeVersionsConfig
+from roost.codeversions.jobs import prune_repositories
 from roost.db.engine import Database
 from roost.errors import PayloadTooLarge
 from tests.codeversions.conftest import Headers, chat_session, commit, make_run
@@ -540,3 +541,34 @@ async def test_a_commit_growing_a_directory_past_its_entry_limit_is_refused(
     refused = await commit(client, headers, 422, chat_session_id=sid,
                            files={"src/c.py": "c\n"})
     assert "directory src would hold" in refused["detail"]
+
+
+async def test_repositories_nothing_owns_are_pruned_and_the_rest_kept(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], config: CodeVersionsConfig,
+    database: Database,
+) -> None:
+    """A chat session deleted (or its account) takes its code versions' rows with it; the
+    hourly prune then deletes its repository from the disk. A live session's repository, a
+    young one and what is not Roost's under DATA_DIR/repos stay."""
+    user_id, headers = user
+    kept, gone = await chat_session(client, headers), await chat_session(client, headers)
+    for session_id in (kept, gone):
+        await commit(client, headers, chat_session_id=session_id, files={"a.py": "x = 1\n"})
+    stranger = config.repos_root / "notes.txt"
+    stranger.write_text("not a repository")
+    assert (await client.delete(f"/api/v1/chat/sessions/{gone}", headers=headers)).status_code == 204
+    gone_path = repos.repo_path(config.repos_root, user_id, uuid.UUID(gone))
+
+    assert await prune_repositories(database, config.repos_root) == 0  # too young yet
+    assert gone_path.is_dir()
+    assert await prune_repositories(database, config.repos_root, grace_s=0) == 1
+    assert not gone_path.exists()
+    assert repos.repo_path(config.repos_root, user_id, uuid.UUID(kept)).is_dir()
+    assert stranger.read_text() == "not a repository"
+    assert (await client.get(f"/api/v1/code-versions?chat_session_id={kept}",
+                             headers=headers)).json()["items"]
+
+    # The account's last repository gone: its directory goes too.
+    await client.delete(f"/api/v1/chat/sessions/{kept}", headers=headers)
+    assert await prune_repositories(database, config.repos_root, grace_s=0) == 1
+    assert not (config.repos_root / str(user_id)).exists()
