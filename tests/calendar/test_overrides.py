@@ -20,7 +20,7 @@ from roost.calendar import agenttools
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.principal import Principal
-from tests.calendar.conftest import Headers, make_calendar
+from tests.calendar.conftest import Headers, make_calendar, make_event
 
 User = tuple[uuid.UUID, Headers]
 CAL_TZ = "Europe/Berlin"  # the calendar's zone: all-day dates are read in it
@@ -471,3 +471,27 @@ async def test_agent_tools_see_the_changed_occurrences(
     slots = await call(agenttools.FIND_FREE_SLOT_ID, start="2027-03-09T13:00:00Z",
                        end="2027-03-09T14:30:00Z", duration_minutes=60)
     assert slots["slots"] == []
+
+
+async def test_retitling_one_occurrence_of_a_cancelled_series_keeps_it_listed(
+        client: httpx.AsyncClient, user: User) -> None:
+    """A cancelled series' occurrences are listed as cancelled; retitling one (its
+    override copies the series' status) keeps it listed with its new title: only an
+    explicit cancel of an occurrence of a live series removes it."""
+    _, h = user
+    cal = (await make_calendar(client, h))["id"]
+    ev = await make_event(client, h, cal, summary="C", status="cancelled",
+                          start_time="2027-03-01T09:00:00Z", end_time="2027-03-01T10:00:00Z",
+                          recurrence_rule="FREQ=WEEKLY;COUNT=6")
+
+    async def summaries() -> list[str]:
+        r = await client.get(f"/api/v1/calendars/{cal}/events", headers=h, params={
+            "start": "2027-03-01T00:00:00Z", "end": "2027-04-30T00:00:00Z"})
+        assert r.status_code == 200, r.text
+        return [o["summary"] for o in r.json()["occurrences"]]
+
+    assert await summaries() == ["C"] * 6
+    r = await client.put(f"/api/v1/calendars/{cal}/events/{ev['id']}/occurrences/"
+                         "2027-03-08T09:00:00Z", json={"summary": "C retitled"}, headers=h)
+    assert r.status_code == 201, r.text
+    assert await summaries() == ["C", "C retitled", "C", "C", "C", "C"]

@@ -542,7 +542,12 @@ def _expand_all(events: Sequence[Any], start: datetime, end: datetime,
             for i in series.get((ev.calendar_id, ev.uid), ()):
                 keep &= ~((index == i) & (starts == batch.micros(ev.recurrence_id)))
         # ...and the overrides themselves expanded as single events, after the series.
-        live = [ev for ev in overrides if ev.status != "cancelled"]
+        # A cancelled override removes its occurrence, unless its whole series is
+        # cancelled: the series' occurrences are listed as cancelled, and an override of
+        # one (copying the series' status) is listed alike, not dropped.
+        cancelled_series = {(ev.calendar_id, ev.uid) for ev in events if ev.status == "cancelled"}
+        live = [ev for ev in overrides if ev.status != "cancelled"
+                or (ev.calendar_id, ev.uid) in cancelled_series]
         extra = [(batch.micros(s), batch.micros(e), len(events) + k)
                  for k, ev in enumerate(live)
                  for s, e in recurrence.occurrences(ev.start_time, ev.end_time, ev.timezone,
