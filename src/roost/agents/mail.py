@@ -6,8 +6,10 @@ sending mail through the configured relay, reading both.
 each recipient persona and in the scope of its owner (row-level security applies):
 the ``emails`` row (idempotent on the persona, the direction and the Message-ID), its
 ``attachments`` rows, a run of the persona's ``email_agent_id`` (``source="email"``)
-and an audit record.  A message without a Message-ID gets one, so it can be threaded
-and answered.
+and an audit record.  Automatic mail (RFC 3834 ``Auto-Submitted``, ``Precedence``
+bulk/junk/list, an empty envelope sender, the persona's own sent mail come back) is
+stored and starts no run: answering it would loop.  A message without a Message-ID gets
+one, so it can be threaded and answered.
 
 **Threading.**  ``thread_id`` is the Message-ID of the thread's first message: the
 thread of the persona's own earlier mail that the message answers (In-Reply-To, then
@@ -241,7 +243,7 @@ async def _owner_principal(session: AsyncSession, owner_id: uuid.UUID) -> Princi
 async def _deliver_to(
     session: AsyncSession, cfg: MailConfig, persona: Persona, parsed: mailparse.ParsedMail,
     message_id: str, blobs: Sequence[tuple[mailparse.ParsedAttachment, StoredBlob]],
-    recipient: str, owner: Principal | None,
+    recipient: str, owner: Principal | None, automatic: str | None,
 ) -> Received:
     """One persona's copy of the message, in the transaction of :func:`receive`."""
     scope = owner or Principal(user_id=persona.owner_id, is_admin=False, kind="system")
@@ -275,7 +277,7 @@ async def _deliver_to(
     session.add_all(attachments)
     await session.flush()
     run_id, skipped = await _start_run(session, persona, owner, email_id, parsed, message_id,
-                                       attachments)
+                                       attachments, automatic)
     await record(session, "agent.email.receive", user_id=persona.owner_id,
                  persona_id=persona.id, run_id=run_id, resource_type="email",
                  resource_id=email_id,
@@ -287,10 +289,21 @@ async def _deliver_to(
 async def _start_run(
     session: AsyncSession, persona: Persona, owner: Principal | None, email_id: uuid.UUID,
     parsed: mailparse.ParsedMail, message_id: str, attachments: Sequence[Attachment],
+    automatic: str | None,
 ) -> tuple[uuid.UUID | None, str | None]:
-    """A run of the persona's mail agent, as its owner; (run id, why none was started)."""
+    """A run of the persona's mail agent, as its owner; (run id, why none was started).
+    Automatic mail (an auto-reply, a bounce, the persona's own mail come back) starts
+    none: answering it is how two agents, or an agent and an autoresponder, would mail
+    each other for ever, a run and LLM calls per turn."""
     if persona.email_agent_id is None:
         return None, None
+    if automatic is not None:
+        return None, automatic
+    own = await session.scalar(select(Email.id).where(
+        Email.persona_id == persona.id, Email.direction == "outbound",
+        Email.message_id == message_id).limit(1))
+    if own is not None:  # relayed back to its own mailbox (a copy to itself, a loop)
+        return None, "the persona's own sent mail"
     if owner is None:
         return None, "the persona's owner account is not active"
     agent = await session.get(Agent, persona.email_agent_id)  # in the owner's scope
@@ -308,15 +321,19 @@ async def _start_run(
 
 
 async def receive(database: Database, cfg: MailConfig, raw: bytes,
-                  recipients: Sequence[str]) -> list[Received]:
+                  recipients: Sequence[str], *, sender: str | None = None) -> list[Received]:
     """Store ``raw`` in the mailbox of each active persona among ``recipients`` (the
-    envelope's), all in one transaction.  Raises :class:`mailparse.MailRejected` for a
+    envelope's), all in one transaction.  ``sender``: the envelope's (``MAIL FROM``),
+    empty for a bounce; None when unknown.  Raises :class:`mailparse.MailRejected` for a
     message Roost refuses; nothing is stored then."""
     if len(raw) > cfg.max_message_bytes:
         raise mailparse.MailTooLarge(f"the message is {len(raw)} bytes; the limit is "
                                      f"{cfg.max_message_bytes}")
     parsed = await cpu_bound(mailparse.parse, raw, max_attachment_bytes=cfg.max_attachment_bytes)
     message_id = parsed.message_id or f"<{uuid7()}@{cfg.from_domain or 'roost.invalid'}>"
+    automatic = parsed.automatic or (
+        "automatic message (empty envelope sender: a bounce or delivery report)"
+        if sender == "" else None)
     blobs = [(part, await store_blob(cfg.data_dir, part.data)) for part in parsed.attachments]
     delivered: list[Received] = []
     async with database.transaction() as session:
@@ -329,7 +346,8 @@ async def receive(database: Database, cfg: MailConfig, raw: bytes,
         for persona in personas:
             recipient = str(persona.email_address)
             delivered.append(await _deliver_to(session, cfg, persona, parsed, message_id,
-                                               blobs, recipient, owners[persona.owner_id]))
+                                               blobs, recipient, owners[persona.owner_id],
+                                               automatic))
     for item in delivered:
         log.info("agents.mail_received", email_id=str(item.email_id),
                  persona_id=str(item.persona_id), created=item.created,
@@ -451,6 +469,8 @@ async def _prepare_outbound(
     message["Subject"] = body.subject
     message["Date"] = format_datetime(utcnow())
     message["Message-ID"] = message_id
+    if run_id is not None:  # an agent's mail: no autoresponder, Roost's included, answers it
+        message["Auto-Submitted"] = "auto-replied" if parent is not None else "auto-generated"
     thread_id = message_id
     if parent is not None and parent.message_id:
         thread_id = parent.thread_id or parent.message_id

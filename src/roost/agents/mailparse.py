@@ -36,6 +36,7 @@ MAX_ADDRESS_CHARS: Final = 320
 # stand-in for a byte that is not UTF-8) is no message id: PostgreSQL text cannot hold it.
 _MSG_ID = re.compile(r"<[^<>\s\x00-\x1f\x7f\ud800-\udfff]{1,996}>")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 _UNIQUE_HEADERS: Final = ("from", "subject", "message-id", "in-reply-to", "to", "cc")
 
 
@@ -77,6 +78,8 @@ class ParsedMail:
     date: str | None
     size: int
     attachments: tuple[ParsedAttachment, ...] = field(default=())
+    # Why the message is automatic mail no agent should answer (RFC 3834), else None.
+    automatic: str | None = None
 
 
 def clean_text(value: str | None, limit: int | None = None) -> str | None:
@@ -198,6 +201,20 @@ def _counting_factory() -> Callable[..., EmailMessage]:
     return make
 
 
+def _automatic(message: EmailMessage) -> str | None:
+    """Why ``message`` is automatic mail, which must not be answered automatically (RFC
+    3834: an auto-reply to an auto-reply is a mail loop): ``Auto-Submitted`` other than
+    ``no``, or ``Precedence`` bulk, junk or list (the older convention of lists and
+    autoresponders)."""
+    submitted = str(message["auto-submitted"] or "").split(";")[0].strip().lower()
+    if submitted and submitted != "no":
+        return f"automatic message (Auto-Submitted: {_NOT_PRINTABLE.sub('?', submitted)[:50]})"
+    precedence = str(message["precedence"] or "").strip().lower()
+    if precedence in ("bulk", "junk", "list"):
+        return f"automatic message (Precedence: {precedence})"
+    return None
+
+
 def parse(raw: bytes, *, max_attachment_bytes: int) -> ParsedMail:
     """The message's parts, or :class:`MalformedMail` / :class:`MailTooLarge`."""
     try:
@@ -231,6 +248,7 @@ def parse(raw: bytes, *, max_attachment_bytes: int) -> ParsedMail:
             date=clean_text(_one_line(str(date)), 200) if date is not None else None,
             size=len(raw),
             attachments=_attachments(message, bodies, max_attachment_bytes),
+            automatic=_automatic(message),
         )
     except MailRejected:
         raise

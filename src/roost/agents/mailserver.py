@@ -58,8 +58,12 @@ class MailHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
+        # The null reverse-path of bounces and delivery reports, ``MAIL FROM:<>``, reaches
+        # us as "<>" (aiosmtpd's parse of an empty angle address).
+        sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         try:
-            received = await mail.receive(self.database, self.cfg, raw, envelope.rcpt_tos)
+            received = await mail.receive(self.database, self.cfg, raw, envelope.rcpt_tos,
+                                          sender=sender)
         except mailparse.MailRejected as exc:
             log.info("agents.mail_rejected", reason=exc.detail, size=len(raw))
             return _reply(exc.smtp_code, exc.detail)
