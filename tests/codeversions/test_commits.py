@@ -28,6 +28,23 @@ def open_repo(config: CodeVersionsConfig, owner: uuid.UUID, key: str) -> Repo:
     return Repo(str(repos.repo_path(config.repos_root, owner, uuid.UUID(key))))
 
 
+def commit_directly(repo: Repo, parent_id: bytes,
+                    changes: list[tuple[bytes, int | None, bytes | None]], message: bytes) -> None:
+    """A commit of ``changes`` on ``parent_id`` made with dulwich, not through Roost (what
+    a repository cloned from elsewhere, or many API commits, would hold), as main's head."""
+    store = repo.object_store
+    parent = repo[parent_id]
+    assert isinstance(parent, Commit)
+    c = Commit()
+    c.tree, c.parents = commit_tree_changes(store, parent.tree, changes), [parent.id]
+    c.author = c.committer = b"t <t@t>"
+    c.author_time = c.commit_time = 0
+    c.author_timezone = c.commit_timezone = 0
+    c.message = message
+    store.add_object(c)
+    repo.refs[b"refs/heads/main"] = c.id
+
+
 async def test_a_commit_is_the_repository_head(
     client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], config: CodeVersionsConfig,
     database: Database,
@@ -220,20 +237,10 @@ async def test_paths_through_files_and_symlinks_are_refused(
     # A repository holding a symbolic link (as one cloned from elsewhere could).
     repo = open_repo(config, user_id, session_id)
     try:
-        store = repo.object_store
         target = Blob.from_string(b"/etc")
-        store.add_object(target)
-        parent = repo[first["version_hash"].encode()]
-        assert isinstance(parent, Commit)
-        tree = commit_tree_changes(store, parent.tree, [(b"link", repos.MODE_LINK, target.id)])
-        c = Commit()
-        c.tree, c.parents = tree, [parent.id]
-        c.author = c.committer = b"t <t@t>"
-        c.author_time = c.commit_time = 0
-        c.author_timezone = c.commit_timezone = 0
-        c.message = b"link\n"
-        store.add_object(c)
-        repo.refs[b"refs/heads/main"] = c.id
+        repo.object_store.add_object(target)
+        commit_directly(repo, first["version_hash"].encode(),
+                        [(b"link", repos.MODE_LINK, target.id)], b"link\n")
     finally:
         repo.close()
     refused = {
@@ -471,21 +478,11 @@ def _big_root(config: CodeVersionsConfig, owner: uuid.UUID, sid: str, parent_id:
     200 files make)."""
     repo = open_repo(config, owner, sid)
     try:
-        store = repo.object_store
         blob = Blob.from_string(b"x\n")
-        store.add_object(blob)
-        parent = repo[parent_id.encode()]
-        assert isinstance(parent, Commit)
-        tree = commit_tree_changes(store, parent.tree, [
-            (f"file{i:05d}.py".encode(), repos.MODE_FILE, blob.id) for i in range(entries)])
-        big = Commit()
-        big.tree, big.parents = tree, [parent.id]
-        big.author = big.committer = b"t <t@t>"
-        big.author_time = big.commit_time = 0
-        big.author_timezone = big.commit_timezone = 0
-        big.message = b"many\n"
-        store.add_object(big)
-        repo.refs[b"refs/heads/main"] = big.id
+        repo.object_store.add_object(blob)
+        commit_directly(repo, parent_id.encode(), [
+            (f"file{i:05d}.py".encode(), repos.MODE_FILE, blob.id) for i in range(entries)],
+            b"many\n")
     finally:
         repo.close()
 
