@@ -592,6 +592,61 @@ def test_a_libpq_only_option_in_a_replica_url_is_a_configuration_error(
     assert "s3cret" not in out.stdout + out.stderr
 
 
+def test_a_password_in_the_url_query_is_an_option_the_driver_takes(tmp_path: Path) -> None:
+    """asyncpg.connect takes password= (user=, database=): the URL check lets it through
+    (the database is then only unreachable here), never printing it; an option asyncpg
+    lacks is refused without an SSL hint unless it is about SSL."""
+    env = {"ROOST_DATA_DIR": str(tmp_path / "d"), "ROOST_DB_CONNECT_TIMEOUT_S": "2"}
+    url = f"postgresql://roost@127.0.0.1:{free_port()}/roost"
+    doctor = run_roost("doctor", env={**env, "ROOST_DATABASE_URL": url + "?password=s3cretpw"},
+                       timeout=60)
+    out = doctor.stdout + doctor.stderr
+    assert doctor.returncode == 1 and "unreachable" in doctor.stdout, out
+    assert "s3cretpw" not in out and "has no option" not in out, out
+    named = run_roost("users", "list", env={**env, "ROOST_DATABASE_URL":
+                                            url + "?application_name=x"}, timeout=60)
+    assert_clean_failure(named, mentions="has no option application_name", code=2)
+    assert "ssl" not in named.stderr.lower(), named.stderr
+    elsewhere = run_roost("users", "list", env={**env, "ROOST_DATABASE_URL":
+                                                url + "?database=other"}, timeout=60)
+    assert_clean_failure(elsewhere, mentions="name the database in the URL's path", code=2)
+
+
+def test_doctor_on_a_mistyped_data_dir_creates_nothing(tmp_path: Path) -> None:
+    """`roost doctor` reports the state: on a data dir holding no Roost (a typo, a disk
+    not mounted yet) it says so, and neither generates keys nor initialises a cluster."""
+    data = tmp_path / "typo-data-dir"
+    doctor = run_roost("doctor", env={"ROOST_DATA_DIR": str(data)}, timeout=180)
+    assert doctor.returncode == 1, doctor.stdout
+    assert not data.exists(), doctor.stdout
+    assert "no Roost database in" in doctor.stdout, doctor.stdout
+    row = next(line for line in doctor.stdout.splitlines() if line.lstrip("│ ").startswith("keys"))
+    assert "ok" in row and "not generated yet" in row, doctor.stdout
+
+
+def test_doctor_fails_on_a_key_missing_beside_a_cluster(tmp_path: Path) -> None:
+    """Keys are generated with the cluster: one missing once a cluster exists was lost
+    (a new one could not decrypt what is stored), and doctor does not replace it."""
+    data = tmp_path / "data"
+    (data / "pg").mkdir(parents=True)
+    (data / "pg" / "PG_VERSION").write_text("18\n")  # (not a usable cluster: that row fails too)
+    doctor = run_roost("doctor", env={"ROOST_DATA_DIR": str(data)}, timeout=90)
+    assert doctor.returncode == 1, doctor.stdout
+    row = next(line for line in doctor.stdout.splitlines() if line.lstrip("│ ").startswith("keys"))
+    assert "FAIL" in row and "restore it" in doctor.stdout, doctor.stdout
+    assert not (data / "keys").exists()
+
+
+def test_doctor_says_a_keys_file_is_not_a_directory(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "keys").write_text("x")
+    doctor = run_roost("doctor", env={"ROOST_DATA_DIR": str(data)}, timeout=90)
+    assert doctor.returncode == 1, doctor.stdout
+    assert "is a file, not a directory" in doctor.stdout and "Errno" not in doctor.stdout, \
+        doctor.stdout
+
+
 @pytest.mark.parametrize(("name", "value", "says"), [
     ("ROOST_SECRETS_KEY", "sh0rt-v4lue", "ROOST_SECRETS_KEY must decode to exactly 32 bytes"),
     ("ROOST_MESSAGE_KEYS", "not-a-fernet-key", "ROOST_MESSAGE_KEYS entry 1 is not a valid"),

@@ -366,7 +366,7 @@ def doctor() -> None:
     from sqlalchemy import text
 
     from roost.db.migrate import migration_state
-    from roost.keyfiles import load_keys
+    from roost.keyfiles import MissingKeyFile, load_keys
 
     settings = get_settings()
     table = Table("check", "result", "detail")
@@ -380,10 +380,19 @@ def doctor() -> None:
     data_problem = _data_dir_problem(settings.data_dir)
     row("data dir", data_problem is None, str(settings.data_dir) + (
         f": {data_problem}" if data_problem else ""))
+    # Doctor only reports: on a mistyped data dir (or a disk not mounted yet) it must
+    # neither generate keys nor initialise an empty cluster, as `roost serve` would.
+    has_cluster = (settings.pg_dir / "PG_VERSION").exists()
+    no_cluster = settings.uses_embedded_db and not has_cluster
     if data_problem is None:
         try:
-            load_keys(settings)
+            load_keys(settings, create=False)
             row("keys", True, "present (values never shown)")
+        except MissingKeyFile as exc:  # fine before the first `roost serve`, not after
+            lost = settings.uses_embedded_db and has_cluster
+            row("keys", not lost, f"{exc}: restore it from a backup (a new key could not "
+                "read what the old one encrypted)" if lost else
+                "not generated yet (`roost serve` will)")
         except (OSError, ValueError) as exc:
             row("keys", False, str(exc))
 
@@ -423,7 +432,11 @@ def doctor() -> None:
                     replica.state.reason + (f" (lag {lag:.1f} s)" if lag is not None else ""))
 
     try:
-        with_database(probe, settings, create_schema=False)
+        if no_cluster:
+            row("database", False, f"no Roost database in {settings.data_dir} (run "
+                "`roost serve` to create one, or check ROOST_DATA_DIR)")
+        else:
+            with_database(probe, settings, create_schema=False)
     except Exception as exc:  # report, never crash: that is the point of doctor
         found = describe_database_problem(exc, settings)
         if found is None:

@@ -44,6 +44,7 @@ from roost.db.cliio import write_bytes as write_bytes
 from roost.db.embedded import EmbeddedServerError
 from roost.db.engine import Database, create_database, to_async_url, url_number_options
 from roost.db.lookup import id_starts_with, is_id_prefix
+from roost.db.replicas import describe
 from roost.errors import BadRequest, NotFound, RoostError
 from roost.keyfiles import KeyConfigError
 
@@ -114,12 +115,7 @@ async def open_database(settings: Settings, *, create_schema: bool = True) -> Da
     ``create_schema``: an embedded database that was never migrated (a new data dir used
     before ``roost serve``) gets its tables now, as ``roost serve`` would; an external
     one, or one at an older revision, is left to ``roost db upgrade``."""
-    db = create_database(settings)
-    # A failed statement's message (and traceback) would carry its parameters: a new
-    # account's password hash, a secret being stored.  Commands never need them.
-    for engine in (db.engine, db.side_engine):
-        if engine is not None:
-            engine.sync_engine.hide_parameters = True
+    db = create_database(settings)  # (its engines hide a failed statement's parameters)
     try:
         if create_schema and db.embedded is not None:
             await _create_embedded_schema(db)
@@ -264,12 +260,16 @@ _DRIVER_OPTIONS: Final = frozenset({
     "max_cached_statement_lifetime", "max_cacheable_statement_size", "command_timeout",
     "ssl", "direct_tls", "server_settings", "target_session_attrs", "krbsrvname", "gsslib",
     "prepared_statement_cache_size", "prepared_statement_name_func",
+    # asyncpg.connect takes these too (never printed).  Not database=: `roost backup`'s
+    # client programs read the URL's path, and would copy another database than Roost's.
+    "user", "password",
 })
 
 
 def _no_driver_option(name: str, option: str) -> str:
-    return (f"{name}: the driver (asyncpg) has no option {option}; for SSL write "
-            "ssl=require, not sslmode=")
+    hint = ("; for SSL write ssl=require, not sslmode=" if option.startswith("ssl") else
+            "; name the database in the URL's path (/name)" if option == "database" else "")
+    return f"{name}: the driver (asyncpg) has no option {option}{hint}"
 
 
 def _database_url(settings: Settings) -> URL | None:
@@ -305,7 +305,7 @@ def database_display_url(settings: Settings) -> str:
     url = _database_url(settings)
     if url is None:
         return f"embedded PostgreSQL in {settings.pg_dir}"
-    return url.set(password=None).render_as_string(hide_password=True)
+    return describe(url)
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

@@ -38,7 +38,13 @@ class KeyMaterial:
         return "KeyMaterial(<redacted>)"
 
 
-def _read_or_create(path: Path, make: str) -> str:
+class MissingKeyFile(KeyConfigError):
+    """A key file :func:`load_keys` was told not to create (``create=False``) is missing."""
+
+
+def _read_or_create(path: Path, make: str, *, create: bool = True) -> str:
+    if path.parent.exists() and not path.parent.is_dir():  # (else a raw "[Errno 17]")
+        raise KeyConfigError(f"{path.parent} is a file, not a directory")
     if path.exists():
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
@@ -46,6 +52,8 @@ def _read_or_create(path: Path, make: str) -> str:
                 f"{path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}"
             )
         return _read_key(path)
+    if not create:
+        raise MissingKeyFile(f"{path} does not exist")
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -68,8 +76,10 @@ def _fernet_key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 
-def load_keys(settings: Settings) -> KeyMaterial:
-    """Keys from settings when given, else from ``DATA_DIR/keys/*`` (created on first run)."""
+def load_keys(settings: Settings, *, create: bool = True) -> KeyMaterial:
+    """Keys from settings when given, else from ``DATA_DIR/keys/*`` (created on first run;
+    ``create=False``: a missing file is a :class:`MissingKeyFile`, for a check that must
+    change nothing)."""
     key_dir = settings.data_dir / KEY_DIR_NAME
 
     def pick(value: object, name: str, make: str) -> tuple[str, str]:
@@ -77,7 +87,7 @@ def load_keys(settings: Settings) -> KeyMaterial:
         secret = getattr(value, "get_secret_value", None)
         if secret is not None:
             return str(secret()), f"ROOST_{name.upper()}"
-        return _read_or_create(key_dir / name, make), str(key_dir / name)
+        return _read_or_create(key_dir / name, make, create=create), str(key_dir / name)
 
     # Checked here, at start: a bad key would otherwise fail later, in the middle of the
     # work (every sign-in a 500 with a short JWT secret, the app's start with a bad Fernet

@@ -26,6 +26,7 @@ from tests.support.places import Place, execute_sql, public_tables
 
 from roost.config import Settings
 from roost.db.backup import SMALL_FILE_MAX, Target
+from roost.db.replicas import describe
 from roost.keyfiles import load_keys
 
 
@@ -90,6 +91,18 @@ def test_the_client_programs_get_the_url_options_libpq_has_under_its_names() -> 
                       "database": "postgres", "ssl": "verify-full", "timeout": 2.5,
                       "direct_tls": True, "statement_cache_size": 0, "command_timeout": 60.0,
                       "target_session_attrs": "read-write"}
+
+
+def test_a_user_and_password_in_the_url_query_reach_the_client_programs() -> None:
+    """asyncpg takes ?user= and ?password= (the operations docs allow them): pg_dump and
+    pg_restore get them too (the password in the environment, never on the command
+    line), and the URL as printed shows neither password."""
+    url = make_url("postgresql://db.example/roost?user=u&password=s3cret-pw&ssl=disable")
+    dbname, env = Target(url=url).libpq_args()
+    assert dbname == "host='db.example' user='u' dbname='roost' sslmode='disable'"
+    assert env["PGPASSWORD"] == "s3cret-pw" and "s3cret" not in dbname
+    assert "s3cret" not in describe(url) and "s3cret" not in describe(
+        make_url("postgresql://u:s3cret-pw@db.example/roost"))
 
 
 def test_a_role_that_cannot_read_the_tables_gets_one_line(

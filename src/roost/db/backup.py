@@ -183,13 +183,16 @@ class Target:
         ``key='value'`` string, since SQLAlchemy renders a URL with a space or a quote
         in the database or user name unencoded, which libpq refuses."""
         url = self.url
+        query = {key: value if isinstance(value, str) else ",".join(value)
+                 for key, value in url.query.items()}
+        # asyncpg also takes the user and password in the query (the URL's own win).
+        user, password = url.username or query.get("user"), url.password or query.get("password")
         params = {key: str(value) for key, value in (
-            ("host", url.host), ("port", url.port), ("user", url.username),
+            ("host", url.host), ("port", url.port), ("user", user),
             ("dbname", url.database)) if value is not None}
         # The query's parameters after the URL's parts, as libpq reads a URI: those
         # libpq has too, under its names (asyncpg's own only tune the driver).
-        for key, value in url.query.items():
-            text = value if isinstance(value, str) else ",".join(value)
+        for key, text in query.items():
             if key in _LIBPQ_OPTIONS:
                 params[key] = text
             elif key == "ssl":  # asyncpg's values are libpq's sslmode names
@@ -199,8 +202,8 @@ class Target:
             elif key == "direct_tls" and text.lower() in ("true", "1", "yes", "on"):
                 params["sslnegotiation"] = "direct"
         env = dict(os.environ)  # PGSSLROOTCERT and the like still apply
-        if url.password:
-            env["PGPASSWORD"] = str(url.password)
+        if password:
+            env["PGPASSWORD"] = str(password)
         return " ".join(f"{key}={_conninfo_value(value)}" for key, value in params.items()), env
 
     @property

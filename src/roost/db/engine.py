@@ -95,6 +95,10 @@ def engine_options(settings: Settings, url: URL | None = None) -> dict[str, Any]
         "pool_pre_ping": False,
         "connect_args": connect_args,
         "json_serializer": json_dumps,
+        # A failed statement's message (and traceback, which the 500 handler logs) would
+        # carry its parameters: a new account's password hash, a secret being stored.
+        # Here, so every process (`roost serve --workers` children, commands) hides them.
+        "hide_parameters": True,
     }
 
 

@@ -87,7 +87,10 @@ class Replica:
 
 
 def describe(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    """``url`` as it may be printed or logged: no password, neither the user info's nor a
+    ``?password=`` in the query (asyncpg takes one there)."""
+    return url.set(password=None).difference_update_query(["password"]) \
+        .render_as_string(hide_password=True)
 
 
 class ReplicaSet:
