@@ -124,8 +124,8 @@ async def test_only_owners_manage_members_and_nobody_escalates_a_role(
                              headers=c.co_owner.headers)
     chk.check("POST /members {owner_id}", c.co_owner, resp, 409)
     # A group cannot be made a member (persona_members holds users).
-    groups = (await client.get("/api/v1/groups", headers=c.owner.headers)).json()
-    group_id = (groups["items"] if isinstance(groups, dict) else groups)[0]["id"]
+    groups = (await client.get("/api/v1/groups", headers=c.owner.headers)).json()["items"]
+    group_id = groups[0]["id"]
     resp = await client.post(members, json={"user": group_id, "role": "viewer"},
                              headers=c.owner.headers)
     chk.check("POST /members {group id}", c.owner, resp, 404)

@@ -162,6 +162,30 @@ async def test_create_a_group_and_add_a_member(
     await screenshot(page, "admin-groups")
 
 
+async def test_the_groups_page_shows_every_group_a_page_at_a_time(
+    page: Any, console: str, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """GET /api/v1/groups answers pages: the page shows the first 100 groups by name and
+    "Load more groups" the rest, then hides."""
+    admin_id = await _admin(page, console, database, test_keys)
+    async with database.transaction() as session:
+        await session.execute(text(
+            "INSERT INTO groups (id, name, created_by, created_at, updated_at) "
+            "SELECT gen_random_uuid(), 'team-' || lpad(i::text, 3, '0'), :u, now(), now() "
+            "FROM generate_series(1, 130) i"), {"u": admin_id})
+    await page.goto("/console/admin/groups")
+    rows = page.locator("#groups tr")
+    await page.get_by_role("rowheader", name="team-100", exact=True).wait_for()
+    assert await rows.count() == 100
+    more = page.get_by_role("button", name="Load more groups")
+    await more.click()
+    await page.get_by_role("rowheader", name="team-130", exact=True).wait_for()
+    assert [await rows.nth(i).locator("th").inner_text() for i in (0, 99, 100, 129)] == [
+        "team-001", "team-100", "team-101", "team-130"]
+    assert await rows.count() == 130
+    await more.wait_for(state="hidden")
+
+
 async def test_add_a_provider_and_check_its_health(
     page: Any, console: str, database: Database, test_keys: KeyMaterial, stub: StubServer,
 ) -> None:

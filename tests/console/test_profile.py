@@ -119,13 +119,13 @@ async def test_group_invitations_are_accepted_or_declined_on_the_profile(
     await page.get_by_role("button", name="Accept the invitation to Herons").click()
     await page.get_by_text("You joined Herons.").wait_for()
     await herons.wait_for(state="detached")
-    mine = (await client.get("/api/v1/groups", headers=bob)).json()
+    mine = (await client.get("/api/v1/groups", headers=bob)).json()["items"]
     assert [(g["name"], g["my_role"]) for g in mine] == [("Herons", "admin")]
     await page.get_by_role("button", name="Decline the invitation to <b>Gulls</b>").click()
     await page.get_by_text("No invitations.").wait_for()
     left = (await client.get("/api/v1/groups/invitations", headers=bob)).json()
     assert left["items"] == []
-    assert [g["name"] for g in (await client.get("/api/v1/groups", headers=bob)).json()] == [
+    assert [g["name"] for g in (await client.get("/api/v1/groups", headers=bob)).json()["items"]] == [
         "Herons"]
 
 

@@ -66,7 +66,7 @@ async def test_a_json_body_in_utf16_or_utf32_is_malformed_json_not_decoded(
                                   content=f'{{"name": "g-{encoding}"}}'.encode(encoding))
         assert problem_of(reply, 400)["type"].endswith("/malformed-json"), reply.text
     listed = await client.get("/api/v1/groups", headers=headers)
-    assert not any(g["name"].startswith("g-utf") for g in listed.json()), listed.text
+    assert not any(g["name"].startswith("g-utf") for g in listed.json()["items"]), listed.text
     with_bom = await client.post("/api/v1/groups", headers=json_headers,
                                  content='{"name": "g-bom"}'.encode("utf-8-sig"))
     assert with_bom.status_code == 201, with_bom.text
@@ -93,7 +93,7 @@ async def test_a_content_encoding_roost_does_not_decode_is_refused_with_415(
         headers={**headers, "content-type": "application/json", "content-encoding": "identity"})
     assert identity.status_code == 201, identity.text
     listed = await client.get("/api/v1/groups", headers=headers)
-    assert [g["name"] for g in listed.json()] == ["identity"], listed.text
+    assert [g["name"] for g in listed.json()["items"]] == ["identity"], listed.text
 
 
 @pytest.mark.parametrize("content_type", [

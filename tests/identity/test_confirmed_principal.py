@@ -83,16 +83,16 @@ async def test_a_new_group_membership_scopes_the_next_request(
     _, alice = await make_user(database, username="confirm-alice")
     _, bob = await make_user(database, username="confirm-bob")
     for _ in range(2):  # bob is remembered with no groups
-        assert (await client.get("/api/v1/groups", headers=bob)).json() == []
+        assert (await client.get("/api/v1/groups", headers=bob)).json()["items"] == []
     created = await client.post("/api/v1/groups", headers=alice, json={"name": "confirmed"})
     assert created.status_code == 201, created.text
     group_id = created.json()["id"]
     await join_group(client, alice, group_id, "confirm-bob", bob)
-    assert [g["id"] for g in (await client.get("/api/v1/groups", headers=bob)).json()] == [
+    assert [g["id"] for g in (await client.get("/api/v1/groups", headers=bob)).json()["items"]] == [
         group_id]
     await _sql(database, "DELETE FROM user_group_memberships WHERE group_id = :g "
                "AND user_id <> (SELECT created_by FROM groups WHERE id = :g)", g=uuid.UUID(group_id))
-    assert (await client.get("/api/v1/groups", headers=bob)).json() == []
+    assert (await client.get("/api/v1/groups", headers=bob)).json()["items"] == []
 
 
 async def test_a_new_rate_limit_applies_to_the_next_request(

@@ -72,7 +72,7 @@ async def test_a_group_admin_invites_and_the_invitee_accepts_or_declines(
     # No membership yet: the group is not bob's to see, and lends him nothing.
     assert await _members(database, gid) == 1
     assert (await client.get(f"{G}/{gid}", headers=bob)).status_code == 404
-    assert (await client.get(G, headers=bob)).json() == []
+    assert (await client.get(G, headers=bob)).json()["items"] == []
     # Inviting again answers the same pending invitation, unchanged.
     again = await _invite(client, alice, gid, str(bob_id))
     assert again["id"] == invited["id"] and again["role"] == "admin"
@@ -98,7 +98,7 @@ async def test_a_group_admin_invites_and_the_invitee_accepts_or_declines(
     accepted = await client.post(f"{MINE}/{second['id']}/accept", headers=bob)
     assert accepted.status_code == 201, accepted.text
     assert (accepted.json()["user_id"], accepted.json()["role"]) == (str(bob_id), "admin")
-    assert [g["my_role"] for g in (await client.get(G, headers=bob)).json()] == ["admin"]
+    assert [g["my_role"] for g in (await client.get(G, headers=bob)).json()["items"]] == ["admin"]
     assert (await client.get(f"{G}/{gid}/invitations", headers=alice)).json()["items"] == []
     assert (await client.post(f"{MINE}/{second['id']}/accept", headers=bob)).status_code == 404
     assert (await client.post(f"{MINE}/{second['id']}/decline", headers=bob)).status_code == 404

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import unicodedata
+import uuid
+
 import httpx
+import pytest
 from sqlalchemy import text
 
 from roost.db.engine import Database
+from roost.pagination import encode_cursor
 from tests.support.identity import join_group, make_user
 
 
@@ -43,7 +48,7 @@ async def test_group_lifecycle_and_roles(client: httpx.AsyncClient, database: Da
     assert unknown.status_code == 404
 
     # A member sees the group and its members but cannot manage it.
-    mine = (await client.get("/api/v1/groups", headers=bob)).json()
+    mine = (await client.get("/api/v1/groups", headers=bob)).json()["items"]
     assert [(g["name"], g["my_role"]) for g in mine] == [("Research", "member")]
     members = (await client.get(f"/api/v1/groups/{gid}/members", headers=bob)).json()
     assert [(m["username"], m["role"]) for m in members] == [("alice", "admin"), ("bob", "member")]
@@ -75,7 +80,7 @@ async def test_group_lifecycle_and_roles(client: httpx.AsyncClient, database: Da
 
     assert (await client.delete(f"/api/v1/groups/{gid}", headers=bob)).status_code == 403
     assert (await client.delete(f"/api/v1/groups/{gid}", headers=alice)).status_code == 204
-    assert (await client.get("/api/v1/groups", headers=bob)).json() == []
+    assert (await client.get("/api/v1/groups", headers=bob)).json()["items"] == []
 
     async with database.transaction() as session:
         actions = set((await session.scalars(text("SELECT action FROM audit_logs"))).all())
@@ -91,7 +96,7 @@ async def test_admins_see_every_group(
     _, bob = await make_user(database, username="bob")
     await client.post("/api/v1/groups", headers=alice, json={"name": "A"})
     await client.post("/api/v1/groups", headers=bob, json={"name": "B"})
-    every = (await client.get("/api/v1/groups?all=true", headers=admin_headers)).json()
+    every = (await client.get("/api/v1/groups?all=true", headers=admin_headers)).json()["items"]
     assert sorted(g["name"] for g in every) == ["A", "B"]
     assert (await client.get("/api/v1/groups?all=true", headers=alice)).status_code == 403
     # The operator token is good credentials but no user to own a group: 403, not 401
@@ -125,3 +130,117 @@ async def test_a_name_is_stripped_and_its_limit_holds_for_what_was_sent(
         renamed = await client.patch(f"/api/v1/groups/{made.json()['id']}", headers=alice,
                                      json={"name": name})
         assert renamed.status_code == 422, renamed.text
+
+
+async def test_a_name_typed_decomposed_is_the_same_name_as_the_composed_one(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """Names are composed (NFC) before they are compared: "Équipe" typed with a combining
+    accent is the taken name (409), not a second group that looks identical, and an
+    operator's ``--group`` finds the group either way."""
+    _, alice = await make_user(database)
+    _, mallory = await make_user(database)
+    made = await client.post("/api/v1/groups", headers=alice, json={"name": "Équipe"})
+    assert made.status_code == 201, made.text
+    twin = await client.post("/api/v1/groups", headers=mallory,
+                             json={"name": unicodedata.normalize("NFD", " Équipe ")})
+    assert twin.status_code == 409, twin.text
+    other = await client.post("/api/v1/groups", headers=mallory,
+                              json={"name": unicodedata.normalize("NFD", "Café")})
+    assert other.status_code == 201 and other.json()["name"] == "Café", other.text
+    renamed = await client.patch(f"/api/v1/groups/{other.json()['id']}", headers=mallory,
+                                 json={"name": unicodedata.normalize("NFD", "Équipe")})
+    assert renamed.status_code == 409, renamed.text
+
+
+@pytest.mark.parametrize("name", [
+    "evil\nadmins", "red\x1b[31mteam", "abc\u202egnp.exe", "\u200b\u200b", "a\u200bdmins",
+    "line\u2028break", "c1\x9bcontrol",
+])
+async def test_a_name_with_control_or_invisible_characters_is_a_422_naming_it(
+        client: httpx.AsyncClient, database: Database, name: str) -> None:
+    """A group's name is shown to the people it invites: a line break, a terminal escape,
+    a bidirectional override or zero-width characters (a name reading as another, or as
+    nothing) are refused, on creation and on renaming."""
+    _, alice = await make_user(database)
+    made = await client.post("/api/v1/groups", headers=alice, json={"name": name})
+    assert made.status_code == 422 and "name" in made.text, made.text
+    ok = await client.post("/api/v1/groups", headers=alice, json={"name": "Équipe 🦆"})
+    assert ok.status_code == 201, ok.text
+    renamed = await client.patch(f"/api/v1/groups/{ok.json()['id']}", headers=alice,
+                                 json={"name": name})
+    assert renamed.status_code == 422 and "name" in renamed.text, renamed.text
+    listed = (await client.get("/api/v1/groups", headers=alice)).json()["items"]
+    assert [g["name"] for g in listed] == ["Équipe 🦆"]
+
+
+async def test_the_group_list_is_paged_by_name_for_a_user_in_many_groups(
+        client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str]) -> None:
+    """GET /api/v1/groups answers a page (``limit``, ``cursor``) like the other lists, in
+    (name, id) order: a user in 1,000 groups reads them 50 at a time, each once; so does
+    an administrator's ``?all=true``."""
+    uid, alice = await make_user(database)
+    async with database.transaction() as s:
+        await s.execute(text(
+            "WITH g AS (INSERT INTO groups (id, name, created_by, created_at, updated_at) "
+            "SELECT gen_random_uuid(), 'bulk-' || lpad(i::text, 4, '0'), :u, now(), now() "
+            "FROM generate_series(1, 1000) i RETURNING id) "
+            "INSERT INTO user_group_memberships (id, user_id, group_id, role, joined_at) "
+            "SELECT gen_random_uuid(), :u, id, 'admin', now() FROM g"), {"u": uid})
+    first = await client.get("/api/v1/groups?limit=50", headers=alice)
+    assert first.status_code == 200, first.text
+    assert len(first.json()["items"]) == 50 and first.json()["next_cursor"], first.text
+    for headers, query in ((alice, ""), (admin_headers, "&all=true")):
+        names: list[str] = []
+        cursor = None
+        while True:
+            url = f"/api/v1/groups?limit=300{query}" + (f"&cursor={cursor}" if cursor else "")
+            page = (await client.get(url, headers=headers)).json()
+            assert len(page["items"]) <= 300
+            names += [g["name"] for g in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert names == [f"bulk-{i:04d}" for i in range(1, 1001)]
+    # A cursor the server did not issue is a 400, never a database error.
+    some_id = str(uuid.uuid4())
+    for forged in ("!!", encode_cursor({"n": 1, "id": some_id}), encode_cursor({"id": some_id}),
+                   encode_cursor({"n": "a\x00", "id": some_id}), encode_cursor({"n": "bulk"}),
+                   encode_cursor({"n": "x" * 129, "id": some_id})):
+        bad = await client.get("/api/v1/groups", params={"cursor": forged}, headers=alice)
+        assert bad.status_code == 400, bad.text
+
+
+async def test_an_account_may_have_created_at_most_100_groups(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """Each group holds a name unique across the server: an account (not a site
+    administrator) that created 100 groups still existing gets a 400 for the next one,
+    even after leaving them; deleting one makes room."""
+    uid, alice = await make_user(database)
+    async with database.transaction() as s:
+        await s.execute(text(
+            "INSERT INTO groups (id, name, created_by, created_at, updated_at) "
+            "SELECT gen_random_uuid(), 'squat-' || i, :u, now(), now() "
+            "FROM generate_series(1, 99) i"), {"u": uid})
+    last = await client.post("/api/v1/groups", headers=alice, json={"name": "the hundredth"})
+    assert last.status_code == 201, last.text
+    over = await client.post("/api/v1/groups", headers=alice, json={"name": "one more"})
+    assert over.status_code == 400 and "at most 100" in over.json()["detail"], over.text
+    assert (await client.delete(f"/api/v1/groups/{last.json()['id']}",
+                                headers=alice)).status_code == 204
+    again = await client.post("/api/v1/groups", headers=alice, json={"name": "one more"})
+    assert again.status_code == 201, again.text
+    admin_id, admin = await make_user(database, admin=True)
+    async with database.transaction() as s:
+        await s.execute(text("UPDATE groups SET created_by = :a WHERE created_by = :u"),
+                        {"a": admin_id, "u": uid})
+    unbounded = await client.post("/api/v1/groups", headers=admin, json={"name": "admins'"})
+    assert unbounded.status_code == 201, unbounded.text
+
+
+async def test_a_nul_in_the_member_reference_is_a_422_naming_it(
+        client: httpx.AsyncClient, database: Database) -> None:
+    _, alice = await make_user(database)
+    made = await client.post("/api/v1/groups", headers=alice, json={"name": "nul"})
+    resp = await client.post(f"/api/v1/groups/{made.json()['id']}/members", headers=alice,
+                             json={"user": "bo\x00b"})
+    assert resp.status_code == 422 and "user" in resp.text, resp.text

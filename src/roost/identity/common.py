@@ -24,6 +24,26 @@ MAX_EMAIL_LENGTH = 255
 # Sessions and devices are listed in one answer, without paging: the newest this many
 # (an account signed in from a script every minute must not make its list unbounded).
 MAX_LISTED = 100
+# Characters a name people read (a group's, shown to those it invites) must not hold:
+# controls (Cc: a newline, a terminal's ESC), format characters (Cf: zero-width spaces and
+# joiners, bidirectional marks and overrides, which make a name read as another or as
+# nothing) and the line and paragraph separators (Zl, Zp).
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def nfc(text: str) -> str:
+    """``text`` composed (Unicode NFC): macOS keyboards send "é" decomposed, which looks the
+    same as the composed "é" but is not equal to it, nor unique beside it."""
+    return unicodedata.normalize("NFC", text)
+
+
+def refuse_hidden_characters(value: str) -> str:
+    """``value``, or a ``ValueError`` (a 422 naming the field in a request body) when it
+    holds a control, format or separator character (:data:`_HIDDEN_CATEGORIES`)."""
+    if any(unicodedata.category(c) in _HIDDEN_CATEGORIES for c in value):
+        raise ValueError("must not contain control characters, line breaks or invisible "
+                         "formatting characters (zero-width, bidirectional)")
+    return value
 
 
 def normalize_username(raw: str) -> str:
@@ -64,7 +84,7 @@ def normalize_login(raw: str) -> str:
     """A sign-in name as it is stored: NFC, stripped, lower-cased, and an e-mail address
     in :func:`normalize_email`'s form (macOS keyboards send "é" decomposed; registration
     stored it composed).  Text that is no valid address is returned plain-normalised."""
-    value = unicodedata.normalize("NFC", raw).strip().lower()
+    value = nfc(raw).strip().lower()
     if "@" in value:
         try:
             return normalize_email(value)

@@ -27,14 +27,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import ColumnElement, delete, func, literal, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
-from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
-from roost.identity.common import require_user
+from roost.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from roost.identity.common import lock_owner_quota, require_user
 from roost.identity.invitations import (
     join_as_invited,
     my_invitation,
@@ -42,7 +42,13 @@ from roost.identity.invitations import (
     take_invitation,
 )
 from roost.identity.models import Group, GroupInvitation, User, UserGroupMembership
+from roost.pagination import MALFORMED_CURSOR, cursor_uuid, decode_cursor, encode_cursor, page_of
 from roost.principal import Principal
+
+# Groups an account (not a site administrator) may have created that still exist: each
+# takes a name unique across the server.
+MAX_GROUPS_PER_USER = 100
+MAX_GROUP_NAME = 128  # groups.name is varchar(128)
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,14 @@ async def create_group(
     session: AsyncSession, principal: Principal, *, name: str, description: str | None = None
 ) -> GroupView:
     me = require_user(principal)
+    if not principal.is_admin:
+        # Each group holds a name unique across the server: an account cannot squat them.
+        await lock_owner_quota(session, me, "groups")  # count and insert as one step
+        made = await session.scalar(select(func.count()).select_from(Group)
+                                    .where(Group.created_by == me))
+        if (made or 0) >= MAX_GROUPS_PER_USER:
+            raise BadRequest(f"an account may have created at most {MAX_GROUPS_PER_USER} "
+                             "groups that still exist; delete unused ones first")
     group = Group(name=name, description=description, created_by=me)
     session.add(group)
     await _flush_unique(session, "a group with that name already exists")
@@ -153,27 +167,39 @@ async def create_group(
     return GroupView(group, "admin")
 
 
+def _group_cursor(view: GroupView) -> str:
+    return encode_cursor({"n": view.group.name, "id": str(view.group.id)})
+
+
+def _after_group(cursor: str) -> ColumnElement[bool]:
+    """Groups after the cursor's, in (name, id) order; its name must be one a group can
+    have (400 otherwise, never a value the database chokes on)."""
+    name = decode_cursor(cursor).get("n")
+    if not isinstance(name, str) or not name or len(name) > MAX_GROUP_NAME or "\x00" in name:
+        raise BadRequest(MALFORMED_CURSOR)
+    return tuple_(Group.name, Group.id) > tuple_(literal(name), literal(cursor_uuid(cursor)))
+
+
 async def list_groups(
-    session: AsyncSession, principal: Principal, *, all_groups: bool = False
-) -> list[GroupView]:
-    """The caller's groups (with their role); ``all_groups`` for administrators."""
+    session: AsyncSession, principal: Principal, *, all_groups: bool = False, limit: int,
+    cursor: str | None = None,
+) -> tuple[list[GroupView], str | None]:
+    """One page of the caller's groups (with their role), by name, and the next cursor;
+    ``all_groups`` for administrators: every group (with the caller's role, if any)."""
+    mine = (UserGroupMembership.group_id == Group.id) & (
+        UserGroupMembership.user_id == principal.user_id)
     if all_groups:
         if not principal.is_admin:
             raise Forbidden("listing every group needs an administrator")
-        mine = {}
-        if principal.user_id is not None:
-            mine = dict((await session.execute(
-                select(UserGroupMembership.group_id, UserGroupMembership.role)
-                .where(UserGroupMembership.user_id == principal.user_id))).tuples().all())
-        groups = (await session.scalars(select(Group).order_by(Group.name))).all()
-        return [GroupView(g, mine.get(g.id)) for g in groups]
-    me = require_user(principal)
+        stmt = select(Group, UserGroupMembership.role).outerjoin(UserGroupMembership, mine)
+    else:
+        require_user(principal)
+        stmt = select(Group, UserGroupMembership.role).join(UserGroupMembership, mine)
+    if cursor is not None:
+        stmt = stmt.where(_after_group(cursor))
     rows = (await session.execute(
-        select(Group, UserGroupMembership.role)
-        .join(UserGroupMembership, UserGroupMembership.group_id == Group.id)
-        .where(UserGroupMembership.user_id == me).order_by(Group.name)
-    )).tuples().all()
-    return [GroupView(g, role) for g, role in rows]
+        stmt.order_by(Group.name, Group.id).limit(limit + 1))).tuples().all()
+    return page_of([GroupView(g, role) for g, role in rows], limit, _group_cursor)
 
 
 async def get_group(session: AsyncSession, principal: Principal, group_id: uuid.UUID) -> GroupView:

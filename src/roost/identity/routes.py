@@ -521,11 +521,15 @@ async def create_group(body: GroupIn, principal: CurrentPrincipal, session: DbSe
                                                 description=body.description))
 
 
-@groups_router.get("", response_model=list[GroupOut], summary="Your groups")
-async def list_groups(principal: CurrentPrincipal, session: DbSession,
-                      all_groups: Annotated[bool, Query(alias="all")] = False) -> list[GroupOut]:
-    return [_group_out(v) for v in await groups.list_groups(session, principal,
-                                                            all_groups=all_groups)]
+@groups_router.get("", response_model=Page[GroupOut], summary="Your groups, by name")
+async def list_groups(
+    principal: CurrentPrincipal, session: DbSession,
+    all_groups: Annotated[bool, Query(alias="all", description="every group (administrators)")] = False,
+    limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
+) -> Page[GroupOut]:
+    views, next_cursor = await groups.list_groups(session, principal, all_groups=all_groups,
+                                                  limit=limit, cursor=cursor)
+    return Page[GroupOut](items=[_group_out(v) for v in views], next_cursor=next_cursor)
 
 
 def _invitation_out(i: groups.Invitation) -> GroupInvitationOut:

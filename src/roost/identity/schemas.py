@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from roost.identity.common import nfc, refuse_hidden_characters
 from roost.identity.models import MODEL_PREFERENCE_KEYS
 from roost.inputs import StrictInput, WebUrl, json_size, no_nul
 
@@ -424,19 +425,31 @@ class OAuthTokenOut(BaseModel):
 # --- groups --------------------------------------------------------------------------
 
 
+def _composed(value: Any) -> Any:
+    return nfc(value) if isinstance(value, str) else value
+
+
+# A group's name: unique across the server and shown to the people it invites, so composed
+# (NFC) before it is stripped and compared (an "É" typed decomposed is the same name), and
+# refused with a control, line-breaking or invisible character (which would make a name
+# that reads as another, or as nothing).  Validators before the core run right to left:
+# the limit holds for the name as sent, then it is composed.
+GroupName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
+                      BeforeValidator(_composed), _sent_at_most(128),
+                      AfterValidator(refuse_hidden_characters)]
+
+
 class GroupIn(Input):
     refuse_nul = True  # stored as text, which holds no NUL: a 422 naming the field
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
-                    _sent_at_most(128)]
+    name: GroupName
     description: Annotated[str | None, Field(max_length=5000)] = None
 
 
 class GroupPatchIn(Input):
     refuse_nul = True
 
-    name: Annotated[str | None, StringConstraints(strip_whitespace=True, min_length=1,
-                                                  max_length=128), _sent_at_most(128)] = None
+    name: GroupName | None = None
     description: Annotated[str | None, Field(max_length=5000)] = None
 
 
@@ -453,6 +466,8 @@ class GroupOut(BaseModel):
 
 
 class MemberIn(Input):
+    refuse_nul = True  # looked up as text, which holds no NUL: a 422 naming the field
+
     user: Annotated[str, Field(min_length=1, max_length=255,
                                description="username, email or user id")]
     role: Literal["member", "admin"] = "member"

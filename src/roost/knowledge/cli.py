@@ -107,6 +107,7 @@ async def _create_run(
 
     from roost.audit import service as audit
     from roost.errors import NotFound
+    from roost.identity.common import nfc
     from roost.identity.models import Group, User
     from roost.knowledge.models import IngestionRun
     from roost.knowledge.service import is_web_target, precheck_url
@@ -123,7 +124,8 @@ async def _create_run(
                            "no root user exists: pass --user NAME to choose the owner")
         group_id = None
         if group is not None:
-            found = (await s.scalars(select(Group).where(Group.name == group))).one_or_none()
+            # Spelled as names are stored (composed, stripped): "É" typed decomposed matches.
+            found = (await s.scalars(select(Group).where(Group.name == nfc(group).strip()))).one_or_none()
             if found is None:
                 raise NotFound(f"no group named {group!r}")
             group_id = found.id

@@ -38,7 +38,15 @@ function loadUsers() {
 }
 
 async function loadGroups() {
-  for (const group of await api("/api/v1/groups?all=true")) groups.set(group.id, group.name);
+  let cursor = null;
+  for (let page = 0; page < 20; page += 1) {  // 10,000 groups name their subscriptions
+    const params = new URLSearchParams({ all: "true", limit: "500" });
+    if (cursor) params.set("cursor", cursor);
+    const batch = await api(`/api/v1/groups?${params}`);
+    for (const group of batch.items) groups.set(group.id, group.name);
+    cursor = batch.next_cursor;
+    if (!cursor) break;
+  }
 }
 
 function subscriberName(sub) {
