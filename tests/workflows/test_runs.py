@@ -646,23 +646,26 @@ async def test_a_failed_run_resumes_from_its_failed_node(
     assert again.status_code == 409 and again.json()["type"].endswith("run-not-resumable")
 
 
+@pytest.mark.parametrize("helper", ["helper", "h" * 255])  # the longest id a node has
 async def test_an_agent_node_runs_the_agent(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
-    user: tuple[uuid.UUID, Headers], worker: Worker,
+    user: tuple[uuid.UUID, Headers], worker: Worker, helper: str,
 ) -> None:
+    """The agent run is the node's (its trace id, holding the node's id, fits runs.trace_id
+    whatever the id's length)."""
     user_id, headers = user
     await add_provider(client, admin_headers, stub)
     agent = await make_agent(database, user_id)
     nodes = [node("s", "start", inputs=["q"]),
-             node("helper", "agent", agent=agent.slug, input="Please: {{ q }}"),
-             node("e", "end", output="{{ helper.output }}")]
-    workflow_id = await publish(client, headers, nodes, [edge("1", "s", "helper"),
-                                                         edge("2", "helper", "e")])
+             node(helper, "agent", agent=agent.slug, input="Please: {{ q }}"),
+             node("e", "end", output=f"{{{{ {helper}.output }}}}")]
+    workflow_id = await publish(client, headers, nodes, [edge("1", "s", helper),
+                                                         edge("2", helper, "e")])
     stub.script(Reply("The agent's answer."))
     run = await start(client, headers, workflow_id, inputs={"q": "help"})
     done = await wait_for(client, headers, run["id"])
     assert (done["status"], done["output"]) == ("completed", "The agent's answer."), done
-    child = next(s for s in done["steps"] if s["node_id"] == "helper")["output"]["run_id"]
+    child = next(s for s in done["steps"] if s["node_id"] == helper)["output"]["run_id"]
     agent_run = (await client.get(f"/api/v1/runs/{child}", headers=headers)).json()
     assert (agent_run["agent_id"], agent_run["input"]) == (str(agent.id), "Please: help")
 

@@ -226,8 +226,9 @@ async def run_agent(env: RunEnv, principal: Principal, run: Run, node: Node,
             child, _ = await create_run(
                 session, principal, agent,
                 RunCreate(input=text, idempotency_key=agent_run_key(step_id, task_id)),
-                # unique like the key: each job's agent run is a run of its own
-                trace_id=f"{agent_trace_prefix(run)}{node.id}/{step_id}/{task_id}",
+                # unique like the key: each job's agent run is a run of its own; the node's
+                # id (up to 255 characters) cut so that the whole fits runs.trace_id's 255
+                trace_id=f"{agent_trace_prefix(run)}{node.id[:64]}/{step_id}/{task_id}",
                 source="workflow")
     except RoostError as exc:
         raise _refusal(node, exc) from None
