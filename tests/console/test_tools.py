@@ -75,6 +75,9 @@ async def test_add_sync_check_an_mcp_server_then_call_its_tool_from_the_schema_f
     await expect(page.locator("#tools-caption")).to_contain_text("best match first")
     await expect(tools.locator("tr").first).to_contain_text("Add two integers.")
     await page.get_by_role("button", name="Show all tools").click()
+    # The whole list again before a link of it is clicked (not the search's, replaced
+    # under the click: the click then took nothing, and the tool's page never came).
+    await expect(page.locator("#tools-caption")).not_to_contain_text("best match first")
 
     await tools.get_by_role("link", name="add", exact=True).click()
     await page.get_by_role("heading", name="add", exact=True).wait_for()
