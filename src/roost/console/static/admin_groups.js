@@ -1,15 +1,13 @@
 // Administration: groups.  Every group (?all=true, by name, a page at a time with "Load more
 // groups"), create, delete, and one group's members: list, add (the API takes a username,
 // email or id), remove.
-import { api, el, formatTime, latestLoad, notify, showError, submitOnce } from "./console.js";
+import { api, el, formatTime, notify, pagedList, showError, submitOnce } from "./console.js";
 
 const tbody = document.getElementById("groups");
 const empty = document.getElementById("groups-empty");
 const groupsMore = el("button", { type: "button", id: "groups-more", class: "secondary", hidden: true },
   "Load more groups");
 empty.after(el("div", { class: "pager" }, groupsMore));
-let groupsCursor = null;
-const loadingGroups = latestLoad(groupsMore);
 const membersCard = document.getElementById("members-card");
 const membersTitle = document.getElementById("members-title");
 const membersBody = document.getElementById("members");
@@ -32,22 +30,10 @@ function groupRow(group) {
                      onclick: () => deleteGroup(group) }, "Delete"))));
 }
 
-// The first page again (``reset``: after a change), or the page after the last one shown.
-async function loadGroups(reset = true) {
-  const params = new URLSearchParams({ all: "true", limit: "100" });
-  if (!reset && groupsCursor) params.set("cursor", groupsCursor);
-  try {
-    const page = await loadingGroups((signal) => api(`/api/v1/groups?${params}`, { signal }));
-    if (!page) return;  // a newer load replaced this one
-    if (reset) tbody.replaceChildren();
-    tbody.append(...page.items.map(groupRow));
-    groupsCursor = page.next_cursor;
-    groupsMore.hidden = !groupsCursor;
-    empty.hidden = tbody.children.length > 0;
-  } catch (error) { showError(error); }
-}
-
-groupsMore.addEventListener("click", () => loadGroups(false));
+const loadGroups = pagedList({
+  body: tbody, empty, more: groupsMore, row: groupRow,
+  path: () => ["/api/v1/groups", new URLSearchParams({ all: "true", limit: "100" })],
+});
 
 async function deleteGroup(group) {
   if (!confirm(`Delete the group ${group.name}? Its members lose what it shares with them.`)) return;

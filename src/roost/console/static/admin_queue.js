@@ -1,6 +1,6 @@
 // Administration: the job queue.  Counts by status and priority, dead letters waiting
 // (details with the error as text, retry), recent jobs by status; cursor pages.
-import { api, clip, el, formatTime, latestLoad, notify, showError } from "./console.js";
+import { api, clip, el, formatTime, notify, pagedList, showError } from "./console.js";
 
 const PRIORITIES = ["critical", "high", "normal", "low", "background"];
 const STATUSES = ["pending", "queued", "running", "paused", "completed", "failed", "stuck", "cancelled", "dead_letter"];
@@ -52,8 +52,6 @@ async function loadStats() {
 const deadBody = document.getElementById("dead");
 const deadEmpty = document.getElementById("dead-empty");
 const deadMore = document.getElementById("dead-more");
-let deadCursor = null;
-const loadingDead = latestLoad(deadMore);
 
 function firstLine(text) {
   const line = (text || "").split("\n", 1)[0];
@@ -109,19 +107,10 @@ function letterRow(letter) {
   return tr;
 }
 
-async function loadDead(reset) {
-  const params = new URLSearchParams({ retried: "false", limit: "25" });
-  if (!reset && deadCursor) params.set("cursor", deadCursor);
-  try {
-    const page = await loadingDead((signal) => api(`/api/v1/tasks/dead-letters?${params}`, { signal }));
-    if (!page) return;  // a newer load replaced this one
-    if (reset) deadBody.replaceChildren();
-    deadBody.append(...page.items.map(letterRow));
-    deadCursor = page.next_cursor;
-    deadMore.hidden = !deadCursor;
-    deadEmpty.hidden = deadBody.children.length > 0;
-  } catch (error) { showError(error); }
-}
+const loadDead = pagedList({
+  body: deadBody, empty: deadEmpty, more: deadMore, row: letterRow,
+  path: () => ["/api/v1/tasks/dead-letters", new URLSearchParams({ retried: "false", limit: "25" })],
+});
 
 // --- recent jobs --------------------------------------------------------------------------
 
@@ -129,8 +118,6 @@ const tasksBody = document.getElementById("tasks");
 const tasksEmpty = document.getElementById("tasks-empty");
 const tasksMore = document.getElementById("tasks-more");
 const taskStatus = document.getElementById("task-status");
-let tasksCursor = null;
-const loadingTasks = latestLoad(tasksMore);
 
 function taskRow(t) {
   return el("tr", {},
@@ -142,20 +129,14 @@ function taskRow(t) {
     el("td", {}, t.error_message ? el("span", { class: "error-text" }, firstLine(t.error_message)) : ""));
 }
 
-async function loadTasks(reset) {
-  const params = new URLSearchParams({ limit: "25" });
-  if (taskStatus.value) params.set("status", taskStatus.value);
-  if (!reset && tasksCursor) params.set("cursor", tasksCursor);
-  try {
-    const page = await loadingTasks((signal) => api(`/api/v1/tasks?${params}`, { signal }));
-    if (!page) return;  // a newer load replaced this one
-    if (reset) tasksBody.replaceChildren();
-    tasksBody.append(...page.items.map(taskRow));
-    tasksCursor = page.next_cursor;
-    tasksMore.hidden = !tasksCursor;
-    tasksEmpty.hidden = tasksBody.children.length > 0;
-  } catch (error) { showError(error); }
-}
+const loadTasks = pagedList({
+  body: tasksBody, empty: tasksEmpty, more: tasksMore, row: taskRow,
+  path: () => {
+    const params = new URLSearchParams({ limit: "25" });
+    if (taskStatus.value) params.set("status", taskStatus.value);
+    return ["/api/v1/tasks", params];
+  },
+});
 
 function refreshAll() {
   loadStats();
@@ -165,7 +146,5 @@ function refreshAll() {
 
 taskStatus.addEventListener("change", () => loadTasks(true));
 document.getElementById("tasks-filter").addEventListener("submit", (event) => event.preventDefault());
-tasksMore.addEventListener("click", () => loadTasks(false));
-deadMore.addEventListener("click", () => loadDead(false));
 document.getElementById("refresh").addEventListener("click", refreshAll);
 refreshAll();

@@ -175,6 +175,30 @@ export function latestLoad(...buttons) {
   };
 }
 
+// A list shown a page at a time with a "Load more" button (``more``): the returned
+// ``load(reset)`` shows the first page again (``reset``: a filter or a row changed) or
+// appends the next one, through one ``latestLoad`` (a double click loads one page, a late
+// page is dropped). ``path()`` gives the list's URL path and its filters.
+export function pagedList({ body, empty, more, row, path }) {
+  let cursor = null;
+  const loading = latestLoad(more);
+  async function load(reset = true) {
+    const [base, params] = path();
+    if (!reset && cursor) params.set("cursor", cursor);
+    try {
+      const page = await loading((signal) => api(`${base}?${params}`, { signal }));
+      if (!page) return;  // a newer load replaced this one
+      if (reset) body.replaceChildren();
+      body.append(...page.items.map(row));
+      cursor = page.next_cursor;
+      more.hidden = !cursor;
+      empty.hidden = body.children.length > 0;
+    } catch (error) { showError(error); }
+  }
+  more.addEventListener("click", () => load(false));
+  return load;
+}
+
 // What a ``submitOnce`` handler returns when it leaves the page (``location.assign``): its
 // buttons stay disabled until the page is gone, so a click meanwhile sends nothing twice.
 export const LEAVING = Symbol("leaving the page");
