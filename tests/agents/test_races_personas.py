@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 import httpx
 import pytest
@@ -36,10 +38,21 @@ async def _until_waiting(database: Database, table: str,
         await asyncio.sleep(0.05)
 
 
-async def _removals(database: Database, persona_id: str) -> int:
+async def _answer_behind(database: Database, deletion: str, params: dict[str, str],
+                         table: str, request: Coroutine[Any, Any, httpx.Response],
+                         ) -> httpx.Response:
+    """``request``'s answer when it runs while another transaction's ``deletion`` holds the
+    rows it reads: started inside that transaction, answered after it commits."""
+    async with database.transaction() as session:
+        await session.execute(text(deletion), params)
+        task = asyncio.create_task(request)
+        await _until_waiting(database, table, task)
+    return await task
+
+
+async def _records(database: Database, action: str, persona_id: str) -> int:
     return int(await scalar(database, "SELECT count(*) FROM audit_logs WHERE "
-                            "action = 'persona.member.remove' AND persona_id = :p",
-                            p=persona_id))
+                            "action = :a AND persona_id = :p", a=action, p=persona_id))
 
 
 async def test_a_change_waiting_on_the_persona_s_deletion_is_a_404(
@@ -47,15 +60,11 @@ async def test_a_change_waiting_on_the_persona_s_deletion_is_a_404(
 ) -> None:
     _, h = user
     pid = (await create_persona(client, h))["id"]
-    async with database.transaction() as session:
-        await session.execute(text("DELETE FROM personas WHERE id = :p"), {"p": pid})
-        patch = asyncio.create_task(client.patch(f"/api/v1/personas/{pid}",
-                                                 json={"name": "renamed"}, headers=h))
-        await _until_waiting(database, "personas", patch)
-    resp = await patch
+    resp = await _answer_behind(
+        database, "DELETE FROM personas WHERE id = :p", {"p": pid}, "personas",
+        client.patch(f"/api/v1/personas/{pid}", json={"name": "renamed"}, headers=h))
     assert resp.status_code == 404, resp.text
-    assert await scalar(database, "SELECT count(*) FROM audit_logs WHERE "
-                        "action = 'persona.update' AND persona_id = :p", p=pid) == 0
+    assert await _records(database, "persona.update", pid) == 0
 
 
 @pytest.mark.parametrize("deleted", ["member", "persona"])
@@ -69,19 +78,16 @@ async def test_a_role_change_waiting_on_the_member_s_removal_is_a_404(
     e_id, e_name, editor = await named_user(database, "ed")
     pid = (await create_persona(client, h))["id"]
     await add_member(client, h, pid, e_name, "editor", editor)
-    async with database.transaction() as session:
-        if deleted == "member":
-            await session.execute(text("DELETE FROM persona_members WHERE persona_id = :p "
-                                       "AND user_id = :u"), {"p": pid, "u": e_id})
-        else:
-            await session.execute(text("DELETE FROM personas WHERE id = :p"), {"p": pid})
-        patch = asyncio.create_task(client.patch(f"/api/v1/personas/{pid}/members/{e_id}",
-                                                 json={"role": "viewer"}, headers=h))
-        await _until_waiting(database, "persona_members", patch)
-    resp = await patch
+    deletion, params = (
+        ("DELETE FROM persona_members WHERE persona_id = :p AND user_id = :u",
+         {"p": pid, "u": str(e_id)}) if deleted == "member"
+        else ("DELETE FROM personas WHERE id = :p", {"p": pid}))
+    resp = await _answer_behind(
+        database, deletion, params, "persona_members",
+        client.patch(f"/api/v1/personas/{pid}/members/{e_id}", json={"role": "viewer"},
+                     headers=h))
     assert resp.status_code == 404, resp.text
-    assert await scalar(database, "SELECT count(*) FROM audit_logs WHERE "
-                        "action = 'persona.member.role' AND persona_id = :p", p=pid) == 0
+    assert await _records(database, "persona.member.role", pid) == 0
 
 
 @pytest.mark.parametrize("who", ["owner", "member"])
@@ -95,15 +101,13 @@ async def test_a_removal_waiting_on_another_removal_is_a_404_and_no_record(
     e_id, e_name, editor = await named_user(database, "ed")
     pid = (await create_persona(client, h))["id"]
     await add_member(client, h, pid, e_name, "editor", editor)
-    async with database.transaction() as session:
-        await session.execute(text("DELETE FROM persona_members WHERE persona_id = :p "
-                                   "AND user_id = :u"), {"p": pid, "u": e_id})
-        gone = asyncio.create_task(client.delete(f"/api/v1/personas/{pid}/members/{e_id}",
-                                                 headers=h if who == "owner" else editor))
-        await _until_waiting(database, "persona_members", gone)
-    resp = await gone
+    resp = await _answer_behind(
+        database, "DELETE FROM persona_members WHERE persona_id = :p AND user_id = :u",
+        {"p": pid, "u": str(e_id)}, "persona_members",
+        client.delete(f"/api/v1/personas/{pid}/members/{e_id}",
+                      headers=h if who == "owner" else editor))
     assert resp.status_code == 404, resp.text
-    assert await _removals(database, pid) == 0
+    assert await _records(database, "persona.member.remove", pid) == 0
 
 
 async def test_two_removals_at_once_write_one_record(
@@ -118,4 +122,4 @@ async def test_two_removals_at_once_write_one_record(
         client.delete(f"/api/v1/personas/{pid}/members/{e_id}", headers=h),
         client.delete(f"/api/v1/personas/{pid}/members/{e_id}", headers=editor))
     assert sorted(r.status_code for r in answers) == [204, 404], [r.text for r in answers]
-    assert await _removals(database, pid) == 1
+    assert await _records(database, "persona.member.remove", pid) == 1
