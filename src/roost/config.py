@@ -416,6 +416,21 @@ class Settings(BaseSettings):
     )
     smtp_timeout_s: float = Field(default=30.0, gt=0, le=600,
                                   description="Deadline of one delivery to the relay")
+    smtp_max_connections: int = Field(
+        default=100, ge=1, le=100_000,
+        description="SMTP connections the listener holds at once (each may buffer a "
+        "message of up to ROOST_SMTP_MAX_MESSAGE_BYTES); more are answered 421 and closed"
+    )
+    smtp_max_connections_per_address: int = Field(
+        default=10, ge=1, le=100_000,
+        description="SMTP connections one client address holds at once; more are "
+        "answered 421 and closed"
+    )
+    smtp_max_mail_runs_per_hour: int = Field(
+        default=60, ge=1, le=1_000_000,
+        description="Runs inbound mail starts per persona in any hour; mail past it is "
+        "stored and starts none (the audit record says why)"
+    )
     persona_health_interval_s: int = Field(
         default=60, ge=10, le=86_400, description="Period of the persona health sampling job"
     )

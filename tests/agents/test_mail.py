@@ -839,3 +839,63 @@ async def test_an_agent_run_sends_mail_with_the_send_email_tool(
                                                               "Report")
     assert relay.parsed()["To"] == "bob@example.org"
     assert f"<{persona.email_address}>" in str(relay.parsed()["From"])
+
+
+async def _greeting(port: int) -> tuple[asyncio.StreamWriter, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    return writer, await asyncio.wait_for(reader.readline(), 10)
+
+
+async def test_connections_past_the_listener_s_caps_are_answered_421_and_closed(
+    database: Database, mail_cfg: mail.MailConfig, user: tuple[uuid.UUID, Any],
+) -> None:
+    """Each SMTP connection may buffer a whole message: one client (or many) opening
+    connections without end would exhaust the server's memory. Past
+    ROOST_SMTP_MAX_CONNECTIONS_PER_ADDRESS a connection gets 421 and is closed; once one
+    closes, a new one is served, and mail still gets through."""
+    owner, _ = user
+    cfg = dataclasses.replace(mail_cfg, max_connections=5, max_connections_per_address=2)
+    server = MailServer(database, cfg, "127.0.0.1", 0)
+    await server.start()
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(2):
+            writer, greeting = await _greeting(server.port)
+            writers.append(writer)
+            assert greeting.startswith(b"220 "), greeting
+        refused, greeting = await _greeting(server.port)
+        assert greeting.startswith(b"421 4.7.0"), greeting
+        refused.close()
+        writers.pop().close()
+        await asyncio.sleep(0.2)  # the listener sees the close
+        persona = await make_persona(database, owner, address())
+        to = str(persona.email_address)
+        assert await smtp_send(server.port, message(to), [to]) == {}
+        assert len(await emails_of(database, persona.id)) == 1
+    finally:
+        for writer in writers:
+            writer.close()
+        await server.stop()
+
+
+async def test_the_listener_s_total_cap_holds_across_addresses(
+    database: Database, mail_cfg: mail.MailConfig,
+) -> None:
+    """ROOST_SMTP_MAX_CONNECTIONS bounds the connections of every client together."""
+    cfg = dataclasses.replace(mail_cfg, max_connections=2, max_connections_per_address=10)
+    server = MailServer(database, cfg, "127.0.0.1", 0)
+    await server.start()
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(2):
+            writer, greeting = await _greeting(server.port)
+            writers.append(writer)
+            assert greeting.startswith(b"220 "), greeting
+        writer, greeting = await _greeting(server.port)
+        writers.append(writer)
+        assert greeting.startswith(b"421 "), greeting
+        assert server.gate.open == 2
+    finally:
+        for writer in writers:
+            writer.close()
+        await server.stop()

@@ -167,3 +167,30 @@ async def test_auto_submitted_no_is_a_person_s_mail_and_starts_a_run(
     async with database.transaction() as session:
         assert await session.scalar(select(Email.run_id).where(Email.id == email.id)) \
             == email.run_id
+
+
+async def test_mail_past_the_persona_s_hourly_run_cap_is_stored_and_starts_no_run(
+    database: Database, mail_cfg: mail.MailConfig, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A correspondent that marks none of its mail automatic (another system's agent, a
+    flood) cannot keep a mail agent busy: past ROOST_SMTP_MAX_MAIL_RUNS_PER_HOUR in the
+    last hour a message is stored and starts no run; another persona is not held up."""
+    owner, _ = user
+    cfg = dataclasses.replace(mail_cfg, max_mail_runs_per_hour=2)
+    persona, _agent = await persona_with_mail_agent(database, owner)
+    other, _ = await persona_with_mail_agent(database, owner)
+    to = str(persona.email_address)
+    for n in range(4):
+        raw = message(to, subject=f"n{n}").as_bytes(policy=policy.SMTP)
+        await mail.receive(database, cfg, raw, [to], sender=SENDER)
+    emails = await emails_of(database, persona.id)
+    assert len(emails) == 4
+    assert [e.run_id is not None for e in emails] == [True, True, False, False]
+    skipped = [r["metadata"]["run_skipped"]
+               for r in await audit_rows(database, "agent.email.receive")]
+    assert skipped[:2] == [None, None]
+    assert all("ROOST_SMTP_MAX_MAIL_RUNS_PER_HOUR" in s for s in skipped[2:]), skipped
+    await mail.receive(database, cfg, message(str(other.email_address)).as_bytes(
+        policy=policy.SMTP), [str(other.email_address)], sender=SENDER)
+    [theirs] = await emails_of(database, other.id)
+    assert theirs.run_id is not None

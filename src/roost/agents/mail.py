@@ -33,6 +33,7 @@ import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -66,6 +67,7 @@ from roost.errors import (
     ServiceUnavailable,
     Unprocessable,
 )
+from roost.identity.common import lock_owner_quota
 from roost.identity.models import User, UserGroupMembership
 from roost.identity.tenancy import apply_principal
 from roost.inputs import parse_tool_arguments
@@ -130,6 +132,9 @@ class MailConfig:
     from_domain: str
     timeout_s: float
     app_role: str
+    max_connections: int  # the listener's (mailserver.ConnectionGate)
+    max_connections_per_address: int
+    max_mail_runs_per_hour: int  # per persona (_start_run)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MailConfig:
@@ -139,7 +144,10 @@ class MailConfig:
                    max_attachment_bytes=settings.smtp_max_attachment_bytes,
                    relay=parse_relay_url(url) if url else None,
                    from_domain=settings.smtp_from_domain, timeout_s=settings.smtp_timeout_s,
-                   app_role=settings.db_app_role)
+                   app_role=settings.db_app_role,
+                   max_connections=settings.smtp_max_connections,
+                   max_connections_per_address=settings.smtp_max_connections_per_address,
+                   max_mail_runs_per_hour=settings.smtp_max_mail_runs_per_hour)
 
 
 @dataclass(frozen=True)
@@ -276,8 +284,8 @@ async def _deliver_to(
                    for part, blob in blobs]
     session.add_all(attachments)
     await session.flush()
-    run_id, skipped = await _start_run(session, persona, owner, email_id, parsed, message_id,
-                                       attachments, automatic)
+    run_id, skipped = await _start_run(session, cfg, persona, owner, email_id, parsed,
+                                       message_id, attachments, automatic)
     await record(session, "agent.email.receive", user_id=persona.owner_id,
                  persona_id=persona.id, run_id=run_id, resource_type="email",
                  resource_id=email_id,
@@ -286,10 +294,22 @@ async def _deliver_to(
     return Received(email_id, persona.id, True, run_id)
 
 
+async def _mail_runs_in_last_hour(session: AsyncSession, persona_id: uuid.UUID) -> int:
+    """Runs the persona's inbound mail started in the last hour, counted under a lock of
+    the persona's own (held to the end of the transaction), so messages delivered at once
+    cannot all pass the cap."""
+    await lock_owner_quota(session, persona_id, "mail-runs")
+    return int(await session.scalar(
+        select(func.count()).select_from(Email).where(
+            Email.persona_id == persona_id, Email.direction == "inbound",
+            Email.run_id.is_not(None),
+            Email.created_at > func.now() - timedelta(hours=1))) or 0)
+
+
 async def _start_run(
-    session: AsyncSession, persona: Persona, owner: Principal | None, email_id: uuid.UUID,
-    parsed: mailparse.ParsedMail, message_id: str, attachments: Sequence[Attachment],
-    automatic: str | None,
+    session: AsyncSession, cfg: MailConfig, persona: Persona, owner: Principal | None,
+    email_id: uuid.UUID, parsed: mailparse.ParsedMail, message_id: str,
+    attachments: Sequence[Attachment], automatic: str | None,
 ) -> tuple[uuid.UUID | None, str | None]:
     """A run of the persona's mail agent, as its owner; (run id, why none was started).
     Automatic mail (an auto-reply, a bounce, the persona's own mail come back) starts
@@ -313,6 +333,11 @@ async def _start_run(
         return None, "the mail agent no longer belongs to the persona"
     if not agent.is_active:
         return None, "the mail agent is inactive"
+    if await _mail_runs_in_last_hour(session, persona.id) >= cfg.max_mail_runs_per_hour:
+        # A correspondent whose mail is not marked automatic (another system's agent, a
+        # flood) would otherwise cost a run and its LLM calls per message, for ever.
+        return None, (f"the persona's mail started {cfg.max_mail_runs_per_hour} runs in "
+                      "the last hour (ROOST_SMTP_MAX_MAIL_RUNS_PER_HOUR)")
     body = RunCreate(input=_run_input(persona, email_id, parsed, message_id, attachments),
                      idempotency_key=f"email:{email_id}")
     run, _created = await create_run(session, owner, agent, body, source="email")

@@ -7,7 +7,10 @@ character: no query is made); too many recipients 452 4.5.3; a message over
 ``ROOST_SMTP_MAX_MESSAGE_BYTES`` 552 (aiosmtpd, at MAIL ... SIZE= or during DATA); an
 attachment over ``ROOST_SMTP_MAX_ATTACHMENT_BYTES`` 552 5.3.4; a malformed message
 554 5.6.0; a database failure 451 4.3.0 (the sender retries: storing is idempotent on
-the Message-ID).  No reply carries an exception's text.
+the Message-ID); a connection past ``ROOST_SMTP_MAX_CONNECTIONS`` in all or
+``ROOST_SMTP_MAX_CONNECTIONS_PER_ADDRESS`` from one address 421 4.7.0, then closed (each
+connection may buffer a whole message: the caps bound the listener's memory).  No reply
+carries an exception's text.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import Counter
 from typing import Any, Final
 
 import structlog
@@ -28,6 +32,7 @@ log = structlog.get_logger(__name__)
 MAX_RECIPIENTS: Final = 50
 IDLE_TIMEOUT_S: Final = 60.0
 TEMPORARY_FAILURE: Final = "451 4.3.0 Temporary failure, please try again later"
+TOO_MANY_CONNECTIONS: Final = b"421 4.7.0 Too many connections, try again later\r\n"
 _REPLY_TEXT = re.compile(r"[^\x20-\x7e]")
 
 
@@ -79,6 +84,64 @@ class MailHandler:
         return TEMPORARY_FAILURE
 
 
+class ConnectionGate:
+    """The listener's open connections, in all and per client address (per process:
+    under ``roost serve --workers N`` each API process has its own)."""
+
+    def __init__(self, total: int, per_address: int) -> None:
+        self.total, self.per_address = total, per_address
+        self.open = 0
+        self.by_address: Counter[str] = Counter()
+
+    def admit(self, address: str) -> bool:
+        if self.open >= self.total or self.by_address[address] >= self.per_address:
+            return False
+        self.open += 1
+        self.by_address[address] += 1
+        return True
+
+    def release(self, address: str) -> None:
+        self.open -= 1
+        self.by_address[address] -= 1
+        if self.by_address[address] <= 0:
+            del self.by_address[address]
+
+
+class _GatedSMTP(SMTP):
+    """aiosmtpd's protocol behind the :class:`ConnectionGate`: a connection the gate
+    refuses gets the 421 line and is closed before aiosmtpd sees it."""
+
+    def __init__(self, handler: MailHandler, gate: ConnectionGate, **options: Any) -> None:
+        super().__init__(handler, **options)
+        self._gate, self._address, self._admitted = gate, "", False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._address = str(peer[0]) if peer else ""
+        if not self._gate.admit(self._address):
+            log.warning("agents.smtp_connection_refused", address=self._address,
+                        open=self._gate.open)
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
+        self._admitted = True
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._admitted:
+            self._admitted = False
+            self._gate.release(self._address)
+            super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        if self._admitted:
+            super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return super().eof_received() if self._admitted else False
+
+
 class MailServer:
     """The listener: :meth:`start` binds ``host:port`` (port 0: any free one, then
     :attr:`port` says which), :meth:`stop` closes it."""
@@ -90,13 +153,15 @@ class MailServer:
         # `roost serve --workers N`: every API process listens on the one SMTP port
         # (SO_REUSEPORT, the kernel spreads connections; a mail is one connection).
         self.reuse_port = reuse_port
+        self.gate = ConnectionGate(cfg.max_connections, cfg.max_connections_per_address)
         self._server: asyncio.Server | None = None
 
     def _protocol(self) -> Any:
-        return SMTP(self.handler, data_size_limit=self.cfg.max_message_bytes,
-                    enable_SMTPUTF8=True, decode_data=False,
-                    hostname=self.cfg.from_domain or "localhost", ident="Roost ESMTP",
-                    timeout=IDLE_TIMEOUT_S)
+        return _GatedSMTP(self.handler, self.gate,
+                          data_size_limit=self.cfg.max_message_bytes,
+                          enable_SMTPUTF8=True, decode_data=False,
+                          hostname=self.cfg.from_domain or "localhost", ident="Roost ESMTP",
+                          timeout=IDLE_TIMEOUT_S)
 
     async def start(self) -> None:
         # aiosmtpd logs every command a client sends at INFO ("mail.log"): strangers'
