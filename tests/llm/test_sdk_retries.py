@@ -15,10 +15,12 @@ import openai
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from roost.agents import run_routes
 from roost.config import Settings
 from roost.db.engine import Database
+from roost.llm import routing
 from tests.agents.conftest import make_agent, running_worker
 from tests.chat.conftest import add_provider
 from tests.llm.agent_models import agent_models  # noqa: F401 (a fixture)
@@ -138,3 +140,24 @@ async def test_an_invalid_request_tells_the_sdk_not_to_retry(
                              json={"model": "m", "messages": []})
     assert resp.status_code == 400, resp.text
     assert resp.headers["x-should-retry"] == "false"
+
+
+@pytest.mark.parametrize(("error", "status", "no_retry"), [
+    (IntegrityError("INSERT", {}, Exception("duplicate key")), 409, True),
+    (OperationalError("SELECT", {}, ConnectionRefusedError("down")), 503, False),
+])
+async def test_an_error_answered_outside_the_route_says_whether_a_retry_can_help(
+    user: tuple[uuid.UUID, Headers], client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch, error: Exception, status: int, no_retry: bool,
+) -> None:
+    """A conflict with stored data (409, a status the SDKs retry) answered by the app's
+    problem handlers, not the /v1 route's, tells the SDK not to retry; a database outage
+    (503) stays retryable."""
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(routing, "available_models", failing)
+    resp = await client.get("/v1/models", headers=user[1])
+    assert resp.status_code == status, resp.text
+    assert "error" in resp.json()
+    assert (resp.headers.get("x-should-retry") == "false") is no_retry

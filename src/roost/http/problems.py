@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import structlog
@@ -57,6 +57,18 @@ _OPENAI_CODES = {"unauthorized": "invalid_api_key", "payload-too-large": "conten
                  "not-found": "not_found", "internal-server-error": "internal_error"}
 
 
+# OpenAI SDKs retry 408, 409, 429 and 5xx answers on their own (twice by default) unless
+# the answer says ``x-should-retry: false``: said of every answer a retry cannot change.
+NO_RETRY: Final = {"x-should-retry": "false"}
+RETRIED_4XX: Final = frozenset({408, 429})
+
+
+def retry_useless(status: int) -> bool:
+    """Whether a retry of the same request cannot change an answer of ``status``: a 4xx
+    but 408 and 429 (the request, or the configuration, must change first)."""
+    return status < 500 and status not in RETRIED_4XX
+
+
 def is_openai_path(path: str | None) -> bool:
     return path is not None and (path == "/v1" or path.startswith("/v1/"))
 
@@ -87,6 +99,8 @@ def problem(
     ``extra``: members to add (``errors``, ``tool_run_id``...); one named as a member of
     the answer itself (``status``, ``detail``...) never replaces it."""
     if is_openai_path(current_context().path):
+        if retry_useless(status):  # a 409 (a conflict with stored data) included
+            headers = {**NO_RETRY, **(headers or {})}
         return openai_error(status, detail, code=openai_code(type_slug or _slug(status)),
                             headers=headers)
     body: dict[str, Any] = {

@@ -31,7 +31,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from roost.errors import BadRequest, NotFound, PayloadTooLarge, RoostError
-from roost.http.problems import json_error_reason, openai_code, openai_error, retry_after
+from roost.http.problems import (
+    NO_RETRY,
+    json_error_reason,
+    openai_code,
+    openai_error,
+    retry_after,
+    retry_useless,
+)
 from roost.http.routing import RoostRoute, RoostRouter
 from roost.http.streams import until_disconnected
 from roost.identity.deps import StreamSlots
@@ -85,12 +92,6 @@ def field_path(loc: Sequence[int | str]) -> list[str]:
 MODEL_ERRORS = frozenset({"model-not-found", "model-without-embeddings"})
 
 
-# OpenAI SDKs retry 408, 409, 429 and 5xx answers on their own (twice by default) unless
-# the answer says ``x-should-retry: false``: said of every answer a retry cannot change.
-NO_RETRY: Final = {"x-should-retry": "false"}
-_RETRIED_4XX: Final = frozenset({408, 429})
-
-
 def _retry_useless(exc: RoostError) -> bool:
     """Whether sending the request again cannot help: a 4xx other than 408/429 (the
     request itself, or the configuration, must change first: 409 ``no_provider``), or an
@@ -98,7 +99,7 @@ def _retry_useless(exc: RoostError) -> bool:
     A provider's failure or timeout (502/504) may pass: a retry may help."""
     if exc.retry_helps is not None:
         return not exc.retry_helps
-    return exc.status < 500 and exc.status not in _RETRIED_4XX
+    return retry_useless(exc.status)
 
 
 def _reported_error(errors: Sequence[Any]) -> dict[str, Any]:
