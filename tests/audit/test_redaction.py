@@ -14,6 +14,15 @@ def test_acronym_prefixed_secret_keys_are_redacted(key: str) -> None:
     assert redact({key: "hunter2"}) == {key: REDACTED}
 
 
+@pytest.mark.parametrize("key", ["Client Secret", "API Key", "x.api.token", "password ",
+                                 "Authorization:"])
+def test_credential_word_after_a_space_dot_or_colon_is_redacted(key: str) -> None:
+    """Any run of non-word characters separates words: a form label ("Client Secret"), a
+    dotted config path ("x.api.token"), a copied header ("Authorization:") are redacted
+    like "client_secret" or "x-api-token"."""
+    assert redact({key: "hunter2"}) == {key: REDACTED}
+
+
 @pytest.mark.parametrize("key", ["secrets", "passwords"])
 def test_plural_credential_keys_are_redacted(key: str) -> None:
     """A map or list named "secrets" / "passwords" holds secrets: its values are redacted."""
@@ -21,7 +30,7 @@ def test_plural_credential_keys_are_redacted(key: str) -> None:
 
 
 @pytest.mark.parametrize("key", ["tokens_in", "tokensOut", "maxTokens", "HTTPStatus",
-                                 "userID", "keyName"])
+                                 "userID", "keyName", "Tokens In", "max.tokens"])
 def test_counters_and_names_stay_visible(key: str) -> None:
     """Only credential words redact: counts of tokens and acronym-led keys are kept."""
     assert redact({key: 12}) == {key: 12}

@@ -21,13 +21,16 @@ _SECRET_PAIRS = ("api_key", "private_key", "backup_code", "session_key", "recove
 # Word boundaries: "refreshToken" (lower to upper) and after an acronym, "DBPassword",
 # "OpenAIAPIKey" (an upper letter before an upper one starting a word).
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+# Any other run of non-word characters separates words too: "Client Secret", "x.api.token",
+# "Authorization:", "password " (a form label, a dotted path, a copied header).
+_SEPARATORS = re.compile(r"[\W_]+")
 
 
 @functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     """Cached: records name the same few keys over and over (a regex and a split for each
     key was most of building an audit record)."""
-    norm = _CAMEL.sub("_", key).lower().replace("-", "_")
+    norm = _SEPARATORS.sub("_", _CAMEL.sub("_", key).lower()).strip("_")
     words = norm.split("_")
     if norm == "key" or any(word in _SECRET_WORDS for word in words):
         return True
