@@ -161,3 +161,40 @@ async def test_a_name_with_bidi_controls_cannot_reorder_the_listing(
     assert listed.returncode == 0, listed.stderr
     assert "\u202e" not in listed.stdout
     assert "invoice\\u202etxt.exe" in listed.stdout.replace("\n", ""), listed.stdout
+
+
+async def test_board_ls_with_a_limit_counts_only_open_tasks(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+        client: httpx.AsyncClient) -> None:
+    """`roost tasks-board ls --limit 2` shows up to two open tasks: the closed ones are left
+    out by the query, not after it, so an open task scoring 0 ("someday") sorted below
+    newer closed tasks (also 0) is still shown."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    _, headers = await make_user(database, username="lim")
+    await make_task(client, headers, "Someday open", user_priority_weight=0)
+    await make_task(client, headers, "Closed one", status="done")
+    await make_task(client, headers, "Closed two", status="cancelled")
+    out = run_roost("tasks-board", "ls", "--limit", "2", "--user", "lim", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "Someday open" in out.stdout and "Closed" not in out.stdout, out.stdout
+    out = run_roost("tasks-board", "ls", "--all", "--limit", "3", "--user", "lim", env=env)
+    assert all(t in out.stdout for t in ("Someday open", "Closed one", "Closed two")), out.stdout
+
+
+async def test_an_administrator_names_anyones_project_by_its_full_id(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+        client: httpx.AsyncClient) -> None:
+    """An administrator reads and changes any project by id: `projects show|archive <full
+    id> --user <admin>` acts on another user's project; by its name it stays the owner's
+    (an administrator's names are their own and their groups')."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    _, headers = await make_user(database, username="alice")
+    await make_user(database, admin=True, username="boss")
+    project = await make_project(client, headers, "Hers")
+    assert run_roost("projects", "show", "Hers", "--user", "boss", env=env).returncode == 1
+    out = run_roost("projects", "show", project["id"], "--user", "boss", env=env)
+    assert out.returncode == 0 and "Hers" in out.stdout, (out.stdout, out.stderr)
+    out = run_roost("projects", "archive", project["id"], "--user", "boss", env=env)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    resp = await client.get(f"/api/v1/projects/{project['id']}", headers=headers)
+    assert resp.status_code == 200 and resp.json()["status"] == "archived", resp.text

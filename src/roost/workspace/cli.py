@@ -184,13 +184,11 @@ def board_ls(
         async with env.scoped() as session:
             pid = await _project_id(session, env.principal, project)
             rows, _ = await service.list_tasks(session, env.principal, project_id=pid,
-                                               status=status, limit=limit)
+                                               status=status, limit=limit,
+                                               open_only=not all_ and status is None)
             return rows
 
-    rows = _run(user, go)
-    if not all_ and status is None:
-        rows = [t for t in rows if t.status not in ("done", "cancelled")]
-    _print_tasks(rows)
+    _print_tasks(_run(user, go))
 
 
 def _task_fields(priority: str | None, due: str | None, urgency: float | None,

@@ -125,13 +125,16 @@ async def require_project(session: AsyncSession, actor: Principal,
 async def find_project(session: AsyncSession, actor: Principal, ref: str) -> Project:
     """A project the actor sees by its full id, exact name or a unique start of an id
     (CLI).  The name is looked up on its own: a name that is also the start of other
-    projects' ids ("0") still finds its project; one several projects share finds none."""
-    visible = _project_visible(actor, listing=True)
+    projects' ids ("0") still finds its project; one several projects share finds none.
+    The full id is looked up as :func:`get_project` does (an administrator's reaches any
+    project); a name or an id start only among the projects a listing shows, so that an
+    administrator's names do not collide with other tenants'."""
+    listed = _project_visible(actor, listing=True)
     full_id = _full_id(ref)
-    wheres = [Project.name == ref, id_starts_with(Project.id, ref)]
+    wheres = [(listed, Project.name == ref), (listed, id_starts_with(Project.id, ref))]
     if full_id is not None:  # a full id wins over a project named like it
-        wheres.insert(0, Project.id == full_id)
-    for where in wheres:
+        wheres.insert(0, (_project_visible(actor), Project.id == full_id))
+    for visible, where in wheres:
         rows = (await session.scalars(select(Project).where(visible, where).limit(2))).all()
         if len(rows) > 1:
             raise BadRequest(f"{ref!r} names several projects; use the full id")
@@ -400,11 +403,15 @@ async def list_tasks(
     session: AsyncSession, actor: Principal, *, project_id: uuid.UUID | None = None,
     status: str | None = None, priority: str | None = None, parent_id: uuid.UUID | None = None,
     due_before: datetime | None = None, due_after: datetime | None = None,
-    min_score: float | None = None, limit: int = 50, cursor: str | None = None,
+    min_score: float | None = None, open_only: bool = False, limit: int = 50,
+    cursor: str | None = None,
 ) -> tuple[list[Task], str | None]:
-    """The actor's tasks, highest score first (then newest id), one keyset page."""
+    """The actor's tasks, highest score first (then newest id), one keyset page;
+    ``open_only`` leaves out the done and cancelled ones."""
     owner = _owner(actor)
     stmt = select(Task).where(Task.user_id == owner)
+    if open_only:
+        stmt = stmt.where(Task.status.not_in(CLOSED_STATUSES))
     for column, value in ((Task.project_id, project_id), (Task.status, status),
                           (Task.priority, priority), (Task.parent_id, parent_id)):
         if value is not None:
