@@ -110,6 +110,63 @@ async def test_whoami_refuses_arguments_its_schema_forbids(
     assert result.is_error, result.structured_content
 
 
+@pytest.mark.parametrize(("tool", "arguments"), [
+    ("web_fetch", {"url": "http://example.test/", "follow_links": True}),
+    ("current_time", {"timezone": "UTC", "format": "iso"}),
+    ("lsp_diagnostics", {"path": "main.py", "fix": True}),
+])
+async def test_an_unknown_argument_to_a_tools_domain_builtin_is_named(
+    app: FastAPI, database: Database, tool: str, arguments: dict[str, object],
+) -> None:
+    """docs/mcp.md: every tool refuses arguments its schema does not declare with an error
+    result naming them; the tools domain's built-ins (validated by roost.tools.calls) said
+    only "at /: unexpected property", not which argument to drop."""
+    _, alice = await make_user(database, username="alice")
+    extra = next(k for k in arguments if k not in ("url", "timezone", "path"))
+    async with in_process(app) as base, mcp_session(f"{base}/mcp", alice) as session:
+        listed = {t.name: t for t in (await session.list_tools()).tools}
+        assert listed[tool].input_schema.get("additionalProperties") is False
+        result = await session.call_tool(tool, arguments)
+    assert result.is_error, result.structured_content
+    message = result.content[0].text  # type: ignore[union-attr]
+    assert f"unexpected property (not allowed by the schema): {extra}" in message, message
+
+
+async def test_an_unknown_time_zone_is_refused_without_echoing_it(
+    app: FastAPI, database: Database,
+) -> None:
+    """docs/mcp.md: invalid arguments are named, never echoed (a value may be a secret)."""
+    _, alice = await make_user(database, username="alice")
+    async with in_process(app) as base, mcp_session(f"{base}/mcp", alice) as session:
+        result = await session.call_tool("current_time", {"timezone": "SECRETVALUE-1234"})
+    assert result.is_error, result.structured_content
+    message = result.content[0].text  # type: ignore[union-attr]
+    assert "unknown time zone" in message and "SECRETVALUE" not in message, message
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "application/vnd.api+json"])
+async def test_a_post_that_is_not_json_is_a_415_problem(
+    app: FastAPI, database: Database, content_type: str | None,
+) -> None:
+    """The SDK answered a POST without 'Content-Type: application/json' with a text/plain
+    400, neither a problem answer nor JSON-RPC: /mcp answers 415 problem+json first."""
+    _, alice = await make_user(database, username="alice")
+    headers = {**MCP_HEADERS, **alice}
+    del headers["Content-Type"]
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    body = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}'
+    async with in_process(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
+        reply = await http.post("/mcp", headers=headers, content=body)
+        assert reply.status_code == 415, reply.text
+        assert reply.headers["content-type"].startswith("application/problem+json"), reply.text
+        assert "application/json" in reply.json()["detail"]
+        with_charset = await http.post("/mcp", content=body, headers={
+            **MCP_HEADERS, **alice, "Content-Type": "application/json; charset=utf-8"})
+    assert with_charset.status_code == 200, with_charset.text
+
+
 async def test_a_failing_tools_list_does_not_send_the_database_message(
     app: FastAPI, database: Database, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -303,12 +303,23 @@ async def test_builtin_tools(client: httpx.AsyncClient, database: Database) -> N
     bad_zone = await client.post("/api/v1/tools/by-name/current_time/call", headers=alice,
                                  json={"arguments": {"timezone": "Mars/Olympus"}})
     assert bad_zone.status_code == 422
+    assert "Mars" not in bad_zone.text, bad_zone.text  # values are never echoed
     found = await client.post("/api/v1/tools/by-name/knowledge_search/call", headers=alice,
                               json={"arguments": {"query": "anything", "k": 3}})
     assert found.status_code == 200, found.text
     assert found.json()["output"]["results"] == []
     runs = (await client.get("/api/v1/tool-runs", headers=alice)).json()["items"]
     assert [r["status"] for r in runs] == ["success", "error", "success"]
+    # An argument the schema does not declare (additionalProperties: false) is named, in
+    # the detail and as its own path; nothing recorded.
+    extra = await client.post("/api/v1/tools/by-name/current_time/call", headers=alice,
+                              json={"arguments": {"timezone": "UTC", "zformat": 1, "a_b": 2}})
+    assert extra.status_code == 422, extra.text
+    assert extra.json()["detail"].endswith(
+        "unexpected property (not allowed by the schema): a_b, zformat"), extra.text
+    assert [e["loc"] for e in extra.json()["errors"]] == [
+        ["body", "arguments", "a_b"], ["body", "arguments", "zformat"]]
+    assert len((await client.get("/api/v1/tool-runs", headers=alice)).json()["items"]) == 3
 
 
 async def test_missing_stdio_command_is_a_clear_failure(

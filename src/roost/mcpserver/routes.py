@@ -30,6 +30,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
 from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -188,6 +189,12 @@ def build_manager(server: Server[Any]) -> StreamableHTTPSessionManager:
     return StreamableHTTPSessionManager(app=server, stateless=True, json_response=True)
 
 
+def _is_json(content_type: str | None) -> bool:
+    """The media type ``application/json`` exactly, as the SDK takes it (a ``+json`` type or
+    another case it refuses)."""
+    return (content_type or "").split(";", 1)[0].strip() == "application/json"
+
+
 class McpEndpoint:
     """The raw ASGI app behind ``/mcp``: authenticate, then hand over to the SDK."""
 
@@ -201,6 +208,9 @@ class McpEndpoint:
             raise ServiceUnavailable("the MCP server is not running (the app's lifespan starts it)")
         async with caller_transaction(request):  # 401/403 before the SDK sees anything
             pass
+        if not _is_json(request.headers.get("content-type")):  # the SDK's is a text/plain 400
+            raise HTTPException(415, "an MCP request is JSON-RPC, sent with "
+                                     "'Content-Type: application/json'")
         token = _request.set(request)
         try:
             await runtime.manager.handle_request(scope, receive, send)

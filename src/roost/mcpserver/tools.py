@@ -23,6 +23,7 @@ from roost.knowledge import search as search_mod
 from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.schemas import MAX_QUERY_CHARS, SearchRequest
 from roost.principal import Principal
+from roost.tools.calls import argument_names
 from roost.tools.registry import shown_name
 
 Deferred = Callable[[], Awaitable[types.CallToolResult]]
@@ -67,8 +68,8 @@ def error_result(message: str) -> types.CallToolResult:
 def unknown_arguments(arguments: Mapping[str, Any], known: Iterable[str]) -> types.CallToolResult | None:
     """The error result for arguments a tool's schema forbids (``additionalProperties:
     false``), naming them; None when there are none."""
-    unknown = sorted(set(arguments) - set(known))
-    return error_result(f"unknown arguments: {', '.join(unknown)[:500]}") if unknown else None
+    unknown = set(arguments) - set(known)
+    return error_result(f"unknown arguments: {argument_names(unknown)}") if unknown else None
 
 
 WHOAMI = types.Tool(

@@ -51,8 +51,9 @@ async def current_time(arguments: dict[str, Any]) -> dict[str, Any]:
     try:
         zone = ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise BuiltinToolError(f"unknown time zone {name!r}; use an IANA name such as "
-                               "'Europe/Paris'") from None
+        # never echoed (docs/mcp.md): whatever the caller put there may be a secret
+        raise BuiltinToolError("unknown time zone (an IANA name such as Europe/Paris)"
+                               ) from None
     local = now.astimezone(zone)
     return {"utc": now.isoformat(), "timezone": name, "local": local.isoformat(),
             "unix": now.timestamp()}

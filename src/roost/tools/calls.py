@@ -27,12 +27,13 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 from jsonschema import SchemaError
+from jsonschema import _utils as jsonschema_utils  # find_additional_properties
 from sqlalchemy import CTE, Insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
@@ -149,9 +150,11 @@ def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> Non
         raise ToolUnavailable("the tool's input schema is not a valid JSON Schema; "
                               "re-sync its server or ask its maintainer")
     try:
-        with schemaregex.budget():
+        with schemaregex.budget():  # naming extra keys matches patternProperties again
             errors = sorted(validator.iter_errors(arguments),
                             key=lambda e: list(e.absolute_path))
+            described = [(error, _describe(error, extra), extra)
+                         for error in errors[:20] for extra in [sorted(_extra_keys(error))]]
     except RecursionError:
         raise Unprocessable(_ENDLESS_SCHEMA) from None
     except schemacheck.Unresolvable as exc:  # as an invalid schema: the tool's to fix
@@ -165,28 +168,51 @@ def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> Non
         ) from None
     if not errors:
         return
-    # The shape of every 422's ``errors`` (loc, msg, type), loc starting at the body.
-    problems = [
-        {"loc": ["body", "arguments", *error.absolute_path], "msg": _describe(error),
-         "type": f"json_schema.{error.validator}"}
-        for error in errors[:20]
-    ]
-    first = errors[0]
+    # The shape of every 422's ``errors`` (loc, msg, type), loc starting at the body; an
+    # undeclared key is its own entry, at its own path (as pydantic's extra_forbidden).
+    problems: list[dict[str, Any]] = []
+    for error, text, extra in described:
+        loc, kind = ["body", "arguments", *error.absolute_path], f"json_schema.{error.validator}"
+        problems += [{"loc": [*loc, key], "msg": _UNEXPECTED, "type": kind} for key in extra] \
+            or [{"loc": loc, "msg": text, "type": kind}]
+    del problems[20:]
+    first, text, _ = described[0]
     path = "/" + "/".join(str(p) for p in first.absolute_path)
     raise Unprocessable(
-        f"the arguments do not match the tool's input schema: at {path}: {_describe(first)}",
+        f"the arguments do not match the tool's input schema: at {path}: {text}",
         extra={"errors": problems},
     )
 
 
-def _describe(error: Any) -> str:
-    """What failed, without the offending value (it may be a secret)."""
+_UNEXPECTED: Final = "unexpected property (not allowed by the schema)"
+
+
+def argument_names(names: Iterable[str]) -> str:
+    """Argument names as an error result names them: sorted, comma-separated, the first
+    500 characters (names are the caller's keys, never their values), a NUL written
+    ``\\u0000`` (PostgreSQL stores no NUL in text: the message may be recorded)."""
+    return ", ".join(sorted(names)).replace("\x00", "\\u0000")[:500]
+
+
+def _extra_keys(error: Any) -> list[str]:
+    """The keys an ``additionalProperties: false`` refused (none for another failure):
+    those neither in ``properties`` nor matching ``patternProperties``, as jsonschema
+    decides (its patterns matched by :mod:`roost.tools.schemaregex`)."""
+    if error.validator != "additionalProperties" or not isinstance(error.instance, dict) \
+            or not isinstance(error.schema, dict):
+        return []
+    return list(jsonschema_utils.find_additional_properties(error.instance, error.schema))
+
+
+def _describe(error: Any, extra: list[str]) -> str:
+    """What failed, without the offending value (it may be a secret); ``extra``: the keys
+    an ``additionalProperties`` refused, named."""
     validator, expected = error.validator, error.validator_value
     if validator == "required":
         missing = [p for p in expected if p not in (error.instance or {})]
         return f"required property {', '.join(repr(m) for m in missing)} is missing"
     if validator == "additionalProperties":
-        return "unexpected property (not allowed by the schema)"
+        return f"{_UNEXPECTED}: {argument_names(extra)}" if extra else _UNEXPECTED
     if validator == "pattern" and expected == schemacheck.NO_NUL_PATTERN:
         return "must not contain a NUL character (U+0000)"
     if validator in ("type", "enum", "const", "format", "pattern", "minimum", "maximum",
