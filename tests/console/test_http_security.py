@@ -240,3 +240,26 @@ async def test_every_kind_of_cookie_write_needs_the_csrf_token(
         still = await http.get(f"/api/v1/chat/sessions/{sid}")
         assert still.status_code == 200 and still.json()["title"] == "mine"
         assert (await http.get("/api/v1/auth/me")).status_code == 200
+
+
+async def test_only_a_session_token_signs_in_through_the_cookie(
+    client: httpx.AsyncClient, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """The session cookie holds a session's access token. An API key or the operator token
+    planted in it (a sibling subdomain can set cookies for the domain) must not sign the
+    browser in: as the attacker's account, or as the operator."""
+    from tests.support.identity import make_user
+
+    _, key_headers = await make_user(database, username="planter")
+    api_key = key_headers["Authorization"].split()[1]
+    for planted in (api_key, test_keys.admin_token):
+        answer = await client.get("/api/v1/auth/me", cookies={SESSION_COOKIE: planted})
+        assert answer.status_code == 401, (planted[:8], answer.text)
+        page = await client.get("/console/", cookies={SESSION_COOKIE: planted})
+        assert page.status_code == 303, page.status_code
+        assert page.headers["location"].startswith("/console/login"), page.headers["location"]
+    # The same key as a bearer token still works: only the cookie is particular.
+    assert (await client.get("/api/v1/auth/me", headers=key_headers)).status_code == 200
+    user = await _user(database, "cookie-keeper")
+    cookies = await session_cookies(database, test_keys, user)
+    assert (await client.get("/api/v1/auth/me", cookies=cookies)).status_code == 200

@@ -32,6 +32,7 @@ from roost.db.engine import Database
 from roost.errors import Forbidden, Unauthorized
 from roost.http.deps import DbSession, get_keys, get_settings_dep, request_session
 from roost.principal import OPERATOR, Principal
+from roost.security.tokens import looks_like_access_token
 
 Resolver = Callable[[AsyncSession, str, Request], Awaitable[Principal | None]]
 """A bearer token -> the principal it proves, ``None`` when it is not this resolver's kind
@@ -74,12 +75,16 @@ def check_csrf(request: Request) -> None:
 
 
 def request_credential(request: Request) -> str | None:
-    """The bearer token, else the session cookie (CSRF-checked on state changes)."""
+    """The bearer token, else the session cookie (CSRF-checked on state changes).  The
+    cookie counts only when it holds what the console puts there, a session's access
+    token: an API key or the operator token planted in it (by a sibling subdomain, say)
+    would sign the browser into someone else's account or as the operator."""
     token = bearer_token(request)
     if token is not None:
         return token
     cookie = request.cookies.get(SESSION_COOKIE)
-    if not cookie:
+    if not cookie or not looks_like_access_token(cookie) or hmac.compare_digest(
+            cookie.encode(), get_keys(request).admin_token.encode()):
         return None
     if request.method not in SAFE_METHODS:
         check_csrf(request)

@@ -49,6 +49,7 @@ __all__ = [
     "hash_token",
     "issue_access_token",
     "issue_refresh_token",
+    "looks_like_access_token",
     "looks_like_api_key",
     "refresh_token_session",
     "verify_api_key",
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 API_KEY_PREFIX = "rst_"
+_JWT_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _VISIBLE_PREFIX_LEN = 8
 _SECRET_LEN = 43  # 43 * log2(62) ~= 256 bits
 _PREFIX_ALPHABET = string.ascii_lowercase + string.digits
@@ -127,6 +129,12 @@ def verify_api_key(key: str, expected_hash: str) -> bool:
 def looks_like_api_key(value: str) -> bool:
     """Cheap shape check: tells an API key from a JWT in an ``Authorization`` header."""
     return _API_KEY_RE.fullmatch(value) is not None
+
+
+def looks_like_access_token(value: str) -> bool:
+    """Cheap shape check: a JWT (three base64url segments), as an access token is; never
+    an API key or a refresh token."""
+    return _JWT_RE.fullmatch(value) is not None
 
 
 def api_key_prefix(value: str) -> str | None:
