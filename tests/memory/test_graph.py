@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from roost.config import Settings
 from roost.db.base import utcnow
 from roost.db.engine import Database
 from roost.db.migrate import downgrade, upgrade
-from roost.memory import graphq, service
+from roost.memory import graphq, recall, service
 from roost.memory.models import Memory
 from roost.pagination import encode_cursor
 from roost.principal import Principal
@@ -313,6 +314,48 @@ async def test_a_name_of_only_format_characters_names_no_entity(
     assert (await client.delete(f"{API}/{fact['id']}", headers=headers)).status_code == 204
 
 
+async def test_a_relation_of_only_format_characters_makes_no_relation(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """A relation of only format characters (U+200B, U+2060) is blank, skipped like one of
+    white space, its ends with it: it was stored, an invisible edge ``a ----> b`` that
+    paths, neighbours, history and recall followed.  Format characters inside a relation
+    are dropped from it (graph.clean)."""
+    _, headers = await make_user(database)
+    await _add(client, headers, "odd relation", [("a", "\u200b\u2060", "b")])
+    assert await _names(client, headers) == []
+    paths = await client.get(f"{GRAPH}/paths", headers=headers,
+                             params={"source": "a", "target": "b"})
+    assert paths.status_code == 404, paths.text  # no entity a: the relation made none
+    await _add(client, headers, "Ada works at Acme", [("Ada", "works\u200b_at", "Acme")])
+    paths = await client.get(f"{GRAPH}/paths", headers=headers,
+                             params={"source": "Ada", "target": "Acme"})
+    assert [[e["relation"] for e in p["edges"]] for p in paths.json()] == [["works_at"]], \
+        paths.text
+
+
+async def test_composed_and_decomposed_names_are_one_entity(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """"Café" typed as one code point (U+00E9) and as "e" plus a combining accent (U+0301,
+    what macOS file names and some keyboards give) are one entity, named composed (NFC),
+    as "STRASSE" is "Straße": they were two look-alike entities, and a path through one
+    spelling was not found by the other."""
+    _, headers = await make_user(database)
+    await _add(client, headers, "Ada owns the Caf\u00e9", [("Ada", "owns", "Caf\u00e9")])
+    await _add(client, headers, "The Cafe\u0301 is in Paris", [("Cafe\u0301", "located_in", "Paris")])
+    found = (await client.get(f"{GRAPH}/entities", headers=headers, params={"q": "cafe\u0301"})).json()
+    assert [e["name"] for e in found] == ["Caf\u00e9"], found
+    paths = await client.get(f"{GRAPH}/paths", headers=headers,
+                             params={"source": "Ada", "target": "Paris"})
+    assert paths.status_code == 200 and [p["hops"] for p in paths.json()] == [2], paths.text
+
+
+def test_recall_matches_a_decomposed_accent_as_a_composed_name() -> None:
+    """A query naming "Cafe<U+0301>" names the entity "Café" (recall's graph signal): the
+    combining accent ending the word was cut as no word character, leaving "cafe"."""
+    assert "caf\u00e9" in recall.query_phrases("Who owns the Cafe\u0301?")
+    assert "caf\u00e9 owner" in recall.query_phrases("CAFE\u0301 owner")
+
+
 async def test_names_differing_only_by_format_characters_are_one_entity(
         client: httpx.AsyncClient, database: Database) -> None:
     """'Ada' and 'Ada<U+200B>' (and 'A<U+200D>da') are one entity, named without them."""
@@ -366,6 +409,65 @@ async def test_the_migration_names_the_entities_of_existing_memories_and_removes
     assert named == ["ada lovelace", "bern", "strasse"]
     assert await _names(client, headers) == ["Ada Lovelace", "Bern", "Straße"]
     assert (await client.delete(f"{API}/{kept['id']}", headers=headers)).status_code == 204
+    assert await _names(client, headers) == []
+
+
+async def test_the_migration_composes_names_merges_look_alikes_and_drops_blank_relations(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """Migration 1290 brings a graph written before names were composed (NFC) and relations
+    cleaned to the new rules: "Café" and "Cafe<U+0301>" (two entities then) become one, the
+    oldest kept with the other's relations and type; a relation of only format characters
+    is deleted with the ends only it used; relations and ``entity_names`` are recomputed,
+    so deleting the memories still removes their entities (the trigger of 1210)."""
+    user_id, headers = await make_user(database)
+    owns = await _add(client, headers, "Ada owns the Cafe", [("Ada", "owns", "X1")])
+    located = await _add(client, headers, "The Cafe is in Paris",
+                         [("X2", "located_in", "Paris")], entities=[{"name": "X2", "type": "place"}])
+    odd = await _add(client, headers, "odd relation", [("a", "r3", "b")])
+    await downgrade(database.engine, "1280")
+    nfd = "Cafe\u0301"
+    old = {  # as the code before 1290 wrote them: casefolded, not composed, relation strip()ped
+        owns["id"]: ([], [("Ada", "owns", "Caf\u00e9")], ["ada", "caf\u00e9"]),
+        located["id"]: ([{"name": nfd, "type": "place"}], [(nfd, "located_in\u200b", "Paris")],
+                        [nfd.casefold(), "paris"]),
+        odd["id"]: ([], [("a", "\u200b\u2060", "b")], ["a", "b"])}
+    async with database.transaction() as session:
+        for memory_id, (entities, relations, names) in old.items():
+            await session.execute(
+                text("UPDATE memories SET entities = CAST(:entities AS jsonb),"
+                     " relationships = CAST(:relations AS jsonb), entity_names = :names"
+                     " WHERE id = :id"),
+                {"id": uuid.UUID(memory_id), "names": names, "entities": json.dumps(entities),
+                 "relations": json.dumps([{"source": a, "relation": r, "target": b}
+                                          for a, r, b in relations])})
+        for was, name in (("x1", "Caf\u00e9"), ("x2", nfd)):
+            await session.execute(
+                text("UPDATE memory_entities SET name = :name, normalized_name = :key,"
+                     " created_at = created_at + :later"
+                     " WHERE user_id = :uid AND normalized_name = :was"),
+                {"name": name, "key": name.casefold(), "was": was, "uid": user_id,
+                 "later": timedelta(seconds=1 if was == "x2" else 0)})
+        for was, relation in (("located_in", "located_in\u200b"), ("r3", "\u200b\u2060")):
+            await session.execute(
+                text("UPDATE memory_relations SET relation = :relation"
+                     " WHERE user_id = :uid AND relation = :was"),
+                {"relation": relation, "was": was, "uid": user_id})
+    assert await _names(client, headers) == sorted(["Ada", "Caf\u00e9", nfd, "Paris", "a", "b"])
+    await upgrade(database.engine)
+    found = (await client.get(f"{GRAPH}/entities", headers=headers)).json()
+    assert sorted((e["name"], e["entity_type"], e["current_relations"]) for e in found) == [
+        ("Ada", "thing", 1), ("Caf\u00e9", "place", 2), ("Paris", "thing", 1)], found
+    paths = await client.get(f"{GRAPH}/paths", headers=headers,
+                             params={"source": "Ada", "target": "Paris"})
+    assert [[e["relation"] for e in p["edges"]] for p in paths.json()] == [["owns", "located_in"]]
+    async with database.transaction() as session:
+        named: dict[uuid.UUID, list[str]] = dict((await session.execute(
+            text("SELECT id, entity_names FROM memories WHERE user_id = :uid"),
+            {"uid": user_id})).tuples().all())
+    assert named == {uuid.UUID(owns["id"]): ["ada", "caf\u00e9"],
+                     uuid.UUID(located["id"]): ["caf\u00e9", "paris"], uuid.UUID(odd["id"]): []}
+    for memory in (owns, located):
+        assert (await client.delete(f"{API}/{memory['id']}", headers=headers)).status_code == 204
     assert await _names(client, headers) == []
 
 

@@ -53,16 +53,19 @@ RETURNING id, normalized_name
 """)
 
 def clean(name: str) -> str:
-    """``name`` as an entity is named: format characters (Unicode category Cf: zero-width
-    spaces and joiners, the byte order mark, bidirectional marks) dropped, white space
-    collapsed and trimmed.  Invisible, they would make look-alike or invisible entities."""
+    """``name`` as an entity (or a relation) is named: format characters (Unicode category
+    Cf: zero-width spaces and joiners, the byte order mark, bidirectional marks) dropped,
+    composed (NFC: ``e`` and a combining accent is ``é``), white space collapsed and
+    trimmed.  Invisible, or spelt differently for one look, they would make look-alike or
+    invisible entities and relations."""
     visible = "".join(c for c in name if unicodedata.category(c) != "Cf")
-    return _SPACES.sub(" ", visible).strip()
+    return _SPACES.sub(" ", unicodedata.normalize("NFC", visible)).strip()
 
 
 def normalize(name: str) -> str:
-    """How entity names are matched: case, spacing and format characters do not matter."""
-    return clean(name).casefold()[:255]
+    """How entity names are matched: case, spacing, format characters and composed or
+    decomposed accents do not matter (NFC again after casefolding, which may decompose)."""
+    return unicodedata.normalize("NFC", clean(name).casefold())[:255]
 
 
 async def upsert_entities(session: AsyncSession, *, user_id: uuid.UUID,
@@ -124,12 +127,13 @@ async def close(session: AsyncSession, memory_id: uuid.UUID, at: datetime) -> No
 
 
 def _triples(relationships: Iterable[Any]) -> list[tuple[str, str, str]]:
-    """The relationships that make relations: source, relation and target not blank."""
+    """The relationships that make relations: source, relation and target not blank (the
+    relation as :func:`clean` names it: one of only format characters is blank too)."""
     triples = []
     for item in _dicts(relationships):
-        source, relation, target = (str(item.get(k, "")).strip()
+        source, relation, target = (clean(str(item.get(k, "")))
                                     for k in ("source", "relation", "target"))
-        if source and relation and target and normalize(source) and normalize(target):
+        if relation and normalize(source) and normalize(target):
             triples.append((source, relation, target))
     return triples
 

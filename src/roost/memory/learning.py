@@ -658,16 +658,17 @@ async def _extend_graph(session: AsyncSession, memory: Memory, fact: ExtractedFa
         return {graph.normalize(str(i.get("name", ""))) for i in items if isinstance(i, dict)}
 
     def triples(items: list[Any]) -> set[tuple[str, str, str]]:
-        return {(graph.normalize(str(i.get("source", ""))), str(i.get("relation", "")).strip(),
+        return {(graph.normalize(str(i.get("source", ""))), graph.clean(str(i.get("relation", ""))),
                  graph.normalize(str(i.get("target", "")))) for i in items if isinstance(i, dict)}
 
     have_names, have_triples = names(memory.entities), triples(memory.relationships)
-    # Blank names and ends are skipped, as graph.attach does on add (no entity to link).
+    # Blank names, ends and relations are skipped, as graph.attach does on add (no entity
+    # to link; a relation of only format characters is blank, graph.clean).
     new_entities = [e.model_dump() for e in fact.entities
                     if graph.normalize(e.name) and graph.normalize(e.name) not in have_names]
     new_relations = [r for r in fact.relationships
-                     if graph.normalize(r.source) and r.relation.strip() and graph.normalize(r.target)
-                     and (graph.normalize(r.source), r.relation.strip(), graph.normalize(r.target))
+                     if graph.normalize(r.source) and graph.clean(r.relation) and graph.normalize(r.target)
+                     and (graph.normalize(r.source), graph.clean(r.relation), graph.normalize(r.target))
                      not in have_triples]
     # A memory names at most MAX_GRAPH_ITEMS entities and as many relationships, as one
     # POSTed or extracted: what it has stays, the new ones fill the room left (every list
@@ -693,5 +694,5 @@ async def _extend_graph(session: AsyncSession, memory: Memory, fact: ExtractedFa
             user_id=memory.user_id, persona_id=memory.persona_id,
             source_entity_id=ids[graph.normalize(relation.source)],
             target_entity_id=ids[graph.normalize(relation.target)],
-            relation=relation.relation.strip()[:128],
+            relation=graph.clean(relation.relation)[:128],
             memory_id=memory.id, valid_from=max(at, memory.valid_from)))

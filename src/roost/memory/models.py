@@ -175,7 +175,7 @@ class MemoryHistory(UUIDPrimaryKey, CreatedAt, Base):
 
 class MemoryEntity(UUIDPrimaryKey, Timestamps, Base):
     """A thing facts are about, once per scope owner (``normalized_name``: graph.normalize's,
-    case-folded, spaces collapsed)."""
+    composed (NFC), case-folded, spaces collapsed)."""
 
     __tablename__ = "memory_entities"
 

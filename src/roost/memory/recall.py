@@ -60,7 +60,7 @@ from roost.knowledge.config import EmbedderNotReady, KnowledgeConfig, check_embe
 from roost.knowledge.embeddings import Embedder, EmbedderUnavailable, EmbeddingError
 from roost.knowledge.index import check_model_name, sql_literal
 from roost.knowledge.search import configure_session
-from roost.memory.graph import normalize
+from roost.memory.graph import clean, normalize
 from roost.memory.models import (
     DEFAULT_DIMENSIONS,
     DEFAULT_MODEL,
@@ -215,7 +215,8 @@ async def embed_missing(
 def query_phrases(query: str) -> list[str]:
     """The query's words and phrases (up to ``MAX_PHRASE_WORDS`` words), normalised as
     entity names are, possessive ``'s`` dropped: what an entity name is matched against."""
-    words = [w for w in (_WORD_EDGES.sub("", raw) for raw in query.split()) if w]
+    # Composed first (graph.clean): a decomposed accent ending a word is no word character.
+    words = [w for w in (_WORD_EDGES.sub("", raw) for raw in clean(query).split()) if w]
     found: dict[str, None] = {}
     for size in range(1, MAX_PHRASE_WORDS + 1):
         for start in range(len(words) - size + 1):
