@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +15,10 @@ from roost.audit.models import AuditLog
 from roost.billing.renewals import renew_due
 from roost.db.engine import Database
 from tests.agents.conftest import other_user, user  # noqa: F401 - fixtures
+from tests.agents.test_agents_cli import cli_env
+from tests.support.cli import run_roost
 from tests.support.identity import make_user
+from tests.support.pg import PgTestServer
 
 Headers = dict[str, str]
 User = tuple[uuid.UUID, Headers]
@@ -153,6 +157,43 @@ async def test_plan_names_are_stripped_and_blank_ones_refused_on_patch_as_on_cre
         assert "name" in resp.text
     resp = await client.get("/api/v1/billing/plans/pro", headers=admin_headers)
     assert resp.json()["name"] == "Pro"
+
+
+# Control characters within a name: CLI tables print it, so an escape would reach the
+# operator's terminal (\x1b[31m turns it red; \x01 and DEL print nothing visible).
+CONTROL_NAMES = ("Pro\x01", "\x1b[31mPro", "P\x7fro", "Pro\nPlus")
+
+
+async def test_a_plan_name_with_a_control_character_is_refused(
+        client: httpx.AsyncClient, admin_headers: Headers) -> None:
+    """Any control character, not only NUL, is a 422 naming `name` on create and PATCH;
+    the stored name is unchanged."""
+    for name in CONTROL_NAMES:
+        resp = await client.post(f"{API}/plans", headers=admin_headers,
+                                 json={**PRO, "name": name})
+        assert resp.status_code == 422 and "name" in resp.text, (name, resp.text)
+    listed = await client.get(f"{API}/plans", headers=admin_headers,
+                              params={"include_inactive": "true"})
+    assert listed.json()["items"] == []
+    await make_plan(client, admin_headers)
+    for name in CONTROL_NAMES:
+        resp = await client.patch(f"{API}/plans/pro", headers=admin_headers, json={"name": name})
+        assert resp.status_code == 422 and "name" in resp.text, (name, resp.text)
+    assert (await client.get(f"{API}/plans/pro", headers=admin_headers)).json()["name"] == "Pro"
+
+
+async def test_roost_billing_plans_add_refuses_a_name_with_a_control_character(
+        pg_server: PgTestServer, db_name: str, tmp_path: Path) -> None:
+    """`roost billing plans add --name` refuses it in one line as the API does; no plan is
+    created, so `roost billing plans` prints no escape."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    for name in ("Pro\x01", "\x1b[31mPro"):
+        out = run_roost("billing", "plans", "add", "pro", "--name", name, env=env)
+        assert out.returncode != 0 and "name" in out.stderr, (out.stdout, out.stderr)
+        assert "Traceback" not in out.stderr
+    listed = run_roost("billing", "plans", "--all", env=env)
+    assert listed.returncode == 0 and "pro" not in listed.stdout, listed.stderr
+    assert "\x1b" not in listed.stdout
 
 
 async def _end_the_period(database: Database, subscription_id: str) -> None:

@@ -118,6 +118,24 @@ async def test_validation_and_admin_only(
     assert ollama.json()["base_url"] == "http://127.0.0.1:11434/v1"
 
 
+async def test_an_openai_compatible_provider_without_base_url_is_refused(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+) -> None:
+    """Type 'openai_compatible' has no usual URL to fill in (docs/chat.md, "Types"): a
+    create without base_url is the 400 a PATCH setting it to null is, storing nothing (it
+    stored an 'openai' provider with base_url null that nothing could use)."""
+    refused = await _create(client, admin_headers, name="compat", type="openai_compatible",
+                            model="m-compat")
+    assert refused.status_code == 400 and "base_url" in refused.json()["detail"], refused.text
+    assert (await client.get("/api/v1/llm/providers", headers=admin_headers)).json() == []
+    created = await _create(client, admin_headers, name="compat", type="openai_compatible",
+                            base_url=stub.base_url, model="m-compat")
+    assert created.status_code == 201 and created.json()["type"] == "openai", created.text
+    patched = await client.patch(f"/api/v1/llm/providers/{created.json()['id']}",
+                                 json={"base_url": None}, headers=admin_headers)
+    assert patched.status_code == 400 and "base_url" in patched.json()["detail"], patched.text
+
+
 async def test_models_sync_and_disabled_models_shape_routing(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
 ) -> None:

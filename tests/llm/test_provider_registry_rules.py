@@ -206,6 +206,24 @@ async def test_credentials_in_extra_headers_are_not_shown_in_answers_or_errors(
     assert sync.status_code == 409 and secret not in sync.text, sync.text
 
 
+async def test_a_masked_header_value_on_create_is_refused(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+) -> None:
+    """Cloning a provider by POSTing the config a GET showed: a new provider has no header
+    stored, so "***" is the 400 a PATCH gives for a header not stored (it was a 201, and
+    the clone sent the literal "***" as its credential header)."""
+    source = await _create(client, admin_headers, name="src", type="openai",
+                           base_url=stub.base_url, model="stub-model",
+                           config={"extra_headers": {"X-Team": "team-credential-1"}})
+    shown = source.json()["config"]
+    assert shown == {"extra_headers": {"X-Team": "***"}}
+    clone = await _create(client, admin_headers, name="clone", type="openai",
+                          base_url=stub.base_url, model="stub-model", config=shown)
+    assert clone.status_code == 400 and "X-Team" in clone.json()["detail"], clone.text
+    listed = (await client.get(PROVIDERS, headers=admin_headers)).json()
+    assert [p["name"] for p in listed] == ["src"]
+
+
 async def test_blank_models_and_nested_secrets_are_refused(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
 ) -> None:

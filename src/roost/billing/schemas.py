@@ -95,23 +95,30 @@ class PlanFields(StrictInput):
     trial_days: int | None = Field(default=None, ge=0, le=MAX_TRIAL_DAYS)
     stripe_price_id: str | None = Field(default=None, min_length=1, max_length=100)
 
-    @field_validator("name", "description", "stripe_price_id")
+    @field_validator("description")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
+        """Free text (line breaks and tabs allowed), but no NUL: PostgreSQL refuses it."""
         if value is not None and "\x00" in value:
             raise ValueError("text contains a NUL character")
         return value
 
+    @field_validator("stripe_price_id")
+    @classmethod
+    def _price_id(cls, value: str | None) -> str | None:
+        return _no_control(value, "stripe_price_id")
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
-        """Stored without surrounding white space; nothing but white space is no name."""
+        """Stored without surrounding white space; nothing but white space is no name, and
+        no control character (NUL, an ANSI escape...) within: CLI tables print it."""
         if value is None:
             return None
         value = value.strip()
         if not value:
             raise ValueError("name is empty (or only white space)")
-        return value
+        return _no_control(value, "name")
 
 
 class PlanCreate(PlanFields):

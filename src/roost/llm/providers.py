@@ -57,6 +57,13 @@ def _normalise_type(kind: str, base_url: str | None) -> tuple[str, str | None]:
     return "openai", base_url or DEFAULT_BASE_URLS.get(kind)
 
 
+def _require_base_url(kind: str, base_url: str | None) -> None:
+    """An OpenAI-compatible provider (stored type 'openai') with no base URL is a 400: no
+    health check, sync or call could use it ('openai_compatible' has no usual URL)."""
+    if kind == "openai" and base_url is None:
+        raise BadRequest("an OpenAI-compatible provider needs a base_url")
+
+
 def _unchanged_since(snapshot: LLMProviderRow, row: LLMProviderRow) -> bool:
     """``row`` (read again, locked) is still the version a health check or model sync
     called: every edit sets ``updated_at`` (and the pool builds a new instance for it), so
@@ -149,6 +156,8 @@ async def create_provider(
     if await _name_taken(session, data.name):
         raise Conflict(f"an LLM provider named {data.name!r} already exists")
     kind, base_url = _normalise_type(data.type, str(data.base_url) if data.base_url else None)
+    _require_base_url(kind, base_url)
+    config = _unmasked_config(data.config, {})  # no header stored yet: "***" is a 400
     if kind == "local" and not llama_cpp_available():
         raise Conflict(
             "the local provider needs the optional llama-cpp-python: pip install 'roost[local]'"
@@ -156,7 +165,7 @@ async def create_provider(
     row = LLMProviderRow(
         id=uuid7(), name=data.name, type=kind, base_url=base_url, model=data.model,
         weight=_weight(data.weight), priority=data.priority, enabled=data.enabled,
-        config=data.config, modelsdev_provider_id=data.modelsdev_provider_id,
+        config=config, modelsdev_provider_id=data.modelsdev_provider_id,
         models={data.model: True} if data.model else {},
         health_status="unknown", response_time=0,
     )
@@ -189,8 +198,7 @@ async def update_provider(
         row.name = fields["name"]
     if "base_url" in fields:
         new_url = str(data.base_url) if data.base_url else None
-        if row.type == "openai" and new_url is None:
-            raise BadRequest("an OpenAI-compatible provider needs a base_url")
+        _require_base_url(row.type, new_url)
         changes["base_url"] = [row.base_url, new_url]
         row.base_url = new_url
     if "api_key" in fields:
