@@ -140,3 +140,44 @@ async def test_start_with_an_unstorable_agent_slug_fails_in_one_line(
     assert out.returncode == 1, (out.returncode, out.stderr[-500:])
     assert "Traceback" not in out.stderr and "Error" not in out.stderr, out.stderr[-1500:]
     assert all(word in out.stderr for word in words), out.stderr[-500:]
+
+
+async def test_a_debate_that_fails_under_wait_says_why_on_stderr(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, worker: Worker,
+) -> None:
+    """README: errors go to stderr, one line and a non-zero exit. `debates start --wait`
+    of a debate that fails (the stub echoes prompts: no ballot parses) exits 1 naming the
+    reason on stderr, the debate itself on stdout; a wait that runs out exits 2 saying
+    so on stderr."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="dora")
+    await add_provider(client, admin_headers, stub)
+    start = ("debates", "start", "Tea or coffee?", "-p", "tea", "-p", "coffee",
+             "-P", "ann=stub-model", "-P", "bob=stub-model", "--rounds", "1",
+             "--method", "borda", "--user", "dora")
+    out = await asyncio.to_thread(run_roost, *start, "--wait", "--timeout", "120", env=env,
+                                  timeout=180)
+    assert "status failed" in out.stdout, out.stdout[-1500:]
+    assert out.returncode == 1, out.stderr[-1500:]
+    assert out.stderr.startswith("Debate failed: ") and "ballot" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "error:" not in out.stdout
+
+
+
+async def test_a_wait_that_runs_out_says_so_on_stderr(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+) -> None:
+    """No worker runs: the debate stays pending, and `--wait --timeout 1` exits 2 with a
+    line on stderr naming the debate and how to see it later."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="dora")
+    await add_provider(client, admin_headers, stub)
+    out = await asyncio.to_thread(
+        run_roost, "debates", "start", "Tea or coffee?", "-p", "tea", "-p", "coffee",
+        "-P", "ann=stub-model", "-P", "bob=stub-model", "--user", "dora", "--wait",
+        "--timeout", "1", env=env)
+    assert out.returncode == 2, out.stderr[-1500:]
+    assert "is still pending after 1 s" in out.stderr and "roost debates show" in out.stderr, \
+        out.stderr

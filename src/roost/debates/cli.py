@@ -77,7 +77,8 @@ async def _agent_id(session: AsyncSession, actor: Principal, ref: str, where: st
     return str((await find_agent_by_slug(session, actor, ref)).id)
 
 
-def _print_debate(view: service.DebateView) -> None:
+def _print_debate(view: service.DebateView, *, error: bool = True) -> None:
+    """The debate on stdout; ``error``: its error too (start says it on stderr)."""
     d = view.debate
     console.print(Text(f"Debate {d.id}: {d.topic}"))
     console.print(Text(f"status {d.status}, round {d.current_round}/{d.total_rounds}, "
@@ -103,7 +104,7 @@ def _print_debate(view: service.DebateView) -> None:
         if result.get("tied"):
             console.print(Text(f"tie between {', '.join(result['tied'])}: "
                                f"{result['tie_break']}"))
-    if d.error_message:
+    if error and d.error_message:
         console.print(Text(f"error: {d.error_message}"))
 
 
@@ -187,9 +188,21 @@ def debates_start(
     if isinstance(out, DebateSession):
         console.print(str(out.id))
         return
-    _print_debate(out)
-    if out.debate.status != "completed":
-        raise typer.Exit(1 if out.debate.status in TERMINAL_STATUSES else 2)
+    _print_debate(out, error=False)
+    _end_status(out.debate, waited_s=timeout)
+
+
+def _end_status(debate: DebateSession, *, waited_s: float) -> None:
+    """A debate that did not complete ends the command non-zero, saying why on stderr:
+    failed or cancelled 1 (with its error), still going after ``waited_s`` 2."""
+    if debate.status == "completed":
+        return
+    if debate.status in TERMINAL_STATUSES:
+        raise fail(f"Debate {debate.status}", debate.error_message or
+                   f"the debate {debate.id} was {debate.status}")
+    typer.echo(f"Debate {debate.id} is still {debate.status} after {waited_s:g} s: "
+               f"see it later with roost debates show {debate.id}", err=True)
+    raise typer.Exit(2)
 
 
 def _json_kind(value: Any) -> str:
