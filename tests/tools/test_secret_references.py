@@ -10,6 +10,7 @@ import json
 import socket
 import sys
 import threading
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -320,6 +321,97 @@ async def test_a_secret_the_server_quotes_back_is_hidden_before_it_is_recorded(
                                               for r in stub.requests())}
              for form in (value, escaped)}
     assert not any(any(where.values()) for where in leaks.values()), leaks
+
+
+# A stdio MCP server speaking raw JSON-RPC: its one tool answers a JSON-RPC error that
+# quotes, after PAD characters, the TOK environment variable it was started with (as an
+# API saying "invalid credentials: <what you sent>" does).
+QUOTING_STDIO_SERVER = r'''
+import json, os, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if "id" not in msg:
+        continue
+    method = msg.get("method")
+    if method == "initialize":
+        out = {"result": {"protocolVersion": msg["params"]["protocolVersion"],
+                          "capabilities": {"tools": {}},
+                          "serverInfo": {"name": "q", "version": "1"}}}
+    elif method == "tools/list":
+        out = {"result": {"tools": [{"name": "whoami", "description": "Says hello.",
+                                     "inputSchema": {"type": "object", "properties": {}}}]}}
+    elif method == "tools/call":
+        pad = "p" * int(os.environ.get("PAD", "0"))
+        out = {"error": {"code": -32000,
+                         "message": pad + "invalid credentials: " + os.environ.get("TOK", "")}}
+    else:
+        out = {"result": {}}
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], **out}) + "\n")
+    sys.stdout.flush()
+'''
+QUOTED = "sk-probe-7d3e9b1f-the-plaintext-nobody-may-see"
+
+
+@pytest.mark.parametrize(("value", "pad", "shown"), [
+    # straddling the 300th character of the message, where its text is cut
+    (QUOTED, 300 - len("invalid credentials: ") - 30, QUOTED[:30]),
+    # a value of two lines (a PEM key, say), of which the message kept the first
+    ("-----pem-8a2c4e6f-first-line-of-the-key\nsecond-line-0f1e2d", 0,
+     "-----pem-8a2c4e6f-first-line-of-the-key"),
+    # a value ending in spaces, which the message's strip took off
+    ("trailing-5ecret-c3d9a1  ", 0, "trailing-5ecret-c3d9a1"),
+], ids=["cut-at-300", "two-lines", "trailing-spaces"])
+async def test_a_secret_quoted_in_a_json_rpc_error_is_hidden_before_the_error_is_cut(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    worker: Worker, tmp_path: Path, value: str, pad: int, shown: str,
+) -> None:
+    """A global stdio server started with TOK=${secret:tok} fails the call with a
+    JSON-RPC error quoting TOK: the value is hidden whole before the message is shortened
+    (its first line, 300 characters), so no part of it reaches the run's steps, a column or
+    the model's next prompt."""
+    await add_provider(client, admin_headers, stub, name=f"stub-{uuid.uuid4().hex[:6]}")
+    _, headers = await make_user(database)
+    script = tmp_path / "quoting_server.py"
+    script.write_text(QUOTING_STDIO_SERVER)
+    server = await client.post("/api/v1/mcp-servers", headers=admin_headers, json={
+        "name": f"quoting-{uuid.uuid4().hex[:6]}", "transport": "stdio",
+        "command": sys.executable, "args": [str(script)], "is_global": True,
+        "env": {"TOK": "${secret:tok}", "PAD": str(pad)}})
+    assert server.status_code == 201, server.text
+    synced = await client.post(f"/api/v1/mcp-servers/{server.json()['id']}/sync",
+                               headers=admin_headers)
+    assert synced.status_code == 200, synced.text
+    persona = await create_persona(client, headers)
+    stored = await client.put(f"/api/v1/personas/{persona['id']}/secrets", headers=headers,
+                              json={"secret_type": "mcp_env", "key_name": "tok",
+                                    "value": value})
+    assert stored.status_code == 200, stored.text
+    stub.reset()
+    _, steps = await _run_tool(client, headers, stub, persona)
+    tool_step = next(s for s in steps if s["step_type"] == "tool_call")
+    assert tool_step["status"] == "failed", tool_step
+    assert "invalid credentials: [secret tok]" in tool_step["error"], tool_step["error"]
+    leaks = {"run steps": shown in json.dumps(steps),
+             "columns": await columns_holding(database, shown),
+             "the model's prompt": any(shown in json.dumps(r.body) for r in stub.requests())}
+    assert not any(leaks.values()), leaks
+
+
+async def test_hide_error_drops_the_unhidden_exceptions_behind_a_failure() -> None:
+    """What a failure was raised from (the SDK's error, quoting the server's words) is
+    not hidden: it is dropped, so no traceback of the failure shows it."""
+    revealed = secretrefs._revealed({(None, "tok"): QUOTED})
+    try:
+        try:
+            raise ValueError(f"invalid credentials: {QUOTED}")
+        except ValueError:
+            raise mcpclient.McpError(f"failed: {QUOTED}")  # noqa: B904
+    except mcpclient.McpError as exc:
+        secretrefs.hide_error(exc, revealed)
+        failure = exc
+    shown = "".join(traceback.format_exception(failure))
+    assert "failed: [secret tok]" in shown
+    assert QUOTED not in shown, shown
 
 
 async def test_hide_replaces_every_form_of_a_long_enough_value() -> None:

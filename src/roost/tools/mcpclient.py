@@ -98,6 +98,17 @@ class StdioAnswerTooLarge(McpError):
         super().__init__(f"MCP server {name!r} {self.what}")
 
 
+Hidden = tuple[tuple[str, str], ...]
+"""(a form of a secret value, its stand-in) pairs, longest form first: see :func:`hide_text`."""
+
+
+def hide_text(text: str, hidden: Hidden) -> str:
+    """``text`` with every form in ``hidden`` replaced by its stand-in."""
+    for form, stand_in in hidden:
+        text = text.replace(form, stand_in)
+    return text
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     """How to reach one server, secrets decrypted (never logged, never returned)."""
@@ -113,6 +124,9 @@ class ServerSpec:
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     allow_private: bool = False
     owner_id: uuid.UUID | None = None  # who registered it (None: global, an administrator)
+    # The persona secrets substituted into env or headers (secretrefs.resolve_spec): each
+    # form a server may quote back, with its "[secret <name>]" stand-in, longest first.
+    hidden: Hidden = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -527,7 +541,9 @@ def failure_of(spec: ServerSpec, exc: BaseException) -> McpError:
         # offending header value, which may be a secret.
         return McpError(f"MCP server {spec.name!r} failed: {type(exc).__name__}: the request "
                         "could not be sent (a header value is not sendable)")
-    said = str(exc).replace("\x00", "").strip()  # the server's words: no NUL to record
+    # The server's words, with the secrets it was sent hidden before anything is cut (a
+    # value straddling the cut, or spanning lines, would no longer match); no NUL to record.
+    said = hide_text(str(exc), spec.hidden).replace("\x00", "").strip()
     text = said.splitlines()[0][:300] if said else ""
     what = type(exc).__name__ + (f": {text}" if text else "")
     return McpError(f"MCP server {spec.name!r} failed: {what}")

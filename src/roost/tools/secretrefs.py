@@ -27,7 +27,7 @@ from roost.llm.base import HEADER_VALUE_RULE, header_value_ok
 from roost.tools import mcpclient
 
 SecretRef = tuple[str | None, str]  # (secret type or None: any type, key name)
-Revealed = tuple[tuple[str, str], ...]
+Revealed = mcpclient.Hidden
 """What one call was given: (a form of a substituted value, its ``[secret <label>]``
 stand-in), longest first, for :func:`hide`."""
 SecretResolver = Callable[[uuid.UUID | None, str | None, str], Awaitable[str]]
@@ -145,7 +145,9 @@ async def resolve_spec(spec: mcpclient.ServerSpec, resolve: SecretResolver | Non
                             where="environment variable")
     headers = await _substitute(spec.headers, resolve, spec.owner_id, resolved,
                                 server=spec.name, where="header")
-    return dataclasses.replace(spec, env=env, headers=headers), _revealed(resolved)
+    revealed = _revealed(resolved)
+    # The spec carries them too: a failure's text is hidden before it is cut (failure_of).
+    return dataclasses.replace(spec, env=env, headers=headers, hidden=revealed), revealed
 
 
 def _revealed(resolved: Mapping[SecretRef, str]) -> Revealed:
@@ -166,9 +168,7 @@ def hide(data: Any, revealed: Revealed) -> Any:
     if not revealed:
         return data
     if isinstance(data, str):
-        for form, stand_in in revealed:
-            data = data.replace(form, stand_in)
-        return data
+        return mcpclient.hide_text(data, revealed)
     if isinstance(data, dict):
         return {hide(k, revealed): hide(v, revealed) for k, v in data.items()}
     if isinstance(data, list):
@@ -177,8 +177,10 @@ def hide(data: Any, revealed: Revealed) -> Any:
 
 
 def hide_error(exc: RoostError, revealed: Revealed) -> None:
-    """:func:`hide` in a failure's detail and extra, in place (then re-raised)."""
+    """:func:`hide` in a failure's detail and extra, in place (then re-raised); the
+    exceptions it was raised from or while handling, unhidden, are dropped."""
     if revealed:
         exc.detail = hide(exc.detail, revealed)
         exc.args = (exc.detail,)
         exc.extra = hide(exc.extra, revealed)
+        exc.__cause__ = exc.__context__ = None
