@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 
@@ -182,6 +183,22 @@ def test_recursive_loops_are_refused_and_ordinary_ones_still_work() -> None:
     ("{% set s = 'x' * 100000 %}{{ ([s] * 20) ~ 'x' }}", "~ would build"),
     ("{{ [1, 2]|tojson(indent=1000000000) }}", "tojson indents"),
     ("{{ [range(10000)|list, range(10000)|list]|sum(start=[])|length }}", "numbers only"),
+    # a macro's or a set block's text is joined from its parts: 10,000 times a
+    # 100,000-character value made 1 GB
+    ("{% set a = 'x' * 100000 %}{% macro f() %}{% for i in range(10000) %}{{ a }}"
+     "{% endfor %}{% endmacro %}{{ f()|length }}", "a macro or block would build"),
+    ("{% set a = 'x' * 100000 %}{% set b %}{% for i in range(10000) %}{{ a }}{% endfor %}"
+     "{% endset %}{{ b|length }}", "a macro or block would build"),
+    # each value under the cap, but a literal list of them (or map) makes many: a 50,000-
+    # character template held thousands (gigabytes); here 45 million characters, 10 million items
+    ("{% set a = 'x' * 100000 %}{% set a = a ~ a ~ a ~ a ~ a ~ a ~ a ~ a ~ a %}"
+     "{% set xs = [" + "a ~ ''," * 50 + "] %}{{ xs|length }}",
+     "~ would bring what the template built past"),
+    ("{% set a = 'x' * 100000 %}{% set a = a ~ a ~ a ~ a ~ a ~ a ~ a ~ a ~ a %}"
+     "{% macro f() %}{{ a }}{% endmacro %}{% set xs = ["
+     + "f()," * 50 + "] %}{{ xs|length }}", "a macro or block would bring"),
+    ("{% set r = ['x'] * 100000 %}{% set xs = [" + "r + []," * 100 + "] %}{{ xs|length }}",
+     r"\+ would bring"),
 ])
 def test_values_built_past_the_cap_are_refused_before_they_exist(template: str,
                                                                   message: str) -> None:
@@ -212,3 +229,45 @@ def test_ordinary_json_sums_numbers_and_macros_still_work() -> None:
         "{{ '<&>'|tojson }} {{ labels|string }}", INPUTS)
     assert out == ('{"name": "Ada", "tags": ["a"]} [\n 1,\n 2\n] 4.5 True 12 '
                    '[[1], [2], [1], [2]] 123 "\\u003c\\u0026\\u003e" [\'yes\', \'maybe\']')
+
+
+@pytest.mark.parametrize("filter_name", ["lower", "e"])
+def test_text_the_filters_build_in_a_render_is_capped_in_total(filter_name: str) -> None:
+    """Each copy is under the cap, but ``map`` makes one per item of a list repeated by
+    reference: at n = 100,000 that was 10 GB (the ``*`` check counts items, not
+    characters).  Here n = 100: 10 million characters, past the render's budget."""
+    source = ('{% set a = "x" * 100000 %}{{ ([a] * 100) | map("' + filter_name
+              + '") | list | length }}')
+    with pytest.raises(TemplateRejected, match=f"the filter {filter_name} would bring"):
+        render_template(source, {})
+    # a value a filter gives back unchanged is not new text
+    out = render_template('{{ ["A", "<"] | map("' + filter_name + '") | join(",") }} '
+                          "{{ q | default('') }}", {"q": "y" * 900_000})
+    assert out.startswith({"lower": "a,< yy", "e": "A,&lt; yy"}[filter_name])
+
+
+def test_join_of_a_mapped_list_is_refused_before_the_list_is_built() -> None:
+    """``join`` made the whole list first (``list(value)``): ten 100,000-character copies
+    here, 10 GB at n = 100,000, before its size check.  It takes the items one by one."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(TemplateRejected, match="longer than 1000000"):
+            render_template('{% set a = "x" * 100000 %}{{ ([a] * 100) | map("lower") | join }}',
+                            {})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000, f"{peak} bytes allocated before the join was refused"
+
+
+@pytest.mark.parametrize("template", ['{{ 1 | round(1000000, "floor") }}',
+                                      '{{ 5 | round(-1000000) }}', "{{ 1 | round(1.5) }}"],
+                         ids=["floor", "common", "not-whole"])
+def test_round_with_a_huge_precision_is_refused(template: str) -> None:
+    """``round`` computes ``10 ** precision`` in one call the render's clock cannot stop
+    (precision 10,000,000 took 47 s): the precision is an exponent, capped like ``**``'s."""
+    with pytest.raises(TemplateRejected, match="round takes"):
+        render_template(template, {})
+    assert render_template('{{ 1.2345 | round(2) }} {{ 12345 | round(-2) }} '
+                           '{{ 2.5 | round(0, "floor") }} {{ 1.5 | round }}', {}) \
+        == "1.23 12300 2.0 2.0"

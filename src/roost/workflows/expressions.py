@@ -23,14 +23,17 @@ relies on the sandbox for the rest (unsafe attributes, mutating calls), multipli
 powers are checked for size, string formatting (``%``, ``str.format``) is refused, only
 whitelisted filters exist, ``range`` is capped, undefined variables are errors and the
 output is capped at :data:`MAX_OUTPUT_CHARS`.  What a template may build on the way is
-capped too: ``+``, ``~``, ``join``, ``replace``, ``string``, ``tojson`` and each output
-value's text refuse a value longer than :data:`MAX_OUTPUT_CHARS` before (or, for
-``tojson``, while) building it (a few chained ``replace``, doubled ``~`` or the text of a
-list repeated by reference made gigabytes), integers stay under :data:`MAX_INT_BITS`,
-``sum`` adds numbers only, and every ``for`` loop and every call goes through a clock: a
-render that runs past :data:`MAX_RENDER_SECONDS` stops (a macro with two nested loops
-called in a loop nests four deep, ~10^12 steps, a macro calling itself twice makes 2^n
-calls, and the render runs in the engine's event loop).
+capped too: ``+``, ``~``, ``join``, ``replace``, ``string``, ``tojson``, the text of a
+macro or block and each output value's text refuse a value longer than
+:data:`MAX_OUTPUT_CHARS` before (or, for ``tojson`` and ``join``, while) building it (a few
+chained ``replace``, doubled ``~`` or the text of a list repeated by reference made
+gigabytes), and all a render builds (each filter's, operator's, macro's and block's new
+string or list) is capped at :data:`MAX_BUILT_SIZE` (many values under the cap made
+gigabytes too), integers stay under :data:`MAX_INT_BITS` (``round``'s precision under
+:data:`MAX_POWER_EXPONENT`), ``sum`` adds numbers only, and every ``for`` loop and every
+call goes through a clock: a render that runs past :data:`MAX_RENDER_SECONDS` stops (a
+macro with two nested loops called in a loop nests four deep, ~10^12 steps, a macro
+calling itself twice makes 2^n calls, and the render runs in the engine's event loop).
 """
 
 from __future__ import annotations
@@ -40,19 +43,22 @@ import functools
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any, Final
 
 from jinja2 import StrictUndefined, TemplateError, nodes, pass_environment, pass_eval_context
 from jinja2.exceptions import SecurityError
-from jinja2.filters import FILTERS
+from jinja2.filters import FILTERS, make_attrgetter
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 MAX_EXPRESSION_CHARS: Final = 1000
 MAX_EXPRESSION_NODES: Final = 200
 MAX_TEMPLATE_CHARS: Final = 50_000
 MAX_OUTPUT_CHARS: Final = 1_000_000
+# What one render may build in all (characters of text plus items of lists): each value is
+# capped at MAX_OUTPUT_CHARS, but a literal list of values or map() can make thousands.
+MAX_BUILT_SIZE: Final = 4 * MAX_OUTPUT_CHARS
 MAX_LOOP_DEPTH: Final = 2
 # How deep a template's syntax tree may nest (blocks in blocks, a filter applied to a
 # filter's result, a.b.c, 1 + 1 + 1...): the code Jinja generates nests as deep, and Python
@@ -252,6 +258,25 @@ def _check_built(size: int, what: str) -> None:
                             "characters")
 
 
+# What the render in progress has built so far (see _built).
+_BUILT: ContextVar[int] = ContextVar("workflow_template_built", default=0)
+
+
+def _built(value: Any, what: str) -> Any:
+    """``value``, a string, list or tuple the render just made, charged to the render: past
+    :data:`MAX_BUILT_SIZE` characters and items in all it stops.  Each value is capped, but
+    values can be many: ``map('lower')`` over a 100,000-character string repeated 100,000
+    times by reference made 10 GB of copies, a literal list of ``a ~ ''`` thousands of them."""
+    size = _size(value)
+    if size:
+        built = _BUILT.get() + size
+        if built > MAX_BUILT_SIZE:
+            raise SecurityError(f"{what} would bring what the template built past "
+                                f"{MAX_BUILT_SIZE} characters and list items")
+        _BUILT.set(built)
+    return value
+
+
 def _walk(value: Any) -> Iterator[Any]:
     """``value`` and every value nested in it, a list repeated by reference once per time
     (``[r] * 1000`` is 1000 items, but its text or sum holds each of r's items 1000 times).
@@ -324,20 +349,50 @@ def _timed(iterable: Any) -> Iterator[Any]:
         yield item
 
 
+def _charged(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
+    """The filter ``f``, each new string or list it returns charged to the render
+    (:func:`_built`; a value it got and gives back unchanged is not new)."""
+    @functools.wraps(f)  # keeps Jinja's pass_context/pass_eval_context/pass_environment mark
+    def charged(*args: Any, **kwargs: Any) -> Any:
+        result = f(*args, **kwargs)
+        if not any(result is arg for arg in args):
+            _built(result, f"the filter {name}")
+        return result
+    return charged
+
+
 def _concat(*parts: Any) -> str:
     """``a ~ b ~ ...``, size-checked before it is built."""
     texts = [_text(part, "~") for part in parts]
     _check_built(sum(map(len, texts)), "~")
-    return "".join(texts)
+    return str(_built("".join(texts), "~"))
+
+
+def _joined(texts: Iterable[str], separator: str, what: str) -> str:
+    """``separator.join(texts)``, taking the texts one by one with a running total: refused
+    as soon as it passes the cap, before the rest is made (a mapped list was built whole
+    first) and before the result is."""
+    kept: list[str] = []
+    size = 0
+    for text in texts:
+        size += len(text) + (len(separator) if kept else 0)
+        _check_built(size, what)
+        kept.append(text)
+    return separator.join(kept)
 
 
 def _join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
-    items = list(value)
+    """Jinja's ``join``, each item's text size-checked as it comes."""
     if attribute is not None:
-        return str(FILTERS["join"](eval_ctx, items, d, attribute))
-    texts = [_text(item, "join") for item in items]
-    _check_built(sum(map(len, texts)) + len(str(d)) * max(len(texts) - 1, 0), "join")
-    return str(d).join(texts)
+        value = map(make_attrgetter(eval_ctx.environment, attribute), value)
+    return _joined((_text(item, "join") for item in value), str(d), "join")
+
+
+def _block_text(parts: Iterable[str]) -> str:
+    """The sandbox's ``concat``: the text of every macro call and ``{% set %}``/
+    ``{% filter %}`` block, size-checked (a macro looping 10,000 times over a
+    100,000-character value returned 1 GB)."""
+    return str(_built(_joined(parts, "", "a macro or block"), "a macro or block"))
 
 
 def _replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: int | None = None) -> str:
@@ -347,6 +402,15 @@ def _replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: int | None = None
         found = min(found, count)
     _check_built(len(text) + found * (len(new) - len(old)), "replace")
     return str(FILTERS["replace"](eval_ctx, text, old, new, count))
+
+
+def _round(value: Any, precision: Any = 0, method: str = "common") -> Any:
+    """Jinja's ``round`` with a precision of at most :data:`MAX_POWER_EXPONENT` digits either
+    way: it computes ``10 ** precision`` in one call (precision 10,000,000 took 47 s)."""
+    if not isinstance(precision, int) or abs(precision) > MAX_POWER_EXPONENT:
+        raise SecurityError(f"round takes a whole precision of at most {MAX_POWER_EXPONENT} "
+                            "digits either way")
+    return FILTERS["round"](value, precision, method)
 
 
 def _string(value: Any) -> str:
@@ -390,12 +454,15 @@ class WorkflowSandbox(ImmutableSandboxedEnvironment):
     no string formatting, whitelisted filters, a capped ``range``."""
 
     intercepted_binops = frozenset({"*", "**", "%", "+"})
+    concat = staticmethod(_block_text)  # type: ignore[assignment]
 
     def __init__(self) -> None:
         super().__init__(undefined=StrictUndefined, autoescape=False, finalize=_output)
         self.filters = {name: f for name, f in FILTERS.items() if name in SAFE_FILTERS}
         self.filters.update(join=pass_eval_context(_join), replace=pass_eval_context(_replace),
-                            string=_string, tojson=_tojson, sum=pass_environment(_sum))
+                            round=_round, string=_string, tojson=_tojson,
+                            sum=pass_environment(_sum))
+        self.filters = {name: _charged(name, f) for name, f in self.filters.items()}
         self.globals = {"range": _capped_range, _TIMED: _timed, _CONCAT: _concat}
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -403,7 +470,7 @@ class WorkflowSandbox(ImmutableSandboxedEnvironment):
             sizes = (_size(left), _size(right))
             if sizes[0] is not None and sizes[1] is not None:
                 _check_built(sizes[0] + sizes[1], "+")
-            return left + right
+            return _built(left + right, "+")
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > MAX_POWER_EXPONENT:
                 raise SecurityError(f"exponents above {MAX_POWER_EXPONENT} are not allowed")
@@ -427,7 +494,7 @@ class WorkflowSandbox(ImmutableSandboxedEnvironment):
             if n is not None and isinstance(times, int) and n * max(times, 0) > MAX_SEQUENCE_PRODUCT:
                 raise SecurityError(f"repeating a value beyond {MAX_SEQUENCE_PRODUCT} items "
                                     "is not allowed")
-        return left * right
+        return _built(left * right, "*")
 
     def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         # every call (a macro calling itself twice makes 2^n calls with no loop) goes
@@ -552,6 +619,7 @@ def render_template(source: str, variables: Mapping[str, Any]) -> str:
     out: list[str] = []
     size = 0
     clock = _DEADLINE.set(time.monotonic() + MAX_RENDER_SECONDS)
+    budget = _BUILT.set(0)
     try:
         chunks: Iterator[str] = template.generate(dict(variables))
         for chunk in chunks:
@@ -572,5 +640,6 @@ def render_template(source: str, variables: Mapping[str, Any]) -> str:
         # RecursionError...) is the template's fault too: the node fails, not the request
         raise TemplateRejected(f"template error: {type(exc).__name__}") from None
     finally:
+        _BUILT.reset(budget)
         _DEADLINE.reset(clock)
     return "".join(out)
