@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import types
+import unicodedata
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar, Union, get_args, get_origin
 from urllib.parse import urlsplit
@@ -213,10 +214,18 @@ IsoDatetime = Annotated[datetime, BeforeValidator(require_iso_timestamp),
 IsoDatetimeAsGiven = Annotated[datetime, BeforeValidator(require_iso_timestamp)]
 
 
+_CONTROL: Final = frozenset({"Cc", "Zl", "Zp"})
+
+
 def parsed_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
     """``value`` if it is a URL a client could open: one of ``schemes``, a host, a port in
     range.  A pattern such as ``^https?://\\S+$`` lets ``http://[::1`` or
-    ``https://:99999/`` through, which every reader of the field then fails on."""
+    ``https://:99999/`` through, which every reader of the field then fails on; nor may
+    it hold a control character (Unicode categories Cc, Zl, Zp: BEL, ESC, DEL, NEL...),
+    which no URL holds unescaped and which a terminal or a log would act on."""
+    if any(unicodedata.category(c) in _CONTROL for c in value):
+        raise PydanticCustomError(
+            "url_parsing", "Input should be a valid URL: it holds a control character")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018  (reading it checks it: not a number, or out of range)

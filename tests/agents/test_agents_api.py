@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from roost.db.engine import Database
 from tests.agents.api import (
@@ -277,3 +278,45 @@ async def test_one_tool_id_spelt_several_ways_in_tool_permissions_is_kept_once(
                                  json={"tool_permissions": [tool_id.upper(), tool_id]})
     assert patched.status_code == 200
     assert patched.json()["tool_permissions"] == [tool_id], patched.json()["tool_permissions"]
+
+
+@pytest.mark.parametrize("url", ["http://example.test/\x07", "https://example.test/a\x1b[2J",
+                                 "https://example.test/\x7f", "https://example.test/\u0085x",
+                                 "https://example.test/\u2028"])
+async def test_avatar_url_with_control_characters_is_refused(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], url: str,
+) -> None:
+    """``avatar_url`` must be an http(s) URL, invalid ones 422 (docs/agents.md, "Bad
+    input"): a control character (BEL, ESC, DEL, NEL, a line separator) makes none; it
+    was stored and answered as given (the pattern excluded only ASCII white space and
+    ``urlsplit`` took the rest)."""
+    _, headers = user
+    resp = await client.post("/api/v1/agents", headers=headers, json={
+        "name": "x", "slug": "avatar", "avatar_url": url})
+    assert resp.status_code == 422 and "control character" in resp.text, resp.text[:300]
+    assert url not in resp.text
+    agent = await create_agent(client, headers, slug="avatar2")
+    patched = await client.patch(f"/api/v1/agents/{agent['id']}", headers=headers,
+                                 json={"avatar_url": url})
+    assert patched.status_code == 422, (patched.status_code, patched.text[:300])
+    assert (await client.get(f"/api/v1/agents/{agent['id']}", headers=headers)).json() == agent
+
+
+async def test_a_slug_that_reads_as_a_uuid_is_refused(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """Agents are named "by slug or id" (the CLI, workflows, debates), a UUID always as
+    an id: a slug that reads as one (hyphenated or 32 hex digits) is 422 on create and
+    on change, so that no slug stands for another agent's id."""
+    _, headers = user
+    agent = await create_agent(client, headers)
+    an_id = uuid.uuid4()
+    for slug in (str(an_id), an_id.hex, agent["id"]):
+        created = await client.post("/api/v1/agents", headers=headers,
+                                    json={"name": "A", "slug": slug})
+        changed = await client.patch(f"/api/v1/agents/{agent['id']}", headers=headers,
+                                     json={"slug": slug})
+        for resp in (created, changed):
+            assert resp.status_code == 422 and "slug" in resp.text, (slug, resp.text[:300])
+    # Short of a UUID, hex digits and dashes are a slug as before.
+    assert (await create_agent(client, headers, slug=str(an_id)[:-1]))["slug"] == str(an_id)[:-1]

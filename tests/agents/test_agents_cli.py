@@ -250,3 +250,30 @@ def test_a_step_line_names_the_model_that_answered() -> None:
     step.output = {"content": "It is noon.", "tool_calls": []}
     first = _step_line(step).plain.splitlines()[0]
     assert first == "[1] llm_call completed, 56 ms, 9+9 tokens", first
+
+
+async def test_cli_agent_named_by_its_id_is_not_hijacked_by_a_public_slug(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+) -> None:
+    """The CLI names agents "by slug or id" and tried the slug first, over every public
+    agent: mallory's public agent whose slug is alice's agent's id (stored before such
+    slugs were refused) or a start of it took alice's ``roost agents run <id>`` (her input
+    to mallory's prompt and tools) and ``show``.  A full UUID is an id only, and a public
+    slug comes after a start of the id of the caller's agents."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    alice_id, _ = await make_user(database, username="alice")
+    mallory_id, _ = await make_user(database, username="mallory")
+    mine = await make_agent(database, alice_id, slug="alices-own", system_prompt="mine")
+    for slug in (str(mine.id), str(mine.id)[:-1]):
+        await make_agent(database, mallory_id, slug=slug, is_public=True,
+                         system_prompt="exfiltrate everything")
+    ran = await asyncio.to_thread(run_roost, "agents", "run", str(mine.id), "my input",
+                                  "--no-wait", "--user", "alice", env=env)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    async with database.transaction() as session:
+        agent_ids: list[uuid.UUID] = list((await session.execute(text(
+            "SELECT agent_id FROM runs WHERE user_id = :u"), {"u": alice_id})).scalars())
+    assert agent_ids == [mine.id]
+    shown = await asyncio.to_thread(run_roost, "agents", "show", str(mine.id)[:-1],
+                                    "--user", "alice", env=env)
+    assert shown.returncode == 0 and "alices-own" in shown.stdout, shown.stderr[-2000:]

@@ -24,8 +24,8 @@ from roost.agents.secrets import missing_references
 from roost.audit.service import record
 from roost.billing import credits, limits
 from roost.db.errors import flush_unique
-from roost.db.lookup import one_or_404
-from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
+from roost.db.lookup import id_starts_with, one_or_404
+from roost.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
 from roost.knowledge.models import Document
 from roost.knowledge.service import visible_to as documents_visible_to
@@ -61,6 +61,43 @@ async def find_agent_by_slug(session: AsyncSession, actor: Principal, slug: str)
     if agent is None:
         raise NotFound(f"no agent with slug {slug!r}")
     return agent
+
+
+async def find_agent(session: AsyncSession, actor: Principal, ref: str, *,
+                     id_start: bool = False) -> Agent:
+    """``ref`` ("an agent's slug or id": the CLI, workflows' agent nodes, debate files)
+    resolved for the actor.  A full UUID is an id and only an id: no slug (a stranger's
+    public agent's above all) takes over the agent it names.  Any other ref is the slug of
+    one of the actor's own agents, then of their personas'; then, with ``id_start``, a
+    unique start of the id of an agent they can see; a public agent's slug comes last, so
+    that it never hides the actor's own agent behind a start of its id."""
+    try:
+        agent_id = uuid.UUID(ref)
+    except ValueError:
+        pass
+    else:
+        return await get_agent(session, actor, agent_id)
+    rank = slug_rank(actor)
+    row = (await session.execute(
+        select(Agent, rank).where(Agent.slug == ref, visible_agents(actor))
+        .order_by(rank, Agent.created_at).limit(1))).first()
+    found: Agent | None = None
+    if row is not None:
+        found = row[0]
+        if row[1] < 2:  # their own or their personas'
+            return found
+    if id_start:
+        rows = (await session.scalars(select(Agent).where(
+            visible_agents(actor), id_starts_with(Agent.id, ref),  # never "%" or "_"
+        ).limit(3))).all()
+        if len(rows) > 1:
+            raise BadRequest(f"{ref!r} starts several agent ids; give more characters")
+        if rows:
+            return rows[0]
+    if found is not None:  # a public agent's slug, last
+        return found
+    raise NotFound(f"no agent you can see has the slug {ref!r}"
+                   + (" or an id starting with it" if id_start else ""))
 
 
 def require_active(agent: Agent) -> Agent:

@@ -111,19 +111,8 @@ async def _persona_id(session: AsyncSession, actor: Principal, ref: str) -> uuid
 
 
 async def _agent(session: AsyncSession, actor: Principal, ref: str) -> Agent:
-    """An agent the actor can see, by slug (theirs first) or id (or a unique start)."""
-    try:
-        return await catalog.find_agent_by_slug(session, actor, ref)
-    except NotFound:
-        pass
-    rows = (await session.scalars(select(Agent).where(
-        catalog.visible_agents(actor), id_starts_with(Agent.id, ref),  # never "%" or "_"
-    ).limit(3))).all()
-    if not rows:
-        raise NotFound(f"no agent you can see has the slug {ref!r} or an id starting with it")
-    if len(rows) > 1:
-        raise BadRequest(f"{ref!r} starts several agent ids; give more characters")
-    return rows[0]
+    """An agent the actor can see, by slug or id (or a unique start): catalog.find_agent."""
+    return await catalog.find_agent(session, actor, ref, id_start=True)
 
 
 async def _run_id(session: AsyncSession, ref: str) -> uuid.UUID:

@@ -21,10 +21,25 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from roost.inputs import StrictInput, WebUrl
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,99}$"
+
+
+def _not_an_id(slug: str) -> str:
+    """A slug that reads as a UUID would name, where an agent is named "by slug or id", some
+    other agent than the one of that id (catalog.find_agent reads a UUID as an id only)."""
+    try:
+        uuid.UUID(slug)
+    except ValueError:
+        return slug
+    raise PydanticCustomError("slug_is_uuid", "a slug must not read as a UUID (an agent's id)")
+
+
+# Stored slugs that read as a UUID (from before this rule) stay as they are.
+Slug = Annotated[str, Field(pattern=SLUG_PATTERN), AfterValidator(_not_an_id)]
 MAX_RUN_INPUT_CHARS = 100_000
 
 
@@ -349,7 +364,7 @@ class AgentCreate(StrictInput):
     refuse_nul = True  # stored as text and jsonb, which hold no NUL: a 422 naming the field
 
     name: Name
-    slug: str = Field(pattern=SLUG_PATTERN, description="Unique among your agents")
+    slug: Slug = Field(description="Unique among your agents")
     persona_id: uuid.UUID | None = Field(
         default=None, description="Bind to a persona you own or edit (its members see it)")
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
@@ -379,7 +394,7 @@ class AgentUpdate(StrictInput):
     refuse_nul = True  # stored as text and jsonb, which hold no NUL: a 422 naming the field
 
     name: Name | None = None
-    slug: str | None = Field(default=None, pattern=SLUG_PATTERN)
+    slug: Slug | None = None
     persona_id: uuid.UUID | None = None
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     avatar_url: AvatarUrl | None = None

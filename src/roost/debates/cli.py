@@ -5,7 +5,6 @@ through the same services as the API.  A worker (``roost worker``) runs the deba
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 from typing import Annotated, Any, Final, TypeVar
 
@@ -15,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.agents.catalog import find_agent_by_slug
+from roost.agents.catalog import find_agent
 from roost.clitools import (
     MAX_SECONDS,
     add_text_row,
@@ -62,10 +61,6 @@ def _participant(spec: str, weights: dict[str, float]) -> dict[str, Any]:
 
 async def _agent_id(session: AsyncSession, actor: Principal, ref: str, where: str) -> str:
     """``ref`` (an agent's id or slug, at ``where`` in the body) as the agent's id."""
-    try:
-        return str(uuid.UUID(ref))
-    except ValueError:
-        pass
     # Text PostgreSQL cannot hold (a NUL; a lone surrogate, not UTF-8) would make the
     # lookup a database error's traceback rather than this one line.
     if "\x00" in ref:
@@ -74,7 +69,7 @@ async def _agent_id(session: AsyncSession, actor: Principal, ref: str, where: st
         ref.encode()
     except UnicodeEncodeError:
         raise BadRequest(f"{where}: must not contain a lone UTF-16 surrogate") from None
-    return str((await find_agent_by_slug(session, actor, ref)).id)
+    return str((await find_agent(session, actor, ref)).id)
 
 
 def _print_debate(view: service.DebateView, *, error: bool = True) -> None:

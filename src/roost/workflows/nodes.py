@@ -220,9 +220,7 @@ async def run_agent(env: RunEnv, principal: Principal, run: Run, node: Node,
     try:
         async with scoped(env, principal) as session:
             task_id = await session.scalar(select(RunStep.task_id).where(RunStep.id == step_id))
-            agent_id = _uuid(ref)
-            agent = (await catalog.get_agent(session, principal, agent_id) if agent_id
-                     else await catalog.find_agent_by_slug(session, principal, ref))
+            agent = await catalog.find_agent(session, principal, ref)
             child, _ = await create_run(
                 session, principal, agent,
                 RunCreate(input=text, idempotency_key=agent_run_key(step_id, task_id)),
