@@ -519,3 +519,86 @@ async def test_patching_collection_to_empty_means_no_collection(
     assert (r.status_code, r.json()["collection"]) == (200, None), r.text
     assert [c.collection for c in await fetch(database,
                                               "SELECT collection FROM document_chunks")] == [None]
+
+
+async def test_an_upload_with_a_long_content_type_is_accepted(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig
+) -> None:
+    """A part's Content-Type with long (valid) parameters is kept as far as the columns
+    hold it (the document's ``mime``: 128 characters, the upload's: 255), not a bare 400
+    naming no field."""
+    _, headers = await make_user(database)
+    content_type = "text/plain; charset=utf-8; comment=" + "a" * 300
+    r = await upload(kclient, headers, "notes.txt", b"Herons wade in shallow rivers.",
+                     content_type=content_type)
+    assert r.status_code == 202, r.text
+    await drain_jobs(database, kcfg)
+    got = await kclient.get(f"{API}/documents/{r.json()['document']['id']}", headers=headers)
+    assert got.json()["status"] == "ready", got.text
+
+
+async def test_a_long_markdown_file_name_keeps_its_extension_and_its_type(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig
+) -> None:
+    """``<long title>.md`` sent as application/octet-stream (as browsers do) is named
+    and parsed as the Markdown it is, as ``notes.md`` is: a name over 255 characters is
+    shortened before its extension, and a re-upload of it replaces the same document."""
+    _, headers = await make_user(database)
+    body = b"# Install\n\nRun the installer.\n\n## Linux\n\nUse apt to install the package.\n"
+    long_name = "a-very-long-title-" * 16 + "notes.md"  # 296 characters
+    short = await upload(kclient, headers, "notes.md", body, content_type="application/octet-stream")
+    long = await upload(kclient, headers, long_name, body, content_type="application/octet-stream")
+    assert short.status_code == 202 and long.status_code == 202, long.text
+    await drain_jobs(database, kcfg)
+    rows = {r.id: r for r in await fetch(database, "SELECT id::text, name, mime FROM documents")}
+    short_doc = rows[short.json()["document"]["id"]]
+    long_doc = rows[long.json()["document"]["id"]]
+    assert short_doc.mime == "text/markdown", short_doc
+    assert long_doc.name.endswith(".md") and len(long_doc.name) == 255, long_doc.name[-20:]
+    assert long_doc.mime == short_doc.mime, (long_doc.mime, short_doc.mime)
+    again = await upload(kclient, headers, long_name, body, content_type="application/octet-stream")
+    assert again.json()["document"]["id"] == long_doc.id, again.text
+
+
+async def test_tags_are_composed_so_both_spellings_of_a_letter_match(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig
+) -> None:
+    """A tag typed with a decomposed "é" (macOS keyboards) is the tag with the composed
+    one: stored composed, and ``?tag=`` finds it whichever way it is spelled."""
+    _, headers = await make_user(database)
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    first = (await upload(kclient, headers, "a.txt", b"words", tags=decomposed)).json()["document"]
+    second = (await upload(kclient, headers, "b.txt", b"more", tags=json.dumps([composed]))
+              ).json()["document"]
+    assert first["tags"] == [composed], first["tags"]
+    for spelled in (composed, decomposed):
+        r = await kclient.get(f"{API}/documents", headers=headers, params={"tag": spelled})
+        assert {d["id"] for d in r.json()["items"]} == {first["id"], second["id"]}, r.text
+
+
+async def test_a_collection_is_trimmed_and_composed_and_refuses_hidden_characters(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig
+) -> None:
+    """A collection is stored composed and trimmed; a blank one means none (as an empty
+    one does); one holding control characters (an ANSI escape) or invisible formatting
+    ones is a 422 naming the field, on upload, on PATCH and for an ingestion run."""
+    _, headers = await make_user(database)
+    blank = (await upload(kclient, headers, "a.txt", b"words", collection="   ")).json()
+    assert blank["document"]["collection"] is None, blank
+    doc = (await upload(kclient, headers, "b.txt", b"words", collection=" cafe\u0301 ")).json()
+    assert doc["document"]["collection"] == "caf\u00e9", doc
+    r = await kclient.get(f"{API}/documents", headers=headers, params={"collection": "cafe\u0301"})
+    assert [d["id"] for d in r.json()["items"]] == [doc["document"]["id"]], r.text
+    for bad in ("\x1b[31mred", "left\u202eright"):
+        r = await upload(kclient, headers, "c.txt", b"words", collection=bad)
+        assert r.status_code == 422 and r.json().get("field") == "collection", r.text
+        r = await kclient.patch(f"{API}/documents/{doc['document']['id']}", headers=headers,
+                                json={"collection": bad})
+        assert r.status_code == 422 and "collection" in r.text, r.text
+        r = await kclient.post(f"{API}/ingestion-runs", headers=headers,
+                               json={"target": "https://example.com/", "collection": bad})
+        assert r.status_code == 422 and "collection" in r.text, r.text
+    r = await kclient.patch(f"{API}/documents/{doc['document']['id']}", headers=headers,
+                            json={"collection": "  "})
+    assert (r.status_code, r.json()["collection"]) == (200, None), r.text
+    assert await fetch(database, "SELECT id FROM documents WHERE name = 'c.txt'") == []

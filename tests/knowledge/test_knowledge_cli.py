@@ -65,3 +65,19 @@ async def test_roost_ingest_refuses_bad_options_in_one_line_before_storing_anyth
     out = run_roost("ingest", str(f), "--user", "olive", "--collection", "", env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert [r.collection for r in await fetch(database, "SELECT collection FROM documents")] == [None]
+
+
+async def test_roost_ingest_finds_the_owner_by_username_in_any_case(
+    database: Database, pg_server: Any, db_name: str, tmp_path: Path
+) -> None:
+    """``--user Olive`` is the account ``olive``, as sign-in and the other commands find
+    it (case-insensitive, NFC)."""
+    await make_user(database, username="olive")
+    f = tmp_path / "a.txt"
+    f.write_text("Herons wade in shallow water.")
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path / "d"),
+           "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER": "hash", "ROOST_LOG_LEVEL": "warning"}
+    out = run_roost("ingest", str(f), "--user", "Olive", env=env)
+    assert out.returncode == 0, (out.returncode, out.stdout[-800:], out.stderr[-800:])
+    owners = await fetch(database, "SELECT u.username FROM documents d JOIN users u ON u.id = d.user_id")
+    assert [r.username for r in owners] == ["olive"]

@@ -122,7 +122,7 @@ NAMES = {
     "\t.txt": "%09.txt", "名前.txt": "名前.txt", "CON": "CON", "NUL.txt": "NUL.txt",
     # A label, never a path: stored as sent.
     ".": ".", "..": "..", "...": "...",
-    "x" * 1000 + ".txt": "x" * 255,
+    "x" * 1000 + ".txt": "x" * 251 + ".txt",  # shortened before its extension
 }
 
 

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from roost.clitools import fail, id_table, open_database, parse_input, print_table, reported_here
 
@@ -107,18 +107,16 @@ async def _create_run(
 
     from roost.audit import service as audit
     from roost.errors import NotFound
+    from roost.identity.accounts import find_user
     from roost.identity.common import nfc
     from roost.identity.models import Group, User
     from roost.knowledge.models import IngestionRun
     from roost.knowledge.service import is_web_target, precheck_url
 
     async with db.transaction() as s:
-        stmt = select(User)
-        if user is not None:
-            stmt = stmt.where(or_(User.username == user, User.email == user.lower()))
-        else:
-            stmt = stmt.where(User.is_root)
-        owner = (await s.scalars(stmt)).one_or_none()
+        # By user name or e-mail as sign-in finds them (any case, composed or not).
+        owner = (await find_user(s, user) if user is not None
+                 else (await s.scalars(select(User).where(User.is_root))).one_or_none())
         if owner is None:
             raise NotFound(f"no user {user!r}" if user else
                            "no root user exists: pass --user NAME to choose the owner")

@@ -66,7 +66,7 @@ async def upload_document(
     data = await read_capped(file, cfg.max_upload_bytes)
     doc, run = await service.create_upload(
         session, principal, cfg, filename=file.filename, content_type=file.content_type,
-        data=data, collection=collection or None, tags=parse_tags_field(tags), group_id=group_id,
+        data=data, collection=collection, tags=parse_tags_field(tags), group_id=group_id,
         is_private=is_private, persona_id=persona_id, project_id=project_id,
         description=description,
     )

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from roost.errors import Unprocessable
+from roost.identity.common import nfc, refuse_hidden_characters
 from roost.inputs import StrictInput
 from roost.knowledge.models import MAX_TAGS_BYTES
 
@@ -28,8 +29,23 @@ def no_nul(value: Any) -> Any:
     return value
 
 
+def check_collection(value: Any) -> Any:
+    """A collection as it is stored: composed (NFC) and trimmed, none when that leaves
+    nothing; ``ValueError`` (422 naming the field) for NUL, control (ANSI escapes), line
+    break or invisible formatting characters."""
+    if not isinstance(value, str):
+        return value
+    return refuse_hidden_characters(nfc(no_nul(value)).strip()) or None
+
+
+def collection_filter(value: str | None) -> str | None:
+    """A collection to match, spelled as :func:`check_collection` stores it."""
+    return None if value is None else nfc(value).strip()
+
+
 def check_tags(tags: list[str] | None) -> list[str]:
-    """Strip, drop empties and duplicates (keeping order); at most 5 KB as JSON."""
+    """Strip, compose (NFC: a decomposed "é" is the same tag), drop empties and duplicates
+    (keeping order); at most 5 KB as JSON."""
     if not tags:
         return []
     out: list[str] = []
@@ -42,7 +58,7 @@ def check_tags(tags: list[str] | None) -> list[str]:
             raw.encode("utf-8")
         except UnicodeEncodeError:
             raise Unprocessable("tags must be valid Unicode") from None
-        tag = raw.strip()
+        tag = nfc(raw).strip()
         if not tag:
             continue
         if len(tag) > MAX_TAG_CHARS:
@@ -86,8 +102,18 @@ class _KnowledgeInput(StrictInput):
         return no_nul(value)
 
 
-class _Scope(_KnowledgeInput):
-    collection: str | None = Field(default=None, min_length=1, max_length=128)
+class _Stored(_KnowledgeInput):
+    """A body whose ``collection`` is stored: cleaned by :func:`check_collection` (an
+    empty or blank one means none, as on upload)."""
+
+    @field_validator("collection", mode="before", check_fields=False)
+    @classmethod
+    def _collection(cls, value: Any) -> Any:
+        return check_collection(value)
+
+
+class _Scope(_Stored):
+    collection: str | None = Field(default=None, max_length=128)
     tags: list[str] = Field(default_factory=list, max_length=200)
     group_id: uuid.UUID | None = Field(
         default=None, description="Share with this group (you must be a member)"
@@ -135,19 +161,13 @@ class DocumentOut(BaseModel):
     last_ingested_at: datetime | None
 
 
-class DocumentUpdate(_KnowledgeInput):
+class DocumentUpdate(_Stored):
     name: str | None = Field(default=None, min_length=1, max_length=255)
     description: str | None = Field(default=None, max_length=10_000)
     collection: str | None = Field(default=None, max_length=128)
     tags: list[str] | None = Field(default=None, max_length=200)
     group_id: uuid.UUID | None = None
     is_private: bool | None = None
-
-    @field_validator("collection")
-    @classmethod
-    def _empty_collection_is_none(cls, value: str | None) -> str | None:
-        # As on upload: an empty collection means none (not a collection named "").
-        return value or None
 
 
 class IngestionRunOut(BaseModel):
@@ -195,6 +215,11 @@ class SearchRequest(_KnowledgeInput):
     owner_id: uuid.UUID | None = Field(default=None, description="Only documents of this owner")
     include_curated: bool = True
     embedding_model: str | None = Field(default=None, max_length=128)
+
+    @field_validator("collection")
+    @classmethod
+    def _collection(cls, value: str | None) -> str | None:
+        return collection_filter(value)
 
 
 class SearchDocument(BaseModel):

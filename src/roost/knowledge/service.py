@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import uuid
+from pathlib import PurePosixPath
 from typing import Any
 
 import httpx
@@ -25,14 +26,14 @@ from roost.audit import service as audit
 from roost.billing import credits, limits
 from roost.db.base import utcnow, uuid7
 from roost.errors import Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
-from roost.identity.common import require_user
+from roost.identity.common import nfc, require_user
 from roost.identity.models import Group
 from roost.knowledge.config import KnowledgeConfig, check_embedder
 from roost.knowledge.fetching import FetchInvalidURL, FetchRefused, address_refusal, check_port
 from roost.knowledge.jobs import INGEST_TASK
 from roost.knowledge.models import Document, DocumentChunk, DocumentUpload, IngestionRun
 from roost.knowledge.paths import resolve_ingest_path
-from roost.knowledge.schemas import DocumentUpdate, IngestionRunCreate
+from roost.knowledge.schemas import DocumentUpdate, IngestionRunCreate, check_collection, collection_filter
 from roost.pagination import (
     DEFAULT_LIMIT,
     cursor_uuid,
@@ -46,6 +47,10 @@ from roost.tasks.service import enqueue
 from roost.workspace.service import require_project
 
 MAX_NAME_CHARS = 255
+# A longer suffix is not an extension: a name over MAX_NAME_CHARS is cut at its end.
+MAX_SUFFIX_CHARS = 16
+MAX_CONTENT_TYPE_CHARS = 255  # document_uploads.content_type
+MAX_MIME_CHARS = 128  # documents.mime
 
 
 def sha256_hex(value: str | bytes) -> str:
@@ -107,12 +112,19 @@ def visible_to(actor: Principal) -> Any:
 def clean_filename(filename: str | None,
                    problem: str = "the uploaded file needs a file name") -> str:
     """A document's name, uploaded or given by a rename: the last path segment, printable
-    characters only, trimmed; 422 with ``problem`` when nothing is left."""
+    characters only, trimmed; 422 with ``problem`` when nothing is left.  A name over
+    :data:`MAX_NAME_CHARS` is shortened before its extension, which tells its type
+    (``.md``) and stays."""
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
     name = "".join(ch for ch in name if ch.isprintable()).strip()
     if not name:
         raise Unprocessable(problem)
-    return name[:MAX_NAME_CHARS]
+    if len(name) <= MAX_NAME_CHARS:
+        return name
+    suffix = PurePosixPath(name).suffix
+    if len(suffix) > MAX_SUFFIX_CHARS:
+        suffix = ""
+    return name[:MAX_NAME_CHARS - len(suffix)].rstrip() + suffix
 
 
 # --- documents --------------------------------------------------------------------------
@@ -166,10 +178,15 @@ async def create_upload(
         )
     if not data:
         raise Unprocessable("the uploaded file is empty")
-    for label, value in (("collection", collection), ("description", description),
-                         ("the file's Content-Type", content_type)):
+    for label, value in (("description", description), ("the file's Content-Type", content_type)):
         if value is not None and "\x00" in value:
             raise Unprocessable(f"{label} must not contain NUL characters")
+    try:
+        collection = check_collection(collection)
+    except ValueError as exc:
+        raise Unprocessable(f"collection {exc}", extra={"field": "collection"}) from None
+    # Kept as the columns hold them (a header with long parameters is still a file).
+    content_type = (content_type or None) and content_type[:MAX_CONTENT_TYPE_CHARS]
     name = clean_filename(filename)
     check_embedder(cfg.embedder)  # 409 now rather than a document stuck "processing"
     # The key create_upload upserts on: a re-upload of that name is not one more.
@@ -185,7 +202,7 @@ async def create_upload(
     values: dict[str, Any] = {
         "user_id": user_id, "group_id": group_id, "is_private": is_private,
         "persona_id": persona_id, "project_id": project_id, "name": name,
-        "description": description, "mime": (content_type or None) and content_type[:128],
+        "description": description, "mime": content_type and content_type[:MAX_MIME_CHARS],
         "bytes_size": len(data), "source": "upload", "tags": tags or [],
         "collection": collection, "status": "pending", "error_message": None,
         "ingestion_run_id": run.id, "updated_at": utcnow(),
@@ -235,12 +252,14 @@ async def list_documents(
     cursor: str | None = None,
     project_id: uuid.UUID | None = None,
 ) -> tuple[list[Document], str | None]:
-    """Newest first, keyset-paginated on (created_at, id)."""
+    """Newest first, keyset-paginated on (created_at, id); ``collection`` and ``tag``
+    spelled as they are stored (composed, trimmed)."""
+    collection = collection_filter(collection)
     stmt = where_equal(_documents_query(actor), (Document.collection, collection),
                        (Document.status, status), (Document.persona_id, persona_id),
                        (Document.project_id, project_id))
     if tag is not None:
-        stmt = stmt.where(Document.tags.contains([tag]))
+        stmt = stmt.where(Document.tags.contains([nfc(tag).strip()]))
     return await newest_first(session, stmt, Document.created_at, Document.id,
                               limit=limit, cursor=cursor)
 
