@@ -1,6 +1,7 @@
 """Answers are stored whatever the provider or agent sends back: a tool call id longer
-than its column, an agent's answer longer than a user's message limit, an agent's answer
-to a session archived while it worked (as a model's is)."""
+than its column (and one within it answered by a tool message), an agent's answer longer
+than a user's message limit, an agent's answer to a session archived while it worked (as
+a model's is)."""
 
 from __future__ import annotations
 
@@ -24,15 +25,43 @@ API = "/api/v1/chat/sessions"
 async def test_a_long_tool_call_id_from_the_provider_does_not_lose_the_answer(
     client: httpx.AsyncClient, user: User, sid: str, stub: StubServer,
 ) -> None:
-    """A 145-character tool call id (the column holds 128) is fitted; the answer is kept."""
+    """A 1,105-character tool call id (the column holds 1,024) is fitted; the answer is kept."""
     _, h = user
-    stub.script(ToolCalls(Call("lookup", id="call_" + "i" * 140)))
+    long_id = "call_" + "i" * 1100
+    stub.script(ToolCalls(Call("lookup", id=long_id)))
     resp = await post_message(client, h, sid, content="call a tool")
     assert resp.status_code == 201, resp.text  # was 502 "could not be stored (22001)"
     answer = resp.json()["assistant_message"]
-    assert answer["tool_calls"][0]["id"] == "call_" + "i" * 140  # the full id is kept there
+    assert answer["tool_calls"][0]["id"] == long_id  # the full id is kept there
     stored = (await client.get(f"{API}/{sid}/messages", headers=h)).json()["items"][0]
-    assert stored["tool_call_id"] == ("call_" + "i" * 140)[:128]
+    assert stored["tool_call_id"] == long_id[:1024]
+
+
+async def test_a_tool_call_id_the_model_gave_can_be_answered_with_a_tool_message(
+    client: httpx.AsyncClient, user: User, sid: str, stub: StubServer,
+) -> None:
+    """A client running a tool loop answers the model's tool call with a ``tool`` message
+    carrying the ``tool_calls[].id`` the API handed it (docs/chat.md).  A 205-character id
+    was refused (422, the column held 128), and one cut to fit reached the provider as a
+    tool result naming no call (which providers refuse: 400)."""
+    _, h = user
+    long_id = "call_" + "z" * 200
+    stub.script(ToolCalls(Call("lookup", {"q": "x"}, id=long_id)))
+    asked = await post_message(client, h, sid, content="use a tool")
+    assert asked.status_code == 201, asked.text
+    call_id = asked.json()["assistant_message"]["tool_calls"][0]["id"]
+    assert call_id == long_id
+
+    answered = await post_message(client, h, sid, content="42", role="tool", reply=False,
+                                  tool_call_id=call_id, tool_call_name="lookup")
+    assert answered.status_code == 201, answered.text  # was 422
+
+    follow = await post_message(client, h, sid, content="so?")
+    assert follow.status_code == 201, follow.text
+    sent = stub.requests("/v1/chat/completions")[-1].body["messages"]
+    calls = [c["id"] for m in sent if m.get("tool_calls") for c in m["tool_calls"]]
+    results = [m["tool_call_id"] for m in sent if m.get("role") == "tool"]
+    assert results == [long_id] and calls == [long_id], (calls, results)
 
 
 async def test_an_agents_answer_longer_than_a_users_message_limit_is_stored(

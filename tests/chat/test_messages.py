@@ -126,6 +126,38 @@ async def test_tool_call_fields_and_roles_without_reply(client: httpx.AsyncClien
     assert bad.status_code == 422 and "reply=false" in bad.json()["detail"]
 
 
+async def test_a_nul_in_a_plain_text_field_is_a_422_naming_it(
+    client: httpx.AsyncClient, user: User, sid: str,
+) -> None:
+    """Text columns hold no NUL: a NUL in a session's, a summary's or a message's plain
+    text is a 422 naming the field, not the database's 400 naming none (docs/chat.md)."""
+    _, h = user
+    api = "/api/v1/chat/sessions"
+    cases: list[tuple[str, str, dict[str, Any], str]] = [
+        ("POST", api, {"title": "a\x00b"}, "title"),
+        ("PATCH", f"{api}/{sid}", {"title": "a\x00b"}, "title"),
+        ("PATCH", f"{api}/{sid}/summary", {"conversation_domain": "a\x00b"},
+         "conversation_domain"),
+        ("PATCH", f"{api}/{sid}/summary", {"follow_up_tasks": [{"t": "a\x00b"}]},
+         "follow_up_tasks"),
+    ]
+    message = {"content": "hi", "reply": False}
+    for field, value in (("content", "a\x00b"), ("tool_call_name", "a\x00b"),
+                         ("conversation_domain", "a\x00b"), ("embedding_model_used", "a\x00b"),
+                         ("model", "a\x00b"), ("stop", ["a\x00b"])):
+        cases.append(("POST", f"{api}/{sid}/messages", {**message, field: value}, field))
+    cases.append(("POST", f"{api}/{sid}/messages",
+                  {**message, "role": "tool", "tool_call_id": "a\x00b"}, "tool_call_id"))
+    for method, url, body, field in cases:
+        resp = await client.request(method, url, json=body, headers=h)
+        assert resp.status_code == 422, (body, resp.text)
+        problem = resp.json()
+        named = [problem.get("field")] + [e["loc"][1] for e in problem.get("errors", ())]
+        assert field in named, (body, resp.text)
+    messages = (await client.get(f"{api}/{sid}/messages", headers=h)).json()["items"]
+    assert messages == []
+
+
 async def test_the_history_page_is_exactly_what_its_response_model_serialises(
     client: httpx.AsyncClient, sid: str, user: User,
 ) -> None:

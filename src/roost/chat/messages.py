@@ -41,6 +41,7 @@ from roost.billing.models import UsageRecord
 from roost.chat import runtime_settings
 from roost.chat.keys import decrypt, decrypt_many
 from roost.chat.models import (
+    TOOL_CALL_ID_CHARS,
     ChatMessage,
     ChatSession,
 )
@@ -53,7 +54,7 @@ from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.db.statements import bound_insert, prefixed, row_json
 from roost.db.transaction import driver_connection, driver_fetch
-from roost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RoostError, Unprocessable
+from roost.errors import Conflict, NotFound, PayloadTooLarge, RoostError, Unprocessable
 from roost.llm import calls, routing
 from roost.llm.gateway import LLMGateway
 from roost.llm.orchestration import Attempt, response_confidence
@@ -73,7 +74,6 @@ MESSAGE = "chat_message"
 CHAT_PROMPT_KEY = "chat.system"  # chat sessions' system prompt (docs/prompts.md)
 _TOOL_CALLS = TypeAdapter(list[ToolCall])
 _TOOL_NAME_CHARS: Final = cast(String, ChatMessage.__table__.c.tool_call_name.type).length or 256
-_TOOL_ID_CHARS: Final = cast(String, ChatMessage.__table__.c.tool_call_id.type).length or 128
 
 
 # What a message answer shows: read as plain rows on the history path (no ORM entities,
@@ -219,7 +219,8 @@ def _check_content(data: MessageCreate, limit: int) -> None:
         raise Unprocessable("only an assistant message carries tool_calls",
                             extra={"field": "tool_calls"})
     if "\x00" in data.content:
-        raise BadRequest("message content must not contain NUL characters")
+        raise Unprocessable("message content must not contain NUL characters",
+                            extra={"field": "content"})
 
 
 def _check_open(status: str, expires_at: datetime | None) -> None:
@@ -585,7 +586,7 @@ def _reply_hooks(
             content=result.content, tool_calls=result.tool_calls or None, fields={
                 "tool_call_name": (_fitted(result.tool_calls[0].name, _TOOL_NAME_CHARS)
                                    if result.tool_calls else None),
-                "tool_call_id": (_fitted(result.tool_calls[0].id, _TOOL_ID_CHARS)
+                "tool_call_id": (_fitted(result.tool_calls[0].id, TOOL_CALL_ID_CHARS)
                                  if result.tool_calls else None),
                 "tokens_in": result.tokens_in, "tokens_out": result.tokens_out,
                 "model": model, "llm_request_id": outcome.request_id,

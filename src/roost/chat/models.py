@@ -46,6 +46,9 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 SESSION_STATUSES = ("active", "archived", "expired")
 COMPLEXITY_LEVELS = ("low", "medium", "high")
 RESOLUTION_STATUSES = ("completed", "partial", "unresolved", "abandoned")
+# ``chat_messages.tool_call_id``: a tool call id as providers hand them out (and as an
+# answer's ``tool_calls`` keep them), so a tool message can answer it (migration 1300).
+TOOL_CALL_ID_CHARS = 1024
 
 
 def _owner() -> Any:
@@ -106,7 +109,7 @@ class ChatMessage(UUIDPrimaryKey, CreatedAt, Base):
     # Fernet token of the JSON list of tool calls an assistant turn requested.
     tool_calls: Mapped[bytes | None] = mapped_column(LargeBinary)
     tool_call_name: Mapped[str | None] = mapped_column(String(256))
-    tool_call_id: Mapped[str | None] = mapped_column(String(128))
+    tool_call_id: Mapped[str | None] = mapped_column(String(TOOL_CALL_ID_CHARS))
     tokens_in: Mapped[int | None] = mapped_column(Integer)
     tokens_out: Mapped[int | None] = mapped_column(Integer)
     model: Mapped[str | None] = mapped_column(String(255))

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from roost.inputs import StrictInput
+from roost.chat.models import TOOL_CALL_ID_CHARS
+from roost.inputs import StrictInput, no_nul
 from roost.llm.schemas import EnsembleSpec, UsageOut
 from roost.llm.types import ToolCall
 
 MessageRole = Literal["system", "developer", "user", "assistant", "tool"]
 SessionStatus = Literal["active", "archived", "expired"]
+# A message's plain-text fields are stored (or sent on) as text, which holds no NUL: a 422
+# naming the field.  Its content and tool calls are encrypted, so the body does not refuse
+# NUL everywhere (``refuse_nul``); content has its own check (roost.chat.messages).
+PlainText = Annotated[str, BeforeValidator(no_nul)]
 
 
 class SessionCreate(StrictInput):
     model_config = ConfigDict(extra="forbid")
+    refuse_nul = True  # stored as text, which holds no NUL: a 422 naming the field
 
     title: str | None = Field(default=None, max_length=256)
     model: str | None = Field(default=None, max_length=128, description="Model to chat with")
@@ -35,6 +41,7 @@ class SessionCreate(StrictInput):
 
 class SessionUpdate(StrictInput):
     model_config = ConfigDict(extra="forbid")
+    refuse_nul = True  # stored as text, which holds no NUL: a 422 naming the field
 
     title: str | None = Field(default=None, max_length=256)
     model: str | None = Field(default=None, max_length=128)
@@ -85,19 +92,19 @@ class MessageCreate(StrictInput):
         default=True, description="Ask the model for the assistant's answer (role 'user' only)"
     )
     stream: bool = Field(default=False, description="Answer as server-sent events")
-    model: str | None = Field(default=None, max_length=255, description="Default: the session's")
+    model: PlainText | None = Field(default=None, max_length=255, description="Default: the session's")
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    stop: list[str] | None = Field(default=None, max_length=4)
+    stop: list[PlainText] | None = Field(default=None, max_length=4)
     ensemble: EnsembleSpec | None = None
-    tool_call_name: str | None = Field(default=None, max_length=256)
-    tool_call_id: str | None = Field(default=None, max_length=128)
+    tool_call_name: PlainText | None = Field(default=None, max_length=256)
+    tool_call_id: PlainText | None = Field(default=None, max_length=TOOL_CALL_ID_CHARS)
     tool_calls: list[ToolCall] | None = Field(default=None, max_length=128)
-    conversation_domain: str | None = Field(default=None, max_length=64)
+    conversation_domain: PlainText | None = Field(default=None, max_length=64)
     plan_step: int | None = Field(default=None, ge=0, le=2_147_483_647)
     confidence_score: float | None = Field(default=None, ge=0, le=1)
-    embedding_model_used: str | None = Field(default=None, max_length=128)
+    embedding_model_used: PlainText | None = Field(default=None, max_length=128)
     context: list[ContextPassage] | None = Field(
         default=None, max_length=12,
         description="Excerpts for this answer only (retrieval-augmented chat): given to the "
@@ -202,6 +209,7 @@ class SummaryOut(BaseModel):
 
 class SummaryUpdate(StrictInput):
     model_config = ConfigDict(extra="forbid")
+    refuse_nul = True  # stored as text and jsonb, which hold no NUL: a 422 naming the field
 
     session_rating: float | None = Field(default=None, ge=0, le=5)
     resolution_status: Literal["completed", "partial", "unresolved", "abandoned"] | None = None
