@@ -6,6 +6,7 @@ and another tenant."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -14,15 +15,27 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from roost.app import create_app
+from roost.config import Settings
 from roost.db.engine import Database
+from roost.keyfiles import KeyMaterial
 from roost.tasks.worker import Worker
 from roost.workflows import execution
 from roost.workflows import jobs as _workflow_jobs  # noqa: F401 - workflows.node, for the worker
 from roost.workflows import runs as wf_runs
-from tests.agents.conftest import make_agent, other_user, test_settings, user, worker
+from tests.agents.conftest import (
+    make_agent,
+    other_user,
+    running_worker,
+    test_settings,
+    user,
+    worker,
+)
 from tests.chat.conftest import add_provider
+from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Fail, Reply
+from tests.support.server import in_process
 from tests.support.sql import fetch, run_and_usage, scalar
 from tests.workflows.graphs import edge, node, template_loop
 
@@ -676,12 +689,15 @@ def agent_graph(agent_slug: str) -> tuple[list[Any], list[Any]]:
     return nodes, [edge("1", "s", "a"), edge("2", "a", "e")]
 
 
+@pytest.mark.parametrize("cancel_at", [RUNS, "/api/v1/runs"])
 async def test_cancelling_a_workflow_run_cancels_its_agent_nodes_agent_run(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
-    user: tuple[uuid.UUID, Headers], worker: Worker,
+    user: tuple[uuid.UUID, Headers], worker: Worker, cancel_at: str,
 ) -> None:
     """The agent run an agent node started is cancelled with the workflow run (it went on
-    calling the model, and the node's job kept its worker slot polling it)."""
+    calling the model, and the node's job kept its worker slot polling it), whether the
+    workflow's cancel or the generic runs API's cancels it (docs/workflows.md: a workflow
+    run is a row of `runs`, "cancel works for it too")."""
     user_id, headers = user
     await add_provider(client, admin_headers, stub)
     agent = await make_agent(database, user_id)
@@ -695,7 +711,7 @@ async def test_cancelling_a_workflow_run_cancels_its_agent_nodes_agent_run(
                                        "user_id = :u", u=user_id)
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.1)
-    cancelled = await client.post(f"{RUNS}/{run['id']}/cancel", headers=headers)
+    cancelled = await client.post(f"{cancel_at}/{run['id']}/cancel", headers=headers)
     assert cancelled.status_code == 200, cancelled.text
     # In the cancel's own transaction, not later.
     assert await scalar(database, "SELECT status FROM runs WHERE id = :i", i=child) == \
@@ -844,6 +860,60 @@ async def test_events_stream_each_node_then_the_end(
     assert [f.split("\n")[1] for f in frames] == ["event: step"] * 6 + ["event: end"]
     assert '"node_id": "t"' in frames[2] and '"phase": "started"' in frames[2]
     assert '"output": "hi"' in frames[-1]
+
+
+def _ids_and_steps(body: str) -> list[tuple[str, str, Any, Any]]:
+    """(id, event, node, phase) of each frame with an id."""
+    found = []
+    for frame in body.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in frame.split("\n") if ": " in line)
+        if "id" in fields:
+            data = json.loads(fields["data"])
+            found.append((fields["id"], fields["event"], data.get("node_id"), data.get("phase")))
+    return found
+
+
+async def test_events_of_parallel_branches_finish_every_step_and_resume(
+    test_settings: Settings, database: Database, test_keys: KeyMaterial, stub: StubServer,
+    admin_headers: Headers,
+) -> None:
+    """Two parallel branches, a slow one (an llm node) and a quick one (a template) numbered
+    after it: the events stream sends each node's `finished` frame, the slow one's after
+    the quick one's (once a single cursor passed the slow step's number, it never came);
+    reconnecting with the id of the quick one's finish gets exactly the events after it,
+    the slow one's finish included (docs/agents.md, "Events")."""
+    app = create_app(test_settings, database=database, keys=test_keys, configure_logs=False)
+    _user_id, headers = await make_user(database)
+    nodes = [node("start", "start"), node("fan", "parallel"),
+             node("slow", "llm", prompt="take your time"),
+             node("quick", "template", template="fast"),
+             node("both", "join"), node("done", "end", output="{{ quick.output }}")]
+    edges = [edge("a", "start", "fan"), edge("b", "fan", "slow"), edge("c", "fan", "quick"),
+             edge("d", "slow", "both"), edge("e", "quick", "both"), edge("f", "both", "done")]
+    async with in_process(app) as base, httpx.AsyncClient(base_url=base, timeout=60) as http, \
+            running_worker(app, database, test_settings):
+        await add_provider(http, admin_headers, stub)
+        workflow_id = await publish(http, headers, nodes, edges, name="Par")
+        stub.script(Reply("slowly", delay_ms=3000))
+        run_id = (await start(http, headers, workflow_id))["id"]
+        async with http.stream("GET", f"/api/v1/runs/{run_id}/events",
+                               headers=headers) as response:
+            assert response.status_code == 200
+            text_ = (await asyncio.wait_for(response.aread(), 60)).decode()
+        steps = (await http.get(f"/api/v1/runs/{run_id}/steps", headers=headers)).json()
+        frames = _ids_and_steps(text_)
+        quick_done = next(i for i, f in enumerate(frames) if f[2:] == ("quick", "finished"))
+        resumed = await http.get(f"/api/v1/runs/{run_id}/events", headers={
+            **headers, "Last-Event-ID": frames[quick_done][0]})
+    assert frames[-1][:2] == ("end", "end")
+    assert len({f[0] for f in frames}) == len(frames), frames  # each id names one position
+    finished = sorted(f[2] for f in frames if f[3] == "finished")
+    assert finished == sorted(s["node_id"] for s in steps), (frames, steps)
+    assert frames[quick_done][0].count(".") == 2, frames  # it names the slow step, open
+    assert frames.index((frames[quick_done][0], "step", "quick", "finished")) < \
+        next(i for i, f in enumerate(frames) if f[2:] == ("slow", "finished"))
+    after = sorted(f[1:] for f in frames[quick_done + 1:])
+    assert sorted(f[1:] for f in _ids_and_steps(resumed.text)) == after, resumed.text
 
 
 async def test_a_node_whose_job_died_for_good_fails_the_run_until_resumed(

@@ -3,7 +3,8 @@ woken by the ``pg_notify`` every run change sends on commit (``roost.agents.runs
 
 A subscriber is woken, then reads what changed from the tables, so nothing rides in a
 notification but the run's id: events are the committed steps and the run's end, each
-with an id (``<step>.0`` started, ``<step>.1`` finished, ``end``), and a client that
+with an id naming where the stream stands (``<step>.0`` started, ``<step>.1`` finished,
+then ``.<steps>`` still open below it, :class:`Cursor`; ``end``), and a client that
 reconnects with ``Last-Event-ID`` gets exactly the events after it.  Without a LISTEN
 connection (it dropped, or PgBouncer in transaction mode cannot hold one) subscribers
 look again every ``FALLBACK_POLL_S``; with one, only on a notification (and every
@@ -17,6 +18,7 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
@@ -140,44 +142,107 @@ class RunListener:
 
 
 _END_STEP: Final = 1 << 30  # after any step a run can have (the column is an integer)
+# The most open steps an event id names (a run has far fewer at once: a workflow's
+# parallel branches); an id naming more is unreadable.
+_MAX_OPEN: Final = 100_000
 
 
-def parse_last_event_id(value: str | None) -> tuple[int, int]:
-    """``Last-Event-ID`` as (step, phase); anything unreadable starts from the beginning,
-    a step past any a run can have reads as ``end`` (a number beyond the column's range
-    broke the stream once it had started)."""
+@dataclass(frozen=True)
+class Cursor:
+    """Where a stream stands: the highest step announced (``step``), whether its finish
+    was sent (``phase`` 1), and the lower steps announced started whose finish was not
+    (``open``: a workflow's parallel branches finish in any order)."""
+
+    step: int = 0
+    phase: int = 1
+    open: frozenset[int] = frozenset()
+
+    def first_unsent(self) -> int:
+        """The lowest step that may still have a frame to send."""
+        return min(self.open, default=self.step if self.phase == 0 else self.step + 1)
+
+    def is_running(self, step: int) -> bool:
+        """Announced started, its finish not sent."""
+        return step in self.open or (step, 0) == (self.step, self.phase)
+
+    def event_id(self) -> str:
+        """``<step>.<phase>``, then ``.<open steps>`` when some are (``3-5,7``)."""
+        if not self.open:
+            return f"{self.step}.{self.phase}"
+        numbers, ranges = sorted(self.open), []
+        first = last = numbers[0]
+        for number in numbers[1:]:
+            if number != last + 1:
+                ranges.append(f"{first}-{last}" if last > first else str(first))
+                first = number
+            last = number
+        ranges.append(f"{first}-{last}" if last > first else str(first))
+        return f"{self.step}.{self.phase}.{','.join(ranges)}"
+
+
+def parse_last_event_id(value: str | None) -> Cursor:
+    """``Last-Event-ID`` as a :class:`Cursor`; anything unreadable starts from the
+    beginning, a step past any a run can have reads as ``end`` (a number beyond the
+    column's range broke the stream once it had started)."""
     if not value:
-        return (0, 1)
+        return Cursor()
     if value.strip() == "end":
-        return (_END_STEP, 1)
-    step, _, phase = value.strip().partition(".")
+        return Cursor(_END_STEP, 1)
+    step, _, rest = value.strip().partition(".")
+    phase, _, listed = rest.partition(".")
     try:
         number = int(step)
     except ValueError:
-        return (0, 1)
+        return Cursor()
     if number >= _END_STEP:
-        return (_END_STEP, 1)
-    return (max(number, 0), 1 if phase == "1" else 0)
+        return Cursor(_END_STEP, 1)
+    if number <= 0:
+        return Cursor()
+    cursor = Cursor(number, 1 if phase == "1" else 0)
+    if not listed:
+        return cursor
+    open_steps = _open_steps(listed, below=cursor.step)
+    return Cursor() if open_steps is None else Cursor(cursor.step, cursor.phase, open_steps)
+
+
+def _open_steps(listed: str, *, below: int) -> frozenset[int] | None:
+    """``3-5,7`` as its steps; None when unreadable (or naming steps not below ``below``)."""
+    found: set[int] = set()
+    for part in listed.split(","):
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            return None
+        first, last = int(low), int(high) if dash else int(low)
+        if not 1 <= first <= last < below or len(found) + last - first >= _MAX_OPEN:
+            return None
+        found.update(range(first, last + 1))
+    return frozenset(found)
 
 
 def _frame(event_id: str, kind: str, data: dict[str, Any]) -> str:
     return f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
-def step_frames(steps: list[RunStep], after: tuple[int, int]) -> tuple[list[str], tuple[int, int]]:
-    """The frames of ``steps`` after the cursor, and the new cursor."""
+def step_frames(steps: list[RunStep], after: Cursor) -> tuple[list[str], Cursor]:
+    """The frames of ``steps`` (in number order, from ``after.first_unsent()``) not sent
+    yet, and the new cursor.  A step's finish is sent when it closes, even after a higher
+    step's frames (parallel branches)."""
     frames: list[str] = []
     cursor = after
     for step in steps:
+        number, closed = step.step_number, step.status not in OPEN_STEP_STATUSES
         out = RunStepOut.model_validate(step).model_dump(mode="json")
-        if (step.step_number, 0) > cursor:
-            frames.append(_frame(f"{step.step_number}.0", "step",
-                                 {**out, "phase": "started"}))
-            cursor = (step.step_number, 0)
-        if step.status not in OPEN_STEP_STATUSES and (step.step_number, 1) > cursor:
-            frames.append(_frame(f"{step.step_number}.1", "step",
-                                 {**out, "phase": "finished"}))
-            cursor = (step.step_number, 1)
+        if number > cursor.step:
+            below = cursor.open | ({cursor.step} if cursor.phase == 0 else set())
+            cursor = Cursor(number, 0, frozenset(below))
+            frames.append(_frame(cursor.event_id(), "step", {**out, "phase": "started"}))
+        if closed and (number, 0) == (cursor.step, cursor.phase):
+            cursor = Cursor(number, 1, cursor.open)
+        elif closed and number in cursor.open:
+            cursor = Cursor(cursor.step, cursor.phase, cursor.open - {number})
+        else:
+            continue
+        frames.append(_frame(cursor.event_id(), "step", {**out, "phase": "finished"}))
     return frames, cursor
 
 

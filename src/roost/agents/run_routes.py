@@ -118,7 +118,7 @@ async def learn_from_run(run_id: uuid.UUID, principal: CurrentPrincipal, db: DbS
             summary="The run's steps as server-sent events, then its end")
 async def run_events(
     run_id: uuid.UUID, request: Request, principal: CallerPrincipal, slot: StreamSlots,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=4096)] = None,
 ) -> StreamingResponse:
     await slot.acquire()  # a concurrent-stream slot (roost.identity.ratelimits), else 429
     database = get_database(request)
@@ -146,7 +146,7 @@ async def run_events(
                             return
                         run = await runs.get_run(session, principal, run_id)
                         steps = await runs.list_steps(session, principal, run_id,
-                                                      after=max(cursor[0] - 1, 0))
+                                                      after=cursor.first_unsent() - 1)
                 except NotFound as exc:  # deleted since (with its user), or hidden now
                     yield events.gone_frame(exc.detail)
                     return
@@ -159,7 +159,7 @@ async def run_events(
                     return
                 woken = await subscription.wait()
                 for step, text in subscription.take_deltas():
-                    if (step, 0) == cursor:  # the step that is running, announced
+                    if cursor.is_running(step):  # announced, not finished
                         yield events.delta_frame(step, text)
                 if not woken:
                     yield events.keepalive()

@@ -219,12 +219,35 @@ async def list_steps(
         .order_by(RunStep.step_number))).all())
 
 
+def child_trace_prefix(run: Run) -> str:
+    """What the trace id of every agent run a workflow run starts begins with."""
+    return f"{run.trace_id}/"
+
+
 async def cancel_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID) -> Run:
     """Close the run, its open steps and their tool runs in one transaction.  The worker
     executing it sees the run cancelled and stops (within a second).  Only the run's user
     (or an administrator) cancels it: others who see it (the persona's members) get 403.
-    A run that finished meanwhile is not turned into a cancelled one (409)."""
+    A run that finished meanwhile is not turned into a cancelled one (409).  A workflow's
+    run takes with it, in the same transaction, the unfinished agent runs its agent nodes
+    started (they would otherwise go on calling the model)."""
     run = await get_run(session, actor, run_id)
+    cancelled = await _cancel_one(session, actor, run)
+    if run.kind == "workflow":
+        children = (await session.scalars(select(Run.id).where(
+            Run.user_id == run.user_id, Run.kind == "agent", Run.source == "workflow",
+            Run.status.not_in(TERMINAL_RUN_STATUSES),
+            Run.trace_id.startswith(child_trace_prefix(run), autoescape=True)))).all()
+        for child_id in children:
+            try:
+                await _cancel_one(session, actor, await get_run(session, actor, child_id))
+            except RunFinished:  # finished since it was read: nothing to stop
+                pass
+    return cancelled
+
+
+async def _cancel_one(session: AsyncSession, actor: Principal, run: Run) -> Run:
+    run_id = run.id
     if not actor.is_admin and run.user_id != actor.user_id:
         raise Forbidden("only the user who started this run may cancel it")
     if run.status in TERMINAL_RUN_STATUSES:

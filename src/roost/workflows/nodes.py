@@ -25,7 +25,7 @@ from sqlalchemy.orm import aliased
 from roost.agents import catalog
 from roost.agents.models import TERMINAL_RUN_STATUSES, Run, RunStep
 from roost.agents.runner import RunEnv
-from roost.agents.runs import RunFinished, cancel_run, create_run
+from roost.agents.runs import RunFinished, cancel_run, child_trace_prefix, create_run
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate
 from roost.errors import RoostError
 from roost.identity.tenancy import apply_principal
@@ -195,11 +195,6 @@ def agent_run_key(step_id: uuid.UUID, task_id: uuid.UUID | None) -> str:
     return f"workflow-step:{step_id}:{task_id}"
 
 
-def agent_trace_prefix(run: Run) -> str:
-    """What the trace id of every agent run a workflow run starts begins with."""
-    return f"{run.trace_id}/"
-
-
 async def _cancel_child(env: RunEnv, principal: Principal, child_id: uuid.UUID) -> None:
     try:
         async with scoped(env, principal) as session:
@@ -226,7 +221,7 @@ async def run_agent(env: RunEnv, principal: Principal, run: Run, node: Node,
                 RunCreate(input=text, idempotency_key=agent_run_key(step_id, task_id)),
                 # unique like the key: each job's agent run is a run of its own; the node's
                 # id (up to 255 characters) cut so that the whole fits runs.trace_id's 255
-                trace_id=f"{agent_trace_prefix(run)}{node.id[:64]}/{step_id}/{task_id}",
+                trace_id=f"{child_trace_prefix(run)}{node.id[:64]}/{step_id}/{task_id}",
                 source="workflow")
     except RoostError as exc:
         raise _refusal(node, exc) from None

@@ -13,8 +13,8 @@ from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.agents.models import TERMINAL_RUN_STATUSES, Run, RunStep
-from roost.agents.runs import RunFinished, cancel_run, notify
+from roost.agents.models import Run, RunStep
+from roost.agents.runs import cancel_run, notify
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.errors import Conflict, NotFound, Unprocessable
@@ -22,7 +22,7 @@ from roost.identity.models import User
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.tasks.service import enqueue
-from roost.workflows import execution, graph, nodes, service
+from roost.workflows import execution, graph, service
 from roost.workflows.execution import NODE_TASK, Progress, plan_of, run_inputs
 from roost.workflows.models import WorkflowRun
 from roost.workflows.schemas import (
@@ -283,19 +283,10 @@ async def timeout_approval(session: AsyncSession, run_id: uuid.UUID, step_id: uu
 
 async def cancel(session: AsyncSession, actor: Principal, run_id: uuid.UUID) -> Run:
     """Cancel the run and, in the same transaction, the agent runs its agent nodes started
-    that are not finished (they would otherwise go on calling the model)."""
-    run, _wrun = await _get(session, run_id)
-    cancelled = await cancel_run(session, actor, run_id)
-    children = (await session.scalars(select(Run.id).where(
-        Run.user_id == run.user_id, Run.kind == "agent", Run.source == "workflow",
-        Run.status.not_in(TERMINAL_RUN_STATUSES),
-        Run.trace_id.startswith(nodes.agent_trace_prefix(run), autoescape=True)))).all()
-    for child_id in children:
-        try:
-            await cancel_run(session, actor, child_id)
-        except RunFinished:  # finished since it was read: nothing to stop
-            pass
-    return cancelled
+    that are not finished (:func:`roost.agents.runs.cancel_run`, as
+    ``POST /api/v1/runs/{id}/cancel`` does)."""
+    await _get(session, run_id)  # a workflow's run, else 404
+    return await cancel_run(session, actor, run_id)
 
 
 async def sweep(session: AsyncSession) -> list[uuid.UUID]:
