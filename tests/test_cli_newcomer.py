@@ -708,6 +708,35 @@ def test_serve_on_a_port_in_use_is_one_line(refused_env: dict[str, str]) -> None
                          "in use", code=1)
 
 
+@pytest.mark.parametrize("args", [(), ("--workers", "2")], ids=["one-process", "workers"])
+def test_serve_on_an_smtp_address_in_use_is_one_line(
+    args: tuple[str, ...], refused_env: dict[str, str],
+) -> None:
+    """ROOST_SMTP_LISTEN on a taken port is refused as the HTTP port is: before any work
+    (the database is unreachable here), one line, exit 1.  It stopped only once uvicorn
+    ran the app's start-up, after the database was migrated: two tracebacks, exit 3."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        out = run_roost("serve", "--port", str(free_port()), *args, timeout=60, fresh=True,
+                        env={**refused_env, "ROOST_SMTP_LISTEN": f"127.0.0.1:{port}"})
+    assert_clean_failure(out, mentions=f"cannot listen on SMTP 127.0.0.1:{port}: address "
+                         "already in use", code=1)
+
+
+def test_serve_refuses_a_malformed_relay_url_before_any_work(
+    refused_env: dict[str, str],
+) -> None:
+    """An invalid configuration like any other bad setting (exit 2, the URL and its
+    password unsaid), not a traceback from the app's start-up after the migrations."""
+    value = "smtp://mailer:s3cretpw@[bad"
+    out = run_roost("serve", "--port", str(free_port()), timeout=60,
+                    env={**refused_env, "ROOST_SMTP_RELAY_URL": value})
+    assert_clean_failure(out, mentions="invalid configuration: ROOST_SMTP_RELAY_URL: ", code=2)
+    assert "s3cretpw" not in out.stderr and "[bad" not in out.stderr, out.stderr
+
+
 # --- files an option names -------------------------------------------------------------------
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from roost.agents.mail import parse_listen
-from roost.config import Settings, default_data_dir
+from roost.config import Settings, default_data_dir, parse_listen
 from roost.keyfiles import KeyConfigError, load_keys
 
 
@@ -71,6 +70,27 @@ def test_an_smtp_listen_port_out_of_range_is_refused(listen: str) -> None:
     with pytest.raises(ValueError, match="ROOST_SMTP_LISTEN: port 99999"):
         parse_listen("127.0.0.1:99999")
     assert Settings(smtp_listen="[::1]:65535").smtp_listen == "[::1]:65535"
+
+
+@pytest.mark.parametrize("url", ["smtp://[bad", "http://relay.example.org", "smtp://h:99999",
+                                 "smtp://u:s3cretpw@"])
+def test_a_malformed_smtp_relay_url_is_a_validation_error(url: str) -> None:
+    """Refused with the settings (`invalid configuration` at start), the value unsaid: it
+    stopped `roost serve` only inside the app's start-up."""
+    with pytest.raises(ValidationError, match=r"smtp_relay_url\n.*the SMTP relay URL must") as e:
+        Settings(smtp_relay_url=url)
+    assert "s3cretpw" not in str(e.value) and url not in str(e.value)
+    relay = Settings(smtp_relay_url="smtps://u:p@relay.example.org").smtp_relay_url
+    assert relay is not None and relay.get_secret_value() == "smtps://u:p@relay.example.org"
+    assert Settings(smtp_relay_url="").smtp_relay_url is not None  # empty: sending is off
+
+
+def test_an_empty_or_bracketed_host_is_the_address() -> None:
+    """ROOST_HOST= is the default, as ROOST_DATA_DIR= is; [::1] is written as
+    ROOST_SMTP_LISTEN writes an IPv6 address."""
+    assert Settings(host="").host == Settings(host="  ").host == "127.0.0.1"
+    assert Settings(host="[::1]").host == "::1"
+    assert Settings(host="0.0.0.0").host == "0.0.0.0"  # noqa: S104
 
 
 def test_an_unknown_llm_fallback_kind_is_a_validation_error() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -200,7 +201,12 @@ def serve(
     from roost.app import create_app
     from roost.keyfiles import load_keys
     from roost.logging import configure_logging
-    from roost.serving import HeadLimitedHttpTools, connection_limit, listening_socket
+    from roost.serving import (
+        HeadLimitedHttpTools,
+        connection_limit,
+        listening_socket,
+        smtp_socket,
+    )
     from roost.tasks.cli import worker_config
     from roost.tasks.worker import Worker
 
@@ -223,12 +229,14 @@ def serve(
     # A key it cannot use, a port in use: said before the database is started or migrated.
     keys = load_keys(settings)
     sock = listening_socket(bind_host, bind_port)
+    smtp = smtp_socket(settings)  # handed to the mail listener (agents.mail_startup)
 
     async def run() -> None:
         db = await open_database(settings, create_schema=False)
         try:
             await prepare_schema(db, migrate=migrate)
             application = create_app(settings, database=db, keys=keys, configure_logs=False)
+            application.state.smtp_socket = smtp
             config = uvicorn.Config(
                 application, host=bind_host, port=bind_port,
                 log_config=None, proxy_headers=settings.forwarded_allow_ips is not None,
@@ -257,7 +265,8 @@ def serve(
             await db.dispose()
 
     # Server.serve() runs on the caller's loop (only uvicorn.run() picks uvloop itself).
-    with sock, asyncio.Runner(loop_factory=_server_loop_factory()) as runner:
+    with sock, smtp or contextlib.nullcontext(), \
+            asyncio.Runner(loop_factory=_server_loop_factory()) as runner:
         runner.run(run())
 
 

@@ -6,13 +6,15 @@ when not given by the environment, generated once into ``ROOST_DATA_DIR`` (0600)
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import platformdirs
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
@@ -48,9 +50,58 @@ def default_node_id() -> str:
     return (socket.gethostname() or "roost")[:255]
 
 
+# The personas' mail settings (docs/agents-mail.md): parsed here, where the settings are
+# checked, so that a value `roost serve` cannot use is refused before it starts anything.
+@dataclass(frozen=True)
+class Relay:
+    """Where outbound mail goes: ``smtps`` is TLS from the start; ``smtp`` upgrades with
+    STARTTLS when the relay offers it (and must, to carry credentials off loopback)."""
+
+    scheme: str
+    host: str
+    port: int
+    username: str | None
+    password: str | None = field(repr=False)  # never in a log line or traceback
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_relay_url(url: str) -> Relay:
+    """``smtp://[user:pass@]host[:port]`` (port 587) or ``smtps://...`` (465)."""
+    shape = "the SMTP relay URL must be smtp://[user:pass@]host[:port] or smtps://…"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # out of range or not a number: ValueError
+    except ValueError as exc:  # an unclosed [ of an IPv6 host too
+        raise ValueError(f"{shape} ({exc})") from None
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ValueError(shape)
+    default = 465 if parts.scheme == "smtps" else 587
+    return Relay(scheme=parts.scheme, host=parts.hostname, port=port or default,
+                 username=unquote(parts.username) if parts.username else None,
+                 password=unquote(parts.password) if parts.password else None)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:2525`` for IPv6) of the SMTP listener."""
+    host, _, port = value.rpartition(":")
+    number = int(port)
+    if not 0 <= number <= 65535:  # (0, a port the system picks, is how tests listen)
+        raise ValueError(f"ROOST_SMTP_LISTEN: port {number} is not 0-65535")
+    return host.strip("[]"), number
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="ROOST_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="ROOST_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        hide_input_in_errors=True,  # a refused value may be a secret (a relay URL's password)
     )
 
     # --- database -------------------------------------------------------------------
@@ -537,6 +588,28 @@ class Settings(BaseSettings):
         # The pattern allows 5 digits: 99999 would listen on 99999 % 65536.
         if value and not 1 <= int(value.rpartition(":")[2]) <= 65535:
             raise ValueError("the port must be 1-65535")
+        return value
+
+    @field_validator("smtp_relay_url")
+    @classmethod
+    def _smtp_relay_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # Malformed, it stopped `roost serve` only inside the app's start-up (tracebacks,
+        # exit 3, after the database was migrated).  The message never holds the URL.
+        if value is not None and value.get_secret_value():
+            parse_relay_url(value.get_secret_value())
+        return value
+
+    @field_validator("host", mode="before")
+    @classmethod
+    def _bind_host(cls, value: object) -> object:
+        # ROOST_HOST= (empty) is unset, as ROOST_DATA_DIR= is; [::1] as ROOST_SMTP_LISTEN
+        # writes an IPv6 address is the address.
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return "127.0.0.1"
+            if value.startswith("[") and value.endswith("]"):
+                return value[1:-1]
         return value
 
     @field_validator("log_level", mode="before")

@@ -43,7 +43,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from roost.app import create_app
 from roost.clitools import fail, prepare_schema
-from roost.config import Settings, get_settings
+from roost.config import Settings, get_settings, parse_listen
 from roost.process import freeze_startup_heap
 
 log = structlog.get_logger(__name__)
@@ -333,11 +333,12 @@ def connection_limit(settings: Settings) -> int:
     return limit
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The socket ``roost serve`` listens on, bound before the app starts.  An address in
-    use, or a host that does not resolve, is one line, exit 1 (uvicorn would log it and
-    exit 3 from inside its serving task: asyncio's "Task exception was never retrieved"
-    traceback after it)."""
+def listening_socket(host: str, port: int, *, what: str = "",
+                     reuse_port: bool = False) -> socket.socket:
+    """The socket ``roost serve`` listens on, bound before the app starts (``what``:
+    "SMTP " for the mail listener's).  An address in use, or a host that does not
+    resolve, is one line, exit 1 (uvicorn would log it and exit 3 from inside its serving
+    task: asyncio's "Task exception was never retrieved" traceback after it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
     try:
         address = socket.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM,
@@ -345,15 +346,28 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
         except OSError:
             sock.close()
             raise
     except OSError as exc:  # socket.gaierror too
-        raise fail(f"cannot listen on {host}:{port}",
+        raise fail(f"cannot listen on {what}{host}:{port}",
                    (exc.strerror or str(exc)).lower()) from None
     sock.set_inheritable(True)  # the children of --workers accept on it
     return sock
+
+
+def smtp_socket(settings: Settings, *, reuse_port: bool = False) -> socket.socket | None:
+    """The SMTP listener's socket (ROOST_SMTP_LISTEN), bound as the HTTP one is, before
+    the database is opened; None when there is no listener.  Under ``--workers N`` the
+    supervisor holds it (``reuse_port``) while each child binds its own with the same
+    option (``agents.mail_startup``): the address is checked once, up front."""
+    if not settings.smtp_listen:
+        return None
+    host, port = parse_listen(settings.smtp_listen)
+    return listening_socket(host, port, what="SMTP ", reuse_port=reuse_port)
 
 
 def _forget_metrics(pid: int | None) -> None:
@@ -410,6 +424,7 @@ def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
     from roost.keyfiles import load_keys
 
     load_keys(settings)  # generated once here, never by N children at the same moment
+    smtp = smtp_socket(settings, reuse_port=True)  # an SMTP address in use: said before any work
 
     async def prepare() -> None:
         # Attaches the supervisor to the embedded server (when there is one) for its
@@ -420,29 +435,31 @@ def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
         finally:
             await db.dispose()
 
-    asyncio.run(prepare())
-    freeze_startup_heap()  # the supervisor too: it exits after its children, quickly
-    # The children read their settings from the environment (spawned, not forked).
-    os.environ["ROOST_SERVE_WORKER"] = "true" if with_worker else "false"
-    metrics_dir = tempfile.mkdtemp(prefix="roost-metrics-")
-    os.environ[METRICS_DIR_ENV] = metrics_dir
-    try:
-        config = uvicorn.Config(
-            APP_FACTORY, factory=True, host=host, port=port, workers=processes,
-            log_config=None, proxy_headers=settings.forwarded_allow_ips is not None,
-            forwarded_allow_ips=settings.forwarded_allow_ips, lifespan="on",
-            timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT_S,
-            timeout_graceful_shutdown=settings.serve_shutdown_grace_s,
-            http=HeadLimitedHttpTools, limit_concurrency=connection_limit(settings),
-        )
-        sock = listening_socket(host, port)
-        announce()
-        log.info("serve.processes_starting", processes=processes, host=host, port=port,
-                 queue_workers=processes if with_worker else 0)
+    # The supervisor holds the SMTP address until its children have left.
+    with smtp or contextlib.nullcontext():
+        asyncio.run(prepare())
+        freeze_startup_heap()  # the supervisor too: it exits after its children, quickly
+        # The children read their settings from the environment (spawned, not forked).
+        os.environ["ROOST_SERVE_WORKER"] = "true" if with_worker else "false"
+        metrics_dir = tempfile.mkdtemp(prefix="roost-metrics-")
+        os.environ[METRICS_DIR_ENV] = metrics_dir
         try:
-            Supervisor(config, sockets=[sock]).run()
+            config = uvicorn.Config(
+                APP_FACTORY, factory=True, host=host, port=port, workers=processes,
+                log_config=None, proxy_headers=settings.forwarded_allow_ips is not None,
+                forwarded_allow_ips=settings.forwarded_allow_ips, lifespan="on",
+                timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT_S,
+                timeout_graceful_shutdown=settings.serve_shutdown_grace_s,
+                http=HeadLimitedHttpTools, limit_concurrency=connection_limit(settings),
+            )
+            sock = listening_socket(host, port)
+            announce()
+            log.info("serve.processes_starting", processes=processes, host=host, port=port,
+                     queue_workers=processes if with_worker else 0)
+            try:
+                Supervisor(config, sockets=[sock]).run()
+            finally:
+                sock.close()
         finally:
-            sock.close()
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        os.environ.pop(METRICS_DIR_ENV, None)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            os.environ.pop(METRICS_DIR_ENV, None)

@@ -5,6 +5,7 @@ mail, sending through a local relay (aiosmtpd), and another tenant seeing nothin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import smtplib
@@ -29,9 +30,10 @@ from roost.agents import jobs as agent_jobs
 from roost.agents.mail_schemas import EmailSend
 from roost.agents.mailserver import MailServer
 from roost.agents.models import Attachment, Email, Persona, PersonaMember, Run
-from roost.config import Settings
+from roost.config import Settings, parse_listen, parse_relay_url
 from roost.db.engine import Database
 from roost.errors import Unprocessable
+from roost.keyfiles import KeyMaterial
 from roost.principal import Principal
 from roost.tasks.worker import Worker
 from roost.tools.models import Tool
@@ -40,6 +42,8 @@ from tests.chat.conftest import add_provider
 from tests.support.loopback import loopback_servers
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Reply, ToolCalls
+from tests.support.pg import PgTestServer
+from tests.support.server import free_port, roost_server, serve_env
 
 SENDER = "alice@example.org"
 
@@ -519,6 +523,27 @@ async def test_the_listener_runs_in_the_server_start_up(
                         [str(persona.email_address)])
 
 
+@pytest.mark.parametrize("args", [(), ("--workers", "2")], ids=["one-process", "workers"])
+async def test_roost_serve_receives_mail_on_the_address_it_bound_first(
+    args: tuple[str, ...], database: Database, pg_server: PgTestServer, db_name: str,
+    open_tmp: Path, test_keys: KeyMaterial, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """`roost serve` binds ROOST_SMTP_LISTEN before it opens the database (an address in
+    use is one line then, tests/test_cli_newcomer.py) and the listener serves on it; under
+    --workers the supervisor holds the address and every API process shares it."""
+    owner, _ = user
+    persona = await make_persona(database, owner, address())
+    port = free_port()
+    env = serve_env(pg_server, db_name, open_tmp / "data", test_keys,
+                    ROOST_SMTP_LISTEN=f"127.0.0.1:{port}")
+    with roost_server(env, args=args):
+        for n in range(3):  # (under --workers, likely more than one process answers)
+            await smtp_send(port, message(str(persona.email_address),
+                                          message_id=f"<served-{n}@example.org>"),
+                            [str(persona.email_address)])
+    assert len(await emails_of(database, persona.id)) == 3
+
+
 # --- outbound -----------------------------------------------------------------------------
 
 
@@ -659,8 +684,8 @@ async def test_a_relay_login_is_used_and_its_failure_reported(
     assert bad.status_code == 502 and "535" in bad.json()["detail"]
     assert "wrong" not in bad.text
     # Credentials never travel in clear to a relay off loopback without STARTTLS.
-    assert mail.parse_relay_url("smtp://u:p@relay.example.org").loopback is False
-    assert mail.parse_relay_url("smtps://relay.example.org").port == 465
+    assert parse_relay_url("smtp://u:p@relay.example.org").loopback is False
+    assert parse_relay_url("smtps://relay.example.org").port == 465
 
 
 async def test_only_owners_and_editors_send_and_only_members_read(
@@ -730,7 +755,7 @@ async def test_the_send_email_tool_sends_from_the_run_s_persona(
         await session.flush()
         run_id = run.id
     relay = await relay_factory()
-    cfg = dataclasses.replace(mail_cfg, relay=mail.parse_relay_url(
+    cfg = dataclasses.replace(mail_cfg, relay=parse_relay_url(
         f"smtp://127.0.0.1:{relay.port}"))
     actor = Principal(user_id=owner, is_admin=False, kind="job")
     tool = mail.builtin_tools(cfg)[mail.SEND_EMAIL_TOOL_ID]  # what the tool caller runs
@@ -779,14 +804,14 @@ async def test_run_artifacts_are_attachments_of_their_run(
 
 
 def test_relay_urls_and_listen_addresses_parse() -> None:
-    relay = mail.parse_relay_url("smtp://user%40x:p%3Ass@mail.example.org:2525")
+    relay = parse_relay_url("smtp://user%40x:p%3Ass@mail.example.org:2525")
     assert (relay.scheme, relay.host, relay.port) == ("smtp", "mail.example.org", 2525)
     assert (relay.username, relay.password) == ("user@x", "p:ss")
-    assert mail.parse_relay_url("smtp://127.0.0.1").port == 587
+    assert parse_relay_url("smtp://127.0.0.1").port == 587
     with pytest.raises(ValueError):
-        mail.parse_relay_url("http://mail.example.org")
-    assert mail.parse_listen("[::1]:2525") == ("::1", 2525)
-    assert mail.parse_listen("0.0.0.0:25") == ("0.0.0.0", 25)  # noqa: S104
+        parse_relay_url("http://mail.example.org")
+    assert parse_listen("[::1]:2525") == ("::1", 2525)
+    assert parse_listen("0.0.0.0:25") == ("0.0.0.0", 25)  # noqa: S104
 
 
 def test_sanitized_names_never_leave_their_directory(tmp_path: Path) -> None:
@@ -822,7 +847,7 @@ async def test_an_agent_run_sends_mail_with_the_send_email_tool(
     agent = await make_agent(database, owner, persona_id=persona.id,
                              tool_permissions=["send_email"])
     relay = await relay_factory()
-    cfg = dataclasses.replace(mail_cfg, relay=mail.parse_relay_url(
+    cfg = dataclasses.replace(mail_cfg, relay=parse_relay_url(
         f"smtp://127.0.0.1:{relay.port}"))
     assert agent_jobs.env_override is not None
     monkeypatch.setattr(agent_jobs, "env_override", dataclasses.replace(
@@ -846,6 +871,28 @@ async def _greeting(port: int) -> tuple[asyncio.StreamWriter, bytes]:
     return writer, await asyncio.wait_for(reader.readline(), 10)
 
 
+@contextlib.asynccontextmanager
+async def _capped_listener(
+    database: Database, cfg: mail.MailConfig, *, total: int, per_address: int,
+) -> AsyncIterator[tuple[MailServer, list[asyncio.StreamWriter]]]:
+    """A listener with these connection caps, and two connections it admitted (their
+    writers: a test may open more and add them, they are all closed at the end)."""
+    server = MailServer(database, dataclasses.replace(
+        cfg, max_connections=total, max_connections_per_address=per_address), "127.0.0.1", 0)
+    await server.start()
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(2):
+            writer, greeting = await _greeting(server.port)
+            writers.append(writer)
+            assert greeting.startswith(b"220 "), greeting
+        yield server, writers
+    finally:
+        for writer in writers:
+            writer.close()
+        await server.stop()
+
+
 async def test_connections_past_the_listener_s_caps_are_answered_421_and_closed(
     database: Database, mail_cfg: mail.MailConfig, user: tuple[uuid.UUID, Any],
 ) -> None:
@@ -854,48 +901,27 @@ async def test_connections_past_the_listener_s_caps_are_answered_421_and_closed(
     ROOST_SMTP_MAX_CONNECTIONS_PER_ADDRESS a connection gets 421 and is closed; once one
     closes, a new one is served, and mail still gets through."""
     owner, _ = user
-    cfg = dataclasses.replace(mail_cfg, max_connections=5, max_connections_per_address=2)
-    server = MailServer(database, cfg, "127.0.0.1", 0)
-    await server.start()
-    writers: list[asyncio.StreamWriter] = []
-    try:
-        for _ in range(2):
-            writer, greeting = await _greeting(server.port)
-            writers.append(writer)
-            assert greeting.startswith(b"220 "), greeting
+    async with _capped_listener(database, mail_cfg, total=5, per_address=2) as (server,
+                                                                               writers):
         refused, greeting = await _greeting(server.port)
+        writers.append(refused)
         assert greeting.startswith(b"421 4.7.0"), greeting
         refused.close()
-        writers.pop().close()
+        writers[0].close()
         await asyncio.sleep(0.2)  # the listener sees the close
         persona = await make_persona(database, owner, address())
         to = str(persona.email_address)
         assert await smtp_send(server.port, message(to), [to]) == {}
         assert len(await emails_of(database, persona.id)) == 1
-    finally:
-        for writer in writers:
-            writer.close()
-        await server.stop()
 
 
 async def test_the_listener_s_total_cap_holds_across_addresses(
     database: Database, mail_cfg: mail.MailConfig,
 ) -> None:
     """ROOST_SMTP_MAX_CONNECTIONS bounds the connections of every client together."""
-    cfg = dataclasses.replace(mail_cfg, max_connections=2, max_connections_per_address=10)
-    server = MailServer(database, cfg, "127.0.0.1", 0)
-    await server.start()
-    writers: list[asyncio.StreamWriter] = []
-    try:
-        for _ in range(2):
-            writer, greeting = await _greeting(server.port)
-            writers.append(writer)
-            assert greeting.startswith(b"220 "), greeting
+    async with _capped_listener(database, mail_cfg, total=2, per_address=10) as (server,
+                                                                                writers):
         writer, greeting = await _greeting(server.port)
         writers.append(writer)
         assert greeting.startswith(b"421 "), greeting
         assert server.gate.open == 2
-    finally:
-        for writer in writers:
-            writer.close()
-        await server.stop()

@@ -21,6 +21,7 @@ from roost.agents import mail
 from roost.agents.mail_schemas import EmailSend
 from roost.agents.mailserver import MailServer
 from roost.agents.models import Agent, Email, Persona, Run
+from roost.config import parse_relay_url
 from roost.db.engine import Database
 from roost.principal import Principal
 from tests.agents import test_mail as tm
@@ -59,7 +60,7 @@ async def agent_mails_itself(
         await session.flush()
         run_id = run.id
     relay = await relay_factory()
-    cfg = dataclasses.replace(cfg, relay=mail.parse_relay_url(f"smtp://127.0.0.1:{relay.port}"))
+    cfg = dataclasses.replace(cfg, relay=parse_relay_url(f"smtp://127.0.0.1:{relay.port}"))
     actor = Principal(user_id=owner, is_admin=False, kind="job")
     await mail.send_email_tool(database, cfg, actor, {"to": [str(persona.email_address)],
                                                       "subject": "Re: hi", "body": "noted"},
@@ -117,7 +118,7 @@ async def test_an_agent_s_reply_is_marked_auto_replied(
     [question] = await emails_of(database, persona.id)
     assert question.run_id is not None  # a person's mail starts a run
     relay = await relay_factory()
-    cfg = dataclasses.replace(mail_cfg, relay=mail.parse_relay_url(
+    cfg = dataclasses.replace(mail_cfg, relay=parse_relay_url(
         f"smtp://127.0.0.1:{relay.port}"))
     actor = Principal(user_id=owner, is_admin=False, kind="job")
     await mail.send_email_tool(database, cfg, actor, {

@@ -26,20 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import smtplib
 import ssl
 import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 
 import structlog
 from email_validator import EmailNotValidError, validate_email
@@ -54,7 +52,7 @@ from roost.agents.models import Agent, Attachment, Email, Persona, Run
 from roost.agents.runs import create_run
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate
 from roost.audit.service import record
-from roost.config import Settings
+from roost.config import Relay, Settings, parse_relay_url
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.errors import (
@@ -80,47 +78,6 @@ log = structlog.get_logger(__name__)
 
 EDITOR_ROLES: Final = ("owner", "editor")
 MAX_RECIPIENTS: Final = 50
-
-
-@dataclass(frozen=True)
-class Relay:
-    """Where outbound mail goes: ``smtps`` is TLS from the start; ``smtp`` upgrades with
-    STARTTLS when the relay offers it (and must, to carry credentials off loopback)."""
-
-    scheme: str
-    host: str
-    port: int
-    username: str | None
-    password: str | None = field(repr=False)  # never in a log line or traceback
-
-    @property
-    def loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
-
-
-def parse_relay_url(url: str) -> Relay:
-    """``smtp://[user:pass@]host[:port]`` (port 587) or ``smtps://...`` (465)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-        raise ValueError("the SMTP relay URL must be smtp://[user:pass@]host[:port] or smtps://…")
-    default = 465 if parts.scheme == "smtps" else 587
-    return Relay(scheme=parts.scheme, host=parts.hostname, port=parts.port or default,
-                 username=unquote(parts.username) if parts.username else None,
-                 password=unquote(parts.password) if parts.password else None)
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:2525`` for IPv6) of the SMTP listener."""
-    host, _, port = value.rpartition(":")
-    number = int(port)
-    if not 0 <= number <= 65535:  # (0, a port the system picks, is how tests listen)
-        raise ValueError(f"ROOST_SMTP_LISTEN: port {number} is not 0-65535")
-    return host.strip("[]"), number
 
 
 @dataclass(frozen=True)

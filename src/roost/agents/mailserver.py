@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 from collections import Counter
 from typing import Any, Final
 
@@ -144,15 +145,16 @@ class _GatedSMTP(SMTP):
 
 class MailServer:
     """The listener: :meth:`start` binds ``host:port`` (port 0: any free one, then
-    :attr:`port` says which), :meth:`stop` closes it."""
+    :attr:`port` says which) or listens on ``sock``, :meth:`stop` closes it."""
 
     def __init__(self, database: Database, cfg: mail.MailConfig, host: str, port: int, *,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, sock: socket.socket | None = None) -> None:
         self.handler = MailHandler(database, cfg)
         self.cfg, self.host, self.port = cfg, host, port
         # `roost serve --workers N`: every API process listens on the one SMTP port
         # (SO_REUSEPORT, the kernel spreads connections; a mail is one connection).
         self.reuse_port = reuse_port
+        self.sock = sock  # bound already (by `roost serve`): listened on instead of host:port
         self.gate = ConnectionGate(cfg.max_connections, cfg.max_connections_per_address)
         self._server: asyncio.Server | None = None
 
@@ -169,8 +171,11 @@ class MailServer:
         # the log.  Roost logs what it decides itself; aiosmtpd only its warnings.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, self.host, self.port,
-                                                reuse_port=self.reuse_port or None)
+        if self.sock is not None:
+            self._server = await loop.create_server(self._protocol, sock=self.sock)
+        else:
+            self._server = await loop.create_server(self._protocol, self.host, self.port,
+                                                    reuse_port=self.reuse_port or None)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("agents.smtp_listening", host=self.host, port=self.port)
 
