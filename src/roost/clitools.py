@@ -37,6 +37,7 @@ from roost.context import RequestContext, set_context
 from roost.db.cliio import fail as fail
 from roost.db.cliio import load_json as load_json
 from roost.db.cliio import os_reason
+from roost.db.cliio import printable as printable
 from roost.db.cliio import read_bytes as read_bytes
 from roost.db.cliio import read_text as read_text
 from roost.db.cliio import stdin as stdin
@@ -445,22 +446,6 @@ def id_table(*columns: str, wrap: Sequence[str] = ()) -> Table:
         else:
             table.add_column(name, no_wrap=True, overflow="ignore")
     return table
-
-
-# Control characters a terminal acts on (C0 but tab and newline, DEL, C1): ESC starts
-# sequences that set the window's title, clear the screen or move the cursor.
-_CONTROL: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-# Bidirectional controls (ALM, LRM, RLM, the embeddings, overrides and isolates): one in a
-# name another user wrote reorders the text around it on the terminal ("Trojan Source").
-_BIDI: Final = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """``text`` (stored text a model or another user wrote) safe to print to a terminal:
-    each control character but tab and newline shown as its escape (``\\x1b``), each
-    bidirectional control as its own (``\\u202e``)."""
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def add_text_row(table: Table, *cells: str) -> None:

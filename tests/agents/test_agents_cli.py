@@ -228,7 +228,7 @@ async def test_cli_secrets_set_drops_a_trailing_crlf(
     assert CRLF_VALUE not in set_.stdout + set_.stderr
     assert await columns_holding(database, CRLF_VALUE) == []
     async with database.transaction() as session:
-        pid = (await session.execute(text(
+        pid: uuid.UUID = (await session.execute(text(
             "SELECT id FROM personas WHERE name = 'Desk'"))).scalar_one()
     box = SecretBox.from_keys(load_keys(Settings(data_dir=tmp_path / "cli-data")).secrets_key)
     stored = await resolve_secret(database, box, pid, "other", "CRLF")

@@ -8,14 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
+from roost.db.engine import Database
 from tests.agents.test_agents_cli import cli_env
 from tests.support.cli import run_roost
+from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
 from tests.tools.conftest import ECHO_SERVER
+from tests.tools.test_hostile_mcp_listings import INIT, Plans, _server, _sync, _tools, plans, tool
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+__all__ = ["plans"]  # the fixture, imported for the tests against scripted MCP servers
 
 
 async def test_roost_mcp_and_tools_commands(pg_server: PgTestServer, db_name: str, tmp_path: Path) -> None:
@@ -247,3 +252,107 @@ async def test_lsp_check_prints_server_info_with_brackets(
     checked = await asyncio.to_thread(run_roost, "lsp", "check", "evil", env=env)
     _clean(checked)
     assert "[/]evil" in checked.stdout
+
+
+# --- against scripted MCP servers registered through the API (tests.tools.test_hostile_mcp_listings)
+
+# An OSC (set the terminal's title) and a CSI (clear the screen) a hostile server may send.
+EVIL = "\x1b]0;owned\x1b\\\x1b[2J"
+# A tools/list answered by a JSON-RPC error whose message holds EVIL.
+EVIL_LIST_ERROR = {"tools/list": b'{"jsonrpc": "2.0", "id": $ID, "error": {"code": -32000, '
+                                 b'"message": "\\u001b]0;owned\\u001b\\\\\\u001b[2Jboom"}}'}
+
+
+def _scripted_env(pg_server: PgTestServer, db_name: str, tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment, the scripted servers' loopback host allowed."""
+    return {**cli_env(pg_server, db_name, tmp_path), "ROOST_TOOLS_ALLOWED_HOSTS": "127.0.0.1"}
+
+
+async def test_tools_ls_lists_every_tool_of_a_server(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+    client: httpx.AsyncClient, plans: Plans,
+) -> None:
+    """`roost tools ls --server S` lists all of a server's tools (a server may hold up to
+    1,000): with 600 it printed the first page of 500 and stopped, saying nothing of the
+    rest (no paging; `roost mcp ls` the same)."""
+    _, alice = await make_user(database)
+    sid = await _server(client, alice, plans.url(
+        "/many", {"tools": [tool(f"tool{i:04d}") for i in range(600)]}))
+    synced = await _sync(client, alice, sid)
+    assert synced.status_code == 200 and len(synced.json()["added"]) == 600, synced.text[:300]
+    listed = await asyncio.to_thread(run_roost, "tools", "ls", "--server", sid,
+                                     env=_scripted_env(pg_server, db_name, tmp_path))
+    _clean(listed)
+    assert "tool0000" in listed.stdout and "tool0599" in listed.stdout
+
+
+async def test_tools_call_takes_the_id_its_ambiguity_error_asks_for(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+    client: httpx.AsyncClient, plans: Plans,
+) -> None:
+    """Two users' servers named `same` both offer `ping`: `roost tools call ping --server
+    same` answers "...; call it by id", and `roost tools call <id>` does (it took only a
+    name: "no tool named '<id>'", so neither tool could be called from the CLI)."""
+    _, alice = await make_user(database)
+    _, bob = await make_user(database)
+    sids = []
+    for who in (alice, bob):
+        sids.append(await _server(client, who, plans.url("/amb", {"tools": [tool("ping")]}),
+                                  name="same"))
+        assert (await _sync(client, who, sids[-1])).status_code == 200
+    ping_id = (await _tools(client, alice, sids[0]))["ping"]["id"]
+    env = _scripted_env(pg_server, db_name, tmp_path)
+    ambiguous = await asyncio.to_thread(run_roost, "tools", "call", "ping", "--server", "same",
+                                        env=env)
+    _clean(ambiguous, 1)
+    assert "call it by id" in ambiguous.stderr, ambiguous.stderr
+    by_id = await asyncio.to_thread(run_roost, "tools", "call", ping_id, env=env)
+    _clean(by_id)
+    both = await asyncio.to_thread(run_roost, "tools", "call", ping_id, "--server", "same",
+                                   env=env)
+    _clean(both, 1)
+    assert "without --server" in both.stderr, both.stderr
+
+
+async def test_mcp_sync_prints_a_skipped_tool_name_without_escape_sequences(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+    client: httpx.AsyncClient, plans: Plans,
+) -> None:
+    """A hostile server lists a tool named with terminal escape sequences twice: `roost mcp
+    sync` printed each `skipped` name raw (retitling the window, clearing the screen); it
+    is shown escaped, as the tables show stored text (`printable`)."""
+    _, alice = await make_user(database)
+    sid = await _server(client, alice, plans.url("/esc", {"tools": [tool(EVIL), tool(EVIL)]}))
+    synced = await asyncio.to_thread(run_roost, "mcp", "sync", sid,
+                                     env=_scripted_env(pg_server, db_name, tmp_path))
+    _clean(synced)
+    assert "1 skipped" in synced.stdout and "\x1b" not in synced.stdout, repr(synced.stdout)
+    assert "skipped \\x1b]0;owned" in synced.stdout, repr(synced.stdout)
+
+
+async def test_mcp_check_prints_the_servers_error_without_escape_sequences(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+    client: httpx.AsyncClient, plans: Plans,
+) -> None:
+    """A hostile server answers tools/list with an error message holding escape sequences:
+    `roost mcp check` printed the recorded health error raw."""
+    _, alice = await make_user(database)
+    sid = await _server(client, alice, plans.url("/esc2", {"init": INIT, "raw": EVIL_LIST_ERROR}))
+    checked = await asyncio.to_thread(run_roost, "mcp", "check", sid,
+                                      env=_scripted_env(pg_server, db_name, tmp_path))
+    _clean(checked, 1)
+    assert "boom" in checked.stdout and "\x1b" not in checked.stdout, repr(checked.stdout)
+
+
+async def test_failed_mcp_sync_prints_the_servers_error_without_escape_sequences(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+    client: httpx.AsyncClient, plans: Plans,
+) -> None:
+    """The same error on `roost mcp sync` (a 502 whose detail quotes the server's message)
+    was printed raw on stderr by `fail`, which every command's failure goes through."""
+    _, alice = await make_user(database)
+    sid = await _server(client, alice, plans.url("/esc3", {"init": INIT, "raw": EVIL_LIST_ERROR}))
+    synced = await asyncio.to_thread(run_roost, "mcp", "sync", sid,
+                                     env=_scripted_env(pg_server, db_name, tmp_path))
+    _clean(synced, 1)
+    assert "boom" in synced.stderr and "\x1b" not in synced.stderr, repr(synced.stderr)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import typer
 from rich.console import Console
@@ -23,12 +24,29 @@ err = Console(stderr=True)
 
 STDIN = "-"
 
+# Control characters a terminal acts on (C0 but tab and newline, DEL, C1): ESC starts
+# sequences that set the window's title, clear the screen or move the cursor.
+_CONTROL: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Bidirectional controls (ALM, LRM, RLM, the embeddings, overrides and isolates): one in a
+# name another user wrote reorders the text around it on the terminal ("Trojan Source").
+_BIDI: Final = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` (stored text a model, a server or another user wrote) safe to print to a
+    terminal: each control character but tab and newline shown as its escape (``\\x1b``),
+    each bidirectional control as its own (``\\u202e``)."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
 
 def fail(title: str, message: object, *, code: int = 1) -> typer.Exit:
-    """Print ``title: message`` on stderr (the message verbatim: rich markup would eat
-    ``[local]`` in ``roost[local]``) and return the exit to raise."""
+    """Print ``title: message`` on stderr and return the exit to raise.  The message is
+    printed as it is (rich markup would eat ``[local]`` in ``roost[local]``) but
+    :func:`printable`: it often quotes a server's, a model's or a user's text."""
     # soft_wrap: long messages (ids to copy) are left to the terminal, not cut into lines.
-    err.print(Text.assemble((title, "red"), ": ", str(message)), soft_wrap=True)
+    err.print(Text.assemble((printable(title), "red"), ": ", printable(str(message))),
+              soft_wrap=True)
     return typer.Exit(code)
 
 

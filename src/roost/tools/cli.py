@@ -17,7 +17,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 from sqlalchemy import or_, select
 
-from roost.clitools import add_text_row, fail, id_table, load_json, parse_input, print_table, with_database
+from roost.clitools import (
+    MAX_LIST,
+    add_text_row,
+    fail,
+    id_table,
+    load_json,
+    parse_input,
+    print_table,
+    printable,
+    with_database,
+)
 from roost.config import get_settings
 from roost.db.engine import Database
 from roost.db.lookup import id_starts_with
@@ -53,6 +63,18 @@ def _run(fn: Callable[[Database, ToolsConfig, SecretBox], Awaitable[T]]) -> T:
         return with_database(go, settings)
     except RoostError as exc:
         raise fail(exc.title, exc.detail) from exc
+
+
+async def _every(page: Callable[[str | None], Awaitable[tuple[list[T], str | None]]]) -> list[T]:
+    """Every row of a listing, page after page (``page(cursor)``) until its last: a
+    listing command prints all, not the first page."""
+    rows: list[T] = []
+    cursor: str | None = None
+    while True:
+        found, cursor = await page(cursor)
+        rows.extend(found)
+        if cursor is None:
+            return rows
 
 
 def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
@@ -121,8 +143,8 @@ def ls_command() -> None:
     """List every MCP server (all tenants)."""
     async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> list[McpServer]:
         async with db.transaction() as session:
-            rows, _ = await servers.list_servers(session, SYSTEM, limit=500)
-            return rows
+            return await _every(lambda cursor: servers.list_servers(
+                session, SYSTEM, limit=MAX_LIST, cursor=cursor))
 
     table = id_table("id", "name", "owner", "transport", "endpoint", "health", "latency ms",
                      wrap=("endpoint",))
@@ -141,11 +163,11 @@ def sync_command(server: Annotated[str, typer.Argument(help="Server name or id")
 
     found = _run(go)
     # Text: names and reasons come from the server, and brackets in them are not markup.
-    console.print(Text(f"{found.server.name}: {len(found.added)} added, {len(found.updated)} "
+    console.print(Text(f"{printable(found.server.name)}: {len(found.added)} added, {len(found.updated)} "
                        f"updated, {len(found.unavailable)} unavailable, "
                        f"{len(found.skipped)} skipped"))
     for name, reason in found.skipped.items():
-        console.print(Text(f"  skipped {name}: {reason}"))
+        console.print(Text(f"  skipped {printable(name)}: {printable(reason)}"))
 
 
 @mcp_app.command("check")
@@ -155,9 +177,9 @@ def check_command(server: Annotated[str, typer.Argument(help="Server name or id"
         return await servers.check_server(db, SYSTEM, cfg, box, await _server_id(db, server))
 
     row = _run(go)
-    console.print(Text(f"{row.name}: {row.health_status}"
+    console.print(Text(f"{printable(row.name)}: {row.health_status}"
                        + (f" in {row.latency_ms} ms" if row.health_status == "healthy" else
-                          f": {row.health_error}")))
+                          f": {printable(row.health_error or '')}")))
     if row.health_status != "healthy":
         raise typer.Exit(1)
 
@@ -188,8 +210,8 @@ def tools_ls_command(
     async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> list[Any]:
         server_id = await _server_id(db, server) if server else None
         async with db.transaction() as session:
-            rows, _ = await registry.list_tools(session, SYSTEM, server_id=server_id, limit=500)
-            return rows
+            return await _every(lambda cursor: registry.list_tools(
+                session, SYSTEM, server_id=server_id, limit=MAX_LIST, cursor=cursor))
 
     table = id_table("id", "name", "kind", "available", "description", wrap=("description",))
     for tool in _run(go):
@@ -198,13 +220,27 @@ def tools_ls_command(
     print_table(console, table)
 
 
+def _full_id(text: str) -> uuid.UUID | None:
+    """``text`` as a tool id when it is a whole id as the tables print it (what the "call
+    it by id" error asks for); anything else is a tool name."""
+    try:
+        value = uuid.UUID(text)
+    except ValueError:
+        return None
+    return value if str(value) == text.lower() else None
+
+
 @tools_app.command("call")
 def tools_call_command(
-    name: Annotated[str, typer.Argument(help="Tool name")],
+    name: Annotated[str, typer.Argument(help="Tool name, or its full id")],
     arguments: Annotated[str, typer.Option("--args", help="Arguments as a JSON object")] = "{}",
     server: Annotated[str | None, typer.Option(help="The MCP server, when several offer it")] = None,
 ) -> None:
-    """Call a tool as the operator and print its result (the run is recorded)."""
+    """Call a tool (by name, or by id when several have the name) as the operator and
+    print its result (the run is recorded)."""
+    tool_id = _full_id(name)
+    if tool_id is not None and server is not None:
+        raise fail("Invalid options", "a tool id names one tool: give it without --server")
     parsed = load_json(arguments, "Invalid --args")
     if not isinstance(parsed, dict):
         raise fail("Invalid --args", "must be a JSON object")
@@ -215,7 +251,8 @@ def tools_call_command(
         knowledge = None  # only the knowledge_search tool needs it
 
     async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> Any:
-        return await calls.call_tool(db, SYSTEM, cfg, box, name=name, server=server,
+        return await calls.call_tool(db, SYSTEM, cfg, box, tool_id=tool_id,
+                                     name=None if tool_id else name, server=server,
                                      arguments=parsed, knowledge=knowledge)
 
     run = _run(go)
