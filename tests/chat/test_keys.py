@@ -13,6 +13,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import text
 
 from roost.chat.keys import ENCRYPTED_COLUMNS, key_fingerprint, rotate_messages
+from roost.config import Settings
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from roost.security.crypto import MessageCipher
@@ -21,6 +22,13 @@ from tests.support.cli import run_roost
 from tests.support.openai_stub import StubServer
 from tests.support.pg import PgTestServer
 from tests.support.server import roost_server
+
+
+@pytest.fixture
+def test_settings(test_settings: Settings) -> Settings:
+    # These tests post real turns to fill the history they rotate; no provider hangs here,
+    # so the chat tests' 1 s provider timeout only made a loaded CI machine fail them.
+    return test_settings.model_copy(update={"llm_timeout_s": 15.0})
 
 Headers = dict[str, str]
 
