@@ -330,29 +330,20 @@ async def test_mcp_sync_prints_a_skipped_tool_name_without_escape_sequences(
     assert "skipped \\x1b]0;owned" in synced.stdout, repr(synced.stdout)
 
 
-async def test_mcp_check_prints_the_servers_error_without_escape_sequences(
+@pytest.mark.parametrize(("command", "stream"), [("check", "stdout"), ("sync", "stderr")])
+async def test_a_servers_error_is_printed_without_escape_sequences(
     pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
-    client: httpx.AsyncClient, plans: Plans,
+    client: httpx.AsyncClient, plans: Plans, command: str, stream: str,
 ) -> None:
     """A hostile server answers tools/list with an error message holding escape sequences:
-    `roost mcp check` printed the recorded health error raw."""
+    `roost mcp check` printed the recorded health error raw, and `roost mcp sync` (a 502
+    whose detail quotes the server's message) raw on stderr through `fail`, which every
+    command's failure goes through."""
     _, alice = await make_user(database)
-    sid = await _server(client, alice, plans.url("/esc2", {"init": INIT, "raw": EVIL_LIST_ERROR}))
-    checked = await asyncio.to_thread(run_roost, "mcp", "check", sid,
-                                      env=_scripted_env(pg_server, db_name, tmp_path))
-    _clean(checked, 1)
-    assert "boom" in checked.stdout and "\x1b" not in checked.stdout, repr(checked.stdout)
-
-
-async def test_failed_mcp_sync_prints_the_servers_error_without_escape_sequences(
-    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
-    client: httpx.AsyncClient, plans: Plans,
-) -> None:
-    """The same error on `roost mcp sync` (a 502 whose detail quotes the server's message)
-    was printed raw on stderr by `fail`, which every command's failure goes through."""
-    _, alice = await make_user(database)
-    sid = await _server(client, alice, plans.url("/esc3", {"init": INIT, "raw": EVIL_LIST_ERROR}))
-    synced = await asyncio.to_thread(run_roost, "mcp", "sync", sid,
-                                     env=_scripted_env(pg_server, db_name, tmp_path))
-    _clean(synced, 1)
-    assert "boom" in synced.stderr and "\x1b" not in synced.stderr, repr(synced.stderr)
+    sid = await _server(client, alice, plans.url(f"/esc-{command}",
+                                                 {"init": INIT, "raw": EVIL_LIST_ERROR}))
+    out = await asyncio.to_thread(run_roost, "mcp", command, sid,
+                                  env=_scripted_env(pg_server, db_name, tmp_path))
+    _clean(out, 1)
+    printed = getattr(out, stream)
+    assert "boom" in printed and "\x1b" not in printed, repr(printed)
