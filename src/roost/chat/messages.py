@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
@@ -52,6 +52,7 @@ from roost.chat.schemas import (
 )
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
+from roost.db.groupcommit import GroupCommit
 from roost.db.statements import bound_insert, prefixed, row_json
 from roost.db.transaction import driver_connection, driver_fetch
 from roost.errors import Conflict, NotFound, PayloadTooLarge, RoostError, Unprocessable
@@ -310,9 +311,49 @@ async def record_confirming(
                                          fields=_posted_fields(data), require_open=True,
                                          action="chat.message.create",
                                          metadata={"role": data.role, "reply": False})
-    async with database.autocommit() as driver:
-        rows = await driver.fetch(_STORE, confirmation, scope, *arguments)
+    rows = await _store_group(database).submit((confirmation, scope), arguments)
     return _stored(rows, values, data.content, data.tool_calls)[1]
+
+
+_STORE_MANY: Final = """SELECT item, user_id, status, expires_at, message_count, stored
+FROM roost_store_chat_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"""
+
+
+def _store_group(database: Database) -> GroupCommit[tuple[Any, ...], Sequence[Any]]:
+    """The process's group commit of known callers' ``reply: false`` posts on
+    ``database``: the posts one caller (one confirmation and scope) sends while another
+    of them is being written are stored by one statement, ``roost_store_chat_messages``
+    (migration 1310), in one transaction: one round trip, confirmation, scope and commit
+    for all of them (docs/benchmarks.md, "Group commit")."""
+    group = database.group_commits.get("chat.store")
+    if group is None:
+        group = database.group_commits["chat.store"] = GroupCommit(
+            functools.partial(_store_many, database), functools.partial(_store_one, database))
+    return cast(GroupCommit[tuple[Any, ...], Sequence[Any]], group)
+
+
+async def _store_one(database: Database, key: Hashable,
+                     arguments: tuple[Any, ...]) -> Sequence[Any]:
+    confirmation, scope = cast(tuple[str, str], key)
+    async with database.autocommit() as driver:
+        return cast(Sequence[Any], await driver.fetch(_STORE, confirmation, scope, *arguments))
+
+
+async def _store_many(database: Database, key: Hashable,
+                      items: list[tuple[Any, ...]]) -> list[Sequence[Any]]:
+    """Each item's rows (as :func:`_store_one` answers them), stored by one statement.
+    The items go in session order, so batches that share sessions lock them alike."""
+    confirmation, scope = cast(tuple[str, str], key)
+    order = sorted(range(len(items)), key=lambda index: items[index][0].bytes)
+    actor_id, is_admin, require_open = items[0][1:4]  # one caller's, one kind of post
+    columns = [[items[index][column] for index in order] for column in (0, 4, 5, 6, 7)]
+    async with database.autocommit() as driver:
+        rows = await driver.fetch(_STORE_MANY, confirmation, scope, actor_id, is_admin,
+                                  require_open, *columns)
+    answers: list[list[Any]] = [[] for _ in items]
+    for row in rows:
+        answers[order[row["item"] - 1]].append(row)
+    return list(answers)
 
 
 def _posted_fields(data: MessageCreate) -> dict[str, Any]:

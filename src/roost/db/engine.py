@@ -133,6 +133,9 @@ class Database:
     # the main pool, N requests each holding one and waiting for a second would wait on
     # each other once the pool is exhausted.
     side_engine: AsyncEngine | None = field(default=None)
+    # The process's group commits on this database, by name (roost.db.groupcommit): one
+    # per kind of write, so concurrent requests of the kind share statements.
+    group_commits: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @asynccontextmanager
     async def transaction(self, *, side: bool = False) -> AsyncIterator[AsyncSession]:
