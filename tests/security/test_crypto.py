@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import hmac
+import time
 
 import pytest
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -108,6 +109,21 @@ def test_message_round_trip(text: str) -> None:
     token = CIPHER.encrypt(text)
     assert isinstance(token, bytes)
     assert CIPHER.decrypt(token) == text
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.binary(max_size=300))
+def test_message_tokens_open_with_cryptography_fernet_under_the_current_key(
+        plaintext: bytes) -> None:
+    """Tokens are Fernet's own (MessageCipher builds them itself): ``cryptography``'s
+    Fernet opens them with the first configured key, not the second, and they carry the
+    time they were made."""
+    before = int(time.time())
+    token = MessageCipher([KEY_A, KEY_B]).encrypt_bytes(plaintext)
+    assert Fernet(KEY_A).decrypt(token) == plaintext
+    assert before <= Fernet(KEY_A).extract_timestamp(token) <= int(time.time())
+    with pytest.raises(InvalidToken):
+        Fernet(KEY_B).decrypt(token)
 
 
 def test_message_encryption_is_randomised() -> None:

@@ -33,8 +33,10 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import re
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 
 from cryptography.exceptions import InvalidTag
@@ -183,21 +185,38 @@ class MessageCipher:
             for raw in (base64.urlsafe_b64decode(validate_fernet_key(k, setting=setting))
                         for k in keys)
         ]
+        self._encrypting = algorithms.AES(self._halves[0][2])  # the current key's
 
     def __repr__(self) -> str:  # never leak keys through a debug print
         return f"MessageCipher(<{self.key_count} key(s) redacted>)"
 
     def encrypt(self, plaintext: str) -> bytes:
         """Encrypt under the current key; returns the Fernet token (ASCII bytes)."""
-        return self._multi.encrypt(plaintext.encode("utf-8"))
+        return self.encrypt_bytes(plaintext.encode("utf-8"))
 
     def decrypt(self, token: bytes | str) -> str:
         """Decrypt with any configured key; :class:`DecryptionError` if none fits."""
         return self.decrypt_many((token,))[0]
 
     def encrypt_bytes(self, plaintext: bytes) -> bytes:
-        """:meth:`encrypt` of bytes that need not be text (a compressed payload)."""
-        return self._multi.encrypt(plaintext)
+        """:meth:`encrypt` of bytes that need not be text (a compressed payload).
+
+        The Fernet specification with the current key's AES object and HMAC states made
+        once (``Fernet.encrypt`` builds both per token: 18-22 against 9 us here, on
+        every message stored): version, timestamp, a random IV, AES-128-CBC of the
+        PKCS7-padded text, HMAC-SHA256 over all of it.  tests/security/test_crypto.py
+        opens its tokens with ``cryptography``'s Fernet."""
+        inner, outer, _ = self._halves[0]
+        iv = os.urandom(16)
+        pad = 16 - len(plaintext) % 16
+        encryptor = Cipher(self._encrypting, modes.CBC(iv)).encryptor()
+        ciphertext = encryptor.update(plaintext + bytes((pad,)) * pad) + encryptor.finalize()
+        signed = b"\x80" + int(time.time()).to_bytes(8, "big") + iv + ciphertext
+        inner_hash = inner.copy()
+        inner_hash.update(signed)
+        outer_hash = outer.copy()
+        outer_hash.update(inner_hash.digest())
+        return base64.urlsafe_b64encode(signed + outer_hash.digest())
 
     def decrypt_bytes(self, token: bytes | str) -> bytes:
         """:meth:`decrypt` to bytes; :class:`DecryptionError` if no key fits."""
