@@ -279,6 +279,26 @@ async def test_move_event_ending_after_9999_is_a_tool_error(
                    new_start="9999-12-31T23:30:00Z", allow_conflict=allow_conflict)
 
 
+@pytest.mark.parametrize("tool", ["find_free_slot", "move_event"])
+async def test_an_unknown_working_hours_zone_is_not_quoted_in_the_tool_error(
+        database: Database, test_settings: Settings, user: tuple[uuid.UUID, Headers],
+        tool: str) -> None:
+    """A ``working_hours.timezone`` that is no zone is the tool's 422 without the value
+    (the model may have copied it from the conversation: a tool's errors never quote
+    arguments), as ``current_time``'s unknown zone."""
+    call = await _tools(database, test_settings, user[0])
+    secret = "sk-live-Zx9QeT4u7AbCdEf0123456789"
+    extra: dict[str, Any] = (
+        {"start": "2027-01-01T00:00:00Z", "end": "2027-01-02T00:00:00Z",
+         "duration_minutes": 30} if tool == "find_free_slot"
+        else {"event_id": str(uuid.uuid4()), "next_free_slot": True})
+    tool_id = agenttools.FIND_FREE_SLOT_ID if tool == "find_free_slot" \
+        else agenttools.MOVE_EVENT_ID
+    with pytest.raises(Unprocessable, match="unknown time zone") as refused:
+        await call(tool_id, working_hours={"timezone": secret}, **extra)
+    assert "sk-live" not in str(refused.value)
+
+
 async def test_parallel_creates_without_a_calendar_share_one_default_calendar(
         database: Database, test_settings: Settings, user: tuple[uuid.UUID, Headers]) -> None:
     """Two calendar_create_event calls at once for a user without a calendar (an agent's

@@ -51,6 +51,12 @@ while True:
         if MODE == "init_error_nul":
             send({"jsonrpc": "2.0", "id": m["id"], "error": {"code": -1, "message": "bad\\u0000thing"}})
             continue
+        if MODE == "deep":  # valid JSON, nested past what a recursive parser takes
+            body = (b'{"jsonrpc":"2.0","id":%d,"result":{"capabilities":' % m["id"]
+                    + b"[" * 100000 + b"]" * 100000 + b"}}")
+            sys.stdout.buffer.write(b"Content-Length: %d\\r\\n\\r\\n" % len(body) + body)
+            sys.stdout.buffer.flush()
+            continue
         caps = {"textDocumentSync": 1}
         info = {"name": "fake", "version": "1"}
         if MODE == "caps_nul":
@@ -135,6 +141,19 @@ async def test_a_check_failing_with_a_nul_in_the_error_is_recorded_then_a_502(
     assert row["health_status"] == "unhealthy" and "bad\\x00thing" in row["health_error"]
     [(success, error)] = await check_audits(database, sid)
     assert not success and error is not None and "bad\\x00thing" in error
+
+
+async def test_a_check_of_a_server_answering_json_nested_too_deep_is_a_502_at_once(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], tmp_path: Path,
+) -> None:
+    """An answer nested deeper than the JSON parser takes (a RecursionError, not a
+    ValueError) breaks the protocol: 502 lsp-error, not the reader dying silently and the
+    check waiting out its deadline for a 504."""
+    sid = await register(client, admin_headers, tmp_path, "deep")
+    checked = await client.post(f"{SERVERS}/{sid}/check", headers=admin_headers)
+    assert checked.status_code == 502, checked.text
+    assert checked.json()["type"].endswith("/lsp-error"), checked.text
+    assert "broke the protocol" in checked.json()["detail"]
 
 
 async def diagnose(client: httpx.AsyncClient, admin: dict[str, str], database: Database,

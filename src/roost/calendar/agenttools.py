@@ -82,7 +82,13 @@ class WorkingHours(_Args):
             raise ValueError("working_hours: end must be after start")
         if any(not 1 <= d <= 7 for d in self.weekdays):
             raise ValueError("working_hours.weekdays: 1 (Monday) to 7 (Sunday)")
-        recurrence.zone(self.timezone)
+        try:
+            recurrence.zone(self.timezone)
+        except recurrence.RecurrenceError:
+            # Not the name: a tool's errors never quote what the model sent (it may have
+            # copied it from the conversation; roost.inputs.parse_tool_arguments).
+            raise ValueError("working_hours.timezone: unknown time zone (an IANA name such "
+                             "as Europe/Berlin or UTC)") from None
         return self
 
 

@@ -202,8 +202,10 @@ class _Connection:
             self._fail(self._gone())
         except LspError as exc:
             self._fail(exc)
-        except (ValueError, UnicodeError, asyncio.IncompleteReadError, OSError) as exc:
-            # ValueError covers bad JSON, a bad length and readline's line limit.
+        except (ValueError, UnicodeError, RecursionError, asyncio.IncompleteReadError,
+                OSError) as exc:
+            # ValueError covers bad JSON, a bad length and readline's line limit;
+            # RecursionError, JSON nested deeper than the parser takes.
             self._fail(LspError(f"language server {self._spec.name!r} broke the protocol: "
                                 f"{type(exc).__name__}"))
 
