@@ -217,13 +217,20 @@ IsoDatetimeAsGiven = Annotated[datetime, BeforeValidator(require_iso_timestamp)]
 _CONTROL: Final = frozenset({"Cc", "Zl", "Zp"})
 
 
+def holds_control(value: str) -> bool:
+    """Whether ``value`` holds a control character: Unicode categories Cc, Zl and Zp (the
+    C0 and C1 controls such as BEL, ESC, DEL, CSI and NEL, and the line and paragraph
+    separators), which a terminal, a log line or a mail header would act on."""
+    return any(unicodedata.category(c) in _CONTROL for c in value)
+
+
 def parsed_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
     """``value`` if it is a URL a client could open: one of ``schemes``, a host, a port in
     range.  A pattern such as ``^https?://\\S+$`` lets ``http://[::1`` or
     ``https://:99999/`` through, which every reader of the field then fails on; nor may
     it hold a control character (Unicode categories Cc, Zl, Zp: BEL, ESC, DEL, NEL...),
     which no URL holds unescaped and which a terminal or a log would act on."""
-    if any(unicodedata.category(c) in _CONTROL for c in value):
+    if holds_control(value):
         raise PydanticCustomError(
             "url_parsing", "Input should be a valid URL: it holds a control character")
     try:

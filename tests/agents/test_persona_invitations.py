@@ -350,3 +350,15 @@ async def test_a_co_owner_s_invitations_are_withdrawn_when_they_stop_being_one(
     assert again.status_code == 403, again.text
     assert (await client.post(f"{MINE}/{kept['id']}/accept", headers=stay)).status_code == 201
     assert (await _actions(database, pid)).count("persona.invitations_withdrawn") == 4
+
+
+async def test_a_nul_in_the_invited_user_is_a_422_naming_the_field(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """A NUL in ``user`` is refused as a group's member body refuses it: a 422 naming the
+    field, not the database lookup's anonymous 400."""
+    _, _, olga = await named_user(database, "olga")
+    pid = (await create_persona(client, olga))["id"]
+    resp = await client.post(f"{P}/{pid}/members", headers=olga, json={"user": "bob\x00x"})
+    assert resp.status_code == 422, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    assert "user" in resp.text and "NUL" in resp.text, resp.text

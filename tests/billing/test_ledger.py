@@ -101,9 +101,11 @@ async def test_bad_events_are_refused_whole(
 async def test_an_event_whose_model_holds_a_control_character_is_a_422_naming_it(
     client: httpx.AsyncClient, admin_headers: Headers, database: Database,
 ) -> None:
-    """Not the database's anonymous 400 for a NUL (PostgreSQL keeps none in text)."""
+    """Not the database's anonymous 400 for a NUL (PostgreSQL keeps none in text); nor
+    stored when it holds a C1 control (CSI U+009B, a terminal escape; NEL) or a line
+    separator, which every usage report would then print."""
     user_id, _ = await make_user(database)
-    for model in ("gpt\x00x", "gpt\x01x", "gpt\nx"):
+    for model in ("gpt\x00x", "gpt\x01x", "gpt\nx", "gpt\x9b31m", "gpt\x85x", "gpt\u2028x"):
         resp = await client.post("/api/v1/billing/usage-events", headers=admin_headers,
                                  json={"events": [_event(user_id, "k1", model=model)]})
         assert resp.status_code == 422, (model, resp.text)

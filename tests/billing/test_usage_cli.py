@@ -92,3 +92,14 @@ async def test_usage_for_one_administrator_shows_only_theirs(
     assert "model-of-emil" in suspended.stdout and "model-of-ada" not in suspended.stdout
     unknown = run_roost("usage", "--user", "nobody-here", env=env)
     assert unknown.returncode != 0 and "nobody-here" in unknown.stderr, unknown.stderr
+
+
+async def test_a_range_given_with_an_offset_is_titled_in_utc(
+        pg_server: PgTestServer, db_name: str, tmp_path: Path) -> None:
+    """The title says "UTC": a range given at +05:00 is shown as the UTC moments summed,
+    not the offset's wall times labelled UTC (five hours off)."""
+    out = run_roost("usage", "--since", "2025-03-01T00:00:00+05:00",
+                    "--until", "2025-03-02T00:00:00+05:00",
+                    env=cli_env(pg_server, db_name, tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "2025-02-28 19:00 to 2025-03-01 19:00 UTC" in " ".join(out.stdout.split()), out.stdout

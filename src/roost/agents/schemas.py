@@ -5,7 +5,6 @@ Secrets go in, never out: answers name a secret (type and key name), never its v
 
 from __future__ import annotations
 
-import unicodedata
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -23,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from roost.inputs import StrictInput, WebUrl
+from roost.inputs import StrictInput, WebUrl, holds_control
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,99}$"
 
@@ -204,7 +203,7 @@ Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_not_b
 
 
 def _one_line(value: str) -> str:
-    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
+    if holds_control(value):
         raise ValueError("must not contain control characters or line breaks")
     return value
 
@@ -299,6 +298,7 @@ class PersonaOut(BaseModel):
 
 
 class MemberAdd(StrictInput):
+    refuse_nul = True  # looked up as text, which holds no NUL: a 422 naming the field
     user: Name = Field(description="The user's id, username or e-mail address")
     role: MemberRole = "editor"
 

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from roost.inputs import StrictInput
+from roost.inputs import StrictInput, holds_control
 
 PLAN_KEY_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{0,63}$"
 CURRENCY_PATTERN: Final = r"^[A-Z]{3}$"
@@ -42,7 +42,7 @@ def _currency() -> Any:
 
 
 def _no_control(value: str | None, field: str) -> str | None:
-    if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if value is not None and holds_control(value):
         raise ValueError(f"{field} contains a control character")
     return value
 

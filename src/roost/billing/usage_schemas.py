@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
 from roost.billing.usage import GroupBy
-from roost.inputs import IsoDatetime, StrictInput
+from roost.inputs import IsoDatetime, StrictInput, holds_control
 
 MAX_BATCH = 10_000
 MAX_EVENT_COST = Decimal("1000000")  # one event's cost, sent or from the price table
@@ -53,7 +53,7 @@ class UsageReportOut(BaseModel):
 
 
 def _no_control(value: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if holds_control(value):
         raise PydanticCustomError("control_character", "must not contain a control character")
     return value
 
