@@ -77,6 +77,12 @@ class Result:
     machine_cpu_ms: float | None = None
     """CPU time of the whole machine (servers, PostgreSQL, the load generator, the kernel)
     per request during the phase, from /proc/stat: what two cores' throughput is bound by."""
+    commits: float | None = None
+    """Transactions committed in the database per request during the phase (both
+    servers' and the audit chain's; ``pg_stat_database``): below 1 when requests share
+    commits (Roost's group commit)."""
+    wal_bytes: float | None = None
+    """WAL written per request during the phase."""
 
 
 def spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -108,11 +114,15 @@ async def load(
 
 
 def summarise(case: str, system: str, n: int, concurrency: int, seconds: float,
-              latencies: list[float], errors: int, machine_s: float | None = None) -> Result:
+              latencies: list[float], errors: int, machine_s: float | None = None,
+              database: tuple[int, int] | None = None) -> Result:
     q = statistics.quantiles(latencies, n=100)
+    commits, wal = database if database is not None else (None, None)
     return Result(case, system, n, concurrency, round(seconds, 2), round(n / seconds, 1),
                   round(statistics.median(latencies), 2), round(q[98], 2), errors,
-                  round(machine_s / n * 1000, 3) if machine_s is not None else None)
+                  round(machine_s / n * 1000, 3) if machine_s is not None else None,
+                  round(commits / n, 3) if commits is not None else None,
+                  round(wal / n) if wal is not None else None)
 
 
 def machine_busy_s() -> float | None:
@@ -126,20 +136,39 @@ def machine_busy_s() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-async def timed_load(n: int, concurrency: int, call: Callable[[int], Awaitable[bool]],
-                     dsn: str) -> tuple[float, list[float], int, float | None]:
+async def timed_load(
+    n: int, concurrency: int, call: Callable[[int], Awaitable[bool]], dsn: str,
+) -> tuple[float, list[float], int, float | None, tuple[int, int]]:
     """:func:`load` with the machine's CPU seconds spent in its timed part and in linking
     the audit records it left (:func:`link_audit_chain`): the chain's work is the
-    phase's, not the next phase's."""
+    phase's, not the next phase's; and the database's commits and WAL bytes in it."""
     for i in range(min(100, n)):  # load's warm-up, outside the machine's count
         await call(-1 - i)
     await link_audit_chain(dsn)
+    database_before = await database_counters(dsn)
     before = machine_busy_s()
     secs, latencies, errors = await load(n, concurrency, call, warmup=0)
     await link_audit_chain(dsn)
     after = machine_busy_s()
+    database_after = await database_counters(dsn)
     busy = after - before if before is not None and after is not None else None
-    return secs, latencies, errors, busy
+    return secs, latencies, errors, busy, (database_after[0] - database_before[0],
+                                           database_after[1] - database_before[1])
+
+
+async def database_counters(dsn: str) -> tuple[int, int]:
+    """The database's committed transactions and the cluster's WAL position, in bytes,
+    after the statistics of the transactions that ended so far are flushed."""
+    await asyncio.sleep(1.1)  # backends flush their statistics at most once a second
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = await conn.fetchrow(
+            "SELECT xact_commit, pg_current_wal_lsn() - '0/0'::pg_lsn AS wal "
+            "FROM pg_stat_database WHERE datname = current_database()")
+        return int(row["xact_commit"]), int(row["wal"])
+    finally:
+        await conn.close()
 
 
 async def link_audit_chain(dsn: str) -> None:
@@ -327,10 +356,10 @@ async def main(args: argparse.Namespace) -> None:
                     ("post message", "roost, reply: false", roost_store),
                     ("post message", "fastapi+asyncpg", bare_post),
                 ):
-                    secs, lat, errs, busy = await timed_load(args.posts, args.concurrency, call,
-                                                               dsn)
+                    secs, lat, errs, busy, counters = await timed_load(args.posts, args.concurrency,
+                                                                   call, dsn)
                     results.append(summarise(case, system, args.posts, args.concurrency,
-                                             secs, lat, errs, busy))
+                                             secs, lat, errs, busy, counters))
                     print(f"  {system}: {results[-1].requests_per_s} req/s, "
                           f"p99 {results[-1].p99_ms} ms")
                 if sys.platform == "linux":  # /proc: the stored message beside the bare insert
@@ -369,10 +398,10 @@ async def main(args: argparse.Namespace) -> None:
 
                     for system, call in (("roost", roost_read), ("fastapi+asyncpg", bare_read),
                                          ("raw SQL (asyncpg)", raw_read)):
-                        secs, lat, errs, busy = await timed_load(args.reads, args.concurrency,
-                                                                 call, dsn)
+                        secs, lat, errs, busy, counters = await timed_load(
+                            args.reads, args.concurrency, call, dsn)
                         results.append(summarise("read last 50 of 1M", system, args.reads,
-                                                 args.concurrency, secs, lat, errs, busy))
+                                                 args.concurrency, secs, lat, errs, busy, counters))
                         print(f"  {system}: {results[-1].requests_per_s} req/s, "
                               f"p99 {results[-1].p99_ms} ms")
                     await pool.close()
@@ -396,10 +425,13 @@ async def main(args: argparse.Namespace) -> None:
 
     print()
     print(f"{'case':<22}{'system':<20}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-          f"{'machine CPU ms':>16}")
-    for r in results:
-        print(f"{r.case:<22}{r.system:<20}{r.requests_per_s:>9}{r.p50_ms:>9}{r.p99_ms:>9}"
-              f"{r.errors:>8}{r.machine_cpu_ms if r.machine_cpu_ms is not None else '-':>16}")
+          f"{'machine CPU ms':>16}{'commits':>9}{'WAL bytes':>11}")
+    for result in results:
+        machine, commits, wal = (value if value is not None else "-" for value in (
+            result.machine_cpu_ms, result.commits, result.wal_bytes))
+        print(f"{result.case:<22}{result.system:<20}{result.requests_per_s:>9}"
+              f"{result.p50_ms:>9}{result.p99_ms:>9}{result.errors:>8}{machine:>16}"
+              f"{commits:>9}{wal:>11}")
     for i, row in enumerate(post_cpu):
         print(f"post (reply: false) beside the bare insert, both at once, round {i}: CPU ms a "
               f"request Roost {row['roost_cpu_ms']}, bare {row['bare_cpu_ms']} "
