@@ -234,6 +234,10 @@ class DistributedMemory(Base):
     id: Mapped[uuid.UUID] = mapped_column(default=uuid7)
     shard_key: Mapped[str] = mapped_column(String(64))
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # The persona of a "<user>:<persona>" key (migration 1320): its rows go with it, as
+    # the persona's other memory does.
+    persona_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("personas.id", ondelete="CASCADE"), nullable=True)
     content: Mapped[str] = mapped_column(Text)
     embedding: Mapped[Any | None] = mapped_column(VectorType())
     memory_metadata: Mapped[dict[str, Any]] = mapped_column(
@@ -248,5 +252,6 @@ class DistributedMemory(Base):
         CheckConstraint("length(shard_key) > 0", name="shard_key_not_blank"),
         CheckConstraint("jsonb_typeof(replicated_to) = 'array'", name="replicated_to_array"),
         Index("ix_distributed_memory_user_id", "user_id"),
+        Index("ix_distributed_memory_persona_id", "persona_id"),
         {"postgresql_partition_by": "HASH (shard_key)"},
     )

@@ -172,7 +172,7 @@ async def put(
         raise Unprocessable("metadata must not contain a NUL character", extra={"field": "metadata"})
     row = DistributedMemory(
         shard_key=shard_key_for(scope.user_id, scope.persona_id), user_id=scope.user_id,
-        content=_check_content(content), embedding=_check_embedding(embedding),
+        persona_id=scope.persona_id, content=_check_content(content), embedding=_check_embedding(embedding),
         memory_metadata=dict(metadata or {}), node_id=node, replicated_to=[],
     )
     session.add(row)
