@@ -12,6 +12,7 @@ import pytest
 
 from roost.db.engine import Database
 from tests.support.identity import make_user
+from tests.tools.conftest import MAX_OUTPUT_BYTES
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -19,12 +20,17 @@ FETCH = "/api/v1/tools/by-name/web_fetch/call"
 PAGE = (b"<!doctype html><html><head><title>Herons</title><script>steal()</script></head>"
         b"<body><h1>Grey herons</h1><p>They wade in &amp; out of shallow water.</p>"
         b"<p>" + b"Long text. " * 500 + b"</p></body></html>")
+WIDE = b"<html><body><p>" + "\u00e9\"".encode() * 25_000 + b"</p></body></html>"
+SHELL = b"<!doctype html><html><head><script>boot()</script></head><body></body></html>"
 
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/page":
             self._send(200, "text/html; charset=utf-8", PAGE)
+        elif self.path in ("/wide", "/shell", "/empty"):
+            body = {"/wide": WIDE, "/shell": SHELL, "/empty": b""}[self.path]
+            self._send(200, "text/html; charset=utf-8", body)
         elif self.path == "/plain":
             self._send(200, "text/plain", b"just text\n")
         elif self.path == "/image":
@@ -117,3 +123,31 @@ async def test_web_fetch_refuses_private_addresses(
     assert "metadata" in metadata.json()["detail"]
     private = await fetch(client, bob, url="http://10.0.0.1/")
     assert "ROOST_TOOLS_ALLOWED_HOSTS" in private.json()["detail"]
+
+
+async def test_a_page_larger_than_the_output_cap_is_cut_to_fit_it(
+    client: httpx.AsyncClient, database: Database, site: str
+) -> None:
+    """ROOST_TOOLS_MAX_OUTPUT_BYTES bounds web_fetch's result as it bounds an MCP tool's:
+    a page of two-byte characters and quotes (escaped in JSON) is cut so that the result
+    fits, and says it was cut; the kept text is the page's start."""
+    _, alice = await make_user(database)
+    answer = await fetch(client, alice, url=f"{site}/wide", max_chars=40_000)
+    assert answer.status_code == 200, answer.text
+    output = answer.json()["output"]
+    assert len(httpx.Response(200, json=output).content) <= MAX_OUTPUT_BYTES
+    assert output["truncated"] and output["chars"] == 50_000
+    assert ("\u00e9\"" * 25_000).startswith(output["text"])
+    assert len(output["text"]) > 1_000  # cut to fit, not emptied
+
+
+@pytest.mark.parametrize("path", ["/shell", "/empty"])
+async def test_a_page_without_text_is_a_422(
+    client: httpx.AsyncClient, database: Database, site: str, path: str
+) -> None:
+    """A script-only app shell or an empty page has no text: the tool's 422 saying so (as
+    an image's), not a successful run with an empty text the model cannot tell apart."""
+    _, alice = await make_user(database)
+    answer = await fetch(client, alice, url=f"{site}{path}")
+    assert answer.status_code == 422, answer.text
+    assert "no text" in answer.json()["detail"]

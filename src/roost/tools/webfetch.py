@@ -11,6 +11,7 @@ text, Markdown and plain text as they are).
 
 from __future__ import annotations
 
+import json
 from typing import Any, Final
 
 from roost import __version__
@@ -76,13 +77,38 @@ async def web_fetch(cfg: ToolsConfig, arguments: dict[str, Any]) -> dict[str, An
         raise BuiltinToolError(
             f"{document.final_url[:200]} has no text to return: {exc.detail}") from None
     text = _text(parsed)
-    return {
+    if not text.strip():  # a script-only app shell, an empty page: as ingestion says it
+        raise BuiltinToolError(f"{document.final_url[:200]} has no text to return: only "
+                               "markup, scripts or nothing at all")
+    result = {
         "url": document.url,
         "final_url": document.final_url,
         "status": 200,  # fetch_url answers only 200s; anything else is an error
         "content_type": document.content_type,
         "title": parsed.title,
-        "text": text[:max_chars],
+        "text": "",
         "chars": len(text),
-        "truncated": len(text) > max_chars,
+        "truncated": True,
     }
+    kept = _fitting(text[:max_chars], cfg.max_output_bytes - _json_bytes(result))
+    return {**result, "text": kept, "truncated": len(kept) < len(text)}
+
+
+def _json_bytes(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+
+
+def _fitting(text: str, budget: int) -> str:
+    """The longest start of ``text`` whose JSON string takes at most ``budget`` more bytes
+    than an empty one: the result must fit in ROOST_TOOLS_MAX_OUTPUT_BYTES, as an MCP
+    server's must, and a page cut to fit serves the model better than a failed call."""
+    if _json_bytes(text) - 2 <= budget:
+        return text
+    low, high = 0, len(text)  # the longest fitting prefix: low fits, high does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _json_bytes(text[:middle]) - 2 <= budget:
+            low = middle
+        else:
+            high = middle
+    return text[:low]
