@@ -94,6 +94,20 @@ def reported_here() -> Iterator[None]:
 # --- the database -------------------------------------------------------------------------
 
 
+async def every_page(
+    page: Callable[[str | None], Awaitable[tuple[list[T], str | None]]],
+) -> list[T]:
+    """Every row of a listing, page after page (``page(cursor)``) until its last: a
+    listing command prints all, not the first page."""
+    rows: list[T] = []
+    cursor: str | None = None
+    while True:
+        found, cursor = await page(cursor)
+        rows.extend(found)
+        if cursor is None:
+            return rows
+
+
 def with_database(fn: Callable[[Database], Awaitable[T]], settings: Settings | None = None,
                   *, create_schema: bool = True) -> T:
     """Open the configured database (see :func:`open_database`), run ``fn``."""

@@ -5,6 +5,7 @@ never answers."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -249,3 +250,19 @@ async def test_roost_lsp_add_with_a_bad_option_says_which_and_why(
     assert invalid.returncode == 1, invalid.stderr
     assert "errors.pydantic.dev" not in invalid.stderr, invalid.stderr
     assert "name: String should match pattern" in invalid.stderr, invalid.stderr
+
+
+async def test_roost_lsp_ls_lists_every_server(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """`roost lsp ls` lists every server, page after page: with 501 it printed the first
+    500 and stopped, saying nothing of the rest."""
+    async with database.transaction() as session:
+        await session.execute(text(
+            "INSERT INTO lsp_servers (id, name, language, command) "
+            "SELECT gen_random_uuid(), 'srv' || lpad(n::text, 3, '0'), 'python', 'pylsp' "
+            "FROM generate_series(0, 500) n"))
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path / "d"),
+           "COLUMNS": "200"}
+    listed = run_roost("lsp", "ls", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert len(set(re.findall(r"\bsrv\d{3}\b", listed.stdout))) == 501

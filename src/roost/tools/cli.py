@@ -20,6 +20,7 @@ from sqlalchemy import or_, select
 from roost.clitools import (
     MAX_LIST,
     add_text_row,
+    every_page,
     fail,
     id_table,
     load_json,
@@ -63,18 +64,6 @@ def _run(fn: Callable[[Database, ToolsConfig, SecretBox], Awaitable[T]]) -> T:
         return with_database(go, settings)
     except RoostError as exc:
         raise fail(exc.title, exc.detail) from exc
-
-
-async def _every(page: Callable[[str | None], Awaitable[tuple[list[T], str | None]]]) -> list[T]:
-    """Every row of a listing, page after page (``page(cursor)``) until its last: a
-    listing command prints all, not the first page."""
-    rows: list[T] = []
-    cursor: str | None = None
-    while True:
-        found, cursor = await page(cursor)
-        rows.extend(found)
-        if cursor is None:
-            return rows
 
 
 def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
@@ -143,7 +132,7 @@ def ls_command() -> None:
     """List every MCP server (all tenants)."""
     async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> list[McpServer]:
         async with db.transaction() as session:
-            return await _every(lambda cursor: servers.list_servers(
+            return await every_page(lambda cursor: servers.list_servers(
                 session, SYSTEM, limit=MAX_LIST, cursor=cursor))
 
     table = id_table("id", "name", "owner", "transport", "endpoint", "health", "latency ms",
@@ -210,7 +199,7 @@ def tools_ls_command(
     async def go(db: Database, cfg: ToolsConfig, box: SecretBox) -> list[Any]:
         server_id = await _server_id(db, server) if server else None
         async with db.transaction() as session:
-            return await _every(lambda cursor: registry.list_tools(
+            return await every_page(lambda cursor: registry.list_tools(
                 session, SYSTEM, server_id=server_id, limit=MAX_LIST, cursor=cursor))
 
     table = id_table("id", "name", "kind", "available", "description", wrap=("description",))

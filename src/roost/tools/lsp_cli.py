@@ -16,7 +16,15 @@ from rich.console import Console
 from rich.text import Text
 from sqlalchemy import or_, select
 
-from roost.clitools import add_text_row, fail, id_table, parse_input, print_table, with_database
+from roost.clitools import (
+    add_text_row,
+    every_page,
+    fail,
+    id_table,
+    parse_input,
+    print_table,
+    with_database,
+)
 from roost.config import get_settings
 from roost.db.engine import Database
 from roost.db.lookup import id_starts_with
@@ -88,8 +96,8 @@ def ls_command() -> None:
     """List every language server (all tenants)."""
     async def go(db: Database, cfg: ToolsConfig) -> list[LspServer]:
         async with db.transaction() as session:
-            rows, _ = await lspservers.list_servers(session, SYSTEM, limit=500)
-            return rows
+            return await every_page(lambda cursor: lspservers.list_servers(
+                session, SYSTEM, limit=500, cursor=cursor))
 
     table = id_table("id", "name", "owner", "language", "command", "patterns", "health",
                      "latency ms", wrap=("command",))
