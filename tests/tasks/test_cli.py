@@ -182,6 +182,25 @@ async def test_tasks_ls_json_is_one_object_per_line(
     assert all(json.loads(line)["task_type"] == "test.noop" for line in lines)
 
 
+async def test_tasks_ls_json_sends_no_bidi_override_or_c1_control_to_the_terminal(
+    pg_server: Any, db_name: str, database: Database, tmp_path: Path
+) -> None:
+    """Stored text (a payload, an error) may hold a bidi override (U+202E) or a C1 control
+    (CSI, U+009B): `roost tasks ls --json` prints them escaped, ASCII-only JSON as `tasks
+    show` does, so what the operator sees is what is stored; still one object a line."""
+    async with database.transaction() as session:
+        job = await service.enqueue(session, "test.noop", {"name": "\u202efdp.exe"})
+        await session.execute(
+            text("UPDATE background_tasks SET error_message = :m WHERE id = :i"),
+            {"m": "KeyError: \u202eexe.txt \x9b2J", "i": job.id})
+    out = _roost(_env(pg_server, db_name, tmp_path), "tasks", "ls", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "\u202e" not in out.stdout and "\x9b" not in out.stdout, out.stdout
+    row = json.loads(out.stdout)
+    assert row["payload"] == {"name": "\u202efdp.exe"}
+    assert row["error_message"] == "KeyError: \u202eexe.txt \x9b2J"
+
+
 async def test_cli_retry_by_unique_start_of_a_job_that_died_twice(
     pg_server: Any, db_name: str, database: Database, tmp_path: Path
 ) -> None:

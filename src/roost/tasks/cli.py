@@ -77,8 +77,9 @@ def tasks_ls(
 
     rows = _run(run)
     if as_json:
-        for row in rows:  # one line each (print_json would indent), for jq and grep
-            typer.echo(row.model_dump_json())
+        for row in rows:  # one line each (print_json would indent), for jq and grep;
+            # ASCII only, as `tasks show`: stored text may hold C1 controls or bidi overrides
+            typer.echo(json.dumps(row.model_dump(mode="json"), ensure_ascii=True))
         return
     table = id_table("id", "type", "queue", "status", "priority", "tries", "scheduled", "error",
                      wrap=("error",))
