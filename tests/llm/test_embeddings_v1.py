@@ -109,3 +109,22 @@ async def test_an_invalid_embeddings_field_is_named_as_param(
     assert resp.status_code == 400, resp.text
     error = resp.json()["error"]
     assert error["code"] == "invalid_value" and error["param"] == param, error
+
+
+@pytest.mark.parametrize("texts", [[], ["x"] * 2049], ids=["empty", "over-2048"])
+async def test_an_embeddings_input_refused_for_its_length_names_input(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], texts: list[str],
+) -> None:
+    """`input: []` or more than 2,048 inputs is a 400 for the field, as every other bad
+    `input` is: `invalid_value` with `param: "input"` (it was `bad_request` with no
+    `param`, a code docs/chat.md does not list)."""
+    resp = await client.post("/api/v1/llm/providers", headers=admin_headers, json={
+        "name": "stub", "type": "openai", "base_url": stub.base_url, "model": "stub-model"})
+    assert resp.status_code == 201, resp.text
+    resp = await client.post("/v1/embeddings", headers=user[1],
+                             json={"model": "stub-model", "input": texts})
+    assert resp.status_code == 400, resp.text
+    error: dict[str, Any] = resp.json()["error"]
+    assert error["type"] == "invalid_request_error", error
+    assert (error["code"], error["param"]) == ("invalid_value", "input"), error

@@ -22,7 +22,7 @@ import re
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import structlog
 from fastapi import Request, Response
@@ -30,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from roost.errors import BadRequest, NotFound, PayloadTooLarge, RoostError
+from roost.errors import NotFound, PayloadTooLarge, RoostError
 from roost.http.problems import (
     NO_RETRY,
     json_error_reason,
@@ -227,7 +227,8 @@ class EmbeddingsBody(StrictInput):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=255)
-    input: str | list[str] = Field(description="Text or list of texts (token arrays unsupported)")
+    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)] = Field(
+        description=f"Text or list of 1 to {MAX_EMBEDDING_INPUTS} texts (token arrays unsupported)")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1, le=16_384)
     user: str | None = None
@@ -416,11 +417,7 @@ async def model(model: str, principal: CallerPrincipal, gateway: GatewayDep) -> 
 async def embeddings(
     body: EmbeddingsBody, principal: CallerPrincipal, gateway: GatewayDep
 ) -> dict[str, Any]:
-    texts = [body.input] if isinstance(body.input, str) else list(body.input)
-    if not texts:
-        raise BadRequest("input must not be empty")
-    if len(texts) > MAX_EMBEDDING_INPUTS:
-        raise BadRequest(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
+    texts = [body.input] if isinstance(body.input, str) else list(body.input)  # 1 to 2,048
     _check_sizes(gateway, texts, "input")
     outcome = await calls.embed(gateway, principal, texts, model=body.model,
                                 dimensions=body.dimensions)
