@@ -602,3 +602,69 @@ async def test_a_collection_is_trimmed_and_composed_and_refuses_hidden_character
                             json={"collection": "  "})
     assert (r.status_code, r.json()["collection"]) == (200, None), r.text
     assert await fetch(database, "SELECT id FROM documents WHERE name = 'c.txt'") == []
+
+
+# A collection's (and a tag's) length counts its characters once composed: 100 letters typed
+# decomposed are 200 code points, accepted by every endpoint that stores or matches them.
+
+
+async def test_the_collection_filter_finds_a_decomposed_collection_of_100_letters(
+    kclient: httpx.AsyncClient, database: Database
+) -> None:
+    """`?collection=` typed decomposed finds the collection PATCH stored composed (the
+    128 limit was checked on the raw query, 200 code points: a 422)."""
+    _, h = await make_user(database)
+    nfd = "e\u0301" * 100  # 200 code points; 100 once composed, as stored
+    r = await upload(kclient, h, "p.txt", b"patched")
+    doc = r.json()["document"]["id"]
+    r = await kclient.patch(f"{API}/documents/{doc}", headers=h, json={"collection": nfd})
+    assert r.status_code == 200, r.text
+    r = await kclient.get(f"{API}/documents", headers=h, params={"collection": nfd})
+    assert r.status_code == 200, r.text
+    assert [d["id"] for d in r.json()["items"]] == [doc]
+
+
+async def test_an_upload_into_a_decomposed_collection_of_100_letters_is_accepted(
+    kclient: httpx.AsyncClient, database: Database
+) -> None:
+    """An upload takes the collection PATCH and ingestion runs take, stored composed (its
+    form field's 128 limit was checked on the raw text: a 422)."""
+    _, h = await make_user(database)
+    nfd = "e\u0301" * 100
+    r = await upload(kclient, h, "u.txt", b"uploaded", collection=nfd)
+    assert r.status_code == 202, r.text
+    assert r.json()["document"]["collection"] == "\u00e9" * 100
+
+
+async def test_the_tag_filter_finds_a_decomposed_tag_of_100_letters(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig
+) -> None:
+    """`?tag=` typed decomposed finds the tag an upload stored composed (the 100 limit was
+    checked on the raw query: a 422)."""
+    _, h = await make_user(database)
+    nfd = "e\u0301" * 100
+    r = await upload(kclient, h, "s.txt", b"searchable river words", tags=nfd)
+    assert r.status_code == 202, r.text
+    doc = r.json()["document"]["id"]
+    await drain_jobs(database, kcfg)
+    r = await kclient.get(f"{API}/documents", headers=h, params={"tag": nfd})
+    assert r.status_code == 200, r.text
+    assert [d["id"] for d in r.json()["items"]] == [doc]
+
+
+async def test_search_finds_a_decomposed_collection_of_100_letters(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig
+) -> None:
+    """Search's `collection` typed decomposed matches the collection stored composed (its
+    128 limit was checked before composing: a 422)."""
+    _, h = await make_user(database)
+    nfd = "e\u0301" * 100
+    r = await upload(kclient, h, "s.txt", b"searchable river words")
+    doc = r.json()["document"]["id"]
+    r = await kclient.patch(f"{API}/documents/{doc}", headers=h, json={"collection": nfd})
+    assert r.status_code == 200, r.text
+    await drain_jobs(database, kcfg)
+    r = await kclient.post(f"{API}/search", headers=h,
+                           json={"query": "river", "mode": "text", "collection": nfd})
+    assert r.status_code == 200, r.text
+    assert [hit["document_id"] for hit in r.json()["results"]] == [doc]

@@ -18,6 +18,8 @@ from roost.knowledge import search as search_mod
 from roost.knowledge import service
 from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.schemas import (
+    SENT_COLLECTION_CHARS,
+    SENT_TAG_CHARS,
     ChunkOut,
     DocumentOut,
     DocumentUpdate,
@@ -54,7 +56,7 @@ async def upload_document(
     principal: CurrentPrincipal,
     cfg: ConfigDep,
     file: Annotated[UploadFile, File(description="Text, Markdown, HTML or PDF")],
-    collection: Annotated[str | None, Form(max_length=128)] = None,
+    collection: Annotated[str | None, Form(max_length=SENT_COLLECTION_CHARS)] = None,
     tags: Annotated[str | None, Form(max_length=8192,
                                      description="JSON array or comma-separated")] = None,
     group_id: Annotated[uuid.UUID | None, Form()] = None,
@@ -80,11 +82,11 @@ async def upload_document(
 async def list_documents(
     session: ReadSession,
     principal: CurrentPrincipal,
-    collection: Annotated[str | None, Query(max_length=128)] = None,
+    collection: Annotated[str | None, Query(max_length=SENT_COLLECTION_CHARS)] = None,
     status_: Annotated[Literal["pending", "processing", "ready", "error"] | None,
                        Query(alias="status")] = None,
     persona_id: uuid.UUID | None = None,
-    tag: Annotated[str | None, Query(max_length=100)] = None,
+    tag: Annotated[str | None, Query(max_length=SENT_TAG_CHARS)] = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
     project_id: uuid.UUID | None = None,

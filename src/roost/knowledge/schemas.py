@@ -15,6 +15,11 @@ from roost.inputs import StrictInput
 from roost.knowledge.models import MAX_TAGS_BYTES
 
 MAX_TAG_CHARS = 100
+MAX_COLLECTION_CHARS = 128
+# What a form field or query parameter may send: a name's limit counts its characters
+# once composed (NFC), and a decomposed spelling takes up to four code points for one.
+SENT_COLLECTION_CHARS = 4 * MAX_COLLECTION_CHARS
+SENT_TAG_CHARS = 4 * MAX_TAG_CHARS
 MAX_QUERY_CHARS = 2000
 MAX_DOCUMENT_IDS = 1000
 
@@ -35,7 +40,10 @@ def check_collection(value: Any) -> Any:
     break or invisible formatting characters."""
     if not isinstance(value, str):
         return value
-    return refuse_hidden_characters(nfc(no_nul(value)).strip()) or None
+    collection = refuse_hidden_characters(nfc(no_nul(value)).strip())
+    if len(collection) > MAX_COLLECTION_CHARS:
+        raise ValueError(f"must have at most {MAX_COLLECTION_CHARS} characters")
+    return collection or None
 
 
 def collection_filter(value: str | None) -> str | None:
@@ -216,10 +224,10 @@ class SearchRequest(_KnowledgeInput):
     include_curated: bool = True
     embedding_model: str | None = Field(default=None, max_length=128)
 
-    @field_validator("collection")
+    @field_validator("collection", mode="before")
     @classmethod
-    def _collection(cls, value: str | None) -> str | None:
-        return collection_filter(value)
+    def _collection(cls, value: Any) -> Any:  # composed before its length is checked
+        return collection_filter(value) if isinstance(value, str) else value
 
 
 class SearchDocument(BaseModel):
