@@ -616,14 +616,6 @@ async def test_roost_memory_shards_cli(database: Database, pg_server: PgTestServ
     assert out.returncode == 0 and "warning: ROOST_MEMORY_SHARDS is" in out.stdout
 
 
-async def _persona(database: Database, owner: uuid.UUID) -> uuid.UUID:
-    async with database.transaction() as s:
-        persona = Persona(owner_id=owner, name=f"p-{uuid.uuid4().hex[:6]}")
-        s.add(persona)
-        await s.flush()
-        return persona.id
-
-
 async def test_deleting_a_persona_deletes_its_sharded_rows(database: Database) -> None:
     """A persona's rows ("<user>:<persona>" keys) go with it, as its other memory does:
     they were left behind, unreachable by scope yet listed with ``every_persona``."""
@@ -631,7 +623,7 @@ async def test_deleting_a_persona_deletes_its_sharded_rows(database: Database) -
 
     alice, _ = await make_user(database)
     me = _as(alice)
-    gone, kept = await _persona(database, alice), await _persona(database, alice)
+    gone, kept = await make_persona(database, alice), await make_persona(database, alice)
     async with database.transaction() as s:
         await apply_principal(s, me)
         for persona_id, content in ((gone, "persona secret"), (kept, "kept"), (None, "mine")):
@@ -652,7 +644,7 @@ async def test_the_migration_gives_rows_their_persona_and_drops_those_of_deleted
     from roost.db.migrate import downgrade, upgrade
 
     alice, _ = await make_user(database)
-    live, deleted = await _persona(database, alice), await _persona(database, alice)
+    live, deleted = await make_persona(database, alice), await make_persona(database, alice)
     await downgrade(database.engine, "1310")
     keys = {"live": shards.shard_key_for(alice, live), "deleted": shards.shard_key_for(alice, deleted),
             "user": shards.shard_key_for(alice)}
