@@ -15,7 +15,7 @@ from roost.db.engine import Database
 from roost.tasks.worker import Worker
 from tests.agents.test_agents_cli import cli_env
 from tests.chat.conftest import add_provider
-from tests.debates.conftest import Headers, wait_for_debate
+from tests.debates.conftest import Headers, start, wait_for_debate
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
@@ -181,3 +181,25 @@ async def test_a_wait_that_runs_out_says_so_on_stderr(
     assert out.returncode == 2, out.stderr[-1500:]
     assert "is still pending after 1 s" in out.stderr and "roost debates show" in out.stderr, \
         out.stderr
+
+
+ESC_TOPIC = "Evil \x1b]0;pwned\x07\x1b[2J topic \u202e"
+
+
+async def test_cli_show_escapes_hostile_topic_and_positions(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+    client: httpx.AsyncClient,
+) -> None:
+    """`roost debates show` prints stored text (topic, positions) escaped, as `ls` and its
+    tables do: a topic sent through the API cannot set the terminal's title, clear the
+    screen or reorder text (its header lines printed ESC and U+202E raw)."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    _, headers = await make_user(database, username="mallory")
+    created = await start(client, headers, topic=ESC_TOPIC,
+                          positions=["p\x1b[31mred", "q\u202eq"],
+                          participants=[{"id": "x", "model": "m"}, {"id": "y", "model": "m"}])
+    out = await asyncio.to_thread(run_roost, "debates", "show", created["id"],
+                                  "--user", "mallory", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout and "\u202e" not in out.stdout, out.stdout
+    assert "\\x1b" in out.stdout, out.stdout

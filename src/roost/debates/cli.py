@@ -22,6 +22,7 @@ from roost.clitools import (
     id_table,
     load_json,
     print_table,
+    printable,
     read_text,
     resolve_id,
 )
@@ -75,10 +76,10 @@ async def _agent_id(session: AsyncSession, actor: Principal, ref: str, where: st
 def _print_debate(view: service.DebateView, *, error: bool = True) -> None:
     """The debate on stdout; ``error``: its error too (start says it on stderr)."""
     d = view.debate
-    console.print(Text(f"Debate {d.id}: {d.topic}"))
-    console.print(Text(f"status {d.status}, round {d.current_round}/{d.total_rounds}, "
-                       f"voting {d.voting_method}"))
-    console.print(Text("positions: " + ", ".join(str(p) for p in d.positions)))
+    _line(f"Debate {d.id}: {d.topic}")
+    _line(f"status {d.status}, round {d.current_round}/{d.total_rounds}, "
+          f"voting {d.voting_method}")
+    _line("positions: " + ", ".join(str(p) for p in d.positions))
     turns = id_table("turn", "round", "participant", "position", "confidence", "content",
                      wrap=("content",))
     for t in view.turns:
@@ -93,14 +94,19 @@ def _print_debate(view: service.DebateView, *, error: bool = True) -> None:
         print_table(console, ballots)
     result = (d.meta or {}).get("result")
     if result:
-        console.print(Text(f"winner: {result['winner']}"))
+        _line(f"winner: {result['winner']}")
         if result.get("no_condorcet_winner"):
             console.print(Text("no Condorcet winner (a cycle): Schulze's method decided"))
         if result.get("tied"):
-            console.print(Text(f"tie between {', '.join(result['tied'])}: "
-                               f"{result['tie_break']}"))
+            _line(f"tie between {', '.join(result['tied'])}: {result['tie_break']}")
     if error and d.error_message:
-        console.print(Text(f"error: {d.error_message}"))
+        _line(f"error: {d.error_message}")
+
+
+def _line(text: str) -> None:
+    """A line of stored text (a topic, a position, an error): escaped as the tables' cells
+    are (an ESC or a bidi override from the API must not act on the terminal)."""
+    console.print(Text(printable(text)))
 
 
 @debates_app.command("start")
