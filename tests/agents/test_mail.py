@@ -925,3 +925,36 @@ async def test_the_listener_s_total_cap_holds_across_addresses(
         writers.append(writer)
         assert greeting.startswith(b"421 "), greeting
         assert server.gate.open == 2
+
+
+@pytest.mark.parametrize(("body", "content_type", "field"), [
+    (b"x\\ud800y\r\n", b"text/plain; charset=unicode_escape", "body_text"),
+    (b"<p>x\\udfffy</p>\r\n", b"text/html; charset=raw_unicode_escape", "body_html"),
+])
+async def test_a_body_whose_charset_decodes_to_a_lone_surrogate_is_stored(
+    client: httpx.AsyncClient, database: Database, listener: MailServer,
+    user: tuple[uuid.UUID, Headers], body: bytes, content_type: bytes, field: str,
+) -> None:
+    """A charset Python knows (``unicode_escape``) can decode a body to a lone surrogate,
+    which no UTF-8 column holds: stored with U+FFFD in its place (250), not a 451 that the
+    sender's server retries forever while the message is never stored."""
+    owner, headers = user
+    persona = await make_persona(database, owner, address())
+    to = str(persona.email_address)
+    raw = (b"From: Alice <" + SENDER.encode() + b">\r\nTo: " + to.encode()
+           + b"\r\nSubject: charset lie\r\nMessage-ID: <" + uuid.uuid4().hex.encode()
+           + b"@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: " + content_type
+           + b"\r\n\r\n" + body)
+
+    def deliver() -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", listener.port, timeout=60) as smtp:
+            smtp.ehlo()
+            smtp.mail(SENDER)
+            smtp.rcpt(to)
+            return smtp.data(raw)
+
+    code, reply = await asyncio.to_thread(deliver)
+    assert code == 250, (code, reply)
+    [email] = await emails_of(database, persona.id)
+    stored = (await client.get(f"/api/v1/emails/{email.id}", headers=headers)).json()
+    assert "x\ufffdy" in stored[field], stored

@@ -83,11 +83,15 @@ class ParsedMail:
 
 
 def clean_text(value: str | None, limit: int | None = None) -> str | None:
-    """No NUL (PostgreSQL text cannot hold one), optionally bounded."""
+    """No NUL (PostgreSQL text cannot hold one) and no lone surrogate (UTF-8 cannot: a
+    charset such as ``unicode_escape`` decodes ``\\ud800`` to one), optionally bounded."""
     if value is None:
         return None
-    value = value.replace("\x00", "")
+    value = _LONE_SURROGATE.sub("\ufffd", value.replace("\x00", ""))
     return value[:limit] if limit is not None else value
+
+
+_LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 def address_text(value: str) -> str | None:
