@@ -260,3 +260,16 @@ async def test_a_group_admin_s_change_of_a_shared_project_is_audited_as_theirs(
             "AND resource_id = :p ORDER BY seq"), {"p": project["id"]})).all()
     assert [r.user_id for r in rows] == [admin_id, owner_id], rows
     assert rows[0].changes["owner"] == str(owner_id) and "owner" not in rows[1].changes, rows
+
+
+async def test_an_scp_like_repository_url_with_a_terminal_escape_is_refused(
+        client: httpx.AsyncClient, user: User) -> None:
+    """repository_url refuses control characters in the scp-like form as in URL form (an
+    ESC in ``git@host:p...`` was stored as it came)."""
+    _, h = user
+    resp = await client.post("/api/v1/projects", json={"name": "x", "repository_url": "git@host:p\x1b[31mx"},
+                             headers=h)
+    assert resp.status_code == 422, resp.text
+    url = await client.post("/api/v1/projects", json={"name": "x", "repository_url": "http://host/\x1b[31m"},
+                            headers=h)
+    assert url.status_code == 422, url.text

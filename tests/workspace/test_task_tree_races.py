@@ -99,3 +99,39 @@ async def test_a_parent_deleted_between_its_check_and_the_tree_walk_is_a_404(
                                  json={"title": "k", "parent_id": parents[1]["id"]})]
     for resp in answers:
         assert resp.status_code == 404 and resp.json().get("field") == "parent_id", resp.text
+
+
+async def test_a_parent_deleted_while_a_subtask_is_created_is_a_404_not_a_409(
+        client: httpx.AsyncClient, user: User) -> None:
+    """docs/workspace.md: "A parent deleted meanwhile is a 404 naming parent_id" (or the
+    subtask was created first): never the 409 of a foreign-key failure between the
+    parent's check and the insert (DELETE takes the owner's tree lock too)."""
+    _, h = user
+    answers = set()
+    for _ in range(4):
+        a = await make_task(client, h, "a")
+        created, deleted = await asyncio.gather(
+            client.post("/api/v1/tasks-board", json={"title": "c", "parent_id": a["id"]}, headers=h),
+            client.delete(f"/api/v1/tasks-board/{a['id']}", headers=h))
+        assert deleted.status_code == 204, deleted.text
+        answers.add(created.status_code)
+        if created.status_code == 404:
+            assert "parent_id" in created.text, created.text
+    assert answers <= {201, 404}, answers
+
+
+async def test_a_parent_deleted_while_a_task_moves_under_it_is_a_404_not_a_409(
+        client: httpx.AsyncClient, user: User) -> None:
+    """The same on PATCH: moving a task under a parent being deleted is a 404 naming
+    parent_id, or succeeds and leaves the task without a parent; never a 409."""
+    _, h = user
+    answers = set()
+    for _ in range(4):
+        a = await make_task(client, h, "a")
+        c = await make_task(client, h, "c")
+        moved, deleted = await asyncio.gather(
+            client.patch(f"/api/v1/tasks-board/{c['id']}", json={"parent_id": a["id"]}, headers=h),
+            client.delete(f"/api/v1/tasks-board/{a['id']}", headers=h))
+        assert deleted.status_code == 204, deleted.text
+        answers.add(moved.status_code)
+    assert answers <= {200, 404}, answers

@@ -9,7 +9,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from roost.inputs import StrictInput, json_size, parsed_url
+from roost.inputs import StrictInput, holds_control, json_size, parsed_url
 from roost.workspace.models import MAX_WEIGHT
 
 ProjectStatus = Literal["active", "paused", "completed", "archived"]
@@ -77,9 +77,9 @@ class ProjectFields(_NoNul):
     def _repository(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not REPOSITORY_URL.match(value):
+        if not REPOSITORY_URL.match(value) or holds_control(value):  # git@host:p<ESC>...
             raise ValueError("repository_url must be an http(s)://, ssh:// or git:// URL or "
-                             "git@host:path")
+                             "git@host:path, without control characters")
         return value if "://" not in value else parsed_url(value, ("http", "https", "ssh", "git"))
 
     @field_validator("project_metadata")

@@ -368,7 +368,12 @@ async def update_task(session: AsyncSession, actor: Principal, task_id: uuid.UUI
 
 
 async def delete_task(session: AsyncSession, actor: Principal, task_id: uuid.UUID) -> None:
-    """Delete a task; its subtasks stay, without a parent."""
+    """Delete a task; its subtasks stay, without a parent.  Under the owner's tree lock,
+    as a parent change is: a subtask created or moved under it meanwhile either commits
+    first (and loses its parent with the delete) or finds it gone (404 naming
+    ``parent_id``), never a foreign-key failure between its check and its write."""
+    owner = (await get_task(session, actor, task_id)).user_id
+    await _lock_tree(session, owner)
     task = await get_task(session, actor, task_id, lock=True)
     await session.execute(delete(Task).where(Task.id == task.id))
     await record(session, "task.delete", user_id=actor.user_id, resource_type="task",
