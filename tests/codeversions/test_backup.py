@@ -110,3 +110,74 @@ def test_a_repository_archive_reaching_outside_is_refused(tmp_path: Path, member
         backup._unpack_repos(settings, archive, backup._Silent())
     assert list(data_dir.iterdir()) == []
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "outside").exists()
+
+
+def _link_chain_archive(path: Path, ups: int) -> None:
+    """Symbolic links each pointing inside the directory as tarfile's "data" filter checks
+    them, chained past PATH_MAX so ``os.path.realpath`` stops resolving: the last link,
+    ``escape``, really points ``ups`` levels above the unpacking directory
+    (CVE-2025-4517, Pythons before 3.11.13, this machine's 3.11.7 among them)."""
+    component, steps = "d" * 247, "abcdefghijklmnop"
+    with tarfile.open(path, "w") as tar:
+        at = ""
+        for step in steps:
+            folder = tarfile.TarInfo(f"{at}{component}")
+            folder.type = tarfile.DIRTYPE
+            tar.addfile(folder)
+            link = tarfile.TarInfo(f"{at}{step}")
+            link.type, link.linkname = tarfile.SYMTYPE, component
+            tar.addfile(link)
+            at = f"{at}{component}/"
+        deep = "/".join([*steps, "l" * 254])
+        link = tarfile.TarInfo(deep)
+        link.type, link.linkname = tarfile.SYMTYPE, "../" * len(steps)
+        tar.addfile(link)
+        link = tarfile.TarInfo("escape")
+        link.type, link.linkname = tarfile.SYMTYPE, deep + "/.." * ups
+        tar.addfile(link)
+        written = tarfile.TarInfo("escape/PWNED")
+        written.size = 1
+        tar.addfile(written, io.BytesIO(b"x"))
+
+
+def test_a_chain_of_links_that_fools_the_data_filter_is_refused(tmp_path: Path) -> None:
+    """A repos.tar (or a base backup's base.tar) whose chained links the "data" filter
+    cannot resolve wrote ``escape/PWNED`` two levels above the unpacking directory, outside
+    DATA_DIR, and the restore went on: it is refused before anything is unpacked."""
+    archive = tmp_path / "repos.tar"
+    _link_chain_archive(archive, ups=2)
+    data_dir = tmp_path / "outer" / "data"
+    data_dir.mkdir(parents=True)
+    with pytest.raises(backup.BackupError, match=r"repos\.tar holds what Roost never writes"):
+        backup._unpack_repos(Settings(data_dir=data_dir), archive, backup._Silent())
+    assert list(data_dir.iterdir()) == []
+    assert not list(tmp_path.rglob("PWNED"))
+    empty = tmp_path / "pg_wal.tar"
+    with tarfile.open(empty, "w"):
+        pass
+    manifest = tmp_path / "backup_manifest"
+    manifest.write_text("{}")
+    into = tmp_path / "outer" / "pg"
+    with pytest.raises(backup.BackupError, match=r"base\.tar holds what Roost never writes"):
+        backup._unpack({"base.tar": archive, "pg_wal.tar": empty, "backup_manifest": manifest},
+                       into)
+    assert list(into.iterdir()) == [] and not list(tmp_path.rglob("PWNED"))
+
+
+@pytest.mark.parametrize(("name", "linkname"), [
+    ("inside", "a/b"), ("up-and-back", "../x/y"),
+])
+def test_links_that_stay_inside_are_unpacked(tmp_path: Path, name: str, linkname: str) -> None:
+    """The check refuses only what could lead out: a link to a path inside the directory
+    (also through ``..`` that stays inside) is unpacked as before."""
+    archive = tmp_path / "repos.tar"
+    with tarfile.open(archive, "w") as tar:
+        folder = tarfile.TarInfo("x")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        link = tarfile.TarInfo(f"x/{name}")
+        link.type, link.linkname = tarfile.SYMTYPE, linkname
+        tar.addfile(link)
+    data_dir = tmp_path / "data"
+    staging = backup._unpack_repos(Settings(data_dir=data_dir), archive, backup._Silent())
+    assert (staging / "x" / name).is_symlink()

@@ -507,7 +507,7 @@ def test_a_base_backup_with_links_out_of_the_restore_dir_is_refused(tmp_path: Pa
         manifest.write_text("{}")
         into = tmp_path / f"s-{link}" / "data"
         into.parent.mkdir()
-        with pytest.raises(backup_mod.BackupError, match="never does"):
+        with pytest.raises(backup_mod.BackupError, match=r"never (does|writes)"):
             backup_mod._unpack({"base.tar": base, "pg_wal.tar": wal,
                                 "backup_manifest": manifest}, into)
         assert [p.name for p in into.iterdir()] == []

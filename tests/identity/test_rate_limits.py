@@ -194,6 +194,31 @@ async def test_revoked_and_expired_keys_limits_are_neither_listed_nor_set(
     assert live.status_code == 200, live.text
 
 
+async def test_a_revoked_keys_requests_do_not_charge_its_user(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A user limited to 3 requests a minute revokes a leaked key. Whoever holds the
+    revoked key gets 401s: not authenticated requests, they do not spend the user's
+    minute. The one-statement paths (chat history here) charge the limits this process
+    remembers with the key before the database refuses it: that charge is given back (the
+    user's own third request was a 429)."""
+    user_id, key_a = await make_user(database)
+    key_b = await _second_key(database, user_id)
+    async with database.transaction() as session:
+        key_a_id = await session.scalar(select(ApiKey.id).where(
+            ApiKey.user_id == user_id, ApiKey.name == "test helper"))
+    # 1: key A is used once (this process now knows it).
+    assert (await client.get(LIST_KEYS, headers=key_a)).status_code == 200
+    # 2: the user revokes it with key B.
+    assert (await client.delete(f"{LIST_KEYS}/{key_a_id}", headers=key_b)).status_code == 204
+    # The revoked key's holder reads a chat history: 401, not an authenticated request.
+    leaked = await client.get(f"/api/v1/chat/sessions/{uuid.uuid4()}/messages", headers=key_a)
+    assert leaked.status_code == 401, leaked.text
+    # 3: the user's own third request of the minute.
+    third = await client.get(LIST_KEYS, headers=key_b)
+    assert third.status_code == 200, third.text
+
+
 async def test_a_console_page_over_the_limit_is_an_html_page(
     limited_app: FastAPI, client: httpx.AsyncClient, database: Database, test_keys: KeyMaterial,
 ) -> None:

@@ -91,6 +91,8 @@ async def test_embeddings_of_a_model_without_an_embeddings_api_are_a_400_naming_
     ("input", True, "input"),
     ("input", [1, 2, 3], "input.0"),  # the list's first item that is not a string
     ("input", ["a", 2], "input.1"),
+    ("input", "", "input"),  # an empty text (OpenAI refuses it; it was embedded as 0 tokens)
+    ("input", ["a", ""], "input.1"),
     ("dimensions", "8", "dimensions"),
     ("dimensions", True, "dimensions"),
     ("encoding_format", "hex", "encoding_format"),

@@ -423,6 +423,53 @@ async def test_a_malformed_content_part_is_named_in_the_error(
     assert resp.json()["error"]["param"] == "messages.0.content", resp.text
 
 
+@pytest.mark.parametrize(("change", "param"), [
+    ({"stream": "yes"}, "stream"), ({"stream": 1}, "stream"),
+    ({"max_tokens": "8"}, "max_tokens"), ({"max_tokens": 8.0}, "max_tokens"),
+    ({"n": True}, "n"), ({"temperature": "0.5"}, "temperature"), ({"top_p": True}, "top_p"),
+    ({"messages": [{"role": "user", "content": None}]}, "messages.0.content"),
+    ({"messages": [{"role": "user"}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": []}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]},
+     "messages.1.content"),
+], ids=lambda v: str(v) if isinstance(v, str) else None)
+async def test_a_loosely_typed_chat_body_is_refused_naming_the_field(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], change: dict[str, Any], param: str,
+) -> None:
+    """OpenAI types its body strictly: ``stream: "yes"`` is not true, ``max_tokens: "8"``
+    not 8, and a message without content (other than an assistant turn carrying tool calls)
+    or with an empty part list is refused.  Roost answers the same 400 invalid_value naming
+    the field, and nothing reaches the provider (it read "yes" as a stream, stored null
+    content and forwarded it)."""
+    await _provider(client, admin_headers, stub, "stub")
+    body = {"model": "stub-model", "messages": [{"role": "user", "content": "x"}], **change}
+    resp = await client.post("/v1/chat/completions", headers=user[1], json=body)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_value", param), error
+    assert stub.requests(path="/v1/chat/completions") == []
+
+
+async def test_an_assistant_turn_with_tool_calls_may_have_no_content(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    """The one message OpenAI lets omit its content (``null``): an assistant turn that
+    carries tool calls, followed by the tools' answers; temperature 1 (an integer) is a
+    number, as in JSON."""
+    await _provider(client, admin_headers, stub, "stub")
+    resp = await client.post("/v1/chat/completions", headers=user[1], json={
+        "model": "stub-model", "temperature": 1, "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [{
+                "id": "call_1", "type": "function",
+                "function": {"name": "weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]})
+    assert resp.status_code == 200, resp.text
+    assert len(stub.requests(path="/v1/chat/completions")) == 1
+
+
 async def test_a_trailing_slash_is_a_404_in_openais_shape(
     user: tuple[uuid.UUID, Headers], client: httpx.AsyncClient,
 ) -> None:

@@ -121,6 +121,12 @@ async def test_enqueue_through_the_api(
     nul = await client.post(API, json={"task_type": "test.noop", "payload": {"b": "a\u0000"}},
                             headers=admin_headers)
     assert nul.status_code == 422 and "NUL" in nul.json()["detail"]
+    # a NUL in a text column's field: a 422 naming it (was the database's generic 400)
+    for field, value in (("idempotency_key", "k\u0000"), ("task_type", "test.noop\u0000")):
+        nul = await client.post(API, json={"task_type": "test.noop", field: value},
+                                headers=admin_headers)
+        assert nul.status_code == 422, nul.text
+        assert nul.json()["errors"][0]["loc"][-1] == field, nul.text
     typed = await client.post(API, json={"task_type": "test.typed", "payload": {"name": ""}},
                               headers=admin_headers)
     assert typed.status_code == 422 and typed.json()["errors"][0]["loc"] == ["name"]

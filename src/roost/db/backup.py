@@ -39,6 +39,7 @@ import hmac
 import json
 import math
 import os
+import posixpath
 import re
 import secrets
 import shutil
@@ -642,6 +643,38 @@ def _check_repos_target(settings: Settings, occupied: list[str]) -> None:
         occupied.append(f"{root} holds code repositories")
 
 
+def _check_links(members: list[tarfile.TarInfo], what: str) -> None:
+    """Refuse an archive a link could carry out of its directory, by path arithmetic alone,
+    before anything is unpacked: a member written through a symbolic link of the archive,
+    or a link whose target leaves the directory or passes through such a link.  tarfile's
+    "data" filter resolves links with ``os.path.realpath``, which gives up on chains longer
+    than PATH_MAX (CVE-2025-4517, Pythons before 3.11.13): this check needs no resolving.
+    Roost's own archives hold no such links (git repositories and base backups without
+    tablespaces have none)."""
+    links = {posixpath.normpath(m.name) for m in members if m.issym()}
+
+    def through_link(path: str, *, itself: bool) -> bool:
+        parts = path.split("/")
+        stop = len(parts) + 1 if itself else len(parts)
+        return any("/".join(parts[:i]) in links for i in range(1, stop))
+
+    def outside(path: str) -> bool:
+        return path.startswith("/") or path == ".." or path.startswith("../")
+
+    for member in members:
+        name = posixpath.normpath(member.name)
+        target = None
+        if member.issym():
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
+        elif member.islnk():
+            target = posixpath.normpath(member.linkname)
+        if (outside(name) or through_link(name, itself=False)
+                or (target is not None and (outside(target) or member.linkname.startswith("/")
+                                            or through_link(target, itself=member.islnk())))):
+            raise BackupError(f"the backup's {what} holds what Roost never writes: a link "
+                              f"that could lead out of its directory ({member.name[:200]!r})")
+
+
 def _repos_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     """tarfile's "data" filter, keeping a file's mode but for group/other write (the
     filter adds owner write, and git keeps its objects read-only)."""
@@ -660,6 +693,7 @@ def _unpack_repos(settings: Settings, archive: Path, report: Reporter) -> Path:
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
+            _check_links(members, REPOS)
             report.stage("repositories", len(members))
             for member in members:
                 tar.extract(member, staging, filter=_repos_filter)
@@ -1586,9 +1620,11 @@ def _unpack(plain: dict[str, Path], into: Path) -> None:
     into.mkdir(mode=0o700)
     try:
         with tarfile.open(plain["base.tar"]) as tar:
+            _check_links(tar.getmembers(), "base.tar")
             tar.extractall(into, filter="data")
         (into / "pg_wal").mkdir(mode=0o700, exist_ok=True)
         with tarfile.open(plain["pg_wal.tar"]) as tar:
+            _check_links(tar.getmembers(), "pg_wal.tar")
             tar.extractall(into / "pg_wal", filter="data")
     except tarfile.TarError as exc:
         raise BackupError(f"the backup's archives hold what a base backup never does "

@@ -155,6 +155,17 @@ class Limiter:
                 f"rate limit reached: {_whose(subject)} limit of {limit} requests per minute; "
                 f"try again in {seconds} s", extra={"retry_after_s": seconds})
 
+    async def give_back(self, limits: RequestLimits) -> None:
+        """Undo :meth:`take_request`'s charge, for a request the database then refused to
+        serve as charged (a credential revoked or changed since this process remembered
+        it): GCRA's time moves back one request's spacing.  One row a statement, so no
+        two rows are ever locked in another order than ``roost_rate_take``'s."""
+        for subject, limit in limits.requests:
+            await self._call(
+                "UPDATE rate_limit_state SET tat = tat - make_interval(secs => "
+                "$2 / coalesce(per_period, $3)) WHERE subject = $1 RETURNING 1",
+                subject, PERIOD_S, limit)
+
     async def _refusing(self, pairs: Sequence[tuple[str, int]]) -> tuple[str, int]:
         """Which of a refused request's subjects refused it (the one with the longest
         wait; ``roost_rate_take`` keeps a refused request's times): a round trip more

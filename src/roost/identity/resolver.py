@@ -256,13 +256,21 @@ class KnownCaller:
     scope: str
     """JSON: the ``set_config`` values of the principal's scope, the role included."""
     key: tuple[str, ...]
+    request: Request
 
     async def run(self, statement: Callable[[str, str], Awaitable[T]]) -> T | None:
-        """``statement(confirmation, scope)``, or None when the database refused it."""
+        """``statement(confirmation, scope)``, or None when the database refused it.  A
+        refused request gives back what :func:`known_caller` charged to the limits it
+        remembered: the usual path then charges the limits in force, or answers 401 for
+        a revoked credential without charging its owner."""
         try:
             return await statement(self.confirmation, self.scope)
         except InvalidAuthorizationSpecificationError:
             _RESOLVED.pop(self.key, None)
+            limits: RequestLimits | None = getattr(self.request.state, "rate_limits", None)
+            if limits is not None:
+                self.request.state.rate_limits = None
+                await app_limiter(self.request.app).give_back(limits)
             return None
 
 
@@ -297,7 +305,7 @@ async def known_caller(request: Request) -> KnownCaller | None:
         return None
     app_role = get_settings_dep(request).db_app_role
     return KnownCaller(resolved.principal, _confirmation_json(key, resolved),
-                       _scope_json(resolved.principal, app_role), key)
+                       _scope_json(resolved.principal, app_role), key, request)
 
 
 @functools.lru_cache(maxsize=RESOLVED_MAX)

@@ -28,7 +28,7 @@ import structlog
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from roost.errors import NotFound, PayloadTooLarge, RoostError
 from roost.http.problems import (
@@ -175,14 +175,16 @@ class ChatCompletionBody(BaseModel):
 
     model: str = Field(min_length=1, max_length=255)
     messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
-    stream: bool = False
+    # Typed as OpenAI types them: ``stream: "yes"`` or ``max_tokens: "8"`` is a 400 naming
+    # the field, not read as true or 8 (a client bug would otherwise change what is billed).
+    stream: StrictBool = False
     stream_options: dict[str, Any] | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    temperature: Annotated[float, Field(strict=True)] | None = Field(default=None, ge=0, le=2)
+    top_p: Annotated[float, Field(strict=True)] | None = Field(default=None, gt=0, le=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
     stop: str | list[str] | None = None
-    n: int | None = Field(default=None, ge=1, le=1, description="Only 1 is supported")
+    n: StrictInt | None = Field(default=None, ge=1, le=1, description="Only 1 is supported")
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
     tool_choice: str | dict[str, Any] | None = None
     user: str | None = Field(default=None, max_length=256)
@@ -196,6 +198,21 @@ class ChatCompletionBody(BaseModel):
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences")
         return value
+
+    def check_messages(self) -> None:
+        """As OpenAI: a message's content is text or a non-empty list of parts; only an
+        assistant turn that carries tool calls may leave it out (``null``).  A 400
+        ``invalid_value`` whose ``param`` names the message (``messages.0.content``)."""
+        for i, message in enumerate(self.messages):
+            problem = None
+            if message.content == []:
+                problem = "must not be an empty list"
+            elif message.content is None and not (message.role == "assistant" and message.tool_calls):
+                problem = "is required (only an assistant message with tool_calls may omit it)"
+            if problem:
+                raise RequestValidationError([{
+                    "type": "value_error", "loc": ("body", "messages", i, "content"),
+                    "msg": problem, "input": None}])
 
     def check_stored_values(self) -> None:
         """The values kept in ``llm_requests.model_params`` (JSONB, which holds no NUL
@@ -227,7 +244,9 @@ class EmbeddingsBody(StrictInput):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=255)
-    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)] = Field(
+    input: Annotated[str, Field(min_length=1)] | Annotated[
+        list[Annotated[str, Field(min_length=1)]],
+        Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)] = Field(
         description=f"Text or list of 1 to {MAX_EMBEDDING_INPUTS} texts (token arrays unsupported)")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1, le=16_384)
@@ -281,6 +300,7 @@ async def chat_completions(
 ) -> Response | dict[str, Any]:
     """OpenAI's chat completions; ``stream: true`` answers server-sent ``chat.completion.chunk``
     events ending with ``data: [DONE]``.  ``model: "agent:<slug>"`` runs that agent."""
+    body.check_messages()
     if body.stream:  # a concurrent-stream slot (roost.identity.ratelimits), else 429
         await slot.acquire()
     handler = model_handler(request, body.model)

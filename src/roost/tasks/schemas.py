@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from roost.inputs import StrictInput
+from roost.inputs import StrictInput, no_nul
 from roost.tasks.models import TaskPriority, TaskStatus
 
 
@@ -43,13 +43,15 @@ class TaskDetailOut(TaskOut):
 class EnqueueIn(StrictInput):
     model_config = ConfigDict(extra="forbid")
 
-    task_type: str = Field(min_length=1, max_length=100)
+    # A payload's NUL is kept (escaped, roost.tasks.payloads); in these texts it is a 422.
+    task_type: Annotated[str, BeforeValidator(no_nul)] = Field(min_length=1, max_length=100)
     payload: dict[str, Any] = Field(default_factory=dict)
     priority: TaskPriority | None = None
     queue: str | None = Field(default=None, min_length=1, max_length=64)
     scheduled_at: datetime | None = Field(default=None, description="ISO 8601 with a zone")
     max_retries: int | None = Field(default=None, ge=0, le=100)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    idempotency_key: Annotated[str, BeforeValidator(no_nul)] | None = Field(
+        default=None, min_length=1, max_length=255)
 
 
 class DeadLetterOut(BaseModel):
