@@ -229,16 +229,19 @@ async def test_listed_tools_are_callable_at_mcp(app: FastAPI, database: Database
 
 async def test_mcp_requests_counted_under_their_route(app: FastAPI, database: Database) -> None:
     """/metrics counts /mcp requests under route "/mcp", not "unmatched" (meant for no route)."""
-    _, alice = await make_user(database, username="alice")
+    alice_id, alice = await make_user(database, username="alice")
     async with in_process(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
-        reply = await http.post("/mcp", headers={**MCP_HEADERS, **alice}, json={
-            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": "whoami", "arguments": {}}})
-        assert reply.status_code == 200, reply.text
+        for path in ("/mcp", "/mcp/"):  # with a slash: served the same, not a 307
+            reply = await http.post(path, headers={**MCP_HEADERS, **alice}, json={
+                "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "whoami", "arguments": {}}})
+            assert reply.status_code == 200, (path, reply.status_code, reply.text)
+            assert str(alice_id) in reply.text, reply.text
         metrics = (await http.get("/metrics")).text
     lines = [ln for ln in metrics.splitlines()
              if ln.startswith("roost_http_requests_total{") and 'method="POST"' in ln]
     assert any('route="/mcp"' in ln for ln in lines), lines
+    assert not any('route="/mcp/"' in ln for ln in lines), lines
 
 
 async def test_an_agent_tool_names_the_persona_s_agent_before_a_stranger_s_public_one(

@@ -226,3 +226,7 @@ router = RoostRouter()
 # GET stream would hold a connection and tasks forever, outside the stream quota.
 MCP_ROUTE = Route(PATH, McpEndpoint(), methods=["POST"], include_in_schema=False)
 router.routes.append(MCP_ROUTE)
+# "/mcp/" is served as "/mcp" (counted under it too), not a 307 redirect: a client
+# configured with the slash would otherwise depend on following a redirect of a POST.
+router.routes.append(Route(f"{PATH}/", MCP_ROUTE.endpoint, methods=["POST"],
+                           include_in_schema=False))
