@@ -120,6 +120,8 @@ NAMES = {
     "a\x00b.txt": "a%00b.txt", "evil\nname.txt": "evil%0Aname.txt",
     "evil\r\nX-Header: 1.txt": "evil%0D%0AX-Header: 1.txt", "\u202etxt.exe": "txt.exe",
     "\t.txt": "%09.txt", "名前.txt": "名前.txt", "CON": "CON", "NUL.txt": "NUL.txt",
+    # Composed (NFC): a Mac's decomposed "étude" is the same name, the same document.
+    "e\u0301tude.txt": "\u00e9tude.txt", "\u00e9tude.txt": "\u00e9tude.txt",
     # A label, never a path: stored as sent.
     ".": ".", "..": "..", "...": "...",
     "x" * 1000 + ".txt": "x" * 251 + ".txt",  # shortened before its extension

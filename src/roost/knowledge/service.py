@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import unicodedata
 import uuid
 from pathlib import PurePosixPath
 from typing import Any
@@ -116,7 +117,8 @@ def clean_filename(filename: str | None,
     :data:`MAX_NAME_CHARS` is shortened before its extension, which tells its type
     (``.md``) and stays."""
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
-    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    # Composed (NFC): a name typed decomposed (macOS file names) is the same document.
+    name = unicodedata.normalize("NFC", "".join(ch for ch in name if ch.isprintable())).strip()
     if not name:
         raise Unprocessable(problem)
     if len(name) <= MAX_NAME_CHARS:
