@@ -60,12 +60,33 @@ async def test_an_agent_model_one_may_not_see_is_model_not_found(
         assert (await s.execute(text("SELECT count(*) FROM runs"))).scalar_one() == 0
 
 
+@pytest.mark.parametrize(("change", "param"), [
+    ({"tool_choice": "a\u0000"}, "tool_choice"), ({"stop": ["\u0000"]}, "stop"),
+    ({"stream": "yes"}, "stream"), ({"max_tokens": "8"}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": None}]}, "messages.0.content"),
+], ids=["nul-tool-choice", "nul-stop", "stream-string", "max-tokens-string", "null-content"])
+async def test_an_agent_model_request_is_checked_as_any_models(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+    change: dict[str, Any], param: str,
+) -> None:
+    """The body of an agent model's request is checked as any model's (400 invalid_value
+    naming the field) before a run starts: a NUL in tool_choice started a run (and, with
+    no worker, a 504 later), as the handler skipped the gateway's checks."""
+    await make_agent(database, user[0], slug="mine")
+    resp = await _post(client, user[1], model="agent:mine", **change)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_value", param), error
+    async with database.transaction() as s:
+        assert (await s.execute(text("SELECT count(*) FROM runs"))).scalar_one() == 0
+
+
 async def test_an_agent_stream_with_include_usage_ends_with_the_usage_chunk(
     app: FastAPI, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
     user: tuple[uuid.UUID, Headers], database: Database, test_settings: Settings,
 ) -> None:
     """stream_options.include_usage adds the usage chunk (choices []) after the stop chunk,
-    before [DONE], as for any model of /v1/chat/completions."""
+    before [DONE], as for any model of /v1/chat/completions; the chunks have its shape."""
     await add_provider(client, admin_headers, stub)
     other_id, _ = await make_user(database)
     await make_agent(database, other_id, slug="pub", is_public=True)  # another's public agent
@@ -77,6 +98,9 @@ async def test_an_agent_stream_with_include_usage_ends_with_the_usage_chunk(
     assert frames[-1] == "[DONE]", frames
     assert frames[-3]["choices"][0]["finish_reason"] == "stop", frames
     assert frames[-2]["choices"] == [] and frames[-2]["usage"]["total_tokens"] > 0, frames
+    # each choice has the keys the gateway's own chunks have ("logprobs": null too)
+    assert all(set(c) == {"index", "delta", "logprobs", "finish_reason"}
+               for f in frames[:-1] for c in f["choices"]), frames
 
 
 async def test_a_failed_agent_stream_ends_with_an_error_frame_with_a_code(

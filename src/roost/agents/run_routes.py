@@ -256,7 +256,8 @@ def openai_agent_handler(app: FastAPI) -> ModelHandler:
         def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
             frame = {"id": cid, "object": "chat.completion.chunk", "created": created,
                      "model": body.model, "choices": [] if delta is None else [{
-                         "index": 0, "delta": delta, "finish_reason": finish}], **extra}
+                         "index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": finish}], **extra}
             return f"data: {json.dumps(frame, separators=(',', ':'))}\n\n"
 
         async def stream() -> AsyncIterator[str]:

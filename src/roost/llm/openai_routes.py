@@ -301,15 +301,13 @@ async def chat_completions(
     """OpenAI's chat completions; ``stream: true`` answers server-sent ``chat.completion.chunk``
     events ending with ``data: [DONE]``.  ``model: "agent:<slug>"`` runs that agent."""
     body.check_messages()
+    body.check_stored_values()  # an agent model's request too: the same body, the same 400s
     if body.stream:  # a concurrent-stream slot (roost.identity.ratelimits), else 429
         await slot.acquire()
+    _check_sizes(gateway, [m.text() for m in body.messages], "messages")
     handler = model_handler(request, body.model)
     if handler is not None:
-        _check_sizes(gateway, [m.text() for m in body.messages], "messages")
         return await handler(principal, body)
-    texts = [m.text() for m in body.messages]
-    _check_sizes(gateway, texts, "messages")
-    body.check_stored_values()
     chat = body.to_request()
     if body.stream:
         return await _stream(request, gateway, principal, body, chat)
