@@ -416,6 +416,22 @@ def _display_name(name: str) -> str:
     return "".join(c for c in " ".join(name.split()) if unicodedata.category(c) != "Cc")
 
 
+def _plain_id(message_id: str) -> bool:
+    return "=?" not in message_id
+
+
+def _refuse_broken_headers(message: EmailMessage) -> None:
+    """422 for a header whose value, as Python's email package will write it, holds a line
+    break: an RFC 2047 encoded word in a subject (``=?utf-8?q?a=0D=0ABcc=3A_x?=``) is decoded
+    when the header is set, and this Python writes the decoded CR LF out raw (3.11.10 and
+    later refuse it on output): a header line of the sender's choosing."""
+    for name, value in message.items():
+        if "\r" in str(value) or "\n" in str(value):
+            raise Unprocessable(f"the {name.lower()} decodes to a line break (an encoded word "
+                                "=?...?= holding CR or LF): refused, no header injection",
+                                extra={"field": name.lower()})
+
+
 async def _prepare_outbound(
     session: AsyncSession, cfg: MailConfig, actor: Principal, persona_id: uuid.UUID,
     body: EmailSend, run_id: uuid.UUID | None,
@@ -456,9 +472,15 @@ async def _prepare_outbound(
     thread_id = message_id
     if parent is not None and parent.message_id:
         thread_id = parent.thread_id or parent.message_id
-        message["In-Reply-To"] = parent.message_id
-        message["References"] = " ".join(dict.fromkeys(
-            i for i in (parent.thread_id, parent.message_id) if i))
+        # Ids a stranger chose: one holding an encoded word ("=?...?=", which Python's email
+        # package decodes, a CR LF into a header line of the stranger's) is left out.
+        if _plain_id(parent.message_id):
+            message["In-Reply-To"] = parent.message_id
+        references = [i for i in dict.fromkeys((parent.thread_id, parent.message_id))
+                      if i and _plain_id(i)]
+        if references:
+            message["References"] = " ".join(references)
+    _refuse_broken_headers(message)
     message.set_content(body.body)
     email = Email(id=uuid7(), persona_id=persona_id, user_id=actor.user_id or persona.owner_id,
                   run_id=run_id, direction="outbound", message_id=message_id,
