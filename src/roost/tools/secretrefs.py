@@ -20,7 +20,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 from roost.errors import Conflict, RoostError
 from roost.llm.base import HEADER_VALUE_RULE, header_value_ok
@@ -150,14 +150,29 @@ async def resolve_spec(spec: mcpclient.ServerSpec, resolve: SecretResolver | Non
     return dataclasses.replace(spec, env=env, headers=headers, hidden=revealed), revealed
 
 
+_PERCENT: Final = re.compile(r"%[0-9A-F]{2}")
+
+
+def encoded_forms(value: str) -> set[str]:
+    """``value`` as sent and as a server would quote it back: inside JSON text (non-ASCII
+    kept or ``\\uXXXX``-escaped, ``/`` as is or ``\\/``) or a URL (percent-encoded with
+    ``/`` kept or not, or form-encoded with ``+`` for spaces; upper- or lower-case hex)."""
+    forms = {value}
+    for ascii_only in (False, True):
+        text = json.dumps(value, ensure_ascii=ascii_only)[1:-1]
+        forms.update((text, text.replace("/", "\\/")))
+    for encoded in (quote(value, safe=""), quote(value), quote_plus(value)):
+        forms.update((encoded, _PERCENT.sub(lambda m: m.group().lower(), encoded)))
+    return forms
+
+
 def _revealed(resolved: Mapping[SecretRef, str]) -> Revealed:
-    # The value as sent, and as a server would quote it inside JSON text or a URL.
     forms: dict[str, str] = {}
     for ref, value in resolved.items():
-        for form in (value, json.dumps(value, ensure_ascii=False)[1:-1], quote(value, safe="")):
+        for form in encoded_forms(value):
             if len(form) >= MIN_HIDDEN_CHARS:
                 forms.setdefault(form, f"[secret {label(ref)}]")
-    return tuple(sorted(forms.items(), key=lambda item: -len(item[0])))
+    return tuple(sorted(forms.items(), key=lambda item: (-len(item[0]), item[0])))
 
 
 def hide(data: Any, revealed: Revealed) -> Any:
