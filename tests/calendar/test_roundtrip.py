@@ -187,6 +187,8 @@ async def test_export_and_reimport_keep_an_events_category_and_tags(
     ({"summary": "line one\r\nline two"}, {"summary": "line one\nline two"}),
     ({"description": "a\rb"}, {"description": "a\nb"}),
     ({"google_event_id": "g\r\n1"}, {"google_event_id": "g\n1"}),
+    ({"category": "a\r\nb"}, {"category": "a\nb"}),  # X-ROOST-CATEGORY reads back LF
+    ({"event_type": "a\rb"}, {"event_type": "a\nb"}),
     ({"location": ""}, {"location": None}),
     ({"description": ""}, {"description": None}),
 ])

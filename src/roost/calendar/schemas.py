@@ -105,7 +105,8 @@ class EventFields(StrictInput):
     semantic_tags: list[str] | None = Field(default=None, max_length=MAX_TAGS)
     semantic_embedding_id: str | None = Field(default=None, max_length=255)
 
-    @field_validator("summary", "description", "location", "google_event_id")
+    @field_validator("summary", "description", "location", "google_event_id", "category",
+                     "event_type")
     @classmethod
     def _as_exported(cls, value: str | None, info: ValidationInfo) -> str | None:
         """Text as an iCalendar export reads back: line breaks as LF (RFC 5545 TEXT has
