@@ -119,3 +119,27 @@ async def test_an_unknown_tool_name_is_not_echoed_in_full(
         result = await session.call_tool("x" * 20_000, {})
     text = result.content[0].text  # type: ignore[union-attr]
     assert result.is_error and text == f"unknown tool: {'x' * 100}...", text[:300]
+
+
+async def test_an_administrators_slugs_are_not_every_users_private_agents(
+    app: FastAPI, client: httpx.AsyncClient, database: Database,
+) -> None:
+    """An administrator may see and manage any agent by id, but /mcp's tool list and the
+    slugs of ``agent:<slug>`` are what a slug names for anyone: their own agents, their
+    personas', public ones. It listed every user's private agents as agent__<slug> and
+    ran a stranger's private agent by its slug."""
+    _, bob = await make_user(database, username="bob")
+    private = await create_agent(client, bob, name="Diary", slug="diary")
+    await create_agent(client, bob, name="Guide", slug="guide", is_public=True)
+    _, root = await make_user(database, admin=True, username="root2")
+    async with in_process(app) as base:
+        async with mcp_session(f"{base}/mcp", root) as session:
+            names = {t.name for t in (await session.list_tools()).tools}
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            by_slug = await http.post("/v1/chat/completions", headers=root, json={
+                "model": "agent:diary", "messages": [{"role": "user", "content": "hi"}]})
+            by_id = await http.get(f"/api/v1/agents/{private['id']}", headers=root)
+    assert "agent__guide" in names and "agent__diary" not in names, names
+    assert by_slug.status_code == 404, by_slug.text
+    assert by_slug.json()["error"]["code"] == "model_not_found", by_slug.text
+    assert by_id.status_code == 200, by_id.text  # still the administrator's to manage

@@ -56,7 +56,7 @@ async def find_agent_by_slug(session: AsyncSession, actor: Principal, slug: str)
     """``slug`` resolved for the actor: their own agent first, then one of their personas',
     then the oldest public one."""
     agent = await session.scalar(
-        select(Agent).where(Agent.slug == slug, visible_agents(actor))
+        select(Agent).where(Agent.slug == slug, offered_agents(actor))
         .order_by(slug_rank(actor), Agent.created_at).limit(1))
     if agent is None:
         raise NotFound(f"no agent with slug {slug!r}")
@@ -135,6 +135,16 @@ def visible_agents(actor: Principal) -> Any:
     more)."""
     if actor.is_admin:
         return true()
+    if actor.user_id is None:
+        return false()
+    return offered_agents(actor)
+
+
+def offered_agents(actor: Principal) -> Any:
+    """SQL condition: the agents a slug names for ``actor`` (``agent:<slug>`` on /v1, /mcp's
+    ``agent__<slug>`` tools, chat sessions): their own, their personas', public ones, for
+    an administrator too (who may see and manage every agent by id, but whose slugs and
+    tool list are not every user's private agents)."""
     if actor.user_id is None:
         return false()
     return or_(_own_agent(actor), Agent.is_public, _persona_agent(actor))

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents import runs
-from roost.agents.catalog import slug_rank, visible_agents
+from roost.agents.catalog import offered_agents, slug_rank
 from roost.agents.models import TERMINAL_RUN_STATUSES, Agent
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate
 from roost.db.engine import Database
@@ -57,7 +57,7 @@ class AgentsProvider:
 
     async def _agents(self, session: AsyncSession, principal: Principal) -> dict[str, Agent]:
         rows = (await session.scalars(
-            select(Agent).where(Agent.is_active, visible_agents(principal))
+            select(Agent).where(Agent.is_active, offered_agents(principal))
             .order_by(Agent.slug, slug_rank(principal), Agent.created_at))).all()
         offered: dict[str, Agent] = {}
         for agent in rows:  # a slug resolves as roost.agents.catalog.find_agent_by_slug
