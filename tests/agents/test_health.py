@@ -3,6 +3,7 @@ place (exact counts and windows), the retention, and the time series API."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -152,3 +153,54 @@ def test_the_job_is_scheduled_on_the_maintenance_queue() -> None:
     task_type = get_task_type(health.HEALTH_TASK)
     assert task_type is not None and task_type.queue == "maintenance"
     assert task_type.priority == "background"
+
+
+async def test_overlapping_passes_count_each_call_once(
+    database: Database, user: tuple[uuid.UUID, Headers], tmp_path: Path,
+) -> None:
+    """Two passes of the job at once (two workers, or a pass overrunning its 60 s interval:
+    the job's timeout is 300 s) both read the same previous sample and counted the
+    persona's one call (and its credits) twice: the later pass now skips."""
+    owner, _ = user
+    persona, agent = await persona_with_agent(database, owner)
+    run = await add_run(database, agent, owner, "completed")
+    await add_usage(database, owner, run, 3, seconds_ago=10)
+    # Hold the persona row: the first pass has measured and waits on its insert (a key-share
+    # lock on the row, the foreign key) while the second one runs.
+    async with database.transaction() as holder:
+        await holder.execute(text("SELECT 1 FROM personas WHERE id = :p FOR UPDATE"),
+                             {"p": persona.id})
+        first = asyncio.create_task(health.sample(
+            database, data_dir=tmp_path, interval_s=60, retention_days=30))
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            async with database.transaction() as watcher:
+                waiting: int = (await watcher.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'INSERT INTO persona_health_metrics%'"))).scalar_one()
+            if waiting == 1:
+                break
+            assert asyncio.get_running_loop().time() < deadline, waiting
+            await asyncio.sleep(0.05)
+        second = await asyncio.wait_for(health.sample(  # before: blocked behind the holder
+            database, data_dir=tmp_path, interval_s=60, retention_days=30), 30)
+    assert second == {"sampled": 0, "deleted": 0, "skipped": "another pass is sampling"}
+    assert (await first)["sampled"] >= 1
+    rows = await samples(database, persona.id)
+    assert [(r.llm_calls_count, r.estimated_cost) for r in rows] == [(1, 3)]
+
+
+async def test_a_big_spender_does_not_stop_every_personas_sample(
+    database: Database, user: tuple[uuid.UUID, Headers], tmp_path: Path,
+) -> None:
+    """One persona's two million credits in a window overflowed estimated_cost (numeric
+    10,4): the pass, one statement for every persona, failed and no persona was sampled."""
+    owner, _ = user
+    big, big_agent = await persona_with_agent(database, owner)
+    quiet, _ = await persona_with_agent(database, owner)
+    run = await add_run(database, big_agent, owner, "completed")
+    await add_usage(database, owner, run, 2_000_000, seconds_ago=5)
+    await health.sample(database, data_dir=tmp_path, interval_s=60, retention_days=30)
+    assert len(await samples(database, quiet.id)) == 1
+    [row] = await samples(database, big.id)
+    assert (row.llm_calls_count, row.estimated_cost) == (1, 2_000_000)

@@ -99,7 +99,8 @@ SELECT p.id AS persona_id, now() AS now, w.since,
                         WHERE m.persona_id = p.id ORDER BY m.measured_at DESC LIMIT 1),
                       now() - make_interval(secs => :interval_s)) AS since) w
   CROSS JOIN LATERAL (
-      SELECT count(u.id) AS calls, coalesce(sum(u.credits_used), 0) AS cost
+      SELECT count(u.id) AS calls,
+             least(coalesce(sum(u.credits_used), 0), :max_cost) AS cost
         FROM usage_records u JOIN runs r ON r.id = u.run_id
        WHERE r.persona_id = p.id AND u.created_at > w.since AND u.created_at <= now()) usage
  WHERE p.is_active
@@ -107,12 +108,21 @@ SELECT p.id AS persona_id, now() AS now, w.since,
 """)
 
 
+_ONE_PASS = text("SELECT pg_try_advisory_xact_lock(7263117, hashtext('agents.persona_health'))")
+_MAX_COST: Final = Decimal("9999999999999999.9999")  # numeric(20, 4), migration 1330
+
+
 async def sample(database: Database, *, data_dir: Path, interval_s: int,
                  retention_days: int) -> dict[str, Any]:
     """One sample per active persona (as the system), then the retention clean-up."""
     process = await asyncio.to_thread(_sample_process, data_dir)
     async with database.transaction() as session:
-        measured = (await session.execute(_MEASURE, {"interval_s": interval_s})).all()
+        # One pass at a time (two workers, or a pass overrunning its interval): both would
+        # read the same previous sample and count its calls twice.  The later one skips.
+        if not (await session.execute(_ONE_PASS)).scalar_one():
+            return {"sampled": 0, "deleted": 0, "skipped": "another pass is sampling"}
+        measured = (await session.execute(_MEASURE, {"interval_s": interval_s,
+                                                     "max_cost": _MAX_COST})).all()
         if measured:
             await session.execute(insert(PersonaHealthMetric), [
                 {"id": uuid7(), "persona_id": row.persona_id, "measured_at": row.now,

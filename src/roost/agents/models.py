@@ -299,7 +299,7 @@ class PersonaHealthMetric(UUIDPrimaryKey, Base):
     memory_percent: Mapped[Decimal | None] = mapped_column(Numeric(5, 2))
     disk_usage_gb: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
     llm_calls_count: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
-    estimated_cost: Mapped[Decimal | None] = mapped_column(Numeric(10, 4))
+    estimated_cost: Mapped[Decimal | None] = mapped_column(Numeric(20, 4))  # migration 1330
     active_runs_count: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
     window_s: Mapped[int | None] = mapped_column(Integer)
     measured_at: Mapped[datetime] = mapped_column(server_default=text("now()"), nullable=False)
