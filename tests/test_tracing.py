@@ -26,6 +26,7 @@ from roost.tasks.handlers import PermanentError, TaskContext, task
 from roost.tasks.service import enqueue
 from tests.agents.conftest import make_agent, running_worker, wait_for_run
 from tests.chat.conftest import add_provider
+from tests.support.cli import run_roost
 from tests.support.identity import make_user
 from tests.support.openai_stub import Reply, StubServer
 from tests.support.openai_stub.script import Call, ToolCalls
@@ -281,6 +282,72 @@ async def test_a_run_is_in_the_trace_of_the_request_that_started_it_whatever_its
     request_span = one(spans, "POST /api/v1/agents/{agent_id}/runs")
     assert f"{request_span.context.trace_id:032x}" == stored
     assert (stored == CALLER_TRACE) is usable, stored
+
+
+async def test_two_traceparent_headers_start_a_new_trace(
+    client: httpx.AsyncClient, database: Database, spans: Any,
+) -> None:
+    """Two traceparent headers are invalid (W3C Trace Context): the request's span joined
+    the last one's trace, while the run route (tracing off) read the first: now neither,
+    a new trace for both, and they agree."""
+    other = "0af7651916cd43dd8448eb211c80319c"
+    user_id, headers = await make_user(database)
+    agent = await make_agent(database, user_id)
+    started = await client.post(f"/api/v1/agents/{agent.id}/runs", json={"input": "hi"},
+                                headers=[*headers.items(),
+                                         ("traceparent", f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"),
+                                         ("traceparent", f"00-{other}-00f067aa0ba902b7-01")])
+    assert started.status_code == 202, started.text
+    stored = started.json()["trace_id"].split("-")[1]
+    request_span = one(spans, "POST /api/v1/agents/{agent_id}/runs")
+    assert f"{request_span.context.trace_id:032x}" == stored
+    assert stored not in (CALLER_TRACE, other), stored
+    assert request_span.parent is None
+
+
+async def test_a_run_of_an_unsampled_caller_keeps_its_sampling_decision(
+    client: httpx.AsyncClient, database: Database, spans: Any,
+) -> None:
+    """A caller's traceparent with flags 00 (not sampled): the run's stored trace_id ended
+    in -01 whatever the caller said, so its spans were recorded as orphans of a trace the
+    request's (parent-based) sampler dropped. It keeps the decision: -00, no run span."""
+    user_id, headers = await make_user(database)
+    agent = await make_agent(database, user_id)
+    started = await client.post(
+        f"/api/v1/agents/{agent.id}/runs", json={"input": "hi"},
+        headers={**headers, "traceparent": f"00-{CALLER_TRACE}-00f067aa0ba902b7-00"})
+    assert started.status_code == 202, started.text
+    stored = started.json()["trace_id"]
+    assert stored.split("-")[1] == CALLER_TRACE and stored.endswith("-00"), stored
+    assert tracing.trace_ids(stored)[2] is False
+    assert not named(spans, "POST /api/v1/agents")  # the request itself was not sampled
+    sampled = await client.post(
+        f"/api/v1/agents/{agent.id}/runs", json={"input": "hi"},
+        headers={**headers, "traceparent": f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"})
+    assert sampled.json()["trace_id"].endswith("-01"), sampled.text
+
+
+@pytest.mark.parametrize(("variable", "value", "said"), [
+    ("OTEL_BSP_SCHEDULE_DELAY", "-5", "OTEL_BSP_SCHEDULE_DELAY must be positive"),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "0", "OTEL_BSP_MAX_QUEUE_SIZE must be a positive integer"),
+    ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100000",
+     "OTEL_BSP_MAX_EXPORT_BATCH_SIZE must be less than or equal to OTEL_BSP_MAX_QUEUE_SIZE"),
+    ("OTEL_BSP_EXPORT_TIMEOUT", "abc", "OTEL_BSP_EXPORT_TIMEOUT must be a whole number"),
+])
+def test_a_batching_variable_the_sdk_refuses_is_one_line_at_start(
+    tmp_path: Path, pg_server: PgTestServer, db_name: str, variable: str, value: str,
+    said: str,
+) -> None:
+    """ROOST_OTEL_ENABLED=true with a bad OTEL_BSP_* value: every command that opens the
+    database died with the SDK's ValueError as a traceback (or, for a value that is no
+    number, logged one and went on): now one line naming the variable, exit 2."""
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path),
+           "ROOST_OTEL_ENABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+           variable: value}
+    done = run_roost("limits", "show", env=env)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.strip() == f"invalid configuration: {said} (the OpenTelemetry SDK's " \
+        "batching variables)", done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("case", TRACEPARENTS)

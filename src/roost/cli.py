@@ -16,7 +16,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 import roost
-from roost import domains
+from roost import domains, tracing
 from roost.clitools import (
     MAX_PORT,
     configure_cli_logging,
@@ -132,7 +132,7 @@ def _configure_cli_logging(verbose: bool) -> None:
         raise fail("invalid configuration", f"{Settings.model_config.get('env_file')} (in "
                    "the working directory) is not UTF-8 text", code=2) from None
     _warn_unknown_variables()
-    url_problem = database_url_problem(settings)
+    url_problem = database_url_problem(settings) or tracing.settings_problem(settings)
     if url_problem is not None:
         raise fail("invalid configuration", url_problem, code=2)
     configured = logging.getLevelNamesMapping()[settings.log_level.upper()]

@@ -26,7 +26,7 @@ import hashlib
 import os
 import re
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -149,8 +149,42 @@ def configure(settings: Settings) -> bool:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError as exc:
         raise RuntimeError(INSTALL_HINT) from exc
+    problem = settings_problem(settings)
+    if problem is not None:
+        raise RuntimeError(f"invalid configuration: {problem}")
     install(OTLPSpanExporter(), batch=True, sql=settings.otel_sql)
     return True
+
+
+_BATCH_VARIABLES: Final = {
+    "schedule_delay_millis": "OTEL_BSP_SCHEDULE_DELAY", "max_queue_size": "OTEL_BSP_MAX_QUEUE_SIZE",
+    "max_export_batch_size": "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "export_timeout_millis": "OTEL_BSP_EXPORT_TIMEOUT"}
+
+
+def settings_problem(settings: Settings) -> str | None:
+    """What is wrong with the ``OTEL_BSP_*`` batching variables when tracing is on (the
+    SDK refuses them with a ValueError when the batch processor is built: a traceback in
+    every command that opens the database), as one line naming them; None when fine."""
+    if not settings.otel_enabled:
+        return None
+    try:
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    except ImportError:  # configure() names the extra to install
+        return None
+    for variable in _BATCH_VARIABLES.values():  # the SDK logs a traceback and goes on
+        value = os.environ.get(variable)
+        if value is not None and not re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return f"{variable} must be a whole number (the OpenTelemetry SDK's batching variables)"
+    try:
+        BatchSpanProcessor(InMemorySpanExporter()).shutdown()  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        said = str(exc).rstrip(".")
+        for parameter, variable in _BATCH_VARIABLES.items():
+            said = said.replace(parameter, variable)
+        return f"{said} (the OpenTelemetry SDK's batching variables)"
+    return None
 
 
 def install(exporter: Any, *, batch: bool = False, sql: str = "transaction") -> None:
@@ -269,16 +303,28 @@ def header_trace_id(traceparent: str | None) -> str | None:
     Context says to ignore it (as the request's span does: the two must agree): not
     lower-case hex, an all-zero trace or span id, version ff, or version 00 with more
     fields."""
+    found = header_trace(traceparent)
+    return None if found is None else found[0]
+
+
+def header_trace(traceparent: str | None) -> tuple[str, bool] | None:
+    """:func:`header_trace_id` and the header's sampled flag."""
     if not traceparent or len(traceparent) > MAX_TRACEPARENT_CHARS:
         return None
     match = _HEADER.fullmatch(traceparent)
     if match is None:
         return None
-    version, trace, span_id, _flags, rest = match.groups()
+    version, trace, span_id, flags, rest = match.groups()
     if trace == "0" * 32 or span_id == "0" * 16 or version == "ff" or (
             version == "00" and rest.startswith("-")):
         return None
-    return trace
+    return trace, bool(int(flags, 16) & 1)
+
+
+def sole_traceparent(values: Sequence[str]) -> str | None:
+    """The request's ``traceparent`` when it carries exactly one (two or more are invalid,
+    W3C Trace Context: ignored, as the request's span ignores them)."""
+    return values[0] if len(values) == 1 else None
 
 
 def trace_ids(trace_id: str) -> tuple[int, int, bool]:
@@ -316,8 +362,11 @@ def request_span(method: str, path: str | None, headers: Iterable[tuple[bytes, b
     of the caller's trace when the request carries a W3C ``traceparent``."""
     if _tracer is None:
         return NOOP
-    carrier = {key.decode("latin-1"): value.decode("latin-1") for key, value in headers
-               if key in (b"traceparent", b"tracestate")}
+    found = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in headers
+             if key in (b"traceparent", b"tracestate")]
+    # Two traceparent headers are invalid (W3C Trace Context): a new trace, not the last
+    # one silently (the run routes read the same way: sole_traceparent).
+    carrier = dict(found) if [k for k, _ in found].count("traceparent") == 1 else {}
     parent = None
     if carrier:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator

@@ -6,6 +6,7 @@ import inspect
 import io
 import json
 import logging
+import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -342,6 +343,18 @@ async def test_metrics_count_requests_by_route_template(
     assert 'roost_http_requests_total{method="GET",route="/health",status="200"}' in text
     assert 'route="/api/v1/audit/logs"' in text
     assert "roost_http_request_duration_seconds_bucket" in text
+
+
+async def test_invented_methods_add_no_metric_series(client: httpx.AsyncClient) -> None:
+    """The method label was the raw request method: 200 invented methods (each a 405) on
+    /health added 200 series (and 200 x 14 histogram buckets) to /metrics, for anyone
+    without signing in. A method HTTP does not define is counted as ``_OTHER``."""
+    for i in range(200):
+        assert (await client.request(f"PROBE{i}", "/health")).status_code == 405
+    text = (await client.get("/metrics")).text
+    assert not re.findall(r'method="PROBE\d+"', text)
+    assert 'roost_http_requests_total{method="_OTHER",route="/health",status="405"} 200.0' \
+        in text, [ln for ln in text.splitlines() if "_OTHER" in ln]
 
 
 async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:

@@ -46,9 +46,11 @@ def trace_id_for(traceparent: str | None, run_hint: str) -> str:
     one; unique per run.  Tracing on, that is the request's own span's trace (which took
     the caller's ``traceparent`` only when usable), so the run's spans join it; off, the
     caller's trace when its ``traceparent`` is usable by the same W3C rules."""
-    trace = (tracing.header_trace_id(tracing.traceparent() or traceparent)
-             or secrets.token_hex(16))
-    return f"00-{trace}-{run_hint}-01"
+    found = tracing.header_trace(tracing.traceparent() or traceparent)
+    trace, sampled = found or (secrets.token_hex(16), True)
+    # The caller's (or the request span's) sampling decision: a run of an unsampled trace
+    # records no spans (tracing.run_parent reads the flag back).
+    return f"00-{trace}-{run_hint}-{'01' if sampled else '00'}"
 
 
 @router.post("/agents/{agent_id}/runs", status_code=status.HTTP_202_ACCEPTED,
@@ -57,12 +59,13 @@ def trace_id_for(traceparent: str | None, run_hint: str) -> str:
 async def start_run(
     agent_id: uuid.UUID, body: RunCreate, principal: CurrentPrincipal, db: DbSession,
     # No length limit: an unusable traceparent is ignored (a new trace), as W3C Trace
-    # Context asks, never a reason to refuse the run.
-    traceparent: Annotated[str | None, Header()] = None,
+    # Context asks, never a reason to refuse the run; so are two of them.
+    traceparent: Annotated[list[str] | None, Header()] = None,
 ) -> RunOut:
     agent = await catalog.get_agent(db, principal, agent_id)
+    caller = tracing.sole_traceparent(traceparent or [])
     run, _created = await runs.create_run(
-        db, principal, agent, body, trace_id=trace_id_for(traceparent, secrets.token_hex(8)))
+        db, principal, agent, body, trace_id=trace_id_for(caller, secrets.token_hex(8)))
     return RunOut.model_validate(run)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import structlog
@@ -105,6 +105,17 @@ def _relative_location(scope: Scope, location: bytes) -> bytes:
     return relative.encode("latin-1")
 
 
+_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def known_method(method: str) -> str:
+    """``method`` for metric labels and span names: one of HTTP's, else ``_OTHER`` (as
+    OpenTelemetry's HTTP conventions say): a client inventing methods (each a 405) must
+    not add a series to /metrics per method."""
+    return method if method in _METHODS else "_OTHER"
+
+
 class RequestContextMiddleware:
     """Accepts or makes an ``X-Request-ID``, binds it to logs, times and counts the request."""
 
@@ -128,8 +139,9 @@ class RequestContextMiddleware:
             )
         )
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        span = tracing.request_span(scope["method"], scope.get("path"),
-                                    scope.get("headers", ()), request_id)
+        method = known_method(scope["method"])
+        span = tracing.request_span(method, scope.get("path"), scope.get("headers", ()),
+                                    request_id)
         status = 500
         api = _is_api(scope)
         response_started = response_complete = False
@@ -192,9 +204,9 @@ class RequestContextMiddleware:
             try:
                 elapsed = time.perf_counter() - started
                 route = _route_template(scope)
-                REQUESTS.labels(scope["method"], route, str(status)).inc()
-                LATENCY.labels(scope["method"], route).observe(elapsed)
-                tracing.end_request(span, scope["method"], route, status)
+                REQUESTS.labels(method, route, str(status)).inc()
+                LATENCY.labels(method, route).observe(elapsed)
+                tracing.end_request(span, method, route, status)
                 log.info("request", method=scope["method"], path=scope["path"], route=route,
                          status=status, duration_ms=round(elapsed * 1000, 2))
             except Exception:  # bookkeeping must never turn an answer into a failure
