@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tests.support.cli import run_roost
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -42,3 +44,33 @@ def test_the_check_finds_the_examples() -> None:
     """The check above reads every page's examples (not a test that cannot fail)."""
     commands = [c for page in PAGES for _, c in _curl_commands(page.read_text(encoding="utf-8"))]
     assert sum(" -d " in c for c in commands) >= 20, len(commands)
+
+
+def _readme_user_lines() -> list[tuple[str, list[str]]]:
+    """Each ``roost GROUP a|b|c ... --user U`` line of the README's command summary: the
+    group and the subcommands it names."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Command line", 1)[1].split("```text", 1)[1].split("```", 1)[0]
+    found = []
+    for line in block.splitlines():
+        shown = line.split("#", 1)[0]
+        m = re.match(r"roost ([a-z-]+) ([a-z|-]+(?:\|[a-z-]+)+)\b.*--user U", shown)
+        if m:
+            found.append((m.group(1), m.group(2).split("|")))
+    return found
+
+
+def test_every_subcommand_the_readme_lists_with_user_takes_user(tmp_path: Path) -> None:
+    """Each subcommand a README summary line lists with `--user U` takes it (the line said
+    `roost memory ...|shards --user U`; `roost memory shards --user alice` exited 2 with
+    "No such option: --user": the partitions are global, docs/memory.md)."""
+    lines = _readme_user_lines()
+    assert len(lines) >= 10, lines  # the parser finds the summary's lines
+    env = {"ROOST_DATA_DIR": str(tmp_path / "never")}
+    missing = []
+    for group, subs in lines:
+        for sub in subs:
+            out = run_roost(group, sub, "--help", env=env, timeout=60)
+            if out.returncode != 0 or "--user" not in out.stdout:
+                missing.append(f"roost {group} {sub}")
+    assert not missing, missing

@@ -12,6 +12,7 @@ import pytest
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from tests.console.conftest import assert_accessible, screenshot, sign_in_as
+from tests.prompts.conftest import publish
 from tests.support.identity import make_user
 
 pytestmark = [pytest.mark.needs_browser, pytest.mark.usefixtures("no_script_errors")]
@@ -83,3 +84,22 @@ async def test_publish_promote_and_preview(page: Any, console: str, client: http
     await expect(page.locator("#notice")).to_contain_text("nobody")
     await assert_accessible(page)
     await screenshot(page, "prompts")
+
+
+async def test_console_moves_a_label_to_any_version_of_a_long_key(
+        page: Any, console: str, client: httpx.AsyncClient, database: Database,
+        test_keys: KeyMaterial) -> None:
+    """The console shows a key's versions with a form to move any label to any version:
+    with 101 versions it showed only the newest 100 (one page, next_cursor ignored), so v1
+    could be neither previewed nor made production from the console."""
+    from playwright.async_api import expect
+
+    user_id, headers = await make_user(database)
+    for i in range(101):
+        await publish(client, headers, "probe.long", f"text {i}")
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto("/console/prompts")
+    await page.get_by_role("button", name="Versions of probe.long (user)").click()
+    await expect(page.locator("#versions-body tr").first).to_be_visible()
+    await expect(page.locator("#label-version option")).to_have_count(101)
+    await expect(page.locator('#versions-body tr[data-version="1"]')).to_have_count(1)

@@ -74,13 +74,22 @@ function versionRow(version) {
 
 async function showVersions(key, { focus = true } = {}) {
   current = key;
+  // Every version, page after page (the label form may move a label to any of them).
   const query = new URLSearchParams({ key: key.prompt_key, scope: key.scope, limit: "100" });
   if (key.group_id) query.set("group_id", key.group_id);
-  let page;
-  try { page = await api(`/api/v1/prompts?${query}`); } catch (error) { showError(error); return; }
+  const versions = [];
+  try {
+    for (;;) {
+      const page = await api(`/api/v1/prompts?${query}`);
+      versions.push(...page.items);
+      if (!page.next_cursor) break;
+      query.set("cursor", page.next_cursor);
+    }
+  } catch (error) { showError(error); return; }
+  if (current !== key) return;  // another key was chosen meanwhile
   $("versions-title").textContent = `Versions of “${key.prompt_key}” (${scopeName(key)})`;
-  $("versions-body").replaceChildren(...page.items.map(versionRow));
-  $("label-version").replaceChildren(...page.items.map((v) => el("option", { value: v.id }, `v${v.version}`)));
+  $("versions-body").replaceChildren(...versions.map(versionRow));
+  $("label-version").replaceChildren(...versions.map((v) => el("option", { value: v.id }, `v${v.version}`)));
   $("versions-card").hidden = false;
   if (focus) $("versions-title").scrollIntoView({ block: "nearest" });
 }
