@@ -356,3 +356,56 @@ async def test_connections_over_the_cap_are_answered_503_and_served_again_once_c
         async with httpx.AsyncClient(base_url=server.base_url) as client:
             assert (await client.get("/health")).status_code == 200
     assert "Traceback" not in server.output, server.output[-3000:]
+
+
+async def test_a_content_encoding_in_a_second_header_line_is_refused_too(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """``Content-Encoding: identity`` then ``Content-Encoding: gzip`` (a proxy appending its
+    own line) declares "identity, gzip" (RFC 9110 5.3: repeated lines are one list), a 415
+    as on one line; only the first line was looked at, and the group stored (201)."""
+    _, headers = await make_user(database)
+    one_line = await client.post("/api/v1/groups", content=b'{"name": "enc-one-line"}', headers={
+        **headers, "content-type": "application/json", "content-encoding": "identity, gzip"})
+    assert one_line.status_code == 415, one_line.text
+    two_lines = await client.post("/api/v1/groups", content=b'{"name": "enc-two-lines"}', headers=[
+        *headers.items(), ("content-type", "application/json"),
+        ("content-encoding", "identity"), ("content-encoding", "gzip")])
+    assert two_lines.status_code == 415, two_lines.text
+    assert two_lines.headers["content-type"].startswith(PROBLEM), two_lines.headers
+    listed = await client.get("/api/v1/groups", headers=headers)
+    assert all(g["name"] != "enc-two-lines" for g in listed.json()["items"]), listed.text
+
+
+async def _exchange(base_url: str, request: bytes) -> bytes:
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 30)  # Connection: close: read to EOF
+    finally:
+        writer.close()
+
+
+async def test_a_transfer_coding_roost_does_not_decode_is_refused(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path, test_keys: KeyMaterial,
+    database: Database
+) -> None:
+    """A body declared ``Transfer-Encoding: gzip, chunked`` is gzip data in chunks; the
+    server only undoes the chunking, and the undecoded body was parsed and stored (201).
+    It is a 501 (RFC 9112 6.1: a transfer coding the server does not understand)."""
+    _, headers = await make_user(database)
+    body = b'{"name": "te-gzip"}'
+    request = (b"POST /api/v1/groups HTTP/1.1\r\nHost: x\r\nAuthorization: "
+               + headers["Authorization"].encode()
+               + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n"
+               b"Connection: close\r\n\r\n" + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+    with roost_server(serve_env(pg_server, db_name, tmp_path / "data", test_keys)) as server:
+        answer = await _exchange(server.base_url, request)
+        status_line = answer.split(b"\r\n", 1)[0]
+        assert status_line == b"HTTP/1.1 501 Not Implemented", answer[:400]
+        assert b"application/problem+json" in answer.split(b"\r\n\r\n", 1)[0], answer[:400]
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+            listed = await http.get("/api/v1/groups", headers=headers)
+        assert all(g["name"] != "te-gzip" for g in listed.json()["items"]), listed.text

@@ -67,12 +67,14 @@ def _nul_in(scope: Scope) -> str | None:
     return None
 
 
-def _content_coding(scope: Scope) -> str | None:
-    """The request's ``Content-Encoding`` when it names a coding other than identity."""
-    value = _header(scope, b"content-encoding")
-    if value is None or all(c.strip().lower() in ("", "identity") for c in value.split(",")):
+def _coding_beyond(scope: Scope, name: bytes, understood: tuple[str, ...]) -> str | None:
+    """The codings the request's ``name`` header lines list (every line: two lines are
+    one list, RFC 9110) when one of them is not in ``understood``; None when all are."""
+    values = [value.decode("latin-1") for key, value in scope.get("headers", ()) if key == name]
+    codings = [c.strip().lower() for value in values for c in value.split(",")]
+    if all(c in understood for c in codings):
         return None
-    return value[:64]
+    return ", ".join(values)[:64]
 
 
 def _route_path(scope: Scope) -> str:
@@ -174,7 +176,15 @@ class RequestContextMiddleware:
             if nul is not None:
                 await problem(422, nul)(scope, _empty_receive, send_with_id)
                 return
-            coding = _content_coding(scope)
+            transfer = _coding_beyond(scope, b"transfer-encoding", ("", "chunked", "identity"))
+            if transfer is not None:
+                # The server takes chunked apart and nothing else: a gzip transfer coding
+                # would reach the app still compressed (RFC 9112: 501 for one not understood).
+                await problem(501, f"Transfer-Encoding {transfer!r} is not supported: send "
+                              "the body chunked or with a Content-Length")(
+                    scope, _empty_receive, send_with_id)
+                return
+            coding = _coding_beyond(scope, b"content-encoding", ("", "identity"))
             if coding is not None:
                 # Roost decodes no content coding: a gzip body read as JSON is garbage, and
                 # one that happens to parse would be stored as if the header were absent.
