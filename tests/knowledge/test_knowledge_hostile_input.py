@@ -255,6 +255,13 @@ async def test_hostile_tags_are_a_422_naming_the_problem(
         (json.dumps(["a\u0000b"]), "tags must not contain NUL characters"),
         (json.dumps([{"x": 1}]), "tags must be strings"),
         (json.dumps([1, 2]), "tags must be strings"),
+        # what a terminal, a log or a reader's eye would act on
+        (json.dumps(["a\u001b[2Jb"]), "tags must not contain control characters, line "
+                                      "breaks or bidirectional overrides"),
+        ("a\nb,c", "tags must not contain control characters, line breaks or bidirectional "
+                  "overrides"),
+        (json.dumps(["invoice\u202efdp.exe"]), "tags must not contain control characters, "
+                                              "line breaks or bidirectional overrides"),
         ("[" * 10_000, "request has invalid or missing fields; see errors"),
     ):
         answer = await upload(kclient, headers, "t.txt", b"words", tags=tags)

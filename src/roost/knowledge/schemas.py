@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from roost.errors import Unprocessable
 from roost.identity.common import nfc, refuse_hidden_characters
-from roost.inputs import StrictInput
+from roost.inputs import StrictInput, holds_control
 from roost.knowledge.models import MAX_TAGS_BYTES
 
 MAX_TAG_CHARS = 100
@@ -51,6 +52,9 @@ def collection_filter(value: str | None) -> str | None:
     return None if value is None else nfc(value).strip()
 
 
+_BIDI_CONTROLS: Final = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
 def check_tags(tags: list[str] | None) -> list[str]:
     """Strip, compose (NFC: a decomposed "é" is the same tag), drop empties and duplicates
     (keeping order); at most 5 KB as JSON."""
@@ -62,6 +66,11 @@ def check_tags(tags: list[str] | None) -> list[str]:
             raise Unprocessable("tags must be strings")
         if "\x00" in raw:
             raise Unprocessable("tags must not contain NUL characters")
+        # ESC, CSI, a line break (a terminal or a log acts on them), a bidirectional
+        # override or isolate (a tag shown reversed, "txt.exe" as "exe.txt")
+        if holds_control(raw) or _BIDI_CONTROLS.search(raw):
+            raise Unprocessable("tags must not contain control characters, line breaks or "
+                                "bidirectional overrides")
         try:  # a JSON escape of a lone surrogate ("\ud800") decodes to no character
             raw.encode("utf-8")
         except UnicodeEncodeError:
