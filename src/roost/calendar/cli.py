@@ -17,7 +17,15 @@ from rich.text import Text
 
 from roost.calendar import recurrence, service
 from roost.calendar.schemas import CalendarCreate
-from roost.clitools import fail, id_table, parse_input, print_table, read_bytes, write_bytes
+from roost.clitools import (
+    fail,
+    id_table,
+    parse_input,
+    print_table,
+    printable,
+    read_bytes,
+    write_bytes,
+)
 from roost.errors import NotFound
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
@@ -52,10 +60,10 @@ def calendar_import(
             return cal.name, await service.import_ics(session, env.principal, cal.id, raw)
 
     name, result = _run(user, go)
-    console.print(Text(f"{name}: {result['created']} created, {result['updated']} updated, "
-                       f"{result['unchanged']} unchanged, {len(result['skipped'])} skipped"))
+    console.print(Text(printable(f"{name}: {result['created']} created, {result['updated']} updated, "
+                       f"{result['unchanged']} unchanged, {len(result['skipped'])} skipped")))
     for reason in result["skipped"]:
-        console.print(Text(f"  skipped {reason}"))
+        console.print(Text(printable(f"  skipped {reason}")))
 
 
 @calendar_app.command("export")
@@ -115,8 +123,9 @@ def calendar_agenda(
         else:
             start = o["start"].astimezone(zone).strftime("%Y-%m-%d %H:%M")
             end = o["end"].astimezone(zone).strftime("%H:%M")
-        table.add_row(start, end, Text(o["summary"] + (" ↻" if o["recurring"] else "")),
-                      Text(names.get(o["calendar_id"], "-")), Text(o["location"] or ""))
+        table.add_row(start, end, Text(printable(o["summary"]) + (" ↻" if o["recurring"] else "")),
+                      Text(printable(names.get(o["calendar_id"], "-"))),
+                      Text(printable(o["location"] or "")))
     print_table(console, table)
     if truncated:
         console.print(Text(f"(only the first {len(found)} shown: use fewer --days)"))

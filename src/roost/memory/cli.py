@@ -29,6 +29,7 @@ from roost.clitools import (
     fail,
     id_table,
     print_table,
+    printable,
     resolve_id,
     when,
     with_database,
@@ -79,8 +80,9 @@ def _invalid(exc: ValidationError) -> typer.Exit:
 
 
 def _short(value: str | None, limit: int = PREVIEW_CHARS) -> str:
+    """Stored text on one line, shortened, safe to print (control characters escaped)."""
     flat = " ".join((value or "").split())
-    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+    return printable(flat if len(flat) <= limit else flat[:limit - 1] + "…")
 
 
 def _num(value: float | None) -> str:
@@ -320,7 +322,7 @@ def graph_command(
     for edge in edges:
         state = "[green]current[/green]" if edge.current_at(now) else (
             "[yellow]future[/yellow]" if edge.valid_from > now else "[dim]past[/dim]")
-        table.add_row(Text(f"{edge.source_name} --{edge.relation}--> {edge.target_name}"),
+        table.add_row(Text(printable(f"{edge.source_name} --{edge.relation}--> {edge.target_name}")),
                       when(edge.valid_from, seconds=True), when(edge.valid_to, seconds=True), state,
                       Text(_short(edge.memory_content, 80)))
     print_table(console, table)
@@ -328,7 +330,8 @@ def graph_command(
         table = id_table("depth", "entity", "type", "via", wrap=("via",))
         for n in near:
             via = "; ".join(f"{e.source_name} --{e.relation}--> {e.target_name}" for e in n.edges)
-            table.add_row(str(n.depth), Text(n.entity.name), n.entity.entity_type, Text(via))
+            table.add_row(str(n.depth), Text(printable(n.entity.name)), Text(printable(n.entity.entity_type)),
+                          Text(printable(via)))
         print_table(console, table)
 
 

@@ -33,6 +33,7 @@ from roost.clitools import (
     load_json,
     parse_input,
     print_table,
+    printable,
     read_text,
     when,
 )
@@ -86,7 +87,7 @@ def workflows_ls(
     table = id_table("id", "name", "status", "version", "nodes", "edges", "updated",
                      wrap=("name",))
     for w in _run(user, go):
-        table.add_row(str(w.id), Text(w.name), w.status, str(w.latest_version or "-"),
+        table.add_row(str(w.id), Text(printable(w.name)), w.status, str(w.latest_version or "-"),
                       str(len(w.nodes)), str(len(w.edges)), when(w.updated_at, seconds=True))
     print_table(console, table)
 
@@ -106,7 +107,8 @@ def _report(issues: list[graph.Issue], nodes: int, edges: int) -> None:
         return
     table = id_table("code", "node", "edge", "problem", wrap=("problem",))
     for i in issues:
-        table.add_row(i.code, Text(i.node_id or "-"), Text(i.edge_id or "-"), Text(i.message))
+        table.add_row(i.code, Text(printable(i.node_id or "-")), Text(printable(i.edge_id or "-")),
+                      Text(printable(i.message)))
     print_table(console, table)
     raise fail("Invalid", f"{len(issues)} problem(s)")
 
@@ -156,8 +158,8 @@ def workflows_publish(
             return w, version
 
     w, version = _run(user, go)
-    console.print(Text(f"Published {w.name} version {version.version} "
-                       f"(sha256 {version.content_hash[:12]})"))
+    console.print(Text(printable(f"Published {w.name} version {version.version} "
+                                 f"(sha256 {version.content_hash[:12]})")))
 
 
 def _parse_inputs(pairs: list[str], from_json: str | None) -> dict[str, Any]:
@@ -188,8 +190,8 @@ async def _follow(env: Env, run_id: uuid.UUID, timeout_s: float) -> WorkflowRunO
             if step.id not in shown and step.status not in OPEN_STEP_STATUSES:
                 shown.add(step.id)
                 took = f"{step.duration_ms} ms" if step.duration_ms is not None else ""
-                console.print(Text(f"  {step.status:<10} {step.node_id} ({step.node_type}) "
-                                   f"{took}" + (f": {step.error}" if step.error else "")))
+                console.print(Text(printable(f"  {step.status:<10} {step.node_id} ({step.node_type}) "
+                                   f"{took}" + (f": {step.error}" if step.error else ""))))
         if run.status in ("completed", "failed", "cancelled") or run.waiting_for:
             return run
         if not warned and time.monotonic() - started > 15 and any(
@@ -205,12 +207,12 @@ async def _follow(env: Env, run_id: uuid.UUID, timeout_s: float) -> WorkflowRunO
 
 def _outcome(run: WorkflowRunOut) -> None:
     if run.waiting_for:
-        console.print(Text(f"Run {run.id} waits for approval at {', '.join(run.waiting_for)}: "
-                           f"POST /api/v1/workflow-runs/{run.id}/approvals/<node>"))
+        console.print(Text(printable(f"Run {run.id} waits for approval at {', '.join(run.waiting_for)}: "
+                           f"POST /api/v1/workflow-runs/{run.id}/approvals/<node>")))
         return
     console.print(Text(f"Run {run.id} {run.status}"))
     if run.output is not None:
-        console.print(Text(run.output))
+        console.print(Text(printable(run.output)))
     if run.status == "failed":
         raise fail("Run failed", (run.error_message or "") +
                    f"; fix the cause, then: roost workflows resume {run.id}")
@@ -246,7 +248,7 @@ def workflows_run(
         async with env.scoped() as session:
             w = await _workflow(session, env.principal, workflow)
             run, _ = await runs.start_run(session, env.principal, w.id, body, source="cli")
-        console.print(Text(f"Run {run.id} of {w.name} started"))
+        console.print(Text(printable(f"Run {run.id} of {w.name} started")))
         if not wait:
             async with env.scoped() as session:
                 return await runs.read_run(session, env.principal, run.id)
