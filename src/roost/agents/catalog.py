@@ -366,6 +366,11 @@ async def list_agents(
 async def update_agent(session: AsyncSession, actor: Principal, agent_id: uuid.UUID,
                        body: AgentUpdate) -> Agent:
     agent = await _editable(session, actor, agent_id, "change it")
+    # Locked: a change waiting on the agent's deletion finds it gone (404, not a failed
+    # UPDATE of nothing); one waiting on another change builds on it.
+    await one_or_404(session, select(Agent.id).where(Agent.id == agent_id), lock=True,
+                     missing=f"agent {agent_id} does not exist")
+    await session.refresh(agent)
     given = body.model_fields_set
     values: dict[str, Any] = {f: getattr(body, f) for f in given if f != "config"}
     if body.config is not None:

@@ -215,7 +215,9 @@ async def update_group(
     or describe (``set_description``: ``description`` was sent; null clears it)."""
     if set_name and name is None:
         raise Unprocessable("name cannot be null: a group needs a name", extra={"field": "name"})
-    view = await _manageable(session, principal, group_id)
+    # Locked (and checked again): a rename waiting on the group's deletion is a 404.
+    view = await _locked(session, principal, group_id, manage=True)
+    await session.refresh(view.group)  # as the change it may have waited on left it
     before = {"name": view.group.name, "description": view.group.description}
     if name is not None:
         view.group.name = name

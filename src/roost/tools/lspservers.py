@@ -111,15 +111,19 @@ async def list_servers(
                               limit=limit, cursor=cursor)
 
 
-async def get_server(session: AsyncSession, actor: Principal, server_id: uuid.UUID) -> LspServer:
-    row = await session.scalar(select(LspServer).where(LspServer.id == server_id, _visible(actor)))
+async def get_server(session: AsyncSession, actor: Principal, server_id: uuid.UUID, *,
+                     lock: bool = False) -> LspServer:
+    """The server, if the actor sees it (else 404); ``lock``: its row locked (a deletion
+    racing another then finds it gone: 404, not a second 204)."""
+    statement = select(LspServer).where(LspServer.id == server_id, _visible(actor))
+    row = await session.scalar(statement.with_for_update() if lock else statement)
     if row is None:
         raise NotFound(f"language server {server_id} does not exist")
     return row
 
 
 async def delete_server(session: AsyncSession, actor: Principal, server_id: uuid.UUID) -> None:
-    row = await get_server(session, actor, server_id)
+    row = await get_server(session, actor, server_id, lock=True)
     if row.user_id is None and not actor.is_admin:
         raise Forbidden("global language servers are managed by administrators")
     await session.delete(row)

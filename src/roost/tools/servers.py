@@ -176,7 +176,8 @@ def _check_write(actor: Principal, row: McpServer) -> None:
 async def delete_server(session: AsyncSession, actor: Principal, server_id: uuid.UUID) -> None:
     """Delete the server and its tools; their tool runs stay as written (their tool_id
     then names a deleted tool: history ids have no foreign keys, migration 1090)."""
-    row = await get_server(session, actor, server_id)
+    # Locked: a second deletion at once waits, then finds it gone (404, one record).
+    row = await get_server(session, actor, server_id, lock=True)
     _check_write(actor, row)
     await session.delete(row)
     await session.flush()
