@@ -31,6 +31,7 @@ def rotate_messages_command(
 
     from roost.chat.keys import (
         CHECKPOINT_FILE,
+        RotationBusy,
         RotationReport,
         count_encrypted_rows,
         rotate_messages,
@@ -73,7 +74,10 @@ def rotate_messages_command(
         finally:
             await db.dispose()
 
-    report = asyncio.run(run())
+    try:
+        report = asyncio.run(run())
+    except RotationBusy as exc:
+        raise fail("not rotating", exc.detail) from None
     if report.resumed_from:
         console.print(f"resumed from {report.resumed_from}")
     console.print(

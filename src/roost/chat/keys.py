@@ -15,11 +15,14 @@ the command exits non-zero.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from roost.db.engine import Database
-from roost.errors import RoostError
+from roost.errors import Conflict, RoostError
 from roost.security.crypto import DecryptionError, MessageCipher
 
 log = structlog.get_logger(__name__)
@@ -67,6 +70,7 @@ ENCRYPTED_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("llm_responses", ("content",)),
 )
 CHECKPOINT_FILE = "rotate-messages.checkpoint.json"
+LOCK_FILE = "rotate-messages.lock"
 
 
 class MessageKeysError(RuntimeError):
@@ -164,16 +168,48 @@ class _Checkpoint:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"fingerprint": self.fingerprint, "table": self.table,
-                       "last_id": self.last_id, "done_tables": self.done_tables}, handle)
-        tmp.replace(self.path)
+        # A name of its own (mkstemp: mode 0600), then renamed over the checkpoint.
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump({"fingerprint": self.fingerprint, "table": self.table,
+                           "last_id": self.last_id, "done_tables": self.done_tables}, handle)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def clear(self) -> None:
-        if self.path is not None and self.path.exists():
-            self.path.unlink()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+class RotationBusy(Conflict):
+    """Another rotation of this data directory is running."""
+
+
+@contextlib.contextmanager
+def _one_rotation(checkpoint: Path | None) -> Iterator[None]:
+    """One rotation at a time per data directory (the checkpoint's): a lock file held
+    with ``flock`` (released by the kernel if the process dies), else RotationBusy.  Two at
+    once would share the work safely (rows are locked a batch at a time) but overwrite each
+    other's checkpoint."""
+    if checkpoint is None:
+        yield
+        return
+    checkpoint.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = checkpoint.with_name(LOCK_FILE)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RotationBusy(f"another rotation of these keys is running (it holds {lock}): "
+                               "let it finish, or stop it and run this again to resume") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 async def count_encrypted_rows(db: Database) -> dict[str, int]:
@@ -208,14 +244,39 @@ async def rotate_messages(
     ``on_batch(table, rows)`` reports progress.  ``stop_after_batches`` ends early (as an
     interruption would), leaving the checkpoint for the next run.
     """
+    with _one_rotation(checkpoint):
+        return await _rotate(db, cipher, cipher_keys, batch_size=batch_size,
+                             checkpoint=checkpoint, on_batch=on_batch,
+                             stop_after_batches=stop_after_batches)
+
+
+async def _rows_up_to(db: Database, table: str, last_id: uuid.UUID | None) -> int:
+    """How many rows of ``table`` a resumed rotation passes over (all when ``last_id`` is
+    None), for its progress."""
+    async with db.transaction() as session:
+        where = "WHERE id <= :last" if last_id is not None else ""
+        return int((await session.execute(
+            text(f"SELECT count(*) FROM {table} {where}"),  # noqa: S608
+            {"last": last_id} if last_id is not None else {})).scalar_one())
+
+
+async def _rotate(
+    db: Database, cipher: MessageCipher, cipher_keys: tuple[str, ...], *, batch_size: int,
+    checkpoint: Path | None, on_batch: Callable[[str, int], None] | None,
+    stop_after_batches: int | None,
+) -> RotationReport:
     state = _Checkpoint.load(checkpoint, key_fingerprint(cipher_keys))
     report = RotationReport()
     if state.table is not None or state.done_tables:
         report.resumed_from = {"table": state.table or "", "last_id": state.last_id or ""}
     for table, columns in ENCRYPTED_COLUMNS:
         if table in state.done_tables:
+            if on_batch is not None:  # done by the run this one resumes: its bar full
+                on_batch(table, await _rows_up_to(db, table, None))
             continue
         last_id = uuid.UUID(state.last_id) if state.table == table and state.last_id else None
+        if last_id is not None and on_batch is not None:
+            on_batch(table, await _rows_up_to(db, table, last_id))
         cols = ", ".join(columns)
         while True:
             if stop_after_batches is not None and report.batches >= stop_after_batches:
