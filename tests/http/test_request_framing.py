@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request
 from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
 from tests.support.server import roost_server, serve_env
@@ -409,3 +410,24 @@ async def test_a_transfer_coding_roost_does_not_decode_is_refused(
         async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
             listed = await http.get("/api/v1/groups", headers=headers)
         assert all(g["name"] != "te-gzip" for g in listed.json()["items"]), listed.text
+
+
+async def test_a_cookie_holding_backslashes_is_left_out_and_the_others_kept(
+    app: FastAPI,
+) -> None:
+    """A cookie value may hold no backslash (RFC 6265), and the standard library's unquoting
+    (which Starlette parses cookies with) takes quadratic time in them on Python < 3.11.10
+    (CVE-2024-7592): a 64 KiB Cookie header of backslashes held the event loop for seconds
+    on every request, signed in or not.  Such a cookie is left out before any route reads
+    the header; the request's other cookies are kept."""
+
+    @app.get("/_test/cookies")
+    async def cookies(request: Request) -> dict[str, str]:
+        return dict(request.cookies)
+
+    hostile = 'a="' + "\\\\" * 20_000 + '"'
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://roost.test") as http:
+        seen = await http.get("/_test/cookies", headers={"cookie": f"b=1; {hostile}; c=2"})
+    assert seen.status_code == 200, seen.text
+    assert seen.json() == {"b": "1", "c": "2"}

@@ -77,6 +77,20 @@ def _coding_beyond(scope: Scope, name: bytes, understood: tuple[str, ...]) -> st
     return ", ".join(values)[:64]
 
 
+def _drop_escaped_cookies(scope: Scope) -> None:
+    """Leave out of the ``Cookie`` header each cookie holding a backslash, which no cookie
+    value may (RFC 6265) and Roost's never do: the standard library's unquoting, which
+    Starlette parses cookies with, takes quadratic time in them on this Python (before
+    3.11.10, CVE-2024-7592): one 64 KiB header of backslashes held the event loop for
+    seconds, for every request of every client."""
+    headers = scope.get("headers")
+    if not headers or not any(key == b"cookie" and b"\\" in value for key, value in headers):
+        return
+    scope["headers"] = [
+        (key, b";".join(part for part in value.split(b";") if b"\\" not in part))
+        if key == b"cookie" else (key, value) for key, value in headers]
+
+
 def _route_path(scope: Scope) -> str:
     """The path without the root path the app is mounted at (``--root-path``)."""
     path: str = scope.get("path", "")
@@ -172,6 +186,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            _drop_escaped_cookies(scope)
             nul = _nul_in(scope)
             if nul is not None:
                 await problem(422, nul)(scope, _empty_receive, send_with_id)
