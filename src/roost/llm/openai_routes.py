@@ -144,7 +144,8 @@ class OpenAIRoute(RoostRoute):
                 return openai_error(400, message, param=".".join(loc) or None,
                                     code="invalid_value", headers=NO_RETRY)
             except RoostError as exc:
-                param = "model" if exc.type_slug in MODEL_ERRORS else None
+                param = exc.extra.get("param") or (
+                    "model" if exc.type_slug in MODEL_ERRORS else None)
                 headers = {**(retry_after(exc) or {}), **(NO_RETRY if _retry_useless(exc) else {})}
                 answer = openai_error(exc.status, exc.detail, code=error_code(exc),
                                       param=param, headers=headers or None)

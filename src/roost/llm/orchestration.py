@@ -17,6 +17,7 @@ raised to the caller, with the partial answer recorded on the attempt.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -431,9 +432,19 @@ def normalise_content(result: ChatResult) -> str:
     text = unicodedata.normalize("NFKC", result.content).casefold()
     text = " ".join(text.split()).strip(_STRIP)
     if result.tool_calls:
-        calls = ",".join(f"{tc.name}({' '.join(tc.arguments.split())})" for tc in result.tool_calls)
+        calls = ",".join(f"{tc.name}({_arguments_key(tc.arguments)})" for tc in result.tool_calls)
         text = f"{text}|tools:{calls}"
     return text
+
+
+def _arguments_key(arguments: str) -> str:
+    """A tool call's arguments as weighted_vote compares them: the same JSON object however
+    a provider wrote it (key order, spacing) is one key; text that is not JSON as sent."""
+    try:
+        value = json.loads(arguments)
+    except (ValueError, RecursionError):
+        return arguments
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass

@@ -166,6 +166,16 @@ async def resolve_route(
                     f"the model: {sorted(unknown)}"
                 )
             candidates = [r for r in candidates if r.name.lower() in wanted]
+            # Every provider named is asked, or the call is refused: never fewer, silently.
+            most = gateway.settings.llm_max_ensemble
+            if len(wanted) > most:
+                raise BadRequest(f"the ensemble names {len(wanted)} providers; at most {most} "
+                                 "may be asked at once (ROOST_LLM_MAX_ENSEMBLE)",
+                                 extra={"param": "ensemble.providers"})
+            if ensemble_spec.n is not None and ensemble_spec.n < len(wanted):
+                raise BadRequest(f"the ensemble names {len(wanted)} providers but n is "
+                                 f"{ensemble_spec.n}: leave n out, or name {ensemble_spec.n}",
+                                 extra={"param": "ensemble.n"})
         limit = min(ensemble_spec.n or gateway.settings.llm_max_ensemble,
                     gateway.settings.llm_max_ensemble)
         candidates = candidates[:limit]
