@@ -9,6 +9,7 @@ and never rendered; :func:`html_to_text` only extracts its text for an agent's i
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -123,8 +124,28 @@ def _addresses(message: EmailMessage, name: str) -> tuple[list[str], str | None]
     return specs, clean_text(_one_line(str(header)))
 
 
+# Codecs Python has that no mail is written in: a charset naming one is read as UTF-8.
+# The escape decoders turn the body's backslashes into characters, and on this Python
+# (before 3.11.13, CVE-2025-4516) unicode_escape with an error handler, which the email
+# package always passes, can touch freed memory.
+_NOT_MAIL_CHARSETS: Final = frozenset({
+    "unicode_escape", "raw_unicode_escape", "punycode", "idna", "undefined"})
+
+
+def _mail_charset(part: Message) -> bool:
+    """Whether the part's declared charset (default ASCII) is a codec mail is written in."""
+    charset = part.get_param("charset", "ascii")
+    try:
+        name = codecs.lookup(str(charset)).name.replace("-", "_")
+    except (LookupError, TypeError, ValueError):
+        return True  # get_content says so (LookupError): the fallback below
+    return name not in _NOT_MAIL_CHARSETS
+
+
 def _text_of(part: Message) -> str:
     try:
+        if not _mail_charset(part):
+            raise LookupError("not a mail charset")
         content = part.get_content()  # type: ignore[attr-defined]
     except (LookupError, ValueError, AssertionError):  # an unknown charset, a bad encoding
         raw = part.get_payload(decode=True)
