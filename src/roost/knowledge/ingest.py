@@ -352,7 +352,7 @@ def _repaired(name: str) -> str:
 
 
 def _name_from_url(url: str) -> str:
-    tail = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    tail = url.split("#", 1)[0].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     return (tail or url)[:255]
 
 

@@ -396,7 +396,9 @@ def precheck_url(target: str, cfg: KnowledgeConfig) -> str:
     """Refuse at once what the fetch would refuse for certain (bad URL, literal private
     host); names are resolved and checked again at fetch time (DNS may change)."""
     try:
-        url = httpx.URL(target.strip())
+        # No fragment: the server never sees one (page#a and page#b are one document).
+        url = httpx.URL(target.strip()).copy_with(fragment=None)
+        url.host  # noqa: B018  decoded on first read: a bad "xn--" label is idna's ValueError
     except (httpx.InvalidURL, ValueError, TypeError):
         raise FetchInvalidURL(f"{target[:200]!r} is not a valid URL") from None
     if url.scheme not in ("http", "https") or not url.host:
