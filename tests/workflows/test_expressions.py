@@ -106,6 +106,19 @@ def test_unsafe_operations_are_refused_at_render(template: str) -> None:
         render_template(template, {**INPUTS, "key": "__class__"})
 
 
+@pytest.mark.parametrize(("template", "expected"), [
+    ("{{ q.upper() }}|{{ q.split('b') | join('-') }}|{{ q.startswith('a') }}", "ABC|a-c|True"),
+    ("{{ q.replace('b', 'x') }}|{{ (q ~ q).replace('b', 'yy', 1) }}", "axc|ayycabc"),
+])
+def test_cheap_string_methods_work_in_templates(template: str, expected: str) -> None:
+    """The string methods that cannot outgrow the caps are callable (padding, joining and
+    translating ones are refused: 'a'.ljust(10**9) made a gigabyte in one call)."""
+    assert render_template(template, {"q": "abc"}) == expected
+    for refused in ("{{ q.ljust(9) }}", "{{ q.join(['a', 'b']) }}", "{{ q.zfill(9) }}"):
+        with pytest.raises(TemplateRejected, match="is not allowed in templates"):
+            render_template(refused, {"q": "abc"})
+
+
 @pytest.mark.parametrize("template", ["{{ q | dictsort }}", "{{ q | truncate(1) }}",
                                       "{{ q | truncate(9, leeway=-1) }}"])
 def test_a_filter_misused_at_render_is_a_template_error(template: str) -> None:

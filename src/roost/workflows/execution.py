@@ -386,6 +386,9 @@ class Progress:
                 await self.fail(step, reason)
             self.failure = f"node {node.id!r} failed: {reason}"[:4000]
             return []
+        # As stored (no NUL): what the next nodes read and the run's output is the step's
+        # own output (a NUL a template wrote reached runs.output, which no text holds).
+        output = storable(output)
         if step is None:
             await self._insert(activation, node, status="completed", output=output)
         else:

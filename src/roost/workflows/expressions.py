@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import inspect
 import json
 import math
 import time
@@ -397,11 +398,16 @@ def _block_text(parts: Iterable[str]) -> str:
 
 def _replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: int | None = None) -> str:
     text, old, new = _text(s, "replace"), _text(old, "replace"), _text(new, "replace")
+    _check_replace(text, old, new, count)
+    return str(FILTERS["replace"](eval_ctx, text, old, new, count))
+
+
+def _check_replace(text: str, old: str, new: str, count: int | None) -> None:
+    """The size ``text.replace(old, new, count)`` would have, checked before it is built."""
     found = text.count(old) if old else len(text) + 1
     if count is not None and count >= 0:
         found = min(found, count)
     _check_built(len(text) + found * (len(new) - len(old)), "replace")
-    return str(FILTERS["replace"](eval_ctx, text, old, new, count))
 
 
 def _round(value: Any, precision: Any = 0, method: str = "common") -> Any:
@@ -447,6 +453,16 @@ def _sum(environment: Any, iterable: Any, attribute: Any = None, start: Any = 0)
 def _check_bits(bits: int) -> None:
     if bits > MAX_INT_BITS:
         raise SecurityError(f"numbers beyond {MAX_INT_BITS} bits are not allowed")
+
+
+# The methods of a string a template may call: none builds more than a few times the
+# string's own size (``upper`` of "ß" is "SS").
+_STR_METHODS: Final = frozenset({
+    "capitalize", "casefold", "count", "endswith", "find", "index", "isalnum", "isalpha",
+    "isascii", "isdecimal", "isdigit", "isidentifier", "islower", "isnumeric", "isprintable",
+    "isspace", "istitle", "isupper", "lower", "lstrip", "partition", "removeprefix",
+    "removesuffix", "rfind", "rindex", "rpartition", "rsplit", "rstrip", "split",
+    "splitlines", "startswith", "strip", "swapcase", "title", "upper"})
 
 
 class WorkflowSandbox(ImmutableSandboxedEnvironment):
@@ -501,7 +517,27 @@ class WorkflowSandbox(ImmutableSandboxedEnvironment):
         # through the render's clock
         if time.monotonic() > _DEADLINE.get():
             raise SecurityError(f"the template ran longer than {MAX_RENDER_SECONDS} s")
+        if isinstance(getattr(obj, "__self__", None), str):
+            return _built(self._str_method(obj, args, kwargs), f"str.{obj.__name__}")
         return super().call(context, obj, *args, **kwargs)
+
+    @staticmethod
+    def _str_method(method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A method of a string, called only when its result cannot outgrow the caps before
+        it is built (one C call: the render's clock cannot stop it): ``'a'.ljust(10**9)``
+        made a gigabyte.  ``replace`` is checked as the filter is; the others of
+        :data:`_STR_METHODS` build at most a few times the string; any other is refused."""
+        name = method.__name__
+        if name == "replace":
+            bound = inspect.signature(str.replace).bind(method.__self__, *args, **kwargs)
+            _, old, new, *count = bound.args
+            _check_replace(method.__self__, _text(old, "replace"), _text(new, "replace"),
+                           count[0] if count else None)
+            return method(*args, **kwargs)
+        if name not in _STR_METHODS:
+            raise SecurityError(f"str.{name} is not allowed in templates (padding and "
+                                "joining methods can build gigabytes: use the filters)")
+        return method(*args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         if isinstance(getattr(value, "__self__", None), str) and getattr(
