@@ -315,8 +315,8 @@ def graph_command(
     now = utcnow()
     current = sum(1 for e in edges if e.current_at(now))
     names = ", ".join(f"{e.name} ({e.entity_type})" for e in found)
-    console.print(Text(f"{names}: {current} current, {len(edges) - current} past relation"
-                       f"{'' if len(edges) - current == 1 else 's'}"))
+    console.print(Text(printable(f"{names}: {current} current, {len(edges) - current} past "
+                                 f"relation{'' if len(edges) - current == 1 else 's'}")))
     table = id_table("relation", "valid from", "valid until", "state", "memory",
                      wrap=("relation", "memory"))
     for edge in edges:

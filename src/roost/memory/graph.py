@@ -19,12 +19,13 @@ memory's order)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -52,20 +53,32 @@ DO UPDATE SET updated_at = now(),
 RETURNING id, normalized_name
 """)
 
+MAX_KEY_CHARS: Final = 255  # memory_entities.normalized_name
+
+
 def clean(name: str) -> str:
     """``name`` as an entity (or a relation) is named: format characters (Unicode category
-    Cf: zero-width spaces and joiners, the byte order mark, bidirectional marks) dropped,
+    Cf: zero-width spaces and joiners, the byte order mark, bidirectional marks) and
+    control characters but white space (Cc: NUL, ESC, DEL...) dropped,
     composed (NFC: ``e`` and a combining accent is ``é``), white space collapsed and
     trimmed.  Invisible, or spelt differently for one look, they would make look-alike or
     invisible entities and relations."""
-    visible = "".join(c for c in name if unicodedata.category(c) != "Cf")
+    visible = "".join(c for c in name if unicodedata.category(c) != "Cf"
+                      and (c.isspace() or unicodedata.category(c) != "Cc"))
     return _SPACES.sub(" ", unicodedata.normalize("NFC", visible)).strip()
 
 
 def normalize(name: str) -> str:
-    """How entity names are matched: case, spacing, format characters and composed or
-    decomposed accents do not matter (NFC again after casefolding, which may decompose)."""
-    return unicodedata.normalize("NFC", clean(name).casefold())[:255]
+    """How entity names are matched: case, spacing, format and control characters and
+    composed or decomposed accents do not matter (NFC again after casefolding, which may
+    decompose).  Casefolding may lengthen a name ("ß" is "ss"): a key over the column's
+    255 characters keeps its first 238 and a digest of the whole, so two names that differ
+    past the cut stay two entities (a plain cut merged them)."""
+    key = unicodedata.normalize("NFC", clean(name).casefold())
+    if len(key) <= MAX_KEY_CHARS:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{key[:MAX_KEY_CHARS - 17]}#{digest}"
 
 
 async def upsert_entities(session: AsyncSession, *, user_id: uuid.UUID,

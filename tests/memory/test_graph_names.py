@@ -1,0 +1,83 @@
+"""Entity and relation names of the memory graph: long names that casefold longer stay
+distinct, control characters make no invisible or twin entity, the CLI prints them escaped."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from roost.config import Settings
+from roost.db.engine import Database
+from tests.support.cli import run_roost
+from tests.support.identity import make_user
+from tests.support.pg import PgTestServer
+
+API = "/api/v1/memories"
+GRAPH = f"{API}/graph"
+Headers = dict[str, str]
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", log_json=True, llm_local_model=False,
+                    knowledge_embedding_provider="hash")
+
+
+async def _add(client: httpx.AsyncClient, headers: Headers, content: str,
+               relations: list[tuple[str, str, str]], **extra: Any) -> Any:
+    answer = await client.post(API, headers=headers, json={
+        "content": content, **extra,
+        "relationships": [{"source": s, "relation": r, "target": t} for s, r, t in relations]})
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+async def test_distinct_long_names_are_not_merged(client: httpx.AsyncClient,
+                                                  database: Database) -> None:
+    """Two entity names (each within 255 characters) are two entities. The matching key was
+    cut at 255 characters after casefolding, which lengthens a name (ß is ss): two names
+    differing past the cut became one entity, the second silently linked as the first."""
+    _, headers = await make_user(database)
+    a = "ß" * 200 + "a" * 55
+    b = "ß" * 200 + "b" * 55
+    await _add(client, headers, "two long names", [(a, "knows", "X"), (b, "knows", "Y")])
+    found = (await client.get(f"{GRAPH}/entities", headers=headers, params={"limit": 500})).json()
+    assert {e["name"] for e in found} == {a, b, "X", "Y"}
+
+
+async def test_control_character_names_make_no_entity(client: httpx.AsyncClient,
+                                                      database: Database) -> None:
+    """Control characters (Unicode Cc: U+0001, DEL) are dropped from names as format
+    characters are: a name of only control characters was an invisible entity, and
+    `Ada<DEL>` a second, look-alike `Ada`."""
+    _, headers = await make_user(database)
+    await _add(client, headers, "invisible", [("\x01\x02", "knows", "Ada"), ("Ada\x7f", "is", "Ada")])
+    found = (await client.get(f"{GRAPH}/entities", headers=headers)).json()
+    assert [e["name"] for e in found] == ["Ada"]
+
+
+async def test_cli_graph_escapes_control_characters(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+    client: httpx.AsyncClient,
+) -> None:
+    """`roost memory graph`'s first line (the entity's name and type) was printed raw: an
+    entity type with an escape sequence (a user's, or a model's through learning) wrote
+    terminal control sequences to the operator's terminal."""
+    _, headers = await make_user(database, username="hank")
+    answer = await client.post(API, headers=headers, json={
+        "content": "evil", "entities": [{"name": "Hank\x1b[2J", "type": "t\x1b]0;pwn\x07"}],
+        "relationships": [{"source": "Hank\x1b[2J", "relation": "r\x1b[31m", "target": "Z"}]})
+    assert answer.status_code == 201, answer.text
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "cli-data"),
+           "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER": "hash"}
+    shown = await asyncio.to_thread(run_roost, "memory", "graph", "Hank\x1b[2J", "--user", "hank",
+                                    "--depth", "1", env=env)
+    assert shown.returncode == 0, shown.stderr
+    first = shown.stdout.splitlines()[0]
+    assert "\x1b" not in first and "\x07" not in first, repr(first)
+
