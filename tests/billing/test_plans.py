@@ -252,6 +252,7 @@ async def test_a_plans_currency_cannot_change_while_subscriptions_are_on_it(
                              json={"user_id": str(uid), "plan": "pro"})
     assert resp.status_code == 201, resp.text
     sub = resp.json()
+    await _end_the_period(database, sub["id"])  # a month that ran: its usage two days ago
     resp = await client.post(f"{API}/usage-events", headers=admin_headers, json={"events": [{
         "idempotency_key": "cur-1", "user_id": str(uid), "request_type": "chat",
         "cost": "2", "currency": "USD",
@@ -264,7 +265,6 @@ async def test_a_plans_currency_cannot_change_while_subscriptions_are_on_it(
     assert "1 live subscription" in changed.json()["detail"]
     plan = (await client.get(f"{API}/plans/pro", headers=admin_headers)).json()
     assert (plan["currency"], plan["price"]) == ("USD", "10.00")
-    await _end_the_period(database, sub["id"])
     report = await renew_due(database)
     assert report.renewed == 1 and not report.failed  # its usage in USD, on a USD period
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Final
 
 from sqlalchemy import ColumnElement, Uuid, column, select, table, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -39,12 +41,13 @@ _AGENTS = table("agents", column("id", Uuid))
 # whole batch: two index probes per user (an OR across the two would compare every user
 # with every subscription: 1.2 s for 1,000 users, bench/billing).
 _PAYERS = text("""
-SELECT DISTINCT ON (c.user_id) c.user_id, c.subscription_id FROM (
-  SELECT s.user_id, s.id AS subscription_id, false AS via_group, s.created_at
+SELECT DISTINCT ON (c.user_id) c.user_id, c.subscription_id, c.period_start FROM (
+  SELECT s.user_id, s.id AS subscription_id, false AS via_group, s.created_at,
+         s.current_period_start AS period_start
   FROM subscriptions s
   WHERE s.status <> 'canceled' AND s.user_id = ANY(CAST(:user_ids AS uuid[]))
   UNION ALL
-  SELECT m.user_id, s.id, true, s.created_at
+  SELECT m.user_id, s.id, true, s.created_at, s.current_period_start
   FROM user_group_memberships m
   JOIN subscriptions s ON s.group_id = m.group_id AND s.status <> 'canceled'
   WHERE m.user_id = ANY(CAST(:user_ids AS uuid[]))
@@ -96,6 +99,29 @@ async def _unknown(session: AsyncSession, ids: set[uuid.UUID],
     return ids - found
 
 
+CLOCK_SKEW: Final = timedelta(minutes=5)
+
+
+def _check_occurred_at(event: UsageEventIn, period_start: datetime | None,
+                       now: datetime) -> None:
+    """An event is charged to its payer's current period and invoiced by its time, so its
+    time must lie in that period (not before its start, not in the future beyond a clock's
+    skew): one dated elsewhere was charged now but no invoice would ever list it."""
+    when = event.occurred_at
+    if when is None:
+        return
+    if when > now + CLOCK_SKEW:
+        raise Unprocessable(f"event {event.idempotency_key!r} occurred_at is in the future",
+                            extra={"field": "occurred_at",
+                                   "idempotency_key": event.idempotency_key})
+    if period_start is not None and when < period_start:
+        raise Unprocessable(
+            f"event {event.idempotency_key!r} occurred_at is before its payer's current "
+            f"billing period ({period_start.isoformat()}): that period's usage can no "
+            "longer be charged", extra={"field": "occurred_at",
+                                        "idempotency_key": event.idempotency_key})
+
+
 async def ingest(
     session: AsyncSession, settings: Settings, actor: Principal, events: list[UsageEventIn],
 ) -> IngestResult:
@@ -115,11 +141,13 @@ async def ingest(
     # otherwise each wait for a key the other inserted first (a deadlock, 503).
     events = sorted(events, key=lambda e: e.idempotency_key)
     users = sorted({e.user_id for e in events})
-    payers = {row.user_id: row.subscription_id
-              for row in await session.execute(_PAYERS, {"user_ids": users})}
+    found = (await session.execute(_PAYERS, {"user_ids": users})).all()
+    payers = {row.user_id: row.subscription_id for row in found}
+    period_starts = {row.user_id: row.period_start for row in found}
     now = utcnow()
     columns: dict[str, list[object]] = defaultdict(list)
     for event in events:
+        _check_occurred_at(event, period_starts.get(event.user_id), now)
         cost, currency = event.cost, event.currency
         if cost is None:
             cost, priced_in = await prices.cost_for(session, event.model, event.tokens_input,
