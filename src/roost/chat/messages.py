@@ -484,15 +484,57 @@ async def _context(
     system = await _system_message(session, gateway, session_id, owner_id)
     if system:
         out.append(LLMMessage(role="system", content=system))
+    history: list[LLMMessage] = []
     for row, text in zip(reversed(rows), reversed(texts), strict=True):
         tool_calls = None
         if row["tool_calls"] is not None:
             tool_calls = _TOOL_CALLS.validate_json(decrypt(gateway.cipher, row["tool_calls"]))
-        out.append(LLMMessage(
+        history.append(LLMMessage(
             role=row["role"], content=text or (None if tool_calls else ""),
             tool_call_id=row["tool_call_id"] if row["role"] == "tool" else None,
             tool_calls=tool_calls,
         ))
+    return out + complete_tool_exchanges(history)
+
+
+def complete_tool_exchanges(history: list[LLMMessage]) -> list[LLMMessage]:
+    """``history`` with only whole tool exchanges: a tool result answering no call of the
+    assistant message before it, and a call no result answers, are left out (an assistant
+    message left with neither text nor calls too).  A client may store either
+    (``reply: false``); providers refuse both (400), so every answered post of the session
+    failed until the stray message left the window."""
+    out: list[LLMMessage] = []
+    calling_at: int | None = None  # where the assistant message whose results may follow is
+    answered: set[str] = set()
+
+    def close() -> None:
+        nonlocal calling_at
+        if calling_at is not None:
+            calling = out[calling_at]
+            kept = [c for c in calling.tool_calls or () if c.id in answered]
+            if len(kept) != len(calling.tool_calls or ()):
+                if kept:
+                    out[calling_at] = calling.model_copy(update={"tool_calls": kept})
+                elif calling.content:
+                    out[calling_at] = calling.model_copy(update={"tool_calls": None})
+                else:  # nothing answered it: no result follows it either
+                    del out[calling_at]
+        calling_at = None
+        answered.clear()
+
+    for message in history:
+        if message.role == "tool":
+            calls = out[calling_at].tool_calls or () if calling_at is not None else ()
+            if message.tool_call_id in {c.id for c in calls} and \
+                    message.tool_call_id not in answered:
+                answered.add(message.tool_call_id or "")
+                out.append(message)
+            continue
+        close()
+        out.append(message)
+        if message.role == "assistant" and message.tool_calls:
+            calling_at = len(out) - 1
+    close()
     return out
 
 

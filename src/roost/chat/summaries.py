@@ -159,7 +159,11 @@ async def summarize_session(
                    + func.coalesce(func.sum(ChatMessage.tokens_out), 0))
             .where(ChatMessage.session_id == session_id)
         )).one()
-        tools = sorted({r.tool_call_name for r in rows if r.tool_call_name})
+        # Of every row, as the counts are (not only the last SUMMARY_MAX_MESSAGES read above).
+        tools = sorted(name for name in (await session.scalars(
+            select(ChatMessage.tool_call_name).distinct()
+            .where(ChatMessage.session_id == session_id,
+                   ChatMessage.tool_call_name.is_not(None)))).all() if name)
         transcript = "\n".join(
             f"{r.role}: {decrypt(gateway.cipher, r.content)}" for r in rows
         )[-SUMMARY_MAX_CHARS:]
