@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,10 +35,20 @@ BuiltinTool = Callable[[Database, Principal, dict[str, Any], uuid.UUID | None],
                        Awaitable[dict[str, Any]]]
 
 
-class _SearchArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _SearchArgs(StrictInput):
+    # As _AddArgs: a blank query is the tool's own "query" refused, not the search
+    # endpoint's "q must not be empty" (a parameter the model never saw).
+    refuse_nul = True
+
     query: str = Field(min_length=1, max_length=2000)
     k: int = Field(default=5, ge=1, le=20)
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
 
 
 class _AddArgs(StrictInput):
