@@ -123,9 +123,11 @@ async def get_server(session: AsyncSession, actor: Principal, server_id: uuid.UU
 
 
 async def delete_server(session: AsyncSession, actor: Principal, server_id: uuid.UUID) -> None:
-    row = await get_server(session, actor, server_id, lock=True)
-    if row.user_id is None and not actor.is_admin:
+    if (await get_server(session, actor, server_id)).user_id is None and not actor.is_admin:
         raise Forbidden("global language servers are managed by administrators")
+    # Locked after the check (only those who may change a row may lock it): a second
+    # deletion at once waits, then finds it gone (404, one record).
+    row = await get_server(session, actor, server_id, lock=True)
     await session.delete(row)
     await session.flush()
     await record(session, "lsp_server.delete", user_id=actor.user_id, resource_type="lsp_server",

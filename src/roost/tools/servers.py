@@ -176,9 +176,10 @@ def _check_write(actor: Principal, row: McpServer) -> None:
 async def delete_server(session: AsyncSession, actor: Principal, server_id: uuid.UUID) -> None:
     """Delete the server and its tools; their tool runs stay as written (their tool_id
     then names a deleted tool: history ids have no foreign keys, migration 1090)."""
-    # Locked: a second deletion at once waits, then finds it gone (404, one record).
+    _check_write(actor, await get_server(session, actor, server_id))  # 403 before the lock
+    # Locked: a second deletion at once waits, then finds it gone (404, one record).  (Row
+    # security lets only those who may change a row lock it: hence the check first.)
     row = await get_server(session, actor, server_id, lock=True)
-    _check_write(actor, row)
     await session.delete(row)
     await session.flush()
     await record(session, "mcp_server.delete", user_id=actor.user_id, resource_type="mcp_server",
