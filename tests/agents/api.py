@@ -3,7 +3,9 @@ as their users would, and read back what the database stored."""
 
 from __future__ import annotations
 
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -79,3 +81,25 @@ async def columns_holding(database: Database, needle: str) -> list[str]:
             if hit:
                 found.append(f"{table}.{column}")
     return found
+
+
+async def persona_with_secret_server(
+    client: httpx.AsyncClient, admin_headers: Headers, headers: Headers, *, name: str,
+    script: Path, env: dict[str, str], secret: str,
+) -> dict[str, Any]:
+    """A global stdio MCP server running ``script`` with ``env`` (``${secret:tok}`` in it),
+    synced, and a new persona of ``headers``' user holding ``secret`` as its mcp_env
+    ``tok``: the persona."""
+    server = await client.post("/api/v1/mcp-servers", headers=admin_headers, json={
+        "name": name, "transport": "stdio", "command": sys.executable,
+        "args": [str(script)], "is_global": True, "env": env})
+    assert server.status_code == 201, server.text
+    synced = await client.post(f"/api/v1/mcp-servers/{server.json()['id']}/sync",
+                               headers=admin_headers)
+    assert synced.status_code == 200, synced.text
+    persona = await create_persona(client, headers)
+    stored = await client.put(f"/api/v1/personas/{persona['id']}/secrets", headers=headers,
+                              json={"secret_type": "mcp_env", "key_name": "tok",
+                                    "value": secret})
+    assert stored.status_code == 200, stored.text
+    return persona

@@ -4,7 +4,6 @@ in every form (roost.tools.secretrefs.encoded_forms)."""
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -13,7 +12,7 @@ import httpx
 
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
-from tests.agents.api import columns_holding, create_agent, create_persona
+from tests.agents.api import columns_holding, create_agent, persona_with_secret_server
 from tests.agents.conftest import Headers, wait_for_run
 from tests.chat.conftest import add_provider
 from tests.support.openai_stub import StubServer
@@ -52,18 +51,9 @@ async def test_a_secret_quoted_back_in_python_json_or_a_query_string_is_hidden(
     script = tmp_path / "quoter.py"
     script.write_text(QUOTER)
     await add_provider(client, admin_headers, stub)
-    server = await client.post("/api/v1/mcp-servers", headers=admin_headers, json={
-        "name": "quoter", "transport": "stdio", "command": sys.executable,
-        "args": [str(script)], "is_global": True, "env": {"T": "${secret:tok}"}})
-    assert server.status_code == 201, server.text
-    synced = await client.post(f"/api/v1/mcp-servers/{server.json()['id']}/sync",
-                               headers=admin_headers)
-    assert synced.status_code == 200, synced.text
-    persona = await create_persona(client, headers)
-    stored = await client.put(f"/api/v1/personas/{persona['id']}/secrets", headers=headers,
-                              json={"secret_type": "mcp_env", "key_name": "tok",
-                                    "value": SPICY})
-    assert stored.status_code == 200, stored.text
+    persona = await persona_with_secret_server(
+        client, admin_headers, headers, name="quoter", script=script,
+        env={"T": "${secret:tok}"}, secret=SPICY)
     agent = await create_agent(client, headers, slug="quoter", persona_id=persona["id"],
                                tool_permissions=["config_json", "config_url"])
     stub.script(ToolCalls(Call("config_json", {}), Call("config_url", {})), Reply("ok"))

@@ -5,35 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 
-from roost.config import Settings
 from roost.db.engine import Database
+from tests.memory.test_graph import API, GRAPH, _add, test_settings
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
 
-API = "/api/v1/memories"
-GRAPH = f"{API}/graph"
-Headers = dict[str, str]
-
-
-@pytest.fixture
-def test_settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", log_json=True, llm_local_model=False,
-                    knowledge_embedding_provider="hash")
-
-
-async def _add(client: httpx.AsyncClient, headers: Headers, content: str,
-               relations: list[tuple[str, str, str]], **extra: Any) -> Any:
-    answer = await client.post(API, headers=headers, json={
-        "content": content, **extra,
-        "relationships": [{"source": s, "relation": r, "target": t} for s, r, t in relations]})
-    assert answer.status_code == 201, answer.text
-    return answer.json()
+__all__ = ["test_settings"]
 
 
 async def test_distinct_long_names_are_not_merged(client: httpx.AsyncClient,

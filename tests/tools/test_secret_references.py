@@ -27,7 +27,12 @@ from roost.db.engine import Database
 from roost.errors import RoostError
 from roost.tasks.worker import Worker
 from roost.tools import mcpclient, secretrefs
-from tests.agents.api import columns_holding, create_agent, create_persona
+from tests.agents.api import (
+    columns_holding,
+    create_agent,
+    create_persona,
+    persona_with_secret_server,
+)
 from tests.agents.conftest import running_worker, wait_for_run
 from tests.chat.conftest import add_provider
 from tests.support.identity import make_user
@@ -373,19 +378,9 @@ async def test_a_secret_quoted_in_a_json_rpc_error_is_hidden_before_the_error_is
     _, headers = await make_user(database)
     script = tmp_path / "quoting_server.py"
     script.write_text(QUOTING_STDIO_SERVER)
-    server = await client.post("/api/v1/mcp-servers", headers=admin_headers, json={
-        "name": f"quoting-{uuid.uuid4().hex[:6]}", "transport": "stdio",
-        "command": sys.executable, "args": [str(script)], "is_global": True,
-        "env": {"TOK": "${secret:tok}", "PAD": str(pad)}})
-    assert server.status_code == 201, server.text
-    synced = await client.post(f"/api/v1/mcp-servers/{server.json()['id']}/sync",
-                               headers=admin_headers)
-    assert synced.status_code == 200, synced.text
-    persona = await create_persona(client, headers)
-    stored = await client.put(f"/api/v1/personas/{persona['id']}/secrets", headers=headers,
-                              json={"secret_type": "mcp_env", "key_name": "tok",
-                                    "value": value})
-    assert stored.status_code == 200, stored.text
+    persona = await persona_with_secret_server(
+        client, admin_headers, headers, name=f"quoting-{uuid.uuid4().hex[:6]}", script=script,
+        env={"TOK": "${secret:tok}", "PAD": str(pad)}, secret=value)
     stub.reset()
     _, steps = await _run_tool(client, headers, stub, persona)
     tool_step = next(s for s in steps if s["step_type"] == "tool_call")
