@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
+from tests.llm.test_gateway_v1 import _provider
 from tests.support.identity import make_user
 from tests.support.openai_stub import Call, Reply, StubServer, ToolCalls
 
@@ -28,22 +27,6 @@ def test_settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 async def user(database: Database) -> tuple[uuid.UUID, Headers]:
     return await make_user(database)
-
-
-async def _provider(client: httpx.AsyncClient, admin: Headers, stub: StubServer, name: str,
-                    **fields: Any) -> str:
-    body = {"name": name, "type": "openai", "base_url": stub.base_url, "model": "stub-model",
-            **fields}
-    resp = await client.post("/api/v1/llm/providers", json=body, headers=admin)
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
-
-
-async def _rows(database: Database, request_id: str) -> list[Any]:
-    async with database.transaction() as s:
-        return list((await s.execute(text(
-            "SELECT provider_name, outcome, selected FROM llm_responses WHERE request_id = :r "
-            "ORDER BY provider_name"), {"r": request_id})).all())
 
 
 MSG = [{"role": "user", "content": "hi"}]
