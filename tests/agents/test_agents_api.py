@@ -259,6 +259,29 @@ async def test_a_nul_in_an_agent_s_text_is_a_422_naming_the_field(
     assert (await client.get(f"/api/v1/agents/{agent['id']}", headers=headers)).json() == agent
 
 
+@pytest.mark.parametrize("value", ["gpt\x1b[2J", "m\nX-Injected: 1", "m\u2028", "m\x85"])
+async def test_model_and_provider_names_with_control_characters_are_refused(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], value: str,
+) -> None:
+    """An agent's preferred model and provider, and a persona's default ones, are names a
+    provider knows, shown in lists and the CLI: a control character or line break makes
+    none (they were stored as given), a 422 naming the field; nothing changed."""
+    _, headers = user
+    agent = await create_agent(client, headers, slug="named-models")
+    for field in ("preferred_model", "preferred_provider"):
+        created = await client.post("/api/v1/agents", headers=headers, json={
+            "name": "A", "slug": f"s-{uuid.uuid4().hex[:8]}", field: value})
+        changed = await client.patch(f"/api/v1/agents/{agent['id']}", headers=headers,
+                                     json={field: value})
+        for resp in (created, changed):
+            assert resp.status_code == 422 and field in resp.text, (field, resp.text)
+    assert (await client.get(f"/api/v1/agents/{agent['id']}", headers=headers)).json() == agent
+    for field in ("default_model", "default_provider"):
+        resp = await client.post("/api/v1/personas", headers=headers,
+                                 json={"name": "P", field: value})
+        assert resp.status_code == 422 and field in resp.text, (field, resp.text)
+
+
 async def test_one_tool_id_spelt_several_ways_in_tool_permissions_is_kept_once(
     client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
 ) -> None:

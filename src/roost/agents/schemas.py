@@ -195,17 +195,20 @@ def _not_blank(value: str) -> str:
     return value
 
 
-# A registered LLM provider's name (the services check that one is: 422 otherwise).
-ProviderName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_not_blank)]
-
-
-Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_not_blank)]
-
-
 def _one_line(value: str) -> str:
     if holds_control(value):
         raise ValueError("must not contain control characters or line breaks")
     return value
+
+
+# A registered LLM provider's name (the services check that one is: 422 otherwise).
+ProviderName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_not_blank),
+                         AfterValidator(_one_line)]
+# A model's name as its provider knows it: shown in lists and the CLI, sent in requests.
+ModelName = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_one_line)]
+
+
+Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_not_blank)]
 
 
 # A persona's name is its mail's sender name: one header line (docs/agents-mail.md).
@@ -245,7 +248,7 @@ class PersonaCreate(StrictInput):
     default_provider: ProviderName | None = Field(
         default=None, description="A registered LLM provider's name, preferred for its agents' "
                                   "model calls")
-    default_model: str | None = Field(default=None, min_length=1, max_length=255)
+    default_model: ModelName | None = None
     fallback_providers: list[ProviderName] = Field(
         default_factory=list, max_length=10,
         description="Registered LLM providers' names, preferred next, in this order")
@@ -264,7 +267,7 @@ class PersonaUpdate(StrictInput):
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     system_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     default_provider: ProviderName | None = None
-    default_model: str | None = Field(default=None, min_length=1, max_length=255)
+    default_model: ModelName | None = None
     fallback_providers: list[ProviderName] | None = Field(default=None, max_length=10)
     email_address: PersonaEmail = Field(default=None, max_length=MAX_EMAIL_CHARS,
                                         pattern=EMAIL_PATTERN)
@@ -373,7 +376,7 @@ class AgentCreate(StrictInput):
     preferred_provider: ProviderName | None = Field(
         default=None, description="A registered LLM provider's name, preferred for its runs' "
                                   "model calls (before its persona's)")
-    preferred_model: str | None = Field(default=None, min_length=1, max_length=255)
+    preferred_model: ModelName | None = None
     tool_permissions: list[ToolRef] = Field(
         default_factory=list, max_length=100,
         description="Tools the agent may call: ids or names of tools you can see")
@@ -400,7 +403,7 @@ class AgentUpdate(StrictInput):
     avatar_url: AvatarUrl | None = None
     system_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     preferred_provider: ProviderName | None = None
-    preferred_model: str | None = Field(default=None, min_length=1, max_length=255)
+    preferred_model: ModelName | None = None
     tool_permissions: list[ToolRef] | None = Field(default=None, max_length=100)
     document_ids: list[uuid.UUID] | None = Field(default=None, max_length=100)
     config: AgentConfig | None = Field(default=None,
