@@ -592,6 +592,23 @@ def test_a_libpq_only_option_in_a_replica_url_is_a_configuration_error(
     assert "s3cret" not in out.stdout + out.stderr
 
 
+@pytest.mark.parametrize(("name", "url"), [
+    ("ROOST_DATABASE_REPLICA_URLS", "postgresql://postgres@/roost?host=/tmp&port=abc"),
+    ("ROOST_DATABASE_REPLICA_URLS",
+     "postgresql://postgres@/roost?host=/tmp&host=/x&port=1&port=2&port=3"),
+    ("ROOST_DATABASE_REPLICA_URLS", "postgresql://postgres@/roost?host=/tmp&port=99999"),
+    ("ROOST_DATABASE_URL", "postgresql://postgres@/roost?host=/tmp&port=abc"),
+])
+def test_host_and_port_options_the_driver_refuses_are_a_configuration_error(
+    refused_env: dict[str, str], name: str, url: str,
+) -> None:
+    """A port given in the URL's query that is no number (or out of range), or several
+    hosts written two ways: the start-up check names the setting, exit 2.  The driver's
+    ArgumentError came out of the engine's creation as a traceback, exit 1, and `roost
+    doctor` blamed the primary database for a replica's URL."""
+    out = run_roost("doctor", env={**refused_env, name: url}, timeout=60)
+    assert_clean_failure(out, mentions=f"{name}: ", code=2)
+
 def test_a_password_in_the_url_query_is_an_option_the_driver_takes(tmp_path: Path) -> None:
     """asyncpg.connect takes password= (user=, database=): the URL check lets it through
     (the database is then only unreachable here), never printing it; an option asyncpg

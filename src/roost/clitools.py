@@ -28,8 +28,9 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.config import Settings, get_settings
@@ -265,6 +266,26 @@ def database_url_problem(settings: Settings) -> str | None:
                 url_number_options(url)
             except ValueError as exc:  # its message names ROOST_DATABASE_URL
                 return str(exc).replace("ROOST_DATABASE_URL", name, 1)
+            problem = _connect_arguments_problem(url)
+            if problem is not None:
+                return f"{name}: {problem} ({expected})"
+    return None
+
+
+def _connect_arguments_problem(url: URL) -> str | None:
+    """What the driver would refuse in ``url``'s ``host``/``port`` query options (a port
+    that is no number, several hosts written two ways...), found before any engine is
+    made: creating one raised it as a traceback at start (``roost doctor`` blamed the
+    primary for a replica's)."""
+    try:
+        dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+        _, arguments = dialect.create_connect_args(url)  # type: ignore[no-untyped-call]
+    except ArgumentError as exc:
+        return f"host and port options the driver refuses: {exc}"
+    port = arguments.get("port")
+    ports = port if isinstance(port, list) else [port]
+    if any(p is not None and not 0 < p <= MAX_PORT for p in ports):
+        return f"the port must be 1-{MAX_PORT}"
     return None
 
 
