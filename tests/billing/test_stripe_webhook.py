@@ -215,6 +215,26 @@ async def test_concurrent_deliveries_of_one_event_apply_it_once(
     assert len(await stripe_events(database)) == 1
 
 
+async def test_distinct_events_with_one_status_at_once_apply_it_once(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
+) -> None:
+    """Several events (distinct ids) that all say past_due for one active subscription,
+    delivered at once: one is applied and audited, the others are ignored ("already
+    past_due").  Each read the status before any held the row: all six were stored as
+    applied, with six audit records of a change made once."""
+    sub_id = await make_subscription(database, user_id, stripe_subscription_id="sub_C6")
+    events = [event("customer.subscription.updated", stripe_sub("sub_C6", "past_due"))
+              for _ in range(6)]
+    replies = await asyncio.gather(*(deliver(client, evt) for evt in events))
+    assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+    expected = ["applied"] + ["ignored"] * 5
+    assert sorted(r.json()["outcome"] for r in replies) == expected
+    assert sorted(row.outcome for row in await stripe_events(database)) == expected
+    assert (await subscription(database, sub_id)).status == "past_due"
+    for action in ("billing.stripe.customer.subscription.updated", "billing.subscription.status"):
+        assert await count(database, select(AuditLog).where(AuditLog.action == action)) == 1
+
+
 async def test_unknown_event_type_is_200_and_recorded(
     client: httpx.AsyncClient, database: Database
 ) -> None:

@@ -162,6 +162,10 @@ async def _subscription_by_stripe(session: AsyncSession, stripe_id: str | None,
 
 async def _set_status(session: AsyncSession, event: StripeEventIn, sub: Subscription,
                       new_status: str) -> _Applied:
+    # Locked before the comparison: events delivered at once for one subscription each
+    # read the old status unlocked, and every one was "applied" and audited a change made
+    # once.
+    await session.refresh(sub, with_for_update=True)
     old = sub.status
     if old == new_status:
         raise _Ignored(f"subscription is {old} already", sub.id)
