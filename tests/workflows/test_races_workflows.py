@@ -207,3 +207,27 @@ async def test_a_workflow_deleted_while_it_runs_takes_its_run_and_leaves_nothing
         "SELECT (SELECT count(*) FROM background_tasks WHERE status IN "
         " ('pending', 'running', 'queued', 'failed', 'stuck')) "
         "+ (SELECT count(*) FROM llm_requests WHERE status IN ('pending', 'running'))")) == 0
+
+
+async def test_runs_started_while_their_workflow_is_deleted_start_or_find_it_gone(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    """Starts racing the deletion of their workflow: each starts (and goes with the
+    workflow, 202) or finds it gone (404), never a 5xx.  The run's row locked the
+    version and waited for the workflow the deletion held while deleting the version: a
+    deadlock, answered 503."""
+    _, headers = user
+    graph = ([node("s", "start"), node("t", "template", template="hi"),
+              node("e", "end", output="{{ t.output }}")],
+             [edge("e1", "s", "t"), edge("e2", "t", "e")])
+    for _ in range(4):
+        workflow_id = await publish(client, headers, *graph)
+        *started, deleted = await asyncio.gather(
+            *(client.post(f"{API}/{workflow_id}/runs", headers=headers, json={})
+              for _ in range(3)),
+            client.delete(f"{API}/{workflow_id}", headers=headers))
+        assert deleted.status_code == 204, deleted.text
+        for answer in started:
+            no_5xx(answer)
+            assert answer.status_code in (202, 404), (answer.status_code, answer.text)
+    assert await scalar(database, "SELECT count(*) FROM workflow_runs") == 0

@@ -77,7 +77,11 @@ async def start_run(session: AsyncSession, actor: Principal, workflow_id: uuid.U
     calling nodes get their jobs.  With an idempotency key already used by this
     user for this workflow, the existing run (``created`` false); used for another run
     (an agent's, another workflow's), 409."""
-    workflow = await service.get_workflow(session, actor, workflow_id)
+    # Held until the run is stored: a deletion (FOR UPDATE) then waits for it, or goes
+    # first and this is a 404.  Without it the run's row took the version's key lock and
+    # then waited for the workflow's, while the deletion held the workflow and deleted the
+    # version: a deadlock, a 503.
+    workflow = await service.get_workflow(session, actor, workflow_id, key_share=True)
     if workflow.status == "archived":
         raise Conflict(f"workflow {workflow_id} is archived: make it active to run it")
     version = await service.get_version(session, actor, workflow_id, body.version)

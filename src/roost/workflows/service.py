@@ -83,11 +83,16 @@ async def _require_valid(nodes: list[Any], edges: list[Any], viewport: dict[str,
             extra={"errors": [i.as_dict() for i in issues]})
 
 
-async def get_workflow(session: AsyncSession, actor: Principal,
-                       workflow_id: uuid.UUID, *, lock: bool = False) -> Workflow:
-    return await one_or_404(
-        session, select(Workflow).where(Workflow.id == workflow_id, visible(actor)),
-        lock=lock, missing=f"workflow {workflow_id} does not exist")
+async def get_workflow(session: AsyncSession, actor: Principal, workflow_id: uuid.UUID, *,
+                       lock: bool = False, key_share: bool = False) -> Workflow:
+    """The workflow (404 unless visible to ``actor``); ``lock``: ``FOR UPDATE``;
+    ``key_share``: ``FOR KEY SHARE``, which a row pointing at it is about to take anyway,
+    taken first (a run's start: see :func:`roost.workflows.runs.start_run`)."""
+    stmt = select(Workflow).where(Workflow.id == workflow_id, visible(actor))
+    if key_share:
+        stmt = stmt.with_for_update(read=True, key_share=True)
+    return await one_or_404(session, stmt, lock=lock,
+                            missing=f"workflow {workflow_id} does not exist")
 
 
 async def create_workflow(session: AsyncSession, actor: Principal,
