@@ -54,6 +54,18 @@ async def test_several_servers_offering_a_name_need_server(
     assert reply.status_code == 409 and "?server=" in reply.text, reply.text
 
 
+async def test_an_empty_server_is_a_422_not_an_unknown_tool(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """``?server=`` (empty) names no server: a 422 naming the parameter.  It filtered every
+    tool out and answered 404 "no tool named 'read'" for a tool the caller has."""
+    alice_id, alice = await make_user(database, username="alice")
+    await add_server_tool(database, alice_id, "files", "read")
+    reply = await client.post("/api/v1/tools/by-name/read/call", params={"server": ""},
+                              headers=alice, json={"arguments": {}})
+    assert reply.status_code == 422 and "server" in reply.text, reply.text
+
+
 async def test_a_builtin_stays_callable_by_name_when_a_server_offers_its_name(
     client: httpx.AsyncClient, database: Database,
 ) -> None:

@@ -230,6 +230,8 @@ def tools_call_command(
     tool_id = _full_id(name)
     if tool_id is not None and server is not None:
         raise fail("Invalid options", "a tool id names one tool: give it without --server")
+    if server is not None and not server:  # would match no server: "no tool named ..."
+        raise fail("Invalid --server", "must name an MCP server")
     parsed = load_json(arguments, "Invalid --args")
     if not isinstance(parsed, dict):
         raise fail("Invalid --args", "must be a JSON object")

@@ -78,7 +78,7 @@ async def find_tool(
     found = (await session.execute(
         stmt.add_columns(rank).order_by(rank, Tool.created_at).limit(10))).tuples().all()
     if not found:
-        where = f" on server {shown_name(server)!r}" if server else ""
+        where = f" on server {shown_name(server)!r}" if server is not None else ""
         raise NotFound(f"no tool named {shown_name(name)!r}{where}")
     best: list[Tool] = [tool for tool, r in found if r == found[0][1]]
     if len(best) > 1:
@@ -86,7 +86,8 @@ async def find_tool(
             raise Conflict(f"{len(best)} tools named {shown_name(name)!r} are on servers "
                            f"named {shown_name(server)!r}; call it by id")
         raise Conflict(f"{len(best)} tools are named {shown_name(name)!r}; call it by id or "
-                       "pass ?server=<MCP server name>")
+                       "name its MCP server (?server= in the API, --server on the command "
+                       "line)")
     return best[0]
 
 

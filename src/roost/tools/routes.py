@@ -189,7 +189,7 @@ async def call_tool(
              summary="Call a tool by name (?server= when several servers offer it)")
 async def call_tool_by_name(
     name: str, body: ToolCallRequest, principal: CallerPrincipal, env: ToolsEnvDep,
-    server: Annotated[str | None, Query(max_length=64)] = None,
+    server: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
 ) -> ToolRunOut:
     run = await calls.call_tool(
         env.database, principal, env.cfg, env.box, name=name, server=server,
