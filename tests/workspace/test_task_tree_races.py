@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.engine import Database
@@ -17,7 +18,7 @@ from roost.workspace import service
 from roost.workspace.models import Task
 from tests.support.races import no_5xx
 from tests.support.sql import scalar
-from tests.workspace.conftest import Headers, User, make_task
+from tests.workspace.conftest import Headers, User, make_project, make_task
 
 CYCLE_THROUGH = """
 WITH RECURSIVE up(id, depth) AS (
@@ -135,3 +136,29 @@ async def test_a_parent_deleted_while_a_task_moves_under_it_is_a_404_not_a_409(
         assert deleted.status_code == 204, deleted.text
         answers.add(moved.status_code)
     assert answers <= {200, 404}, answers
+
+
+async def test_moving_a_task_into_a_project_deleted_meanwhile_is_a_404_naming_it(
+        client: httpx.AsyncClient, user: User, database: Database) -> None:
+    """A task moved into a project (PATCH project_id) whose deletion commits after the
+    service found the project and before the task's write: the foreign key fails, and
+    that is answered as for a project that does not exist, a 404 naming ``project_id``
+    (it was an anonymous 409).  Deterministic: the deletion is held open until the
+    PATCH waits on it."""
+    _, h = user
+    task = await make_task(client, h, "t")
+    project = await make_project(client, h, "doomed")
+    async with database.transaction() as s:
+        await s.execute(text("DELETE FROM projects WHERE id = :p"), {"p": project["id"]})
+        patch = asyncio.ensure_future(client.patch(
+            f"/api/v1/tasks-board/{task['id']}", json={"project_id": project["id"]}, headers=h))
+        for _ in range(2000):  # until the PATCH's foreign-key check waits on the delete
+            waiting = await s.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query ILIKE 'UPDATE tasks%'"))
+            if waiting or patch.done():
+                break
+            await asyncio.sleep(0.01)
+    resp = await patch
+    assert resp.status_code == 404, resp.text
+    assert resp.json().get("field") == "project_id", resp.text

@@ -181,16 +181,36 @@ async def _too_large(request: Request, exc: Exception) -> JSONResponse:
 
 async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
     log.warning("integrity_error", error=type(exc.__cause__ or exc).__name__)
-    return problem(409, "the change conflicts with data already stored" + _conflicting(exc))
+    driver = getattr(exc, "orig", None) or exc
+    driver = getattr(driver, "__cause__", None) or driver
+    missing = _missing_reference(driver)
+    if missing is not None:
+        return missing
+    return problem(409, "the change conflicts with data already stored" + _conflicting(driver))
 
 
-def _conflicting(exc: Exception) -> str:
+def _missing_reference(driver: Any) -> JSONResponse | None:
+    """A row written with a reference to a row deleted meanwhile (the service had found
+    it, a deletion committed before the write): a 404 naming the field, as for an id
+    that never existed.  A deletion of a row still referenced stays a 409, as does a
+    reference to a user: the caller's own account ended mid-request, not a bad id."""
+    if getattr(driver, "sqlstate", None) != "23503":
+        return None
+    if not str(getattr(driver, "message", "") or driver).startswith("insert or update on"):
+        return None
+    columns = _foreign_keys().get(str(getattr(driver, "constraint_name", None) or ""))
+    if not columns:
+        return None
+    field = ", ".join(columns)
+    return problem(404, f"the {field} names something that does not exist (or no longer "
+                   "does)", extra={"field": field} if len(columns) == 1 else None)
+
+
+def _conflicting(driver: Any) -> str:
     """What a service did not check first, as far as the driver says: the columns of a
     unique key already taken (by the constraint's name: PostgreSQL leaves the key's
     values out of the message on tables with row-level security, and they are not
     repeated here either), or a reference to a row that does not exist."""
-    driver = getattr(exc, "orig", None) or exc
-    driver = getattr(driver, "__cause__", None) or driver
     sqlstate = getattr(driver, "sqlstate", None)
     if sqlstate == "23503":
         return ": it refers to something that does not exist (or no longer does)"
@@ -198,6 +218,15 @@ def _conflicting(exc: Exception) -> str:
     if sqlstate == "23505" and columns:
         return f": another record already has the same {', '.join(columns)}"
     return ""
+
+
+@functools.cache
+def _foreign_keys() -> dict[str, tuple[str, ...]]:
+    """Every foreign key of the models but those to users, by name: its columns."""
+    return {str(constraint.name): tuple(constraint.column_keys)
+            for table in Base.metadata.tables.values()
+            for constraint in table.foreign_key_constraints
+            if constraint.name and constraint.referred_table.name != "users"}
 
 
 @functools.cache
