@@ -123,3 +123,30 @@ async def test_two_removals_at_once_write_one_record(
         client.delete(f"/api/v1/personas/{pid}/members/{e_id}", headers=editor))
     assert sorted(r.status_code for r in answers) == [204, 404], [r.text for r in answers]
     assert await _records(database, "persona.member.remove", pid) == 1
+
+
+@pytest.mark.parametrize("inviter", ["creator", "co-owner"])
+async def test_invitations_sent_while_the_persona_is_deleted_are_made_or_404(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+    inviter: str,
+) -> None:
+    """An owner invites while the persona is deleted: each invitation is made (202) or
+    finds the persona gone (404), never a 5xx nor a 403.  An invitation written after
+    the deletion committed was refused by row-level security: 403 "this account may not
+    make this change", blaming the owner's rights."""
+    _, h = user
+    invitees = [(await named_user(database, "in"))[1] for _ in range(3)]
+    for _ in range(6):
+        pid = (await create_persona(client, h))["id"]
+        headers = h
+        if inviter == "co-owner":
+            _, co_name, headers = await named_user(database, "co")
+            await add_member(client, h, pid, co_name, "owner", headers)
+        *invited, deleted = await asyncio.gather(
+            *(client.post(f"/api/v1/personas/{pid}/members", headers=headers,
+                          json={"user": name, "role": "viewer"}) for name in invitees),
+            client.delete(f"/api/v1/personas/{pid}", headers=h))
+        assert deleted.status_code == 204, deleted.text
+        assert {answer.status_code for answer in invited} <= {202, 404}, [
+            (answer.status_code, answer.text) for answer in invited]
+    assert await scalar(database, "SELECT count(*) FROM persona_invitations") == 0

@@ -300,6 +300,33 @@ async def test_runs_started_while_their_agent_is_deleted_are_accepted_or_refused
         database, "SELECT count(*) FROM runs WHERE status IN ('pending', 'running')") == 0
 
 
+async def test_runs_started_while_their_persona_is_deleted_are_accepted_or_refused(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    """Runs of a persona's agent started while the persona is deleted: 202, or 404 (the
+    agent went with it), never a 5xx.  A run's insert holds its agent's key, then its
+    persona's; the deletion held the persona, then cascaded to the agent: a deadlock, a
+    503 for each start.  The deletion now locks the agents first."""
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    for _ in range(4):
+        persona = await client.post("/api/v1/personas", headers=headers, json={"name": "P"})
+        assert persona.status_code == 201, persona.text
+        agent = await client.post("/api/v1/agents", headers=headers, json={
+            "name": "A", "slug": f"a-{uuid.uuid4().hex[:8]}",
+            "persona_id": persona.json()["id"]})
+        assert agent.status_code == 201, agent.text
+        *started, deleted = await asyncio.gather(
+            *(client.post(f"/api/v1/agents/{agent.json()['id']}/runs", headers=headers,
+                          json={"input": "hi"}) for _ in range(3)),
+            client.delete(f"/api/v1/personas/{persona.json()['id']}", headers=headers))
+        no_5xx(*started, deleted)
+        assert deleted.status_code == 204, deleted.text
+        assert {answer.status_code for answer in started} <= {202, 404}, [
+            answer.text for answer in started]
+
+
 async def test_the_api_key_revoked_while_its_events_stream_the_run_completes(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
     user: tuple[uuid.UUID, Headers], worker: Worker,

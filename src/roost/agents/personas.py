@@ -261,11 +261,16 @@ async def delete_persona(session: AsyncSession, actor: Principal, persona_id: uu
     """Delete a persona with its members, secrets, agents and mail (ON DELETE CASCADE);
     its runs stay, unbound."""
     view = await require_role(session, actor, persona_id, "owner", "delete it")
+    # Its agents locked before the persona: a run being started holds its agent's key,
+    # then its persona's (the run's foreign keys, in that order), so the other order
+    # deadlocked (a 503 for every run started meanwhile).  Now a start either commits
+    # first or waits and finds its agent gone (404).
+    agents = list((await session.scalars(
+        select(Agent.id).where(Agent.persona_id == persona_id).order_by(Agent.id)
+        .with_for_update())).all())
     # Locked: a second deletion at once waits, then finds it gone (404, one record).
     await one_or_404(session, select(Persona.id).where(Persona.id == persona_id), lock=True,
                      missing=f"persona {persona_id} does not exist")
-    agents = list((await session.scalars(
-        select(Agent.id).where(Agent.persona_id == persona_id))).all())
     await session.delete(view.persona)
     await session.flush()
     await record(session, "persona.delete", user_id=actor.user_id, persona_id=persona_id,
@@ -326,6 +331,12 @@ async def add_member(session: AsyncSession, actor: Principal, persona_id: uuid.U
     they are invited already, unchanged), which becomes a membership when they accept.
     409 when they own the persona or are a member already."""
     view = await require_role(session, actor, persona_id, "owner", "manage its members")
+    # Held until the membership or invitation is stored: a deletion of the persona waits,
+    # or went first and this is a 404 (the insert was refused by row-level security
+    # once the persona was gone: a 403 blaming the owner's rights).
+    await one_or_404(session, select(Persona.id).where(Persona.id == persona_id)
+                     .with_for_update(read=True, key_share=True),
+                     missing=f"persona {persona_id} does not exist")
     user_id = await _lookup_user(session, body.user)
     if user_id == view.persona.owner_id:
         raise Conflict("that user owns the persona already")
