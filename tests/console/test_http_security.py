@@ -95,6 +95,10 @@ OFF_SITE_TARGETS = (
     "/console/%0D%0ALocation:%20https://evil.example", "javascript:alert(1)",
     " /\t/evil.example", "/\t/evil.example", "/console/\t/evil.example",
 )
+# Same site, but off the console: a browser resolves dot segments, %2e spelt too.
+OFF_CONSOLE_TARGETS = ("/console/../api/v1/auth/me", "/console/%2e%2e/api/v1/auth/me",
+                       "/console/.%2E/api", "/console/%2E%2E%2Fapi", "/console/./../api",
+                       "/consoleevil", "/console/..")
 
 
 async def test_next_never_leads_off_the_console(
@@ -119,6 +123,12 @@ async def test_next_never_leads_off_the_console(
         resolved = _browser_join(location)
         assert resolved.netloc == "roost.test" and resolved.path.startswith("/console"), (
             target, location)
+    for target in OFF_CONSOLE_TARGETS:
+        again = await client.get("/console/login", params={"next": target})
+        assert again.status_code == 303
+        resolved = _browser_join(again.headers["location"].replace("%2e", ".")
+                                 .replace("%2E", ".").replace("%2F", "/"))
+        assert resolved.path.startswith("/console/"), (target, again.headers["location"])
 
 
 async def test_console_sign_in_is_throttled_whatever_the_spelling_of_the_login(
@@ -178,6 +188,49 @@ async def test_logout_ends_the_session_for_every_form_of_its_credential(
     # Nor is the token inside the cookie a bearer token that outlives it.
     bearer = await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {session}"})
     assert bearer.status_code == 401
+
+
+async def test_logout_with_another_credential_in_the_request_still_ends_the_cookie_s_session(
+    client: httpx.AsyncClient, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """Sign-out with the cookie and its CSRF token, the request also carrying an
+    ``Authorization`` header (a stray bearer, a proxy's Basic credentials): the cookie's
+    session ends.  The console ignored the cookie then, yet answered 303 and cleared it:
+    a copy of the cookie kept working."""
+    user = await _user(database, "lola")
+    for header in ("Bearer junk", "Basic cHJveHk6cHc="):
+        cookies = await session_cookies(database, test_keys, user)
+        out = await client.post("/console/logout", cookies=cookies, headers={
+            "X-CSRF-Token": cookies[CSRF_COOKIE], "Authorization": header})
+        assert out.status_code == 303, out.text
+        after = await client.get("/api/v1/auth/me",
+                                 cookies={SESSION_COOKIE: cookies[SESSION_COOKIE]})
+        assert after.status_code == 401, (header, after.status_code)
+
+
+async def test_the_console_works_behind_a_proxy_that_asks_for_basic_credentials(
+    client: httpx.AsyncClient, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """A reverse proxy with HTTP Basic authentication: the browser sends its
+    ``Authorization: Basic`` with every request, pages and the API calls they make.  Every
+    page went to the sign-in page and every API call was a 401 ("must be 'Bearer
+    <token>'"): the cookie is what signs the console in, whatever other scheme rides
+    along; without a cookie a Basic header is still no credential."""
+    user = await _user(database, "basil")
+    cookies = await session_cookies(database, test_keys, user)
+    basic = {"Authorization": "Basic cHJveHk6cHc="}
+    page = await client.get("/console/chat", cookies=cookies, headers=basic)
+    assert page.status_code == 200, page.status_code
+    me = await client.get("/api/v1/auth/me", cookies=cookies, headers=basic)
+    assert me.status_code == 200 and me.json()["username"] == "basil", me.text
+    made = await client.post("/api/v1/chat/sessions", json={"title": "t"}, cookies=cookies,
+                             headers={**basic, "X-CSRF-Token": cookies[CSRF_COOKIE]})
+    assert made.status_code == 201, made.text
+    unsigned = await client.post("/api/v1/chat/sessions", json={"title": "t"}, cookies=cookies,
+                                 headers=basic)
+    assert unsigned.status_code == 403, unsigned.text  # the cookie still needs its CSRF token
+    client.cookies.clear()
+    assert (await client.get("/api/v1/auth/me", headers=basic)).status_code == 401
 
 
 async def test_cookies_are_secure_when_the_console_is_served_over_https(

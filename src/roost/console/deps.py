@@ -13,7 +13,7 @@ from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import jinja2
 from fastapi import Request
@@ -22,12 +22,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import roost
-from roost.errors import TooManyRequests, Unauthorized
-from roost.http.auth import CSRF_COOKIE, SESSION_COOKIE, current_principal
+from roost.errors import TooManyRequests
+from roost.http.auth import CSRF_COOKIE, SESSION_COOKIE, cookie_principal
 from roost.http.deps import get_keys, get_settings_dep
 from roost.http.problems import retry_after
 from roost.http.routing import RoostRoute
 from roost.identity.models import User
+from roost.inputs import holds_control
 from roost.principal import Principal
 from roost.security.tokens import issue_access_token
 
@@ -146,13 +147,8 @@ class Viewer:
 
 async def viewer(request: Request, session: AsyncSession) -> Viewer | None:
     """The signed-in user, or ``None`` (no cookie, expired or revoked session)."""
-    if SESSION_COOKIE not in request.cookies or "authorization" in request.headers:
-        return None
-    try:
-        principal = await current_principal(request, session)
-    except Unauthorized:
-        return None
-    if principal.user_id is None:
+    principal = await cookie_principal(request, session)
+    if principal is None or principal.user_id is None:
         return None
     user = await session.scalar(select(User).where(User.id == principal.user_id))
     if user is None:
@@ -168,10 +164,15 @@ def login_redirect(request: Request) -> RedirectResponse:
 
 
 def safe_next(value: str | None) -> str:
-    """Only our own pages are a place to go after sign-in (no open redirect)."""
-    if value and value.startswith("/console") and "//" not in value and "\\" not in value:
-        return value
-    return "/console/"
+    """Only our own pages are a place to go after sign-in (no open redirect, and no
+    ``/console/../api/...``: a browser resolves dot segments, ``%2e`` spelt too)."""
+    path = unquote((value or "").split("?", 1)[0].split("#", 1)[0])
+    if not value or (path != "/console" and not path.startswith("/console/")):
+        return "/console/"
+    if ("//" in value or "\\" in path or holds_control(value)
+            or any(part in (".", "..") for part in path.split("/"))):
+        return "/console/"
+    return value
 
 
 def render(

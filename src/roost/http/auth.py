@@ -82,21 +82,33 @@ def request_credential(request: Request) -> str | None:
     token = bearer_token(request)
     if token is not None:
         return token
-    cookie = request.cookies.get(SESSION_COOKIE)
-    if not cookie or not looks_like_access_token(cookie) or hmac.compare_digest(
-            cookie.encode(), get_keys(request).admin_token.encode()):
-        return None
-    if request.method not in SAFE_METHODS:
+    cookie = session_cookie(request)
+    if cookie is not None and request.method not in SAFE_METHODS:
         check_csrf(request)
     return cookie
 
 
+def session_cookie(request: Request) -> str | None:
+    """The console's session cookie when it holds what the console puts there."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie or not looks_like_access_token(cookie) or hmac.compare_digest(
+            cookie.encode(), get_keys(request).admin_token.encode()):
+        return None
+    return cookie
+
+
 def bearer_token(request: Request) -> str | None:
+    """The ``Authorization: Bearer`` token.  Another scheme is not Roost's: a reverse
+    proxy's Basic credentials, which a browser then sends with every request of the
+    console, must not turn its cookie-authenticated calls into 401s (no cookie: the
+    request is unauthenticated, a 401 all the same)."""
     header = request.headers.get("authorization")
     if not header:
         return None
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    if scheme.lower() != "bearer":
+        return None
+    if not token.strip():
         raise Unauthorized("Authorization header must be 'Bearer <token>'")
     return token.strip()
 
@@ -113,7 +125,26 @@ def scope_wanted() -> bool:
 
 
 async def current_principal(request: Request, session: DbSession) -> Principal:
-    principal = await _resolve(request, session)
+    principal = await _resolve(request, session, request_credential(request))
+    return await _scoped(request, session, principal)
+
+
+async def cookie_principal(request: Request, session: AsyncSession) -> Principal | None:
+    """The console's signed-in user, from the session cookie alone (a bearer token the
+    request also carries does not make it someone else's page, nor keep its sign-out from
+    ending the cookie's session); the transaction scoped to them.  None without a valid
+    session cookie."""
+    cookie = session_cookie(request)
+    if cookie is None:
+        return None
+    try:
+        principal = await _resolve(request, session, cookie)
+    except Unauthorized:
+        return None
+    return await _scoped(request, session, principal)
+
+
+async def _scoped(request: Request, session: AsyncSession, principal: Principal) -> Principal:
     # Row-level security: the rest of this request's transaction acts for the principal
     # (SET LOCAL role and settings; see roost.identity.tenancy).
     authentication: Authentication = request.app.state.authentication
@@ -143,15 +174,14 @@ async def caller_outside_transaction(request: Request, database: Database) -> Pr
     unscoped = _UNSCOPED.set(True)
     try:
         async with database.transaction() as session:
-            principal = await _resolve(request, session)
+            principal = await _resolve(request, session, request_credential(request))
     finally:
         _UNSCOPED.reset(unscoped)
     request.state.principal = principal
     return principal
 
 
-async def _resolve(request: Request, session: AsyncSession) -> Principal:
-    token = request_credential(request)
+async def _resolve(request: Request, session: AsyncSession, token: str | None) -> Principal:
     if token is None:
         raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
     authentication: Authentication | None = getattr(request.app.state, "authentication", None)
