@@ -13,10 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
 from tests.chat.conftest import add_provider, new_session, sse_events
+from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Reply
 from tests.support.races import no_5xx, race_settings
@@ -201,3 +203,36 @@ async def test_a_session_deleted_at_any_moment_of_its_answer_never_collides(
     # Both orders happened: deleted before the answer was stored, and after.
     assert outcomes == {201, 409}, outcomes
     assert (await session_state(database, sid))["open"] == 0
+
+
+@pytest.mark.parametrize("change", ["create", "move"])
+async def test_a_session_put_in_a_project_deleted_meanwhile_is_a_404_naming_it(
+    client: httpx.AsyncClient, database: Database, change: str,
+) -> None:
+    """A session created in, or moved into, a project whose deletion commits after the
+    project was checked and before the session's write: a 404 naming ``project_id``, as
+    for a project that does not exist (it was a 409 "the session conflicts with data
+    already stored").  Deterministic: the deletion is held open until the request waits
+    on it."""
+    _, headers = await make_user(database)
+    project = await client.post("/api/v1/projects", json={"name": "doomed"}, headers=headers)
+    assert project.status_code == 201, project.text
+    pid = project.json()["id"]
+    sid = (await new_session(client, headers))["id"]
+    async with database.transaction() as held:
+        await held.execute(text("DELETE FROM projects WHERE id = :p"), {"p": pid})
+        request = (client.post("/api/v1/chat/sessions", headers=headers,
+                               json={"title": "t", "project_id": pid}) if change == "create"
+                   else client.patch(f"/api/v1/chat/sessions/{sid}", headers=headers,
+                                     json={"project_id": pid}))
+        answer = asyncio.ensure_future(request)
+        for _ in range(1000):  # until its foreign-key check waits on the deletion
+            waiting = await held.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database() AND query ILIKE '%chat_sessions%'"))
+            if waiting or answer.done():
+                break
+            await asyncio.sleep(0.01)
+    resp = await answer
+    assert resp.status_code == 404, resp.text
+    assert resp.json().get("field") == "project_id", resp.text

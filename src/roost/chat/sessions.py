@@ -120,6 +120,9 @@ def _session_conflict(exc: IntegrityError, external_id: str | None) -> RoostErro
         return Conflict(f"you already have a session with external_id {external_id!r}")
     if "fk_chat_sessions_user_id_users" in text:
         return NotFound("owner_id names no user")
+    if "fk_chat_sessions_project_id_projects" in text:  # deleted since it was checked
+        return NotFound("project_id names no project (it was deleted meanwhile)",
+                        extra={"field": "project_id"})
     return Conflict("the session conflicts with data already stored")
 
 
