@@ -5,6 +5,7 @@ The server is a small fake one (a Python script) whose answers its argument bend
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import textwrap
@@ -16,9 +17,13 @@ from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
+from roost.inputs import json_size
 from roost.tools.builtins import BuiltinToolError
 from roost.tools.lspservers import _read_text
+from tests.support.cli import run_roost
 from tests.support.identity import make_user
+from tests.support.pg import PgTestServer
+from tests.tools.conftest import MAX_OUTPUT_BYTES
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -63,6 +68,8 @@ while True:
             caps = {"x\\u0000y": "a\\u0000b", "lone": "\\ud800"}
         if MODE == "info_nul":
             info = {"name": "fa\\u0000ke"}
+        if MODE == "info_esc":
+            info = {"name": "evil\\u001b[2J\\u001b]0;pwned\\u0007", "version": "\\u202e1"}
         send({"jsonrpc": "2.0", "id": m["id"], "result": {"capabilities": caps, "serverInfo": info}})
     elif meth == "shutdown":
         send({"jsonrpc": "2.0", "id": m["id"], "result": None})
@@ -78,8 +85,9 @@ while True:
             d["severity"] = [1]
         if MODE == "msg_nul":
             d.update(message="a\\u0000b", source="s\\u0000", code="c\\u0000")
+        many = [dict(d, message="m" * 2000) for _ in range(300)] if MODE == "big" else [d]
         send({"jsonrpc": "2.0", "method": "textDocument/publishDiagnostics",
-              "params": {"uri": uri, "diagnostics": [d]}})
+              "params": {"uri": uri, "diagnostics": many}})
 """
 
 
@@ -192,6 +200,40 @@ async def test_lsp_diagnostics_failing_with_a_nul_in_the_error_is_a_502(
     called = await diagnose(client, admin_headers, database, tmp_path, "init_error_nul", "a.py")
     assert called.status_code == 502, called.text
     assert "bad\\x00thing" in called.json()["detail"]
+
+
+async def test_lsp_diagnostics_keep_within_the_largest_tool_result(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database,
+    workspace: Path, tmp_path: Path,
+) -> None:
+    """300 diagnostics of 2,000 characters: the result keeps the first that fit in
+    ROOST_TOOLS_MAX_OUTPUT_BYTES, ``truncated`` and the whole ``count`` (it was returned
+    whole, ~450 KB, past the limit every tool's result keeps)."""
+    called = await diagnose(client, admin_headers, database, tmp_path, "big", "a.py")
+    assert called.status_code == 200, called.text
+    output = called.json()["output"]
+    assert json_size(output) <= MAX_OUTPUT_BYTES, json_size(output)
+    assert 0 < len(output["diagnostics"]) < 300, len(output["diagnostics"])
+    assert (output["count"], output["truncated"]) == (300, True)
+
+
+async def test_lsp_check_prints_a_server_s_name_escaped(
+    pg_server: PgTestServer, db_name: str, tmp_path: Path,
+) -> None:
+    """`roost lsp check` prints the server's serverInfo with its control and bidirectional
+    characters escaped (they cleared the screen, retitled the terminal, reversed text)."""
+    script = tmp_path / "fake_lsp.py"
+    script.write_text(textwrap.dedent(FAKE))
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "d"), "ROOST_TOOLS_CALL_TIMEOUT_S": "20"}
+    added = await asyncio.to_thread(run_roost, "lsp", "add", "evil", "--command", sys.executable,
+                                    "--language", "python", "--arg", str(script),
+                                    "--arg", "info_esc", env=env)
+    assert added.returncode == 0, added.stderr
+    checked = await asyncio.to_thread(run_roost, "lsp", "check", "evil", env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert "\x1b" not in checked.stdout and "\u202e" not in checked.stdout, checked.stdout
+    assert "evil\\x1b[2J" in checked.stdout and "\\u202e1" in checked.stdout, checked.stdout
 
 
 async def test_lsp_diagnostics_on_a_directory_is_a_422(

@@ -23,6 +23,7 @@ from roost.clitools import (
     id_table,
     parse_input,
     print_table,
+    printable,
     with_database,
 )
 from roost.config import get_settings
@@ -119,8 +120,8 @@ def check_command(server: Annotated[str, typer.Argument(help="Server name or id"
     info = row.server_info or {}
     about = " ".join(str(info[k]) for k in ("name", "version") if info.get(k))
     # Text: the server's own name and version (serverInfo) are not rich markup.
-    console.print(Text(f"{row.name}: {row.health_status} in {row.latency_ms} ms"
-                       + (f" ({about})" if about else "")))
+    console.print(Text(printable(f"{row.name}: {row.health_status} in {row.latency_ms} ms"
+                                 + (f" ({about})" if about else ""))))
 
 
 @lsp_app.command("rm")

@@ -35,6 +35,7 @@ from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.tenancy import clear_principal
+from roost.inputs import json_size
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.tools import lsp
@@ -311,12 +312,24 @@ async def diagnostics_tool(
     text = await asyncio.to_thread(_read_text, target, relative)
     found = await lsp.diagnostics(chosen.spec, target, text, chosen.language.lower(),
                                   cfg.call_timeout_s)
-    return {
-        "path": relative,
-        "server": chosen.name,
-        "language": chosen.language,
-        "diagnostics": found[:MAX_DIAGNOSTICS],
-        "count": len(found),
-        "truncated": len(found) > MAX_DIAGNOSTICS,
-    }
+    result: dict[str, Any] = {"path": relative, "server": chosen.name,
+                              "language": chosen.language, "diagnostics": [],
+                              "count": len(found), "truncated": False}
+    kept = _fitting(found[:MAX_DIAGNOSTICS], cfg.max_output_bytes - json_size(result))
+    result["diagnostics"] = kept
+    result["truncated"] = len(kept) < len(found)
+    return result
+
+
+def _fitting(diagnostics: list[Any], budget: int) -> list[Any]:
+    """The first diagnostics that fit in ``budget`` bytes of JSON: a tool's result is at
+    most ``ROOST_TOOLS_MAX_OUTPUT_BYTES``, and 200 messages of 2,000 characters are ~450 KB
+    (returned whole, past the limit every MCP tool's result keeps)."""
+    kept: list[Any] = []
+    for diagnostic in diagnostics:
+        budget -= json_size(diagnostic) + 1  # and its comma
+        if budget < 0:
+            break
+        kept.append(diagnostic)
+    return kept
 
