@@ -5,6 +5,7 @@ mail, sending through a local relay (aiosmtpd), and another tenant seeing nothin
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -426,6 +427,30 @@ async def test_a_message_id_with_nul_is_no_message_id(
            + header + b": <a\x00b@x.org>\r\nSubject: hi\r\n\r\nbody\r\n")
     code, _ = await smtp_raw(listener.port, to, raw)
     assert code == 250
+    [email] = await emails_of(database, persona.id)
+    assert email.message_id and email.message_id.endswith(
+        f"@{mail_cfg.from_domain or 'roost.invalid'}>")
+    assert email.in_reply_to is None and email.thread_id == email.message_id
+
+
+@pytest.mark.parametrize("header", ["Message-ID", "References", "In-Reply-To"])
+async def test_a_message_id_too_long_for_its_index_is_no_message_id(
+    database: Database, listener: MailServer, user: tuple[uuid.UUID, Headers],
+    mail_cfg: mail.MailConfig, header: str,
+) -> None:
+    """An id of 985 four-byte characters (~4 KB, under the 996-character syntax limit),
+    sent as folded encoded words: past PostgreSQL's btree entry limit, so storing the mail
+    failed at every try and the sender was told 451 "try again" for ever.  The id is
+    ignored and the mail stored, as with a NUL in it."""
+    owner, _ = user
+    persona = await make_persona(database, owner, address())
+    to = str(persona.email_address)
+    wide = ("<" + "".join(chr(0x20000 + 7 * n) for n in range(985)) + "@x>").encode()
+    words = "\r\n ".join("=?utf-8?b?" + base64.b64encode(wide[i:i + 36]).decode() + "?="
+                          for i in range(0, len(wide), 36))
+    raw = f"From: {SENDER}\r\nTo: {to}\r\nSubject: hi\r\n{header}: {words}\r\n\r\nbody\r\n"
+    code, line = await smtp_raw(listener.port, to, raw.encode())
+    assert code == 250, line
     [email] = await emails_of(database, persona.id)
     assert email.message_id and email.message_id.endswith(
         f"@{mail_cfg.from_domain or 'roost.invalid'}>")

@@ -106,9 +106,18 @@ def address_text(value: str) -> str | None:
     return None if _CONTROL.search(text) else text
 
 
+# An id's bytes, not only its characters: a message id and a thread id are btree keys,
+# and an entry past ~2,700 bytes is an error PostgreSQL raises at every try (996
+# four-byte characters are ~4,000): a sender was told 451 "try again" for ever.
+MAX_MESSAGE_ID_BYTES: Final = 998
+
+
 def message_ids(value: str | None) -> list[str]:
-    """The ``<id>`` tokens of a Message-ID, In-Reply-To or References value."""
-    return _MSG_ID.findall(value or "")
+    """The ``<id>`` tokens of a Message-ID, In-Reply-To or References value (an id
+    longer than :data:`MAX_MESSAGE_ID_BYTES` in UTF-8 is none: the message gets one of
+    Roost's, as with no id)."""
+    return [found for found in _MSG_ID.findall(value or "")
+            if len(found.encode("utf-8", "surrogatepass")) <= MAX_MESSAGE_ID_BYTES]
 
 
 def _one_line(value: str) -> str:
