@@ -168,6 +168,40 @@ async def test_an_answer_with_a_lone_surrogate_is_a_502_and_a_failed_request(
     assert await statuses(database) == ["failed"]
 
 
+DEEP = 1500  # arrays nested this deep (3 KB): json.loads raises RecursionError, no ValueError
+
+
+async def test_an_answer_nested_too_deep_is_a_502(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database,
+) -> None:
+    """JSON nested 1,500 deep, under the answer limit: a malformed answer like any other
+    junk, a 502 and a failed request.  json.loads raised RecursionError, not a
+    ValueError: a 500, and no other provider tried."""
+    whole = b'{"choices": ' + b"[" * DEEP + b"]" * DEEP + b"}"
+    async with RawServer(json_answer(None, raw=whole)) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", CHAT, user[1])
+    assert (status, await statuses(database)) == (502, ["failed"]), body
+
+
+async def test_a_stream_whose_first_event_is_nested_too_deep_is_a_502(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database,
+) -> None:
+    """The same as a stream's first event (before any chunk reached the client)."""
+    event = '{"x": ' + "[" * DEEP + "]" * DEEP + "}"
+    async with RawServer(sse_answer([f"data: {event}\n\n"])) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", {**CHAT, "stream": True},
+                                  user[1])
+    if status == 200:
+        assert v1_frames(body)[-1]["error"]["code"] == "provider_error", body
+    else:
+        assert status == 502, body
+    assert await statuses(database) == ["failed"], body
+
+
 async def test_an_anthropic_answer_with_a_lone_surrogate_is_a_502(
     client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
     database: Database,

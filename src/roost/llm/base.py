@@ -327,7 +327,10 @@ class HTTPProvider:
         lone UTF-16 surrogate (it can be neither stored nor sent on as UTF-8)."""
         # Decoded strictly here: json.loads of bytes would let UTF-8-encoded surrogates in.
         text = raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw
-        value = json.loads(text)
+        try:
+            value = json.loads(text)
+        except RecursionError:  # not a ValueError: it was a 500, and no fallback tried
+            raise ValueError("it is JSON nested too deeply to read") from None
         if _SURROGATE_ESCAPE.search(text) is not None and _holds_surrogate(value):
             raise ValueError("it holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff)")
         return value
