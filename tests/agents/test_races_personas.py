@@ -150,3 +150,32 @@ async def test_invitations_sent_while_the_persona_is_deleted_are_made_or_404(
         assert {answer.status_code for answer in invited} <= {202, 404}, [
             (answer.status_code, answer.text) for answer in invited]
     assert await scalar(database, "SELECT count(*) FROM persona_invitations") == 0
+
+
+@pytest.mark.parametrize("granter", ["owner", "editor"])
+async def test_tool_grants_made_while_the_persona_is_deleted_are_made_or_404(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+    granter: str,
+) -> None:
+    """Tools granted (PUT /personas/{id}/tools/{tool}) while the persona is deleted: each
+    grant is made (200) or finds the persona gone (404), never a 403: a grant written
+    after the deletion committed was refused by row-level security, "this account may
+    not make this change"."""
+    _, h = user
+    tools = (await client.get("/api/v1/tools", headers=h, params={"limit": 50})).json()
+    tool_ids = [tool["id"] for tool in tools["items"]][:3]
+    assert len(tool_ids) == 3, tools
+    for _ in range(8):
+        pid = (await create_persona(client, h))["id"]
+        headers = h
+        if granter == "editor":
+            _, editor_name, headers = await named_user(database, "ed")
+            await add_member(client, h, pid, editor_name, "editor", headers)
+        *granted, deleted = await asyncio.gather(
+            *(client.put(f"/api/v1/personas/{pid}/tools/{tool_id}", headers=headers, json={})
+              for tool_id in tool_ids),
+            client.delete(f"/api/v1/personas/{pid}", headers=h))
+        assert deleted.status_code == 204, deleted.text
+        assert {answer.status_code for answer in granted} <= {200, 404}, [
+            (answer.status_code, answer.text) for answer in granted]
+    assert await scalar(database, "SELECT count(*) FROM persona_tools") == 0

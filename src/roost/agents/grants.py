@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.agents.personas import get_persona, require_role
+from roost.agents.personas import get_persona, hold_persona, require_role
 from roost.agents.schemas import ToolGrantOut, ToolGrantSet
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
@@ -63,6 +63,7 @@ async def grant_tool(session: AsyncSession, actor: Principal, persona_id: uuid.U
                      tool_id: uuid.UUID, body: ToolGrantSet) -> ToolGrantOut:
     """Create or replace the persona's grant of a tool the actor may use (else 404)."""
     await require_role(session, actor, persona_id, "editor", "grant it tools")
+    await hold_persona(session, persona_id)
     tool = await registry.get_tool(session, actor, tool_id)
     if body.input_schema is not None:
         try:  # as calls build it: under its own $schema's draft (2020-12 by default)

@@ -257,6 +257,17 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, uuid.UUID | datetime) else value
 
 
+async def hold_persona(session: AsyncSession, persona_id: uuid.UUID) -> None:
+    """Hold the persona (``FOR KEY SHARE``, taken after its role check) until the row about
+    to point at it is stored: a deletion of the persona then waits, or went first and
+    this is a 404.  Without it, a row written after the deletion committed was refused by
+    row-level security (the policies read the persona): a 403 blaming the caller's rights
+    (invitations, tool grants)."""
+    await one_or_404(session, select(Persona.id).where(Persona.id == persona_id)
+                     .with_for_update(read=True, key_share=True),
+                     missing=f"persona {persona_id} does not exist")
+
+
 async def delete_persona(session: AsyncSession, actor: Principal, persona_id: uuid.UUID) -> None:
     """Delete a persona with its members, secrets, agents and mail (ON DELETE CASCADE);
     its runs stay, unbound."""
@@ -331,12 +342,7 @@ async def add_member(session: AsyncSession, actor: Principal, persona_id: uuid.U
     they are invited already, unchanged), which becomes a membership when they accept.
     409 when they own the persona or are a member already."""
     view = await require_role(session, actor, persona_id, "owner", "manage its members")
-    # Held until the membership or invitation is stored: a deletion of the persona waits,
-    # or went first and this is a 404 (the insert was refused by row-level security
-    # once the persona was gone: a 403 blaming the owner's rights).
-    await one_or_404(session, select(Persona.id).where(Persona.id == persona_id)
-                     .with_for_update(read=True, key_share=True),
-                     missing=f"persona {persona_id} does not exist")
+    await hold_persona(session, persona_id)
     user_id = await _lookup_user(session, body.user)
     if user_id == view.persona.owner_id:
         raise Conflict("that user owns the persona already")
