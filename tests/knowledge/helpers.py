@@ -94,6 +94,23 @@ def pages_sharing_one_stream(pages: int, operators: int) -> bytes:
     return pdf_file(objects)
 
 
+def pdf_with_a_heavy_page(first_page: str, inflated_mb: int) -> bytes:
+    """A two-page PDF: ``first_page``'s text, then a page whose compressed content stream
+    (a few KB) inflates to ``inflated_mb`` MB of text operators."""
+    line = b"BT /F1 12 Tf 72 720 Td (" + b"A" * 200 + b") Tj ET\n"
+    heavy = zlib.compress(line * (inflated_mb * 1024 * 1024 // len(line)), 9)
+    light = f"BT /F1 12 Tf 72 720 Td ({first_page}) Tj ET".encode("latin-1")
+    page = (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>")
+    return pdf_file([b"<< /Type /Catalog /Pages 2 0 R >>",
+                     b"<< /Type /Pages /Kids [4 0 R 5 0 R] /Count 2 >>",
+                     b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+                     page % 6, page % 7,
+                     b"<< /Length %d >>\nstream\n" % len(light) + light + b"\nendstream",
+                     b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(heavy) + heavy
+                     + b"\nendstream"])
+
+
 # --------------------------------------------------------------------------- loopback server
 
 HTML_PAGE = (

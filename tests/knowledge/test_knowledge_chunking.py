@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from roost.knowledge.chunking import (
+    MAX_SPAN_CHARS,
     Chunk,
     HFTokenizer,
     RegexTokenizer,
@@ -92,6 +93,18 @@ def test_long_unbroken_text_is_still_cut_within_limit() -> None:
     text = "-".join(["abc"] * 2000)  # no whitespace anywhere
     chunks = chunk_text(text, chunk_tokens=32, overlap_tokens=4, tokenizer=REGEX)
     _assert_invariants(text, chunks, REGEX, 32)
+    assert chunks[-1].char_end == len(text)
+
+
+@pytest.mark.parametrize("tok", _tokenizers(), ids=lambda t: t.name)
+def test_a_long_unbroken_word_is_cut_into_chunks_of_bounded_length(tok: Tokenizer) -> None:
+    """A 60,000-character hex blob is one token to either tokenizer (WordPiece reads a
+    word over 100 characters as one unknown token): it was one 60 KB chunk.  A chunk
+    now ends at most every ``MAX_SPAN_CHARS`` characters of such a word."""
+    text = "The contract bytecode follows.\n\n0x" + "6080604052" * 6000
+    chunks = chunk_text(text, chunk_tokens=64, overlap_tokens=8, tokenizer=tok)
+    _assert_invariants(text, chunks, tok, 64)
+    assert max(len(c.text) for c in chunks) <= 64 * MAX_SPAN_CHARS, [len(c.text) for c in chunks]
     assert chunks[-1].char_end == len(text)
 
 

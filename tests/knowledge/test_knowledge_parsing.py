@@ -22,7 +22,12 @@ from roost.knowledge.parsing import (
     detect_mime,
     parse_document,
 )
-from tests.knowledge.helpers import make_pdf, pages_sharing_one_stream, surrogate_pdf
+from tests.knowledge.helpers import (
+    make_pdf,
+    pages_sharing_one_stream,
+    pdf_with_a_heavy_page,
+    surrogate_pdf,
+)
 
 # --------------------------------------------------------------------------- text
 
@@ -474,6 +479,19 @@ def test_corrupt_pdf_raises_corrupt_document(data: bytes) -> None:
         parse_document(data, filename="broken.pdf")
     assert "PDF" in info.value.detail
     assert info.value.status == 422
+
+
+def test_a_pdf_page_whose_content_inflates_past_the_cap_is_left_out_with_a_warning() -> None:
+    """A page of a few KB that inflates to 4 MB of text operators: pypdf's text extraction
+    of it alone took ~16 s here (more than in proportion to the size), past any time
+    limit, since a page cannot be stopped once started.  Its text is left out with a
+    warning; the other pages are read."""
+    data = pdf_with_a_heavy_page("Readable first page", inflated_mb=4)
+    assert len(data) < 64 * 1024
+    doc = parse_document(data, filename="bomb.pdf", time_limit_s=60)
+    assert [s.page for s in doc.sections] == [1], doc.sections
+    assert "Readable first page" in doc.sections[0].text
+    assert any(w.startswith("page 2: its content is 4.0 MB") for w in doc.warnings), doc.warnings
 
 
 def test_a_pdf_whose_text_takes_too_long_is_refused_between_pages() -> None:

@@ -191,9 +191,29 @@ def _overlap_start(text: str, spans: list[tuple[int, int]], start: int, end: int
     return word_start if word_start is not None else lo
 
 
+#: The longest token span a chunk is cut around: WordPiece reads a word longer than 100
+#: characters as one unknown token, so a 60,000-character hex blob was one token and one
+#: 60 KB chunk (a 10 MB one was one 10 MB chunk, handed whole to an agent's context).
+MAX_SPAN_CHARS: Final = 100
+
+
+def _bounded(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``spans`` with each longer than :data:`MAX_SPAN_CHARS` cut into pieces of at most
+    that many characters (places a chunk may end)."""
+    if all(end - start <= MAX_SPAN_CHARS for start, end in spans):
+        return spans
+    bounded: list[tuple[int, int]] = []
+    for start, end in spans:
+        while end - start > MAX_SPAN_CHARS:
+            bounded.append((start, start + MAX_SPAN_CHARS))
+            start += MAX_SPAN_CHARS
+        bounded.append((start, end))
+    return bounded
+
+
 def _split(text: str, tokenizer: Tokenizer, budget: int, overlap: int) -> Iterator[tuple[int, int, int]]:
     """Yield ``(char_start, char_end, token_count)`` windows over one section's text."""
-    spans = tokenizer.spans(text)
+    spans = _bounded(tokenizer.spans(text))
     n = len(spans)
     start = 0
     while start < n:
