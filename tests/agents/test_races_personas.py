@@ -6,48 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Coroutine
-from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
 from tests.agents.api import Headers, add_member, create_persona, named_user
-from tests.support.races import race_settings
+from tests.support.races import answer_behind, race_settings
 from tests.support.sql import scalar
 
 
 @pytest.fixture
 def test_settings(test_settings: Settings) -> Settings:
     return race_settings(test_settings)
-
-
-async def _until_waiting(database: Database, table: str,
-                         task: asyncio.Task[httpx.Response]) -> None:
-    """Until a statement on ``table`` in this test's database waits for a lock (the
-    request has read the row and now waits for the deletion to commit), or ``task`` ends."""
-    for _ in range(200):
-        count = await scalar(database, "SELECT count(*) FROM pg_stat_activity WHERE "
-                             "datname = current_database() AND wait_event_type = 'Lock' "
-                             "AND query ILIKE :q", q=f"%{table}%")
-        if count >= 1 or task.done():
-            return
-        await asyncio.sleep(0.05)
-
-
-async def _answer_behind(database: Database, deletion: str, params: dict[str, str],
-                         table: str, request: Coroutine[Any, Any, httpx.Response],
-                         ) -> httpx.Response:
-    """``request``'s answer when it runs while another transaction's ``deletion`` holds the
-    rows it reads: started inside that transaction, answered after it commits."""
-    async with database.transaction() as session:
-        await session.execute(text(deletion), params)
-        task = asyncio.create_task(request)
-        await _until_waiting(database, table, task)
-    return await task
 
 
 async def _records(database: Database, action: str, persona_id: str) -> int:
@@ -60,7 +32,7 @@ async def test_a_change_waiting_on_the_persona_s_deletion_is_a_404(
 ) -> None:
     _, h = user
     pid = (await create_persona(client, h))["id"]
-    resp = await _answer_behind(
+    resp = await answer_behind(
         database, "DELETE FROM personas WHERE id = :p", {"p": pid}, "personas",
         client.patch(f"/api/v1/personas/{pid}", json={"name": "renamed"}, headers=h))
     assert resp.status_code == 404, resp.text
@@ -82,7 +54,7 @@ async def test_a_role_change_waiting_on_the_member_s_removal_is_a_404(
         ("DELETE FROM persona_members WHERE persona_id = :p AND user_id = :u",
          {"p": pid, "u": str(e_id)}) if deleted == "member"
         else ("DELETE FROM personas WHERE id = :p", {"p": pid}))
-    resp = await _answer_behind(
+    resp = await answer_behind(
         database, deletion, params, "persona_members",
         client.patch(f"/api/v1/personas/{pid}/members/{e_id}", json={"role": "viewer"},
                      headers=h))
@@ -101,7 +73,7 @@ async def test_a_removal_waiting_on_another_removal_is_a_404_and_no_record(
     e_id, e_name, editor = await named_user(database, "ed")
     pid = (await create_persona(client, h))["id"]
     await add_member(client, h, pid, e_name, "editor", editor)
-    resp = await _answer_behind(
+    resp = await answer_behind(
         database, "DELETE FROM persona_members WHERE persona_id = :p AND user_id = :u",
         {"p": pid, "u": str(e_id)}, "persona_members",
         client.delete(f"/api/v1/personas/{pid}/members/{e_id}",

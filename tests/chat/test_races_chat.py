@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
@@ -21,7 +20,7 @@ from tests.chat.conftest import add_provider, new_session, sse_events
 from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Reply
-from tests.support.races import no_5xx, race_settings
+from tests.support.races import answer_behind, no_5xx, race_settings
 from tests.support.sql import fetch
 
 Headers = dict[str, str]
@@ -219,20 +218,11 @@ async def test_a_session_put_in_a_project_deleted_meanwhile_is_a_404_naming_it(
     assert project.status_code == 201, project.text
     pid = project.json()["id"]
     sid = (await new_session(client, headers))["id"]
-    async with database.transaction() as held:
-        await held.execute(text("DELETE FROM projects WHERE id = :p"), {"p": pid})
-        request = (client.post("/api/v1/chat/sessions", headers=headers,
-                               json={"title": "t", "project_id": pid}) if change == "create"
-                   else client.patch(f"/api/v1/chat/sessions/{sid}", headers=headers,
-                                     json={"project_id": pid}))
-        answer = asyncio.ensure_future(request)
-        for _ in range(1000):  # until its foreign-key check waits on the deletion
-            waiting = await held.scalar(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database() AND query ILIKE '%chat_sessions%'"))
-            if waiting or answer.done():
-                break
-            await asyncio.sleep(0.01)
-    resp = await answer
+    request = (client.post("/api/v1/chat/sessions", headers=headers,
+                           json={"title": "t", "project_id": pid}) if change == "create"
+               else client.patch(f"/api/v1/chat/sessions/{sid}", headers=headers,
+                                 json={"project_id": pid}))
+    resp = await answer_behind(database, "DELETE FROM projects WHERE id = :p", {"p": pid},
+                               "chat_sessions", request)
     assert resp.status_code == 404, resp.text
     assert resp.json().get("field") == "project_id", resp.text

@@ -31,7 +31,7 @@ from tests.chat.conftest import add_provider
 from tests.identity.conftest import ORIGIN, PASSWORD, bearer, login, password_user
 from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
-from tests.support.races import no_5xx, race_settings
+from tests.support.races import answer_behind, no_5xx, race_settings
 from tests.support.soft_authenticator import SoftAuthenticator
 from tests.support.sql import fetch, scalar
 
@@ -366,3 +366,25 @@ async def test_revoking_a_device_during_a_sign_in_on_it_ends_its_session(
     alive = await scalar(database, "SELECT count(*) FROM sessions WHERE id = :id "
                          "AND revoked_at IS NULL", id=session_id)
     assert alive == 0, "the sign-in's session outlived its device's revocation"
+
+
+@pytest.mark.parametrize("edit", ["admin status", "own email", "own settings"])
+async def test_an_edit_of_an_account_deleted_meanwhile_is_a_404(
+    client: httpx.AsyncClient, database: Database, admin_headers: Headers, edit: str,
+) -> None:
+    """An account edited (by an administrator, or its user: email, settings) while its
+    deletion commits between the edit's read and its write: a 404, as when the deletion
+    came first.  The ORM's UPDATE matched no row: StaleDataError, a 500.  Deterministic:
+    the deletion is held open until the edit waits on it."""
+    name = f"gone-{uuid.uuid4().hex[:6]}"
+    user_id = await password_user(database, name)
+    headers = await bearer(client, name)
+    path, body, who = {
+        "admin status": (f"/api/v1/users/{user_id}", {"status": "suspended"}, admin_headers),
+        "own email": ("/api/v1/users/me", {"email": f"{name}-new@example.test"}, headers),
+        "own settings": (f"/api/v1/users/{user_id}/settings", {"theme": "light"}, headers),
+    }[edit]
+    resp = await answer_behind(database, "DELETE FROM users WHERE id = :u", {"u": user_id},
+                               "users", client.patch(path, json=body, headers=who))
+    no_5xx(resp)
+    assert resp.status_code in (401, 404), resp.text

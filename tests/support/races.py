@@ -7,9 +7,11 @@ zero."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
@@ -51,3 +53,22 @@ async def until_none(database: Database, sql: str, within: float = 15, **params:
         if count == 0 or asyncio.get_running_loop().time() > deadline:
             return count
         await asyncio.sleep(0.2)
+
+
+async def answer_behind(database: Database, deletion: str, params: dict[str, Any],
+                        table: str, request: Coroutine[Any, Any, httpx.Response],
+                        ) -> httpx.Response:
+    """``request``'s answer when it runs while another transaction's ``deletion`` holds the
+    rows it reads: started inside that transaction, answered after it commits (once a
+    statement on ``table`` waits for a lock, or the request has ended)."""
+    async with database.transaction() as session:
+        await session.execute(text(deletion), params)
+        task = asyncio.ensure_future(request)
+        for _ in range(200):  # each look in a transaction of its own: a fresh snapshot
+            waiting = await scalar(database, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                   "datname = current_database() AND wait_event_type = "
+                                   "'Lock' AND query ILIKE :q", q=f"%{table}%")
+            if waiting or task.done():
+                break
+            await asyncio.sleep(0.05)
+    return await task

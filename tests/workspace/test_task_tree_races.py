@@ -9,14 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.engine import Database
 from roost.principal import Principal
 from roost.workspace import service
 from roost.workspace.models import Task
-from tests.support.races import no_5xx
+from tests.support.races import answer_behind, no_5xx
 from tests.support.sql import scalar
 from tests.workspace.conftest import Headers, User, make_project, make_task
 
@@ -148,17 +147,9 @@ async def test_moving_a_task_into_a_project_deleted_meanwhile_is_a_404_naming_it
     _, h = user
     task = await make_task(client, h, "t")
     project = await make_project(client, h, "doomed")
-    async with database.transaction() as s:
-        await s.execute(text("DELETE FROM projects WHERE id = :p"), {"p": project["id"]})
-        patch = asyncio.ensure_future(client.patch(
-            f"/api/v1/tasks-board/{task['id']}", json={"project_id": project["id"]}, headers=h))
-        for _ in range(2000):  # until the PATCH's foreign-key check waits on the delete
-            waiting = await s.scalar(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query ILIKE 'UPDATE tasks%'"))
-            if waiting or patch.done():
-                break
-            await asyncio.sleep(0.01)
-    resp = await patch
+    resp = await answer_behind(
+        database, "DELETE FROM projects WHERE id = :p", {"p": project["id"]}, "tasks",
+        client.patch(f"/api/v1/tasks-board/{task['id']}", json={"project_id": project["id"]},
+                     headers=h))
     assert resp.status_code == 404, resp.text
     assert resp.json().get("field") == "project_id", resp.text

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import PrimaryKeyConstraint, UniqueConstraint
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from roost.context import current_context
@@ -189,6 +190,14 @@ async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(409, "the change conflicts with data already stored" + _conflicting(driver))
 
 
+async def _gone_meanwhile(request: Request, exc: Exception) -> JSONResponse:
+    """An ORM change of a row another transaction deleted after this one read it (its
+    UPDATE matched no row): what the request changes no longer exists, a 404, as when
+    the deletion came first.  (A service that locks what it changes never gets here.)"""
+    log.warning("changed_row_gone", error=str(exc)[:200])
+    return problem(404, "what this request changes was deleted meanwhile")
+
+
 def _missing_reference(driver: Any) -> JSONResponse | None:
     """A row written with a reference to a row deleted meanwhile (the service had found
     it, a deletion committed before the write): a 404 naming the field, as for an id
@@ -349,6 +358,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(BodyTooLarge, _too_large)
     app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(StaleDataError, _gone_meanwhile)
     app.add_exception_handler(OperationalError, _database_error)
     app.add_exception_handler(InterfaceError, _database_error)
     app.add_exception_handler(DBAPIError, _dbapi_error)
