@@ -75,6 +75,12 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
         self._body_seen = 0.0  # loop time the head ended or the body's last bytes came
         self._head_timeout_s = get_settings().serve_head_timeout_s
         self._head_timer: asyncio.TimerHandle | None = None  # set while a head is awaited
+        # The bytes a body may take on the wire, its chunks' framing and the trailer
+        # fields after its last chunk included: the body limit counts the body's own bytes
+        # only, and httptools buffers a trailer field for as long as it comes (a signed-in
+        # client grew the server by 190 MB with one).  Twice the body limit, and a head.
+        self._body_wire_limit = 2 * get_settings().max_request_bytes + MAX_REQUEST_HEAD_BYTES
+        self._body_wire_left = self._body_wire_limit
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -85,6 +91,7 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_left = None
+        self._body_wire_left = self._body_wire_limit
         self._cancel_head_timer()
         super().on_headers_complete()
         # Neither uvicorn nor httptools time a body out: a client that sent a head and
@@ -187,6 +194,15 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
         left = self._head_left
         if left is not None and self._head_timer is None:
             self._start_head_timer()  # the first bytes of the next request's head
+        if left is None:
+            self._body_wire_left -= len(data)
+            if self._body_wire_left < 0:
+                self.logger.warning("Request body larger than %d bytes on the wire.",
+                                    self._body_wire_limit)
+                self._abandon_body(413, f"request body (with its chunked framing and "
+                                        f"trailers) is larger than {self._body_wire_limit} "
+                                        f"bytes")
+                return
         if left is None or len(data) <= left:
             if left is not None:
                 self._head_left = left - len(data)
