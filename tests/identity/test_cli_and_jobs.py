@@ -54,6 +54,12 @@ async def test_cli_users_and_keys(
     missing = await asyncio.to_thread(run, "users", "approve", "nobody")
     assert missing.returncode == 1 and "no account" in missing.stderr
 
+    # A name the API refuses (empty, 101 characters) is refused here too, naming it.
+    for bad in ("", "n" * 101):
+        refused = await asyncio.to_thread(run, "keys", "create", "--user", "waiting",
+                                          "--name", bad)
+        assert refused.returncode == 1 and "name:" in refused.stderr, refused.stderr
+        assert "database" not in refused.stderr, refused.stderr
     key = await asyncio.to_thread(run, "keys", "create", "--user", "waiting", "--name", "ci")
     assert key.returncode == 0, key.stderr
     token = key.stdout.strip()

@@ -17,6 +17,7 @@ from roost.clitools import (
     add_text_row,
     fail,
     id_table,
+    parse_input,
     print_table,
     resolve_id,
     run_in_transaction,
@@ -158,8 +159,10 @@ def keys_create(
     """Create an API key; it is printed once (stdout), store it now."""
     from roost.db.base import utcnow
     from roost.identity.apikeys import create_api_key
+    from roost.identity.schemas import ApiKeyIn
     from roost.principal import SYSTEM
 
+    name = parse_input(ApiKeyIn, {"name": name}).name  # refused as the API refuses it
     expires = utcnow() + timedelta(days=expires_days) if expires_days else None
 
     async def go(session: Any) -> Any:
