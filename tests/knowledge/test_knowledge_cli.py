@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 from roost.db.engine import Database
-from tests.knowledge.support import mixed_directory
+from tests.knowledge.support import make_group, mixed_directory
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
 from tests.support.sql import fetch
@@ -81,3 +82,39 @@ async def test_roost_ingest_finds_the_owner_by_username_in_any_case(
     assert out.returncode == 0, (out.returncode, out.stdout[-800:], out.stderr[-800:])
     owners = await fetch(database, "SELECT u.username FROM documents d JOIN users u ON u.id = d.user_id")
     assert [r.username for r in owners] == ["olive"]
+
+
+async def test_roost_ingest_with_a_group_its_owner_is_not_in_is_refused(
+    database: Database, pg_server: Any, db_name: str, tmp_path: Path
+) -> None:
+    """`--group G --user U` with U not a member of G: refused as the API refuses that
+    ingestion run (one line, exit 2, no run recorded).  The run was recorded and
+    "succeeded" (exit 0), the per-file check silently dropping the sharing."""
+    oid, _ = await make_user(database, username=f"o{uuid.uuid4().hex[:6]}")
+    [owner] = await fetch(database, "SELECT username FROM users WHERE id = :u", u=oid)
+    other, _ = await make_user(database)
+    name = f"grp{uuid.uuid4().hex[:6]}"
+    await make_group(database, name, oid)
+    foreign = f"for{uuid.uuid4().hex[:6]}"
+    await make_group(database, foreign, other)
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "d"),
+           "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER": "hash", "ROOST_LOG_LEVEL": "warning"}
+    # A member's --group shares, as documented (control: the setup works).
+    f = tmp_path / "a.txt"
+    f.write_text("Herons wade in shallow water. " * 20)
+    ok = run_roost("ingest", str(f), "--user", owner.username, "--group", name, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    rows = await fetch(database, "SELECT group_id FROM documents WHERE user_id = :u", u=oid)
+    assert len(rows) == 1 and rows[0].group_id is not None, rows
+    # A group the user is not in.
+    g = tmp_path / "b.txt"
+    g.write_text("Egrets fly over marshes. " * 20)
+    out = run_roost("ingest", str(g), "--user", owner.username, "--group", foreign, env=env)
+    assert "Traceback" not in out.stderr, out.stderr
+    docs = await fetch(database, "SELECT group_id FROM documents WHERE user_id = :u "
+                                 "AND name = 'b.txt'", u=oid)
+    runs = await fetch(database, "SELECT group_id, status FROM ingestion_runs "
+                                 "WHERE user_id = :u AND target LIKE '%b.txt'", u=oid)
+    assert out.returncode == 2, (out.returncode, docs, runs, out.stdout[-400:])
+    assert docs == [] and runs == [], (docs, runs)

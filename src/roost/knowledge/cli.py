@@ -108,10 +108,10 @@ async def _create_run(
     from roost.audit import service as audit
     from roost.errors import NotFound
     from roost.identity.accounts import find_user
-    from roost.identity.common import nfc
+    from roost.identity.common import group_ids_of, nfc, principal_for
     from roost.identity.models import Group, User
     from roost.knowledge.models import IngestionRun
-    from roost.knowledge.service import is_web_target, precheck_url
+    from roost.knowledge.service import check_group, is_web_target, precheck_url
 
     async with db.transaction() as s:
         # By user name or e-mail as sign-in finds them (any case, composed or not).
@@ -127,6 +127,10 @@ async def _create_run(
             if found is None:
                 raise NotFound(f"no group named {group!r}")
             group_id = found.id
+            # As the API checks it: a member shares with their own groups only (the
+            # per-file check dropped the sharing silently, the run a "success").
+            await check_group(s, principal_for(owner, group_ids=await group_ids_of(
+                s, owner.id)), group_id)
         web = is_web_target(target)
         resolved = precheck_url(target, cfg) if web else await asyncio.to_thread(os.path.realpath, target)
         if not web and not await asyncio.to_thread(os.path.exists, resolved):

@@ -63,7 +63,7 @@ def upload_identity(filename: str) -> str:
     return f"upload:{filename}"
 
 
-async def _check_group(session: AsyncSession, actor: Principal, group_id: uuid.UUID | None) -> None:
+async def check_group(session: AsyncSession, actor: Principal, group_id: uuid.UUID | None) -> None:
     """A member shares with their own groups (403 otherwise); an administrator with any
     group that exists (404 naming the field, not the foreign key's 409)."""
     if group_id is None:
@@ -171,7 +171,7 @@ async def create_upload(
     replaced when the new ingestion finishes.
     """
     user_id = require_user(actor, "documents")
-    await _check_group(session, actor, group_id)
+    await check_group(session, actor, group_id)
     await require_project(session, actor, project_id)  # another user's: 404
     await _check_persona(session, actor, persona_id)
     if len(data) > cfg.max_upload_bytes:
@@ -348,7 +348,7 @@ async def update_document(
     # made public again shares it with its group anew.
     group_id = body.group_id if "group_id" in fields else doc.group_id
     if group_id != doc.group_id or (doc.is_private and body.is_private is False):
-        await _check_group(session, actor, group_id)
+        await check_group(session, actor, group_id)
     for name in ("name", "description", "collection", "tags", "group_id", "is_private"):
         if name not in fields:
             continue
@@ -426,7 +426,7 @@ async def start_run(
     """Check the target now (so a bad one is a 4xx, not a failed run), record the run
     and queue it; the run's job does the work."""
     user_id = require_user(actor, "documents")
-    await _check_group(session, actor, body.group_id)
+    await check_group(session, actor, body.group_id)
     await require_project(session, actor, body.project_id)
     await _check_persona(session, actor, body.persona_id)
     from_web = is_web_target(body.target) if body.from_web is None else body.from_web
