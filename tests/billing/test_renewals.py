@@ -12,17 +12,19 @@ from typing import Any
 
 import httpx
 import pytest
+from dateutil.relativedelta import relativedelta
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.models import AuditLog
 from roost.billing import jobs as billing_jobs
-from roost.billing import renewals
+from roost.billing import subscriptions
 from roost.billing.invoices import Period, issue_invoice
 from roost.billing.models import Invoice, Subscription
 from roost.billing.renewals import renew_due
 from roost.db.engine import Database
 from roost.errors import Unprocessable
+from roost.principal import SYSTEM
 from roost.tasks.models import BackgroundTask
 from roost.tasks.schedules import schedules
 from roost.tasks.service import enqueue
@@ -202,7 +204,7 @@ async def test_a_write_the_database_refuses_fails_its_subscription_alone(
             await session.execute(text("SELECT 1 / 0"))  # division_by_zero, a DBAPIError
         return await issue_invoice(session, subscription_id, *args, **kwargs)
 
-    monkeypatch.setattr(renewals, "issue_invoice", refused)
+    monkeypatch.setattr(subscriptions, "issue_invoice", refused)  # renewal's roll_forward
     report = await renew_due(database, now=NOW)
     assert report.failed == [str(bad.id)] and report.renewed == 1, report
     assert (await _sub(database, good.id)).current_period_start == MARCH.end
@@ -256,3 +258,84 @@ async def test_periods_spent_paused_are_not_billed_when_it_resumes(
     after = await _sub(database, sub.id)
     assert after.status == "active" and after.current_period_start >= before
     assert after.current_period_end > datetime.now(UTC) and after.credits_used == 0
+
+
+async def _resumed(database: Database, monkeypatch: pytest.MonkeyPatch, *,
+                   created: datetime, resumed: datetime) -> uuid.UUID:
+    """A monthly subscription created on ``created``, paused in its first period and
+    resumed (through the service, the clock frozen) on ``resumed``, after that period."""
+    uid = (await make_user(database))[0]
+    plan = await add_plan(database, price="10.00")
+    first = Period(created, created + relativedelta(months=1))
+    sub = await add_subscription(database, plan, uid, status="paused", period=first)
+    async with database.transaction() as session:
+        row = await session.get(Subscription, sub.id)
+        assert row is not None
+        row.created_at = created
+    monkeypatch.setattr(subscriptions, "utcnow", lambda: resumed)
+    async with database.transaction() as session:
+        await subscriptions.resume(session, SYSTEM, sub.id)
+    return sub.id
+
+
+async def _period_starts(database: Database, sub_id: uuid.UUID,
+                         runs: list[datetime]) -> list[str]:
+    """Run renewal at each of ``runs`` (as the 5-minute job would, once a period ends)
+    and list the invoiced periods' start days."""
+    for now in runs:
+        await renew_due(database, now=now)
+    async with database.transaction() as session:
+        invoices = (await session.scalars(select(Invoice).where(
+            Invoice.subscription_id == sub_id).order_by(Invoice.period_start))).all()
+        return [i.period_start.date().isoformat() for i in invoices]
+
+
+async def test_a_period_restarted_on_the_31st_does_not_drift_to_the_30th(
+        database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Periods a resume restarted on 31 March renew as any begun on the 31st: 30 April,
+    31 May, 30 June, 31 July, 31 August (renewal on the 1st of each month).  The period
+    after 31 July started on 30 August: the day fell back to the creation's (the 5th)."""
+    sub_id = await _resumed(database, monkeypatch,
+                            created=datetime(2027, 1, 5, 12, tzinfo=UTC),
+                            resumed=datetime(2027, 3, 31, 12, tzinfo=UTC))
+    starts = await _period_starts(database, sub_id, [
+        datetime(2027, m, 1, tzinfo=UTC) for m in range(5, 11)])
+    # the paused-in period (5 January), then one invoice per renewed period
+    assert starts == ["2027-01-05", "2027-03-31", "2027-04-30", "2027-05-31",
+                      "2027-06-30", "2027-07-31", "2027-08-31"]
+
+
+async def test_a_period_restarted_on_28_february_keeps_the_28th(
+        database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Created on the 31st, resumed on 28 February: 28 Feb -> 28 Mar, then the 28th on
+    (renewal went back to the creation's 31st: 28 Mar -> 30 Apr, 33 days)."""
+    sub_id = await _resumed(database, monkeypatch,
+                            created=datetime(2026, 12, 31, 12, tzinfo=UTC),
+                            resumed=datetime(2027, 2, 28, 12, tzinfo=UTC))
+    starts = await _period_starts(database, sub_id, [
+        datetime(2027, m, 1, tzinfo=UTC) + relativedelta(day=31) for m in range(3, 6)])
+    assert starts == ["2026-12-31", "2027-02-28", "2027-03-28", "2027-04-28"]
+
+
+async def test_canceling_while_renewal_is_behind_still_bills_every_active_period(
+        database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Renewal is behind (the server was down): an active subscription's January period
+    ended unrenewed and it is canceled on 10 April: one invoice per period it was active
+    in, without gaps (January to April).  Only January's was issued: February and March,
+    and their usage, were never billed."""
+    uid = (await make_user(database))[0]
+    plan = await add_plan(database, price="10.00")
+    jan = Period(datetime(2027, 1, 1, tzinfo=UTC), datetime(2027, 2, 1, tzinfo=UTC))
+    sub = await add_subscription(database, plan, uid, period=jan)
+    canceled = datetime(2027, 4, 10, 12, tzinfo=UTC)
+    monkeypatch.setattr(subscriptions, "utcnow", lambda: canceled)
+    async with database.transaction() as session:
+        await subscriptions.cancel(session, SYSTEM, sub.id)
+    await renew_due(database, now=datetime(2027, 5, 2, tzinfo=UTC))
+    async with database.transaction() as session:
+        invoices = (await session.scalars(select(Invoice).where(
+            Invoice.subscription_id == sub.id).order_by(Invoice.period_start))).all()
+        periods = [(i.period_start.date().isoformat(), i.period_end.date().isoformat())
+                   for i in invoices]
+    assert periods == [("2027-01-01", "2027-02-01"), ("2027-02-01", "2027-03-01"),
+                       ("2027-03-01", "2027-04-01"), ("2027-04-01", "2027-05-01")]

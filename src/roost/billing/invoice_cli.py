@@ -32,7 +32,7 @@ from roost.billing.invoices import (
     issue_invoice,
 )
 from roost.billing.models import Invoice, Subscription
-from roost.billing.renewals import period_step
+from roost.billing.subscriptions import period_step
 from roost.clitools import fail, id_table, print_table, run_in_transaction
 from roost.db.base import utcnow
 from roost.db.cliio import os_reason

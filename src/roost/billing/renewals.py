@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
-from dateutil.relativedelta import relativedelta
 from sqlalchemy import ColumnElement, and_, exists, or_, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.billing.invoices import InvoiceConfig, issue_invoice
 from roost.billing.models import Invoice, Plan, Subscription
-from roost.billing.subscriptions import keep_terms
+from roost.billing.subscriptions import RENEWED_STATUSES, period_step, roll_forward
 from roost.db.base import utcnow
 from roost.db.engine import Database
 from roost.db.errors import sqlstate
@@ -37,29 +36,7 @@ from roost.errors import RoostError
 
 log = structlog.get_logger("roost.billing.renewals")
 
-RENEWED_STATUSES = ("trialing", "active", "past_due")
-MAX_PERIODS = 240  # catching up more than 20 years of months is a data error, not a renewal
 BATCH = 100
-
-
-def period_step(billing_period: str, anchor_day: int | None = None) -> relativedelta:
-    """One billing period.  ``anchor_day``: the day of the month the subscription started
-    on, so periods do not drift: 31 January -> 28 February -> 31 March (relativedelta
-    clamps the day to the month's last)."""
-    if billing_period == "year":
-        return relativedelta(years=1, day=anchor_day)
-    return relativedelta(months=1, day=anchor_day)
-
-
-def anchor_day(sub: Subscription) -> int:
-    """The day of the month periods end on: the current period's start day, unless that
-    was clamped to a short month's end (started on the 31st, now the 28th of February):
-    then the day the subscription was created on."""
-    start = sub.current_period_start
-    month_end = (start + relativedelta(day=31)).day
-    if start.day == month_end and sub.created_at is not None and sub.created_at.day > start.day:
-        return sub.created_at.day
-    return start.day
 
 
 @dataclass
@@ -101,20 +78,11 @@ async def renew_subscription(session: AsyncSession, subscription_id: uuid.UUID, 
         return 1, False
     plan = await session.get(Plan, sub.plan_id)
     assert plan is not None  # the foreign key
-    step = period_step(plan.billing_period, anchor_day(sub))
     before = {"period_start": sub.current_period_start.isoformat(),
               "period_end": sub.current_period_end.isoformat(), "status": sub.status,
               "credits_used": sub.credits_used}
-    start, end, issued = sub.current_period_start, sub.current_period_end, 0
-    while end <= now and issued < MAX_PERIODS:
-        # The ended period is billed on the terms it ran on (the subscription's); the
-        # ones after it on the plan's: a plan edited meanwhile applies from here.
-        await issue_invoice(session, sub.id, start, end, config=config, now=now)
-        issued += 1
-        keep_terms(sub, plan)
-        sub.credits_limit = plan.included_credits
-        start, end = end, end + step
-    sub.current_period_start, sub.current_period_end = start, end
+    issued = await roll_forward(session, sub, plan, now, config=config)
+    start, end = sub.current_period_start, sub.current_period_end
     sub.credits_used = 0
     if sub.status == "trialing" and sub.trial_end is not None and sub.trial_end <= now:
         sub.status = "active"

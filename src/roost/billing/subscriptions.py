@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
 from roost.billing import stripe_sync
-from roost.billing.invoices import issue_invoice
+from roost.billing.invoices import InvoiceConfig, issue_invoice
 from roost.billing.models import Plan, Subscription
 from roost.billing.plans import find_plan, plans_by_id
 from roost.billing.schemas import SubscriptionCreate
@@ -92,6 +92,64 @@ def keep_terms(sub: Subscription, plan: Plan) -> None:
 
 def balance(sub: Subscription) -> int:
     return sub.credits_limit - sub.credits_used - sub.credits_reserved
+
+
+RENEWED_STATUSES: Final = ("trialing", "active", "past_due")
+MAX_PERIODS: Final = 240  # catching up more than 20 years of months is a data error
+
+
+def period_step(billing_period: str, anchor: int | None = None) -> relativedelta:
+    """One billing period.  ``anchor``: the day of the month periods end on, so they do
+    not drift: 31 January -> 28 February -> 31 March (relativedelta clamps the day to the
+    month's last)."""
+    if billing_period == "year":
+        return relativedelta(years=1, day=anchor)
+    return relativedelta(months=1, day=anchor)
+
+
+def _month_end(moment: datetime) -> int:
+    return (moment + relativedelta(day=31)).day
+
+
+def anchor_day(sub: Subscription) -> int:
+    """The day of the month ``sub``'s periods end on, read from its current period (every
+    period is computed from the one before, so the two ends tell it): the start's day,
+    unless that was clamped to a short month's end; then the end's day, unless that was
+    too; then the larger (31 Jan -> 28 Feb: 31; 28 Feb -> 28 Mar: 28; 30 Apr -> 31 May:
+    31).  Not the day the subscription was created on: a resume restarts the periods on
+    its own day (created on the 5th, resumed on 31 March, the periods drifted from 31
+    July to 30 August)."""
+    start, end = sub.current_period_start, sub.current_period_end
+    if start.day != _month_end(start):
+        return start.day
+    if end.day != _month_end(end):
+        return end.day
+    day = max(start.day, end.day)
+    created = sub.created_at
+    if day < 31 and created is not None and created.month == start.month and created.day > day:
+        return created.day  # a yearly period begun on 29 February: both ends on the 28th
+    return day
+
+
+async def roll_forward(session: AsyncSession, sub: Subscription, plan: Plan, now: datetime,
+                       *, config: InvoiceConfig | None = None) -> int:
+    """Bill each of ``sub``'s periods that ended by ``now`` (one invoice each: the first on
+    the terms it ran on, the subscription's; the ones after it on the plan's, a plan
+    edited meanwhile applying from there) and make the one holding ``now`` current: the
+    invoices issued.  Renewal's work, and a cancellation's or pause's while renewal is
+    behind (their active periods were never billed)."""
+    step = period_step(plan.billing_period, anchor_day(sub))
+    start, end, issued = sub.current_period_start, sub.current_period_end, 0
+    while end <= now and issued < MAX_PERIODS:
+        await issue_invoice(session, sub.id, start, end, config=config, now=now)
+        issued += 1
+        keep_terms(sub, plan)
+        sub.credits_limit = plan.included_credits
+        start, end = end, end + step
+    sub.current_period_start, sub.current_period_end = start, end
+    if issued:
+        sub.credits_used = 0
+    return issued
 
 
 def period_end(start: datetime, billing_period: str) -> datetime:
@@ -269,6 +327,14 @@ async def set_status(session: AsyncSession, actor: Principal, sub: Subscription,
                        extra={"from": old, "to": new_status})
     now = utcnow()
     changes: dict[str, Any] = {"from": old, "to": new_status}
+    if old in RENEWED_STATUSES and new_status not in RENEWED_STATUSES \
+            and sub.current_period_end <= now:
+        # Renewal is behind (the server was down): the periods it was active in are
+        # billed first, else a cancellation billed only the stale one (renewal's last
+        # invoice) and a pause left the ones after it unbilled for good.
+        plan = await session.get(Plan, sub.plan_id)
+        assert plan is not None  # the foreign key
+        changes["caught_up"] = await roll_forward(session, sub, plan, now)
     if old == "paused" and new_status != "canceled" and sub.current_period_end <= now:
         changes["period"] = await _restart_period(session, sub, now)
     sub.status = new_status
