@@ -100,6 +100,27 @@ async def test_a_tool_call_id_longer_than_its_column_is_answered_with_that_id(
     assert [m["tool_call_id"] for m in told] == [first, second]
 
 
+async def test_an_unknown_tool_name_is_not_kept_or_echoed_in_full(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """A model's 200,000-character tool name is cut as everywhere else (the step's
+    tool_name at 256, /mcp's "unknown tool: <100 chars>..."): it was copied whole into
+    the failed step's error and input, and into what the model was told."""
+    owner, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, owner, tool_permissions=["current_time"])
+    stub.script(ToolCalls(Call("n" * 200_000, {})), Reply("done"))
+    done, steps = await run_agent(client, headers, agent.id)
+    assert (done["status"], done["output"]) == ("completed", "done"), done["error_message"]
+    [failed] = [s for s in steps if s["step_type"] == "tool_call"]
+    assert failed["status"] == "failed" and "unknown tool 'nnn" in failed["error"]
+    assert len(failed["error"]) < 1_000 and len(failed["input"]["function"]) <= 256
+    told = [m for m in stub.requests(path="/v1/chat/completions")[1].body["messages"]
+            if m["role"] == "tool"]
+    assert len(told) == 1 and len(told[0]["content"]) < 1_000, told
+
+
 async def test_one_answer_runs_at_most_the_cap_of_tool_calls(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
     user: tuple[uuid.UUID, Headers], worker: Worker,

@@ -109,6 +109,7 @@ from roost.tools import builtins
 from roost.tools import calls as tool_calls
 from roost.tools.config import ToolsConfig
 from roost.tools.models import Tool, ToolDependency
+from roost.tools.registry import shown_name
 from roost.tools.secretrefs import SecretResolver
 
 log = structlog.get_logger(__name__)
@@ -1117,7 +1118,7 @@ def _parse_call(state: _State, call: ToolCall,
                           f"{MAX_TOOL_CALLS_PER_TURN} tool calls")
     offered = state.tools.get(call.name)
     if offered is None:
-        return None, {}, (f"unknown tool {call.name!r}: this agent may call "
+        return None, {}, (f"unknown tool {shown_name(call.name)!r}: this agent may call "
                           f"{', '.join(sorted(state.tools)) or 'no tools'}")
     try:
         parsed = json.loads(call.arguments or "{}")
@@ -1197,7 +1198,7 @@ async def _begin_tool_steps(session: AsyncSession, env: RunEnv, state: _State,
                 tool_id=offered.tool_id if offered else None,
                 tool_name=offered.name if offered else call.name[:256],
                 tool_call_id=_stored_call_id(call.id),
-                input={"function": call.name,
+                input={"function": call.name[:256],  # as tool_name: a model's is unbounded
                        "arguments": call.arguments[:MAX_TOOL_RESULT_CHARS]}, **failed)
         except _Cancelled:
             return
