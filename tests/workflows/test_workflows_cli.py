@@ -85,6 +85,16 @@ async def test_run_and_resume_from_the_command_line(
     run_id = ran.stdout.split("Run ", 1)[1].split()[0]
     done = run_roost("workflows", "resume", run_id, "--user", "rita", env=env)
     assert done.returncode == 1 and "only a failed run can be resumed" in done.stderr
+    # A model node waits for a worker (none here): past --timeout, exit 2 as `agents run`
+    # and `debates start` (it was 1, as a failed run).
+    waiting = await client.post("/api/v1/workflows", headers=headers, json={
+        "name": "Waiter", "nodes": [node("s", "start"), node("ask", "llm", prompt="hi"),
+                                    node("e", "end", output="{{ ask.output }}")],
+        "edges": [edge("1", "s", "ask"), edge("2", "ask", "e")]})
+    assert (await client.post(f"/api/v1/workflows/{waiting.json()['id']}/publish",
+                              headers=headers)).status_code == 201
+    slow = run_roost("workflows", "run", "Waiter", "--user", "rita", "--timeout", "1", env=env)
+    assert slow.returncode == 2 and "Still running" in slow.stderr, (slow.returncode, slow.stderr)
 
 
 async def test_deep_json_files_and_pattern_characters_fail_in_one_line(

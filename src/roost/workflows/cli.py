@@ -201,7 +201,7 @@ async def _follow(env: Env, run_id: uuid.UUID, timeout_s: float) -> WorkflowRunO
                                "runs one, or start `roost worker`)"))
         if time.monotonic() > deadline:
             raise fail("Still running", f"run {run_id} did not finish within {timeout_s:g} s; "
-                                        "it goes on: check it again later")
+                                        "it goes on: check it again later", code=2)
         await asyncio.sleep(0.3)
 
 
@@ -217,7 +217,7 @@ def _outcome(run: WorkflowRunOut) -> None:
         raise fail("Run failed", (run.error_message or "") +
                    f"; fix the cause, then: roost workflows resume {run.id}")
     if run.status == "cancelled":
-        raise typer.Exit(1)
+        raise fail("Run cancelled", run.error_message or f"run {run.id} was cancelled")
 
 
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait",
