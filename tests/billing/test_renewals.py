@@ -339,3 +339,29 @@ async def test_canceling_while_renewal_is_behind_still_bills_every_active_period
                    for i in invoices]
     assert periods == [("2027-01-01", "2027-02-01"), ("2027-02-01", "2027-03-01"),
                        ("2027-03-01", "2027-04-01"), ("2027-04-01", "2027-05-01")]
+
+
+async def test_a_named_period_reaching_into_the_running_one_is_refused(
+        client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database) -> None:
+    """`POST /invoices` naming a slice of the running period (ended, but inside it) is a
+    409 naming period_end.  It was issued: renewal's invoice of the whole period then
+    overlapped it, a 409 on every run (the period never rolled forward); or, sharing its
+    start, it was taken for the period's invoice and the rest of the period's usage was
+    on no invoice.  The period is then renewed and billed whole."""
+    plan = await client.post("/api/v1/billing/plans", headers=admin_headers, json={
+        "key": f"p{uuid.uuid4().hex[:8]}", "name": "P", "price": "5.00",
+        "included_credits": 1000})
+    assert plan.status_code == 201, plan.text
+    sub = (await client.post("/api/v1/billing/subscriptions", headers=admin_headers, json={
+        "user_id": str(await _user(database)), "plan": plan.json()["key"]})).json()
+    start = datetime.fromisoformat(sub["current_period_start"])
+    end = datetime.fromisoformat(sub["current_period_end"])
+    for slice_start in (start, start + timedelta(microseconds=1)):
+        named = await client.post("/api/v1/billing/invoices", headers=admin_headers, json={
+            "subscription_id": sub["id"], "period_start": slice_start.isoformat(),
+            "period_end": (slice_start + timedelta(microseconds=1)).isoformat()})
+        assert named.status_code == 409 and named.json()["field"] == "period_end", named.text
+    report = await renew_due(database, now=end + timedelta(minutes=1))
+    assert report.failed == [] and report.renewed == 1, report.as_dict()
+    assert [(i.period_start, i.period_end) for i in await _invoices(
+        database, uuid.UUID(sub["id"]))] == [(start, end)]

@@ -324,9 +324,11 @@ async def issue_invoice(
     sub = await _subscription_for_update(session, subscription_id)
     existing = await session.scalar(select(Invoice).where(
         Invoice.subscription_id == sub.id, Invoice.period_start == period.start))
-    if existing is not None:
+    if existing is not None and existing.period_end == period.end:
         return existing
-    # Another period overlapping an issued one would bill its usage (and plan fee) twice.
+    # One of the same start but another end is an overlap: returned as "issued", it left
+    # the rest of its period on no invoice.  Another period overlapping an issued one
+    # would bill its usage (and plan fee) twice.
     overlapping = await session.scalar(
         select(Invoice).where(Invoice.subscription_id == sub.id,
                               Invoice.period_start < period.end,
@@ -376,6 +378,13 @@ def _within_life(sub: Subscription, start: datetime) -> None:
             extra={"field": "period_start"})
 
 
+async def _invoiced(session: AsyncSession, subscription_id: uuid.UUID, start: datetime,
+                    end: datetime) -> bool:
+    return await session.scalar(select(Invoice.id).where(
+        Invoice.subscription_id == subscription_id, Invoice.period_start == start,
+        Invoice.period_end == end)) is not None
+
+
 async def issue_current(session: AsyncSession, actor: Principal, subscription_id: uuid.UUID,
                         *, period_start: datetime | None = None,
                         period_end: datetime | None = None,
@@ -393,6 +402,18 @@ async def issue_current(session: AsyncSession, actor: Principal, subscription_id
     sub = await _subscription_for_update(session, subscription_id)
     if period_start is not None:
         _within_life(sub, period_start)
+        current = (sub.current_period_start, sub.current_period_end)
+        if period_end is not None and period_start < current[1] and period_end > current[0] \
+                and (period_start, period_end) != current and not await _invoiced(
+                    session, sub.id, *current):
+            # A part of the current period: renewal could then never bill the period (its
+            # invoice overlapped the part: a 409 every run, the period stuck).  (Once the
+            # period is invoiced, issuing refuses the overlap naming that invoice.)
+            raise Conflict(
+                f"a named period must not overlap the current period "
+                f"({current[0].isoformat()} to {current[1].isoformat()}) unless it is that "
+                "period: leave the period out to invoice the current one",
+                extra={"field": "period_end"})
     start = period_start or sub.current_period_start
     end = period_end or sub.current_period_end
     if end > utcnow() and sub.status != "canceled":
