@@ -302,6 +302,12 @@ async def test_passkey_register_login_rename_delete(
     renamed = await client.patch(f"/api/v1/auth/passkeys/{passkey['id']}", headers=headers,
                                  json={"name": "Work laptop"})
     assert renamed.json()["credential_name"] == "Work laptop"
+    # A name is one line (an ESC or a line break was stored); a rename to blanks is a
+    # mistake (it became "Passkey").
+    for bad in ("a\nb", "x\x1b[31m", "   "):
+        refused = await client.patch(f"/api/v1/auth/passkeys/{passkey['id']}",
+                                     headers=headers, json={"name": bad})
+        assert refused.status_code == 422 and refused.json()["field"] == "name", refused.text
     listed = (await client.get("/api/v1/auth/passkeys", headers=headers)).json()
     assert [p["credential_name"] for p in listed] == ["Work laptop"]
     assert listed[0]["last_used_at"] is not None

@@ -35,6 +35,7 @@ from roost.identity.sessions import (
     count_address_work,
     start_session,
 )
+from roost.inputs import holds_control
 from roost.principal import Principal
 from roost.security.webauthn_helpers import (
     begin_authentication,
@@ -61,9 +62,14 @@ def user_handle(user_id: uuid.UUID) -> bytes:
 
 
 def _name(raw: str | None, default: str) -> str:
+    """A passkey's name: one line (shown in lists, the console, the CLI), at most 100
+    characters; none given is ``default``."""
     name = (raw or "").strip() or default
     if len(name) > 100:
         raise Unprocessable("passkey name must be at most 100 characters", extra={"field": "name"})
+    if holds_control(name):
+        raise Unprocessable("passkey name must be one line without control characters",
+                            extra={"field": "name"})
     return name
 
 
@@ -236,6 +242,8 @@ async def rename_passkey(
 ) -> PasskeyCredential:
     row = await owned_row(session, principal, PasskeyCredential, passkey_id, "passkey")
     before = row.credential_name
+    if not name.strip():  # a rename to nothing is a mistake, not the default name
+        raise Unprocessable("passkey name must not be blank", extra={"field": "name"})
     row.credential_name = _name(name, "Passkey")
     await session.flush()
     await record(session, "passkey.renamed", user_id=principal.user_id or row.user_id,
