@@ -4,18 +4,16 @@ DELETE of nothing, audited as if it had happened)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from roost.config import Settings
 from roost.db.engine import Database
 from tests.support.identity import make_user
-from tests.support.races import race_settings
+from tests.support.races import answer_behind, race_settings
 from tests.support.sql import scalar
 
 
@@ -28,17 +26,8 @@ async def _behind_deletion(database: Database, table: str, row_id: str,
                            request: Coroutine[Any, Any, httpx.Response]) -> httpx.Response:
     """``request``'s answer when it runs while another transaction deletes the row
     ``row_id`` of ``table``: started inside that transaction, answered after it commits."""
-    async with database.transaction() as session:
-        await session.execute(text(f"DELETE FROM {table} WHERE id = :i"), {"i": row_id})
-        task = asyncio.create_task(request)
-        for _ in range(200):
-            waiting = await scalar(database, "SELECT count(*) FROM pg_stat_activity WHERE "
-                                   "datname = current_database() AND wait_event_type = 'Lock' "
-                                   "AND query ILIKE :q", q=f"%{table}%")
-            if waiting or task.done():
-                break
-            await asyncio.sleep(0.05)
-    return await task
+    return await answer_behind(database, f"DELETE FROM {table} WHERE id = :i",
+                               {"i": row_id}, table, request)
 
 
 async def test_agent_rename_waiting_on_its_deletion_is_a_404(

@@ -237,6 +237,17 @@ async def test_operator_token_cannot_own_agents(
                                headers=admin_headers)).status_code == 200
 
 
+async def refused_on_create_and_change(client: httpx.AsyncClient, headers: Headers,
+                                       agent: dict[str, Any], field: str, value: Any) -> None:
+    """``field: value`` is a 422 naming the field, for a new agent and for ``agent``."""
+    created = await client.post("/api/v1/agents", headers=headers, json={
+        "name": "A", "slug": f"s-{uuid.uuid4().hex[:8]}", field: value})
+    changed = await client.patch(f"/api/v1/agents/{agent['id']}", headers=headers,
+                                 json={field: value})
+    for resp in (created, changed):
+        assert resp.status_code == 422 and field in resp.text, (field, resp.text)
+
+
 async def test_a_nul_in_an_agent_s_text_is_a_422_naming_the_field(
     client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
 ) -> None:
@@ -248,12 +259,7 @@ async def test_a_nul_in_an_agent_s_text_is_a_422_naming_the_field(
     for field, value in (("name", "a\x00b"), ("description", "a\x00"),
                          ("system_prompt", "x\x00y"), ("preferred_model", "m\x00"),
                          ("preferred_provider", "p\x00"), ("tool_permissions", ["t\x00"])):
-        created = await client.post("/api/v1/agents", headers=headers, json={
-            "name": "A", "slug": f"s-{uuid.uuid4().hex[:8]}", field: value})
-        changed = await client.patch(f"/api/v1/agents/{agent['id']}", headers=headers,
-                                     json={field: value})
-        for resp in (created, changed):
-            assert resp.status_code == 422 and field in resp.text, (field, resp.text)
+        await refused_on_create_and_change(client, headers, agent, field, value)
     listed = (await client.get("/api/v1/agents", headers=headers)).json()["items"]
     assert [a["id"] for a in listed] == [agent["id"]]
     assert (await client.get(f"/api/v1/agents/{agent['id']}", headers=headers)).json() == agent
@@ -269,12 +275,7 @@ async def test_model_and_provider_names_with_control_characters_are_refused(
     _, headers = user
     agent = await create_agent(client, headers, slug="named-models")
     for field in ("preferred_model", "preferred_provider"):
-        created = await client.post("/api/v1/agents", headers=headers, json={
-            "name": "A", "slug": f"s-{uuid.uuid4().hex[:8]}", field: value})
-        changed = await client.patch(f"/api/v1/agents/{agent['id']}", headers=headers,
-                                     json={field: value})
-        for resp in (created, changed):
-            assert resp.status_code == 422 and field in resp.text, (field, resp.text)
+        await refused_on_create_and_change(client, headers, agent, field, value)
     assert (await client.get(f"/api/v1/agents/{agent['id']}", headers=headers)).json() == agent
     for field in ("default_model", "default_provider"):
         resp = await client.post("/api/v1/personas", headers=headers,
