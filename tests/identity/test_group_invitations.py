@@ -276,6 +276,35 @@ async def test_a_group_left_without_an_admin_withdraws_its_invitations(
     assert "group.invitations_withdrawn" in await _actions(database, gid)
 
 
+@pytest.mark.parametrize("ends", ["demoted", "removed", "leaves", "account deleted"])
+async def test_an_admin_who_is_one_no_longer_takes_their_invitations_with_them(
+        client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+        ends: str) -> None:
+    """Bob, an admin, invites Dan as an admin; then Bob is demoted, removed, leaves or his
+    account is deleted while Alice stays admin: Bob's invitation is withdrawn (nobody
+    joins on the word of an admin the group no longer has, as for personas; Dan became
+    an admin), Alice's stands."""
+    gid, (_, alice), (bob_id, bob) = await _two_admins_and_a_member(client, database)
+    dan_id, dan = await make_user(database)
+    eve_id, eve = await make_user(database)
+    from_bob = await _invite(client, bob, gid, str(dan_id), role="admin")
+    from_alice = await _invite(client, alice, gid, str(eve_id))
+    answer = {
+        "demoted": lambda: client.patch(f"{G}/{gid}/members/{bob_id}", headers=alice,
+                                        json={"role": "member"}),
+        "removed": lambda: client.delete(f"{G}/{gid}/members/{bob_id}", headers=alice),
+        "leaves": lambda: client.delete(f"{G}/{gid}/members/{bob_id}", headers=bob),
+        "account deleted": lambda: client.delete(f"/api/v1/users/{bob_id}",
+                                                 headers=admin_headers),
+    }[ends]
+    assert (await answer()).status_code in (200, 204)
+    assert (await client.post(f"{MINE}/{from_bob['id']}/accept",
+                              headers=dan)).status_code == 404
+    assert (await client.post(f"{MINE}/{from_alice['id']}/accept",
+                              headers=eve)).status_code == 201
+    assert "group.invitations_withdrawn" in await _actions(database, gid)
+
+
 async def test_usernames_cannot_look_like_an_id(
         client: httpx.AsyncClient, database: Database, admin_headers: Headers) -> None:
     """A username spelled like a UUID (with or without hyphens, any case) is a 422 at

@@ -442,21 +442,28 @@ async def _is_last_admin(session: AsyncSession, group_id: uuid.UUID, membership:
     return admins == 1 and members > 1
 
 
-async def _drop_invitations_if_adminless(
-    session: AsyncSession, principal: Principal, group_id: uuid.UUID
+async def _withdraw_invitations(
+    session: AsyncSession, principal: Principal, group_id: uuid.UUID,
+    sent_by: uuid.UUID | None = None,
 ) -> None:
-    """A group left without an admin (its last member gone, or a lone admin demoting
-    themself) withdraws its pending invitations: their sender no longer answers for
-    them.  Called while the caller still may delete them (before its own membership
-    goes, for someone leaving)."""
-    gone = await session.execute(
-        delete(GroupInvitation).where(GroupInvitation.group_id == group_id)
-        .returning(GroupInvitation.id).execution_options(synchronize_session=False))
+    """Withdraw the group's pending invitations whose sender no longer answers for them:
+    all of them when the group is left without an admin (its last member gone, a lone
+    admin demoting themself), else those ``sent_by`` an admin who is demoted, removed,
+    leaves or whose account ends (nobody joins on the word of an admin the group no
+    longer has, as for personas).  Called while the caller still may delete them (before
+    its own membership goes, for someone leaving)."""
+    stmt = delete(GroupInvitation).where(GroupInvitation.group_id == group_id)
+    if sent_by is not None:
+        stmt = stmt.where(GroupInvitation.invited_by == sent_by)
+    gone = await session.execute(stmt.returning(GroupInvitation.id)
+                                 .execution_options(synchronize_session=False))
     dropped = [str(i) for i in gone.scalars().all()]
     if dropped:
+        reason = ("the group has no admin left" if sent_by is None
+                  else "their sender is no longer an admin of the group")
         await record(session, "group.invitations_withdrawn", user_id=principal.user_id,
                      resource_type="group", resource_id=group_id,
-                     changes={"invitations": dropped, "reason": "the group has no admin left"})
+                     changes={"invitations": dropped, "reason": reason})
 
 
 async def set_member_role(
@@ -470,8 +477,9 @@ async def set_member_role(
         raise Conflict("the group needs at least one admin: promote someone else first")
     if role != "admin" and membership.role == "admin":
         admins, _ = await _admin_counts(session, group_id)
-        if admins == 1:  # a lone admin stepping down: nobody runs the group any more
-            await _drop_invitations_if_adminless(session, principal, group_id)
+        # A lone admin stepping down: nobody runs the group any more; else theirs only.
+        await _withdraw_invitations(session, principal, group_id,
+                                    None if admins == 1 else user_id)
     before = membership.role
     membership.role = role
     await session.flush()
@@ -491,8 +499,9 @@ async def remove_member(
         raise Conflict("the last admin cannot leave while others remain: promote someone first")
     if membership.role == "admin":
         admins, _ = await _admin_counts(session, group_id)
-        if admins == 1:  # the last member, and its admin, goes
-            await _drop_invitations_if_adminless(session, principal, group_id)
+        # The last member, and its admin, goes: every invitation; else theirs.
+        await _withdraw_invitations(session, principal, group_id,
+                                    None if admins == 1 else user_id)
     await session.delete(membership)
     await session.flush()
     await record(session, "group.member_left" if leaving else "group.member_removed",
@@ -518,6 +527,7 @@ async def hand_over_groups_of(
             UserGroupMembership.group_id == group_id, UserGroupMembership.role == "admin",
             UserGroupMembership.user_id != user_id))
         if others:
+            await _withdraw_invitations(session, principal, group_id, user_id)
             continue
         heir = await session.scalar(
             select(UserGroupMembership)
@@ -526,8 +536,9 @@ async def hand_over_groups_of(
             .order_by(UserGroupMembership.joined_at, UserGroupMembership.id).limit(1)
             .execution_options(populate_existing=True))
         if heir is None:
-            await _drop_invitations_if_adminless(session, principal, group_id)
+            await _withdraw_invitations(session, principal, group_id)
             continue
+        await _withdraw_invitations(session, principal, group_id, user_id)
         heir.role = "admin"
         await session.flush()
         await record(session, "group.member_role_changed", user_id=principal.user_id,
