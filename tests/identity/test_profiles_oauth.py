@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -172,3 +173,58 @@ async def test_a_date_of_birth_sent_as_a_number_is_refused_and_not_stored(
     assert day.status_code == 200, day.text
     profile = (await client.get("/api/v1/users/me/profile", headers=headers)).json()
     assert profile["date_of_birth"] == "1990-05-17"
+
+
+BASE = "/api/v1/users"
+
+
+async def test_oauth_nul_in_stored_text_fields_is_a_422(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """A NUL in scope, service_user_id or service_email (stored as text) is a 422 naming
+    the field, as for other inputs (it was the database's anonymous 400)."""
+    _, alice = await make_user(database)
+    for field in ("scope", "service_user_id", "service_email"):
+        answer = await client.put(f"{BASE}/me/oauth/svc", headers=alice,
+                                  json={"access_token": "abcdefghijklmnop", field: "a\x00b"})
+        assert answer.status_code == 422 and field in answer.text, (field, answer.text)
+    stored = await client.put(f"{BASE}/me/oauth/svc", headers=alice,
+                              json={"access_token": "abcdefghijklmnop"})
+    assert stored.status_code == 200, stored.text
+    patched = await client.patch(f"{BASE}/me/oauth/svc", headers=alice, json={"scope": "a\x00b"})
+    assert patched.status_code == 422 and "scope" in patched.text, patched.text
+
+
+async def test_oauth_admin_naming_missing_user_is_no_such_user(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str]
+) -> None:
+    """An administrator naming an account that does not exist: 404 "no such user" (as on
+    every /users/{id}/... route; GET, PATCH and DELETE said "no tokens stored")."""
+    ghost = uuid.uuid4()
+    for method in ("GET", "PATCH", "DELETE", "PUT"):
+        body = {"access_token": "abcdefghijklmnop"} if method in ("PATCH", "PUT") else None
+        answer = await client.request(method, f"{BASE}/{ghost}/oauth/svc",
+                                      headers=admin_headers, json=body)
+        assert answer.status_code == 404, (method, answer.text)
+        assert "no such user" in answer.json()["detail"], (method, answer.json())
+
+
+async def test_oauth_concurrent_disconnects_count_once(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """Two disconnects of one service at once: one 204 and one 404, as one after the
+    other, and one `oauth.disconnected` record (both were 204s, audited twice)."""
+    _, alice = await make_user(database)
+    twice = 0
+    for round_ in range(6):
+        put = await client.put(f"{BASE}/me/oauth/svc{round_}", headers=alice,
+                               json={"access_token": "abcdefghijklmnop"})
+        assert put.status_code == 200
+        answers = await asyncio.gather(*(client.delete(f"{BASE}/me/oauth/svc{round_}",
+                                                       headers=alice) for _ in range(2)))
+        if [a.status_code for a in answers].count(204) == 2:
+            twice += 1
+    async with database.transaction() as session:
+        audited: int = (await session.execute(text(
+            "SELECT count(*) FROM audit_logs WHERE action = 'oauth.disconnected'"))).scalar_one()
+    assert twice == 0 and audited == 6, (twice, audited)

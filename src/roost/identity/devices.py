@@ -118,6 +118,10 @@ async def revoke_device(
     user_id: uuid.UUID | None = None,
 ) -> None:
     device = await _device_of(session, principal, device_id, user_id)
+    # Locked: a second revocation at once waits, then finds it gone (404, one record).
+    if await session.scalar(select(RegisteredDevice.id).where(
+            RegisteredDevice.id == device.id).with_for_update()) is None:
+        raise NotFound("no such device")
     await lock_sign_ins(session, device.user_id)  # a sign-in from it running alongside
     revoked = await session.execute(
         update(Session)

@@ -87,11 +87,11 @@ def view(cfg: IdentityConfig, row: UserOAuthToken) -> TokenView:
     )
 
 
-async def _get(session: AsyncSession, owner: uuid.UUID, service: str) -> UserOAuthToken | None:
-    return await session.scalar(
-        select(UserOAuthToken).where(UserOAuthToken.user_id == owner,
-                                     UserOAuthToken.service == service)
-    )
+async def _get(session: AsyncSession, owner: uuid.UUID, service: str, *,
+               lock: bool = False) -> UserOAuthToken | None:
+    stmt = select(UserOAuthToken).where(UserOAuthToken.user_id == owner,
+                                        UserOAuthToken.service == service)
+    return await session.scalar(stmt.with_for_update() if lock else stmt)
 
 
 async def store(
@@ -135,7 +135,7 @@ async def update_after_refresh(
 ) -> UserOAuthToken:
     """After refreshing with the provider: new access token, expiry, scope (and a new
     refresh token when the provider rotated it)."""
-    owner = target_user_id(principal, user_id)
+    owner = await existing_target_user_id(session, principal, user_id)  # "no such user"
     check_service(service)
     row = await _get(session, owner, service)
     if row is None:
@@ -176,10 +176,11 @@ async def list_tokens(
 
 
 async def get_token(
-    session: AsyncSession, principal: Principal, service: str, user_id: uuid.UUID | None = None
+    session: AsyncSession, principal: Principal, service: str, user_id: uuid.UUID | None = None,
+    *, lock: bool = False,
 ) -> UserOAuthToken:
-    owner = target_user_id(principal, user_id)
-    row = await _get(session, owner, check_service(service))
+    owner = await existing_target_user_id(session, principal, user_id)  # "no such user"
+    row = await _get(session, owner, check_service(service), lock=lock)
     if row is None:
         raise NotFound(f"no tokens stored for {service}")
     return row
@@ -205,7 +206,8 @@ async def get_credentials(
 async def delete_token(
     session: AsyncSession, principal: Principal, service: str, user_id: uuid.UUID | None = None
 ) -> None:
-    row = await get_token(session, principal, service, user_id)
+    # Locked: a second disconnect at once waits, then finds it gone (404, one record).
+    row = await get_token(session, principal, service, user_id, lock=True)
     await session.delete(row)
     await session.flush()
     await record(session, "oauth.disconnected", user_id=principal.user_id or row.user_id,

@@ -395,16 +395,18 @@ class OAuthStoreIn(Input):
     access_token: Annotated[str, Field(min_length=1, max_length=8192)]
     refresh_token: Annotated[str | None, Field(min_length=1, max_length=8192)] = None
     token_expiry: datetime | None = None
-    scope: Annotated[str | None, Field(max_length=4096)] = None
-    service_user_id: Annotated[str | None, Field(max_length=255)] = None
-    service_email: Annotated[str | None, Field(max_length=255)] = None
+    # Stored as text, which holds no NUL: a 422 naming the field (the tokens are
+    # encrypted and may hold any character).
+    scope: Annotated[str | None, BeforeValidator(no_nul), Field(max_length=4096)] = None
+    service_user_id: Annotated[str | None, BeforeValidator(no_nul), Field(max_length=255)] = None
+    service_email: Annotated[str | None, BeforeValidator(no_nul), Field(max_length=255)] = None
 
 
 class OAuthRefreshIn(Input):
     access_token: Annotated[str | None, Field(min_length=1, max_length=8192)] = None
     refresh_token: Annotated[str | None, Field(min_length=1, max_length=8192)] = None
     token_expiry: datetime | None = None
-    scope: Annotated[str | None, Field(max_length=4096)] = None
+    scope: Annotated[str | None, BeforeValidator(no_nul), Field(max_length=4096)] = None
 
 
 class OAuthTokenOut(BaseModel):
