@@ -260,3 +260,20 @@ async def test_a_pg_dump_of_the_database_holds_no_secret_in_plaintext(
     assert b"OPENAI_API_KEY" in dumped.stdout  # the secret's row is in the dump
     assert VALUE.encode() not in dumped.stdout
     assert VALUE[8:30].encode() not in dumped.stdout  # not even a part of it
+
+
+async def test_one_new_secret_set_several_times_at_once_is_set_each_time(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """PUT creates or replaces: six PUTs of one new secret at once each succeed, the later
+    replacing the earlier, one secret left (five were 409s "set at the same time")."""
+    _, headers = user
+    pid = (await create_persona(client, headers))["id"]
+    url = f"/api/v1/personas/{pid}/secrets"
+    answers = await asyncio.gather(*(
+        client.put(url, json=secret(f"{VALUE}-{i}", secret_type="other", key_name="RACE"),
+                   headers=headers) for i in range(6)))
+    assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+    assert all(VALUE not in a.text for a in answers)
+    listed = (await client.get(url, headers=headers)).json()
+    assert [(s["secret_type"], s["key_name"]) for s in listed] == [("other", "RACE")]

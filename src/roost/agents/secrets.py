@@ -61,12 +61,17 @@ async def set_secret(session: AsyncSession, actor: Principal, box: SecretBox,
         raise Unprocessable("value: the secret is not valid Unicode text") from None
     if size > MAX_SECRET_BYTES:
         raise PayloadTooLarge(f"a secret value may be at most {MAX_SECRET_BYTES} bytes")
-    row = await session.scalar(select(Secret).where(
+    locked = select(Secret).where(
         Secret.persona_id == persona_id, Secret.secret_type == body.secret_type,
-        Secret.key_name == body.key_name).with_for_update())
-    created = row is None
+        Secret.key_name == body.key_name).with_for_update()
+    row = await session.scalar(locked)
     if row is None:
         await lock_owner_quota(session, persona_id, "persona_secrets")  # count and insert as one step
+        # Looked for again behind the lock: one set by a request this one waited for is
+        # replaced (several PUTs of one new secret at once were 409s but one).
+        row = await session.scalar(locked)
+    created = row is None
+    if row is None:
         count = await session.scalar(select(func.count()).select_from(Secret).where(
             Secret.persona_id == persona_id))
         if (count or 0) >= MAX_SECRETS_PER_PERSONA:
