@@ -188,9 +188,12 @@ async def test_oauth_nul_in_stored_text_fields_is_a_422(
         answer = await client.put(f"{BASE}/me/oauth/svc", headers=alice,
                                   json={"access_token": "abcdefghijklmnop", field: "a\x00b"})
         assert answer.status_code == 422 and field in answer.text, (field, answer.text)
-    stored = await client.put(f"{BASE}/me/oauth/svc", headers=alice,
-                              json={"access_token": "abcdefghijklmnop"})
+    stored = await client.put(f"{BASE}/me/oauth/svc", headers=alice, json={
+        "access_token": "abcdefghijklmnop", "scope": None, "service_user_id": None,
+        "service_email": None})  # null stays "none given" (it was a 500 for a moment)
     assert stored.status_code == 200, stored.text
+    cleared = await client.patch(f"{BASE}/me/oauth/svc", headers=alice, json={"scope": None})
+    assert cleared.status_code == 200, cleared.text
     patched = await client.patch(f"{BASE}/me/oauth/svc", headers=alice, json={"scope": "a\x00b"})
     assert patched.status_code == 422 and "scope" in patched.text, patched.text
 

@@ -397,16 +397,16 @@ class OAuthStoreIn(Input):
     token_expiry: datetime | None = None
     # Stored as text, which holds no NUL: a 422 naming the field (the tokens are
     # encrypted and may hold any character).
-    scope: Annotated[str | None, BeforeValidator(no_nul), Field(max_length=4096)] = None
-    service_user_id: Annotated[str | None, BeforeValidator(no_nul), Field(max_length=255)] = None
-    service_email: Annotated[str | None, BeforeValidator(no_nul), Field(max_length=255)] = None
+    scope: Annotated[str, BeforeValidator(no_nul), Field(max_length=4096)] | None = None
+    service_user_id: Annotated[str, BeforeValidator(no_nul), Field(max_length=255)] | None = None
+    service_email: Annotated[str, BeforeValidator(no_nul), Field(max_length=255)] | None = None
 
 
 class OAuthRefreshIn(Input):
     access_token: Annotated[str | None, Field(min_length=1, max_length=8192)] = None
     refresh_token: Annotated[str | None, Field(min_length=1, max_length=8192)] = None
     token_expiry: datetime | None = None
-    scope: Annotated[str | None, BeforeValidator(no_nul), Field(max_length=4096)] = None
+    scope: Annotated[str, BeforeValidator(no_nul), Field(max_length=4096)] | None = None
 
 
 class OAuthTokenOut(BaseModel):
