@@ -35,7 +35,7 @@ Headers = dict[str, str]
 def test_settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", log_json=True, llm_timeout_s=5.0,
                     llm_local_model=False, knowledge_embedding_provider="hash",
-                    tools_allowed_hosts="127.0.0.1", tools_call_timeout_s=5.0)
+                    tools_allowed_hosts="127.0.0.1", tools_call_timeout_s=15.0)
 
 
 @pytest.fixture
