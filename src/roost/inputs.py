@@ -224,6 +224,13 @@ def holds_control(value: str) -> bool:
     return any(unicodedata.category(c) in _CONTROL for c in value)
 
 
+def is_blank(value: str) -> bool:
+    """Whether ``value`` shows nothing: only white space and invisible format characters
+    (Unicode category Cf: zero-width spaces and joiners, the byte order mark, bidi marks),
+    which ``str.strip`` keeps, so a name of three zero-width spaces passed as text."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in value)
+
+
 def parsed_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
     """``value`` if it is a URL a client could open: one of ``schemes``, a host, a port in
     range.  A pattern such as ``^https?://\\S+$`` lets ``http://[::1`` or

@@ -190,7 +190,8 @@ async def test_bad_input_is_a_4xx_problem(
     malformed = await client.post("/api/v1/personas", content=b'{"name": ',
                                   headers={**headers, "Content-Type": "application/json"})
     assert malformed.status_code == 400
-    for body in ({"name": ""}, {"name": "   "}, {"name": "x" * 256}, {"name": 5},
+    for body in ({"name": ""}, {"name": "   "}, {"name": "\u200b\u200d\ufeff"},  # invisible
+                 {"name": "x" * 256}, {"name": 5},
                  {"name": "x", "is_active": 0}, {"name": "x", "unknown": 1},
                  {"name": "x", "email_address": "not-an-address"},
                  {"name": "x", "system_prompt": "p" * 100_001},

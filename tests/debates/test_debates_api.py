@@ -293,6 +293,7 @@ async def test_bad_input_is_422(
         {**good, "topic": "t\x00"},  # a NUL: named, not the database's anonymous 400
         {**good, "topic": "   "},  # blank, as blank positions are
         {**good, "topic": "\t\n"},
+        {**good, "topic": "\u200b \u2060"},  # zero-width characters show nothing either
         {**good, "positions": ["a\x00", "b"]},
         {**good, "participants": [{"id": "x", "model": "m\x00"}, {"id": "y", "model": "m"}]},
     ]

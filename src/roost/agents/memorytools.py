@@ -20,7 +20,7 @@ from roost.agents.models import Run
 from roost.db.engine import Database
 from roost.errors import Forbidden, Unprocessable
 from roost.identity.tenancy import apply_principal
-from roost.inputs import StrictInput, parse_tool_arguments
+from roost.inputs import StrictInput, is_blank, parse_tool_arguments
 from roost.knowledge.config import KnowledgeConfig
 from roost.memory import learning, recall, service
 from roost.memory.models import MAX_CONTENT_CHARS
@@ -46,7 +46,7 @@ class _SearchArgs(StrictInput):
     @field_validator("query")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
+        if is_blank(value):
             raise ValueError("must not be blank")
         return value
 
@@ -63,7 +63,7 @@ class _AddArgs(StrictInput):
     @field_validator("content")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
+        if is_blank(value):
             raise ValueError("must not be blank")
         return value
 

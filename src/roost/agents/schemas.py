@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from roost.inputs import StrictInput, WebUrl, holds_control
+from roost.inputs import StrictInput, WebUrl, holds_control, is_blank
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,99}$"
 
@@ -190,7 +190,7 @@ SecretType = Literal["llm_provider_key", "email_imap", "email_smtp", "mcp_header
 
 
 def _not_blank(value: str) -> str:
-    if not value.strip():
+    if is_blank(value):
         raise ValueError("must not be blank")
     return value
 

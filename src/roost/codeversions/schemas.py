@@ -8,7 +8,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from roost.inputs import StrictInput
+from roost.inputs import StrictInput, is_blank
 
 ValidationStatus = Literal["pending", "running", "passed", "failed", "error", "timeout"]
 
@@ -31,7 +31,7 @@ class CodeVersionCreate(StrictInput):
     def _one_repository(self) -> Self:
         if (self.chat_session_id is None) == (self.run_id is None):
             raise ValueError("give exactly one of chat_session_id and run_id")
-        if not self.message.strip():
+        if is_blank(self.message):
             raise ValueError("message must not be blank")
         return self
 

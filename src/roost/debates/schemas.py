@@ -9,7 +9,7 @@ from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from roost.inputs import StrictInput
+from roost.inputs import StrictInput, is_blank
 
 MAX_PARTICIPANTS: Final = 20
 MAX_POSITIONS: Final = 20
@@ -66,7 +66,7 @@ class DebateCreate(StrictInput):
     @field_validator("topic")
     @classmethod
     def _topic_not_blank(cls, value: str) -> str:
-        if not value.strip():  # white space alone gives the participants nothing to argue
+        if is_blank(value):  # white space alone gives the participants nothing to argue
             raise ValueError("the topic must not be blank")
         return value
 

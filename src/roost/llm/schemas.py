@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
 
-from roost.inputs import StrictInput, holds_nul, json_size
+from roost.inputs import StrictInput, holds_nul, is_blank, json_size
 from roost.llm.base import (
     AUTH_HEADER_NAMES,
     HEADER_VALUE_RULE,
@@ -88,7 +88,7 @@ def _secret_key(value: Any, top: bool = True) -> str | None:
 
 def _check_model(value: str | None) -> str | None:
     """A model id someone can ask for: not blank (null leaves the provider without one)."""
-    if value is not None and not value.strip():
+    if value is not None and is_blank(value):
         raise ValueError("model must not be empty or only spaces; send null for no default")
     return value
 

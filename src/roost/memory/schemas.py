@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from roost.inputs import StrictInput, json_size
+from roost.inputs import StrictInput, is_blank, json_size
 from roost.memory.models import MAX_CONTENT_CHARS
 
 MemoryType = Literal["fact", "preference", "event", "relationship", "skill", "goal", "other"]
@@ -241,7 +241,7 @@ class LearnIn(ScopeIn):
     def _one_source(self) -> LearnIn:
         if (self.text is None) == (self.chat_session_id is None):
             raise ValueError("give exactly one of text and chat_session_id")
-        if self.text is not None and not self.text.strip():
+        if self.text is not None and is_blank(self.text):
             raise ValueError("text must not be blank")
         return self
 
