@@ -38,6 +38,8 @@ from tests.support.server import in_process, roost_server, serve_env
 
 Headers = dict[str, str]
 LIST_KEYS = "/api/v1/api-keys"
+# A counted request: listing keys and revoking one are never refused for the rate.
+COUNTED = "/api/v1/users/me"
 
 
 @pytest.fixture
@@ -61,7 +63,7 @@ async def _second_key(database: Database, user_id: uuid.UUID) -> Headers:
 
 
 async def _statuses(client: httpx.AsyncClient, headers: Headers, n: int) -> list[int]:
-    return [(await client.get(LIST_KEYS, headers=headers)).status_code for _ in range(n)]
+    return [(await client.get(COUNTED, headers=headers)).status_code for _ in range(n)]
 
 
 async def test_the_request_after_the_limit_gets_429_with_retry_after(
@@ -69,7 +71,7 @@ async def test_the_request_after_the_limit_gets_429_with_retry_after(
 ) -> None:
     _, headers = await make_user(database)
     assert await _statuses(client, headers, 3) == [200, 200, 200]
-    refused = await client.get(LIST_KEYS, headers=headers)
+    refused = await client.get(COUNTED, headers=headers)
     assert refused.status_code == 429
     assert refused.headers["content-type"].startswith("application/problem+json")
     retry_after = int(refused.headers["Retry-After"])
@@ -125,7 +127,7 @@ async def test_per_key_and_per_user_limits_are_independent(
     assert await _statuses(client, key_a, 4) == [200, 200, 429, 429]
     # Key B has no limit of its own, only the user's: 5 - 2 used = 3 more.
     assert await _statuses(client, key_b, 4) == [200, 200, 200, 429]
-    refused = await client.get(LIST_KEYS, headers=key_b)
+    refused = await client.get(COUNTED, headers=key_b)
     assert "your account's limit of 5 requests per minute" in refused.json()["detail"]
 
 
@@ -144,17 +146,17 @@ async def test_a_refusal_names_the_limit_that_refused(
                                json={"requests_per_minute": rpm})
         assert put.status_code == 200, put.text
     assert await _statuses(client, key_a, 2) == [200, 200]
-    by_key = await client.get(LIST_KEYS, headers=key_a)
+    by_key = await client.get(COUNTED, headers=key_a)
     assert by_key.status_code == 429
     assert by_key.json()["detail"].startswith(
         "rate limit reached: the API key's limit of 2 requests per minute; try again in ")
     assert by_key.json()["retry_after_s"] == int(by_key.headers["Retry-After"])
     assert await _statuses(client, key_b, 2) == [200, 200]  # the user's 4 are used up
-    by_user = await client.get(LIST_KEYS, headers=key_b)
+    by_user = await client.get(COUNTED, headers=key_b)
     assert by_user.status_code == 429
     assert "your account's limit of 4 requests per minute" in by_user.json()["detail"]
     # Key A is now over both: it is still refused, naming one of them.
-    both = (await client.get(LIST_KEYS, headers=key_a)).json()["detail"]
+    both = (await client.get(COUNTED, headers=key_a)).json()["detail"]
     assert "the API key's limit of 2" in both or "your account's limit of 4" in both
 
 
@@ -208,15 +210,55 @@ async def test_a_revoked_keys_requests_do_not_charge_its_user(
         key_a_id = await session.scalar(select(ApiKey.id).where(
             ApiKey.user_id == user_id, ApiKey.name == "test helper"))
     # 1: key A is used once (this process now knows it).
-    assert (await client.get(LIST_KEYS, headers=key_a)).status_code == 200
-    # 2: the user revokes it with key B.
+    assert (await client.get(COUNTED, headers=key_a)).status_code == 200
+    # The user revokes it with key B (a revocation is not counted).
     assert (await client.delete(f"{LIST_KEYS}/{key_a_id}", headers=key_b)).status_code == 204
     # The revoked key's holder reads a chat history: 401, not an authenticated request.
     leaked = await client.get(f"/api/v1/chat/sessions/{uuid.uuid4()}/messages", headers=key_a)
     assert leaked.status_code == 401, leaked.text
-    # 3: the user's own third request of the minute.
-    third = await client.get(LIST_KEYS, headers=key_b)
-    assert third.status_code == 200, third.text
+    # 2 and 3: the user's own second and third requests of the minute; then over.
+    assert await _statuses(client, key_b, 3) == [200, 200, 429]
+
+
+async def test_the_charge_given_back_is_a_whole_request_at_any_limit(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+) -> None:
+    """At 7 requests a minute one request's spacing is 60/7 s: a revoked key's refused
+    read gives all of it back (an integer division gave back 8 s, and the user lost part
+    of a request with every such 401), so the user's 6 remaining requests all pass."""
+    user_id, key_a = await make_user(database)
+    key_b = await _second_key(database, user_id)
+    async with database.transaction() as session:
+        key_a_id = await session.scalar(select(ApiKey.id).where(
+            ApiKey.user_id == user_id, ApiKey.name == "test helper"))
+    assert (await client.put(f"/api/v1/admin/limits/users/{user_id}", headers=admin_headers,
+                             json={"requests_per_minute": 7})).status_code == 200
+    assert (await client.get(COUNTED, headers=key_a)).status_code == 200  # 1
+    assert (await client.delete(f"{LIST_KEYS}/{key_a_id}", headers=key_b)).status_code == 204
+    leaked = await client.get(f"/api/v1/chat/sessions/{uuid.uuid4()}/messages", headers=key_a)
+    assert leaked.status_code == 401, leaked.text
+    assert await _statuses(client, key_b, 7) == [200] * 6 + [429]
+
+
+async def test_a_user_over_the_limit_can_still_find_and_revoke_a_leaked_key(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A leaked key spends its user's whole minute: the user's other requests are 429s,
+    but listing the keys and revoking the leaked one are never refused for the rate (nor
+    charged), so the holder of a leaked key cannot keep its owner from revoking it."""
+    user_id, leaked = await make_user(database)
+    own = await _second_key(database, user_id)
+    assert (await client.get("/api/v1/users/me", headers=leaked)).status_code == 200
+    assert (await client.get("/api/v1/users/me", headers=leaked)).status_code == 200
+    assert (await client.get("/api/v1/users/me", headers=leaked)).status_code == 200
+    assert (await client.get("/api/v1/users/me", headers=own)).status_code == 429
+    listed = await client.get(LIST_KEYS, headers=own)
+    assert listed.status_code == 200, listed.text
+    leaked_id = next(k["id"] for k in listed.json() if k["name"] == "test helper")
+    revoked = await client.delete(f"{LIST_KEYS}/{leaked_id}", headers=own)
+    assert revoked.status_code == 204, revoked.text
+    assert (await client.get("/api/v1/users/me", headers=leaked)).status_code == 401
+    assert (await client.get("/api/v1/users/me", headers=own)).status_code == 429  # still over
 
 
 async def test_a_console_page_over_the_limit_is_an_html_page(
@@ -235,7 +277,7 @@ async def test_a_console_page_over_the_limit_is_an_html_page(
         assert "Content-Security-Policy" in page.headers
         assert "your account&#39;s limit of 3 requests per minute; try again in" in page.text
     # The API still answers problem JSON.
-    api = await client.get(LIST_KEYS, headers=headers)
+    api = await client.get(COUNTED, headers=headers)
     assert api.status_code == 429
     assert api.headers["content-type"].startswith("application/problem+json")
 
@@ -291,18 +333,18 @@ async def test_two_app_instances_share_the_count(
                 httpx.AsyncClient(transport=transport, base_url="http://roost.test")))
         one, two = clients
         # Concurrent requests from both instances: exactly 4 pass.
-        answers = await asyncio.gather(*(c.get(LIST_KEYS, headers=headers)
+        answers = await asyncio.gather(*(c.get(COUNTED, headers=headers)
                                           for c in (one, two, one, two, one, two)))
         assert sorted(a.status_code for a in answers) == [200] * 4 + [429] * 2
-        assert (await one.get(LIST_KEYS, headers=headers)).status_code == 429
-        assert (await two.get(LIST_KEYS, headers=headers)).status_code == 429
+        assert (await one.get(COUNTED, headers=headers)).status_code == 429
+        assert (await two.get(COUNTED, headers=headers)).status_code == 429
 
 
 async def _burst(bases: list[str], headers: Headers, n: int) -> list[httpx.Response]:
     """``n`` requests at once, spread over the processes at ``bases``."""
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=n)) as http:
         return list(await asyncio.gather(*(
-            http.get(bases[i % len(bases)] + LIST_KEYS, headers=headers) for i in range(n))))
+            http.get(bases[i % len(bases)] + COUNTED, headers=headers) for i in range(n))))
 
 
 def _tally(answers: list[httpx.Response]) -> dict[int, int]:
@@ -352,7 +394,7 @@ async def test_bursts_across_two_server_processes_let_exactly_the_limit_through(
             await put(two.base_url, f"users/{open_id}", None)  # back to the default
             assert _tally(await _burst(bases, opened, 30)) == {200: 10, 429: 20}
             # Process two remembers this caller; the limit is lowered through process one.
-            assert (await admin.get(f"{two.base_url}{LIST_KEYS}", headers=lowered)
+            assert (await admin.get(f"{two.base_url}{COUNTED}", headers=lowered)
                     ).status_code == 200
             await put(one.base_url, f"users/{lowered_id}", 2)
             assert _tally(await _burst([two.base_url], lowered, 10)) == {200: 1, 429: 9}
@@ -394,7 +436,7 @@ LIFTED_ROUTES = {
     "chat message stored": ("POST", "{messages}", {"content": "hi", "reply": False}, 201),
     "knowledge text search": ("POST", "/api/v1/knowledge/search",
                               {"query": "hi", "mode": "text"}, 200),
-    "api keys": ("GET", LIST_KEYS, None, 200),
+    "your account": ("GET", COUNTED, None, 200),
 }
 
 
@@ -444,7 +486,7 @@ async def test_a_raised_or_lowered_limit_counts_the_minutes_requests_at_the_new_
     await limit(5)
     assert await _statuses(client, other, 1) == [200]
     await limit(1)
-    refused = await client.get(LIST_KEYS, headers=other)
+    refused = await client.get(COUNTED, headers=other)
     assert refused.status_code == 429
     assert 50 <= int(refused.headers["retry-after"]) <= 60, refused.headers
 
@@ -480,9 +522,9 @@ async def test_without_limits_no_round_trip_is_added(
     _, headers = await make_user(database)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50103))
     async with httpx.AsyncClient(transport=transport, base_url="http://roost.test") as client:
-        await client.get(LIST_KEYS, headers=headers)  # warm: types, prepared statements
+        await client.get(COUNTED, headers=headers)  # warm: types, prepared statements
         async with statements(database) as sent:
-            assert (await client.get(LIST_KEYS, headers=headers)).status_code == 200
+            assert (await client.get(COUNTED, headers=headers)).status_code == 200
     assert not any("roost_rate_take" in s or "stream_leases" in s for s in sent)
     assert getattr(app.state, "rate_limiter", None) is None
 
@@ -533,7 +575,7 @@ async def test_concurrent_streams_are_held_refused_and_released(
                 assert third.json()["error"]["type"] == "rate_limit_error"
                 assert int(third.headers["Retry-After"]) >= 1
                 # A request that does not stream is not a stream.
-                plain = await http.get(LIST_KEYS, headers=headers)
+                plain = await http.get(COUNTED, headers=headers)
                 assert plain.status_code == 200
             # The client closed the second stream: its slot comes back.
             await until(lambda: live_leases(database, subject), 1)

@@ -163,7 +163,8 @@ class Limiter:
         for subject, limit in limits.requests:
             await self._call(
                 "UPDATE rate_limit_state SET tat = tat - make_interval(secs => "
-                "$2 / coalesce(per_period, $3)) WHERE subject = $1 RETURNING 1",
+                "$2::double precision / coalesce(per_period, $3)) WHERE subject = $1 "
+                "RETURNING 1",
                 subject, PERIOD_S, limit)
 
     async def _refusing(self, pairs: Sequence[tuple[str, int]]) -> tuple[str, int]:

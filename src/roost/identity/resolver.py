@@ -35,7 +35,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from asyncpg.exceptions import InvalidAuthorizationSpecificationError
 from fastapi import Request
@@ -159,9 +159,27 @@ async def _authenticate(
     return resolved.principal
 
 
+# Requests that take a credential away, and the list that shows which one, are never
+# refused for the rate: a leaked key spending its user's whole minute must not keep the
+# user from finding and revoking it (each is one indexed statement, no more than the
+# unlimited 401s any guessed credential gets).
+_REVOCATIONS: Final = frozenset({
+    ("GET", "/api/v1/api-keys"), ("DELETE", "/api/v1/api-keys/{key_id}"),
+    ("DELETE", "/api/v1/auth/sessions/{session_id}"), ("POST", "/api/v1/auth/logout"),
+    ("POST", "/api/v1/auth/logout-all"),
+})
+
+
+def _revokes_a_credential(request: Request) -> bool:
+    route = request.scope.get("route")
+    return (request.method, getattr(route, "path", None)) in _REVOCATIONS
+
+
 async def _take_request_limits(request: Request, resolved: _Resolved) -> None:
     """When a limit applies, one round trip on the limiter's own pool (once per request,
     even if something resolves the caller again); 429 when over."""
+    if _revokes_a_credential(request):
+        return
     limits = RequestLimits.build(
         resolved.principal, get_settings_dep(request), user_rpm=resolved.user_rpm,
         user_streams=resolved.user_streams, key_rpm=resolved.key_rpm,
