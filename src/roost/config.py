@@ -440,6 +440,13 @@ class Settings(BaseSettings):
         "(paths are relative to it; nothing outside it is read). Unset: DATA_DIR/workspace"
     )
 
+    # --- agents calling agents through Roost's own /mcp (docs/mcp.md) -----------------
+    agents_max_nesting: int = Field(
+        default=3, ge=0, le=5, description="How deep agent runs may start agent runs "
+        "through Roost's /mcp (an agent__<slug> tool called by a run's tool call): a call "
+        "that would start a run deeper than this is refused (0: runs start none)"
+    )
+
     # --- agents: the personas' mail (docs/agents-mail.md) and health metrics ---------
     smtp_listen: str = Field(
         default="", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$|^$",

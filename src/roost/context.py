@@ -6,8 +6,10 @@ seeing the ``Request`` object.  Background jobs set their own.
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Final
 
 
 @dataclass(frozen=True)
@@ -34,3 +36,14 @@ def set_context(ctx: RequestContext) -> object:
 
 def reset_context(token: object) -> None:
     _current.reset(token)  # type: ignore[arg-type]
+
+
+# Agents calling agents through Roost's own /mcp (docs/mcp.md, "Agents calling agents").
+# A run's tool calls to streamable-HTTP MCP servers carry the run's trace id in this
+# header (the runner sets ``outgoing_run_trace`` for the run's whole execution); /mcp
+# reads it into ``inbound_run_trace``, and a run it starts gets a trace id under the
+# caller's: how deep a chain is (its depth cap) and which runs a cancellation reaches.
+RUN_TRACE_HEADER: Final = "Roost-Run-Trace"
+RUN_TRACE_PATTERN: Final = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
+outgoing_run_trace: ContextVar[str | None] = ContextVar("roost_outgoing_run_trace", default=None)
+inbound_run_trace: ContextVar[str | None] = ContextVar("roost_inbound_run_trace", default=None)

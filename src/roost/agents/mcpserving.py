@@ -23,14 +23,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents import runs
 from roost.agents.catalog import offered_agents, slug_rank
-from roost.agents.models import TERMINAL_RUN_STATUSES, Agent
+from roost.agents.models import TERMINAL_RUN_STATUSES, Agent, Run
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate
+from roost.context import inbound_run_trace
 from roost.db.engine import Database
 from roost.errors import RoostError
 from roost.identity.tenancy import apply_principal
 from roost.principal import Principal
 
 PREFIX: Final = "agent__"
+# What a run started by a run's call adds to the caller's trace id (then a fresh uuid).
+NESTED: Final = "/mcp-"
+MAX_TRACE_CHARS: Final = 255  # runs.trace_id
 WAIT_S: Final = 120.0
 POLL_S: Final = 0.25
 _INVALID = re.compile(r"[^A-Za-z0-9_.-]")
@@ -49,11 +53,22 @@ def _text(payload: Mapping[str, Any], *, is_error: bool = False) -> types.CallTo
         structured_content=dict(payload), is_error=is_error)
 
 
+async def _caller_ended(session: AsyncSession, trace: str) -> bool:
+    """Whether the run that calls (when its user's scope sees it) has ended.  Its row is
+    share-locked until the new run is stored, so a cancellation of the caller either
+    comes first (and this says so) or waits, then finds the new run under the caller's
+    trace id and cancels it too."""
+    status = await session.scalar(
+        select(Run.status).where(Run.trace_id == trace.rsplit(NESTED, 1)[0])
+        .with_for_update(read=True))
+    return status in TERMINAL_RUN_STATUSES
+
+
 class AgentsProvider:
     """The agents domain's tools at ``/mcp``."""
 
-    def __init__(self, database: Database, app_role: str) -> None:
-        self.database, self.app_role = database, app_role
+    def __init__(self, database: Database, app_role: str, max_nesting: int = 3) -> None:
+        self.database, self.app_role, self.max_nesting = database, app_role, max_nesting
 
     async def _agents(self, session: AsyncSession, principal: Principal) -> dict[str, Agent]:
         rows = (await session.scalars(
@@ -87,19 +102,55 @@ class AgentsProvider:
             return _text({"error": f"'input' must be text of 1 to {MAX_RUN_INPUT_CHARS} "
                                    "characters without NUL"}, is_error=True)
 
+        trace = self._chained_trace()
+        if trace is None:
+            return _text({"error": f"agents call agents through /mcp at most "
+                                   f"{self.max_nesting} deep (ROOST_AGENTS_MAX_NESTING): "
+                                   "this run was started that deep already"}, is_error=True)
+
         async def run_it() -> types.CallToolResult:
             # After /mcp's transaction committed: the run in a transaction of its own (a
             # worker picks it up at once), then the wait, with no transaction open.
             try:
                 async with self.database.transaction() as own:
                     await apply_principal(own, principal, app_role=self.app_role)
-                    run, _ = await runs.create_run(own, principal, agent,
-                                                   RunCreate(input=text), source="mcp")
+                    if trace and await _caller_ended(own, trace):
+                        return _text({"error": "the calling run has ended"}, is_error=True)
+                    run, _ = await runs.create_run(own, principal, agent, RunCreate(input=text),
+                                                   source="mcp", trace_id=trace or None)
             except RoostError as exc:
                 return _text({"error": exc.detail}, is_error=True)
-            return await self._wait(principal, run.id)
+            try:
+                return await self._wait(principal, run.id)
+            except asyncio.CancelledError:
+                # The caller went away (its call timed out, its run was cancelled): the
+                # run it started stops too, instead of going on for nobody.
+                await asyncio.shield(self._cancel(principal, run.id))
+                raise
 
         return run_it
+
+    def _chained_trace(self) -> str | None:
+        """The trace id of the run a call starts: under the calling run's when an agent
+        run calls (``Roost-Run-Trace``), so that cancelling the caller reaches it; ``""``
+        (a trace of its own) for any other caller; None when the chain is already
+        ``max_nesting`` runs deep (or its trace id would not fit)."""
+        calling = inbound_run_trace.get()
+        if calling is None:
+            return ""
+        depth = calling.count(NESTED) + 1  # the new run's: a caller with no NESTED is 0
+        trace = f"{calling}{NESTED}{uuid.uuid4()}"
+        if depth > self.max_nesting or len(trace) > MAX_TRACE_CHARS:
+            return None
+        return trace
+
+    async def _cancel(self, principal: Principal, run_id: uuid.UUID) -> None:
+        try:
+            async with self.database.transaction() as session:
+                await apply_principal(session, principal, app_role=self.app_role)
+                await runs.cancel_run(session, principal, run_id)
+        except RoostError:  # finished meanwhile, or its user's account ended
+            pass
 
     async def _wait(self, principal: Principal, run_id: uuid.UUID) -> types.CallToolResult:
         loop = asyncio.get_running_loop()

@@ -84,6 +84,7 @@ from roost.analytics.outbox import event_values
 from roost.audit.models import AuditLog
 from roost.audit.service import entry_values, record
 from roost.billing.models import UsageRecord
+from roost.context import outgoing_run_trace
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.db.statements import bound_insert, bound_insert_from, flush_pending, prefixed
@@ -1387,17 +1388,23 @@ async def execute(env: RunEnv, run_id: uuid.UUID) -> str:
     state = await _load(env, run_id)
     if state is None or state.run.status not in ("pending", "running"):
         return state.run.status if state else "missing"
-    if not tracing.enabled():
-        return await _execute(env, state, run_id)
-    # The run's spans are in the trace its trace_id names (roost.tracing.trace_ids), linked
-    # to the job that runs them (each attempt is a job span of its own trace).
-    with tracing.span("agent.run", parent=tracing.run_parent(state.run.trace_id),
-                      link_current=True, attributes={
-                          "roost.run.id": str(run_id), "roost.trace_id": state.run.trace_id,
-                          "roost.agent.id": str(state.run.agent_id)}) as span:
-        outcome = await _execute(env, state, run_id)
-        span.set("roost.run.outcome", outcome)
-        return outcome
+    # Its MCP calls name it (roost.context.RUN_TRACE_HEADER): a run it starts through
+    # Roost's own /mcp is chained under it.
+    token = outgoing_run_trace.set(state.run.trace_id)
+    try:
+        if not tracing.enabled():
+            return await _execute(env, state, run_id)
+        # The run's spans are in the trace its trace_id names (roost.tracing.trace_ids),
+        # linked to the job that runs them (each attempt is a job span of its own trace).
+        with tracing.span("agent.run", parent=tracing.run_parent(state.run.trace_id),
+                          link_current=True, attributes={
+                              "roost.run.id": str(run_id), "roost.trace_id": state.run.trace_id,
+                              "roost.agent.id": str(state.run.agent_id)}) as span:
+            outcome = await _execute(env, state, run_id)
+            span.set("roost.run.outcome", outcome)
+            return outcome
+    finally:
+        outgoing_run_trace.reset(token)
 
 
 async def _give_back_unrun(env: RunEnv, state: _State) -> None:

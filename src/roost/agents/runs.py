@@ -220,7 +220,8 @@ async def list_steps(
 
 
 def child_trace_prefix(run: Run) -> str:
-    """What the trace id of every agent run a workflow run starts begins with."""
+    """What the trace id of every run started under this one begins with (a workflow's
+    agent nodes, an agent run's calls through /mcp)."""
     return f"{run.trace_id}/"
 
 
@@ -228,21 +229,23 @@ async def cancel_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID)
     """Close the run, its open steps and their tool runs in one transaction.  The worker
     executing it sees the run cancelled and stops (within a second).  Only the run's user
     (or an administrator) cancels it: others who see it (the persona's members) get 403.
-    A run that finished meanwhile is not turned into a cancelled one (409).  A workflow's
-    run takes with it, in the same transaction, the unfinished agent runs its agent nodes
-    started (they would otherwise go on calling the model)."""
+    A run that finished meanwhile is not turned into a cancelled one (409).  A run takes
+    with it, in the same transaction, the unfinished runs of its user under its trace id:
+    the agent runs a workflow's agent nodes started, and those an agent run started
+    through Roost's own /mcp, at any depth (they would otherwise go on calling the
+    model)."""
     run = await get_run(session, actor, run_id)
     cancelled = await _cancel_one(session, actor, run)
-    if run.kind == "workflow":
-        children = (await session.scalars(select(Run.id).where(
-            Run.user_id == run.user_id, Run.kind == "agent", Run.source == "workflow",
-            Run.status.not_in(TERMINAL_RUN_STATUSES),
-            Run.trace_id.startswith(child_trace_prefix(run), autoescape=True)))).all()
-        for child_id in children:
-            try:
-                await _cancel_one(session, actor, await get_run(session, actor, child_id))
-            except RunFinished:  # finished since it was read: nothing to stop
-                pass
+    children = (await session.scalars(select(Run.id).where(
+        Run.user_id == run.user_id, Run.kind == "agent",
+        Run.status.not_in(TERMINAL_RUN_STATUSES),
+        Run.trace_id.startswith(child_trace_prefix(run), autoescape=True))
+        .order_by(Run.id))).all()
+    for child_id in children:
+        try:
+            await _cancel_one(session, actor, await get_run(session, actor, child_id))
+        except RunFinished:  # finished since it was read: nothing to stop
+            pass
     return cancelled
 
 

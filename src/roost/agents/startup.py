@@ -30,7 +30,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     chat_handlers = dict(getattr(app.state, "chat_model_handlers", {}))
     app.state.chat_model_handlers = {**chat_handlers, "agent": chat_agent_handler(app)}
     # the caller's agents as tools at /mcp (the mcpserver domain's hook)
-    provider = AgentsProvider(app.state.db, app.state.settings.db_app_role)
+    provider = AgentsProvider(app.state.db, app.state.settings.db_app_role,
+                              app.state.settings.agents_max_nesting)
     app.state.mcp_tool_providers = [*getattr(app.state, "mcp_tool_providers", ()), provider]
     try:
         yield

@@ -36,7 +36,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 import roost
-from roost.context import current_context
+from roost.context import RUN_TRACE_HEADER, RUN_TRACE_PATTERN, current_context, inbound_run_trace
 from roost.db.errors import RETRYABLE_SQLSTATES
 from roost.db.errors import sqlstate as sqlstate_of
 from roost.errors import Forbidden, RoostError, ServiceUnavailable
@@ -212,9 +212,15 @@ class McpEndpoint:
             raise HTTPException(415, "an MCP request is JSON-RPC, sent with "
                                      "'Content-Type: application/json'")
         token = _request.set(request)
+        # A run's tool call names its run (docs/mcp.md, "Agents calling agents"); a value
+        # that is not a trace id is ignored, as no header would be.
+        calling = request.headers.get(RUN_TRACE_HEADER)
+        trace_token = inbound_run_trace.set(
+            calling if calling is not None and RUN_TRACE_PATTERN.match(calling) else None)
         try:
             await runtime.manager.handle_request(scope, receive, send)
         finally:
+            inbound_run_trace.reset(trace_token)
             _request.reset(token)
 
 

@@ -57,6 +57,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 from mcp.types import InitializeResult, PaginatedRequestParams, jsonrpc_message_adapter
 
+from roost.context import RUN_TRACE_HEADER, outgoing_run_trace
 from roost.errors import BadGateway, GatewayTimeout
 from roost.inputs import json_size
 from roost.knowledge.fetching import FetchError, IPAddress, check_destination
@@ -194,6 +195,18 @@ class RoostClientSession(ClientSession):
         return built
 
 
+def _headers(spec: ServerSpec) -> dict[str, str]:
+    """The server's headers, and the calling run's trace id when an agent run calls (a
+    header of that name the server's owner set is replaced: it is Roost's to send)."""
+    headers = dict(spec.headers)
+    trace = outgoing_run_trace.get()
+    if trace is not None:
+        for name in [n for n in headers if n.lower() == RUN_TRACE_HEADER.lower()]:
+            del headers[name]
+        headers[RUN_TRACE_HEADER] = trace
+    return headers
+
+
 @asynccontextmanager
 async def _session(spec: ServerSpec) -> AsyncIterator[tuple[ClientSession, InitializeResult]]:
     if spec.transport == "stdio":
@@ -204,7 +217,7 @@ async def _session(spec: ServerSpec) -> AsyncIterator[tuple[ClientSession, Initi
         if not spec.url:
             raise McpError(f"MCP server {spec.name!r} has no URL")
         addresses = await check_server_url(spec.url, allow_private=spec.allow_private)
-        async with pinned_http_client(spec.url, addresses, dict(spec.headers)) as client, \
+        async with pinned_http_client(spec.url, addresses, _headers(spec)) as client, \
                 streamable_http_client(spec.url, http_client=client) as (read, write), \
                 RoostClientSession(read, write) as session:
             yield session, await session.initialize()
