@@ -21,7 +21,10 @@ from tests.support.identity import make_user
 from tests.support.sql import fetch
 
 PUBLIC = "http://93.184.216.34/page"  # never contacted: the mock transport answers instead
-BAD_IDNA = ("http://xn--/page", "http://xn--a/page")
+# The last two: a label over 63 characters, a name over 253 (DNS cannot carry them; the
+# resolver's IDNA codec refused them at lookup: a 502 "could not be resolved").
+BAD_IDNA = ("http://xn--/page", "http://xn--a/page", f"http://{'a' * 70}.example/page",
+            f"http://{'abcdefgh.' * 30}example/page")
 BAD_PORTS = ("http://127.0.0.1:70000/doc.html", "http://example.com:99999/doc.html",
              "http://example.com:0/doc.html")
 API = "/api/v1/knowledge"

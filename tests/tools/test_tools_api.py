@@ -249,7 +249,7 @@ async def test_an_mcp_url_with_a_malformed_idna_host_is_a_400(
     """``http://xn--/mcp`` (an A-label with no punycode) parsed, then raised idna's error
     when its host was first read: a 500.  Now an invalid URL, as any URL that does not parse."""
     _, alice = await make_user(database)
-    for url in ("http://xn--/mcp", "http://xn--a/mcp"):
+    for url in ("http://xn--/mcp", "http://xn--a/mcp", f"http://{'a' * 70}.example/mcp"):
         got = await client.post("/api/v1/mcp-servers", headers=alice, json={
             "name": "idna", "transport": "streamable_http", "url": url})
         assert got.status_code == 400, (url, got.text)

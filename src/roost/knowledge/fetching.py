@@ -219,11 +219,25 @@ def _check_url(raw: str | httpx.URL, allowed_schemes: Sequence[str]) -> httpx.UR
         raise FetchRefused(f"URL scheme {url.scheme!r} cannot be fetched over HTTP")
     if not host:
         raise FetchInvalidURL(f"{str(raw)[:200]!r} has no host")
+    if not _dns_name_fits(url):
+        raise FetchInvalidURL(f"{str(raw)[:200]!r} is not a valid URL: a host name's labels "
+                              "are at most 63 characters and the name at most 253")
     if url.userinfo:
         # Credentials in URLs end up in logs, and "http://good@evil/" confuses readers.
         raise FetchInvalidURL("URLs with a user name or password are not accepted")
     check_port(url)
     return url
+
+
+def _dns_name_fits(url: httpx.URL) -> bool:
+    """A host name DNS can carry (RFC 1035: labels of 1-63 octets, 253 in all; one trailing
+    dot allowed), so an impossible one is the caller's invalid URL, not a failed lookup (the
+    resolver's IDNA codec refused it: a 502).  IP literals are not names."""
+    name = _host_for_dns(url)
+    if ":" in name or name.replace(".", "").isdigit():
+        return True
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    return len(name.rstrip(".")) <= 253 and all(1 <= len(label) <= 63 for label in labels)
 
 
 def _host_for_dns(url: httpx.URL) -> str:
