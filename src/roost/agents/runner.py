@@ -93,6 +93,7 @@ from roost.errors import Forbidden, LimitReached, PaymentRequired, RoostError
 from roost.identity.models import User, UserGroupMembership
 from roost.identity.tenancy import apply_principal
 from roost.knowledge.config import KnowledgeConfig
+from roost.knowledge.models import Document
 from roost.knowledge.schemas import SearchRequest
 from roost.knowledge.search import search as knowledge_search
 from roost.llm import calls, routing
@@ -903,15 +904,33 @@ async def _retrieve_step(env: RunEnv, state: _State, knowledge: KnowledgeConfig,
                                     "document_ids": [str(i) for i in ids]})
     try:
         async with _scoped(env, state.principal) as session:
+            if state.stranger and state.agent is not None:
+                request = request.model_copy(update={"document_ids": await _still_the_authors(
+                    session, state.agent.user_id, ids)})
             found = await _guarded(env, state, knowledge_search(session, state.principal,
-                                                                knowledge, request))
+                                                                knowledge, request)) \
+                if request.document_ids else None
         output = {"results": [{"document_id": str(h.document_id), "chunk_index": h.chunk_index,
-                               "content": h.content, "score": h.score} for h in found.results]}
+                               "content": h.content, "score": h.score}
+                              for h in (found.results if found is not None else [])]}
         status, error = "completed", None
     except RoostError as exc:
         output, status, error = None, "failed", exc.detail
     async with _scoped(env, state.principal) as session:
         await _finish_step(session, state, step, status=status, output=output, error=error)
+
+
+async def _still_the_authors(session: AsyncSession, author: uuid.UUID,
+                             ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """Of ``ids``, the documents the agent's author reads now: their own, or a shared one
+    of a group they are still in.  A stranger's run searches only those (and, in its own
+    scope, only as far as the runner reads them): the runner's documents are not the
+    author's to show the persona's members, who read the run's steps (an author who left
+    a group kept reading its documents through strangers' runs of their public agent)."""
+    groups = select(UserGroupMembership.group_id).where(UserGroupMembership.user_id == author)
+    return list(await session.scalars(select(Document.id).where(
+        Document.id.in_(ids),
+        or_(Document.user_id == author, Document.group_id.in_(groups) & ~Document.is_private))))
 
 
 async def _remember(env: RunEnv, state: _State) -> None:
