@@ -430,6 +430,11 @@ async def test_a_malformed_content_part_is_named_in_the_error(
     ({"messages": [{"role": "user", "content": None}]}, "messages.0.content"),
     ({"messages": [{"role": "user"}]}, "messages.0.content"),
     ({"messages": [{"role": "user", "content": []}]}, "messages.0.content"),
+    # A text part's text that is not a string (a null was the word "None" in the prompt).
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi "},
+                                                {"type": "text", "text": None}]}]},
+     "messages.0.content.1.text"),
+    ({"messages": [{"role": "user", "content": [{"text": 5}]}]}, "messages.0.content.0.text"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]},
      "messages.1.content"),
 ], ids=lambda v: str(v) if isinstance(v, str) else None)

@@ -205,15 +205,21 @@ class ChatCompletionBody(BaseModel):
         assistant turn that carries tool calls may leave it out (``null``).  A 400
         ``invalid_value`` whose ``param`` names the message (``messages.0.content``)."""
         for i, message in enumerate(self.messages):
-            problem = None
+            problem: str | None = None
+            where: tuple[str | int, ...] = ("body", "messages", i, "content")
             if message.content == []:
                 problem = "must not be an empty list"
             elif message.content is None and not (message.role == "assistant" and message.tool_calls):
                 problem = "is required (only an assistant message with tool_calls may omit it)"
+            elif isinstance(message.content, list):
+                for j, part in enumerate(message.content):
+                    # A text part's text is a string (a null was read as the word "None").
+                    if part.get("type") in ("text", None) and not isinstance(part.get("text"), str):
+                        problem, where = "a text part's text must be a string", (*where, j, "text")
+                        break
             if problem:
                 raise RequestValidationError([{
-                    "type": "value_error", "loc": ("body", "messages", i, "content"),
-                    "msg": problem, "input": None}])
+                    "type": "value_error", "loc": where, "msg": problem, "input": None}])
 
     def check_stored_values(self) -> None:
         """The values kept in ``llm_requests.model_params`` (JSONB, which holds no NUL

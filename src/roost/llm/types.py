@@ -94,7 +94,8 @@ class ChatMessage(BaseModel):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(str(p.get("text", "")) for p in self.content if p.get("type") in ("text", None))
+        return "".join(p["text"] for p in self.content
+                       if p.get("type") in ("text", None) and isinstance(p.get("text"), str))
 
     def to_openai(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}
