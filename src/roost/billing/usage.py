@@ -83,8 +83,11 @@ def parse_bound(value: str | None, *, name: str, end: bool) -> datetime | None:
         return None
     text = value.strip()
     try:
-        if len(text) == 10:  # YYYY-MM-DD
-            day = date.fromisoformat(text)
+        try:  # a date in any ISO form (2026-01-31, 20260131, 2026-031, 2026-W05-6)
+            day: date | None = date.fromisoformat(text)
+        except ValueError:
+            day = None
+        if day is not None:
             moment = datetime.combine(day + timedelta(days=1) if end else day, time(), UTC)
         else:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
