@@ -57,6 +57,9 @@ def test_cron_periods() -> None:
         ({"cron": "0 r * * *"}, "random"),
         ({"cron": "R(0-29)/10 * * * *"}, "random"),
         ({"cron": "0 0 * * R"}, "random"),
+        # Valid (every minute, listed) but longer than task_schedules.cron holds: every
+        # sync failed and it never fired.
+        ({"cron": ",".join(str(m) for m in range(60)) + " * * * *"}, "at most 120 characters"),
     ],
 )
 def test_bad_schedules_are_refused(kwargs: dict[str, object], message: str) -> None:

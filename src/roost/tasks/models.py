@@ -87,6 +87,7 @@ task_priority_enum = Enum(
 )
 
 DEFAULT_QUEUE = "default"
+MAX_CRON_CHARS = 120  # task_schedules.cron
 
 
 class BackgroundTask(UUIDPrimaryKey, CreatedAt, Base):
@@ -203,7 +204,7 @@ class TaskSchedule(UUIDPrimaryKey, Timestamps, Base):
     )
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     interval_seconds: Mapped[int | None] = mapped_column(Integer)
-    cron: Mapped[str | None] = mapped_column(String(120))
+    cron: Mapped[str | None] = mapped_column(String(MAX_CRON_CHARS))
     enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), default=True)
     next_run_at: Mapped[datetime]
     last_run_at: Mapped[datetime | None]

@@ -43,7 +43,7 @@ from roost.tasks.handlers import (
     valid_queue_name,
     validate_task_type_name,
 )
-from roost.tasks.models import DEFAULT_QUEUE, TaskPriority, TaskSchedule
+from roost.tasks.models import DEFAULT_QUEUE, MAX_CRON_CHARS, TaskPriority, TaskSchedule
 from roost.tasks.payloads import PayloadError, dump_json_object, is_storable_text
 
 log = structlog.get_logger("roost.tasks.schedules")
@@ -96,6 +96,9 @@ MAX_INTERVAL_S = 2**31 - 1  # task_schedules.interval_seconds is an int4
 def _check_cron(name: str, cron: str) -> None:
     """Refuse what is not a 5-field cron expression (or an ``@daily``-like alias), and one
     that never fires (``0 0 30 2 *``): it would fail at every sync and tick."""
+    if len(cron) > MAX_CRON_CHARS:  # task_schedules.cron: the sync could never store it
+        raise ValueError(f"schedule {name!r}: a cron expression is at most {MAX_CRON_CHARS} "
+                         f"characters (this one has {len(cron)}); use ranges and steps")
     # croniter also takes a 6th field (seconds): ``* * * * * *`` would fire every second.
     if not (len(cron.split()) == 5 or cron.strip().startswith("@")) or not croniter.is_valid(
             cron):
