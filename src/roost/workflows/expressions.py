@@ -140,6 +140,8 @@ def compile_expression(source: str) -> ast.Expression:
         if isinstance(node, ast.Constant) and not isinstance(
                 node.value, str | int | float | bool | type(None)):
             raise ExpressionError("only string, number, boolean and None literals are allowed")
+        if isinstance(node, ast.Dict) and any(k is None for k in node.keys):
+            raise ExpressionError("** in dict literals is not allowed")  # at save, not at run
     return tree
 
 
