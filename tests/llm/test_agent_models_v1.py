@@ -120,3 +120,49 @@ async def test_a_failed_agent_stream_ends_with_an_error_frame_with_a_code(
     assert code
     error = v1_frames(streamed.text)[-1]["error"]
     assert error["code"] == code, error
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "assistant", "content": "only me"}],
+    [{"role": "system", "content": "be brief"}, {"role": "tool", "tool_call_id": "c1",
+                                                 "content": "a result"}],
+], ids=["assistant-only", "tool-only"])
+async def test_messages_without_a_user_turn_start_no_run(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
+    messages: list[dict[str, Any]],
+) -> None:
+    """Nothing was asked of the agent: 400, no run (an assistant's lone turn was the run's
+    input, as if the user had said it)."""
+    await make_agent(database, user[0], slug="mine")
+    resp = await client.post("/v1/chat/completions", headers=user[1],
+                             json={"model": "agent:mine", "messages": messages})
+    assert resp.status_code == 400, resp.text
+    assert "no user message" in resp.json()["error"]["message"]
+    async with database.transaction() as s:
+        assert (await s.execute(text("SELECT count(*) FROM runs"))).scalar_one() == 0
+
+
+async def test_a_transcript_keeps_the_tool_calls_its_tool_answers_follow(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], database: Database, test_settings: Settings,
+) -> None:
+    """A client's tool loop sends the assistant's call (content null) then the tool's
+    answer: the run's input names the call before its answer (it was left out)."""
+    await add_provider(client, admin_headers, stub)
+    await make_agent(database, user[0], slug="mine")
+    stub.script(Reply("done"))
+    messages = [
+        {"role": "user", "content": "what time is it?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "c1", "type": "function",
+            "function": {"name": "clock", "arguments": '{"tz": "UTC"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "12:00"},
+        {"role": "user", "content": "and in words?"}]
+    async with running_worker(app, database, test_settings):
+        resp = await client.post("/v1/chat/completions", headers=user[1],
+                                 json={"model": "agent:mine", "messages": messages})
+    assert resp.status_code == 200, resp.text
+    async with database.transaction() as s:
+        run_input = (await s.execute(text("SELECT input FROM runs"))).scalar_one()
+    assert run_input == ('user: what time is it?\n\nassistant: [called clock({"tz": "UTC"})]'
+                         "\n\ntool: 12:00\n\nuser: and in words?"), run_input

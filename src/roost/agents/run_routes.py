@@ -175,11 +175,20 @@ async def run_events(
 
 def _run_input(messages: list[ChatMessage]) -> str:
     """The run's input: the last user message alone, or the conversation as a transcript
-    when the client sends earlier turns (an agent run takes one text)."""
+    when the client sends earlier turns (an agent run takes one text; an assistant turn's
+    tool calls are written as such, so a tool's answer follows the call it answers)."""
     turns = [m for m in messages if m.role != "system"]
     if len(turns) == 1:
         return turns[0].text()
-    return "\n\n".join(f"{m.role}: {m.text()}" for m in turns if m.text())
+    lines = []
+    for m in turns:
+        said = m.text()
+        if m.tool_calls:
+            called = ", ".join(f"{c.name}({c.arguments})" for c in m.tool_calls)
+            said = f"{said} [called {called}]" if said else f"[called {called}]"
+        if said:
+            lines.append(f"{m.role}: {said}")
+    return "\n\n".join(lines)
 
 
 async def _wait_terminal(database: Database, principal: Principal, app_role: str,
@@ -207,6 +216,8 @@ def openai_agent_handler(app: FastAPI) -> ModelHandler:
         listener: events.RunListener = getattr(app.state, "run_listener", None) \
             or events.RunListener(None)
         slug = body.model.partition(":")[2]
+        if not any(m.role == "user" for m in body.messages):  # nothing was asked of it
+            raise BadRequest("the messages hold no user message for the agent")
         text = _run_input(body.messages)
         if not text.strip():
             raise BadRequest("the messages hold no text for the agent")
