@@ -95,6 +95,7 @@ async def test_embeddings_of_a_model_without_an_embeddings_api_are_a_400_naming_
     ("input", ["a", ""], "input.1"),
     ("dimensions", "8", "dimensions"),
     ("dimensions", True, "dimensions"),
+    ("dimensions", 8.0, "dimensions"),  # a whole float was read as 8
     ("encoding_format", "hex", "encoding_format"),
 ])
 async def test_an_invalid_embeddings_field_is_named_as_param(

@@ -245,7 +245,7 @@ class ChatCompletionBody(BaseModel):
 
 
 class EmbeddingsBody(StrictInput):
-    """Strictly typed (``dimensions: "8"`` or ``true`` is refused, not read as 8 or 1);
+    """Strictly typed (``dimensions: "8"``, ``8.0`` or ``true`` is refused, not read as 8 or 1);
     unknown keys are ignored, as OpenAI's API does."""
 
     model_config = ConfigDict(extra="ignore")
@@ -256,7 +256,7 @@ class EmbeddingsBody(StrictInput):
         Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)] = Field(
         description=f"Text or list of 1 to {MAX_EMBEDDING_INPUTS} texts (token arrays unsupported)")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1, le=16_384)
+    dimensions: StrictInt | None = Field(default=None, ge=1, le=16_384)
     user: str | None = None
 
 
