@@ -321,6 +321,19 @@ async def test_credentials_in_the_base_url_are_refused(
     assert stored == 0
 
 
+@pytest.mark.parametrize("suffix", ["?api-version=2024-06-01", "#x", "?"])
+async def test_a_base_url_with_a_query_or_fragment_is_refused(
+    client: httpx.AsyncClient, admin_headers: Headers, suffix: str,
+) -> None:
+    """Request paths are appended to the base URL: with a query or fragment they landed
+    inside it (``/v1?api-version=.../models``) and every call hit ``/v1``: the provider
+    was stored and never worked. A 422 naming base_url on create and update."""
+    created, patched = await _refused_on_create_and_update(
+        client, admin_headers, f"http://127.0.0.1:8000/v1{suffix}")
+    assert created.status_code == 422 and "query" in created.text, created.text
+    assert patched.status_code == 422 and "base_url" in patched.text, patched.text
+
+
 @pytest.mark.parametrize("url", [
     "http://169.254.169.254/v1", "http://169.254.0.1:8080/v1", "http://[fe80::1]/v1",
     "http://[::ffff:169.254.169.254]/v1", "http://[::ffff:a9fe:a9fe]/v1",

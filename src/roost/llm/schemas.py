@@ -139,6 +139,10 @@ def _check_base_url(value: HttpUrl | None) -> HttpUrl | None:
         raise ValueError("base_url must not carry a user name or password (user:password@): "
                          "pass the key as api_key, or other credentials in "
                          "config.extra_headers")
+    if value.query is not None or value.fragment is not None:
+        # Request paths are appended to the base URL: they would land inside the query.
+        raise ValueError("base_url must not carry a query (?...) or a fragment (#...): "
+                         "request paths such as /chat/completions are appended to it")
     refusal = host_refusal(value.host)
     if refusal is not None:
         raise ValueError(f"base_url must not point at {refusal}")
