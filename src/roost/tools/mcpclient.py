@@ -57,7 +57,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 from mcp.types import InitializeResult, PaginatedRequestParams, jsonrpc_message_adapter
 
-from roost.context import RUN_TRACE_HEADER, outgoing_run_trace
+from roost.context import RUN_TRACE_HEADER, RUN_TRACE_PATTERN, outgoing_run_trace
 from roost.errors import BadGateway, GatewayTimeout
 from roost.inputs import json_size
 from roost.knowledge.fetching import FetchError, IPAddress, check_destination
@@ -200,7 +200,8 @@ def _headers(spec: ServerSpec) -> dict[str, str]:
     header of that name the server's owner set is replaced: it is Roost's to send)."""
     headers = dict(spec.headers)
     trace = outgoing_run_trace.get()
-    if trace is not None:
+    # A workflow node's id may make a trace id no header can carry (non-ASCII): not sent.
+    if trace is not None and RUN_TRACE_PATTERN.match(trace):
         for name in [n for n in headers if n.lower() == RUN_TRACE_HEADER.lower()]:
             del headers[name]
         headers[RUN_TRACE_HEADER] = trace
