@@ -16,8 +16,10 @@ import pytest
 from sqlalchemy import text
 
 from roost.config import Settings
+from roost.context import outgoing_run_trace
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
+from roost.tools import mcpclient
 from tests.agents.conftest import TERMINAL, Headers, make_agent
 from tests.chat.conftest import add_provider
 from tests.support.openai_stub import StubServer
@@ -131,3 +133,19 @@ async def test_cancelling_a_run_cancels_the_runs_it_started_through_mcp(
         later = await _runs(database, agent.id)
     assert len(later) == len(after_cancel)
     assert all(r.status == "cancelled" for r in later if r.status != "completed")
+
+
+def test_the_header_names_the_calling_run_and_replaces_the_owners() -> None:
+    """A run's calls carry its trace id, replacing a header of that name the server's
+    owner set; a trace id no header can carry (a workflow node id with non-ASCII letters
+    in it) is not sent, rather than failing the call; outside a run nothing is added."""
+    spec = mcpclient.ServerSpec(name="s", transport="streamable_http", url="http://x/mcp",
+                                headers={"roost-run-trace": "forged", "X-A": "1"})
+    assert mcpclient._headers(spec) == {"roost-run-trace": "forged", "X-A": "1"}
+    for trace, sent in (("run-1/mcp-2", {"Roost-Run-Trace": "run-1/mcp-2", "X-A": "1"}),
+                        ("workflow-1/nœud/2/3", {"roost-run-trace": "forged", "X-A": "1"})):
+        token = outgoing_run_trace.set(trace)
+        try:
+            assert mcpclient._headers(spec) == sent
+        finally:
+            outgoing_run_trace.reset(token)
