@@ -596,3 +596,44 @@ def test_a_restore_with_a_full_tmpdir_is_one_line_and_writes_nothing(
     assert "set TMPDIR to a directory with room" in done.stderr, done.stderr
     assert not (target.data_dir / "keys").exists()
     assert list(tiny_fs.iterdir()) == []
+
+
+def test_a_backup_to_a_dangling_symlink_is_refused_before_dumping(
+    source: Place, tmp_path: Path,
+) -> None:
+    """PATH a dangling symbolic link passed the "already exists" check (which follows
+    links): the whole dump ran, then the last rename failed naming a removed temporary
+    directory. Now refused at once, naming PATH."""
+    out = tmp_path / "b"
+    out.symlink_to(tmp_path / "nowhere")
+    done = run_roost("backup", str(out), env=source.env, timeout=300)
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    assert done.stderr.strip().splitlines()[-1] == f"backup failed: {out} already exists: " \
+        "name a new backup directory", done.stderr
+    assert out.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+def test_a_passphrase_file_that_never_ends_is_one_line(source: Place, tmp_path: Path) -> None:
+    """--passphrase-file /dev/zero was read whole: memory grew without end (a MemoryError
+    traceback under a limit). Now at most 64 KiB is read: one line, exit 1."""
+    done = run_roost("backup", str(tmp_path / "b"), "--passphrase-file", "/dev/zero",
+                     env=source.env, timeout=60)
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and "longer than 65,536 bytes" in done.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_passphrase_for_a_backup_that_is_not_encrypted_refuses_the_restore(
+    plain: Path, target: Place, tmp_path: Path,
+) -> None:
+    """Only encryption authenticates a backup: someone who can write the backup directory
+    can swap an encrypted backup for a plain one of their own. A restore given a
+    passphrase file expects an encrypted backup: a plain one is refused (the passphrase
+    was silently ignored and the plain backup restored), nothing written."""
+    pass_file = tmp_path / "pass"
+    pass_file.write_text(PASSPHRASE + "\n")
+    done = run_roost("restore", str(_copy(plain, tmp_path)), "--passphrase-file",
+                     str(pass_file), env=target.env, timeout=300)
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    assert "is not encrypted" in done.stderr and "Traceback" not in done.stderr
+    assert not (target.data_dir / "keys").exists()

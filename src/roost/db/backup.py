@@ -783,7 +783,7 @@ async def create_backup(settings: Settings, path: Path | None = None, *,
         _passphrase_bytes(passphrase)  # refused before anything is dumped
     physical = physical or incremental_from is not None
     path = (path or default_backup_path(settings)).expanduser().absolute()
-    if path.exists():
+    if path.exists() or path.is_symlink():  # a dangling link too: the last rename would fail
         raise BackupError(f"{path} already exists: name a new backup directory")
     keys = collect_keys(settings)
     if not keys:

@@ -83,9 +83,13 @@ def _progress() -> Progress:
                     TaskProgressColumn(), TimeElapsedColumn(), console=err, transient=False)
 
 
+MAX_PASSPHRASE_FILE_BYTES = 64 * 1024
+
+
 def _passphrase(file: Path | None, *, prompt: bool, confirm: bool) -> str | None:
     if file is not None:
-        lines = read_text(file, what="the passphrase file").splitlines()
+        lines = read_text(file, what="the passphrase file",
+                          max_bytes=MAX_PASSPHRASE_FILE_BYTES).splitlines()
         value = lines[0] if lines else ""
         if not value:
             raise fail("empty passphrase", f"{file} has no passphrase on its first line")
@@ -214,6 +218,15 @@ def restore_command(
         encrypted = needs_passphrase(path)
     except BackupError as exc:
         raise fail("restore refused", exc) from None
+    if not encrypted and passphrase_file is not None:
+        # Only encryption authenticates a backup (manifest.mac): a plain one where an
+        # encrypted one was expected may have been swapped by whoever could write there.
+        raise fail("restore refused", f"{path} is not encrypted, so nothing shows it is the "
+                   "backup you made: restore it without --passphrase-file if you trust it")
+    if not encrypted and get_settings().backup_passphrase is not None:
+        err.print(Text.assemble(("warning", "yellow"), ": ", f"{path} is not encrypted "
+                                "(ROOST_BACKUP_PASSPHRASE is set): nothing authenticates it"),
+                  soft_wrap=True)
     passphrase = _passphrase(passphrase_file, prompt=encrypted, confirm=False) if encrypted else None
     try:
         with _Bars(_progress()) as bars:

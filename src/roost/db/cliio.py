@@ -91,14 +91,24 @@ def stdin() -> TextIO:
     return sys.stdin
 
 
-def read_text(source: str | Path, *, what: str = "the file") -> str:
+def read_text(source: str | Path, *, what: str = "the file", max_bytes: int | None = None) -> str:
     """The UTF-8 text of ``source`` (``-``: standard input); a file that is missing, a
-    directory, unreadable or not UTF-8 text is the command's failure (exit 1)."""
+    directory, unreadable, not UTF-8 text or (with ``max_bytes``) longer than that (a
+    passphrase file pointed at /dev/zero grew the process without end) is the command's
+    failure (exit 1)."""
     shown = "standard input" if str(source) == STDIN else str(source)
     try:
+        if max_bytes is None:
+            return stdin().read() if str(source) == STDIN else Path(source).read_text(
+                encoding="utf-8")
         if str(source) == STDIN:
-            return stdin().read()
-        return Path(source).read_text(encoding="utf-8")
+            data = stdin().buffer.read(max_bytes + 1)
+        else:
+            with Path(source).open("rb") as file:
+                data = file.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise fail(f"Cannot read {what}", f"{shown}: longer than {max_bytes:,} bytes")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise fail(f"Cannot read {what}",
                    f"{shown}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x})"
