@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from sqlalchemy import text
+
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from tests.console.conftest import assert_accessible, screenshot, sign_in_as
@@ -172,6 +174,34 @@ async def test_a_canvas_graph_is_drawn_and_listed(
     await page.get_by_role("button", name="Change status").click()
     await expect(page.locator("#notice")).to_contain_text("publish the workflow before activating it")
     await expect(page.get_by_label("Status", exact=True)).to_have_value("draft")
+
+
+async def test_a_stored_graph_with_positions_far_apart_is_laid_out_and_drawn(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """A graph stored before positions were bounded (x = -1e308 and 1e308): its extent was
+    Infinity, the SVG's viewBox and width "Infinity", nothing drawn and SVG attribute
+    errors in the browser's console. Such positions are laid out in columns instead."""
+    from playwright.async_api import expect
+
+    user_id, headers = await make_user(database)
+    created = await client.post("/api/v1/workflows", headers=headers,
+                                json={"name": "Far apart", **simple_graph()})
+    assert created.status_code == 201, created.text
+    async with database.transaction() as session:
+        await session.execute(text(
+            "UPDATE workflows SET nodes = jsonb_set(jsonb_set(nodes, '{0,position,x}', "
+            "'-1e308'), '{1,position,x}', '1e308') WHERE id = :id"),
+            {"id": created.json()["id"]})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto(f"/console/workflows/{created.json()['id']}")
+    await expect(page.locator("#graph g.wf-node")).to_have_count(len(simple_graph()["nodes"]))
+    view_box = await page.locator("#graph svg").get_attribute("viewBox")
+    assert view_box is not None and "Infinity" not in view_box and "e+" not in view_box, view_box
+    assert not errors, errors
 
 
 async def test_another_users_workflow_is_not_found(

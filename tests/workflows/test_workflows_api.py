@@ -307,6 +307,20 @@ async def test_a_viewport_number_too_large_for_a_float_is_a_422_not_a_500(
     assert shown["viewport"] == wf["viewport"]
 
 
+async def test_a_node_position_far_from_the_origin_is_a_422_naming_the_node(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """Positions of 1e308 and -1e308 were saved: the console's drawing of the graph's
+    extent overflowed to Infinity and drew nothing. At most 10**6 from the origin."""
+    _, headers = await make_user(database)
+    g = {"nodes": [node("s", "start", -1e308, 0), node("e", "end", 1e6, -1e6, output="x")],
+         "edges": [edge("x", "s", "e")]}
+    checked = await client.post(f"{API}/validate", headers=headers, json=g)
+    assert [(e["code"], e["node_id"]) for e in checked.json()["errors"]] == [
+        ("invalid_position", "s")], checked.text
+    created = await client.post(API, headers=headers, json={"name": "far", **g})
+    assert created.status_code == 422 and "position" in created.text, created.text
+
+
 async def test_a_document_id_with_a_trailing_newline_is_refused_at_save(
         client: httpx.AsyncClient, database: Database) -> None:
     """document_ids are 8-4-4-4-12 hex UUIDs: one ending in a newline (which a schema

@@ -40,6 +40,9 @@ MAX_NODES: Final = 1000
 MAX_EDGES: Final = 5000
 MAX_ISSUES: Final = 100
 MAX_ID_CHARS: Final = 255
+# A node's canvas position (x, y) lies within this of the origin: the console draws the
+# graph's extent (1e308 - -1e308 is Infinity: no drawing at all).
+MAX_POSITION: Final = 1_000_000
 MAX_JSON_DEPTH: Final = 32
 # Templates a graph may hold: each is parsed at save (tens of microseconds) and rendered by
 # a run, so a small body of many short strings must not buy seconds of work.
@@ -442,6 +445,12 @@ def validate_graph(nodes: Sequence[Any], edges: Sequence[Any],
         problem = _json_problem(node)
         if problem:
             issues.add("invalid_node", f"node {node_id!r} {problem}", node=node_id)
+        position = node.get("position")
+        if isinstance(position, dict) and not all(
+                _finite(position.get(axis)) and abs(position[axis]) <= MAX_POSITION
+                for axis in ("x", "y") if axis in position):
+            issues.add("invalid_position", f"node {node_id!r}: position x and y must be "
+                       f"numbers from -{MAX_POSITION:,} to {MAX_POSITION:,}", node=node_id)
         kind = node.get("type")
         spec = NODE_TYPES.get(kind) if isinstance(kind, str) else None
         if spec is None:

@@ -44,8 +44,14 @@ function overlap(a, b) {
 
 // Nodes without positions, or on top of each other (a hand-written graph), are laid out
 // in columns by their distance from the start (or from the nodes nothing leads to).
+// Positions farther out than the server accepts (graphs stored before it checked them)
+// are laid out here: their extent overflowed to Infinity and nothing was drawn.
+const FAR = 1e6;
+const far = (v) => Math.abs(v) > FAR;
+
 function needsLayout(nodes, boxes) {
-  if (nodes.some((n) => !plain(n.position) || finite(n.position.x) === null || finite(n.position.y) === null)) return true;
+  if (nodes.some((n) => !plain(n.position) || finite(n.position.x) === null || finite(n.position.y) === null
+      || far(n.position.x) || far(n.position.y))) return true;
   const all = [...boxes.values()];
   if (all.length > 300) return new Set(all.map((b) => `${b.x},${b.y}`)).size < all.length;
   for (let i = 0; i < all.length; i += 1) {

@@ -23,7 +23,7 @@ let diffPicked = false; // the reader chose what to compare
 function drawGraph(graph, bad = { nodes: new Set(), edges: new Set() }, source = "") {
   const drawn = drawShared($("graph"), graph, { bad });
   $("graph-empty").hidden = drawn.nodes > 0;
-  $("graph-source").textContent = [source, drawn.arranged ? "laid out automatically: the positions overlap" : ""]
+  $("graph-source").textContent = [source, drawn.arranged ? "laid out automatically: the positions overlap or lie too far apart" : ""]
     .filter(Boolean).join(" · ");
 }
 

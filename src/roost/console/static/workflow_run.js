@@ -161,7 +161,7 @@ function renderGraph() {
   }
   const drawn = drawGraph($("graph"), version, { statuses: nodeStatuses() });
   $("graph-source").textContent = [`(version ${run.version})`,
-    drawn.arranged ? "laid out automatically: the positions overlap" : ""].filter(Boolean).join(" · ");
+    drawn.arranged ? "laid out automatically: the positions overlap or lie too far apart" : ""].filter(Boolean).join(" · ");
 }
 
 function stepRow(step, open) {
