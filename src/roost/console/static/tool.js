@@ -185,8 +185,14 @@ asJson.addEventListener("change", () => {
   if (asJson.checked) {
     try {
       jsonArea.value = pretty(readFields());
-    } catch {
-      jsonArea.value = "{}";
+    } catch (error) {
+      // A field's JSON does not parse: stay in the fields (switching wrote "{}" and the
+      // other fields' values were lost) and say which one.
+      asJson.checked = false;
+      if (error.field) error.field.control.setAttribute("aria-invalid", "true");
+      notify(error.message);
+      (error.field?.control || fieldsBox).focus();
+      return;
     }
   } else {
     try {
