@@ -82,3 +82,39 @@ async def test_codings_roost_did_not_ask_for_are_refused_before_reading(
 async def test_corrupt_data_is_refused(coding: str) -> None:
     with pytest.raises(DecodingRefused, match=f"is not valid {coding} data"):
         await _decode(b"\x1f\x8b\x08\x00 certainly not compressed " * 3, coding)
+
+
+@pytest.mark.parametrize(("coding", "body"), [
+    ("gzip", gzip.compress(DATA)), ("deflate", zlib.compress(DATA)),
+    ("deflate", _raw_deflate(DATA)), ("gzip", gzip.compress(DATA)[:1]),
+])
+async def test_a_stream_cut_short_is_refused(coding: str, body: bytes) -> None:
+    """A body that ends before its stream does was kept as the whole page (zlib's flush
+    does not complain): refused as cut short."""
+    cut = body if len(body) == 1 else body[: len(body) // 2]
+    with pytest.raises(DecodingRefused, match="cut short"):
+        await _decode(cut, coding)
+
+
+async def test_raw_deflate_whose_first_read_is_one_byte() -> None:
+    """A first network read of one byte decided the zlib format (two bytes tell it): the
+    rest of a raw deflate body was refused."""
+    body = _raw_deflate(b"hello " * 1000)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield body[:1]
+        yield body[1:]
+
+    assert b"".join([p async for p in decoded(pieces(), "deflate")]) == b"hello " * 1000
+
+
+@pytest.mark.parametrize("size", [1, 7, 1000])
+async def test_every_member_of_a_gzip_body_is_decoded(size: int) -> None:
+    """RFC 1952 lets members follow one another (``cat a.gz b.gz``): only the first was
+    kept. Bytes after the last member that are no member are ignored, as httpx does."""
+    body = gzip.compress(b"first part. ") + gzip.compress(b"second part.") + b"\x00junk"
+    assert b"".join(await _decode(body, "gzip", size)) == b"first part. second part."
+
+
+async def test_an_empty_encoded_body_is_empty() -> None:
+    assert await _decode(b"", "gzip") == [] and await _decode(b"", "deflate") == []

@@ -34,40 +34,78 @@ class DecodingRefused(ValueError):
     the message completes "<the answer> ..."."""
 
 
+_GZIP_MAGIC: Final = b"\x1f\x8b"
+
+
+def _zlib_header(head: bytes) -> bool:
+    """Whether two bytes open a zlib stream (RFC 1950: deflate, a header check that is a
+    multiple of 31), not raw deflate."""
+    return (head[0] & 0x0F) == 8 and ((head[0] << 8) | head[1]) % 31 == 0
+
+
 class _Layer:
-    """One gzip or deflate coding, decoded incrementally with bounded output."""
+    """One gzip or deflate coding, decoded incrementally with bounded output.
+
+    deflate is the zlib format by the RFC; some servers send raw deflate (httpx accepts
+    both): the first two bytes decide, however the body is cut into reads (a first read
+    of one byte once committed to the zlib format and refused the rest).  gzip may be
+    several members one after another (RFC 1952: ``cat a.gz b.gz``): each is decoded
+    (only the first was); other bytes after the last member are ignored, as httpx does.
+    A stream that ends before its end is corrupt (a truncated body was kept as the whole
+    page)."""
 
     def __init__(self, coding: str) -> None:
         self._coding = coding
-        # deflate is the zlib format by the RFC; some servers send raw deflate (httpx
-        # accepts both): the first bytes decide.
-        wbits = zlib.MAX_WBITS | 16 if coding in _GZIP else zlib.MAX_WBITS
-        self._zlib = zlib.decompressobj(wbits)
-        self._started = False
+        self._zlib: zlib._Decompress | None = None  # between streams: the next one's start
+        self._held = b""  # the first byte of a stream, until the second comes
+        self._ended = False  # a whole stream (a gzip member) was decoded
+        self._done = False  # anything more is ignored
+
+    def _start(self, head: bytes) -> zlib._Decompress | None:
+        if self._coding == "deflate":
+            return zlib.decompressobj(zlib.MAX_WBITS if _zlib_header(head) else -zlib.MAX_WBITS)
+        if self._ended and not head.startswith(_GZIP_MAGIC):
+            return None  # not another member: trailing bytes
+        return zlib.decompressobj(zlib.MAX_WBITS | 16)
 
     def feed(self, data: bytes) -> Iterator[bytes]:
-        while True:
+        data, self._held = self._held + data, b""
+        while not self._done:
+            if self._zlib is None:
+                if len(data) < 2:
+                    self._held = data
+                    return
+                self._zlib = self._start(data)
+                if self._zlib is None:
+                    self._done = True
+                    return
             try:
                 out = self._zlib.decompress(data, PIECE_BYTES)
             except zlib.error:
-                if self._coding == "deflate" and not self._started:
-                    self._started = True  # not the zlib format: raw deflate, once
-                    self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
-                    continue
                 raise DecodingRefused(f"is not valid {self._coding} data") from None
-            self._started = self._started or bool(data)
             if out:
                 yield out
+            if self._zlib.eof:
+                data, self._zlib, self._ended = self._zlib.unused_data, None, True
+                self._done = self._coding == "deflate"
+                continue
             data = self._zlib.unconsumed_tail
             # A full piece may leave output inside zlib even without input left.
             if not data and len(out) < PIECE_BYTES:
                 return
 
     def finish(self) -> bytes:
+        if self._zlib is None:
+            if self._held and not self._ended:  # one byte of a stream, nothing more
+                raise DecodingRefused(f"is not valid {self._coding} data: it is cut short")
+            return b""  # an empty body, or whole streams (and ignored bytes)
         try:
-            return self._zlib.flush()  # no input is left, so this is small
+            out = self._zlib.flush()  # no input is left, so this is small
         except zlib.error:
             raise DecodingRefused(f"is not valid {self._coding} data") from None
+        if not self._zlib.eof:
+            raise DecodingRefused(f"is not valid {self._coding} data: it is cut short")
+        return out
 
 
 def _layers(content_encoding: str | None) -> list[_Layer]:
