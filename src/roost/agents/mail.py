@@ -421,14 +421,19 @@ def _plain_id(message_id: str) -> bool:
 
 
 def _refuse_broken_headers(message: EmailMessage) -> None:
-    """422 for a header whose value, as Python's email package will write it, holds a line
-    break: an RFC 2047 encoded word in a subject (``=?utf-8?q?a=0D=0ABcc=3A_x?=``) is decoded
-    when the header is set, and this Python writes the decoded CR LF out raw (3.11.10 and
-    later refuse it on output): a header line of the sender's choosing."""
+    """422 for a header that, as Python's email package writes it, is not one header line
+    (folded lines aside): an RFC 2047 encoded word (``=?utf-8?q?a=0D=0ABcc=3A_x?=``) in a
+    subject, a recipient's local part or the persona's name is decoded when the header is
+    set, and this Python writes what it decodes to out raw (a CR LF: a header line of the
+    sender's choosing; a VT, which splits a line for some readers).  What is checked is
+    the written header itself, so no spelling of the value gets past it."""
     for name, value in message.items():
-        if "\r" in str(value) or "\n" in str(value):
+        written = message.policy.fold(name, value).removesuffix("\n")
+        lines = written.split("\n")
+        if any(line[:1] not in (" ", "\t") for line in lines[1:]) or any(
+                len(line.splitlines()) > 1 or "\x00" in line for line in lines):
             raise Unprocessable(f"the {name.lower()} decodes to a line break (an encoded word "
-                                "=?...?= holding CR or LF): refused, no header injection",
+                                "=?...?= holding one): refused, no header injection",
                                 extra={"field": name.lower()})
 
 
