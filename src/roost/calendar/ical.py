@@ -37,6 +37,7 @@ from roost.calendar.schemas import (
     MAX_RDATES,
     MAX_TAGS,
     NO_CONTROL,
+    _lf,
 )
 
 PRODID: Final = "-//Roost//calendar//EN"
@@ -106,15 +107,20 @@ class Parsed:
     overrides: list[Override] = field(default_factory=list)
 
 
+_FOLD_BYTES: Final = re.compile(rb"\r?\n[ \t]")
+
+
 def _text(component: Any, name: str) -> str | None:
+    """A TEXT property's value, line breaks as LF (as the API stores them: a CR kept
+    here was exported as LF, and the file's own export then read as changed)."""
     value = component.get(name)
     if value is None:
         return None
     if isinstance(value, list):
         value = value[0]
     if isinstance(value, icalendar.vUnknown):  # an X- property: TEXT as it was written
-        return _TEXT_ESCAPE.sub(_unescaped, str(value))
-    return str(value)
+        return _lf(_TEXT_ESCAPE.sub(_unescaped, str(value)))
+    return _lf(str(value))
 
 
 # RFC 5545 TEXT escapes (section 3.3.11): what the library undoes for the properties it
@@ -173,7 +179,10 @@ def _attendees(component: Any, where: str) -> list[dict[str, Any]] | None:
     if value is None:
         return None
     people: list[dict[str, Any]] = []
-    for item in (value if isinstance(value, list) else [value])[:MAX_ATTENDEES]:
+    items = value if isinstance(value, list) else [value]
+    if len(items) > MAX_ATTENDEES:  # the API's limit of an event (they were cut silently)
+        raise ICalError(f"{where}: more than {MAX_ATTENDEES} ATTENDEEs")
+    for item in items:
         address = str(item)
         email = address[7:] if address.lower().startswith("mailto:") else address
         # The API's rules for an address (schemas.Attendee): export drops control
@@ -185,7 +194,7 @@ def _attendees(component: Any, where: str) -> list[dict[str, Any]] | None:
         params = getattr(item, "params", {})
         for key, out in (("CN", "name"), ("ROLE", "role"), ("PARTSTAT", "status")):
             if params.get(key):
-                person[out] = str(params[key])
+                person[out] = _lf(str(params[key]))
         people.append(person)
     return people
 
@@ -254,6 +263,8 @@ def parse(raw: bytes, default_tz: str) -> Parsed:
 
 
 def _parse(raw: bytes, default_tz: str) -> Parsed:
+    # Unfolded before decoding (RFC 5545 3.1): a fold may split a UTF-8 character.
+    raw = _FOLD_BYTES.sub(b"", raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -302,6 +313,8 @@ def _parse(raw: bytes, default_tz: str) -> Parsed:
             raise ICalError(f"{where}: UID is required (import is idempotent by UID)")
         if len(uid) > 255:
             raise ICalError(f"{where}: UID is longer than 255 characters")
+        if not _ADDRESS.fullmatch(uid):  # the API's rule (NO_CONTROL): export rewrote it
+            raise ICalError(f"{where}: UID holds a control character")
         try:
             found = _override(component, uid, where, default_tz) \
                 if component.get("RECURRENCE-ID") is not None else None
