@@ -667,3 +667,26 @@ async def test_an_unusable_traceparent_is_ignored_and_the_run_starts_a_new_trace
     runs: list[dict[str, Any]] = (await client.get("/api/v1/runs", headers=headers)).json()["items"]
     assert len(runs) == 1 and runs[0]["trace_id"].startswith("00-")
     assert "x" * 32 not in runs[0]["trace_id"]
+
+
+async def test_a_last_event_id_with_digits_that_are_not_ascii_starts_over(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """An open-step list holding superscript digits (one latin-1 byte each, so any client
+    can send them) passed str.isdigit, then int() raised: a 500. Unreadable: the stream
+    starts over, as for any other unreadable id."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, tool_permissions=["current_time"])
+    stub.script(ToolCalls(Call("current_time")), Reply("Noon."))
+    run = (await client.post(f"/api/v1/agents/{agent.id}/runs", headers=headers,
+                             json={"input": "time?"})).json()
+    await wait_for_run(client, headers, run["id"])
+    url = f"/api/v1/runs/{run['id']}/events"
+    whole = await client.get(url, headers=headers)
+    for value in ["3.1.\xb2", "3.1.1-\xb2", "3.1.\xb9-\xb2"]:
+        resp = await asyncio.wait_for(client.get(url, headers={
+            **headers, "Last-Event-ID": value.encode("latin-1")}), 40)
+        assert resp.status_code == 200, (value, resp.text)
+        assert resp.text == whole.text, value

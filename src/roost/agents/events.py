@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -205,12 +206,16 @@ def parse_last_event_id(value: str | None) -> Cursor:
     return Cursor() if open_steps is None else Cursor(cursor.step, cursor.phase, open_steps)
 
 
+_DIGITS: Final = re.compile(r"[0-9]{1,10}")
+
+
 def _open_steps(listed: str, *, below: int) -> frozenset[int] | None:
     """``3-5,7`` as its steps; None when unreadable (or naming steps not below ``below``)."""
     found: set[int] = set()
     for part in listed.split(","):
         low, dash, high = part.partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
+        # ASCII digits only: "²".isdigit() is true and int("²") a ValueError (a 500).
+        if not _DIGITS.fullmatch(low) or (dash and not _DIGITS.fullmatch(high)):
             return None
         first, last = int(low), int(high) if dash else int(low)
         if not 1 <= first <= last < below or len(found) + last - first >= _MAX_OPEN:

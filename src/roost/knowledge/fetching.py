@@ -234,7 +234,7 @@ def _dns_name_fits(url: httpx.URL) -> bool:
     dot allowed), so an impossible one is the caller's invalid URL, not a failed lookup (the
     resolver's IDNA codec refused it: a 502).  IP literals are not names."""
     name = _host_for_dns(url)
-    if ":" in name or name.replace(".", "").isdigit():
+    if ":" in name or (name.isascii() and name.replace(".", "").isdigit()):
         return True
     labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
     return len(name.rstrip(".")) <= 253 and all(1 <= len(label) <= 63 for label in labels)
@@ -320,7 +320,8 @@ async def _read_response(original: str, url: httpx.URL, response: httpx.Response
     if status != 200:
         raise FetchError(f"{_shown(url)} answered HTTP {status}, expected 200")
     declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and declared.isascii() and declared.isdigit() \
+            and int(declared) > max_bytes:
         raise FetchTooLarge(f"{_shown(url)} is {int(declared)} bytes; the limit is {max_bytes} bytes")
     body = bytearray()
     try:
