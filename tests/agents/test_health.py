@@ -204,3 +204,23 @@ async def test_a_big_spender_does_not_stop_every_personas_sample(
     assert len(await samples(database, quiet.id)) == 1
     [row] = await samples(database, big.id)
     assert (row.llm_calls_count, row.estimated_cost) == (1, 2_000_000)
+
+
+async def test_a_persona_deleted_during_a_pass_is_left_out_not_every_sample(
+    database: Database, user: tuple[uuid.UUID, Headers], tmp_path: Path,
+) -> None:
+    """A persona's deletion not yet committed when the pass reads the personas: the pass
+    waits for it and leaves that persona out (its sample's foreign key failed the whole
+    pass, one transaction with max_retries 0: no persona got a sample that interval)."""
+    owner, _ = user
+    keep, _ = await persona_with_agent(database, owner)
+    doomed, _ = await persona_with_agent(database, owner)
+    async with database.transaction() as deleter:  # DELETE /personas/{id}, not yet committed
+        await deleter.execute(text("DELETE FROM personas WHERE id = :p"), {"p": doomed.id})
+        task = asyncio.create_task(health.sample(database, data_dir=tmp_path, interval_s=60,
+                                                 retention_days=30))
+        await asyncio.sleep(1.5)  # the pass reaches the deleted row and waits for it
+    outcome = await task
+    assert outcome["sampled"] == 1
+    assert len(await samples(database, keep.id)) == 1
+    assert await samples(database, doomed.id) == []

@@ -105,6 +105,7 @@ SELECT p.id AS persona_id, now() AS now, w.since,
        WHERE r.persona_id = p.id AND u.created_at > w.since AND u.created_at <= now()) usage
  WHERE p.is_active
  ORDER BY p.id
+   FOR KEY SHARE OF p
 """)
 
 
@@ -121,6 +122,9 @@ async def sample(database: Database, *, data_dir: Path, interval_s: int,
         # read the same previous sample and count its calls twice.  The later one skips.
         if not (await session.execute(_ONE_PASS)).scalar_one():
             return {"sampled": 0, "deleted": 0, "skipped": "another pass is sampling"}
+        # The personas are key-share locked until their samples are stored: one being
+        # deleted meanwhile is waited for and left out (its sample's foreign key failed the
+        # whole pass, every persona's sample with it).
         measured = (await session.execute(_MEASURE, {"interval_s": interval_s,
                                                      "max_cost": _MAX_COST})).all()
         if measured:
