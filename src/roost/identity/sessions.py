@@ -246,6 +246,7 @@ async def login(
     keys = [name_key] + ([k] if (k := throttle.ip_key(client.ip)) else [])
     if user is not None:
         keys.append(throttle.account_key(user.id))
+    await throttle.serialize(session, [name_key, *([throttle.account_key(user.id)] if user else [])])
     await throttle.check_not_locked(session, keys)
     checked = user.hashed_password if user else None
     if password_too_long(password):
@@ -326,6 +327,7 @@ async def complete_mfa(
     keys = [throttle.account_key(user.id), mfa_key]
     if ip := throttle.ip_key(client.ip):
         keys.append(ip)
+    await throttle.serialize(session, [mfa_key])
     await throttle.check_not_locked(session, keys)
     method = await twofactor.consume_code(session, cfg, user.id, code)
     if method is None:

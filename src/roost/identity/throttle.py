@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -65,6 +65,17 @@ def address_work_key(kind: str, ip: str | None) -> str | None:
     """Attempts from one address at work anyone may ask for, failed or not (``kind``:
     ``register``, ``passkey_begin``): each costs a hash or stores a row."""
     return f"{kind}:ip:{ip}" if ip else None
+
+
+async def serialize(session: AsyncSession, keys: list[str]) -> None:
+    """Attempts on the same counters one at a time, until the transaction ends (the
+    sign-in code commits a failure before answering): checked, verified and counted
+    together, so attempts sent at once cannot all pass the lockout check before any
+    failure is counted (seven wrong passwords at once were all verified past a limit of
+    three).  Sorted, so two attempts sharing keys never wait for each other in a cycle."""
+    for key in sorted(set(keys)):
+        await session.execute(text("SELECT pg_advisory_xact_lock(7263118, hashtext(:key))"),
+                              {"key": key})
 
 
 async def check_not_locked(session: AsyncSession, keys: list[str],

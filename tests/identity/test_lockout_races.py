@@ -1,0 +1,62 @@
+"""Sign-in lockouts hold against attempts sent at once (docs/identity.md, "Throttling"):
+each attempt's check, verification and count happen together (throttle.serialize), so no
+more guesses are verified than the limit allows, however many are in flight."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from roost.db.engine import Database
+from roost.security.totp import current_totp_step, totp_code_at
+from tests.identity.conftest import bearer, login, password_user, wait_for_fresh_totp_step
+
+
+async def _enrol(client: httpx.AsyncClient, database: Database, name: str
+                 ) -> tuple[dict[str, str], str, list[str], int]:
+    await password_user(database, name)
+    headers = await bearer(client, name)
+    secret = (await client.post("/api/v1/auth/2fa/setup", headers=headers)).json()["secret"]
+    wait_for_fresh_totp_step(8)
+    step = current_totp_step()
+    ok = await client.post("/api/v1/auth/2fa/confirm", headers=headers,
+                           json={"code": totp_code_at(secret, step - 1)})
+    assert ok.status_code == 200, ok.text
+    return headers, secret, ok.json()["backup_codes"], step
+
+
+async def _challenge(client: httpx.AsyncClient, name: str) -> str:
+    r = await login(client, name)
+    assert r.status_code == 200, r.text
+    return r.json()["mfa_token"]
+
+
+async def test_wrong_codes_sent_at_once_stop_at_the_second_factor_lockout(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """Wrong second-factor codes lock after 3 (these settings): 7 sent at once over two
+    challenges (under the per-address limit) were all checked (401), the guess budget
+    growing with the attacker's concurrency. Now 3 are checked, the rest 429."""
+    await _enrol(client, database, "race1")
+    tokens = [await _challenge(client, "race1") for _ in range(2)]
+    bad = [f"{n:06d}" for n in range(100001, 100008)]  # 7 guesses, under the ip limit of 8
+    answers = await asyncio.gather(*[
+        client.post("/api/v1/auth/login/2fa",
+                    json={"mfa_token": tokens[i % 2], "code": code})
+        for i, code in enumerate(bad)
+    ])
+    statuses = [a.status_code for a in answers]
+    assert sorted(statuses) == [401] * 3 + [429] * 4, statuses
+
+
+async def test_wrong_passwords_sent_at_once_stop_at_the_name_lockout(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """A name locks after 3 wrong passwords (these settings): 7 sent at once were all
+    verified (401), past both the per-name (3) and per-account (6) limits."""
+    await password_user(database, "pwrace")
+    answers = await asyncio.gather(*[
+        login(client, "pwrace", f"wrong-pass-{n}") for n in range(7)])
+    statuses = [a.status_code for a in answers]
+    assert sorted(statuses) == [401] * 3 + [429] * 4, statuses
