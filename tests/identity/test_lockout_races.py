@@ -60,3 +60,18 @@ async def test_wrong_passwords_sent_at_once_stop_at_the_name_lockout(
         login(client, "pwrace", f"wrong-pass-{n}") for n in range(7)])
     statuses = [a.status_code for a in answers]
     assert sorted(statuses) == [401] * 3 + [429] * 4, statuses
+
+
+async def test_wrong_current_passwords_sent_at_once_stop_at_the_lockout(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """A stolen session guessing the current password to change it: 7 guesses at once
+    are checked 3 at most (the name's limit), the rest 429."""
+    await password_user(database, "pwchange")
+    headers = await bearer(client, "pwchange")
+    answers = await asyncio.gather(*[
+        client.post("/api/v1/auth/password", headers=headers, json={
+            "current_password": f"wrong-pass-{n}", "new_password": "a new pass phrase 42"})
+        for n in range(7)])
+    statuses = [a.status_code for a in answers]
+    assert sorted(statuses) == [403] * 3 + [429] * 4, statuses

@@ -473,8 +473,9 @@ async def change_password(
         # Nothing to be wrong about: no "incorrect" answer, and no failure counted.
         raise Conflict("this account has no password (it signs in with API keys or "
                        "passkeys): there is none to change")
-    await throttle.check_not_locked(
-        session, [throttle.login_key(user.username), throttle.account_key(user.id)])
+    keys = [throttle.login_key(user.username), throttle.account_key(user.id)]
+    await throttle.serialize(session, keys)  # guesses sent at once, counted in turn
+    await throttle.check_not_locked(session, keys)
     if not await _verify(user.hashed_password, current_password):
         await commit_auth_failure(session, cfg, action="user.password_change_failed",
                                   user_id=user.id, login=user.username, client=client,
