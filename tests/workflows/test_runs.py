@@ -564,6 +564,35 @@ async def test_an_approval_nobody_decides_is_rejected_at_its_timeout(
     assert done["output"] == "kept memo: no decision before the timeout", done
 
 
+async def test_an_approval_timeout_holds_after_its_run_failed_and_resumed(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """A parallel branch fails the run while an approval (timeout 2 s) waits: its timeout
+    job runs on the failed run and does nothing. Once resumed, the approval waited for
+    ever (no timeout job was left); resume queues one for the time it has left."""
+    _, h = user
+    await add_provider(client, admin_headers, stub)
+    nodes = [node("s", "start"), node("p", "parallel"),
+             node("ok", "approval", message="ok?", timeout_s=2),
+             node("call", "llm", prompt="hi"),
+             node("j", "join"), node("e", "end", output="{{ ok.comment }}")]
+    edges = [edge("1", "s", "p"), edge("2", "p", "ok"), edge("3", "p", "call"),
+             edge("4", "ok", "j", "approved"), edge("5", "ok", "j", "rejected"),
+             edge("6", "call", "j"), edge("7", "j", "e")]
+    workflow_id = await publish(client, h, nodes, edges)
+    stub.script(Fail(400, "refused"), Reply("fine"))
+    run = await start(client, h, workflow_id)
+    failed = await wait_for(client, h, run["id"], within=20)
+    assert failed["status"] == "failed", failed
+    await asyncio.sleep(3)  # the timeout job comes due on the failed run
+    resumed = await client.post(f"{RUNS}/{run['id']}/resume", headers=h)
+    assert resumed.status_code == 200, resumed.text
+    done = await wait_for(client, h, run["id"], within=30)
+    assert (done["status"], done["waiting_for"], done["output"]) == (
+        "completed", [], "no decision before the timeout"), done
+
+
 @pytest.mark.parametrize("timeout_s", [365 * 24 * 3600 + 1, 10**12, 10**20])
 async def test_an_approval_timeout_beyond_a_year_is_refused_at_save(
     client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], timeout_s: int,

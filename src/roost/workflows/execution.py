@@ -62,6 +62,16 @@ log = structlog.get_logger(__name__)
 
 NODE_TASK: Final = "workflows.node"
 APPROVAL_TIMEOUT_TASK: Final = "workflows.approval_timeout"
+
+
+def approval_timeout(data: dict[str, Any]) -> timedelta | None:
+    """An approval node's ``timeout_s``, or None for none.  JSON Schema counts 1.0 as an
+    integer, so a graph may hold one (a bool is no number); a graph saved before
+    ``timeout_s`` had a maximum may hold more than it."""
+    timeout = data.get("timeout_s")
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
+        return timedelta(seconds=min(timeout, MAX_APPROVAL_TIMEOUT_S))
+    return None
 STEP_TYPE: Final = "workflow_node"
 MAX_STEPS_PER_RUN: Final = 100_000  # loops included: a runaway graph stops here
 # What a run's steps may store in all (their outputs and inputs as JSON characters): each
@@ -466,13 +476,10 @@ class Progress:
                         started_at=step.started_at or utcnow())
                 .execution_options(synchronize_session=False))
             self.changed.append(f"step:{step.step_number}:waiting")
-        timeout = node.data.get("timeout_s")
-        # JSON Schema counts 1.0 as an integer, so a graph may hold one (bool is no number)
-        if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
+        timeout = approval_timeout(node.data)
+        if timeout is not None:
             await enqueue(self.session, APPROVAL_TIMEOUT_TASK,
-                          {"run_id": str(self.run.id), "step_id": str(step_id)},
-                          # a graph saved before timeout_s had a maximum may hold more
-                          delay=timedelta(seconds=min(timeout, MAX_APPROVAL_TIMEOUT_S)))
+                          {"run_id": str(self.run.id), "step_id": str(step_id)}, delay=timeout)
 
     # --- the end of the transaction ------------------------------------------------------
 

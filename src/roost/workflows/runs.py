@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from datetime import timedelta
 from typing import Any, Final
 
 from sqlalchemy import and_, or_, select, text, update
@@ -23,7 +24,13 @@ from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.tasks.service import enqueue
 from roost.workflows import execution, graph, service
-from roost.workflows.execution import NODE_TASK, Progress, plan_of, run_inputs
+from roost.workflows.execution import (
+    APPROVAL_TIMEOUT_TASK,
+    NODE_TASK,
+    Progress,
+    plan_of,
+    run_inputs,
+)
 from roost.workflows.models import WorkflowRun
 from roost.workflows.schemas import (
     MAX_INPUT_JSON_CHARS,
@@ -222,6 +229,17 @@ async def resume_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID)
             update(RunStep).where(RunStep.id == step.id)
             .values(status="pending", error=None, finished_at=None, duration_ms=None,
                     task_id=job.id).execution_options(synchronize_session=False))
+    # Approvals still waiting: their timeout jobs may have run while the run was failed
+    # (and done nothing): each gets one again for the time it has left.
+    for step in (await session.scalars(select(RunStep).where(
+            RunStep.run_id == run_id, RunStep.status == "waiting"))).all():
+        node = progress.plan.nodes.get(step.node_id or "")
+        timeout = execution.approval_timeout(node.data) if node is not None else None
+        if timeout is not None:
+            left = (step.started_at or utcnow()) + timeout - utcnow()
+            await enqueue(session, APPROVAL_TIMEOUT_TASK,
+                          {"run_id": str(run_id), "step_id": str(step.id)},
+                          delay=max(left, timedelta(0)))
     await record(session, "workflow.run.resume", user_id=actor.user_id, resource_type="run",
                  resource_id=run_id, trace_id=run.trace_id,
                  metadata={"steps_again": [f"{s.node_id}#{s.iteration}" for s in again]})
