@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
+from roost.context import current_context
 from roost.errors import NotFound, PayloadTooLarge, RoostError
 from roost.http.problems import (
     NO_RETRY,
@@ -348,6 +349,10 @@ async def _stream(
     logprobs = _asked_logprobs(body)
     cid, created = completion_id(stream.request_id), int(time.time())
     calls_sent: dict[int, ToolCallDelta] = {}  # per tool call index: what the client has
+    # As every /v1 error (openai_error) names the HTTP request, and a failed model call
+    # its recorded request: read now, the body is sent outside the request's context.
+    names = {"request_id": current_context().request_id,
+             "roost": {"request_id": str(stream.request_id)}}
 
     def frame(delta: dict[str, Any], finish: str | None = None,
               choice_logprobs: dict[str, Any] | None = None, **extra: Any) -> bytes:
@@ -371,14 +376,14 @@ async def _stream(
                     finish = chunk.finish_reason or finish
         except RoostError as err:  # recorded as failed; the client sees OpenAI's error shape
             payload = {"error": {"message": err.detail, "type": "api_error", "param": None,
-                                 "code": error_code(err)}}
+                                 "code": error_code(err), **names}}
             yield f"data: {json.dumps(payload)}\n\n".encode()
             return
         except Exception:  # a bug: the stream still ends with the error frame it promises
             log.exception("llm.v1.stream_failed", request_id=str(stream.request_id))
             payload = {"error": {"message": "internal error: the answer broke off",
                                  "type": "server_error", "param": None,
-                                 "code": "internal_error"}}
+                                 "code": "internal_error", **names}}
             yield f"data: {json.dumps(payload)}\n\n".encode()
             return
         outcome = stream.saved
