@@ -92,4 +92,4 @@ async def test_a_strangers_run_retrieves_only_what_the_author_still_reads(
         assert "66-QUOKKA" not in seen.text, seen.text[:600]
         body = seen.json()
         steps_seen = body["items"] if isinstance(body, dict) else body
-        assert [s["step_type"] for s in steps_seen][0] == "rag_retrieval"
+        assert steps_seen[0]["step_type"] == "rag_retrieval"

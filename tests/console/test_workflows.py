@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from sqlalchemy import text
 
 from roost.db.engine import Database
