@@ -85,7 +85,7 @@ HOSTILE_URLS = [
     ("http://example.com/" + "x" * 100_000, 422, None),
     ("http://\x00example.com/", 422, None),
     # Names no resolver answers: accepted, then the run fails.
-    ("http://" + "a" * 70 + ".example.com/", 202, "fetch-failed"),  # a label over 63
+    ("http://" + "a" * 70 + ".example.com/", 202, "invalid-url"),  # a label over 63: no DNS name
     ("http://exa mple.com/", 202, "fetch-failed"),
     ("https://%31%32%37.0.0.1/", 202, "fetch-failed"),  # not decoded into 127
 ]

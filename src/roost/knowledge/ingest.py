@@ -599,9 +599,18 @@ async def _mark_unchanged(
             return True
         if _upload_superseded(run, source, doc):
             raise _Done()
-        if (doc is None or doc.status != "ready" or doc.content_hash != content_hash
+        # The same file uploaded again: the upload set its document pending for this run,
+        # its chunks (of these very bytes) still there; it was parsed and embedded again.
+        again = (source.kind == "upload" and doc is not None and doc.ingestion_run_id == run.id
+                 and doc.status in ("pending", "processing"))
+        if (doc is None or (doc.status != "ready" and not again)
+                or doc.content_hash != content_hash
                 or doc.embedding_model != run.embedding_model):
             return False
+        if again and not await s.scalar(select(DocumentChunk.id).where(
+                DocumentChunk.document_id == doc.id).limit(1)):
+            return False
+        doc.status, doc.error_message = "ready", None
         scope = await _scope_of(s, locked, doc)
         for key, value in _scope_values(scope).items():
             setattr(doc, key, value)

@@ -20,6 +20,7 @@ MAX_COLLECTION_CHARS = 128
 # What a form field or query parameter may send: a name's limit counts its characters
 # once composed (NFC), and a decomposed spelling takes up to four code points for one.
 SENT_COLLECTION_CHARS = 4 * MAX_COLLECTION_CHARS
+SENT_NAME_CHARS = 65_536  # a document's new name as sent, before it is cleaned
 SENT_TAG_CHARS = 4 * MAX_TAG_CHARS
 MAX_QUERY_CHARS = 2000
 MAX_DOCUMENT_IDS = 1000
@@ -179,7 +180,9 @@ class DocumentOut(BaseModel):
 
 
 class DocumentUpdate(_Stored):
-    name: str | None = Field(default=None, min_length=1, max_length=255)
+    # Cleaned as an uploaded file's name (service.clean_filename: the last path segment,
+    # composed, shortened before its extension to 255): the limit here is on what is sent.
+    name: str | None = Field(default=None, min_length=1, max_length=SENT_NAME_CHARS)
     description: str | None = Field(default=None, max_length=10_000)
     collection: str | None = Field(default=None, max_length=128)
     tags: list[str] | None = Field(default=None, max_length=200)
