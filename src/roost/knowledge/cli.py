@@ -19,7 +19,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 from sqlalchemy import select
 
-from roost.clitools import fail, id_table, open_database, parse_input, print_table, reported_here
+from roost.clitools import (
+    fail,
+    id_table,
+    open_database,
+    parse_input,
+    print_table,
+    printable,
+    reported_here,
+)
 
 console = Console()
 err = Console(stderr=True)
@@ -73,6 +81,8 @@ def ingest_command(
                 task = bar.add_task("ingesting", total=None, current="")
 
                 def progress(done: int, total: int, source: str, outcome: str) -> None:
+                    # Escaped (a file name is anyone's text: ESC would act on the terminal).
+                    source = printable(source).replace("\n", "\\n")
                     shown = source if len(source) <= 60 else "…" + source[-59:]
                     bar.update(task, completed=done, total=total, current=f"{outcome}: {shown}")
 
@@ -94,7 +104,10 @@ def ingest_command(
                   str(summary["totals_chunks"]), str(summary["errors"]), str(summary["run_id"]))
     print_table(console, table)
     for error in summary["errors_detail"]:
-        err.print(Text.assemble(("error", "red"), f" {error.get('path') or target}: {error.get('error')}"))
+        # One line per file: a newline in a name (which printable keeps) is shown escaped too.
+        where = printable(str(error.get("path") or target)).replace("\n", "\\n")
+        why = printable(str(error.get("error"))).replace("\n", "\\n")
+        err.print(Text.assemble(("error", "red"), f" {where}: {why}"), soft_wrap=True)
     if summary["status"] == "failed":
         raise typer.Exit(1)
 
