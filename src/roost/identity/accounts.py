@@ -288,11 +288,15 @@ async def _delete_user(session: AsyncSession, principal: Principal, user_id: uui
 # import: their tables by name, as workspace counts what a project groups.
 _OWNED_PERSONAS = text(
     "SELECT id, name FROM personas WHERE owner_id = :u ORDER BY id FOR UPDATE")
+# Every owner row locked (no LIMIT: a locked row found changed after the wait is left
+# out, and LIMIT 1 would then answer none though others qualify): a co-owner leaving or
+# demoted at once either commits first, and is no heir, or waits for the hand-over.
 _PERSONA_HEIR = text(
     "SELECT user_id FROM persona_members WHERE persona_id = :p AND role = 'owner' "
-    "AND user_id <> :u ORDER BY created_at, id LIMIT 1")
+    "AND user_id <> :u ORDER BY created_at, id FOR UPDATE")
 _TAKE_OVER_PERSONA = text(
-    "WITH member AS (DELETE FROM persona_members WHERE persona_id = :p AND user_id = :h) "
+    "WITH member AS (DELETE FROM persona_members WHERE persona_id = :p AND user_id = :h "
+    "AND role = 'owner') "
     "UPDATE personas SET owner_id = :h, updated_at = now() WHERE id = :p")
 _PERSONA_AGENTS = text("SELECT id FROM agents WHERE persona_id = :p ORDER BY id")
 _DELETE_PERSONA = text("DELETE FROM personas WHERE id = :p")
@@ -315,7 +319,7 @@ async def _hand_over_personas_of(
     ``persona.invitations_withdrawn``."""
     owned = (await session.execute(_OWNED_PERSONAS, {"u": user_id})).tuples().all()
     for persona_id, name in owned:
-        heir = await session.scalar(_PERSONA_HEIR, {"p": persona_id, "u": user_id})
+        heir = (await session.scalars(_PERSONA_HEIR, {"p": persona_id, "u": user_id})).first()
         if heir is not None:
             await session.execute(_TAKE_OVER_PERSONA, {"p": persona_id, "h": heir})
             await record(session, "persona.owner_changed", user_id=principal.user_id,
