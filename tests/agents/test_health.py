@@ -165,8 +165,8 @@ async def test_overlapping_passes_count_each_call_once(
     persona, agent = await persona_with_agent(database, owner)
     run = await add_run(database, agent, owner, "completed")
     await add_usage(database, owner, run, 3, seconds_ago=10)
-    # Hold the persona row: the first pass has measured and waits on its insert (a key-share
-    # lock on the row, the foreign key) while the second one runs.
+    # Hold the persona row: the first pass waits to key-share lock it (its measuring
+    # statement locks the personas it samples) while the second one runs.
     async with database.transaction() as holder:
         await holder.execute(text("SELECT 1 FROM personas WHERE id = :p FOR UPDATE"),
                              {"p": persona.id})
@@ -177,7 +177,7 @@ async def test_overlapping_passes_count_each_call_once(
             async with database.transaction() as watcher:
                 waiting: int = (await watcher.execute(text(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE 'INSERT INTO persona_health_metrics%'"))).scalar_one()
+                    "AND query LIKE '%FOR KEY SHARE OF p%'"))).scalar_one()
             if waiting == 1:
                 break
             assert asyncio.get_running_loop().time() < deadline, waiting
