@@ -48,6 +48,16 @@ async def _self_server(client: httpx.AsyncClient, headers: Headers, base: str) -
     assert synced.status_code == 200, synced.text
 
 
+async def _start_chain(client: httpx.AsyncClient, headers: Headers, base: str,
+                       agent_id: uuid.UUID) -> dict[str, Any]:
+    """Roost's own /mcp registered for the user, then a run of the looping agent."""
+    await _self_server(client, headers, base)
+    first = await client.post(f"/api/v1/agents/{agent_id}/runs", headers=headers,
+                              json={"input": "go"})
+    assert first.status_code == 202, first.text
+    return dict(first.json())
+
+
 async def _runs(database: Database, agent_id: uuid.UUID) -> list[Any]:
     async with database.transaction() as session:
         return list((await session.execute(text(
@@ -82,10 +92,7 @@ async def test_a_chain_of_agents_calling_agents_stops_at_the_nesting_cap(
     user_id, headers = user
     agent = await _looping_agent(client, admin_headers, stub, database, user_id)
     async with in_process(app) as base:
-        await _self_server(client, headers, base)
-        first = await client.post(f"/api/v1/agents/{agent.id}/runs", headers=headers,
-                                  json={"input": "go"})
-        assert first.status_code == 202, first.text
+        first = await _start_chain(client, headers, base, agent.id)
 
         async def all_ended() -> bool:
             runs = await _runs(database, agent.id)
@@ -93,7 +100,7 @@ async def test_a_chain_of_agents_calling_agents_stops_at_the_nesting_cap(
 
         await _until("every run of the chain to end", all_ended)
     runs = await _runs(database, agent.id)
-    root = next(r for r in runs if str(r.id) == first.json()["id"])
+    root = next(r for r in runs if str(r.id) == first["id"])
     nested = [r for r in runs if r is not root]
     assert root.trace_id.count(NESTED) == 0
     assert nested and all(r.source == "mcp" for r in nested)
@@ -116,16 +123,13 @@ async def test_cancelling_a_run_cancels_the_runs_it_started_through_mcp(
     user_id, headers = user
     agent = await _looping_agent(client, admin_headers, stub, database, user_id)
     async with in_process(app) as base:
-        await _self_server(client, headers, base)
-        first = await client.post(f"/api/v1/agents/{agent.id}/runs", headers=headers,
-                                  json={"input": "go"})
-        assert first.status_code == 202, first.text
+        first = await _start_chain(client, headers, base, agent.id)
 
         async def chained() -> bool:
             return len(await _runs(database, agent.id)) >= 3
 
         await _until("the run to start runs through /mcp", chained)
-        cancel = await client.post(f"/api/v1/runs/{first.json()['id']}/cancel", headers=headers)
+        cancel = await client.post(f"/api/v1/runs/{first['id']}/cancel", headers=headers)
         assert cancel.status_code == 200, cancel.text
         after_cancel = await _runs(database, agent.id)
         assert all(r.status in TERMINAL for r in after_cancel), after_cancel
