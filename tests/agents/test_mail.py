@@ -62,6 +62,23 @@ async def make_persona(database: Database, owner: uuid.UUID, address: str | None
     return persona
 
 
+async def mailing_agent(database: Database, owner: uuid.UUID,
+                        relay_factory: Callable[..., Any], mail_cfg: mail.MailConfig,
+                        monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, Any]:
+    """A new persona of ``owner`` with an address and an agent allowed send_email, the
+    in-process worker's send_email going out through a new loopback relay:
+    (persona, agent, relay)."""
+    persona = await make_persona(database, owner, address())
+    agent = await make_agent(database, owner, persona_id=persona.id,
+                             tool_permissions=["send_email"])
+    relay = await relay_factory()
+    cfg = dataclasses.replace(mail_cfg, relay=parse_relay_url(f"smtp://127.0.0.1:{relay.port}"))
+    assert agent_jobs.env_override is not None
+    monkeypatch.setattr(agent_jobs, "env_override", dataclasses.replace(
+        agent_jobs.env_override, hosted=mail.builtin_tools(cfg)))
+    return persona, agent, relay
+
+
 def address() -> str:
     return f"iris-{uuid.uuid4().hex[:8]}@roost.example.org"
 
@@ -868,15 +885,8 @@ async def test_an_agent_run_sends_mail_with_the_send_email_tool(
 
     owner, headers = user
     await add_provider(client, admin_headers, stub)
-    persona = await make_persona(database, owner, address())
-    agent = await make_agent(database, owner, persona_id=persona.id,
-                             tool_permissions=["send_email"])
-    relay = await relay_factory()
-    cfg = dataclasses.replace(mail_cfg, relay=parse_relay_url(
-        f"smtp://127.0.0.1:{relay.port}"))
-    assert agent_jobs.env_override is not None
-    monkeypatch.setattr(agent_jobs, "env_override", dataclasses.replace(
-        agent_jobs.env_override, hosted=mail.builtin_tools(cfg)))
+    persona, agent, relay = await mailing_agent(database, owner, relay_factory, mail_cfg,
+                                                monkeypatch)
     stub.script(ToolCalls(Call("send_email", {"to": ["bob@example.org"],
                                                "subject": "Report", "body": "All done."})),
                 Reply("Sent."))

@@ -7,7 +7,6 @@ nothing."""
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -16,16 +15,16 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from roost.agents import jobs as agent_jobs
 from roost.agents import mail
-from roost.config import Settings, parse_relay_url
+from roost.config import Settings
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
-from tests.agents.conftest import Headers, make_agent, wait_for_run
+from tests.agents.conftest import Headers, wait_for_run
 from tests.agents.test_mail import (  # noqa: F401
     address,
     emails_of,
     mail_cfg,
+    mailing_agent,
     make_persona,
     relay_factory,
 )
@@ -92,19 +91,13 @@ async def test_an_agents_encoded_word_recipient_fails_its_step_and_sends_nothing
     user: tuple[uuid.UUID, Headers], worker: Worker, relay_factory: Callable[..., Any],
     mail_cfg: mail.MailConfig, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The same To injection through the agent path: a model (the OpenAI stub) calling
-    send_email with an encoded-word local part gets a mail out whose header block holds an
-    injected ``Bcc:`` line. Whoever writes the mail an agent reads can steer this."""
+    """The same recipient through the agent path (whoever writes the mail an agent reads
+    can steer its model to it): the send_email step fails naming the line break, the run
+    goes on, and nothing reaches the relay (an injected ``Bcc:`` line did)."""
     owner, headers = user
     await add_provider(client, admin_headers, stub)
-    persona = await make_persona(database, owner, address())
-    agent = await make_agent(database, owner, persona_id=persona.id,
-                             tool_permissions=["send_email"])
-    relay = await relay_factory()
-    cfg = dataclasses.replace(mail_cfg, relay=parse_relay_url(f"smtp://127.0.0.1:{relay.port}"))
-    assert agent_jobs.env_override is not None
-    monkeypatch.setattr(agent_jobs, "env_override", dataclasses.replace(
-        agent_jobs.env_override, hosted=mail.builtin_tools(cfg)))
+    _, agent, relay = await mailing_agent(database, owner, relay_factory, mail_cfg,
+                                          monkeypatch)
     stub.script(ToolCalls(Call("send_email", {"to": [INJECT_LOCAL], "subject": "Report",
                                                "body": "All done."})), Reply("Sent."))
     run = (await client.post(f"/api/v1/agents/{agent.id}/runs", json={"input": "mail"},
