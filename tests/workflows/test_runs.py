@@ -844,6 +844,25 @@ async def test_an_idempotency_key_used_for_another_workflow_is_a_409(
     assert again.status_code == 200 and again.json()["id"] == first["id"], again.text
 
 
+async def test_an_idempotency_key_sent_again_with_other_inputs_is_a_409(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A key replayed with other inputs is a client's mistake: 409 naming the first run,
+    not the first run passed off as the answer to different inputs; the same inputs again
+    (or the version the first run used, named) answer the first run."""
+    _, headers = user
+    workflow_id = await publish(client, headers, *approval_graph())
+    first = await start(client, headers, workflow_id, inputs={"doc": "x"}, idempotency_key="k")
+    other = await client.post(f"{API}/{workflow_id}/runs", headers=headers,
+                              json={"inputs": {"doc": "y"}, "idempotency_key": "k"})
+    assert other.status_code == 409, other.text
+    assert other.json()["run_id"] == first["id"], other.text
+    again = await client.post(f"{API}/{workflow_id}/runs", headers=headers,
+                              json={"inputs": {"doc": "x"}, "version": 1,
+                                    "idempotency_key": "k"})
+    assert again.status_code == 200 and again.json()["id"] == first["id"], again.text
+
+
 async def test_runs_are_their_owners(
     client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
     other_user: tuple[uuid.UUID, Headers],

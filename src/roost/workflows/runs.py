@@ -82,8 +82,8 @@ async def start_run(session: AsyncSession, actor: Principal, workflow_id: uuid.U
     calling node run now (within the request's budget,
     :data:`~roost.workflows.execution.INLINE_STEPS_PER_REQUEST`: a job computes the rest);
     calling nodes get their jobs.  With an idempotency key already used by this
-    user for this workflow, the existing run (``created`` false); used for another run
-    (an agent's, another workflow's), 409."""
+    user for this workflow and the same inputs, the existing run (``created`` false); used
+    with other inputs or for another run (an agent's, another workflow's), 409."""
     # Held until the run is stored: a deletion (FOR UPDATE) then waits for it, or goes
     # first and this is a 404.  Without it the run's row took the version's key lock and
     # then waited for the workflow's, while the deletion held the workflow and deleted the
@@ -118,6 +118,16 @@ async def start_run(session: AsyncSession, actor: Principal, workflow_id: uuid.U
             raise Conflict("this idempotency key was used for another run")
         if (existing.config or {}).get("workflow_id") != str(workflow.id):
             raise Conflict("this idempotency key was used for a run of another workflow")
+        # A replay is the same request again: other inputs (or another version asked for
+        # by number) under a used key are a client's mistake, not a retry; answering the
+        # first run would silently drop them.
+        if json.loads(existing.input or "{}") != json.loads(encoded) or (
+                body.version is not None
+                and (existing.config or {}).get("version") != version.version):
+            raise Conflict(f"idempotency_key {body.idempotency_key!r} was used for run "
+                           f"{existing.id} with other inputs or another version: send that "
+                           "request again unchanged, or use a new key",
+                           extra={"run_id": str(existing.id)})
         return existing, False
     session.add(WorkflowRun(run_id=run_id, workflow_id=workflow.id, version_id=version.id,
                             version=version.version, user_id=workflow.user_id, state={},
