@@ -73,6 +73,40 @@ async def test_replaying_events_bills_nothing_twice(
     assert row.currency == "USD" and row.used == 102
 
 
+async def test_a_used_key_sent_with_another_event_is_a_422_and_roosts_keys_are_refused(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    """One key per step for every user (a client's mistake) must not lose the second
+    user's event as a "duplicate": a 422 naming the key, nothing of its batch written.
+    Keys shaped like Roost's own (``llm:``, ``tool:``, ``once:``) are refused: a model
+    call's usage row would otherwise be dropped as the client event's replay."""
+    first_user, _ = await make_user(database)
+    second_user, _ = await make_user(database)
+    ingest = "/api/v1/billing/usage-events"
+    ok = await client.post(ingest, headers=admin_headers,
+                           json={"events": [_event(first_user, "step-3")]})
+    assert ok.json()["accepted"] == 1, ok.text
+    for batch in ([_event(second_user, "fresh"), _event(second_user, "step-3")],
+                  [_event(first_user, "step-3", tokens_output=501)],
+                  [_event(second_user, "twice"), _event(first_user, "twice")]):
+        clash = await client.post(ingest, headers=admin_headers, json={"events": batch})
+        assert clash.status_code == 422, clash.text
+        assert clash.json()["field"] == "idempotency_key", clash.text
+    # The same event again (its price looked up again) is still a replay.
+    replay = await client.post(ingest, headers=admin_headers,
+                               json={"events": [_event(first_user, "step-3")]})
+    assert replay.json() == {"accepted": 0, "duplicates": 1, "credits_charged": 0}, replay.text
+    for key in ("llm:" + str(uuid.uuid4()), "TOOL:x", "once:y"):
+        reserved = await client.post(ingest, headers=admin_headers,
+                                     json={"events": [_event(first_user, key)]})
+        assert reserved.status_code == 422, (key, reserved.text)
+    async with database.transaction() as s:
+        keys = (await s.scalars(text(
+            "SELECT idempotency_key FROM usage_records WHERE user_id IN (:a, :b)"),
+            {"a": first_user, "b": second_user})).all()
+    assert keys == ["step-3"], keys
+
+
 async def test_bad_events_are_refused_whole(
     client: httpx.AsyncClient, admin_headers: Headers, database: Database,
 ) -> None:

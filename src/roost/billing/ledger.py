@@ -66,7 +66,14 @@ SELECT * FROM unnest(
   CAST(:agent_ids AS uuid[]), CAST(:subscription_ids AS uuid[]),
   CAST(:created AS timestamptz[]))
 ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING subscription_id, credits_used
+RETURNING idempotency_key, subscription_id, credits_used
+""")
+
+# The rows stored under replayed keys, to tell a replay from another event under a used key.
+_STORED = text("""
+SELECT idempotency_key, user_id, request_type, model, tokens_input, tokens_output, success,
+       agent_id
+FROM usage_records WHERE idempotency_key = ANY(CAST(:keys AS varchar[]))
 """)
 
 # The payers' rows are locked in id order first (ORDER BY comes before FOR UPDATE), so
@@ -120,6 +127,39 @@ def _check_occurred_at(event: UsageEventIn, period_start: datetime | None,
             f"billing period ({period_start.isoformat()}): that period's usage can no "
             "longer be charged", extra={"field": "occurred_at",
                                         "idempotency_key": event.idempotency_key})
+
+
+async def _check_replays(session: AsyncSession, events: list[UsageEventIn],
+                         written: set[str]) -> None:
+    """422 (the batch rolled back) when an event not written under its key, or a key sent
+    twice in the batch, is not the event stored under it: another user, type, model,
+    agent, outcome or token counts.  A client reusing a key for a different event (one
+    key per step, for every user) would otherwise lose that event silently, counted in
+    ``duplicates``.  Amounts taken from the price table are not compared: a replay after
+    a price change is still the same event."""
+    seen: set[str] = set()
+    suspects: set[str] = set()
+    for event in events:
+        if event.idempotency_key in seen or event.idempotency_key not in written:
+            suspects.add(event.idempotency_key)
+        seen.add(event.idempotency_key)
+    if not suspects:
+        return
+    stored = {row.idempotency_key: row for row in (await session.execute(
+        _STORED, {"keys": sorted(suspects)})).all()}
+    for event in events:
+        row = stored.get(event.idempotency_key)
+        if row is None:
+            continue
+        if (row.user_id, row.request_type, row.model, row.tokens_input, row.tokens_output,
+                row.success, row.agent_id) != (
+                event.user_id, event.request_type, event.model, event.tokens_input,
+                event.tokens_output, event.success, event.agent_id):
+            raise Unprocessable(
+                f"event {event.idempotency_key!r} is not the event already stored under its "
+                "key (another user, type, model, agent, outcome or token counts): give each "
+                "event its own key; nothing of the batch was written",
+                extra={"field": "idempotency_key", "idempotency_key": event.idempotency_key})
 
 
 async def ingest(
@@ -190,6 +230,7 @@ async def ingest(
         columns["subscription_ids"].append(payers.get(event.user_id))
         columns["created"].append(event.occurred_at or now)
     written = (await session.execute(_INSERT, dict(columns))).all()
+    await _check_replays(session, events, {row.idempotency_key for row in written})
     per_subscription: dict[uuid.UUID, int] = defaultdict(int)
     for row in written:
         if row.subscription_id is not None and row.credits_used:

@@ -58,8 +58,21 @@ def _no_control(value: str) -> str:
     return value
 
 
+# The keys Roost gives its own rows (a model call's ``llm:<request id>``, a tool call's
+# ``tool:<tool run id>``, ``once:<uuid>`` for rows older than keys): a client's event under
+# one would be taken for Roost's, and Roost's own row then dropped as its replay.
+ROOST_KEY_PREFIXES = ("llm:", "tool:", "once:")
+
+
+def _not_roosts(value: str) -> str:
+    if value.lower().startswith(ROOST_KEY_PREFIXES):
+        raise PydanticCustomError(
+            "reserved_key", "keys starting with llm:, tool: or once: are Roost's own")
+    return value
+
+
 Key = Annotated[str, StringConstraints(min_length=1, max_length=200,
-                                       pattern=r"^[\x21-\x7e]+$")]
+                                       pattern=r"^[\x21-\x7e]+$"), AfterValidator(_not_roosts)]
 # A model name is stored as text and shown in reports: no NUL (PostgreSQL refuses it with
 # an anonymous 400) nor other control characters, a 422 naming the field instead.
 Name = Annotated[str, StringConstraints(min_length=1, max_length=255),
