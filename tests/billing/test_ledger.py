@@ -107,6 +107,36 @@ async def test_a_used_key_sent_with_another_event_is_a_422_and_roosts_keys_are_r
     assert keys == ["step-3"], keys
 
 
+async def test_an_events_cost_is_in_its_payers_currency_or_refused(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    """A cost sent without a currency, for a user on an EUR plan, is in EUR (it was stored
+    as USD, and the append-only ledger then blocked that subscriber's invoice for the
+    whole period); a cost in another currency than the payer's is a 422 naming the event."""
+    user_id, headers = await make_user(database)
+    plan = f"p{uuid.uuid4().hex[:8]}"
+    assert (await client.post("/api/v1/billing/plans", headers=admin_headers, json={
+        "key": plan, "name": "Euro", "price": "1.00", "currency": "EUR",
+        "included_credits": 1000})).status_code == 201
+    sub = await client.post("/api/v1/billing/subscriptions", headers=admin_headers,
+                            json={"user_id": str(user_id), "plan": plan})
+    assert sub.status_code == 201, sub.text
+    ingest = "/api/v1/billing/usage-events"
+    for event in (_event(user_id, "usd", cost="3", currency="USD"),
+                  _event(user_id, "priced-in-usd")):  # gpt-4o-mini's default price is USD
+        wrong = await client.post(ingest, headers=admin_headers, json={"events": [event]})
+        assert wrong.status_code == 422, wrong.text
+        assert wrong.json()["field"] == "currency", wrong.text
+    ok = await client.post(ingest, headers=admin_headers,
+                           json={"events": [_event(user_id, "eur", cost="3")]})
+    assert ok.status_code == 200, ok.text
+    preview = await client.get(f"/api/v1/billing/subscriptions/{sub.json()['id']}"
+                               "/invoice-preview", headers=headers)
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["currency"] == "EUR", preview.text
+    assert Decimal(preview.json()["subtotal"]) == Decimal("4.00"), preview.text
+
+
 async def test_bad_events_are_refused_whole(
     client: httpx.AsyncClient, admin_headers: Headers, database: Database,
 ) -> None:

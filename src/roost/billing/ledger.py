@@ -41,13 +41,14 @@ _AGENTS = table("agents", column("id", Uuid))
 # whole batch: two index probes per user (an OR across the two would compare every user
 # with every subscription: 1.2 s for 1,000 users, bench/billing).
 _PAYERS = text("""
-SELECT DISTINCT ON (c.user_id) c.user_id, c.subscription_id, c.period_start FROM (
+SELECT DISTINCT ON (c.user_id) c.user_id, c.subscription_id, c.period_start, c.currency
+FROM (
   SELECT s.user_id, s.id AS subscription_id, false AS via_group, s.created_at,
-         s.current_period_start AS period_start
+         s.current_period_start AS period_start, s.currency
   FROM subscriptions s
   WHERE s.status <> 'canceled' AND s.user_id = ANY(CAST(:user_ids AS uuid[]))
   UNION ALL
-  SELECT m.user_id, s.id, true, s.created_at, s.current_period_start
+  SELECT m.user_id, s.id, true, s.created_at, s.current_period_start, s.currency
   FROM user_group_memberships m
   JOIN subscriptions s ON s.group_id = m.group_id AND s.status <> 'canceled'
   WHERE m.user_id = ANY(CAST(:user_ids AS uuid[]))
@@ -184,11 +185,18 @@ async def ingest(
     found = (await session.execute(_PAYERS, {"user_ids": users})).all()
     payers = {row.user_id: row.subscription_id for row in found}
     period_starts = {row.user_id: row.period_start for row in found}
+    payer_currencies: dict[uuid.UUID, str] = {row.user_id: row.currency for row in found}
     now = utcnow()
     columns: dict[str, list[object]] = defaultdict(list)
     for event in events:
         _check_occurred_at(event, period_starts.get(event.user_id), now)
         cost, currency = event.cost, event.currency
+        payer_currency = payer_currencies.get(event.user_id)
+        if cost is not None and currency is None:
+            # A sent amount without its currency is in the payer's (what the event is
+            # invoiced in), else the model's price's, never USD by default alone.
+            currency = payer_currency or (await prices.cost_for(
+                session, event.model, event.tokens_input, event.tokens_output))[1]
         if cost is None:
             cost, priced_in = await prices.cost_for(session, event.model, event.tokens_input,
                                                     event.tokens_output)
@@ -204,6 +212,14 @@ async def ingest(
                     f"event {event.idempotency_key!r} would cost {cost} {currency} by the "
                     f"price table: more than one event may cost ({MAX_EVENT_COST})", extra={"field": "cost",
                                                      "idempotency_key": event.idempotency_key})
+        if cost and payer_currency is not None and currency != payer_currency:
+            # Stored, it would block its payer's invoice for the whole period (an invoice
+            # never mixes currencies, and the ledger is append-only).
+            raise Unprocessable(
+                f"event {event.idempotency_key!r} costs {cost} {currency} but its user's "
+                f"subscription is billed in {payer_currency}: send its cost in "
+                f"{payer_currency} (or price its model in {payer_currency})",
+                extra={"field": "currency", "idempotency_key": event.idempotency_key})
         credits = event.credits if event.credits is not None else credits_for_tokens(
             settings, event.tokens_input + event.tokens_output, capped=False)
         # Credits from the tokens at a high rate: more than a ledger row holds would be
