@@ -240,18 +240,27 @@ async def test_usage_report_bounds_outside_utc_years_are_422_naming_the_field(
         assert resp.json()["field"] in resp.json()["detail"]
 
 
-@pytest.mark.parametrize("until", ["2026-01-31", "20260131"])
-async def test_a_date_as_until_covers_its_whole_day_in_either_iso_form(
+@pytest.mark.parametrize("until", ["2026-01-31", "20260131", "2026-031", "2026031",
+                                   "2026-W05-6"])
+async def test_a_date_as_until_covers_its_whole_day_in_any_iso_form(
     client: httpx.AsyncClient, admin_headers: Headers, until: str,
 ) -> None:
     """``until=20260131`` (an ISO date in basic form) was read as the start of that day by
-    the timestamp parser, leaving the last day out; a date in any ISO form means through
-    its end."""
+    the timestamp parser, leaving the last day out; an ordinal date (``2026-031``) was a
+    422; a date in any ISO form means through its end."""
     resp = await client.get("/api/v1/billing/usage", headers=admin_headers,
                             params={"since": "20260101", "until": until})
     assert resp.status_code == 200, resp.text
     assert (resp.json()["since"], resp.json()["until"]) == (
         "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z")
+
+
+async def test_an_ordinal_date_past_its_years_last_day_is_a_422_naming_it(
+    client: httpx.AsyncClient, admin_headers: Headers,
+) -> None:
+    resp = await client.get("/api/v1/billing/usage", headers=admin_headers,
+                            params={"since": "2026-366", "until": "2027-001"})
+    assert resp.status_code == 422 and resp.json()["field"] == "since", resp.text
 
 
 async def test_usage_by_provider_agent_and_api_key_with_cost_and_stream_metrics(

@@ -6,6 +6,7 @@ role)."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -75,6 +76,23 @@ class UsageReport:
         return sums
 
 
+_ORDINAL = re.compile(r"(\d{4})-?(\d{3})")
+
+
+def _ordinal_date(text: str) -> date | None:
+    """An ISO 8601 ordinal date (``2026-031``, ``2026031``: the year's 31st day), which
+    ``date.fromisoformat`` does not read; ValueError past the year's last day."""
+    found = _ORDINAL.fullmatch(text)
+    if found is None:
+        return None
+    year, number = int(found[1]), int(found[2])
+    first = date(year, 1, 1)
+    day = first + timedelta(days=number - 1) if number >= 1 else None
+    if day is None or day.year != year:
+        raise ValueError(f"{text!r} is no day of {year}")
+    return day
+
+
 def parse_bound(value: str | None, *, name: str, end: bool) -> datetime | None:
     """An ISO timestamp or date (UTC when it names no offset).  A bare date as ``until``
     means the end of that day, so ``since=2026-01-01&until=2026-01-31`` covers January.
@@ -84,7 +102,7 @@ def parse_bound(value: str | None, *, name: str, end: bool) -> datetime | None:
     text = value.strip()
     try:
         try:  # a date in any ISO form (2026-01-31, 20260131, 2026-031, 2026-W05-6)
-            day: date | None = date.fromisoformat(text)
+            day: date | None = _ordinal_date(text) or date.fromisoformat(text)
         except ValueError:
             day = None
         if day is not None:
