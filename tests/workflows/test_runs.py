@@ -844,12 +844,13 @@ async def test_an_idempotency_key_used_for_another_workflow_is_a_409(
     assert again.status_code == 200 and again.json()["id"] == first["id"], again.text
 
 
-async def test_an_idempotency_key_sent_again_with_other_inputs_is_a_409(
+async def test_an_idempotency_key_sent_again_is_the_first_run_or_a_409_for_other_inputs(
     client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
 ) -> None:
     """A key replayed with other inputs is a client's mistake: 409 naming the first run,
     not the first run passed off as the answer to different inputs; the same inputs again
-    (or the version the first run used, named) answer the first run."""
+    (or the version the first run used, named) answer the first run, even once the
+    workflow is archived."""
     _, headers = user
     workflow_id = await publish(client, headers, *approval_graph())
     first = await start(client, headers, workflow_id, inputs={"doc": "x"}, idempotency_key="k")
@@ -861,6 +862,16 @@ async def test_an_idempotency_key_sent_again_with_other_inputs_is_a_409(
                               json={"inputs": {"doc": "x"}, "version": 1,
                                     "idempotency_key": "k"})
     assert again.status_code == 200 and again.json()["id"] == first["id"], again.text
+    # Its first answer lost, the client retries after the workflow was archived: the run
+    # it started is the answer (the archive check came first: a 409).
+    assert (await client.patch(f"{API}/{workflow_id}", headers=headers,
+                               json={"status": "archived"})).status_code == 200
+    retried = await client.post(f"{API}/{workflow_id}/runs", headers=headers,
+                                json={"inputs": {"doc": "x"}, "idempotency_key": "k"})
+    assert retried.status_code == 200 and retried.json()["id"] == first["id"], retried.text
+    fresh = await client.post(f"{API}/{workflow_id}/runs", headers=headers,
+                              json={"inputs": {"doc": "x"}, "idempotency_key": "k2"})
+    assert fresh.status_code == 409 and "archived" in fresh.json()["detail"], fresh.text
 
 
 async def test_runs_are_their_owners(

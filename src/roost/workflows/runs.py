@@ -31,7 +31,7 @@ from roost.workflows.execution import (
     plan_of,
     run_inputs,
 )
-from roost.workflows.models import WorkflowRun
+from roost.workflows.models import Workflow, WorkflowRun
 from roost.workflows.schemas import (
     MAX_INPUT_JSON_CHARS,
     ApprovalIn,
@@ -75,6 +75,36 @@ def _check_inputs(declared: list[str], inputs: dict[str, Any]) -> str:
     return encoded
 
 
+async def _replayed(session: AsyncSession, workflow: Workflow,
+                    body: WorkflowRunCreate) -> Run | None:
+    """The run this workflow's owner started with ``body``'s idempotency key (None: no
+    key, or not used yet); 409 when the key was used for another run, or with other
+    inputs or another version named: a replay is the same request again, and answering
+    the first run would silently drop what differs."""
+    if body.idempotency_key is None:
+        return None
+    existing = await session.scalar(select(Run).where(
+        Run.user_id == workflow.user_id, Run.idempotency_key == body.idempotency_key))
+    if existing is None:
+        return None
+    config = existing.config or {}
+    if existing.kind != "workflow":
+        raise Conflict("this idempotency key was used for another run")
+    if config.get("workflow_id") != str(workflow.id):
+        raise Conflict("this idempotency key was used for a run of another workflow")
+    try:
+        same_inputs = json.loads(existing.input or "{}") == json.loads(
+            json.dumps(body.inputs, ensure_ascii=False, allow_nan=False, default=str))
+    except ValueError:  # NaN or infinity: never what was stored
+        same_inputs = False
+    if not same_inputs or (body.version is not None and config.get("version") != body.version):
+        raise Conflict(f"idempotency_key {body.idempotency_key!r} was used for run "
+                       f"{existing.id} with other inputs or another version: send that "
+                       "request again unchanged, or use a new key",
+                       extra={"run_id": str(existing.id)})
+    return existing
+
+
 async def start_run(session: AsyncSession, actor: Principal, workflow_id: uuid.UUID,
                     body: WorkflowRunCreate, *, source: str = "api") -> tuple[Run, bool]:
     """A run of the workflow's version ``body.version`` (the newest by default), started
@@ -89,6 +119,12 @@ async def start_run(session: AsyncSession, actor: Principal, workflow_id: uuid.U
     # then waited for the workflow's, while the deletion held the workflow and deleted the
     # version: a deadlock, a 503.
     workflow = await service.get_workflow(session, actor, workflow_id, key_share=True)
+    # A replay answers the run it started whatever happened since (the workflow archived,
+    # its version deleted, its start node's inputs changed): the first answer may have
+    # been lost, and that run exists.
+    replayed = await _replayed(session, workflow, body)
+    if replayed is not None:
+        return replayed, False
     if workflow.status == "archived":
         raise Conflict(f"workflow {workflow_id} is archived: make it active to run it")
     version = await service.get_version(session, actor, workflow_id, body.version)
@@ -111,23 +147,10 @@ async def start_run(session: AsyncSession, actor: Principal, workflow_id: uuid.U
         stmt = stmt.on_conflict_do_nothing(
             index_elements=[Run.user_id, Run.idempotency_key],
             index_where=Run.idempotency_key.is_not(None))
-    if await session.scalar(stmt.returning(Run.id)) is None:
-        existing = await session.scalar(select(Run).where(
-            Run.user_id == workflow.user_id, Run.idempotency_key == body.idempotency_key))
-        if existing is None or existing.kind != "workflow":
+    if await session.scalar(stmt.returning(Run.id)) is None:  # a replay raced the first
+        existing = await _replayed(session, workflow, body)
+        if existing is None:
             raise Conflict("this idempotency key was used for another run")
-        if (existing.config or {}).get("workflow_id") != str(workflow.id):
-            raise Conflict("this idempotency key was used for a run of another workflow")
-        # A replay is the same request again: other inputs (or another version asked for
-        # by number) under a used key are a client's mistake, not a retry; answering the
-        # first run would silently drop them.
-        if json.loads(existing.input or "{}") != json.loads(encoded) or (
-                body.version is not None
-                and (existing.config or {}).get("version") != version.version):
-            raise Conflict(f"idempotency_key {body.idempotency_key!r} was used for run "
-                           f"{existing.id} with other inputs or another version: send that "
-                           "request again unchanged, or use a new key",
-                           extra={"run_id": str(existing.id)})
         return existing, False
     session.add(WorkflowRun(run_id=run_id, workflow_id=workflow.id, version_id=version.id,
                             version=version.version, user_id=workflow.user_id, state={},
