@@ -17,10 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
+from roost.config import Settings
 from roost.db.engine import Database
+from roost.knowledge.config import KnowledgeConfig
 from roost.tools import schemaregex
 from roost.tools.mcpclient import MAX_TOOLS
 from roost.tools.models import MAX_DESCRIPTION_CHARS, MAX_SCHEMA_BYTES
+from roost.tools.search import embed_descriptions
 from tests.support.identity import make_user
 from tests.tools.test_tools_api import tool_id
 
@@ -382,3 +385,43 @@ async def test_oversized_descriptions_are_cut_and_oversized_schemas_or_annotatio
     stored = await _tools(client, alice, sid)
     assert stored["long"]["description"] == "d" * MAX_DESCRIPTION_CHARS
     assert stored["fine"]["annotations"] == {"readOnlyHint": True}
+
+
+async def test_a_tool_whose_name_holds_a_slash_can_be_called_by_name(
+    client: httpx.AsyncClient, database: Database, plans: Plans,
+) -> None:
+    """A tool named ``github/issues`` (MCP does not forbid '/', namespaced names are
+    common) is called by name with its slash sent as %2F: the path is decoded before
+    routing, and a plain segment made it a 404 "no route"."""
+    _, alice = await make_user(database)
+    sid = await _server(client, alice, plans.url("/a", {"tools": [tool("github/issues")]}))
+    assert (await _sync(client, alice, sid)).status_code == 200
+    assert "github/issues" in await _tools(client, alice, sid)
+    reply = await client.post("/api/v1/tools/by-name/github%2Fissues/call", headers=alice,
+                              json={"arguments": {}})
+    assert reply.status_code == 200, reply.text[:300]
+    assert plans.names == ["github/issues"]
+
+
+async def test_search_offers_no_tool_of_a_disabled_server(
+    client: httpx.AsyncClient, database: Database, plans: Plans, test_settings: Settings,
+) -> None:
+    """The search ranks "tools you may call": a disabled server's tools cannot be called
+    (409) and /mcp does not list them, so the search does not offer them either (it
+    ranked one first: an agent choosing tools by search picked a tool that always fails)."""
+    _, alice = await make_user(database)
+    created = await client.post("/api/v1/mcp-servers", headers=alice, json={
+        "name": "off", "transport": "streamable_http", "enabled": False,
+        "url": plans.url("/a", {"tools": [tool("weather_forecast_zeta")]})})
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    assert (await _sync(client, alice, sid)).status_code == 200
+    tid = (await _tools(client, alice, sid))["weather_forecast_zeta"]["id"]
+    called = await client.post(f"/api/v1/tools/{tid}/call", headers=alice, json={"arguments": {}})
+    assert called.status_code == 409, called.text[:300]
+    await embed_descriptions(database, KnowledgeConfig.from_settings(test_settings).embedder)
+    found = await client.get("/api/v1/tools/search", params={"q": "weather_forecast_zeta", "k": 50},
+                             headers=alice)
+    assert found.status_code == 200, found.text[:300]
+    names = [h["tool"]["name"] for h in found.json()["items"]]
+    assert "weather_forecast_zeta" not in names, names

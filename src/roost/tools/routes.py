@@ -185,7 +185,9 @@ async def call_tool(
     return ToolRunOut.model_validate(run)
 
 
-@router.post("/tools/by-name/{name}/call", response_model=ToolRunOut,
+# {name:path}: MCP tool names may hold "/" (``github/issues``), sent as %2F, which the
+# server decodes before routing: a plain segment would never match such a name.
+@router.post("/tools/by-name/{name:path}/call", response_model=ToolRunOut,
              summary="Call a tool by name (?server= when several servers offer it)")
 async def call_tool_by_name(
     name: str, body: ToolCallRequest, principal: CallerPrincipal, env: ToolsEnvDep,

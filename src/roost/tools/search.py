@@ -271,8 +271,10 @@ _catalogues: dict[tuple[str, str, str], tuple[float, Catalogue]] = {}
 
 
 def _where(spec: EmbedderSpec, actor: Principal) -> str:
+    # A disabled server's tools cannot be called (409): not offered either.
     where = [f"embedding_model = {sql_literal(check_model_name(spec.model))}", "available",
-             "enabled"]
+             "enabled", "(mcp_server_id IS NULL OR EXISTS (SELECT 1 FROM mcp_servers s "
+             "WHERE s.id = tools.mcp_server_id AND s.enabled))"]
     if not actor.is_admin:
         where.append("(user_id IS NULL OR user_id = :uid)")
     return " AND ".join(where)
