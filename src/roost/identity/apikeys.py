@@ -20,6 +20,7 @@ from roost.identity.common import (
     target_user_id,
 )
 from roost.identity.models import ApiKey
+from roost.inputs import is_blank
 from roost.principal import Principal
 from roost.security.tokens import generate_api_key
 
@@ -45,7 +46,7 @@ async def create_api_key(
     owner = target_user_id(principal, user_id)
     await load_user(session, owner)
     name = name.strip()
-    if not 1 <= len(name) <= 100:
+    if is_blank(name) or len(name) > 100:  # zero-width characters alone show nothing
         raise Unprocessable("key name must be 1-100 characters", extra={"field": "name"})
     if expires_at is not None:
         if expires_at.tzinfo is None:

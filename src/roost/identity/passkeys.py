@@ -35,7 +35,7 @@ from roost.identity.sessions import (
     count_address_work,
     start_session,
 )
-from roost.inputs import holds_control
+from roost.inputs import holds_control, is_blank
 from roost.principal import Principal
 from roost.security.webauthn_helpers import (
     begin_authentication,
@@ -64,7 +64,8 @@ def user_handle(user_id: uuid.UUID) -> bytes:
 def _name(raw: str | None, default: str) -> str:
     """A passkey's name: one line (shown in lists, the console, the CLI), at most 100
     characters; none given is ``default``."""
-    name = (raw or "").strip() or default
+    name = (raw or "").strip()
+    name = default if is_blank(name) else name  # zero-width characters show nothing too
     if len(name) > 100:
         raise Unprocessable("passkey name must be at most 100 characters", extra={"field": "name"})
     if holds_control(name):
@@ -242,7 +243,7 @@ async def rename_passkey(
 ) -> PasskeyCredential:
     row = await owned_row(session, principal, PasskeyCredential, passkey_id, "passkey")
     before = row.credential_name
-    if not name.strip():  # a rename to nothing is a mistake, not the default name
+    if is_blank(name):  # a rename to nothing is a mistake, not the default name
         raise Unprocessable("passkey name must not be blank", extra={"field": "name"})
     row.credential_name = _name(name, "Passkey")
     await session.flush()

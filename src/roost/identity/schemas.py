@@ -227,7 +227,7 @@ class PasskeyRegisterFinishIn(Input):
 class PasskeyLoginFinishIn(Input):
     challenge_id: uuid.UUID
     credential: Credential
-    device_name: Annotated[str | None, Field(max_length=255)] = None
+    device_name: Annotated[str, BeforeValidator(no_nul), Field(max_length=255)] | None = None
 
 
 class PasskeyOut(BaseModel):
