@@ -264,6 +264,27 @@ async def test_decay_archives_memories_not_recalled_for_long(
     assert (await archive_unaccessed(database, days=180)).archived == 0  # idempotent
 
 
+async def test_decay_does_not_archive_a_fact_that_is_not_true_yet(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A fact valid from 2100 cannot be recalled before then, so cannot escape decay by a
+    recall: its clock starts when it becomes true (it was archived 180 days after it was
+    written, and never listed or recalled when 2100 came)."""
+    _, headers = await make_user(database)
+    answer = await client.post(API, headers=headers, json={
+        "content": "Ada retires", "valid_from": "2100-01-01T00:00:00Z"})
+    assert answer.status_code == 201, answer.text
+    future = answer.json()
+    long_ago = utcnow() - timedelta(days=200)
+    async with database.transaction() as s:
+        await s.execute(text("UPDATE memories SET created_at = :t, updated_at = :t WHERE id = :a"),
+                        {"t": long_ago, "a": uuid.UUID(future["id"])})
+    report = await archive_unaccessed(database, days=180)
+    assert report.archived == 0
+    later = await client.get(API, headers=headers, params={"as_of": "2100-06-01T00:00:00Z"})
+    assert [m["id"] for m in later.json()["items"]] == [future["id"]]
+
+
 async def test_memories_without_vectors_are_embedded_later(
     client: httpx.AsyncClient, database: Database, test_settings: Settings,
 ) -> None:

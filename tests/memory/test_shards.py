@@ -614,6 +614,11 @@ async def test_roost_memory_shards_cli(database: Database, pg_server: PgTestServ
     env["ROOST_MEMORY_SHARDS"] = str(expected + 1)
     out = await asyncio.to_thread(run_roost, "memory", "shards", env=env)
     assert out.returncode == 0 and "warning: ROOST_MEMORY_SHARDS is" in out.stdout
+    # The key and the node id are the caller's text: an escape sequence is shown, not run.
+    env["ROOST_MEMORY_NODE_ID"] = "node-\x1b[2J"
+    out = await asyncio.to_thread(run_roost, "memory", "shards", "--key", "\x1b[31mevil", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "evil" in out.stdout and "\x1b" not in out.stdout + out.stderr, out.stdout
 
 
 async def test_deleting_a_persona_deletes_its_sharded_rows(database: Database) -> None:

@@ -36,7 +36,7 @@ class DecayReport:
 async def archive_unaccessed(database: Database, *, days: int, now: datetime | None = None,
                              user_id: uuid.UUID | None = None, batch: int = BATCH) -> DecayReport:
     """Archive the current, active memories whose last recall (or, never recalled, their
-    creation) and last change are both older than ``days`` days."""
+    creation), last change and start (``valid_from``) are all older than ``days`` days."""
     cutoff = (now or utcnow()) - timedelta(days=days)
     report = DecayReport(cutoff=cutoff)
     reason = f"not recalled or changed for {days} days"
@@ -45,6 +45,9 @@ async def archive_unaccessed(database: Database, *, days: int, now: datetime | N
             stmt = (select(Memory.id, Memory.user_id, Memory.content, Memory.persona_id)
                     .where(Memory.status == "active", Memory.valid_to.is_(None),
                            func.coalesce(Memory.last_accessed, Memory.created_at) < cutoff,
+                           # A fact not true yet cannot be recalled, so cannot escape decay
+                           # by a recall: its clock starts when it becomes true.
+                           Memory.valid_from < cutoff,
                            Memory.updated_at < cutoff)
                     .order_by(Memory.id).limit(batch).with_for_update(skip_locked=True))
             if user_id is not None:

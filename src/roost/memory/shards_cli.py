@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from roost.clitools import fail, id_table, print_table, with_database
+from roost.db.cliio import printable
 from roost.db.engine import Database
 
 console = Console()
@@ -40,10 +41,12 @@ def shards_command(
     print_table(console, table)
     settings = get_settings()
     rows = sum(p.rows for p in parts)
+    # The node id (ROOST_MEMORY_NODE_ID) and the key are the caller's text: escaped, as
+    # every command prints what it did not write itself.
     console.print(f"{_count(len(parts), 'partition')}, {_count(rows, 'row')}; "
-                  f"this node: {this_node()}", markup=False, highlight=False)
-    if keyed is not None:
-        console.print(f"shard key {key} -> {keyed}", markup=False, highlight=False)
+                  f"this node: {printable(this_node())}", markup=False, highlight=False)
+    if keyed is not None and key is not None:
+        console.print(f"shard key {printable(key)} -> {keyed}", markup=False, highlight=False)
     moduli = {p.modulus for p in parts}
     if moduli != {len(parts)} or len(parts) != settings.memory_shards:
         console.print(
