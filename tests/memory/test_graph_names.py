@@ -62,3 +62,43 @@ async def test_cli_graph_escapes_control_characters(
     first = shown.stdout.splitlines()[0]
     assert "\x1b" not in first and "\x07" not in first, repr(first)
 
+
+async def test_an_entity_named_like_a_uuid_is_found_by_its_name(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """`source` and `target` are names or ids: a name in the form of a UUID (an order
+    number) that is no entity's id is a name (it was taken for an id only: a 404 "no
+    entity with id"); an id still wins, and another user's id is still a 404."""
+    name = "123e4567-e89b-12d3-a456-426614174000"
+    _, headers = await make_user(database)
+    await _add(client, headers, "the order shipped to Paris", [(name, "shipped_to", "Paris")])
+    found = await client.get(f"{GRAPH}/paths", headers=headers,
+                             params={"source": name, "target": "Paris"})
+    assert found.status_code == 200, found.text
+    assert [[e["name"] for e in p["entities"]] for p in found.json()] == [[name, "Paris"]]
+    paris = (await client.get(f"{GRAPH}/entities", headers=headers,
+                              params={"q": "paris"})).json()[0]["id"]
+    by_id = await client.get(f"{GRAPH}/paths", headers=headers,
+                             params={"source": name, "target": paris})
+    assert by_id.status_code == 200 and len(by_id.json()) == 1, by_id.text
+    _, stranger = await make_user(database)
+    theirs = await client.get(f"{GRAPH}/paths", headers=stranger,
+                              params={"source": paris, "target": name})
+    assert theirs.status_code == 404, theirs.text
+
+
+async def test_entities_q_finds_the_end_of_a_name_whose_key_was_cut(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """`entities?q=` finds a part of a name past where its key was cut: ``ß`` * 200 +
+    `` Berlin`` casefolds to a key over 255 characters, stored as its first 238 and a
+    digest, and `q=berlin` was matched against that cut key only."""
+    name = "ß" * 200 + " Berlin"
+    _, headers = await make_user(database)
+    await _add(client, headers, "a long name", [(name, "is_in", "Germany")])
+    found = await client.get(f"{GRAPH}/entities", headers=headers, params={"q": "berlin"})
+    assert found.status_code == 200, found.text
+    assert [e["name"] for e in found.json()] == [name]
+    long_q = await client.get(f"{GRAPH}/entities", headers=headers,
+                              params={"q": "ß" * 130 + " berlin"})
+    assert [e["name"] for e in long_q.json()] == [name], long_q.text
+    none = await client.get(f"{GRAPH}/entities", headers=headers, params={"q": "munich"})
+    assert none.json() == [], none.text

@@ -54,6 +54,7 @@ RETURNING id, normalized_name
 """)
 
 MAX_KEY_CHARS: Final = 255  # memory_entities.normalized_name
+KEPT_KEY_CHARS: Final = MAX_KEY_CHARS - 17  # of a longer key, before "#<16 hex digits>"
 
 
 def clean(name: str) -> str:
@@ -74,11 +75,16 @@ def normalize(name: str) -> str:
     decompose).  Casefolding may lengthen a name ("ß" is "ss"): a key over the column's
     255 characters keeps its first 238 and a digest of the whole, so two names that differ
     past the cut stay two entities (a plain cut merged them)."""
-    key = unicodedata.normalize("NFC", clean(name).casefold())
+    key = full_key(name)
     if len(key) <= MAX_KEY_CHARS:
         return key
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return f"{key[:MAX_KEY_CHARS - 17]}#{digest}"
+    return f"{key[:KEPT_KEY_CHARS]}#{digest}"
+
+
+def full_key(name: str) -> str:
+    """``normalize(name)`` before any cut: what a search for part of a name matches."""
+    return unicodedata.normalize("NFC", clean(name).casefold())
 
 
 async def upsert_entities(session: AsyncSession, *, user_id: uuid.UUID,

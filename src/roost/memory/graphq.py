@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.db.errors import sqlstate
 from roost.errors import BadRequest, NotFound, Unprocessable
 from roost.memory import service
-from roost.memory.graph import normalize
+from roost.memory.graph import KEPT_KEY_CHARS, full_key, normalize
 from roost.memory.schemas import ScopeIn
 from roost.pagination import MALFORMED_CURSOR, decode_cursor, encode_cursor, page_of
 from roost.principal import Principal
@@ -130,6 +130,7 @@ async def _check_persona(session: AsyncSession, actor: Principal, owner: uuid.UU
 
 
 _ENTITY_COLUMNS = "e.id, e.name, e.entity_type, e.user_id, e.persona_id"
+CUT_SLACK = 100  # rows with a cut key fetched beyond the limit by find_entities
 
 
 def _entity(row: Any) -> EntityRef:
@@ -148,11 +149,13 @@ async def resolve_entities(
         row = (await session.execute(text(
             f"SELECT {_ENTITY_COLUMNS} FROM memory_entities e WHERE e.id = :id"),  # noqa: S608
             {"id": entity_id})).one_or_none()
-        if row is None or not (actor.is_admin or row.user_id == actor.user_id) \
-                or (user_id is not None and row.user_id != user_id):
+        if row is not None and (actor.is_admin or row.user_id == actor.user_id) \
+                and (user_id is None or row.user_id == user_id):
+            await _check_persona(session, actor, row.user_id, persona_id)
+            return [_entity(row)]
+        if isinstance(ref, uuid.UUID):
             raise NotFound(f"no entity with id {entity_id}")
-        await _check_persona(session, actor, row.user_id, persona_id)
-        return [_entity(row)]
+        # No such id: a name in the form of one (an order number...) is still a name.
     owner = _owner(actor, user_id)
     await _check_persona(session, actor, owner, persona_id)
     name = normalize(str(ref))
@@ -167,7 +170,8 @@ async def resolve_entities(
     rows = (await session.execute(text(sql + " ORDER BY e.persona_id NULLS FIRST, e.id"),
                                   params)).all()
     if not rows:
-        raise NotFound(f"no entity named {str(ref)[:255]!r}")
+        raise NotFound(f"no entity with id {entity_id}" if entity_id is not None
+                       else f"no entity named {str(ref)[:255]!r}")
     return [_entity(r) for r in rows]
 
 
@@ -245,12 +249,19 @@ async def find_entities(
     if persona_id is not None:
         where.append("e.persona_id = :pid")
         params["pid"] = persona_id
-    if q is not None and normalize(q):
-        escaped = normalize(q).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where.append("e.normalized_name LIKE :pattern")
+    wanted = full_key(q) if q is not None else ""
+    if wanted:
+        escaped = wanted.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        # A key cut to its first KEPT_KEY_CHARS and a digest (a long name) holds no part
+        # of the name past the cut: such rows are candidates, checked on their full name
+        # below (rare: over-fetched by CUT_SLACK so the limit still fills).
+        where.append("(e.normalized_name LIKE :pattern OR (length(e.normalized_name) = "
+                     f"{KEPT_KEY_CHARS + 17} AND substr(e.normalized_name, "
+                     f"{KEPT_KEY_CHARS + 1}, 1) = '#'))")
         params["pattern"] = f"%{escaped}%"
+        params["limit"] = limit + CUT_SLACK
     sql = f"""
-SELECT {_ENTITY_COLUMNS}, c.current_relations, c.all_relations
+SELECT {_ENTITY_COLUMNS}, e.normalized_name, c.current_relations, c.all_relations
 FROM memory_entities e,
 LATERAL (
   SELECT count(*) FILTER (WHERE r.valid_from <= now()
@@ -262,6 +273,9 @@ WHERE {" AND ".join(where)}
 ORDER BY c.current_relations DESC, e.normalized_name, e.id
 LIMIT :limit"""  # noqa: S608 (fixed clauses only)
     rows = (await session.execute(text(sql), params)).all()
+    if wanted:
+        rows = [r for r in rows if wanted in r.normalized_name[:KEPT_KEY_CHARS]
+                or wanted in full_key(r.name)][:limit]
     return [EntitySummary(_entity(r), int(r.current_relations), int(r.all_relations)) for r in rows]
 
 
