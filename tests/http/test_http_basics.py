@@ -390,7 +390,12 @@ def test_logs_go_to_the_stderr_of_the_moment_not_the_one_configured() -> None:
 
 @pytest.mark.parametrize(("path", "target"), [("/console", "/console/"),
                                               ("/api/v1/auth/me/", "/api/v1/auth/me"),
-                                              ("/console?next=x", "/console/?next=x")])
+                                              ("/console?next=x", "/console/?next=x"),
+                                              # The console's catch-all matched these
+                                              # first: its 404 page, not the page.
+                                              ("/console/chat/", "/console/chat"),
+                                              ("/console/admin/users/?q=a",
+                                               "/console/admin/users?q=a")])
 async def test_trailing_slash_redirects_are_paths_not_the_host_header(
     client: httpx.AsyncClient, path: str, target: str,
 ) -> None:
@@ -401,6 +406,15 @@ async def test_trailing_slash_redirects_are_paths_not_the_host_header(
     assert reply.headers["location"] == target
     unparsable = await client.get(path, headers={"Host": "[evil"})  # no URL holds it
     assert unparsable.status_code == 307
+
+
+@pytest.mark.parametrize("path", ["/console/no-such-page/", "/console//evil.example/",
+                                  "/console/%2F%2Fevil.example/"])
+async def test_a_console_path_no_page_serves_is_the_404_page_with_or_without_a_slash(
+    client: httpx.AsyncClient, path: str,
+) -> None:
+    reply = await client.get(path)
+    assert reply.status_code == 404, (path, reply.headers.get("location"))
 
 
 async def test_api_answers_are_not_stored_by_caches(

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Match
 
 from roost.agents import catalog as agent_catalog
 from roost.agents import personas as agent_personas
@@ -348,7 +349,28 @@ async def admin_page(section: str, request: Request, session: DbSession) -> Resp
 
 @router.get("/{rest:path}")
 async def unknown_page(rest: str, request: Request, session: DbSession) -> Response:
+    canonical = _page_without_slash(request)
+    if canonical is not None:  # /console/chat/ (a bookmark, a hand-typed URL): the page
+        query = f"?{request.url.query}" if request.url.query else ""
+        return RedirectResponse(canonical + query, status_code=307)
     return not_found_page(request, await viewer(request, session))
+
+
+def _page_without_slash(request: Request) -> str | None:
+    """The path without its trailing slash when another console route serves it: this
+    catch-all matched first, so the framework's own trailing-slash redirect never ran.
+    A path (never a URL built from the Host header), under /console."""
+    path = request.url.path
+    if not path.endswith("/") or path.rstrip("/") in ("", "/console"):
+        return None
+    stripped = path.rstrip("/")
+    scope = {**request.scope, "path": stripped, "method": "GET"}
+    for route in router.routes:  # the console's own, their paths under /console
+        if getattr(route, "endpoint", None) is unknown_page:
+            continue
+        if isinstance(route, BaseRoute) and route.matches(scope)[0] is Match.FULL:
+            return stripped
+    return None
 
 
 __all__ = ["SECURITY_HEADERS", "root_router", "router"]
