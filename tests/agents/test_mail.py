@@ -860,7 +860,9 @@ def test_sanitized_names_never_leave_their_directory(tmp_path: Path) -> None:
     from roost.agents.attachments import sanitize_filename
 
     for hostile in ("../../etc/passwd", "..\\..\\boot.ini", "/abs/path", "..", ".", "",
-                    "a\x00b", "x" * 400 + ".pdf", "con:stream", "\u202etxt.exe"):
+                    "a\x00b", "x" * 400 + ".pdf", "con:stream", "\u202etxt.exe",
+                    # Dots behind spaces were left in front by one strip of each.
+                    ". .htaccess", " . .bashrc", "..  .profile", ". . . .env"):
         name = sanitize_filename(hostile, "application/pdf")
         assert name and "/" not in name and "\\" not in name and len(name) <= 255
         assert not name.startswith(".") and "\x00" not in name

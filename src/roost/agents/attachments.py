@@ -47,6 +47,9 @@ class StoredBlob:
     file_path: str  # relative to the data directory
 
 
+_LEADING = re.compile(r"^[\s.]+")
+
+
 def sanitize_filename(name: str | None, mime_type: str | None = None) -> str:
     """A display name safe in a header and on any file system: the last path component,
     no control characters, separators or quotes, no leading dots, at most 255 chars
@@ -54,7 +57,8 @@ def sanitize_filename(name: str | None, mime_type: str | None = None) -> str:
     text = unicodedata.normalize("NFC", name or "")
     text = re.split(r"[/\\]", text)[-1]  # a path's last component, whichever separator
     text = "".join(c for c in text if unicodedata.category(c)[0] != "C")
-    text = _UNSAFE.sub("_", text).strip().lstrip(".").strip()
+    # Dots and spaces interleaved (". .htaccess"): all of them, not one strip of each.
+    text = _LEADING.sub("", _UNSAFE.sub("_", text)).strip()
     if not text or set(text) <= {"_", " "}:
         extension = mimetypes.guess_extension(mime_type or "") or ""
         return f"attachment{extension}"
