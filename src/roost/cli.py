@@ -206,6 +206,7 @@ def serve(
         connection_limit,
         listening_socket,
         smtp_socket,
+        stopping_on_sigterm,
     )
     from roost.tasks.cli import worker_config
     from roost.tasks.worker import Worker
@@ -220,10 +221,11 @@ def serve(
     if processes > 1:
         from roost.serving import serve_processes
 
-        serve_processes(settings, host=bind_host, port=bind_port,
-                        processes=processes, migrate=migrate, with_worker=with_worker,
-                        announce=lambda: _print_start_up(settings, bind_host, bind_port,
-                                                         starting=True))
+        with stopping_on_sigterm():
+            serve_processes(settings, host=bind_host, port=bind_port,
+                            processes=processes, migrate=migrate, with_worker=with_worker,
+                            announce=lambda: _print_start_up(settings, bind_host, bind_port,
+                                                             starting=True))
         return
 
     # A key it cannot use, a port in use: said before the database is started or migrated.
@@ -265,7 +267,7 @@ def serve(
             await db.dispose()
 
     # Server.serve() runs on the caller's loop (only uvicorn.run() picks uvloop itself).
-    with sock, smtp or contextlib.nullcontext(), \
+    with stopping_on_sigterm(), sock, smtp or contextlib.nullcontext(), \
             asyncio.Runner(loop_factory=_server_loop_factory()) as runner:
         runner.run(run())
 

