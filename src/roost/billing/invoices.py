@@ -267,12 +267,28 @@ async def ledger_totals(session: AsyncSession, subscription_id: uuid.UUID,
             for model, rtype, cur, n, ti, to, cr, cost in (await session.execute(stmt)).all()]
 
 
+async def subscribers_ledger_totals(session: AsyncSession, subscription_id: uuid.UUID,
+                                    period: Period) -> list[UsageTotal]:
+    """``ledger_totals`` over every row charged to the subscription, for a caller who may
+    read the subscription (a group's member too: the ledger's row-level security shows
+    them only their own rows; migration 1340)."""
+    rows = (await session.execute(text(
+        "SELECT * FROM roost_subscription_usage(:s, :start, :end)"),
+        {"s": subscription_id, "start": period.start, "end": period.end})).all()
+    return [UsageTotal(r.model, r.request_type, r.currency, int(r.requests),
+                       int(r.tokens_input), int(r.tokens_output), int(r.credits),
+                       Decimal(r.cost)) for r in rows]
+
+
 async def draft_invoice(session: AsyncSession, subscription: Subscription, period: Period,
-                        tax_rate: Decimal) -> InvoiceDraft:
+                        tax_rate: Decimal, *, as_subscriber: bool = False) -> InvoiceDraft:
+    """The period's draft; ``as_subscriber``: summed for a caller who may read the
+    subscription but not every member's usage (a preview)."""
     plan = await session.get(Plan, subscription.plan_id)
     if plan is None:  # the foreign key forbids it
         raise NotFound("the subscription's plan no longer exists")
-    totals = await ledger_totals(session, subscription.id, period)
+    totals = await (subscribers_ledger_totals if as_subscriber else ledger_totals)(
+        session, subscription.id, period)
     return invoice_from_totals(plan, subscription, totals, period, tax_rate)
 
 
@@ -489,7 +505,8 @@ async def preview_invoice(session: AsyncSession, principal: Principal,
         raise NotFound(f"no subscription {subscription_id}")
     cfg = config or InvoiceConfig.from_settings()
     return await draft_invoice(session, sub, Period(sub.current_period_start,
-                                                    sub.current_period_end), cfg.tax_rate)
+                                                    sub.current_period_end), cfg.tax_rate,
+                               as_subscriber=True)
 
 
 @dataclass(frozen=True)

@@ -234,6 +234,16 @@ async def update_group(
 async def delete_group(session: AsyncSession, principal: Principal, group_id: uuid.UUID) -> None:
     # Locked: a second deletion at once waits, then finds the group gone (404, one record).
     view = await _locked(session, principal, group_id, manage=True)
+    # A live subscription would go with the group (its foreign key cascades) before its
+    # period was invoiced: the usage already charged to it never billed, and by a group
+    # admin who may not cancel subscriptions.  (billing's table, by name: a higher domain.)
+    live = await session.scalar(text(
+        "SELECT id FROM subscriptions WHERE group_id = :g AND status <> 'canceled' LIMIT 1"),
+        {"g": group_id})
+    if live is not None:
+        raise Conflict(f"group {group_id} has a subscription that is not canceled ({live}): "
+                       "an administrator cancels it first (and issues its period's invoice)",
+                       extra={"subscription_id": str(live)})
     await session.delete(view.group)
     await session.flush()
     await record(session, "group.deleted", user_id=principal.user_id, resource_type="group",
