@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import string
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -98,6 +99,13 @@ def _unfenced(body: str) -> str:
     return body.strip()
 
 
+def position_key(position: str) -> str:
+    """How positions are compared (with each other, and with a ballot's names): case,
+    surrounding spaces and composed or decomposed accents aside (a model answers "café"
+    in one form whatever form the debate was given in)."""
+    return unicodedata.normalize("NFC", position.strip()).casefold()
+
+
 def parse_ballot(text: str, positions: Sequence[str]) -> tuple[list[str], float]:
     """The ranking (each position once, spelled as the debate spells it; matched without
     regard to case or surrounding spaces) and confidence of a ballot answer."""
@@ -120,8 +128,8 @@ def parse_ballot(text: str, positions: Sequence[str]) -> tuple[list[str], float]
     ranking = data.get("ranking")
     if not isinstance(ranking, list) or not all(isinstance(r, str) for r in ranking):
         raise BallotError('"ranking" must be a list of position names')
-    canonical = {p.strip().casefold(): p for p in positions}
-    named = [canonical.get(r.strip().casefold()) for r in ranking]
+    canonical = {position_key(p): p for p in positions}
+    named = [canonical.get(position_key(r)) for r in ranking]
     unknown = [r for r, n in zip(ranking, named, strict=True) if n is None]
     if unknown:
         raise BallotError(f'"ranking" names {len(unknown)} unknown position(s)')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -9,6 +10,7 @@ from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from roost.debates.prompts import position_key
 from roost.inputs import StrictInput, is_blank
 
 MAX_PARTICIPANTS: Final = 20
@@ -72,10 +74,11 @@ class DebateCreate(StrictInput):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        cleaned = [p.strip() for p in self.positions]
-        if any(not p or len(p) > 255 for p in cleaned):
+        # Stored composed (NFC): two spellings of one text are one position.
+        cleaned = [unicodedata.normalize("NFC", p.strip()) for p in self.positions]
+        if any(is_blank(p) or len(p) > 255 for p in cleaned):
             raise ValueError("every position is 1 to 255 characters (not blank)")
-        if len({p.casefold() for p in cleaned}) != len(cleaned):
+        if len({position_key(p) for p in cleaned}) != len(cleaned):
             raise ValueError("the positions must be distinct")
         self.positions = cleaned
         ids = [p.id for p in self.participants]
@@ -83,7 +86,7 @@ class DebateCreate(StrictInput):
             raise ValueError("participant ids must be distinct")
         for p in self.participants:
             if p.position is not None:
-                match = [q for q in cleaned if q.casefold() == p.position.strip().casefold()]
+                match = [q for q in cleaned if position_key(q) == position_key(p.position)]
                 if not match:
                     raise ValueError(f"participant {p.id!r} argues a position that is not "
                                      "one of the positions")
