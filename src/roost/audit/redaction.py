@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from typing import Any
 
 REDACTED = "[redacted]"
@@ -17,10 +18,18 @@ _SECRET_WORDS = frozenset(
      # plural rule, which would hide "tokens_in"
      "secrets", "passwords", "passphrases", "apikeys", "cookies"}
 )
-_SECRET_PAIRS = ("api_key", "private_key", "backup_code", "session_key", "recovery_code")
+_SECRET_PAIRS = ("api_key", "private_key", "backup_code", "session_key", "recovery_code",
+                 "encryption_key", "signing_key", "secret_key", "master_key")
+# A name run together ("clientsecret", "refreshtoken", "privatekey") ending in one of these:
+# a suffix, not a substring, so "maxtokens" stays visible.
+_SECRET_SUFFIXES = ("secret", "password", "passwd", "passphrase", "token", "apikey",
+                    "privatekey", "sessionkey", "signingkey", "encryptionkey", "secretkey",
+                    "masterkey")
 # Word boundaries: "refreshToken" (lower to upper) and after an acronym, "DBPassword",
 # "OpenAIAPIKey" (an upper letter before an upper one starting a word).
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+# A letter followed by digits ends a word: "password2" (a confirmation field), "token2".
+_DIGITS = re.compile(r"(?<=[^\W\d_])(?=\d)")
 # Any other run of non-word characters separates words too: "Client Secret", "x.api.token",
 # "Authorization:", "password " (a form label, a dotted path, a copied header).
 _SEPARATORS = re.compile(r"[\W_]+")
@@ -30,11 +39,16 @@ _SEPARATORS = re.compile(r"[\W_]+")
 def is_secret_key(key: str) -> bool:
     """Cached: records name the same few keys over and over (a regex and a split for each
     key was most of building an audit record)."""
-    norm = _SEPARATORS.sub("_", _CAMEL.sub("_", key).lower()).strip("_")
+    # Compatibility forms first: "PASSWORD" in fullwidth letters is the word to a reader.
+    text = unicodedata.normalize("NFKC", key)
+    norm = _SEPARATORS.sub("_", _DIGITS.sub("_", _CAMEL.sub("_", text)).casefold()).strip("_")
     words = norm.split("_")
     if norm == "key" or any(word in _SECRET_WORDS for word in words):
         return True
-    return any(pair in norm for pair in _SECRET_PAIRS)
+    if any(pair in norm for pair in _SECRET_PAIRS):
+        return True
+    joined = "".join(word for word in words if not word.isdigit())
+    return joined.endswith(_SECRET_SUFFIXES)
 
 
 def redact(value: Any, _depth: int = 0) -> Any:
