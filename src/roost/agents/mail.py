@@ -50,7 +50,7 @@ from roost.agents.attachments import StoredBlob, store_blob
 from roost.agents.mail_schemas import SUBJECT_PATTERN, EmailSend
 from roost.agents.models import Agent, Attachment, Email, Persona, Run
 from roost.agents.runs import create_run
-from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate
+from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate, address_key
 from roost.audit.service import record
 from roost.config import Relay, Settings, parse_relay_url
 from roost.db.base import utcnow, uuid7
@@ -144,7 +144,7 @@ async def find_persona_id(database: Database, address: str) -> uuid.UUID | None:
         return None
     async with database.transaction() as session:
         return await session.scalar(select(Persona.id).where(
-            func.lower(Persona.email_address) == text.strip().lower(), Persona.is_active))
+            func.lower(Persona.email_address) == address_key(text), Persona.is_active))
 
 
 async def _thread_of(session: AsyncSession, persona_id: uuid.UUID,
@@ -215,13 +215,13 @@ async def _deliver_to(
     await apply_principal(session, scope, app_role=cfg.app_role)
     email_id = uuid7()
     now = utcnow()
-    header_to = {a.lower() for a in parsed.to}
+    header_to = {address_key(a) for a in parsed.to}
     inserted = await session.scalar(pg_insert(Email).values(
         id=email_id, persona_id=persona.id, user_id=persona.owner_id, direction="inbound",
         message_id=message_id, in_reply_to=parsed.in_reply_to,
         thread_id=await _thread_of(session, persona.id, parsed, message_id),
         from_email=parsed.from_email, to_email=parsed.to_header or recipient,
-        cc=parsed.cc_header, bcc=None if recipient.lower() in header_to else recipient,
+        cc=parsed.cc_header, bcc=None if address_key(recipient) in header_to else recipient,
         subject=parsed.subject, body_text=parsed.body_text, body_html=parsed.body_html,
         size_bytes=parsed.size, received_at=now, created_at=now,
     ).on_conflict_do_nothing(
@@ -319,7 +319,7 @@ async def receive(database: Database, cfg: MailConfig, raw: bytes,
     blobs = [(part, await store_blob(cfg.data_dir, part.data)) for part in parsed.attachments]
     delivered: list[Received] = []
     async with database.transaction() as session:
-        wanted = {r.strip().lower() for r in recipients}
+        wanted = {address_key(r) for r in recipients}
         personas = list((await session.scalars(
             select(Persona).where(func.lower(Persona.email_address).in_(wanted),
                                   Persona.is_active)

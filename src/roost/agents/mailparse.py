@@ -120,6 +120,20 @@ def message_ids(value: str | None) -> list[str]:
             if len(found.encode("utf-8", "surrogatepass")) <= MAX_MESSAGE_ID_BYTES]
 
 
+# A Message-ID some mailers write without its angle brackets: one local@domain token.
+_BARE_ID = re.compile(r"[^<>\s\x00-\x1f\x7f\ud800-\udfff@]+@[^<>\s\x00-\x1f\x7f\ud800-\udfff@]+")
+
+
+def _bare_id(value: object) -> list[str]:
+    """``[<local@domain>]`` for a Message-ID written as a bare ``local@domain`` (else no id):
+    without it the message got a random id of Roost's, and each retry of its delivery
+    (a lost ``250``) was stored, and started a run, again."""
+    text = str(value or "").strip()
+    if not _BARE_ID.fullmatch(text):
+        return []
+    return message_ids(f"<{text}>")
+
+
 def _one_line(value: str) -> str:
     return " ".join(value.split())
 
@@ -261,7 +275,7 @@ def parse(raw: bytes, *, max_attachment_bytes: int) -> ParsedMail:
         to, to_header = _addresses(message, "to")
         cc, cc_header = _addresses(message, "cc")
         subject = message["subject"]
-        ids = message_ids(str(message["message-id"] or ""))
+        ids = message_ids(str(message["message-id"] or "")) or _bare_id(message["message-id"])
         in_reply_to = message_ids(str(message["in-reply-to"] or ""))
         references = message_ids(" ".join(str(h) for h in message.get_all("references") or []))
         if len(references) > MAX_REFERENCES:  # the root, then the newest

@@ -30,7 +30,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.models import Agent, Persona, PersonaInvitation, PersonaMember
-from roost.agents.schemas import MemberAdd, PersonaCreate, PersonaOut, PersonaUpdate
+from roost.agents.schemas import (
+    MemberAdd,
+    PersonaCreate,
+    PersonaOut,
+    PersonaUpdate,
+    address_key,
+)
 from roost.audit.service import record
 from roost.db.errors import flush_unique
 from roost.db.lookup import one_or_404
@@ -198,7 +204,7 @@ async def create_persona(session: AsyncSession, actor: Principal,
 
 
 def _email(value: str | None) -> str | None:
-    return value.strip().lower() if value else None
+    return address_key(value) if value else None
 
 
 async def list_personas(

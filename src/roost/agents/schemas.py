@@ -5,6 +5,7 @@ Secrets go in, never out: answers name a secret (type and key name), never its v
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -223,6 +224,13 @@ def _refuse_nulls(body: BaseModel, fields: tuple[str, ...]) -> None:
         raise ValueError(f"{', '.join(nulled)} cannot be null")
 
 
+def address_key(value: str) -> str:
+    """How a persona's address is stored and looked up: lower-cased and composed (NFC), so
+    "josé@" typed with a combining accent and mail to its composed form (what RFC 6532
+    recommends senders write) are one address, and one owner's."""
+    return unicodedata.normalize("NFC", value.strip().lower())
+
+
 def _lowered_email(value: str | None) -> str | None:
     """Stored lower-cased (unique case-insensitively): some letters grow when lowered
     ("İ" is two characters), so the limit is checked again on what is stored."""
@@ -230,7 +238,7 @@ def _lowered_email(value: str | None) -> str | None:
         return None
     # Mail can never reach an address with a control character or a line break (nor
     # should one go into a From header): the pattern refuses only ASCII white space.
-    lowered = _one_line(value).strip().lower()
+    lowered = address_key(_one_line(value))
     if len(lowered) > MAX_EMAIL_CHARS:
         raise ValueError(f"must be at most {MAX_EMAIL_CHARS} characters once lower-cased")
     return lowered
