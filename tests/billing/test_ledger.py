@@ -137,6 +137,35 @@ async def test_an_events_cost_is_in_its_payers_currency_or_refused(
     assert Decimal(preview.json()["subtotal"]) == Decimal("4.00"), preview.text
 
 
+async def test_usage_reports_never_add_costs_in_two_currencies(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    """Costs in USD and in EUR on one day: the day's row and the totals give each
+    currency's amount (``costs``) and no ``cost`` (it added 1.5 USD and 2 EUR to 3.5); a
+    row in one currency names it."""
+    user_id, _ = await make_user(database)
+    batch = [_event(user_id, f"mixed-{uuid.uuid4()}", model="usd-model", cost="1.5",
+                    currency="USD"),
+             _event(user_id, f"mixed-{uuid.uuid4()}", model="eur-model", cost="2",
+                    currency="EUR")]
+    ok = await client.post("/api/v1/billing/usage-events", headers=admin_headers,
+                           json={"events": batch})
+    assert ok.status_code == 200, ok.text
+    params: dict[str, str] = {"user_id": str(user_id)}
+    by_day = (await client.get("/api/v1/billing/usage", headers=admin_headers,
+                               params={**params, "group_by": "day"})).json()
+    [day] = by_day["rows"]
+    assert (day["cost"], day["currency"]) == (None, None), day
+    assert {k: Decimal(v) for k, v in day["costs"].items()} == {
+        "USD": Decimal("1.5"), "EUR": Decimal("2")}
+    assert by_day["totals"]["cost"] is None and set(by_day["totals"]["costs"]) == {"USD", "EUR"}
+    assert day["requests"] == 2 and day["avg_latency_ms"] is None
+    by_model = (await client.get("/api/v1/billing/usage", headers=admin_headers,
+                                 params={**params, "group_by": "model"})).json()
+    assert sorted((r["key"], Decimal(r["cost"]), r["currency"]) for r in by_model["rows"]) == [
+        ("eur-model", Decimal("2"), "EUR"), ("usd-model", Decimal("1.5"), "USD")]
+
+
 async def test_bad_events_are_refused_whole(
     client: httpx.AsyncClient, admin_headers: Headers, database: Database,
 ) -> None:

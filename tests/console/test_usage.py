@@ -64,24 +64,24 @@ async def test_admin_sees_usage_per_day_model_and_user(
     totals = page.locator("#usage-totals")
     assert await totals.locator(".total", has_text="Requests").locator("dd").inner_text() == "4"
     assert await totals.locator(".total", has_text="Tokens").first.locator("dd").inner_text() == "515"
-    assert await totals.locator(".total", has_text="Cost").locator("dd").inner_text() == "1.750125"
+    assert await totals.locator(".total", has_text="Cost").locator("dd").inner_text() == "1.750125 USD"
     assert await _rows(page) == [
-        [str(older.date()), "2", "110", "55", "165", "2", "0.250000", "120", "0"],
-        [str(newer.date()), "2", "230", "120", "350", "4", "1.500125", "120", "1"],
+        [str(older.date()), "2", "110", "55", "165", "2", "0.250000 USD", "120", "0"],
+        [str(newer.date()), "2", "230", "120", "350", "4", "1.500125 USD", "120", "1"],
     ]
     await assert_accessible(page)
 
     await page.get_by_label("Group by").select_option("model")
     await page.get_by_role("img", name="Bar chart of tokens per model").wait_for()
-    assert sorted(await _rows(page)) == [["claude-b", "2", "40", "25", "65", "1", "0.000125", "120", "0"],
-                                         ["gpt-a", "2", "300", "150", "450", "5", "1.750000", "120", "1"]]
+    assert sorted(await _rows(page)) == [["claude-b", "2", "40", "25", "65", "1", "0.000125 USD", "120", "0"],
+                                         ["gpt-a", "2", "300", "150", "450", "5", "1.750000 USD", "120", "1"]]
     assert await page.locator("#usage-chart rect.bar").count() == 2
 
     await page.get_by_label("Group by").select_option("user")
     chart = page.get_by_role("img", name="Bar chart of tokens per user")
     await chart.wait_for()
-    assert sorted(await _rows(page)) == [["alice", "2", "130", "70", "200", "3", "0.250125", "120", "0"],
-                                         ["bob", "2", "210", "105", "315", "3", "1.500000", "120", "1"]]
+    assert sorted(await _rows(page)) == [["alice", "2", "130", "70", "200", "3", "0.250125 USD", "120", "0"],
+                                         ["bob", "2", "210", "105", "315", "3", "1.500000 USD", "120", "1"]]
     assert "highest bob with 315" in (await chart.get_attribute("aria-label") or "")
     await page.get_by_label("Chart shows").select_option("requests")
     await page.get_by_role("img", name="Bar chart of requests per user").wait_for()
@@ -95,8 +95,8 @@ async def test_admin_sees_usage_per_day_model_and_user(
     await page.get_by_label("Group by").select_option("request_type")
     await page.get_by_role("img", name="Bar chart of cost per request type").wait_for()
     assert sorted(await _rows(page)) == [
-        ["agent_run", "1", "10", "5", "15", "0", "0.000000", "120", "0"],
-        ["chat", "3", "330", "170", "500", "6", "1.750125", "120", "1"]]
+        ["agent_run", "1", "10", "5", "15", "0", "0.000000 USD", "120", "0"],
+        ["chat", "3", "330", "170", "500", "6", "1.750125 USD", "120", "1"]]
     assert "group_by=request_type" in page.url  # a reload shows the same report
 
     # The same report from the analytics export: not per request type (the API's 422,

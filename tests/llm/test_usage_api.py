@@ -65,7 +65,8 @@ async def test_administrators_see_everyones_usage_per_day_model_and_user(
     assert (second["requests"], second["tokens_input"], second["tokens_output"]) == (2, 21, 11)
     assert second["avg_latency_ms"] == 300.0 and second["failures"] == 1
     assert body["totals"] == {"requests": 4, "tokens_input": 131, "tokens_output": 66,
-                              "credits_used": 10, "failures": 1, "cost": "0.000000"}
+                              "credits_used": 10, "failures": 1, "cost": "0.000000",
+                              "currency": "USD", "costs": {"USD": "0.000000"}}
 
     models = _by_key((await client.get("/api/v1/llm/usage", params={**MARCH, "group_by": "model"},
                                        headers=admin_h)).json())

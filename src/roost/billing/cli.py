@@ -6,6 +6,7 @@ same services as the API."""
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from typing import Annotated, Literal
 
 import typer
@@ -82,14 +83,22 @@ def _print(report: usage.UsageReport, source: Literal["postgres", "clickhouse"] 
     for row in report.rows:
         key = row.username or row.label or row.key or "(none)"
         add_text_row(table, key, f"{row.requests:,}", f"{row.tokens_input:,}",
-                     f"{row.tokens_output:,}", f"{row.credits_used:,}", f"{row.cost:.6f}",
-                     f"{row.failures:,}")
+                     f"{row.tokens_output:,}", f"{row.credits_used:,}",
+                     _cost_text(row.cost, row.currency, row.costs), f"{row.failures:,}")
     totals = report.totals()
     table.add_section()
     table.add_row("total", f"{totals['requests']:,}", f"{totals['tokens_input']:,}",
                   f"{totals['tokens_output']:,}", f"{totals['credits_used']:,}",
-                  f"{totals['cost']:.6f}", f"{totals['failures']:,}")
+                  _cost_text(totals["cost"], totals["currency"], totals["costs"]),
+                  f"{totals['failures']:,}")
     print_table(console, table)
+
+
+def _cost_text(cost: Decimal | None, currency: str | None, costs: dict[str, Decimal]) -> str:
+    """``1.500000 USD``; amounts in several currencies side by side, never added."""
+    if cost is None:
+        return " + ".join(f"{amount:.6f} {name}" for name, amount in sorted(costs.items()))
+    return f"{cost:.6f}" + (f" {currency}" if currency else "")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -58,8 +58,21 @@ class UsageRow:
     credits_used: int
     avg_latency_ms: float | None
     failures: int
-    cost: Decimal = _ZERO
+    cost: Decimal | None = _ZERO  # in ``currency``; None when the costs are in several
     label: str | None = None  # the provider's, agent's or API key's name
+    currency: str | None = None  # of ``cost``: None when several (or not known)
+    costs: dict[str, Decimal] = field(default_factory=dict)  # per currency, never added
+
+
+def single_cost(costs: dict[str, Decimal]) -> tuple[Decimal | None, str | None]:
+    """``(cost, currency)`` of per-currency amounts: the one amount, or (None, None) when
+    there are several (amounts in two currencies do not add); no usage: 0 in none."""
+    if len(costs) > 1:
+        return None, None
+    if not costs:
+        return _ZERO, None
+    ((currency, cost),) = costs.items()
+    return cost, currency
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,18 @@ class UsageReport:
     def totals(self) -> dict[str, Any]:
         fields = ("requests", "tokens_input", "tokens_output", "credits_used", "failures")
         sums: dict[str, Any] = {f: sum(getattr(r, f) for r in self.rows) for f in fields}
-        sums["cost"] = sum((r.cost for r in self.rows), Decimal(0))
+        costs: dict[str, Decimal] = {}
+        unknown = _ZERO  # rows whose currency is not known (the ClickHouse export's)
+        for row in self.rows:
+            if not row.costs:
+                unknown += row.cost or _ZERO
+            for currency, amount in row.costs.items():
+                costs[currency] = costs.get(currency, _ZERO) + amount
+        if costs:
+            sums["cost"], sums["currency"] = single_cost(costs)
+        else:
+            sums["cost"], sums["currency"] = unknown, None
+        sums["costs"] = costs
         return sums
 
 
@@ -148,27 +172,63 @@ def _sums() -> list[Any]:
         func.coalesce(func.sum(UsageRecord.tokens_input), 0).label("tokens_input"),
         func.coalesce(func.sum(UsageRecord.tokens_output), 0).label("tokens_output"),
         func.coalesce(func.sum(UsageRecord.credits_used), 0).label("credits_used"),
-        func.avg(UsageRecord.latency_ms).label("avg_latency_ms"),
+        # Summed and counted, not averaged: a key's rows per currency are merged after.
+        func.coalesce(func.sum(UsageRecord.latency_ms), 0).label("latency_sum"),
+        func.count(UsageRecord.latency_ms).label("latency_n"),
         func.count().filter(UsageRecord.success.is_(False)).label("failures"),
         func.coalesce(func.sum(UsageRecord.cost), 0).label("cost"),
+        UsageRecord.currency.label("currency"),
     ]
 
 
 def _grouped(group_by: GroupBy) -> Select[Any]:
+    """One row per key and currency (merged per key by ``_merged``)."""
+    currency = UsageRecord.currency
     if group_by == "day":
         # The day in UTC whatever the session's time zone.
         day = cast(func.timezone("UTC", UsageRecord.created_at), Date).label("key")
-        return select(day, *_sums()).group_by(day).order_by(day)
+        return select(day, *_sums()).group_by(day, currency)
     if group_by in ("model", "request_type"):
         col = UsageRecord.model if group_by == "model" else UsageRecord.request_type
-        return (select(col.label("key"), *_sums()).group_by(col)
-                .order_by(func.count().desc(), col))
+        return select(col.label("key"), *_sums()).group_by(col, currency)
     ref, named, name = _NAMED[group_by]  # user, provider, agent, api_key
-    field = name.label("username" if group_by == "user" else "label")
-    return (select(ref.label("key"), field, *_sums())
+    shown = name.label("username" if group_by == "user" else "label")
+    return (select(ref.label("key"), shown, *_sums())
             .outerjoin(named, named.c.id == ref)
-            .group_by(ref, name)
-            .order_by(func.count().desc(), name))
+            .group_by(ref, name, currency))
+
+
+def _merged(group_by: GroupBy, found: Iterable[Any]) -> list[UsageRow]:
+    """The rows per key and currency as one row per key, each currency's cost kept apart,
+    in the report's order: days oldest first, anything else most requests first."""
+    merged: dict[Any, dict[str, Any]] = {}
+    for r in found:
+        row = merged.setdefault(r["key"], {
+            "username": r.get("username"), "label": r.get("label"), "requests": 0,
+            "tokens_input": 0, "tokens_output": 0, "credits_used": 0, "failures": 0,
+            "latency_sum": 0, "latency_n": 0, "costs": {}})
+        for name in ("requests", "tokens_input", "tokens_output", "credits_used", "failures",
+                     "latency_sum", "latency_n"):
+            row[name] += int(r[name])
+        costs = row["costs"]
+        costs[r["currency"]] = costs.get(r["currency"], _ZERO) + Decimal(r["cost"])
+    rows = []
+    for key, row in merged.items():
+        cost, currency = single_cost(row["costs"])
+        n = row["latency_n"]
+        rows.append(UsageRow(
+            key=key.isoformat() if isinstance(key, date) else str(key) if key is not None else None,
+            username=row["username"], requests=row["requests"],
+            tokens_input=row["tokens_input"], tokens_output=row["tokens_output"],
+            credits_used=row["credits_used"],
+            avg_latency_ms=round(row["latency_sum"] / n, 1) if n else None,
+            failures=row["failures"], cost=cost, label=row["label"], currency=currency,
+            costs=row["costs"]))
+    if group_by == "day":
+        rows.sort(key=lambda r: r.key or "")
+    else:
+        rows.sort(key=lambda r: (-r.requests, r.username or r.label or r.key or ""))
+    return rows
 
 
 async def _names(session: AsyncSession, group_by: GroupBy,
@@ -214,20 +274,8 @@ async def usage_report(
         return UsageReport(group_by, start, end, [])
     if whose is not None:
         stmt = stmt.where(UsageRecord.user_id == whose)
-    rows = []
-    for found in (await session.execute(stmt)).mappings():
-        key = found["key"]
-        avg = found["avg_latency_ms"]
-        rows.append(UsageRow(
-            key=key.isoformat() if isinstance(key, date) else str(key) if key is not None else None,
-            username=found.get("username"),
-            requests=int(found["requests"]), tokens_input=int(found["tokens_input"]),
-            tokens_output=int(found["tokens_output"]), credits_used=int(found["credits_used"]),
-            avg_latency_ms=round(float(avg), 1) if avg is not None else None,
-            failures=int(found["failures"]), cost=Decimal(found["cost"]),
-            label=found.get("label"),
-        ))
-    return UsageReport(group_by, start, end, rows)
+    return UsageReport(group_by, start, end,
+                       _merged(group_by, (await session.execute(stmt)).mappings()))
 
 
 async def clickhouse_report(

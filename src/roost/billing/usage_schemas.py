@@ -29,7 +29,13 @@ class UsageRowOut(BaseModel):
     tokens_input: int
     tokens_output: int
     credits_used: int
-    cost: Decimal = Field(description="Money, from the model price table (a decimal string)")
+    cost: Decimal | None = Field(description="Money in `currency`, from the model price table "
+                                             "(a decimal string); null when the row's usage "
+                                             "was priced in several currencies (see `costs`)")
+    currency: str | None = Field(default=None, description="The currency of `cost`; null "
+                                                           "when several, or not known")
+    costs: dict[str, Decimal] = Field(default_factory=dict, description="The cost per "
+                                      "currency (amounts in two currencies never added)")
     avg_latency_ms: float | None
     failures: int
 
@@ -39,7 +45,9 @@ class UsageTotalsOut(BaseModel):
     tokens_input: int
     tokens_output: int
     credits_used: int
-    cost: Decimal
+    cost: Decimal | None = Field(description="In `currency`; null when several (see `costs`)")
+    currency: str | None = None
+    costs: dict[str, Decimal] = Field(default_factory=dict)
     failures: int
 
 

@@ -13,11 +13,17 @@ const GROUP_TITLES = { day: "Day (UTC)", model: "Model", user: "User", provider:
 const GROUP_WORDS = { day: "day", model: "model", user: "user", provider: "provider",
                       agent: "agent", api_key: "API key", request_type: "request type" };
 const SOURCES = ["postgres", "clickhouse"];
+// A cost with its currency; amounts in several currencies side by side (never added: the
+// API gives their cost as null and each currency's in `costs`).
+const costText = (r) => (r.cost === null
+  ? Object.entries(r.costs).map(([currency, amount]) => `${amount} ${currency}`).join(" + ")
+  : (r.currency ? `${r.cost} ${r.currency}` : String(r.cost)));
 const METRICS = {
   tokens: { title: "Tokens", value: (r) => r.tokens_input + r.tokens_output },
   requests: { title: "Requests", value: (r) => r.requests },
   credits_used: { title: "Credits", value: (r) => r.credits_used },
-  cost: { title: "Cost", value: (r) => Number(r.cost), text: (r) => String(r.cost) },
+  // Bars in several currencies would add unlike amounts: such a row's bar is 0.
+  cost: { title: "Cost", value: (r) => Number(r.cost ?? 0), text: costText },
   failures: { title: "Failures", value: (r) => r.failures },
 };
 const number = (value) => Number(value).toLocaleString();
@@ -65,7 +71,7 @@ function renderTotals(data) {
   const items = [
     ["Requests", t.requests], ["Tokens", t.tokens_input + t.tokens_output],
     ["Input tokens", t.tokens_input], ["Output tokens", t.tokens_output],
-    ["Credits", t.credits_used], ["Cost", String(t.cost)], ["Failures", t.failures],
+    ["Credits", t.credits_used], ["Cost", costText(t)], ["Failures", t.failures],
   ];
   $("usage-totals").replaceChildren(...items.map(([label, value]) =>
     el("div", { class: "total" }, el("dt", {}, label),
@@ -147,7 +153,7 @@ function renderTable(data) {
                    "Total tokens", "Credits", "Cost", "Avg latency (ms)", "Failures"];
   const cells = (row) => [...[row.requests, row.tokens_input, row.tokens_output,
                               row.tokens_input + row.tokens_output, row.credits_used]
-    .map((v) => el("td", { class: "num" }, number(v))), el("td", { class: "num" }, String(row.cost))];
+    .map((v) => el("td", { class: "num" }, number(v))), el("td", { class: "num" }, costText(row))];
   holder.replaceChildren(el("table", { class: "usage-table" },
     el("caption", { class: "visually-hidden" }, `Usage per ${GROUP_WORDS[data.group_by]}`),
     el("thead", {}, el("tr", {}, headers.map((h, i) =>
