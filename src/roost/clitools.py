@@ -513,9 +513,11 @@ def print_table(console: Console, table: Table) -> None:
         console.width = width
 
 
-async def resolve_id(session: AsyncSession, column: Any, text: str, what: str) -> uuid.UUID:
+async def resolve_id(session: AsyncSession, column: Any, text: str, what: str,
+                     *, where: Any = None) -> uuid.UUID:
     """The id in ``column`` that ``text`` (a full id or a unique prefix of one, as the
-    tables print them) names; a clear error when none or several do."""
+    tables print them) names, among the rows ``where`` selects (a persona's secrets: not
+    another persona's with the same start); a clear error when none or several do."""
     try:
         return uuid.UUID(text)
     except ValueError:
@@ -524,7 +526,9 @@ async def resolve_id(session: AsyncSession, column: Any, text: str, what: str) -
         raise BadRequest(f"{text!r} is not an id or the start of one (hex digits and dashes)")
     rows: Sequence[Any] = (await session.scalars(
         # distinct: a column may repeat an id (a job dead-lettered twice has two letters)
-        select(column).where(id_starts_with(column, text)).distinct().order_by(column).limit(6)
+        select(column).where(id_starts_with(column, text),
+                             *(() if where is None else (where,)))
+        .distinct().order_by(column).limit(6)
     )).all()
     if not rows:
         raise NotFound(f"no {what} id starts with {text!r}")

@@ -554,7 +554,8 @@ def secrets_rm(
                     raise NotFound(f"the persona has no {kind} secret named {key!r}")
                 secret_id = match[0]
             else:
-                secret_id = await resolve_id(session, Secret.id, secret, "secret")
+                secret_id = await resolve_id(session, Secret.id, secret, "secret",
+                                             where=Secret.persona_id == persona_id)
             return await secrets.delete_secret(session, env.principal, persona_id, secret_id)
 
     row = _run(user, go)
