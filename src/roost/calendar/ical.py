@@ -557,12 +557,29 @@ def _categories(component: Any) -> list[str]:
     return [c for c in found if c]
 
 
-def _when(at: datetime, tz_name: str, all_day: bool) -> date | datetime:
+def _when(at: datetime, tz_name: str, all_day: bool, *, in_zone: bool = False) -> date | datetime:
+    """A stored instant as the event's zone writes it.  The second of a repeated local time
+    (a fall-back's hour: 01:45 twice in Australia/Lord_Howe) is written in UTC: a local
+    time cannot say which, and read back it is the first, an hour early (``in_zone``: a
+    series' start, whose zone its rule is expanded in, stays in it)."""
     if all_day:
         return recurrence.local(at, recurrence.zone(tz_name)).date()
-    if tz_name == "UTC":
+    if tz_name == "UTC" or (not in_zone and _second_of_two(at, tz_name)):
         return at.astimezone(UTC)
     return at.astimezone(recurrence.zone(tz_name))
+
+
+def _second_of_two(at: datetime, tz_name: str) -> bool:
+    local = at.astimezone(recurrence.zone(tz_name))
+    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
+
+
+def _when_list(values: Sequence[datetime], tz_name: str, all_day: bool) -> list[date | datetime]:
+    """RDATE and EXDATE values: one property holds one zone, so all in UTC when any must
+    be (the second of a repeated local time)."""
+    if not all_day and tz_name != "UTC" and any(_second_of_two(v, tz_name) for v in values):
+        return [v.astimezone(UTC) for v in values]
+    return [_when(v, tz_name, all_day) for v in values]
 
 
 def build(name: str, events: Iterable[Any], *, description: str | None = None,
@@ -612,8 +629,9 @@ def _component(ev: Any, series: Any = None, timezone: str | None = None) -> ical
     out.add("DTSTAMP", (ev.updated_at or datetime.now(UTC)).astimezone(UTC))
     if series is not None:
         out.add("RECURRENCE-ID", _when(ev.recurrence_id, series.timezone, series.all_day))
-    out.add("DTSTART", _when(ev.start_time, ev.timezone, ev.all_day))
-    out.add("DTEND", _when(ev.end_time, ev.timezone, ev.all_day))
+    series_start = bool(ev.recurrence_rule) or bool(ev.rdates)
+    out.add("DTSTART", _when(ev.start_time, ev.timezone, ev.all_day, in_zone=series_start))
+    out.add("DTEND", _when(ev.end_time, ev.timezone, ev.all_day, in_zone=series_start))
     if ev.all_day and ev.timezone != timezone:
         out.add("X-ROOST-TIMEZONE", icalendar.vText(ev.timezone))
     out.add("SUMMARY", ev.summary)
@@ -634,9 +652,9 @@ def _component(ev: Any, series: Any = None, timezone: str | None = None) -> ical
     if ev.recurrence_rule:
         out.add("RRULE", icalendar.vRecur.from_ical(ev.recurrence_rule))
     if ev.rdates:
-        out.add("RDATE", [_when(r, ev.timezone, ev.all_day) for r in ev.rdates])
+        out.add("RDATE", _when_list(ev.rdates, ev.timezone, ev.all_day))
     if ev.exdates:
-        out.add("EXDATE", [_when(x, ev.timezone, ev.all_day) for x in ev.exdates])
+        out.add("EXDATE", _when_list(ev.exdates, ev.timezone, ev.all_day))
     for person in ev.attendees or []:
         params = {k: person[v] for k, v in (("CN", "name"), ("ROLE", "role"),
                                              ("PARTSTAT", "status")) if person.get(v)}

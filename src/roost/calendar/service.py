@@ -17,7 +17,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any, Final
 
 import numpy as np
@@ -277,8 +277,11 @@ def _whole_days(ev: Event) -> None:
     except RecurrenceError:
         return  # the zone's own check names it
     for field in ("start_time", "end_time"):
-        at = recurrence.local(getattr(ev, field), tz)
-        if (at.hour, at.minute, at.second, at.microsecond) != (0, 0, 0, 0):
+        at = getattr(ev, field)
+        # The day's first instant, as import and the recurrence store it: on a day whose
+        # midnight a DST change skips (America/Santiago), the local clock then reads 01:00.
+        midnight = datetime.combine(recurrence.local(at, tz).date(), time())
+        if at != recurrence.to_utc(midnight, tz):
             raise Unprocessable(f"{field}: an all-day event starts and ends at midnight in its "
                                 f"time zone ({ev.timezone})", extra={"field": field})
     if ev.end_time <= ev.start_time:
