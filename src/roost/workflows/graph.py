@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
@@ -421,6 +422,9 @@ def validate_graph(nodes: Sequence[Any], edges: Sequence[Any],
             issues.add(issue.code, issue.message)
 
     types: dict[str, NodeType] = {}
+    # Ids compared composed (NFC): "café" typed composed and decomposed look the same on
+    # the canvas, and an approval or a template naming one form would miss the other.
+    seen_ids: set[str] = set()
     for index, node in enumerate(nodes):
         if not isinstance(node, dict):
             issues.add("invalid_node", f"nodes[{index}] is not an object")
@@ -430,10 +434,11 @@ def validate_graph(nodes: Sequence[Any], edges: Sequence[Any],
             issues.add("invalid_node", f"nodes[{index}] has no id (a string of 1 to "
                                        f"{MAX_ID_CHARS} characters)")
             continue
-        if node_id in types:
+        if node_id in types or unicodedata.normalize("NFC", node_id) in seen_ids:
             issues.add("duplicate_node_id", f"node {node_id!r} appears more than once",
                        node=node_id)
             continue
+        seen_ids.add(unicodedata.normalize("NFC", node_id))
         if node_id in DOT_SEGMENTS:
             issues.add("invalid_node", f"node id {node_id!r} cannot be used in a URL (the "
                                        "approvals route names the node); choose another id",

@@ -164,6 +164,12 @@ async def update_workflow(session: AsyncSession, actor: Principal, workflow_id: 
         if body.status == "active" and workflow.latest_version == 0:
             raise Conflict("publish the workflow before activating it (POST "
                            f"/api/v1/workflows/{workflow.id}/publish)")
+        if body.status == "active" and not workflow.nodes and not workflow.edges:
+            # Only a draft holds an empty graph, whatever the order of the changes (set
+            # back to draft, emptied, made active again).
+            raise Unprocessable("the workflow's graph is empty: only a draft may hold an "
+                                "empty graph; save a graph (or roll back to a version) "
+                                "before making it active", extra={"field": "status"})
         changed["status"] = {"before": workflow.status, "after": body.status}
         workflow.status = body.status
     if changed:
