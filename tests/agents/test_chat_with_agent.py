@@ -39,6 +39,11 @@ async def test_an_agent_answers_in_a_chat_session(
         assert body["provider"] == "agent:clock"
         steps = (await http.get(f"/api/v1/runs/{body['run_id']}/steps", headers=headers)).json()
         assert [s["step_type"] for s in steps] == ["llm_call", "tool_call", "llm_call"]
+        async with database.transaction() as session:  # what its model calls were charged
+            charged = await session.scalar(text(
+                "SELECT sum(credits_used) FROM usage_records WHERE run_id = :r"),
+                {"r": uuid.UUID(body["run_id"])})
+        assert charged and body["usage"]["credits_used"] == charged, body["usage"]
 
         streamed = await http.post(url, headers=headers, timeout=30, json={
             "content": "And now?", "model": "agent:clock", "stream": True})

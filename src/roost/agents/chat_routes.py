@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, status
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
+from sqlalchemy import text
 
 from roost.agents import catalog, events, runs
 from roost.agents.models import TERMINAL_RUN_STATUSES, Run
@@ -127,11 +128,17 @@ def chat_agent_handler(app: FastAPI) -> ChatHandler:
                 gateway, principal, session_id, content=done.output or "",
                 fields={"conversation_domain": "agent"},
                 metadata={"run_id": str(run.id), "agent": slug})
+            async with database.transaction() as session:
+                await apply_principal(session, principal, app_role=app_role)
+                # What the run's model calls were charged (its usage rows): it said 0.
+                credits = int(await session.scalar(text(
+                    "SELECT coalesce(sum(credits_used), 0) FROM usage_records "
+                    "WHERE run_id = :r"), {"r": run.id}) or 0)
             return ExchangeOut(
                 user_message=user_message, assistant_message=answer,
                 provider=f"agent:{slug}", run_id=run.id,
                 usage=UsageOut(tokens_input=done.tokens_in, tokens_output=done.tokens_out,
-                               credits_used=0, latency_ms=None, model=body.model))
+                               credits_used=credits, latency_ms=None, model=body.model))
 
         async def wait_for_end(on_delta: Callable[[str], None] | None = None) -> Run:
             loop = asyncio.get_running_loop()
