@@ -27,7 +27,7 @@ from roost.db.lookup import id_starts_with, one_or_404
 from roost.errors import BadRequest, Forbidden, NotFound, Unprocessable
 from roost.identity.common import lock_owner_quota, require_user
 from roost.identity.models import Group, UserGroupMembership
-from roost.inputs import read_as_utc
+from roost.inputs import is_blank, read_as_utc
 from roost.pagination import MALFORMED_CURSOR, decode_cursor, encode_cursor, newest_first, page_of
 from roost.principal import Principal
 from roost.workspace.models import CLOSED_STATUSES, Project, Task
@@ -78,7 +78,7 @@ def _check_dates(project: Project) -> None:
 
 def _name(value: str, field: str = "name") -> str:
     stripped = value.strip()
-    if not stripped:
+    if is_blank(stripped):  # zero-width characters alone show nothing either
         raise Unprocessable(f"{field} must not be blank", extra={"field": field})
     return stripped
 
