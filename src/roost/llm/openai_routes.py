@@ -218,9 +218,33 @@ class ChatCompletionBody(BaseModel):
                     if part.get("type") in ("text", None) and not isinstance(part.get("text"), str):
                         problem, where = "a text part's text must be a string", (*where, j, "text")
                         break
+                    image = part.get("image_url")
+                    if part.get("type") == "image_url" and not (
+                            isinstance(image, dict) and isinstance(image.get("url"), str)):
+                        # A provider translating it would fail on it: a 500, not the
+                        # client's mistake named.
+                        problem = "an image_url part's image_url must be an object with a url"
+                        where = (*where, j, "image_url")
+                        break
             if problem:
                 raise RequestValidationError([{
                     "type": "value_error", "loc": where, "msg": problem, "input": None}])
+        self._check_tools()
+
+    def _check_tools(self) -> None:
+        """A function tool names its function (``{"type": "function", "function": {"name":
+        ...}}``): without a name a provider's translation failed (a 500) where OpenAI
+        answers 400."""
+        for i, tool in enumerate(self.tools or []):
+            if tool.get("type", "function") != "function":
+                continue
+            function = tool.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            if not isinstance(name, str) or not name.strip():
+                raise RequestValidationError([{
+                    "type": "value_error", "loc": ("body", "tools", i, "function", "name"),
+                    "msg": "a function tool needs function.name, a non-empty string",
+                    "input": None}])
 
     def check_stored_values(self) -> None:
         """The values kept in ``llm_requests.model_params`` (JSONB, which holds no NUL
