@@ -146,28 +146,43 @@ def tasks_retry(
     """Run a dead letter again with a fresh set of retries."""
     from sqlalchemy import select
 
-    from roost.errors import NotFound
+    from roost.errors import BadRequest, NotFound
     from roost.principal import OPERATOR
     from roost.tasks import service
     from roost.tasks.models import DeadLetter
 
+    async def newest_letter_of(session: Any, job_id: uuid.UUID) -> uuid.UUID | None:
+        found = (await session.scalars(
+            select(DeadLetter.id).where(DeadLetter.original_task_id == job_id)
+            .order_by(DeadLetter.moved_at.desc()).limit(1))).first()
+        return uuid.UUID(str(found)) if found is not None else None
+
     async def run(session: Any) -> uuid.UUID:
+        # Both readings of the text (a letter's id, the dead job's id: what `tasks ls`
+        # shows): ids made within a minute share their first characters, and the first
+        # reading that matched once requeued another job than the one meant.
         try:
             letter_id: uuid.UUID | None = await resolve_id(session, DeadLetter.id, ident,
                                                            "dead letter")
         except NotFound:
             letter_id = None
-        if letter_id is None or await session.get(DeadLetter, letter_id) is None:
-            # Accept the original job's id too: that is what `tasks ls` shows.
-            try:
-                job_id = await resolve_id(session, DeadLetter.original_task_id, ident, "dead job")
-            except NotFound:
-                raise NotFound(f"no dead letter or dead job id starts with {ident!r}") from None
-            found = (await session.scalars(
-                select(DeadLetter.id).where(DeadLetter.original_task_id == job_id)
-                .order_by(DeadLetter.moved_at.desc()).limit(1))).first()
-            letter_id = found or job_id
-        task = await service.retry_dead_letter(session, OPERATOR, letter_id)
+        if letter_id is not None and await session.get(DeadLetter, letter_id) is None:
+            letter_id = None
+        try:
+            job_id = await resolve_id(session, DeadLetter.original_task_id, ident, "dead job")
+            job_letter = await newest_letter_of(session, job_id)
+        except NotFound:
+            job_letter = None
+        if letter_id is None and job_letter is None:
+            raise NotFound(f"no dead letter or dead job id starts with {ident!r}")
+        if letter_id is not None and job_letter is not None:
+            letter = await session.get(DeadLetter, letter_id)
+            if letter.original_task_id != job_id:
+                raise BadRequest(f"{ident!r} is the start of dead letter {letter_id} and of "
+                                 f"dead job {job_id} (another job's): give more characters")
+        chosen = letter_id or job_letter
+        assert chosen is not None
+        task = await service.retry_dead_letter(session, OPERATOR, chosen)
         return uuid.UUID(str(task.id))
 
     console.print(f"requeued as task {_run(run)}")

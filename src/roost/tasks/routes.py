@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import Query, Response, status
+from fastapi import Path, Query, Response, status
 
 from roost.http.auth import AdminPrincipal
 from roost.http.deps import Cursor, DbSession, Limit
@@ -80,6 +80,14 @@ async def task_stats(session: DbSession, admin: AdminPrincipal) -> StatsOut:
 @router.get("/schedules", response_model=list[ScheduleOut], summary="Periodic jobs")
 async def list_schedules(session: DbSession, admin: AdminPrincipal) -> list[ScheduleOut]:
     return [ScheduleOut.model_validate(s) for s in await service.list_schedules(session, admin)]
+
+
+@router.delete("/schedules/{name}", status_code=status.HTTP_204_NO_CONTENT,
+               summary="Forget a schedule no worker registers any more (a worker that "
+                       "still registers it writes it again when it starts)")
+async def delete_schedule(name: Annotated[str, Path(max_length=200)], session: DbSession,
+                          admin: AdminPrincipal) -> None:
+    await service.delete_schedule(session, admin, name)
 
 
 @router.get("/dead-letters", response_model=Page[DeadLetterOut], summary="List dead letters")

@@ -684,6 +684,23 @@ async def list_schedules(session: AsyncSession, actor: Principal) -> list[TaskSc
     return list((await session.scalars(select(TaskSchedule).order_by(TaskSchedule.name))).all())
 
 
+async def delete_schedule(session: AsyncSession, actor: Principal, name: str) -> None:
+    """Forget a schedule's row: one removed from the code stays listed (workers write the
+    schedules they register, and never remove another's: workers importing different
+    modules share the table) with a ``next_run_at`` no worker fires.  A schedule some
+    worker still registers is written again when that worker next starts."""
+    _require_admin(actor)
+    row = await session.scalar(select(TaskSchedule).where(TaskSchedule.name == name)
+                               .with_for_update())
+    if row is None:
+        raise NotFound(f"no schedule named {name[:200]!r}")
+    await session.delete(row)
+    await session.flush()
+    await audit.record(session, "task.schedule.deleted", user_id=actor.user_id,
+                       resource_type="task_schedule", resource_id=row.id,
+                       metadata={"name": name, "task_type": row.task_type})
+
+
 async def enqueue_audited(
     session: AsyncSession, actor: Principal, task_type: str, payload: dict[str, Any],
     **options: Unpack[EnqueueOptions],
