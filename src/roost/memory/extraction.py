@@ -25,7 +25,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from roost.db.base import utcnow
 from roost.errors import BadGateway
-from roost.inputs import StrictInput
+from roost.inputs import StrictInput, is_blank
 from roost.llm import calls
 from roost.llm.gateway import LLMGateway
 from roost.llm.types import ChatMessage, ChatRequest
@@ -68,7 +68,7 @@ class ExtractedFact(StrictInput):
     @classmethod
     def _not_blank(cls, value: str) -> str:
         value = value.strip()
-        if not value:
+        if is_blank(value):  # zero-width characters alone show nothing either
             raise ValueError("must not be blank")
         return value
 

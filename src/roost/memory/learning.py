@@ -50,6 +50,7 @@ from roost.db.engine import Database
 from roost.db.vector import VectorType
 from roost.errors import Conflict, NotFound, PayloadTooLarge, RoostError, Unprocessable
 from roost.identity.tenancy import apply_principal
+from roost.inputs import is_blank
 from roost.knowledge.embeddings import Embedder, EmbedderUnavailable, EmbeddingError
 from roost.llm.gateway import LLMGateway
 from roost.memory import graph, service
@@ -114,6 +115,13 @@ def _check_source(source_type: str, text_: str) -> None:
 def clip_text(text: str, limit: int = MAX_LEARN_CHARS) -> str:
     """``text`` cut to its last ``limit`` characters (what a long transcript keeps)."""
     return text if len(text) <= limit else text[-limit:]
+
+
+def _visible(content: str | None) -> str:
+    """``content`` trimmed, or "" when it shows nothing (white space, zero-width
+    characters): such an update is no content, and the fact's own text is kept."""
+    text = (content or "").strip()
+    return "" if is_blank(text) else text
 
 
 def learn_key(scope: Scope, *, source_type: str, source_id: uuid.UUID | None, text_sha256: str,
@@ -518,7 +526,7 @@ def _plan(pending: list[_Pending], decisions: list[Decision], report: LearnRepor
             first = updates[0]
             plans.append(_Plan("update", item, [_target(first)],
                                # a blank content is no content: the fact's own
-                               content=(first.content or "").strip() or item.fact.content.strip(),
+                               content=_visible(first.content) or item.fact.content.strip(),
                                reason=first.reason, vector=item.vector))
         elif invalidations:
             targets = list(dict.fromkeys(_target(d) for d in invalidations))

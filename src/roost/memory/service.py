@@ -10,6 +10,7 @@ tenant's id is a 404 like an unknown one.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -89,7 +90,12 @@ async def resolve_scope(session: AsyncSession, actor: Principal, given: ScopeIn)
 
 
 def content_hash(content: str) -> str:
-    return hashlib.sha256(" ".join(content.split()).casefold().encode()).hexdigest()
+    """Which texts are one fact: case, spacing, invisible characters (zero-width spaces,
+    joiners) and the form of accents (composed or not) aside, as entity names are matched
+    (``graph.clean``).  Plain composed text hashes as it did before the last two were
+    added; a stored fact that held them is matched by one reconciliation call more."""
+    key = unicodedata.normalize("NFC", graph.clean(content).casefold())
+    return hashlib.sha256(" ".join(key.split()).encode()).hexdigest()
 
 
 async def add_memory(
