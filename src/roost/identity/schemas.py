@@ -346,6 +346,8 @@ class SettingsOut(SettingsBase):
 class SettingsPatchIn(SettingsBase, Input):
     """Only the fields sent change; ``web_search_api_key`` is write-only ("" clears it)."""
 
+    refuse_nul = True  # stored as text and jsonb, which hold no NUL: a 422 naming the field
+
     # The themes the console has; a name stored before this rule still reads (SettingsOut).
     theme: Literal["dark", "light"] = "dark"
     web_search_api_key: Annotated[str | None, Field(max_length=512)] = None
@@ -385,6 +387,7 @@ class ProfileOut(ProfileBase):
 
 
 class ProfilePatchIn(ProfileBase, Input):
+    refuse_nul = True  # stored as text and jsonb, which hold no NUL: a 422 naming the field
     timezone: Timezone | None = None
 
 
