@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -43,7 +44,7 @@ from roost.audit import service as audit
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.db.errors import sqlstate
-from roost.errors import LimitReached, NotFound, RoostError
+from roost.errors import LimitReached, NotFound, RoostError, Unprocessable
 from roost.identity.common import is_admin_user
 from roost.identity.models import User, UserGroupMembership
 from roost.identity.tenancy import apply_principal
@@ -62,7 +63,12 @@ from roost.knowledge.paths import (
     read_ingest_file,
     resolve_ingest_path,
 )
-from roost.knowledge.service import check_document_limit, sha256_hex, upload_identity
+from roost.knowledge.service import (
+    check_document_limit,
+    clean_filename,
+    sha256_hex,
+    upload_identity,
+)
 from roost.process import cpu_bound
 from roost.tasks.service import enqueue
 
@@ -352,8 +358,16 @@ def _repaired(name: str) -> str:
 
 
 def _name_from_url(url: str) -> str:
-    tail = url.split("#", 1)[0].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-    return (tail or url)[:255]
+    """The document's name: the path's last segment, percent-decoded ("My%20Notes.html"
+    is "My Notes.html"), else the URL."""
+    try:
+        path = httpx.URL(url).path
+    except (httpx.InvalidURL, ValueError):
+        path = url.split("#", 1)[0].split("?", 1)[0]
+    try:
+        return clean_filename(path.rstrip("/"))
+    except Unprocessable:  # nothing printable in it (a bare host, "%00"): the URL names it
+        return url[:255]
 
 
 async def _load(database: Database, cfg: KnowledgeConfig, run: IngestionRun, source: Source) -> Loaded:

@@ -221,6 +221,21 @@ def _binary_kind(data: bytes) -> str | None:
     return None
 
 
+def _pdf_magic(data: bytes, declared: str, ext: str) -> bool:
+    """Whether ``data`` is a PDF by its header: at the start (white space or a BOM before
+    it aside) always; further into the first 1024 bytes (readers tolerate junk before
+    it) only when nothing says the file is text: a page or a note that mentions "%PDF-"
+    near its start was read as a broken PDF (``corrupt-document``)."""
+    if data[:64].lstrip(b"\xef\xbb\xbf \t\r\n\x00").startswith(_PDF_MAGIC):
+        return True
+    if _PDF_MAGIC not in data[:_PDF_MAGIC_WINDOW]:
+        return False
+    textual = (declared.startswith("text/") and declared != "text/plain") \
+        or declared in _HTML_MIMES or declared in _MARKDOWN_MIMES \
+        or ext in _MARKDOWN_EXTS or ext in _HTML_EXTS or ext in _TEXT_EXTS
+    return not textual
+
+
 def detect_mime(data: bytes, *, filename: str | None = None, mime: str | None = None) -> str:
     """Pick one of the supported mimes, or raise :class:`UnsupportedDocument`.
 
@@ -229,10 +244,10 @@ def detect_mime(data: bytes, *, filename: str | None = None, mime: str | None = 
     ``application/octet-stream`` count as "not specific" because browsers and servers
     send them for Markdown and unknown files alike.
     """
-    if _PDF_MAGIC in data[:_PDF_MAGIC_WINDOW]:
-        return MIME_PDF
     declared, _ = _split_mime(mime)
     ext = _extension(filename)
+    if _pdf_magic(data, declared, ext):
+        return MIME_PDF
     kind = _binary_kind(data)
     if kind is not None:
         raise UnsupportedDocument(

@@ -399,6 +399,8 @@ def precheck_url(target: str, cfg: KnowledgeConfig) -> str:
         # No fragment: the server never sees one (page#a and page#b are one document).
         url = httpx.URL(target.strip()).copy_with(fragment=None)
         url.host  # noqa: B018  decoded on first read: a bad "xn--" label is idna's ValueError
+        if url.path == "/":  # "http://host" asks for "/": one document, one key, with it
+            url = url.copy_with(path="/")
     except (httpx.InvalidURL, ValueError, TypeError):
         raise FetchInvalidURL(f"{target[:200]!r} is not a valid URL") from None
     if url.scheme not in ("http", "https") or not url.host:
