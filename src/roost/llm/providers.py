@@ -190,6 +190,7 @@ async def update_provider(
 ) -> LLMProviderRow:
     row = await get_provider(session, actor, provider_id, lock=True)
     changes: dict[str, Any] = {}
+    models_before = dict(row.models or {})
     fields = data.model_dump(exclude_unset=True)
     if "name" in fields and fields["name"] is not None and fields["name"] != row.name:
         if await _name_taken(session, fields["name"], exclude=row.id):
@@ -199,8 +200,9 @@ async def update_provider(
     if "base_url" in fields:
         new_url = str(data.base_url) if data.base_url else None
         _require_base_url(row.type, new_url)
-        changes["base_url"] = [row.base_url, new_url]
-        row.base_url = new_url
+        if new_url != row.base_url:
+            changes["base_url"] = [row.base_url, new_url]
+            row.base_url = new_url
     if "api_key" in fields:
         key = data.api_key or None
         row.api_key_encrypted = (
@@ -221,8 +223,9 @@ async def update_provider(
             setattr(row, name, fields[name])
     if "weight" in fields and fields["weight"] is not None:
         weight = _weight(fields["weight"])
-        changes["weight"] = [float(row.weight), float(weight)]
-        row.weight = weight
+        if weight != row.weight:
+            changes["weight"] = [float(row.weight), float(weight)]
+            row.weight = weight
     if old_model and old_model != row.model and row.last_models_sync is None:
         # Never synced: the old default was in models only as the default (a typo fixed
         # must not stay listed and routed).  After a sync it may be one the provider
@@ -232,8 +235,15 @@ async def update_provider(
         row.models = {**(row.models or {}), data.model: True}
     if data.disabled_models is not None:
         disabled = set(data.disabled_models)
-        row.models = {m: m not in disabled for m in (row.models or {})}
-        changes["disabled_models"] = sorted(disabled & set(row.models))
+        wanted = {m: m not in disabled for m in (row.models or {})}
+        if wanted != models_before:
+            row.models = wanted
+            changes["disabled_models"] = sorted(disabled & set(row.models))
+    if not changes and (row.models or {}) == models_before:
+        # Nothing changed (a PATCH {} or the same values again): no edit, so a model sync
+        # or health check running meanwhile is not discarded as outdated (they compare
+        # updated_at), no pool rebuild, no empty audit record.
+        return row
     _recount(row)
     row.updated_at = utcnow()
     await _flush_name(session, row.name)

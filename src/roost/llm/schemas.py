@@ -110,6 +110,13 @@ def _check_config(value: dict[str, Any] | None) -> dict[str, Any] | None:
             raise ValueError("config.extra_headers must be an object of header names to values")
         if any(name.lower() in AUTH_HEADER_NAMES for name in headers):
             raise ValueError("config.extra_headers must not carry credentials; use api_key")
+        lowered = [str(name).lower() for name in headers]
+        twins = sorted({n for n in lowered if lowered.count(n) > 1})
+        if twins:
+            # One header to HTTP, two values here: sent both, and the masked config sent
+            # back kept only one of the stored values.
+            raise ValueError(f"config.extra_headers names {twins[0]!r} twice (header names "
+                             "are case-insensitive)")
         framing = sorted(name for name in headers if isinstance(name, str)
                          and framing_header(name))
         if framing:
