@@ -8,14 +8,10 @@ from pathlib import Path
 from sqlalchemy import text
 
 from roost.db.engine import Database
+from tests.agents.test_agents_cli import cli_env
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
-
-
-def cli_env(pg_server: PgTestServer, db_name: str, tmp_path: Path) -> dict[str, str]:
-    return {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
-            "ROOST_DATA_DIR": str(tmp_path / "cli-data")}
 
 
 async def test_cli_rm_by_an_id_prefix_unique_in_the_persona(

@@ -1,5 +1,6 @@
 """Web ingestion's URL checks before a run: a host that is not valid IDNA is the same 400
-(API) or one-line exit 2 (CLI) as any bad URL, and a fragment names no other document."""
+(API) or one-line exit 2 (CLI) as any bad URL; a fragment, or the root's slash, names no
+other document; names are decoded; a page mentioning the PDF header is still HTML."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from tests.support.identity import make_user
 from tests.support.sql import fetch
 
 API = "/api/v1/knowledge"
+PDF_TALK = (b"<html><head><title>PDF internals</title></head><body><h1>PDF internals</h1>"
+            b"<p>Every PDF file begins with a header such as %PDF-1.7 and ends with %%EOF. "
+            b"Penguins live in Antarctica.</p></body></html>")
 BAD_IDNA = ["http://xn--/page", "http://xn--a/page", "http://xn--zz.com/x", "https://xn--ls8h.la/"]
 
 
@@ -39,6 +43,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         body = b"<html><body><p>Penguins live in Antarctica.</p></body></html>"
+        if self.path.startswith("/pdf-internals"):
+            body = PDF_TALK
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -99,3 +105,42 @@ async def test_url_fragments_do_not_make_separate_documents(
     docs = await fetch(database, "SELECT name, uri FROM documents WHERE user_id = :u", u=uid)
     assert len(docs) == 1, docs
     assert docs[0].name == "page.html", docs
+
+
+async def test_html_page_that_mentions_the_pdf_header_is_ingested_as_html(
+    database: Database, kcfg: KnowledgeConfig, pages: str
+) -> None:
+    """A page served as ``text/html`` that mentions ``%PDF-1.7`` near its start (a page about
+    the format) is HTML: the header found anywhere in the first 1 KiB made it a PDF, and
+    the run failed with ``corrupt-document``."""
+    uid, _ = await make_user(database)
+    cfg = dataclasses.replace(kcfg, allow_private_fetch=True)
+    run = await ingest(database, principal(uid), cfg, pages + "/pdf-internals")
+    assert run["status"] == "success", run["errors"]
+
+
+async def test_url_without_path_and_with_slash_are_one_document(
+    database: Database, kcfg: KnowledgeConfig, pages: str
+) -> None:
+    """``http://host:port`` and ``http://host:port/`` are one request (``GET /``): one
+    document (keyed on the URL as typed, they were two, duplicate chunks in search)."""
+    uid, _ = await make_user(database)
+    cfg = dataclasses.replace(kcfg, allow_private_fetch=True)
+    for url in (pages, pages + "/"):
+        run = await ingest(database, principal(uid), cfg, url)
+        assert run["status"] == "success", run
+    docs = await fetch(database, "SELECT name, uri FROM documents WHERE user_id = :u", u=uid)
+    assert len(docs) == 1, docs
+
+
+async def test_percent_encoded_url_name_is_decoded(
+    database: Database, kcfg: KnowledgeConfig, pages: str
+) -> None:
+    """``/My%20Notes.html`` makes a document named ``My Notes.html``, as an upload of that
+    file is (its name was cut from the raw URL text, escapes and all)."""
+    uid, _ = await make_user(database)
+    cfg = dataclasses.replace(kcfg, allow_private_fetch=True)
+    run = await ingest(database, principal(uid), cfg, pages + "/My%20Notes.html")
+    assert run["status"] == "success", run
+    docs = await fetch(database, "SELECT name FROM documents WHERE user_id = :u", u=uid)
+    assert [d.name for d in docs] == ["My Notes.html"], docs
