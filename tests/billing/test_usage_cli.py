@@ -103,3 +103,26 @@ async def test_a_range_given_with_an_offset_is_titled_in_utc(
                     env=cli_env(pg_server, db_name, tmp_path))
     assert out.returncode == 0, out.stderr
     assert "2025-02-28 19:00 to 2025-03-01 19:00 UTC" in " ".join(out.stdout.split()), out.stdout
+
+
+async def test_costs_in_two_currencies_are_shown_side_by_side_never_added(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """A model billed in USD and EUR shows "0.100000 EUR + 0.250000 USD" on its row and in the
+    total; a row in one currency names it; no line adds the two amounts (0.35)."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    dora, _ = await make_user(database, username="dora")
+    async with database.transaction() as s:
+        for model, cost, currency in (("gpt-4o", "0.250000", "USD"),
+                                      ("gpt-4o", "0.100000", "EUR"),
+                                      ("mistral-large", "0.050000", "EUR")):
+            s.add(UsageRecord(id=uuid7(), user_id=dora, request_type="chat", model=model,
+                              tokens_input=10, tokens_output=1, credits_used=1,
+                              cost=Decimal(cost), currency=currency))
+    out = run_roost("usage", "--by", "model", env=env)
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[1]: " ".join(line.split()) for line in out.stdout.splitlines()
+             if len(line.split()) > 1 and line.split()[1] in ("gpt-4o", "mistral-large", "total")}
+    assert "0.100000 EUR + 0.250000 USD" in lines["gpt-4o"], out.stdout
+    assert "0.050000 EUR" in lines["mistral-large"], out.stdout
+    assert "0.150000 EUR + 0.250000 USD" in lines["total"], out.stdout
+    assert "0.350000" not in out.stdout and "0.400000" not in out.stdout, out.stdout

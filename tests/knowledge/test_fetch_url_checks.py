@@ -85,3 +85,44 @@ async def test_a_redirect_to_a_port_out_of_range_is_a_fetch_error(
     assert run["status"] == "failed" and len(run["errors"]) == 1, run
     error = run["errors"][0]
     assert error["type"] == "invalid-url" and "outside 1-65535" in error["error"], error
+
+
+# One host as a browser reaches it, typed composed, decomposed (NFD), in capitals and in
+# fullwidth letters with a fullwidth dot: UTS #46 maps each to xn--caf-dma.example, while
+# httpx's strict IDNA 2008 check refused all but the first as "not a valid URL".
+CAFE_FORMS = ("http://caf\u00e9.example/page", "http://cafe\u0301.example/page",
+              "http://CAF\u00c9.example/page", "http://\uff43\uff41\uff46\u00e9\uff0eexample/page")
+
+
+@pytest.mark.parametrize("url", CAFE_FORMS)
+async def test_an_international_host_in_any_typed_form_is_fetched_as_a_browser_would(
+        url: str) -> None:
+    looked_up: list[str] = []
+    asked: list[str] = []
+
+    async def dns(host: str, port: int) -> list[str]:
+        looked_up.append(host)
+        return ["93.184.216.34"]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers["host"] + request.url.path)
+        return httpx.Response(200, text="bonjour", headers={"Content-Type": "text/plain"})
+
+    page = await fetch_url(url, resolver=dns, transport=httpx.MockTransport(answer))
+    assert looked_up == ["xn--caf-dma.example"] and asked == ["xn--caf-dma.example/page"]
+    assert page.data == b"bonjour"
+
+
+async def test_an_international_host_in_decomposed_form_is_accepted_for_ingestion(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig
+) -> None:
+    """``POST /ingestion-runs`` of such a URL queues a run for the host a browser reaches
+    (it was a 400 invalid-url); a host UTS #46 cannot map either stays a 400."""
+    _, alice = await make_user(database)
+    r = await kclient.post(f"{API}/ingestion-runs", headers=alice,
+                           json={"target": CAFE_FORMS[1]})
+    assert r.status_code == 202, r.text
+    assert r.json()["target"] == "http://xn--caf-dma.example/page", r.json()
+    r = await kclient.post(f"{API}/ingestion-runs", headers=alice,
+                           json={"target": "http://caf\u00e9\u0378.example/page"})
+    assert r.status_code == 400 and r.json()["type"].endswith("invalid-url"), r.text

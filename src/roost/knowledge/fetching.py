@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import httpx
+import idna
 
 from roost import __version__
 from roost.errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, PayloadTooLarge
@@ -205,9 +206,34 @@ def check_port(url: httpx.URL) -> None:
                               "outside 1-65535")
 
 
+def browser_host_form(raw: str) -> str:
+    """``raw`` with a non-ASCII host mapped as browsers map it (UTS #46: case folded,
+    composed, fullwidth letters and dots made plain), so "cafe\u0301.example" typed in
+    decomposed form or "example.com" in fullwidth letters reach the host a browser would; httpx's strict
+    IDNA 2008 check refuses those forms.  A host UTS #46 cannot map is left for the URL
+    parser to refuse."""
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        return raw
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if authority.isascii():
+        return raw
+    userinfo, at, host_port = authority.rpartition("@")
+    host, colon, port = host_port, "", ""
+    head, maybe_colon, tail = host_port.rpartition(":")
+    if maybe_colon and tail.isdigit():
+        host, colon, port = head, ":", tail
+    try:
+        mapped = idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return raw
+    return f"{scheme}://{userinfo}{at}{mapped}{colon}{port}{rest[end:]}"
+
+
 def _check_url(raw: str | httpx.URL, allowed_schemes: Sequence[str]) -> httpx.URL:
     try:
-        url = raw if isinstance(raw, httpx.URL) else httpx.URL(raw)
+        url = raw if isinstance(raw, httpx.URL) else httpx.URL(browser_host_form(raw))
         host = url.host  # decoded on first read: "xn--" raises idna's error (a ValueError)
     except (httpx.InvalidURL, ValueError, TypeError):
         raise FetchInvalidURL(f"{str(raw)[:200]!r} is not a valid URL") from None

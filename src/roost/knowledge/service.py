@@ -30,7 +30,13 @@ from roost.errors import Conflict, Forbidden, NotFound, PayloadTooLarge, Unproce
 from roost.identity.common import nfc, require_user
 from roost.identity.models import Group
 from roost.knowledge.config import KnowledgeConfig, check_embedder
-from roost.knowledge.fetching import FetchInvalidURL, FetchRefused, address_refusal, check_port
+from roost.knowledge.fetching import (
+    FetchInvalidURL,
+    FetchRefused,
+    address_refusal,
+    browser_host_form,
+    check_port,
+)
 from roost.knowledge.jobs import INGEST_TASK
 from roost.knowledge.models import Document, DocumentChunk, DocumentUpload, IngestionRun
 from roost.knowledge.paths import resolve_ingest_path
@@ -397,7 +403,7 @@ def precheck_url(target: str, cfg: KnowledgeConfig) -> str:
     host); names are resolved and checked again at fetch time (DNS may change)."""
     try:
         # No fragment: the server never sees one (page#a and page#b are one document).
-        url = httpx.URL(target.strip()).copy_with(fragment=None)
+        url = httpx.URL(browser_host_form(target.strip())).copy_with(fragment=None)
         url.host  # noqa: B018  decoded on first read: a bad "xn--" label is idna's ValueError
         if url.path == "/":  # "http://host" asks for "/": one document, one key, with it
             url = url.copy_with(path="/")
