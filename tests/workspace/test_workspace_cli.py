@@ -198,3 +198,20 @@ async def test_an_administrator_names_anyones_project_by_its_full_id(
     assert out.returncode == 0, (out.stdout, out.stderr)
     resp = await client.get(f"/api/v1/projects/{project['id']}", headers=headers)
     assert resp.status_code == 200 and resp.json()["status"] == "archived", resp.text
+
+
+async def test_a_project_name_typed_in_another_unicode_form_finds_the_project(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """A project named "Café" (composed é) is shown by `roost projects show` typed with a
+    decomposed é (as a macOS terminal sends it); the exact form still wins when both exist."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="nfcx")
+    made = run_roost("projects", "add", "Caf\u00e9", "--user", "nfcx", env=env)
+    assert made.returncode == 0, made.stderr
+    out = run_roost("projects", "show", "Cafe\u0301", "--user", "nfcx", env=env)
+    assert out.returncode == 0 and made.stdout.split()[0] in out.stdout, out.stderr
+    twin = run_roost("projects", "add", "Cafe\u0301", "--user", "nfcx", env=env)
+    assert twin.returncode == 0, twin.stderr
+    for typed, made_by in (("Caf\u00e9", made), ("Cafe\u0301", twin)):
+        out = run_roost("projects", "show", typed, "--user", "nfcx", env=env)
+        assert out.returncode == 0 and made_by.stdout.split()[0] in out.stdout, out.stderr

@@ -19,13 +19,13 @@ import uuid
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import delete, false, func, or_, select, text, true, update
+from sqlalchemy import delete, false, func, literal_column, or_, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
 from roost.db.lookup import id_starts_with, one_or_404
 from roost.errors import BadRequest, Forbidden, NotFound, Unprocessable
-from roost.identity.common import lock_owner_quota, require_user
+from roost.identity.common import lock_owner_quota, nfc, require_user
 from roost.identity.models import Group, UserGroupMembership
 from roost.inputs import is_blank, read_as_utc
 from roost.pagination import MALFORMED_CURSOR, decode_cursor, encode_cursor, newest_first, page_of
@@ -131,7 +131,11 @@ async def find_project(session: AsyncSession, actor: Principal, ref: str) -> Pro
     administrator's names do not collide with other tenants'."""
     listed = _project_visible(actor, listing=True)
     full_id = _full_id(ref)
-    wheres = [(listed, Project.name == ref), (listed, id_starts_with(Project.id, ref))]
+    # The exact name first, then the same name in another Unicode form (a macOS terminal
+    # types "é" decomposed; a name stored composed looks the same and was not found).
+    same_form = func.normalize(Project.name, literal_column("NFC")) == nfc(ref)
+    wheres = [(listed, Project.name == ref), (listed, same_form),
+              (listed, id_starts_with(Project.id, ref))]
     if full_id is not None:  # a full id wins over a project named like it
         wheres.insert(0, (_project_visible(actor), Project.id == full_id))
     for visible, where in wheres:
