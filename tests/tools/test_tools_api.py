@@ -404,3 +404,27 @@ async def test_a_builtins_string_argument_refuses_a_nul_in_its_schema(
     assert called.status_code == 422, called.text[:300]
     assert called.json()["type"] == "https://roost.dev/problems/validation-error", called.text
     assert (await client.get("/api/v1/tool-runs", headers=alice)).json()["items"] == []
+
+
+async def test_a_call_tied_to_a_chat_session_must_name_one_the_caller_sees(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """A tool run names the chat session (and message) it was for: the caller's own session
+    is recorded; another user's session, or a message id that names nothing, is a 404 and
+    nothing runs or is recorded (the run would have counted in that session's usage)."""
+    _, alice = await make_user(database)
+    _, bob = await make_user(database)
+    made = await client.post("/api/v1/chat/sessions", json={"title": "t"}, headers=alice)
+    assert made.status_code == 201, made.text
+    alices = made.json()["id"]
+    call = "/api/v1/tools/by-name/current_time/call"
+    ok = await client.post(call, headers=alice,
+                           json={"arguments": {"timezone": "UTC"}, "session_id": alices})
+    assert ok.status_code == 200 and ok.json()["session_id"] == alices, ok.text
+    for body in ({"session_id": alices}, {"message_id": "0190a0a0-0000-7000-8000-000000000000"},
+                 {"session_id": alices, "message_id": "0190a0a0-0000-7000-8000-000000000000"}):
+        who = bob if "session_id" in body else alice
+        r = await client.post(call, headers=who, json={"arguments": {"timezone": "UTC"}, **body})
+        assert r.status_code == 404 and r.headers["content-type"].startswith(
+            "application/problem+json"), (body, r.text)
+    assert len((await client.get("/api/v1/tool-runs", headers=bob)).json()["items"]) == 0
+    assert len((await client.get("/api/v1/tool-runs", headers=alice)).json()["items"]) == 1

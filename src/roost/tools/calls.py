@@ -35,6 +35,7 @@ from typing import Any, Final
 from jsonschema import SchemaError
 from jsonschema import _utils as jsonschema_utils  # find_additional_properties
 from sqlalchemy import CTE, Insert, select
+from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -662,6 +663,27 @@ def _record_statement(run: Mapping[str, Any], event: Mapping[str, Any],
     return _RECORD[0]
 
 
+# The chat domain's tables by name (it sits above this one): what the caller's row-level
+# security lets it see.  A message names its session, so the pair must agree.
+_CHAT_SESSION_SEEN: Final = sql_text("SELECT 1 FROM chat_sessions WHERE id = :id")
+_CHAT_MESSAGE_SEEN: Final = sql_text("SELECT session_id FROM chat_messages WHERE id = :id")
+
+
+async def _check_chat_ids(session: AsyncSession, session_id: uuid.UUID | None,
+                          message_id: uuid.UUID | None) -> None:
+    """404 for a chat session or message the caller cannot see (another user's, a deleted
+    one): a tool run tied to it would count in that session's usage and history."""
+    if session_id is not None and not (await session.execute(
+            _CHAT_SESSION_SEEN, {"id": session_id})).first():
+        raise NotFound(f"no chat session {session_id}")
+    if message_id is not None:
+        row = (await session.execute(_CHAT_MESSAGE_SEEN, {"id": message_id})).first()
+        if row is None:
+            raise NotFound(f"no chat message {message_id}")
+        if session_id is not None and row[0] != session_id:
+            raise Unprocessable(f"chat message {message_id} is not in session {session_id}")
+
+
 async def call_tool(
     database: Database, actor: Principal, cfg: ToolsConfig, box: SecretBox,
     *, tool_id: uuid.UUID | None = None, name: str | None = None, server: str | None = None,
@@ -675,6 +697,9 @@ async def call_tool(
     built-ins higher domains implement (:data:`HostedBuiltin`).  The three parts
     (:func:`prepare_call`, :func:`execute_call`, :func:`record_call`) are public for a
     caller that puts its own rows in the same transactions (the agent runner)."""
+    if session_id is not None or message_id is not None:
+        async with scoped(database, actor, cfg) as session:
+            await _check_chat_ids(session, session_id, message_id)
     prepared = await _prepared_from_caches(database, actor, cfg, tool_id, arguments) \
         if tool_id is not None else None
     if prepared is None:
