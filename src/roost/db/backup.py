@@ -47,6 +47,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -349,8 +350,9 @@ class Cipher:
 
     @classmethod
     def derive(cls, passphrase: str, salt: bytes, n: int = SCRYPT_N, r: int = SCRYPT_R,
-               p: int = SCRYPT_P) -> Cipher:
-        raw = Scrypt(salt=salt, length=64, n=n, r=r, p=p).derive(_passphrase_bytes(passphrase))
+               p: int = SCRYPT_P, *, as_typed: bool = False) -> Cipher:
+        raw = Scrypt(salt=salt, length=64, n=n, r=r, p=p).derive(
+            _passphrase_bytes(passphrase, as_typed=as_typed))
         return cls(raw[:32], raw[32:])
 
     def key_check(self) -> str:
@@ -371,14 +373,17 @@ class Cipher:
         return hmac.new(self.mac_key, data, hashlib.sha256).hexdigest()
 
 
-def _passphrase_bytes(passphrase: str) -> bytes:
-    """The passphrase as scrypt takes it; a BackupError (never a ValueError, which a
-    restore reports as corrupted encryption parameters) when it is empty or not text (an
+def _passphrase_bytes(passphrase: str, *, as_typed: bool = False) -> bytes:
+    """The passphrase as scrypt takes it: composed (NFC), so "é" typed decomposed (a macOS
+    terminal or file) opens what "é" typed composed made; ``as_typed`` for backups made
+    before passphrases were composed.  A BackupError (never a ValueError, which a restore
+    reports as corrupted encryption parameters) when it is empty or not text (an
     environment variable of bytes that are not UTF-8 arrives with surrogates)."""
     if not passphrase:
         raise BackupError("the passphrase is empty")
     try:
-        return passphrase.encode("utf-8")
+        return (passphrase if as_typed else unicodedata.normalize("NFC", passphrase)
+                ).encode("utf-8")
     except UnicodeEncodeError:
         raise BackupError("the passphrase is not valid UTF-8 text") from None
 
@@ -1093,12 +1098,7 @@ def _verify_files(path: Path, passphrase: str | None, scratch: Path, report: Rep
         if passphrase is None:
             raise BackupError("this backup is encrypted: give its passphrase "
                               "(--passphrase-file, ROOST_BACKUP_PASSPHRASE or the prompt)")
-        try:
-            salt = base64.b64decode(enc["salt"], validate=True)
-            cipher = Cipher.derive(passphrase, salt, enc["n"], enc["r"], enc["p"])
-        except (ValueError, TypeError, MemoryError, OverflowError):
-            raise BackupError(f"{path / MANIFEST} is corrupted (encryption parameters)") from None
-        cipher.verify_key_check(enc["key_check"])
+        cipher = _opening_cipher(path, passphrase, enc)
         try:
             mac = _read_small(path / MANIFEST_MAC).decode("ascii", "replace").strip()
         except FileNotFoundError:
@@ -1431,12 +1431,42 @@ def _check_revision(manifest: dict[str, Any], warnings: list[str]) -> None:
     known = {s.revision for s in script_directory().walk_revisions()}
     unknown = [r for r in revisions if r not in known]
     if unknown:
-        warnings.append(f"the backup's schema is at {', '.join(unknown)}, which this Roost "
-                        "does not know: run the Roost version that made it "
-                        f"({manifest.get('roost_version')})")
+        warnings.append(f"the backup's schema is at {', '.join(map(_as_text, unknown))}, which "
+                        "this Roost does not know: run the Roost version that made it "
+                        f"({_as_text(manifest.get('roost_version'))})")
     else:
         warnings.append("the backup's schema is behind this Roost's: `roost serve` (or "
                         "`roost db upgrade`) migrates it")
+
+
+def _opening_cipher(path: Path, passphrase: str, enc: dict[str, Any]) -> Cipher:
+    """The keys ``passphrase`` derives for the backup at ``path``, or WrongPassphrase.
+    The composed form first; then, when it differs, the passphrase as typed: what a backup
+    made before passphrases were composed was derived from."""
+    forms = [False] if unicodedata.is_normalized("NFC", passphrase) else [False, True]
+    for as_typed in forms:
+        try:
+            salt = base64.b64decode(enc["salt"], validate=True)
+            cipher = Cipher.derive(passphrase, salt, enc["n"], enc["r"], enc["p"],
+                                   as_typed=as_typed)
+        except (ValueError, TypeError, MemoryError, OverflowError):
+            raise BackupError(f"{path / MANIFEST} is corrupted (encryption parameters)") from None
+        try:
+            cipher.verify_key_check(enc["key_check"])
+        except WrongPassphrase:
+            if as_typed == forms[-1]:
+                raise
+        else:
+            return cipher
+    raise AssertionError("unreachable: the last form raises")
+
+
+def _as_text(value: object) -> str:
+    """A manifest value for a message: as it is when plain printable text, quoted with its
+    escapes otherwise.  An unencrypted manifest is not authenticated: a newline or an
+    escape sequence in it must not forge output lines or drive the terminal."""
+    shown = str(value)[:200]
+    return shown if shown.isprintable() else repr(shown)
 
 
 async def _empty_target(target: Target) -> None:

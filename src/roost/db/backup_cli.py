@@ -88,9 +88,11 @@ MAX_PASSPHRASE_FILE_BYTES = 64 * 1024
 
 def _passphrase(file: Path | None, *, prompt: bool, confirm: bool) -> str | None:
     if file is not None:
-        lines = read_text(file, what="the passphrase file",
-                          max_bytes=MAX_PASSPHRASE_FILE_BYTES).splitlines()
-        value = lines[0] if lines else ""
+        # The first line as editors see lines: "\n" or "\r\n" ends it (str.splitlines also
+        # cuts at NEL, U+2028, \x1c-\x1e, which a passphrase may hold), a byte order mark
+        # (Windows Notepad writes one) is not part of it.
+        text = read_text(file, what="the passphrase file", max_bytes=MAX_PASSPHRASE_FILE_BYTES)
+        value = text.removeprefix("\ufeff").split("\n", 1)[0].removesuffix("\r")
         if not value:
             raise fail("empty passphrase", f"{file} has no passphrase on its first line")
         return value
