@@ -230,8 +230,11 @@ class _Connection:
         if error is not None:
             what = error.get("message", "") if isinstance(error, dict) else ""
             code = error.get("code") if isinstance(error, dict) else None
+            # LSP's code is an integer; anything else is the server's text, shown as its
+            # message is (escaped, cut): a NUL or a lone surrogate could not be recorded.
+            shown = code if type(code) is int else storable_text(str(code)[:40])
             future.set_exception(LspError(
-                f"language server {self._spec.name!r} answered with error {code}: "
+                f"language server {self._spec.name!r} answered with error {shown}: "
                 f"{storable_text(str(what)[:300]) or 'no detail'}"))
         else:
             future.set_result(message.get("result"))
@@ -412,7 +415,7 @@ def _position(value: Any) -> dict[str, int] | None:
     if not isinstance(value, dict):
         return None
     line, character = value.get("line"), value.get("character")
-    if not isinstance(line, int) or not isinstance(character, int):
+    if type(line) is not int or type(character) is not int:  # bool is an int subclass
         return None
     return {"line": line, "character": character}
 
