@@ -224,3 +224,22 @@ async def test_a_persona_deleted_during_a_pass_is_left_out_not_every_sample(
     assert outcome["sampled"] == 1
     assert len(await samples(database, keep.id)) == 1
     assert await samples(database, doomed.id) == []
+
+
+async def test_tool_usage_of_a_run_is_not_an_llm_call(
+    database: Database, user: tuple[uuid.UUID, Headers], tmp_path: Path,
+) -> None:
+    """llm_calls_count is the model calls of the persona's runs: a paid tool call's ledger
+    row (request_type 'tool', run_id set) adds to the cost, not to the calls (it did)."""
+    owner, _ = user
+    persona, agent = await persona_with_agent(database, owner)
+    run = await add_run(database, agent, owner, "completed")
+    await add_usage(database, owner, run, 3, seconds_ago=5)
+    async with database.transaction() as session:
+        await session.execute(text(
+            "INSERT INTO usage_records (id, user_id, request_type, credits_used, run_id, "
+            "created_at) VALUES (:id, :u, 'tool', 5, :r, now() - interval '5 seconds')"),
+            {"id": uuid.uuid4(), "u": owner, "r": run})
+    await health.sample(database, data_dir=tmp_path, interval_s=60, retention_days=30)
+    [row] = await samples(database, persona.id)
+    assert row.llm_calls_count == 1

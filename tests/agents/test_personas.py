@@ -326,3 +326,25 @@ async def test_an_email_address_with_a_control_character_is_a_422_naming_the_fie
     assert changed.status_code == 422 and "email_address" in changed.text, changed.text
     assert (await client.get(f"/api/v1/personas/{persona['id']}",
                              headers=headers)).json() == persona
+
+
+@pytest.mark.parametrize("char", ["\u200b", "\u202e", "\u00ad", "\ufeff"])
+async def test_an_invisible_format_character_in_an_email_address_is_refused(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers], char: str,
+) -> None:
+    """A persona address that looks exactly like another tenant's ("desk@example.test"
+    with a zero-width space, a bidi override, a soft hyphen or a BOM inside) is a 422, on
+    create and on edit: it was stored as a second, identical-looking address."""
+    _, headers = user
+    _, other = other_user
+    await create_persona(client, headers, email_address="desk@example.test")
+    spoof = await client.post("/api/v1/personas", headers=other, json={
+        "name": "x", "email_address": f"de{char}sk@example.test"})
+    assert spoof.status_code == 422, spoof.text
+    theirs = await create_persona(client, other)
+    patched = await client.patch(f"/api/v1/personas/{theirs['id']}", headers=other,
+                                 json={"email_address": f"desk@example{char}.test"})
+    assert patched.status_code == 422, patched.text
+
+

@@ -99,7 +99,8 @@ SELECT p.id AS persona_id, now() AS now, w.since,
                         WHERE m.persona_id = p.id ORDER BY m.measured_at DESC LIMIT 1),
                       now() - make_interval(secs => :interval_s)) AS since) w
   CROSS JOIN LATERAL (
-      SELECT count(u.id) AS calls,
+      -- A run's paid tool calls are ledger rows too: cost, not LLM calls.
+      SELECT count(u.id) FILTER (WHERE u.request_type <> 'tool') AS calls,
              least(coalesce(sum(u.credits_used), 0), :max_cost) AS cost
         FROM usage_records u JOIN runs r ON r.id = u.run_id
        WHERE r.persona_id = p.id AND u.created_at > w.since AND u.created_at <= now()) usage

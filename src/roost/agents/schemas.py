@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from roost.identity.common import refuse_hidden_characters
 from roost.inputs import StrictInput, WebUrl, holds_control, is_blank
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,99}$"
@@ -237,8 +238,10 @@ def _lowered_email(value: str | None) -> str | None:
     if value is None:
         return None
     # Mail can never reach an address with a control character or a line break (nor
-    # should one go into a From header): the pattern refuses only ASCII white space.
-    lowered = address_key(_one_line(value))
+    # should one go into a From header): the pattern refuses only ASCII white space.  An
+    # invisible one (zero-width, bidi override, soft hyphen) would make a second address
+    # that looks like another persona's: refused as well.
+    lowered = address_key(refuse_hidden_characters(_one_line(value).strip()))
     if len(lowered) > MAX_EMAIL_CHARS:
         raise ValueError(f"must be at most {MAX_EMAIL_CHARS} characters once lower-cased")
     return lowered
