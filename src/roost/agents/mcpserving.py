@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 from mcp import types
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,6 +30,7 @@ from roost.context import inbound_run_trace
 from roost.db.engine import Database
 from roost.errors import RoostError
 from roost.identity.tenancy import apply_principal
+from roost.inputs import is_blank
 from roost.principal import Principal
 
 PREFIX: Final = "agent__"
@@ -71,11 +73,14 @@ class AgentsProvider:
         self.database, self.app_role, self.max_nesting = database, app_role, max_nesting
 
     async def _agents(self, session: AsyncSession, principal: Principal) -> dict[str, Agent]:
+        """Each tool name's agent, inactive ones included: a slug resolves as
+        roost.agents.catalog.find_agent_by_slug does, so the caller's own inactive agent
+        keeps its name (a stranger's public agent of that slug never takes it over)."""
         rows = (await session.scalars(
-            select(Agent).where(Agent.is_active, offered_agents(principal))
+            select(Agent).where(offered_agents(principal))
             .order_by(Agent.slug, slug_rank(principal), Agent.created_at))).all()
         offered: dict[str, Agent] = {}
-        for agent in rows:  # a slug resolves as roost.agents.catalog.find_agent_by_slug
+        for agent in rows:
             offered.setdefault(_INVALID.sub("_", PREFIX + agent.slug)[:128], agent)
         return offered
 
@@ -83,7 +88,8 @@ class AgentsProvider:
         return [types.Tool(name=name, title=agent.name,
                            description=(agent.description or f"Run the agent {agent.name!r}")
                            [:1024], input_schema=_SCHEMA)
-                for name, agent in (await self._agents(session, principal)).items()]
+                for name, agent in (await self._agents(session, principal)).items()
+                if agent.is_active]
 
     async def call_tool(
         self, session: AsyncSession, principal: Principal, name: str, arguments: Mapping[str, Any],
@@ -93,11 +99,14 @@ class AgentsProvider:
         agent = (await self._agents(session, principal)).get(name)
         if agent is None:
             return None
+        if not agent.is_active:
+            return _text({"error": f"the agent {agent.slug!r} is inactive"}, is_error=True)
         unknown = sorted(set(arguments) - {"input"})
         if unknown:  # the schema says additionalProperties: false (an ignored key misleads)
             return _text({"error": f"unknown arguments: {', '.join(unknown)[:500]}"}, is_error=True)
         text = arguments.get("input")
-        if not isinstance(text, str) or not text.strip() or len(text) > MAX_RUN_INPUT_CHARS \
+        # Blank as the REST API sees it: white space or invisible characters only.
+        if not isinstance(text, str) or is_blank(text) or len(text) > MAX_RUN_INPUT_CHARS \
                 or "\x00" in text:  # stored as text, which holds no NUL
             return _text({"error": f"'input' must be text of 1 to {MAX_RUN_INPUT_CHARS} "
                                    "characters without NUL"}, is_error=True)
@@ -120,6 +129,9 @@ class AgentsProvider:
                                                    source="mcp", trace_id=trace or None)
             except RoostError as exc:
                 return _text({"error": exc.detail}, is_error=True)
+            except ValidationError as exc:  # what the REST API answers as a 422
+                return _text({"error": "; ".join(e["msg"] for e in exc.errors())[:500]},
+                             is_error=True)
             try:
                 return await self._wait(principal, run.id)
             except asyncio.CancelledError:
@@ -139,7 +151,9 @@ class AgentsProvider:
         if calling is None:
             return ""
         depth = calling.count(NESTED) + 1  # the new run's: a caller with no NESTED is 0
-        trace = f"{calling}{NESTED}{uuid.uuid4()}"
+        # 16 hex digits (64 random bits; trace ids are unique) keep five levels under a
+        # 55-character root within 255 characters: a whole UUID made the fifth not fit.
+        trace = f"{calling}{NESTED}{uuid.uuid4().hex[:16]}"
         if depth > self.max_nesting or len(trace) > MAX_TRACE_CHARS:
             return None
         return trace
