@@ -287,3 +287,20 @@ async def test_a_memorys_history_is_paged(client: httpx.AsyncClient, database: D
     assert seen == [e["id"] for e in whole["items"]]
     for params in ({"limit": 501}, {"cursor": "bm90IGpzb24"}):
         assert (await client.get(url, headers=headers, params=params)).status_code in (400, 422)
+
+
+@pytest.mark.parametrize("invisible", ["\u200b\u200b", "\u2060\u200b", "\ufeff \u200d"])
+async def test_content_of_invisible_characters_only_is_blank(
+        client: httpx.AsyncClient, database: Database, invisible: str) -> None:
+    """A memory that would show nothing (zero-width spaces, a word joiner) is a 422 naming
+    `content`, on create and on edit, as a learned fact of such characters is blank; the
+    memory edited keeps its text (both were stored: 201, 200)."""
+    _, headers = await make_user(database)
+    made = await client.post(API, headers=headers, json={"content": invisible})
+    assert made.status_code == 422 and "content" in made.text, made.text
+    created = await client.post(API, headers=headers, json={"content": "Ada lives in Paris"})
+    edited = await client.patch(f"{API}/{created.json()['id']}", headers=headers,
+                                json={"content": invisible})
+    assert edited.status_code == 422 and "content" in edited.text, edited.text
+    kept = await client.get(f"{API}/{created.json()['id']}", headers=headers)
+    assert kept.json()["content"] == "Ada lives in Paris"

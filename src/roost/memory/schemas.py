@@ -14,8 +14,17 @@ from roost.memory.models import MAX_CONTENT_CHARS
 MemoryType = Literal["fact", "preference", "event", "relationship", "skill", "goal", "other"]
 # A fact's text, white space around it dropped: one of only white space is no fact (422
 # naming content, not the database's check constraint).
+def _shows_something(value: str) -> str:
+    """Content of invisible characters only (zero-width, word joiner) is blank, as for a
+    learned fact: a memory that shows nothing."""
+    if is_blank(value):
+        raise ValueError("must not be blank (white space or invisible characters only)")
+    return value
+
+
 Content = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                           max_length=MAX_CONTENT_CHARS)]
+                                           max_length=MAX_CONTENT_CHARS),
+                    AfterValidator(_shows_something)]
 
 MAX_METADATA_BYTES = 64 * 1024
 MAX_GRAPH_ITEMS = 50
