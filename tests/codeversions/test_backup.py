@@ -107,7 +107,7 @@ def test_a_repository_archive_reaching_outside_is_refused(tmp_path: Path, member
     data_dir = tmp_path / "data"
     settings = Settings(data_dir=data_dir)
     with pytest.raises(backup.BackupError, match=r"repos\.tar holds what Roost never writes"):
-        backup._unpack_repos(settings, archive, backup._Silent())
+        backup._unpack_tree(settings, backup.REPOS_TREE, archive, backup._Silent())
     assert list(data_dir.iterdir()) == []
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "outside").exists()
 
@@ -149,7 +149,7 @@ def test_a_chain_of_links_that_fools_the_data_filter_is_refused(tmp_path: Path) 
     data_dir = tmp_path / "outer" / "data"
     data_dir.mkdir(parents=True)
     with pytest.raises(backup.BackupError, match=r"repos\.tar holds what Roost never writes"):
-        backup._unpack_repos(Settings(data_dir=data_dir), archive, backup._Silent())
+        backup._unpack_tree(Settings(data_dir=data_dir), backup.REPOS_TREE, archive, backup._Silent())
     assert list(data_dir.iterdir()) == []
     assert not list(tmp_path.rglob("PWNED"))
     empty = tmp_path / "pg_wal.tar"
@@ -179,5 +179,5 @@ def test_links_that_stay_inside_are_unpacked(tmp_path: Path, name: str, linkname
         link.type, link.linkname = tarfile.SYMTYPE, linkname
         tar.addfile(link)
     data_dir = tmp_path / "data"
-    staging = backup._unpack_repos(Settings(data_dir=data_dir), archive, backup._Silent())
+    staging = backup._unpack_tree(Settings(data_dir=data_dir), backup.REPOS_TREE, archive, backup._Silent())
     assert (staging / "x" / name).is_symlink()

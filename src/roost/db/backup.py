@@ -11,9 +11,11 @@ A backup is a directory:
 ``keys.json``
     Roost's keys (``DATA_DIR/keys`` and keys given by the environment), without which
     chat messages and stored secrets cannot be decrypted.
-``repos.tar``
-    the code versions' git repositories (``DATA_DIR/repos``, when it exists), taken after
-    the database, so every version the dump holds finds its commit.
+``repos.tar``, ``attachments.tar``
+    the code versions' git repositories (``DATA_DIR/repos``) and the attachment files of
+    mail and runs (``DATA_DIR/attachments``, content-addressed), when they exist, taken
+    after the database, so every version and attachment row the dump holds finds its
+    commit or file.
 
 With a passphrase every file is stored encrypted (``*.enc``): scrypt derives an AES-256
 key and an HMAC key; each file is AES-256-GCM in 1 MiB chunks whose nonces carry the
@@ -72,14 +74,29 @@ MANIFEST_MAC = "manifest.mac"
 DUMP = "database.dump"
 PHYSICAL_FILES = ("base.tar", "pg_wal.tar", "backup_manifest")
 KEYS = "keys.json"
-REPOS = "repos.tar"
-# DATA_DIR/repos: the code versions' git repositories (roost.codeversions.config; this
-# layer cannot import it).  A backup without them restores as before.
-REPOS_DIR_NAME = "repos"
+
+
+@dataclass(frozen=True)
+class DataTree:
+    """A directory of DATA_DIR a backup carries as a tar: files the database names."""
+
+    dir_name: str  # under DATA_DIR
+    archive: str  # its file in the backup
+    what: str  # for progress and messages
+
+
+# The code versions' git repositories (roost.codeversions.config) and the attachments'
+# content-addressed files (roost.agents.attachments.BLOB_DIR): this layer cannot import
+# them.  A backup without one restores as before (older backups have no attachments.tar).
+REPOS_TREE = DataTree("repos", "repos.tar", "code repositories")
+ATTACHMENTS_TREE = DataTree("attachments", "attachments.tar", "attachment files")
+DATA_TREES = (REPOS_TREE, ATTACHMENTS_TREE)
 ENC_SUFFIX = ".enc"
 # Every file a backup holds (besides the manifest and its MAC), plain or encrypted.
-_BACKUP_FILES = frozenset(n + e for n in (DUMP, KEYS, REPOS, *PHYSICAL_FILES)
+_BACKUP_FILES = frozenset(n + e for n in (DUMP, KEYS, *(t.archive for t in DATA_TREES),
+                                          *PHYSICAL_FILES)
                           for e in ("", ENC_SUFFIX))
+_TREE_ARCHIVES = tuple(t.archive for t in DATA_TREES)
 BACKUPS_DIR = "backups"
 CHUNK = 1024 * 1024
 _MAGIC = b"ROOSTENC1\n"
@@ -601,19 +618,19 @@ def write_keys(settings: Settings, keys: dict[str, str]) -> None:
         os.replace(temp, key_dir / name)
 
 
-# --------------------------------------------------------------------------- repositories
+# --------------------------------------------------------------------------- data trees
 
 
-def _repos_dir(settings: Settings) -> Path:
-    return settings.data_dir / REPOS_DIR_NAME
+def _tree_dir(settings: Settings, tree: DataTree) -> Path:
+    return settings.data_dir / tree.dir_name
 
 
-def _pack_repos(settings: Settings, out: Path, report: Reporter) -> bool:
-    """``DATA_DIR/repos`` as a tar in ``out`` (False when there is none): directories,
+def _pack_tree(settings: Settings, tree: DataTree, out: Path, report: Reporter) -> bool:
+    """``DATA_DIR/<tree>`` as a tar in ``out`` (False when there is none): directories,
     regular files and symbolic links as they are (links never followed), modes kept;
     anything else (a FIFO, a socket) and files that vanish meanwhile (a commit's lock
     files) left out."""
-    root = _repos_dir(settings)
+    root = _tree_dir(settings, tree)
     if root.is_symlink() or not root.is_dir():
         return False
     walked: list[tuple[Path, int]] = []
@@ -627,7 +644,7 @@ def _pack_repos(settings: Settings, out: Path, report: Reporter) -> bool:
             if stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode) \
                     or stat.S_ISLNK(info.st_mode):
                 walked.append((path, info.st_size if stat.S_ISREG(info.st_mode) else 0))
-    report.stage("repositories", sum(size for _, size in walked))
+    report.stage(tree.what, sum(size for _, size in walked))
     with _private_open(out) as handle, tarfile.open(fileobj=handle, mode="w") as tar:
         for path, size in walked:
             try:
@@ -638,14 +655,14 @@ def _pack_repos(settings: Settings, out: Path, report: Reporter) -> bool:
     return True
 
 
-def _check_repos_target(settings: Settings, occupied: list[str]) -> None:
-    """``DATA_DIR/repos`` named in ``occupied`` when it holds something."""
-    root = _repos_dir(settings)
+def _check_tree_target(settings: Settings, tree: DataTree, occupied: list[str]) -> None:
+    """``DATA_DIR/<tree>`` named in ``occupied`` when it holds something."""
+    root = _tree_dir(settings, tree)
     if root.is_symlink() or (root.exists() and not root.is_dir()):
-        raise BackupError(f"{root} is not a directory: the restore could not write the code "
-                          "repositories there")
+        raise BackupError(f"{root} is not a directory: the restore could not write the "
+                          f"{tree.what} there")
     if root.is_dir() and any(root.iterdir()):
-        occupied.append(f"{root} holds code repositories")
+        occupied.append(f"{root} holds {tree.what}")
 
 
 def _check_links(members: list[tarfile.TarInfo], what: str) -> None:
@@ -680,7 +697,7 @@ def _check_links(members: list[tarfile.TarInfo], what: str) -> None:
                               f"that could lead out of its directory ({member.name[:200]!r})")
 
 
-def _repos_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+def _tree_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     """tarfile's "data" filter, keeping a file's mode but for group/other write (the
     filter adds owner write, and git keeps its objects read-only)."""
     checked = tarfile.data_filter(member, dest)
@@ -689,23 +706,25 @@ def _repos_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     return checked
 
 
-def _unpack_repos(settings: Settings, archive: Path, report: Reporter) -> Path:
-    """The repositories of ``archive`` in a new directory beside ``DATA_DIR/repos`` (put
-    in place by :func:`_install_repos`).  The filter refuses absolute paths, links pointing
+def _unpack_tree(settings: Settings, tree: DataTree, archive: Path, report: Reporter) -> Path:
+    """The files of ``archive`` in a new directory beside ``DATA_DIR/<tree>`` (put in
+    place by :func:`_install_tree`).  The filter refuses absolute paths, links pointing
     outside, devices, and clears setuid bits and group/other write."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".repos-restoring-", dir=settings.data_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{tree.dir_name}-restoring-",
+                                    dir=settings.data_dir))
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
-            _check_links(members, REPOS)
-            report.stage("repositories", len(members))
+            _check_links(members, tree.archive)
+            report.stage(tree.what, len(members))
             for member in members:
-                tar.extract(member, staging, filter=_repos_filter)
+                tar.extract(member, staging, filter=_tree_filter)
                 report.advance()
     except tarfile.TarError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise BackupError(f"the backup's {REPOS} holds what Roost never writes ({exc})") from None
+        raise BackupError(f"the backup's {tree.archive} holds what Roost never writes "
+                          f"({exc})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -713,13 +732,36 @@ def _unpack_repos(settings: Settings, archive: Path, report: Reporter) -> Path:
     return staging
 
 
-def _install_repos(settings: Settings, staging: Path, warnings: list[str]) -> None:
-    """``staging`` becomes ``DATA_DIR/repos``; what was there is kept beside it."""
-    root = _repos_dir(settings)
+def _unpack_trees(settings: Settings, archives: dict[str, Path], report: Reporter,
+                  ) -> dict[DataTree, Path]:
+    """Each tree ``archives`` holds (by archive name), unpacked beside its place; none left
+    behind when one fails."""
+    staged: dict[DataTree, Path] = {}
+    try:
+        for tree in DATA_TREES:
+            if tree.archive in archives:
+                staged[tree] = _unpack_tree(settings, tree, archives[tree.archive], report)
+    except BaseException:
+        _drop_staged(staged)
+        raise
+    return staged
+
+
+def _drop_staged(staged: dict[DataTree, Path]) -> None:
+    """The unpacked trees not put in place (the restore failed)."""
+    for staging in staged.values():
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _install_tree(settings: Settings, tree: DataTree, staging: Path,
+                  warnings: list[str]) -> None:
+    """``staging`` becomes ``DATA_DIR/<tree>``; what was there is kept beside it."""
+    root = _tree_dir(settings, tree)
     if root.is_dir() and any(root.iterdir()):
-        aside = root.with_name(f"{REPOS_DIR_NAME}.replaced-{_stamp()}")
+        aside = root.with_name(f"{tree.dir_name}.replaced-{_stamp()}")
         os.rename(root, aside)
-        warnings.append(f"the code repositories that were there are kept in {aside}: "
+        warnings.append(f"the {tree.what} that were there are kept in {aside}: "
                         "delete them when the restore is known good")
     elif root.is_dir():
         root.rmdir()
@@ -814,9 +856,11 @@ async def create_backup(settings: Settings, path: Path | None = None, *,
         else:
             manifest = await _dump(target, work, report)
             plain = [DUMP, KEYS]
-        # After the database: a commit is in its repository before its row is committed.
-        if await asyncio.to_thread(_pack_repos, settings, work / REPOS, report):
-            plain.append(REPOS)
+        # After the database: a commit is in its repository (an attachment's file on disk)
+        # before its row is committed.
+        for tree in DATA_TREES:
+            if await asyncio.to_thread(_pack_tree, settings, tree, work / tree.archive, report):
+                plain.append(tree.archive)
         manifest["backup_id"] = uuid.uuid4().hex
         manifest["roost_version"] = roost.__version__
         manifest["created_at"] = datetime.now(UTC).isoformat()
@@ -956,7 +1000,8 @@ class _Verified:
     manifest: dict[str, Any]
     dump: Path
     keys: dict[str, str]
-    repos: Path | None = None  # repos.tar in plain text (older backups have none)
+    # The data trees' archives in plain text, by archive name (older backups have fewer).
+    trees: dict[str, Path] = field(default_factory=dict)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -1074,8 +1119,9 @@ def _verify(path: Path, passphrase: str | None, scratch: Path,
     """Everything that can be checked without the target: nothing is written outside
     ``scratch``."""
     manifest, plain = _verify_files(path, passphrase, scratch, report, (DUMP, KEYS),
-                                    optional=(REPOS,))
-    return _Verified(manifest, plain[DUMP], _read_keys(plain[KEYS]), plain.get(REPOS))
+                                    optional=_TREE_ARCHIVES)
+    return _Verified(manifest, plain[DUMP], _read_keys(plain[KEYS]),
+                     {name: plain[name] for name in _TREE_ARCHIVES if name in plain})
 
 
 def _verify_files(path: Path, passphrase: str | None, scratch: Path, report: Reporter,
@@ -1196,8 +1242,9 @@ async def _restore_verified(settings: Settings, verified: _Verified, force: bool
     if existing_keys:
         occupied.append(f"{settings.data_dir / KEY_DIR_NAME} holds keys "
                         f"({', '.join(existing_keys)})")
-    if verified.repos is not None:
-        _check_repos_target(settings, occupied)
+    for tree in DATA_TREES:
+        if tree.archive in verified.trees:
+            _check_tree_target(settings, tree, occupied)
     target: Target | None = None
     has_tables = False
     fresh_cluster = settings.uses_embedded_db and not (settings.pg_dir / "PG_VERSION").exists()
@@ -1218,18 +1265,16 @@ async def _restore_verified(settings: Settings, verified: _Verified, force: bool
     if target is None:
         target = await asyncio.to_thread(open_target, settings)
     # Unpacked (and so checked) before the database is touched; put in place at the end.
-    repos = (await asyncio.to_thread(_unpack_repos, settings, verified.repos, report)
-             if verified.repos is not None else None)
+    staged = await asyncio.to_thread(_unpack_trees, settings, verified.trees, report)
     try:
-        return await _restore_database(settings, verified, target, has_tables, repos,
+        return await _restore_database(settings, verified, target, has_tables, staged,
                                        report, warnings)
     finally:
-        if repos is not None and repos.exists():  # not put in place: the restore failed
-            shutil.rmtree(repos, ignore_errors=True)
+        _drop_staged(staged)  # those not put in place: the restore failed
 
 
 async def _restore_database(settings: Settings, verified: _Verified, target: Target,
-                            has_tables: bool, repos: Path | None, report: Reporter,
+                            has_tables: bool, staged: dict[DataTree, Path], report: Reporter,
                             warnings: list[str]) -> RestoreResult:
     manifest = verified.manifest
     existing_keys = _existing_keys(settings)
@@ -1279,8 +1324,8 @@ async def _restore_database(settings: Settings, verified: _Verified, target: Tar
         if kept_keys is not None:
             warnings.append(f"the key files that were there are kept in {kept_keys}")
     await asyncio.to_thread(write_keys, settings, verified.keys)
-    if repos is not None:
-        await asyncio.to_thread(_install_repos, settings, repos, warnings)
+    for tree, unpacked in staged.items():
+        await asyncio.to_thread(_install_tree, settings, tree, unpacked, warnings)
     overridden = [k for k in _ENV_KEYS if getattr(settings, k) is not None
                   and verified.keys.get(k, "").strip() != getattr(settings, k).get_secret_value()]
     if overridden:
@@ -1663,28 +1708,28 @@ def _unpack(plain: dict[str, Path], into: Path) -> None:
 
 
 def _prepare_physical(path: Path, passphrase: str | None, scratch: Path, report: Reporter,
-                      ) -> tuple[list[Path], Path, dict[str, Any], dict[str, str], Path | None]:
+                      ) -> tuple[list[Path], Path, dict[str, Any], dict[str, str], dict[str, Path]]:
     """Every backup of the chain verified, unpacked and combined into one data
-    directory in ``scratch``; returns it, the last backup's manifest, keys and
-    repositories (each backup holds all of them)."""
+    directory in ``scratch``; returns it, the last backup's manifest, keys and data
+    trees' archives (each backup holds all of them)."""
     chain = _physical_chain(path)
     dirs: list[Path] = []
     manifest: dict[str, Any] = {}
     keys: dict[str, str] = {}
-    repos: Path | None = None
+    trees: dict[str, Path] = {}
     for i, backup_dir in enumerate(chain):
         sub = scratch / f"b{i}"
         sub.mkdir()
         manifest, plain = _verify_files(backup_dir, passphrase, sub, report,
-                                        (*PHYSICAL_FILES, KEYS), optional=(REPOS,))
+                                        (*PHYSICAL_FILES, KEYS), optional=_TREE_ARCHIVES)
         keys = _read_keys(plain[KEYS])
-        repos = plain.get(REPOS)
+        trees = {name: plain[name] for name in _TREE_ARCHIVES if name in plain}
         _unpack(plain, sub / "data")
         for name in PHYSICAL_FILES:
             if plain[name].parent == sub:
                 plain[name].unlink()  # decrypted copies: unpacked now
         dirs.append(sub / "data")
-    return dirs, (dirs[0] if len(dirs) == 1 else scratch / "combined"), manifest, keys, repos
+    return dirs, (dirs[0] if len(dirs) == 1 else scratch / "combined"), manifest, keys, trees
 
 
 async def _restore_physical(settings: Settings, path: Path, passphrase: str | None,
@@ -1707,28 +1752,29 @@ async def _restore_physical(settings: Settings, path: Path, passphrase: str | No
             raise BackupError(f"a PostgreSQL server runs on {pgdata}: stop every Roost "
                               "process of this data dir first")
         occupied.append(f"{pgdata} holds a database cluster")
-    if {REPOS, REPOS + ENC_SUFFIX} & set(read_manifest(path)["files"]):
-        _check_repos_target(settings, occupied)
+    held = set(read_manifest(path)["files"])
+    for tree in DATA_TREES:
+        if {tree.archive, tree.archive + ENC_SUFFIX} & held:
+            _check_tree_target(settings, tree, occupied)
     if occupied and not force:
         raise TargetNotEmpty("the target is not empty: " + "; ".join(occupied)
                              + ". Restore into an empty data dir, or give --force to "
                              "replace what is there")
     # ...then everything the backup holds, checked and combined in the scratch dir.
-    chain, data, manifest, keys, repos_tar = await asyncio.to_thread(
+    chain, data, manifest, keys, archives = await asyncio.to_thread(
         _prepare_physical, path, passphrase, scratch, report)
-    repos = (await asyncio.to_thread(_unpack_repos, settings, repos_tar, report)
-             if repos_tar is not None else None)
+    staged = await asyncio.to_thread(_unpack_trees, settings, archives, report)
     try:
-        return await _install_physical(settings, chain, data, manifest, keys, repos,
+        return await _install_physical(settings, chain, data, manifest, keys, staged,
                                        existing_keys, has_cluster, report)
     finally:
-        if repos is not None and repos.exists():  # not put in place: the restore failed
-            shutil.rmtree(repos, ignore_errors=True)
+        _drop_staged(staged)  # those not put in place: the restore failed
 
 
 async def _install_physical(settings: Settings, chain: list[Path], data: Path,
                             manifest: dict[str, Any], keys: dict[str, str],
-                            repos: Path | None, existing_keys: list[str], has_cluster: bool,
+                            staged: dict[DataTree, Path], existing_keys: list[str],
+                            has_cluster: bool,
                             report: Reporter) -> RestoreResult:
     pgdata = settings.pg_dir
     if len(chain) > 1:
@@ -1754,8 +1800,8 @@ async def _install_physical(settings: Settings, chain: list[Path], data: Path,
         if kept_keys is not None:
             warnings.append(f"the key files that were there are kept in {kept_keys}")
     await asyncio.to_thread(write_keys, settings, keys)
-    if repos is not None:
-        await asyncio.to_thread(_install_repos, settings, repos, warnings)
+    for tree, staging in staged.items():
+        await asyncio.to_thread(_install_tree, settings, tree, staging, warnings)
     try:
         target = await asyncio.to_thread(open_target, settings)
     except (OSError, subprocess.SubprocessError) as exc:
