@@ -476,6 +476,17 @@ async def change_password(
     keys = [throttle.login_key(user.username), throttle.account_key(user.id)]
     await throttle.serialize(session, keys)  # guesses sent at once, counted in turn
     await throttle.check_not_locked(session, keys)
+    # Read again now that changes of this account run one at a time: a change that ran
+    # alongside (from another session) set another hash and ended this session; checking
+    # the hash read before would let both "succeed", the first one's password lost.
+    await lock_for_sign_in(session, user)
+    if principal.session_id is not None and not await session.scalar(
+            select(Session.id).where(Session.id == principal.session_id,
+                                     Session.revoked_at.is_(None))):
+        raise Unauthorized("this session has ended (the password was changed meanwhile?): "
+                           "sign in again")
+    if user.hashed_password is None:
+        raise Conflict("this account has no password: there is none to change")
     if not await _verify(user.hashed_password, current_password):
         await commit_auth_failure(session, cfg, action="user.password_change_failed",
                                   user_id=user.id, login=user.username, client=client,
