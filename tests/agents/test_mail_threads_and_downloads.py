@@ -93,3 +93,65 @@ async def test_a_plain_ascii_attachment_name_is_offered_as_filename(
     assert resp.status_code == 200
     disposition = resp.headers["content-disposition"]
     assert 'filename="' in disposition, disposition
+
+
+async def ten_byte_attachment(database: Database, cfg: mail.MailConfig,
+                              owner: uuid.UUID) -> uuid.UUID:
+    persona = await make_persona(database, owner, address())
+    to = str(persona.email_address)
+    msg = message(to, message_id=f"<{uuid.uuid4().hex}@example.org>")
+    msg.add_attachment(b"0123456789", maintype="application", subtype="pdf",
+                       filename="a.pdf")
+    [got] = await mail.receive(database, cfg, msg.as_bytes(policy=policy.SMTP), [to])
+    async with database.transaction() as session:
+        aid = await session.scalar(select(Attachment.id).where(
+            Attachment.email_id == got.email_id))
+    assert aid is not None
+    return aid
+
+
+async def test_a_range_in_an_unknown_unit_is_ignored(
+    client: httpx.AsyncClient, database: Database, mail_cfg: mail.MailConfig,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    """RFC 9110 section 14.2: a server MUST ignore a Range in a unit it does not know:
+    `Range: chars=0-1` gets the whole file (200; it was a 400 in plain text)."""
+    owner, headers = user
+    aid = await ten_byte_attachment(database, mail_cfg, owner)
+    resp = await client.get(f"/api/v1/attachments/{aid}/content",
+                            headers={**headers, "Range": "chars=0-1"})
+    assert resp.status_code == 200, (resp.status_code, resp.text)
+    assert resp.content == b"0123456789"
+
+
+@pytest.mark.parametrize("rng", ["bytes=5-2", "bytes=abc", "bytes=", "bytes=100-200",
+                                 "bytes=-0"])
+async def test_a_refused_range_is_a_problem_document(
+    client: httpx.AsyncClient, database: Database, mail_cfg: mail.MailConfig,
+    user: tuple[uuid.UUID, Headers], rng: str,
+) -> None:
+    """A malformed Range (`bytes=5-2`, `bytes=abc`, `bytes=`) is ignored (the whole file)
+    and an unsatisfiable one (`bytes=100-200` of a 10-byte file, `bytes=-0`) is a 416
+    problem naming the size; both were text/plain answers from Starlette."""
+    owner, headers = user
+    aid = await ten_byte_attachment(database, mail_cfg, owner)
+    resp = await client.get(f"/api/v1/attachments/{aid}/content",
+                            headers={**headers, "Range": rng})
+    if rng in ("bytes=100-200", "bytes=-0"):
+        assert resp.status_code == 416, (rng, resp.status_code, resp.text)
+        assert resp.headers["content-type"].startswith("application/problem+json")
+        assert resp.headers.get("content-range") == "bytes */10"
+    else:
+        assert resp.status_code == 200 and resp.content == b"0123456789", (rng, resp.text)
+
+
+async def test_a_satisfiable_range_is_still_served_in_part(
+    client: httpx.AsyncClient, database: Database, mail_cfg: mail.MailConfig,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    owner, headers = user
+    aid = await ten_byte_attachment(database, mail_cfg, owner)
+    resp = await client.get(f"/api/v1/attachments/{aid}/content",
+                            headers={**headers, "Range": "bytes=2-4"})
+    assert resp.status_code == 206 and resp.content == b"234", resp.text
+    assert resp.headers["content-range"] == "bytes 2-4/10"

@@ -20,7 +20,7 @@ from roost.agents.mail_schemas import (
 from roost.db.engine import Database
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit, SettingsDep, database_dep
-from roost.http.responses import attachment_disposition
+from roost.http.responses import Download, attachment_disposition
 from roost.http.routing import RoostRouter
 from roost.inputs import IsoDatetime
 from roost.llm.deps import CallerPrincipal
@@ -85,10 +85,10 @@ async def get_attachment(attachment_id: uuid.UUID, principal: CurrentPrincipal,
                              "description": "The bytes, as a download"}},
             summary="An attachment's bytes (Content-Disposition: attachment)")
 async def download_attachment(attachment_id: uuid.UUID, principal: CurrentPrincipal,
-                              db: DbSession, settings: SettingsDep) -> FileResponse:
+                              db: DbSession, settings: SettingsDep) -> Download:
     attachment = await attachments.get_attachment(db, principal, attachment_id)
     path = attachments.open_path(settings.data_dir, attachment)
-    return FileResponse(path, media_type=attachment.mime_type or attachments.DEFAULT_MIME,
+    return Download(path, media_type=attachment.mime_type or attachments.DEFAULT_MIME,
                         headers={**DOWNLOAD_HEADERS,
                                  "Content-Disposition": attachment_disposition(attachment.name)})
 
