@@ -18,6 +18,9 @@ class RequestContext:
     ip_address: str | None = None
     user_agent: str | None = None
     path: str | None = None  # the request path (errors under /v1 take OpenAI's shape)
+    # The request's W3C traceparent when it carries exactly one (two are invalid): a run
+    # the request starts joins the caller's trace, tracing on or off.
+    traceparent: str | None = None
 
 
 # RequestContext is a frozen dataclass: sharing the default instance is safe.

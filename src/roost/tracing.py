@@ -366,7 +366,12 @@ def request_span(method: str, path: str | None, headers: Iterable[tuple[bytes, b
              if key in (b"traceparent", b"tracestate")]
     # Two traceparent headers are invalid (W3C Trace Context): a new trace, not the last
     # one silently (the run routes read the same way: sole_traceparent).
-    carrier = dict(found) if [k for k, _ in found].count("traceparent") == 1 else {}
+    parents = [v for k, v in found if k == "traceparent"]
+    # Several tracestate fields are one list (W3C Trace Context, RFC 9110): joined, not
+    # the last one only.
+    states = [v for k, v in found if k == "tracestate"]
+    carrier = ({"traceparent": parents[0]} | ({"tracestate": ",".join(states)} if states else {})
+               if len(parents) == 1 else {})
     parent = None
     if carrier:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator

@@ -19,6 +19,7 @@ from roost import tracing
 from roost.agents import catalog, events, memorytools, runs
 from roost.agents.models import TERMINAL_RUN_STATUSES, Run
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate, RunOut, RunStepOut
+from roost.context import current_context
 from roost.db.engine import Database
 from roost.errors import BadGateway, BadRequest, GatewayTimeout, NotFound, PayloadTooLarge, RoostError
 from roost.http.auth import CurrentPrincipal
@@ -45,8 +46,10 @@ def trace_id_for(traceparent: str | None, run_hint: str) -> str:
     """A W3C ``traceparent`` naming the run as a span of the request's trace, or of a new
     one; unique per run.  Tracing on, that is the request's own span's trace (which took
     the caller's ``traceparent`` only when usable), so the run's spans join it; off, the
-    caller's trace when its ``traceparent`` is usable by the same W3C rules."""
-    found = tracing.header_trace(tracing.traceparent() or traceparent)
+    caller's trace when its ``traceparent`` (given, else the request's) is usable by the
+    same W3C rules: a chat with an agent and ``agent:<slug>`` on /v1 included."""
+    found = tracing.header_trace(tracing.traceparent() or traceparent
+                                 or current_context().traceparent)
     trace, sampled = found or (secrets.token_hex(16), True)
     # The caller's (or the request span's) sampling decision: a run of an unsampled trace
     # records no spans (tracing.run_parent reads the flag back).

@@ -152,6 +152,9 @@ class RequestContextMiddleware:
                 ip_address=client[0][:45] if client else None,
                 user_agent=_header(scope, b"user-agent"),
                 path=scope.get("path"),
+                traceparent=tracing.sole_traceparent(
+                    [v.decode("latin-1") for k, v in scope.get("headers", ())
+                     if k == b"traceparent"]),
             )
         )
         structlog.contextvars.bind_contextvars(request_id=request_id)
