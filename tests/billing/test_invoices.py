@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import unicodedata
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -20,8 +21,9 @@ from pypdf import PdfReader
 from sqlalchemy import func, select, text
 
 from roost.audit.models import AuditLog
-from roost.billing.invoice_pdf import invoice_document, render_invoice_pdf
+from roost.billing.invoice_pdf import InvoiceDocument, invoice_document, render_invoice_pdf
 from roost.billing.invoices import (
+    BillTo,
     InvoiceConfig,
     Period,
     compute_invoice,
@@ -540,3 +542,18 @@ async def test_a_named_period_outside_the_subscriptions_life_is_refused(
         "subscription_id": str(sub.id), "period_start": JAN.start.isoformat(),
         "period_end": JAN.end.isoformat()})
     assert resp.status_code == 201 and resp.json()["total"] == "10.00", resp.text
+
+
+def test_a_decomposed_latin1_name_prints_on_the_pdf() -> None:
+    """A full name typed decomposed (NFD, as macOS keyboards send it: "Jose" + U+0301)
+    prints "José" on the invoice PDF (it printed "Jose?": the accent alone is not
+    latin-1, though "é" is)."""
+    name = unicodedata.normalize("NFD", "José Müller")
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    doc = InvoiceDocument(
+        number="INV-2026-000001", issued_at=moment, period_start=moment, period_end=moment,
+        status="open", currency="EUR", plan="Pro", bill_to=BillTo(name, "jose@example.com"),
+        lines=[], subtotal=Decimal("0.00"), tax_rate=Decimal("0"), tax=Decimal("0.00"),
+        total=Decimal("0.00"))
+    page = PdfReader(io.BytesIO(render_invoice_pdf(doc))).pages[0].extract_text()
+    assert "José Müller" in page, page

@@ -265,6 +265,11 @@ def test_minor_units() -> None:
     assert stripe_sync.minor_units(Decimal("19.995"), "usd") == 2000
     assert stripe_sync.minor_units(Decimal("1500"), "JPY") == 1500
     assert stripe_sync.minor_units(Decimal("0.004"), "EUR") == 0
+    # Three-decimal currencies are counted in thousandths (fils), multiples of ten: 5.12
+    # KWD was sent as 512 fils (0.512 KWD), a tenth of the invoice.
+    assert stripe_sync.minor_units(Decimal("5.12"), "KWD") == 5120
+    assert stripe_sync.minor_units(Decimal("1.00"), "bhd") == 1000
+    assert stripe_sync.minor_units(Decimal("0.125"), "OMR") == 130
 
 
 async def test_refusals_dead_letter_the_job_and_never_log_the_key(

@@ -6,6 +6,7 @@ document's dates are the invoice's, so the same invoice renders to the same byte
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -53,8 +54,9 @@ async def invoice_document(session: AsyncSession, invoice: Invoice) -> InvoiceDo
 
 
 def latin1(value: object) -> str:
-    """``value`` as text Helvetica can draw: characters outside latin-1 become ``?``."""
-    return str(value).encode("latin-1", "replace").decode("latin-1")
+    """``value`` as text Helvetica can draw: composed first ("e" and a combining accent,
+    as macOS keyboards type it, is the latin-1 "é"), then what is outside latin-1 ``?``."""
+    return unicodedata.normalize("NFC", str(value)).encode("latin-1", "replace").decode("latin-1")
 
 
 def _fit(pdf: FPDF, text: str, width: float) -> str:

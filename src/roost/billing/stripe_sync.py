@@ -59,6 +59,9 @@ ZERO_DECIMAL_CURRENCIES: Final = frozenset({
     "BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND",
     "VUV", "XAF", "XOF", "XPF",
 })
+# Stripe counts these in thousandths (fils, baisa, millimes), and takes only multiples of
+# ten of them: amounts are rounded to the hundredth, as Stripe asks.
+THREE_DECIMAL_CURRENCIES: Final = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
 NETWORK_RETRIES: Final = 2
 
 
@@ -293,8 +296,12 @@ async def _cancel(database: Database, client: _Client, view: _SubView) -> dict[s
 
 
 def minor_units(amount: Decimal, currency: str) -> int:
-    """An amount in the currency's smallest unit (cents; yen for JPY), rounded half up."""
-    exponent = 0 if currency.upper() in ZERO_DECIMAL_CURRENCIES else 2
+    """An amount in the currency's smallest unit as Stripe counts it (cents; yen for JPY;
+    fils for KWD, a multiple of ten), rounded half up."""
+    code = currency.upper()
+    if code in THREE_DECIMAL_CURRENCIES:
+        return int((amount * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP)) * 10
+    exponent = 0 if code in ZERO_DECIMAL_CURRENCIES else 2
     return int((amount * (10 ** exponent)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
