@@ -232,7 +232,8 @@ async def run_agent(env: RunEnv, principal: Principal, run: Run, node: Node,
             status, output, error, parent_now = (await session.execute(
                 select(Run.status, Run.output, Run.error_message, parent_status)
                 .where(Run.id == child.id))).one()
-        if parent_now == "cancelled" and status not in TERMINAL_RUN_STATUSES:
+        # Cancelled, or deleted with its workflow (no row): the agent run stops too.
+        if parent_now in ("cancelled", None) and status not in TERMINAL_RUN_STATUSES:
             await _cancel_child(env, principal, child.id)
             raise NodeFailed(f"node {node.id!r}: the workflow run was cancelled")
         if status in TERMINAL_RUN_STATUSES:

@@ -18,10 +18,11 @@ from typing import Any, Final, Literal
 from sqlalchemy import delete, false, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.agents.models import Run
+from roost.agents.models import TERMINAL_RUN_STATUSES, Run
+from roost.agents.runs import RunFinished, cancel_run
 from roost.audit.service import record
 from roost.db.lookup import one_or_404
-from roost.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from roost.errors import Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
 from roost.identity.common import require_user
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
@@ -189,6 +190,19 @@ async def delete_workflow(session: AsyncSession, actor: Principal,
     """Delete a workflow with its versions and its runs (a run of a deleted workflow
     could neither be resumed nor shown against its graph)."""
     workflow = await get_workflow(session, actor, workflow_id, lock=True)
+    # Its unfinished runs are cancelled first, in this transaction, as a cancel does: the
+    # agent runs their agent nodes started stop with them (they went on calling the model,
+    # orphans of a deleted run).  A run the actor may not cancel (another member's in a
+    # group) stops its children from its node's job, which finds the run gone.
+    unfinished = (await session.scalars(
+        select(Run.id).join(WorkflowRun, WorkflowRun.run_id == Run.id)
+        .where(WorkflowRun.workflow_id == workflow_id,
+               Run.status.not_in(TERMINAL_RUN_STATUSES)))).all()
+    for run_id in unfinished:
+        try:
+            await cancel_run(session, actor, run_id)
+        except (Forbidden, NotFound, RunFinished):
+            pass
     await session.execute(delete(Run).where(Run.id.in_(
         select(WorkflowRun.run_id).where(WorkflowRun.workflow_id == workflow_id))))
     await session.delete(workflow)
