@@ -215,3 +215,47 @@ async def test_a_project_name_typed_in_another_unicode_form_finds_the_project(
     for typed, made_by in (("Caf\u00e9", made), ("Cafe\u0301", twin)):
         out = run_roost("projects", "show", typed, "--user", "nfcx", env=env)
         assert out.returncode == 0 and made_by.stdout.split()[0] in out.stdout, out.stderr
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+async def test_root_cli_task_prefix_ignores_other_users_tasks(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """An administrator's id start unique among their own tasks (those `ls` shows) finds
+    their task: it was "the start of several task ids", naming another user's task."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="pmx3")
+    await make_user(database, username="boss3", admin=True)
+    mine = run_roost("tasks-board", "add", "Root task", "--user", "boss3", env=env)
+    assert mine.returncode == 0, mine.stderr
+    theirs = run_roost("tasks-board", "add", "Their task", "--user", "pmx3", env=env)
+    assert theirs.returncode == 0, theirs.stderr
+    mine_id, theirs_id = mine.stdout.split()[0], theirs.stdout.split()[0]
+    prefix = _common_prefix(mine_id, theirs_id)
+    assert len(prefix) >= 4  # UUIDv7 ids made a moment apart share their start
+    listed = run_roost("tasks-board", "ls", "--user", "boss3", env=env)
+    assert "Root task" in listed.stdout and "Their task" not in listed.stdout
+    out = run_roost("tasks-board", "done", prefix, "--user", "boss3", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "Root task: done" in out.stdout
+
+
+async def test_root_cli_task_prefix_does_not_reach_another_users_task(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """An id start only another user's task has is "no task" for an administrator (their
+    `ls` never shows it): it marked that user's task done."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="pmx4")
+    await make_user(database, username="boss4", admin=True)
+    theirs = run_roost("tasks-board", "add", "Their task", "--user", "pmx4", env=env)
+    assert theirs.returncode == 0, theirs.stderr
+    theirs_id = theirs.stdout.split()[0]
+    out = run_roost("tasks-board", "done", theirs_id[:23], "--user", "boss4", env=env)
+    after = run_roost("tasks-board", "ls", "--all", "--user", "pmx4", env=env)
+    assert out.returncode != 0, out.stdout
+    assert "done" not in after.stdout.split("Their task")[1].split("\n")[0]

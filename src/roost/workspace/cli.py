@@ -145,7 +145,11 @@ def projects_archive(project: ProjectRef, user: UserOpt = None) -> None:
 
 
 async def _task_id(session: AsyncSession, principal: Principal, ref: str) -> uuid.UUID:
-    task_id = await resolve_id(session, Task.id, ref, "task")
+    # A start of an id among the user's own tasks, as `ls` lists them (an administrator's
+    # row-level security shows everyone's: a start matched other users' tasks); a full id
+    # reaches any task the user may reach, as in the API.
+    task_id = await resolve_id(session, Task.id, ref, "task",
+                               where=Task.user_id == principal.user_id)
     await service.get_task(session, principal, task_id)  # 404 unless it is the user's
     return task_id
 
