@@ -49,8 +49,9 @@ def check_collection(value: Any) -> Any:
 
 
 def collection_filter(value: str | None) -> str | None:
-    """A collection to match, spelled as :func:`check_collection` stores it."""
-    return None if value is None else nfc(value).strip()
+    """A collection to match, spelled as :func:`check_collection` stores it; a blank one
+    (an empty form field) is no filter, as a blank stored collection is none."""
+    return None if value is None else nfc(value).strip() or None
 
 
 _BIDI_CONTROLS: Final = re.compile("[\u202a-\u202e\u2066-\u2069]")

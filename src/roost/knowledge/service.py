@@ -266,8 +266,9 @@ async def list_documents(
     stmt = where_equal(_documents_query(actor), (Document.collection, collection),
                        (Document.status, status), (Document.persona_id, persona_id),
                        (Document.project_id, project_id))
+    tag = None if tag is None else nfc(tag).strip() or None  # blank: no filter (no tag is)
     if tag is not None:
-        stmt = stmt.where(Document.tags.contains([nfc(tag).strip()]))
+        stmt = stmt.where(Document.tags.contains([tag]))
     return await newest_first(session, stmt, Document.created_at, Document.id,
                               limit=limit, cursor=cursor)
 
