@@ -620,6 +620,19 @@ def build(name: str, events: Iterable[Any], *, description: str | None = None,
     return data
 
 
+def _occurrence_id(at: datetime, series: Any) -> date | datetime:
+    """An override's RECURRENCE-ID in the series' type: a DATE for an all-day series only
+    when ``at`` is that day's local midnight (what import reads a DATE as).  An override
+    left from before the series became all-day (09:00Z) is written in UTC: as a DATE it
+    read back as another occurrence, and export then import made a second override."""
+    if series.all_day:
+        day = recurrence.local(at, recurrence.zone(series.timezone)).date()
+        if recurrence.all_day_bounds(day, day, series.timezone)[0] == at:
+            return day
+        return at.astimezone(UTC)
+    return _when(at, series.timezone, False)
+
+
 def _component(ev: Any, series: Any = None, timezone: str | None = None) -> icalendar.Event:
     """A VEVENT; with ``series``, an override of it (RECURRENCE-ID of the series' type).
     An all-day event whose zone is not the calendar's (``timezone``) gets X-ROOST-TIMEZONE:
@@ -628,7 +641,7 @@ def _component(ev: Any, series: Any = None, timezone: str | None = None) -> ical
     out.add("UID", ev.uid)
     out.add("DTSTAMP", (ev.updated_at or datetime.now(UTC)).astimezone(UTC))
     if series is not None:
-        out.add("RECURRENCE-ID", _when(ev.recurrence_id, series.timezone, series.all_day))
+        out.add("RECURRENCE-ID", _occurrence_id(ev.recurrence_id, series))
     series_start = bool(ev.recurrence_rule) or bool(ev.rdates)
     out.add("DTSTART", _when(ev.start_time, ev.timezone, ev.all_day, in_zone=series_start))
     out.add("DTEND", _when(ev.end_time, ev.timezone, ev.all_day, in_zone=series_start))
