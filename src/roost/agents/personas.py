@@ -41,7 +41,7 @@ from roost.audit.service import record
 from roost.db.errors import flush_unique
 from roost.db.lookup import one_or_404
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
-from roost.identity.common import require_user
+from roost.identity.common import lookup_user_id, require_user
 from roost.identity.invitations import (
     join_as_invited,
     my_invitation,
@@ -328,12 +328,7 @@ async def _usernames(session: AsyncSession, actor: Principal,
 
 
 async def _lookup_user(session: AsyncSession, ref: str) -> uuid.UUID:
-    # SECURITY DEFINER lookup (migrations 0200, 1140): an owner may add someone they cannot
-    # see; a text that is a UUID matches only the account with that id, never a username.
-    found = await session.scalar(text("SELECT roost_lookup_user_id(:ref)"), {"ref": ref.strip()})
-    if found is None:
-        raise NotFound("no active account with that username, e-mail or id")
-    return uuid.UUID(str(found))
+    return await lookup_user_id(session, ref, what="e-mail")
 
 
 async def _username(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,

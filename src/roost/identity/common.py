@@ -93,6 +93,19 @@ def normalize_login(raw: str) -> str:
     return value
 
 
+async def lookup_user_id(session: AsyncSession, ref: str, *, what: str) -> uuid.UUID:
+    """The active account a username, e-mail or id names, or 404.  A SECURITY DEFINER
+    lookup (migrations 0200, 1140): an owner or group admin may name someone they cannot
+    see; a text that is a UUID matches only the account with that id.  The text is read
+    as sign-in reads it (:func:`normalize_login`): an address typed with a decomposed "é"
+    names the account registered with it composed."""
+    found = await session.scalar(text("SELECT roost_lookup_user_id(:ref)"),
+                                 {"ref": normalize_login(ref)})
+    if found is None:
+        raise NotFound(f"no active account with that username, {what} or id")
+    return uuid.UUID(str(found))
+
+
 def is_admin_user(user: User) -> bool:
     return user.role == "admin" or user.is_superuser or user.is_root
 

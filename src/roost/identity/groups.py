@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
 from roost.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
-from roost.identity.common import lock_owner_quota, require_user
+from roost.identity.common import lock_owner_quota, lookup_user_id, require_user
 from roost.identity.invitations import (
     join_as_invited,
     my_invitation,
@@ -263,12 +263,7 @@ async def list_members(session: AsyncSession, principal: Principal, group_id: uu
 
 
 async def _resolve_user(session: AsyncSession, ref: str) -> uuid.UUID:
-    # SECURITY DEFINER lookup: a group admin may name someone they cannot see yet.  A
-    # text that is a UUID matches only the account with that id (migration 1140).
-    found = await session.scalar(text("SELECT roost_lookup_user_id(:ref)"), {"ref": ref.strip()})
-    if found is None:
-        raise NotFound("no active account with that username, email or id")
-    return uuid.UUID(str(found))
+    return await lookup_user_id(session, ref, what="email")
 
 
 async def _member_named(session: AsyncSession, membership: UserGroupMembership) -> Member:
