@@ -991,3 +991,37 @@ def test_a_chat_system_prompt_with_a_placeholder_chat_does_not_fill_is_refused_a
                     timeout=60)
     assert_clean_failure(out, mentions="invalid configuration: ROOST_CHAT_SYSTEM_PROMPT: ", code=2)
     assert "{{date}}" in out.stderr and "'name'" in out.stderr, out.stderr
+
+
+def _refused_url() -> str:
+    return f"postgresql://roost:s3cret@127.0.0.1:{free_port()}/roost"
+
+
+def test_a_mixed_case_variable_that_is_used_is_not_called_ignored(tmp_path: Path) -> None:
+    """ROOST_Data_Dir is used (settings are read whatever the case), so no warning calls it
+    ignored (one said "ROOST_Data_Dir is not a Roost setting ...; it is ignored")."""
+    data = tmp_path / "chosen"
+    out = run_roost("doctor", env={"ROOST_DATABASE_URL": _refused_url(),
+                                   "ROOST_Data_Dir": str(data)}, fresh=True)
+    assert str(data) in out.stdout, out.stdout  # the setting is in effect...
+    assert "it is ignored" not in out.stderr, out.stderr  # ...so it is not "ignored"
+
+
+@pytest.mark.parametrize("name", ["roost_databse_url", "Roost_Databse_Url"])
+def test_a_misspelt_variable_in_lower_or_mixed_case_is_warned_about(
+        tmp_path: Path, name: str) -> None:
+    """roost_database_url configures Roost as ROOST_DATABASE_URL does, so its typo
+    roost_databse_url is named as ROOST_DATABSE_URL is (only upper-case names were)."""
+    out = run_roost("doctor", env={"ROOST_DATABASE_URL": _refused_url(),
+                                   "ROOST_DATA_DIR": str(tmp_path / "d"),
+                                   name: "postgresql://x@127.0.0.1/x"}, fresh=True)
+    assert name in out.stderr and "not a Roost setting" in out.stderr, out.stderr
+
+
+def test_a_database_url_with_a_leading_space_is_not_a_traceback(tmp_path: Path) -> None:
+    """A URL pasted with a space before it (ROOST_DATABASE_URL=" postgresql://...") is used
+    as the URL: the check trimmed it, the engine did not (an ArgumentError traceback)."""
+    out = run_roost("users", "list", env={"ROOST_DATABASE_URL": " " + _refused_url(),
+                                          "ROOST_DATA_DIR": str(tmp_path / "d")})
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
+    assert len([line for line in out.stderr.splitlines() if line.strip()]) <= 2, out.stderr

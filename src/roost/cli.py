@@ -162,9 +162,13 @@ def _warn_unknown_variables() -> None:
     known = [f"{cls.model_config.get('env_prefix', '')}{name}".upper()
              for cls in (Settings, WorkerSettings) for name in cls.model_fields]
     for name in sorted(os.environ):
-        if not name.startswith("ROOST_") or name in known or name.startswith(_OTHER_VARIABLES):
+        # Settings are read whatever the case (roost_data_dir is ROOST_DATA_DIR): so are
+        # misspellings looked for.
+        upper = name.upper()
+        if not upper.startswith("ROOST_") or upper in known \
+                or upper.startswith(_OTHER_VARIABLES):
             continue
-        close = difflib.get_close_matches(name, known, n=1)
+        close = difflib.get_close_matches(upper, known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         print(f"warning: {name} is not a Roost setting{hint}; it is ignored",
               file=sys.stderr)

@@ -597,6 +597,13 @@ class Settings(BaseSettings):
             raise ValueError("the port must be 1-65535")
         return value
 
+    @field_validator("database_url", "database_replica_urls", mode="before")
+    @classmethod
+    def _trimmed_url(cls, value: object) -> object:
+        # A URL pasted with a space in front passed the CLI's check (which trims) and then
+        # failed to parse in the engine: a traceback.
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("smtp_relay_url")
     @classmethod
     def _smtp_relay_url(cls, value: SecretStr | None) -> SecretStr | None:
