@@ -34,6 +34,7 @@ from pathlib import PurePosixPath
 from typing import Any, Final
 
 from roost.errors import RoostError
+from roost.inputs import is_blank
 
 __all__ = [
     "MIME_HTML",
@@ -187,7 +188,10 @@ _BINARY_MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
 _PDF_MAGIC: Final = b"%PDF-"
 # The PDF spec lets readers find the header within the first 1024 bytes.
 _PDF_MAGIC_WINDOW: Final = 1024
-_HTML_SNIFF_RE: Final = re.compile(rb"^\s*(?:<!doctype\s+html|<html[\s>]|<head[\s>])", re.I)
+# An XML prolog and comments may come first (saved pages, XHTML); a BOM is dropped before.
+_HTML_SNIFF_RE: Final = re.compile(
+    rb"^\s*(?:<\?xml[^>]*\?>\s*)?(?:<!--.*?-->\s*)*(?:<!doctype\s+html|<html[\s>]|<head[\s>])",
+    re.I | re.S)
 
 
 def _split_mime(mime: str | None) -> tuple[str, dict[str, str]]:
@@ -230,10 +234,13 @@ def _pdf_magic(data: bytes, declared: str, ext: str) -> bool:
         return True
     if _PDF_MAGIC not in data[:_PDF_MAGIC_WINDOW]:
         return False
-    textual = (declared.startswith("text/") and declared != "text/plain") \
-        or declared in _HTML_MIMES or declared in _MARKDOWN_MIMES \
+    textual = declared.startswith("text/") or declared in _HTML_MIMES or declared in _MARKDOWN_MIMES \
         or ext in _MARKDOWN_EXTS or ext in _HTML_EXTS or ext in _TEXT_EXTS
     return not textual
+
+
+def _known_text_extension(ext: str) -> bool:
+    return ext in _MARKDOWN_EXTS or ext in _HTML_EXTS or ext in _TEXT_EXTS
 
 
 def detect_mime(data: bytes, *, filename: str | None = None, mime: str | None = None) -> str:
@@ -264,9 +271,12 @@ def detect_mime(data: bytes, *, filename: str | None = None, mime: str | None = 
             return MIME_TEXT
         if declared.endswith(("+json", "+xml")):
             return MIME_TEXT
-        raise UnsupportedDocument(
-            f"documents of type {declared!r} are not supported; upload text, Markdown, HTML or PDF instead"
-        )
+        # A text file sent with another type (Windows browsers with Office send
+        # application/vnd.ms-excel for every .csv): its extension and content say text.
+        if not (_known_text_extension(ext) and not _looks_binary(data)):
+            raise UnsupportedDocument(
+                f"documents of type {declared!r} are not supported; upload text, Markdown, "
+                "HTML or PDF instead")
     if ext in _MARKDOWN_EXTS:
         return MIME_MARKDOWN
     if ext in _HTML_EXTS:
@@ -275,7 +285,7 @@ def detect_mime(data: bytes, *, filename: str | None = None, mime: str | None = 
         return MIME_PDF
     if ext in _TEXT_EXTS or declared == "text/plain":
         return MIME_TEXT
-    if _HTML_SNIFF_RE.match(data[:1024]):
+    if _HTML_SNIFF_RE.match(data[:1024].removeprefix(codecs.BOM_UTF8)):
         return MIME_HTML
     # Unknown extension: accept it if it is text, otherwise refuse it as binary.
     if _looks_binary(data):
@@ -444,7 +454,7 @@ def _short_title(text: str | None) -> str | None:
     if not text:
         return None
     title = " ".join(_storable(text).split())  # a PDF's /Title or bookmark may hold NULs
-    if not title:
+    if is_blank(title):  # white space or invisible characters (zero-width) only
         return None
     if len(title) > _MAX_TITLE_CHARS:
         title = title[: _MAX_TITLE_CHARS - 1].rstrip() + "…"
@@ -471,9 +481,12 @@ def _heading_path(stack: list[tuple[int, str]]) -> str | None:
 
 
 def _push_heading(stack: list[tuple[int, str]], level: int, text: str) -> None:
+    """A heading ends the deeper ones; one that shows nothing (zero-width characters only)
+    names no section."""
     while stack and stack[-1][0] >= level:
         stack.pop()
-    stack.append((level, text))
+    if not is_blank(text):
+        stack.append((level, text))
 
 
 # --------------------------------------------------------------------------- plain text
@@ -541,7 +554,7 @@ def _parse_markdown(text: str, filename: str | None) -> ParsedDocument:
     def start_section(level: int, title: str) -> None:
         nonlocal heading, first_h1
         flush()
-        if level == 1 and first_h1 is None:
+        if level == 1 and first_h1 is None and not is_blank(title):
             first_h1 = title
         titles.append(title)
         _push_heading(stack, level, title)
@@ -748,7 +761,7 @@ class _HtmlExtractor(HTMLParser):
             self._heading_tag = None
             if text:
                 level = _HTML_HEADINGS[tag]
-                if level == 1 and self.first_h1 is None:
+                if level == 1 and self.first_h1 is None and not is_blank(text):
                     self.first_h1 = text
                 _push_heading(self._stack, level, text)
                 self._new_block()
