@@ -1,5 +1,5 @@
 // One agent: its details, a run form (to the run's page), editing, deleting, its runs.
-import { api, badge, clip, el, formatTime, keepDraft, latestLoad, notify, pageData, saveChanges, showError } from "./console.js";
+import { api, badge, clip, edited, el, fill, formatTime, keepDraft, latestLoad, notify, pageData, saveChanges, showError } from "./console.js";
 
 const { agent_id: agentId } = pageData();
 let agent = null;
@@ -60,11 +60,11 @@ function render() {
   );
   const form = document.getElementById("edit-form");
   const field = (name) => form.elements.namedItem(name);
-  field("name").value = agent.name;
-  field("slug").value = agent.slug;
-  field("preferred_model").value = agent.preferred_model || "";
-  field("description").value = agent.description || "";
-  field("system_prompt").value = agent.system_prompt || "";
+  fill(field("name"), agent.name);
+  fill(field("slug"), agent.slug);
+  fill(field("preferred_model"), agent.preferred_model || "");
+  fill(field("description"), agent.description || "");
+  fill(field("system_prompt"), agent.system_prompt || "");
   field("is_active").checked = agent.is_active;
   field("is_public").checked = agent.is_public;
 }
@@ -128,14 +128,16 @@ function changes(form) {
   const body = {};
   const field = (name) => form.elements.namedItem(name);
   const text = (name) => field(name).value.trim();
-  if (text("name") !== agent.name) body.name = text("name");
-  if (text("slug") !== agent.slug) body.slug = text("slug");
+  if (edited(field("name")) && text("name") !== agent.name) body.name = text("name");
+  if (edited(field("slug")) && text("slug") !== agent.slug) body.slug = text("slug");
   for (const key of ["preferred_model", "description"]) {
     const value = text(key) || null;
-    if (value !== (agent[key] || null)) body[key] = value;
+    if (edited(field(key)) && value !== (agent[key] || null)) body[key] = value;
   }
   const prompt = text("system_prompt") ? field("system_prompt").value : null;
-  if (prompt !== (agent.system_prompt || null)) body.system_prompt = prompt;
+  if (edited(field("system_prompt")) && prompt !== (agent.system_prompt || null)) {
+    body.system_prompt = prompt;
+  }
   for (const key of ["is_active", "is_public"]) {
     if (field(key).checked !== agent[key]) body[key] = field(key).checked;
   }

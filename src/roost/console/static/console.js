@@ -119,6 +119,20 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// What an edit form's fields were filled with: a field the user has not touched is never
+// sent back, whatever its control did to the value (an <input> drops line breaks, the
+// form's trimming drops spaces: a multi-line description was rewritten by a name change).
+const filledWith = new WeakMap();
+
+export function fill(field, value) {
+  field.value = value;
+  filledWith.set(field, field.value);
+}
+
+export function edited(field) {
+  return !filledWith.has(field) || field.value !== filledWith.get(field);
+}
+
 // An edit form's PATCH of only what changed (``body``): "Nothing has changed" for an empty
 // one, the API's problem as a message; the saved object, or null when nothing was saved.
 export async function saveChanges(url, body) {

@@ -1,6 +1,6 @@
 // One persona: details, editing (owners and editors), members (owners manage them),
 // write-only secrets (owners and editors), the mailbox and the health samples.
-import { api, badge, el, formatTime, latestLoad, notify, pageData, saveChanges, showError, submitOnce } from "./console.js";
+import { api, badge, edited, el, fill, formatTime, latestLoad, notify, pageData, saveChanges, showError, submitOnce } from "./console.js";
 
 const { persona_id: personaId } = pageData();
 const base = `/api/v1/personas/${personaId}`;
@@ -34,11 +34,11 @@ function render() {
   );
   const form = document.getElementById("edit-form");
   const field = (name) => form.elements.namedItem(name);
-  field("name").value = persona.name;
-  field("default_model").value = persona.default_model || "";
-  field("email_address").value = persona.email_address || "";
-  field("description").value = persona.description || "";
-  field("system_prompt").value = persona.system_prompt || "";
+  fill(field("name"), persona.name);
+  fill(field("default_model"), persona.default_model || "");
+  fill(field("email_address"), persona.email_address || "");
+  fill(field("description"), persona.description || "");
+  fill(field("system_prompt"), persona.system_prompt || "");
   field("is_active").checked = persona.is_active;
   field("email_agent_id").value = persona.email_agent_id || "";
   document.getElementById("edit-card").hidden = !canEdit();
@@ -53,12 +53,14 @@ function changes(form) {
   const body = {};
   const field = (name) => form.elements.namedItem(name);
   const text = (name) => field(name).value.trim();
-  if (text("name") !== persona.name) body.name = text("name");
+  if (edited(field("name")) && text("name") !== persona.name) body.name = text("name");
   for (const key of ["default_model", "email_address", "description"]) {
     const value = text(key) || null;
-    if (value !== (persona[key] || null)) body[key] = value;
+    if (edited(field(key)) && value !== (persona[key] || null)) body[key] = value;
   }
-  if (field("system_prompt").value !== (persona.system_prompt || "")) body.system_prompt = field("system_prompt").value;
+  if (edited(field("system_prompt")) && field("system_prompt").value !== (persona.system_prompt || "")) {
+    body.system_prompt = field("system_prompt").value;
+  }
   if (field("is_active").checked !== persona.is_active) body.is_active = field("is_active").checked;
   if ((field("email_agent_id").value || null) !== (persona.email_agent_id || null)) {
     body.email_agent_id = field("email_agent_id").value || null;
