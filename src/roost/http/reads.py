@@ -46,6 +46,7 @@ T = TypeVar("T")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # request.state key set by read_session: the request only reads (a POST search).
 _READS_ONLY = "reads_only"
+_WROTE = "wrote_in_read"
 
 # Keys of AsyncSession.info on a replica session.
 _REPLICA = "roost.replica"
@@ -147,7 +148,7 @@ class ReadYourWritesMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in READ_METHODS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         database: Database | None = getattr(scope["app"].state, "db", None)
@@ -155,21 +156,33 @@ class ReadYourWritesMiddleware:
             await self.app(scope, receive, send)
             return
         state: dict[str, Any] = scope.setdefault("state", {})  # request.state's dict
+        is_read = scope["method"] in READ_METHODS
         noted = False
+
+        def wrote() -> bool:  # a GET counts when its route said it wrote (wrote_in_read)
+            return not is_read or bool(state.get(_WROTE))
 
         async def send_noting(message: Message) -> None:
             nonlocal noted
             if (not noted and message["type"] == "http.response.body"
                     and not message.get("more_body", False)):
                 noted = True
-                await note_client_write(database, state)
+                if wrote():
+                    await note_client_write(database, state)
             await send(message)
 
         try:
             await self.app(scope, receive, send_noting)
         finally:
-            if not noted:  # an error escapes: what was committed before still counts
+            # An error escapes: what was committed before still counts.
+            if not noted and wrote():
                 await note_client_write(database, state)
+
+
+def wrote_in_read(request: Request) -> None:
+    """A GET that changed rows (recall counts the memories it returns): the client's next
+    reads wait for a replica that has it, as after a POST."""
+    setattr(request.state, _WROTE, True)
 
 
 async def note_client_write(database: Database, state: dict[str, Any]) -> None:

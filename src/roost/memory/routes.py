@@ -14,7 +14,7 @@ from roost.db.base import utcnow
 from roost.errors import RoostError
 from roost.http.auth import CurrentPrincipal
 from roost.http.deps import Cursor, DbSession, Limit, SettingsDep
-from roost.http.reads import ReadSession, replica_fallback
+from roost.http.reads import ReadSession, replica_fallback, wrote_in_read
 from roost.http.routing import RoostRouter
 from roost.inputs import IsoDatetime
 from roost.knowledge.config import KnowledgeConfig
@@ -145,7 +145,8 @@ async def learn_task(task_id: uuid.UUID, principal: CurrentPrincipal, db: DbSess
 @router.get("/search", response_model=SearchOut,
             summary="Recall: the memories that best answer a query (meaning, words, graph)")
 async def search_memories(
-    principal: CurrentPrincipal, db: DbSession, settings: SettingsDep, embedder: EmbedderDep,
+    request: Request, principal: CurrentPrincipal, db: DbSession, settings: SettingsDep,
+    embedder: EmbedderDep,
     q: Annotated[str, Query(min_length=1, max_length=recall.MAX_QUERY_CHARS)],
     k: Annotated[int, Query(ge=1, le=recall.MAX_K)] = 10,
     user_id: uuid.UUID | None = None, persona_id: uuid.UUID | None = None,
@@ -156,6 +157,8 @@ async def search_memories(
         user_id=user_id, persona_id=persona_id, agent_id=agent_id, session_id=session_id))
     hits = await recall.search(db, principal, scope, q, embedder=embedder, k=k, as_of=as_of,
                                settings=settings)
+    if hits:  # their recall counts were written: the next listing reads them back
+        wrote_in_read(request)
     return SearchOut(
         model=embedder.model_name if embedder is not None else None,
         items=[RecalledOut(memory=MemoryOut.model_validate(h.memory), score=h.score,
