@@ -221,7 +221,11 @@ SELECT
 FROM (SELECT 1) AS one
 LEFT JOIN LATERAL (
   SELECT error_message, at FROM (
-    SELECT error_message, started_at AS at FROM background_tasks
+    -- When it failed (its last attempt's end, which the worker records), not when it
+    -- started: a long pass failing after a success that began later is the newest news.
+    SELECT error_message,
+           coalesce((retry_history -> -1 ->> 'ended_at')::timestamptz, started_at) AS at
+      FROM background_tasks
      WHERE task_type = :task AND status = 'failed' AND error_message IS NOT NULL
     UNION ALL
     SELECT error_message, moved_at AS at FROM dead_letter_queue WHERE task_type = :task
