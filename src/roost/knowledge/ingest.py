@@ -66,6 +66,7 @@ from roost.knowledge.paths import (
 from roost.knowledge.service import (
     check_document_limit,
     clean_filename,
+    printable_name,
     sha256_hex,
     upload_identity,
 )
@@ -349,8 +350,15 @@ async def _sources(
 
 def _file_source(path: Path) -> Source:
     # Shown and stored (name, path, errors) with a name's bytes that are not UTF-8 as
-    # U+FFFD: PostgreSQL text cannot hold the surrogate escapes Python reads them as.
-    return Source("file", str(path), _repaired(str(path)), _repaired(path.name)[:255], path=path)
+    # U+FFFD: PostgreSQL text cannot hold the surrogate escapes Python reads them as.  The
+    # document's name is cleaned as an upload's is (no line break, bidi override, escape;
+    # composed); the path, and so the document's identity, stays the file's own.
+    name = _repaired(path.name)
+    try:
+        name = printable_name(name)
+    except Unprocessable:  # nothing printable in it: the name as it is, cut
+        name = name[:255]
+    return Source("file", str(path), _repaired(str(path)), name, path=path)
 
 
 def _repaired(name: str) -> str:

@@ -122,7 +122,13 @@ def clean_filename(filename: str | None,
     characters only, trimmed; 422 with ``problem`` when nothing is left.  A name over
     :data:`MAX_NAME_CHARS` is shortened before its extension, which tells its type
     (``.md``) and stays."""
-    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return printable_name((filename or "").replace("\\", "/").rsplit("/", 1)[-1], problem)
+
+
+def printable_name(name: str, problem: str = "the document needs a name") -> str:
+    """``name`` as a document is named: printable characters only (no line break, bidi
+    override, zero-width or escape), composed, trimmed, shortened before its extension;
+    422 with ``problem`` when nothing is left."""
     # Composed (NFC): a name typed decomposed (macOS file names) is the same document.
     name = unicodedata.normalize("NFC", "".join(ch for ch in name if ch.isprintable())).strip()
     if not name:
