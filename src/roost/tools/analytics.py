@@ -226,7 +226,6 @@ async def tool_report(
     scope = await _scope(session, actor, user_id)
     where = _runs_in(window, scope)
     if tool_id is not None:
-        await registry.get_tool(session, actor, tool_id)  # 404 for an unknown or foreign tool
         where.append(ToolRun.tool_id == tool_id)
     if tool_name is not None:
         where.append(ToolRun.tool_name == tool_name)
@@ -238,6 +237,10 @@ async def tool_report(
         key.desc().nulls_last(), grouped.c.calls.desc(), grouped.c.tool_name, grouped.c.tool_id
     ).limit(limit)
     rows = (await session.execute(stmt)).all()
+    if tool_id is not None and not rows:
+        # 404 for an unknown or foreign tool; checked only now, on the caller's runs first:
+        # a deleted tool's runs keep its id (no foreign key) and are still its statistics.
+        await registry.get_tool(session, actor, tool_id)
     return Report(window=window, user_id=scope, items=[_stats(r, r.tool_id, r.tool_name) for r in rows])
 
 

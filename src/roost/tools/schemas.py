@@ -214,7 +214,9 @@ class ToolSearchOut(BaseModel):
 class ToolStatsOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    tool_id: uuid.UUID | None = Field(description="None: the tool was deleted since")
+    tool_id: uuid.UUID | None = Field(
+        description="The tool's id as its runs recorded it (it may name a tool deleted since); "
+                    "null for runs recorded without one")
     tool_name: str
     calls: int = Field(description="Runs started in the window")
     successes: int
