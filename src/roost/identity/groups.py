@@ -231,9 +231,26 @@ async def update_group(
     return view
 
 
+async def _left_empty_by_me(session: AsyncSession, principal: Principal,
+                            group_id: uuid.UUID) -> GroupView | None:
+    """The caller's own group (``created_by``) that has no member left, locked: its last
+    member may leave, and the group would then keep its server-unique name and its place
+    among its creator's groups with nobody able to delete it (row-level security lets the
+    creator reach the row)."""
+    if principal.is_admin or principal.user_id is None:
+        return None
+    group = await session.scalar(select(Group).where(
+        Group.id == group_id, Group.created_by == principal.user_id).with_for_update())
+    if group is None or await session.scalar(select(func.count()).where(
+            UserGroupMembership.group_id == group_id)):
+        return None
+    return GroupView(group, None)
+
+
 async def delete_group(session: AsyncSession, principal: Principal, group_id: uuid.UUID) -> None:
     # Locked: a second deletion at once waits, then finds the group gone (404, one record).
-    view = await _locked(session, principal, group_id, manage=True)
+    view = (await _left_empty_by_me(session, principal, group_id)
+            or await _locked(session, principal, group_id, manage=True))
     # A live subscription would go with the group (its foreign key cascades) before its
     # period was invoiced: the usage already charged to it never billed, and by a group
     # admin who may not cancel subscriptions.  (billing's table, by name: a higher domain.)
