@@ -224,11 +224,36 @@ def holds_control(value: str) -> bool:
     return any(unicodedata.category(c) in _CONTROL for c in value)
 
 
+# Characters Unicode calls default-ignorable that are not format characters (Cf): the
+# combining grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian and other
+# variation selectors.  Shown alone, they show nothing.
+_IGNORABLE: Final = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0"
+    + "".join(map(chr, range(0x180B, 0x1810))) + "".join(map(chr, range(0xFE00, 0xFE10))))
+
+
+def is_invisible(char: str) -> bool:
+    """Whether ``char`` shows nothing: white space, a format character (Unicode category
+    Cf: zero-width spaces and joiners, the byte order mark, bidi marks) or another
+    default-ignorable one (a Hangul filler, a variation selector)."""
+    return char.isspace() or unicodedata.category(char) == "Cf" or char in _IGNORABLE
+
+
 def is_blank(value: str) -> bool:
-    """Whether ``value`` shows nothing: only white space and invisible format characters
-    (Unicode category Cf: zero-width spaces and joiners, the byte order mark, bidi marks),
-    which ``str.strip`` keeps, so a name of three zero-width spaces passed as text."""
-    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in value)
+    """Whether ``value`` shows nothing (:func:`is_invisible` characters only), which
+    ``str.strip`` does not see: a name of three zero-width spaces passed as text."""
+    return all(is_invisible(c) for c in value)
+
+
+def strip_invisible(value: str) -> str:
+    """``value`` without the :func:`is_invisible` characters around it (a pasted text's
+    trailing zero-width space)."""
+    start, end = 0, len(value)
+    while start < end and is_invisible(value[start]):
+        start += 1
+    while end > start and is_invisible(value[end - 1]):
+        end -= 1
+    return value[start:end]
 
 
 def parsed_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:

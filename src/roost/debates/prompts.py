@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from roost.inputs import is_invisible
+
 MAX_TURN_CHARS_SEEN: Final = 4000  # of each earlier turn, in a later prompt
 MAX_BALLOT_CHARS: Final = 100_000  # a ranking of at most 20 positions is far shorter
 # A turn is asked for at most 800 tokens; a provider that answers megabytes anyway has the
@@ -18,8 +20,10 @@ MAX_BALLOT_CHARS: Final = 100_000  # a ranking of at most 20 positions is far sh
 MAX_TURN_CHARS: Final = 100_000
 # Within one line: a pattern that may cross newlines (``\W``, ``\s``) backtracks over
 # every later line from every line start, quadratic on an answer of blank lines.
-_CONFIDENCE = re.compile(r"^[^\w\n]*confidence[^\w\n]*[:=][^\S\n]*([01](?:\.\d+)?|\.\d+)"
-                         r"[^\S\n]*$", re.IGNORECASE | re.MULTILINE)
+# Markdown around the value too ("**Confidence:** 0.8", "Confidence: **0.6**"), on one
+# line; not a sign or a dot before it (-0.5 is no confidence of 0.5).
+_CONFIDENCE = re.compile(r"^[^\w\n]*confidence[^\w\n]*[:=][^\w\n.+-]*([01](?:\.\d+)?|\.\d+)"
+                         r"[^\w\n.]*$", re.IGNORECASE | re.MULTILINE)
 _FENCE: Final = "```"
 
 
@@ -101,9 +105,11 @@ def _unfenced(body: str) -> str:
 
 def position_key(position: str) -> str:
     """How positions are compared (with each other, and with a ballot's names): case,
-    surrounding spaces and composed or decomposed accents aside (a model answers "café"
-    in one form whatever form the debate was given in)."""
-    return unicodedata.normalize("NFC", position.strip()).casefold()
+    surrounding spaces, composed or decomposed accents and invisible characters aside (a
+    model answers "café" in one form whatever form the debate was given in, and never
+    writes the zero-width space a pasted position may carry)."""
+    visible = "".join(c for c in position if c.isspace() or not is_invisible(c))
+    return unicodedata.normalize("NFC", visible.strip()).casefold()
 
 
 def parse_ballot(text: str, positions: Sequence[str]) -> tuple[list[str], float]:

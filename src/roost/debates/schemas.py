@@ -11,7 +11,7 @@ from typing import Any, Final, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from roost.debates.prompts import position_key
-from roost.inputs import StrictInput, is_blank
+from roost.inputs import StrictInput, is_blank, strip_invisible
 
 MAX_PARTICIPANTS: Final = 20
 MAX_POSITIONS: Final = 20
@@ -75,7 +75,9 @@ class DebateCreate(StrictInput):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         # Stored composed (NFC): two spellings of one text are one position.
-        cleaned = [unicodedata.normalize("NFC", p.strip()) for p in self.positions]
+        # Surrounding invisible characters (a pasted zero-width space) dropped too: no
+        # ballot names them, and the position was unknown to every ballot.
+        cleaned = [strip_invisible(unicodedata.normalize("NFC", p)) for p in self.positions]
         if any(is_blank(p) or len(p) > 255 for p in cleaned):
             raise ValueError("every position is 1 to 255 characters (not blank)")
         if len({position_key(p) for p in cleaned}) != len(cleaned):
