@@ -43,7 +43,7 @@ _NAMED: dict[str, tuple[Any, Any, Any]] = {
     "agent": (UsageRecord.agent_id, _AGENTS, _AGENTS.c.name),
     "api_key": (UsageRecord.api_key_id, _KEYS, _KEYS.c.name),
 }
-_ZERO = Decimal(0)
+_ZERO = Decimal("0.000000")  # no usage costs 0 written as every amount is (6 decimals)
 DEFAULT_DAYS = 30
 MAX_RANGE_DAYS = 366
 
@@ -100,7 +100,8 @@ class UsageReport:
         return sums
 
 
-_ORDINAL = re.compile(r"(\d{4})-?(\d{3})")
+# ASCII digits only: \d takes fullwidth and other scripts' digits, which no ISO form has.
+_ORDINAL = re.compile(r"([0-9]{4})-?([0-9]{3})")
 
 
 def _ordinal_date(text: str) -> date | None:
@@ -132,6 +133,11 @@ def parse_bound(value: str | None, *, name: str, end: bool) -> datetime | None:
         if day is not None:
             moment = datetime.combine(day + timedelta(days=1) if end else day, time(), UTC)
         else:
+            # A time on an ordinal date (2026-031T12:00Z), as on a week date.
+            day_part, sep, time_part = text.partition("T")
+            ordinal = _ordinal_date(day_part) if sep else None
+            if ordinal is not None:
+                text = f"{ordinal.isoformat()}T{time_part}"
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise Unprocessable(f"{name} must be an ISO 8601 date or timestamp, got {text[:40]!r}",

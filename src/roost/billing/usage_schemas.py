@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
 from roost.billing.usage import GroupBy
-from roost.inputs import IsoDatetime, StrictInput, holds_control
+from roost.inputs import IsoDatetime, StrictInput, holds_control, is_blank
 
 MAX_BATCH = 10_000
 MAX_EVENT_COST = Decimal("1000000")  # one event's cost, sent or from the price table
@@ -63,6 +63,9 @@ class UsageReportOut(BaseModel):
 def _no_control(value: str) -> str:
     if holds_control(value):
         raise PydanticCustomError("control_character", "must not contain a control character")
+    if is_blank(value):  # zero-width characters only: a row no one can tell from another
+        raise PydanticCustomError("blank", "must not be blank (white space or invisible "
+                                           "characters only)")
     return value
 
 
