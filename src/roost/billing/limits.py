@@ -57,6 +57,12 @@ def _includes(allowed: Sequence[str], model: str) -> bool:
     return any(fnmatch.fnmatchcase(model, pattern) for pattern in allowed)
 
 
+def plan_includes(payer: Payer | None, model: str) -> bool:
+    """Whether the payer's plan lets ``model`` be called (every model without a list)."""
+    allowed = payer.limits.get("models_allowed") if payer is not None else None
+    return not allowed or _includes(allowed, model)
+
+
 async def lock_count(session: AsyncSession, user_id: uuid.UUID, limit: str) -> None:
     """Call before counting for ``check_count``: parallel creates of one user's agents,
     documents or runs queue here until the transaction ends, so each counts the ones

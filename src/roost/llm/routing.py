@@ -18,6 +18,7 @@ from typing import Any, Final, Literal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.billing import credits, limits
 from roost.errors import BadRequest
 from roost.llm import leases
 from roost.llm.base import LLMProvider
@@ -218,9 +219,13 @@ def _unknown_model(model: str) -> ModelNotFound:
 async def available_models(
     gateway: LLMGateway, principal: Principal
 ) -> list[tuple[str, str, datetime]]:
-    """:func:`list_models` in a transaction of its own (``GET /v1/models``)."""
+    """:func:`list_models` in a transaction of its own (``GET /v1/models``), without the
+    models the caller's plan leaves out (``models_allowed``): a client picking from the
+    list was offered models whose call is a 403."""
     async with gateway.transaction(principal) as session:
-        return await list_models(session)
+        models = await list_models(session)
+        payer = await credits.payer_for(session, principal.user_id)
+    return [m for m in models if limits.plan_includes(payer, m[0])]
 
 
 async def get_model(
