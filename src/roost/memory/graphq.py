@@ -271,12 +271,23 @@ LATERAL (
 ) c
 WHERE {" AND ".join(where)}
 ORDER BY c.current_relations DESC, e.normalized_name, e.id
-LIMIT :limit"""  # noqa: S608 (fixed clauses only)
-    rows = (await session.execute(text(sql), params)).all()
-    if wanted:
-        rows = [r for r in rows if wanted in r.normalized_name[:KEPT_KEY_CHARS]
-                or wanted in full_key(r.name)][:limit]
-    return [EntitySummary(_entity(r), int(r.current_relations), int(r.all_relations)) for r in rows]
+LIMIT :limit OFFSET :offset"""  # noqa: S608 (fixed clauses only)
+    params["offset"] = 0
+    found: list[Any] = []
+    while True:
+        rows = (await session.execute(text(sql), params)).all()
+        if not wanted:
+            found = list(rows)
+            break
+        found += [r for r in rows if wanted in r.normalized_name[:KEPT_KEY_CHARS]
+                  or wanted in full_key(r.name)]
+        # Candidates that fail the check on their full name may fill a whole page (many
+        # long names): the next page, until the limit fills or the rows run out.
+        if len(found) >= limit or len(rows) < params["limit"]:
+            break
+        params["offset"] += len(rows)
+    return [EntitySummary(_entity(r), int(r.current_relations), int(r.all_relations))
+            for r in found[:limit]]
 
 
 async def neighbours(

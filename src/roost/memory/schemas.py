@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from roost.inputs import StrictInput, is_blank, json_size
+from roost.memory.graph import clean
 from roost.memory.models import MAX_CONTENT_CHARS
 
 MemoryType = Literal["fact", "preference", "event", "relationship", "skill", "goal", "other"]
@@ -56,11 +57,23 @@ class ScopeIn(StrictInput):
     session_id: uuid.UUID | None = Field(default=None, description="A chat session")
 
 
+def _fits_once_clean(value: str) -> str:
+    """A name is stored as :func:`roost.memory.graph.clean` spells it: composed (NFC), which
+    lengthens some scripts' characters (U+0958 is two code points), and it was then cut at
+    255, losing its end (and the word a search looked for)."""
+    if len(clean(value)) > 255:
+        raise ValueError("must be at most 255 characters once composed (NFC)")
+    return value
+
+
+EntityName = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_fits_once_clean)]
+
+
 class EntityIn(StrictInput):
     model_config = ConfigDict(extra="forbid")
     refuse_nul = True
 
-    name: str = Field(min_length=1, max_length=255)
+    name: EntityName
     type: str = Field(default="thing", min_length=1, max_length=64)
 
 
@@ -68,9 +81,9 @@ class RelationshipIn(StrictInput):
     model_config = ConfigDict(extra="forbid")
     refuse_nul = True
 
-    source: str = Field(min_length=1, max_length=255)
+    source: EntityName
     relation: str = Field(min_length=1, max_length=128)
-    target: str = Field(min_length=1, max_length=255)
+    target: EntityName
 
 
 class MemoryCreate(ScopeIn):
