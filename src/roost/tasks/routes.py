@@ -82,7 +82,9 @@ async def list_schedules(session: DbSession, admin: AdminPrincipal) -> list[Sche
     return [ScheduleOut.model_validate(s) for s in await service.list_schedules(session, admin)]
 
 
-@router.delete("/schedules/{name}", status_code=status.HTTP_204_NO_CONTENT,
+# {name:path}: a schedule's name may hold "/" (reports/nightly), sent as %2F, which the
+# server decodes before routing: a plain segment never matched, the row stayed for good.
+@router.delete("/schedules/{name:path}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Forget a schedule no worker registers any more (a worker that "
                        "still registers it writes it again when it starts)")
 async def delete_schedule(name: Annotated[str, Path(max_length=200)], session: DbSession,

@@ -188,6 +188,12 @@ def hide(data: Any, revealed: Revealed) -> Any:
         return {hide(k, revealed): hide(v, revealed) for k, v in data.items()}
     if isinstance(data, list):
         return [hide(item, revealed) for item in data]
+    if isinstance(data, int | float) and not isinstance(data, bool):
+        # A numeric secret (an account number, a PIN) echoed as a JSON number: its text
+        # holding a value is the value, shown as the stand-in text in its place.
+        shown = json.dumps(data)
+        hidden = mcpclient.hide_text(shown, revealed)
+        return data if hidden == shown else hidden
     return data
 
 
