@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
@@ -96,19 +96,25 @@ async def list_api_keys(
     session: AsyncSession, principal: Principal, *, user_id: uuid.UUID | None = None,
     include_revoked: bool = False,
 ) -> list[ApiKey]:
-    """The owner's unrevoked keys (at most MAX_KEYS_PER_USER), newest first; with
-    ``include_revoked``, also the MAX_REVOKED_LISTED most recently revoked: a loop that
-    creates and revokes keys must not grow one answer without end."""
+    """The owner's live keys (at most MAX_KEYS_PER_USER) and the MAX_REVOKED_LISTED that
+    expired most recently, newest first; with ``include_revoked``, also the
+    MAX_REVOKED_LISTED most recently revoked: a loop that creates keys that expire, or
+    revokes them, must not grow one answer without end (expired keys do not count
+    against the cap, so they grew it until the 30-day clean-up)."""
     owner = await existing_target_user_id(session, principal, user_id)
     stmt = select(ApiKey).where(ApiKey.user_id == owner).order_by(ApiKey.created_at.desc())
+    unrevoked = (ApiKey.user_id == owner, ApiKey.revoked_at.is_(None))
+    newest_expired = (
+        select(ApiKey.id).where(*unrevoked, ApiKey.expires_at <= func.now())
+        .order_by(ApiKey.expires_at.desc()).limit(MAX_REVOKED_LISTED))
+    kept = [and_(ApiKey.revoked_at.is_(None),
+                 or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > func.now())),
+            ApiKey.id.in_(newest_expired)]
     if include_revoked:
-        newest_revoked = (
+        kept.append(ApiKey.id.in_(
             select(ApiKey.id).where(ApiKey.user_id == owner, ApiKey.revoked_at.is_not(None))
-            .order_by(ApiKey.revoked_at.desc()).limit(MAX_REVOKED_LISTED))
-        stmt = stmt.where(or_(ApiKey.revoked_at.is_(None), ApiKey.id.in_(newest_revoked)))
-    else:
-        stmt = stmt.where(ApiKey.revoked_at.is_(None))
-    return list((await session.scalars(stmt)).all())
+            .order_by(ApiKey.revoked_at.desc()).limit(MAX_REVOKED_LISTED)))
+    return list((await session.scalars(stmt.where(or_(*kept)))).all())
 
 
 async def purge_ended(session: AsyncSession) -> int:

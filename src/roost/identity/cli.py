@@ -19,6 +19,7 @@ from roost.clitools import (
     id_table,
     parse_input,
     print_table,
+    printable,
     resolve_id,
     run_in_transaction,
     stdin,
@@ -206,7 +207,8 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(
                                                                       "API key"))
 
     row = _run(go)
-    console.print(f"revoked {row.prefix} ({row.name})", markup=False)
+    # The name is any user's text: escapes shown as text, never acted on by the terminal.
+    console.print(f"revoked {row.prefix} ({printable(row.name)})", markup=False)
 
 
 # --- roost limits (docs/operations.md, "Rate limits and quotas") --------------------------
