@@ -107,6 +107,20 @@ async def make_group(database: Database, name: str, *members: uuid.UUID) -> uuid
         return group.id
 
 
+async def upload_outcome(client: httpx.AsyncClient, headers: dict[str, str],
+                         answer: httpx.Response
+                         ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """An upload's document, its ingestion run and its chunks, as the API shows them."""
+    body = answer.json()
+    api = "/api/v1/knowledge"
+    doc = (await client.get(f"{api}/documents/{body['document']['id']}", headers=headers)).json()
+    run = (await client.get(f"{api}/ingestion-runs/{body['ingestion_run']['id']}",
+                            headers=headers)).json()
+    chunks = (await client.get(f"{api}/documents/{body['document']['id']}/chunks",
+                               headers=headers)).json()
+    return doc, run, chunks
+
+
 async def upload(client: httpx.AsyncClient, headers: dict[str, str], name: str, data: bytes,
                  content_type: str = "text/plain", **form: str) -> httpx.Response:
     """``POST /api/v1/knowledge/documents`` of ``data`` as the file ``name`` (``form``: the

@@ -19,7 +19,14 @@ from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.ingest import run_ingestion
 from roost.knowledge.parsing import ParsedDocument
 from tests.knowledge.helpers import make_pdf, surrogate_pdf
-from tests.knowledge.support import drain_jobs, ingest, principal, start_run, upload
+from tests.knowledge.support import (
+    drain_jobs,
+    ingest,
+    principal,
+    start_run,
+    upload,
+    upload_outcome,
+)
 from tests.support.identity import make_user
 from tests.support.sql import fetch, scalar
 
@@ -29,12 +36,7 @@ API = "/api/v1/knowledge"
 async def _outcome(client: httpx.AsyncClient, headers: dict[str, str],
                    answer: httpx.Response) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """The uploaded document, its run and its chunks' texts."""
-    body = answer.json()
-    doc = (await client.get(f"{API}/documents/{body['document']['id']}", headers=headers)).json()
-    run = (await client.get(f"{API}/ingestion-runs/{body['ingestion_run']['id']}",
-                            headers=headers)).json()
-    chunks = (await client.get(f"{API}/documents/{body['document']['id']}/chunks",
-                               headers=headers)).json()
+    doc, run, chunks = await upload_outcome(client, headers, answer)
     return doc, run, [c["content"] for c in chunks]
 
 

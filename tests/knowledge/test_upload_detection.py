@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 
 from roost.db.engine import Database
 from roost.knowledge.config import KnowledgeConfig
-from tests.knowledge.support import drain_jobs, upload
+from tests.knowledge.support import drain_jobs, upload, upload_outcome
 from tests.support.identity import make_user
 
 API = "/api/v1/knowledge"
-
-
-async def _outcome(client: httpx.AsyncClient, headers: dict[str, str],
-                   answer: httpx.Response) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
-    body = answer.json()
-    doc = (await client.get(f"{API}/documents/{body['document']['id']}", headers=headers)).json()
-    run = (await client.get(f"{API}/ingestion-runs/{body['ingestion_run']['id']}",
-                            headers=headers)).json()
-    chunks = (await client.get(f"{API}/documents/{body['document']['id']}/chunks",
-                               headers=headers)).json()
-    return doc, run, chunks
 
 
 async def test_a_csv_sent_as_ms_excel_by_a_windows_browser_is_ingested(
@@ -35,7 +22,7 @@ async def test_a_csv_sent_as_ms_excel_by_a_windows_browser_is_ingested(
                           "application/vnd.ms-excel")
     assert answer.status_code == 202, answer.text
     await drain_jobs(database, kcfg)
-    doc, run, chunks = await _outcome(kclient, headers, answer)
+    doc, run, chunks = await upload_outcome(kclient, headers, answer)
     assert (doc["status"], [c["content"] for c in chunks]) == (
         "ready", ["city,seats\nParis,12\nLyon,7"]), (doc["error_message"], run["errors"])
 
@@ -51,7 +38,7 @@ async def test_a_text_plain_note_mentioning_the_pdf_header_is_not_read_as_a_pdf(
     answer = await upload(kclient, headers, "README", note, "text/plain")
     assert answer.status_code == 202, answer.text
     await drain_jobs(database, kcfg)
-    doc, run, chunks = await _outcome(kclient, headers, answer)
+    doc, run, chunks = await upload_outcome(kclient, headers, answer)
     assert doc["status"] == "ready", (doc["error_message"], run["errors"])
     assert "%PDF-1.7" in chunks[0]["content"]
 
@@ -67,7 +54,7 @@ async def test_an_html_page_with_a_utf8_bom_and_no_extension_is_read_as_html(
     answer = await upload(kclient, headers, "page", page, "application/octet-stream")
     assert answer.status_code == 202, answer.text
     await drain_jobs(database, kcfg)
-    doc, run, chunks = await _outcome(kclient, headers, answer)
+    doc, run, chunks = await upload_outcome(kclient, headers, answer)
     assert (doc["status"], [c["content"] for c in chunks]) == (
         "ready", ["Herons wade in water."]), (doc["mime"], run["errors"])
 
@@ -82,7 +69,7 @@ async def test_a_heading_of_zero_width_characters_is_no_title(
                           "# \u200b\u200b\n\nHerons wade in water.\n".encode(), "text/markdown")
     assert answer.status_code == 202, answer.text
     await drain_jobs(database, kcfg)
-    doc, run, chunks = await _outcome(kclient, headers, answer)
+    doc, run, chunks = await upload_outcome(kclient, headers, answer)
     assert doc["status"] == "ready", run["errors"]
     title = chunks[0]["metadata"].get("title")
     assert title and title.strip("\u200b\u200c\u200d\u2060\ufeff"), repr(title)

@@ -3,81 +3,17 @@ lone surrogate, 200,000 characters) and a diagnostic whose position is a boolean
 
 from __future__ import annotations
 
-import sys
-import textwrap
 from pathlib import Path
 
 import httpx
 import pytest
 
-from roost.config import Settings
 from roost.db.engine import Database
 from tests.support.identity import make_user
+from tests.tools.test_lsp_hostile_servers import DIAGNOSE, SERVERS, register, workspace
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-SERVERS = "/api/v1/lsp-servers"
-DIAGNOSE = "/api/v1/tools/by-name/lsp_diagnostics/call"
-
-FAKE = """
-import json, sys
-def read():
-    headers = {}
-    while True:
-        line = sys.stdin.buffer.readline()
-        if not line:
-            sys.exit(0)
-        if line in (b"\\r\\n", b"\\n"):
-            break
-        k, _, v = line.decode().partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return json.loads(sys.stdin.buffer.read(int(headers["content-length"])))
-def send(msg):
-    body = json.dumps(msg).encode()
-    sys.stdout.buffer.write(b"Content-Length: %d\\r\\n\\r\\n" % len(body) + body)
-    sys.stdout.buffer.flush()
-MODE = sys.argv[1]
-CODES = {"code_nul": "x\\u0000y", "code_sur": "\\ud800", "code_big": "c" * 200000}
-while True:
-    m = read()
-    meth = m.get("method")
-    if meth == "initialize":
-        if MODE in CODES:
-            send({"jsonrpc": "2.0", "id": m["id"], "error": {"code": CODES[MODE], "message": "no"}})
-            continue
-        send({"jsonrpc": "2.0", "id": m["id"], "result": {"capabilities": {}}})
-    elif meth == "shutdown":
-        send({"jsonrpc": "2.0", "id": m["id"], "result": None})
-    elif meth == "exit":
-        sys.exit(0)
-    elif meth == "textDocument/didOpen":
-        uri = m["params"]["textDocument"]["uri"]
-        d = {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 1}},
-             "message": "m", "severity": 1}
-        if MODE == "line_bool":
-            d["range"]["start"] = {"line": True, "character": False}
-        send({"jsonrpc": "2.0", "method": "textDocument/publishDiagnostics",
-              "params": {"uri": uri, "diagnostics": [d]}})
-"""
-
-
-async def register(client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path,
-                   mode: str) -> str:
-    script = tmp_path / "fake_lsp.py"
-    script.write_text(textwrap.dedent(FAKE))
-    created = await client.post(SERVERS, headers=admin, json={
-        "name": "fake", "language": "python", "command": sys.executable,
-        "args": [str(script), mode], "file_patterns": ["*.py"], "is_global": True})
-    assert created.status_code == 201, created.text
-    return str(created.json()["id"])
-
-
-@pytest.fixture
-def workspace(test_settings: Settings) -> Path:
-    root = test_settings.data_dir / "workspace"
-    root.mkdir(parents=True)
-    (root / "a.py").write_text("x = 1\n")
-    return root
+__all__ = ["workspace"]  # the fixture, used by name
 
 
 @pytest.mark.parametrize("mode", ["code_nul", "code_sur", "code_big"])

@@ -49,10 +49,14 @@ def send(msg):
     sys.stdout.buffer.write(b"Content-Length: %d\\r\\n\\r\\n" % len(body) + body)
     sys.stdout.buffer.flush()
 MODE = sys.argv[1]
+CODES = {"code_nul": "x\\u0000y", "code_sur": "\\ud800", "code_big": "c" * 200000}
 while True:
     m = read()
     meth = m.get("method")
     if meth == "initialize":
+        if MODE in CODES:  # an error code that is not LSP's integer
+            send({"jsonrpc": "2.0", "id": m["id"], "error": {"code": CODES[MODE], "message": "no"}})
+            continue
         if MODE == "init_error_nul":
             send({"jsonrpc": "2.0", "id": m["id"], "error": {"code": -1, "message": "bad\\u0000thing"}})
             continue
@@ -85,6 +89,8 @@ while True:
             d["severity"] = [1]
         if MODE == "msg_nul":
             d.update(message="a\\u0000b", source="s\\u0000", code="c\\u0000")
+        if MODE == "line_bool":
+            d["range"]["start"] = {"line": True, "character": False}
         many = [dict(d, message="m" * 2000) for _ in range(300)] if MODE == "big" else [d]
         send({"jsonrpc": "2.0", "method": "textDocument/publishDiagnostics",
               "params": {"uri": uri, "diagnostics": many}})
