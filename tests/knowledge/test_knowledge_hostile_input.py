@@ -159,8 +159,9 @@ CONTENT_TYPES: list[tuple[str, int | str]] = [
     ("text/plain; charset=utf-7", "ready"),
     ("", "ready"),
     ("application/pdf", "the file is declared as PDF but has no %PDF- header"),
-    ("multipart/form-data; boundary=x", "documents of type 'multipart/form-data' are not "
-                                        "supported; upload text, Markdown, HTML or PDF instead"),
+    # A type Roost does not read, on a text file with a text extension: read by the
+    # extension (Windows browsers send application/vnd.ms-excel for every .csv).
+    ("multipart/form-data; boundary=x", "ready"),
 ]
 
 
