@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from pathlib import Path
 
@@ -16,12 +15,12 @@ from roost.agents import attachments, mail
 from roost.agents.models import Attachment
 from roost.config import Settings
 from roost.db.engine import Database
-from roost.keyfiles import load_keys
 from tests.agents.conftest import Headers
 from tests.agents.test_mail import address, make_persona, message
 from tests.agents.test_mail_threads_and_downloads import deliver
 from tests.support.cli import run_roost
 from tests.support.pg import PgTestServer, unique_db_name
+from tests.support.places import encrypted_backup
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -40,14 +39,9 @@ async def test_a_backup_holds_the_attachments_and_a_restore_puts_them_back(
     async with database.transaction() as session:
         stored = (await session.scalars(select(Attachment).where(
             Attachment.email_id == got.email_id))).one()
-    load_keys(Settings(data_dir=test_settings.data_dir))
     out = tmp_path / "backup"
-    done = await asyncio.to_thread(run_roost, "backup", str(out), env={
-        "ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
-        "ROOST_DATA_DIR": str(test_settings.data_dir),
-        "ROOST_BACKUP_PASSPHRASE": PASSPHRASE}, timeout=300)
-    assert done.returncode == 0, done.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = await encrypted_backup(pg_server, db_name, test_settings.data_dir, out,
+                                      PASSPHRASE)
     assert "attachments.tar.enc" in manifest["files"], sorted(manifest["files"])
 
     target_db = unique_db_name("attrestore")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import stat
 import tarfile
 import uuid
@@ -19,10 +18,10 @@ from dulwich.repo import Repo
 from roost.codeversions import repos
 from roost.config import Settings
 from roost.db import backup
-from roost.keyfiles import load_keys
 from tests.codeversions.conftest import Headers, chat_session, commit
 from tests.support.cli import run_roost
 from tests.support.pg import PgTestServer, unique_db_name
+from tests.support.places import encrypted_backup
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -41,14 +40,9 @@ async def test_a_backup_holds_the_repositories_and_a_restore_puts_them_back(
     sid = await chat_session(client, headers)
     version = await commit(client, headers, chat_session_id=sid, files={"app.py": "print(1)\n"})
     source = repos.repo_path(test_settings.data_dir / "repos", owner, uuid.UUID(sid))
-    load_keys(Settings(data_dir=test_settings.data_dir))
     out = tmp_path / "backup"
-    done = await asyncio.to_thread(run_roost, "backup", str(out), env={
-        "ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
-        "ROOST_DATA_DIR": str(test_settings.data_dir),
-        "ROOST_BACKUP_PASSPHRASE": PASSPHRASE}, timeout=300)
-    assert done.returncode == 0, done.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = await encrypted_backup(pg_server, db_name, test_settings.data_dir, out,
+                                      PASSPHRASE)
     assert "repos.tar.enc" in manifest["files"], sorted(manifest["files"])
     assert not (out / "repos.tar").exists()  # encrypted like the dump
 

@@ -4,10 +4,16 @@ restore tests)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+
+from roost.config import Settings
+from roost.keyfiles import load_keys
+from tests.support.cli import run_roost
 
 
 @dataclass
@@ -46,3 +52,16 @@ def execute_sql(url: str, sql: str) -> None:
             await conn.close()
 
     asyncio.run(go())
+
+
+async def encrypted_backup(pg_server: Any, db_name: str, data_dir: Path, out: Path,
+                           passphrase: str) -> dict[str, Any]:
+    """``roost backup`` of the test database ``db_name`` and ``data_dir`` (its keys made
+    first) into ``out``, encrypted with ``passphrase``; the backup's manifest."""
+    load_keys(Settings(data_dir=data_dir))
+    done = await asyncio.to_thread(run_roost, "backup", str(out), env={
+        "ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(data_dir),
+        "ROOST_BACKUP_PASSPHRASE": passphrase}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    manifest: dict[str, Any] = json.loads((out / "manifest.json").read_text())
+    return manifest
