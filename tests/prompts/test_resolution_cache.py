@@ -42,15 +42,24 @@ async def _until(database: Database, user_id: uuid.UUID, key: str, expected: str
         await asyncio.sleep(0.05)
 
 
+# A channel of the test's own on the same LISTEN connection: PostgreSQL delivers a
+# listener's notifications in commit order whatever their channel, so once a marker
+# committed now has arrived here, every earlier notification has reached the cache.
+# (Waiting for the cache's generation to move instead ends at any notification, such as
+# a publication's late one, and lets it land inside the window a test measures.)
+_MARKER_CHANNEL = "roost_test_prompts_marker"
+_MARKERS: list[str] = []
+runtime.watch(_MARKER_CHANNEL, _MARKERS.append, lambda _listening: None)
+
+
 async def _notifications_settled(database: Database, timeout_s: float = 10) -> None:
-    """Every notification of the transactions committed so far has reached the cache:
-    they arrive in commit order, so once a marker sent now has, they all have."""
-    generation = cache.CACHE.generation
+    """Every notification of the transactions committed so far has reached the cache."""
+    marker = uuid.uuid4().hex
     async with database.transaction() as session:
-        await session.execute(text("SELECT pg_notify(:channel, 'test-marker')"),
-                              {"channel": cache.CHANNEL})
+        await session.execute(text("SELECT pg_notify(:channel, :marker)"),
+                              {"channel": _MARKER_CHANNEL, "marker": marker})
     deadline = time.monotonic() + timeout_s
-    while cache.CACHE.generation == generation:
+    while marker not in _MARKERS:
         assert time.monotonic() < deadline, "the marker notification never arrived"
         await asyncio.sleep(0.01)
 
