@@ -287,6 +287,20 @@ async def test_issuing_again_changes_nothing_and_is_audited(
         assert audits[0].user_id == user[0]
 
 
+async def test_the_number_year_and_the_issue_date_are_one_moment(
+        database: Database, user: tuple[uuid.UUID, Headers]) -> None:  # noqa: F811
+    """An invoice issued as the year turns is numbered in the year its PDF and API say it
+    was issued, not in the next one with the date of the last."""
+    plan = await add_plan(database)
+    sub = await add_subscription(database, plan, user[0])
+    new_year = datetime(2027, 1, 1, 0, 0, 0, 200, tzinfo=UTC)
+    async with database.transaction() as session:
+        invoice = await issue_invoice(session, sub.id, JAN.start, JAN.end, now=new_year)
+        number, issued = invoice.number, invoice.created_at
+    assert number.split("-")[1] == str(issued.year) == "2027"
+    assert issued == new_year
+
+
 async def test_numbers_have_no_gap_under_concurrency_or_rollback(database: Database) -> None:
     plan = await add_plan(database)
     subs = []

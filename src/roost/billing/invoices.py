@@ -357,10 +357,14 @@ async def issue_invoice(
             f"{overlapping.period_end.isoformat()}) of this subscription: its usage is "
             "billed there already", extra={"invoice_id": str(overlapping.id)})
     draft = await draft_invoice(session, sub, period, cfg.tax_rate)
-    year = (now or utcnow()).year
+    # One moment for the number's year and the "Issued" date: read apart, an invoice issued
+    # at New Year's midnight could be numbered in one year and dated in the other.
+    issued_at = now or utcnow()
+    year = issued_at.year
     seq = await next_number(session, f"{cfg.prefix}-{year}")
     invoice = Invoice(
-        number=f"{cfg.prefix}-{year}-{seq:06d}", sequence=seq, subscription_id=sub.id,
+        number=f"{cfg.prefix}-{year}-{seq:06d}", sequence=seq, created_at=issued_at,
+        subscription_id=sub.id,
         user_id=sub.user_id, group_id=sub.group_id, plan_id=draft.plan_id,
         period_start=period.start, period_end=period.end, currency=draft.currency,
         lines=draft.lines_json(), subtotal=draft.subtotal, tax_rate=draft.tax_rate,
