@@ -110,6 +110,24 @@ async def test_whoami_refuses_arguments_its_schema_forbids(
     assert result.is_error, result.structured_content
 
 
+@pytest.mark.parametrize("query", ["   ", "\u200b\u2060", "\u3000\n"])
+async def test_a_blank_knowledge_search_is_refused_as_the_rest_api_refuses_it(
+    app: FastAPI, client: httpx.AsyncClient, database: Database, query: str,
+) -> None:
+    """A query of white space or invisible characters has nothing to search for (a vector
+    search would hand back whatever lies nearest to nothing): both ways of searching
+    answer that the query is blank."""
+    _, alice = await make_user(database, username="alice")
+    reply = await client.post("/api/v1/knowledge/search", headers=alice,
+                              json={"query": query, "mode": "text"})
+    assert reply.status_code == 422, reply.text
+    assert "blank" in reply.text and "query" in reply.text
+    async with in_process(app) as base, mcp_session(f"{base}/mcp", alice) as session:
+        result = await session.call_tool("knowledge_search", {"query": query})
+    assert result.is_error, result.structured_content
+    assert "query" in result.content[0].text  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(("tool", "arguments"), [
     ("web_fetch", {"url": "http://example.test/", "follow_links": True}),
     ("current_time", {"timezone": "UTC", "format": "iso"}),

@@ -92,6 +92,7 @@ from roost.db.transaction import driver_fetch, fetch_on
 from roost.errors import Forbidden, LimitReached, PaymentRequired, RoostError
 from roost.identity.models import User, UserGroupMembership
 from roost.identity.tenancy import apply_principal
+from roost.inputs import strip_invisible
 from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.models import Document
 from roost.knowledge.schemas import SearchRequest
@@ -897,7 +898,8 @@ async def _retrieve(env: RunEnv, state: _State) -> None:
 
 async def _retrieve_step(env: RunEnv, state: _State, knowledge: KnowledgeConfig,
                          ids: list[uuid.UUID]) -> None:
-    request = SearchRequest(query=state.run.input[:2000], k=state.config.retrieval_k,
+    # Stripped first: a run's input may start with more than 2,000 blanks.
+    request = SearchRequest(query=strip_invisible(state.run.input)[:2000], k=state.config.retrieval_k,
                             document_ids=ids)
     step = await _start_step(env, state, step_type="rag_retrieval",
                              input={"query": request.query, "k": request.k,

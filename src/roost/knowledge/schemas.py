@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from roost.errors import Unprocessable
 from roost.identity.common import nfc, refuse_hidden_characters
-from roost.inputs import StrictInput, holds_control
+from roost.inputs import StrictInput, holds_control, is_blank
 from roost.knowledge.models import MAX_TAGS_BYTES
 
 MAX_TAG_CHARS = 100
@@ -241,6 +241,15 @@ class SearchRequest(_KnowledgeInput):
     @classmethod
     def _collection(cls, value: Any) -> Any:  # composed before its length is checked
         return collection_filter(value) if isinstance(value, str) else value
+
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, value: str) -> str:
+        # White space or invisible characters alone: a text search finds nothing and a
+        # vector search returns whatever lies nearest to nothing, as if it were relevant.
+        if is_blank(value):
+            raise ValueError("must not be blank: give the words to search for")
+        return value
 
 
 class SearchDocument(BaseModel):
