@@ -136,6 +136,25 @@ async def _import(client: httpx.AsyncClient, headers: Headers, cal_id: str,
                              files={"file": ("c.ics", raw.encode(), "text/calendar")})
 
 
+async def test_two_files_in_one_import_is_a_422_and_imports_neither(
+        client: httpx.AsyncClient, user: User) -> None:
+    """Two .ics files in one import request: refused naming the field, not one imported
+    and the other dropped in silence."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    one = (HEAD + _vevent() + TAIL).encode()
+    resp = await client.post(f"/api/v1/calendars/{cal['id']}/import", headers=headers,
+                             files=[("file", ("a.ics", one, "text/calendar")),
+                                    ("file", ("b.ics", one, "text/calendar"))])
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["fields"] == ["file"]
+    events = await client.get(f"/api/v1/calendars/{cal['id']}/events", headers=headers,
+                              params={"start": "2027-01-01T00:00:00Z",
+                                      "end": "2027-01-02T00:00:00Z"})
+    assert events.status_code == 200, events.text
+    assert events.json()["occurrences"] == []
+
+
 @pytest.mark.parametrize("zone", ["America", "Etc", "__pycache__"])
 async def test_a_zone_naming_a_folder_of_the_zone_database_is_a_422(
         client: httpx.AsyncClient, user: User, zone: str) -> None:

@@ -247,6 +247,25 @@ async def test_a_malformed_upload_ends_ready_or_with_a_clear_error(
         assert run == ("failed", [error])
 
 
+@pytest.mark.parametrize(("files", "form"), [
+    ([("file", ("a.md", b"# A", "text/markdown")), ("file", ("b.md", b"# B", "text/markdown"))],
+     {}),
+    ([("file", ("a.md", b"# A", "text/markdown"))], {"collection": ["left", "right"]}),
+])
+async def test_a_repeated_form_field_is_a_422_and_nothing_is_stored(
+    kclient: httpx.AsyncClient, database: Database,
+    files: list[tuple[str, tuple[str, bytes, str]]], form: dict[str, list[str]],
+) -> None:
+    """Two files in one upload (``curl -F file=@a.md -F file=@b.md``), or one field sent
+    twice, is refused naming the field: storing one and reporting success lost the other
+    without a word."""
+    _, headers = await make_user(database)
+    answer = await kclient.post(f"{API}/documents", headers=headers, files=files, data=form)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["fields"] == ["file" if not form else "collection"]
+    assert await scalar(database, "SELECT count(*) FROM documents") == 0
+
+
 async def test_hostile_tags_are_a_422_naming_the_problem(
     kclient: httpx.AsyncClient, database: Database,
 ) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Final
 
-from fastapi import File, Query, Response, UploadFile, status
+from fastapi import Depends, File, Query, Response, UploadFile, status
 
 from roost.calendar import service
 from roost.calendar.schemas import (
@@ -27,7 +27,7 @@ from roost.http.auth import CurrentPrincipal
 from roost.http.deps import DbSession
 from roost.http.responses import attachment_disposition
 from roost.http.routing import RoostRouter
-from roost.http.uploads import read_capped
+from roost.http.uploads import read_capped, sent_once
 from roost.inputs import IsoDatetimeAsGiven
 
 router = RoostRouter(prefix="/api/v1/calendars", tags=["calendar"])
@@ -153,6 +153,7 @@ async def delete_event(calendar_id: uuid.UUID, event_id: uuid.UUID, principal: C
 
 
 @router.post("/{calendar_id:uuid}/import", response_model=ImportOut,
+             dependencies=[Depends(sent_once("file"))],
              summary="Import an .ics file: creates its events, updates those whose UID the "
                      "calendar has (idempotent); 422 names what is malformed, 413 over 5 MiB")
 async def import_ics(calendar_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession,

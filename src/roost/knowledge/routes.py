@@ -12,7 +12,7 @@ from roost.http.auth import CurrentPrincipal, scoped_request_transaction
 from roost.http.deps import Cursor, DbSession, Limit, SettingsDep, get_database
 from roost.http.reads import ReadSession, read_session, replica_fallback
 from roost.http.routing import RoostRouter
-from roost.http.uploads import read_capped
+from roost.http.uploads import read_capped, sent_once
 from roost.identity.resolver import known_caller
 from roost.knowledge import search as search_mod
 from roost.knowledge import service
@@ -50,7 +50,10 @@ ConfigDep = Annotated[KnowledgeConfig, Depends(get_knowledge_config)]
 
 
 @router.post("/documents", response_model=UploadAccepted, status_code=status.HTTP_202_ACCEPTED,
-             summary="Upload a document; it is parsed, chunked and embedded in the background")
+             summary="Upload a document; it is parsed, chunked and embedded in the background",
+             dependencies=[Depends(sent_once("file", "collection", "tags", "group_id",
+                                             "is_private", "persona_id", "project_id",
+                                             "description"))])
 async def upload_document(
     session: DbSession,
     principal: CurrentPrincipal,
