@@ -539,6 +539,29 @@ async def test_a_run_queued_before_its_user_was_suspended_does_not_start(
     assert stub.requests(path="/v1/chat/completions") == []
 
 
+async def test_a_run_queued_before_its_agent_was_deactivated_does_not_start(
+    app: Any, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    database: Database, user: tuple[uuid.UUID, Headers], test_settings: Any,
+) -> None:
+    """Deactivating an agent stops it running: a run queued before (no worker yet) ends
+    failed, saying why, and the model is never asked on the agent's behalf."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    stub.script(Reply("Should not be asked.", times=None))
+    agent = await make_agent(database, user_id)
+    run = await start(client, headers, agent.id)
+    off = await client.patch(f"/api/v1/agents/{agent.id}", headers=headers,
+                             json={"is_active": False})
+    assert off.status_code == 200, off.text
+    async with running_worker(app, database, test_settings):
+        done = await wait_for_run(client, headers, run["id"])
+    async with database.transaction() as s:
+        error = await s.scalar(text("SELECT error_message FROM runs WHERE id = :r"),
+                               {"r": run["id"]})
+    assert done["status"] == "failed" and "deactivated" in (error or ""), (done, error)
+    assert stub.requests(path="/v1/chat/completions") == []
+
+
 @pytest.mark.parametrize("deleted", ["agent", "persona"])
 async def test_a_run_queued_for_a_deleted_agent_fails_without_asking_the_model(
     app: Any, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,

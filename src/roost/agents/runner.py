@@ -233,6 +233,9 @@ AGENT_DELETED: Final = ("the agent was deleted (with its persona, or alone) befo
                         "started (or resumed): the model was not asked without its "
                         "instructions")
 
+AGENT_INACTIVE: Final = ("the agent was deactivated before the run started: the run was "
+                         "not started (activate the agent and run it again)")
+
 
 class _Stop(Exception):  # control flow: the run stops for this reason
     def __init__(self, reason: str, status: str = "completed", error: str | None = None):
@@ -1446,6 +1449,10 @@ async def _execute(env: RunEnv, state: _State, run_id: uuid.UUID) -> str:
         # persona) sets agent_id NULL (runs stay): nothing left to run it as.
         if state.agent is None and state.run.kind == "agent":
             raise _Stop("error", status="failed", error=AGENT_DELETED)
+        # Deactivating is "stop running this agent": what was queued does not start, a
+        # run already going (it has steps) finishes or is cancelled by its owner.
+        if state.agent is not None and not state.agent.is_active and not state.steps:
+            raise _Stop("error", status="failed", error=AGENT_INACTIVE)
         for step in await _recover(env, state):  # idempotent tool calls, again in place
             await _tool_step(env, state, _asked_call(state, step), step=step)
         await _use_prompt(env, state)
