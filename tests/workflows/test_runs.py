@@ -31,6 +31,7 @@ from tests.agents.conftest import (
     user,
     worker,
 )
+from tests.billing.metered import subscribe
 from tests.chat.conftest import add_provider
 from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
@@ -255,6 +256,55 @@ async def test_a_workflow_run_counts_the_tokens_and_cost_of_its_llm_nodes(
     assert (row.tokens_in, row.tokens_out) == (first["tokens_in"], first["tokens_out"]), row
     assert (row.tokens_in, row.tokens_out, row.cost) == (usage.tin, usage.tout, usage.credits)
     assert row.cost > 0, row
+
+
+async def test_a_failed_runs_totals_count_a_branch_that_finished_after_the_failure(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """Two parallel branches: an llm node answering slowly, a tool node failing at once.
+    The run fails; the slow branch finishes its node and is billed under the run, so the
+    failed run's tokens and cost count it too (the sums of its steps, as the docs say)."""
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    stub.script(Reply("slow answer", delay_ms=2500))
+    nodes = [node("start", "start"), node("fan", "parallel"),
+             node("slow", "llm", prompt="Think hard"),
+             node("bad", "tool", tool="no_such_tool_anywhere", arguments={}),
+             node("both", "join"), node("done", "end", output="{{ slow.output }}")]
+    edges = [edge("a", "start", "fan"), edge("b", "fan", "slow"), edge("c", "fan", "bad"),
+             edge("d", "slow", "both"), edge("e", "bad", "both"), edge("f", "both", "done")]
+    run = await start(client, headers, await publish(client, headers, nodes, edges))
+    done = await wait_for(client, headers, run["id"], lambda r: r["status"] in TERMINAL and any(
+        s["node_id"] == "slow" and s["status"] not in ("pending", "running")
+        for s in r["steps"]))
+    assert done["status"] == "failed", done
+    slow = next(s for s in done["steps"] if s["node_id"] == "slow")
+    assert slow["status"] == "completed", done  # the branch finished after the failure
+    row, usage = await run_and_usage(database, run["id"])
+    assert usage.credits > 0 and slow["output"]["cost"] > 0, (usage, slow)
+    assert (row.tokens_in, row.tokens_out, row.cost) == (usage.tin, usage.tout,
+                                                         usage.credits), (row, usage)
+
+
+async def test_a_workflow_run_is_not_one_of_the_plans_agent_runs_per_day(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker,
+) -> None:
+    """`runs_per_day` counts agent runs: on a plan allowing one a day, a workflow with one
+    agent node runs it (the workflow's own run is not an agent run)."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    await subscribe(client, admin_headers, user_id, 1000, runs_per_day=1)
+    agent = await make_agent(database, user_id)
+    stub.script(Reply("Done."))
+    nodes = [node("start", "start"),
+             node("helper", "agent", agent=agent.slug, input="Say done"),
+             node("done", "end", output="{{ helper.output }}")]
+    edges = [edge("a", "start", "helper"), edge("b", "helper", "done")]
+    run = await start(client, headers, await publish(client, headers, nodes, edges))
+    done = await wait_for(client, headers, run["id"])
+    assert done["status"] == "completed", done.get("error_message")
 
 
 async def test_the_false_branch_and_a_join_after_an_untaken_branch(

@@ -504,6 +504,10 @@ class Progress:
                 values.update(status="completed", stop_reason="final",
                               output=self._final_output(), completed_at=utcnow(),
                               **totals_from_steps(self.run.id))
+        elif self.run.status == "failed":
+            # A branch still under way when another failed the run finishes its node and
+            # records it: the failed run's totals take its tokens and cost as well.
+            values.update(totals_from_steps(self.run.id))
         await self.session.execute(
             update(Run).where(Run.id == self.run.id).values(**values)
             .execution_options(synchronize_session=False))
