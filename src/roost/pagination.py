@@ -44,9 +44,31 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     # RecursionError: a forged cursor of nested arrays deeper than json can parse
     except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadRequest(MALFORMED_CURSOR) from exc
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or not _storable(value):
         raise BadRequest(MALFORMED_CURSOR)
     return value
+
+
+def _storable(value: Any) -> bool:
+    """Whether every text in ``value`` (keys included) is text PostgreSQL can take: no NUL
+    and no lone surrogate, which JSON escapes (``\\u0000``, ``\\ud800``) can forge into a
+    cursor's key; the database would refuse it with a message naming no field."""
+    pending = [value]
+    while pending:  # iterative: a forged cursor may nest as deep as json parses
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return False
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
 
 
 INT32_MAX = 2**31 - 1

@@ -102,6 +102,12 @@ TAMPERED = {
     "seq beyond bigint": json_cursor({"seq": 2**63}),
     "negative seq": json_cursor({"seq": -(10**30)}),
     "empty object": json_cursor({}),
+    # text keys (a plan's key, a price's pattern, a group's name) the database cannot hold
+    "NUL in text": json_cursor({"key": "a\x00", "p": "a\x00", "n": "a\x00",
+                                "id": "01a24fe4-4edc-7000-b908-d118fa3d27c2"}),
+    "lone surrogate in text": raw_cursor(
+        b'{"key": "\\ud800", "p": "\\ud800", "n": "\\ud800", '
+        b'"id": "01a24fe4-4edc-7000-b908-d118fa3d27c2"}'),
 }
 # Cursors with a valid id, refused by every list but those whose cursor is the id alone.
 TAMPERED_BESIDE_AN_ID = {
