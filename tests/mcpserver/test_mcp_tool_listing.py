@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 from mcp import types
 from mcp.shared.exceptions import MCPError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from roost.config import Settings
 from roost.db.engine import Database
@@ -143,3 +143,29 @@ async def test_an_administrators_slugs_are_not_every_users_private_agents(
     assert by_slug.status_code == 404, by_slug.text
     assert by_slug.json()["error"]["code"] == "model_not_found", by_slug.text
     assert by_id.status_code == 200, by_id.text  # still the administrator's to manage
+
+
+async def test_a_tool_gone_from_its_server_keeps_its_name_from_another_servers_tool(
+    app: FastAPI, database: Database,
+) -> None:
+    """Alice's server ``gh`` offers ``issues`` as ``gh__issues``; a global server ``gh``
+    added later has ``gh__issues_2``.  When alice's tool goes (her server stopped listing
+    it) the global one keeps ``_2``: her client still calling ``gh__issues`` gets an
+    unknown tool, not her arguments sent to the other server."""
+    alice_id, alice = await make_user(database, username="alice")
+    await add_server_tools(database, alice_id, "gh", "issues")
+    await add_server_tools(database, None, "gh", "issues")
+    async with in_process(app) as base:
+        async with mcp_session(f"{base}/mcp", alice) as session:
+            before = {t.name: t.description for t in (await session.list_tools()).tools}
+        assert "gh__issues" in before and "gh__issues_2" in before, before
+        async with database.transaction() as s:  # what a sync that no longer finds it does
+            await s.execute(update(Tool).where(Tool.user_id == alice_id, Tool.name == "issues")
+                            .values(available=False))
+        async with mcp_session(f"{base}/mcp", alice) as session:
+            after = {t.name for t in (await session.list_tools()).tools}
+            called = await session.call_tool("gh__issues", {"title": "secret plans"})
+    assert "gh__issues" not in after and "gh__issues_2" in after, after
+    assert called.is_error and "unknown tool" in called.content[0].text  # type: ignore[union-attr]
+    async with database.transaction() as s:
+        assert await s.scalar(select(func.count()).select_from(ToolRun)) == 0

@@ -19,6 +19,7 @@ import pytest
 
 from roost.config import Settings
 from roost.db.engine import Database
+from roost.inputs import json_size
 from roost.knowledge.config import KnowledgeConfig
 from roost.tools import schemaregex
 from roost.tools.mcpclient import MAX_TOOLS
@@ -385,6 +386,63 @@ async def test_oversized_descriptions_are_cut_and_oversized_schemas_or_annotatio
     stored = await _tools(client, alice, sid)
     assert stored["long"]["description"] == "d" * MAX_DESCRIPTION_CHARS
     assert stored["fine"]["annotations"] == {"readOnlyHint": True}
+
+
+def _schema_of_size(target: int, char: str) -> dict[str, Any]:
+    """An object schema whose compact UTF-8 JSON is about ``target`` bytes."""
+    schema: dict[str, Any] = {"type": "object", "description": ""}
+    schema["description"] = char * ((target - json_size(schema)) // len(char.encode()))
+    return schema
+
+
+@pytest.mark.parametrize(("char", "size"), [("\u00e9", 6000), ("\u65e5", 6000),
+                                           ("x", MAX_SCHEMA_BYTES)],
+                         ids=["latin-6kb", "cjk-6kb", "ascii-at-the-limit"])
+async def test_a_schema_is_measured_as_compact_utf8_json(
+    client: httpx.AsyncClient, database: Database, plans: Plans, char: str, size: int,
+) -> None:
+    """A 6 KB input schema in French or Japanese, or one of exactly ``MAX_SCHEMA_BYTES``,
+    is synced: the limit counts compact UTF-8 JSON, as every "N bytes of JSON" in Roost
+    (json.dumps' escapes made six bytes of each accented or CJK character)."""
+    _, alice = await make_user(database)
+    schema = _schema_of_size(size, char)
+    assert json_size(schema) <= size <= MAX_SCHEMA_BYTES
+    sid = await _server(client, alice, plans.url("/s", {"tools": [tool("a", inputSchema=schema)]}))
+    synced = await asyncio.wait_for(_sync(client, alice, sid), 60)
+    assert synced.status_code == 200, synced.text[:300]
+    assert synced.json()["skipped"] == {}
+    assert "a" in await _tools(client, alice, sid)
+
+
+async def test_a_name_listed_twice_is_its_first_listing_even_when_that_one_is_skipped(
+    client: httpx.AsyncClient, database: Database, plans: Plans,
+) -> None:
+    """``a`` listed first with a schema over the limit, then again with a small one: the
+    first listing counts (the server sends a call of ``a`` to it), so ``a`` is skipped,
+    for the first listing's reason, and not stored with the second's schema."""
+    _, alice = await make_user(database)
+    big = {"type": "object", "description": "x" * (MAX_SCHEMA_BYTES + 10)}
+    second = {"type": "object", "properties": {"second": {"type": "string"}}}
+    sid = await _server(client, alice, plans.url("/d", {"tools": [
+        tool("a", inputSchema=big), tool("a", inputSchema=second), tool("b"), tool("b")]}))
+    synced = await asyncio.wait_for(_sync(client, alice, sid), 60)
+    assert synced.status_code == 200, synced.text[:300]
+    assert synced.json()["skipped"] == {
+        "a": f"input schema larger than {MAX_SCHEMA_BYTES} bytes", "b": "listed more than once"}
+    assert list(await _tools(client, alice, sid)) == ["b"]
+
+
+async def test_a_tool_listed_without_a_name_is_named_in_skipped(
+    client: httpx.AsyncClient, database: Database, plans: Plans,
+) -> None:
+    """A tool named "" (no call could reach it) is reported in ``skipped`` with the reason,
+    as every other listed tool that is not stored is, not dropped without a word."""
+    _, alice = await make_user(database)
+    sid = await _server(client, alice, plans.url("/e", {"tools": [tool(""), tool("a")]}))
+    synced = await asyncio.wait_for(_sync(client, alice, sid), 60)
+    assert synced.status_code == 200, synced.text[:300]
+    assert list(await _tools(client, alice, sid)) == ["a"]
+    assert synced.json()["skipped"] == {"": "no name: no call could reach it"}
 
 
 async def test_a_tool_whose_name_holds_a_slash_can_be_called_by_name(

@@ -29,7 +29,7 @@ from typing import Any
 
 from mcp import types
 from pydantic import ValidationError
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.engine import Database
@@ -89,20 +89,22 @@ def _annotations(value: dict[str, Any] | None) -> types.ToolAnnotations | None:
 
 async def offered_tools(session: AsyncSession, principal: Principal) -> list[Offered]:
     """The principal's own and the global tools that may be called now, in a stable
-    order (creation) so the same rows always get the same names."""
+    order (creation) so the same rows always get the same names.  Names are handed out
+    over the disabled and unavailable tools too: a tool its server stopped listing (or
+    that is switched off) keeps its name, so a client still calling it gets "unknown
+    tool" instead of its arguments sent to the next tool in line for that name, another
+    server's."""
+    callable_now = and_(Tool.enabled.is_(True), Tool.available.is_(True),
+                        or_(Tool.mcp_server_id.is_(None), McpServer.enabled.is_(True)))
     stmt = (
-        select(Tool, McpServer.name, McpServer.config)
+        select(Tool, McpServer.name, McpServer.config, callable_now.label("callable"))
         .outerjoin(McpServer, McpServer.id == Tool.mcp_server_id)
-        .where(
-            or_(Tool.user_id.is_(None), Tool.user_id == principal.user_id),
-            Tool.enabled.is_(True), Tool.available.is_(True),
-            or_(Tool.mcp_server_id.is_(None), McpServer.enabled.is_(True)),
-        )
+        .where(or_(Tool.user_id.is_(None), Tool.user_id == principal.user_id))
         .order_by(Tool.created_at, Tool.id)
     )
     taken = set(RESERVED)
     found: list[Offered] = []
-    for tool, server, config in (await session.execute(stmt)).tuples().all():
+    for tool, server, config, callable_ in (await session.execute(stmt)).tuples().all():
         if tool.kind != "mcp" and tool.name in RESERVED:
             continue  # /mcp offers it itself
         if tool.kind == "builtin" and tool.id not in builtins.OWN_IDS:
@@ -112,6 +114,8 @@ async def offered_tools(session: AsyncSession, principal: Principal) -> list[Off
         base = tool.name if server is None else f"{server}{SEPARATOR}{tool.name}"
         name = mcp_name(base, taken)
         taken.add(name)
+        if not callable_:
+            continue
         description = tool.description or ""
         if server is not None:
             description = f"[{server}] {description}".strip()

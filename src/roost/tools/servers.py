@@ -22,6 +22,7 @@ from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.tenancy import scope_lazily
+from roost.inputs import json_size
 from roost.knowledge.fetching import FetchError, url_host
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
@@ -291,22 +292,28 @@ async def _upsert_tools(
         select(Tool).where(Tool.mcp_server_id == server.id)
     )).all()}
     now = utcnow()
-    seen: set[str] = set()
+    seen: set[str] = set()  # stored (or kept) by this sync
+    listed: set[str] = set()  # listed so far, stored or skipped
     for item in found.tools:
         name = str(item.get("name", ""))
         schema = item.get("inputSchema") or {"type": "object"}
         if not name:
+            summary.skipped[""] = "no name: no call could reach it"
             continue
         if len(name) > 256:  # a cut name is not the tool's: calling it would reach another
             summary.skipped[_printable(name[:256]) + "..."] = "name longer than 256 characters"
             continue
-        if name in seen:  # listed twice: the first one counts
-            summary.skipped[_printable(name)] = "listed more than once"
+        if name in listed:  # listed twice: the first one counts, even when it was skipped
+            # (the server sends a call of that name to its first listing, not this one)
+            summary.skipped.setdefault(_printable(name), "listed more than once")
             continue
+        listed.add(name)
+        # Measured as every "N bytes of JSON" in Roost is (compact UTF-8): json.dumps'
+        # default escapes each non-ASCII character into six bytes.
         too_large = next((what for what, value in (
             ("input schema", schema), ("output schema", item.get("outputSchema")),
             ("annotations", item.get("annotations")),
-        ) if len(json.dumps(value).encode()) > MAX_SCHEMA_BYTES), None)
+        ) if json_size(value) > MAX_SCHEMA_BYTES), None)
         if too_large is not None:
             summary.skipped[_printable(name)] = f"{too_large} larger than {MAX_SCHEMA_BYTES} bytes"
             continue
