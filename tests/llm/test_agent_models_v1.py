@@ -166,3 +166,24 @@ async def test_a_transcript_keeps_the_tool_calls_its_tool_answers_follow(
         run_input = (await s.execute(text("SELECT input FROM runs"))).scalar_one()
     assert run_input == ('user: what time is it?\n\nassistant: [called clock({"tz": "UTC"})]'
                          "\n\ntool: 12:00\n\nuser: and in words?"), run_input
+
+
+async def test_models_retrieve_finds_an_agent_model_one_may_call(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    """``GET /v1/models/agent:<slug>`` (the SDK's ``models.retrieve``) of an agent the
+    caller may run describes it, as a client checking a model before using it expects;
+    another tenant's private agent stays the 404 model_not_found of any unknown model."""
+    await add_provider(client, admin_headers, stub)
+    await make_agent(database, user[0], slug="mine")
+    other_id, _ = await make_user(database)
+    await make_agent(database, other_id, slug="theirs")
+    found = await client.get("/v1/models/agent:mine", headers=user[1])
+    assert found.status_code == 200, found.text
+    assert (found.json()["id"], found.json()["object"]) == ("agent:mine", "model")
+    for model in ("agent:theirs", "agent:never-was"):
+        missing = await client.get(f"/v1/models/{model}", headers=user[1])
+        assert missing.status_code == 404, missing.text
+        error = missing.json()["error"]
+        assert (error["code"], error["param"]) == ("model_not_found", "model"), error

@@ -191,6 +191,33 @@ async def test_models_retrieve(
     assert missing.value.code == "model_not_found" and missing.value.param == "model"
 
 
+HELLO: list[Any] = [{"role": "user", "content": "hello"}]
+
+
+async def test_max_completion_tokens_reaches_the_provider_under_that_name(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, sdk: openai.AsyncOpenAI,
+) -> None:
+    """OpenAI's reasoning models take only ``max_completion_tokens`` (they refuse
+    ``max_tokens``): the provider is sent the limit under the name the client used."""
+    await _provider(client, admin_headers, stub, "stub")
+    await sdk.chat.completions.create(model="stub-model", messages=HELLO, max_completion_tokens=7)
+    await sdk.chat.completions.create(model="stub-model", messages=HELLO, max_tokens=9)
+    newer, older = (r.body for r in stub.requests(path="/v1/chat/completions")[-2:])
+    assert newer.get("max_completion_tokens") == 7 and "max_tokens" not in newer, newer
+    assert older.get("max_tokens") == 9 and "max_completion_tokens" not in older, older
+
+
+async def test_top_p_of_zero_is_a_valid_value(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, sdk: openai.AsyncOpenAI,
+) -> None:
+    """OpenAI takes ``top_p`` from 0 to 1 (0: the most likely token only), so a client
+    sending ``top_p=0`` for determinism is answered, the value passed on."""
+    await _provider(client, admin_headers, stub, "stub")
+    done = await sdk.chat.completions.create(model="stub-model", messages=HELLO, top_p=0)
+    assert done.choices[0].message.content
+    assert stub.requests(path="/v1/chat/completions")[-1].body["top_p"] == 0
+
+
 def _sdk_error_has_request_id(exc: openai.APIStatusError) -> None:
     assert isinstance(exc.body, dict) and exc.request_id
     assert exc.body["request_id"] == exc.request_id  # body and X-Request-ID agree

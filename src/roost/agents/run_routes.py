@@ -31,7 +31,7 @@ from roost.identity.resolver import still_signed_in
 from roost.identity.tenancy import apply_principal
 from roost.llm.deps import CallerPrincipal, GatewayDep
 from roost.llm.errors import ModelNotFound
-from roost.llm.openai_routes import ChatCompletionBody, ModelHandler, error_code
+from roost.llm.openai_routes import ChatCompletionBody, ModelDescriber, ModelHandler, error_code
 from roost.llm.types import ChatMessage
 from roost.pagination import DEFAULT_LIMIT, Page
 from roost.principal import Principal
@@ -207,6 +207,24 @@ async def _wait_terminal(database: Database, principal: Principal, app_role: str
             if run.status in TERMINAL_RUN_STATUSES or loop.time() >= deadline:
                 return run
             await subscription.wait()
+
+
+def openai_agent_describer(app: FastAPI) -> ModelDescriber:
+    """``GET /v1/models/agent:<slug>``: the agent a chat completion of that model would run
+    (found as the handler below finds it), None when the caller sees none."""
+
+    async def describe(principal: Principal, model: str) -> dict[str, Any] | None:
+        async with app.state.db.transaction() as session:
+            await apply_principal(session, principal, app_role=app.state.settings.db_app_role)
+            try:
+                agent = await catalog.find_agent_by_slug(session, principal,
+                                                         model.partition(":")[2])
+            except NotFound:
+                return None
+            return {"id": model, "object": "model",
+                    "created": int(agent.created_at.timestamp()), "owned_by": "roost-agent"}
+
+    return describe
 
 
 def openai_agent_handler(app: FastAPI) -> ModelHandler:

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from roost.agents.chat_routes import chat_agent_handler
 from roost.agents.events import RunListener
 from roost.agents.mcpserving import AgentsProvider
-from roost.agents.run_routes import openai_agent_handler
+from roost.agents.run_routes import openai_agent_describer, openai_agent_handler
 from roost.tasks.worker import asyncpg_dsn
 
 
@@ -26,6 +26,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # model "agent:<slug>" on /v1/chat/completions (the llm domain's hook)
     handlers = dict(getattr(app.state, "openai_model_handlers", {}))
     app.state.openai_model_handlers = {**handlers, "agent": openai_agent_handler(app)}
+    describers = dict(getattr(app.state, "openai_model_describers", {}))
+    app.state.openai_model_describers = {**describers, "agent": openai_agent_describer(app)}
     # model "agent:<slug>" on a chat session's messages (the chat domain's hook)
     chat_handlers = dict(getattr(app.state, "chat_model_handlers", {}))
     app.state.chat_model_handlers = {**chat_handlers, "agent": chat_agent_handler(app)}

@@ -95,7 +95,7 @@ class MessageCreate(StrictInput):
     model: PlainText | None = Field(default=None, max_length=255, description="Default: the session's")
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
     stop: list[PlainText] | None = Field(default=None, max_length=4)
     ensemble: EnsembleSpec | None = None
     tool_call_name: PlainText | None = Field(default=None, max_length=256)

@@ -145,10 +145,12 @@ class OpenAICompatibleProvider(HTTPProvider):
             "model": self._model(request.model),
             "messages": [m.to_openai() for m in request.messages],
         }
-        for key in ("temperature", "max_tokens", "top_p", "stop", "tools", "tool_choice"):
+        for key in ("temperature", "top_p", "stop", "tools", "tool_choice"):
             value = getattr(request, key)
             if value is not None:
                 body[key] = value
+        if request.max_tokens is not None:
+            body[request.max_tokens_name] = request.max_tokens
         body.update(request.extra)
         return body
 

@@ -46,6 +46,7 @@ from roost.identity.deps import StreamSlots
 from roost.inputs import StrictInput, holds_nul
 from roost.llm import calls, routing
 from roost.llm.deps import CallerPrincipal, GatewayDep
+from roost.llm.errors import ModelNotFound
 from roost.llm.gateway import LLMGateway
 from roost.llm.schemas import EnsembleSpec
 from roost.llm.types import (
@@ -182,7 +183,7 @@ class ChatCompletionBody(BaseModel):
     stream: StrictBool = False
     stream_options: dict[str, Any] | None = None
     temperature: Annotated[float, Field(strict=True)] | None = Field(default=None, ge=0, le=2)
-    top_p: Annotated[float, Field(strict=True)] | None = Field(default=None, gt=0, le=1)
+    top_p: Annotated[float, Field(strict=True)] | None = Field(default=None, ge=0, le=1)
     max_tokens: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
     stop: str | list[str] | None = None
@@ -264,7 +265,9 @@ class ChatCompletionBody(BaseModel):
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
         return ChatRequest(
             model=self.model, messages=self.messages, temperature=self.temperature,
-            max_tokens=self.max_completion_tokens or self.max_tokens, top_p=self.top_p,
+            max_tokens=self.max_completion_tokens or self.max_tokens,
+            max_tokens_name="max_tokens" if self.max_completion_tokens is None
+            else "max_completion_tokens", top_p=self.top_p,
             stop=stop, tools=self.tools, tool_choice=self.tool_choice, extra=extra,
         )
 
@@ -315,6 +318,11 @@ def _message(result: ChatResult) -> dict[str, Any]:
 
 ModelHandler = Callable[[Principal, ChatCompletionBody],
                         Coroutine[Any, Any, Response | dict[str, Any]]]
+
+
+ModelDescriber = Callable[[Principal, str], Coroutine[Any, Any, dict[str, Any] | None]]
+"""A higher domain's ``GET /v1/models/<prefix>:...``: the model object of a name its
+handler answers, None when the caller cannot use it (404 as any unknown model)."""
 
 
 def model_handler(request: Request, model: str) -> ModelHandler | None:
@@ -460,9 +468,22 @@ async def models(principal: CallerPrincipal, gateway: GatewayDep) -> dict[str, A
 
 
 @router.get("/models/{model:path}", response_model=None)
-async def model(model: str, principal: CallerPrincipal, gateway: GatewayDep) -> dict[str, Any]:
+async def model(model: str, principal: CallerPrincipal, gateway: GatewayDep,
+                request: Request) -> dict[str, Any]:
     """One model of the enabled providers (OpenAI's model object; 404 ``model_not_found``).
-    Model names may hold ``/`` (``org/model``), sent as is or as ``%2F``."""
+    Model names may hold ``/`` (``org/model``), sent as is or as ``%2F``.  A name another
+    domain answers on chat completions (``agent:<slug>``) is described by that domain
+    (``app.state.openai_model_describers``): a client checking a model before using it
+    finds the one it may use."""
+    prefix, colon, _ = model.partition(":")
+    describers: dict[str, ModelDescriber] = getattr(
+        request.app.state, "openai_model_describers", {})
+    describe = describers.get(prefix) if colon else None
+    if describe is not None:
+        described = await describe(principal, model)
+        if described is None:
+            raise ModelNotFound(f"no model {model!r} is visible to you")
+        return described
     name, owner, created = await routing.get_model(gateway, principal, model)
     return {"id": name, "object": "model", "created": int(created.timestamp()), "owned_by": owner}
 

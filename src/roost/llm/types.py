@@ -121,6 +121,10 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage]
     temperature: float | None = None
     max_tokens: int | None = Field(default=None, ge=1)
+    # The name the caller gave the limit: OpenAI's reasoning models take only
+    # ``max_completion_tokens`` and refuse ``max_tokens``, so an OpenAI-compatible
+    # provider is sent the one the client sent.
+    max_tokens_name: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     top_p: float | None = None
     stop: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
