@@ -417,6 +417,23 @@ async def test_hide_replaces_every_form_of_a_long_enough_value() -> None:
                             "pin 1234"]}  # too short to hide: shown as it is
 
 
+@pytest.mark.parametrize(("encoder", "quoted"), [
+    # Go's encoding/json: < > & escaped (lower-case hex), non-ASCII kept
+    ("go", "p\\u0026w\\u003cd\\u003e-cl\u00e9+'1"),
+    # .NET's System.Text.Json: those and ' + and every non-ASCII character, upper-case hex
+    ("dotnet", "p\\u0026w\\u003Cd\\u003E-cl\\u00E9\\u002B\\u00271"),
+    # an encoder escaping non-ASCII only, upper-case hex (Jackson's ESCAPE_NON_ASCII)
+    ("upper", "p&w<d>-cl\\u00E9+'1"),
+])
+async def test_a_value_quoted_back_by_another_languages_json_encoder_is_hidden(
+        encoder: str, quoted: str) -> None:
+    """A secret with characters Go's or .NET's JSON encoders escape (& < > ' + and accented
+    letters), quoted back by a server written in those languages, is hidden as well."""
+    revealed = secretrefs._revealed({(None, "tok"): "p&w<d>-cl\u00e9+'1"})
+    answer = f'{{"error": "bad token \\"{quoted}\\""}}'
+    assert secretrefs.hide(answer, revealed) == '{"error": "bad token \\"[secret tok]\\""}', encoder
+
+
 @pytest.mark.parametrize(("value", "says"), [
     ("${secret:t}" * 5, "at most 4"),
     ("x" * 8193, "at most 8192 characters"),

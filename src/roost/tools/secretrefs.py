@@ -153,14 +153,41 @@ async def resolve_spec(spec: mcpclient.ServerSpec, resolve: SecretResolver | Non
 _PERCENT: Final = re.compile(r"%[0-9A-F]{2}")
 
 
+# Characters other JSON encoders escape as \\uXXXX besides what Python's does: Go's
+# encoding/json (HTML-safe by default: < > & and the JavaScript line separators, lower-case
+# hex) and .NET's System.Text.Json (those and ' + `, and every non-ASCII one, upper-case).
+_GO_ESCAPED: Final = frozenset("<>&\u2028\u2029")
+_DOTNET_ESCAPED: Final = frozenset("<>&'+`\u2028\u2029")
+
+
+def _json_escaped(text: str, escaped: Callable[[str], bool], upper: bool) -> str:
+    """``text`` (a JSON string's body as Python writes it, non-ASCII kept) with the
+    characters ``escaped`` picks as ``\\uXXXX`` (UTF-16: two escapes beyond U+FFFF)."""
+    out: list[str] = []
+    for char in text:
+        if not escaped(char):
+            out.append(char)
+            continue
+        units = char.encode("utf-16-be")
+        for i in range(0, len(units), 2):
+            code = f"{int.from_bytes(units[i:i + 2], 'big'):04x}"
+            out.append("\\u" + (code.upper() if upper else code))
+    return "".join(out)
+
+
 def encoded_forms(value: str) -> set[str]:
     """``value`` as sent and as a server would quote it back: inside JSON text (non-ASCII
-    kept or ``\\uXXXX``-escaped, ``/`` as is or ``\\/``) or a URL (percent-encoded with
-    ``/`` kept or not, or form-encoded with ``+`` for spaces; upper- or lower-case hex)."""
+    kept or ``\\uXXXX``-escaped, ``/`` as is or ``\\/``, Go's and .NET's HTML-safe escapes,
+    lower- or upper-case hex) or a URL (percent-encoded with ``/`` kept or not, or
+    form-encoded with ``+`` for spaces; upper- or lower-case hex)."""
     forms = {value}
     for ascii_only in (False, True):
         text = json.dumps(value, ensure_ascii=ascii_only)[1:-1]
         forms.update((text, text.replace("/", "\\/")))
+    kept = json.dumps(value, ensure_ascii=False)[1:-1]
+    forms.add(_json_escaped(kept, lambda c: c in _GO_ESCAPED, upper=False))
+    forms.add(_json_escaped(kept, lambda c: not c.isascii(), upper=True))
+    forms.add(_json_escaped(kept, lambda c: c in _DOTNET_ESCAPED or not c.isascii(), upper=True))
     for encoded in (quote(value, safe=""), quote(value), quote_plus(value)):
         forms.update((encoded, _PERCENT.sub(lambda m: m.group().lower(), encoded)))
     return forms
