@@ -218,3 +218,25 @@ async def test_long_unbroken_names_in_headings_wrap(
     if await _scrolls_sideways(page):
         overflowing.append("/console/calendar (editing)")
     assert not overflowing, overflowing
+
+
+async def test_a_run_preview_never_cuts_a_flag_emoji_in_half(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """The agent page lists its runs by their input cut to 80 characters, never inside an
+    emoji (docs/console.md, Usability): an input whose 80th character is a flag (two
+    regional-indicator code points) shows none of it, not a lone regional indicator."""
+    user_id, headers = await make_user(database)
+    agent = await make_agent(database, user_id)
+    text = "a" * 79 + "\U0001F1EB\U0001F1F7 and more"  # 79 letters, then the French flag
+    started = await client.post(f"/api/v1/agents/{agent.id}/runs", json={"input": text},
+                                headers=headers)
+    assert started.status_code == 202, started.text
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto(f"/console/agents/{agent.id}")
+    link = page.locator(f'#runs-body a[href="/console/runs/{started.json()["id"]}"]')
+    await link.wait_for()
+    shown = await link.text_content()
+    assert shown is not None
+    assert shown == "a" * 79, f"the preview ends in half a flag: {shown[-3:]!r}"

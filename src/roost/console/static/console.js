@@ -158,9 +158,26 @@ export function badge(text, kind = text) {
 // ``text`` cut to at most ``size`` characters, between code points: ``slice`` counts UTF-16
 // units and can split an emoji, and the server refuses the lone half left in a text sent back.
 // A cut text ends with ``more`` (e.g. "…"), counted in ``size``.
+const graphemes = globalThis.Intl?.Segmenter
+  ? new Intl.Segmenter(undefined, { granularity: "grapheme" }) : null;
+
+// ``text`` cut to at most ``size`` code points (what the API's limits count), ``more`` after
+// it, never inside a character as it is shown: a flag (two code points), a family emoji
+// (joined by zero-width joiners) or a letter with its accents stays whole or goes.
 export function clip(text, size, more = "") {
-  const chars = Array.from(text);
-  return chars.length > size ? chars.slice(0, Math.max(0, size - more.length)).join("") + more : text;
+  const points = Array.from(text);
+  if (points.length <= size) return text;
+  const room = Math.max(0, size - Array.from(more).length);
+  if (!graphemes) return points.slice(0, room).join("") + more;
+  let kept = "";
+  let used = 0;
+  for (const { segment } of graphemes.segment(text)) {
+    const length = Array.from(segment).length;
+    if (used + length > room) break;
+    kept += segment;
+    used += length;
+  }
+  return kept + more;
 }
 
 // A list's loads, the latest winning: ``load(fetch)`` calls ``fetch(signal)`` and resolves to

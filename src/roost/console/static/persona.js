@@ -40,7 +40,7 @@ function render() {
   fill(field("description"), persona.description || "");
   fill(field("system_prompt"), persona.system_prompt || "");
   field("is_active").checked = persona.is_active;
-  field("email_agent_id").value = persona.email_agent_id || "";
+  fill(field("email_agent_id"), persona.email_agent_id || "");
   document.getElementById("edit-card").hidden = !canEdit();
   document.getElementById("grant-form").hidden = !canEdit();
   document.getElementById("delete-persona").hidden = !isOwner();
@@ -62,7 +62,10 @@ function changes(form) {
     body.system_prompt = field("system_prompt").value;
   }
   if (field("is_active").checked !== persona.is_active) body.is_active = field("is_active").checked;
-  if ((field("email_agent_id").value || null) !== (persona.email_agent_id || null)) {
+  // Sent only when picked: a select whose options had not loaded yet (or hold no option
+  // for the current agent) shows "None", which must not unset the mail agent.
+  if (edited(field("email_agent_id"))
+      && (field("email_agent_id").value || null) !== (persona.email_agent_id || null)) {
     body.email_agent_id = field("email_agent_id").value || null;
   }
   return body;
@@ -307,9 +310,16 @@ function wireGrants() {
 async function loadAgents() {
   const page = await api(`/api/v1/agents?persona_id=${personaId}&limit=50`);
   const mailAgent = document.getElementById("edit-mail-agent");
-  mailAgent.replaceChildren(mailAgent.options[0],
-    ...page.items.map((agent) => el("option", { value: agent.id }, agent.name)));
-  mailAgent.value = persona.email_agent_id || "";
+  const options = page.items.map((agent) => el("option", { value: agent.id }, agent.name));
+  // The mail agent may be older than the 50 newest listed: its own option, so the select
+  // shows it (and a save keeps it).
+  const current = persona.email_agent_id;
+  if (current && !page.items.some((agent) => agent.id === current)) {
+    const agent = await api(`/api/v1/agents/${current}`).catch(() => null);
+    options.push(el("option", { value: current }, agent ? agent.name : current));
+  }
+  mailAgent.replaceChildren(mailAgent.options[0], ...options);
+  fill(mailAgent, current || "");
   document.getElementById("agents-list").replaceChildren(...page.items.map((agent) =>
     el("li", {}, el("a", { href: `/console/agents/${agent.id}` }, agent.name), " ",
        el("span", { class: "muted small" }, agent.slug))));
