@@ -5,7 +5,8 @@ username per user and the name per API key; events written before ``llm.call`` c
 
 from __future__ import annotations
 
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import pytest
 
 from roost.analytics import export
 from roost.analytics.clickhouse import TABLE, ChdbSink, chdb_path, close_chdb
-from roost.analytics.queries import usage_from_clickhouse
+from roost.analytics.queries import events_from_clickhouse, usage_from_clickhouse
+from roost.billing.models import UsageRecord
 from roost.config import Settings
 from roost.db.base import utcnow
 from roost.db.engine import Database
@@ -138,3 +140,58 @@ async def test_a_table_created_before_provider_id_gets_the_column(
     rows = await usage_from_clickhouse(test_settings, "provider", now - timedelta(days=1),
                                        now + timedelta(minutes=5), None)
     assert [(r["key"], r["requests"]) for r in rows] == [("p-id", 2)]
+
+
+def _window() -> dict[str, str]:
+    now = utcnow()
+    return {"since": (now - timedelta(days=1)).isoformat(),
+            "until": (now + timedelta(minutes=5)).isoformat()}
+
+
+async def _ledger(database: Database, user_id: uuid.UUID, model: str, n: int) -> None:
+    async with database.transaction() as session:
+        for _ in range(n):
+            session.add(UsageRecord(user_id=user_id, request_type="chat", model=model,
+                                    tokens_input=10, tokens_output=5, credits_used=2,
+                                    cost="0.001500", currency="USD", created_at=utcnow(),
+                                    success=True, idempotency_key=f"probe-{uuid.uuid4()}"))
+
+
+async def test_clickhouse_report_orders_rows_as_postgres_does(
+        client: httpx.AsyncClient, database: Database, test_settings: Settings) -> None:
+    """source=clickhouse answers as the ledger does (docs/billing.md): the same calls give
+    the same rows in the same order, most requests first for group_by=model (ClickHouse's
+    came alphabetically)."""
+    uid, _ = await make_user(database)
+    _, admin = await make_user(database, admin=True)
+    await _ledger(database, uid, "a-model", 1)
+    await _ledger(database, uid, "z-model", 3)
+    await add_events(database, [("llm.call", llm_call(model="a-model"))], user_id=uid)
+    await add_events(database, [("llm.call", llm_call(model="z-model")) for _ in range(3)],
+                     user_id=uid)
+    await export.export_pass(database, test_settings)
+    keys = {}
+    for source in ("postgres", "clickhouse"):
+        r = await client.get("/api/v1/billing/usage", headers=admin, params={**_window(), "group_by": "model",
+                                                           "source": source})
+        assert r.status_code == 200, r.text
+        keys[source] = [(row["key"], row["requests"]) for row in r.json()["rows"]]
+    assert keys["postgres"] == [("z-model", 3), ("a-model", 1)]
+    assert keys["clickhouse"] == keys["postgres"]
+
+
+@pytest.mark.parametrize("when", [datetime(1969, 7, 20, 20, 17, tzinfo=UTC),
+                                  datetime(2200, 1, 1, 12, 0, tzinfo=UTC)])
+async def test_clickhouse_day_key_of_an_event_in_the_years_clickhouse_holds(
+        database: Database, test_settings: Settings, when: datetime) -> None:
+    """ClickHouse holds the years 1900-2299 (docs/analytics.md): an event on a day of those
+    years outside 1970-2149 (ClickHouse's Date) counts under that day in /events and in the
+    usage report grouped by day, not under a day 180 years away."""
+    uid, _ = await make_user(database)
+    await add_events(database, [("llm.call", llm_call())], user_id=uid, timestamp=when)
+    await export.export_pass(database, test_settings)
+    since, until = when - timedelta(days=1), when + timedelta(days=1)
+    events = await events_from_clickhouse(test_settings, "day", since, until)
+    usage = await usage_from_clickhouse(test_settings, "day", since, until, None)
+    day = when.date().isoformat()
+    assert ([e["key"] for e in events], [u["key"] for u in usage]) == ([day], [day])

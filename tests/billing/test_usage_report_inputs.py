@@ -77,3 +77,19 @@ async def test_blank_model_name_refused_at_ingest(client: httpx.AsyncClient,
         {"idempotency_key": "probe-1", "user_id": str(uid), "request_type": "chat",
          "model": "\u200b\u200b"}]})
     assert r.status_code == 422, r.text
+
+
+async def test_usage_report_reads_a_lowercase_z_offset_as_streaming_does(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """A timestamp ending in a lower-case "z" (RFC 3339 allows it) is UTC for the usage
+    report, as for /api/v1/analytics/streaming and as a lower-case "t" is (it was a 422)."""
+    _, admin = await make_user(database, admin=True)
+    since = "2026-01-01T00:00:00z"
+    streaming = await client.get("/api/v1/analytics/streaming", headers=admin, params={"since": since})
+    assert streaming.status_code == 200, streaming.text
+    lower_t = await client.get(URL, headers=admin, params={
+        "since": "2026-01-01t00:00:00Z", "until": "2026-01-02"})
+    assert lower_t.status_code == 200, lower_t.text
+    report = await client.get(URL, headers=admin, params={"since": since,
+                                                            "until": "2026-01-02"})
+    assert report.status_code == 200, report.text

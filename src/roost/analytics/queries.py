@@ -23,9 +23,11 @@ from roost.errors import Forbidden, RoostError, ServiceUnavailable, Unprocessabl
 from roost.inputs import read_as_utc
 from roost.principal import Principal
 
-# group_by -> the ClickHouse expression of the key (a fixed whitelist, never input).
+# group_by -> the ClickHouse expression of the key (a fixed whitelist, never input).  Days
+# by toDate32 (1900-2299, the years the table's DateTime64 holds): toDate's Date covers
+# 1970-2149 only and wraps round outside it (1969-07-20 came out as 2148-12-24).
 USAGE_KEYS: Final[dict[str, str]] = {
-    "day": "toString(toDate(timestamp))",
+    "day": "toString(toDate32(timestamp))",
     "user": "ifNull(toString(user_id), '')",
     "model": "toString(model)",
     "provider": "provider_id",
@@ -38,7 +40,7 @@ USAGE_NAMES: Final[dict[str, str]] = {
     "provider": "if(provider_id = '', toString(provider), '')",
 }
 EVENT_KEYS: Final[dict[str, str]] = {
-    "day": "toString(toDate(timestamp))",
+    "day": "toString(toDate32(timestamp))",
     "event_type": "toString(event_type)",
 }
 # toString(sum(cost)) trims trailing zeros ("0.09", "0"): costs are read back with the

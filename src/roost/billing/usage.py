@@ -138,7 +138,8 @@ def parse_bound(value: str | None, *, name: str, end: bool) -> datetime | None:
             ordinal = _ordinal_date(day_part) if sep else None
             if ordinal is not None:
                 text = f"{ordinal.isoformat()}T{time_part}"
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            # RFC 3339 allows a lower-case z (Python 3.11 reads neither "Z" nor "z" here).
+            moment = datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", text))
     except ValueError:
         raise Unprocessable(f"{name} must be an ISO 8601 date or timestamp, got {text[:40]!r}",
                             extra={"field": name}) from None
@@ -230,6 +231,12 @@ def _merged(group_by: GroupBy, found: Iterable[Any]) -> list[UsageRow]:
             avg_latency_ms=round(row["latency_sum"] / n, 1) if n else None,
             failures=row["failures"], cost=cost, label=row["label"], currency=currency,
             costs=row["costs"]))
+    return _in_report_order(group_by, rows)
+
+
+def _in_report_order(group_by: GroupBy, rows: list[UsageRow]) -> list[UsageRow]:
+    """Days oldest first, anything else most requests first (then by name): the order of
+    both sources, PostgreSQL's and ClickHouse's."""
     if group_by == "day":
         rows.sort(key=lambda r: r.key or "")
     else:
@@ -313,7 +320,7 @@ async def clickhouse_report(
             tokens_output=int(r["tokens_output"]), credits_used=int(r["credits"]),
             avg_latency_ms=None, failures=int(r["failures"]), cost=Decimal(r["cost"]),
             label=None if group_by == "user" else name or r.get("name")))
-    return UsageReport(group_by, start, end, rows)
+    return UsageReport(group_by, start, end, _in_report_order(group_by, rows))
 
 
 __all__ = ["GROUP_BYS", "GroupBy", "UsageReport", "UsageRow", "clickhouse_report", "usage_report"]
