@@ -222,3 +222,34 @@ async def test_cli_retry_by_unique_start_of_a_job_that_died_twice(
     assert done.returncode == 0, done.stdout + done.stderr
     assert await scalar(database, "SELECT status::text FROM background_tasks WHERE id = :id",
                         id=job) == "queued"
+
+
+async def test_cli_retry_by_a_start_shared_by_a_job_and_only_its_own_letters(
+    pg_server: Any, db_name: str, database: Database, tmp_path: Path
+) -> None:
+    """A job dead-lettered twice in a row: its id and its two letters' ids share a start
+    (uuid7's time bits).  That start names one job, whose letters are all it names
+    besides: `roost tasks retry START` retries the newest letter, not "the start of
+    several dead letter ids"."""
+    job = await _dead_letter_named(database, "twice")
+    async with database.transaction() as session:
+        first = await session.scalar(text("SELECT id FROM dead_letter_queue"))
+        await service.retry_dead_letter(session, OPERATOR, first)
+        await session.execute(text(
+            "UPDATE background_tasks SET status = 'running', worker_id = 'w', attempts = 2,"
+            " lease_expires_at = now() - interval '1 second' WHERE id = :id"), {"id": job})
+    await reap_expired(database)
+    async with database.transaction() as session:
+        letters = [str(i) for i in (await session.scalars(
+            text("SELECT id FROM dead_letter_queue ORDER BY id"))).all()]
+    ids = [str(job), *letters]
+    shared = next(n for n in range(36) if len({i[n] for i in ids}) > 1)
+    start = str(job)[:shared].rstrip("-")
+    assert start, ids  # uuid7s: the time bits first (the test's rows are the only ones)
+    done = _roost(_env(pg_server, db_name, tmp_path), "tasks", "retry", start)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert await scalar(database, "SELECT status::text FROM background_tasks WHERE id = :id",
+                        id=job) == "queued"
+    assert await scalar(database, "SELECT count(*) FROM dead_letter_queue "
+                                  "WHERE retried_at IS NULL") == 0
+

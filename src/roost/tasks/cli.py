@@ -146,6 +146,7 @@ def tasks_retry(
     """Run a dead letter again with a fresh set of retries."""
     from sqlalchemy import select
 
+    from roost.db.lookup import id_starts_with
     from roost.errors import BadRequest, NotFound
     from roost.principal import OPERATOR
     from roost.tasks import service
@@ -161,11 +162,14 @@ def tasks_retry(
         # Both readings of the text (a letter's id, the dead job's id: what `tasks ls`
         # shows): ids made within a minute share their first characters, and the first
         # reading that matched once requeued another job than the one meant.
+        several_letters: BadRequest | None = None
         try:
             letter_id: uuid.UUID | None = await resolve_id(session, DeadLetter.id, ident,
                                                            "dead letter")
         except NotFound:
             letter_id = None
+        except BadRequest as exc:  # the start of several letters' ids: maybe one job's
+            letter_id, several_letters = None, exc
         if letter_id is not None and await session.get(DeadLetter, letter_id) is None:
             letter_id = None
         try:
@@ -173,6 +177,15 @@ def tasks_retry(
             job_letter = await newest_letter_of(session, job_id)
         except NotFound:
             job_letter = None
+        if several_letters is not None:
+            # A job dead-lettered twice within a minute: its letters' ids share the start
+            # its own id has.  Its newest letter, when every letter so named is that job's.
+            others = None if job_letter is None else await session.scalar(
+                select(DeadLetter.id).where(id_starts_with(DeadLetter.id, ident),
+                                            DeadLetter.original_task_id.is_distinct_from(job_id))
+                .limit(1))
+            if job_letter is None or others is not None:
+                raise several_letters
         if letter_id is None and job_letter is None:
             raise NotFound(f"no dead letter or dead job id starts with {ident!r}")
         if letter_id is not None and job_letter is not None:
