@@ -107,6 +107,32 @@ async def test_a_record_with_non_object_json_lists(
     assert items["poison"][column] == json.loads(value)
 
 
+@pytest.mark.parametrize("value", [
+    '{"x": ' + "9" * 5000 + "}",  # an integer of 5,000 digits: valid JSON, valid jsonb
+    "[" * 3000 + "]" * 3000,  # arrays nested 3,000 deep: valid JSON, valid jsonb
+], ids=["long-integer", "deep-nesting"])
+@pytest.mark.parametrize("column", ["changes", "metadata"])
+async def test_a_record_with_json_python_cannot_decode_lists_as_its_text(
+    database: Database, client: httpx.AsyncClient, admin_headers: dict[str, str],
+    column: str, value: str,
+) -> None:
+    """jsonb Python's json refuses (too long an integer, too deep a nesting) lists as the
+    stored text, a string: the listing answered 500 on every page holding the record."""
+    async with database.transaction() as s:
+        await service.record(s, "before.poison")
+    await _insert_as_app(
+        database,
+        f"INSERT INTO audit_logs (id, created_at, action, event_category, success, {column}) "
+        "VALUES (gen_random_uuid(), now(), 'poison', 'action', true, CAST(:v AS jsonb))",
+        {"v": value})
+    answer = await client.get("/api/v1/audit/logs", headers=admin_headers)
+    assert answer.status_code == 200, answer.text[:300]
+    items = {i["action"]: i for i in answer.json()["items"]}
+    assert set(items) == {"before.poison", "poison"}
+    shown = items["poison"][column]
+    assert isinstance(shown, str) and shown.replace(" ", "") == value.replace(" ", "")
+
+
 @pytest.mark.parametrize("created", ["0001-01-01 00:00:00 BC", "10000-01-01 00:00:00+00",
                                      "infinity", "-infinity"])
 async def test_a_record_dated_outside_year_1_to_now_is_refused(

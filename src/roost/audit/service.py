@@ -7,13 +7,14 @@ change it describes.  It takes no lock: the row is inserted unlinked and the cha
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import func, literal_column, select, text
+from sqlalchemy import Text, cast, func, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
@@ -115,7 +116,12 @@ async def query(
     cursor: str | None = None,
 ) -> tuple[list[AuditLog], str | None]:
     """Newest first, keyset-paginated on ``seq``."""
-    stmt = select(AuditLog, _READABLE_CREATED_AT).options(defer(AuditLog.created_at))
+    # The JSON columns as their text, decoded here: a record inserted by other hands may
+    # hold jsonb Python's json cannot read (an integer of 5,000 digits, arrays nested
+    # 3,000 deep), which the driver's decoding turned into a 500 for every page holding it.
+    stmt = select(AuditLog, _READABLE_CREATED_AT, cast(AuditLog.changes, Text),
+                  cast(AuditLog.event_metadata, Text)).options(
+        defer(AuditLog.created_at), defer(AuditLog.changes), defer(AuditLog.event_metadata))
     for column, value in (
         (AuditLog.user_id, filters.user_id),
         (AuditLog.persona_id, filters.persona_id),
@@ -137,11 +143,24 @@ async def query(
     if cursor is not None:
         stmt = stmt.where(AuditLog.seq < cursor_int(cursor, "seq"))
     rows: list[AuditLog] = []
-    for row, created_at in (await session.execute(
+    for row, created_at, changes, metadata in (await session.execute(
             stmt.order_by(AuditLog.seq.desc()).limit(limit + 1))).tuples():
         set_committed_value(row, "created_at", created_at)  # loaded, not a change to flush
+        set_committed_value(row, "changes", _stored_json(changes))
+        set_committed_value(row, "event_metadata", _stored_json(metadata))
         rows.append(row)
     return page_of(rows, limit, lambda row: encode_cursor({"seq": row.seq}))
+
+
+def _stored_json(stored: str | None) -> Any:
+    """A JSON column's value from its text; text Python's json cannot decode (too long an
+    integer, too deep a nesting) listed as that text, a string, rather than failing."""
+    if stored is None:
+        return None
+    try:
+        return json.loads(stored)
+    except (ValueError, RecursionError):
+        return stored
 
 
 @dataclass(frozen=True)
