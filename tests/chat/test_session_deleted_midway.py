@@ -74,6 +74,13 @@ async def test_a_streamed_answer_delivered_before_its_session_is_deleted_is_bill
     usage = await _usage(database, uid, sid)
     assert not usage.success
     assert usage.tokens_input > 0 and usage.tokens_output > 0 and usage.credits_used > 0, usage
+    # Its llm.call event as well (ClickHouse's usage report counts calls by these).
+    async with database.transaction() as s:
+        [event] = (await s.execute(text(
+            "SELECT event_data FROM clickhouse_analytics WHERE event_type = 'llm.call' "
+            "AND user_id = :u"), {"u": uid})).scalars().all()
+    assert (event["tokens_input"], event["tokens_output"], event["credits"]) == (
+        usage.tokens_input, usage.tokens_output, usage.credits_used), event
 
 
 async def test_a_whole_answer_whose_session_was_deleted_keeps_its_tokens_but_is_not_billed(

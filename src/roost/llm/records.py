@@ -454,7 +454,7 @@ async def record_usage_alone(
     outlives both (migrations 1090, 1100), still has the call, with the tokens of what it
     produced (``partial``, billed when ``delivered``, as :func:`record_failure` does).
     Its subscription only if that still exists; nothing when the row was written
-    already."""
+    already.  With the row, its ``llm.call`` analytics event, as every call has one."""
     values: dict[str, Any] = _failure_usage(
         principal, request_id, request_type=request_type, model=model, latency_ms=latency_ms,
         session_id=session_id, run_id=run_id, agent_id=agent_id)
@@ -463,8 +463,12 @@ async def record_usage_alone(
     if reservation is not None:
         values["subscription_id"] = select(Subscription.id).where(
             Subscription.id == reservation.subscription_id).scalar_subquery()
-    await session.execute(pg_insert(UsageRecord).values(**values).on_conflict_do_nothing(
-        index_elements=[UsageRecord.idempotency_key]))
+    written = (await session.execute(
+        pg_insert(UsageRecord).values(**values)
+        .on_conflict_do_nothing(index_elements=[UsageRecord.idempotency_key])
+        .returning(UsageRecord))).scalars().first()
+    if written is not None:  # its llm.call event too: ClickHouse's usage counts the call
+        _emit_call(session, principal, written, provider=None)
 
 
 def _emit_call(session: AsyncSession, principal: Principal, usage: UsageRecord,
