@@ -228,7 +228,10 @@ LEFT JOIN LATERAL (
     SELECT error_message,
            coalesce((retry_history -> -1 ->> 'ended_at')::timestamptz, started_at) AS at
       FROM background_tasks
-     WHERE task_type = :task AND status = 'failed' AND error_message IS NOT NULL
+     -- failed (its retry waiting), or running or stuck again since: the error stays the
+     -- news until a pass succeeds (a retry's claim keeps error_message)
+     WHERE task_type = :task AND status IN ('failed', 'running', 'stuck')
+       AND error_message IS NOT NULL
     UNION ALL
     SELECT error_message, moved_at AS at FROM dead_letter_queue WHERE task_type = :task
   ) AS failures WHERE at IS NOT NULL ORDER BY at DESC LIMIT 1
