@@ -188,3 +188,46 @@ async def test_chat_message_limit_follows_the_override(
     assert "the limit is 20 (runtime setting chat_max_message_chars)" in refused.json()["detail"]
     await client.delete("/api/v1/admin/settings/chat_max_message_chars", headers=admin_headers)
     assert (await client.post(url, json=body, headers=headers)).status_code == 201
+
+
+TOOL_CALL = "/api/v1/tools/by-name/current_time/call"
+TOOL_BODY = {"arguments": {"timezone": "UTC"}}
+
+
+async def _put_setting(client: httpx.AsyncClient, admin: dict[str, str], key: str, value: object) -> None:
+    resp = await client.put(f"/api/v1/admin/settings/{key}", json={"value": value},
+                            headers=admin)
+    assert resp.status_code == 200, resp.text
+
+
+async def test_free_tool_calls_still_require_a_subscription(
+        client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database) -> None:
+    """billing_require_subscription refuses (402) tool calls of users with no live
+    subscription; making tool calls free (billing_tool_call_credits 0) changes their
+    price, not who may make them: the unsubscribed user is still refused."""
+    _, headers = await make_user(database)
+    await _put_setting(client, admin_headers, "billing_require_subscription", True)
+    assert (await client.post(TOOL_CALL, headers=headers, json=TOOL_BODY)).status_code == 402
+    await _put_setting(client, admin_headers, "billing_tool_call_credits", 0)
+    free = await client.post(TOOL_CALL, headers=headers, json=TOOL_BODY)
+    assert free.status_code == 402, free.text
+
+
+async def test_a_paused_subscription_allows_no_free_tool_call(
+        client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database) -> None:
+    """A paused subscription allows nothing (402 naming the status), free tool calls
+    (billing_tool_call_credits 0) included."""
+    user_id, headers = await make_user(database)
+    plan = await client.post("/api/v1/billing/plans", headers=admin_headers, json={
+        "key": "small", "name": "Small", "price": "9.00", "included_credits": 100})
+    assert plan.status_code == 201, plan.text
+    sub = await client.post("/api/v1/billing/subscriptions", headers=admin_headers,
+                            json={"user_id": str(user_id), "plan": "small"})
+    assert sub.status_code == 201, sub.text
+    paused = await client.post(f"/api/v1/billing/subscriptions/{sub.json()['id']}/pause",
+                               headers=admin_headers, json={})
+    assert paused.status_code == 200, paused.text
+    assert (await client.post(TOOL_CALL, headers=headers, json=TOOL_BODY)).status_code == 402
+    await _put_setting(client, admin_headers, "billing_tool_call_credits", 0)
+    free = await client.post(TOOL_CALL, headers=headers, json=TOOL_BODY)
+    assert free.status_code == 402, free.text

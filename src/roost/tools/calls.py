@@ -343,6 +343,9 @@ async def hold_credits(
     price = await runtime.get(session, billing_settings.TOOL_CALL_CREDITS,
                               settings.billing_tool_call_credits)
     if not price:
+        # Free calls hold nothing, but are refused as any charge is: no subscription when
+        # one is required, a paused one (a price of 0 is not a way round a pause).
+        await credits.require_payer(session, settings, payer)
         return None
     if database is not None:
         return await credits.hold_beside(
@@ -397,8 +400,11 @@ async def _prepared_from_caches(database: Database, actor: Principal, cfg: Tools
                                        settings.billing_tool_call_credits)
         if not cached:
             return None
-        if price and credits.unmetered_by_caches(name, settings):
+        if credits.unmetered_by_caches(name, settings):
             price = 0
+        elif not price:
+            return None  # free, but a paused or required subscription refuses it: ask
+
     _check(known, arguments)
     reservation = None
     if price:
