@@ -52,6 +52,9 @@ PUBLIC_IP = "93.184.216.34"  # never contacted: the mock transport answers inste
         "::ffff:169.254.169.254",
         "2002:7f00:1::1",  # 6to4 wrapping 127.0.0.1
         "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "64:ff9b:1::a00:1",  # local-use NAT64 (RFC 8215) of 10.0.0.1, a /96 prefix
+        "64:ff9b:1:a00:0:100::",  # the same, a /48 prefix (RFC 6052's layout)
+        "::ffff:0:a00:1",  # IPv4-translated (SIIT) 10.0.0.1
         "fd00:ec2::254",
     ],
 )

@@ -339,8 +339,11 @@ async def test_a_base_url_with_a_query_or_fragment_is_refused(
     "http://[::ffff:169.254.169.254]/v1", "http://[::ffff:a9fe:a9fe]/v1",
     "http://[2002:a9fe:a9fe::]/v1", "http://[64:ff9b::a9fe:a9fe]/v1",
     "http://2852039166/v1", "http://0xa9fea9fe/v1", "http://[fd00:ec2::254]/v1",
+    "http://[64:ff9b:1::a9fe:a9fe]/v1", "http://[64:ff9b:1:a9fe:a9:fe00::]/v1",
+    "http://[::ffff:0:a9fe:a9fe]/v1",
 ], ids=["metadata", "link-local-v4", "link-local-v6", "v4-mapped", "v4-mapped-hex", "6to4",
-        "nat64", "decimal", "hex", "aws-v6-metadata"])
+        "nat64", "decimal", "hex", "aws-v6-metadata", "local-use-nat64-96",
+        "local-use-nat64-48", "v4-translated"])
 async def test_link_local_base_urls_are_refused(
     client: httpx.AsyncClient, admin_headers: Headers, url: str,
 ) -> None:

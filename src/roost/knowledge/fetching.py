@@ -34,7 +34,7 @@ import idna
 
 from roost import __version__
 from roost.errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, PayloadTooLarge
-from roost.security.addresses import IPAddress, embedded_ipv4
+from roost.security.addresses import IPAddress, embedded_ipv4s
 from roost.security.decompression import ACCEPT_ENCODING, DecodingRefused, decoded_body
 
 __all__ = [
@@ -118,10 +118,13 @@ def address_refusal(ip: IPAddress, *, allow_private: bool = False) -> str | None
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id:
             ip = ipaddress.IPv6Address(ip.compressed.split("%", 1)[0])
-        inner = embedded_ipv4(ip)
-        if inner is not None:
+        inners = embedded_ipv4s(ip)
+        for inner in inners:
             reason = address_refusal(inner, allow_private=allow_private)
-            return f"{reason} (embedded in {ip})" if reason else None
+            if reason:
+                return f"{reason} (embedded in {ip})"
+        if inners:
+            return None
     if ip in _METADATA_ADDRESSES:
         return "a cloud metadata endpoint"
     if allow_private:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
-from roost.security.addresses import IPAddress, embedded_ipv4
+from roost.security.addresses import IPAddress, embedded_ipv4s
 
 _METADATA: Final = frozenset({
     ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
@@ -26,10 +26,13 @@ def address_refusal(ip: IPAddress) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id:
             ip = ipaddress.IPv6Address(ip.compressed.split("%", 1)[0])
-        inner = embedded_ipv4(ip)
-        if inner is not None:
+        inners = embedded_ipv4s(ip)
+        for inner in inners:
             reason = address_refusal(inner)
-            return f"{reason} (embedded in {ip})" if reason else None
+            if reason:
+                return f"{reason} (embedded in {ip})"
+        if inners:
+            return None
     if ip.is_link_local:
         return "a link-local address (where cloud metadata services live)"
     if ip in _METADATA:
