@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
-from tests.llm.test_provider_registry import Headers, _create, test_settings  # noqa: F401
+from tests.llm.test_provider_registry import KEY, Headers, _create, test_settings  # noqa: F401
 from tests.support.openai_stub import Models, StubServer
 
 PROVIDERS = "/api/v1/llm/providers"
@@ -27,11 +28,14 @@ async def test_extra_headers_differing_only_in_case_are_a_422(
     assert "x-token-a" in created.text, created.text
 
 
+@pytest.mark.parametrize("body", [{}, {"api_key": None}], ids=["empty", "no-key-again"])
 async def test_an_empty_patch_overlapping_a_model_sync_does_not_make_it_a_409(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    body: dict[str, object],
 ) -> None:
-    """A `PATCH {}` (a console "save" with nothing changed) is no edit: a sync overlapping
-    it stands (every PATCH set updated_at: "the provider changed during the sync", 409)."""
+    """A `PATCH {}` (a console "save" with nothing changed), or `api_key: null` for a
+    provider without a key, is no edit: a sync overlapping it stands (every PATCH set
+    updated_at: "the provider changed during the sync", 409)."""
     pid = (await _create(client, admin_headers, name="empty-patch", type="openai",
                          base_url=stub.base_url, model="m")).json()["id"]
     stub.script(Models(ids=("a", "b"), delay_ms=1500))
@@ -44,8 +48,41 @@ async def test_an_empty_patch_overlapping_a_model_sync_does_not_make_it_a_409(
     else:
         raise AssertionError("the sync never reached the stub")
     nothing = await asyncio.wait_for(
-        client.patch(f"{PROVIDERS}/{pid}", json={}, headers=admin_headers), 30)
+        client.patch(f"{PROVIDERS}/{pid}", json=body, headers=admin_headers), 30)
     assert nothing.status_code == 200, nothing.text
     answer = await asyncio.wait_for(sync, 30)
     assert answer.status_code == 200, answer.text
     assert set(answer.json()["models"]) == {"a", "b", "m"}, answer.text
+
+
+async def test_the_same_api_key_again_is_no_edit(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+) -> None:
+    """A configuration tool re-applying a provider's settings sends its api_key again: no
+    edit (updated_at unchanged, no audit record, no pool rebuild)."""
+    created = (await _create(client, admin_headers, name="keyed", type="openai",
+                             base_url=stub.base_url, model="m", api_key=KEY)).json()
+    again = await client.patch(f"{PROVIDERS}/{created['id']}", json={"api_key": KEY},
+                               headers=admin_headers)
+    assert again.status_code == 200, again.text
+    assert again.json()["updated_at"] == created["updated_at"], again.text
+    other = await client.patch(f"{PROVIDERS}/{created['id']}", json={"api_key": KEY + "-2"},
+                               headers=admin_headers)
+    assert other.json()["updated_at"] != created["updated_at"], other.text
+
+
+async def test_disabling_a_model_the_provider_does_not_list_is_a_422_naming_it(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+) -> None:
+    """A model to disable named by a mistyped id (here the NFD spelling of the NFC id the
+    provider lists) is a 422 naming it, not a 200 that leaves the model routed."""
+    pid = (await _create(client, admin_headers, name="cafe", type="openai",
+                         base_url=stub.base_url, model="caf\u00e9")).json()["id"]
+    patched = await client.patch(f"{PROVIDERS}/{pid}", json={"disabled_models": ["cafe\u0301"]},
+                                 headers=admin_headers)
+    assert patched.status_code == 422, patched.text
+    assert patched.json()["models"] == ["cafe\u0301"], patched.text
+    listed = await client.patch(f"{PROVIDERS}/{pid}", json={"disabled_models": ["caf\u00e9"]},
+                                headers=admin_headers)
+    assert listed.status_code == 200, listed.text
+

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit import service as audit
 from roost.db.base import utcnow, uuid7
 from roost.db.errors import flush_unique
-from roost.errors import BadRequest, Conflict, Forbidden, NotFound
+from roost.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from roost.llm import leases
 from roost.llm.base import LLMProvider
 from roost.llm.errors import ProviderError, ProviderTimeout, clean_text
@@ -32,6 +32,7 @@ from roost.llm.provider_pool import ProviderBuildError, api_key_aad
 from roost.llm.provider_types import DEFAULT_BASE_URLS
 from roost.llm.schemas import MAX_MODELS, ProviderCreate, ProviderUpdate
 from roost.principal import Principal
+from roost.security.crypto import DecryptionError
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -205,10 +206,20 @@ async def update_provider(
             row.base_url = new_url
     if "api_key" in fields:
         key = data.api_key or None
-        row.api_key_encrypted = (
-            gateway.secret_box.encrypt(key, api_key_aad(row.id)).decode() if key else None
-        )
-        changes["api_key_set"] = key is not None
+        # The key it has already (or none again): no edit, as for any field sent unchanged
+        # (a tool re-applying its settings must not void a model sync running meanwhile).
+        try:
+            current = (gateway.secret_box.decrypt_str(row.api_key_encrypted,
+                                                      api_key_aad(row.id))
+                       if row.api_key_encrypted else None)
+            unchanged = key == current
+        except (DecryptionError, ValueError):  # unreadable (another key): replaced
+            unchanged = False
+        if not unchanged:
+            row.api_key_encrypted = (
+                gateway.secret_box.encrypt(key, api_key_aad(row.id)).decode() if key else None
+            )
+            changes["api_key_set"] = key is not None
     if fields.get("config") is not None:
         fields["config"] = _unmasked_config(fields["config"], row.config or {})
     old_model = row.model
@@ -235,6 +246,13 @@ async def update_provider(
         row.models = {**(row.models or {}), data.model: True}
     if data.disabled_models is not None:
         disabled = set(data.disabled_models)
+        unknown = sorted(disabled - set(row.models or {}))
+        if unknown:  # a typo or a twin (NFD, a zero-width character) would disable nothing
+            raise Unprocessable(
+                f"the provider has no model {unknown[0]!r}"
+                + (f" (nor {len(unknown) - 1} more of those named)" if len(unknown) > 1 else "")
+                + "; disabled_models names models of its list (GET .../models)",
+                extra={"field": "disabled_models", "models": unknown[:20]})
         wanted = {m: m not in disabled for m in (row.models or {})}
         if wanted != models_before:
             row.models = wanted
