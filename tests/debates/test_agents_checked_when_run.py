@@ -18,6 +18,7 @@ from roost.db.engine import Database
 from tests.agents.conftest import make_agent, running_worker
 from tests.chat.conftest import add_provider
 from tests.debates.conftest import Headers, start, wait_for_debate
+from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Reply
 
@@ -107,3 +108,33 @@ async def test_a_persona_agent_whose_member_left_before_the_debate_runs_fails_it
     done = await run_after(app, client, database, test_settings, stub, headers, created["id"],
                            "DELETE FROM persona_members WHERE user_id = :u", u=user_id)
     assert_failed_unused(done, stub)
+
+
+def _two_models() -> dict[str, Any]:
+    return {"topic": "t", "positions": ["a", "b"], "total_rounds": 1,
+            "participants": [{"id": "x", "model": "stub-model"},
+                             {"id": "y", "model": "stub-model"}]}
+
+
+async def test_a_debate_queued_before_its_owner_was_suspended_does_not_start(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    database: Database, test_settings: Settings,
+) -> None:
+    """A debate queued before its owner was suspended (or deactivated) fails saying why,
+    and no model is asked on the account's behalf, as for agent runs and workflow nodes."""
+    await add_provider(client, admin_headers, stub)
+    stub.script(Reply("Should not be asked.\nConfidence: 0.5", times=None))
+    debates = []
+    for change in ({"status": "suspended"}, {"is_active": False}):
+        uid, headers = await make_user(database)
+        created = await start(client, headers, **_two_models())
+        changed = await client.patch(f"/api/v1/users/{uid}", headers=admin_headers,
+                                     json=change)
+        assert changed.status_code == 200, changed.text
+        debates.append(created["id"])
+    async with running_worker(app, database, test_settings):
+        done = [await wait_for_debate(client, admin_headers, d) for d in debates]
+    asked = stub.requests(path="/v1/chat/completions")
+    assert asked == [], f"{len(asked)} model calls for a suspended/deactivated owner"
+    assert [(d["status"], "suspended or deactivated" in (d["error_message"] or ""))
+            for d in done] == [("failed", True)] * 2, done

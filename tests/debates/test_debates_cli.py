@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
@@ -203,3 +204,39 @@ async def test_cli_show_escapes_hostile_topic_and_positions(
     assert out.returncode == 0, out.stderr
     assert "\x1b" not in out.stdout and "\u202e" not in out.stdout, out.stdout
     assert "\\x1b" in out.stdout, out.stdout
+
+
+async def test_cli_file_with_flags_is_refused_not_ignored(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+) -> None:
+    """``start --file body.json --rounds 5 --method borda --weight x=3``: the file is the
+    whole body; the options are refused by name, not dropped without a word."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="dora")
+    path = tmp_path / "body.json"
+    path.write_text(json.dumps({"topic": "t", "positions": ["a", "b"], "total_rounds": 1,
+                                "participants": [{"id": "x", "model": "stub-model"},
+                                                 {"id": "y", "model": "stub-model"}]}))
+    out = await asyncio.to_thread(
+        run_roost, "debates", "start", "--file", str(path), "--rounds", "5",
+        "--method", "borda", "--weight", "x=3", "--user", "dora", env=env)
+    async with database.transaction() as s:
+        rows = (await s.execute(text(
+            "SELECT total_rounds, voting_method FROM debate_sessions"))).all()
+    assert out.returncode != 0 and rows == [], (out.returncode, out.stdout, rows)
+    assert "--rounds, --method" in out.stderr and "--weight" in out.stderr, out.stderr
+
+
+async def test_cli_weight_given_twice_is_refused(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+) -> None:
+    """``--weight x=2 --weight x=3``: one participant, two weights: an error, not the last
+    one kept without a word."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="dora")
+    out = await asyncio.to_thread(
+        run_roost, "debates", "start", "t", "-p", "a", "-p", "b", "-P", "x=m", "-P", "y=m",
+        "--weight", "x=2", "--weight", "x=3", "--user", "dora", env=env)
+    async with database.transaction() as s:
+        rows = (await s.execute(text("SELECT participants FROM debate_sessions"))).all()
+    assert out.returncode != 0 and rows == [], (out.returncode, out.stdout, rows)

@@ -119,9 +119,10 @@ def debates_start(
         help="ID=MODEL, ID=MODEL@PROVIDER or ID=agent:SLUG (twice at least).")] = None,
     weight: Annotated[list[str] | None, typer.Option(
         "--weight", help="ID=NUMBER: a participant's ballot weight (default 1).")] = None,
-    rounds: Annotated[int, typer.Option(min=1, max=MAX_ROUNDS, help="Rounds of turns.")] = 2,
-    method: Annotated[str, typer.Option(
-        help="majority, weighted, borda or condorcet.")] = "weighted",
+    rounds: Annotated[int | None, typer.Option(min=1, max=MAX_ROUNDS,
+                                               help="Rounds of turns (default 2).")] = None,
+    method: Annotated[str | None, typer.Option(
+        help="majority, weighted, borda or condorcet (default weighted).")] = None,
     file: Annotated[Path | None, typer.Option(
         "--file", "-f", help="The API's JSON body (POST /api/v1/debates); - reads standard "
                              "input.")] = None,
@@ -135,6 +136,12 @@ def debates_start(
     """Start a debate (a worker runs it: `roost worker`); prints its id, or with --wait
     the finished debate."""
     if file is not None:
+        given = [name for name, value in (
+            ("TOPIC", topic), ("--position", position), ("--participant", participant),
+            ("--weight", weight), ("--rounds", rounds), ("--method", method)) if value]
+        if given:  # the file is the whole body: these would be dropped without a word
+            raise fail("Invalid input", f"--file holds the whole body: leave out "
+                                        f"{', '.join(given)} (or give them in the file)")
         raw = read_text(file)
         loaded: Any = load_json(raw, "Invalid input", "the file is not JSON")
         if not isinstance(loaded, dict):
@@ -151,13 +158,15 @@ def debates_start(
         weights: dict[str, float] = {}
         for w in weight or []:
             key, _, value = w.partition("=")
+            if key in weights:
+                raise fail("Invalid input", f"--weight {key!r} is given twice")
             try:
                 weights[key] = float(value)
             except ValueError:
                 raise fail("Invalid input", f"--weight {w!r}: expected ID=NUMBER") from None
         body_json = {"topic": topic, "positions": position or [],
                      "participants": [_participant(p, weights) for p in participant or []],
-                     "total_rounds": rounds, "voting_method": method}
+                     "total_rounds": rounds or 2, "voting_method": method or "weighted"}
         if weights:
             raise fail("Invalid input", f"--weight names unknown participant(s): "
                                         f"{', '.join(weights)}")

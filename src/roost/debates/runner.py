@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import and_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,6 +37,7 @@ from roost.debates import prompts, voting
 from roost.debates.models import DebateBallot, DebateSession, DebateTurn
 from roost.debates.service import RESOURCE, ballots_of, turns_of
 from roost.errors import Forbidden, NotFound, RoostError
+from roost.identity.models import User
 from roost.llm import calls
 from roost.llm.gateway import LLMGateway
 from roost.llm.orchestration import Attempt
@@ -70,6 +71,10 @@ class _Cancelled(Exception):  # the debate was cancelled (or finished) meanwhile
     pass
 
 
+INACTIVE_OWNER: Final = ("the debate's owner is suspended or deactivated: no model is asked "
+                         "on the account's behalf")
+
+
 class _Failed(Exception):  # the debate cannot go on: fail it with this reason
     pass
 
@@ -84,6 +89,7 @@ class _State:
     # why an agent participant can no longer be run by the owner (deleted, made private,
     # deactivated, its persona left): the debate fails
     unavailable_agents: list[str] = field(default_factory=list)
+    owner_active: bool = True  # the owner's account, when the debate was loaded
 
     @property
     def participants(self) -> list[dict[str, Any]]:
@@ -113,8 +119,11 @@ async def _load(env: DebateEnv, debate_id: uuid.UUID) -> _State | None:
             return None
         turns = await turns_of(session, debate_id)
         ballots = {b.participant_id: b for b in await ballots_of(session, debate_id)}
+        active = await session.scalar(select(and_(User.status == "active", User.is_active))
+                                      .where(User.id == debate.created_by))
     principal = Principal(user_id=debate.created_by, is_admin=False, kind="job")
-    state = _State(debate=debate, principal=principal, turns=turns, ballots=ballots)
+    state = _State(debate=debate, principal=principal, turns=turns, ballots=ballots,
+                   owner_active=bool(active))
     await _load_agents(env, state)
     return state
 
@@ -356,6 +365,8 @@ async def execute(env: DebateEnv, debate_id: uuid.UUID) -> str:
     try:
         async with env.database.transaction() as session:
             await _claim(session, debate_id, started_at=debate.started_at or utcnow())
+        if not state.owner_active:  # suspended or deactivated since it was queued
+            raise _Failed(INACTIVE_OWNER)
         if state.unavailable_agents:
             raise _Failed("; ".join(state.unavailable_agents))
         stored = {t.turn_number for t in state.turns}
