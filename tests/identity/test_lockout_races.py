@@ -10,7 +10,13 @@ import httpx
 
 from roost.db.engine import Database
 from roost.security.totp import current_totp_step, totp_code_at
-from tests.identity.conftest import bearer, login, password_user, wait_for_fresh_totp_step
+from tests.identity.conftest import (
+    PASSWORD,
+    bearer,
+    login,
+    password_user,
+    wait_for_fresh_totp_step,
+)
 
 
 async def _enrol(client: httpx.AsyncClient, database: Database, name: str
@@ -66,7 +72,7 @@ async def test_wrong_current_passwords_sent_at_once_stop_at_the_lockout(
     client: httpx.AsyncClient, database: Database
 ) -> None:
     """A stolen session guessing the current password to change it: 7 guesses at once
-    are checked 3 at most (the name's limit), the rest 429."""
+    are checked 6 at most (the account's limit, twice the name's), the rest 429."""
     await password_user(database, "pwchange")
     headers = await bearer(client, "pwchange")
     answers = await asyncio.gather(*[
@@ -74,4 +80,20 @@ async def test_wrong_current_passwords_sent_at_once_stop_at_the_lockout(
             "current_password": f"wrong-pass-{n}", "new_password": "a new pass phrase 42"})
         for n in range(7)])
     statuses = [a.status_code for a in answers]
-    assert sorted(statuses) == [403] * 3 + [429] * 4, statuses
+    assert sorted(statuses) == [403] * 6 + [429], statuses
+
+
+async def test_name_locked_by_strangers_blocks_signed_in_password_change(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A stranger typing a username wrongly at the sign-in form until the name locks (the
+    per-name limit, 3 in these tests) does not stop its signed-in owner changing the
+    password with the right current one (it was a 429)."""
+    await password_user(database, "lockme-x")
+    me = await bearer(client, "lockme-x")
+    for _ in range(3):
+        assert (await login(client, "lockme-x", "wrong-password-123456")).status_code == 401
+    assert (await login(client, "lockme-x")).status_code == 429  # the name is locked
+    changed = await client.post("/api/v1/auth/password", headers=me, json={
+        "current_password": PASSWORD, "new_password": "violet-Harbor-lantern-42-moss"})
+    assert changed.status_code == 200, changed.text

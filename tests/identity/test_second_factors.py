@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -362,3 +363,27 @@ async def test_resetting_ones_own_second_factor_without_being_an_admin_is_a_403(
     user_id, headers = await make_user(database)
     answer = await client.delete(f"/api/v1/users/{user_id}/2fa", headers=headers)
     assert answer.status_code == 403, answer.text
+
+
+async def test_short_lived_key_cannot_register_a_permanent_passkey(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A passkey signs in long after the key that registered it expired: registering one
+    with a key that expires (a leaked one-hour key) is a 403, at the ceremony's start
+    and at its finish (a challenge begun with a session, finished with the key)."""
+    _, headers = await make_user(database)
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    made = await client.post("/api/v1/api-keys", headers=headers, json={"name": "short", "expires_at": soon})
+    assert made.status_code == 201, made.text
+    short = {"Authorization": f"Bearer {made.json()['key']}"}
+    refused = await client.post("/api/v1/auth/passkeys/register/begin", headers=short,
+                                json={})
+    assert refused.status_code == 403, refused.text
+    begin = await client.post("/api/v1/auth/passkeys/register/begin", headers=headers,
+                              json={})
+    assert begin.status_code == 200, begin.text
+    credential = SoftAuthenticator().create(begin.json()["options"], origin=ORIGIN)
+    finish = await client.post("/api/v1/auth/passkeys/register/finish", headers=short,
+                               json={"challenge_id": begin.json()["challenge_id"],
+                                     "credential": credential})
+    assert finish.status_code == 403, finish.text

@@ -22,11 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
 from roost.db.base import utcnow
-from roost.errors import BadRequest, Conflict, Unauthorized, Unprocessable
+from roost.errors import BadRequest, Conflict, Forbidden, Unauthorized, Unprocessable
 from roost.identity import throttle
 from roost.identity.common import load_user, lock_owner_quota, owned_row, require_user
 from roost.identity.config import IdentityConfig
-from roost.identity.models import AuthChallenge, PasskeyCredential
+from roost.identity.models import ApiKey, AuthChallenge, PasskeyCredential
 from roost.identity.sessions import (
     ClientInfo,
     IssuedTokens,
@@ -100,9 +100,22 @@ async def _passkeys_below_cap(session: AsyncSession, user_id: uuid.UUID) -> list
     return existing
 
 
+async def _not_with_an_expiring_key(session: AsyncSession, principal: Principal) -> None:
+    """A passkey never expires: registered with an API key that does, a leaked short-lived
+    key would become lasting access (as a key it made would, were its expiry not capped)."""
+    if principal.api_key_id is None:
+        return
+    expires = await session.scalar(select(ApiKey.expires_at)
+                                   .where(ApiKey.id == principal.api_key_id))
+    if expires is not None:
+        raise Forbidden("a passkey does not expire, and this API key does: register the "
+                        "passkey from a signed-in session (or with a key without an expiry)")
+
+
 async def begin_register(
     session: AsyncSession, cfg: IdentityConfig, principal: Principal, name: str | None = None
 ) -> tuple[uuid.UUID, dict[str, Any]]:
+    await _not_with_an_expiring_key(session, principal)
     user = await load_user(session, require_user(principal))
     existing = await _passkeys_below_cap(session, user.id)
     options, challenge = begin_registration(
@@ -123,6 +136,7 @@ async def finish_register(
     challenge_id: uuid.UUID, credential: dict[str, Any], name: str | None = None,
 ) -> PasskeyCredential:
     user_id = require_user(principal)
+    await _not_with_an_expiring_key(session, principal)
     challenge = await _take_challenge(session, challenge_id, "passkey_register", user_id)
     if challenge is None or challenge.challenge is None:
         raise BadRequest("this passkey registration has expired or was already finished; "

@@ -126,6 +126,7 @@ async def commit_auth_failure(
     count: bool = True,
     account_key: str | None = None,
     account_scope: str = "account",
+    name_counted: bool = True,
 ) -> None:
     """Audit a failed attempt, count it per account and per address, and COMMIT.
 
@@ -136,13 +137,15 @@ async def commit_auth_failure(
     has written anything that must not be kept.  A failure counts against the name
     ``login`` and, when it names one, the account (``throttle``'s docstring); ``account_key``
     replaces both (second-factor failures count under their own key, reported as
-    ``account_scope`` in the lockout record).
+    ``account_scope`` in the lockout record); ``name_counted=False`` leaves the name's
+    counter out (a signed-in request typed no name: a stranger's guesses at the sign-in
+    form must not lock its owner out of it, nor its failures lock the form).
     """
     limits = _limits(cfg)
     locked: list[str] = []
     if count:
         counters = [(account_key, limits.per_account, account_scope)] if account_key else [
-            (throttle.login_key(login), limits.per_account, "account")]
+            (throttle.login_key(login), limits.per_account, "account")] if name_counted else []
         if account_key is None and user_id is not None:
             counters.append((throttle.account_key(user_id), limits.per_user, "account_total"))
         for key, limit, scope in counters:
@@ -473,7 +476,10 @@ async def change_password(
         # Nothing to be wrong about: no "incorrect" answer, and no failure counted.
         raise Conflict("this account has no password (it signs in with API keys or "
                        "passkeys): there is none to change")
-    keys = [throttle.login_key(user.username), throttle.account_key(user.id)]
+    # The account's own counter only: the name's is the sign-in form's, where anyone may
+    # type the name wrongly until it locks; the owner, signed in, could then not change a
+    # password they fear leaked.
+    keys = [throttle.account_key(user.id)]
     await throttle.serialize(session, keys)  # guesses sent at once, counted in turn
     await throttle.check_not_locked(session, keys)
     # Read again now that changes of this account run one at a time: a change that ran
@@ -490,7 +496,7 @@ async def change_password(
     if not await _verify(user.hashed_password, current_password):
         await commit_auth_failure(session, cfg, action="user.password_change_failed",
                                   user_id=user.id, login=user.username, client=client,
-                                  reason="bad_password")
+                                  reason="bad_password", name_counted=False)
         raise Forbidden("current password is incorrect")
     check_password_policy(new_password, username=user.username, email=user.email)
     user.hashed_password = await asyncio.to_thread(hash_password, new_password)
