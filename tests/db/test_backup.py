@@ -423,6 +423,17 @@ async def test_physical_full_then_incremental_backup_and_restore(
     finally:
         shutil.rmtree(source.data_dir / "repos")  # the other tests' backups have none
     assert done.returncode == 0, done.stderr
+    # The full backup is plain: said now, and a restore asking for authentication (a
+    # passphrase file) refuses the chain, naming it; the environment's passphrase warns.
+    assert f"{full}, the backup this one builds on, is not encrypted" in " ".join(
+        (done.stdout + done.stderr).split())
+    pass_file = workdir / "chain-pass"
+    pass_file.write_text(PASSPHRASE + "\n")
+    refused = await asyncio.to_thread(
+        run_roost, "restore", str(increment), "--passphrase-file", str(pass_file),
+        env=env_for(workdir / "chain-refused"), timeout=300)
+    assert refused.returncode == 1 and str(full) in refused.stderr, refused.stderr
+    _nothing_written(workdir / "chain-refused")
     assert (increment / "repos.tar.enc").exists() and not (full / "repos.tar").exists()
     assert (increment / "base.tar.enc").exists() and not (increment / "base.tar").exists()
     # smaller than the full one: only changed blocks
@@ -437,6 +448,7 @@ async def test_physical_full_then_incremental_backup_and_restore(
         run_roost, "restore", str(increment),
         env=env_for(target, ROOST_BACKUP_PASSPHRASE=PASSPHRASE), timeout=600)
     assert done.returncode == 0, done.stderr
+    assert "is not encrypted: nothing authenticates its files" in " ".join(done.stderr.split())
     assert "changed during the backup" not in done.stderr
     restored = target / "repos" / "owner" / "session.git" / "objects" / "ab" / "cdef"
     assert restored.read_bytes() == b"object" and restored.stat().st_mode & 0o777 == 0o444

@@ -637,3 +637,30 @@ def test_a_passphrase_for_a_backup_that_is_not_encrypted_refuses_the_restore(
     assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
     assert "is not encrypted" in done.stderr and "Traceback" not in done.stderr
     assert not (target.data_dir / "keys").exists()
+
+
+def test_a_link_out_of_the_repositories_is_left_out_of_the_backup_with_a_warning(
+        source: Place, tmp_path: Path, target: Place) -> None:
+    """An operator links repositories kept elsewhere into DATA_DIR/repos: a restore
+    refuses a link out of the directory, so the backup leaves it out, naming it in a
+    warning, and what the backup wrote restores (it wrote one the restore refused)."""
+    elsewhere = tmp_path / "old-repos"
+    elsewhere.mkdir()
+    repos = source.data_dir / "repos"
+    repos.mkdir(exist_ok=True)
+    (repos / "kept.txt").write_text("mine")
+    (repos / "legacy").symlink_to(elsewhere)
+    (repos / "inside").symlink_to("kept.txt")  # a link within stays
+    path = tmp_path / "with-link"
+    try:
+        done = run_roost("backup", str(path), env=source.env, timeout=300)
+    finally:
+        shutil.rmtree(repos)
+    assert done.returncode == 0, done.stderr
+    assert "repos/legacy is a link out of the directory" in done.stdout + done.stderr
+    done = run_roost("restore", str(path), env=target.env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    restored = target.data_dir / "repos"
+    assert sorted(p.name for p in restored.iterdir()) == ["inside", "kept.txt"]
+    assert (restored / "inside").read_text() == "mine"
+

@@ -625,25 +625,40 @@ def _tree_dir(settings: Settings, tree: DataTree) -> Path:
     return settings.data_dir / tree.dir_name
 
 
-def _pack_tree(settings: Settings, tree: DataTree, out: Path, report: Reporter) -> bool:
+def _pack_tree(settings: Settings, tree: DataTree, out: Path, report: Reporter,
+               warnings: list[str] | None = None) -> bool:
     """``DATA_DIR/<tree>`` as a tar in ``out`` (False when there is none): directories,
     regular files and symbolic links as they are (links never followed), modes kept;
     anything else (a FIFO, a socket) and files that vanish meanwhile (a commit's lock
-    files) left out."""
+    files) left out, and so is a link a restore would refuse (:func:`_leads_out`: one
+    out of the directory, an operator's link to repositories kept elsewhere), named in
+    ``warnings``: the backup would be one no restore takes."""
     root = _tree_dir(settings, tree)
     if root.is_symlink() or not root.is_dir():
         return False
     walked: list[tuple[Path, int]] = []
+    links: dict[str, str] = {}  # relative name -> its target, as the archive will hold it
     for here, dirs, files in os.walk(root):  # never into a linked directory
         for name in (*dirs, *files):
             path = Path(here) / name
             try:
                 info = path.lstat()
+                if stat.S_ISLNK(info.st_mode):
+                    links[str(path.relative_to(root))] = os.readlink(path)
             except FileNotFoundError:
                 continue
             if stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode) \
                     or stat.S_ISLNK(info.st_mode):
                 walked.append((path, info.st_size if stat.S_ISREG(info.st_mode) else 0))
+    names = {posixpath.normpath(name) for name in links}
+    out_of_tree = {name for name, target in links.items() if _leads_out(name, target, names)}
+    for name in sorted(out_of_tree):
+        if warnings is not None:
+            warnings.append(f"DATA_DIR/{tree.dir_name}/{name} is a link out of the directory "
+                            f"(to {links[name][:200]!r}): left out of the backup, which a "
+                            "restore would refuse with it; what it leads to is not backed up")
+    walked = [(path, size) for path, size in walked
+              if str(path.relative_to(root)) not in out_of_tree]
     report.stage(tree.what, sum(size for _, size in walked))
     with _private_open(out) as handle, tarfile.open(fileobj=handle, mode="w") as tar:
         for path, size in walked:
@@ -674,7 +689,19 @@ def _check_links(members: list[tarfile.TarInfo], what: str) -> None:
     Roost's own archives hold no such links (git repositories and base backups without
     tablespaces have none)."""
     links = {posixpath.normpath(m.name) for m in members if m.issym()}
+    for member in members:
+        link = member.linkname if member.issym() or member.islnk() else None
+        if _leads_out(member.name, link, links, hard=member.islnk()):
+            raise BackupError(f"the backup's {what} holds what Roost never writes: a link "
+                              f"that could lead out of its directory ({member.name[:200]!r})")
 
+
+def _leads_out(name: str, linkname: str | None, links: set[str], *, hard: bool = False) -> bool:
+    """Whether an archive member ``name`` (a link to ``linkname``, when it is one; hard:
+    relative to the archive's root, else to its own directory) could lead out of the
+    directory it is unpacked in: written outside it or through one of the archive's
+    symbolic ``links``, or pointing outside it or through such a link.  The one rule of
+    what a restore accepts, which a backup checks too (:func:`_pack_tree`)."""
     def through_link(path: str, *, itself: bool) -> bool:
         parts = path.split("/")
         stop = len(parts) + 1 if itself else len(parts)
@@ -683,18 +710,14 @@ def _check_links(members: list[tarfile.TarInfo], what: str) -> None:
     def outside(path: str) -> bool:
         return path.startswith("/") or path == ".." or path.startswith("../")
 
-    for member in members:
-        name = posixpath.normpath(member.name)
-        target = None
-        if member.issym():
-            target = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
-        elif member.islnk():
-            target = posixpath.normpath(member.linkname)
-        if (outside(name) or through_link(name, itself=False)
-                or (target is not None and (outside(target) or member.linkname.startswith("/")
-                                            or through_link(target, itself=member.islnk())))):
-            raise BackupError(f"the backup's {what} holds what Roost never writes: a link "
-                              f"that could lead out of its directory ({member.name[:200]!r})")
+    name = posixpath.normpath(name)
+    if outside(name) or through_link(name, itself=False):
+        return True
+    if linkname is None:
+        return False
+    target = posixpath.normpath(linkname if hard
+                                else posixpath.join(posixpath.dirname(name), linkname))
+    return outside(target) or linkname.startswith("/") or through_link(target, itself=hard)
 
 
 def _tree_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
@@ -851,6 +874,11 @@ async def create_backup(settings: Settings, path: Path | None = None, *,
             parent = (await asyncio.to_thread(_parent_for_increment, incremental_from,
                                               passphrase, work)
                       if incremental_from is not None else None)
+            if parent is not None and passphrase is not None \
+                    and read_manifest(parent[2]).get("encryption") is None:
+                warnings.append(f"{parent[2]}, the backup this one builds on, is not "
+                                "encrypted: a restore of this one that asks for "
+                                "authentication (--passphrase-file) will refuse it")
             manifest = await _basebackup(target, work, report, parent, warnings)
             plain = [*PHYSICAL_FILES, KEYS]
         else:
@@ -859,7 +887,8 @@ async def create_backup(settings: Settings, path: Path | None = None, *,
         # After the database: a commit is in its repository (an attachment's file on disk)
         # before its row is committed.
         for tree in DATA_TREES:
-            if await asyncio.to_thread(_pack_tree, settings, tree, work / tree.archive, report):
+            if await asyncio.to_thread(_pack_tree, settings, tree, work / tree.archive, report,
+                                       warnings):
                 plain.append(tree.archive)
         manifest["backup_id"] = uuid.uuid4().hex
         manifest["roost_version"] = roost.__version__
@@ -1658,6 +1687,16 @@ async def _basebackup(target: Target, work: Path, report: Reporter,
         os.replace(out / name, work / name)
         os.chmod(work / name, 0o600)
     return manifest
+
+
+def plain_backups_under(path: Path) -> list[Path]:
+    """The backups an incremental ``path`` builds on that are not encrypted: nothing
+    authenticates their files, which make most of what it restores (a restore that
+    asked for authentication refuses them, as it refuses a plain backup itself)."""
+    if read_manifest(path).get("incremental_from") is None:
+        return []
+    return [earlier for earlier in _physical_chain(path)[:-1]
+            if read_manifest(earlier).get("encryption") is None]
 
 
 def _physical_chain(path: Path) -> list[Path]:

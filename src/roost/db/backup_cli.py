@@ -213,13 +213,29 @@ def restore_command(
     the manifest, then swaps it in (the old database, keys and code repositories kept
     aside) and writes the keys and repositories.
     """
-    from roost.db.backup import BackupError, TargetNotEmpty, needs_passphrase, restore_backup
+    from roost.db.backup import (
+        BackupError,
+        TargetNotEmpty,
+        needs_passphrase,
+        plain_backups_under,
+        restore_backup,
+    )
 
     settings = get_settings()
     try:
         encrypted = needs_passphrase(path)
+        plain_under = plain_backups_under(path) if encrypted else []
     except BackupError as exc:
         raise fail("restore refused", exc) from None
+    if plain_under and passphrase_file is not None:
+        # An encrypted increment restores mostly the files of the backups it builds on.
+        raise fail("restore refused", f"{plain_under[0]}, a backup {path} builds on, is not "
+                   "encrypted, so nothing shows it is the backup you made: restore without "
+                   "--passphrase-file (ROOST_BACKUP_PASSPHRASE or the prompt) if you trust it")
+    if plain_under:
+        err.print(Text.assemble(("warning", "yellow"), ": ", f"{plain_under[0]}, a backup "
+                                f"{path} builds on, is not encrypted: nothing authenticates "
+                                "its files"), soft_wrap=True)
     if not encrypted and passphrase_file is not None:
         # Only encryption authenticates a backup (manifest.mac): a plain one where an
         # encrypted one was expected may have been swapped by whoever could write there.
