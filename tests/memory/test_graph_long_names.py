@@ -46,3 +46,32 @@ async def test_a_name_nfc_lengthens_past_the_limit_is_refused(
     await _add(client, headers, "a long name", [(fits, "is_in", "Germany")])
     found = await client.get(f"{GRAPH}/entities", headers=headers, params={"q": "berlin"})
     assert [e["name"].endswith(" Berlin") for e in found.json()] == [True], found.text
+
+
+async def test_a_relation_nfc_lengthens_past_the_limit_is_refused(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """A relation of 100 U+0958 (200 code points once composed) passed the 128-character
+    limit and was cut in the graph, the memory's JSON keeping it whole: a 422 naming it,
+    nothing stored."""
+    _, headers = await make_user(database)
+    answer = await client.post(API, headers=headers, json={
+        "content": "Ada and Bob", "relationships": [
+            {"source": "Ada", "relation": "\u0958" * 100, "target": "Bob"}]})
+    assert answer.status_code == 422 and "relation" in answer.text, answer.text
+    assert "once composed" in answer.text, answer.text
+    assert (await client.get(API, headers=headers)).json()["items"] == []
+
+
+async def test_an_entity_type_of_invisible_characters_is_the_default_type(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """An entity type of a zero-width space (or spaces) is cleaned as names and relations
+    are: nothing is left, so the entity is a `thing`, not stored with an invisible type
+    (a twin of every other type)."""
+    _, headers = await make_user(database)
+    for kind in ("\u200b", "   ", "\u2060\ufeff", "person\u200b"):
+        answer = await client.post(API, headers=headers, json={
+            "content": "Ada", "entities": [{"name": f"Ada {len(kind)}", "type": kind}]})
+        assert answer.status_code == 201, answer.text
+    found = await client.get(f"{GRAPH}/entities", headers=headers, params={"q": "ada"})
+    assert sorted(e["entity_type"] for e in found.json()) == [
+        "person", "thing", "thing", "thing"], found.text

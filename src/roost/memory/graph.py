@@ -98,7 +98,7 @@ async def upsert_entities(session: AsyncSession, *, user_id: uuid.UUID,
     for name, entity_type in entities:
         key = normalize(name)
         if key and key not in chosen:
-            chosen[key] = (clean(name)[:255], entity_type[:64] or "thing")
+            chosen[key] = (clean(name)[:255], clean(entity_type)[:64] or "thing")
     if not chosen:
         return {}
     keys = sorted(chosen)

@@ -69,12 +69,25 @@ def _fits_once_clean(value: str) -> str:
 EntityName = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_fits_once_clean)]
 
 
+def _fits_once_composed(limit: int) -> Any:
+    """A relation or an entity type fits ``limit`` characters as the graph stores it
+    (:func:`roost.memory.graph.clean`: composed, which lengthens some scripts): it was cut
+    there, the memory's JSON keeping the whole.  (One that cleans to nothing makes no
+    relation, and is the type ``thing``.)"""
+    def check(value: str) -> str:
+        if len(clean(value)) > limit:
+            raise ValueError(f"must be at most {limit} characters once composed (NFC)")
+        return value
+    return AfterValidator(check)
+
+
 class EntityIn(StrictInput):
     model_config = ConfigDict(extra="forbid")
     refuse_nul = True
 
     name: EntityName
-    type: str = Field(default="thing", min_length=1, max_length=64)
+    type: Annotated[str, _fits_once_composed(64)] = Field(default="thing", min_length=1,
+                                                      max_length=64)
 
 
 class RelationshipIn(StrictInput):
@@ -82,7 +95,7 @@ class RelationshipIn(StrictInput):
     refuse_nul = True
 
     source: EntityName
-    relation: str = Field(min_length=1, max_length=128)
+    relation: Annotated[str, _fits_once_composed(128)] = Field(min_length=1, max_length=128)
     target: EntityName
 
 
