@@ -297,7 +297,15 @@ async def _start_run(
                       "the last hour (ROOST_SMTP_MAX_MAIL_RUNS_PER_HOUR)")
     body = RunCreate(input=_run_input(persona, email_id, parsed, message_id, attachments),
                      idempotency_key=f"email:{email_id}")
-    run, _created = await create_run(session, owner, agent, body, source="email")
+    try:
+        # A savepoint: the owner's plan refusing the run (no credits left, the day's runs
+        # taken) stores the mail without one, as every other reason not to start one
+        # does; raised, it made the listener refuse the whole message (451) for ever,
+        # the copies of other personas' owners with it.
+        async with session.begin_nested():
+            run, _created = await create_run(session, owner, agent, body, source="email")
+    except RoostError as exc:
+        return None, f"the run was refused: {exc.detail}"
     await session.execute(update(Email).where(Email.id == email_id).values(run_id=run.id))
     return run.id, None
 
