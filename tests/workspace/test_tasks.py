@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.workspace.service import refresh_scores
+from tests.support.identity import make_user
 from tests.workspace.conftest import User, board, make_project, make_task
 
 PRIORITY = {"low": 1, "medium": 2, "high": 3, "critical": 4}
@@ -216,3 +217,38 @@ async def test_a_task_tree_deeper_than_100_levels_is_refused(client: httpx.Async
     resp = await client.patch(f"/api/v1/tasks-board/{chain[0]['id']}", headers=headers,
                               json={"parent_id": chain[-1]["id"]})
     assert resp.status_code == 422 and "cycle" in resp.json()["detail"], resp.text
+
+
+async def test_the_24_hour_band_is_24_hours_whatever_the_session_time_zone(
+        database: Database) -> None:
+    """A task due 23.5 hours from now is due "within 24 hours" (D = 3) in a session whose
+    TimeZone is Europe/Paris on the eve of the clocks moving forward: the bands are hours,
+    not the session zone's calendar days (that night's "day" was 23 hours: D = 2)."""
+    async with database.transaction() as s:
+        await s.execute(text("SET LOCAL TimeZone = 'Europe/Paris'"))
+        score = await s.scalar(text(
+            "SELECT roost_task_score('todo', 'medium', "
+            "timestamptz '2027-03-27 12:00:00+00' + interval '23 hours 30 minutes', 0, "
+            "1, 1, 1, 1, timestamptz '2027-03-27 12:00:00+00')"))
+    # 1 * (1 * 2 + 1 * (1 + 3)) * (1 - 0) * 1 / ((1 + 1) / 2) = 6
+    assert score == 6.0
+
+
+async def test_an_administrator_cannot_file_a_user_s_task_under_a_project_they_cannot_see(
+        client: httpx.AsyncClient, database: Database, user: User) -> None:
+    """An administrator moving a user's task under the administrator's own private project
+    is a 404 naming project_id: a task sits under a project its owner can see (it was
+    left under one that is a 404 for its owner)."""
+    _, headers = user
+    _, admin = await make_user(database, admin=True)
+    private = await make_project(client, admin, "admin's own")
+    task = await make_task(client, headers, "t")
+    resp = await client.patch(f"/api/v1/tasks-board/{task['id']}",
+                              json={"project_id": private["id"]}, headers=admin)
+    owner_view = await client.get(f"/api/v1/projects/{private['id']}", headers=headers)
+    assert owner_view.status_code == 404  # the task's owner cannot see the project
+    assert resp.status_code == 404 and resp.json()["field"] == "project_id", resp.text
+    shared = await make_project(client, headers, "the user's own")
+    moved = await client.patch(f"/api/v1/tasks-board/{task['id']}",
+                               json={"project_id": shared["id"]}, headers=admin)
+    assert moved.status_code == 200, moved.text

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.db.lookup import id_starts_with, one_or_404
 from roost.errors import BadRequest, Forbidden, NotFound, Unprocessable
-from roost.identity.common import lock_owner_quota, nfc, require_user
+from roost.identity.common import group_ids_of, lock_owner_quota, nfc, require_user
 from roost.identity.models import Group, UserGroupMembership
 from roost.inputs import is_blank, read_as_utc
 from roost.pagination import MALFORMED_CURSOR, decode_cursor, encode_cursor, newest_first, page_of
@@ -120,6 +120,22 @@ async def require_project(session: AsyncSession, actor: Principal,
         except NotFound:
             raise NotFound(f"project {project_id} does not exist",
                            extra={"field": "project_id"}) from None
+
+
+async def _owner_sees_project(session: AsyncSession, owner: uuid.UUID,
+                              project_id: uuid.UUID | None) -> None:
+    """A task sits under a project its owner can see (theirs, or their group's): an
+    administrator filing a user's task under one the user cannot see is a 404 naming the
+    field, as a parent must be a task of the same owner."""
+    if project_id is None:
+        return
+    groups = await group_ids_of(session, owner)
+    seen = await session.scalar(select(Project.id).where(
+        Project.id == project_id,
+        or_(Project.user_id == owner, Project.group_id.in_(list(groups)))))
+    if seen is None:
+        raise NotFound(f"project {project_id} is not one the task's owner can see",
+                       extra={"field": "project_id"})
 
 
 async def find_project(session: AsyncSession, actor: Principal, ref: str) -> Project:
@@ -356,6 +372,8 @@ async def update_task(session: AsyncSession, actor: Principal, task_id: uuid.UUI
     values = _task_values(body)
     if "project_id" in values and values["project_id"] != task.project_id:
         await require_project(session, actor, values["project_id"])
+        if task.user_id != actor.user_id:  # an administrator's edit: the owner must see it
+            await _owner_sees_project(session, task.user_id, values["project_id"])
     if "parent_id" in values and values["parent_id"] != task.parent_id:
         await _check_parent(session, actor, task, values["parent_id"])
     before = task.calculated_score
