@@ -5,6 +5,7 @@ read back unchanged."""
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -418,3 +419,81 @@ def test_a_files_own_custom_zone_is_never_another_files() -> None:
     assert second.start_time == datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
     undefined = ical.parse(_corp_time_file("+0500", with_zone=False), "UTC").events[0]
     assert undefined.start_time != first.start_time  # not the other file's definition
+
+
+CALS = "/api/v1/calendars"
+
+
+async def test_zero_width_calendar_name_is_refused(client: httpx.AsyncClient,
+                                                   user: User) -> None:
+    """A calendar name of zero-width spaces shows nothing: a 422 like a blank one (it was
+    created), on create and rename."""
+    _, headers = user
+    resp = await client.post(CALS, json={"name": "\u200b\u200b"}, headers=headers)
+    assert resp.status_code == 422 and resp.json()["field"] == "name", resp.text
+    cal = await make_calendar(client, headers, "Work")
+    renamed = await client.patch(f"{CALS}/{cal['id']}", json={"name": " \u2060 "},
+                                 headers=headers)
+    assert renamed.status_code == 422, renamed.text
+
+
+async def test_nfc_nfd_calendar_names_are_one_name(client: httpx.AsyncClient,
+                                                   user: User) -> None:
+    """"Café" typed composed and decomposed is one name (unique per user): a second
+    calendar of the other form is a 409, not a look-alike twin; stored composed."""
+    _, headers = user
+    nfc = unicodedata.normalize("NFC", "Café")
+    nfd = unicodedata.normalize("NFD", "Café")
+    made = await client.post(CALS, json={"name": nfd}, headers=headers)
+    assert made.status_code == 201 and made.json()["name"] == nfc, made.text
+    resp = await client.post(CALS, json={"name": nfc}, headers=headers)
+    assert resp.status_code == 409, resp.text
+
+
+async def test_import_moving_a_google_id_to_another_event(client: httpx.AsyncClient,
+                                                         user: User) -> None:
+    """A re-import in which an X-GOOGLE-EVENT-ID moves from one event of the calendar to
+    another (each id held once in the end) updates both (it was a 409: the rows were
+    written one at a time, the id on both halfway)."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    await make_event(client, headers, cal["id"], summary="b", uid="b@x",
+                     start_time="2027-01-01T09:00:00Z", end_time="2027-01-01T10:00:00Z")
+    await make_event(client, headers, cal["id"], summary="a", uid="a@x", google_event_id="g1",
+                     start_time="2027-01-02T09:00:00Z", end_time="2027-01-02T10:00:00Z")
+    ics = ("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\n"
+           "BEGIN:VEVENT\r\nUID:b@x\r\nDTSTART:20270101T090000Z\r\n"
+           "DTEND:20270101T100000Z\r\nSUMMARY:b\r\nX-GOOGLE-EVENT-ID:g1\r\nEND:VEVENT\r\n"
+           "BEGIN:VEVENT\r\nUID:a@x\r\nDTSTART:20270102T090000Z\r\n"
+           "DTEND:20270102T100000Z\r\nSUMMARY:a\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n")
+    resp = await client.post(f"{CALS}/{cal['id']}/import", headers=headers,
+                             files={"file": ("c.ics", ics.encode())})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["updated"] == 2
+
+
+async def test_a_series_starting_in_the_repeated_hour_of_a_dst_end_is_refused(
+        client: httpx.AsyncClient, user: User) -> None:
+    """New York's fall-back night repeats 01:00-02:00: a daily series given as starting at
+    the second 01:30 (-05:00) is a 422 (a repeated wall time is its first instance, so the
+    series was listed an hour early and its own start was no occurrence); the first 01:30
+    (-04:00) is its first occurrence, and a single event at the second 01:30 is kept."""
+    _, headers = user
+    cal = await make_calendar(client, headers, "NY", "America/New_York")
+    events = f"{CALS}/{cal['id']}/events"
+    second = await client.post(events, headers=headers, json={
+        "summary": "s", "start_time": "2027-11-07T01:30:00-05:00",
+        "end_time": "2027-11-07T02:00:00-05:00", "recurrence_rule": "FREQ=DAILY;COUNT=3"})
+    assert second.status_code == 422 and "second time" in second.text, second.text
+    first = await make_event(client, headers, cal["id"], summary="f",
+                             start_time="2027-11-07T01:30:00-04:00",
+                             end_time="2027-11-07T02:00:00-05:00",
+                             recurrence_rule="FREQ=DAILY;COUNT=3")
+    occ = (await client.get(events, headers=headers, params={
+        "start": "2027-11-06T00:00:00Z", "end": "2027-11-12T00:00:00Z"})).json()["occurrences"]
+    assert occ[0]["start"] == first["start_time"] == "2027-11-07T05:30:00Z", occ
+    single = await make_event(client, headers, cal["id"], summary="once",
+                              start_time="2027-11-07T01:30:00-05:00",
+                              end_time="2027-11-07T01:45:00-05:00")
+    assert single["start_time"] == "2027-11-07T06:30:00Z"
+

@@ -395,6 +395,18 @@ def validate(event: Recurring) -> None:
         raise RecurrenceError(
             f"an occurrence of a recurring event may last at most {MAX_OCCURRENCE.days} days "
             f"(this one lasts {(event.end - event.start).days} days)")
+    for what, at in (("starts", event.start), ("ends", event.end)):
+        # A series is its wall-clock times in its zone, and a wall time the end of
+        # daylight saving repeats is read as its first instance (RFC 5545, 3.3.5, as
+        # dateutil): one given as the second instance was listed an hour early, and its
+        # own start was no occurrence of it.
+        wall = local(at, event._tz)
+        if to_utc(wall, event._tz) != at.astimezone(UTC):
+            raise RecurrenceError(
+                f"the series {what} at {wall:%Y-%m-%d %H:%M} {event.timezone} the second time "
+                "that wall time comes round (the hour daylight saving's end repeats), which "
+                "a recurring event cannot: a repeated wall time is its first instance "
+                f"({to_utc(wall, event._tz).isoformat()}); move it out of that hour")
     if event.rule is None:
         return
     rule = parse_rule(event.rule)

@@ -14,6 +14,7 @@ acting user's own calendars only.  Ranges are required and at most ``MAX_RANGE``
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -34,11 +35,13 @@ from roost.calendar.schemas import CalendarCreate, CalendarUpdate, EventCreate, 
 from roost.db.lookup import id_starts_with, one_or_404
 from roost.errors import BadRequest, NotFound, PayloadTooLarge, Unprocessable
 from roost.identity.common import require_user
+from roost.inputs import is_blank, strip_invisible
 from roost.principal import Principal
 from roost.process import cpu_bound
 
 log = structlog.get_logger(__name__)
 MAX_RANGE: Final = timedelta(days=366)
+MAX_NAME_CHARS: Final = 255  # calendars.name
 MAX_IMPORT_BYTES: Final = 5 * 1024 * 1024
 MAX_IMPORT_EVENTS: Final = 20_000
 DEFAULT_OCCURRENCES: Final = 1000
@@ -134,10 +137,18 @@ async def ensure_calendar(session: AsyncSession, actor: Principal, name: str) ->
 
 
 def _name(name: str) -> str:
-    stripped = name.strip()
-    if not stripped:
-        raise Unprocessable("name must not be blank", extra={"field": "name"})
-    return stripped
+    """A calendar's name as stored and looked up: without white space or invisible
+    characters around it (a name of zero-width spaces alone is blank), composed (NFC: a
+    name typed decomposed, "Cafe" and a combining accent, is the same name, not a second
+    calendar that looks like it)."""
+    cleaned = unicodedata.normalize("NFC", strip_invisible(name))
+    if is_blank(cleaned):
+        raise Unprocessable("name must not be blank (white space or invisible characters "
+                            "only)", extra={"field": "name"})
+    if len(cleaned) > MAX_NAME_CHARS:
+        raise Unprocessable(f"name must be at most {MAX_NAME_CHARS} characters once "
+                            "composed (NFC)", extra={"field": "name"})
+    return cleaned
 
 
 async def list_calendars(session: AsyncSession, actor: Principal) -> list[Calendar]:
@@ -158,11 +169,12 @@ async def get_calendar(session: AsyncSession, actor: Principal, calendar_id: uui
 async def find_calendar(session: AsyncSession, actor: Principal, ref: str) -> Calendar:
     """One of the actor's calendars by exact name, id or a unique start of an id (CLI)."""
     owner = _owner(actor)
+    named = unicodedata.normalize("NFC", ref.strip())  # names are stored composed
     rows = (await session.scalars(select(Calendar).where(
         Calendar.user_id == owner,
-        or_(Calendar.name == ref, id_starts_with(Calendar.id, ref)),
+        or_(Calendar.name == named, id_starts_with(Calendar.id, ref)),
     ).limit(3))).all()
-    exact = [c for c in rows if c.name == ref]
+    exact = [c for c in rows if c.name == named]
     if exact:
         return exact[0]
     if not rows:
@@ -680,6 +692,18 @@ async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.
     created = updated = unchanged = 0
     rows_in = [*parsed.events, *overrides]  # series first: an override follows its series
     derived = await cpu_bound(_derive_all, rows_in)
+    # A Google id moving from one event to another (each held once in the file): the
+    # events losing theirs are cleared first, in a flush of their own, so the unique index
+    # never sees one id on two rows halfway through (SQLAlchemy writes rows in key order).
+    cleared: set[int] = set()
+    for data in rows_in:
+        ev = existing.get((data.uid, data.recurrence_id))
+        if ev is not None and ev.google_event_id is not None \
+                and ev.google_event_id != data.google_event_id:
+            ev.google_event_id = None
+            cleared.add(id(ev))
+    if cleared:
+        await session.flush()
     for data, (end, plan) in zip(rows_in, derived, strict=True):
         values = {k: v for k, v in asdict(data).items() if k in IMPORTED}
         ev = existing.get((data.uid, data.recurrence_id))
@@ -691,8 +715,9 @@ async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.
                 ev.reminder_minutes = null()  # type: ignore[assignment]
             session.add(ev)
             created += 1
-        elif any(_rule_differs(getattr(ev, k), v) if k == "recurrence_rule"
-                 else _differs(getattr(ev, k), v) for k, v in values.items()):
+        elif id(ev) in cleared or any(
+                _rule_differs(getattr(ev, k), v) if k == "recurrence_rule"
+                else _differs(getattr(ev, k), v) for k, v in values.items()):
             for k, v in values.items():
                 setattr(ev, k, v)
             ev.recurrence_end, ev.recurrence_plan = end, plan
