@@ -212,6 +212,23 @@ async def test_lsp_diagnostics_tool(
     assert gone.status_code == 403
 
 
+async def test_a_file_with_a_byte_order_mark_gets_its_own_diagnostics(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database, workspace: Path
+) -> None:
+    """A Python file saved with a UTF-8 byte order mark (as editors on Windows write it;
+    Python allows it) gets the diagnostics it has without one: the syntax error on line 3,
+    not an "invalid non-printable character U+FEFF" on line 1."""
+    (workspace / "bom.py").write_bytes(b"\xef\xbb\xbf" + BROKEN.encode())
+    created = await client.post(SERVERS, headers=admin_headers, json=jedi_body(is_global=True))
+    assert created.status_code == 201, created.text
+    _, alice = await make_user(database)
+    called = await client.post(DIAGNOSE, headers=alice, json={"arguments": {"path": "bom.py"}})
+    assert called.status_code == 200, called.text
+    diagnostics = called.json()["output"]["diagnostics"]
+    assert [d["line"] for d in diagnostics] == [3], diagnostics
+    assert "U+FEFF" not in diagnostics[0]["message"]
+
+
 async def test_roost_lsp_commands(pg_server: PgTestServer, db_name: str, tmp_path: Path) -> None:
     env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name), "ROOST_DATA_DIR": str(tmp_path / "d"),
            "ROOST_TOOLS_CALL_TIMEOUT_S": "20"}

@@ -245,7 +245,9 @@ def _read_text(target: Path, shown: str) -> str:
         raise BuiltinToolError(f"{shown!r} is larger than {MAX_FILE_BYTES} bytes")
     if b"\x00" in data:
         raise BuiltinToolError(f"{shown!r} is not a text file")
-    return data.decode("utf-8", errors="replace")
+    # A leading byte order mark (editors on Windows save one; Python allows it) is not
+    # text: sent on, the server reported it as an invalid character on line 1.
+    return data.decode("utf-8-sig", errors="replace")
 
 
 def matches(patterns: list[Any], relative: str) -> bool:
