@@ -82,7 +82,13 @@ async function load(reset) {
   try {
     const users = await api(`/api/v1/users?${params}`, { signal: controller.signal });
     if (reset) tbody.replaceChildren();
-    tbody.append(...users.map(row));
+    // An account created on this page is shown at the top already; the list (oldest
+    // first) reaches it again on its last page: replaced there, not listed twice.
+    for (const user of users) {
+      const shown = tbody.querySelector(`tr[data-id="${CSS.escape(user.id)}"]`);
+      if (shown) shown.remove();
+      tbody.append(row(user));
+    }
     if (users.length) lastId = users[users.length - 1].id;
     else if (reset) lastId = null;
     empty.hidden = tbody.children.length > 0;

@@ -4,7 +4,7 @@
 // (ClickHouse).  Cost stays the API's decimal string in the table and the totals; only the
 // bar heights use it as a number.
 
-import { api, clip, el, showError } from "./console.js";
+import { api, clip, el, latestLoad, showError } from "./console.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
@@ -180,21 +180,30 @@ function render() {
 
 // --- loading -------------------------------------------------------------------------------
 
+// The page's choices in its URL: a reload (or a shared link) shows the same report.
+function remember(params) {
+  const shown = new URLSearchParams(params);
+  if ($("usage-metric").value !== Object.keys(METRICS)[0]) shown.set("metric", $("usage-metric").value);
+  history.replaceState(null, "", `?${shown}`);
+}
+
+let loads = null;  // set in init(): the latest of the reports asked for wins
+
 async function load() {
   const params = new URLSearchParams({
     group_by: $("usage-group").value, since: $("usage-since").value, until: $("usage-until").value,
   });
   if ($("usage-source").value !== "postgres") params.set("source", $("usage-source").value);
-  const button = $("usage-form").querySelector("button[type=submit]");
-  button.disabled = true;
   try {
-    report = await api(`/api/v1/billing/usage?${params}`);
-    history.replaceState(null, "", `?${params}`);  // a reload shows the same report
+    // A grouping changed twice quickly: the first answer, arriving last, must not draw its
+    // report under the second's choice (nor write it into the URL).
+    const answer = await loads((signal) => api(`/api/v1/billing/usage?${params}`, { signal }));
+    if (answer === null) return;
+    report = answer;
+    remember(params);
     render();
   } catch (error) {
     showError(error);
-  } finally {
-    button.disabled = false;
   }
 }
 
@@ -214,7 +223,12 @@ function init() {
   if (SOURCES.includes(query.get("source") ?? "")) $("usage-source").value = query.get("source");
   $("usage-group").addEventListener("change", load);
   $("usage-source").addEventListener("change", load);
-  $("usage-metric").addEventListener("change", render);
+  if (Object.hasOwn(METRICS, query.get("metric") ?? "")) $("usage-metric").value = query.get("metric");
+  $("usage-metric").addEventListener("change", () => {
+    render();
+    remember(new URLSearchParams(location.search));
+  });
+  loads = latestLoad($("usage-form").querySelector("button[type=submit]"));
   load();
 }
 
