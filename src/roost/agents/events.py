@@ -187,14 +187,16 @@ def parse_last_event_id(value: str | None) -> Cursor:
     column's range broke the stream once it had started)."""
     if not value:
         return Cursor()
-    if value.strip() == "end":
+    value = value.strip(" \t")  # a header's own white space only
+    if value == "end":
         return Cursor(_END_STEP, 1)
-    step, _, rest = value.strip().partition(".")
+    step, _, rest = value.partition(".")
     phase, _, listed = rest.partition(".")
-    try:
-        number = int(step)
-    except ValueError:
+    # ASCII digits only, as the server writes them: int() also reads "1_0", "+2" and
+    # other scripts' digits, ids it never sent, and the client missed the steps between.
+    if not _ASCII_NUMBER.fullmatch(step) or phase not in ("", "0", "1"):
         return Cursor()
+    number = int(step) if len(step) <= 10 else _END_STEP  # (int() refuses 4,300 digits)
     if number >= _END_STEP:
         return Cursor(_END_STEP, 1)
     if number <= 0:
@@ -207,6 +209,7 @@ def parse_last_event_id(value: str | None) -> Cursor:
 
 
 _DIGITS: Final = re.compile(r"[0-9]{1,10}")
+_ASCII_NUMBER: Final = re.compile(r"[0-9]+")  # any length: one past any step reads as end
 
 
 def _open_steps(listed: str, *, below: int) -> frozenset[int] | None:
