@@ -102,6 +102,7 @@ class FetchedDocument:
     final_url: str  # after redirects, with the host name (not the pinned IP)
     content_type: str | None  # raw header, parameters included (charset matters)
     data: bytes
+    status: int = 200  # 200, or 203 (a proxy's transformed copy of the page)
 
     @property
     def filename(self) -> str | None:
@@ -193,10 +194,12 @@ async def _resolve_checked(
 
 
 def url_host(url: str) -> str | None:
-    """The host a URL names, or None for one that does not parse (``http://[::1``): the
-    check and fetch that follow refuse such a URL with a clear message."""
+    """The host a URL names as the fetch will reach it (:func:`browser_host_form`: an
+    allow-list check sees the host the fetch connects to, fullwidth forms mapped), or
+    None for one that does not parse (``http://[::1``): the check and fetch that follow
+    refuse such a URL with a clear message."""
     try:
-        return httpx.URL(url).host or None
+        return httpx.URL(browser_host_form(url)).host or None
     except (httpx.InvalidURL, ValueError, TypeError):
         return None
 
@@ -346,7 +349,7 @@ async def _read_response(original: str, url: httpx.URL, response: httpx.Response
         return _Hop(redirect_to=location)
     if status >= 400:
         raise FetchError(f"{_shown(url)} answered HTTP {status}")
-    if status != 200:
+    if status not in (200, 203):  # 203 Non-Authoritative Information: the page, via a proxy
         raise FetchError(f"{_shown(url)} answered HTTP {status}, expected 200")
     declared = response.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() \
@@ -365,6 +368,7 @@ async def _read_response(original: str, url: httpx.URL, response: httpx.Response
         final_url=str(url),
         content_type=response.headers.get("content-type"),
         data=bytes(body),
+        status=status,
     )
     return _Hop(document=document)
 

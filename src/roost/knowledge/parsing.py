@@ -610,6 +610,9 @@ def _parse_markdown(text: str, filename: str | None) -> ParsedDocument:
 # --------------------------------------------------------------------------- html
 
 _HTML_META_CHARSET_RE: Final = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([A-Za-z0-9_.:-]+)", re.I)
+# An XHTML page's XML declaration: the encoding an XML parser reads it in.
+_XML_ENCODING_RE: Final = re.compile(
+    rb"\A(?:\xef\xbb\xbf)?\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9_.:-]+)[\"']", re.I)
 # Boilerplate and non-content elements whose text never belongs in a chunk.
 _HTML_SKIP: Final = frozenset(
     {
@@ -795,8 +798,22 @@ class _HtmlExtractor(HTMLParser):
             self._emit(data.replace("\n", " "))
 
 
+def _known_charset(name: str | None) -> str | None:
+    """``name`` when Python has a text codec of that name, else None: a label a browser
+    does not know is ignored, and the page's own declaration decides."""
+    if not name:
+        return None
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return None
+    return name
+
+
 def _html_charset(data: bytes) -> str | None:
-    match = _HTML_META_CHARSET_RE.search(data[:2048])
+    match = _XML_ENCODING_RE.match(data[:2048])
+    if match is None or not _known_charset(match.group(1).decode("ascii", "replace")):
+        match = _HTML_META_CHARSET_RE.search(data[:2048])
     if match is None:
         return None
     name = match.group(1).decode("ascii", "replace")
@@ -997,7 +1014,8 @@ def parse_document(data: bytes, *, filename: str | None = None, mime: str | None
     if kind == MIME_PDF:
         return _parse_pdf(data, filename, time_limit_s)
     if kind == MIME_HTML:
-        return _parse_html(decode_text(data, charset=charset or _html_charset(data)), filename)
+        return _parse_html(decode_text(data, charset=_known_charset(charset)
+                                       or _html_charset(data)), filename)
     text = decode_text(data, charset=charset)
     if kind == MIME_MARKDOWN:
         return _parse_markdown(text, filename)

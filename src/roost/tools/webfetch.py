@@ -80,12 +80,15 @@ async def web_fetch(cfg: ToolsConfig, arguments: dict[str, Any]) -> dict[str, An
     if not text.strip():  # a script-only app shell, an empty page: as ingestion says it
         raise BuiltinToolError(f"{document.final_url[:200]} has no text to return: only "
                                "markup, scripts or nothing at all")
+    # The echoed fields grow with the URL (2,048 characters, percent-encoded in final_url):
+    # each gets at most an eighth of the output cap, so the page's text keeps its room.
+    share = cfg.max_output_bytes // 8
     result = {
-        "url": document.url,
-        "final_url": document.final_url,
-        "status": 200,  # fetch_url answers only 200s; anything else is an error
-        "content_type": document.content_type,
-        "title": parsed.title,
+        "url": _fitting(document.url, share),
+        "final_url": _fitting(document.final_url, share),
+        "status": document.status,  # 200 or 203; anything else is an error
+        "content_type": _fitting(document.content_type or "", share) or None,
+        "title": _fitting(parsed.title, share) if parsed.title else parsed.title,
         "text": "",
         "chars": len(text),
         "truncated": True,
