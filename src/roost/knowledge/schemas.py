@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 import uuid
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -36,22 +37,46 @@ def no_nul(value: Any) -> Any:
     return value
 
 
+# Hangul fillers: letters (category Lo) that show nothing, which str.strip keeps.
+_FILLERS: Final = frozenset("\u115f\u1160\u3164\uffa0")
+
+
+def trimmed(value: str) -> str:
+    """``value`` composed (NFC), without white space, format characters (zero-width
+    spaces, a byte order mark, bidi marks) or Hangul fillers around it: the spelling a
+    collection, a tag and a filter on them share.  Variation selectors and joiners stay
+    (they belong to the emoji before them)."""
+    def loose(char: str) -> bool:
+        return char.isspace() or unicodedata.category(char) == "Cf" or char in _FILLERS
+
+    text = nfc(value)
+    start, end = 0, len(text)
+    while start < end and loose(text[start]):
+        start += 1
+    while end > start and loose(text[end - 1]):
+        end -= 1
+    return text[start:end]
+
+
 def check_collection(value: Any) -> Any:
     """A collection as it is stored: composed (NFC) and trimmed, none when that leaves
     nothing; ``ValueError`` (422 naming the field) for NUL, control (ANSI escapes), line
     break or invisible formatting characters."""
     if not isinstance(value, str):
         return value
-    collection = refuse_hidden_characters(nfc(no_nul(value)).strip())
+    collection = trimmed(refuse_hidden_characters(nfc(no_nul(value)).strip()))
     if len(collection) > MAX_COLLECTION_CHARS:
         raise ValueError(f"must have at most {MAX_COLLECTION_CHARS} characters")
-    return collection or None
+    return None if is_blank(collection) else collection
 
 
 def collection_filter(value: str | None) -> str | None:
     """A collection to match, spelled as :func:`check_collection` stores it; a blank one
     (an empty form field) is no filter, as a blank stored collection is none."""
-    return None if value is None else nfc(value).strip() or None
+    if value is None:
+        return None
+    spelled = trimmed(value)
+    return None if is_blank(spelled) else spelled
 
 
 _BIDI_CONTROLS: Final = re.compile("[\u202a-\u202e\u2066-\u2069]")
@@ -77,8 +102,8 @@ def check_tags(tags: list[str] | None) -> list[str]:
             raw.encode("utf-8")
         except UnicodeEncodeError:
             raise Unprocessable("tags must be valid Unicode") from None
-        tag = nfc(raw).strip()
-        if not tag:
+        tag = trimmed(raw)  # "news" and a zero-width space after it is the tag "news"
+        if is_blank(tag):
             continue
         if len(tag) > MAX_TAG_CHARS:
             raise Unprocessable(f"a tag may have at most {MAX_TAG_CHARS} characters")

@@ -27,8 +27,9 @@ from roost.audit import service as audit
 from roost.billing import credits, limits
 from roost.db.base import utcnow, uuid7
 from roost.errors import Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
-from roost.identity.common import nfc, require_user
+from roost.identity.common import require_user
 from roost.identity.models import Group
+from roost.inputs import is_blank
 from roost.knowledge.config import KnowledgeConfig, check_embedder
 from roost.knowledge.fetching import (
     FetchInvalidURL,
@@ -40,7 +41,13 @@ from roost.knowledge.fetching import (
 from roost.knowledge.jobs import INGEST_TASK
 from roost.knowledge.models import Document, DocumentChunk, DocumentUpload, IngestionRun
 from roost.knowledge.paths import resolve_ingest_path
-from roost.knowledge.schemas import DocumentUpdate, IngestionRunCreate, check_collection, collection_filter
+from roost.knowledge.schemas import (
+    DocumentUpdate,
+    IngestionRunCreate,
+    check_collection,
+    collection_filter,
+    trimmed,
+)
 from roost.pagination import (
     DEFAULT_LIMIT,
     cursor_uuid,
@@ -131,7 +138,7 @@ def printable_name(name: str, problem: str = "the document needs a name") -> str
     422 with ``problem`` when nothing is left."""
     # Composed (NFC): a name typed decomposed (macOS file names) is the same document.
     name = unicodedata.normalize("NFC", "".join(ch for ch in name if ch.isprintable())).strip()
-    if not name:
+    if is_blank(name):  # Hangul fillers are printable letters that show nothing
         raise Unprocessable(problem)
     if len(name) <= MAX_NAME_CHARS:
         return name
@@ -272,7 +279,8 @@ async def list_documents(
     stmt = where_equal(_documents_query(actor), (Document.collection, collection),
                        (Document.status, status), (Document.persona_id, persona_id),
                        (Document.project_id, project_id))
-    tag = None if tag is None else nfc(tag).strip() or None  # blank: no filter (no tag is)
+    # Spelled as tags are stored; blank: no filter (no tag is).
+    tag = None if tag is None or is_blank(trimmed(tag)) else trimmed(tag)
     if tag is not None:
         stmt = stmt.where(Document.tags.contains([tag]))
     return await newest_first(session, stmt, Document.created_at, Document.id,
