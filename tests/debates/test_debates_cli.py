@@ -240,3 +240,24 @@ async def test_cli_weight_given_twice_is_refused(
     async with database.transaction() as s:
         rows = (await s.execute(text("SELECT participants FROM debate_sessions"))).all()
     assert out.returncode != 0 and rows == [], (out.returncode, out.stdout, rows)
+
+
+async def test_debates_show_json_escapes_terminal_controls(
+    database: Database, pg_server: PgTestServer, db_name: str, tmp_path: Path
+) -> None:
+    """`roost debates show ID --json` prints stored text (a topic, a model's turn) with C1
+    controls and bidi overrides escaped, as every other --json does: a raw CSI (U+009B) or
+    RLO (U+202E) acted on the terminal.  The JSON still decodes to the same values."""
+    await make_user(database, username="alice")
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "data")}
+    topic = "Tabs \u009b2J or \u202espaces?"
+    made = await asyncio.to_thread(
+        run_roost, "debates", "start", topic, "-p", "tabs", "-p", "spaces",
+        "-P", "ann=m1@openai", "-P", "bob=m2@openai", "--user", "alice", env=env)
+    assert made.returncode == 0, made.stderr
+    out = await asyncio.to_thread(run_roost, "debates", "show", made.stdout.strip(), "--json",
+                                  "--user", "alice", env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["topic"] == topic  # still the API's JSON, the same value
+    assert "\u009b" not in out.stdout and "\u202e" not in out.stdout, out.stdout[:200]

@@ -5,6 +5,7 @@ through the same services as the API.  A worker (``roost worker``) runs the deba
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Annotated, Any, Final, TypeVar
 
@@ -244,7 +245,10 @@ def debates_show(debate: Annotated[str, typer.Argument(help="Id (or a unique sta
 
     view = _run(user, go)
     if as_json:
-        print(service.detail_out(view).model_dump_json(indent=2))
+        # ASCII JSON (as every --json of the CLI): stored text's C1 controls and bidi
+        # overrides escaped, not acting on the terminal; it decodes to the same values.
+        typer.echo(json.dumps(service.detail_out(view).model_dump(mode="json"), indent=2,
+                              ensure_ascii=True))
         return
     _print_debate(view)
 
