@@ -21,6 +21,7 @@ import json
 import re
 import types
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar, Union, get_args, get_origin
 from urllib.parse import urlsplit
@@ -248,10 +249,15 @@ def is_blank(value: str) -> bool:
 def strip_invisible(value: str) -> str:
     """``value`` without the :func:`is_invisible` characters around it (a pasted text's
     trailing zero-width space)."""
+    return strip_where(value, is_invisible)
+
+
+def strip_where(value: str, loose: Callable[[str], bool]) -> str:
+    """``value`` without the characters ``loose`` picks at either end."""
     start, end = 0, len(value)
-    while start < end and is_invisible(value[start]):
+    while start < end and loose(value[start]):
         start += 1
-    while end > start and is_invisible(value[end - 1]):
+    while end > start and loose(value[end - 1]):
         end -= 1
     return value[start:end]
 

@@ -9,13 +9,12 @@ from email import policy
 
 import httpx
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import text
 
 from roost.agents import mail
 from roost.agents.mailserver import MailServer
-from roost.agents.models import Persona
 from roost.db.engine import Database
-from tests.agents.conftest import Headers, make_agent
+from tests.agents.conftest import Headers
 from tests.agents.test_mail import (  # noqa: F401  (listener and mail_cfg are fixtures)
     address,
     emails_of,
@@ -25,17 +24,9 @@ from tests.agents.test_mail import (  # noqa: F401  (listener and mail_cfg are f
     message,
     smtp_send,
 )
+from tests.agents.test_mail_identities import with_agent
 from tests.billing.metered import subscribe
 from tests.support.identity import make_user
-
-
-async def _with_mail_agent(database: Database, owner: uuid.UUID) -> Persona:
-    persona = await make_persona(database, owner, address())
-    agent = await make_agent(database, owner, persona_id=persona.id)
-    async with database.transaction() as session:
-        await session.execute(update(Persona).where(Persona.id == persona.id)
-                              .values(email_agent_id=agent.id))
-    return persona
 
 
 async def _use_up_credits(database: Database, user_id: uuid.UUID) -> None:
@@ -59,7 +50,7 @@ async def test_mail_to_an_owner_at_the_plan_s_limit_is_stored_without_a_run(
     owner, _ = await make_user(database)
     await subscribe(client, admin_headers, owner, 10_000,
                     **({"runs_per_day": 1} if plan == "runs_per_day" else {}))
-    persona = await _with_mail_agent(database, owner)
+    persona = await with_agent(database, owner)
     to = str(persona.email_address)
     first = await mail.receive(database, mail_cfg, _raw(to, "<plan-1@example.org>"), [to],
                                sender="alice@example.org")
@@ -87,7 +78,7 @@ async def test_one_owner_s_exhausted_plan_does_not_block_another_persona_s_copy(
     fine, _ = await make_user(database)
     await subscribe(client, admin_headers, broke, 10_000)
     await _use_up_credits(database, broke)
-    first = await _with_mail_agent(database, broke)
+    first = await with_agent(database, broke)
     second = await make_persona(database, fine, address())
     tos = [str(first.email_address), str(second.email_address)]
     assert await smtp_send(listener.port, _raw(tos[0], "<two@example.org>"), tos) == {}

@@ -86,13 +86,11 @@ async def test_a_forged_retention_record_is_refused_and_cannot_hide_deleted_olde
     assert not report.ok and report.broken_id == rows[2].id, report
 
 
-@pytest.mark.parametrize("column,value", [("metadata", '"just a string"'), ("metadata", "[1, 2]"),
-                                          ("changes", "42")])
-async def test_a_record_with_non_object_json_lists(
-    database: Database, client: httpx.AsyncClient, admin_headers: dict[str, str],
-    column: str, value: str,
-) -> None:
-    """A record whose changes/metadata is JSON but not an object lists with that value."""
+async def _listed_beside_poison(database: Database, client: httpx.AsyncClient,
+                                admin_headers: dict[str, str], column: str,
+                                value: str) -> httpx.Response:
+    """The audit listing after a record of Roost's and one inserted by other hands whose
+    ``column`` holds the JSON text ``value``."""
     async with database.transaction() as s:
         await service.record(s, "before.poison")
     await _insert_as_app(
@@ -100,7 +98,17 @@ async def test_a_record_with_non_object_json_lists(
         f"INSERT INTO audit_logs (id, created_at, action, event_category, success, {column}) "
         "VALUES (gen_random_uuid(), now(), 'poison', 'action', true, CAST(:v AS jsonb))",
         {"v": value})
-    answer = await client.get("/api/v1/audit/logs", headers=admin_headers)
+    return await client.get("/api/v1/audit/logs", headers=admin_headers)
+
+
+@pytest.mark.parametrize("column,value", [("metadata", '"just a string"'), ("metadata", "[1, 2]"),
+                                          ("changes", "42")])
+async def test_a_record_with_non_object_json_lists(
+    database: Database, client: httpx.AsyncClient, admin_headers: dict[str, str],
+    column: str, value: str,
+) -> None:
+    """A record whose changes/metadata is JSON but not an object lists with that value."""
+    answer = await _listed_beside_poison(database, client, admin_headers, column, value)
     assert answer.status_code == 200, answer.text
     items = {i["action"]: i for i in answer.json()["items"]}
     assert set(items) == {"before.poison", "poison"}
@@ -118,14 +126,7 @@ async def test_a_record_with_json_python_cannot_decode_lists_as_its_text(
 ) -> None:
     """jsonb Python's json refuses (too long an integer, too deep a nesting) lists as the
     stored text, a string: the listing answered 500 on every page holding the record."""
-    async with database.transaction() as s:
-        await service.record(s, "before.poison")
-    await _insert_as_app(
-        database,
-        f"INSERT INTO audit_logs (id, created_at, action, event_category, success, {column}) "
-        "VALUES (gen_random_uuid(), now(), 'poison', 'action', true, CAST(:v AS jsonb))",
-        {"v": value})
-    answer = await client.get("/api/v1/audit/logs", headers=admin_headers)
+    answer = await _listed_beside_poison(database, client, admin_headers, column, value)
     assert answer.status_code == 200, answer.text[:300]
     items = {i["action"]: i for i in answer.json()["items"]}
     assert set(items) == {"before.poison", "poison"}

@@ -1,10 +1,12 @@
-"""asyncio servers a test starts on loopback (an SMTP relay, a scripted peer), each on a
-port the system picks, all closed when the test ends."""
+"""Servers a test starts on loopback (an SMTP relay, a scripted peer, a web site), each
+on a port the system picks, all closed when the test ends."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Serve = Callable[[Awaitable[Any]], Awaitable[int]]
@@ -27,3 +29,18 @@ async def loopback_servers() -> AsyncIterator[Serve]:
         for server in servers:
             server.close()
             await server.wait_closed()
+
+
+@contextlib.contextmanager
+def http_site(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An HTTP server answering with ``handler`` in a thread on 127.0.0.1: its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+

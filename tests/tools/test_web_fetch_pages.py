@@ -7,15 +7,15 @@ URL that must not push the page's text out of the capped result."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
 
 from roost.db.engine import Database
 from tests.support.identity import make_user
+from tests.support.loopback import http_site
 from tests.tools.conftest import MAX_OUTPUT_BYTES
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -56,15 +56,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_site(_Handler) as url:
+        yield url
 
 
 async def fetch(client: httpx.AsyncClient, headers: dict[str, str], **arguments: object) -> httpx.Response:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from roost.errors import Unprocessable
 from roost.identity.common import nfc, refuse_hidden_characters
-from roost.inputs import StrictInput, holds_control, is_blank
+from roost.inputs import StrictInput, holds_control, is_blank, strip_where
 from roost.knowledge.models import MAX_TAGS_BYTES
 
 MAX_TAG_CHARS = 100
@@ -46,16 +46,8 @@ def trimmed(value: str) -> str:
     spaces, a byte order mark, bidi marks) or Hangul fillers around it: the spelling a
     collection, a tag and a filter on them share.  Variation selectors and joiners stay
     (they belong to the emoji before them)."""
-    def loose(char: str) -> bool:
-        return char.isspace() or unicodedata.category(char) == "Cf" or char in _FILLERS
-
-    text = nfc(value)
-    start, end = 0, len(text)
-    while start < end and loose(text[start]):
-        start += 1
-    while end > start and loose(text[end - 1]):
-        end -= 1
-    return text[start:end]
+    return strip_where(nfc(value), lambda char: char.isspace() or char in _FILLERS
+                       or unicodedata.category(char) == "Cf")
 
 
 def check_collection(value: Any) -> Any:
