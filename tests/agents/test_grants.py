@@ -94,3 +94,18 @@ async def test_a_granted_tool_serves_the_persona_s_agents_within_its_constraints
     assert (await wait_for_run(client, bob, again["id"]))["status"] == "completed"
     assert "tools" not in stub.requests(path="/v1/chat/completions")[-1].body
     assert uuid.UUID(echo_id)
+
+
+async def test_nul_in_grant_schema_is_a_422_naming_the_field(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A NUL in a grant's input_schema (stored as jsonb, which holds no NUL) is a 422
+    naming the field, as in every other persona and agent body: it was the database's
+    anonymous 400 "a value is out of range or malformed"."""
+    _, alice = await make_user(database)
+    listed = await client.get("/api/v1/tools", params={"kind": "builtin"}, headers=alice)
+    items = listed.json()["items"]
+    persona = await create_persona(client, alice)
+    resp = await client.put(f"/api/v1/personas/{persona['id']}/tools/{items[0]['id']}",
+                            headers=alice, json={"input_schema": {"description": "a\u0000b"}})
+    assert resp.status_code == 422 and "input_schema" in resp.text, resp.text

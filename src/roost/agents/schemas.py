@@ -457,6 +457,7 @@ class ToolGrantSet(StrictInput):
     """A tool granted to a persona: its agents may use it whoever starts their runs."""
 
     model_config = ConfigDict(extra="forbid")
+    refuse_nul = True  # stored as jsonb, which holds no NUL: a 422 naming the field
 
     is_enabled: bool = True
     input_schema: dict[str, Any] | None = Field(
