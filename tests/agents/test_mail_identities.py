@@ -14,8 +14,10 @@ from sqlalchemy import func, select, update
 from roost.agents import mail
 from roost.agents.models import Persona, Run
 from roost.db.engine import Database
+from tests.agents.api import create_persona
 from tests.agents.conftest import Headers, make_agent
 from tests.agents.test_mail import address, emails_of, mail_cfg, make_persona, message  # noqa: F401
+from tests.support.identity import make_user
 
 
 def raw_of(msg: EmailMessage) -> bytes:
@@ -89,3 +91,38 @@ async def test_nfc_and_nfd_addresses_are_one(
     r2 = await client.post("/api/v1/personas", headers=other_user[1],
                            json={"name": "Jose", "email_address": nfd})
     assert r2.status_code == 409, r2.text
+
+
+async def test_email_address_idna_twin_is_taken(client: httpx.AsyncClient,
+                                                database: Database) -> None:
+    """bot@exämple.com and bot@xn--exmple-cua.com are one mailbox (the domain's Unicode and
+    IDNA forms): another tenant taking the second is a 409 (it was a second persona)."""
+    _, alice = await make_user(database)
+    _, mallory = await make_user(database)
+    local = f"bot{uuid.uuid4().hex[:6]}"
+    mine = await create_persona(client, alice)
+    r = await client.patch(f"/api/v1/personas/{mine['id']}", headers=alice,
+                           json={"email_address": f"{local}@ex\u00e4mple.com"})
+    assert r.status_code == 200, r.text
+    theirs = await create_persona(client, mallory)
+    r = await client.patch(f"/api/v1/personas/{theirs['id']}", headers=mallory,
+                           json={"email_address": f"{local}@xn--exmple-cua.com"})
+    assert r.status_code == 409, (r.status_code, r.text)
+
+
+async def test_email_address_trailing_dot_twin_is_taken(client: httpx.AsyncClient,
+                                                        database: Database) -> None:
+    """bot@example.com. (the domain written fully qualified) is the mailbox
+    bot@example.com: another tenant taking it is a 409, not a second persona answering as
+    that address."""
+    _, alice = await make_user(database)
+    _, mallory = await make_user(database)
+    local = f"bot{uuid.uuid4().hex[:6]}"
+    mine = await create_persona(client, alice)
+    r = await client.patch(f"/api/v1/personas/{mine['id']}", headers=alice,
+                           json={"email_address": f"{local}@example.com"})
+    assert r.status_code == 200, r.text
+    theirs = await create_persona(client, mallory)
+    r = await client.patch(f"/api/v1/personas/{theirs['id']}", headers=mallory,
+                           json={"email_address": f"{local}@example.com."})
+    assert r.status_code == 409, (r.status_code, r.text)

@@ -11,6 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
 
+import idna
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -228,8 +229,21 @@ def _refuse_nulls(body: BaseModel, fields: tuple[str, ...]) -> None:
 def address_key(value: str) -> str:
     """How a persona's address is stored and looked up: lower-cased and composed (NFC), so
     "josé@" typed with a combining accent and mail to its composed form (what RFC 6532
-    recommends senders write) are one address, and one owner's."""
-    return unicodedata.normalize("NFC", value.strip().lower())
+    recommends senders write) are one address, and one owner's; its domain without a
+    trailing dot (the root's, the same domain) and in Unicode (an IDNA ``xn--`` label
+    decoded: ``exämple.com`` and ``xn--exmple-cua.com`` are one mailbox, which two
+    tenants' personas could otherwise both claim)."""
+    text = unicodedata.normalize("NFC", value.strip().lower())
+    local, at, domain = text.rpartition("@")
+    if not at:
+        return text
+    domain = domain.removesuffix(".")
+    if "xn--" in domain:
+        try:
+            domain = unicodedata.normalize("NFC", idna.decode(domain))
+        except (idna.IDNAError, UnicodeError, ValueError):
+            pass  # not a valid IDNA name: kept as written (the address pattern judges it)
+    return f"{local}@{domain}"
 
 
 def _lowered_email(value: str | None) -> str | None:
