@@ -680,6 +680,20 @@ def test_serve_refuses_a_key_it_cannot_use_before_any_work(
     assert value not in out.stderr
 
 
+@pytest.mark.parametrize(("option", "env"), [
+    (("--host", "\uff11\uff12\uff17.0.0.1"), {}),
+    ((), {"ROOST_HOST": "127.0.0.1\u200b"}),
+])
+def test_serve_refuses_a_bind_host_no_client_could_use(
+    option: tuple[str, ...], env: dict[str, str], refused_env: dict[str, str],
+) -> None:
+    """A host in fullwidth digits (--host) or with a zero-width space (ROOST_HOST): one line,
+    exit 2, before any work; it bound 127.0.0.1 and announced a URL no client can use."""
+    out = run_roost("serve", "--port", str(free_port()), *option,
+                    env={**refused_env, **env}, timeout=60)
+    assert_clean_failure(out, mentions="is not an IP address or a host name", code=2)
+
+
 def test_serve_with_a_key_file_others_can_read_is_one_line(
     tmp_path: Path, refused_env: dict[str, str],
 ) -> None:

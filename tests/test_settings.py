@@ -93,6 +93,19 @@ def test_an_empty_or_bracketed_host_is_the_address() -> None:
     assert Settings(host="0.0.0.0").host == "0.0.0.0"  # noqa: S104
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1\u200b", "\uff11\uff12\uff17.0.0.1",
+                                  "\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54",
+                                  "local host", "-lead.example"])
+def test_a_bind_host_that_is_no_address_or_plain_name_is_refused(host: str) -> None:
+    """ROOST_HOST with a zero-width space, in fullwidth forms, or no host name at all: a
+    validation error (exit 2 at start).  The name lookup bound 127.0.0.1 quietly while
+    `roost serve` announced the URL as given, one no client can use."""
+    with pytest.raises(ValidationError, match="not an IP address or a host name"):
+        Settings(host=host)
+    assert Settings(host="localhost").host == "localhost"
+    assert Settings(host="fe80::1%eth0").host == "fe80::1%eth0"
+
+
 def test_an_unknown_llm_fallback_kind_is_a_validation_error() -> None:
     with pytest.raises(ValidationError, match=r"unknown kinds \['bogus'\]; use any of"):
         Settings(llm_fallback_on="timeout, bogus")

@@ -30,7 +30,7 @@ from roost.clitools import (
     settings_problem,
     with_database,
 )
-from roost.config import Settings, get_settings
+from roost.config import Settings, bind_host_problem, get_settings
 from roost.db import backup_cli
 from roost.db.engine import Database
 
@@ -220,6 +220,8 @@ def serve(
     with_worker = settings.serve_worker if worker is None else worker
     processes = settings.serve_workers if workers is None else workers
     bind_host, bind_port = host or settings.host, port or settings.port
+    if host is not None and bind_host_problem(host) is not None:  # as ROOST_HOST is checked
+        raise fail("invalid argument", f"--host: {bind_host_problem(host)}", code=2)
     if with_worker:
         worker_config(settings)  # ROOST_WORKER_* read now: a mistake is said before any start
     if processes > 1:

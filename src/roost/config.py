@@ -98,6 +98,27 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), number
 
 
+_HOST_NAME: Final = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
+    r"[A-Za-z0-9])?)*\.?")
+
+
+def bind_host_problem(host: str) -> str | None:
+    """Why ``host`` cannot be an address to listen on, or None: an IP address or a plain
+    ASCII host name.  The name lookup would quietly bind "127.0.0.1" typed in fullwidth
+    digits, or with a zero-width space in it, as 127.0.0.1, and the server would announce
+    a URL no client can use."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if len(host) <= 253 and _HOST_NAME.fullmatch(host):
+        return None
+    shown = host.encode("ascii", "backslashreplace").decode("ascii")[:80]
+    return f"{shown!r} is not an IP address or a host name (ASCII letters, digits, '-', '.')"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ROOST_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
@@ -623,7 +644,10 @@ class Settings(BaseSettings):
             if not value:
                 return "127.0.0.1"
             if value.startswith("[") and value.endswith("]"):
-                return value[1:-1]
+                value = value[1:-1]
+            problem = bind_host_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @field_validator("log_level", mode="before")
