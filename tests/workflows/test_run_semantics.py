@@ -1,6 +1,7 @@
 """What a run's nodes give and how a failed run goes on: a join inside a loop, a run
 stopped by the steps cap, an approval whose message failed, an llm node's max_tokens, a
-knowledge node whose document ids are malformed (a graph saved before they were checked)."""
+knowledge node whose document ids are malformed (a graph saved before they were checked)
+or whose query renders to nothing visible."""
 
 from __future__ import annotations
 
@@ -36,6 +37,19 @@ async def test_a_knowledge_node_with_a_malformed_document_id_fails_at_once() -> 
     env: Any = types.SimpleNamespace(knowledge=object())
     with pytest.raises(nodes.NodeFailed, match="document_ids"):
         await nodes.run_knowledge(env, None, None, knowledge, {})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("query", ["\u200b\u2060", "{{ blank }}"])
+async def test_a_knowledge_query_rendering_only_invisible_characters_fails_the_node(
+        query: str) -> None:
+    """A query that renders to zero-width characters only is empty: the node fails saying
+    so (no error a retry fixes), not the search's own validation error retried five
+    times as an unexpected one."""
+    knowledge = Node("k", "knowledge", {"query": query})
+    env: Any = types.SimpleNamespace(knowledge=object())
+    with pytest.raises(nodes.NodeFailed, match="rendered empty"):
+        await nodes.run_knowledge(env, None, None, knowledge,  # type: ignore[arg-type]
+                                  {"blank": "\ufeff \u200b"})
 
 
 @pytest.mark.parametrize("inline_budget", [execution.INLINE_STEPS_PER_REQUEST, 1])

@@ -29,6 +29,7 @@ from roost.agents.runs import RunFinished, cancel_run, child_trace_prefix, creat
 from roost.agents.schemas import MAX_RUN_INPUT_CHARS, RunCreate
 from roost.errors import RoostError
 from roost.identity.tenancy import apply_principal
+from roost.inputs import strip_invisible
 from roost.knowledge.schemas import SearchRequest
 from roost.knowledge.search import search as knowledge_search
 from roost.llm import calls
@@ -169,7 +170,9 @@ async def run_knowledge(env: RunEnv, principal: Principal, run: Run, node: Node,
                         variables: Mapping[str, Any]) -> dict[str, Any]:
     if env.knowledge is None:
         raise NodeFailed(f"node {node.id!r}: retrieval is not configured on this server")
-    query = (render(node, "query", variables) or "").strip()[:2000]
+    # Invisible characters around it dropped (a query of only those is no query: the
+    # search refuses it as blank).
+    query = strip_invisible(render(node, "query", variables) or "")[:2000]
     if not query:
         raise NodeFailed(f"node {node.id!r}: the query rendered empty")
     try:
