@@ -44,3 +44,17 @@ def http_site(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.server_close()
         thread.join()
 
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A handler for :func:`http_site` that logs nothing and answers with :meth:`send`."""
+
+    def send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # keep the test output quiet
+

@@ -4,14 +4,13 @@ tests' ``ROOST_TOOLS_ALLOWED_HOSTS=127.0.0.1``) and addresses it must refuse."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
 
 from roost.db.engine import Database
 from tests.support.identity import make_user
-from tests.support.loopback import http_site
+from tests.support.loopback import QuietHandler, http_site
 from tests.tools.conftest import MAX_OUTPUT_BYTES
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -24,34 +23,25 @@ WIDE = b"<html><body><p>" + "\u00e9\"".encode() * 25_000 + b"</p></body></html>"
 SHELL = b"<!doctype html><html><head><script>boot()</script></head><body></body></html>"
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     def do_GET(self) -> None:
         if self.path == "/page":
-            self._send(200, "text/html; charset=utf-8", PAGE)
+            self.send(200, "text/html; charset=utf-8", PAGE)
         elif self.path in ("/wide", "/shell", "/empty"):
             body = {"/wide": WIDE, "/shell": SHELL, "/empty": b""}[self.path]
-            self._send(200, "text/html; charset=utf-8", body)
+            self.send(200, "text/html; charset=utf-8", body)
         elif self.path == "/plain":
-            self._send(200, "text/plain", b"just text\n")
+            self.send(200, "text/plain", b"just text\n")
         elif self.path == "/image":
-            self._send(200, "image/png", b"\x89PNG\r\n\x1a\n" + bytes(64))
+            self.send(200, "image/png", b"\x89PNG\r\n\x1a\n" + bytes(64))
         elif self.path == "/moved":
             self.send_response(302)
             self.send_header("Location", "/page")
             self.send_header("Content-Length", "0")
             self.end_headers()
         else:
-            self._send(404, "text/plain", b"no")
+            self.send(404, "text/plain", b"no")
 
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # keep the test output quiet
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
 
 from roost.db.engine import Database
 from tests.support.identity import make_user
-from tests.support.loopback import http_site
+from tests.support.loopback import QuietHandler, http_site
 from tests.tools.conftest import MAX_OUTPUT_BYTES
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -38,20 +37,12 @@ ROUTES: dict[str, tuple[int, str, bytes]] = {
 }
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path.startswith("/long/"):
             path = "/plain"
-        status, content_type, body = ROUTES.get(path, (404, "text/plain", b"no"))
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # keep the test output quiet
+        self.send(*ROUTES.get(path, (404, "text/plain", b"no")))
 
 
 @pytest.fixture(scope="module")
