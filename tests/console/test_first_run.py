@@ -36,6 +36,7 @@ async def served(pg_server: PgTestServer, db_name: str, tmp_path: Path,
         yield server
     finally:
         await asyncio.to_thread(manager.__exit__, None, None, None)
+        print(server.output[-8000:])  # pytest shows it when the test failed
 
 
 async def test_first_account_chat_pdf_question_and_usage(browser: Any, served: RunningServer) -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -71,7 +72,10 @@ def roost_server(
 ) -> Iterator[RunningServer]:
     """Start ``roost serve``, wait until /health answers 200, SIGTERM it on exit.
 
-    ``output`` holds everything the server printed once the block has exited.
+    ``output`` holds everything the server printed once the block has exited.  The output
+    goes to a file, not a pipe: a pipe nobody reads until the end fills up (64 KiB, an
+    info-level server's few hundred requests) and then every write blocks the server's
+    event loop, a hang the test sees as a page that never updates.
     """
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
@@ -79,27 +83,33 @@ def roost_server(
     # want jobs run, and some watch jobs stay queued.
     full_env["ROOST_SERVE_WORKER"] = "false"
     full_env.update(env)
-    proc = subprocess.Popen(
-        [ROOST, "serve", "--port", str(port), *args], env=full_env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    server = RunningServer(base_url=f"http://127.0.0.1:{port}", process=proc)
-    try:
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
+        proc = subprocess.Popen(
+            [ROOST, "serve", "--port", str(port), *args], env=full_env,
+            stdout=log, stderr=subprocess.STDOUT, text=True,
+        )
+        server = RunningServer(base_url=f"http://127.0.0.1:{port}", process=proc)
+
+        def printed() -> str:
+            log.seek(0)
+            return log.read()
+
         try:
-            wait_healthy(server.base_url, proc, timeout_s, poll_s=0.1)
-        except RuntimeError:
-            raise RuntimeError(
-                f"roost serve exited early:\n{proc.stdout.read() if proc.stdout else ''}"
-            ) from None
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            server.output, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            server.output, _ = proc.communicate()
+            try:
+                wait_healthy(server.base_url, proc, timeout_s, poll_s=0.1)
+            except RuntimeError:
+                proc.wait(timeout=30)
+                raise RuntimeError(f"roost serve exited early:\n{printed()}") from None
+            yield server
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            server.output = printed()
 
 
 @asynccontextmanager
