@@ -54,8 +54,12 @@ pidfile = {self.workdir}/pgbouncer.pid
     def start(self) -> None:
         # PgBouncer refuses to run as root; the embedded server's own user is always there.
         as_user = ["-u", "embedded_postgres"] if os.geteuid() == 0 else []
-        self.proc = subprocess.Popen([PGBOUNCER, *as_user, str(self.workdir / "pgbouncer.ini")],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # A file, not a pipe: PgBouncer in the foreground logs every connection to stderr,
+        # and an unread pipe that fills up would stop it.
+        with (self.workdir / "stderr.log").open("ab") as printed:
+            self.proc = subprocess.Popen(
+                [PGBOUNCER, *as_user, str(self.workdir / "pgbouncer.ini")],
+                stdout=printed, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
@@ -63,8 +67,8 @@ pidfile = {self.workdir}/pgbouncer.pid
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    output = self.proc.stdout.read() if self.proc.stdout else b""
-                    raise RuntimeError(f"pgbouncer exited: {output!r}") from None
+                    output = (self.workdir / "stderr.log").read_text(errors="replace")
+                    raise RuntimeError(f"pgbouncer exited: {output[-3000:]}") from None
                 time.sleep(0.1)
         raise TimeoutError("pgbouncer did not listen within 15 s")
 
