@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -84,11 +85,11 @@ async def test_two_rotations_at_once(
         procs = [subprocess.Popen([ROOST, "keys", "rotate-messages", "--batch-size", "1"],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for _ in range(3)]
-        results = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=180)
-            results.append((proc.returncode, out, err))
-        return results
+        # Read all three at once: an unread pipe that fills would stop its process,
+        # perhaps while it holds what another one waits for.
+        with ThreadPoolExecutor(len(procs)) as pool:
+            outputs = list(pool.map(lambda proc: proc.communicate(timeout=180), procs))
+        return [(proc.returncode, out, err) for proc, (out, err) in zip(procs, outputs, strict=True)]
 
     results = await asyncio.to_thread(run_both)
     for code, out, err in results:
