@@ -41,6 +41,7 @@ from roost.db.cliio import os_reason
 from roost.db.cliio import printable as printable
 from roost.db.cliio import read_bytes as read_bytes
 from roost.db.cliio import read_text as read_text
+from roost.db.cliio import run_stoppable as run_stoppable
 from roost.db.cliio import stdin as stdin
 from roost.db.cliio import write_bytes as write_bytes
 from roost.db.embedded import EmbeddedServerError

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from roost.db.engine import Database
 from tests.knowledge.support import make_group, mixed_directory
-from tests.support.cli import run_roost
+from tests.support.cli import ROOST, command_env, run_roost
 from tests.support.identity import make_user
 from tests.support.sql import fetch
+from tests.tasks.support import wait_until
 
 
 async def test_roost_ingest_a_directory(
@@ -118,3 +124,55 @@ async def test_roost_ingest_with_a_group_its_owner_is_not_in_is_refused(
                                  "WHERE user_id = :u AND target LIKE '%b.txt'", u=oid)
     assert out.returncode == 2, (out.returncode, docs, runs, out.stdout[-400:])
     assert docs == [] and runs == [], (docs, runs)
+
+
+def _start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``roost *args`` in a process of its own, taking SIGINT as from a terminal (a
+    background job may have inherited it ignored)."""
+    return subprocess.Popen([ROOST, *args], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+async def test_a_stopped_roost_ingest_ends_its_run_and_running_it_again_goes_on(
+    database: Database, pg_server: Any, db_name: str, tmp_path: Path, stop: int,
+) -> None:
+    """Ctrl-C or SIGTERM (a terminal closed, a cron timeout) stops `roost ingest` with one
+    line and the signal's exit code, and its run ends failed saying so: it stayed
+    "running" for ever, with no process behind it. Running the command again finishes
+    the files the first one did not reach."""
+    await make_user(database, username="olive")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for n in range(1500):
+        (docs / f"note-{n:04}.md").write_text(f"# Note {n}\n\nHerons wade in pond {n}.\n")
+    env = command_env({"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+                       "ROOST_DATA_DIR": str(tmp_path / "d"), "ROOST_LOG_LEVEL": "warning",
+                       "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER": "hash"})
+    proc = _start("ingest", str(docs), "--user", "olive", env=env)
+    try:
+        async def started() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            rows = await fetch(database, "SELECT totals_files FROM ingestion_runs")
+            return bool(rows) and rows[0].totals_files >= 5
+
+        await wait_until(started, within=120, interval=0.05, what="the first files ingested")
+        proc.send_signal(stop)
+        _, stderr = await asyncio.to_thread(proc.communicate, timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + stop, (proc.returncode, stderr[-2000:])
+    assert "Traceback" not in stderr and "ingestion stopped" in stderr, stderr[-2000:]
+    [run] = await fetch(database, "SELECT status, finished_at, errors FROM ingestion_runs")
+    assert run.status == "failed" and run.finished_at is not None
+    assert [e["type"] for e in run.errors] == ["interrupted"]
+    assert "run the command again" in run.errors[0]["error"]
+    ingested = len(await fetch(database, "SELECT id FROM documents"))
+    assert 5 <= ingested < 1500
+
+    again = run_roost("ingest", str(docs), "--user", "olive", env=env, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert len(await fetch(database, "SELECT id FROM documents")) == 1500

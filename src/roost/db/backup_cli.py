@@ -8,14 +8,11 @@ every command.
 
 from __future__ import annotations
 
-import asyncio
 import errno
-import signal
 import sys
 import tempfile
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -30,12 +27,11 @@ from rich.progress import (
 from rich.text import Text
 
 from roost.config import get_settings
-from roost.db.cliio import fail, os_reason, read_text
+from roost.db.cliio import fail, os_reason, read_text, run_stoppable
 
 console = Console()
 err = Console(stderr=True)
 
-T = TypeVar("T")
 
 PassphraseFile = Annotated[Path | None, typer.Option(
     "--passphrase-file", exists=True, dir_okay=False, readable=True,
@@ -109,27 +105,6 @@ def _passphrase(file: Path | None, *, prompt: bool, confirm: bool) -> str | None
     return typed
 
 
-def _run(work: Coroutine[Any, Any, T], what: str) -> T:
-    """``asyncio.run(work)``, SIGTERM (systemd, docker stop, a timeout) cancelling it as
-    Ctrl-C does: the client program (pg_dump...) is stopped with Roost, a partial backup
-    is removed and a restore's staging database dropped; exit 143, as for the signal."""
-
-    async def cancellable() -> T:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        try:
-            return await work
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
-
-    try:
-        return asyncio.run(cancellable())
-    except asyncio.CancelledError:
-        raise fail(f"{what} stopped", "terminated (SIGTERM)", code=128 + signal.SIGTERM) from None
-
-
 def _from_the_driver(exc: BaseException) -> bool:
     """Raised by the PostgreSQL driver (connecting: refused, no socket, a timeout)."""
     tb = exc.__traceback__
@@ -179,7 +154,7 @@ def backup_command(
     passphrase = _passphrase(passphrase_file, prompt=encrypt, confirm=True)
     try:
         with _Bars(_progress()) as bars:
-            result = _run(create_backup(
+            result = run_stoppable(create_backup(
                 settings, path, passphrase=passphrase, physical=physical,
                 incremental_from=incremental_from, reporter=bars), "backup")
             bars.close()
@@ -248,7 +223,7 @@ def restore_command(
     passphrase = _passphrase(passphrase_file, prompt=encrypted, confirm=False) if encrypted else None
     try:
         with _Bars(_progress()) as bars:
-            result = _run(restore_backup(settings, path, passphrase=passphrase,
+            result = run_stoppable(restore_backup(settings, path, passphrase=passphrase,
                                          force=force, reporter=bars), "restore")
             bars.close()
     except TargetNotEmpty as exc:

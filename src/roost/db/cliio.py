@@ -9,18 +9,22 @@ It sits in the foundation layer with ``roost.db`` so that the backup commands
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import re
+import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, TypeVar
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
 err = Console(stderr=True)
+T = TypeVar("T")
 
 STDIN = "-"
 
@@ -139,3 +143,27 @@ def write_bytes(target: str | Path, data: bytes, *, what: str = "the file") -> N
         reason = (f"its directory {Path(target).parent} does not exist"
                   if exc.errno == errno.ENOENT else os_reason(exc))
         raise fail(f"Cannot write {what}", f"{target}: {reason}") from None
+
+
+def run_stoppable(work: Coroutine[Any, Any, T], what: str) -> T:
+    """``asyncio.run(work)``, SIGTERM (systemd, docker stop, a timeout) cancelling it as
+    Ctrl-C does, so ``work`` cleans up in both cases (its ``except CancelledError`` or
+    ``finally`` runs); then the one line ``{what} stopped`` and exit 143 for SIGTERM,
+    130 for Ctrl-C, as for the signal."""
+
+    async def cancellable() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await work
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(cancellable())
+    except asyncio.CancelledError:
+        raise fail(f"{what} stopped", "terminated (SIGTERM)", code=128 + signal.SIGTERM) from None
+    except KeyboardInterrupt:
+        raise fail(f"{what} stopped", "interrupted (Ctrl-C)", code=128 + signal.SIGINT) from None

@@ -27,11 +27,14 @@ from roost.clitools import (
     print_table,
     printable,
     reported_here,
+    run_stoppable,
 )
 
 console = Console()
 err = Console(stderr=True)
 _URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+INTERRUPTED = ("interrupted: `roost ingest` was stopped (Ctrl-C or SIGTERM) before the run "
+               "finished; run the command again to go on (unchanged files are skipped)")
 
 
 def ingest_command(
@@ -51,7 +54,7 @@ def ingest_command(
     from roost.config import get_settings
     from roost.errors import RoostError
     from roost.knowledge.config import KnowledgeConfig
-    from roost.knowledge.ingest import run_ingestion
+    from roost.knowledge.ingest import interrupt_run, run_ingestion
     from roost.knowledge.schemas import IngestionRunCreate
 
     scheme = _URL_SCHEME.match(target.strip())
@@ -87,15 +90,19 @@ def ingest_command(
                     bar.update(task, completed=done, total=total, current=f"{outcome}: {shown}")
 
                 with reported_here():  # its errors are printed below, one per file
-                    summary = await run_ingestion(db, run_id, cfg, force=force,
-                                                  confine=False, progress=progress)
+                    try:
+                        summary = await run_ingestion(db, run_id, cfg, force=force,
+                                                      confine=False, progress=progress)
+                    except asyncio.CancelledError:  # Ctrl-C or SIGTERM (run_stoppable)
+                        await interrupt_run(db, cfg, run_id, INTERRUPTED)
+                        raise
             summary["errors_detail"] = await _errors(db, run_id)
             return summary
         finally:
             await db.dispose()
 
     try:
-        summary = asyncio.run(run())
+        summary = run_stoppable(run(), "ingestion")
     except RoostError as exc:
         raise fail("cannot ingest", exc.detail, code=2) from None
     table = id_table("status", "files", "chunks", "errors", "run")

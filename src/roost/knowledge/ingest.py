@@ -26,6 +26,7 @@ sources are skipped); on the last attempt the run is marked failed instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import Callable
@@ -196,6 +197,21 @@ async def run_ingestion(
             return await _fail_run(database, cfg, run, _error_entry(None, exc))
         except _RunGone:
             return _gone(run)
+
+
+async def interrupt_run(database: Database, cfg: KnowledgeConfig, run_id: uuid.UUID,
+                        why: str) -> None:
+    """The process running ``run_id`` in the foreground (``roost ingest``) was stopped
+    (Ctrl-C, SIGTERM): the run ends failed with ``why`` instead of staying "running"
+    with nothing behind it.  Running the command again goes on from there (unchanged
+    files are skipped)."""
+    async with database.transaction() as s:
+        run = await s.get(IngestionRun, run_id)
+    if run is None or run.status in FINAL_STATUSES:
+        return
+    entry = _error_entry(None, why) | {"type": "interrupted"}
+    with contextlib.suppress(_RunGone):
+        await _fail_run(database, cfg, run, entry)
 
 
 def _gone(run: IngestionRun) -> dict[str, Any]:
