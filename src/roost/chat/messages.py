@@ -56,6 +56,7 @@ from roost.db.groupcommit import GroupCommit
 from roost.db.statements import bound_insert, prefixed, row_json
 from roost.db.transaction import driver_connection, driver_fetch
 from roost.errors import Conflict, NotFound, PayloadTooLarge, RoostError, Unprocessable
+from roost.inputs import is_blank
 from roost.llm import calls, routing
 from roost.llm.gateway import LLMGateway
 from roost.llm.orchestration import Attempt, response_confidence
@@ -206,7 +207,8 @@ def _check_content(data: MessageCreate, limit: int) -> None:
         raise PayloadTooLarge(
             f"message content and tool calls are {size} characters; the limit is {limit} "
             "(runtime setting chat_max_message_chars)", extra={"field": "tool_calls"})
-    if data.role in ("user", "system", "developer") and not data.content.strip():
+    # Invisible characters only (zero-width spaces, a BOM) show nothing either.
+    if data.role in ("user", "system", "developer") and is_blank(data.content):
         raise Unprocessable("message content must not be empty", extra={"field": "content"})
     if data.reply and data.role != "user":
         raise Unprocessable(
