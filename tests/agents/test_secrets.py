@@ -33,6 +33,7 @@ from tests.agents.api import (
     named_user,
 )
 from tests.support.pg import PgTestServer
+from tests.support.races import answer_behind
 
 VALUE = "sk-live-4f9c2e7a-the-plaintext-nobody-may-see"
 
@@ -240,6 +241,23 @@ async def test_setting_a_secret_while_its_persona_is_deleted_answers_200_or_404(
                 "SELECT count(*) FROM secrets WHERE persona_id = :p"), {"p": persona["id"]}) == 0
     wrong = [a for a in answers if a[0] not in (200, 404)]
     assert not wrong, wrong
+
+
+async def test_deleting_a_secret_another_request_is_deleting_answers_404(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """Two deletions of one secret at once: the one waiting finds it gone (404) and records
+    nothing; it answered 204 with an audit record of a deletion that deleted nothing."""
+    _, headers = user
+    persona = await create_persona(client, headers)
+    url = f"/api/v1/personas/{persona['id']}/secrets"
+    put = await client.put(url, headers=headers, json=secret())
+    assert put.status_code == 200, put.text
+    sid = put.json()["id"]
+    resp = await answer_behind(database, "DELETE FROM secrets WHERE id = :id", {"id": sid},
+                               "secrets", client.delete(f"{url}/{sid}", headers=headers))
+    assert resp.status_code == 404, resp.text
+    assert await audit_rows(database, "persona.secret.delete") == []
 
 
 async def test_a_pg_dump_of_the_database_holds_no_secret_in_plaintext(

@@ -17,12 +17,14 @@ from pydantic import ValidationError
 from sqlalchemy import and_, case, false, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from roost.agents.grants import grants_of
 from roost.agents.models import Agent, Persona, PersonaMember
 from roost.agents.personas import check_providers, get_persona, require_role, role_of
 from roost.agents.schemas import STORED, AgentConfig, AgentCreate, AgentOut, AgentUpdate
 from roost.agents.secrets import missing_references
 from roost.audit.service import record
 from roost.billing import credits, limits
+from roost.db.engine import Database
 from roost.db.errors import flush_unique
 from roost.db.lookup import id_starts_with, one_or_404
 from roost.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
@@ -244,24 +246,34 @@ async def check_tools(session: AsyncSession, actor: Principal, refs: list[str],
     return [str(ids[r]) if r in ids else r for r in wanted]
 
 
-async def check_secret_references(session: AsyncSession, persona_id: uuid.UUID | None,
-                                  tool_refs: list[str]) -> None:
+async def check_secret_references(system: Database, persona_id: uuid.UUID | None,
+                                  owner: uuid.UUID, tool_refs: list[str]) -> None:
     """422 when the MCP servers of these tools name persona secrets (``${secret:...}`` in
-    their env or headers) that the agent's persona does not hold, or it has no persona."""
+    their env or headers) that the agent's persona does not hold, or it has no persona.
+
+    Read as the system, among the tools the agent's runs are offered as the runner
+    resolves them: global ones, the owner's own and those granted to the persona (a
+    member's private tool the editor's own scope does not show); not another user's tool
+    that happens to share a name (an administrator's scope shows every user's)."""
     ids, names = split_tool_refs(tool_refs)
     if not tool_refs:
         return
-    configs: Sequence[dict[str, Any] | None] = (await session.scalars(
-        select(McpServer.config).join(Tool, Tool.mcp_server_id == McpServer.id)
-        .where(or_(Tool.id.in_(ids), Tool.name.in_(names))))).all()
-    labels = list(dict.fromkeys(ref for config in configs
-                                for ref in (config or {}).get("secret_refs", [])))
-    if not labels:
-        return
-    if persona_id is None:
-        raise Unprocessable(f"tool_permissions: these tools' servers use persona secrets "
-                            f"({', '.join(labels)}): bind the agent to a persona that holds them")
-    missing = await missing_references(session, persona_id, labels)
+    async with system.transaction() as session:
+        granted = list(await grants_of(session, persona_id)) if persona_id is not None else []
+        configs: Sequence[dict[str, Any] | None] = (await session.scalars(
+            select(McpServer.config).join(Tool, Tool.mcp_server_id == McpServer.id)
+            .where(or_(Tool.id.in_(ids), Tool.name.in_(names)),
+                   or_(Tool.user_id.is_(None), Tool.user_id == owner, Tool.id.in_(granted))))
+        ).all()
+        labels = list(dict.fromkeys(ref for config in configs
+                                    for ref in (config or {}).get("secret_refs", [])))
+        if not labels:
+            return
+        if persona_id is None:
+            raise Unprocessable(f"tool_permissions: these tools' servers use persona secrets "
+                                f"({', '.join(labels)}): bind the agent to a persona that "
+                                "holds them")
+        missing = await missing_references(session, persona_id, labels)
     if missing:
         raise Unprocessable(f"tool_permissions: these tools' servers use the secret(s) "
                             f"{', '.join(missing)}, which the persona does not hold; set them "
@@ -311,7 +323,9 @@ async def _check_agent_limit(session: AsyncSession, owner: uuid.UUID) -> None:
     await limits.check_count(session, owner, "max_agents", int(count or 0), payer=payer)
 
 
-async def create_agent(session: AsyncSession, actor: Principal, body: AgentCreate) -> Agent:
+async def create_agent(session: AsyncSession, actor: Principal, body: AgentCreate, *,
+                       system: Database) -> Agent:
+    """``system``: the database, for the checks read as the system (secret references)."""
     owner = require_user(actor, "agents")
     if body.persona_id is not None:
         await require_role(session, actor, body.persona_id, "editor", "bind agents to it")
@@ -329,7 +343,7 @@ async def create_agent(session: AsyncSession, actor: Principal, body: AgentCreat
                                            body.persona_id),
         document_ids=await check_documents(session, actor, body.document_ids),
         config=_config(body.config), is_active=body.is_active, is_public=body.is_public)
-    await check_secret_references(session, agent.persona_id, agent.tool_permissions)
+    await check_secret_references(system, agent.persona_id, owner, agent.tool_permissions)
     session.add(agent)
     await _flush_slug(session, body.slug)
     await session.refresh(agent)
@@ -364,7 +378,8 @@ async def list_agents(
 
 
 async def update_agent(session: AsyncSession, actor: Principal, agent_id: uuid.UUID,
-                       body: AgentUpdate) -> Agent:
+                       body: AgentUpdate, *, system: Database) -> Agent:
+    """``system``: the database, for the checks read as the system (secret references)."""
     agent = await _editable(session, actor, agent_id, "change it")
     # Locked: a change waiting on the agent's deletion finds it gone (404, not a failed
     # UPDATE of nothing); one waiting on another change builds on it.
@@ -400,7 +415,7 @@ async def update_agent(session: AsyncSession, actor: Principal, agent_id: uuid.U
         values["document_ids"] = await check_documents(session, actor, values["document_ids"])
     if "tool_permissions" in values or "persona_id" in values:
         await check_secret_references(
-            session, values.get("persona_id", agent.persona_id),
+            system, values.get("persona_id", agent.persona_id), agent.user_id,
             values.get("tool_permissions", agent.tool_permissions))
     changed: dict[str, Any] = {}
     for field, value in values.items():

@@ -282,7 +282,8 @@ def agents_create(
         async with env.scoped() as session:
             bound = body if persona is None else body.model_copy(
                 update={"persona_id": await _persona_id(session, env.principal, persona)})
-            return await catalog.create_agent(session, env.principal, bound)
+            return await catalog.create_agent(session, env.principal, bound,
+                                              system=env.database)
 
     agent = _run(user, go)
     console.print(Text(f"Created agent {agent.slug} ({agent.id}); run it with "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, cast
 
-from fastapi import Query, Response, status
+from fastapi import Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from roost.agents import catalog, grants, personas, secrets
@@ -29,7 +29,7 @@ from roost.agents.schemas import (
     ToolGrantSet,
 )
 from roost.http.auth import CurrentPrincipal
-from roost.http.deps import Cursor, DbSession, Limit
+from roost.http.deps import Cursor, DbSession, Limit, get_database
 from roost.http.routing import RoostRouter
 from roost.pagination import DEFAULT_LIMIT, Page
 from roost.tools.deps import ToolsEnvDep
@@ -253,8 +253,9 @@ async def revoke_tool(persona_id: uuid.UUID, tool_id: uuid.UUID, principal: Curr
 @router.post("/agents", status_code=status.HTTP_201_CREATED, response_model=AgentOut,
              summary="Create an agent (you own it; optionally bound to a persona you edit)")
 async def create_agent(body: AgentCreate, principal: CurrentPrincipal,
-                       db: DbSession) -> AgentOut:
-    return catalog.agent_out(await catalog.create_agent(db, principal, body))
+                       db: DbSession, request: Request) -> AgentOut:
+    return catalog.agent_out(await catalog.create_agent(db, principal, body,
+                                                         system=get_database(request)))
 
 
 @router.get("/agents", response_model=Page[AgentOut],
@@ -280,8 +281,9 @@ async def get_agent(agent_id: uuid.UUID, principal: CurrentPrincipal, db: DbSess
 @router.patch("/agents/{agent_id}", response_model=AgentOut,
               summary="Change an agent (its owner, its persona's owners and editors)")
 async def update_agent(agent_id: uuid.UUID, body: AgentUpdate, principal: CurrentPrincipal,
-                       db: DbSession) -> AgentOut:
-    return catalog.agent_out(await catalog.update_agent(db, principal, agent_id, body))
+                       db: DbSession, request: Request) -> AgentOut:
+    return catalog.agent_out(await catalog.update_agent(
+        db, principal, agent_id, body, system=get_database(request)))
 
 
 @router.delete("/agents/{agent_id}", status_code=status.HTTP_204_NO_CONTENT,

@@ -24,6 +24,7 @@ from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
 from roost.db.errors import sqlstate
+from roost.db.lookup import one_or_404
 from roost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unprocessable
 from roost.identity.common import lock_owner_quota
 from roost.principal import Principal
@@ -119,10 +120,11 @@ async def list_secrets(session: AsyncSession, actor: Principal, persona_id: uuid
 async def delete_secret(session: AsyncSession, actor: Principal, persona_id: uuid.UUID,
                         secret_id: uuid.UUID) -> Secret:
     await require_role(session, actor, persona_id, "editor", _MANAGE)
-    row = await session.scalar(select(Secret).where(Secret.id == secret_id,
-                                                    Secret.persona_id == persona_id))
-    if row is None:
-        raise NotFound(f"secret {secret_id} does not exist in this persona")
+    # Locked: a deletion waiting on another one finds the row gone (404, no second audit
+    # record of a deletion that deleted nothing).
+    row = await one_or_404(session, select(Secret).where(
+        Secret.id == secret_id, Secret.persona_id == persona_id), lock=True,
+        missing=f"secret {secret_id} does not exist in this persona")
     await session.delete(row)
     await session.flush()
     await record(session, "persona.secret.delete", user_id=actor.user_id,
