@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 
 from roost.db.engine import Database
 from roost.tools.models import McpServer, Tool
@@ -54,14 +55,16 @@ async def test_several_servers_offering_a_name_need_server(
     assert reply.status_code == 409 and "?server=" in reply.text, reply.text
 
 
+@pytest.mark.parametrize("server", ["", "   ", "\u200b"], ids=["empty", "spaces", "zero-width"])
 async def test_an_empty_server_is_a_422_not_an_unknown_tool(
-    client: httpx.AsyncClient, database: Database,
+    client: httpx.AsyncClient, database: Database, server: str,
 ) -> None:
-    """``?server=`` (empty) names no server: a 422 naming the parameter.  It filtered every
-    tool out and answered 404 "no tool named 'read'" for a tool the caller has."""
+    """``?server=`` empty, blank or a pasted zero-width space names no server (no server's
+    name can be so): a 422 naming the parameter.  It answered 404 "no tool named 'read'
+    on server '   '" for a tool the caller has."""
     alice_id, alice = await make_user(database, username="alice")
     await add_server_tool(database, alice_id, "files", "read")
-    reply = await client.post("/api/v1/tools/by-name/read/call", params={"server": ""},
+    reply = await client.post("/api/v1/tools/by-name/read/call", params={"server": server},
                               headers=alice, json={"arguments": {}})
     assert reply.status_code == 422 and "server" in reply.text, reply.text
 

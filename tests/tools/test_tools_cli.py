@@ -317,9 +317,11 @@ async def test_tools_call_takes_the_id_its_ambiguity_error_asks_for(
     unnamed = await asyncio.to_thread(run_roost, "tools", "call", "ping", env=env)
     _clean(unnamed, 1)
     assert "--server on the command line" in unnamed.stderr, unnamed.stderr
-    empty = await asyncio.to_thread(run_roost, "tools", "call", "ping", "--server", "", env=env)
-    _clean(empty, 1)
-    assert "--server" in empty.stderr and "no tool named" not in empty.stderr, empty.stderr
+    for blank in ("", "  "):
+        empty = await asyncio.to_thread(run_roost, "tools", "call", "ping", "--server", blank,
+                                        env=env)
+        _clean(empty, 1)
+        assert "--server" in empty.stderr and "no tool named" not in empty.stderr, empty.stderr
 
 
 async def test_mcp_sync_prints_a_skipped_tool_name_without_escape_sequences(

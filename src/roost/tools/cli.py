@@ -7,6 +7,7 @@ sees their tools).  Servers are named by name or by id (or a unique id prefix).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -41,7 +42,7 @@ from roost.tools import analytics, calls, registry, search, servers
 from roost.tools.config import ToolsConfig
 from roost.tools.lsp_cli import lsp_app
 from roost.tools.models import McpServer
-from roost.tools.schemas import McpServerCreate
+from roost.tools.schemas import NAME_PATTERN, McpServerCreate
 
 console = Console()
 err_console = Console(stderr=True)
@@ -230,8 +231,9 @@ def tools_call_command(
     tool_id = _full_id(name)
     if tool_id is not None and server is not None:
         raise fail("Invalid options", "a tool id names one tool: give it without --server")
-    if server is not None and not server:  # would match no server: "no tool named ..."
-        raise fail("Invalid --server", "must name an MCP server")
+    # Blank, or no server's name at all: it would match no server ("no tool named ...").
+    if server is not None and re.fullmatch(NAME_PATTERN, server) is None:
+        raise fail("Invalid --server", "must name an MCP server (letters, digits, . _ -)")
     parsed = load_json(arguments, "Invalid --args")
     if not isinstance(parsed, dict):
         raise fail("Invalid --args", "must be a JSON object")

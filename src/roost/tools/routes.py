@@ -16,6 +16,7 @@ from roost.pagination import DEFAULT_LIMIT, Page
 from roost.tools import analytics, calls, registry, search, servers
 from roost.tools.deps import ToolsEnvDep
 from roost.tools.schemas import (
+    NAME_PATTERN,
     DependencyCreate,
     DependencyOut,
     McpServerCreate,
@@ -191,7 +192,8 @@ async def call_tool(
              summary="Call a tool by name (?server= when several servers offer it)")
 async def call_tool_by_name(
     name: str, body: ToolCallRequest, principal: CallerPrincipal, env: ToolsEnvDep,
-    server: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    # A server's name (blank or spaces name none: 422, as an empty one).
+    server: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
 ) -> ToolRunOut:
     run = await calls.call_tool(
         env.database, principal, env.cfg, env.box, name=name, server=server,
