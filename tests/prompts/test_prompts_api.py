@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from roost.db.engine import Database
+from roost.db.migrate import downgrade, upgrade
 from roost.prompts import service
 from roost.prompts.render import MAX_RENDERED_CHARS, RenderedTooLong
 from tests.prompts.conftest import Headers, User, make_group, publish, resolved
@@ -357,6 +358,39 @@ async def test_keys_category_filter_picks_whole_keys_by_their_latest_category(
            if k["prompt_key"] == "cat.k"]
     assert (k["prompt_category"], k["versions"], k["latest_version"], k["labels"]) == (
         "beta", 2, 2, {"production": 2})
+
+
+async def test_a_category_typed_decomposed_is_the_composed_one(
+        client: httpx.AsyncClient, user: User) -> None:
+    """"café" typed decomposed (as macOS keyboards send it) is the same category as typed
+    composed: stored composed, and either spelling of the filter finds both keys."""
+    _, headers = user
+    await publish(client, headers, "a.k", "t", prompt_category="caf\u00e9")
+    await publish(client, headers, "b.k", "t", prompt_category="cafe\u0301")
+    for spelled in ("caf\u00e9", "cafe\u0301"):
+        keys = (await client.get("/api/v1/prompts/keys", headers=headers,
+                                 params={"category": spelled})).json()
+        assert sorted((k["prompt_key"], k["prompt_category"]) for k in keys) == [
+            ("a.k", "caf\u00e9"), ("b.k", "caf\u00e9")], keys
+        versions = (await client.get("/api/v1/prompts", headers=headers,
+                                     params={"category": spelled})).json()["items"]
+        assert sorted(v["prompt_key"] for v in versions) == ["a.k", "b.k"]
+
+
+async def test_the_migration_composes_stored_categories(
+        client: httpx.AsyncClient, database: Database, user: User) -> None:
+    """Migration 1380 composes the categories stored before they were (a version's text
+    stays as it is): the filter then finds the key by its composed category."""
+    _, headers = user
+    v = await publish(client, headers, "old.k", "caf\u00e9 text", prompt_category="x")
+    await downgrade(database.engine, "1370")
+    async with database.transaction() as session:
+        await session.execute(text("UPDATE system_prompts SET prompt_category = :c "
+                                   "WHERE id = :id"), {"c": "cafe\u0301", "id": v["id"]})
+    await upgrade(database.engine)
+    keys = (await client.get("/api/v1/prompts/keys", headers=headers,
+                             params={"category": "caf\u00e9"})).json()
+    assert [(k["prompt_key"], k["prompt_category"]) for k in keys] == [("old.k", "caf\u00e9")]
 
 
 async def test_text_length_errors_speak_of_characters(client: httpx.AsyncClient,

@@ -18,11 +18,13 @@ a 422 (:class:`RenderedTooLong`).  Without it a 100,000-character text of ``{{a}
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from roost.config import PROMPT_PLACEHOLDER as PLACEHOLDER
 from roost.errors import Unprocessable
+from roost.inputs import is_invisible
 
 TYPES: Final = {"string": (str,), "number": (int, float), "integer": (int,),
                 "boolean": (bool,)}
@@ -30,6 +32,8 @@ FLOAT_DIGITS: Final = 10**16
 """From here on, Python prints a whole float with an exponent (1e+16)."""
 MAX_RENDERED_CHARS: Final = 1_000_000
 """The longest rendered prompt (ten times the longest text), wherever a prompt is rendered."""
+_NEAR_PLACEHOLDER: Final = re.compile(r"\{\{([^{}]{1,100})\}\}")
+"""What may be a placeholder with invisible characters in it (checked when published)."""
 
 
 class InvalidVariables(Unprocessable):
@@ -55,9 +59,12 @@ def _as_text(kind: str, value: Any) -> str:
     """A value as the rendered text has it: booleans as JSON writes them; a number as a
     float prints when it is a whole one of 16 digits or more.  The database keeps no
     difference between 1e16 and 10000000000000000 (a stored default of 1.5e300 comes back
-    as a 301-digit integer), so a default and the same value supplied render alike."""
+    as a 301-digit integer), nor between -0.0 and 0.0, so a default and the same value
+    supplied render alike."""
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, float) and value == 0:
+        return "0.0"  # -0.0 too: a stored default (jsonb numeric) has no negative zero
     if kind == "number" and isinstance(value, int) and abs(value) >= FLOAT_DIGITS:
         try:
             return str(float(value))
@@ -85,6 +92,37 @@ def check_definitions(text: str, variables: Sequence[Mapping[str, Any]]) -> None
         raise InvalidVariables(
             f"the text uses {{{{{undefined[0]}}}}} but no variable {undefined[0]!r} is defined: "
             "add it to variables", extra={"variables": undefined})
+    for near in _NEAR_PLACEHOLDER.finditer(text):
+        # "{{<zero-width space>who}}" looks like {{who}} but is no placeholder: its braces
+        # would render literally whatever the values (a paste from a web page or chat).
+        shown = "".join(c for c in near.group(1) if c.isspace() or not is_invisible(c))
+        found = PLACEHOLDER.fullmatch(f"{{{{{shown}}}}}")
+        if found is not None and PLACEHOLDER.fullmatch(near.group(0)) is None:
+            raise InvalidVariables(
+                f"the text has {{{{{found.group(1)}}}}} with an invisible character inside "
+                "(a zero-width space, a joiner...): it is no placeholder and would render "
+                "as literal braces; type it again without", extra={"variable": found.group(1)})
+    # A version whose own defaults render too long could be published, then fail every
+    # use (a chat.system one: every chat reply) until its label moved.
+    length = rendered_length(text, {
+        str(var["name"]): "" if var.get("default") is None else
+        _as_text(str(var.get("type", "string")), var["default"]) for var in variables})
+    if length > MAX_RENDERED_CHARS:
+        raise RenderedTooLong(
+            f"with its defaults the prompt would render {length:,} characters; the limit is "
+            f"{MAX_RENDERED_CHARS:,}: shorten the defaults (or the text's use of them)",
+            extra={"limit": MAX_RENDERED_CHARS})
+
+
+def rendered_length(text: str, resolved: Mapping[str, str]) -> int:
+    """The length of ``text`` with the ``resolved`` values in its placeholders, computed
+    before anything is substituted."""
+    length = len(text)
+    for match in PLACEHOLDER.finditer(text):
+        name = match.group(1)
+        if name in resolved:
+            length += len(resolved[name]) - (match.end() - match.start())
+    return length
 
 
 def render(text: str, variables: Sequence[Mapping[str, Any]], values: Mapping[str, Any], *,
@@ -117,11 +155,7 @@ def render(text: str, variables: Sequence[Mapping[str, Any]], values: Mapping[st
     if missing:
         raise InvalidVariables(f"missing required variable {missing[0]!r}",
                                extra={"variables": missing})
-    length = len(text)
-    for match in PLACEHOLDER.finditer(text):
-        name = match.group(1)
-        if name in resolved:
-            length += len(resolved[name]) - (match.end() - match.start())
+    length = rendered_length(text, resolved)
     if length > MAX_RENDERED_CHARS:
         raise RenderedTooLong(
             f"the rendered prompt would be {length:,} characters; the limit is "

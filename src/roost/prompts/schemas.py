@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -29,6 +30,12 @@ def _no_nul(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_no_nul)]
+
+
+def composed(value: str) -> str:
+    """A name as stored and compared: composed (NFC), so "café" typed decomposed (as macOS
+    keyboards send it) is the same category, not a second one that looks alike."""
+    return unicodedata.normalize("NFC", value)
 
 
 class VariableDef(StrictInput):
@@ -63,7 +70,8 @@ class PromptCreate(StrictInput):
     prompt_name: Annotated[str, Field(min_length=1, max_length=255),
                            AfterValidator(_no_nul)] | None = Field(
         default=None, description="Default: the key")
-    prompt_category: Text = Field(default="general", min_length=1, max_length=100)
+    prompt_category: Annotated[Text, AfterValidator(composed)] = Field(
+        default="general", min_length=1, max_length=100)
     description: Annotated[str, Field(max_length=20_000), AfterValidator(_no_nul)] | None = None
     variables: list[VariableDef] = Field(default_factory=list, max_length=100)
     scope: Scope = Field(default="user", description=(

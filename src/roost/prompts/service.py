@@ -49,6 +49,7 @@ from roost.prompts.schemas import (
     PromptCreate,
     PromptOut,
     Scope,
+    composed,
 )
 from roost.system_settings import runtime
 
@@ -235,6 +236,7 @@ async def list_versions(session: AsyncSession, actor: Principal, *, key: str | N
                         group_id: uuid.UUID | None = None, limit: int,
                         cursor: str | None) -> tuple[list[tuple[SystemPrompt, list[str]]],
                                                      str | None]:
+    category = composed(category) if category is not None else None  # as stored
     stmt = where_equal(select(SystemPrompt).where(_own_scopes(actor, SystemPrompt.scope_id)),
                        (SystemPrompt.prompt_key, key), (SystemPrompt.prompt_category, category),
                        (SystemPrompt.group_id, group_id))
@@ -363,7 +365,7 @@ async def list_keys(session: AsyncSession, actor: Principal, *,
             .group_by(p.prompt_key, p.user_id, p.group_id)
             .order_by(p.prompt_key, p.user_id.is_(None), p.group_id.is_(None)).limit(1000))
     if category is not None:
-        stmt = stmt.having(latest_category == category)
+        stmt = stmt.having(latest_category == composed(category))  # as stored
     rows = (await session.execute(stmt)).all()
     # The labels of the keys listed (at most MAX_LABELS each), not the first so many of all.
     labels: dict[tuple[str, uuid.UUID | None, uuid.UUID | None], dict[str, int]] = {}
