@@ -1,17 +1,46 @@
 """Workflow graphs as users edit them: node ids equal but for the form of their accents
-are one id; an active workflow never holds an empty graph, whatever the order of changes."""
+are one id (stored composed: an edge or an approval naming either form reaches the node);
+look-alike ids and names templates would see twice are refused; an active workflow never
+holds an empty graph, whatever the order of changes, and a draft may be emptied in the
+same change that makes it one."""
 
 from __future__ import annotations
 
 import unicodedata
+from typing import Any
+from urllib.parse import quote
 
 import httpx
+import pytest
 
 from roost.db.engine import Database
 from tests.support.identity import make_user
 from tests.workflows.graphs import edge, node, simple_graph
 
 API = "/api/v1/workflows"
+RUNS = "/api/v1/workflow-runs"
+NFC = unicodedata.normalize("NFC", "café")
+NFD = unicodedata.normalize("NFD", "café")
+
+
+async def _published(client: httpx.AsyncClient, headers: dict[str, str],
+                     nodes: list[Any], edges: list[Any]) -> dict[str, Any]:
+    created = await client.post(API, headers=headers,
+                                json={"name": "Flow", "nodes": nodes, "edges": edges})
+    assert created.status_code == 201, created.text
+    published = await client.post(f"{API}/{created.json()['id']}/publish", headers=headers)
+    assert published.status_code == 201, published.text
+    workflow: dict[str, Any] = created.json()
+    return workflow
+
+
+async def _errors(client: httpx.AsyncClient, headers: dict[str, str], nodes: list[Any],
+                  edges: list[Any]) -> list[dict[str, Any]]:
+    answer = await client.post(f"{API}/validate", headers=headers,
+                               json={"nodes": nodes, "edges": edges})
+    assert answer.status_code == 200, answer.text
+    errors: list[dict[str, Any]] = answer.json()["errors"]
+    return errors
 
 
 async def test_node_ids_differing_only_by_unicode_form_are_duplicates(
@@ -51,3 +80,103 @@ async def test_an_active_workflow_cannot_be_left_with_an_empty_draft(
                                json={"nodes": [], "edges": []})).status_code == 200
     answer = await client.patch(f"{API}/{wid}", headers=headers, json={"status": "active"})
     assert answer.status_code in (409, 422), answer.text
+
+
+async def test_a_node_id_typed_decomposed_is_stored_composed_and_reached_by_either_form(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """An edge naming the node 'café' decomposed connects to it (it was a dangling edge and
+    the nodes after it unreachable); the graph is stored with the composed id, and the
+    approval 'café' is decided by its id typed either way (it was a 404 naming a node
+    that looks exactly like the one there)."""
+    _, headers = await make_user(database)
+    assert await _errors(client, headers,
+                         [node("s", "start"), node(NFC, "template", template="x"),
+                          node("e", "end")],
+                         [edge("e1", "s", NFD), edge("e2", NFC, "e")]) == []
+    workflow = await _published(
+        client, headers,
+        [node("s", "start"), node(NFD, "approval", message="ok?"), node("e", "end")],
+        [edge("e1", "s", NFD), edge("e2", NFD, "e", "approved")])
+    assert [n["id"] for n in workflow["nodes"]][1] == NFC
+    assert [(e["source"], e["target"]) for e in workflow["edges"]] == [("s", NFC), (NFC, "e")]
+    for spelled in (NFD, NFC):
+        started = await client.post(f"{API}/{workflow['id']}/runs", headers=headers, json={})
+        assert started.status_code == 202, started.text
+        answer = await client.post(
+            f"{RUNS}/{started.json()['id']}/approvals/{quote(spelled, safe='')}",
+            headers=headers, json={"approved": True})
+        assert answer.status_code == 200, answer.text
+
+
+async def test_a_node_id_with_an_invisible_character_is_refused(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """'ask' and 'ask' + a zero-width space look the same on the canvas and in an
+    approval's URL: an id holding an invisible character is an invalid node."""
+    _, headers = await make_user(database)
+    errors = await _errors(
+        client, headers,
+        [node("s", "start"), node("ask", "template", template="a"),
+         node("ask\u200b", "template", template="b"), node("e", "end")],
+        [edge("e1", "s", "ask"), edge("e2", "s", "ask\u200b"), edge("e3", "ask", "e"),
+         edge("e4", "ask\u200b", "e")])
+    assert [(e["code"], e["node_id"]) for e in errors] == [("invalid_node", "ask\u200b")], errors
+
+
+@pytest.mark.parametrize("case", ["input-and-node", "two-output-keys", "key-and-node"])
+async def test_a_name_templates_would_see_twice_is_refused(
+    client: httpx.AsyncClient, database: Database, case: str,
+) -> None:
+    """A start input named like a node, two nodes with one output_key, an output_key
+    named like another node: templates see one name for two values (whichever was set
+    last, unpredictable on parallel branches), so the graph is invalid, naming both."""
+    _, headers = await make_user(database)
+    start_inputs = ["ask"] if case == "input-and-node" else []
+    a_key = {"two-output-keys": "out", "key-and-node": "b"}.get(case)
+    b_key = "out" if case == "two-output-keys" else None
+    nodes = [node("s", "start", inputs=start_inputs),
+             node("ask" if case == "input-and-node" else "a", "template", template="A",
+                  **({"output_key": a_key} if a_key else {})),
+             node("b", "template", template="B", **({"output_key": b_key} if b_key else {})),
+             node("e", "end", output="done")]
+    first = nodes[1]["id"]
+    errors = await _errors(client, headers, nodes,
+                           [edge("e1", "s", first), edge("e2", first, "b"), edge("e3", "b", "e")])
+    assert [e["code"] for e in errors] == ["invalid_data"], errors
+    assert "templates see one name for both" in errors[0]["message"]
+    # A node's own id as its output_key is one value: fine.
+    nodes[2] = node("b", "template", template="B", output_key="b")
+    nodes[1] = node("a", "template", template="A")
+    assert await _errors(client, headers, [nodes[0], nodes[1], nodes[2], nodes[3]],
+                         [edge("e1", "s", "a"), edge("e2", "a", "b"), edge("e3", "b", "e")]) == []
+
+
+async def test_a_run_input_with_a_reserved_name_is_refused(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """'nodes' and 'inputs' are reserved: a run given such an input (its start declaring
+    none) never saw it in templates; a 422 naming inputs."""
+    _, headers = await make_user(database)
+    workflow = await _published(client, headers,
+                                [node("s", "start"), node("e", "end", output="{{ nodes }}")],
+                                [edge("e1", "s", "e")])
+    for name in ("nodes", "inputs"):
+        answer = await client.post(f"{API}/{workflow['id']}/runs", headers=headers,
+                                   json={"inputs": {name: "mine"}})
+        assert answer.status_code == 422 and answer.json()["field"] == "inputs", answer.text
+
+
+async def test_an_active_workflow_set_back_to_draft_and_emptied_in_one_change(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """One PATCH setting an active workflow back to draft and emptying it is accepted, as
+    the same two changes in two PATCHes are (it was a 422 start_count)."""
+    _, headers = await make_user(database)
+    workflow = await _published(client, headers,
+                                [node("s", "start"), node("e", "end", output="one")],
+                                [edge("e1", "s", "e")])
+    answer = await client.patch(f"{API}/{workflow['id']}", headers=headers,
+                                json={"status": "draft", "nodes": [], "edges": []})
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["status"], answer.json()["nodes"]) == ("draft", [])

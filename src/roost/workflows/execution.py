@@ -54,7 +54,7 @@ from roost.principal import Principal
 from roost.tasks.service import enqueue
 from roost.workflows.engine import INLINE_TYPES, Activation, Node, Plan, Scheduler, State, make_plan
 from roost.workflows.expressions import ExpressionError, TemplateRejected, evaluate, render_template
-from roost.workflows.graph import MAX_APPROVAL_TIMEOUT_S, Handle
+from roost.workflows.graph import MAX_APPROVAL_TIMEOUT_S, Handle, identifier
 from roost.workflows.models import WorkflowRun, WorkflowVersion
 from roost.workflows.nodes import NodeFailed
 
@@ -80,7 +80,6 @@ MAX_STORED_CHARS_PER_RUN: Final = 64_000_000
 # Inline nodes a transaction outside a job computes before handing the rest to a job.
 INLINE_STEPS_PER_REQUEST: Final = 100
 INLINE_SECONDS_PER_REQUEST: Final = 5.0  # far above a small graph's, even on a loaded machine
-_IDENTIFIER_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 _plans: dict[uuid.UUID, Plan] = {}  # version id -> plan: versions are immutable
 
@@ -97,10 +96,6 @@ async def plan_of(session: AsyncSession, version_id: uuid.UUID) -> Plan:
     return found
 
 
-def _identifier(value: str) -> bool:
-    return bool(value) and not value[0].isdigit() and set(value) <= _IDENTIFIER_CHARS
-
-
 def variables(plan: Plan, inputs: Mapping[str, Any],
               outputs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     """What templates and expressions see: the run's inputs by name (and as ``inputs``),
@@ -108,7 +103,7 @@ def variables(plan: Plan, inputs: Mapping[str, Any],
     ``output_key``, and all of them as ``nodes['any id']``."""
     names: dict[str, Any] = dict(inputs)
     for node_id, output in outputs.items():
-        if _identifier(node_id):
+        if identifier(node_id):
             names[node_id] = output
         key = plan.nodes[node_id].data.get("output_key") if node_id in plan.nodes else None
         if isinstance(key, str) and key:

@@ -29,6 +29,7 @@ from typing import Any, Final, TypeGuard
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as SchemaError
 
+from roost.inputs import is_invisible
 from roost.workflows.expressions import (
     MAX_TEMPLATE_CHARS,
     ExpressionError,
@@ -272,6 +273,53 @@ def _json_problem(value: Any) -> str | None:
     return None
 
 
+def composed_graph(nodes: list[Any], edges: list[Any]) -> tuple[list[Any], list[Any]]:
+    """``nodes`` and ``edges`` with node ids and edge ends composed (NFC), as they are
+    stored: "café" typed decomposed is the node "café" (an edge, an approval naming it)."""
+    def nfc(value: Any) -> Any:
+        return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
+
+    return ([{**n, "id": nfc(n["id"])} if isinstance(n, dict) and "id" in n else n
+             for n in nodes],
+            [{**e, **{k: nfc(e[k]) for k in ("source", "target") if k in e}}
+             if isinstance(e, dict) else e for e in edges])
+
+
+_IDENTIFIER_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def identifier(value: str) -> bool:
+    """A node id templates see bare (``{{ draft }}``): ASCII letters, digits and _, not
+    starting with a digit."""
+    return bool(value) and not value[0].isdigit() and set(value) <= _IDENTIFIER_CHARS
+
+
+def _shown_names(nodes: Sequence[Any], types: dict[str, NodeType]) -> dict[str, list[str]]:
+    """Each name templates see and what gives it: a start input, a node id that is an
+    identifier, a node's ``output_key`` (a node's id and its own ``output_key`` are one
+    value, counted once)."""
+    givers: dict[str, list[str]] = {}
+    for node in nodes:
+        node_id = _ident(node.get("id")) if isinstance(node, dict) else None
+        if node_id is None or node_id not in types:
+            continue
+        data = node.get("data")
+        data = data if isinstance(data, dict) else {}
+        mine: dict[str, str] = {}
+        if identifier(node_id):
+            mine[node_id] = f"node {node_id!r}"
+        key = data.get("output_key")
+        if isinstance(key, str) and key and key not in mine:
+            mine[key] = f"the output_key of node {node_id!r}"
+        inputs = data.get("inputs") if types[node_id].name == "start" else None
+        for name in inputs if isinstance(inputs, list) else []:
+            if isinstance(name, str) and name not in mine:
+                mine[name] = f"the start input {name!r}"
+        for name, what in mine.items():
+            givers.setdefault(name, []).append(what)
+    return givers
+
+
 def _ident(value: Any) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS else None
 
@@ -439,6 +487,11 @@ def validate_graph(nodes: Sequence[Any], edges: Sequence[Any],
                        node=node_id)
             continue
         seen_ids.add(unicodedata.normalize("NFC", node_id))
+        if any(is_invisible(c) and not c.isspace() for c in node_id):
+            # "ask" and "ask" + a zero-width space look alike on the canvas and in a URL.
+            issues.add("invalid_node", f"node id {node_id!r} holds an invisible character "
+                                       "(a zero-width space, a joiner, a bidi mark...); "
+                                       "type it again without", node=node_id)
         if node_id in DOT_SEGMENTS:
             issues.add("invalid_node", f"node id {node_id!r} cannot be used in a URL (the "
                                        "approvals route names the node); choose another id",
@@ -473,6 +526,11 @@ def validate_graph(nodes: Sequence[Any], edges: Sequence[Any],
         _check_data(issues, node_id, spec, data)
         if issues.full:
             return issues.items
+
+    for name, what in _shown_names(nodes, types).items():
+        if len(what) > 1:  # templates would see one of them: whichever was set last
+            issues.add("invalid_data", f"the name {name!r} is given by {what[0]} and by "
+                       f"{what[1]}: templates see one name for both; rename one")
 
     starts = [n for n, t in types.items() if t.name == "start"]
     if len(starts) != 1:

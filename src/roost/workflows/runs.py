@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 import uuid
 from datetime import timedelta
 from typing import Any, Final
@@ -59,6 +60,11 @@ def _check_inputs(declared: list[str], inputs: dict[str, Any]) -> str:
     if bad:
         raise Unprocessable(f"input names must be identifiers (a letter, then letters, "
                             f"digits or _): {bad[0][:64]!r}", extra={"field": "inputs"})
+    reserved = sorted(graph.RESERVED_NAMES & set(inputs))
+    if reserved:  # templates see the inputs and the node outputs under these names
+        raise Unprocessable(f"the input name {reserved[0]!r} is reserved (templates see the "
+                            "run's inputs as 'inputs' and every node's output as 'nodes')",
+                            extra={"field": "inputs"})
     if declared:
         missing = [n for n in declared if n not in inputs]
         unknown = [k for k in inputs if k not in declared]
@@ -298,6 +304,11 @@ async def decide(session: AsyncSession, actor: Principal, run_id: uuid.UUID, nod
     run, _wrun = await _get(session, run_id)
     progress = await Progress.open(session, run_id)
     assert progress is not None
+    # Either form of a composed id names the node (ids are stored composed; one saved
+    # before that is found by its composed form too).
+    wanted = unicodedata.normalize("NFC", node_id)
+    node_id = next((n for n in progress.plan.nodes
+                    if unicodedata.normalize("NFC", n) == wanted), node_id)
     if node_id not in progress.plan.nodes:
         raise NotFound(f"the workflow of run {run_id} has no node {node_id[:255]!r}")
     step = await session.scalar(

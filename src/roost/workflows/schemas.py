@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from roost.inputs import StrictInput, no_nul
+from roost.workflows.graph import composed_graph
 
 WorkflowStatus = Literal["draft", "active", "archived"]
 NAME = Field(min_length=1, max_length=100)
@@ -30,6 +31,11 @@ class GraphIn(StrictInput):
     edges: list[Any] = Field(default_factory=list)
     viewport: dict[str, Any] | None = Field(
         default=None, description="{x, y, zoom}; default {x: 0, y: 0, zoom: 1}")
+
+    @model_validator(mode="after")
+    def _composed(self) -> Self:
+        self.nodes, self.edges = composed_graph(self.nodes, self.edges)
+        return self
 
 
 class WorkflowCreate(GraphIn):
@@ -48,6 +54,15 @@ class WorkflowUpdate(StrictInput):
     edges: list[Any] | None = None
     viewport: dict[str, Any] | None = None
     status: WorkflowStatus | None = None
+
+    @model_validator(mode="after")
+    def _composed(self) -> Self:
+        # Assigned only when given: model_fields_set tells a PATCH what it changes.
+        if self.nodes is not None:
+            self.nodes = composed_graph(self.nodes, [])[0]
+        if self.edges is not None:
+            self.edges = composed_graph([], self.edges)[1]
+        return self
 
 
 class PublishIn(StrictInput):

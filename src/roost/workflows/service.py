@@ -144,8 +144,9 @@ async def update_workflow(session: AsyncSession, actor: Principal, workflow_id: 
         nodes = body.nodes if body.nodes is not None else workflow.nodes
         edges = body.edges if body.edges is not None else workflow.edges
         viewport = body.viewport if body.viewport is not None else workflow.viewport
-        await _require_valid(nodes, edges, viewport, allow_empty=workflow.status == "draft"
-                             and body.status in (None, "draft"))
+        # Empty is for drafts: as the workflow will be after this change.
+        await _require_valid(nodes, edges, viewport,
+                             allow_empty=(body.status or workflow.status) == "draft")
         for field, value in (("nodes", nodes), ("edges", edges), ("viewport", viewport)):
             if getattr(workflow, field) != value:
                 setattr(workflow, field, value)
