@@ -62,7 +62,9 @@ async def test_an_encoded_word_recipient_is_refused_and_nothing_is_sent(
     cc = await client.post(f"/api/v1/personas/{persona.id}/emails", headers=headers,
                            json={**BODY, "cc": [INJECT_LOCAL]})
     assert (resp.status_code, cc.status_code) == (422, 422), (resp.text, cc.text)
-    assert (resp.json()["field"], cc.json()["field"]) == ("to", "cc")
+    assert ([e["loc"][-1] for e in resp.json()["errors"]],
+            [e["loc"][-1] for e in cc.json()["errors"]]) == (["to"], ["cc"])
+    assert "encoded word" in resp.text
     assert relay.received == []
 
 
@@ -92,7 +94,7 @@ async def test_an_agents_encoded_word_recipient_fails_its_step_and_sends_nothing
     mail_cfg: mail.MailConfig, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The same recipient through the agent path (whoever writes the mail an agent reads
-    can steer its model to it): the send_email step fails naming the line break, the run
+    can steer its model to it): the send_email step fails naming the encoded word, the run
     goes on, and nothing reaches the relay (an injected ``Bcc:`` line did)."""
     owner, headers = user
     await add_provider(client, admin_headers, stub)
@@ -107,7 +109,7 @@ async def test_an_agents_encoded_word_recipient_fails_its_step_and_sends_nothing
     steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
     sent = next(s for s in (steps["items"] if isinstance(steps, dict) else steps)
                 if s["step_type"] == "tool_call")
-    assert sent["status"] == "failed" and "line break" in (sent["error"] or ""), sent
+    assert sent["status"] == "failed" and "encoded word" in (sent["error"] or ""), sent
     assert relay.received == []
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.policy
 import smtplib
 import ssl
 import unicodedata
@@ -428,6 +429,34 @@ def _plain_id(message_id: str) -> bool:
     return "=?" not in message_id
 
 
+# Header lines written up to RFC 5322's 998 characters, not folded at 78: Python's email
+# package mangles what it folds (a long Message-ID in In-Reply-To or References became
+# encoded words, so the recipient's client could not thread the reply; a long quoted
+# display name lost its quotes, so a comma split the sender in two and a "<x@y>" in it
+# became the sender a reader sees).
+OUTBOUND_POLICY: Final = email.policy.default.clone(max_line_length=998)
+
+
+def _refuse_changed_addresses(message: EmailMessage, sender: Address,
+                              recipients: list[Address]) -> None:
+    """422 unless the written From, To and Cc read back as the addresses set (the sender
+    with its display name): no spelling of a name or an address may make a reader see
+    another sender or other recipients than those the message goes to."""
+    written = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+
+    def read(name: str) -> list[tuple[str, str]]:
+        header = written[name]
+        return [] if header is None else [(a.display_name, a.addr_spec.lower())
+                                          for a in header.addresses]
+
+    if read("From") != [(sender.display_name, sender.addr_spec.lower())]:
+        raise Unprocessable("the persona's name cannot be written as a mail sender's name: "
+                            "rename the persona", extra={"field": "from"})
+    if [a for _, a in read("To") + read("Cc")] != [r.addr_spec.lower() for r in recipients]:
+        raise Unprocessable("a recipient cannot be written in the mail's headers as given",
+                            extra={"field": "to"})
+
+
 def _refuse_broken_headers(message: EmailMessage) -> None:
     """422 for a header that, as Python's email package writes it, is not one header line
     (folded lines aside): an RFC 2047 encoded word (``=?utf-8?q?a=0D=0ABcc=3A_x?=``) in a
@@ -472,8 +501,9 @@ async def _prepare_outbound(
             raise NotFound(f"email {body.in_reply_to} is not in this persona's mailbox")
     message_id = make_msgid(idstring=uuid7().hex,
                             domain=_mail_domain(cfg, persona.email_address))
-    message = EmailMessage()
-    message["From"] = _address(persona.email_address, persona.name)
+    message = EmailMessage(policy=OUTBOUND_POLICY)
+    sender = _address(persona.email_address, persona.name)
+    message["From"] = sender
     message["To"] = [_address(a) for a in body.to]
     if body.cc:
         message["Cc"] = [_address(a) for a in body.cc]
@@ -494,6 +524,8 @@ async def _prepare_outbound(
         if references:
             message["References"] = " ".join(references)
     _refuse_broken_headers(message)
+    _refuse_changed_addresses(message, sender, [*message["To"].addresses,
+                                                *(message["Cc"].addresses if body.cc else ())])
     message.set_content(body.body)
     email = Email(id=uuid7(), persona_id=persona_id, user_id=actor.user_id or persona.owner_id,
                   run_id=run_id, direction="outbound", message_id=message_id,

@@ -30,6 +30,10 @@ def _checked_addresses(values: list[str]) -> list[str]:
         except EmailNotValidError:
             raise ValueError("each recipient must be a plain email address "
                              "(name@example.org)") from None
+        if "=?" in checked[-1].rpartition("@")[0]:
+            # An RFC 2047 encoded word, which Python's email package decodes when the
+            # header is set: "=?utf-8?q?ceo=40bank.example=2C?=@x" wrote another address.
+            raise ValueError("a recipient's name part must not hold an encoded word (=?...?=)")
     return checked
 
 
