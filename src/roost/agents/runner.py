@@ -889,11 +889,18 @@ def _check_limits(state: _State) -> None:
         raise _Stop("timeout")
 
 
+def _done_once(state: _State, step_type: str) -> bool:
+    """Whether the run's once-per-run read (retrieval, memory recall) was done: finished
+    or failed.  One a dead worker left running, recovered as interrupted, is done again
+    (it only reads): the resumed run's model was asked without the passages."""
+    return any(s.step_type == step_type and s.status != "interrupted" for s in state.steps)
+
+
 async def _retrieve(env: RunEnv, state: _State) -> None:
     """Once per run: the agent's documents' best chunks for the input, as a step."""
     ids = [uuid.UUID(str(d)) for d in (state.agent.document_ids if state.agent else [])]
     if not ids or state.config.retrieval_k == 0 or env.knowledge is None \
-            or any(s.step_type == "rag_retrieval" for s in state.steps):
+            or _done_once(state, "rag_retrieval"):
         return
     with _step_span(state, "rag_retrieval"):
         await _retrieve_step(env, state, env.knowledge, ids)
@@ -944,7 +951,7 @@ async def _remember(env: RunEnv, state: _State) -> None:
     k = state.config.memory_k
     # Not in a stranger's run: the runner's memories would be in a step the persona's
     # members read (state.stranger).
-    if k == 0 or state.stranger or any(s.step_type == "memory_recall" for s in state.steps):
+    if k == 0 or state.stranger or _done_once(state, "memory_recall"):
         return
     with _step_span(state, "memory_recall"):
         await _remember_step(env, state, k)
