@@ -1,6 +1,7 @@
 """What /mcp's tools/list offers: only tools a direct call can run (no server needing a
 persona's secret), agents never shadowed by an MCP server's tool, pages of
-``PAGE_SIZE`` with MCP's cursor, and an unknown tool's name not echoed in full."""
+``PAGE_SIZE`` with MCP's cursor, an unknown tool's name not echoed in full, and schemas as
+the protocol lists them (one server's odd schema never fails the whole list)."""
 
 from __future__ import annotations
 
@@ -169,3 +170,30 @@ async def test_a_tool_gone_from_its_server_keeps_its_name_from_another_servers_t
     assert called.is_error and "unknown tool" in called.content[0].text  # type: ignore[union-attr]
     async with database.transaction() as s:
         assert await s.scalar(select(func.count()).select_from(ToolRun)) == 0
+
+
+async def test_a_tool_s_schema_that_is_not_an_object_s_never_fails_the_whole_list(
+    app: FastAPI, database: Database,
+) -> None:
+    """A global server's tools advertise schemas MCP 2026-07-28 allows and the protocol /mcp
+    speaks does not list (an array output, an input without a type, an array input): the
+    SDK refused the whole tools/list answer, every user's, whoami included.  Now the
+    untyped input is listed as an object's, the array output left out, and the tool
+    whose arguments are an array not listed."""
+    server = await add_server_tools(database, None, "lists")
+    async with database.transaction() as s:
+        s.add_all([
+            Tool(user_id=None, mcp_server_id=server, kind="mcp", name="tags",
+                 input_schema={"type": "object"},
+                 output_schema={"type": "array", "items": {"type": "string"}}),
+            Tool(user_id=None, mcp_server_id=server, kind="mcp", name="find",
+                 input_schema={"properties": {"q": {"type": "string"}}}),
+            Tool(user_id=None, mcp_server_id=server, kind="mcp", name="many",
+                 input_schema={"type": "array"})])
+    _, alice = await make_user(database, username="alice")
+    async with in_process(app) as base, mcp_session(f"{base}/mcp", alice) as session:
+        listed = {t.name: t for t in (await session.list_tools()).tools}
+    assert "whoami" in listed and "lists__many" not in listed, sorted(listed)
+    assert listed["lists__tags"].output_schema is None
+    assert listed["lists__find"].input_schema == {
+        "type": "object", "properties": {"q": {"type": "string"}}}

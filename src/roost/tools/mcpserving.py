@@ -87,6 +87,21 @@ def _annotations(value: dict[str, Any] | None) -> types.ToolAnnotations | None:
         return None
 
 
+def _object_schema(value: dict[str, Any] | None, *,
+                   typed_only: bool = False) -> dict[str, Any] | None:
+    """``value`` as the protocol version /mcp speaks lists a schema: an object's (a server
+    may advertise any JSON Schema, and one that is not made the SDK refuse the whole
+    tools/list answer, every tool of every caller).  Without a ``type`` it is typed
+    ``object`` (``typed_only``: left out); of another type, None."""
+    if not isinstance(value, dict) or not value:
+        return None
+    if value.get("type") == "object":
+        return dict(value)
+    if "type" not in value and not typed_only:
+        return {"type": "object", **value}
+    return None
+
+
 async def offered_tools(session: AsyncSession, principal: Principal) -> list[Offered]:
     """The principal's own and the global tools that may be called now, in a stable
     order (creation) so the same rows always get the same names.  Names are handed out
@@ -119,10 +134,13 @@ async def offered_tools(session: AsyncSession, principal: Principal) -> list[Off
         description = tool.description or ""
         if server is not None:
             description = f"[{server}] {description}".strip()
+        input_schema = _object_schema(tool.input_schema or {"type": "object"})
+        if input_schema is None:
+            continue  # arguments no MCP client can send as an object: not listed here
         found.append(Offered(name=name, tool_id=tool.id, kind=tool.kind, tool=types.Tool(
             name=name, title=tool.title, description=description or None,
-            input_schema=dict(tool.input_schema or {"type": "object"}),
-            output_schema=dict(tool.output_schema) if tool.output_schema else None,
+            input_schema=input_schema,
+            output_schema=_object_schema(tool.output_schema, typed_only=True),
             annotations=_annotations(tool.annotations),
         )))
     return found
