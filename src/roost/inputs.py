@@ -233,6 +233,11 @@ _IGNORABLE: Final = frozenset(
     + "".join(map(chr, range(0x180B, 0x1810))) + "".join(map(chr, range(0xFE00, 0xFE10))))
 
 
+FILLERS: Final = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0")
+"""Letters and marks that show as nothing (Hangul fillers, the grapheme joiner, Khmer
+inherent vowels): unlike the variation selectors, never needed in a name."""
+
+
 def is_invisible(char: str) -> bool:
     """Whether ``char`` shows nothing: white space, a format character (Unicode category
     Cf: zero-width spaces and joiners, the byte order mark, bidi marks) or another

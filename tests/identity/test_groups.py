@@ -154,13 +154,14 @@ async def test_a_name_typed_decomposed_is_the_same_name_as_the_composed_one(
 
 @pytest.mark.parametrize("name", [
     "evil\nadmins", "red\x1b[31mteam", "abc\u202egnp.exe", "\u200b\u200b", "a\u200bdmins",
-    "line\u2028break", "c1\x9bcontrol",
+    "line\u2028break", "c1\x9bcontrol", "\u3164", "\u115f\u1160", "\uffa0", "\u034f",
+    "fin\u3164ance",
 ])
 async def test_a_name_with_control_or_invisible_characters_is_a_422_naming_it(
         client: httpx.AsyncClient, database: Database, name: str) -> None:
     """A group's name is shown to the people it invites: a line break, a terminal escape,
-    a bidirectional override or zero-width characters (a name reading as another, or as
-    nothing) are refused, on creation and on renaming."""
+    a bidirectional override, zero-width characters, Hangul fillers or a grapheme joiner
+    (a name reading as another, or as nothing) are refused, on creation and on renaming."""
     _, alice = await make_user(database)
     made = await client.post("/api/v1/groups", headers=alice, json={"name": name})
     assert made.status_code == 422 and "name" in made.text, made.text
@@ -171,6 +172,20 @@ async def test_a_name_with_control_or_invisible_characters_is_a_422_naming_it(
     assert renamed.status_code == 422 and "name" in renamed.text, renamed.text
     listed = (await client.get("/api/v1/groups", headers=alice)).json()["items"]
     assert [g["name"] for g in listed] == ["Équipe 🦆"]
+
+
+async def test_a_name_ending_in_characters_that_show_nothing_is_the_name_without_them(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """Another user's group named like an existing one plus a trailing Hangul filler read
+    exactly the same to an invitee (201, a second group): the ends are stripped, so it
+    is the existing name, a 409."""
+    _, alice = await make_user(database)
+    _, eve = await make_user(database)
+    made = await client.post("/api/v1/groups", headers=alice, json={"name": "finance"})
+    assert made.status_code == 201, made.text
+    for twin in ("finance\u3164", "\uffa0finance", "finance\u200b"):
+        answer = await client.post("/api/v1/groups", headers=eve, json={"name": twin})
+        assert answer.status_code == 409, answer.text
 
 
 async def test_the_group_list_is_paged_by_name_for_a_user_in_many_groups(

@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from roost.identity.common import nfc, refuse_hidden_characters
 from roost.identity.models import MODEL_PREFERENCE_KEYS
-from roost.inputs import StrictInput, WebUrl, json_size, no_nul
+from roost.inputs import FILLERS, StrictInput, WebUrl, is_blank, json_size, no_nul, strip_invisible
 
 MAX_PREFERENCE_JSON_BYTES = 16 * 1024
 MAX_PROFILE_JSON_BYTES = 4 * 1024
@@ -439,9 +439,22 @@ def _composed(value: Any) -> Any:
 # refused with a control, line-breaking or invisible character (which would make a name
 # that reads as another, or as nothing).  Validators before the core run right to left:
 # the limit holds for the name as sent, then it is composed.
+def _visible_name(value: str) -> str:
+    """``value`` without invisible characters at its ends (a trailing Hangul filler made a
+    second group reading exactly as another's), refused when nothing is left or when one
+    of :data:`roost.inputs.FILLERS` is inside it."""
+    value = strip_invisible(value)
+    if is_blank(value):
+        raise ValueError("must not be blank (it holds only characters that show nothing)")
+    if any(c in FILLERS for c in value):
+        raise ValueError("must not contain characters that show nothing (a Hangul filler, "
+                         "a grapheme joiner)")
+    return value
+
+
 GroupName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
                       BeforeValidator(_composed), _sent_at_most(128),
-                      AfterValidator(refuse_hidden_characters)]
+                      AfterValidator(_visible_name), AfterValidator(refuse_hidden_characters)]
 
 
 class GroupIn(Input):
