@@ -1,12 +1,14 @@
 """Graph queries: neighbours and paths by recursive CTE (cycles included), the temporal
 graph (now and as_of), an entity's history, isolation, and ``roost memory graph``; the
-entities deleted memories alone named leave with them (cascades and migration 1210)."""
+entities deleted memories alone named leave with them (cascades and migration 1210); names
+as sent (decomposed, padded with what shows nothing) are the names stored."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+import unicodedata
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -554,3 +556,40 @@ async def test_an_entitys_history_is_paged(client: httpx.AsyncClient, database: 
         assert bad.status_code in (400, 422), (params, bad.status_code, bad.text)
     assert (await client.get(url, headers=headers,
                              params={"cursor": encode_cursor(key)})).json()["items"] != []
+
+
+async def test_a_name_fitting_once_composed_is_accepted_and_found_sent_decomposed(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """200 "é" sent decomposed (400 code points, as macOS may send them) fit the 255
+    characters a name is stored in: accepted (it was a 422 "at most 255"), and the paths
+    query finds the entity by that spelling (a 422 on `source` too)."""
+    _, h = await make_user(database)
+    nfd = unicodedata.normalize("NFD", "\u00e9" * 200)
+    await _add(client, h, "long accented", [(nfd, "is", "X")])
+    assert await _names(client, h) == sorted(["\u00e9" * 200, "X"])
+    paths = await client.get(f"{GRAPH}/paths", headers=h, params={"source": nfd, "target": "X"})
+    assert paths.status_code == 200 and len(paths.json()) == 1, paths.text
+
+
+async def test_a_blank_path_end_is_a_422_naming_it(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """A paths query whose source or target shows nothing (a zero-width space, a mark)
+    is a 422 naming that parameter (it named a field "entity" the route does not have)."""
+    _, h = await make_user(database)
+    await _add(client, h, "a", [("A", "is", "B")])
+    for params, field in (({"source": "\u200b", "target": "B"}, "source"),
+                          ({"source": "A", "target": "\u200b\u200e"}, "target")):
+        answer = await client.get(f"{GRAPH}/paths", headers=h, params=params)
+        assert answer.status_code == 422 and answer.json()["field"] == field, answer.text
+
+
+@pytest.mark.parametrize("filler", ["\u3164", "\u034f", "\uffa0"])
+async def test_a_name_padded_with_a_filler_is_the_plain_name(
+        client: httpx.AsyncClient, database: Database, filler: str) -> None:
+    """A name padded with a character that shows nothing (a Hangul filler, the grapheme
+    joiner) is the plain name's entity (it was a second, look-alike one), and a name of
+    only such characters makes no entity, as a zero-width space does."""
+    _, h = await make_user(database)
+    await _add(client, h, "a", [("Ada", "knows", "Bo")])
+    await _add(client, h, "b", [(f"Ada{filler}", "knows", "Cy"), ("Bo", "likes", filler)])
+    assert await _names(client, h) == ["Ada", "Bo", "Cy"]

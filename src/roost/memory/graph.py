@@ -31,6 +31,7 @@ from sqlalchemy import func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.base import uuid7
+from roost.inputs import FILLERS
 from roost.memory.models import Memory, MemoryRelation
 
 _SPACES = re.compile(r"\s+")
@@ -59,12 +60,13 @@ KEPT_KEY_CHARS: Final = MAX_KEY_CHARS - 17  # of a longer key, before "#<16 hex 
 
 def clean(name: str) -> str:
     """``name`` as an entity (or a relation) is named: format characters (Unicode category
-    Cf: zero-width spaces and joiners, the byte order mark, bidirectional marks) and
-    control characters but white space (Cc: NUL, ESC, DEL...) dropped,
+    Cf: zero-width spaces and joiners, the byte order mark, bidirectional marks), letters
+    and marks that show nothing (:data:`roost.inputs.FILLERS`: Hangul fillers, the
+    grapheme joiner) and control characters but white space (Cc: NUL, ESC, DEL...) dropped,
     composed (NFC: ``e`` and a combining accent is ``é``), white space collapsed and
     trimmed.  Invisible, or spelt differently for one look, they would make look-alike or
     invisible entities and relations."""
-    visible = "".join(c for c in name if unicodedata.category(c) != "Cf"
+    visible = "".join(c for c in name if unicodedata.category(c) != "Cf" and c not in FILLERS
                       and (c.isspace() or unicodedata.category(c) != "Cc"))
     return _SPACES.sub(" ", unicodedata.normalize("NFC", visible)).strip()
 

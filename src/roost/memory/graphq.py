@@ -140,10 +140,12 @@ def _entity(row: Any) -> EntityRef:
 async def resolve_entities(
     session: AsyncSession, actor: Principal, ref: str | uuid.UUID, *,
     user_id: uuid.UUID | None = None, persona_id: uuid.UUID | None = None,
+    field: str = "entity",
 ) -> list[EntityRef]:
     """The entities ``ref`` names: an id (one entity the actor may see), or a name,
     matched as entity names are (case and spacing aside) among the user's entities (one
-    per persona that has it; ``persona_id`` narrows).  None found: 404."""
+    per persona that has it; ``persona_id`` narrows).  None found: 404.  ``field``: the
+    parameter a blank name is named by in the 422 (``source``, ``target``)."""
     entity_id = ref if isinstance(ref, uuid.UUID) else _as_uuid(ref)
     if entity_id is not None:
         row = (await session.execute(text(
@@ -160,7 +162,8 @@ async def resolve_entities(
     await _check_persona(session, actor, owner, persona_id)
     name = normalize(str(ref))
     if not name:
-        raise Unprocessable("name an entity", extra={"field": "entity"})
+        raise Unprocessable(f"{field}: name an entity (it shows nothing)",
+                            extra={"field": field})
     sql = (f"SELECT {_ENTITY_COLUMNS} FROM memory_entities e "  # noqa: S608
            "WHERE e.user_id = :uid AND e.normalized_name = :name")
     params: dict[str, Any] = {"uid": owner, "name": name}
@@ -352,9 +355,11 @@ async def paths(
         raise Unprocessable(f"max_hops must be within 1..{MAX_HOPS}", extra={"field": "max_hops"})
     if not 1 <= limit <= MAX_PATHS:
         raise Unprocessable(f"limit must be within 1..{MAX_PATHS}", extra={"field": "limit"})
-    sources = await resolve_entities(session, actor, source, user_id=user_id, persona_id=persona_id)
+    sources = await resolve_entities(session, actor, source, user_id=user_id,
+                                     persona_id=persona_id, field="source")
     owner = sources[0].user_id
-    targets = await resolve_entities(session, actor, target, user_id=owner, persona_id=persona_id)
+    targets = await resolve_entities(session, actor, target, user_id=owner,
+                                     persona_id=persona_id, field="target")
     persona = persona_id is not None
     sql = f"""
 WITH RECURSIVE dist(entity_id, d) AS (

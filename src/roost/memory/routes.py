@@ -24,6 +24,7 @@ from roost.llm.deps import GatewayDep
 from roost.memory import graphq, learning, recall, service
 from roost.memory.models import Memory
 from roost.memory.schemas import (
+    SENT_NAME_CHARS,
     EdgeOut,
     EntityHistoryOut,
     EntityOut,
@@ -169,7 +170,7 @@ async def search_memories(
             summary="Entities of your memory graph (name contains q), most connected first")
 async def graph_entities(
     principal: CurrentPrincipal, db: DbSession,
-    q: Annotated[str | None, Query(max_length=255)] = None,
+    q: Annotated[str | None, Query(max_length=SENT_NAME_CHARS)] = None,
     user_id: uuid.UUID | None = None, persona_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[EntitySummaryOut]:
@@ -199,8 +200,10 @@ async def graph_neighbours(
             summary="Paths of at most max_hops relations between two entities, shortest first")
 async def graph_paths(
     principal: CurrentPrincipal, db: DbSession,
-    source: Annotated[str, Query(min_length=1, max_length=255, description="Name or id")],
-    target: Annotated[str, Query(min_length=1, max_length=255, description="Name or id")],
+    source: Annotated[str, Query(min_length=1, max_length=SENT_NAME_CHARS,
+                                 description="Name or id")],
+    target: Annotated[str, Query(min_length=1, max_length=SENT_NAME_CHARS,
+                                 description="Name or id")],
     max_hops: Annotated[int, Query(ge=1, le=graphq.MAX_HOPS)] = 3,
     as_of: Annotated[IsoDatetime | None, Query(description="The graph at this time")] = None,
     user_id: uuid.UUID | None = None, persona_id: uuid.UUID | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -66,7 +66,13 @@ def _fits_once_clean(value: str) -> str:
     return value
 
 
-EntityName = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_fits_once_clean)]
+SENT_NAME_CHARS: Final = 4 * 255
+"""A name as sent may be longer than as stored (255): decomposed (200 "é" sent as e and a
+combining accent are 400 code points), padded with what cleaning drops.  The limit holds
+for the name cleaned (``_fits_once_clean``); this bounds what is sent."""
+
+EntityName = Annotated[str, Field(min_length=1, max_length=SENT_NAME_CHARS),
+                       AfterValidator(_fits_once_clean)]
 
 
 def _fits_once_composed(limit: int) -> Any:
@@ -87,7 +93,7 @@ class EntityIn(StrictInput):
 
     name: EntityName
     type: Annotated[str, _fits_once_composed(64)] = Field(default="thing", min_length=1,
-                                                      max_length=64)
+                                                      max_length=4 * 64)
 
 
 class RelationshipIn(StrictInput):
@@ -95,7 +101,8 @@ class RelationshipIn(StrictInput):
     refuse_nul = True
 
     source: EntityName
-    relation: Annotated[str, _fits_once_composed(128)] = Field(min_length=1, max_length=128)
+    relation: Annotated[str, _fits_once_composed(128)] = Field(min_length=1,
+                                                               max_length=4 * 128)
     target: EntityName
 
 
