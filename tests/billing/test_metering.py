@@ -1,10 +1,11 @@
 """Tool calls, agents and runs against a plan: tool calls hold and pay credits (402 at the
-limit), and the plan's max_agents, runs_per_day and max_documents answer 403 naming the
-limit, also to many creates at once."""
+limit) and count in their run's cost and max_cost budget, and the plan's max_agents,
+runs_per_day and max_documents answer 403 naming the limit, also to many creates at once."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import httpx
 from sqlalchemy import text
@@ -13,12 +14,14 @@ from roost.db.engine import Database
 from roost.tasks.worker import Worker
 from roost.tools import builtins, calls
 from tests.agents.conftest import make_agent, test_settings, wait_for_run, worker  # noqa: F401
-from tests.billing.metered import Headers, subscribe
+from tests.agents.test_runs import start
+from tests.billing.metered import Headers, assert_settled, metered_user, subscribe
 from tests.chat.conftest import add_provider
 from tests.prompts.conftest import make_group
 from tests.support.identity import make_user
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Reply, ToolCalls
+from tests.support.sql import fetch
 
 
 async def test_tool_calls_pay_credits_and_stop_at_the_limit(
@@ -235,3 +238,52 @@ async def test_a_groups_subscription_pays_for_its_members_calls(
     assert shared.status_code == 200 and shared.json()["balance"] == 0
     assert (await client.get("/api/v1/billing/subscription",
                              headers=outsider_h)).status_code == 404
+
+
+async def test_a_runs_cost_sums_its_usage_rows_credits_tool_calls_included(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    worker: Worker,  # noqa: F811 - the fixture
+) -> None:
+    """A run's ``cost`` is its credits, all steps: the ledger's rows naming the run sum to
+    it, the paid tool call's credit included (its step's cost was 0 and the run's the model
+    calls' alone)."""
+    user_id, headers = await metered_user(client, admin_headers, stub, database, 100)
+    agent = await make_agent(database, user_id, tool_permissions=["current_time"])
+    stub.script(ToolCalls(Call("current_time", {"timezone": "UTC"})), Reply("Noon."))
+    run = await start(client, headers, agent.id)
+    done = await wait_for_run(client, headers, run["id"])
+    assert done["status"] == "completed", done
+    ledger = await assert_settled(database, user_id)
+    [row] = await fetch(database, "SELECT coalesce(sum(credits_used), 0) AS credits, "
+                        "count(*) FILTER (WHERE request_type = 'tool') AS tools "
+                        "FROM usage_records WHERE run_id = :r", r=uuid.UUID(run["id"]))
+    assert row.tools == 1 and row.credits == ledger["used"], (row, ledger)
+    steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
+    tool_step = next(s for s in steps if s["step_type"] == "tool_call")
+    assert float(tool_step["cost"]) == 1, tool_step
+    assert float(done["cost"]) == row.credits, (done["cost"], row.credits)
+
+
+async def test_max_cost_counts_the_credits_of_the_runs_tool_calls(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+    worker: Worker,  # noqa: F811 - the fixture
+) -> None:
+    """config.max_cost stops a run once its credits, all steps, reach it: a model call and a
+    paid tool call spend more than a budget of the model call's credits and a half, so the
+    run stops with ``budget`` (it asked the model again: tool credits never counted)."""
+    user_id, headers = await make_user(database)
+    await add_provider(client, admin_headers, stub)
+    await subscribe(client, admin_headers, user_id, 100)
+    # First, what one model call of this agent costs in credits.
+    probe = await make_agent(database, user_id)
+    stub.script(Reply("Hi."))
+    first = await wait_for_run(client, headers, (await start(client, headers, probe.id))["id"])
+    one_call = float(first["cost"])
+    assert one_call >= 1, first
+    agent = await make_agent(database, user_id, tool_permissions=["current_time"],
+                             config={"max_cost": one_call + 0.5})
+    stub.script(ToolCalls(Call("current_time", {"timezone": "UTC"})), Reply("Noon."))
+    done = await wait_for_run(client, headers, (await start(client, headers, agent.id))["id"])
+    assert (done["status"], done["stop_reason"]) == ("completed", "budget"), done
+    assert len(stub.requests(path="/v1/chat/completions")) == 2  # the probe's and one
+

@@ -1322,7 +1322,11 @@ def _tool_finish(state: _State, step: _Step, prepared: tool_calls.PreparedCall,
     status = "completed" if failure is None else "failed"
     error = failure.detail if failure else None
     finished_at = utcnow()
-    _settle(state, step, status=status, output=result.output, error=error)
+    # What the call's ledger row charges (tools.calls.write_ledger): the run's cost, and so
+    # its max_cost budget, counts paid tool calls as well as model calls.
+    held = prepared.reservation
+    cost = Decimal(held.amount) if held is not None and failure is None else Decimal(0)
+    _settle(state, step, status=status, output=result.output, error=error, cost=cost)
 
     async def write(session: AsyncSession) -> None:
         # The tool run and its audit record (whatever happened to the run meanwhile) and
@@ -1332,8 +1336,8 @@ def _tool_finish(state: _State, step: _Step, prepared: tool_calls.PreparedCall,
             run_id=state.run.id, run_step_id=step.id)
         await tool_calls.write_ledger(session, record)
         await _write_finish(session, state, step, status=status, output=result.output,
-                            error=error, tool_run_id=record.run.id, finished_at=finished_at,
-                            record=record)
+                            error=error, cost=cost, tool_run_id=record.run.id,
+                            finished_at=finished_at, record=record)
 
     return write
 
