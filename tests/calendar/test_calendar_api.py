@@ -16,6 +16,7 @@ from roost.calendar import batch, ical, recurrence
 from roost.calendar.models import Event
 from roost.db.engine import Database
 from tests.calendar.conftest import Headers, make_calendar, make_event
+from tests.support.identity import make_user
 
 User = tuple[uuid.UUID, Headers]
 
@@ -513,3 +514,37 @@ async def test_a_count_series_with_a_sub_second_start_has_count_occurrences(
     assert r.status_code == 200, r.text
     assert [o["start"] for o in r.json()["occurrences"]] == [
         "2027-03-01T09:00:00Z", "2027-03-02T09:00:00Z", "2027-03-03T09:00:00Z"]
+
+
+async def test_admin_changing_another_users_calendar_is_recorded_as_the_admins(
+        client: httpx.AsyncClient, database: Database, admin_headers: Headers) -> None:
+    """An administrator who changes a user's event and renames and deletes their calendar
+    is the ``user_id`` of those audit records, the owner in ``changes.owner`` (the records
+    named the owner as having acted)."""
+    owner_id, owner = await make_user(database)
+    admin_id, admin = await make_user(database, admin=True)
+    cal = await client.post("/api/v1/calendars", json={"name": "Work", "timezone": "UTC"},
+                            headers=owner)
+    assert cal.status_code == 201, cal.text
+    cal_id = cal.json()["id"]
+    ev = await client.post(f"/api/v1/calendars/{cal_id}/events", headers=owner,
+                           json={"summary": "x", "start_time": "2027-03-08T09:00:00Z",
+                                 "end_time": "2027-03-08T10:00:00Z"})
+    assert ev.status_code == 201, ev.text
+    ev_id = ev.json()["id"]
+    resp = await client.patch(f"/api/v1/calendars/{cal_id}/events/{ev_id}",
+                              json={"summary": "y"}, headers=admin)
+    assert resp.status_code == 200, resp.text
+    resp = await client.patch(f"/api/v1/calendars/{cal_id}", json={"name": "Job"},
+                              headers=admin)
+    assert resp.status_code == 200, resp.text
+    resp = await client.delete(f"/api/v1/calendars/{cal_id}", headers=admin)
+    assert resp.status_code == 204, resp.text
+    listed = await client.get("/api/v1/audit/logs", headers=admin_headers,
+                              params={"limit": "200"})
+    actors = {r["action"]: (r["user_id"], (r["changes"] or {}).get("owner"))
+              for r in listed.json()["items"]
+              if r["action"] in ("event.update", "calendar.update", "calendar.delete")}
+    acted = (str(admin_id), str(owner_id))
+    assert actors == {"event.update": acted, "calendar.update": acted,
+                      "calendar.delete": acted}, actors

@@ -26,6 +26,7 @@ from roost.db.base import utcnow, uuid7
 from roost.db.statements import flush_pending, insert_row
 from roost.errors import BadRequest
 from roost.pagination import DEFAULT_LIMIT, cursor_int, encode_cursor, page_of
+from roost.principal import Principal
 
 GENESIS_HASH = bytes(32)
 RETENTION_ACTION = "audit.retention"
@@ -68,6 +69,13 @@ async def record(session: AsyncSession, action: str,
     (roost.db.statements.insert_row), with no ORM object."""
     await flush_pending(session)
     return await insert_row(session, AuditLog, entry_values(action, **fields))
+
+
+def owner_if_other(actor: Principal, owner: uuid.UUID) -> dict[str, str]:
+    """An audit record names who acted (``user_id``), as every domain's do; a change of
+    someone else's row (a group admin's, an administrator's) also names its owner, for
+    the record's ``changes``."""
+    return {} if actor.user_id == owner else {"owner": str(owner)}
 
 
 def entry_values(action: str, **fields: Unpack[AuditFields]) -> dict[str, Any]:

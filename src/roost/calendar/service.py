@@ -27,7 +27,7 @@ from sqlalchemy import delete, false, null, or_, select, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.audit.service import record
+from roost.audit.service import owner_if_other, record
 from roost.calendar import batch, ical, recurrence
 from roost.calendar.models import Calendar, Event
 from roost.calendar.recurrence import RecurrenceError, Recurring
@@ -202,8 +202,9 @@ async def update_calendar(session: AsyncSession, actor: Principal, calendar_id: 
             changes[fld] = "changed"
     await session.flush()
     await session.refresh(cal)
-    await record(session, "calendar.update", user_id=cal.user_id, resource_type="calendar",
-                 resource_id=cal.id, changes=changes)
+    await record(session, "calendar.update", user_id=actor.user_id or cal.user_id,
+                 resource_type="calendar", resource_id=cal.id,
+                 changes={**changes, **owner_if_other(actor, cal.user_id)})
     return cal
 
 
@@ -211,8 +212,9 @@ async def delete_calendar(session: AsyncSession, actor: Principal,
                           calendar_id: uuid.UUID) -> None:
     cal = await get_calendar(session, actor, calendar_id, lock=True)
     await session.execute(delete(Calendar).where(Calendar.id == cal.id))
-    await record(session, "calendar.delete", user_id=cal.user_id, resource_type="calendar",
-                 resource_id=cal.id, changes={"name": cal.name})
+    await record(session, "calendar.delete", user_id=actor.user_id or cal.user_id,
+                 resource_type="calendar", resource_id=cal.id,
+                 changes={"name": cal.name, **owner_if_other(actor, cal.user_id)})
 
 
 # --- events ------------------------------------------------------------------------------
@@ -339,9 +341,10 @@ async def create_event(session: AsyncSession, actor: Principal, calendar_id: uui
     session.add(ev)
     await session.flush()
     await session.refresh(ev)
-    await record(session, "event.create", user_id=cal.user_id, resource_type="event",
-                 resource_id=ev.id, changes={"calendar_id": str(cal.id),
-                                             "recurring": ev.recurrence_rule is not None})
+    await record(session, "event.create", user_id=actor.user_id or cal.user_id,
+                 resource_type="event", resource_id=ev.id,
+                 changes={"calendar_id": str(cal.id), "recurring": ev.recurrence_rule is not None,
+                          **owner_if_other(actor, cal.user_id)})
     return ev
 
 
@@ -396,8 +399,9 @@ async def update_event(session: AsyncSession, actor: Principal, calendar_id: uui
     await _derive(ev)
     await session.flush()
     await session.refresh(ev)
-    await record(session, "event.update", user_id=ev.user_id, resource_type="event",
-                 resource_id=ev.id, changes={"fields": sorted(given)})
+    await record(session, "event.update", user_id=actor.user_id or ev.user_id,
+                 resource_type="event", resource_id=ev.id,
+                 changes={"fields": sorted(given), **owner_if_other(actor, ev.user_id)})
     return ev
 
 
@@ -411,9 +415,10 @@ async def delete_event(session: AsyncSession, actor: Principal, calendar_id: uui
             Event.calendar_id == ev.calendar_id, Event.uid == ev.uid))
     else:
         gone = await session.execute(delete(Event).where(Event.id == ev.id))
-    await record(session, "event.delete", user_id=ev.user_id, resource_type="event",
-                 resource_id=ev.id, changes={"calendar_id": str(calendar_id),
-                                             "rows": getattr(gone, "rowcount", 1)})
+    await record(session, "event.delete", user_id=actor.user_id or ev.user_id,
+                 resource_type="event", resource_id=ev.id,
+                 changes={"calendar_id": str(calendar_id), "rows": getattr(gone, "rowcount", 1),
+                          **owner_if_other(actor, ev.user_id)})
 
 
 # Columns an override created for one occurrence copies from its series.
@@ -472,10 +477,12 @@ async def change_occurrence(session: AsyncSession, actor: Principal, calendar_id
         session.add(override)
     await session.flush()
     await session.refresh(override)
-    await record(session, "event.occurrence", user_id=series.user_id, resource_type="event",
+    await record(session, "event.occurrence", user_id=actor.user_id or series.user_id,
+                 resource_type="event",
                  resource_id=series.id, changes={"override_id": str(override.id),
                                                  "recurrence_id": rid.isoformat(),
-                                                 "created": created, "fields": sorted(given)})
+                                                 "created": created, "fields": sorted(given),
+                                                 **owner_if_other(actor, series.user_id)})
     return override, created
 
 
@@ -727,9 +734,11 @@ async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.
     await session.flush()
     result = {"created": created, "updated": updated, "unchanged": unchanged,
               "skipped": skipped}
-    await record(session, "calendar.import", user_id=cal.user_id, resource_type="calendar",
-                 resource_id=cal.id, changes={k: v for k, v in result.items() if k != "skipped"}
-                 | {"skipped": len(skipped), "overrides": len(overrides)})
+    await record(session, "calendar.import", user_id=actor.user_id or cal.user_id,
+                 resource_type="calendar", resource_id=cal.id,
+                 changes={k: v for k, v in result.items() if k != "skipped"}
+                 | {"skipped": len(skipped), "overrides": len(overrides)}
+                 | owner_if_other(actor, cal.user_id))
     return result
 
 

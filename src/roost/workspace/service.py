@@ -22,7 +22,7 @@ from typing import Any, Final
 from sqlalchemy import delete, false, func, literal_column, or_, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.audit.service import record
+from roost.audit.service import owner_if_other, record
 from roost.db.lookup import id_starts_with, one_or_404
 from roost.errors import BadRequest, Forbidden, NotFound, Unprocessable
 from roost.identity.common import group_ids_of, lock_owner_quota, nfc, require_user
@@ -222,7 +222,7 @@ async def update_project(session: AsyncSession, actor: Principal, project_id: uu
     await session.flush()
     await session.refresh(project)
     await record(session, "project.update", user_id=actor.user_id, resource_type="project",
-                 resource_id=project.id, changes={**changes, **_owner_if_other(actor, project.user_id)})
+                 resource_id=project.id, changes={**changes, **owner_if_other(actor, project.user_id)})
     return project
 
 
@@ -236,7 +236,7 @@ async def delete_project(session: AsyncSession, actor: Principal,
     await session.execute(delete(Project).where(Project.id == project.id))
     await record(session, "project.delete", user_id=actor.user_id, resource_type="project",
                  resource_id=project.id,
-                 changes={"name": project.name, **_owner_if_other(actor, project.user_id)})
+                 changes={"name": project.name, **owner_if_other(actor, project.user_id)})
 
 
 # The tables whose rows a project groups.  They belong to higher domains (agents,
@@ -385,7 +385,7 @@ async def update_task(session: AsyncSession, actor: Principal, task_id: uuid.UUI
                  resource_id=task.id, changes={"fields": sorted(given),
                                                "score": {"before": before,
                                                          "after": task.calculated_score},
-                                               **_owner_if_other(actor, task.user_id)})
+                                               **owner_if_other(actor, task.user_id)})
     return task
 
 
@@ -400,7 +400,7 @@ async def delete_task(session: AsyncSession, actor: Principal, task_id: uuid.UUI
     await session.execute(delete(Task).where(Task.id == task.id))
     await record(session, "task.delete", user_id=actor.user_id, resource_type="task",
                  resource_id=task.id,
-                 changes={"title": task.title, **_owner_if_other(actor, task.user_id)})
+                 changes={"title": task.title, **owner_if_other(actor, task.user_id)})
 
 
 def score_cursor(task: Task) -> str:
@@ -473,11 +473,6 @@ async def refresh_scores(session: AsyncSession) -> int:
         .execution_options(synchronize_session=False))
     return int(getattr(result, "rowcount", 0) or 0)
 
-
-def _owner_if_other(actor: Principal, owner: uuid.UUID) -> dict[str, str]:
-    """An audit record names who acted (``user_id``), as every domain's do; a change of
-    someone else's row (a group admin's, an administrator's) also names its owner."""
-    return {} if actor.user_id == owner else {"owner": str(owner)}
 
 
 def _plain(value: Any) -> Any:
