@@ -70,3 +70,16 @@ def test_a_named_secret_key_is_redacted(key: str) -> None:
                                  "idempotency_key", "tokenizer", "step2", "passkey_id"])
 def test_counters_and_names_that_only_look_like_credentials_stay_visible(key: str) -> None:
     assert redact({key: 7}) == {key: 7}
+
+
+@pytest.mark.parametrize(("url", "kept"), [
+    ("http://h/mcp?api_key=sk-1&x=1", "http://h/mcp?api_key=[redacted]&x=1"),
+    ("https://h/p?a=1&access_token=t#top", "https://h/p?a=1&access_token=[redacted]#top"),
+    ("https://h/p?Client%20Secret=s", "https://h/p?Client%20Secret=[redacted]"),
+    ("https://h/p?tokens_in=5&page=2", "https://h/p?tokens_in=5&page=2"),
+    ("not a url? key=1", "not a url? key=1"),
+])
+def test_a_url_s_secret_query_values_are_redacted(url: str, kept: str) -> None:
+    """A URL with a token in its query (an MCP server reached with ``?api_key=``) keeps
+    its other parameters in the record, not the token; text that is no URL is left."""
+    assert redact({"url": url, "nested": [url]}) == {"url": kept, "nested": [kept]}

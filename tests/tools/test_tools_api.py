@@ -428,3 +428,25 @@ async def test_a_call_tied_to_a_chat_session_must_name_one_the_caller_sees(
             "application/problem+json"), (body, r.text)
     assert len((await client.get("/api/v1/tool-runs", headers=bob)).json()["items"]) == 0
     assert len((await client.get("/api/v1/tool-runs", headers=alice)).json()["items"]) == 1
+
+
+async def test_a_server_url_s_token_is_not_kept_in_the_audit_log(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str],
+) -> None:
+    """An MCP server some users reach with a token in its URL (``?api_key=``): the
+    ``mcp_server.create`` record keeps the URL without the token's value (it kept it)."""
+    _, user = await make_user(database)
+    token = "sk-live-0123456789abcdef"
+    made = await client.post("/api/v1/mcp-servers", headers=user, json={
+        "name": "q", "transport": "streamable_http",
+        "url": f"http://127.0.0.1:9/mcp?api_key={token}&region=eu"})
+    assert made.status_code == 201, made.text
+    listed = await client.get("/api/v1/audit/logs", headers=admin_headers,
+                              params={"action": "mcp_server.create"})
+    [entry] = listed.json()["items"]
+    assert entry["changes"]["url"] == "http://127.0.0.1:9/mcp?api_key=[redacted]&region=eu"
+    async with database.transaction() as session:
+        stored = await session.scalar(text(
+            "SELECT string_agg(coalesce(changes::text, '') || coalesce(metadata::text, ''), '')"
+            " FROM audit_logs"))
+    assert token not in (stored or "")

@@ -6,6 +6,7 @@ import functools
 import re
 import unicodedata
 from typing import Any
+from urllib.parse import unquote_plus
 
 REDACTED = "[redacted]"
 
@@ -52,7 +53,8 @@ def is_secret_key(key: str) -> bool:
 
 
 def redact(value: Any, _depth: int = 0) -> Any:
-    """A copy of ``value`` with every value under a secret-looking key replaced."""
+    """A copy of ``value`` with every value under a secret-looking key replaced, and in a
+    URL every secret-looking query parameter's value (:func:`redact_url`)."""
     if _depth > 32:  # hostile nesting: stop descending, keep nothing below
         return REDACTED
     if isinstance(value, dict):
@@ -62,4 +64,19 @@ def redact(value: Any, _depth: int = 0) -> Any:
         }
     if isinstance(value, list | tuple):
         return [redact(v, _depth + 1) for v in value]
+    if isinstance(value, str) and "://" in value and "?" in value:
+        return redact_url(value)
     return value
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the value of each query parameter named like a secret
+    (``?api_key=...``, ``&access_token=...``) replaced: a server or a page some users
+    reach with a token in its URL would have it kept in the audit log."""
+    head, sep, rest = url.partition("?")
+    query, hash_, fragment = rest.partition("#")
+    parts = []
+    for part in query.split("&"):
+        name, eq, _ = part.partition("=")
+        parts.append(f"{name}={REDACTED}" if eq and is_secret_key(unquote_plus(name)) else part)
+    return head + sep + "&".join(parts) + hash_ + fragment
