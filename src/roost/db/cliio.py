@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import os
 import re
+import select
 import signal
+import stat
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -95,39 +98,63 @@ def stdin() -> TextIO:
     return sys.stdin
 
 
-def read_text(source: str | Path, *, what: str = "the file", max_bytes: int | None = None) -> str:
-    """The UTF-8 text of ``source`` (``-``: standard input); a file that is missing, a
-    directory, unreadable, not UTF-8 text or (with ``max_bytes``) longer than that (a
-    passphrase file pointed at /dev/zero grew the process without end) is the command's
+DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
+"""What a file option reads at most, unless its command says less: /dev/zero, or any
+endless file, grew the process until it died with a MemoryError."""
+FIFO_WAIT_S: Final = 10.0
+"""How long a named pipe given as a file may take to bring its first byte (or its end)."""
+
+
+def read_text(source: str | Path, *, what: str = "the file",
+              max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+    """The UTF-8 text of ``source`` (``-``: standard input), without a leading byte order
+    mark (Windows Notepad writes one); a file that is missing, a directory, unreadable,
+    not UTF-8 text, longer than ``max_bytes`` or a pipe no one writes to is the command's
     failure (exit 1)."""
-    shown = "standard input" if str(source) == STDIN else str(source)
+    data = read_bytes(source, what=what, max_bytes=max_bytes)
     try:
-        if max_bytes is None:
-            return stdin().read() if str(source) == STDIN else Path(source).read_text(
-                encoding="utf-8")
-        if str(source) == STDIN:
-            data = stdin().buffer.read(max_bytes + 1)
-        else:
-            with Path(source).open("rb") as file:
-                data = file.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise fail(f"Cannot read {what}", f"{shown}: longer than {max_bytes:,} bytes")
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise fail(f"Cannot read {what}",
-                   f"{shown}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x})"
-                   ) from None
-    except OSError as exc:
-        raise fail(f"Cannot read {what}", f"{shown}: {os_reason(exc)}") from None
+                   f"{_shown(source)}: not UTF-8 text (byte {exc.start} is "
+                   f"0x{exc.object[exc.start]:02x})") from None
 
 
-def read_bytes(source: str | Path, *, what: str = "the file") -> bytes:
+def read_bytes(source: str | Path, *, what: str = "the file",
+               max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """The bytes of ``source`` (``-``: standard input); a file that is missing, a
-    directory or unreadable is the command's failure (exit 1)."""
+    directory, unreadable, longer than ``max_bytes`` or a named pipe nothing is written to
+    within :data:`FIFO_WAIT_S` (the command waited for ever) is the command's failure."""
     try:
-        return stdin().buffer.read() if str(source) == STDIN else Path(source).read_bytes()
+        data = (stdin().buffer.read(max_bytes + 1) if str(source) == STDIN
+                else _read_path(Path(source), max_bytes + 1, what))
     except OSError as exc:
-        raise fail(f"Cannot read {what}", f"{source}: {os_reason(exc)}") from None
+        raise fail(f"Cannot read {what}", f"{_shown(source)}: {os_reason(exc)}") from None
+    if len(data) > max_bytes:
+        raise fail(f"Cannot read {what}", f"{_shown(source)}: longer than {max_bytes:,} bytes")
+    return data
+
+
+def _shown(source: str | Path) -> str:
+    return "standard input" if str(source) == STDIN else str(source)
+
+
+def _read_path(path: Path, limit: int, what: str) -> bytes:
+    # Opened without blocking: a named pipe's open waits for a writer otherwise.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            ready, _, _ = select.select([fd], [], [], FIFO_WAIT_S)
+            if not ready:
+                raise fail(f"Cannot read {what}", f"{path}: a pipe nothing was written to "
+                                                  f"within {FIFO_WAIT_S:.0f} s")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as file:
+            fd = -1  # the file closes it
+            return file.read(limit)
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def write_bytes(target: str | Path, data: bytes, *, what: str = "the file") -> None:
