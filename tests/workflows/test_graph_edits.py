@@ -180,3 +180,21 @@ async def test_an_active_workflow_set_back_to_draft_and_emptied_in_one_change(
                                 json={"status": "draft", "nodes": [], "edges": []})
     assert answer.status_code == 200, answer.text
     assert (answer.json()["status"], answer.json()["nodes"]) == ("draft", [])
+
+
+@pytest.mark.parametrize("name", ["\u200b\u200b", " \ufeff ", "\u3164"])
+async def test_a_workflow_name_that_shows_nothing_is_refused(
+    client: httpx.AsyncClient, database: Database, name: str,
+) -> None:
+    """A name of zero-width spaces, a BOM or a Hangul filler shows nothing in any list: a
+    422 naming `name` on creation and on renaming (it was created, nameless to the eye);
+    such characters around a name are dropped."""
+    _, headers = await make_user(database)
+    made = await client.post(API, headers=headers, json={"name": name, **simple_graph()})
+    assert made.status_code == 422 and made.json()["field"] == "name", made.text
+    kept = await client.post(API, headers=headers,
+                             json={"name": f"\u200bFlow{name}", **simple_graph()})
+    assert kept.status_code == 201 and kept.json()["name"] == "Flow", kept.text
+    renamed = await client.patch(f"{API}/{kept.json()['id']}", headers=headers,
+                                 json={"name": name})
+    assert renamed.status_code == 422 and renamed.json()["field"] == "name", renamed.text

@@ -24,6 +24,7 @@ from roost.audit.service import record
 from roost.db.lookup import one_or_404
 from roost.errors import Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
 from roost.identity.common import require_user
+from roost.inputs import strip_invisible
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.process import cpu_bound
@@ -116,7 +117,8 @@ async def create_workflow(session: AsyncSession, actor: Principal,
 
 
 def _name(name: str) -> str:
-    stripped = name.strip()
+    # Invisible ends too: a name of zero-width spaces only showed nothing in every list.
+    stripped = strip_invisible(name)
     if not stripped:
         raise Unprocessable("name must not be blank", extra={"field": "name"})
     return stripped
