@@ -24,7 +24,9 @@ from roost.billing.models import Subscription
 from roost.config import Settings
 from roost.db.base import utcnow
 from roost.db.engine import Database
+from roost.identity.accounts import create_user
 from roost.keyfiles import KeyMaterial
+from roost.principal import SYSTEM
 from tests.chat.conftest import add_provider
 from tests.console.conftest import assert_accessible, screenshot, sign_in_as
 from tests.support.identity import make_user
@@ -259,3 +261,26 @@ async def test_pages_for_the_right_people(
     await expect(page.locator("#plan")).to_be_hidden()
     await expect(page.locator("#usage-range")).to_contain_text("no subscription")
     await assert_accessible(page)
+
+
+async def test_the_subscribe_form_finds_an_address_typed_decomposed(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """Subscribing a user by an e-mail address typed with a decomposed "é" finds the
+    account registered with the composed one (the server looks it up as sign-in reads
+    it); it said "No account has the username or e-mail ..."."""
+    admin_id, headers = await make_user(database, admin=True)
+    plan = await client.post("/api/v1/billing/plans", headers=headers, json={
+        "key": "basic", "name": "Basic", "price": "0.00", "currency": "USD",
+        "billing_period": "month", "included_credits": 100})
+    assert plan.status_code == 201, plan.text
+    async with database.transaction() as session:
+        await create_user(session, SYSTEM, username="jose", email="jos\u00e9@example.test",
+                          password=None, status="active", first_becomes_root=False)
+    await sign_in_as(page.context, console, database, test_keys, admin_id)
+    await page.goto("/console/admin/billing")
+    await page.wait_for_load_state("networkidle")
+    await page.locator("#subscribe-user").fill("jose\u0301@example.test")
+    await page.locator("#subscribe-form").locator("button[type=submit]").click()
+    await expect(page.locator("#notice")).to_contain_text("subscribed to basic")

@@ -1,6 +1,7 @@
 """The rate limits page in a real browser: an administrator sees the defaults, sets a
 user's limits by username (a refused value shows the API's message under the form),
-sees and resets the override; plain users get "Not found"."""
+sees and resets the override; plain users get "Not found"; the form finds any account by
+username or e-mail as sign-in does (the 501st, an address typed decomposed)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from sqlalchemy import select
 
 from roost.config import Settings
 from roost.db.engine import Database
+from roost.identity.accounts import create_user
 from roost.identity.models import User
 from roost.keyfiles import KeyMaterial
+from roost.principal import SYSTEM
 from tests.console.conftest import assert_accessible, screenshot, sign_in_as
 from tests.support.identity import make_user
 
@@ -71,7 +74,8 @@ async def test_set_refuse_and_reset_limits(
     await expect(page.get_by_label("Requests per minute")).to_have_value("120")
     await page.get_by_label("Username, e-mail or id").fill("nobody-at-all")
     await page.get_by_role("button", name="Save limits").click()
-    await expect(page.get_by_role("alert")).to_have_text("no user named nobody-at-all")
+    await expect(page.get_by_role("alert")).to_have_text(
+        "no active account with that username, e-mail or id")
 
     await row.get_by_role("button", name="Reset user lou").click()
     await expect(page.get_by_role("status")).to_have_text("user lou is back to the defaults.")
@@ -86,3 +90,36 @@ async def test_a_plain_user_cannot_see_the_limits(
     answer = await page.goto("/console/admin/limits")
     assert answer is not None and answer.status == 404
     await page.get_by_role("heading", name="Not found").wait_for()
+
+
+async def test_the_form_finds_any_account_as_sign_in_does(
+    page: Any, console: str, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """The form named only the first 500 accounts it listed ("no user named late-comer"
+    for the 501st) and compared an address as typed (one with a decomposed "é" matched
+    nothing): the server now looks the name up among every account, as sign-in reads it."""
+    from playwright.async_api import expect
+
+    admin_id, _ = await make_user(database, admin=True)
+    async with database.transaction() as session:
+        for n in range(500):
+            await create_user(session, SYSTEM, username=f"filler-{n:04d}",
+                              email=f"filler-{n:04d}@example.test", password=None,
+                              status="active", first_becomes_root=False)
+        for name, email in (("late-comer", "late-comer@example.test"),
+                            ("jose", "jos\u00e9@example.test")):
+            await create_user(session, SYSTEM, username=name, email=email, password=None,
+                              status="active", first_becomes_root=False)
+    await sign_in_as(page.context, console, database, test_keys, admin_id)
+    await page.goto("/console/admin/limits")
+    for typed, shown in (("late-comer", "late-comer"), ("jose\u0301@example.test", "jose")):
+        await page.locator("#limit-target").fill(typed)
+        await page.locator("#limit-rpm").fill("7")
+        await page.locator("#set-form").locator("button[type=submit]").click()
+        await expect(page.locator("#limits-status")).to_contain_text(shown, timeout=20_000)
+        assert await page.locator("#set-error").is_hidden(), \
+            await page.locator("#set-error").text_content()
+    await page.locator("#limit-target").fill("nobody-here")
+    await page.locator("#limit-rpm").fill("7")
+    await page.locator("#set-form").locator("button[type=submit]").click()
+    await expect(page.locator("#set-error")).to_contain_text("no active account")

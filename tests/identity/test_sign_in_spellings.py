@@ -138,3 +138,25 @@ async def test_the_account_total_caps_guesses_over_all_its_names(
             "SELECT metadata->>'scope' FROM audit_logs WHERE action = 'auth.lockout' "
             "ORDER BY seq"))).scalars().all()
     assert scopes == ["account", "account", "account_total"]
+
+
+async def test_an_administrator_finds_an_account_by_any_spelling_of_its_names(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str],
+) -> None:
+    """`GET /api/v1/users/{name}`: an administrator names an account by username or
+    e-mail as sign-in reads them (any case, an address typed with a decomposed accent) —
+    the console's limits and subscribe forms look accounts up this way; a plain user may
+    not (a 422, as before), and an unknown name is a 404."""
+    root = await client.post("/api/v1/users", headers=admin_headers, json={
+        "username": "root-account", "email": "root@example.org", "password": PASSWORD})
+    assert root.status_code == 201, root.text  # the first account is the root: not jose
+    made = await client.post("/api/v1/users", headers=admin_headers, json={
+        "username": "jose", "email": "jos\u00e9@example.org", "password": PASSWORD})
+    assert made.status_code == 201, made.text
+    for spelled in ("JOSE", unicodedata.normalize("NFD", "Jos\u00e9@Example.org")):
+        found = await client.get(f"/api/v1/users/{spelled}", headers=admin_headers)
+        assert found.status_code == 200 and found.json()["id"] == made.json()["id"], found.text
+    missing = await client.get("/api/v1/users/nobody-here", headers=admin_headers)
+    assert missing.status_code == 404, missing.text
+    refused = await client.get("/api/v1/users/jose", headers=await bearer(client, "jose"))
+    assert refused.status_code == 422, refused.text

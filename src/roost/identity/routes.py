@@ -30,6 +30,7 @@ from roost.identity import (
     sessions,
     twofactor,
 )
+from roost.identity.common import lookup_user_id
 from roost.identity.config import OPEN_REGISTRATION, IdentityConfig
 from roost.identity.schemas import (
     ApiKeyCreatedOut,
@@ -327,9 +328,18 @@ async def list_users(
     return [UserOut.model_validate(u) for u in rows]
 
 
-@users_router.get("/{user}", response_model=UserOut, summary="An account")
+@users_router.get("/{user}", response_model=UserOut,
+                  summary="An account: me, an id, or (administrators) a username or e-mail")
 async def get_user(user: str, principal: CurrentPrincipal, session: DbSession) -> UserOut:
-    return UserOut.model_validate(await profiles.get_settings(session, principal, _user_ref(user)))
+    try:
+        ref = _user_ref(user)
+    except Unprocessable:
+        if not principal.is_admin:
+            raise
+        # Found as sign-in finds it (any case, an address typed decomposed): the console's
+        # forms name accounts this way, however many there are.
+        ref = await lookup_user_id(session, user, what="e-mail")
+    return UserOut.model_validate(await profiles.get_settings(session, principal, ref))
 
 
 @users_router.patch("/{user}", response_model=UserOut,

@@ -56,10 +56,16 @@ function subscriberName(sub) {
 }
 
 async function findUser(text) {
-  await loadUsers();
-  const wanted = text.trim().toLowerCase();
-  return [...users.values()].find((u) => u.id === wanted || u.username.toLowerCase() === wanted
-    || (u.email || "").toLowerCase() === wanted) || null;
+  // The server finds the account as sign-in reads a name (any case, an address typed with
+  // a decomposed accent); an unknown one is null.
+  try {
+    const user = await api(`/api/v1/users/${encodeURIComponent(text.trim())}`);
+    users.set(user.id, user);
+    return user;
+  } catch (error) {
+    if (error.status === 404) return null;
+    throw error;
+  }
 }
 
 // --- plans -----------------------------------------------------------------------------------

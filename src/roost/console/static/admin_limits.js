@@ -62,10 +62,9 @@ function number(field) {
 async function resolveTarget() {
   const text = target.value.trim();
   if (UUID.test(text) || kind.value === "api-keys") return text;
-  const wanted = text.toLowerCase();
-  const users = await api("/api/v1/users?limit=500");
-  const found = users.find((u) => u.username === wanted || u.email === wanted);
-  if (!found) throw new Error(`no user named ${text}`);
+  // Looked up by the server as sign-in reads a name (any case, an address typed with a
+  // decomposed accent), among every account: the first 500 listed missed later ones.
+  const found = await api(`/api/v1/users/${encodeURIComponent(text)}`);
   return found.id;
 }
 
