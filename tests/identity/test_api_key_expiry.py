@@ -4,6 +4,8 @@ no later than it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 from sqlalchemy import text, update
 
@@ -74,3 +76,17 @@ async def test_a_key_made_with_an_expiring_key_does_not_outlive_it(
         stored = await session.scalar(text("SELECT count(*) FROM api_keys WHERE user_id = :u "
                                            "AND name = 'later'"), {"u": user_id})
     assert stored == 0
+
+
+async def test_a_long_run_of_digits_as_a_timestamp_is_refused_at_once(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """60,000 digits and a letter (60 kB, far below the body limit) as `expires_at`: the
+    usual 422 naming the field. The check refusing digit strings backtracked
+    quadratically (30,000 digits took 47 s) and held the event loop, every other request of
+    the process waiting; the whole answer is bounded here by a wait of minutes' scale."""
+    _, headers = await make_user(database)
+    answer = await asyncio.wait_for(client.post("/api/v1/api-keys", headers=headers, json={
+        "name": "slow", "expires_at": "1" * 60_000 + "x"}), 60)
+    assert answer.status_code == 422, answer.text[:500]
+    assert answer.json()["errors"][0]["loc"] == ["body", "expires_at"]
