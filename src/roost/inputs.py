@@ -166,22 +166,23 @@ _MICROSECOND: Final = timedelta(microseconds=1)
 
 
 def in_utc_range(moment: datetime) -> datetime:
-    """``moment`` (with its offset), refused when it is not a moment of years 1-9999 in UTC
+    """``moment`` in UTC, refused when it is not a moment of years 1-9999 in UTC
     (``0001-01-01T00:00:00+14:00`` is in year 0): the database's answer to it was a
     "value out of range" that named no field.  The very first and last moments
     (``0001-01-01T00:00:00Z``, ``9999-12-31T23:59:59.999999Z``) move one microsecond
-    inwards, so that nothing is stored as an infinity by accident."""
+    inwards, so that nothing is stored as an infinity by accident.  In UTC, as every read
+    answers it: a create answered ``+05:45`` what a read of the same row answered ``Z``."""
     try:
-        moment.astimezone(UTC)
+        in_utc = moment.astimezone(UTC)
     except OverflowError:
         raise PydanticCustomError(
             "datetime_range", "Input should be a moment between the years 1 and 9999 in UTC"
         ) from None
-    if moment == _FIRST:
+    if in_utc == _FIRST:
         return _FIRST + _MICROSECOND
-    if moment == _LAST:
+    if in_utc == _LAST:
         return _LAST - _MICROSECOND
-    return moment
+    return in_utc
 
 
 def require_iso_timestamp(value: Any) -> Any:
