@@ -1,13 +1,19 @@
-"""Deleting a schedule whose name holds a slash."""
+"""Schedule names: one holding a slash is deleted by it; one typed decomposed is the
+composed one (registered or deleted); invisible characters at an end are refused."""
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
+from datetime import timedelta
 
 import httpx
+import pytest
 from sqlalchemy import text
 
 from roost.db.engine import Database
+from roost.tasks import schedules
+from roost.tasks.schedules import register_schedule
 from tests.tasks import handlers  # noqa: F401  (registers the test task types)
 
 API = "/api/v1/tasks"
@@ -28,3 +34,50 @@ async def test_a_schedule_whose_name_has_a_slash_can_be_deleted(
     names = [s["name"] for s in
              (await client.get(f"{API}/schedules", headers=admin_headers)).json()]
     assert "reports/nightly" not in names
+
+
+async def test_delete_finds_a_schedule_by_its_decomposed_name(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database
+) -> None:
+    """The listing shows `reports.café`; an administrator whose keyboard sends the é
+    decomposed (macOS) deletes it by that name: 204 (it was a 404 naming what looked like
+    the very name listed)."""
+    async with database.transaction() as session:
+        await session.execute(text(
+            "INSERT INTO task_schedules (id, name, task_type, interval_seconds, next_run_at)"
+            " VALUES (:i, 'reports.café', 'test.noop', 60, now() + interval '1 hour')"),
+            {"i": uuid.uuid4()})
+    nfd = unicodedata.normalize("NFD", "reports.café")
+    r = await client.delete(f"{API}/schedules/{nfd}", headers=admin_headers)
+    assert r.status_code == 204, (r.status_code, r.text)
+
+
+def test_a_decomposed_twin_is_not_a_second_schedule() -> None:
+    """`reports.café` typed composed in one module and decomposed in another is one
+    schedule: the second registration, with another period, is refused as "already
+    registered differently" (it made a look-alike second schedule firing on its own)."""
+    composed = "reports.café"
+    decomposed = unicodedata.normalize("NFD", composed)
+    try:
+        register_schedule(composed, "test.record", every=timedelta(hours=1))
+        with pytest.raises(ValueError, match="already registered differently"):
+            register_schedule(decomposed, "test.record", every=timedelta(hours=2))
+    finally:
+        schedules.unregister_schedule(composed)
+        schedules.unregister_schedule(decomposed)
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param("reports.nightly\u200b", id="trailing-zero-width-space"),
+    pytest.param("\u200breports.nightly", id="leading-zero-width-space"),
+    pytest.param("reports.nightly\ufeff", id="trailing-bom"),
+])
+def test_a_name_with_surrounding_invisible_characters_is_refused(name: str) -> None:
+    """Surrounding spaces are refused (the name would look like another); so is a
+    zero-width space or BOM at an end (pasted with the name), which hid the same way:
+    listed as `reports.nightly`, DELETE .../reports.nightly was a 404."""
+    try:
+        with pytest.raises(ValueError, match="schedule name"):
+            register_schedule(name, "test.record", every=timedelta(hours=1))
+    finally:
+        schedules.unregister_schedule(name)

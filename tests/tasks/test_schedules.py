@@ -356,3 +356,31 @@ async def test_a_schedule_whose_sync_failed_is_written_again_later(
         await wait_until(fired, within=20, interval=0.2, what="its first period's job")
     finally:
         schedules.unregister_schedule("test.resynced")
+
+
+async def test_a_worker_with_an_older_spec_keeps_the_rows_timing(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rolling deploy: a new worker wrote the row as cron `30 * * * *`; an old worker still
+    registers the same name as every=1h.  When the old worker fires the row, the job's
+    period and the next run are the row's (a :30), as the job key's spec digest is: it
+    keyed a :00 period the row never has and moved next_run_at to a :00, and the new
+    worker fired the :30 period again (two jobs in one period)."""
+    name = "test.rolling"
+    register_schedule(name, "test.record", cron="30 * * * *", payload={"label": "r"})
+    try:
+        await sync_schedules(database)
+        await fetch(database, "UPDATE task_schedules SET next_run_at = now() WHERE name = :n"
+                    " RETURNING 1", n=name)
+        old = schedules.Schedule(name=name, task_type="test.record", every=timedelta(hours=1),
+                                 payload={"label": "r"})
+        monkeypatch.setitem(schedules._schedules, name, old)  # the old worker's registry
+        await fire_due(database)
+        key = (await fetch(database, "SELECT idempotency_key FROM background_tasks"
+                           " WHERE idempotency_key LIKE :k", k=f"schedule:{name}:%"))[0][0]
+        next_run = (await fetch(database, "SELECT next_run_at FROM task_schedules"
+                                " WHERE name = :n", n=name))[0][0]
+        period = datetime.fromisoformat(key.split(":", 3)[3])
+        assert (period.minute, next_run.minute) == (30, 30), (key, next_run)
+    finally:
+        schedules.unregister_schedule(name)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.engine import Database
 from roost.errors import RoostError
+from roost.inputs import strip_invisible
 from roost.tasks.handlers import (
     TaskType,
     get_task_type,
@@ -160,9 +162,14 @@ def register_schedule(
         raise ValueError(f"schedule {name!r}: every= may be at most {MAX_INTERVAL_S} seconds")
     if cron is not None:
         _check_cron(name, cron)
-    if not name or len(name) > 200 or name != name.strip() or not is_storable_text(name):
+    # Composed (NFC): "reports.café" typed decomposed in another module is the same
+    # schedule, and DELETE finds it typed either way.
+    name = unicodedata.normalize("NFC", name)
+    if not name or len(name) > 200 or name != strip_invisible(name) \
+            or not is_storable_text(name):
         raise ValueError(f"schedule name {name!r} must be 1-200 characters without "
-                         "surrounding spaces, NUL characters or lone surrogates")
+                         "surrounding spaces or invisible characters (a zero-width space, a "
+                         "byte order mark), NUL characters or lone surrogates")
     if queue is not None and not valid_queue_name(queue):
         raise ValueError(f"schedule {name!r}: queue must be 1-64 characters without "
                          "surrounding spaces or NUL characters")
@@ -302,7 +309,13 @@ async def fire_due(database: Database) -> float:
             )
         ).all()
         for row in due:
-            name, spec = row.name, _schedules[row.name]
+            # The timing from the row, as the key's digest and the payload: a worker still
+            # holding an older spec (a rolling deploy) must key the row's period, or two
+            # workers' periods of one schedule fire twice.
+            name = row.name
+            spec = Schedule(name=row.name, task_type=row.task_type, cron=row.cron,
+                            every=(timedelta(seconds=row.interval_seconds)
+                                   if row.interval_seconds else None))
             try:  # each on its own savepoint: one that fails must not stop the others
                 async with session.begin_nested():
                     period = spec.period_start(now)

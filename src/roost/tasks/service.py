@@ -13,6 +13,7 @@ are, in the same transaction as the change.
 from __future__ import annotations
 
 import json
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -690,6 +691,7 @@ async def delete_schedule(session: AsyncSession, actor: Principal, name: str) ->
     modules share the table) with a ``next_run_at`` no worker fires.  A schedule some
     worker still registers is written again when that worker next starts."""
     _require_admin(actor)
+    name = unicodedata.normalize("NFC", name)  # as registered (schedules.register_schedule)
     row = await session.scalar(select(TaskSchedule).where(TaskSchedule.name == name)
                                .with_for_update())
     if row is None:
