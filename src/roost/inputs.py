@@ -244,9 +244,10 @@ inherent vowels): unlike the variation selectors, never needed in a name."""
 
 def is_invisible(char: str) -> bool:
     """Whether ``char`` shows nothing: white space, a format character (Unicode category
-    Cf: zero-width spaces and joiners, the byte order mark, bidi marks) or another
-    default-ignorable one (a Hangul filler, a variation selector)."""
-    return char.isspace() or unicodedata.category(char) == "Cf" or char in _IGNORABLE
+    Cf: zero-width spaces and joiners, the byte order mark, bidi marks), a control
+    character (Cc: BEL, DEL) or another default-ignorable one (a Hangul filler, a
+    variation selector)."""
+    return char.isspace() or unicodedata.category(char) in ("Cf", "Cc") or char in _IGNORABLE
 
 
 def is_blank(value: str) -> bool:

@@ -180,6 +180,13 @@ def parse_answer(answer: str, model: type[StrictInput], what: str) -> Any:
         raise ModelOutputInvalid(
             f"the model's {what} answer is not JSON ({exc.msg} at line {exc.lineno} "
             f"column {exc.colno}; {len(answer)} characters)") from None
+    except (ValueError, RecursionError):
+        # json's own limits: an integer of over 4,300 digits, nesting deeper than the
+        # stack. Raw, they failed the learning without its audit record, and its job was
+        # retried (and the model paid) for an answer that fails the same way each time.
+        raise ModelOutputInvalid(
+            f"the model's {what} answer is not usable JSON (a number too long or nesting "
+            f"too deep; {len(answer)} characters)") from None
     if not isinstance(data, dict):
         raise ModelOutputInvalid(
             f"the model's {what} answer is JSON but not an object (got {type(data).__name__})")

@@ -468,7 +468,10 @@ def fact_subject(fact: ExtractedFact) -> tuple[list[str], list[str]]:
     """The fact's subject (normalised names) and relations: its relationships' sources and
     their relation names, or, without relationships, its first entity."""
     subjects = {graph.normalize(r.source) for r in fact.relationships} - {""}
-    relations = {r.relation.strip().lower() for r in fact.relationships} - {""}
+    # Spelt as stored (graph.clean: composed, invisible characters dropped, white space
+    # collapsed), then lower-cased as the SQL's lower(btrim(...)) does: "épouse de" typed
+    # decomposed or with a no-break space is the stored "épouse de".
+    relations = {graph.clean(r.relation).lower() for r in fact.relationships} - {""}
     if not subjects and fact.entities:
         subjects = {graph.normalize(fact.entities[0].name)} - {""}
     return sorted(subjects), sorted(relations)
