@@ -28,7 +28,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import PurePosixPath
 from typing import Any, Final
@@ -1012,11 +1012,24 @@ def parse_document(data: bytes, *, filename: str | None = None, mime: str | None
     _, params = _split_mime(mime)
     charset = params.get("charset")
     if kind == MIME_PDF:
-        return _parse_pdf(data, filename, time_limit_s)
+        return _composed(_parse_pdf(data, filename, time_limit_s))
     if kind == MIME_HTML:
-        return _parse_html(decode_text(data, charset=_known_charset(charset)
-                                       or _html_charset(data)), filename)
+        return _composed(_parse_html(decode_text(data, charset=_known_charset(charset)
+                                                 or _html_charset(data)), filename))
     text = decode_text(data, charset=charset)
     if kind == MIME_MARKDOWN:
-        return _parse_markdown(text, filename)
-    return _parse_text(text, filename)
+        return _composed(_parse_markdown(text, filename))
+    return _composed(_parse_text(text, filename))
+
+
+def _composed(parsed: ParsedDocument) -> ParsedDocument:
+    """``parsed`` with its text composed (NFC), before anything is chunked or offsets are
+    counted: "résumé" saved decomposed (as macOS may write it) is found by the word typed
+    composed, the full-text index comparing words as stored, and a search query is
+    composed too (schemas.SearchRequest)."""
+    def nfc(value: str | None) -> str | None:
+        return None if value is None else unicodedata.normalize("NFC", value)
+
+    return replace(parsed, title=nfc(parsed.title), sections=[
+        replace(s, text=unicodedata.normalize("NFC", s.text), heading=nfc(s.heading))
+        for s in parsed.sections])

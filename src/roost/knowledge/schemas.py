@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from roost.errors import Unprocessable
 from roost.identity.common import nfc, refuse_hidden_characters
-from roost.inputs import StrictInput, holds_control, is_blank, strip_where
+from roost.inputs import StrictInput, holds_control, is_blank, strip_invisible, strip_where
 from roost.knowledge.models import MAX_TAGS_BYTES
 
 MAX_TAG_CHARS = 100
@@ -266,7 +266,10 @@ class SearchRequest(_KnowledgeInput):
         # vector search returns whatever lies nearest to nothing, as if it were relevant.
         if is_blank(value):
             raise ValueError("must not be blank: give the words to search for")
-        return value
+        # Composed, as documents are (parsing._composed), and without invisible characters
+        # at its ends (a pasted trailing zero-width space was part of the last word, which
+        # then matched nothing).
+        return strip_invisible(nfc(value))
 
 
 class SearchDocument(BaseModel):
