@@ -98,6 +98,11 @@ def _route_path(scope: Scope) -> str:
     return path[len(root):] if root and path.startswith(root) else path
 
 
+def _is_console(scope: Scope) -> bool:
+    path = _route_path(scope)
+    return path == "/console" or path.startswith("/console/")
+
+
 def _is_api(scope: Scope) -> bool:
     path = _route_path(scope)
     return path.startswith("/api/") or path == "/v1" or path.startswith("/v1/")
@@ -190,7 +195,9 @@ class RequestContextMiddleware:
 
         try:
             _drop_escaped_cookies(scope)
-            nul = _nul_in(scope)
+            # The console's pages take a malformed id or filter as their own (a not-found
+            # page; the page's script shows the API's refusal): not the API's problem JSON.
+            nul = None if _is_console(scope) else _nul_in(scope)
             if nul is not None:
                 await problem(422, nul)(scope, _empty_receive, send_with_id)
                 return

@@ -211,8 +211,13 @@ function init() {
   const query = new URLSearchParams(location.search);
   const today = new Date();
   const monthAgo = new Date(today.getTime() - 29 * 86_400_000);  // 30 days with today
-  $("usage-since").value = query.get("since") || utcDay(monthAgo);
-  $("usage-until").value = query.get("until") || utcDay(today);
+  // A date field takes only YYYY-MM-DD and is left empty by anything else ("2026-5-1"
+  // typed in a link): then the default, as for no date, never a report over a range the
+  // page does not name.
+  $("usage-since").value = query.get("since") || "";
+  if (!$("usage-since").value) $("usage-since").value = utcDay(monthAgo);
+  $("usage-until").value = query.get("until") || "";
+  if (!$("usage-until").value) $("usage-until").value = utcDay(today);
   if (Object.hasOwn(GROUP_TITLES, query.get("group_by") ?? "")) {
     $("usage-group").value = query.get("group_by");
   }
