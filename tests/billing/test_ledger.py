@@ -341,3 +341,27 @@ async def test_usage_by_provider_agent_and_api_key_with_cost_and_stream_metrics(
     assert all(m.latency_ms >= 0 for m in metrics)
     assert len(outbox) == 2 and {o.event_data["provider"] for o in outbox} == {"stub"}
     assert all(Decimal(o.event_data["cost"]) > 0 for o in outbox)
+
+
+@pytest.mark.parametrize(("field", "first", "second"),
+                         [("credits", 1, 500), ("cost", "0.01", "900")])
+async def test_usage_replay_with_another_sent_amount_is_a_422(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], database: Database, field: str,
+    first: Any, second: Any,
+) -> None:
+    """An event sent again under its key with other credits (or cost) is another event: a
+    422 naming the key (it was counted a duplicate, the 499 credits never billed); with the
+    same amounts, a duplicate."""
+    user_id, _ = await make_user(database)
+    event: dict[str, Any] = {"idempotency_key": "ev-1", "user_id": str(user_id),
+                             "request_type": "chat", "model": "m", "tokens_input": 10}
+    ingest = "/api/v1/billing/usage-events"
+    one = await client.post(ingest, headers=admin_headers,
+                            json={"events": [{**event, field: first}]})
+    assert one.status_code == 200 and one.json()["accepted"] == 1, one.text
+    two = await client.post(ingest, headers=admin_headers,
+                            json={"events": [{**event, field: second}]})
+    assert two.status_code == 422, two.text
+    same = await client.post(ingest, headers=admin_headers,
+                             json={"events": [{**event, field: first}]})
+    assert same.status_code == 200 and same.json()["duplicates"] == 1, same.text

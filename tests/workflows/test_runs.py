@@ -1048,3 +1048,21 @@ async def test_a_node_whose_job_died_for_good_fails_the_run_until_resumed(
     (again,) = [s for s in resumed["steps"] if s["node_id"] == "ask"]
     assert resumed["status"] == "running" and again["status"] == "pending"
     assert again["task_id"] != ask["task_id"]
+
+
+@pytest.mark.parametrize(("first", "second"), [(1, True), (0, False), (1, 1.0)])
+async def test_a_replay_whose_inputs_differ_only_to_python_is_a_409(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], first: Any, second: Any,
+) -> None:
+    """``{"doc": true}`` is other inputs than ``{"doc": 1}`` (and ``1.0`` than ``1``): a 409
+    naming the first run (Python's == took them as equal and answered the first run);
+    the same JSON again is that run."""
+    _, headers = user
+    workflow_id = await publish(client, headers, *approval_graph())
+    one = await start(client, headers, workflow_id, inputs={"doc": first}, idempotency_key="k")
+    two = await client.post(f"{API}/{workflow_id}/runs", headers=headers,
+                            json={"inputs": {"doc": second}, "idempotency_key": "k"})
+    assert two.status_code == 409 and two.json()["run_id"] == one["id"], two.text
+    again = await client.post(f"{API}/{workflow_id}/runs", headers=headers,
+                              json={"inputs": {"doc": first}, "idempotency_key": "k"})
+    assert again.status_code == 200 and again.json()["id"] == one["id"], again.text

@@ -73,7 +73,7 @@ RETURNING idempotency_key, subscription_id, credits_used
 # The rows stored under replayed keys, to tell a replay from another event under a used key.
 _STORED = text("""
 SELECT idempotency_key, user_id, request_type, model, tokens_input, tokens_output, success,
-       agent_id
+       agent_id, credits_used, cost
 FROM usage_records WHERE idempotency_key = ANY(CAST(:keys AS varchar[]))
 """)
 
@@ -134,10 +134,10 @@ async def _check_replays(session: AsyncSession, events: list[UsageEventIn],
                          written: set[str]) -> None:
     """422 (the batch rolled back) when an event not written under its key, or a key sent
     twice in the batch, is not the event stored under it: another user, type, model,
-    agent, outcome or token counts.  A client reusing a key for a different event (one
-    key per step, for every user) would otherwise lose that event silently, counted in
-    ``duplicates``.  Amounts taken from the price table are not compared: a replay after
-    a price change is still the same event."""
+    agent, outcome, token counts, or credits or cost the event sends.  A client reusing a
+    key for a different event (one key per step, for every user) would otherwise lose
+    that event silently, counted in ``duplicates``.  Amounts taken from the price table
+    are not compared: a replay after a price change is still the same event."""
     seen: set[str] = set()
     suspects: set[str] = set()
     for event in events:
@@ -152,14 +152,18 @@ async def _check_replays(session: AsyncSession, events: list[UsageEventIn],
         row = stored.get(event.idempotency_key)
         if row is None:
             continue
-        if (row.user_id, row.request_type, row.model, row.tokens_input, row.tokens_output,
-                row.success, row.agent_id) != (
+        sent_amounts_differ = (
+            (event.credits is not None and event.credits != row.credits_used)
+            or (event.cost is not None and row.cost is not None
+                and Decimal(str(event.cost)) != row.cost))
+        if sent_amounts_differ or (row.user_id, row.request_type, row.model, row.tokens_input,
+                                   row.tokens_output, row.success, row.agent_id) != (
                 event.user_id, event.request_type, event.model, event.tokens_input,
                 event.tokens_output, event.success, event.agent_id):
             raise Unprocessable(
                 f"event {event.idempotency_key!r} is not the event already stored under its "
-                "key (another user, type, model, agent, outcome or token counts): give each "
-                "event its own key; nothing of the batch was written",
+                "key (another user, type, model, agent, outcome, token counts, or credits "
+                "or cost sent): give each event its own key; nothing of the batch was written",
                 extra={"field": "idempotency_key", "idempotency_key": event.idempotency_key})
 
 

@@ -81,6 +81,10 @@ def _check_inputs(declared: list[str], inputs: dict[str, Any]) -> str:
     return encoded
 
 
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 async def _replayed(session: AsyncSession, workflow: Workflow,
                     body: WorkflowRunCreate) -> Run | None:
     """The run this workflow's owner started with ``body``'s idempotency key (None: no
@@ -99,8 +103,10 @@ async def _replayed(session: AsyncSession, workflow: Workflow,
     if config.get("workflow_id") != str(workflow.id):
         raise Conflict("this idempotency key was used for a run of another workflow")
     try:
-        same_inputs = json.loads(existing.input or "{}") == json.loads(
-            json.dumps(body.inputs, ensure_ascii=False, allow_nan=False, default=str))
+        # As JSON text, keys sorted: Python's == took true for 1 and false for 0 (and 1
+        # for 1.0), answering the first run for a request with other inputs.
+        same_inputs = _canonical(json.loads(existing.input or "{}")) == _canonical(json.loads(
+            json.dumps(body.inputs, ensure_ascii=False, allow_nan=False, default=str)))
     except ValueError:  # NaN or infinity: never what was stored
         same_inputs = False
     if not same_inputs or (body.version is not None and config.get("version") != body.version):
