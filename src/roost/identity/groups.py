@@ -23,6 +23,7 @@ gone) drops its pending invitations: nobody joins a group nobody runs.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -537,14 +538,25 @@ async def hand_over_groups_of(
     """Before ``user_id``'s account is deleted (by a site administrator, in the same
     transaction): each group whose last admin they are gets a new one, the member who
     joined it first (``joined_at``, then id); a group they are alone in withdraws its
-    pending invitations.  Groups are locked in id order, so two deletions cannot
-    deadlock."""
+    pending invitations.  Every group of theirs is locked, in id order (so two deletions
+    cannot deadlock), before their roles are read: a member's deletion too, so the heir's
+    account deleted at the same moment as the last admin's waits, then finds itself the
+    admin and hands the group on (it read no admin role, took no lock, and the group was
+    left with no admin)."""
     group_ids = (await session.scalars(
         select(UserGroupMembership.group_id)
-        .where(UserGroupMembership.user_id == user_id, UserGroupMembership.role == "admin")
+        .where(UserGroupMembership.user_id == user_id)
         .order_by(UserGroupMembership.group_id))).all()
     for group_id in group_ids:
-        await _lock_group(session, principal, group_id)
+        with contextlib.suppress(NotFound):  # a group deleted meanwhile has nothing to hand on
+            await _lock_group(session, principal, group_id)
+    administered = (await session.scalars(
+        select(UserGroupMembership.group_id)
+        .where(UserGroupMembership.user_id == user_id, UserGroupMembership.role == "admin",
+               UserGroupMembership.group_id.in_(group_ids))
+        .order_by(UserGroupMembership.group_id)
+        .execution_options(populate_existing=True))).all()
+    for group_id in administered:
         others = await session.scalar(select(func.count()).where(
             UserGroupMembership.group_id == group_id, UserGroupMembership.role == "admin",
             UserGroupMembership.user_id != user_id))
@@ -556,7 +568,7 @@ async def hand_over_groups_of(
             .where(UserGroupMembership.group_id == group_id,
                    UserGroupMembership.user_id != user_id)
             .order_by(UserGroupMembership.joined_at, UserGroupMembership.id).limit(1)
-            .execution_options(populate_existing=True))
+            .with_for_update().execution_options(populate_existing=True))
         if heir is None:
             await _withdraw_invitations(session, principal, group_id)
             continue
