@@ -14,7 +14,10 @@ export class ApiError extends Error {
 
 const DRAFT_PREFIX = "roost-draft:";
 // The signed-in user's id (base.html): drafts are theirs alone, never the next user's.
-const viewerId = () => document.querySelector('meta[name="roost-user"]')?.content ?? "";
+export const viewerId = () => document.querySelector('meta[name="roost-user"]')?.content ?? "";
+// Whether the signed-in user is an administrator: what a page shows only to them (the API
+// decides what they may do; this only spares others a button that can only fail).
+export const viewerIsAdmin = () => Boolean(document.querySelector('meta[name="roost-admin"]'));
 
 // Keep what the user typed in a field across a sign-in (expired session, reload), for
 // the same user only: another user signing in in this tab never sees it.

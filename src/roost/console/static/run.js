@@ -1,7 +1,8 @@
 // One run: its header and totals, and its steps live.  The steps are read once, then the
 // run's server-sent events (step started/finished, the model's text as it streams, end)
 // update them in place; the stream is closed when the run ends.
-import { api, badge, el, formatTime, pageData, showError } from "./console.js";
+import { ApiError, api, badge, el, formatTime, pageData, showError, viewerId, viewerIsAdmin }
+  from "./console.js";
 
 const { run_id: runId } = pageData();
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
@@ -14,6 +15,7 @@ const steps = new Map(); // step_number -> { data, node, stream }
 let run = null;
 let source = null;
 let retryTimer = null;
+let retryDelay = 3000;  // grows while the server refuses the stream (429), up to a minute
 
 function setLive(state, text) {
   live.dataset.state = state;
@@ -44,7 +46,10 @@ function renderRun() {
     ? ` (${run.stop_reason.replace(/_/g, " ")})` : "";
   status.replaceChildren(el("span", { class: "visually-hidden" }, "Status: "),
                          badge(run.status), stop);
-  cancelButton.hidden = TERMINAL.has(run.status);
+  // Only the run's own user and administrators may cancel it (a persona member reading
+  // it got a button that could only answer 403).
+  cancelButton.hidden = TERMINAL.has(run.status)
+    || (run.user_id !== viewerId() && !viewerIsAdmin());
   const took = TERMINAL.has(run.status) ? runDuration(run) : null;
   const totals = [
     ["Steps", String(run.steps_count)],
@@ -171,7 +176,7 @@ function subscribe() {
   if (source) return;
   setLive("connecting", "Connecting…");
   source = new EventSource(`/api/v1/runs/${runId}/events`);
-  source.addEventListener("open", () => setLive("open", "Live"));
+  source.addEventListener("open", () => { retryDelay = 3000; setLive("open", "Live"); });
   source.addEventListener("step", (event) => upsertStep(JSON.parse(event.data)));
   source.addEventListener("delta", (event) => appendDelta(JSON.parse(event.data)));
   source.addEventListener("end", (event) => {
@@ -188,15 +193,48 @@ function subscribe() {
     }
     source = null;
     setLive("connecting", "Reconnecting…");
-    retryTimer = setTimeout(async () => {
-      try {
-        await refresh();
-      } catch (error) {
-        showError(error);
-        setLive("closed", "Live updates stopped: reload the page.");
+    // The browser gave up: an EventSource cannot read why, so ask once (a 429 over the
+    // user's streams was retried every 3 s for ever, saying only "Reconnecting…").
+    whyRefused().then((refusal) => {
+      if (refusal && refusal.status !== 429) {
+        showError(refusal);
+        closeLive("Live updates stopped: reload the page.");
+        return;
       }
-    }, 3000);
+      if (refusal) {
+        showError(refusal);
+        setLive("connecting", "Too many live streams are open: trying again shortly…");
+      }
+      retryDelay = refusal ? Math.min(retryDelay * 2, 60_000) : 3000;
+      const wait = Math.max(retryDelay, (refusal?.problem?.retry_after_s ?? 0) * 1000);
+      retryTimer = setTimeout(async () => {
+        try {
+          await refresh();
+        } catch (error) {
+          showError(error);
+          setLive("closed", "Live updates stopped: reload the page.");
+        }
+      }, wait);
+    });
   });
+}
+
+// What the events endpoint answers now, when it refuses (an ApiError), else null.
+async function whyRefused() {
+  const controller = new AbortController();
+  try {
+    const response = await fetch(`/api/v1/runs/${runId}/events`, {
+      headers: { Accept: "text/event-stream" }, signal: controller.signal });
+    if (response.ok) return null;
+    const problem = await response.json().catch(() => null);
+    const retryAfter = Number(response.headers.get("Retry-After"));
+    return new ApiError(response.status, {
+      ...problem, retry_after_s: Number.isFinite(retryAfter) ? retryAfter : undefined });
+  } catch {
+    return null;  // the network: the usual retry
+  } finally {
+    controller.abort();  // an accepted stream is not read here
+  }
 }
 
 async function refreshSteps() {
