@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from pathlib import Path
 
 import httpx
-import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
@@ -17,27 +15,17 @@ from roost.agents.models import RunStep
 from roost.config import Settings
 from roost.db.base import utcnow
 from roost.db.engine import Database
-from roost.knowledge.config import EmbedderSpec, KnowledgeConfig
+from roost.knowledge.config import KnowledgeConfig
 from tests.agents.api import Headers, create_agent, named_user
 from tests.agents.conftest import running_worker, wait_for_run
+from tests.agents.test_stranger_retrieval import cfg, test_settings
 from tests.chat.conftest import add_provider
 from tests.knowledge.support import drain_jobs, upload
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Reply
 
-
-@pytest.fixture
-def test_settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", log_json=True, llm_timeout_s=5.0,
-                    llm_local_model=False, knowledge_embedding_provider="hash",
-                    knowledge_chunk_tokens=64, knowledge_chunk_overlap_tokens=8,
-                    tools_allowed_hosts="127.0.0.1", tools_call_timeout_s=15.0)
-
-
-@pytest.fixture
-def cfg(tmp_path: Path) -> KnowledgeConfig:
-    return KnowledgeConfig(ingest_roots=(tmp_path,), chunk_tokens=64, overlap_tokens=8,
-                           embedder=EmbedderSpec("hash", "dev-hashing-384", 384))
+# The settings and knowledge config of the retrieval tests: hash embeddings, small chunks.
+__all__ = ["cfg", "test_settings"]
 
 
 async def test_retrieval_interrupted_by_a_dead_worker_is_done_again(
