@@ -126,6 +126,11 @@ async def test_roost_ingest_with_a_group_its_owner_is_not_in_is_refused(
     assert docs == [] and runs == [], (docs, runs)
 
 
+# Enough that the run is still going when the first few are in (hash embeddings ingest
+# about a hundred a second here), few enough to keep the test short.
+FILES = 400
+
+
 def _start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     """``roost *args`` in a process of its own, taking SIGINT as from a terminal (a
     background job may have inherited it ignored)."""
@@ -145,7 +150,7 @@ async def test_a_stopped_roost_ingest_ends_its_run_and_running_it_again_goes_on(
     await make_user(database, username="olive")
     docs = tmp_path / "docs"
     docs.mkdir()
-    for n in range(1500):
+    for n in range(FILES):
         (docs / f"note-{n:04}.md").write_text(f"# Note {n}\n\nHerons wade in pond {n}.\n")
     env = command_env({"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
                        "ROOST_DATA_DIR": str(tmp_path / "d"), "ROOST_LOG_LEVEL": "warning",
@@ -171,8 +176,8 @@ async def test_a_stopped_roost_ingest_ends_its_run_and_running_it_again_goes_on(
     assert [e["type"] for e in run.errors] == ["interrupted"]
     assert "run the command again" in run.errors[0]["error"]
     ingested = len(await fetch(database, "SELECT id FROM documents"))
-    assert 5 <= ingested < 1500
+    assert 5 <= ingested < FILES
 
     again = run_roost("ingest", str(docs), "--user", "olive", env=env, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert len(await fetch(database, "SELECT id FROM documents")) == 1500
+    assert len(await fetch(database, "SELECT id FROM documents")) == FILES
