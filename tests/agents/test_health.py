@@ -139,6 +139,11 @@ async def test_the_series_is_the_members_and_oldest_first(
     until = (await client.get(url, params={"until": rows[1].measured_at.isoformat()},
                               headers=headers)).json()
     assert [g["id"] for g in until] == [str(rows[0].id)]
+    # An empty window (until at or before since) is a mistake: a 422 naming until, as
+    # the usage and analytics reports answer it (it was an empty 200).
+    moment = rows[1].measured_at.isoformat()
+    empty = await client.get(url, params={"since": moment, "until": moment}, headers=headers)
+    assert empty.status_code == 422 and empty.json()["field"] == "until", empty.text
     assert (await client.get(url, headers=stranger_headers)).status_code == 404
     missing = await client.get(f"/api/v1/personas/{uuid.uuid4()}/health", headers=headers)
     assert missing.status_code == 404

@@ -30,6 +30,7 @@ from roost.agents.models import PersonaHealthMetric
 from roost.config import get_settings
 from roost.db.base import uuid7
 from roost.db.engine import Database
+from roost.errors import Unprocessable
 from roost.principal import Principal
 from roost.tasks.handlers import TaskContext
 from roost.tasks.schedules import periodic
@@ -163,6 +164,9 @@ async def series(
     """The persona's samples oldest first (members only): from ``since`` (inclusive)
     onwards, or the latest ``limit`` ones; ``until`` is exclusive."""
     await persona_role(session, actor, persona_id)
+    if since is not None and until is not None and until <= since:
+        # An empty window is a mistake, as the usage and analytics reports answer it.
+        raise Unprocessable("until must be after since", extra={"field": "until"})
     stmt = select(PersonaHealthMetric).where(PersonaHealthMetric.persona_id == persona_id)
     if since is not None:
         stmt = stmt.where(PersonaHealthMetric.measured_at >= since)
