@@ -149,8 +149,9 @@ def parse_bound(value: str | None, *, name: str, end: bool) -> datetime | None:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     try:  # 0001-01-01T00:00:00+14:00 is in year 0 in UTC: the database cannot take it
-        # In UTC: the report echoes its range and `roost usage` titles it "... UTC".
-        return in_utc_range(moment).astimezone(UTC)
+        # In UTC (in_utc_range answers it so): the report echoes its range and `roost
+        # usage` titles it "... UTC".
+        return in_utc_range(moment)
     except PydanticCustomError:
         raise Unprocessable(f"{name} must be a moment between the years 1 and 9999 in UTC",
                             extra={"field": name}) from None
