@@ -19,6 +19,7 @@ from tests.agents.api import (
     create_persona,
     named_user,
 )
+from tests.knowledge.support import make_group
 
 
 async def test_agent_lifecycle_tools_config_and_audit(
@@ -344,3 +345,45 @@ async def test_a_slug_that_reads_as_a_uuid_is_refused(
             assert resp.status_code == 422 and "slug" in resp.text, (slug, resp.text[:300])
     # Short of a UUID, hex digits and dashes are a slug as before.
     assert (await create_agent(client, headers, slug=str(an_id)[:-1]))["slug"] == str(an_id)[:-1]
+
+
+async def test_a_deleted_document_leaves_the_agents_that_chose_it(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers],
+) -> None:
+    """Deleting a document takes its id out of every agent's document_ids, keeping the
+    order of the rest, another group member's agent too: the agent reads back what it
+    retrieves, and a PATCH resending the list it read is accepted (it was a 422 for the
+    deleted id, which the caller never typed)."""
+    user_id, headers = user
+    other_id, other = other_user
+    team = await make_group(database, f"t-{uuid.uuid4().hex[:6]}", user_id, other_id)
+    shared = await client.post("/api/v1/knowledge/documents", headers=headers,
+                               files={"file": ("s.txt", b"shared notes", "text/plain")},
+                               data={"group_id": str(team)})
+    assert shared.status_code == 202, shared.text
+    shared_id = shared.json()["document"]["id"]
+    members = await create_agent(client, other, slug="member", document_ids=[shared_id])
+    ids = []
+    for name in ("a.txt", "b.txt", "c.txt"):
+        uploaded = await client.post("/api/v1/knowledge/documents", headers=headers,
+                                     files={"file": (name, name.encode() * 4, "text/plain")})
+        assert uploaded.status_code == 202, uploaded.text
+        ids.append(uploaded.json()["document"]["id"])
+    agent = await create_agent(client, headers, slug="reader", document_ids=ids)
+    second = await create_agent(client, headers, slug="second", document_ids=[ids[2]])
+    deleted = await client.delete(f"/api/v1/knowledge/documents/{ids[1]}", headers=headers)
+    assert deleted.status_code == 204, deleted.text
+
+    read = await client.get(f"/api/v1/agents/{agent['id']}", headers=headers)
+    assert read.json()["document_ids"] == [ids[0], ids[2]]
+    unchanged = await client.get(f"/api/v1/agents/{second['id']}", headers=headers)
+    assert unchanged.json()["document_ids"] == [ids[2]]
+    resent = await client.patch(f"/api/v1/agents/{agent['id']}", headers=headers,
+                                json={"document_ids": read.json()["document_ids"]})
+    assert resent.status_code == 200, resent.text
+
+    gone = await client.delete(f"/api/v1/knowledge/documents/{shared_id}", headers=headers)
+    assert gone.status_code == 204, gone.text
+    member_agent = await client.get(f"/api/v1/agents/{members['id']}", headers=other)
+    assert member_agent.json()["document_ids"] == []
