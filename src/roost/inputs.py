@@ -231,10 +231,15 @@ def holds_control(value: str) -> bool:
 
 # Characters Unicode calls default-ignorable that are not format characters (Cf): the
 # combining grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian and other
-# variation selectors.  Shown alone, they show nothing.
+# variation selectors (the supplementary ones, U+E0100-U+E01EF, too), and the code points
+# reserved as default-ignorable that are not assigned yet (U+2065, U+FFF0-U+FFF8, the
+# rest of plane 14's first block), which a later Unicode may assign and fonts already
+# show as nothing.  Shown alone, they show nothing.
+_IGNORABLE_RANGES: Final = ((0x180B, 0x1810), (0x2065, 0x2066), (0xFE00, 0xFE10),
+                            (0xFFF0, 0xFFF9), (0xE0000, 0xE1000))
 _IGNORABLE: Final = frozenset(
     "\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0"
-    + "".join(map(chr, range(0x180B, 0x1810))) + "".join(map(chr, range(0xFE00, 0xFE10))))
+    + "".join(chr(c) for start, end in _IGNORABLE_RANGES for c in range(start, end)))
 
 
 FILLERS: Final = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0")

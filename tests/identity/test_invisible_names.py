@@ -68,3 +68,15 @@ async def test_an_api_key_name_of_invisible_characters_is_a_422(
     answer = await client.post("/api/v1/api-keys", headers=headers,
                                json={"name": "\u200b\u200b"})
     assert answer.status_code == 422, answer.text
+
+
+async def test_an_api_key_name_of_supplementary_variation_selectors_is_a_422(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """The variation selectors U+E0100-U+E01EF show as little as U+FE00-U+FE0F (already
+    refused), and so do reserved default-ignorable code points (U+2065): a name of them
+    alone is a 422, not a key listed under an empty-looking name (it was created)."""
+    _, headers = await make_user(database)
+    for name in ("\U000e0100", "\U000e0100\U000e01ef", " \U000e0110 ", "\u2065"):
+        answer = await client.post("/api/v1/api-keys", headers=headers, json={"name": name})
+        assert answer.status_code == 422, (name.encode("unicode_escape"), answer.text)
