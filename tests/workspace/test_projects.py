@@ -273,3 +273,32 @@ async def test_an_scp_like_repository_url_with_a_terminal_escape_is_refused(
     url = await client.post("/api/v1/projects", json={"name": "x", "repository_url": "http://host/\x1b[31m"},
                             headers=h)
     assert url.status_code == 422, url.text
+
+
+async def test_an_administrator_files_a_users_agent_or_workflow_only_where_the_user_sees(
+        client: httpx.AsyncClient, user: User, other_user: User, database: Database) -> None:
+    """An administrator moving Alice's agent or workflow into Bob's project (which Alice
+    cannot open) gets a 404 naming project_id, as for her tasks and chat sessions: a
+    project groups its owner's own things (both were moved, and counted in Bob's project).
+    Into a project of a group Alice is in, the move goes through."""
+    alice_id, alice = user
+    bob_id, bob = other_user
+    _, root = await make_user(database, admin=True)
+    bobs = await make_project(client, bob, "Bob's")
+    agent = await make_agent(database, alice_id)
+    made = await client.post("/api/v1/workflows", headers=alice,
+                             json={"name": "flow", "nodes": [], "edges": []})
+    assert made.status_code == 201, made.text
+    for path in (f"/api/v1/agents/{agent.id}", f"/api/v1/workflows/{made.json()['id']}"):
+        moved = await client.patch(path, headers=root, json={"project_id": bobs["id"]})
+        assert moved.status_code == 404, (path, moved.text)
+        assert moved.json()["field"] == "project_id"
+        assert (await client.get(path, headers=alice)).json()["project_id"] is None
+
+    team = await make_group(database, "both", alice_id, bob_id)
+    shared = await client.post("/api/v1/projects", headers=bob,
+                               json={"name": "Shared", "group_id": str(team)})
+    assert shared.status_code == 201, shared.text
+    for path in (f"/api/v1/agents/{agent.id}", f"/api/v1/workflows/{made.json()['id']}"):
+        moved = await client.patch(path, headers=root, json={"project_id": shared.json()["id"]})
+        assert moved.status_code == 200, (path, moved.text)

@@ -407,7 +407,7 @@ async def update_agent(session: AsyncSession, actor: Principal, agent_id: uuid.U
         # otherwise list the owner's agent among their own project's things.
         if not actor.is_admin and agent.user_id != actor.user_id:
             raise Forbidden("only the agent's owner may move it to another project")
-        await require_project(session, actor, values["project_id"])
+        await require_project(session, actor, values["project_id"], owner_id=agent.user_id)
     if "tool_permissions" in values:
         values["tool_permissions"] = await check_tools(
             session, actor, values["tool_permissions"], values.get("persona_id", agent.persona_id))

@@ -30,8 +30,7 @@ from roost.chat.schemas import (
 )
 from roost.db.base import utcnow, uuid7
 from roost.errors import Conflict, NotFound, PayloadTooLarge, RoostError, Unprocessable
-from roost.identity.common import principal_for
-from roost.identity.models import User, UserGroupMembership
+from roost.identity.models import User
 from roost.pagination import (
     DEFAULT_LIMIT,
     newest_first,
@@ -106,12 +105,9 @@ async def _require_owner_project(session: AsyncSession, actor: Principal, owner_
     if project_id is None or owner_id == actor.user_id:
         await require_project(session, actor, project_id)
         return
-    user = await session.get(User, owner_id)
-    if user is None:
+    if await session.get(User, owner_id) is None:
         raise NotFound("owner_id names no user")
-    groups = frozenset((await session.scalars(select(UserGroupMembership.group_id).where(
-        UserGroupMembership.user_id == owner_id))).all())
-    await require_project(session, principal_for(user, group_ids=groups), project_id)
+    await require_project(session, actor, project_id, owner_id=owner_id)
 
 
 def _session_conflict(exc: IntegrityError, external_id: str | None) -> RoostError:

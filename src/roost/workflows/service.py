@@ -160,7 +160,7 @@ async def update_workflow(session: AsyncSession, actor: Principal, workflow_id: 
         workflow.description = body.description
         changed["description"] = "changed"
     if "project_id" in given and body.project_id != workflow.project_id:
-        await require_project(session, actor, body.project_id)
+        await require_project(session, actor, body.project_id, owner_id=workflow.user_id)
         changed["project_id"] = {"before": _plain(workflow.project_id),
                                  "after": _plain(body.project_id)}
         workflow.project_id = body.project_id

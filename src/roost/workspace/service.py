@@ -110,31 +110,30 @@ async def get_project(session: AsyncSession, actor: Principal, project_id: uuid.
 
 
 async def require_project(session: AsyncSession, actor: Principal,
-                          project_id: uuid.UUID | None) -> None:
+                          project_id: uuid.UUID | None, *,
+                          owner_id: uuid.UUID | None = None) -> None:
     """For the domains whose rows a project groups (agents, workflows, documents, chat
-    sessions): attaching to a project the actor cannot see is a 404, like an unknown id
-    (the foreign key alone would accept another tenant's project)."""
-    if project_id is not None:
-        try:
-            await get_project(session, actor, project_id)
-        except NotFound:
-            raise NotFound(f"project {project_id} does not exist",
-                           extra={"field": "project_id"}) from None
-
-
-async def _owner_sees_project(session: AsyncSession, owner: uuid.UUID,
-                              project_id: uuid.UUID | None) -> None:
-    """A task sits under a project its owner can see (theirs, or their group's): an
-    administrator filing a user's task under one the user cannot see is a 404 naming the
-    field, as a parent must be a task of the same owner."""
+    sessions, tasks): attaching to a project the actor cannot see is a 404, like an
+    unknown id (the foreign key alone would accept another tenant's project).
+    ``owner_id``: the row's owner, when the actor files someone else's row (an
+    administrator): the project must be one that owner sees too (theirs, or one of their
+    groups'), else a 404 naming the field: a project groups its owner's own things, and
+    an administrator sees every project."""
     if project_id is None:
         return
-    groups = await group_ids_of(session, owner)
+    try:
+        await get_project(session, actor, project_id)
+    except NotFound:
+        raise NotFound(f"project {project_id} does not exist",
+                       extra={"field": "project_id"}) from None
+    if owner_id is None or owner_id == actor.user_id:
+        return
+    groups = await group_ids_of(session, owner_id)
     seen = await session.scalar(select(Project.id).where(
         Project.id == project_id,
-        or_(Project.user_id == owner, Project.group_id.in_(list(groups)))))
+        or_(Project.user_id == owner_id, Project.group_id.in_(list(groups)))))
     if seen is None:
-        raise NotFound(f"project {project_id} is not one the task's owner can see",
+        raise NotFound(f"project {project_id} is not one the owner can see",
                        extra={"field": "project_id"})
 
 
@@ -371,9 +370,7 @@ async def update_task(session: AsyncSession, actor: Principal, task_id: uuid.UUI
             raise Unprocessable(f"{fld} cannot be null", extra={"field": fld})
     values = _task_values(body)
     if "project_id" in values and values["project_id"] != task.project_id:
-        await require_project(session, actor, values["project_id"])
-        if task.user_id != actor.user_id:  # an administrator's edit: the owner must see it
-            await _owner_sees_project(session, task.user_id, values["project_id"])
+        await require_project(session, actor, values["project_id"], owner_id=task.user_id)
     if "parent_id" in values and values["parent_id"] != task.parent_id:
         await _check_parent(session, actor, task, values["parent_id"])
     before = task.calculated_score
