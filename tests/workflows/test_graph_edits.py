@@ -109,6 +109,28 @@ async def test_a_node_id_typed_decomposed_is_stored_composed_and_reached_by_eith
         assert answer.status_code == 200, answer.text
 
 
+async def test_a_long_composed_approval_id_is_decided_by_its_decomposed_url(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """An approval id of 200 'é' (within the 255 limit, stored composed) named decomposed
+    in the URL, 400 code points as a macOS keyboard types them, decides the approval (it
+    was a 422 "at most 255 characters" on the path, before composing)."""
+    _, headers = await make_user(database)
+    node_id = "\u00e9" * 200
+    workflow = await _published(
+        client, headers,
+        [node("s", "start"), node(node_id, "approval", message="ok?"), node("e", "end")],
+        [edge("e1", "s", node_id), edge("e2", node_id, "e", "approved")])
+    started = await client.post(f"{API}/{workflow['id']}/runs", headers=headers, json={})
+    assert started.status_code == 202, started.text
+    decomposed = unicodedata.normalize("NFD", node_id)
+    answer = await client.post(
+        f"{RUNS}/{started.json()['id']}/approvals/{quote(decomposed, safe='')}",
+        headers=headers, json={"approved": True})
+    assert answer.status_code == 200, answer.text[:400]
+    assert answer.json()["status"] == "completed"
+
+
 async def test_a_node_id_with_an_invisible_character_is_refused(
     client: httpx.AsyncClient, database: Database,
 ) -> None:

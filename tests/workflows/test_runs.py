@@ -877,6 +877,21 @@ async def test_bad_run_requests(client: httpx.AsyncClient, user: tuple[uuid.UUID
     assert words in answer.json()["detail"]
 
 
+async def test_inputs_are_measured_as_compact_json_against_their_limit(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """80,008 characters of compact JSON are within the 100,000 limit and run (they were a
+    422 "the inputs are 120008 characters": the count was of a re-encoding with ", "
+    between the items, not of what was sent)."""
+    _, headers = user
+    nodes = [node("s", "start"), node("e", "end", output="{{ xs | length }}")]
+    workflow_id = await publish(client, headers, nodes, [edge("1", "s", "e")])
+    answer = await client.post(f"{API}/{workflow_id}/runs", headers=headers,
+                               json={"inputs": {"xs": [1] * 40_000}})
+    assert answer.status_code == 202, answer.text[:400]
+    assert answer.json()["output"] == "40000"
+
+
 async def test_an_idempotency_key_used_for_another_workflow_is_a_409(
     client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
 ) -> None:

@@ -18,7 +18,9 @@ from roost.workflows.schemas import ApprovalIn, WorkflowRunCreate, WorkflowRunOu
 
 router = RoostRouter(tags=["workflows"])
 RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
-NodeId = Annotated[str, Path(min_length=1, max_length=255)]
+# A node id is at most 255 characters composed (NFC); the URL may name it decomposed,
+# up to four code points for each composed one (U+1F82), so the limit here is 4 x 255.
+NodeId = Annotated[str, Path(min_length=1, max_length=4 * 255)]
 
 
 @router.post("/api/v1/workflows/{workflow_id:uuid}/runs", status_code=status.HTTP_202_ACCEPTED,
