@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
 import httpx
 from sqlalchemy import func, select, text
 
 from roost.db.engine import Database
+from roost.identity.accounts import approve, create_user
 from roost.identity.models import User
+from roost.principal import SYSTEM
 from tests.identity.conftest import PASSWORD, login, password_user
+from tests.support.races import answer_behind
+from tests.support.sql import scalar
 
 
 async def _count_users(database: Database) -> int:
@@ -160,3 +167,52 @@ async def test_bad_input_is_refused_and_nothing_is_stored(
     malformed = await client.post("/api/v1/auth/register", content=b"{not json",
                                   headers={"content-type": "application/json"})
     assert malformed.status_code == 400
+
+
+async def _pending_user(database: Database) -> uuid.UUID:
+    name = f"pend-{uuid.uuid4().hex[:8]}"
+    async with database.transaction() as session:
+        user = await create_user(session, SYSTEM, username=name, email=f"{name}@example.test",
+                                 password=None, status="pending_approval",
+                                 first_becomes_root=False)
+    return user.id
+
+
+async def test_an_approval_during_a_suspension_leaves_the_account_suspended(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str]
+) -> None:
+    """Approving is for pending accounts: a suspended one is 409 and stays suspended, also
+    when the suspension commits while the approval waits (the approval checked its stale
+    copy and made the account active)."""
+    uid = await _pending_user(database)
+    resp = await asyncio.wait_for(answer_behind(
+        database, "UPDATE users SET status = 'suspended' WHERE id = :u", {"u": uid}, "users",
+        client.post(f"/api/v1/users/{uid}/approve", headers=admin_headers)), 60)
+    assert resp.status_code == 409, resp.text
+    status = await scalar(database, "SELECT status FROM users WHERE id = :u", u=uid)
+    assert status == "suspended", (resp.status_code, resp.text, status)
+
+
+async def test_an_approval_behind_another_records_one_approval(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str]
+) -> None:
+    """Two administrators approving one account at once: the second waits for the first,
+    finds the account active and answers it unchanged, so the audit log holds one
+    `user.approved` (it held two)."""
+    uid = await _pending_user(database)
+    async with database.transaction() as session:
+        await approve(session, SYSTEM, uid)  # the first approval, not yet committed
+        task = asyncio.ensure_future(
+            client.post(f"/api/v1/users/{uid}/approve", headers=admin_headers))
+        for _ in range(200):
+            waiting = await scalar(database, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                   "datname = current_database() AND wait_event_type = "
+                                   "'Lock' AND query ILIKE '%users%'")
+            if waiting or task.done():
+                break
+            await asyncio.sleep(0.05)
+    resp = await asyncio.wait_for(task, 60)
+    assert resp.status_code == 200, resp.text
+    n = await scalar(database, "SELECT count(*) FROM audit_logs WHERE action = 'user.approved' "
+                     "AND resource_id = :u", u=str(uid))
+    assert n == 1, (resp.status_code, n)

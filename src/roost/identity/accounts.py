@@ -185,6 +185,18 @@ async def end_sign_ins(
     return int(ended.rowcount)  # type: ignore[attr-defined]
 
 
+async def _locked_user(session: AsyncSession, user_id: uuid.UUID) -> User:
+    """The account's row, locked and read afresh: an administrator's change checks the
+    status it changes from as committed (an approval behind a suspension found the
+    account still pending in its own snapshot and made it active; two approvals at once
+    both recorded one).  FOR NO KEY UPDATE: a row that names the account needs only KEY
+    SHARE on it, so a membership added meanwhile does not wait for the change."""
+    return await one_or_404(
+        session, select(User).where(User.id == user_id)
+        .with_for_update(key_share=True).execution_options(populate_existing=True),
+        missing="no such user")
+
+
 async def admin_update(
     session: AsyncSession, principal: Principal, user_id: uuid.UUID, changes: dict[str, Any],
 ) -> User:
@@ -194,7 +206,7 @@ async def admin_update(
         raise NotFound("no such user") if user_id != principal.user_id else Forbidden(
             "changing role, status or tier needs an administrator"
         )
-    user = await load_user(session, user_id)
+    user = await _locked_user(session, user_id)
     allowed = {"role", "status", "tier", "is_verified", "is_active", "is_superuser"}
     unknown = set(changes) - allowed
     if unknown:
@@ -240,9 +252,9 @@ async def approve(session: AsyncSession, principal: Principal, user_id: uuid.UUI
     """``pending_approval -> active``; approving an active account again changes nothing.
     A suspended account is 409: lifting a suspension is a deliberate status change
     (``PATCH /users/{id} {"status": "active"}``), not an approval."""
-    user = await load_user(session, user_id) if principal.is_admin else None
-    if user is None:
+    if not principal.is_admin:
         raise Forbidden("approving accounts needs an administrator")
+    user = await _locked_user(session, user_id)
     if user.status == "active":
         return user
     if user.status != "pending_approval":
@@ -266,10 +278,7 @@ async def _delete_user(session: AsyncSession, principal: Principal, user_id: uui
     # finds no row (404, one record).  FOR NO KEY UPDATE: a row that names the account
     # (a membership added under a group's lock, which this deletion may wait for below)
     # needs only KEY SHARE on it, so the two cannot wait for each other.
-    user = await one_or_404(
-        session, select(User).where(User.id == user_id)
-        .with_for_update(key_share=True).execution_options(populate_existing=True),
-        missing="no such user")
+    user = await _locked_user(session, user_id)
     if user.is_root:
         raise Forbidden("the root account cannot be deleted")
     # A group whose last admin this is gets its longest-standing member as admin; a
