@@ -4,12 +4,16 @@ bytes uploaded again are counted unchanged, not parsed and embedded again."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
 from roost.db.engine import Database
 from roost.knowledge.config import KnowledgeConfig
+from roost.knowledge.service import sha256_hex, upload_identity
 from tests.knowledge.support import drain_jobs, upload
 from tests.support.identity import make_user
+from tests.support.races import answer_behind
 from tests.support.sql import fetch
 
 API = "/api/v1/knowledge"
@@ -81,3 +85,23 @@ async def test_reupload_identical_content_is_deduped(
                   "ORDER BY created_at")]
     assert actions == ["knowledge.document.ingested", "knowledge.document.reingested"], actions
     assert before == after
+
+
+async def test_a_rename_onto_a_name_taken_meanwhile_is_the_409_naming_name(
+    kclient: httpx.AsyncClient, database: Database
+) -> None:
+    """Two uploads renamed to one name at once: the one behind gets the 409 a rename onto
+    a taken name gets, naming the field `name` (it was the generic conflict naming
+    user_id and path_hash, the table's columns)."""
+    _, h = await make_user(database)
+    first = (await upload(kclient, h, "a.txt", b"first words")).json()["document"]
+    second = (await upload(kclient, h, "b.txt", b"second words")).json()["document"]
+    answer = await asyncio.wait_for(answer_behind(
+        database, "UPDATE documents SET name = 'c.txt', path_hash = :hash WHERE id = :id",
+        {"hash": sha256_hex(upload_identity("c.txt")), "id": first["id"]}, "documents",
+        kclient.patch(f"{API}/documents/{second['id']}", headers=h, json={"name": "c.txt"})),
+        60)
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["field"] == "name"
+    kept = await kclient.get(f"{API}/documents/{second['id']}", headers=h)
+    assert kept.json()["name"] == "b.txt"

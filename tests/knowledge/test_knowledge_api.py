@@ -576,6 +576,34 @@ async def test_tags_are_composed_so_both_spellings_of_a_letter_match(
         assert {d["id"] for d in r.json()["items"]} == {first["id"], second["id"]}, r.text
 
 
+async def test_the_tags_an_upload_stored_are_accepted_back_by_a_patch(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig
+) -> None:
+    """Tags are limited by their size (5 KB as JSON), on every path: a document uploaded
+    with 250 short tags is re-tagged with them plus one, and 300 copies of one tag are
+    one tag (a PATCH or an ingestion run refused more than 200 items, before dropping
+    duplicates, where an upload took them)."""
+    _, headers = await make_user(database)
+    tags = [f"t{i}" for i in range(250)]
+    doc = (await upload(kclient, headers, "many.txt", b"plenty of tags",
+                        tags=json.dumps(tags))).json()["document"]
+    assert doc["tags"] == tags
+    r = await kclient.patch(f"{API}/documents/{doc['id']}", headers=headers,
+                            json={"tags": [*tags, "one-more"]})
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["tags"] == [*tags, "one-more"]
+    r = await kclient.patch(f"{API}/documents/{doc['id']}", headers=headers,
+                            json={"tags": ["same"] * 300})
+    assert r.status_code == 200 and r.json()["tags"] == ["same"], r.text[:300]
+    too_big = [f"tag-{i:05d}" for i in range(1000)]
+    r = await kclient.patch(f"{API}/documents/{doc['id']}", headers=headers,
+                            json={"tags": too_big})
+    assert r.status_code == 422 and "5120 bytes" in r.text, r.text[:300]
+    r = await kclient.post(f"{API}/ingestion-runs", headers=headers,
+                           json={"target": "https://example.com/", "tags": too_big})
+    assert r.status_code == 422 and "5120 bytes" in r.text, r.text[:300]
+
+
 async def test_a_collection_is_trimmed_and_composed_and_refuses_hidden_characters(
     kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig
 ) -> None:

@@ -51,14 +51,16 @@ async def retrying_deadlocks(session: AsyncSession, work: Callable[[], Awaitable
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def flush_unique(session: AsyncSession, index: str, conflict: str) -> None:
+async def flush_unique(session: AsyncSession, index: str, conflict: str, *,
+                       field: str | None = None) -> None:
     """Flush in a savepoint: a row that breaks the unique ``index`` (its value taken by
     another request at the same time, after this one's own check) is the 409
-    ``conflict``, and the transaction stays usable; any other error is raised."""
+    ``conflict`` (naming ``field`` when given), and the transaction stays usable; any
+    other error is raised."""
     try:
         async with session.begin_nested():
             await session.flush()
     except IntegrityError as exc:
         if index in str(exc.orig):
-            raise Conflict(conflict) from None
+            raise Conflict(conflict, extra={"field": field} if field else None) from None
         raise

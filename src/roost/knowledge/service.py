@@ -26,6 +26,7 @@ from sqlalchemy.orm import defer
 from roost.audit import service as audit
 from roost.billing import credits, limits
 from roost.db.base import utcnow, uuid7
+from roost.db.errors import flush_unique
 from roost.errors import Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
 from roost.identity.common import require_user
 from roost.identity.models import Group
@@ -351,6 +352,12 @@ async def _rekey_upload(session: AsyncSession, doc: Document) -> None:
         raise Conflict(f"the owner already has an uploaded document named {doc.name!r} "
                        f"({taken}): delete or rename it first", extra={"field": "name"})
     doc.path_hash = path_hash
+    # Written now, in a savepoint: a rename or an upload to the same name committed since
+    # the check above breaks the unique index here, and is the same 409 (it was the
+    # generic conflict naming the columns user_id and path_hash).
+    await flush_unique(session, "uq_documents_user_path_hash",
+                       f"the owner already has an uploaded document named {doc.name!r}: "
+                       "delete or rename it first", field="name")
 
 
 async def update_document(
