@@ -9,10 +9,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import text
 
-from roost.chat.keys import ENCRYPTED_COLUMNS, key_fingerprint, rotate_messages
+from roost.chat.keys import (
+    ENCRYPTED_COLUMNS,
+    MessageKeysError,
+    key_fingerprint,
+    rotate_messages,
+    verify_message_keys,
+)
 from roost.config import Settings
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
@@ -22,6 +28,7 @@ from tests.support.cli import run_roost
 from tests.support.openai_stub import StubServer
 from tests.support.pg import PgTestServer
 from tests.support.server import roost_server
+from tests.support.sql import scalar
 
 
 @pytest.fixture
@@ -170,7 +177,7 @@ async def test_a_wrong_or_malformed_key_stops_the_server_with_a_clear_error(
         pass
     message = str(info.value)
     if case == "wrong":
-        assert "ROOST_MESSAGE_KEYS cannot decrypt the chat messages already stored" in message
+        assert "ROOST_MESSAGE_KEYS cannot decrypt the data already stored (chat_messages" in message
     else:
         assert "ROOST_MESSAGE_KEYS entry 1 is not a valid Fernet key" in message
     assert "not-a-fernet-key" not in message  # the key itself is never printed
@@ -230,3 +237,56 @@ def test_rotate_messages_without_any_message_key_refuses(tmp_path: Path) -> None
     assert str(data_dir / "keys" / "message_keys") in " ".join(out.stderr.split())
     assert "Traceback" not in out.stderr
     assert not (data_dir / "keys" / "message_keys").exists()
+
+
+async def _rewrap_everything(database: Database, src: str, dst: str) -> None:
+    """Every stored ciphertext moved from key ``src`` to ``dst``: what ``dst`` would have
+    written, as if the key that wrote it were removed from the configuration."""
+    to = MultiFernet([Fernet(dst.encode()), Fernet(src.encode())])
+    async with database.transaction() as s:
+        for table, columns in ENCRYPTED_COLUMNS:
+            for column in columns:
+                rows = (await s.execute(text(
+                    f"SELECT id, {column} FROM {table} WHERE {column} IS NOT NULL"))).all()
+                for row_id, blob in rows:
+                    await s.execute(text(f"UPDATE {table} SET {column} = :v WHERE id = :id"),
+                                    {"v": to.rotate(bytes(blob)), "id": row_id})
+
+
+async def test_an_llm_request_no_key_opens_is_the_message_keys_problem(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], database: Database, test_keys: KeyMaterial,
+) -> None:
+    """A stored model call no configured key opens answers what a chat message does: the
+    500 "Message keys do not match" naming ROOST_MESSAGE_KEYS (it was the anonymous
+    internal error)."""
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    sid = (await new_session(client, headers))["id"]
+    posted = await client.post(f"/api/v1/chat/sessions/{sid}/messages",
+                               json={"content": "hello"}, headers=headers)
+    assert posted.status_code == 201, posted.text
+    await _rewrap_everything(database, test_keys.message_keys[0], Fernet.generate_key().decode())
+    for path in (f"/api/v1/chat/sessions/{sid}/messages",
+                 f"/api/v1/llm/requests/{posted.json()['request_id']}"):
+        answer = await client.get(path, headers=headers)
+        assert answer.status_code == 500, answer.text
+        assert answer.json()["type"].endswith("message-keys-mismatch"), answer.text
+        assert "ROOST_MESSAGE_KEYS" in answer.json()["detail"]
+
+
+async def test_the_start_up_check_reads_model_calls_when_no_message_is_stored(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], database: Database,
+) -> None:
+    """A deployment that serves only /v1 stores model calls and no chat message: a new key
+    (the key file lost) is refused at start-up, naming the table, instead of starting and
+    mixing new ciphertexts with ones nothing reads (only chat_messages was sampled)."""
+    _, headers = user
+    await add_provider(client, admin_headers, stub)
+    answer = await client.post("/v1/chat/completions", headers=headers, json={
+        "model": "stub-model", "messages": [{"role": "user", "content": "hello"}]})
+    assert answer.status_code == 200, answer.text
+    assert await scalar(database, "SELECT count(*) FROM chat_messages") == 0
+    with pytest.raises(MessageKeysError, match=r"\(llm_requests row "):
+        await verify_message_keys(database, MessageCipher([Fernet.generate_key().decode()]))

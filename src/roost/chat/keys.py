@@ -78,28 +78,30 @@ class MessageKeysError(RuntimeError):
 
 
 async def verify_message_keys(db: Database, cipher: MessageCipher) -> None:
-    """Decrypt the oldest and the newest stored message; refuse to start if either fails.
+    """Decrypt the oldest and the newest stored row of each table the message keys
+    encrypt (:data:`ENCRYPTED_COLUMNS`, the first column); refuse to start if one fails.
 
     A wrong key (or a lost key file, which makes Roost generate a new one) would otherwise
-    surface as errors on every read, or worse, as a mix of old and new ciphertexts.
+    surface as errors on every read, or worse, as a mix of old and new ciphertexts.  Every
+    table, not only chat messages: a deployment that serves only ``/v1`` stores model
+    calls and no messages.
     """
-    sql = text(
-        "(SELECT id, content FROM chat_messages ORDER BY id LIMIT 1) UNION ALL "
-        "(SELECT id, content FROM chat_messages ORDER BY id DESC LIMIT 1)"
-    )
+    sql = text(" UNION ALL ".join(
+        f"(SELECT '{table}', id, {columns[0]} FROM {table} "  # noqa: S608 (fixed names)
+        f"WHERE {columns[0]} IS NOT NULL ORDER BY id {order} LIMIT 1)"
+        for table, columns in ENCRYPTED_COLUMNS for order in ("", "DESC")))
     try:
         async with db.transaction() as session:
             rows = (await session.execute(sql)).all()
     except DBAPIError as exc:  # no table yet (serve --no-migrate on an empty database)
         log.warning("chat.keys.check_skipped", error=type(exc.orig).__name__)
         return
-    for row in rows:
-        row_id, content = row[0], row[1]
+    for table, row_id, content in rows:
         try:
-            cipher.decrypt(bytes(content))
+            cipher.decrypt_bytes(bytes(content))
         except DecryptionError:
             raise MessageKeysError(
-                f"ROOST_MESSAGE_KEYS cannot decrypt the chat messages already stored (message "
+                f"ROOST_MESSAGE_KEYS cannot decrypt the data already stored ({table} row "
                 f"{row_id}): the message key is wrong, or a key still in use was removed or "
                 "its key file (DATA_DIR/keys/message_keys) was lost. Put the previous key back "
                 "after the new one (ROOST_MESSAGE_KEYS=new,old) and run 'roost keys "

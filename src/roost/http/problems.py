@@ -22,6 +22,7 @@ from roost.db.base import Base
 from roost.db.errors import RETRYABLE_SQLSTATES
 from roost.db.errors import sqlstate as sqlstate_of
 from roost.errors import RoostError
+from roost.security.crypto import DecryptionError, MessageDecryptionError
 
 log = structlog.get_logger(__name__)
 
@@ -305,6 +306,21 @@ async def _os_error(request: Request, exc: Exception) -> JSONResponse:
     return await _unexpected(request, exc)
 
 
+async def _undecryptable(request: Request, exc: Exception) -> JSONResponse:
+    """Stored ciphertext no configured key opens, met by any read that did not say so
+    itself (an LLM request's prompt, a tool run's input, a secret): the operator's
+    problem, named with the setting to fix, not an anonymous 500."""
+    log.error("stored_data_undecryptable", error=type(exc).__name__)
+    if isinstance(exc, MessageDecryptionError):
+        return problem(500, "stored content cannot be decrypted with the configured message "
+                       "keys; an operator must restore the missing key in ROOST_MESSAGE_KEYS",
+                       title="Message keys do not match", type_slug="message-keys-mismatch")
+    return problem(500, "a stored secret cannot be decrypted with the configured secrets key; "
+                   "an operator must restore the key it was written with (ROOST_SECRETS_KEY "
+                   "or DATA_DIR/keys/secrets_key)", title="Secrets key does not match",
+                   type_slug="secrets-key-mismatch")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return unexpected_error(exc)
 
@@ -364,4 +380,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DBAPIError, _dbapi_error)
     app.add_exception_handler(asyncpg.PostgresError, _driver_error)
     app.add_exception_handler(OSError, _os_error)
+    app.add_exception_handler(DecryptionError, _undecryptable)
     app.add_exception_handler(Exception, _unexpected)

@@ -71,6 +71,11 @@ class DecryptionError(Exception):
     """
 
 
+class MessageDecryptionError(DecryptionError):
+    """What :class:`MessageCipher` could not decrypt: no key of ``ROOST_MESSAGE_KEYS``
+    opens it (an old key removed before its rows were rotated, a lost key file)."""
+
+
 # --- key helpers ---------------------------------------------------------------------
 
 
@@ -299,7 +304,7 @@ class MessageCipher:
         try:
             return self._multi.rotate(_as_bytes(token))
         except (InvalidToken, TypeError, ValueError):
-            raise DecryptionError(
+            raise MessageDecryptionError(
                 "message content could not be re-encrypted: no configured key decrypts it"
             ) from None
 
@@ -320,7 +325,7 @@ class MessageCipher:
 
 
 def _undecryptable() -> DecryptionError:
-    return DecryptionError(
+    return MessageDecryptionError(
         "message content could not be decrypted with any configured key "
         "(wrong key or corrupted data)"
     )
