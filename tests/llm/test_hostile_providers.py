@@ -566,3 +566,122 @@ async def test_a_streamed_tool_call_without_an_id_reaches_the_client_with_one(
     kept = StreamAccumulator()
     kept.add(ChatChunk(tool_calls=[ToolCallDelta(index=0, name="lookup", arguments="{}")]))
     assert [call.id for call in kept.result().tool_calls] == ["call_0"]
+
+
+async def test_a_tool_call_without_an_id_gets_one_no_other_call_has(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A whole answer with two tool calls, the first with the id ``call_1``, the second with
+    none: a client answers each call by its id, so the second gets an id of its own
+    (before, Roost made up ``call_1`` for it too)."""
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "a", "arguments": "{}"}},
+             {"type": "function", "function": {"name": "b", "arguments": "{}"}}]
+    payload = chat_payload()
+    payload["choices"] = [{"index": 0, "finish_reason": "tool_calls",
+                           "message": {"role": "assistant", "content": None,
+                                       "tool_calls": calls}}]
+    async with RawServer(json_answer(payload)) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", CHAT, user[1])
+    assert status == 200, body
+    ids = [tc["id"] for tc in json.loads(body)["choices"][0]["message"]["tool_calls"]]
+    assert ids == ["call_1", "call_1_1"], ids
+
+
+async def test_a_streamed_tool_call_without_an_id_gets_one_no_other_call_has(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """The same streamed (index 0 with the id ``call_1``, index 1 with none): the client
+    gets two different ids, the ones the stored answer keeps (before, both were
+    ``call_1``)."""
+    pieces = [chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                     "function": {"name": "a", "arguments": "{}"}}]}),
+              chunk({"tool_calls": [{"index": 1, "type": "function",
+                                     "function": {"name": "b", "arguments": "{}"}}]})]
+    deltas = await _streamed_tool_call_deltas(client, admin_headers, user[1], pieces)
+    assert [d["id"] for d in deltas if "id" in d] == ["call_1", "call_1_1"], deltas
+    kept = StreamAccumulator()
+    kept.add(ChatChunk(tool_calls=[ToolCallDelta(index=0, id="call_1", name="a")]))
+    kept.add(ChatChunk(tool_calls=[ToolCallDelta(index=1, name="b")]))
+    assert [call.id for call in kept.result().tool_calls] == ["call_1", "call_1_1"]
+
+
+def test_a_streamed_tool_calls_id_is_fixed_by_its_first_piece() -> None:
+    """An id a provider sends only in a later piece of a call (the client was sent a
+    made-up one already) is not taken, and a provider's id another call has already is
+    made unique: the stored answer keeps what the client was sent."""
+    kept = StreamAccumulator()
+    kept.add(ChatChunk(tool_calls=[ToolCallDelta(index=0, name="a")]))
+    kept.add(ChatChunk(tool_calls=[ToolCallDelta(index=0, id="late", arguments="{}")]))
+    kept.add(ChatChunk(tool_calls=[ToolCallDelta(index=1, id="call_0", name="b")]))
+    assert [call.id for call in kept.result().tool_calls] == ["call_0", "call_1"]
+
+
+async def test_stream_usage_split_over_chunks_keeps_both_counts(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database,
+) -> None:
+    """A stream reporting ``prompt_tokens`` in one chunk's usage and ``completion_tokens``
+    in a later one: both of the provider's counts are stored (before, the later chunk
+    wiped the prompt count to 0 and an estimate replaced it)."""
+    def part(delta: dict[str, Any], finish: str | None, usage: dict[str, int]) -> str:
+        obj = {"id": "x", "object": "chat.completion.chunk", "model": "raw-model",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+               "usage": usage}
+        return f"data: {json.dumps(obj)}\n\n"
+
+    events = [part({"content": "hello there"}, None, {"prompt_tokens": 77}),
+              part({}, "stop", {"completion_tokens": 55}), "data: [DONE]\n\n"]
+    async with RawServer(sse_answer(events)) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions",
+                                  {**CHAT, "stream": True,
+                                   "stream_options": {"include_usage": True}}, user[1])
+    assert status == 200, body
+    assert v1_frames(body)[-2]["usage"]["prompt_tokens"] == 77, body
+    async with database.transaction() as s:
+        counts = (await s.execute(text(
+            "SELECT tokens_prompt, tokens_completion FROM llm_responses"))).all()
+    assert [tuple(row) for row in counts] == [(77, 55)]
+
+
+async def test_stream_chunks_with_error_null_are_no_failure(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+    database: Database,
+) -> None:
+    """Chunks that carry ``"error": null`` (no error at all) stream like any other: the
+    text and a completed request (before, a 502 "failed mid-stream")."""
+    def part(delta: dict[str, Any], finish: str | None = None) -> str:
+        obj = {"id": "x", "object": "chat.completion.chunk", "model": "raw-model",
+               "error": None,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(obj)}\n\n"
+
+    events = [part({"content": "hi"}), part({}, "stop"), "data: [DONE]\n\n"]
+    async with RawServer(sse_answer(events)) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", {**CHAT, "stream": True},
+                                  user[1])
+    assert status == 200, body
+    frames = v1_frames(body)
+    assert "error" not in frames[-2], body
+    assert "".join(f["choices"][0]["delta"].get("content") or "" for f in frames[:-1]) == "hi"
+    assert await statuses(database) == ["completed"]
+
+
+async def test_a_stream_starting_with_a_bom_keeps_its_first_event(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A stream whose body starts with a UTF-8 byte order mark (the SSE standard drops it)
+    keeps its first event: the client gets "Hello world" (before, " world": the first
+    chunk was silently lost)."""
+    events = ["\ufeff" + chunk({"role": "assistant", "content": "Hello"}),
+              chunk({"content": " world"}), chunk({}, "stop"), "data: [DONE]\n\n"]
+    async with RawServer(sse_answer(events)) as server:
+        await register(client, admin_headers, server.base_url)
+        status, body = await post(client, "/v1/chat/completions", {**CHAT, "stream": True},
+                                  user[1])
+    assert status == 200, body
+    text_ = "".join(f["choices"][0]["delta"].get("content") or ""
+                    for f in v1_frames(body) if isinstance(f, dict) and f.get("choices"))
+    assert text_ == "Hello world", body

@@ -154,6 +154,26 @@ async def test_a_provider_without_the_model_falls_back_to_the_next(
     assert json.loads(body)["error"]["code"] == "model_not_found", body
 
 
+async def test_a_provider_answering_200_with_an_error_falls_back_to_the_next(
+    client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A provider answering HTTP 200 with ``{"error": {"message": "overloaded"}}`` (as
+    servers report overload; the same error as a stream event is an unavailable provider)
+    lets the next provider answer; alone, the 502 quotes its message (before, a 502
+    "unexpected shape (KeyError: 'choices')", the next provider never tried)."""
+    async with RawServer(json_answer({"error": {"message": "overloaded"}})) as a, \
+            RawServer(json_answer(chat_payload("good"))) as b:
+        await register(client, admin_headers, a.base_url, name="pa", priority=1)
+        pb = await register(client, admin_headers, b.base_url, name="pb", priority=2)
+        code, body = await post(client, "/v1/chat/completions", CHAT, user[1])
+        assert code == 200, body
+        assert _roost_provider(body) == "pb"
+        await client.delete(f"/api/v1/llm/providers/{pb}", headers=admin_headers)
+        code, body = await post(client, "/v1/chat/completions", CHAT, user[1])
+    assert code == 502, body
+    assert "answered with an error: overloaded" in json.loads(body)["error"]["message"], body
+
+
 async def test_a_failed_v1_call_names_its_llm_request(
     client: httpx.AsyncClient, admin_headers: Headers, user: tuple[uuid.UUID, Headers],
     database: Database,

@@ -169,6 +169,20 @@ class HTTPOptions(HTTPConfig, total=False):
     max_answer_bytes: int  # ROOST_LLM_MAX_ANSWER_BYTES (default MAX_ANSWER_BYTES)
 
 
+def error_message(data: Any) -> str | None:
+    """The human message of a decoded upstream error body (``error.message``, an ``error``
+    string or a ``detail`` string), if it has one."""
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if isinstance(data.get("detail"), str):
+            return str(data["detail"])
+    return None
+
+
 class HTTPProvider:
     """Base for providers reached over HTTP with httpx.
 
@@ -242,15 +256,7 @@ class HTTPProvider:
             data = json.loads(body)
         except ValueError:
             return body
-        if isinstance(data, dict):
-            err = data.get("error")
-            if isinstance(err, dict) and isinstance(err.get("message"), str):
-                return str(err["message"])
-            if isinstance(err, str):
-                return err
-            if isinstance(data.get("detail"), str):
-                return str(data["detail"])
-        return body
+        return error_message(data) or body
 
     # --- shared helpers ---------------------------------------------------------------
 
@@ -347,11 +353,17 @@ class HTTPProvider:
 
     async def _answer_text(self, resp: httpx.Response) -> AsyncIterator[str]:
         """The decoded body as text (as ``aiter_text()``: the answer's charset, else
-        UTF-8, undecodable bytes replaced)."""
+        UTF-8, undecodable bytes replaced), one leading byte order mark dropped (as the
+        Server-Sent Events standard says: else the first field would be U+FEFF + "data"
+        and the first event be lost)."""
         # httpx's encoding is one Python knows (an unknown charset falls back to UTF-8).
         decoder = codecs.getincrementaldecoder(resp.encoding or "utf-8")("replace")
+        first = True
         async for piece in self._answer_bytes(resp):
-            if text := decoder.decode(piece):
+            text = decoder.decode(piece)
+            if first and text:
+                text, first = text.removeprefix("\ufeff"), False
+            if text:
                 yield text
         if text := decoder.decode(b"", final=True):
             yield text

@@ -8,6 +8,7 @@ that ends in ``/v1`` (as with the official SDK) and the paths appended are
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final, Unpack
@@ -17,6 +18,7 @@ from roost.llm.base import (
     HTTPOptions,
     HTTPProvider,
     decode_json_event,
+    error_message,
     token_count,
     usable_model_ids,
 )
@@ -29,7 +31,7 @@ from roost.llm.types import (
     HealthResult,
     ToolCall,
     ToolCallDelta,
-    fallback_tool_call_id,
+    ToolCallIds,
 )
 
 FLOAT32_MAX: Final = 3.4028234663852886e38  # the largest finite float32
@@ -70,6 +72,9 @@ def parse_openai_chat(data: Any, latency_ms: int = 0) -> ChatResult:
     message = choice["message"]
     usage = data.get("usage") or {}
     logprobs = _choice_logprobs(choice)
+    calls = message.get("tool_calls") or []
+    # A made-up id avoids every id the provider sent, even a later call's.
+    ids = ToolCallIds(str(tc["id"]) for tc in calls if tc.get("id"))
     return ChatResult(
         content=_text_of(message.get("content")),
         finish_reason=choice.get("finish_reason"),
@@ -78,11 +83,11 @@ def parse_openai_chat(data: Any, latency_ms: int = 0) -> ChatResult:
         model=data.get("model"),
         tool_calls=[
             ToolCall(
-                id=str(tc.get("id") or fallback_tool_call_id(i)),
+                id=ids.fix(i, str(tc["id"]) if tc.get("id") else None),
                 name=tc["function"]["name"],
                 arguments=tc["function"].get("arguments") or "{}",
             )
-            for i, tc in enumerate(message.get("tool_calls") or [])
+            for i, tc in enumerate(calls)
         ],
         logprobs=_logprobs_of(logprobs),
         choice_logprobs=logprobs,
@@ -113,14 +118,18 @@ def parse_openai_chunk(obj: dict[str, Any]) -> ChatChunk:
             for tc in delta.get("tool_calls") or []
         ]
     if isinstance(usage, dict):
-        chunk.tokens_in = token_count(usage.get("prompt_tokens"))
-        chunk.tokens_out = token_count(usage.get("completion_tokens"))
+        # Only the counts this chunk reports: a stream may send them in different chunks.
+        if "prompt_tokens" in usage:
+            chunk.tokens_in = token_count(usage["prompt_tokens"])
+        if "completion_tokens" in usage:
+            chunk.tokens_out = token_count(usage["completion_tokens"])
     return chunk
 
 
 def is_meaningful(chunk: ChatChunk) -> bool:
     """Role-only and empty keep-alive chunks carry nothing a consumer needs."""
-    return bool(chunk.delta or chunk.tool_calls or chunk.finish_reason or chunk.tokens_in is not None)
+    return bool(chunk.delta or chunk.tool_calls or chunk.finish_reason
+                or chunk.tokens_in is not None or chunk.tokens_out is not None)
 
 
 class OpenAICompatibleProvider(HTTPProvider):
@@ -158,6 +167,13 @@ class OpenAICompatibleProvider(HTTPProvider):
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         data, latency = await self._request_json("POST", "/chat/completions", self._body(request))
+        if isinstance(data, dict) and data.get("error"):
+            # Servers report overload so on a 200 too: unavailable, as a stream's error event.
+            message = error_message(data) or json.dumps(data["error"])[:200]
+            raise ProviderUnavailable(
+                f"provider {self.name!r} answered with an error: {self._safe(message)}",
+                provider=self.name,
+            )
         return self._parse(data, lambda d: parse_openai_chat(d, latency))
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
@@ -174,7 +190,7 @@ class OpenAICompatibleProvider(HTTPProvider):
                     await self._drain(events)
                     break
                 obj = decode_json_event(self, data)
-                if "error" in obj:
+                if obj.get("error"):  # some servers send "error": null on every chunk
                     # Servers report mid-stream failures (overload, OOM) as an
                     # error event on a 200 response.
                     raise ProviderUnavailable(

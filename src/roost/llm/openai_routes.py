@@ -54,7 +54,7 @@ from roost.llm.types import (
     ChatRequest,
     ChatResult,
     ToolCallDelta,
-    fallback_tool_call_id,
+    ToolCallIds,
 )
 from roost.principal import Principal
 
@@ -381,6 +381,7 @@ async def _stream(
     logprobs = _asked_logprobs(body)
     cid, created = completion_id(stream.request_id), int(time.time())
     calls_sent: dict[int, ToolCallDelta] = {}  # per tool call index: what the client has
+    call_ids = ToolCallIds()  # as the stored answer's StreamAccumulator gives them
     # As every /v1 error (openai_error) names the HTTP request, and a failed model call
     # its recorded request: read now, the body is sent outside the request's context.
     names = {"request_id": current_context().request_id,
@@ -404,7 +405,7 @@ async def _stream(
                         yield frame({"content": chunk.delta},
                                     choice_logprobs=chunk.choice_logprobs)
                     for tc in chunk.tool_calls:
-                        yield frame({"tool_calls": [_tool_call_delta(tc, calls_sent)]})
+                        yield frame({"tool_calls": [_tool_call_delta(tc, calls_sent, call_ids)]})
                     finish = chunk.finish_reason or finish
         except RoostError as err:  # recorded as failed; the client sees OpenAI's error shape
             payload = {"error": {"message": err.detail, "type": "api_error", "param": None,
@@ -437,9 +438,11 @@ async def _stream(
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _tool_call_delta(tc: ToolCallDelta, sent: dict[int, ToolCallDelta]) -> dict[str, Any]:
-    """``tc`` as OpenAI streams a tool call: its id (made up when the provider's first
-    piece has none: clients answer a call by its id), type and name only the first time its
+def _tool_call_delta(tc: ToolCallDelta, sent: dict[int, ToolCallDelta],
+                     ids: ToolCallIds) -> dict[str, Any]:
+    """``tc`` as OpenAI streams a tool call: its id (fixed by ``ids``: made up when the
+    provider's first piece has none or another call's, as the stored answer has it:
+    clients answer a call by its id), type and name only the first time its
     index has them (some providers repeat them in every delta, and OpenAI clients join
     every string they get for an index: "call_1call_1"), ``arguments`` always a string
     (a client's assembled call has text to parse even when it has no arguments).
@@ -447,8 +450,8 @@ def _tool_call_delta(tc: ToolCallDelta, sent: dict[int, ToolCallDelta]) -> dict[
     seen = sent.setdefault(tc.index, ToolCallDelta(index=tc.index))
     out: dict[str, Any] = {"index": tc.index}
     function: dict[str, Any] = {}
-    if not seen.id:  # a provider that gives none: the id a non-streamed answer would have
-        seen.id = tc.id or fallback_tool_call_id(tc.index)
+    if not seen.id:
+        seen.id = ids.fix(tc.index, tc.id)
         out["id"], out["type"] = seen.id, "function"
     if tc.name and not seen.name:
         function["name"] = seen.name = tc.name

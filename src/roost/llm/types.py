@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -221,6 +221,7 @@ class StreamAccumulator:
     logprobs: list[float] | None = None
     chunks: int = 0
     _tools: dict[int, dict[str, str]] = field(default_factory=dict)
+    _ids: ToolCallIds = field(default_factory=lambda: ToolCallIds())
 
     def add(self, chunk: ChatChunk) -> None:
         self.chunks += 1
@@ -238,8 +239,8 @@ class StreamAccumulator:
             self.logprobs = (self.logprobs or []) + chunk.logprobs
         for d in chunk.tool_calls:
             slot = self._tools.setdefault(d.index, {"id": "", "name": "", "arguments": ""})
-            if d.id:
-                slot["id"] = d.id
+            if not slot["id"]:  # fixed by the call's first piece, as /v1 streams it
+                slot["id"] = self._ids.fix(d.index, d.id)
             if d.name:
                 slot["name"] = d.name
             slot["arguments"] += d.arguments
@@ -255,9 +256,8 @@ class StreamAccumulator:
 
     def result(self, *, latency_ms: int = 0) -> ChatResult:
         tool_calls = [
-            ToolCall(id=t["id"] or fallback_tool_call_id(index), name=t["name"],
-                     arguments=t["arguments"] or "{}")
-            for index, t in sorted(self._tools.items())
+            ToolCall(id=t["id"], name=t["name"], arguments=t["arguments"] or "{}")
+            for _index, t in sorted(self._tools.items())
         ]
         return ChatResult(
             content=self.content,
@@ -272,9 +272,41 @@ class StreamAccumulator:
         )
 
 
-def fallback_tool_call_id(index: int) -> str:
-    """The id of a tool call a provider gave none (a tool's answer names its call by id)."""
-    return f"call_{index}"
+def fallback_tool_call_id(index: int, taken: Collection[str] = ()) -> str:
+    """The id of a tool call a provider gave none (a tool's answer names its call by id):
+    ``call_<index>``, or ``call_<index>_1``, ``_2``... when that one is in ``taken``."""
+    candidate, n = f"call_{index}", 0
+    while candidate in taken:
+        n += 1
+        candidate = f"call_{index}_{n}"
+    return candidate
+
+
+class ToolCallIds:
+    """The ids of one answer's tool calls, each its own: a client answers a call by its id,
+    so two calls sharing one (a provider's id and one made up for a call without, or a
+    provider's id repeated for another call) could not both be answered.
+
+    A call's id is fixed the first time its index is seen: the provider's id unless an
+    earlier call has it, else one made up (:func:`fallback_tool_call_id`) that no call seen
+    so far and no ``reserved`` id has.  Given the same pieces in the same order it gives the
+    same ids, so a stream relayed to a client and its stored answer agree."""
+
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
+        self._reserved = set(reserved)  # ids to avoid when making one up
+        self._given: dict[int, str] = {}
+
+    def fix(self, index: int, provider_id: str | None) -> str:
+        if index in self._given:
+            return self._given[index]
+        used = set(self._given.values())
+        if provider_id and provider_id not in used:
+            given = provider_id
+        else:
+            given = fallback_tool_call_id(index, used | self._reserved)
+        self._reserved.add(given)
+        self._given[index] = given
+        return given
 
 
 def estimate_tokens(text: str) -> int:
