@@ -96,7 +96,8 @@ async def verify_message_keys(db: Database, cipher: MessageCipher) -> None:
     except DBAPIError as exc:  # no table yet (serve --no-migrate on an empty database)
         log.warning("chat.keys.check_skipped", error=type(exc.orig).__name__)
         return
-    for table, row_id, content in rows:
+    for row in rows:
+        table, row_id, content = row[0], row[1], row[2]
         try:
             cipher.decrypt_bytes(bytes(content))
         except DecryptionError:
