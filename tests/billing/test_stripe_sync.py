@@ -261,6 +261,40 @@ async def test_a_stripe_subscription_bills_the_plan_fee_so_the_invoice_leaves_it
         ("gpt-4o: chat", 350), ("Tax (10 %)", 35)]
 
 
+async def test_a_move_to_a_plan_without_a_stripe_price_charges_its_fee_in_the_invoice(
+    database: Database, user_id: uuid.UUID, stub: StripeStub, config: stripe_sync.StripeConfig
+) -> None:
+    """A subscription synced to Stripe and moved to a plan with no Stripe price gets its
+    Stripe subscription canceled (marked detached) and its invoice charges the new fee;
+    before, Stripe went on billing the old price and the new fee was never charged."""
+    sub_id = await make_subscription(database, user_id)
+    await stripe_sync.sync_subscription(database, config, sub_id)
+    [remote] = stub.created("subscription")
+    async with database.transaction() as session:
+        team = Plan(key=f"team-{uuid.uuid4().hex[:6]}", name="Team", price=Decimal("50"),
+                    included_credits=5000, stripe_price_id=None)
+        session.add(team)
+        await session.flush()
+        await session.execute(update(Subscription).where(Subscription.id == sub_id)
+                              .values(plan_id=team.id, price=Decimal("50")))
+    plan_line = {"kind": "plan", "description": "Team plan, monthly", "amount": "50.00"}
+    # Issued before the subscription's sync ran: the fee is charged all the same.
+    early = await make_invoice(database, sub_id, lines=[plan_line], subtotal="50.00")
+    await stripe_sync.sync_invoice(database, config, early)
+    assert [(i["description"], i["amount"]) for i in stub.created("invoiceitem")] == [
+        ("Team plan, monthly", 5000)]
+
+    result = await stripe_sync.sync_subscription(database, config, sub_id)
+    assert result == {"subscription": remote["id"], "detached": True}
+    assert remote["status"] == "canceled"
+    assert remote["metadata"]["roost_detached"] == str(sub_id)
+    sub = await subscription(database, sub_id)
+    assert (sub.status, sub.stripe_subscription_id) == ("active", None)
+    again = await stripe_sync.sync_subscription(database, config, sub_id)
+    assert again == {"skipped": f"plan {team.key!r} has no stripe_price_id"}
+    assert len(stub.calls("DELETE", "/v1/subscriptions")) == 1
+
+
 def test_minor_units() -> None:
     assert stripe_sync.minor_units(Decimal("19.995"), "usd") == 2000
     assert stripe_sync.minor_units(Decimal("1500"), "JPY") == 1500

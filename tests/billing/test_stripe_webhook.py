@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from roost.audit.models import AuditLog
-from roost.billing.models import Invoice, StripeEvent
+from roost.billing.models import Invoice, StripeEvent, Subscription
 from roost.config import Settings
+from roost.db.base import utcnow
 from roost.db.engine import Database
 from tests.billing.stripe_rows import (
     count,
@@ -111,6 +113,21 @@ async def test_subscription_found_by_its_roost_id_when_the_sync_lost_the_stripe_
     assert reply.json()["outcome"] == "applied", reply.text
     sub = await subscription(database, sub_id)
     assert (sub.status, sub.stripe_subscription_id) == ("past_due", "sub_L1")
+
+
+async def test_a_long_stripe_id_found_by_the_roost_id_is_stored_and_applied(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
+) -> None:
+    """A subscription found by its metadata Roost id is applied and keeps a Stripe id of
+    150 characters (Stripe's ids go up to 255); the column held 100 before, and the
+    webhook answered 400 ("a value is out of range"), which Stripe retries for days."""
+    sub_id = await make_subscription(database, user_id)
+    long_id = "sub_" + "a" * 146
+    obj = stripe_sub(long_id, "past_due", metadata={"roost_subscription_id": str(sub_id)})
+    reply = await deliver(client, event("customer.subscription.updated", obj))
+    assert reply.status_code == 200 and reply.json()["outcome"] == "applied", reply.text
+    sub = await subscription(database, sub_id)
+    assert (sub.status, sub.stripe_subscription_id) == ("past_due", long_id)
 
 
 @pytest.mark.parametrize("how", ["other secret", "tampered body", "missing header",
@@ -305,6 +322,87 @@ async def test_invoice_payment_failed_makes_the_subscription_past_due(
     assert (await subscription(database, sub_id)).status == "past_due"
     [row] = await stripe_events(database)
     assert row.subscription_id == sub_id
+
+
+async def test_invoice_paid_goes_by_the_stripe_id_before_the_metadata(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
+) -> None:
+    """invoice.paid for Stripe invoice in_D2 whose metadata names another Roost invoice,
+    synced as in_D1, pays the invoice that is in_D2 and leaves the other open; before,
+    either could be marked paid (the lookup matched both, unordered)."""
+    sub_id = await make_subscription(database, user_id, stripe_subscription_id="sub_D1")
+    first = await make_invoice(database, sub_id, lines=[], subtotal="1.00",
+                               stripe_invoice_id="in_D1")
+    second = await make_invoice(database, sub_id, lines=[], subtotal="2.00",
+                                stripe_invoice_id="in_D2")
+    reply = await deliver(client, event("invoice.paid", {
+        "id": "in_D2", "object": "invoice", "metadata": {"roost_invoice_id": str(first)}}))
+    assert reply.json()["outcome"] == "applied", reply.text
+    async with database.transaction() as session:
+        a = await session.get(Invoice, first)
+        b = await session.get(Invoice, second)
+        assert a is not None and b is not None
+        assert (a.status, b.status) == ("open", "paid")
+    # A Stripe invoice Roost does not know, naming an invoice synced as another, pays none.
+    stray = await deliver(client, event("invoice.paid", {
+        "id": "in_D9", "object": "invoice", "metadata": {"roost_invoice_id": str(first)}}))
+    assert stray.json()["outcome"] == "ignored", stray.text
+
+
+async def test_a_late_payment_failure_leaves_a_paid_invoice_alone(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
+) -> None:
+    """invoice.payment_failed delivered after invoice.paid for the same invoice (Stripe's
+    retry succeeded) is ignored and the subscription stays active; before, it became
+    past_due for an invoice that was paid."""
+    sub_id = await make_subscription(database, user_id, stripe_subscription_id="sub_O1")
+    await make_invoice(database, sub_id, lines=[], subtotal="20.00", stripe_invoice_id="in_O1")
+    paid = await deliver(client, event("invoice.paid", {"id": "in_O1", "object": "invoice"}))
+    assert paid.json()["outcome"] == "applied", paid.text
+    late = await deliver(client, event("invoice.payment_failed",
+                                       {"id": "in_O1", "object": "invoice"}))
+    assert late.status_code == 200
+    assert late.json()["outcome"] == "ignored" and "is paid" in late.json()["detail"]
+    assert (await subscription(database, sub_id)).status == "active"
+
+
+async def test_a_trial_that_ended_and_failed_its_first_charge_becomes_past_due(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
+) -> None:
+    """Stripe's past_due for a trial whose trial_end has passed (its first charge failed)
+    makes it past_due, by way of active; before, it was ignored ("cannot go from trialing
+    to past_due") and the user kept trialing.  A trial still running is not moved."""
+    sub_id = await make_subscription(database, user_id, status="trialing",
+                                     stripe_subscription_id="sub_T1")
+    running = await deliver(client, event("customer.subscription.updated",
+                                          stripe_sub("sub_T1", "past_due")))
+    assert running.json()["outcome"] == "ignored", running.text
+    async with database.transaction() as session:
+        await session.execute(update(Subscription).where(Subscription.id == sub_id).values(
+            trial_end=utcnow() - timedelta(hours=1)))
+    reply = await deliver(client, event("customer.subscription.updated",
+                                        stripe_sub("sub_T1", "past_due")))
+    assert reply.json()["outcome"] == "applied", reply.text
+    assert (await subscription(database, sub_id)).status == "past_due"
+    async with database.transaction() as session:
+        moves = (await session.scalars(select(AuditLog.changes).where(
+            AuditLog.action == "billing.subscription.status",
+            AuditLog.resource_id == str(sub_id)).order_by(AuditLog.seq))).all()
+    assert [(m["from"], m["to"]) for m in moves] == [("trialing", "active"),
+                                                      ("active", "past_due")]
+
+
+async def test_events_of_a_stripe_subscription_roost_detached_are_ignored(
+    client: httpx.AsyncClient, database: Database, user_id: uuid.UUID
+) -> None:
+    """The deletion of a Stripe subscription Roost canceled itself (the subscription moved
+    to a plan without a Stripe price, metadata.roost_detached) leaves the Roost
+    subscription active."""
+    sub_id = await make_subscription(database, user_id, stripe_subscription_id="sub_V1")
+    obj = stripe_sub("sub_V1", "canceled", metadata={"roost_detached": str(sub_id)})
+    reply = await deliver(client, event("customer.subscription.deleted", obj))
+    assert reply.json()["outcome"] == "ignored", reply.text
+    assert (await subscription(database, sub_id)).status == "active"
 
 
 async def test_without_a_webhook_secret_the_endpoint_says_it_is_not_configured(

@@ -118,7 +118,7 @@ class Subscription(UUIDPrimaryKey, Base):
     group_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("groups.id",
                                                                   ondelete="CASCADE"))
     plan_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("plans.id", ondelete="RESTRICT"))
-    stripe_subscription_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(16), server_default=text("'active'"),
                                         default="active")
@@ -289,7 +289,7 @@ class Invoice(UUIDPrimaryKey, CreatedAt, Base):
     total: Mapped[Decimal] = mapped_column(AMOUNT)
     status: Mapped[str] = mapped_column(String(16), server_default=text("'open'"),
                                         default="open")
-    stripe_invoice_id: Mapped[str | None] = mapped_column(String(100))
+    stripe_invoice_id: Mapped[str | None] = mapped_column(String(255))
 
 
 class StripeEvent(CreatedAt, Base):

@@ -10,12 +10,15 @@ an invoice calls :func:`enqueue_sync` in the same transaction, which queues the 
   / ``roost_group_id``; reused by the subscriber's later subscriptions) and a Stripe
   Subscription on its plan's ``stripe_price_id`` (a later plan change swaps the price);
   a canceled one cancels the Stripe subscription.  A plan without a Stripe price is
-  skipped with a logged reason.
+  skipped with a logged reason; moved to one, the subscription's Stripe subscription is
+  canceled (marked ``metadata.roost_detached``, whose events the webhook ignores) and
+  its id cleared.
 - an invoice becomes a draft Stripe invoice (``pending_invoice_items_behavior=exclude``)
   with one invoice item per line, plus the tax; Stripe finalises and charges it, and the
-  ``invoice.paid`` webhook marks Roost's paid.  When the subscription is in Stripe, its
-  Stripe subscription bills the plan fee itself: the plan line is left out (the tax is
-  then on the usage), and an invoice with nothing else is not sent.
+  ``invoice.paid`` webhook marks Roost's paid.  When the subscription is in Stripe on a
+  plan with a Stripe price, its Stripe subscription bills the plan fee itself: the plan
+  line is left out (the tax is then on the usage), and an invoice with nothing else is
+  not sent.
 
 Every creating call carries an idempotency key derived from the Roost row
 (``roost-invoice-<id>``, ``roost-subscription-<id>``, ...): a job that dies after Stripe
@@ -63,6 +66,9 @@ ZERO_DECIMAL_CURRENCIES: Final = frozenset({
 # ten of them: amounts are rounded to the hundredth, as Stripe asks.
 THREE_DECIMAL_CURRENCIES: Final = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
 NETWORK_RETRIES: Final = 2
+# Metadata of a Stripe subscription Roost canceled because its plan has no Stripe price
+# any more (the Roost subscription's id): the webhook ignores its events.
+DETACHED: Final = "roost_detached"
 
 
 class StripeUnavailable(RuntimeError):
@@ -241,6 +247,8 @@ async def _sync_subscription(database: Database, client: _Client,
     if view.status == "canceled":
         return await _cancel(database, client, view)
     if view.stripe_price_id is None:
+        if view.stripe_subscription_id is not None:  # moved off a plan billed in Stripe
+            return await _detach(database, client, view)
         reason = f"plan {view.plan_key!r} has no stripe_price_id"
         log.info("stripe_sync_skipped", subscription_id=str(view.id), reason=reason)
         return {"skipped": reason}
@@ -293,6 +301,38 @@ async def _cancel(database: Database, client: _Client, view: _SubView) -> dict[s
         {"idempotency_key": f"roost-subscription-{view.id}-cancel"})
     log.info("stripe_subscription_canceled", subscription_id=str(view.id))
     return {"subscription": view.stripe_subscription_id, "canceled": True}
+
+
+async def _detach(database: Database, client: _Client, view: _SubView) -> dict[str, Any]:
+    """The subscription moved to a plan without a Stripe price: its Stripe subscription
+    would go on billing the old plan's fee, so it is canceled in Stripe and forgotten
+    (its invoices then charge the plan fee themselves).  It is marked
+    ``metadata.roost_detached`` first, which makes the webhook ignore its events: the
+    ``customer.subscription.deleted`` this cancel causes must not cancel the Roost one."""
+    stripe_id = view.stripe_subscription_id
+    assert stripe_id is not None
+    stripe_mod = client.stripe
+    try:
+        remote = await client.v1.subscriptions.retrieve_async(stripe_id)
+    except stripe_mod.InvalidRequestError as exc:
+        if getattr(exc, "http_status", None) != 404:
+            raise
+        remote = None
+    if remote is not None and remote.status != "canceled":
+        await client.v1.subscriptions.update_async(
+            stripe_id, {"metadata": {DETACHED: str(view.id), "roost_subscription_id": ""}},
+            {"idempotency_key": f"roost-subscription-{view.id}-detach-{stripe_id}"})
+        await client.v1.subscriptions.cancel_async(
+            stripe_id, None,
+            {"idempotency_key": f"roost-subscription-{view.id}-cancel-{stripe_id}"})
+    async with database.transaction() as session:
+        await session.execute(
+            update(Subscription).where(Subscription.id == view.id,
+                                       Subscription.stripe_subscription_id == stripe_id)
+            .values(stripe_subscription_id=None))
+    log.info("stripe_subscription_detached", subscription_id=str(view.id),
+             reason=f"plan {view.plan_key!r} has no stripe_price_id")
+    return {"subscription": stripe_id, "detached": True}
 
 
 def minor_units(amount: Decimal, currency: str) -> int:
@@ -351,7 +391,10 @@ async def sync_invoice(database: Database, config: StripeConfig,
     if invoice.status == "void":
         log.info("stripe_sync_skipped", invoice_id=str(invoice_id), reason="void")
         return {"skipped": "void"}
-    plan_billed_by_stripe = view.stripe_subscription_id is not None
+    # Stripe's subscription bills the fee only on a plan with a Stripe price: one moved to
+    # a plan without charges it here, even before its sync detached the Stripe one.
+    plan_billed_by_stripe = (view.stripe_subscription_id is not None
+                             and view.stripe_price_id is not None)
     items = invoice_items(invoice, plan_billed_by_stripe=plan_billed_by_stripe)
     if not items:
         reason = ("only the plan fee, which the Stripe subscription bills"

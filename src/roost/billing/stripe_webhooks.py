@@ -10,11 +10,13 @@ is stored).  :func:`process_event` then, in one transaction:
    (or concurrently redelivered) id finds the row taken and answers 200 doing nothing;
 2. applies the event: ``customer.subscription.updated|deleted|paused|resumed`` set the
    Roost subscription's status (:data:`STATUS_MAP`) through
-   :func:`roost.billing.subscriptions.set_status` (no sync back to Stripe), ``invoice.paid``
-   marks the Roost invoice paid, ``invoice.payment_failed`` makes its subscription
-   ``past_due``;
+   :func:`roost.billing.subscriptions.set_status` (no sync back to Stripe; an ended
+   trial goes to ``past_due`` by way of ``active``), ``invoice.paid`` marks the Roost
+   invoice paid, ``invoice.payment_failed`` makes its subscription ``past_due`` (unless
+   that invoice is no longer open);
 3. stores the outcome: ``applied``, ``ignored`` (names no Roost subscription or invoice,
-   no change, or a transition the lifecycle refuses, with the reason in ``detail``) or
+   no change, a transition the lifecycle refuses, a failure of a paid invoice, or a
+   Stripe subscription Roost detached, with the reason in ``detail``) or
    ``unknown_type``, and audits an applied event as ``billing.stripe.<type>``.
 
 Acts as :data:`roost.principal.SYSTEM` (Stripe is no Roost user; the route's session
@@ -35,7 +37,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.billing import subscriptions
 from roost.billing.models import Invoice, StripeEvent, Subscription
-from roost.billing.stripe_sync import StripeUnavailable, import_stripe
+from roost.billing.stripe_sync import DETACHED, StripeUnavailable, import_stripe
+from roost.db.base import utcnow
 from roost.errors import BadRequest, RoostError, ServiceUnavailable
 from roost.principal import SYSTEM
 
@@ -169,10 +172,17 @@ async def _set_status(session: AsyncSession, event: StripeEventIn, sub: Subscrip
     old = sub.status
     if old == new_status:
         raise _Ignored(f"subscription is {old} already", sub.id)
+    reason = f"Stripe {event.type} ({event.id})"
     try:
         async with session.begin_nested():  # a refused transition changes nothing
-            await subscriptions.set_status(session, SYSTEM, sub, new_status,
-                                           f"Stripe {event.type} ({event.id})", sync=False)
+            if old == "trialing" and new_status == "past_due" and sub.trial_end is not None \
+                    and sub.trial_end <= utcnow():
+                # The trial ended and its first charge failed: the lifecycle has no
+                # trialing -> past_due, so it becomes active (its paid period) first.
+                await subscriptions.set_status(session, SYSTEM, sub, "active", reason,
+                                               sync=False)
+            await subscriptions.set_status(session, SYSTEM, sub, new_status, reason,
+                                           sync=False)
     except RoostError as exc:
         raise _Ignored(exc.detail[:MAX_DETAIL], sub.id) from None
     return _Applied(sub.id, sub.user_id, "subscription", sub.id,
@@ -182,6 +192,12 @@ async def _set_status(session: AsyncSession, event: StripeEventIn, sub: Subscrip
 async def _on_subscription(session: AsyncSession, event: StripeEventIn) -> _Applied:
     obj = event.object
     stripe_id = _str(obj.get("id"))
+    metadata = obj.get("metadata")
+    if isinstance(metadata, dict) and metadata.get(DETACHED):
+        # Roost canceled it (its plan has no Stripe price now): its deletion is not the
+        # Roost subscription's.
+        raise _Ignored(f"Stripe subscription {stripe_id} no longer bills a Roost subscription "
+                       f"(metadata.{DETACHED})")
     sub = await _subscription_by_stripe(session, stripe_id,
                                         _roost_id(obj, "roost_subscription_id"))
     if sub is None:
@@ -194,16 +210,20 @@ async def _on_subscription(session: AsyncSession, event: StripeEventIn) -> _Appl
 
 
 async def _invoice_of(session: AsyncSession, obj: dict[str, Any]) -> Invoice | None:
+    """The Roost invoice a Stripe invoice is: by its Stripe id, else by the metadata's
+    Roost id for an invoice whose sync died before storing the Stripe id (one synced as
+    another Stripe invoice is not this one: paying it would mark the wrong invoice)."""
     stripe_id = _str(obj.get("id"))
     roost_id = _roost_id(obj, "roost_invoice_id")
     conditions = []
     if stripe_id is not None:
         conditions.append(Invoice.stripe_invoice_id == stripe_id)
     if roost_id is not None:
-        conditions.append(Invoice.id == roost_id)
+        conditions.append((Invoice.id == roost_id) & Invoice.stripe_invoice_id.is_(None))
     if not conditions:
         return None
-    return (await session.scalars(select(Invoice).where(or_(*conditions)).limit(1)
+    return (await session.scalars(select(Invoice).where(or_(*conditions))
+                                  .order_by(Invoice.stripe_invoice_id.is_(None)).limit(1)
                                   .with_for_update())).one_or_none()
 
 
@@ -244,6 +264,9 @@ async def _on_payment_failed(session: AsyncSession, event: StripeEventIn) -> _Ap
             session, _stripe_subscription_of_invoice(event.object), None)
     if sub is None:
         raise _Ignored("the failed invoice names no Roost subscription")
+    if invoice is not None and invoice.status != "open":
+        # A failure Stripe reported late (a retry had paid it): it says nothing now.
+        raise _Ignored(f"invoice {invoice.number} is {invoice.status}", sub.id)
     return await _set_status(session, event, sub, "past_due")
 
 
