@@ -42,6 +42,14 @@ async def test_roost_ingest_a_directory(
     assert again.returncode == 0 and "partial" in again.stdout
     assert len(await fetch(database, "SELECT id FROM documents")) == 5
 
+    # --prune: the document of a file deleted since goes, and the summary counts it.
+    (docs / "sub" / "nested.txt").unlink()
+    pruned = run_roost("ingest", str(docs), "-r", "--prune", "--user", "olive", env=env)
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert "pruned" in pruned.stdout, pruned.stdout
+    assert {r.name for r in await fetch(database, "SELECT name FROM documents")} == {
+        "notes.txt", "guide.md", "page.html", "report.pdf"}
+
     missing = run_roost("ingest", str(docs), "--user", "nobody", env=env)
     assert missing.returncode == 2 and "no user" in missing.stderr
 

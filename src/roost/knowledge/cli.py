@@ -49,6 +49,9 @@ def ingest_command(
     private: Annotated[bool, typer.Option("--private", help="Only the owner sees it.")] = False,
     force: Annotated[bool, typer.Option("--force",
                                         help="Re-ingest files whose content is unchanged.")] = False,
+    prune: Annotated[bool, typer.Option(
+        "--prune", help="Then delete the owner's documents of files under the directory that "
+                        "no longer exist (its direct children unless --recursive).")] = False,
 ) -> None:
     """Ingest documents (text, Markdown, HTML, PDF) for search."""
     from roost.config import get_settings
@@ -64,7 +67,7 @@ def ingest_command(
     try:  # the API's own checks (lengths, tags), before anything is stored
         body = parse_input(IngestionRunCreate, {
             "target": target, "recursive": recursive, "collection": collection or None,
-            "tags": (tags or "").split(","), "is_private": private})
+            "tags": (tags or "").split(","), "is_private": private, "prune": prune})
     except typer.Exit:
         raise typer.Exit(2) from None  # bad options: a usage error, as this command's others
     except RoostError as exc:  # a bad tag (check_tags)
@@ -75,7 +78,7 @@ def ingest_command(
     async def run() -> dict[str, Any]:
         db = await open_database(settings)
         try:
-            run_id = await _create_run(db, cfg, target, recursive=recursive,
+            run_id = await _create_run(db, cfg, target, recursive=recursive, prune=prune,
                                        collection=body.collection, tags=body.tags, user=user,
                                        group=group, private=private)
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -105,10 +108,13 @@ def ingest_command(
         summary = run_stoppable(run(), "ingestion")
     except RoostError as exc:
         raise fail("cannot ingest", exc.detail, code=2) from None
-    table = id_table("status", "files", "chunks", "errors", "run")
+    pruned = ("pruned",) if prune else ()
+    table = id_table("status", "files", "chunks", *pruned, "errors", "run")
     colour = {"success": "green", "partial": "yellow"}.get(str(summary["status"]), "red")
     table.add_row(f"[{colour}]{summary['status']}[/{colour}]", str(summary["totals_files"]),
-                  str(summary["totals_chunks"]), str(summary["errors"]), str(summary["run_id"]))
+                  str(summary["totals_chunks"]),
+                  *((str(summary.get("totals_pruned", 0)),) if prune else ()),
+                  str(summary["errors"]), str(summary["run_id"]))
     print_table(console, table)
     for error in summary["errors_detail"]:
         # One line per file: a newline in a name (which printable keeps) is shown escaped too.
@@ -121,12 +127,12 @@ def ingest_command(
 
 async def _create_run(
     db: Any, cfg: Any, target: str, *, recursive: bool, collection: str | None, tags: list[str],
-    user: str | None, group: str | None, private: bool,
+    user: str | None, group: str | None, private: bool, prune: bool = False,
 ) -> uuid.UUID:
     import os
 
     from roost.audit import service as audit
-    from roost.errors import NotFound
+    from roost.errors import NotFound, Unprocessable
     from roost.identity.accounts import find_user
     from roost.identity.common import group_ids_of, nfc, principal_for
     from roost.identity.models import Group, User
@@ -156,15 +162,19 @@ async def _create_run(
         if not web and not await asyncio.to_thread(os.path.exists, resolved):
             # A typo is a usage error (exit 2), not a failed run left in the history.
             raise NotFound(f"the path {target!r} does not exist")
+        if web and prune:
+            raise Unprocessable("--prune applies to a directory, not a URL")
         run = IngestionRun(user_id=owner.id, target=resolved, source="web" if web else "file",
-                           from_web=web, recursive=recursive, tags=tags, collection=collection,
+                           from_web=web, recursive=recursive, prune=prune, tags=tags,
+                           collection=collection,
                            group_id=group_id, is_private=private,
                            embedding_model=cfg.embedder.model, status="pending")
         s.add(run)
         await s.flush()
         await audit.record(s, "knowledge.ingestion_run.started", user_id=owner.id,
                            resource_type="ingestion_run", resource_id=run.id,
-                           changes={"target": resolved, "via": "cli", "recursive": recursive},
+                           changes={"target": resolved, "via": "cli", "recursive": recursive,
+                                    "prune": prune},
                            category="system")
         return uuid.UUID(str(run.id))
 

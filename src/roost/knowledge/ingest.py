@@ -228,7 +228,8 @@ async def _ingest(
     try:
         await ensure_model(database.engine, spec.model, spec.dimensions, spec.provider,
                            pgbouncer=cfg.pgbouncer)
-        sources, listing_errors = await _sources(run, cfg, confine=confine, document_id=document_id)
+        sources, listing_errors, root = await _sources(run, cfg, confine=confine,
+                                                       document_id=document_id)
     except RoostError as exc:
         return await _fail_run(database, cfg, run, _error_entry(None, exc))
     for source, failure in listing_errors:
@@ -245,6 +246,8 @@ async def _ingest(
             return await _fail_run(database, cfg, run, _error_entry(source, exc))
         if progress is not None:
             progress(done, total, source.display, outcome)
+    if run.prune and root is not None and await asyncio.to_thread(root.is_dir):
+        await _prune(database, cfg, run, root, sources, listing_errors)
     return _summary(await _finish(database, cfg, run))
 
 
@@ -261,10 +264,13 @@ async def _fail_run(
 
 
 def _summary(run: IngestionRun) -> dict[str, Any]:
-    return {
+    summary = {
         "run_id": str(run.id), "status": run.status, "totals_files": run.totals_files,
         "totals_chunks": run.totals_chunks, "errors": len(run.errors or []),
     }
+    if run.prune:
+        summary["totals_pruned"] = run.totals_pruned
+    return summary
 
 
 async def _begin(database: Database, run_id: uuid.UUID) -> IngestionRun | None:
@@ -322,14 +328,17 @@ async def _finish(
 
 async def _sources(
     run: IngestionRun, cfg: KnowledgeConfig, *, confine: bool, document_id: uuid.UUID | None
-) -> tuple[list[Source], list[tuple[Source, BaseException]]]:
+) -> tuple[list[Source], list[tuple[Source, BaseException]], Path | None]:
+    """The run's sources, the paths its walk could not read, and the file or directory
+    it names (None for an upload or a URL)."""
     if run.source == "upload":
         if document_id is None:
             raise NotFound("the upload's document id is missing from the job")
         return [Source("upload", upload_identity(run.target), run.target, run.target,
-                       document_id=document_id)], []
+                       document_id=document_id)], [], None
     if run.source == "web":
-        return [Source("web", run.target, run.target, _name_from_url(run.target), uri=run.target)], []
+        return [Source("web", run.target, run.target, _name_from_url(run.target),
+                       uri=run.target)], [], None
     def locate() -> Path:
         if confine:
             try:
@@ -361,7 +370,60 @@ async def _sources(
         return [root]
 
     files = await asyncio.to_thread(walk)
-    return [_file_source(path) for path in files], failures
+    return [_file_source(path) for path in files], failures, root
+
+
+async def _prune(database: Database, cfg: KnowledgeConfig, run: IngestionRun, root: Path,
+                 sources: list[Source], unreadable: list[tuple[Source, BaseException]]) -> None:
+    """Delete the owner's documents of files under ``root`` (its direct children unless
+    the run is recursive) that no longer exist.  A document of a file this run walked is
+    kept whatever its ingestion did (the file is there), and so is one whose file still
+    exists but was not walked (a hidden file ingested on its own) or lies under a
+    directory the walk could not read.  After every source, so a run retried after a
+    crash prunes again (nothing more) and adds to ``totals_pruned``."""
+    walked = {source.path_hash for source in sources}
+    prefix = _repaired(str(root)).rstrip("/") + "/"
+    skipped = [_repaired(str(failed.path)).rstrip("/") + "/"
+               for failed, _ in unreadable if failed.path is not None]
+    pattern = (prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+               + "%")
+    async with database.transaction() as s:
+        await _scoped(s, cfg, run.user_id)
+        rows = (await s.execute(
+            select(Document.id, Document.path, Document.path_hash).where(
+                Document.user_id == run.user_id, Document.source == "file",
+                Document.path.like(pattern, escape="\\")))).all()
+
+    def gone(path: str) -> bool:
+        rest = path[len(prefix):]
+        if not rest or (not run.recursive and "/" in rest):
+            return False
+        if any(path.startswith(directory) for directory in skipped):
+            return False
+        return not os.path.lexists(path)
+
+    candidates = [(row.id, row.path) for row in rows if row.path_hash not in walked]
+    flags = await asyncio.to_thread(lambda: [gone(path) for _, path in candidates])
+    doomed = [(doc_id, path) for (doc_id, path), out in zip(candidates, flags, strict=True)
+              if out]
+    if not doomed:
+        return
+    async with database.transaction() as s:
+        await _scoped(s, cfg, run.user_id)
+        locked = await _lock_run(s, run)
+        deleted = (await s.execute(
+            delete(Document).where(Document.id.in_([doc_id for doc_id, _ in doomed]),
+                                   Document.user_id == run.user_id)
+            .returning(Document.id))).scalars().all()
+        locked.totals_pruned += len(deleted)
+        run.totals_pruned = locked.totals_pruned
+        gone_ids = set(deleted)
+        await audit.record(
+            s, "knowledge.documents.pruned", user_id=run.user_id,
+            resource_type="ingestion_run", resource_id=run.id,
+            changes={"deleted": len(deleted),
+                     "paths": [path for doc_id, path in doomed if doc_id in gone_ids][:100]})
+    log.info("ingest_pruned", run_id=str(run.id), deleted=len(deleted))
 
 
 def _file_source(path: Path) -> Source:

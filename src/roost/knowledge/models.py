@@ -124,6 +124,9 @@ class IngestionRun(UUIDPrimaryKey, CreatedAt, Base):
     source: Mapped[str] = mapped_column(String(32))
     from_web: Mapped[bool] = mapped_column(Boolean, server_default=text("false"), default=False)
     recursive: Mapped[bool] = mapped_column(Boolean, server_default=text("false"), default=False)
+    # Once the files are ingested, delete the owner's documents of files under the
+    # directory that no longer exist (roost.knowledge.ingest._prune).
+    prune: Mapped[bool] = mapped_column(Boolean, server_default=text("false"), default=False)
     tags: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"), default=list)
     collection: Mapped[str | None] = mapped_column(String(128))
     group_id: Mapped[uuid.UUID | None] = mapped_column(
@@ -137,6 +140,7 @@ class IngestionRun(UUIDPrimaryKey, CreatedAt, Base):
     task_id: Mapped[uuid.UUID | None]
     totals_files: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
     totals_chunks: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
+    totals_pruned: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
     # One entry per file that failed: {"path", "path_hash", "error", "type"}.  A file
     # is done for this run when it is listed here or its document carries this run's id
     # and the ingested content's hash: that is how a resumed run skips finished files.

@@ -173,6 +173,9 @@ class IngestionRunCreate(_Scope):
                                   description="Fetch target as a URL; default: when it starts with http(s)://")
     recursive: bool = Field(default=False, description="Descend into sub-directories")
     force: bool = Field(default=False, description="Re-ingest sources whose content is unchanged")
+    prune: bool = Field(default=False, description=(
+        "After ingesting a directory, delete your documents of files under it (its direct "
+        "children unless recursive) that no longer exist"))
 
 
 class DocumentOut(BaseModel):
@@ -224,6 +227,7 @@ class IngestionRunOut(BaseModel):
     source: str
     from_web: bool
     recursive: bool
+    prune: bool
     tags: list[Any]
     collection: str | None
     group_id: uuid.UUID | None
@@ -234,6 +238,7 @@ class IngestionRunOut(BaseModel):
     task_id: uuid.UUID | None
     totals_files: int
     totals_chunks: int
+    totals_pruned: int
     errors: list[Any]
     status: Literal["pending", "running", "success", "partial", "failed"]
     started_at: datetime | None

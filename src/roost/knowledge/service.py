@@ -461,6 +461,9 @@ async def start_run(
     await _check_persona(session, actor, body.persona_id)
     from_web = is_web_target(body.target) if body.from_web is None else body.from_web
     if from_web:
+        if body.prune:
+            raise Unprocessable("prune applies to a directory on the server, not a URL",
+                                extra={"field": "prune"})
         target = precheck_url(body.target, cfg)
         source = "web"
     else:
@@ -471,7 +474,7 @@ async def start_run(
     check_embedder(cfg.embedder)
     run = IngestionRun(
         user_id=user_id, target=target, source=source, from_web=from_web,
-        recursive=body.recursive, tags=body.tags, collection=body.collection,
+        recursive=body.recursive, prune=body.prune, tags=body.tags, collection=body.collection,
         group_id=body.group_id, is_private=body.is_private, persona_id=body.persona_id,
         project_id=body.project_id, embedding_model=cfg.embedder.model, status="pending",
     )
@@ -484,7 +487,8 @@ async def start_run(
         session, "knowledge.ingestion_run.started", user_id=user_id,
         resource_type="ingestion_run", resource_id=run.id,
         changes={"target": target, "source": source, "recursive": body.recursive,
-                 "collection": body.collection, "tags": body.tags, "force": body.force},
+                 "collection": body.collection, "tags": body.tags, "force": body.force,
+                 "prune": body.prune},
     )
     return run
 
