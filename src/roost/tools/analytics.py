@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
 from pydantic_core import PydanticCustomError
-from sqlalchemy import Float, Select, and_, cast, func, literal_column, select, text
+from sqlalchemy import Float, Select, and_, cast, exists, func, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.base import utcnow
@@ -238,9 +238,14 @@ async def tool_report(
     ).limit(limit)
     rows = (await session.execute(stmt)).all()
     if tool_id is not None and not rows:
-        # 404 for an unknown or foreign tool; checked only now, on the caller's runs first:
-        # a deleted tool's runs keep its id (no foreign key) and are still its statistics.
-        await registry.get_tool(session, actor, tool_id)
+        # 404 for an unknown or foreign tool; checked only now, on the caller's runs first,
+        # in any window: a deleted tool's runs keep its id (no foreign key) and are still
+        # its statistics, none of them in this window included (an empty list, not 404).
+        carried = [ToolRun.tool_id == tool_id]
+        if scope is not None:
+            carried.append(ToolRun.user_id == scope)
+        if not await session.scalar(select(exists().where(*carried))):
+            await registry.get_tool(session, actor, tool_id)
     return Report(window=window, user_id=scope, items=[_stats(r, r.tool_id, r.tool_name) for r in rows])
 
 
