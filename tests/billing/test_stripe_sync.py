@@ -268,6 +268,7 @@ async def test_a_move_to_a_plan_without_a_stripe_price_charges_its_fee_in_the_in
     Stripe subscription canceled (marked detached) and its invoice charges the new fee;
     before, Stripe went on billing the old price and the new fee was never charged."""
     sub_id = await make_subscription(database, user_id)
+    first_plan = (await subscription(database, sub_id)).plan_id
     await stripe_sync.sync_subscription(database, config, sub_id)
     [remote] = stub.created("subscription")
     async with database.transaction() as session:
@@ -293,6 +294,17 @@ async def test_a_move_to_a_plan_without_a_stripe_price_charges_its_fee_in_the_in
     again = await stripe_sync.sync_subscription(database, config, sub_id)
     assert again == {"skipped": f"plan {team.key!r} has no stripe_price_id"}
     assert len(stub.calls("DELETE", "/v1/subscriptions")) == 1
+
+    # Moved back to the first plan the same day: a new Stripe subscription, not the
+    # canceled one (Stripe replays a creation under the same idempotency key for a day).
+    async with database.transaction() as session:
+        await session.execute(update(Subscription).where(Subscription.id == sub_id)
+                              .values(plan_id=first_plan, price=Decimal("20")))
+    back = await stripe_sync.sync_subscription(database, config, sub_id)
+    assert back["created"] is True and back["subscription"] != remote["id"], back
+    fresh = [s for s in stub.created("subscription") if s["id"] == back["subscription"]]
+    assert fresh and fresh[0]["status"] != "canceled", fresh
+    assert (await subscription(database, sub_id)).stripe_subscription_id == back["subscription"]
 
 
 def test_minor_units() -> None:

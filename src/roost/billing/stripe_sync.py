@@ -69,6 +69,9 @@ NETWORK_RETRIES: Final = 2
 # Metadata of a Stripe subscription Roost canceled because its plan has no Stripe price
 # any more (the Roost subscription's id): the webhook ignores its events.
 DETACHED: Final = "roost_detached"
+# Detach-and-return cycles of one subscription within Stripe's idempotency day that a
+# creation follows (_create_subscription); more is a loop, not a customer.
+MAX_RECREATIONS: Final = 20
 
 
 class StripeUnavailable(RuntimeError):
@@ -260,8 +263,7 @@ async def _sync_subscription(database: Database, client: _Client,
         }
         if view.status == "trialing" and view.trial_end is not None and view.trial_end > utcnow():
             params["trial_end"] = int(view.trial_end.timestamp())
-        created = await client.v1.subscriptions.create_async(
-            params, {"idempotency_key": f"roost-subscription-{view.id}"})
+        created = await _create_subscription(client, view, params)
         async with database.transaction() as session:
             await session.execute(
                 update(Subscription).where(Subscription.id == view.id)
@@ -282,6 +284,25 @@ async def _sync_subscription(database: Database, client: _Client,
         return {"customer": customer, "subscription": view.stripe_subscription_id,
                 "price_changed": True}
     return {"customer": customer, "subscription": view.stripe_subscription_id}
+
+
+async def _create_subscription(client: _Client, view: _SubView,
+                               params: dict[str, Any]) -> Any:
+    """Create the Stripe subscription under a key derived from the Roost one, so a job
+    retried after Stripe created it gets that one back.  Stripe replays a key's first
+    answer for a day: a subscription detached (:func:`_detach`) and moved back to a priced
+    plan the same day got its canceled Stripe subscription back.  One found canceled by
+    Roost's detach is followed by a creation under a key naming it."""
+    key = f"roost-subscription-{view.id}"
+    for _ in range(MAX_RECREATIONS):
+        created = await client.v1.subscriptions.create_async(params, {"idempotency_key": key})
+        current = await client.v1.subscriptions.retrieve_async(created.id)
+        metadata = current.to_dict().get("metadata") or {}
+        if current.status != "canceled" or metadata.get(DETACHED) != str(view.id):
+            return created
+        key = f"roost-subscription-{view.id}-after-{created.id}"
+    raise SyncFailed(f"subscription {view.id}: Stripe answered canceled subscriptions "
+                     f"{MAX_RECREATIONS} times")
 
 
 async def _cancel(database: Database, client: _Client, view: _SubView) -> dict[str, Any]:
