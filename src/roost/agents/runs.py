@@ -164,10 +164,11 @@ _AUDIT_KEYS: Final = tuple(entry_values("agent.run.create"))  # every record has
 async def _check_plan(session: AsyncSession, user_id: uuid.UUID, run_id: uuid.UUID) -> None:
     """A metered user's plan: its runs a day (403 naming the limit), and a balance above
     zero (402): the run's model and tool calls then hold their own credits."""
-    payer = await credits.require_payer(session, get_settings(), user_id)
+    settings = get_settings()
+    payer = await credits.require_payer(session, settings, user_id)
     if payer is None:
         return
-    if payer.balance <= 0:
+    if payer.balance <= 0 and not await credits.calls_are_free(session, settings):
         raise PaymentRequired(
             f"not enough credits to start a run: the balance is 0 of {payer.credits_limit} "
             f"(plan {payer.plan_key!r})", extra={"balance": 0, "needed": 1,

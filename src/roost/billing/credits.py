@@ -490,6 +490,17 @@ async def release_expired(session: AsyncSession, batch: int = 1000) -> int:
 MAX_RECORD_CREDITS: Final = 2**31 - 1
 
 
+async def calls_are_free(session: AsyncSession, settings: Settings) -> bool:
+    """Whether neither model calls (``ROOST_LLM_CREDITS_PER_1K_TOKENS``) nor tool calls
+    (the runtime ``billing_tool_call_credits``) cost credits: nothing a run does is then
+    charged, and a balance of 0 refuses none of it."""
+    if settings.llm_credits_per_1k_tokens > 0:
+        return False
+    price = await runtime.get(session, runtime_settings.TOOL_CALL_CREDITS,
+                              settings.billing_tool_call_credits)
+    return not price
+
+
 def credits_for_tokens(settings: Settings, tokens: int, *, capped: bool = True) -> int:
     """Credits for ``tokens`` model tokens (ROOST_LLM_CREDITS_PER_1K_TOKENS, rounded up),
     at most MAX_RECORD_CREDITS: a model call's tokens at the highest rate (10^6 per 1000)

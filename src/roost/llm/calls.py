@@ -224,10 +224,19 @@ async def _hold_credits(
         allowed = route.narrowed(limits.allowed_defaults(
             payer, [provider.default_model for _, provider in route.members]))
 
+    amount = credits.credits_for_tokens(settings, estimate)
+    if amount == 0:
+        # Free model calls (a rate of 0) hold nothing, as a free tool call does, but are
+        # refused as any charge is: no subscription when one is required, a paused one;
+        # and the plan's models still apply.  (A hold is at least one credit: a balance
+        # of 0 refused a call that costs nothing.)
+        payer = await credits.require_payer(session, settings, principal.user_id)
+        if payer is not None:
+            check(payer)
+        return None, allowed
     reservation = await credits.hold_beside(
         session, gateway.db, settings, scope_settings(principal, app_role=settings.db_app_role),
-        principal.user_id, credits.credits_for_tokens(settings, estimate), kind="llm",
-        reference=request_type, check=check)
+        principal.user_id, amount, kind="llm", reference=request_type, check=check)
     return reservation, allowed
 
 
