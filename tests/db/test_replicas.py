@@ -366,6 +366,75 @@ async def test_a_replica_lost_mid_request_is_retried_on_the_primary(
     assert await roost.project_names(headers) == {"seen"}
 
 
+@pytest_asyncio.fixture(loop_scope="session")
+async def other_primary() -> AsyncIterator[EmbeddedServer]:
+    """A second, unrelated cluster, migrated: a primary the module's standby does not follow."""
+    with tempfile.TemporaryDirectory(prefix="roost-other-primary-") as raw:
+        server = await asyncio.to_thread(_start_primary, Path(raw))
+        try:
+            db = create_database(Settings(), url=make_url(server.url(DB)))
+            try:
+                await upgrade(db.engine)
+            finally:
+                await db.dispose()
+            yield server
+        finally:
+            await asyncio.to_thread(_discard_primary, server)
+
+
+async def _reads_stay_on_the_primary(settings: Settings, primary_url: str, keys: KeyMaterial,
+                                     reason: str) -> None:
+    """A user's project is listed (read from the primary), the replica unusable for
+    ``reason``."""
+    database = create_database(settings, url=make_url(primary_url))
+    app = create_app(settings, database=database, keys=keys, configure_logs=False)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://roost.test") as client:
+            _, headers = await make_user(database)
+            made = await client.post("/api/v1/projects", json={"name": "mine"}, headers=headers)
+            assert made.status_code == 201, made.text
+            assert database.replicas is not None
+            await database.replicas.check()
+            [replica] = database.replicas.replicas
+            assert not replica.state.usable and reason in replica.state.reason, replica.state
+            listed = await client.get("/api/v1/projects", headers=headers)
+            assert listed.status_code == 200, listed.text
+            assert [p["name"] for p in listed.json()["items"]] == ["mine"]
+    finally:
+        await database.dispose()
+
+
+async def test_a_standby_of_another_cluster_is_never_used(
+    cluster: Cluster, other_primary: EmbeddedServer, tmp_path: Path, test_keys: KeyMaterial,
+) -> None:
+    """A replica URL naming a standby that follows another primary: WAL positions of two
+    clusters are unrelated numbers, so it passed the lag check whenever its cluster's
+    were further along, and answered reads with its own data (a project just created was
+    not listed). Its system identifier is not the primary's: never used, and said why."""
+    await cluster.caught_up()
+    settings = Settings(data_dir=tmp_path, log_json=True,
+                        database_replica_urls=SecretStr(cluster.replica_url),
+                        replica_max_lag_s=86400, replica_check_interval_s=0.1)
+    await _reads_stay_on_the_primary(settings, other_primary.url(DB), test_keys,
+                                     "follows another cluster")
+
+
+async def test_a_replica_url_naming_another_database_is_never_used(
+    cluster: Cluster, tmp_path: Path, test_keys: KeyMaterial,
+) -> None:
+    """The right standby, the wrong database (its `postgres` instead of `roost`): it
+    passed every check (reachable, in recovery, no lag) and every read switched to it was
+    a 500 (no such table). Never used, and said why."""
+    await cluster.caught_up()
+    wrong = f"postgresql://postgres@/postgres?host={cluster.standby_socket}"
+    settings = Settings(data_dir=tmp_path, log_json=True,
+                        database_replica_urls=SecretStr(wrong),
+                        replica_max_lag_s=60.0, replica_check_interval_s=0.1)
+    await _reads_stay_on_the_primary(settings, cluster.primary.url(DB), test_keys,
+                                     "is the database 'postgres'")
+
+
 async def test_without_replica_urls_reads_use_the_primary(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     database = create_database(settings, url=make_url("postgresql+asyncpg://x@/y?host=/nowhere"))

@@ -52,10 +52,16 @@ log = structlog.get_logger(__name__)
 _RETRY_CLASSES = ("08", "57")
 _RETRY_CODES = frozenset({"40001"})
 
-_PRIMARY_POSITION = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint"
+# Which cluster and database answers: a standby's system identifier is its primary's (a
+# physical copy), and WAL positions compare only within one cluster.
+_PRIMARY_POSITION = (
+    "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, "
+    "(SELECT system_identifier FROM pg_control_system())::text, current_database()"
+)
 _REPLICA_STATE = (
     "SELECT pg_is_in_recovery(), (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, "
-    "extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8"
+    "extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8, "
+    "(SELECT system_identifier FROM pg_control_system())::text, current_database()"
 )
 # Where the primary's WAL ends now: at least the end of every transaction committed before
 # (the insert position, not the write position, which may lag with asynchronous commit).
@@ -113,6 +119,8 @@ class ReplicaSet:
         self._history: deque[tuple[float, int]] = deque()
         self._written: dict[str, int] = {}
         self._checked_at: float | None = None
+        # The primary's (system identifier, database), once a check has read them.
+        self._primary_identity: tuple[str, str] | None = None
         self._check: asyncio.Task[None] | None = None
         self._turn = itertools.count()
 
@@ -164,11 +172,13 @@ class ReplicaSet:
     async def check(self) -> None:
         """Check every replica now (and sample the primary's position)."""
         self._checked_at = time.monotonic()
+        primary_lsn: int | None = None
         try:
-            primary_lsn: int | None = await self._scalar(self.primary, _PRIMARY_POSITION)
+            async with self.primary.connect() as conn:
+                row: Any = (await conn.exec_driver_sql(_PRIMARY_POSITION)).one()
+            primary_lsn, self._primary_identity = int(row[0]), (str(row[1]), str(row[2]))
         except Exception as exc:  # the primary's own failures show on the request path
             log.warning("replica_check_primary_failed", error=type(exc).__name__)
-            primary_lsn = None
         now = time.monotonic()
         if primary_lsn is not None:
             self._history.append((now, primary_lsn))
@@ -189,7 +199,13 @@ class ReplicaSet:
                                          checked_at=time.monotonic())
         else:
             in_recovery, replay_lsn, since_commit = bool(row[0]), row[1], row[2]
-            if not in_recovery or replay_lsn is None:
+            mismatch = self._not_the_primarys(str(row[3]), str(row[4]))
+            if mismatch is not None:
+                # A standby of another cluster answered with its own data, and one on
+                # another database of the right cluster with no tables (500s): never used.
+                replica.state = ReplicaState(usable=False, reason=mismatch,
+                                             checked_at=time.monotonic())
+            elif not in_recovery or replay_lsn is None:
                 replica.state = ReplicaState(usable=False, reason="not in recovery (promoted?)",
                                              checked_at=time.monotonic())
             else:
@@ -202,6 +218,19 @@ class ReplicaSet:
         if was != replica.state.usable:
             log.info("replica_state", replica=replica.name, usable=replica.state.usable,
                      reason=replica.state.reason)
+
+    def _not_the_primarys(self, system_id: str, database: str) -> str | None:
+        """Why a replica answering as ``system_id``/``database`` is not a copy of the
+        primary's database (None when it is, or the primary's is not known yet)."""
+        if self._primary_identity is None:
+            return "the primary's identity is not known yet"
+        primary_id, primary_db = self._primary_identity
+        if system_id != primary_id:
+            return (f"follows another cluster (system identifier {system_id}, the primary's "
+                    f"is {primary_id})")
+        if database != primary_db:
+            return f"is the database {database!r}, the primary's is {primary_db!r}"
+        return None
 
     def _lag(self, replay_lsn: int, primary_lsn: int | None, since_commit: float | None) -> float | None:
         """Seconds the replica is behind: the age of the newest primary position it has
@@ -226,11 +255,6 @@ class ReplicaSet:
         floor = min(usable)
         for client in [c for c, lsn in self._written.items() if lsn <= floor]:
             del self._written[client]
-
-    @staticmethod
-    async def _scalar(engine: AsyncEngine, sql: str) -> Any:
-        async with engine.connect() as conn:
-            return (await conn.exec_driver_sql(sql)).scalar()
 
     async def dispose(self) -> None:
         if self._check is not None and not self._check.done():
