@@ -7,10 +7,11 @@ document declares for that operation, that invalid input is refused, and that a 
 the path does not serve answers 405 with a correct ``Allow`` header.
 
 The coverage phase sends every operation its deterministic boundary and invalid values
-(about 13,000 requests); the fuzzing and stateful phases add random ones, 6 per operation
-(each random case costs about three coverage cases: 6 keeps the test near two minutes).
-Then the fuzzing and stateful phases again as a user who is not an administrator (10 per
-operation, about 30 s): the paths that ownership checks and row-level security take.
+(about 13,000 requests); the fuzzing and stateful phases add random ones, 4 per operation
+(each random case costs about three coverage cases; the suite's time limit sets the
+number: this test is its longest, four minutes on the CI machine with 6). Then the
+fuzzing and stateful phases again as a user who is not an administrator (6 per
+operation): the paths that ownership checks and row-level security take.
 """
 
 from __future__ import annotations
@@ -74,10 +75,10 @@ def test_every_operation_keeps_its_documented_contract(
            "NO_PROXY": ""}
     try:
         with roost_server(env) as server:
-            _schemathesis(server, token, "--max-examples", "6", "--seed", "20261125")
+            _schemathesis(server, token, "--max-examples", "4", "--seed", "20261125")
             user_key = _user_key(server.base_url, token)
             _schemathesis(server, user_key, "--phases", "fuzzing,stateful",
-                          "--max-examples", "10", "--seed", "20261204")
+                          "--max-examples", "6", "--seed", "20261204")
         assert "Traceback" not in server.output, server.output[-4000:]
     finally:
         asyncio.run(pg_server.drop_database(name))

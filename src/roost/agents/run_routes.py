@@ -56,17 +56,25 @@ def trace_id_for(traceparent: str | None, run_hint: str) -> str:
     return f"00-{trace}-{run_hint}-{'01' if sampled else '00'}"
 
 
+# The header as the document states it: any text.  An unusable traceparent is ignored (a
+# new trace), as W3C Trace Context asks, never a reason to refuse the run; so are two of
+# them.  Read from the request (every occurrence), not declared as a list parameter,
+# which the document showed as an array a header cannot be.
+_TRACEPARENT_DOC: Final = {"parameters": [{
+    "name": "traceparent", "in": "header", "required": False, "schema": {"type": "string"},
+    "description": "W3C Trace Context: the run joins the caller's trace; an unusable or "
+                   "repeated one is ignored (a new trace)"}]}
+
+
 @router.post("/agents/{agent_id}/runs", status_code=status.HTTP_202_ACCEPTED,
-             response_model=RunOut,
+             response_model=RunOut, openapi_extra=_TRACEPARENT_DOC,
              summary="Start a run of an agent (queued; follow it with /runs/{id}/events)")
 async def start_run(
-    agent_id: uuid.UUID, body: RunCreate, principal: CurrentPrincipal, db: DbSession,
-    # No length limit: an unusable traceparent is ignored (a new trace), as W3C Trace
-    # Context asks, never a reason to refuse the run; so are two of them.
-    traceparent: Annotated[list[str] | None, Header()] = None,
+    agent_id: uuid.UUID, body: RunCreate, request: Request, principal: CurrentPrincipal,
+    db: DbSession,
 ) -> RunOut:
     agent = await catalog.get_agent(db, principal, agent_id)
-    caller = tracing.sole_traceparent(traceparent or [])
+    caller = tracing.sole_traceparent(request.headers.getlist("traceparent"))
     run, _created = await runs.create_run(
         db, principal, agent, body, trace_id=trace_id_for(caller, secrets.token_hex(8)))
     return RunOut.model_validate(run)
