@@ -470,3 +470,45 @@ async def test_concurrent_recalls_of_one_users_memories_do_not_deadlock(
     for _ in range(4):
         codes = await asyncio.gather(*(search(q) for q in queries))
         assert set(codes) == {200}, codes
+
+
+async def test_recall_of_a_memory_at_the_access_count_limit(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A memory whose recall count reached the column's largest value is still recalled
+    (the count stops there): its count overflowed and failed every search that found it
+    (a 400)."""
+    _, headers = await make_user(database)
+    fact = await _add(client, headers, "Ada's favourite number is seven")
+    async with database.transaction() as s:
+        await s.execute(text("UPDATE memories SET access_count = 2147483647 WHERE id = :id"),
+                        {"id": uuid.UUID(fact["id"])})
+    answer = await client.get(f"{API}/search", headers=headers, params={"q": "number seven"})
+    assert answer.status_code == 200, answer.text
+    assert [i["memory"]["id"] for i in answer.json()["items"]] == [fact["id"]]
+
+
+async def test_archiving_does_not_make_a_memory_fresh_in_a_point_in_time_search(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A search as_of a time before the archiving scores a memory as it was then:
+    archiving is no creation, change or recall of it (decay set updated_at, and the old
+    fact scored as brand new in every point-in-time search)."""
+    _, headers = await make_user(database)
+    await _add(client, headers, "Ada owned a typewriter")
+    long_ago = utcnow() - timedelta(days=200)
+    async with database.transaction() as s:
+        await s.execute(text("UPDATE memories SET created_at = :t, updated_at = :t, valid_from = :t"),
+                        {"t": long_ago})
+    then = (utcnow() - timedelta(days=100)).isoformat()
+    params = {"q": "typewriter", "as_of": then}
+    before = await client.get(f"{API}/search", headers=headers, params=params)
+    assert before.status_code == 200, before.text
+    async with database.transaction() as s:  # forget that recall: the memory is stale
+        await s.execute(text("UPDATE memories SET last_accessed = NULL, access_count = 0"))
+    assert (await archive_unaccessed(database, days=180)).archived == 1
+    after = await client.get(f"{API}/search", headers=headers, params=params)
+    assert after.status_code == 200, after.text
+    [was] = before.json()["items"]
+    [now] = after.json()["items"]
+    assert now["score"] == was["score"]

@@ -58,7 +58,10 @@ async def archive_unaccessed(database: Database, *, days: int, now: datetime | N
             at = utcnow()
             await session.execute(
                 update(Memory).where(Memory.id.in_([r.id for r in rows]))
-                .values(status="archived", archived_at=at, updated_at=at),
+                # updated_at kept: archiving is no change of the fact, and recall ages a
+                # memory from its last change (an as_of search before the archiving
+                # scored it as new).
+                .values(status="archived", archived_at=at, updated_at=Memory.updated_at),
                 execution_options={"synchronize_session": False})
             session.add_all([MemoryHistory(memory_id=r.id, user_id=r.user_id, event="archive",
                                            old_content=r.content, reason=reason)

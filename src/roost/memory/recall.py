@@ -90,6 +90,7 @@ DEFAULT_K: Final = 10
 MAX_K: Final = 50
 MAX_QUERY_CHARS: Final = 1000
 RRF_K: Final = 60
+MAX_ACCESS_COUNT: Final = 2**31 - 1  # memories.access_count is an integer
 #: Candidates each signal contributes (at least): a few times ``k``.
 MIN_CANDIDATES: Final = 40
 CANDIDATES_PER_HIT: Final = 4
@@ -462,7 +463,9 @@ async def search(
                 .with_for_update(key_share=True, skip_locked=True))
         found = list((await session.scalars(
             update(Memory).where(Memory.id.in_(free.scalar_subquery()))
-            .values(access_count=Memory.access_count + 1, last_accessed=func.now(),
+            # Stops at the column's largest value: an overflow failed every recall of it.
+            .values(access_count=func.least(Memory.access_count, MAX_ACCESS_COUNT - 1) + 1,
+                    last_accessed=func.now(),
                     updated_at=Memory.updated_at)
             .returning(Memory).options(no_vector),
             execution_options={"synchronize_session": False, "populate_existing": True},
