@@ -139,3 +139,34 @@ async def test_a_long_input_or_search_query_still_recalls_its_first_1000_charact
     assert len(steps[0]["input"]["query"]) == 1000
     assert "bees" in steps[0]["output"]["memories"][0]["content"]
     assert "bees" in str(steps[2]["output"])
+
+
+async def _bees(database: Database, user_id: uuid.UUID) -> None:
+    async with database.transaction() as s:
+        await s.execute(text(
+            "INSERT INTO memories (id, user_id, content, content_sha256) "
+            "VALUES (gen_random_uuid(), :u, 'The user keeps bees in the garden', 'x')"),
+            {"u": user_id})
+
+
+async def test_memory_recall_skips_a_long_run_of_leading_zero_width_characters(
+    admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker, client: httpx.AsyncClient,
+) -> None:
+    """A question pasted with 1,200 zero-width characters before it: memory recall strips
+    them before cutting its query to 1,000 characters, as retrieval does, and the model is
+    told the memory that fits (recall searched a thousand invisible characters and found
+    nothing)."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    await _bees(database, user_id)
+    agent = await make_agent(database, user_id, config={"memory_k": 5})
+    stub.script(Reply("Bees."))
+    run = await _run(client, headers, agent.id, "\u200b" * 1200 + "Tell me about my bees.")
+    assert run["status"] == "completed", run
+    system = stub.requests(path="/v1/chat/completions")[-1].body["messages"][0]
+    assert "The user keeps bees in the garden" in system["content"], system
+    steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
+    assert steps[0]["step_type"] == "memory_recall", steps
+    assert "bees" in steps[0]["input"]["query"], steps[0]["input"]
+

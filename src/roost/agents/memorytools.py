@@ -20,7 +20,7 @@ from roost.agents.models import Run
 from roost.db.engine import Database
 from roost.errors import Forbidden, Unprocessable
 from roost.identity.tenancy import apply_principal
-from roost.inputs import StrictInput, is_blank, parse_tool_arguments
+from roost.inputs import StrictInput, is_blank, parse_tool_arguments, strip_invisible
 from roost.knowledge.config import KnowledgeConfig
 from roost.memory import learning, recall, service
 from roost.memory.models import MAX_CONTENT_CHARS
@@ -81,8 +81,10 @@ def recalled_lines(found: list[recall.Recalled]) -> list[dict[str, Any]]:
 
 def recall_query(text: str) -> str:
     """What of ``text`` (a run's input, a tool's query) recall searches for: its first
-    ``recall.MAX_QUERY_CHARS`` characters, so a longer one still recalls (not a 422)."""
-    return text.strip()[:recall.MAX_QUERY_CHARS]
+    ``recall.MAX_QUERY_CHARS`` characters once invisible ones around it are stripped, so a
+    longer one still recalls (not a 422), and one that starts with a run of zero-width
+    characters searches its words, not the first thousand of them."""
+    return strip_invisible(text)[:recall.MAX_QUERY_CHARS]
 
 
 async def remember(session: AsyncSession, actor: Principal, run: Run, query: str, *,

@@ -56,6 +56,7 @@ from roost.config import Settings, get_settings
 from roost.db.engine import Database
 from roost.db.vector import VectorType
 from roost.errors import NotFound, Unprocessable
+from roost.inputs import strip_invisible
 from roost.knowledge.config import EmbedderNotReady, KnowledgeConfig, check_embedder, get_embedder
 from roost.knowledge.embeddings import Embedder, EmbedderUnavailable, EmbeddingError
 from roost.knowledge.index import check_model_name, sql_literal
@@ -418,7 +419,7 @@ async def search(
     ``query``, best first (see the module docstring).  ``embedder`` None, or one that
     fails: full-text and graph only.  ``scope`` comes from ``service.resolve_scope``
     (the actor's right to it checked); row-level security stands behind it."""
-    query = query.strip()
+    query = strip_invisible(query)  # white space and zero-width characters around it
     if not query:
         raise Unprocessable("q must not be empty", extra={"field": "q"})
     if len(query) > MAX_QUERY_CHARS:
