@@ -75,3 +75,39 @@ async def test_an_empty_or_wildcard_calendar_reference_names_no_calendar(
     assert made.returncode == 0, made.stderr
     out = run_roost("calendar", "export", "--calendar", ref, "--user", "cal", env=env)
     assert out.returncode == 1 and "Private" not in out.stdout, out.stdout
+
+
+async def test_cli_import_names_a_calendar_as_stored_without_invisible_characters(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """`--calendar "Work\u200b"` (a pasted zero-width space) names the calendar "Work",
+    as names are stored without invisible characters around them: the file goes into it.
+    The lookup missed it and creating "Work" again crashed with a traceback."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="zwuser")
+    ics = tmp_path / "a.ics"
+    ics.write_text("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VEVENT\r\n"
+                   "UID:z\r\nDTSTART:20270110T090000Z\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n")
+    out = run_roost("calendar", "import", str(ics), "--calendar", "Work", "--user", "zwuser",
+                    env=env)
+    assert out.returncode == 0, out.stderr
+    out = run_roost("calendar", "import", str(ics), "--calendar", "Work\u200b", "--user",
+                    "zwuser", env=env)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert "Work: 0 created, 0 updated, 1 unchanged" in out.stdout, out.stdout
+
+
+async def test_cli_import_creates_a_missing_calendar_in_the_given_zone(
+        pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path) -> None:
+    """`--timezone` is the zone of the calendar the import creates (the creation is an
+    upsert now, so two imports at once share the calendar)."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="tzuser")
+    ics = tmp_path / "a.ics"
+    ics.write_text("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VEVENT\r\n"
+                   "UID:t\r\nDTSTART:20270110T090000\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n")
+    out = run_roost("calendar", "import", str(ics), "--calendar", "Berlin", "--timezone",
+                    "Europe/Berlin", "--user", "tzuser", env=env)
+    assert out.returncode == 0, out.stderr
+    out = run_roost("calendar", "export", "--calendar", "Berlin", "--user", "tzuser", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "X-WR-TIMEZONE:Europe/Berlin" in out.stdout, out.stdout

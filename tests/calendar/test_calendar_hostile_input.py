@@ -242,6 +242,20 @@ async def test_an_imported_x_roost_tags_that_is_not_a_list_of_tags_is_a_422(
     assert "X-ROOST-TAGS" in resp.json()["detail"]
 
 
+async def test_an_imported_x_roost_tag_with_a_lone_surrogate_is_a_422_naming_the_vevent(
+        client: httpx.AsyncClient, user: User) -> None:
+    """X-ROOST-TAGS holding the JSON escape of a lone surrogate (``\\ud800``: not a
+    character, PostgreSQL cannot store it) is a 422 naming the VEVENT and the property;
+    it was a generic 400 "a value is out of range" from the database."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    raw = HEAD + _vevent('X-ROOST-CATEGORY:c\r\nX-ROOST-TAGS:["a\\ud800b"]\r\n') + TAIL
+    resp = await _import(client, headers, cal["id"], raw)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["type"].endswith("/invalid-icalendar"), resp.text
+    assert "VEVENT #1 (UID u1): X-ROOST-TAGS" in resp.json()["detail"], resp.text
+
+
 async def test_an_imported_x_roost_tags_nested_thousands_deep_is_a_422(
         client: httpx.AsyncClient, user: User) -> None:
     """X-ROOST-TAGS of 100,000 nested JSON lists (the parser's RecursionError) is a 422

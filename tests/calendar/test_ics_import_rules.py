@@ -100,3 +100,37 @@ async def test_an_import_with_more_attendees_than_the_api_allows_is_refused(
                   f"DTEND:20270101T100000Z\r\nSUMMARY:x\r\n{people}END:VEVENT\r\n") + TAIL
     resp = await _import(client, headers, cal["id"], raw)
     assert resp.status_code == 422 and "more than 500 ATTENDEEs" in resp.text, resp.text
+
+
+async def test_a_utf8_file_starting_with_a_byte_order_mark_imports(
+        client: httpx.AsyncClient, user: User) -> None:
+    """A UTF-8 .ics file with a byte order mark (as Windows tools write them) imports like
+    one without; it was a 422 "malformed iCalendar: Content line could not be parsed"."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    raw = b"\xef\xbb\xbf" + (HEAD + "BEGIN:VEVENT\r\nUID:b\r\nDTSTART:20270110T090000Z\r\n"
+                             "DTEND:20270110T100000Z\r\nSUMMARY:x\r\nEND:VEVENT\r\n"
+                             + TAIL).encode()
+    resp = await _import(client, headers, cal["id"], raw)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["created"] == 1
+    assert (await _only_event(client, headers, cal["id"]))["summary"] == "x"
+
+
+async def test_an_imported_attendee_without_an_address_is_dropped(
+        client: httpx.AsyncClient, user: User) -> None:
+    """``ATTENDEE;CN=Nobody:mailto:`` names no one: the import keeps the other attendees
+    and the event's attendees can be sent back in a PATCH; the empty address was stored,
+    and the PATCH refused it (an attendee's email may not be empty)."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    raw = HEAD + ("BEGIN:VEVENT\r\nUID:e\r\nDTSTART:20270110T090000Z\r\n"
+                  "DTEND:20270110T100000Z\r\nATTENDEE;CN=Nobody:mailto:\r\n"
+                  "ATTENDEE;CN=Ann:mailto:ann@example.com\r\nEND:VEVENT\r\n") + TAIL
+    resp = await _import(client, headers, cal["id"], raw)
+    assert resp.status_code == 200, resp.text
+    event = await _only_event(client, headers, cal["id"])
+    assert event["attendees"] == [{"email": "ann@example.com", "name": "Ann"}]
+    resp = await client.patch(f"/api/v1/calendars/{cal['id']}/events/{event['id']}",
+                              headers=headers, json={"attendees": event["attendees"]})
+    assert resp.status_code == 200, resp.text

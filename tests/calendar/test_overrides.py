@@ -495,3 +495,124 @@ async def test_retitling_one_occurrence_of_a_cancelled_series_keeps_it_listed(
                          "2027-03-08T09:00:00Z", json={"summary": "C retitled"}, headers=h)
     assert r.status_code == 201, r.text
     assert await summaries() == ["C", "C retitled", "C", "C", "C", "C"]
+
+
+SINGLE_MOVED = b"""BEGIN:VCALENDAR\r
+VERSION:2.0\r
+PRODID:-//test//single//EN\r
+BEGIN:VEVENT\r
+UID:single@example.org\r
+DTSTART:20270110T090000Z\r
+DTEND:20270110T100000Z\r
+SUMMARY:Dentist\r
+END:VEVENT\r
+BEGIN:VEVENT\r
+UID:single@example.org\r
+RECURRENCE-ID:20270110T090000Z\r
+DTSTART:20270120T090000Z\r
+DTEND:20270120T100000Z\r
+SUMMARY:Dentist moved\r
+END:VEVENT\r
+END:VCALENDAR\r
+"""
+
+
+async def _summaries_on_the_10th(client: httpx.AsyncClient, headers: Headers,
+                                 cal_id: str) -> tuple[list[str], list[str]]:
+    """The summaries on 2027-01-10 of a day query and of a month query."""
+    day = await _occurrences(client, headers, cal_id, "2027-01-10T00:00:00Z",
+                             "2027-01-11T00:00:00Z")
+    month = await _occurrences(client, headers, cal_id, "2027-01-01T00:00:00Z",
+                               "2027-02-01T00:00:00Z")
+    return ([o["summary"] for o in day],
+            [o["summary"] for o in month if o["start"].startswith("2027-01-10")])
+
+
+async def test_an_imported_change_of_a_single_event_is_skipped_and_every_range_agrees(
+        client: httpx.AsyncClient, user: User) -> None:
+    """A file "moving" a single event with a RECURRENCE-ID: the change is listed in
+    `skipped` (the API refuses it: not recurring) and the event is where it is, in a day
+    query, a month query and free/busy alike.  It was stored: a day query showed the event
+    at its old time, a month query only at the new one."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    result = await _import(client, headers, cal["id"], SINGLE_MOVED)
+    assert result["created"] == 1, result
+    assert len(result["skipped"]) == 1 and "not recurring" in result["skipped"][0], result
+    day, month = await _summaries_on_the_10th(client, headers, cal["id"])
+    assert day == month == ["Dentist"], (day, month)
+    busy = [(b["start"], b["end"]) for start, end in (("2027-01-10", "2027-01-11"),
+                                                      ("2027-01-01", "2027-02-01"))
+            for b in (await client.get("/api/v1/calendars/freebusy", headers=headers, params={
+                "start": f"{start}T00:00:00Z", "end": f"{end}T00:00:00Z"})).json()["busy"]]
+    assert busy == [("2027-01-10T09:00:00Z", "2027-01-10T10:00:00Z")] * 2, busy
+
+
+async def test_removing_a_series_rule_deletes_its_changed_occurrences(
+        client: httpx.AsyncClient, user: User) -> None:
+    """A series with a moved occurrence made a single event (PATCH `recurrence_rule`
+    null): its changed occurrences go with the rule, and a day and a month query agree.
+    The override stayed: the day query showed the event, the month query only the moved
+    occurrence."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    ev = await make_event(client, headers, cal["id"], summary="S",
+                          start_time="2027-01-10T09:00:00Z", end_time="2027-01-10T10:00:00Z",
+                          recurrence_rule="FREQ=DAILY;COUNT=3")
+    base = f"/api/v1/calendars/{cal['id']}/events"
+    resp = await client.put(f"{base}/{ev['id']}/occurrences/2027-01-10T09:00:00Z",
+                            headers=headers, json={"start_time": "2027-01-20T09:00:00Z",
+                                                   "end_time": "2027-01-20T10:00:00Z",
+                                                   "summary": "moved"})
+    assert resp.status_code == 201, resp.text
+    override_id = resp.json()["id"]
+    resp = await client.patch(f"{base}/{ev['id']}", headers=headers,
+                              json={"recurrence_rule": None})
+    assert resp.status_code == 200, resp.text
+    assert (await client.get(f"{base}/{override_id}", headers=headers)).status_code == 404
+    day, month = await _summaries_on_the_10th(client, headers, cal["id"])
+    assert day == month == ["S"], (day, month)
+
+
+async def test_reimporting_a_series_without_its_rule_deletes_its_changed_occurrences(
+        client: httpx.AsyncClient, user: User) -> None:
+    """A file making a known series single (no RRULE) drops its overrides, as a PATCH
+    does: the event is then where the file says, for every range."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    series = SINGLE_MOVED.replace(b"SUMMARY:Dentist\r\n",
+                                  b"SUMMARY:Dentist\r\nRRULE:FREQ=DAILY;COUNT=3\r\n")
+    first = await _import(client, headers, cal["id"], series)
+    assert (first["created"], first["skipped"]) == (2, []), first
+    # The file again without the override, and the series without its rule.
+    single = SINGLE_MOVED[:SINGLE_MOVED.rindex(b"BEGIN:VEVENT")] + b"END:VCALENDAR\r\n"
+    again = await _import(client, headers, cal["id"], single)
+    assert (again["updated"], again["skipped"]) == (1, []), again
+    day, month = await _summaries_on_the_10th(client, headers, cal["id"])
+    assert day == month == ["Dentist"], (day, month)
+    rest = await _occurrences(client, headers, cal["id"], "2027-01-01T00:00:00Z",
+                              "2027-02-01T00:00:00Z")
+    assert [o["summary"] for o in rest] == ["Dentist"], rest
+
+
+async def test_one_occurrence_changed_twice_as_a_date_and_a_date_time_is_a_422(
+        client: httpx.AsyncClient, user: User) -> None:
+    """Two overrides of one occurrence of a Tokyo all-day series, one RECURRENCE-ID a DATE
+    and the other the same instant in UTC, are "the same RECURRENCE-ID twice": a 422
+    naming it.  They met only at the database's unique index, a 409 about columns."""
+    _, headers = user
+    cal = await make_calendar(client, headers)
+    raw = (b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n"
+           b"BEGIN:VEVENT\r\nUID:d\r\nDTSTART;VALUE=DATE:20270110\r\n"
+           b"DTEND;VALUE=DATE:20270111\r\nX-ROOST-TIMEZONE:Asia/Tokyo\r\n"
+           b"RRULE:FREQ=DAILY;COUNT=5\r\nEND:VEVENT\r\n"
+           b"BEGIN:VEVENT\r\nUID:d\r\nRECURRENCE-ID;VALUE=DATE:20270112\r\n"
+           b"DTSTART;VALUE=DATE:20270112\r\nSUMMARY:one\r\nEND:VEVENT\r\n"
+           b"BEGIN:VEVENT\r\nUID:d\r\nRECURRENCE-ID:20270111T150000Z\r\n"
+           b"DTSTART:20270111T160000Z\r\nSUMMARY:two\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n")
+    resp = await client.post(f"/api/v1/calendars/{cal['id']}/import", headers=headers,
+                             files={"file": ("c.ics", raw, "text/calendar")})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["type"].endswith("/invalid-icalendar"), resp.text
+    detail = resp.json()["detail"]
+    assert "VEVENT #3 (UID d): RECURRENCE-ID 20270111T150000Z appears twice" in detail, detail

@@ -55,8 +55,9 @@ def calendar_import(
         async with env.scoped() as session:
             try:
                 cal = await service.find_calendar(session, env.principal, calendar)
-            except NotFound:
-                cal = await service.create_calendar(session, env.principal, new_calendar)
+            except NotFound:  # (an upsert: another import may create it meanwhile)
+                cal = await service.ensure_calendar(session, env.principal, new_calendar.name,
+                                                    new_calendar.timezone)
             return cal.name, await service.import_ics(session, env.principal, cal.id, raw)
 
     name, result = _run(user, go)

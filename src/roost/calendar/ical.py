@@ -187,7 +187,11 @@ def _attendees(component: Any, where: str) -> list[dict[str, Any]] | None:
         email = address[7:] if address.lower().startswith("mailto:") else address
         # The API's rules for an address (schemas.Attendee): export drops control
         # characters, so one kept here would not read back.
-        if email and (len(email) > MAX_EMAIL or not _ADDRESS.fullmatch(email)):
+        if not email:
+            # No address (``mailto:``): the API refuses an empty email, so the event read
+            # back could not be saved again; there is no one to invite, the line is dropped.
+            continue
+        if len(email) > MAX_EMAIL or not _ADDRESS.fullmatch(email):
             raise ICalError(f"{where}: ATTENDEE address {email[:80]!r} holds a control "
                             f"character or is longer than {MAX_EMAIL} characters")
         person: dict[str, Any] = {"email": email}
@@ -269,6 +273,8 @@ def _parse(raw: bytes, default_tz: str) -> Parsed:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ICalError("the file is not UTF-8 text") from None
+    # A byte order mark (Windows tools write one) is no part of the first line.
+    text = text.removeprefix("\ufeff")
     if "\x00" in text:  # no iCalendar value holds one, and PostgreSQL text cannot
         raise ICalError("the file holds a NUL character")
     if "BEGIN:VCALENDAR" not in text[:4096].upper():
@@ -540,10 +546,20 @@ def _read_categories(component: Any, data: EventData, where: str) -> None:
     except (ValueError, RecursionError):  # RecursionError: lists nested thousands deep
         tags = None
     if (not isinstance(tags, list) or len(tags) > MAX_TAGS
-            or not all(isinstance(t, str) and "\x00" not in t for t in tags)):
+            or not all(isinstance(t, str) and "\x00" not in t and _utf8(t) for t in tags)):
         raise ICalError(f"{where}: X-ROOST-TAGS must be a JSON list of at most {MAX_TAGS} "
                         "strings")
     data.semantic_tags = tags
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is characters: a JSON escape of a lone surrogate (``\\ud800``) is
+    not one, and PostgreSQL refuses it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _categories(component: Any) -> list[str]:

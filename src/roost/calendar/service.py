@@ -121,16 +121,18 @@ async def create_calendar(session: AsyncSession, actor: Principal,
     return cal
 
 
-async def ensure_calendar(session: AsyncSession, actor: Principal, name: str) -> Calendar:
-    """The user's calendar called ``name``, created (UTC) when missing: two callers at once
-    (an agent's parallel tool calls) both get the one calendar, never a unique violation."""
+async def ensure_calendar(session: AsyncSession, actor: Principal, name: str,
+                          timezone: str = "UTC") -> Calendar:
+    """The user's calendar called ``name``, created (in ``timezone``) when missing: two
+    callers at once (an agent's parallel tool calls, two CLI imports) both get the one
+    calendar, never a unique violation."""
     owner = _owner(actor)
     made = await session.scalar(
-        pg_insert(Calendar).values(user_id=owner, name=_name(name))
+        pg_insert(Calendar).values(user_id=owner, name=_name(name), timezone=_zone(timezone))
         .on_conflict_do_nothing(index_elements=["user_id", "name"]).returning(Calendar.id))
     if made is not None:
         await record(session, "calendar.create", user_id=owner, resource_type="calendar",
-                     resource_id=made, changes={"name": name, "timezone": "UTC"})
+                     resource_id=made, changes={"name": _name(name), "timezone": timezone})
     return await one_or_404(session, select(Calendar).where(
         Calendar.user_id == owner, Calendar.name == _name(name)).execution_options(
         populate_existing=True), missing="calendar not found")
@@ -169,7 +171,8 @@ async def get_calendar(session: AsyncSession, actor: Principal, calendar_id: uui
 async def find_calendar(session: AsyncSession, actor: Principal, ref: str) -> Calendar:
     """One of the actor's calendars by exact name, id or a unique start of an id (CLI)."""
     owner = _owner(actor)
-    named = unicodedata.normalize("NFC", ref.strip())  # names are stored composed
+    # As names are stored (_name): composed, without invisible characters around them.
+    named = unicodedata.normalize("NFC", strip_invisible(ref))
     rows = (await session.scalars(select(Calendar).where(
         Calendar.user_id == owner,
         or_(Calendar.name == named, id_starts_with(Calendar.id, ref)),
@@ -398,11 +401,26 @@ async def update_event(session: AsyncSession, actor: Principal, calendar_id: uui
     _apply(ev, values)
     await _derive(ev)
     await session.flush()
+    dropped = 0
+    if ev.recurrence_id is None and not (ev.recurrence_rule or ev.rdates):
+        dropped = await _drop_overrides(session, ev)
     await session.refresh(ev)
     await record(session, "event.update", user_id=actor.user_id or ev.user_id,
                  resource_type="event", resource_id=ev.id,
-                 changes={"fields": sorted(given), **owner_if_other(actor, ev.user_id)})
+                 changes={"fields": sorted(given), **({"overrides_deleted": dropped}
+                                                      if dropped else {}),
+                          **owner_if_other(actor, ev.user_id)})
     return ev
+
+
+async def _drop_overrides(session: AsyncSession, ev: Event) -> int:
+    """Delete the overrides of ``ev``, a series made a single event (its rule and RDATEs
+    removed): with no series left, a changed occurrence had no occurrence to replace, and
+    the single event was shown or hidden depending on the range queried.  How many."""
+    gone = await session.execute(delete(Event).where(
+        Event.calendar_id == ev.calendar_id, Event.uid == ev.uid,
+        Event.recurrence_id.is_not(None)))
+    return int(getattr(gone, "rowcount", 0) or 0)
 
 
 async def delete_event(session: AsyncSession, actor: Principal, calendar_id: uuid.UUID,
@@ -495,8 +513,11 @@ OVERRIDE_SLACK: Final = timedelta(days=1)  # wall-clock durations change across 
 async def _events_in(session: AsyncSession, actor: Principal, start: datetime, end: datetime,
                      calendar_ids: Sequence[uuid.UUID] | None) -> list[Event]:
     """The events that may have an occurrence in the range (series, single events and
-    overrides by their own times), and the overrides of the series' occurrences in it (by
-    ``recurrence_id``: an override moved out of the range still hides its occurrence)."""
+    overrides by their own times), and the overrides of their occurrences in it (by
+    ``recurrence_id``: an override moved out of the range still hides its occurrence).
+    A single event's too: none can be made now, but a row left from before (an imported
+    override of a single event) answers the same for every range, as the expansion
+    applies it whenever it is loaded."""
 
     def scoped(stmt: Any) -> Any:
         if calendar_ids is None:
@@ -506,20 +527,28 @@ async def _events_in(session: AsyncSession, actor: Principal, start: datetime, e
     found = list((await session.scalars(scoped(select(Event).where(
         Event.start_time < end,
         or_(Event.recurrence_end.is_(None), Event.recurrence_end >= start))))).all())
-    series = [e for e in found if e.recurrence_id is None and (e.recurrence_rule or e.rdates)]
-    if not series:
+    candidates = [e for e in found if e.recurrence_id is None]
+    if not candidates:
         return found
-    # An occurrence in the range starts after start - its length (at most the longest
-    # series' wall-clock length, with slack for a DST change).
-    reach = max(e.end_time - e.start_time for e in series) + OVERRIDE_SLACK
-    # (An event may last millennia: not before the calendar's first instant.)
-    since = start - reach if start - recurrence.EARLIEST > reach else recurrence.EARLIEST
+    # An occurrence of a series in the range starts after start - its length (its
+    # wall-clock length, with slack for a DST change); a single event's one occurrence is
+    # its start.
+    since = min(_first_in(e, start) for e in candidates)
     have = {e.id for e in found}
     more = await session.scalars(scoped(select(Event).where(
         Event.recurrence_id.is_not(None), Event.recurrence_id < end,
-        Event.recurrence_id > since)))
+        Event.recurrence_id >= since)))
     found.extend(e for e in more.all() if e.id not in have)
     return found
+
+
+def _first_in(ev: Event, start: datetime) -> datetime:
+    """No occurrence of ``ev`` overlapping a range from ``start`` starts before this."""
+    if not (ev.recurrence_rule or ev.rdates):
+        return ev.start_time
+    reach = ev.end_time - ev.start_time + OVERRIDE_SLACK
+    # (An event may last millennia: not before the calendar's first instant.)
+    return start - reach if start - recurrence.EARLIEST > reach else recurrence.EARLIEST
 
 
 def expand_events(events: Sequence[Any], start: datetime, end: datetime,
@@ -683,19 +712,33 @@ async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.
     in_file = {e.uid: e for e in parsed.events}
     skipped = list(parsed.skipped)
     overrides: list[ical.EventData] = []
+    placed: set[tuple[str, datetime | None]] = set()
     for over in parsed.overrides:
         series = in_file.get(over.data.uid) or existing.get((over.data.uid, None))
-        if series is not None:
-            if over.day is not None:
-                # A DATE RECURRENCE-ID is a day of the series' zone (an all-day series
-                # need not be in the calendar's): its midnight there is the occurrence.
-                over.data.recurrence_id = recurrence.all_day_bounds(
-                    over.day, over.day, series.timezone)[0]
-            overrides.append(over.data)
-        else:
-            stamp = (over.data.recurrence_id or over.data.start_time).strftime("%Y%m%dT%H%M%SZ")
+        stamp = (over.data.recurrence_id or over.data.start_time).strftime("%Y%m%dT%H%M%SZ")
+        if series is None:
             skipped.append(f"{over.where}: the changed occurrence (RECURRENCE-ID {stamp}) of a "
                            "series that is neither in the file nor in the calendar")
+            continue
+        if not (series.recurrence_rule or series.rdates):
+            # As the API refuses it (change_occurrence): a single event is changed itself.
+            skipped.append(f"{over.where}: the changed occurrence (RECURRENCE-ID {stamp}) of "
+                           "an event that is not recurring (no RRULE or RDATE)")
+            continue
+        if over.day is not None:
+            # A DATE RECURRENCE-ID is a day of the series' zone (an all-day series
+            # need not be in the calendar's): its midnight there is the occurrence.
+            over.data.recurrence_id = recurrence.all_day_bounds(
+                over.day, over.day, series.timezone)[0]
+        key = (over.data.uid, over.data.recurrence_id)
+        if key in placed:  # a DATE and a DATE-TIME naming one occurrence of the series
+            assert over.data.recurrence_id is not None
+            raise InvalidICalendar(
+                f"{over.where}: RECURRENCE-ID "
+                f"{over.data.recurrence_id.strftime('%Y%m%dT%H%M%SZ')} appears twice for "
+                "this UID (the same occurrence changed twice)")
+        placed.add(key)
+        overrides.append(over.data)
     created = updated = unchanged = 0
     rows_in = [*parsed.events, *overrides]  # series first: an override follows its series
     derived = await cpu_bound(_derive_all, rows_in)
@@ -732,6 +775,15 @@ async def import_ics(session: AsyncSession, actor: Principal, calendar_id: uuid.
         else:
             unchanged += 1
     await session.flush()
+    # A series the file makes single (no RRULE or RDATE any more) loses the overrides it
+    # had, as with a PATCH (update_event, _drop_overrides).
+    with_overrides = {uid for uid, rid in existing if rid is not None}
+    made_single = sorted(e.uid for e in parsed.events if e.uid in with_overrides
+                         and not (e.recurrence_rule or e.rdates))
+    for i in range(0, len(made_single), 1000):
+        await session.execute(delete(Event).where(
+            Event.calendar_id == cal.id, Event.uid.in_(made_single[i:i + 1000]),
+            Event.recurrence_id.is_not(None)))
     result = {"created": created, "updated": updated, "unchanged": unchanged,
               "skipped": skipped}
     await record(session, "calendar.import", user_id=actor.user_id or cal.user_id,
