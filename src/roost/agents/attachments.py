@@ -36,7 +36,14 @@ MAX_NAME_CHARS: Final = 255
 DEFAULT_MIME: Final = "application/octet-stream"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MIME = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
-# Characters a name keeps; anything else (separators, quotes, controls) becomes "_".
+# A charset name as IANA registers them (at most 40 characters): a token, never a
+# quote, a ";" or a line break that would end up in the download's Content-Type.
+_CHARSET = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,39}$")
+# The column that holds a content type.
+MAX_MIME_CHARS: Final = 255
+# Characters a name keeps; anything else (separators, quotes, controls) becomes "_",
+# except combining marks (category M, kept by _unsafe_to_underscore): \w leaves out the
+# vowel signs of Devanagari, the harakat of Arabic, parts of the letters they follow.
 _UNSAFE = re.compile(r"[^\w .()+,=@\[\]{}~!#&'-]")
 
 
@@ -58,9 +65,10 @@ def sanitize_filename(name: str | None, mime_type: str | None = None) -> str:
     text = re.split(r"[/\\]", text)[-1]  # a path's last component, whichever separator
     text = "".join(c for c in text if unicodedata.category(c)[0] != "C")
     # Dots and spaces interleaved (". .htaccess"): all of them, not one strip of each.
-    text = _LEADING.sub("", _UNSAFE.sub("_", text)).strip()
+    text = _LEADING.sub("", _UNSAFE.sub(_unsafe_to_underscore, text)).strip()
     if not text or set(text) <= {"_", " "}:
-        extension = mimetypes.guess_extension(mime_type or "") or ""
+        bare_type = (mime_type or "").split(";", 1)[0]  # without its charset
+        extension = mimetypes.guess_extension(bare_type) or ""
         return f"attachment{extension}"
     if len(text) > MAX_NAME_CHARS:
         _stem, dot, extension = text.rpartition(".")
@@ -70,10 +78,22 @@ def sanitize_filename(name: str | None, mime_type: str | None = None) -> str:
     return text
 
 
-def clean_mime(mime_type: str | None) -> str:
-    """A well-formed ``type/subtype`` (lower case), else ``application/octet-stream``."""
+def _unsafe_to_underscore(found: re.Match[str]) -> str:
+    char = found.group()
+    return char if unicodedata.category(char)[0] == "M" else "_"
+
+
+def clean_mime(mime_type: str | None, charset: str | None = None) -> str:
+    """A well-formed ``type/subtype`` (lower case), else ``application/octet-stream``;
+    with ``; charset=<name>`` when the sender declared a well-formed one, so the bytes
+    are served as what they are (an ISO-8859-1 text is not labelled UTF-8)."""
     value = (mime_type or "").strip().lower()
-    return value if _MIME.fullmatch(value) else DEFAULT_MIME
+    if not _MIME.fullmatch(value):
+        return DEFAULT_MIME
+    name = (charset or "").strip().lower()
+    with_charset = f"{value}; charset={name}"
+    return with_charset if _CHARSET.fullmatch(name) and len(with_charset) <= MAX_MIME_CHARS \
+        else value
 
 
 def blob_path(data_dir: Path, sha256: str) -> Path:

@@ -214,7 +214,7 @@ def _attachments(message: EmailMessage, bodies: Sequence[Message],
         if len(found) >= MAX_ATTACHMENTS:
             raise MailTooLarge(f"the message has more than {MAX_ATTACHMENTS} attachments")
         data = _data_of(part)
-        mime = clean_mime(ctype)
+        mime = clean_mime(ctype, part.get_content_charset())
         name = sanitize_filename(filename, mime)
         if len(data) > max_bytes:
             raise MailTooLarge(f"attachment {name!r} is {len(data)} bytes; the limit is "
