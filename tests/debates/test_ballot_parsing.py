@@ -85,3 +85,11 @@ def test_a_turn_of_many_blank_lines_is_read_in_linear_time() -> None:
 ])
 def test_the_last_confidence_line_of_a_turn_is_read(content: str, confidence: float) -> None:
     assert turn_confidence(content) == confidence
+
+
+def test_a_confidence_line_ending_with_a_period_is_read() -> None:
+    """Symbols may follow the number, only another number may not: a sentence's closing
+    period ("Confidence: 0.8.") is read as 0.8, as "0.7!" is 0.7 (it read as 0)."""
+    assert turn_confidence("My case.\nConfidence: 0.7!") == 0.7
+    assert turn_confidence("My case.\nConfidence: 0.8.") == 0.8
+    assert turn_confidence("My case.\nConfidence: **0.6**.") == 0.6

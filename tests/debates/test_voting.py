@@ -169,3 +169,18 @@ def test_scaling_every_weight_changes_no_winner(
         scaled = [w * factor for w in weights]
         assert _ours(names, rankings, weights, method).winner == \
             _ours(names, rankings, scaled, method).winner
+
+
+def test_a_pairwise_tie_is_not_called_a_majority_cycle() -> None:
+    """Two positions, one ballot each way: no Condorcet winner because of a pairwise tie,
+    which the note names (it told of a majority cycle); a real cycle is still one."""
+    ballots = [Ballot("x", ("a", "b")), Ballot("y", ("b", "a"))]
+    result = tally("condorcet", ["a", "b"], ballots).as_json()
+    assert result["no_condorcet_winner"] is True
+    assert result["winner"] == "a" and result["tied"] == ["a", "b"]
+    assert "cycle" not in result["note"], result["note"]
+    assert "a pairwise tie" in result["note"], result["note"]
+    cycle = [Ballot("x", ("a", "b", "c")), Ballot("y", ("b", "c", "a")),
+             Ballot("z", ("c", "a", "b"))]
+    note = tally("condorcet", ["a", "b", "c"], cycle).as_json()["note"]
+    assert "a majority cycle" in note and "tie" not in note, note

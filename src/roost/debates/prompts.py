@@ -23,7 +23,7 @@ MAX_TURN_CHARS: Final = 100_000
 # Markdown around the value too ("**Confidence:** 0.8", "Confidence: **0.6**"), on one
 # line; not a sign or a dot before it (-0.5 is no confidence of 0.5).
 _CONFIDENCE = re.compile(r"^[^\w\n]*confidence[^\w\n]*[:=][^\w\n.+-]*([01](?:\.\d+)?|\.\d+)"
-                         r"[^\w\n.]*$", re.IGNORECASE | re.MULTILINE)
+                         r"[^\w\n]*$", re.IGNORECASE | re.MULTILINE)
 _FENCE: Final = "```"
 
 

@@ -149,6 +149,14 @@ async def _load_agents(env: DebateEnv, state: _State) -> None:
                 state.instructions[pid] = agent.system_prompt
 
 
+async def _status_now(env: DebateEnv, debate_id: uuid.UUID) -> str:
+    """The debate's committed status ("cancelled" when it is gone)."""
+    async with env.database.transaction() as session:
+        found = await session.scalar(
+            select(DebateSession.status).where(DebateSession.id == debate_id))
+    return str(found) if found is not None else "cancelled"
+
+
 async def _claim(session: AsyncSession, debate_id: uuid.UUID, **values: Any) -> None:
     """The debate is still open: set ``values``; else :class:`_Cancelled`.  The row lock
     orders this write against a concurrent cancel."""
@@ -239,6 +247,13 @@ async def _turn(env: DebateEnv, state: _State, number: int, round_number: int,
                 llm_request_id=outcome.request_id, created_at=utcnow())
             .on_conflict_do_nothing(index_elements=["session_id", "turn_number"])
             .returning(DebateTurn))).scalar_one_or_none()
+        if row is None:
+            # Another attempt of the job (one whose lease was taken over, until its next
+            # heartbeat stops it) stored this turn first: it is the turn, recorded once;
+            # this attempt goes on with it (it read as a cancel, and its job ended with
+            # the debate still open).
+            return (await session.scalars(select(DebateTurn).where(
+                DebateTurn.session_id == debate.id, DebateTurn.turn_number == number))).one()
         await record(session, "debate.turn", user_id=debate.created_by, resource_type=RESOURCE,
                      resource_id=debate.id,
                      metadata={"turn": number, "round": round_number, "participant": pid,
@@ -294,6 +309,10 @@ async def _ballot(env: DebateEnv, state: _State, participant: dict[str, Any]) ->
                 created_at=utcnow())
             .on_conflict_do_nothing(index_elements=["session_id", "participant_id"])
             .returning(DebateBallot))).scalar_one_or_none()
+        if row is None:  # stored first by another attempt of the job, as a turn can be
+            return (await session.scalars(select(DebateBallot).where(
+                DebateBallot.session_id == debate.id,
+                DebateBallot.participant_id == pid))).one()
         await record(session, "debate.ballot", user_id=debate.created_by,
                      resource_type=RESOURCE, resource_id=debate.id,
                      metadata={"participant": pid, "ranking": ranking,
@@ -378,7 +397,9 @@ async def execute(env: DebateEnv, debate_id: uuid.UUID) -> str:
                 await _ballot(env, state, participant)
         outcome = await _decide(env, state)
     except _Cancelled:
-        outcome = "cancelled"
+        # Closed meanwhile: cancelled, or finished by another attempt of the job (one
+        # whose lease was taken over): the debate's own status says which.
+        outcome = await _status_now(env, debate_id)
     except _Failed as exc:
         outcome = "failed" if await fail_debate(env.database, debate_id, str(exc)) else "cancelled"
     log.info("debates.finished", debate_id=str(debate_id), outcome=outcome,

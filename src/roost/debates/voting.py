@@ -62,6 +62,18 @@ class Result:
     def tie_break(self) -> str | None:
         return TIE_BREAK_RULE if self.tied else None
 
+    def why_no_condorcet_winner(self) -> str:
+        """"a majority cycle" (the pairwise wins go round), "a pairwise tie" (none does,
+        but two positions tie and neither beats every other), or both: the note told of a
+        cycle when two positions had merely tied."""
+        beats = {x: {y for y, v in row.items() if y != x and v > self.support[y][x]}
+                 for x, row in self.support.items()}
+        tie = any(x != y and v == self.support[y][x]
+                  for x, row in self.support.items() for y, v in row.items())
+        reasons = [*(("a majority cycle",) if _has_cycle(beats) else ()),
+                   *(("a pairwise tie",) if tie else ())]
+        return " and ".join(reasons) or "a majority cycle"
+
     def as_json(self) -> dict[str, Any]:
         def num(v: Fraction) -> float | int:
             return int(v) if v.denominator == 1 else float(v)
@@ -81,13 +93,36 @@ class Result:
                 condorcet_winner=self.condorcet_winner,
                 no_condorcet_winner=self.no_condorcet_winner,
                 support=matrix(self.support),
-                note=("no Condorcet winner: a majority cycle; Schulze's method decided"
-                      if self.no_condorcet_winner else "the Condorcet winner beats every "
-                                                       "other position pairwise"))
+                note=(f"no Condorcet winner: {self.why_no_condorcet_winner()}; Schulze's "
+                      "method decided" if self.no_condorcet_winner else
+                      "the Condorcet winner beats every other position pairwise"))
             if self.no_condorcet_winner:
                 out["strongest_paths"] = matrix(self.strongest_paths)
                 out["schulze_winners"] = list(self.schulze_winners)
         return out
+
+
+def _has_cycle(beats: Mapping[str, set[str]]) -> bool:
+    """Whether the directed graph ``beats`` (x -> the positions x beats) has a cycle."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(start: str) -> bool:
+        stack = [(start, iter(sorted(beats.get(start, ()))))]
+        state[start] = 1
+        while stack:
+            node, following = stack[-1]
+            step = next(following, None)
+            if step is None:
+                state[node] = 2
+                stack.pop()
+            elif state.get(step) == 1:
+                return True
+            elif step not in state:
+                state[step] = 1
+                stack.append((step, iter(sorted(beats.get(step, ())))))
+        return False
+
+    return any(node not in state and visit(node) for node in sorted(beats))
 
 
 def _exact(weight: Fraction | Decimal | int | float) -> Fraction:
