@@ -20,6 +20,8 @@ import platformdirs
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from roost.textchars import is_invisible
+
 
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("roost", appauthor=False))
@@ -43,6 +45,21 @@ def parse_fallback_kinds(raw: str) -> frozenset[str]:
 PROMPT_PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,63})\s*\}\}")
 CHAT_PROMPT_VALUES: Final = ("date",)
 """The placeholders chat fills in ROOST_CHAT_SYSTEM_PROMPT (today's date, UTC)."""
+# Any text between double braces (linear: no brace inside, so a scan ends at the next one).
+_BRACED: Final = re.compile(r"\{\{([^{}]*)\}\}")
+
+
+def invisible_placeholder(text: str) -> str | None:
+    """The name of a ``{{name}}`` in ``text`` that holds an invisible character (a
+    zero-width space, a joiner, a filler: a paste from a web page or a chat), which is no
+    placeholder and would render as literal braces whatever the values; else None.  Any
+    amount of white space around the name, as a placeholder may have."""
+    for near in _BRACED.finditer(text):
+        shown = "".join(c for c in near.group(1) if c.isspace() or not is_invisible(c))
+        found = PROMPT_PLACEHOLDER.fullmatch(f"{{{{{shown}}}}}")
+        if found is not None and PROMPT_PLACEHOLDER.fullmatch(near.group(0)) is None:
+            return found.group(1)
+    return None
 
 
 def default_node_id() -> str:
@@ -608,6 +625,10 @@ class Settings(BaseSettings):
         if unknown:
             allowed = ", ".join(f"{{{{{n}}}}}" for n in CHAT_PROMPT_VALUES)
             raise ValueError(f"unknown placeholders {unknown}; the only one chat fills is {allowed}")
+        hidden = invisible_placeholder(value or "")
+        if hidden is not None:  # the model would get the braces (start-up only logged it)
+            raise ValueError(f"{{{{{hidden}}}}} has an invisible character inside (a zero-width "
+                             "space, a joiner...): it is no placeholder; type it again without")
         return value
 
     @field_validator("smtp_listen")

@@ -38,6 +38,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from roost.errors import Unprocessable
+from roost.textchars import FILLERS as FILLERS
+from roost.textchars import is_invisible as is_invisible
 
 # One way to match a run of digits (an optional "." and more in one group): with
 # "\d+\.?\d*" a run of n digits could be split n ways, each tried to the end, and 30,000
@@ -227,32 +229,6 @@ def holds_control(value: str) -> bool:
     C0 and C1 controls such as BEL, ESC, DEL, CSI and NEL, and the line and paragraph
     separators), which a terminal, a log line or a mail header would act on."""
     return any(unicodedata.category(c) in _CONTROL for c in value)
-
-
-# Characters Unicode calls default-ignorable that are not format characters (Cf): the
-# combining grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian and other
-# variation selectors (the supplementary ones, U+E0100-U+E01EF, too), and the code points
-# reserved as default-ignorable that are not assigned yet (U+2065, U+FFF0-U+FFF8, the
-# rest of plane 14's first block), which a later Unicode may assign and fonts already
-# show as nothing.  Shown alone, they show nothing.
-_IGNORABLE_RANGES: Final = ((0x180B, 0x1810), (0x2065, 0x2066), (0xFE00, 0xFE10),
-                            (0xFFF0, 0xFFF9), (0xE0000, 0xE1000))
-_IGNORABLE: Final = frozenset(
-    "\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0"
-    + "".join(chr(c) for start, end in _IGNORABLE_RANGES for c in range(start, end)))
-
-
-FILLERS: Final = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0")
-"""Letters and marks that show as nothing (Hangul fillers, the grapheme joiner, Khmer
-inherent vowels): unlike the variation selectors, never needed in a name."""
-
-
-def is_invisible(char: str) -> bool:
-    """Whether ``char`` shows nothing: white space, a format character (Unicode category
-    Cf: zero-width spaces and joiners, the byte order mark, bidi marks), a control
-    character (Cc: BEL, DEL) or another default-ignorable one (a Hangul filler, a
-    variation selector)."""
-    return char.isspace() or unicodedata.category(char) in ("Cf", "Cc") or char in _IGNORABLE
 
 
 def is_blank(value: str) -> bool:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from roost.config import Settings
 from roost.prompts.schemas import MAX_TEXT
@@ -90,3 +91,25 @@ async def test_a_version_its_own_defaults_render_too_long_is_refused(
                       variables=[{"name": "a", "default": "x" * 100}])
     resp = await client.post(f"/api/v1/prompts/{v['id']}/render", headers=headers, json={})
     assert resp.status_code == 200 and len(resp.json()["text"]) == 1_000_000
+
+
+async def test_padded_placeholder_with_invisible_character_is_refused(
+        client: httpx.AsyncClient, user: User) -> None:
+    """A placeholder with an invisible character inside is a 422 naming the variable also
+    when generous spaces pad it inside its braces, as `{{ who }}` may be (past 100
+    characters between the braces it was published, and rendered as literal braces)."""
+    _, headers = user
+    text = "Hello {{" + " " * 60 + "who\u200b" + " " * 60 + "}}"
+    resp = await client.post("/api/v1/prompts", headers=headers, json={
+        "prompt_key": "zw.pad", "prompt_text": text, "variables": [{"name": "who"}]})
+    assert resp.status_code == 422, resp.text
+    assert resp.json().get("variable") == "who", resp.text
+
+
+def test_chat_setting_with_invisible_character_in_placeholder_is_refused(
+        tmp_path: Path) -> None:
+    """ROOST_CHAT_SYSTEM_PROMPT with `{{<zero-width space>date}}` is refused when the
+    settings are read, so no server runs with it (start-up only logged its refusal to
+    publish it, and chat sent the setting's text, braces and all, to the model)."""
+    with pytest.raises(ValidationError, match="invisible character"):
+        Settings(data_dir=tmp_path / "data", chat_system_prompt="Today is {{\u200bdate}}.")

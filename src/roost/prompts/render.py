@@ -18,13 +18,12 @@ a 422 (:class:`RenderedTooLong`).  Without it a 100,000-character text of ``{{a}
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from roost.config import PROMPT_PLACEHOLDER as PLACEHOLDER
+from roost.config import invisible_placeholder
 from roost.errors import Unprocessable
-from roost.inputs import is_invisible
 
 TYPES: Final = {"string": (str,), "number": (int, float), "integer": (int,),
                 "boolean": (bool,)}
@@ -32,8 +31,6 @@ FLOAT_DIGITS: Final = 10**16
 """From here on, Python prints a whole float with an exponent (1e+16)."""
 MAX_RENDERED_CHARS: Final = 1_000_000
 """The longest rendered prompt (ten times the longest text), wherever a prompt is rendered."""
-_NEAR_PLACEHOLDER: Final = re.compile(r"\{\{([^{}]{1,100})\}\}")
-"""What may be a placeholder with invisible characters in it (checked when published)."""
 
 
 class InvalidVariables(Unprocessable):
@@ -92,16 +89,14 @@ def check_definitions(text: str, variables: Sequence[Mapping[str, Any]]) -> None
         raise InvalidVariables(
             f"the text uses {{{{{undefined[0]}}}}} but no variable {undefined[0]!r} is defined: "
             "add it to variables", extra={"variables": undefined})
-    for near in _NEAR_PLACEHOLDER.finditer(text):
-        # "{{<zero-width space>who}}" looks like {{who}} but is no placeholder: its braces
-        # would render literally whatever the values (a paste from a web page or chat).
-        shown = "".join(c for c in near.group(1) if c.isspace() or not is_invisible(c))
-        found = PLACEHOLDER.fullmatch(f"{{{{{shown}}}}}")
-        if found is not None and PLACEHOLDER.fullmatch(near.group(0)) is None:
-            raise InvalidVariables(
-                f"the text has {{{{{found.group(1)}}}}} with an invisible character inside "
-                "(a zero-width space, a joiner...): it is no placeholder and would render "
-                "as literal braces; type it again without", extra={"variable": found.group(1)})
+    # "{{<zero-width space>who}}" looks like {{who}} but is no placeholder: its braces
+    # would render literally whatever the values (a paste from a web page or chat).
+    hidden = invisible_placeholder(text)
+    if hidden is not None:
+        raise InvalidVariables(
+            f"the text has {{{{{hidden}}}}} with an invisible character inside "
+            "(a zero-width space, a joiner...): it is no placeholder and would render "
+            "as literal braces; type it again without", extra={"variable": hidden})
     # A version whose own defaults render too long could be published, then fail every
     # use (a chat.system one: every chat reply) until its label moved.
     length = rendered_length(text, {
