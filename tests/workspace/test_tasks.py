@@ -252,3 +252,25 @@ async def test_an_administrator_cannot_file_a_user_s_task_under_a_project_they_c
     moved = await client.patch(f"/api/v1/tasks-board/{task['id']}",
                                json={"project_id": shared["id"]}, headers=admin)
     assert moved.status_code == 200, moved.text
+
+
+async def test_a_patch_that_restates_a_value_recomputes_the_score(client: httpx.AsyncClient,
+                                                                   user: User,
+                                                                   database: Database) -> None:
+    """A PATCH recomputes the score, also one that restates the stored values (a form
+    saved again as it stands): a task whose due date came within 24 hours since its last
+    write answers the score of now (6), not the stale one (3) it answered until the
+    hourly rescore."""
+    _, h = user
+    task = await make_task(client, h, "later",
+                           due_date=(datetime.now(UTC) + timedelta(days=60)).isoformat())
+    assert task["calculated_score"] == 3.0  # no due-date term yet
+    async with database.transaction() as s:  # time passes: the due date comes closer
+        await s.execute(text("SET LOCAL session_replication_role = replica"))
+        await s.execute(text("UPDATE tasks SET due_date = now() + interval '2 hours' "
+                             "WHERE id = :id"), {"id": task["id"]})
+    resp = await client.patch(f"/api/v1/tasks-board/{task['id']}", headers=h,
+                              json={"importance_weight": 1.0})
+    assert resp.status_code == 200, resp.text
+    # 1 * (1 * 2 + 1 * (1 + 3)) / 1 = 6: due within 24 hours
+    assert resp.json()["calculated_score"] == 6.0, resp.json()["calculated_score"]

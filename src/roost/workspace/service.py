@@ -377,6 +377,10 @@ async def update_task(session: AsyncSession, actor: Principal, task_id: uuid.UUI
     for key, value in values.items():
         setattr(task, key, value)
     await session.flush()
+    # "PATCH recomputes the score": the flush writes nothing when every value is the one
+    # stored (a form saved again), so the trigger did not run and a due date come closer
+    # since the last write answered the old score until the hourly rescore.
+    await _rescore(session, Task.id == task.id)
     await session.refresh(task)
     await record(session, "task.update", user_id=actor.user_id, resource_type="task",
                  resource_id=task.id, changes={"fields": sorted(given),
@@ -457,9 +461,14 @@ async def refresh_scores(session: AsyncSession) -> int:
     """Recompute the stored score of open tasks whose due-date term has moved on (the
     trigger does the computing; rows whose score would not change are not written).
     Runs without a user scope: the hourly job, for every user."""
+    return await _rescore(session)
+
+
+async def _rescore(session: AsyncSession, *only: Any) -> int:
+    """:func:`refresh_scores` of the open tasks matching ``only`` (all without)."""
     result = await session.execute(
         update(Task).where(
-            Task.status.not_in(CLOSED_STATUSES), Task.due_date.is_not(None),
+            *only, Task.status.not_in(CLOSED_STATUSES), Task.due_date.is_not(None),
             Task.calculated_score != func.roost_task_score(
                 Task.status, Task.priority, Task.due_date, Task.completion_percentage,
                 Task.importance_weight, Task.urgency_weight, Task.complexity_weight,
