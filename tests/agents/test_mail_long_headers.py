@@ -153,3 +153,23 @@ async def test_a_recipient_s_encoded_word_cannot_write_another_address_in_to(
         "body": "x"})
     assert sent.status_code == 422 and "to" in sent.text, sent.text
     assert relay.received == []
+
+
+async def test_a_reply_to_a_message_id_too_long_to_write_leaves_it_out(
+    client: httpx.AsyncClient, database: Database, listener: MailServer,
+    relay_factory: Callable[..., Any], test_settings: Settings,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A Message-ID of 998 bytes (accepted inbound) cannot be written on a header line of
+    its own (999 characters with the fold's space): the reply leaves it out, as an id
+    with ``=?``, instead of writing it as encoded words, which are no msg-id."""
+    owner, headers = user
+    bare = "a" * 990 + "@x.org"  # written without its angle brackets: read as <bare>
+    long_id = f"<{bare}>"
+    assert len(long_id.encode()) == 998
+    inbound, raw = await _reply_to_inbound(client, database, listener, relay_factory,
+                                           test_settings, owner, headers,
+                                           {"message_id": bare})
+    assert inbound.message_id == long_id
+    head = raw.split(b"\r\n\r\n")[0]
+    assert b"=?" not in head and b"In-Reply-To" not in head, head[:400]

@@ -195,3 +195,35 @@ async def test_mail_past_the_persona_s_hourly_run_cap_is_stored_and_starts_no_ru
         policy=policy.SMTP), [str(other.email_address)], sender=SENDER)
     [theirs] = await emails_of(database, other.id)
     assert theirs.run_id is not None
+
+
+async def test_auto_submitted_no_with_a_comment_is_a_person_s_mail(
+    database: Database, mail_cfg: mail.MailConfig, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """``Auto-Submitted: no (a person)`` is RFC 3834's value ``no`` with a comment: a
+    person's mail, which starts a run (it was skipped as automatic)."""
+    owner, _ = user
+    persona, _agent = await persona_with_mail_agent(database, owner)
+    to = str(persona.email_address)
+    raw = message(to, Auto_Submitted="no (a person)").as_bytes(policy=policy.SMTP)
+    await mail.receive(database, mail_cfg, raw, [to], sender=SENDER)
+    [email] = await emails_of(database, persona.id)
+    [received] = await audit_rows(database, "agent.email.receive")
+    assert email.run_id is not None, received["metadata"]["run_skipped"]
+
+
+async def test_a_second_auto_submitted_header_saying_auto_replied_starts_no_run(
+    database: Database, mail_cfg: mail.MailConfig, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A message with an ``Auto-Submitted: auto-replied`` header is automatic also when
+    an ``Auto-Submitted: no`` comes first (only the first was read: it started a run,
+    and answering an auto-reply can loop)."""
+    owner, _ = user
+    persona, _agent = await persona_with_mail_agent(database, owner)
+    to = str(persona.email_address)
+    msg = message(to, Auto_Submitted="no")
+    msg["Auto-Submitted"] = "auto-replied"
+    await mail.receive(database, mail_cfg, msg.as_bytes(policy=policy.SMTP), [to],
+                       sender=SENDER)
+    [email] = await emails_of(database, persona.id)
+    assert email.run_id is None

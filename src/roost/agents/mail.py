@@ -426,7 +426,10 @@ def _display_name(name: str) -> str:
 
 
 def _plain_id(message_id: str) -> bool:
-    return "=?" not in message_id
+    """Whether ``message_id`` can be written in In-Reply-To/References as it is: not one
+    that reads as an encoded word, and short enough for a header line of its own (a
+    998-character id, which inbound mail may carry, was written as encoded words)."""
+    return "=?" not in message_id and len(message_id) <= MAX_WRITTEN_ID_CHARS
 
 
 # Header lines written up to RFC 5322's 998 characters, not folded at 78: Python's email
@@ -435,6 +438,8 @@ def _plain_id(message_id: str) -> bool:
 # display name lost its quotes, so a comma split the sender in two and a "<x@y>" in it
 # became the sender a reader sees).
 OUTBOUND_POLICY: Final = email.policy.default.clone(max_line_length=998)
+# An id folded onto a line of its own is written after one space: 997 characters at most.
+MAX_WRITTEN_ID_CHARS: Final = 997
 
 
 def _refuse_changed_addresses(message: EmailMessage, sender: Address,

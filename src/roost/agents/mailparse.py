@@ -254,13 +254,30 @@ def _automatic(message: EmailMessage) -> str | None:
     3834: an auto-reply to an auto-reply is a mail loop): ``Auto-Submitted`` other than
     ``no``, or ``Precedence`` bulk, junk or list (the older convention of lists and
     autoresponders)."""
-    submitted = str(message["auto-submitted"] or "").split(";")[0].strip().lower()
-    if submitted and submitted != "no":
-        return f"automatic message (Auto-Submitted: {_NOT_PRINTABLE.sub('?', submitted)[:50]})"
-    precedence = str(message["precedence"] or "").strip().lower()
-    if precedence in ("bulk", "junk", "list"):
-        return f"automatic message (Precedence: {precedence})"
+    # Every occurrence of each header (a second "Auto-Submitted: auto-replied" after a
+    # "no" started a run), its comments dropped ("no (a person)" is RFC 3834's "no").
+    for value in message.get_all("auto-submitted") or []:
+        submitted = _uncommented(str(value)).split(";")[0].strip().lower()
+        if submitted and submitted != "no":
+            return (f"automatic message (Auto-Submitted: "
+                    f"{_NOT_PRINTABLE.sub('?', submitted)[:50]})")
+    for value in message.get_all("precedence") or []:
+        precedence = _uncommented(str(value)).strip().lower()
+        if precedence in ("bulk", "junk", "list"):
+            return f"automatic message (Precedence: {precedence})"
     return None
+
+
+_COMMENT: Final = re.compile(r"\([^()]*\)")
+
+
+def _uncommented(value: str) -> str:
+    """``value`` without its RFC 5322 comments (nested ones too; at most 10 levels)."""
+    for _ in range(10):
+        value, found = _COMMENT.subn(" ", value)
+        if not found:
+            break
+    return value
 
 
 def parse(raw: bytes, *, max_attachment_bytes: int) -> ParsedMail:
