@@ -16,7 +16,7 @@ from roost.llm import jobs as llm_jobs
 from roost.llm.deps import app_gateway
 from roost.tasks.worker import Worker
 from tests.chat.conftest import post_message
-from tests.support.openai_stub import Reply, StubServer
+from tests.support.openai_stub import Call, Reply, StubServer
 
 Headers = dict[str, str]
 User = tuple[uuid.UUID, Headers]
@@ -100,3 +100,51 @@ async def test_summary_tools_used_counts_every_row(
     summ = (await client.get(f"{API}/{sid}/summary", headers=headers)).json()
     assert summ["message_count"] == 250
     assert summ["tools_used"] == ["early_tool"], summ["tools_used"]
+
+
+async def test_duplicate_call_ids_in_one_message_are_not_sent_half_answered(
+    client: httpx.AsyncClient, sid: str, user: User,
+) -> None:
+    """An assistant message giving two calls one id is refused (422 naming tool_calls): one
+    result cannot answer both, and the provider was sent two calls with one id and one
+    result on every later answer (a 400 from providers that check)."""
+    _, h = user
+    r = await post_message(client, h, sid, role="assistant", content="", reply=False,
+                           tool_calls=[{"id": "a", "name": "x", "arguments": "{}"},
+                                       {"id": "a", "name": "y", "arguments": "{}"}])
+    assert r.status_code == 422 and r.json()["field"] == "tool_calls", r.text
+
+
+async def test_summary_tools_used_names_every_tool_called(
+    client: httpx.AsyncClient, sid: str, user: User, stub: StubServer, worker: Worker,
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch, database: Database,
+) -> None:
+    """tools_used names every tool called: both of an answer's two calls (search, fetch)
+    and the one of a stored OpenAI-SDK-style message (tool_calls, no tool_call_name); it
+    named only the answer's first call."""
+    monkeypatch.setattr(llm_jobs, "gateway_override", app_gateway(app))
+    _, h = user
+    stub.script(Reply(None, tool_calls=[Call("search", {"q": 1}, id="c1"),
+                                        Call("fetch", {"u": 2}, id="c2")]))
+    r = await post_message(client, h, sid, content="find")
+    assert r.status_code == 201, r.text
+    r = await post_message(client, h, sid, role="assistant", content="", reply=False,
+                           tool_calls=[{"id": "d1", "name": "weather"}])
+    assert r.status_code == 201, r.text
+    stub.script(Reply("A summary.\nTopics: a", times=None))
+    r = await client.post(f"{API}/{sid}/summary", headers=h)
+    assert r.status_code == 202, r.text
+    task_id = r.json()["task_id"]
+
+    async def finished() -> str:
+        while True:
+            async with database.transaction() as s:
+                st = str((await s.execute(text("SELECT status FROM background_tasks WHERE id=:i"),
+                                          {"i": task_id})).scalar_one())
+            if st in ("completed", "failed", "dead_letter", "cancelled"):
+                return st
+            await asyncio.sleep(0.1)
+
+    assert await asyncio.wait_for(finished(), 60) == "completed"
+    summ = (await client.get(f"{API}/{sid}/summary", headers=h)).json()
+    assert summ["tools_used"] == ["fetch", "search", "weather"], summ["tools_used"]

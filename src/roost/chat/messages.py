@@ -221,6 +221,14 @@ def _check_content(data: MessageCreate, limit: int) -> None:
     if data.tool_calls and data.role != "assistant":
         raise Unprocessable("only an assistant message carries tool_calls",
                             extra={"field": "tool_calls"})
+    given: set[str] = set()
+    for call in data.tool_calls or ():
+        if call.id in given:
+            # A result answers a call by its id: two calls sharing one cannot both be
+            # answered, and a provider refuses the pair (400) on every later reply.
+            raise Unprocessable(f"tool_calls gives the id {call.id[:100]!r} to more than one "
+                                "call: each call needs its own", extra={"field": "tool_calls"})
+        given.add(call.id)
     if "\x00" in data.content:
         raise Unprocessable("message content must not contain NUL characters",
                             extra={"field": "content"})
@@ -513,7 +521,13 @@ def complete_tool_exchanges(history: list[LLMMessage]) -> list[LLMMessage]:
         nonlocal calling_at
         if calling_at is not None:
             calling = out[calling_at]
-            kept = [c for c in calling.tool_calls or () if c.id in answered]
+            # One call per answered id (the first): a message stored before ids were
+            # checked may give two calls one id, which one result cannot answer.
+            kept, seen = [], set()
+            for call in calling.tool_calls or ():
+                if call.id in answered and call.id not in seen:
+                    kept.append(call)
+                    seen.add(call.id)
             if len(kept) != len(calling.tool_calls or ()):
                 if kept:
                     out[calling_at] = calling.model_copy(update={"tool_calls": kept})

@@ -4,6 +4,7 @@ annotated by the session's owner.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -12,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit import service as audit
-from roost.chat.keys import decrypt
+from roost.chat.keys import decrypt, decrypt_many
 from roost.chat.models import (
     ChatMessage,
     ChatSession,
@@ -132,6 +133,30 @@ def _parse_summary(text: str) -> tuple[str, list[str]]:
     return summary, topics[:SUMMARY_MAX_TOPICS]
 
 
+async def _tools_used(session: AsyncSession, cipher: MessageCipher,
+                      session_id: uuid.UUID) -> list[str]:
+    """Every tool named in the session: each row's ``tool_call_name`` and the names of the
+    calls in its encrypted ``tool_calls`` (an answer's column holds its first call's name
+    only, and a client's stored assistant message none: the others were left out)."""
+    names = {name for name in (await session.scalars(
+        select(ChatMessage.tool_call_name).distinct()
+        .where(ChatMessage.session_id == session_id,
+               ChatMessage.tool_call_name.is_not(None)))).all() if name}
+    stored = [token for token in (await session.scalars(
+        select(ChatMessage.tool_calls).where(ChatMessage.session_id == session_id,
+                                             ChatMessage.tool_calls.is_not(None)))).all()
+              if token is not None]
+    for start in range(0, len(stored), 500):
+        for text in decrypt_many(cipher, stored[start:start + 500]):
+            try:
+                calls_ = json.loads(text)
+            except ValueError:
+                continue
+            names.update(str(c["name"]) for c in calls_ if isinstance(c, dict)
+                         and isinstance(c.get("name"), str) and c["name"])
+    return sorted(names)
+
+
 async def summarize_session(
     gateway: LLMGateway, session_id: uuid.UUID, *, model: str | None = None
 ) -> ChatSessionSummary:
@@ -160,10 +185,7 @@ async def summarize_session(
             .where(ChatMessage.session_id == session_id)
         )).one()
         # Of every row, as the counts are (not only the last SUMMARY_MAX_MESSAGES read above).
-        tools = sorted(name for name in (await session.scalars(
-            select(ChatMessage.tool_call_name).distinct()
-            .where(ChatMessage.session_id == session_id,
-                   ChatMessage.tool_call_name.is_not(None)))).all() if name)
+        tools = await _tools_used(session, gateway.cipher, session_id)
         transcript = "\n".join(
             f"{r.role}: {decrypt(gateway.cipher, r.content)}" for r in rows
         )[-SUMMARY_MAX_CHARS:]
