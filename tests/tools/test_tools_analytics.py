@@ -154,30 +154,6 @@ async def test_statistics_per_tool_scoped_to_the_caller(
     assert gone["tool_id"] is None and gone["calls"] == 1
 
 
-async def test_a_deleted_tools_id_with_no_run_in_the_window_is_an_empty_list(
-    client: httpx.AsyncClient, database: Database
-) -> None:
-    """A deleted tool's runs keep its id, and only an id none of your runs carries is
-    checked as a tool: filtered by that id, a window without its runs is an empty list
-    (it was a 404 "does not exist" when the runs were older than the window); an id of
-    no run and no tool stays a 404."""
-    alice_id, alice = await make_user(database)
-    tool_id = await foreign_tool(database, alice_id)
-    await add_runs(database, alice_id, tool_id, "private_tool",
-                   [("success", 5, timedelta(days=3), None)])
-    async with database.transaction() as session:
-        await session.execute(text("DELETE FROM tools WHERE id = :id"), {"id": tool_id})
-    week = await client.get(LIST, params={"tool_id": str(tool_id), "window": "7d"},
-                            headers=alice)
-    assert week.status_code == 200, week.text
-    assert [i["calls"] for i in week.json()["items"]] == [1]
-    day = await client.get(LIST, params={"tool_id": str(tool_id)}, headers=alice)
-    assert day.status_code == 200, day.text
-    assert day.json()["items"] == []
-    unknown = await client.get(LIST, params={"tool_id": str(uuid.uuid4())}, headers=alice)
-    assert unknown.status_code == 404, unknown.text
-
-
 async def test_one_tool_detail(
     client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str]
 ) -> None:
