@@ -14,7 +14,7 @@ from roost.db.engine import Database
 from roost.knowledge.config import KnowledgeConfig
 from tests.knowledge.support import drain_jobs, upload
 from tests.support.identity import make_user
-from tests.support.sql import scalar
+from tests.support.sql import fetch, scalar
 
 API = "/api/v1/knowledge"
 Headers = dict[str, str]
@@ -33,6 +33,15 @@ async def _ingest(client: httpx.AsyncClient, headers: Headers, database: Databas
 async def _names(client: httpx.AsyncClient, headers: Headers) -> set[str]:
     listed = await client.get(f"{API}/documents", headers=headers, params={"limit": 100})
     return {d["name"] for d in listed.json()["items"]}
+
+
+async def _paths(database: Database) -> list[str]:
+    rows = await fetch(database, "SELECT path FROM documents ORDER BY path")
+    return [r.path for r in rows]
+
+
+def _raw(folder: Path, name: bytes) -> Path:
+    return Path(os.fsdecode(os.path.join(os.fsencode(folder), name)))
 
 
 async def test_a_pruning_run_deletes_the_documents_of_deleted_files_only(
@@ -115,3 +124,62 @@ async def test_prune_is_refused_for_a_url(
     answer = await kclient.post(f"{API}/ingestion-runs", headers=alice,
                                 json={"target": "https://example.com/", "prune": True})
     assert answer.status_code == 422 and answer.json()["field"] == "prune", answer.text
+
+
+async def test_hidden_folder_file_with_a_non_utf8_name_survives_a_prune(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig, ingest_root: Path,
+) -> None:
+    """A hidden folder ingested on its own holds a file whose (Latin-1) name is not UTF-8:
+    pruning the parent keeps its document (the file is there, the walk skips hidden
+    entries); it was deleted, its stored name, repaired to U+FFFD, naming no file."""
+    _, alice = await make_user(database)
+    top = ingest_root / "top"
+    archive = top / ".archive"
+    archive.mkdir(parents=True)
+    (top / "visible.txt").write_text("herons in the reeds")
+    _raw(archive, b"caf\xe9.txt").write_text("a note about cafe herons")
+    (archive / "plain.txt").write_text("a plain note about herons")
+    hidden = await _ingest(kclient, alice, database, kcfg, archive)
+    assert hidden["status"] == "success" and hidden["totals_files"] == 2, hidden
+    await _ingest(kclient, alice, database, kcfg, top, recursive=True)
+    before = await _paths(database)
+    assert len(before) == 3, before
+
+    run = await _ingest(kclient, alice, database, kcfg, top, recursive=True, prune=True)
+    assert run["status"] == "success", run
+    assert (run["totals_pruned"], await _paths(database)) == (0, before), run
+
+
+async def test_a_file_replaced_by_a_directory_loses_its_document(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig, ingest_root: Path,
+) -> None:
+    """A file deleted and a directory of its name made in its place: no file is there, so
+    a pruning run deletes its document (it was kept: the name existed)."""
+    _, alice = await make_user(database)
+    notes = ingest_root / "notes"
+    notes.mkdir()
+    (notes / "plan.txt").write_text("the old plan about herons")
+    await _ingest(kclient, alice, database, kcfg, notes, recursive=True)
+    (notes / "plan.txt").unlink()
+    (notes / "plan.txt").mkdir()
+    (notes / "plan.txt" / "part1.txt").write_text("the new plan, part one, herons")
+    run = await _ingest(kclient, alice, database, kcfg, notes, recursive=True, prune=True)
+    assert run["status"] == "success", run
+    assert await _paths(database) == [str(notes / "plan.txt" / "part1.txt")], run
+
+
+async def test_a_file_replaced_by_a_dangling_symlink_loses_its_document(
+    kclient: httpx.AsyncClient, database: Database, kcfg: KnowledgeConfig, ingest_root: Path,
+) -> None:
+    """A file deleted and a dangling symlink left under its name: no file to read, so a
+    pruning run deletes its document (it was kept: the link existed)."""
+    _, alice = await make_user(database)
+    notes = ingest_root / "notes"
+    notes.mkdir()
+    (notes / "gone.txt").write_text("herons that flew away")
+    (notes / "keep.txt").write_text("herons that stayed")
+    await _ingest(kclient, alice, database, kcfg, notes)
+    (notes / "gone.txt").unlink()
+    (notes / "gone.txt").symlink_to(notes / "nowhere.txt")
+    run = await _ingest(kclient, alice, database, kcfg, notes, prune=True)
+    assert await _paths(database) == [str(notes / "keep.txt")], run

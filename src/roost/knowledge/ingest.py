@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -400,7 +401,18 @@ async def _prune(database: Database, cfg: KnowledgeConfig, run: IngestionRun, ro
             return False
         if any(path.startswith(directory) for directory in skipped):
             return False
-        return not os.path.lexists(path)
+        if "\ufffd" in path:
+            # A name that is not UTF-8 is stored repaired (U+FFFD for its bytes), which
+            # names no file on disk: it cannot be proven gone, so it is kept.
+            return False
+        try:
+            found = os.stat(path)  # a link to a file is the file; a dangling one is gone
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        except OSError:  # there, but unreadable (permissions): not proven gone
+            return False
+        # A directory or a device in its place is no file: its document's text is no more.
+        return not stat.S_ISREG(found.st_mode)
 
     candidates = [(row.id, row.path) for row in rows if row.path_hash not in walked]
     flags = await asyncio.to_thread(lambda: [gone(path) for _, path in candidates])
