@@ -700,7 +700,8 @@ async def test_a_last_event_id_with_digits_that_are_not_ascii_starts_over(
     can send them) passed str.isdigit, then int() raised: a 500. Unreadable: the stream
     starts over, as for any other unreadable id; so do step numbers int() reads but the
     server never writes ("1_0.1" was step 10, "+2.1" and a no-break space before "2.1"
-    step 2: steps missed) and a phase other than 0 or 1."""
+    step 2: steps missed), a phase other than 0 or 1, and none ("2" and "2." read as
+    "2.0": step 1 and step 2's start were skipped)."""
     user_id, headers = user
     await add_provider(client, admin_headers, stub)
     agent = await make_agent(database, user_id, tool_permissions=["current_time"])
@@ -710,7 +711,8 @@ async def test_a_last_event_id_with_digits_that_are_not_ascii_starts_over(
     await wait_for_run(client, headers, run["id"])
     url = f"/api/v1/runs/{run['id']}/events"
     whole = await client.get(url, headers=headers)
-    for value in ["3.1.\xb2", "3.1.1-\xb2", "3.1.\xb9-\xb2", "1_0.1", "+2.1", "\xa02.1", "2.7"]:
+    for value in ["3.1.\xb2", "3.1.1-\xb2", "3.1.\xb9-\xb2", "1_0.1", "+2.1", "\xa02.1", "2.7",
+                  "2", "2."]:
         resp = await asyncio.wait_for(client.get(url, headers={
             **headers, "Last-Event-ID": value.encode("latin-1")}), 40)
         assert resp.status_code == 200, (value, resp.text)

@@ -199,7 +199,9 @@ def parse_last_event_id(value: str | None) -> Cursor:
     number = int(step) if len(step) <= 10 else _END_STEP  # (int() refuses 4,300 digits)
     if number >= _END_STEP:
         return Cursor(_END_STEP, 1)
-    if number <= 0:
+    if number <= 0 or not phase:
+        # A step without its phase ("2", "2.") is no id the server sent: it was read as
+        # "2.0", and a resumed stream skipped step 1 and step 2's start.
         return Cursor()
     cursor = Cursor(number, 1 if phase == "1" else 0)
     if not listed:
