@@ -509,3 +509,96 @@ async def test_backup_of_a_running_roost_is_one_consistent_snapshot(
             await conn.close()
     finally:
         await pg_server.drop_database(name)
+
+
+# --------------------------------------------------------------------------- another owner
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def owned(pg_server: PgTestServer) -> AsyncIterator[tuple[str, str, list[str]]]:
+    """A source database owned by a login role of its own, an empty target database and
+    that role's name (a list: a test may rename it)."""
+    src, dst = unique_db_name("owned_src"), unique_db_name("owned_dst")
+    role = [unique_db_name("owner")]
+    for name in (src, dst):
+        await pg_server.create_database(name)
+    admin = await pg_server.connect_admin()
+    try:
+        await admin.execute(f"CREATE ROLE {role[0]} LOGIN SUPERUSER PASSWORD 'pw'")
+        await admin.execute(f'ALTER DATABASE "{src}" OWNER TO {role[0]}')
+    finally:
+        await admin.close()
+    try:
+        yield src, dst, role
+    finally:
+        for name in (src, dst):
+            await pg_server.drop_database(name)
+        admin = await pg_server.connect_admin()
+        try:
+            await admin.execute(f"DROP OWNED BY {role[0]} CASCADE")
+            await admin.execute(f"DROP ROLE {role[0]}")
+        finally:
+            await admin.close()
+
+
+async def backup_migrated_by_owner(pg_server: PgTestServer, src: str, role: str,
+                                   revision: str, out: Path) -> None:
+    """Migrate ``src`` to ``revision`` as ``role`` and back it up (as ``role``)."""
+    url = pg_server.url_for(src).set(username=role, password="pw")
+    settings = settings_for(out.parent / "src", database_url=url.set(
+        drivername="postgresql").render_as_string(hide_password=False))
+    load_keys(settings)
+    db = create_database(settings, url=url)
+    try:
+        await upgrade(db.engine, revision)
+    finally:
+        await db.dispose()
+    await backup.create_backup(settings, out)
+
+
+async def test_a_backup_restores_on_a_server_without_the_role_that_migrated_it(
+    pg_server: PgTestServer, owned: tuple[str, str, list[str]], tmp_path: Path,
+) -> None:
+    """A backup of a database migrated by role A restores where no role A exists (a new
+    machine, a managed database with another user). Before, the default privileges of
+    migration 0200 were replayed FOR ROLE A and the whole restore failed."""
+    src, dst, role = owned
+    await backup_migrated_by_owner(pg_server, src, role[0], "heads", tmp_path / "b")
+    admin = await pg_server.connect_admin()
+    try:  # this server has no role of that name
+        await admin.execute(f"ALTER ROLE {role[0]} RENAME TO {role[0]}_gone")
+        role[0] += "_gone"
+    finally:
+        await admin.close()
+    await backup.restore_backup(
+        settings_for(tmp_path / "dst", database_url=pg_server.libpq_url(dst)), tmp_path / "b")
+    conn = await asyncpg.connect(pg_server.libpq_url(dst))
+    try:  # the default privileges are the restoring user's now
+        owners = await conn.fetch("SELECT DISTINCT defaclrole::regrole::text FROM pg_default_acl")
+        assert [r[0] for r in owners] == [await conn.fetchval("SELECT current_user")]
+    finally:
+        await conn.close()
+
+
+async def test_tables_a_later_migration_creates_after_a_restore_are_granted_to_roost_app(
+    pg_server: PgTestServer, owned: tuple[str, str, list[str]], tmp_path: Path,
+) -> None:
+    """A backup at 1130 of a database migrated by role A, restored by another user who
+    then migrates it to head: the table 1140 creates is usable by roost_app, as on a
+    database migrated from scratch. Before, the default grants stayed role A's, and
+    group_invitations had none (requests failed with permission denied)."""
+    src, dst, role = owned
+    await backup_migrated_by_owner(pg_server, src, role[0], "1130", tmp_path / "b")
+    settings = settings_for(tmp_path / "dst", database_url=pg_server.libpq_url(dst))
+    await backup.restore_backup(settings, tmp_path / "b")
+    db = create_database(settings, url=pg_server.url_for(dst))
+    try:
+        await upgrade(db.engine)
+    finally:
+        await db.dispose()
+    conn = await asyncpg.connect(pg_server.libpq_url(dst))
+    try:
+        assert await conn.fetchval(
+            "SELECT has_table_privilege('roost_app', 'group_invitations', 'SELECT')")
+    finally:
+        await conn.close()

@@ -26,9 +26,9 @@ decrypt), ``manifest.json`` holds a key check (a wrong passphrase is named as su
 Restore verifies everything (manifest, every file's checksum, decryption, the dump's
 table of contents, a writable data dir) before it writes anything, refuses a target that
 holds data unless ``force``, restores in one transaction (with ``force``, into a staging
-database), checks every table's row count and checksum against the manifest, then swaps
-the staging database in (the old one kept under another name) and writes the keys (the
-old ones copied aside).
+database), makes the dump's default privileges the restoring user's, checks every
+table's row count and checksum against the manifest, then swaps the staging database in
+(the old one kept under another name) and writes the keys (the old ones copied aside).
 """
 
 from __future__ import annotations
@@ -1240,6 +1240,49 @@ async def _check_archive(dump: Path) -> None:
                           + err.decode("utf-8", "replace").strip()[-300:])
 
 
+# A DEFAULT ACL entry of ``pg_restore --list``: "<id>; <catalog oid> <oid> DEFAULT ACL ...".
+_DEFAULT_ACL_ENTRY = re.compile(r"^\d+; \d+ \d+ DEFAULT ACL ")
+# What pg_dump writes for one: the role it applies to (the source's owner), then the rest.
+_FOR_ROLE = re.compile(r'^ALTER DEFAULT PRIVILEGES FOR ROLE (?:"(?:[^"]|"")+"|[^\s"]+) ')
+
+
+async def _pg_restore_output(*args: str) -> str:
+    """What pg_restore writes to stdout when it reads an archive without a database."""
+    proc = await asyncio.create_subprocess_exec(
+        str(pg_bin("pg_restore")), *args, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise BackupError("the database dump is unreadable: "
+                          + err.decode("utf-8", "replace").strip()[-300:])
+    return out.decode("utf-8", "replace")
+
+
+async def _split_default_acls(dump: Path, work: Path) -> tuple[Path, list[str]]:
+    """The dump's table of contents without its default privileges (a list file for
+    ``pg_restore --use-list``), and those as statements for the restoring role.
+
+    pg_dump writes them ``FOR ROLE`` the source's owner (who ran migration 0200): with
+    ``--no-owner`` everything restored belongs to the restoring user, who runs the later
+    migrations, so the grants they make to roost_app must be its own default privileges
+    (and the source's owner may not even exist here)."""
+    listing = (await _pg_restore_output("--list", str(dump))).splitlines(keepends=True)
+    kept = work / "restore.list"
+    kept.write_text("".join(line for line in listing if not _DEFAULT_ACL_ENTRY.match(line)))
+    acls = [line for line in listing if _DEFAULT_ACL_ENTRY.match(line)]
+    if not acls:
+        return kept, []
+    only = work / "default-acls.list"
+    only.write_text("".join(acls))
+    script = await _pg_restore_output(f"--use-list={only}", "--file=-", str(dump))
+    statements = [_FOR_ROLE.sub("ALTER DEFAULT PRIVILEGES ", line) for line in script.splitlines()
+                  if line.startswith("ALTER DEFAULT PRIVILEGES ")]
+    if not statements or any(_FOR_ROLE.match(s) or not s.endswith(";") for s in statements):
+        raise BackupError("the database dump's default privileges are not in the form "
+                          "pg_dump writes them")
+    return kept, statements
+
+
 async def _user_tables(conn: asyncpg.Connection) -> list[tuple[str, str]]:
     return await table_names(conn)
 
@@ -1327,17 +1370,26 @@ async def _restore_database(settings: Settings, verified: _Verified, target: Tar
             if "processing data for table" in line:
                 report.advance()
 
-        await _run_client(
-            [str(pg_bin("pg_restore")), "--verbose", "--no-owner", "--exit-on-error",
-             "--single-transaction", f"--dbname={dbname}", str(verified.dump)],
-            env, "pg_restore", on_line)
+        with tempfile.TemporaryDirectory(prefix="roost-restore-list-") as work:
+            listing, default_acls = await _split_default_acls(verified.dump, Path(work))
+            await _run_client(
+                [str(pg_bin("pg_restore")), "--verbose", "--no-owner", "--exit-on-error",
+                 "--single-transaction", f"--use-list={listing}", f"--dbname={dbname}",
+                 str(verified.dump)],
+                env, "pg_restore", on_line)
+        kept = ("the database that was there is gone (no staging database)"
+                if staging is None and has_tables else "nothing was replaced")
+        try:
+            await _apply_default_acls(into, default_acls)
+        except BackupError as exc:
+            if staging is None and not has_tables:
+                await _empty_target(target)  # it was empty: left as it was
+            raise BackupError(f"{exc}: {kept}") from None
         # The restored data is checked against the manifest, table by table.
         mismatches = await _compare(into, manifest, report)
         if mismatches:
             if staging is None and not has_tables:
                 await _empty_target(target)  # it was empty: left as it was
-            kept = ("the database that was there is gone (no staging database)"
-                    if staging is None and has_tables else "nothing was replaced")
             raise BackupError("the restored data does not match the manifest ("
                               + "; ".join(mismatches[:10]) + f"): {kept}")
     except BaseException:
@@ -1564,6 +1616,23 @@ async def _empty_target(target: Target) -> None:
             for schema in schemas:
                 await conn.execute(f"DROP SCHEMA {_ident(schema)} CASCADE")
             await conn.execute("CREATE SCHEMA public")
+    finally:
+        await conn.close()
+
+
+async def _apply_default_acls(target: Target, statements: list[str]) -> None:
+    """The backup's default privileges, as the restoring user's (``_split_default_acls``),
+    after everything else: as pg_restore does, so they do not change what it restored."""
+    if not statements:
+        return
+    conn = await _connect(target)
+    try:
+        async with conn.transaction():
+            for statement in statements:
+                await conn.execute(statement)
+    except asyncpg.PostgresError as exc:
+        raise BackupError(f"the backup's default privileges could not be given to this "
+                          f"user ({exc})") from None
     finally:
         await conn.close()
 
