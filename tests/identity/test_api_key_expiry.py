@@ -1,6 +1,6 @@
 """API keys and their expiry (docs/identity.md, "API keys"): keys that have expired do not
-count toward the cap of 100 active keys, and a key made with a key that expires expires
-no later than it."""
+count toward the cap of 100 active keys, a key made with a key that expires expires
+no later than it, and revoking a key revokes the keys made with it."""
 
 from __future__ import annotations
 
@@ -90,3 +90,50 @@ async def test_a_long_run_of_digits_as_a_timestamp_is_refused_at_once(
         "name": "slow", "expires_at": "1" * 60_000 + "x"}), 60)
     assert answer.status_code == 422, answer.text[:500]
     assert answer.json()["errors"][0]["loc"] == ["body", "expires_at"]
+
+
+async def test_revoking_a_key_revokes_every_key_made_with_it(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """Revoking a leaked key is the answer to the leak: the keys its holder minted with it
+    (and the keys those minted) stop working on the next request too, each revocation is
+    in the audit log, and the account's other keys keep working."""
+    user_id, helper = await make_user(database)
+
+    async def mint(headers: dict[str, str], name: str) -> tuple[str, dict[str, str]]:
+        made = await client.post(KEYS, headers=headers, json={"name": name})
+        assert made.status_code == 201, made.text
+        return made.json()["id"], {"Authorization": f"Bearer {made.json()['key']}"}
+
+    leaked_id, leaked = await mint(helper, "leaked")
+    child_id, child = await mint(leaked, "child")
+    grandchild_id, grandchild = await mint(child, "grandchild")
+    sibling_id, sibling = await mint(helper, "sibling")
+    listed = {k["id"]: k for k in (await client.get(KEYS, headers=helper)).json()}
+    assert listed[child_id]["parent_key_id"] == leaked_id
+    assert listed[grandchild_id]["parent_key_id"] == child_id
+
+    revoked = await client.delete(f"{KEYS}/{leaked_id}", headers=helper)
+    assert revoked.status_code == 204, revoked.text
+    for gone in (leaked, child, grandchild):
+        assert (await client.get(KEYS, headers=gone)).status_code == 401
+    for alive in (helper, sibling):
+        assert (await client.get(KEYS, headers=alive)).status_code == 200
+    listed = {k["id"]: k for k in (await client.get(
+        f"{KEYS}?include_revoked=true", headers=helper)).json()}
+    assert all(listed[k]["revoked_at"] for k in (leaked_id, child_id, grandchild_id))
+    assert listed[sibling_id]["revoked_at"] is None
+    async with database.transaction() as session:
+        audited = (await session.execute(text(
+            "SELECT resource_id::text, changes->>'made_with' FROM audit_logs "
+            "WHERE action = 'api_key.revoked' AND user_id = :u"), {"u": user_id})).all()
+    assert {row[0] for row in audited} == {leaked_id, child_id, grandchild_id}
+    assert sum(1 for row in audited if row[1] is not None) == 2
+
+    again = await client.delete(f"{KEYS}/{leaked_id}", headers=helper)
+    assert again.status_code == 204, again.text
+    async with database.transaction() as session:
+        count = await session.scalar(text(
+            "SELECT count(*) FROM audit_logs WHERE action = 'api_key.revoked' AND user_id = :u"),
+            {"u": user_id})
+    assert count == 3

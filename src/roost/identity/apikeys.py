@@ -82,6 +82,8 @@ async def create_api_key(
         # A key made with a key keeps that key's own limits: a holder of a key an
         # administrator throttled must not mint themself an unthrottled one.
         row.rate_limit_rpm, row.rate_limit_streams = parent.rate_limit_rpm, parent.rate_limit_streams
+        # ... and ends with it: revoking a leaked key must not leave what it minted working.
+        row.parent_key_id = principal.api_key_id
     session.add(row)
     await session.flush()
     await record(
@@ -128,18 +130,25 @@ async def purge_ended(session: AsyncSession) -> int:
 
 
 async def revoke_api_key(session: AsyncSession, principal: Principal, key_id: uuid.UUID) -> ApiKey:
-    """Revoke the key (idempotent: revoking it again changes and records nothing).  The
-    revocation is a conditional ``UPDATE``, so of several at once exactly one revokes and
-    records it; the others see it revoked."""
+    """Revoke the key and every key made with it, transitively (idempotent: revoking it
+    again changes and records nothing).  The revocation is a conditional ``UPDATE``, so of
+    several at once exactly one revokes and records each key; the others see it revoked."""
     row = await owned_row(session, principal, ApiKey, key_id, "API key")
-    revoked = await session.scalar(
-        update(ApiKey).where(ApiKey.id == row.id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=utcnow()).returning(ApiKey.revoked_at))
+    made_from = (
+        select(ApiKey.id.label("id")).where(ApiKey.id == row.id).cte("made_from", recursive=True))
+    made_from = made_from.union(
+        select(ApiKey.id).join(made_from, ApiKey.parent_key_id == made_from.c.id))
+    revoked = (await session.execute(
+        update(ApiKey).where(ApiKey.id.in_(select(made_from.c.id)), ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow()).returning(ApiKey.id, ApiKey.user_id, ApiKey.prefix)
+        .execution_options(synchronize_session=False))).all()
     await session.refresh(row)
-    if revoked is not None:
+    for key in sorted(revoked, key=lambda k: k.id != row.id):  # the key asked for first
+        changes = {"owner": str(key.user_id), "prefix": key.prefix}
+        if key.id != row.id:
+            changes["made_with"] = row.prefix  # revoked because the key it descends from was
         await record(
-            session, "api_key.revoked", user_id=principal.user_id or row.user_id,
-            resource_type="api_key", resource_id=row.id,
-            changes={"owner": str(row.user_id), "prefix": row.prefix},
+            session, "api_key.revoked", user_id=principal.user_id or key.user_id,
+            resource_type="api_key", resource_id=key.id, changes=changes,
         )
     return row

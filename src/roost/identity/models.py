@@ -209,11 +209,17 @@ class ApiKey(UUIDPrimaryKey, CreatedAt, Base):
     # An override of the key's own (NULL: none, its user's limits apply; 0 = unlimited).
     rate_limit_rpm: Mapped[int | None] = mapped_column(Integer)
     rate_limit_streams: Mapped[int | None] = mapped_column(Integer)
+    # The key whose request made this one (NULL: made at sign-in, by the CLI, or before
+    # migration 1420): revoking a key revokes what it made, transitively.
+    parent_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"))
 
     __table_args__ = (
         CheckConstraint(_RATE_LIMITS_CHECK, name="rate_limits"),
         UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
         Index("ix_api_keys_user_id", "user_id"),
+        Index("ix_api_keys_parent_key_id", "parent_key_id",
+              postgresql_where=text("parent_key_id IS NOT NULL")),
     )
 
 

@@ -285,6 +285,9 @@ class ApiKeyOut(BaseModel):
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    parent_key_id: uuid.UUID | None = Field(
+        description="the key whose request made this one (revoking that key revokes this "
+                    "one); null for a key made at sign-in, by the CLI or an administrator")
 
 
 class ApiKeyCreatedOut(ApiKeyOut):
