@@ -147,11 +147,15 @@ async def test_a_transcript_keeps_the_tool_calls_its_tool_answers_follow(
     user: tuple[uuid.UUID, Headers], database: Database, test_settings: Settings,
 ) -> None:
     """A client's tool loop sends the assistant's call (content null) then the tool's
-    answer: the run's input names the call before its answer (it was left out)."""
+    answer: the run's input names the call before its answer (it was left out).  The
+    client's system and developer messages are not in it: the agent keeps its own prompt
+    (a developer message was written into the transcript as if said in the exchange)."""
     await add_provider(client, admin_headers, stub)
     await make_agent(database, user[0], slug="mine")
     stub.script(Reply("done"))
     messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "developer", "content": "answer in French"},
         {"role": "user", "content": "what time is it?"},
         {"role": "assistant", "content": None, "tool_calls": [{
             "id": "c1", "type": "function",

@@ -187,8 +187,10 @@ async def run_events(
 def _run_input(messages: list[ChatMessage]) -> str:
     """The run's input: the last user message alone, or the conversation as a transcript
     when the client sends earlier turns (an agent run takes one text; an assistant turn's
-    tool calls are written as such, so a tool's answer follows the call it answers)."""
-    turns = [m for m in messages if m.role != "system"]
+    tool calls are written as such, so a tool's answer follows the call it answers).  The
+    client's instructions (system and developer messages) are not part of it: the agent
+    answers with its own system prompt, as it does everywhere else."""
+    turns = [m for m in messages if m.role not in ("system", "developer")]
     if len(turns) == 1:
         return turns[0].text()
     lines = []
