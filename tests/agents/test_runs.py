@@ -505,6 +505,49 @@ async def test_events_carry_the_model_text_as_it_streams(
     assert kinds.index("delta") > kinds.index("step") and kinds[-1] == "end"
 
 
+async def test_the_model_text_sent_with_its_step_s_start_reaches_the_stream(
+    app: Any, client: httpx.AsyncClient, database: Database,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A step's start and its first text can reach a stream in one wake-up (an instant
+    model): that text is sent after the step's start, not dropped because the stream had
+    not read the step yet."""
+    user_id, headers = user
+    agent = await make_agent(database, user_id)
+    async with app.router.lifespan_context(app):
+        for _ in range(100):
+            if app.state.run_listener.listening:
+                break
+            await asyncio.sleep(0.05)
+        run = await start(client, headers, agent.id)
+        streaming = asyncio.ensure_future(client.get(
+            f"/api/v1/runs/{run['id']}/events", headers=headers, timeout=30))
+        await asyncio.sleep(0.5)  # the stream has read the run (no step) and waits
+        notify = "SELECT pg_notify('roost_runs', :payload)"
+        async with database.transaction() as s:  # both notifications arrive at commit
+            await s.execute(text(
+                "INSERT INTO run_steps (id, run_id, user_id, step_number, step_type, status, "
+                "started_at) VALUES (gen_random_uuid(), :r, :u, 1, 'llm_call', 'running', "
+                "now())"), {"r": run["id"], "u": user_id})
+            await s.execute(text(notify), {"payload": f"{run['id']}:step:1:running"})
+            await s.execute(text(notify), {"payload": f"{run['id']}:delta:1:Hello"})
+        await asyncio.sleep(0.5)
+        async with database.transaction() as s:
+            await s.execute(text("UPDATE run_steps SET status = 'completed', "
+                                 "finished_at = now(), output = '{}' WHERE run_id = :r"),
+                            {"r": run["id"]})
+            await s.execute(text("UPDATE runs SET status = 'completed', output = 'Hello', "
+                                 "completed_at = now(), stop_reason = 'final' WHERE id = :r"),
+                            {"r": run["id"]})
+            await s.execute(text(notify), {"payload": f"{run['id']}:end:completed"})
+        streamed = await asyncio.wait_for(streaming, 30)
+    named = [(name, data) for name, data in sse_events(streamed.text)]
+    kinds = [name for name, _ in named]
+    assert [data for name, data in named if name == "delta"] == [
+        {"step_number": 1, "text": "Hello"}], streamed.text
+    assert kinds.index("step") < kinds.index("delta") < kinds.index("end"), kinds
+
+
 async def test_a_run_queued_before_its_user_was_suspended_does_not_start(
     app: Any, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
     database: Database, user: tuple[uuid.UUID, Headers], test_settings: Any,

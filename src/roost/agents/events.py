@@ -281,6 +281,17 @@ def keepalive() -> str:
     return ": keep-alive\n\n"
 
 
+def sendable_deltas(pending: list[tuple[int, str]], cursor: Cursor,
+                    ) -> tuple[list[str], list[tuple[int, str]]]:
+    """The model's text received so far, as frames for the steps ``cursor`` has announced
+    and not finished, and what to keep: the text of steps this stream has not announced
+    yet (a step's start and its first text can arrive in one wake-up, before the stream
+    reads the step; that text was dropped).  Text of finished steps goes: the finished
+    step's frame holds all of it."""
+    frames = [delta_frame(step, text) for step, text in pending if cursor.is_running(step)]
+    return frames, [(step, text) for step, text in pending if step > cursor.step]
+
+
 def delta_frame(step: int, text: str) -> str:
     """The model's text as it streams: no id (not resumable; the step has it all)."""
     return f"event: delta\ndata: {json.dumps({'step_number': step, 'text': text})}\n\n"

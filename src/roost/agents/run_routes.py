@@ -148,6 +148,7 @@ async def run_events(
 
     async def frames() -> AsyncIterator[str]:
         nonlocal cursor
+        pending: list[tuple[int, str]] = []  # the model's text not sent yet
         async with listener.subscribe(run_id) as subscription:
             while True:
                 try:
@@ -165,16 +166,19 @@ async def run_events(
                     yield events.gone_frame(exc.detail)
                     return
                 batch, cursor = events.step_frames(steps, cursor)
-                for frame in batch:
+                deltas, pending = events.sendable_deltas(
+                    pending + subscription.take_deltas(), cursor)
+                for frame in batch + deltas:
                     yield frame
                 end = events.end_frame(run)
                 if end is not None:
                     yield end
                     return
                 woken = await subscription.wait()
-                for step, text in subscription.take_deltas():
-                    if cursor.is_running(step):  # announced, not finished
-                        yield events.delta_frame(step, text)
+                deltas, pending = events.sendable_deltas(
+                    pending + subscription.take_deltas(), cursor)
+                for frame in deltas:
+                    yield frame
                 if not woken:
                     yield events.keepalive()
 
