@@ -20,9 +20,11 @@ from roost.app import create_app
 from roost.config import Settings
 from roost.db.engine import Database, create_database
 from roost.errors import TooManyRequests
+from roost.http.auth import CSRF_COOKIE
+from roost.identity import resolver
 from roost.identity.apikeys import create_api_key
 from roost.identity.common import principal_for
-from roost.identity.models import ApiKey, User
+from roost.identity.models import ApiKey, Session, User
 from roost.identity.ratelimits import Limiter, RequestLimits
 from roost.identity.sessions import cleanup_expired
 from roost.keyfiles import KeyMaterial
@@ -259,6 +261,34 @@ async def test_a_user_over_the_limit_can_still_find_and_revoke_a_leaked_key(
     assert revoked.status_code == 204, revoked.text
     assert (await client.get("/api/v1/users/me", headers=leaked)).status_code == 401
     assert (await client.get("/api/v1/users/me", headers=own)).status_code == 429  # still over
+
+
+async def test_a_user_over_the_limit_can_still_see_and_end_their_sessions_and_sign_out(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """A leaked cookie or key spending its user's whole minute must not keep the user
+    signed in: listing their sessions and devices, and the console's Sign out (the
+    console answered 429 and the session stayed live) are never refused for the rate, and
+    every route exempted exists."""
+    user_id, headers = await make_user(database)
+    cookies = await session_cookies(database, test_keys, user_id)
+    assert await _statuses(client, headers, 4) == [200, 200, 200, 429]
+    for path in ("/api/v1/auth/sessions", f"/api/v1/users/{user_id}/sessions",
+                 f"/api/v1/users/{user_id}/devices"):
+        listed = await client.get(path, headers=headers)
+        assert listed.status_code == 200, (path, listed.text)
+    out = await client.post("/console/logout", cookies=cookies,
+                            headers={"X-CSRF-Token": cookies[CSRF_COOKIE]})
+    assert out.status_code == 303, (out.status_code, out.text[:200])
+    async with database.transaction() as session:
+        ended = (await session.scalars(select(Session).where(Session.user_id == user_id))).all()
+    assert ended and all(row.revoked_at is not None for row in ended)
+    assert (await client.get(COUNTED, headers=headers)).status_code == 429  # still over
+    documented = limited_app.openapi()["paths"]  # the console's sign-out is tried above
+    missing = {(method, path) for method, path in resolver._REVOCATIONS
+               if not path.startswith("/console/")
+               and method.lower() not in documented.get(path, {})}
+    assert not missing, missing
 
 
 async def test_a_console_page_over_the_limit_is_an_html_page(

@@ -165,8 +165,11 @@ async def _authenticate(
 # unlimited 401s any guessed credential gets).
 _REVOCATIONS: Final = frozenset({
     ("GET", "/api/v1/api-keys"), ("DELETE", "/api/v1/api-keys/{key_id}"),
-    ("DELETE", "/api/v1/auth/sessions/{session_id}"), ("POST", "/api/v1/auth/logout"),
-    ("POST", "/api/v1/auth/logout-all"),
+    ("GET", "/api/v1/auth/sessions"), ("DELETE", "/api/v1/auth/sessions/{session_id}"),
+    ("POST", "/api/v1/auth/logout"), ("POST", "/api/v1/auth/logout-all"),
+    ("GET", "/api/v1/users/{user}/sessions"), ("POST", "/api/v1/users/{user}/sessions/revoke"),
+    ("GET", "/api/v1/users/{user}/devices"), ("DELETE", "/api/v1/users/{user}/devices/{device_id}"),
+    ("POST", "/console/logout"),  # the console's Sign out, as the API's logout
 })
 
 
