@@ -316,8 +316,9 @@ async def test_a_key_made_with_a_throttled_key_keeps_its_limits(
     limited_app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: Headers,
 ) -> None:
     """The holder of a key an administrator limited to 2 a minute makes a new key with it:
-    the new key has the same limits (not none of its own); a key made at sign-in (a
-    session) or by an administrator starts without limits of its own."""
+    the new key has the same limits (not none of its own) and spends the same minute (the
+    making was the first request of it); a key made at sign-in (a session) or by an
+    administrator starts without limits of its own."""
     user_id, key_a = await make_user(database)
     async with database.transaction() as session:
         key_a_id = await session.scalar(select(ApiKey.id).where(
@@ -335,7 +336,7 @@ async def test_a_key_made_with_a_throttled_key_keeps_its_limits(
                                         .where(ApiKey.id == uuid.UUID(made.json()["id"])))).one()
     assert tuple(limits) == (2, 1)
     minted = {"Authorization": f"Bearer {made.json()['key']}"}
-    assert await _statuses(client, minted, 3) == [200, 200, 429]
+    assert await _statuses(client, minted, 2) == [200, 429]
     by_admin = await client.post(f"{LIST_KEYS}?user_id={user_id}", headers=admin_headers,
                                  json={"name": "fresh"})
     assert by_admin.status_code == 201, by_admin.text
@@ -343,6 +344,40 @@ async def test_a_key_made_with_a_throttled_key_keeps_its_limits(
         fresh = (await session.execute(select(ApiKey.rate_limit_rpm).where(
             ApiKey.id == uuid.UUID(by_admin.json()["id"])))).scalar_one()
     assert fresh is None
+
+
+async def test_keys_made_with_one_another_share_its_minute_and_its_later_limits(
+    limited_app: FastAPI, client: httpx.AsyncClient, database: Database, admin_headers: Headers,
+) -> None:
+    """Minting is no way around a key's limit: the keys made with a key (and with those)
+    spend one minute between them (each minted key counted a fresh one), and an
+    administrator who throttles a key after it made others throttles them too."""
+    user_id, key_a = await make_user(database)
+    async with database.transaction() as session:
+        key_a_id = await session.scalar(select(ApiKey.id).where(
+            ApiKey.user_id == user_id, ApiKey.name == "test helper"))
+    roomy = await client.put(f"/api/v1/admin/limits/users/{user_id}", headers=admin_headers,
+                             json={"requests_per_minute": 100})
+    assert roomy.status_code == 200, roomy.text
+    made = await client.post(LIST_KEYS, headers=key_a, json={"name": "child"})
+    assert made.status_code == 201, made.text
+    child = {"Authorization": f"Bearer {made.json()['key']}"}
+    made = await client.post(LIST_KEYS, headers=child, json={"name": "grandchild"})
+    assert made.status_code == 201, made.text
+    grandchild = {"Authorization": f"Bearer {made.json()['key']}"}
+    put = await client.put(f"/api/v1/admin/limits/api-keys/{key_a_id}", headers=admin_headers,
+                           json={"requests_per_minute": 2})
+    assert put.status_code == 200, put.text
+    assert put.json()["requests_per_minute"] == 2
+    assert await _statuses(client, key_a, 1) == [200]
+    assert await _statuses(client, child, 1) == [200]
+    for holder in (key_a, child, grandchild):  # the family's minute is spent
+        assert await _statuses(client, holder, 1) == [429]
+    async with database.transaction() as session:
+        audited = await session.scalar(text(
+            "SELECT changes->>'keys_made_with_it' FROM audit_logs "
+            "WHERE action = 'rate_limit.updated' AND resource_id = :k"), {"k": str(key_a_id)})
+    assert audited == "2"
 
 
 async def test_two_app_instances_share_the_count(

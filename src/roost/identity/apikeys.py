@@ -57,7 +57,8 @@ async def create_api_key(
     parent = None
     if principal.api_key_id is not None and owner == principal.user_id:
         parent = (await session.execute(
-            select(ApiKey.rate_limit_rpm, ApiKey.rate_limit_streams, ApiKey.expires_at)
+            select(ApiKey.rate_limit_rpm, ApiKey.rate_limit_streams, ApiKey.expires_at,
+                   ApiKey.root_key_id)
             .where(ApiKey.id == principal.api_key_id))).one_or_none()
     if parent is not None and parent.expires_at is not None:
         # A key made with a key that expires expires no later: a leaked short-lived key
@@ -84,6 +85,7 @@ async def create_api_key(
         row.rate_limit_rpm, row.rate_limit_streams = parent.rate_limit_rpm, parent.rate_limit_streams
         # ... and ends with it: revoking a leaked key must not leave what it minted working.
         row.parent_key_id = principal.api_key_id
+        row.root_key_id = parent.root_key_id or principal.api_key_id  # one family's counters
     session.add(row)
     await session.flush()
     await record(

@@ -213,6 +213,10 @@ class ApiKey(UUIDPrimaryKey, CreatedAt, Base):
     # migration 1420): revoking a key revokes what it made, transitively.
     parent_key_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("api_keys.id", ondelete="SET NULL"))
+    # The first key of its family (NULL: this one): the family's requests and streams
+    # count against the root's rate-limit counters, so minting spends no fresh minute.
+    root_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"))
 
     __table_args__ = (
         CheckConstraint(_RATE_LIMITS_CHECK, name="rate_limits"),

@@ -38,7 +38,7 @@ from datetime import timedelta
 from typing import Any, Final, Literal
 
 import structlog
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
@@ -78,11 +78,15 @@ class RequestLimits:
     def build(
         cls, principal: Principal, settings: Settings, *, user_rpm: int | None,
         user_streams: int | None, key_rpm: int | None, key_streams: int | None,
+        key_family: uuid.UUID | None = None,
     ) -> RequestLimits | None:
         """``None`` when nothing limits this principal (the usual case: no cost).
 
         The settings' defaults apply to each user (all their credentials together); an
-        API key is limited only by an override of its own, within its user's limits."""
+        API key is limited only by an override of its own, within its user's limits,
+        counted on its family's counters (``key_family``, the first key of the keys made
+        with one another: a key minted with a throttled key spends that key's minute, not
+        a fresh one)."""
         requests: list[tuple[str, int]] = []
         streams: list[tuple[str, int]] = []
         subjects: list[tuple[str, int, int]] = []
@@ -91,7 +95,8 @@ class RequestLimits:
                              effective(user_rpm, settings.rate_limit_requests_per_minute),
                              effective(user_streams, settings.rate_limit_streams)))
         if principal.api_key_id is not None:
-            subjects.append((f"k:{principal.api_key_id}", key_rpm or 0, key_streams or 0))
+            subjects.append((f"k:{key_family or principal.api_key_id}", key_rpm or 0,
+                             key_streams or 0))
         for subject, rpm, count in subjects:
             if rpm > 0:
                 requests.append((subject, rpm))
@@ -391,9 +396,24 @@ async def set_limits(
     if before != after:
         row.rate_limit_rpm, row.rate_limit_streams = requests_per_minute, streams
         await session.flush()
+        changes: dict[str, object] = {"before": before, "after": after}
+        if isinstance(row, ApiKey):  # the keys made with it keep its limits (as at minting)
+            changes["keys_made_with_it"] = await _set_descendants(session, row)
         await record(
             session, "rate_limit.updated", user_id=principal.user_id,
-            resource_type=kind, resource_id=row.id,
-            changes={"before": before, "after": after},
+            resource_type=kind, resource_id=row.id, changes=changes,
         )
     return _override(row, settings)
+
+
+async def _set_descendants(session: AsyncSession, key: ApiKey) -> int:
+    """Give the keys made with ``key`` (transitively) its limits; how many there are.  A
+    key minted before an administrator throttled its parent is throttled with it."""
+    made = select(ApiKey.id.label("id")).where(ApiKey.parent_key_id == key.id) \
+        .cte("made", recursive=True)
+    made = made.union(select(ApiKey.id).join(made, ApiKey.parent_key_id == made.c.id))
+    changed = await session.execute(
+        update(ApiKey).where(ApiKey.id.in_(select(made.c.id)))
+        .values(rate_limit_rpm=key.rate_limit_rpm, rate_limit_streams=key.rate_limit_streams)
+        .execution_options(synchronize_session=False))
+    return int(changed.rowcount)  # type: ignore[attr-defined]

@@ -81,8 +81,9 @@ def _principal_sql(kind: str, setting_names: tuple[str, ...]) -> str:
     read before the settings, so it runs (as the connecting role) before the role switch."""
     table, where, taken = _CREDENTIALS[kind]
     # The rate-limit overrides ride along (roost.identity.ratelimits): free when unused.
-    key_limits = ("c.rate_limit_rpm AS key_rpm, c.rate_limit_streams AS key_streams"
-                  if table == "api_keys" else "NULL::int AS key_rpm, NULL::int AS key_streams")
+    key_limits = ("c.rate_limit_rpm AS key_rpm, c.rate_limit_streams AS key_streams, "
+                  "coalesce(c.root_key_id, c.id) AS key_family" if table == "api_keys"
+                  else "NULL::int AS key_rpm, NULL::int AS key_streams, NULL::uuid AS key_family")
     sets = ", ".join(
         f"set_config(${taken + 2 * i + 1}, ${taken + 2 * i + 2}, true)"
         for i in range(len(setting_names))
@@ -112,7 +113,7 @@ WITH hit AS (
   SELECT hit.*, array_to_string(hit.groups, ',') AS group_text FROM hit
 )
 SELECT hit.user_id, hit.is_admin, hit.credential_id, hit.groups,
-       hit.user_rpm, hit.user_streams, hit.key_rpm, hit.key_streams,
+       hit.user_rpm, hit.user_streams, hit.key_rpm, hit.key_streams, hit.key_family,
        (SELECT count(*) FROM touched) AS touched, {scope}{", " + sets if sets else ""}
 FROM scoped hit"""  # noqa: S608 (table and conditions are constants; values are parameters)
 
@@ -126,6 +127,9 @@ class _Resolved:
     user_streams: int | None
     key_rpm: int | None
     key_streams: int | None
+    # The key whose counters the key's limits count against (its family's first key; a
+    # key's root never changes, so the confirmation need not check it).
+    key_family: uuid.UUID | None = None
 
 
 # Credentials this process has resolved, by (kind, credential...): what the database is
@@ -186,7 +190,7 @@ async def _take_request_limits(request: Request, resolved: _Resolved) -> None:
     limits = RequestLimits.build(
         resolved.principal, get_settings_dep(request), user_rpm=resolved.user_rpm,
         user_streams=resolved.user_streams, key_rpm=resolved.key_rpm,
-        key_streams=resolved.key_streams)
+        key_streams=resolved.key_streams, key_family=resolved.key_family)
     if limits is not None and getattr(request.state, "rate_limits", None) is None:
         await app_limiter(request.app).take_request(limits)
         request.state.rate_limits = limits
@@ -214,7 +218,7 @@ async def _look_up(
     )
     note_settings(session, {**scope_settings(principal, app_role=app_role), **extra})
     return _Resolved(principal, row["user_rpm"], row["user_streams"], row["key_rpm"],
-                     row["key_streams"])
+                     row["key_streams"], row["key_family"])
 
 
 async def _confirm(
