@@ -111,6 +111,29 @@ def pdf_with_a_heavy_page(first_page: str, inflated_mb: int) -> bytes:
                      + b"\nendstream"])
 
 
+def pdf_drawing_a_form(first_page: str, form_kb: int, draws: int) -> bytes:
+    """A two-page PDF: ``first_page``'s text, then a page whose own content only draws a
+    Form XObject ``draws`` times (``/Fm0 Do``), the form's compressed stream (a few KB)
+    inflating to ``form_kb`` KB of text operators."""
+    line = b"BT /F1 12 Tf 72 720 Td (" + b"A" * 200 + b") Tj ET\n"
+    heavy = zlib.compress(line * max(1, form_kb * 1024 // len(line)), 9)
+    light = f"BT /F1 12 Tf 72 720 Td ({first_page}) Tj ET".encode("latin-1")
+    draw = b" ".join([b"/Fm0 Do"] * draws)
+    page = (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            b"/Resources << /Font << /F1 3 0 R >> /XObject << /Fm0 8 0 R >> >> "
+            b"/Contents %d 0 R >>")
+    form = (b"<< /Type /XObject /Subtype /Form /BBox [0 0 612 792] "
+            b"/Resources << /Font << /F1 3 0 R >> >> /Length %d /Filter /FlateDecode >>\n"
+            b"stream\n" % len(heavy) + heavy + b"\nendstream")
+    return pdf_file([b"<< /Type /Catalog /Pages 2 0 R >>",
+                     b"<< /Type /Pages /Kids [4 0 R 5 0 R] /Count 2 >>",
+                     b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+                     page % 6, page % 7,
+                     b"<< /Length %d >>\nstream\n" % len(light) + light + b"\nendstream",
+                     b"<< /Length %d >>\nstream\n" % len(draw) + draw + b"\nendstream",
+                     form])
+
+
 # --------------------------------------------------------------------------- loopback server
 
 HTML_PAGE = (

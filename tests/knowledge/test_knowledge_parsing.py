@@ -25,6 +25,7 @@ from roost.knowledge.parsing import (
 from tests.knowledge.helpers import (
     make_pdf,
     pages_sharing_one_stream,
+    pdf_drawing_a_form,
     pdf_with_a_heavy_page,
     surrogate_pdf,
 )
@@ -492,6 +493,26 @@ def test_a_pdf_page_whose_content_inflates_past_the_cap_is_left_out_with_a_warni
     assert [s.page for s in doc.sections] == [1], doc.sections
     assert "Readable first page" in doc.sections[0].text
     assert any(w.startswith("page 2: its content is 4.0 MB") for w in doc.warnings), doc.warnings
+
+
+@pytest.mark.parametrize(("form_kb", "draws", "megabytes"), [(3072, 1, "3.0"), (200, 15, "2.9")],
+                         ids=["one-big-form", "a-form-drawn-often"])
+def test_a_pdf_page_whose_forms_inflate_past_the_cap_is_left_out(
+    form_kb: int, draws: int, megabytes: str,
+) -> None:
+    """The same cap holds for the text a page draws from Form XObjects (``/Fm0 Do``): a
+    page of 7 bytes drawing a form of 3 MB, or a 200 KB form drawn 15 times (pypdf reads
+    it each time), was read in full, past the cap and any time limit.  Left out with a
+    warning; a page drawing a small form once is read."""
+    data = pdf_drawing_a_form("Readable first page", form_kb=form_kb, draws=draws)
+    assert len(data) < 64 * 1024
+    doc = parse_document(data, filename="forms.pdf", time_limit_s=600)
+    assert [s.page for s in doc.sections] == [1], [(s.page, len(s.text)) for s in doc.sections]
+    assert any(w.startswith(f"page 2: its content is {megabytes} MB") for w in doc.warnings), \
+        doc.warnings
+    small = parse_document(pdf_drawing_a_form("First", form_kb=4, draws=2), filename="s.pdf",
+                           time_limit_s=600)
+    assert [s.page for s in small.sections] == [1, 2] and "AAAA" in small.sections[1].text
 
 
 def test_a_pdf_whose_text_takes_too_long_is_refused_between_pages() -> None:

@@ -913,15 +913,57 @@ MAX_PDF_PAGE_CONTENT_BYTES: Final = 2 * 1024 * 1024
 
 
 def _pdf_page_content_problem(page: Any) -> str | None:
-    """Why the page's text is not read (its content streams inflate past
-    :data:`MAX_PDF_PAGE_CONTENT_BYTES`), or None."""
+    """Why the page's text is not read (its content streams, and the forms they draw,
+    inflate past :data:`MAX_PDF_PAGE_CONTENT_BYTES`), or None."""
     contents = page.get_contents()
-    size = len(contents.get_data()) if contents is not None else 0
+    data = contents.get_data() if contents is not None else b""
+    size = len(data) + _pdf_forms_read(data, page.get("/Resources"), {}, frozenset())
     if size <= MAX_PDF_PAGE_CONTENT_BYTES:
         return None
     return (f"its content is {size / 1048576:.1f} MB once inflated, more than the "
             f"{MAX_PDF_PAGE_CONTENT_BYTES // 1048576} MB whose text Roost reads on one page; "
             "its text is left out")
+
+
+# `/Name Do` draws an XObject; a name's delimiters end it (PDF 32000-1, 7.3.5).
+_PDF_DRAW = re.compile(rb"/([^\s/\[\]()<>{}%]+)\s*Do(?![^\s/\[\]()<>{}%])")
+
+
+def _pdf_forms_read(stream: bytes, resources: Any, sizes: dict[int, int],
+                    drawing: frozenset[int]) -> int:
+    """The bytes pypdf's text extraction reads for the Form XObjects ``stream`` draws:
+    each form's inflated content (and what it draws in turn) as many times as it is
+    drawn, for it reads a form again each time.  A 7-byte page content drawing one form
+    of 3 MB was read in full past the page cap.  Each form is inflated once (``sizes``);
+    a form that draws itself is not followed again (``drawing``); the sum stops growing
+    past the cap (the page is left out anyway)."""
+    try:
+        xobjects = resources.get_object().get("/XObject") if resources is not None else None
+        xobjects = xobjects.get_object() if xobjects is not None else None
+    except Exception:
+        return 0
+    if not xobjects:
+        return 0
+    total = 0
+    for name, times in Counter(_PDF_DRAW.findall(stream)).items():
+        try:
+            ref = xobjects.get("/" + name.decode("latin-1"))
+            form = ref.get_object() if ref is not None else None
+            if form is None or form.get("/Subtype") != "/Form":
+                continue
+            key = ref.idnum if hasattr(ref, "idnum") else id(form)
+            if key in drawing:
+                continue
+            if key not in sizes:
+                inner = form.get_data()
+                sizes[key] = len(inner) + _pdf_forms_read(
+                    inner, form.get("/Resources") or resources, sizes, drawing | {key})
+        except Exception:  # noqa: S112 - a broken form: extraction reports it, if it reads it
+            continue
+        total += times * sizes[key]
+        if total > MAX_PDF_PAGE_CONTENT_BYTES:
+            break
+    return total
 
 
 def _parse_pdf(data: bytes, filename: str | None, time_limit_s: float) -> ParsedDocument:
