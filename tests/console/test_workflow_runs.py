@@ -226,6 +226,46 @@ async def test_a_failed_run_shows_its_error_and_resumes_and_the_runs_page(
     await assert_accessible(page)
 
 
+async def test_the_comment_typed_under_an_approval_is_sent_with_its_decision(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """Two approvals wait, "x.y" and "x_y": the comment typed in the second one's form is
+    the one sent with its decision (both textareas had the element id comment-x_y, so the
+    first one's empty comment was sent)."""
+    from playwright.async_api import expect
+
+    uid, h = await make_user(database)
+    graph = {"nodes": [node("s", "start"), node("p", "parallel"),
+                       node("x.y", "approval", message="first?"),
+                       node("x_y", "approval", message="second?"),
+                       node("e1", "end", output="1"), node("e2", "end", output="2")],
+             "edges": [edge("1", "s", "p"), edge("2", "p", "x.y"), edge("3", "p", "x_y"),
+                       edge("4", "x.y", "e1", "approved"), edge("5", "x_y", "e2", "approved")]}
+    created = await client.post(API, headers=h, json={"name": "Two", **graph})
+    assert created.status_code == 201, created.text
+    workflow_id = created.json()["id"]
+    assert (await client.post(f"{API}/{workflow_id}/publish", headers=h)).status_code == 201
+    started = await client.post(f"{API}/{workflow_id}/runs", headers=h, json={})
+    assert started.status_code == 202, started.text
+    run = started.json()
+    assert sorted(run["waiting_for"]) == ["x.y", "x_y"], run
+    await sign_in_as(page.context, console, database, test_keys, uid)
+    await page.goto(f"/console/workflow-runs/{run['id']}")
+    forms = page.locator("#approval-list .approval")
+    await expect(forms).to_have_count(2)
+    second = forms.nth(1)
+    second_id = await second.get_attribute("data-node-id")
+    assert second_id is not None
+    await second.get_by_label(f"Comment (optional) for {second_id}").fill("my reason")
+    await second.get_by_role("button", name=f"Reject {second_id}").click()
+    await expect(forms).to_have_count(1)
+    final = (await client.get(f"/api/v1/workflow-runs/{run['id']}", headers=h)).json()
+    step = next(s for s in final["steps"] if s["node_id"] == second_id)
+    assert (step["status"], step["output"]["comment"]) == ("completed", "my reason"), step
+    await assert_accessible(page)
+
+
 async def test_another_users_workflow_run_is_not_found(
     page: Any, console: str, client: httpx.AsyncClient, database: Database,
     test_keys: KeyMaterial,

@@ -604,14 +604,20 @@ async def test_an_approval_whose_node_id_holds_a_slash_is_decided(
 @pytest.mark.parametrize("timeout_s", [1, 1.0])
 async def test_an_approval_nobody_decides_is_rejected_at_its_timeout(
     client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], worker: Worker,
-    timeout_s: float,
+    database: Database, timeout_s: float,
 ) -> None:
-    """1.0 too: JSON Schema counts it as an integer, so the graph saves with it."""
+    """1.0 too: JSON Schema counts it as an integer, so the graph saves with it.  The
+    rejection is in the audit as one through the API is (it was not recorded)."""
     _, headers = user
     workflow_id = await publish(client, headers, *approval_graph(timeout_s=timeout_s))
     run = await start(client, headers, workflow_id, inputs={"doc": "memo"})
     done = await wait_for(client, headers, run["id"])
     assert done["output"] == "kept memo: no decision before the timeout", done
+    audited = await fetch(database, "SELECT user_id, metadata FROM audit_logs "
+                          "WHERE action = 'workflow.run.reject' AND resource_id = :r",
+                          r=run["id"])
+    assert [(row[0], row[1]["node_id"], row[1]["timeout"]) for row in audited] == [
+        (None, "review", True)], audited
 
 
 async def test_an_approval_timeout_holds_after_its_run_failed_and_resumed(
@@ -692,18 +698,45 @@ async def test_an_approval_message_misusing_a_filter_fails_the_run(
 async def test_approvers_limit_who_may_decide(
     client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers], database: Database,
 ) -> None:
+    """Someone the approvers do not name is refused as forbidden (403; it was the 409 of
+    a run that does not wait there, while the run waited there)."""
     user_id, headers = user
     username = await scalar(database, "SELECT username FROM users WHERE id = :u", u=user_id)
     workflow_id = await publish(client, headers, *approval_graph(approvers=["someone-else"]))
     run = await start(client, headers, workflow_id, inputs={"doc": "x"})
     refused = await client.post(f"{RUNS}/{run['id']}/approvals/review", headers=headers,
                                 json={"approved": True})
-    assert refused.status_code == 409 and "approvers" in refused.json()["detail"]
+    assert refused.status_code == 403 and "approvers" in refused.json()["detail"]
     mine = await publish(client, headers, *approval_graph(approvers=[username]), name="Mine")
     run = await start(client, headers, mine, inputs={"doc": "x"})
     allowed = await client.post(f"{RUNS}/{run['id']}/approvals/review", headers=headers,
                                 json={"approved": True})
     assert allowed.status_code == 200 and allowed.json()["status"] == "completed"
+
+
+def _spelled(spelling: str, user_id: uuid.UUID, username: str) -> str:
+    return {"hex": user_id.hex, "braces": "{" + str(user_id) + "}", "urn": user_id.urn,
+            "upper": str(user_id).upper(), "space": f" {username} ",
+            "zwsp": f"{username}\u200b", "case": username.upper()}[spelling]
+
+
+@pytest.mark.parametrize("spelling", ["hex", "braces", "urn", "upper", "space", "zwsp", "case"])
+async def test_an_approver_named_by_another_spelling_of_their_id_or_name_may_decide(
+    client: httpx.AsyncClient, database: Database, spelling: str,
+) -> None:
+    """Approvers name users by id, username or e-mail: any spelling of the id (no dashes,
+    braces, urn:uuid:) and a name pasted with white space or a zero-width space around it
+    name that user (the graph saved, then nobody but an administrator could decide)."""
+    user_id, headers = await make_user(database)
+    username = await scalar(database, "SELECT username FROM users WHERE id = :u", u=user_id)
+    approver = _spelled(spelling, user_id, str(username))
+    workflow_id = await publish(client, headers, *approval_graph(approvers=[approver]))
+    run = await start(client, headers, workflow_id, inputs={"doc": "x"})
+    assert run["waiting_for"] == ["review"], run
+    decided = await client.post(f"{RUNS}/{run['id']}/approvals/review",
+                                headers=headers, json={"approved": True})
+    assert decided.status_code == 200, decided.text
+    assert decided.json()["status"] == "completed", decided.text
 
 
 async def test_a_failed_run_resumes_from_its_failed_node(

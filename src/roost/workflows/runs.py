@@ -19,8 +19,9 @@ from roost.agents.models import Run, RunStep
 from roost.agents.runs import cancel_run, notify
 from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
-from roost.errors import Conflict, NotFound, Unprocessable
+from roost.errors import Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.models import User
+from roost.inputs import is_invisible, strip_where
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
 from roost.tasks.service import enqueue
@@ -302,8 +303,21 @@ async def _may_approve(session: AsyncSession, actor: Principal, approvers: list[
     user = await session.get(User, actor.user_id) if actor.user_id else None
     if user is None:
         return False
-    names = {str(a).lower() for a in approvers}
-    return bool({str(user.id), user.username.lower(), user.email.lower()} & names)
+    names = {_approver_key(a) for a in approvers}
+    return bool({_approver_key(n) for n in (user.id, user.username, user.email)} & names)
+
+
+def _approver_key(value: Any) -> str:
+    """How an approver is compared: any spelling of a user id (no dashes, braces,
+    ``urn:uuid:``) as the id, a name or e-mail composed and case-folded, without the white
+    space and invisible characters around it.  An approver written another way than the
+    user's own spelling left the approval to administrators or its timeout."""
+    written = unicodedata.normalize(
+        "NFC", strip_where(str(value), lambda c: c.isspace() or is_invisible(c)))
+    try:
+        return str(uuid.UUID(written))
+    except ValueError:
+        return written.casefold()
 
 
 async def decide(session: AsyncSession, actor: Principal, run_id: uuid.UUID, node_id: str,
@@ -328,7 +342,7 @@ async def decide(session: AsyncSession, actor: Principal, run_id: uuid.UUID, nod
         raise NotWaiting(f"run {run_id} is {progress.run.status} and not waiting for an "
                          f"approval at node {node_id!r}")
     if not await _may_approve(session, actor, (step.input or {}).get("approvers") or []):
-        raise NotWaiting(f"you are not one of node {node_id!r}'s approvers")
+        raise Forbidden(f"you are not one of node {node_id!r}'s approvers")
     output = {"output": body.approved, "approved": body.approved, "comment": body.comment,
               "by": str(actor.user_id) if actor.user_id else None,
               "at": utcnow().isoformat()}
@@ -352,6 +366,10 @@ async def timeout_approval(session: AsyncSession, run_id: uuid.UUID, step_id: uu
                                    "comment": "no decision before the timeout",
                                    "at": utcnow().isoformat()},
                             chosen="rejected", all_handles=False)
+    await record(session, "workflow.run.reject", user_id=None, resource_type="run",
+                 resource_id=run_id, trace_id=progress.run.trace_id,
+                 metadata={"node_id": step.node_id, "comment": "no decision before the timeout",
+                           "timeout": True})
     await progress.close()
     return True
 

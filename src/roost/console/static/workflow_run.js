@@ -80,12 +80,15 @@ function renderHead() {
 
 // --- approvals -----------------------------------------------------------------------------------
 
-function approvalForm(nodeId) {
+function approvalForm(nodeId, index) {
   const step = [...run.steps].reverse().find((s) => s.node_id === nodeId && s.status === "waiting");
   const input = step?.input || {};
-  const commentId = `comment-${nodeId.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+  // By position, not by a cleaned-up node id: "x.y" and "x_y" would share one element id,
+  // and deciding the second sent the first one's comment.
+  const commentId = `approval-comment-${index}`;
+  const textarea = el("textarea", { id: commentId, rows: 2, maxlength: 2000 });
   const decide = async (approved, buttons) => {
-    const comment = $(commentId).value.trim();
+    const comment = textarea.value.trim();
     buttons.forEach((b) => { b.disabled = true; });
     busy = true;
     try {
@@ -114,7 +117,7 @@ function approvalForm(nodeId) {
       ? el("p", { class: "muted small" }, `Approvers: ${input.approvers.join(", ")}`) : null,
     el("label", { for: commentId }, "Comment (optional)",
        el("span", { class: "visually-hidden" }, ` for ${nodeId}`)),
-    el("textarea", { id: commentId, rows: 2, maxlength: 2000 }),
+    textarea,
     el("div", { class: "actions" }, approve, reject));
 }
 
