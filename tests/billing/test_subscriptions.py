@@ -287,3 +287,24 @@ async def test_a_plan_ref_holding_a_control_character_is_a_422_naming_the_plan(
                 (resp.request.url, resp.text)
     got = await client.get(f"{SUBS}/{sub['id']}", headers=admin_headers)
     assert got.json()["plan_key"] == "pro"
+
+
+async def test_own_subscriptions_are_listed_by_their_deactivated_plan(
+    client: httpx.AsyncClient, admin_headers: Headers, user: User,  # noqa: F811
+) -> None:
+    """A deactivated plan's subscriptions go on, and a user narrowing their list by the
+    plan it shows (``?plan=<plan_id>`` or its key) finds theirs (it was a 404: the filter
+    looked the plan up as one to subscribe to); an unknown plan stays a 404."""
+    user_id, headers = user
+    plan = await make_plan(client, admin_headers, key="old-plan")
+    sub = await subscribe(client, admin_headers, user_id=str(user_id), plan="old-plan")
+    gone = await client.delete("/api/v1/billing/plans/old-plan", headers=admin_headers)
+    assert gone.status_code in (200, 204), gone.text
+    for ref in (plan["id"], "old-plan"):
+        narrowed = await client.get("/api/v1/billing/subscriptions", headers=headers,
+                                    params={"plan": ref})
+        assert narrowed.status_code == 200, narrowed.text
+        assert [s["id"] for s in narrowed.json()["items"]] == [sub["id"]]
+    unknown = await client.get("/api/v1/billing/subscriptions", headers=headers,
+                               params={"plan": "never-was"})
+    assert unknown.status_code == 404, unknown.text

@@ -88,13 +88,15 @@ def _ref_condition(ref: str) -> Any:
 
 
 async def find_plan(session: AsyncSession, actor: Principal, ref: str, *,
-                    lock: bool = False, share: bool = False) -> Plan:
-    """The plan named by key or id.  Non-administrators see active plans only; an
-    unknown (or hidden) one is a 404.  ``lock``: ``FOR UPDATE`` (to change it);
-    ``share``: ``FOR SHARE`` (a subscription takes its terms: a change of the plan waits
-    for it, and it reads the plan as changed)."""
+                    lock: bool = False, share: bool = False, inactive_too: bool = False,
+                    ) -> Plan:
+    """The plan named by key or id.  Non-administrators see active plans only (unless
+    ``inactive_too``: a filter by the plan of their own subscriptions); an unknown (or
+    hidden) one is a 404.  ``lock``: ``FOR UPDATE`` (to change it); ``share``: ``FOR
+    SHARE`` (a subscription takes its terms: a change of the plan waits for it, and it
+    reads the plan as changed)."""
     stmt = select(Plan).where(_ref_condition(ref))
-    if not actor.is_admin:
+    if not actor.is_admin and not inactive_too:
         stmt = stmt.where(Plan.active)
     if share and not lock:
         stmt = stmt.with_for_update(read=True)

@@ -300,7 +300,10 @@ async def list_subscriptions(
     if group_id is not None:
         stmt = stmt.where(Subscription.group_id == group_id)
     if plan is not None:
-        stmt = stmt.where(Subscription.plan_id == (await find_plan(session, actor, plan)).id)
+        # A deactivated plan's subscriptions go on: they are listed by it too (only the
+        # caller's visible subscriptions are, whatever the plan).
+        found = await find_plan(session, actor, plan, inactive_too=True)
+        stmt = stmt.where(Subscription.plan_id == found.id)
     rows, next_cursor = await newest_first(session, stmt, Subscription.created_at,
                                            Subscription.id, limit=limit, cursor=cursor)
     return await views(session, rows), next_cursor
