@@ -25,7 +25,7 @@ from roost.llm.jobs import job_gateway
 from roost.prompts import service as prompts
 from roost.security.crypto import SecretBox
 from roost.tasks.handlers import TaskContext, task
-from roost.tasks.models import BackgroundTask
+from roost.tasks.models import TERMINAL_STATUSES, BackgroundTask
 from roost.tasks.schedules import periodic
 from roost.tools.calls import HostedBuiltin
 from roost.tools.config import ToolsConfig
@@ -34,8 +34,6 @@ from roost.workspace import agenttools as workspace_tools
 log = structlog.get_logger(__name__)
 
 RUN_MAX_RETRIES: Final = 5
-# Jobs that can no longer run a run: finished one way or another, or gone.
-_DEAD_JOB_STATUSES: Final = ("completed", "failed", "cancelled", "dead_letter")
 
 env_override: runner.RunEnv | None = None  # tests: the environment (gateway, keys) to use
 
@@ -112,7 +110,7 @@ async def sweep(database: Database) -> list[uuid.UUID]:
                 Run.kind == "agent",  # a workflow's nodes have jobs of their own
                 Run.updated_at < text("now() - interval '30 seconds'"),
                 ~exists().where(BackgroundTask.id == Run.task_id,
-                                BackgroundTask.status.not_in(_DEAD_JOB_STATUSES)),
+                                BackgroundTask.status.not_in(TERMINAL_STATUSES)),
             ).limit(1000))).all())
     failed = []
     for run_id in stranded:

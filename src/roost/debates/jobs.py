@@ -16,7 +16,7 @@ from roost.debates.models import DebateSession
 from roost.debates.service import RUN_TASK
 from roost.llm.jobs import job_gateway
 from roost.tasks.handlers import TaskContext, task
-from roost.tasks.models import BackgroundTask
+from roost.tasks.models import TERMINAL_STATUSES, BackgroundTask
 from roost.tasks.schedules import periodic
 
 log = structlog.get_logger(__name__)
@@ -49,8 +49,6 @@ async def run_debate(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any
     return {"debate_id": str(debate_id), "status": outcome}
 
 
-# Jobs that can no longer run a debate: finished one way or another (or gone).
-_DEAD_JOB_STATUSES: Final = ("completed", "failed", "cancelled", "dead_letter")
 
 
 async def sweep(database: Database) -> list[uuid.UUID]:
@@ -62,7 +60,7 @@ async def sweep(database: Database) -> list[uuid.UUID]:
                 DebateSession.status.in_(runner.OPEN),
                 DebateSession.created_at < text("now() - interval '30 seconds'"),
                 ~exists().where(BackgroundTask.id == DebateSession.task_id,
-                                BackgroundTask.status.not_in(_DEAD_JOB_STATUSES)),
+                                BackgroundTask.status.not_in(TERMINAL_STATUSES)),
             ).limit(1000))).all())
     failed = [d for d in stranded if await runner.fail_debate(
         database, d, "the worker running it stopped and its job has no retries left")]

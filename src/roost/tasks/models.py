@@ -73,7 +73,9 @@ TASK_STATUS_VALUES = tuple(s.value for s in TaskStatus)
 TASK_PRIORITY_VALUES = tuple(p.value for p in TaskPriority)
 
 READY_STATUSES = (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.FAILED, TaskStatus.STUCK)
+# A job in one of these runs no more; a ``failed`` one is waiting for its retry.
 TERMINAL_STATUSES = (TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.DEAD_LETTER)
+TERMINAL_SQL = "('completed', 'cancelled', 'dead_letter')"  # for SQL text: status IN ...
 # Text of the partial index predicate; the dequeue query repeats it so the planner uses it.
 READY_PREDICATE = "status IN ('pending', 'queued', 'failed', 'stuck')"
 

@@ -51,6 +51,7 @@ from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.identity.models import User, UserGroupMembership
 from roost.principal import Principal
+from roost.tasks.models import TERMINAL_SQL
 from roost.tasks.service import enqueue
 from roost.workflows.engine import INLINE_TYPES, Activation, Node, Plan, Scheduler, State, make_plan
 from roost.workflows.expressions import ExpressionError, TemplateRejected, evaluate, render_template
@@ -549,10 +550,9 @@ async def expire_lost_steps(session: AsyncSession, run_id: uuid.UUID) -> int:
     """Open calling steps whose job is finished or gone (its last worker died with no
     retries left): failed, so the run can be resumed.  The count."""
     result = await session.execute(text(
-        "UPDATE run_steps s SET status = 'failed', finished_at = now(), "
+        "UPDATE run_steps s SET status = 'failed', finished_at = now(), "  # noqa: S608 - constants
         "error = 'the worker running it stopped and its job has no retries left' "
         "WHERE s.run_id = :run_id AND s.status IN ('pending', 'running') "
         "AND s.task_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM background_tasks t "
-        "WHERE t.id = s.task_id AND t.status NOT IN "
-        "('completed', 'failed', 'cancelled', 'dead_letter'))"), {"run_id": run_id})
+        f"WHERE t.id = s.task_id AND t.status NOT IN {TERMINAL_SQL})"), {"run_id": run_id})
     return int(getattr(result, "rowcount", 0) or 0)

@@ -24,6 +24,7 @@ from roost.identity.models import User
 from roost.inputs import is_invisible, strip_where
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
+from roost.tasks.models import TERMINAL_SQL
 from roost.tasks.service import enqueue
 from roost.workflows import execution, graph, service
 from roost.workflows.execution import (
@@ -257,8 +258,8 @@ async def resume_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID)
     if progress.run.status != "failed":  # changed before the lock was taken
         raise RunNotResumable(f"run {run_id} is {progress.run.status}")
     # Steps to run again: failed or interrupted ones, and open ones whose job is gone.
-    jobless = text("NOT EXISTS (SELECT 1 FROM background_tasks t WHERE t.id = run_steps.task_id "
-                   "AND t.status NOT IN ('completed', 'failed', 'cancelled', 'dead_letter'))")
+    jobless = text("NOT EXISTS (SELECT 1 FROM background_tasks t WHERE t.id = run_steps.task_id "  # noqa: S608 - constants
+                   f"AND t.status NOT IN {TERMINAL_SQL})")
     again = list((await session.scalars(
         select(RunStep).where(
             RunStep.run_id == run_id, RunStep.node_id.is_not(None),
@@ -384,10 +385,10 @@ async def cancel(session: AsyncSession, actor: Principal, run_id: uuid.UUID) -> 
 
 async def sweep(session: AsyncSession) -> list[uuid.UUID]:
     """Fail the running workflow runs whose calling nodes lost their jobs for good."""
-    lost = text("EXISTS (SELECT 1 FROM run_steps s WHERE s.run_id = runs.id "
+    lost = text("EXISTS (SELECT 1 FROM run_steps s WHERE s.run_id = runs.id "  # noqa: S608 - constants
                 "AND s.status IN ('pending', 'running') AND s.task_id IS NOT NULL "
                 "AND NOT EXISTS (SELECT 1 FROM background_tasks t WHERE t.id = s.task_id "
-                "AND t.status NOT IN ('completed', 'failed', 'cancelled', 'dead_letter')))")
+                f"AND t.status NOT IN {TERMINAL_SQL}))")
     candidates = list((await session.scalars(
         select(Run.id).where(Run.kind == "workflow", Run.status == "running",
                              Run.updated_at < text("now() - interval '30 seconds'"), lost)
