@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.knowledge.config import KnowledgeConfig
@@ -95,3 +96,36 @@ async def test_a_killed_worker_leaves_no_duplicates_and_the_run_resumes(
 
 async def _at_least(progress: Any, n: int) -> bool:
     return bool(await progress() >= n)
+
+
+async def test_a_run_whose_job_was_cancelled_or_dead_lettered_ends_failed(
+    database: Database, kcfg: KnowledgeConfig, ingest_root: Path,
+) -> None:
+    """An ingestion whose job an administrator cancelled (or whose last worker died with
+    no retries left) ends failed with the reason at the next sweep, with its waiting
+    documents: it stayed "pending" for ever.  A run whose job is alive, or waits for its
+    retry, is left alone."""
+    from roost.knowledge.jobs import STRANDED_WHY, sweep
+
+    (ingest_root / "a.txt").write_text(PARAGRAPH)
+    user_id, _ = await make_user(database)
+    runs = [await start_run(database, principal(user_id), kcfg, str(ingest_root))
+            for _ in range(3)]
+    cancelled, dead, retrying = runs
+    async with database.transaction() as s:
+        for run_id, status in ((cancelled, "cancelled"), (dead, "dead_letter"),
+                               (retrying, "failed")):
+            await s.execute(text(
+                "UPDATE background_tasks SET status = :status WHERE id = "
+                "(SELECT task_id FROM ingestion_runs WHERE id = :r)"),
+                {"status": status, "r": run_id})
+        await s.execute(text("UPDATE ingestion_runs SET created_at = now() - interval "
+                             "'1 minute'"))
+    assert sorted(await sweep(database, kcfg)) == sorted([cancelled, dead])
+    rows = {row.id: row for row in await fetch(
+        database, "SELECT id, status, errors, finished_at FROM ingestion_runs")}
+    for run_id in (cancelled, dead):
+        assert rows[run_id].status == "failed" and rows[run_id].finished_at is not None
+        assert rows[run_id].errors[-1]["error"] == STRANDED_WHY, rows[run_id].errors
+    assert rows[retrying].status == "pending"
+    assert await sweep(database, kcfg) == []  # ended once

@@ -1,15 +1,25 @@
 """Task-queue handlers: ``knowledge.ingest`` runs an ingestion, ``knowledge.curate``
-writes curated summaries.  Listed in ``roost.domains``; ``roost.tasks.handlers.discover``
-imports it."""
+writes curated summaries, ``knowledge.sweep`` ends the runs whose jobs ended.  Listed in
+``roost.domains``; ``roost.tasks.handlers.discover`` imports it."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
+import structlog
+from sqlalchemy import exists, select, text
+
 from roost.config import get_settings
+from roost.db.engine import Database
 from roost.knowledge.config import KnowledgeConfig
+from roost.knowledge.models import IngestionRun
 from roost.tasks.handlers import PermanentError, TaskContext, task
+from roost.tasks.models import TERMINAL_STATUSES, BackgroundTask
+from roost.tasks.schedules import periodic
+
+log = structlog.get_logger(__name__)
 
 INGEST_TASK = "knowledge.ingest"
 CURATE_TASK = "knowledge.curate"
@@ -54,3 +64,39 @@ async def curate(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
         raise PermanentError("payload needs document_id and user_id")
     cfg = KnowledgeConfig.from_settings(get_settings())
     return await curate_document(ctx.database, cfg, document_id, user_id)
+
+
+STRANDED_WHY = ("its job ended without finishing it (cancelled, or its worker stopped with "
+                "no retries left); start the ingestion again to go on")
+
+
+async def sweep(database: Database, cfg: KnowledgeConfig | None = None) -> list[uuid.UUID]:
+    """End failed every unfinished ingestion run whose job is finished, cancelled,
+    dead-lettered or gone, with its documents still waiting: a job an administrator
+    cancelled, or whose last worker died, left the run "running" and its uploads
+    "processing" for ever.  Runs of ``roost ingest`` in the foreground have no job and
+    end themselves (``interrupt_run``)."""
+    from roost.knowledge.ingest import FINAL_STATUSES, interrupt_run
+
+    async with database.transaction() as session:
+        stranded = list((await session.scalars(
+            select(IngestionRun.id).where(
+                IngestionRun.status.not_in(FINAL_STATUSES),
+                IngestionRun.task_id.is_not(None),
+                IngestionRun.created_at < text("now() - interval '30 seconds'"),
+                ~exists().where(BackgroundTask.id == IngestionRun.task_id,
+                                BackgroundTask.status.not_in(TERMINAL_STATUSES)),
+            ).limit(1000))).all())
+    if not stranded:
+        return []
+    cfg = cfg or KnowledgeConfig.from_settings(get_settings())
+    for run_id in stranded:
+        await interrupt_run(database, cfg, run_id, STRANDED_WHY)
+    log.warning("knowledge.swept", count=len(stranded))
+    return stranded
+
+
+@periodic("knowledge.sweep", every=timedelta(minutes=1), queue="maintenance",
+          priority="background", max_retries=0, timeout_s=300)
+async def sweep_ingestion_runs(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"failed": [str(r) for r in await sweep(ctx.database)]}
