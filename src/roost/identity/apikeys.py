@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
 from roost.db.base import utcnow
-from roost.errors import BadRequest, Unprocessable
+from roost.errors import BadRequest, Unauthorized, Unprocessable
 from roost.identity.common import (
     existing_target_user_id,
     load_user,
@@ -54,12 +54,21 @@ async def create_api_key(
                                 extra={"field": "expires_at"})
         if expires_at <= utcnow():
             raise Unprocessable("expires_at must be in the future", extra={"field": "expires_at"})
+    # Count and insert as one step; and a key's revocation or new limits (which take
+    # this lock too) wait for a key being made with it, or it reads them: no key escapes
+    # its parent's revocation or throttle by being made at the same moment.
+    await lock_owner_quota(session, owner, "api_keys")
     parent = None
     if principal.api_key_id is not None and owner == principal.user_id:
         parent = (await session.execute(
             select(ApiKey.rate_limit_rpm, ApiKey.rate_limit_streams, ApiKey.expires_at,
                    ApiKey.root_key_id)
-            .where(ApiKey.id == principal.api_key_id))).one_or_none()
+            .where(ApiKey.id == principal.api_key_id, ApiKey.revoked_at.is_(None),
+                   or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > func.now()))
+            .with_for_update(read=True))).one_or_none()
+        if parent is None:
+            raise Unauthorized("the API key this request is made with was revoked or has "
+                               "expired")
     if parent is not None and parent.expires_at is not None:
         # A key made with a key that expires expires no later: a leaked short-lived key
         # must not mint its holder a permanent one.
@@ -69,7 +78,6 @@ async def create_api_key(
             raise Unprocessable(
                 "expires_at must not be later than the expiry of the API key this request "
                 f"is made with ({parent.expires_at.isoformat()})", extra={"field": "expires_at"})
-    await lock_owner_quota(session, owner, "api_keys")  # count and insert as one step
     count = len((await session.scalars(
         select(ApiKey.id).where(ApiKey.user_id == owner, ApiKey.revoked_at.is_(None),
                                 or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > func.now()))
@@ -136,6 +144,7 @@ async def revoke_api_key(session: AsyncSession, principal: Principal, key_id: uu
     again changes and records nothing).  The revocation is a conditional ``UPDATE``, so of
     several at once exactly one revokes and records each key; the others see it revoked."""
     row = await owned_row(session, principal, ApiKey, key_id, "API key")
+    await lock_owner_quota(session, row.user_id, "api_keys")  # after a key being made now
     made_from = (
         select(ApiKey.id.label("id")).where(ApiKey.id == row.id).cte("made_from", recursive=True))
     made_from = made_from.union(

@@ -47,6 +47,7 @@ from roost.config import Settings
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import discard_closed, engine_options
 from roost.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unprocessable
+from roost.identity.common import lock_owner_quota
 from roost.identity.models import ApiKey, RateLimitState, User
 from roost.identity.models import StreamLease as StreamLeaseRow
 from roost.principal import Principal
@@ -386,6 +387,10 @@ async def set_limits(
     for value, field in ((requests_per_minute, "requests_per_minute"), (streams, "streams")):
         if value is not None and value < 0:
             raise Unprocessable(f"{field} must be 0 (unlimited) or more", extra={"field": field})
+    if kind != "user":  # after a key being made with it now (it reads the limits set)
+        owner = await session.scalar(select(ApiKey.user_id).where(ApiKey.id == row_id))
+        if owner is not None:
+            await lock_owner_quota(session, owner, "api_keys")
     row = await _load(session, kind, row_id)
     if isinstance(row, ApiKey) and (row.revoked_at is not None or (
             row.expires_at is not None and row.expires_at <= utcnow())):
