@@ -142,6 +142,9 @@ def check_schema_ends(schema: dict[str, Any]) -> None:
                             extra={"field": "input_schema"}) from None
     except schemaregex.PatternTooSlow:
         pass  # a pattern's cost depends on the input: judged per call
+    except schemaregex.PatternUnusable as exc:
+        raise Unprocessable(f"input_schema has a pattern that cannot be matched: {exc}",
+                            extra={"field": "input_schema"}) from None
 
 
 def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> None:
@@ -161,6 +164,9 @@ def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> Non
     except schemacheck.Unresolvable as exc:  # as an invalid schema: the tool's to fix
         raise ToolUnavailable(_dangling(exc) + "; re-sync its server or ask its maintainer"
                               ) from None
+    except schemaregex.PatternUnusable as exc:  # as an invalid schema too
+        raise ToolUnavailable(f"the tool's input schema has a pattern that cannot be matched: "
+                              f"{exc}; re-sync its server or ask its maintainer") from None
     except schemaregex.PatternTooSlow as slow:
         raise Unprocessable(
             f"the arguments took longer than {schemaregex.BUDGET_S} s to match the patterns "

@@ -665,6 +665,9 @@ async def call_tool(
                     f"the result of {name!r} took longer than {schemaregex.BUDGET_S} s to check "
                     f"against the tool's output schema (pattern {slow.pattern[:200]!r}): the "
                     "pattern backtracks too much for this result") from None
+            except schemaregex.PatternUnusable as exc:
+                raise McpError(f"the output schema of {name!r} has a pattern that cannot be "
+                               f"matched: {exc}") from None
         output = _dump(result)
         output.pop("resultType", None)
         output.pop("result_type", None)

@@ -9,16 +9,20 @@ fractional divisor raises ``OverflowError`` for a 400-digit integer.  Here a ``$
 resolves only within the schema (and the metaschemas), which makes any other an
 :class:`Unresolvable`; ``uniqueItems`` hashes each item's canonical JSON once; an
 overflowing ``multipleOf`` is a failed check of that value.  Patterns are matched with a
-time limit (:mod:`roost.tools.schemaregex`).
+time limit (:mod:`roost.tools.schemaregex`), in the ``regex`` module: the metaschema's
+format "regex" check requires of a pattern that ``re`` compiles it and that ``regex`` can
+be made to read it as ``re`` does (:func:`schemaregex.for_regex`).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from collections.abc import Iterator
 from typing import Any, Final
 
-from jsonschema import Draft202012Validator, ValidationError
+from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 from jsonschema import _keywords as keywords
 from jsonschema.validators import extend, validator_for
 from referencing import Registry
@@ -69,14 +73,37 @@ def _multiple_of(validator: Any, divisor: Any, instance: Any, schema: Any) -> It
         yield ValidationError(f"the number is too large to check against multipleOf {divisor}")
 
 
+def _is_regex(instance: object) -> bool:
+    if isinstance(instance, str):
+        with warnings.catch_warnings():  # "possible nested set": [[:alpha:]] is one here
+            warnings.simplefilter("ignore", FutureWarning)
+            re.compile(instance)
+        schemaregex.for_regex(instance)
+    return True
+
+
 _CLASSES: dict[type, Any] = {}  # jsonschema's validator class -> ours
+_FORMATS: dict[type, FormatChecker] = {}  # jsonschema's validator class -> its metaschema's
+
+
+def _format_checker(base: Any) -> FormatChecker:
+    """The format checks of ``base``'s metaschema (as ``check_schema`` makes them), "regex"
+    replaced by :func:`_is_regex`."""
+    checker = _FORMATS.get(base)
+    if checker is None:
+        checker = FormatChecker(())
+        checker.checkers = dict(validator_for(base.META_SCHEMA, default=base)
+                                .FORMAT_CHECKER.checkers)
+        checker.checks("regex", raises=(re.error, schemaregex.PatternUnusable))(_is_regex)
+        _FORMATS[base] = checker
+    return checker
 
 
 def build(schema: dict[str, Any]) -> Any:
     """The validator of ``schema`` (its ``$schema``'s draft, 2020-12 by default), after
     checking the schema against its metaschema (raises ``SchemaError``)."""
     base = validator_for(schema, default=Draft202012Validator)
-    base.check_schema(schema)
+    base.check_schema(schema, format_checker=_format_checker(base))
     cls = _CLASSES.get(base)
     if cls is None:
         cls = _CLASSES[base] = extend(base, {"uniqueItems": _unique_items,
