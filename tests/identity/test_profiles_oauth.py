@@ -8,6 +8,7 @@ import uuid
 import httpx
 from sqlalchemy import select, text
 
+from roost.audit.models import AuditLog
 from roost.db.engine import Database
 from roost.identity.models import User, UserOAuthToken
 from tests.support.identity import make_user
@@ -231,3 +232,97 @@ async def test_oauth_concurrent_disconnects_count_once(
         audited: int = (await session.execute(text(
             "SELECT count(*) FROM audit_logs WHERE action = 'oauth.disconnected'"))).scalar_one()
     assert twice == 0 and audited == 6, (twice, audited)
+
+
+async def _actions(database: Database, action: str) -> list[str]:
+    async with database.transaction() as session:
+        return list((await session.scalars(
+            select(AuditLog.action).where(AuditLog.action == action))).all())
+
+
+async def test_two_first_profile_edits_at_once_both_apply(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """Two tabs each save one field of a profile never saved before: both edits are kept
+    (200 each); one was a 409 about "the same user_id" (both inserted the profile)."""
+    _, headers = await make_user(database, username="twotabs")
+    first, last = await asyncio.wait_for(asyncio.gather(
+        client.patch("/api/v1/users/me/profile", headers=headers, json={"first_name": "Ann"}),
+        client.patch("/api/v1/users/me/profile", headers=headers, json={"last_name": "Lee"}),
+    ), 60)
+    assert (first.status_code, last.status_code) == (200, 200), (first.text, last.text)
+    final = (await client.get("/api/v1/users/me/profile", headers=headers)).json()
+    assert (final["first_name"], final["last_name"]) == ("Ann", "Lee"), final
+
+
+async def test_two_first_oauth_stores_at_once_both_succeed(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """PUT …/oauth/{service} is "store or replace": two at once for a service not yet
+    connected are both 200, one `oauth.connected` and one `oauth.replaced`; one was a
+    409 "another record already has the same user_id, service"."""
+    _, headers = await make_user(database, username="twoputs")
+    answers = await asyncio.wait_for(asyncio.gather(*(
+        client.put("/api/v1/users/me/oauth/github", headers=headers,
+                   json={"access_token": f"gho_token_number_{i}_wxyz"}) for i in range(2)
+    )), 60)
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert await _actions(database, "oauth.connected") == ["oauth.connected"]
+    assert await _actions(database, "oauth.replaced") == ["oauth.replaced"]
+
+
+async def test_a_bad_work_email_is_a_422_naming_work_email(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """A malformed `work_email` in a profile edit is a 422 whose `field` is `work_email`,
+    the field sent; it named `email`, the account's address, not in the request."""
+    _, headers = await make_user(database, username="wemail")
+    answer = await client.patch("/api/v1/users/me/profile", headers=headers,
+                                json={"work_email": "nope"})
+    assert answer.status_code == 422
+    assert answer.json().get("field") == "work_email", answer.text
+
+
+async def test_an_empty_work_email_is_refused_and_null_clears_it(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """`work_email: ""` is no address: a 422 naming `work_email`, as for "nope" (and as
+    "" is for `website` or a phone), while null clears it; "" was stored as the address."""
+    _, headers = await make_user(database, username="wempty")
+    answer = await client.patch("/api/v1/users/me/profile", headers=headers,
+                                json={"work_email": ""})
+    assert answer.status_code == 422 and answer.json().get("field") == "work_email", answer.text
+    stored = await client.patch("/api/v1/users/me/profile", headers=headers,
+                                json={"work_email": "ann@work.example"})
+    assert stored.json()["work_email"] == "ann@work.example", stored.text
+    cleared = await client.patch("/api/v1/users/me/profile", headers=headers,
+                                 json={"work_email": None})
+    assert cleared.status_code == 200 and cleared.json()["work_email"] is None, cleared.text
+
+
+async def test_clearing_a_web_search_key_never_set_records_no_change(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """Clearing the web search key ("") of an account that has none changes nothing, so
+    no `user.settings_updated` is recorded; one claimed the key had changed."""
+    _, headers = await make_user(database, username="nokey")
+    answer = await client.patch("/api/v1/users/me/settings", headers=headers,
+                                json={"web_search_api_key": ""})
+    assert answer.status_code == 200 and not answer.json()["web_search_api_key_set"]
+    assert await _actions(database, "user.settings_updated") == []
+
+
+async def test_an_empty_oauth_refresh_changes_nothing(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    """A PATCH …/oauth/{service} with no field is a 200 that changes nothing: no
+    `oauth.refreshed` record and the same `updated_at`; both were written (with an empty
+    field list)."""
+    _, headers = await make_user(database, username="norefresh")
+    stored = await client.put("/api/v1/users/me/oauth/github", headers=headers,
+                              json={"access_token": "gho_token_value_abcd"})
+    assert stored.status_code == 200, stored.text
+    answer = await client.patch("/api/v1/users/me/oauth/github", headers=headers, json={})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["updated_at"] == stored.json()["updated_at"], answer.text
+    assert await _actions(database, "oauth.refreshed") == []

@@ -63,11 +63,12 @@ def normalize_username(raw: str) -> str:
     return username
 
 
-def normalize_email(raw: str) -> str:
-    """Syntax check (no DNS lookups: servers may be offline) and lower-casing."""
+def normalize_email(raw: str, field: str = "email") -> str:
+    """Syntax check (no DNS lookups: servers may be offline) and lower-casing; an error
+    names ``field``, the request field that held the address."""
     if len(raw) > MAX_EMAIL_LENGTH:
         raise Unprocessable(
-            f"email must be at most {MAX_EMAIL_LENGTH} characters", extra={"field": "email"}
+            f"{field} must be at most {MAX_EMAIL_LENGTH} characters", extra={"field": field}
         )
     try:
         # Self-hosted: single-label and test domains are fine, DNS is not consulted.
@@ -76,7 +77,7 @@ def normalize_email(raw: str) -> str:
             test_environment=True,
         )
     except EmailNotValidError as exc:
-        raise Unprocessable(f"email is not valid: {exc}", extra={"field": "email"}) from None
+        raise Unprocessable(f"{field} is not valid: {exc}", extra={"field": field}) from None
     return checked.normalized.lower()
 
 

@@ -20,7 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.db.base import utcnow
 from roost.errors import NotFound, Unprocessable
-from roost.identity.common import existing_target_user_id, load_user, target_user_id
+from roost.identity.common import (
+    existing_target_user_id,
+    load_user,
+    lock_owner_quota,
+    target_user_id,
+)
 from roost.identity.config import IdentityConfig
 from roost.identity.models import UserOAuthToken
 from roost.principal import Principal
@@ -107,7 +112,11 @@ async def store(
     _check_token(access_token, "access_token")
     if refresh_token is not None:
         _check_token(refresh_token, "refresh_token")
-    row = await _get(session, owner, service)
+    # One store per (owner, service) at a time: two first stores at once would both
+    # insert (a 409 for one); the second now waits, finds the row and replaces it.
+    # The row lock makes a store racing a disconnect wait for it, then insert anew.
+    await lock_owner_quota(session, owner, f"oauth:{service}")
+    row = await _get(session, owner, service, lock=True)
     created = row is None
     if row is None:
         row = UserOAuthToken(user_id=owner, service=service, access_token_encrypted="")
@@ -137,7 +146,8 @@ async def update_after_refresh(
     refresh token when the provider rotated it)."""
     owner = await existing_target_user_id(session, principal, user_id)  # "no such user"
     check_service(service)
-    row = await _get(session, owner, service)
+    # Locked: a refresh racing a disconnect waits for it, then answers 404.
+    row = await _get(session, owner, service, lock=True)
     if row is None:
         raise NotFound(f"no tokens stored for {service}")
     changed: list[str] = []
@@ -157,6 +167,8 @@ async def update_after_refresh(
     if scope is not _UNSET:
         row.scope = scope
         changed.append("scope")
+    if not changed:
+        return row  # no field sent: nothing refreshed, no record, updated_at unchanged
     row.updated_at = utcnow()
     await session.flush()
     await record(session, "oauth.refreshed", user_id=principal.user_id or owner,

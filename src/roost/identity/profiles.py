@@ -13,7 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from roost.audit.service import record
 from roost.errors import Conflict, Forbidden
 from roost.identity import accounts
-from roost.identity.common import load_user, normalize_email, normalize_username, target_user_id
+from roost.identity.common import (
+    load_user,
+    lock_owner_quota,
+    normalize_email,
+    normalize_username,
+    target_user_id,
+)
 from roost.identity.config import IdentityConfig
 from roost.identity.models import PREFERENCE_COLUMNS, User, UserProfile
 from roost.principal import Principal
@@ -56,11 +62,13 @@ async def update_settings(
         if field in changes and changes[field] != getattr(user, field):
             setattr(user, field, changes[field])
             changed.append(field)
-    if "web_search_api_key" in changes:
-        key = changes["web_search_api_key"]
-        user.web_search_api_key_encrypted = (
-            cfg.box.encrypt(key, _aad(user.id)).decode("ascii") if key else None
-        )
+    key = changes.get("web_search_api_key")
+    if key:
+        user.web_search_api_key_encrypted = cfg.box.encrypt(key, _aad(user.id)).decode("ascii")
+        changed.append("web_search_api_key")
+    elif "web_search_api_key" in changes and user.web_search_api_key_encrypted is not None:
+        # Clearing ("" or null) is a change only when a key was set.
+        user.web_search_api_key_encrypted = None
         changed.append("web_search_api_key")
     if changed:
         await session.flush()
@@ -88,9 +96,13 @@ async def update_profile(
     session: AsyncSession, principal: Principal, changes: dict[str, Any],
     user_id: uuid.UUID | None = None,
 ) -> tuple[User, UserProfile]:
+    # One edit of an account's profile at a time: two first edits at once would both
+    # insert the row (a 409 for one); the second now waits, then finds and updates it.
+    await lock_owner_quota(session, target_user_id(principal, user_id), "profile")
     user, profile = await get_profile(session, principal, user_id)
-    if changes.get("work_email"):
-        changes["work_email"] = normalize_email(changes["work_email"])
+    if changes.get("work_email") is not None:
+        # "" is no address (a 422, as for website and the phones); null clears it.
+        changes["work_email"] = normalize_email(changes["work_email"], field="work_email")
     if profile is None:
         profile = UserProfile(user_id=user.id)
         session.add(profile)
