@@ -7,10 +7,16 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text
 
+from roost.agents import memorytools
+from roost.config import Settings
 from roost.db.engine import Database
+from roost.errors import RoostError
+from roost.principal import Principal
 from roost.tasks.worker import Worker
+from tests.agents.api import create_persona
 from tests.agents.conftest import Headers, make_agent, wait_for_run
 from tests.chat.conftest import add_provider
 from tests.support.openai_stub import StubServer
@@ -107,7 +113,7 @@ async def test_memory_add_with_unusable_content_is_a_failed_step_the_model_is_to
     steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
     tools = [s for s in steps if s["step_type"] == "tool_call"]
     assert [s["status"] for s in tools] == ["failed", "failed"], tools
-    assert "blank" in tools[0]["error"] and "NUL" in tools[1]["error"], tools
+    assert "at least 1 character" in tools[0]["error"] and "NUL" in tools[1]["error"], tools
     async with database.transaction() as s:
         assert (await s.execute(text("SELECT count(*) FROM memories"))).scalar_one() == 0
 
@@ -170,3 +176,55 @@ async def test_memory_recall_skips_a_long_run_of_leading_zero_width_characters(
     assert steps[0]["step_type"] == "memory_recall", steps
     assert "bees" in steps[0]["input"]["query"], steps[0]["input"]
 
+
+
+async def test_memory_add_drops_white_space_around_content_at_the_limit(
+    admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker, client: httpx.AsyncClient,
+) -> None:
+    """A model's fact of 4,000 characters and a trailing newline is stored, as the API
+    stores it (the tool counted the newline and failed the step)."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, tool_permissions=["memory_add"])
+    content = "x" * 4000 + "\n"
+    stub.script(ToolCalls(Call("memory_add", {"content": content})), Reply("Done."))
+    run = await _run(client, headers, agent.id, "Remember.")
+    steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
+    calls = [s for s in steps if s["step_type"] == "tool_call"]
+    assert [s["status"] for s in calls] == ["completed"], [(s["status"], s["error"]) for s in calls]
+    async with database.transaction() as session:
+        stored = await session.scalar(text("SELECT length(content) FROM memories "
+                                           "WHERE user_id = :u"), {"u": user_id})
+    assert stored == 4000
+
+
+async def test_a_run_whose_persona_was_deleted_meanwhile_reaches_no_other_memory(
+    database: Database, user: tuple[uuid.UUID, Headers], client: httpx.AsyncClient,
+    test_settings: Settings,
+) -> None:
+    """A persona agent's run searches its user's memory narrowed to that persona.  When
+    the persona (and so the agent) is deleted while the run goes on, its next memory
+    search is refused: it searched the user's whole memory, another persona's included."""
+    user_id, headers = user
+    work = await create_persona(client, headers)
+    home = await create_persona(client, headers)
+    stored = await client.post("/api/v1/memories", headers=headers, json={
+        "content": "The safe code is herons", "persona_id": home["id"]})
+    assert stored.status_code == 201, stored.text
+    agent = await make_agent(database, user_id, persona_id=uuid.UUID(work["id"]))
+    created = await client.post(f"/api/v1/agents/{agent.id}/runs", headers=headers,
+                                json={"input": "hi"})
+    assert created.status_code in (201, 202), created.text
+    run_id = uuid.UUID(created.json()["id"])
+    tools = memorytools.builtin_tools(None, test_settings.db_app_role)
+    search, add = tools[memorytools.MEMORY_SEARCH_ID], tools[memorytools.MEMORY_ADD_ID]
+    actor = Principal(user_id=user_id, is_admin=False, kind="job")  # as the runner's
+    before = await search(database, actor, {"query": "safe code herons"}, run_id)
+    assert before["memories"] == []  # the other persona's memory is not in this scope
+    deleted = await client.delete(f"/api/v1/personas/{work['id']}", headers=headers)
+    assert deleted.status_code == 204, deleted.text
+    for tool, arguments in ((search, {"query": "safe code herons"}),
+                            (add, {"content": "a fact for every persona"})):
+        with pytest.raises(RoostError, match="agent was deleted"):
+            await tool(database, actor, arguments, run_id)

@@ -14,7 +14,7 @@ from tests.agents.conftest import make_agent, wait_for_run
 from tests.chat.conftest import add_provider
 from tests.support.openai_stub import StubServer
 from tests.support.openai_stub.script import Call, Reply, ToolCalls
-from tests.workspace.conftest import Headers, User, board, make_task
+from tests.workspace.conftest import Headers, User, board, make_project, make_task
 
 TOOLS = ["tasks_list", "task_add", "task_update"]
 
@@ -71,3 +71,27 @@ async def test_an_agent_adds_lists_and_reprioritises_tasks(
     assert still["status"] == "todo"
     assert older["id"] in {t["id"] for t in
                            (await client.get("/api/v1/tasks-board", headers=headers)).json()["items"]}
+
+
+async def test_task_update_clears_a_due_date_and_a_project(
+    admin_headers: Headers, stub: StubServer, database: Database, user: User,
+    worker: Worker, client: httpx.AsyncClient,
+) -> None:
+    """"The deadline is off, and it is no longer part of that project": task_update with
+    ``due_date: null`` and ``project_id: null`` clears them, as PATCH does (its schema
+    declared them strings only, so the call failed before the service saw it)."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, tool_permissions=["task_update"])
+    project = await make_project(client, headers)
+    task = await make_task(client, headers, "Report", due_date="2030-01-01T00:00:00Z",
+                           project_id=project["id"], category="work")
+    stub.script(ToolCalls(Call("task_update", {"id": task["id"], "due_date": None,
+                                               "project_id": None, "category": None})),
+                Reply("Done."))
+    run = await _run(client, headers, agent.id, "No deadline, no project.")
+    steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=headers)).json()
+    calls = [s for s in steps if s["step_type"] == "tool_call"]
+    assert [s["status"] for s in calls] == ["completed"], [(s["status"], s["error"]) for s in calls]
+    got = (await client.get(f"/api/v1/tasks-board/{task['id']}", headers=headers)).json()
+    assert (got["due_date"], got["project_id"], got["category"]) == (None, None, None), got

@@ -23,8 +23,7 @@ from roost.identity.tenancy import apply_principal
 from roost.inputs import StrictInput, is_blank, parse_tool_arguments, strip_invisible
 from roost.knowledge.config import KnowledgeConfig
 from roost.memory import learning, recall, service
-from roost.memory.models import MAX_CONTENT_CHARS
-from roost.memory.schemas import MemoryCreate, MemoryType
+from roost.memory.schemas import Content, MemoryCreate, MemoryType
 from roost.principal import Principal
 
 MEMORY_SEARCH_ID: Final = uuid.UUID("019ad9a0-0000-7000-8000-000000000701")
@@ -56,7 +55,7 @@ class _AddArgs(StrictInput):
     # told why), not an error of storing it.
     refuse_nul = True
 
-    content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
+    content: Content  # stripped, then counted, as the API's (a trailing newline is fine)
     memory_type: MemoryType = "fact"
     confidence: float = Field(default=0.8, ge=0, le=1)
 
@@ -115,6 +114,10 @@ async def _run_of(session: AsyncSession, run_id: uuid.UUID | None) -> Run:
     run = await session.scalar(select(Run).where(Run.id == run_id))
     if run is None:
         raise Unprocessable("the calling run is gone")
+    if run.kind == "agent" and run.agent_id is None:
+        # Its agent (and maybe its persona) was deleted while it ran: the run's scope now
+        # reads as the user's whole memory, other personas' memories included.
+        raise Unprocessable("the run's agent was deleted: its memory is no longer reachable")
     return run
 
 
