@@ -464,6 +464,42 @@ async def test_nfc_nfd_calendar_names_are_one_name(client: httpx.AsyncClient,
     assert resp.status_code == 409, resp.text
 
 
+async def test_a_name_of_255_characters_typed_decomposed_is_accepted(
+        client: httpx.AsyncClient, user: User) -> None:
+    """A name's limit, 255, counts it composed, as stored: 255 "é" typed decomposed (510
+    code points) are a 201, stored composed, and 256 a 422 naming the field (the 255 were
+    refused by the limit counted on the text as sent)."""
+    _, headers = user
+    resp = await client.post(CALS, json={"name": "e\u0301" * 255}, headers=headers)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["name"] == "\u00e9" * 255
+    over = await client.post(CALS, json={"name": "e\u0301" * 256}, headers=headers)
+    assert over.status_code == 422 and over.json()["field"] == "name", over.text
+
+
+async def test_a_rename_to_255_characters_typed_decomposed_is_accepted(
+        client: httpx.AsyncClient, user: User) -> None:
+    """Renaming counts the name as creating does: 255 "é" typed decomposed are a 200 with
+    the composed name (it was a 422 "at most 255 characters")."""
+    _, headers = user
+    cal = await make_calendar(client, headers, "Work")
+    resp = await client.patch(f"{CALS}/{cal['id']}", json={"name": "e\u0301" * 255},
+                              headers=headers)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["name"] == "\u00e9" * 255
+
+
+async def test_a_name_of_255_letters_with_a_trailing_zero_width_space_is_accepted(
+        client: httpx.AsyncClient, user: User) -> None:
+    """A name is stored without invisible characters around it and limited as stored: 255
+    letters pasted with a trailing zero-width space are the 255-letter name (it was a 422
+    counting the zero-width space)."""
+    _, headers = user
+    resp = await client.post(CALS, json={"name": "a" * 255 + "\u200b"}, headers=headers)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["name"] == "a" * 255
+
+
 async def test_import_moving_a_google_id_to_another_event(client: httpx.AsyncClient,
                                                          user: User) -> None:
     """A re-import in which an X-GOOGLE-EVENT-ID moves from one event of the calendar to

@@ -377,6 +377,34 @@ async def test_a_category_typed_decomposed_is_the_composed_one(
         assert sorted(v["prompt_key"] for v in versions) == ["a.k", "b.k"]
 
 
+async def test_a_category_of_100_characters_typed_decomposed_is_accepted(
+        client: httpx.AsyncClient, user: User) -> None:
+    """A category's limit (100) counts it composed, as stored: 100 "é" typed decomposed
+    (200 code points) publish, stored composed, and 101 are a 422 naming the field (the
+    100 were refused, the length counted before composing)."""
+    _, headers = user
+    made = await publish(client, headers, "long.cat", "t", prompt_category="e\u0301" * 100)
+    assert made["prompt_category"] == "\u00e9" * 100
+    over = await client.post("/api/v1/prompts", headers=headers, json={
+        "prompt_key": "long.cat", "prompt_text": "t", "prompt_category": "e\u0301" * 101})
+    assert over.status_code == 422, over.text
+    assert over.json()["errors"][0]["loc"] == ["body", "prompt_category"], over.text
+
+
+@pytest.mark.parametrize("path", ["/api/v1/prompts", "/api/v1/prompts/keys"])
+async def test_a_category_filter_typed_decomposed_counts_its_composed_length(
+        client: httpx.AsyncClient, user: User, path: str) -> None:
+    """The category filters compose theirs before counting: 60 "é" typed decomposed (120
+    code points) are a 200 (they were a 422 "at most 100 characters"); a filter over 100
+    characters composed is a 422 naming `category`."""
+    _, headers = user
+    resp = await client.get(path, headers=headers, params={"category": "e\u0301" * 60})
+    assert resp.status_code == 200, resp.text
+    over = await client.get(path, headers=headers, params={"category": "e\u0301" * 101})
+    assert over.status_code == 422, over.text
+    assert over.json()["errors"][0]["loc"] == ["query", "category"], over.text
+
+
 async def test_the_migration_composes_stored_categories(
         client: httpx.AsyncClient, database: Database, user: User) -> None:
     """Migration 1380 composes the categories stored before they were (a version's text

@@ -220,3 +220,23 @@ async def test_a_workflow_name_that_shows_nothing_is_refused(
     renamed = await client.patch(f"{API}/{kept.json()['id']}", headers=headers,
                                  json={"name": name})
     assert renamed.status_code == 422 and renamed.json()["field"] == "name", renamed.text
+
+
+async def test_a_name_of_100_letters_with_a_trailing_zero_width_space_is_accepted(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A name's limit (100) counts it as stored, without the invisible characters at its
+    ends: 100 letters pasted with a trailing zero-width space are the 100-letter name, on
+    creation and renaming (it was a 422 counting the space), and 101 a 422 naming `name`."""
+    _, headers = await make_user(database)
+    made = await client.post(API, headers=headers, json={"name": "a" * 100 + "\u200b"})
+    assert made.status_code == 201 and made.json()["name"] == "a" * 100, made.text
+    renamed = await client.patch(f"{API}/{made.json()['id']}", headers=headers,
+                                 json={"name": "\u200b" + "b" * 100})
+    assert renamed.status_code == 200 and renamed.json()["name"] == "b" * 100, renamed.text
+    for sent in ("a" * 101, "\u200b" + "a" * 101 + "\u200b"):
+        over = await client.post(API, headers=headers, json={"name": sent})
+        assert over.status_code == 422 and over.json()["field"] == "name", over.text
+        over = await client.patch(f"{API}/{made.json()['id']}", headers=headers,
+                                  json={"name": sent})
+        assert over.status_code == 422 and over.json()["field"] == "name", over.text

@@ -21,11 +21,15 @@ COLOR = r"^#[0-9a-fA-F]{6}$"
 # An address or an iCalendar UID: no control characters (an export would write a CR as a
 # newline: another UID, a duplicate on re-import).
 NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
+# A calendar's name as sent: its limit (255, roost.calendar.service._name) counts it once
+# composed (NFC) and without invisible characters around it, and a decomposed spelling
+# takes up to four code points for one character.  This only bounds what is sent.
+SENT_NAME_CHARS = 4 * 255
 
 
 class CalendarCreate(StrictInput):
     refuse_nul = True
-    name: str = Field(min_length=1, max_length=255)
+    name: str = Field(min_length=1, max_length=SENT_NAME_CHARS)
     description: str | None = Field(default=None, max_length=20_000)
     timezone: str = Field(default="UTC", min_length=1, max_length=64,
                           description="IANA time zone, e.g. Europe/Berlin")
@@ -34,7 +38,7 @@ class CalendarCreate(StrictInput):
 
 class CalendarUpdate(StrictInput):
     refuse_nul = True
-    name: str | None = Field(default=None, min_length=1, max_length=255)
+    name: str | None = Field(default=None, min_length=1, max_length=SENT_NAME_CHARS)
     description: str | None = Field(default=None, max_length=20_000)
     timezone: str | None = Field(default=None, min_length=1, max_length=64)
     color: str | None = Field(default=None, pattern=COLOR)

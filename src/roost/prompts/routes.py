@@ -18,6 +18,7 @@ from roost.prompts import service
 from roost.prompts.schemas import (
     KEY_PATTERN,
     LABEL_PATTERN,
+    Category,
     KeyOut,
     LabelOut,
     LabelSet,
@@ -49,7 +50,7 @@ async def publish(body: PromptCreate, principal: CurrentPrincipal, db: DbSession
 async def list_versions(
     principal: CurrentPrincipal, db: DbSession,
     key: Annotated[str | None, Query(pattern=KEY_PATTERN)] = None,
-    category: Annotated[str | None, Query(max_length=100)] = None,
+    category: Annotated[Category | None, Query()] = None,
     scope: Scope | None = None, group_id: uuid.UUID | None = None,
     limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
 ) -> Page[PromptOut]:
@@ -63,7 +64,7 @@ async def list_versions(
 @router.get("/keys", response_model=list[KeyOut],
             summary="Each key of your scopes: versions, labels, usage and success rate")
 async def list_keys(principal: CurrentPrincipal, db: DbSession,
-                    category: Annotated[str | None, Query(max_length=100)] = None,
+                    category: Annotated[Category | None, Query()] = None,
                     ) -> list[KeyOut]:
     return await service.list_keys(db, principal, category=category)
 

@@ -38,6 +38,29 @@ def composed(value: str) -> str:
     return unicodedata.normalize("NFC", value)
 
 
+MAX_CATEGORY_CHARS = 100  # system_prompts.prompt_category, counted once composed
+# A category as sent (a body's or a filter's): typed decomposed, one character takes up to
+# four code points ("é" as e and a combining accent).  This only bounds what is sent; the
+# limit holds for the category composed (composed_category).
+SENT_CATEGORY_CHARS = 4 * MAX_CATEGORY_CHARS
+
+
+def composed_category(value: str) -> str:
+    """A category :func:`composed`, at most MAX_CATEGORY_CHARS: pydantic's own max_length
+    counted it as sent, before composing, and refused 100 "é" typed decomposed."""
+    value = composed(value)
+    if len(value) > MAX_CATEGORY_CHARS:
+        raise PydanticCustomError(
+            "string_too_long",
+            "String should have at most {max_length} characters once composed (NFC)",
+            {"max_length": MAX_CATEGORY_CHARS})
+    return value
+
+
+# A category filter's type (a query parameter): bounded as sent, then composed and checked.
+Category = Annotated[str, Field(max_length=SENT_CATEGORY_CHARS), AfterValidator(composed_category)]
+
+
 class VariableDef(StrictInput):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     type: VarType = "string"
@@ -70,8 +93,9 @@ class PromptCreate(StrictInput):
     prompt_name: Annotated[str, Field(min_length=1, max_length=255),
                            AfterValidator(_no_nul)] | None = Field(
         default=None, description="Default: the key")
-    prompt_category: Annotated[Text, AfterValidator(composed)] = Field(
-        default="general", min_length=1, max_length=100)
+    prompt_category: Annotated[str, Field(min_length=1, max_length=SENT_CATEGORY_CHARS),
+                               AfterValidator(_no_nul), AfterValidator(composed_category)
+                               ] = "general"
     description: Annotated[str, Field(max_length=20_000), AfterValidator(_no_nul)] | None = None
     variables: list[VariableDef] = Field(default_factory=list, max_length=100)
     scope: Scope = Field(default="user", description=(

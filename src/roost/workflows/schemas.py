@@ -17,7 +17,11 @@ from roost.inputs import StrictInput, no_nul
 from roost.workflows.graph import composed_graph
 
 WorkflowStatus = Literal["draft", "active", "archived"]
-NAME = Field(min_length=1, max_length=100)
+MAX_NAME_CHARS = 100  # workflows.name, checked once stripped (roost.workflows.service._name)
+# A name as sent may be longer than as stored: white space and invisible characters at its
+# ends are dropped first.  This only bounds what is sent.
+SENT_NAME_CHARS = 4 * MAX_NAME_CHARS
+NAME = Field(min_length=1, max_length=SENT_NAME_CHARS)
 DESCRIPTION = Field(default=None, max_length=10_000)
 # The graph's own fields may not refuse NUL generically (the graph validator names the
 # node or edge); the workflow's texts do, naming the field.
@@ -47,7 +51,7 @@ class WorkflowCreate(GraphIn):
 class WorkflowUpdate(StrictInput):
     """What is given changes; a graph given in part (only ``nodes``) keeps the rest."""
 
-    name: Text | None = Field(default=None, min_length=1, max_length=100)
+    name: Text | None = Field(default=None, min_length=1, max_length=SENT_NAME_CHARS)
     description: Text | None = DESCRIPTION
     project_id: uuid.UUID | None = None
     nodes: list[Any] | None = None

@@ -30,7 +30,7 @@ from roost.principal import Principal
 from roost.process import cpu_bound
 from roost.workflows import graph
 from roost.workflows.models import Workflow, WorkflowRun, WorkflowVersion
-from roost.workflows.schemas import GraphIn, WorkflowCreate, WorkflowUpdate
+from roost.workflows.schemas import MAX_NAME_CHARS, GraphIn, WorkflowCreate, WorkflowUpdate
 from roost.workspace.service import require_project
 
 # Graphs this small (JSON values plus string characters: graph.within) are validated
@@ -121,6 +121,12 @@ def _name(name: str) -> str:
     stripped = strip_invisible(name)
     if not stripped:
         raise Unprocessable("name must not be blank", extra={"field": "name"})
+    # The limit holds for the name as stored: one pasted with a trailing zero-width space
+    # is checked without it.
+    if len(stripped) > MAX_NAME_CHARS:
+        raise Unprocessable(f"name must be at most {MAX_NAME_CHARS} characters (without "
+                            "white space or invisible characters at its ends)",
+                            extra={"field": "name"})
     return stripped
 
 
