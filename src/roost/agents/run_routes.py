@@ -174,11 +174,10 @@ async def run_events(
                 if end is not None:
                     yield end
                     return
+                # The model's text that woke it is sent at the top of the loop, after the
+                # caller's rights are checked again (sent here, a member removed or
+                # suspended meanwhile got the text written after their rights ended).
                 woken = await subscription.wait()
-                deltas, pending = events.sendable_deltas(
-                    pending + subscription.take_deltas(), cursor)
-                for frame in deltas:
-                    yield frame
                 if not woken:
                     yield events.keepalive()
 
