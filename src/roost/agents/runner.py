@@ -1395,12 +1395,18 @@ async def _use_prompt(env: RunEnv, state: _State) -> None:
     values = {"agent_name": state.agent.name if state.agent else "assistant",
               "date": utcnow().date().isoformat()}
     try:
+        if state.run.system_prompt_id is not None:
+            # The run is bound to the version it recorded, read as the system: under the
+            # user's row-level security a group's version is gone once they leave the
+            # group, and the run resolved the key again (another version, counted twice).
+            async with env.database.transaction() as session:
+                recorded = await session.get(SystemPrompt, state.run.system_prompt_id)
+            if recorded is None:
+                raise _Stop("error", status="failed", error=(
+                    f"the version of system prompt {key!r} this run recorded was deleted"))
+            state.prompt_text = prompts.render_row(recorded, values, ignore_unknown=True)
+            return
         async with _scoped(env, state.principal) as session:
-            recorded = (await session.get(SystemPrompt, state.run.system_prompt_id)
-                        if state.run.system_prompt_id is not None else None)
-            if recorded is not None:
-                state.prompt_text = prompts.render_row(recorded, values, ignore_unknown=True)
-                return
             used = await prompts.use(session, state.run.user_id, key,
                                      state.config.system_prompt_label, values)
             if used is None:
