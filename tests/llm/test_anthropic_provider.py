@@ -185,3 +185,5 @@ def test_tool_and_choice_mapping() -> None:
         "type": "tool",
         "name": "f",
     }
+    with pytest.raises(ValueError, match="requried"):  # never read as "auto"
+        to_anthropic_tool_choice("requried")

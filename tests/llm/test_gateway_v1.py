@@ -207,6 +207,22 @@ async def test_max_completion_tokens_reaches_the_provider_under_that_name(
     assert older.get("max_tokens") == 9 and "max_completion_tokens" not in older, older
 
 
+async def test_reasoning_effort_reaches_the_provider(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, sdk: openai.AsyncOpenAI,
+) -> None:
+    """A reasoning model's user sends ``reasoning_effort`` (and ``verbosity``) with
+    ``max_completion_tokens``: the OpenAI-compatible provider is sent them, while keys that
+    would act on the operator's account (``store``) are not.  Before, ``reasoning_effort``
+    was silently dropped."""
+    await _provider(client, admin_headers, stub, "stub")
+    await sdk.chat.completions.create(
+        model="stub-model", messages=HELLO, reasoning_effort="low", max_completion_tokens=50,
+        verbosity="low", store=True)
+    sent = stub.requests(path="/v1/chat/completions")[-1].body
+    assert (sent.get("reasoning_effort"), sent.get("verbosity")) == ("low", "low"), sent
+    assert sent.get("max_completion_tokens") == 50 and "store" not in sent, sent
+
+
 async def test_top_p_of_zero_is_a_valid_value(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, sdk: openai.AsyncOpenAI,
 ) -> None:
@@ -481,6 +497,55 @@ async def test_a_loosely_typed_chat_body_is_refused_naming_the_field(
     error = resp.json()["error"]
     assert (error["code"], error["param"]) == ("invalid_value", param), error
     assert stub.requests(path="/v1/chat/completions") == []
+
+
+@pytest.mark.parametrize(("change", "param"), [
+    ({"logprobs": "false"}, "logprobs"), ({"logprobs": 1}, "logprobs"),
+    ({"seed": "7"}, "seed"), ({"seed": 7.0}, "seed"), ({"top_logprobs": 21}, "top_logprobs"),
+    ({"top_logprobs": "2"}, "top_logprobs"), ({"parallel_tool_calls": "false"},
+                                              "parallel_tool_calls"),
+    ({"response_format": "json_object"}, "response_format"),
+    ({"tool_choice": "requried"}, "tool_choice"), ({"tool_choice": 1}, "tool_choice"),
+], ids=lambda v: str(v) if isinstance(v, str) else None)
+async def test_a_passed_on_key_of_the_wrong_type_is_refused_naming_it(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], change: dict[str, Any], param: str,
+) -> None:
+    """The keys sent on to providers are typed as OpenAI types them: ``logprobs: "false"``
+    is a 400 invalid_value naming ``logprobs``, as ``stream: "yes"`` is.  Before, it was
+    accepted, read as true and sent on as the string (``seed: "7"`` too)."""
+    await _provider(client, admin_headers, stub, "stub")
+    body = {"model": "stub-model", "messages": [{"role": "user", "content": "x"}], **change}
+    resp = await client.post("/v1/chat/completions", headers=user[1], json=body)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_value", param), error
+    assert stub.requests(path="/v1/chat/completions") == []
+
+
+@pytest.mark.parametrize(("change", "param"), [
+    ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}},
+     "modalities"),
+    ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+    ({"modalities": "text"}, "modalities"),
+])
+async def test_an_audio_answer_is_refused_not_answered_in_text(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers], change: dict[str, Any], param: str,
+) -> None:
+    """Answers are text only, so a user asking for audio (``modalities: ["text",
+    "audio"]``, ``audio``) gets a 400 naming the key, as ``n: 2`` is refused; ``modalities:
+    ["text"]`` is answered.  Before, both keys were dropped: a 200 text-only answer."""
+    await _provider(client, admin_headers, stub, "stub")
+    body = {"model": "stub-model", "messages": [{"role": "user", "content": "x"}], **change}
+    resp = await client.post("/v1/chat/completions", headers=user[1], json=body)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_value", param), error
+    assert stub.requests(path="/v1/chat/completions") == []
+    text_only = await client.post("/v1/chat/completions", headers=user[1], json={
+        **body, "modalities": ["text"], "audio": None})
+    assert text_only.status_code == 200, text_only.text
 
 
 async def test_an_assistant_turn_with_tool_calls_may_have_no_content(

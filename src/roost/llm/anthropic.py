@@ -132,15 +132,31 @@ def to_anthropic_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+TOOL_CHOICES: dict[str, dict[str, Any]] = {
+    "auto": {"type": "auto"}, "none": {"type": "none"}, "required": {"type": "any"}}
+
+
 def to_anthropic_tool_choice(choice: str | dict[str, Any]) -> dict[str, Any]:
     if isinstance(choice, dict):
         fn = choice.get("function")
         if isinstance(fn, dict) and "name" in fn:
             return {"type": "tool", "name": fn["name"]}
         return choice
-    return {"auto": {"type": "auto"}, "none": {"type": "none"}, "required": {"type": "any"}}.get(
-        choice, {"type": "auto"}
-    )
+    if choice not in TOOL_CHOICES:
+        # Never read as "auto": a misspelt "required" would let the model skip the tool.
+        # /v1 refuses such a choice before any provider is asked.
+        raise ValueError(f"unknown tool_choice {choice!r}: expected one of {sorted(TOOL_CHOICES)}")
+    return TOOL_CHOICES[choice]
+
+
+def no_parallel_tool_use(choice: dict[str, Any] | None) -> dict[str, Any]:
+    """OpenAI's ``parallel_tool_calls: false`` in Anthropic's words: the tool choice (auto
+    when none was given) with ``disable_parallel_tool_use``; a choice of no tool, or one
+    of Anthropic's own shapes, as it is."""
+    choice = choice or {"type": "auto"}
+    if choice.get("type") in ("auto", "any", "tool"):
+        return {**choice, "disable_parallel_tool_use": True}
+    return choice
 
 
 def _message_start(obj: dict[str, Any]) -> tuple[str | None, int]:
@@ -201,6 +217,8 @@ class AnthropicProvider(HTTPProvider):
             body["tools"] = to_anthropic_tools(request.tools)
         if request.tool_choice is not None:
             body["tool_choice"] = to_anthropic_tool_choice(request.tool_choice)
+        if request.tools and request.extra.get("parallel_tool_calls") is False:
+            body["tool_choice"] = no_parallel_tool_use(body.get("tool_choice"))
         body.update({k: v for k, v in request.extra.items() if k in PASSTHROUGH})
         escape = request.extra.get("anthropic")
         if isinstance(escape, dict):

@@ -60,9 +60,16 @@ from roost.principal import Principal
 
 log = structlog.get_logger(__name__)
 
-# OpenAI request keys passed through to providers unchanged.
-PASSTHROUGH = ("seed", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
-               "response_format", "logit_bias", "parallel_tool_calls")
+# OpenAI request keys passed through to providers unchanged: the typed fields of
+# ChatCompletionBody (a wrong type is a 400), then keys taken as sent.  Every other key is
+# accepted and dropped (docs/chat.md lists them): ``store``, ``metadata`` and
+# ``service_tier`` would act on the operator's provider account (stored completions,
+# pricier tiers), and an ``anthropic`` provider reads ``metadata`` and ``service_tier``
+# in other shapes.
+TYPED_PASSTHROUGH = ("seed", "logprobs", "top_logprobs", "response_format",
+                     "parallel_tool_calls")
+PASSTHROUGH = ("presence_penalty", "frequency_penalty", "logit_bias", "reasoning_effort",
+               "verbosity", "prediction")
 MAX_EMBEDDING_INPUTS = 2048
 
 
@@ -189,7 +196,16 @@ class ChatCompletionBody(BaseModel):
     stop: str | list[str] | None = None
     n: StrictInt | None = Field(default=None, ge=1, le=1, description="Only 1 is supported")
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
-    tool_choice: str | dict[str, Any] | None = None
+    # A misspelt choice ("requried") is a 400: an anthropic provider read it as "auto".
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+    seed: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    response_format: dict[str, Any] | None = None
+    # Only text answers: typed so that ``modalities: "audio"`` is refused too
+    # (check_messages refuses any modality but text).
+    modalities: list[str] | None = None
     user: str | None = Field(default=None, max_length=256)
     ensemble: EnsembleSpec | None = Field(
         default=None, description="Roost extension: ask several providers, keep one answer"
@@ -231,13 +247,33 @@ class ChatCompletionBody(BaseModel):
                 raise RequestValidationError([{
                     "type": "value_error", "loc": where, "msg": problem, "input": None}])
         self._check_tools()
+        self._check_text_output()
+
+    def _check_text_output(self) -> None:
+        """Answers are text only (``parse_openai_chat`` keeps the text): asking for audio
+        (``modalities`` with anything but ``"text"``, or ``audio``) is a 400 naming the
+        key, as ``n: 2`` is, not a text answer without the audio."""
+        extra = self.model_extra or {}
+        problem: tuple[str, str] | None = None
+        if any(modality != "text" for modality in self.modalities or []):
+            problem = "modalities", "only text output is supported (modalities: [\"text\"])"
+        elif extra.get("audio") is not None:
+            problem = "audio", "audio output is not supported"
+        if problem:
+            raise RequestValidationError([{
+                "type": "value_error", "loc": ("body", problem[0]), "msg": problem[1],
+                "input": None}])
 
     def _check_tools(self) -> None:
         """A function tool names its function (``{"type": "function", "function": {"name":
         ...}}``): without a name a provider's translation failed (a 500) where OpenAI
         answers 400."""
         for i, tool in enumerate(self.tools or []):
-            if tool.get("type", "function") != "function":
+            if "type" not in tool:  # as OpenAI: an anthropic provider took it for its own
+                raise RequestValidationError([{
+                    "type": "value_error", "loc": ("body", "tools", i, "type"),
+                    "msg": "is required (\"function\" for a function tool)", "input": None}])
+            if tool["type"] != "function":
                 continue
             function = tool.get("function")
             name = function.get("name") if isinstance(function, dict) else None
@@ -251,17 +287,22 @@ class ChatCompletionBody(BaseModel):
         """The values kept in ``llm_requests.model_params`` (JSONB, which holds no NUL
         character): a NUL in one is a 400 ``invalid_value`` naming the field (``param``),
         like any invalid field, not a failure to store the request."""
-        extra = self.model_extra or {}
-        fields = {"stop": self.stop, "tool_choice": self.tool_choice,
-                  **{k: extra[k] for k in PASSTHROUGH if k in extra}}
+        fields = {"stop": self.stop, "tool_choice": self.tool_choice, **self.passed_on()}
         for name, value in fields.items():
             if holds_nul(value):
                 raise RequestValidationError([{
                     "type": "value_error", "loc": ("body", name),
                     "msg": "must not contain NUL characters (\\u0000)", "input": None}])
 
+    def passed_on(self) -> dict[str, Any]:
+        """The keys sent on to providers as they are (``ChatRequest.extra``): the typed
+        ones set, then the PASSTHROUGH keys the body holds."""
+        extra = self.model_extra or {}
+        typed = {k: getattr(self, k) for k in TYPED_PASSTHROUGH if getattr(self, k) is not None}
+        return {**typed, **{k: extra[k] for k in PASSTHROUGH if k in extra}}
+
     def to_request(self) -> ChatRequest:
-        extra = {k: v for k, v in (self.model_extra or {}).items() if k in PASSTHROUGH}
+        extra = self.passed_on()
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
         return ChatRequest(
             model=self.model, messages=self.messages, temperature=self.temperature,
@@ -300,7 +341,7 @@ def _check_sizes(gateway: LLMGateway, texts: list[str], what: str) -> None:
 
 def _asked_logprobs(body: ChatCompletionBody) -> bool:
     """Whether the caller sent ``logprobs: true`` (passed through to the provider)."""
-    return bool((body.model_extra or {}).get("logprobs"))
+    return body.logprobs is True
 
 
 def completion_id(request_id: Any) -> str:
