@@ -478,6 +478,14 @@ async def test_agents_are_tools_at_mcp_for_whoever_may_run_them(
             assert refused.is_error
 
 
+async def _listening(app: Any) -> None:
+    """Until the app's LISTEN connection is up (its start-up runs it in the background)."""
+    for _ in range(100):
+        if app.state.run_listener.listening:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def test_events_carry_the_model_text_as_it_streams(
     app: Any, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
     database: Database, user: tuple[uuid.UUID, Headers], worker: Worker,
@@ -490,10 +498,7 @@ async def test_events_carry_the_model_text_as_it_streams(
     words = "one two three four five six seven eight nine ten"
     stub.script(Reply(words, chunk_delay_ms=80))
     async with app.router.lifespan_context(app):
-        for _ in range(100):
-            if app.state.run_listener.listening:
-                break
-            await asyncio.sleep(0.05)
+        await _listening(app)
         run = await start(client, headers, agent.id)
         streamed = await client.get(f"/api/v1/runs/{run['id']}/events", headers=headers,
                                     timeout=30)
@@ -515,10 +520,7 @@ async def test_the_model_text_sent_with_its_step_s_start_reaches_the_stream(
     user_id, headers = user
     agent = await make_agent(database, user_id)
     async with app.router.lifespan_context(app):
-        for _ in range(100):
-            if app.state.run_listener.listening:
-                break
-            await asyncio.sleep(0.05)
+        await _listening(app)
         run = await start(client, headers, agent.id)
         streaming = asyncio.ensure_future(client.get(
             f"/api/v1/runs/{run['id']}/events", headers=headers, timeout=30))

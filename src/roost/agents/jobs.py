@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import exists, select, text, update
+from sqlalchemy import select, text, update
 
 from roost.agents import health as _health  # noqa: F401 - its schedule (agents.persona_health)
 from roost.agents import mail, memorytools, runner
@@ -25,7 +25,7 @@ from roost.llm.jobs import job_gateway
 from roost.prompts import service as prompts
 from roost.security.crypto import SecretBox
 from roost.tasks.handlers import TaskContext, task
-from roost.tasks.models import TERMINAL_STATUSES, BackgroundTask
+from roost.tasks.models import job_ended
 from roost.tasks.schedules import periodic
 from roost.tools.calls import HostedBuiltin
 from roost.tools.config import ToolsConfig
@@ -109,8 +109,7 @@ async def sweep(database: Database) -> list[uuid.UUID]:
                 Run.status.in_(("pending", "running")),
                 Run.kind == "agent",  # a workflow's nodes have jobs of their own
                 Run.updated_at < text("now() - interval '30 seconds'"),
-                ~exists().where(BackgroundTask.id == Run.task_id,
-                                BackgroundTask.status.not_in(TERMINAL_STATUSES)),
+                job_ended(Run.task_id),
             ).limit(1000))).all())
     failed = []
     for run_id in stranded:

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import exists, select, text
+from sqlalchemy import select, text
 
 from roost.db.engine import Database
 from roost.debates import runner
@@ -16,7 +16,7 @@ from roost.debates.models import DebateSession
 from roost.debates.service import RUN_TASK
 from roost.llm.jobs import job_gateway
 from roost.tasks.handlers import TaskContext, task
-from roost.tasks.models import TERMINAL_STATUSES, BackgroundTask
+from roost.tasks.models import job_ended
 from roost.tasks.schedules import periodic
 
 log = structlog.get_logger(__name__)
@@ -59,8 +59,7 @@ async def sweep(database: Database) -> list[uuid.UUID]:
             select(DebateSession.id).where(
                 DebateSession.status.in_(runner.OPEN),
                 DebateSession.created_at < text("now() - interval '30 seconds'"),
-                ~exists().where(BackgroundTask.id == DebateSession.task_id,
-                                BackgroundTask.status.not_in(TERMINAL_STATUSES)),
+                job_ended(DebateSession.task_id),
             ).limit(1000))).all())
     failed = [d for d in stranded if await runner.fail_debate(
         database, d, "the worker running it stopped and its job has no retries left")]

@@ -9,14 +9,14 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import exists, select, text
+from sqlalchemy import select, text
 
 from roost.config import get_settings
 from roost.db.engine import Database
 from roost.knowledge.config import KnowledgeConfig
 from roost.knowledge.models import IngestionRun
 from roost.tasks.handlers import PermanentError, TaskContext, task
-from roost.tasks.models import TERMINAL_STATUSES, BackgroundTask
+from roost.tasks.models import job_ended
 from roost.tasks.schedules import periodic
 
 log = structlog.get_logger(__name__)
@@ -84,8 +84,7 @@ async def sweep(database: Database, cfg: KnowledgeConfig | None = None) -> list[
                 IngestionRun.status.not_in(FINAL_STATUSES),
                 IngestionRun.task_id.is_not(None),
                 IngestionRun.created_at < text("now() - interval '30 seconds'"),
-                ~exists().where(BackgroundTask.id == IngestionRun.task_id,
-                                BackgroundTask.status.not_in(TERMINAL_STATUSES)),
+                job_ended(IngestionRun.task_id),
             ).limit(1000))).all())
     if not stranded:
         return []

@@ -39,6 +39,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    exists,
     func,
     text,
 )
@@ -159,6 +160,14 @@ class BackgroundTask(UUIDPrimaryKey, CreatedAt, Base):
         CheckConstraint("retry_count >= 0", name="retry_count_nonnegative"),
         CheckConstraint("max_retries >= 0", name="max_retries_nonnegative"),
     )
+
+
+def job_ended(task_id: Any) -> Any:
+    """SQL condition: the job ``task_id`` names ended (completed, cancelled or
+    dead-lettered) or is gone; one waiting for its retry (``failed``) has not.  The sweeps
+    that close the work of ended jobs (agent, debate, workflow and ingestion runs) use it."""
+    return ~exists().where(BackgroundTask.id == task_id,
+                           BackgroundTask.status.not_in(TERMINAL_STATUSES))
 
 
 class DeadLetter(UUIDPrimaryKey, Base):
