@@ -149,7 +149,8 @@ def _event_out(ev: Event) -> dict[str, Any]:
     return {"event_id": str(ev.id), "calendar_id": str(ev.calendar_id), "summary": ev.summary,
             "start": _iso(ev.start_time), "end": _iso(ev.end_time), "timezone": ev.timezone,
             "location": ev.location, "movability_score": ev.movability_score,
-            "is_movable": ev.is_movable, "recurring": bool(ev.recurrence_rule or ev.rdates)}
+            "is_movable": ev.is_movable, "recurring": bool(ev.recurrence_rule or ev.rdates),
+            "status": ev.status}
 
 
 def _windows(start: datetime, end: datetime,
@@ -238,7 +239,11 @@ def _conflict(busy: list[tuple[datetime, datetime]]) -> Unprocessable:
 
 
 def check_movable(ev: Event) -> None:
-    """Refuse a move the event's owner did not allow an agent (the module's rule)."""
+    """Refuse a move the event's owner did not allow an agent (the module's rule), and of
+    a cancelled event or occurrence (it answered "moved" for what shows nowhere)."""
+    if ev.status == "cancelled":
+        raise Unprocessable(f"event {ev.id} ({ev.summary!r}) is cancelled: there is nothing "
+                            "to move; ask the user")
     if ev.recurrence_rule or ev.rdates:
         raise Unprocessable(f"event {ev.id} ({ev.summary!r}) is a recurring series: agents do "
                             "not move series; ask the user")
@@ -306,8 +311,9 @@ def builtin_tools(app_role: str | None) -> dict[uuid.UUID, Tool]:
                          "movability_score"}, exclude_none=True)})
 
         async def work(session: AsyncSession) -> dict[str, Any]:
-            if not args.allow_conflict:
-                busy = await _busy_at(session, actor, body.start_time, body.end_time)
+            if not args.allow_conflict:  # over the times as stored: whole seconds
+                busy = await _busy_at(session, actor, body.start_time.replace(microsecond=0),
+                                      body.end_time.replace(microsecond=0))
                 if busy:
                     raise _conflict(busy)
             cal = await _calendar(session, actor, args.calendar_id)
@@ -326,7 +332,7 @@ def builtin_tools(app_role: str | None) -> dict[uuid.UUID, Tool]:
             length = ev.end_time - ev.start_time
             before = {"start": _iso(ev.start_time), "end": _iso(ev.end_time)}
             if args.new_start is not None:
-                start = args.new_start
+                start = args.new_start.replace(microsecond=0)  # as it is stored
                 try:
                     start + length
                 except OverflowError:
