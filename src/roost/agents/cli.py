@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any, Final, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents import catalog, personas, runs, secrets
@@ -98,11 +99,20 @@ def _short(text: str | None, limit: int = PREVIEW_CHARS) -> str:
 
 
 async def _persona_id(session: AsyncSession, actor: Principal, ref: str) -> uuid.UUID:
-    """A persona the actor can see, by exact name or id (or a unique start of one)."""
-    rows = (await session.scalars(select(Persona.id).where(
-        personas.visible_personas(actor),
-        or_(Persona.name == ref, id_starts_with(Persona.id, ref)),  # never "%" or "_"
-    ).limit(3))).all()
+    """A persona the actor can see: by its full id, else its exact name, else a unique start
+    of its id (in that order: a persona named as another's id, or as a start every uuid7
+    shares, made the full id or the name "several personas")."""
+    try:
+        full = uuid.UUID(ref)
+    except ValueError:
+        full = None
+    rows: Sequence[uuid.UUID] = []
+    for condition in ((Persona.id == full,) if full is not None else ()) + (
+            Persona.name == ref, id_starts_with(Persona.id, ref)):  # never "%" or "_"
+        rows = (await session.scalars(select(Persona.id).where(
+            personas.visible_personas(actor), condition).limit(3))).all()
+        if rows:
+            break
     if not rows:
         raise NotFound(f"no persona you can see is named {ref!r} or has an id starting with it")
     if len(rows) > 1:
@@ -168,7 +178,7 @@ def personas_create(
             return await personas.create_persona(session, env.principal, body)
 
     view = _run(user, go)
-    console.print(Text(f"Created persona {view.persona.name} ({view.persona.id})"))
+    console.print(Text(f"Created persona {printable(view.persona.name)} ({view.persona.id})"))
 
 
 @personas_app.command("show")
@@ -217,7 +227,7 @@ def personas_rm(persona: Annotated[str, typer.Argument(help="Name or id.")],
             await personas.delete_persona(session, env.principal, persona_id)
             return persona_id
 
-    console.print(Text(f"Deleted persona {persona} ({_run(user, go)})"))
+    console.print(Text(f"Deleted persona {printable(persona)} ({_run(user, go)})"))
 
 
 # --- agents -------------------------------------------------------------------------------
