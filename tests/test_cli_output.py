@@ -93,9 +93,11 @@ async def test_users_and_tasks_tables_print_ids_whole(
     assert cancelled.returncode == 0 and f"task {task.id}: cancelled" in cancelled.stdout
 
 
-def test_commands_log_nothing_unless_verbose(tmp_path: Path) -> None:
-    """On the embedded server: no `embedded_postgres_ready` line unless asked for."""
-    env = {"ROOST_DATA_DIR": str(tmp_path / "data")}
+def test_commands_log_nothing_unless_verbose(open_tmp: Path) -> None:
+    """On the embedded server: no `embedded_postgres_ready` line unless asked for.  Its
+    data dir is outside pytest's tree, which another pytest session may lock to 0700
+    while the server's own user stops it (then stopping it logged an error)."""
+    env = {"ROOST_DATA_DIR": str(open_tmp / "data")}
     quiet = run_roost("db", "current", env=env, fresh=True)  # start-up logs nothing either
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == "" and "embedded_postgres" not in quiet.stdout
