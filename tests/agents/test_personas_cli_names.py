@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from roost.db.engine import Database
+from tests.agents.test_agents_cli import cli_env
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
 from tests.support.pg import PgTestServer
@@ -15,17 +16,12 @@ from tests.support.pg import PgTestServer
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _env(pg_server: PgTestServer, db_name: str, tmp_path: Path) -> dict[str, str]:
-    return {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
-            "ROOST_DATA_DIR": str(tmp_path / "cli-data")}
-
-
 async def test_a_persona_full_id_names_that_persona_even_if_another_is_named_so(
     pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
 ) -> None:
     """A persona's full id names that persona even when another persona is named with
     that id's text (the full id was refused as naming "several personas")."""
-    env = _env(pg_server, db_name, tmp_path)
+    env = cli_env(pg_server, db_name, tmp_path)
     await make_user(database, username="olga")
 
     def roost(*args: str) -> subprocess.CompletedProcess[str]:
@@ -49,7 +45,7 @@ async def test_personas_create_prints_a_bidi_control_in_the_name_as_an_escape(
 ) -> None:
     """`roost personas create` echoes the new name with a U+202E as its escape (printed
     raw, it reordered the rest of the line, the id the user copies)."""
-    env = _env(pg_server, db_name, tmp_path)
+    env = cli_env(pg_server, db_name, tmp_path)
     await make_user(database, username="olga")
     created = run_roost("personas", "create", "Desk\u202eevil", "--user", "olga", env=env)
     assert created.returncode == 0, created.stderr

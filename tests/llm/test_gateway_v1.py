@@ -466,6 +466,19 @@ async def test_a_malformed_content_part_is_named_in_the_error(
     assert resp.json()["error"]["param"] == "messages.0.content", resp.text
 
 
+async def _refused_naming(client: httpx.AsyncClient, headers: Headers, stub: StubServer,
+                          change: dict[str, Any], param: str) -> dict[str, Any]:
+    """A chat body with ``change`` is a 400 invalid_value naming ``param`` and reaches no
+    provider; the body, for more."""
+    body = {"model": "stub-model", "messages": [{"role": "user", "content": "x"}], **change}
+    resp = await client.post("/v1/chat/completions", headers=headers, json=body)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_value", param), error
+    assert stub.requests(path="/v1/chat/completions") == []
+    return body
+
+
 @pytest.mark.parametrize(("change", "param"), [
     ({"stream": "yes"}, "stream"), ({"stream": 1}, "stream"),
     ({"max_tokens": "8"}, "max_tokens"), ({"max_tokens": 8.0}, "max_tokens"),
@@ -498,12 +511,7 @@ async def test_a_loosely_typed_chat_body_is_refused_naming_the_field(
     the field, and nothing reaches the provider (it read "yes" as a stream, stored null
     content and forwarded it)."""
     await _provider(client, admin_headers, stub, "stub")
-    body = {"model": "stub-model", "messages": [{"role": "user", "content": "x"}], **change}
-    resp = await client.post("/v1/chat/completions", headers=user[1], json=body)
-    assert resp.status_code == 400, resp.text
-    error = resp.json()["error"]
-    assert (error["code"], error["param"]) == ("invalid_value", param), error
-    assert stub.requests(path="/v1/chat/completions") == []
+    await _refused_naming(client, user[1], stub, change, param)
 
 
 @pytest.mark.parametrize(("change", "param"), [
@@ -520,12 +528,7 @@ async def test_an_audio_answer_is_refused_not_answered_in_text(
     "audio"]``, ``audio``) gets a 400 naming the key, as ``n: 2`` is refused; ``modalities:
     ["text"]`` is answered.  Before, both keys were dropped: a 200 text-only answer."""
     await _provider(client, admin_headers, stub, "stub")
-    body = {"model": "stub-model", "messages": [{"role": "user", "content": "x"}], **change}
-    resp = await client.post("/v1/chat/completions", headers=user[1], json=body)
-    assert resp.status_code == 400, resp.text
-    error = resp.json()["error"]
-    assert (error["code"], error["param"]) == ("invalid_value", param), error
-    assert stub.requests(path="/v1/chat/completions") == []
+    body = await _refused_naming(client, user[1], stub, change, param)
     text_only = await client.post("/v1/chat/completions", headers=user[1], json={
         **body, "modalities": ["text"], "audio": None})
     assert text_only.status_code == 200, text_only.text
