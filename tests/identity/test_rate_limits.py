@@ -64,6 +64,15 @@ async def _second_key(database: Database, user_id: uuid.UUID) -> Headers:
     return {"Authorization": f"Bearer {created.key}"}
 
 
+async def _helper_key_id(database: Database, user_id: uuid.UUID) -> uuid.UUID:
+    """The id of the key make_user gave the user ("test helper")."""
+    async with database.transaction() as session:
+        key_id = await session.scalar(select(ApiKey.id).where(
+            ApiKey.user_id == user_id, ApiKey.name == "test helper"))
+    assert key_id is not None
+    return key_id
+
+
 async def _statuses(client: httpx.AsyncClient, headers: Headers, n: int) -> list[int]:
     return [(await client.get(COUNTED, headers=headers)).status_code for _ in range(n)]
 
@@ -114,9 +123,7 @@ async def test_per_key_and_per_user_limits_are_independent(
 ) -> None:
     user_id, key_a = await make_user(database)
     key_b = await _second_key(database, user_id)
-    async with database.transaction() as session:
-        key_a_id = await session.scalar(select(ApiKey.id).where(
-            ApiKey.user_id == user_id, ApiKey.name == "test helper"))
+    key_a_id = await _helper_key_id(database, user_id)
     # The user may make 5 a minute with all their keys; key A 2 of them.
     put = await client.put(f"/api/v1/admin/limits/users/{user_id}", headers=admin_headers,
                            json={"requests_per_minute": 5})
@@ -140,9 +147,7 @@ async def test_a_refusal_names_the_limit_that_refused(
     own limit, or the account's (all the user's keys together)."""
     user_id, key_a = await make_user(database)
     key_b = await _second_key(database, user_id)
-    async with database.transaction() as session:
-        key_a_id = await session.scalar(select(ApiKey.id).where(
-            ApiKey.user_id == user_id, ApiKey.name == "test helper"))
+    key_a_id = await _helper_key_id(database, user_id)
     for path, rpm in ((f"users/{user_id}", 4), (f"api-keys/{key_a_id}", 2)):
         put = await client.put(f"/api/v1/admin/limits/{path}", headers=admin_headers,
                                json={"requests_per_minute": rpm})
@@ -208,9 +213,7 @@ async def test_a_revoked_keys_requests_do_not_charge_its_user(
     user's own third request was a 429)."""
     user_id, key_a = await make_user(database)
     key_b = await _second_key(database, user_id)
-    async with database.transaction() as session:
-        key_a_id = await session.scalar(select(ApiKey.id).where(
-            ApiKey.user_id == user_id, ApiKey.name == "test helper"))
+    key_a_id = await _helper_key_id(database, user_id)
     # 1: key A is used once (this process now knows it).
     assert (await client.get(COUNTED, headers=key_a)).status_code == 200
     # The user revokes it with key B (a revocation is not counted).
@@ -230,9 +233,7 @@ async def test_the_charge_given_back_is_a_whole_request_at_any_limit(
     of a request with every such 401), so the user's 6 remaining requests all pass."""
     user_id, key_a = await make_user(database)
     key_b = await _second_key(database, user_id)
-    async with database.transaction() as session:
-        key_a_id = await session.scalar(select(ApiKey.id).where(
-            ApiKey.user_id == user_id, ApiKey.name == "test helper"))
+    key_a_id = await _helper_key_id(database, user_id)
     assert (await client.put(f"/api/v1/admin/limits/users/{user_id}", headers=admin_headers,
                              json={"requests_per_minute": 7})).status_code == 200
     assert (await client.get(COUNTED, headers=key_a)).status_code == 200  # 1
@@ -320,9 +321,7 @@ async def test_a_key_made_with_a_throttled_key_keeps_its_limits(
     making was the first request of it); a key made at sign-in (a session) or by an
     administrator starts without limits of its own."""
     user_id, key_a = await make_user(database)
-    async with database.transaction() as session:
-        key_a_id = await session.scalar(select(ApiKey.id).where(
-            ApiKey.user_id == user_id, ApiKey.name == "test helper"))
+    key_a_id = await _helper_key_id(database, user_id)
     put = await client.put(f"/api/v1/admin/limits/api-keys/{key_a_id}", headers=admin_headers,
                            json={"requests_per_minute": 2, "streams": 1})
     assert put.status_code == 200, put.text
@@ -353,9 +352,7 @@ async def test_keys_made_with_one_another_share_its_minute_and_its_later_limits(
     spend one minute between them (each minted key counted a fresh one), and an
     administrator who throttles a key after it made others throttles them too."""
     user_id, key_a = await make_user(database)
-    async with database.transaction() as session:
-        key_a_id = await session.scalar(select(ApiKey.id).where(
-            ApiKey.user_id == user_id, ApiKey.name == "test helper"))
+    key_a_id = await _helper_key_id(database, user_id)
     roomy = await client.put(f"/api/v1/admin/limits/users/{user_id}", headers=admin_headers,
                              json={"requests_per_minute": 100})
     assert roomy.status_code == 200, roomy.text
