@@ -221,7 +221,7 @@ async def test_an_answer_that_is_not_json_rpc_is_a_bad_gateway_naming_it(
 # (no newline): it writes at most ``argv[2]`` MiB and records in ``argv[3]`` how many MiB
 # it managed to write.
 ENDLESS_LINE = r'''
-import json, sys
+import json, os, sys
 endless, cap, count = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def send(obj):
     sys.stdout.write(json.dumps(obj) + "\n"); sys.stdout.flush()
@@ -237,8 +237,10 @@ for line in sys.stdin:
         try:
             for written in range(1, cap + 1):
                 sys.stdout.write(chunk); sys.stdout.flush()
-                with open(count, "w") as out:
+                # Replaced whole: the test may read it while this process is writing.
+                with open(count + ".tmp", "w") as out:
                     out.write(str(written))
+                os.replace(count + ".tmp", count)
         except BrokenPipeError:
             break
     elif method == "initialize":
