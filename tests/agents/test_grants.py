@@ -109,3 +109,48 @@ async def test_nul_in_grant_schema_is_a_422_naming_the_field(
     resp = await client.put(f"/api/v1/personas/{persona['id']}/tools/{items[0]['id']}",
                             headers=alice, json={"input_schema": {"description": "a\u0000b"}})
     assert resp.status_code == 422 and "input_schema" in resp.text, resp.text
+
+
+async def test_rebinding_an_agent_keeps_only_tools_its_new_persona_lets_it_use(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    """A tool an agent may use only through its persona's grant (another member's private
+    tool, named by id) does not stay in its tool_permissions when the agent moves to a
+    persona without that grant or to none: the change is a 422 naming the tool (it would
+    otherwise stay listed and silently drop out of every run); with the tool left out of
+    the same change, or to a persona granting it too, the move is made."""
+    _, alice = await make_user(database, admin=True)
+    _, bob_name, bob = await named_user(database, "bob")
+    server = await client.post("/api/v1/mcp-servers", headers=alice, json={
+        "name": "alices-echo", "transport": "stdio", "command": sys.executable,
+        "args": [str(ECHO_SERVER)]})
+    assert server.status_code == 201, server.text
+    synced = await client.post(f"/api/v1/mcp-servers/{server.json()['id']}/sync", headers=alice)
+    assert synced.status_code == 200, synced.text
+    tools = (await client.get("/api/v1/tools", params={"name": "echo"}, headers=alice)).json()
+    echo_id = next(t["id"] for t in tools["items"] if t["name"] == "echo")
+    granting, also_granting, plain = [await create_persona(client, alice) for _ in range(3)]
+    for persona in (granting, also_granting):
+        assert (await client.put(f"/api/v1/personas/{persona['id']}/tools/{echo_id}",
+                                 headers=alice, json={})).status_code == 200
+    for persona in (granting, also_granting, plain):
+        await add_member(client, admin_headers, persona["id"], bob_name, "editor")
+    agent = await create_agent(client, bob, persona_id=granting["id"],
+                               tool_permissions=[echo_id])
+
+    for target in (plain["id"], None):
+        moved = await client.patch(f"/api/v1/agents/{agent['id']}", headers=bob,
+                                   json={"persona_id": target})
+        assert moved.status_code == 422, moved.text
+        assert echo_id in moved.json()["detail"] and "tool_permissions" in moved.json()["detail"]
+    kept = (await client.get(f"/api/v1/agents/{agent['id']}", headers=bob)).json()
+    assert kept["persona_id"] == granting["id"] and kept["tool_permissions"] == [echo_id]
+
+    moved = await client.patch(f"/api/v1/agents/{agent['id']}", headers=bob,
+                               json={"persona_id": also_granting["id"]})
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["tool_permissions"] == [echo_id]
+    moved = await client.patch(f"/api/v1/agents/{agent['id']}", headers=bob,
+                               json={"persona_id": plain["id"], "tool_permissions": []})
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["persona_id"] == plain["id"] and moved.json()["tool_permissions"] == []

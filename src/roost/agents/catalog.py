@@ -220,9 +220,10 @@ def split_tool_refs(refs: Iterable[str]) -> tuple[list[uuid.UUID], list[str]]:
 
 
 async def check_tools(session: AsyncSession, actor: Principal, refs: list[str],
-                      persona_id: uuid.UUID | None = None) -> list[str]:
+                      persona_id: uuid.UUID | None = None, *, hint: str = "") -> list[str]:
     """``refs`` (tool ids or names, duplicates dropped) when each names a tool the actor
-    can see, or (by id) one granted to the agent's persona; 422 naming those that do not."""
+    can see, or (by id) one granted to the agent's persona; 422 naming those that do not
+    (``hint`` ends its message)."""
     # An id's spellings (upper case, no dashes, braces, urn:uuid:) are one tool: kept once.
     wanted = list(dict.fromkeys(str(uuid.UUID(r)) if _is_uuid(r) else r
                                 for r in (r.strip() for r in refs)))
@@ -242,7 +243,7 @@ async def check_tools(session: AsyncSession, actor: Principal, refs: list[str],
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
         raise Unprocessable(f"tool_permissions: no tool you can use is called {shown} (see "
-                            "GET /api/v1/tools)")
+                            f"GET /api/v1/tools){hint}")
     return [str(ids[r]) if r in ids else r for r in wanted]
 
 
@@ -411,6 +412,13 @@ async def update_agent(session: AsyncSession, actor: Principal, agent_id: uuid.U
     if "tool_permissions" in values:
         values["tool_permissions"] = await check_tools(
             session, actor, values["tool_permissions"], values.get("persona_id", agent.persona_id))
+    elif "persona_id" in values and values["persona_id"] != agent.persona_id:
+        # The agent's tools again, with the new persona's grants: one only the old persona
+        # granted would stay listed and silently drop out of every run.
+        values["tool_permissions"] = await check_tools(
+            session, actor, list(agent.tool_permissions), values["persona_id"],
+            hint="; the agent's tools must be usable with its new persona: send "
+                 "tool_permissions without them in the same change")
     if "document_ids" in values:
         values["document_ids"] = await check_documents(session, actor, values["document_ids"])
     if "tool_permissions" in values or "persona_id" in values:
