@@ -287,3 +287,37 @@ async def test_max_cost_counts_the_credits_of_the_runs_tool_calls(
     assert (done["status"], done["stop_reason"]) == ("completed", "budget"), done
     assert len(stub.requests(path="/v1/chat/completions")) == 2  # the probe's and one
 
+
+
+async def test_a_groups_plan_counts_every_member_it_pays_for(
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database,
+) -> None:
+    """A group's plan of ``max_agents: 2`` and ``runs_per_day: 1`` is two agents and one
+    run a day for the group, not for each member (each member's scope shows only their
+    own agents and runs); a member with a subscription of their own is counted by theirs
+    alone, and the group's count leaves them out."""
+    ann, ann_h = await make_user(database)
+    ben, ben_h = await make_user(database)
+    cat, cat_h = await make_user(database)
+    group = await make_group(database, (ann, "member"), (ben, "member"), (cat, "member"))
+    resp = await client.post("/api/v1/billing/plans", headers=admin_headers, json={
+        "key": "team2", "name": "Team", "price": "5.00", "included_credits": 100,
+        "limits": {"max_agents": 2, "runs_per_day": 1}})
+    assert resp.status_code == 201, resp.text
+    resp = await client.post("/api/v1/billing/subscriptions", headers=admin_headers,
+                             json={"group_id": str(group), "plan": "team2"})
+    assert resp.status_code == 201, resp.text
+    await subscribe(client, admin_headers, cat, 100, max_agents=5)  # Cat pays her own way
+
+    made = [await client.post("/api/v1/agents", headers=h, json={"name": n, "slug": n})
+            for h, n in ((cat_h, "c1"), (cat_h, "c2"), (ann_h, "a1"), (ben_h, "b1"),
+                         (ben_h, "b2"))]
+    assert [r.status_code for r in made] == [201, 201, 201, 201, 403], [r.text for r in made]
+    assert made[-1].json()["limit"] == "max_agents" and "(2 already)" in made[-1].text
+
+    run = await client.post(f"/api/v1/agents/{made[2].json()['id']}/runs", headers=ann_h,
+                            json={"input": "hello"})
+    assert run.status_code == 202, run.text
+    again = await client.post(f"/api/v1/agents/{made[3].json()['id']}/runs", headers=ben_h,
+                              json={"input": "hello"})
+    assert again.status_code == 403 and again.json()["limit"] == "runs_per_day", again.text

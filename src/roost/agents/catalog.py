@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from pydantic import ValidationError
-from sqlalchemy import and_, case, false, func, or_, select, true
+from sqlalchemy import and_, case, false, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.grants import grants_of
@@ -318,10 +318,9 @@ async def _check_agent_limit(session: AsyncSession, owner: uuid.UUID) -> None:
     payer = await credits.payer_for(session, owner)
     if payer is None or payer.limits.get("max_agents") is None:
         return
-    await limits.lock_count(session, owner, "max_agents")
-    count = await session.scalar(select(func.count()).select_from(Agent).where(
-        Agent.user_id == owner))
-    await limits.check_count(session, owner, "max_agents", int(count or 0), payer=payer)
+    await limits.lock_count(session, payer, "max_agents")
+    count = await limits.owned_count(session, payer, "agents")
+    await limits.check_count(session, owner, "max_agents", count, payer=payer)
 
 
 async def create_agent(session: AsyncSession, actor: Principal, body: AgentCreate, *,

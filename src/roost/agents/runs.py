@@ -174,15 +174,13 @@ async def _check_plan(session: AsyncSession, user_id: uuid.UUID, run_id: uuid.UU
             f"(plan {payer.plan_key!r})", extra={"balance": 0, "needed": 1,
                                                  "subscription_id": str(payer.subscription_id)})
     if payer.limits.get("runs_per_day") is not None:
-        await limits.lock_count(session, user_id, "runs_per_day")
+        await limits.lock_count(session, payer, "runs_per_day")
         today = datetime.combine(utcnow().date(), time(), UTC)
         # Agent runs only (the plan's limit is theirs): a workflow's own run row counted
         # here would leave a one-run-a-day plan no run for the workflow's agent node.
-        started = await session.scalar(select(func.count()).select_from(Run).where(
-            Run.user_id == user_id, Run.kind == "agent", Run.created_at >= today,
-            Run.id != run_id))
-        await limits.check_count(session, user_id, "runs_per_day", int(started or 0),
-                                 payer=payer)
+        started = await limits.owned_count(session, payer, "runs", since=today,
+                                           except_run=run_id)
+        await limits.check_count(session, user_id, "runs_per_day", started, payer=payer)
 
 
 def totals_from_steps(run_id: uuid.UUID) -> dict[str, Any]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import fnmatch
 import uuid
 from collections.abc import Sequence
-from typing import Final
+from datetime import datetime
+from typing import Final, Literal
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.billing.credits import Payer, payer_for
@@ -63,13 +65,29 @@ def plan_includes(payer: Payer | None, model: str) -> bool:
     return not allowed or _includes(allowed, model)
 
 
-async def lock_count(session: AsyncSession, user_id: uuid.UUID, limit: str) -> None:
-    """Call before counting for ``check_count``: parallel creates of one user's agents,
-    documents or runs queue here until the transaction ends, so each counts the ones
-    committed before it and they cannot all pass the limit together."""
+async def lock_count(session: AsyncSession, payer: Payer, limit: str) -> None:
+    """Call before counting for ``check_count``: parallel creates of the agents, documents
+    or runs one subscription pays for (a group's: any member's) queue here until the
+    transaction ends, so each counts the ones committed before it and they cannot all
+    pass the limit together."""
     if limit not in COUNT_LIMITS:
         raise ValueError(f"unknown count limit {limit!r}")
-    await lock_owner_quota(session, user_id, f"billing.{limit}")
+    await lock_owner_quota(session, payer.subscription_id, f"billing.{limit}")
+
+
+_OWNED = text("SELECT roost_subscription_owned(:subscription, :what, :since, :except_run)")
+
+
+async def owned_count(session: AsyncSession, payer: Payer,
+                      what: Literal["agents", "documents", "runs"], *,
+                      since: datetime | None = None, except_run: uuid.UUID | None = None
+                      ) -> int:
+    """How many agents, documents or agent runs (created since ``since``, ``except_run``
+    left out) the users ``payer`` pays for own: for a group's subscription, every member
+    it bills, whom the caller's own scope does not show (migration 1440)."""
+    count = await session.scalar(_OWNED, {"subscription": payer.subscription_id, "what": what,
+                                          "since": since, "except_run": except_run})
+    return int(count or 0)
 
 
 async def check_count(session: AsyncSession, user_id: uuid.UUID | None, limit: str,

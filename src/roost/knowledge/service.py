@@ -160,13 +160,13 @@ async def check_document_limit(session: AsyncSession, user_id: uuid.UUID,
     payer = await credits.payer_for(session, user_id)
     if payer is None or payer.limits.get("max_documents") is None:
         return
-    await limits.lock_count(session, user_id, "max_documents")
-    owned = select(func.count()).select_from(Document).where(Document.user_id == user_id)
+    await limits.lock_count(session, payer, "max_documents")
     if await session.scalar(select(Document.id).where(Document.user_id == user_id,
                                                       Document.path_hash == path_hash)):
         return
     await limits.check_count(session, user_id, "max_documents",
-                             int(await session.scalar(owned) or 0), payer=payer)
+                             await limits.owned_count(session, payer, "documents"),
+                             payer=payer)
 
 
 async def create_upload(
