@@ -421,3 +421,20 @@ async def test_failed_logins_with_a_long_request_id_still_count(client: httpx.As
     final = await client.post("/api/v1/auth/login",
                               json={"login": "ghost-probe", "password": "nope-nope-1"})
     assert final.status_code == 429, final.text
+
+
+async def test_resource_id_filter_finds_a_record_by_its_uuid_in_upper_case(
+    client: httpx.AsyncClient, database: Database, admin_headers: dict[str, str]
+) -> None:
+    """An administrator filtering the log by a resource's id finds its records whatever
+    the case of the UUID pasted, as the ``user_id``/``persona_id``/``run_id`` filters do
+    (an upper-case id listed nothing, silently)."""
+    _, alice = await make_user(database)
+    made = await client.post("/api/v1/api-keys", headers=alice, json={"name": "k"})
+    assert made.status_code == 201, made.text
+    key_id = made.json()["id"]
+    for spelling in (key_id, key_id.upper(), key_id.replace("-", "")):
+        listed = await client.get("/api/v1/audit/logs", headers=admin_headers,
+                                  params={"resource_id": spelling})
+        assert listed.status_code == 200, listed.text
+        assert [i["action"] for i in listed.json()["items"]] == ["api_key.created"], spelling

@@ -119,6 +119,14 @@ class AuditFilter:
     until: datetime | None = None
 
 
+def _spellings(resource_id: str) -> set[str]:
+    """``resource_id`` as given and, when it is a UUID, in its canonical form."""
+    try:
+        return {resource_id, str(uuid.UUID(resource_id))}
+    except ValueError:
+        return {resource_id}
+
+
 async def query(
     session: AsyncSession, filters: AuditFilter, *, limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
@@ -137,13 +145,16 @@ async def query(
         (AuditLog.action, filters.action),
         (AuditLog.event_category, filters.category),
         (AuditLog.resource_type, filters.resource_type),
-        (AuditLog.resource_id, filters.resource_id),
         (AuditLog.correlation_id, filters.correlation_id),
         (AuditLog.trace_id, filters.trace_id),
         (AuditLog.success, filters.success),
     ):
         if value is not None:
             stmt = stmt.where(column == value)
+    if filters.resource_id is not None:
+        # Ids are recorded in their canonical spelling: a UUID pasted in upper case (or
+        # without dashes) finds its records too, as the uuid-typed filters do.
+        stmt = stmt.where(AuditLog.resource_id.in_(_spellings(filters.resource_id)))
     if filters.since is not None:
         stmt = stmt.where(AuditLog.created_at >= filters.since)
     if filters.until is not None:
