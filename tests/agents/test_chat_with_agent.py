@@ -153,3 +153,34 @@ async def test_a_message_and_its_excerpts_are_checked_against_the_run_s_input_li
         run = (await http.get(f"/api/v1/runs/{turn.json()['run_id']}", headers=headers)).json()
     assert run["input"].endswith(f"e\n\nassistant: {answer}\n\nuser: {question}")
     assert len(run["input"]) <= MAX_RUN_INPUT_CHARS
+
+
+async def test_an_agent_in_a_chat_session_gets_as_many_earlier_messages_as_a_reply(
+    app: Any, admin_headers: Headers, stub: StubServer, database: Database,
+    user: tuple[uuid.UUID, Headers], worker: Worker, client: httpx.AsyncClient,
+) -> None:
+    """``chat_context_messages`` earlier messages go with a new message to an agent, as to
+    a model (docs/settings.md): with 2, the run's input holds the two before the new one
+    (the new message took one of the places, so the agent saw one earlier message)."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    await make_agent(database, user_id, slug="echo")
+    stub.script(Reply("ok"))
+    put = await client.put("/api/v1/admin/settings/chat_context_messages", json={"value": 2},
+                           headers=admin_headers)
+    assert put.status_code == 200, put.text
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://roost.test") as http:
+        sid = (await http.post("/api/v1/chat/sessions", json={}, headers=headers)).json()["id"]
+        url = f"/api/v1/chat/sessions/{sid}/messages"
+        for role, content in (("user", "first-turn"), ("assistant", "second-turn"),
+                              ("user", "third-turn"), ("assistant", "fourth-turn")):
+            seeded = await http.post(url, headers=headers,
+                                     json={"role": role, "content": content, "reply": False})
+            assert seeded.status_code == 201, seeded.text
+        sent = await http.post(url, headers=headers, timeout=60,
+                               json={"content": "fifth-turn", "model": "agent:echo"})
+        assert sent.status_code == 201, sent.text
+        run = (await http.get(f"/api/v1/runs/{sent.json()['run_id']}", headers=headers)).json()
+    assert "user: third-turn" in run["input"] and "assistant: fourth-turn" in run["input"]
+    assert "user: fifth-turn" in run["input"] and "second-turn" not in run["input"], run["input"]

@@ -130,7 +130,9 @@ async def test_approve_and_suspend_accounts_then_read_and_verify_the_audit_log(
     async with database.transaction() as session:
         total: int = (await session.execute(text("SELECT count(*) FROM audit_logs"))).scalar_one()
     assert f"{total} entries checked" in await verdict.inner_text()
-    head = re.search(r"Head: entry #(\d+), hash ([0-9a-f]{64})", await verdict.inner_text())
+    # The head by its chain position (chain_seq), not an entry "#" as the list numbers seq.
+    head = re.search(r"Head: chain position (\d+), hash ([0-9a-f]{64})",
+                     await verdict.inner_text())
     assert head is not None, await verdict.inner_text()
     async with database.transaction() as session:  # the newest entry linked when it verified
         row_hash = (await session.execute(text(

@@ -103,10 +103,12 @@ def chat_agent_handler(app: FastAPI) -> ChatHandler:
             gateway, principal, session_id,
             body.model_copy(update={"reply": False, "stream": False, "context": None}))
         async with gateway.transaction(principal) as session:
+            # The message just stored and the setting's number of earlier ones (as a
+            # plain chat reply sends them; the new message took one of their places).
             history, _ = await chat_messages.list_messages(
                 session, gateway, principal, session_id,
-                limit=await runtime.get(session, chat_settings.CONTEXT_MESSAGES,
-                                        gateway.settings.chat_context_messages))
+                limit=1 + await runtime.get(session, chat_settings.CONTEXT_MESSAGES,
+                                            gateway.settings.chat_context_messages))
             agent = await catalog.find_agent_by_slug(session, principal, slug)
             run, _ = await runs.create_run(
                 session, principal, agent, RunCreate(input=_transcript(history, excerpts)),

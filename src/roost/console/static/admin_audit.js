@@ -143,10 +143,12 @@ verifyButton.addEventListener("click", async () => {
       const linked = report.linked_now
         ? ` ${report.linked_now} recent ${report.linked_now === 1 ? "entry was" : "entries were"} linked first.`
         : "";
-      // The head (newest entry's number and hash): kept outside the database, it shows
-      // a later cut of the newest entries, which no chain can show by itself.
+      // The head (newest entry's place in the chain and hash): kept outside the database,
+      // it shows a later cut of the newest entries, which no chain can show by itself.
+      // Its chain position, not an entry "#": the list numbers entries by seq, which
+      // differs from chain_seq once a transaction rolled back or commits overtook.
       const head = report.head_hash
-        ? [" Head: entry #", el("code", {}, String(report.head_chain_seq)), ", hash ",
+        ? [" Head: chain position ", el("code", {}, String(report.head_chain_seq)), ", hash ",
           el("code", {}, report.head_hash), " (keep it elsewhere to detect removed newest entries)."]
         : [];
       verifyResult.replaceChildren(el("strong", {}, "Chain intact"),
