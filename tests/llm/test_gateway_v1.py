@@ -708,3 +708,22 @@ async def test_a_streamed_ensemble_answer_keeps_its_tool_calls(
     calls = final.choices[0].message.tool_calls
     assert calls and calls[0].function.name == "lookup" and calls[0].id, final.choices[0]
     assert json.loads(calls[0].function.arguments) == {"q": 1}
+
+
+async def test_stream_options_without_a_stream_is_refused_as_openai_does(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    """``stream_options`` on a whole (not streamed) answer is a 400 naming the key, as
+    OpenAI answers (the client waits for a usage chunk that never comes); it was ignored.
+    With ``stream: true`` it is answered, as is ``stream_options: null``."""
+    await _provider(client, admin_headers, stub, "stub")
+    body = await _refused_naming(client, user[1], stub,
+                                 {"stream_options": {"include_usage": True}}, "stream_options")
+    whole = await client.post("/v1/chat/completions", headers=user[1],
+                              json={**body, "stream_options": None})
+    assert whole.status_code == 200, whole.text
+    streamed = await client.post("/v1/chat/completions", headers=user[1],
+                                 json={**body, "stream": True})
+    assert streamed.status_code == 200, streamed.text
+    assert streamed.text.rstrip().endswith("data: [DONE]")

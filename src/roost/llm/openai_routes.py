@@ -259,6 +259,9 @@ class ChatCompletionBody(BaseModel):
             problem = "modalities", "only text output is supported (modalities: [\"text\"])"
         elif extra.get("audio") is not None:
             problem = "audio", "audio output is not supported"
+        elif self.stream_options is not None and not self.stream:
+            # As OpenAI: the client expects a usage chunk a whole answer never sends.
+            problem = "stream_options", "only allowed when stream is true"
         if problem:
             raise RequestValidationError([{
                 "type": "value_error", "loc": ("body", problem[0]), "msg": problem[1],
