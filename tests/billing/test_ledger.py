@@ -4,6 +4,7 @@ reports by provider, agent and API key; streamed answers leave their time to fir
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -341,6 +342,26 @@ async def test_usage_by_provider_agent_and_api_key_with_cost_and_stream_metrics(
     assert all(m.latency_ms >= 0 for m in metrics)
     assert len(outbox) == 2 and {o.event_data["provider"] for o in outbox} == {"stub"}
     assert all(Decimal(o.event_data["cost"]) > 0 for o in outbox)
+
+
+async def test_a_model_call_records_its_model_name_composed(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+) -> None:
+    """A model the provider names with a decomposed "é" (NFD) is on the call's usage row
+    composed (NFC), as an ingested event's is: one report row per model (it was stored as
+    the provider spelled it)."""
+    nfd = unicodedata.normalize("NFD", "café-model")
+    user_id, headers = await make_user(database)
+    resp = await client.post("/api/v1/llm/providers", headers=admin_headers, json={
+        "name": "stub", "type": "openai", "base_url": stub.base_url, "model": nfd})
+    assert resp.status_code == 201, resp.text
+    done = await client.post("/v1/chat/completions", headers=headers, json={
+        "model": nfd, "messages": [{"role": "user", "content": "name yourself"}]})
+    assert done.status_code == 200, done.text
+    async with database.transaction() as s:
+        models = (await s.execute(text("SELECT model FROM usage_records WHERE user_id = :u"),
+                                  {"u": user_id})).scalars().all()
+    assert models == [unicodedata.normalize("NFC", "café-model")]
 
 
 @pytest.mark.parametrize(("field", "first", "second"),

@@ -3,6 +3,7 @@ in Decimal from the most specific matching price (exact name, then the longest g
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -70,6 +71,23 @@ async def test_cost_for_picks_the_most_specific_price(database: Database) -> Non
         assert await cost("llama3.2:1b") == (Decimal(0), "USD")  # local model: free
         assert await cost(None) == (Decimal(0), "USD")
         assert await cost("gpt-4o", 0, 0) == (Decimal(0), "USD")
+
+
+async def test_a_price_matches_its_model_composed_or_decomposed(database: Database) -> None:
+    """A price written with a decomposed "é" (NFD) prices the composed name the ledger
+    stores (NFC), exactly or by a glob, and the other way round (it matched neither)."""
+    nfd = unicodedata.normalize("NFD", "café")
+    async with database.transaction() as session:
+        await session.execute(delete(ModelPrice))
+        for pattern, inp in ((f"{nfd}-large", "1"), (f"{nfd}-*", "2"), ("thé-*", "3")):
+            session.add(ModelPrice(model_pattern=pattern, input_per_million=Decimal(inp),
+                                   output_per_million=Decimal(0), currency="USD"))
+    prices.invalidate()
+    async with database.transaction() as session:
+        for model, cost in (("café-large", "1"), ("Café-small", "2"),
+                            (unicodedata.normalize("NFD", "thé-vert"), "3")):
+            assert await prices.cost_for(session, model, 1_000_000, 0) == \
+                (Decimal(cost), "USD"), model
 
 
 async def test_the_seeded_prices_and_the_admin_api(client: httpx.AsyncClient,

@@ -1,9 +1,9 @@
 """Model prices: what a model's tokens cost, per million, and :func:`cost_for`.
 
 A price's ``model_pattern`` is an exact model name or an fnmatch glob (``gpt-4o*``,
-``claude-*sonnet*``); matching ignores case.  The most specific price wins: an exact
-name beats every glob, and among matching globs the longest pattern wins (ties: the
-alphabetically first).  A model nothing matches costs nothing (local models).
+``claude-*sonnet*``); matching ignores case and Unicode normal form (NFC).  The most
+specific price wins: an exact name beats every glob, and among matching globs the longest
+pattern wins (ties: the alphabetically first).  A model nothing matches costs nothing (local models).
 
 :func:`cost_for` runs on every LLM call, so it reads a per-process copy of the table:
 reloaded after :data:`CACHE_TTL_S` seconds, or at once when a price changes through this
@@ -33,6 +33,7 @@ from roost.billing.models import ModelPrice
 from roost.billing.schemas import PriceCreate, PriceUpdate
 from roost.db.lookup import one_or_404
 from roost.errors import BadRequest, Conflict, Forbidden, Unprocessable
+from roost.identity.common import nfc
 from roost.pagination import MALFORMED_CURSOR, decode_cursor, encode_cursor, page_of
 from roost.principal import Principal
 
@@ -67,13 +68,13 @@ class _Table:
     memo: dict[str, Rate | None] = field(default_factory=dict)
 
     def match(self, model: str) -> Rate | None:
-        name = model.lower()
+        name = nfc(model).lower()  # a name composed or not is one model (as the ledger's)
         if name in self.memo:
             return self.memo[name]
         found = self.exact.get(name)
         if found is None:
             found = next((r for r in self.globs
-                          if fnmatch.fnmatchcase(name, r.pattern.lower())), None)
+                          if fnmatch.fnmatchcase(name, nfc(r.pattern).lower())), None)
         if len(self.memo) >= _MAX_MEMO:
             self.memo.clear()
         self.memo[name] = found
@@ -137,7 +138,7 @@ async def _table(session: AsyncSession) -> _Table:
     exact: dict[str, Rate] = {}
     for rate in sorted((r for r in rates if not is_glob(r.pattern)),
                        key=lambda r: r.pattern, reverse=True):
-        exact[rate.pattern.lower()] = rate  # the alphabetically first wins a case clash
+        exact[nfc(rate.pattern).lower()] = rate  # the alphabetically first wins a clash
     globs = sorted((r for r in rates if is_glob(r.pattern)),
                    key=lambda r: (-len(r.pattern), r.pattern))
     table = _Table(loaded_at=now, generation=generation, exact=exact, globs=globs)

@@ -102,6 +102,10 @@ class UsageReport:
 
 # ASCII digits only: \d takes fullwidth and other scripts' digits, which no ISO form has.
 _ORDINAL = re.compile(r"([0-9]{4})-?([0-9]{3})")
+# A week with no day (2026-W05, 2026W05): fromisoformat reads it as its Monday.
+_WEEK_NO_DAY = re.compile(r"[0-9]{4}-?W[0-9]{2}")
+# Where a timestamp's time starts: ISO's T, RFC 3339's lower-case t or its space.
+_TIME_SEP = re.compile(r"[Tt ]")
 
 
 def _ordinal_date(text: str) -> date | None:
@@ -121,10 +125,17 @@ def _ordinal_date(text: str) -> date | None:
 def parse_bound(value: str | None, *, name: str, end: bool) -> datetime | None:
     """An ISO timestamp or date (UTC when it names no offset).  A bare date as ``until``
     means the end of that day, so ``since=2026-01-01&until=2026-01-31`` covers January.
-    A moment outside years 1-9999 in UTC is a 422 naming ``name``."""
+    A week with no day (``2026-W05``), like a month (``2026-01``), is a 422, and so is a
+    moment outside years 1-9999 in UTC, naming ``name``."""
     if value is None or not value.strip():
         return None
     text = value.strip()
+    if _WEEK_NO_DAY.fullmatch(_TIME_SEP.split(text, maxsplit=1)[0]):
+        # As `until` it would end on the Monday and drop the rest of the week; refused
+        # as the month (2026-01) is.
+        raise Unprocessable(f"{name} must name a day: give a week date with its day, "
+                            f"YYYY-Www-D (2026-W05-1 is its Monday), got {text[:40]!r}",
+                            extra={"field": name})
     try:
         try:  # a date in any ISO form (2026-01-31, 20260131, 2026-031, 2026-W05-6)
             day: date | None = _ordinal_date(text) or date.fromisoformat(text)
@@ -133,11 +144,12 @@ def parse_bound(value: str | None, *, name: str, end: bool) -> datetime | None:
         if day is not None:
             moment = datetime.combine(day + timedelta(days=1) if end else day, time(), UTC)
         else:
-            # A time on an ordinal date (2026-031T12:00Z), as on a week date.
-            day_part, sep, time_part = text.partition("T")
-            ordinal = _ordinal_date(day_part) if sep else None
+            # A time on an ordinal date (2026-031T12:00Z, 2026-031t12:00Z, 2026-031
+            # 12:00Z), as on a calendar or week date.
+            parts = _TIME_SEP.split(text, maxsplit=1)
+            ordinal = _ordinal_date(parts[0]) if len(parts) == 2 else None
             if ordinal is not None:
-                text = f"{ordinal.isoformat()}T{time_part}"
+                text = f"{ordinal.isoformat()}T{parts[1]}"
             # RFC 3339 allows a lower-case z (Python 3.11 reads neither "Z" nor "z" here).
             moment = datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", text))
     except ValueError:

@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
 from roost.billing.usage import GroupBy
+from roost.identity.common import nfc
 from roost.inputs import IsoDatetime, StrictInput, holds_control, is_blank
 
 MAX_BATCH = 10_000
@@ -84,10 +85,21 @@ def _not_roosts(value: str) -> str:
 
 Key = Annotated[str, StringConstraints(min_length=1, max_length=200,
                                        pattern=r"^[\x21-\x7e]+$"), AfterValidator(_not_roosts)]
+
+
+def _composed(value: str) -> str:
+    """``value`` in NFC: a model typed with a decomposed "é" (macOS keyboards) is the same
+    name, one report row and one price, as the gateway's rows write it."""
+    value = nfc(value)
+    if len(value) > 255:  # composing rarely lengthens a name; the column holds 255
+        raise PydanticCustomError("string_too_long", "must have at most 255 characters")
+    return value
+
+
 # A model name is stored as text and shown in reports: no NUL (PostgreSQL refuses it with
 # an anonymous 400) nor other control characters, a 422 naming the field instead.
 Name = Annotated[str, StringConstraints(min_length=1, max_length=255),
-                 AfterValidator(_no_control)]
+                 AfterValidator(_no_control), AfterValidator(_composed)]
 Count = Annotated[int, Field(ge=0, le=1_000_000_000)]
 
 

@@ -33,6 +33,7 @@ from roost.db.base import utcnow, uuid7
 from roost.db.statements import bound_insert, flush_pending, prefixed
 from roost.db.transaction import driver_fetch
 from roost.errors import NotFound, RoostError
+from roost.identity.common import nfc
 from roost.llm.base import MAX_TOKEN_COUNT
 from roost.llm.errors import (
     SURROGATE,
@@ -92,6 +93,12 @@ def _label(value: Any, limit: int) -> str | None:
     if value is None:
         return None
     return clean_text(str(value))[:limit] or None
+
+
+def _ledger_model(model: str | None) -> str | None:
+    """A usage row's model name, composed (NFC) as ingested usage events' are: one name
+    is one report row whichever form the provider or the caller spelled it in."""
+    return nfc(model)[:255] if model else model  # the column holds 255 characters
 
 
 def _tokens(value: int) -> int:
@@ -264,7 +271,7 @@ async def record_success(
     await flush_pending(session)  # the caller's rows first
     result = fit_result(outcome.result)
     winner_id = outcome.winner.id if isinstance(outcome.winner.id, uuid.UUID) else None
-    model = result.model or outcome.winner.name
+    model = _ledger_model(result.model or outcome.winner.name)
     tokens_in, tokens_out = billed_tokens(outcome)
     cost, currency = await billed_cost(session, outcome, model)
     used = credits_for(gateway, tokens_in + tokens_out)
@@ -418,7 +425,7 @@ async def _partial_usage(
     if partial is None:
         return
     result = fit_result(partial)
-    values["model"] = result.model or values["model"]
+    values["model"] = _ledger_model(result.model) or values["model"]
     values["tokens_input"], values["tokens_output"] = result.tokens_in, result.tokens_out
     if delivered:
         values["credits_used"] = partial_credits(gateway, result)
@@ -434,8 +441,9 @@ def _failure_usage(
     """A failed call's usage row (no credits), but its subscription."""
     return {
         "id": uuid7(), "user_id": principal.user_id, "request_type": request_type,
-        "model": model, "tokens_input": 0, "tokens_output": 0, "credits_used": 0,
-        "latency_ms": latency_ms, "session_id": session_id, "llm_request_id": request_id,
+        "model": _ledger_model(model), "tokens_input": 0, "tokens_output": 0,
+        "credits_used": 0, "latency_ms": latency_ms, "session_id": session_id,
+        "llm_request_id": request_id,
         "success": False, "run_id": run_id, "agent_id": agent_id,
         "idempotency_key": f"llm:{request_id}", "api_key_id": principal.api_key_id,
     }
