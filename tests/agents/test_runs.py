@@ -607,6 +607,55 @@ async def test_a_run_queued_before_its_agent_was_deactivated_does_not_start(
     assert stub.requests(path="/v1/chat/completions") == []
 
 
+async def test_a_run_ended_by_deactivation_stays_ended_once_the_agent_is_on_again(
+    app: Any, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    database: Database, user: tuple[uuid.UUID, Headers], test_settings: Any,
+) -> None:
+    """Deactivating an agent ends its queued runs; turning it on again before a worker
+    came leaves them ended.  Before, the worker only looked at the agent then: active
+    again, it ran them and asked the model."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    stub.script(Reply("Should not be asked.", times=None))
+    agent = await make_agent(database, user_id)
+    run = await start(client, headers, agent.id)
+    for active in (False, True):
+        resp = await client.patch(f"/api/v1/agents/{agent.id}", headers=headers,
+                                  json={"is_active": active})
+        assert resp.status_code == 200, resp.text
+    async with running_worker(app, database, test_settings):
+        await no_open_jobs(database, within=25)
+    done = await wait_for_run(client, headers, run["id"])
+    assert done["status"] == "failed", done
+    assert stub.requests(path="/v1/chat/completions") == []
+    await assert_audit_chain_intact(database)
+
+
+async def test_every_queued_run_reads_failed_as_soon_as_its_agent_is_deactivated(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers],
+) -> None:
+    """Right after the PATCH that deactivates a public agent, its queued runs (its
+    owner's and a stranger's) read failed, saying why, and their event streams end.
+    Before, they stayed pending until a worker took them."""
+    user_id, headers = user
+    _, stranger = other_user
+    agent = await make_agent(database, user_id, is_public=True)
+    runs = [(await start(client, h, agent.id), h) for h in (headers, stranger)]
+    resp = await client.patch(f"/api/v1/agents/{agent.id}", headers=headers,
+                              json={"is_active": False})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["is_active"] is False
+    for run, who in runs:
+        got = (await client.get(f"/api/v1/runs/{run['id']}", headers=who)).json()
+        assert got["status"] == "failed", got
+        assert "deactivated" in (got.get("error_message") or ""), got
+        streamed = await asyncio.wait_for(client.get(
+            f"/api/v1/runs/{run['id']}/events", headers=who, timeout=30), 60)
+        assert streamed.status_code == 200, streamed.text
+        assert sse_events(streamed.text)[-1][0] == "end", streamed.text
+
+
 @pytest.mark.parametrize("deleted", ["agent", "persona"])
 async def test_a_run_queued_for_a_deleted_agent_fails_without_asking_the_model(
     app: Any, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from roost.db.engine import Database
 from roost.tasks.worker import Worker
 from tests.agents.api import Headers, add_member, create_agent, create_persona, named_user
-from tests.agents.conftest import running_worker, wait_for_run
+from tests.agents.conftest import make_agent, running_worker, wait_for_run
 from tests.agents.roles import make_cast, private_tool
 from tests.chat.conftest import add_provider
 from tests.support.identity import make_user
@@ -204,3 +204,69 @@ async def test_a_run_stops_seeing_a_group_s_documents_once_its_user_leaves_the_g
     found = [st["output"] for st in calls if "zebra" in json.dumps(st["input"])]
     assert len(found) == 2, calls
     assert [len(f["results"]) for f in found] == [1, 0], found
+
+
+async def _queue_run(client: httpx.AsyncClient, headers: Headers,
+                     agent_id: Any) -> dict[str, Any]:
+    resp = await client.post(f"/api/v1/agents/{agent_id}/runs", json={"input": "hello"},
+                             headers=headers)
+    assert resp.status_code == 202, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+async def _run_error(database: Database, run_id: str) -> str:
+    return str(await scalar(database, "SELECT error_message FROM runs WHERE id = :r",
+                            r=run_id) or "")
+
+
+async def test_a_stranger_s_queued_run_does_not_start_once_the_agent_is_made_private(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    database: Database, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers], test_settings: Any,
+) -> None:
+    """A public agent made private by its owner: a stranger's run queued just before ends
+    failed, saying so, without asking the model.  Before, it ran with the agent's prompt
+    for a user who could no longer see the agent."""
+    owner_id, owner = user
+    _, stranger = other_user
+    await add_provider(client, admin_headers, stub)
+    stub.script(Reply("Should not be asked.", times=None))
+    agent = await make_agent(database, owner_id, is_public=True)
+    run = await _queue_run(client, stranger, agent.id)
+    resp = await client.patch(f"/api/v1/agents/{agent.id}", headers=owner,
+                              json={"is_public": False})
+    assert resp.status_code == 200, resp.text
+    async with running_worker(app, database, test_settings):
+        done = await wait_for_run(client, stranger, run["id"])
+    assert done["status"] == "failed", done
+    assert "no longer shared with you" in await _run_error(database, run["id"])
+    assert stub.requests(path="/v1/chat/completions") == []
+
+
+async def test_an_old_member_s_queued_run_does_not_start_once_the_agent_moved_persona(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+    database: Database, user: tuple[uuid.UUID, Headers],
+    other_user: tuple[uuid.UUID, Headers], test_settings: Any,
+) -> None:
+    """An agent moved from persona A to persona B: a run a member of A only queued just
+    before ends failed, saying so, without asking the model.  Before, it ran B's agent
+    with A's prompt, grants and secrets for a user who no longer saw the agent."""
+    _, owner = user
+    member_id, member = other_user
+    await add_provider(client, admin_headers, stub)
+    stub.script(Reply("Should not be asked.", times=None))
+    pa = await create_persona(client, owner)
+    pb = await create_persona(client, owner)
+    await add_member(client, admin_headers, pa["id"], str(member_id), "viewer")
+    agent = await create_agent(client, owner, persona_id=pa["id"])
+    run = await _queue_run(client, member, agent["id"])
+    resp = await client.patch(f"/api/v1/agents/{agent['id']}", headers=owner,
+                              json={"persona_id": pb["id"]})
+    assert resp.status_code == 200, resp.text
+    assert (await client.get(f"/api/v1/agents/{agent['id']}", headers=member)).status_code == 404
+    async with running_worker(app, database, test_settings):
+        done = await wait_for_run(client, owner, run["id"])
+    assert done["status"] == "failed", done
+    assert "moved to another persona" in await _run_error(database, run["id"])
+    assert stub.requests(path="/v1/chat/completions") == []

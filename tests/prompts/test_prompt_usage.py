@@ -118,6 +118,25 @@ async def test_factory_agent_prompt_and_a_missing_key(
     assert "'nowhere.system'" in run["error_message"] and "'staging'" in run["error_message"]
 
 
+async def test_a_run_failed_by_its_versions_variable_counts_in_that_versions_success_rate(
+        client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer,
+        database: Database, user: User, worker: Worker) -> None:
+    """A version requiring a variable Roost cannot supply fails the run, and the failure is
+    the version's: the run records it and its usage and success rate count the run (the
+    run recorded no version, so the broken version kept a perfect record)."""
+    user_id, headers = user
+    await add_provider(client, admin_headers, stub)
+    agent = await make_agent(database, user_id, config={"system_prompt_key": "needy.system"})
+    version = await publish(client, headers, "needy.system", "Serve {{customer}}.",
+                            variables=[{"name": "customer", "required": True}])
+    run = await _run(client, headers, agent.id)
+    assert run["status"] == "failed" and "'customer'" in run["error_message"], run
+    assert run["system_prompt_id"] == version["id"]
+    stats = await _stats(database, version["id"])
+    assert (stats["usage_count"], stats["outcome_count"], stats["success_rate"]) == (1, 1, 0.0)
+    assert stub.requests(path="/v1/chat/completions") == []
+
+
 async def test_chat_takes_chat_system_by_resolution_order(
         client: httpx.AsyncClient, app: FastAPI, admin_headers: Headers, stub: StubServer,
         database: Database, user: User) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy import and_, case, false, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.agents.grants import grants_of
-from roost.agents.models import Agent, Persona, PersonaMember
+from roost.agents.models import Agent, Persona, PersonaMember, Run
 from roost.agents.personas import check_providers, get_persona, require_role, role_of
 from roost.agents.schemas import STORED, AgentConfig, AgentCreate, AgentOut, AgentUpdate
 from roost.agents.secrets import missing_references
@@ -27,8 +27,10 @@ from roost.billing import credits, limits
 from roost.db.engine import Database
 from roost.db.errors import flush_unique
 from roost.db.lookup import id_starts_with, one_or_404
+from roost.db.transaction import local_settings
 from roost.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from roost.identity.common import require_user
+from roost.identity.tenancy import apply_principal, clear_principal
 from roost.knowledge.models import Document
 from roost.knowledge.service import visible_to as documents_visible_to
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
@@ -437,7 +439,31 @@ async def update_agent(session: AsyncSession, actor: Principal, agent_id: uuid.U
         await session.refresh(agent)
         await record(session, "agent.update", user_id=actor.user_id, persona_id=agent.persona_id,
                      resource_type="agent", resource_id=agent.id, changes=changed)
+    if "is_active" in changed and not agent.is_active:
+        await _fail_unstarted_runs(session, actor, agent.id)
     return agent
+
+
+async def _fail_unstarted_runs(session: AsyncSession, actor: Principal,
+                               agent_id: uuid.UUID) -> None:
+    """Deactivating is "stop running this agent": its runs not started yet fail now, in
+    the change's transaction (turned on again, the agent does not run them after all);
+    a run under way finishes, or is cancelled by its user.  The runner refuses a run of
+    an inactive agent too (a run queued as this commits)."""
+    # Imported here: runs imports this module (require_runnable).
+    from roost.agents.runs import AGENT_INACTIVE, fail_open_run
+
+    scope = dict(local_settings(session))
+    if scope:  # every user's runs of it (a persona's members', strangers' of a public one)
+        await clear_principal(session)
+    unstarted = (await session.scalars(select(Run.id).where(
+        Run.agent_id == agent_id, Run.status == "pending", Run.started_at.is_(None))
+        .order_by(Run.id))).all()
+    for run_id in unstarted:
+        await fail_open_run(session, run_id, AGENT_INACTIVE, unstarted=True,
+                            metadata={"agent_deactivated": str(agent_id)})
+    if scope:
+        await apply_principal(session, actor, app_role=scope.get("role") or None)
 
 
 def _plain(value: Any) -> Any:

@@ -8,21 +8,18 @@ from datetime import timedelta
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 
 from roost.agents import health as _health  # noqa: F401 - its schedule (agents.persona_health)
 from roost.agents import mail, memorytools, runner
 from roost.agents.models import Run
-from roost.agents.runs import RUN_TASK, notify, totals_from_steps
-from roost.audit.service import record
+from roost.agents.runs import RUN_TASK, fail_open_run
 from roost.calendar import agenttools as calendar_tools
 from roost.config import Settings, get_settings
-from roost.db.base import utcnow
 from roost.db.engine import Database
 from roost.keyfiles import load_keys
 from roost.knowledge.config import KnowledgeConfig
 from roost.llm.jobs import job_gateway
-from roost.prompts import service as prompts
 from roost.security.crypto import SecretBox
 from roost.tasks.handlers import TaskContext, task
 from roost.tasks.models import job_ended
@@ -81,24 +78,7 @@ async def run_agent(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]
 async def fail_run(database: Database, run_id: uuid.UUID, reason: str) -> bool:
     """Fail a run that is not finished (as the system); true when it changed."""
     async with database.transaction() as session:
-        changed = (await session.execute(
-            update(Run).where(Run.id == run_id, Run.status.in_(("pending", "running")))
-            .values(status="failed", stop_reason="error", error_message=reason,
-                    completed_at=utcnow(), updated_at=utcnow(), **totals_from_steps(run_id))
-            .returning(Run.user_id, Run.trace_id, Run.system_prompt_id))).first()
-        if changed is None:
-            return False
-        if changed.system_prompt_id is not None:  # its prompt version's success rate
-            await prompts.record_outcome(session, changed.system_prompt_id, False)
-        await session.execute(text(
-            "UPDATE run_steps SET status = 'interrupted', finished_at = now(), "
-            "error = :reason WHERE run_id = :run_id AND status = 'running'"),
-            {"reason": reason, "run_id": run_id})
-        await record(session, "agent.run.fail", user_id=changed.user_id, resource_type="run",
-                     resource_id=run_id, trace_id=changed.trace_id, success=False,
-                     category="error", error_message=reason, metadata={"swept": True})
-        await notify(session, run_id, "end:failed")
-    return True
+        return await fail_open_run(session, run_id, reason, metadata={"swept": True})
 
 
 async def sweep(database: Database) -> list[uuid.UUID]:

@@ -72,11 +72,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost import tracing
 from roost.agents import memorytools
-from roost.agents.catalog import split_tool_refs
+from roost.agents.catalog import split_tool_refs, visible_agents
 from roost.agents.grants import Grant, grants_of, still_granted
 from roost.agents.models import Agent, Persona, Run, RunStep
 from roost.agents.personas import role_of
-from roost.agents.runs import EVENTS_CHANNEL
+from roost.agents.runs import AGENT_INACTIVE, EVENTS_CHANNEL
 from roost.agents.schemas import STORED, AgentConfig
 from roost.agents.secrets import resolve_reference
 from roost.analytics.models import AnalyticsEvent
@@ -90,6 +90,7 @@ from roost.db.engine import Database
 from roost.db.statements import bound_insert, bound_insert_from, flush_pending, prefixed
 from roost.db.transaction import driver_fetch, fetch_on
 from roost.errors import Forbidden, LimitReached, PaymentRequired, RoostError
+from roost.identity.common import is_admin_user
 from roost.identity.models import User, UserGroupMembership
 from roost.identity.tenancy import apply_principal
 from roost.inputs import strip_invisible
@@ -233,8 +234,11 @@ AGENT_DELETED: Final = ("the agent was deleted (with its persona, or alone) befo
                         "started (or resumed): the model was not asked without its "
                         "instructions")
 
-AGENT_INACTIVE: Final = ("the agent was deactivated before the run started: the run was "
-                         "not started (activate the agent and run it again)")
+AGENT_MOVED: Final = ("the agent was moved to another persona (or out of its persona) before "
+                      "the run started: the run was not started (run it again)")
+AGENT_UNSHARED: Final = ("the agent is no longer shared with you (made private, or you are "
+                         "no longer a member of its persona) since the run was queued: the "
+                         "run was not started")
 
 
 class _Stop(Exception):  # control flow: the run stops for this reason
@@ -1416,7 +1420,18 @@ async def _use_prompt(env: RunEnv, state: _State) -> None:
             await session.execute(update(Run).where(Run.id == state.run.id)
                                   .values(system_prompt_id=used.prompt_id)
                                   .execution_options(synchronize_session=False))
-    except RoostError as exc:  # a required variable Roost cannot supply
+    except RoostError as exc:  # a required variable Roost cannot supply, a text too long
+        # The version's failure: recorded on the run and its use counted (in a transaction
+        # of their own, the failed one rolled back), so its success rate counts the run.
+        async with _scoped(env, state.principal) as session:
+            found = await prompts.resolve_cached(session, state.run.user_id, key,
+                                                 state.config.system_prompt_label)
+            if found is not None:
+                await session.execute(update(Run).where(Run.id == state.run.id)
+                                      .values(system_prompt_id=found.id)
+                                      .execution_options(synchronize_session=False))
+                await prompts.record_use(session, found.id)
+                state.run.system_prompt_id = found.id
         raise _Stop("error", status="failed",
                     error=f"system prompt {key!r}: {exc.detail}") from None
     state.prompt_text, state.run.system_prompt_id = used.text, used.prompt_id
@@ -1455,6 +1470,23 @@ async def _give_back_unrun(env: RunEnv, state: _State) -> None:
     await _give_back_holds(env, state, unrun)
 
 
+async def _no_longer_runnable(env: RunEnv, state: _State) -> str | None:
+    """Why the run's user may no longer run its agent (an edit while the run was queued:
+    moved to another persona, made private), else None.  The catalog's rule
+    (``visible_agents``, which ``require_runnable`` applied when the run was created), read
+    as the system; an administrator runs any agent."""
+    agent = state.agent
+    assert agent is not None
+    if agent.persona_id != state.run.persona_id:  # its prompt, grants and secrets: another's
+        return AGENT_MOVED
+    async with env.database.transaction() as session:
+        if await session.scalar(select(Agent.id).where(
+                Agent.id == agent.id, visible_agents(state.principal))) is not None:
+            return None
+        user = await session.get(User, state.run.user_id)
+    return None if user is not None and is_admin_user(user) else AGENT_UNSHARED
+
+
 async def _execute(env: RunEnv, state: _State, run_id: uuid.UUID) -> str:
     started = time.perf_counter()
     if state.run.started_at is None:  # stored by the first step's claim, which listeners hear
@@ -1470,6 +1502,12 @@ async def _execute(env: RunEnv, state: _State, run_id: uuid.UUID) -> str:
         # run already going (it has steps) finishes or is cancelled by its owner.
         if state.agent is not None and not state.agent.is_active and not state.steps:
             raise _Stop("error", status="failed", error=AGENT_INACTIVE)
+        # Likewise an agent moved or made private while its run was queued: the run's user
+        # may no longer run it (a run under way keeps the agent it started with).
+        if state.agent is not None and not state.steps:
+            refusal = await _no_longer_runnable(env, state)
+            if refusal is not None:
+                raise _Stop("error", status="failed", error=refusal)
         for step in await _recover(env, state):  # idempotent tool calls, again in place
             await _tool_step(env, state, _asked_call(state, step), step=step)
         await _use_prompt(env, state)

@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime, time
 from typing import Any, Final, cast
 
-from sqlalchemy import Select, Table, bindparam, func, select, update
+from sqlalchemy import Select, Table, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
@@ -34,12 +34,17 @@ from roost.errors import (
 from roost.identity.common import require_user
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
+from roost.prompts import service as prompts
 from roost.tasks.models import BackgroundTask
 from roost.tasks.service import JOB_KEYS, job_values
 from roost.tools.models import ToolRun
 
 RUN_TASK: Final = "agents.run"
 EVENTS_CHANNEL: Final = "roost_runs"
+
+
+AGENT_INACTIVE: Final = ("the agent was deactivated before the run started: the run was "
+                         "not started (activate the agent and run it again)")
 
 
 class RunFinished(Conflict):
@@ -191,6 +196,38 @@ def totals_from_steps(run_id: uuid.UUID) -> dict[str, Any]:
             RunStep.run_id == run_id).scalar_subquery()
     return {"tokens_in": total(RunStep.tokens_in), "tokens_out": total(RunStep.tokens_out),
             "cost": total(RunStep.cost)}
+
+
+async def fail_open_run(session: AsyncSession, run_id: uuid.UUID, reason: str, *,
+                        unstarted: bool = False,
+                        metadata: dict[str, Any] | None = None) -> bool:
+    """Fail a run that is not finished (``unstarted``: only while no worker has started
+    it), in the caller's transaction, which must see the run (the system's); true when
+    it changed.  Its listeners hear it end failed, its job later finds it finished and
+    does nothing."""
+    unfinished = [Run.id == run_id, Run.status.in_(("pending", "running"))]
+    if unstarted:  # a worker's first claim (which stores started_at) wins, or waits
+        unfinished += [Run.status == "pending", Run.started_at.is_(None)]
+    now = utcnow()
+    changed = (await session.execute(
+        update(Run).where(*unfinished)
+        .values(status="failed", stop_reason="error", error_message=reason,
+                completed_at=now, updated_at=now, **totals_from_steps(run_id))
+        .returning(Run.user_id, Run.trace_id, Run.system_prompt_id)
+        .execution_options(synchronize_session=False))).first()
+    if changed is None:
+        return False
+    if changed.system_prompt_id is not None:  # its prompt version's success rate
+        await prompts.record_outcome(session, changed.system_prompt_id, False)
+    await session.execute(text(
+        "UPDATE run_steps SET status = 'interrupted', finished_at = now(), "
+        "error = :reason WHERE run_id = :run_id AND status = 'running'"),
+        {"reason": reason, "run_id": run_id})
+    await record(session, "agent.run.fail", user_id=changed.user_id, resource_type="run",
+                 resource_id=run_id, trace_id=changed.trace_id, success=False,
+                 category="error", error_message=reason, metadata=metadata)
+    await notify(session, run_id, "end:failed")
+    return True
 
 
 async def get_run(session: AsyncSession, actor: Principal, run_id: uuid.UUID) -> Run:
