@@ -1,11 +1,14 @@
 """/mcp as a sloppy or hostile MCP client uses it: no endless GET stream (stateless,
 nothing to stream, outside the stream quota), bad values answered as the REST API
-answers them, arguments the advertised schemas forbid refused, and a failing
-``tools/list`` answered without the database's message."""
+answers them, arguments the advertised schemas forbid refused, a failing ``tools/list``
+answered without the database's message, a client that goes away taking its agent run
+with it, and batches and request ids JSON-RPC does not allow refused as invalid."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +36,11 @@ from tests.support.server import in_process
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
+def tool_call(name: str, arguments: dict[str, Any], id_: Any = 1) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": id_, "method": "tools/call",
+            "params": {"name": name, "arguments": arguments}}
+
+
 async def add_agent(database: Database, owner: uuid.UUID, slug: str) -> None:
     async with database.transaction() as session:
         session.add(Agent(user_id=owner, name="Helper", slug=slug, system_prompt="Help.",
@@ -42,6 +50,11 @@ async def add_agent(database: Database, owner: uuid.UUID, slug: str) -> None:
 async def run_count(database: Database) -> int:
     async with database.transaction() as session:
         return int(await session.scalar(select(func.count()).select_from(Run)) or 0)
+
+
+async def run_statuses(database: Database) -> list[str]:
+    async with database.transaction() as session:
+        return list((await session.scalars(select(Run.status))).all())
 
 
 async def test_get_and_delete_on_mcp_are_405_and_open_no_stream(
@@ -204,3 +217,75 @@ async def test_a_failing_tools_list_does_not_send_the_database_message(
     body = reply.text
     for leaked in ("SELECT", "FROM tools", "division by zero", "sqlalchemy", "asyncpg"):
         assert leaked not in body, body
+
+
+async def test_a_client_that_goes_away_cancels_its_agent_run(
+    app: FastAPI, database: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/agents.md ("At /mcp"): a caller that goes away while it waits for an
+    agent__<slug> call takes its run with it (cancelled).  Before, nothing watched for the
+    disconnect: the run stayed pending and the call waited its full WAIT_S."""
+    monkeypatch.setattr(agents_mcpserving, "WAIT_S", 20.0)  # longer than the check below
+    alice_id, alice = await make_user(database, username="alice")
+    await add_agent(database, alice_id, "helper")
+
+    async def all_cancelled() -> None:
+        for _ in range(1_000):  # bounded by asyncio.wait_for below
+            found = await run_statuses(database)
+            if found and all(s == "cancelled" for s in found):
+                return
+            await asyncio.sleep(0.2)
+
+    async with in_process(app) as base:
+        # No worker here: the run stays pending, so the client's read times out and it leaves.
+        async with httpx.AsyncClient(base_url=base, timeout=1) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post("/mcp", json=tool_call("agent__helper", {"input": "hi"}),
+                                headers={**MCP_HEADERS, **alice})
+        try:
+            await asyncio.wait_for(all_cancelled(), 12)
+        except TimeoutError:
+            pytest.fail(f"the client left, its run goes on: {await run_statuses(database)}")
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:  # /mcp still serves
+            reply = await http.post("/mcp", json=tool_call("whoami", {}),
+                                    headers={**MCP_HEADERS, **alice})
+    assert reply.status_code == 200 and "result" in reply.json(), reply.text
+
+
+@pytest.mark.parametrize("id_", [None, {"a": 1}, True, 1.5], ids=["null", "object", "bool", "float"])
+async def test_a_request_whose_id_is_not_a_string_or_an_integer_is_an_invalid_request(
+    app: FastAPI, database: Database, id_: Any,
+) -> None:
+    """A tools/call whose id is not a string or an integer (MCP's ids) is answered as an
+    invalid request (-32600).  Before, a null or object id was taken as a notification: a
+    202 with no body, the call dropped and the client waiting for an answer forever."""
+    _, alice = await make_user(database, username="alice")
+    async with in_process(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
+        reply = await http.post("/mcp", content=json.dumps(tool_call("whoami", {}, id_)),
+                                headers={**MCP_HEADERS, **alice})
+    assert reply.status_code == 400, (reply.status_code, reply.text)
+    assert reply.json() == {"jsonrpc": "2.0", "id": None, "error": {
+        "code": -32600, "message": "invalid request: id must be a string or an integer"}}
+
+
+@pytest.mark.parametrize("body", [
+    [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+     tool_call("current_time", {"timezone": "hunter2-secret"}, 2)],
+    None, 42, "hunter2-secret",
+], ids=["batch", "null", "number", "string"])
+async def test_a_batch_or_a_bare_value_is_refused_without_echoing_it(
+    app: FastAPI, database: Database, body: Any,
+) -> None:
+    """docs/mcp.md: an argument's value is never echoed.  A JSON-RPC batch (which this MCP
+    version does not take), or a body that is no object, is an invalid request (-32600)
+    that quotes nothing back; before, it was -32602 with a pydantic dump of the body."""
+    _, alice = await make_user(database, username="alice")
+    async with in_process(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
+        reply = await http.post("/mcp", content=json.dumps(body), headers={**MCP_HEADERS, **alice})
+        malformed = await http.post("/mcp", content=b'{"jsonrpc": "2.0", "id": 1,',
+                                    headers={**MCP_HEADERS, **alice})
+    assert reply.status_code == 400, reply.text
+    assert "hunter2" not in reply.text, reply.text
+    assert reply.json()["error"] == {
+        "code": -32600, "message": "a request is one JSON-RPC object; batches are not accepted"}
+    assert malformed.status_code == 400 and malformed.json()["error"]["code"] == -32700

@@ -7,6 +7,9 @@ missing or invalid credential is a 401 problem answer and no MCP transport, sess
 task is created.  The SDK's session manager runs stateless with JSON answers: each
 POST gets a fresh transport that is torn down when the answer is sent, so the server
 keeps no session state at all (nothing to leak on rejected or DELETEd sessions).
+Before the SDK, the body is read and a batch, a bare value or a request id MCP does not
+allow is refused as a JSON-RPC invalid request; while the SDK works, the client's
+disconnect is watched for and cancels the call (and an agent run it started).
 
 Each ``tools/list`` and ``tools/call`` then opens its own transaction, authenticates
 the same bearer again in it (so a key revoked since is refused) and scopes it to the
@@ -22,6 +25,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import pydantic_core
 import structlog
 from mcp import types
 from mcp.server.context import ServerRequestContext
@@ -32,8 +37,9 @@ from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 import roost
 from roost.context import RUN_TRACE_HEADER, RUN_TRACE_PATTERN, current_context, inbound_run_trace
@@ -43,6 +49,7 @@ from roost.errors import Forbidden, RoostError, ServiceUnavailable
 from roost.http.auth import current_principal
 from roost.http.problems import connection_lost
 from roost.http.routing import RoostRouter
+from roost.http.streams import until_disconnected
 from roost.mcpserver import tools
 from roost.principal import Principal
 
@@ -195,6 +202,29 @@ def _is_json(content_type: str | None) -> bool:
     return (content_type or "").split(";", 1)[0].strip() == "application/json"
 
 
+def _refusal(body: bytes) -> str | None:
+    """Why a JSON body is not one request the SDK answers properly, or None.  The SDK took
+    a batch (or a bare value) as invalid *params* and quoted the body back in a pydantic
+    dump (argument values included), and a request whose id is null or an object as a
+    notification: a 202 with no answer ever.  Malformed JSON stays the SDK's -32700."""
+    try:
+        message = pydantic_core.from_json(body)  # the SDK's own parser
+    except ValueError:
+        return None
+    if not isinstance(message, dict):
+        return "a request is one JSON-RPC object; batches are not accepted"
+    if "method" in message and "id" in message:
+        id_ = message["id"]
+        if isinstance(id_, bool) or not isinstance(id_, str | int):
+            return "invalid request: id must be a string or an integer"
+    return None
+
+
+def _invalid_request(message: str) -> JSONResponse:
+    return JSONResponse({"jsonrpc": "2.0", "id": None,
+                         "error": {"code": INVALID_REQUEST, "message": message}}, status_code=400)
+
+
 class McpEndpoint:
     """The raw ASGI app behind ``/mcp``: authenticate, then hand over to the SDK."""
 
@@ -211,6 +241,23 @@ class McpEndpoint:
         if not _is_json(request.headers.get("content-type")):  # the SDK's is a text/plain 400
             raise HTTPException(415, "an MCP request is JSON-RPC, sent with "
                                      "'Content-Type: application/json'")
+        body = await request.body()  # capped by the middleware (a 413 beyond the limit)
+        refusal = _refusal(body)
+        if refusal is not None:
+            await _invalid_request(refusal)(scope, receive, send)
+            return
+        sent = False
+
+        async def buffered() -> Message:
+            # The SDK reads the body read above; the real receive is left to the watch for
+            # the client's disconnect (the SDK, answering JSON, never watches for it), which
+            # cancels the SDK, a wait here for more included.
+            nonlocal sent
+            if sent:
+                await anyio.sleep_forever()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
         token = _request.set(request)
         # A run's tool call names its run (docs/mcp.md, "Agents calling agents"); a value
         # that is not a trace id is ignored, as no header would be.
@@ -218,7 +265,10 @@ class McpEndpoint:
         trace_token = inbound_run_trace.set(
             calling if calling is not None and RUN_TRACE_PATTERN.match(calling) else None)
         try:
-            await runtime.manager.handle_request(scope, receive, send)
+            # A client that goes away cancels its call (an agent__<slug> call then cancels
+            # its run): ClientGone, logged as 499.
+            await until_disconnected(
+                request, runtime.manager.handle_request(scope, buffered, send))
         finally:
             inbound_run_trace.reset(trace_token)
             _request.reset(token)
