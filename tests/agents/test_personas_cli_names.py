@@ -7,6 +7,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from sqlalchemy import text
+
 from roost.db.engine import Database
 from tests.agents.test_agents_cli import cli_env
 from tests.support.cli import run_roost
@@ -51,3 +53,46 @@ async def test_personas_create_prints_a_bidi_control_in_the_name_as_an_escape(
     assert created.returncode == 0, created.stderr
     assert "\u202e" not in created.stdout
     assert "\\u202e" in created.stdout
+
+
+async def test_roost_memory_names_personas_and_agents_as_roost_personas_and_agents_do(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+) -> None:
+    """``roost memory --agent/--persona`` read the words ``roost agents`` and ``roost
+    personas`` read: the user's own agent ``helper`` before a stranger's public one of that
+    slug, a persona's exact name before a start of another's id (both were "names several";
+    use the full id")."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    await make_user(database, username="alice")
+    await make_user(database, username="bob")
+
+    def roost(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_roost(*args, env=env)
+
+    own = roost("agents", "create", "helper", "--user", "alice")
+    assert own.returncode == 0, own.stderr
+    public = roost("agents", "create", "helper", "--user", "bob", "--public")
+    assert public.returncode == 0, public.stderr
+    first = roost("personas", "create", "Zed", "--user", "alice")
+    assert first.returncode == 0, first.stderr
+    zed = UUID_RE.search(first.stdout)
+    assert zed is not None, first.stdout
+    named = roost("personas", "create", zed.group()[:4], "--user", "alice")
+    assert named.returncode == 0, named.stderr
+    named_id = UUID_RE.search(named.stdout)
+    own_id = UUID_RE.search(own.stdout)
+    assert named_id is not None and own_id is not None, (named.stdout, own.stdout)
+
+    added = roost("memory", "add", "likes tea", "--user", "alice", "--agent", "helper")
+    assert added.returncode == 0, added.stderr
+    added = roost("memory", "add", "likes maps", "--user", "alice",
+                  "--persona", zed.group()[:4])
+    assert added.returncode == 0, added.stderr
+    listed = roost("memory", "ls", "--user", "alice", "--persona", zed.group()[:4])
+    assert listed.returncode == 0 and "likes maps" in listed.stdout, listed.stderr
+    async with database.transaction() as session:
+        rows = (await session.execute(text(
+            "SELECT content, agent_id::text, persona_id::text FROM memories ORDER BY content"
+        ))).tuples().all()
+    assert [(c, a, p) for c, a, p in rows] == [
+        ("likes maps", None, named_id.group()), ("likes tea", own_id.group(), None)], rows

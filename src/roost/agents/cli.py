@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import Sequence
 from typing import Annotated, Any, Final, TypeVar
 
 import typer
@@ -53,8 +52,8 @@ from roost.clitools import (
     when,
 )
 from roost.config import get_settings
-from roost.db.lookup import id_starts_with
-from roost.errors import BadRequest, NotFound
+from roost.db.lookup import first_unique, full_id, id_starts_with
+from roost.errors import NotFound
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
 from roost.keyfiles import load_keys
@@ -102,22 +101,12 @@ async def _persona_id(session: AsyncSession, actor: Principal, ref: str) -> uuid
     """A persona the actor can see: by its full id, else its exact name, else a unique start
     of its id (in that order: a persona named as another's id, or as a start every uuid7
     shares, made the full id or the name "several personas")."""
-    try:
-        full = uuid.UUID(ref)
-    except ValueError:
-        full = None
-    rows: Sequence[uuid.UUID] = []
-    for condition in ((Persona.id == full,) if full is not None else ()) + (
-            Persona.name == ref, id_starts_with(Persona.id, ref)):  # never "%" or "_"
-        rows = (await session.scalars(select(Persona.id).where(
-            personas.visible_personas(actor), condition).limit(3))).all()
-        if rows:
-            break
-    if not rows:
-        raise NotFound(f"no persona you can see is named {ref!r} or has an id starting with it")
-    if len(rows) > 1:
-        raise BadRequest(f"{ref!r} names several personas; use the full id")
-    return rows[0]
+    full = full_id(ref)
+    return await first_unique(
+        session, select(Persona.id).where(personas.visible_personas(actor)),
+        ((Persona.id == full,) if full is not None else ())
+        + (Persona.name == ref, id_starts_with(Persona.id, ref)),  # never "%" or "_"
+        ref, "persona")
 
 
 async def _agent(session: AsyncSession, actor: Principal, ref: str) -> Agent:

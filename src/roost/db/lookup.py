@@ -5,12 +5,14 @@ does not exist or is not the actor's (the same answer, so ids leak nothing)."""
 from __future__ import annotations
 
 import re
+import uuid
+from collections.abc import Sequence
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import ColumnElement, Select, String, cast, false
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from roost.errors import NotFound
+from roost.errors import BadRequest, NotFound
 
 T = TypeVar("T")
 
@@ -38,3 +40,30 @@ def id_starts_with(column: Any, ref: str) -> ColumnElement[bool]:
     if not is_id_prefix(ref):
         return false()
     return cast(column, String).like(ref.lower() + "%")
+
+
+def full_id(ref: str) -> uuid.UUID | None:
+    """``ref`` as a UUID when it is one (any spelling), else None."""
+    try:
+        return uuid.UUID(ref)
+    except ValueError:
+        return None
+
+
+async def first_unique(session: AsyncSession, ids: Select[Any],
+                       conditions: Sequence[ColumnElement[bool]], ref: str,
+                       what: str) -> uuid.UUID:
+    """The id ``ids`` selects under the first of ``conditions`` (tried in order: say a full
+    id, then an exact name, then a start of the id) that selects any: a name made like
+    another's id prefix still names its own row.  404 when none selects a row, 400 when
+    the first that does selects several."""
+    rows: Sequence[Any] = []
+    for condition in conditions:
+        rows = (await session.scalars(ids.where(condition).limit(3))).all()
+        if rows:
+            break
+    if not rows:
+        raise NotFound(f"no {what} you can see is named {ref!r} or has an id starting with it")
+    if len(rows) > 1:
+        raise BadRequest(f"{ref!r} names several {what}s; use the full id")
+    return uuid.UUID(str(rows[0]))

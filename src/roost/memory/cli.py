@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 from rich.console import Console
 from rich.text import Text
-from sqlalchemy import text
+from sqlalchemy import column, select, table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.clitools import (
@@ -38,8 +38,8 @@ from roost.config import Settings, get_settings
 from roost.context import RequestContext, set_context
 from roost.db.base import utcnow
 from roost.db.engine import Database
-from roost.db.lookup import is_id_prefix
-from roost.errors import BadRequest, NotFound, RoostError
+from roost.db.lookup import first_unique, full_id, id_starts_with
+from roost.errors import NotFound, RoostError
 from roost.identity.accounts import find_user
 from roost.identity.cliscope import Env, UserOpt
 from roost.identity.cliscope import run_as as _run
@@ -47,6 +47,7 @@ from roost.inputs import read_as_utc
 from roost.memory import graphq, recall, service
 from roost.memory.models import Memory
 from roost.memory.schemas import EntityIn, ForgetIn, MemoryCreate, RelationshipIn, ScopeIn
+from roost.principal import Principal
 
 console = Console()
 T = TypeVar("T")
@@ -107,28 +108,36 @@ def _as_of(value: str | None) -> datetime | None:
 # --- scope --------------------------------------------------------------------------------
 
 
-async def _one(session: AsyncSession, sql: str, ref: str, what: str) -> uuid.UUID:
-    # Only hex digits and dashes start an id: nothing else reaches LIKE as a pattern.
-    prefix = ref.lower() + "%" if is_id_prefix(ref) else ""
-    rows: list[object] = list((await session.execute(
-        text(sql), {"ref": ref, "prefix": prefix})).scalars().all())
-    if not rows:
-        raise NotFound(f"no {what} you can see is named {ref!r} or has an id starting with it")
-    if len(rows) > 1:
-        raise BadRequest(f"{ref!r} names several {what}s; use the full id")
-    return uuid.UUID(str(rows[0]))
+# The two tables a scope names, as the user's session reads them (row-level security:
+# the personas they belong to; their own, their personas' and public agents).
+_PERSONAS = table("personas", column("id"), column("name"))
+_AGENTS = table("agents", column("id"), column("slug"), column("user_id"),
+                column("is_public"), column("created_at"))
 
 
-async def _scope_in(session: AsyncSession, persona: str | None, agent: str | None) -> ScopeIn:
-    """Persona and agent by name, slug or id (prefix), among those the user can see."""
+async def _scope_in(session: AsyncSession, actor: Principal, persona: str | None,
+                    agent: str | None) -> ScopeIn:
+    """Persona and agent by name, slug or id (prefix), among those the user can see, read
+    as ``roost personas`` and ``roost agents`` read them: a full id first; a persona's
+    exact name, an agent's slug among the user's own, then their personas' agents; a
+    unique start of an id; a public agent's slug last (another user's public agent never
+    hides the user's own of that slug)."""
     persona_id = agent_id = None
     if persona is not None:
-        persona_id = await _one(
-            session, "SELECT id FROM personas WHERE name = :ref OR id::text LIKE :prefix LIMIT 3",
+        full = full_id(persona)
+        persona_id = await first_unique(
+            session, select(_PERSONAS.c.id),
+            ((_PERSONAS.c.id == full,) if full is not None else ())
+            + (_PERSONAS.c.name == persona, id_starts_with(_PERSONAS.c.id, persona)),
             persona, "persona")
     if agent is not None:
-        agent_id = await _one(
-            session, "SELECT id FROM agents WHERE slug = :ref OR id::text LIKE :prefix LIMIT 3",
+        full = full_id(agent)
+        slug = _AGENTS.c.slug == agent
+        agent_id = await first_unique(
+            session, select(_AGENTS.c.id).order_by(_AGENTS.c.created_at),
+            ((_AGENTS.c.id == full,) if full is not None else (
+                slug & (_AGENTS.c.user_id == actor.user_id), slug & ~_AGENTS.c.is_public,
+                id_starts_with(_AGENTS.c.id, agent), slug)),
             agent, "agent")
     return ScopeIn(persona_id=persona_id, agent_id=agent_id)
 
@@ -176,7 +185,7 @@ def add_command(
 
     async def go(env: Env) -> Memory:
         async with env.scoped() as session:
-            given = await _scope_in(session, persona, agent)
+            given = await _scope_in(session, env.principal, persona, agent)
             try:
                 body = MemoryCreate(content=content, memory_type=memory_type,  # type: ignore[arg-type]
                                     confidence=confidence, entities=entities,
@@ -213,7 +222,7 @@ def search_command(
     async def go(env: Env) -> list[recall.Recalled]:
         async with env.scoped() as session:
             scope = await service.resolve_scope(session, env.principal,
-                                                await _scope_in(session, persona, agent))
+                                                await _scope_in(session, env.principal, persona, agent))
             return await recall.search(session, env.principal, scope, query,
                                        embedder=recall.usable_embedder(env.settings), k=k,
                                        as_of=moment, settings=env.settings)
@@ -243,7 +252,7 @@ def ls_command(
     async def go(env: Env) -> list[Memory]:
         async with env.scoped() as session:
             scope = await service.resolve_scope(session, env.principal,
-                                                await _scope_in(session, persona, agent))
+                                                await _scope_in(session, env.principal, persona, agent))
             rows, _ = await service.list_memories(
                 session, env.principal, scope, status="archived" if archived else "active",
                 as_of=moment, include_invalid=every, limit=limit)
@@ -282,7 +291,7 @@ def forget_command(
                 found = await resolve_id(session, Memory.id, memory_id, "memory")
                 await service.delete_memory(session, env.principal, found)
                 return 1
-            given = await _scope_in(session, persona, agent)
+            given = await _scope_in(session, env.principal, persona, agent)
             return await service.forget(session, env.principal, ForgetIn(
                 persona_id=given.persona_id, agent_id=given.agent_id,
                 include_narrower=include_narrower))
@@ -303,7 +312,7 @@ def graph_command(
     async def go(env: Env) -> tuple[list[graphq.EntityRef], list[graphq.Edge],
                                     list[graphq.Neighbour]]:
         async with env.scoped() as session:
-            given = await _scope_in(session, persona, None)
+            given = await _scope_in(session, env.principal, persona, None)
             found, edges, _ = await graphq.entity_history(session, env.principal, entity,
                                                           persona_id=given.persona_id)
             near = (await graphq.neighbours(session, env.principal, entity, depth=depth,
