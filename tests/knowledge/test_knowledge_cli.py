@@ -9,12 +9,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from roost.db.engine import Database
 from tests.knowledge.support import make_group, mixed_directory
 from tests.support.cli import ROOST, command_env, run_roost
 from tests.support.identity import make_user
+from tests.support.pg import PgTestServer
 from tests.support.sql import fetch
 from tests.tasks.support import wait_until
 
@@ -189,3 +191,26 @@ async def test_a_stopped_roost_ingest_ends_its_run_and_running_it_again_goes_on(
     again = run_roost("ingest", str(docs), "--user", "olive", env=env, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert len(await fetch(database, "SELECT id FROM documents")) == FILES
+
+
+async def test_roost_ingest_group_named_with_a_trailing_zero_width_space(
+        client: httpx.AsyncClient, database: Database, pg_server: PgTestServer, db_name: str,
+        tmp_path: Path) -> None:
+    """``roost ingest --group`` reads a group's name as the API stores it: pasted with a
+    trailing zero-width space (the API stores "finance" for it), it names the group
+    "finance" and the document is shared with it (it was "no group named ...")."""
+    username = f"z{uuid.uuid4().hex[:8]}"
+    _, alice = await make_user(database, username=username)
+    name = f"finance{uuid.uuid4().hex[:6]}"
+    made = await client.post("/api/v1/groups", headers=alice, json={"name": name + "\u200b"})
+    assert made.status_code == 201 and made.json()["name"] == name, made.text
+    env = {"ROOST_DATABASE_URL": pg_server.libpq_url(db_name),
+           "ROOST_DATA_DIR": str(tmp_path / "d"),
+           "ROOST_KNOWLEDGE_EMBEDDING_PROVIDER": "hash", "ROOST_LOG_LEVEL": "warning"}
+    f = tmp_path / "a.txt"
+    f.write_text("Herons wade in shallow water. " * 20)
+    out = await asyncio.to_thread(run_roost, "ingest", str(f), "--user", username,
+                                  "--group", name + "\u200b", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = await fetch(database, "SELECT group_id FROM documents WHERE name = 'a.txt'")
+    assert [str(r.group_id) for r in rows] == [made.json()["id"]], rows

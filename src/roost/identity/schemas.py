@@ -19,6 +19,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
+    ValidationError,
 )
 from pydantic_core import PydanticCustomError
 
@@ -458,6 +460,19 @@ def _visible_name(value: str) -> str:
 GroupName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
                       BeforeValidator(_composed), _sent_at_most(128),
                       AfterValidator(_visible_name), AfterValidator(refuse_hidden_characters)]
+
+
+_GROUP_NAME: TypeAdapter[str] = TypeAdapter(GroupName)
+
+
+def stored_group_name(value: str) -> str | None:
+    """``value`` as a group's name is stored (composed, stripped of white space and of
+    invisible characters at its ends), for commands that name a group by name; None for a
+    text no group can be named (blank, too long, a hidden character inside)."""
+    try:
+        return _GROUP_NAME.validate_python(value)
+    except ValidationError:
+        return None
 
 
 class GroupIn(Input):

@@ -134,8 +134,9 @@ async def _create_run(
     from roost.audit import service as audit
     from roost.errors import NotFound, Unprocessable
     from roost.identity.accounts import find_user
-    from roost.identity.common import group_ids_of, nfc, principal_for
+    from roost.identity.common import group_ids_of, principal_for
     from roost.identity.models import Group, User
+    from roost.identity.schemas import stored_group_name
     from roost.knowledge.models import IngestionRun
     from roost.knowledge.service import check_group, is_web_target, precheck_url
 
@@ -148,8 +149,12 @@ async def _create_run(
                            "no root user exists: pass --user NAME to choose the owner")
         group_id = None
         if group is not None:
-            # Spelled as names are stored (composed, stripped): "É" typed decomposed matches.
-            found = (await s.scalars(select(Group).where(Group.name == nfc(group).strip()))).one_or_none()
+            # Spelled as names are stored (composed, stripped, invisible ends dropped: the
+            # API's rule): "É" typed decomposed, or a name pasted with a zero-width space,
+            # matches.
+            stored = stored_group_name(group)
+            found = None if stored is None else (await s.scalars(
+                select(Group).where(Group.name == stored))).one_or_none()
             if found is None:
                 raise NotFound(f"no group named {group!r}")
             group_id = found.id
