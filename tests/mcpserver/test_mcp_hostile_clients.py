@@ -252,6 +252,9 @@ async def test_a_client_that_goes_away_cancels_its_agent_run(
     assert reply.status_code == 200 and "result" in reply.json(), reply.text
 
 
+SECRET_CALL = {"name": "current_time", "arguments": {"timezone": "hunter2-secret"}}
+
+
 @pytest.mark.parametrize("id_", [None, {"a": 1}, True, 1.5], ids=["null", "object", "bool", "float"])
 async def test_a_request_whose_id_is_not_a_string_or_an_integer_is_an_invalid_request(
     app: FastAPI, database: Database, id_: Any,
@@ -289,3 +292,23 @@ async def test_a_batch_or_a_bare_value_is_refused_without_echoing_it(
     assert reply.json()["error"] == {
         "code": -32600, "message": "a request is one JSON-RPC object; batches are not accepted"}
     assert malformed.status_code == 400 and malformed.json()["error"]["code"] == -32700
+
+
+@pytest.mark.parametrize("body", [
+    {"jsonrpc": "1.0", "id": 1, "method": "tools/call", "params": SECRET_CALL},
+    {"id": 1, "method": "tools/call", "params": SECRET_CALL},
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": "hunter2-secret"},
+], ids=["jsonrpc-1.0", "no-jsonrpc", "params-not-an-object"])
+async def test_an_object_that_is_no_json_rpc_message_is_refused_without_echoing_it(
+    app: FastAPI, database: Database, body: dict[str, Any],
+) -> None:
+    """A JSON object that is no JSON-RPC 2.0 message (an old client's "jsonrpc": "1.0",
+    none at all, params that are no object) is an invalid request (-32600) quoting nothing
+    back; before, the SDK's -32602 dumped the body, the arguments' values included."""
+    _, alice = await make_user(database, username="alice")
+    async with in_process(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
+        reply = await http.post("/mcp", content=json.dumps(body), headers={**MCP_HEADERS, **alice})
+    assert "hunter2" not in reply.text, reply.text
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["code"] == -32600, reply.text
+    assert "not a JSON-RPC 2.0 message" in reply.json()["error"]["message"]

@@ -33,7 +33,8 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
-from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, jsonrpc_message_adapter
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -217,6 +218,11 @@ def _refusal(body: bytes) -> str | None:
         id_ = message["id"]
         if isinstance(id_, bool) or not isinstance(id_, str | int):
             return "invalid request: id must be a string or an integer"
+    try:  # the shape the SDK checks next, whose refusal quoted the body back
+        jsonrpc_message_adapter.validate_python(message, by_name=False)
+    except ValidationError:
+        return ('invalid request: not a JSON-RPC 2.0 message ("jsonrpc": "2.0", a string '
+                '"method", "params" an object when given)')
     return None
 
 
