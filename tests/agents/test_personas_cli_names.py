@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+import uuid
 from pathlib import Path
 
 from sqlalchemy import text
 
+from roost.agents.models import Persona, PersonaMember
 from roost.db.engine import Database
+from tests.agents.conftest import make_agent
 from tests.agents.test_agents_cli import cli_env
 from tests.support.cli import run_roost
 from tests.support.identity import make_user
@@ -96,3 +99,36 @@ async def test_roost_memory_names_personas_and_agents_as_roost_personas_and_agen
         ))).tuples().all()
     assert [(c, a, p) for c, a, p in rows] == [
         ("likes maps", None, named_id.group()), ("likes tea", own_id.group(), None)], rows
+
+
+async def test_roost_memory_takes_a_persona_s_public_agent_before_a_stranger_s(
+    pg_server: PgTestServer, db_name: str, database: Database, tmp_path: Path,
+) -> None:
+    """Alice's persona has a public agent ``helper`` (its owner Bob's) and a stranger,
+    Carol, has a public ``helper`` too: ``roost agents show helper`` and ``roost memory add
+    --agent helper`` both name the persona's (the memory CLI answered "several agents")."""
+    env = cli_env(pg_server, db_name, tmp_path)
+    alice_id, _ = await make_user(database, username="alice")
+    bob_id, _ = await make_user(database, username="bob")
+    carol_id, _ = await make_user(database, username="carol")
+    async with database.transaction() as session:
+        persona = Persona(owner_id=bob_id, name="Desk")
+        session.add(persona)
+        await session.flush()
+        session.add(PersonaMember(persona_id=persona.id, user_id=alice_id, role="editor"))
+        persona_id = persona.id
+    await make_agent(database, carol_id, slug="helper", is_public=True)
+    ours = await make_agent(database, bob_id, slug="helper", is_public=True,
+                            persona_id=persona_id)
+
+    def roost(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_roost(*args, env=env)
+
+    shown = roost("agents", "show", "helper", "--user", "alice")
+    assert shown.returncode == 0 and str(ours.id) in shown.stdout, (shown.stdout, shown.stderr)
+    added = roost("memory", "add", "likes tea", "--user", "alice", "--agent", "helper")
+    assert added.returncode == 0, added.stderr
+    async with database.transaction() as session:
+        agent_id = await session.scalar(text("SELECT agent_id FROM memories"))
+    assert agent_id == ours.id, (agent_id, ours.id)
+    assert isinstance(agent_id, uuid.UUID)

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 from rich.console import Console
 from rich.text import Text
-from sqlalchemy import column, select, table
+from sqlalchemy import and_, case, column, select, table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.clitools import (
@@ -108,38 +108,57 @@ def _as_of(value: str | None) -> datetime | None:
 # --- scope --------------------------------------------------------------------------------
 
 
-# The two tables a scope names, as the user's session reads them (row-level security:
-# the personas they belong to; their own, their personas' and public agents).
-_PERSONAS = table("personas", column("id"), column("name"))
+# The tables a scope names, as the user's session reads them (row-level security: the
+# personas they belong to; their own, their personas' and public agents).
+_PERSONAS = table("personas", column("id"), column("name"), column("owner_id"))
+_MEMBERS = table("persona_members", column("persona_id"), column("user_id"))
 _AGENTS = table("agents", column("id"), column("slug"), column("user_id"),
-                column("is_public"), column("created_at"))
+                column("persona_id"), column("created_at"))
+
+
+async def _persona_in(session: AsyncSession, persona: str) -> uuid.UUID:
+    """As ``roost personas`` reads it: a full id, else the exact name, else a unique start
+    of an id (a persona named like another's id prefix still names itself)."""
+    full = full_id(persona)
+    return await first_unique(
+        session, select(_PERSONAS.c.id),
+        ((_PERSONAS.c.id == full,) if full is not None else ())
+        + (_PERSONAS.c.name == persona, id_starts_with(_PERSONAS.c.id, persona)),
+        persona, "persona")
+
+
+async def _agent_in(session: AsyncSession, actor: Principal, agent: str) -> uuid.UUID:
+    """As ``roost agents`` reads it (``roost.agents.catalog.find_agent``, which this
+    layer, below agents, cannot call): a full id is an id; else the slug of the user's own
+    agent, then of one of their personas' (the oldest); else a unique start of an id;
+    a public agent's slug last (a stranger's never hides the user's own)."""
+    full = full_id(agent)
+    if full is not None:
+        return await first_unique(session, select(_AGENTS.c.id), (_AGENTS.c.id == full,),
+                                  agent, "agent")
+    personas = select(_MEMBERS.c.persona_id).where(_MEMBERS.c.user_id == actor.user_id) \
+        .union(select(_PERSONAS.c.id).where(_PERSONAS.c.owner_id == actor.user_id))
+    rank = case((and_(_AGENTS.c.user_id == actor.user_id, _AGENTS.c.persona_id.is_(None)), 0),
+                (_AGENTS.c.persona_id.in_(personas), 1), else_=2)
+    found = (await session.execute(select(_AGENTS.c.id, rank).where(_AGENTS.c.slug == agent)
+                                   .order_by(rank, _AGENTS.c.created_at).limit(1))).first()
+    if found is not None and found[1] < 2:
+        return uuid.UUID(str(found[0]))
+    try:
+        return await first_unique(session, select(_AGENTS.c.id),
+                                  (id_starts_with(_AGENTS.c.id, agent),), agent, "agent")
+    except NotFound:
+        if found is None:
+            raise
+        return uuid.UUID(str(found[0]))  # a public agent's slug
 
 
 async def _scope_in(session: AsyncSession, actor: Principal, persona: str | None,
                     agent: str | None) -> ScopeIn:
     """Persona and agent by name, slug or id (prefix), among those the user can see, read
-    as ``roost personas`` and ``roost agents`` read them: a full id first; a persona's
-    exact name, an agent's slug among the user's own, then their personas' agents; a
-    unique start of an id; a public agent's slug last (another user's public agent never
-    hides the user's own of that slug)."""
-    persona_id = agent_id = None
-    if persona is not None:
-        full = full_id(persona)
-        persona_id = await first_unique(
-            session, select(_PERSONAS.c.id),
-            ((_PERSONAS.c.id == full,) if full is not None else ())
-            + (_PERSONAS.c.name == persona, id_starts_with(_PERSONAS.c.id, persona)),
-            persona, "persona")
-    if agent is not None:
-        full = full_id(agent)
-        slug = _AGENTS.c.slug == agent
-        agent_id = await first_unique(
-            session, select(_AGENTS.c.id).order_by(_AGENTS.c.created_at),
-            ((_AGENTS.c.id == full,) if full is not None else (
-                slug & (_AGENTS.c.user_id == actor.user_id), slug & ~_AGENTS.c.is_public,
-                id_starts_with(_AGENTS.c.id, agent), slug)),
-            agent, "agent")
-    return ScopeIn(persona_id=persona_id, agent_id=agent_id)
+    as ``roost personas`` and ``roost agents`` read them."""
+    return ScopeIn(persona_id=await _persona_in(session, persona) if persona else None,
+                   agent_id=await _agent_in(session, actor, agent) if agent else None)
 
 
 # --- commands -------------------------------------------------------------------------------
