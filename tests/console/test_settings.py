@@ -84,6 +84,40 @@ async def test_override_refuse_and_reset_settings(
     assert await _stored(database, "chat_context_messages") is None
 
 
+async def test_saving_or_resetting_a_setting_keeps_the_focus_in_its_row(
+        page: Any, console: str, database: Database, test_keys: KeyMaterial) -> None:
+    """A keyboard user saves a setting with Enter in its field or on Save, then resets it:
+    the focus stays on the control used (on the field once Reset is disabled again), where
+    before the redrawn row dropped it to the top of the page."""
+    from playwright.async_api import expect
+
+    admin_id, _ = await make_user(database, admin=True)
+    await sign_in_as(page.context, console, database, test_keys, admin_id)
+    await page.goto("/console/admin/settings")
+    field = page.get_by_label("Value of chat_context_messages")
+    await expect(field).to_have_value("20", timeout=20_000)
+    await field.focus()
+    await field.fill("40")
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("status")).to_have_text("chat_context_messages is now 40.",
+                                                          timeout=20_000)
+    await expect(field).to_be_focused()
+
+    await field.fill("41")
+    await page.get_by_role("button", name="Save chat_context_messages").focus()
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("status")).to_have_text("chat_context_messages is now 41.",
+                                                          timeout=20_000)
+    await expect(page.get_by_role("button", name="Save chat_context_messages")).to_be_focused()
+
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_role("button", name="Reset chat_context_messages")).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("status")).to_have_text(
+        "chat_context_messages is back to its default, 20.", timeout=20_000)
+    await expect(field).to_be_focused()
+
+
 async def test_a_plain_user_cannot_see_the_settings(
         page: Any, console: str, database: Database, test_keys: KeyMaterial) -> None:
     user_id, _ = await make_user(database, username="plain")

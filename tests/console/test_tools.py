@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -241,3 +242,32 @@ async def test_mcp_server_refused_name_says_which_field(
     message = await notice.inner_text()
     assert "name: " in message and "pattern" in message, message
     assert "see errors" not in message and "undefined" not in message, message
+
+
+async def test_checking_or_syncing_an_mcp_server_with_the_keyboard_keeps_focus_on_the_button(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """A keyboard user presses Enter on "Check health" (then "Sync") of an MCP server: its
+    entry is redrawn with the result and the focus stays on the button pressed, where
+    before it fell to the top of the page (the button was disabled while it worked)."""
+    from playwright.async_api import expect
+
+    user_id, headers = await make_user(database)
+    made = await client.post("/api/v1/mcp-servers", headers=headers, json={
+        "name": "down", "transport": "streamable_http", "url": "http://127.0.0.1:9/mcp"})
+    assert made.status_code == 201, made.text
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto("/console/tools")
+    server = page.locator("li.server", has=page.get_by_role("heading", name="down"))
+    notice = page.locator("#notice")
+    for name in ("Check health of down", "Sync down"):
+        button = page.get_by_role("button", name=name)
+        await button.focus()
+        await page.keyboard.press("Enter")
+        await expect(notice).to_be_visible(timeout=30_000)  # the check's result, or why not
+        await expect(button).to_be_enabled(timeout=30_000)
+        await expect(button).to_be_focused()
+        await page.keyboard.press("Escape")  # closes the notice
+        await expect(notice).to_be_hidden()
+    await expect(server.locator(".health")).not_to_contain_text("unknown")

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
@@ -264,6 +265,38 @@ async def test_the_comment_typed_under_an_approval_is_sent_with_its_decision(
     step = next(s for s in final["steps"] if s["node_id"] == second_id)
     assert (step["status"], step["output"]["comment"]) == ("completed", "my reason"), step
     await assert_accessible(page)
+
+
+async def test_a_stored_version_naming_an_input_twice_gets_one_run_field(
+    page: Any, console: str, client: httpx.AsyncClient, database: Database,
+    test_keys: KeyMaterial,
+) -> None:
+    """A version stored before start inputs had to be unique, naming "topic" twice: the run
+    form shows one "topic" field, where before it showed two sharing one id (the second
+    label named the first field)."""
+    from playwright.async_api import expect
+
+    user_id, headers = await make_user(database)
+    graph = {"nodes": [node("s", "start", inputs=["topic"]),
+                       node("e", "end", output="{{ topic }}")],
+             "edges": [edge("1", "s", "e")]}
+    created = await client.post(API, headers=headers, json={"name": "Twice", **graph})
+    assert created.status_code == 201, created.text
+    workflow_id = created.json()["id"]
+    published = await client.post(f"{API}/{workflow_id}/publish", headers=headers, json={})
+    assert published.status_code == 201, published.text
+    async with database.transaction() as s:  # as stored then (versions are immutable)
+        await s.execute(text("SET LOCAL session_replication_role = replica"))
+        await s.execute(text(
+            "UPDATE workflow_versions SET nodes = jsonb_set(nodes, '{0,data,inputs}', "
+            "'[\"topic\", \"topic\"]') WHERE workflow_id = CAST(:w AS uuid)"),
+            {"w": workflow_id})
+    await sign_in_as(page.context, console, database, test_keys, user_id)
+    await page.goto(f"/console/workflows/{workflow_id}")
+    await expect(page.get_by_role("button", name="Run", exact=True)).to_be_enabled(
+        timeout=20_000)
+    await expect(page.locator("#run-inputs input")).to_have_count(1)
+    await expect(page.get_by_label("Input topic")).to_have_attribute("id", "run-input-topic")
 
 
 async def test_another_users_workflow_run_is_not_found(

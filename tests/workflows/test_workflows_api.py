@@ -336,6 +336,21 @@ async def test_a_document_id_with_a_trailing_newline_is_refused_at_save(
         [("invalid_data", "k")]
 
 
+async def test_a_start_node_naming_an_input_twice_is_refused_naming_the_repeat(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """A start node whose data.inputs names "topic" twice is invalid_data at validate and a
+    422 at save, naming the repeat; before, it was accepted and the run form showed two
+    fields sharing one id."""
+    _, headers = await make_user(database)
+    twice = _templated(["topic", "topic"])
+    checked = await client.post(f"{API}/validate", headers=headers, json=twice)
+    assert checked.status_code == 200, checked.text
+    assert [(e["code"], e["node_id"], e["message"]) for e in checked.json()["errors"]] == \
+        [("invalid_data", "s", "start node: data.inputs: must not repeat 'topic'")]
+    saved = await client.post(API, headers=headers, json={"name": "Twice", **twice})
+    assert saved.status_code == 422 and "must not repeat 'topic'" in saved.text, saved.text
+
+
 async def test_an_input_name_with_a_trailing_newline_is_not_an_identifier(
         client: httpx.AsyncClient, database: Database) -> None:
     """A start input, an output_key or a run's input named "q\\n" is refused: names are

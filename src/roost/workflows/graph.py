@@ -116,7 +116,8 @@ def _schema(properties: dict[str, Any], required: Sequence[str] = ()) -> dict[st
 
 NODE_TYPES: Final[dict[str, NodeType]] = {t.name: t for t in (
     NodeType("start", "Where a run begins; data.inputs names the run's input variables.",
-             _schema({"inputs": {"type": "array", "items": _IDENT, "maxItems": 100}}),
+             _schema({"inputs": {"type": "array", "items": _IDENT, "maxItems": 100,
+                                 "uniqueItems": True}}),
              inputs=_NONE, outputs=_ONE),
     NodeType("end", "Where a branch of a run ends; data.output (a template) is its result.",
              _schema({"output": _TEMPLATE}), inputs=_ONE, outputs=_NONE,
@@ -341,9 +342,20 @@ def _schema_message(error: SchemaError) -> str:
         "pattern": lambda: f"must match {expected}",
         "maxItems": lambda: f"must have at most {expected} items",
         "maxProperties": lambda: f"must have at most {expected} keys",
+        "uniqueItems": lambda: f"must not repeat {_repeat(error.instance)}",
     }
     reason = reasons.get(str(kind), lambda: f"fails the {kind} rule")()
     return f"{where}: {reason}"
+
+
+def _repeat(values: Any) -> str:
+    """The first repeated item, named when it is a short string (an input's name)."""
+    seen: list[Any] = []
+    for value in values if isinstance(values, list) else []:
+        if value in seen:
+            return repr(value) if isinstance(value, str) and len(value) <= 64 else "an item"
+        seen.append(value)
+    return "an item"
 
 
 def _check_data(issues: _Issues, node_id: str, spec: NodeType, data: dict[str, Any]) -> None:

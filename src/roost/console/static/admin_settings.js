@@ -60,21 +60,23 @@ function row(s) {
   };
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    const focused = focusedControl(form);
     error.hidden = true;
     field.removeAttribute("aria-invalid");
     save.disabled = true;
     try {
       const fresh = await api(`/api/v1/admin/settings/${encodeURIComponent(s.key)}`,
                               { method: "PUT", body: { value: read(field, k) } });
-      replaceRow(fresh);
+      replaceRow(fresh, focused);
       say(`${fresh.key} is now ${JSON.stringify(fresh.value)}.`);
     } catch (err) { showProblem(err); } finally { save.disabled = false; }
   });
   reset.addEventListener("click", async () => {
+    const focused = focusedControl(form);
     try {
       const fresh = await api(`/api/v1/admin/settings/${encodeURIComponent(s.key)}`,
                               { method: "DELETE" });
-      replaceRow(fresh);
+      replaceRow(fresh, focused);
       say(`${fresh.key} is back to its default, ${JSON.stringify(fresh.value)}.`);
     } catch (err) { showProblem(err); }
   });
@@ -92,10 +94,27 @@ function row(s) {
         el("pre", { class: "mono" }, JSON.stringify(s.schema, null, 2)))));
 }
 
-function replaceRow(s) {
+// The form's control that has the focus (field, Save or Reset), as a selector for its
+// match in the row that replaceRow() draws; null when the focus is elsewhere.
+function focusedControl(form) {
+  const active = document.activeElement;
+  if (!active || !form.contains(active)) return null;
+  return active.id ? `#${CSS.escape(active.id)}`
+    : `[aria-label="${CSS.escape(active.getAttribute("aria-label") || "")}"]`;
+}
+
+// Swap a setting's row for its new state and keep focus on the control that was used:
+// the old row leaves the page (and Save was disabled meanwhile), which would drop the
+// focus to the top.  A Reset that is now disabled hands it to the field.
+function replaceRow(s, focusSelector = null) {
   const old = tbody.querySelector(`tr[data-key="${CSS.escape(s.key)}"]`);
   const fresh = row(s);
+  const active = document.activeElement;
+  const lost = !active || active === document.body || Boolean(old?.contains(active));
   if (old) old.replaceWith(fresh); else tbody.append(fresh);
+  if (!focusSelector || !lost) return;
+  const target = fresh.querySelector(`form ${focusSelector}`);
+  (target && !target.disabled ? target : fresh.querySelector("form input"))?.focus();
 }
 
 async function load() {

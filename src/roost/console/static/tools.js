@@ -126,15 +126,19 @@ function serverItem(server) {
   return item;
 }
 
-function putServer(server) {
+// Draw a server's entry, or redraw it in place.  `pressed` is the entry's button that led
+// here: busy() disabled it, which took the focus off it, so the focus is put back on its
+// match in the new entry (unless the user has moved on to somewhere else meanwhile).
+function putServer(server, pressed = null) {
   servers.set(server.id, server);
   const fresh = serverItem(server);
   const old = document.getElementById(`server-${server.id}`);
   if (old) {
-    // Keep keyboard focus on the button that was pressed.
-    const focused = old.contains(document.activeElement) ? document.activeElement.getAttribute("aria-label") : null;
+    const active = document.activeElement;
+    const label = active && old.contains(active) ? active.getAttribute("aria-label")
+      : pressed && (!active || active === document.body) ? pressed.getAttribute("aria-label") : null;
     old.replaceWith(fresh);
-    if (focused) fresh.querySelector(`button[aria-label="${CSS.escape(focused)}"]`)?.focus();
+    if (label) fresh.querySelector(`button[aria-label="${CSS.escape(label)}"]`)?.focus();
   } else {
     serverList.append(fresh);
   }
@@ -142,7 +146,8 @@ function putServer(server) {
 }
 
 async function busy(button, work) {
-  button.disabled = true;
+  const focused = document.activeElement === button;
+  button.disabled = true;  // which takes the focus off it
   button.setAttribute("aria-busy", "true");
   try {
     await work();
@@ -151,13 +156,15 @@ async function busy(button, work) {
   } finally {
     button.disabled = false;
     button.removeAttribute("aria-busy");
+    // Not redrawn (the request failed): give the focus back if nothing else has it.
+    if (focused && button.isConnected && document.activeElement === document.body) button.focus();
   }
 }
 
 function sync(server, button) {
   return busy(button, async () => {
     const result = await api(`/api/v1/mcp-servers/${server.id}/sync`, { method: "POST" });
-    putServer(result.server);
+    putServer(result.server, button);
     const parts = [`${result.added.length} added`, `${result.updated.length} updated`];
     if (result.unavailable.length) parts.push(`${result.unavailable.length} no longer offered`);
     const skipped = Object.keys(result.skipped || {});
@@ -170,7 +177,7 @@ function sync(server, button) {
 function check(server, button) {
   return busy(button, async () => {
     const checked = await api(`/api/v1/mcp-servers/${server.id}/check`, { method: "POST" });
-    putServer(checked);
+    putServer(checked, button);
     notify(`${checked.name} is ${checked.health_status}`
            + (checked.latency_ms !== null ? ` (${checked.latency_ms} ms)` : "") + ".",
            checked.health_status === "healthy" ? "ok" : "error");

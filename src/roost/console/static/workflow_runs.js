@@ -32,7 +32,8 @@ async function versionGraph(number) {
 function declaredInputs(version) {
   const start = (version.nodes || []).find((n) => n && n.type === "start");
   const inputs = start && start.data && Array.isArray(start.data.inputs) ? start.data.inputs : [];
-  return inputs.map(String);
+  // A version saved before inputs had to be unique may name one twice: one field per name.
+  return [...new Set(inputs.map(String))];
 }
 
 function setHelp(text) {
