@@ -426,3 +426,31 @@ async def test_a_disabled_default_model_is_no_longer_routed(
     assert again.json()["models"] == {"stub-model": True}
     listed = await client.get("/v1/models", headers=user_headers)
     assert [m["id"] for m in listed.json()["data"]] == ["stub-model"], listed.text
+
+
+async def test_a_registered_provider_with_a_long_name_can_be_named_elsewhere(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+) -> None:
+    """A provider's name may be up to 128 characters, and a persona's
+    ``default_provider``, an agent's ``preferred_provider`` and a debate participant's
+    ``provider`` take any registered one: a name of 100 was a 422 "at most 64 characters"
+    in each (and the columns held 64, migration 1450)."""
+    name = "p" * 100
+    created = await _create(client, admin_headers, name=name, type="openai",
+                            base_url=stub.base_url, model="m")
+    assert created.status_code == 201, created.text
+    _, headers = await make_user(database)
+    persona = await client.post("/api/v1/personas",
+                                json={"name": "Desk", "default_provider": name},
+                                headers=headers)
+    agent = await client.post("/api/v1/agents",
+                              json={"name": "H", "slug": "h-long", "preferred_provider": name},
+                              headers=headers)
+    debate = await client.post("/api/v1/debates", json={
+        "topic": "t", "positions": ["yes", "no"], "participants": [
+            {"id": "a", "model": "m", "provider": name},
+            {"id": "b", "model": "m", "provider": name}]}, headers=headers)
+    statuses = {"persona": persona.status_code, "agent": agent.status_code,
+                "debate": debate.status_code}
+    assert statuses == {"persona": 201, "agent": 201, "debate": 202}, \
+        (statuses, persona.text, agent.text, debate.text)

@@ -42,6 +42,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from roost.db.base import Base, CreatedAt, Timestamps, UUIDPrimaryKey
 from roost.identity import models as _identity_models  # noqa: F401 - "users", for the foreign keys
+from roost.llm.base import MAX_PROVIDER_NAME
 from roost.prompts import models as _prompt_models  # noqa: F401 - "system_prompts"
 from roost.tools import models as _tools_models  # noqa: F401 - "tools", for the foreign keys
 from roost.tools.models import SECRET_TYPES as SECRET_TYPES  # declared where checked
@@ -82,7 +83,7 @@ class Persona(UUIDPrimaryKey, Timestamps, Base):
     description: Mapped[str | None] = mapped_column(Text)
     system_prompt: Mapped[str] = mapped_column(Text, server_default=text("''"), default="")
     # A registered LLM provider's name (NULL: the gateway's routing decides) and model.
-    default_provider: Mapped[str | None] = mapped_column(String(64))
+    default_provider: Mapped[str | None] = mapped_column(String(MAX_PROVIDER_NAME))
     default_model: Mapped[str | None] = mapped_column(String(255))
     fallback_providers: Mapped[list[Any]] = mapped_column(
         server_default=text("'[]'::jsonb"), default=list)
@@ -174,7 +175,7 @@ class Agent(UUIDPrimaryKey, Timestamps, Base):
     # The agent's instructions; with a persona, they come after the persona's prompt
     # (Persona Platform's system_prompt_override replaced it: ``config.replace_persona_prompt``).
     system_prompt: Mapped[str | None] = mapped_column(Text)
-    preferred_provider: Mapped[str | None] = mapped_column(String(64))
+    preferred_provider: Mapped[str | None] = mapped_column(String(MAX_PROVIDER_NAME))
     preferred_model: Mapped[str | None] = mapped_column(String(255))
     # Tools the agent may call: tool ids or names (resolved through the tool registry in
     # the runner's scope at run time, so a tool the runner may not use is never offered).

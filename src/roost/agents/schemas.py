@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from roost.identity.common import refuse_hidden_characters
 from roost.inputs import StrictInput, WebUrl, holds_control, is_blank
+from roost.llm.base import MAX_PROVIDER_NAME
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,99}$"
 
@@ -205,7 +206,7 @@ def _one_line(value: str) -> str:
 
 
 # A registered LLM provider's name (the services check that one is: 422 otherwise).
-ProviderName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_not_blank),
+ProviderName = Annotated[str, Field(min_length=1, max_length=MAX_PROVIDER_NAME), AfterValidator(_not_blank),
                          AfterValidator(_one_line)]
 # A model's name as its provider knows it: shown in lists and the CLI, sent in requests.
 ModelName = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_one_line)]

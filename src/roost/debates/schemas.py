@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from roost.debates.prompts import position_key
 from roost.inputs import StrictInput, is_blank, strip_invisible
+from roost.llm.base import MAX_PROVIDER_NAME
 
 MAX_PARTICIPANTS: Final = 20
 MAX_POSITIONS: Final = 20
@@ -30,7 +31,7 @@ class ParticipantIn(StrictInput):
     id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
     agent_id: uuid.UUID | None = None
     model: str | None = Field(default=None, min_length=1, max_length=255)
-    provider: str | None = Field(default=None, min_length=1, max_length=64)
+    provider: str | None = Field(default=None, min_length=1, max_length=MAX_PROVIDER_NAME)
     position: str | None = Field(default=None, description="The position it argues; default: "
                                                            "round-robin over the positions")
     weight: float = Field(default=1.0, ge=0.000001, le=1000,

@@ -40,6 +40,9 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+MAX_PROVIDER_NAME: Final = 128
+"""A provider's name, at most, wherever one is named (personas, agents, debates)."""
+
 # Upstream 4xx statuses that mean "try again later" rather than "your request is
 # wrong": a rate limit or a request timeout on one provider should let the
 # gateway fall back to the next one.

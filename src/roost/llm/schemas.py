@@ -12,6 +12,7 @@ from roost.inputs import StrictInput, holds_nul, is_blank, json_size
 from roost.llm.base import (
     AUTH_HEADER_NAMES,
     HEADER_VALUE_RULE,
+    MAX_PROVIDER_NAME,
     framing_header,
     header_value_ok,
     unsendable_header,
@@ -27,7 +28,7 @@ PROVIDER_TYPE_INPUTS = (
 ProviderTypeInput = Literal[
     "openai", "anthropic", "local", "openai_compatible", "vllm", "ollama", "llamacpp", "lmstudio"
 ]
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+NAME_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_PROVIDER_NAME - 1}}}$"
 MAX_CONFIG_BYTES = 16 * 1024
 MAX_BASE_URL_CHARS = 500  # llm_providers.base_url
 # The most model ids a provider keeps: a PATCH's disabled_models, and a sync (the first
