@@ -13,7 +13,9 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from roost.db.engine import Database
+from roost.keyfiles import KeyMaterial
 from roost.llm import jobs as llm_jobs
+from roost.security.crypto import MessageCipher
 from roost.tasks.worker import Worker
 from tests.chat.conftest import add_provider, new_session
 from tests.support.identity import make_user
@@ -270,3 +272,41 @@ async def test_the_state_limit_is_measured_in_bytes_as_its_error_says(
     resp = await client.put(f"/api/v1/chat/sessions/{sid}/state", content=body,
                             headers={**h, "content-type": "application/json"})
     assert resp.status_code == 200, resp.text  # was 413 "larger than 262144 bytes"
+
+
+async def test_a_nul_in_the_session_state_is_a_422_naming_state(
+    client: httpx.AsyncClient, user: User,
+) -> None:
+    """A NUL in the state (a value or a key: jsonb holds neither) is a 422 naming the
+    field, as every other body's NUL is (it was the database's anonymous 400)."""
+    _, headers = user
+    sid = (await new_session(client, headers))["id"]
+    for state in ({"a": "x\u0000y"}, {"k\u0000": 1}):
+        resp = await client.put(f"/api/v1/chat/sessions/{sid}/state", json={"state": state}, headers=headers)
+        assert resp.status_code == 422, resp.text
+        assert [e["loc"] for e in resp.json()["errors"]] == [["body", "state"]], resp.text
+
+
+async def test_a_summary_patch_that_changes_nothing_is_not_audited(
+    client: httpx.AsyncClient, user: User, database: Database, test_keys: KeyMaterial,
+) -> None:
+    """Rating a summary 4 twice is one change: the second PATCH changes nothing and, as a
+    session's PATCH that changes nothing, writes no chat.summary.update record (it wrote
+    one with empty changes each time)."""
+    uid, headers = user
+    sid = (await new_session(client, headers))["id"]
+    cipher = MessageCipher(list(test_keys.message_keys))
+    async with database.transaction() as s:
+        await s.execute(text(
+            "INSERT INTO chat_session_summaries (id, session_id, user_id, started_at, ended_at, "
+            "message_count, summary) VALUES (:i, :s, :u, now(), now(), 2, :b)"),
+            {"i": uuid.uuid4(), "s": sid, "u": uid, "b": cipher.encrypt("a summary")})
+    for _ in range(2):
+        resp = await client.patch(f"/api/v1/chat/sessions/{sid}/summary", json={"session_rating": 4},
+                                  headers=headers)
+        assert resp.status_code == 200, resp.text
+    async with database.transaction() as s:
+        audited = (await s.execute(text(
+            "SELECT count(*) FROM audit_logs WHERE resource_id = :r "
+            "AND action = 'chat.summary.update'"), {"r": sid})).scalar_one()
+    assert audited == 1

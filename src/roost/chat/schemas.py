@@ -152,6 +152,7 @@ class StateOut(BaseModel):
 
 class StatePut(StrictInput):
     model_config = ConfigDict(extra="forbid")
+    refuse_nul = True  # jsonb holds no NUL, in a key or a value: a 422 naming "state"
 
     state: dict[str, Any]
     expected_version: int | None = Field(

@@ -96,12 +96,13 @@ async def update_summary(
         if getattr(row, name) != value:
             changes[name] = [getattr(row, name), value]
             setattr(row, name, value)
-    row.updated_at = utcnow()
-    await session.flush()
-    if "session_rating" in changes:  # set, changed or cleared (None)
-        await _rate_prompt(session, session_id, row.session_rating)
-    await audit.record(session, "chat.summary.update", user_id=actor.user_id,
-                       resource_type=SESSION, resource_id=session_id, changes=changes)
+    if changes:  # as a session's PATCH: one that changes nothing is no update
+        row.updated_at = utcnow()
+        await session.flush()
+        if "session_rating" in changes:  # set, changed or cleared (None)
+            await _rate_prompt(session, session_id, row.session_rating)
+        await audit.record(session, "chat.summary.update", user_id=actor.user_id,
+                           resource_type=SESSION, resource_id=session_id, changes=changes)
     return summary_out(gateway.cipher, row)
 
 
