@@ -811,3 +811,22 @@ async def test_a_last_event_id_with_digits_that_are_not_ascii_starts_over(
             **headers, "Last-Event-ID": value.encode("latin-1")}), 40)
         assert resp.status_code == 200, (value, resp.text)
         assert resp.text == whole.text, value
+
+
+async def test_a_retry_after_the_agent_was_deactivated_answers_the_first_run(
+    client: httpx.AsyncClient, database: Database, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A client whose first 202 was lost retries (same idempotency key and input) after
+    the agent was deactivated: the answer is that first run (failed by the deactivation),
+    not a 409 "activate it to run it" as if no run had been made."""
+    user_id, headers = user
+    agent = await make_agent(database, user_id)
+    first = await start(client, headers, agent.id, text_="hi", idempotency_key="retry")
+    resp = await client.patch(f"/api/v1/agents/{agent.id}", json={"is_active": False},
+                              headers=headers)
+    assert resp.status_code == 200, resp.text
+    again = await client.post(f"/api/v1/agents/{agent.id}/runs",
+                              json={"input": "hi", "idempotency_key": "retry"}, headers=headers)
+    assert again.status_code == 202, again.text
+    assert again.json()["id"] == first["id"]
+    assert again.json()["status"] == "failed"

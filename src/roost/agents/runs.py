@@ -77,6 +77,12 @@ async def create_run(
     Idempotency-Key draft: answering with a run of something else would hide the
     client's mistake)."""
     runner = require_user(actor, "runs")  # a run is its runner's: not the operator token's
+    # A retry is answered before anything is checked: the run it replays may be the one
+    # that used up the day's runs, or its agent deactivated since (a replay writes
+    # nothing; a 409 would tell the client that no run was made).
+    replayed = await _replayed(session, runner, agent, body)
+    if replayed is not None:
+        return replayed, False
     await require_runnable(session, actor, agent)
     run_id, job_id, now = uuid7(), uuid7(), utcnow()
     trace = trace_id or f"run-{run_id}"
@@ -86,11 +92,6 @@ async def create_run(
         trace_id=trace, idempotency_key=body.idempotency_key,
         status="pending", input=body.input, source=source, config=effective_config(agent),
         task_id=job_id, created_at=now, updated_at=now)))
-    # A retry is answered before the plan is checked: the run it replays may be the one
-    # that used up the day's runs (a replay writes nothing).
-    replayed = await _replayed(session, runner, agent, body)
-    if replayed is not None:
-        return replayed, False
     # A metered user's plan first: refused, nothing is written.
     try:
         await _check_plan(session, runner, run_id)
