@@ -128,3 +128,53 @@ async def test_a_subject_whose_encoded_word_decodes_to_a_vertical_tab_is_refused
                              json={**BODY, "subject": "=?utf-8?q?Hi=0BBcc=3A_evil=40x.org?="})
     assert resp.status_code == 422 and resp.json()["field"] == "subject", resp.text
     assert relay.received == []
+
+
+async def test_a_subject_holding_a_whole_encoded_word_is_refused_not_sent_decoded(
+    client: httpx.AsyncClient, database: Database, relay_factory: Callable[..., Any],
+    test_settings: Settings, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A subject holding an encoded word (``=?utf-8?q?hi?= plain``) is a 422 naming it and
+    nothing is sent: it was stored as written while the recipient read it decoded (``hi
+    plain``, or any text the sender never saw).  "x=?y" stays a subject like any other."""
+    owner, headers = user
+    persona = await make_persona(database, owner, address())
+    relay = await relay_factory()
+    test_settings.smtp_relay_url = SecretStr(f"smtp://127.0.0.1:{relay.port}")
+    subject = "=?utf-8?q?hi?= plain"
+    resp = await client.post(f"/api/v1/personas/{persona.id}/emails", headers=headers,
+                             json={"to": ["bob@example.org"], "subject": subject, "body": "b"})
+    assert resp.status_code == 422 and resp.json()["field"] == "subject", resp.text
+    assert relay.received == []
+    plain = await client.post(f"/api/v1/personas/{persona.id}/emails", headers=headers,
+                              json={"to": ["bob@example.org"], "subject": "x=?y", "body": "b"})
+    assert plain.status_code == 201, plain.text
+    assert str(relay.parsed()["Subject"]) == "x=?y"
+
+
+async def test_a_reply_to_a_non_ascii_message_id_is_not_written_as_an_encoded_word(
+    client: httpx.AsyncClient, database: Database, relay_factory: Callable[..., Any],
+    mail_cfg: mail.MailConfig, test_settings: Settings,
+    user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A reply to inbound mail with a UTF-8 Message-ID (``<café@example.org>``, stored and
+    threaded on) leaves that id out of In-Reply-To/References, as ids Roost cannot write
+    are: it was written as an RFC 2047 encoded word, which no mail client threads on."""
+    owner, headers = user
+    persona = await make_persona(database, owner, address())
+    raw = (f"From: Alice <alice@example.org>\r\nTo: {persona.email_address}\r\n"
+           "Subject: Hello\r\nMessage-ID: <café@example.org>\r\n\r\nhi\r\n").encode()
+    [received] = await mail.receive(database, mail_cfg, raw, [str(persona.email_address)],
+                                    sender="alice@example.org")
+    relay = await relay_factory()
+    test_settings.smtp_relay_url = SecretStr(f"smtp://127.0.0.1:{relay.port}")
+    resp = await client.post(f"/api/v1/personas/{persona.id}/emails", headers=headers,
+                             json={"to": ["alice@example.org"], "subject": "Re: Hello",
+                                   "body": "b", "in_reply_to": str(received.email_id)})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["thread_id"] == "<café@example.org>"
+    head = relay.received[-1][2].split(b"\r\n\r\n", 1)[0].replace(b"\r\n ", b" ")
+    threading = [line for line in head.split(b"\r\n")
+                 if line.lower().startswith((b"in-reply-to:", b"references:"))]
+    for line in threading:
+        assert b"=?" not in line, line

@@ -426,10 +426,14 @@ def _display_name(name: str) -> str:
 
 
 def _plain_id(message_id: str) -> bool:
-    """Whether ``message_id`` can be written in In-Reply-To/References as it is: not one
-    that reads as an encoded word, and short enough for a header line of its own (a
-    998-character id, which inbound mail may carry, was written as encoded words)."""
-    return "=?" not in message_id and len(message_id) <= MAX_WRITTEN_ID_CHARS
+    """Whether ``message_id`` can be written in In-Reply-To/References as it is: printable
+    ASCII, not one that reads as an encoded word, and short enough for a header line of
+    its own (a 998-character id, which inbound mail may carry, was written as encoded
+    words)."""
+    return ("=?" not in message_id and len(message_id) <= MAX_WRITTEN_ID_CHARS
+            # Anything but printable ASCII is written as an encoded word (the policy is
+            # not SMTPUTF8), which no client threads on.
+            and message_id.isascii() and message_id.isprintable())
 
 
 # Header lines written up to RFC 5322's 998 characters, not folded at 78: Python's email
@@ -513,6 +517,13 @@ async def _prepare_outbound(
     if body.cc:
         message["Cc"] = [_address(a) for a in body.cc]
     message["Subject"] = body.subject
+    if str(message["Subject"]) != body.subject:
+        # The header parser decodes an encoded word ("=?utf-8?q?...?=") set as text: the
+        # recipient would read another subject (any text, a right-to-left override too)
+        # than the one stored and shown here.
+        raise Unprocessable("the subject holds an encoded word (=?charset?...?=), which a "
+                            "recipient would read decoded: write its text instead",
+                            extra={"field": "subject"})
     message["Date"] = format_datetime(utcnow())
     message["Message-ID"] = message_id
     if run_id is not None:  # an agent's mail: no autoresponder, Roost's included, answers it
