@@ -138,3 +138,47 @@ async def test_a_debate_queued_before_its_owner_was_suspended_does_not_start(
     assert asked == [], f"{len(asked)} model calls for a suspended/deactivated owner"
     assert [(d["status"], "suspended or deactivated" in (d["error_message"] or ""))
             for d in done] == [("failed", True)] * 2, done
+
+
+async def test_an_administrator_s_debate_may_not_seat_another_user_s_private_agent(
+    client: httpx.AsyncClient, database: Database,
+    other_user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A debate acts for its owner, never as an administrator (its job runs in the owner's
+    own scope): an administrator seating another user's private agent is refused at once
+    (403 naming the agent), where the debate was accepted and then failed by the worker
+    as "no longer available" though nothing had changed."""
+    other_id, _ = other_user
+    _, admin_user = await make_user(database, admin=True)
+    agent = await make_agent(database, other_id, preferred_model="stub-model")
+    resp = await client.post("/api/v1/debates", headers=admin_user, json={
+        "topic": "t", "positions": ["a", "b"], "total_rounds": 1, "participants": [
+            {"id": "x", "agent_id": str(agent.id)}, {"id": "y", "model": "stub-model"}]})
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["agent_id"] == str(agent.id)
+    own = await make_agent(database, other_id, preferred_model="stub-model", is_public=True)
+    created = await start(client, admin_user, topic="t", positions=["a", "b"], total_rounds=1,
+                          participants=[{"id": "x", "agent_id": str(own.id)},
+                                        {"id": "y", "model": "stub-model"}])
+    assert created["status"] == "pending"
+
+
+async def test_a_blank_or_multiline_participant_model_or_provider_is_a_422(
+    client: httpx.AsyncClient, user: tuple[uuid.UUID, Headers],
+) -> None:
+    """A participant's model or provider of spaces, a zero-width space or with a line
+    break is a 422 at once, as an agent's preferred model and provider are (it was
+    accepted, then failed as unknown after the earlier participants' calls were paid)."""
+    _, headers = user
+    bad = [{"model": "   "}, {"model": "\u200b"}, {"model": "stub-model\n"},
+           {"model": "stub-model", "provider": "   "},
+           {"model": "stub-model", "provider": "\u200b"},
+           {"model": "stub-model", "provider": "stub\r\n"}]
+    accepted = []
+    for fields in bad:
+        resp = await client.post("/api/v1/debates", headers=headers, json={
+            "topic": "t", "positions": ["a", "b"],
+            "participants": [{"id": "x", "model": "stub-model"}, {"id": "y", **fields}]})
+        if resp.status_code != 422:
+            accepted.append((fields, resp.status_code))
+    assert accepted == []

@@ -206,10 +206,11 @@ def _one_line(value: str) -> str:
 
 
 # A registered LLM provider's name (the services check that one is: 422 otherwise).
-ProviderName = Annotated[str, Field(min_length=1, max_length=MAX_PROVIDER_NAME), AfterValidator(_not_blank),
-                         AfterValidator(_one_line)]
+ProviderName = Annotated[str, Field(min_length=1, max_length=MAX_PROVIDER_NAME),
+                         AfterValidator(_not_blank), AfterValidator(_one_line)]
 # A model's name as its provider knows it: shown in lists and the CLI, sent in requests.
-ModelName = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_one_line)]
+ModelName = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_not_blank),
+                      AfterValidator(_one_line)]
 
 
 Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_not_blank)]

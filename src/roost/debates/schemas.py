@@ -10,9 +10,9 @@ from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from roost.agents.schemas import ModelName, ProviderName
 from roost.debates.prompts import position_key
 from roost.inputs import StrictInput, is_blank, strip_invisible
-from roost.llm.base import MAX_PROVIDER_NAME
 
 MAX_PARTICIPANTS: Final = 20
 MAX_POSITIONS: Final = 20
@@ -30,8 +30,10 @@ class ParticipantIn(StrictInput):
 
     id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
     agent_id: uuid.UUID | None = None
-    model: str | None = Field(default=None, min_length=1, max_length=255)
-    provider: str | None = Field(default=None, min_length=1, max_length=MAX_PROVIDER_NAME)
+    # As an agent's preferred model and provider: blank or multi-line names are a 422 at
+    # once, not an unknown model after the earlier participants' turns were paid for.
+    model: ModelName | None = None
+    provider: ProviderName | None = None
     position: str | None = Field(default=None, description="The position it argues; default: "
                                                            "round-robin over the positions")
     weight: float = Field(default=1.0, ge=0.000001, le=1000,

@@ -4,7 +4,7 @@ turns and ballots, cancel.  What runs a debate is :mod:`roost.debates.runner`.""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from sqlalchemy import select, update
@@ -15,7 +15,7 @@ from roost.audit.service import record
 from roost.db.base import utcnow, uuid7
 from roost.debates.models import TERMINAL_STATUSES, DebateBallot, DebateSession, DebateTurn
 from roost.debates.schemas import BallotOut, DebateCreate, DebateDetail, DebateOut, TurnOut
-from roost.errors import Conflict, NotFound
+from roost.errors import Conflict, Forbidden, NotFound
 from roost.identity.common import require_user
 from roost.pagination import DEFAULT_LIMIT, newest_first, where_equal
 from roost.principal import Principal
@@ -53,11 +53,23 @@ async def create_debate(session: AsyncSession, actor: Principal,
     the actor can see (else 404), run (a persona's: its members; else 403) and active
     (else 409)."""
     require_user(actor, "debates")
+    # The debate's job acts for its owner, never as an administrator (as workflow runs
+    # do): an agent is checked in the scope its turns will run in, not refused by the
+    # worker later.
+    owner = replace(actor, is_admin=False)
     agents: dict[uuid.UUID, Any] = {}
     for p in body.participants:
         if p.agent_id is not None and p.agent_id not in agents:
-            agents[p.agent_id] = await require_runnable(
-                session, actor, await get_agent(session, actor, p.agent_id))
+            agent = await get_agent(session, actor, p.agent_id)
+            if actor.is_admin:
+                try:
+                    await get_agent(session, owner, p.agent_id)
+                except NotFound:
+                    raise Forbidden(
+                        f"agent {p.agent_id} is another user's private agent: a debate acts "
+                        "for you, not as an administrator, so it may use only agents you "
+                        "may run as a user", extra={"agent_id": str(p.agent_id)}) from None
+            agents[p.agent_id] = await require_runnable(session, owner, agent)
     debate = DebateSession(
         id=uuid7(), topic=body.topic, description=body.description, status="pending",
         current_round=0, total_rounds=body.total_rounds, voting_method=body.voting_method,
