@@ -22,6 +22,19 @@ from tests.support.openai_stub.script import Call, Reply, ToolCalls
 ECHO_SERVER = Path(__file__).resolve().parents[1] / "tools" / "mcp_echo_server.py"
 
 
+async def _private_echo(client: httpx.AsyncClient, owner: Headers) -> str:
+    """The id of the ``echo`` tool of a private stdio MCP server of ``owner`` (an
+    administrator: only they may run a stdio server)."""
+    server = await client.post("/api/v1/mcp-servers", headers=owner, json={
+        "name": "alices-echo", "transport": "stdio", "command": sys.executable,
+        "args": [str(ECHO_SERVER)]})
+    assert server.status_code == 201, server.text
+    synced = await client.post(f"/api/v1/mcp-servers/{server.json()['id']}/sync", headers=owner)
+    assert synced.status_code == 200, synced.text
+    tools = (await client.get("/api/v1/tools", params={"name": "echo"}, headers=owner)).json()
+    return str(next(t["id"] for t in tools["items"] if t["name"] == "echo"))
+
+
 async def test_a_granted_tool_serves_the_persona_s_agents_within_its_constraints(
     client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
     worker: Worker,
@@ -31,14 +44,7 @@ async def test_a_granted_tool_serves_the_persona_s_agents_within_its_constraints
     bob_id, bob_name, bob = await named_user(database, "bob")
     _, _, carol = await named_user(database, "carol")
     await add_provider(client, admin_headers, stub)
-    server = await client.post("/api/v1/mcp-servers", headers=alice, json={
-        "name": "alices-echo", "transport": "stdio", "command": sys.executable,
-        "args": [str(ECHO_SERVER)]})
-    assert server.status_code == 201, server.text
-    synced = await client.post(f"/api/v1/mcp-servers/{server.json()['id']}/sync", headers=alice)
-    assert synced.status_code == 200, synced.text
-    tools = (await client.get("/api/v1/tools", params={"name": "echo"}, headers=alice)).json()
-    echo_id = next(t["id"] for t in tools["items"] if t["name"] == "echo")
+    echo_id = await _private_echo(client, alice)
     assert (await client.get(f"/api/v1/tools/{echo_id}", headers=bob)).status_code == 404
 
     persona = await create_persona(client, alice)
@@ -121,14 +127,7 @@ async def test_rebinding_an_agent_keeps_only_tools_its_new_persona_lets_it_use(
     the same change, or to a persona granting it too, the move is made."""
     _, alice = await make_user(database, admin=True)
     _, bob_name, bob = await named_user(database, "bob")
-    server = await client.post("/api/v1/mcp-servers", headers=alice, json={
-        "name": "alices-echo", "transport": "stdio", "command": sys.executable,
-        "args": [str(ECHO_SERVER)]})
-    assert server.status_code == 201, server.text
-    synced = await client.post(f"/api/v1/mcp-servers/{server.json()['id']}/sync", headers=alice)
-    assert synced.status_code == 200, synced.text
-    tools = (await client.get("/api/v1/tools", params={"name": "echo"}, headers=alice)).json()
-    echo_id = next(t["id"] for t in tools["items"] if t["name"] == "echo")
+    echo_id = await _private_echo(client, alice)
     granting, also_granting, plain = [await create_persona(client, alice) for _ in range(3)]
     for persona in (granting, also_granting):
         assert (await client.put(f"/api/v1/personas/{persona['id']}/tools/{echo_id}",
