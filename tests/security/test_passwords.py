@@ -214,3 +214,13 @@ def test_repetitive_passwords_are_rejected() -> None:
     assert _rule("aaaaaaaaaaaaaaaa") == "repetitive"
     assert _rule("abababababababab") in {"repetitive", "sequence"}
     assert _rule("xyzzxyzzxyzzxyzz") == "repetitive"
+
+
+def test_a_name_typed_in_fullwidth_letters_is_found_in_the_password() -> None:
+    """The password is judged in its NFKC form, and so are the names it must not hold: an
+    e-mail whose local part is "moonbeam" typed in fullwidth letters (stored as typed)
+    refuses "moonbeam-Quartz-river-7", as the ASCII address does (it was accepted)."""
+    fullwidth = "".join(chr(ord(c) + 0xFEE0) for c in "moonbeam")
+    assert _rule("moonbeam-Quartz-river-7", email=f"{fullwidth}@example.test") == "contains_email"
+    assert _rule("ﬁnch-Quartz-river-7", username="finch") == "contains_username"  # a ligature
+    assert _rule("finch-Quartz-river-7", username="ﬁnch") == "contains_username"

@@ -260,6 +260,9 @@ def check_password_policy(
     for label, value in (("username", username), ("email address", email)):
         if not value:
             continue
+        # In the password's own form (NFKC): an address typed in fullwidth letters or
+        # with a ligature is the name the password must not hold.
+        value = normalize_password(value)
         candidates = {value.casefold()}
         if "@" in value:
             candidates.add(value.split("@", 1)[0].casefold())
