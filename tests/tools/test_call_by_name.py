@@ -3,6 +3,7 @@ when several share it, and an unknown name not echoed in full."""
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 
 import httpx
@@ -90,3 +91,24 @@ async def test_an_unknown_name_is_not_echoed_in_full(
                               json={"arguments": {}})
     assert reply.status_code == 404, reply.text
     assert reply.json()["detail"] == f"no tool named '{'y' * 100}...'", reply.text[:300]
+
+
+async def test_a_name_typed_decomposed_finds_the_composed_tool(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A tool listed as ``café`` called (and filtered) by its name typed decomposed (``e`` +
+    U+0301, as macOS keyboards send it) is that tool: the call reaches it (its server is
+    down here: a 502 with a run recorded), where it was a 404 "no tool named 'café'"
+    reading exactly like the name listed."""
+    alice_id, alice = await make_user(database, username="alice")
+    tool_id = await add_server_tool(database, alice_id, "files",
+                                    unicodedata.normalize("NFC", "café"))
+    reply = await client.post(
+        "/api/v1/tools/by-name/" + unicodedata.normalize("NFD", "café") + "/call",
+        headers=alice, json={"arguments": {}})
+    assert reply.status_code == 502 and reply.json().get("tool_run_id"), reply.text
+    runs = await client.get("/api/v1/tool-runs", headers=alice)
+    assert [r["tool_id"] for r in runs.json()["items"]] == [str(tool_id)], runs.text
+    listed = await client.get("/api/v1/tools", headers=alice,
+                              params={"name": unicodedata.normalize("NFD", "café")})
+    assert [i["id"] for i in listed.json()["items"]] == [str(tool_id)], listed.text

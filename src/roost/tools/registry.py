@@ -3,10 +3,12 @@ graph between tools (cycles refused)."""
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import case, or_, select, text
+from sqlalchemy import ColumnElement, case, func, literal_column, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
@@ -31,8 +33,9 @@ async def list_tools(
 ) -> tuple[list[Tool], str | None]:
     """Oldest first (built-ins, then tools in discovery order)."""
     stmt = where_equal(select(Tool).where(visible(actor)), (Tool.kind, kind),
-                       (Tool.mcp_server_id, server_id), (Tool.name, name),
-                       (Tool.category, category))
+                       (Tool.mcp_server_id, server_id), (Tool.category, category))
+    if name is not None:
+        stmt = stmt.where(same_name(name))
     if available is not None:
         stmt = stmt.where(Tool.available.is_(available))
     if cursor is not None:
@@ -67,16 +70,10 @@ async def find_tool(
     server names are unique per owner only: the caller's own server wins over a global
     one of that name (which wins over other users', seen by administrators); a 409 only
     for several of the same rank."""
-    stmt = select(Tool).where(Tool.name == name, visible(actor))
-    if server is None:
-        rank = case((Tool.mcp_server_id.is_(None), 0), else_=1)
-    else:
-        stmt = stmt.join(McpServer, McpServer.id == Tool.mcp_server_id).where(
-            McpServer.name == server
-        )
-        rank = case((Tool.user_id == actor.user_id, 0), (Tool.user_id.is_(None), 1), else_=2)
-    found = (await session.execute(
-        stmt.add_columns(rank).order_by(rank, Tool.created_at).limit(10))).tuples().all()
+    exact = await _named(session, actor, name, server, Tool.name == name)
+    # A name typed in another Unicode form (an accent decomposed, as macOS keyboards may
+    # send it) names the tool too; called by its stored name, as its server listed it.
+    found = exact or await _named(session, actor, name, server, same_name(name))
     if not found:
         where = f" on server {shown_name(server)!r}" if server is not None else ""
         raise NotFound(f"no tool named {shown_name(name)!r}{where}")
@@ -89,6 +86,26 @@ async def find_tool(
                        "name its MCP server (?server= in the API, --server on the command "
                        "line)")
     return best[0]
+
+
+def same_name(name: str) -> ColumnElement[bool]:
+    """SQL: the tool's name is ``name`` in any Unicode form (compared composed, NFC)."""
+    return func.normalize(Tool.name, literal_column("NFC")) == unicodedata.normalize("NFC", name)
+
+
+async def _named(session: AsyncSession, actor: Principal, name: str, server: str | None,
+                 condition: ColumnElement[bool]) -> Sequence[tuple[Tool, int]]:
+    """The visible tools ``condition`` selects, with their rank (see :func:`find_tool`)."""
+    stmt = select(Tool).where(condition, visible(actor))
+    if server is None:
+        rank = case((Tool.mcp_server_id.is_(None), 0), else_=1)
+    else:
+        stmt = stmt.join(McpServer, McpServer.id == Tool.mcp_server_id).where(
+            McpServer.name == server
+        )
+        rank = case((Tool.user_id == actor.user_id, 0), (Tool.user_id.is_(None), 1), else_=2)
+    return (await session.execute(
+        stmt.add_columns(rank).order_by(rank, Tool.created_at).limit(10))).tuples().all()
 
 
 async def add_dependency(
