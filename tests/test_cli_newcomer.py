@@ -541,6 +541,21 @@ def test_a_misspelt_roost_variable_is_named_with_the_setting_it_may_mean(
             "ROOST_DATABASE_URL?); it is ignored") in out.stderr, out.stderr
 
 
+def test_a_misspelt_variable_in_the_env_file_is_named_too(
+    refused_env: dict[str, str], tmp_path: Path,
+) -> None:
+    """Settings come from the environment or a .env file: a typo there is named as one in
+    the environment is (ROOST_DATABSE_URL in .env started the embedded PostgreSQL
+    instead of the server, without a word)."""
+    (tmp_path / ".env").write_text("# a comment\nexport ROOST_DB_POOL_SIZEE=5\n"
+                                   "ROOST_DB_POOL_SIZE=5\n", encoding="utf-8")
+    out = run_roost("users", "list", env=refused_env, cwd=tmp_path, timeout=60)
+    assert out.returncode == 1 and "cannot reach the database" in out.stderr, out.stderr
+    assert ("warning: ROOST_DB_POOL_SIZEE (in .env) is not a Roost setting (did you mean "
+            "ROOST_DB_POOL_SIZE?); it is ignored") in out.stderr, out.stderr
+    assert out.stderr.count("warning:") == 1, out.stderr
+
+
 @pytest.mark.parametrize(("name", "value"), [
     ("ROOST_WORKER_CONCURRENCY", "0"), ("ROOST_WORKER_CONCURRENCY", "abc"),
     ("ROOST_WORKER_LEASE_S", "-5"),

@@ -72,6 +72,20 @@ def test_an_smtp_listen_port_out_of_range_is_refused(listen: str) -> None:
     assert Settings(smtp_listen="[::1]:65535").smtp_listen == "[::1]:65535"
 
 
+@pytest.mark.parametrize("listen", ["...:2525", "a..b:2525", f"{'a' * 64}.example:2525",
+                                    "127.0.0.1:\uff12\uff15\uff12\uff15",
+                                    "127.0.0.1:\u0662\u0665\u0662\u0665"],
+                         ids=["dots", "empty-label", "long-label", "fullwidth-port",
+                              "arabic-indic-port"])
+def test_an_smtp_listen_address_no_listener_can_use_is_refused(listen: str) -> None:
+    """ROOST_SMTP_LISTEN's host is checked as ROOST_HOST is ("...", an empty label or one
+    of 64 letters made `roost serve` end in a name lookup's traceback) and its port is
+    ASCII digits (one in fullwidth digits was quietly listened on as 2525)."""
+    with pytest.raises(ValidationError, match="smtp_listen"):
+        Settings(smtp_listen=listen)
+    assert Settings(smtp_listen="mail.example.org:2525").smtp_listen == "mail.example.org:2525"
+
+
 @pytest.mark.parametrize("url", ["smtp://[bad", "http://relay.example.org", "smtp://h:99999",
                                  "smtp://u:s3cretpw@"])
 def test_a_malformed_smtp_relay_url_is_a_validation_error(url: str) -> None:

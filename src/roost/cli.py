@@ -161,7 +161,10 @@ def _warn_unknown_variables() -> None:
 
     known = [f"{cls.model_config.get('env_prefix', '')}{name}".upper()
              for cls in (Settings, WorkerSettings) for name in cls.model_fields]
-    for name in sorted(os.environ):
+    env_file = str(Settings.model_config.get("env_file") or "")
+    sources = [(name, "") for name in sorted(os.environ)] + [
+        (name, f" (in {env_file})") for name in _env_file_names(env_file)]
+    for name, where in sources:
         # Settings are read whatever the case (roost_data_dir is ROOST_DATA_DIR): so are
         # misspellings looked for.
         upper = name.upper()
@@ -170,8 +173,30 @@ def _warn_unknown_variables() -> None:
             continue
         close = difflib.get_close_matches(upper, known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        print(f"warning: {name} is not a Roost setting{hint}; it is ignored",
+        print(f"warning: {name}{where} is not a Roost setting{hint}; it is ignored",
               file=sys.stderr)
+
+
+def _env_file_names(env_file: str) -> list[str]:
+    """The variable names the settings' ``.env`` file (in the working directory) sets, as
+    pydantic-settings reads it: ``NAME=value`` lines, ``export`` allowed, ``#`` comments.
+    A misspelt name there (ROOST_DATABSE_URL=...) was ignored without a word."""
+    from pathlib import Path
+
+    path = Path(env_file)
+    if not env_file or not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):  # reported by the settings' own reading
+        return []
+    names = []
+    for line in lines:
+        line = line.strip().removeprefix("export ").lstrip()
+        name, equals, _ = line.partition("=")
+        if equals and name.strip() and not line.startswith("#"):
+            names.append(name.strip())
+    return sorted(set(names))
 
 
 def _graceful_server_class() -> type:

@@ -487,7 +487,7 @@ class Settings(BaseSettings):
 
     # --- agents: the personas' mail (docs/agents-mail.md) and health metrics ---------
     smtp_listen: str = Field(
-        default="", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$|^$",
+        default="", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$|^$",
         description="host:port of Roost's SMTP listener for the personas' inbound mail "
         "(run by `roost serve`); empty: no listener"
     )
@@ -637,6 +637,12 @@ class Settings(BaseSettings):
         # The pattern allows 5 digits: 99999 would listen on 99999 % 65536.
         if value and not 1 <= int(value.rpartition(":")[2]) <= 65535:
             raise ValueError("the port must be 1-65535")
+        # The host as ROOST_HOST's is checked: "...", "a..b" or a label of 64 letters
+        # passed the pattern and failed in the name lookup (a traceback).
+        host = value.rpartition(":")[0].removeprefix("[").removesuffix("]")
+        problem = bind_host_problem(host) if value else None
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("database_url", "database_replica_urls", mode="before")
