@@ -517,13 +517,6 @@ async def _prepare_outbound(
     if body.cc:
         message["Cc"] = [_address(a) for a in body.cc]
     message["Subject"] = body.subject
-    if str(message["Subject"]) != body.subject:
-        # The header parser decodes an encoded word ("=?utf-8?q?...?=") set as text: the
-        # recipient would read another subject (any text, a right-to-left override too)
-        # than the one stored and shown here.
-        raise Unprocessable("the subject holds an encoded word (=?charset?...?=), which a "
-                            "recipient would read decoded: write its text instead",
-                            extra={"field": "subject"})
     message["Date"] = format_datetime(utcnow())
     message["Message-ID"] = message_id
     if run_id is not None:  # an agent's mail: no autoresponder, Roost's included, answers it
@@ -540,6 +533,14 @@ async def _prepare_outbound(
         if references:
             message["References"] = " ".join(references)
     _refuse_broken_headers(message)
+    if str(message["Subject"]) != body.subject:
+        # The header parser decodes an encoded word ("=?utf-8?q?...?=") set as text: the
+        # recipient would read another subject (any text, a right-to-left override too)
+        # than the one stored and shown here.  (One decoding to a line break is refused
+        # above, naming that.)
+        raise Unprocessable("the subject holds an encoded word (=?charset?...?=), which a "
+                            "recipient would read decoded: write its text instead",
+                            extra={"field": "subject"})
     _refuse_changed_addresses(message, sender, [*message["To"].addresses,
                                                 *(message["Cc"].addresses if body.cc else ())])
     message.set_content(body.body)
