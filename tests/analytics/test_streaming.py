@@ -4,16 +4,20 @@ and GET /api/v1/analytics/streaming (p50/p95 time to first token, tokens/s per m
 from __future__ import annotations
 
 import time
+import unicodedata
 import uuid
 from datetime import timedelta
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from roost.analytics.models import StreamingMetric
 from roost.analytics.streaming import StreamMeter
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
+from tests.support.identity import make_user
+from tests.support.openai_stub import StubServer
 
 Headers = dict[str, str]
 User = tuple[uuid.UUID, Headers]
@@ -140,3 +144,35 @@ async def test_streaming_api_per_model_own_streams_for_users_all_for_admins(
     assert numeric.status_code == 422
     anonymous = await client.get("/api/v1/analytics/streaming")
     assert anonymous.status_code == 401
+
+
+async def test_streaming_metrics_name_the_model_composed_as_the_ledger_does(
+    client: httpx.AsyncClient, admin_headers: Headers, stub: StubServer, database: Database,
+) -> None:
+    """A streamed answer whose provider names its model decomposed (NFD "é"): its
+    streaming metrics name the model as its usage row does, composed, and GET
+    /analytics/streaming lists it so (they kept the provider's spelling: one model, two
+    names)."""
+    nfd = unicodedata.normalize("NFD", "café-model")
+    nfc = unicodedata.normalize("NFC", nfd)
+    user_id, headers = await make_user(database)
+    resp = await client.post("/api/v1/llm/providers", headers=admin_headers, json={
+        "name": "stub", "type": "openai", "base_url": stub.base_url, "model": nfd})
+    assert resp.status_code == 201, resp.text
+    async with client.stream("POST", "/v1/chat/completions", headers=headers, json={
+            "model": nfd, "stream": True,
+            "messages": [{"role": "user", "content": "stream a few words to me"}]}) as streamed:
+        assert streamed.status_code == 200
+        body = "".join([part async for part in streamed.aiter_text()])
+    assert "[DONE]" in body
+    async with database.transaction() as s:
+        ledger = (await s.execute(text("SELECT model FROM usage_records WHERE user_id = :u"),
+                                  {"u": user_id})).scalars().all()
+        metrics = set((await s.execute(text(
+            "SELECT model FROM streaming_analytics WHERE user_id = :u"),
+            {"u": user_id})).scalars().all())
+    assert ledger == [nfc]
+    assert metrics == {nfc}, [ascii(m) for m in metrics]
+    listed = await client.get("/api/v1/analytics/streaming", headers=headers)
+    assert listed.status_code == 200, listed.text
+    assert [i["model"] for i in listed.json()["items"]] == [nfc]

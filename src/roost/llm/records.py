@@ -272,6 +272,9 @@ async def record_success(
     result = fit_result(outcome.result)
     winner_id = outcome.winner.id if isinstance(outcome.winner.id, uuid.UUID) else None
     model = _ledger_model(result.model or outcome.winner.name)
+    # The stream's metrics name the model as its usage row does (composed, fitted): one
+    # model, one name, in /analytics/streaming as in the usage report.
+    stream_metrics = [{**row, "model": model} for row in stream_metrics]
     tokens_in, tokens_out = billed_tokens(outcome)
     cost, currency = await billed_cost(session, outcome, model)
     used = credits_for(gateway, tokens_in + tokens_out)
