@@ -99,7 +99,7 @@ async def test_a_name_typed_decomposed_finds_the_composed_tool(
     """A tool listed as ``café`` called (and filtered) by its name typed decomposed (``e`` +
     U+0301, as macOS keyboards send it) is that tool: the call reaches it (its server is
     down here: a 502 with a run recorded), where it was a 404 "no tool named 'café'"
-    reading exactly like the name listed."""
+    reading exactly like the name listed; its runs are found by that name too."""
     alice_id, alice = await make_user(database, username="alice")
     tool_id = await add_server_tool(database, alice_id, "files",
                                     unicodedata.normalize("NFC", "café"))
@@ -112,3 +112,7 @@ async def test_a_name_typed_decomposed_finds_the_composed_tool(
     listed = await client.get("/api/v1/tools", headers=alice,
                               params={"name": unicodedata.normalize("NFD", "café")})
     assert [i["id"] for i in listed.json()["items"]] == [str(tool_id)], listed.text
+    # Its runs are listed by the name typed so too (an empty page before).
+    runs = await client.get("/api/v1/tool-runs", headers=alice,
+                            params={"tool_name": unicodedata.normalize("NFD", "café")})
+    assert [r["tool_id"] for r in runs.json()["items"]] == [str(tool_id)], runs.text

@@ -7,6 +7,8 @@ import httpx
 from sqlalchemy import text
 
 from roost.db.engine import Database
+from roost.identity.cliscope import acting_principal
+from roost.workspace import service
 from tests.agents.conftest import make_agent
 from tests.knowledge.support import make_group
 from tests.support.identity import make_user
@@ -302,3 +304,18 @@ async def test_an_administrator_files_a_users_agent_or_workflow_only_where_the_u
     for path in (f"/api/v1/agents/{agent.id}", f"/api/v1/workflows/{made.json()['id']}"):
         moved = await client.patch(path, headers=root, json={"project_id": shared.json()["id"]})
         assert moved.status_code == 200, (path, moved.text)
+
+
+async def test_the_cli_finds_a_project_by_its_full_id_in_any_spelling(
+        client: httpx.AsyncClient, database: Database) -> None:
+    """`roost projects show ID` (the CLI's lookup) finds a project by its full id spelled
+    without dashes, in braces or upper case, as other commands take ids (it was "you
+    have no project named ...")."""
+    user_id, headers = await make_user(database, username="pfx")
+    project = await make_project(client, headers, "Roost")
+    principal = await acting_principal(database, "pfx")
+    for spelling in (project["id"].replace("-", ""), "{" + project["id"] + "}",
+                     project["id"].upper()):
+        async with database.transaction() as s:
+            found = await service.find_project(s, principal, spelling)
+        assert str(found.id) == project["id"] and found.user_id == user_id, spelling

@@ -5,11 +5,12 @@ does not exist or is not the actor's (the same answer, so ids leak nothing)."""
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from typing import Any, Final, TypeVar
 
-from sqlalchemy import ColumnElement, Select, String, cast, false
+from sqlalchemy import ColumnElement, Select, String, cast, false, func, literal_column
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.errors import BadRequest, NotFound
@@ -67,3 +68,16 @@ async def first_unique(session: AsyncSession, ids: Select[Any],
     if len(rows) > 1:
         raise BadRequest(f"{ref!r} names several {what}s; use the full id")
     return uuid.UUID(str(rows[0]))
+
+
+def same_text(column: Any, value: str) -> ColumnElement[bool]:
+    """SQL: ``column`` holds ``value`` in any Unicode form (both compared composed, NFC):
+    a name typed with an accent decomposed, as macOS keyboards may send it, finds the
+    name stored composed, and the other way round."""
+    return func.normalize(column, literal_column("NFC")) == unicodedata.normalize("NFC", value)
+
+
+def unicode_forms(value: str) -> set[str]:
+    """``value`` as typed, composed (NFC) and decomposed (NFD): for ``column.in_(...)``
+    where an index on ``column`` should serve a name typed in either form."""
+    return {value, unicodedata.normalize("NFC", value), unicodedata.normalize("NFD", value)}

@@ -30,6 +30,7 @@ from sqlalchemy import Float, Select, and_, cast, exists, func, literal_column, 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.db.base import utcnow
+from roost.db.lookup import unicode_forms
 from roost.errors import Forbidden, NotFound, Unprocessable
 from roost.identity.models import User
 from roost.inputs import read_as_utc
@@ -228,7 +229,7 @@ async def tool_report(
     if tool_id is not None:
         where.append(ToolRun.tool_id == tool_id)
     if tool_name is not None:
-        where.append(ToolRun.tool_name == tool_name)
+        where.append(ToolRun.tool_name.in_(unicode_forms(tool_name)))  # NFC or NFD typed
     grouped = (select(ToolRun.tool_id, ToolRun.tool_name, *_aggregates()).where(and_(*where))
                .group_by(ToolRun.tool_id, ToolRun.tool_name).subquery())
     key = {"calls": grouped.c.calls, "error_rate": grouped.c.error_rate,

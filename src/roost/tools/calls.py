@@ -51,6 +51,7 @@ from roost.billing.models import UsageRecord
 from roost.config import get_settings
 from roost.db.base import utcnow, uuid7
 from roost.db.engine import Database
+from roost.db.lookup import unicode_forms
 from roost.db.statements import bound_insert, flush_pending, prefixed, row_json
 from roost.db.transaction import driver_fetch
 from roost.errors import Conflict, GatewayTimeout, NotFound, RoostError, Unprocessable
@@ -743,8 +744,10 @@ async def list_runs(
     stmt = select(ToolRun)
     if not actor.is_admin:
         stmt = stmt.where(ToolRun.user_id == actor.user_id)
-    stmt = where_equal(stmt, (ToolRun.tool_id, tool_id), (ToolRun.tool_name, tool_name),
-                       (ToolRun.status, status), (ToolRun.trace_id, trace_id))
+    stmt = where_equal(stmt, (ToolRun.tool_id, tool_id), (ToolRun.status, status),
+                       (ToolRun.trace_id, trace_id))
+    if tool_name is not None:  # typed composed or decomposed, as the tool is found by name
+        stmt = stmt.where(ToolRun.tool_name.in_(unicode_forms(tool_name)))
     return await newest_first(session, stmt, ToolRun.created_at, ToolRun.id,
                               limit=limit, cursor=cursor)
 

@@ -3,15 +3,15 @@ graph between tools (cycles refused)."""
 
 from __future__ import annotations
 
-import unicodedata
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, literal_column, or_, select, text
+from sqlalchemy import ColumnElement, case, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import record
+from roost.db.lookup import same_text
 from roost.errors import Conflict, NotFound
 from roost.pagination import DEFAULT_LIMIT, after_time_id, page_of, time_id_cursor, where_equal
 from roost.principal import Principal
@@ -35,7 +35,7 @@ async def list_tools(
     stmt = where_equal(select(Tool).where(visible(actor)), (Tool.kind, kind),
                        (Tool.mcp_server_id, server_id), (Tool.category, category))
     if name is not None:
-        stmt = stmt.where(same_name(name))
+        stmt = stmt.where(same_text(Tool.name, name))
     if available is not None:
         stmt = stmt.where(Tool.available.is_(available))
     if cursor is not None:
@@ -73,7 +73,7 @@ async def find_tool(
     exact = await _named(session, actor, name, server, Tool.name == name)
     # A name typed in another Unicode form (an accent decomposed, as macOS keyboards may
     # send it) names the tool too; called by its stored name, as its server listed it.
-    found = exact or await _named(session, actor, name, server, same_name(name))
+    found = exact or await _named(session, actor, name, server, same_text(Tool.name, name))
     if not found:
         where = f" on server {shown_name(server)!r}" if server is not None else ""
         raise NotFound(f"no tool named {shown_name(name)!r}{where}")
@@ -86,11 +86,6 @@ async def find_tool(
                        "name its MCP server (?server= in the API, --server on the command "
                        "line)")
     return best[0]
-
-
-def same_name(name: str) -> ColumnElement[bool]:
-    """SQL: the tool's name is ``name`` in any Unicode form (compared composed, NFC)."""
-    return func.normalize(Tool.name, literal_column("NFC")) == unicodedata.normalize("NFC", name)
 
 
 async def _named(session: AsyncSession, actor: Principal, name: str, server: str | None,

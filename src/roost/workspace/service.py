@@ -19,13 +19,13 @@ import uuid
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import delete, false, func, literal_column, or_, select, text, true, update
+from sqlalchemy import delete, false, func, or_, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from roost.audit.service import owner_if_other, record
-from roost.db.lookup import id_starts_with, one_or_404
+from roost.db.lookup import full_id, id_starts_with, one_or_404, same_text
 from roost.errors import BadRequest, Forbidden, NotFound, Unprocessable
-from roost.identity.common import group_ids_of, lock_owner_quota, nfc, require_user
+from roost.identity.common import group_ids_of, lock_owner_quota, require_user
 from roost.identity.models import Group, UserGroupMembership
 from roost.inputs import is_blank, read_as_utc
 from roost.pagination import MALFORMED_CURSOR, decode_cursor, encode_cursor, newest_first, page_of
@@ -145,14 +145,14 @@ async def find_project(session: AsyncSession, actor: Principal, ref: str) -> Pro
     project); a name or an id start only among the projects a listing shows, so that an
     administrator's names do not collide with other tenants'."""
     listed = _project_visible(actor, listing=True)
-    full_id = _full_id(ref)
+    full = full_id(ref)  # any spelling: dashes or not, braces, urn:uuid:
     # The exact name first, then the same name in another Unicode form (a macOS terminal
     # types "é" decomposed; a name stored composed looks the same and was not found).
-    same_form = func.normalize(Project.name, literal_column("NFC")) == nfc(ref)
+    same_form = same_text(Project.name, ref)
     wheres = [(listed, Project.name == ref), (listed, same_form),
               (listed, id_starts_with(Project.id, ref))]
-    if full_id is not None:  # a full id wins over a project named like it
-        wheres.insert(0, (_project_visible(actor), Project.id == full_id))
+    if full is not None:  # a full id wins over a project named like it
+        wheres.insert(0, (_project_visible(actor), Project.id == full))
     for visible, where in wheres:
         rows = (await session.scalars(select(Project).where(visible, where).limit(2))).all()
         if len(rows) > 1:
@@ -160,13 +160,6 @@ async def find_project(session: AsyncSession, actor: Principal, ref: str) -> Pro
         if rows:
             return rows[0]
     raise NotFound(f"you have no project named {ref!r} or with an id starting with it")
-
-
-def _full_id(ref: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(ref) if len(ref) == 36 else None
-    except ValueError:
-        return None
 
 
 async def list_projects(session: AsyncSession, actor: Principal, *, status: str | None = None,
