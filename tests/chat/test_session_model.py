@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from roost.config import Settings
 from roost.db.engine import Database
 from tests.chat.conftest import add_provider
+from tests.support.identity import make_user
 from tests.support.openai_stub import Reply, StubServer
 
 Headers = dict[str, str]
@@ -40,3 +41,22 @@ async def test_a_session_whose_model_is_an_agent_is_answered_by_that_agent(
         assert resp.status_code == 201, resp.text
         assert resp.json()["provider"] == "agent:clock"
         assert resp.json()["assistant_message"]["content"] == "It is noon."
+
+
+async def test_a_blank_or_multi_line_session_model_is_a_422(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """A session's model is a model name as an agent's preferred one is: blank (spaces, a
+    zero-width space) or holding a line break it is a 422, on create and on update (it
+    was stored and shown in lists)."""
+    _, alice = await make_user(database, username="alice")
+    codes: dict[str, int] = {}
+    for model in ["   ", "\u200b", "a\nb", "a\u2028b"]:
+        resp = await client.post("/api/v1/chat/sessions", json={"model": model},
+                                 headers=alice)
+        codes[model] = resp.status_code
+    assert set(codes.values()) == {422}, codes
+    made = await client.post("/api/v1/chat/sessions", json={}, headers=alice)
+    patched = await client.patch(f"/api/v1/chat/sessions/{made.json()['id']}",
+                                 json={"model": "a\nb"}, headers=alice)
+    assert patched.status_code == 422, patched.text

@@ -25,8 +25,10 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from roost.identity.common import refuse_hidden_characters
-from roost.inputs import StrictInput, WebUrl, holds_control, is_blank
-from roost.llm.base import MAX_PROVIDER_NAME
+from roost.inputs import StrictInput, WebUrl
+from roost.llm.schemas import ModelName, ProviderName
+from roost.llm.schemas import not_blank as _not_blank
+from roost.llm.schemas import one_line as _one_line
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,99}$"
 
@@ -191,26 +193,6 @@ AvatarUrl = Annotated[str, Field(max_length=500, pattern=URL_PATTERN), WebUrl]
 MemberRole = Literal["owner", "editor", "viewer"]
 SecretType = Literal["llm_provider_key", "email_imap", "email_smtp", "mcp_header", "mcp_env",
                      "api_token", "other"]
-
-
-def _not_blank(value: str) -> str:
-    if is_blank(value):
-        raise ValueError("must not be blank")
-    return value
-
-
-def _one_line(value: str) -> str:
-    if holds_control(value):
-        raise ValueError("must not contain control characters or line breaks")
-    return value
-
-
-# A registered LLM provider's name (the services check that one is: 422 otherwise).
-ProviderName = Annotated[str, Field(min_length=1, max_length=MAX_PROVIDER_NAME),
-                         AfterValidator(_not_blank), AfterValidator(_one_line)]
-# A model's name as its provider knows it: shown in lists and the CLI, sent in requests.
-ModelName = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_not_blank),
-                      AfterValidator(_one_line)]
 
 
 Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_not_blank)]

@@ -10,7 +10,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from roost.chat.models import TOOL_CALL_ID_CHARS
 from roost.inputs import StrictInput, no_nul
-from roost.llm.schemas import EnsembleSpec, UsageOut
+from roost.llm.schemas import EnsembleSpec, ModelName, UsageOut
 from roost.llm.types import ToolCall
 
 MessageRole = Literal["system", "developer", "user", "assistant", "tool"]
@@ -26,7 +26,9 @@ class SessionCreate(StrictInput):
     refuse_nul = True  # stored as text, which holds no NUL: a 422 naming the field
 
     title: str | None = Field(default=None, max_length=256)
-    model: str | None = Field(default=None, max_length=128, description="Model to chat with")
+    # As an agent's preferred model: blank or multi-line names are a 422.
+    model: Annotated[ModelName, Field(max_length=128)] | None = Field(
+        default=None, description="Model to chat with")
     enable_tools: bool = True
     external_id: str | None = Field(
         default=None, min_length=1, max_length=64,
@@ -44,7 +46,7 @@ class SessionUpdate(StrictInput):
     refuse_nul = True  # stored as text, which holds no NUL: a 422 naming the field
 
     title: str | None = Field(default=None, max_length=256)
-    model: str | None = Field(default=None, max_length=128)
+    model: Annotated[ModelName, Field(max_length=128)] | None = None
     enable_tools: bool | None = None
     external_id: str | None = Field(default=None, min_length=1, max_length=64)
     status: SessionStatus | None = None

@@ -10,9 +10,9 @@ from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from roost.agents.schemas import ModelName, ProviderName
 from roost.debates.prompts import position_key
 from roost.inputs import StrictInput, is_blank, strip_invisible
+from roost.llm.schemas import ModelName, ProviderName
 
 MAX_PARTICIPANTS: Final = 20
 MAX_POSITIONS: Final = 20

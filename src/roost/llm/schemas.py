@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+)
 
-from roost.inputs import StrictInput, holds_nul, is_blank, json_size
+from roost.inputs import StrictInput, holds_control, holds_nul, is_blank, json_size
 from roost.llm.base import (
     AUTH_HEADER_NAMES,
     HEADER_VALUE_RULE,
@@ -29,6 +37,27 @@ ProviderTypeInput = Literal[
     "openai", "anthropic", "local", "openai_compatible", "vllm", "ollama", "llamacpp", "lmstudio"
 ]
 NAME_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_PROVIDER_NAME - 1}}}$"
+
+
+def not_blank(value: str) -> str:
+    if is_blank(value):
+        raise ValueError("must not be blank")
+    return value
+
+
+def one_line(value: str) -> str:
+    if holds_control(value):
+        raise ValueError("must not contain control characters or line breaks")
+    return value
+
+
+# A registered LLM provider's name where another domain names one (a persona's default, an
+# agent's preferred, a debate participant's; the services check that one is: 422 otherwise).
+ProviderName = Annotated[str, Field(min_length=1, max_length=MAX_PROVIDER_NAME),
+                         AfterValidator(not_blank), AfterValidator(one_line)]
+# A model's name as its provider knows it: shown in lists and the CLI, sent in requests.
+ModelName = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(not_blank),
+                      AfterValidator(one_line)]
 MAX_CONFIG_BYTES = 16 * 1024
 MAX_BASE_URL_CHARS = 500  # llm_providers.base_url
 # The most model ids a provider keeps: a PATCH's disabled_models, and a sync (the first
