@@ -15,9 +15,9 @@ from sqlalchemy import text
 from roost.db.engine import Database
 from roost.keyfiles import KeyMaterial
 from roost.llm import jobs as llm_jobs
-from roost.security.crypto import MessageCipher
 from roost.tasks.worker import Worker
 from tests.chat.conftest import add_provider, new_session
+from tests.chat.test_summaries import _insert_summary
 from tests.support.identity import make_user
 from tests.support.openai_stub import Reply, StubServer
 
@@ -295,12 +295,7 @@ async def test_a_summary_patch_that_changes_nothing_is_not_audited(
     one with empty changes each time)."""
     uid, headers = user
     sid = (await new_session(client, headers))["id"]
-    cipher = MessageCipher(list(test_keys.message_keys))
-    async with database.transaction() as s:
-        await s.execute(text(
-            "INSERT INTO chat_session_summaries (id, session_id, user_id, started_at, ended_at, "
-            "message_count, summary) VALUES (:i, :s, :u, now(), now(), 2, :b)"),
-            {"i": uuid.uuid4(), "s": sid, "u": uid, "b": cipher.encrypt("a summary")})
+    await _insert_summary(database, test_keys, sid, uid)
     for _ in range(2):
         resp = await client.patch(f"/api/v1/chat/sessions/{sid}/summary", json={"session_rating": 4},
                                   headers=headers)
